@@ -1,0 +1,67 @@
+//! Tenants and agents.
+
+use crate::id::{AgentId, TenantId};
+use crate::name::{Handle, TemplateName};
+use crate::time::Timestamp;
+
+/// An isolation boundary: its agents, tokens, secrets and workspaces are invisible to others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: Handle,
+    pub created_at: Timestamp,
+}
+
+impl Tenant {
+    /// The tenant that exists from the start and that the CLI uses when none is named.
+    pub const DEFAULT_NAME: &'static str = "default";
+}
+
+/// An identity inside a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    pub id: AgentId,
+    pub tenant_id: TenantId,
+    pub handle: Handle,
+    /// Shown to people; defaults to the handle.
+    pub display_name: String,
+    pub created_at: Timestamp,
+    pub config: AgentConfig,
+}
+
+/// The per-agent settings stored with the agent's row.
+///
+/// Grows with later layers (model route, tools, limits); fields added later must have
+/// defaults so older rows keep loading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// The persona template the workspace is seeded from when it is first used.
+    pub template: TemplateName,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self { template: TemplateName::builtin_default() }
+    }
+}
+
+impl AgentConfig {
+    pub const DEFAULT_TEMPLATE: &'static str = "default";
+}
+
+/// Display names are free text, but bounded and single-line.
+pub const MAX_DISPLAY_NAME_LEN: usize = 200;
+
+/// Checks a display name; the error says what is wrong.
+pub fn validate_display_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("display name must not be empty".into());
+    }
+    if name.chars().count() > MAX_DISPLAY_NAME_LEN {
+        return Err(format!("display name is longer than {MAX_DISPLAY_NAME_LEN} characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("display name must not contain control characters or newlines".into());
+    }
+    Ok(())
+}

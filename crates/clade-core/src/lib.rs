@@ -1,0 +1,15 @@
+//! Clade's domain vocabulary: ids, handles, tenants, agents, secret names and time.
+//!
+//! Owns the types every other crate speaks in. It performs no I/O, knows no storage or wire
+//! format (its types are deliberately not `Serialize`), and depends on no async runtime.
+//! Start at [`agent`], then [`name`] for the validation rules every user-chosen name follows.
+
+pub mod agent;
+pub mod id;
+pub mod name;
+pub mod time;
+
+pub use agent::{Agent, AgentConfig, Tenant};
+pub use id::{AgentId, TenantId, TokenId};
+pub use name::{Handle, SecretName, TemplateName};
+pub use time::{Clock, SystemClock, Timestamp};

@@ -1,0 +1,120 @@
+//! User-chosen names: agent and tenant handles, secret names, template names.
+//!
+//! Each is validated once, at the edge, so the rest of the code can take them as given.
+
+use std::fmt;
+
+/// A name did not follow its rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind} {input:?}: {rule}")]
+pub struct Error {
+    kind: &'static str,
+    input: String,
+    rule: &'static str,
+}
+
+fn check(
+    kind: &'static str,
+    rule: &'static str,
+    input: &str,
+    max_len: usize,
+    allowed: fn(u8) -> bool,
+) -> Result<String, Error> {
+    let ok = !input.is_empty() && input.len() <= max_len && input.bytes().all(allowed);
+    if ok { Ok(input.to_owned()) } else { Err(Error { kind, input: input.to_owned(), rule }) }
+}
+
+macro_rules! define_name {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $rule:literal, $max:literal, $allowed:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates `input`; the error says which rule it broke.
+            pub fn parse(input: &str) -> Result<Self, Error> {
+                check($kind, $rule, input, $max, $allowed).map(Self)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+    };
+}
+
+impl TemplateName {
+    /// The built-in template every agent gets unless another is named.
+    pub fn builtin_default() -> Self {
+        Self(crate::agent::AgentConfig::DEFAULT_TEMPLATE.to_owned())
+    }
+}
+
+fn handle_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+}
+
+fn secret_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'
+}
+
+define_name!(
+    /// The name of an agent or tenant: 1–64 lowercase letters, digits, `-` or `_`; unique per
+    /// tenant (agents) or per deployment (tenants).
+    Handle,
+    "handle",
+    "use 1-64 lowercase letters, digits, '-' or '_'",
+    64,
+    handle_byte
+);
+define_name!(
+    /// The name of a secret: 1–128 ASCII letters, digits, `-`, `_` or `.` (e.g. `OPENAI_API_KEY`).
+    SecretName,
+    "secret name",
+    "use 1-128 ASCII letters, digits, '-', '_' or '.'",
+    128,
+    secret_byte
+);
+define_name!(
+    /// The name of a persona template: same rules as a handle.
+    TemplateName,
+    "template name",
+    "use 1-64 lowercase letters, digits, '-' or '_'",
+    64,
+    handle_byte
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_follow_the_rules() {
+        for good in ["a", "my-agent_2", &"x".repeat(64)] {
+            assert!(Handle::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Upper", "has space", "dot.ted", "é", &"x".repeat(65), "../x"] {
+            let err = Handle::parse(bad).unwrap_err();
+            assert!(err.to_string().contains("use 1-64 lowercase"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn secret_names_allow_env_style() {
+        assert!(SecretName::parse("OPENAI_API_KEY").is_ok());
+        assert!(SecretName::parse("a/b").is_err());
+    }
+}

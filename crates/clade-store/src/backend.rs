@@ -1,0 +1,252 @@
+//! Connecting to SQLite or PostgreSQL, and the few places where their SQL differs.
+//!
+//! Both backends are reached through sqlx's `Any` driver, so every query is written once with
+//! `$n` placeholders (SQLite accepts them too) and portable types: integers, text and blobs.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
+
+use crate::error::{Error, Result};
+
+/// Which database engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// How hard each commit is pushed to disk before it is acknowledged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync before acknowledging (SQLite `synchronous=FULL`, PostgreSQL `synchronous_commit=on`).
+    #[default]
+    Full,
+    /// Survives a process crash but may lose the last commits on power loss.
+    Normal,
+}
+
+/// Where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Location {
+    /// Parses `--store`: `postgres://…`, `postgresql://…`, `sqlite://<path>` or a bare path.
+    pub fn parse(url: &str) -> Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Location::Postgres(url.to_owned()));
+        }
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap_or_default();
+            if path.is_empty() {
+                return Err(Error::BadUrl(url.to_owned()));
+            }
+            return Ok(Location::Sqlite(PathBuf::from(path)));
+        }
+        if url.contains("://") || url.is_empty() {
+            return Err(Error::BadUrl(url.to_owned()));
+        }
+        Ok(Location::Sqlite(PathBuf::from(url)))
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Location::Sqlite(_) => Backend::Sqlite,
+            Location::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// A printable form with any password removed.
+    pub fn redacted(&self) -> String {
+        match self {
+            Location::Sqlite(path) => path.display().to_string(),
+            Location::Postgres(url) => redact_url(url),
+        }
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    // postgres://user:password@host/db -> postgres://user:***@host/db
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Opens the connection pool, applies per-connection settings and checks them.
+pub(crate) async fn connect(location: &Location, durability: Durability) -> Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    let shown = location.redacted();
+    let (url, max_connections) = match location {
+        Location::Sqlite(path) => (sqlite_url(path), 4),
+        Location::Postgres(url) => (url.clone(), 8),
+    };
+    let options = AnyConnectOptions::from_str(&url)
+        .map_err(|err| Error::Unreachable { location: shown.clone(), detail: err.to_string() })?
+        .disable_statement_logging();
+    let backend = location.backend();
+    // One direct connection first: the pool retries failed connects until its timeout and
+    // then reports only that it timed out, hiding "connection refused" or "not a database".
+    let mut probe = sqlx::AnyConnection::connect_with(&options)
+        .await
+        .map_err(|err| classify_connect_error(err, &shown))?;
+    for statement in session_settings(backend, durability) {
+        probe.execute(*statement).await.map_err(|err| classify_connect_error(err, &shown))?;
+    }
+    let _ = probe.close().await;
+    let pool = AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                for statement in session_settings(backend, durability) {
+                    conn.execute(*statement).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .map_err(|err| classify_connect_error(err, &shown))?;
+    check_settings(&pool, backend, durability, &shown).await?;
+    Ok(pool)
+}
+
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+fn session_settings(backend: Backend, durability: Durability) -> &'static [&'static str] {
+    match (backend, durability) {
+        (Backend::Sqlite, Durability::Full) => &[
+            "PRAGMA journal_mode = WAL",
+            "PRAGMA synchronous = FULL",
+            "PRAGMA busy_timeout = 10000",
+            "PRAGMA foreign_keys = ON",
+        ],
+        (Backend::Sqlite, Durability::Normal) => &[
+            "PRAGMA journal_mode = WAL",
+            "PRAGMA synchronous = NORMAL",
+            "PRAGMA busy_timeout = 10000",
+            "PRAGMA foreign_keys = ON",
+        ],
+        (Backend::Postgres, Durability::Full) => &["SET synchronous_commit = on"],
+        (Backend::Postgres, Durability::Normal) => &["SET synchronous_commit = off"],
+    }
+}
+
+/// Reads the durability settings back: an acknowledged commit is only as durable as these.
+async fn check_settings(
+    pool: &AnyPool,
+    backend: Backend,
+    durability: Durability,
+    shown: &str,
+) -> Result<()> {
+    let expect = |setting: &'static str, found: String, expected: &str| {
+        if found.eq_ignore_ascii_case(expected) {
+            Ok(())
+        } else {
+            Err(Error::Durability {
+                location: shown.to_owned(),
+                setting,
+                found,
+                expected: expected.to_owned(),
+            })
+        }
+    };
+    let text = |query: &'static str| async move {
+        let row = sqlx::query(query)
+            .fetch_one(pool)
+            .await
+            .map_err(|err| classify_connect_error(err, shown))?;
+        // SQLite answers some pragmas with numbers, PostgreSQL with text.
+        let value = row
+            .try_get::<String, _>(0)
+            .or_else(|_| row.try_get::<i64, _>(0).map(|n| n.to_string()))
+            .map_err(Error::Database)?;
+        Ok::<_, Error>(value)
+    };
+    match backend {
+        Backend::Sqlite => {
+            expect("journal_mode", text("PRAGMA journal_mode").await?, "wal")?;
+            let wanted = if durability == Durability::Full { "2" } else { "1" };
+            expect("synchronous", text("PRAGMA synchronous").await?, wanted)?;
+        }
+        Backend::Postgres => {
+            if durability == Durability::Full {
+                expect("fsync", text("SHOW fsync").await?, "on")?;
+                expect("synchronous_commit", text("SHOW synchronous_commit").await?, "on")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Turns a failure to connect into the one-line error the user needs.
+pub(crate) fn classify_connect_error(err: sqlx::Error, shown: &str) -> Error {
+    match &err {
+        sqlx::Error::Database(db) => {
+            if let Some(code) = db.code().and_then(|c| c.parse::<i32>().ok()) {
+                // SQLITE_CORRUPT = 11, SQLITE_NOTADB = 26 (low byte of the extended code).
+                if matches!(code & 0xff, 11 | 26) {
+                    return Error::Corrupt { location: shown.to_owned(), detail: db.to_string() };
+                }
+            }
+            Error::Database(err)
+        }
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => {
+            Error::Unreachable { location: shown.to_owned(), detail: err.to_string() }
+        }
+        _ => Error::Database(err),
+    }
+}
+
+/// Like [`classify_connect_error`] for errors seen after the store is open.
+pub(crate) fn classify(err: sqlx::Error, shown: &str) -> Error {
+    classify_connect_error(err, shown)
+}
+
+/// Translates the shared schema text into one backend's dialect.
+pub(crate) fn dialect_sql(backend: Backend, sql: &str) -> String {
+    match backend {
+        Backend::Sqlite => sql.to_owned(),
+        Backend::Postgres => sql.replace(" BLOB", " BYTEA").replace(" INTEGER", " BIGINT"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_store_urls() {
+        assert_eq!(Location::parse("postgres://u@h/db").unwrap().backend(), Backend::Postgres);
+        assert_eq!(
+            Location::parse("sqlite:///tmp/x.db?mode=rwc").unwrap(),
+            Location::Sqlite(PathBuf::from("/tmp/x.db"))
+        );
+        assert_eq!(Location::parse("/tmp/y.db").unwrap(), Location::Sqlite("/tmp/y.db".into()));
+        assert!(Location::parse("mysql://h/db").is_err());
+        assert!(Location::parse("").is_err());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        let loc = Location::parse("postgres://bob:hunter2@db:5432/x").unwrap();
+        assert_eq!(loc.redacted(), "postgres://bob:***@db:5432/x");
+    }
+
+    #[test]
+    fn postgres_dialect_maps_types() {
+        let sql = dialect_sql(Backend::Postgres, "id BLOB, n INTEGER NOT NULL");
+        assert_eq!(sql, "id BYTEA, n BIGINT NOT NULL");
+    }
+}

@@ -1,0 +1,106 @@
+//! Everything that can go wrong below the store's API, phrased for the person who must fix it.
+
+use std::path::PathBuf;
+
+use clade_core::Handle;
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("tenant {0:?} not found: list tenants with `clade tenants list`")]
+    TenantNotFound(String),
+    #[error("tenant {0:?} already exists")]
+    TenantExists(String),
+    #[error("agent {0:?} not found: list agents with `clade agents list`")]
+    AgentNotFound(String),
+    #[error("an agent with handle {0:?} already exists in this tenant: choose another handle")]
+    HandleTaken(Handle),
+    #[error("secret {0:?} not found: list secrets with `clade secrets list`")]
+    SecretNotFound(String),
+    #[error("token {0} not found or already revoked: list tokens with `clade tokens list`")]
+    TokenNotFound(String),
+    #[error("invalid or revoked API token: create one with `clade tokens create`")]
+    BadToken,
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("the default tenant cannot be deleted")]
+    DefaultTenant,
+
+    #[error(
+        "the database at {location} has schema version {found}, newer than this clade supports \
+         ({supported}): upgrade clade, or point --store/--data-dir at another database"
+    )]
+    NewerSchema { location: String, found: i64, supported: i64 },
+    #[error(
+        "the database at {location} is corrupted or not a Clade database ({detail}): restore it \
+         from a backup or move it aside to start fresh"
+    )]
+    Corrupt { location: String, detail: String },
+    #[error(
+        "cannot reach the database at {location}: {detail}; check that the server is running \
+         and the URL is right (--store or CLADE_STORE)"
+    )]
+    Unreachable { location: String, detail: String },
+    #[error(
+        "the database at {location} does not have the required durability setting \
+         ({setting} = {found}, expected {expected})"
+    )]
+    Durability { location: String, setting: &'static str, found: String, expected: String },
+    #[error("unsupported store URL {0:?}: use sqlite://<path> or postgres://user@host/db")]
+    BadUrl(String),
+
+    #[error(
+        "data dir {path} is not usable ({source}): pass a writable --data-dir or fix its \
+         permissions"
+    )]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot {action} {path}: {source}")]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Import(String),
+    #[error(
+        "template {0:?} not found: use the built-in \"default\" template or create \
+         <data-dir>/templates/{0}/ with SOUL.md, IDENTITY.md and USER.md"
+    )]
+    TemplateNotFound(String),
+
+    #[error(
+        "master key missing: {secrets} encrypted secret(s) exist but neither {path} nor \
+         CLADE_MASTER_KEY is present; restore the key file or set CLADE_MASTER_KEY"
+    )]
+    MasterKeyMissing { secrets: i64, path: PathBuf },
+    #[error(
+        "the master key does not match the one these secrets were encrypted with: restore the \
+         original {path} or CLADE_MASTER_KEY"
+    )]
+    WrongMasterKey { path: PathBuf },
+    #[error("invalid master key: {0}")]
+    BadMasterKey(String),
+    #[error("secret {0:?} cannot be decrypted: its stored value was altered or the key is wrong")]
+    Decrypt(String),
+
+    #[error("commit failed ({0}); nothing was written, retry the operation")]
+    CommitFailed(String),
+    #[error("the store's writer has stopped; restart clade")]
+    WriterGone,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("stored row is invalid: {0}")]
+    BadRow(String),
+}
+
+impl Error {
+    /// Whether the caller can fix this by changing their request (as opposed to an operator or
+    /// infrastructure problem).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Error::TenantNotFound(_)
+                | Error::AgentNotFound(_)
+                | Error::SecretNotFound(_)
+                | Error::TokenNotFound(_)
+        )
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,27 @@
+//! Clade's state: storage over SQLite (embedded default) or PostgreSQL, and the data dir.
+//!
+//! Owns the schema and its migrations, the group-commit write path, tenants, agents, API
+//! tokens, encrypted secrets, and the on-disk layout of the data dir (workspaces, key and
+//! token files). It knows nothing of HTTP, the CLI or models; the runtime reaches it only
+//! through [`Store`] and [`Agents`], never through a backend type.
+//!
+//! Start at [`store::Store`], then [`writer`] for how concurrent writes share a commit.
+
+pub mod agents;
+pub mod backend;
+mod crypto;
+pub mod datadir;
+pub mod error;
+mod migrate;
+pub mod secrets;
+pub mod store;
+mod writer;
+
+pub use agents::Agents;
+pub use backend::{Backend, Durability, Location};
+pub use crypto::MasterKey;
+pub use datadir::DataDir;
+pub use error::{Error, Result};
+pub use migrate::SCHEMA_VERSION;
+pub use secrets::Secrets;
+pub use store::{NewAgent, SecretInfo, Store, StoreOptions, TOKEN_PREFIX, TokenInfo};

@@ -1,0 +1,661 @@
+//! The store handle: tenants, agents, API tokens, secrets and metadata over either backend.
+//!
+//! Reads go to the connection pool; every write goes through the group-commit [`Writer`].
+//! Every query on tenant-owned data is filtered by tenant id: there is no call that returns
+//! another tenant's rows.
+
+use std::sync::Arc;
+
+use clade_core::{
+    Agent, AgentConfig, AgentId, Clock, Handle, SecretName, Tenant, TenantId, TemplateName,
+    Timestamp, TokenId,
+};
+use futures::future::BoxFuture;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row};
+
+use crate::backend::{self, Backend, Durability, Location, classify};
+use crate::crypto::Sealed;
+use crate::error::{Error, Result};
+use crate::migrate;
+use crate::writer::Writer;
+
+/// How to open a store.
+#[derive(Clone)]
+pub struct StoreOptions {
+    pub location: Location,
+    pub durability: Durability,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// A cheap-to-clone handle to Clade's state.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    writer: Writer,
+    backend: Backend,
+    shown: Arc<str>,
+    clock: Arc<dyn Clock>,
+}
+
+/// What is needed to create an agent.
+#[derive(Debug, Clone)]
+pub struct NewAgent {
+    pub handle: Handle,
+    pub display_name: Option<String>,
+    pub config: AgentConfig,
+}
+
+/// An API token as listed (its secret is never stored, only a hash of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub id: TokenId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// A secret as listed: name and dates, never the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretInfo {
+    pub name: SecretName,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// The prefix of every API token, so leaked tokens are easy to recognise and scan for.
+pub const TOKEN_PREFIX: &str = "clade_";
+
+/// Agent config as stored in the `config` column: versioned so old rows keep loading.
+#[derive(Serialize, Deserialize)]
+struct StoredAgentConfig {
+    v: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    template: Option<String>,
+}
+
+fn encode_config(config: &AgentConfig) -> String {
+    let stored = StoredAgentConfig {
+        v: 1,
+        template: (config.template != TemplateName::builtin_default())
+            .then(|| config.template.to_string()),
+    };
+    serde_json::to_string(&stored).unwrap_or_else(|_| "{\"v\":1}".into())
+}
+
+fn decode_config(text: &str) -> Result<AgentConfig> {
+    let stored: StoredAgentConfig =
+        serde_json::from_str(text).map_err(|e| Error::BadRow(format!("agent config: {e}")))?;
+    let template = match stored.template {
+        Some(name) => TemplateName::parse(&name).map_err(|e| Error::BadRow(e.to_string()))?,
+        None => TemplateName::builtin_default(),
+    };
+    Ok(AgentConfig { template })
+}
+
+fn id_bytes(row: &AnyRow, column: &str) -> Result<[u8; 16]> {
+    let bytes: Vec<u8> = row.try_get(column)?;
+    bytes.try_into().map_err(|_| Error::BadRow(format!("{column} is not a 16-byte id")))
+}
+
+fn handle_column(row: &AnyRow, column: &str) -> Result<Handle> {
+    let text: String = row.try_get(column)?;
+    Handle::parse(&text).map_err(|e| Error::BadRow(e.to_string()))
+}
+
+fn tenant_from_row(row: &AnyRow) -> Result<Tenant> {
+    Ok(Tenant {
+        id: TenantId::from_bytes(id_bytes(row, "id")?),
+        name: handle_column(row, "name")?,
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+    })
+}
+
+fn agent_from_row(row: &AnyRow) -> Result<Agent> {
+    let handle = handle_column(row, "handle")?;
+    let display_name: Option<String> = row.try_get("display_name")?;
+    Ok(Agent {
+        id: AgentId::from_bytes(id_bytes(row, "id")?),
+        tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
+        display_name: display_name.unwrap_or_else(|| handle.to_string()),
+        handle,
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+        config: decode_config(&row.try_get::<String, _>("config")?)?,
+    })
+}
+
+fn token_from_row(row: &AnyRow) -> Result<TokenInfo> {
+    Ok(TokenInfo {
+        id: TokenId::from_bytes(id_bytes(row, "id")?),
+        tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
+        name: row.try_get("name")?,
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+        revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(Timestamp::from_millis),
+    })
+}
+
+fn hash_token(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+const AGENT_COLUMNS: &str = "id, tenant_id, handle, display_name, created_at, config";
+/// Rows per multi-row INSERT; 6 columns each stays far below SQLite's 32,766 parameters.
+const INSERT_CHUNK: usize = 500;
+
+impl Store {
+    /// Connects, checks durability settings, runs migrations and makes sure the default
+    /// tenant exists.
+    pub async fn open(options: StoreOptions) -> Result<Self> {
+        let shown: Arc<str> = options.location.redacted().into();
+        let backend = options.location.backend();
+        let pool = backend::connect(&options.location, options.durability).await?;
+        migrate::run(&pool, backend, &shown, options.clock.now().as_millis()).await?;
+        let writer = Writer::spawn(pool.clone(), backend, shown.to_string());
+        let store = Self { pool, writer, backend, shown, clock: options.clock };
+        store.ensure_tenant(Tenant::DEFAULT_NAME).await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The printable location (passwords removed).
+    pub fn location(&self) -> &str {
+        &self.shown
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Cheap liveness check for `/readyz`.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").fetch_one(&self.pool).await.map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// Verifies the database file's structure (SQLite); PostgreSQL checks its own pages.
+    pub async fn quick_check(&self) -> Result<()> {
+        if self.backend != Backend::Sqlite {
+            return Ok(());
+        }
+        let row =
+            sqlx::query("PRAGMA quick_check").fetch_one(&self.pool).await.map_err(|e| self.db(e))?;
+        let verdict: String = row.try_get(0)?;
+        if verdict != "ok" {
+            return Err(Error::Corrupt { location: self.shown.to_string(), detail: verdict });
+        }
+        Ok(())
+    }
+
+    fn db(&self, err: sqlx::Error) -> Error {
+        classify(err, &self.shown)
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        self.writer.write(Box::new(f)).await
+    }
+
+    // ---- tenants ----
+
+    async fn ensure_tenant(&self, name: &str) -> Result<Tenant> {
+        match self.tenant(name).await {
+            Ok(tenant) => Ok(tenant),
+            Err(Error::TenantNotFound(_)) => match self.create_tenant(name).await {
+                Err(Error::TenantExists(_)) => self.tenant(name).await,
+                other => other,
+            },
+            Err(err) => Err(err),
+        }
+    }
+
+    pub async fn create_tenant(&self, name: &str) -> Result<Tenant> {
+        let name = Handle::parse(name).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let now = self.now();
+        let tenant = Tenant { id: TenantId::generate(now), name, created_at: now };
+        let row = tenant.clone();
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
+                    .bind(row.id.as_bytes().to_vec())
+                    .bind(row.name.to_string())
+                    .bind(row.created_at.as_millis())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| {
+                        if is_unique_violation(&e) {
+                            Error::TenantExists(row.name.to_string())
+                        } else {
+                            Error::Database(e)
+                        }
+                    })?;
+                Ok(())
+            })
+        })
+        .await?;
+        Ok(tenant)
+    }
+
+    pub async fn tenant(&self, name: &str) -> Result<Tenant> {
+        let row = sqlx::query("SELECT id, name, created_at FROM tenants WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        row.as_ref().map(tenant_from_row).transpose()?.ok_or_else(|| Error::TenantNotFound(name.into()))
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<Tenant>> {
+        let rows = sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    /// Deletes a tenant with all its agents, tokens and secrets; returns the ids of the deleted
+    /// agents so their workspaces can be removed.
+    pub async fn delete_tenant(&self, name: &str) -> Result<Vec<AgentId>> {
+        if name == Tenant::DEFAULT_NAME {
+            return Err(Error::DefaultTenant);
+        }
+        let tenant = self.tenant(name).await?;
+        self.write(move |conn| {
+            Box::pin(async move {
+                let id = tenant.id.as_bytes().to_vec();
+                let rows = sqlx::query("SELECT id FROM agents WHERE tenant_id = $1")
+                    .bind(id.clone())
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let agents = rows
+                    .iter()
+                    .map(|r| id_bytes(r, "id").map(AgentId::from_bytes))
+                    .collect::<Result<Vec<_>>>()?;
+                // Explicit deletes rather than relying on ON DELETE CASCADE, which SQLite only
+                // honours when foreign keys are enabled on that connection.
+                for table in [
+                    "DELETE FROM secrets WHERE agent_id IN (SELECT id FROM agents WHERE tenant_id = $1)",
+                    "DELETE FROM agents WHERE tenant_id = $1",
+                    "DELETE FROM api_tokens WHERE tenant_id = $1",
+                    "DELETE FROM tenants WHERE id = $1",
+                ] {
+                    sqlx::query(table).bind(id.clone()).execute(&mut *conn).await?;
+                }
+                Ok(agents)
+            })
+        })
+        .await
+    }
+
+    // ---- agents ----
+
+    pub async fn create_agent(&self, tenant: TenantId, agent: NewAgent) -> Result<Agent> {
+        let mut created = self.create_agents(tenant, vec![agent]).await?;
+        created.pop().ok_or_else(|| Error::BadRow("no agent created".into()))
+    }
+
+    /// Creates all of `agents` in one transaction, or none of them.
+    pub async fn create_agents(&self, tenant: TenantId, agents: Vec<NewAgent>) -> Result<Vec<Agent>> {
+        for agent in &agents {
+            if let Some(name) = &agent.display_name {
+                clade_core::agent::validate_display_name(name).map_err(Error::InvalidInput)?;
+            }
+        }
+        let now = self.now();
+        let agents: Vec<Agent> = agents
+            .into_iter()
+            .map(|new| Agent {
+                id: AgentId::generate(now),
+                tenant_id: tenant,
+                display_name: new.display_name.unwrap_or_else(|| new.handle.to_string()),
+                handle: new.handle,
+                created_at: now,
+                config: new.config,
+            })
+            .collect();
+        let rows = agents.clone();
+        self.write(move |conn| {
+            Box::pin(async move {
+                for chunk in rows.chunks(INSERT_CHUNK) {
+                    insert_agents(conn, chunk).await?;
+                }
+                Ok(())
+            })
+        })
+        .await?;
+        Ok(agents)
+    }
+
+    pub async fn agent(&self, tenant: TenantId, handle: &str) -> Result<Agent> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND handle = $2"
+        )))
+        .bind(tenant.as_bytes().to_vec())
+        .bind(handle)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        row.as_ref().map(agent_from_row).transpose()?.ok_or_else(|| Error::AgentNotFound(handle.into()))
+    }
+
+    /// Agents of a tenant ordered by handle, `limit` at a time, starting after `after`.
+    pub async fn agents(&self, tenant: TenantId, after: Option<&str>, limit: u32) -> Result<Vec<Agent>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND handle > $2 \
+             ORDER BY handle LIMIT $3"
+        )))
+        .bind(tenant.as_bytes().to_vec())
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    pub async fn count_agents(&self, tenant: TenantId) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM agents WHERE tenant_id = $1")
+            .bind(tenant.as_bytes().to_vec())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Deletes an agent's row and everything stored under it; returns what was deleted.
+    pub async fn delete_agent(&self, tenant: TenantId, handle: &str) -> Result<Agent> {
+        let agent = self.agent(tenant, handle).await?;
+        let id = agent.id;
+        let handle = handle.to_owned();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let id = id.as_bytes().to_vec();
+                sqlx::query("DELETE FROM secrets WHERE agent_id = $1")
+                    .bind(id.clone())
+                    .execute(&mut *conn)
+                    .await?;
+                let deleted = sqlx::query("DELETE FROM agents WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+                if deleted.rows_affected() == 0 {
+                    return Err(Error::AgentNotFound(handle));
+                }
+                Ok(())
+            })
+        })
+        .await?;
+        Ok(agent)
+    }
+
+    // ---- tokens ----
+
+    /// Creates a token for `tenant`; the returned secret is shown once and never stored.
+    pub async fn create_token(&self, tenant: TenantId, name: &str) -> Result<(TokenInfo, String)> {
+        if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+            return Err(Error::InvalidInput(
+                "token name must be 1-100 characters without control characters".into(),
+            ));
+        }
+        let mut raw = [0u8; 32];
+        rand::rng().fill_bytes(&mut raw);
+        let secret = format!("{TOKEN_PREFIX}{}", hex::encode(raw));
+        let now = self.now();
+        let info = TokenInfo {
+            id: TokenId::generate(now),
+            tenant_id: tenant,
+            name: name.to_owned(),
+            created_at: now,
+            revoked_at: None,
+        };
+        let row = info.clone();
+        let hash = hash_token(&secret);
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO api_tokens (id, tenant_id, name, secret_hash, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(row.id.as_bytes().to_vec())
+                .bind(row.tenant_id.as_bytes().to_vec())
+                .bind(row.name)
+                .bind(hash)
+                .bind(row.created_at.as_millis())
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await?;
+        Ok((info, secret))
+    }
+
+    pub async fn tokens(&self, tenant: TenantId) -> Result<Vec<TokenInfo>> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, name, created_at, revoked_at FROM api_tokens \
+             WHERE tenant_id = $1 ORDER BY created_at, id",
+        )
+        .bind(tenant.as_bytes().to_vec())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    pub async fn revoke_token(&self, tenant: TenantId, id: TokenId) -> Result<()> {
+        let now = self.now().as_millis();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query(
+                    "UPDATE api_tokens SET revoked_at = $1 \
+                     WHERE id = $2 AND tenant_id = $3 AND revoked_at IS NULL",
+                )
+                .bind(now)
+                .bind(id.as_bytes().to_vec())
+                .bind(tenant.as_bytes().to_vec())
+                .execute(&mut *conn)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err(Error::TokenNotFound(id.to_string()));
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// The tenant a bearer token belongs to; [`Error::BadToken`] if it is unknown or revoked.
+    pub async fn authenticate(&self, secret: &str) -> Result<Tenant> {
+        if !secret.starts_with(TOKEN_PREFIX) {
+            return Err(Error::BadToken);
+        }
+        let row = sqlx::query(
+            "SELECT t.id, t.name, t.created_at FROM api_tokens k JOIN tenants t ON t.id = k.tenant_id \
+             WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
+        )
+        .bind(hash_token(secret))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        row.as_ref().map(tenant_from_row).transpose()?.ok_or(Error::BadToken)
+    }
+
+    // ---- secrets (already encrypted by the caller; see `crate::secrets`) ----
+
+    pub(crate) async fn put_sealed(&self, agent: AgentId, name: &SecretName, sealed: Sealed) -> Result<()> {
+        let now = self.now().as_millis();
+        let name = name.to_string();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let agent = agent.as_bytes().to_vec();
+                let updated = sqlx::query(
+                    "UPDATE secrets SET nonce = $1, ciphertext = $2, updated_at = $3 \
+                     WHERE agent_id = $4 AND name = $5",
+                )
+                .bind(sealed.nonce.clone())
+                .bind(sealed.ciphertext.clone())
+                .bind(now)
+                .bind(agent.clone())
+                .bind(name.clone())
+                .execute(&mut *conn)
+                .await?;
+                if updated.rows_affected() == 0 {
+                    sqlx::query(
+                        "INSERT INTO secrets (agent_id, name, nonce, ciphertext, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $5)",
+                    )
+                    .bind(agent)
+                    .bind(name)
+                    .bind(sealed.nonce)
+                    .bind(sealed.ciphertext)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn sealed(&self, agent: AgentId, name: &SecretName) -> Result<Sealed> {
+        let row = sqlx::query("SELECT nonce, ciphertext FROM secrets WHERE agent_id = $1 AND name = $2")
+            .bind(agent.as_bytes().to_vec())
+            .bind(name.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?
+            .ok_or_else(|| Error::SecretNotFound(name.to_string()))?;
+        Ok(Sealed { nonce: row.try_get("nonce")?, ciphertext: row.try_get("ciphertext")? })
+    }
+
+    pub async fn secrets(&self, agent: AgentId) -> Result<Vec<SecretInfo>> {
+        let rows = sqlx::query(
+            "SELECT name, created_at, updated_at FROM secrets WHERE agent_id = $1 ORDER BY name",
+        )
+        .bind(agent.as_bytes().to_vec())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.try_get("name")?;
+                Ok(SecretInfo {
+                    name: SecretName::parse(&name).map_err(|e| Error::BadRow(e.to_string()))?,
+                    created_at: Timestamp::from_millis(row.try_get("created_at")?),
+                    updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
+                })
+            })
+            .collect()
+    }
+
+    pub async fn delete_secret(&self, agent: AgentId, name: &SecretName) -> Result<()> {
+        let name = name.to_string();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query("DELETE FROM secrets WHERE agent_id = $1 AND name = $2")
+                    .bind(agent.as_bytes().to_vec())
+                    .bind(name.clone())
+                    .execute(&mut *conn)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Err(Error::SecretNotFound(name));
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Number of stored secrets across all tenants (to detect a lost master key).
+    pub async fn count_secrets(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM secrets")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(row.try_get(0)?)
+    }
+
+    // ---- metadata ----
+
+    pub async fn meta(&self, key: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(row.map(|r| r.try_get::<String, _>("value")).transpose()?)
+    }
+
+    /// Sets `key` to `value`, replacing any previous value.
+    pub async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO meta (key, value) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(key)
+                .bind(value)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+}
+
+async fn insert_agents(conn: &mut AnyConnection, agents: &[Agent]) -> Result<()> {
+    let mut sql = format!("INSERT INTO agents ({AGENT_COLUMNS}) VALUES ");
+    for i in 0..agents.len() {
+        let b = i * 6;
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!("(${},${},${},${},${},${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6));
+    }
+    // Only placeholders are interpolated; every value is bound.
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for agent in agents {
+        // Store no display name when it equals the handle: the common case costs no bytes.
+        let display = (agent.display_name != agent.handle.as_str()).then(|| agent.display_name.clone());
+        query = query
+            .bind(agent.id.as_bytes().to_vec())
+            .bind(agent.tenant_id.as_bytes().to_vec())
+            .bind(agent.handle.to_string())
+            .bind(display)
+            .bind(agent.created_at.as_millis())
+            .bind(encode_config(&agent.config));
+    }
+    query.execute(&mut *conn).await.map_err(|e| {
+        if is_unique_violation(&e) {
+            // Name the handle when there is only one; in a bulk insert, say which could clash.
+            match agents {
+                [one] => Error::HandleTaken(one.handle.clone()),
+                _ => Error::InvalidInput(format!(
+                    "one of {} handles already exists in this tenant; nothing was created",
+                    agents.len()
+                )),
+            }
+        } else if matches!(&e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation) {
+            Error::TenantNotFound("(deleted while creating the agent)".into())
+        } else {
+            Error::Database(e)
+        }
+    })?;
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Backend-conformance suite: every test runs unchanged against SQLite and PostgreSQL.
+
+mod suite;

@@ -1,0 +1,68 @@
+//! Bad databases and unreachable servers: one clear error, no partial state.
+
+use clade_store::{DataDir, Error, Location, SCHEMA_VERSION};
+use sqlx::Executor;
+
+use super::harness::{backends, open};
+
+#[tokio::test]
+async fn newer_schema_is_refused() {
+    for h in backends().await {
+        let pool = sqlx::AnyPool::connect(&match &h.location {
+            Location::Sqlite(p) => format!("sqlite://{}", p.display()),
+            Location::Postgres(url) => url.clone(),
+        })
+        .await
+        .unwrap();
+        pool.execute(sqlx::AssertSqlSafe(
+            format!(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES ({}, 'future', 0)",
+                SCHEMA_VERSION + 1
+            ),
+        ))
+        .await
+        .unwrap();
+        pool.close().await;
+        let err = h.reopen().await.err().unwrap();
+        assert!(matches!(err, Error::NewerSchema { .. }), "{}: {err}", h.name);
+        assert!(err.to_string().contains("upgrade clade"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn data_survives_reopen() {
+    for h in backends().await {
+        h.store.create_tenant("kept").await.unwrap();
+        let again = h.reopen().await.unwrap();
+        assert!(again.tenant("kept").await.is_ok(), "{}", h.name);
+    }
+}
+
+#[tokio::test]
+async fn corrupted_sqlite_file_is_refused_and_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("clade.db");
+    let garbage = b"this is not a database, just some bytes that happen to be here....".repeat(100);
+    std::fs::write(&path, &garbage).unwrap();
+    let err = open(Location::Sqlite(path.clone())).await.err().unwrap();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), garbage, "the file must not be touched");
+}
+
+#[tokio::test]
+async fn unreachable_postgres_is_a_clear_error() {
+    let err = open(Location::Postgres("postgres://nobody@127.0.0.1:1/none".into())).await.err().unwrap();
+    assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+}
+
+#[test]
+fn unwritable_data_dir_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let err = DataDir::open(file.join("data")).unwrap_err();
+    assert!(matches!(err, Error::DataDir { .. }), "{err}");
+    assert!(err.to_string().contains("--data-dir"), "{err}");
+}

@@ -1,0 +1,5 @@
+mod agents;
+mod failures;
+mod harness;
+mod secrets;
+mod tenants_tokens;
