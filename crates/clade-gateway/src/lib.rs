@@ -1,1 +1,98 @@
-//! clade-gateway
+//! Clade's HTTP API: health and readiness, the `/v1` REST resources, bearer-token auth per
+//! tenant, JSON errors with stable codes, and the OpenAPI document describing all of it.
+//!
+//! Owns the public wire shapes ([`api`]) and the one table mapping errors to codes and HTTP
+//! statuses ([`error`]). It must not know how state is stored (it calls `clade-store`'s
+//! handles, never SQL) and it never spawns processes.
+//!
+//! Start at [`router`], then `agents.rs` for a resource end to end.
+
+mod agents;
+pub mod api;
+mod auth;
+pub mod error;
+pub mod openapi;
+mod trace;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use clade_store::{Agents, Store};
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub use error::ApiError;
+
+/// Everything a request handler may use; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub agents: Agents,
+}
+
+/// Server settings taken from `clade.yaml`.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub max_body_bytes: usize,
+}
+
+/// The complete HTTP application.
+pub fn router(state: AppState, options: &ServerOptions) -> Router {
+    let v1 = Router::new()
+        .route("/agents", get(agents::list).post(agents::create))
+        .route("/agents/{handle}", get(agents::show).delete(agents::delete))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .layer(CatchPanicLayer::custom(error::panic_response))
+        .layer(axum::middleware::from_fn(trace::request_span))
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => axum::Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "status": "unavailable", "reason": err.to_string() })))
+                .into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "status": "unavailable", "reason": "store did not answer within 2 s" })),
+        )
+            .into_response(),
+    }
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    axum::Json(openapi::document())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(error::Code::RouteNotFound, "no such route: see /openapi.json for the API")
+}

@@ -13,7 +13,7 @@ pub enum Error {
     TenantExists(String),
     #[error("agent {0:?} not found: list agents with `clade agents list`")]
     AgentNotFound(String),
-    #[error("an agent with handle {0:?} already exists in this tenant: choose another handle")]
+    #[error("an agent with handle \"{0}\" already exists in this tenant: choose another handle")]
     HandleTaken(Handle),
     #[error("secret {0:?} not found: list secrets with `clade secrets list`")]
     SecretNotFound(String),

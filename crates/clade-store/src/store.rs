@@ -197,6 +197,27 @@ impl Store {
         Ok(())
     }
 
+    /// Bytes the database occupies: the SQLite file after folding the WAL back in, or the
+    /// PostgreSQL tables and indexes of this schema. Used by `clade bench`.
+    pub async fn disk_bytes(&self) -> Result<i64> {
+        let query = match self.backend {
+            Backend::Sqlite => {
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| self.db(e))?;
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"
+            }
+            Backend::Postgres => {
+                "SELECT CAST(COALESCE(SUM(pg_total_relation_size(c.oid)), 0) AS BIGINT) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'r' AND n.nspname = current_schema()"
+            }
+        };
+        let row = sqlx::query(query).fetch_one(&self.pool).await.map_err(|e| self.db(e))?;
+        Ok(row.try_get(0)?)
+    }
+
     fn db(&self, err: sqlx::Error) -> Error {
         classify(err, &self.shown)
     }

@@ -1,0 +1,191 @@
+//! The command line, as clap types.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "clade", version, about = "A multi-tenant runtime for LLM agents", propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// Where Clade keeps its state [default: ~/.clade]
+    #[arg(long, global = true, env = "CLADE_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Store URL: postgres://user@host/db, or a SQLite path [default: <data-dir>/clade.db]
+    #[arg(long, global = true, env = "CLADE_STORE", value_name = "URL", hide_env_values = true)]
+    pub(crate) store: Option<String>,
+    /// Tenant to act on [default: default]
+    #[arg(long, global = true, env = "CLADE_TENANT", value_name = "NAME")]
+    pub(crate) tenant: Option<String>,
+    /// Agent to act on [default: the one chosen with `clade agents switch`]
+    #[arg(long, global = true, env = "CLADE_AGENT", value_name = "HANDLE")]
+    pub(crate) agent: Option<String>,
+    /// Configuration file [default: <data-dir>/clade.yaml]
+    #[arg(long, global = true, env = "CLADE_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Log line format [default: from clade.yaml, else human]
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub(crate) log_format: Option<LogFormatArg>,
+    /// Secrets master key as 64 hex characters (instead of <data-dir>/master.key)
+    #[arg(long, global = true, env = "CLADE_MASTER_KEY", hide = true, hide_env_values = true)]
+    pub(crate) master_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormatArg {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the gateway
+    Serve(ServeArgs),
+    /// Create, list, show, delete and select agents
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+    /// Manage tenants
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
+    /// Manage a tenant's API tokens
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Manage an agent's encrypted secrets
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+    /// Inspect and check clade.yaml
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Measure Clade on this machine
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on [default: server.listen in clade.yaml, else 127.0.0.1:7420]
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AgentsCommand {
+    /// Create an agent
+    Create {
+        handle: String,
+        /// Display name [default: the handle]
+        #[arg(long)]
+        name: Option<String>,
+        /// Persona template: `default` or a folder under <data-dir>/templates/
+        #[arg(long)]
+        template: Option<String>,
+    },
+    /// List agents
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one agent
+    Show {
+        handle: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an agent with its secrets and workspace
+    Delete {
+        handle: String,
+        /// Confirm the deletion
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Make an agent the current one for this data dir
+    Switch { handle: String },
+    /// Create an agent from a folder of persona files (SOUL.md, IDENTITY.md, USER.md, ...)
+    Import {
+        dir: PathBuf,
+        /// Handle for the new agent [default: the folder's name]
+        #[arg(long)]
+        handle: Option<String>,
+    },
+    /// Print the agent's workspace directory, creating it on first use
+    Workspace { handle: Option<String> },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TenantsCommand {
+    /// Create a tenant
+    Create { name: String },
+    /// List tenants
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a tenant with all its agents, tokens, secrets and workspaces
+    Delete {
+        name: String,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokensCommand {
+    /// Create a token; it is printed once and stored only as a hash
+    Create {
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// List tokens (never their values)
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SecretsCommand {
+    /// Set a secret; the value is read from standard input
+    Set { name: String },
+    /// List secret names and dates (never values)
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a secret
+    Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Print the JSON Schema of clade.yaml
+    Schema,
+    /// Check clade.yaml; errors name the file, line and field
+    Validate {
+        /// File to check [default: --config, else <data-dir>/clade.yaml]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Create N agents and report creation rate, disk per agent, lookup latency and RSS
+    Agents {
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        /// Agents per create call
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Random handle lookups to time
+        #[arg(long, default_value_t = 10_000)]
+        lookups: u64,
+    },
+}

@@ -1,0 +1,143 @@
+//! Tenants, tokens and secrets.
+
+use std::io::Read;
+
+use anyhow::{Context as _, Result, bail};
+use clade_core::{SecretName, TokenId};
+use serde_json::json;
+
+use crate::cli::{SecretsCommand, TenantsCommand, TokensCommand};
+use crate::context::Ctx;
+use crate::output;
+
+/// Largest secret value accepted from standard input.
+const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+pub(super) async fn tenants(ctx: &Ctx, cmd: TenantsCommand) -> Result<()> {
+    match cmd {
+        TenantsCommand::Create { name } => {
+            let tenant = ctx.store.create_tenant(&name).await?;
+            println!("created tenant {} ({})", tenant.name, tenant.id);
+            println!("give it an API token with `clade tokens create --tenant {}`", tenant.name);
+        }
+        TenantsCommand::List { json } => {
+            let tenants = ctx.store.tenants().await?;
+            if json {
+                let items: Vec<_> = tenants
+                    .iter()
+                    .map(|t| json!({ "id": t.id.to_string(), "name": t.name.as_str(), "createdAt": t.created_at.as_millis() }))
+                    .collect();
+                output::json(&items)?;
+            } else {
+                let rows: Vec<_> = tenants
+                    .iter()
+                    .map(|t| vec![t.name.to_string(), t.created_at.to_string(), t.id.to_string()])
+                    .collect();
+                output::table(&["NAME", "CREATED", "ID"], &rows);
+            }
+        }
+        TenantsCommand::Delete { name, yes } => {
+            if !yes {
+                bail!("refusing to delete tenant {name:?} with all its agents without --yes");
+            }
+            let agents = ctx.store.delete_tenant(&name).await?;
+            ctx.agents.remove_workspaces(&agents);
+            println!("deleted tenant {name} and {} agent(s)", agents.len());
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
+    let tenant = ctx.tenant().await?;
+    match cmd {
+        TokensCommand::Create { name } => {
+            let (info, secret) = ctx.store.create_token(tenant.id, &name).await?;
+            eprintln!("token {} for tenant {} (shown once; store it safely):", info.id, tenant.name);
+            println!("{secret}");
+        }
+        TokensCommand::List { json } => {
+            let tokens = ctx.store.tokens(tenant.id).await?;
+            if json {
+                let items: Vec<_> = tokens
+                    .iter()
+                    .map(|t| json!({
+                        "id": t.id.to_string(),
+                        "name": t.name,
+                        "createdAt": t.created_at.as_millis(),
+                        "revokedAt": t.revoked_at.map(|r| r.as_millis()),
+                    }))
+                    .collect();
+                output::json(&items)?;
+            } else {
+                let rows: Vec<_> = tokens
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.to_string(),
+                            t.name.clone(),
+                            t.created_at.to_string(),
+                            t.revoked_at.map(|r| format!("revoked {r}")).unwrap_or_else(|| "active".into()),
+                        ]
+                    })
+                    .collect();
+                output::table(&["ID", "NAME", "CREATED", "STATE"], &rows);
+            }
+        }
+        TokensCommand::Revoke { id } => {
+            let id = TokenId::parse(&id)?;
+            ctx.store.revoke_token(tenant.id, id).await?;
+            println!("revoked token {id}");
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn secrets(ctx: &Ctx, cmd: SecretsCommand) -> Result<()> {
+    let agent = ctx.agent(None).await?;
+    let secrets = ctx.secrets();
+    match cmd {
+        SecretsCommand::Set { name } => {
+            let name = SecretName::parse(&name)?;
+            let mut value = Vec::new();
+            std::io::stdin()
+                .take(MAX_SECRET_BYTES + 1)
+                .read_to_end(&mut value)
+                .context("cannot read the secret value from standard input")?;
+            if value.len() as u64 > MAX_SECRET_BYTES {
+                bail!("secret value is larger than 64 KiB");
+            }
+            // A value typed or piped with `echo` ends in a newline that is not part of it.
+            while value.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                value.pop();
+            }
+            if value.is_empty() {
+                bail!("empty secret value: pipe it on standard input, e.g. `printf %s \"$KEY\" | clade secrets set {name}`");
+            }
+            secrets.set(&agent, &name, &value).await?;
+            println!("set secret {name} for agent {}", agent.handle);
+        }
+        SecretsCommand::List { json } => {
+            let list = secrets.list(&agent).await?;
+            if json {
+                let items: Vec<_> = list
+                    .iter()
+                    .map(|s| json!({ "name": s.name.as_str(), "createdAt": s.created_at.as_millis(), "updatedAt": s.updated_at.as_millis() }))
+                    .collect();
+                output::json(&items)?;
+            } else {
+                let rows: Vec<_> = list
+                    .iter()
+                    .map(|s| vec![s.name.to_string(), s.created_at.to_string(), s.updated_at.to_string()])
+                    .collect();
+                output::table(&["NAME", "CREATED", "UPDATED"], &rows);
+            }
+        }
+        SecretsCommand::Rm { name } => {
+            let name = SecretName::parse(&name)?;
+            secrets.remove(&agent, &name).await?;
+            println!("removed secret {name} from agent {}", agent.handle);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+use anyhow::{Result, bail};
+use clade_core::{AgentConfig, Handle, TemplateName};
+use clade_gateway::api::AgentResponse;
+use clade_store::NewAgent;
+
+use crate::cli::AgentsCommand;
+use crate::context::Ctx;
+use crate::output;
+
+/// Rows fetched per page when listing everything.
+const PAGE: u32 = 1000;
+
+pub(super) async fn run(ctx: &Ctx, cmd: AgentsCommand) -> Result<()> {
+    match cmd {
+        AgentsCommand::Create { handle, name, template } => {
+            let tenant = ctx.tenant().await?;
+            let handle = Handle::parse(&handle)?;
+            let template = match template {
+                Some(name) => TemplateName::parse(&name)?,
+                None => TemplateName::builtin_default(),
+            };
+            let agent = ctx
+                .agents
+                .create(tenant.id, NewAgent { handle, display_name: name, config: AgentConfig { template } })
+                .await?;
+            println!("created agent {} ({})", agent.handle, agent.id);
+        }
+        AgentsCommand::List { json } => {
+            let tenant = ctx.tenant().await?;
+            let mut all = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = ctx.store.agents(tenant.id, after.as_deref(), PAGE).await?;
+                let done = page.len() < PAGE as usize;
+                after = page.last().map(|a| a.handle.to_string());
+                all.extend(page);
+                if done {
+                    break;
+                }
+            }
+            if json {
+                output::json(&all.iter().map(AgentResponse::from).collect::<Vec<_>>())?;
+            } else if all.is_empty() {
+                println!("no agents in tenant {}: create one with `clade agents create <handle>`", tenant.name);
+            } else {
+                let current = ctx.data_dir.current_agent()?;
+                let rows: Vec<Vec<String>> = all
+                    .iter()
+                    .map(|a| {
+                        let mark = current
+                            .as_ref()
+                            .is_some_and(|(t, h)| t == tenant.name.as_str() && h == a.handle.as_str());
+                        vec![
+                            if mark { "*".into() } else { String::new() },
+                            a.handle.to_string(),
+                            a.display_name.clone(),
+                            a.created_at.to_string(),
+                            a.id.to_string(),
+                        ]
+                    })
+                    .collect();
+                output::table(&["", "HANDLE", "NAME", "CREATED", "ID"], &rows);
+            }
+        }
+        AgentsCommand::Show { handle, json } => {
+            let agent = ctx.agent(handle.as_deref()).await?;
+            if json {
+                output::json(&AgentResponse::from(&agent))?;
+            } else {
+                let workspace = ctx.agents.workspace_path(agent.id);
+                println!("handle:    {}", agent.handle);
+                println!("name:      {}", agent.display_name);
+                println!("id:        {}", agent.id);
+                println!("tenant:    {}", ctx.tenant_name());
+                println!("created:   {}", agent.created_at);
+                println!("template:  {}", agent.config.template);
+                let state = if workspace.is_dir() { "" } else { " (created on first use)" };
+                println!("workspace: {}{state}", workspace.display());
+            }
+        }
+        AgentsCommand::Delete { handle, yes } => {
+            if !yes {
+                bail!("refusing to delete agent {handle:?} and its workspace without --yes");
+            }
+            let tenant = ctx.tenant().await?;
+            let agent = ctx.agents.delete(tenant.id, &handle).await?;
+            if let Some((t, h)) = ctx.data_dir.current_agent()?
+                && t == tenant.name.as_str()
+                && h == handle
+            {
+                println!("note: {handle} was the current agent; choose another with `clade agents switch`");
+            }
+            println!("deleted agent {} ({})", agent.handle, agent.id);
+        }
+        AgentsCommand::Switch { handle } => {
+            let agent = ctx.agent(Some(&handle)).await?;
+            ctx.data_dir.set_current_agent(ctx.tenant_name(), agent.handle.as_str())?;
+            println!("current agent: {}", agent.handle);
+        }
+        AgentsCommand::Import { dir, handle } => {
+            let tenant = ctx.tenant().await?;
+            let handle = handle.as_deref().map(Handle::parse).transpose()?;
+            let agent = ctx.agents.import(tenant.id, &dir, handle).await?;
+            println!("imported agent {} ({}) from {}", agent.handle, agent.id, dir.display());
+        }
+        AgentsCommand::Workspace { handle } => {
+            let agent = ctx.agent(handle.as_deref()).await?;
+            println!("{}", ctx.agents.workspace(&agent)?.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! `clade bench agents`: creation rate, bytes on disk per agent, handle lookup latency, RSS.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clade_core::{AgentConfig, Handle};
+use clade_store::NewAgent;
+use rand::Rng;
+use tokio::task::JoinSet;
+
+use crate::cli::BenchCommand;
+use crate::context::Ctx;
+
+/// Create calls in flight at once, so the group-commit writer has batches to fold together.
+const IN_FLIGHT: usize = 4;
+
+pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Agents { count, batch, lookups } => agents(ctx, count, batch, lookups).await,
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // Benchmarks measure elapsed time.
+fn now() -> Instant {
+    Instant::now()
+}
+
+async fn agents(ctx: &Ctx, count: u64, batch: usize, lookups: u64) -> Result<()> {
+    if count == 0 || batch == 0 {
+        bail!("--count and --batch must be at least 1");
+    }
+    let tenant = ctx.tenant().await?;
+    // A prefix unique to this run, so the benchmark can be repeated on the same data dir.
+    let run = format!("b{:x}", ctx.store.now().as_millis());
+    let handle = move |i: u64| format!("{run}-{i}");
+    let disk_before = ctx.store.disk_bytes().await?;
+    let rss_start = rss_kib();
+    eprintln!("creating {count} agents in tenant {} ({})", tenant.name, ctx.store.location());
+
+    let started = now();
+    let mut tasks = JoinSet::new();
+    let mut next = 0u64;
+    let mut done = 0u64;
+    let mut last_report = now();
+    let mut rss_mid = rss_start;
+    while done < count {
+        while tasks.len() < IN_FLIGHT && next < count {
+            let end = (next + batch as u64).min(count);
+            let agents: Vec<NewAgent> = (next..end)
+                .map(|i| {
+                    Ok(NewAgent { handle: Handle::parse(&handle(i))?, display_name: None, config: AgentConfig::default() })
+                })
+                .collect::<Result<_>>()?;
+            let store = ctx.store.clone();
+            let tenant_id = tenant.id;
+            tasks.spawn(async move { store.create_agents(tenant_id, agents).await.map(|a| a.len() as u64) });
+            next = end;
+        }
+        if let Some(result) = tasks.join_next().await {
+            done += result??;
+        }
+        if last_report.elapsed() >= Duration::from_secs(2) || done == count {
+            let rate = done as f64 / started.elapsed().as_secs_f64();
+            eprint!("\r  {done}/{count} created ({:.0}%, {rate:.0}/s)   ", done as f64 * 100.0 / count as f64);
+            let _ = std::io::stderr().flush();
+            last_report = now();
+            if done >= count / 2 && rss_mid == rss_start {
+                rss_mid = rss_kib();
+            }
+        }
+    }
+    eprintln!();
+    let create_secs = started.elapsed().as_secs_f64();
+    let rss_end = rss_kib();
+    let disk_after = ctx.store.disk_bytes().await?;
+
+    eprintln!("timing {lookups} random handle lookups");
+    let mut rng = rand::rng();
+    let mut latencies = Vec::with_capacity(lookups as usize);
+    for _ in 0..lookups {
+        let h = handle(rng.random_range(0..count));
+        let t = now();
+        ctx.store.agent(tenant.id, &h).await?;
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1e3)
+            .unwrap_or(0.0)
+    };
+    let per_agent = (disk_after - disk_before) as f64 / count as f64;
+    println!("bench agents: {count} agents, store {}", ctx.store.location());
+    println!("  create:      {:.1} s, {:.0} agents/s", create_secs, count as f64 / create_secs);
+    println!("  disk:        {:.0} bytes per agent ({} bytes total growth)", per_agent, disk_after - disk_before);
+    println!("  lookup:      p50 {:.3} ms, p99 {:.3} ms ({} lookups)", pct(0.50), pct(0.99), latencies.len());
+    println!(
+        "  rss:         start {} KiB, half-way {} KiB, end {} KiB, peak {} KiB",
+        rss_start, rss_mid, rss_end, peak_rss_kib()
+    );
+    Ok(())
+}
+
+fn proc_status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn rss_kib() -> u64 {
+    proc_status_kib("VmRSS:")
+}
+
+fn peak_rss_kib() -> u64 {
+    proc_status_kib("VmHWM:")
+}

@@ -1,0 +1,43 @@
+//! One module per command group.
+
+mod admin;
+mod agents;
+mod bench;
+mod config;
+mod serve;
+
+use anyhow::Result;
+use clade_config::LogFormat;
+
+use crate::cli::{Cli, Command, LogFormatArg};
+use crate::context::{self, Ctx};
+use crate::logging;
+
+pub(crate) async fn run(cli: Cli) -> Result<()> {
+    let global = &cli.global;
+    // Commands that need no store are handled before one is opened.
+    if let Command::Config(cmd) = &cli.command {
+        logging::init(LogFormat::Human, None, "warn");
+        return config::run(global, cmd);
+    }
+    let data_dir = clade_store::DataDir::open(context::data_dir_path(global)?)?;
+    let file_config = context::load_config(global, &data_dir)?;
+    let format = match global.log_format {
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Human) => LogFormat::Human,
+        None => file_config.log.format,
+    };
+    let default_filter = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    logging::init(format, file_config.log.filter.as_deref(), default_filter);
+
+    let ctx = Ctx::open(global).await?;
+    match cli.command {
+        Command::Serve(args) => serve::run(&ctx, args).await,
+        Command::Agents(cmd) => agents::run(&ctx, cmd).await,
+        Command::Tenants(cmd) => admin::tenants(&ctx, cmd).await,
+        Command::Tokens(cmd) => admin::tokens(&ctx, cmd).await,
+        Command::Secrets(cmd) => admin::secrets(&ctx, cmd).await,
+        Command::Bench(cmd) => bench::run(&ctx, cmd).await,
+        Command::Config(_) => Ok(()),
+    }
+}

@@ -1,0 +1,60 @@
+use anyhow::{Context as _, Result};
+use clade_gateway::{AppState, ServerOptions};
+
+use crate::cli::ServeArgs;
+use crate::context::Ctx;
+
+pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
+    // Refuse to serve from a damaged store or with secrets we could not read.
+    ctx.store.quick_check().await?;
+    ctx.secrets().check().await?;
+    ctx.ensure_cli_token().await?;
+
+    let listen = args.listen.unwrap_or_else(|| ctx.config.server.listen.clone());
+    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| {
+        format!("cannot listen on {listen}: pass another address with --listen or set server.listen in clade.yaml")
+    })?;
+    let address = listener.local_addr()?;
+    let state = AppState { store: ctx.store.clone(), agents: ctx.agents.clone() };
+    let options = ServerOptions {
+        max_body_bytes: usize::try_from(ctx.config.server.max_body_bytes).unwrap_or(usize::MAX),
+    };
+    let app = clade_gateway::router(state, &options);
+    tracing::info!(
+        address = %address,
+        store = %ctx.store.location(),
+        data_dir = %ctx.data_dir.root().display(),
+        "clade listening"
+    );
+    // A plain line for people and scripts waiting for readiness.
+    println!(
+        "clade listening on http://{address} (store: {}; CLI token: {})",
+        ctx.store.location(),
+        ctx.data_dir.token_path().display()
+    );
+    clade_gateway::serve(listener, app, shutdown_signal()).await.context("server failed")?;
+    tracing::info!("clade stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

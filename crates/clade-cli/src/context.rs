@@ -1,0 +1,113 @@
+//! What every command needs: the data dir, the configuration, the store, and which tenant and
+//! agent the command acts on. This is the CLI's only reader of the process environment besides
+//! clap's `env` attributes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use clade_config::Config;
+use clade_core::{Agent, SystemClock, Tenant};
+use clade_store::{Agents, DataDir, Durability, Location, Secrets, Store, StoreOptions};
+
+use crate::cli::Global;
+
+pub(crate) struct Ctx {
+    pub(crate) data_dir: DataDir,
+    pub(crate) config: Config,
+    pub(crate) store: Store,
+    pub(crate) agents: Agents,
+    tenant: Option<String>,
+    agent: Option<String>,
+    master_key: Option<String>,
+}
+
+pub(crate) fn data_dir_path(global: &Global) -> Result<PathBuf> {
+    if let Some(dir) = &global.data_dir {
+        return Ok(dir.clone());
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => Ok(PathBuf::from(home).join(".clade")),
+        None => bail!("no data dir: HOME is not set; pass --data-dir or set CLADE_DATA_DIR"),
+    }
+}
+
+/// The configuration: `--config` must exist; the data dir's clade.yaml is optional.
+pub(crate) fn load_config(global: &Global, data_dir: &DataDir) -> Result<Config> {
+    Ok(match &global.config {
+        Some(path) => Config::load(path)?,
+        None => Config::load_or_default(&data_dir.config_path())?,
+    })
+}
+
+impl Ctx {
+    pub(crate) async fn open(global: &Global) -> Result<Self> {
+        let data_dir = DataDir::open(data_dir_path(global)?)?;
+        let config = load_config(global, &data_dir)?;
+        let location = match global.store.as_deref().or(config.store.url.as_deref()) {
+            Some(url) => Location::parse(url)?,
+            None => Location::Sqlite(data_dir.sqlite_path()),
+        };
+        let durability = match config.store.durability {
+            clade_config::Durability::Full => Durability::Full,
+            clade_config::Durability::Normal => Durability::Normal,
+        };
+        let store = Store::open(StoreOptions { location, durability, clock: Arc::new(SystemClock) }).await?;
+        let agents = Agents::new(store.clone(), data_dir.clone());
+        Ok(Self {
+            data_dir,
+            config,
+            store,
+            agents,
+            tenant: global.tenant.clone(),
+            agent: global.agent.clone(),
+            master_key: global.master_key.clone(),
+        })
+    }
+
+    pub(crate) fn tenant_name(&self) -> &str {
+        self.tenant.as_deref().unwrap_or(Tenant::DEFAULT_NAME)
+    }
+
+    pub(crate) async fn tenant(&self) -> Result<Tenant> {
+        Ok(self.store.tenant(self.tenant_name()).await?)
+    }
+
+    /// The agent named on the command line, else `--agent`, else the current one.
+    pub(crate) async fn agent(&self, explicit: Option<&str>) -> Result<Agent> {
+        let tenant = self.tenant().await?;
+        let handle = match explicit.or(self.agent.as_deref()) {
+            Some(handle) => handle.to_owned(),
+            None => match self.data_dir.current_agent()? {
+                Some((t, handle)) if t == tenant.name.as_str() => handle,
+                _ => bail!(
+                    "no agent selected: pass --agent <handle>, or choose one with `clade agents switch <handle>`"
+                ),
+            },
+        };
+        Ok(self.store.agent(tenant.id, &handle).await?)
+    }
+
+    pub(crate) fn secrets(&self) -> Secrets {
+        Secrets::new(self.store.clone(), self.data_dir.master_key_path(), self.master_key.clone())
+    }
+
+    /// Makes sure the CLI has a token for the default tenant in `<data-dir>/token`.
+    pub(crate) async fn ensure_cli_token(&self) -> Result<()> {
+        if let Some(existing) = self.data_dir.read_token()? {
+            if self.store.authenticate(&existing).await.is_err() {
+                tracing::warn!(
+                    path = %self.data_dir.token_path().display(),
+                    "the token file is not valid for this store; delete it and restart to get a new one"
+                );
+            }
+            return Ok(());
+        }
+        let tenant = self.store.tenant(Tenant::DEFAULT_NAME).await?;
+        let (_, secret) = self.store.create_token(tenant.id, "cli").await?;
+        self.data_dir
+            .write_token_if_absent(&secret)
+            .with_context(|| "cannot write the CLI token file")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,124 @@
+//! `/v1/agents`: create, list, show, delete the caller's agents.
+
+use axum::Extension;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use clade_core::{AgentConfig, Handle, TemplateName};
+use clade_store::NewAgent;
+use serde::de::DeserializeOwned;
+
+use crate::AppState;
+use crate::api::{AgentListResponse, AgentResponse, CreateAgentParams, ListAgentsQuery};
+use crate::auth::Caller;
+use crate::error::{ApiError, Code};
+
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+/// A JSON body whose rejections become API errors naming what is wrong.
+pub(crate) struct JsonBody<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(err) => {
+            ApiError::new(Code::InvalidRequest, format!("invalid request body: {}", err.body_text()))
+        }
+        JsonRejection::JsonSyntaxError(err) => {
+            ApiError::new(Code::InvalidRequest, format!("malformed JSON body: {}", err.body_text()))
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            Code::UnsupportedMediaType,
+            "send the body as JSON with `Content-Type: application/json`",
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            Code::PayloadTooLarge,
+            "request body is larger than server.max_body_bytes",
+        ),
+        other => ApiError::new(Code::InvalidRequest, format!("unreadable request body: {}", other.body_text())),
+    }
+}
+
+fn query_rejection(rejection: QueryRejection) -> ApiError {
+    ApiError::new(Code::InvalidRequest, format!("invalid query string: {}", rejection.body_text()))
+}
+
+fn record_agent(handle: &str) {
+    tracing::Span::current().record("agent", handle);
+}
+
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    JsonBody(params): JsonBody<CreateAgentParams>,
+) -> Result<impl IntoResponse, ApiError> {
+    let handle = Handle::parse(&params.handle).map_err(|e| ApiError::new(Code::InvalidHandle, e.to_string()))?;
+    record_agent(handle.as_str());
+    let template = match params.template.as_deref() {
+        Some(name) => TemplateName::parse(name).map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?,
+        None => TemplateName::builtin_default(),
+    };
+    if let Some(name) = &params.name {
+        clade_core::agent::validate_display_name(name).map_err(|e| ApiError::new(Code::InvalidRequest, e))?;
+    }
+    let agent = state
+        .agents
+        .create(tenant.id, NewAgent { handle, display_name: params.name, config: AgentConfig { template } })
+        .await?;
+    tracing::info!(agent_id = %agent.id, "agent created");
+    Ok((StatusCode::CREATED, axum::Json(AgentResponse::from(&agent))))
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    query: Result<Query<ListAgentsQuery>, QueryRejection>,
+) -> Result<axum::Json<AgentListResponse>, ApiError> {
+    let Query(query) = query.map_err(query_rejection)?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::new(Code::InvalidRequest, format!("limit must be between 1 and {MAX_PAGE}")));
+    }
+    // Fetch one extra row to learn whether another page exists.
+    let mut agents = state.store.agents(tenant.id, query.cursor.as_deref(), limit + 1).await?;
+    let next_cursor = if agents.len() > limit as usize {
+        agents.truncate(limit as usize);
+        agents.last().map(|a| a.handle.to_string())
+    } else {
+        None
+    };
+    Ok(axum::Json(AgentListResponse { items: agents.iter().map(AgentResponse::from).collect(), next_cursor }))
+}
+
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    Path(handle): Path<String>,
+) -> Result<axum::Json<AgentResponse>, ApiError> {
+    record_agent(&handle);
+    let agent = state.store.agent(tenant.id, &handle).await?;
+    Ok(axum::Json(AgentResponse::from(&agent)))
+}
+
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    Path(handle): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    record_agent(&handle);
+    let agent = state.agents.delete(tenant.id, &handle).await?;
+    tracing::info!(agent_id = %agent.id, "agent deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

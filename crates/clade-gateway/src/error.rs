@@ -1,0 +1,97 @@
+//! The one table that maps every error leaving the gateway to a stable public code and an
+//! HTTP status. Each code is documented in `docs/errors.md` (a test checks that).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::api::{ErrorBody, ErrorResponse};
+
+macro_rules! codes {
+    ($($variant:ident => ($code:literal, $status:ident)),* $(,)?) => {
+        /// Stable public error codes.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Code { $($variant),* }
+
+        impl Code {
+            pub const ALL: &'static [Code] = &[$(Code::$variant),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Code::$variant => $code),* }
+            }
+
+            pub fn status(self) -> StatusCode {
+                match self { $(Code::$variant => StatusCode::$status),* }
+            }
+        }
+    };
+}
+
+codes! {
+    InvalidRequest => ("invalid_request", BAD_REQUEST),
+    InvalidHandle => ("invalid_handle", BAD_REQUEST),
+    MissingToken => ("missing_token", UNAUTHORIZED),
+    InvalidToken => ("invalid_token", UNAUTHORIZED),
+    AgentNotFound => ("agent_not_found", NOT_FOUND),
+    RouteNotFound => ("route_not_found", NOT_FOUND),
+    MethodNotAllowed => ("method_not_allowed", METHOD_NOT_ALLOWED),
+    HandleTaken => ("handle_taken", CONFLICT),
+    PayloadTooLarge => ("payload_too_large", PAYLOAD_TOO_LARGE),
+    UnsupportedMediaType => ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE),
+    TemplateNotFound => ("template_not_found", UNPROCESSABLE_ENTITY),
+    StoreUnavailable => ("store_unavailable", SERVICE_UNAVAILABLE),
+    Internal => ("internal", INTERNAL_SERVER_ERROR),
+}
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: Code,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.code.status().is_server_error() {
+            tracing::error!(code = self.code.as_str(), message = %self.message, "request failed");
+        }
+        let body = ErrorResponse {
+            error: ErrorBody { code: self.code.as_str().to_owned(), message: self.message },
+        };
+        (self.code.status(), axum::Json(body)).into_response()
+    }
+}
+
+impl From<clade_store::Error> for ApiError {
+    fn from(err: clade_store::Error) -> Self {
+        use clade_store::Error as E;
+        let code = match &err {
+            E::AgentNotFound(_) => Code::AgentNotFound,
+            E::HandleTaken(_) => Code::HandleTaken,
+            E::TemplateNotFound(_) => Code::TemplateNotFound,
+            E::InvalidInput(_) => Code::InvalidRequest,
+            E::BadToken => Code::InvalidToken,
+            E::Unreachable { .. } | E::WriterGone | E::CommitFailed(_) => Code::StoreUnavailable,
+            _ => Code::Internal,
+        };
+        // Internal details stay in the log; the client gets a message it can act on.
+        let message = if code == Code::Internal {
+            tracing::error!(error = %err, "internal error");
+            "internal error; the server log has details".to_owned()
+        } else {
+            err.to_string()
+        };
+        ApiError::new(code, message)
+    }
+}
+
+/// Turns a handler panic into a JSON 500 instead of a dropped connection.
+pub(crate) fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("request handler panicked");
+    ApiError::new(Code::Internal, "internal error; the server log has details").into_response()
+}

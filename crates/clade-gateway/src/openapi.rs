@@ -1,0 +1,156 @@
+//! The OpenAPI 3.1 document for the API as it exists, built from the wire types' JSON Schemas.
+//! `docs/openapi.json` is a committed copy that a test keeps current.
+
+use schemars::JsonSchema;
+use serde_json::{Value, json};
+
+use crate::api::{AgentListResponse, AgentResponse, CreateAgentParams, ErrorResponse};
+use crate::error::Code;
+
+fn schema<T: JsonSchema>() -> Value {
+    let mut value = serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default();
+    // Nested definitions move to components; references are rewritten to point there.
+    if let Some(object) = value.as_object_mut() {
+        object.remove("$schema");
+        object.remove("$defs");
+    }
+    rewrite_refs(&mut value);
+    value
+}
+
+fn defs<T: JsonSchema>() -> Vec<(String, Value)> {
+    let value = serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default();
+    value
+        .get("$defs")
+        .and_then(Value::as_object)
+        .map(|defs| {
+            defs.iter()
+                .map(|(k, v)| {
+                    let mut v = v.clone();
+                    rewrite_refs(&mut v);
+                    (k.clone(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn rewrite_refs(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get_mut("$ref") {
+                *r = r.replace("#/$defs/", "#/components/schemas/");
+            }
+            map.values_mut().for_each(rewrite_refs);
+        }
+        Value::Array(items) => items.iter_mut().for_each(rewrite_refs),
+        _ => {}
+    }
+}
+
+fn reference(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn json_content(name: &str) -> Value {
+    json!({ "application/json": { "schema": reference(name) } })
+}
+
+fn error_response(description: &str) -> Value {
+    json!({ "description": description, "content": json_content("ErrorResponse") })
+}
+
+/// The document served at `/openapi.json`.
+pub fn document() -> Value {
+    let mut schemas = serde_json::Map::new();
+    schemas.insert("AgentResponse".into(), schema::<AgentResponse>());
+    schemas.insert("AgentListResponse".into(), schema::<AgentListResponse>());
+    schemas.insert("CreateAgentParams".into(), schema::<CreateAgentParams>());
+    schemas.insert("ErrorResponse".into(), schema::<ErrorResponse>());
+    for (name, value) in defs::<AgentListResponse>().into_iter().chain(defs::<ErrorResponse>()) {
+        schemas.entry(name).or_insert(value);
+    }
+    let handle_param = json!({
+        "name": "handle", "in": "path", "required": true,
+        "schema": { "type": "string", "pattern": "^[a-z0-9_-]{1,64}$" }
+    });
+    let codes: Vec<Value> = Code::ALL.iter().map(|c| json!(c.as_str())).collect();
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Clade gateway API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": format!(
+                "Every /v1 call needs `Authorization: Bearer <token>` (tokens are per tenant). \
+                 Errors have the body `{{\"error\": {{\"code\", \"message\"}}}}` with code one of: {}.",
+                codes.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")
+            )
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } }
+        },
+        "security": [ { "bearer": [] } ],
+        "paths": {
+            "/healthz": { "get": {
+                "summary": "Liveness: the process is up", "security": [],
+                "responses": { "200": { "description": "alive" } }
+            }},
+            "/readyz": { "get": {
+                "summary": "Readiness: the store answers", "security": [],
+                "responses": { "200": { "description": "ready" }, "503": { "description": "store unavailable" } }
+            }},
+            "/openapi.json": { "get": {
+                "summary": "This document", "security": [],
+                "responses": { "200": { "description": "OpenAPI 3.1 document" } }
+            }},
+            "/v1/agents": {
+                "get": {
+                    "summary": "List the caller's agents, ordered by handle",
+                    "parameters": [
+                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } },
+                        { "name": "cursor", "in": "query", "schema": { "type": "string" } }
+                    ],
+                    "responses": {
+                        "200": { "description": "one page", "content": json_content("AgentListResponse") },
+                        "400": error_response("invalid query"),
+                        "401": error_response("missing or invalid token")
+                    }
+                },
+                "post": {
+                    "summary": "Create an agent",
+                    "requestBody": { "required": true, "content": json_content("CreateAgentParams") },
+                    "responses": {
+                        "201": { "description": "created", "content": json_content("AgentResponse") },
+                        "400": error_response("invalid body or handle"),
+                        "401": error_response("missing or invalid token"),
+                        "409": error_response("handle already taken in this tenant"),
+                        "413": error_response("body too large"),
+                        "415": error_response("body is not JSON"),
+                        "422": error_response("unknown template")
+                    }
+                }
+            },
+            "/v1/agents/{handle}": {
+                "get": {
+                    "summary": "Show an agent",
+                    "parameters": [ handle_param.clone() ],
+                    "responses": {
+                        "200": { "description": "the agent", "content": json_content("AgentResponse") },
+                        "401": error_response("missing or invalid token"),
+                        "404": error_response("no such agent in the caller's tenant")
+                    }
+                },
+                "delete": {
+                    "summary": "Delete an agent with its sessions, secrets and workspace",
+                    "parameters": [ handle_param ],
+                    "responses": {
+                        "204": { "description": "deleted" },
+                        "401": error_response("missing or invalid token"),
+                        "404": error_response("no such agent in the caller's tenant")
+                    }
+                }
+            }
+        }
+    })
+}
