@@ -1,0 +1,189 @@
+//! The command line, good and bad input.
+
+use super::support::{Env, write};
+
+#[test]
+fn agents_lifecycle() {
+    let env = Env::new();
+    let out = env.run(&["agents", "create", "ada", "--name", "Ada Lovelace"]).ok();
+    assert!(out.stdout.starts_with("created agent ada ("), "{}", out.stdout);
+    env.run(&["agents", "create", "bob"]).ok();
+
+    let list = env.run(&["agents", "list", "--json"]).ok().json();
+    let handles: Vec<_> = list.as_array().unwrap().iter().map(|a| a["handle"].as_str().unwrap()).collect();
+    assert_eq!(handles, ["ada", "bob"]);
+    assert_eq!(list[0]["name"], "Ada Lovelace");
+    assert_eq!(list[1]["name"], "bob");
+
+    let human = env.run(&["agents", "list"]).ok().stdout;
+    assert!(human.contains("HANDLE") && human.contains("Ada Lovelace"), "{human}");
+
+    // No current agent yet: show without a handle says how to pick one.
+    env.run(&["agents", "show"]).fails_with("clade agents switch");
+    env.run(&["agents", "switch", "bob"]).ok();
+    let shown = env.run(&["agents", "show", "--json"]).ok().json();
+    assert_eq!(shown["handle"], "bob");
+    // --agent overrides the current agent.
+    assert_eq!(env.run(&["--agent", "ada", "agents", "show", "--json"]).ok().json()["handle"], "ada");
+
+    // The workspace appears only on first use, seeded with persona files.
+    let id = shown["id"].as_str().unwrap().to_owned();
+    let workspace = env.data_dir().join("agents").join(&id);
+    assert!(!workspace.exists());
+    let printed = env.run(&["agents", "workspace"]).ok().stdout;
+    assert_eq!(printed.trim(), workspace.display().to_string());
+    assert!(workspace.join("SOUL.md").is_file());
+
+    env.run(&["agents", "delete", "bob"]).fails_with("--yes");
+    assert!(workspace.exists(), "nothing deleted without --yes");
+    env.run(&["agents", "delete", "bob", "--yes"]).ok();
+    assert!(!workspace.exists());
+    env.run(&["agents", "show", "bob"]).fails_with("agent \"bob\" not found");
+    env.run(&["agents", "delete", "bob", "--yes"]).fails_with("not found");
+}
+
+#[test]
+fn bad_handles_and_duplicates_leave_no_state() {
+    let env = Env::new();
+    for bad in ["Ada", "has space", "", "a/b", &"x".repeat(65)] {
+        env.run(&["agents", "create", bad]).fails_with("invalid handle");
+    }
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["agents", "create", "ada"]).fails_with("already exists");
+    env.run(&["agents", "create", "eve", "--template", "nope"]).fails_with("template \"nope\" not found");
+    let list = env.run(&["agents", "list", "--json"]).ok().json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let agents_dir = env.data_dir().join("agents");
+    assert!(!agents_dir.exists() || std::fs::read_dir(&agents_dir).unwrap().count() == 0);
+}
+
+#[test]
+fn tenants_isolate_agents() {
+    let env = Env::new();
+    env.run(&["tenants", "create", "acme"]).ok();
+    env.run(&["tenants", "create", "acme"]).fails_with("already exists");
+    env.run(&["tenants", "create", "Not Valid"]).fails_with("invalid handle");
+    env.run(&["--tenant", "acme", "agents", "create", "ada"]).ok();
+    env.run(&["agents", "show", "ada"]).fails_with("not found");
+    env.run(&["--tenant", "nope", "agents", "list"]).fails_with("tenant \"nope\" not found");
+    let tenants = env.run(&["tenants", "list", "--json"]).ok().json();
+    let names: Vec<_> = tenants.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["acme", "default"]);
+    env.run(&["tenants", "delete", "default", "--yes"]).fails_with("cannot be deleted");
+    env.run(&["tenants", "delete", "acme"]).fails_with("--yes");
+    env.run(&["tenants", "delete", "acme", "--yes"]).ok();
+    env.run(&["--tenant", "acme", "agents", "list"]).fails_with("not found");
+}
+
+#[test]
+fn tokens_are_shown_once_and_listed_without_values() {
+    let env = Env::new();
+    let out = env.run(&["tokens", "create", "--name", "deploy"]).ok();
+    let secret = out.stdout.trim().to_owned();
+    assert!(secret.starts_with("clade_"), "{secret}");
+    let list = env.run(&["tokens", "list", "--json"]).ok();
+    assert!(!list.stdout.contains(&secret[6..]), "token value leaked into list");
+    let id = list.json()[0]["id"].as_str().unwrap().to_owned();
+    env.run(&["tokens", "revoke", &id]).ok();
+    env.run(&["tokens", "revoke", &id]).fails_with("not found or already revoked");
+    env.run(&["tokens", "revoke", "not-an-id"]).fails_with("invalid token id");
+    assert!(!env.run(&["tokens", "list", "--json"]).ok().json()[0]["revokedAt"].is_null());
+}
+
+#[test]
+fn secrets_are_never_printed_and_need_their_key() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["agents", "switch", "ada"]).ok();
+    env.run_with_stdin(&["secrets", "set", "OPENAI_API_KEY"], "sk-canary-value\n").ok();
+    env.run_with_stdin(&["secrets", "set", "EMPTY"], "").fails_with("empty secret value");
+    env.run_with_stdin(&["secrets", "set", "bad/name"], "x").fails_with("invalid secret name");
+    let list = env.run(&["secrets", "list"]).ok();
+    assert!(list.stdout.contains("OPENAI_API_KEY"), "{}", list.stdout);
+    let json = env.run(&["secrets", "list", "--json"]).ok();
+    for out in [&list.stdout, &list.stderr, &json.stdout] {
+        assert!(!out.contains("sk-canary"), "secret value printed: {out}");
+    }
+    let key = env.data_dir().join("master.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // Lose the key: setting and serving refuse, naming the problem and the fix.
+    let saved = std::fs::read_to_string(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    env.run_with_stdin(&["secrets", "set", "OTHER"], "v").fails_with("master key missing");
+    env.run(&["serve", "--listen", "127.0.0.1:0"]).fails_with("CLADE_MASTER_KEY");
+    // The key from the environment works.
+    let out = env.command().env("CLADE_MASTER_KEY", saved.trim()).args(["secrets", "rm", "OPENAI_API_KEY"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    env.run(&["secrets", "rm", "OPENAI_API_KEY"]).fails_with("not found");
+}
+
+#[test]
+fn import_moves_an_agent_in() {
+    let env = Env::new();
+    let src = env.tmp.path().join("my-bot");
+    write(&src.join("SOUL.md"), "be kind");
+    write(&src.join("IDENTITY.md"), "- **Name:** Molty\n");
+    write(&src.join("AGENTS.md"), "rules");
+    let out = env.run(&["agents", "import", src.to_str().unwrap()]).ok();
+    assert!(out.stdout.contains("imported agent my-bot"), "{}", out.stdout);
+    let shown = env.run(&["agents", "show", "my-bot", "--json"]).ok().json();
+    assert_eq!(shown["name"], "Molty");
+    let ws = env.data_dir().join("agents").join(shown["id"].as_str().unwrap());
+    assert_eq!(std::fs::read_to_string(ws.join("AGENTS.md")).unwrap(), "rules");
+    env.run(&["agents", "import", src.to_str().unwrap()]).fails_with("already exists");
+    env.run(&["agents", "import", "/nonexistent/dir"]).fails_with("/nonexistent/dir");
+    let odd = env.tmp.path().join("Odd Name");
+    write(&odd.join("SOUL.md"), "x");
+    env.run(&["agents", "import", odd.to_str().unwrap()]).fails_with("--handle");
+    env.run(&["agents", "import", odd.to_str().unwrap(), "--handle", "odd"]).ok();
+}
+
+#[test]
+fn config_is_validated_with_file_line_and_field() {
+    let env = Env::new();
+    let file = env.tmp.path().join("clade.yaml");
+    write(&file, "server:\n  listen: 127.0.0.1:9999\n");
+    let out = env.run(&["config", "validate", file.to_str().unwrap()]).ok();
+    assert!(out.stdout.contains(": ok"));
+    write(&file, "server:\n  listen: 127.0.0.1:9999\n  colour: blue\n");
+    env.run(&["config", "validate", file.to_str().unwrap()]).fails_with(&format!("{}:3:", file.display()));
+    env.run(&["config", "validate", file.to_str().unwrap()]).fails_with("colour");
+    // Every command refuses a broken config rather than ignoring it.
+    env.run(&["--config", file.to_str().unwrap(), "agents", "list"]).fails_with("colour");
+    env.run(&["--config", "/nonexistent.yaml", "agents", "list"]).fails_with("/nonexistent.yaml");
+    let schema = env.run(&["config", "schema"]).ok().json();
+    assert_eq!(schema["title"], "clade.yaml");
+    assert!(schema["properties"]["server"].is_object());
+}
+
+#[test]
+fn broken_stores_and_dirs_are_clear_errors() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.data_dir()).unwrap();
+    let db = env.data_dir().join("clade.db");
+    let garbage = "definitely not sqlite ".repeat(200);
+    std::fs::write(&db, &garbage).unwrap();
+    env.run(&["agents", "list"]).fails_with("corrupted");
+    assert_eq!(std::fs::read_to_string(&db).unwrap(), garbage, "corrupted file left untouched");
+
+    let file = env.tmp.path().join("plain-file");
+    std::fs::write(&file, "").unwrap();
+    let out = env.command().env("CLADE_DATA_DIR", file.join("sub")).args(["agents", "list"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("--data-dir") && stderr.lines().count() == 1, "{stderr}");
+
+    let other = Env::new();
+    other.run(&["--store", "postgres://nobody@127.0.0.1:1/x", "agents", "list"]).fails_with("cannot reach the database");
+    other.run(&["--store", "mysql://h/db", "agents", "list"]).fails_with("unsupported store URL");
+}
+
+#[test]
+fn usage_errors_exit_non_zero() {
+    let env = Env::new();
+    let out = env.run(&["agents", "frobnicate"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("frobnicate"));
+}

@@ -1,0 +1,192 @@
+//! The HTTP API of the real binary: auth, agents, errors, isolation, logs.
+
+use serde_json::{Value, json};
+
+use super::support::{Env, Server};
+
+struct Api {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl Api {
+    fn new(server: &Server) -> Self {
+        // No connection reuse: after an error the server may close a connection without reading
+        // the rest of the body, and a reused connection would then fail on the client side.
+        let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        Self { client, url: server.url.clone() }
+    }
+
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.client.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn raw(&self, path: &str, token: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, serde_json::from_str(&resp.text().await.unwrap()).unwrap_or(Value::Null))
+    }
+}
+
+#[track_caller]
+fn assert_error(got: &(u16, Value), status: u16, code: &str) {
+    assert_eq!(got.0, status, "{}", got.1);
+    assert_eq!(got.1["error"]["code"], code, "{}", got.1);
+    assert!(got.1["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
+#[tokio::test]
+async fn health_openapi_and_auth() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let api = Api::new(&server);
+    assert_eq!(api.call("GET", "/healthz", None, None).await.0, 200);
+    assert_eq!(api.call("GET", "/readyz", None, None).await.1["status"], "ready");
+    let doc = api.call("GET", "/openapi.json", None, None).await.1;
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/v1/agents"]["post"].is_object());
+
+    // The token file is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(env.data_dir().join("token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    assert_error(&api.call("GET", "/v1/agents", None, None).await, 401, "missing_token");
+    assert_error(&api.call("GET", "/v1/agents", Some("clade_nope"), None).await, 401, "invalid_token");
+    assert_eq!(api.call("GET", "/v1/agents", Some(&server.token), None).await.0, 200);
+
+    // A token revoked while the server runs stops working on the next call.
+    let created = env.run(&["tokens", "create", "--name", "temp"]).ok();
+    let temp = created.stdout.trim().to_owned();
+    assert_eq!(api.call("GET", "/v1/agents", Some(&temp), None).await.0, 200);
+    let list = env.run(&["tokens", "list", "--json"]).ok().json();
+    let id = list.as_array().unwrap().iter().find(|t| t["name"] == "temp").unwrap()["id"].as_str().unwrap().to_owned();
+    env.run(&["tokens", "revoke", &id]).ok();
+    assert_error(&api.call("GET", "/v1/agents", Some(&temp), None).await, 401, "invalid_token");
+    assert_error(&api.call("GET", "/nope", None, None).await, 404, "route_not_found");
+}
+
+#[tokio::test]
+async fn agents_crud_and_pagination() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let api = Api::new(&server);
+    let t = Some(server.token.as_str());
+    let (status, ada) = api.call("POST", "/v1/agents", t, Some(json!({"handle": "ada", "name": "Ada"}))).await;
+    assert_eq!(status, 201, "{ada}");
+    assert_eq!(ada["handle"], "ada");
+    assert_eq!(ada["name"], "Ada");
+    assert_eq!(ada["template"], "default");
+    assert!(ada["createdAt"].as_i64().unwrap() > 1_700_000_000_000);
+    for h in ["b1", "b2", "b3"] {
+        assert_eq!(api.call("POST", "/v1/agents", t, Some(json!({"handle": h}))).await.0, 201);
+    }
+    // The CLI sees what the API created (same store).
+    assert_eq!(env.run(&["agents", "show", "ada", "--json"]).ok().json()["id"], ada["id"]);
+
+    let (_, page) = api.call("GET", "/v1/agents?limit=3", t, None).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 3);
+    assert_eq!(page["nextCursor"], "b2");
+    let (_, rest) = api.call("GET", "/v1/agents?limit=3&cursor=b2", t, None).await;
+    assert_eq!(rest["items"][0]["handle"], "b3");
+    assert!(rest.get("nextCursor").is_none());
+
+    assert_eq!(api.call("GET", "/v1/agents/ada", t, None).await.1, ada);
+    assert_eq!(api.call("DELETE", "/v1/agents/ada", t, None).await.0, 204);
+    assert_error(&api.call("GET", "/v1/agents/ada", t, None).await, 404, "agent_not_found");
+    assert_error(&api.call("DELETE", "/v1/agents/ada", t, None).await, 404, "agent_not_found");
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let api = Api::new(&server);
+    let t = Some(server.token.as_str());
+    api.call("POST", "/v1/agents", t, Some(json!({"handle": "ada"}))).await;
+    assert_error(&api.call("POST", "/v1/agents", t, Some(json!({"handle": "ada"}))).await, 409, "handle_taken");
+    assert_error(&api.call("POST", "/v1/agents", t, Some(json!({"handle": "Bad!"}))).await, 400, "invalid_handle");
+    assert_error(&api.call("POST", "/v1/agents", t, Some(json!({"name": "x"}))).await, 400, "invalid_request");
+    let unknown = api.call("POST", "/v1/agents", t, Some(json!({"handle": "x", "colour": 1}))).await;
+    assert_error(&unknown, 400, "invalid_request");
+    assert!(unknown.1["error"]["message"].as_str().unwrap().contains("colour"));
+    assert_error(&api.call("POST", "/v1/agents", t, Some(json!({"handle": "x", "template": "nope"}))).await, 422, "template_not_found");
+    assert_error(&api.call("POST", "/v1/agents", t, Some(json!({"handle": "x", "name": "a\nb"}))).await, 400, "invalid_request");
+    assert_error(&api.call("GET", "/v1/agents?limit=0", t, None).await, 400, "invalid_request");
+    assert_error(&api.call("GET", "/v1/agents?limit=many", t, None).await, 400, "invalid_request");
+    let token = server.token.as_str();
+    assert_error(&api.raw("/v1/agents", token, "application/json", b"{\"handle\":".to_vec()).await, 400, "invalid_request");
+    assert_error(&api.raw("/v1/agents", token, "application/json", vec![0xff, 0xfe, b'{']).await, 400, "invalid_request");
+    assert_error(&api.raw("/v1/agents", token, "text/plain", b"{}".to_vec()).await, 415, "unsupported_media_type");
+    let huge = format!("{{\"handle\":\"x\",\"name\":\"{}\"}}", "a".repeat(2 * 1024 * 1024));
+    assert_error(&api.raw("/v1/agents", token, "application/json", huge.into_bytes()).await, 413, "payload_too_large");
+    // Still serving, and nothing half-created.
+    let (_, list) = api.call("GET", "/v1/agents", t, None).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn tenants_cannot_see_each_other() {
+    let env = Env::new();
+    env.run(&["tenants", "create", "acme"]).ok();
+    let acme_token = env.run(&["--tenant", "acme", "tokens", "create"]).ok().stdout.trim().to_owned();
+    let server = env.serve(&[]);
+    let api = Api::new(&server);
+    let default = Some(server.token.as_str());
+    let acme = Some(acme_token.as_str());
+    assert_eq!(api.call("POST", "/v1/agents", acme, Some(json!({"handle": "secret-agent"}))).await.0, 201);
+    // Another tenant gets exactly what a missing agent gets.
+    let theirs = api.call("GET", "/v1/agents/secret-agent", default, None).await;
+    let missing = api.call("GET", "/v1/agents/never-existed", default, None).await;
+    assert_eq!(theirs.0, missing.0);
+    assert_eq!(theirs.1["error"]["code"], missing.1["error"]["code"]);
+    assert_eq!(api.call("DELETE", "/v1/agents/secret-agent", default, None).await.0, 404);
+    assert_eq!(api.call("GET", "/v1/agents", default, None).await.1["items"], json!([]));
+    // The same handle may exist in both.
+    assert_eq!(api.call("POST", "/v1/agents", default, Some(json!({"handle": "secret-agent"}))).await.0, 201);
+    assert_eq!(api.call("GET", "/v1/agents/secret-agent", acme, None).await.0, 200);
+}
+
+#[tokio::test]
+async fn json_logs_name_tenant_and_agent() {
+    let env = Env::new();
+    let server = env.serve(&["--log-format", "json"]);
+    let api = Api::new(&server);
+    api.call("POST", "/v1/agents", Some(&server.token), Some(json!({"handle": "logged"}))).await;
+    let logs = server.stop();
+    let lines: Vec<Value> = logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(!lines.is_empty(), "no JSON log lines: {logs}");
+    let created = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "agent created")
+        .unwrap_or_else(|| panic!("no 'agent created' line: {logs}"));
+    assert_eq!(created["span"]["tenant"], "default", "{created}");
+    assert_eq!(created["span"]["agent"], "logged", "{created}");
+}
+
+#[tokio::test]
+async fn serve_refuses_a_taken_port() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    env.run(&["serve", "--listen", &addr]).fails_with("cannot listen on");
+}

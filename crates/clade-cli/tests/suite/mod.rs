@@ -1,0 +1,3 @@
+mod cli;
+mod http;
+mod support;

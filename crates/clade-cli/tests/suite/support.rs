@@ -1,0 +1,144 @@
+//! Running the binary: one-shot commands and a served gateway.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use assert_cmd::cargo::CommandCargoExt;
+
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "command failed: stdout={} stderr={}", self.stdout, self.stderr);
+        self
+    }
+
+    /// Asserts a failure with a one-line error containing `needle`.
+    #[track_caller]
+    pub fn fails_with(self, needle: &str) -> Self {
+        assert_ne!(self.code, 0, "expected failure, got stdout={}", self.stdout);
+        let line = self.stderr.trim();
+        assert!(line.starts_with("error: "), "stderr: {line}");
+        assert_eq!(line.lines().count(), 1, "error must be one line: {line}");
+        assert!(line.contains(needle), "{needle:?} not in {line:?}");
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Self { tmp: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.tmp.path().join("data")
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::cargo_bin("clade").unwrap();
+        for var in ["CLADE_AGENT", "CLADE_TENANT", "CLADE_STORE", "CLADE_CONFIG", "CLADE_MASTER_KEY", "RUST_LOG"] {
+            cmd.env_remove(var);
+        }
+        cmd.env("CLADE_DATA_DIR", self.data_dir());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_stdin(args, "")
+    }
+
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Starts `clade serve` on a free port and waits until it listens.
+    pub fn serve(&self, extra: &[&str]) -> Server {
+        let mut child = self
+            .command()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines.next().expect("server printed nothing").unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned();
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, url, token: std::fs::read_to_string(self.data_dir().join("token")).unwrap().trim().to_owned() }
+    }
+}
+
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub token: String,
+}
+
+impl Server {
+    /// Stops the server and returns what it logged.
+    pub fn stop(mut self) -> String {
+        unsafe_free_kill(&mut self.child);
+        let mut stderr = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = err.read_to_string(&mut stderr);
+        }
+        stderr
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends SIGTERM through the `kill` command (no unsafe libc call) and waits for exit.
+fn unsafe_free_kill(child: &mut Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = child.wait();
+}
+
+pub fn write(path: &Path, text: &str) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(path, text).unwrap();
+}
