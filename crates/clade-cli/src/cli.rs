@@ -5,7 +5,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "clade", version, about = "A multi-tenant runtime for LLM agents", propagate_version = true)]
+#[command(
+    name = "clade",
+    version,
+    about = "A multi-tenant runtime for LLM agents",
+    propagate_version = true
+)]
 pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) global: Global,

@@ -22,6 +22,7 @@ pub(crate) struct Ctx {
     master_key: Option<String>,
 }
 
+#[allow(clippy::disallowed_methods)] // The configuration edge: HOME locates the default data dir.
 pub(crate) fn data_dir_path(global: &Global) -> Result<PathBuf> {
     if let Some(dir) = &global.data_dir {
         return Ok(dir.clone());
@@ -52,7 +53,9 @@ impl Ctx {
             clade_config::Durability::Full => Durability::Full,
             clade_config::Durability::Normal => Durability::Normal,
         };
-        let store = Store::open(StoreOptions { location, durability, clock: Arc::new(SystemClock) }).await?;
+        let store =
+            Store::open(StoreOptions { location, durability, clock: Arc::new(SystemClock) })
+                .await?;
         let agents = Agents::new(store.clone(), data_dir.clone());
         Ok(Self {
             data_dir,

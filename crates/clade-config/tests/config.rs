@@ -1,5 +1,7 @@
 //! Parsing `clade.yaml`: defaults, every field, and errors that name file, line and field.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, unreachable_pub)] // Test code.
+
 use std::path::Path;
 
 use clade_config::{Config, Durability, LogFormat};
@@ -64,13 +66,5 @@ fn missing_file_names_path() {
 #[test]
 fn committed_schema_matches_the_types() {
     let generated = serde_json::to_string_pretty(&Config::json_schema()).unwrap() + "\n";
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/clade.schema.json");
-    if std::env::var_os("UPDATE_SCHEMAS").is_some() {
-        std::fs::write(&path, &generated).unwrap();
-    }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "docs/clade.schema.json is stale: run `UPDATE_SCHEMAS=1 cargo test -p clade-config`"
-    );
+    clade_test_support::assert_committed("docs/clade.schema.json", &generated);
 }

@@ -9,7 +9,9 @@ use crate::time::Timestamp;
 
 /// The id string was not a UUID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {kind} id {input:?}: expected a UUID such as 0192f0c6-7d2a-7c3e-9f1a-2b3c4d5e6f70")]
+#[error(
+    "invalid {kind} id {input:?}: expected a UUID such as 0192f0c6-7d2a-7c3e-9f1a-2b3c4d5e6f70"
+)]
 pub struct Error {
     kind: &'static str,
     input: String,

@@ -1,8 +1,8 @@
 //! `/v1/agents`: create, list, show, delete the caller's agents.
 
 use axum::Extension;
-use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use clade_core::{AgentConfig, Handle, TemplateName};
@@ -33,9 +33,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::JsonDataError(err) => {
-            ApiError::new(Code::InvalidRequest, format!("invalid request body: {}", err.body_text()))
-        }
+        JsonRejection::JsonDataError(err) => ApiError::new(
+            Code::InvalidRequest,
+            format!("invalid request body: {}", err.body_text()),
+        ),
         JsonRejection::JsonSyntaxError(err) => {
             ApiError::new(Code::InvalidRequest, format!("malformed JSON body: {}", err.body_text()))
         }
@@ -47,7 +48,10 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             Code::PayloadTooLarge,
             "request body is larger than server.max_body_bytes",
         ),
-        other => ApiError::new(Code::InvalidRequest, format!("unreadable request body: {}", other.body_text())),
+        other => ApiError::new(
+            Code::InvalidRequest,
+            format!("unreadable request body: {}", other.body_text()),
+        ),
     }
 }
 
@@ -64,18 +68,24 @@ pub(crate) async fn create(
     Extension(Caller(tenant)): Extension<Caller>,
     JsonBody(params): JsonBody<CreateAgentParams>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let handle = Handle::parse(&params.handle).map_err(|e| ApiError::new(Code::InvalidHandle, e.to_string()))?;
+    let handle = Handle::parse(&params.handle)
+        .map_err(|e| ApiError::new(Code::InvalidHandle, e.to_string()))?;
     record_agent(handle.as_str());
     let template = match params.template.as_deref() {
-        Some(name) => TemplateName::parse(name).map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?,
+        Some(name) => TemplateName::parse(name)
+            .map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?,
         None => TemplateName::builtin_default(),
     };
     if let Some(name) = &params.name {
-        clade_core::agent::validate_display_name(name).map_err(|e| ApiError::new(Code::InvalidRequest, e))?;
+        clade_core::agent::validate_display_name(name)
+            .map_err(|e| ApiError::new(Code::InvalidRequest, e))?;
     }
     let agent = state
         .agents
-        .create(tenant.id, NewAgent { handle, display_name: params.name, config: AgentConfig { template } })
+        .create(
+            tenant.id,
+            NewAgent { handle, display_name: params.name, config: AgentConfig { template } },
+        )
         .await?;
     tracing::info!(agent_id = %agent.id, "agent created");
     Ok((StatusCode::CREATED, axum::Json(AgentResponse::from(&agent))))
@@ -89,7 +99,10 @@ pub(crate) async fn list(
     let Query(query) = query.map_err(query_rejection)?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::new(Code::InvalidRequest, format!("limit must be between 1 and {MAX_PAGE}")));
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
     }
     // Fetch one extra row to learn whether another page exists.
     let mut agents = state.store.agents(tenant.id, query.cursor.as_deref(), limit + 1).await?;
@@ -99,7 +112,10 @@ pub(crate) async fn list(
     } else {
         None
     };
-    Ok(axum::Json(AgentListResponse { items: agents.iter().map(AgentResponse::from).collect(), next_cursor }))
+    Ok(axum::Json(AgentListResponse {
+        items: agents.iter().map(AgentResponse::from).collect(),
+        next_cursor,
+    }))
 }
 
 pub(crate) async fn show(

@@ -13,7 +13,11 @@ use crate::error::{ApiError, Code};
 #[derive(Debug, Clone)]
 pub(crate) struct Caller(pub(crate) Tenant);
 
-pub(crate) async fn require_token(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub(crate) async fn require_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let header = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     let Some(header) = header else {
         return ApiError::new(

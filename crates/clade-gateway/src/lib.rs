@@ -52,6 +52,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         .route("/openapi.json", get(openapi_json))
         .nest("/v1", v1)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .layer(CatchPanicLayer::custom(error::panic_response))
@@ -91,6 +92,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn openapi_json() -> impl IntoResponse {
     axum::Json(openapi::document())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        error::Code::MethodNotAllowed,
+        "this path does not accept that method: see /openapi.json",
+    )
 }
 
 async fn not_found() -> ApiError {

@@ -15,7 +15,8 @@ use crate::store::{NewAgent, Store};
 /// The persona files every workspace is seeded with.
 pub const PERSONA_FILES: [&str; 3] = ["SOUL.md", "IDENTITY.md", "USER.md"];
 /// Files `clade agents import` recognises (the layout other agent gateways use).
-pub const IMPORTABLE_FILES: [&str; 5] = ["SOUL.md", "IDENTITY.md", "USER.md", "AGENTS.md", "MEMORY.md"];
+pub const IMPORTABLE_FILES: [&str; 5] =
+    ["SOUL.md", "IDENTITY.md", "USER.md", "AGENTS.md", "MEMORY.md"];
 
 const BUILTIN_DEFAULT: [(&str, &str); 3] = [
     ("SOUL.md", include_str!("../templates/default/SOUL.md")),
@@ -55,7 +56,8 @@ impl Agents {
         if path.is_dir() {
             return Ok(path);
         }
-        let files = self.template_files(&agent.config.template, &agent.handle, &agent.display_name)?;
+        let files =
+            self.template_files(&agent.config.template, &agent.handle, &agent.display_name)?;
         let staging = self.staging_path(agent.id);
         let result = (|| {
             create_dir(&staging)?;
@@ -122,7 +124,12 @@ impl Agents {
 
     /// Creates an agent from a folder of persona files (SOUL.md, IDENTITY.md, USER.md,
     /// AGENTS.md, MEMORY.md, any other top-level `.md` file and a `memory/` folder).
-    pub async fn import(&self, tenant: TenantId, dir: &Path, handle: Option<Handle>) -> Result<Agent> {
+    pub async fn import(
+        &self,
+        tenant: TenantId,
+        dir: &Path,
+        handle: Option<Handle>,
+    ) -> Result<Agent> {
         let files = collect_import(dir)?;
         let handle = match handle {
             Some(handle) => handle,
@@ -135,7 +142,8 @@ impl Agents {
             .and_then(|text| name_from_identity(&text));
         // Stage the workspace with a temporary name, create the row, then publish the folder
         // under the agent's id. A failure at any step removes what the earlier steps made.
-        let staging = self.data_dir.workspaces_dir().join(format!(".import-{}", std::process::id()));
+        let staging =
+            self.data_dir.workspaces_dir().join(format!(".import-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
         let staged = (|| {
             create_dir(&staging)?;
@@ -185,8 +193,14 @@ impl Agents {
     }
 
     /// The files a template seeds, with `{{handle}}` and `{{name}}` filled in.
-    fn template_files(&self, template: &TemplateName, handle: &Handle, name: &str) -> Result<Vec<(String, String)>> {
-        let fill = |text: &str| text.replace("{{handle}}", handle.as_str()).replace("{{name}}", name);
+    fn template_files(
+        &self,
+        template: &TemplateName,
+        handle: &Handle,
+        name: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let fill =
+            |text: &str| text.replace("{{handle}}", handle.as_str()).replace("{{name}}", name);
         let dir = self.data_dir.templates_dir().join(template.as_str());
         if dir.is_dir() {
             let mut files = Vec::new();
@@ -225,8 +239,8 @@ fn remove_dir_logged(path: &Path) {
 /// Lists what an import copies as (path relative to the workspace, source path).
 fn collect_import(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
     let bad = |msg: String| Error::Import(msg);
-    let meta = std::fs::metadata(dir)
-        .map_err(|e| bad(format!("cannot import {}: {e}", dir.display())))?;
+    let meta =
+        std::fs::metadata(dir).map_err(|e| bad(format!("cannot import {}: {e}", dir.display())))?;
     if !meta.is_dir() {
         return Err(bad(format!("cannot import {}: not a directory", dir.display())));
     }
@@ -240,7 +254,10 @@ fn collect_import(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
             return Ok(());
         }
         if meta.len() > MAX_IMPORT_FILE {
-            return Err(bad(format!("{} is larger than 1 MiB; persona files must be text", src.display())));
+            return Err(bad(format!(
+                "{} is larger than 1 MiB; persona files must be text",
+                src.display()
+            )));
         }
         total += meta.len();
         if total > MAX_IMPORT_TOTAL {
@@ -249,7 +266,8 @@ fn collect_import(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
         files.push((rel, src));
         Ok(())
     };
-    let entries = std::fs::read_dir(dir).map_err(|e| bad(format!("cannot list {}: {e}", dir.display())))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| bad(format!("cannot list {}: {e}", dir.display())))?;
     let mut names: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
     names.sort();
     for name in names {
@@ -258,7 +276,8 @@ fn collect_import(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
         if name.ends_with(".md") {
             add(PathBuf::from(&name), src, &mut files)?;
         } else if name == "memory" && src.is_dir() && !src.is_symlink() {
-            let inner = std::fs::read_dir(&src).map_err(|e| bad(format!("cannot list {}: {e}", src.display())))?;
+            let inner = std::fs::read_dir(&src)
+                .map_err(|e| bad(format!("cannot list {}: {e}", src.display())))?;
             let mut inner: Vec<_> = inner.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
             inner.sort();
             for file in inner {
@@ -266,7 +285,8 @@ fn collect_import(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
             }
         }
     }
-    if !files.iter().any(|(rel, _)| rel == Path::new("SOUL.md") || rel == Path::new("IDENTITY.md")) {
+    if !files.iter().any(|(rel, _)| rel == Path::new("SOUL.md") || rel == Path::new("IDENTITY.md"))
+    {
         return Err(bad(format!(
             "{} has no SOUL.md or IDENTITY.md; an importable folder holds some of {}",
             dir.display(),
@@ -293,7 +313,9 @@ fn handle_from_dir(dir: &Path) -> Result<Handle> {
 fn name_from_identity(text: &str) -> Option<String> {
     text.lines().find_map(|line| {
         let line = line.trim().trim_start_matches(['-', '*', ' ']);
-        let rest = line.strip_prefix("Name:").or_else(|| line.strip_prefix("name:"))
+        let rest = line
+            .strip_prefix("Name:")
+            .or_else(|| line.strip_prefix("name:"))
             .or_else(|| line.strip_prefix("Name**:"))?;
         let name = rest.trim().trim_matches('*').trim().to_owned();
         clade_core::agent::validate_display_name(&name).ok().map(|()| name)

@@ -48,7 +48,9 @@ pub(crate) async fn run(pool: &AnyPool, backend: Backend, shown: &str, now: i64)
         conn.execute(begin).await?;
         let applied = async {
             // The SQL is compiled into the binary; only type names are rewritten.
-            sqlx::raw_sql(AssertSqlSafe(dialect_sql(backend, migration.sql))).execute(&mut *conn).await?;
+            sqlx::raw_sql(AssertSqlSafe(dialect_sql(backend, migration.sql)))
+                .execute(&mut *conn)
+                .await?;
             sqlx::query(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
             )

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use clade_core::{
-    Agent, AgentConfig, AgentId, Clock, Handle, SecretName, Tenant, TenantId, TemplateName,
+    Agent, AgentConfig, AgentId, Clock, Handle, SecretName, TemplateName, Tenant, TenantId,
     Timestamp, TokenId,
 };
 use futures::future::BoxFuture;
@@ -188,8 +188,10 @@ impl Store {
         if self.backend != Backend::Sqlite {
             return Ok(());
         }
-        let row =
-            sqlx::query("PRAGMA quick_check").fetch_one(&self.pool).await.map_err(|e| self.db(e))?;
+        let row = sqlx::query("PRAGMA quick_check")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
         let verdict: String = row.try_get(0)?;
         if verdict != "ok" {
             return Err(Error::Corrupt { location: self.shown.to_string(), detail: verdict });
@@ -275,7 +277,10 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| self.db(e))?;
-        row.as_ref().map(tenant_from_row).transpose()?.ok_or_else(|| Error::TenantNotFound(name.into()))
+        row.as_ref()
+            .map(tenant_from_row)
+            .transpose()?
+            .ok_or_else(|| Error::TenantNotFound(name.into()))
     }
 
     pub async fn tenants(&self) -> Result<Vec<Tenant>> {
@@ -328,7 +333,11 @@ impl Store {
     }
 
     /// Creates all of `agents` in one transaction, or none of them.
-    pub async fn create_agents(&self, tenant: TenantId, agents: Vec<NewAgent>) -> Result<Vec<Agent>> {
+    pub async fn create_agents(
+        &self,
+        tenant: TenantId,
+        agents: Vec<NewAgent>,
+    ) -> Result<Vec<Agent>> {
         for agent in &agents {
             if let Some(name) = &agent.display_name {
                 clade_core::agent::validate_display_name(name).map_err(Error::InvalidInput)?;
@@ -368,11 +377,19 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| self.db(e))?;
-        row.as_ref().map(agent_from_row).transpose()?.ok_or_else(|| Error::AgentNotFound(handle.into()))
+        row.as_ref()
+            .map(agent_from_row)
+            .transpose()?
+            .ok_or_else(|| Error::AgentNotFound(handle.into()))
     }
 
     /// Agents of a tenant ordered by handle, `limit` at a time, starting after `after`.
-    pub async fn agents(&self, tenant: TenantId, after: Option<&str>, limit: u32) -> Result<Vec<Agent>> {
+    pub async fn agents(
+        &self,
+        tenant: TenantId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Agent>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND handle > $2 \
              ORDER BY handle LIMIT $3"
@@ -515,7 +532,12 @@ impl Store {
 
     // ---- secrets (already encrypted by the caller; see `crate::secrets`) ----
 
-    pub(crate) async fn put_sealed(&self, agent: AgentId, name: &SecretName, sealed: Sealed) -> Result<()> {
+    pub(crate) async fn put_sealed(
+        &self,
+        agent: AgentId,
+        name: &SecretName,
+        sealed: Sealed,
+    ) -> Result<()> {
         let now = self.now().as_millis();
         let name = name.to_string();
         self.write(move |conn| {
@@ -552,13 +574,14 @@ impl Store {
     }
 
     pub(crate) async fn sealed(&self, agent: AgentId, name: &SecretName) -> Result<Sealed> {
-        let row = sqlx::query("SELECT nonce, ciphertext FROM secrets WHERE agent_id = $1 AND name = $2")
-            .bind(agent.as_bytes().to_vec())
-            .bind(name.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.db(e))?
-            .ok_or_else(|| Error::SecretNotFound(name.to_string()))?;
+        let row =
+            sqlx::query("SELECT nonce, ciphertext FROM secrets WHERE agent_id = $1 AND name = $2")
+                .bind(agent.as_bytes().to_vec())
+                .bind(name.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.db(e))?
+                .ok_or_else(|| Error::SecretNotFound(name.to_string()))?;
         Ok(Sealed { nonce: row.try_get("nonce")?, ciphertext: row.try_get("ciphertext")? })
     }
 
@@ -647,13 +670,22 @@ async fn insert_agents(conn: &mut AnyConnection, agents: &[Agent]) -> Result<()>
         if i > 0 {
             sql.push(',');
         }
-        sql.push_str(&format!("(${},${},${},${},${},${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6));
+        sql.push_str(&format!(
+            "(${},${},${},${},${},${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6
+        ));
     }
     // Only placeholders are interpolated; every value is bound.
     let mut query = sqlx::query(AssertSqlSafe(sql));
     for agent in agents {
         // Store no display name when it equals the handle: the common case costs no bytes.
-        let display = (agent.display_name != agent.handle.as_str()).then(|| agent.display_name.clone());
+        let display =
+            (agent.display_name != agent.handle.as_str()).then(|| agent.display_name.clone());
         query = query
             .bind(agent.id.as_bytes().to_vec())
             .bind(agent.tenant_id.as_bytes().to_vec())

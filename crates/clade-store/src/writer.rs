@@ -52,9 +52,7 @@ impl<T: Send + 'static> Job for Op<T> {
             // A write that failed reports its own error, whatever happened to the batch.
             (Some(Err(err)), _) => Err(err),
             (Some(Ok(value)), Ok(())) => Ok(value),
-            (Some(Ok(_)), Err(reason)) | (None, Err(reason)) => {
-                Err(Error::CommitFailed(reason))
-            }
+            (Some(Ok(_)), Err(reason)) | (None, Err(reason)) => Err(Error::CommitFailed(reason)),
             (None, Ok(())) => Err(Error::WriterGone),
         };
         // The caller may have gone away (e.g. a dropped request); the write still committed.
@@ -84,12 +82,7 @@ impl Writer {
     }
 }
 
-async fn run(
-    pool: AnyPool,
-    backend: Backend,
-    shown: String,
-    mut rx: mpsc::Receiver<Box<dyn Job>>,
-) {
+async fn run(pool: AnyPool, backend: Backend, shown: String, mut rx: mpsc::Receiver<Box<dyn Job>>) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let commit = match pool.acquire().await {

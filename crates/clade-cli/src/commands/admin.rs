@@ -53,7 +53,10 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
     match cmd {
         TokensCommand::Create { name } => {
             let (info, secret) = ctx.store.create_token(tenant.id, &name).await?;
-            eprintln!("token {} for tenant {} (shown once; store it safely):", info.id, tenant.name);
+            eprintln!(
+                "token {} for tenant {} (shown once; store it safely):",
+                info.id, tenant.name
+            );
             println!("{secret}");
         }
         TokensCommand::List { json } => {
@@ -61,12 +64,14 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
             if json {
                 let items: Vec<_> = tokens
                     .iter()
-                    .map(|t| json!({
-                        "id": t.id.to_string(),
-                        "name": t.name,
-                        "createdAt": t.created_at.as_millis(),
-                        "revokedAt": t.revoked_at.map(|r| r.as_millis()),
-                    }))
+                    .map(|t| {
+                        json!({
+                            "id": t.id.to_string(),
+                            "name": t.name,
+                            "createdAt": t.created_at.as_millis(),
+                            "revokedAt": t.revoked_at.map(|r| r.as_millis()),
+                        })
+                    })
                     .collect();
                 output::json(&items)?;
             } else {
@@ -77,7 +82,9 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
                             t.id.to_string(),
                             t.name.clone(),
                             t.created_at.to_string(),
-                            t.revoked_at.map(|r| format!("revoked {r}")).unwrap_or_else(|| "active".into()),
+                            t.revoked_at
+                                .map(|r| format!("revoked {r}"))
+                                .unwrap_or_else(|| "active".into()),
                         ]
                     })
                     .collect();
@@ -112,7 +119,9 @@ pub(super) async fn secrets(ctx: &Ctx, cmd: SecretsCommand) -> Result<()> {
                 value.pop();
             }
             if value.is_empty() {
-                bail!("empty secret value: pipe it on standard input, e.g. `printf %s \"$KEY\" | clade secrets set {name}`");
+                bail!(
+                    "empty secret value: pipe it on standard input, e.g. `printf %s \"$KEY\" | clade secrets set {name}`"
+                );
             }
             secrets.set(&agent, &name, &value).await?;
             println!("set secret {name} for agent {}", agent.handle);
@@ -128,7 +137,9 @@ pub(super) async fn secrets(ctx: &Ctx, cmd: SecretsCommand) -> Result<()> {
             } else {
                 let rows: Vec<_> = list
                     .iter()
-                    .map(|s| vec![s.name.to_string(), s.created_at.to_string(), s.updated_at.to_string()])
+                    .map(|s| {
+                        vec![s.name.to_string(), s.created_at.to_string(), s.updated_at.to_string()]
+                    })
                     .collect();
                 output::table(&["NAME", "CREATED", "UPDATED"], &rows);
             }

@@ -21,7 +21,10 @@ pub(super) async fn run(ctx: &Ctx, cmd: AgentsCommand) -> Result<()> {
             };
             let agent = ctx
                 .agents
-                .create(tenant.id, NewAgent { handle, display_name: name, config: AgentConfig { template } })
+                .create(
+                    tenant.id,
+                    NewAgent { handle, display_name: name, config: AgentConfig { template } },
+                )
                 .await?;
             println!("created agent {} ({})", agent.handle, agent.id);
         }
@@ -41,15 +44,18 @@ pub(super) async fn run(ctx: &Ctx, cmd: AgentsCommand) -> Result<()> {
             if json {
                 output::json(&all.iter().map(AgentResponse::from).collect::<Vec<_>>())?;
             } else if all.is_empty() {
-                println!("no agents in tenant {}: create one with `clade agents create <handle>`", tenant.name);
+                println!(
+                    "no agents in tenant {}: create one with `clade agents create <handle>`",
+                    tenant.name
+                );
             } else {
                 let current = ctx.data_dir.current_agent()?;
                 let rows: Vec<Vec<String>> = all
                     .iter()
                     .map(|a| {
-                        let mark = current
-                            .as_ref()
-                            .is_some_and(|(t, h)| t == tenant.name.as_str() && h == a.handle.as_str());
+                        let mark = current.as_ref().is_some_and(|(t, h)| {
+                            t == tenant.name.as_str() && h == a.handle.as_str()
+                        });
                         vec![
                             if mark { "*".into() } else { String::new() },
                             a.handle.to_string(),
@@ -88,7 +94,9 @@ pub(super) async fn run(ctx: &Ctx, cmd: AgentsCommand) -> Result<()> {
                 && t == tenant.name.as_str()
                 && h == handle
             {
-                println!("note: {handle} was the current agent; choose another with `clade agents switch`");
+                println!(
+                    "note: {handle} was the current agent; choose another with `clade agents switch`"
+                );
             }
             println!("deleted agent {} ({})", agent.handle, agent.id);
         }

@@ -49,12 +49,18 @@ async fn agents(ctx: &Ctx, count: u64, batch: usize, lookups: u64) -> Result<()>
             let end = (next + batch as u64).min(count);
             let agents: Vec<NewAgent> = (next..end)
                 .map(|i| {
-                    Ok(NewAgent { handle: Handle::parse(&handle(i))?, display_name: None, config: AgentConfig::default() })
+                    Ok(NewAgent {
+                        handle: Handle::parse(&handle(i))?,
+                        display_name: None,
+                        config: AgentConfig::default(),
+                    })
                 })
                 .collect::<Result<_>>()?;
             let store = ctx.store.clone();
             let tenant_id = tenant.id;
-            tasks.spawn(async move { store.create_agents(tenant_id, agents).await.map(|a| a.len() as u64) });
+            tasks.spawn(async move {
+                store.create_agents(tenant_id, agents).await.map(|a| a.len() as u64)
+            });
             next = end;
         }
         if let Some(result) = tasks.join_next().await {
@@ -62,7 +68,10 @@ async fn agents(ctx: &Ctx, count: u64, batch: usize, lookups: u64) -> Result<()>
         }
         if last_report.elapsed() >= Duration::from_secs(2) || done == count {
             let rate = done as f64 / started.elapsed().as_secs_f64();
-            eprint!("\r  {done}/{count} created ({:.0}%, {rate:.0}/s)   ", done as f64 * 100.0 / count as f64);
+            eprint!(
+                "\r  {done}/{count} created ({:.0}%, {rate:.0}/s)   ",
+                done as f64 * 100.0 / count as f64
+            );
             let _ = std::io::stderr().flush();
             last_report = now();
             if done >= count / 2 && rss_mid == rss_start {
@@ -86,18 +95,31 @@ async fn agents(ctx: &Ctx, count: u64, batch: usize, lookups: u64) -> Result<()>
     }
     latencies.sort();
     let pct = |p: f64| {
-        latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
             .map(|d| d.as_secs_f64() * 1e3)
             .unwrap_or(0.0)
     };
     let per_agent = (disk_after - disk_before) as f64 / count as f64;
     println!("bench agents: {count} agents, store {}", ctx.store.location());
     println!("  create:      {:.1} s, {:.0} agents/s", create_secs, count as f64 / create_secs);
-    println!("  disk:        {:.0} bytes per agent ({} bytes total growth)", per_agent, disk_after - disk_before);
-    println!("  lookup:      p50 {:.3} ms, p99 {:.3} ms ({} lookups)", pct(0.50), pct(0.99), latencies.len());
+    println!(
+        "  disk:        {:.0} bytes per agent ({} bytes total growth)",
+        per_agent,
+        disk_after - disk_before
+    );
+    println!(
+        "  lookup:      p50 {:.3} ms, p99 {:.3} ms ({} lookups)",
+        pct(0.50),
+        pct(0.99),
+        latencies.len()
+    );
     println!(
         "  rss:         start {} KiB, half-way {} KiB, end {} KiB, peak {} KiB",
-        rss_start, rss_mid, rss_end, peak_rss_kib()
+        rss_start,
+        rss_mid,
+        rss_end,
+        peak_rss_kib()
     );
     Ok(())
 }

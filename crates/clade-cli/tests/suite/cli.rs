@@ -10,7 +10,8 @@ fn agents_lifecycle() {
     env.run(&["agents", "create", "bob"]).ok();
 
     let list = env.run(&["agents", "list", "--json"]).ok().json();
-    let handles: Vec<_> = list.as_array().unwrap().iter().map(|a| a["handle"].as_str().unwrap()).collect();
+    let handles: Vec<_> =
+        list.as_array().unwrap().iter().map(|a| a["handle"].as_str().unwrap()).collect();
     assert_eq!(handles, ["ada", "bob"]);
     assert_eq!(list[0]["name"], "Ada Lovelace");
     assert_eq!(list[1]["name"], "bob");
@@ -24,7 +25,10 @@ fn agents_lifecycle() {
     let shown = env.run(&["agents", "show", "--json"]).ok().json();
     assert_eq!(shown["handle"], "bob");
     // --agent overrides the current agent.
-    assert_eq!(env.run(&["--agent", "ada", "agents", "show", "--json"]).ok().json()["handle"], "ada");
+    assert_eq!(
+        env.run(&["--agent", "ada", "agents", "show", "--json"]).ok().json()["handle"],
+        "ada"
+    );
 
     // The workspace appears only on first use, seeded with persona files.
     let id = shown["id"].as_str().unwrap().to_owned();
@@ -50,7 +54,8 @@ fn bad_handles_and_duplicates_leave_no_state() {
     }
     env.run(&["agents", "create", "ada"]).ok();
     env.run(&["agents", "create", "ada"]).fails_with("already exists");
-    env.run(&["agents", "create", "eve", "--template", "nope"]).fails_with("template \"nope\" not found");
+    env.run(&["agents", "create", "eve", "--template", "nope"])
+        .fails_with("template \"nope\" not found");
     let list = env.run(&["agents", "list", "--json"]).ok().json();
     assert_eq!(list.as_array().unwrap().len(), 1);
     let agents_dir = env.data_dir().join("agents");
@@ -67,7 +72,8 @@ fn tenants_isolate_agents() {
     env.run(&["agents", "show", "ada"]).fails_with("not found");
     env.run(&["--tenant", "nope", "agents", "list"]).fails_with("tenant \"nope\" not found");
     let tenants = env.run(&["tenants", "list", "--json"]).ok().json();
-    let names: Vec<_> = tenants.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<_> =
+        tenants.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["acme", "default"]);
     env.run(&["tenants", "delete", "default", "--yes"]).fails_with("cannot be deleted");
     env.run(&["tenants", "delete", "acme"]).fails_with("--yes");
@@ -114,7 +120,12 @@ fn secrets_are_never_printed_and_need_their_key() {
     env.run_with_stdin(&["secrets", "set", "OTHER"], "v").fails_with("master key missing");
     env.run(&["serve", "--listen", "127.0.0.1:0"]).fails_with("CLADE_MASTER_KEY");
     // The key from the environment works.
-    let out = env.command().env("CLADE_MASTER_KEY", saved.trim()).args(["secrets", "rm", "OPENAI_API_KEY"]).output().unwrap();
+    let out = env
+        .command()
+        .env("CLADE_MASTER_KEY", saved.trim())
+        .args(["secrets", "rm", "OPENAI_API_KEY"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     env.run(&["secrets", "rm", "OPENAI_API_KEY"]).fails_with("not found");
 }
@@ -148,7 +159,8 @@ fn config_is_validated_with_file_line_and_field() {
     let out = env.run(&["config", "validate", file.to_str().unwrap()]).ok();
     assert!(out.stdout.contains(": ok"));
     write(&file, "server:\n  listen: 127.0.0.1:9999\n  colour: blue\n");
-    env.run(&["config", "validate", file.to_str().unwrap()]).fails_with(&format!("{}:3:", file.display()));
+    env.run(&["config", "validate", file.to_str().unwrap()])
+        .fails_with(&format!("{}:3:", file.display()));
     env.run(&["config", "validate", file.to_str().unwrap()]).fails_with("colour");
     // Every command refuses a broken config rather than ignoring it.
     env.run(&["--config", file.to_str().unwrap(), "agents", "list"]).fails_with("colour");
@@ -170,13 +182,20 @@ fn broken_stores_and_dirs_are_clear_errors() {
 
     let file = env.tmp.path().join("plain-file");
     std::fs::write(&file, "").unwrap();
-    let out = env.command().env("CLADE_DATA_DIR", file.join("sub")).args(["agents", "list"]).output().unwrap();
+    let out = env
+        .command()
+        .env("CLADE_DATA_DIR", file.join("sub"))
+        .args(["agents", "list"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("--data-dir") && stderr.lines().count() == 1, "{stderr}");
 
     let other = Env::new();
-    other.run(&["--store", "postgres://nobody@127.0.0.1:1/x", "agents", "list"]).fails_with("cannot reach the database");
+    other
+        .run(&["--store", "postgres://nobody@127.0.0.1:1/x", "agents", "list"])
+        .fails_with("cannot reach the database");
     other.run(&["--store", "mysql://h/db", "agents", "list"]).fails_with("unsupported store URL");
 }
 
@@ -186,4 +205,23 @@ fn usage_errors_exit_non_zero() {
     let out = env.run(&["agents", "frobnicate"]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("frobnicate"));
+}
+
+#[tokio::test]
+async fn postgres_store_via_flag_and_env() {
+    let Some(schema) = clade_test_support::PgSchema::create().await else { return };
+    let env = Env::new();
+    env.run(&["--store", schema.url(), "agents", "create", "pg-agent"]).ok();
+    // A second data dir pointing at the same database sees the same agents.
+    let other = Env::new();
+    let out = other
+        .command()
+        .env("CLADE_STORE", schema.url())
+        .args(["agents", "list", "--json"])
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["handle"], "pg-agent");
+    // The SQLite file of the data dir was never created.
+    assert!(!env.data_dir().join("clade.db").is_file());
 }

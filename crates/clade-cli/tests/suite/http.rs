@@ -17,7 +17,13 @@ impl Api {
         Self { client, url: server.url.clone() }
     }
 
-    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.client.request(method, format!("{}{path}", self.url));
         if let Some(token) = token {
@@ -32,7 +38,13 @@ impl Api {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    async fn raw(&self, path: &str, token: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+    async fn raw(
+        &self,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
         let resp = self
             .client
             .post(format!("{}{path}", self.url))
@@ -71,7 +83,11 @@ async fn health_openapi_and_auth() {
     assert_eq!(mode & 0o777, 0o600);
 
     assert_error(&api.call("GET", "/v1/agents", None, None).await, 401, "missing_token");
-    assert_error(&api.call("GET", "/v1/agents", Some("clade_nope"), None).await, 401, "invalid_token");
+    assert_error(
+        &api.call("GET", "/v1/agents", Some("clade_nope"), None).await,
+        401,
+        "invalid_token",
+    );
     assert_eq!(api.call("GET", "/v1/agents", Some(&server.token), None).await.0, 200);
 
     // A token revoked while the server runs stops working on the next call.
@@ -79,10 +95,18 @@ async fn health_openapi_and_auth() {
     let temp = created.stdout.trim().to_owned();
     assert_eq!(api.call("GET", "/v1/agents", Some(&temp), None).await.0, 200);
     let list = env.run(&["tokens", "list", "--json"]).ok().json();
-    let id = list.as_array().unwrap().iter().find(|t| t["name"] == "temp").unwrap()["id"].as_str().unwrap().to_owned();
+    let id = list.as_array().unwrap().iter().find(|t| t["name"] == "temp").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     env.run(&["tokens", "revoke", &id]).ok();
     assert_error(&api.call("GET", "/v1/agents", Some(&temp), None).await, 401, "invalid_token");
     assert_error(&api.call("GET", "/nope", None, None).await, 404, "route_not_found");
+    assert_error(
+        &api.call("PUT", "/v1/agents", Some(&server.token), None).await,
+        405,
+        "method_not_allowed",
+    );
 }
 
 #[tokio::test]
@@ -91,7 +115,8 @@ async fn agents_crud_and_pagination() {
     let server = env.serve(&[]);
     let api = Api::new(&server);
     let t = Some(server.token.as_str());
-    let (status, ada) = api.call("POST", "/v1/agents", t, Some(json!({"handle": "ada", "name": "Ada"}))).await;
+    let (status, ada) =
+        api.call("POST", "/v1/agents", t, Some(json!({"handle": "ada", "name": "Ada"}))).await;
     assert_eq!(status, 201, "{ada}");
     assert_eq!(ada["handle"], "ada");
     assert_eq!(ada["name"], "Ada");
@@ -123,22 +148,59 @@ async fn bad_requests_get_json_errors() {
     let api = Api::new(&server);
     let t = Some(server.token.as_str());
     api.call("POST", "/v1/agents", t, Some(json!({"handle": "ada"}))).await;
-    assert_error(&api.call("POST", "/v1/agents", t, Some(json!({"handle": "ada"}))).await, 409, "handle_taken");
-    assert_error(&api.call("POST", "/v1/agents", t, Some(json!({"handle": "Bad!"}))).await, 400, "invalid_handle");
-    assert_error(&api.call("POST", "/v1/agents", t, Some(json!({"name": "x"}))).await, 400, "invalid_request");
-    let unknown = api.call("POST", "/v1/agents", t, Some(json!({"handle": "x", "colour": 1}))).await;
+    assert_error(
+        &api.call("POST", "/v1/agents", t, Some(json!({"handle": "ada"}))).await,
+        409,
+        "handle_taken",
+    );
+    assert_error(
+        &api.call("POST", "/v1/agents", t, Some(json!({"handle": "Bad!"}))).await,
+        400,
+        "invalid_handle",
+    );
+    assert_error(
+        &api.call("POST", "/v1/agents", t, Some(json!({"name": "x"}))).await,
+        400,
+        "invalid_request",
+    );
+    let unknown =
+        api.call("POST", "/v1/agents", t, Some(json!({"handle": "x", "colour": 1}))).await;
     assert_error(&unknown, 400, "invalid_request");
     assert!(unknown.1["error"]["message"].as_str().unwrap().contains("colour"));
-    assert_error(&api.call("POST", "/v1/agents", t, Some(json!({"handle": "x", "template": "nope"}))).await, 422, "template_not_found");
-    assert_error(&api.call("POST", "/v1/agents", t, Some(json!({"handle": "x", "name": "a\nb"}))).await, 400, "invalid_request");
+    assert_error(
+        &api.call("POST", "/v1/agents", t, Some(json!({"handle": "x", "template": "nope"}))).await,
+        422,
+        "template_not_found",
+    );
+    assert_error(
+        &api.call("POST", "/v1/agents", t, Some(json!({"handle": "x", "name": "a\nb"}))).await,
+        400,
+        "invalid_request",
+    );
     assert_error(&api.call("GET", "/v1/agents?limit=0", t, None).await, 400, "invalid_request");
     assert_error(&api.call("GET", "/v1/agents?limit=many", t, None).await, 400, "invalid_request");
     let token = server.token.as_str();
-    assert_error(&api.raw("/v1/agents", token, "application/json", b"{\"handle\":".to_vec()).await, 400, "invalid_request");
-    assert_error(&api.raw("/v1/agents", token, "application/json", vec![0xff, 0xfe, b'{']).await, 400, "invalid_request");
-    assert_error(&api.raw("/v1/agents", token, "text/plain", b"{}".to_vec()).await, 415, "unsupported_media_type");
+    assert_error(
+        &api.raw("/v1/agents", token, "application/json", b"{\"handle\":".to_vec()).await,
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &api.raw("/v1/agents", token, "application/json", vec![0xff, 0xfe, b'{']).await,
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &api.raw("/v1/agents", token, "text/plain", b"{}".to_vec()).await,
+        415,
+        "unsupported_media_type",
+    );
     let huge = format!("{{\"handle\":\"x\",\"name\":\"{}\"}}", "a".repeat(2 * 1024 * 1024));
-    assert_error(&api.raw("/v1/agents", token, "application/json", huge.into_bytes()).await, 413, "payload_too_large");
+    assert_error(
+        &api.raw("/v1/agents", token, "application/json", huge.into_bytes()).await,
+        413,
+        "payload_too_large",
+    );
     // Still serving, and nothing half-created.
     let (_, list) = api.call("GET", "/v1/agents", t, None).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
@@ -148,12 +210,16 @@ async fn bad_requests_get_json_errors() {
 async fn tenants_cannot_see_each_other() {
     let env = Env::new();
     env.run(&["tenants", "create", "acme"]).ok();
-    let acme_token = env.run(&["--tenant", "acme", "tokens", "create"]).ok().stdout.trim().to_owned();
+    let acme_token =
+        env.run(&["--tenant", "acme", "tokens", "create"]).ok().stdout.trim().to_owned();
     let server = env.serve(&[]);
     let api = Api::new(&server);
     let default = Some(server.token.as_str());
     let acme = Some(acme_token.as_str());
-    assert_eq!(api.call("POST", "/v1/agents", acme, Some(json!({"handle": "secret-agent"}))).await.0, 201);
+    assert_eq!(
+        api.call("POST", "/v1/agents", acme, Some(json!({"handle": "secret-agent"}))).await.0,
+        201
+    );
     // Another tenant gets exactly what a missing agent gets.
     let theirs = api.call("GET", "/v1/agents/secret-agent", default, None).await;
     let missing = api.call("GET", "/v1/agents/never-existed", default, None).await;
@@ -162,7 +228,10 @@ async fn tenants_cannot_see_each_other() {
     assert_eq!(api.call("DELETE", "/v1/agents/secret-agent", default, None).await.0, 404);
     assert_eq!(api.call("GET", "/v1/agents", default, None).await.1["items"], json!([]));
     // The same handle may exist in both.
-    assert_eq!(api.call("POST", "/v1/agents", default, Some(json!({"handle": "secret-agent"}))).await.0, 201);
+    assert_eq!(
+        api.call("POST", "/v1/agents", default, Some(json!({"handle": "secret-agent"}))).await.0,
+        201
+    );
     assert_eq!(api.call("GET", "/v1/agents/secret-agent", acme, None).await.0, 200);
 }
 

@@ -35,7 +35,8 @@ impl Output {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 }
 
@@ -50,7 +51,14 @@ impl Env {
 
     pub fn command(&self) -> Command {
         let mut cmd = Command::cargo_bin("clade").unwrap();
-        for var in ["CLADE_AGENT", "CLADE_TENANT", "CLADE_STORE", "CLADE_CONFIG", "CLADE_MASTER_KEY", "RUST_LOG"] {
+        for var in [
+            "CLADE_AGENT",
+            "CLADE_TENANT",
+            "CLADE_STORE",
+            "CLADE_CONFIG",
+            "CLADE_MASTER_KEY",
+            "RUST_LOG",
+        ] {
             cmd.env_remove(var);
         }
         cmd.env("CLADE_DATA_DIR", self.data_dir());
@@ -100,7 +108,14 @@ impl Env {
             .to_owned();
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Server { child, url, token: std::fs::read_to_string(self.data_dir().join("token")).unwrap().trim().to_owned() }
+        Server {
+            child,
+            url,
+            token: std::fs::read_to_string(self.data_dir().join("token"))
+                .unwrap()
+                .trim()
+                .to_owned(),
+        }
     }
 }
 

@@ -1,10 +1,14 @@
-use clade_core::{AgentConfig, Handle, Tenant, TemplateName};
+use clade_core::{AgentConfig, Handle, TemplateName, Tenant};
 use clade_store::{Error, NewAgent};
 
 use super::harness::backends;
 
 fn new(handle: &str) -> NewAgent {
-    NewAgent { handle: Handle::parse(handle).unwrap(), display_name: None, config: AgentConfig::default() }
+    NewAgent {
+        handle: Handle::parse(handle).unwrap(),
+        display_name: None,
+        config: AgentConfig::default(),
+    }
 }
 
 #[tokio::test]
@@ -24,13 +28,31 @@ async fn create_show_list_delete() {
 
         let page1 = h.store.agents(tenant.id, None, 1).await.unwrap();
         let page2 = h.store.agents(tenant.id, Some("ada"), 10).await.unwrap();
-        assert_eq!(page1.iter().map(|a| a.handle.as_str()).collect::<Vec<_>>(), ["ada"], "{}", h.name);
-        assert_eq!(page2.iter().map(|a| a.handle.as_str()).collect::<Vec<_>>(), ["bob"], "{}", h.name);
+        assert_eq!(
+            page1.iter().map(|a| a.handle.as_str()).collect::<Vec<_>>(),
+            ["ada"],
+            "{}",
+            h.name
+        );
+        assert_eq!(
+            page2.iter().map(|a| a.handle.as_str()).collect::<Vec<_>>(),
+            ["bob"],
+            "{}",
+            h.name
+        );
 
         let deleted = h.agents.delete(tenant.id, "ada").await.unwrap();
         assert_eq!(deleted.id, ada.id);
-        assert!(matches!(h.store.agent(tenant.id, "ada").await, Err(Error::AgentNotFound(_))), "{}", h.name);
-        assert!(matches!(h.agents.delete(tenant.id, "ada").await, Err(Error::AgentNotFound(_))), "{}", h.name);
+        assert!(
+            matches!(h.store.agent(tenant.id, "ada").await, Err(Error::AgentNotFound(_))),
+            "{}",
+            h.name
+        );
+        assert!(
+            matches!(h.agents.delete(tenant.id, "ada").await, Err(Error::AgentNotFound(_))),
+            "{}",
+            h.name
+        );
         assert_eq!(h.store.count_agents(tenant.id).await.unwrap(), 1, "{}", h.name);
     }
 }
@@ -48,9 +70,16 @@ async fn duplicate_handle_is_refused_per_tenant_only() {
         let ours = h.store.agent(default.id, "same").await.unwrap();
         assert_ne!(theirs.id, ours.id, "{}", h.name);
         // Tenants never see each other's agents.
-        assert!(matches!(h.store.agent(other.id, "only-default").await, Err(Error::AgentNotFound(_))));
+        assert!(matches!(
+            h.store.agent(other.id, "only-default").await,
+            Err(Error::AgentNotFound(_))
+        ));
         h.agents.create(default.id, new("only-default")).await.unwrap();
-        assert!(matches!(h.store.agent(other.id, "only-default").await, Err(Error::AgentNotFound(_))), "{}", h.name);
+        assert!(
+            matches!(h.store.agent(other.id, "only-default").await, Err(Error::AgentNotFound(_))),
+            "{}",
+            h.name
+        );
         assert_eq!(h.store.agents(other.id, None, 100).await.unwrap().len(), 1, "{}", h.name);
     }
 }
@@ -62,7 +91,12 @@ async fn bulk_create_is_all_or_nothing() {
         h.agents.create(tenant.id, new("taken")).await.unwrap();
         let batch = (0..1200).map(|i| new(&format!("bulk-{i}"))).chain([new("taken")]).collect();
         assert!(h.store.create_agents(tenant.id, batch).await.is_err(), "{}", h.name);
-        assert_eq!(h.store.count_agents(tenant.id).await.unwrap(), 1, "{}: nothing partial", h.name);
+        assert_eq!(
+            h.store.count_agents(tenant.id).await.unwrap(),
+            1,
+            "{}: nothing partial",
+            h.name
+        );
         let batch = (0..1200).map(|i| new(&format!("bulk-{i}"))).collect();
         assert_eq!(h.store.create_agents(tenant.id, batch).await.unwrap().len(), 1200);
         assert_eq!(h.store.count_agents(tenant.id).await.unwrap(), 1201, "{}", h.name);

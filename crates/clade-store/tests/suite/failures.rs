@@ -14,12 +14,10 @@ async fn newer_schema_is_refused() {
         })
         .await
         .unwrap();
-        pool.execute(sqlx::AssertSqlSafe(
-            format!(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES ({}, 'future', 0)",
-                SCHEMA_VERSION + 1
-            ),
-        ))
+        pool.execute(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES ({}, 'future', 0)",
+            SCHEMA_VERSION + 1
+        )))
         .await
         .unwrap();
         pool.close().await;
@@ -52,7 +50,8 @@ async fn corrupted_sqlite_file_is_refused_and_left_alone() {
 
 #[tokio::test]
 async fn unreachable_postgres_is_a_clear_error() {
-    let err = open(Location::Postgres("postgres://nobody@127.0.0.1:1/none".into())).await.err().unwrap();
+    let err =
+        open(Location::Postgres("postgres://nobody@127.0.0.1:1/none".into())).await.err().unwrap();
     assert!(matches!(err, Error::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
 }

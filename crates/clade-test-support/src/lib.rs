@@ -1,0 +1,110 @@
+//! Test fixtures shared by the crates' integration suites; a dev-dependency only.
+//!
+//! Owns [`PgSchema`]: a fresh, empty PostgreSQL schema per test, dropped afterwards. The server
+//! is named by `CLADE_TEST_POSTGRES` (default [`DEFAULT_PG`]). When it is unreachable the caller
+//! gets `None` and a loud warning, except under `CI=true`, where that is a failure: CI must never
+//! skip the PostgreSQL half silently.
+
+#![allow(clippy::disallowed_methods, clippy::print_stderr)] // Test support reads env and warns.
+
+use sqlx::Executor;
+
+pub const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// The server the PostgreSQL tests use.
+pub fn pg_admin_url() -> String {
+    std::env::var("CLADE_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_PG.to_owned())
+}
+
+/// A schema of its own in the test database; dropped with everything in it on `Drop`.
+pub struct PgSchema {
+    name: String,
+    url: String,
+}
+
+impl PgSchema {
+    /// Creates the schema, or returns `None` (outside CI) when PostgreSQL is unreachable.
+    ///
+    /// # Panics
+    /// Under `CI=true` when the server is unreachable, or when the schema cannot be created.
+    pub async fn create() -> Option<Self> {
+        sqlx::any::install_default_drivers();
+        let admin = pg_admin_url();
+        let pool = match sqlx::AnyPool::connect(&admin).await {
+            Ok(pool) => pool,
+            Err(err) => {
+                assert!(
+                    std::env::var("CI").map_or(true, |v| v != "true"),
+                    "PostgreSQL at {admin} is unreachable under CI=true: {err}"
+                );
+                eprintln!(
+                    "WARNING: skipping the PostgreSQL half of this test: {admin} is unreachable: {err}"
+                );
+                return None;
+            }
+        };
+        let name = format!("t_{}", unique_suffix());
+        let created = pool.execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}"))).await;
+        pool.close().await;
+        if let Err(err) = created {
+            panic!("cannot create schema {name} in {admin}: {err}");
+        }
+        let sep = if admin.contains('?') { '&' } else { '?' };
+        let url = format!("{admin}{sep}options=-c%20search_path%3D{name}");
+        Some(Self { name, url })
+    }
+
+    /// A connection URL whose `search_path` is this schema.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        // Drop is synchronous: run the cleanup on a runtime of its own, off the test's runtime.
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
+        let admin = pg_admin_url();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(pool) = sqlx::AnyPool::connect(&admin).await {
+                    let _ = pool.execute(sqlx::AssertSqlSafe(sql)).await;
+                    pool.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{nanos:x}_{:x}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Asserts that the committed file `repo_relative` (e.g. `docs/openapi.json`) equals
+/// `generated`; with `UPDATE_SCHEMAS` set it rewrites the file first (`cargo xtask codegen`).
+///
+/// # Panics
+/// When the committed copy is missing or stale.
+pub fn assert_committed(repo_relative: &str, generated: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(repo_relative);
+    if std::env::var_os("UPDATE_SCHEMAS").is_some()
+        && let Err(err) = std::fs::write(&path, generated)
+    {
+        panic!("cannot write {}: {err}", path.display());
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{repo_relative} is stale: run `cargo xtask codegen` and commit it"
+    );
+}

@@ -1,0 +1,98 @@
+//! Repository-wide rules checked on every `cargo test`: layering, crate docs, architecture doc.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // Test code.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Each crate's layer (DESIGN.md §4): a crate may depend only on crates of a lower layer.
+fn layer(name: &str) -> Option<u8> {
+    Some(match name {
+        "clade-core" => 0,
+        "clade-config" => 1,
+        "clade-store" | "clade-model" | "clade-tools" | "clade-stub" | "clade-test-support" => 2,
+        "clade-memory" => 3,
+        "clade-runtime" => 4,
+        "clade-flow" | "clade-sched" => 5,
+        "clade-gateway" => 6,
+        "clade-cli" => 7,
+        _ => return None,
+    })
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn workspace_crates() -> BTreeMap<String, (PathBuf, Vec<String>)> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut crates = BTreeMap::new();
+    for package in meta["packages"].as_array().unwrap() {
+        let name = package["name"].as_str().unwrap().to_owned();
+        if !name.starts_with("clade-") {
+            continue;
+        }
+        let manifest = PathBuf::from(package["manifest_path"].as_str().unwrap());
+        let deps = package["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["kind"].is_null()) // Normal dependencies; tests may reach anywhere.
+            .filter_map(|d| d["name"].as_str())
+            .filter(|d| d.starts_with("clade-"))
+            .map(str::to_owned)
+            .collect();
+        crates.insert(name, (manifest.parent().unwrap().to_owned(), deps));
+    }
+    crates
+}
+
+#[test]
+fn dependencies_point_down() {
+    let mut violations = Vec::new();
+    for (name, (_, deps)) in workspace_crates() {
+        let Some(own) = layer(&name) else {
+            violations.push(format!("{name} has no layer: add it to xtask/tests/tidy.rs"));
+            continue;
+        };
+        for dep in deps {
+            match layer(&dep) {
+                Some(theirs) if theirs < own => {}
+                _ => violations.push(format!("{name} (layer {own}) must not depend on {dep}")),
+            }
+        }
+    }
+    assert!(violations.is_empty(), "upward dependencies:\n{}", violations.join("\n"));
+}
+
+#[test]
+fn every_crate_opens_with_a_doc_saying_what_it_owns() {
+    for (name, (dir, _)) in workspace_crates() {
+        let lib = dir.join("src/lib.rs");
+        let main = dir.join("src/main.rs");
+        let path = if lib.is_file() { lib } else { main };
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("//!"), "{} must open with a //! crate doc", path.display());
+        let doc: String = text.lines().take_while(|l| l.starts_with("//!")).collect();
+        assert!(doc.to_lowercase().contains("own"), "{name}: the crate doc must say what it owns");
+    }
+}
+
+#[test]
+fn architecture_doc_covers_every_crate() {
+    let doc = std::fs::read_to_string(root().join("docs/ARCHITECTURE.md")).unwrap();
+    for name in workspace_crates().keys() {
+        assert!(
+            doc.contains(&format!("### `{name}`")),
+            "docs/ARCHITECTURE.md lacks a `### `{name}`` section"
+        );
+    }
+}
