@@ -189,6 +189,9 @@ pub(crate) enum BenchCommand {
         /// Agents per create call
         #[arg(long, default_value_t = 1000)]
         batch: usize,
+        /// Create calls in flight at once (the group-commit writer folds them into shared commits)
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
         /// Random handle lookups to time
         #[arg(long, default_value_t = 10_000)]
         lookups: u64,

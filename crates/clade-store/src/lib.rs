@@ -15,7 +15,7 @@ pub mod error;
 mod migrate;
 pub mod secrets;
 pub mod store;
-mod writer;
+pub mod writer;
 
 pub use agents::Agents;
 pub use backend::{Backend, Durability, Location};
@@ -25,3 +25,4 @@ pub use error::{Error, Result};
 pub use migrate::SCHEMA_VERSION;
 pub use secrets::Secrets;
 pub use store::{NewAgent, SecretInfo, Store, StoreOptions, TOKEN_PREFIX, TokenInfo};
+pub use writer::WriteStats;

@@ -21,7 +21,7 @@ use crate::backend::{self, Backend, Durability, Location, classify};
 use crate::crypto::Sealed;
 use crate::error::{Error, Result};
 use crate::migrate;
-use crate::writer::Writer;
+use crate::writer::{WriteStats, Writer};
 
 /// How to open a store.
 #[derive(Clone)]
@@ -162,6 +162,11 @@ impl Store {
         let store = Self { pool, writer, backend, shown, clock: options.clock };
         store.ensure_tenant(Tenant::DEFAULT_NAME).await?;
         Ok(store)
+    }
+
+    /// Commits and writes through the group-commit writer since this store was opened.
+    pub fn write_stats(&self) -> WriteStats {
+        self.writer.stats()
     }
 
     pub fn backend(&self) -> Backend {

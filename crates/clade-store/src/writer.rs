@@ -7,6 +7,9 @@
 //! its own savepoint, so one failing write (say, a duplicate handle) rolls back alone and the
 //! rest of the batch still commits. Results are released only after the commit returns.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use futures::future::BoxFuture;
 use sqlx::{AnyConnection, AnyPool, Executor};
 use tokio::sync::{mpsc, oneshot};
@@ -60,17 +63,41 @@ impl<T: Send + 'static> Job for Op<T> {
     }
 }
 
+/// Counters of the write path, for benchmarks and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Transactions committed (each one fsync with `durability: full`).
+    pub commits: u64,
+    /// Writes that went into those transactions.
+    pub writes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    writes: AtomicU64,
+}
+
 /// A cheap-to-clone handle to the writer task.
 #[derive(Clone)]
 pub(crate) struct Writer {
     tx: mpsc::Sender<Box<dyn Job>>,
+    counters: Arc<Counters>,
 }
 
 impl Writer {
     pub(crate) fn spawn(pool: AnyPool, backend: Backend, shown: String) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(pool, backend, shown, rx));
-        Self { tx }
+        let counters = Arc::new(Counters::default());
+        tokio::spawn(run(pool, backend, shown, rx, counters.clone()));
+        Self { tx, counters }
+    }
+
+    pub(crate) fn stats(&self) -> WriteStats {
+        WriteStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            writes: self.counters.writes.load(Ordering::Relaxed),
+        }
     }
 
     /// Queues `write` and waits until its transaction has committed.
@@ -82,13 +109,23 @@ impl Writer {
     }
 }
 
-async fn run(pool: AnyPool, backend: Backend, shown: String, mut rx: mpsc::Receiver<Box<dyn Job>>) {
+async fn run(
+    pool: AnyPool,
+    backend: Backend,
+    shown: String,
+    mut rx: mpsc::Receiver<Box<dyn Job>>,
+    counters: Arc<Counters>,
+) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let commit = match pool.acquire().await {
             Ok(mut conn) => run_batch(&mut conn, backend, &mut batch).await,
             Err(err) => Err(classify(err, &shown)),
         };
+        if commit.is_ok() {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+            counters.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
         let commit = commit.map_err(|err| {
             tracing::error!(error = %err, writes = batch.len(), "group commit failed");
             err.to_string()

@@ -12,12 +12,11 @@ use tokio::task::JoinSet;
 use crate::cli::BenchCommand;
 use crate::context::Ctx;
 
-/// Create calls in flight at once, so the group-commit writer has batches to fold together.
-const IN_FLIGHT: usize = 4;
-
 pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
     match cmd {
-        BenchCommand::Agents { count, batch, lookups } => agents(ctx, count, batch, lookups).await,
+        BenchCommand::Agents { count, batch, concurrency, lookups } => {
+            agents(ctx, count, batch, concurrency, lookups).await
+        }
     }
 }
 
@@ -26,15 +25,22 @@ fn now() -> Instant {
     Instant::now()
 }
 
-async fn agents(ctx: &Ctx, count: u64, batch: usize, lookups: u64) -> Result<()> {
-    if count == 0 || batch == 0 {
-        bail!("--count and --batch must be at least 1");
+async fn agents(
+    ctx: &Ctx,
+    count: u64,
+    batch: usize,
+    concurrency: usize,
+    lookups: u64,
+) -> Result<()> {
+    if count == 0 || batch == 0 || concurrency == 0 {
+        bail!("--count, --batch and --concurrency must be at least 1");
     }
     let tenant = ctx.tenant().await?;
     // A prefix unique to this run, so the benchmark can be repeated on the same data dir.
     let run = format!("b{:x}", ctx.store.now().as_millis());
     let handle = move |i: u64| format!("{run}-{i}");
     let disk_before = ctx.store.disk_bytes().await?;
+    let stats_before = ctx.store.write_stats();
     let rss_start = rss_kib();
     eprintln!("creating {count} agents in tenant {} ({})", tenant.name, ctx.store.location());
 
@@ -45,7 +51,7 @@ async fn agents(ctx: &Ctx, count: u64, batch: usize, lookups: u64) -> Result<()>
     let mut last_report = now();
     let mut rss_mid = rss_start;
     while done < count {
-        while tasks.len() < IN_FLIGHT && next < count {
+        while tasks.len() < concurrency && next < count {
             let end = (next + batch as u64).min(count);
             let agents: Vec<NewAgent> = (next..end)
                 .map(|i| {
@@ -81,6 +87,8 @@ async fn agents(ctx: &Ctx, count: u64, batch: usize, lookups: u64) -> Result<()>
     }
     eprintln!();
     let create_secs = started.elapsed().as_secs_f64();
+    let stats = ctx.store.write_stats();
+    let commits = stats.commits - stats_before.commits;
     let rss_end = rss_kib();
     let disk_after = ctx.store.disk_bytes().await?;
 
@@ -102,7 +110,18 @@ async fn agents(ctx: &Ctx, count: u64, batch: usize, lookups: u64) -> Result<()>
     };
     let per_agent = (disk_after - disk_before) as f64 / count as f64;
     println!("bench agents: {count} agents, store {}", ctx.store.location());
-    println!("  create:      {:.1} s, {:.0} agents/s", create_secs, count as f64 / create_secs);
+    println!(
+        "  create:      {:.1} s, {:.0} agents/s ({} per call, {} calls in flight)",
+        create_secs,
+        count as f64 / create_secs,
+        batch,
+        concurrency
+    );
+    println!(
+        "  commits:     {commits} ({:.1} create calls and {:.0} agents per commit)",
+        (stats.writes - stats_before.writes) as f64 / commits.max(1) as f64,
+        count as f64 / commits.max(1) as f64
+    );
     println!(
         "  disk:        {:.0} bytes per agent ({} bytes total growth)",
         per_agent,

@@ -107,6 +107,7 @@ async fn bulk_create_is_all_or_nothing() {
 async fn concurrent_writers_share_commits_and_fail_alone() {
     for h in backends().await {
         let tenant = h.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let before = h.store.write_stats();
         let mut tasks = Vec::new();
         for i in 0..300 {
             let agents = h.agents.clone();
@@ -126,6 +127,11 @@ async fn concurrent_writers_share_commits_and_fail_alone() {
         assert_eq!(ok, 200, "{}", h.name);
         assert_eq!(taken, 100, "{}", h.name);
         assert_eq!(h.store.count_agents(tenant.id).await.unwrap(), 200, "{}", h.name);
+        // Concurrent writers shared commits: far fewer transactions than writes.
+        let after = h.store.write_stats();
+        let (commits, writes) = (after.commits - before.commits, after.writes - before.writes);
+        assert_eq!(writes, 300, "{}", h.name);
+        assert!(commits < 150, "{}: {commits} commits for {writes} writes", h.name);
     }
 }
 
