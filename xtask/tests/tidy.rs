@@ -11,7 +11,8 @@ fn layer(name: &str) -> Option<u8> {
     Some(match name {
         "clade-core" => 0,
         "clade-config" => 1,
-        "clade-store" | "clade-model" | "clade-tools" | "clade-stub" | "clade-test-support" => 2,
+        "clade-store" | "clade-model" | "clade-tools" | "clade-test-support" => 2,
+        "clade-stub" => 3,
         "clade-memory" => 3,
         "clade-runtime" => 4,
         "clade-flow" | "clade-sched" => 5,

@@ -1,0 +1,361 @@
+//! Anthropic Messages (`POST {base}/v1/messages`), streaming and not: `tool_use` and
+//! `tool_result` blocks, the streaming event sequence, and prompt caching (`cache_control` on
+//! the stable prefix: the system prompt, i.e. persona files, and the tool definitions).
+
+use std::collections::HashMap;
+
+use futures::future::BoxFuture;
+use futures::{StreamExt, stream};
+use serde_json::{Value, json};
+
+use crate::error::Error;
+use crate::http::{MAX_BODY, read_capped, sse_events};
+use crate::provider::{HttpOptions, Provider, ToolNames, send_authed};
+use crate::types::{EventStream, Message, ModelRequest, StopReason, StreamEvent, Usage};
+
+pub const API_VERSION: &str = "2023-06-01";
+
+pub struct Anthropic {
+    name: String,
+    client: reqwest::Client,
+    options: HttpOptions,
+    /// Send credentials as `Authorization: Bearer` (OAuth tokens) instead of `x-api-key`.
+    bearer: bool,
+}
+
+impl Anthropic {
+    pub fn new(name: impl Into<String>, client: reqwest::Client, options: HttpOptions) -> Self {
+        Self { name: name.into(), client, options, bearer: false }
+    }
+
+    pub fn with_bearer_auth(mut self) -> Self {
+        self.bearer = true;
+        self
+    }
+}
+
+fn names_of(request: &ModelRequest) -> ToolNames {
+    let called = request.messages.iter().flat_map(|m| match m {
+        Message::Assistant { tool_calls, .. } => {
+            tool_calls.iter().map(|c| c.name.as_str()).collect()
+        }
+        _ => Vec::new(),
+    });
+    ToolNames::new(request.tools.iter().map(|t| t.name.as_str()).chain(called))
+}
+
+/// The request body, as Anthropic documents it.
+pub fn request_body(model: &str, request: &ModelRequest, stream: bool) -> Value {
+    body_with_names(model, request, stream, &names_of(request))
+}
+
+fn body_with_names(model: &str, request: &ModelRequest, stream: bool, names: &ToolNames) -> Value {
+    let system: Vec<&str> = request
+        .messages
+        .iter()
+        .filter_map(|m| match m {
+            Message::System { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut turns: Vec<(&str, Vec<Value>)> = Vec::new();
+    for message in &request.messages {
+        let (role, blocks) = match message {
+            Message::System { .. } => continue,
+            Message::User { text } => ("user", vec![json!({ "type": "text", "text": text })]),
+            Message::Assistant { text, tool_calls } => {
+                let mut blocks = Vec::new();
+                if !text.is_empty() {
+                    blocks.push(json!({ "type": "text", "text": text }));
+                }
+                for call in tool_calls {
+                    // The API needs an object; a model's invalid arguments are sent as a string
+                    // field so the conversation stays valid and the model sees what it wrote.
+                    let input = call
+                        .parse_arguments()
+                        .unwrap_or_else(|_| json!({ "_invalid_arguments": call.arguments }));
+                    blocks.push(json!({ "type": "tool_use", "id": call.id, "name": names.wire(&call.name), "input": input }));
+                }
+                ("assistant", blocks)
+            }
+            Message::Tool { call_id, content, is_error } => (
+                "user",
+                vec![
+                    json!({ "type": "tool_result", "tool_use_id": call_id, "content": content, "is_error": is_error }),
+                ],
+            ),
+        };
+        // Consecutive messages of one role form one turn (e.g. several tool results).
+        match turns.last_mut() {
+            Some((last, existing)) if *last == role => existing.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    let messages: Vec<Value> = turns
+        .into_iter()
+        .map(|(role, content)| json!({ "role": role, "content": content }))
+        .collect();
+    let mut body =
+        json!({ "model": model, "max_tokens": request.params.max_tokens, "messages": messages });
+    if !system.is_empty() {
+        body["system"] = json!([{ "type": "text", "text": system.join("\n\n"), "cache_control": { "type": "ephemeral" } }]);
+    }
+    if let Some(t) = request.params.temperature {
+        body["temperature"] = json!(t);
+    }
+    if !request.tools.is_empty() {
+        let count = request.tools.len();
+        body["tools"] = request
+            .tools
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut tool = json!({ "name": names.wire(&t.name), "description": t.description, "input_schema": t.input_schema });
+                if i + 1 == count {
+                    // A cache breakpoint after the last tool caches all tool definitions.
+                    tool["cache_control"] = json!({ "type": "ephemeral" });
+                }
+                tool
+            })
+            .collect();
+    }
+    if stream {
+        body["stream"] = json!(true);
+    }
+    body
+}
+
+fn classify(provider: &str, status: u16, body: &str) -> Option<Error> {
+    let value: Value = serde_json::from_str(body).ok()?;
+    let kind = value["error"]["type"].as_str().unwrap_or_default();
+    let message = value["error"]["message"].as_str().unwrap_or_default().to_owned();
+    let provider = provider.to_owned();
+    match (status, kind) {
+        (_, "overloaded_error") => Some(Error::Overloaded { provider, retry_after: None }),
+        (400 | 413, _)
+            if message.contains("prompt is too long") || message.contains("too many tokens") =>
+        {
+            Some(Error::ContextTooLong { provider, message })
+        }
+        _ => None,
+    }
+}
+
+fn stop_reason(reason: &str) -> StopReason {
+    match reason {
+        "end_turn" => StopReason::EndTurn,
+        "tool_use" => StopReason::ToolUse,
+        "max_tokens" => StopReason::MaxTokens,
+        "stop_sequence" => StopReason::StopSequence,
+        "refusal" => StopReason::ContentFilter,
+        other => StopReason::Other(other.to_owned()),
+    }
+}
+
+fn usage(value: &Value) -> Usage {
+    Usage {
+        input_tokens: value["input_tokens"].as_u64().unwrap_or(0),
+        output_tokens: value["output_tokens"].as_u64().unwrap_or(0),
+        cached_input_tokens: value["cache_read_input_tokens"].as_u64().unwrap_or(0),
+        cache_write_tokens: value["cache_creation_input_tokens"].as_u64().unwrap_or(0),
+    }
+}
+
+#[derive(Default)]
+struct EventState {
+    /// Content-block index -> tool-call ordinal.
+    tools: HashMap<u64, usize>,
+    usage: Usage,
+    stop: Option<StopReason>,
+    done: bool,
+}
+
+impl EventState {
+    fn on_event(
+        &mut self,
+        provider: &str,
+        data: &str,
+        names: &ToolNames,
+    ) -> Result<Vec<StreamEvent>, Error> {
+        let event: Value = serde_json::from_str(data).map_err(|e| {
+            Error::MalformedResponse(format!(
+                "event is not JSON ({e}): {}",
+                data.chars().take(200).collect::<String>()
+            ))
+        })?;
+        let mut out = Vec::new();
+        match event["type"].as_str().unwrap_or_default() {
+            "message_start" => self.usage = usage(&event["message"]["usage"]),
+            "content_block_start" => {
+                let block = &event["content_block"];
+                let index = event["index"].as_u64().unwrap_or(0);
+                match block["type"].as_str() {
+                    Some("tool_use") => {
+                        let ordinal = self.tools.len();
+                        self.tools.insert(index, ordinal);
+                        out.push(StreamEvent::ToolCallStart {
+                            index: ordinal,
+                            id: block["id"].as_str().unwrap_or_default().to_owned(),
+                            name: names.clade(block["name"].as_str().unwrap_or_default()),
+                        });
+                    }
+                    Some("text") => {
+                        if let Some(text) = block["text"].as_str().filter(|t| !t.is_empty()) {
+                            out.push(StreamEvent::TextDelta(text.to_owned()));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "content_block_delta" => {
+                let delta = &event["delta"];
+                let index = event["index"].as_u64().unwrap_or(0);
+                match delta["type"].as_str() {
+                    Some("text_delta") => {
+                        out.push(StreamEvent::TextDelta(
+                            delta["text"].as_str().unwrap_or_default().to_owned(),
+                        ));
+                    }
+                    Some("input_json_delta") => {
+                        if let Some(&ordinal) = self.tools.get(&index) {
+                            let part = delta["partial_json"].as_str().unwrap_or_default();
+                            if !part.is_empty() {
+                                out.push(StreamEvent::ToolCallDelta {
+                                    index: ordinal,
+                                    arguments: part.to_owned(),
+                                });
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "message_delta" => {
+                if let Some(reason) = event["delta"]["stop_reason"].as_str() {
+                    self.stop = Some(stop_reason(reason));
+                }
+                if let Some(output) = event["usage"]["output_tokens"].as_u64() {
+                    self.usage.output_tokens = output;
+                }
+            }
+            "message_stop" => {
+                self.done = true;
+                out.push(StreamEvent::Usage(self.usage));
+                out.push(StreamEvent::Stop(self.stop.take().unwrap_or(StopReason::EndTurn)));
+            }
+            "error" => {
+                let kind = event["error"]["type"].as_str().unwrap_or_default();
+                let message = event["error"]["message"].as_str().unwrap_or_default().to_owned();
+                let provider = provider.to_owned();
+                return Err(match kind {
+                    "overloaded_error" => Error::Overloaded { provider, retry_after: None },
+                    "rate_limit_error" => Error::RateLimited { provider, retry_after: None },
+                    _ => Error::Server {
+                        provider,
+                        status: 200,
+                        message: format!("{kind}: {message}"),
+                    },
+                });
+            }
+            _ => {} // ping, content_block_stop, and event types added later.
+        }
+        Ok(out)
+    }
+}
+
+fn complete_events(body: &Value, names: &ToolNames) -> Result<Vec<StreamEvent>, Error> {
+    let blocks = body["content"]
+        .as_array()
+        .ok_or_else(|| Error::MalformedResponse("response has no content array".into()))?;
+    let mut out = Vec::new();
+    let mut tools = 0;
+    for block in blocks {
+        match block["type"].as_str() {
+            Some("text") => out.push(StreamEvent::TextDelta(
+                block["text"].as_str().unwrap_or_default().to_owned(),
+            )),
+            Some("tool_use") => {
+                out.push(StreamEvent::ToolCallStart {
+                    index: tools,
+                    id: block["id"].as_str().unwrap_or_default().to_owned(),
+                    name: names.clade(block["name"].as_str().unwrap_or_default()),
+                });
+                out.push(StreamEvent::ToolCallDelta {
+                    index: tools,
+                    arguments: block["input"].to_string(),
+                });
+                tools += 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(StreamEvent::Usage(usage(&body["usage"])));
+    out.push(StreamEvent::Stop(stop_reason(body["stop_reason"].as_str().unwrap_or("end_turn"))));
+    Ok(out)
+}
+
+impl Provider for Anthropic {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn stream<'a>(
+        &'a self,
+        model: &'a str,
+        request: &'a ModelRequest,
+    ) -> BoxFuture<'a, Result<EventStream, Error>> {
+        Box::pin(async move {
+            let names = names_of(request);
+            let body = body_with_names(model, request, self.options.stream, &names);
+            let url = self.options.url("/v1/messages");
+            let build = |token: Option<&str>| {
+                let mut req = self
+                    .client
+                    .post(&url)
+                    .timeout(self.options.connect_timeout)
+                    .header("anthropic-version", API_VERSION)
+                    .json(&body);
+                if let Some(token) = token {
+                    req = if self.bearer {
+                        req.bearer_auth(token)
+                    } else {
+                        req.header("x-api-key", token)
+                    };
+                }
+                for (k, v) in &self.options.headers {
+                    req = req.header(k, v);
+                }
+                req
+            };
+            let response = send_authed(&self.options, &self.name, build, classify).await?;
+            if !self.options.stream {
+                let bytes = read_capped(response, MAX_BODY)
+                    .await
+                    .map_err(|e| Error::Transport { provider: self.name.clone(), message: e })?;
+                let value: Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::MalformedResponse(format!("response is not JSON: {e}")))?;
+                let events = complete_events(&value, &names)?;
+                return Ok(Box::pin(stream::iter(events.into_iter().map(Ok))) as EventStream);
+            }
+            let mut state = EventState::default();
+            let provider = self.name.clone();
+            let events = sse_events(self.name.clone(), response, self.options.idle_timeout)
+                .flat_map(move |item| {
+                    let out: Vec<Result<StreamEvent, Error>> = match item {
+                        Err(err) => vec![Err(err)],
+                        Ok(Some(_)) if state.done => Vec::new(),
+                        Ok(Some(event)) => match state.on_event(&provider, &event.data, &names) {
+                            Ok(events) => events.into_iter().map(Ok).collect(),
+                            Err(err) => vec![Err(err)],
+                        },
+                        Ok(None) if state.done => Vec::new(),
+                        Ok(None) => vec![Err(Error::MalformedResponse(
+                            "stream ended before message_stop: the response was cut off".into(),
+                        ))],
+                    };
+                    stream::iter(out)
+                });
+            Ok(Box::pin(events) as EventStream)
+        })
+    }
+}

@@ -1,0 +1,265 @@
+//! OpenAI Chat Completions (`POST {base}/chat/completions`), streaming and not, with tool
+//! calls and `stream_options.include_usage`. Any OpenAI-compatible server works: OpenRouter,
+//! Groq, Ollama, vLLM, llama.cpp, LM Studio.
+
+use std::collections::HashMap;
+
+use futures::future::BoxFuture;
+use futures::{StreamExt, stream};
+use serde_json::{Value, json};
+
+use crate::error::Error;
+use crate::http::{MAX_BODY, read_capped, sse_events};
+use crate::provider::{HttpOptions, Provider, ToolNames, send_authed};
+use crate::types::{EventStream, Message, ModelRequest, StopReason, StreamEvent, Usage};
+
+pub struct OpenAi {
+    name: String,
+    client: reqwest::Client,
+    options: HttpOptions,
+}
+
+impl OpenAi {
+    pub fn new(name: impl Into<String>, client: reqwest::Client, options: HttpOptions) -> Self {
+        Self { name: name.into(), client, options }
+    }
+}
+
+/// The request body, as OpenAI documents it.
+pub fn request_body(model: &str, request: &ModelRequest, stream: bool) -> Value {
+    body_with_names(model, request, stream, &names_of(request))
+}
+
+fn names_of(request: &ModelRequest) -> ToolNames {
+    let called = request.messages.iter().flat_map(|m| match m {
+        Message::Assistant { tool_calls, .. } => {
+            tool_calls.iter().map(|c| c.name.as_str()).collect()
+        }
+        _ => Vec::new(),
+    });
+    ToolNames::new(request.tools.iter().map(|t| t.name.as_str()).chain(called))
+}
+
+fn body_with_names(model: &str, request: &ModelRequest, stream: bool, names: &ToolNames) -> Value {
+    let messages: Vec<Value> = request
+        .messages
+        .iter()
+        .map(|message| match message {
+            Message::System { text } => json!({ "role": "system", "content": text }),
+            Message::User { text } => json!({ "role": "user", "content": text }),
+            Message::Assistant { text, tool_calls } => {
+                let mut m = json!({ "role": "assistant", "content": if text.is_empty() { Value::Null } else { json!(text) } });
+                if !tool_calls.is_empty() {
+                    m["tool_calls"] = tool_calls
+                        .iter()
+                        .map(|c| json!({ "id": c.id, "type": "function", "function": { "name": names.wire(&c.name), "arguments": c.arguments } }))
+                        .collect();
+                }
+                m
+            }
+            Message::Tool { call_id, content, .. } => json!({ "role": "tool", "tool_call_id": call_id, "content": content }),
+        })
+        .collect();
+    let mut body =
+        json!({ "model": model, "messages": messages, "max_tokens": request.params.max_tokens });
+    if let Some(t) = request.params.temperature {
+        body["temperature"] = json!(t);
+    }
+    if !request.tools.is_empty() {
+        body["tools"] = request
+            .tools
+            .iter()
+            .map(|t| json!({ "type": "function", "function": { "name": names.wire(&t.name), "description": t.description, "parameters": t.input_schema } }))
+            .collect();
+    }
+    if stream {
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({ "include_usage": true });
+    }
+    body
+}
+
+fn classify(provider: &str, status: u16, body: &str) -> Option<Error> {
+    let value: Value = serde_json::from_str(body).ok()?;
+    let code = value["error"]["code"].as_str().unwrap_or_default();
+    let message = value["error"]["message"].as_str().unwrap_or_default().to_owned();
+    (status == 400
+        && (code == "context_length_exceeded" || message.contains("maximum context length")))
+    .then(|| Error::ContextTooLong { provider: provider.to_owned(), message })
+}
+
+fn stop_reason(finish: &str) -> StopReason {
+    match finish {
+        "stop" => StopReason::EndTurn,
+        "tool_calls" | "function_call" => StopReason::ToolUse,
+        "length" => StopReason::MaxTokens,
+        "content_filter" => StopReason::ContentFilter,
+        other => StopReason::Other(other.to_owned()),
+    }
+}
+
+fn usage(value: &Value) -> Option<Usage> {
+    let prompt = value["prompt_tokens"].as_u64()?;
+    let cached = value["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0);
+    Some(Usage {
+        input_tokens: prompt.saturating_sub(cached),
+        output_tokens: value["completion_tokens"].as_u64().unwrap_or(0),
+        cached_input_tokens: cached,
+        cache_write_tokens: 0,
+    })
+}
+
+/// Turns chunks into events; Stop is emitted last, at `[DONE]`, after the usage chunk.
+#[derive(Default)]
+struct ChunkState {
+    started: HashMap<u64, usize>,
+    finish: Option<StopReason>,
+    usage: Option<Usage>,
+    done: bool,
+}
+
+impl ChunkState {
+    fn on_data(&mut self, data: &str, names: &ToolNames) -> Result<Vec<StreamEvent>, Error> {
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            let mut out = Vec::new();
+            if let Some(usage) = self.usage.take() {
+                out.push(StreamEvent::Usage(usage));
+            }
+            out.push(StreamEvent::Stop(self.finish.take().unwrap_or(StopReason::EndTurn)));
+            return Ok(out);
+        }
+        let chunk: Value = serde_json::from_str(data).map_err(|e| {
+            Error::MalformedResponse(format!("chunk is not JSON ({e}): {}", short(data)))
+        })?;
+        if chunk.get("error").is_some() {
+            return Err(Error::Server {
+                provider: "openai".into(),
+                status: 200,
+                message: crate::http::error_message(data),
+            });
+        }
+        let mut out = Vec::new();
+        if let Some(u) = usage(&chunk["usage"]) {
+            self.usage = Some(u);
+        }
+        for choice in chunk["choices"].as_array().into_iter().flatten() {
+            let delta = &choice["delta"];
+            if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+                out.push(StreamEvent::TextDelta(text.to_owned()));
+            }
+            for call in delta["tool_calls"].as_array().into_iter().flatten() {
+                let wire_index = call["index"].as_u64().unwrap_or(0);
+                let next = self.started.len();
+                let index = match self.started.get(&wire_index) {
+                    Some(i) => *i,
+                    None => {
+                        let id = call["id"].as_str().unwrap_or_default().to_owned();
+                        let name =
+                            names.clade(call["function"]["name"].as_str().unwrap_or_default());
+                        self.started.insert(wire_index, next);
+                        out.push(StreamEvent::ToolCallStart { index: next, id, name });
+                        next
+                    }
+                };
+                if let Some(args) = call["function"]["arguments"].as_str().filter(|a| !a.is_empty())
+                {
+                    out.push(StreamEvent::ToolCallDelta { index, arguments: args.to_owned() });
+                }
+            }
+            if let Some(finish) = choice["finish_reason"].as_str() {
+                self.finish = Some(stop_reason(finish));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn short(text: &str) -> String {
+    text.chars().take(200).collect()
+}
+
+/// Events of a complete (non-streaming) response body.
+fn complete_events(body: &Value, names: &ToolNames) -> Result<Vec<StreamEvent>, Error> {
+    let choice = body["choices"].get(0).ok_or_else(|| {
+        Error::MalformedResponse(format!("response has no choices: {}", short(&body.to_string())))
+    })?;
+    let message = &choice["message"];
+    let mut out = Vec::new();
+    if let Some(text) = message["content"].as_str().filter(|t| !t.is_empty()) {
+        out.push(StreamEvent::TextDelta(text.to_owned()));
+    }
+    for (index, call) in message["tool_calls"].as_array().into_iter().flatten().enumerate() {
+        out.push(StreamEvent::ToolCallStart {
+            index,
+            id: call["id"].as_str().unwrap_or_default().to_owned(),
+            name: names.clade(call["function"]["name"].as_str().unwrap_or_default()),
+        });
+        out.push(StreamEvent::ToolCallDelta {
+            index,
+            arguments: call["function"]["arguments"].as_str().unwrap_or_default().to_owned(),
+        });
+    }
+    if let Some(u) = usage(&body["usage"]) {
+        out.push(StreamEvent::Usage(u));
+    }
+    out.push(StreamEvent::Stop(stop_reason(choice["finish_reason"].as_str().unwrap_or("stop"))));
+    Ok(out)
+}
+
+impl Provider for OpenAi {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn stream<'a>(
+        &'a self,
+        model: &'a str,
+        request: &'a ModelRequest,
+    ) -> BoxFuture<'a, Result<EventStream, Error>> {
+        Box::pin(async move {
+            let names = names_of(request);
+            let body = body_with_names(model, request, self.options.stream, &names);
+            let url = self.options.url("/chat/completions");
+            let build = |token: Option<&str>| {
+                let mut req =
+                    self.client.post(&url).timeout(self.options.connect_timeout).json(&body);
+                if let Some(token) = token {
+                    req = req.bearer_auth(token);
+                }
+                for (k, v) in &self.options.headers {
+                    req = req.header(k, v);
+                }
+                req
+            };
+            let response = send_authed(&self.options, &self.name, build, classify).await?;
+            if !self.options.stream {
+                let bytes = read_capped(response, MAX_BODY)
+                    .await
+                    .map_err(|e| Error::Transport { provider: self.name.clone(), message: e })?;
+                let value: Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::MalformedResponse(format!("response is not JSON: {e}")))?;
+                let events = complete_events(&value, &names)?;
+                return Ok(Box::pin(stream::iter(events.into_iter().map(Ok))) as EventStream);
+            }
+            let mut state = ChunkState::default();
+            let events = sse_events(self.name.clone(), response, self.options.idle_timeout)
+                .flat_map(move |item| {
+                    let out: Vec<Result<StreamEvent, Error>> = match item {
+                        Err(err) => vec![Err(err)],
+                        Ok(Some(_)) if state.done => Vec::new(),
+                        Ok(Some(event)) => match state.on_data(&event.data, &names) {
+                            Ok(events) => events.into_iter().map(Ok).collect(),
+                            Err(err) => vec![Err(err)],
+                        },
+                        Ok(None) if state.done => Vec::new(),
+                        Ok(None) => vec![Err(Error::MalformedResponse(
+                            "stream ended before [DONE]: the response was cut off".into(),
+                        ))],
+                    };
+                    stream::iter(out)
+                });
+            Ok(Box::pin(events) as EventStream)
+        })
+    }
+}

@@ -1,0 +1,4 @@
+mod adapters;
+mod oauth;
+mod router;
+mod support;
