@@ -144,7 +144,8 @@ async fn anthropic_request_matches_the_documented_wire_format_and_caches_the_pre
 async fn every_error_class_is_recognised() {
     let stub = stub().await;
     for (label, provider) in all(&stub) {
-        let cases: Vec<(&str, fn(&Error) -> bool)> = vec![
+        type Check = fn(&Error) -> bool;
+        let cases: Vec<(&str, Check)> = vec![
             (
                 "stub+status=429+retry-after=3",
                 |e| matches!(e, Error::RateLimited { retry_after: Some(d), .. } if d.as_secs() == 3),
