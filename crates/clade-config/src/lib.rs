@@ -5,6 +5,7 @@
 //! besides reading the one file it is asked to load, and knows nothing of stores or servers.
 //! Start at [`Config`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
@@ -25,7 +26,7 @@ pub enum Error {
 }
 
 /// Everything `clade.yaml` can say. Every section is optional; defaults are documented per field.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "clade.yaml", description = "Configuration of a Clade gateway.")]
 pub struct Config {
@@ -38,6 +39,163 @@ pub struct Config {
     /// Log output.
     #[serde(default)]
     pub log: LogConfig,
+    /// Named models. Without any, `OPENAI_API_KEY` or `ANTHROPIC_API_KEY` in the environment
+    /// selects that provider (model from `CLADE_MODEL`), else the offline scripted provider.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+    /// Which models each kind of call uses, in fallback order.
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// Spending limits, enforced before every model call.
+    #[serde(default)]
+    pub budgets: BudgetsConfig,
+}
+
+/// One named model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub provider: ProviderKind,
+    /// The provider's model id; defaults to this entry's name.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// API base URL, e.g. `http://127.0.0.1:11434/v1` for Ollama; defaults to the provider's.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Environment variable holding the API key. Keys never go in this file.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Name of the calling agent's secret holding the API key (`clade secrets set`).
+    #[serde(default)]
+    pub api_key_secret: Option<String>,
+    /// Subscription credentials refreshed with OAuth2.
+    #[serde(default)]
+    pub oauth: Option<OAuthModelConfig>,
+    /// Stream responses (default) or wait for complete ones.
+    #[serde(default = "default_true")]
+    pub stream: bool,
+    /// Extra HTTP headers sent with every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Prices in US dollars per million tokens, for cost accounting and cost budgets.
+    #[serde(default)]
+    pub price: PriceConfig,
+    /// Longest reply, in tokens.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Which wire protocol a model speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenAI Chat Completions and every compatible server.
+    Openai,
+    /// Anthropic Messages.
+    Anthropic,
+    /// The offline scripted provider (not a language model).
+    Scripted,
+}
+
+/// OAuth2 credentials: the tokens live in an agent secret (JSON with `access_token`,
+/// `refresh_token`, `expires_at` in Unix milliseconds) and are refreshed in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthModelConfig {
+    pub token_url: String,
+    pub client_id: String,
+    /// Name of the agent secret holding the tokens.
+    pub secret: String,
+}
+
+/// US dollars per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    #[serde(default)]
+    pub input_per_mtok: f64,
+    #[serde(default)]
+    pub output_per_mtok: f64,
+    #[serde(default)]
+    pub cached_input_per_mtok: f64,
+    #[serde(default)]
+    pub cache_write_per_mtok: f64,
+}
+
+/// Model chains per kind of call; each list is tried in order (fallbacks).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Used when a kind has no chain of its own.
+    #[serde(default)]
+    pub default: Vec<String>,
+    #[serde(flatten)]
+    pub kinds: RouteKinds,
+    /// Per-agent overrides, keyed by agent handle.
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentRouting>,
+    /// Retries on one model before falling back (default 2).
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Seconds a rate-limited model is skipped (default 30).
+    #[serde(default)]
+    pub cooldown_secs: Option<u64>,
+}
+
+/// A chain per process type.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteKinds {
+    #[serde(default)]
+    pub channel: Vec<String>,
+    #[serde(default)]
+    pub branch: Vec<String>,
+    #[serde(default)]
+    pub worker: Vec<String>,
+    #[serde(default)]
+    pub compactor: Vec<String>,
+    #[serde(default)]
+    pub cortex: Vec<String>,
+}
+
+/// An agent's own chains.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRouting {
+    #[serde(default)]
+    pub default: Vec<String>,
+    #[serde(flatten)]
+    pub kinds: RouteKinds,
+}
+
+/// Spending limits per tenant and per agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetsConfig {
+    /// Keyed by tenant name.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, Limits>,
+    /// Keyed by `tenant/handle`, or a bare handle for the default tenant.
+    #[serde(default)]
+    pub agents: BTreeMap<String, Limits>,
+}
+
+/// Limits over UTC calendar days and months; any subset may be set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default)]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_month: Option<u64>,
+    #[serde(default)]
+    pub usd_per_day: Option<f64>,
+    #[serde(default)]
+    pub usd_per_month: Option<f64>,
 }
 
 /// The HTTP server.
@@ -120,17 +278,97 @@ impl Config {
         serde_saphyr::from_str::<Config>(text).map_err(|err| yaml_error(&err, path))
     }
 
+    /// Checks what types alone cannot: every routed model exists, credentials are named
+    /// consistently, prices and limits are sane. Errors name the field.
+    pub fn check(&self, path: &Path) -> Result<(), Error> {
+        let fail =
+            |message: String| Err(Error::InvalidNoLocation { path: path.to_owned(), message });
+        for (name, model) in &self.models {
+            if model.provider != ProviderKind::Scripted
+                && model.api_key_env.is_none()
+                && model.api_key_secret.is_none()
+                && model.oauth.is_none()
+                && model.base_url.is_none()
+            {
+                return fail(format!(
+                    "models.{name}: set api_key_env, api_key_secret or oauth (or base_url for a local server without keys)"
+                ));
+            }
+            if model.api_key_env.is_some() as u8
+                + model.api_key_secret.is_some() as u8
+                + model.oauth.is_some() as u8
+                > 1
+            {
+                return fail(format!(
+                    "models.{name}: use only one of api_key_env, api_key_secret, oauth"
+                ));
+            }
+            let p = model.price;
+            if [
+                p.input_per_mtok,
+                p.output_per_mtok,
+                p.cached_input_per_mtok,
+                p.cache_write_per_mtok,
+            ]
+            .iter()
+            .any(|v| !v.is_finite() || *v < 0.0)
+            {
+                return fail(format!("models.{name}.price: prices must be zero or positive"));
+            }
+            if model.max_tokens == Some(0) {
+                return fail(format!("models.{name}.max_tokens: must be at least 1"));
+            }
+        }
+        let known = |m: &String| self.models.contains_key(m) || m == "scripted";
+        let r = &self.routing;
+        let mut chains: Vec<(String, &Vec<String>)> = vec![("routing.default".into(), &r.default)];
+        chains.extend(kinds(&r.kinds).map(|(k, v)| (format!("routing.{k}"), v)));
+        for (agent, routes) in &r.agents {
+            chains.push((format!("routing.agents.{agent}.default"), &routes.default));
+            chains.extend(
+                kinds(&routes.kinds).map(|(k, v)| (format!("routing.agents.{agent}.{k}"), v)),
+            );
+        }
+        for (field, chain) in chains {
+            if let Some(missing) = chain.iter().find(|m| !known(m)) {
+                return fail(format!("{field}: model {missing:?} is not defined under models"));
+            }
+        }
+        for (scope, limits) in self
+            .budgets
+            .tenants
+            .iter()
+            .map(|(k, v)| (format!("budgets.tenants.{k}"), v))
+            .chain(self.budgets.agents.iter().map(|(k, v)| (format!("budgets.agents.{k}"), v)))
+        {
+            if [limits.usd_per_day, limits.usd_per_month]
+                .iter()
+                .flatten()
+                .any(|v| !v.is_finite() || *v < 0.0)
+            {
+                return fail(format!("{scope}: dollar limits must be zero or positive"));
+            }
+        }
+        Ok(())
+    }
+
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| Error::Read { path: path.to_owned(), source })?;
-        Self::parse(&text, path)
+        let config = Self::parse(&text, path)?;
+        config.check(path)?;
+        Ok(config)
     }
 
     /// Reads `path` if it exists, else returns the defaults.
     pub fn load_or_default(path: &Path) -> Result<Self, Error> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text, path),
+            Ok(text) => {
+                let config = Self::parse(&text, path)?;
+                config.check(path)?;
+                Ok(config)
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(source) => Err(Error::Read { path: path.to_owned(), source }),
         }
@@ -140,6 +378,18 @@ impl Config {
     pub fn json_schema() -> serde_json::Value {
         serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default()
     }
+}
+
+/// The chains of each process type, with their names.
+pub fn kinds(kinds: &RouteKinds) -> impl Iterator<Item = (&'static str, &Vec<String>)> {
+    [
+        ("channel", &kinds.channel),
+        ("branch", &kinds.branch),
+        ("worker", &kinds.worker),
+        ("compactor", &kinds.compactor),
+        ("cortex", &kinds.cortex),
+    ]
+    .into_iter()
 }
 
 fn yaml_error(err: &serde_saphyr::Error, path: &Path) -> Error {

@@ -68,3 +68,36 @@ fn committed_schema_matches_the_types() {
     let generated = serde_json::to_string_pretty(&Config::json_schema()).unwrap() + "\n";
     clade_test_support::assert_committed("docs/clade.schema.json", &generated);
 }
+
+#[test]
+fn models_routing_and_budgets_parse_and_are_checked() {
+    let text = "models:\n  fast:\n    provider: openai\n    model: gpt-4o-mini\n    api_key_env: OPENAI_API_KEY\n    price: { input_per_mtok: 0.15, output_per_mtok: 0.6 }\n  local:\n    provider: openai\n    base_url: http://127.0.0.1:11434/v1\nrouting:\n  default: [fast, local]\n  worker: [local]\n  agents:\n    ada: { default: [local] }\nbudgets:\n  tenants:\n    default: { usd_per_day: 5 }\n  agents:\n    ada: { tokens_per_month: 1000000 }\n";
+    let config = parse(text).unwrap();
+    config.check(Path::new("clade.yaml")).unwrap();
+    assert_eq!(config.routing.default, ["fast", "local"]);
+    assert_eq!(config.routing.kinds.worker, ["local"]);
+    assert_eq!(config.budgets.tenants["default"].usd_per_day, Some(5.0));
+
+    let check =
+        |text: &str| parse(text).unwrap().check(Path::new("clade.yaml")).unwrap_err().to_string();
+    let err = check("routing:\n  default: [missing]\n");
+    assert!(err.contains("routing.default") && err.contains("missing"), "{err}");
+    let err = check("models:\n  m:\n    provider: anthropic\n");
+    assert!(err.contains("models.m") && err.contains("api_key_env"), "{err}");
+    let err =
+        check("models:\n  m:\n    provider: openai\n    api_key_env: A\n    api_key_secret: B\n");
+    assert!(err.contains("only one"), "{err}");
+    let err = check("models:\n  m:\n    provider: scripted\n    price: { input_per_mtok: -1 }\n");
+    assert!(err.contains("models.m.price"), "{err}");
+    // A key in plain config is not even a field.
+    let err = parse("models:\n  m:\n    provider: openai\n    api_key: sk-123\n").unwrap_err();
+    assert!(err.contains("api_key"), "{err}");
+}
+
+#[test]
+fn unknown_keys_in_routing_are_errors() {
+    let err = parse("routing:\n  defualt: [x]\n").unwrap_err();
+    assert!(err.contains("defualt"), "{err}");
+    let err = parse("routing:\n  agents:\n    ada:\n      wroker: [x]\n").unwrap_err();
+    assert!(err.contains("wroker"), "{err}");
+}

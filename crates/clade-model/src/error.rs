@@ -54,7 +54,10 @@ impl Error {
         self.is_retryable()
             || matches!(
                 self,
-                Error::Server { .. } | Error::MalformedResponse(_) | Error::Auth { .. }
+                Error::Server { .. }
+                    | Error::MalformedResponse(_)
+                    | Error::Auth { .. }
+                    | Error::Credentials(_)
             )
     }
 

@@ -23,6 +23,8 @@ pub enum Error {
     BadToken,
     #[error("{0}")]
     InvalidInput(String),
+    #[error("{0}")]
+    BudgetExceeded(String),
     #[error("the default tenant cannot be deleted")]
     DefaultTenant,
 

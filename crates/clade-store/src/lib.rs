@@ -24,5 +24,8 @@ pub use datadir::DataDir;
 pub use error::{Error, Result};
 pub use migrate::SCHEMA_VERSION;
 pub use secrets::Secrets;
-pub use store::{NewAgent, SecretInfo, Store, StoreOptions, TOKEN_PREFIX, TokenInfo};
+pub use store::{
+    BudgetCounter, BudgetSettlement, NewAgent, SecretInfo, Store, StoreOptions, TOKEN_PREFIX,
+    TokenInfo, UsageRecord, UsageSummary,
+};
 pub use writer::WriteStats;

@@ -67,6 +67,60 @@ pub struct SecretInfo {
     pub updated_at: Timestamp,
 }
 
+/// One model call's usage, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    pub tenant: TenantId,
+    pub agent: Option<AgentId>,
+    /// The configured model name.
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub cost_micros: u64,
+}
+
+/// Usage summed per agent and model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageSummary {
+    /// The agent's handle; `None` for calls made for the tenant, not an agent.
+    pub agent: Option<String>,
+    pub model: String,
+    pub calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub cost_micros: u64,
+}
+
+/// One counter a reservation must fit under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetCounter {
+    pub scope: String,
+    pub period: String,
+    pub unit: String,
+    pub amount: u64,
+    pub limit: u64,
+    /// What to tell the user when this counter refuses, e.g. "tenant acme: 5.00 USD per day".
+    pub label: String,
+}
+
+/// Returning a reservation and booking the real spend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetSettlement {
+    pub scope: String,
+    pub period: String,
+    pub unit: String,
+    pub reserved: u64,
+    pub spent: u64,
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
 /// The prefix of every API token, so leaked tokens are easy to recognise and scan for.
 pub const TOKEN_PREFIX: &str = "clade_";
 
@@ -317,6 +371,7 @@ impl Store {
                 // Explicit deletes rather than relying on ON DELETE CASCADE, which SQLite only
                 // honours when foreign keys are enabled on that connection.
                 for table in [
+                    "DELETE FROM model_usage WHERE tenant_id = $1",
                     "DELETE FROM secrets WHERE agent_id IN (SELECT id FROM agents WHERE tenant_id = $1)",
                     "DELETE FROM agents WHERE tenant_id = $1",
                     "DELETE FROM api_tokens WHERE tenant_id = $1",
@@ -425,10 +480,12 @@ impl Store {
         self.write(move |conn| {
             Box::pin(async move {
                 let id = id.as_bytes().to_vec();
-                sqlx::query("DELETE FROM secrets WHERE agent_id = $1")
-                    .bind(id.clone())
-                    .execute(&mut *conn)
-                    .await?;
+                for table in [
+                    "DELETE FROM secrets WHERE agent_id = $1",
+                    "DELETE FROM model_usage WHERE agent_id = $1",
+                ] {
+                    sqlx::query(table).bind(id.clone()).execute(&mut *conn).await?;
+                }
                 let deleted = sqlx::query("DELETE FROM agents WHERE id = $1")
                     .bind(id)
                     .execute(&mut *conn)
@@ -635,6 +692,159 @@ impl Store {
             .await
             .map_err(|e| self.db(e))?;
         Ok(row.try_get(0)?)
+    }
+
+    // ---- model usage and budgets ----
+
+    /// Records one model call's usage.
+    pub async fn record_usage(&self, usage: UsageRecord) -> Result<()> {
+        let id = clade_core::TokenId::generate(self.now());
+        let now = self.now().as_millis();
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO model_usage (id, tenant_id, agent_id, model, input_tokens, output_tokens, \
+                     cached_tokens, cache_write_tokens, cost_micros, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(id.as_bytes().to_vec())
+                .bind(usage.tenant.as_bytes().to_vec())
+                .bind(usage.agent.map(|a| a.as_bytes().to_vec()))
+                .bind(usage.model)
+                .bind(to_i64(usage.input_tokens))
+                .bind(to_i64(usage.output_tokens))
+                .bind(to_i64(usage.cached_tokens))
+                .bind(to_i64(usage.cache_write_tokens))
+                .bind(to_i64(usage.cost_micros))
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Usage of a tenant since `since`, summed per agent and model.
+    pub async fn usage(
+        &self,
+        tenant: TenantId,
+        agent: Option<AgentId>,
+        since: Timestamp,
+    ) -> Result<Vec<UsageSummary>> {
+        let rows = sqlx::query(
+            "SELECT a.handle AS handle, u.model AS model, COUNT(*) AS calls, CAST(SUM(u.input_tokens) AS BIGINT) AS input, \
+             CAST(SUM(u.output_tokens) AS BIGINT) AS output, CAST(SUM(u.cached_tokens) AS BIGINT) AS cached, \
+             CAST(SUM(u.cache_write_tokens) AS BIGINT) AS cache_write, CAST(SUM(u.cost_micros) AS BIGINT) AS cost \
+             FROM model_usage u LEFT JOIN agents a ON a.id = u.agent_id \
+             WHERE u.tenant_id = $1 AND u.created_at >= $2 AND ($3 IS NULL OR u.agent_id = $3) \
+             GROUP BY a.handle, u.model ORDER BY a.handle, u.model",
+        )
+        .bind(tenant.as_bytes().to_vec())
+        .bind(since.as_millis())
+        .bind(agent.map(|a| a.as_bytes().to_vec()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        rows.iter()
+            .map(|row| {
+                let sum =
+                    |col: &str| row.try_get::<i64, _>(col).map(|v| u64::try_from(v).unwrap_or(0));
+                Ok(UsageSummary {
+                    agent: row.try_get::<Option<String>, _>("handle")?,
+                    model: row.try_get("model")?,
+                    calls: sum("calls")?,
+                    input_tokens: sum("input")?,
+                    output_tokens: sum("output")?,
+                    cached_tokens: sum("cached")?,
+                    cache_write_tokens: sum("cache_write")?,
+                    cost_micros: sum("cost")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Reserves `amount` on every counter, all or none: a counter that would go over its limit
+    /// refuses the whole reservation with [`Error::BudgetExceeded`] naming it.
+    pub async fn reserve_budget(&self, counters: Vec<BudgetCounter>) -> Result<()> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                for c in &counters {
+                    sqlx::query(
+                        "INSERT INTO budget_counters (scope, period, unit, spent, reserved) VALUES ($1, $2, $3, 0, 0) \
+                         ON CONFLICT (scope, period, unit) DO NOTHING",
+                    )
+                    .bind(c.scope.clone())
+                    .bind(c.period.clone())
+                    .bind(c.unit.clone())
+                    .execute(&mut *conn)
+                    .await?;
+                    let done = sqlx::query(
+                        "UPDATE budget_counters SET reserved = reserved + $4 \
+                         WHERE scope = $1 AND period = $2 AND unit = $3 AND spent + reserved + $4 <= $5",
+                    )
+                    .bind(c.scope.clone())
+                    .bind(c.period.clone())
+                    .bind(c.unit.clone())
+                    .bind(to_i64(c.amount))
+                    .bind(to_i64(c.limit))
+                    .execute(&mut *conn)
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        // The savepoint of this write rolls back the counters already raised.
+                        return Err(Error::BudgetExceeded(c.label.clone()));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Releases reservations and adds what was really spent.
+    pub async fn settle_budget(&self, settlements: Vec<BudgetSettlement>) -> Result<()> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                for s in &settlements {
+                    sqlx::query(
+                        "UPDATE budget_counters SET reserved = CASE WHEN reserved >= $4 THEN reserved - $4 ELSE 0 END, \
+                         spent = spent + $5 WHERE scope = $1 AND period = $2 AND unit = $3",
+                    )
+                    .bind(s.scope.clone())
+                    .bind(s.period.clone())
+                    .bind(s.unit.clone())
+                    .bind(to_i64(s.reserved))
+                    .bind(to_i64(s.spent))
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// `(spent, reserved)` of one counter.
+    pub async fn budget_counter(
+        &self,
+        scope: &str,
+        period: &str,
+        unit: &str,
+    ) -> Result<(u64, u64)> {
+        let row = sqlx::query("SELECT spent, reserved FROM budget_counters WHERE scope = $1 AND period = $2 AND unit = $3")
+            .bind(scope)
+            .bind(period)
+            .bind(unit)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(match row {
+            Some(row) => (
+                u64::try_from(row.try_get::<i64, _>("spent")?).unwrap_or(0),
+                u64::try_from(row.try_get::<i64, _>("reserved")?).unwrap_or(0),
+            ),
+            None => (0, 0),
+        })
     }
 
     // ---- metadata ----

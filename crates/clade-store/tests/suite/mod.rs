@@ -3,3 +3,4 @@ mod failures;
 mod harness;
 mod secrets;
 mod tenants_tokens;
+mod usage;

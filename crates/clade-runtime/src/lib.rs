@@ -1,0 +1,14 @@
+//! Clade's runtime: what ties models, storage and configuration together for an agent.
+//!
+//! Owns the per-agent model setup (routes, credentials from secrets or the environment),
+//! budget enforcement over the store, and usage accounting. Session actors and the turn
+//! executor will live here too. It depends on the store, model and config crates through their
+//! public handles and traits, never on a storage backend or a provider's wire format.
+//!
+//! Start at [`models::Models`].
+
+pub mod budget;
+pub mod models;
+
+pub use budget::StoreBudget;
+pub use models::{EnvHints, Models, ProcessKind};

@@ -1,0 +1,460 @@
+//! The models an agent's calls can use: `clade.yaml`'s models and routes (or the quick-start
+//! environment variables, or the offline scripted provider), turned into a [`Router`] with
+//! credentials from the environment or the agent's encrypted secrets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clade_config::{Config, ModelConfig, ProviderKind, RoutingConfig};
+use clade_core::{Agent, Clock, SecretName};
+use clade_model::anthropic::Anthropic;
+use clade_model::oauth::{OAuth2, OAuthConfig, OAuthTokens, TokenStore};
+use clade_model::openai::OpenAi;
+use clade_model::{
+    CredentialProvider, Error, HttpOptions, ModelEntry, Price, Provider, Router, RouterOptions,
+    Scripted,
+};
+use clade_store::{Secrets, Store, UsageRecord};
+use futures::future::BoxFuture;
+
+/// The name of the built-in offline model, usable in any route.
+pub const SCRIPTED: &str = "scripted";
+
+/// The environment variables model set-up may read, collected by the binary (the only place
+/// that reads the environment).
+#[derive(Debug, Clone, Default)]
+pub struct EnvHints {
+    pub vars: HashMap<String, String>,
+}
+
+impl EnvHints {
+    /// Variables to collect: the quick-start ones plus every `api_key_env` in the config.
+    pub fn wanted(config: &Config) -> Vec<String> {
+        let mut names: Vec<String> = [
+            "OPENAI_API_KEY",
+            "OPENAI_BASE_URL",
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_BASE_URL",
+            "CLADE_MODEL",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        names.extend(config.models.values().filter_map(|m| m.api_key_env.clone()));
+        names
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+}
+
+/// Kinds of model call, each with its own route (DESIGN: process types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessKind {
+    Channel,
+    Branch,
+    Worker,
+    Compactor,
+    Cortex,
+}
+
+impl ProcessKind {
+    fn pick(self, kinds: &clade_config::RouteKinds) -> &Vec<String> {
+        match self {
+            ProcessKind::Channel => &kinds.channel,
+            ProcessKind::Branch => &kinds.branch,
+            ProcessKind::Worker => &kinds.worker,
+            ProcessKind::Compactor => &kinds.compactor,
+            ProcessKind::Cortex => &kinds.cortex,
+        }
+    }
+}
+
+/// Resolved model configuration for a process.
+#[derive(Clone)]
+pub struct Models {
+    models: BTreeMap<String, ModelConfig>,
+    routing: RoutingConfig,
+    budgets: clade_config::BudgetsConfig,
+    store: Store,
+    env: EnvHints,
+    client: reqwest::Client,
+    secrets: Secrets,
+    clock: Arc<dyn Clock>,
+}
+
+impl Models {
+    pub fn new(
+        config: &Config,
+        env: EnvHints,
+        store: Store,
+        secrets: Secrets,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let mut models = config.models.clone();
+        let mut routing = config.routing.clone();
+        if models.is_empty() {
+            // Quick start: a provider key in the environment selects that provider.
+            let quick = |provider, key: &str, base: &str, fallback_model: &str| ModelConfig {
+                provider,
+                model: Some(env.get("CLADE_MODEL").unwrap_or(fallback_model).to_owned()),
+                base_url: env.get(base).map(str::to_owned),
+                api_key_env: Some(key.to_owned()),
+                api_key_secret: None,
+                oauth: None,
+                stream: true,
+                headers: BTreeMap::new(),
+                price: clade_config::PriceConfig::default(),
+                max_tokens: None,
+            };
+            if env.get("OPENAI_API_KEY").is_some() {
+                models.insert(
+                    "default".into(),
+                    quick(ProviderKind::Openai, "OPENAI_API_KEY", "OPENAI_BASE_URL", "gpt-4o-mini"),
+                );
+            } else if env.get("ANTHROPIC_API_KEY").is_some() {
+                models.insert(
+                    "default".into(),
+                    quick(
+                        ProviderKind::Anthropic,
+                        "ANTHROPIC_API_KEY",
+                        "ANTHROPIC_BASE_URL",
+                        "claude-sonnet-4-5",
+                    ),
+                );
+            }
+        }
+        if routing.default.is_empty() {
+            routing.default =
+                vec![models.keys().next().cloned().unwrap_or_else(|| SCRIPTED.to_owned())];
+        }
+        let budgets = config.budgets.clone();
+        Self {
+            models,
+            routing,
+            budgets,
+            store,
+            env,
+            client: reqwest::Client::new(),
+            secrets,
+            clock,
+        }
+    }
+
+    /// The fallback chain for a kind of call by an agent: the agent's own chain for the kind,
+    /// else its default, else the deployment's chain for the kind, else the default.
+    pub fn chain(&self, kind: ProcessKind, agent: Option<&str>) -> Vec<String> {
+        let own = agent.and_then(|handle| self.routing.agents.get(handle));
+        [
+            own.map(|a| kind.pick(&a.kinds)),
+            own.map(|a| &a.default),
+            Some(kind.pick(&self.routing.kinds)),
+            Some(&self.routing.default),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|chain| !chain.is_empty())
+        .cloned()
+        .unwrap_or_else(|| vec![SCRIPTED.to_owned()])
+    }
+
+    /// Whether every call would go to the offline scripted provider.
+    pub fn offline_only(&self) -> bool {
+        self.models.values().all(|m| m.provider == ProviderKind::Scripted)
+            && self.routing.default.iter().all(|m| m == SCRIPTED || self.models.contains_key(m))
+    }
+
+    /// One line for `clade serve`'s start-up message.
+    pub fn describe(&self) -> String {
+        if self.offline_only() {
+            return "scripted offline provider (no model configured; it echoes and is not a language model)".into();
+        }
+        let chain = &self.routing.default;
+        let first = chain.first().and_then(|name| self.models.get(name).map(|m| (name, m)));
+        match first {
+            Some((name, m)) => format!(
+                "{name} ({:?} {}){}",
+                m.provider,
+                m.model.as_deref().unwrap_or(name),
+                if chain.len() > 1 {
+                    format!(", falling back to {}", chain[1..].join(", "))
+                } else {
+                    String::new()
+                }
+            )
+            .to_lowercase(),
+            None => chain.join(", "),
+        }
+    }
+
+    /// Configured models as (name, provider, model id, base URL).
+    pub fn list(&self) -> Vec<(String, String, String, String)> {
+        let mut out: Vec<_> = self
+            .models
+            .iter()
+            .map(|(name, m)| {
+                (
+                    name.clone(),
+                    format!("{:?}", m.provider).to_lowercase(),
+                    m.model.clone().unwrap_or_else(|| name.clone()),
+                    m.base_url.clone().unwrap_or_else(|| default_base(m.provider).to_owned()),
+                )
+            })
+            .collect();
+        if !self.models.contains_key(SCRIPTED) {
+            out.push((
+                SCRIPTED.into(),
+                SCRIPTED.into(),
+                SCRIPTED.into(),
+                "(built in, offline)".into(),
+            ));
+        }
+        out
+    }
+
+    /// Calls the route for `kind` on behalf of `tenant` (and `agent`): budgets are reserved
+    /// before each attempt, and the usage of the successful call is recorded.
+    pub async fn call(
+        &self,
+        tenant: &clade_core::Tenant,
+        agent: Option<&Agent>,
+        kind: ProcessKind,
+        request: &clade_model::ModelRequest,
+        on_event: &mut (dyn FnMut(&clade_model::StreamEvent) + Send),
+    ) -> Result<clade_model::CallOutcome, clade_model::CallError> {
+        let chain = self.chain(kind, agent.map(|a| a.handle.as_str()));
+        let router = self.router_for(agent);
+        let budget = crate::StoreBudget::for_caller(
+            self.store.clone(),
+            self.clock.clone(),
+            &self.budgets,
+            tenant,
+            agent.map(|a| (a.id, a.handle.as_str())),
+        );
+        let outcome = router
+            .call(&chain, request, budget.as_ref().map(|b| b as &dyn clade_model::Budget), on_event)
+            .await?;
+        let usage = outcome.response.usage;
+        let record = UsageRecord {
+            tenant: tenant.id,
+            agent: agent.map(|a| a.id),
+            model: outcome.model.clone(),
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cached_tokens: usage.cached_input_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
+            cost_micros: outcome.cost_micros,
+        };
+        if let Err(err) = self.store.record_usage(record).await {
+            tracing::error!(error = %err, "could not record model usage");
+        }
+        Ok(outcome)
+    }
+
+    /// Default `max_tokens` of a model, if configured.
+    pub fn max_tokens(&self, name: &str) -> Option<u32> {
+        self.models.get(name).and_then(|m| m.max_tokens)
+    }
+
+    /// A router whose providers carry `agent`'s credentials (secrets are per agent).
+    pub fn router_for(&self, agent: Option<&Agent>) -> Router {
+        let mut entries = HashMap::new();
+        entries.insert(
+            SCRIPTED.to_owned(),
+            ModelEntry {
+                provider: Arc::new(Scripted),
+                model: SCRIPTED.into(),
+                price: Price::default(),
+            },
+        );
+        for (name, config) in &self.models {
+            entries.insert(name.clone(), self.entry(name, config, agent));
+        }
+        let options = RouterOptions {
+            max_retries: self.routing.retries.unwrap_or(2),
+            cooldown: Duration::from_secs(self.routing.cooldown_secs.unwrap_or(30)),
+            ..RouterOptions::default()
+        };
+        Router::new(entries, options)
+    }
+
+    fn entry(&self, name: &str, config: &ModelConfig, agent: Option<&Agent>) -> ModelEntry {
+        let p = config.price;
+        let price = Price {
+            input: p.input_per_mtok,
+            output: p.output_per_mtok,
+            cached_input: p.cached_input_per_mtok,
+            cache_write: p.cache_write_per_mtok,
+        };
+        let mut options = HttpOptions::new(
+            config.base_url.clone().unwrap_or_else(|| default_base(config.provider).to_owned()),
+        );
+        options.stream = config.stream;
+        options.headers = config.headers.clone().into_iter().collect();
+        options.credentials = self.credentials(name, config, agent);
+        let provider: Arc<dyn Provider> = match config.provider {
+            ProviderKind::Openai => Arc::new(OpenAi::new(name, self.client.clone(), options)),
+            ProviderKind::Anthropic => {
+                let adapter = Anthropic::new(name, self.client.clone(), options);
+                Arc::new(if config.oauth.is_some() { adapter.with_bearer_auth() } else { adapter })
+            }
+            ProviderKind::Scripted => Arc::new(Scripted),
+        };
+        ModelEntry {
+            provider,
+            model: config.model.clone().unwrap_or_else(|| name.to_owned()),
+            price,
+        }
+    }
+
+    fn credentials(
+        &self,
+        name: &str,
+        config: &ModelConfig,
+        agent: Option<&Agent>,
+    ) -> Option<Arc<dyn CredentialProvider>> {
+        if let Some(var) = &config.api_key_env {
+            return Some(match self.env.get(var) {
+                Some(key) => Arc::new(clade_model::StaticKey::new(key)),
+                None => Arc::new(Missing(format!(
+                    "models.{name}: environment variable {var} is not set; export it and restart"
+                ))),
+            });
+        }
+        let secret_credentials = |secret: &str,
+                                  oauth: Option<&clade_config::OAuthModelConfig>|
+         -> Arc<dyn CredentialProvider> {
+            let Some(agent) = agent else {
+                return Arc::new(Missing(format!(
+                    "models.{name}: its key is an agent secret, so it needs an agent (pass --agent)"
+                )));
+            };
+            let Ok(secret) = SecretName::parse(secret) else {
+                return Arc::new(Missing(format!(
+                    "models.{name}: {secret:?} is not a valid secret name"
+                )));
+            };
+            let source =
+                SecretSource { secrets: self.secrets.clone(), agent: agent.clone(), name: secret };
+            match oauth {
+                None => Arc::new(source),
+                Some(oauth) => Arc::new(LazyOAuth {
+                    source,
+                    config: OAuthConfig {
+                        token_url: oauth.token_url.clone(),
+                        client_id: oauth.client_id.clone(),
+                        margin: Duration::from_secs(120),
+                    },
+                    client: self.client.clone(),
+                    clock: self.clock.clone(),
+                    inner: tokio::sync::OnceCell::new(),
+                }),
+            }
+        };
+        if let Some(secret) = &config.api_key_secret {
+            return Some(secret_credentials(secret, None));
+        }
+        if let Some(oauth) = &config.oauth {
+            return Some(secret_credentials(&oauth.secret, Some(oauth)));
+        }
+        None
+    }
+}
+
+fn default_base(provider: ProviderKind) -> &'static str {
+    match provider {
+        ProviderKind::Openai => "https://api.openai.com/v1",
+        ProviderKind::Anthropic => "https://api.anthropic.com",
+        ProviderKind::Scripted => "",
+    }
+}
+
+/// Credentials that cannot be had; the message says why and what to do.
+struct Missing(String);
+
+impl CredentialProvider for Missing {
+    fn token(&self) -> BoxFuture<'_, Result<String, Error>> {
+        Box::pin(async move { Err(Error::Credentials(self.0.clone())) })
+    }
+}
+
+/// An API key kept as an agent secret.
+#[derive(Clone)]
+struct SecretSource {
+    secrets: Secrets,
+    agent: Agent,
+    name: SecretName,
+}
+
+impl SecretSource {
+    async fn read(&self) -> Result<String, Error> {
+        let bytes = self.secrets.get(&self.agent, &self.name).await.map_err(|e| {
+            Error::Credentials(format!("secret {} of agent {}: {e}", self.name, self.agent.handle))
+        })?;
+        String::from_utf8(bytes)
+            .map_err(|_| Error::Credentials(format!("secret {} is not UTF-8 text", self.name)))
+    }
+}
+
+impl CredentialProvider for SecretSource {
+    fn token(&self) -> BoxFuture<'_, Result<String, Error>> {
+        Box::pin(async move { Ok(self.read().await?.trim().to_owned()) })
+    }
+}
+
+impl TokenStore for SecretSource {
+    fn save<'a>(&'a self, tokens: &'a OAuthTokens) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let json = serde_json::to_vec(tokens).map_err(|e| Error::Credentials(e.to_string()))?;
+            self.secrets.set(&self.agent, &self.name, &json).await.map_err(|e| {
+                Error::Credentials(format!(
+                    "cannot store refreshed tokens in secret {}: {e}",
+                    self.name
+                ))
+            })
+        })
+    }
+}
+
+/// OAuth2 whose tokens are read from the secret on first use.
+struct LazyOAuth {
+    source: SecretSource,
+    config: OAuthConfig,
+    client: reqwest::Client,
+    clock: Arc<dyn Clock>,
+    inner: tokio::sync::OnceCell<OAuth2>,
+}
+
+impl LazyOAuth {
+    async fn inner(&self) -> Result<&OAuth2, Error> {
+        self.inner
+            .get_or_try_init(|| async {
+                let text = self.source.read().await?;
+                let tokens: OAuthTokens = serde_json::from_str(&text).map_err(|e| {
+                    Error::Credentials(format!(
+                        "secret {} must hold JSON with access_token, refresh_token and expires_at: {e}",
+                        self.source.name
+                    ))
+                })?;
+                Ok(OAuth2::new(self.client.clone(), self.config.clone(), tokens, Arc::new(self.source.clone()), self.clock.clone()))
+            })
+            .await
+    }
+}
+
+impl CredentialProvider for LazyOAuth {
+    fn token(&self) -> BoxFuture<'_, Result<String, Error>> {
+        Box::pin(async move { self.inner().await?.token().await })
+    }
+
+    fn rejected<'a>(&'a self, token: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            match self.inner().await {
+                Ok(inner) => inner.rejected(token).await,
+                Err(_) => false,
+            }
+        })
+    }
+}
