@@ -68,6 +68,11 @@ pub(crate) enum Command {
     /// Inspect and check clade.yaml
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// List the configured models, or call one
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Model usage and cost per agent and model
+    Usage(UsageArgs),
     /// Measure Clade on this machine
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -178,6 +183,40 @@ pub(crate) enum ConfigCommand {
         /// File to check [default: --config, else <data-dir>/clade.yaml]
         file: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModelsCommand {
+    /// List models and routes
+    List,
+    /// Send one message through the route (budgets and usage apply), streaming the reply
+    Call {
+        text: String,
+        /// Which route to use
+        #[arg(long, value_enum, default_value = "channel")]
+        kind: KindArg,
+        /// Longest reply in tokens [default: the model's max_tokens, else 1024]
+        #[arg(long)]
+        max_tokens: Option<u32>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum KindArg {
+    Channel,
+    Branch,
+    Worker,
+    Compactor,
+    Cortex,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UsageArgs {
+    /// Since when: a duration back from now (30m, 24h, 7d) or a date (2026-11-01)
+    #[arg(long, default_value = "30d")]
+    pub(crate) since: String,
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -91,6 +91,27 @@ impl Ctx {
         Ok(self.store.agent(tenant.id, &handle).await?)
     }
 
+    /// `--agent` as given (not the current agent), for commands where it narrows a listing.
+    pub(crate) fn explicit_agent(&self) -> Option<&str> {
+        self.agent.as_deref()
+    }
+
+    /// The models this process can call, with the environment's quick-start keys.
+    #[allow(clippy::disallowed_methods)] // The configuration edge: provider keys come from the environment.
+    pub(crate) fn models(&self) -> clade_runtime::Models {
+        let vars = clade_runtime::EnvHints::wanted(&self.config)
+            .into_iter()
+            .filter_map(|name| std::env::var(&name).ok().map(|value| (name, value)))
+            .collect();
+        clade_runtime::Models::new(
+            &self.config,
+            clade_runtime::EnvHints { vars },
+            self.store.clone(),
+            self.secrets(),
+            Arc::new(SystemClock),
+        )
+    }
+
     pub(crate) fn secrets(&self) -> Secrets {
         Secrets::new(self.store.clone(), self.data_dir.master_key_path(), self.master_key.clone())
     }

@@ -35,6 +35,31 @@ impl fmt::Display for Timestamp {
     }
 }
 
+impl Timestamp {
+    /// Parses `YYYY-MM-DD` as midnight UTC.
+    pub fn parse_date(text: &str) -> Option<Self> {
+        let mut parts = text.split('-');
+        let year: i64 = parts.next()?.parse().ok()?;
+        let month: i64 = parts.next()?.parse().ok()?;
+        let day: i64 = parts.next()?.parse().ok()?;
+        if parts.next().is_some() || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+            return None;
+        }
+        Some(Self(days_from_civil(year, month, day) * 86_400_000))
+    }
+}
+
+/// Howard Hinnant's civil-to-days algorithm (inverse of [`civil_from_days`]).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
 fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
@@ -72,6 +97,21 @@ impl Clock for SystemClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_dates() {
+        assert_eq!(Timestamp::parse_date("1970-01-01"), Some(Timestamp::from_millis(0)));
+        assert_eq!(
+            Timestamp::parse_date("2000-02-29").map(|t| t.to_string()).as_deref(),
+            Some("2000-02-29T00:00:00.000Z")
+        );
+        assert_eq!(
+            Timestamp::parse_date("2026-11-22").map(|t| t.to_string()).as_deref(),
+            Some("2026-11-22T00:00:00.000Z")
+        );
+        assert_eq!(Timestamp::parse_date("2026-13-01"), None);
+        assert_eq!(Timestamp::parse_date("yesterday"), None);
+    }
 
     #[test]
     fn formats_rfc3339() {

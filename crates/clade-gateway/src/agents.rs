@@ -55,7 +55,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
-fn query_rejection(rejection: QueryRejection) -> ApiError {
+pub(crate) fn query_rejection(rejection: QueryRejection) -> ApiError {
     ApiError::new(Code::InvalidRequest, format!("invalid query string: {}", rejection.body_text()))
 }
 

@@ -84,3 +84,40 @@ pub struct ErrorBody {
     /// What is wrong and what to do, for people.
     pub message: String,
 }
+
+/// Query of `GET /v1/usage`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UsageQuery {
+    /// Only this agent's calls (by handle).
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// Unix milliseconds; default 30 days ago.
+    #[serde(default)]
+    pub since: Option<i64>,
+}
+
+/// Model usage summed per agent and model.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageResponse {
+    pub since: i64,
+    pub items: Vec<UsageItem>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageItem {
+    /// Agent handle; absent for calls made for the tenant itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The configured model name.
+    pub model: String,
+    pub calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub cache_write_tokens: u64,
+    /// Cost in millionths of a US dollar, from the configured prices.
+    pub cost_micros: u64,
+}

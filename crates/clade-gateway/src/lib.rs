@@ -13,6 +13,7 @@ mod auth;
 pub mod error;
 pub mod openapi;
 mod trace;
+mod usage;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -45,6 +46,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
     let v1 = Router::new()
         .route("/agents", get(agents::list).post(agents::create))
         .route("/agents/{handle}", get(agents::show).delete(agents::delete))
+        .route("/usage", get(usage::get))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
         .route("/healthz", get(healthz))

@@ -4,7 +4,9 @@
 use schemars::JsonSchema;
 use serde_json::{Value, json};
 
-use crate::api::{AgentListResponse, AgentResponse, CreateAgentParams, ErrorResponse};
+use crate::api::{
+    AgentListResponse, AgentResponse, CreateAgentParams, ErrorResponse, UsageResponse,
+};
 use crate::error::Code;
 
 fn schema<T: JsonSchema>() -> Value {
@@ -67,7 +69,12 @@ pub fn document() -> Value {
     schemas.insert("AgentListResponse".into(), schema::<AgentListResponse>());
     schemas.insert("CreateAgentParams".into(), schema::<CreateAgentParams>());
     schemas.insert("ErrorResponse".into(), schema::<ErrorResponse>());
-    for (name, value) in defs::<AgentListResponse>().into_iter().chain(defs::<ErrorResponse>()) {
+    schemas.insert("UsageResponse".into(), schema::<UsageResponse>());
+    for (name, value) in defs::<AgentListResponse>()
+        .into_iter()
+        .chain(defs::<ErrorResponse>())
+        .chain(defs::<UsageResponse>())
+    {
         schemas.entry(name).or_insert(value);
     }
     let handle_param = json!({
@@ -128,6 +135,21 @@ pub fn document() -> Value {
                         "413": error_response("body too large"),
                         "415": error_response("body is not JSON"),
                         "422": error_response("unknown template")
+                    }
+                }
+            },
+            "/v1/usage": {
+                "get": {
+                    "summary": "Model usage and cost of the caller's tenant, per agent and model",
+                    "parameters": [
+                        { "name": "agent", "in": "query", "schema": { "type": "string" } },
+                        { "name": "since", "in": "query", "schema": { "type": "integer", "description": "Unix milliseconds; default 30 days ago" } }
+                    ],
+                    "responses": {
+                        "200": { "description": "usage", "content": json_content("UsageResponse") },
+                        "400": error_response("invalid query"),
+                        "401": error_response("missing or invalid token"),
+                        "404": error_response("no such agent in the caller's tenant")
                     }
                 }
             },

@@ -4,6 +4,7 @@ mod admin;
 mod agents;
 mod bench;
 mod config;
+mod models;
 mod serve;
 
 use anyhow::Result;
@@ -37,6 +38,8 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Tenants(cmd) => admin::tenants(&ctx, cmd).await,
         Command::Tokens(cmd) => admin::tokens(&ctx, cmd).await,
         Command::Secrets(cmd) => admin::secrets(&ctx, cmd).await,
+        Command::Models(cmd) => models::run(&ctx, cmd).await,
+        Command::Usage(args) => models::usage(&ctx, args).await,
         Command::Bench(cmd) => bench::run(&ctx, cmd).await,
         Command::Config(_) => Ok(()),
     }

@@ -26,11 +26,13 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         data_dir = %ctx.data_dir.root().display(),
         "clade listening"
     );
+    let models = ctx.models();
     // A plain line for people and scripts waiting for readiness.
     println!(
-        "clade listening on http://{address} (store: {}; CLI token: {})",
+        "clade listening on http://{address} (store: {}; CLI token: {}; model: {})",
         ctx.store.location(),
-        ctx.data_dir.token_path().display()
+        ctx.data_dir.token_path().display(),
+        models.describe()
     );
     clade_gateway::serve(listener, app, shutdown_signal()).await.context("server failed")?;
     tracing::info!("clade stopped");

@@ -1,3 +1,4 @@
 mod cli;
 mod http;
+mod models;
 mod support;

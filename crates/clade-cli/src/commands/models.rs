@@ -1,0 +1,190 @@
+//! `clade models list|call` and `clade usage`.
+
+use std::io::Write;
+
+use anyhow::{Result, bail};
+use clade_core::Timestamp;
+use clade_model::{Message, ModelRequest, Params, StreamEvent};
+use clade_runtime::ProcessKind;
+use serde_json::json;
+
+use crate::cli::{KindArg, ModelsCommand, UsageArgs};
+use crate::context::Ctx;
+use crate::output;
+
+pub(super) async fn run(ctx: &Ctx, cmd: ModelsCommand) -> Result<()> {
+    let models = ctx.models();
+    match cmd {
+        ModelsCommand::List => {
+            let rows: Vec<Vec<String>> =
+                models.list().into_iter().map(|(a, b, c, d)| vec![a, b, c, d]).collect();
+            output::table(&["NAME", "PROVIDER", "MODEL", "BASE URL"], &rows);
+            println!();
+            for (label, kind) in [
+                ("channel", ProcessKind::Channel),
+                ("branch", ProcessKind::Branch),
+                ("worker", ProcessKind::Worker),
+                ("compactor", ProcessKind::Compactor),
+                ("cortex", ProcessKind::Cortex),
+            ] {
+                println!(
+                    "route {label:<10} {}",
+                    models.chain(kind, ctx.explicit_agent()).join(" -> ")
+                );
+            }
+            if models.offline_only() {
+                println!(
+                    "\nno model configured: replies come from the scripted offline provider, which is not a language model"
+                );
+                println!(
+                    "set OPENAI_API_KEY or ANTHROPIC_API_KEY (and CLADE_MODEL), or add models to clade.yaml"
+                );
+            }
+        }
+        ModelsCommand::Call { text, kind, max_tokens } => {
+            let tenant = ctx.tenant().await?;
+            // An agent is optional here: without one the call is the tenant's.
+            let agent = match ctx.agent(None).await {
+                Ok(agent) => Some(agent),
+                Err(_) if ctx.explicit_agent().is_none() => None,
+                Err(err) => return Err(err),
+            };
+            let kind = match kind {
+                KindArg::Channel => ProcessKind::Channel,
+                KindArg::Branch => ProcessKind::Branch,
+                KindArg::Worker => ProcessKind::Worker,
+                KindArg::Compactor => ProcessKind::Compactor,
+                KindArg::Cortex => ProcessKind::Cortex,
+            };
+            let chain = models.chain(kind, agent.as_ref().map(|a| a.handle.as_str()));
+            let max_tokens = max_tokens
+                .or_else(|| chain.first().and_then(|m| models.max_tokens(m)))
+                .unwrap_or(1024);
+            if max_tokens == 0 {
+                bail!("--max-tokens must be at least 1");
+            }
+            let request = ModelRequest {
+                messages: vec![Message::user(text)],
+                params: Params { max_tokens, temperature: None },
+                ..ModelRequest::default()
+            };
+            let mut stdout = std::io::stdout();
+            let mut on_event = |event: &StreamEvent| {
+                if let StreamEvent::TextDelta(delta) = event {
+                    let _ = stdout.write_all(delta.as_bytes());
+                    let _ = stdout.flush();
+                }
+            };
+            let outcome = models
+                .call(&tenant, agent.as_ref(), kind, &request, &mut on_event)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!();
+            for call in &outcome.response.tool_calls {
+                println!("[tool call {} {} {}]", call.id, call.name, call.arguments);
+            }
+            let u = outcome.response.usage;
+            eprintln!(
+                "[{}: {} in + {} cached / {} out tokens, ${:.6}]",
+                outcome.model,
+                u.input_tokens,
+                u.cached_input_tokens,
+                u.output_tokens,
+                outcome.cost_micros as f64 / 1e6
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `30m`, `24h`, `7d` back from `now`, or a `YYYY-MM-DD` date.
+pub(crate) fn parse_since(text: &str, now: Timestamp) -> Result<Timestamp> {
+    let bad = || {
+        anyhow::anyhow!(
+            "invalid --since {text:?}: use a duration such as 30m, 24h or 7d, or a date such as 2026-11-01"
+        )
+    };
+    if let Some(date) = Timestamp::parse_date(text) {
+        return Ok(date);
+    }
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: i64 = number.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    Ok(Timestamp::from_millis(now.as_millis() - n.saturating_mul(ms)))
+}
+
+pub(super) async fn usage(ctx: &Ctx, args: UsageArgs) -> Result<()> {
+    let tenant = ctx.tenant().await?;
+    let since = parse_since(&args.since, ctx.store.now())?;
+    let agent = match ctx.explicit_agent() {
+        Some(handle) => Some(ctx.agent(Some(handle)).await?.id),
+        None => None,
+    };
+    let rows = ctx.store.usage(tenant.id, agent, since).await?;
+    if args.json {
+        let items: Vec<_> = rows
+            .iter()
+            .map(|u| {
+                json!({
+                    "agent": u.agent, "model": u.model, "calls": u.calls,
+                    "inputTokens": u.input_tokens, "outputTokens": u.output_tokens,
+                    "cachedTokens": u.cached_tokens, "cacheWriteTokens": u.cache_write_tokens,
+                    "costUsd": u.cost_micros as f64 / 1e6,
+                })
+            })
+            .collect();
+        return output::json(&json!({ "since": since.as_millis(), "items": items }));
+    }
+    if rows.is_empty() {
+        println!("no model usage in tenant {} since {since}", tenant.name);
+        return Ok(());
+    }
+    let mut table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|u| {
+            vec![
+                u.agent.clone().unwrap_or_else(|| "(tenant)".into()),
+                u.model.clone(),
+                u.calls.to_string(),
+                u.input_tokens.to_string(),
+                u.cached_tokens.to_string(),
+                u.output_tokens.to_string(),
+                format!("{:.4}", u.cost_micros as f64 / 1e6),
+            ]
+        })
+        .collect();
+    let total: u64 = rows.iter().map(|u| u.cost_micros).sum();
+    table.push(vec![
+        "total".into(),
+        String::new(),
+        rows.iter().map(|u| u.calls).sum::<u64>().to_string(),
+        String::new(),
+        String::new(),
+        String::new(),
+        format!("{:.4}", total as f64 / 1e6),
+    ]);
+    output::table(&["AGENT", "MODEL", "CALLS", "INPUT", "CACHED", "OUTPUT", "COST USD"], &table);
+    println!("since {since}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_accepts_durations_and_dates() {
+        let now = Timestamp::from_millis(10 * 86_400_000);
+        assert_eq!(parse_since("1d", now).unwrap().as_millis(), 9 * 86_400_000);
+        assert_eq!(parse_since("30m", now).unwrap().as_millis(), 10 * 86_400_000 - 1_800_000);
+        assert_eq!(parse_since("1970-01-02", now).unwrap().as_millis(), 86_400_000);
+        assert!(parse_since("soon", now).is_err());
+        assert!(parse_since("5y", now).is_err());
+        assert!(parse_since("", now).is_err());
+    }
+}
