@@ -1,4 +1,5 @@
 mod adapters;
+mod fixtures;
 mod oauth;
 mod router;
 mod support;
