@@ -112,6 +112,59 @@ impl Ctx {
         )
     }
 
+    /// The tools agents get: the built-ins, plus the test ledger when configured.
+    pub(crate) fn tools(&self) -> clade_tools::Registry {
+        use clade_tools::builtin::{Echo, Ledger, TimeNow};
+        let mut tools = clade_tools::Registry::new();
+        tools.register(Arc::new(TimeNow));
+        tools.register(Arc::new(Echo));
+        if let Some(path) = &self.config.testing.ledger_file {
+            tools.register(Arc::new(Ledger::at_most_once(path.clone())));
+            tools.register(Arc::new(Ledger::idempotent(path.clone())));
+        }
+        tools
+    }
+
+    /// Webhook subscribers with their signing secrets read from the environment.
+    #[allow(clippy::disallowed_methods)] // The configuration edge: secrets come from the environment.
+    pub(crate) fn subscribers(&self) -> Result<Vec<clade_runtime::outbox::Subscriber>> {
+        self.config
+            .subscribers
+            .iter()
+            .map(|s| {
+                let secret = std::env::var(&s.secret_env).map_err(|_| {
+                    anyhow::anyhow!(
+                        "subscriber {:?}: environment variable {} (its signing secret) is not set",
+                        s.name,
+                        s.secret_env
+                    )
+                })?;
+                Ok(clade_runtime::outbox::Subscriber {
+                    name: s.name.clone(),
+                    url: s.url.clone(),
+                    secret: secret.into_bytes(),
+                    events: s.events.clone(),
+                    max_attempts: s.max_attempts,
+                    timeout: std::time::Duration::from_secs(s.timeout_secs),
+                })
+            })
+            .collect()
+    }
+
+    /// The running gateway's URL and the token to call it with.
+    pub(crate) fn server(&self, url: Option<&str>) -> Result<(String, String)> {
+        let url = url
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("http://{}", self.config.server.listen));
+        let token = self.data_dir.read_token()?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no token in {}: start the gateway once with `clade serve`, or create one with `clade tokens create`",
+                self.data_dir.token_path().display()
+            )
+        })?;
+        Ok((url, token))
+    }
+
     pub(crate) fn secrets(&self) -> Secrets {
         Secrets::new(self.store.clone(), self.data_dir.master_key_path(), self.master_key.clone())
     }

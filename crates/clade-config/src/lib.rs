@@ -49,6 +49,137 @@ pub struct Config {
     /// Spending limits, enforced before every model call.
     #[serde(default)]
     pub budgets: BudgetsConfig,
+    /// How sessions run their turns.
+    #[serde(default)]
+    pub sessions: SessionsConfig,
+    /// Rules mapping an event's source to an agent when the event names none.
+    #[serde(default)]
+    pub bindings: Vec<Binding>,
+    /// Webhooks that receive lifecycle events (at least once, in order, signed).
+    #[serde(default)]
+    pub subscribers: Vec<SubscriberConfig>,
+    /// Test-harness settings; never needed in production.
+    #[serde(default)]
+    pub testing: TestingConfig,
+}
+
+/// How sessions run their turns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// What happens to messages that arrive while a turn runs.
+    #[serde(default)]
+    pub queue_mode: QueueMode,
+    /// Model calls per turn before it yields (resumable).
+    #[serde(default = "default_iterations")]
+    pub max_iterations: u32,
+    /// A turn running longer than this fails.
+    #[serde(default = "default_turn_timeout")]
+    pub turn_timeout_secs: u64,
+    /// Events waiting per session before new ones are refused with 429.
+    #[serde(default = "default_max_queued")]
+    pub max_queued: u64,
+    /// Seconds an idle session stays in memory.
+    #[serde(default = "default_idle")]
+    pub idle_secs: u64,
+    /// Earlier turns included in the model's context.
+    #[serde(default = "default_history")]
+    pub history_turns: u32,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            queue_mode: QueueMode::default(),
+            max_iterations: default_iterations(),
+            turn_timeout_secs: default_turn_timeout(),
+            max_queued: default_max_queued(),
+            idle_secs: default_idle(),
+            history_turns: default_history(),
+        }
+    }
+}
+
+fn default_iterations() -> u32 {
+    8
+}
+fn default_turn_timeout() -> u64 {
+    300
+}
+fn default_max_queued() -> u64 {
+    64
+}
+fn default_idle() -> u64 {
+    60
+}
+fn default_history() -> u32 {
+    20
+}
+
+/// Messages arriving during a turn: `queue` runs them as the next turns, `coalesce` runs a
+/// burst as one turn, `steer` injects them into the running turn between tool calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueMode {
+    #[default]
+    Queue,
+    Coalesce,
+    Steer,
+}
+
+/// Maps (platform, channel, actor) patterns to an agent. `*` matches anything; the first
+/// matching rule wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    #[serde(default = "star")]
+    pub platform: String,
+    #[serde(default = "star")]
+    pub channel: String,
+    #[serde(default = "star")]
+    pub actor: String,
+    /// Agent handle.
+    pub agent: String,
+}
+
+fn star() -> String {
+    "*".into()
+}
+
+/// A webhook subscriber.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriberConfig {
+    pub name: String,
+    pub url: String,
+    /// Environment variable holding the HMAC-SHA256 signing secret.
+    pub secret_env: String,
+    /// Event types to deliver; empty means all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Attempts before an event is dead-lettered.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Seconds to wait for the subscriber to answer.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_attempts() -> u32 {
+    8
+}
+fn default_webhook_timeout() -> u64 {
+    10
+}
+
+/// Test-harness settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestingConfig {
+    /// Enables the `ledger.append` and `ledger.append_idempotent` tools, which append to this
+    /// file, so crash tests can count side effects independently of Clade's records.
+    #[serde(default)]
+    pub ledger_file: Option<PathBuf>,
 }
 
 /// One named model.

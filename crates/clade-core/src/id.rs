@@ -83,6 +83,21 @@ define_id!(
     TokenId,
     "token"
 );
+define_id!(
+    /// Identifies a session (tenant + agent + platform + channel + actor).
+    SessionId,
+    "session"
+);
+define_id!(
+    /// Identifies an inbound envelope.
+    EventId,
+    "event"
+);
+define_id!(
+    /// Identifies a turn.
+    TurnId,
+    "turn"
+);
 
 #[cfg(test)]
 mod tests {

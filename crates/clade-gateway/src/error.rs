@@ -32,6 +32,11 @@ codes! {
     MissingToken => ("missing_token", UNAUTHORIZED),
     InvalidToken => ("invalid_token", UNAUTHORIZED),
     AgentNotFound => ("agent_not_found", NOT_FOUND),
+    SessionNotFound => ("session_not_found", NOT_FOUND),
+    EventNotFound => ("event_not_found", NOT_FOUND),
+    IdempotencyConflict => ("idempotency_conflict", CONFLICT),
+    SessionBusy => ("session_busy", TOO_MANY_REQUESTS),
+    NoAgent => ("no_agent", UNPROCESSABLE_ENTITY),
     RouteNotFound => ("route_not_found", NOT_FOUND),
     MethodNotAllowed => ("method_not_allowed", METHOD_NOT_ALLOWED),
     HandleTaken => ("handle_taken", CONFLICT),
@@ -57,13 +62,21 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry = self.code == Code::SessionBusy;
         if self.code.status().is_server_error() {
             tracing::error!(code = self.code.as_str(), message = %self.message, "request failed");
         }
         let body = ErrorResponse {
             error: ErrorBody { code: self.code.as_str().to_owned(), message: self.message },
         };
-        (self.code.status(), axum::Json(body)).into_response()
+        let mut response = (self.code.status(), axum::Json(body)).into_response();
+        if retry {
+            // Back-pressure: the session's queue is full; a second is a fair first wait.
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -72,6 +85,10 @@ impl From<clade_store::Error> for ApiError {
         use clade_store::Error as E;
         let code = match &err {
             E::AgentNotFound(_) => Code::AgentNotFound,
+            E::SessionNotFound(_) => Code::SessionNotFound,
+            E::EventNotFound(_) => Code::EventNotFound,
+            E::IdempotencyConflict(_) => Code::IdempotencyConflict,
+            E::SessionBusy { .. } => Code::SessionBusy,
             E::HandleTaken(_) => Code::HandleTaken,
             E::TemplateNotFound(_) => Code::TemplateNotFound,
             E::InvalidInput(_) => Code::InvalidRequest,
@@ -94,4 +111,13 @@ impl From<clade_store::Error> for ApiError {
 pub(crate) fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("request handler panicked");
     ApiError::new(Code::Internal, "internal error; the server log has details").into_response()
+}
+
+impl From<clade_runtime::engine::Error> for ApiError {
+    fn from(err: clade_runtime::engine::Error) -> Self {
+        match err {
+            clade_runtime::engine::Error::Store(err) => err.into(),
+            clade_runtime::engine::Error::NoAgent => ApiError::new(Code::NoAgent, err.to_string()),
+        }
+    }
 }

@@ -11,7 +11,9 @@ mod agents;
 pub mod api;
 mod auth;
 pub mod error;
+mod events;
 pub mod openapi;
+mod sessions;
 mod trace;
 mod usage;
 
@@ -33,6 +35,7 @@ pub use error::ApiError;
 pub struct AppState {
     pub store: Store,
     pub agents: Agents,
+    pub engine: clade_runtime::Engine,
 }
 
 /// Server settings taken from `clade.yaml`.
@@ -47,6 +50,13 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         .route("/agents", get(agents::list).post(agents::create))
         .route("/agents/{handle}", get(agents::show).delete(agents::delete))
         .route("/usage", get(usage::get))
+        .route("/events", axum::routing::post(events::post))
+        .route("/sessions", get(sessions::list))
+        .route("/sessions/{id}", get(sessions::show))
+        .route("/sessions/{id}/turns", get(sessions::turns))
+        .route("/sessions/{id}/events", get(sessions::stream))
+        .route("/sessions/{id}/resume", axum::routing::post(sessions::resume))
+        .route("/sessions/{id}/cancel", axum::routing::post(sessions::cancel))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
         .route("/healthz", get(healthz))

@@ -5,10 +5,16 @@
 //! executor will live here too. It depends on the store, model and config crates through their
 //! public handles and traits, never on a storage backend or a provider's wire format.
 //!
-//! Start at [`models::Models`].
+//! Start at [`engine::Engine`], then [`models::Models`].
 
 pub mod budget;
+pub mod engine;
+mod hmac;
+pub mod hub;
 pub mod models;
+pub mod outbox;
 
 pub use budget::StoreBudget;
+pub use engine::{Engine, EngineOptions, Envelope};
+pub use hub::{Hub, LiveEvent};
 pub use models::{EnvHints, Models, ProcessKind};

@@ -217,8 +217,11 @@ pub(crate) fn classify(err: sqlx::Error, shown: &str) -> Error {
 /// Translates the shared schema text into one backend's dialect.
 pub(crate) fn dialect_sql(backend: Backend, sql: &str) -> String {
     match backend {
-        Backend::Sqlite => sql.to_owned(),
-        Backend::Postgres => sql.replace(" BLOB", " BYTEA").replace(" INTEGER", " BIGINT"),
+        Backend::Sqlite => sql.replace("SERIAL_PK", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+        Backend::Postgres => sql
+            .replace("SERIAL_PK", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
+            .replace(" BLOB", " BYTEA")
+            .replace(" INTEGER", " BIGINT"),
     }
 }
 

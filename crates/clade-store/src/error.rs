@@ -25,6 +25,16 @@ pub enum Error {
     InvalidInput(String),
     #[error("{0}")]
     BudgetExceeded(String),
+    #[error(
+        "idempotency key {0:?} was already used with a different payload: use a new key for a new event"
+    )]
+    IdempotencyConflict(String),
+    #[error("session has {pending} events waiting: retry later")]
+    SessionBusy { pending: u64 },
+    #[error("session {0} not found: list sessions with `clade sessions list`")]
+    SessionNotFound(String),
+    #[error("event {0} not found")]
+    EventNotFound(String),
     #[error("the default tenant cannot be deleted")]
     DefaultTenant,
 
@@ -101,6 +111,8 @@ impl Error {
                 | Error::AgentNotFound(_)
                 | Error::SecretNotFound(_)
                 | Error::TokenNotFound(_)
+                | Error::SessionNotFound(_)
+                | Error::EventNotFound(_)
         )
     }
 }

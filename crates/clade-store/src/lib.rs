@@ -15,6 +15,7 @@ pub mod error;
 mod migrate;
 pub mod secrets;
 pub mod store;
+pub mod turns;
 pub mod writer;
 
 pub use agents::Agents;
@@ -27,5 +28,9 @@ pub use secrets::Secrets;
 pub use store::{
     BudgetCounter, BudgetSettlement, NewAgent, SecretInfo, Store, StoreOptions, TOKEN_PREFIX,
     TokenInfo, UsageRecord, UsageSummary,
+};
+pub use turns::{
+    Accepted, DeadLetter, EventRow, JournalEntry, NewEvent, OutboxEvent, OutboxRow, SessionRow,
+    Source, TurnOutcome, TurnRow,
 };
 pub use writer::WriteStats;

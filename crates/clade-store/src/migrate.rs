@@ -23,10 +23,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "usage_budgets",
         sql: include_str!("../migrations/0002_usage_budgets.sql"),
     },
+    Migration {
+        version: 3,
+        name: "sessions_turns",
+        sql: include_str!("../migrations/0003_sessions_turns.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend, shown: &str, now: i64) -> Result<()> {
     let mut conn = pool.acquire().await.map_err(|e| classify(e, shown))?;

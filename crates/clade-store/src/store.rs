@@ -34,7 +34,7 @@ pub struct StoreOptions {
 /// A cheap-to-clone handle to Clade's state.
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     writer: Writer,
     backend: Backend,
     shown: Arc<str>,
@@ -117,7 +117,7 @@ pub struct BudgetSettlement {
     pub spent: u64,
 }
 
-fn to_i64(value: u64) -> i64 {
+pub(crate) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
@@ -151,7 +151,7 @@ fn decode_config(text: &str) -> Result<AgentConfig> {
     Ok(AgentConfig { template })
 }
 
-fn id_bytes(row: &AnyRow, column: &str) -> Result<[u8; 16]> {
+pub(crate) fn id_bytes(row: &AnyRow, column: &str) -> Result<[u8; 16]> {
     let bytes: Vec<u8> = row.try_get(column)?;
     bytes.try_into().map_err(|_| Error::BadRow(format!("{column} is not a 16-byte id")))
 }
@@ -196,7 +196,7 @@ fn hash_token(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 
-fn is_unique_violation(err: &sqlx::Error) -> bool {
+pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }
 
@@ -279,11 +279,11 @@ impl Store {
         Ok(row.try_get(0)?)
     }
 
-    fn db(&self, err: sqlx::Error) -> Error {
+    pub(crate) fn db(&self, err: sqlx::Error) -> Error {
         classify(err, &self.shown)
     }
 
-    async fn write<T: Send + 'static>(
+    pub(crate) async fn write<T: Send + 'static>(
         &self,
         f: impl for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
     ) -> Result<T> {
@@ -342,6 +342,18 @@ impl Store {
             .ok_or_else(|| Error::TenantNotFound(name.into()))
     }
 
+    pub async fn tenant_by_id(&self, id: TenantId) -> Result<Tenant> {
+        let row = sqlx::query("SELECT id, name, created_at FROM tenants WHERE id = $1")
+            .bind(id.as_bytes().to_vec())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        row.as_ref()
+            .map(tenant_from_row)
+            .transpose()?
+            .ok_or_else(|| Error::TenantNotFound(id.to_string()))
+    }
+
     pub async fn tenants(&self) -> Result<Vec<Tenant>> {
         let rows = sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY name")
             .fetch_all(&self.pool)
@@ -372,6 +384,11 @@ impl Store {
                 // honours when foreign keys are enabled on that connection.
                 for table in [
                     "DELETE FROM model_usage WHERE tenant_id = $1",
+                    "DELETE FROM journal WHERE turn_id IN (SELECT id FROM turns WHERE tenant_id = $1)",
+                    "DELETE FROM turns WHERE tenant_id = $1",
+                    "DELETE FROM outbox WHERE tenant_id = $1",
+                    "DELETE FROM events WHERE tenant_id = $1",
+                    "DELETE FROM sessions WHERE tenant_id = $1",
                     "DELETE FROM secrets WHERE agent_id IN (SELECT id FROM agents WHERE tenant_id = $1)",
                     "DELETE FROM agents WHERE tenant_id = $1",
                     "DELETE FROM api_tokens WHERE tenant_id = $1",
@@ -443,6 +460,21 @@ impl Store {
             .ok_or_else(|| Error::AgentNotFound(handle.into()))
     }
 
+    pub async fn agent_by_id(&self, tenant: TenantId, id: AgentId) -> Result<Agent> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND id = $2"
+        )))
+        .bind(tenant.as_bytes().to_vec())
+        .bind(id.as_bytes().to_vec())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        row.as_ref()
+            .map(agent_from_row)
+            .transpose()?
+            .ok_or_else(|| Error::AgentNotFound(id.to_string()))
+    }
+
     /// Agents of a tenant ordered by handle, `limit` at a time, starting after `after`.
     pub async fn agents(
         &self,
@@ -483,6 +515,11 @@ impl Store {
                 for table in [
                     "DELETE FROM secrets WHERE agent_id = $1",
                     "DELETE FROM model_usage WHERE agent_id = $1",
+                    "DELETE FROM journal WHERE turn_id IN (SELECT id FROM turns WHERE agent_id = $1)",
+                    "DELETE FROM turns WHERE agent_id = $1",
+                    "DELETE FROM outbox WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = $1)",
+                    "DELETE FROM events WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = $1)",
+                    "DELETE FROM sessions WHERE agent_id = $1",
                 ] {
                     sqlx::query(table).bind(id.clone()).execute(&mut *conn).await?;
                 }

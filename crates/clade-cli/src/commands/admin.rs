@@ -25,7 +25,7 @@ pub(super) async fn tenants(ctx: &Ctx, cmd: TenantsCommand) -> Result<()> {
             if json {
                 let items: Vec<_> = tenants
                     .iter()
-                    .map(|t| json!({ "id": t.id.to_string(), "name": t.name.as_str(), "createdAt": t.created_at.as_millis() }))
+                    .map(|t| json!({ "id": t.id.to_string(), "name": t.name.as_str(), "created_at": t.created_at.as_millis() }))
                     .collect();
                 output::json(&items)?;
             } else {
@@ -68,8 +68,8 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
                         json!({
                             "id": t.id.to_string(),
                             "name": t.name,
-                            "createdAt": t.created_at.as_millis(),
-                            "revokedAt": t.revoked_at.map(|r| r.as_millis()),
+                            "created_at": t.created_at.as_millis(),
+                            "revoked_at": t.revoked_at.map(|r| r.as_millis()),
                         })
                     })
                     .collect();
@@ -131,7 +131,7 @@ pub(super) async fn secrets(ctx: &Ctx, cmd: SecretsCommand) -> Result<()> {
             if json {
                 let items: Vec<_> = list
                     .iter()
-                    .map(|s| json!({ "name": s.name.as_str(), "createdAt": s.created_at.as_millis(), "updatedAt": s.updated_at.as_millis() }))
+                    .map(|s| json!({ "name": s.name.as_str(), "created_at": s.created_at.as_millis(), "updated_at": s.updated_at.as_millis() }))
                     .collect();
                 output::json(&items)?;
             } else {

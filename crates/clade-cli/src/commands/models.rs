@@ -132,9 +132,9 @@ pub(super) async fn usage(ctx: &Ctx, args: UsageArgs) -> Result<()> {
             .map(|u| {
                 json!({
                     "agent": u.agent, "model": u.model, "calls": u.calls,
-                    "inputTokens": u.input_tokens, "outputTokens": u.output_tokens,
-                    "cachedTokens": u.cached_tokens, "cacheWriteTokens": u.cache_write_tokens,
-                    "costUsd": u.cost_micros as f64 / 1e6,
+                    "input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
+                    "cached_tokens": u.cached_tokens, "cache_write_tokens": u.cache_write_tokens,
+                    "cost_usd": u.cost_micros as f64 / 1e6,
                 })
             })
             .collect();

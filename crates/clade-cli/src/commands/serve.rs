@@ -15,7 +15,22 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         format!("cannot listen on {listen}: pass another address with --listen or set server.listen in clade.yaml")
     })?;
     let address = listener.local_addr()?;
-    let state = AppState { store: ctx.store.clone(), agents: ctx.agents.clone() };
+    let subscribers = ctx.subscribers()?;
+    let models = ctx.models();
+    let options = clade_runtime::EngineOptions {
+        sessions: ctx.config.sessions.clone(),
+        bindings: ctx.config.bindings.clone(),
+        tools: ctx.tools(),
+    };
+    let engine = clade_runtime::Engine::start(
+        ctx.store.clone(),
+        ctx.agents.clone(),
+        models.clone(),
+        options,
+    )
+    .await?;
+    clade_runtime::outbox::spawn(ctx.store.clone(), subscribers, engine.outbox_signal());
+    let state = AppState { store: ctx.store.clone(), agents: ctx.agents.clone(), engine };
     let options = ServerOptions {
         max_body_bytes: usize::try_from(ctx.config.server.max_body_bytes).unwrap_or(usize::MAX),
     };
@@ -26,7 +41,6 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         data_dir = %ctx.data_dir.root().display(),
         "clade listening"
     );
-    let models = ctx.models();
     // A plain line for people and scripts waiting for readiness.
     println!(
         "clade listening on http://{address} (store: {}; CLI token: {}; model: {})",

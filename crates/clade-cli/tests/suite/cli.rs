@@ -93,7 +93,7 @@ fn tokens_are_shown_once_and_listed_without_values() {
     env.run(&["tokens", "revoke", &id]).ok();
     env.run(&["tokens", "revoke", &id]).fails_with("not found or already revoked");
     env.run(&["tokens", "revoke", "not-an-id"]).fails_with("invalid token id");
-    assert!(!env.run(&["tokens", "list", "--json"]).ok().json()[0]["revokedAt"].is_null());
+    assert!(!env.run(&["tokens", "list", "--json"]).ok().json()[0]["revoked_at"].is_null());
 }
 
 #[test]

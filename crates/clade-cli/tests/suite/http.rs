@@ -121,7 +121,7 @@ async fn agents_crud_and_pagination() {
     assert_eq!(ada["handle"], "ada");
     assert_eq!(ada["name"], "Ada");
     assert_eq!(ada["template"], "default");
-    assert!(ada["createdAt"].as_i64().unwrap() > 1_700_000_000_000);
+    assert!(ada["created_at"].as_i64().unwrap() > 1_700_000_000_000);
     for h in ["b1", "b2", "b3"] {
         assert_eq!(api.call("POST", "/v1/agents", t, Some(json!({"handle": h}))).await.0, 201);
     }
@@ -130,10 +130,10 @@ async fn agents_crud_and_pagination() {
 
     let (_, page) = api.call("GET", "/v1/agents?limit=3", t, None).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 3);
-    assert_eq!(page["nextCursor"], "b2");
+    assert_eq!(page["next_cursor"], "b2");
     let (_, rest) = api.call("GET", "/v1/agents?limit=3&cursor=b2", t, None).await;
     assert_eq!(rest["items"][0]["handle"], "b3");
-    assert!(rest.get("nextCursor").is_none());
+    assert!(rest.get("next_cursor").is_none());
 
     assert_eq!(api.call("GET", "/v1/agents/ada", t, None).await.1, ada);
     assert_eq!(api.call("DELETE", "/v1/agents/ada", t, None).await.0, 204);

@@ -1,0 +1,106 @@
+//! `POST /v1/events`: the front door. Answers only after the event is durably stored.
+
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use clade_runtime::Envelope;
+use clade_store::Source;
+
+use crate::AppState;
+use crate::agents::JsonBody;
+use crate::api::{EventParams, EventResponse, ReplyBody};
+use crate::auth::Caller;
+use crate::error::{ApiError, Code};
+
+const MAX_TEXT: usize = 64 * 1024;
+const MAX_FIELD: usize = 256;
+const WAIT: Duration = Duration::from_secs(120);
+
+fn check_field(name: &str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > MAX_FIELD || value.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!("{name} must be 1-{MAX_FIELD} characters without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn post(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    headers: HeaderMap,
+    JsonBody(params): JsonBody<EventParams>,
+) -> Result<Response, ApiError> {
+    if params.text.trim().is_empty() {
+        return Err(ApiError::new(Code::InvalidRequest, "text must not be empty"));
+    }
+    if params.text.len() > MAX_TEXT {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!("text is longer than {MAX_TEXT} bytes"),
+        ));
+    }
+    check_field("source.platform", &params.source.platform)?;
+    check_field("source.channel", &params.source.channel)?;
+    check_field("source.actor", &params.source.actor)?;
+    let header_key = headers.get("idempotency-key").map(|v| {
+        v.to_str()
+            .map(str::to_owned)
+            .map_err(|_| ApiError::new(Code::InvalidRequest, "Idempotency-Key must be ASCII"))
+    });
+    let key = match (params.idempotency_key.clone(), header_key.transpose()?) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                "idempotency_key and the Idempotency-Key header differ",
+            ));
+        }
+        (Some(k), _) | (None, Some(k)) => Some(k),
+        (None, None) => None,
+    };
+    if let Some(key) = &key {
+        check_field("idempotency_key", key)?;
+    }
+    if let Some(agent) = &params.agent {
+        tracing::Span::current().record("agent", agent.as_str());
+    }
+    let envelope = Envelope {
+        tenant: tenant.clone(),
+        agent: params.agent.clone(),
+        text: params.text,
+        source: Source {
+            platform: params.source.platform,
+            channel: params.source.channel,
+            actor: params.source.actor,
+        },
+        idempotency_key: key,
+    };
+    let accepted = state.engine.submit(envelope).await?;
+    let mut body = EventResponse {
+        event_id: accepted.event_id.to_string(),
+        session_id: accepted.session_id.to_string(),
+        turn_id: None,
+        status: None,
+        reply: None,
+        error: None,
+    };
+    if !params.wait {
+        return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());
+    }
+    match state.engine.wait(tenant.id, accepted.event_id, accepted.session_id, WAIT).await? {
+        Some(finished) => {
+            let turn = finished.turn;
+            body.turn_id = Some(turn.id.to_string());
+            body.reply = turn.reply.map(|text| ReplyBody { text, model: turn.model.clone() });
+            body.error = turn.error;
+            body.status = Some(turn.status);
+            Ok((StatusCode::OK, axum::Json(body)).into_response())
+        }
+        // Still running: the event is safe; the caller can follow the session's stream.
+        None => Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response()),
+    }
+}

@@ -1,0 +1,162 @@
+//! `/v1/sessions`: history, resumable event streams (SSE), resume and cancel.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use clade_core::SessionId;
+use clade_runtime::LiveEvent;
+use futures::{Stream, StreamExt, stream};
+use serde_json::json;
+
+use crate::AppState;
+use crate::agents::query_rejection;
+use crate::api::{
+    SessionListResponse, SessionResponse, SessionsQuery, TurnEvent, TurnListResponse, TurnResponse,
+};
+use crate::auth::Caller;
+use crate::error::{ApiError, Code};
+
+fn session_id(text: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(text)
+        .map_err(|_| ApiError::new(Code::SessionNotFound, format!("session {text:?} not found")))
+}
+
+fn session_response(s: clade_store::SessionRow) -> SessionResponse {
+    SessionResponse {
+        id: s.id.to_string(),
+        agent_id: s.agent_id.to_string(),
+        platform: s.source.platform,
+        channel: s.source.channel,
+        actor: s.source.actor,
+        last_active_channel: s.last_active_channel,
+        created_at: s.created_at.as_millis(),
+        updated_at: s.updated_at.as_millis(),
+    }
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    query: Result<Query<SessionsQuery>, QueryRejection>,
+) -> Result<axum::Json<SessionListResponse>, ApiError> {
+    let Query(query) = query.map_err(query_rejection)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(Code::InvalidRequest, "limit must be between 1 and 1000"));
+    }
+    let agent = match &query.agent {
+        Some(handle) => Some(state.store.agent(tenant.id, handle).await?.id),
+        None => None,
+    };
+    let rows = state.store.sessions(tenant.id, agent, limit).await?;
+    Ok(axum::Json(SessionListResponse { items: rows.into_iter().map(session_response).collect() }))
+}
+
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<SessionResponse>, ApiError> {
+    let row = state.store.session(tenant.id, session_id(&id)?).await?;
+    Ok(axum::Json(session_response(row)))
+}
+
+pub(crate) async fn turns(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<TurnListResponse>, ApiError> {
+    let session = state.store.session(tenant.id, session_id(&id)?).await?;
+    let turns = state.store.turns(session.id).await?;
+    let items = turns
+        .into_iter()
+        .map(|(t, events)| TurnResponse {
+            id: t.id.to_string(),
+            status: t.status,
+            reply: t.reply,
+            error: t.error,
+            model: t.model,
+            started_at: t.started_at.as_millis(),
+            finished_at: t.finished_at.map(|f| f.as_millis()),
+            events: events
+                .into_iter()
+                .map(|e| TurnEvent { id: e.id.to_string(), seq: e.seq, text: e.text })
+                .collect(),
+        })
+        .collect();
+    Ok(axum::Json(TurnListResponse { items }))
+}
+
+pub(crate) async fn resume(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let n = state.engine.resume(tenant.id, session_id(&id)?).await?;
+    Ok(axum::Json(json!({ "resumed_events": n })))
+}
+
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let cancelled = state.engine.cancel(tenant.id, session_id(&id)?).await?;
+    Ok(axum::Json(json!({ "cancelled": cancelled })))
+}
+
+/// Server-Sent Events: the session's lifecycle events after `Last-Event-ID` (or `?after=`),
+/// replayed from the outbox, then live ones, with text deltas as the model streams them.
+pub(crate) async fn stream(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let session = state.store.session(tenant.id, session_id(&id)?).await?;
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(query.get("after").map(String::as_str))
+        .map(|v| {
+            v.parse::<i64>().map_err(|_| {
+                ApiError::new(Code::InvalidRequest, "Last-Event-ID must be an integer")
+            })
+        })
+        .transpose()?
+        .unwrap_or(0);
+    // Subscribe before reading the outbox so nothing falls between replay and live.
+    let live = state.engine.hub().subscribe(session.id);
+    let replay = state.store.session_outbox(tenant.id, session.id, after, 10_000).await?;
+    let last_replayed = replay.last().map_or(after, |r| r.id);
+    let replayed = stream::iter(replay.into_iter().map(|row| {
+        let data = serde_json::from_str::<serde_json::Value>(&row.data).unwrap_or_default();
+        Ok(Event::default().id(row.id.to_string()).event(row.kind).data(data.to_string()))
+    }));
+    let live = stream::unfold((live, last_replayed), |(mut rx, last)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(LiveEvent { id: Some(id), .. }) if id <= last => continue,
+                Ok(event) => {
+                    let last = event.id.unwrap_or(last);
+                    let mut sse = Event::default().event(event.kind).data(event.data.to_string());
+                    if let Some(id) = event.id {
+                        sse = sse.id(id.to_string());
+                    }
+                    return Some((Ok(sse), (rx, last)));
+                }
+                // A slow reader missed deltas; lifecycle events can be re-read with Last-Event-ID.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(replayed.chain(live))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

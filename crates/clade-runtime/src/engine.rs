@@ -1,0 +1,689 @@
+//! The turn engine: events in, one actor per active session running turns in strict order,
+//! every step journaled, lifecycle events through the outbox, and resumption after a crash.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clade_config::{Binding, QueueMode, SessionsConfig};
+use clade_core::{Agent, EventId, SessionId, Tenant, TenantId};
+use clade_model::{Message, ModelRequest, StreamEvent, ToolCall, ToolSpec};
+use clade_store::{
+    Accepted, Agents, EventRow, JournalEntry, NewEvent, OutboxEvent, OutboxRow, SessionRow, Source,
+    Store, TurnOutcome, TurnRow,
+};
+use clade_tools::{CallContext, EffectClass, Registry};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, mpsc};
+
+use crate::hub::{Hub, LiveEvent};
+use crate::models::{Models, ProcessKind};
+
+/// Failures of the engine's API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] clade_store::Error),
+    #[error(
+        "no agent for this event: name one with `agent`, or add a binding or default in clade.yaml"
+    )]
+    NoAgent,
+}
+
+/// An inbound message as the API receives it.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub tenant: Tenant,
+    /// Agent handle; when absent, bindings decide.
+    pub agent: Option<String>,
+    pub text: String,
+    pub source: Source,
+    pub idempotency_key: Option<String>,
+}
+
+/// The finished turn of an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub turn: TurnRow,
+}
+
+/// Everything the engine needs, set up once per process.
+pub struct EngineOptions {
+    pub sessions: SessionsConfig,
+    pub bindings: Vec<Binding>,
+    pub tools: Registry,
+}
+
+struct Inner {
+    store: Store,
+    agents: Agents,
+    models: Models,
+    hub: Hub,
+    options: EngineOptions,
+    actors: Mutex<HashMap<SessionId, mpsc::Sender<Wake>>>,
+    cancels: Mutex<HashMap<SessionId, Arc<Notify>>>,
+    /// Woken when the outbox grows, so dispatchers need not poll fast.
+    outbox: Arc<Notify>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Wake {
+    Work,
+}
+
+/// A cheap-to-clone handle to the engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// What a model step produced, as journaled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ModelStep {
+    model: String,
+    text: String,
+    tool_calls: Vec<ToolCall>,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_micros: u64,
+    route: Vec<String>,
+}
+
+/// A tool result, as journaled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ToolStep {
+    content: String,
+    is_error: bool,
+}
+
+pub(crate) fn payload_hash(agent: &str, source: &Source, text: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(agent.as_bytes())
+        .chain_update([0])
+        .chain_update(source.platform.as_bytes())
+        .chain_update([0])
+        .chain_update(source.channel.as_bytes())
+        .chain_update([0])
+        .chain_update(source.actor.as_bytes())
+        .chain_update([0])
+        .chain_update(text.as_bytes())
+        .finalize();
+    hex::encode(&digest[..16])
+}
+
+fn matches(pattern: &str, value: &str) -> bool {
+    pattern == "*"
+        || pattern == value
+        || pattern.strip_suffix('*').is_some_and(|prefix| value.starts_with(prefix))
+}
+
+impl Engine {
+    /// Starts the engine and resumes every session that has unfinished events.
+    pub async fn start(
+        store: Store,
+        agents: Agents,
+        models: Models,
+        options: EngineOptions,
+    ) -> Result<Self, Error> {
+        let inner = Arc::new(Inner {
+            store,
+            agents,
+            models,
+            hub: Hub::default(),
+            options,
+            actors: Mutex::new(HashMap::new()),
+            cancels: Mutex::new(HashMap::new()),
+            outbox: Arc::new(Notify::new()),
+        });
+        let engine = Self { inner };
+        let open = engine.inner.store.sessions_with_open_events().await?;
+        if !open.is_empty() {
+            tracing::info!(sessions = open.len(), "resuming sessions with unfinished turns");
+        }
+        for session in open {
+            engine.wake(session);
+        }
+        Ok(engine)
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Notified whenever lifecycle events were committed.
+    pub fn outbox_signal(&self) -> Arc<Notify> {
+        self.inner.outbox.clone()
+    }
+
+    /// Picks the agent of an envelope: its own, else the first matching binding.
+    pub async fn route(&self, envelope: &Envelope) -> Result<Agent, Error> {
+        let handle = match &envelope.agent {
+            Some(handle) => handle.clone(),
+            None => self
+                .inner
+                .options
+                .bindings
+                .iter()
+                .find(|b| {
+                    matches(&b.platform, &envelope.source.platform)
+                        && matches(&b.channel, &envelope.source.channel)
+                        && matches(&b.actor, &envelope.source.actor)
+                })
+                .map(|b| b.agent.clone())
+                .ok_or(Error::NoAgent)?,
+        };
+        Ok(self.inner.store.agent(envelope.tenant.id, &handle).await?)
+    }
+
+    /// Stores the envelope durably, then schedules its session. Returns once stored.
+    pub async fn submit(&self, envelope: Envelope) -> Result<Accepted, Error> {
+        let agent = self.route(&envelope).await?;
+        let accepted = self
+            .inner
+            .store
+            .accept_event(NewEvent {
+                tenant: envelope.tenant.id,
+                agent: agent.id,
+                payload_hash: payload_hash(agent.handle.as_str(), &envelope.source, &envelope.text),
+                source: envelope.source,
+                text: envelope.text,
+                idempotency_key: envelope.idempotency_key,
+                max_open_per_session: self.inner.options.sessions.max_queued,
+            })
+            .await?;
+        if !accepted.duplicate {
+            self.wake(accepted.session_id);
+        }
+        Ok(accepted)
+    }
+
+    /// Waits until the event's turn has ended (or `timeout`), then returns the turn.
+    pub async fn wait(
+        &self,
+        tenant: TenantId,
+        event: EventId,
+        session: SessionId,
+        timeout: Duration,
+    ) -> Result<Option<Finished>, Error> {
+        let mut live = self.inner.hub.subscribe(session);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let row = self.inner.store.event(tenant, event).await?;
+            if matches!(row.status.as_str(), "done" | "failed" | "yielded")
+                && let Some(turn) = row.turn_id
+            {
+                return Ok(Some(Finished { turn: self.inner.store.turn(turn).await? }));
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Ok(None);
+            }
+            // Any lifecycle event may be ours; re-check the store on each (and every second).
+            let _ = tokio::time::timeout(remaining.min(Duration::from_secs(1)), live.recv()).await;
+        }
+    }
+
+    /// Re-queues a yielded session's events and runs them.
+    pub async fn resume(&self, tenant: TenantId, session: SessionId) -> Result<u64, Error> {
+        self.inner.store.session(tenant, session).await?;
+        let n = self.inner.store.resume_session(tenant, session).await?;
+        self.wake(session);
+        Ok(n)
+    }
+
+    /// Cancels the session's running turn, if any.
+    pub async fn cancel(&self, tenant: TenantId, session: SessionId) -> Result<bool, Error> {
+        self.inner.store.session(tenant, session).await?;
+        let cancels = self.inner.cancels.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(match cancels.get(&session) {
+            Some(notify) => {
+                notify.notify_one();
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Number of sessions with an actor in memory.
+    pub fn active_sessions(&self) -> usize {
+        self.inner.actors.lock().map(|a| a.len()).unwrap_or(0)
+    }
+
+    fn wake(&self, session: SessionId) {
+        let mut actors = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = actors.get(&session) {
+            // A full queue already holds a wake-up; a closed one means the actor is exiting.
+            match tx.try_send(Wake::Work) {
+                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => return,
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        let (tx, rx) = mpsc::channel(1);
+        actors.insert(session, tx);
+        let inner = self.inner.clone();
+        tokio::spawn(actor(inner, session, rx));
+    }
+}
+
+/// One session's actor: runs its open events turn by turn, in arrival order, and leaves
+/// memory after being idle.
+async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receiver<Wake>) {
+    let idle = Duration::from_secs(inner.options.sessions.idle_secs.max(1));
+    let coalesce = inner.options.sessions.queue_mode == QueueMode::Coalesce;
+    loop {
+        let events = match inner.store.open_events(session_id, coalesce).await {
+            Ok(events) => events,
+            Err(err) => {
+                tracing::error!(session = %session_id, error = %err, "cannot read the session's events; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if events.is_empty() {
+            match tokio::time::timeout(idle, wake.recv()).await {
+                Ok(Some(_)) => continue,
+                _ => {
+                    // Leave only if no wake-up raced in: `wake` holds the same lock.
+                    let mut actors = inner.actors.lock().unwrap_or_else(|e| e.into_inner());
+                    if wake.is_empty() {
+                        actors.remove(&session_id);
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let cancel = Arc::new(Notify::new());
+        inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).insert(session_id, cancel.clone());
+        // A separate task is the panic boundary: a bug in one turn fails that turn only.
+        let task = tokio::spawn(run_events(inner.clone(), session_id, events.clone(), cancel));
+        if let Err(err) = task.await {
+            tracing::error!(session = %session_id, error = %err, "turn task panicked");
+            fail_events(&inner, session_id, &events, "internal error while running the turn").await;
+        }
+        inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_id);
+    }
+}
+
+async fn fail_events(inner: &Inner, session_id: SessionId, events: &[EventRow], reason: &str) {
+    let Ok(session) = inner.store.session_any_tenant(session_id).await else { return };
+    let ids = events.iter().map(|e| e.id).collect();
+    if let Ok((turn, rows)) = inner.store.start_turn(&session, ids, 0, Vec::new()).await {
+        publish(inner, &rows);
+        let outcome = TurnOutcome {
+            status: "failed".into(),
+            reply: None,
+            error: Some(reason.into()),
+            model: None,
+        };
+        let data = json!({ "turn": turn.id.to_string(), "error": reason });
+        if let Ok(rows) =
+            inner.store.finish_turn(&turn, outcome, vec![outbox("turn.failed", data)]).await
+        {
+            publish(inner, &rows);
+        }
+    }
+}
+
+fn outbox(kind: &str, data: Value) -> OutboxEvent {
+    OutboxEvent { kind: kind.into(), data: data.to_string() }
+}
+
+fn publish(inner: &Inner, rows: &[OutboxRow]) {
+    for row in rows {
+        if let Some(session) = row.session_id {
+            let data = serde_json::from_str(&row.data).unwrap_or(Value::Null);
+            inner
+                .hub
+                .publish(session, LiveEvent { id: Some(row.id), kind: row.kind.clone(), data });
+        }
+    }
+    if !rows.is_empty() {
+        inner.outbox.notify_waiters();
+    }
+}
+
+async fn run_events(
+    inner: Arc<Inner>,
+    session_id: SessionId,
+    events: Vec<EventRow>,
+    cancel: Arc<Notify>,
+) {
+    let timeout = Duration::from_secs(inner.options.sessions.turn_timeout_secs);
+    let result = tokio::select! {
+        result = tokio::time::timeout(timeout, run_turn(&inner, session_id, &events)) => match result {
+            Ok(result) => result,
+            Err(_) => Err(format!("the turn did not finish within {} s (sessions.turn_timeout_secs)", timeout.as_secs())),
+        },
+        () = cancel.notified() => Err("cancelled by request".to_owned()),
+    };
+    if let Err(reason) = result {
+        tracing::warn!(session = %session_id, reason = %reason, "turn failed");
+        fail_events(&inner, session_id, &events, &reason).await;
+    }
+}
+
+/// Runs (or resumes) the turn of `events`. `Err` carries the reason the turn failed before it
+/// could record an outcome itself.
+async fn run_turn(inner: &Inner, session_id: SessionId, events: &[EventRow]) -> Result<(), String> {
+    let store = &inner.store;
+    let session = store.session_any_tenant(session_id).await.map_err(|e| e.to_string())?;
+    let tenant = store.tenant_by_id(session.tenant_id).await.map_err(|e| e.to_string())?;
+    let agent =
+        store.agent_by_id(session.tenant_id, session.agent_id).await.map_err(|e| e.to_string())?;
+    let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
+    let started = json!({ "events": ids.iter().map(ToString::to_string).collect::<Vec<_>>(), "agent": agent.handle.as_str() });
+    let (turn, rows) = store
+        .start_turn(&session, ids, 0, vec![outbox("turn.started", started)])
+        .await
+        .map_err(|e| e.to_string())?;
+    publish(inner, &rows);
+    let journal: HashMap<String, JournalEntry> = store
+        .journal(turn.id)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|e| (e.step.clone(), e))
+        .collect();
+
+    let mut messages = compose(inner, &agent, &session, &turn, events).await;
+    let tools: Vec<ToolSpec> = inner
+        .options
+        .tools
+        .iter()
+        .map(|t| ToolSpec {
+            name: t.name().to_owned(),
+            description: t.description().to_owned(),
+            input_schema: t.input_schema(),
+        })
+        .collect();
+    let mut last_model = None;
+    for iteration in 0..inner.options.sessions.max_iterations {
+        let step = format!("model/{iteration}");
+        let model_step = match journal
+            .get(&step)
+            .and_then(|e| serde_json::from_str::<ModelStep>(&e.data).ok())
+        {
+            Some(done) => done,
+            None => {
+                let request = ModelRequest {
+                    messages: messages.clone(),
+                    tools: tools.clone(),
+                    ..ModelRequest::default()
+                };
+                let intent = json!({ "iteration": iteration, "messages": request.messages.len(), "tools": tools.len() });
+                journal_step(
+                    inner,
+                    &turn,
+                    format!("model/{iteration}/request"),
+                    "model_request",
+                    intent,
+                    Vec::new(),
+                )
+                .await?;
+                let hub = inner.hub.clone();
+                let turn_id = turn.id.to_string();
+                let mut on_event = |event: &StreamEvent| {
+                    if let StreamEvent::TextDelta(text) = event {
+                        hub.publish(
+                            session_id,
+                            LiveEvent {
+                                id: None,
+                                kind: "text.delta".into(),
+                                data: json!({ "turn": turn_id, "text": text }),
+                            },
+                        );
+                    }
+                };
+                let outcome = match inner
+                    .models
+                    .call(&tenant, Some(&agent), ProcessKind::Channel, &request, &mut on_event)
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(err) => {
+                        let reason = err.error.to_string();
+                        finish(inner, &turn, "failed", None, Some(reason), last_model).await?;
+                        return Ok(());
+                    }
+                };
+                let done = ModelStep {
+                    model: outcome.model.clone(),
+                    text: outcome.response.text.clone(),
+                    tool_calls: outcome.response.tool_calls.clone(),
+                    input_tokens: outcome.response.usage.input_tokens
+                        + outcome.response.usage.cached_input_tokens,
+                    output_tokens: outcome.response.usage.output_tokens,
+                    cost_micros: outcome.cost_micros,
+                    route: outcome.events.iter().map(|e| format!("{e:?}")).collect(),
+                };
+                let data = serde_json::to_value(&done).unwrap_or(Value::Null);
+                journal_step(inner, &turn, step, "model_response", data, Vec::new()).await?;
+                done
+            }
+        };
+        last_model = Some(model_step.model.clone());
+        messages.push(Message::Assistant {
+            text: model_step.text.clone(),
+            tool_calls: model_step.tool_calls.clone(),
+        });
+        if model_step.tool_calls.is_empty() {
+            finish(inner, &turn, "completed", Some(model_step.text), None, last_model).await?;
+            return Ok(());
+        }
+        for (index, call) in model_step.tool_calls.iter().enumerate() {
+            let result = run_tool(inner, &turn, &journal, iteration, index, call).await?;
+            messages.push(Message::Tool {
+                call_id: call.id.clone(),
+                content: result.content,
+                is_error: result.is_error,
+            });
+        }
+        if inner.options.sessions.queue_mode == QueueMode::Steer {
+            steer(inner, &turn, &mut messages).await;
+        }
+    }
+    finish(inner, &turn, "yielded", None, Some(format!("stopped after {} model calls (sessions.max_iterations); resume with `clade sessions resume {}`", inner.options.sessions.max_iterations, session_id)), last_model).await
+}
+
+/// Steer mode: messages that arrived during the turn join it between tool calls.
+async fn steer(inner: &Inner, turn: &TurnRow, messages: &mut Vec<Message>) {
+    let Ok(pending) = inner.store.pending_events(turn.session_id).await else { return };
+    if pending.is_empty()
+        || inner.store.join_turn(turn.id, pending.iter().map(|e| e.id).collect()).await.is_err()
+    {
+        return;
+    }
+    for event in pending {
+        messages.push(Message::user(event.text));
+    }
+}
+
+async fn journal_step(
+    inner: &Inner,
+    turn: &TurnRow,
+    step: String,
+    kind: &str,
+    data: Value,
+    events: Vec<OutboxEvent>,
+) -> Result<(), String> {
+    let rows = inner
+        .store
+        .append_journal(
+            turn,
+            JournalEntry { step, kind: kind.into(), data: data.to_string() },
+            events,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    publish(inner, &rows);
+    Ok(())
+}
+
+async fn finish(
+    inner: &Inner,
+    turn: &TurnRow,
+    status: &str,
+    reply: Option<String>,
+    error: Option<String>,
+    model: Option<String>,
+) -> Result<(), String> {
+    let kind = match status {
+        "completed" => "turn.finished",
+        "yielded" => "turn.yielded",
+        _ => "turn.failed",
+    };
+    let data = json!({ "turn": turn.id.to_string(), "status": status, "reply": reply, "error": error, "model": model });
+    let outcome = TurnOutcome { status: status.into(), reply, error, model };
+    let rows = inner
+        .store
+        .finish_turn(turn, outcome, vec![outbox(kind, data)])
+        .await
+        .map_err(|e| e.to_string())?;
+    publish(inner, &rows);
+    Ok(())
+}
+
+/// Runs one tool call, or recovers its journaled outcome. An `AtMostOnce` call that started
+/// but has no result is never run again: the model is told it was interrupted.
+async fn run_tool(
+    inner: &Inner,
+    turn: &TurnRow,
+    journal: &HashMap<String, JournalEntry>,
+    iteration: u32,
+    index: usize,
+    call: &ToolCall,
+) -> Result<ToolStep, String> {
+    let result_step = format!("tool/{iteration}/{index}/result");
+    if let Some(done) =
+        journal.get(&result_step).and_then(|e| serde_json::from_str::<ToolStep>(&e.data).ok())
+    {
+        return Ok(done);
+    }
+    let start_step = format!("tool/{iteration}/{index}/start");
+    let key = effect_key(turn, &call.id);
+    let tool = inner.options.tools.get(&call.name).cloned();
+    let result = match (&tool, call.parse_arguments()) {
+        (None, _) => {
+            let known: Vec<&str> = inner.options.tools.iter().map(|t| t.name()).collect();
+            ToolStep {
+                content: format!(
+                    "unknown tool {:?}; available tools: {}",
+                    call.name,
+                    known.join(", ")
+                ),
+                is_error: true,
+            }
+        }
+        (Some(_), Err(message)) => ToolStep { content: message, is_error: true },
+        (Some(tool), Ok(args)) => {
+            let started_before = journal.contains_key(&start_step);
+            if started_before && tool.effect() == EffectClass::AtMostOnce {
+                ToolStep {
+                    content: format!(
+                        "tool {} was interrupted by a restart; its outcome is unknown and it was not run again",
+                        call.name
+                    ),
+                    is_error: true,
+                }
+            } else {
+                if !started_before {
+                    let data = json!({ "call": call.id, "name": call.name, "arguments": args, "effect": tool.effect().as_str(), "key": key });
+                    journal_step(
+                        inner,
+                        turn,
+                        start_step,
+                        "tool_started",
+                        data.clone(),
+                        vec![outbox("tool.called", data)],
+                    )
+                    .await?;
+                }
+                let ctx = CallContext { idempotency_key: key.clone(), call_id: call.id.clone() };
+                match tool.call(args, &ctx).await {
+                    Ok(content) => ToolStep { content, is_error: false },
+                    Err(content) => ToolStep { content, is_error: true },
+                }
+            }
+        }
+    };
+    let data = json!({ "call": call.id, "name": call.name, "content": result.content, "is_error": result.is_error });
+    let entry = serde_json::to_value(&result).unwrap_or(Value::Null);
+    let rows = inner
+        .store
+        .append_journal(
+            turn,
+            JournalEntry { step: result_step, kind: "tool_result".into(), data: entry.to_string() },
+            vec![outbox("tool.result", data)],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    publish(inner, &rows);
+    Ok(result)
+}
+
+/// `hash(tenant, session, turn, call id)`: what an idempotent tool receives, the same on every
+/// retry of the same call.
+fn effect_key(turn: &TurnRow, call_id: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(turn.tenant_id.as_bytes())
+        .chain_update(turn.session_id.as_bytes())
+        .chain_update(turn.id.as_bytes())
+        .chain_update(call_id.as_bytes())
+        .finalize();
+    hex::encode(&digest[..16])
+}
+
+/// The model's context: persona files, then earlier turns of the session, then this turn's
+/// messages.
+async fn compose(
+    inner: &Inner,
+    agent: &Agent,
+    session: &SessionRow,
+    turn: &TurnRow,
+    events: &[EventRow],
+) -> Vec<Message> {
+    let mut system = String::new();
+    match inner.agents.workspace(agent) {
+        Ok(dir) => {
+            for file in clade_store::agents::PERSONA_FILES {
+                if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
+                    system.push_str(&text);
+                    system.push_str("\n\n");
+                }
+            }
+        }
+        Err(err) => {
+            tracing::warn!(agent = %agent.handle, error = %err, "cannot read persona files")
+        }
+    }
+    system.push_str(&format!(
+        "You are talking on {} in channel {} with {}.",
+        session.source.platform, session.source.channel, session.source.actor
+    ));
+    let mut messages = vec![Message::system(system)];
+    if let Ok(turns) = inner.store.turns(session.id).await {
+        let earlier: Vec<_> =
+            turns.into_iter().filter(|(t, _)| t.id != turn.id && t.status == "completed").collect();
+        let skip = earlier.len().saturating_sub(inner.options.sessions.history_turns as usize);
+        for (t, evs) in earlier.into_iter().skip(skip) {
+            for e in evs {
+                messages.push(Message::user(e.text));
+            }
+            messages.push(Message::Assistant {
+                text: t.reply.unwrap_or_default(),
+                tool_calls: Vec::new(),
+            });
+        }
+    }
+    for event in events {
+        messages.push(Message::user(event.text.clone()));
+    }
+    messages
+}

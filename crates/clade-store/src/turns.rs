@@ -1,0 +1,857 @@
+//! Sessions, inbound events, turns, the turn journal and the outbox.
+//!
+//! The write path keeps Clade's guarantees: an event is acknowledged only after the
+//! transaction that stores it commits; an idempotency key maps to exactly one event; a turn's
+//! steps are journaled so a restart resumes instead of repeating; lifecycle events enter the
+//! outbox in the same transaction as the state change that causes them.
+
+use clade_core::{AgentId, EventId, SessionId, TenantId, Timestamp, TurnId};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use crate::error::{Error, Result};
+use crate::store::{Store, id_bytes, is_unique_violation};
+
+/// Where an event came from; with tenant and agent it keys the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub platform: String,
+    pub channel: String,
+    pub actor: String,
+}
+
+/// An inbound event to store.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub tenant: TenantId,
+    pub agent: AgentId,
+    pub source: Source,
+    pub text: String,
+    /// Defaults to the event id (no deduplication).
+    pub idempotency_key: Option<String>,
+    /// A hash of what the event says; the same key with another hash is a conflict.
+    pub payload_hash: String,
+    /// Refuse the event when its session already has this many open events.
+    pub max_open_per_session: u64,
+}
+
+/// The answer to an accepted (or deduplicated) event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub event_id: EventId,
+    pub session_id: SessionId,
+    /// The key was seen before: this is the original event.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub id: EventId,
+    pub tenant_id: TenantId,
+    pub session_id: SessionId,
+    pub seq: i64,
+    pub idempotency_key: String,
+    pub text: String,
+    pub status: String,
+    pub turn_id: Option<TurnId>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub id: SessionId,
+    pub tenant_id: TenantId,
+    pub agent_id: AgentId,
+    pub source: Source,
+    pub last_active_channel: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnRow {
+    pub id: TurnId,
+    pub session_id: SessionId,
+    pub tenant_id: TenantId,
+    pub agent_id: AgentId,
+    pub status: String,
+    pub reply: Option<String>,
+    pub error: Option<String>,
+    pub model: Option<String>,
+    pub config_revision: i64,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    pub step: String,
+    pub kind: String,
+    pub data: String,
+}
+
+/// A lifecycle event to put in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    pub kind: String,
+    /// JSON text.
+    pub data: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// Position in the outbox: strictly increasing in commit order on one node.
+    pub id: i64,
+    /// Stable id of the event, sent to subscribers as its idempotency key.
+    pub event_id: String,
+    pub tenant_id: TenantId,
+    pub session_id: Option<SessionId>,
+    pub turn_id: Option<TurnId>,
+    pub kind: String,
+    pub data: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub subscriber: String,
+    pub outbox_id: i64,
+    pub reason: String,
+    pub attempts: i64,
+    pub created_at: Timestamp,
+}
+
+const EVENT_COLUMNS: &str =
+    "id, tenant_id, session_id, seq, idempotency_key, text, status, turn_id, created_at";
+const SESSION_COLUMNS: &str = "id, tenant_id, agent_id, platform, channel, actor, last_active_channel, created_at, updated_at";
+const TURN_COLUMNS: &str = "id, session_id, tenant_id, agent_id, status, reply, error, model, config_revision, started_at, finished_at";
+const OUTBOX_COLUMNS: &str = "id, event_id, tenant_id, session_id, turn_id, kind, data, created_at";
+
+fn opt_id(row: &AnyRow, column: &str) -> Result<Option<[u8; 16]>> {
+    let bytes: Option<Vec<u8>> = row.try_get(column)?;
+    bytes
+        .map(|b| b.try_into().map_err(|_| Error::BadRow(format!("{column} is not a 16-byte id"))))
+        .transpose()
+}
+
+fn event_row(row: &AnyRow) -> Result<EventRow> {
+    Ok(EventRow {
+        id: EventId::from_bytes(id_bytes(row, "id")?),
+        tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
+        session_id: SessionId::from_bytes(id_bytes(row, "session_id")?),
+        seq: row.try_get("seq")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        text: row.try_get("text")?,
+        status: row.try_get("status")?,
+        turn_id: opt_id(row, "turn_id")?.map(TurnId::from_bytes),
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+    })
+}
+
+fn session_row(row: &AnyRow) -> Result<SessionRow> {
+    Ok(SessionRow {
+        id: SessionId::from_bytes(id_bytes(row, "id")?),
+        tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
+        agent_id: AgentId::from_bytes(id_bytes(row, "agent_id")?),
+        source: Source {
+            platform: row.try_get("platform")?,
+            channel: row.try_get("channel")?,
+            actor: row.try_get("actor")?,
+        },
+        last_active_channel: row.try_get("last_active_channel")?,
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+        updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
+    })
+}
+
+fn turn_row(row: &AnyRow) -> Result<TurnRow> {
+    Ok(TurnRow {
+        id: TurnId::from_bytes(id_bytes(row, "id")?),
+        session_id: SessionId::from_bytes(id_bytes(row, "session_id")?),
+        tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
+        agent_id: AgentId::from_bytes(id_bytes(row, "agent_id")?),
+        status: row.try_get("status")?,
+        reply: row.try_get("reply")?,
+        error: row.try_get("error")?,
+        model: row.try_get("model")?,
+        config_revision: row.try_get("config_revision")?,
+        started_at: Timestamp::from_millis(row.try_get("started_at")?),
+        finished_at: row.try_get::<Option<i64>, _>("finished_at")?.map(Timestamp::from_millis),
+    })
+}
+
+fn outbox_row(row: &AnyRow) -> Result<OutboxRow> {
+    Ok(OutboxRow {
+        id: row.try_get("id")?,
+        event_id: EventId::from_bytes(id_bytes(row, "event_id")?).to_string(),
+        tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
+        session_id: opt_id(row, "session_id")?.map(SessionId::from_bytes),
+        turn_id: opt_id(row, "turn_id")?.map(TurnId::from_bytes),
+        kind: row.try_get("kind")?,
+        data: row.try_get("data")?,
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+    })
+}
+
+fn b(id: &[u8; 16]) -> Vec<u8> {
+    id.to_vec()
+}
+
+/// Inserts outbox rows inside the caller's transaction.
+async fn insert_outbox(
+    conn: &mut AnyConnection,
+    now: Timestamp,
+    tenant: TenantId,
+    session: Option<SessionId>,
+    turn: Option<TurnId>,
+    events: &[OutboxEvent],
+) -> Result<Vec<OutboxRow>> {
+    let mut rows = Vec::with_capacity(events.len());
+    for event in events {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO outbox (event_id, tenant_id, session_id, turn_id, kind, data, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {OUTBOX_COLUMNS}"
+        )))
+        .bind(b(EventId::generate(now).as_bytes()))
+        .bind(b(tenant.as_bytes()))
+        .bind(session.map(|s| b(s.as_bytes())))
+        .bind(turn.map(|t| b(t.as_bytes())))
+        .bind(event.kind.clone())
+        .bind(event.data.clone())
+        .bind(now.as_millis())
+        .fetch_one(&mut *conn)
+        .await?;
+        rows.push(outbox_row(&row)?);
+    }
+    Ok(rows)
+}
+
+impl Store {
+    /// Stores an inbound event (or finds the original for a repeated idempotency key). When
+    /// this returns, the event is durable.
+    pub async fn accept_event(&self, event: NewEvent) -> Result<Accepted> {
+        let now = self.now();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let event_id = EventId::generate(now);
+                let key = event.idempotency_key.clone().unwrap_or_else(|| event_id.to_string());
+                if let Some(existing) = find_by_key(conn, event.tenant, &key).await? {
+                    return check_duplicate(existing, &event.payload_hash, &key);
+                }
+                let s = &event.source;
+                let session = sqlx::query(
+                    "SELECT id FROM sessions WHERE tenant_id = $1 AND agent_id = $2 AND platform = $3 \
+                     AND channel = $4 AND actor = $5",
+                )
+                .bind(b(event.tenant.as_bytes()))
+                .bind(b(event.agent.as_bytes()))
+                .bind(s.platform.clone())
+                .bind(s.channel.clone())
+                .bind(s.actor.clone())
+                .fetch_optional(&mut *conn)
+                .await?;
+                let session_id = match session {
+                    Some(row) => SessionId::from_bytes(id_bytes(&row, "id")?),
+                    None => {
+                        let id = SessionId::generate(now);
+                        sqlx::query(
+                            "INSERT INTO sessions (id, tenant_id, agent_id, platform, channel, actor, \
+                             last_active_channel, next_seq, created_at, updated_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $5, 0, $7, $7)",
+                        )
+                        .bind(b(id.as_bytes()))
+                        .bind(b(event.tenant.as_bytes()))
+                        .bind(b(event.agent.as_bytes()))
+                        .bind(s.platform.clone())
+                        .bind(s.channel.clone())
+                        .bind(s.actor.clone())
+                        .bind(now.as_millis())
+                        .execute(&mut *conn)
+                        .await?;
+                        id
+                    }
+                };
+                let open: i64 = sqlx::query(
+                    "SELECT COUNT(*) FROM events WHERE session_id = $1 AND status IN ('pending', 'running')",
+                )
+                .bind(b(session_id.as_bytes()))
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get(0)?;
+                if open as u64 >= event.max_open_per_session {
+                    return Err(Error::SessionBusy { pending: open as u64 });
+                }
+                let seq: i64 = sqlx::query("SELECT next_seq FROM sessions WHERE id = $1")
+                    .bind(b(session_id.as_bytes()))
+                    .fetch_one(&mut *conn)
+                    .await?
+                    .try_get(0)?;
+                let inserted = sqlx::query(
+                    "INSERT INTO events (id, tenant_id, session_id, seq, idempotency_key, payload_hash, text, \
+                     status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)",
+                )
+                .bind(b(event_id.as_bytes()))
+                .bind(b(event.tenant.as_bytes()))
+                .bind(b(session_id.as_bytes()))
+                .bind(seq)
+                .bind(key.clone())
+                .bind(event.payload_hash.clone())
+                .bind(event.text.clone())
+                .bind(now.as_millis())
+                .execute(&mut *conn)
+                .await;
+                if let Err(err) = inserted {
+                    // Another node took the key first.
+                    if is_unique_violation(&err)
+                        && let Some(existing) = find_by_key(conn, event.tenant, &key).await?
+                    {
+                        return check_duplicate(existing, &event.payload_hash, &key);
+                    }
+                    return Err(Error::Database(err));
+                }
+                sqlx::query(
+                    "UPDATE sessions SET next_seq = next_seq + 1, last_active_channel = $2, updated_at = $3 \
+                     WHERE id = $1",
+                )
+                .bind(b(session_id.as_bytes()))
+                .bind(s.channel.clone())
+                .bind(now.as_millis())
+                .execute(&mut *conn)
+                .await?;
+                Ok(Accepted { event_id, session_id, duplicate: false })
+            })
+        })
+        .await
+    }
+
+    /// The event of `tenant` with id `id`.
+    pub async fn event(&self, tenant: TenantId, id: EventId) -> Result<EventRow> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE id = $1 AND tenant_id = $2"
+        )))
+        .bind(b(id.as_bytes()))
+        .bind(b(tenant.as_bytes()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        row.as_ref().map(event_row).transpose()?.ok_or_else(|| Error::EventNotFound(id.to_string()))
+    }
+
+    /// The session's open events, oldest first: those of the running turn if there is one,
+    /// else the pending ones (all of them, or only the first unless `all`).
+    pub async fn open_events(&self, session: SessionId, all: bool) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 AND status IN ('pending', 'running') \
+             ORDER BY seq"
+        )))
+        .bind(b(session.as_bytes()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        let events: Vec<EventRow> = rows.iter().map(event_row).collect::<Result<_>>()?;
+        let Some(first) = events.first() else { return Ok(Vec::new()) };
+        if let Some(turn) = first.turn_id {
+            return Ok(events.into_iter().take_while(|e| e.turn_id == Some(turn)).collect());
+        }
+        let pending = events.into_iter().take_while(|e| e.status == "pending");
+        Ok(if all { pending.collect() } else { pending.take(1).collect() })
+    }
+
+    /// The session's events not yet part of a turn, oldest first.
+    pub async fn pending_events(&self, session: SessionId) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 AND status = 'pending' ORDER BY seq"
+        )))
+        .bind(b(session.as_bytes()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        rows.iter().map(event_row).collect()
+    }
+
+    /// Sessions that have open events (to resume at start-up).
+    pub async fn sessions_with_open_events(&self) -> Result<Vec<SessionId>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT session_id FROM events WHERE status IN ('pending', 'running')",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        rows.iter().map(|r| Ok(SessionId::from_bytes(id_bytes(r, "session_id")?))).collect()
+    }
+
+    /// Starts a turn for `events` (or returns the turn they already belong to), writing
+    /// `outbox` in the same transaction.
+    pub async fn start_turn(
+        &self,
+        session: &SessionRow,
+        events: Vec<EventId>,
+        config_revision: i64,
+        outbox: Vec<OutboxEvent>,
+    ) -> Result<(TurnRow, Vec<OutboxRow>)> {
+        let now = self.now();
+        let session = session.clone();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let first = events.first().ok_or_else(|| Error::InvalidInput("a turn needs an event".into()))?;
+                let existing: Option<Vec<u8>> = sqlx::query("SELECT turn_id FROM events WHERE id = $1")
+                    .bind(b(first.as_bytes()))
+                    .fetch_one(&mut *conn)
+                    .await?
+                    .try_get("turn_id")?;
+                if let Some(turn) = existing {
+                    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {TURN_COLUMNS} FROM turns WHERE id = $1")))
+                        .bind(turn)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    return Ok((turn_row(&row)?, Vec::new()));
+                }
+                let turn = TurnRow {
+                    id: TurnId::generate(now),
+                    session_id: session.id,
+                    tenant_id: session.tenant_id,
+                    agent_id: session.agent_id,
+                    status: "running".into(),
+                    reply: None,
+                    error: None,
+                    model: None,
+                    config_revision,
+                    started_at: now,
+                    finished_at: None,
+                };
+                sqlx::query(
+                    "INSERT INTO turns (id, session_id, tenant_id, agent_id, status, config_revision, started_at) \
+                     VALUES ($1, $2, $3, $4, 'running', $5, $6)",
+                )
+                .bind(b(turn.id.as_bytes()))
+                .bind(b(session.id.as_bytes()))
+                .bind(b(session.tenant_id.as_bytes()))
+                .bind(b(session.agent_id.as_bytes()))
+                .bind(config_revision)
+                .bind(now.as_millis())
+                .execute(&mut *conn)
+                .await?;
+                for event in &events {
+                    sqlx::query("UPDATE events SET status = 'running', turn_id = $1 WHERE id = $2 AND status = 'pending'")
+                        .bind(b(turn.id.as_bytes()))
+                        .bind(b(event.as_bytes()))
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                let rows = insert_outbox(conn, now, session.tenant_id, Some(session.id), Some(turn.id), &outbox).await?;
+                Ok((turn, rows))
+            })
+        })
+        .await
+    }
+
+    /// Adds events to a running turn (steering): they become part of it.
+    pub async fn join_turn(&self, turn: TurnId, events: Vec<EventId>) -> Result<()> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                for event in &events {
+                    sqlx::query("UPDATE events SET status = 'running', turn_id = $1 WHERE id = $2 AND status = 'pending'")
+                        .bind(b(turn.as_bytes()))
+                        .bind(b(event.as_bytes()))
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// The turn's journal, in step order of writing.
+    pub async fn journal(&self, turn: TurnId) -> Result<Vec<JournalEntry>> {
+        let rows = sqlx::query(
+            "SELECT step, kind, data FROM journal WHERE turn_id = $1 ORDER BY created_at, step",
+        )
+        .bind(b(turn.as_bytes()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(JournalEntry {
+                    step: r.try_get("step")?,
+                    kind: r.try_get("kind")?,
+                    data: r.try_get("data")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Journals one step (and its outbox events) in one transaction. A step already journaled
+    /// is left as it was.
+    pub async fn append_journal(
+        &self,
+        turn: &TurnRow,
+        entry: JournalEntry,
+        outbox: Vec<OutboxEvent>,
+    ) -> Result<Vec<OutboxRow>> {
+        let now = self.now();
+        let (turn_id, tenant, session) = (turn.id, turn.tenant_id, turn.session_id);
+        self.write(move |conn| {
+            Box::pin(async move {
+                let inserted = sqlx::query(
+                    "INSERT INTO journal (turn_id, step, kind, data, created_at) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (turn_id, step) DO NOTHING",
+                )
+                .bind(b(turn_id.as_bytes()))
+                .bind(entry.step)
+                .bind(entry.kind)
+                .bind(entry.data)
+                .bind(now.as_millis())
+                .execute(&mut *conn)
+                .await?;
+                if inserted.rows_affected() == 0 {
+                    return Ok(Vec::new());
+                }
+                insert_outbox(conn, now, tenant, Some(session), Some(turn_id), &outbox).await
+            })
+        })
+        .await
+    }
+
+    /// Ends a turn: its status, reply or error, its events' status, and its outbox events, in
+    /// one transaction.
+    pub async fn finish_turn(
+        &self,
+        turn: &TurnRow,
+        outcome: TurnOutcome,
+        outbox: Vec<OutboxEvent>,
+    ) -> Result<Vec<OutboxRow>> {
+        let now = self.now();
+        let turn = turn.clone();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let event_status = match outcome.status.as_str() {
+                    "completed" => "done",
+                    "yielded" => "yielded",
+                    _ => "failed",
+                };
+                sqlx::query(
+                    "UPDATE turns SET status = $2, reply = $3, error = $4, model = $5, finished_at = $6 WHERE id = $1",
+                )
+                .bind(b(turn.id.as_bytes()))
+                .bind(outcome.status.clone())
+                .bind(outcome.reply.clone())
+                .bind(outcome.error.clone())
+                .bind(outcome.model.clone())
+                .bind(now.as_millis())
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query("UPDATE events SET status = $2 WHERE turn_id = $1")
+                    .bind(b(turn.id.as_bytes()))
+                    .bind(event_status)
+                    .execute(&mut *conn)
+                    .await?;
+                insert_outbox(conn, now, turn.tenant_id, Some(turn.session_id), Some(turn.id), &outbox).await
+            })
+        })
+        .await
+    }
+
+    /// Puts a yielded turn's events back in line to run again (resume).
+    pub async fn resume_session(&self, tenant: TenantId, session: SessionId) -> Result<u64> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query(
+                    "UPDATE events SET status = 'pending', turn_id = NULL WHERE session_id = $1 AND tenant_id = $2 \
+                     AND status = 'yielded'",
+                )
+                .bind(b(session.as_bytes()))
+                .bind(b(tenant.as_bytes()))
+                .execute(&mut *conn)
+                .await?;
+                Ok(done.rows_affected())
+            })
+        })
+        .await
+    }
+
+    pub async fn session(&self, tenant: TenantId, id: SessionId) -> Result<SessionRow> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1 AND tenant_id = $2"
+        )))
+        .bind(b(id.as_bytes()))
+        .bind(b(tenant.as_bytes()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        row.as_ref()
+            .map(session_row)
+            .transpose()?
+            .ok_or_else(|| Error::SessionNotFound(id.to_string()))
+    }
+
+    /// A session by id across tenants (the engine's own use, never a caller's).
+    pub async fn session_any_tenant(&self, id: SessionId) -> Result<SessionRow> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
+        )))
+        .bind(b(id.as_bytes()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        row.as_ref()
+            .map(session_row)
+            .transpose()?
+            .ok_or_else(|| Error::SessionNotFound(id.to_string()))
+    }
+
+    /// A tenant's sessions, most recently active first.
+    pub async fn sessions(
+        &self,
+        tenant: TenantId,
+        agent: Option<AgentId>,
+        limit: u32,
+    ) -> Result<Vec<SessionRow>> {
+        let rows = match agent {
+            Some(agent) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 AND agent_id = $2 ORDER BY updated_at DESC LIMIT $3"
+            )))
+            .bind(b(tenant.as_bytes()))
+            .bind(b(agent.as_bytes()))
+            .bind(i64::from(limit)),
+            None => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 ORDER BY updated_at DESC LIMIT $2"
+            )))
+            .bind(b(tenant.as_bytes()))
+            .bind(i64::from(limit)),
+        }
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        rows.iter().map(session_row).collect()
+    }
+
+    /// A session's turns, oldest first, each with the texts of its events.
+    pub async fn turns(&self, session: SessionId) -> Result<Vec<(TurnRow, Vec<EventRow>)>> {
+        let turns = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TURN_COLUMNS} FROM turns WHERE session_id = $1 ORDER BY started_at, id"
+        )))
+        .bind(b(session.as_bytes()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        let events = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 ORDER BY seq"
+        )))
+        .bind(b(session.as_bytes()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        let events: Vec<EventRow> = events.iter().map(event_row).collect::<Result<_>>()?;
+        turns
+            .iter()
+            .map(|row| {
+                let turn = turn_row(row)?;
+                let own = events.iter().filter(|e| e.turn_id == Some(turn.id)).cloned().collect();
+                Ok((turn, own))
+            })
+            .collect()
+    }
+
+    pub async fn turn(&self, id: TurnId) -> Result<TurnRow> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TURN_COLUMNS} FROM turns WHERE id = $1"
+        )))
+        .bind(b(id.as_bytes()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        row.as_ref().map(turn_row).transpose()?.ok_or_else(|| Error::EventNotFound(id.to_string()))
+    }
+
+    /// Outbox rows after `after`, all tenants (for the dispatcher).
+    pub async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<OutboxRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id > $1 ORDER BY id LIMIT $2"
+        )))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        rows.iter().map(outbox_row).collect()
+    }
+
+    /// A session's outbox rows after `after` (for resumable streams).
+    pub async fn session_outbox(
+        &self,
+        tenant: TenantId,
+        session: SessionId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE session_id = $1 AND tenant_id = $2 AND id > $3 ORDER BY id LIMIT $4"
+        )))
+        .bind(b(session.as_bytes()))
+        .bind(b(tenant.as_bytes()))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        rows.iter().map(outbox_row).collect()
+    }
+
+    /// `(last delivered outbox id, attempts on the next one)` of a subscriber.
+    pub async fn subscriber_cursor(&self, subscriber: &str) -> Result<(i64, i64)> {
+        let row =
+            sqlx::query("SELECT last_id, attempts FROM subscriber_cursors WHERE subscriber = $1")
+                .bind(subscriber)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.db(e))?;
+        Ok(match row {
+            Some(row) => (row.try_get("last_id")?, row.try_get("attempts")?),
+            None => (0, 0),
+        })
+    }
+
+    /// Moves a subscriber's cursor; with `dead` the skipped row is dead-lettered with the
+    /// reason, in the same transaction.
+    pub async fn set_subscriber_cursor(
+        &self,
+        subscriber: &str,
+        last_id: i64,
+        attempts: i64,
+        dead: Option<(i64, String)>,
+    ) -> Result<()> {
+        let now = self.now();
+        let subscriber = subscriber.to_owned();
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO subscriber_cursors (subscriber, last_id, attempts) VALUES ($1, $2, $3) \
+                     ON CONFLICT (subscriber) DO UPDATE SET last_id = excluded.last_id, attempts = excluded.attempts",
+                )
+                .bind(subscriber.clone())
+                .bind(last_id)
+                .bind(attempts)
+                .execute(&mut *conn)
+                .await?;
+                if let Some((outbox_id, reason)) = dead {
+                    sqlx::query(
+                        "INSERT INTO dead_letters (subscriber, outbox_id, reason, attempts, created_at) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subscriber, outbox_id) DO NOTHING",
+                    )
+                    .bind(subscriber)
+                    .bind(outbox_id)
+                    .bind(reason)
+                    .bind(attempts)
+                    .bind(now.as_millis())
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        let rows = sqlx::query("SELECT subscriber, outbox_id, reason, attempts, created_at FROM dead_letters ORDER BY created_at, outbox_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeadLetter {
+                    subscriber: r.try_get("subscriber")?,
+                    outbox_id: r.try_get("outbox_id")?,
+                    reason: r.try_get("reason")?,
+                    attempts: r.try_get("attempts")?,
+                    created_at: Timestamp::from_millis(r.try_get("created_at")?),
+                })
+            })
+            .collect()
+    }
+
+    pub async fn outbox_row(&self, id: i64) -> Result<OutboxRow> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        row.as_ref()
+            .map(outbox_row)
+            .transpose()?
+            .ok_or_else(|| Error::EventNotFound(format!("outbox #{id}")))
+    }
+
+    pub async fn delete_dead_letter(&self, subscriber: &str, outbox_id: i64) -> Result<()> {
+        let subscriber = subscriber.to_owned();
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query("DELETE FROM dead_letters WHERE subscriber = $1 AND outbox_id = $2")
+                    .bind(subscriber)
+                    .bind(outbox_id)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Integrity check of the whole database file (SQLite); used after crash recovery.
+    pub async fn integrity_check(&self) -> Result<String> {
+        if self.backend() != crate::Backend::Sqlite {
+            return Ok("ok".into());
+        }
+        let row = sqlx::query("PRAGMA integrity_check")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(row.try_get(0)?)
+    }
+}
+
+/// How a turn ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnOutcome {
+    /// `completed`, `failed` or `yielded`.
+    pub status: String,
+    pub reply: Option<String>,
+    pub error: Option<String>,
+    pub model: Option<String>,
+}
+
+async fn find_by_key(
+    conn: &mut AnyConnection,
+    tenant: TenantId,
+    key: &str,
+) -> Result<Option<(EventId, SessionId, String)>> {
+    let row = sqlx::query("SELECT id, session_id, payload_hash FROM events WHERE tenant_id = $1 AND idempotency_key = $2")
+        .bind(b(tenant.as_bytes()))
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|r| {
+        Ok((
+            EventId::from_bytes(id_bytes(&r, "id")?),
+            SessionId::from_bytes(id_bytes(&r, "session_id")?),
+            r.try_get::<String, _>("payload_hash")?,
+        ))
+    })
+    .transpose()
+}
+
+fn check_duplicate(
+    existing: (EventId, SessionId, String),
+    hash: &str,
+    key: &str,
+) -> Result<Accepted> {
+    let (event_id, session_id, stored) = existing;
+    if stored != hash {
+        return Err(Error::IdempotencyConflict(key.to_owned()));
+    }
+    Ok(Accepted { event_id, session_id, duplicate: true })
+}
