@@ -68,6 +68,17 @@ pub(crate) enum Command {
     /// Inspect and check clade.yaml
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Talk to an agent interactively, with replies streamed as they are written
+    Chat(ChatArgs),
+    /// Send events to the running gateway
+    #[command(subcommand)]
+    Event(EventCommand),
+    /// Sessions and their turns
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// Webhook deliveries that failed for good
+    #[command(subcommand)]
+    Deadletters(DeadlettersCommand),
     /// List the configured models, or call one
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -183,6 +194,64 @@ pub(crate) enum ConfigCommand {
         /// File to check [default: --config, else <data-dir>/clade.yaml]
         file: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// The gateway's URL [default: http://<server.listen>]
+    #[arg(long, value_name = "URL")]
+    pub(crate) server: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ChatArgs {
+    #[command(flatten)]
+    pub(crate) server: ServerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EventCommand {
+    /// Send one message (a new session per invocation, platform and channel `cli`)
+    Send {
+        text: String,
+        /// Return as soon as it is stored instead of waiting for the reply
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SessionsCommand {
+    /// List sessions, most recent first
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a session's turns
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a yielded session's turn again
+    Resume {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeadlettersCommand {
+    /// List dead-lettered deliveries
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deliver a dead-lettered event again; it is removed from the list when delivered
+    Retry { subscriber: String, outbox_id: i64 },
 }
 
 #[derive(Debug, Subcommand)]

@@ -33,11 +33,11 @@ impl Hub {
 
     pub fn publish(&self, session: SessionId, event: LiveEvent) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = sessions.get(&session) {
-            if tx.send(event).is_err() {
-                // Nobody listens any more: forget the channel so idle sessions cost nothing.
-                sessions.remove(&session);
-            }
+        // Nobody listens any more: forget the channel so idle sessions cost nothing.
+        if let Some(tx) = sessions.get(&session)
+            && tx.send(event).is_err()
+        {
+            sessions.remove(&session);
         }
     }
 }

@@ -6,6 +6,7 @@ mod bench;
 mod config;
 mod models;
 mod serve;
+mod sessions;
 
 use anyhow::Result;
 use clade_config::LogFormat;
@@ -38,6 +39,10 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Tenants(cmd) => admin::tenants(&ctx, cmd).await,
         Command::Tokens(cmd) => admin::tokens(&ctx, cmd).await,
         Command::Secrets(cmd) => admin::secrets(&ctx, cmd).await,
+        Command::Chat(args) => sessions::chat(&ctx, args).await,
+        Command::Event(cmd) => sessions::event(&ctx, cmd).await,
+        Command::Sessions(cmd) => sessions::run(&ctx, cmd).await,
+        Command::Deadletters(cmd) => sessions::deadletters(&ctx, cmd).await,
         Command::Models(cmd) => models::run(&ctx, cmd).await,
         Command::Usage(args) => models::usage(&ctx, args).await,
         Command::Bench(cmd) => bench::run(&ctx, cmd).await,

@@ -1,0 +1,262 @@
+//! `clade chat`, `clade event send`, `clade sessions`, `clade deadletters`.
+
+use std::io::{BufRead, Write};
+
+use anyhow::{Context as _, Result, bail};
+use clade_core::SessionId;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::cli::{ChatArgs, DeadlettersCommand, EventCommand, SessionsCommand};
+use crate::context::Ctx;
+use crate::output;
+
+/// A small client of the running gateway.
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Client {
+    fn new(ctx: &Ctx, url: Option<&str>) -> Result<Self> {
+        let (url, token) = ctx.server(url)?;
+        Ok(Self { http: reqwest::Client::new(), url, token })
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<(u16, Value)> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the gateway at {}: is `clade serve` running? (--server URL)",
+                    self.url
+                )
+            })?;
+        let status = response.status().as_u16();
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        if status >= 400 {
+            let message = value["error"]["message"].as_str().unwrap_or("request failed");
+            bail!("{message} (HTTP {status})");
+        }
+        Ok((status, value))
+    }
+}
+
+fn print_reply(value: &Value) {
+    match value["status"].as_str() {
+        Some("completed") => println!("{}", value["reply"]["text"].as_str().unwrap_or_default()),
+        Some(other) => eprintln!("turn {other}: {}", value["error"].as_str().unwrap_or("no reply")),
+        None => {
+            println!("accepted: event {} in session {}", value["event_id"], value["session_id"])
+        }
+    }
+}
+
+pub(super) async fn event(ctx: &Ctx, cmd: EventCommand) -> Result<()> {
+    let EventCommand::Send { text, no_wait, server } = cmd;
+    let agent = ctx.agent(None).await?;
+    let client = Client::new(ctx, server.server.as_deref())?;
+    // A new session per invocation: the actor names this process.
+    let actor = format!("cli-{}-{}", std::process::id(), ctx.store.now().as_millis());
+    let body = json!({
+        "agent": agent.handle.as_str(),
+        "text": text,
+        "source": { "platform": "cli", "channel": "cli", "actor": actor },
+        "wait": !no_wait,
+    });
+    let (_, value) = client.post("/v1/events", body).await?;
+    print_reply(&value);
+    Ok(())
+}
+
+pub(super) async fn chat(ctx: &Ctx, args: ChatArgs) -> Result<()> {
+    let agent = ctx.agent(None).await?;
+    let client = Client::new(ctx, args.server.server.as_deref())?;
+    let actor = format!("chat-{}-{}", std::process::id(), ctx.store.now().as_millis());
+    eprintln!("chatting with {} (end with Ctrl-D)", agent.handle);
+    let stdin = std::io::stdin();
+    let mut stream: Option<(
+        String,
+        futures::stream::BoxStream<'static, Result<bytes::Bytes, reqwest::Error>>,
+    )> = None;
+    let mut parser = clade_model::sse::SseParser::default();
+    for line in stdin.lock().lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let body = json!({
+            "agent": agent.handle.as_str(),
+            "text": line,
+            "source": { "platform": "cli", "channel": "chat", "actor": actor },
+        });
+        let (_, accepted) = client.post("/v1/events", body).await?;
+        let event_id = accepted["event_id"].as_str().unwrap_or_default().to_owned();
+        let session = accepted["session_id"].as_str().unwrap_or_default().to_owned();
+        if stream.as_ref().is_none_or(|(s, _)| *s != session) {
+            let response = client
+                .http
+                .get(format!("{}/v1/sessions/{session}/events", client.url))
+                .bearer_auth(&client.token)
+                .send()
+                .await?;
+            stream = Some((session.clone(), response.bytes_stream().boxed()));
+        }
+        let Some((_, body)) = stream.as_mut() else { continue };
+        // Print deltas until the turn that answers our event ends.
+        let mut ours = false;
+        'read: while let Some(chunk) = body.next().await {
+            let mut events = Vec::new();
+            parser.push(&chunk?, &mut events)?;
+            for event in events {
+                let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+                match event.event.as_deref() {
+                    Some("turn.started") => {
+                        ours = data["events"]
+                            .as_array()
+                            .is_some_and(|e| e.iter().any(|id| id == &event_id));
+                    }
+                    Some("text.delta") if ours => {
+                        print!("{}", data["text"].as_str().unwrap_or_default());
+                        let _ = std::io::stdout().flush();
+                    }
+                    Some("turn.finished" | "turn.failed" | "turn.yielded") if ours => {
+                        if let Some(error) = data["error"].as_str() {
+                            eprintln!("[{}: {error}]", event.event.unwrap_or_default());
+                        }
+                        println!();
+                        break 'read;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
+    let tenant = ctx.tenant().await?;
+    match cmd {
+        SessionsCommand::List { json } => {
+            let agent = match ctx.explicit_agent() {
+                Some(handle) => Some(ctx.store.agent(tenant.id, handle).await?.id),
+                None => None,
+            };
+            let sessions = ctx.store.sessions(tenant.id, agent, 1000).await?;
+            if json {
+                let items: Vec<_> = sessions
+                    .iter()
+                    .map(|s| json!({
+                        "id": s.id.to_string(), "agent_id": s.agent_id.to_string(),
+                        "platform": s.source.platform, "channel": s.source.channel, "actor": s.source.actor,
+                        "last_active_channel": s.last_active_channel, "updated_at": s.updated_at.as_millis(),
+                    }))
+                    .collect();
+                return output::json(&items);
+            }
+            let rows: Vec<_> = sessions
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.id.to_string(),
+                        s.source.platform.clone(),
+                        s.source.channel.clone(),
+                        s.source.actor.clone(),
+                        s.updated_at.to_string(),
+                    ]
+                })
+                .collect();
+            output::table(&["ID", "PLATFORM", "CHANNEL", "ACTOR", "ACTIVE"], &rows);
+        }
+        SessionsCommand::Show { id, json } => {
+            let id = SessionId::parse(&id)?;
+            let session = ctx.store.session(tenant.id, id).await?;
+            let turns = ctx.store.turns(session.id).await?;
+            if json {
+                let items: Vec<_> = turns
+                    .iter()
+                    .map(|(t, events)| json!({
+                        "id": t.id.to_string(), "status": t.status, "reply": t.reply, "error": t.error, "model": t.model,
+                        "started_at": t.started_at.as_millis(),
+                        "events": events.iter().map(|e| json!({ "id": e.id.to_string(), "seq": e.seq, "text": e.text })).collect::<Vec<_>>(),
+                    }))
+                    .collect();
+                return output::json(&json!({ "session": id.to_string(), "turns": items }));
+            }
+            println!(
+                "session {} ({} / {} / {})",
+                session.id, session.source.platform, session.source.channel, session.source.actor
+            );
+            for (turn, events) in turns {
+                for event in events {
+                    println!("> {}", event.text);
+                }
+                match turn.status.as_str() {
+                    "completed" => println!("< {}", turn.reply.unwrap_or_default()),
+                    status => println!("< [{status}] {}", turn.error.unwrap_or_default()),
+                }
+            }
+        }
+        SessionsCommand::Resume { id, server } => {
+            let id = SessionId::parse(&id)?;
+            let client = Client::new(ctx, server.server.as_deref())?;
+            let (_, value) = client.post(&format!("/v1/sessions/{id}/resume"), json!({})).await?;
+            println!("resumed {} event(s) of session {id}", value["resumed_events"]);
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn deadletters(ctx: &Ctx, cmd: DeadlettersCommand) -> Result<()> {
+    match cmd {
+        DeadlettersCommand::List { json } => {
+            let letters = ctx.store.dead_letters().await?;
+            if json {
+                let items: Vec<_> = letters
+                    .iter()
+                    .map(|d| json!({ "subscriber": d.subscriber, "outbox_id": d.outbox_id, "reason": d.reason, "attempts": d.attempts, "created_at": d.created_at.as_millis() }))
+                    .collect();
+                return output::json(&items);
+            }
+            let rows: Vec<_> = letters
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.subscriber.clone(),
+                        d.outbox_id.to_string(),
+                        d.attempts.to_string(),
+                        d.created_at.to_string(),
+                        d.reason.clone(),
+                    ]
+                })
+                .collect();
+            output::table(&["SUBSCRIBER", "OUTBOX ID", "ATTEMPTS", "AT", "REASON"], &rows);
+        }
+        DeadlettersCommand::Retry { subscriber, outbox_id } => {
+            let letters = ctx.store.dead_letters().await?;
+            if !letters.iter().any(|d| d.subscriber == subscriber && d.outbox_id == outbox_id) {
+                bail!(
+                    "no dead letter {outbox_id} for subscriber {subscriber:?}: see `clade deadletters list`"
+                );
+            }
+            let target =
+                ctx.subscribers()?.into_iter().find(|s| s.name == subscriber).with_context(
+                    || format!("subscriber {subscriber:?} is no longer in clade.yaml"),
+                )?;
+            let row = ctx.store.outbox_row(outbox_id).await?;
+            clade_runtime::outbox::deliver(&reqwest::Client::new(), &target, &row)
+                .await
+                .map_err(|reason| anyhow::anyhow!("delivery failed again: {reason}"))?;
+            ctx.store.delete_dead_letter(&subscriber, outbox_id).await?;
+            println!("delivered outbox event {outbox_id} to {subscriber}");
+        }
+    }
+    Ok(())
+}
