@@ -81,6 +81,7 @@ pub fn document() -> Value {
         "name": "handle", "in": "path", "required": true,
         "schema": { "type": "string", "pattern": "^[a-z0-9_-]{1,64}$" }
     });
+    let session_param = json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } });
     let codes: Vec<Value> = Code::ALL.iter().map(|c| json!(c.as_str())).collect();
     json!({
         "openapi": "3.1.0",
@@ -138,6 +139,62 @@ pub fn document() -> Value {
                     }
                 }
             },
+            "/v1/events": {
+                "post": {
+                    "summary": "Send an event to an agent; answered once it is durably stored",
+                    "parameters": [ { "name": "Idempotency-Key", "in": "header", "schema": { "type": "string" } } ],
+                    "requestBody": { "required": true, "content": json_content("EventParams") },
+                    "responses": {
+                        "200": { "description": "with wait: the finished turn", "content": json_content("EventResponse") },
+                        "202": { "description": "stored; the turn runs", "content": json_content("EventResponse") },
+                        "400": error_response("invalid body"),
+                        "401": error_response("missing or invalid token"),
+                        "404": error_response("no such agent"),
+                        "409": error_response("idempotency key reused with another payload"),
+                        "413": error_response("body too large"),
+                        "422": error_response("no agent named and no binding matches"),
+                        "429": error_response("the session's queue is full; see Retry-After")
+                    }
+                }
+            },
+            "/v1/sessions": {
+                "get": {
+                    "summary": "The caller's sessions, most recently active first",
+                    "parameters": [
+                        { "name": "agent", "in": "query", "schema": { "type": "string" } },
+                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } }
+                    ],
+                    "responses": {
+                        "200": { "description": "sessions", "content": json_content("SessionListResponse") },
+                        "401": error_response("missing or invalid token")
+                    }
+                }
+            },
+            "/v1/sessions/{id}": { "get": {
+                "summary": "A session",
+                "parameters": [ session_param.clone() ],
+                "responses": { "200": { "description": "the session", "content": json_content("SessionResponse") }, "404": error_response("no such session") }
+            }},
+            "/v1/sessions/{id}/turns": { "get": {
+                "summary": "A session's full turns, oldest first",
+                "parameters": [ session_param.clone() ],
+                "responses": { "200": { "description": "turns", "content": json_content("TurnListResponse") }, "404": error_response("no such session") }
+            }},
+            "/v1/sessions/{id}/events": { "get": {
+                "summary": "Server-Sent Events: lifecycle events (resumable with Last-Event-ID or ?after=) and live text deltas",
+                "parameters": [ session_param.clone(), { "name": "Last-Event-ID", "in": "header", "schema": { "type": "integer" } }, { "name": "after", "in": "query", "schema": { "type": "integer" } } ],
+                "responses": { "200": { "description": "text/event-stream" }, "404": error_response("no such session") }
+            }},
+            "/v1/sessions/{id}/resume": { "post": {
+                "summary": "Run a yielded turn again",
+                "parameters": [ session_param.clone() ],
+                "responses": { "200": { "description": "{resumed_events}" }, "404": error_response("no such session") }
+            }},
+            "/v1/sessions/{id}/cancel": { "post": {
+                "summary": "Cancel the running turn",
+                "parameters": [ session_param ],
+                "responses": { "200": { "description": "{cancelled}" }, "404": error_response("no such session") }
+            }},
             "/v1/usage": {
                 "get": {
                     "summary": "Model usage and cost of the caller's tenant, per agent and model",

@@ -120,14 +120,11 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
                 continue;
             }
             match deliver(&client, &subscriber, &row).await {
+                // The cursor is saved after the batch (or before a back-off): a crash in
+                // between redelivers a few events, which at-least-once allows.
                 Ok(()) => {
                     cursor = row.id;
                     attempts = 0;
-                    if let Err(err) =
-                        store.set_subscriber_cursor(&subscriber.name, cursor, 0, None).await
-                    {
-                        tracing::error!(subscriber = %subscriber.name, error = %err, "cannot save the delivery cursor");
-                    }
                 }
                 Err(reason) => {
                     attempts += 1;
@@ -159,7 +156,10 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
                 }
             }
         }
-        // Skipped (filtered) rows also move the cursor.
-        let _ = store.set_subscriber_cursor(&subscriber.name, cursor, attempts, None).await;
+        if let Err(err) =
+            store.set_subscriber_cursor(&subscriber.name, cursor, attempts, None).await
+        {
+            tracing::error!(subscriber = %subscriber.name, error = %err, "cannot save the delivery cursor");
+        }
     }
 }

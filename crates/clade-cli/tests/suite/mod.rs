@@ -1,4 +1,5 @@
 mod cli;
+mod crash;
 mod http;
 mod models;
 mod support;

@@ -3,11 +3,14 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use assert_cmd::cargo::CommandCargoExt;
 
 pub struct Env {
     pub tmp: tempfile::TempDir,
+    /// Extra environment for every command (e.g. subscriber secrets).
+    pub vars: Vec<(String, String)>,
 }
 
 pub struct Output {
@@ -42,7 +45,7 @@ impl Output {
 
 impl Env {
     pub fn new() -> Self {
-        Self { tmp: tempfile::tempdir().unwrap() }
+        Self { tmp: tempfile::tempdir().unwrap(), vars: Vec::new() }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -62,6 +65,9 @@ impl Env {
             cmd.env_remove(var);
         }
         cmd.env("CLADE_DATA_DIR", self.data_dir());
+        for (k, v) in &self.vars {
+            cmd.env(k, v);
+        }
         cmd
     }
 
@@ -106,16 +112,21 @@ impl Env {
             .find(|w| w.starts_with("http://"))
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_owned();
-        // Keep draining stdout so the server never blocks on a full pipe.
+        // Keep draining both pipes so the server never blocks on a full one.
         std::thread::spawn(move || for _ in lines {});
-        Server {
-            child,
-            url,
-            token: std::fs::read_to_string(self.data_dir().join("token"))
-                .unwrap()
-                .trim()
-                .to_owned(),
-        }
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let token =
+            std::fs::read_to_string(self.data_dir().join("token")).unwrap().trim().to_owned();
+        Server { child, url, token, logs }
     }
 }
 
@@ -123,18 +134,22 @@ pub struct Server {
     pub child: Child,
     pub url: String,
     pub token: String,
+    logs: Arc<Mutex<String>>,
 }
 
 impl Server {
+    /// Kills the server with SIGKILL: no chance to flush or clean up.
+    pub fn kill9(mut self) {
+        let _ = Command::new("kill").arg("-9").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+
     /// Stops the server and returns what it logged.
     pub fn stop(mut self) -> String {
         unsafe_free_kill(&mut self.child);
-        let mut stderr = String::new();
-        if let Some(mut err) = self.child.stderr.take() {
-            use std::io::Read;
-            let _ = err.read_to_string(&mut stderr);
-        }
-        stderr
+        // Give the reader thread a moment to take the last lines.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        self.logs.lock().unwrap().clone()
     }
 }
 
