@@ -38,7 +38,7 @@ async fn receiver(state: Arc<Mutex<Deliveries>>) -> String {
                 let mut d = state.lock().unwrap_or_else(|e| e.into_inner());
                 d.served += 1;
                 // A flaky subscriber: every seventh request fails and must be retried.
-                if d.served % 7 == 0 {
+                if d.served.is_multiple_of(7) {
                     return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
                 }
                 let signature = headers
@@ -125,7 +125,8 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
 
     // Drivers: one per session, events in order, each acknowledged before the next is sent.
     let acks: Arc<Mutex<BTreeMap<(usize, usize), String>>> = Arc::default();
-    let duplicates: Arc<Mutex<Vec<((usize, usize), String)>>> = Arc::default();
+    type Answers = Vec<((usize, usize), String)>;
+    let duplicates: Arc<Mutex<Answers>> = Arc::default();
     let mut drivers = Vec::new();
     for s in 0..SESSIONS {
         let (client, url, acks, duplicates) =
@@ -167,7 +168,8 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
         driver.await.unwrap();
     }
     // Resend every acknowledged event once more after the crashes: all must deduplicate.
-    for ((s, j), ack) in acks.lock().unwrap().clone() {
+    let acked = acks.lock().unwrap().clone();
+    for ((s, j), ack) in acked {
         let body = json!({
             "agent": "crash", "text": text_for(s, j),
             "source": { "platform": "test", "channel": format!("c{s}"), "actor": "driver" },
