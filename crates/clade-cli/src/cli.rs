@@ -304,4 +304,17 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 10_000)]
         lookups: u64,
     },
+    /// Run turns against the offline model (0 ms) and report turns/s, added latency, RSS and
+    /// commits per turn, for each concurrency and durability
+    Turns {
+        /// Concurrent sessions, comma-separated
+        #[arg(long, default_value = "1,100,1000", value_delimiter = ',')]
+        sessions: Vec<usize>,
+        /// Turns per measurement
+        #[arg(long, default_value_t = 5000)]
+        turns: usize,
+        /// Durability settings to measure, comma-separated
+        #[arg(long, default_value = "full,normal", value_delimiter = ',')]
+        durability: Vec<String>,
+    },
 }

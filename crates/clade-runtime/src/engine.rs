@@ -89,6 +89,9 @@ struct ModelStep {
     output_tokens: u64,
     cost_micros: u64,
     route: Vec<String>,
+    /// Messages in the request.
+    #[serde(default)]
+    messages: usize,
 }
 
 /// A tool result, as journaled.
@@ -417,16 +420,6 @@ async fn run_turn(inner: &Inner, session_id: SessionId, events: &[EventRow]) -> 
                     tools: tools.clone(),
                     ..ModelRequest::default()
                 };
-                let intent = json!({ "iteration": iteration, "messages": request.messages.len(), "tools": tools.len() });
-                journal_step(
-                    inner,
-                    &turn,
-                    format!("model/{iteration}/request"),
-                    "model_request",
-                    intent,
-                    Vec::new(),
-                )
-                .await?;
                 let hub = inner.hub.clone();
                 let turn_id = turn.id.to_string();
                 let mut on_event = |event: &StreamEvent| {
@@ -441,9 +434,17 @@ async fn run_turn(inner: &Inner, session_id: SessionId, events: &[EventRow]) -> 
                         );
                     }
                 };
+                // Only the response is journaled: a call that crashed before its response was
+                // recorded is simply made again (no side effect happened on our side).
                 let outcome = match inner
                     .models
-                    .call(&tenant, Some(&agent), ProcessKind::Channel, &request, &mut on_event)
+                    .call_unrecorded(
+                        &tenant,
+                        Some(&agent),
+                        ProcessKind::Channel,
+                        &request,
+                        &mut on_event,
+                    )
                     .await
                 {
                     Ok(outcome) => outcome,
@@ -462,9 +463,20 @@ async fn run_turn(inner: &Inner, session_id: SessionId, events: &[EventRow]) -> 
                     output_tokens: outcome.response.usage.output_tokens,
                     cost_micros: outcome.cost_micros,
                     route: outcome.events.iter().map(|e| format!("{e:?}")).collect(),
+                    messages: request.messages.len(),
                 };
-                let data = serde_json::to_value(&done).unwrap_or(Value::Null);
-                journal_step(inner, &turn, step, "model_response", data, Vec::new()).await?;
+                let usage = crate::models::usage_record(&tenant, Some(&agent), &outcome);
+                let entry = JournalEntry {
+                    step,
+                    kind: "model_response".into(),
+                    data: serde_json::to_string(&done).unwrap_or_default(),
+                };
+                let rows = inner
+                    .store
+                    .append_journal(&turn, entry, Vec::new(), Some(usage))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                publish(inner, &rows);
                 done
             }
         };
@@ -519,6 +531,7 @@ async fn journal_step(
             turn,
             JournalEntry { step, kind: kind.into(), data: data.to_string() },
             events,
+            None,
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -621,6 +634,7 @@ async fn run_tool(
             turn,
             JournalEntry { step: result_step, kind: "tool_result".into(), data: entry.to_string() },
             vec![outbox("tool.result", data)],
+            None,
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -668,18 +682,15 @@ async fn compose(
         session.source.platform, session.source.channel, session.source.actor
     ));
     let mut messages = vec![Message::system(system)];
-    if let Ok(turns) = inner.store.turns(session.id).await {
-        let earlier: Vec<_> =
-            turns.into_iter().filter(|(t, _)| t.id != turn.id && t.status == "completed").collect();
-        let skip = earlier.len().saturating_sub(inner.options.sessions.history_turns as usize);
-        for (t, evs) in earlier.into_iter().skip(skip) {
-            for e in evs {
-                messages.push(Message::user(e.text));
+    match inner.store.history(session.id, turn.id, inner.options.sessions.history_turns).await {
+        Ok(history) => {
+            for (user, reply) in history {
+                messages.push(Message::user(user));
+                messages.push(Message::Assistant { text: reply, tool_calls: Vec::new() });
             }
-            messages.push(Message::Assistant {
-                text: t.reply.unwrap_or_default(),
-                tool_calls: Vec::new(),
-            });
+        }
+        Err(err) => {
+            tracing::warn!(session = %session.id, error = %err, "cannot read the session's history")
         }
     }
     for event in events {

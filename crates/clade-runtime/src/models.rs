@@ -224,6 +224,24 @@ impl Models {
         request: &clade_model::ModelRequest,
         on_event: &mut (dyn FnMut(&clade_model::StreamEvent) + Send),
     ) -> Result<clade_model::CallOutcome, clade_model::CallError> {
+        let outcome = self.call_unrecorded(tenant, agent, kind, request, on_event).await?;
+        let record = usage_record(tenant, agent, &outcome);
+        if let Err(err) = self.store.record_usage(record).await {
+            tracing::error!(error = %err, "could not record model usage");
+        }
+        Ok(outcome)
+    }
+
+    /// Like [`Models::call`], leaving the usage for the caller to record (the turn engine
+    /// writes it in the same transaction as the journal entry).
+    pub async fn call_unrecorded(
+        &self,
+        tenant: &clade_core::Tenant,
+        agent: Option<&Agent>,
+        kind: ProcessKind,
+        request: &clade_model::ModelRequest,
+        on_event: &mut (dyn FnMut(&clade_model::StreamEvent) + Send),
+    ) -> Result<clade_model::CallOutcome, clade_model::CallError> {
         let chain = self.chain(kind, agent.map(|a| a.handle.as_str()));
         let router = self.router_for(agent);
         let budget = crate::StoreBudget::for_caller(
@@ -233,24 +251,9 @@ impl Models {
             tenant,
             agent.map(|a| (a.id, a.handle.as_str())),
         );
-        let outcome = router
+        router
             .call(&chain, request, budget.as_ref().map(|b| b as &dyn clade_model::Budget), on_event)
-            .await?;
-        let usage = outcome.response.usage;
-        let record = UsageRecord {
-            tenant: tenant.id,
-            agent: agent.map(|a| a.id),
-            model: outcome.model.clone(),
-            input_tokens: usage.input_tokens,
-            output_tokens: usage.output_tokens,
-            cached_tokens: usage.cached_input_tokens,
-            cache_write_tokens: usage.cache_write_tokens,
-            cost_micros: outcome.cost_micros,
-        };
-        if let Err(err) = self.store.record_usage(record).await {
-            tracing::error!(error = %err, "could not record model usage");
-        }
-        Ok(outcome)
+            .await
     }
 
     /// Default `max_tokens` of a model, if configured.
@@ -360,6 +363,25 @@ impl Models {
             return Some(secret_credentials(&oauth.secret, Some(oauth)));
         }
         None
+    }
+}
+
+/// The usage row of a finished call.
+pub fn usage_record(
+    tenant: &clade_core::Tenant,
+    agent: Option<&Agent>,
+    outcome: &clade_model::CallOutcome,
+) -> UsageRecord {
+    let usage = outcome.response.usage;
+    UsageRecord {
+        tenant: tenant.id,
+        agent: agent.map(|a| a.id),
+        model: outcome.model.clone(),
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cached_tokens: usage.cached_input_tokens,
+        cache_write_tokens: usage.cache_write_tokens,
+        cost_micros: outcome.cost_micros,
     }
 }
 

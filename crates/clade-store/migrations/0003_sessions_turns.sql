@@ -31,6 +31,8 @@ CREATE TABLE events (
 );
 
 CREATE INDEX events_open ON events (status, session_id, seq);
+CREATE INDEX events_by_session ON events (session_id, status, seq);
+CREATE INDEX events_by_turn ON events (turn_id);
 
 -- status: running -> completed | failed | yielded
 CREATE TABLE turns (

@@ -86,8 +86,8 @@ pub(crate) async fn connect(location: &Location, durability: Durability) -> Resu
     sqlx::any::install_default_drivers();
     let shown = location.redacted();
     let (url, max_connections) = match location {
-        Location::Sqlite(path) => (sqlite_url(path), 4),
-        Location::Postgres(url) => (url.clone(), 8),
+        Location::Sqlite(path) => (sqlite_url(path), 8),
+        Location::Postgres(url) => (url.clone(), 10),
     };
     let options = AnyConnectOptions::from_str(&url)
         .map_err(|err| Error::Unreachable { location: shown.clone(), detail: err.to_string() })?
@@ -105,6 +105,9 @@ pub(crate) async fn connect(location: &Location, durability: Durability) -> Resu
     let pool = AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        // A broken connection fails its query and is replaced; pinging before every use would
+        // cost a round trip per query.
+        .test_before_acquire(false)
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 for statement in session_settings(backend, durability) {

@@ -117,6 +117,32 @@ pub struct BudgetSettlement {
     pub spent: u64,
 }
 
+/// Inserts a usage row inside the caller's transaction.
+pub(crate) async fn insert_usage(
+    conn: &mut AnyConnection,
+    usage: &UsageRecord,
+    now: Timestamp,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO model_usage (id, tenant_id, agent_id, model, input_tokens, output_tokens, \
+         cached_tokens, cache_write_tokens, cost_micros, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(clade_core::TokenId::generate(now).as_bytes().to_vec())
+    .bind(usage.tenant.as_bytes().to_vec())
+    .bind(usage.agent.map(|a| a.as_bytes().to_vec()))
+    .bind(usage.model.clone())
+    .bind(to_i64(usage.input_tokens))
+    .bind(to_i64(usage.output_tokens))
+    .bind(to_i64(usage.cached_tokens))
+    .bind(to_i64(usage.cache_write_tokens))
+    .bind(to_i64(usage.cost_micros))
+    .bind(now.as_millis())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 pub(crate) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -735,31 +761,8 @@ impl Store {
 
     /// Records one model call's usage.
     pub async fn record_usage(&self, usage: UsageRecord) -> Result<()> {
-        let id = clade_core::TokenId::generate(self.now());
-        let now = self.now().as_millis();
-        self.write(move |conn| {
-            Box::pin(async move {
-                sqlx::query(
-                    "INSERT INTO model_usage (id, tenant_id, agent_id, model, input_tokens, output_tokens, \
-                     cached_tokens, cache_write_tokens, cost_micros, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                )
-                .bind(id.as_bytes().to_vec())
-                .bind(usage.tenant.as_bytes().to_vec())
-                .bind(usage.agent.map(|a| a.as_bytes().to_vec()))
-                .bind(usage.model)
-                .bind(to_i64(usage.input_tokens))
-                .bind(to_i64(usage.output_tokens))
-                .bind(to_i64(usage.cached_tokens))
-                .bind(to_i64(usage.cache_write_tokens))
-                .bind(to_i64(usage.cost_micros))
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-                Ok(())
-            })
-        })
-        .await
+        let now = self.now();
+        self.write(move |conn| Box::pin(async move { insert_usage(conn, &usage, now).await })).await
     }
 
     /// Usage of a tenant since `since`, summed per agent and model.

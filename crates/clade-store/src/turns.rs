@@ -10,7 +10,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use crate::error::{Error, Result};
-use crate::store::{Store, id_bytes, is_unique_violation};
+use crate::store::{Store, UsageRecord, id_bytes, insert_usage, is_unique_violation};
 
 /// Where an event came from; with tenant and agent it keys the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,9 +239,12 @@ impl Store {
                     return check_duplicate(existing, &event.payload_hash, &key);
                 }
                 let s = &event.source;
+                // One round trip: the session, its next position and how many events wait.
                 let session = sqlx::query(
-                    "SELECT id FROM sessions WHERE tenant_id = $1 AND agent_id = $2 AND platform = $3 \
-                     AND channel = $4 AND actor = $5",
+                    "SELECT s.id AS id, s.next_seq AS next_seq, (SELECT COUNT(*) FROM events e \
+                     WHERE e.session_id = s.id AND e.status IN ('pending', 'running')) AS open \
+                     FROM sessions s WHERE s.tenant_id = $1 AND s.agent_id = $2 AND s.platform = $3 \
+                     AND s.channel = $4 AND s.actor = $5",
                 )
                 .bind(b(event.tenant.as_bytes()))
                 .bind(b(event.agent.as_bytes()))
@@ -250,8 +253,12 @@ impl Store {
                 .bind(s.actor.clone())
                 .fetch_optional(&mut *conn)
                 .await?;
-                let session_id = match session {
-                    Some(row) => SessionId::from_bytes(id_bytes(&row, "id")?),
+                let (session_id, seq, open) = match session {
+                    Some(row) => (
+                        SessionId::from_bytes(id_bytes(&row, "id")?),
+                        row.try_get::<i64, _>("next_seq")?,
+                        row.try_get::<i64, _>("open")?,
+                    ),
                     None => {
                         let id = SessionId::generate(now);
                         sqlx::query(
@@ -268,24 +275,12 @@ impl Store {
                         .bind(now.as_millis())
                         .execute(&mut *conn)
                         .await?;
-                        id
+                        (id, 0, 0)
                     }
                 };
-                let open: i64 = sqlx::query(
-                    "SELECT COUNT(*) FROM events WHERE session_id = $1 AND status IN ('pending', 'running')",
-                )
-                .bind(b(session_id.as_bytes()))
-                .fetch_one(&mut *conn)
-                .await?
-                .try_get(0)?;
                 if open as u64 >= event.max_open_per_session {
                     return Err(Error::SessionBusy { pending: open as u64 });
                 }
-                let seq: i64 = sqlx::query("SELECT next_seq FROM sessions WHERE id = $1")
-                    .bind(b(session_id.as_bytes()))
-                    .fetch_one(&mut *conn)
-                    .await?
-                    .try_get(0)?;
                 let inserted = sqlx::query(
                     "INSERT INTO events (id, tenant_id, session_id, seq, idempotency_key, payload_hash, text, \
                      status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)",
@@ -489,6 +484,7 @@ impl Store {
         turn: &TurnRow,
         entry: JournalEntry,
         outbox: Vec<OutboxEvent>,
+        usage: Option<UsageRecord>,
     ) -> Result<Vec<OutboxRow>> {
         let now = self.now();
         let (turn_id, tenant, session) = (turn.id, turn.tenant_id, turn.session_id);
@@ -507,6 +503,9 @@ impl Store {
                 .await?;
                 if inserted.rows_affected() == 0 {
                     return Ok(Vec::new());
+                }
+                if let Some(usage) = &usage {
+                    insert_usage(conn, usage, now).await?;
                 }
                 insert_outbox(conn, now, tenant, Some(session), Some(turn_id), &outbox).await
             })
@@ -652,6 +651,43 @@ impl Store {
                 Ok((turn, own))
             })
             .collect()
+    }
+
+    /// The last `limit` completed turns of a session before `before`, oldest first, with the
+    /// texts of their events: the conversation history a new turn sees.
+    pub async fn history(
+        &self,
+        session: SessionId,
+        before: TurnId,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT t.id AS id, t.reply AS reply, e.text AS text FROM turns t JOIN events e ON e.turn_id = t.id \
+             WHERE t.id IN (SELECT id FROM turns WHERE session_id = $1 AND status = 'completed' AND id < $2 \
+             ORDER BY id DESC LIMIT $3) ORDER BY t.id, e.seq",
+        )
+        .bind(b(session.as_bytes()))
+        .bind(b(before.as_bytes()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        let mut out: Vec<(Vec<u8>, String, String)> = Vec::new();
+        for row in &rows {
+            let id: Vec<u8> = row.try_get("id")?;
+            let text: String = row.try_get("text")?;
+            match out.last_mut() {
+                Some((last, user, _)) if *last == id => {
+                    user.push('\n');
+                    user.push_str(&text);
+                }
+                _ => {
+                    let reply: Option<String> = row.try_get("reply")?;
+                    out.push((id, text, reply.unwrap_or_default()));
+                }
+            }
+        }
+        Ok(out.into_iter().map(|(_, user, reply)| (user, reply)).collect())
     }
 
     pub async fn turn(&self, id: TurnId) -> Result<TurnRow> {

@@ -17,6 +17,9 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
         BenchCommand::Agents { count, batch, concurrency, lookups } => {
             agents(ctx, count, batch, concurrency, lookups).await
         }
+        BenchCommand::Turns { sessions, turns: total, durability } => {
+            super::bench_turns::run(ctx, &sessions, total, &durability).await
+        }
     }
 }
 

@@ -1,0 +1,186 @@
+//! `clade bench turns`: the turn engine against the offline model at 0 ms, closed loop: each
+//! session sends its next message when the previous turn has finished.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clade_core::{AgentConfig, Handle, SystemClock};
+use clade_runtime::{Engine, EngineOptions, EnvHints, Envelope, Models};
+use clade_store::{
+    Agents, DataDir, Durability, Location, NewAgent, Secrets, Source, Store, StoreOptions,
+};
+
+use crate::context::Ctx;
+
+#[allow(clippy::disallowed_methods)] // Benchmarks measure elapsed time.
+fn now() -> Instant {
+    Instant::now()
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub(super) async fn run(
+    ctx: &Ctx,
+    sessions: &[usize],
+    total: usize,
+    durabilities: &[String],
+) -> Result<()> {
+    if total == 0 || sessions.iter().any(|s| *s == 0) {
+        bail!("--turns and every --sessions value must be at least 1");
+    }
+    println!("bench turns: offline model (0 ms), {total} turns per row, closed loop");
+    println!(
+        "{:<10} {:>9} {:>10} {:>12} {:>12} {:>14} {:>16}",
+        "durability", "sessions", "turns/s", "p50 ms", "p99 ms", "commits/turn", "RSS/session KiB"
+    );
+    for durability in durabilities {
+        let level = match durability.as_str() {
+            "full" => Durability::Full,
+            "normal" => Durability::Normal,
+            other => bail!("unknown durability {other:?}: use full or normal"),
+        };
+        for &n in sessions {
+            let dir = ctx
+                .data_dir
+                .root()
+                .join("bench-turns")
+                .join(format!("{durability}-{n}-{}", ctx.store.now().as_millis()));
+            let row = measure(&dir, level, n, total).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            let row = row?;
+            println!(
+                "{:<10} {:>9} {:>10.0} {:>12.3} {:>12.3} {:>14.2} {:>16.1}",
+                durability,
+                n,
+                row.turns_per_sec,
+                row.p50_ms,
+                row.p99_ms,
+                row.commits_per_turn,
+                row.rss_per_session_kib
+            );
+        }
+    }
+    println!(
+        "(RSS/session: growth while all sessions were active, divided by the number of sessions)"
+    );
+    Ok(())
+}
+
+struct Row {
+    turns_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    commits_per_turn: f64,
+    rss_per_session_kib: f64,
+}
+
+async fn measure(
+    dir: &std::path::Path,
+    durability: Durability,
+    sessions: usize,
+    total: usize,
+) -> Result<Row> {
+    let data = DataDir::open(dir)?;
+    let store = Store::open(StoreOptions {
+        location: Location::Sqlite(data.sqlite_path()),
+        durability,
+        clock: Arc::new(SystemClock),
+    })
+    .await?;
+    let agents = Agents::new(store.clone(), data.clone());
+    let tenant = store.tenant(clade_core::Tenant::DEFAULT_NAME).await?;
+    let agent = agents
+        .create(
+            tenant.id,
+            NewAgent {
+                handle: Handle::parse("bench")?,
+                display_name: None,
+                config: AgentConfig::default(),
+            },
+        )
+        .await?;
+    agents.workspace(&agent)?;
+    let secrets = Secrets::new(store.clone(), data.master_key_path(), None);
+    let config = clade_config::Config::default();
+    let models =
+        Models::new(&config, EnvHints::default(), store.clone(), secrets, Arc::new(SystemClock));
+    let mut options_sessions = config.sessions.clone();
+    options_sessions.max_queued = 1_000_000;
+    let options = EngineOptions {
+        sessions: options_sessions,
+        bindings: Vec::new(),
+        tools: clade_tools::Registry::new(),
+    };
+    let engine = Engine::start(store.clone(), agents, models, options).await?;
+    let rss_before = rss_kib();
+    let per_session = total.div_ceil(sessions);
+    let commits_before = store.write_stats().commits;
+    let started = now();
+    let peak_rss = Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
+    let mut tasks = Vec::new();
+    for s in 0..sessions {
+        let (engine, tenant, peak) = (engine.clone(), tenant.clone(), peak_rss.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(per_session);
+            for i in 0..per_session {
+                let t = now();
+                let accepted = engine
+                    .submit(Envelope {
+                        tenant: tenant.clone(),
+                        agent: Some("bench".into()),
+                        text: format!("message {i}"),
+                        source: Source {
+                            platform: "bench".into(),
+                            channel: format!("c{s}"),
+                            actor: "a".into(),
+                        },
+                        idempotency_key: None,
+                    })
+                    .await?;
+                engine
+                    .wait(
+                        tenant.id,
+                        accepted.event_id,
+                        accepted.session_id,
+                        Duration::from_secs(60),
+                    )
+                    .await?;
+                latencies.push(t.elapsed());
+                if i == per_session / 2 {
+                    peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Ok::<_, clade_runtime::engine::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let commits = store.write_stats().commits - commits_before;
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
+            * 1e3
+    };
+    let turns = latencies.len();
+    let rss_growth = peak_rss.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(rss_before);
+    Ok(Row {
+        turns_per_sec: turns as f64 / elapsed,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        commits_per_turn: commits as f64 / turns as f64,
+        rss_per_session_kib: rss_growth as f64 / sessions as f64,
+    })
+}
