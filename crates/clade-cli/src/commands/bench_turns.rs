@@ -35,7 +35,7 @@ pub(super) async fn run(
     total: usize,
     durabilities: &[String],
 ) -> Result<()> {
-    if total == 0 || sessions.iter().any(|s| *s == 0) {
+    if total == 0 || sessions.contains(&0) {
         bail!("--turns and every --sessions value must be at least 1");
     }
     println!("bench turns: offline model (0 ms), {total} turns per row, closed loop");
