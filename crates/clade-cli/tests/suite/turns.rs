@@ -1,0 +1,287 @@
+//! Turns over HTTP: streaming, queue modes, back-pressure, yield and resume, bindings, bad input.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::support::{Env, Server, write};
+
+async fn stub() -> clade_stub::Stub {
+    clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap()
+}
+
+/// A data dir with agent `ada` and `yaml` as clade.yaml (where `{stub}` is the stub's URL).
+fn setup(yaml: &str, stub: Option<&clade_stub::Stub>) -> Env {
+    let mut env = Env::new();
+    env.vars.push(("STUB_KEY".into(), "sk-stub".into()));
+    let yaml = stub.map_or(yaml.to_owned(), |s| yaml.replace("{stub}", s.url()));
+    write(&env.data_dir().join("clade.yaml"), &yaml);
+    env.run(&["agents", "create", "ada"]).ok();
+    env
+}
+
+async fn post(server: &Server, body: Value) -> (u16, Value, reqwest::header::HeaderMap) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/events", server.url))
+        .bearer_auth(&server.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, response.json().await.unwrap_or(Value::Null), headers)
+}
+
+fn event(text: &str, actor: &str) -> Value {
+    json!({ "agent": "ada", "text": text, "source": { "platform": "http", "channel": "c", "actor": actor } })
+}
+
+async fn turns(server: &Server, session: &str) -> Vec<Value> {
+    let value: Value = reqwest::Client::new()
+        .get(format!("{}/v1/sessions/{session}/turns", server.url))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    value["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until the session has `n` turns that are no longer running.
+async fn settled(server: &Server, session: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = turns(server, session).await;
+        if all.iter().filter(|t| t["status"] != "running").count() >= n || Instant::now() > deadline
+        {
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deltas_reach_an_sse_client_before_the_turn_finishes() {
+    let stub = stub().await;
+    let env = setup(
+        "models:\n  slow:\n    provider: openai\n    model: stub+tps=25\n    base_url: {stub}/v1\n    api_key_env: STUB_KEY\n",
+        Some(&stub),
+    );
+    let server = env.serve(&[]);
+    let words = "one two three four five six seven eight nine ten";
+    let started = Instant::now();
+    let (status, accepted, _) = post(&server, event(&format!("/reply {words}"), "sse")).await;
+    assert_eq!(status, 202, "{accepted}");
+    let session = accepted["session_id"].as_str().unwrap();
+    let mut response = reqwest::Client::new()
+        .get(format!("{}/v1/sessions/{session}/events", server.url))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap();
+    let mut parser = clade_model::sse::SseParser::default();
+    let (mut first_delta, mut finished, mut text) = (None, None, String::new());
+    while finished.is_none() {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let mut events = Vec::new();
+        parser.push(&chunk, &mut events).unwrap();
+        for e in events {
+            let data: Value = serde_json::from_str(&e.data).unwrap();
+            match e.event.as_deref() {
+                Some("text.delta") => {
+                    first_delta.get_or_insert_with(|| started.elapsed());
+                    text.push_str(data["text"].as_str().unwrap());
+                }
+                Some("turn.finished") => finished = Some((started.elapsed(), data)),
+                _ => {}
+            }
+        }
+    }
+    let (done_at, data) = finished.unwrap();
+    let first = first_delta.expect("no delta streamed");
+    assert_eq!(text, words);
+    assert_eq!(data["reply"], words);
+    // Ten words at 25/s take ~400 ms; the first must arrive long before the end.
+    assert!(
+        first + Duration::from_millis(200) < done_at,
+        "first delta {first:?}, finished {done_at:?}"
+    );
+
+    // A client that disconnects mid-stream harms nothing.
+    let (_, second, _) = post(&server, event(&format!("/reply {words}"), "sse")).await;
+    let mut partial = reqwest::Client::new()
+        .get(format!("{}/v1/sessions/{session}/events", server.url))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap();
+    let _ = partial.chunk().await;
+    drop(partial);
+    let all = settled(&server, second["session_id"].as_str().unwrap(), 2).await;
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|t| t["status"] == "completed"), "{all:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_mistakes_continue_the_turn_and_garbage_fails_it() {
+    let stub = stub().await;
+    let env = setup(
+        "models:\n  broken:\n    provider: openai\n    model: stub+malformed\n    base_url: {stub}/v1\n    api_key_env: STUB_KEY\nrouting:\n  default: [scripted]\n  agents:\n    bob: { default: [broken] }\n",
+        Some(&stub),
+    );
+    env.run(&["agents", "create", "bob"]).ok();
+    let server = env.serve(&[]);
+    // Unknown tool and invalid JSON arguments: the model gets a tool error and answers.
+    for (text, needle) in
+        [("/tool no_such_tool {}", "unknown tool"), ("/tool echo {not json", "not valid JSON")]
+    {
+        let mut body = event(text, "mistakes");
+        body["wait"] = json!(true);
+        let (status, value, _) = post(&server, body).await;
+        assert_eq!(status, 200, "{value}");
+        assert_eq!(value["status"], "completed", "{value}");
+        assert!(value["reply"]["text"].as_str().unwrap().contains(needle), "{value}");
+    }
+    // A garbage model reply fails the turn with the reason; the session stays usable.
+    let mut body = json!({ "agent": "bob", "text": "hi", "source": { "platform": "http", "channel": "c", "actor": "garbage" }, "wait": true });
+    let (_, value, _) = post(&server, body.clone()).await;
+    assert_eq!(value["status"], "failed", "{value}");
+    assert!(value["error"].as_str().unwrap().contains("malformed"), "{value}");
+    body["text"] = json!("again");
+    let (_, value, _) = post(&server, body).await;
+    assert_eq!(value["status"], "failed", "the session is not stuck: {value}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesce_folds_a_burst_and_full_queues_push_back() {
+    let stub = stub().await;
+    let env = setup(
+        "models:\n  slow:\n    provider: openai\n    model: stub+latency=400\n    base_url: {stub}/v1\n    api_key_env: STUB_KEY\nsessions:\n  queue_mode: coalesce\n  max_queued: 3\n",
+        Some(&stub),
+    );
+    let server = env.serve(&[]);
+    let (_, first, _) = post(&server, event("first", "burst")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for text in ["second", "third"] {
+        assert_eq!(post(&server, event(text, "burst")).await.0, 202);
+    }
+    // The queue is full now (one running, two waiting): push back with Retry-After.
+    let (status, value, headers) = post(&server, event("fourth", "burst")).await;
+    assert_eq!(status, 429, "{value}");
+    assert_eq!(value["error"]["code"], "session_busy");
+    assert!(headers.get("retry-after").is_some());
+    let session = first["session_id"].as_str().unwrap();
+    let all = settled(&server, session, 2).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    let texts: Vec<Vec<&str>> = all
+        .iter()
+        .map(|t| {
+            t["events"].as_array().unwrap().iter().map(|e| e["text"].as_str().unwrap()).collect()
+        })
+        .collect();
+    assert_eq!(texts, vec![vec!["first"], vec!["second", "third"]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_iterations_yields_and_resume_runs_again() {
+    let env = setup("sessions:\n  max_iterations: 1\n", None);
+    let server = env.serve(&[]);
+    let mut body = event("/tool time.now", "yield");
+    body["wait"] = json!(true);
+    let (_, value, _) = post(&server, body).await;
+    assert_eq!(value["status"], "yielded", "{value}");
+    assert!(value["error"].as_str().unwrap().contains("clade sessions resume"), "{value}");
+    let session = value["session_id"].as_str().unwrap().to_owned();
+    let out = env.run(&["sessions", "resume", &session, "--server", &server.url]).ok();
+    assert!(out.stdout.contains("resumed 1 event"), "{}", out.stdout);
+    let all = settled(&server, &session, 2).await;
+    assert_eq!(all.len(), 2, "resume ran a new turn: {all:?}");
+    let shown = env.run(&["sessions", "show", &session]).ok().stdout;
+    assert!(shown.contains("/tool time.now") && shown.contains("yielded"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_pick_the_agent() {
+    let env = setup("bindings:\n  - platform: telegram\n    agent: bob\n", None);
+    env.run(&["agents", "create", "bob"]).ok();
+    let server = env.serve(&[]);
+    let body = json!({ "text": "hi", "source": { "platform": "telegram", "channel": "42", "actor": "u" }, "wait": true });
+    let (status, value, _) = post(&server, body).await;
+    assert_eq!(status, 200, "{value}");
+    let sessions = env.run(&["--agent", "bob", "sessions", "list", "--json"]).ok().json();
+    assert_eq!(sessions[0]["id"], value["session_id"]);
+    assert_eq!(sessions[0]["last_active_channel"], "42");
+    let body =
+        json!({ "text": "hi", "source": { "platform": "slack", "channel": "1", "actor": "u" } });
+    let (status, value, _) = post(&server, body).await;
+    assert_eq!(status, 422, "{value}");
+    assert_eq!(value["error"]["code"], "no_agent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_events_get_clear_json_errors() {
+    let env = setup("", None);
+    let server = env.serve(&[]);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let raw = |body: Vec<u8>, key: Option<&str>| {
+        let mut request = client
+            .post(format!("{}/v1/events", server.url))
+            .bearer_auth(&server.token)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"{not json".to_vec(), 400, "invalid_request"),
+        (vec![b'{', 0xff, 0xfe, b'}'], 400, "invalid_request"),
+        (br#"{"agent":"ada","source":{"platform":"p","channel":"c","actor":"a"}}"#.to_vec(), 400, "invalid_request"),
+        (br#"{"agent":"ada","text":"hi"}"#.to_vec(), 400, "invalid_request"),
+        (br#"{"agent":"ada","text":"  ","source":{"platform":"p","channel":"c","actor":"a"}}"#.to_vec(), 400, "invalid_request"),
+        (br#"{"agent":"ada","text":"hi","source":{"platform":"","channel":"c","actor":"a"}}"#.to_vec(), 400, "invalid_request"),
+        (br#"{"agent":"ada","text":"hi","colour":1,"source":{"platform":"p","channel":"c","actor":"a"}}"#.to_vec(), 400, "invalid_request"),
+        (br#"{"agent":"ghost","text":"hi","source":{"platform":"p","channel":"c","actor":"a"}}"#.to_vec(), 404, "agent_not_found"),
+        (br#"{"text":"hi","source":{"platform":"p","channel":"c","actor":"a"}}"#.to_vec(), 422, "no_agent"),
+        (json!({ "agent": "ada", "text": "x".repeat(70_000), "source": { "platform": "p", "channel": "c", "actor": "a" } }).to_string().into_bytes(), 400, "invalid_request"),
+        (json!({ "agent": "ada", "text": "x".repeat(2_000_000), "source": { "platform": "p", "channel": "c", "actor": "a" } }).to_string().into_bytes(), 413, "payload_too_large"),
+    ];
+    for (body, status, code) in cases {
+        let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
+        let got = raw(body, None).await;
+        assert_eq!(got.0, status, "{shown}: {}", got.1);
+        assert_eq!(got.1["error"]["code"], code, "{shown}: {}", got.1);
+    }
+    let mismatch = br#"{"agent":"ada","text":"hi","idempotency_key":"a","source":{"platform":"p","channel":"c","actor":"a"}}"#.to_vec();
+    assert_eq!(raw(mismatch, Some("b")).await.0, 400);
+    // The header alone works as the key.
+    let body =
+        br#"{"agent":"ada","text":"hi","source":{"platform":"p","channel":"c","actor":"a"}}"#
+            .to_vec();
+    let first = raw(body.clone(), Some("hdr-1")).await;
+    let again = raw(body, Some("hdr-1")).await;
+    assert_eq!(first, again);
+    // Unknown sessions, in any tenant, look the same.
+    let status = client
+        .get(format!("{}/v1/sessions/not-a-uuid/turns", server.url))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+    // Nothing above left a stuck session, and the server still answers.
+    assert_eq!(client.get(format!("{}/healthz", server.url)).send().await.unwrap().status(), 200);
+}
