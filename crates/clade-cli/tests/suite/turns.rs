@@ -228,6 +228,8 @@ async fn bindings_pick_the_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_events_get_clear_json_errors() {
     let env = setup("", None);
+    env.run(&["tenants", "create", "acme"]).ok();
+    let acme = env.run(&["--tenant", "acme", "tokens", "create"]).ok().stdout.trim().to_owned();
     let server = env.serve(&[]);
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let raw = |body: Vec<u8>, key: Option<&str>| {
@@ -273,6 +275,28 @@ async fn bad_events_get_clear_json_errors() {
     let first = raw(body.clone(), Some("hdr-1")).await;
     let again = raw(body, Some("hdr-1")).await;
     assert_eq!(first, again);
+    // Another tenant sees this session exactly as a missing one: turns, stream, resume.
+    let session = first.1["session_id"].as_str().unwrap().to_owned();
+    for (method, path) in
+        [("GET", "turns"), ("GET", "events"), ("POST", "resume"), ("POST", "cancel")]
+    {
+        let url = format!("{}/v1/sessions/{session}/{path}", server.url);
+        let request = if method == "GET" { client.get(url) } else { client.post(url) };
+        let response = request.bearer_auth(&acme).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{method} {path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "session_not_found");
+    }
+    // The same idempotency key in another tenant is a different event.
+    let other = client
+        .post(format!("{}/v1/events", server.url))
+        .bearer_auth(&acme)
+        .header("idempotency-key", "hdr-1")
+        .json(&json!({ "agent": "ada", "text": "hi", "source": { "platform": "p", "channel": "c", "actor": "a" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404, "acme has no agent ada");
     // Unknown sessions, in any tenant, look the same.
     let status = client
         .get(format!("{}/v1/sessions/not-a-uuid/turns", server.url))
