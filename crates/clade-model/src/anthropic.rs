@@ -5,11 +5,10 @@
 use std::collections::HashMap;
 
 use futures::future::BoxFuture;
-use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 
 use crate::error::Error;
-use crate::http::{MAX_BODY, read_capped, sse_events};
+use crate::http::{Decoder, response_events};
 use crate::provider::{HttpOptions, Provider, ToolNames, send_authed};
 use crate::types::{EventStream, Message, ModelRequest, StopReason, StreamEvent, Usage};
 
@@ -163,6 +162,8 @@ fn usage(value: &Value) -> Usage {
 
 #[derive(Default)]
 struct EventState {
+    provider: String,
+    names: ToolNames,
     /// Content-block index -> tool-call ordinal.
     tools: HashMap<u64, usize>,
     usage: Usage,
@@ -171,12 +172,8 @@ struct EventState {
 }
 
 impl EventState {
-    fn on_event(
-        &mut self,
-        provider: &str,
-        data: &str,
-        names: &ToolNames,
-    ) -> Result<Vec<StreamEvent>, Error> {
+    fn on_data(&mut self, data: &str) -> Result<Vec<StreamEvent>, Error> {
+        let (provider, names) = (self.provider.as_str(), &self.names);
         let event: Value = serde_json::from_str(data).map_err(|e| {
             Error::MalformedResponse(format!(
                 "event is not JSON ({e}): {}",
@@ -263,6 +260,18 @@ impl EventState {
     }
 }
 
+impl Decoder for EventState {
+    const END: &'static str = "message_stop";
+
+    fn on_event(&mut self, data: &str) -> Result<Vec<StreamEvent>, Error> {
+        self.on_data(data)
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+}
+
 fn complete_events(body: &Value, names: &ToolNames) -> Result<Vec<StreamEvent>, Error> {
     let blocks = body["content"]
         .as_array()
@@ -328,34 +337,20 @@ impl Provider for Anthropic {
                 req
             };
             let response = send_authed(&self.options, &self.name, build, classify).await?;
-            if !self.options.stream {
-                let bytes = read_capped(response, MAX_BODY)
-                    .await
-                    .map_err(|e| Error::Transport { provider: self.name.clone(), message: e })?;
-                let value: Value = serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::MalformedResponse(format!("response is not JSON: {e}")))?;
-                let events = complete_events(&value, &names)?;
-                return Ok(Box::pin(stream::iter(events.into_iter().map(Ok))) as EventStream);
-            }
-            let mut state = EventState::default();
-            let provider = self.name.clone();
-            let events = sse_events(self.name.clone(), response, self.options.idle_timeout)
-                .flat_map(move |item| {
-                    let out: Vec<Result<StreamEvent, Error>> = match item {
-                        Err(err) => vec![Err(err)],
-                        Ok(Some(_)) if state.done => Vec::new(),
-                        Ok(Some(event)) => match state.on_event(&provider, &event.data, &names) {
-                            Ok(events) => events.into_iter().map(Ok).collect(),
-                            Err(err) => vec![Err(err)],
-                        },
-                        Ok(None) if state.done => Vec::new(),
-                        Ok(None) => vec![Err(Error::MalformedResponse(
-                            "stream ended before message_stop: the response was cut off".into(),
-                        ))],
-                    };
-                    stream::iter(out)
-                });
-            Ok(Box::pin(events) as EventStream)
+            let decoder = EventState {
+                provider: self.name.clone(),
+                names: names.clone(),
+                ..EventState::default()
+            };
+            response_events(
+                &self.name,
+                response,
+                self.options.stream,
+                self.options.idle_timeout,
+                |value| complete_events(value, &names),
+                decoder,
+            )
+            .await
         })
     }
 }

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, stream};
+use serde_json::Value;
 
 use crate::error::{Error, parse_retry_after};
 use crate::sse::{SseEvent, SseParser};
+use crate::types::{EventStream, StreamEvent};
 
 /// Largest error body read (error bodies are short; a huge one is not worth holding).
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -125,4 +127,51 @@ pub(crate) fn sse_events(
             }
         }
     })
+}
+
+/// Turns one provider's stream of SSE events into [`StreamEvent`]s.
+pub(crate) trait Decoder: Send + 'static {
+    /// What a complete stream ends with, for the truncation error (e.g. `[DONE]`).
+    const END: &'static str;
+    fn on_event(&mut self, data: &str) -> Result<Vec<StreamEvent>, Error>;
+    /// Whether the end marker was seen (later events are ignored).
+    fn done(&self) -> bool;
+}
+
+/// The response as events: a complete JSON body parsed by `complete`, or an event stream fed
+/// through `decoder`. A stream that ends before the decoder saw its end marker is malformed.
+pub(crate) async fn response_events<D: Decoder>(
+    provider: &str,
+    response: reqwest::Response,
+    streaming: bool,
+    idle: Duration,
+    complete: impl FnOnce(&Value) -> Result<Vec<StreamEvent>, Error>,
+    mut decoder: D,
+) -> Result<EventStream, Error> {
+    if !streaming {
+        let bytes = read_capped(response, MAX_BODY)
+            .await
+            .map_err(|message| Error::Transport { provider: provider.to_owned(), message })?;
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::MalformedResponse(format!("response is not JSON: {e}")))?;
+        let events = complete(&value)?;
+        return Ok(Box::pin(stream::iter(events.into_iter().map(Ok))));
+    }
+    let events = sse_events(provider.to_owned(), response, idle).flat_map(move |item| {
+        let out: Vec<Result<StreamEvent, Error>> = match item {
+            Err(err) => vec![Err(err)],
+            Ok(Some(_)) if decoder.done() => Vec::new(),
+            Ok(Some(event)) => match decoder.on_event(&event.data) {
+                Ok(events) => events.into_iter().map(Ok).collect(),
+                Err(err) => vec![Err(err)],
+            },
+            Ok(None) if decoder.done() => Vec::new(),
+            Ok(None) => vec![Err(Error::MalformedResponse(format!(
+                "stream ended before {}: the response was cut off",
+                D::END
+            )))],
+        };
+        stream::iter(out)
+    });
+    Ok(Box::pin(events))
 }

@@ -5,11 +5,10 @@
 use std::collections::HashMap;
 
 use futures::future::BoxFuture;
-use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 
 use crate::error::Error;
-use crate::http::{MAX_BODY, read_capped, sse_events};
+use crate::http::{Decoder, response_events};
 use crate::provider::{HttpOptions, Provider, ToolNames, send_authed};
 use crate::types::{EventStream, Message, ModelRequest, StopReason, StreamEvent, Usage};
 
@@ -112,6 +111,7 @@ fn usage(value: &Value) -> Option<Usage> {
 /// Turns chunks into events; Stop is emitted last, at `[DONE]`, after the usage chunk.
 #[derive(Default)]
 struct ChunkState {
+    names: ToolNames,
     started: HashMap<u64, usize>,
     finish: Option<StopReason>,
     usage: Option<Usage>,
@@ -119,7 +119,8 @@ struct ChunkState {
 }
 
 impl ChunkState {
-    fn on_data(&mut self, data: &str, names: &ToolNames) -> Result<Vec<StreamEvent>, Error> {
+    fn on_data(&mut self, data: &str) -> Result<Vec<StreamEvent>, Error> {
+        let names = &self.names;
         if data.trim() == "[DONE]" {
             self.done = true;
             let mut out = Vec::new();
@@ -172,6 +173,18 @@ impl ChunkState {
             }
         }
         Ok(out)
+    }
+}
+
+impl Decoder for ChunkState {
+    const END: &'static str = "[DONE]";
+
+    fn on_event(&mut self, data: &str) -> Result<Vec<StreamEvent>, Error> {
+        self.on_data(data)
+    }
+
+    fn done(&self) -> bool {
+        self.done
     }
 }
 
@@ -233,33 +246,16 @@ impl Provider for OpenAi {
                 req
             };
             let response = send_authed(&self.options, &self.name, build, classify).await?;
-            if !self.options.stream {
-                let bytes = read_capped(response, MAX_BODY)
-                    .await
-                    .map_err(|e| Error::Transport { provider: self.name.clone(), message: e })?;
-                let value: Value = serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::MalformedResponse(format!("response is not JSON: {e}")))?;
-                let events = complete_events(&value, &names)?;
-                return Ok(Box::pin(stream::iter(events.into_iter().map(Ok))) as EventStream);
-            }
-            let mut state = ChunkState::default();
-            let events = sse_events(self.name.clone(), response, self.options.idle_timeout)
-                .flat_map(move |item| {
-                    let out: Vec<Result<StreamEvent, Error>> = match item {
-                        Err(err) => vec![Err(err)],
-                        Ok(Some(_)) if state.done => Vec::new(),
-                        Ok(Some(event)) => match state.on_data(&event.data, &names) {
-                            Ok(events) => events.into_iter().map(Ok).collect(),
-                            Err(err) => vec![Err(err)],
-                        },
-                        Ok(None) if state.done => Vec::new(),
-                        Ok(None) => vec![Err(Error::MalformedResponse(
-                            "stream ended before [DONE]: the response was cut off".into(),
-                        ))],
-                    };
-                    stream::iter(out)
-                });
-            Ok(Box::pin(events) as EventStream)
+            let decoder = ChunkState { names: names.clone(), ..ChunkState::default() };
+            response_events(
+                &self.name,
+                response,
+                self.options.stream,
+                self.options.idle_timeout,
+                |value| complete_events(value, &names),
+                decoder,
+            )
+            .await
         })
     }
 }
