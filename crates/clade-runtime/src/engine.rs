@@ -200,6 +200,7 @@ impl Engine {
                 max_open_per_session: self.inner.options.sessions.max_queued,
             })
             .await?;
+        crate::failpoints::hit("after_commit_before_ack");
         if !accepted.duplicate {
             self.wake(accepted.session_id);
         }
@@ -617,12 +618,15 @@ async fn run_tool(
                         vec![outbox("tool.called", data)],
                     )
                     .await?;
+                    crate::failpoints::hit("after_journal_intent");
                 }
                 let ctx = CallContext { idempotency_key: key.clone(), call_id: call.id.clone() };
-                match tool.call(args, &ctx).await {
+                let result = match tool.call(args, &ctx).await {
                     Ok(content) => ToolStep { content, is_error: false },
                     Err(content) => ToolStep { content, is_error: true },
-                }
+                };
+                crate::failpoints::hit("after_tool_effect_before_result");
+                result
             }
         }
     };

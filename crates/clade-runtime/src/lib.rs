@@ -9,6 +9,7 @@
 
 pub mod budget;
 pub mod engine;
+pub mod failpoints;
 mod hmac;
 pub mod hub;
 pub mod models;

@@ -123,6 +123,7 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
                 // The cursor is saved after the batch (or before a back-off): a crash in
                 // between redelivers a few events, which at-least-once allows.
                 Ok(()) => {
+                    crate::failpoints::hit("mid_outbox_publish");
                     cursor = row.id;
                     attempts = 0;
                 }

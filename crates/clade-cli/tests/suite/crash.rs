@@ -17,8 +17,15 @@ use serde_json::{Value, json};
 use super::support::{Env, write};
 
 const SESSIONS: usize = 16;
-const EVENTS: usize = 12;
+const EVENTS: usize = 20;
 const KILLS: usize = 6;
+/// Each is armed twice, at a random hit count, when the build has failpoints.
+const FAILPOINTS: [&str; 4] = [
+    "after_commit_before_ack",
+    "after_journal_intent",
+    "after_tool_effect_before_result",
+    "mid_outbox_publish",
+];
 const SECRET: &str = "crash-test-secret";
 
 #[derive(Default)]
@@ -154,8 +161,43 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
         }));
     }
 
-    // The killer: SIGKILL at random moments, restarting each time.
+    // The killer: death at armed failpoints while the load is heaviest, then SIGKILL at random
+    // moments, restarting each time.
     let mut server = first;
+    let mut failpoint_hits = 0;
+    if clade_runtime::failpoints::ENABLED {
+        for name in FAILPOINTS.iter().chain(FAILPOINTS.iter()) {
+            server.kill9();
+            let spec = format!("{name}={}", rand::rng().random_range(1..4));
+            let env2 = env.clone();
+            let mut armed = tokio::task::spawn_blocking(move || {
+                env2.serve_with(&[], &[("CLADE_FAILPOINTS", &spec)])
+            })
+            .await
+            .unwrap();
+            *url.write().unwrap() = (armed.url.clone(), armed.token.clone());
+            let died = tokio::task::spawn_blocking(move || {
+                let died = armed.exits_within(Duration::from_secs(4));
+                (died, armed)
+            })
+            .await
+            .unwrap();
+            failpoint_hits += usize::from(died.0);
+            server = died.1;
+        }
+        server.kill9();
+        let env = env.clone();
+        server = tokio::task::spawn_blocking(move || env.serve(&[])).await.unwrap();
+        *url.write().unwrap() = (server.url.clone(), server.token.clone());
+    } else if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "CI must build with --features clade-cli/failpoints so the crash test can aim at failpoints"
+        );
+    } else {
+        eprintln!(
+            "WARNING: failpoints not compiled in (--features clade-cli/failpoints): random kills only"
+        );
+    }
     for _ in 0..KILLS {
         let pause = rand::rng().random_range(150..600);
         tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -323,7 +365,7 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
     }
 
     println!(
-        "crash test: {KILLS} kills, {} acknowledged events, {} turns, {lost} lost, {twice} processed twice, \
+        "crash test: {KILLS} random kills + {failpoint_hits} failpoint deaths, {} acknowledged events, {} turns, {lost} lost, {twice} processed twice, \
          {order_violations} order violations, {not_completed} not completed; {repeats} repeated keys, {mismatched} \
          different answers, duplicate-with-new-payload -> HTTP {conflict}; ledger: {} at-most-once effects, \
          {ran_twice} ran twice, {interrupted} reported interrupted, {} idempotent keys ({idempotent_repeats} repeats \

@@ -96,8 +96,14 @@ impl Env {
 
     /// Starts `clade serve` on a free port and waits until it listens.
     pub fn serve(&self, extra: &[&str]) -> Server {
+        self.serve_with(extra, &[])
+    }
+
+    /// Like [`Env::serve`] with extra environment variables for this server only.
+    pub fn serve_with(&self, extra: &[&str], vars: &[(&str, &str)]) -> Server {
         let mut child = self
             .command()
+            .envs(vars.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
@@ -138,8 +144,23 @@ pub struct Server {
 }
 
 impl Server {
+    /// Whether the server process ends within `within` (e.g. at a failpoint).
+    pub fn exits_within(&mut self, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Kills the server with SIGKILL: no chance to flush or clean up.
     pub fn kill9(mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return; // Already dead (a failpoint); its pid may belong to someone else now.
+        }
         let _ = Command::new("kill").arg("-9").arg(self.child.id().to_string()).status();
         let _ = self.child.wait();
     }
