@@ -3,7 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use uuid::Uuid;
+use std::sync::Mutex;
+
+use uuid::{ContextV7, Uuid};
 
 use crate::time::Timestamp;
 
@@ -17,6 +19,21 @@ pub struct Error {
     input: String,
 }
 
+/// One counter for the process, so ids made within the same millisecond still sort in the
+/// order they were made (RFC 9562, method 1).
+static CONTEXT: Mutex<ContextV7> = Mutex::new(ContextV7::new());
+
+fn v7(at: Timestamp) -> Uuid {
+    let millis = u64::try_from(at.as_millis()).unwrap_or(0);
+    let context = CONTEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let ts = uuid::Timestamp::from_unix(
+        &*context,
+        millis / 1000,
+        u32::try_from((millis % 1000) * 1_000_000).unwrap_or(0),
+    );
+    Uuid::new_v7(ts)
+}
+
 macro_rules! define_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
@@ -26,13 +43,7 @@ macro_rules! define_id {
         impl $name {
             /// A new id whose leading bits are `at`, so ids sort by creation time.
             pub fn generate(at: Timestamp) -> Self {
-                let millis = u64::try_from(at.as_millis()).unwrap_or(0);
-                let ts = uuid::Timestamp::from_unix(
-                    uuid::NoContext,
-                    millis / 1000,
-                    u32::try_from((millis % 1000) * 1_000_000).unwrap_or(0),
-                );
-                Self(Uuid::new_v7(ts))
+                Self(v7(at))
             }
 
             /// Rebuilds an id from the 16 bytes the store keeps.
@@ -108,6 +119,13 @@ mod tests {
         let a = AgentId::generate(Timestamp::from_millis(1_000));
         let b = AgentId::generate(Timestamp::from_millis(2_000));
         assert!(a < b);
+    }
+
+    #[test]
+    fn ids_of_one_millisecond_still_sort_in_creation_order() {
+        let at = Timestamp::from_millis(1_700_000_000_000);
+        let ids: Vec<_> = (0..1000).map(|_| AgentId::generate(at)).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod openapi;
 mod sessions;
 mod trace;
 mod usage;
+mod ws;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -57,6 +58,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         .route("/sessions/{id}/events", get(sessions::stream))
         .route("/sessions/{id}/resume", axum::routing::post(sessions::resume))
         .route("/sessions/{id}/cancel", axum::routing::post(sessions::cancel))
+        .route("/ws", get(ws::upgrade))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
         .route("/healthz", get(healthz))

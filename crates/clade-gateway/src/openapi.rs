@@ -195,6 +195,10 @@ pub fn document() -> Value {
                 "parameters": [ session_param ],
                 "responses": { "200": { "description": "{cancelled}" }, "404": error_response("no such session") }
             }},
+            "/v1/ws": { "get": {
+                "summary": "WebSocket of live events: send {\"type\":\"subscribe\",\"session\":id} or {\"type\":\"subscribe\",\"agent\":handle}",
+                "responses": { "101": { "description": "switching protocols" }, "401": error_response("missing or invalid token") }
+            }},
             "/v1/usage": {
                 "get": {
                     "summary": "Model usage and cost of the caller's tenant, per agent and model",

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clade_config::{Binding, QueueMode, SessionsConfig};
-use clade_core::{Agent, EventId, SessionId, Tenant, TenantId};
+use clade_core::{Agent, AgentId, EventId, SessionId, Tenant, TenantId};
 use clade_model::{Message, ModelRequest, StreamEvent, ToolCall, ToolSpec};
 use clade_store::{
     Accepted, Agents, EventRow, JournalEntry, NewEvent, OutboxEvent, OutboxRow, SessionRow, Source,
@@ -319,7 +319,7 @@ async fn fail_events(inner: &Inner, session_id: SessionId, events: &[EventRow], 
     let Ok(session) = inner.store.session_any_tenant(session_id).await else { return };
     let ids = events.iter().map(|e| e.id).collect();
     if let Ok((turn, rows)) = inner.store.start_turn(&session, ids, 0, Vec::new()).await {
-        publish(inner, &rows);
+        publish(inner, session.agent_id, &rows);
         let outcome = TurnOutcome {
             status: "failed".into(),
             reply: None,
@@ -330,7 +330,7 @@ async fn fail_events(inner: &Inner, session_id: SessionId, events: &[EventRow], 
         if let Ok(rows) =
             inner.store.finish_turn(&turn, outcome, vec![outbox("turn.failed", data)]).await
         {
-            publish(inner, &rows);
+            publish(inner, turn.agent_id, &rows);
         }
     }
 }
@@ -339,13 +339,12 @@ fn outbox(kind: &str, data: Value) -> OutboxEvent {
     OutboxEvent { kind: kind.into(), data: data.to_string() }
 }
 
-fn publish(inner: &Inner, rows: &[OutboxRow]) {
+fn publish(inner: &Inner, agent: AgentId, rows: &[OutboxRow]) {
     for row in rows {
         if let Some(session) = row.session_id {
             let data = serde_json::from_str(&row.data).unwrap_or(Value::Null);
-            inner
-                .hub
-                .publish(session, LiveEvent { id: Some(row.id), kind: row.kind.clone(), data });
+            let event = LiveEvent { session, id: Some(row.id), kind: row.kind.clone(), data };
+            inner.hub.publish(agent, event);
         }
     }
     if !rows.is_empty() {
@@ -387,7 +386,7 @@ async fn run_turn(inner: &Inner, session_id: SessionId, events: &[EventRow]) -> 
         .start_turn(&session, ids, 0, vec![outbox("turn.started", started)])
         .await
         .map_err(|e| e.to_string())?;
-    publish(inner, &rows);
+    publish(inner, turn.agent_id, &rows);
     let journal: HashMap<String, JournalEntry> = store
         .journal(turn.id)
         .await
@@ -423,11 +422,13 @@ async fn run_turn(inner: &Inner, session_id: SessionId, events: &[EventRow]) -> 
                 };
                 let hub = inner.hub.clone();
                 let turn_id = turn.id.to_string();
+                let agent_id = agent.id;
                 let mut on_event = |event: &StreamEvent| {
                     if let StreamEvent::TextDelta(text) = event {
                         hub.publish(
-                            session_id,
+                            agent_id,
                             LiveEvent {
+                                session: session_id,
                                 id: None,
                                 kind: "text.delta".into(),
                                 data: json!({ "turn": turn_id, "text": text }),
@@ -477,7 +478,7 @@ async fn run_turn(inner: &Inner, session_id: SessionId, events: &[EventRow]) -> 
                     .append_journal(&turn, entry, Vec::new(), Some(usage))
                     .await
                     .map_err(|e| e.to_string())?;
-                publish(inner, &rows);
+                publish(inner, turn.agent_id, &rows);
                 done
             }
         };
@@ -536,7 +537,7 @@ async fn journal_step(
         )
         .await
         .map_err(|e| e.to_string())?;
-    publish(inner, &rows);
+    publish(inner, turn.agent_id, &rows);
     Ok(())
 }
 
@@ -560,7 +561,7 @@ async fn finish(
         .finish_turn(turn, outcome, vec![outbox(kind, data)])
         .await
         .map_err(|e| e.to_string())?;
-    publish(inner, &rows);
+    publish(inner, turn.agent_id, &rows);
     Ok(())
 }
 
@@ -642,7 +643,7 @@ async fn run_tool(
         )
         .await
         .map_err(|e| e.to_string())?;
-    publish(inner, &rows);
+    publish(inner, turn.agent_id, &rows);
     Ok(result)
 }
 

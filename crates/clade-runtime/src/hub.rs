@@ -5,13 +5,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use clade_core::SessionId;
+use clade_core::{AgentId, SessionId};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
 /// One live event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveEvent {
+    pub session: SessionId,
     /// The outbox position for lifecycle events (resumable), `None` for deltas.
     pub id: Option<i64>,
     pub kind: String,
@@ -20,24 +21,48 @@ pub struct LiveEvent {
 
 const CAPACITY: usize = 1024;
 
+/// Channels per session and per agent, created when someone subscribes and dropped when the
+/// last subscriber has gone, so idle sessions cost nothing.
 #[derive(Clone, Default)]
 pub struct Hub {
     sessions: Arc<Mutex<HashMap<SessionId, broadcast::Sender<LiveEvent>>>>,
+    agents: Arc<Mutex<HashMap<AgentId, broadcast::Sender<LiveEvent>>>>,
+}
+
+fn subscribe<K: std::hash::Hash + Eq>(
+    map: &Mutex<HashMap<K, broadcast::Sender<LiveEvent>>>,
+    key: K,
+) -> broadcast::Receiver<LiveEvent> {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.entry(key).or_insert_with(|| broadcast::channel(CAPACITY).0).subscribe()
+}
+
+fn send<K: std::hash::Hash + Eq>(
+    map: &Mutex<HashMap<K, broadcast::Sender<LiveEvent>>>,
+    key: K,
+    event: LiveEvent,
+) {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(tx) = map.get(&key)
+        && tx.send(event).is_err()
+    {
+        map.remove(&key);
+    }
 }
 
 impl Hub {
+    /// Live events of one session.
     pub fn subscribe(&self, session: SessionId) -> broadcast::Receiver<LiveEvent> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.entry(session).or_insert_with(|| broadcast::channel(CAPACITY).0).subscribe()
+        subscribe(&self.sessions, session)
     }
 
-    pub fn publish(&self, session: SessionId, event: LiveEvent) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        // Nobody listens any more: forget the channel so idle sessions cost nothing.
-        if let Some(tx) = sessions.get(&session)
-            && tx.send(event).is_err()
-        {
-            sessions.remove(&session);
-        }
+    /// Live events of every session of one agent.
+    pub fn subscribe_agent(&self, agent: AgentId) -> broadcast::Receiver<LiveEvent> {
+        subscribe(&self.agents, agent)
+    }
+
+    pub fn publish(&self, agent: AgentId, event: LiveEvent) {
+        send(&self.agents, agent, event.clone());
+        send(&self.sessions, event.session, event);
     }
 }

@@ -309,3 +309,79 @@ async fn bad_events_get_clear_json_errors() {
     // Nothing above left a stuck session, and the server still answers.
     assert_eq!(client.get(format!("{}/healthz", server.url)).send().await.unwrap().status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_subscribers_get_live_events_of_their_tenant_only() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let env = setup("", None);
+    let server = env.serve(&[]);
+    let url = format!("{}/v1/ws", server.url.replace("http://", "ws://"));
+    // Without a token the upgrade is refused.
+    assert!(tokio_tungstenite::connect_async(url.as_str()).await.is_err());
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {}", server.token).parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+
+    let send = |v: Value| Message::Text(v.to_string().into());
+    socket.send(send(json!({ "type": "subscribe", "agent": "ghost" }))).await.unwrap();
+    let reply = read(&mut socket).await;
+    assert_eq!(reply["code"], "agent_not_found", "{reply}");
+    socket
+        .send(send(
+            json!({ "type": "subscribe", "session": "01a202a8-d932-7e88-b965-332ac499616f" }),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(read(&mut socket).await["code"], "session_not_found");
+    socket.send(Message::Text("not json".into())).await.unwrap();
+    assert_eq!(read(&mut socket).await["code"], "invalid_request");
+    socket.send(send(json!({ "type": "subscribe", "agent": "ada" }))).await.unwrap();
+    assert_eq!(read(&mut socket).await["type"], "subscribed");
+
+    // Events of any of the agent's sessions arrive, deltas and lifecycle alike.
+    let (status, _, _) = post(&server, event("hello websocket", "ws")).await;
+    assert_eq!(status, 202);
+    let mut kinds = Vec::new();
+    let mut text = String::new();
+    loop {
+        let frame = read(&mut socket).await;
+        assert_eq!(frame["type"], "event", "{frame}");
+        let kind = frame["kind"].as_str().unwrap().to_owned();
+        if kind == "text.delta" {
+            text.push_str(frame["data"]["text"].as_str().unwrap());
+        }
+        kinds.push(kind.clone());
+        if kind == "turn.finished" {
+            break;
+        }
+    }
+    assert_eq!(kinds.first().map(String::as_str), Some("turn.started"), "{kinds:?}");
+    assert_eq!(text, "echo: hello websocket");
+}
+
+async fn read<S>(socket: &mut S) -> Value
+where
+    S: futures::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures::StreamExt;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
