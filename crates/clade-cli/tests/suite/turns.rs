@@ -168,7 +168,13 @@ async fn coalesce_folds_a_burst_and_full_queues_push_back() {
     );
     let server = env.serve(&[]);
     let (_, first, _) = post(&server, event("first", "burst")).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let session = first["session_id"].as_str().unwrap().to_owned();
+    // Send the burst only once the first turn is running (the model takes 400 ms).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while turns(&server, &session).await.iter().all(|t| t["status"] != "running") {
+        assert!(Instant::now() < deadline, "the first turn never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for text in ["second", "third"] {
         assert_eq!(post(&server, event(text, "burst")).await.0, 202);
     }
@@ -177,8 +183,7 @@ async fn coalesce_folds_a_burst_and_full_queues_push_back() {
     assert_eq!(status, 429, "{value}");
     assert_eq!(value["error"]["code"], "session_busy");
     assert!(headers.get("retry-after").is_some());
-    let session = first["session_id"].as_str().unwrap();
-    let all = settled(&server, session, 2).await;
+    let all = settled(&server, &session, 2).await;
     assert_eq!(all.len(), 2, "{all:?}");
     let texts: Vec<Vec<&str>> = all
         .iter()
