@@ -40,8 +40,15 @@ pub(super) async fn run(
     }
     println!("bench turns: offline model (0 ms), {total} turns per row, closed loop");
     println!(
-        "{:<10} {:>9} {:>10} {:>12} {:>12} {:>14} {:>16}",
-        "durability", "sessions", "turns/s", "p50 ms", "p99 ms", "commits/turn", "RSS/session KiB"
+        "{:<10} {:>9} {:>10} {:>12} {:>12} {:>14} {:>16} {:>14}",
+        "durability",
+        "sessions",
+        "turns/s",
+        "p50 ms",
+        "p99 ms",
+        "commits/turn",
+        "RSS/session KiB",
+        "actors end→idle"
     );
     for durability in durabilities {
         let level = match durability.as_str() {
@@ -59,24 +66,30 @@ pub(super) async fn run(
             let _ = std::fs::remove_dir_all(&dir);
             let row = row?;
             println!(
-                "{:<10} {:>9} {:>10.0} {:>12.3} {:>12.3} {:>14.2} {:>16.1}",
+                "{:<10} {:>9} {:>10.0} {:>12.3} {:>12.3} {:>14.2} {:>16.1} {:>14}",
                 durability,
                 n,
                 row.turns_per_sec,
                 row.p50_ms,
                 row.p99_ms,
                 row.commits_per_turn,
-                row.rss_per_session_kib
+                row.rss_per_session_kib,
+                format!("{}→{}", row.active_at_end, row.evicted_left)
             );
         }
     }
     println!(
-        "(RSS/session: growth while all sessions were active, divided by the number of sessions)"
+        "(RSS/session: growth while all sessions were active, divided by the number of sessions;"
+    );
+    println!(
+        " actors: session actors in memory when the load ended, and 2.5 s later with idle_secs = 1)"
     );
     Ok(())
 }
 
 struct Row {
+    active_at_end: usize,
+    evicted_left: usize,
     turns_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -116,6 +129,7 @@ async fn measure(
         Models::new(&config, EnvHints::default(), store.clone(), secrets, Arc::new(SystemClock));
     let mut options_sessions = config.sessions.clone();
     options_sessions.max_queued = 1_000_000;
+    options_sessions.idle_secs = 1;
     let options = EngineOptions {
         sessions: options_sessions,
         bindings: Vec::new(),
@@ -176,7 +190,13 @@ async fn measure(
     };
     let turns = latencies.len();
     let rss_growth = peak_rss.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(rss_before);
+    // Idle actors leave memory after `idle_secs`; check that they did.
+    let active_at_end = engine.active_sessions();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let evicted_left = engine.active_sessions();
     Ok(Row {
+        active_at_end,
+        evicted_left,
         turns_per_sec: turns as f64 / elapsed,
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
