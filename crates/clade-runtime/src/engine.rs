@@ -381,19 +381,51 @@ async fn run_turn(inner: &Inner, session_id: SessionId, events: &[EventRow]) -> 
     let agent =
         store.agent_by_id(session.tenant_id, session.agent_id).await.map_err(|e| e.to_string())?;
     let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
-    let started = json!({ "events": ids.iter().map(ToString::to_string).collect::<Vec<_>>(), "agent": agent.handle.as_str() });
-    let (turn, rows) = store
-        .start_turn(&session, ids, 0, vec![outbox("turn.started", started)])
-        .await
-        .map_err(|e| e.to_string())?;
-    publish(inner, turn.agent_id, &rows);
-    let journal: HashMap<String, JournalEntry> = store
-        .journal(turn.id)
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|e| (e.step.clone(), e))
-        .collect();
+    let started_data = json!({ "events": ids.iter().map(ToString::to_string).collect::<Vec<_>>(), "agent": agent.handle.as_str() });
+    // A new turn is committed together with its first model response (and, when that response
+    // ends the turn, with its outcome): a crash before then leaves the events pending and the
+    // turn simply runs again, since nothing irreversible happened. A turn already on disk is
+    // resumed from its journal.
+    let (turn, journal, mut begun) = match events.first().and_then(|e| e.turn_id) {
+        Some(id) => {
+            let turn = store.turn(id).await.map_err(|e| e.to_string())?;
+            let journal: HashMap<String, JournalEntry> = store
+                .journal(id)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|e| (e.step.clone(), e))
+                .collect();
+            (turn, journal, true)
+        }
+        None => {
+            let now = store.now();
+            let turn = TurnRow {
+                id: clade_core::TurnId::generate(now),
+                session_id: session.id,
+                tenant_id: session.tenant_id,
+                agent_id: session.agent_id,
+                status: "running".into(),
+                reply: None,
+                error: None,
+                model: None,
+                config_revision: 0,
+                started_at: now,
+                finished_at: None,
+            };
+            (turn, HashMap::new(), false)
+        }
+    };
+    if !begun {
+        // Live-only for now, so streaming clients can follow; the outbox row commits with the turn.
+        let mut live = started_data.clone();
+        live["turn"] = json!(turn.id.to_string());
+        inner.hub.publish(
+            agent.id,
+            LiveEvent { session: session.id, id: None, kind: "turn.started".into(), data: live },
+        );
+    }
+    let started_outbox = || vec![outbox("turn.started", started_data.clone())];
 
     let mut messages = compose(inner, &agent, &session, &turn, events).await;
     let tools: Vec<ToolSpec> = inner
@@ -452,6 +484,22 @@ async fn run_turn(inner: &Inner, session_id: SessionId, events: &[EventRow]) -> 
                     Ok(outcome) => outcome,
                     Err(err) => {
                         let reason = err.error.to_string();
+                        if !begun {
+                            let (outcome, events_out) =
+                                outcome_of(&turn, "failed", None, Some(reason), last_model);
+                            let rows = store
+                                .begin_turn(
+                                    &turn,
+                                    ids.clone(),
+                                    started_outbox(),
+                                    None,
+                                    Some((outcome, events_out)),
+                                )
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            publish(inner, turn.agent_id, &rows);
+                            return Ok(());
+                        }
                         finish(inner, &turn, "failed", None, Some(reason), last_model).await?;
                         return Ok(());
                     }
@@ -473,12 +521,39 @@ async fn run_turn(inner: &Inner, session_id: SessionId, events: &[EventRow]) -> 
                     kind: "model_response".into(),
                     data: serde_json::to_string(&done).unwrap_or_default(),
                 };
-                let rows = inner
-                    .store
-                    .append_journal(&turn, entry, Vec::new(), Some(usage))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                publish(inner, turn.agent_id, &rows);
+                if begun {
+                    let rows = inner
+                        .store
+                        .append_journal(&turn, entry, Vec::new(), Some(usage))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    publish(inner, turn.agent_id, &rows);
+                } else {
+                    let ending = done.tool_calls.is_empty().then(|| {
+                        outcome_of(
+                            &turn,
+                            "completed",
+                            Some(done.text.clone()),
+                            None,
+                            Some(done.model.clone()),
+                        )
+                    });
+                    let rows = store
+                        .begin_turn(
+                            &turn,
+                            ids.clone(),
+                            started_outbox(),
+                            Some((entry, Some(usage))),
+                            ending.clone(),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    publish(inner, turn.agent_id, &rows);
+                    begun = true;
+                    if ending.is_some() {
+                        return Ok(());
+                    }
+                }
                 done
             }
         };
@@ -541,6 +616,23 @@ async fn journal_step(
     Ok(())
 }
 
+/// A turn's outcome and the lifecycle event that announces it.
+fn outcome_of(
+    turn: &TurnRow,
+    status: &str,
+    reply: Option<String>,
+    error: Option<String>,
+    model: Option<String>,
+) -> (TurnOutcome, Vec<OutboxEvent>) {
+    let kind = match status {
+        "completed" => "turn.finished",
+        "yielded" => "turn.yielded",
+        _ => "turn.failed",
+    };
+    let data = json!({ "turn": turn.id.to_string(), "status": status, "reply": reply, "error": error, "model": model });
+    (TurnOutcome { status: status.into(), reply, error, model }, vec![outbox(kind, data)])
+}
+
 async fn finish(
     inner: &Inner,
     turn: &TurnRow,
@@ -549,18 +641,8 @@ async fn finish(
     error: Option<String>,
     model: Option<String>,
 ) -> Result<(), String> {
-    let kind = match status {
-        "completed" => "turn.finished",
-        "yielded" => "turn.yielded",
-        _ => "turn.failed",
-    };
-    let data = json!({ "turn": turn.id.to_string(), "status": status, "reply": reply, "error": error, "model": model });
-    let outcome = TurnOutcome { status: status.into(), reply, error, model };
-    let rows = inner
-        .store
-        .finish_turn(turn, outcome, vec![outbox(kind, data)])
-        .await
-        .map_err(|e| e.to_string())?;
+    let (outcome, events) = outcome_of(turn, status, reply, error, model);
+    let rows = inner.store.finish_turn(turn, outcome, events).await.map_err(|e| e.to_string())?;
     publish(inner, turn.agent_id, &rows);
     Ok(())
 }

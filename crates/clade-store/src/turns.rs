@@ -440,6 +440,61 @@ impl Store {
         .await
     }
 
+    /// Starts a turn whose id the caller chose, for pending `events`, together with its first
+    /// journal entry (and that call's usage) and, for a turn that ended at its first step, its
+    /// outcome: one transaction instead of three. Fails if an event is no longer pending.
+    pub async fn begin_turn(
+        &self,
+        turn: &TurnRow,
+        events: Vec<EventId>,
+        outbox: Vec<OutboxEvent>,
+        first_step: Option<(JournalEntry, Option<UsageRecord>)>,
+        finish: Option<(TurnOutcome, Vec<OutboxEvent>)>,
+    ) -> Result<Vec<OutboxRow>> {
+        let now = self.now();
+        let turn = turn.clone();
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO turns (id, session_id, tenant_id, agent_id, status, config_revision, started_at) \
+                     VALUES ($1, $2, $3, $4, 'running', $5, $6)",
+                )
+                .bind(b(turn.id.as_bytes()))
+                .bind(b(turn.session_id.as_bytes()))
+                .bind(b(turn.tenant_id.as_bytes()))
+                .bind(b(turn.agent_id.as_bytes()))
+                .bind(turn.config_revision)
+                .bind(turn.started_at.as_millis())
+                .execute(&mut *conn)
+                .await?;
+                for event in &events {
+                    let taken = sqlx::query(
+                        "UPDATE events SET status = 'running', turn_id = $1 WHERE id = $2 AND status = 'pending'",
+                    )
+                    .bind(b(turn.id.as_bytes()))
+                    .bind(b(event.as_bytes()))
+                    .execute(&mut *conn)
+                    .await?;
+                    if taken.rows_affected() != 1 {
+                        return Err(Error::InvalidInput(format!("event {event} is no longer pending")));
+                    }
+                }
+                let mut rows = insert_outbox(conn, now, turn.tenant_id, Some(turn.session_id), Some(turn.id), &outbox).await?;
+                if let Some((entry, usage)) = first_step {
+                    journal_in(conn, turn.id, entry, now).await?;
+                    if let Some(usage) = &usage {
+                        insert_usage(conn, usage, now).await?;
+                    }
+                }
+                if let Some((outcome, events)) = finish {
+                    rows.extend(finish_in(conn, &turn, &outcome, &events, now).await?);
+                }
+                Ok(rows)
+            })
+        })
+        .await
+    }
+
     /// Adds events to a running turn (steering): they become part of it.
     pub async fn join_turn(&self, turn: TurnId, events: Vec<EventId>) -> Result<()> {
         self.write(move |conn| {
@@ -490,18 +545,7 @@ impl Store {
         let (turn_id, tenant, session) = (turn.id, turn.tenant_id, turn.session_id);
         self.write(move |conn| {
             Box::pin(async move {
-                let inserted = sqlx::query(
-                    "INSERT INTO journal (turn_id, step, kind, data, created_at) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (turn_id, step) DO NOTHING",
-                )
-                .bind(b(turn_id.as_bytes()))
-                .bind(entry.step)
-                .bind(entry.kind)
-                .bind(entry.data)
-                .bind(now.as_millis())
-                .execute(&mut *conn)
-                .await?;
-                if inserted.rows_affected() == 0 {
+                if !journal_in(conn, turn_id, entry, now).await? {
                     return Ok(Vec::new());
                 }
                 if let Some(usage) = &usage {
@@ -524,30 +568,7 @@ impl Store {
         let now = self.now();
         let turn = turn.clone();
         self.write(move |conn| {
-            Box::pin(async move {
-                let event_status = match outcome.status.as_str() {
-                    "completed" => "done",
-                    "yielded" => "yielded",
-                    _ => "failed",
-                };
-                sqlx::query(
-                    "UPDATE turns SET status = $2, reply = $3, error = $4, model = $5, finished_at = $6 WHERE id = $1",
-                )
-                .bind(b(turn.id.as_bytes()))
-                .bind(outcome.status.clone())
-                .bind(outcome.reply.clone())
-                .bind(outcome.error.clone())
-                .bind(outcome.model.clone())
-                .bind(now.as_millis())
-                .execute(&mut *conn)
-                .await?;
-                sqlx::query("UPDATE events SET status = $2 WHERE turn_id = $1")
-                    .bind(b(turn.id.as_bytes()))
-                    .bind(event_status)
-                    .execute(&mut *conn)
-                    .await?;
-                insert_outbox(conn, now, turn.tenant_id, Some(turn.session_id), Some(turn.id), &outbox).await
-            })
+            Box::pin(async move { finish_in(conn, &turn, &outcome, &outbox, now).await })
         })
         .await
     }
@@ -858,6 +879,58 @@ pub struct TurnOutcome {
     pub reply: Option<String>,
     pub error: Option<String>,
     pub model: Option<String>,
+}
+
+/// Inserts a journal row inside the caller's transaction; `false` if the step existed.
+async fn journal_in(
+    conn: &mut AnyConnection,
+    turn: TurnId,
+    entry: JournalEntry,
+    now: Timestamp,
+) -> Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO journal (turn_id, step, kind, data, created_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (turn_id, step) DO NOTHING",
+    )
+    .bind(b(turn.as_bytes()))
+    .bind(entry.step)
+    .bind(entry.kind)
+    .bind(entry.data)
+    .bind(now.as_millis())
+    .execute(&mut *conn)
+    .await?;
+    Ok(inserted.rows_affected() > 0)
+}
+
+/// Records a turn's outcome, its events' status and its outbox events inside the caller's
+/// transaction.
+async fn finish_in(
+    conn: &mut AnyConnection,
+    turn: &TurnRow,
+    outcome: &TurnOutcome,
+    outbox: &[OutboxEvent],
+    now: Timestamp,
+) -> Result<Vec<OutboxRow>> {
+    let event_status = match outcome.status.as_str() {
+        "completed" => "done",
+        "yielded" => "yielded",
+        _ => "failed",
+    };
+    sqlx::query("UPDATE turns SET status = $2, reply = $3, error = $4, model = $5, finished_at = $6 WHERE id = $1")
+        .bind(b(turn.id.as_bytes()))
+        .bind(outcome.status.clone())
+        .bind(outcome.reply.clone())
+        .bind(outcome.error.clone())
+        .bind(outcome.model.clone())
+        .bind(now.as_millis())
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE events SET status = $2 WHERE turn_id = $1")
+        .bind(b(turn.id.as_bytes()))
+        .bind(event_status)
+        .execute(&mut *conn)
+        .await?;
+    insert_outbox(conn, now, turn.tenant_id, Some(turn.session_id), Some(turn.id), outbox).await
 }
 
 async fn find_by_key(

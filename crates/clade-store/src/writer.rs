@@ -70,12 +70,15 @@ pub struct WriteStats {
     pub commits: u64,
     /// Writes that went into those transactions.
     pub writes: u64,
+    /// Time the writer spent running batches (its utilisation, against wall-clock time).
+    pub busy_micros: u64,
 }
 
 #[derive(Default)]
 struct Counters {
     commits: AtomicU64,
     writes: AtomicU64,
+    busy_micros: AtomicU64,
 }
 
 /// A cheap-to-clone handle to the writer task.
@@ -97,6 +100,7 @@ impl Writer {
         WriteStats {
             commits: self.counters.commits.load(Ordering::Relaxed),
             writes: self.counters.writes.load(Ordering::Relaxed),
+            busy_micros: self.counters.busy_micros.load(Ordering::Relaxed),
         }
     }
 
@@ -121,6 +125,8 @@ async fn run(
     // that fails drops it and the next batch starts on a fresh one.
     let mut held: Option<sqlx::pool::PoolConnection<sqlx::Any>> = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        #[allow(clippy::disallowed_methods)] // Utilisation metric, not wall-clock time.
+        let started = std::time::Instant::now();
         let conn = match held.take() {
             Some(conn) => Ok(conn),
             None => pool.acquire().await.map_err(|err| classify(err, &shown)),
@@ -135,6 +141,7 @@ async fn run(
             }
             Err(err) => Err(err),
         };
+        counters.busy_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         if commit.is_ok() {
             counters.commits.fetch_add(1, Ordering::Relaxed);
             counters.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);

@@ -40,13 +40,14 @@ pub(super) async fn run(
     }
     println!("bench turns: offline model (0 ms), {total} turns per row, closed loop");
     println!(
-        "{:<10} {:>9} {:>10} {:>12} {:>12} {:>14} {:>16} {:>14}",
+        "{:<10} {:>9} {:>10} {:>12} {:>12} {:>14} {:>12} {:>16} {:>14}",
         "durability",
         "sessions",
         "turns/s",
         "p50 ms",
         "p99 ms",
         "commits/turn",
+        "writer busy",
         "RSS/session KiB",
         "actors end→idle"
     );
@@ -66,13 +67,14 @@ pub(super) async fn run(
             let _ = std::fs::remove_dir_all(&dir);
             let row = row?;
             println!(
-                "{:<10} {:>9} {:>10.0} {:>12.3} {:>12.3} {:>14.2} {:>16.1} {:>14}",
+                "{:<10} {:>9} {:>10.0} {:>12.3} {:>12.3} {:>14.2} {:>11.0}% {:>16.1} {:>14}",
                 durability,
                 n,
                 row.turns_per_sec,
                 row.p50_ms,
                 row.p99_ms,
                 row.commits_per_turn,
+                row.writer_busy * 100.0,
                 row.rss_per_session_kib,
                 format!("{}→{}", row.active_at_end, row.evicted_left)
             );
@@ -88,6 +90,7 @@ pub(super) async fn run(
 }
 
 struct Row {
+    writer_busy: f64,
     active_at_end: usize,
     evicted_left: usize,
     turns_per_sec: f64,
@@ -138,7 +141,7 @@ async fn measure(
     let engine = Engine::start(store.clone(), agents, models, options).await?;
     let rss_before = rss_kib();
     let per_session = total.div_ceil(sessions);
-    let commits_before = store.write_stats().commits;
+    let stats_before = store.write_stats();
     let started = now();
     let peak_rss = Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
     let mut tasks = Vec::new();
@@ -182,7 +185,9 @@ async fn measure(
         latencies.extend(task.await??);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let commits = store.write_stats().commits - commits_before;
+    let stats = store.write_stats();
+    let commits = stats.commits - stats_before.commits;
+    let writer_busy = (stats.busy_micros - stats_before.busy_micros) as f64 / 1e6 / elapsed;
     latencies.sort();
     let pct = |p: f64| {
         latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
@@ -195,6 +200,7 @@ async fn measure(
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let evicted_left = engine.active_sessions();
     Ok(Row {
+        writer_busy,
         active_at_end,
         evicted_left,
         turns_per_sec: turns as f64 / elapsed,
