@@ -235,7 +235,10 @@ impl Store {
             Box::pin(async move {
                 let event_id = EventId::generate(now);
                 let key = event.idempotency_key.clone().unwrap_or_else(|| event_id.to_string());
-                if let Some(existing) = find_by_key(conn, event.tenant, &key).await? {
+                // A key of our own (the new event's id) cannot have been seen before.
+                if event.idempotency_key.is_some()
+                    && let Some(existing) = find_by_key(conn, event.tenant, &key).await?
+                {
                     return check_duplicate(existing, &event.payload_hash, &key);
                 }
                 let s = &event.source;
