@@ -458,41 +458,63 @@ impl Store {
         let turn = turn.clone();
         self.write(move |conn| {
             Box::pin(async move {
+                // A turn that ends here is written in its final state directly.
+                let (status, event_status, reply, error, model, finished_at) = match &finish {
+                    Some((o, _)) => (
+                        o.status.clone(),
+                        match o.status.as_str() {
+                            "completed" => "done",
+                            "yielded" => "yielded",
+                            _ => "failed",
+                        },
+                        o.reply.clone(),
+                        o.error.clone(),
+                        o.model.clone(),
+                        Some(now.as_millis()),
+                    ),
+                    None => ("running".to_owned(), "running", None, None, None, None),
+                };
                 sqlx::query(
-                    "INSERT INTO turns (id, session_id, tenant_id, agent_id, status, config_revision, started_at) \
-                     VALUES ($1, $2, $3, $4, 'running', $5, $6)",
+                    "INSERT INTO turns (id, session_id, tenant_id, agent_id, status, reply, error, model, \
+                     config_revision, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind(b(turn.id.as_bytes()))
                 .bind(b(turn.session_id.as_bytes()))
                 .bind(b(turn.tenant_id.as_bytes()))
                 .bind(b(turn.agent_id.as_bytes()))
+                .bind(status)
+                .bind(reply)
+                .bind(error)
+                .bind(model)
                 .bind(turn.config_revision)
                 .bind(turn.started_at.as_millis())
+                .bind(finished_at)
                 .execute(&mut *conn)
                 .await?;
                 for event in &events {
                     let taken = sqlx::query(
-                        "UPDATE events SET status = 'running', turn_id = $1 WHERE id = $2 AND status = 'pending'",
+                        "UPDATE events SET status = $3, turn_id = $1 WHERE id = $2 AND status = 'pending'",
                     )
                     .bind(b(turn.id.as_bytes()))
                     .bind(b(event.as_bytes()))
+                    .bind(event_status)
                     .execute(&mut *conn)
                     .await?;
                     if taken.rows_affected() != 1 {
                         return Err(Error::InvalidInput(format!("event {event} is no longer pending")));
                     }
                 }
-                let mut rows = insert_outbox(conn, now, turn.tenant_id, Some(turn.session_id), Some(turn.id), &outbox).await?;
                 if let Some((entry, usage)) = first_step {
                     journal_in(conn, turn.id, entry, now).await?;
                     if let Some(usage) = &usage {
                         insert_usage(conn, usage, now).await?;
                     }
                 }
-                if let Some((outcome, events)) = finish {
-                    rows.extend(finish_in(conn, &turn, &outcome, &events, now).await?);
+                let mut all = outbox;
+                if let Some((_, events)) = finish {
+                    all.extend(events);
                 }
-                Ok(rows)
+                insert_outbox(conn, now, turn.tenant_id, Some(turn.session_id), Some(turn.id), &all).await
             })
         })
         .await
