@@ -280,6 +280,9 @@ impl Engine {
 async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receiver<Wake>) {
     let idle = Duration::from_secs(inner.options.sessions.idle_secs.max(1));
     let coalesce = inner.options.sessions.queue_mode == QueueMode::Coalesce;
+    // Session, tenant and agent are read once per stay in memory: an agent's changed settings
+    // apply from its next activation (after `idle_secs` without messages).
+    let mut context: Option<Arc<TurnContext>> = None;
     loop {
         let events = match inner.store.open_events(session_id, coalesce).await {
             Ok(events) => events,
@@ -303,10 +306,21 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receive
                 }
             }
         }
+        let ctx = match &context {
+            Some(ctx) => ctx.clone(),
+            None => match TurnContext::load(&inner.store, session_id).await {
+                Ok(ctx) => context.insert(Arc::new(ctx)).clone(),
+                Err(err) => {
+                    tracing::error!(session = %session_id, error = %err, "cannot load the session; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
         let cancel = Arc::new(Notify::new());
         inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).insert(session_id, cancel.clone());
         // A separate task is the panic boundary: a bug in one turn fails that turn only.
-        let task = tokio::spawn(run_events(inner.clone(), session_id, events.clone(), cancel));
+        let task = tokio::spawn(run_events(inner.clone(), ctx, events.clone(), cancel));
         if let Err(err) = task.await {
             tracing::error!(session = %session_id, error = %err, "turn task panicked");
             fail_events(&inner, session_id, &events, "internal error while running the turn").await;
@@ -352,15 +366,32 @@ fn publish(inner: &Inner, agent: AgentId, rows: &[OutboxRow]) {
     }
 }
 
+/// What a session's turns need to know about where they run.
+struct TurnContext {
+    session: SessionRow,
+    tenant: Tenant,
+    agent: Agent,
+}
+
+impl TurnContext {
+    async fn load(store: &Store, session_id: SessionId) -> Result<Self, clade_store::Error> {
+        let session = store.session_any_tenant(session_id).await?;
+        let tenant = store.tenant_by_id(session.tenant_id).await?;
+        let agent = store.agent_by_id(session.tenant_id, session.agent_id).await?;
+        Ok(Self { session, tenant, agent })
+    }
+}
+
 async fn run_events(
     inner: Arc<Inner>,
-    session_id: SessionId,
+    ctx: Arc<TurnContext>,
     events: Vec<EventRow>,
     cancel: Arc<Notify>,
 ) {
+    let session_id = ctx.session.id;
     let timeout = Duration::from_secs(inner.options.sessions.turn_timeout_secs);
     let result = tokio::select! {
-        result = tokio::time::timeout(timeout, run_turn(&inner, session_id, &events)) => match result {
+        result = tokio::time::timeout(timeout, run_turn(&inner, &ctx, &events)) => match result {
             Ok(result) => result,
             Err(_) => Err(format!("the turn did not finish within {} s (sessions.turn_timeout_secs)", timeout.as_secs())),
         },
@@ -374,12 +405,10 @@ async fn run_events(
 
 /// Runs (or resumes) the turn of `events`. `Err` carries the reason the turn failed before it
 /// could record an outcome itself.
-async fn run_turn(inner: &Inner, session_id: SessionId, events: &[EventRow]) -> Result<(), String> {
+async fn run_turn(inner: &Inner, ctx: &TurnContext, events: &[EventRow]) -> Result<(), String> {
     let store = &inner.store;
-    let session = store.session_any_tenant(session_id).await.map_err(|e| e.to_string())?;
-    let tenant = store.tenant_by_id(session.tenant_id).await.map_err(|e| e.to_string())?;
-    let agent =
-        store.agent_by_id(session.tenant_id, session.agent_id).await.map_err(|e| e.to_string())?;
+    let (session, tenant, agent) = (&ctx.session, &ctx.tenant, &ctx.agent);
+    let session_id = session.id;
     let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
     let started_data = json!({ "events": ids.iter().map(ToString::to_string).collect::<Vec<_>>(), "agent": agent.handle.as_str() });
     // A new turn is committed together with its first model response (and, when that response
@@ -427,7 +456,7 @@ async fn run_turn(inner: &Inner, session_id: SessionId, events: &[EventRow]) -> 
     }
     let started_outbox = || vec![outbox("turn.started", started_data.clone())];
 
-    let mut messages = compose(inner, &agent, &session, &turn, events).await;
+    let mut messages = compose(inner, agent, session, &turn, events).await;
     let tools: Vec<ToolSpec> = inner
         .options
         .tools
@@ -473,8 +502,8 @@ async fn run_turn(inner: &Inner, session_id: SessionId, events: &[EventRow]) -> 
                 let outcome = match inner
                     .models
                     .call_unrecorded(
-                        &tenant,
-                        Some(&agent),
+                        tenant,
+                        Some(agent),
                         ProcessKind::Channel,
                         &request,
                         &mut on_event,
@@ -515,7 +544,7 @@ async fn run_turn(inner: &Inner, session_id: SessionId, events: &[EventRow]) -> 
                     route: outcome.events.iter().map(|e| format!("{e:?}")).collect(),
                     messages: request.messages.len(),
                 };
-                let usage = crate::models::usage_record(&tenant, Some(&agent), &outcome);
+                let usage = crate::models::usage_record(tenant, Some(agent), &outcome);
                 let entry = JournalEntry {
                     step,
                     kind: "model_response".into(),
