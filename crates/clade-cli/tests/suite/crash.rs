@@ -170,11 +170,19 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
             server.kill9();
             let spec = format!("{name}={}", rand::rng().random_range(1..4));
             let env2 = env.clone();
-            let mut armed = tokio::task::spawn_blocking(move || {
-                env2.serve_with(&[], &[("CLADE_FAILPOINTS", &spec)])
+            let armed = tokio::task::spawn_blocking(move || {
+                env2.try_serve_with(&[], &[("CLADE_FAILPOINTS", &spec)])
             })
             .await
             .unwrap();
+            let Some(mut armed) = armed else {
+                // It died at the failpoint while starting (e.g. resuming deliveries).
+                failpoint_hits += 1;
+                let env3 = env.clone();
+                server = tokio::task::spawn_blocking(move || env3.serve(&[])).await.unwrap();
+                *url.write().unwrap() = (server.url.clone(), server.token.clone());
+                continue;
+            };
             *url.write().unwrap() = (armed.url.clone(), armed.token.clone());
             let died = tokio::task::spawn_blocking(move || {
                 let died = armed.exits_within(Duration::from_secs(4));

@@ -101,6 +101,12 @@ impl Env {
 
     /// Like [`Env::serve`] with extra environment variables for this server only.
     pub fn serve_with(&self, extra: &[&str], vars: &[(&str, &str)]) -> Server {
+        self.try_serve_with(extra, vars).expect("server printed nothing")
+    }
+
+    /// Like [`Env::serve_with`], but `None` if the server exits before it listens (e.g. at an
+    /// armed failpoint during start-up).
+    pub fn try_serve_with(&self, extra: &[&str], vars: &[(&str, &str)]) -> Option<Server> {
         let mut child = self
             .command()
             .envs(vars.iter().copied())
@@ -112,7 +118,13 @@ impl Env {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let line = lines.next().expect("server printed nothing").unwrap();
+        let line = match lines.next() {
+            Some(Ok(line)) => line,
+            _ => {
+                let _ = child.wait();
+                return None;
+            }
+        };
         let url = line
             .split_whitespace()
             .find(|w| w.starts_with("http://"))
@@ -132,7 +144,7 @@ impl Env {
         });
         let token =
             std::fs::read_to_string(self.data_dir().join("token")).unwrap().trim().to_owned();
-        Server { child, url, token, logs }
+        Some(Server { child, url, token, logs })
     }
 }
 
