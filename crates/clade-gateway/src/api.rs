@@ -222,6 +222,19 @@ pub struct TurnResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<i64>,
     pub events: Vec<TurnEvent>,
+    pub usage: TurnUsageBody,
+}
+
+/// What a turn's model calls consumed (tokens as reported by the provider, cost from the
+/// configured prices).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TurnUsageBody {
+    pub model_calls: u64,
+    /// Including cached and cache-write tokens.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Millionths of a US dollar.
+    pub cost_micros: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

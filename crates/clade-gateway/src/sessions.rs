@@ -17,6 +17,7 @@ use crate::AppState;
 use crate::agents::query_rejection;
 use crate::api::{
     SessionListResponse, SessionResponse, SessionsQuery, TurnEvent, TurnListResponse, TurnResponse,
+    TurnUsageBody,
 };
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
@@ -75,7 +76,7 @@ pub(crate) async fn turns(
     let turns = state.store.turns(session.id).await?;
     let items = turns
         .into_iter()
-        .map(|(t, events)| TurnResponse {
+        .map(|(t, events, usage)| TurnResponse {
             id: t.id.to_string(),
             status: t.status,
             reply: t.reply,
@@ -87,6 +88,12 @@ pub(crate) async fn turns(
                 .into_iter()
                 .map(|e| TurnEvent { id: e.id.to_string(), seq: e.seq, text: e.text })
                 .collect(),
+            usage: TurnUsageBody {
+                model_calls: usage.model_calls,
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                cost_micros: usage.cost_micros,
+            },
         })
         .collect();
     Ok(axum::Json(TurnListResponse { items }))

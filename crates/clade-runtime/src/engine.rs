@@ -544,7 +544,8 @@ async fn run_turn(inner: &Inner, ctx: &TurnContext, events: &[EventRow]) -> Resu
                     route: outcome.events.iter().map(|e| format!("{e:?}")).collect(),
                     messages: request.messages.len(),
                 };
-                let usage = crate::models::usage_record(tenant, Some(agent), &outcome);
+                let usage =
+                    crate::models::usage_record(tenant, Some(agent), Some(turn.id), &outcome);
                 let entry = JournalEntry {
                     step,
                     kind: "model_response".into(),

@@ -225,7 +225,7 @@ impl Models {
         on_event: &mut (dyn FnMut(&clade_model::StreamEvent) + Send),
     ) -> Result<clade_model::CallOutcome, clade_model::CallError> {
         let outcome = self.call_unrecorded(tenant, agent, kind, request, on_event).await?;
-        let record = usage_record(tenant, agent, &outcome);
+        let record = usage_record(tenant, agent, None, &outcome);
         if let Err(err) = self.store.record_usage(record).await {
             tracing::error!(error = %err, "could not record model usage");
         }
@@ -370,12 +370,14 @@ impl Models {
 pub fn usage_record(
     tenant: &clade_core::Tenant,
     agent: Option<&Agent>,
+    turn: Option<clade_core::TurnId>,
     outcome: &clade_model::CallOutcome,
 ) -> UsageRecord {
     let usage = outcome.response.usage;
     UsageRecord {
         tenant: tenant.id,
         agent: agent.map(|a| a.id),
+        turn,
         model: outcome.model.clone(),
         input_tokens: usage.input_tokens,
         output_tokens: usage.output_tokens,

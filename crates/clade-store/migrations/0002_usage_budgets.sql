@@ -4,6 +4,7 @@ CREATE TABLE model_usage (
     id BLOB PRIMARY KEY,
     tenant_id BLOB NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
     agent_id BLOB,
+    turn_id BLOB,
     model TEXT NOT NULL,
     input_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL,
@@ -14,6 +15,7 @@ CREATE TABLE model_usage (
 );
 
 CREATE INDEX model_usage_by_tenant_time ON model_usage (tenant_id, created_at);
+CREATE INDEX model_usage_by_turn ON model_usage (turn_id);
 
 -- One row per (scope, period, unit): scope is `tenant:<id>` or `agent:<id>`, period a UTC day
 -- (`d2026-11-22`) or month (`m2026-11`), unit `tokens` or `micro_usd`. A reservation raises

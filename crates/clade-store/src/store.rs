@@ -72,6 +72,8 @@ pub struct SecretInfo {
 pub struct UsageRecord {
     pub tenant: TenantId,
     pub agent: Option<AgentId>,
+    /// The turn the call belonged to, if any.
+    pub turn: Option<clade_core::TurnId>,
     /// The configured model name.
     pub model: String,
     pub input_tokens: u64,
@@ -124,9 +126,9 @@ pub(crate) async fn insert_usage(
     now: Timestamp,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO model_usage (id, tenant_id, agent_id, model, input_tokens, output_tokens, \
+        "INSERT INTO model_usage (id, tenant_id, agent_id, turn_id, model, input_tokens, output_tokens, \
          cached_tokens, cache_write_tokens, cost_micros, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         VALUES ($1, $2, $3, $11, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(clade_core::TokenId::generate(now).as_bytes().to_vec())
     .bind(usage.tenant.as_bytes().to_vec())
@@ -138,6 +140,7 @@ pub(crate) async fn insert_usage(
     .bind(to_i64(usage.cache_write_tokens))
     .bind(to_i64(usage.cost_micros))
     .bind(now.as_millis())
+    .bind(usage.turn.map(|t| t.as_bytes().to_vec()))
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -672,8 +672,11 @@ impl Store {
         rows.iter().map(session_row).collect()
     }
 
-    /// A session's turns, oldest first, each with the texts of its events.
-    pub async fn turns(&self, session: SessionId) -> Result<Vec<(TurnRow, Vec<EventRow>)>> {
+    /// A session's turns, oldest first, each with its events and the usage of its model calls.
+    pub async fn turns(
+        &self,
+        session: SessionId,
+    ) -> Result<Vec<(TurnRow, Vec<EventRow>, TurnUsage)>> {
         let turns = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {TURN_COLUMNS} FROM turns WHERE session_id = $1 ORDER BY started_at, id"
         )))
@@ -689,12 +692,36 @@ impl Store {
         .await
         .map_err(|e| self.db(e))?;
         let events: Vec<EventRow> = events.iter().map(event_row).collect::<Result<_>>()?;
+        let usage_rows = sqlx::query(
+            "SELECT u.turn_id AS turn_id, CAST(SUM(u.input_tokens + u.cached_tokens + u.cache_write_tokens) AS BIGINT) AS input, \
+             CAST(SUM(u.output_tokens) AS BIGINT) AS output, CAST(SUM(u.cost_micros) AS BIGINT) AS cost, COUNT(*) AS calls \
+             FROM model_usage u JOIN turns t ON t.id = u.turn_id WHERE t.session_id = $1 GROUP BY u.turn_id",
+        )
+        .bind(b(session.as_bytes()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        let mut usage = std::collections::HashMap::new();
+        for row in &usage_rows {
+            let n = |c: &str| row.try_get::<i64, _>(c).map(|v| u64::try_from(v).unwrap_or(0));
+            let turn = TurnId::from_bytes(id_bytes(row, "turn_id")?);
+            usage.insert(
+                turn,
+                TurnUsage {
+                    model_calls: n("calls")?,
+                    input_tokens: n("input")?,
+                    output_tokens: n("output")?,
+                    cost_micros: n("cost")?,
+                },
+            );
+        }
         turns
             .iter()
             .map(|row| {
                 let turn = turn_row(row)?;
                 let own = events.iter().filter(|e| e.turn_id == Some(turn.id)).cloned().collect();
-                Ok((turn, own))
+                let spent = usage.get(&turn.id).copied().unwrap_or_default();
+                Ok((turn, own, spent))
             })
             .collect()
     }
@@ -894,6 +921,16 @@ impl Store {
             .map_err(|e| self.db(e))?;
         Ok(row.try_get(0)?)
     }
+}
+
+/// What a turn's model calls consumed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TurnUsage {
+    pub model_calls: u64,
+    /// Including cached and cache-write tokens.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_micros: u64,
 }
 
 /// How a turn ended.

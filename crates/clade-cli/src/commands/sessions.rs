@@ -182,9 +182,10 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
             if json {
                 let items: Vec<_> = turns
                     .iter()
-                    .map(|(t, events)| json!({
+                    .map(|(t, events, usage)| json!({
                         "id": t.id.to_string(), "status": t.status, "reply": t.reply, "error": t.error, "model": t.model,
                         "started_at": t.started_at.as_millis(),
+                        "usage": { "model_calls": usage.model_calls, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens, "cost_micros": usage.cost_micros },
                         "events": events.iter().map(|e| json!({ "id": e.id.to_string(), "seq": e.seq, "text": e.text })).collect::<Vec<_>>(),
                     }))
                     .collect();
@@ -194,7 +195,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
                 "session {} ({} / {} / {})",
                 session.id, session.source.platform, session.source.channel, session.source.actor
             );
-            for (turn, events) in turns {
+            for (turn, events, usage) in turns {
                 for event in events {
                     println!("> {}", event.text);
                 }
@@ -202,6 +203,13 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
                     "completed" => println!("< {}", turn.reply.unwrap_or_default()),
                     status => println!("< [{status}] {}", turn.error.unwrap_or_default()),
                 }
+                println!(
+                    "  ({} model call(s), {} in / {} out tokens, ${:.6})",
+                    usage.model_calls,
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    usage.cost_micros as f64 / 1e6
+                );
             }
         }
         SessionsCommand::Resume { id, server } => {

@@ -127,6 +127,9 @@ async fn deltas_reach_an_sse_client_before_the_turn_finishes() {
     let all = settled(&server, second["session_id"].as_str().unwrap(), 2).await;
     assert_eq!(all.len(), 2);
     assert!(all.iter().all(|t| t["status"] == "completed"), "{all:?}");
+    // Each turn reports what its model calls consumed.
+    assert_eq!(all[0]["usage"]["model_calls"], 1, "{}", all[0]);
+    assert!(all[0]["usage"]["input_tokens"].as_u64().unwrap() > 0, "{}", all[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,7 @@ async fn usage_is_recorded_and_summed_per_agent_and_model() {
         let record = |agent, model: &str, cost| UsageRecord {
             tenant: tenant.id,
             agent,
+            turn: None,
             model: model.into(),
             input_tokens: 10,
             output_tokens: 5,
