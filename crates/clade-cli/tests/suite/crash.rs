@@ -255,15 +255,7 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
     let turns = loop {
         let mut all = Vec::new();
         for session in &sessions {
-            let value: Value = client
-                .get(format!("{}/v1/sessions/{session}/turns", server.url))
-                .bearer_auth(&server.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let value = server.get_json(&format!("/v1/sessions/{session}/turns")).await;
             all.push((session.clone(), value["items"].as_array().unwrap().clone()));
         }
         let finished: usize = all

@@ -59,15 +59,7 @@ async fn quick_start_key_calls_the_provider_and_usage_is_reported() {
     // The same numbers over HTTP, per tenant.
     let server = env.serve(&[]);
     let client = reqwest::Client::new();
-    let body: serde_json::Value = client
-        .get(format!("{}/v1/usage?agent=ada", server.url))
-        .bearer_auth(&server.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = server.get_json("/v1/usage?agent=ada").await;
     assert_eq!(body["items"][0]["agent"], "ada");
     assert_eq!(body["items"][0]["model"], "default");
     let status = client

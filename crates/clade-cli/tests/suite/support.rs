@@ -168,6 +168,19 @@ impl Server {
         false
     }
 
+    /// `GET path` with the server's token; the JSON answer.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Kills the server with SIGKILL: no chance to flush or clean up.
     pub fn kill9(mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {

@@ -38,15 +38,7 @@ fn event(text: &str, actor: &str) -> Value {
 }
 
 async fn turns(server: &Server, session: &str) -> Vec<Value> {
-    let value: Value = reqwest::Client::new()
-        .get(format!("{}/v1/sessions/{session}/turns", server.url))
-        .bearer_auth(&server.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let value = server.get_json(&format!("/v1/sessions/{session}/turns")).await;
     value["items"].as_array().cloned().unwrap_or_default()
 }
 
