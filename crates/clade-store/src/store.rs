@@ -23,6 +23,9 @@ use crate::error::{Error, Result};
 use crate::migrate;
 use crate::writer::{WriteStats, Writer};
 
+/// A query on either backend, before it is run.
+pub(crate) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
 /// How to open a store.
 #[derive(Clone)]
 pub struct StoreOptions {
@@ -276,10 +279,7 @@ impl Store {
         if self.backend != Backend::Sqlite {
             return Ok(());
         }
-        let row = sqlx::query("PRAGMA quick_check")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.db(e))?;
+        let row = self.row(sqlx::query("PRAGMA quick_check")).await?;
         let verdict: String = row.try_get(0)?;
         if verdict != "ok" {
             return Err(Error::Corrupt { location: self.shown.to_string(), detail: verdict });
@@ -306,6 +306,19 @@ impl Store {
         };
         let row = sqlx::query(query).fetch_one(&self.pool).await.map_err(|e| self.db(e))?;
         Ok(row.try_get(0)?)
+    }
+
+    /// Runs a read on the pool; errors are classified for the user.
+    pub(crate) async fn rows(&self, query: AnyQuery<'_>) -> Result<Vec<AnyRow>> {
+        query.fetch_all(&self.pool).await.map_err(|e| self.db(e))
+    }
+
+    pub(crate) async fn maybe_row(&self, query: AnyQuery<'_>) -> Result<Option<AnyRow>> {
+        query.fetch_optional(&self.pool).await.map_err(|e| self.db(e))
+    }
+
+    pub(crate) async fn row(&self, query: AnyQuery<'_>) -> Result<AnyRow> {
+        query.fetch_one(&self.pool).await.map_err(|e| self.db(e))
     }
 
     pub(crate) fn db(&self, err: sqlx::Error) -> Error {
@@ -360,11 +373,11 @@ impl Store {
     }
 
     pub async fn tenant(&self, name: &str) -> Result<Tenant> {
-        let row = sqlx::query("SELECT id, name, created_at FROM tenants WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.db(e))?;
+        let row = self
+            .maybe_row(
+                sqlx::query("SELECT id, name, created_at FROM tenants WHERE name = $1").bind(name),
+            )
+            .await?;
         row.as_ref()
             .map(tenant_from_row)
             .transpose()?
@@ -372,11 +385,12 @@ impl Store {
     }
 
     pub async fn tenant_by_id(&self, id: TenantId) -> Result<Tenant> {
-        let row = sqlx::query("SELECT id, name, created_at FROM tenants WHERE id = $1")
-            .bind(id.as_bytes().to_vec())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.db(e))?;
+        let row = self
+            .maybe_row(
+                sqlx::query("SELECT id, name, created_at FROM tenants WHERE id = $1")
+                    .bind(id.as_bytes().to_vec()),
+            )
+            .await?;
         row.as_ref()
             .map(tenant_from_row)
             .transpose()?
@@ -384,10 +398,9 @@ impl Store {
     }
 
     pub async fn tenants(&self) -> Result<Vec<Tenant>> {
-        let rows = sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY name")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db(e))?;
+        let rows = self
+            .rows(sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY name"))
+            .await?;
         rows.iter().map(tenant_from_row).collect()
     }
 
@@ -475,14 +488,15 @@ impl Store {
     }
 
     pub async fn agent(&self, tenant: TenantId, handle: &str) -> Result<Agent> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND handle = $2"
-        )))
-        .bind(tenant.as_bytes().to_vec())
-        .bind(handle)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        let row = self
+            .maybe_row(
+                sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND handle = $2"
+                )))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(handle),
+            )
+            .await?;
         row.as_ref()
             .map(agent_from_row)
             .transpose()?
@@ -490,14 +504,15 @@ impl Store {
     }
 
     pub async fn agent_by_id(&self, tenant: TenantId, id: AgentId) -> Result<Agent> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND id = $2"
-        )))
-        .bind(tenant.as_bytes().to_vec())
-        .bind(id.as_bytes().to_vec())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        let row = self
+            .maybe_row(
+                sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND id = $2"
+                )))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(id.as_bytes().to_vec()),
+            )
+            .await?;
         row.as_ref()
             .map(agent_from_row)
             .transpose()?
@@ -511,25 +526,27 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Agent>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND handle > $2 \
+        let rows = self
+            .rows(
+                sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND handle > $2 \
              ORDER BY handle LIMIT $3"
-        )))
-        .bind(tenant.as_bytes().to_vec())
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+                )))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(after.unwrap_or(""))
+                .bind(i64::from(limit)),
+            )
+            .await?;
         rows.iter().map(agent_from_row).collect()
     }
 
     pub async fn count_agents(&self, tenant: TenantId) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) FROM agents WHERE tenant_id = $1")
-            .bind(tenant.as_bytes().to_vec())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.db(e))?;
+        let row = self
+            .row(
+                sqlx::query("SELECT COUNT(*) FROM agents WHERE tenant_id = $1")
+                    .bind(tenant.as_bytes().to_vec()),
+            )
+            .await?;
         Ok(row.try_get(0)?)
     }
 
@@ -609,14 +626,15 @@ impl Store {
     }
 
     pub async fn tokens(&self, tenant: TenantId) -> Result<Vec<TokenInfo>> {
-        let rows = sqlx::query(
-            "SELECT id, tenant_id, name, created_at, revoked_at FROM api_tokens \
+        let rows = self
+            .rows(
+                sqlx::query(
+                    "SELECT id, tenant_id, name, created_at, revoked_at FROM api_tokens \
              WHERE tenant_id = $1 ORDER BY created_at, id",
-        )
-        .bind(tenant.as_bytes().to_vec())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+                )
+                .bind(tenant.as_bytes().to_vec()),
+            )
+            .await?;
         rows.iter().map(token_from_row).collect()
     }
 
@@ -647,14 +665,11 @@ impl Store {
         if !secret.starts_with(TOKEN_PREFIX) {
             return Err(Error::BadToken);
         }
-        let row = sqlx::query(
+        let row = self.maybe_row(sqlx::query(
             "SELECT t.id, t.name, t.created_at FROM api_tokens k JOIN tenants t ON t.id = k.tenant_id \
              WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
         )
-        .bind(hash_token(secret))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        .bind(hash_token(secret))).await?;
         row.as_ref().map(tenant_from_row).transpose()?.ok_or(Error::BadToken)
     }
 
@@ -714,13 +729,10 @@ impl Store {
     }
 
     pub async fn secrets(&self, agent: AgentId) -> Result<Vec<SecretInfo>> {
-        let rows = sqlx::query(
+        let rows = self.rows(sqlx::query(
             "SELECT name, created_at, updated_at FROM secrets WHERE agent_id = $1 ORDER BY name",
         )
-        .bind(agent.as_bytes().to_vec())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        .bind(agent.as_bytes().to_vec())).await?;
         rows.iter()
             .map(|row| {
                 let name: String = row.try_get("name")?;
@@ -753,10 +765,7 @@ impl Store {
 
     /// Number of stored secrets across all tenants (to detect a lost master key).
     pub async fn count_secrets(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) FROM secrets")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.db(e))?;
+        let row = self.row(sqlx::query("SELECT COUNT(*) FROM secrets")).await?;
         Ok(row.try_get(0)?)
     }
 
@@ -775,7 +784,7 @@ impl Store {
         agent: Option<AgentId>,
         since: Timestamp,
     ) -> Result<Vec<UsageSummary>> {
-        let rows = sqlx::query(
+        let rows = self.rows(sqlx::query(
             "SELECT a.handle AS handle, u.model AS model, COUNT(*) AS calls, CAST(SUM(u.input_tokens) AS BIGINT) AS input, \
              CAST(SUM(u.output_tokens) AS BIGINT) AS output, CAST(SUM(u.cached_tokens) AS BIGINT) AS cached, \
              CAST(SUM(u.cache_write_tokens) AS BIGINT) AS cache_write, CAST(SUM(u.cost_micros) AS BIGINT) AS cost \
@@ -785,10 +794,7 @@ impl Store {
         )
         .bind(tenant.as_bytes().to_vec())
         .bind(since.as_millis())
-        .bind(agent.map(|a| a.as_bytes().to_vec()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        .bind(agent.map(|a| a.as_bytes().to_vec()))).await?;
         rows.iter()
             .map(|row| {
                 let sum =
@@ -874,13 +880,10 @@ impl Store {
         period: &str,
         unit: &str,
     ) -> Result<(u64, u64)> {
-        let row = sqlx::query("SELECT spent, reserved FROM budget_counters WHERE scope = $1 AND period = $2 AND unit = $3")
+        let row = self.maybe_row(sqlx::query("SELECT spent, reserved FROM budget_counters WHERE scope = $1 AND period = $2 AND unit = $3")
             .bind(scope)
             .bind(period)
-            .bind(unit)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.db(e))?;
+            .bind(unit)).await?;
         Ok(match row {
             Some(row) => (
                 u64::try_from(row.try_get::<i64, _>("spent")?).unwrap_or(0),
@@ -893,11 +896,8 @@ impl Store {
     // ---- metadata ----
 
     pub async fn meta(&self, key: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.db(e))?;
+        let row =
+            self.maybe_row(sqlx::query("SELECT value FROM meta WHERE key = $1").bind(key)).await?;
         Ok(row.map(|r| r.try_get::<String, _>("value")).transpose()?)
     }
 

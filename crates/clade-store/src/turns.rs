@@ -324,28 +324,26 @@ impl Store {
 
     /// The event of `tenant` with id `id`.
     pub async fn event(&self, tenant: TenantId, id: EventId) -> Result<EventRow> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE id = $1 AND tenant_id = $2"
-        )))
-        .bind(b(id.as_bytes()))
-        .bind(b(tenant.as_bytes()))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        let row = self
+            .maybe_row(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE id = $1 AND tenant_id = $2"
+                )))
+                .bind(b(id.as_bytes()))
+                .bind(b(tenant.as_bytes())),
+            )
+            .await?;
         row.as_ref().map(event_row).transpose()?.ok_or_else(|| Error::EventNotFound(id.to_string()))
     }
 
     /// The session's open events, oldest first: those of the running turn if there is one,
     /// else the pending ones (all of them, or only the first unless `all`).
     pub async fn open_events(&self, session: SessionId, all: bool) -> Result<Vec<EventRow>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = self.rows(sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 AND status IN ('pending', 'running') \
              ORDER BY seq"
         )))
-        .bind(b(session.as_bytes()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        .bind(b(session.as_bytes()))).await?;
         let events: Vec<EventRow> = rows.iter().map(event_row).collect::<Result<_>>()?;
         let Some(first) = events.first() else { return Ok(Vec::new()) };
         if let Some(turn) = first.turn_id {
@@ -357,24 +355,20 @@ impl Store {
 
     /// The session's events not yet part of a turn, oldest first.
     pub async fn pending_events(&self, session: SessionId) -> Result<Vec<EventRow>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = self.rows(sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 AND status = 'pending' ORDER BY seq"
         )))
-        .bind(b(session.as_bytes()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        .bind(b(session.as_bytes()))).await?;
         rows.iter().map(event_row).collect()
     }
 
     /// Sessions that have open events (to resume at start-up).
     pub async fn sessions_with_open_events(&self) -> Result<Vec<SessionId>> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT session_id FROM events WHERE status IN ('pending', 'running')",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        let rows = self
+            .rows(sqlx::query(
+                "SELECT DISTINCT session_id FROM events WHERE status IN ('pending', 'running')",
+            ))
+            .await?;
         rows.iter().map(|r| Ok(SessionId::from_bytes(id_bytes(r, "session_id")?))).collect()
     }
 
@@ -539,13 +533,10 @@ impl Store {
 
     /// The turn's journal, in step order of writing.
     pub async fn journal(&self, turn: TurnId) -> Result<Vec<JournalEntry>> {
-        let rows = sqlx::query(
+        let rows = self.rows(sqlx::query(
             "SELECT step, kind, data FROM journal WHERE turn_id = $1 ORDER BY created_at, step",
         )
-        .bind(b(turn.as_bytes()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        .bind(b(turn.as_bytes()))).await?;
         rows.iter()
             .map(|r| {
                 Ok(JournalEntry {
@@ -617,14 +608,15 @@ impl Store {
     }
 
     pub async fn session(&self, tenant: TenantId, id: SessionId) -> Result<SessionRow> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1 AND tenant_id = $2"
-        )))
-        .bind(b(id.as_bytes()))
-        .bind(b(tenant.as_bytes()))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        let row = self
+            .maybe_row(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1 AND tenant_id = $2"
+                )))
+                .bind(b(id.as_bytes()))
+                .bind(b(tenant.as_bytes())),
+            )
+            .await?;
         row.as_ref()
             .map(session_row)
             .transpose()?
@@ -633,13 +625,14 @@ impl Store {
 
     /// A session by id across tenants (the engine's own use, never a caller's).
     pub async fn session_any_tenant(&self, id: SessionId) -> Result<SessionRow> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
-        )))
-        .bind(b(id.as_bytes()))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        let row = self
+            .maybe_row(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
+                )))
+                .bind(b(id.as_bytes())),
+            )
+            .await?;
         row.as_ref()
             .map(session_row)
             .transpose()?
@@ -677,30 +670,29 @@ impl Store {
         &self,
         session: SessionId,
     ) -> Result<Vec<(TurnRow, Vec<EventRow>, TurnUsage)>> {
-        let turns = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TURN_COLUMNS} FROM turns WHERE session_id = $1 ORDER BY started_at, id"
-        )))
-        .bind(b(session.as_bytes()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
-        let events = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 ORDER BY seq"
-        )))
-        .bind(b(session.as_bytes()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        let turns = self
+            .rows(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {TURN_COLUMNS} FROM turns WHERE session_id = $1 ORDER BY started_at, id"
+                )))
+                .bind(b(session.as_bytes())),
+            )
+            .await?;
+        let events = self
+            .rows(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 ORDER BY seq"
+                )))
+                .bind(b(session.as_bytes())),
+            )
+            .await?;
         let events: Vec<EventRow> = events.iter().map(event_row).collect::<Result<_>>()?;
-        let usage_rows = sqlx::query(
+        let usage_rows = self.rows(sqlx::query(
             "SELECT u.turn_id AS turn_id, CAST(SUM(u.input_tokens + u.cached_tokens + u.cache_write_tokens) AS BIGINT) AS input, \
              CAST(SUM(u.output_tokens) AS BIGINT) AS output, CAST(SUM(u.cost_micros) AS BIGINT) AS cost, COUNT(*) AS calls \
              FROM model_usage u JOIN turns t ON t.id = u.turn_id WHERE t.session_id = $1 GROUP BY u.turn_id",
         )
-        .bind(b(session.as_bytes()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        .bind(b(session.as_bytes()))).await?;
         let mut usage = std::collections::HashMap::new();
         for row in &usage_rows {
             let n = |c: &str| row.try_get::<i64, _>(c).map(|v| u64::try_from(v).unwrap_or(0));
@@ -734,17 +726,14 @@ impl Store {
         before: TurnId,
         limit: u32,
     ) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query(
+        let rows = self.rows(sqlx::query(
             "SELECT t.id AS id, t.reply AS reply, e.text AS text FROM turns t JOIN events e ON e.turn_id = t.id \
              WHERE t.id IN (SELECT id FROM turns WHERE session_id = $1 AND status = 'completed' AND id < $2 \
              ORDER BY id DESC LIMIT $3) ORDER BY t.id, e.seq",
         )
         .bind(b(session.as_bytes()))
         .bind(b(before.as_bytes()))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        .bind(i64::from(limit))).await?;
         let mut out: Vec<(Vec<u8>, String, String)> = Vec::new();
         for row in &rows {
             let id: Vec<u8> = row.try_get("id")?;
@@ -764,26 +753,28 @@ impl Store {
     }
 
     pub async fn turn(&self, id: TurnId) -> Result<TurnRow> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TURN_COLUMNS} FROM turns WHERE id = $1"
-        )))
-        .bind(b(id.as_bytes()))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        let row = self
+            .maybe_row(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {TURN_COLUMNS} FROM turns WHERE id = $1"
+                )))
+                .bind(b(id.as_bytes())),
+            )
+            .await?;
         row.as_ref().map(turn_row).transpose()?.ok_or_else(|| Error::EventNotFound(id.to_string()))
     }
 
     /// Outbox rows after `after`, all tenants (for the dispatcher).
     pub async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<OutboxRow>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id > $1 ORDER BY id LIMIT $2"
-        )))
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        let rows = self
+            .rows(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id > $1 ORDER BY id LIMIT $2"
+                )))
+                .bind(after)
+                .bind(i64::from(limit)),
+            )
+            .await?;
         rows.iter().map(outbox_row).collect()
     }
 
@@ -795,16 +786,13 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<OutboxRow>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = self.rows(sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE session_id = $1 AND tenant_id = $2 AND id > $3 ORDER BY id LIMIT $4"
         )))
         .bind(b(session.as_bytes()))
         .bind(b(tenant.as_bytes()))
         .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        .bind(i64::from(limit))).await?;
         rows.iter().map(outbox_row).collect()
     }
 
@@ -864,10 +852,7 @@ impl Store {
     }
 
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
-        let rows = sqlx::query("SELECT subscriber, outbox_id, reason, attempts, created_at FROM dead_letters ORDER BY created_at, outbox_id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db(e))?;
+        let rows = self.rows(sqlx::query("SELECT subscriber, outbox_id, reason, attempts, created_at FROM dead_letters ORDER BY created_at, outbox_id")).await?;
         rows.iter()
             .map(|r| {
                 Ok(DeadLetter {
@@ -882,13 +867,14 @@ impl Store {
     }
 
     pub async fn outbox_row(&self, id: i64) -> Result<OutboxRow> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
+        let row = self
+            .maybe_row(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = $1"
+                )))
+                .bind(id),
+            )
+            .await?;
         row.as_ref()
             .map(outbox_row)
             .transpose()?
@@ -915,10 +901,7 @@ impl Store {
         if self.backend() != crate::Backend::Sqlite {
             return Ok("ok".into());
         }
-        let row = sqlx::query("PRAGMA integrity_check")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.db(e))?;
+        let row = self.row(sqlx::query("PRAGMA integrity_check")).await?;
         Ok(row.try_get(0)?)
     }
 }
