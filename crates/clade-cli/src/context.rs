@@ -112,17 +112,36 @@ impl Ctx {
         )
     }
 
-    /// The tools agents get: the built-ins, plus the test ledger when configured.
-    pub(crate) fn tools(&self) -> clade_tools::Registry {
-        use clade_tools::builtin::{Echo, Ledger, TimeNow};
+    /// The sandbox tools run in, as clade.yaml configures it.
+    #[allow(clippy::disallowed_methods)] // The configuration edge: PATH locates bubblewrap.
+    pub(crate) fn sandbox(&self) -> clade_tools::sandbox::Sandbox {
+        let tools = &self.config.tools;
+        let path = std::env::var("PATH").ok();
+        clade_tools::sandbox::Sandbox::new(
+            tools.sandbox,
+            tools.bwrap.clone(),
+            path.as_deref(),
+            tools.limits,
+        )
+    }
+
+    /// The tool path agents' calls take: built-ins (plus the test ledger when configured) behind
+    /// policy, approvals, the sandbox and the audit log.
+    pub(crate) fn tools(&self) -> Arc<clade_runtime::ToolRunner> {
+        use clade_tools::builtin::Ledger;
         let mut tools = clade_tools::Registry::new();
-        tools.register(Arc::new(TimeNow));
-        tools.register(Arc::new(Echo));
+        clade_tools::builtin::register_all(&mut tools, Arc::new(self.sandbox()));
         if let Some(path) = &self.config.testing.ledger_file {
             tools.register(Arc::new(Ledger::at_most_once(path.clone())));
             tools.register(Arc::new(Ledger::idempotent(path.clone())));
         }
-        tools
+        Arc::new(clade_runtime::ToolRunner::new(
+            tools,
+            self.store.clone(),
+            self.agents.clone(),
+            Some(self.secrets()),
+            &self.config.tools,
+        ))
     }
 
     /// Webhook subscribers with their signing secrets read from the environment.

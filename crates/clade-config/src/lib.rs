@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod tools;
+
+pub use tools::{Constraints, PolicyEffect, PolicyRule, SandboxLimits, SandboxMode, ToolsConfig};
+
 /// The file name looked up in the data dir when `--config` is not given.
 pub const FILE_NAME: &str = "clade.yaml";
 
@@ -58,6 +62,9 @@ pub struct Config {
     /// Webhooks that receive lifecycle events (at least once, in order, signed).
     #[serde(default)]
     pub subscribers: Vec<SubscriberConfig>,
+    /// Tools: the sandbox, its limits, policy rules and approvals.
+    #[serde(default)]
+    pub tools: ToolsConfig,
     /// Test-harness settings; never needed in production.
     #[serde(default)]
     pub testing: TestingConfig,
@@ -478,6 +485,26 @@ impl Config {
                 .any(|v| !v.is_finite() || *v < 0.0)
             {
                 return fail(format!("{scope}: dollar limits must be zero or positive"));
+            }
+        }
+        let limits = &self.tools.limits;
+        for (field, value) in [
+            ("timeout_secs", limits.timeout_secs),
+            ("cpu_secs", limits.cpu_secs),
+            ("memory_mib", limits.memory_mib),
+            ("file_size_mib", limits.file_size_mib),
+            ("processes", limits.processes),
+            ("output_bytes", limits.output_bytes),
+        ] {
+            if value == 0 {
+                return fail(format!("tools.limits.{field}: must be at least 1"));
+            }
+        }
+        for (index, rule) in self.tools.policy.iter().enumerate() {
+            if rule.tool.trim().is_empty() || rule.resource.is_empty() {
+                return fail(format!(
+                    "tools.policy[{index}]: `tool` and `resource` must not be empty (use \"*\" for any)"
+                ));
             }
         }
         Ok(())

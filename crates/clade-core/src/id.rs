@@ -109,6 +109,16 @@ define_id!(
     TurnId,
     "turn"
 );
+define_id!(
+    /// Identifies a grant (a policy rule held by one agent).
+    GrantId,
+    "grant"
+);
+define_id!(
+    /// Identifies a request for an operator's approval of one tool call.
+    ApprovalId,
+    "approval"
+);
 
 #[cfg(test)]
 mod tests {

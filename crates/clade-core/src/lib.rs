@@ -10,6 +10,6 @@ pub mod name;
 pub mod time;
 
 pub use agent::{Agent, AgentConfig, Tenant};
-pub use id::{AgentId, EventId, SessionId, TenantId, TokenId, TurnId};
+pub use id::{AgentId, ApprovalId, EventId, GrantId, SessionId, TenantId, TokenId, TurnId};
 pub use name::{Handle, SecretName, TemplateName};
 pub use time::{Clock, SystemClock, Timestamp};

@@ -12,7 +12,9 @@ use clade_store::{
     Accepted, Agents, EventRow, JournalEntry, NewEvent, OutboxEvent, OutboxRow, SessionRow, Source,
     Store, TurnOutcome, TurnRow,
 };
-use clade_tools::{CallContext, EffectClass, Registry};
+use clade_tools::EffectClass;
+
+use crate::tools::{CallOrigin, ToolRunner};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -53,7 +55,8 @@ pub struct Finished {
 pub struct EngineOptions {
     pub sessions: SessionsConfig,
     pub bindings: Vec<Binding>,
-    pub tools: Registry,
+    /// Every tool call goes through it: policy, approval, sandbox, audit.
+    pub tools: Arc<ToolRunner>,
 }
 
 struct Inner {
@@ -153,6 +156,11 @@ impl Engine {
 
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    /// The tool path every call takes (policy, approval, sandbox, audit).
+    pub fn tools(&self) -> &Arc<ToolRunner> {
+        &self.inner.options.tools
     }
 
     pub fn store(&self) -> &Store {
@@ -460,6 +468,7 @@ async fn run_turn(inner: &Inner, ctx: &TurnContext, events: &[EventRow]) -> Resu
     let tools: Vec<ToolSpec> = inner
         .options
         .tools
+        .registry()
         .iter()
         .map(|t| ToolSpec {
             name: t.name().to_owned(),
@@ -597,7 +606,7 @@ async fn run_turn(inner: &Inner, ctx: &TurnContext, events: &[EventRow]) -> Resu
             return Ok(());
         }
         for (index, call) in model_step.tool_calls.iter().enumerate() {
-            let result = run_tool(inner, &turn, &journal, iteration, index, call).await?;
+            let result = run_tool(inner, agent, &turn, &journal, iteration, index, call).await?;
             messages.push(Message::Tool {
                 call_id: call.id.clone(),
                 content: result.content,
@@ -681,6 +690,7 @@ async fn finish(
 /// but has no result is never run again: the model is told it was interrupted.
 async fn run_tool(
     inner: &Inner,
+    agent: &Agent,
     turn: &TurnRow,
     journal: &HashMap<String, JournalEntry>,
     iteration: u32,
@@ -695,10 +705,11 @@ async fn run_tool(
     }
     let start_step = format!("tool/{iteration}/{index}/start");
     let key = effect_key(turn, &call.id);
-    let tool = inner.options.tools.get(&call.name).cloned();
+    let runner = &inner.options.tools;
+    let tool = runner.registry().get(&call.name).cloned();
     let result = match (&tool, call.parse_arguments()) {
         (None, _) => {
-            let known: Vec<&str> = inner.options.tools.iter().map(|t| t.name()).collect();
+            let known: Vec<&str> = runner.registry().iter().map(|t| t.name()).collect();
             ToolStep {
                 content: format!(
                     "unknown tool {:?}; available tools: {}",
@@ -720,26 +731,38 @@ async fn run_tool(
                     is_error: true,
                 }
             } else {
-                if !started_before {
-                    let data = json!({ "call": call.id, "name": call.name, "arguments": args, "effect": tool.effect().as_str(), "key": key });
-                    journal_step(
-                        inner,
-                        turn,
-                        start_step,
-                        "tool_started",
-                        data.clone(),
-                        vec![outbox("tool.called", data)],
-                    )
-                    .await?;
-                    crate::failpoints::hit("after_journal_intent");
-                }
-                let ctx = CallContext { idempotency_key: key.clone(), call_id: call.id.clone() };
-                let result = match tool.call(args, &ctx).await {
-                    Ok(content) => ToolStep { content, is_error: false },
-                    Err(content) => ToolStep { content, is_error: true },
+                let origin = CallOrigin {
+                    call_key: key.clone(),
+                    call_id: call.id.clone(),
+                    session: Some(turn.session_id),
+                    turn: Some(turn.id),
+                    by: "turn",
                 };
-                crate::failpoints::hit("after_tool_effect_before_result");
-                result
+                match runner.authorize(agent, tool.as_ref(), &args, &origin).await {
+                    Err(content) => ToolStep { content, is_error: true },
+                    Ok(authorized) => {
+                        if !started_before {
+                            let data = json!({ "call": call.id, "name": call.name, "arguments": args, "effect": tool.effect().as_str(), "key": key });
+                            journal_step(
+                                inner,
+                                turn,
+                                start_step,
+                                "tool_started",
+                                data.clone(),
+                                vec![outbox("tool.called", data)],
+                            )
+                            .await?;
+                            crate::failpoints::hit("after_journal_intent");
+                        }
+                        let result =
+                            match runner.execute(agent, tool.as_ref(), args, &authorized).await {
+                                Ok(content) => ToolStep { content, is_error: false },
+                                Err(content) => ToolStep { content, is_error: true },
+                            };
+                        crate::failpoints::hit("after_tool_effect_before_result");
+                        result
+                    }
+                }
             }
         }
     };

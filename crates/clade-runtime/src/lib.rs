@@ -14,8 +14,10 @@ mod hmac;
 pub mod hub;
 pub mod models;
 pub mod outbox;
+pub mod tools;
 
 pub use budget::StoreBudget;
 pub use engine::{Engine, EngineOptions, Envelope};
 pub use hub::{Hub, LiveEvent};
 pub use models::{EnvHints, Models, ProcessKind};
+pub use tools::{CallOrigin, CallOutcome, ToolRunner, Verdict};

@@ -35,6 +35,12 @@ pub enum Error {
     SessionNotFound(String),
     #[error("event {0} not found")]
     EventNotFound(String),
+    #[error("grant {0} not found: list grants with `clade grants list`")]
+    GrantNotFound(String),
+    #[error("approval {0} not found: list pending approvals with `clade approvals list`")]
+    ApprovalNotFound(String),
+    #[error("approval {id} was already decided ({status}); nothing changed")]
+    ApprovalDecided { id: String, status: String },
     #[error("the default tenant cannot be deleted")]
     DefaultTenant,
 
@@ -113,6 +119,8 @@ impl Error {
                 | Error::TokenNotFound(_)
                 | Error::SessionNotFound(_)
                 | Error::EventNotFound(_)
+                | Error::GrantNotFound(_)
+                | Error::ApprovalNotFound(_)
         )
     }
 }

@@ -7,6 +7,7 @@
 //!
 //! Start at [`store::Store`], then [`writer`] for how concurrent writes share a commit.
 
+pub mod access;
 pub mod agents;
 pub mod backend;
 mod crypto;
@@ -18,6 +19,10 @@ pub mod store;
 pub mod turns;
 pub mod writer;
 
+pub use access::{
+    ApprovalDecision, ApprovalRow, ApprovalStatus, AuditEntry, AuditFilter, AuditRow,
+    AuditVerification, GrantRow, NewApproval, NewGrant,
+};
 pub use agents::Agents;
 pub use backend::{Backend, Durability, Location};
 pub use crypto::MasterKey;

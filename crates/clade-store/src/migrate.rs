@@ -28,10 +28,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "sessions_turns",
         sql: include_str!("../migrations/0003_sessions_turns.sql"),
     },
+    Migration {
+        version: 4,
+        name: "grants_approvals_audit",
+        sql: include_str!("../migrations/0004_grants_approvals_audit.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend, shown: &str, now: i64) -> Result<()> {
     let mut conn = pool.acquire().await.map_err(|e| classify(e, shown))?;

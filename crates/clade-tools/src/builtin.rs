@@ -1,57 +1,347 @@
-//! Built-in tools that touch nothing on the host: `time.now`, `echo`; and the test ledger
-//! (`ledger.append`, `ledger.append_idempotent`), which appends to one operator-configured file
-//! so crash tests can count side effects independently of Clade's own records.
+//! Built-in tools.
+//!
+//! Touching nothing on the host: `time.now`, `echo`; the test ledger (`ledger.append`,
+//! `ledger.append_idempotent`), which appends to one operator-configured file so crash tests
+//! can count side effects independently of Clade's own records. Touching the host, and so
+//! denied unless a policy rule allows them: `shell.exec` (in the [`crate::sandbox`]),
+//! `fs.read`, `fs.write`, `fs.list`, `fs.search` (confined to the agent's workspace by
+//! [`crate::workspace`]) and `http.request` (behind the [`crate::net`] egress guard).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clade_core::{Clock, SystemClock};
 use futures::future::BoxFuture;
+use schemars::JsonSchema;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{CallContext, EffectClass, Tool, ToolResult};
+use crate::sandbox::{Exec, Sandbox};
+use crate::{CallContext, EffectClass, Registry, Tool, ToolResult, TypedTool, workspace};
+
+/// Every built-in that needs no operator setting, sharing one sandbox.
+pub fn register_all(registry: &mut Registry, sandbox: Arc<Sandbox>) {
+    registry.register(Arc::new(TimeNow));
+    registry.register(Arc::new(Echo));
+    registry.register(Arc::new(ShellExec { sandbox }));
+    registry.register(Arc::new(FsRead));
+    registry.register(Arc::new(FsWrite));
+    registry.register(Arc::new(FsList));
+    registry.register(Arc::new(FsSearch));
+    registry.register(Arc::new(HttpRequest));
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| format!("tool task failed: {e}"))?
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoArgs {}
 
 pub struct TimeNow;
 
-impl Tool for TimeNow {
-    fn name(&self) -> &str {
-        "time.now"
-    }
-    fn description(&self) -> &str {
-        "The current date and time in UTC (RFC 3339)."
-    }
-    fn input_schema(&self) -> Value {
-        json!({ "type": "object", "properties": {}, "additionalProperties": false })
-    }
-    fn effect(&self) -> EffectClass {
-        EffectClass::Pure
-    }
-    fn call<'a>(&'a self, _args: Value, _ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+impl TypedTool for TimeNow {
+    type Args = NoArgs;
+    const NAME: &'static str = "time.now";
+    const DESCRIPTION: &'static str = "The current date and time in UTC (RFC 3339).";
+    const EFFECT: EffectClass = EffectClass::Pure;
+    fn run<'a>(&'a self, _args: NoArgs, _ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(async { Ok(SystemClock.now().to_string()) })
     }
 }
 
+#[derive(Deserialize, JsonSchema)]
+pub struct EchoArgs {
+    /// Returned unchanged.
+    pub text: String,
+}
+
 pub struct Echo;
 
-impl Tool for Echo {
-    fn name(&self) -> &str {
-        "echo"
+impl TypedTool for Echo {
+    type Args = EchoArgs;
+    const NAME: &'static str = "echo";
+    const DESCRIPTION: &'static str = "Returns its `text` argument unchanged.";
+    const EFFECT: EffectClass = EffectClass::Pure;
+    fn run<'a>(&'a self, args: EchoArgs, _ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+        Box::pin(async move { Ok(args.text) })
     }
-    fn description(&self) -> &str {
-        "Returns its `text` argument unchanged."
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShellArgs {
+    /// Program and arguments, run directly (no shell). Give this or `command`.
+    #[serde(default)]
+    pub argv: Option<Vec<String>>,
+    /// A command line run by `/bin/sh -c`. Give this or `argv`.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Text written to the command's standard input.
+    #[serde(default)]
+    pub stdin: Option<String>,
+}
+
+impl ShellArgs {
+    fn argv(&self) -> Result<Vec<String>, String> {
+        match (&self.argv, &self.command) {
+            (Some(argv), None) if !argv.is_empty() => Ok(argv.clone()),
+            (None, Some(command)) if !command.trim().is_empty() => {
+                Ok(vec!["/bin/sh".into(), "-c".into(), command.clone()])
+            }
+            _ => {
+                Err("shell.exec needs exactly one of `argv` (a non-empty list) or `command`".into())
+            }
+        }
     }
-    fn input_schema(&self) -> Value {
-        json!({ "type": "object", "properties": { "text": { "type": "string" } }, "required": ["text"] })
+}
+
+/// Runs a command in the agent's workspace, in the sandbox.
+pub struct ShellExec {
+    pub sandbox: Arc<Sandbox>,
+}
+
+impl TypedTool for ShellExec {
+    type Args = ShellArgs;
+    const NAME: &'static str = "shell.exec";
+    const DESCRIPTION: &'static str = "Runs a command in the agent's workspace (mounted at /workspace) inside a sandbox without network unless granted. Returns the exit code, stdout and stderr.";
+    const TOUCHES_HOST: bool = true;
+    fn resource(&self, args: &ShellArgs) -> Result<String, String> {
+        Ok(match (&args.argv, &args.command) {
+            (_, Some(command)) => command.clone(),
+            (Some(argv), None) => argv.join(" "),
+            (None, None) => String::new(),
+        })
     }
-    fn effect(&self) -> EffectClass {
-        EffectClass::Pure
-    }
-    fn call<'a>(&'a self, args: Value, _ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+    fn run<'a>(&'a self, args: ShellArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(async move {
-            args["text"]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| "echo needs a string argument `text`".to_owned())
+            let exec = Exec {
+                argv: args.argv()?,
+                workspace: ctx.workspace()?.clone(),
+                network: ctx.granted.network,
+                env: ctx.env.clone(),
+                stdin: args.stdin.map(String::into_bytes),
+            };
+            let out = self.sandbox.run(exec).await.map_err(|e| e.to_string())?;
+            let text = out.render(self.sandbox.limits());
+            if out.success() { Ok(text) } else { Err(text) }
+        })
+    }
+}
+
+fn path_resource(path: &str) -> Result<String, String> {
+    workspace::normalize(path).map_err(|e| e.to_string())
+}
+
+fn default_dot() -> String {
+    ".".into()
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadArgs {
+    /// Path relative to the workspace.
+    pub path: String,
+    /// Most bytes returned (default 256 KiB).
+    #[serde(default)]
+    pub max_bytes: Option<usize>,
+}
+
+pub struct FsRead;
+
+impl TypedTool for FsRead {
+    type Args = ReadArgs;
+    const NAME: &'static str = "fs.read";
+    const DESCRIPTION: &'static str = "Reads a text file of the agent's workspace.";
+    const EFFECT: EffectClass = EffectClass::Pure;
+    const TOUCHES_HOST: bool = true;
+    fn resource(&self, args: &ReadArgs) -> Result<String, String> {
+        path_resource(&args.path)
+    }
+    fn run<'a>(&'a self, args: ReadArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+        Box::pin(async move {
+            let root = ctx.workspace()?.clone();
+            let max = args.max_bytes.unwrap_or(256 * 1024).min(4 * 1024 * 1024);
+            let (data, truncated) =
+                blocking(move || workspace::read(&root, &args.path, max)).await?;
+            let mut text = String::from_utf8_lossy(&data).into_owned();
+            if truncated {
+                text.push_str(&format!("\n[truncated at {max} bytes]"));
+            }
+            Ok(text)
+        })
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WriteArgs {
+    /// Path relative to the workspace; parent directories are created.
+    pub path: String,
+    pub content: String,
+    /// Append instead of replacing.
+    #[serde(default)]
+    pub append: bool,
+}
+
+pub struct FsWrite;
+
+impl TypedTool for FsWrite {
+    type Args = WriteArgs;
+    const NAME: &'static str = "fs.write";
+    const DESCRIPTION: &'static str = "Writes (or appends to) a file of the agent's workspace.";
+    const EFFECT: EffectClass = EffectClass::AtMostOnce;
+    const TOUCHES_HOST: bool = true;
+    fn resource(&self, args: &WriteArgs) -> Result<String, String> {
+        path_resource(&args.path)
+    }
+    fn run<'a>(&'a self, args: WriteArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+        Box::pin(async move {
+            let root = ctx.workspace()?.clone();
+            let path = args.path.clone();
+            let n = blocking(move || {
+                workspace::write(&root, &args.path, args.content.as_bytes(), args.append)
+            })
+            .await?;
+            Ok(format!("wrote {n} bytes to {path}"))
+        })
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListArgs {
+    /// Directory relative to the workspace (default: its root).
+    #[serde(default = "default_dot")]
+    pub path: String,
+}
+
+pub struct FsList;
+
+impl TypedTool for FsList {
+    type Args = ListArgs;
+    const NAME: &'static str = "fs.list";
+    const DESCRIPTION: &'static str = "Lists a directory of the agent's workspace.";
+    const EFFECT: EffectClass = EffectClass::Pure;
+    const TOUCHES_HOST: bool = true;
+    fn resource(&self, args: &ListArgs) -> Result<String, String> {
+        path_resource(&args.path)
+    }
+    fn run<'a>(&'a self, args: ListArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+        Box::pin(async move {
+            let root = ctx.workspace()?.clone();
+            let entries = blocking(move || workspace::list(&root, &args.path)).await?;
+            Ok(entries
+                .iter()
+                .map(|e| match e.kind {
+                    "dir" => format!("{}/", e.name),
+                    "file" => format!("{} ({} bytes)", e.name, e.size),
+                    other => format!("{} ({other})", e.name),
+                })
+                .collect::<Vec<_>>()
+                .join("\n"))
+        })
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchArgs {
+    /// Text to find (plain, case-sensitive).
+    pub text: String,
+    /// Directory to search under (default: the whole workspace).
+    #[serde(default = "default_dot")]
+    pub path: String,
+    /// Most matching lines returned (default 100).
+    #[serde(default)]
+    pub max_results: Option<usize>,
+}
+
+pub struct FsSearch;
+
+impl TypedTool for FsSearch {
+    type Args = SearchArgs;
+    const NAME: &'static str = "fs.search";
+    const DESCRIPTION: &'static str =
+        "Finds lines containing a text in the files of the agent's workspace.";
+    const EFFECT: EffectClass = EffectClass::Pure;
+    const TOUCHES_HOST: bool = true;
+    fn resource(&self, args: &SearchArgs) -> Result<String, String> {
+        path_resource(&args.path)
+    }
+    fn run<'a>(&'a self, args: SearchArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+        Box::pin(async move {
+            let root = ctx.workspace()?.clone();
+            let max = args.max_results.unwrap_or(100).min(1000);
+            let hits =
+                blocking(move || workspace::search(&root, &args.path, &args.text, max)).await?;
+            if hits.is_empty() {
+                return Ok("no matches".into());
+            }
+            Ok(hits
+                .iter()
+                .map(|h| format!("{}:{}: {}", h.path, h.line, h.text))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        })
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpArgs {
+    /// An http or https URL.
+    pub url: String,
+    /// GET by default.
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: Option<String>,
+}
+
+pub struct HttpRequest;
+
+impl TypedTool for HttpRequest {
+    type Args = HttpArgs;
+    const NAME: &'static str = "http.request";
+    const DESCRIPTION: &'static str = "Sends an HTTP request to a public address and returns the status and body (up to 1 MiB, 30 s).";
+    const TOUCHES_HOST: bool = true;
+    fn resource(&self, args: &HttpArgs) -> Result<String, String> {
+        let url =
+            url::Url::parse(&args.url).map_err(|e| format!("invalid URL {:?}: {e}", args.url))?;
+        url.host_str().map(str::to_owned).ok_or_else(|| format!("URL {:?} has no host", args.url))
+    }
+    fn run<'a>(&'a self, args: HttpArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+        Box::pin(async move {
+            let request = crate::net::Request {
+                method: args.method.unwrap_or_else(|| "GET".into()),
+                url: args.url,
+                headers: args.headers.into_iter().collect(),
+                body: args.body,
+                max_bytes: 1024 * 1024,
+                timeout: Duration::from_secs(30),
+                allow_private: ctx.granted.private_network,
+            };
+            let response = crate::net::send(request).await?;
+            let mut text = format!("status {}\n", response.status);
+            if let Some(kind) = &response.content_type {
+                text.push_str(&format!("content-type: {kind}\n"));
+            }
+            text.push('\n');
+            text.push_str(&String::from_utf8_lossy(&response.body));
+            if response.truncated {
+                text.push_str("\n[truncated at 1 MiB]");
+            }
+            Ok(text)
         })
     }
 }

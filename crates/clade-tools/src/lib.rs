@@ -1,20 +1,29 @@
-//! Tools agents call: the [`Tool`] trait, side-effect classes, a [`Registry`], and built-ins.
+//! Tools agents call: the [`Tool`] trait, side-effect classes, a [`Registry`], the built-ins,
+//! the process [`sandbox`], the SSRF guard ([`net`]) and policy evaluation ([`policy`]).
 //!
-//! Owns what a tool is and how it is called. Permissions, approvals, the sandbox, MCP and the
-//! audit log will live here too (see the Tools issue); so far there are only built-ins that do
-//! not touch the host beyond one operator-configured test ledger file. It knows nothing of
-//! sessions, journals or storage: the runtime decides whether a call may run (it journals
-//! intent first, and never re-runs an `AtMostOnce` call that may have happened).
+//! Owns what a tool is, what it may touch and how that is decided from rules. It knows nothing
+//! of sessions, journals or storage and must not depend on them: the runtime loads rules and
+//! grants, asks [`policy::decide`], waits for approvals, writes the audit log, journals intent
+//! first, and never re-runs an `AtMostOnce` call that may have happened.
 //!
-//! Start at [`Tool`].
+//! Start at [`Tool`], then [`builtin`] and [`sandbox`].
 
 pub mod builtin;
+pub mod net;
+pub mod pattern;
+pub mod policy;
+pub mod sandbox;
+pub mod workspace;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+pub use clade_config::Constraints;
 
 /// What happens if a call is repeated — decides what crash recovery may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +49,24 @@ impl EffectClass {
 }
 
 /// What a call knows about where it runs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CallContext {
     /// Stable across retries of the same call: derived from tenant, session, turn and call id.
     pub idempotency_key: String,
     pub call_id: String,
+    /// The calling agent's workspace: the only host directory its tools may touch.
+    pub workspace: Option<PathBuf>,
+    /// Capabilities the policy granted this call (network, secrets in the environment).
+    pub granted: Constraints,
+    /// Values of the granted secrets, by environment variable name.
+    pub env: Vec<(String, String)>,
+}
+
+impl CallContext {
+    /// The workspace, or the error a host-touching tool returns without one.
+    pub fn workspace(&self) -> Result<&PathBuf, String> {
+        self.workspace.as_ref().ok_or_else(|| "this tool needs an agent workspace".to_owned())
+    }
 }
 
 /// A tool's result: text for the model, or an error text for the model.
@@ -59,7 +81,69 @@ pub trait Tool: Send + Sync {
     fn effect(&self) -> EffectClass {
         EffectClass::AtMostOnce
     }
+    /// Whether it touches the host (files, processes, network): such tools are denied unless a
+    /// policy rule allows them.
+    fn touches_host(&self) -> bool {
+        false
+    }
+    /// What policy patterns match besides the tool's name (a path, a host, a command line);
+    /// an error rejects the arguments before any decision.
+    fn resource(&self, _args: &Value) -> Result<String, String> {
+        Ok(String::new())
+    }
     fn call<'a>(&'a self, args: Value, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult>;
+}
+
+/// A tool with typed arguments, whose JSON Schema is derived from the argument type. Every
+/// `TypedTool` is a [`Tool`].
+pub trait TypedTool: Send + Sync {
+    type Args: DeserializeOwned + schemars::JsonSchema + Send;
+    const NAME: &'static str;
+    const DESCRIPTION: &'static str;
+    const EFFECT: EffectClass = EffectClass::AtMostOnce;
+    const TOUCHES_HOST: bool = false;
+    fn resource(&self, _args: &Self::Args) -> Result<String, String> {
+        Ok(String::new())
+    }
+    fn run<'a>(&'a self, args: Self::Args, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult>;
+}
+
+fn parse_args<A: DeserializeOwned>(name: &str, args: Value) -> Result<A, String> {
+    serde_json::from_value(args).map_err(|e| format!("invalid arguments for {name}: {e}"))
+}
+
+impl<T: TypedTool> Tool for T {
+    fn name(&self) -> &str {
+        T::NAME
+    }
+    fn description(&self) -> &str {
+        T::DESCRIPTION
+    }
+    fn input_schema(&self) -> Value {
+        let mut schema = serde_json::to_value(schemars::schema_for!(T::Args)).unwrap_or_default();
+        if let Some(object) = schema.as_object_mut() {
+            // Providers want the bare object schema.
+            object.remove("$schema");
+            object.remove("title");
+        }
+        schema
+    }
+    fn effect(&self) -> EffectClass {
+        T::EFFECT
+    }
+    fn touches_host(&self) -> bool {
+        T::TOUCHES_HOST
+    }
+    fn resource(&self, args: &Value) -> Result<String, String> {
+        let typed: T::Args = parse_args(T::NAME, args.clone())?;
+        TypedTool::resource(self, &typed)
+    }
+    fn call<'a>(&'a self, args: Value, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+        match parse_args::<T::Args>(T::NAME, args) {
+            Ok(typed) => self.run(typed, ctx),
+            Err(message) => Box::pin(async move { Err(message) }),
+        }
+    }
 }
 
 /// The tools available to an agent, by name.

@@ -136,7 +136,13 @@ async fn measure(
     let options = EngineOptions {
         sessions: options_sessions,
         bindings: Vec::new(),
-        tools: clade_tools::Registry::new(),
+        tools: std::sync::Arc::new(clade_runtime::ToolRunner::new(
+            clade_tools::Registry::new(),
+            store.clone(),
+            agents.clone(),
+            None,
+            &clade_config::ToolsConfig::default(),
+        )),
     };
     let engine = Engine::start(store.clone(), agents, models, options).await?;
     let rss_before = rss_kib();

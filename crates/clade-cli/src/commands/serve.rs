@@ -17,6 +17,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     let address = listener.local_addr()?;
     let subscribers = ctx.subscribers()?;
     let models = ctx.models();
+    check_sandbox(ctx).await;
     let options = clade_runtime::EngineOptions {
         sessions: ctx.config.sessions.clone(),
         bindings: ctx.config.bindings.clone(),
@@ -51,6 +52,22 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     clade_gateway::serve(listener, app, shutdown_signal()).await.context("server failed")?;
     tracing::info!("clade stopped");
     Ok(())
+}
+
+/// Says loudly how tools will run: unsandboxed by the operator's choice, or failing closed
+/// because bubblewrap cannot set up a sandbox here.
+async fn check_sandbox(ctx: &Ctx) {
+    let sandbox = ctx.sandbox();
+    match sandbox.mode() {
+        clade_config::SandboxMode::None => tracing::warn!(
+            "tools.sandbox is `none`: host-touching tools run UNSANDBOXED with this process's rights; remove it to use bubblewrap"
+        ),
+        clade_config::SandboxMode::Bubblewrap => {
+            if let Err(err) = sandbox.probe().await {
+                tracing::warn!(error = %err, "host-touching tools will be refused until the sandbox works");
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,182 @@
+//! The `tools:` section: the sandbox, its limits, the operator's policy rules and approvals.
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How agents' tools run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsConfig {
+    /// `bubblewrap` (the default) runs host-touching tools in a bubblewrap sandbox, and refuses
+    /// to run them when bubblewrap is missing; `none` runs them unsandboxed (not recommended;
+    /// `clade serve` warns at start).
+    #[serde(default)]
+    pub sandbox: SandboxMode,
+    /// The bubblewrap executable; found on `PATH` (then `/usr/bin/bwrap`) when absent.
+    #[serde(default)]
+    pub bwrap: Option<PathBuf>,
+    /// Limits on every sandboxed process.
+    #[serde(default)]
+    pub limits: SandboxLimits,
+    /// Rules for every agent of every tenant, before the agents' own grants. Host-touching
+    /// tools (`shell.exec`, `fs.*`, `http.request`) are denied unless a rule allows them.
+    #[serde(default)]
+    pub policy: Vec<PolicyRule>,
+    /// Seconds an `ask` waits for an answer before it counts as a denial.
+    #[serde(default = "default_approval_timeout")]
+    pub approval_timeout_secs: u64,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            sandbox: SandboxMode::default(),
+            bwrap: None,
+            limits: SandboxLimits::default(),
+            policy: Vec::new(),
+            approval_timeout_secs: default_approval_timeout(),
+        }
+    }
+}
+
+fn default_approval_timeout() -> u64 {
+    600
+}
+
+/// Where host-touching tools run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxMode {
+    #[default]
+    Bubblewrap,
+    None,
+}
+
+/// Resource limits of one sandboxed process tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxLimits {
+    /// Wall-clock seconds before the whole process tree is killed.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// CPU seconds per process.
+    #[serde(default = "default_cpu")]
+    pub cpu_secs: u64,
+    /// Address space per process, in MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    /// Largest file a process may write, in MiB.
+    #[serde(default = "default_file_size")]
+    pub file_size_mib: u64,
+    /// Processes (and threads) the sandbox may hold at once.
+    #[serde(default = "default_processes")]
+    pub processes: u64,
+    /// Bytes of stdout and of stderr kept; a process writing more is killed.
+    #[serde(default = "default_output")]
+    pub output_bytes: u64,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        Self {
+            timeout_secs: default_timeout(),
+            cpu_secs: default_cpu(),
+            memory_mib: default_memory(),
+            file_size_mib: default_file_size(),
+            processes: default_processes(),
+            output_bytes: default_output(),
+        }
+    }
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+fn default_cpu() -> u64 {
+    20
+}
+fn default_memory() -> u64 {
+    512
+}
+fn default_file_size() -> u64 {
+    64
+}
+fn default_processes() -> u64 {
+    64
+}
+fn default_output() -> u64 {
+    64 * 1024
+}
+
+/// What a rule decides.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyEffect {
+    Allow,
+    Ask,
+    Deny,
+}
+
+impl PolicyEffect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyEffect::Allow => "allow",
+            PolicyEffect::Ask => "ask",
+            PolicyEffect::Deny => "deny",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "allow" => Some(Self::Allow),
+            "ask" => Some(Self::Ask),
+            "deny" => Some(Self::Deny),
+            _ => None,
+        }
+    }
+}
+
+/// One rule: for calls of `tool` on `resource`, `effect`.
+///
+/// Patterns use `*` for any run of characters. The resource of `fs.*` is the path relative to
+/// the agent's workspace, of `http.request` the URL's host, of `shell.exec` the command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRule {
+    pub effect: PolicyEffect,
+    /// Tool name pattern, such as `fs.*` or `mcp.github.*`.
+    pub tool: String,
+    /// Resource pattern; `*` (any) when absent.
+    #[serde(default = "any")]
+    pub resource: String,
+    /// What an allowed call may use beyond the defaults.
+    #[serde(default)]
+    pub constraints: Constraints,
+}
+
+fn any() -> String {
+    "*".into()
+}
+
+/// Capabilities an allowed call gets beyond the sandbox's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Constraints {
+    /// `shell.exec`: the sandbox shares the host's network.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub network: bool,
+    /// `http.request`: loopback, private, link-local and metadata addresses may be reached.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub private_network: bool,
+    /// `shell.exec`: agent secrets passed as environment variables of the same name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}

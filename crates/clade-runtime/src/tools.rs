@@ -1,0 +1,637 @@
+//! The one path every tool call takes, from a model or an operator: policy, approval, sandboxed
+//! execution, audit.
+//!
+//! [`ToolRunner::authorize`] loads the operator's rules and the agent's live grants, decides,
+//! and for `ask` records an approval (one per call, so a restarted turn finds it again) and
+//! waits for it; [`ToolRunner::execute`] runs the tool with only what was granted. Every
+//! decision, approval, result and grant change lands in the tenant's audit chain.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clade_config::{Constraints, PolicyEffect, PolicyRule, ToolsConfig};
+use clade_core::{
+    Agent, AgentId, ApprovalId, GrantId, SecretName, SessionId, TenantId, Timestamp, TurnId,
+};
+use clade_store::{
+    Agents, ApprovalDecision, ApprovalRow, ApprovalStatus, AuditEntry, GrantRow, NewApproval,
+    NewGrant, Secrets, Store,
+};
+use clade_tools::policy::{self, Decision, SourcedRule};
+use clade_tools::{CallContext, Registry, Tool};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+/// Errors of grant and approval management (not of tool calls, which end as tool results).
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error(transparent)]
+    Store(#[from] clade_store::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// An operator's (or the clock's) answer to an approval request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Approve,
+    ApproveAlways,
+    Deny,
+    /// Not answered within the timeout: a denial.
+    Expire,
+}
+
+/// Who asked for a call.
+#[derive(Debug, Clone)]
+pub struct CallOrigin {
+    /// Stable per call: names its approval and, for idempotent tools, its effect.
+    pub call_key: String,
+    pub call_id: String,
+    pub session: Option<SessionId>,
+    pub turn: Option<TurnId>,
+    /// `turn` or `operator`.
+    pub by: &'static str,
+}
+
+/// A call the policy let through, ready to run.
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    pub context: CallContext,
+    pub decision: Decision,
+}
+
+/// The end of one call through [`ToolRunner::call`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallOutcome {
+    pub content: String,
+    pub is_error: bool,
+    /// What the policy (and the approval, if asked) decided.
+    pub decision: PolicyEffect,
+}
+
+/// Tools, rules and the stores behind decisions; one per process.
+pub struct ToolRunner {
+    registry: Registry,
+    store: Store,
+    agents: Agents,
+    secrets: Option<Secrets>,
+    rules: Vec<SourcedRule>,
+    approval_timeout: Duration,
+    waiters: Mutex<HashMap<ApprovalId, Arc<Notify>>>,
+}
+
+/// How often a waiting call re-reads its approval (a decision made by another process).
+const APPROVAL_POLL: Duration = Duration::from_millis(300);
+
+impl ToolRunner {
+    pub fn new(
+        registry: Registry,
+        store: Store,
+        agents: Agents,
+        secrets: Option<Secrets>,
+        config: &ToolsConfig,
+    ) -> Self {
+        let rules = config
+            .policy
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| SourcedRule {
+                rule: rule.clone(),
+                source: format!("clade.yaml tools.policy[{index}]"),
+            })
+            .collect();
+        Self {
+            registry,
+            store,
+            agents,
+            secrets,
+            rules,
+            approval_timeout: Duration::from_secs(config.approval_timeout_secs),
+            waiters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The rules that apply to `agent`: the operator's, then its live grants.
+    pub async fn rules_for(&self, agent: &Agent) -> Result<Vec<SourcedRule>, clade_store::Error> {
+        let mut rules = self.rules.clone();
+        for grant in self.store.effective_grants(agent.tenant_id, agent.id).await? {
+            if let Some(rule) = rule_of(&grant) {
+                rules.push(SourcedRule { rule, source: format!("grant {}", grant.id) });
+            }
+        }
+        Ok(rules)
+    }
+
+    /// Decides a call and, for `ask`, waits for the operator. `Err` is the tool result the
+    /// model (or operator) gets instead of a run.
+    pub async fn authorize(
+        &self,
+        agent: &Agent,
+        tool: &dyn Tool,
+        args: &Value,
+        origin: &CallOrigin,
+    ) -> Result<Authorized, String> {
+        let resource = match tool.resource(args) {
+            Ok(resource) => resource,
+            Err(why) => {
+                self.audit_decision(agent, tool.name(), "", PolicyEffect::Deny, &why, args, origin)
+                    .await;
+                return Err(why);
+            }
+        };
+        let rules = self
+            .rules_for(agent)
+            .await
+            .map_err(|e| format!("cannot load the agent's policy: {e}"))?;
+        let decision = policy::decide(&rules, tool.name(), &resource, tool.touches_host());
+        self.audit_decision(
+            agent,
+            tool.name(),
+            &resource,
+            decision.effect,
+            &decision.reason,
+            args,
+            origin,
+        )
+        .await;
+        let decision = match decision.effect {
+            PolicyEffect::Deny => return Err(format!("denied: {}", decision.reason)),
+            PolicyEffect::Allow => decision,
+            PolicyEffect::Ask => {
+                self.await_approval(agent, tool.name(), &resource, args, &decision, origin).await?;
+                // The approval covers the call, with what allow rules grant (if any) on top.
+                let mut allowed = rules.clone();
+                allowed.retain(|r| r.rule.effect == PolicyEffect::Allow);
+                let granted = policy::decide(&allowed, tool.name(), &resource, tool.touches_host());
+                Decision {
+                    effect: PolicyEffect::Allow,
+                    reason: "approved by an operator".into(),
+                    constraints: granted.constraints,
+                }
+            }
+        };
+        let context = self.context(agent, origin, &decision.constraints).await?;
+        Ok(Authorized { context, decision })
+    }
+
+    async fn context(
+        &self,
+        agent: &Agent,
+        origin: &CallOrigin,
+        granted: &Constraints,
+    ) -> Result<CallContext, String> {
+        let workspace = self
+            .agents
+            .workspace(agent)
+            .map_err(|e| format!("cannot prepare the agent's workspace: {e}"))?;
+        let mut env = Vec::new();
+        for name in &granted.env {
+            let (Some(secrets), Ok(secret)) = (&self.secrets, SecretName::parse(name)) else {
+                return Err(format!("granted secret {name:?} is not available"));
+            };
+            let value = secrets
+                .get(agent, &secret)
+                .await
+                .map_err(|e| format!("granted secret {name}: {e}"))?;
+            env.push((name.clone(), String::from_utf8_lossy(&value).into_owned()));
+        }
+        Ok(CallContext {
+            idempotency_key: origin.call_key.clone(),
+            call_id: origin.call_id.clone(),
+            workspace: Some(workspace),
+            granted: granted.clone(),
+            env,
+        })
+    }
+
+    /// Runs an authorized call and audits its outcome.
+    pub async fn execute(
+        &self,
+        agent: &Agent,
+        tool: &dyn Tool,
+        args: Value,
+        authorized: &Authorized,
+    ) -> Result<String, String> {
+        let started = tokio::time::Instant::now();
+        let result = tool.call(args, &authorized.context).await;
+        let secrets: Vec<&str> = authorized.context.env.iter().map(|(_, v)| v.as_str()).collect();
+        let (ok, text) = match &result {
+            Ok(text) => (true, text),
+            Err(text) => (false, text),
+        };
+        let detail = json!({
+            "call": authorized.context.call_id,
+            "ok": ok,
+            "bytes": text.len(),
+            "millis": started.elapsed().as_millis() as u64,
+            "error": (!ok).then(|| redact_text(&text.chars().take(300).collect::<String>(), &secrets)),
+        });
+        self.write_audit(
+            agent.tenant_id,
+            Some(agent.id),
+            "tool.result",
+            Some(tool.name()),
+            Some(if ok { "ok" } else { "error" }),
+            detail,
+        )
+        .await;
+        // A secret the command printed must not reach the model either.
+        result.map(|t| redact_text(&t, &secrets)).map_err(|t| redact_text(&t, &secrets))
+    }
+
+    /// One whole call (the operator's path and the one tests use): authorize, then execute.
+    pub async fn call(
+        &self,
+        agent: &Agent,
+        name: &str,
+        args: Value,
+        origin: &CallOrigin,
+    ) -> CallOutcome {
+        let Some(tool) = self.registry.get(name).cloned() else {
+            let known: Vec<&str> = self.registry.iter().map(|t| t.name()).collect();
+            return CallOutcome {
+                content: format!("unknown tool {name:?}; available tools: {}", known.join(", ")),
+                is_error: true,
+                decision: PolicyEffect::Deny,
+            };
+        };
+        match self.authorize(agent, tool.as_ref(), &args, origin).await {
+            Err(content) => CallOutcome { content, is_error: true, decision: PolicyEffect::Deny },
+            Ok(authorized) => match self.execute(agent, tool.as_ref(), args, &authorized).await {
+                Ok(content) => {
+                    CallOutcome { content, is_error: false, decision: PolicyEffect::Allow }
+                }
+                Err(content) => {
+                    CallOutcome { content, is_error: true, decision: PolicyEffect::Allow }
+                }
+            },
+        }
+    }
+
+    async fn await_approval(
+        &self,
+        agent: &Agent,
+        tool: &str,
+        resource: &str,
+        args: &Value,
+        decision: &Decision,
+        origin: &CallOrigin,
+    ) -> Result<(), String> {
+        let arguments = args.to_string();
+        let hash = arguments_hash(tool, args);
+        let expires =
+            Timestamp::from_millis(self.store.now().as_millis().saturating_add(
+                i64::try_from(self.approval_timeout.as_millis()).unwrap_or(i64::MAX),
+            ));
+        let audit = AuditEntry {
+            tenant: agent.tenant_id,
+            agent: Some(agent.id),
+            kind: "approval.requested".into(),
+            tool: Some(tool.to_owned()),
+            decision: Some("pending".into()),
+            detail: json!({ "call": origin.call_id, "resource": resource, "reason": decision.reason, "arguments_hash": hash }).to_string(),
+        };
+        let approval = self
+            .store
+            .request_approval(
+                NewApproval {
+                    tenant: agent.tenant_id,
+                    agent: agent.id,
+                    call_key: origin.call_key.clone(),
+                    tool: tool.to_owned(),
+                    resource: resource.to_owned(),
+                    arguments,
+                    arguments_hash: hash.clone(),
+                    reason: decision.reason.clone(),
+                    session: origin.session,
+                    turn: origin.turn,
+                    expires_at: expires,
+                },
+                audit,
+            )
+            .await
+            .map_err(|e| format!("cannot record the approval request: {e}"))?;
+        tracing::info!(approval = %approval.id, agent = %agent.handle, tool, "tool call waits for approval");
+        let notify = self.waiter(approval.id);
+        let result = loop {
+            let current = match self.store.approval(agent.tenant_id, approval.id).await {
+                Ok(row) => row,
+                Err(e) => break Err(format!("cannot read approval {}: {e}", approval.id)),
+            };
+            match current.status {
+                ApprovalStatus::Approved if current.arguments_hash == hash => break Ok(()),
+                ApprovalStatus::Approved => {
+                    break Err(format!(
+                        "approval {} was for other arguments; not run",
+                        approval.id
+                    ));
+                }
+                ApprovalStatus::Denied => {
+                    let note = current.note.map(|n| format!(": {n}")).unwrap_or_default();
+                    break Err(format!("denied by an operator (approval {}){note}", approval.id));
+                }
+                ApprovalStatus::Expired => break Err(expired_text(&current)),
+                ApprovalStatus::Pending if self.store.now() >= current.expires_at => {
+                    match self
+                        .decide(agent.tenant_id, approval.id, Verdict::Expire, "timeout", None)
+                        .await
+                    {
+                        Ok(row) if row.status == ApprovalStatus::Approved => break Ok(()),
+                        _ => break Err(expired_text(&current)),
+                    }
+                }
+                ApprovalStatus::Pending => {
+                    let _ = tokio::time::timeout(APPROVAL_POLL, notify.notified()).await;
+                }
+            }
+        };
+        if let Ok(mut waiters) = self.waiters.lock() {
+            waiters.remove(&approval.id);
+        }
+        result
+    }
+
+    fn waiter(&self, id: ApprovalId) -> Arc<Notify> {
+        match self.waiters.lock() {
+            Ok(mut waiters) => waiters.entry(id).or_default().clone(),
+            Err(_) => Arc::new(Notify::new()),
+        }
+    }
+
+    /// Decides a pending approval and wakes the waiting call. `ApproveAlways` also adds an
+    /// allow grant for exactly this tool and resource to the agent, so the same call is not
+    /// asked again; both commit together and are audited.
+    pub async fn decide(
+        &self,
+        tenant: TenantId,
+        id: ApprovalId,
+        verdict: Verdict,
+        by: &str,
+        note: Option<String>,
+    ) -> Result<ApprovalRow, AccessError> {
+        let (status, always) = match verdict {
+            Verdict::Approve => (ApprovalStatus::Approved, false),
+            Verdict::ApproveAlways => (ApprovalStatus::Approved, true),
+            Verdict::Deny => (ApprovalStatus::Denied, false),
+            Verdict::Expire => (ApprovalStatus::Expired, false),
+        };
+        let pending = self.store.approval(tenant, id).await?;
+        let grant = if always {
+            if pending.resource.contains('*') {
+                return Err(AccessError::Invalid(format!(
+                    "cannot approve always: the resource {:?} contains `*`, which a rule would read as a wildcard; approve once, or add a grant with `clade grants add`",
+                    pending.resource
+                )));
+            }
+            Some(NewGrant {
+                tenant,
+                agent: pending.agent_id,
+                effect: "allow".into(),
+                tool: pending.tool.clone(),
+                resource: pending.resource.clone(),
+                constraints: "{}".into(),
+                parent: None,
+                granted_by: format!("approval {id}"),
+                expires_at: None,
+            })
+        } else {
+            None
+        };
+        let mut audits = vec![AuditEntry {
+            tenant,
+            agent: Some(pending.agent_id),
+            kind: "approval.decided".into(),
+            tool: Some(pending.tool.clone()),
+            decision: Some(status.as_str().into()),
+            detail: json!({ "approval": id.to_string(), "by": by, "note": note, "always": always, "arguments_hash": pending.arguments_hash }).to_string(),
+        }];
+        if let Some(grant) = &grant {
+            audits.push(grant_audit(grant, "grant.added", by));
+        }
+        let decision = ApprovalDecision { status, decided_by: by.to_owned(), note, grant, audits };
+        let row = self.store.decide_approval(tenant, id, decision).await?;
+        if let Some(notify) = self.waiters.lock().ok().and_then(|w| w.get(&id).cloned()) {
+            notify.notify_waiters();
+        }
+        Ok(row)
+    }
+
+    /// Adds a grant. With `parent`, it is a delegation and must narrow that grant (tool,
+    /// resource, constraints, expiry); the child then lives only as long as its parent.
+    pub async fn add_grant(
+        &self,
+        agent: &Agent,
+        rule: PolicyRule,
+        parent: Option<GrantId>,
+        expires_at: Option<Timestamp>,
+        by: &str,
+    ) -> Result<GrantRow, AccessError> {
+        if rule.tool.trim().is_empty() || rule.resource.is_empty() {
+            return Err(AccessError::Invalid(
+                "tool and resource patterns must not be empty (use \"*\" for any)".into(),
+            ));
+        }
+        let mut expires_at = expires_at;
+        if let Some(parent_id) = parent {
+            let parent = self.store.grant(agent.tenant_id, parent_id).await?;
+            let now = self.store.now();
+            if !parent.is_live(now) {
+                return Err(AccessError::Invalid(format!(
+                    "grant {parent_id} is revoked or expired; it cannot be delegated"
+                )));
+            }
+            let parent_rule = rule_of(&parent)
+                .ok_or_else(|| AccessError::Invalid(format!("grant {parent_id} is unreadable")))?;
+            if let Some(why) = policy::narrowing_error(&parent_rule, &rule) {
+                return Err(AccessError::Invalid(format!(
+                    "a delegated grant can only narrow its parent: {why}"
+                )));
+            }
+            expires_at = match (expires_at, parent.expires_at) {
+                (Some(child), Some(limit)) if child > limit => {
+                    return Err(AccessError::Invalid(
+                        "a delegated grant cannot outlive its parent".into(),
+                    ));
+                }
+                (None, limit) => limit,
+                (child, _) => child,
+            };
+        }
+        let grant = NewGrant {
+            tenant: agent.tenant_id,
+            agent: agent.id,
+            effect: rule.effect.as_str().into(),
+            tool: rule.tool.clone(),
+            resource: rule.resource.clone(),
+            constraints: serde_json::to_string(&rule.constraints).unwrap_or_else(|_| "{}".into()),
+            parent,
+            granted_by: by.to_owned(),
+            expires_at,
+        };
+        let audit = grant_audit(&grant, "grant.added", by);
+        Ok(self.store.add_grant(grant, audit).await?)
+    }
+
+    pub async fn revoke_grant(
+        &self,
+        tenant: TenantId,
+        id: GrantId,
+        by: &str,
+    ) -> Result<(), AccessError> {
+        let grant = self.store.grant(tenant, id).await?;
+        let audit = AuditEntry {
+            tenant,
+            agent: Some(grant.agent_id),
+            kind: "grant.revoked".into(),
+            tool: Some(grant.tool.clone()),
+            decision: Some(grant.effect.clone()),
+            detail: json!({ "grant": id.to_string(), "by": by, "resource": grant.resource })
+                .to_string(),
+        };
+        Ok(self.store.revoke_grant(tenant, id, audit).await?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn audit_decision(
+        &self,
+        agent: &Agent,
+        tool: &str,
+        resource: &str,
+        effect: PolicyEffect,
+        reason: &str,
+        args: &Value,
+        origin: &CallOrigin,
+    ) {
+        let detail = json!({
+            "call": origin.call_id,
+            "by": origin.by,
+            "session": origin.session.map(|s| s.to_string()),
+            "turn": origin.turn.map(|t| t.to_string()),
+            "resource": resource,
+            "reason": reason,
+            "arguments": redact(args),
+        });
+        self.write_audit(
+            agent.tenant_id,
+            Some(agent.id),
+            "tool.decision",
+            Some(tool),
+            Some(effect.as_str()),
+            detail,
+        )
+        .await;
+    }
+
+    async fn write_audit(
+        &self,
+        tenant: TenantId,
+        agent: Option<AgentId>,
+        kind: &str,
+        tool: Option<&str>,
+        decision: Option<&str>,
+        detail: Value,
+    ) {
+        let entry = AuditEntry {
+            tenant,
+            agent,
+            kind: kind.into(),
+            tool: tool.map(str::to_owned),
+            decision: decision.map(str::to_owned),
+            detail: detail.to_string(),
+        };
+        if let Err(err) = self.store.audit(entry).await {
+            tracing::error!(error = %err, kind, "cannot append to the audit log");
+        }
+    }
+}
+
+fn expired_text(approval: &ApprovalRow) -> String {
+    format!("denied: approval {} was not given before its timeout", approval.id)
+}
+
+fn grant_audit(grant: &NewGrant, kind: &str, by: &str) -> AuditEntry {
+    AuditEntry {
+        tenant: grant.tenant,
+        agent: Some(grant.agent),
+        kind: kind.into(),
+        tool: Some(grant.tool.clone()),
+        decision: Some(grant.effect.clone()),
+        detail: json!({
+            "by": by,
+            "resource": grant.resource,
+            "constraints": serde_json::from_str::<Value>(&grant.constraints).unwrap_or(Value::Null),
+            "parent": grant.parent.map(|p| p.to_string()),
+            "expires_at": grant.expires_at.map(|t| t.to_string()),
+        })
+        .to_string(),
+    }
+}
+
+/// The rule a stored grant holds, if its columns parse.
+pub fn rule_of(grant: &GrantRow) -> Option<PolicyRule> {
+    Some(PolicyRule {
+        effect: PolicyEffect::parse(&grant.effect)?,
+        tool: grant.tool.clone(),
+        resource: grant.resource.clone(),
+        constraints: serde_json::from_str(&grant.constraints).ok()?,
+    })
+}
+
+/// The hash an approval binds: the tool and its exact arguments.
+pub fn arguments_hash(tool: &str, args: &Value) -> String {
+    let digest = Sha256::new()
+        .chain_update(tool.as_bytes())
+        .chain_update([0])
+        .chain_update(args.to_string().as_bytes())
+        .finalize();
+    hex::encode(digest)
+}
+
+/// Arguments with credential-looking fields blanked, for the audit log.
+fn redact(args: &Value) -> Value {
+    const SENSITIVE: &[&str] = &[
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "authorization",
+        "api_key",
+        "apikey",
+        "cookie",
+        "credential",
+    ];
+    match args {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let lower = k.to_ascii_lowercase();
+                    if SENSITIVE.iter().any(|s| lower.contains(s)) {
+                        (k.clone(), Value::String("[redacted]".into()))
+                    } else {
+                        (k.clone(), redact(v))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
+        other => other.clone(),
+    }
+}
+
+/// `text` with every granted secret value replaced.
+fn redact_text(text: &str, secrets: &[&str]) -> String {
+    secrets
+        .iter()
+        .filter(|s| s.len() >= 4)
+        .fold(text.to_owned(), |acc, secret| acc.replace(secret, "[secret]"))
+}

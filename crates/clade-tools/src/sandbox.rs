@@ -1,0 +1,446 @@
+//! The process sandbox: every command a tool runs goes through [`Sandbox::run`].
+//!
+//! With bubblewrap (the default) a command sees a read-only system (`/usr` and the links into
+//! it, a few files of `/etc`), its agent's workspace read-write at `/workspace` and nothing else
+//! of the host: a private `/tmp`, new user, pid, ipc, uts, cgroup and (unless granted) network
+//! namespaces, no capabilities, uid 65534, a new terminal session, and an environment holding
+//! only what the call was granted. Every process gets rlimits (CPU, address space, file size,
+//! processes, no core dumps); the whole tree dies at the wall-clock deadline or when its output
+//! passes the cap. Without bubblewrap a command fails closed, naming the package to install.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use clade_config::{SandboxLimits, SandboxMode};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Why a command could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(
+        "the sandbox is unavailable: {0}. Install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`), or, only if you accept running tools unsandboxed, set `tools.sandbox: none` in clade.yaml"
+    )]
+    Unavailable(String),
+    #[error("cannot start the sandboxed command: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// One command to run.
+#[derive(Debug, Clone)]
+pub struct Exec {
+    /// Program and arguments, passed as argv (never through a shell unless argv says so).
+    pub argv: Vec<String>,
+    /// Host directory mounted read-write at `/workspace`, the working directory.
+    pub workspace: PathBuf,
+    /// Share the host's network (a grant).
+    pub network: bool,
+    /// Extra environment (granted secrets).
+    pub env: Vec<(String, String)>,
+    pub stdin: Option<Vec<u8>>,
+}
+
+/// What a command did.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Killed at the wall-clock deadline.
+    pub timed_out: bool,
+    /// Killed because its output passed the cap.
+    pub output_capped: bool,
+}
+
+impl ExecOutput {
+    /// A short account for the model: exit status, then stdout and stderr.
+    pub fn render(&self, limits: &SandboxLimits) -> String {
+        let mut text = String::new();
+        match (self.timed_out, self.output_capped, self.code) {
+            (true, _, _) => text.push_str(&format!(
+                "killed: wall-clock limit of {} s reached (every process of the command was stopped)\n",
+                limits.timeout_secs
+            )),
+            (_, true, _) => text.push_str(&format!(
+                "killed: output passed the limit of {} bytes\n",
+                limits.output_bytes
+            )),
+            (_, _, Some(code)) => text.push_str(&format!("exit code {code}\n")),
+            (_, _, None) => text.push_str("killed by a signal (a resource limit may have been reached)\n"),
+        }
+        if !self.stdout.is_empty() {
+            text.push_str("stdout:\n");
+            text.push_str(&String::from_utf8_lossy(&self.stdout));
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+        }
+        if !self.stderr.is_empty() {
+            text.push_str("stderr:\n");
+            text.push_str(&String::from_utf8_lossy(&self.stderr));
+        }
+        text
+    }
+
+    pub fn success(&self) -> bool {
+        self.code == Some(0) && !self.timed_out && !self.output_capped
+    }
+}
+
+/// Where and how commands run; cheap to share.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    mode: SandboxMode,
+    bwrap: Option<PathBuf>,
+    limits: SandboxLimits,
+    /// A pids cgroup directory under which each run gets its own group, when the host lets
+    /// this process create one. RLIMIT_NPROC does not bind processes owned by host root, so
+    /// without it a root daemon's sandbox caps processes only by its deadline.
+    pids_cgroup: Option<PathBuf>,
+}
+
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// The uid and gid commands run as inside the sandbox (`nobody`).
+const SANDBOX_ID: &str = "65534";
+
+impl Sandbox {
+    /// `bwrap`: the executable to use; `None` looks it up on `path_var` (the `PATH` value),
+    /// then at `/usr/bin/bwrap`.
+    pub fn new(
+        mode: SandboxMode,
+        bwrap: Option<PathBuf>,
+        path_var: Option<&str>,
+        limits: SandboxLimits,
+    ) -> Self {
+        let bwrap = bwrap.or_else(|| locate("bwrap", path_var));
+        let pids_cgroup =
+            std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| pids_cgroup(&c));
+        Self { mode, bwrap, limits, pids_cgroup }
+    }
+
+    /// Whether each run's process count is capped by a cgroup (else only by RLIMIT_NPROC).
+    pub fn has_pids_cgroup(&self) -> bool {
+        self.pids_cgroup.is_some()
+    }
+
+    pub fn mode(&self) -> SandboxMode {
+        self.mode
+    }
+
+    pub fn limits(&self) -> &SandboxLimits {
+        &self.limits
+    }
+
+    /// Runs `true` in the sandbox: `Ok` when commands can run, else why not. Also removes
+    /// empty run groups a previous process left behind.
+    pub async fn probe(&self) -> Result<(), SandboxError> {
+        if let Some(parent) = &self.pids_cgroup {
+            for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+                // Only groups of processes that are gone: `clade-<pid>-<run>`.
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let owner = name.strip_prefix("clade-").and_then(|rest| rest.split('-').next());
+                if let Some(pid) = owner {
+                    let alive = Path::new("/proc").join(pid).is_dir();
+                    if !alive {
+                        let _ = std::fs::remove_dir(entry.path());
+                    }
+                }
+            }
+        }
+        let dir = std::env::temp_dir();
+        let out = self
+            .run(Exec {
+                argv: vec!["true".into()],
+                workspace: dir,
+                network: false,
+                env: Vec::new(),
+                stdin: None,
+            })
+            .await?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(SandboxError::Unavailable(format!(
+                "bubblewrap could not set up the sandbox ({}); user namespaces may be disabled on this host",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+
+    /// Runs one command under the limits; fails closed when no sandbox can be set up.
+    pub async fn run(&self, exec: Exec) -> Result<ExecOutput, SandboxError> {
+        if exec.argv.is_empty() {
+            return Err(SandboxError::Spawn(std::io::Error::other("empty command")));
+        }
+        let group = self.pids_cgroup.as_ref().and_then(|parent| self.create_group(parent));
+        let command = match self.mode {
+            SandboxMode::Bubblewrap => self.bwrap_command(&exec, group.as_deref())?,
+            SandboxMode::None => unsandboxed_command(&exec),
+        };
+        let out = self.supervise(command, exec.stdin).await;
+        if let Some(group) = group {
+            remove_group(&group).await;
+        }
+        out
+    }
+
+    fn create_group(&self, parent: &Path) -> Option<PathBuf> {
+        let n = RUNS.fetch_add(1, Ordering::Relaxed);
+        let group = parent.join(format!("clade-{}-{n}", std::process::id()));
+        std::fs::create_dir(&group).ok()?;
+        match std::fs::write(group.join("pids.max"), self.limits.processes.to_string()) {
+            Ok(()) => Some(group),
+            Err(_) => {
+                let _ = std::fs::remove_dir(&group);
+                None
+            }
+        }
+    }
+
+    #[allow(clippy::disallowed_methods)] // The one place tools spawn processes.
+    fn bwrap_command(
+        &self,
+        exec: &Exec,
+        group: Option<&Path>,
+    ) -> Result<tokio::process::Command, SandboxError> {
+        let bwrap = self.bwrap.as_ref().filter(|p| p.is_file()).ok_or_else(|| {
+            SandboxError::Unavailable(match &self.bwrap {
+                Some(p) => format!("{} does not exist", p.display()),
+                None => "bubblewrap (bwrap) is not installed".into(),
+            })
+        })?;
+        let limits = &self.limits;
+        let mut args: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
+        push(&["--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts"]);
+        push(&["--unshare-cgroup-try", "--uid", SANDBOX_ID, "--gid", SANDBOX_ID]);
+        if !exec.network {
+            push(&["--unshare-net"]);
+        }
+        push(&["--hostname", "sandbox", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]);
+        push(&["--ro-bind", "/usr", "/usr"]);
+        for dir in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
+            match std::fs::read_link(dir) {
+                Ok(target) => {
+                    let target = target.to_string_lossy().into_owned();
+                    push(&["--symlink", &target, dir]);
+                }
+                Err(_) if Path::new(dir).is_dir() => push(&["--ro-bind", dir, dir]),
+                Err(_) => {}
+            }
+        }
+        let mut etc = vec![
+            "/etc/alternatives",
+            "/etc/ld.so.cache",
+            "/etc/ld.so.conf",
+            "/etc/ld.so.conf.d",
+            "/etc/localtime",
+        ];
+        if exec.network {
+            etc.extend(["/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl"]);
+            etc.extend(["/etc/ca-certificates"]);
+        }
+        for path in etc {
+            push(&["--ro-bind-try", path, path]);
+        }
+        let tmp_size = (limits.file_size_mib * 1024 * 1024).to_string();
+        push(&["--proc", "/proc", "--dev", "/dev", "--size", &tmp_size, "--tmpfs", "/tmp"]);
+        let workspace = exec.workspace.to_string_lossy().into_owned();
+        push(&["--bind", &workspace, "/workspace", "--chdir", "/workspace", "--clearenv"]);
+        push(&[
+            "--setenv",
+            "PATH",
+            "/usr/local/bin:/usr/bin:/bin",
+            "--setenv",
+            "HOME",
+            "/workspace",
+        ]);
+        push(&["--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8"]);
+        for (key, value) in &exec.env {
+            push(&["--setenv", key, value]);
+        }
+        push(&["--", "/usr/bin/prlimit"]);
+        let cpu = format!("--cpu={}", limits.cpu_secs);
+        let memory = format!("--as={}", limits.memory_mib * 1024 * 1024);
+        let fsize = format!("--fsize={}", limits.file_size_mib * 1024 * 1024);
+        let nproc = format!("--nproc={}", limits.processes);
+        push(&[&cpu, &memory, &fsize, &nproc, "--nofile=256", "--core=0", "--"]);
+        args.extend(exec.argv.iter().cloned());
+        // bwrap itself stays pid 1's parent inside the sandbox, where /proc/1/environ is
+        // readable: it must not carry the daemon's environment.
+        let command = match group {
+            // Join the run's pids cgroup before bwrap starts, so every process of the tree
+            // is counted from the first fork.
+            Some(group) => {
+                let mut command = tokio::process::Command::new("/bin/sh");
+                command.env_clear().args(["-c", "echo $$ > \"$0\" && exec \"$@\""]);
+                command.arg(group.join("cgroup.procs")).arg(bwrap).args(args);
+                command
+            }
+            None => {
+                let mut command = tokio::process::Command::new(bwrap);
+                command.env_clear().args(args);
+                command
+            }
+        };
+        Ok(command)
+    }
+
+    async fn supervise(
+        &self,
+        mut command: tokio::process::Command,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<ExecOutput, SandboxError> {
+        command
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(SandboxError::Spawn)?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = pipe.write_all(&input).await;
+            });
+        }
+        let cap = usize::try_from(self.limits.output_bytes).unwrap_or(usize::MAX);
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(SandboxError::Spawn(std::io::Error::other("no output pipes")));
+        };
+        let deadline = Duration::from_secs(self.limits.timeout_secs);
+        let mut out = ExecOutput::default();
+        let collect = async {
+            let (a, b) = tokio::join!(read_capped(stdout, cap), read_capped(stderr, cap));
+            (a, b)
+        };
+        tokio::pin!(collect);
+        let finished = tokio::time::timeout(deadline, &mut collect).await;
+        match finished {
+            Ok(((stdout, over_a), (stderr, over_b))) => {
+                out.stdout = stdout;
+                out.stderr = stderr;
+                if over_a || over_b {
+                    out.output_capped = true;
+                    let _ = child.start_kill();
+                }
+                match tokio::time::timeout(deadline, child.wait()).await {
+                    Ok(Ok(status)) if !out.output_capped => out.code = status.code(),
+                    Ok(_) => {}
+                    Err(_) => {
+                        out.timed_out = true;
+                        let _ = child.start_kill();
+                    }
+                }
+            }
+            Err(_) => {
+                out.timed_out = true;
+                let _ = child.start_kill();
+            }
+        }
+        // Reap it so no zombie stays; killing bwrap takes its whole pid namespace with it.
+        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        Ok(out)
+    }
+}
+
+/// The operator's explicit `sandbox: none`: same environment scrubbing and limits on time and
+/// output, but the host's filesystem, network and processes are reachable.
+#[allow(clippy::disallowed_methods)] // The one place tools spawn processes.
+fn unsandboxed_command(exec: &Exec) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(&exec.argv[0]);
+    command.args(&exec.argv[1..]).current_dir(&exec.workspace);
+    command.env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    command.envs(exec.env.iter().map(|(k, v)| (k, v)));
+    command
+}
+
+/// Reads up to `cap` bytes; true when there was more (the reader stops there).
+async fn read_capped(mut reader: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return (kept, false),
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                if n > room {
+                    return (kept, true);
+                }
+            }
+        }
+    }
+}
+
+/// Kills whatever is left in a run's cgroup and removes it: up to a second inline, then in the
+/// background (processes killed en masse can take a moment to leave the group).
+async fn remove_group(group: &Path) {
+    if drain_group(group, 50).await {
+        return;
+    }
+    let group = group.to_owned();
+    tokio::spawn(async move { drain_group(&group, 3000).await });
+}
+
+async fn drain_group(group: &Path, rounds: usize) -> bool {
+    for _ in 0..rounds {
+        let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if pids.is_empty() && std::fs::remove_dir(group).is_ok() {
+            return true;
+        }
+        for pid in pids {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// The pids cgroup directory this process may create groups under, from `/proc/self/cgroup`:
+/// cgroup v2 when its `pids` controller is delegated to our group, else the v1 `pids` hierarchy.
+fn pids_cgroup(self_cgroup: &str) -> Option<PathBuf> {
+    for line in self_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let relative = path.trim_start_matches('/');
+        let dir = if id == "0" && controllers.is_empty() {
+            let base = Path::new("/sys/fs/cgroup").join(relative);
+            let delegated =
+                std::fs::read_to_string(base.join("cgroup.subtree_control")).unwrap_or_default();
+            if !delegated.split_whitespace().any(|c| c == "pids") {
+                continue;
+            }
+            base
+        } else if controllers.split(',').any(|c| c == "pids") {
+            Path::new("/sys/fs/cgroup/pids").join(relative)
+        } else {
+            continue;
+        };
+        let probe = dir.join(format!("clade-probe-{}", std::process::id()));
+        if std::fs::create_dir(&probe).is_ok() {
+            let _ = std::fs::remove_dir(&probe);
+            return Some(dir);
+        }
+    }
+    None
+}
+
+/// Finds `name` in the directories of a `PATH` value, else in `/usr/bin`.
+fn locate(name: &str, path_var: Option<&str>) -> Option<PathBuf> {
+    path_var
+        .unwrap_or("")
+        .split(':')
+        .filter(|dir| !dir.is_empty())
+        .chain(["/usr/bin"])
+        .map(|dir| Path::new(dir).join(name))
+        .find(|candidate| candidate.is_file())
+}

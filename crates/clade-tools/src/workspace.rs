@@ -1,0 +1,319 @@
+//! Files of an agent's workspace, opened so that nothing outside it can be reached.
+//!
+//! Paths are first normalised lexically (so the policy sees a clean relative path and `..`
+//! escapes are refused with a clear error), then every open goes through `openat2` with
+//! `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` from a descriptor of the workspace: the kernel
+//! refuses any symlink, `..` or `/proc/self/root` that would leave it, at the moment of the
+//! open, so a path swapped between check and use cannot escape either.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+/// Where the workspace appears inside the sandbox; such absolute paths are accepted too.
+pub const MOUNT: &str = "/workspace";
+
+/// A path argument that cannot name a place in the workspace.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path {0:?} contains a NUL byte")]
+    Nul(String),
+    #[error("path {0:?} is absolute and outside {MOUNT}; use a path relative to the workspace")]
+    Absolute(String),
+    #[error("path {0:?} leaves the workspace")]
+    Escapes(String),
+    #[error("path is longer than 4096 bytes")]
+    TooLong,
+}
+
+/// The workspace-relative form of `path`: no `.`, `..` or empty components; `.` for the root.
+pub fn normalize(path: &str) -> Result<String, PathError> {
+    if path.len() > 4096 {
+        return Err(PathError::TooLong);
+    }
+    if path.contains('\0') {
+        return Err(PathError::Nul(path.to_owned()));
+    }
+    let relative = if let Some(rest) = path.strip_prefix('/') {
+        match rest.strip_prefix(&MOUNT[1..]) {
+            Some("") => "",
+            Some(inner) if inner.starts_with('/') => inner,
+            _ => return Err(PathError::Absolute(path.to_owned())),
+        }
+    } else {
+        path
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for part in relative.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(PathError::Escapes(path.to_owned()));
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    Ok(if parts.is_empty() { ".".to_owned() } else { parts.join("/") })
+}
+
+fn io(context: &str, path: &str, err: impl Into<std::io::Error>) -> String {
+    let err: std::io::Error = err.into();
+    let why = match err.raw_os_error() {
+        Some(18) => {
+            "it leaves the workspace (EXDEV: a symlink, `..` or mount point points outside)"
+                .to_owned()
+        }
+        Some(40) => "it is a symbolic link, which is not followed here".to_owned(),
+        _ => err.to_string(),
+    };
+    format!("cannot {context} {path:?}: {why}")
+}
+
+const BENEATH: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
+
+fn root(workspace: &Path) -> Result<OwnedFd, String> {
+    rustix::fs::open(workspace, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| io("open the workspace", &workspace.display().to_string(), e))
+}
+
+fn open_beneath(
+    dir: impl AsFd,
+    path: &str,
+    flags: OFlags,
+    mode: Mode,
+) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat2(dir, path, flags | OFlags::CLOEXEC | OFlags::NOCTTY, mode, BENEATH)
+}
+
+/// Reads up to `max` bytes of a regular file.
+pub fn read(workspace: &Path, path: &str, max: usize) -> Result<(Vec<u8>, bool), String> {
+    let rel = normalize(path).map_err(|e| e.to_string())?;
+    let root = root(workspace)?;
+    let fd = open_beneath(&root, &rel, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())
+        .map_err(|e| io("read", &rel, e))?;
+    let stat = rustix::fs::fstat(&fd).map_err(|e| io("read", &rel, e))?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(format!("cannot read {rel:?}: not a regular file"));
+    }
+    let mut data = Vec::new();
+    std::fs::File::from(fd)
+        .take(max as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| io("read", &rel, e))?;
+    let truncated = data.len() > max;
+    data.truncate(max);
+    Ok((data, truncated))
+}
+
+/// Opens (creating as needed) the directory `rel` beneath `root`.
+fn make_dirs(root: &OwnedFd, rel: &str) -> Result<OwnedFd, String> {
+    let mut dir = rustix::io::dup(root).map_err(|e| io("open", rel, e))?;
+    if rel == "." {
+        return Ok(dir);
+    }
+    for part in rel.split('/') {
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY;
+        let next = match open_beneath(&dir, part, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => {
+                match rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(io("create directory", rel, e)),
+                }
+                open_beneath(&dir, part, flags, Mode::empty()).map_err(|e| io("open", rel, e))?
+            }
+            Err(e) => return Err(io("open directory", rel, e)),
+        };
+        dir = next;
+    }
+    Ok(dir)
+}
+
+/// Writes (or appends) a regular file, creating parent directories. Refuses symlinks and
+/// files with more than one link, so a hard link planted in the workspace cannot redirect it.
+pub fn write(workspace: &Path, path: &str, content: &[u8], append: bool) -> Result<u64, String> {
+    let rel = normalize(path).map_err(|e| e.to_string())?;
+    let (parent, name) = match rel.rsplit_once('/') {
+        Some((parent, name)) => (parent, name),
+        None => (".", rel.as_str()),
+    };
+    if name == "." {
+        return Err("cannot write the workspace itself; name a file".into());
+    }
+    let root = root(workspace)?;
+    let dir = make_dirs(&root, parent)?;
+    let mut flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK;
+    flags |= if append { OFlags::APPEND } else { OFlags::empty() };
+    let fd = open_beneath(&dir, name, flags, Mode::from_raw_mode(0o644))
+        .map_err(|e| io("write", &rel, e))?;
+    let stat = rustix::fs::fstat(&fd).map_err(|e| io("write", &rel, e))?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(format!("cannot write {rel:?}: not a regular file"));
+    }
+    if stat.st_nlink > 1 {
+        return Err(format!("cannot write {rel:?}: it has {} hard links", stat.st_nlink));
+    }
+    if !append {
+        rustix::fs::ftruncate(&fd, 0).map_err(|e| io("write", &rel, e))?;
+    }
+    let mut file = std::fs::File::from(fd);
+    file.write_all(content).map_err(|e| io("write", &rel, e))?;
+    Ok(content.len() as u64)
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub kind: &'static str,
+    pub size: u64,
+}
+
+fn kind_of(file_type: rustix::fs::FileType) -> &'static str {
+    match file_type {
+        rustix::fs::FileType::Directory => "dir",
+        rustix::fs::FileType::RegularFile => "file",
+        rustix::fs::FileType::Symlink => "symlink",
+        _ => "other",
+    }
+}
+
+fn entries(dir: &OwnedFd) -> Result<Vec<Entry>, String> {
+    let mut out = Vec::new();
+    let reader = rustix::fs::Dir::read_from(dir).map_err(|e| io("list", ".", e))?;
+    for entry in reader {
+        let entry = entry.map_err(|e| io("list", ".", e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "." || name == ".." {
+            continue;
+        }
+        let stat =
+            rustix::fs::statat(dir, entry.file_name(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW);
+        let (kind, size) = match stat {
+            Ok(st) => (kind_of(rustix::fs::FileType::from_raw_mode(st.st_mode)), st.st_size as u64),
+            Err(_) => ("other", 0),
+        };
+        out.push(Entry { name, kind, size });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The entries of a directory, sorted by name.
+pub fn list(workspace: &Path, path: &str) -> Result<Vec<Entry>, String> {
+    let rel = normalize(path).map_err(|e| e.to_string())?;
+    let root = root(workspace)?;
+    let dir = open_beneath(&root, &rel, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
+        .map_err(|e| io("list", &rel, e))?;
+    entries(&dir)
+}
+
+/// One line that contains the searched text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    pub path: String,
+    pub line: usize,
+    pub text: String,
+}
+
+/// Bounds of one search.
+const MAX_FILES: usize = 10_000;
+const MAX_DEPTH: usize = 16;
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Lines containing `needle` in the regular files under `path` (symlinks are not followed).
+pub fn search(
+    workspace: &Path,
+    path: &str,
+    needle: &str,
+    max_hits: usize,
+) -> Result<Vec<Hit>, String> {
+    if needle.is_empty() {
+        return Err("the search text must not be empty".into());
+    }
+    let rel = normalize(path).map_err(|e| e.to_string())?;
+    let root = root(workspace)?;
+    let dir = open_beneath(&root, &rel, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
+        .map_err(|e| io("search", &rel, e))?;
+    let mut hits = Vec::new();
+    let mut files = 0;
+    let prefix = if rel == "." { String::new() } else { format!("{rel}/") };
+    walk(&dir, &prefix, needle, max_hits, 0, &mut files, &mut hits)?;
+    Ok(hits)
+}
+
+fn walk(
+    dir: &OwnedFd,
+    prefix: &str,
+    needle: &str,
+    max_hits: usize,
+    depth: usize,
+    files: &mut usize,
+    hits: &mut Vec<Hit>,
+) -> Result<(), String> {
+    for entry in entries(dir)? {
+        if hits.len() >= max_hits || *files >= MAX_FILES {
+            return Ok(());
+        }
+        let path = format!("{prefix}{}", entry.name);
+        let no_links = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
+        match entry.kind {
+            "dir" if depth < MAX_DEPTH => {
+                let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                if let Ok(sub) =
+                    rustix::fs::openat2(dir, entry.name.as_str(), flags, Mode::empty(), no_links)
+                {
+                    walk(&sub, &format!("{path}/"), needle, max_hits, depth + 1, files, hits)?;
+                }
+            }
+            "file" if entry.size <= MAX_FILE_BYTES => {
+                *files += 1;
+                let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+                let Ok(fd) =
+                    rustix::fs::openat2(dir, entry.name.as_str(), flags, Mode::empty(), no_links)
+                else {
+                    continue;
+                };
+                let mut data = Vec::new();
+                if std::fs::File::from(fd).take(MAX_FILE_BYTES).read_to_end(&mut data).is_err() {
+                    continue;
+                }
+                let text = String::from_utf8_lossy(&data);
+                for (index, line) in text.lines().enumerate() {
+                    if line.contains(needle) {
+                        let text: String = line.chars().take(300).collect();
+                        hits.push(Hit { path: path.clone(), line: index + 1, text });
+                        if hits.len() >= max_hits {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation() {
+        assert_eq!(normalize("a/./b//c").unwrap(), "a/b/c");
+        assert_eq!(normalize("a/../b").unwrap(), "b");
+        assert_eq!(normalize("").unwrap(), ".");
+        assert_eq!(normalize("/workspace").unwrap(), ".");
+        assert_eq!(normalize("/workspace/x/y").unwrap(), "x/y");
+        assert!(matches!(normalize("/workspacex/y"), Err(PathError::Absolute(_))));
+        assert!(matches!(normalize("/etc/shadow"), Err(PathError::Absolute(_))));
+        assert!(matches!(normalize("a/../../b"), Err(PathError::Escapes(_))));
+        assert!(matches!(normalize(".."), Err(PathError::Escapes(_))));
+        assert!(matches!(normalize("a\0b"), Err(PathError::Nul(_))));
+    }
+}
