@@ -84,9 +84,122 @@ pub(crate) enum Command {
     Models(ModelsCommand),
     /// Model usage and cost per agent and model
     Usage(UsageArgs),
+    /// List an agent's tools, or run one call through the model's path (policy, approval, sandbox, audit)
+    #[command(subcommand)]
+    Tools(ToolsCommand),
+    /// Tool calls waiting for an operator's approval
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
+    /// Grants: what each agent's tools may do (policy rules per agent)
+    #[command(subcommand)]
+    Grants(GrantsCommand),
+    /// The tamper-evident audit log of tool calls, decisions, approvals and grant changes
+    Audit(AuditArgs),
     /// Measure Clade on this machine
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ToolsCommand {
+    /// List the tools an agent can call
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one tool call as the agent, exactly as a model's call runs
+    Call {
+        /// Tool name, such as fs.read or shell.exec
+        name: String,
+        /// Arguments as a JSON object
+        #[arg(long, default_value = "{}")]
+        args: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ApprovalsCommand {
+    /// List approvals (pending by default)
+    List {
+        /// pending, approved, denied, expired or all
+        #[arg(long, default_value = "pending")]
+        status: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending call
+    Approve {
+        id: String,
+        /// Also allow this tool on this resource for the agent from now on
+        #[arg(long)]
+        always: bool,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Deny a pending call
+    Deny {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GrantsCommand {
+    /// List grants (of --agent only, when given), revoked ones included
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give --agent a rule: allow (default), ask or deny a tool on a resource pattern
+    Add {
+        /// Tool name pattern: fs.read, fs.*, shell.exec, mcp.github.*
+        #[arg(long)]
+        tool: String,
+        /// Resource pattern: a workspace path, a host, or a command line (`*` = anything)
+        #[arg(long, default_value = "*")]
+        resource: String,
+        /// allow, ask or deny
+        #[arg(long, default_value = "allow")]
+        effect: String,
+        /// shell.exec may use the network
+        #[arg(long)]
+        network: bool,
+        /// http.request may reach loopback, private and link-local addresses
+        #[arg(long)]
+        private_network: bool,
+        /// Pass this agent secret to shell.exec as an environment variable (repeatable)
+        #[arg(long = "env", value_name = "SECRET")]
+        env: Vec<String>,
+        /// Delegate from this grant: the new grant may only narrow it
+        #[arg(long)]
+        parent: Option<String>,
+        /// Expire after this long (30m, 24h, 7d)
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// Revoke a grant (and every grant delegated from it)
+    Revoke { id: String },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditArgs {
+    /// Recompute the whole hash chain and report the first broken record
+    #[arg(long)]
+    pub(crate) verify: bool,
+    /// Only this tool's records
+    #[arg(long)]
+    pub(crate) tool: Option<String>,
+    /// Since when: 30m, 24h, 7d or a date
+    #[arg(long)]
+    pub(crate) since: Option<String>,
+    /// Most records shown
+    #[arg(long, default_value_t = 100)]
+    pub(crate) limit: u32,
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

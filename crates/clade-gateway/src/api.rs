@@ -248,3 +248,216 @@ pub struct TurnEvent {
 pub struct TurnListResponse {
     pub items: Vec<TurnResponse>,
 }
+
+/// A tool an agent can call.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub struct ToolInfo {
+    /// Namespaced name, such as `fs.read`.
+    pub name: String,
+    pub description: String,
+    /// `pure`, `idempotent` or `at_most_once`: what a crash recovery may repeat.
+    pub effect: String,
+    /// Touches files, processes or the network: denied unless a policy rule allows it.
+    pub touches_host: bool,
+    /// JSON Schema of the arguments.
+    pub input_schema: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ToolListResponse {
+    pub items: Vec<ToolInfo>,
+}
+
+/// Body of `POST /v1/agents/{handle}/tools/{name}/call`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCallParams {
+    /// The tool's arguments (an object); `{}` when absent.
+    #[serde(default)]
+    pub arguments: Option<serde_json::Value>,
+}
+
+/// The end of one tool call: what the model would have received.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub struct ToolCallResponse {
+    pub content: String,
+    pub is_error: bool,
+    /// `allow` (ran) or `deny` (refused by policy, an operator or a timeout).
+    pub decision: String,
+}
+
+/// A tool call waiting for (or decided by) an operator.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub struct ApprovalResponse {
+    pub id: String,
+    /// Agent handle.
+    pub agent: String,
+    pub tool: String,
+    /// What policy patterns match: a path, host or command line.
+    pub resource: String,
+    /// The exact arguments that run if approved.
+    pub arguments: serde_json::Value,
+    /// SHA-256 of tool and arguments; the executed call must match it.
+    pub arguments_hash: String,
+    /// Why it was asked.
+    pub reason: String,
+    /// `pending`, `approved`, `denied` or `expired`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_id: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalListResponse {
+    pub items: Vec<ApprovalResponse>,
+}
+
+/// Query of `GET /v1/approvals`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsQuery {
+    /// `pending` (default), `approved`, `denied`, `expired` or `all`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// 1-1000 (default 100).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Body of `POST /v1/approvals/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecideApprovalParams {
+    /// `approve`, `deny`, or `approve_always` (also allows this tool on this resource for the
+    /// agent from now on).
+    pub decision: String,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// A policy rule held by one agent.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub struct GrantResponse {
+    pub id: String,
+    pub agent: String,
+    /// `allow`, `ask` or `deny`.
+    pub effect: String,
+    /// Tool name pattern (`*` = any characters).
+    pub tool: String,
+    /// Resource pattern.
+    pub resource: String,
+    pub constraints: serde_json::Value,
+    /// The grant this one was delegated from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    pub granted_by: String,
+    pub created_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct GrantListResponse {
+    pub items: Vec<GrantResponse>,
+}
+
+/// Query of `GET /v1/grants`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsQuery {
+    /// Only this agent's grants (by handle).
+    #[serde(default)]
+    pub agent: Option<String>,
+}
+
+/// Body of `POST /v1/grants`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGrantParams {
+    /// Agent handle (the principal).
+    pub agent: String,
+    /// `allow` (default), `ask` or `deny`.
+    #[serde(default)]
+    pub effect: Option<String>,
+    pub tool: String,
+    /// Default `*`.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// `{"network": bool, "private_network": bool, "env": [secret names]}`.
+    #[serde(default)]
+    pub constraints: Option<serde_json::Value>,
+    /// Delegate from this grant: the new one may only narrow it.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Seconds until it expires.
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// One audit record.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// `tool.decision`, `tool.result`, `approval.requested`, `approval.decided`,
+    /// `grant.added` or `grant.revoked`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    pub detail: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AuditResponse {
+    pub items: Vec<AuditRecord>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<i64>,
+}
+
+/// Query of `GET /v1/audit`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub tool: Option<String>,
+    /// Unix milliseconds.
+    #[serde(default)]
+    pub since: Option<i64>,
+    #[serde(default)]
+    pub until: Option<i64>,
+    /// Records after this sequence number.
+    #[serde(default)]
+    pub after: Option<i64>,
+    /// 1-1000 (default 100).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Also verify the whole chain.
+    #[serde(default)]
+    pub verify: Option<bool>,
+}

@@ -34,6 +34,10 @@ codes! {
     AgentNotFound => ("agent_not_found", NOT_FOUND),
     SessionNotFound => ("session_not_found", NOT_FOUND),
     EventNotFound => ("event_not_found", NOT_FOUND),
+    ToolNotFound => ("tool_not_found", NOT_FOUND),
+    GrantNotFound => ("grant_not_found", NOT_FOUND),
+    ApprovalNotFound => ("approval_not_found", NOT_FOUND),
+    ApprovalDecided => ("approval_decided", CONFLICT),
     IdempotencyConflict => ("idempotency_conflict", CONFLICT),
     SessionBusy => ("session_busy", TOO_MANY_REQUESTS),
     NoAgent => ("no_agent", UNPROCESSABLE_ENTITY),
@@ -87,6 +91,9 @@ impl From<clade_store::Error> for ApiError {
             E::AgentNotFound(_) => Code::AgentNotFound,
             E::SessionNotFound(_) => Code::SessionNotFound,
             E::EventNotFound(_) => Code::EventNotFound,
+            E::GrantNotFound(_) => Code::GrantNotFound,
+            E::ApprovalNotFound(_) => Code::ApprovalNotFound,
+            E::ApprovalDecided { .. } => Code::ApprovalDecided,
             E::IdempotencyConflict(_) => Code::IdempotencyConflict,
             E::SessionBusy { .. } => Code::SessionBusy,
             E::HandleTaken(_) => Code::HandleTaken,
@@ -118,6 +125,17 @@ impl From<clade_runtime::engine::Error> for ApiError {
         match err {
             clade_runtime::engine::Error::Store(err) => err.into(),
             clade_runtime::engine::Error::NoAgent => ApiError::new(Code::NoAgent, err.to_string()),
+        }
+    }
+}
+
+impl From<clade_runtime::tools::AccessError> for ApiError {
+    fn from(err: clade_runtime::tools::AccessError) -> Self {
+        match err {
+            clade_runtime::tools::AccessError::Store(err) => err.into(),
+            clade_runtime::tools::AccessError::Invalid(message) => {
+                ApiError::new(Code::InvalidRequest, message)
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod error;
 mod events;
 pub mod openapi;
 mod sessions;
+mod tools;
 mod trace;
 mod usage;
 mod ws;
@@ -50,6 +51,13 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
     let v1 = Router::new()
         .route("/agents", get(agents::list).post(agents::create))
         .route("/agents/{handle}", get(agents::show).delete(agents::delete))
+        .route("/agents/{handle}/tools", get(tools::list))
+        .route("/agents/{handle}/tools/{name}/call", axum::routing::post(tools::call))
+        .route("/approvals", get(tools::approvals))
+        .route("/approvals/{id}", axum::routing::post(tools::decide))
+        .route("/grants", get(tools::grants).post(tools::add_grant))
+        .route("/grants/{id}", axum::routing::delete(tools::revoke_grant))
+        .route("/audit", get(tools::audit))
         .route("/usage", get(usage::get))
         .route("/events", axum::routing::post(events::post))
         .route("/sessions", get(sessions::list))

@@ -5,7 +5,10 @@ use schemars::JsonSchema;
 use serde_json::{Value, json};
 
 use crate::api::{
-    AgentListResponse, AgentResponse, CreateAgentParams, ErrorResponse, UsageResponse,
+    AgentListResponse, AgentResponse, ApprovalListResponse, ApprovalResponse, AuditResponse,
+    CreateAgentParams, CreateGrantParams, DecideApprovalParams, ErrorResponse, EventParams,
+    EventResponse, GrantListResponse, GrantResponse, SessionListResponse, SessionResponse,
+    ToolCallParams, ToolCallResponse, ToolListResponse, TurnListResponse, UsageResponse,
 };
 use crate::error::Code;
 
@@ -65,25 +68,39 @@ fn error_response(description: &str) -> Value {
 /// The document served at `/openapi.json`.
 pub fn document() -> Value {
     let mut schemas = serde_json::Map::new();
-    schemas.insert("AgentResponse".into(), schema::<AgentResponse>());
-    schemas.insert("AgentListResponse".into(), schema::<AgentListResponse>());
-    schemas.insert("CreateAgentParams".into(), schema::<CreateAgentParams>());
-    schemas.insert("ErrorResponse".into(), schema::<ErrorResponse>());
-    schemas.insert("UsageResponse".into(), schema::<UsageResponse>());
-    for (name, value) in defs::<AgentListResponse>()
-        .into_iter()
-        .chain(defs::<ErrorResponse>())
-        .chain(defs::<UsageResponse>())
-    {
-        schemas.entry(name).or_insert(value);
+    fn add<T: JsonSchema>(schemas: &mut serde_json::Map<String, Value>, name: &str) {
+        schemas.insert(name.into(), schema::<T>());
+        for (def, value) in defs::<T>() {
+            schemas.entry(def).or_insert(value);
+        }
     }
+    add::<AgentResponse>(&mut schemas, "AgentResponse");
+    add::<AgentListResponse>(&mut schemas, "AgentListResponse");
+    add::<CreateAgentParams>(&mut schemas, "CreateAgentParams");
+    add::<ErrorResponse>(&mut schemas, "ErrorResponse");
+    add::<UsageResponse>(&mut schemas, "UsageResponse");
+    add::<EventParams>(&mut schemas, "EventParams");
+    add::<EventResponse>(&mut schemas, "EventResponse");
+    add::<SessionResponse>(&mut schemas, "SessionResponse");
+    add::<SessionListResponse>(&mut schemas, "SessionListResponse");
+    add::<TurnListResponse>(&mut schemas, "TurnListResponse");
+    add::<ToolListResponse>(&mut schemas, "ToolListResponse");
+    add::<ToolCallParams>(&mut schemas, "ToolCallParams");
+    add::<ToolCallResponse>(&mut schemas, "ToolCallResponse");
+    add::<ApprovalResponse>(&mut schemas, "ApprovalResponse");
+    add::<ApprovalListResponse>(&mut schemas, "ApprovalListResponse");
+    add::<DecideApprovalParams>(&mut schemas, "DecideApprovalParams");
+    add::<GrantResponse>(&mut schemas, "GrantResponse");
+    add::<GrantListResponse>(&mut schemas, "GrantListResponse");
+    add::<CreateGrantParams>(&mut schemas, "CreateGrantParams");
+    add::<AuditResponse>(&mut schemas, "AuditResponse");
     let handle_param = json!({
         "name": "handle", "in": "path", "required": true,
         "schema": { "type": "string", "pattern": "^[a-z0-9_-]{1,64}$" }
     });
     let session_param = json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } });
     let codes: Vec<Value> = Code::ALL.iter().map(|c| json!(c.as_str())).collect();
-    json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Clade gateway API",
@@ -226,7 +243,7 @@ pub fn document() -> Value {
                 },
                 "delete": {
                     "summary": "Delete an agent with its sessions, secrets and workspace",
-                    "parameters": [ handle_param ],
+                    "parameters": [ handle_param.clone() ],
                     "responses": {
                         "204": { "description": "deleted" },
                         "401": error_response("missing or invalid token"),
@@ -235,5 +252,88 @@ pub fn document() -> Value {
                 }
             }
         }
+    });
+    if let (Some(paths), Value::Object(more)) =
+        (document["paths"].as_object_mut(), permission_paths(&handle_param))
+    {
+        paths.extend(more);
+    }
+    document
+}
+
+/// Tools, approvals, grants and the audit log.
+fn permission_paths(handle_param: &Value) -> Value {
+    let id_param = json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } });
+    let name_param =
+        json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } });
+    json!({
+        "/v1/agents/{handle}/tools": { "get": {
+            "summary": "The tools an agent can call, with their argument schemas",
+            "parameters": [ handle_param ],
+            "responses": { "200": { "description": "tools", "content": json_content("ToolListResponse") }, "404": error_response("no such agent") }
+        }},
+        "/v1/agents/{handle}/tools/{name}/call": { "post": {
+            "summary": "Run one tool call through the path a model's call takes: policy, approval (waits while asked), sandbox, audit",
+            "parameters": [ handle_param, name_param ],
+            "requestBody": { "required": true, "content": json_content("ToolCallParams") },
+            "responses": {
+                "200": { "description": "the call's result (is_error when refused or failed)", "content": json_content("ToolCallResponse") },
+                "400": error_response("invalid body"),
+                "404": error_response("no such agent or tool")
+            }
+        }},
+        "/v1/approvals": { "get": {
+            "summary": "Tool calls waiting for an operator (or decided ones, by status), newest first",
+            "parameters": [
+                { "name": "status", "in": "query", "schema": { "type": "string", "enum": ["pending", "approved", "denied", "expired", "all"], "default": "pending" } },
+                { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } }
+            ],
+            "responses": { "200": { "description": "approvals", "content": json_content("ApprovalListResponse") }, "400": error_response("invalid query") }
+        }},
+        "/v1/approvals/{id}": { "post": {
+            "summary": "Approve, deny, or approve always (adds an audited allow grant for this tool and resource)",
+            "parameters": [ id_param.clone() ],
+            "requestBody": { "required": true, "content": json_content("DecideApprovalParams") },
+            "responses": {
+                "200": { "description": "the decided approval", "content": json_content("ApprovalResponse") },
+                "400": error_response("invalid decision"),
+                "404": error_response("no such approval"),
+                "409": error_response("already decided")
+            }
+        }},
+        "/v1/grants": {
+            "get": {
+                "summary": "Grants (policy rules per agent), revoked ones included",
+                "parameters": [ { "name": "agent", "in": "query", "schema": { "type": "string" } } ],
+                "responses": { "200": { "description": "grants", "content": json_content("GrantListResponse") }, "404": error_response("no such agent") }
+            },
+            "post": {
+                "summary": "Add a grant; with `parent`, a delegation that may only narrow its parent",
+                "requestBody": { "required": true, "content": json_content("CreateGrantParams") },
+                "responses": {
+                    "201": { "description": "created", "content": json_content("GrantResponse") },
+                    "400": error_response("invalid grant, or wider than its parent"),
+                    "404": error_response("no such agent or parent grant")
+                }
+            }
+        },
+        "/v1/grants/{id}": { "delete": {
+            "summary": "Revoke a grant (and with it every grant delegated from it), from the next call on",
+            "parameters": [ id_param ],
+            "responses": { "204": { "description": "revoked" }, "404": error_response("no such live grant") }
+        }},
+        "/v1/audit": { "get": {
+            "summary": "The tenant's hash-chained audit log of tool calls, decisions, approvals and grant changes; `verify=true` checks the chain",
+            "parameters": [
+                { "name": "agent", "in": "query", "schema": { "type": "string" } },
+                { "name": "tool", "in": "query", "schema": { "type": "string" } },
+                { "name": "since", "in": "query", "schema": { "type": "integer" } },
+                { "name": "until", "in": "query", "schema": { "type": "integer" } },
+                { "name": "after", "in": "query", "schema": { "type": "integer" } },
+                { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } },
+                { "name": "verify", "in": "query", "schema": { "type": "boolean" } }
+            ],
+            "responses": { "200": { "description": "records, or with verify: {records, ok, broken_at, reason}", "content": json_content("AuditResponse") } }
+        }}
     })
 }

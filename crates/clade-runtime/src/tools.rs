@@ -55,6 +55,20 @@ pub struct CallOrigin {
     pub by: &'static str,
 }
 
+impl CallOrigin {
+    /// A call an operator makes directly (CLI or API), with a fresh key.
+    pub fn operator(now: Timestamp) -> Self {
+        let id = ApprovalId::generate(now).to_string();
+        Self {
+            call_key: format!("operator:{id}"),
+            call_id: id,
+            session: None,
+            turn: None,
+            by: "operator",
+        }
+    }
+}
+
 /// A call the policy let through, ready to run.
 #[derive(Debug, Clone)]
 pub struct Authorized {

@@ -318,6 +318,9 @@ impl TypedTool for HttpRequest {
     fn resource(&self, args: &HttpArgs) -> Result<String, String> {
         let url =
             url::Url::parse(&args.url).map_err(|e| format!("invalid URL {:?}: {e}", args.url))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(crate::net::EgressError::Scheme(url.scheme().to_owned()).to_string());
+        }
         url.host_str().map(str::to_owned).ok_or_else(|| format!("URL {:?} has no host", args.url))
     }
     fn run<'a>(&'a self, args: HttpArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {

@@ -176,7 +176,8 @@ pub struct Response {
 
 const MAX_REDIRECTS: usize = 5;
 
-/// Sends `request`, following up to five redirects, every hop checked and pinned.
+/// Sends `request`, following up to five redirects on the same host, every hop checked and
+/// pinned.
 pub async fn send(request: Request) -> Result<Response, String> {
     let method = reqwest::Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| format!("invalid HTTP method {:?}", request.method))?;
@@ -221,10 +222,18 @@ pub async fn send(request: Request) -> Result<Response, String> {
             let location = location
                 .to_str()
                 .map_err(|_| "redirect with an invalid Location header".to_owned())?;
-            url = parsed
-                .join(location)
-                .map_err(|e| format!("invalid redirect {location:?}: {e}"))?
-                .to_string();
+            let next =
+                parsed.join(location).map_err(|e| format!("invalid redirect {location:?}: {e}"))?;
+            // The policy allowed this host, not the one a redirect names: another host needs
+            // a call of its own, which the policy decides again.
+            if next.host_str() != parsed.host_str() {
+                return Err(format!(
+                    "{host} redirected ({}) to another host, {}; not followed: request that URL in a new call",
+                    status.as_u16(),
+                    next.host_str().unwrap_or("?")
+                ));
+            }
+            url = next.to_string();
             if status == reqwest::StatusCode::SEE_OTHER {
                 method = reqwest::Method::GET;
                 body = None;

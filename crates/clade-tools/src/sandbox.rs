@@ -221,6 +221,8 @@ impl Sandbox {
             push(&["--unshare-net"]);
         }
         push(&["--hostname", "sandbox", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]);
+        // No nested user namespaces: they are the usual first step of kernel exploits.
+        push(&["--disable-userns"]);
         push(&["--ro-bind", "/usr", "/usr"]);
         for dir in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
             match std::fs::read_link(dir) {

@@ -8,6 +8,7 @@ mod config;
 mod models;
 mod serve;
 mod sessions;
+mod tools;
 
 use anyhow::Result;
 use clade_config::LogFormat;
@@ -46,6 +47,10 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Deadletters(cmd) => sessions::deadletters(&ctx, cmd).await,
         Command::Models(cmd) => models::run(&ctx, cmd).await,
         Command::Usage(args) => models::usage(&ctx, args).await,
+        Command::Tools(cmd) => tools::run(&ctx, cmd).await,
+        Command::Approvals(cmd) => tools::approvals(&ctx, cmd).await,
+        Command::Grants(cmd) => tools::grants(&ctx, cmd).await,
+        Command::Audit(args) => tools::audit(&ctx, args).await,
         Command::Bench(cmd) => bench::run(&ctx, cmd).await,
         Command::Config(_) => Ok(()),
     }

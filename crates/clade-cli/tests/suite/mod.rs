@@ -3,4 +3,5 @@ mod crash;
 mod http;
 mod models;
 mod support;
+mod tools;
 mod turns;

@@ -181,6 +181,29 @@ impl Server {
             .unwrap()
     }
 
+    /// `method path` with a JSON body and `token` (the server's own when `None`): status and
+    /// JSON answer.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token.unwrap_or(&self.token));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+
     /// Kills the server with SIGKILL: no chance to flush or clean up.
     pub fn kill9(mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {

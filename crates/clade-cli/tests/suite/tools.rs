@@ -1,0 +1,422 @@
+//! Tools through the real binary: the attack corpus (RELIABILITY.md G, H, J1/J4 at PR tier),
+//! approvals, grants and the audit log.
+//!
+//! Every attempt goes through `POST /v1/agents/{handle}/tools/{name}/call`, the path a model's
+//! call takes, as agent `alice` of the default tenant, which holds broad grants (so what stops
+//! an attempt is the sandbox, the workspace confinement or the egress guard, not a missing
+//! grant). Each attempt is checked on the host side where it could have had an effect.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::support::{Env, Server, write};
+
+const CANARY_SECRET: &str = "canary-secret-7f3a9c1e55";
+const CANARY_ENV: &str = "canary-env-b41d0e9a27";
+const CANARY_TENANT_B: &str = "canary-tenant-b-99e2c4";
+
+struct Corpus {
+    attempted: u32,
+    blocked: u32,
+    escapes: Vec<String>,
+}
+
+impl Corpus {
+    fn record(&mut self, name: &str, blocked: bool, detail: &str) {
+        self.attempted += 1;
+        if blocked {
+            self.blocked += 1;
+        } else {
+            self.escapes.push(format!("{name}: {detail}"));
+        }
+    }
+}
+
+async fn call(server: &Server, agent: &str, tool: &str, args: Value) -> (bool, String) {
+    let (status, body) = server
+        .send(
+            "POST",
+            &format!("/v1/agents/{agent}/tools/{tool}/call"),
+            None,
+            Some(json!({ "arguments": args })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    (body["is_error"].as_bool().unwrap(), body["content"].as_str().unwrap_or_default().to_owned())
+}
+
+async fn shell(server: &Server, command: &str) -> String {
+    call(server, "alice", "shell.exec", json!({ "command": command })).await.1
+}
+
+/// A loopback listener that records whether anything connected.
+fn listener() -> (TcpListener, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+fn was_reached(listener: &TcpListener) -> bool {
+    listener.accept().is_ok()
+}
+
+fn setup() -> Env {
+    let env = Env::new();
+    env.run(&["agents", "create", "alice"]).ok();
+    env.run(&["tenants", "create", "other"]).ok();
+    env.run(&["--tenant", "other", "agents", "create", "bob"]).ok();
+    let bob_ws =
+        env.run(&["--tenant", "other", "agents", "workspace", "bob"]).ok().stdout.trim().to_owned();
+    write(&Path::new(&bob_ws).join("secret.txt"), CANARY_TENANT_B);
+    env.run_with_stdin(&["--agent", "alice", "secrets", "set", "CANARY_KEY"], CANARY_SECRET).ok();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        "tools:\n  limits:\n    timeout_secs: 4\n    memory_mib: 256\n    processes: 64\n    output_bytes: 65536\n",
+    );
+    for tool in ["shell.exec", "fs.*", "http.request"] {
+        env.run(&["--agent", "alice", "grants", "add", "--tool", tool]).ok();
+    }
+    env
+}
+
+#[tokio::test]
+async fn attack_corpus_is_blocked_or_contained() {
+    let env = setup();
+    let server = env.serve_with(&[], &[("CLADE_TEST_CANARY", CANARY_ENV)]);
+    let data = env.data_dir();
+    let data_text = data.display().to_string();
+    let alice_ws = env.run(&["agents", "workspace", "alice"]).ok().stdout.trim().to_owned();
+    let bob_ws =
+        env.run(&["--tenant", "other", "agents", "workspace", "bob"]).ok().stdout.trim().to_owned();
+    let master_key = std::fs::read_to_string(data.join("master.key")).unwrap_or_default();
+    let shadow_head = std::fs::read_to_string("/etc/shadow")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or("root:")
+        .to_owned();
+    let marker = env.tmp.path().join("host-marker");
+    write(&marker, "untouched");
+    let mut corpus = Corpus { attempted: 0, blocked: 0, escapes: Vec::new() };
+
+    // G1/G2: writes outside the workspace.
+    let host_tmp = env.tmp.path().join("pwned");
+    let host_tmp_text = host_tmp.display().to_string();
+    for (name, command) in [
+        ("write /etc", "echo x > /etc/clade-pwned".to_owned()),
+        ("write host tmp path", format!("mkdir -p {0}; echo x > {0}/f", host_tmp_text)),
+        ("write via ..", "echo x > ../../clade-pwned".to_owned()),
+        (
+            "write via symlink",
+            format!("ln -s {} up && echo x > up/pwned", env.tmp.path().display()),
+        ),
+        ("write via /proc/self/root", format!("echo x > /proc/self/root{host_tmp_text}")),
+        ("write /proc/1/cwd", "echo x > /proc/1/cwd/../clade-pwned".to_owned()),
+        ("overwrite the marker", format!("echo owned > {}", marker.display())),
+        ("write the data dir", format!("echo x > {data_text}/clade.db")),
+    ] {
+        let out = shell(&server, &command).await;
+        let escaped = Path::new("/etc/clade-pwned").exists()
+            || host_tmp.exists()
+            || std::fs::read_to_string(&marker).unwrap() != "untouched";
+        corpus.record(name, !escaped, &out);
+    }
+
+    // Reads of denied paths: each must not return the secret content.
+    for (name, command, secret) in [
+        ("read /etc/shadow", "cat /etc/shadow".to_owned(), shadow_head.clone()),
+        (
+            "read ~/.ssh",
+            "cat /root/.ssh/* ~/.ssh/* 2>&1; ls -la /root".to_owned(),
+            "PRIVATE KEY".to_owned(),
+        ),
+        (
+            "read the database",
+            format!("head -c 16 {data_text}/clade.db"),
+            "SQLite format 3".to_owned(),
+        ),
+        (
+            "read the master key",
+            format!("cat {data_text}/master.key"),
+            master_key.trim().to_owned(),
+        ),
+        (
+            "read tenant B's workspace",
+            format!("cat {bob_ws}/secret.txt"),
+            CANARY_TENANT_B.to_owned(),
+        ),
+        (
+            "read B via /proc/self/root",
+            format!("cat /proc/self/root{bob_ws}/secret.txt"),
+            CANARY_TENANT_B.to_owned(),
+        ),
+        (
+            "find B's workspace",
+            "grep -rs canary-tenant-b / 2>/dev/null | head -3".to_owned(),
+            CANARY_TENANT_B.to_owned(),
+        ),
+        (
+            "daemon env via /proc/1/environ",
+            "cat /proc/1/environ; cat /proc/*/environ".to_owned(),
+            CANARY_ENV.to_owned(),
+        ),
+        ("daemon env via env", "env".to_owned(), CANARY_ENV.to_owned()),
+        ("vault secret via env", "env".to_owned(), CANARY_SECRET.to_owned()),
+    ] {
+        let out = shell(&server, &command).await;
+        let leaked = !secret.is_empty() && out.contains(&secret);
+        corpus.record(name, !leaked, &out);
+    }
+
+    // Network egress without a grant.
+    let (host_listener, port) = listener();
+    for (name, command) in [
+        ("bash /dev/tcp", format!("bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}'")),
+        ("curl loopback", format!("curl -sS -m 2 http://127.0.0.1:{port}/")),
+        ("wget loopback", format!("wget -q -T 2 -O- http://127.0.0.1:{port}/")),
+        ("python socket", format!("python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 2)'")),
+        ("curl external", "curl -sS -m 2 http://1.1.1.1/".to_owned()),
+        ("udp dns", "python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b\"x\", (\"8.8.8.8\", 53))' && echo sent".to_owned()),
+    ] {
+        let out = shell(&server, &command).await;
+        corpus.record(name, !was_reached(&host_listener) && !out.contains("sent"), &out);
+    }
+
+    // Privilege and host processes.
+    let server_pid = server.child.id();
+    for (name, command) in [
+        ("signal the daemon", format!("kill -9 {server_pid}; kill -9 1")),
+        ("nested user namespace", "unshare -r id".to_owned()),
+        ("mount", "mount -t tmpfs none /usr 2>&1; touch /usr/pwned".to_owned()),
+        ("raw socket", "python3 -c 'import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW); print(\"uid=0(root) raw\")'".to_owned()),
+        ("netlink route change", "ip link set lo down 2>&1; python3 -c 'import socket; s=socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); s.bind((0,0)); print(\"bound\")'".to_owned()),
+        ("set the clock", "date -s '2000-01-01' 2>&1 && echo uid=0(root)".to_owned()),
+        ("sysctl write", "echo 1 > /proc/sys/kernel/sysrq 2>&1 && echo uid=0(root)".to_owned()),
+        ("chroot", "chroot / id 2>&1".to_owned()),
+        ("setuid binary", "ls -la /usr/bin/su /usr/bin/passwd 2>&1; su -c id 2>&1 </dev/null".to_owned()),
+        ("see host processes", "ls /proc | grep -c '^[0-9]' | awk '{ if ($1 > 20) print \"uid=0(root) sees\", $1 }'".to_owned()),
+        ("ptrace the daemon", format!("python3 -c 'import ctypes; l=ctypes.CDLL(None); print(\"uid=0(root)\" if l.ptrace(16, {server_pid}, 0, 0) == 0 else \"denied\")'")),
+    ] {
+        let out = shell(&server, &command).await;
+        let alive = server.send("GET", "/healthz", None, None).await.0 == 200;
+        corpus.record(
+            name,
+            alive && !Path::new("/usr/pwned").exists() && !out.contains("uid=0(root)"),
+            &out,
+        );
+    }
+
+    // Resource exhaustion: contained, and the server keeps serving.
+    for (name, command, expect) in [
+        ("fork bomb", "b() { b | b & }; b; sleep 1", ""),
+        (
+            "memory bomb",
+            "python3 -c 'x = bytearray(2 * 1024**3); print(\"allocated\")'",
+            "allocated",
+        ),
+        ("infinite loop", "while :; do :; done", ""),
+        ("gigabytes of output", "yes AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", ""),
+        ("disk fill", "head -c 2000000000 /dev/zero > big; ls -la big", ""),
+        (
+            "escape the deadline",
+            "setsid sh -c 'sleep 30; echo late > /workspace/late' & disown; echo started",
+            "",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let (_, out) = call(&server, "alice", "shell.exec", json!({ "command": command })).await;
+        let alive = server.send("GET", "/healthz", None, None).await.0 == 200;
+        let contained = alive
+            && started.elapsed() < Duration::from_secs(10)
+            && (expect.is_empty() || !out.contains(expect));
+        corpus.record(name, contained, &out);
+    }
+    let big = Path::new(&alice_ws).join("big");
+    let big_size = std::fs::metadata(&big).map(|m| m.len()).unwrap_or(0);
+    corpus.record("disk fill size", big_size <= 64 * 1024 * 1024, &format!("{big_size} bytes"));
+
+    // Workspace confinement of the fs tools (which run in the daemon itself).
+    shell(&server, "echo inside > f.txt; ln -s /etc/shadow shadow-link; ln -s / root-link; ln -s ../../../../../../ up-link; ln -s /proc/self/root proc-link; ln f.txt hard.txt").await;
+    for (name, tool, args, secret) in [
+        ("fs.read absolute", "fs.read", json!({ "path": "/etc/shadow" }), shadow_head.clone()),
+        (
+            "fs.read ..",
+            "fs.read",
+            json!({ "path": "../../master.key" }),
+            master_key.trim().to_owned(),
+        ),
+        (
+            "fs.read symlink to shadow",
+            "fs.read",
+            json!({ "path": "shadow-link" }),
+            shadow_head.clone(),
+        ),
+        (
+            "fs.read through / symlink",
+            "fs.read",
+            json!({ "path": "root-link/etc/shadow" }),
+            shadow_head.clone(),
+        ),
+        (
+            "fs.read through .. symlink",
+            "fs.read",
+            json!({ "path": format!("up-link{data_text}/master.key") }),
+            master_key.trim().to_owned(),
+        ),
+        (
+            "fs.read /proc/self/root link",
+            "fs.read",
+            json!({ "path": format!("proc-link{bob_ws}/secret.txt") }),
+            CANARY_TENANT_B.to_owned(),
+        ),
+        (
+            "fs.read tenant B by path",
+            "fs.read",
+            json!({ "path": format!("/workspace/../..{bob_ws}/secret.txt") }),
+            CANARY_TENANT_B.to_owned(),
+        ),
+        ("fs.list outside", "fs.list", json!({ "path": "root-link" }), "etc".to_owned()),
+        ("fs.search through links", "fs.search", json!({ "text": "root:" }), shadow_head.clone()),
+    ] {
+        let (_, out) = call(&server, "alice", tool, args).await;
+        let leaked = !secret.is_empty() && out.contains(&secret);
+        corpus.record(name, !leaked, &out);
+    }
+    let outside = env.tmp.path().join("fs-pwned");
+    for (name, path) in [
+        ("fs.write ..", "../../../fs-pwned".to_owned()),
+        ("fs.write through symlink", format!("up-link{}", outside.display())),
+        ("fs.write absolute", outside.display().to_string()),
+        ("fs.write hard link", "hard.txt".to_owned()),
+        ("fs.write symlink target", "shadow-link".to_owned()),
+    ] {
+        let (_, out) =
+            call(&server, "alice", "fs.write", json!({ "path": path, "content": "owned" })).await;
+        let inside =
+            std::fs::read_to_string(Path::new(&alice_ws).join("f.txt")).unwrap_or_default();
+        corpus.record(name, !outside.exists() && inside.trim() == "inside", &out);
+    }
+
+    // TOCTOU: a directory swapped with a symlink to / while fs.read runs through it.
+    let swapper = {
+        let url = server.url.clone();
+        let token = server.token.clone();
+        tokio::spawn(async move {
+            let body = json!({ "arguments": { "command": "mkdir -p real/etc; echo fake > real/etc/shadow; for i in $(seq 1 3000); do mv real swap 2>/dev/null; ln -sfn / swap 2>/dev/null; rm -f swap; mv swap real 2>/dev/null; mkdir -p real/etc; ln -sfn real swap; done" } });
+            reqwest::Client::new()
+                .post(format!("{url}/v1/agents/alice/tools/shell.exec/call"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+        })
+    };
+    let mut raced = 0;
+    for _ in 0..60 {
+        let (_, out) =
+            call(&server, "alice", "fs.read", json!({ "path": "swap/etc/shadow" })).await;
+        if out.contains(&shadow_head) {
+            raced += 1;
+        }
+    }
+    swapper.await.unwrap();
+    corpus.record(
+        "symlink swap race (60 reads)",
+        raced == 0,
+        &format!("{raced} reads returned host content"),
+    );
+
+    // H: SSRF through http.request (granted, but without private_network).
+    let (ssrf_listener, ssrf_port) = listener();
+    let server_port = server.url.rsplit(':').next().unwrap().to_owned();
+    let targets = [
+        format!("http://127.0.0.1:{ssrf_port}/"),
+        format!("http://127.1.2.3:{ssrf_port}/"),
+        format!("http://[::1]:{ssrf_port}/"),
+        format!("http://[::ffff:127.0.0.1]:{ssrf_port}/"),
+        format!("http://localhost:{ssrf_port}/"),
+        format!("http://0.0.0.0:{ssrf_port}/"),
+        format!("http://2130706433:{ssrf_port}/"),
+        format!("http://0x7f000001:{ssrf_port}/"),
+        format!("http://017700000001:{ssrf_port}/"),
+        format!("http://127.0.0.1:{server_port}/healthz"),
+        "http://169.254.169.254/latest/meta-data/".into(),
+        "http://metadata.google.internal/computeMetadata/v1/".into(),
+        "http://100.100.100.200/latest/meta-data/".into(),
+        "http://168.63.129.16/".into(),
+        "http://[fd00:ec2::254]/".into(),
+        "http://10.0.0.1/".into(),
+        "http://172.16.0.1/".into(),
+        "http://192.168.0.1/".into(),
+        "http://100.64.0.1/".into(),
+        "http://[fc00::1]/".into(),
+        "http://[fe80::1]/".into(),
+        "http://[64:ff9b::7f00:1]/".into(),
+        "http://[2002:7f00:1::]/".into(),
+        "file:///etc/shadow".into(),
+        "gopher://127.0.0.1:25/".into(),
+    ];
+    for url in &targets {
+        let (is_error, out) = call(&server, "alice", "http.request", json!({ "url": url })).await;
+        let named = [
+            "loopback",
+            "private",
+            "link-local",
+            "metadata",
+            "unspecified",
+            "shared",
+            "scheme",
+            "reserved",
+        ]
+        .iter()
+        .any(|class| out.contains(class));
+        corpus.record(
+            &format!("ssrf {url}"),
+            is_error && named && !was_reached(&ssrf_listener),
+            &out,
+        );
+    }
+
+    // The host is untouched, tenant B too, and the server still serves.
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "untouched");
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&bob_ws).join("secret.txt")).unwrap(),
+        CANARY_TENANT_B
+    );
+    assert_eq!(server.send("GET", "/healthz", None, None).await.0, 200);
+    // The daemonised child of "escape the deadline" would have written this 3 s after its start.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    corpus.record(
+        "daemonised child outlived its command",
+        !Path::new(&alice_ws).join("late").exists(),
+        "late",
+    );
+
+    // Last, as it empties the agent's own workspace: the host and tenant B stay intact.
+    let out = shell(&server, "rm -rf --no-preserve-root / 2>/dev/null; echo done").await;
+    let intact = std::fs::read_to_string(&marker).unwrap() == "untouched"
+        && data.join("clade.db").exists()
+        && Path::new(&bob_ws).join("secret.txt").exists()
+        && Path::new("/usr/bin/env").exists();
+    corpus.record("rm -rf /", intact, &out);
+
+    // J4: canaries never in the audit log or the server's logs.
+    let audit = env.run(&["audit", "--json", "--limit", "1000"]).ok().stdout;
+    let logs = server.stop();
+    for canary in [CANARY_SECRET, CANARY_ENV] {
+        corpus.record("canary in audit log", !audit.contains(canary), "audit");
+        corpus.record("canary in server log", !logs.contains(canary), "log");
+    }
+
+    println!(
+        "attack corpus: {} attempted, {} blocked or contained",
+        corpus.attempted, corpus.blocked
+    );
+    assert!(corpus.escapes.is_empty(), "escapes:\n{}", corpus.escapes.join("\n---\n"));
+    assert!(corpus.attempted >= 80, "the corpus shrank to {}", corpus.attempted);
+}

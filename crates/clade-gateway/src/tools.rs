@@ -1,0 +1,303 @@
+//! `/v1/agents/{handle}/tools`, `/v1/approvals`, `/v1/grants`, `/v1/audit`: one tool call
+//! through the model's own path, and the operator's side of permissions.
+
+use std::collections::HashMap;
+
+use axum::Extension;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use clade_config::{Constraints, PolicyEffect, PolicyRule};
+use clade_core::{AgentId, ApprovalId, GrantId, Tenant, Timestamp};
+use clade_runtime::{CallOrigin, Verdict};
+use clade_store::{ApprovalRow, ApprovalStatus, AuditFilter, GrantRow};
+use serde_json::Value;
+
+use crate::AppState;
+use crate::agents::{JsonBody, query_rejection};
+use crate::api::{
+    ApprovalListResponse, ApprovalResponse, ApprovalsQuery, AuditQuery, AuditRecord, AuditResponse,
+    CreateGrantParams, DecideApprovalParams, GrantListResponse, GrantResponse, GrantsQuery,
+    ToolCallParams, ToolCallResponse, ToolInfo, ToolListResponse,
+};
+use crate::auth::Caller;
+use crate::error::{ApiError, Code};
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(Code::InvalidRequest, message)
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    Path(handle): Path<String>,
+) -> Result<axum::Json<ToolListResponse>, ApiError> {
+    state.store.agent(tenant.id, &handle).await?;
+    let items = state
+        .engine
+        .tools()
+        .registry()
+        .iter()
+        .map(|t| ToolInfo {
+            name: t.name().to_owned(),
+            description: t.description().to_owned(),
+            effect: t.effect().as_str().to_owned(),
+            touches_host: t.touches_host(),
+            input_schema: t.input_schema(),
+        })
+        .collect();
+    Ok(axum::Json(ToolListResponse { items }))
+}
+
+pub(crate) async fn call(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    Path((handle, name)): Path<(String, String)>,
+    JsonBody(params): JsonBody<ToolCallParams>,
+) -> Result<axum::Json<ToolCallResponse>, ApiError> {
+    let agent = state.store.agent(tenant.id, &handle).await?;
+    let runner = state.engine.tools();
+    if runner.registry().get(&name).is_none() {
+        return Err(ApiError::new(
+            Code::ToolNotFound,
+            format!(
+                "agent {handle} has no tool {name:?}: list them with GET /v1/agents/{handle}/tools"
+            ),
+        ));
+    }
+    let arguments = params.arguments.unwrap_or_else(|| Value::Object(Default::default()));
+    if !arguments.is_object() {
+        return Err(invalid("`arguments` must be a JSON object"));
+    }
+    let origin = CallOrigin::operator(state.store.now());
+    let outcome = runner.call(&agent, &name, arguments, &origin).await;
+    Ok(axum::Json(ToolCallResponse {
+        content: outcome.content,
+        is_error: outcome.is_error,
+        decision: outcome.decision.as_str().to_owned(),
+    }))
+}
+
+/// Agent handles by id, looked up once per request.
+struct Handles<'a> {
+    state: &'a AppState,
+    tenant: &'a Tenant,
+    known: HashMap<AgentId, String>,
+}
+
+impl<'a> Handles<'a> {
+    fn new(state: &'a AppState, tenant: &'a Tenant) -> Self {
+        Self { state, tenant, known: HashMap::new() }
+    }
+
+    async fn of(&mut self, id: AgentId) -> String {
+        if let Some(handle) = self.known.get(&id) {
+            return handle.clone();
+        }
+        let handle = match self.state.store.agent_by_id(self.tenant.id, id).await {
+            Ok(agent) => agent.handle.to_string(),
+            Err(_) => format!("(deleted agent {id})"),
+        };
+        self.known.insert(id, handle.clone());
+        handle
+    }
+}
+
+fn approval_response(row: ApprovalRow, agent: String) -> ApprovalResponse {
+    ApprovalResponse {
+        id: row.id.to_string(),
+        agent,
+        tool: row.tool,
+        resource: row.resource,
+        arguments: serde_json::from_str(&row.arguments).unwrap_or(Value::Null),
+        arguments_hash: row.arguments_hash,
+        reason: row.reason,
+        status: row.status.as_str().to_owned(),
+        session_id: row.session_id.map(|s| s.to_string()),
+        turn_id: row.turn_id.map(|t| t.to_string()),
+        created_at: row.created_at.as_millis(),
+        expires_at: row.expires_at.as_millis(),
+        decided_at: row.decided_at.map(|t| t.as_millis()),
+        decided_by: row.decided_by,
+        note: row.note,
+    }
+}
+
+pub(crate) async fn approvals(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    query: Result<Query<ApprovalsQuery>, QueryRejection>,
+) -> Result<axum::Json<ApprovalListResponse>, ApiError> {
+    let Query(query) = query.map_err(query_rejection)?;
+    let status = match query.status.as_deref().unwrap_or("pending") {
+        "all" => None,
+        other => Some(ApprovalStatus::parse(other).ok_or_else(|| {
+            invalid(format!(
+                "unknown status {other:?}: use pending, approved, denied, expired or all"
+            ))
+        })?),
+    };
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let rows = state.store.approvals(tenant.id, status, limit).await?;
+    let mut handles = Handles::new(&state, &tenant);
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        let agent = handles.of(row.agent_id).await;
+        items.push(approval_response(row, agent));
+    }
+    Ok(axum::Json(ApprovalListResponse { items }))
+}
+
+pub(crate) async fn decide(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonBody(params): JsonBody<DecideApprovalParams>,
+) -> Result<axum::Json<ApprovalResponse>, ApiError> {
+    let id = ApprovalId::parse(&id).map_err(|e| invalid(e.to_string()))?;
+    let verdict = match params.decision.as_str() {
+        "approve" => Verdict::Approve,
+        "approve_always" => Verdict::ApproveAlways,
+        "deny" => Verdict::Deny,
+        other => {
+            return Err(invalid(format!(
+                "unknown decision {other:?}: use approve, approve_always or deny"
+            )));
+        }
+    };
+    let row =
+        state.engine.tools().decide(tenant.id, id, verdict, "operator (api)", params.note).await?;
+    let agent = Handles::new(&state, &tenant).of(row.agent_id).await;
+    Ok(axum::Json(approval_response(row, agent)))
+}
+
+fn grant_response(row: GrantRow, agent: String) -> GrantResponse {
+    GrantResponse {
+        id: row.id.to_string(),
+        agent,
+        effect: row.effect,
+        tool: row.tool,
+        resource: row.resource,
+        constraints: serde_json::from_str(&row.constraints).unwrap_or(Value::Null),
+        parent: row.parent_id.map(|p| p.to_string()),
+        granted_by: row.granted_by,
+        created_at: row.created_at.as_millis(),
+        expires_at: row.expires_at.map(|t| t.as_millis()),
+        revoked_at: row.revoked_at.map(|t| t.as_millis()),
+    }
+}
+
+pub(crate) async fn grants(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    query: Result<Query<GrantsQuery>, QueryRejection>,
+) -> Result<axum::Json<GrantListResponse>, ApiError> {
+    let Query(query) = query.map_err(query_rejection)?;
+    let agent = match &query.agent {
+        Some(handle) => Some(state.store.agent(tenant.id, handle).await?.id),
+        None => None,
+    };
+    let rows = state.store.grants(tenant.id, agent).await?;
+    let mut handles = Handles::new(&state, &tenant);
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        let agent = handles.of(row.agent_id).await;
+        items.push(grant_response(row, agent));
+    }
+    Ok(axum::Json(GrantListResponse { items }))
+}
+
+pub(crate) async fn add_grant(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    JsonBody(params): JsonBody<CreateGrantParams>,
+) -> Result<(StatusCode, axum::Json<GrantResponse>), ApiError> {
+    let agent = state.store.agent(tenant.id, &params.agent).await?;
+    let effect = match params.effect.as_deref() {
+        None => PolicyEffect::Allow,
+        Some(text) => PolicyEffect::parse(text)
+            .ok_or_else(|| invalid(format!("unknown effect {text:?}: use allow, ask or deny")))?,
+    };
+    let constraints: Constraints = match params.constraints {
+        None => Constraints::default(),
+        Some(value) => serde_json::from_value(value)
+            .map_err(|e| invalid(format!("invalid constraints: {e}")))?,
+    };
+    let parent = params
+        .parent
+        .as_deref()
+        .map(GrantId::parse)
+        .transpose()
+        .map_err(|e| invalid(e.to_string()))?;
+    let expires_at = params.expires_in_secs.map(|secs| {
+        let ms = i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        Timestamp::from_millis(state.store.now().as_millis().saturating_add(ms))
+    });
+    let rule = PolicyRule {
+        effect,
+        tool: params.tool,
+        resource: params.resource.unwrap_or_else(|| "*".into()),
+        constraints,
+    };
+    let row =
+        state.engine.tools().add_grant(&agent, rule, parent, expires_at, "operator (api)").await?;
+    Ok((StatusCode::CREATED, axum::Json(grant_response(row, agent.handle.to_string()))))
+}
+
+pub(crate) async fn revoke_grant(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = GrantId::parse(&id).map_err(|e| invalid(e.to_string()))?;
+    state.engine.tools().revoke_grant(tenant.id, id, "operator (api)").await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn audit(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    let Query(query) = query.map_err(query_rejection)?;
+    if query.verify == Some(true) {
+        let result = state.store.verify_audit(tenant.id).await?;
+        let body = serde_json::json!({
+            "records": result.records,
+            "ok": result.broken.is_none(),
+            "broken_at": result.broken.as_ref().map(|(seq, _)| *seq),
+            "reason": result.broken.map(|(_, why)| why),
+        });
+        return Ok(axum::response::IntoResponse::into_response(axum::Json(body)));
+    }
+    let agent = match &query.agent {
+        Some(handle) => Some(state.store.agent(tenant.id, handle).await?.id),
+        None => None,
+    };
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let filter = AuditFilter {
+        agent,
+        tool: query.tool,
+        since: query.since.map(Timestamp::from_millis),
+        until: query.until.map(Timestamp::from_millis),
+        after: query.after,
+        limit,
+    };
+    let rows = state.store.audit_records(tenant.id, &filter).await?;
+    let next_after = (rows.len() == limit as usize).then(|| rows.last().map(|r| r.seq)).flatten();
+    let items = rows
+        .into_iter()
+        .map(|r| AuditRecord {
+            seq: r.seq,
+            at: r.at.as_millis(),
+            agent_id: r.agent_id.map(|a| a.to_string()),
+            kind: r.kind,
+            tool: r.tool,
+            decision: r.decision,
+            detail: serde_json::from_str(&r.detail).unwrap_or(Value::Null),
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        })
+        .collect();
+    Ok(axum::response::IntoResponse::into_response(axum::Json(AuditResponse { items, next_after })))
+}
