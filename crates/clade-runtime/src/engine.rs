@@ -144,6 +144,7 @@ impl Engine {
             outbox: Arc::new(Notify::new()),
         });
         let engine = Self { inner };
+        engine.inner.options.tools.attach_hub(engine.inner.hub.clone());
         let open = engine.inner.store.sessions_with_open_events().await?;
         if !open.is_empty() {
             tracing::info!(sessions = open.len(), "resuming sessions with unfinished turns");

@@ -24,6 +24,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
+use crate::hub::{Hub, LiveEvent};
+
 /// Errors of grant and approval management (not of tool calls, which end as tool results).
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
@@ -94,6 +96,8 @@ pub struct ToolRunner {
     rules: Vec<SourcedRule>,
     approval_timeout: Duration,
     waiters: Mutex<HashMap<ApprovalId, Arc<Notify>>>,
+    /// Where a turn's clients learn that it waits for an approval.
+    hub: std::sync::OnceLock<Hub>,
 }
 
 /// How often a waiting call re-reads its approval (a decision made by another process).
@@ -124,7 +128,13 @@ impl ToolRunner {
             rules,
             approval_timeout: Duration::from_secs(config.approval_timeout_secs),
             waiters: Mutex::new(HashMap::new()),
+            hub: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Lets waiting calls announce themselves on their session's live stream.
+    pub fn attach_hub(&self, hub: Hub) {
+        let _ = self.hub.set(hub);
     }
 
     pub fn registry(&self) -> &Registry {
@@ -336,6 +346,20 @@ impl ToolRunner {
             .await
             .map_err(|e| format!("cannot record the approval request: {e}"))?;
         tracing::info!(approval = %approval.id, agent = %agent.handle, tool, "tool call waits for approval");
+        if let (Some(hub), Some(session)) = (self.hub.get(), origin.session) {
+            let data = json!({
+                "approval": approval.id.to_string(),
+                "tool": tool,
+                "resource": resource,
+                "arguments": args,
+                "reason": decision.reason,
+                "expires_at": approval.expires_at.as_millis(),
+            });
+            hub.publish(
+                agent.id,
+                LiveEvent { session, id: None, kind: "approval.requested".into(), data },
+            );
+        }
         let notify = self.waiter(approval.id);
         let result = loop {
             let current = match self.store.approval(agent.tenant_id, approval.id).await {

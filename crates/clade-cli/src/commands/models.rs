@@ -99,23 +99,34 @@ pub(super) async fn run(ctx: &Ctx, cmd: ModelsCommand) -> Result<()> {
 
 /// `30m`, `24h`, `7d` back from `now`, or a `YYYY-MM-DD` date.
 pub(crate) fn parse_since(text: &str, now: Timestamp) -> Result<Timestamp> {
-    let bad = || {
-        anyhow::anyhow!(
-            "invalid --since {text:?}: use a duration such as 30m, 24h or 7d, or a date such as 2026-11-01"
-        )
-    };
     if let Some(date) = Timestamp::parse_date(text) {
         return Ok(date);
     }
+    let span = parse_span_ms(text, "--since").map_err(|_| {
+        anyhow::anyhow!(
+            "invalid --since {text:?}: use a duration such as 30m, 24h or 7d, or a date such as 2026-11-01"
+        )
+    })?;
+    Ok(Timestamp::from_millis(now.as_millis() - span))
+}
+
+/// A duration such as `90s`, `30m`, `24h` or `7d`, in milliseconds; `flag` names it in errors.
+pub(crate) fn parse_span_ms(text: &str, flag: &str) -> Result<i64> {
+    let bad =
+        || anyhow::anyhow!("invalid {flag} {text:?}: use a duration such as 90s, 30m, 24h or 7d");
     let (number, unit) = text.split_at(text.len().saturating_sub(1));
     let n: i64 = number.parse().map_err(|_| bad())?;
     let ms = match unit {
+        "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
         _ => return Err(bad()),
     };
-    Ok(Timestamp::from_millis(now.as_millis() - n.saturating_mul(ms)))
+    if n <= 0 {
+        return Err(bad());
+    }
+    Ok(n.saturating_mul(ms))
 }
 
 pub(super) async fn usage(ctx: &Ctx, args: UsageArgs) -> Result<()> {

@@ -9,7 +9,7 @@ use clade_store::{ApprovalStatus, AuditFilter};
 use serde_json::{Value, json};
 
 use crate::cli::{ApprovalsCommand, AuditArgs, GrantsCommand, ToolsCommand};
-use crate::commands::models::parse_since;
+use crate::commands::models::{parse_since, parse_span_ms};
 use crate::context::Ctx;
 use crate::output;
 
@@ -211,12 +211,8 @@ pub(super) async fn grants(ctx: &Ctx, cmd: GrantsCommand) -> Result<()> {
             let parent = parent.as_deref().map(GrantId::parse).transpose()?;
             let expires_at = match expires_in {
                 Some(text) => {
-                    let now = ctx.store.now();
-                    // parse_since gives "now minus d"; mirror it forward.
-                    let back = parse_since(&text, now)?;
-                    Some(Timestamp::from_millis(
-                        now.as_millis() + (now.as_millis() - back.as_millis()),
-                    ))
+                    let span = parse_span_ms(&text, "--expires-in")?;
+                    Some(Timestamp::from_millis(ctx.store.now().as_millis().saturating_add(span)))
                 }
                 None => None,
             };

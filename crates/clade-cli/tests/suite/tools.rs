@@ -420,3 +420,352 @@ async fn attack_corpus_is_blocked_or_contained() {
     assert!(corpus.escapes.is_empty(), "escapes:\n{}", corpus.escapes.join("\n---\n"));
     assert!(corpus.attempted >= 80, "the corpus shrank to {}", corpus.attempted);
 }
+
+/// Polls `GET /v1/approvals` until one is pending.
+async fn pending_approval(server: &Server) -> Value {
+    for _ in 0..200 {
+        let (_, body) = server.send("GET", "/v1/approvals", None, None).await;
+        if let Some(first) = body["items"].as_array().and_then(|a| a.first()) {
+            return first.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no approval became pending");
+}
+
+fn spawn_call(server: &Server, command: &str) -> tokio::task::JoinHandle<Value> {
+    let url = format!("{}/v1/agents/alice/tools/shell.exec/call", server.url);
+    let token = server.token.clone();
+    let body = json!({ "arguments": { "command": command } });
+    tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    })
+}
+
+fn ask_env(timeout_secs: u32) -> Env {
+    let env = Env::new();
+    env.run(&["agents", "create", "alice"]).ok();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "tools:\n  approval_timeout_secs: {timeout_secs}\n  policy:\n    - {{ effect: ask, tool: shell.exec }}\n    - {{ effect: allow, tool: \"fs.*\" }}\n"
+        ),
+    );
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_pause_calls_until_an_operator_decides() {
+    let env = ask_env(4);
+    let server = env.serve(&[]);
+
+    // Approve: the exact arguments are shown, and the call then runs.
+    let call = spawn_call(&server, "echo approved-run");
+    let approval = pending_approval(&server).await;
+    assert_eq!(approval["tool"], "shell.exec");
+    assert_eq!(approval["arguments"], json!({ "command": "echo approved-run" }));
+    assert_eq!(approval["resource"], "echo approved-run");
+    assert_eq!(approval["arguments_hash"].as_str().unwrap().len(), 64);
+    let id = approval["id"].as_str().unwrap().to_owned();
+    let (status, decided) = server
+        .send("POST", &format!("/v1/approvals/{id}"), None, Some(json!({ "decision": "approve" })))
+        .await;
+    assert_eq!(status, 200, "{decided}");
+    assert_eq!(decided["status"], "approved");
+    let result = call.await.unwrap();
+    assert_eq!(result["is_error"], false, "{result}");
+    assert!(result["content"].as_str().unwrap().contains("approved-run"));
+    // A decision is final.
+    let (status, body) = server
+        .send("POST", &format!("/v1/approvals/{id}"), None, Some(json!({ "decision": "deny" })))
+        .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("approval_decided")));
+
+    // Deny, from the CLI: the call is refused and never runs.
+    let call = spawn_call(&server, "echo denied-run > ran.txt");
+    let id = pending_approval(&server).await["id"].as_str().unwrap().to_owned();
+    env.run(&["approvals", "deny", &id, "--note", "not today"]).ok();
+    let result = call.await.unwrap();
+    assert_eq!(result["is_error"], true);
+    assert!(result["content"].as_str().unwrap().contains("not today"), "{result}");
+    let ws = env.run(&["agents", "workspace", "alice"]).ok().stdout.trim().to_owned();
+    assert!(!Path::new(&ws).join("ran.txt").exists(), "a denied call ran");
+
+    // Nobody answers: a denial at the timeout.
+    let started = std::time::Instant::now();
+    let result = spawn_call(&server, "echo too-late").await.unwrap();
+    assert_eq!(result["is_error"], true);
+    assert!(result["content"].as_str().unwrap().contains("timeout"), "{result}");
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    let (_, expired) = server.send("GET", "/v1/approvals?status=expired", None, None).await;
+    assert_eq!(expired["items"].as_array().unwrap().len(), 1);
+
+    // Approve always: a grant for exactly this call, so the next identical one runs at once.
+    let call = spawn_call(&server, "echo always");
+    let id = pending_approval(&server).await["id"].as_str().unwrap().to_owned();
+    server
+        .send(
+            "POST",
+            &format!("/v1/approvals/{id}"),
+            None,
+            Some(json!({ "decision": "approve_always" })),
+        )
+        .await;
+    assert_eq!(call.await.unwrap()["is_error"], false);
+    let again = spawn_call(&server, "echo always").await.unwrap();
+    assert_eq!(again["is_error"], false, "{again}");
+    let other = spawn_call(&server, "echo something-else");
+    pending_approval(&server).await; // A different command still asks.
+    other.abort();
+    let (_, grants) = server.send("GET", "/v1/grants?agent=alice", None, None).await;
+    let grants = grants["items"].as_array().unwrap().clone();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0]["resource"], "echo always");
+    assert!(grants[0]["granted_by"].as_str().unwrap().starts_with("approval "));
+
+    // Bad input.
+    let (status, _) = server
+        .send("POST", "/v1/approvals/not-an-id", None, Some(json!({ "decision": "approve" })))
+        .await;
+    assert_eq!(status, 400);
+    let (status, body) = server
+        .send("POST", &format!("/v1/approvals/{id}"), None, Some(json!({ "decision": "maybe" })))
+        .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_request")));
+    let (status, body) =
+        server.send("POST", "/v1/agents/alice/tools/nope/call", None, Some(json!({}))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("tool_not_found")));
+    let (status, _) = server
+        .send("POST", "/v1/agents/alice/tools/echo/call", None, Some(json!({ "arguments": [1] })))
+        .await;
+    assert_eq!(status, 400);
+
+    // Another tenant sees none of it.
+    env.run(&["tenants", "create", "other"]).ok();
+    let other_token =
+        env.run(&["--tenant", "other", "tokens", "create"]).ok().stdout.trim().to_owned();
+    let (_, foreign) =
+        server.send("GET", "/v1/approvals?status=all", Some(&other_token), None).await;
+    assert_eq!(foreign["items"], json!([]));
+    let (status, _) = server
+        .send(
+            "POST",
+            "/v1/agents/alice/tools/echo/call",
+            Some(&other_token),
+            Some(json!({ "arguments": { "text": "x" } })),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Every step is in the audit log, whose chain verifies; secrets-like fields are redacted.
+    server
+        .send(
+            "POST",
+            "/v1/agents/alice/tools/echo/call",
+            None,
+            Some(json!({ "arguments": { "text": "x", "api_token": "tok-should-not-appear" } })),
+        )
+        .await;
+    let (_, audit) = server.send("GET", "/v1/audit?limit=1000", None, None).await;
+    let kinds: Vec<&str> =
+        audit["items"].as_array().unwrap().iter().filter_map(|r| r["kind"].as_str()).collect();
+    for kind in
+        ["tool.decision", "tool.result", "approval.requested", "approval.decided", "grant.added"]
+    {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    assert!(!audit.to_string().contains("tok-should-not-appear"));
+    let (_, verified) = server.send("GET", "/v1/audit?verify=true", None, None).await;
+    assert_eq!(verified["ok"], true, "{verified}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_waiting_for_approval_survives_a_restart() {
+    let env = ask_env(60);
+    let server = env.serve(&[]);
+    let event = json!({
+        "agent": "alice",
+        "text": "/tool shell.exec {\"command\": \"echo once >> ran.txt; cat ran.txt\"}",
+        "source": { "platform": "http", "channel": "c", "actor": "u" },
+    });
+    let (status, accepted) = server.send("POST", "/v1/events", None, Some(event)).await;
+    assert_eq!(status, 202, "{accepted}");
+    let session = accepted["session_id"].as_str().unwrap().to_owned();
+    let approval = pending_approval(&server).await;
+    assert_eq!(approval["session_id"].as_str(), Some(session.as_str()));
+    server.kill9();
+
+    let server = env.serve(&[]);
+    let again = pending_approval(&server).await;
+    assert_eq!(again["id"], approval["id"], "the resumed turn asked a second time");
+    let id = approval["id"].as_str().unwrap();
+    let (status, _) = server
+        .send("POST", &format!("/v1/approvals/{id}"), None, Some(json!({ "decision": "approve" })))
+        .await;
+    assert_eq!(status, 200);
+    let mut finished = Value::Null;
+    for _ in 0..200 {
+        let (_, turns) =
+            server.send("GET", &format!("/v1/sessions/{session}/turns"), None, None).await;
+        if let Some(turn) =
+            turns["items"].as_array().and_then(|t| t.first()).filter(|t| t["status"] != "running")
+        {
+            finished = turn.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(finished["status"], "completed", "{finished}");
+    let ws = env.run(&["agents", "workspace", "alice"]).ok().stdout.trim().to_owned();
+    assert_eq!(std::fs::read_to_string(Path::new(&ws).join("ran.txt")).unwrap(), "once\n");
+}
+
+#[test]
+fn grants_delegate_only_narrower_rights_and_revocation_is_immediate() {
+    let env = Env::new();
+    env.run(&["agents", "create", "alice"]).ok();
+    env.run(&["agents", "create", "helper"]).ok();
+    let ws = env.run(&["agents", "workspace", "helper"]).ok().stdout.trim().to_owned();
+    write(&Path::new(&ws).join("notes/a.txt"), "note a");
+    write(&Path::new(&ws).join("notes/b.txt"), "note b");
+    let grant_id =
+        |out: &str| out.rsplit('(').next().unwrap().trim().trim_end_matches(')').to_owned();
+
+    let parent = env
+        .run(&["--agent", "alice", "grants", "add", "--tool", "fs.*", "--resource", "notes/*"])
+        .ok()
+        .stdout;
+    let parent = grant_id(&parent);
+    env.run(&[
+        "--agent",
+        "helper",
+        "grants",
+        "add",
+        "--tool",
+        "fs.*",
+        "--resource",
+        "*",
+        "--parent",
+        &parent,
+    ])
+    .fails_with("can only narrow");
+    env.run(&[
+        "--agent",
+        "helper",
+        "grants",
+        "add",
+        "--tool",
+        "fs.read",
+        "--resource",
+        "notes/a*",
+        "--network",
+        "--parent",
+        &parent,
+    ])
+    .fails_with("network");
+    env.run(&[
+        "--agent",
+        "helper",
+        "grants",
+        "add",
+        "--tool",
+        "fs.read",
+        "--resource",
+        "notes/a*",
+        "--parent",
+        &parent,
+    ])
+    .ok();
+
+    let read = |path: &str| {
+        env.run(&[
+            "--agent",
+            "helper",
+            "tools",
+            "call",
+            "fs.read",
+            "--args",
+            &json!({ "path": path }).to_string(),
+        ])
+    };
+    assert_eq!(read("notes/a.txt").ok().stdout.trim(), "note a");
+    read("notes/b.txt");
+    assert!(read("notes/b.txt").stdout.contains("denied"));
+    env.run(&["grants", "revoke", &parent]).ok();
+    let after = read("notes/a.txt");
+    assert_ne!(after.code, 0);
+    assert!(after.stdout.contains("denied"), "{}", after.stdout);
+
+    // Expiry.
+    env.run(&["--agent", "helper", "grants", "add", "--tool", "fs.read", "--expires-in", "1s"])
+        .ok();
+    assert_eq!(read("notes/b.txt").ok().stdout.trim(), "note b");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(read("notes/b.txt").stdout.contains("denied"));
+    env.run(&["--agent", "helper", "grants", "add", "--tool", "fs.read", "--expires-in", "soon"])
+        .fails_with("--expires-in");
+    env.run(&["grants", "revoke", "01a20000-0000-7000-8000-000000000000"]).fails_with("not found");
+}
+
+#[test]
+fn the_audit_log_detects_tampering() {
+    let env = Env::new();
+    env.run(&["agents", "create", "alice"]).ok();
+    for text in ["one", "two", "three"] {
+        env.run(&[
+            "--agent",
+            "alice",
+            "tools",
+            "call",
+            "echo",
+            "--args",
+            &json!({ "text": text }).to_string(),
+        ])
+        .ok();
+    }
+    let ok = env.run(&["audit", "--verify"]).ok();
+    assert!(ok.stdout.contains("6 records, chain intact"), "{}", ok.stdout);
+    let db = env.data_dir().join("clade.db");
+    let sql = |statement: &str| {
+        let status = std::process::Command::new("python3")
+            .args(["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()"])
+            .arg(&db)
+            .arg(statement)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    sql("UPDATE audit_log SET detail = '{\"text\":\"forged\"}' WHERE seq = 3");
+    env.run(&["audit", "--verify"]).fails_with("BROKEN at record 3");
+    let env2 = Env::new();
+    env2.run(&["agents", "create", "alice"]).ok();
+    for text in ["one", "two"] {
+        env2.run(&[
+            "--agent",
+            "alice",
+            "tools",
+            "call",
+            "echo",
+            "--args",
+            &json!({ "text": text }).to_string(),
+        ])
+        .ok();
+    }
+    let db2 = env2.data_dir().join("clade.db");
+    let status = std::process::Command::new("python3")
+        .args(["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('DELETE FROM audit_log WHERE seq = 2'); c.commit()"])
+        .arg(&db2)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    env2.run(&["audit", "--verify"]).fails_with("were removed");
+}
