@@ -716,56 +716,37 @@ fn grants_delegate_only_narrower_rights_and_revocation_is_immediate() {
     env.run(&["grants", "revoke", "01a20000-0000-7000-8000-000000000000"]).fails_with("not found");
 }
 
-#[test]
-fn the_audit_log_detects_tampering() {
+/// An agent with one echo call per text: two audit records each.
+fn audited(texts: &[&str]) -> Env {
     let env = Env::new();
     env.run(&["agents", "create", "alice"]).ok();
-    for text in ["one", "two", "three"] {
-        env.run(&[
-            "--agent",
-            "alice",
-            "tools",
-            "call",
-            "echo",
-            "--args",
-            &json!({ "text": text }).to_string(),
-        ])
-        .ok();
+    for text in texts {
+        let args = json!({ "text": text }).to_string();
+        env.run(&["--agent", "alice", "tools", "call", "echo", "--args", &args]).ok();
     }
-    let ok = env.run(&["audit", "--verify"]).ok();
-    assert!(ok.stdout.contains("6 records, chain intact"), "{}", ok.stdout);
-    let db = env.data_dir().join("clade.db");
-    let sql = |statement: &str| {
-        let status = std::process::Command::new("python3")
-            .args(["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()"])
-            .arg(&db)
-            .arg(statement)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    sql("UPDATE audit_log SET detail = '{\"text\":\"forged\"}' WHERE seq = 3");
-    env.run(&["audit", "--verify"]).fails_with("BROKEN at record 3");
-    let env2 = Env::new();
-    env2.run(&["agents", "create", "alice"]).ok();
-    for text in ["one", "two"] {
-        env2.run(&[
-            "--agent",
-            "alice",
-            "tools",
-            "call",
-            "echo",
-            "--args",
-            &json!({ "text": text }).to_string(),
-        ])
-        .ok();
-    }
-    let db2 = env2.data_dir().join("clade.db");
+    env
+}
+
+/// Runs one SQL statement on the data dir's SQLite file behind Clade's back.
+fn tamper(env: &Env, statement: &str) {
     let status = std::process::Command::new("python3")
-        .args(["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('DELETE FROM audit_log WHERE seq = 2'); c.commit()"])
-        .arg(&db2)
+        .args(["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()"])
+        .arg(env.data_dir().join("clade.db"))
+        .arg(statement)
         .status()
         .unwrap();
     assert!(status.success());
-    env2.run(&["audit", "--verify"]).fails_with("were removed");
+}
+
+#[test]
+fn the_audit_log_detects_tampering() {
+    let env = audited(&["one", "two", "three"]);
+    let ok = env.run(&["audit", "--verify"]).ok();
+    assert!(ok.stdout.contains("6 records, chain intact"), "{}", ok.stdout);
+    tamper(&env, "UPDATE audit_log SET detail = '{\"text\":\"forged\"}' WHERE seq = 3");
+    env.run(&["audit", "--verify"]).fails_with("BROKEN at record 3");
+
+    let env = audited(&["one", "two"]);
+    tamper(&env, "DELETE FROM audit_log WHERE seq = 2");
+    env.run(&["audit", "--verify"]).fails_with("were removed");
 }
