@@ -125,15 +125,42 @@ impl Ctx {
         )
     }
 
-    /// The tool path agents' calls take: built-ins (plus the test ledger when configured) behind
-    /// policy, approvals, the sandbox and the audit log.
-    pub(crate) fn tools(&self) -> Arc<clade_runtime::ToolRunner> {
+    /// The tool path agents' calls take: built-ins (plus the test ledger when configured) and
+    /// the configured MCP servers' tools, behind policy, approvals, the sandbox and the audit
+    /// log. An MCP server that cannot be reached is reported and left out.
+    pub(crate) async fn tools(&self) -> Arc<clade_runtime::ToolRunner> {
         use clade_tools::builtin::Ledger;
         let mut tools = clade_tools::Registry::new();
         clade_tools::builtin::register_all(&mut tools, Arc::new(self.sandbox()));
         if let Some(path) = &self.config.testing.ledger_file {
             tools.register(Arc::new(Ledger::at_most_once(path.clone())));
             tools.register(Arc::new(Ledger::idempotent(path.clone())));
+        }
+        for (name, server) in &self.config.mcp {
+            let transport = match &server.url {
+                Some(url) => clade_tools::mcp::Transport::Http { url: url.clone() },
+                None => clade_tools::mcp::Transport::Stdio {
+                    command: server.command.clone(),
+                    env: server.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                },
+            };
+            let spec = clade_tools::mcp::ServerSpec {
+                name: name.clone(),
+                transport,
+                agents: server.agents.clone(),
+                timeout: std::time::Duration::from_secs(server.timeout_secs),
+            };
+            match clade_tools::mcp::Server::connect(spec).await {
+                Ok((_, found)) => {
+                    tracing::info!(server = %name, tools = found.len(), "MCP server connected");
+                    for tool in found {
+                        tools.register(tool);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "MCP server left out: its tools are unavailable until the next start")
+                }
+            }
         }
         Arc::new(clade_runtime::ToolRunner::new(
             tools,

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 mod tools;
 
-pub use tools::{Constraints, PolicyEffect, PolicyRule, SandboxLimits, SandboxMode, ToolsConfig};
+pub use tools::{
+    Constraints, McpServerConfig, PolicyEffect, PolicyRule, SandboxLimits, SandboxMode, ToolsConfig,
+};
 
 /// The file name looked up in the data dir when `--config` is not given.
 pub const FILE_NAME: &str = "clade.yaml";
@@ -65,6 +67,10 @@ pub struct Config {
     /// Tools: the sandbox, its limits, policy rules and approvals.
     #[serde(default)]
     pub tools: ToolsConfig,
+    /// MCP servers by name (`[a-z0-9_-]`); their tools are `mcp.<name>.<tool>`, denied unless
+    /// a policy rule allows them.
+    #[serde(default)]
+    pub mcp: BTreeMap<String, McpServerConfig>,
     /// Test-harness settings; never needed in production.
     #[serde(default)]
     pub testing: TestingConfig,
@@ -498,6 +504,24 @@ impl Config {
         ] {
             if value == 0 {
                 return fail(format!("tools.limits.{field}: must be at least 1"));
+            }
+        }
+        for (name, server) in &self.mcp {
+            let valid_name = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !valid_name {
+                return fail(format!("mcp.{name}: server names use 1-64 of a-z, 0-9, - and _"));
+            }
+            if server.command.is_empty() == server.url.is_none() {
+                return fail(format!(
+                    "mcp.{name}: give exactly one of `command` (stdio) or `url` (streamable HTTP)"
+                ));
+            }
+            if server.timeout_secs == 0 {
+                return fail(format!("mcp.{name}.timeout_secs: must be at least 1"));
             }
         }
         for (index, rule) in self.tools.policy.iter().enumerate() {

@@ -180,3 +180,32 @@ pub struct Constraints {
 fn is_false(value: &bool) -> bool {
     !*value
 }
+
+/// An MCP server whose tools agents get as `mcp.<name>.<tool>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerConfig {
+    /// Command and arguments of a server speaking MCP on stdio. Give this or `url`.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Environment of the command (it gets nothing else but `PATH`).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// URL of a streamable-HTTP MCP server. Give this or `command`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Handles of the agents that get its tools; `*` (the default) for all.
+    #[serde(default = "all_agents")]
+    pub agents: Vec<String>,
+    /// Seconds one call (or the start-up) may take.
+    #[serde(default = "default_mcp_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn all_agents() -> Vec<String> {
+    vec!["*".into()]
+}
+
+fn default_mcp_timeout() -> u64 {
+    60
+}

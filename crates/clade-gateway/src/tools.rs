@@ -32,12 +32,12 @@ pub(crate) async fn list(
     Extension(Caller(tenant)): Extension<Caller>,
     Path(handle): Path<String>,
 ) -> Result<axum::Json<ToolListResponse>, ApiError> {
-    state.store.agent(tenant.id, &handle).await?;
+    let agent = state.store.agent(tenant.id, &handle).await?;
     let items = state
         .engine
         .tools()
         .registry()
-        .iter()
+        .for_agent(agent.handle.as_str())
         .map(|t| ToolInfo {
             name: t.name().to_owned(),
             description: t.description().to_owned(),
@@ -57,7 +57,7 @@ pub(crate) async fn call(
 ) -> Result<axum::Json<ToolCallResponse>, ApiError> {
     let agent = state.store.agent(tenant.id, &handle).await?;
     let runner = state.engine.tools();
-    if runner.registry().get(&name).is_none() {
+    if runner.registry().get_for(&name, agent.handle.as_str()).is_none() {
         return Err(ApiError::new(
             Code::ToolNotFound,
             format!(

@@ -470,7 +470,7 @@ async fn run_turn(inner: &Inner, ctx: &TurnContext, events: &[EventRow]) -> Resu
         .options
         .tools
         .registry()
-        .iter()
+        .for_agent(agent.handle.as_str())
         .map(|t| ToolSpec {
             name: t.name().to_owned(),
             description: t.description().to_owned(),
@@ -707,10 +707,11 @@ async fn run_tool(
     let start_step = format!("tool/{iteration}/{index}/start");
     let key = effect_key(turn, &call.id);
     let runner = &inner.options.tools;
-    let tool = runner.registry().get(&call.name).cloned();
+    let tool = runner.registry().get_for(&call.name, agent.handle.as_str()).cloned();
     let result = match (&tool, call.parse_arguments()) {
         (None, _) => {
-            let known: Vec<&str> = runner.registry().iter().map(|t| t.name()).collect();
+            let known: Vec<&str> =
+                runner.registry().for_agent(agent.handle.as_str()).map(|t| t.name()).collect();
             ToolStep {
                 content: format!(
                     "unknown tool {:?}; available tools: {}",

@@ -281,8 +281,9 @@ impl ToolRunner {
         args: Value,
         origin: &CallOrigin,
     ) -> CallOutcome {
-        let Some(tool) = self.registry.get(name).cloned() else {
-            let known: Vec<&str> = self.registry.iter().map(|t| t.name()).collect();
+        let Some(tool) = self.registry.get_for(name, agent.handle.as_str()).cloned() else {
+            let known: Vec<&str> =
+                self.registry.for_agent(agent.handle.as_str()).map(|t| t.name()).collect();
             return CallOutcome {
                 content: format!("unknown tool {name:?}; available tools: {}", known.join(", ")),
                 is_error: true,

@@ -9,6 +9,7 @@
 //! Start at [`Tool`], then [`builtin`] and [`sandbox`].
 
 pub mod builtin;
+pub mod mcp;
 pub mod net;
 pub mod pattern;
 pub mod policy;
@@ -91,6 +92,10 @@ pub trait Tool: Send + Sync {
     fn resource(&self, _args: &Value) -> Result<String, String> {
         Ok(String::new())
     }
+    /// Whether the agent with this handle has the tool (MCP servers are configured per agent).
+    fn available_to(&self, _agent: &str) -> bool {
+        true
+    }
     fn call<'a>(&'a self, args: Value, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult>;
 }
 
@@ -167,6 +172,16 @@ impl Registry {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Tool>> {
         self.tools.values()
+    }
+
+    /// The tool `name` if the agent with `handle` has it.
+    pub fn get_for(&self, name: &str, handle: &str) -> Option<&Arc<dyn Tool>> {
+        self.tools.get(name).filter(|t| t.available_to(handle))
+    }
+
+    /// The tools the agent with `handle` has.
+    pub fn for_agent<'a>(&'a self, handle: &'a str) -> impl Iterator<Item = &'a Arc<dyn Tool>> {
+        self.tools.values().filter(move |t| t.available_to(handle))
     }
 
     pub fn is_empty(&self) -> bool {

@@ -348,6 +348,24 @@ impl Sandbox {
     }
 }
 
+/// A long-lived service process an operator configured (an MCP server on stdio): started with
+/// a scrubbed environment (`PATH` plus what the operator listed), killed when dropped. It runs
+/// with the daemon's rights: it is the operator's code, and every call to it is still decided
+/// by policy.
+#[allow(clippy::disallowed_methods)] // The one place tools spawn processes.
+pub fn service_command(
+    argv: &[String],
+    env: &[(String, String)],
+) -> Result<tokio::process::Command, SandboxError> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| SandboxError::Spawn(std::io::Error::other("empty command")))?;
+    let mut command = tokio::process::Command::new(program);
+    command.args(args).env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    command.envs(env.iter().map(|(k, v)| (k, v))).kill_on_drop(true);
+    Ok(command)
+}
+
 /// The operator's explicit `sandbox: none`: same environment scrubbing and limits on time and
 /// output, but the host's filesystem, network and processes are reachable.
 #[allow(clippy::disallowed_methods)] // The one place tools spawn processes.

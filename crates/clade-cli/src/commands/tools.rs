@@ -15,11 +15,11 @@ use crate::output;
 
 pub(super) async fn run(ctx: &Ctx, cmd: ToolsCommand) -> Result<()> {
     let agent = ctx.agent(None).await?;
-    let runner = ctx.tools();
+    let runner = ctx.tools().await;
     match cmd {
         ToolsCommand::List { json } => {
             let rules = runner.rules_for(&agent).await?;
-            let tools: Vec<_> = runner.registry().iter().collect();
+            let tools: Vec<_> = runner.registry().for_agent(agent.handle.as_str()).collect();
             if json {
                 let items: Vec<Value> = tools
                     .iter()
@@ -50,7 +50,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: ToolsCommand) -> Result<()> {
             if !arguments.is_object() {
                 bail!("--args must be a JSON object, such as '{{\"path\": \"notes.md\"}}'");
             }
-            if runner.registry().get(&name).is_none() {
+            if runner.registry().get_for(&name, agent.handle.as_str()).is_none() {
                 bail!(
                     "agent {} has no tool {name:?}: list them with `clade tools list`",
                     agent.handle
@@ -95,7 +95,7 @@ async fn announce_wait(store: clade_store::Store, tenant: clade_core::TenantId, 
 
 pub(super) async fn approvals(ctx: &Ctx, cmd: ApprovalsCommand) -> Result<()> {
     let tenant = ctx.tenant().await?;
-    let runner = ctx.tools();
+    let runner = ctx.tools().await;
     let (id, verdict, note) = match cmd {
         ApprovalsCommand::List { status, json } => {
             let filter = match status.as_str() {
@@ -222,8 +222,11 @@ pub(super) async fn grants(ctx: &Ctx, cmd: GrantsCommand) -> Result<()> {
                 resource,
                 constraints: Constraints { network, private_network, env },
             };
-            let grant =
-                ctx.tools().add_grant(&agent, rule, parent, expires_at, "operator (cli)").await?;
+            let grant = ctx
+                .tools()
+                .await
+                .add_grant(&agent, rule, parent, expires_at, "operator (cli)")
+                .await?;
             println!(
                 "granted {} {} on {:?} to {} ({})",
                 grant.effect, grant.tool, grant.resource, agent.handle, grant.id
@@ -231,7 +234,7 @@ pub(super) async fn grants(ctx: &Ctx, cmd: GrantsCommand) -> Result<()> {
         }
         GrantsCommand::Revoke { id } => {
             let id = GrantId::parse(&id)?;
-            ctx.tools().revoke_grant(tenant.id, id, "operator (cli)").await?;
+            ctx.tools().await.revoke_grant(tenant.id, id, "operator (cli)").await?;
             println!("revoked grant {id} (and every grant delegated from it)");
         }
     }

@@ -750,3 +750,52 @@ fn the_audit_log_detects_tampering() {
     tamper(&env, "DELETE FROM audit_log WHERE seq = 2");
     env.run(&["audit", "--verify"]).fails_with("were removed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_tools_are_per_agent_and_policy_gated() {
+    let clade = assert_cmd::cargo::cargo_bin("clade");
+    let fixture = clade.with_file_name("clade-mcp-fixture");
+    assert!(
+        fixture.is_file(),
+        "{} is missing: build it with `cargo build -p clade-stub`",
+        fixture.display()
+    );
+    let env = Env::new();
+    env.run(&["agents", "create", "alice"]).ok();
+    env.run(&["agents", "create", "bob"]).ok();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "mcp:\n  fixture:\n    command: [\"{}\"]\n    agents: [alice]\n    timeout_secs: 5\n",
+            fixture.display()
+        ),
+    );
+    let server = env.serve(&[]);
+    let names = |body: &Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, alice_tools) = server.send("GET", "/v1/agents/alice/tools", None, None).await;
+    assert!(names(&alice_tools).contains(&"mcp.fixture.echo".to_owned()), "{alice_tools}");
+    let (_, bob_tools) = server.send("GET", "/v1/agents/bob/tools", None, None).await;
+    assert!(!names(&bob_tools).iter().any(|n| n.starts_with("mcp.")), "{bob_tools}");
+
+    let (is_error, out) = call(&server, "alice", "mcp.fixture.echo", json!({ "text": "hi" })).await;
+    assert!(is_error && out.contains("denied"), "{out}");
+    env.run(&["--agent", "alice", "grants", "add", "--tool", "mcp.fixture.*"]).ok();
+    let (is_error, out) = call(&server, "alice", "mcp.fixture.echo", json!({ "text": "hi" })).await;
+    assert!(!is_error && out.starts_with("hi (pid "), "{out}");
+    let (status, body) = server
+        .send(
+            "POST",
+            "/v1/agents/bob/tools/mcp.fixture.echo/call",
+            None,
+            Some(json!({ "arguments": { "text": "x" } })),
+        )
+        .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("tool_not_found")));
+}
