@@ -65,7 +65,10 @@ impl Server {
                         })?;
                     ().serve(transport)
                         .await
-                        .map_err(|e| self.error(format!("handshake failed: {e}")))
+                        .map_err(|e| {
+                            let command = command_text(&self.spec);
+                            self.error(format!("{command:?} did not complete the MCP handshake ({e}); check that it runs and speaks MCP on stdio"))
+                        })
                 }
                 Transport::Http { url } => {
                     let transport =

@@ -103,6 +103,16 @@ pub struct Sandbox {
 
 static RUNS: AtomicU64 = AtomicU64::new(0);
 
+/// A small host-side launcher every process goes through: it closes every descriptor above
+/// stderr (the daemon may have inherited some without close-on-exec from whatever started it,
+/// and they would pass on to the command), then, for a sandboxed run, joins the run's pids
+/// cgroup (so every process of the tree is counted from the first fork), and execs the
+/// program. `$0` is the cgroup's `cgroup.procs` file or `-`. bash is used where present
+/// because POSIX sh cannot close descriptors above 9.
+const LAUNCHER: &str = r#"for fd in /proc/$$/fd/*; do n=${fd##*/}; case $n in 0|1|2) ;; *) eval "exec $n>&-" 2>/dev/null ;; esac; done
+[ "$0" = "-" ] || echo $$ > "$0" || exit 125
+exec "$@""#;
+
 /// The uid and gid commands run as inside the sandbox (`nobody`).
 const SANDBOX_ID: &str = "65534";
 
@@ -200,7 +210,6 @@ impl Sandbox {
         }
     }
 
-    #[allow(clippy::disallowed_methods)] // The one place tools spawn processes.
     fn bwrap_command(
         &self,
         exec: &Exec,
@@ -272,22 +281,9 @@ impl Sandbox {
         push(&[&cpu, &memory, &fsize, &nproc, "--nofile=256", "--core=0", "--"]);
         args.extend(exec.argv.iter().cloned());
         // bwrap itself stays pid 1's parent inside the sandbox, where /proc/1/environ is
-        // readable: it must not carry the daemon's environment.
-        let command = match group {
-            // Join the run's pids cgroup before bwrap starts, so every process of the tree
-            // is counted from the first fork.
-            Some(group) => {
-                let mut command = tokio::process::Command::new("/bin/sh");
-                command.env_clear().args(["-c", "echo $$ > \"$0\" && exec \"$@\""]);
-                command.arg(group.join("cgroup.procs")).arg(bwrap).args(args);
-                command
-            }
-            None => {
-                let mut command = tokio::process::Command::new(bwrap);
-                command.env_clear().args(args);
-                command
-            }
-        };
+        // readable: it must not carry the daemon's environment (the launcher clears it).
+        let mut command = launcher(group);
+        command.arg(bwrap).args(args);
         Ok(command)
     }
 
@@ -352,26 +348,40 @@ impl Sandbox {
 /// a scrubbed environment (`PATH` plus what the operator listed), killed when dropped. It runs
 /// with the daemon's rights: it is the operator's code, and every call to it is still decided
 /// by policy.
-#[allow(clippy::disallowed_methods)] // The one place tools spawn processes.
 pub fn service_command(
     argv: &[String],
     env: &[(String, String)],
 ) -> Result<tokio::process::Command, SandboxError> {
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| SandboxError::Spawn(std::io::Error::other("empty command")))?;
-    let mut command = tokio::process::Command::new(program);
-    command.args(args).env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    if argv.is_empty() {
+        return Err(SandboxError::Spawn(std::io::Error::other("empty command")));
+    }
+    let mut command = launcher(None);
+    command.args(argv).env("PATH", "/usr/local/bin:/usr/bin:/bin");
     command.envs(env.iter().map(|(k, v)| (k, v))).kill_on_drop(true);
     Ok(command)
 }
 
+/// The host-side launcher (see `LAUNCHER`), ready for the program and its arguments.
+#[allow(clippy::disallowed_methods)] // The one place tools spawn processes.
+fn launcher(group: Option<&Path>) -> tokio::process::Command {
+    let shell = ["/usr/bin/bash", "/bin/bash"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .unwrap_or("/bin/sh");
+    let mut command = tokio::process::Command::new(shell);
+    command.env_clear().arg("-c").arg(LAUNCHER);
+    match group {
+        Some(group) => command.arg(group.join("cgroup.procs")),
+        None => command.arg("-"),
+    };
+    command
+}
+
 /// The operator's explicit `sandbox: none`: same environment scrubbing and limits on time and
 /// output, but the host's filesystem, network and processes are reachable.
-#[allow(clippy::disallowed_methods)] // The one place tools spawn processes.
 fn unsandboxed_command(exec: &Exec) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(&exec.argv[0]);
-    command.args(&exec.argv[1..]).current_dir(&exec.workspace);
+    let mut command = launcher(None);
+    command.args(&exec.argv).current_dir(&exec.workspace);
     command.env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin");
     command.envs(exec.env.iter().map(|(k, v)| (k, v)));
     command
@@ -392,6 +402,31 @@ async fn read_capped(mut reader: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>
                 }
             }
         }
+    }
+}
+
+/// What [`harden_daemon`] could set, read back from the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hardening {
+    /// `PR_SET_DUMPABLE` is 0: no core dumps, and same-user processes cannot ptrace the daemon
+    /// or read its `/proc/<pid>/mem` and `environ`.
+    pub non_dumpable: bool,
+    /// `RLIMIT_CORE` is 0 (soft and hard).
+    pub no_core: bool,
+}
+
+/// Makes the daemon non-dumpable and without core files, so neither a sandbox escapee nor a
+/// crash can read its memory (keys, tokens) from a dump.
+pub fn harden_daemon() -> Hardening {
+    use rustix::process::{DumpableBehavior, Resource, Rlimit};
+    let _ = rustix::process::set_dumpable_behavior(DumpableBehavior::NotDumpable);
+    let _ =
+        rustix::process::setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) });
+    let core = rustix::process::getrlimit(Resource::Core);
+    Hardening {
+        non_dumpable: rustix::process::dumpable_behavior()
+            .is_ok_and(|b| b == DumpableBehavior::NotDumpable),
+        no_core: core.current == Some(0) && core.maximum == Some(0),
     }
 }
 

@@ -42,6 +42,10 @@ async fn commands_see_only_their_workspace_as_nobody() {
     let dir = tempfile::tempdir().unwrap();
     let sb = sandbox(SandboxLimits::default());
     sb.probe().await.unwrap();
+    let nnp = sh(&sb, dir.path(), "grep -E '^(NoNewPrivs|CapEff)' /proc/self/status").await;
+    let nnp = text(&nnp.stdout);
+    assert!(nnp.contains("NoNewPrivs:\t1"), "{nnp}");
+    assert!(nnp.contains("CapEff:\t0000000000000000"), "{nnp}");
     let out = sh(&sb, dir.path(), "id -u; pwd; echo hi > note.txt; cat /etc/shadow; echo x > /usr/x; ls /root; echo $GRANTED; cat /proc/1/environ | tr '\\0' '\\n' | grep -c PATH").await;
     let stdout = text(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();

@@ -57,6 +57,12 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
 /// Says loudly how tools will run: unsandboxed by the operator's choice, or failing closed
 /// because bubblewrap cannot set up a sandbox here.
 async fn check_sandbox(ctx: &Ctx) {
+    let hardening = clade_tools::sandbox::harden_daemon();
+    tracing::info!(
+        non_dumpable = hardening.non_dumpable,
+        no_core = hardening.no_core,
+        "daemon hardened"
+    );
     let sandbox = ctx.sandbox();
     match sandbox.mode() {
         clade_config::SandboxMode::None => tracing::warn!(

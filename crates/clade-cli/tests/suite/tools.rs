@@ -186,6 +186,22 @@ async fn attack_corpus_is_blocked_or_contained() {
         corpus.record(name, !was_reached(&host_listener) && !out.contains("sent"), &out);
     }
 
+    // Descriptors and host IPC: nothing inherited beyond stdio, no host sockets reachable.
+    let abstract_name = format!("clade-test-{}", std::process::id());
+    let host_socket =
+        std::os::unix::net::UnixListener::bind(env.tmp.path().join("host.sock")).unwrap();
+    host_socket.set_nonblocking(true).unwrap();
+    for (name, command) in [
+        ("inherited descriptors", "ls /proc/self/fd | wc -l | awk '{ if ($1 > 4) print \"leak\", $1 }'".to_owned()),
+        ("host unix socket by path", format!("python3 -c 'import socket; s=socket.socket(socket.AF_UNIX); s.connect(\"{}\"); print(\"leak\")'", env.tmp.path().join("host.sock").display())),
+        ("docker socket", "ls -la /var/run/docker.sock /run/docker.sock 2>&1 | grep -v 'No such' && echo leak".to_owned()),
+        ("host abstract socket", format!("python3 -c 'import socket; s=socket.socket(socket.AF_UNIX); s.connect(\"\\0{abstract_name}\"); print(\"leak\")'")),
+        ("terminal injection", "python3 -c 'import fcntl, termios; fcntl.ioctl(0, termios.TIOCSTI, b\"x\"); print(\"leak\")'".to_owned()),
+    ] {
+        let out = shell(&server, &command).await;
+        corpus.record(name, !out.contains("leak") && host_socket.accept().is_err(), &out);
+    }
+
     // Privilege and host processes.
     let server_pid = server.child.id();
     for (name, command) in [
@@ -334,33 +350,55 @@ async fn attack_corpus_is_blocked_or_contained() {
     // H: SSRF through http.request (granted, but without private_network).
     let (ssrf_listener, ssrf_port) = listener();
     let server_port = server.url.rsplit(':').next().unwrap().to_owned();
-    let targets = [
-        format!("http://127.0.0.1:{ssrf_port}/"),
-        format!("http://127.1.2.3:{ssrf_port}/"),
+    // H: every non-public IPv4 class in every spelling a URL parser accepts, IPv6 forms that
+    // embed them, native IPv6 classes, names, metadata services, our own listener, bad schemes.
+    let mut targets: Vec<String> = Vec::new();
+    let v4 = [
+        [127, 0, 0, 1],
+        [127, 255, 255, 254],
+        [10, 0, 0, 1],
+        [10, 255, 255, 255],
+        [172, 16, 0, 1],
+        [172, 31, 255, 254],
+        [192, 168, 0, 1],
+        [169, 254, 169, 254],
+        [169, 254, 1, 1],
+        [100, 100, 100, 200],
+        [168, 63, 129, 16],
+        [100, 64, 0, 1],
+        [0, 0, 0, 0],
+        [224, 0, 0, 1],
+        [255, 255, 255, 255],
+    ];
+    for [a, b, c, d] in v4 {
+        let n = u32::from_be_bytes([a, b, c, d]);
+        let (hi, lo) = (n >> 16, n & 0xffff);
+        targets.extend([
+            format!("http://{a}.{b}.{c}.{d}:{ssrf_port}/"),
+            format!("http://{n}:{ssrf_port}/"),
+            format!("http://0x{n:x}:{ssrf_port}/"),
+            format!("http://0{a:o}.0{b:o}.0{c:o}.0{d:o}:{ssrf_port}/"),
+            format!("http://[::ffff:{a}.{b}.{c}.{d}]:{ssrf_port}/"),
+            format!("http://[64:ff9b::{hi:x}:{lo:x}]:{ssrf_port}/"),
+            format!("http://[2002:{hi:x}:{lo:x}::1]:{ssrf_port}/"),
+        ]);
+    }
+    targets.extend([
         format!("http://[::1]:{ssrf_port}/"),
-        format!("http://[::ffff:127.0.0.1]:{ssrf_port}/"),
+        format!("http://[::]:{ssrf_port}/"),
         format!("http://localhost:{ssrf_port}/"),
-        format!("http://0.0.0.0:{ssrf_port}/"),
-        format!("http://2130706433:{ssrf_port}/"),
-        format!("http://0x7f000001:{ssrf_port}/"),
-        format!("http://017700000001:{ssrf_port}/"),
+        format!("http://localhost.:{ssrf_port}/"),
         format!("http://127.0.0.1:{server_port}/healthz"),
-        "http://169.254.169.254/latest/meta-data/".into(),
         "http://metadata.google.internal/computeMetadata/v1/".into(),
-        "http://100.100.100.200/latest/meta-data/".into(),
-        "http://168.63.129.16/".into(),
+        "http://metadata/computeMetadata/v1/".into(),
         "http://[fd00:ec2::254]/".into(),
-        "http://10.0.0.1/".into(),
-        "http://172.16.0.1/".into(),
-        "http://192.168.0.1/".into(),
-        "http://100.64.0.1/".into(),
         "http://[fc00::1]/".into(),
         "http://[fe80::1]/".into(),
-        "http://[64:ff9b::7f00:1]/".into(),
-        "http://[2002:7f00:1::]/".into(),
+        "http://[ff02::1]/".into(),
         "file:///etc/shadow".into(),
         "gopher://127.0.0.1:25/".into(),
-    ];
+        "ftp://127.0.0.1/".into(),
+    ]);
     for url in &targets {
         let (is_error, out) = call(&server, "alice", "http.request", json!({ "url": url })).await;
         let named = [
@@ -405,9 +443,23 @@ async fn attack_corpus_is_blocked_or_contained() {
         && Path::new("/usr/bin/env").exists();
     corpus.record("rm -rf /", intact, &out);
 
+    // G4: the daemon cannot be dumped.
+    let limits = std::fs::read_to_string(format!("/proc/{server_pid}/limits")).unwrap();
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap().to_owned();
+    corpus.record(
+        "daemon core dumps",
+        core.split_whitespace().filter(|w| *w == "0").count() == 2,
+        &core,
+    );
+
     // J4: canaries never in the audit log or the server's logs.
     let audit = env.run(&["audit", "--json", "--limit", "1000"]).ok().stdout;
     let logs = server.stop();
+    corpus.record(
+        "daemon dumpable",
+        logs.contains("non_dumpable=true"),
+        "no `daemon hardened non_dumpable=true` log line",
+    );
     for canary in [CANARY_SECRET, CANARY_ENV] {
         corpus.record("canary in audit log", !audit.contains(canary), "audit");
         corpus.record("canary in server log", !logs.contains(canary), "log");
