@@ -64,3 +64,23 @@ async fn a_missing_server_is_a_clear_error() {
     let err = Server::connect(spec).await.err().unwrap().to_string();
     assert!(err.contains("MCP server fixture") && err.contains("/nonexistent/mcp-server"), "{err}");
 }
+
+#[tokio::test]
+async fn a_streamable_http_server_works_too() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clade-mcp-fixture"))
+        .args(["--http", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut url).unwrap();
+    let mut spec = spec(Duration::from_secs(5));
+    spec.transport = Transport::Http { url: url.trim().to_owned() };
+    let (_server, tools) = Server::connect(spec).await.unwrap();
+    let add = tools.iter().find(|t| t.name() == "mcp.fixture.add").unwrap();
+    let sum = add.call(json!({ "a": 20, "b": 22 }), &CallContext::default()).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(sum.unwrap(), "42");
+}

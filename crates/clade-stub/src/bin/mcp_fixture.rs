@@ -1,6 +1,7 @@
-//! An MCP server on stdio for tests: `echo`, `add`, `slow` (sleeps) and `crash` (exits the
-//! process, so clients can test restarts). Each answer names this process, so a test can see
-//! that a crashed server was restarted.
+//! An MCP server for tests: `echo`, `add`, `slow` (sleeps) and `crash` (exits the process, so
+//! clients can test restarts). Each answer names this process, so a test can see that a crashed
+//! server was restarted. On stdio by default; `--http 127.0.0.1:0` serves streamable HTTP at
+//! `/mcp` instead and prints the URL on its first line.
 
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::{ServiceExt, schemars, tool, tool_router};
@@ -52,8 +53,27 @@ impl Fixture {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let server = Fixture;
-    let running = server.serve(rmcp::transport::stdio()).await?;
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(addr) = args.iter().position(|a| a == "--http").and_then(|i| args.get(i + 1)) {
+        use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+        use rmcp::transport::streamable_http_server::{
+            StreamableHttpServerConfig, StreamableHttpService,
+        };
+        let service = StreamableHttpService::new(
+            || Ok(Fixture),
+            LocalSessionManager::default().into(),
+            StreamableHttpServerConfig::default(),
+        );
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        #[allow(clippy::print_stdout)] // The URL is the protocol with the test that started it.
+        {
+            println!("http://{}/mcp", listener.local_addr()?);
+        }
+        let app = axum::Router::new().nest_service("/mcp", service);
+        axum::serve(listener, app).await?;
+        return Ok(());
+    }
+    let running = Fixture.serve(rmcp::transport::stdio()).await?;
     running.waiting().await?;
     Ok(())
 }
