@@ -708,16 +708,18 @@ async fn run_tool(
     let key = effect_key(turn, &call.id);
     let runner = &inner.options.tools;
     let tool = runner.registry().get_for(&call.name, agent.handle.as_str()).cloned();
+    let origin = CallOrigin {
+        call_key: key.clone(),
+        call_id: call.id.clone(),
+        session: Some(turn.session_id),
+        turn: Some(turn.id),
+        by: "turn",
+    };
     let result = match (&tool, call.parse_arguments()) {
-        (None, _) => {
-            let known: Vec<&str> =
-                runner.registry().for_agent(agent.handle.as_str()).map(|t| t.name()).collect();
+        (None, args) => {
+            let args = args.unwrap_or(Value::Null);
             ToolStep {
-                content: format!(
-                    "unknown tool {:?}; available tools: {}",
-                    call.name,
-                    known.join(", ")
-                ),
+                content: runner.unknown_tool(agent, &call.name, &args, &origin).await,
                 is_error: true,
             }
         }
@@ -733,13 +735,6 @@ async fn run_tool(
                     is_error: true,
                 }
             } else {
-                let origin = CallOrigin {
-                    call_key: key.clone(),
-                    call_id: call.id.clone(),
-                    session: Some(turn.session_id),
-                    turn: Some(turn.id),
-                    by: "turn",
-                };
                 match runner.authorize(agent, tool.as_ref(), &args, &origin).await {
                     Err(content) => ToolStep { content, is_error: true },
                     Ok(authorized) => {

@@ -282,10 +282,8 @@ impl ToolRunner {
         origin: &CallOrigin,
     ) -> CallOutcome {
         let Some(tool) = self.registry.get_for(name, agent.handle.as_str()).cloned() else {
-            let known: Vec<&str> =
-                self.registry.for_agent(agent.handle.as_str()).map(|t| t.name()).collect();
             return CallOutcome {
-                content: format!("unknown tool {name:?}; available tools: {}", known.join(", ")),
+                content: self.unknown_tool(agent, name, &args, origin).await,
                 is_error: true,
                 decision: PolicyEffect::Deny,
             };
@@ -301,6 +299,21 @@ impl ToolRunner {
                 }
             },
         }
+    }
+
+    /// The answer to a call of a tool the agent does not have, audited as a denial.
+    pub async fn unknown_tool(
+        &self,
+        agent: &Agent,
+        name: &str,
+        args: &Value,
+        origin: &CallOrigin,
+    ) -> String {
+        let known: Vec<&str> =
+            self.registry.for_agent(agent.handle.as_str()).map(|t| t.name()).collect();
+        let content = format!("unknown tool {name:?}; available tools: {}", known.join(", "));
+        self.audit_decision(agent, name, "", PolicyEffect::Deny, &content, args, origin).await;
+        content
     }
 
     async fn await_approval(
