@@ -186,3 +186,27 @@ async fn a_missing_bubblewrap_fails_closed() {
     assert!(err.to_string().contains("apt-get install bubblewrap"), "{err}");
     assert!(sb.probe().await.is_err());
 }
+
+#[tokio::test]
+async fn a_network_grant_opens_the_network() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = sandbox(SandboxLimits::default())
+        .run(Exec {
+            argv: vec![
+                "bash".into(),
+                "-c".into(),
+                format!("echo hi > /dev/tcp/127.0.0.1/{port} && echo connected"),
+            ],
+            workspace: dir.path().to_owned(),
+            network: true,
+            env: vec![],
+            stdin: None,
+        })
+        .await
+        .unwrap();
+    assert!(text(&out.stdout).contains("connected"), "{out:?}");
+    assert!(listener.accept().is_ok());
+}

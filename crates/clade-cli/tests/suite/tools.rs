@@ -766,6 +766,32 @@ fn grants_delegate_only_narrower_rights_and_revocation_is_immediate() {
     env.run(&["--agent", "helper", "grants", "add", "--tool", "fs.read", "--expires-in", "soon"])
         .fails_with("--expires-in");
     env.run(&["grants", "revoke", "01a20000-0000-7000-8000-000000000000"]).fails_with("not found");
+
+    // A secret reaches a command only through a grant naming it, and never comes back out.
+    env.run_with_stdin(&["--agent", "helper", "secrets", "set", "DEPLOY_TOKEN"], "tok-9f8e7d6c")
+        .ok();
+    // The probe names only a prefix, so the full value appears nowhere in the call itself.
+    let probe = json!({ "command": "case \"$DEPLOY_TOKEN\" in tok-9f8e*) echo match;; esac; echo \"value=$DEPLOY_TOKEN\"" }).to_string();
+    let shell = || env.run(&["--agent", "helper", "tools", "call", "shell.exec", "--args", &probe]);
+    env.run(&["--agent", "helper", "grants", "add", "--tool", "shell.exec"]).ok();
+    let without = shell().ok().stdout;
+    assert!(!without.contains("match") && without.contains("value=\n"), "{without}");
+    env.run(&[
+        "--agent",
+        "helper",
+        "grants",
+        "add",
+        "--tool",
+        "shell.exec",
+        "--env",
+        "DEPLOY_TOKEN",
+    ])
+    .ok();
+    let with = shell().ok().stdout;
+    assert!(with.contains("match") && with.contains("value=[secret]"), "{with}");
+    assert!(!with.contains("tok-9f8e7d6c"));
+    let audit = env.run(&["audit", "--json", "--limit", "1000"]).ok().stdout;
+    assert!(!audit.contains("tok-9f8e7d6c"));
 }
 
 /// An agent with one echo call per text: two audit records each.
