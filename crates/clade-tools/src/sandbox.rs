@@ -194,6 +194,21 @@ impl Sandbox {
         if let Some(group) = group {
             remove_group(&group).await;
         }
+        if self.mode == SandboxMode::Bubblewrap {
+            let workspace = exec.workspace.clone();
+            let fixed =
+                tokio::task::spawn_blocking(move || crate::workspace::strip_setid(&workspace))
+                    .await
+                    .unwrap_or(0);
+            if let (Ok(out), true) = (&out, fixed > 0) {
+                let mut out = out.clone();
+                let note = format!(
+                    "\n[sandbox: removed setuid/setgid bits from {fixed} file(s) in the workspace]\n"
+                );
+                out.stderr.extend_from_slice(note.as_bytes());
+                return Ok(out);
+            }
+        }
         out
     }
 

@@ -299,6 +299,69 @@ fn walk(
     Ok(())
 }
 
+/// Clears setuid and setgid bits on the regular files under `workspace` (bounded walk, no
+/// symlinks followed). Inside the sandbox the workspace is mounted `nosuid`, but on the host a
+/// file the sandbox made setuid belongs to the daemon's user (root, often): it must not stay
+/// there for anyone to run. Returns how many files were fixed.
+pub fn strip_setid(workspace: &Path) -> usize {
+    let Ok(root) = root(workspace) else { return 0 };
+    let mut fixed = 0;
+    let mut visited = 0;
+    strip_in(&root, 0, &mut visited, &mut fixed);
+    fixed
+}
+
+fn strip_in(dir: &OwnedFd, depth: usize, visited: &mut usize, fixed: &mut usize) {
+    let Ok(list) = entries(dir) else { return };
+    for entry in list {
+        *visited += 1;
+        if *visited > MAX_FILES * 10 {
+            return;
+        }
+        let no_links = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
+        match entry.kind {
+            "dir" if depth < MAX_DEPTH * 4 => {
+                let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                if let Ok(sub) =
+                    rustix::fs::openat2(dir, entry.name.as_str(), flags, Mode::empty(), no_links)
+                {
+                    strip_in(&sub, depth + 1, visited, fixed);
+                }
+            }
+            "file" => {
+                let Ok(stat) = rustix::fs::statat(
+                    dir,
+                    entry.name.as_str(),
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                ) else {
+                    continue;
+                };
+                let mode = Mode::from_raw_mode(stat.st_mode);
+                if mode.intersects(Mode::SUID | Mode::SGID) {
+                    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                    // O_PATH descriptors cannot fchmod; chmod through the dir with no symlink.
+                    if rustix::fs::openat2(dir, entry.name.as_str(), flags, Mode::empty(), no_links)
+                        .is_ok()
+                    {
+                        let keep = Mode::from_raw_mode(stat.st_mode & 0o1777);
+                        if rustix::fs::chmodat(
+                            dir,
+                            entry.name.as_str(),
+                            keep,
+                            rustix::fs::AtFlags::empty(),
+                        )
+                        .is_ok()
+                        {
+                            *fixed += 1;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

