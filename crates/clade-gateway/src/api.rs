@@ -218,6 +218,9 @@ pub struct TurnResponse {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The agent-config revision the turn ran with: a hash of its persona files, model chain
+    /// and tools; it changes whenever any of them does.
+    pub config_revision: String,
     pub started_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<i64>,

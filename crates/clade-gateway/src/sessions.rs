@@ -82,6 +82,7 @@ pub(crate) async fn turns(
             reply: t.reply,
             error: t.error,
             model: t.model,
+            config_revision: format!("{:016x}", t.config_revision),
             started_at: t.started_at.as_millis(),
             finished_at: t.finished_at.map(|f| f.as_millis()),
             events: events

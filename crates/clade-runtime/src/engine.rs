@@ -447,7 +447,7 @@ async fn run_turn(inner: &Inner, ctx: &TurnContext, events: &[EventRow]) -> Resu
                 reply: None,
                 error: None,
                 model: None,
-                config_revision: 0,
+                config_revision: config_revision(inner, agent),
                 started_at: now,
                 finished_at: None,
             };
@@ -777,6 +777,33 @@ async fn run_tool(
         .map_err(|e| e.to_string())?;
     publish(inner, turn.agent_id, &rows);
     Ok(result)
+}
+
+/// The agent-config revision a turn runs with: a content hash (63 bits) of everything that
+/// shapes it — the persona files, the model chain, the tools and their schemas. Equal
+/// revisions mean equal configuration; any edit gives a new one.
+fn config_revision(inner: &Inner, agent: &Agent) -> i64 {
+    let mut digest = Sha256::new();
+    if let Ok(dir) = inner.agents.workspace(agent) {
+        for file in clade_store::agents::PERSONA_FILES {
+            digest.update(file.as_bytes());
+            digest.update(std::fs::read(dir.join(file)).unwrap_or_default());
+            digest.update([0]);
+        }
+    }
+    for model in inner.models.chain(crate::ProcessKind::Channel, Some(agent.handle.as_str())) {
+        digest.update(model.as_bytes());
+        digest.update([0]);
+    }
+    for tool in inner.options.tools.registry().for_agent(agent.handle.as_str()) {
+        digest.update(tool.name().as_bytes());
+        digest.update(tool.input_schema().to_string().as_bytes());
+        digest.update([0]);
+    }
+    let hash = digest.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    i64::from_be_bytes(first) & i64::MAX
 }
 
 /// `hash(tenant, session, turn, call id)`: what an idempotent tool receives, the same on every

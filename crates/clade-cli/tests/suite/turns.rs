@@ -381,3 +381,26 @@ where
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_turn_records_the_config_revision_it_ran_with() {
+    let env = setup("", None);
+    let server = env.serve(&[]);
+    let mut revisions = Vec::new();
+    let ws = env.run(&["agents", "workspace", "ada"]).ok().stdout.trim().to_owned();
+    for (n, edit) in [None, Some("You are terse."), None].into_iter().enumerate() {
+        if let Some(text) = edit {
+            write(&std::path::Path::new(&ws).join("SOUL.md"), text);
+        }
+        let mut body = event(&format!("turn {n}"), "rev");
+        body["wait"] = json!(true);
+        let (status, answer, _) = post(&server, body).await;
+        assert_eq!(status, 200, "{answer}");
+        let session = answer["session_id"].as_str().unwrap().to_owned();
+        let turns = settled(&server, &session, n + 1).await;
+        revisions.push(turns[n]["config_revision"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(revisions[0].len(), 16);
+    assert_ne!(revisions[0], revisions[1], "editing SOUL.md must change the revision");
+    assert_eq!(revisions[1], revisions[2], "an unchanged config keeps its revision");
+}
