@@ -122,6 +122,7 @@ impl Ctx {
             tools.bwrap.clone(),
             path.as_deref(),
             tools.limits,
+            Some(self.data_dir.root()),
         )
     }
 

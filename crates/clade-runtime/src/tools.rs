@@ -269,6 +269,18 @@ impl ToolRunner {
             detail,
         )
         .await;
+        if text.starts_with("sandbox violation") {
+            let detail = json!({ "call": authorized.context.call_id, "what": "a forbidden system call; the process was killed" });
+            self.write_audit(
+                agent.tenant_id,
+                Some(agent.id),
+                "sandbox.violation",
+                Some(tool.name()),
+                Some("killed"),
+                detail,
+            )
+            .await;
+        }
         // A secret the command printed must not reach the model either.
         result.map(|t| redact_text(&t, &secrets)).map_err(|t| redact_text(&t, &secrets))
     }

@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -52,12 +53,19 @@ pub struct ExecOutput {
     pub timed_out: bool,
     /// Killed because its output passed the cap.
     pub output_capped: bool,
+    /// A process of the command made a forbidden system call and was killed.
+    pub violation: bool,
 }
 
 impl ExecOutput {
     /// A short account for the model: exit status, then stdout and stderr.
     pub fn render(&self, limits: &SandboxLimits) -> String {
         let mut text = String::new();
+        if self.violation {
+            text.push_str(
+                "sandbox violation: a forbidden system call was made; that process was killed\n",
+            );
+        }
         match (self.timed_out, self.output_capped, self.code) {
             (true, _, _) => text.push_str(&format!(
                 "killed: wall-clock limit of {} s reached (every process of the command was stopped)\n",
@@ -99,6 +107,8 @@ pub struct Sandbox {
     /// this process create one. RLIMIT_NPROC does not bind processes owned by host root, so
     /// without it a root daemon's sandbox caps processes only by its deadline.
     pids_cgroup: Option<PathBuf>,
+    /// The compiled seccomp filter bwrap loads before the command starts.
+    seccomp: Option<Arc<PathBuf>>,
 }
 
 static RUNS: AtomicU64 = AtomicU64::new(0);
@@ -107,28 +117,37 @@ static RUNS: AtomicU64 = AtomicU64::new(0);
 /// stderr (the daemon may have inherited some without close-on-exec from whatever started it,
 /// and they would pass on to the command), then, for a sandboxed run, joins the run's pids
 /// cgroup (so every process of the tree is counted from the first fork), and execs the
-/// program. `$0` is the cgroup's `cgroup.procs` file or `-`. bash is used where present
-/// because POSIX sh cannot close descriptors above 9.
+/// program. `$0` is the cgroup's `cgroup.procs` file or `-`; `$1` a seccomp filter file opened
+/// as descriptor 3 for `bwrap --seccomp 3`, or `-`. bash is used where present because POSIX sh
+/// cannot close descriptors above 9.
 const LAUNCHER: &str = r#"for fd in /proc/$$/fd/*; do n=${fd##*/}; case $n in 0|1|2) ;; *) eval "exec $n>&-" 2>/dev/null ;; esac; done
 [ "$0" = "-" ] || echo $$ > "$0" || exit 125
+if [ "$1" != "-" ]; then exec 3< "$1" || exit 125; fi
+shift
 exec "$@""#;
+
+/// `PATH` inside the sandbox.
+const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
 
 /// The uid and gid commands run as inside the sandbox (`nobody`).
 const SANDBOX_ID: &str = "65534";
 
 impl Sandbox {
     /// `bwrap`: the executable to use; `None` looks it up on `path_var` (the `PATH` value),
-    /// then at `/usr/bin/bwrap`.
+    /// then at `/usr/bin/bwrap`. `state_dir`: a private directory for the compiled seccomp
+    /// filter (the data dir); without one it goes to a new file in the temp dir.
     pub fn new(
         mode: SandboxMode,
         bwrap: Option<PathBuf>,
         path_var: Option<&str>,
         limits: SandboxLimits,
+        state_dir: Option<&Path>,
     ) -> Self {
         let bwrap = bwrap.or_else(|| locate("bwrap", path_var));
         let pids_cgroup =
             std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| pids_cgroup(&c));
-        Self { mode, bwrap, limits, pids_cgroup }
+        let seccomp = write_seccomp_filter(state_dir).map(Arc::new);
+        Self { mode, bwrap, limits, pids_cgroup, seccomp }
     }
 
     /// Whether each run's process count is capped by a cgroup (else only by RLIMIT_NPROC).
@@ -276,14 +295,7 @@ impl Sandbox {
         push(&["--proc", "/proc", "--dev", "/dev", "--size", &tmp_size, "--tmpfs", "/tmp"]);
         let workspace = exec.workspace.to_string_lossy().into_owned();
         push(&["--bind", &workspace, "/workspace", "--chdir", "/workspace", "--clearenv"]);
-        push(&[
-            "--setenv",
-            "PATH",
-            "/usr/local/bin:/usr/bin:/bin",
-            "--setenv",
-            "HOME",
-            "/workspace",
-        ]);
+        push(&["--setenv", "PATH", SANDBOX_PATH, "--setenv", "HOME", "/workspace"]);
         push(&["--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8"]);
         for (key, value) in &exec.env {
             push(&["--setenv", key, value]);
@@ -297,8 +309,13 @@ impl Sandbox {
         args.extend(exec.argv.iter().cloned());
         // bwrap itself stays pid 1's parent inside the sandbox, where /proc/1/environ is
         // readable: it must not carry the daemon's environment (the launcher clears it).
-        let mut command = launcher(group);
-        command.arg(bwrap).args(args);
+        let filter = self.seccomp.as_deref().map(PathBuf::as_path);
+        let mut command = launcher(group, filter);
+        command.arg(bwrap);
+        if filter.is_some() {
+            command.args(["--seccomp", "3"]);
+        }
+        command.args(args);
         Ok(command)
     }
 
@@ -355,6 +372,10 @@ impl Sandbox {
         }
         // Reap it so no zombie stays; killing bwrap takes its whole pid namespace with it.
         let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        // The shell reports a child killed by SIGSYS as "Bad system call", on whichever stream
+        // that command's stderr went to.
+        let said = |bytes: &[u8]| String::from_utf8_lossy(bytes).contains("Bad system call");
+        out.violation = out.code == Some(SIGSYS_STATUS) || said(&out.stderr) || said(&out.stdout);
         Ok(out)
     }
 }
@@ -370,7 +391,7 @@ pub fn service_command(
     if argv.is_empty() {
         return Err(SandboxError::Spawn(std::io::Error::other("empty command")));
     }
-    let mut command = launcher(None);
+    let mut command = launcher(None, None);
     command.args(argv).env("PATH", "/usr/local/bin:/usr/bin:/bin");
     command.envs(env.iter().map(|(k, v)| (k, v))).kill_on_drop(true);
     Ok(command)
@@ -378,7 +399,7 @@ pub fn service_command(
 
 /// The host-side launcher (see `LAUNCHER`), ready for the program and its arguments.
 #[allow(clippy::disallowed_methods)] // The one place tools spawn processes.
-fn launcher(group: Option<&Path>) -> tokio::process::Command {
+fn launcher(group: Option<&Path>, seccomp: Option<&Path>) -> tokio::process::Command {
     let shell = ["/usr/bin/bash", "/bin/bash"]
         .into_iter()
         .find(|p| Path::new(p).is_file())
@@ -389,13 +410,17 @@ fn launcher(group: Option<&Path>) -> tokio::process::Command {
         Some(group) => command.arg(group.join("cgroup.procs")),
         None => command.arg("-"),
     };
+    match seccomp {
+        Some(filter) => command.arg(filter),
+        None => command.arg("-"),
+    };
     command
 }
 
 /// The operator's explicit `sandbox: none`: same environment scrubbing and limits on time and
 /// output, but the host's filesystem, network and processes are reachable.
 fn unsandboxed_command(exec: &Exec) -> tokio::process::Command {
-    let mut command = launcher(None);
+    let mut command = launcher(None, None);
     command.args(&exec.argv).current_dir(&exec.workspace);
     command.env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin");
     command.envs(exec.env.iter().map(|(k, v)| (k, v)));
@@ -416,6 +441,102 @@ async fn read_capped(mut reader: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>
                     return (kept, true);
                 }
             }
+        }
+    }
+}
+
+/// System calls no tool needs and kernel exploits often use: a process that makes one is
+/// killed (`SIGSYS`), which the run reports as a sandbox violation.
+const FORBIDDEN_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_reboot,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_acct,
+    libc::SYS_settimeofday,
+    libc::SYS_clock_settime,
+    libc::SYS_clock_adjtime,
+    libc::SYS_adjtimex,
+    libc::SYS_syslog,
+    libc::SYS_quotactl,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_fanotify_init,
+    libc::SYS_vhangup,
+    libc::SYS_open_tree,
+    libc::SYS_move_mount,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+];
+
+/// Shell exit status of a command killed by `SIGSYS` (128 + 31).
+const SIGSYS_STATUS: i32 = 128 + 31;
+
+/// Compiles the filter (plus `ioctl(TIOCSTI)`, terminal injection) and writes it where the
+/// launcher can open it: replaced atomically in `state_dir`, else a file created fresh (never
+/// one someone else made) in the temp dir. `None` when this architecture or host cannot have
+/// one; the sandbox then runs without it (namespaces and capabilities still apply).
+fn write_seccomp_filter(state_dir: Option<&Path>) -> Option<PathBuf> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    };
+    let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH).ok()?;
+    let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> =
+        FORBIDDEN_SYSCALLS.iter().map(|n| (*n, Vec::new())).collect();
+    let tiocsti =
+        SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::TIOCSTI).ok()?;
+    rules.insert(libc::SYS_ioctl, vec![SeccompRule::new(vec![tiocsti]).ok()?]);
+    let filter =
+        SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::KillProcess, arch).ok()?;
+    let program: seccompiler::BpfProgram = filter.try_into().ok()?;
+    let mut bytes = Vec::with_capacity(program.len() * 8);
+    for insn in &program {
+        bytes.extend_from_slice(&insn.code.to_ne_bytes());
+        bytes.push(insn.jt);
+        bytes.push(insn.jf);
+        bytes.extend_from_slice(&insn.k.to_ne_bytes());
+    }
+    let n = RUNS.fetch_add(1, Ordering::Relaxed);
+    let unique = format!("clade-seccomp-{}-{n}.bpf", std::process::id());
+    match state_dir {
+        Some(dir) => {
+            let staged = dir.join(format!(".{unique}"));
+            let path = dir.join("seccomp.bpf");
+            std::fs::write(&staged, &bytes).ok()?;
+            std::fs::rename(&staged, &path).ok()?;
+            Some(path)
+        }
+        None => {
+            use std::io::Write;
+            let path = std::env::temp_dir().join(unique);
+            let mut file =
+                std::fs::OpenOptions::new().write(true).create_new(true).open(&path).ok()?;
+            file.write_all(&bytes).ok()?;
+            Some(path)
         }
     }
 }

@@ -9,7 +9,7 @@ use clade_tools::sandbox::{Exec, ExecOutput, Sandbox, SandboxError};
 
 fn sandbox(limits: SandboxLimits) -> Sandbox {
     let path = std::env::var("PATH").ok();
-    Sandbox::new(SandboxMode::Bubblewrap, None, path.as_deref(), limits)
+    Sandbox::new(SandboxMode::Bubblewrap, None, path.as_deref(), limits, None)
 }
 
 async fn sh(sandbox: &Sandbox, dir: &std::path::Path, script: &str) -> ExecOutput {
@@ -171,6 +171,7 @@ async fn a_missing_bubblewrap_fails_closed() {
         Some("/nonexistent/bwrap".into()),
         None,
         SandboxLimits::default(),
+        None,
     );
     let err = sb
         .run(Exec {
@@ -209,4 +210,34 @@ async fn a_network_grant_opens_the_network() {
         .unwrap();
     assert!(text(&out.stdout).contains("connected"), "{out:?}");
     assert!(listener.accept().is_ok());
+}
+
+#[tokio::test]
+async fn forbidden_system_calls_kill_the_caller_and_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox(SandboxLimits::default());
+    for (name, script) in [
+        (
+            "keyring",
+            "import ctypes; l=ctypes.CDLL(None); print(l.syscall(248, b'user', b'k', b'v', 1, -2))",
+        ),
+        (
+            "io_uring",
+            "import ctypes; l=ctypes.CDLL(None); print(l.syscall(425, 4, ctypes.create_string_buffer(120)))",
+        ),
+        ("bpf", "import ctypes; l=ctypes.CDLL(None); print(l.syscall(321, 0, 0, 0))"),
+        ("ptrace", "import ctypes; l=ctypes.CDLL(None); print(l.ptrace(16, 1, 0, 0))"),
+        (
+            "terminal injection",
+            "import fcntl, termios; fcntl.ioctl(1, termios.TIOCSTI, b'x'); print(0)",
+        ),
+    ] {
+        let out = sh(&sb, dir.path(), &format!("python3 -c \"{script}\"; echo after=$?")).await;
+        assert!(out.violation, "{name}: {out:?}");
+        assert!(text(&out.stdout).contains("after=159"), "{name}: {}", text(&out.stdout));
+        assert!(out.render(sb.limits()).starts_with("sandbox violation"), "{name}");
+    }
+    // Ordinary commands are untouched.
+    let fine = sh(&sb, dir.path(), "ls / > /dev/null && python3 -c 'print(1)'").await;
+    assert!(fine.success() && !fine.violation, "{fine:?}");
 }

@@ -606,7 +606,14 @@ async fn attack_corpus_is_blocked_or_contained() {
     );
 
     // J4: canaries never in the audit log or the server's logs.
-    let audit = env.run(&["audit", "--json", "--limit", "1000"]).ok().stdout;
+    let audit = env.run(&["audit", "--json", "--limit", "1000000"]).ok().stdout;
+    let violations = audit.matches("\"sandbox.violation\"").count();
+    println!("sandbox violations recorded in the audit log: {violations}");
+    corpus.record(
+        "forbidden system calls recorded as violations",
+        violations >= 5,
+        &format!("{violations} recorded"),
+    );
     let logs = server.stop();
     corpus.record(
         "daemon dumpable",
