@@ -12,6 +12,7 @@ use sqlx::{AnyConnection, Row};
 
 use crate::error::{Error, Result};
 use crate::store::{Store, id_bytes};
+use crate::turns::{OutboxEvent, insert_outbox};
 
 /// A grant to create.
 #[derive(Debug, Clone)]
@@ -534,7 +535,11 @@ impl Store {
                 .await?;
                 let mut audit = audit;
                 audit.detail = merge_id(&audit.detail, "approval", &id.to_string());
-                append_audit(conn, &audit, now).await
+                append_audit(conn, &audit, now).await?;
+                // Subscribers (and resuming stream clients) learn that the turn waits.
+                let event = OutboxEvent { kind: "approval.requested".into(), data: audit.detail.clone() };
+                insert_outbox(conn, now, approval.tenant, approval.session, approval.turn, &[event]).await?;
+                Ok(())
             })
         })
         .await?;
@@ -632,6 +637,20 @@ impl Store {
                 if let Some(grant) = &grant {
                     insert_grant(conn, grant).await?;
                 }
+                let placed = sqlx::query(
+                    "SELECT session_id, turn_id FROM approvals WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant.as_bytes().to_vec())
+                .bind(id.as_bytes().to_vec())
+                .fetch_one(&mut *conn)
+                .await?;
+                let session = opt_id(&placed, "session_id")?.map(SessionId::from_bytes);
+                let turn = opt_id(&placed, "turn_id")?.map(TurnId::from_bytes);
+                let data =
+                    serde_json::json!({ "approval": id.to_string(), "status": status.as_str() })
+                        .to_string();
+                let event = OutboxEvent { kind: "approval.decided".into(), data };
+                insert_outbox(conn, now, tenant, session, turn, &[event]).await?;
                 for audit in &audits {
                     append_audit(conn, audit, now).await?;
                 }

@@ -198,7 +198,7 @@ fn b(id: &[u8; 16]) -> Vec<u8> {
 }
 
 /// Inserts outbox rows inside the caller's transaction.
-async fn insert_outbox(
+pub(crate) async fn insert_outbox(
     conn: &mut AnyConnection,
     now: Timestamp,
     tenant: TenantId,

@@ -839,6 +839,33 @@ async fn a_turn_waiting_for_approval_survives_a_restart() {
     assert_eq!(finished["status"], "completed", "{finished}");
     let ws = env.run(&["agents", "workspace", "alice"]).ok().stdout.trim().to_owned();
     assert_eq!(std::fs::read_to_string(Path::new(&ws).join("ran.txt")).unwrap(), "once\n");
+    // The approval's lifecycle is in the session's durable event stream (and so reaches
+    // webhook subscribers), in order.
+    let stream = replay(&server, &session, "turn.finished").await;
+    let requested =
+        stream.find("event: approval.requested").expect("approval.requested in the stream");
+    let decided = stream.find("event: approval.decided").expect("approval.decided in the stream");
+    assert!(requested < decided, "{stream}");
+}
+
+/// The session's SSE stream from the start, read until `last` appears (or 10 s pass).
+async fn replay(server: &Server, session: &str, last: &str) -> String {
+    let mut response = reqwest::Client::new()
+        .get(format!("{}/v1/sessions/{session}/events?after=0", server.url))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !text.contains(&format!("event: {last}")) && tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), response.chunk()).await {
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(_) => break,
+            Err(_) => {}
+        }
+    }
+    text
 }
 
 #[test]
