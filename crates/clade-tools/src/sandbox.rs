@@ -107,8 +107,10 @@ pub struct Sandbox {
     /// this process create one. RLIMIT_NPROC does not bind processes owned by host root, so
     /// without it a root daemon's sandbox caps processes only by its deadline.
     pids_cgroup: Option<PathBuf>,
-    /// The compiled seccomp filter bwrap loads before the command starts.
+    /// The compiled seccomp filters bwrap loads before the command starts: for runs with a
+    /// network grant, and for runs without (which also may not open internet sockets).
     seccomp: Option<Arc<PathBuf>>,
+    seccomp_offline: Option<Arc<PathBuf>>,
 }
 
 static RUNS: AtomicU64 = AtomicU64::new(0);
@@ -146,8 +148,9 @@ impl Sandbox {
         let bwrap = bwrap.or_else(|| locate("bwrap", path_var));
         let pids_cgroup =
             std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| pids_cgroup(&c));
-        let seccomp = write_seccomp_filter(state_dir).map(Arc::new);
-        Self { mode, bwrap, limits, pids_cgroup, seccomp }
+        let seccomp = write_seccomp_filter(state_dir, false).map(Arc::new);
+        let seccomp_offline = write_seccomp_filter(state_dir, true).map(Arc::new);
+        Self { mode, bwrap, limits, pids_cgroup, seccomp, seccomp_offline }
     }
 
     /// Whether each run's process count is capped by a cgroup (else only by RLIMIT_NPROC).
@@ -309,7 +312,8 @@ impl Sandbox {
         args.extend(exec.argv.iter().cloned());
         // bwrap itself stays pid 1's parent inside the sandbox, where /proc/1/environ is
         // readable: it must not carry the daemon's environment (the launcher clears it).
-        let filter = self.seccomp.as_deref().map(PathBuf::as_path);
+        let filter = if exec.network { &self.seccomp } else { &self.seccomp_offline };
+        let filter = filter.as_deref().map(PathBuf::as_path);
         let mut command = launcher(group, filter);
         command.arg(bwrap);
         if filter.is_some() {
@@ -500,7 +504,7 @@ const SIGSYS_STATUS: i32 = 128 + 31;
 /// launcher can open it: replaced atomically in `state_dir`, else a file created fresh (never
 /// one someone else made) in the temp dir. `None` when this architecture or host cannot have
 /// one; the sandbox then runs without it (namespaces and capabilities still apply).
-fn write_seccomp_filter(state_dir: Option<&Path>) -> Option<PathBuf> {
+fn write_seccomp_filter(state_dir: Option<&Path>, offline: bool) -> Option<PathBuf> {
     use seccompiler::{
         SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
     };
@@ -510,6 +514,18 @@ fn write_seccomp_filter(state_dir: Option<&Path>) -> Option<PathBuf> {
     let tiocsti =
         SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::TIOCSTI).ok()?;
     rules.insert(libc::SYS_ioctl, vec![SeccompRule::new(vec![tiocsti]).ok()?]);
+    if offline {
+        // Without a network grant there is no network to reach: opening an internet or packet
+        // socket is itself the violation (Unix sockets stay allowed).
+        let mut domains = Vec::new();
+        for domain in [libc::AF_INET, libc::AF_INET6, libc::AF_PACKET] {
+            let cond =
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, domain as u64)
+                    .ok()?;
+            domains.push(SeccompRule::new(vec![cond]).ok()?);
+        }
+        rules.insert(libc::SYS_socket, domains);
+    }
     let filter =
         SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::KillProcess, arch).ok()?;
     let program: seccompiler::BpfProgram = filter.try_into().ok()?;
@@ -521,11 +537,12 @@ fn write_seccomp_filter(state_dir: Option<&Path>) -> Option<PathBuf> {
         bytes.extend_from_slice(&insn.k.to_ne_bytes());
     }
     let n = RUNS.fetch_add(1, Ordering::Relaxed);
-    let unique = format!("clade-seccomp-{}-{n}.bpf", std::process::id());
+    let kind = if offline { "offline" } else { "online" };
+    let unique = format!("clade-seccomp-{kind}-{}-{n}.bpf", std::process::id());
     match state_dir {
         Some(dir) => {
             let staged = dir.join(format!(".{unique}"));
-            let path = dir.join("seccomp.bpf");
+            let path = dir.join(format!("seccomp-{kind}.bpf"));
             std::fs::write(&staged, &bytes).ok()?;
             std::fs::rename(&staged, &path).ok()?;
             Some(path)

@@ -231,13 +231,23 @@ async fn forbidden_system_calls_kill_the_caller_and_are_reported() {
             "terminal injection",
             "import fcntl, termios; fcntl.ioctl(1, termios.TIOCSTI, b'x'); print(0)",
         ),
+        (
+            "internet socket without a grant",
+            "import socket; socket.socket(socket.AF_INET6); print(0)",
+        ),
+        (
+            "packet socket",
+            "import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW); print(0)",
+        ),
     ] {
         let out = sh(&sb, dir.path(), &format!("python3 -c \"{script}\"; echo after=$?")).await;
         assert!(out.violation, "{name}: {out:?}");
         assert!(text(&out.stdout).contains("after=159"), "{name}: {}", text(&out.stdout));
         assert!(out.render(sb.limits()).starts_with("sandbox violation"), "{name}");
     }
-    // Ordinary commands are untouched.
-    let fine = sh(&sb, dir.path(), "ls / > /dev/null && python3 -c 'print(1)'").await;
+    // Ordinary commands (Unix sockets included) are untouched.
+    let fine =
+        sh(&sb, dir.path(), "ls / >/dev/null && python3 -c 'import socket; socket.socketpair()'")
+            .await;
     assert!(fine.success() && !fine.violation, "{fine:?}");
 }
