@@ -11,6 +11,7 @@
 //!   templates/<name>/   operator-defined persona templates
 //!   agents/<agent-id>/  each agent's private workspace, created on first use
 //!   trash/              workspaces being deleted
+//!   seccomp-*.bpf       the sandbox's compiled seccomp filters (rewritten at every start)
 //! ```
 
 use std::io::Write;
