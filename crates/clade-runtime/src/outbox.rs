@@ -1,7 +1,7 @@
-//! Delivering the outbox to webhook subscribers: at least once, in outbox order (hence in
-//! order per session), signed with HMAC-SHA256, retried with exponential backoff, and
-//! dead-lettered after the configured attempts. Each subscriber has its own task and cursor, so
-//! a slow or dead subscriber delays only itself, never a turn.
+//! Delivering the outbox to webhook subscribers: at least once, in order per session, signed
+//! with HMAC-SHA256, retried with exponential backoff, and dead-lettered after the configured
+//! attempts. Each subscriber has its own task and cursor, so a slow or dead subscriber delays
+//! only itself, never a turn; a failing delivery holds back only its own session.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,9 +90,29 @@ pub fn spawn(store: Store, subscribers: Vec<Subscriber>, signal: Arc<Notify>) {
     }
 }
 
+/// A session whose oldest undelivered row failed: its later rows wait behind it.
+struct Blocked {
+    row: i64,
+    attempts: i64,
+    retry_at: tokio::time::Instant,
+}
+
+/// How many pages past the cursor one pass may read, so a long-blocked session cannot starve
+/// the others of delivery.
+const MAX_PAGES: usize = 20;
+
+/// Delivers in order per session: a failing row holds back only later rows of its own session
+/// (retried with exponential backoff), while other sessions' rows go on. The durable cursor is
+/// the low watermark below which everything was delivered or dead-lettered; rows delivered
+/// beyond it are remembered in memory and, after a restart, delivered again (at least once;
+/// receivers drop repeats by the idempotency key).
 async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, signal: Arc<Notify>) {
+    let mut delivered_beyond: std::collections::BTreeSet<i64> = Default::default();
+    let mut blocked: std::collections::HashMap<Option<clade_core::SessionId>, Blocked> =
+        Default::default();
+    let mut restored = false;
     loop {
-        let (mut cursor, mut attempts) = match store.subscriber_cursor(&subscriber.name).await {
+        let (mut cursor, saved_attempts) = match store.subscriber_cursor(&subscriber.name).await {
             Ok(c) => c,
             Err(err) => {
                 tracing::error!(subscriber = %subscriber.name, error = %err, "cannot read the delivery cursor");
@@ -101,66 +121,130 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
             }
         };
         let notified = signal.notified();
-        let rows = match store.outbox_after(cursor, BATCH).await {
-            Ok(rows) => rows,
-            Err(err) => {
-                tracing::error!(subscriber = %subscriber.name, error = %err, "cannot read the outbox");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+        let mut rows = Vec::new();
+        let mut after = cursor;
+        let mut read_failed = false;
+        for _ in 0..MAX_PAGES {
+            match store.outbox_after(after, BATCH).await {
+                Ok(page) => {
+                    let full = page.len() == BATCH as usize;
+                    after = page.last().map_or(after, |r| r.id);
+                    rows.extend(page);
+                    // Read further only while the pages so far are all held back.
+                    let pending = rows
+                        .iter()
+                        .any(|r| !delivered_beyond.contains(&r.id) && !is_held(&blocked, r));
+                    if !full || pending {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(subscriber = %subscriber.name, error = %err, "cannot read the outbox");
+                    read_failed = true;
+                    break;
+                }
             }
-        };
+        }
+        if read_failed {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         if rows.is_empty() {
             // Wake on new rows, and poll now and then in case another process wrote them.
             let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
             continue;
         }
-        for row in rows {
-            if !subscriber.events.is_empty() && !subscriber.events.contains(&row.kind) {
-                cursor = row.id;
+        let mut progressed = false;
+        for row in &rows {
+            if delivered_beyond.contains(&row.id) {
                 continue;
             }
-            match deliver(&client, &subscriber, &row).await {
-                // The cursor is saved after the batch (or before a back-off): a crash in
-                // between redelivers a few events, which at-least-once allows.
+            if !subscriber.events.is_empty() && !subscriber.events.contains(&row.kind) {
+                delivered_beyond.insert(row.id);
+                progressed = true;
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            if is_held(&blocked, row) {
+                continue;
+            }
+            match deliver(&client, &subscriber, row).await {
                 Ok(()) => {
                     crate::failpoints::hit("mid_outbox_publish");
-                    cursor = row.id;
-                    attempts = 0;
+                    delivered_beyond.insert(row.id);
+                    blocked.remove(&row.session_id);
+                    progressed = true;
                 }
                 Err(reason) => {
-                    attempts += 1;
+                    let mut attempts = blocked.get(&row.session_id).map_or(0, |b| b.attempts) + 1;
+                    // The attempts of the cursor's row survive a restart.
+                    if !restored && row.id == rows[0].id {
+                        attempts = attempts.max(saved_attempts + 1);
+                        restored = true;
+                    }
                     if attempts >= i64::from(subscriber.max_attempts) {
                         tracing::warn!(subscriber = %subscriber.name, outbox = row.id, %reason, "dead-lettering event");
                         let dead = Some((row.id, reason));
-                        match store.set_subscriber_cursor(&subscriber.name, row.id, 0, dead).await {
+                        match store.set_subscriber_cursor(&subscriber.name, cursor, 0, dead).await {
                             Ok(()) => {
-                                cursor = row.id;
-                                attempts = 0;
+                                delivered_beyond.insert(row.id);
+                                blocked.remove(&row.session_id);
+                                progressed = true;
                             }
                             Err(err) => {
                                 tracing::error!(subscriber = %subscriber.name, error = %err, "cannot dead-letter")
                             }
                         }
                     } else {
-                        // Keep the cursor before this row; remember the attempts across restarts.
-                        let _ = store
-                            .set_subscriber_cursor(&subscriber.name, cursor, attempts, None)
-                            .await;
                         let backoff = Duration::from_millis(
                             100u64.saturating_mul(1 << attempts.clamp(0, 16)),
                         )
                         .min(MAX_BACKOFF);
                         tracing::debug!(subscriber = %subscriber.name, attempts, ?backoff, %reason, "delivery failed; backing off");
-                        tokio::time::sleep(backoff).await;
+                        blocked.insert(
+                            row.session_id,
+                            Blocked { row: row.id, attempts, retry_at: now + backoff },
+                        );
                     }
-                    break;
                 }
             }
         }
+        // Advance the low watermark over the delivered prefix.
+        for row in &rows {
+            if !delivered_beyond.remove(&row.id) {
+                break;
+            }
+            cursor = row.id;
+        }
+        let head_attempts = rows
+            .iter()
+            .find(|r| r.id > cursor)
+            .and_then(|r| blocked.get(&r.session_id).filter(|b| b.row == r.id))
+            .map_or(0, |b| b.attempts);
         if let Err(err) =
-            store.set_subscriber_cursor(&subscriber.name, cursor, attempts, None).await
+            store.set_subscriber_cursor(&subscriber.name, cursor, head_attempts, None).await
         {
             tracing::error!(subscriber = %subscriber.name, error = %err, "cannot save the delivery cursor");
         }
+        if !progressed {
+            // Everything readable waits for a retry: sleep until the first one (or new rows).
+            let next = blocked.values().map(|b| b.retry_at).min();
+            let wait = next.map_or(Duration::from_secs(1), |at| {
+                at.saturating_duration_since(tokio::time::Instant::now())
+                    .min(Duration::from_secs(1))
+            });
+            let _ = tokio::time::timeout(wait, notified).await;
+        }
     }
+}
+
+/// Whether `row` cannot be sent now: behind a failing row of its session, or that row itself
+/// before its retry time.
+fn is_held(
+    blocked: &std::collections::HashMap<Option<clade_core::SessionId>, Blocked>,
+    row: &OutboxRow,
+) -> bool {
+    blocked
+        .get(&row.session_id)
+        .is_some_and(|b| b.row != row.id || b.retry_at > tokio::time::Instant::now())
 }

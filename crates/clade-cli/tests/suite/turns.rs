@@ -404,3 +404,93 @@ async fn each_turn_records_the_config_revision_it_ran_with() {
     assert_ne!(revisions[0], revisions[1], "editing SOUL.md must change the revision");
     assert_eq!(revisions[1], revisions[2], "an unchanged config keeps its revision");
 }
+
+/// A receiver that refuses every delivery of sessions listed in `failing` and records the rest
+/// as (session, type, seq).
+async fn picky_receiver(
+    failing: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<(String, String, i64)>>>,
+) -> String {
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let (failing, log) = (failing.clone(), log.clone());
+            async move {
+                let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let session = event["session"].as_str().unwrap_or_default().to_owned();
+                if failing.lock().unwrap().contains(&session) {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                let kind = event["type"].as_str().unwrap_or_default().to_owned();
+                log.lock().unwrap().push((session, kind, event["seq"].as_i64().unwrap_or(0)));
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_session_holds_back_only_its_own_deliveries() {
+    let failing = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hook = picky_receiver(failing.clone(), log.clone()).await;
+    let mut env = setup(
+        &format!(
+            "subscribers:\n  - name: hook\n    url: {hook}\n    secret_env: HOOK_SECRET\n    max_attempts: 1000\n"
+        ),
+        None,
+    );
+    env.vars.push(("HOOK_SECRET".into(), "s3cret".into()));
+    let server = env.serve(&[]);
+    let send = |actor: &'static str, text: &'static str| {
+        let server_url = server.url.clone();
+        let token = server.token.clone();
+        async move {
+            let mut body = event(text, actor);
+            body["wait"] = json!(true);
+            let answer: Value = reqwest::Client::new()
+                .post(format!("{server_url}/v1/events"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answer["session_id"].as_str().unwrap().to_owned()
+        }
+    };
+    // Session A's subscriber deliveries fail; B's must still arrive meanwhile.
+    let a = send("a", "first of a").await;
+    failing.lock().unwrap().push(a.clone());
+    send("a", "second of a").await;
+    let b = send("b", "only b").await;
+    let delivered_b = async {
+        for _ in 0..100 {
+            if log.lock().unwrap().iter().any(|(s, k, _)| *s == b && k == "turn.finished") {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(delivered_b.await, "session b's events were held back by session a's failures");
+    // A recovers: its events arrive, in order, none lost.
+    failing.lock().unwrap().clear();
+    let mut a_seqs = Vec::new();
+    for _ in 0..200 {
+        a_seqs =
+            log.lock().unwrap().iter().filter(|(s, ..)| *s == a).map(|(.., seq)| *seq).collect();
+        if a_seqs.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a_seqs.len() >= 4, "session a's events were not all delivered: {a_seqs:?}");
+    assert!(a_seqs.windows(2).all(|w| w[0] < w[1]), "session a's events out of order: {a_seqs:?}");
+}
