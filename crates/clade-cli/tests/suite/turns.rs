@@ -447,21 +447,11 @@ async fn a_failing_session_holds_back_only_its_own_deliveries() {
     env.vars.push(("HOOK_SECRET".into(), "s3cret".into()));
     let server = env.serve(&[]);
     let send = |actor: &'static str, text: &'static str| {
-        let server_url = server.url.clone();
-        let token = server.token.clone();
+        let mut body = event(text, actor);
+        body["wait"] = json!(true);
+        let server = &server;
         async move {
-            let mut body = event(text, actor);
-            body["wait"] = json!(true);
-            let answer: Value = reqwest::Client::new()
-                .post(format!("{server_url}/v1/events"))
-                .bearer_auth(token)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let (_, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
             answer["session_id"].as_str().unwrap().to_owned()
         }
     };
