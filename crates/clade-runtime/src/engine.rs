@@ -466,17 +466,7 @@ async fn run_turn(inner: &Inner, ctx: &TurnContext, events: &[EventRow]) -> Resu
     let started_outbox = || vec![outbox("turn.started", started_data.clone())];
 
     let mut messages = compose(inner, agent, session, &turn, events).await;
-    let tools: Vec<ToolSpec> = inner
-        .options
-        .tools
-        .registry()
-        .for_agent(agent.handle.as_str())
-        .map(|t| ToolSpec {
-            name: t.name().to_owned(),
-            description: t.description().to_owned(),
-            input_schema: t.input_schema(),
-        })
-        .collect();
+    let tools: Vec<ToolSpec> = inner.options.tools.specs_for(agent.handle.as_str());
     let mut last_model = None;
     for iteration in 0..inner.options.sessions.max_iterations {
         let step = format!("model/{iteration}");
@@ -797,9 +787,9 @@ fn config_revision(inner: &Inner, agent: &Agent) -> i64 {
     }
     for tool in inner.options.tools.registry().for_agent(agent.handle.as_str()) {
         digest.update(tool.name().as_bytes());
-        digest.update(tool.input_schema().to_string().as_bytes());
         digest.update([0]);
     }
+    digest.update(inner.options.tools.specs_digest().as_bytes());
     let hash = digest.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&hash[..8]);

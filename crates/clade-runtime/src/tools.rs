@@ -98,6 +98,9 @@ pub struct ToolRunner {
     waiters: Mutex<HashMap<ApprovalId, Arc<Notify>>>,
     /// Where a turn's clients learn that it waits for an approval.
     hub: std::sync::OnceLock<Hub>,
+    /// Every tool's spec for the model, with a digest of all of them; the registry never
+    /// changes after start, so schemas are generated once rather than on every turn.
+    specs: std::sync::OnceLock<(Vec<clade_model::ToolSpec>, String)>,
 }
 
 /// How often a waiting call re-reads its approval (a decision made by another process).
@@ -129,7 +132,41 @@ impl ToolRunner {
             approval_timeout: Duration::from_secs(config.approval_timeout_secs),
             waiters: Mutex::new(HashMap::new()),
             hub: std::sync::OnceLock::new(),
+            specs: std::sync::OnceLock::new(),
         }
+    }
+
+    fn all_specs(&self) -> &(Vec<clade_model::ToolSpec>, String) {
+        self.specs.get_or_init(|| {
+            let specs: Vec<clade_model::ToolSpec> = self
+                .registry
+                .iter()
+                .map(|t| clade_model::ToolSpec {
+                    name: t.name().to_owned(),
+                    description: t.description().to_owned(),
+                    input_schema: t.input_schema(),
+                })
+                .collect();
+            let mut digest = Sha256::new();
+            for spec in &specs {
+                digest.update(spec.name.as_bytes());
+                digest.update(spec.description.as_bytes());
+                digest.update(spec.input_schema.to_string().as_bytes());
+                digest.update([0]);
+            }
+            (specs, hex::encode(digest.finalize()))
+        })
+    }
+
+    /// The specs of the tools the agent with `handle` has, as the model sees them.
+    pub fn specs_for(&self, handle: &str) -> Vec<clade_model::ToolSpec> {
+        let (specs, _) = self.all_specs();
+        specs.iter().filter(|s| self.registry.get_for(&s.name, handle).is_some()).cloned().collect()
+    }
+
+    /// A digest of every tool's name, description and schema.
+    pub fn specs_digest(&self) -> &str {
+        &self.all_specs().1
     }
 
     /// Lets waiting calls announce themselves on their session's live stream.

@@ -190,18 +190,12 @@ impl Server {
         token: Option<&str>,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = client
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(token.unwrap_or(&self.token));
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+        request(&self.url, token.unwrap_or(&self.token), method, path, body).await
+    }
+
+    /// What a spawned task needs to call this server: its URL and token.
+    pub fn address(&self) -> (String, String) {
+        (self.url.clone(), self.token.clone())
     }
 
     /// Kills the server with SIGKILL: no chance to flush or clean up.
@@ -233,6 +227,26 @@ impl Drop for Server {
 fn unsafe_free_kill(child: &mut Child) {
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let _ = child.wait();
+}
+
+/// `method url+path` with a bearer token and an optional JSON body: status and JSON answer.
+pub async fn request(
+    url: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = client.request(method, format!("{url}{path}")).bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
 
 pub fn write(path: &Path, text: &str) {

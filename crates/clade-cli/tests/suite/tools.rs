@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, write};
+use super::support::{Env, Server, request, write};
 
 const CANARY_SECRET: &str = "canary-secret-7f3a9c1e55";
 const CANARY_ENV: &str = "canary-env-b41d0e9a27";
@@ -646,20 +646,10 @@ async fn pending_approval(server: &Server) -> Value {
 }
 
 fn spawn_call(server: &Server, command: &str) -> tokio::task::JoinHandle<Value> {
-    let url = format!("{}/v1/agents/alice/tools/shell.exec/call", server.url);
-    let token = server.token.clone();
+    let (url, token) = server.address();
     let body = json!({ "arguments": { "command": command } });
     tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(url)
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        request(&url, &token, "POST", "/v1/agents/alice/tools/shell.exec/call", Some(body)).await.1
     })
 }
 
@@ -884,46 +874,15 @@ fn grants_delegate_only_narrower_rights_and_revocation_is_immediate() {
         .ok()
         .stdout;
     let parent = grant_id(&parent);
-    env.run(&[
-        "--agent",
-        "helper",
-        "grants",
-        "add",
-        "--tool",
-        "fs.*",
-        "--resource",
-        "*",
-        "--parent",
-        &parent,
-    ])
-    .fails_with("can only narrow");
-    env.run(&[
-        "--agent",
-        "helper",
-        "grants",
-        "add",
-        "--tool",
-        "fs.read",
-        "--resource",
-        "notes/a*",
-        "--network",
-        "--parent",
-        &parent,
-    ])
-    .fails_with("network");
-    env.run(&[
-        "--agent",
-        "helper",
-        "grants",
-        "add",
-        "--tool",
-        "fs.read",
-        "--resource",
-        "notes/a*",
-        "--parent",
-        &parent,
-    ])
-    .ok();
+    // helper's grants, delegated from alice's.
+    let delegate = |args: &[&str]| {
+        let mut all = vec!["--agent", "helper", "grants", "add", "--parent", parent.as_str()];
+        all.extend_from_slice(args);
+        env.run(&all)
+    };
+    delegate(&["--tool", "fs.*", "--resource", "*"]).fails_with("can only narrow");
+    delegate(&["--tool", "fs.read", "--resource", "notes/a*", "--network"]).fails_with("network");
+    delegate(&["--tool", "fs.read", "--resource", "notes/a*"]).ok();
 
     let read = |path: &str| {
         env.run(&[
