@@ -101,3 +101,27 @@ fn unknown_keys_in_routing_are_errors() {
     let err = parse("routing:\n  agents:\n    ada:\n      wroker: [x]\n").unwrap_err();
     assert!(err.contains("wroker"), "{err}");
 }
+
+#[test]
+fn tools_and_mcp_sections_are_checked() {
+    let ok = parse(
+        "tools:\n  sandbox: none\n  limits: { timeout_secs: 5 }\n  policy:\n    - { effect: ask, tool: shell.exec, resource: \"git *\", constraints: { network: true, env: [TOKEN] } }\nmcp:\n  gh:\n    command: [server]\n    agents: [ada]\n",
+    )
+    .unwrap();
+    ok.check(Path::new("clade.yaml")).unwrap();
+    assert_eq!(ok.tools.policy[0].constraints.env, vec!["TOKEN".to_owned()]);
+    let check =
+        |text: &str| parse(text).unwrap().check(Path::new("clade.yaml")).unwrap_err().to_string();
+    assert!(check("tools:\n  limits: { processes: 0 }\n").contains("tools.limits.processes"));
+    assert!(
+        check("tools:\n  policy:\n    - { effect: allow, tool: \"\" }\n")
+            .contains("tools.policy[0]")
+    );
+    assert!(check("mcp:\n  Bad.Name:\n    command: [x]\n").contains("mcp.Bad.Name"));
+    assert!(
+        check("mcp:\n  both:\n    command: [x]\n    url: http://h/mcp\n").contains("exactly one")
+    );
+    assert!(check("mcp:\n  neither: {}\n").contains("exactly one"));
+    assert!(parse("tools:\n  sandbox: firejail\n").is_err());
+    assert!(parse("tools:\n  policy:\n    - { effect: maybe, tool: x }\n").is_err());
+}

@@ -751,6 +751,28 @@ async fn approvals_pause_calls_until_an_operator_decides() {
         .await;
     assert_eq!(status, 400);
 
+    for (body, status) in [
+        (json!({ "agent": "alice", "tool": "x", "effect": "maybe" }), 400),
+        (json!({ "agent": "alice", "tool": "x", "constraints": { "root": true } }), 400),
+        (json!({ "agent": "alice", "tool": "x", "parent": "not-an-id" }), 400),
+        (json!({ "agent": "alice", "tool": "" }), 400),
+        (json!({ "agent": "nobody", "tool": "x" }), 404),
+        (json!({ "tool": "x" }), 400),
+    ] {
+        let (got, answer) = server.send("POST", "/v1/grants", None, Some(body.clone())).await;
+        assert_eq!(got, status, "{body} -> {answer}");
+        assert!(answer["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(server.send("GET", "/v1/audit?limit=lots", None, None).await.0, 400);
+    assert_eq!(server.send("GET", "/v1/approvals?status=weird", None, None).await.0, 400);
+    assert_eq!(
+        server
+            .send("DELETE", "/v1/grants/01a20000-0000-7000-8000-000000000000", None, None)
+            .await
+            .0,
+        404
+    );
+
     // Another tenant sees none of it.
     env.run(&["tenants", "create", "other"]).ok();
     let other_token =
