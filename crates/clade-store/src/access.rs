@@ -5,10 +5,9 @@
 //! the runtime gives them meaning. Every state change here commits together with its audit
 //! record, so the log cannot miss a change that happened.
 
+use crate::db::{Query, Row, Tx, query};
 use clade_core::{AgentId, ApprovalId, GrantId, SessionId, TenantId, Timestamp, TurnId};
 use sha2::{Digest, Sha256};
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
 
 use crate::error::{Error, Result};
 use crate::store::{Store, id_bytes};
@@ -209,18 +208,13 @@ fn record_hash(prev: &str, tenant: &TenantId, row: &AuditRow) -> String {
 }
 
 /// Appends one record inside the caller's transaction.
-pub(crate) async fn append_audit(
-    conn: &mut AnyConnection,
-    entry: &AuditEntry,
-    now: Timestamp,
-) -> Result<()> {
+pub(crate) async fn append_audit(conn: &mut Tx, entry: &AuditEntry, now: Timestamp) -> Result<()> {
     let tenant = entry.tenant.as_bytes().to_vec();
-    let last = sqlx::query(
-        "SELECT seq, hash FROM audit_log WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1",
-    )
-    .bind(tenant.clone())
-    .fetch_optional(&mut *conn)
-    .await?;
+    let last =
+        query("SELECT seq, hash FROM audit_log WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1")
+            .bind(tenant.clone())
+            .fetch_optional(&mut *conn)
+            .await?;
     let (seq, prev) = match last {
         Some(row) => (row.try_get::<i64, _>("seq")? + 1, row.try_get::<String, _>("hash")?),
         None => (1, GENESIS.to_owned()),
@@ -237,7 +231,7 @@ pub(crate) async fn append_audit(
         hash: String::new(),
     };
     row.hash = record_hash(&prev, &entry.tenant, &row);
-    sqlx::query(
+    query(
         "INSERT INTO audit_log (tenant_id, seq, at, agent_id, kind, tool, decision, detail, prev_hash, hash) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
@@ -256,18 +250,18 @@ pub(crate) async fn append_audit(
     Ok(())
 }
 
-fn opt_id(row: &AnyRow, column: &str) -> Result<Option<[u8; 16]>> {
+fn opt_id(row: &Row, column: &str) -> Result<Option<[u8; 16]>> {
     let bytes: Option<Vec<u8>> = row.try_get(column)?;
     bytes
         .map(|b| b.try_into().map_err(|_| Error::BadRow(format!("{column} is not a 16-byte id"))))
         .transpose()
 }
 
-fn opt_time(row: &AnyRow, column: &str) -> Result<Option<Timestamp>> {
+fn opt_time(row: &Row, column: &str) -> Result<Option<Timestamp>> {
     Ok(row.try_get::<Option<i64>, _>(column)?.map(Timestamp::from_millis))
 }
 
-fn grant_from_row(row: &AnyRow) -> Result<GrantRow> {
+fn grant_from_row(row: &Row) -> Result<GrantRow> {
     Ok(GrantRow {
         id: GrantId::from_bytes(id_bytes(row, "id")?),
         tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
@@ -284,7 +278,7 @@ fn grant_from_row(row: &AnyRow) -> Result<GrantRow> {
     })
 }
 
-fn approval_from_row(row: &AnyRow) -> Result<ApprovalRow> {
+fn approval_from_row(row: &Row) -> Result<ApprovalRow> {
     let status: String = row.try_get("status")?;
     Ok(ApprovalRow {
         id: ApprovalId::from_bytes(id_bytes(row, "id")?),
@@ -308,7 +302,7 @@ fn approval_from_row(row: &AnyRow) -> Result<ApprovalRow> {
     })
 }
 
-fn audit_from_row(row: &AnyRow) -> Result<AuditRow> {
+fn audit_from_row(row: &Row) -> Result<AuditRow> {
     Ok(AuditRow {
         seq: row.try_get("seq")?,
         at: Timestamp::from_millis(row.try_get("at")?),
@@ -328,8 +322,8 @@ const APPROVAL_COLUMNS: &str = "id, tenant_id, agent_id, call_key, tool, resourc
      arguments_hash, reason, status, session_id, turn_id, created_at, expires_at, decided_at, \
      decided_by, note";
 
-async fn insert_grant(conn: &mut AnyConnection, grant: &GrantRow) -> Result<()> {
-    sqlx::query(
+async fn insert_grant(conn: &mut Tx, grant: &GrantRow) -> Result<()> {
+    query(
         "INSERT INTO grants (id, tenant_id, agent_id, effect, tool, resource, constraints, parent_id, \
          granted_by, created_at, expires_at, revoked_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL)",
@@ -354,8 +348,8 @@ impl Store {
     /// The one row `query` finds, parsed, or the `missing` error.
     async fn one<T>(
         &self,
-        query: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
-        parse: fn(&AnyRow) -> Result<T>,
+        query: Query,
+        parse: fn(&Row) -> Result<T>,
         missing: impl FnOnce() -> Error,
     ) -> Result<T> {
         let row = self.maybe_row(query).await?;
@@ -405,7 +399,7 @@ impl Store {
         let now = self.now();
         self.write(move |conn| {
             Box::pin(async move {
-                let done = sqlx::query(
+                let done = query(
                     "UPDATE grants SET revoked_at = $1 WHERE id = $2 AND tenant_id = $3 AND revoked_at IS NULL",
                 )
                 .bind(now.as_millis())
@@ -413,7 +407,7 @@ impl Store {
                 .bind(tenant.as_bytes().to_vec())
                 .execute(&mut *conn)
                 .await?;
-                if done.rows_affected() == 0 {
+                if done == 0 {
                     return Err(Error::GrantNotFound(id.to_string()));
                 }
                 append_audit(conn, &audit, now).await
@@ -424,11 +418,9 @@ impl Store {
 
     pub async fn grant(&self, tenant: TenantId, id: GrantId) -> Result<GrantRow> {
         self.one(
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {GRANT_COLUMNS} FROM grants WHERE tenant_id = $1 AND id = $2"
-            )))
-            .bind(tenant.as_bytes().to_vec())
-            .bind(id.as_bytes().to_vec()),
+            query(format!("SELECT {GRANT_COLUMNS} FROM grants WHERE tenant_id = $1 AND id = $2"))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(id.as_bytes().to_vec()),
             grant_from_row,
             || Error::GrantNotFound(id.to_string()),
         )
@@ -440,9 +432,9 @@ impl Store {
         let rows = match agent {
             Some(agent) => {
                 self.rows(
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                    query(format!(
                         "SELECT {GRANT_COLUMNS} FROM grants WHERE tenant_id = $1 AND agent_id = $2 ORDER BY id"
-                    )))
+                    ))
                     .bind(tenant.as_bytes().to_vec())
                     .bind(agent.as_bytes().to_vec()),
                 )
@@ -450,9 +442,9 @@ impl Store {
             }
             None => {
                 self.rows(
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                    query(format!(
                         "SELECT {GRANT_COLUMNS} FROM grants WHERE tenant_id = $1 ORDER BY id"
-                    )))
+                    ))
                     .bind(tenant.as_bytes().to_vec()),
                 )
                 .await?
@@ -505,7 +497,7 @@ impl Store {
         let key = approval.call_key.clone();
         self.write(move |conn| {
             Box::pin(async move {
-                let exists = sqlx::query("SELECT id FROM approvals WHERE tenant_id = $1 AND call_key = $2")
+                let exists = query("SELECT id FROM approvals WHERE tenant_id = $1 AND call_key = $2")
                     .bind(approval.tenant.as_bytes().to_vec())
                     .bind(approval.call_key.clone())
                     .fetch_optional(&mut *conn)
@@ -513,7 +505,7 @@ impl Store {
                 if exists.is_some() {
                     return Ok(());
                 }
-                sqlx::query(
+                query(
                     "INSERT INTO approvals (id, tenant_id, agent_id, call_key, tool, resource, arguments, \
                      arguments_hash, reason, status, session_id, turn_id, created_at, expires_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11, $12, $13)",
@@ -548,9 +540,9 @@ impl Store {
 
     pub async fn approval_by_call(&self, tenant: TenantId, call_key: &str) -> Result<ApprovalRow> {
         self.one(
-            sqlx::query(sqlx::AssertSqlSafe(format!(
+            query(format!(
                 "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant_id = $1 AND call_key = $2"
-            )))
+            ))
             .bind(tenant.as_bytes().to_vec())
             .bind(call_key.to_owned()),
             approval_from_row,
@@ -561,9 +553,9 @@ impl Store {
 
     pub async fn approval(&self, tenant: TenantId, id: ApprovalId) -> Result<ApprovalRow> {
         self.one(
-            sqlx::query(sqlx::AssertSqlSafe(format!(
+            query(format!(
                 "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant_id = $1 AND id = $2"
-            )))
+            ))
             .bind(tenant.as_bytes().to_vec())
             .bind(id.as_bytes().to_vec()),
             approval_from_row,
@@ -581,10 +573,10 @@ impl Store {
     ) -> Result<Vec<ApprovalRow>> {
         let rows = self
             .rows(
-                sqlx::query(sqlx::AssertSqlSafe(format!(
+                query(format!(
                     "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant_id = $1 \
                      AND ($2 = '' OR status = $2) ORDER BY id DESC LIMIT $3"
-                )))
+                ))
                 .bind(tenant.as_bytes().to_vec())
                 .bind(status.map(|s| s.as_str()).unwrap_or("").to_owned())
                 .bind(i64::from(limit)),
@@ -606,7 +598,7 @@ impl Store {
         let grant = grant.map(|g| self.grant_row(g));
         self.write(move |conn| {
             Box::pin(async move {
-                let done = sqlx::query(
+                let done = query(
                     "UPDATE approvals SET status = $1, decided_at = $2, decided_by = $3, note = $4 \
                      WHERE tenant_id = $5 AND id = $6 AND status = 'pending'",
                 )
@@ -618,14 +610,13 @@ impl Store {
                 .bind(id.as_bytes().to_vec())
                 .execute(&mut *conn)
                 .await?;
-                if done.rows_affected() == 0 {
-                    let current = sqlx::query(
-                        "SELECT status FROM approvals WHERE tenant_id = $1 AND id = $2",
-                    )
-                    .bind(tenant.as_bytes().to_vec())
-                    .bind(id.as_bytes().to_vec())
-                    .fetch_optional(&mut *conn)
-                    .await?;
+                if done == 0 {
+                    let current =
+                        query("SELECT status FROM approvals WHERE tenant_id = $1 AND id = $2")
+                            .bind(tenant.as_bytes().to_vec())
+                            .bind(id.as_bytes().to_vec())
+                            .fetch_optional(&mut *conn)
+                            .await?;
                     return Err(match current {
                         Some(row) => Error::ApprovalDecided {
                             id: id.to_string(),
@@ -637,7 +628,7 @@ impl Store {
                 if let Some(grant) = &grant {
                     insert_grant(conn, grant).await?;
                 }
-                let placed = sqlx::query(
+                let placed = query(
                     "SELECT session_id, turn_id FROM approvals WHERE tenant_id = $1 AND id = $2",
                 )
                 .bind(tenant.as_bytes().to_vec())
@@ -675,7 +666,7 @@ impl Store {
     ) -> Result<Vec<AuditRow>> {
         let rows = self
             .rows(
-                sqlx::query(
+                query(
                     "SELECT seq, at, agent_id, kind, tool, decision, detail, prev_hash, hash FROM audit_log \
                      WHERE tenant_id = $1 AND seq > $2 AND at >= $3 AND at < $4 \
                      AND ($5 = '' OR tool = $5) AND ($6 = 0 OR agent_id = $7) \

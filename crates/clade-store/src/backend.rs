@@ -127,7 +127,10 @@ fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}?mode=rwc", path.display())
 }
 
-fn session_settings(backend: Backend, durability: Durability) -> &'static [&'static str] {
+pub(crate) fn session_settings(
+    backend: Backend,
+    durability: Durability,
+) -> &'static [&'static str] {
     match (backend, durability) {
         (Backend::Sqlite, Durability::Full) => &[
             "PRAGMA journal_mode = WAL",

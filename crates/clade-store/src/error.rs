@@ -103,11 +103,41 @@ pub enum Error {
     WriterGone,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("stored row is invalid: {0}")]
     BadRow(String),
 }
 
 impl Error {
+    /// Whether a unique or primary-key constraint refused the write (on either driver).
+    pub(crate) fn is_unique_violation(&self) -> bool {
+        match self {
+            Error::Database(sqlx::Error::Database(db)) => {
+                db.kind() == sqlx::error::ErrorKind::UniqueViolation
+            }
+            Error::Sqlite(rusqlite::Error::SqliteFailure(err, _)) => matches!(
+                err.extended_code,
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            ),
+            _ => false,
+        }
+    }
+
+    /// Whether a foreign-key constraint refused the write (on either driver).
+    pub(crate) fn is_foreign_key_violation(&self) -> bool {
+        match self {
+            Error::Database(sqlx::Error::Database(db)) => {
+                db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation
+            }
+            Error::Sqlite(rusqlite::Error::SqliteFailure(err, _)) => {
+                err.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the caller can fix this by changing their request (as opposed to an operator or
     /// infrastructure problem).
     pub fn is_not_found(&self) -> bool {

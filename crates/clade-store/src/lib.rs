@@ -12,6 +12,7 @@ pub mod agents;
 pub mod backend;
 mod crypto;
 pub mod datadir;
+mod db;
 pub mod error;
 mod migrate;
 pub mod secrets;

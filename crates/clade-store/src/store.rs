@@ -14,17 +14,15 @@ use futures::future::BoxFuture;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row};
+use sqlx::AnyPool;
+
+use crate::db::{Query, Readers, Row, Tx, query};
 
 use crate::backend::{self, Backend, Durability, Location, classify};
 use crate::crypto::Sealed;
 use crate::error::{Error, Result};
 use crate::migrate;
-use crate::writer::{WriteStats, Writer};
-
-/// A query on either backend, before it is run.
-pub(crate) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+use crate::writer::{Connect, WriteStats, Writer};
 
 /// How to open a store.
 #[derive(Clone)]
@@ -38,6 +36,7 @@ pub struct StoreOptions {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) pool: AnyPool,
+    readers: Readers,
     writer: Writer,
     backend: Backend,
     shown: Arc<str>,
@@ -123,12 +122,8 @@ pub struct BudgetSettlement {
 }
 
 /// Inserts a usage row inside the caller's transaction.
-pub(crate) async fn insert_usage(
-    conn: &mut AnyConnection,
-    usage: &UsageRecord,
-    now: Timestamp,
-) -> Result<()> {
-    sqlx::query(
+pub(crate) async fn insert_usage(conn: &mut Tx, usage: &UsageRecord, now: Timestamp) -> Result<()> {
+    query(
         "INSERT INTO model_usage (id, tenant_id, agent_id, turn_id, model, input_tokens, output_tokens, \
          cached_tokens, cache_write_tokens, cost_micros, created_at) \
          VALUES ($1, $2, $3, $11, $4, $5, $6, $7, $8, $9, $10)",
@@ -183,17 +178,17 @@ fn decode_config(text: &str) -> Result<AgentConfig> {
     Ok(AgentConfig { template })
 }
 
-pub(crate) fn id_bytes(row: &AnyRow, column: &str) -> Result<[u8; 16]> {
+pub(crate) fn id_bytes(row: &Row, column: &str) -> Result<[u8; 16]> {
     let bytes: Vec<u8> = row.try_get(column)?;
     bytes.try_into().map_err(|_| Error::BadRow(format!("{column} is not a 16-byte id")))
 }
 
-fn handle_column(row: &AnyRow, column: &str) -> Result<Handle> {
+fn handle_column(row: &Row, column: &str) -> Result<Handle> {
     let text: String = row.try_get(column)?;
     Handle::parse(&text).map_err(|e| Error::BadRow(e.to_string()))
 }
 
-fn tenant_from_row(row: &AnyRow) -> Result<Tenant> {
+fn tenant_from_row(row: &Row) -> Result<Tenant> {
     Ok(Tenant {
         id: TenantId::from_bytes(id_bytes(row, "id")?),
         name: handle_column(row, "name")?,
@@ -201,7 +196,7 @@ fn tenant_from_row(row: &AnyRow) -> Result<Tenant> {
     })
 }
 
-fn agent_from_row(row: &AnyRow) -> Result<Agent> {
+fn agent_from_row(row: &Row) -> Result<Agent> {
     let handle = handle_column(row, "handle")?;
     let display_name: Option<String> = row.try_get("display_name")?;
     Ok(Agent {
@@ -214,7 +209,7 @@ fn agent_from_row(row: &AnyRow) -> Result<Agent> {
     })
 }
 
-fn token_from_row(row: &AnyRow) -> Result<TokenInfo> {
+fn token_from_row(row: &Row) -> Result<TokenInfo> {
     Ok(TokenInfo {
         id: TokenId::from_bytes(id_bytes(row, "id")?),
         tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
@@ -226,10 +221,6 @@ fn token_from_row(row: &AnyRow) -> Result<TokenInfo> {
 
 fn hash_token(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
-}
-
-pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }
 
 const AGENT_COLUMNS: &str = "id, tenant_id, handle, display_name, created_at, config";
@@ -244,8 +235,22 @@ impl Store {
         let backend = options.location.backend();
         let pool = backend::connect(&options.location, options.durability).await?;
         migrate::run(&pool, backend, &shown, options.clock.now().as_millis()).await?;
-        let writer = Writer::spawn(pool.clone(), backend, shown.to_string());
-        let store = Self { pool, writer, backend, shown, clock: options.clock };
+        let connect = match &options.location {
+            Location::Sqlite(path) => Connect::Sqlite {
+                path: path.clone(),
+                settings: backend::session_settings(backend, options.durability),
+            },
+            Location::Postgres(_) => Connect::Pool(pool.clone()),
+        };
+        let readers = match &options.location {
+            Location::Sqlite(path) => Readers::Sqlite(Arc::new(crate::db::sqlite::Readers::new(
+                path.clone(),
+                backend::session_settings(backend, options.durability),
+            ))),
+            Location::Postgres(_) => Readers::Pool(pool.clone()),
+        };
+        let writer = Writer::spawn(connect, backend, shown.to_string())?;
+        let store = Self { pool, readers, writer, backend, shown, clock: options.clock };
         store.ensure_tenant(Tenant::DEFAULT_NAME).await?;
         Ok(store)
     }
@@ -279,7 +284,7 @@ impl Store {
         if self.backend != Backend::Sqlite {
             return Ok(());
         }
-        let row = self.row(sqlx::query("PRAGMA quick_check")).await?;
+        let row = self.row(query("PRAGMA quick_check")).await?;
         let verdict: String = row.try_get(0)?;
         if verdict != "ok" {
             return Err(Error::Corrupt { location: self.shown.to_string(), detail: verdict });
@@ -305,29 +310,48 @@ impl Store {
             }
         };
         let row = sqlx::query(query).fetch_one(&self.pool).await.map_err(|e| self.db(e))?;
-        Ok(row.try_get(0)?)
+        Ok(sqlx::Row::try_get(&row, 0)?)
     }
 
     /// Runs a read on the pool; errors are classified for the user.
-    pub(crate) async fn rows(&self, query: AnyQuery<'_>) -> Result<Vec<AnyRow>> {
-        query.fetch_all(&self.pool).await.map_err(|e| self.db(e))
+    pub(crate) async fn rows(&self, query: Query) -> Result<Vec<Row>> {
+        query.fetch_all_read(&self.readers).await.map_err(|e| self.classify(e))
     }
 
-    pub(crate) async fn maybe_row(&self, query: AnyQuery<'_>) -> Result<Option<AnyRow>> {
-        query.fetch_optional(&self.pool).await.map_err(|e| self.db(e))
+    pub(crate) async fn maybe_row(&self, query: Query) -> Result<Option<Row>> {
+        Ok(self.rows(query).await?.into_iter().next())
     }
 
-    pub(crate) async fn row(&self, query: AnyQuery<'_>) -> Result<AnyRow> {
-        query.fetch_one(&self.pool).await.map_err(|e| self.db(e))
+    pub(crate) async fn row(&self, query: Query) -> Result<Row> {
+        self.maybe_row(query).await?.ok_or(Error::Database(sqlx::Error::RowNotFound))
     }
 
     pub(crate) fn db(&self, err: sqlx::Error) -> Error {
         classify(err, &self.shown)
     }
 
+    /// Names a damaged database as such, whichever driver noticed.
+    fn classify(&self, err: Error) -> Error {
+        match err {
+            Error::Database(err) => self.db(err),
+            Error::Sqlite(rusqlite::Error::SqliteFailure(code, detail))
+                if matches!(
+                    code.code,
+                    rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+                ) =>
+            {
+                Error::Corrupt {
+                    location: self.shown.to_string(),
+                    detail: detail.unwrap_or_else(|| code.to_string()),
+                }
+            }
+            other => other,
+        }
+    }
+
     pub(crate) async fn write<T: Send + 'static>(
         &self,
-        f: impl for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+        f: impl for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<T>> + Send + 'static,
     ) -> Result<T> {
         self.writer.write(Box::new(f)).await
     }
@@ -352,17 +376,17 @@ impl Store {
         let row = tenant.clone();
         self.write(move |conn| {
             Box::pin(async move {
-                sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
+                query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
                     .bind(row.id.as_bytes().to_vec())
                     .bind(row.name.to_string())
                     .bind(row.created_at.as_millis())
                     .execute(&mut *conn)
                     .await
                     .map_err(|e| {
-                        if is_unique_violation(&e) {
+                        if e.is_unique_violation() {
                             Error::TenantExists(row.name.to_string())
                         } else {
-                            Error::Database(e)
+                            e
                         }
                     })?;
                 Ok(())
@@ -374,9 +398,7 @@ impl Store {
 
     pub async fn tenant(&self, name: &str) -> Result<Tenant> {
         let row = self
-            .maybe_row(
-                sqlx::query("SELECT id, name, created_at FROM tenants WHERE name = $1").bind(name),
-            )
+            .maybe_row(query("SELECT id, name, created_at FROM tenants WHERE name = $1").bind(name))
             .await?;
         row.as_ref()
             .map(tenant_from_row)
@@ -387,7 +409,7 @@ impl Store {
     pub async fn tenant_by_id(&self, id: TenantId) -> Result<Tenant> {
         let row = self
             .maybe_row(
-                sqlx::query("SELECT id, name, created_at FROM tenants WHERE id = $1")
+                query("SELECT id, name, created_at FROM tenants WHERE id = $1")
                     .bind(id.as_bytes().to_vec()),
             )
             .await?;
@@ -398,9 +420,8 @@ impl Store {
     }
 
     pub async fn tenants(&self) -> Result<Vec<Tenant>> {
-        let rows = self
-            .rows(sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY name"))
-            .await?;
+        let rows =
+            self.rows(query("SELECT id, name, created_at FROM tenants ORDER BY name")).await?;
         rows.iter().map(tenant_from_row).collect()
     }
 
@@ -414,7 +435,7 @@ impl Store {
         self.write(move |conn| {
             Box::pin(async move {
                 let id = tenant.id.as_bytes().to_vec();
-                let rows = sqlx::query("SELECT id FROM agents WHERE tenant_id = $1")
+                let rows = query("SELECT id FROM agents WHERE tenant_id = $1")
                     .bind(id.clone())
                     .fetch_all(&mut *conn)
                     .await?;
@@ -436,7 +457,7 @@ impl Store {
                     "DELETE FROM api_tokens WHERE tenant_id = $1",
                     "DELETE FROM tenants WHERE id = $1",
                 ] {
-                    sqlx::query(table).bind(id.clone()).execute(&mut *conn).await?;
+                    query(table).bind(id.clone()).execute(&mut *conn).await?;
                 }
                 Ok(agents)
             })
@@ -490,9 +511,9 @@ impl Store {
     pub async fn agent(&self, tenant: TenantId, handle: &str) -> Result<Agent> {
         let row = self
             .maybe_row(
-                sqlx::query(AssertSqlSafe(format!(
+                query(format!(
                     "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND handle = $2"
-                )))
+                ))
                 .bind(tenant.as_bytes().to_vec())
                 .bind(handle),
             )
@@ -506,9 +527,9 @@ impl Store {
     pub async fn agent_by_id(&self, tenant: TenantId, id: AgentId) -> Result<Agent> {
         let row = self
             .maybe_row(
-                sqlx::query(AssertSqlSafe(format!(
+                query(format!(
                     "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND id = $2"
-                )))
+                ))
                 .bind(tenant.as_bytes().to_vec())
                 .bind(id.as_bytes().to_vec()),
             )
@@ -528,10 +549,10 @@ impl Store {
     ) -> Result<Vec<Agent>> {
         let rows = self
             .rows(
-                sqlx::query(AssertSqlSafe(format!(
+                query(format!(
                     "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND handle > $2 \
              ORDER BY handle LIMIT $3"
-                )))
+                ))
                 .bind(tenant.as_bytes().to_vec())
                 .bind(after.unwrap_or(""))
                 .bind(i64::from(limit)),
@@ -543,11 +564,11 @@ impl Store {
     pub async fn count_agents(&self, tenant: TenantId) -> Result<i64> {
         let row = self
             .row(
-                sqlx::query("SELECT COUNT(*) FROM agents WHERE tenant_id = $1")
+                query("SELECT COUNT(*) FROM agents WHERE tenant_id = $1")
                     .bind(tenant.as_bytes().to_vec()),
             )
             .await?;
-        Ok(row.try_get(0)?)
+        row.try_get(0)
     }
 
     /// Deletes an agent's row and everything stored under it; returns what was deleted.
@@ -567,13 +588,13 @@ impl Store {
                     "DELETE FROM events WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = $1)",
                     "DELETE FROM sessions WHERE agent_id = $1",
                 ] {
-                    sqlx::query(table).bind(id.clone()).execute(&mut *conn).await?;
+                    query(table).bind(id.clone()).execute(&mut *conn).await?;
                 }
-                let deleted = sqlx::query("DELETE FROM agents WHERE id = $1")
+                let deleted = query("DELETE FROM agents WHERE id = $1")
                     .bind(id)
                     .execute(&mut *conn)
                     .await?;
-                if deleted.rows_affected() == 0 {
+                if deleted == 0 {
                     return Err(Error::AgentNotFound(handle));
                 }
                 Ok(())
@@ -607,7 +628,7 @@ impl Store {
         let hash = hash_token(&secret);
         self.write(move |conn| {
             Box::pin(async move {
-                sqlx::query(
+                query(
                     "INSERT INTO api_tokens (id, tenant_id, name, secret_hash, created_at) \
                      VALUES ($1, $2, $3, $4, $5)",
                 )
@@ -628,7 +649,7 @@ impl Store {
     pub async fn tokens(&self, tenant: TenantId) -> Result<Vec<TokenInfo>> {
         let rows = self
             .rows(
-                sqlx::query(
+                query(
                     "SELECT id, tenant_id, name, created_at, revoked_at FROM api_tokens \
              WHERE tenant_id = $1 ORDER BY created_at, id",
                 )
@@ -642,7 +663,7 @@ impl Store {
         let now = self.now().as_millis();
         self.write(move |conn| {
             Box::pin(async move {
-                let done = sqlx::query(
+                let done = query(
                     "UPDATE api_tokens SET revoked_at = $1 \
                      WHERE id = $2 AND tenant_id = $3 AND revoked_at IS NULL",
                 )
@@ -651,7 +672,7 @@ impl Store {
                 .bind(tenant.as_bytes().to_vec())
                 .execute(&mut *conn)
                 .await?;
-                if done.rows_affected() == 0 {
+                if done == 0 {
                     return Err(Error::TokenNotFound(id.to_string()));
                 }
                 Ok(())
@@ -665,7 +686,7 @@ impl Store {
         if !secret.starts_with(TOKEN_PREFIX) {
             return Err(Error::BadToken);
         }
-        let row = self.maybe_row(sqlx::query(
+        let row = self.maybe_row(query(
             "SELECT t.id, t.name, t.created_at FROM api_tokens k JOIN tenants t ON t.id = k.tenant_id \
              WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
         )
@@ -686,7 +707,7 @@ impl Store {
         self.write(move |conn| {
             Box::pin(async move {
                 let agent = agent.as_bytes().to_vec();
-                let updated = sqlx::query(
+                let updated = query(
                     "UPDATE secrets SET nonce = $1, ciphertext = $2, updated_at = $3 \
                      WHERE agent_id = $4 AND name = $5",
                 )
@@ -697,8 +718,8 @@ impl Store {
                 .bind(name.clone())
                 .execute(&mut *conn)
                 .await?;
-                if updated.rows_affected() == 0 {
-                    sqlx::query(
+                if updated == 0 {
+                    query(
                         "INSERT INTO secrets (agent_id, name, nonce, ciphertext, created_at, updated_at) \
                          VALUES ($1, $2, $3, $4, $5, $5)",
                     )
@@ -717,19 +738,19 @@ impl Store {
     }
 
     pub(crate) async fn sealed(&self, agent: AgentId, name: &SecretName) -> Result<Sealed> {
-        let row =
-            sqlx::query("SELECT nonce, ciphertext FROM secrets WHERE agent_id = $1 AND name = $2")
-                .bind(agent.as_bytes().to_vec())
-                .bind(name.to_string())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| self.db(e))?
-                .ok_or_else(|| Error::SecretNotFound(name.to_string()))?;
+        let row = self
+            .maybe_row(
+                query("SELECT nonce, ciphertext FROM secrets WHERE agent_id = $1 AND name = $2")
+                    .bind(agent.as_bytes().to_vec())
+                    .bind(name.to_string()),
+            )
+            .await?
+            .ok_or_else(|| Error::SecretNotFound(name.to_string()))?;
         Ok(Sealed { nonce: row.try_get("nonce")?, ciphertext: row.try_get("ciphertext")? })
     }
 
     pub async fn secrets(&self, agent: AgentId) -> Result<Vec<SecretInfo>> {
-        let rows = self.rows(sqlx::query(
+        let rows = self.rows(query(
             "SELECT name, created_at, updated_at FROM secrets WHERE agent_id = $1 ORDER BY name",
         )
         .bind(agent.as_bytes().to_vec())).await?;
@@ -749,12 +770,12 @@ impl Store {
         let name = name.to_string();
         self.write(move |conn| {
             Box::pin(async move {
-                let done = sqlx::query("DELETE FROM secrets WHERE agent_id = $1 AND name = $2")
+                let done = query("DELETE FROM secrets WHERE agent_id = $1 AND name = $2")
                     .bind(agent.as_bytes().to_vec())
                     .bind(name.clone())
                     .execute(&mut *conn)
                     .await?;
-                if done.rows_affected() == 0 {
+                if done == 0 {
                     return Err(Error::SecretNotFound(name));
                 }
                 Ok(())
@@ -765,8 +786,8 @@ impl Store {
 
     /// Number of stored secrets across all tenants (to detect a lost master key).
     pub async fn count_secrets(&self) -> Result<i64> {
-        let row = self.row(sqlx::query("SELECT COUNT(*) FROM secrets")).await?;
-        Ok(row.try_get(0)?)
+        let row = self.row(query("SELECT COUNT(*) FROM secrets")).await?;
+        row.try_get(0)
     }
 
     // ---- model usage and budgets ----
@@ -784,7 +805,7 @@ impl Store {
         agent: Option<AgentId>,
         since: Timestamp,
     ) -> Result<Vec<UsageSummary>> {
-        let rows = self.rows(sqlx::query(
+        let rows = self.rows(query(
             "SELECT a.handle AS handle, u.model AS model, COUNT(*) AS calls, CAST(SUM(u.input_tokens) AS BIGINT) AS input, \
              CAST(SUM(u.output_tokens) AS BIGINT) AS output, CAST(SUM(u.cached_tokens) AS BIGINT) AS cached, \
              CAST(SUM(u.cache_write_tokens) AS BIGINT) AS cache_write, CAST(SUM(u.cost_micros) AS BIGINT) AS cost \
@@ -819,7 +840,7 @@ impl Store {
         self.write(move |conn| {
             Box::pin(async move {
                 for c in &counters {
-                    sqlx::query(
+                    query(
                         "INSERT INTO budget_counters (scope, period, unit, spent, reserved) VALUES ($1, $2, $3, 0, 0) \
                          ON CONFLICT (scope, period, unit) DO NOTHING",
                     )
@@ -828,7 +849,7 @@ impl Store {
                     .bind(c.unit.clone())
                     .execute(&mut *conn)
                     .await?;
-                    let done = sqlx::query(
+                    let done = query(
                         "UPDATE budget_counters SET reserved = reserved + $4 \
                          WHERE scope = $1 AND period = $2 AND unit = $3 AND spent + reserved + $4 <= $5",
                     )
@@ -839,7 +860,7 @@ impl Store {
                     .bind(to_i64(c.limit))
                     .execute(&mut *conn)
                     .await?;
-                    if done.rows_affected() == 0 {
+                    if done == 0 {
                         // The savepoint of this write rolls back the counters already raised.
                         return Err(Error::BudgetExceeded(c.label.clone()));
                     }
@@ -855,7 +876,7 @@ impl Store {
         self.write(move |conn| {
             Box::pin(async move {
                 for s in &settlements {
-                    sqlx::query(
+                    query(
                         "UPDATE budget_counters SET reserved = CASE WHEN reserved >= $4 THEN reserved - $4 ELSE 0 END, \
                          spent = spent + $5 WHERE scope = $1 AND period = $2 AND unit = $3",
                     )
@@ -880,7 +901,7 @@ impl Store {
         period: &str,
         unit: &str,
     ) -> Result<(u64, u64)> {
-        let row = self.maybe_row(sqlx::query("SELECT spent, reserved FROM budget_counters WHERE scope = $1 AND period = $2 AND unit = $3")
+        let row = self.maybe_row(query("SELECT spent, reserved FROM budget_counters WHERE scope = $1 AND period = $2 AND unit = $3")
             .bind(scope)
             .bind(period)
             .bind(unit)).await?;
@@ -896,9 +917,8 @@ impl Store {
     // ---- metadata ----
 
     pub async fn meta(&self, key: &str) -> Result<Option<String>> {
-        let row =
-            self.maybe_row(sqlx::query("SELECT value FROM meta WHERE key = $1").bind(key)).await?;
-        Ok(row.map(|r| r.try_get::<String, _>("value")).transpose()?)
+        let row = self.maybe_row(query("SELECT value FROM meta WHERE key = $1").bind(key)).await?;
+        row.map(|r| r.try_get::<String, _>("value")).transpose()
     }
 
     /// Sets `key` to `value`, replacing any previous value.
@@ -906,7 +926,7 @@ impl Store {
         let (key, value) = (key.to_owned(), value.to_owned());
         self.write(move |conn| {
             Box::pin(async move {
-                sqlx::query(
+                query(
                     "INSERT INTO meta (key, value) VALUES ($1, $2) \
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 )
@@ -921,7 +941,7 @@ impl Store {
     }
 }
 
-async fn insert_agents(conn: &mut AnyConnection, agents: &[Agent]) -> Result<()> {
+async fn insert_agents(conn: &mut Tx, agents: &[Agent]) -> Result<()> {
     let mut sql = format!("INSERT INTO agents ({AGENT_COLUMNS}) VALUES ");
     for i in 0..agents.len() {
         let b = i * 6;
@@ -939,7 +959,7 @@ async fn insert_agents(conn: &mut AnyConnection, agents: &[Agent]) -> Result<()>
         ));
     }
     // Only placeholders are interpolated; every value is bound.
-    let mut query = sqlx::query(AssertSqlSafe(sql));
+    let mut query = query(sql);
     for agent in agents {
         // Store no display name when it equals the handle: the common case costs no bytes.
         let display =
@@ -953,7 +973,7 @@ async fn insert_agents(conn: &mut AnyConnection, agents: &[Agent]) -> Result<()>
             .bind(encode_config(&agent.config));
     }
     query.execute(&mut *conn).await.map_err(|e| {
-        if is_unique_violation(&e) {
+        if e.is_unique_violation() {
             // Name the handle when there is only one; in a bulk insert, say which could clash.
             match agents {
                 [one] => Error::HandleTaken(one.handle.clone()),
@@ -962,10 +982,10 @@ async fn insert_agents(conn: &mut AnyConnection, agents: &[Agent]) -> Result<()>
                     agents.len()
                 )),
             }
-        } else if matches!(&e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation) {
+        } else if e.is_foreign_key_violation() {
             Error::TenantNotFound("(deleted while creating the agent)".into())
         } else {
-            Error::Database(e)
+            e
         }
     })?;
     Ok(())

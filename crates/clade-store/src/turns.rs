@@ -5,12 +5,11 @@
 //! steps are journaled so a restart resumes instead of repeating; lifecycle events enter the
 //! outbox in the same transaction as the state change that causes them.
 
+use crate::db::{Row, Tx, query};
 use clade_core::{AgentId, EventId, SessionId, TenantId, Timestamp, TurnId};
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
 
 use crate::error::{Error, Result};
-use crate::store::{Store, UsageRecord, id_bytes, insert_usage, is_unique_violation};
+use crate::store::{Store, UsageRecord, id_bytes, insert_usage};
 
 /// Where an event came from; with tenant and agent it keys the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,14 +126,14 @@ const SESSION_COLUMNS: &str = "id, tenant_id, agent_id, platform, channel, actor
 const TURN_COLUMNS: &str = "id, session_id, tenant_id, agent_id, status, reply, error, model, config_revision, started_at, finished_at";
 const OUTBOX_COLUMNS: &str = "id, event_id, tenant_id, session_id, turn_id, kind, data, created_at";
 
-fn opt_id(row: &AnyRow, column: &str) -> Result<Option<[u8; 16]>> {
+fn opt_id(row: &Row, column: &str) -> Result<Option<[u8; 16]>> {
     let bytes: Option<Vec<u8>> = row.try_get(column)?;
     bytes
         .map(|b| b.try_into().map_err(|_| Error::BadRow(format!("{column} is not a 16-byte id"))))
         .transpose()
 }
 
-fn event_row(row: &AnyRow) -> Result<EventRow> {
+fn event_row(row: &Row) -> Result<EventRow> {
     Ok(EventRow {
         id: EventId::from_bytes(id_bytes(row, "id")?),
         tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
@@ -148,7 +147,7 @@ fn event_row(row: &AnyRow) -> Result<EventRow> {
     })
 }
 
-fn session_row(row: &AnyRow) -> Result<SessionRow> {
+fn session_row(row: &Row) -> Result<SessionRow> {
     Ok(SessionRow {
         id: SessionId::from_bytes(id_bytes(row, "id")?),
         tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
@@ -164,7 +163,7 @@ fn session_row(row: &AnyRow) -> Result<SessionRow> {
     })
 }
 
-fn turn_row(row: &AnyRow) -> Result<TurnRow> {
+fn turn_row(row: &Row) -> Result<TurnRow> {
     Ok(TurnRow {
         id: TurnId::from_bytes(id_bytes(row, "id")?),
         session_id: SessionId::from_bytes(id_bytes(row, "session_id")?),
@@ -180,7 +179,7 @@ fn turn_row(row: &AnyRow) -> Result<TurnRow> {
     })
 }
 
-fn outbox_row(row: &AnyRow) -> Result<OutboxRow> {
+fn outbox_row(row: &Row) -> Result<OutboxRow> {
     Ok(OutboxRow {
         id: row.try_get("id")?,
         event_id: EventId::from_bytes(id_bytes(row, "event_id")?).to_string(),
@@ -199,7 +198,7 @@ fn b(id: &[u8; 16]) -> Vec<u8> {
 
 /// Inserts outbox rows inside the caller's transaction.
 pub(crate) async fn insert_outbox(
-    conn: &mut AnyConnection,
+    conn: &mut Tx,
     now: Timestamp,
     tenant: TenantId,
     session: Option<SessionId>,
@@ -208,10 +207,10 @@ pub(crate) async fn insert_outbox(
 ) -> Result<Vec<OutboxRow>> {
     let mut rows = Vec::with_capacity(events.len());
     for event in events {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = query(format!(
             "INSERT INTO outbox (event_id, tenant_id, session_id, turn_id, kind, data, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {OUTBOX_COLUMNS}"
-        )))
+        ))
         .bind(b(EventId::generate(now).as_bytes()))
         .bind(b(tenant.as_bytes()))
         .bind(session.map(|s| b(s.as_bytes())))
@@ -243,7 +242,7 @@ impl Store {
                 }
                 let s = &event.source;
                 // One round trip: the session, its next position and how many events wait.
-                let session = sqlx::query(
+                let session = query(
                     "SELECT s.id AS id, s.next_seq AS next_seq, (SELECT COUNT(*) FROM events e \
                      WHERE e.session_id = s.id AND e.status IN ('pending', 'running')) AS open \
                      FROM sessions s WHERE s.tenant_id = $1 AND s.agent_id = $2 AND s.platform = $3 \
@@ -264,7 +263,7 @@ impl Store {
                     ),
                     None => {
                         let id = SessionId::generate(now);
-                        sqlx::query(
+                        query(
                             "INSERT INTO sessions (id, tenant_id, agent_id, platform, channel, actor, \
                              last_active_channel, next_seq, created_at, updated_at) \
                              VALUES ($1, $2, $3, $4, $5, $6, $5, 0, $7, $7)",
@@ -284,7 +283,7 @@ impl Store {
                 if open as u64 >= event.max_open_per_session {
                     return Err(Error::SessionBusy { pending: open as u64 });
                 }
-                let inserted = sqlx::query(
+                let inserted = query(
                     "INSERT INTO events (id, tenant_id, session_id, seq, idempotency_key, payload_hash, text, \
                      status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)",
                 )
@@ -300,14 +299,14 @@ impl Store {
                 .await;
                 if let Err(err) = inserted {
                     // Another node took the key first.
-                    if is_unique_violation(&err)
+                    if err.is_unique_violation()
                         && let Some(existing) = find_by_key(conn, event.tenant, &key).await?
                     {
                         return check_duplicate(existing, &event.payload_hash, &key);
                     }
-                    return Err(Error::Database(err));
+                    return Err(err);
                 }
-                sqlx::query(
+                query(
                     "UPDATE sessions SET next_seq = next_seq + 1, last_active_channel = $2, updated_at = $3 \
                      WHERE id = $1",
                 )
@@ -326,9 +325,9 @@ impl Store {
     pub async fn event(&self, tenant: TenantId, id: EventId) -> Result<EventRow> {
         let row = self
             .maybe_row(
-                sqlx::query(sqlx::AssertSqlSafe(format!(
+                query(format!(
                     "SELECT {EVENT_COLUMNS} FROM events WHERE id = $1 AND tenant_id = $2"
-                )))
+                ))
                 .bind(b(id.as_bytes()))
                 .bind(b(tenant.as_bytes())),
             )
@@ -339,10 +338,10 @@ impl Store {
     /// The session's open events, oldest first: those of the running turn if there is one,
     /// else the pending ones (all of them, or only the first unless `all`).
     pub async fn open_events(&self, session: SessionId, all: bool) -> Result<Vec<EventRow>> {
-        let rows = self.rows(sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = self.rows(query(format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 AND status IN ('pending', 'running') \
              ORDER BY seq"
-        )))
+        ))
         .bind(b(session.as_bytes()))).await?;
         let events: Vec<EventRow> = rows.iter().map(event_row).collect::<Result<_>>()?;
         let Some(first) = events.first() else { return Ok(Vec::new()) };
@@ -355,9 +354,9 @@ impl Store {
 
     /// The session's events not yet part of a turn, oldest first.
     pub async fn pending_events(&self, session: SessionId) -> Result<Vec<EventRow>> {
-        let rows = self.rows(sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = self.rows(query(format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 AND status = 'pending' ORDER BY seq"
-        )))
+        ))
         .bind(b(session.as_bytes()))).await?;
         rows.iter().map(event_row).collect()
     }
@@ -365,7 +364,7 @@ impl Store {
     /// Sessions that have open events (to resume at start-up).
     pub async fn sessions_with_open_events(&self) -> Result<Vec<SessionId>> {
         let rows = self
-            .rows(sqlx::query(
+            .rows(query(
                 "SELECT DISTINCT session_id FROM events WHERE status IN ('pending', 'running')",
             ))
             .await?;
@@ -386,13 +385,13 @@ impl Store {
         self.write(move |conn| {
             Box::pin(async move {
                 let first = events.first().ok_or_else(|| Error::InvalidInput("a turn needs an event".into()))?;
-                let existing: Option<Vec<u8>> = sqlx::query("SELECT turn_id FROM events WHERE id = $1")
+                let existing: Option<Vec<u8>> = query("SELECT turn_id FROM events WHERE id = $1")
                     .bind(b(first.as_bytes()))
                     .fetch_one(&mut *conn)
                     .await?
                     .try_get("turn_id")?;
                 if let Some(turn) = existing {
-                    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {TURN_COLUMNS} FROM turns WHERE id = $1")))
+                    let row = query(format!("SELECT {TURN_COLUMNS} FROM turns WHERE id = $1"))
                         .bind(turn)
                         .fetch_one(&mut *conn)
                         .await?;
@@ -411,7 +410,7 @@ impl Store {
                     started_at: now,
                     finished_at: None,
                 };
-                sqlx::query(
+                query(
                     "INSERT INTO turns (id, session_id, tenant_id, agent_id, status, config_revision, started_at) \
                      VALUES ($1, $2, $3, $4, 'running', $5, $6)",
                 )
@@ -424,7 +423,7 @@ impl Store {
                 .execute(&mut *conn)
                 .await?;
                 for event in &events {
-                    sqlx::query("UPDATE events SET status = 'running', turn_id = $1 WHERE id = $2 AND status = 'pending'")
+                    query("UPDATE events SET status = 'running', turn_id = $1 WHERE id = $2 AND status = 'pending'")
                         .bind(b(turn.id.as_bytes()))
                         .bind(b(event.as_bytes()))
                         .execute(&mut *conn)
@@ -468,7 +467,7 @@ impl Store {
                     ),
                     None => ("running".to_owned(), "running", None, None, None, None),
                 };
-                sqlx::query(
+                query(
                     "INSERT INTO turns (id, session_id, tenant_id, agent_id, status, reply, error, model, \
                      config_revision, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
@@ -486,7 +485,7 @@ impl Store {
                 .execute(&mut *conn)
                 .await?;
                 for event in &events {
-                    let taken = sqlx::query(
+                    let taken = query(
                         "UPDATE events SET status = $3, turn_id = $1 WHERE id = $2 AND status = 'pending'",
                     )
                     .bind(b(turn.id.as_bytes()))
@@ -494,7 +493,7 @@ impl Store {
                     .bind(event_status)
                     .execute(&mut *conn)
                     .await?;
-                    if taken.rows_affected() != 1 {
+                    if taken != 1 {
                         return Err(Error::InvalidInput(format!("event {event} is no longer pending")));
                     }
                 }
@@ -519,7 +518,7 @@ impl Store {
         self.write(move |conn| {
             Box::pin(async move {
                 for event in &events {
-                    sqlx::query("UPDATE events SET status = 'running', turn_id = $1 WHERE id = $2 AND status = 'pending'")
+                    query("UPDATE events SET status = 'running', turn_id = $1 WHERE id = $2 AND status = 'pending'")
                         .bind(b(turn.as_bytes()))
                         .bind(b(event.as_bytes()))
                         .execute(&mut *conn)
@@ -533,7 +532,7 @@ impl Store {
 
     /// The turn's journal, in step order of writing.
     pub async fn journal(&self, turn: TurnId) -> Result<Vec<JournalEntry>> {
-        let rows = self.rows(sqlx::query(
+        let rows = self.rows(query(
             "SELECT step, kind, data FROM journal WHERE turn_id = $1 ORDER BY created_at, step",
         )
         .bind(b(turn.as_bytes()))).await?;
@@ -593,7 +592,7 @@ impl Store {
     pub async fn resume_session(&self, tenant: TenantId, session: SessionId) -> Result<u64> {
         self.write(move |conn| {
             Box::pin(async move {
-                let done = sqlx::query(
+                let done = query(
                     "UPDATE events SET status = 'pending', turn_id = NULL WHERE session_id = $1 AND tenant_id = $2 \
                      AND status = 'yielded'",
                 )
@@ -601,7 +600,7 @@ impl Store {
                 .bind(b(tenant.as_bytes()))
                 .execute(&mut *conn)
                 .await?;
-                Ok(done.rows_affected())
+                Ok(done)
             })
         })
         .await
@@ -610,9 +609,9 @@ impl Store {
     pub async fn session(&self, tenant: TenantId, id: SessionId) -> Result<SessionRow> {
         let row = self
             .maybe_row(
-                sqlx::query(sqlx::AssertSqlSafe(format!(
+                query(format!(
                     "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1 AND tenant_id = $2"
-                )))
+                ))
                 .bind(b(id.as_bytes()))
                 .bind(b(tenant.as_bytes())),
             )
@@ -627,10 +626,8 @@ impl Store {
     pub async fn session_any_tenant(&self, id: SessionId) -> Result<SessionRow> {
         let row = self
             .maybe_row(
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
-                )))
-                .bind(b(id.as_bytes())),
+                query(format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
+                    .bind(b(id.as_bytes())),
             )
             .await?;
         row.as_ref()
@@ -646,23 +643,20 @@ impl Store {
         agent: Option<AgentId>,
         limit: u32,
     ) -> Result<Vec<SessionRow>> {
-        let rows = match agent {
-            Some(agent) => sqlx::query(sqlx::AssertSqlSafe(format!(
+        let query = match agent {
+            Some(agent) => query(format!(
                 "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 AND agent_id = $2 ORDER BY updated_at DESC LIMIT $3"
-            )))
+            ))
             .bind(b(tenant.as_bytes()))
             .bind(b(agent.as_bytes()))
             .bind(i64::from(limit)),
-            None => sqlx::query(sqlx::AssertSqlSafe(format!(
+            None => query(format!(
                 "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 ORDER BY updated_at DESC LIMIT $2"
-            )))
+            ))
             .bind(b(tenant.as_bytes()))
             .bind(i64::from(limit)),
-        }
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db(e))?;
-        rows.iter().map(session_row).collect()
+        };
+        self.rows(query).await?.iter().map(session_row).collect()
     }
 
     /// A session's turns, oldest first, each with its events and the usage of its model calls.
@@ -672,22 +666,22 @@ impl Store {
     ) -> Result<Vec<(TurnRow, Vec<EventRow>, TurnUsage)>> {
         let turns = self
             .rows(
-                sqlx::query(sqlx::AssertSqlSafe(format!(
+                query(format!(
                     "SELECT {TURN_COLUMNS} FROM turns WHERE session_id = $1 ORDER BY started_at, id"
-                )))
+                ))
                 .bind(b(session.as_bytes())),
             )
             .await?;
         let events = self
             .rows(
-                sqlx::query(sqlx::AssertSqlSafe(format!(
+                query(format!(
                     "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 ORDER BY seq"
-                )))
+                ))
                 .bind(b(session.as_bytes())),
             )
             .await?;
         let events: Vec<EventRow> = events.iter().map(event_row).collect::<Result<_>>()?;
-        let usage_rows = self.rows(sqlx::query(
+        let usage_rows = self.rows(query(
             "SELECT u.turn_id AS turn_id, CAST(SUM(u.input_tokens + u.cached_tokens + u.cache_write_tokens) AS BIGINT) AS input, \
              CAST(SUM(u.output_tokens) AS BIGINT) AS output, CAST(SUM(u.cost_micros) AS BIGINT) AS cost, COUNT(*) AS calls \
              FROM model_usage u JOIN turns t ON t.id = u.turn_id WHERE t.session_id = $1 GROUP BY u.turn_id",
@@ -726,7 +720,7 @@ impl Store {
         before: TurnId,
         limit: u32,
     ) -> Result<Vec<(String, String)>> {
-        let rows = self.rows(sqlx::query(
+        let rows = self.rows(query(
             "SELECT t.id AS id, t.reply AS reply, e.text AS text FROM turns t JOIN events e ON e.turn_id = t.id \
              WHERE t.id IN (SELECT id FROM turns WHERE session_id = $1 AND status = 'completed' AND id < $2 \
              ORDER BY id DESC LIMIT $3) ORDER BY t.id, e.seq",
@@ -755,10 +749,8 @@ impl Store {
     pub async fn turn(&self, id: TurnId) -> Result<TurnRow> {
         let row = self
             .maybe_row(
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {TURN_COLUMNS} FROM turns WHERE id = $1"
-                )))
-                .bind(b(id.as_bytes())),
+                query(format!("SELECT {TURN_COLUMNS} FROM turns WHERE id = $1"))
+                    .bind(b(id.as_bytes())),
             )
             .await?;
         row.as_ref().map(turn_row).transpose()?.ok_or_else(|| Error::EventNotFound(id.to_string()))
@@ -768,9 +760,9 @@ impl Store {
     pub async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<OutboxRow>> {
         let rows = self
             .rows(
-                sqlx::query(sqlx::AssertSqlSafe(format!(
+                query(format!(
                     "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id > $1 ORDER BY id LIMIT $2"
-                )))
+                ))
                 .bind(after)
                 .bind(i64::from(limit)),
             )
@@ -786,9 +778,9 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<OutboxRow>> {
-        let rows = self.rows(sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = self.rows(query(format!(
             "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE session_id = $1 AND tenant_id = $2 AND id > $3 ORDER BY id LIMIT $4"
-        )))
+        ))
         .bind(b(session.as_bytes()))
         .bind(b(tenant.as_bytes()))
         .bind(after)
@@ -798,12 +790,12 @@ impl Store {
 
     /// `(last delivered outbox id, attempts on the next one)` of a subscriber.
     pub async fn subscriber_cursor(&self, subscriber: &str) -> Result<(i64, i64)> {
-        let row =
-            sqlx::query("SELECT last_id, attempts FROM subscriber_cursors WHERE subscriber = $1")
-                .bind(subscriber)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| self.db(e))?;
+        let row = self
+            .maybe_row(
+                query("SELECT last_id, attempts FROM subscriber_cursors WHERE subscriber = $1")
+                    .bind(subscriber),
+            )
+            .await?;
         Ok(match row {
             Some(row) => (row.try_get("last_id")?, row.try_get("attempts")?),
             None => (0, 0),
@@ -823,7 +815,7 @@ impl Store {
         let subscriber = subscriber.to_owned();
         self.write(move |conn| {
             Box::pin(async move {
-                sqlx::query(
+                query(
                     "INSERT INTO subscriber_cursors (subscriber, last_id, attempts) VALUES ($1, $2, $3) \
                      ON CONFLICT (subscriber) DO UPDATE SET last_id = excluded.last_id, attempts = excluded.attempts",
                 )
@@ -833,7 +825,7 @@ impl Store {
                 .execute(&mut *conn)
                 .await?;
                 if let Some((outbox_id, reason)) = dead {
-                    sqlx::query(
+                    query(
                         "INSERT INTO dead_letters (subscriber, outbox_id, reason, attempts, created_at) \
                          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subscriber, outbox_id) DO NOTHING",
                     )
@@ -852,7 +844,7 @@ impl Store {
     }
 
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
-        let rows = self.rows(sqlx::query("SELECT subscriber, outbox_id, reason, attempts, created_at FROM dead_letters ORDER BY created_at, outbox_id")).await?;
+        let rows = self.rows(query("SELECT subscriber, outbox_id, reason, attempts, created_at FROM dead_letters ORDER BY created_at, outbox_id")).await?;
         rows.iter()
             .map(|r| {
                 Ok(DeadLetter {
@@ -868,12 +860,7 @@ impl Store {
 
     pub async fn outbox_row(&self, id: i64) -> Result<OutboxRow> {
         let row = self
-            .maybe_row(
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = $1"
-                )))
-                .bind(id),
-            )
+            .maybe_row(query(format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = $1")).bind(id))
             .await?;
         row.as_ref()
             .map(outbox_row)
@@ -885,7 +872,7 @@ impl Store {
         let subscriber = subscriber.to_owned();
         self.write(move |conn| {
             Box::pin(async move {
-                sqlx::query("DELETE FROM dead_letters WHERE subscriber = $1 AND outbox_id = $2")
+                query("DELETE FROM dead_letters WHERE subscriber = $1 AND outbox_id = $2")
                     .bind(subscriber)
                     .bind(outbox_id)
                     .execute(&mut *conn)
@@ -901,8 +888,8 @@ impl Store {
         if self.backend() != crate::Backend::Sqlite {
             return Ok("ok".into());
         }
-        let row = self.row(sqlx::query("PRAGMA integrity_check")).await?;
-        Ok(row.try_get(0)?)
+        let row = self.row(query("PRAGMA integrity_check")).await?;
+        row.try_get(0)
     }
 }
 
@@ -928,12 +915,12 @@ pub struct TurnOutcome {
 
 /// Inserts a journal row inside the caller's transaction; `false` if the step existed.
 async fn journal_in(
-    conn: &mut AnyConnection,
+    conn: &mut Tx,
     turn: TurnId,
     entry: JournalEntry,
     now: Timestamp,
 ) -> Result<bool> {
-    let inserted = sqlx::query(
+    let inserted = query(
         "INSERT INTO journal (turn_id, step, kind, data, created_at) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (turn_id, step) DO NOTHING",
     )
@@ -944,13 +931,13 @@ async fn journal_in(
     .bind(now.as_millis())
     .execute(&mut *conn)
     .await?;
-    Ok(inserted.rows_affected() > 0)
+    Ok(inserted > 0)
 }
 
 /// Records a turn's outcome, its events' status and its outbox events inside the caller's
 /// transaction.
 async fn finish_in(
-    conn: &mut AnyConnection,
+    conn: &mut Tx,
     turn: &TurnRow,
     outcome: &TurnOutcome,
     outbox: &[OutboxEvent],
@@ -961,7 +948,7 @@ async fn finish_in(
         "yielded" => "yielded",
         _ => "failed",
     };
-    sqlx::query("UPDATE turns SET status = $2, reply = $3, error = $4, model = $5, finished_at = $6 WHERE id = $1")
+    query("UPDATE turns SET status = $2, reply = $3, error = $4, model = $5, finished_at = $6 WHERE id = $1")
         .bind(b(turn.id.as_bytes()))
         .bind(outcome.status.clone())
         .bind(outcome.reply.clone())
@@ -970,7 +957,7 @@ async fn finish_in(
         .bind(now.as_millis())
         .execute(&mut *conn)
         .await?;
-    sqlx::query("UPDATE events SET status = $2 WHERE turn_id = $1")
+    query("UPDATE events SET status = $2 WHERE turn_id = $1")
         .bind(b(turn.id.as_bytes()))
         .bind(event_status)
         .execute(&mut *conn)
@@ -979,11 +966,11 @@ async fn finish_in(
 }
 
 async fn find_by_key(
-    conn: &mut AnyConnection,
+    conn: &mut Tx,
     tenant: TenantId,
     key: &str,
 ) -> Result<Option<(EventId, SessionId, String)>> {
-    let row = sqlx::query("SELECT id, session_id, payload_hash FROM events WHERE tenant_id = $1 AND idempotency_key = $2")
+    let row = query("SELECT id, session_id, payload_hash FROM events WHERE tenant_id = $1 AND idempotency_key = $2")
         .bind(b(tenant.as_bytes()))
         .bind(key)
         .fetch_optional(&mut *conn)

@@ -7,14 +7,16 @@
 //! its own savepoint, so one failing write (say, a duplicate handle) rolls back alone and the
 //! rest of the batch still commits. Results are released only after the commit returns.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::future::BoxFuture;
-use sqlx::{AnyConnection, AnyPool, Executor};
+use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::{Backend, classify};
+use crate::db::{self, Tx};
 use crate::error::{Error, Result};
 
 /// The largest number of writes folded into one transaction.
@@ -23,12 +25,31 @@ const MAX_BATCH: usize = 512;
 const QUEUE_DEPTH: usize = 4096;
 
 /// One write: a function of a connection already inside a transaction.
-pub(crate) type WriteFn<T> =
-    Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send>;
+pub(crate) type WriteFn<T> = Box<dyn for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<T>> + Send>;
+
+/// Where the writer gets its connection.
+pub(crate) enum Connect {
+    /// A connection of the pool (PostgreSQL), on a tokio task.
+    Pool(AnyPool),
+    /// A connection of its own to this SQLite file, on a thread of its own: every statement
+    /// is then a function call, not a hop to sqlx's worker thread (see [`crate::db`]).
+    Sqlite { path: PathBuf, settings: &'static [&'static str] },
+}
+
+impl Connect {
+    async fn open(&self, shown: &str) -> Result<Tx> {
+        match self {
+            Connect::Pool(pool) => {
+                pool.acquire().await.map(Tx::Sqlx).map_err(|err| classify(err, shown))
+            }
+            Connect::Sqlite { path, settings } => db::sqlite::open(path, settings).map(Tx::Sqlite),
+        }
+    }
+}
 
 trait Job: Send {
     /// Runs the write; returns whether it succeeded (if not, its savepoint is rolled back).
-    fn run<'c>(&'c mut self, conn: &'c mut AnyConnection) -> BoxFuture<'c, bool>;
+    fn run<'c>(&'c mut self, conn: &'c mut Tx) -> BoxFuture<'c, bool>;
     /// Delivers the outcome once the transaction's fate is known.
     fn finish(self: Box<Self>, commit: Result<(), String>);
 }
@@ -40,7 +61,7 @@ struct Op<T> {
 }
 
 impl<T: Send + 'static> Job for Op<T> {
-    fn run<'c>(&'c mut self, conn: &'c mut AnyConnection) -> BoxFuture<'c, bool> {
+    fn run<'c>(&'c mut self, conn: &'c mut Tx) -> BoxFuture<'c, bool> {
         Box::pin(async move {
             let Some(write) = self.write.take() else { return false };
             let outcome = write(conn).await;
@@ -89,11 +110,30 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn spawn(pool: AnyPool, backend: Backend, shown: String) -> Self {
+    pub(crate) fn spawn(connect: Connect, backend: Backend, shown: String) -> Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let counters = Arc::new(Counters::default());
-        tokio::spawn(run(pool, backend, shown, rx, counters.clone()));
-        Self { tx, counters }
+        let writer = Self { tx, counters: counters.clone() };
+        match connect {
+            Connect::Pool(_) => {
+                tokio::spawn(run(connect, backend, shown, rx, counters));
+            }
+            Connect::Sqlite { .. } => {
+                // The batch futures never wait on anything but this thread's own connection,
+                // so a plain executor drives them; the thread ends when the last handle drops.
+                std::thread::Builder::new()
+                    .name("clade-sqlite-writer".into())
+                    .spawn(move || {
+                        futures::executor::block_on(run(connect, backend, shown, rx, counters))
+                    })
+                    .map_err(|source| Error::Io {
+                        action: "start the writer thread for",
+                        path: PathBuf::from("the store"),
+                        source,
+                    })?;
+            }
+        }
+        Ok(writer)
     }
 
     pub(crate) fn stats(&self) -> WriteStats {
@@ -114,7 +154,7 @@ impl Writer {
 }
 
 async fn run(
-    pool: AnyPool,
+    connect: Connect,
     backend: Backend,
     shown: String,
     mut rx: mpsc::Receiver<Box<dyn Job>>,
@@ -123,13 +163,13 @@ async fn run(
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     // The writer keeps one connection for itself, so it never queues behind readers; a batch
     // that fails drops it and the next batch starts on a fresh one.
-    let mut held: Option<sqlx::pool::PoolConnection<sqlx::Any>> = None;
+    let mut held: Option<Tx> = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         #[allow(clippy::disallowed_methods)] // Utilisation metric, not wall-clock time.
         let started = std::time::Instant::now();
         let conn = match held.take() {
             Some(conn) => Ok(conn),
-            None => pool.acquire().await.map_err(|err| classify(err, &shown)),
+            None => connect.open(&shown).await,
         };
         let commit = match conn {
             Ok(mut conn) => {
@@ -156,37 +196,32 @@ async fn run(
     }
 }
 
-async fn run_batch(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    batch: &mut [Box<dyn Job>],
-) -> Result<()> {
+async fn run_batch(conn: &mut Tx, backend: Backend, batch: &mut [Box<dyn Job>]) -> Result<()> {
     let begin = match backend {
         // Take the write lock up front so a concurrent reader cannot make us fail to upgrade.
         Backend::Sqlite => "BEGIN IMMEDIATE",
         Backend::Postgres => "BEGIN",
     };
-    conn.execute(begin).await?;
+    conn.batch(begin).await?;
     let result = async {
         for job in batch.iter_mut() {
-            conn.execute("SAVEPOINT write").await?;
+            conn.batch("SAVEPOINT write").await?;
             if !job.run(conn).await {
-                conn.execute("ROLLBACK TO SAVEPOINT write").await?;
-                conn.execute("RELEASE SAVEPOINT write").await?;
+                conn.batch("ROLLBACK TO SAVEPOINT write").await?;
+                conn.batch("RELEASE SAVEPOINT write").await?;
             } else if backend == Backend::Postgres {
                 // PostgreSQL slows down past 64 open subtransactions; SQLite's savepoints are
                 // cheap to leave open (COMMIT releases them all), saving a round trip per write.
-                conn.execute("RELEASE SAVEPOINT write").await?;
+                conn.batch("RELEASE SAVEPOINT write").await?;
             }
         }
-        conn.execute("COMMIT").await?;
-        Ok::<_, sqlx::Error>(())
+        conn.batch("COMMIT").await
     }
     .await;
     if let Err(err) = result {
-        // Best effort: the connection may be broken, in which case the pool discards it.
-        let _ = conn.execute("ROLLBACK").await;
-        return Err(Error::Database(err));
+        // Best effort: the connection may be broken, in which case it is dropped.
+        let _ = conn.batch("ROLLBACK").await;
+        return Err(err);
     }
     Ok(())
 }

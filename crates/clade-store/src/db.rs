@@ -1,0 +1,371 @@
+//! Statements written once for both backends: built with [`query`], run on the sqlx pool
+//! (reads), on the PostgreSQL writer's sqlx connection, or on the SQLite writer's own
+//! rusqlite connection.
+//!
+//! Why a second driver for SQLite writes: sqlx's SQLite driver runs every statement on a
+//! worker thread and hands the result back, about 70 µs per statement here, mostly two context
+//! switches. The group-commit writer runs a turn's ~14 statements one after another, so those
+//! hops capped the whole engine near 1,000 turns/s however many sessions shared a commit. The
+//! SQLite writer therefore owns a rusqlite connection on its own thread and runs a batch there
+//! with plain function calls and cached prepared statements. rusqlite links the same
+//! `libsqlite3-sys` as sqlx (Cargo would refuse two), so the binary holds one SQLite.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Executor, Row as _};
+
+use crate::error::{Error, Result};
+
+/// A bound parameter. Nulls carry their type, which PostgreSQL needs to plan the statement.
+#[derive(Debug, Clone)]
+pub(crate) enum Value {
+    Int(Option<i64>),
+    Real(Option<f64>),
+    Text(Option<String>),
+    Blob(Option<Vec<u8>>),
+}
+
+macro_rules! value_from {
+    ($variant:ident: $($ty:ty => $conv:expr),* $(,)?) => {$(
+        impl From<$ty> for Value {
+            fn from(v: $ty) -> Self {
+                Value::$variant(Some($conv(v)))
+            }
+        }
+        impl From<Option<$ty>> for Value {
+            fn from(v: Option<$ty>) -> Self {
+                Value::$variant(v.map($conv))
+            }
+        }
+    )*};
+}
+value_from!(Int: i64 => |v| v, i32 => i64::from, u32 => i64::from, bool => i64::from);
+value_from!(Real: f64 => |v| v);
+value_from!(Text: String => |v| v, &str => str::to_owned, &String => String::clone);
+value_from!(Blob: Vec<u8> => |v| v, &[u8] => <[u8]>::to_vec);
+
+/// A statement with its parameters, not yet run. `$1`, `$2`, … name the parameters on both
+/// backends.
+#[must_use = "a query does nothing until it is run"]
+pub(crate) struct Query {
+    sql: Cow<'static, str>,
+    args: Vec<Value>,
+}
+
+/// Starts a statement; bind its parameters in `$n` order.
+pub(crate) fn query(sql: impl Into<Cow<'static, str>>) -> Query {
+    Query { sql: sql.into(), args: Vec::new() }
+}
+
+/// The connection a write runs on, inside the writer's transaction.
+pub(crate) enum Tx {
+    Sqlx(sqlx::pool::PoolConnection<sqlx::Any>),
+    Sqlite(rusqlite::Connection),
+}
+
+impl Tx {
+    /// Runs statements without parameters (transaction control).
+    pub(crate) async fn batch(&mut self, sql: &str) -> Result<()> {
+        match self {
+            Tx::Sqlx(conn) => {
+                conn.execute(sqlx::AssertSqlSafe(sql.to_owned())).await?;
+            }
+            Tx::Sqlite(conn) => conn.execute_batch(sql)?,
+        }
+        Ok(())
+    }
+}
+
+impl Query {
+    pub(crate) fn bind(mut self, value: impl Into<Value>) -> Self {
+        self.args.push(value.into());
+        self
+    }
+
+    fn into_sqlx(self) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql.into_owned()));
+        for arg in self.args {
+            q = match arg {
+                Value::Int(v) => q.bind(v),
+                Value::Real(v) => q.bind(v),
+                Value::Text(v) => q.bind(v),
+                Value::Blob(v) => q.bind(v),
+            };
+        }
+        q
+    }
+
+    /// Runs a statement that returns no rows; the number of rows it changed.
+    pub(crate) async fn execute(self, tx: &mut Tx) -> Result<u64> {
+        match tx {
+            Tx::Sqlx(conn) => Ok(self.into_sqlx().execute(&mut **conn).await?.rows_affected()),
+            Tx::Sqlite(conn) => sqlite::execute(conn, &self.sql, &self.args),
+        }
+    }
+
+    pub(crate) async fn fetch_all(self, tx: &mut Tx) -> Result<Vec<Row>> {
+        match tx {
+            Tx::Sqlx(conn) => {
+                let rows = self.into_sqlx().fetch_all(&mut **conn).await?;
+                Ok(rows.into_iter().map(Row::Any).collect())
+            }
+            Tx::Sqlite(conn) => sqlite::rows(conn, &self.sql, &self.args),
+        }
+    }
+
+    pub(crate) async fn fetch_optional(self, tx: &mut Tx) -> Result<Option<Row>> {
+        match tx {
+            Tx::Sqlx(conn) => Ok(self.into_sqlx().fetch_optional(&mut **conn).await?.map(Row::Any)),
+            // Every row is stepped through, so an `INSERT … RETURNING` always runs to the end.
+            Tx::Sqlite(conn) => Ok(sqlite::rows(conn, &self.sql, &self.args)?.into_iter().next()),
+        }
+    }
+
+    pub(crate) async fn fetch_one(self, tx: &mut Tx) -> Result<Row> {
+        self.fetch_optional(tx).await?.ok_or(Error::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// Runs a read on the SQLite readers (inline) or else on the pool.
+    pub(crate) async fn fetch_all_read(self, readers: &Readers) -> Result<Vec<Row>> {
+        match readers {
+            Readers::Sqlite(readers) => readers.rows(&self.sql, &self.args),
+            Readers::Pool(pool) => {
+                let rows = self.into_sqlx().fetch_all(pool).await?;
+                Ok(rows.into_iter().map(Row::Any).collect())
+            }
+        }
+    }
+}
+
+/// Where reads run.
+#[derive(Clone)]
+pub(crate) enum Readers {
+    /// The sqlx pool (PostgreSQL): a read is a round trip anyway.
+    Pool(AnyPool),
+    /// SQLite connections used on the calling thread. A point read on cached pages takes a
+    /// few microseconds, far less than handing it to a worker thread and back.
+    Sqlite(Arc<sqlite::Readers>),
+}
+
+/// A result row from either driver.
+pub(crate) enum Row {
+    Any(AnyRow),
+    Sqlite { columns: Arc<[String]>, values: Vec<rusqlite::types::Value> },
+}
+
+impl Row {
+    /// The value of a column, by name or position.
+    pub(crate) fn try_get<T: Column, I: Index>(&self, index: I) -> Result<T> {
+        match self {
+            Row::Any(row) => Ok(row.try_get::<T, I>(index)?),
+            Row::Sqlite { columns, values } => {
+                let value = index
+                    .position(columns)
+                    .and_then(|i| values.get(i))
+                    .ok_or_else(|| Error::BadRow(format!("no column {index}")))?;
+                T::from_sqlite(value).ok_or_else(|| {
+                    Error::BadRow(format!(
+                        "column {index} holds {:?}, not a {}",
+                        value.data_type(),
+                        std::any::type_name::<T>()
+                    ))
+                })
+            }
+        }
+    }
+}
+
+/// A column index: a name or a position.
+pub(crate) trait Index: sqlx::ColumnIndex<AnyRow> + std::fmt::Display + Copy {
+    fn position(self, columns: &[String]) -> Option<usize>;
+}
+
+impl Index for &str {
+    fn position(self, columns: &[String]) -> Option<usize> {
+        columns.iter().position(|c| c == self)
+    }
+}
+
+impl Index for usize {
+    fn position(self, _: &[String]) -> Option<usize> {
+        Some(self)
+    }
+}
+
+/// A Rust type a column can be read as.
+pub(crate) trait Column:
+    Sized + for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>
+{
+    fn from_sqlite(value: &rusqlite::types::Value) -> Option<Self>;
+}
+
+use rusqlite::types::Value as Lite;
+
+impl Column for i64 {
+    fn from_sqlite(value: &Lite) -> Option<Self> {
+        match value {
+            Lite::Integer(n) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+impl Column for i32 {
+    fn from_sqlite(value: &Lite) -> Option<Self> {
+        i64::from_sqlite(value).and_then(|n| i32::try_from(n).ok())
+    }
+}
+
+impl Column for bool {
+    fn from_sqlite(value: &Lite) -> Option<Self> {
+        i64::from_sqlite(value).map(|n| n != 0)
+    }
+}
+
+impl Column for f64 {
+    fn from_sqlite(value: &Lite) -> Option<Self> {
+        match value {
+            Lite::Real(x) => Some(*x),
+            Lite::Integer(n) => Some(*n as f64),
+            _ => None,
+        }
+    }
+}
+
+impl Column for String {
+    fn from_sqlite(value: &Lite) -> Option<Self> {
+        match value {
+            Lite::Text(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl Column for Vec<u8> {
+    fn from_sqlite(value: &Lite) -> Option<Self> {
+        match value {
+            Lite::Blob(b) => Some(b.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl<T: Column> Column for Option<T> {
+    fn from_sqlite(value: &Lite) -> Option<Self> {
+        match value {
+            Lite::Null => Some(None),
+            other => T::from_sqlite(other).map(Some),
+        }
+    }
+}
+
+/// The SQLite writer's side: synchronous calls on its own connection.
+pub(crate) mod sqlite {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use rusqlite::types::Value as Lite;
+    use rusqlite::{Connection, OpenFlags, Statement};
+
+    use super::{Row, Value};
+    use crate::error::{Error, Result};
+
+    /// Opens the writer's connection with the same settings as the pool's.
+    pub(crate) fn open(path: &Path, settings: &[&str]) -> Result<Connection> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        // Enough for every statement the store writes, so none is prepared twice.
+        conn.set_prepared_statement_cache_capacity(256);
+        // A batch of hundreds of writes keeps a savepoint per write; their journal stays in
+        // memory instead of spilling to a temporary file, and the pages it touches stay cached.
+        let writer_settings = ["PRAGMA temp_store = MEMORY", "PRAGMA cache_size = -65536"];
+        for statement in settings.iter().chain(&writer_settings) {
+            // Some pragmas answer with a row; their value is checked on the pool.
+            conn.query_row(statement, [], |_| Ok(())).or_else(|err| match err {
+                rusqlite::Error::QueryReturnedNoRows => Ok(()),
+                err => Err(err),
+            })?;
+        }
+        Ok(conn)
+    }
+
+    /// Idle read connections to one SQLite file, opened on demand.
+    pub(crate) struct Readers {
+        path: std::path::PathBuf,
+        settings: &'static [&'static str],
+        idle: std::sync::Mutex<Vec<Connection>>,
+    }
+
+    /// Idle connections kept beyond this are closed.
+    const MAX_IDLE_READERS: usize = 8;
+
+    impl Readers {
+        pub(crate) fn new(path: std::path::PathBuf, settings: &'static [&'static str]) -> Self {
+            Self { path, settings, idle: std::sync::Mutex::new(Vec::new()) }
+        }
+
+        pub(crate) fn rows(&self, sql: &str, args: &[Value]) -> Result<Vec<Row>> {
+            let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let conn = match taken {
+                Some(conn) => conn,
+                None => {
+                    let conn = open(&self.path, self.settings)?;
+                    // Reads only: a write that strays here fails instead of bypassing the writer.
+                    conn.execute_batch("PRAGMA query_only = ON")?;
+                    conn
+                }
+            };
+            let result = rows(&conn, sql, args);
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+            result
+        }
+    }
+
+    /// Binds `$n` parameters by their number, like sqlx does, whatever order they appear in.
+    fn bind(stmt: &mut Statement<'_>, args: &[Value]) -> Result<()> {
+        for index in 1..=stmt.parameter_count() {
+            let name = stmt.parameter_name(index).unwrap_or_default();
+            let arg = name
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|n| args.get(n.checked_sub(1)?))
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!("statement parameter {name:?} has no bound value"))
+                })?;
+            match arg {
+                Value::Int(v) => stmt.raw_bind_parameter(index, v)?,
+                Value::Real(v) => stmt.raw_bind_parameter(index, v)?,
+                Value::Text(v) => stmt.raw_bind_parameter(index, v)?,
+                Value::Blob(v) => stmt.raw_bind_parameter(index, v)?,
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn execute(conn: &Connection, sql: &str, args: &[Value]) -> Result<u64> {
+        let mut stmt = conn.prepare_cached(sql)?;
+        bind(&mut stmt, args)?;
+        Ok(stmt.raw_execute()? as u64)
+    }
+
+    pub(crate) fn rows(conn: &Connection, sql: &str, args: &[Value]) -> Result<Vec<Row>> {
+        let mut stmt = conn.prepare_cached(sql)?;
+        bind(&mut stmt, args)?;
+        let columns: Arc<[String]> = stmt.column_names().into_iter().map(str::to_owned).collect();
+        let width = columns.len();
+        let mut rows = stmt.raw_query();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let values = (0..width).map(|i| row.get::<_, Lite>(i)).collect::<Result<_, _>>()?;
+            out.push(Row::Sqlite { columns: columns.clone(), values });
+        }
+        Ok(out)
+    }
+}
