@@ -429,5 +429,10 @@ pub(crate) enum BenchCommand {
         /// Durability settings to measure, comma-separated
         #[arg(long, default_value = "full,normal", value_delimiter = ',')]
         durability: Vec<String>,
+        /// Open loop: offer this many turns per second in all (spread over the sessions) and
+        /// report the latency each turn adds; without it, each session waits for its turn
+        /// (closed loop), which measures capacity
+        #[arg(long)]
+        rate: Option<f64>,
     },
 }

@@ -1,5 +1,10 @@
-//! `clade bench turns`: the turn engine against the offline model at 0 ms, closed loop: each
-//! session sends its next message when the previous turn has finished.
+//! `clade bench turns`: the turn engine against the offline model at 0 ms.
+//!
+//! Closed loop (the default) measures capacity: each session sends its next message when the
+//! previous turn has finished, so latency there is mostly queueing (sessions ÷ throughput).
+//! Open loop (`--rate`) measures the latency a turn adds at a given load: messages are sent on
+//! a fixed schedule whether or not earlier turns have finished, and each latency counts from
+//! the scheduled send time, so a stall shows up in the figures instead of slowing the sender.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,11 +39,21 @@ pub(super) async fn run(
     sessions: &[usize],
     total: usize,
     durabilities: &[String],
+    rate: Option<f64>,
 ) -> Result<()> {
     if total == 0 || sessions.contains(&0) {
         bail!("--turns and every --sessions value must be at least 1");
     }
-    println!("bench turns: offline model (0 ms), {total} turns per row, closed loop");
+    if let Some(rate) = rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        bail!("--rate must be a positive number of turns per second, not {rate}");
+    }
+    let mode = match rate {
+        Some(rate) => format!("open loop at {rate} turns/s offered"),
+        None => "closed loop".to_owned(),
+    };
+    println!("bench turns: offline model (0 ms), {total} turns per row, {mode}");
     println!(
         "{:<10} {:>9} {:>10} {:>12} {:>12} {:>14} {:>12} {:>16} {:>14}",
         "durability",
@@ -63,7 +78,7 @@ pub(super) async fn run(
                 .root()
                 .join("bench-turns")
                 .join(format!("{durability}-{n}-{}", ctx.store.now().as_millis()));
-            let row = measure(&dir, level, n, total).await;
+            let row = measure(&dir, level, n, total, rate).await;
             let _ = std::fs::remove_dir_all(&dir);
             let row = row?;
             println!(
@@ -105,6 +120,7 @@ async fn measure(
     durability: Durability,
     sessions: usize,
     total: usize,
+    rate: Option<f64>,
 ) -> Result<Row> {
     let data = DataDir::open(dir)?;
     let store = Store::open(StoreOptions {
@@ -155,35 +171,35 @@ async fn measure(
         let (engine, tenant, peak) = (engine.clone(), tenant.clone(), peak_rss.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_session);
+            let mut in_flight = Vec::new();
             for i in 0..per_session {
-                let t = now();
-                let accepted = engine
-                    .submit(Envelope {
-                        tenant: tenant.clone(),
-                        agent: Some("bench".into()),
-                        text: format!("message {i}"),
-                        source: Source {
-                            platform: "bench".into(),
-                            channel: format!("c{s}"),
-                            actor: "a".into(),
-                        },
-                        idempotency_key: None,
-                    })
-                    .await?;
-                engine
-                    .wait(
-                        tenant.id,
-                        accepted.event_id,
-                        accepted.session_id,
-                        Duration::from_secs(60),
-                    )
-                    .await?;
-                latencies.push(t.elapsed());
+                let Some(rate) = rate else {
+                    let t = now();
+                    one_turn(&engine, &tenant, s, i).await?;
+                    latencies.push(t.elapsed());
+                    if i == per_session / 2 {
+                        peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
+                    }
+                    continue;
+                };
+                // Sends are spread evenly: message i of session s is number i·sessions + s.
+                let offset = (i * sessions + s) as f64 / rate;
+                let scheduled =
+                    tokio::time::Instant::from_std(started) + Duration::from_secs_f64(offset);
+                tokio::time::sleep_until(scheduled).await;
+                let (engine, tenant) = (engine.clone(), tenant.clone());
+                in_flight.push(tokio::spawn(async move {
+                    one_turn(&engine, &tenant, s, i).await?;
+                    Ok::<_, anyhow::Error>(scheduled.elapsed())
+                }));
                 if i == per_session / 2 {
                     peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
                 }
             }
-            Ok::<_, clade_runtime::engine::Error>(latencies)
+            for turn in in_flight {
+                latencies.push(turn.await??);
+            }
+            Ok::<_, anyhow::Error>(latencies)
         }));
     }
     let mut latencies = Vec::new();
@@ -215,4 +231,23 @@ async fn measure(
         commits_per_turn: commits as f64 / turns as f64,
         rss_per_session_kib: rss_growth as f64 / sessions as f64,
     })
+}
+
+/// Sends message `i` of session `s` and waits for its turn to end.
+async fn one_turn(engine: &Engine, tenant: &clade_core::Tenant, s: usize, i: usize) -> Result<()> {
+    let accepted = engine
+        .submit(Envelope {
+            tenant: tenant.clone(),
+            agent: Some("bench".into()),
+            text: format!("message {i}"),
+            source: Source {
+                platform: "bench".into(),
+                channel: format!("c{s}"),
+                actor: "a".into(),
+            },
+            idempotency_key: None,
+        })
+        .await?;
+    engine.wait(tenant.id, accepted.event_id, accepted.session_id, Duration::from_secs(60)).await?;
+    Ok(())
 }
