@@ -143,28 +143,65 @@ pub(crate) async fn stream(
     let live = state.engine.hub().subscribe(session.id);
     let replay = state.store.session_outbox(tenant.id, session.id, after, 10_000).await?;
     let last_replayed = replay.last().map_or(after, |r| r.id);
-    let replayed = stream::iter(replay.into_iter().map(|row| {
-        let data = serde_json::from_str::<serde_json::Value>(&row.data).unwrap_or_default();
-        Ok(Event::default().id(row.id.to_string()).event(row.kind).data(data.to_string()))
-    }));
-    let live = stream::unfold((live, last_replayed), |(mut rx, last)| async move {
-        loop {
-            match rx.recv().await {
-                Ok(LiveEvent { id: Some(id), .. }) if id <= last => continue,
-                Ok(event) => {
-                    let last = event.id.unwrap_or(last);
-                    let mut sse = Event::default().event(event.kind).data(event.data.to_string());
-                    if let Some(id) = event.id {
-                        sse = sse.id(id.to_string());
-                    }
-                    return Some((Ok(sse), (rx, last)));
+    let replayed = stream::iter(replay.into_iter().map(|row| Ok(outbox_event(row))));
+    let lagged = Lagged { store: state.store.clone(), tenant: tenant.id, session: session.id };
+    let start = (live, last_replayed, std::collections::VecDeque::new());
+    let live = stream::unfold(start, move |(mut rx, mut last, mut missed)| {
+        let lagged = lagged.clone();
+        async move {
+            loop {
+                if let Some(event) = missed.pop_front() {
+                    return Some((Ok(event), (rx, last, missed)));
                 }
-                // A slow reader missed deltas; lifecycle events can be re-read with Last-Event-ID.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                match rx.recv().await {
+                    Ok(LiveEvent { id: Some(id), .. }) if id <= last => continue,
+                    Ok(event) => {
+                        let last = event.id.unwrap_or(last);
+                        let mut sse =
+                            Event::default().event(event.kind).data(event.data.to_string());
+                        if let Some(id) = event.id {
+                            sse = sse.id(id.to_string());
+                        }
+                        return Some((Ok(sse), (rx, last, missed)));
+                    }
+                    // A slow reader missed events: text deltas are gone, but lifecycle events
+                    // are re-read from the outbox, so none is ever skipped.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let rows = lagged.outbox_after(last).await;
+                        last = rows.last().map_or(last, |r| r.id);
+                        missed.extend(rows.into_iter().map(outbox_event));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
             }
         }
     });
     Ok(Sse::new(replayed.chain(live))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// A stored lifecycle event as an SSE event (its outbox id is the `Last-Event-ID`).
+fn outbox_event(row: clade_store::OutboxRow) -> Event {
+    let data = serde_json::from_str::<serde_json::Value>(&row.data).unwrap_or_default();
+    Event::default().id(row.id.to_string()).event(row.kind).data(data.to_string())
+}
+
+/// What a lagging stream needs to catch up from the outbox.
+#[derive(Clone)]
+struct Lagged {
+    store: clade_store::Store,
+    tenant: clade_core::TenantId,
+    session: clade_core::SessionId,
+}
+
+impl Lagged {
+    async fn outbox_after(&self, after: i64) -> Vec<clade_store::OutboxRow> {
+        match self.store.session_outbox(self.tenant, self.session, after, 10_000).await {
+            Ok(rows) => rows,
+            Err(err) => {
+                tracing::warn!(session = %self.session, error = %err, "cannot re-read missed events");
+                Vec::new()
+            }
+        }
+    }
 }

@@ -237,8 +237,17 @@ impl Engine {
             if remaining.is_zero() {
                 return Ok(None);
             }
-            // Any lifecycle event may be ours; re-check the store on each (and every second).
-            let _ = tokio::time::timeout(remaining.min(Duration::from_secs(1)), live.recv()).await;
+            // Only the end of a turn can change the answer: re-check the store then (or when
+            // events were missed, or every second), not on every delta.
+            let turn_ended = async {
+                loop {
+                    match live.recv().await {
+                        Ok(event) if !TURN_END_KINDS.contains(&event.kind.as_str()) => continue,
+                        _ => return,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(remaining.min(Duration::from_secs(1)), turn_ended).await;
         }
     }
 
@@ -647,6 +656,9 @@ async fn journal_step(
 }
 
 /// A turn's outcome and the lifecycle event that announces it.
+/// The lifecycle events that end a turn.
+const TURN_END_KINDS: [&str; 3] = ["turn.finished", "turn.yielded", "turn.failed"];
+
 fn outcome_of(
     turn: &TurnRow,
     status: &str,

@@ -19,7 +19,13 @@ pub struct LiveEvent {
     pub data: Value,
 }
 
-const CAPACITY: usize = 1024;
+/// Events a session subscriber may fall behind by before it misses some. Small, because every
+/// watched session holds one such buffer (a 1,024-slot one was ~110 KiB per waiting client);
+/// a subscriber that lags loses only text deltas, since lifecycle events can be re-read from
+/// the outbox.
+const SESSION_CAPACITY: usize = 64;
+/// The same for a subscriber to all of an agent's sessions, which sees far more traffic.
+const AGENT_CAPACITY: usize = 1024;
 
 /// Channels per session and per agent, created when someone subscribes and dropped when the
 /// last subscriber has gone, so idle sessions cost nothing.
@@ -32,9 +38,10 @@ pub struct Hub {
 fn subscribe<K: std::hash::Hash + Eq>(
     map: &Mutex<HashMap<K, broadcast::Sender<LiveEvent>>>,
     key: K,
+    capacity: usize,
 ) -> broadcast::Receiver<LiveEvent> {
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-    map.entry(key).or_insert_with(|| broadcast::channel(CAPACITY).0).subscribe()
+    map.entry(key).or_insert_with(|| broadcast::channel(capacity).0).subscribe()
 }
 
 fn send<K: std::hash::Hash + Eq>(
@@ -53,12 +60,12 @@ fn send<K: std::hash::Hash + Eq>(
 impl Hub {
     /// Live events of one session.
     pub fn subscribe(&self, session: SessionId) -> broadcast::Receiver<LiveEvent> {
-        subscribe(&self.sessions, session)
+        subscribe(&self.sessions, session, SESSION_CAPACITY)
     }
 
     /// Live events of every session of one agent.
     pub fn subscribe_agent(&self, agent: AgentId) -> broadcast::Receiver<LiveEvent> {
-        subscribe(&self.agents, agent)
+        subscribe(&self.agents, agent, AGENT_CAPACITY)
     }
 
     pub fn publish(&self, agent: AgentId, event: LiveEvent) {
