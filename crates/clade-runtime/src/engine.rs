@@ -301,18 +301,14 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receive
     // Session, tenant and agent are read once per stay in memory: an agent's changed settings
     // apply from its next activation (after `idle_secs` without messages).
     let mut context: Option<Arc<TurnContext>> = None;
+    // Whether the store may hold open events this actor has not seen. Every event is committed
+    // before its wake-up is sent, so once a read has shown nothing beyond the turn just run,
+    // the next event announces itself through `wake` and the store need not be asked again.
+    let mut maybe_more = true;
     loop {
-        let events = match inner.store.open_events(session_id, coalesce).await {
-            Ok(events) => events,
-            Err(err) => {
-                tracing::error!(session = %session_id, error = %err, "cannot read the session's events; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if events.is_empty() {
+        if !maybe_more {
             match tokio::time::timeout(idle, wake.recv()).await {
-                Ok(Some(_)) => continue,
+                Ok(Some(_)) => {}
                 _ => {
                     // Leave only if no wake-up raced in: `wake` holds the same lock.
                     let mut actors = inner.actors.lock().unwrap_or_else(|e| e.into_inner());
@@ -320,9 +316,22 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receive
                         actors.remove(&session_id);
                         return;
                     }
-                    continue;
                 }
             }
+        }
+        let open = match inner.store.open_events(session_id, coalesce).await {
+            Ok(open) => open,
+            Err(err) => {
+                tracing::error!(session = %session_id, error = %err, "cannot read the session's events; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                maybe_more = true;
+                continue;
+            }
+        };
+        let events = open.events;
+        if events.is_empty() {
+            maybe_more = false;
+            continue;
         }
         let ctx = match &context {
             Some(ctx) => ctx.clone(),
@@ -339,19 +348,34 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receive
         inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).insert(session_id, cancel.clone());
         // A separate task is the panic boundary: a bug in one turn fails that turn only.
         let task = tokio::spawn(run_events(inner.clone(), ctx, events.clone(), cancel));
-        if let Err(err) = task.await {
-            tracing::error!(session = %session_id, error = %err, "turn task panicked");
-            fail_events(&inner, session_id, &events, "internal error while running the turn").await;
-        }
+        let settled = match task.await {
+            Ok(settled) => settled,
+            Err(err) => {
+                tracing::error!(session = %session_id, error = %err, "turn task panicked");
+                fail_events(&inner, session_id, &events, "internal error while running the turn")
+                    .await
+            }
+        };
         inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_id);
+        // Events whose outcome could not be recorded are still open: read again.
+        maybe_more = open.more || !settled;
     }
 }
 
-async fn fail_events(inner: &Inner, session_id: SessionId, events: &[EventRow], reason: &str) {
-    let Ok(session) = inner.store.session_any_tenant(session_id).await else { return };
+/// Records `events` as failed with `reason`; whether that was recorded.
+async fn fail_events(
+    inner: &Inner,
+    session_id: SessionId,
+    events: &[EventRow],
+    reason: &str,
+) -> bool {
+    let Ok(session) = inner.store.session_any_tenant(session_id).await else { return false };
     let ids = events.iter().map(|e| e.id).collect();
-    if let Ok((turn, rows)) = inner.store.start_turn(&session, ids, 0, Vec::new()).await {
-        publish(inner, session.agent_id, &rows);
+    let Ok((turn, rows)) = inner.store.start_turn(&session, ids, 0, Vec::new()).await else {
+        return false;
+    };
+    publish(inner, session.agent_id, &rows);
+    {
         let outcome = TurnOutcome {
             status: "failed".into(),
             reply: None,
@@ -359,10 +383,12 @@ async fn fail_events(inner: &Inner, session_id: SessionId, events: &[EventRow], 
             model: None,
         };
         let data = json!({ "turn": turn.id.to_string(), "error": reason });
-        if let Ok(rows) =
-            inner.store.finish_turn(&turn, outcome, vec![outbox("turn.failed", data)]).await
-        {
-            publish(inner, turn.agent_id, &rows);
+        match inner.store.finish_turn(&turn, outcome, vec![outbox("turn.failed", data)]).await {
+            Ok(rows) => {
+                publish(inner, turn.agent_id, &rows);
+                true
+            }
+            Err(_) => false,
         }
     }
 }
@@ -405,7 +431,7 @@ async fn run_events(
     ctx: Arc<TurnContext>,
     events: Vec<EventRow>,
     cancel: Arc<Notify>,
-) {
+) -> bool {
     let session_id = ctx.session.id;
     let timeout = Duration::from_secs(inner.options.sessions.turn_timeout_secs);
     let result = tokio::select! {
@@ -415,9 +441,12 @@ async fn run_events(
         },
         () = cancel.notified() => Err("cancelled by request".to_owned()),
     };
-    if let Err(reason) = result {
-        tracing::warn!(session = %session_id, reason = %reason, "turn failed");
-        fail_events(&inner, session_id, &events, &reason).await;
+    match result {
+        Ok(()) => true,
+        Err(reason) => {
+            tracing::warn!(session = %session_id, reason = %reason, "turn failed");
+            fail_events(&inner, session_id, &events, &reason).await
+        }
     }
 }
 

@@ -278,8 +278,11 @@ pub(crate) mod sqlite {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)?;
-        // Enough for every statement the store writes, so none is prepared twice.
+        // Enough for every statement the store runs, so none is prepared twice.
         conn.set_prepared_statement_cache_capacity(256);
+        // Plans must not depend on bound values: otherwise binding a `LIMIT $n` (or any value
+        // the planner looked at) discards the cached plan and re-prepares it on every run.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         // A batch of hundreds of writes keeps a savepoint per write; their journal stays in
         // memory instead of spilling to a temporary file, and the pages it touches stay cached.
         let writer_settings = ["PRAGMA temp_store = MEMORY", "PRAGMA cache_size = -65536"];

@@ -196,6 +196,15 @@ fn b(id: &[u8; 16]) -> Vec<u8> {
     id.to_vec()
 }
 
+/// What [`Store::open_events`] found.
+#[derive(Debug, Clone, Default)]
+pub struct OpenEvents {
+    /// The events of the session's next (or running) turn, oldest first.
+    pub events: Vec<EventRow>,
+    /// Whether further open events wait behind them.
+    pub more: bool,
+}
+
 /// Inserts outbox rows inside the caller's transaction.
 pub(crate) async fn insert_outbox(
     conn: &mut Tx,
@@ -336,20 +345,27 @@ impl Store {
     }
 
     /// The session's open events, oldest first: those of the running turn if there is one,
-    /// else the pending ones (all of them, or only the first unless `all`).
-    pub async fn open_events(&self, session: SessionId, all: bool) -> Result<Vec<EventRow>> {
+    /// else the pending ones (all of them, or only the first unless `all`); and whether more
+    /// open events wait behind those.
+    pub async fn open_events(&self, session: SessionId, all: bool) -> Result<OpenEvents> {
         let rows = self.rows(query(format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 AND status IN ('pending', 'running') \
              ORDER BY seq"
         ))
         .bind(b(session.as_bytes()))).await?;
-        let events: Vec<EventRow> = rows.iter().map(event_row).collect::<Result<_>>()?;
-        let Some(first) = events.first() else { return Ok(Vec::new()) };
-        if let Some(turn) = first.turn_id {
-            return Ok(events.into_iter().take_while(|e| e.turn_id == Some(turn)).collect());
-        }
-        let pending = events.into_iter().take_while(|e| e.status == "pending");
-        Ok(if all { pending.collect() } else { pending.take(1).collect() })
+        let open: Vec<EventRow> = rows.iter().map(event_row).collect::<Result<_>>()?;
+        let total = open.len();
+        let events: Vec<EventRow> = match open.first() {
+            None => Vec::new(),
+            Some(first) => match first.turn_id {
+                Some(turn) => open.into_iter().take_while(|e| e.turn_id == Some(turn)).collect(),
+                None => {
+                    let pending = open.into_iter().take_while(|e| e.status == "pending");
+                    if all { pending.collect() } else { pending.take(1).collect() }
+                }
+            },
+        };
+        Ok(OpenEvents { more: total > events.len(), events })
     }
 
     /// The session's events not yet part of a turn, oldest first.
