@@ -4,10 +4,15 @@
 //! is named by `CLADE_TEST_POSTGRES` (default [`DEFAULT_PG`]). When it is unreachable the caller
 //! gets `None` and a loud warning, except under `CI=true`, where that is a failure: CI must never
 //! skip the PostgreSQL half silently.
+//!
+//! Also owns [`history`]: the record of a crash run and the checker of the reliability contract
+//! over it, shared by the crash test and `cargo xtask check-history`.
 
 #![allow(clippy::disallowed_methods, clippy::print_stderr)] // Test support reads env and warns.
 
 use sqlx::Executor;
+
+pub mod history;
 
 pub const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
