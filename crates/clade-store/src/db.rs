@@ -66,13 +66,17 @@ pub(crate) enum Tx {
 }
 
 impl Tx {
-    /// Runs statements without parameters (transaction control).
+    /// Runs one statement without parameters (transaction control).
     pub(crate) async fn batch(&mut self, sql: &str) -> Result<()> {
         match self {
             Tx::Sqlx(conn) => {
                 conn.execute(sqlx::AssertSqlSafe(sql.to_owned())).await?;
             }
-            Tx::Sqlite(conn) => conn.execute_batch(sql)?,
+            // Prepared once and cached like any other statement: the writer runs these
+            // around every write.
+            Tx::Sqlite(conn) => {
+                conn.prepare_cached(sql)?.raw_execute()?;
+            }
         }
         Ok(())
     }

@@ -208,12 +208,10 @@ async fn run_batch(conn: &mut Tx, backend: Backend, batch: &mut [Box<dyn Job>]) 
             conn.batch("SAVEPOINT write").await?;
             if !job.run(conn).await {
                 conn.batch("ROLLBACK TO SAVEPOINT write").await?;
-                conn.batch("RELEASE SAVEPOINT write").await?;
-            } else if backend == Backend::Postgres {
-                // PostgreSQL slows down past 64 open subtransactions; SQLite's savepoints are
-                // cheap to leave open (COMMIT releases them all), saving a round trip per write.
-                conn.batch("RELEASE SAVEPOINT write").await?;
             }
+            // Released at once: PostgreSQL slows down past 64 open subtransactions, and SQLite
+            // checks every open savepoint on each page it changes.
+            conn.batch("RELEASE SAVEPOINT write").await?;
         }
         conn.batch("COMMIT").await
     }
