@@ -42,7 +42,15 @@ impl Connect {
             Connect::Pool(pool) => {
                 pool.acquire().await.map(Tx::Sqlx).map_err(|err| classify(err, shown))
             }
-            Connect::Sqlite { path, settings } => db::sqlite::open(path, settings).map(Tx::Sqlite),
+            Connect::Sqlite { path, settings } => {
+                let conn = db::sqlite::open(path, settings)?;
+                // Checkpoints run on their own thread (see `checkpointer`), not inside a commit
+                // that callers wait for; a WAL that grew past 64 MiB is cut back after one.
+                conn.execute_batch(
+                    "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864",
+                )?;
+                Ok(Tx::Sqlite(conn))
+            }
         }
     }
 }
@@ -118,7 +126,16 @@ impl Writer {
             Connect::Pool(_) => {
                 tokio::spawn(run(connect, backend, shown, rx, counters));
             }
-            Connect::Sqlite { .. } => {
+            Connect::Sqlite { ref path, settings } => {
+                let (path, alive) = (path.clone(), Arc::downgrade(&counters));
+                std::thread::Builder::new()
+                    .name("clade-sqlite-checkpoint".into())
+                    .spawn(move || checkpointer(&path, settings, &alive))
+                    .map_err(|source| Error::Io {
+                        action: "start the checkpoint thread for",
+                        path: PathBuf::from("the store"),
+                        source,
+                    })?;
                 // The batch futures never wait on anything but this thread's own connection,
                 // so a plain executor drives them; the thread ends when the last handle drops.
                 std::thread::Builder::new()
@@ -192,6 +209,31 @@ async fn run(
         });
         for job in batch.drain(..) {
             job.finish(commit.clone());
+        }
+    }
+}
+
+/// How often the WAL is folded back into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Folds the SQLite WAL back into the database file, beside the writer. Done inside a commit
+/// (SQLite's default), a checkpoint stalled every write of that batch for its page copies and
+/// fsync; here it runs concurrently (`PASSIVE` never blocks the writer or readers). Ends when
+/// the store is dropped.
+fn checkpointer(path: &std::path::Path, settings: &[&str], alive: &std::sync::Weak<Counters>) {
+    let mut conn = None;
+    loop {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if alive.strong_count() == 0 {
+            return;
+        }
+        if conn.is_none() {
+            conn = db::sqlite::open(path, settings).ok();
+        }
+        let Some(open) = &conn else { continue };
+        if let Err(err) = open.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %err, "WAL checkpoint failed; retrying");
+            conn = None;
         }
     }
 }

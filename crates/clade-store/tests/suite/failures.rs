@@ -65,3 +65,26 @@ fn unwritable_data_dir_is_a_clear_error() {
     assert!(matches!(err, Error::DataDir { .. }), "{err}");
     assert!(err.to_string().contains("--data-dir"), "{err}");
 }
+
+/// The SQLite writer does not checkpoint inside its commits; a thread beside it folds the WAL
+/// back into the database file. Without it the data would stay in the WAL forever.
+#[tokio::test]
+async fn the_wal_is_checkpointed_beside_the_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("clade.db");
+    let store = open(Location::Sqlite(path.clone())).await.unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    for n in 0..300 {
+        store.create_tenant(&format!("tenant-{n}")).await.unwrap();
+    }
+    let mut grown = false;
+    for _ in 0..50 {
+        if std::fs::metadata(&path).unwrap().len() > before {
+            grown = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(grown, "the database file never received the WAL's pages ({before} bytes)");
+    assert!(store.tenant("tenant-299").await.is_ok());
+}
