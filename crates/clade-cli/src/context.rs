@@ -132,7 +132,8 @@ impl Ctx {
     pub(crate) async fn tools(&self) -> Arc<clade_runtime::ToolRunner> {
         use clade_tools::builtin::Ledger;
         let mut tools = clade_tools::Registry::new();
-        clade_tools::builtin::register_all(&mut tools, Arc::new(self.sandbox()));
+        let sandbox = Arc::new(self.sandbox());
+        clade_tools::builtin::register_all(&mut tools, sandbox.clone());
         if let Some(path) = &self.config.testing.ledger_file {
             tools.register(Arc::new(Ledger::at_most_once(path.clone())));
             tools.register(Arc::new(Ledger::idempotent(path.clone())));
@@ -143,6 +144,9 @@ impl Ctx {
                 None => clade_tools::mcp::Transport::Stdio {
                     command: server.command.clone(),
                     env: server.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    sandbox: sandbox.clone(),
+                    dir: self.data_dir.root().join("mcp").join(name),
+                    network: server.network,
                 },
             };
             let spec = clade_tools::mcp::ServerSpec {

@@ -200,6 +200,11 @@ pub struct McpServerConfig {
     /// Seconds one call (or the start-up) may take.
     #[serde(default = "default_mcp_timeout")]
     pub timeout_secs: u64,
+    /// Let a stdio server reach the network. Stdio servers run in the tool sandbox (read-only
+    /// system, `<data-dir>/mcp/<name>/` as their only writable directory) and without network
+    /// unless this is set.
+    #[serde(default)]
+    pub network: bool,
 }
 
 fn all_agents() -> Vec<String> {

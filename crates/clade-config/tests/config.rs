@@ -122,6 +122,9 @@ fn tools_and_mcp_sections_are_checked() {
         check("mcp:\n  both:\n    command: [x]\n    url: http://h/mcp\n").contains("exactly one")
     );
     assert!(check("mcp:\n  neither: {}\n").contains("exactly one"));
+    assert!(!ok.mcp["gh"].network, "a stdio MCP server has no network unless configured");
+    let err = parse("mcp:\n  gh:\n    command: [x]\n    network: sometimes\n").unwrap_err();
+    assert!(err.contains("4:14") && err.contains("boolean"), "{err}");
     assert!(parse("tools:\n  sandbox: firejail\n").is_err());
     assert!(parse("tools:\n  policy:\n    - { effect: maybe, tool: x }\n").is_err());
 }

@@ -3,7 +3,10 @@
 //! crashed started again on the next call.
 //!
 //! MCP tools count as touching the host: they are denied unless a policy rule allows them.
+//! A stdio server runs in the tool sandbox (see `Sandbox::service_command`): it sees the
+//! system read-only, writes only to its own directory, and has no network unless configured.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,13 +16,21 @@ use rmcp::service::RunningService;
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::Value;
 
+use crate::sandbox::Sandbox;
 use crate::{CallContext, EffectClass, Tool, ToolResult};
 
 /// How to reach a server.
 #[derive(Debug, Clone)]
 pub enum Transport {
-    /// A child process speaking MCP on stdin/stdout.
-    Stdio { command: Vec<String>, env: Vec<(String, String)> },
+    /// A child process speaking MCP on stdin/stdout, started through `sandbox` with `dir` as
+    /// its only writable directory (created when missing) and the network only if `network`.
+    Stdio {
+        command: Vec<String>,
+        env: Vec<(String, String)>,
+        sandbox: Arc<Sandbox>,
+        dir: PathBuf,
+        network: bool,
+    },
     /// A streamable-HTTP endpoint.
     Http { url: String },
 }
@@ -56,9 +67,13 @@ impl Server {
     async fn start(&self) -> Result<RunningService<RoleClient, ()>, McpError> {
         let connect = async {
             match &self.spec.transport {
-                Transport::Stdio { command, env } => {
-                    let command =
-                        crate::sandbox::service_command(command, env).map_err(|e| self.error(e))?;
+                Transport::Stdio { command, env, sandbox, dir, network } => {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        self.error(format!("cannot create its directory {}: {e}", dir.display()))
+                    })?;
+                    let command = sandbox
+                        .service_command(command, env, dir, *network)
+                        .map_err(|e| self.error(e))?;
                     let transport =
                         rmcp::transport::TokioChildProcess::new(command).map_err(|e| {
                             self.error(format!("cannot start {:?}: {e}", command_text(&self.spec)))

@@ -209,7 +209,7 @@ impl Sandbox {
         }
         let group = self.pids_cgroup.as_ref().and_then(|parent| self.create_group(parent));
         let command = match self.mode {
-            SandboxMode::Bubblewrap => self.bwrap_command(&exec, group.as_deref())?,
+            SandboxMode::Bubblewrap => self.bwrap_command(&exec, group.as_deref(), false)?,
             SandboxMode::None => unsandboxed_command(&exec),
         };
         let out = self.supervise(command, exec.stdin).await;
@@ -234,6 +234,37 @@ impl Sandbox {
         out
     }
 
+    /// A long-lived service process an operator configured (an MCP server on stdio), killed
+    /// when dropped. Under bubblewrap it is confined like a tool run — read-only system, `dir`
+    /// as its only writable place (at `/workspace`), no network unless `network`, the same
+    /// memory, file-size and process limits and seccomp filter — but with no CPU-time or
+    /// wall-clock limit, since it lives as long as the daemon. Its environment is `PATH`,
+    /// `HOME` and `LANG` plus `env`. With `sandbox: none` it runs with the daemon's rights.
+    pub fn service_command(
+        &self,
+        argv: &[String],
+        env: &[(String, String)],
+        dir: &Path,
+        network: bool,
+    ) -> Result<tokio::process::Command, SandboxError> {
+        if argv.is_empty() {
+            return Err(SandboxError::Spawn(std::io::Error::other("empty command")));
+        }
+        let exec = Exec {
+            argv: argv.to_vec(),
+            workspace: dir.to_owned(),
+            network,
+            env: env.to_vec(),
+            stdin: None,
+        };
+        let mut command = match self.mode {
+            SandboxMode::Bubblewrap => self.bwrap_command(&exec, None, true)?,
+            SandboxMode::None => unsandboxed_command(&exec),
+        };
+        command.kill_on_drop(true);
+        Ok(command)
+    }
+
     fn create_group(&self, parent: &Path) -> Option<PathBuf> {
         let n = RUNS.fetch_add(1, Ordering::Relaxed);
         let group = parent.join(format!("clade-{}-{n}", std::process::id()));
@@ -247,10 +278,14 @@ impl Sandbox {
         }
     }
 
+    /// The bubblewrap command for `exec`. A `service` (a long-lived MCP server) gets no
+    /// CPU-time limit, and the directory of its program is mounted read-only when it lives
+    /// outside the system directories.
     fn bwrap_command(
         &self,
         exec: &Exec,
         group: Option<&Path>,
+        service: bool,
     ) -> Result<tokio::process::Command, SandboxError> {
         let bwrap = self.bwrap.as_ref().filter(|p| p.is_file()).ok_or_else(|| {
             SandboxError::Unavailable(match &self.bwrap {
@@ -296,6 +331,14 @@ impl Sandbox {
         }
         let tmp_size = (limits.file_size_mib * 1024 * 1024).to_string();
         push(&["--proc", "/proc", "--dev", "/dev", "--size", &tmp_size, "--tmpfs", "/tmp"]);
+        if service
+            && let Some(dir) = exec.argv.first().map(Path::new).and_then(Path::parent)
+            && dir.is_absolute()
+            && !dir.starts_with("/usr")
+        {
+            let dir = dir.to_string_lossy().into_owned();
+            push(&["--ro-bind", &dir, &dir]);
+        }
         let workspace = exec.workspace.to_string_lossy().into_owned();
         push(&["--bind", &workspace, "/workspace", "--chdir", "/workspace", "--clearenv"]);
         push(&["--setenv", "PATH", SANDBOX_PATH, "--setenv", "HOME", "/workspace"]);
@@ -304,11 +347,13 @@ impl Sandbox {
             push(&["--setenv", key, value]);
         }
         push(&["--", "/usr/bin/prlimit"]);
-        let cpu = format!("--cpu={}", limits.cpu_secs);
+        if !service {
+            push(&[&format!("--cpu={}", limits.cpu_secs)]);
+        }
         let memory = format!("--as={}", limits.memory_mib * 1024 * 1024);
         let fsize = format!("--fsize={}", limits.file_size_mib * 1024 * 1024);
         let nproc = format!("--nproc={}", limits.processes);
-        push(&[&cpu, &memory, &fsize, &nproc, "--nofile=256", "--core=0", "--"]);
+        push(&[&memory, &fsize, &nproc, "--nofile=256", "--core=0", "--"]);
         args.extend(exec.argv.iter().cloned());
         // bwrap itself stays pid 1's parent inside the sandbox, where /proc/1/environ is
         // readable: it must not carry the daemon's environment (the launcher clears it).
@@ -382,23 +427,6 @@ impl Sandbox {
         out.violation = out.code == Some(SIGSYS_STATUS) || said(&out.stderr) || said(&out.stdout);
         Ok(out)
     }
-}
-
-/// A long-lived service process an operator configured (an MCP server on stdio): started with
-/// a scrubbed environment (`PATH` plus what the operator listed), killed when dropped. It runs
-/// with the daemon's rights: it is the operator's code, and every call to it is still decided
-/// by policy.
-pub fn service_command(
-    argv: &[String],
-    env: &[(String, String)],
-) -> Result<tokio::process::Command, SandboxError> {
-    if argv.is_empty() {
-        return Err(SandboxError::Spawn(std::io::Error::other("empty command")));
-    }
-    let mut command = launcher(None, None);
-    command.args(argv).env("PATH", "/usr/local/bin:/usr/bin:/bin");
-    command.envs(env.iter().map(|(k, v)| (k, v))).kill_on_drop(true);
-    Ok(command)
 }
 
 /// The host-side launcher (see `LAUNCHER`), ready for the program and its arguments.

@@ -1,6 +1,7 @@
-//! An MCP server for tests: `echo`, `add`, `slow` (sleeps) and `crash` (exits the process, so
-//! clients can test restarts). Each answer names this process, so a test can see that a crashed
-//! server was restarted. On stdio by default; `--http 127.0.0.1:0` serves streamable HTTP at
+//! An MCP server for tests: `echo`, `add`, `slow` (sleeps), `crash` (exits the process, so
+//! clients can test restarts) and `read_file` / `write_file` (so tests can see what the
+//! server's sandbox lets it touch). Each answer names this process (a random tag), so a test can see that
+//! a crashed server was restarted. On stdio by default; `--http 127.0.0.1:0` serves streamable HTTP at
 //! `/mcp` instead and prints the URL on its first line.
 
 use rmcp::handler::server::wrapper::Parameters;
@@ -24,14 +25,26 @@ struct SlowArgs {
     secs: u64,
 }
 
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct PathArgs {
+    path: String,
+}
+
 #[derive(Debug, Clone)]
 struct Fixture;
 
+/// Names this process among restarts: random, because in a sandbox's own pid namespace every
+/// incarnation of the server has the same pid.
+fn process_tag() -> u64 {
+    static TAG: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TAG.get_or_init(rand::random)
+}
+
 #[tool_router(server_handler)]
 impl Fixture {
-    #[tool(description = "Returns its text, with the server's pid")]
+    #[tool(description = "Returns its text, with a number naming this server process")]
     fn echo(&self, Parameters(EchoArgs { text }): Parameters<EchoArgs>) -> String {
-        format!("{text} (pid {})", std::process::id())
+        format!("{text} (pid {})", process_tag())
     }
 
     #[tool(description = "Adds two integers")]
@@ -43,6 +56,19 @@ impl Fixture {
     async fn slow(&self, Parameters(SlowArgs { secs }): Parameters<SlowArgs>) -> String {
         tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
         "done".into()
+    }
+
+    #[tool(description = "Returns a file's text, or the error reading it")]
+    fn read_file(&self, Parameters(PathArgs { path }): Parameters<PathArgs>) -> String {
+        std::fs::read_to_string(&path).unwrap_or_else(|e| format!("error: {e}"))
+    }
+
+    #[tool(description = "Writes `written` to a file; returns ok or the error")]
+    fn write_file(&self, Parameters(PathArgs { path }): Parameters<PathArgs>) -> String {
+        match std::fs::write(&path, "written") {
+            Ok(()) => "ok".into(),
+            Err(e) => format!("error: {e}"),
+        }
     }
 
     #[tool(description = "Exits the server process")]
