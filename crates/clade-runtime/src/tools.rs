@@ -19,6 +19,7 @@ use clade_store::{
     NewGrant, Secrets, Store,
 };
 use clade_tools::policy::{self, Decision, SourcedRule};
+use clade_tools::sandbox::Finding;
 use clade_tools::{CallContext, Registry, Tool};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -306,14 +307,31 @@ impl ToolRunner {
             detail,
         )
         .await;
-        if text.starts_with("sandbox violation") {
-            let detail = json!({ "call": authorized.context.call_id, "what": "a forbidden system call; the process was killed" });
+        // What the sandbox stopped or refused is recorded apart from the result, so the audit
+        // log answers "what did this agent try" without reading outputs.
+        let findings =
+            if tool.runs_in_sandbox() { clade_tools::sandbox::findings(text) } else { Vec::new() };
+        for finding in findings {
+            let (kind, outcome, what) = match finding {
+                Finding::Violation => (
+                    "sandbox.violation",
+                    "killed",
+                    json!("a forbidden system call; the process was killed"),
+                ),
+                Finding::Limit(line) => ("sandbox.limit", "stopped", json!(line)),
+                Finding::Denied(lines) => {
+                    let lines: Vec<String> =
+                        lines.iter().map(|l| redact_text(l, &secrets)).collect();
+                    ("sandbox.denied", "denied", json!(lines))
+                }
+            };
+            let detail = json!({ "call": authorized.context.call_id, "what": what });
             self.write_audit(
                 agent.tenant_id,
                 Some(agent.id),
-                "sandbox.violation",
+                kind,
                 Some(tool.name()),
-                Some("killed"),
+                Some(outcome),
                 detail,
             )
             .await;

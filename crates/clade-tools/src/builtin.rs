@@ -113,6 +113,7 @@ impl TypedTool for ShellExec {
     const NAME: &'static str = "shell.exec";
     const DESCRIPTION: &'static str = "Runs a command in the agent's workspace (mounted at /workspace) inside a sandbox without network unless granted. Returns the exit code, stdout and stderr.";
     const TOUCHES_HOST: bool = true;
+    const RUNS_IN_SANDBOX: bool = true;
     fn resource(&self, args: &ShellArgs) -> Result<String, String> {
         Ok(match (&args.argv, &args.command) {
             (_, Some(command)) => command.clone(),

@@ -87,6 +87,11 @@ pub trait Tool: Send + Sync {
     fn touches_host(&self) -> bool {
         false
     }
+    /// Whether its result is a sandbox run's account ([`sandbox::findings`] reads what the
+    /// sandbox stopped or refused from it, for the audit log).
+    fn runs_in_sandbox(&self) -> bool {
+        false
+    }
     /// What policy patterns match besides the tool's name (a path, a host, a command line);
     /// an error rejects the arguments before any decision.
     fn resource(&self, _args: &Value) -> Result<String, String> {
@@ -107,6 +112,7 @@ pub trait TypedTool: Send + Sync {
     const DESCRIPTION: &'static str;
     const EFFECT: EffectClass = EffectClass::AtMostOnce;
     const TOUCHES_HOST: bool = false;
+    const RUNS_IN_SANDBOX: bool = false;
     fn resource(&self, _args: &Self::Args) -> Result<String, String> {
         Ok(String::new())
     }
@@ -138,6 +144,9 @@ impl<T: TypedTool> Tool for T {
     }
     fn touches_host(&self) -> bool {
         T::TOUCHES_HOST
+    }
+    fn runs_in_sandbox(&self) -> bool {
+        T::RUNS_IN_SANDBOX
     }
     fn resource(&self, args: &Value) -> Result<String, String> {
         let typed: T::Args = parse_args(T::NAME, args.clone())?;

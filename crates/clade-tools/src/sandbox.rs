@@ -57,14 +57,69 @@ pub struct ExecOutput {
     pub violation: bool,
 }
 
+/// What the sandbox stopped or refused during a run, as read back from its account
+/// ([`ExecOutput::render`]); the runtime records each one in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// A forbidden system call; the process was killed.
+    Violation,
+    /// A resource limit ended the run (wall clock, output, or a signal from an rlimit).
+    Limit(String),
+    /// The sandbox refused an access: the error lines the command printed (a write to the
+    /// read-only system, a permission the sandbox user lacks, an operation it may not do).
+    Denied(Vec<String>),
+}
+
+const VIOLATION_LINE: &str =
+    "sandbox violation: a forbidden system call was made; that process was killed";
+const LIMIT_PREFIX: &str = "killed";
+/// Error texts of refused accesses, as libc's `strerror` spells them for EROFS, EACCES, EPERM.
+const DENIAL_TEXTS: [&str; 3] =
+    ["Read-only file system", "Permission denied", "Operation not permitted"];
+
+/// Whether `text` is a run's account as [`ExecOutput::render`] writes it.
+pub fn is_account(text: &str) -> bool {
+    let first = text.lines().next().unwrap_or_default();
+    first == VIOLATION_LINE || first.starts_with(LIMIT_PREFIX) || first.starts_with("exit code ")
+}
+
+/// The findings in a run's account; none for text that is not one.
+pub fn findings(account: &str) -> Vec<Finding> {
+    let mut lines = account.lines();
+    let mut found = Vec::new();
+    let mut first = lines.next().unwrap_or_default();
+    if first == VIOLATION_LINE {
+        found.push(Finding::Violation);
+        first = lines.next().unwrap_or_default();
+    }
+    if first.starts_with(LIMIT_PREFIX) {
+        found.push(Finding::Limit(first.to_owned()));
+    } else if !first.starts_with("exit code ") {
+        return found;
+    }
+    // Only the command's stderr: its stdout may be any data (a log that quotes an error).
+    let denied: Vec<String> = account
+        .rsplit_once("\nstderr:\n")
+        .map(|(_, stderr)| stderr)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| DENIAL_TEXTS.iter().any(|text| line.contains(text)))
+        .take(5)
+        .map(|line| line.chars().take(200).collect())
+        .collect();
+    if !denied.is_empty() {
+        found.push(Finding::Denied(denied));
+    }
+    found
+}
+
 impl ExecOutput {
     /// A short account for the model: exit status, then stdout and stderr.
     pub fn render(&self, limits: &SandboxLimits) -> String {
         let mut text = String::new();
         if self.violation {
-            text.push_str(
-                "sandbox violation: a forbidden system call was made; that process was killed\n",
-            );
+            text.push_str(VIOLATION_LINE);
+            text.push('\n');
         }
         match (self.timed_out, self.output_capped, self.code) {
             (true, _, _) => text.push_str(&format!(
@@ -679,4 +734,44 @@ fn locate(name: &str, path_var: Option<&str>) -> Option<PathBuf> {
         .chain(["/usr/bin"])
         .map(|dir| Path::new(dir).join(name))
         .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(out: ExecOutput) -> Vec<Finding> {
+        findings(&out.render(&SandboxLimits::default()))
+    }
+
+    #[test]
+    fn each_kind_of_stop_or_refusal_is_found_in_the_account() {
+        let stderr = |s: &str| s.as_bytes().to_vec();
+        let violation = ExecOutput { violation: true, code: Some(159), ..Default::default() };
+        assert_eq!(account(violation), vec![Finding::Violation]);
+        let timed_out = ExecOutput { timed_out: true, ..Default::default() };
+        assert!(matches!(&account(timed_out)[..], [Finding::Limit(l)] if l.contains("wall-clock")));
+        let signal = ExecOutput::default();
+        assert!(matches!(&account(signal)[..], [Finding::Limit(l)] if l.contains("signal")));
+        let denied = ExecOutput {
+            code: Some(1),
+            stdout: stderr("a log line: Permission denied\n"),
+            stderr: stderr("sh: 1: cannot create /usr/x: Read-only file system\nother\n"),
+            ..Default::default()
+        };
+        assert_eq!(
+            account(denied),
+            vec![Finding::Denied(vec![
+                "sh: 1: cannot create /usr/x: Read-only file system".into()
+            ])]
+        );
+        // Denial texts on stdout are data, and a clean run finds nothing.
+        let quoted = ExecOutput {
+            code: Some(0),
+            stdout: stderr("Permission denied\n"),
+            ..Default::default()
+        };
+        assert!(account(quoted).is_empty());
+        assert!(findings("file contents: Permission denied").is_empty());
+    }
 }

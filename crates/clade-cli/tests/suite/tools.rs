@@ -19,14 +19,26 @@ const CANARY_ENV: &str = "canary-env-b41d0e9a27";
 const CANARY_TENANT_B: &str = "canary-tenant-b-99e2c4";
 const CANARY_SAME_TENANT: &str = "canary-carol-5b1f07";
 
+#[derive(Default)]
 struct Corpus {
     attempted: u32,
     blocked: u32,
     escapes: Vec<String>,
+    /// Attempts whose outcome is a sandbox run's account, and those among them in which the
+    /// sandbox stopped or refused something the audit log records (`sandbox.*`).
+    sandbox_runs: u32,
+    recorded_runs: u32,
+    findings: usize,
 }
 
 impl Corpus {
     fn record(&mut self, name: &str, blocked: bool, detail: &str) {
+        if clade_tools::sandbox::is_account(detail) {
+            let found = clade_tools::sandbox::findings(detail).len();
+            self.sandbox_runs += 1;
+            self.recorded_runs += u32::from(found > 0);
+            self.findings += found;
+        }
         self.attempted += 1;
         if blocked {
             self.blocked += 1;
@@ -107,7 +119,7 @@ async fn attack_corpus_is_blocked_or_contained() {
         .to_owned();
     let marker = env.tmp.path().join("host-marker");
     write(&marker, "untouched");
-    let mut corpus = Corpus { attempted: 0, blocked: 0, escapes: Vec::new() };
+    let mut corpus = Corpus::default();
 
     // G1/G2: writes outside the workspace.
     let host_tmp = env.tmp.path().join("pwned");
@@ -608,11 +620,25 @@ async fn attack_corpus_is_blocked_or_contained() {
     // J4: canaries never in the audit log or the server's logs.
     let audit = env.run(&["audit", "--json", "--limit", "1000000"]).ok().stdout;
     let violations = audit.matches("\"sandbox.violation\"").count();
-    println!("sandbox violations recorded in the audit log: {violations}");
+    let sandbox_records = ["violation", "limit", "denied"]
+        .iter()
+        .map(|kind| audit.matches(&format!("\"sandbox.{kind}\"")).count())
+        .sum::<usize>();
+    println!(
+        "sandbox: {} of {} sandboxed attempts left a sandbox.* audit record ({} forbidden system \
+         calls, {sandbox_records} sandbox.* records in all); the rest were contained silently \
+         (a hidden path reads as missing)",
+        corpus.recorded_runs, corpus.sandbox_runs, violations
+    );
     corpus.record(
         "forbidden system calls recorded as violations",
         violations >= 5,
         &format!("{violations} recorded"),
+    );
+    corpus.record(
+        "every stop or refusal the sandbox reported is in the audit log",
+        sandbox_records >= corpus.findings,
+        &format!("{sandbox_records} records for {} findings", corpus.findings),
     );
     let logs = server.stop();
     corpus.record(
