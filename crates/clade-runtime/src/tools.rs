@@ -324,6 +324,11 @@ impl ToolRunner {
                         lines.iter().map(|l| redact_text(l, &secrets)).collect();
                     ("sandbox.denied", "denied", json!(lines))
                 }
+                Finding::Hidden(paths) => {
+                    let paths: Vec<String> =
+                        paths.iter().map(|p| redact_text(p, &secrets)).collect();
+                    ("sandbox.denied", "hidden", json!({ "hidden host paths": paths }))
+                }
             };
             let detail = json!({ "call": authorized.context.call_id, "what": what });
             self.write_audit(

@@ -68,14 +68,33 @@ pub enum Finding {
     /// The sandbox refused an access: the error lines the command printed (a write to the
     /// read-only system, a permission the sandbox user lacks, an operation it may not do).
     Denied(Vec<String>),
+    /// The command named host paths its sandbox does not have: they exist on the host but
+    /// read as missing inside (the data dir, another workspace, `/etc/shadow`, …).
+    Hidden(Vec<String>),
 }
 
 const VIOLATION_LINE: &str =
     "sandbox violation: a forbidden system call was made; that process was killed";
 const LIMIT_PREFIX: &str = "killed";
-/// Error texts of refused accesses, as libc's `strerror` spells them for EROFS, EACCES, EPERM.
-const DENIAL_TEXTS: [&str; 3] =
-    ["Read-only file system", "Permission denied", "Operation not permitted"];
+/// Error texts of refused accesses, as libc's `strerror` spells them for EROFS, EACCES, EPERM,
+/// and the note the sandbox adds when it cleared setuid bits a command left behind.
+const DENIAL_TEXTS: [&str; 4] = [
+    "Read-only file system",
+    "Permission denied",
+    "Operation not permitted",
+    "[sandbox: removed setuid/setgid bits",
+];
+/// Error texts of a resource limit a process ran into (fork, memory, file size, descriptors,
+/// the size-capped `/tmp`), as libc, the shells and Python spell them.
+const LIMIT_TEXTS: [&str; 7] = [
+    "Cannot fork",
+    "Resource temporarily unavailable",
+    "Cannot allocate memory",
+    "MemoryError",
+    "File size limit exceeded",
+    "Too many open files",
+    "No space left on device",
+];
 
 /// Whether `text` is a run's account as [`ExecOutput::render`] writes it.
 pub fn is_account(text: &str) -> bool {
@@ -98,10 +117,8 @@ pub fn findings(account: &str) -> Vec<Finding> {
         return found;
     }
     // Only the command's stderr: its stdout may be any data (a log that quotes an error).
-    let denied: Vec<String> = account
-        .rsplit_once("\nstderr:\n")
-        .map(|(_, stderr)| stderr)
-        .unwrap_or_default()
+    let stderr = account.rsplit_once("\nstderr:\n").map(|(_, stderr)| stderr).unwrap_or_default();
+    let denied: Vec<String> = stderr
         .lines()
         .filter(|line| DENIAL_TEXTS.iter().any(|text| line.contains(text)))
         .take(5)
@@ -110,7 +127,73 @@ pub fn findings(account: &str) -> Vec<Finding> {
     if !denied.is_empty() {
         found.push(Finding::Denied(denied));
     }
+    if !found.iter().any(|f| matches!(f, Finding::Limit(_)))
+        && let Some(line) = stderr.lines().find(|l| LIMIT_TEXTS.iter().any(|t| l.contains(t)))
+    {
+        found.push(Finding::Limit(line.chars().take(200).collect()));
+    }
+    let hidden = hidden_host_paths(stderr, exists_on_host);
+    if !hidden.is_empty() {
+        found.push(Finding::Hidden(hidden));
+    }
     found
+}
+
+/// Host paths that a sandbox shows as they are: what is missing there is missing on the host.
+const SHOWN_AS_IS: [&str; 8] =
+    ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/workspace"];
+/// Directories the sandbox has, but as its own (private `/tmp`, a few files of `/etc`, its own
+/// `/proc` and `/dev`): a new name under them is not a host path.
+const OWN_DIRS: [&str; 5] = ["/tmp", "/etc", "/proc", "/dev", "/"];
+/// Error texts of a path that is not there, as libc and the shells spell them.
+const MISSING_TEXTS: [&str; 3] =
+    ["No such file or directory", "Directory nonexistent", "cannot access"];
+
+/// Absolute paths in "not found" error lines that name something the host has: the deepest
+/// part of the path that exists on the host is not one of the sandbox's own directories.
+/// `/proc/<pid>/root/…` and `/proc/<pid>/cwd/…` count as the host path after them, since on
+/// the host that is what they lead to.
+fn hidden_host_paths(stderr: &str, exists: impl Fn(&Path) -> bool) -> Vec<String> {
+    let mut hidden = Vec::new();
+    for line in stderr.lines().filter(|l| MISSING_TEXTS.iter().any(|t| l.contains(t))) {
+        for token in line.split_whitespace() {
+            let named = token
+                .trim_end_matches([':', ','])
+                .trim_matches(|c| matches!(c, '\'' | '"' | '`'))
+                .trim_end_matches(':');
+            if !named.starts_with('/')
+                || SHOWN_AS_IS.iter().any(|p| Path::new(named).starts_with(p))
+            {
+                continue;
+            }
+            let host = host_view(named);
+            let existing = host.ancestors().find(|a| exists(a)).unwrap_or(Path::new("/"));
+            if OWN_DIRS.iter().any(|d| existing == Path::new(d)) {
+                continue;
+            }
+            if hidden.len() < 5 && !hidden.iter().any(|h| h == named) {
+                hidden.push(named.chars().take(200).collect());
+            }
+        }
+    }
+    hidden
+}
+
+/// Where a path named inside the sandbox leads on the host when it goes through another
+/// process's root or working directory.
+fn host_view(named: &str) -> PathBuf {
+    let mut parts = named.trim_start_matches('/').splitn(4, '/');
+    if let (Some("proc"), Some(_pid), Some("root" | "cwd"), rest) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    {
+        return Path::new("/").join(rest.unwrap_or_default());
+    }
+    PathBuf::from(named)
+}
+
+#[allow(clippy::disallowed_methods)] // A yes/no probe: an unreadable path counts as absent.
+fn exists_on_host(path: &Path) -> bool {
+    path.symlink_metadata().is_ok()
 }
 
 impl ExecOutput {
@@ -773,5 +856,51 @@ mod tests {
         };
         assert!(account(quoted).is_empty());
         assert!(findings("file contents: Permission denied").is_empty());
+        // A limit a process ran into, reported by the process itself.
+        let fork_bomb = ExecOutput {
+            code: Some(0),
+            stderr: stderr("/bin/sh: 1: Cannot fork\n/bin/sh: 1: Cannot fork\n"),
+            ..Default::default()
+        };
+        assert_eq!(account(fork_bomb), vec![Finding::Limit("/bin/sh: 1: Cannot fork".into())]);
+    }
+}
+
+#[cfg(test)]
+mod hidden_tests {
+    use super::*;
+
+    /// A host with `/etc/shadow`, `/srv/data/clade.db` and `/root`.
+    fn host(path: &Path) -> bool {
+        ["/", "/etc", "/etc/shadow", "/srv", "/srv/data", "/srv/data/clade.db", "/root", "/tmp"]
+            .iter()
+            .any(|p| path == Path::new(p))
+    }
+
+    #[test]
+    fn named_host_paths_the_sandbox_hides_are_found_and_typos_are_not() {
+        let stderr = "cat: /etc/shadow: No such file or directory\n\
+            head: cannot open '/srv/data/clade.db' for reading: No such file or directory\n\
+            /bin/sh: 1: cannot create /srv/data/pwned: Directory nonexistent\n\
+            cat: /proc/self/root/srv/data/clade.db: No such file or directory\n\
+            ls: cannot access '/root/.ssh/*': No such file or directory\n\
+            cat: /etc/typo: No such file or directory\n\
+            cat: /tmp/new/file: No such file or directory\n\
+            cat: /workspace/missing: No such file or directory\n\
+            cat: /usr/bin/nothing: No such file or directory\n\
+            awk: fatal: cannot open file `/srv/data' for reading: No such file or directory\n";
+        assert_eq!(
+            hidden_host_paths(stderr, host),
+            vec![
+                "/etc/shadow",
+                "/srv/data/clade.db",
+                "/srv/data/pwned",
+                "/proc/self/root/srv/data/clade.db",
+                "/root/.ssh/*",
+            ]
+        );
+        let awk = "awk: fatal: cannot open file `/srv/data' for reading: No such file or directory";
+        assert_eq!(hidden_host_paths(awk, host), vec!["/srv/data"]);
+        assert!(hidden_host_paths("cat: /etc/shadow: Is a directory\n", host).is_empty());
     }
 }

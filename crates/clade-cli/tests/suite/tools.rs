@@ -626,8 +626,8 @@ async fn attack_corpus_is_blocked_or_contained() {
         .sum::<usize>();
     println!(
         "sandbox: {} of {} sandboxed attempts left a sandbox.* audit record ({} forbidden system \
-         calls, {sandbox_records} sandbox.* records in all); the rest were contained silently \
-         (a hidden path reads as missing)",
+         calls, {sandbox_records} sandbox.* records in all); the rest were contained without a \
+         sign the sandbox can read (writes into its private root or /tmp, refused connections)",
         corpus.recorded_runs, corpus.sandbox_runs, violations
     );
     corpus.record(
