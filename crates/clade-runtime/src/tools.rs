@@ -285,6 +285,12 @@ impl ToolRunner {
         authorized: &Authorized,
     ) -> Result<String, String> {
         let started = tokio::time::Instant::now();
+        // The command line, for what the sandbox hid from it (see `sandbox::findings`).
+        let command = if tool.runs_in_sandbox() {
+            tool.resource(&args).unwrap_or_default()
+        } else {
+            String::new()
+        };
         let result = tool.call(args, &authorized.context).await;
         let secrets: Vec<&str> = authorized.context.env.iter().map(|(_, v)| v.as_str()).collect();
         let (ok, text) = match &result {
@@ -309,8 +315,11 @@ impl ToolRunner {
         .await;
         // What the sandbox stopped or refused is recorded apart from the result, so the audit
         // log answers "what did this agent try" without reading outputs.
-        let findings =
-            if tool.runs_in_sandbox() { clade_tools::sandbox::findings(text) } else { Vec::new() };
+        let findings = if tool.runs_in_sandbox() {
+            clade_tools::sandbox::findings(text, &command)
+        } else {
+            Vec::new()
+        };
         for finding in findings {
             let (kind, outcome, what) = match finding {
                 Finding::Violation => (

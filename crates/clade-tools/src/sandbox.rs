@@ -102,8 +102,9 @@ pub fn is_account(text: &str) -> bool {
     first == VIOLATION_LINE || first.starts_with(LIMIT_PREFIX) || first.starts_with("exit code ")
 }
 
-/// The findings in a run's account; none for text that is not one.
-pub fn findings(account: &str) -> Vec<Finding> {
+/// The findings in a run's account (`command` is the command line it ran, whose absolute
+/// paths are checked like the ones in error lines); none for text that is not an account.
+pub fn findings(account: &str, command: &str) -> Vec<Finding> {
     let mut lines = account.lines();
     let mut found = Vec::new();
     let mut first = lines.next().unwrap_or_default();
@@ -132,7 +133,12 @@ pub fn findings(account: &str) -> Vec<Finding> {
     {
         found.push(Finding::Limit(line.chars().take(200).collect()));
     }
-    let hidden = hidden_host_paths(stderr, exists_on_host);
+    let mut hidden = hidden_host_paths(stderr, true, exists_on_host);
+    for path in hidden_host_paths(command, false, exists_on_host) {
+        if hidden.len() < 5 && !hidden.contains(&path) {
+            hidden.push(path);
+        }
+    }
     if !hidden.is_empty() {
         found.push(Finding::Hidden(hidden));
     }
@@ -149,14 +155,19 @@ const OWN_DIRS: [&str; 5] = ["/tmp", "/etc", "/proc", "/dev", "/"];
 const MISSING_TEXTS: [&str; 3] =
     ["No such file or directory", "Directory nonexistent", "cannot access"];
 
-/// Absolute paths in "not found" error lines that name something the host has: the deepest
+/// Absolute paths in `text` (only its "not found" error lines when `errors_only`) that name
+/// something the host has: the deepest
 /// part of the path that exists on the host is not one of the sandbox's own directories.
 /// `/proc/<pid>/root/…` and `/proc/<pid>/cwd/…` count as the host path after them, since on
 /// the host that is what they lead to.
-fn hidden_host_paths(stderr: &str, exists: impl Fn(&Path) -> bool) -> Vec<String> {
+fn hidden_host_paths(text: &str, errors_only: bool, exists: impl Fn(&Path) -> bool) -> Vec<String> {
     let mut hidden = Vec::new();
-    for line in stderr.lines().filter(|l| MISSING_TEXTS.iter().any(|t| l.contains(t))) {
-        for token in line.split_whitespace() {
+    let lines =
+        text.lines().filter(|l| !errors_only || MISSING_TEXTS.iter().any(|t| l.contains(t)));
+    for line in lines {
+        // Shell operators split words too: `cat</etc/shadow`, `a;cat /x`, `$(cat /x)`.
+        let words = line.split(|c: char| c.is_whitespace() || "<>|;&()=".contains(c));
+        for token in words {
             let named = token
                 .trim_end_matches([':', ','])
                 .trim_matches(|c| matches!(c, '\'' | '"' | '`'))
@@ -479,6 +490,10 @@ impl Sandbox {
         }
         let workspace = exec.workspace.to_string_lossy().into_owned();
         push(&["--bind", &workspace, "/workspace", "--chdir", "/workspace", "--clearenv"]);
+        // The sandbox's own root (where `/etc`, `/home`, … would be created) is read-only too:
+        // only `/workspace` and `/tmp`, separate mounts, take writes, and a write elsewhere
+        // fails with EROFS, which the run's account shows (see `findings`).
+        push(&["--remount-ro", "/"]);
         push(&["--setenv", "PATH", SANDBOX_PATH, "--setenv", "HOME", "/workspace"]);
         push(&["--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8"]);
         for (key, value) in &exec.env {
@@ -824,7 +839,7 @@ mod tests {
     use super::*;
 
     fn account(out: ExecOutput) -> Vec<Finding> {
-        findings(&out.render(&SandboxLimits::default()))
+        findings(&out.render(&SandboxLimits::default()), "")
     }
 
     #[test]
@@ -855,7 +870,7 @@ mod tests {
             ..Default::default()
         };
         assert!(account(quoted).is_empty());
-        assert!(findings("file contents: Permission denied").is_empty());
+        assert!(findings("file contents: Permission denied", "").is_empty());
         // A limit a process ran into, reported by the process itself.
         let fork_bomb = ExecOutput {
             code: Some(0),
@@ -890,7 +905,7 @@ mod hidden_tests {
             cat: /usr/bin/nothing: No such file or directory\n\
             awk: fatal: cannot open file `/srv/data' for reading: No such file or directory\n";
         assert_eq!(
-            hidden_host_paths(stderr, host),
+            hidden_host_paths(stderr, true, host),
             vec![
                 "/etc/shadow",
                 "/srv/data/clade.db",
@@ -900,7 +915,10 @@ mod hidden_tests {
             ]
         );
         let awk = "awk: fatal: cannot open file `/srv/data' for reading: No such file or directory";
-        assert_eq!(hidden_host_paths(awk, host), vec!["/srv/data"]);
-        assert!(hidden_host_paths("cat: /etc/shadow: Is a directory\n", host).is_empty());
+        assert_eq!(hidden_host_paths(awk, true, host), vec!["/srv/data"]);
+        assert!(hidden_host_paths("cat: /etc/shadow: Is a directory\n", true, host).is_empty());
+        // A command line's paths count whatever the command printed.
+        let command = "mkdir -p /srv/data/w1; cat</etc/shadow >/tmp/out; ls /workspace /etc/new";
+        assert_eq!(hidden_host_paths(command, false, host), vec!["/srv/data/w1", "/etc/shadow"]);
     }
 }

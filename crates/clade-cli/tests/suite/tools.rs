@@ -34,7 +34,8 @@ struct Corpus {
 impl Corpus {
     fn record(&mut self, name: &str, blocked: bool, detail: &str) {
         if clade_tools::sandbox::is_account(detail) {
-            let found = clade_tools::sandbox::findings(detail).len();
+            let command = LAST_COMMAND.lock().unwrap().clone();
+            let found = clade_tools::sandbox::findings(detail, &command).len();
             self.sandbox_runs += 1;
             self.recorded_runs += u32::from(found > 0);
             self.findings += found;
@@ -61,7 +62,11 @@ async fn call(server: &Server, agent: &str, tool: &str, args: Value) -> (bool, S
     (body["is_error"].as_bool().unwrap(), body["content"].as_str().unwrap_or_default().to_owned())
 }
 
+/// The command line of the corpus's latest `shell` call (the sandbox's findings depend on it).
+static LAST_COMMAND: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
 async fn shell(server: &Server, command: &str) -> String {
+    *LAST_COMMAND.lock().unwrap() = command.to_owned();
     call(server, "alice", "shell.exec", json!({ "command": command })).await.1
 }
 
