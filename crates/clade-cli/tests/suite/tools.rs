@@ -311,11 +311,11 @@ async fn attack_corpus_is_blocked_or_contained() {
     let (net_listener, net_port) = listener();
     let clients = [
         "bash -c 'echo hi > /dev/tcp/{h}/{p}' && echo sent",
-        "curl -sS -m 2 http://{h}:{p}/ && echo sent",
-        "wget -q -T 2 -O- http://{h}:{p}/ && echo sent",
+        "curl -sS -m 2 http://{u}:{p}/ && echo sent",
+        "wget -q -T 2 -O- http://{u}:{p}/ && echo sent",
         "python3 -c 'import socket; socket.create_connection((\"{h}\", {p}), 2); print(\"sent\")'",
         "python3 -c 'import socket; s=socket.socket(socket.AF_INET6 if \":\" in \"{h}\" else socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b\"x\", (\"{h}\", {p})); print(\"sent\")'",
-        "perl -MIO::Socket::INET -e 'IO::Socket::INET->new(PeerAddr => \"{h}:{p}\", Timeout => 2) and print \"sent\"'",
+        "perl -MIO::Socket::IP -e 'IO::Socket::IP->new(PeerHost => \"{h}\", PeerPort => {p}, Timeout => 2) and print \"sent\"'",
     ];
     // A datagram "sent" to loopback lands on the sandbox's own loopback; what counts for UDP
     // is whether the host's socket received it.
@@ -324,7 +324,10 @@ async fn attack_corpus_is_blocked_or_contained() {
     let port_text = net_port.to_string();
     for client in clients {
         for host in ["127.0.0.1", "::1", "1.1.1.1", "10.0.0.1", "localhost"] {
-            let command = client.replace("{h}", host).replace("{p}", &port_text);
+            // In a URL an IPv6 address goes in brackets.
+            let in_url = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+            let command =
+                client.replace("{h}", host).replace("{u}", &in_url).replace("{p}", &port_text);
             let out = shell(&server, &command).await;
             let datagram = client.contains("SOCK_DGRAM");
             let sent = !datagram && out.lines().any(|l| l.trim() == "sent");
@@ -342,8 +345,8 @@ async fn attack_corpus_is_blocked_or_contained() {
         ("mount", "mount -t tmpfs none /usr 2>&1; touch /usr/pwned".to_owned()),
         ("raw socket", "python3 -c 'import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW); print(\"uid=0(root) raw\")'".to_owned()),
         ("netlink route change", "ip link set lo down 2>&1; python3 -c 'import socket; s=socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); s.bind((0,0)); print(\"bound\")'".to_owned()),
-        ("set the clock", "date -s '2000-01-01' 2>&1 && echo uid=0(root)".to_owned()),
-        ("sysctl write", "echo 1 > /proc/sys/kernel/sysrq 2>&1 && echo uid=0(root)".to_owned()),
+        ("set the clock", "date -s '2000-01-01' 2>&1 && echo 'uid=0(root)'".to_owned()),
+        ("sysctl write", "echo 1 > /proc/sys/kernel/sysrq 2>&1 && echo 'uid=0(root)'".to_owned()),
         ("chroot", "chroot / id 2>&1".to_owned()),
         ("setuid binary", "ls -la /usr/bin/su /usr/bin/passwd 2>&1; su -c id 2>&1 </dev/null".to_owned()),
         ("see host processes", "ls /proc | grep -c '^[0-9]' | awk '{ if ($1 > 20) print \"uid=0(root) sees\", $1 }'".to_owned()),
@@ -631,8 +634,8 @@ async fn attack_corpus_is_blocked_or_contained() {
         .sum::<usize>();
     println!(
         "sandbox: {} of {} sandboxed attempts left a sandbox.* audit record ({} forbidden system \
-         calls, {sandbox_records} sandbox.* records in all); the rest were contained without a \
-         sign the sandbox can read (writes into its private root or /tmp, refused connections)",
+         calls, {sandbox_records} sandbox.* records in all); the rest found nothing to refuse \
+         (the scrubbed environment, an empty pid namespace, a refused connection)",
         corpus.recorded_runs, corpus.sandbox_runs, violations
     );
     corpus.record(
