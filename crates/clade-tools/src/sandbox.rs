@@ -76,12 +76,14 @@ pub enum Finding {
 const VIOLATION_LINE: &str =
     "sandbox violation: a forbidden system call was made; that process was killed";
 const LIMIT_PREFIX: &str = "killed";
-/// Error texts of refused accesses, as libc's `strerror` spells them for EROFS, EACCES, EPERM,
-/// and the note the sandbox adds when it cleared setuid bits a command left behind.
-const DENIAL_TEXTS: [&str; 4] = [
+/// Error texts of refused accesses, as libc's `strerror` spells them for EROFS, EACCES, EPERM
+/// and ESRCH (a signal to a process outside the sandbox's pid namespace), and the note the
+/// sandbox adds when it cleared setuid bits a command left behind.
+const DENIAL_TEXTS: [&str; 5] = [
     "Read-only file system",
     "Permission denied",
     "Operation not permitted",
+    "No such process",
     "[sandbox: removed setuid/setgid bits",
 ];
 /// Error texts of a resource limit a process ran into (fork, memory, file size, descriptors,
