@@ -5,7 +5,9 @@
 //! token files). It knows nothing of HTTP, the CLI or models; the runtime reaches it only
 //! through [`Store`] and [`Agents`], never through a backend type.
 //!
-//! Start at [`store::Store`], then [`writer`] for how concurrent writes share a commit.
+//! Start at [`store::Store`], then [`writer`] for how concurrent writes share a commit, and
+//! `db` for the one statement API over both drivers (sqlx for PostgreSQL, rusqlite for
+//! SQLite, which runs without a thread hop per statement).
 
 pub mod access;
 pub mod agents;

@@ -1,11 +1,13 @@
-//! Group commit: every write goes through one writer task that runs whatever has queued up
-//! since its last commit in a single transaction.
+//! Group commit: every write goes through one writer (a thread of its own with SQLite, a task
+//! with PostgreSQL) that runs whatever has queued up since its last commit in a single
+//! transaction.
 //!
 //! A commit with `durability: full` costs one fsync (about 1 ms on this class of disk), so
 //! committing each write alone caps throughput near 1,000 writes per second. While one batch
 //! commits, the next one queues; the writer then takes all of it at once. Each write runs in
-//! its own savepoint, so one failing write (say, a duplicate handle) rolls back alone and the
-//! rest of the batch still commits. Results are released only after the commit returns.
+//! its own savepoint, released as soon as it succeeds, so one failing write (say, a duplicate
+//! handle) rolls back alone and the rest of the batch still commits. Results are released only
+//! after the commit returns. With SQLite, WAL checkpoints run on a thread beside the writer.
 
 use std::path::PathBuf;
 use std::sync::Arc;
