@@ -262,6 +262,8 @@ pub struct Sandbox {
     /// network grant, and for runs without (which also may not open internet sockets).
     seccomp: Option<Arc<PathBuf>>,
     seccomp_offline: Option<Arc<PathBuf>>,
+    /// Loaded beside `seccomp` in runs with a network grant (see [`Filter::NoUnixSockets`]).
+    seccomp_no_unix: Option<Arc<PathBuf>>,
 }
 
 static RUNS: AtomicU64 = AtomicU64::new(0);
@@ -270,13 +272,14 @@ static RUNS: AtomicU64 = AtomicU64::new(0);
 /// stderr (the daemon may have inherited some without close-on-exec from whatever started it,
 /// and they would pass on to the command), then, for a sandboxed run, joins the run's pids
 /// cgroup (so every process of the tree is counted from the first fork), and execs the
-/// program. `$0` is the cgroup's `cgroup.procs` file or `-`; `$1` a seccomp filter file opened
-/// as descriptor 3 for `bwrap --seccomp 3`, or `-`. bash is used where present because POSIX sh
-/// cannot close descriptors above 9.
+/// program. `$0` is the cgroup's `cgroup.procs` file or `-`; `$1` and `$2` seccomp filter files
+/// opened as descriptors 3 and 4 for `bwrap --add-seccomp-fd`, or `-`. bash is used where
+/// present because POSIX sh cannot close descriptors above 9.
 const LAUNCHER: &str = r#"for fd in /proc/$$/fd/*; do n=${fd##*/}; case $n in 0|1|2) ;; *) eval "exec $n>&-" 2>/dev/null ;; esac; done
 [ "$0" = "-" ] || echo $$ > "$0" || exit 125
 if [ "$1" != "-" ]; then exec 3< "$1" || exit 125; fi
-shift
+if [ "$2" != "-" ]; then exec 4< "$2" || exit 125; fi
+shift 2
 exec "$@""#;
 
 /// `PATH` inside the sandbox.
@@ -299,9 +302,10 @@ impl Sandbox {
         let bwrap = bwrap.or_else(|| locate("bwrap", path_var));
         let pids_cgroup =
             std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| pids_cgroup(&c));
-        let seccomp = write_seccomp_filter(state_dir, false).map(Arc::new);
-        let seccomp_offline = write_seccomp_filter(state_dir, true).map(Arc::new);
-        Self { mode, bwrap, limits, pids_cgroup, seccomp, seccomp_offline }
+        let seccomp = write_seccomp_filter(state_dir, Filter::Online).map(Arc::new);
+        let seccomp_offline = write_seccomp_filter(state_dir, Filter::Offline).map(Arc::new);
+        let seccomp_no_unix = write_seccomp_filter(state_dir, Filter::NoUnixSockets).map(Arc::new);
+        Self { mode, bwrap, limits, pids_cgroup, seccomp, seccomp_offline, seccomp_no_unix }
     }
 
     /// Whether each run's process count is capped by a cgroup (else only by RLIMIT_NPROC).
@@ -512,12 +516,17 @@ impl Sandbox {
         args.extend(exec.argv.iter().cloned());
         // bwrap itself stays pid 1's parent inside the sandbox, where /proc/1/environ is
         // readable: it must not carry the daemon's environment (the launcher clears it).
-        let filter = if exec.network { &self.seccomp } else { &self.seccomp_offline };
-        let filter = filter.as_deref().map(PathBuf::as_path);
-        let mut command = launcher(group, filter);
+        let (filter, second) = match exec.network {
+            true => (&self.seccomp, &self.seccomp_no_unix),
+            false => (&self.seccomp_offline, &None),
+        };
+        let filters = [filter, second].map(|f| f.as_deref().map(PathBuf::as_path));
+        let mut command = launcher(group, filters);
         command.arg(bwrap);
-        if filter.is_some() {
-            command.args(["--seccomp", "3"]);
+        for (fd, filter) in ["3", "4"].into_iter().zip(filters) {
+            if filter.is_some() {
+                command.args(["--add-seccomp-fd", fd]);
+            }
         }
         command.args(args);
         Ok(command)
@@ -586,7 +595,7 @@ impl Sandbox {
 
 /// The host-side launcher (see `LAUNCHER`), ready for the program and its arguments.
 #[allow(clippy::disallowed_methods)] // The one place tools spawn processes.
-fn launcher(group: Option<&Path>, seccomp: Option<&Path>) -> tokio::process::Command {
+fn launcher(group: Option<&Path>, seccomp: [Option<&Path>; 2]) -> tokio::process::Command {
     let shell = ["/usr/bin/bash", "/bin/bash"]
         .into_iter()
         .find(|p| Path::new(p).is_file())
@@ -597,17 +606,19 @@ fn launcher(group: Option<&Path>, seccomp: Option<&Path>) -> tokio::process::Com
         Some(group) => command.arg(group.join("cgroup.procs")),
         None => command.arg("-"),
     };
-    match seccomp {
-        Some(filter) => command.arg(filter),
-        None => command.arg("-"),
-    };
+    for filter in seccomp {
+        match filter {
+            Some(filter) => command.arg(filter),
+            None => command.arg("-"),
+        };
+    }
     command
 }
 
 /// The operator's explicit `sandbox: none`: same environment scrubbing and limits on time and
 /// output, but the host's filesystem, network and processes are reachable.
 fn unsandboxed_command(exec: &Exec) -> tokio::process::Command {
-    let mut command = launcher(None, None);
+    let mut command = launcher(None, [None, None]);
     command.args(&exec.argv).current_dir(&exec.workspace);
     command.env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin");
     command.envs(exec.env.iter().map(|(k, v)| (k, v)));
@@ -687,30 +698,52 @@ const SIGSYS_STATUS: i32 = 128 + 31;
 /// launcher can open it: replaced atomically in `state_dir`, else a file created fresh (never
 /// one someone else made) in the temp dir. `None` when this architecture or host cannot have
 /// one; the sandbox then runs without it (namespaces and capabilities still apply).
-fn write_seccomp_filter(state_dir: Option<&Path>, offline: bool) -> Option<PathBuf> {
+/// Which compiled seccomp filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Filter {
+    /// Forbidden system calls kill the process.
+    Online,
+    /// The same, and so does opening an internet or packet socket (no network grant).
+    Offline,
+    /// With a network grant the command shares the host's network namespace, and with it the
+    /// host's abstract Unix sockets (D-Bus, X11, …): creating any Unix socket fails with
+    /// EACCES instead (not a kill: glibc tries the nscd socket on every name lookup and copes
+    /// with a refusal). `socketpair` stays allowed, so in-process pipes still work.
+    NoUnixSockets,
+}
+
+fn write_seccomp_filter(state_dir: Option<&Path>, kind: Filter) -> Option<PathBuf> {
     use seccompiler::{
         SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
     };
     let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH).ok()?;
-    let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> =
-        FORBIDDEN_SYSCALLS.iter().map(|n| (*n, Vec::new())).collect();
-    let tiocsti =
-        SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::TIOCSTI).ok()?;
-    rules.insert(libc::SYS_ioctl, vec![SeccompRule::new(vec![tiocsti]).ok()?]);
-    if offline {
+    let domain_is = |domain: i32| {
+        SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, domain as u64)
+            .ok()
+            .and_then(|cond| SeccompRule::new(vec![cond]).ok())
+    };
+    let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> = Default::default();
+    let mut action = SeccompAction::KillProcess;
+    if kind == Filter::NoUnixSockets {
+        rules.insert(libc::SYS_socket, vec![domain_is(libc::AF_UNIX)?]);
+        action = SeccompAction::Errno(libc::EACCES as u32);
+    } else {
+        rules.extend(FORBIDDEN_SYSCALLS.iter().map(|n| (*n, Vec::new())));
+        let tiocsti =
+            SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::TIOCSTI)
+                .ok()?;
+        rules.insert(libc::SYS_ioctl, vec![SeccompRule::new(vec![tiocsti]).ok()?]);
+    }
+    if kind == Filter::Offline {
         // Without a network grant there is no network to reach: opening an internet or packet
         // socket is itself the violation (Unix sockets stay allowed).
         let mut domains = Vec::new();
         for domain in [libc::AF_INET, libc::AF_INET6, libc::AF_PACKET] {
-            let cond =
-                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, domain as u64)
-                    .ok()?;
-            domains.push(SeccompRule::new(vec![cond]).ok()?);
+            domains.push(domain_is(domain)?);
         }
         rules.insert(libc::SYS_socket, domains);
     }
-    let filter =
-        SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::KillProcess, arch).ok()?;
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, action, arch).ok()?;
     let program: seccompiler::BpfProgram = filter.try_into().ok()?;
     let mut bytes = Vec::with_capacity(program.len() * 8);
     for insn in &program {
@@ -720,7 +753,11 @@ fn write_seccomp_filter(state_dir: Option<&Path>, offline: bool) -> Option<PathB
         bytes.extend_from_slice(&insn.k.to_ne_bytes());
     }
     let n = RUNS.fetch_add(1, Ordering::Relaxed);
-    let kind = if offline { "offline" } else { "online" };
+    let kind = match kind {
+        Filter::Online => "online",
+        Filter::Offline => "offline",
+        Filter::NoUnixSockets => "no-unix",
+    };
     let unique = format!("clade-seccomp-{kind}-{}-{n}.bpf", std::process::id());
     match state_dir {
         Some(dir) => {

@@ -212,6 +212,43 @@ async fn a_network_grant_opens_the_network() {
     assert!(listener.accept().is_ok());
 }
 
+/// A network grant shares the host's network namespace, and with it the host's abstract Unix
+/// sockets: creating a Unix socket is refused there (EACCES), while the network itself and
+/// in-process socket pairs keep working.
+#[tokio::test]
+async fn a_network_grant_does_not_open_host_unix_sockets() {
+    let name = format!("clade-test-abstract-{}", std::process::id());
+    use std::os::linux::net::SocketAddrExt;
+    let host = std::os::unix::net::UnixListener::bind_addr(
+        &std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    host.set_nonblocking(true).unwrap();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "import socket\n\
+         a, b = socket.socketpair(); a.send(b'x'); print('pair', b.recv(1))\n\
+         socket.create_connection(('127.0.0.1', {port}), 2); print('tcp ok')\n\
+         s = socket.socket(socket.AF_UNIX); s.connect('\\0{name}'); print('unix leak')\n"
+    );
+    let out = sandbox(SandboxLimits::default())
+        .run(Exec {
+            argv: vec!["python3".into(), "-c".into(), script],
+            workspace: dir.path().to_owned(),
+            network: true,
+            env: vec![],
+            stdin: None,
+        })
+        .await
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.contains("pair b'x'") && stdout.contains("tcp ok"), "{out:?}");
+    assert!(!stdout.contains("unix leak") && host.accept().is_err(), "{out:?}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+}
+
 #[tokio::test]
 async fn forbidden_system_calls_kill_the_caller_and_are_reported() {
     let dir = tempfile::tempdir().unwrap();
