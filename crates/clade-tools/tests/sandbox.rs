@@ -7,6 +7,21 @@ use std::time::Duration;
 use clade_config::{SandboxLimits, SandboxMode};
 use clade_tools::sandbox::{Exec, ExecOutput, Sandbox, SandboxError};
 
+/// `argv` in a fresh workspace, with a network grant.
+async fn with_network(argv: &[&str]) -> ExecOutput {
+    let dir = tempfile::tempdir().unwrap();
+    sandbox(SandboxLimits::default())
+        .run(Exec {
+            argv: argv.iter().map(|a| (*a).to_owned()).collect(),
+            workspace: dir.path().to_owned(),
+            network: true,
+            env: vec![],
+            stdin: None,
+        })
+        .await
+        .unwrap()
+}
+
 fn sandbox(limits: SandboxLimits) -> Sandbox {
     let path = std::env::var("PATH").ok();
     Sandbox::new(SandboxMode::Bubblewrap, None, path.as_deref(), limits, None)
@@ -193,21 +208,8 @@ async fn a_network_grant_opens_the_network() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let out = sandbox(SandboxLimits::default())
-        .run(Exec {
-            argv: vec![
-                "bash".into(),
-                "-c".into(),
-                format!("echo hi > /dev/tcp/127.0.0.1/{port} && echo connected"),
-            ],
-            workspace: dir.path().to_owned(),
-            network: true,
-            env: vec![],
-            stdin: None,
-        })
-        .await
-        .unwrap();
+    let script = format!("echo hi > /dev/tcp/127.0.0.1/{port} && echo connected");
+    let out = with_network(&["bash", "-c", &script]).await;
     assert!(text(&out.stdout).contains("connected"), "{out:?}");
     assert!(listener.accept().is_ok());
 }
@@ -226,23 +228,13 @@ async fn a_network_grant_does_not_open_host_unix_sockets() {
     host.set_nonblocking(true).unwrap();
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = tcp.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
     let script = format!(
         "import socket\n\
          a, b = socket.socketpair(); a.send(b'x'); print('pair', b.recv(1))\n\
          socket.create_connection(('127.0.0.1', {port}), 2); print('tcp ok')\n\
          s = socket.socket(socket.AF_UNIX); s.connect('\\0{name}'); print('unix leak')\n"
     );
-    let out = sandbox(SandboxLimits::default())
-        .run(Exec {
-            argv: vec!["python3".into(), "-c".into(), script],
-            workspace: dir.path().to_owned(),
-            network: true,
-            env: vec![],
-            stdin: None,
-        })
-        .await
-        .unwrap();
+    let out = with_network(&["python3", "-c", &script]).await;
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(stdout.contains("pair b'x'") && stdout.contains("tcp ok"), "{out:?}");
     assert!(!stdout.contains("unix leak") && host.accept().is_err(), "{out:?}");
