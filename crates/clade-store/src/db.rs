@@ -134,7 +134,13 @@ impl Query {
     /// Runs a read on the SQLite readers (inline) or else on the pool.
     pub(crate) async fn fetch_all_read(self, readers: &Readers) -> Result<Vec<Row>> {
         match readers {
-            Readers::Sqlite(readers) => readers.rows(&self.sql, &self.args),
+            Readers::Sqlite(readers) => {
+                // A read that never waits would never give the worker back: a loop of reads
+                // (say, verifying a long audit chain page by page) would hold it throughout.
+                // This yields once the task has used its scheduling budget.
+                tokio::task::consume_budget().await;
+                readers.rows(&self.sql, &self.args)
+            }
             Readers::Pool(pool) => {
                 let rows = self.into_sqlx().fetch_all(pool).await?;
                 Ok(rows.into_iter().map(Row::Any).collect())
