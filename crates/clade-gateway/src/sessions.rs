@@ -186,16 +186,18 @@ fn outbox_event(row: clade_store::OutboxRow) -> Event {
     Event::default().id(row.id.to_string()).event(row.kind).data(data.to_string())
 }
 
-/// What a lagging stream needs to catch up from the outbox.
+/// What a lagging stream (SSE or WebSocket) needs to catch up from the outbox.
 #[derive(Clone)]
-struct Lagged {
-    store: clade_store::Store,
-    tenant: clade_core::TenantId,
-    session: clade_core::SessionId,
+pub(crate) struct Lagged {
+    pub(crate) store: clade_store::Store,
+    pub(crate) tenant: clade_core::TenantId,
+    pub(crate) session: clade_core::SessionId,
 }
 
 impl Lagged {
-    async fn outbox_after(&self, after: i64) -> Vec<clade_store::OutboxRow> {
+    /// The session's lifecycle events after outbox position `after` (none if they cannot be
+    /// read; the failure is logged).
+    pub(crate) async fn outbox_after(&self, after: i64) -> Vec<clade_store::OutboxRow> {
         match self.store.session_outbox(self.tenant, self.session, after, 10_000).await {
             Ok(rows) => rows,
             Err(err) => {

@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::AppState;
 use crate::auth::Caller;
+use crate::sessions::Lagged;
 
 /// Largest client message accepted.
 const MAX_MESSAGE: usize = 16 * 1024;
@@ -90,40 +91,70 @@ async fn subscribe(
             format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"),
         ));
     }
-    let (receiver, reply) = if let Some(session) = request["session"].as_str() {
+    if let Some(session) = request["session"].as_str() {
         let not_found = || ("session_not_found", format!("session {session:?} not found"));
         let id = SessionId::parse(session).map_err(|_| not_found())?;
         // Another tenant's session is reported exactly like a missing one.
         state.store.session(tenant.id, id).await.map_err(|_| not_found())?;
-        (state.engine.hub().subscribe(id), json!({ "type": "subscribed", "session": session }))
+        // Events committed before the subscription are not this subscriber's; read where they
+        // end first, so a later catch-up starts there.
+        let head = state.store.outbox_head().await.map_err(|e| ("internal", e.to_string()))?;
+        let lagged = Lagged { store: state.store.clone(), tenant: tenant.id, session: id };
+        let receiver = state.engine.hub().subscribe(id);
+        tokio::spawn(forward(receiver, tx.clone(), Some((lagged, head))));
+        Ok(json!({ "type": "subscribed", "session": session }))
     } else if let Some(handle) = request["agent"].as_str() {
         let agent = state
             .store
             .agent(tenant.id, handle)
             .await
             .map_err(|_| ("agent_not_found", format!("agent {handle:?} not found")))?;
-        (
-            state.engine.hub().subscribe_agent(agent.id),
-            json!({ "type": "subscribed", "agent": handle }),
-        )
+        let receiver = state.engine.hub().subscribe_agent(agent.id);
+        // An agent's subscription spans sessions; a lagging one loses events (documented).
+        tokio::spawn(forward(receiver, tx.clone(), None));
+        Ok(json!({ "type": "subscribed", "agent": handle }))
     } else {
-        return Err(("invalid_request", "subscribe needs \"session\" or \"agent\"".into()));
-    };
-    tokio::spawn(forward(receiver, tx.clone()));
-    Ok(reply)
+        Err(("invalid_request", "subscribe needs \"session\" or \"agent\"".into()))
+    }
 }
 
 /// Moves one subscription's events into the connection's queue until either side goes away.
-async fn forward(mut receiver: broadcast::Receiver<LiveEvent>, tx: mpsc::Sender<LiveEvent>) {
+/// A session subscription that falls behind re-reads the lifecycle events it missed from the
+/// outbox (`lagged`), so it loses only text deltas.
+async fn forward(
+    mut receiver: broadcast::Receiver<LiveEvent>,
+    tx: mpsc::Sender<LiveEvent>,
+    catch_up: Option<(Lagged, i64)>,
+) {
+    let (lagged, mut last) = match catch_up {
+        Some((lagged, head)) => (Some(lagged), head),
+        None => (None, 0),
+    };
     loop {
-        match receiver.recv().await {
-            Ok(event) => {
-                if tx.send(event).await.is_err() {
-                    return;
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+        let events = match receiver.recv().await {
+            Ok(LiveEvent { id: Some(id), .. }) if id <= last => continue,
+            Ok(event) => vec![event],
+            Err(broadcast::error::RecvError::Lagged(_)) => match &lagged {
+                Some(lagged) => lagged
+                    .outbox_after(last)
+                    .await
+                    .into_iter()
+                    .map(|row| LiveEvent {
+                        session: lagged.session,
+                        id: Some(row.id),
+                        data: serde_json::from_str(&row.data).unwrap_or(Value::Null),
+                        kind: row.kind,
+                    })
+                    .collect(),
+                None => continue,
+            },
             Err(broadcast::error::RecvError::Closed) => return,
+        };
+        for event in events {
+            last = event.id.unwrap_or(last).max(last);
+            if tx.send(event).await.is_err() {
+                return;
+            }
         }
     }
 }

@@ -772,6 +772,13 @@ impl Store {
         row.as_ref().map(turn_row).transpose()?.ok_or_else(|| Error::EventNotFound(id.to_string()))
     }
 
+    /// The newest outbox position (0 when empty): a live subscriber that starts now has seen
+    /// nothing after it.
+    pub async fn outbox_head(&self) -> Result<i64> {
+        let row = self.row(query("SELECT COALESCE(MAX(id), 0) AS head FROM outbox")).await?;
+        row.try_get("head")
+    }
+
     /// Outbox rows after `after`, all tenants (for the dispatcher).
     pub async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<OutboxRow>> {
         let rows = self
