@@ -158,3 +158,79 @@ async fn forward(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use clade_core::{AgentConfig, Handle, SystemClock, Tenant};
+    use clade_store::{Location, NewAgent, NewEvent, OutboxEvent, Source, Store, StoreOptions};
+
+    use super::*;
+
+    /// A subscriber that falls behind gets the lifecycle events it missed from the outbox, in
+    /// order and once, and loses only deltas.
+    #[tokio::test]
+    async fn a_lagging_session_subscription_catches_up_from_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreOptions {
+            location: Location::Sqlite(dir.path().join("clade.db")),
+            durability: clade_store::Durability::Normal,
+            clock: Arc::new(SystemClock),
+        })
+        .await
+        .unwrap();
+        let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let new = NewAgent {
+            handle: Handle::parse("ada").unwrap(),
+            display_name: None,
+            config: AgentConfig::default(),
+        };
+        let agent = store.create_agents(tenant.id, vec![new]).await.unwrap().remove(0);
+        let head = store.outbox_head().await.unwrap();
+        let accepted = store
+            .accept_event(NewEvent {
+                tenant: tenant.id,
+                agent: agent.id,
+                source: Source { platform: "t".into(), channel: "c".into(), actor: "a".into() },
+                text: "hi".into(),
+                idempotency_key: None,
+                payload_hash: "h".into(),
+                max_open_per_session: 10,
+            })
+            .await
+            .unwrap();
+        let session = store.session(tenant.id, accepted.session_id).await.unwrap();
+
+        let (live, receiver) = broadcast::channel(2);
+        let (tx, mut rx) = mpsc::channel(64);
+        let lagged = Lagged { store: store.clone(), tenant: tenant.id, session: session.id };
+        // Committed, then published with more deltas than the channel holds: the subscriber
+        // lags before it sees any of it.
+        let outbox = ["turn.started", "tool.called"]
+            .map(|kind| OutboxEvent { kind: kind.into(), data: "{}".into() })
+            .to_vec();
+        let (_, rows) =
+            store.start_turn(&session, vec![accepted.event_id], 0, outbox).await.unwrap();
+        for row in &rows {
+            let id = Some(row.id);
+            let event =
+                LiveEvent { session: session.id, id, kind: row.kind.clone(), data: Value::Null };
+            live.send(event).unwrap();
+        }
+        for _ in 0..5 {
+            let kind = "text.delta".to_owned();
+            live.send(LiveEvent { session: session.id, id: None, kind, data: Value::Null })
+                .unwrap();
+        }
+        let task = tokio::spawn(forward(receiver, tx, Some((lagged, head))));
+        let mut kinds = Vec::new();
+        while let Ok(Some(event)) =
+            tokio::time::timeout(std::time::Duration::from_millis(500), rx.recv()).await
+        {
+            kinds.push(event.kind);
+        }
+        task.abort();
+        assert_eq!(kinds, ["turn.started", "tool.called", "text.delta", "text.delta"]);
+    }
+}
