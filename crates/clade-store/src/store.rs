@@ -1,6 +1,7 @@
 //! The store handle: tenants, agents, API tokens, secrets and metadata over either backend.
 //!
-//! Reads go to the connection pool; every write goes through the group-commit [`Writer`].
+//! Reads run on the calling task (SQLite) or the pool (PostgreSQL); every write goes through
+//! the group-commit writer ([`crate::writer`]).
 //! Every query on tenant-owned data is filtered by tenant id: there is no call that returns
 //! another tenant's rows.
 
