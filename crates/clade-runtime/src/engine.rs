@@ -375,21 +375,19 @@ async fn fail_events(
         return false;
     };
     publish(inner, session.agent_id, &rows);
-    {
-        let outcome = TurnOutcome {
-            status: "failed".into(),
-            reply: None,
-            error: Some(reason.into()),
-            model: None,
-        };
-        let data = json!({ "turn": turn.id.to_string(), "error": reason });
-        match inner.store.finish_turn(&turn, outcome, vec![outbox("turn.failed", data)]).await {
-            Ok(rows) => {
-                publish(inner, turn.agent_id, &rows);
-                true
-            }
-            Err(_) => false,
+    let outcome = TurnOutcome {
+        status: "failed".into(),
+        reply: None,
+        error: Some(reason.into()),
+        model: None,
+    };
+    let data = json!({ "turn": turn.id.to_string(), "error": reason });
+    match inner.store.finish_turn(&turn, outcome, vec![outbox("turn.failed", data)]).await {
+        Ok(rows) => {
+            publish(inner, turn.agent_id, &rows);
+            true
         }
+        Err(_) => false,
     }
 }
 
