@@ -316,7 +316,14 @@ impl ToolRunner {
         // What the sandbox stopped or refused is recorded apart from the result, so the audit
         // log answers "what did this agent try" without reading outputs.
         let findings = if tool.runs_in_sandbox() {
-            clade_tools::sandbox::findings(text, &command)
+            let granted_env: Vec<&str> =
+                authorized.context.env.iter().map(|(name, _)| name.as_str()).collect();
+            let run = clade_tools::sandbox::RunFacts {
+                command: &command,
+                network: authorized.context.granted.network,
+                granted_env: &granted_env,
+            };
+            clade_tools::sandbox::findings(text, &run)
         } else {
             Vec::new()
         };
@@ -337,6 +344,9 @@ impl ToolRunner {
                     let paths: Vec<String> =
                         paths.iter().map(|p| redact_text(p, &secrets)).collect();
                     ("sandbox.denied", "hidden", json!({ "hidden host paths": paths }))
+                }
+                Finding::Withheld(what) => {
+                    ("sandbox.denied", "withheld", json!({ "withheld": what }))
                 }
             };
             let detail = json!({ "call": authorized.context.call_id, "what": what });

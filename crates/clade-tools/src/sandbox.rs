@@ -71,8 +71,13 @@ pub enum Finding {
     /// The command named host paths its sandbox does not have: they exist on the host but
     /// read as missing inside (the data dir, another workspace, `/etc/shadow`, …).
     Hidden(Vec<String>),
+    /// The command asked for what the sandbox does not pass in: the daemon's environment or
+    /// some of its variables, or the host's processes.
+    Withheld(Vec<String>),
 }
 
+/// The note a run's wrapper adds when processes outlived the command (see `RUN_WRAPPER`).
+const ORPHANS_NOTE: &str = "[sandbox: stopped";
 const VIOLATION_LINE: &str =
     "sandbox violation: a forbidden system call was made; that process was killed";
 const LIMIT_PREFIX: &str = "killed";
@@ -86,9 +91,12 @@ const DENIAL_TEXTS: [&str; 5] = [
     "No such process",
     "[sandbox: removed setuid/setgid bits",
 ];
+/// Error texts that are refusals only in a run without a network grant, whose network
+/// namespace holds nothing but its own loopback.
+const OFFLINE_DENIAL_TEXTS: [&str; 2] = ["Connection refused", "Network is unreachable"];
 /// Error texts of a resource limit a process ran into (fork, memory, file size, descriptors,
 /// the size-capped `/tmp`), as libc, the shells and Python spell them.
-const LIMIT_TEXTS: [&str; 7] = [
+const LIMIT_TEXTS: [&str; 8] = [
     "Cannot fork",
     "Resource temporarily unavailable",
     "Cannot allocate memory",
@@ -96,6 +104,7 @@ const LIMIT_TEXTS: [&str; 7] = [
     "File size limit exceeded",
     "Too many open files",
     "No space left on device",
+    ORPHANS_NOTE,
 ];
 
 /// Whether `text` is a run's account as [`ExecOutput::render`] writes it.
@@ -104,9 +113,31 @@ pub fn is_account(text: &str) -> bool {
     first == VIOLATION_LINE || first.starts_with(LIMIT_PREFIX) || first.starts_with("exit code ")
 }
 
-/// The findings in a run's account (`command` is the command line it ran, whose absolute
-/// paths are checked like the ones in error lines); none for text that is not an account.
-pub fn findings(account: &str, command: &str) -> Vec<Finding> {
+/// What the daemon knows of a run besides its account.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunFacts<'a> {
+    /// The command line it ran: its absolute paths are checked like the ones in error lines,
+    /// and what it asks of the environment and of other processes is read from it.
+    pub command: &'a str,
+    /// Whether the run shared the host's network (a grant).
+    pub network: bool,
+    /// Names of the variables the call was granted (besides the sandbox's own `PATH`, …).
+    pub granted_env: &'a [&'a str],
+}
+
+/// The findings in a run's account; none for text that is not an account.
+pub fn findings(account: &str, run: &RunFacts<'_>) -> Vec<Finding> {
+    let daemon_env: Vec<String> =
+        std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()).collect();
+    findings_with(account, run, &daemon_env, exists_on_host)
+}
+
+fn findings_with(
+    account: &str,
+    run: &RunFacts<'_>,
+    daemon_env: &[String],
+    exists: impl Fn(&Path) -> bool + Copy,
+) -> Vec<Finding> {
     let mut lines = account.lines();
     let mut found = Vec::new();
     let mut first = lines.next().unwrap_or_default();
@@ -119,11 +150,18 @@ pub fn findings(account: &str, command: &str) -> Vec<Finding> {
     } else if !first.starts_with("exit code ") {
         return found;
     }
-    // Only the command's stderr: its stdout may be any data (a log that quotes an error).
-    let stderr = account.rsplit_once("\nstderr:\n").map(|(_, stderr)| stderr).unwrap_or_default();
-    let denied: Vec<String> = stderr
+    // The command's stderr, and its stdout only when the command sent its errors there
+    // (`2>&1`): otherwise stdout may be any data (a log that quotes an error).
+    let (head, stderr) = account.rsplit_once("\nstderr:\n").unwrap_or((account, ""));
+    let stdout = head.split_once("\nstdout:\n").map(|(_, out)| out).unwrap_or_default();
+    let merged = ["2>&1", "|&", "&>", ">&"].iter().any(|op| run.command.contains(op));
+    let errors = if merged { format!("{stdout}\n{stderr}") } else { stderr.to_owned() };
+    // Without a network grant the run has a network of its own, empty: a refused or
+    // unreachable connection is one to something outside it (a host abstract socket, say).
+    let offline_texts: &[&str] = if run.network { &[] } else { &OFFLINE_DENIAL_TEXTS };
+    let denied: Vec<String> = errors
         .lines()
-        .filter(|line| DENIAL_TEXTS.iter().any(|text| line.contains(text)))
+        .filter(|line| DENIAL_TEXTS.iter().chain(offline_texts).any(|text| line.contains(text)))
         .take(5)
         .map(|line| line.chars().take(200).collect())
         .collect();
@@ -131,18 +169,108 @@ pub fn findings(account: &str, command: &str) -> Vec<Finding> {
         found.push(Finding::Denied(denied));
     }
     if !found.iter().any(|f| matches!(f, Finding::Limit(_)))
-        && let Some(line) = stderr.lines().find(|l| LIMIT_TEXTS.iter().any(|t| l.contains(t)))
+        && let Some(line) = errors.lines().find(|l| LIMIT_TEXTS.iter().any(|t| l.contains(t)))
     {
         found.push(Finding::Limit(line.chars().take(200).collect()));
     }
-    let mut hidden = hidden_host_paths(stderr, true, exists_on_host);
-    for path in hidden_host_paths(command, false, exists_on_host) {
+    let mut hidden = hidden_host_paths(&errors, true, exists);
+    for path in hidden_host_paths(run.command, false, exists) {
         if hidden.len() < 5 && !hidden.contains(&path) {
             hidden.push(path);
         }
     }
     if !hidden.is_empty() {
         found.push(Finding::Hidden(hidden));
+    }
+    let withheld = withheld_from(run, daemon_env);
+    if !withheld.is_empty() {
+        found.push(Finding::Withheld(withheld));
+    }
+    found
+}
+
+/// Variables every sandboxed run has (see `bwrap_command`).
+const SANDBOX_ENV: [&str; 4] = ["PATH", "HOME", "TMPDIR", "LANG"];
+/// Commands that list processes (a pid namespace shows none of the host's).
+const PROCESS_LISTERS: [&str; 8] =
+    ["ps", "pgrep", "pkill", "pidof", "top", "htop", "killall", "pstree"];
+/// How programs read one variable, just before its name.
+const VARIABLE_READS: [&str; 14] = [
+    "$",
+    "${",
+    "getenv(\"",
+    "getenv('",
+    "environ[\"",
+    "environ['",
+    "environ.get(\"",
+    "environ.get('",
+    "ENV{",
+    "ENV{'",
+    "ENV{\"",
+    "ENV[\"",
+    "ENV['",
+    "process.env.",
+];
+
+/// What the sandbox withheld that the command asked for: the daemon's environment (all of it,
+/// or the variables it named) and the host's processes. Read from the command line, since
+/// inside the sandbox both simply are not there.
+fn withheld_from(run: &RunFacts<'_>, daemon_env: &[String]) -> Vec<String> {
+    let command = run.command;
+    let withheld: Vec<&str> = daemon_env
+        .iter()
+        .map(String::as_str)
+        .filter(|name| !SANDBOX_ENV.contains(name) && !run.granted_env.contains(name))
+        .collect();
+    let mut found = Vec::new();
+    let simple_commands = command.split(|c: char| ";|&()`\n".contains(c)).map(|segment| {
+        let mut words = segment
+            .split_whitespace()
+            .skip_while(|w| w.contains('=') || matches!(*w, "exec" | "command" | "nohup" | "time"));
+        let program = words.next().map(|w| w.rsplit('/').next().unwrap_or(w)).unwrap_or_default();
+        // Redirections are not operands (`env 2>/dev/null` still prints everything).
+        let rest: Vec<&str> = words.filter(|w| !w.starts_with(['>', '<', '2'])).collect();
+        (program, rest)
+    });
+    let mut dump = false;
+    let mut lists_processes = false;
+    for (program, rest) in simple_commands {
+        let operands = rest.iter().filter(|w| !w.starts_with('-')).count();
+        dump |= match program {
+            "env" | "printenv" => operands == 0,
+            "set" | "export" => rest.is_empty() || rest == ["-p"],
+            "declare" | "typeset" => {
+                rest.iter().any(|w| matches!(*w, "-x" | "-p")) && operands == 0
+            }
+            _ => false,
+        };
+        lists_processes |= PROCESS_LISTERS.contains(&program);
+    }
+    dump |= ["os.environ)", "os.environ.items", "os.environ.copy", "%ENV", "environ;"]
+        .iter()
+        .any(|text| command.contains(text))
+        || command.split_whitespace().any(|w| w.starts_with("/proc/") && w.ends_with("/environ"));
+    lists_processes |= command
+        .split(|c: char| c.is_whitespace() || "'\"|;&<>".contains(c))
+        .any(|w| matches!(w, "/proc" | "/proc/" | "/proc/*" | "/proc/[0-9]*"));
+    if dump {
+        found.push(format!("the daemon's environment ({} variables)", withheld.len()));
+    }
+    for name in &withheld {
+        if found.len() >= 5 {
+            break;
+        }
+        let named = command.match_indices(name).any(|(at, _)| {
+            let after = command[at + name.len()..].chars().next();
+            !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                && VARIABLE_READS.iter().any(|read| command[..at].ends_with(read))
+        });
+        if named {
+            found.push(format!("the daemon's variable {name}"));
+        }
+    }
+    if lists_processes {
+        found.push("the host's processes (the sandbox has a pid namespace of its own)".into());
     }
     found
 }
@@ -281,6 +409,24 @@ if [ "$1" != "-" ]; then exec 3< "$1" || exit 125; fi
 if [ "$2" != "-" ]; then exec 4< "$2" || exit 125; fi
 shift 2
 exec "$@""#;
+
+/// Runs a tool's command inside the sandbox, then counts the processes it left running (a
+/// daemonised child, say), which die with the sandbox's pid namespace as this shell exits,
+/// and says so on stderr for the audit log (see `findings`). Only shell builtins run after
+/// the command, so a process limit it exhausted cannot stop the count. The exit status is
+/// the command's.
+const RUN_WRAPPER: &str = r#""$@"
+status=$?
+left=0
+for dir in /proc/[0-9]*; do
+  pid=${dir#/proc/}
+  case $pid in 1|$$) continue ;; esac
+  read -r stat < "$dir/stat" 2>/dev/null || continue
+  case $stat in *") Z "*) continue ;; esac
+  left=$((left + 1))
+done
+[ "$left" = 0 ] || echo "[sandbox: stopped $left process(es) still running when the command ended]" >&2
+exit "$status""#;
 
 /// `PATH` inside the sandbox.
 const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
@@ -513,6 +659,9 @@ impl Sandbox {
         let fsize = format!("--fsize={}", limits.file_size_mib * 1024 * 1024);
         let nproc = format!("--nproc={}", limits.processes);
         push(&[&memory, &fsize, &nproc, "--nofile=256", "--core=0", "--"]);
+        if !service {
+            push(&["/bin/sh", "-c", RUN_WRAPPER, "sandbox"]);
+        }
         args.extend(exec.argv.iter().cloned());
         // bwrap itself stays pid 1's parent inside the sandbox, where /proc/1/environ is
         // readable: it must not carry the daemon's environment (the launcher clears it).
@@ -878,7 +1027,93 @@ mod tests {
     use super::*;
 
     fn account(out: ExecOutput) -> Vec<Finding> {
-        findings(&out.render(&SandboxLimits::default()), "")
+        run(out, &RunFacts::default())
+    }
+
+    fn run(out: ExecOutput, facts: &RunFacts<'_>) -> Vec<Finding> {
+        let daemon_env =
+            ["PATH", "HOME", "AWS_SECRET_ACCESS_KEY", "DATABASE_URL", "GRANTED"].map(String::from);
+        findings_with(&out.render(&SandboxLimits::default()), facts, &daemon_env, |_| false)
+    }
+
+    fn exited(code: i32, stdout: &str, stderr: &str) -> ExecOutput {
+        let (stdout, stderr) = (stdout.as_bytes().to_vec(), stderr.as_bytes().to_vec());
+        ExecOutput { code: Some(code), stdout, stderr, ..Default::default() }
+    }
+
+    fn withheld(command: &str) -> Vec<String> {
+        let facts = RunFacts { command, granted_env: &["GRANTED"], ..Default::default() };
+        match &run(exited(0, "", ""), &facts)[..] {
+            [Finding::Withheld(what)] => what.clone(),
+            [] => Vec::new(),
+            other => panic!("unexpected findings {other:?}"),
+        }
+    }
+
+    #[test]
+    fn what_the_sandbox_withheld_is_read_from_the_command_line() {
+        let whole = "the daemon's environment (2 variables)";
+        for dump in [
+            "env",
+            "printenv | sort",
+            "FOO=1 /usr/bin/env 2>/dev/null",
+            "export -p",
+            "cat /proc/1/environ",
+            "python3 -c 'import os; print(os.environ)'",
+            "set",
+        ] {
+            assert_eq!(withheld(dump), vec![whole], "{dump}");
+        }
+        assert_eq!(
+            withheld("echo $AWS_SECRET_ACCESS_KEY ${DATABASE_URL:-none} $GRANTED $HOME"),
+            vec![
+                "the daemon's variable AWS_SECRET_ACCESS_KEY",
+                "the daemon's variable DATABASE_URL"
+            ]
+        );
+        assert_eq!(
+            withheld("python3 -c 'import os; os.environ[\"DATABASE_URL\"]'"),
+            vec!["the daemon's variable DATABASE_URL"]
+        );
+        let processes = "the host's processes (the sandbox has a pid namespace of its own)";
+        for listing in ["ps aux", "ls /proc | wc -l", "pgrep -f clade", "ls -d /proc/[0-9]*"] {
+            assert_eq!(withheld(listing), vec![processes], "{listing}");
+        }
+        // Running a program through `env`, setting shell options, or a variable name that is
+        // only text: nothing withheld.
+        for quiet in [
+            "env python3 x.py",
+            "set -e; make",
+            "echo AWS_SECRET_ACCESS_KEY_ID",
+            "echo $AWS_SECRET_ACCESS_KEY_ID",
+            "cat /proc/cpuinfo",
+            "grep DATABASE_URL .env",
+        ] {
+            assert_eq!(withheld(quiet), Vec::<String>::new(), "{quiet}");
+        }
+    }
+
+    #[test]
+    fn errors_sent_to_stdout_count_when_the_command_sent_them_there() {
+        let out = || exited(2, "RTNETLINK answers: Operation not permitted\n", "");
+        let merged = RunFacts { command: "ip link set lo down 2>&1", ..Default::default() };
+        assert_eq!(
+            run(out(), &merged),
+            vec![Finding::Denied(vec!["RTNETLINK answers: Operation not permitted".into()])]
+        );
+        let apart = RunFacts { command: "ip link set lo down", ..Default::default() };
+        assert!(run(out(), &apart).is_empty());
+    }
+
+    #[test]
+    fn a_refused_connection_is_a_denial_only_without_the_network() {
+        let out = || exited(1, "", "ConnectionRefusedError: [Errno 111] Connection refused\n");
+        let offline = RunFacts::default();
+        assert!(
+            matches!(&run(out(), &offline)[..], [Finding::Denied(l)] if l[0].contains("refused"))
+        );
+        let online = RunFacts { network: true, ..Default::default() };
+        assert!(run(out(), &online).is_empty());
     }
 
     #[test]
@@ -909,7 +1144,7 @@ mod tests {
             ..Default::default()
         };
         assert!(account(quoted).is_empty());
-        assert!(findings("file contents: Permission denied", "").is_empty());
+        assert!(findings("file contents: Permission denied", &RunFacts::default()).is_empty());
         // A limit a process ran into, reported by the process itself.
         let fork_bomb = ExecOutput {
             code: Some(0),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clade_config::{SandboxLimits, SandboxMode};
-use clade_tools::sandbox::{Exec, ExecOutput, Sandbox, SandboxError};
+use clade_tools::sandbox::{Exec, ExecOutput, Finding, RunFacts, Sandbox, SandboxError, findings};
 
 /// `argv` in a fresh workspace, with a network grant.
 async fn with_network(argv: &[&str]) -> ExecOutput {
@@ -176,6 +176,33 @@ async fn limits_contain_bombs_and_kill_the_whole_tree() {
     let flood = sh(&sb, dir.path(), "yes AAAAAAAAAAAAAAAA").await;
     assert!(flood.output_capped);
     assert_eq!(flood.stdout.len(), 4096);
+}
+
+#[tokio::test]
+async fn processes_left_running_are_stopped_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox(SandboxLimits { timeout_secs: 5, ..SandboxLimits::default() });
+    // A daemonised child that would write a file after the command returned.
+    let out = sh(
+        &sb,
+        dir.path(),
+        "setsid sh -c 'sleep 1; echo late > late' >/dev/null 2>&1 & echo started",
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "started\n");
+    let account = out.render(&SandboxLimits::default());
+    let findings = findings(&account, &RunFacts::default());
+    assert!(
+        matches!(&findings[..], [Finding::Limit(line)] if line.contains("stopped 1 process(es)")),
+        "{findings:?} in {account}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!dir.path().join("late").exists(), "the daemonised child outlived its command");
+    // A command that leaves nothing behind gets no note, and keeps its exit status.
+    let clean = sh(&sb, dir.path(), "sleep 0.1 & wait; exit 3").await;
+    assert_eq!(clean.code, Some(3));
+    assert!(text(&clean.stderr).is_empty(), "{}", text(&clean.stderr));
 }
 
 #[tokio::test]

@@ -28,6 +28,7 @@ struct Corpus {
     /// sandbox stopped or refused something the audit log records (`sandbox.*`).
     sandbox_runs: u32,
     recorded_runs: u32,
+    unrecorded: Vec<String>,
     findings: usize,
 }
 
@@ -35,9 +36,14 @@ impl Corpus {
     fn record(&mut self, name: &str, blocked: bool, detail: &str) {
         if clade_tools::sandbox::is_account(detail) {
             let command = LAST_COMMAND.lock().unwrap().clone();
-            let found = clade_tools::sandbox::findings(detail, &command).len();
+            // alice holds no network grant and no secret in her environment.
+            let run = clade_tools::sandbox::RunFacts { command: &command, ..Default::default() };
+            let found = clade_tools::sandbox::findings(detail, &run).len();
             self.sandbox_runs += 1;
             self.recorded_runs += u32::from(found > 0);
+            if found == 0 {
+                self.unrecorded.push(format!("{name}: {command}"));
+            }
             self.findings += found;
         }
         self.attempted += 1;
@@ -417,7 +423,7 @@ async fn attack_corpus_is_blocked_or_contained() {
         ),
     ] {
         let started = std::time::Instant::now();
-        let (_, out) = call(&server, "alice", "shell.exec", json!({ "command": command })).await;
+        let out = shell(&server, command).await;
         let alive = server.send("GET", "/healthz", None, None).await.0 == 200;
         let contained = alive
             && started.elapsed() < Duration::from_secs(10)
@@ -634,9 +640,15 @@ async fn attack_corpus_is_blocked_or_contained() {
         .sum::<usize>();
     println!(
         "sandbox: {} of {} sandboxed attempts left a sandbox.* audit record ({} forbidden system \
-         calls, {sandbox_records} sandbox.* records in all); the rest found nothing to refuse \
-         (the scrubbed environment, an empty pid namespace, a refused connection)",
+         calls, {sandbox_records} sandbox.* records in all)",
         corpus.recorded_runs, corpus.sandbox_runs, violations
+    );
+    // G1: every attempt the sandbox contained is on record as a denial, limit or violation.
+    let unrecorded = std::mem::take(&mut corpus.unrecorded);
+    corpus.record(
+        "every sandboxed attempt left a sandbox.* record",
+        unrecorded.is_empty(),
+        &unrecorded.join("\n"),
     );
     corpus.record(
         "forbidden system calls recorded as violations",
