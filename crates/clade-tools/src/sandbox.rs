@@ -146,7 +146,7 @@ fn findings_with(
         first = lines.next().unwrap_or_default();
     }
     if first.starts_with(LIMIT_PREFIX) {
-        found.push(Finding::Limit(first.to_owned()));
+        found.push(Finding::Limit(first.chars().take(200).collect()));
     } else if !first.starts_with("exit code ") {
         return found;
     }
@@ -266,7 +266,7 @@ fn withheld_from(run: &RunFacts<'_>, daemon_env: &[String]) -> Vec<String> {
                 && VARIABLE_READS.iter().any(|read| command[..at].ends_with(read))
         });
         if named {
-            found.push(format!("the daemon's variable {name}"));
+            found.push(format!("the daemon's variable {name}").chars().take(200).collect());
         }
     }
     if lists_processes {
