@@ -55,10 +55,11 @@ pub(super) async fn run(
     };
     println!("bench turns: offline model (0 ms), {total} turns per row, {mode}");
     println!(
-        "{:<10} {:>9} {:>10} {:>12} {:>12} {:>14} {:>12} {:>16} {:>14}",
+        "{:<10} {:>9} {:>10} {:>12} {:>12} {:>12} {:>14} {:>12} {:>16} {:>14}",
         "durability",
         "sessions",
         "turns/s",
+        "ack p50/p99",
         "p50 ms",
         "p99 ms",
         "commits/turn",
@@ -82,10 +83,11 @@ pub(super) async fn run(
             let _ = std::fs::remove_dir_all(&dir);
             let row = row?;
             println!(
-                "{:<10} {:>9} {:>10.0} {:>12.3} {:>12.3} {:>14.2} {:>11.0}% {:>16.1} {:>14}",
+                "{:<10} {:>9} {:>10.0} {:>12} {:>12.3} {:>12.3} {:>14.2} {:>11.0}% {:>16.1} {:>14}",
                 durability,
                 n,
                 row.turns_per_sec,
+                format!("{:.1}/{:.1}", row.ack_p50_ms, row.ack_p99_ms),
                 row.p50_ms,
                 row.p99_ms,
                 row.commits_per_turn,
@@ -96,7 +98,11 @@ pub(super) async fn run(
         }
     }
     println!(
-        "(RSS/session: growth while all sessions were active, divided by the number of sessions;"
+        "(ack: until the event was durably accepted; p50/p99: until its turn had ended, both from"
+    );
+    println!(" the send, or in an open loop from the scheduled send;");
+    println!(
+        " RSS/session: growth while all sessions were active, divided by the number of sessions;"
     );
     println!(
         " actors: session actors in memory when the load ended, and 2.5 s later with idle_secs = 1)"
@@ -111,6 +117,9 @@ struct Row {
     turns_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Until the event was durably accepted (the `202` of `POST /v1/events`).
+    ack_p50_ms: f64,
+    ack_p99_ms: f64,
     commits_per_turn: f64,
     rss_per_session_kib: f64,
 }
@@ -175,8 +184,8 @@ async fn measure(
             for i in 0..per_session {
                 let Some(rate) = rate else {
                     let t = now();
-                    one_turn(&engine, &tenant, s, i).await?;
-                    latencies.push(t.elapsed());
+                    let acked = one_turn(&engine, &tenant, s, i).await?;
+                    latencies.push((acked.duration_since(t), t.elapsed()));
                     if i == per_session / 2 {
                         peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
                     }
@@ -189,8 +198,9 @@ async fn measure(
                 tokio::time::sleep_until(scheduled).await;
                 let (engine, tenant) = (engine.clone(), tenant.clone());
                 in_flight.push(tokio::spawn(async move {
-                    one_turn(&engine, &tenant, s, i).await?;
-                    Ok::<_, anyhow::Error>(scheduled.elapsed())
+                    let acked = one_turn(&engine, &tenant, s, i).await?;
+                    let scheduled = scheduled.into_std();
+                    Ok::<_, anyhow::Error>((acked.duration_since(scheduled), scheduled.elapsed()))
                 }));
                 if i == per_session / 2 {
                     peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
@@ -210,10 +220,11 @@ async fn measure(
     let stats = store.write_stats();
     let commits = stats.commits - stats_before.commits;
     let writer_busy = (stats.busy_micros - stats_before.busy_micros) as f64 / 1e6 / elapsed;
+    let (mut acks, mut latencies): (Vec<Duration>, Vec<Duration>) = latencies.into_iter().unzip();
+    acks.sort();
     latencies.sort();
-    let pct = |p: f64| {
-        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
-            * 1e3
+    let pct = |sorted: &[Duration], p: f64| {
+        sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)].as_secs_f64() * 1e3
     };
     let turns = latencies.len();
     let rss_growth = peak_rss.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(rss_before);
@@ -226,15 +237,23 @@ async fn measure(
         active_at_end,
         evicted_left,
         turns_per_sec: turns as f64 / elapsed,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
+        p50_ms: pct(&latencies, 0.5),
+        p99_ms: pct(&latencies, 0.99),
+        ack_p50_ms: pct(&acks, 0.5),
+        ack_p99_ms: pct(&acks, 0.99),
         commits_per_turn: commits as f64 / turns as f64,
         rss_per_session_kib: rss_growth as f64 / sessions as f64,
     })
 }
 
-/// Sends message `i` of session `s` and waits for its turn to end.
-async fn one_turn(engine: &Engine, tenant: &clade_core::Tenant, s: usize, i: usize) -> Result<()> {
+/// Sends message `i` of session `s` and waits for its turn to end; returns when the event was
+/// accepted.
+async fn one_turn(
+    engine: &Engine,
+    tenant: &clade_core::Tenant,
+    s: usize,
+    i: usize,
+) -> Result<Instant> {
     let accepted = engine
         .submit(Envelope {
             tenant: tenant.clone(),
@@ -248,6 +267,7 @@ async fn one_turn(engine: &Engine, tenant: &clade_core::Tenant, s: usize, i: usi
             idempotency_key: None,
         })
         .await?;
+    let acked = now();
     engine.wait(tenant.id, accepted.event_id, accepted.session_id, Duration::from_secs(60)).await?;
-    Ok(())
+    Ok(acked)
 }
