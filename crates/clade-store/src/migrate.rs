@@ -33,10 +33,21 @@ const MIGRATIONS: &[Migration] = &[
         name: "grants_approvals_audit",
         sql: include_str!("../migrations/0004_grants_approvals_audit.sql"),
     },
+    Migration {
+        version: 5,
+        name: "session_indexes",
+        sql: include_str!("../migrations/0005_session_indexes.sql"),
+    },
 ];
 
+/// Every migration's SQL as run on SQLite, for tests of the schema.
+#[cfg(test)]
+pub(crate) fn sqlite_schema() -> String {
+    MIGRATIONS.iter().map(|m| dialect_sql(Backend::Sqlite, m.sql)).collect::<Vec<_>>().join("\n")
+}
+
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend, shown: &str, now: i64) -> Result<()> {
     let mut conn = pool.acquire().await.map_err(|e| classify(e, shown))?;

@@ -234,6 +234,36 @@ pub(crate) async fn insert_outbox(
     Ok(rows)
 }
 
+// The statements every turn runs. Each must cost the same whatever the session's age (a
+// personal assistant's session holds thousands of turns): `plans_do_not_grow_with_a_session`
+// checks that none of them walks a session's whole history.
+
+/// The session an event belongs to, its next position and how many of its events wait.
+const SESSION_FOR_EVENT: &str = "SELECT s.id AS id, s.next_seq AS next_seq, (SELECT COUNT(*) FROM events e \
+     WHERE e.session_id = s.id AND e.status IN ('pending', 'running')) AS open \
+     FROM sessions s WHERE s.tenant_id = $1 AND s.agent_id = $2 AND s.platform = $3 \
+     AND s.channel = $4 AND s.actor = $5";
+
+fn open_events_sql() -> String {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 \
+         AND status IN ('pending', 'running') ORDER BY seq"
+    )
+}
+
+fn pending_events_sql() -> String {
+    // The `IN` term, implied by the other, lets the partial index of open events serve it.
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 \
+         AND status IN ('pending', 'running') AND status = 'pending' ORDER BY seq"
+    )
+}
+
+/// The last completed turns before one, with their events' texts.
+const HISTORY: &str = "SELECT t.id AS id, t.reply AS reply, e.text AS text FROM turns t \
+     JOIN events e ON e.turn_id = t.id WHERE t.id IN (SELECT id FROM turns WHERE session_id = $1 \
+     AND status = 'completed' AND id < $2 ORDER BY id DESC LIMIT $3) ORDER BY t.id, e.seq";
+
 impl Store {
     /// Stores an inbound event (or finds the original for a repeated idempotency key). When
     /// this returns, the event is durable.
@@ -251,12 +281,7 @@ impl Store {
                 }
                 let s = &event.source;
                 // One round trip: the session, its next position and how many events wait.
-                let session = query(
-                    "SELECT s.id AS id, s.next_seq AS next_seq, (SELECT COUNT(*) FROM events e \
-                     WHERE e.session_id = s.id AND e.status IN ('pending', 'running')) AS open \
-                     FROM sessions s WHERE s.tenant_id = $1 AND s.agent_id = $2 AND s.platform = $3 \
-                     AND s.channel = $4 AND s.actor = $5",
-                )
+                let session = query(SESSION_FOR_EVENT)
                 .bind(b(event.tenant.as_bytes()))
                 .bind(b(event.agent.as_bytes()))
                 .bind(s.platform.clone())
@@ -348,11 +373,7 @@ impl Store {
     /// else the pending ones (all of them, or only the first unless `all`); and whether more
     /// open events wait behind those.
     pub async fn open_events(&self, session: SessionId, all: bool) -> Result<OpenEvents> {
-        let rows = self.rows(query(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 AND status IN ('pending', 'running') \
-             ORDER BY seq"
-        ))
-        .bind(b(session.as_bytes()))).await?;
+        let rows = self.rows(query(open_events_sql()).bind(b(session.as_bytes()))).await?;
         let open: Vec<EventRow> = rows.iter().map(event_row).collect::<Result<_>>()?;
         let total = open.len();
         let events: Vec<EventRow> = match open.first() {
@@ -370,10 +391,7 @@ impl Store {
 
     /// The session's events not yet part of a turn, oldest first.
     pub async fn pending_events(&self, session: SessionId) -> Result<Vec<EventRow>> {
-        let rows = self.rows(query(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 AND status = 'pending' ORDER BY seq"
-        ))
-        .bind(b(session.as_bytes()))).await?;
+        let rows = self.rows(query(pending_events_sql()).bind(b(session.as_bytes()))).await?;
         rows.iter().map(event_row).collect()
     }
 
@@ -675,7 +693,8 @@ impl Store {
         self.rows(query).await?.iter().map(session_row).collect()
     }
 
-    /// A session's turns, oldest first, each with its events and the usage of its model calls.
+    /// A session's turns, oldest first (ids are time-ordered, from the same clock reading as
+    /// `started_at`), each with its events and the usage of its model calls.
     pub async fn turns(
         &self,
         session: SessionId,
@@ -683,7 +702,7 @@ impl Store {
         let turns = self
             .rows(
                 query(format!(
-                    "SELECT {TURN_COLUMNS} FROM turns WHERE session_id = $1 ORDER BY started_at, id"
+                    "SELECT {TURN_COLUMNS} FROM turns WHERE session_id = $1 ORDER BY id"
                 ))
                 .bind(b(session.as_bytes())),
             )
@@ -736,14 +755,14 @@ impl Store {
         before: TurnId,
         limit: u32,
     ) -> Result<Vec<(String, String)>> {
-        let rows = self.rows(query(
-            "SELECT t.id AS id, t.reply AS reply, e.text AS text FROM turns t JOIN events e ON e.turn_id = t.id \
-             WHERE t.id IN (SELECT id FROM turns WHERE session_id = $1 AND status = 'completed' AND id < $2 \
-             ORDER BY id DESC LIMIT $3) ORDER BY t.id, e.seq",
-        )
-        .bind(b(session.as_bytes()))
-        .bind(b(before.as_bytes()))
-        .bind(i64::from(limit))).await?;
+        let rows = self
+            .rows(
+                query(HISTORY)
+                    .bind(b(session.as_bytes()))
+                    .bind(b(before.as_bytes()))
+                    .bind(i64::from(limit)),
+            )
+            .await?;
         let mut out: Vec<(Vec<u8>, String, String)> = Vec::new();
         for row in &rows {
             let id: Vec<u8> = row.try_get("id")?;
@@ -1018,4 +1037,37 @@ fn check_duplicate(
         return Err(Error::IdempotencyConflict(key.to_owned()));
     }
     Ok(Accepted { event_id, session_id, duplicate: true })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The query plans SQLite picks, on the schema the migrations build (no statistics, as in a
+    /// fresh database): no per-turn statement may scan a session's events or turns.
+    #[test]
+    fn plans_do_not_grow_with_a_session() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(&crate::migrate::sqlite_schema()).unwrap();
+        let plan = |sql: &str| -> String {
+            let sql = format!("EXPLAIN QUERY PLAN {}", sql.replace('$', "?"));
+            let mut statement = conn.prepare(&sql).unwrap();
+            let count = statement.parameter_count();
+            let args = vec![rusqlite::types::Value::Null; count];
+            let rows = statement
+                .query_map(rusqlite::params_from_iter(args), |row| row.get::<_, String>(3))
+                .unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+        };
+        for (name, sql, index) in [
+            ("open events", open_events_sql(), "events_open_by_session"),
+            ("pending events", pending_events_sql(), "events_open_by_session"),
+            ("waiting events at ingest", SESSION_FOR_EVENT.to_owned(), "events_open_by_session"),
+            ("history", HISTORY.to_owned(), "turns_by_session (session_id=? AND id<?)"),
+        ] {
+            let plan = plan(&sql);
+            assert!(plan.contains(index), "{name} does not use {index}:\n{plan}");
+            assert!(!plan.contains("SCAN"), "{name} scans a table:\n{plan}");
+        }
+    }
 }
