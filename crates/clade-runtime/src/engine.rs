@@ -69,6 +69,9 @@ struct Inner {
     cancels: Mutex<HashMap<SessionId, Arc<Notify>>>,
     /// Woken when the outbox grows, so dispatchers need not poll fast.
     outbox: Arc<Notify>,
+    /// Each agent's persona files as last read (see [`read_persona`]), while an active session
+    /// of the agent holds them.
+    personas: Mutex<HashMap<AgentId, std::sync::Weak<Persona>>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -142,6 +145,7 @@ impl Engine {
             actors: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
             outbox: Arc::new(Notify::new()),
+            personas: Mutex::default(),
         });
         let engine = Self { inner };
         engine.inner.options.tools.attach_hub(engine.inner.hub.clone());
@@ -305,6 +309,7 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receive
     // before its wake-up is sent, so once a read has shown nothing beyond the turn just run,
     // the next event announces itself through `wake` and the store need not be asked again.
     let mut maybe_more = true;
+    let mut kept = Kept::default();
     loop {
         if !maybe_more {
             match tokio::time::timeout(idle, wake.recv()).await {
@@ -347,9 +352,18 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receive
         let cancel = Arc::new(Notify::new());
         inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).insert(session_id, cancel.clone());
         // A separate task is the panic boundary: a bug in one turn fails that turn only.
-        let task = tokio::spawn(run_events(inner.clone(), ctx, events.clone(), cancel));
+        let task = tokio::spawn(run_events(
+            inner.clone(),
+            ctx,
+            events.clone(),
+            cancel,
+            std::mem::take(&mut kept),
+        ));
         let settled = match task.await {
-            Ok(settled) => settled,
+            Ok((settled, still)) => {
+                kept = still;
+                settled
+            }
             Err(err) => {
                 tracing::error!(session = %session_id, error = %err, "turn task panicked");
                 fail_events(&inner, session_id, &events, "internal error while running the turn")
@@ -424,33 +438,44 @@ impl TurnContext {
     }
 }
 
+/// Runs the turn of `events`; returns whether its outcome was recorded, and what the actor
+/// keeps for the next turn.
 async fn run_events(
     inner: Arc<Inner>,
     ctx: Arc<TurnContext>,
     events: Vec<EventRow>,
     cancel: Arc<Notify>,
-) -> bool {
+    mut kept: Kept,
+) -> (bool, Kept) {
     let session_id = ctx.session.id;
     let timeout = Duration::from_secs(inner.options.sessions.turn_timeout_secs);
     let result = tokio::select! {
-        result = tokio::time::timeout(timeout, run_turn(&inner, &ctx, &events)) => match result {
+        result = tokio::time::timeout(timeout, run_turn(&inner, &ctx, &events, &mut kept)) => match result {
             Ok(result) => result,
             Err(_) => Err(format!("the turn did not finish within {} s (sessions.turn_timeout_secs)", timeout.as_secs())),
         },
         () = cancel.notified() => Err("cancelled by request".to_owned()),
     };
     match result {
-        Ok(()) => true,
+        Ok(()) => (true, kept),
         Err(reason) => {
             tracing::warn!(session = %session_id, reason = %reason, "turn failed");
-            fail_events(&inner, session_id, &events, &reason).await
+            // A turn stopped part-way may have recorded its outcome without updating the
+            // cache: the next turn reads the history from the store.
+            kept.history = None;
+            (fail_events(&inner, session_id, &events, &reason).await, kept)
         }
     }
 }
 
 /// Runs (or resumes) the turn of `events`. `Err` carries the reason the turn failed before it
 /// could record an outcome itself.
-async fn run_turn(inner: &Inner, ctx: &TurnContext, events: &[EventRow]) -> Result<(), String> {
+async fn run_turn(
+    inner: &Inner,
+    ctx: &TurnContext,
+    events: &[EventRow],
+    kept: &mut Kept,
+) -> Result<(), String> {
     let store = &inner.store;
     let (session, tenant, agent) = (&ctx.session, &ctx.tenant, &ctx.agent);
     let session_id = session.id;
@@ -460,6 +485,9 @@ async fn run_turn(inner: &Inner, ctx: &TurnContext, events: &[EventRow]) -> Resu
     // ends the turn, with its outcome): a crash before then leaves the events pending and the
     // turn simply runs again, since nothing irreversible happened. A turn already on disk is
     // resumed from its journal.
+    let persona = read_persona(inner, agent);
+    kept.persona = Some(persona.clone());
+    let history = &mut kept.history;
     let (turn, journal, mut begun) = match events.first().and_then(|e| e.turn_id) {
         Some(id) => {
             let turn = store.turn(id).await.map_err(|e| e.to_string())?;
@@ -483,7 +511,7 @@ async fn run_turn(inner: &Inner, ctx: &TurnContext, events: &[EventRow]) -> Resu
                 reply: None,
                 error: None,
                 model: None,
-                config_revision: config_revision(inner, agent),
+                config_revision: config_revision(inner, agent, &persona),
                 started_at: now,
                 finished_at: None,
             };
@@ -501,7 +529,7 @@ async fn run_turn(inner: &Inner, ctx: &TurnContext, events: &[EventRow]) -> Resu
     }
     let started_outbox = || vec![outbox("turn.started", started_data.clone())];
 
-    let mut messages = compose(inner, agent, session, &turn, events).await;
+    let mut messages = compose(inner, &persona, session, &turn, events, history).await;
     let tools: Vec<ToolSpec> = inner.options.tools.specs_for(agent.handle.as_str());
     let mut last_model = None;
     for iteration in 0..inner.options.sessions.max_iterations {
@@ -617,6 +645,7 @@ async fn run_turn(inner: &Inner, ctx: &TurnContext, events: &[EventRow]) -> Resu
                     publish(inner, turn.agent_id, &rows);
                     begun = true;
                     if ending.is_some() {
+                        remember(history, inner, events, &done.text);
                         return Ok(());
                     }
                 }
@@ -629,6 +658,7 @@ async fn run_turn(inner: &Inner, ctx: &TurnContext, events: &[EventRow]) -> Resu
             tool_calls: model_step.tool_calls.clone(),
         });
         if model_step.tool_calls.is_empty() {
+            remember(history, inner, events, &model_step.text);
             finish(inner, &turn, "completed", Some(model_step.text), None, last_model).await?;
             return Ok(());
         }
@@ -808,17 +838,73 @@ async fn run_tool(
     Ok(result)
 }
 
+/// An agent's persona files as read: `(name, contents)`, empty when missing, and what each
+/// file looked like on disk then.
+#[derive(Default)]
+struct Persona {
+    files: Vec<(&'static str, Vec<u8>)>,
+    seen: Vec<Option<FileStamp>>,
+}
+
+/// Size, inode and modification time: a file whose stamp is unchanged is not read again (an
+/// edit that keeps the size within the file system's timestamp granularity goes unseen until
+/// the next one).
+type FileStamp = (u64, u64, Option<std::time::SystemTime>);
+
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.ino(), meta.modified().ok()))
+}
+
+/// The agent's persona files for this turn. They may change between turns (an operator's
+/// edit, the agent's own `fs.write`), so each turn checks them, but with a `stat` per file:
+/// only a changed file is read again.
+fn read_persona(inner: &Inner, agent: &Agent) -> Arc<Persona> {
+    let dir = match inner.agents.workspace(agent) {
+        Ok(dir) => dir,
+        Err(err) => {
+            tracing::warn!(agent = %agent.handle, error = %err, "cannot read persona files");
+            return Arc::default();
+        }
+    };
+    let paths = clade_store::agents::PERSONA_FILES.map(|file| dir.join(file));
+    let seen: Vec<Option<FileStamp>> = paths.iter().map(|p| stamp(p)).collect();
+    let known = inner
+        .personas
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&agent.id)
+        .and_then(std::sync::Weak::upgrade);
+    if let Some(known) = known
+        && known.seen == seen
+    {
+        return known;
+    }
+    let files = clade_store::agents::PERSONA_FILES
+        .into_iter()
+        .zip(&paths)
+        .map(|(file, path)| (file, std::fs::read(path).unwrap_or_default()))
+        .collect();
+    let persona = Arc::new(Persona { files, seen });
+    let mut personas = inner.personas.lock().unwrap_or_else(|e| e.into_inner());
+    // Agents whose sessions all left memory leave the cache too (swept as it doubles).
+    if personas.len() >= 64 && personas.len().is_power_of_two() {
+        personas.retain(|_, held| held.strong_count() > 0);
+    }
+    personas.insert(agent.id, Arc::downgrade(&persona));
+    persona
+}
+
 /// The agent-config revision a turn runs with: a content hash (63 bits) of everything that
 /// shapes it — the persona files, the model chain, the tools and their schemas. Equal
 /// revisions mean equal configuration; any edit gives a new one.
-fn config_revision(inner: &Inner, agent: &Agent) -> i64 {
+fn config_revision(inner: &Inner, agent: &Agent, persona: &Persona) -> i64 {
     let mut digest = Sha256::new();
-    if let Ok(dir) = inner.agents.workspace(agent) {
-        for file in clade_store::agents::PERSONA_FILES {
-            digest.update(file.as_bytes());
-            digest.update(std::fs::read(dir.join(file)).unwrap_or_default());
-            digest.update([0]);
-        }
+    for (file, contents) in &persona.files {
+        digest.update(file.as_bytes());
+        digest.update(contents);
+        digest.update([0]);
     }
     for model in inner.models.chain(crate::ProcessKind::Channel, Some(agent.handle.as_str())) {
         digest.update(model.as_bytes());
@@ -849,25 +935,66 @@ fn effect_key(turn: &TurnRow, call_id: &str) -> String {
 
 /// The model's context: persona files, then earlier turns of the session, then this turn's
 /// messages.
+/// What a session's actor keeps from one turn to the next.
+#[derive(Default)]
+struct Kept {
+    /// The last completed turns, so a turn's context needs no store read.
+    history: Option<History>,
+    /// The agent's persona as last read; holding it keeps it in the engine's shared cache.
+    persona: Option<Arc<Persona>>,
+}
+
+/// A session's last completed turns, `(user text, reply)`, oldest first, as the store's
+/// `history` would return them. Only the session's actor runs its turns, so it can keep this
+/// current by itself; it is dropped when it grows past [`HISTORY_CACHE_BYTES`].
+#[derive(Default)]
+struct History {
+    turns: std::collections::VecDeque<(String, String)>,
+    bytes: usize,
+}
+
+/// Above this a session's history is read from the store for every turn instead of kept in
+/// memory, so an active session stays small whatever its messages' length.
+const HISTORY_CACHE_BYTES: usize = 16 * 1024;
+
+impl History {
+    fn push(&mut self, user: String, reply: String, keep: usize) {
+        self.bytes += user.len() + reply.len();
+        self.turns.push_back((user, reply));
+        while self.turns.len() > keep {
+            if let Some((user, reply)) = self.turns.pop_front() {
+                self.bytes -= user.len() + reply.len();
+            }
+        }
+    }
+}
+
+/// Adds a turn that just completed to the cached history (see [`History`]).
+fn remember(history: &mut Option<History>, inner: &Inner, events: &[EventRow], reply: &str) {
+    if let Some(cache) = history {
+        let user = events.iter().map(|e| e.text.as_str()).collect::<Vec<_>>().join("\n");
+        cache.push(user, reply.to_owned(), inner.options.sessions.history_turns as usize);
+        if cache.bytes > HISTORY_CACHE_BYTES {
+            *history = None;
+        }
+    }
+}
+
 async fn compose(
     inner: &Inner,
-    agent: &Agent,
+    persona: &Persona,
     session: &SessionRow,
     turn: &TurnRow,
     events: &[EventRow],
+    history: &mut Option<History>,
 ) -> Vec<Message> {
     let mut system = String::new();
-    match inner.agents.workspace(agent) {
-        Ok(dir) => {
-            for file in clade_store::agents::PERSONA_FILES {
-                if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
-                    system.push_str(&text);
-                    system.push_str("\n\n");
-                }
-            }
-        }
-        Err(err) => {
-            tracing::warn!(agent = %agent.handle, error = %err, "cannot read persona files")
+    for (_, contents) in &persona.files {
+        if let Ok(text) = std::str::from_utf8(contents)
+            && !contents.is_empty()
+        {
+            system.push_str(text);
+            system.push_str("\n\n");
         }
     }
     system.push_str(&format!(
@@ -875,15 +1002,32 @@ async fn compose(
         session.source.platform, session.source.channel, session.source.actor
     ));
     let mut messages = vec![Message::system(system)];
-    match inner.store.history(session.id, turn.id, inner.options.sessions.history_turns).await {
-        Ok(history) => {
-            for (user, reply) in history {
-                messages.push(Message::user(user));
-                messages.push(Message::Assistant { text: reply, tool_calls: Vec::new() });
+    if history.is_none() {
+        let keep = inner.options.sessions.history_turns;
+        match inner.store.history(session.id, turn.id, keep).await {
+            // Steered turns take in messages mid-turn, which the cache would not see.
+            Ok(turns) if inner.options.sessions.queue_mode != QueueMode::Steer => {
+                let mut cache = History::default();
+                for (user, reply) in turns {
+                    cache.push(user, reply, keep as usize);
+                }
+                *history = Some(cache);
+            }
+            Ok(turns) => messages.extend(turns.into_iter().flat_map(|(user, reply)| {
+                [Message::user(user), Message::Assistant { text: reply, tool_calls: Vec::new() }]
+            })),
+            Err(err) => {
+                tracing::warn!(session = %session.id, error = %err, "cannot read the session's history")
             }
         }
-        Err(err) => {
-            tracing::warn!(session = %session.id, error = %err, "cannot read the session's history")
+    }
+    if let Some(cache) = history.as_ref() {
+        for (user, reply) in &cache.turns {
+            messages.push(Message::user(user.clone()));
+            messages.push(Message::Assistant { text: reply.clone(), tool_calls: Vec::new() });
+        }
+        if cache.bytes > HISTORY_CACHE_BYTES {
+            *history = None;
         }
     }
     for event in events {

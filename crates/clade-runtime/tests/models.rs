@@ -4,13 +4,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, unreachable_pub)] // Test code.
 
 use std::collections::HashMap;
+mod support;
+
 use std::sync::Arc;
 
 use clade_config::Config;
 use clade_core::{Agent, AgentConfig, Clock, Handle, SecretName, SystemClock, Tenant, Timestamp};
 use clade_model::{Error, Message, ModelRequest};
 use clade_runtime::{EnvHints, Models, ProcessKind};
-use clade_store::{Agents, DataDir, Durability, Location, NewAgent, Secrets, Store, StoreOptions};
+use clade_store::{Agents, NewAgent, Secrets, Store};
 use clade_stub::{Stub, StubOptions};
 
 struct Setup {
@@ -24,14 +26,7 @@ struct Setup {
 
 async fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
-    let data = DataDir::open(tmp.path().join("data")).unwrap();
-    let store = Store::open(StoreOptions {
-        location: Location::Sqlite(data.sqlite_path()),
-        durability: Durability::Normal,
-        clock: Arc::new(SystemClock),
-    })
-    .await
-    .unwrap();
+    let (store, data) = support::sqlite_store(&tmp.path().join("data")).await;
     let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
     let agents = Agents::new(store.clone(), data.clone());
     let agent = agents

@@ -1,0 +1,106 @@
+//! The turn engine in-process, against the offline scripted model: what a turn's context holds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, unreachable_pub)] // Test code.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clade_core::{AgentConfig, Handle, SystemClock, Tenant};
+use clade_runtime::{Engine, EngineOptions, EnvHints, Envelope, Models, ToolRunner};
+use clade_store::{Agents, DataDir, NewAgent, Secrets, Source, Store};
+
+async fn open(dir: &std::path::Path) -> (Store, DataDir, Tenant) {
+    let (store, data) = support::sqlite_store(dir).await;
+    let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+    let handle = Handle::parse("ada").unwrap();
+    let new = NewAgent { handle, display_name: None, config: AgentConfig::default() };
+    Agents::new(store.clone(), data.clone()).create(tenant.id, new).await.unwrap();
+    (store, data, tenant)
+}
+
+/// An engine on `store`; several may run one after another on the same store.
+async fn start(store: &Store, data: &DataDir) -> Engine {
+    let agents = Agents::new(store.clone(), data.clone());
+    let config = clade_config::Config::default();
+    let secrets = Secrets::new(store.clone(), data.master_key_path(), None);
+    let models =
+        Models::new(&config, EnvHints::default(), store.clone(), secrets, Arc::new(SystemClock));
+    let mut sessions = config.sessions.clone();
+    // A short window, so the test sees turns leave it; one model call per turn, so a turn
+    // that calls a tool yields instead of completing.
+    sessions.history_turns = 3;
+    sessions.max_iterations = 1;
+    let tools = Arc::new(ToolRunner::new(
+        clade_tools::Registry::new(),
+        store.clone(),
+        agents.clone(),
+        None,
+        &clade_config::ToolsConfig::default(),
+    ));
+    let options = EngineOptions { sessions, bindings: Vec::new(), tools };
+    Engine::start(store.clone(), agents, models, options).await.unwrap()
+}
+
+/// Sends `text` on `channel` and returns (status, input tokens) of its turn.
+async fn turn(
+    engine: &Engine,
+    store: &Store,
+    tenant: &Tenant,
+    channel: &str,
+    text: &str,
+) -> (String, u64) {
+    let source = Source { platform: "test".into(), channel: channel.into(), actor: "u".into() };
+    let envelope = Envelope {
+        tenant: tenant.clone(),
+        agent: Some("ada".into()),
+        text: text.into(),
+        source,
+        idempotency_key: None,
+    };
+    let accepted = engine.submit(envelope).await.unwrap();
+    let finished = engine
+        .wait(tenant.id, accepted.event_id, accepted.session_id, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the turn ended");
+    let turns = store.turns(accepted.session_id).await.unwrap();
+    let (_, _, usage) = turns.iter().find(|(t, _, _)| t.id == finished.turn.id).unwrap();
+    (finished.turn.status, usage.input_tokens)
+}
+
+/// A session's actor keeps its history between turns instead of reading it each time. Its
+/// turns must see exactly what a fresh actor, reading the store, would: the same messages give
+/// the same context size in a session whose actor stays and in one whose turns each run on
+/// a new engine (and, on the way, a turn that does not complete stays out of both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_history_matches_the_stored_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, data, tenant) = open(tmp.path()).await;
+    let engine = start(&store, &data).await;
+    let script = [
+        "hello",
+        "/reply a much longer answer than the others",
+        "/tool none.such {}",
+        "three",
+        "four",
+        "five",
+        "six",
+    ];
+    let mut kept = Vec::new();
+    let mut fresh = Vec::new();
+    for text in script {
+        kept.push(turn(&engine, &store, &tenant, "c1", text).await);
+        // A new engine, whose actor for the session starts from the store.
+        fresh.push(turn(&start(&store, &data).await, &store, &tenant, "c2", text).await);
+    }
+    assert_eq!(kept[2].0, "yielded", "{kept:?}");
+    assert!(kept.iter().enumerate().all(|(n, t)| n == 2 || t.0 == "completed"), "{kept:?}");
+    assert_eq!(kept, fresh, "a kept history differs from the stored one");
+    // The window is full by the fifth turn: the context stops growing with the session, but
+    // changes as the long reply leaves it.
+    let tokens: Vec<u64> = kept.iter().map(|t| t.1).collect();
+    assert!(tokens[1] < tokens[3], "{tokens:?}");
+    assert!(tokens[6] < tokens[5], "the long reply must have left the window: {tokens:?}");
+}
