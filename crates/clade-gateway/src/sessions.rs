@@ -144,7 +144,7 @@ pub(crate) async fn stream(
     let replay = state.store.session_outbox(tenant.id, session.id, after, 10_000).await?;
     let last_replayed = replay.last().map_or(after, |r| r.id);
     let replayed = stream::iter(replay.into_iter().map(|row| Ok(outbox_event(row))));
-    let lagged = Lagged { store: state.store.clone(), tenant: tenant.id, session: session.id };
+    let lagged = Lagged::new(&state.store, tenant.id, Scope::Session(session.id));
     let start = (live, last_replayed, std::collections::VecDeque::new());
     let live = stream::unfold(start, move |(mut rx, mut last, mut missed)| {
         let lagged = lagged.clone();
@@ -189,21 +189,41 @@ fn outbox_event(row: clade_store::OutboxRow) -> Event {
 /// What a lagging stream (SSE or WebSocket) needs to catch up from the outbox.
 #[derive(Clone)]
 pub(crate) struct Lagged {
-    pub(crate) store: clade_store::Store,
-    pub(crate) tenant: clade_core::TenantId,
-    pub(crate) session: clade_core::SessionId,
+    store: clade_store::Store,
+    tenant: clade_core::TenantId,
+    scope: Scope,
 }
 
+/// What a stream follows: one session, or every session of an agent.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Scope {
+    Session(clade_core::SessionId),
+    Agent(clade_core::AgentId),
+}
+
+/// Lifecycle events re-read in one catch-up, at most.
+const CATCH_UP_ROWS: u32 = 10_000;
+
 impl Lagged {
-    /// The session's lifecycle events after outbox position `after` (none if they cannot be
-    /// read; the failure is logged).
+    pub(crate) fn new(
+        store: &clade_store::Store,
+        tenant: clade_core::TenantId,
+        scope: Scope,
+    ) -> Self {
+        Self { store: store.clone(), tenant, scope }
+    }
+
+    /// The lifecycle events after outbox position `after` (none if they cannot be read; the
+    /// failure is logged).
     pub(crate) async fn outbox_after(&self, after: i64) -> Vec<clade_store::OutboxRow> {
-        match self.store.session_outbox(self.tenant, self.session, after, 10_000).await {
-            Ok(rows) => rows,
-            Err(err) => {
-                tracing::warn!(session = %self.session, error = %err, "cannot re-read missed events");
-                Vec::new()
-            }
-        }
+        let (store, tenant) = (&self.store, self.tenant);
+        let rows = match self.scope {
+            Scope::Session(id) => store.session_outbox(tenant, id, after, CATCH_UP_ROWS).await,
+            Scope::Agent(id) => store.agent_outbox(tenant, id, after, CATCH_UP_ROWS).await,
+        };
+        rows.unwrap_or_else(|err| {
+            tracing::warn!(scope = ?self.scope, error = %err, "cannot re-read missed events");
+            Vec::new()
+        })
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::sessions::Lagged;
+use crate::sessions::{Lagged, Scope};
 
 /// Largest client message accepted.
 const MAX_MESSAGE: usize = 16 * 1024;
@@ -99,9 +99,9 @@ async fn subscribe(
         // Events committed before the subscription are not this subscriber's; read where they
         // end first, so a later catch-up starts there.
         let head = state.store.outbox_head().await.map_err(|e| ("internal", e.to_string()))?;
-        let lagged = Lagged { store: state.store.clone(), tenant: tenant.id, session: id };
+        let lagged = Lagged::new(&state.store, tenant.id, Scope::Session(id));
         let receiver = state.engine.hub().subscribe(id);
-        tokio::spawn(forward(receiver, tx.clone(), Some((lagged, head))));
+        tokio::spawn(forward(receiver, tx.clone(), (lagged, head)));
         Ok(json!({ "type": "subscribed", "session": session }))
     } else if let Some(handle) = request["agent"].as_str() {
         let agent = state
@@ -109,9 +109,10 @@ async fn subscribe(
             .agent(tenant.id, handle)
             .await
             .map_err(|_| ("agent_not_found", format!("agent {handle:?} not found")))?;
+        let head = state.store.outbox_head().await.map_err(|e| ("internal", e.to_string()))?;
+        let lagged = Lagged::new(&state.store, tenant.id, Scope::Agent(agent.id));
         let receiver = state.engine.hub().subscribe_agent(agent.id);
-        // An agent's subscription spans sessions; a lagging one loses events (documented).
-        tokio::spawn(forward(receiver, tx.clone(), None));
+        tokio::spawn(forward(receiver, tx.clone(), (lagged, head)));
         Ok(json!({ "type": "subscribed", "agent": handle }))
     } else {
         Err(("invalid_request", "subscribe needs \"session\" or \"agent\"".into()))
@@ -119,35 +120,32 @@ async fn subscribe(
 }
 
 /// Moves one subscription's events into the connection's queue until either side goes away.
-/// A session subscription that falls behind re-reads the lifecycle events it missed from the
-/// outbox (`lagged`), so it loses only text deltas.
+/// A subscription (to a session or to an agent) that falls behind re-reads the lifecycle
+/// events it missed from the outbox, from `head` (where the outbox ended when it subscribed)
+/// or the last one it passed on, so it loses only text deltas.
 async fn forward(
     mut receiver: broadcast::Receiver<LiveEvent>,
     tx: mpsc::Sender<LiveEvent>,
-    catch_up: Option<(Lagged, i64)>,
+    (lagged, head): (Lagged, i64),
 ) {
-    let (lagged, mut last) = match catch_up {
-        Some((lagged, head)) => (Some(lagged), head),
-        None => (None, 0),
-    };
+    let mut last = head;
     loop {
         let events = match receiver.recv().await {
             Ok(LiveEvent { id: Some(id), .. }) if id <= last => continue,
             Ok(event) => vec![event],
-            Err(broadcast::error::RecvError::Lagged(_)) => match &lagged {
-                Some(lagged) => lagged
-                    .outbox_after(last)
-                    .await
-                    .into_iter()
-                    .map(|row| LiveEvent {
-                        session: lagged.session,
+            Err(broadcast::error::RecvError::Lagged(_)) => lagged
+                .outbox_after(last)
+                .await
+                .into_iter()
+                .filter_map(|row| {
+                    Some(LiveEvent {
+                        session: row.session_id?,
                         id: Some(row.id),
                         data: serde_json::from_str(&row.data).unwrap_or(Value::Null),
                         kind: row.kind,
                     })
-                    .collect(),
-                None => continue,
-            },
+                })
+                .collect(),
             Err(broadcast::error::RecvError::Closed) => return,
         };
         for event in events {
@@ -169,68 +167,92 @@ mod tests {
     use super::*;
 
     /// A subscriber that falls behind gets the lifecycle events it missed from the outbox, in
-    /// order and once, and loses only deltas.
+    /// order and once, and loses only deltas: a session's subscriber, and an agent's, which
+    /// gets none of another agent's events.
     #[tokio::test]
-    async fn a_lagging_session_subscription_catches_up_from_the_outbox() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(StoreOptions {
-            location: Location::Sqlite(dir.path().join("clade.db")),
-            durability: clade_store::Durability::Normal,
-            clock: Arc::new(SystemClock),
-        })
-        .await
-        .unwrap();
-        let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
-        let new = NewAgent {
-            handle: Handle::parse("ada").unwrap(),
-            display_name: None,
-            config: AgentConfig::default(),
-        };
-        let agent = store.create_agents(tenant.id, vec![new]).await.unwrap().remove(0);
-        let head = store.outbox_head().await.unwrap();
-        let accepted = store
-            .accept_event(NewEvent {
-                tenant: tenant.id,
-                agent: agent.id,
-                source: Source { platform: "t".into(), channel: "c".into(), actor: "a".into() },
-                text: "hi".into(),
-                idempotency_key: None,
-                payload_hash: "h".into(),
-                max_open_per_session: 10,
+    async fn a_lagging_subscription_catches_up_from_the_outbox() {
+        for by_agent in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(StoreOptions {
+                location: Location::Sqlite(dir.path().join("clade.db")),
+                durability: clade_store::Durability::Normal,
+                clock: Arc::new(SystemClock),
             })
             .await
             .unwrap();
-        let session = store.session(tenant.id, accepted.session_id).await.unwrap();
-
-        let (live, receiver) = broadcast::channel(2);
-        let (tx, mut rx) = mpsc::channel(64);
-        let lagged = Lagged { store: store.clone(), tenant: tenant.id, session: session.id };
-        // Committed, then published with more deltas than the channel holds: the subscriber
-        // lags before it sees any of it.
-        let outbox = ["turn.started", "tool.called"]
-            .map(|kind| OutboxEvent { kind: kind.into(), data: "{}".into() })
-            .to_vec();
-        let (_, rows) =
-            store.start_turn(&session, vec![accepted.event_id], 0, outbox).await.unwrap();
-        for row in &rows {
-            let id = Some(row.id);
-            let event =
-                LiveEvent { session: session.id, id, kind: row.kind.clone(), data: Value::Null };
-            live.send(event).unwrap();
+            let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+            let new = |handle: &str| NewAgent {
+                handle: Handle::parse(handle).unwrap(),
+                display_name: None,
+                config: AgentConfig::default(),
+            };
+            let agents =
+                store.create_agents(tenant.id, vec![new("ada"), new("bob")]).await.unwrap();
+            let head = store.outbox_head().await.unwrap();
+            let mut sessions = Vec::new();
+            for agent in &agents {
+                let accepted = store
+                    .accept_event(NewEvent {
+                        tenant: tenant.id,
+                        agent: agent.id,
+                        source: Source {
+                            platform: "t".into(),
+                            channel: "c".into(),
+                            actor: "a".into(),
+                        },
+                        text: "hi".into(),
+                        idempotency_key: None,
+                        payload_hash: "h".into(),
+                        max_open_per_session: 10,
+                    })
+                    .await
+                    .unwrap();
+                let session = store.session(tenant.id, accepted.session_id).await.unwrap();
+                sessions.push((session, accepted.event_id));
+            }
+            let (live, receiver) = broadcast::channel(2);
+            let (tx, mut rx) = mpsc::channel(64);
+            let ada = sessions[0].0.id;
+            let lagged = match by_agent {
+                true => Lagged::new(&store, tenant.id, Scope::Agent(agents[0].id)),
+                false => Lagged::new(&store, tenant.id, Scope::Session(ada)),
+            };
+            // Committed (bob's too), then ada's published with more deltas than the channel
+            // holds: the subscriber lags before it sees any of it.
+            for (n, (session, event)) in sessions.iter().enumerate() {
+                let kinds =
+                    if n == 0 { vec!["turn.started", "tool.called"] } else { vec!["turn.started"] };
+                let outbox = kinds
+                    .into_iter()
+                    .map(|kind| OutboxEvent { kind: kind.into(), data: "{}".into() })
+                    .collect();
+                let (_, rows) = store.start_turn(session, vec![*event], 0, outbox).await.unwrap();
+                for row in rows.iter().filter(|_| n == 0) {
+                    let id = Some(row.id);
+                    let event =
+                        LiveEvent { session: ada, id, kind: row.kind.clone(), data: Value::Null };
+                    live.send(event).unwrap();
+                }
+            }
+            for _ in 0..5 {
+                let kind = "text.delta".to_owned();
+                live.send(LiveEvent { session: ada, id: None, kind, data: Value::Null }).unwrap();
+            }
+            let task = tokio::spawn(forward(receiver, tx, (lagged, head)));
+            let mut seen = Vec::new();
+            while let Ok(Some(event)) =
+                tokio::time::timeout(std::time::Duration::from_millis(500), rx.recv()).await
+            {
+                assert_eq!(event.session, ada, "another session's event reached the subscriber");
+                seen.push(event.kind);
+            }
+            task.abort();
+            let by = if by_agent { "agent" } else { "session" };
+            assert_eq!(
+                seen,
+                ["turn.started", "tool.called", "text.delta", "text.delta"],
+                "by {by}"
+            );
         }
-        for _ in 0..5 {
-            let kind = "text.delta".to_owned();
-            live.send(LiveEvent { session: session.id, id: None, kind, data: Value::Null })
-                .unwrap();
-        }
-        let task = tokio::spawn(forward(receiver, tx, Some((lagged, head))));
-        let mut kinds = Vec::new();
-        while let Ok(Some(event)) =
-            tokio::time::timeout(std::time::Duration::from_millis(500), rx.recv()).await
-        {
-            kinds.push(event.kind);
-        }
-        task.abort();
-        assert_eq!(kinds, ["turn.started", "tool.called", "text.delta", "text.delta"]);
     }
 }

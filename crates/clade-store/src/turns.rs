@@ -830,6 +830,33 @@ impl Store {
         rows.iter().map(outbox_row).collect()
     }
 
+    /// The outbox rows after `after` of every session of one agent (for an agent-wide stream
+    /// that fell behind). It walks the outbox from `after` on, so it is meant for the short
+    /// gaps a lagging stream leaves.
+    pub async fn agent_outbox(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>> {
+        let columns = OUTBOX_COLUMNS.split(", ").map(|c| format!("o.{c}")).collect::<Vec<_>>();
+        let rows = self
+            .rows(
+                query(format!(
+                    "SELECT {} FROM outbox o JOIN sessions s ON s.id = o.session_id \
+             WHERE o.id > $1 AND o.tenant_id = $2 AND s.agent_id = $3 ORDER BY o.id LIMIT $4",
+                    columns.join(", ")
+                ))
+                .bind(after)
+                .bind(b(tenant.as_bytes()))
+                .bind(b(agent.as_bytes()))
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.iter().map(outbox_row).collect()
+    }
+
     /// `(last delivered outbox id, attempts on the next one)` of a subscriber.
     pub async fn subscriber_cursor(&self, subscriber: &str) -> Result<(i64, i64)> {
         let row = self
