@@ -225,3 +225,26 @@ async fn postgres_store_via_flag_and_env() {
     // The SQLite file of the data dir was never created.
     assert!(!env.data_dir().join("clade.db").is_file());
 }
+
+/// `clade agents list | head -1`: the reader goes away early, and clade stops quietly instead
+/// of panicking on the next line it prints.
+#[test]
+fn a_closed_stdout_stops_the_command_quietly() {
+    let env = Env::new();
+    for n in 0..20 {
+        env.run(&["agents", "create", &format!("quiet-{n}")]).ok();
+    }
+    let mut child = env
+        .command()
+        .args(["agents", "list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before clade has started printing.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(matches!(out.status.code(), Some(0 | 141)), "{:?}: {stderr}", out.status);
+}
