@@ -367,6 +367,62 @@ async fn attack_corpus_is_blocked_or_contained() {
         );
     }
 
+    // Every system call the sandbox forbids, made directly (null arguments: harmless even
+    // where it reached the kernel, which prints "ran"): each must kill its caller.
+    let forbidden = [
+        ("ptrace", libc::SYS_ptrace),
+        ("process_vm_readv", libc::SYS_process_vm_readv),
+        ("process_vm_writev", libc::SYS_process_vm_writev),
+        ("mount", libc::SYS_mount),
+        ("umount2", libc::SYS_umount2),
+        ("pivot_root", libc::SYS_pivot_root),
+        ("chroot", libc::SYS_chroot),
+        ("unshare", libc::SYS_unshare),
+        ("setns", libc::SYS_setns),
+        ("keyctl", libc::SYS_keyctl),
+        ("add_key", libc::SYS_add_key),
+        ("request_key", libc::SYS_request_key),
+        ("bpf", libc::SYS_bpf),
+        ("perf_event_open", libc::SYS_perf_event_open),
+        ("userfaultfd", libc::SYS_userfaultfd),
+        ("io_uring_setup", libc::SYS_io_uring_setup),
+        ("io_uring_enter", libc::SYS_io_uring_enter),
+        ("io_uring_register", libc::SYS_io_uring_register),
+        ("kexec_load", libc::SYS_kexec_load),
+        ("kexec_file_load", libc::SYS_kexec_file_load),
+        ("init_module", libc::SYS_init_module),
+        ("finit_module", libc::SYS_finit_module),
+        ("delete_module", libc::SYS_delete_module),
+        ("reboot", libc::SYS_reboot),
+        ("swapon", libc::SYS_swapon),
+        ("swapoff", libc::SYS_swapoff),
+        ("acct", libc::SYS_acct),
+        ("settimeofday", libc::SYS_settimeofday),
+        ("clock_settime", libc::SYS_clock_settime),
+        ("clock_adjtime", libc::SYS_clock_adjtime),
+        ("adjtimex", libc::SYS_adjtimex),
+        ("syslog", libc::SYS_syslog),
+        ("quotactl", libc::SYS_quotactl),
+        ("open_by_handle_at", libc::SYS_open_by_handle_at),
+        ("name_to_handle_at", libc::SYS_name_to_handle_at),
+        ("fanotify_init", libc::SYS_fanotify_init),
+        ("vhangup", libc::SYS_vhangup),
+        ("open_tree", libc::SYS_open_tree),
+        ("move_mount", libc::SYS_move_mount),
+        ("fsopen", libc::SYS_fsopen),
+        ("fsconfig", libc::SYS_fsconfig),
+        ("fsmount", libc::SYS_fsmount),
+        ("fspick", libc::SYS_fspick),
+    ];
+    for (name, number) in forbidden {
+        let command = format!(
+            "python3 -c 'import ctypes; r = ctypes.CDLL(None).syscall({number}, 0, 0, 0, 0, 0); print(\"ran\" if r >= 0 else \"failed\")'"
+        );
+        let out = shell(&server, &command).await;
+        let killed = out.starts_with("sandbox violation");
+        corpus.record(&format!("system call {name}"), killed && !out.contains("ran"), &out);
+    }
+
     // G3: the API's latency while a tool spins every core it can get (a figure, not a gate).
     let p99 = |mut samples: Vec<Duration>| {
         samples.sort();
