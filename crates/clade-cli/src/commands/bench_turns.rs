@@ -7,6 +7,7 @@
 //! the scheduled send time, so a stall shows up in the figures instead of slowing the sender.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -174,48 +175,13 @@ async fn measure(
     let per_session = total.div_ceil(sessions);
     let stats_before = store.write_stats();
     let started = now();
-    let peak_rss = Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
-    let mut tasks = Vec::new();
-    for s in 0..sessions {
-        let (engine, tenant, peak) = (engine.clone(), tenant.clone(), peak_rss.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(per_session);
-            let mut in_flight = Vec::new();
-            for i in 0..per_session {
-                let Some(rate) = rate else {
-                    let t = now();
-                    let acked = one_turn(&engine, &tenant, s, i).await?;
-                    latencies.push((acked.duration_since(t), t.elapsed()));
-                    if i == per_session / 2 {
-                        peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
-                    }
-                    continue;
-                };
-                // Sends are spread evenly: message i of session s is number i·sessions + s.
-                let offset = (i * sessions + s) as f64 / rate;
-                let scheduled =
-                    tokio::time::Instant::from_std(started) + Duration::from_secs_f64(offset);
-                tokio::time::sleep_until(scheduled).await;
-                let (engine, tenant) = (engine.clone(), tenant.clone());
-                in_flight.push(tokio::spawn(async move {
-                    let acked = one_turn(&engine, &tenant, s, i).await?;
-                    let scheduled = scheduled.into_std();
-                    Ok::<_, anyhow::Error>((acked.duration_since(scheduled), scheduled.elapsed()))
-                }));
-                if i == per_session / 2 {
-                    peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-            for turn in in_flight {
-                latencies.push(turn.await??);
-            }
-            Ok::<_, anyhow::Error>(latencies)
-        }));
-    }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
+    let peak_rss = Arc::new(AtomicU64::new(rss_before));
+    let latencies = match rate {
+        None => closed_loop(&engine, &tenant, sessions, per_session, &peak_rss).await?,
+        Some(rate) => {
+            open_loop(&engine, &tenant, sessions, per_session, rate, started, &peak_rss).await?
+        }
+    };
     let elapsed = started.elapsed().as_secs_f64();
     let stats = store.write_stats();
     let commits = stats.commits - stats_before.commits;
@@ -227,7 +193,7 @@ async fn measure(
         sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)].as_secs_f64() * 1e3
     };
     let turns = latencies.len();
-    let rss_growth = peak_rss.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(rss_before);
+    let rss_growth = peak_rss.load(AtomicOrdering::Relaxed).saturating_sub(rss_before);
     // Idle actors leave memory after `idle_secs`; check that they did.
     let active_at_end = engine.active_sessions();
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -244,6 +210,82 @@ async fn measure(
         commits_per_turn: commits as f64 / turns as f64,
         rss_per_session_kib: rss_growth as f64 / sessions as f64,
     })
+}
+
+/// Each session sends its next message when its previous turn has ended.
+async fn closed_loop(
+    engine: &Engine,
+    tenant: &clade_core::Tenant,
+    sessions: usize,
+    per_session: usize,
+    peak_rss: &Arc<AtomicU64>,
+) -> Result<Vec<(Duration, Duration)>> {
+    let mut tasks = Vec::new();
+    for s in 0..sessions {
+        let (engine, tenant, peak) = (engine.clone(), tenant.clone(), peak_rss.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(per_session);
+            for i in 0..per_session {
+                let t = now();
+                let acked = one_turn(&engine, &tenant, s, i).await?;
+                latencies.push((acked.duration_since(t), t.elapsed()));
+                if i == per_session / 2 {
+                    peak.fetch_max(rss_kib(), AtomicOrdering::Relaxed);
+                }
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok(latencies)
+}
+
+/// Messages go out on a fixed schedule, spread evenly: message `i` of session `s` is number
+/// `i·sessions + s`. A thread of its own keeps the schedule: tokio's timer rounds each sleep up
+/// to the next millisecond, which would add up to 1 ms to every latency counted from the
+/// scheduled send, and a sender on the runtime would itself be delayed by a stall it should
+/// measure.
+async fn open_loop(
+    engine: &Engine,
+    tenant: &clade_core::Tenant,
+    sessions: usize,
+    per_session: usize,
+    rate: f64,
+    started: Instant,
+    peak_rss: &Arc<AtomicU64>,
+) -> Result<Vec<(Duration, Duration)>> {
+    let runtime = tokio::runtime::Handle::current();
+    let (engine, tenant, peak) = (engine.clone(), tenant.clone(), peak_rss.clone());
+    let total = sessions * per_session;
+    let sent = tokio::task::spawn_blocking(move || {
+        let mut in_flight = Vec::with_capacity(total);
+        for k in 0..total {
+            let (i, s) = (k / sessions, k % sessions);
+            let scheduled = started + Duration::from_secs_f64(k as f64 / rate);
+            let wait = scheduled.saturating_duration_since(now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+            let (engine, tenant) = (engine.clone(), tenant.clone());
+            in_flight.push(runtime.spawn(async move {
+                let acked = one_turn(&engine, &tenant, s, i).await?;
+                Ok::<_, anyhow::Error>((acked.duration_since(scheduled), scheduled.elapsed()))
+            }));
+            if k == total / 2 {
+                peak.fetch_max(rss_kib(), AtomicOrdering::Relaxed);
+            }
+        }
+        in_flight
+    })
+    .await?;
+    let mut latencies = Vec::with_capacity(total);
+    for turn in sent {
+        latencies.push(turn.await??);
+    }
+    Ok(latencies)
 }
 
 /// Sends message `i` of session `s` and waits for its turn to end; returns when the event was
