@@ -952,7 +952,12 @@ async fn a_turn_waiting_for_approval_survives_a_restart() {
     }
     assert_eq!(finished["status"], "completed", "{finished}");
     let ws = env.run(&["agents", "workspace", "alice"]).ok().stdout.trim().to_owned();
-    assert_eq!(std::fs::read_to_string(Path::new(&ws).join("ran.txt")).unwrap(), "once\n");
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&ws).join("ran.txt"))
+            .map_err(|e| format!("{e}: {finished}"))
+            .unwrap(),
+        "once\n"
+    );
     // The approval's lifecycle is in the session's durable event stream (and so reaches
     // webhook subscribers), in order.
     let stream = replay(&server, &session, "turn.finished").await;
