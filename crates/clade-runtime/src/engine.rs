@@ -61,6 +61,11 @@ pub struct EngineOptions {
 
 struct Inner {
     store: Store,
+    /// The same store for the actors' own reads, which need not wait until what they read is
+    /// durable: a turn's outcome commits after the events it read, so it cannot be durable
+    /// before them, and nothing else leaves the process before then (see
+    /// [`Store::visible_reads`]).
+    visible: Store,
     agents: Agents,
     models: Models,
     hub: Hub,
@@ -137,6 +142,7 @@ impl Engine {
         options: EngineOptions,
     ) -> Result<Self, Error> {
         let inner = Arc::new(Inner {
+            visible: store.visible_reads(),
             store,
             agents,
             models,
@@ -197,13 +203,16 @@ impl Engine {
         Ok(self.inner.store.agent(envelope.tenant.id, &handle).await?)
     }
 
-    /// Stores the envelope durably, then schedules its session. Returns once stored.
+    /// Stores the envelope durably and schedules its session. Returns once stored.
+    ///
+    /// The session's actor is woken as soon as the event is committed, while the commit is
+    /// still being made durable: the turn's first read and model call overlap that fsync, and
+    /// its own commit, which comes after the event's, is what its reply waits for.
     pub async fn submit(&self, envelope: Envelope) -> Result<Accepted, Error> {
         let agent = self.route(&envelope).await?;
-        let accepted = self
-            .inner
-            .store
-            .accept_event(NewEvent {
+        let (visible, committed) = tokio::sync::oneshot::channel::<Accepted>();
+        let accept = self.inner.store.accept_event_announced(
+            NewEvent {
                 tenant: envelope.tenant.id,
                 agent: agent.id,
                 payload_hash: payload_hash(agent.handle.as_str(), &envelope.source, &envelope.text),
@@ -211,10 +220,25 @@ impl Engine {
                 text: envelope.text,
                 idempotency_key: envelope.idempotency_key,
                 max_open_per_session: self.inner.options.sessions.max_queued,
-            })
-            .await?;
+            },
+            move |accepted| {
+                let _ = visible.send(accepted.clone());
+            },
+        );
+        let mut accept = std::pin::pin!(accept);
+        let mut woken = false;
+        let accepted = tokio::select! {
+            accepted = &mut accept => accepted?,
+            Ok(seen) = committed => {
+                if !seen.duplicate {
+                    self.wake(seen.session_id);
+                    woken = true;
+                }
+                accept.await?
+            }
+        };
         crate::failpoints::hit("after_commit_before_ack");
-        if !accepted.duplicate {
+        if !accepted.duplicate && !woken {
             self.wake(accepted.session_id);
         }
         Ok(accepted)
@@ -324,7 +348,7 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receive
                 }
             }
         }
-        let open = match inner.store.open_events(session_id, coalesce).await {
+        let open = match inner.visible.open_events(session_id, coalesce).await {
             Ok(open) => open,
             Err(err) => {
                 tracing::error!(session = %session_id, error = %err, "cannot read the session's events; retrying");
@@ -340,7 +364,7 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receive
         }
         let ctx = match &context {
             Some(ctx) => ctx.clone(),
-            None => match TurnContext::load(&inner.store, session_id).await {
+            None => match TurnContext::load(&inner.visible, session_id).await {
                 Ok(ctx) => context.insert(Arc::new(ctx)).clone(),
                 Err(err) => {
                     tracing::error!(session = %session_id, error = %err, "cannot load the session; retrying");
@@ -383,7 +407,7 @@ async fn fail_events(
     events: &[EventRow],
     reason: &str,
 ) -> bool {
-    let Ok(session) = inner.store.session_any_tenant(session_id).await else { return false };
+    let Ok(session) = inner.visible.session_any_tenant(session_id).await else { return false };
     let ids = events.iter().map(|e| e.id).collect();
     let Ok((turn, rows)) = inner.store.start_turn(&session, ids, 0, Vec::new()).await else {
         return false;
@@ -476,7 +500,7 @@ async fn run_turn(
     events: &[EventRow],
     kept: &mut Kept,
 ) -> Result<(), String> {
-    let store = &inner.store;
+    let store = &inner.visible;
     let (session, tenant, agent) = (&ctx.session, &ctx.tenant, &ctx.agent);
     let session_id = session.id;
     let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
@@ -679,7 +703,7 @@ async fn run_turn(
 
 /// Steer mode: messages that arrived during the turn join it between tool calls.
 async fn steer(inner: &Inner, turn: &TurnRow, messages: &mut Vec<Message>) {
-    let Ok(pending) = inner.store.pending_events(turn.session_id).await else { return };
+    let Ok(pending) = inner.visible.pending_events(turn.session_id).await else { return };
     if pending.is_empty()
         || inner.store.join_turn(turn.id, pending.iter().map(|e| e.id).collect()).await.is_err()
     {
@@ -1004,7 +1028,7 @@ async fn compose(
     let mut messages = vec![Message::system(system)];
     if history.is_none() {
         let keep = inner.options.sessions.history_turns;
-        match inner.store.history(session.id, turn.id, keep).await {
+        match inner.visible.history(session.id, turn.id, keep).await {
             // Steered turns take in messages mid-turn, which the cache would not see.
             Ok(turns) if inner.options.sessions.queue_mode != QueueMode::Steer => {
                 let mut cache = History::default();

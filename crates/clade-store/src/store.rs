@@ -42,6 +42,8 @@ pub struct Store {
     backend: Backend,
     shown: Arc<str>,
     clock: Arc<dyn Clock>,
+    /// Whether a read waits until what it saw is durable (see [`Store::visible_reads`]).
+    reads_wait_durable: bool,
 }
 
 /// What is needed to create an agent.
@@ -240,6 +242,7 @@ impl Store {
             Location::Sqlite(path) => Connect::Sqlite {
                 path: path.clone(),
                 settings: backend::session_settings(backend, options.durability),
+                durability: options.durability,
             },
             Location::Postgres(_) => Connect::Pool(pool.clone()),
         };
@@ -251,7 +254,15 @@ impl Store {
             Location::Postgres(_) => Readers::Pool(pool.clone()),
         };
         let writer = Writer::spawn(connect, backend, shown.to_string())?;
-        let store = Self { pool, readers, writer, backend, shown, clock: options.clock };
+        let store = Self {
+            pool,
+            readers,
+            writer,
+            backend,
+            shown,
+            clock: options.clock,
+            reads_wait_durable: true,
+        };
         store.ensure_tenant(Tenant::DEFAULT_NAME).await?;
         Ok(store)
     }
@@ -314,9 +325,23 @@ impl Store {
         Ok(sqlx::Row::try_get(&row, 0)?)
     }
 
+    /// A handle to the same store whose reads return as soon as they have run, which can be
+    /// before the writes they saw are durable (SQLite with `durability: full` commits before
+    /// it syncs; see [`crate::writer`]). Only for what stays inside the process until a later
+    /// write is durable, such as the turn engine reading the events it is about to run: that
+    /// turn's own commit comes after theirs. Everything shown to a client or sent out reads
+    /// through the plain handle.
+    pub fn visible_reads(&self) -> Store {
+        Store { reads_wait_durable: false, ..self.clone() }
+    }
+
     /// Runs a read on the pool; errors are classified for the user.
     pub(crate) async fn rows(&self, query: Query) -> Result<Vec<Row>> {
-        query.fetch_all_read(&self.readers).await.map_err(|e| self.classify(e))
+        let rows = query.fetch_all_read(&self.readers).await.map_err(|e| self.classify(e))?;
+        if self.reads_wait_durable {
+            self.writer.settled().await;
+        }
+        Ok(rows)
     }
 
     pub(crate) async fn maybe_row(&self, query: Query) -> Result<Option<Row>> {
@@ -354,7 +379,17 @@ impl Store {
         &self,
         f: impl for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<T>> + Send + 'static,
     ) -> Result<T> {
-        self.writer.write(Box::new(f)).await
+        self.write_announced(None, f).await
+    }
+
+    /// As [`Store::write`], and `announce` is told the value once it is committed, which can
+    /// be before it is durable (see [`crate::writer::Announce`]).
+    pub(crate) async fn write_announced<T: Send + 'static>(
+        &self,
+        announce: Option<crate::writer::Announce<T>>,
+        f: impl for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        self.writer.write_announced(Box::new(f), announce).await
     }
 
     // ---- tenants ----

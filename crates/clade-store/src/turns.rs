@@ -268,8 +268,19 @@ impl Store {
     /// Stores an inbound event (or finds the original for a repeated idempotency key). When
     /// this returns, the event is durable.
     pub async fn accept_event(&self, event: NewEvent) -> Result<Accepted> {
+        self.accept_event_announced(event, |_| {}).await
+    }
+
+    /// As [`Store::accept_event`], and `on_visible` is told as soon as the event is committed,
+    /// which can be before it is durable: its turn can start then (see
+    /// [`Store::visible_reads`]). Runs on the writer's thread, so it must only hand the value on.
+    pub async fn accept_event_announced(
+        &self,
+        event: NewEvent,
+        on_visible: impl FnOnce(&Accepted) + Send + 'static,
+    ) -> Result<Accepted> {
         let now = self.now();
-        self.write(move |conn| {
+        self.write_announced(Some(Box::new(on_visible)), move |conn| {
             Box::pin(async move {
                 let event_id = EventId::generate(now);
                 let key = event.idempotency_key.clone().unwrap_or_else(|| event_id.to_string());

@@ -56,14 +56,15 @@ pub(super) async fn run(
     };
     println!("bench turns: offline model (0 ms), {total} turns per row, {mode}");
     println!(
-        "{:<10} {:>9} {:>10} {:>12} {:>12} {:>12} {:>14} {:>12} {:>16} {:>14}",
+        "{:<10} {:>9} {:>10} {:>12} {:>12} {:>12} {:>14} {:>18} {:>12} {:>16} {:>14}",
         "durability",
         "sessions",
         "turns/s",
         "ack p50/p99",
         "p50 ms",
         "p99 ms",
-        "commits/turn",
+        "commits/fsyncs",
+        "fsyncs >5ms (max)",
         "writer busy",
         "RSS/session KiB",
         "actors end→idle"
@@ -84,14 +85,15 @@ pub(super) async fn run(
             let _ = std::fs::remove_dir_all(&dir);
             let row = row?;
             println!(
-                "{:<10} {:>9} {:>10.0} {:>12} {:>12.3} {:>12.3} {:>14.2} {:>11.0}% {:>16.1} {:>14}",
+                "{:<10} {:>9} {:>10.0} {:>12} {:>12.3} {:>12.3} {:>14} {:>18} {:>11.0}% {:>16.1} {:>14}",
                 durability,
                 n,
                 row.turns_per_sec,
                 format!("{:.1}/{:.1}", row.ack_p50_ms, row.ack_p99_ms),
                 row.p50_ms,
                 row.p99_ms,
-                row.commits_per_turn,
+                format!("{:.2}/{:.2}", row.commits_per_turn, row.syncs_per_turn),
+                format!("{} ({:.1} ms)", row.slow_syncs, row.slowest_sync_ms),
                 row.writer_busy * 100.0,
                 row.rss_per_session_kib,
                 format!("{}→{}", row.active_at_end, row.evicted_left)
@@ -105,6 +107,11 @@ pub(super) async fn run(
     println!(
         " RSS/session: growth while all sessions were active, divided by the number of sessions;"
     );
+    println!(
+        " commits/fsyncs: per turn; with durability full one fsync of the WAL covers every commit"
+    );
+    println!(" made while the previous fsync ran (normal leaves syncing to checkpoints);");
+    println!(" fsyncs >5ms: the disk's stalls, which every write waiting for that fsync shares;");
     println!(
         " actors: session actors in memory when the load ended, and 2.5 s later with idle_secs = 1)"
     );
@@ -122,6 +129,11 @@ struct Row {
     ack_p50_ms: f64,
     ack_p99_ms: f64,
     commits_per_turn: f64,
+    /// fsyncs of the WAL per turn (the syncer's, with `durability: full`).
+    syncs_per_turn: f64,
+    /// fsyncs of the WAL that took over 5 ms, and the slowest: the disk's own stalls.
+    slow_syncs: u64,
+    slowest_sync_ms: f64,
     rss_per_session_kib: f64,
 }
 
@@ -208,6 +220,9 @@ async fn measure(
         ack_p50_ms: pct(&acks, 0.5),
         ack_p99_ms: pct(&acks, 0.99),
         commits_per_turn: commits as f64 / turns as f64,
+        syncs_per_turn: (stats.syncs - stats_before.syncs) as f64 / turns as f64,
+        slow_syncs: stats.slow_syncs - stats_before.slow_syncs,
+        slowest_sync_ms: stats.slowest_sync_micros as f64 / 1e3,
         rss_per_session_kib: rss_growth as f64 / sessions as f64,
     })
 }
