@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use clade_core::{SessionId, Tenant};
-use clade_runtime::LiveEvent;
+use clade_runtime::{LiveEvent, Subscription};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
@@ -124,7 +124,7 @@ async fn subscribe(
 /// events it missed from the outbox, from `head` (where the outbox ended when it subscribed)
 /// or the last one it passed on, so it loses only text deltas.
 async fn forward(
-    mut receiver: broadcast::Receiver<LiveEvent>,
+    mut receiver: Subscription,
     tx: mpsc::Sender<LiveEvent>,
     (lagged, head): (Lagged, i64),
 ) {
@@ -210,7 +210,8 @@ mod tests {
                 let session = store.session(tenant.id, accepted.session_id).await.unwrap();
                 sessions.push((session, accepted.event_id));
             }
-            let (live, receiver) = broadcast::channel(2);
+            let (live, _) = broadcast::channel(2);
+            let receiver = Subscription::detached(&live);
             let (tx, mut rx) = mpsc::channel(64);
             let ada = sessions[0].0.id;
             let lagged = match by_agent {

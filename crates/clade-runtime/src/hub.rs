@@ -28,7 +28,7 @@ const SESSION_CAPACITY: usize = 64;
 const AGENT_CAPACITY: usize = 1024;
 
 /// Channels per session and per agent, created when someone subscribes and dropped when the
-/// last subscriber has gone, so idle sessions cost nothing.
+/// last [`Subscription`] ends, so sessions no one watches cost nothing here.
 #[derive(Clone, Default)]
 pub struct Hub {
     sessions: Arc<Mutex<HashMap<SessionId, broadcast::Sender<LiveEvent>>>>,
@@ -39,9 +39,9 @@ fn subscribe<K: std::hash::Hash + Eq>(
     map: &Mutex<HashMap<K, broadcast::Sender<LiveEvent>>>,
     key: K,
     capacity: usize,
-) -> broadcast::Receiver<LiveEvent> {
+) -> broadcast::Sender<LiveEvent> {
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-    map.entry(key).or_insert_with(|| broadcast::channel(capacity).0).subscribe()
+    map.entry(key).or_insert_with(|| broadcast::channel(capacity).0).clone()
 }
 
 fn send<K: std::hash::Hash + Eq>(
@@ -57,19 +57,117 @@ fn send<K: std::hash::Hash + Eq>(
     }
 }
 
+/// Drops `ours` from `map` if no one else listens on it.
+fn forget<K: std::hash::Hash + Eq>(
+    map: &Mutex<HashMap<K, broadcast::Sender<LiveEvent>>>,
+    key: &K,
+    ours: &broadcast::Sender<LiveEvent>,
+) {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    // The ending subscription's own receiver still counts.
+    if let Some(tx) = map.get(key)
+        && tx.same_channel(ours)
+        && tx.receiver_count() <= 1
+    {
+        map.remove(key);
+    }
+}
+
+/// Which of the hub's channels a subscription listens on.
+enum Channel {
+    Session(SessionId),
+    Agent(AgentId),
+}
+
+/// A subscription to live events. When the last one to a session (or agent) ends, the hub
+/// drops that channel with the events it kept for subscribers that fall behind: a session
+/// that someone waited on once holds no memory for it afterwards.
+pub struct Subscription {
+    receiver: broadcast::Receiver<LiveEvent>,
+    sender: broadcast::Sender<LiveEvent>,
+    hub: Option<(Hub, Channel)>,
+}
+
+impl Subscription {
+    fn new(hub: &Hub, channel: Channel) -> Self {
+        let sender = match &channel {
+            Channel::Session(id) => subscribe(&hub.sessions, *id, SESSION_CAPACITY),
+            Channel::Agent(id) => subscribe(&hub.agents, *id, AGENT_CAPACITY),
+        };
+        Self { receiver: sender.subscribe(), sender, hub: Some((hub.clone(), channel)) }
+    }
+
+    /// A subscription to a channel outside any hub (for tests of what reads live events).
+    pub fn detached(sender: &broadcast::Sender<LiveEvent>) -> Self {
+        Self { receiver: sender.subscribe(), sender: sender.clone(), hub: None }
+    }
+
+    /// The next event; `Lagged` when the subscriber fell behind and some were dropped.
+    pub async fn recv(&mut self) -> Result<LiveEvent, broadcast::error::RecvError> {
+        self.receiver.recv().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        match &self.hub {
+            Some((hub, Channel::Session(id))) => forget(&hub.sessions, id, &self.sender),
+            Some((hub, Channel::Agent(id))) => forget(&hub.agents, id, &self.sender),
+            None => {}
+        }
+    }
+}
+
 impl Hub {
     /// Live events of one session.
-    pub fn subscribe(&self, session: SessionId) -> broadcast::Receiver<LiveEvent> {
-        subscribe(&self.sessions, session, SESSION_CAPACITY)
+    pub fn subscribe(&self, session: SessionId) -> Subscription {
+        Subscription::new(self, Channel::Session(session))
     }
 
     /// Live events of every session of one agent.
-    pub fn subscribe_agent(&self, agent: AgentId) -> broadcast::Receiver<LiveEvent> {
-        subscribe(&self.agents, agent, AGENT_CAPACITY)
+    pub fn subscribe_agent(&self, agent: AgentId) -> Subscription {
+        Subscription::new(self, Channel::Agent(agent))
     }
 
     pub fn publish(&self, agent: AgentId, event: LiveEvent) {
         send(&self.agents, agent, event.clone());
         send(&self.sessions, event.session, event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(session: SessionId, n: i64) -> LiveEvent {
+        LiveEvent { session, id: Some(n), kind: "turn.finished".into(), data: Value::Null }
+    }
+
+    fn channels(hub: &Hub) -> (usize, usize) {
+        let sessions = hub.sessions.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        (sessions, hub.agents.lock().map(|m| m.len()).unwrap_or(usize::MAX))
+    }
+
+    #[tokio::test]
+    async fn a_channel_and_its_kept_events_go_with_its_last_subscriber() {
+        let hub = Hub::default();
+        let now = clade_core::Timestamp::from_millis(0);
+        let (session, agent) = (SessionId::generate(now), AgentId::generate(now));
+        let mut first = hub.subscribe(session);
+        let second = hub.subscribe(session);
+        let by_agent = hub.subscribe_agent(agent);
+        for n in 0..3 {
+            hub.publish(agent, event(session, n));
+        }
+        assert_eq!(first.recv().await.map(|e| e.id), Ok(Some(0)));
+        drop(first);
+        assert_eq!(channels(&hub), (1, 1), "dropped while a subscriber was left");
+        drop(second);
+        drop(by_agent);
+        assert_eq!(channels(&hub), (0, 0), "kept after the last subscriber left");
+        // A later subscriber gets a new channel, which works as the first did.
+        let mut again = hub.subscribe(session);
+        hub.publish(agent, event(session, 3));
+        assert_eq!(again.recv().await.map(|e| e.id), Ok(Some(3)));
     }
 }

@@ -18,6 +18,6 @@ pub mod tools;
 
 pub use budget::StoreBudget;
 pub use engine::{Engine, EngineOptions, Envelope};
-pub use hub::{Hub, LiveEvent};
+pub use hub::{Hub, LiveEvent, Subscription};
 pub use models::{EnvHints, Models, ProcessKind};
 pub use tools::{CallOrigin, CallOutcome, ToolRunner, Verdict};
