@@ -330,13 +330,13 @@ async fn run(
             tracing::error!(error = %err, writes = batch.len(), "group commit failed");
             err.to_string()
         });
+        if committed {
+            for job in &mut batch {
+                job.announce();
+            }
+        }
         match (&link, number) {
             (Some(link), Some(number)) => {
-                if committed {
-                    for job in &mut batch {
-                        job.announce();
-                    }
-                }
                 let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
                 if let Err(unsent) = link.to_syncer.send(Committed { number, jobs, commit }) {
                     // The syncer is gone (it only ends with the writer): nothing is durable.
@@ -346,11 +346,6 @@ async fn run(
                 }
             }
             _ => {
-                if committed {
-                    for job in &mut batch {
-                        job.announce();
-                    }
-                }
                 for job in batch.drain(..) {
                     job.finish(commit.clone());
                 }
@@ -392,7 +387,7 @@ fn syncer(
         ready.extend(from_writer.try_iter());
         #[cfg(test)]
         drop(tests::SYNC_GATE.lock());
-        let wrote = ready.iter().any(|batch| batch.commit.is_ok() && !batch.jobs.is_empty());
+        let wrote = ready.iter().any(|batch| batch.commit.is_ok());
         let poisoned = counters.poisoned.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let synced = match poisoned {
             Some(reason) => Err(reason),
@@ -442,6 +437,10 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, std::time::Duration) {
 /// `fdatasync` of the WAL. The file is opened each time: SQLite removes and recreates it when
 /// its last connection closes, and a descriptor kept open would then sync a removed file.
 fn sync_wal(wal: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(test)]
+    if tests::FAIL_SYNC.load(Ordering::SeqCst) {
+        return Err(std::io::Error::other("injected by the test"));
+    }
     match std::fs::File::open(wal) {
         Ok(file) => file.sync_data(),
         // No WAL: every commit was folded into the database file, which the checkpoint synced.
@@ -534,6 +533,9 @@ pub(crate) mod tests {
 
     /// Held by a test, it stops the syncer before its next fsync, as a slow disk would.
     pub(crate) static SYNC_GATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    /// Set by a test, the syncer's next fsync fails, as a failing disk's would.
+    pub(crate) static FAIL_SYNC: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
 
     async fn open(dir: &tempfile::TempDir) -> Store {
         Store::open(StoreOptions {
@@ -619,5 +621,22 @@ pub(crate) mod tests {
             "{} fsyncs for 8 commits",
             after.syncs - before.syncs
         );
+    }
+
+    #[tokio::test]
+    async fn a_failed_fsync_refuses_that_write_and_every_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        FAIL_SYNC.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (announced, _) = tokio::sync::oneshot::channel();
+        let failed = set(&store, "k", announced).await.unwrap();
+        FAIL_SYNC.store(false, std::sync::atomic::Ordering::SeqCst);
+        let err = failed.expect_err("a write whose fsync failed was acknowledged").to_string();
+        assert!(err.contains("failed to sync") && err.contains("restart"), "{err}");
+        // The disk may be fine again; what it holds is not known, so writes stay refused.
+        let err = store.set_meta("other", "v").await.expect_err("written after a failed fsync");
+        assert!(err.to_string().contains("failed to sync"), "{err}");
+        // Reads still answer (no wait for a durable point that cannot come).
+        assert_eq!(store.meta("other").await.unwrap(), None);
     }
 }
