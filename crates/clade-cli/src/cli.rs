@@ -434,5 +434,8 @@ pub(crate) enum BenchCommand {
         /// (closed loop), which measures capacity
         #[arg(long)]
         rate: Option<f64>,
+        /// Keep each row's database under <data-dir>/bench-turns, to inspect what a turn wrote
+        #[arg(long)]
+        keep: bool,
     },
 }

@@ -124,7 +124,7 @@ impl<T: Send + 'static> Job for Op<T> {
 }
 
 /// Counters of the write path, for benchmarks and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteStats {
     /// Transactions committed (each one fsync with `durability: full`).
     pub commits: u64,
@@ -140,6 +140,70 @@ pub struct WriteStats {
     pub slow_syncs: u64,
     /// The longest fsync of the WAL.
     pub slowest_sync_micros: u64,
+    /// How long the fsyncs of the WAL took: with `durability: full` every acknowledgement
+    /// waits for one, so the disk's tail shows up in the engine's.
+    pub sync_times: SyncTimes,
+    /// Checkpoints the writer ran itself, between two batches, so that the WAL starts over
+    /// (SQLite; see `checkpointer`). Writes wait while one runs.
+    pub catch_ups: u64,
+    /// The longest of those.
+    pub slowest_catch_up_micros: u64,
+}
+
+/// Counts of fsync durations in 50 µs buckets up to 20 ms, and one bucket for longer ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncTimes {
+    counts: Vec<u64>,
+}
+
+impl SyncTimes {
+    const BUCKET_MICROS: u64 = 50;
+    const BUCKETS: usize = 401;
+
+    fn bucket(micros: u64) -> usize {
+        usize::try_from(micros / Self::BUCKET_MICROS)
+            .map_or(Self::BUCKETS - 1, |b| b.min(Self::BUCKETS - 1))
+    }
+
+    /// The fsyncs counted here and not in `earlier` (an older reading of the same store).
+    pub fn since(&self, earlier: &SyncTimes) -> SyncTimes {
+        let counts = self
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, n)| n.saturating_sub(earlier.counts.get(i).copied().unwrap_or(0)))
+            .collect();
+        SyncTimes { counts }
+    }
+
+    /// The duration that a fraction `q` (0 to 1) of the fsyncs took at most, to the 50 µs
+    /// above; `None` without fsyncs, and 20 ms or more for the longest bucket.
+    pub fn quantile(&self, q: f64) -> Option<std::time::Duration> {
+        let total: u64 = self.counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64 * q.clamp(0.0, 1.0)).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(std::time::Duration::from_micros(
+                    (i as u64 + 1) * Self::BUCKET_MICROS,
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// The live counts behind [`SyncTimes`].
+struct SyncBuckets(Box<[AtomicU64]>);
+
+impl Default for SyncBuckets {
+    fn default() -> Self {
+        SyncBuckets((0..SyncTimes::BUCKETS).map(|_| AtomicU64::new(0)).collect())
+    }
 }
 
 #[derive(Default)]
@@ -150,6 +214,9 @@ struct Counters {
     syncs: AtomicU64,
     slow_syncs: AtomicU64,
     slowest_sync_micros: AtomicU64,
+    sync_buckets: SyncBuckets,
+    catch_ups: AtomicU64,
+    slowest_catch_up_micros: AtomicU64,
     /// Set when an fsync of the WAL failed: what the disk holds is then unknown, so every later
     /// write is refused until the process restarts.
     poisoned: std::sync::Mutex<Option<String>>,
@@ -253,6 +320,17 @@ impl Writer {
             syncs: self.counters.syncs.load(Ordering::Relaxed),
             slow_syncs: self.counters.slow_syncs.load(Ordering::Relaxed),
             slowest_sync_micros: self.counters.slowest_sync_micros.load(Ordering::Relaxed),
+            sync_times: SyncTimes {
+                counts: self
+                    .counters
+                    .sync_buckets
+                    .0
+                    .iter()
+                    .map(|bucket| bucket.load(Ordering::Relaxed))
+                    .collect(),
+            },
+            catch_ups: self.counters.catch_ups.load(Ordering::Relaxed),
+            slowest_catch_up_micros: self.counters.slowest_catch_up_micros.load(Ordering::Relaxed),
         }
     }
 
@@ -359,9 +437,13 @@ async fn run(
             && let Some(Tx::Sqlite(conn)) = &held
         {
             counters.wal_bytes.store(0, Ordering::Relaxed);
-            if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            let (folded, took) =
+                timed(|| conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())));
+            if let Err(err) = folded {
                 tracing::warn!(error = %err, "WAL checkpoint in the writer failed");
             }
+            counters.catch_ups.fetch_add(1, Ordering::Relaxed);
+            counters.slowest_catch_up_micros.fetch_max(took.as_micros() as u64, Ordering::Relaxed);
         }
         counters.busy_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
@@ -400,6 +482,8 @@ fn syncer(
                         counters.slow_syncs.fetch_add(1, Ordering::Relaxed);
                     }
                     counters.slowest_sync_micros.fetch_max(micros, Ordering::Relaxed);
+                    counters.sync_buckets.0[SyncTimes::bucket(micros)]
+                        .fetch_add(1, Ordering::Relaxed);
                     Ok(())
                 }
                 (Err(err), _) => {
@@ -573,6 +657,24 @@ pub(crate) mod tests {
     }
 
     const A_WHILE: Duration = Duration::from_millis(300);
+
+    #[test]
+    fn sync_times_answer_quantiles_to_the_bucket_above() {
+        let mut times = super::SyncTimes { counts: vec![0; super::SyncTimes::BUCKETS] };
+        assert_eq!(times.quantile(0.5), None, "no fsyncs, no median");
+        for micros in [10, 120, 130, 140, 4_990, 30_000_000] {
+            times.counts[super::SyncTimes::bucket(micros)] += 1;
+        }
+        let ms = |q| times.quantile(q).unwrap().as_micros();
+        assert_eq!(ms(0.0), 50, "the fastest, in the first bucket");
+        assert_eq!(ms(0.5), 150, "the 3rd of 6: 130 µs, in 100..150");
+        assert_eq!(ms(0.8), 5_000, "the 5th of 6: 4.99 ms");
+        assert_eq!(ms(1.0), 20_050, "30 s lands in the last bucket, past 20 ms");
+        let earlier = times.clone();
+        times.counts[super::SyncTimes::bucket(700)] += 1;
+        let since = times.since(&earlier);
+        assert_eq!(since.quantile(0.5).map(|d| d.as_micros()), Some(750), "only the new one");
+    }
 
     #[tokio::test]
     async fn a_write_is_visible_at_once_and_answered_only_once_synced() {

@@ -17,8 +17,8 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
         BenchCommand::Agents { count, batch, concurrency, lookups } => {
             agents(ctx, count, batch, concurrency, lookups).await
         }
-        BenchCommand::Turns { sessions, turns: total, durability, rate } => {
-            super::bench_turns::run(ctx, &sessions, total, &durability, rate).await
+        BenchCommand::Turns { sessions, turns: total, durability, rate, keep } => {
+            super::bench_turns::run(ctx, &sessions, total, &durability, rate, keep).await
         }
     }
 }

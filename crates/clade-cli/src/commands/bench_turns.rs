@@ -41,6 +41,7 @@ pub(super) async fn run(
     total: usize,
     durabilities: &[String],
     rate: Option<f64>,
+    keep: bool,
 ) -> Result<()> {
     if total == 0 || sessions.contains(&0) {
         bail!("--turns and every --sessions value must be at least 1");
@@ -56,7 +57,7 @@ pub(super) async fn run(
     };
     println!("bench turns: offline model (0 ms), {total} turns per row, {mode}");
     println!(
-        "{:<10} {:>9} {:>10} {:>12} {:>12} {:>12} {:>14} {:>18} {:>12} {:>16} {:>14}",
+        "{:<10} {:>9} {:>10} {:>12} {:>12} {:>12} {:>14} {:>13} {:>18} {:>18} {:>12} {:>16} {:>14}",
         "durability",
         "sessions",
         "turns/s",
@@ -64,7 +65,9 @@ pub(super) async fn run(
         "p50 ms",
         "p99 ms",
         "commits/fsyncs",
+        "fsync p50/p99",
         "fsyncs >5ms (max)",
+        "WAL restarts (max)",
         "writer busy",
         "RSS/session KiB",
         "actors end→idle"
@@ -82,10 +85,14 @@ pub(super) async fn run(
                 .join("bench-turns")
                 .join(format!("{durability}-{n}-{}", ctx.store.now().as_millis()));
             let row = measure(&dir, level, n, total, rate).await;
-            let _ = std::fs::remove_dir_all(&dir);
+            if keep {
+                eprintln!("kept {}", dir.display());
+            } else {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             let row = row?;
             println!(
-                "{:<10} {:>9} {:>10.0} {:>12} {:>12.3} {:>12.3} {:>14} {:>18} {:>11.0}% {:>16.1} {:>14}",
+                "{:<10} {:>9} {:>10.0} {:>12} {:>12.3} {:>12.3} {:>14} {:>13} {:>18} {:>18} {:>11.0}% {:>16.1} {:>14}",
                 durability,
                 n,
                 row.turns_per_sec,
@@ -93,7 +100,9 @@ pub(super) async fn run(
                 row.p50_ms,
                 row.p99_ms,
                 format!("{:.2}/{:.2}", row.commits_per_turn, row.syncs_per_turn),
+                format!("{:.2}/{:.2}", row.sync_p50_p99_ms.0, row.sync_p50_p99_ms.1),
                 format!("{} ({:.1} ms)", row.slow_syncs, row.slowest_sync_ms),
+                format!("{} ({:.1} ms)", row.catch_ups, row.slowest_catch_up_ms),
                 row.writer_busy * 100.0,
                 row.rss_per_session_kib,
                 format!("{}→{}", row.active_at_end, row.evicted_left)
@@ -111,7 +120,11 @@ pub(super) async fn run(
         " commits/fsyncs: per turn; with durability full one fsync of the WAL covers every commit"
     );
     println!(" made while the previous fsync ran (normal leaves syncing to checkpoints);");
+    println!(" fsync p50/p99: how long one fsync of the WAL took, in ms (to 0.05 ms);");
     println!(" fsyncs >5ms: the disk's stalls, which every write waiting for that fsync shares;");
+    println!(
+        " WAL restarts: checkpoints the writer ran between two batches so that SQLite's WAL starts\n   over; writes wait while one runs"
+    );
     println!(
         " actors: session actors in memory when the load ended, and 2.5 s later with idle_secs = 1)"
     );
@@ -134,6 +147,11 @@ struct Row {
     /// fsyncs of the WAL that took over 5 ms, and the slowest: the disk's own stalls.
     slow_syncs: u64,
     slowest_sync_ms: f64,
+    /// How long the fsyncs of the WAL took, median and 99th percentile (to 0.05 ms).
+    sync_p50_p99_ms: (f64, f64),
+    /// Checkpoints the writer ran itself to start the WAL over, and the slowest: writes wait.
+    catch_ups: u64,
+    slowest_catch_up_ms: f64,
     rss_per_session_kib: f64,
 }
 
@@ -223,6 +241,13 @@ async fn measure(
         syncs_per_turn: (stats.syncs - stats_before.syncs) as f64 / turns as f64,
         slow_syncs: stats.slow_syncs - stats_before.slow_syncs,
         slowest_sync_ms: stats.slowest_sync_micros as f64 / 1e3,
+        sync_p50_p99_ms: {
+            let times = stats.sync_times.since(&stats_before.sync_times);
+            let ms = |q| times.quantile(q).map_or(0.0, |d| d.as_secs_f64() * 1e3);
+            (ms(0.5), ms(0.99))
+        },
+        catch_ups: stats.catch_ups - stats_before.catch_ups,
+        slowest_catch_up_ms: stats.slowest_catch_up_micros as f64 / 1e3,
         rss_per_session_kib: rss_growth as f64 / sessions as f64,
     })
 }
