@@ -41,4 +41,4 @@ pub use turns::{
     Accepted, DeadLetter, EventRow, JournalEntry, NewEvent, OpenEvents, OutboxEvent, OutboxRow,
     SessionRow, Source, TurnOutcome, TurnRow,
 };
-pub use writer::{SyncTimes, WriteStats};
+pub use writer::{Durations, WriteStats};

@@ -38,6 +38,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "session_indexes",
         sql: include_str!("../migrations/0005_session_indexes.sql"),
     },
+    Migration {
+        version: 6,
+        name: "events_by_turn_partial",
+        sql: include_str!("../migrations/0006_events_by_turn_partial.sql"),
+    },
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -47,7 +52,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend, shown: &str, now: i64) -> Result<()> {
     let mut conn = pool.acquire().await.map_err(|e| classify(e, shown))?;

@@ -264,6 +264,9 @@ const HISTORY: &str = "SELECT t.id AS id, t.reply AS reply, e.text AS text FROM 
      JOIN events e ON e.turn_id = t.id WHERE t.id IN (SELECT id FROM turns WHERE session_id = $1 \
      AND status = 'completed' AND id < $2 ORDER BY id DESC LIMIT $3) ORDER BY t.id, e.seq";
 
+/// Sets the status of a turn's events (through the partial index `events_by_turn`).
+const TURN_EVENTS_STATUS: &str = "UPDATE events SET status = $2 WHERE turn_id = $1";
+
 impl Store {
     /// Stores an inbound event (or finds the original for a repeated idempotency key). When
     /// this returns, the event is durable.
@@ -1037,7 +1040,7 @@ async fn finish_in(
         .bind(now.as_millis())
         .execute(&mut *conn)
         .await?;
-    query("UPDATE events SET status = $2 WHERE turn_id = $1")
+    query(TURN_EVENTS_STATUS)
         .bind(b(turn.id.as_bytes()))
         .bind(event_status)
         .execute(&mut *conn)
@@ -1102,6 +1105,8 @@ mod tests {
             ("pending events", pending_events_sql(), "events_open_by_session"),
             ("waiting events at ingest", SESSION_FOR_EVENT.to_owned(), "events_open_by_session"),
             ("history", HISTORY.to_owned(), "turns_by_session (session_id=? AND id<?)"),
+            ("history's events", HISTORY.to_owned(), "events_by_turn (turn_id=?)"),
+            ("a turn's end", TURN_EVENTS_STATUS.to_owned(), "events_by_turn (turn_id=?)"),
         ] {
             let plan = plan(&sql);
             assert!(plan.contains(index), "{name} does not use {index}:\n{plan}");

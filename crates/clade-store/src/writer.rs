@@ -63,9 +63,10 @@ impl Connect {
             Connect::Sqlite { path, settings, durability } => {
                 let conn = db::sqlite::open(path, settings)?;
                 // Checkpoints run on their own thread (see `checkpointer`), not inside a commit
-                // that callers wait for; a WAL that grew past 64 MiB is cut back after one.
+                // that callers wait for; a WAL that grew past 128 MiB is cut back after one
+                // (above what it reaches between two restarts, so its blocks stay allocated).
                 conn.execute_batch(
-                    "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864",
+                    "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 134217728",
                 )?;
                 if *durability == Durability::Full {
                     // The syncer makes each commit durable before its result is released.
@@ -142,7 +143,10 @@ pub struct WriteStats {
     pub slowest_sync_micros: u64,
     /// How long the fsyncs of the WAL took: with `durability: full` every acknowledgement
     /// waits for one, so the disk's tail shows up in the engine's.
-    pub sync_times: SyncTimes,
+    pub sync_times: Durations,
+    /// How long the writer's transactions took, from `BEGIN` to `COMMIT` (a stall in the
+    /// writer delays every write queued behind it).
+    pub commit_times: Durations,
     /// Checkpoints the writer ran itself, between two batches, so that the WAL starts over
     /// (SQLite; see `checkpointer`). Writes wait while one runs.
     pub catch_ups: u64,
@@ -150,13 +154,14 @@ pub struct WriteStats {
     pub slowest_catch_up_micros: u64,
 }
 
-/// Counts of fsync durations in 50 µs buckets up to 20 ms, and one bucket for longer ones.
+/// Counts of durations (of fsyncs, of commits) in 50 µs buckets up to 20 ms, and one bucket
+/// for longer ones.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SyncTimes {
+pub struct Durations {
     counts: Vec<u64>,
 }
 
-impl SyncTimes {
+impl Durations {
     const BUCKET_MICROS: u64 = 50;
     const BUCKETS: usize = 401;
 
@@ -165,19 +170,19 @@ impl SyncTimes {
             .map_or(Self::BUCKETS - 1, |b| b.min(Self::BUCKETS - 1))
     }
 
-    /// The fsyncs counted here and not in `earlier` (an older reading of the same store).
-    pub fn since(&self, earlier: &SyncTimes) -> SyncTimes {
+    /// What was counted here and not in `earlier` (an older reading of the same counter).
+    pub fn since(&self, earlier: &Durations) -> Durations {
         let counts = self
             .counts
             .iter()
             .enumerate()
             .map(|(i, n)| n.saturating_sub(earlier.counts.get(i).copied().unwrap_or(0)))
             .collect();
-        SyncTimes { counts }
+        Durations { counts }
     }
 
-    /// The duration that a fraction `q` (0 to 1) of the fsyncs took at most, to the 50 µs
-    /// above; `None` without fsyncs, and 20 ms or more for the longest bucket.
+    /// The duration that a fraction `q` (0 to 1) of the counted took at most, to the 50 µs
+    /// above; `None` when nothing was counted, and 20 ms or more for the longest bucket.
     pub fn quantile(&self, q: f64) -> Option<std::time::Duration> {
         let total: u64 = self.counts.iter().sum();
         if total == 0 {
@@ -197,12 +202,22 @@ impl SyncTimes {
     }
 }
 
-/// The live counts behind [`SyncTimes`].
-struct SyncBuckets(Box<[AtomicU64]>);
+/// The live counts behind [`Durations`].
+struct DurationBuckets(Box<[AtomicU64]>);
 
-impl Default for SyncBuckets {
+impl DurationBuckets {
+    fn add(&self, micros: u64) {
+        self.0[Durations::bucket(micros)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> Durations {
+        Durations { counts: self.0.iter().map(|n| n.load(Ordering::Relaxed)).collect() }
+    }
+}
+
+impl Default for DurationBuckets {
     fn default() -> Self {
-        SyncBuckets((0..SyncTimes::BUCKETS).map(|_| AtomicU64::new(0)).collect())
+        DurationBuckets((0..Durations::BUCKETS).map(|_| AtomicU64::new(0)).collect())
     }
 }
 
@@ -214,7 +229,8 @@ struct Counters {
     syncs: AtomicU64,
     slow_syncs: AtomicU64,
     slowest_sync_micros: AtomicU64,
-    sync_buckets: SyncBuckets,
+    sync_buckets: DurationBuckets,
+    commit_buckets: DurationBuckets,
     catch_ups: AtomicU64,
     slowest_catch_up_micros: AtomicU64,
     /// Set when an fsync of the WAL failed: what the disk holds is then unknown, so every later
@@ -320,15 +336,8 @@ impl Writer {
             syncs: self.counters.syncs.load(Ordering::Relaxed),
             slow_syncs: self.counters.slow_syncs.load(Ordering::Relaxed),
             slowest_sync_micros: self.counters.slowest_sync_micros.load(Ordering::Relaxed),
-            sync_times: SyncTimes {
-                counts: self
-                    .counters
-                    .sync_buckets
-                    .0
-                    .iter()
-                    .map(|bucket| bucket.load(Ordering::Relaxed))
-                    .collect(),
-            },
+            sync_times: self.counters.sync_buckets.read(),
+            commit_times: self.counters.commit_buckets.read(),
             catch_ups: self.counters.catch_ups.load(Ordering::Relaxed),
             slowest_catch_up_micros: self.counters.slowest_catch_up_micros.load(Ordering::Relaxed),
         }
@@ -391,7 +400,8 @@ async fn run(
         };
         let commit = match conn {
             Ok(mut conn) => {
-                let result = run_batch(&mut conn, backend, &mut batch).await;
+                let (result, took) = timed_async(run_batch(&mut conn, backend, &mut batch)).await;
+                counters.commit_buckets.add(took.as_micros() as u64);
                 if result.is_ok() {
                     held = Some(conn);
                 }
@@ -482,8 +492,7 @@ fn syncer(
                         counters.slow_syncs.fetch_add(1, Ordering::Relaxed);
                     }
                     counters.slowest_sync_micros.fetch_max(micros, Ordering::Relaxed);
-                    counters.sync_buckets.0[SyncTimes::bucket(micros)]
-                        .fetch_add(1, Ordering::Relaxed);
+                    counters.sync_buckets.add(micros);
                     Ok(())
                 }
                 (Err(err), _) => {
@@ -518,6 +527,12 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, std::time::Duration) {
     (f(), started.elapsed())
 }
 
+#[allow(clippy::disallowed_methods)] // A metric, not wall-clock time.
+async fn timed_async<T>(f: impl std::future::Future<Output = T>) -> (T, std::time::Duration) {
+    let started = std::time::Instant::now();
+    (f.await, started.elapsed())
+}
+
 /// `fdatasync` of the WAL. The file is opened each time: SQLite removes and recreates it when
 /// its last connection closes, and a descriptor kept open would then sync a removed file.
 fn sync_wal(wal: &std::path::Path) -> std::io::Result<()> {
@@ -536,8 +551,12 @@ fn sync_wal(wal: &std::path::Path) -> std::io::Result<()> {
 /// How often the WAL is folded back into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// A WAL longer than this is started over from its beginning.
-const WAL_RESTART_BYTES: u64 = 16 << 20;
+/// A WAL longer than this is started over from its beginning. Each restart stops the writer
+/// for a catch-up checkpoint (2–6 ms on this project's test machine); at 16 MiB they came twice
+/// a second at 1,000 turns/s and set about 1% of turns back by over 5 ms, a quarter as many
+/// at 48 MiB. The WAL on disk reaches this plus what the writer adds until the checkpointer's
+/// next look.
+const WAL_RESTART_BYTES: u64 = 64 << 20;
 
 /// Folds the SQLite WAL back into the database file, beside the writer. Done inside a commit
 /// (SQLite's default), a checkpoint stalled every write of that batch for its page copies and
@@ -660,10 +679,10 @@ pub(crate) mod tests {
 
     #[test]
     fn sync_times_answer_quantiles_to_the_bucket_above() {
-        let mut times = super::SyncTimes { counts: vec![0; super::SyncTimes::BUCKETS] };
+        let mut times = super::Durations { counts: vec![0; super::Durations::BUCKETS] };
         assert_eq!(times.quantile(0.5), None, "no fsyncs, no median");
         for micros in [10, 120, 130, 140, 4_990, 30_000_000] {
-            times.counts[super::SyncTimes::bucket(micros)] += 1;
+            times.counts[super::Durations::bucket(micros)] += 1;
         }
         let ms = |q| times.quantile(q).unwrap().as_micros();
         assert_eq!(ms(0.0), 50, "the fastest, in the first bucket");
@@ -671,7 +690,7 @@ pub(crate) mod tests {
         assert_eq!(ms(0.8), 5_000, "the 5th of 6: 4.99 ms");
         assert_eq!(ms(1.0), 20_050, "30 s lands in the last bucket, past 20 ms");
         let earlier = times.clone();
-        times.counts[super::SyncTimes::bucket(700)] += 1;
+        times.counts[super::Durations::bucket(700)] += 1;
         let since = times.since(&earlier);
         assert_eq!(since.quantile(0.5).map(|d| d.as_micros()), Some(750), "only the new one");
     }

@@ -57,7 +57,7 @@ pub(super) async fn run(
     };
     println!("bench turns: offline model (0 ms), {total} turns per row, {mode}");
     println!(
-        "{:<10} {:>9} {:>10} {:>12} {:>12} {:>12} {:>14} {:>13} {:>18} {:>18} {:>12} {:>16} {:>14}",
+        "{:<10} {:>9} {:>10} {:>12} {:>12} {:>12} {:>14} {:>14} {:>13} {:>18} {:>18} {:>12} {:>16} {:>14}",
         "durability",
         "sessions",
         "turns/s",
@@ -65,6 +65,7 @@ pub(super) async fn run(
         "p50 ms",
         "p99 ms",
         "commits/fsyncs",
+        "commit p50/p99",
         "fsync p50/p99",
         "fsyncs >5ms (max)",
         "WAL restarts (max)",
@@ -92,7 +93,7 @@ pub(super) async fn run(
             }
             let row = row?;
             println!(
-                "{:<10} {:>9} {:>10.0} {:>12} {:>12.3} {:>12.3} {:>14} {:>13} {:>18} {:>18} {:>11.0}% {:>16.1} {:>14}",
+                "{:<10} {:>9} {:>10.0} {:>12} {:>12.3} {:>12.3} {:>14} {:>14} {:>13} {:>18} {:>18} {:>11.0}% {:>16.1} {:>14}",
                 durability,
                 n,
                 row.turns_per_sec,
@@ -100,6 +101,7 @@ pub(super) async fn run(
                 row.p50_ms,
                 row.p99_ms,
                 format!("{:.2}/{:.2}", row.commits_per_turn, row.syncs_per_turn),
+                format!("{:.2}/{:.2}", row.commit_p50_p99_ms.0, row.commit_p50_p99_ms.1),
                 format!("{:.2}/{:.2}", row.sync_p50_p99_ms.0, row.sync_p50_p99_ms.1),
                 format!("{} ({:.1} ms)", row.slow_syncs, row.slowest_sync_ms),
                 format!("{} ({:.1} ms)", row.catch_ups, row.slowest_catch_up_ms),
@@ -120,6 +122,7 @@ pub(super) async fn run(
         " commits/fsyncs: per turn; with durability full one fsync of the WAL covers every commit"
     );
     println!(" made while the previous fsync ran (normal leaves syncing to checkpoints);");
+    println!(" commit p50/p99: how long the writer's transactions took, BEGIN to COMMIT, in ms;");
     println!(" fsync p50/p99: how long one fsync of the WAL took, in ms (to 0.05 ms);");
     println!(" fsyncs >5ms: the disk's stalls, which every write waiting for that fsync shares;");
     println!(
@@ -149,6 +152,8 @@ struct Row {
     slowest_sync_ms: f64,
     /// How long the fsyncs of the WAL took, median and 99th percentile (to 0.05 ms).
     sync_p50_p99_ms: (f64, f64),
+    /// How long the writer's transactions took, median and 99th percentile.
+    commit_p50_p99_ms: (f64, f64),
     /// Checkpoints the writer ran itself to start the WAL over, and the slowest: writes wait.
     catch_ups: u64,
     slowest_catch_up_ms: f64,
@@ -243,6 +248,11 @@ async fn measure(
         slowest_sync_ms: stats.slowest_sync_micros as f64 / 1e3,
         sync_p50_p99_ms: {
             let times = stats.sync_times.since(&stats_before.sync_times);
+            let ms = |q| times.quantile(q).map_or(0.0, |d| d.as_secs_f64() * 1e3);
+            (ms(0.5), ms(0.99))
+        },
+        commit_p50_p99_ms: {
+            let times = stats.commit_times.since(&stats_before.commit_times);
             let ms = |q| times.quantile(q).map_or(0.0, |d| d.as_secs_f64() * 1e3);
             (ms(0.5), ms(0.99))
         },
