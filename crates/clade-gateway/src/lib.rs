@@ -12,6 +12,7 @@ pub mod api;
 mod auth;
 pub mod error;
 mod events;
+mod live;
 pub mod openapi;
 mod sessions;
 mod tools;

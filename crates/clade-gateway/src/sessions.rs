@@ -9,7 +9,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use clade_core::SessionId;
-use clade_runtime::LiveEvent;
 use futures::{Stream, StreamExt, stream};
 use serde_json::json;
 
@@ -21,6 +20,7 @@ use crate::api::{
 };
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
+use crate::live::{CatchingUp, Lagged, Scope};
 
 fn session_id(text: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(text)
@@ -145,36 +145,13 @@ pub(crate) async fn stream(
     let last_replayed = replay.last().map_or(after, |r| r.id);
     let replayed = stream::iter(replay.into_iter().map(|row| Ok(outbox_event(row))));
     let lagged = Lagged::new(&state.store, tenant.id, Scope::Session(session.id));
-    let start = (live, last_replayed, std::collections::VecDeque::new());
-    let live = stream::unfold(start, move |(mut rx, mut last, mut missed)| {
-        let lagged = lagged.clone();
-        async move {
-            loop {
-                if let Some(event) = missed.pop_front() {
-                    return Some((Ok(event), (rx, last, missed)));
-                }
-                match rx.recv().await {
-                    Ok(LiveEvent { id: Some(id), .. }) if id <= last => continue,
-                    Ok(event) => {
-                        let last = event.id.unwrap_or(last);
-                        let mut sse =
-                            Event::default().event(event.kind).data(event.data.to_string());
-                        if let Some(id) = event.id {
-                            sse = sse.id(id.to_string());
-                        }
-                        return Some((Ok(sse), (rx, last, missed)));
-                    }
-                    // A slow reader missed events: text deltas are gone, but lifecycle events
-                    // are re-read from the outbox, so none is ever skipped.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        let rows = lagged.outbox_after(last).await;
-                        last = rows.last().map_or(last, |r| r.id);
-                        missed.extend(rows.into_iter().map(outbox_event));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                }
-            }
+    let live = stream::unfold(CatchingUp::new(live, lagged, last_replayed), |mut events| async {
+        let event = events.next().await?;
+        let mut sse = Event::default().event(event.kind).data(event.data.to_string());
+        if let Some(id) = event.id {
+            sse = sse.id(id.to_string());
         }
+        Some((Ok(sse), events))
     });
     Ok(Sse::new(replayed.chain(live))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
@@ -184,46 +161,4 @@ pub(crate) async fn stream(
 fn outbox_event(row: clade_store::OutboxRow) -> Event {
     let data = serde_json::from_str::<serde_json::Value>(&row.data).unwrap_or_default();
     Event::default().id(row.id.to_string()).event(row.kind).data(data.to_string())
-}
-
-/// What a lagging stream (SSE or WebSocket) needs to catch up from the outbox.
-#[derive(Clone)]
-pub(crate) struct Lagged {
-    store: clade_store::Store,
-    tenant: clade_core::TenantId,
-    scope: Scope,
-}
-
-/// What a stream follows: one session, or every session of an agent.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Scope {
-    Session(clade_core::SessionId),
-    Agent(clade_core::AgentId),
-}
-
-/// Lifecycle events re-read in one catch-up, at most.
-const CATCH_UP_ROWS: u32 = 10_000;
-
-impl Lagged {
-    pub(crate) fn new(
-        store: &clade_store::Store,
-        tenant: clade_core::TenantId,
-        scope: Scope,
-    ) -> Self {
-        Self { store: store.clone(), tenant, scope }
-    }
-
-    /// The lifecycle events after outbox position `after` (none if they cannot be read; the
-    /// failure is logged).
-    pub(crate) async fn outbox_after(&self, after: i64) -> Vec<clade_store::OutboxRow> {
-        let (store, tenant) = (&self.store, self.tenant);
-        let rows = match self.scope {
-            Scope::Session(id) => store.session_outbox(tenant, id, after, CATCH_UP_ROWS).await,
-            Scope::Agent(id) => store.agent_outbox(tenant, id, after, CATCH_UP_ROWS).await,
-        };
-        rows.unwrap_or_else(|err| {
-            tracing::warn!(scope = ?self.scope, error = %err, "cannot re-read missed events");
-            Vec::new()
-        })
-    }
 }

@@ -12,13 +12,13 @@ use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use clade_core::{SessionId, Tenant};
-use clade_runtime::{LiveEvent, Subscription};
+use clade_runtime::LiveEvent;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::sessions::{Lagged, Scope};
+use crate::live::{CatchingUp, Lagged, Scope};
 
 /// Largest client message accepted.
 const MAX_MESSAGE: usize = 16 * 1024;
@@ -101,7 +101,7 @@ async fn subscribe(
         let head = state.store.outbox_head().await.map_err(|e| ("internal", e.to_string()))?;
         let lagged = Lagged::new(&state.store, tenant.id, Scope::Session(id));
         let receiver = state.engine.hub().subscribe(id);
-        tokio::spawn(forward(receiver, tx.clone(), (lagged, head)));
+        tokio::spawn(forward(CatchingUp::new(receiver, lagged, head), tx.clone()));
         Ok(json!({ "type": "subscribed", "session": session }))
     } else if let Some(handle) = request["agent"].as_str() {
         let agent = state
@@ -112,7 +112,7 @@ async fn subscribe(
         let head = state.store.outbox_head().await.map_err(|e| ("internal", e.to_string()))?;
         let lagged = Lagged::new(&state.store, tenant.id, Scope::Agent(agent.id));
         let receiver = state.engine.hub().subscribe_agent(agent.id);
-        tokio::spawn(forward(receiver, tx.clone(), (lagged, head)));
+        tokio::spawn(forward(CatchingUp::new(receiver, lagged, head), tx.clone()));
         Ok(json!({ "type": "subscribed", "agent": handle }))
     } else {
         Err(("invalid_request", "subscribe needs \"session\" or \"agent\"".into()))
@@ -120,140 +120,12 @@ async fn subscribe(
 }
 
 /// Moves one subscription's events into the connection's queue until either side goes away.
-/// A subscription (to a session or to an agent) that falls behind re-reads the lifecycle
-/// events it missed from the outbox, from `head` (where the outbox ended when it subscribed)
-/// or the last one it passed on, so it loses only text deltas.
-async fn forward(
-    mut receiver: Subscription,
-    tx: mpsc::Sender<LiveEvent>,
-    (lagged, head): (Lagged, i64),
-) {
-    let mut last = head;
-    loop {
-        let events = match receiver.recv().await {
-            Ok(LiveEvent { id: Some(id), .. }) if id <= last => continue,
-            Ok(event) => vec![event],
-            Err(broadcast::error::RecvError::Lagged(_)) => lagged
-                .outbox_after(last)
-                .await
-                .into_iter()
-                .filter_map(|row| {
-                    Some(LiveEvent {
-                        session: row.session_id?,
-                        id: Some(row.id),
-                        data: serde_json::from_str(&row.data).unwrap_or(Value::Null),
-                        kind: row.kind,
-                    })
-                })
-                .collect(),
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        for event in events {
-            last = event.id.unwrap_or(last).max(last);
-            if tx.send(event).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use clade_core::{AgentConfig, Handle, SystemClock, Tenant};
-    use clade_store::{Location, NewAgent, NewEvent, OutboxEvent, Source, Store, StoreOptions};
-
-    use super::*;
-
-    /// A subscriber that falls behind gets the lifecycle events it missed from the outbox, in
-    /// order and once, and loses only deltas: a session's subscriber, and an agent's, which
-    /// gets none of another agent's events.
-    #[tokio::test]
-    async fn a_lagging_subscription_catches_up_from_the_outbox() {
-        for by_agent in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(StoreOptions {
-                location: Location::Sqlite(dir.path().join("clade.db")),
-                durability: clade_store::Durability::Normal,
-                clock: Arc::new(SystemClock),
-            })
-            .await
-            .unwrap();
-            let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
-            let new = |handle: &str| NewAgent {
-                handle: Handle::parse(handle).unwrap(),
-                display_name: None,
-                config: AgentConfig::default(),
-            };
-            let agents =
-                store.create_agents(tenant.id, vec![new("ada"), new("bob")]).await.unwrap();
-            let head = store.outbox_head().await.unwrap();
-            let mut sessions = Vec::new();
-            for agent in &agents {
-                let accepted = store
-                    .accept_event(NewEvent {
-                        tenant: tenant.id,
-                        agent: agent.id,
-                        source: Source {
-                            platform: "t".into(),
-                            channel: "c".into(),
-                            actor: "a".into(),
-                        },
-                        text: "hi".into(),
-                        idempotency_key: None,
-                        payload_hash: "h".into(),
-                        max_open_per_session: 10,
-                    })
-                    .await
-                    .unwrap();
-                let session = store.session(tenant.id, accepted.session_id).await.unwrap();
-                sessions.push((session, accepted.event_id));
-            }
-            let (live, _) = broadcast::channel(2);
-            let receiver = Subscription::detached(&live);
-            let (tx, mut rx) = mpsc::channel(64);
-            let ada = sessions[0].0.id;
-            let lagged = match by_agent {
-                true => Lagged::new(&store, tenant.id, Scope::Agent(agents[0].id)),
-                false => Lagged::new(&store, tenant.id, Scope::Session(ada)),
-            };
-            // Committed (bob's too), then ada's published with more deltas than the channel
-            // holds: the subscriber lags before it sees any of it.
-            for (n, (session, event)) in sessions.iter().enumerate() {
-                let kinds =
-                    if n == 0 { vec!["turn.started", "tool.called"] } else { vec!["turn.started"] };
-                let outbox = kinds
-                    .into_iter()
-                    .map(|kind| OutboxEvent { kind: kind.into(), data: "{}".into() })
-                    .collect();
-                let (_, rows) = store.start_turn(session, vec![*event], 0, outbox).await.unwrap();
-                for row in rows.iter().filter(|_| n == 0) {
-                    let id = Some(row.id);
-                    let event =
-                        LiveEvent { session: ada, id, kind: row.kind.clone(), data: Value::Null };
-                    live.send(event).unwrap();
-                }
-            }
-            for _ in 0..5 {
-                let kind = "text.delta".to_owned();
-                live.send(LiveEvent { session: ada, id: None, kind, data: Value::Null }).unwrap();
-            }
-            let task = tokio::spawn(forward(receiver, tx, (lagged, head)));
-            let mut seen = Vec::new();
-            while let Ok(Some(event)) =
-                tokio::time::timeout(std::time::Duration::from_millis(500), rx.recv()).await
-            {
-                assert_eq!(event.session, ada, "another session's event reached the subscriber");
-                seen.push(event.kind);
-            }
-            task.abort();
-            let by = if by_agent { "agent" } else { "session" };
-            assert_eq!(
-                seen,
-                ["turn.started", "tool.called", "text.delta", "text.delta"],
-                "by {by}"
-            );
+/// A subscription that falls behind re-reads the lifecycle events it missed from the outbox
+/// (see [`CatchingUp`]), so it loses only text deltas.
+async fn forward(mut events: CatchingUp, tx: mpsc::Sender<LiveEvent>) {
+    while let Some(event) = events.next().await {
+        if tx.send(event).await.is_err() {
+            return;
         }
     }
 }

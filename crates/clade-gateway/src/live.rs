@@ -1,0 +1,202 @@
+//! Live events for a subscriber that must never miss a lifecycle event: the session's SSE
+//! stream and the WebSocket's subscriptions share this.
+//!
+//! The hub's channels are small and drop the oldest events for a subscriber that falls
+//! behind. Text deltas are then gone, but lifecycle events are in the outbox, so a lagging
+//! subscriber re-reads those it missed from there, in order and once.
+
+use std::collections::VecDeque;
+
+use clade_runtime::{LiveEvent, Subscription};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+/// What a lagging stream (SSE or WebSocket) needs to catch up from the outbox.
+#[derive(Clone)]
+pub(crate) struct Lagged {
+    store: clade_store::Store,
+    tenant: clade_core::TenantId,
+    scope: Scope,
+}
+
+/// What a stream follows: one session, or every session of an agent.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Scope {
+    Session(clade_core::SessionId),
+    Agent(clade_core::AgentId),
+}
+
+/// Lifecycle events re-read in one catch-up, at most.
+const CATCH_UP_ROWS: u32 = 10_000;
+
+impl Lagged {
+    pub(crate) fn new(
+        store: &clade_store::Store,
+        tenant: clade_core::TenantId,
+        scope: Scope,
+    ) -> Self {
+        Self { store: store.clone(), tenant, scope }
+    }
+
+    /// The lifecycle events after outbox position `after` (none if they cannot be read; the
+    /// failure is logged).
+    pub(crate) async fn outbox_after(&self, after: i64) -> Vec<clade_store::OutboxRow> {
+        let (store, tenant) = (&self.store, self.tenant);
+        let rows = match self.scope {
+            Scope::Session(id) => store.session_outbox(tenant, id, after, CATCH_UP_ROWS).await,
+            Scope::Agent(id) => store.agent_outbox(tenant, id, after, CATCH_UP_ROWS).await,
+        };
+        rows.unwrap_or_else(|err| {
+            tracing::warn!(scope = ?self.scope, error = %err, "cannot re-read missed events");
+            Vec::new()
+        })
+    }
+}
+
+/// A hub subscription that catches up from the outbox when it lags.
+pub(crate) struct CatchingUp {
+    receiver: Subscription,
+    lagged: Lagged,
+    /// The outbox position of the last lifecycle event passed on: live ones up to it are
+    /// duplicates, and a catch-up starts after it.
+    last: i64,
+    missed: VecDeque<LiveEvent>,
+}
+
+impl CatchingUp {
+    /// Follows `receiver` from outbox position `after`: where the outbox ended when the
+    /// subscription started, or the last event already sent to this subscriber.
+    pub(crate) fn new(receiver: Subscription, lagged: Lagged, after: i64) -> Self {
+        Self { receiver, lagged, last: after, missed: VecDeque::new() }
+    }
+
+    /// The next event to pass on; `None` once the channel has closed. Dropped while it
+    /// re-reads the outbox, the events being re-read are lost: await it to the end.
+    pub(crate) async fn next(&mut self) -> Option<LiveEvent> {
+        loop {
+            if let Some(event) = self.missed.pop_front() {
+                return Some(self.passed(event));
+            }
+            match self.receiver.recv().await {
+                Ok(LiveEvent { id: Some(id), .. }) if id <= self.last => continue,
+                Ok(event) => return Some(self.passed(event)),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let rows = self.lagged.outbox_after(self.last).await;
+                    self.missed.extend(rows.into_iter().filter_map(|row| {
+                        Some(LiveEvent {
+                            session: row.session_id?,
+                            id: Some(row.id),
+                            data: serde_json::from_str(&row.data).unwrap_or(Value::Null),
+                            kind: row.kind,
+                        })
+                    }));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    fn passed(&mut self, event: LiveEvent) -> LiveEvent {
+        self.last = event.id.unwrap_or(self.last).max(self.last);
+        event
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use clade_core::{AgentConfig, Handle, SystemClock, Tenant};
+    use clade_store::{Location, NewAgent, NewEvent, OutboxEvent, Source, Store, StoreOptions};
+
+    use super::*;
+
+    /// A subscriber that falls behind gets the lifecycle events it missed from the outbox, in
+    /// order and once, and loses only deltas: a session's subscriber, and an agent's, which
+    /// gets none of another agent's events.
+    #[tokio::test]
+    async fn a_lagging_subscription_catches_up_from_the_outbox() {
+        for by_agent in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(StoreOptions {
+                location: Location::Sqlite(dir.path().join("clade.db")),
+                durability: clade_store::Durability::Normal,
+                clock: Arc::new(SystemClock),
+            })
+            .await
+            .unwrap();
+            let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+            let new = |handle: &str| NewAgent {
+                handle: Handle::parse(handle).unwrap(),
+                display_name: None,
+                config: AgentConfig::default(),
+            };
+            let agents =
+                store.create_agents(tenant.id, vec![new("ada"), new("bob")]).await.unwrap();
+            let head = store.outbox_head().await.unwrap();
+            let mut sessions = Vec::new();
+            for agent in &agents {
+                let accepted = store
+                    .accept_event(NewEvent {
+                        tenant: tenant.id,
+                        agent: agent.id,
+                        source: Source {
+                            platform: "t".into(),
+                            channel: "c".into(),
+                            actor: "a".into(),
+                        },
+                        text: "hi".into(),
+                        idempotency_key: None,
+                        payload_hash: "h".into(),
+                        max_open_per_session: 10,
+                    })
+                    .await
+                    .unwrap();
+                let session = store.session(tenant.id, accepted.session_id).await.unwrap();
+                sessions.push((session, accepted.event_id));
+            }
+            let (live, _) = broadcast::channel(2);
+            let receiver = Subscription::detached(&live);
+            let ada = sessions[0].0.id;
+            let lagged = match by_agent {
+                true => Lagged::new(&store, tenant.id, Scope::Agent(agents[0].id)),
+                false => Lagged::new(&store, tenant.id, Scope::Session(ada)),
+            };
+            // Committed (bob's too), then ada's published with more deltas than the channel
+            // holds: the subscriber lags before it sees any of it.
+            for (n, (session, event)) in sessions.iter().enumerate() {
+                let kinds =
+                    if n == 0 { vec!["turn.started", "tool.called"] } else { vec!["turn.started"] };
+                let outbox = kinds
+                    .into_iter()
+                    .map(|kind| OutboxEvent { kind: kind.into(), data: "{}".into() })
+                    .collect();
+                let (_, rows) = store.start_turn(session, vec![*event], 0, outbox).await.unwrap();
+                for row in rows.iter().filter(|_| n == 0) {
+                    let id = Some(row.id);
+                    let event =
+                        LiveEvent { session: ada, id, kind: row.kind.clone(), data: Value::Null };
+                    live.send(event).unwrap();
+                }
+            }
+            for _ in 0..5 {
+                let kind = "text.delta".to_owned();
+                live.send(LiveEvent { session: ada, id: None, kind, data: Value::Null }).unwrap();
+            }
+            let mut events = CatchingUp::new(receiver, lagged, head);
+            let mut seen = Vec::new();
+            while let Ok(Some(event)) =
+                tokio::time::timeout(std::time::Duration::from_millis(500), events.next()).await
+            {
+                assert_eq!(event.session, ada, "another session's event reached the subscriber");
+                seen.push(event.kind);
+            }
+            let by = if by_agent { "agent" } else { "session" };
+            assert_eq!(
+                seen,
+                ["turn.started", "tool.called", "text.delta", "text.delta"],
+                "by {by}"
+            );
+        }
+    }
+}
