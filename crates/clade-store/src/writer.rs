@@ -569,13 +569,23 @@ const WAL_RESTART_BYTES: u64 = 64 << 20;
 /// the file. So once it passes [`WAL_RESTART_BYTES`] the writer checkpoints once itself
 /// between two batches: the frames left by then are the last few batches', quick to fold, and
 /// the next write starts the WAL over, rewriting blocks the file already has.
+///
+/// Once no commit has come for [`IDLE_PASSES`] passes, a WAL file longer than
+/// [`IDLE_WAL_BYTES`] is folded back whole and cut to nothing, so a quiet deployment does not
+/// keep the high-water mark of its last burst on disk.
 fn checkpointer(path: &std::path::Path, settings: &[&str], alive: &std::sync::Weak<Counters>) {
+    let wal = wal_path(path);
     let mut conn = None;
+    let (mut commits_seen, mut idle_passes) = (0, 0);
     loop {
         std::thread::sleep(CHECKPOINT_EVERY);
         let Some(counters) = alive.upgrade() else { return };
         if conn.is_none() {
-            conn = db::sqlite::open(path, settings).ok();
+            // No waiting for locks here: a checkpoint that cannot run now runs at the next pass,
+            // and one that waited would hold the writer back meanwhile.
+            conn = db::sqlite::open(path, settings)
+                .and_then(|c| Ok(c.execute_batch("PRAGMA busy_timeout = 0").map(|()| c)?))
+                .ok();
         }
         let Some(open) = &conn else { continue };
         // (busy, frames in the WAL, frames folded back); a frame holds one page.
@@ -590,10 +600,31 @@ fn checkpointer(path: &std::path::Path, settings: &[&str], alive: &std::sync::We
             Err(err) => {
                 tracing::warn!(error = %err, "WAL checkpoint failed; retrying");
                 conn = None;
+                continue;
+            }
+        }
+        let commits = counters.commits.load(Ordering::Relaxed);
+        if commits == commits_seen {
+            idle_passes += 1;
+        } else {
+            (commits_seen, idle_passes) = (commits, 0);
+        }
+        let wal_len = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        if idle_passes >= IDLE_PASSES && wal_len > IDLE_WAL_BYTES {
+            // Busy (a reader still on an older snapshot, or a write just begun) is not an
+            // error: the next idle pass tries again.
+            if let Err(err) = open.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                tracing::warn!(error = %err, "cutting the idle WAL back failed; retrying");
             }
         }
     }
 }
+
+/// Checkpointer passes without a commit after which the store counts as idle (2 s).
+const IDLE_PASSES: u32 = 8;
+
+/// An idle store's WAL file is cut to nothing past this length.
+const IDLE_WAL_BYTES: u64 = 4 << 20;
 
 async fn run_batch(conn: &mut Tx, backend: Backend, batch: &mut [Box<dyn Job>]) -> Result<()> {
     let begin = match backend {

@@ -89,35 +89,37 @@ async fn the_wal_is_checkpointed_beside_the_writer() {
     assert!(store.tenant("tenant-299").await.is_ok());
 }
 
-/// Under writes that never pause, a checkpoint running beside the writer never finds the WAL
-/// wholly folded back, so SQLite would never start it over: it grew without bound (100 MB in
-/// a 6,000-turn benchmark). The writer's catch-up checkpoint starts it over past 64 MiB.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_wal_starts_over_under_writes_that_never_pause() {
-    let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("clade.db");
-    let store = open(Location::Sqlite(path.clone())).await.unwrap();
+/// Runs `writers` tasks that each accept `events` events of 16 KiB back to back, each in a
+/// session of its own (channels named after `tag`), and returns the largest the WAL file was
+/// seen after a write.
+async fn write_hard(
+    store: &clade_store::Store,
+    wal: &std::path::Path,
+    tag: &'static str,
+    writers: usize,
+    events: usize,
+) -> u64 {
     let tenant = store.tenant(clade_core::Tenant::DEFAULT_NAME).await.unwrap();
     let new = clade_store::NewAgent {
         handle: clade_core::Handle::parse("wal").unwrap(),
         display_name: None,
         config: clade_core::AgentConfig::default(),
     };
-    let agent = store.create_agents(tenant.id, vec![new]).await.unwrap().remove(0);
-    let wal = tmp.path().join("clade.db-wal");
+    let agent = match store.create_agents(tenant.id, vec![new]).await {
+        Ok(mut created) => created.remove(0),
+        Err(_) => store.agent(tenant.id, "wal").await.unwrap(),
+    };
     let text = "x".repeat(16 * 1024);
     let largest = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    // 16 writers × 1,000 events of 16 KiB: about 260 MiB through the WAL, in batches that
-    // follow each other without a pause.
     let mut tasks = Vec::new();
-    for writer in 0..16 {
+    for writer in 0..writers {
         let (store, text, wal, largest) =
-            (store.clone(), text.clone(), wal.clone(), largest.clone());
+            (store.clone(), text.clone(), wal.to_owned(), largest.clone());
         tasks.push(tokio::spawn(async move {
-            for n in 0..1000 {
+            for n in 0..events {
                 let source = clade_store::Source {
                     platform: "test".into(),
-                    channel: format!("c{writer}-{n}"),
+                    channel: format!("{tag}{writer}-{n}"),
                     actor: "a".into(),
                 };
                 let event = clade_store::NewEvent {
@@ -138,9 +140,45 @@ async fn the_wal_starts_over_under_writes_that_never_pause() {
     for task in tasks {
         task.await.unwrap();
     }
-    let largest = largest.load(std::sync::atomic::Ordering::Relaxed);
+    largest.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Under writes that never pause, a checkpoint running beside the writer never finds the WAL
+/// wholly folded back, so SQLite would never start it over: it grew without bound (100 MB in
+/// a 6,000-turn benchmark). The writer's catch-up checkpoint starts it over past 64 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_starts_over_under_writes_that_never_pause() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(Location::Sqlite(tmp.path().join("clade.db"))).await.unwrap();
+    // 16 writers × 1,000 events of 16 KiB: about 260 MiB through the WAL, in batches that
+    // follow each other without a pause.
+    let largest = write_hard(&store, &tmp.path().join("clade.db-wal"), "c", 16, 1000).await;
     // Without the catch-up it takes in every write (some 290 MiB); with it, 64 MiB plus what
     // these writers (over 100 MB/s) add until the checkpointer notices: 133–147 MiB here.
     assert!(largest < 200 << 20, "the WAL grew to {} MiB", largest >> 20);
     assert!(store.write_stats().catch_ups >= 1, "the writer never caught up");
+}
+
+/// A burst leaves the WAL file at its high-water mark; once the store has been idle for a
+/// while, the file is folded back and cut to nothing, and later writes still land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_store_cuts_its_wal_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(Location::Sqlite(tmp.path().join("clade.db"))).await.unwrap();
+    let wal = tmp.path().join("clade.db-wal");
+    let largest = write_hard(&store, &wal, "burst", 16, 50).await;
+    assert!(largest > 4 << 20, "the burst left only {largest} bytes of WAL: nothing to cut");
+    let waited = std::time::Instant::now();
+    while std::fs::metadata(&wal).map_or(0, |m| m.len()) > 0 {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(10),
+            "the WAL is still {} bytes after 10 s idle",
+            std::fs::metadata(&wal).map_or(0, |m| m.len())
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    write_hard(&store, &wal, "after", 1, 1).await;
+    let tenant = store.tenant(clade_core::Tenant::DEFAULT_NAME).await.unwrap();
+    let sessions = store.sessions(tenant.id, None, 2000).await.unwrap();
+    assert_eq!(sessions.len(), 16 * 50 + 1, "every event's session is still there");
 }
