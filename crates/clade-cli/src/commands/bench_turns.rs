@@ -246,20 +246,19 @@ async fn measure(
         syncs_per_turn: (stats.syncs - stats_before.syncs) as f64 / turns as f64,
         slow_syncs: stats.slow_syncs - stats_before.slow_syncs,
         slowest_sync_ms: stats.slowest_sync_micros as f64 / 1e3,
-        sync_p50_p99_ms: {
-            let times = stats.sync_times.since(&stats_before.sync_times);
-            let ms = |q| times.quantile(q).map_or(0.0, |d| d.as_secs_f64() * 1e3);
-            (ms(0.5), ms(0.99))
-        },
-        commit_p50_p99_ms: {
-            let times = stats.commit_times.since(&stats_before.commit_times);
-            let ms = |q| times.quantile(q).map_or(0.0, |d| d.as_secs_f64() * 1e3);
-            (ms(0.5), ms(0.99))
-        },
+        sync_p50_p99_ms: p50_p99_ms(&stats.sync_times, &stats_before.sync_times),
+        commit_p50_p99_ms: p50_p99_ms(&stats.commit_times, &stats_before.commit_times),
         catch_ups: stats.catch_ups - stats_before.catch_ups,
         slowest_catch_up_ms: stats.slowest_catch_up_micros as f64 / 1e3,
         rss_per_session_kib: rss_growth as f64 / sessions as f64,
     })
+}
+
+/// Median and 99th percentile, in ms, of what was counted between `before` and `after`.
+fn p50_p99_ms(after: &clade_store::Durations, before: &clade_store::Durations) -> (f64, f64) {
+    let times = after.since(before);
+    let ms = |q| times.quantile(q).map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    (ms(0.5), ms(0.99))
 }
 
 /// Each session sends its next message when its previous turn has ended.
