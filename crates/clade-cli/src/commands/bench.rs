@@ -146,8 +146,10 @@ async fn agents(
     Ok(())
 }
 
-fn proc_status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// A number from one of this process's `/proc/self` files (`status`, `io`): the first word
+/// after `field`, or 0 where the kernel does not provide it.
+pub(super) fn proc_self_number(file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/{file}"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -157,10 +159,10 @@ fn proc_status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn rss_kib() -> u64 {
-    proc_status_kib("VmRSS:")
+pub(super) fn rss_kib() -> u64 {
+    proc_self_number("status", "VmRSS:")
 }
 
 fn peak_rss_kib() -> u64 {
-    proc_status_kib("VmHWM:")
+    proc_self_number("status", "VmHWM:")
 }

@@ -17,22 +17,12 @@ use clade_store::{
     Agents, DataDir, Durability, Location, NewAgent, Secrets, Source, Store, StoreOptions,
 };
 
+use super::bench::{proc_self_number, rss_kib};
 use crate::context::Ctx;
 
 #[allow(clippy::disallowed_methods)] // Benchmarks measure elapsed time.
 fn now() -> Instant {
     Instant::now()
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 pub(super) async fn run(
@@ -57,7 +47,7 @@ pub(super) async fn run(
     };
     println!("bench turns: offline model (0 ms), {total} turns per row, {mode}");
     println!(
-        "{:<10} {:>9} {:>10} {:>12} {:>12} {:>12} {:>14} {:>14} {:>13} {:>18} {:>18} {:>12} {:>16} {:>14}",
+        "{:<10} {:>9} {:>10} {:>12} {:>12} {:>12} {:>14} {:>14} {:>13} {:>18} {:>18} {:>12} {:>16} {:>14} {:>14}",
         "durability",
         "sessions",
         "turns/s",
@@ -71,7 +61,8 @@ pub(super) async fn run(
         "WAL restarts (max)",
         "writer busy",
         "RSS/session KiB",
-        "actors end→idle"
+        "actors end→idle",
+        "disk KiB/turn"
     );
     for durability in durabilities {
         let level = match durability.as_str() {
@@ -93,7 +84,7 @@ pub(super) async fn run(
             }
             let row = row?;
             println!(
-                "{:<10} {:>9} {:>10.0} {:>12} {:>12.3} {:>12.3} {:>14} {:>14} {:>13} {:>18} {:>18} {:>11.0}% {:>16.1} {:>14}",
+                "{:<10} {:>9} {:>10.0} {:>12} {:>12.3} {:>12.3} {:>14} {:>14} {:>13} {:>18} {:>18} {:>11.0}% {:>16.1} {:>14} {:>14.1}",
                 durability,
                 n,
                 row.turns_per_sec,
@@ -107,7 +98,8 @@ pub(super) async fn run(
                 format!("{} ({:.1} ms)", row.catch_ups, row.slowest_catch_up_ms),
                 row.writer_busy * 100.0,
                 row.rss_per_session_kib,
-                format!("{}→{}", row.active_at_end, row.evicted_left)
+                format!("{}→{}", row.active_at_end, row.evicted_left),
+                row.disk_kib_per_turn
             );
         }
     }
@@ -129,7 +121,10 @@ pub(super) async fn run(
         " WAL restarts: checkpoints the writer ran between two batches so that SQLite's WAL starts\n   over; writes wait while one runs"
     );
     println!(
-        " actors: session actors in memory when the load ended, and 2.5 s later with idle_secs = 1)"
+        " actors: session actors in memory when the load ended, and 2.5 s later with idle_secs = 1;"
+    );
+    println!(
+        " disk KiB/turn: what this process wrote to disk (WAL, checkpoints), to 2.5 s after the load)"
     );
     Ok(())
 }
@@ -158,6 +153,8 @@ struct Row {
     catch_ups: u64,
     slowest_catch_up_ms: f64,
     rss_per_session_kib: f64,
+    /// Bytes written to disk per turn, in KiB: what every fsync and checkpoint scales with.
+    disk_kib_per_turn: f64,
 }
 
 async fn measure(
@@ -209,6 +206,7 @@ async fn measure(
     let rss_before = rss_kib();
     let per_session = total.div_ceil(sessions);
     let stats_before = store.write_stats();
+    let written_before = written_bytes();
     let started = now();
     let peak_rss = Arc::new(AtomicU64::new(rss_before));
     let latencies = match rate {
@@ -233,6 +231,8 @@ async fn measure(
     let active_at_end = engine.active_sessions();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let evicted_left = engine.active_sessions();
+    // Read after the wait, so the checkpoints that fold this load's WAL back count too.
+    let written = written_bytes().saturating_sub(written_before);
     Ok(Row {
         writer_busy,
         active_at_end,
@@ -251,7 +251,14 @@ async fn measure(
         catch_ups: stats.catch_ups - stats_before.catch_ups,
         slowest_catch_up_ms: stats.slowest_catch_up_micros as f64 / 1e3,
         rss_per_session_kib: rss_growth as f64 / sessions as f64,
+        disk_kib_per_turn: written as f64 / 1024.0 / turns as f64,
     })
+}
+
+/// Bytes this process has caused to be written to storage, counted by the kernel when a page
+/// is first dirtied (`/proc/self/io`).
+fn written_bytes() -> u64 {
+    proc_self_number("io", "write_bytes:")
 }
 
 /// Median and 99th percentile, in ms, of what was counted between `before` and `after`.
