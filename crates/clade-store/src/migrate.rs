@@ -13,35 +13,55 @@ use crate::error::{Error, Result};
 struct Migration {
     version: i64,
     name: &'static str,
+    /// For both backends, with type names rewritten by [`dialect_sql`].
     sql: &'static str,
+    /// PostgreSQL's own version, where the SQLite one cannot be rewritten into it (a table
+    /// rebuild into a SQLite-only shape, say).
+    postgres: Option<&'static str>,
 }
 
 const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, name: "init", sql: include_str!("../migrations/0001_init.sql") },
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../migrations/0001_init.sql"),
+        postgres: None,
+    },
     Migration {
         version: 2,
         name: "usage_budgets",
         sql: include_str!("../migrations/0002_usage_budgets.sql"),
+        postgres: None,
     },
     Migration {
         version: 3,
         name: "sessions_turns",
         sql: include_str!("../migrations/0003_sessions_turns.sql"),
+        postgres: None,
     },
     Migration {
         version: 4,
         name: "grants_approvals_audit",
         sql: include_str!("../migrations/0004_grants_approvals_audit.sql"),
+        postgres: None,
     },
     Migration {
         version: 5,
         name: "session_indexes",
         sql: include_str!("../migrations/0005_session_indexes.sql"),
+        postgres: None,
     },
     Migration {
         version: 6,
         name: "events_by_turn_partial",
         sql: include_str!("../migrations/0006_events_by_turn_partial.sql"),
+        postgres: None,
+    },
+    Migration {
+        version: 7,
+        name: "fewer_btrees_per_turn",
+        sql: include_str!("../migrations/0007_fewer_btrees_per_turn.sql"),
+        postgres: Some(include_str!("../migrations/0007_fewer_btrees_per_turn.postgres.sql")),
     },
 ];
 
@@ -52,7 +72,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend, shown: &str, now: i64) -> Result<()> {
     let mut conn = pool.acquire().await.map_err(|e| classify(e, shown))?;
@@ -80,9 +100,11 @@ pub(crate) async fn run(pool: &AnyPool, backend: Backend, shown: &str, now: i64)
         conn.execute(begin).await?;
         let applied = async {
             // The SQL is compiled into the binary; only type names are rewritten.
-            sqlx::raw_sql(AssertSqlSafe(dialect_sql(backend, migration.sql)))
-                .execute(&mut *conn)
-                .await?;
+            let sql = match (backend, migration.postgres) {
+                (Backend::Postgres, Some(own)) => own.to_owned(),
+                _ => dialect_sql(backend, migration.sql),
+            };
+            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await?;
             sqlx::query(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
             )
@@ -111,4 +133,92 @@ pub(crate) async fn run(pool: &AnyPool, backend: Backend, shown: &str, now: i64)
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn migrate_sqlite(conn: &rusqlite::Connection, versions: std::ops::RangeInclusive<i64>) {
+        for migration in MIGRATIONS.iter().filter(|m| versions.contains(&m.version)) {
+            conn.execute_batch(&dialect_sql(Backend::Sqlite, migration.sql)).unwrap();
+        }
+    }
+
+    fn count(conn: &rusqlite::Connection, table: &str) -> i64 {
+        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| row.get(0)).unwrap()
+    }
+
+    /// Migration 7 rebuilds the turn tables of a live database: every row stays, the outbox
+    /// never hands out an id it gave before (subscribers' cursors point into them), and the
+    /// rebuilt tables keep their indexes and cascades.
+    #[test]
+    fn the_rebuild_for_fewer_btrees_keeps_rows_ids_and_cascades() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        migrate_sqlite(&conn, 1..=6);
+        conn.execute_batch(
+            "INSERT INTO tenants VALUES (x'01', 't', 0);
+             INSERT INTO agents VALUES (x'02', x'01', 'a', NULL, 0, '{}');
+             INSERT INTO sessions VALUES (x'03', x'01', x'02', 'p', 'c', 'u', 'c', 2, 0, 0);
+             INSERT INTO events VALUES (x'04', x'01', x'03', 0, 'k0', 'h', 'hi', 'done', x'05', 0);
+             INSERT INTO events VALUES (x'06', x'01', x'03', 1, 'k1', 'h', 'again', 'pending', NULL, 0);
+             INSERT INTO turns VALUES (x'05', x'03', x'01', x'02', 'completed', 'hello', NULL, 'm', 1, 0, 1);
+             INSERT INTO journal VALUES (x'05', '0001', 'model', '{}', 0);
+             INSERT INTO model_usage VALUES (x'07', x'01', x'02', x'05', 'm', 1, 2, 0, 0, 3, 0);
+             INSERT INTO outbox (event_id, tenant_id, session_id, turn_id, kind, data, created_at)
+                 VALUES (x'10', x'01', x'03', x'05', 'turn.started', '{}', 0),
+                        (x'11', x'01', x'03', x'05', 'turn.finished', '{}', 0),
+                        (x'12', x'01', x'03', NULL, 'pruned', '{}', 0);
+             DELETE FROM outbox WHERE id = 3;",
+        )
+        .unwrap();
+        migrate_sqlite(&conn, 7..=7);
+
+        for (table, rows) in
+            [("events", 2), ("turns", 1), ("journal", 1), ("model_usage", 1), ("outbox", 2)]
+        {
+            assert_eq!(count(&conn, table), rows, "{table}");
+        }
+        let reply: String =
+            conn.query_row("SELECT reply FROM turns WHERE id = x'05'", [], |r| r.get(0)).unwrap();
+        assert_eq!(reply, "hello");
+        for table in ["events", "turns", "journal", "model_usage"] {
+            let err = conn.prepare(&format!("SELECT rowid FROM {table}")).err();
+            assert!(err.is_some(), "{table} still has a rowid, so two B-trees per row");
+        }
+        conn.execute(
+            "INSERT INTO outbox (event_id, tenant_id, session_id, turn_id, kind, data, created_at) \
+             VALUES (x'13', x'01', x'03', NULL, 'next', '{}', 0)",
+            [],
+        )
+        .unwrap();
+        let next: i64 =
+            conn.query_row("SELECT id FROM outbox WHERE kind = 'next'", [], |r| r.get(0)).unwrap();
+        assert_eq!(next, 4, "the outbox reused the id of a pruned row");
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for index in [
+            "events_open_by_session",
+            "events_by_turn",
+            "turns_by_session",
+            "model_usage_by_turn",
+            "outbox_by_session",
+        ] {
+            assert!(indexes.iter().any(|i| i == index), "{index} is gone: {indexes:?}");
+        }
+        let duplicate = conn.execute(
+            "INSERT INTO events VALUES (x'08', x'01', x'03', 2, 'k0', 'h', 'dup', 'pending', NULL, 0)",
+            [],
+        );
+        assert!(duplicate.is_err(), "an idempotency key was accepted twice");
+        conn.execute("DELETE FROM sessions WHERE id = x'03'", []).unwrap();
+        assert_eq!(count(&conn, "events"), 0, "deleting a session no longer deletes its events");
+        assert_eq!(count(&conn, "turns"), 0, "deleting a session no longer deletes its turns");
+    }
 }

@@ -834,24 +834,21 @@ impl Store {
         self.write(move |conn| Box::pin(async move { insert_usage(conn, &usage, now).await })).await
     }
 
-    /// Usage of a tenant since `since`, summed per agent and model.
+    /// Usage of a tenant since `since`, summed per agent and model ([`USAGE_SUMMARY`]).
     pub async fn usage(
         &self,
         tenant: TenantId,
         agent: Option<AgentId>,
         since: Timestamp,
     ) -> Result<Vec<UsageSummary>> {
-        let rows = self.rows(query(
-            "SELECT a.handle AS handle, u.model AS model, COUNT(*) AS calls, CAST(SUM(u.input_tokens) AS BIGINT) AS input, \
-             CAST(SUM(u.output_tokens) AS BIGINT) AS output, CAST(SUM(u.cached_tokens) AS BIGINT) AS cached, \
-             CAST(SUM(u.cache_write_tokens) AS BIGINT) AS cache_write, CAST(SUM(u.cost_micros) AS BIGINT) AS cost \
-             FROM model_usage u LEFT JOIN agents a ON a.id = u.agent_id \
-             WHERE u.tenant_id = $1 AND u.created_at >= $2 AND ($3 IS NULL OR u.agent_id = $3) \
-             GROUP BY a.handle, u.model ORDER BY a.handle, u.model",
-        )
-        .bind(tenant.as_bytes().to_vec())
-        .bind(since.as_millis())
-        .bind(agent.map(|a| a.as_bytes().to_vec()))).await?;
+        let rows = self
+            .rows(
+                query(USAGE_SUMMARY)
+                    .bind(tenant.as_bytes().to_vec())
+                    .bind(since.as_millis())
+                    .bind(agent.map(|a| a.as_bytes().to_vec())),
+            )
+            .await?;
         rows.iter()
             .map(|row| {
                 let sum =
@@ -1026,3 +1023,12 @@ async fn insert_agents(conn: &mut Tx, agents: &[Agent]) -> Result<()> {
     })?;
     Ok(())
 }
+
+/// A tenant's usage since a time, per agent and model: one range of `model_usage`'s primary key
+/// (tenant, time), whatever other tenants used.
+pub(crate) const USAGE_SUMMARY: &str = "SELECT a.handle AS handle, u.model AS model, COUNT(*) AS calls, CAST(SUM(u.input_tokens) AS BIGINT) AS input, \
+             CAST(SUM(u.output_tokens) AS BIGINT) AS output, CAST(SUM(u.cached_tokens) AS BIGINT) AS cached, \
+             CAST(SUM(u.cache_write_tokens) AS BIGINT) AS cache_write, CAST(SUM(u.cost_micros) AS BIGINT) AS cost \
+             FROM model_usage u LEFT JOIN agents a ON a.id = u.agent_id \
+             WHERE u.tenant_id = $1 AND u.created_at >= $2 AND ($3 IS NULL OR u.agent_id = $3) \
+             GROUP BY a.handle, u.model ORDER BY a.handle, u.model";

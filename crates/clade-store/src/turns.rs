@@ -1085,7 +1085,8 @@ mod tests {
     use super::*;
 
     /// The query plans SQLite picks, on the schema the migrations build (no statistics, as in a
-    /// fresh database): no per-turn statement may scan a session's events or turns.
+    /// fresh database): no per-turn statement may scan a session's events or turns, and the
+    /// usage report reads one tenant's rows only.
     #[test]
     fn plans_do_not_grow_with_a_session() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
@@ -1107,6 +1108,11 @@ mod tests {
             ("history", HISTORY.to_owned(), "turns_by_session (session_id=? AND id<?)"),
             ("history's events", HISTORY.to_owned(), "events_by_turn (turn_id=?)"),
             ("a turn's end", TURN_EVENTS_STATUS.to_owned(), "events_by_turn (turn_id=?)"),
+            (
+                "usage report",
+                crate::store::USAGE_SUMMARY.to_owned(),
+                "PRIMARY KEY (tenant_id=? AND created_at>?)",
+            ),
         ] {
             let plan = plan(&sql);
             assert!(plan.contains(index), "{name} does not use {index}:\n{plan}");

@@ -1,6 +1,7 @@
 mod agents;
 mod failures;
 mod harness;
+mod pages;
 mod secrets;
 mod tenants_tokens;
 mod usage;

@@ -1,0 +1,106 @@
+-- Fewer B-trees touched per turn (SQLite; PostgreSQL runs its own version of this migration).
+--
+-- Every B-tree a commit changes costs at least one page in the WAL, its fsync and the
+-- checkpoint that folds it back, however small the change. A table keyed by `id BLOB PRIMARY
+-- KEY` is two B-trees in SQLite (the rows by rowid, and an index from id to rowid); WITHOUT
+-- ROWID makes it one. The outbox's UNIQUE (event_id) was a third B-tree that nothing looks up:
+-- event ids are generated fresh for each row. Together a turn's two commits change seven fewer
+-- B-trees.
+--
+-- Each table is rebuilt: copied into its new shape, the old one dropped, the new one renamed
+-- and its indexes made again. No foreign key points at these tables.
+
+CREATE TABLE events_rebuilt (
+    id BLOB PRIMARY KEY,
+    tenant_id BLOB NOT NULL,
+    session_id BLOB NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    payload_hash TEXT NOT NULL,
+    text TEXT NOT NULL,
+    status TEXT NOT NULL,
+    turn_id BLOB,
+    created_at INTEGER NOT NULL,
+    UNIQUE (tenant_id, idempotency_key),
+    UNIQUE (session_id, seq)
+) WITHOUT ROWID;
+INSERT INTO events_rebuilt SELECT id, tenant_id, session_id, seq, idempotency_key, payload_hash,
+    text, status, turn_id, created_at FROM events;
+DROP TABLE events;
+ALTER TABLE events_rebuilt RENAME TO events;
+CREATE INDEX events_open_by_session ON events (session_id, seq) WHERE status IN ('pending', 'running');
+CREATE INDEX events_by_turn ON events (turn_id) WHERE turn_id IS NOT NULL;
+
+CREATE TABLE turns_rebuilt (
+    id BLOB PRIMARY KEY,
+    session_id BLOB NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    tenant_id BLOB NOT NULL,
+    agent_id BLOB NOT NULL,
+    status TEXT NOT NULL,
+    reply TEXT,
+    error TEXT,
+    model TEXT,
+    config_revision INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    finished_at INTEGER
+) WITHOUT ROWID;
+INSERT INTO turns_rebuilt SELECT id, session_id, tenant_id, agent_id, status, reply, error, model,
+    config_revision, started_at, finished_at FROM turns;
+DROP TABLE turns;
+ALTER TABLE turns_rebuilt RENAME TO turns;
+CREATE INDEX turns_by_session ON turns (session_id, id);
+
+CREATE TABLE journal_rebuilt (
+    turn_id BLOB NOT NULL,
+    step TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (turn_id, step)
+) WITHOUT ROWID;
+INSERT INTO journal_rebuilt SELECT turn_id, step, kind, data, created_at FROM journal;
+DROP TABLE journal;
+ALTER TABLE journal_rebuilt RENAME TO journal;
+
+-- Usage is read by tenant and time (`clade usage`), so rows are kept in that order and the
+-- index that served those reads goes too.
+CREATE TABLE model_usage_rebuilt (
+    id BLOB NOT NULL,
+    tenant_id BLOB NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    agent_id BLOB,
+    turn_id BLOB,
+    model TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    cost_micros INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, created_at, id)
+) WITHOUT ROWID;
+INSERT INTO model_usage_rebuilt SELECT id, tenant_id, agent_id, turn_id, model, input_tokens,
+    output_tokens, cached_tokens, cache_write_tokens, cost_micros, created_at FROM model_usage;
+DROP TABLE model_usage;
+ALTER TABLE model_usage_rebuilt RENAME TO model_usage;
+CREATE INDEX model_usage_by_turn ON model_usage (turn_id);
+
+-- The outbox keeps its ids: subscribers' cursors point into them, and AUTOINCREMENT must never
+-- hand out one it gave before, even one whose row was pruned. So the new table's sequence
+-- carries over the old one's.
+CREATE TABLE outbox_rebuilt (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id BLOB NOT NULL,
+    tenant_id BLOB NOT NULL,
+    session_id BLOB,
+    turn_id BLOB,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+INSERT INTO outbox_rebuilt SELECT id, event_id, tenant_id, session_id, turn_id, kind, data,
+    created_at FROM outbox;
+DELETE FROM sqlite_sequence WHERE name = 'outbox_rebuilt';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox_rebuilt', seq FROM sqlite_sequence WHERE name = 'outbox';
+DROP TABLE outbox;
+ALTER TABLE outbox_rebuilt RENAME TO outbox;
+CREATE INDEX outbox_by_session ON outbox (session_id, id);

@@ -1,0 +1,140 @@
+//! What a turn costs the disk: the pages its commits write to SQLite's WAL. Every fsync,
+//! checkpoint and WAL restart scales with this, so an index added on the turn's path shows up
+//! here before it shows up as latency.
+
+use clade_core::{AgentConfig, Handle, Tenant, TurnId};
+use clade_store::{
+    JournalEntry, Location, NewAgent, NewEvent, OutboxEvent, Source, Store, TurnOutcome, TurnRow,
+    UsageRecord,
+};
+use sqlx::{Connection, Row};
+
+use super::harness::open;
+
+/// One turn as the engine writes it when the model answers at once: the event is accepted
+/// (one commit), then the turn begins and ends with its model step (a second).
+async fn one_turn(store: &Store, tenant: &Tenant, agent: clade_core::AgentId, channel: String) {
+    let accepted = store
+        .accept_event(NewEvent {
+            tenant: tenant.id,
+            agent,
+            source: Source { platform: "test".into(), channel, actor: "a".into() },
+            text: "hello".into(),
+            idempotency_key: None,
+            payload_hash: "h".into(),
+            max_open_per_session: 100,
+        })
+        .await
+        .unwrap();
+    let now = store.now();
+    let turn = TurnRow {
+        id: TurnId::generate(now),
+        session_id: accepted.session_id,
+        tenant_id: tenant.id,
+        agent_id: agent,
+        status: "running".into(),
+        reply: None,
+        error: None,
+        model: None,
+        config_revision: 1,
+        started_at: now,
+        finished_at: None,
+    };
+    let outbox = |kind: &str| OutboxEvent { kind: kind.into(), data: "{}".into() };
+    let step = JournalEntry {
+        step: "0001".into(),
+        kind: "model_response".into(),
+        data: r#"{"text":"hi there"}"#.into(),
+    };
+    let usage = UsageRecord {
+        tenant: tenant.id,
+        agent: Some(agent),
+        turn: Some(turn.id),
+        model: "offline".into(),
+        input_tokens: 10,
+        output_tokens: 3,
+        cached_tokens: 0,
+        cache_write_tokens: 0,
+        cost_micros: 0,
+    };
+    let outcome = TurnOutcome {
+        status: "completed".into(),
+        reply: Some("hi there".into()),
+        error: None,
+        model: Some("offline".into()),
+    };
+    store
+        .begin_turn(
+            &turn,
+            vec![accepted.event_id],
+            vec![outbox("turn.started")],
+            Some((step, Some(usage))),
+            Some((outcome, vec![outbox("turn.finished")])),
+        )
+        .await
+        .unwrap();
+}
+
+/// Frames (one page each) in the WAL. Run while a reader holds an older snapshot, so the WAL
+/// cannot start over and the count only grows.
+async fn wal_frames(conn: &mut sqlx::SqliteConnection) -> i64 {
+    loop {
+        let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut *conn).await;
+        // The store's own checkpointer may hold the checkpoint lock for a moment.
+        if let Ok(row) = row
+            && row.get::<i64, _>(0) == 0
+        {
+            return row.get(1);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// A turn whose commits each stand alone (a quiet deployment, or turns too far apart to share
+/// a group commit) writes at most this many pages. It was 25.8 before migration 7 made the turn
+/// tables one B-tree each, 21.8 after; raise it only for a reason worth the disk.
+const MAX_PAGES_PER_TURN: f64 = 23.0;
+
+#[tokio::test]
+async fn a_turn_writes_few_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("clade.db");
+    let store = open(Location::Sqlite(path.clone())).await.unwrap();
+    let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+    let new = NewAgent {
+        handle: Handle::parse("pages").unwrap(),
+        display_name: None,
+        config: AgentConfig::default(),
+    };
+    let agent = store.create_agents(tenant.id, vec![new]).await.unwrap().remove(0).id;
+    // Sessions with some history first, so each session's index entries sit on leaves of
+    // their own as in a store that has run for a while.
+    let sessions = 20;
+    for _ in 0..10 {
+        for s in 0..sessions {
+            one_turn(&store, &tenant, agent, format!("c{s}")).await;
+        }
+    }
+
+    let url = format!("sqlite://{}", path.display());
+    let mut pinned = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut pinned).await.unwrap();
+    sqlx::query("SELECT COUNT(*) FROM tenants").fetch_one(&mut pinned).await.unwrap();
+    let mut counter = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let before = wal_frames(&mut counter).await;
+    let turns = 2 * sessions;
+    for n in 0..turns {
+        one_turn(&store, &tenant, agent, format!("c{}", n % sessions)).await;
+    }
+    let after = wal_frames(&mut counter).await;
+    sqlx::query("ROLLBACK").execute(&mut pinned).await.unwrap();
+
+    let per_turn = (after - before) as f64 / turns as f64;
+    eprintln!("pages written to the WAL per turn: {per_turn:.1}");
+    assert!(
+        per_turn <= MAX_PAGES_PER_TURN,
+        "a turn wrote {per_turn:.1} pages to the WAL, over {MAX_PAGES_PER_TURN}: which table or \
+         index did it add?"
+    );
+    assert!(per_turn >= 2.0, "{per_turn} pages per turn: the count is broken");
+}
