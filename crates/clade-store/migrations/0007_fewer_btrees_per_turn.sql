@@ -4,7 +4,7 @@
 -- checkpoint that folds it back, however small the change. A table keyed by `id BLOB PRIMARY
 -- KEY` is two B-trees in SQLite (the rows by rowid, and an index from id to rowid); WITHOUT
 -- ROWID makes it one. The outbox's UNIQUE (event_id) was a third B-tree that nothing looks up:
--- event ids are generated fresh for each row. Together a turn's two commits change seven fewer
+-- event ids are generated fresh for each row. Together a turn's two commits change eight fewer
 -- B-trees.
 --
 -- Each table is rebuilt: copied into its new shape, the old one dropped, the new one renamed
@@ -42,10 +42,17 @@ CREATE TABLE turns_rebuilt (
     model TEXT,
     config_revision INTEGER NOT NULL,
     started_at INTEGER NOT NULL,
-    finished_at INTEGER
+    finished_at INTEGER,
+    model_calls INTEGER NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_micros INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
-INSERT INTO turns_rebuilt SELECT id, session_id, tenant_id, agent_id, status, reply, error, model,
-    config_revision, started_at, finished_at FROM turns;
+INSERT INTO turns_rebuilt SELECT t.id, t.session_id, t.tenant_id, t.agent_id, t.status, t.reply,
+    t.error, t.model, t.config_revision, t.started_at, t.finished_at,
+    COUNT(u.turn_id), COALESCE(SUM(u.input_tokens + u.cached_tokens + u.cache_write_tokens), 0),
+    COALESCE(SUM(u.output_tokens), 0), COALESCE(SUM(u.cost_micros), 0)
+    FROM turns t LEFT JOIN model_usage u ON u.turn_id = t.id GROUP BY t.id;
 DROP TABLE turns;
 ALTER TABLE turns_rebuilt RENAME TO turns;
 CREATE INDEX turns_by_session ON turns (session_id, id);
@@ -63,7 +70,9 @@ DROP TABLE journal;
 ALTER TABLE journal_rebuilt RENAME TO journal;
 
 -- Usage is read by tenant and time (`clade usage`), so rows are kept in that order and the
--- index that served those reads goes too.
+-- index that served those reads goes. A turn now carries its own usage totals (model calls,
+-- input tokens counting cached and cache-write ones, output tokens, cost), so the index of
+-- usage by turn goes too.
 CREATE TABLE model_usage_rebuilt (
     id BLOB NOT NULL,
     tenant_id BLOB NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
@@ -82,7 +91,6 @@ INSERT INTO model_usage_rebuilt SELECT id, tenant_id, agent_id, turn_id, model, 
     output_tokens, cached_tokens, cache_write_tokens, cost_micros, created_at FROM model_usage;
 DROP TABLE model_usage;
 ALTER TABLE model_usage_rebuilt RENAME TO model_usage;
-CREATE INDEX model_usage_by_turn ON model_usage (turn_id);
 
 -- The outbox keeps its ids: subscribers' cursors point into them, and AUTOINCREMENT must never
 -- hand out one it gave before, even one whose row was pruned. So the new table's sequence

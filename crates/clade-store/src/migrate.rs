@@ -149,9 +149,10 @@ mod tests {
         conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| row.get(0)).unwrap()
     }
 
-    /// Migration 7 rebuilds the turn tables of a live database: every row stays, the outbox
-    /// never hands out an id it gave before (subscribers' cursors point into them), and the
-    /// rebuilt tables keep their indexes and cascades.
+    /// Migration 7 rebuilds the turn tables of a live database: every row stays, a turn gets
+    /// the usage totals of its model calls, the outbox never hands out an id it gave before
+    /// (subscribers' cursors point into them), and the rebuilt tables keep their indexes and
+    /// cascades.
     #[test]
     fn the_rebuild_for_fewer_btrees_keeps_rows_ids_and_cascades() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
@@ -183,6 +184,15 @@ mod tests {
         let reply: String =
             conn.query_row("SELECT reply FROM turns WHERE id = x'05'", [], |r| r.get(0)).unwrap();
         assert_eq!(reply, "hello");
+        let totals: (i64, i64, i64, i64) = conn
+            .query_row(
+                "SELECT model_calls, input_tokens, output_tokens, cost_micros FROM turns \
+                 WHERE id = x'05'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(totals, (1, 1, 2, 3), "the turn's usage totals were not carried over");
         for table in ["events", "turns", "journal", "model_usage"] {
             let err = conn.prepare(&format!("SELECT rowid FROM {table}")).err();
             assert!(err.is_some(), "{table} still has a rowid, so two B-trees per row");
@@ -203,14 +213,13 @@ mod tests {
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        for index in [
-            "events_open_by_session",
-            "events_by_turn",
-            "turns_by_session",
-            "model_usage_by_turn",
-            "outbox_by_session",
-        ] {
+        for index in
+            ["events_open_by_session", "events_by_turn", "turns_by_session", "outbox_by_session"]
+        {
             assert!(indexes.iter().any(|i| i == index), "{index} is gone: {indexes:?}");
+        }
+        for index in ["model_usage_by_tenant_time", "model_usage_by_turn"] {
+            assert!(!indexes.iter().any(|i| i == index), "{index} is still written: {indexes:?}");
         }
         let duplicate = conn.execute(
             "INSERT INTO events VALUES (x'08', x'01', x'03', 2, 'k0', 'h', 'dup', 'pending', NULL, 0)",

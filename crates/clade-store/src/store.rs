@@ -144,6 +144,20 @@ pub(crate) async fn insert_usage(conn: &mut Tx, usage: &UsageRecord, now: Timest
     .bind(usage.turn.map(|t| t.as_bytes().to_vec()))
     .execute(&mut *conn)
     .await?;
+    // A turn carries its own totals, so listing a session's turns needs no index of usage by
+    // turn (one page fewer in every commit that records a model call).
+    if let Some(turn) = usage.turn {
+        query(
+            "UPDATE turns SET model_calls = model_calls + 1, input_tokens = input_tokens + $2, \
+             output_tokens = output_tokens + $3, cost_micros = cost_micros + $4 WHERE id = $1",
+        )
+        .bind(turn.as_bytes().to_vec())
+        .bind(to_i64(usage.input_tokens + usage.cached_tokens + usage.cache_write_tokens))
+        .bind(to_i64(usage.output_tokens))
+        .bind(to_i64(usage.cost_micros))
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 

@@ -716,7 +716,9 @@ impl Store {
         let turns = self
             .rows(
                 query(format!(
-                    "SELECT {TURN_COLUMNS} FROM turns WHERE session_id = $1 ORDER BY id"
+                    "SELECT {TURN_COLUMNS}, model_calls, input_tokens AS usage_input, \
+                     output_tokens AS usage_output, cost_micros AS usage_cost \
+                     FROM turns WHERE session_id = $1 ORDER BY id"
                 ))
                 .bind(b(session.as_bytes())),
             )
@@ -730,32 +732,18 @@ impl Store {
             )
             .await?;
         let events: Vec<EventRow> = events.iter().map(event_row).collect::<Result<_>>()?;
-        let usage_rows = self.rows(query(
-            "SELECT u.turn_id AS turn_id, CAST(SUM(u.input_tokens + u.cached_tokens + u.cache_write_tokens) AS BIGINT) AS input, \
-             CAST(SUM(u.output_tokens) AS BIGINT) AS output, CAST(SUM(u.cost_micros) AS BIGINT) AS cost, COUNT(*) AS calls \
-             FROM model_usage u JOIN turns t ON t.id = u.turn_id WHERE t.session_id = $1 GROUP BY u.turn_id",
-        )
-        .bind(b(session.as_bytes()))).await?;
-        let mut usage = std::collections::HashMap::new();
-        for row in &usage_rows {
-            let n = |c: &str| row.try_get::<i64, _>(c).map(|v| u64::try_from(v).unwrap_or(0));
-            let turn = TurnId::from_bytes(id_bytes(row, "turn_id")?);
-            usage.insert(
-                turn,
-                TurnUsage {
-                    model_calls: n("calls")?,
-                    input_tokens: n("input")?,
-                    output_tokens: n("output")?,
-                    cost_micros: n("cost")?,
-                },
-            );
-        }
         turns
             .iter()
             .map(|row| {
                 let turn = turn_row(row)?;
                 let own = events.iter().filter(|e| e.turn_id == Some(turn.id)).cloned().collect();
-                let spent = usage.get(&turn.id).copied().unwrap_or_default();
+                let n = |c: &str| row.try_get::<i64, _>(c).map(|v| u64::try_from(v).unwrap_or(0));
+                let spent = TurnUsage {
+                    model_calls: n("model_calls")?,
+                    input_tokens: n("usage_input")?,
+                    output_tokens: n("usage_output")?,
+                    cost_micros: n("usage_cost")?,
+                };
                 Ok((turn, own, spent))
             })
             .collect()

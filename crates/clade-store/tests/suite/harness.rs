@@ -2,8 +2,11 @@
 
 use std::sync::Arc;
 
-use clade_core::SystemClock;
-use clade_store::{Agents, DataDir, Durability, Location, Store, StoreOptions};
+use clade_core::{Agent, AgentConfig, Handle, SystemClock, Tenant, TurnId};
+use clade_store::{
+    Accepted, Agents, DataDir, Durability, Location, NewAgent, NewEvent, Source, Store,
+    StoreOptions, TurnRow,
+};
 use clade_test_support::PgSchema;
 
 pub struct Harness {
@@ -49,4 +52,50 @@ pub async fn backends() -> Vec<Harness> {
         out.push(Harness { name, store, agents, data_dir, location, _schema: schema, _tmp: tmp });
     }
     out
+}
+
+/// The default tenant, with agent `handle` created in it.
+pub async fn tenant_and_agent(store: &Store, agents: &Agents, handle: &str) -> (Tenant, Agent) {
+    let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+    let spec = NewAgent {
+        handle: Handle::parse(handle).unwrap(),
+        display_name: None,
+        config: AgentConfig::default(),
+    };
+    let agent = agents.create(tenant.id, spec).await.unwrap();
+    (tenant, agent)
+}
+
+/// Accepts a message for `agent` from `channel` (a session per channel).
+pub async fn accept(store: &Store, tenant: &Tenant, agent: &Agent, channel: &str) -> Accepted {
+    store
+        .accept_event(NewEvent {
+            tenant: tenant.id,
+            agent: agent.id,
+            source: Source { platform: "test".into(), channel: channel.into(), actor: "a".into() },
+            text: "hello".into(),
+            idempotency_key: None,
+            payload_hash: "h".into(),
+            max_open_per_session: 100,
+        })
+        .await
+        .unwrap()
+}
+
+/// A turn about to start for the session of `accepted`.
+pub fn new_turn(store: &Store, accepted: &Accepted, tenant: &Tenant, agent: &Agent) -> TurnRow {
+    let now = store.now();
+    TurnRow {
+        id: TurnId::generate(now),
+        session_id: accepted.session_id,
+        tenant_id: tenant.id,
+        agent_id: agent.id,
+        status: "running".into(),
+        reply: None,
+        error: None,
+        model: None,
+        config_revision: 1,
+        started_at: now,
+        finished_at: None,
+    }
 }

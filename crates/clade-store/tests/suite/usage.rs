@@ -1,7 +1,7 @@
-use clade_core::{AgentConfig, Handle, Tenant, Timestamp};
-use clade_store::{BudgetCounter, BudgetSettlement, Error, NewAgent, UsageRecord};
+use clade_core::Timestamp;
+use clade_store::{BudgetCounter, BudgetSettlement, Error, UsageRecord};
 
-use super::harness::backends;
+use super::harness::{accept, backends, new_turn, tenant_and_agent};
 
 fn counter(amount: u64, limit: u64) -> BudgetCounter {
     BudgetCounter {
@@ -17,13 +17,7 @@ fn counter(amount: u64, limit: u64) -> BudgetCounter {
 #[tokio::test]
 async fn usage_is_recorded_and_summed_per_agent_and_model() {
     for h in backends().await {
-        let tenant = h.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
-        let spec = NewAgent {
-            handle: Handle::parse("ada").unwrap(),
-            display_name: None,
-            config: AgentConfig::default(),
-        };
-        let ada = h.agents.create(tenant.id, spec).await.unwrap();
+        let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
         let record = |agent, model: &str, cost| UsageRecord {
             tenant: tenant.id,
             agent,
@@ -128,5 +122,64 @@ async fn budget_reservations_are_atomic_and_never_overspend() {
         let (spent, reserved) =
             h.store.budget_counter("tenant:t", "d2026-11-22", "tokens").await.unwrap();
         assert!(spent + reserved <= 100, "{}", h.name);
+    }
+}
+
+/// A turn carries the usage of its model calls, summed as they are recorded: the first with
+/// the turn's start, the next with a later journal step.
+#[tokio::test]
+async fn a_turn_sums_the_usage_of_its_model_calls() {
+    for h in backends().await {
+        let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let accepted = accept(&h.store, &tenant, &ada, "c").await;
+        let turn = new_turn(&h.store, &accepted, &tenant, &ada);
+        let usage = |input, cached, output, cost| UsageRecord {
+            tenant: tenant.id,
+            agent: Some(ada.id),
+            turn: Some(turn.id),
+            model: "fast".into(),
+            input_tokens: input,
+            output_tokens: output,
+            cached_tokens: cached,
+            cache_write_tokens: 1,
+            cost_micros: cost,
+        };
+        let step = |n: &str| clade_store::JournalEntry {
+            step: n.into(),
+            kind: "model_response".into(),
+            data: "{}".into(),
+        };
+        h.store
+            .begin_turn(
+                &turn,
+                vec![accepted.event_id],
+                Vec::new(),
+                Some((step("0001"), Some(usage(10, 4, 3, 7)))),
+                None,
+            )
+            .await
+            .unwrap();
+        h.store
+            .append_journal(&turn, step("0002"), Vec::new(), Some(usage(20, 0, 5, 11)))
+            .await
+            .unwrap();
+        // A step journaled again (a resumed turn) is not counted twice.
+        h.store
+            .append_journal(&turn, step("0002"), Vec::new(), Some(usage(20, 0, 5, 11)))
+            .await
+            .unwrap();
+
+        let turns = h.store.turns(accepted.session_id).await.unwrap();
+        assert_eq!(turns.len(), 1, "{}", h.name);
+        let spent = turns[0].2;
+        assert_eq!(spent.model_calls, 2, "{}", h.name);
+        assert_eq!(
+            spent.input_tokens,
+            10 + 4 + 1 + 20 + 1,
+            "{}: input counts cached and cache writes",
+            h.name
+        );
+        assert_eq!(spent.output_tokens, 8, "{}", h.name);
+        assert_eq!(spent.cost_micros, 18, "{}", h.name);
     }
 }
