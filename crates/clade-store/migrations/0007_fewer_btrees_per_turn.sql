@@ -4,8 +4,8 @@
 -- checkpoint that folds it back, however small the change. A table keyed by `id BLOB PRIMARY
 -- KEY` is two B-trees in SQLite (the rows by rowid, and an index from id to rowid); WITHOUT
 -- ROWID makes it one. The outbox's UNIQUE (event_id) was a third B-tree that nothing looks up:
--- event ids are generated fresh for each row. Together a turn's two commits change eight fewer
--- B-trees.
+-- event ids are generated fresh for each row. Together with the outbox's sqlite_sequence page
+-- (below), a turn's two commits change nine fewer B-trees.
 --
 -- Each table is rebuilt: copied into its new shape, the old one dropped, the new one renamed
 -- and its indexes made again. No foreign key points at these tables.
@@ -92,11 +92,14 @@ INSERT INTO model_usage_rebuilt SELECT id, tenant_id, agent_id, turn_id, model, 
 DROP TABLE model_usage;
 ALTER TABLE model_usage_rebuilt RENAME TO model_usage;
 
--- The outbox keeps its ids: subscribers' cursors point into them, and AUTOINCREMENT must never
--- hand out one it gave before, even one whose row was pruned. So the new table's sequence
--- carries over the old one's.
+-- The outbox keeps its ids: subscribers' cursors point into them. It loses AUTOINCREMENT,
+-- which rewrote a page of sqlite_sequence in every commit that wrote to the outbox; the store
+-- now numbers new rows past both the highest id left and the highest ever issued, kept in
+-- meta whenever rows are deleted. The old sequence is that highest-ever-issued to start with.
+INSERT INTO meta (key, value) SELECT 'outbox_ids_issued', CAST(seq AS TEXT) FROM sqlite_sequence
+    WHERE name = 'outbox';
 CREATE TABLE outbox_rebuilt (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     event_id BLOB NOT NULL,
     tenant_id BLOB NOT NULL,
     session_id BLOB,
@@ -107,8 +110,6 @@ CREATE TABLE outbox_rebuilt (
 );
 INSERT INTO outbox_rebuilt SELECT id, event_id, tenant_id, session_id, turn_id, kind, data,
     created_at FROM outbox;
-DELETE FROM sqlite_sequence WHERE name = 'outbox_rebuilt';
-INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox_rebuilt', seq FROM sqlite_sequence WHERE name = 'outbox';
 DROP TABLE outbox;
 ALTER TABLE outbox_rebuilt RENAME TO outbox;
 CREATE INDEX outbox_by_session ON outbox (session_id, id);

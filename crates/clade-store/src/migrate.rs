@@ -197,10 +197,24 @@ mod tests {
             let err = conn.prepare(&format!("SELECT rowid FROM {table}")).err();
             assert!(err.is_some(), "{table} still has a rowid, so two B-trees per row");
         }
+        let sequenced: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_sequence WHERE name = 'outbox'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(sequenced, 0, "the outbox still rewrites sqlite_sequence on every insert");
+        // As the store inserts: past the highest id ever issued, which the old sequence gave.
         conn.execute(
-            "INSERT INTO outbox (event_id, tenant_id, session_id, turn_id, kind, data, created_at) \
-             VALUES (x'13', x'01', x'03', NULL, 'next', '{}', 0)",
-            [],
+            &crate::turns::OUTBOX_INSERT_SQLITE.replace('$', "?"),
+            rusqlite::params![
+                vec![0x13u8],
+                vec![0x01u8],
+                vec![0x03u8],
+                None::<Vec<u8>>,
+                "next",
+                "{}",
+                0
+            ],
         )
         .unwrap();
         let next: i64 =

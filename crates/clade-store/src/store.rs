@@ -495,6 +495,7 @@ impl Store {
                     .collect::<Result<Vec<_>>>()?;
                 // Explicit deletes rather than relying on ON DELETE CASCADE, which SQLite only
                 // honours when foreign keys are enabled on that connection.
+                query(crate::turns::REMEMBER_OUTBOX_IDS).execute(&mut *conn).await?;
                 for table in [
                     "DELETE FROM model_usage WHERE tenant_id = $1",
                     "DELETE FROM journal WHERE turn_id IN (SELECT id FROM turns WHERE tenant_id = $1)",
@@ -629,6 +630,7 @@ impl Store {
         self.write(move |conn| {
             Box::pin(async move {
                 let id = id.as_bytes().to_vec();
+                query(crate::turns::REMEMBER_OUTBOX_IDS).execute(&mut *conn).await?;
                 for table in [
                     "DELETE FROM secrets WHERE agent_id = $1",
                     "DELETE FROM model_usage WHERE agent_id = $1",

@@ -126,6 +126,29 @@ const SESSION_COLUMNS: &str = "id, tenant_id, agent_id, platform, channel, actor
 const TURN_COLUMNS: &str = "id, session_id, tenant_id, agent_id, status, reply, error, model, config_revision, started_at, finished_at";
 const OUTBOX_COLUMNS: &str = "id, event_id, tenant_id, session_id, turn_id, kind, data, created_at";
 
+/// An outbox row, numbered by the database (PostgreSQL's identity column).
+const OUTBOX_INSERT: &str = "INSERT INTO outbox (event_id, tenant_id, session_id, turn_id, kind, data, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// An outbox row on SQLite, numbered past both the highest id left and the highest ever issued
+/// ([`REMEMBER_OUTBOX_IDS`]): SQLite would number it after the highest left, and reuse the id
+/// of a deleted row that subscribers' cursors may already have passed. (`AUTOINCREMENT` did
+/// this by rewriting a page of `sqlite_sequence` in every commit that wrote to the outbox.)
+/// Only the writer inserts, so the number cannot race.
+pub(crate) const OUTBOX_INSERT_SQLITE: &str = "INSERT INTO outbox (id, event_id, tenant_id, session_id, turn_id, kind, data, created_at) \
+     VALUES (MAX(COALESCE((SELECT MAX(id) FROM outbox), 0), \
+     COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'outbox_ids_issued'), 0)) + 1, \
+     $1, $2, $3, $4, $5, $6, $7)";
+
+/// Run before outbox rows are deleted: keeps the highest outbox id issued so far in `meta`,
+/// where [`OUTBOX_INSERT_SQLITE`] numbers past it. Harmless on PostgreSQL, whose identity
+/// never goes back.
+pub(crate) const REMEMBER_OUTBOX_IDS: &str = "INSERT INTO meta (key, value) \
+     SELECT 'outbox_ids_issued', CAST(m.top AS TEXT) FROM (SELECT MAX(id) AS top FROM outbox) AS m \
+     WHERE m.top IS NOT NULL \
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value \
+     WHERE CAST(excluded.value AS BIGINT) > CAST(meta.value AS BIGINT)";
+
 fn opt_id(row: &Row, column: &str) -> Result<Option<[u8; 16]>> {
     let bytes: Option<Vec<u8>> = row.try_get(column)?;
     bytes
@@ -215,20 +238,21 @@ pub(crate) async fn insert_outbox(
     events: &[OutboxEvent],
 ) -> Result<Vec<OutboxRow>> {
     let mut rows = Vec::with_capacity(events.len());
+    let insert = match conn {
+        Tx::Sqlite(_) => OUTBOX_INSERT_SQLITE,
+        Tx::Sqlx(_) => OUTBOX_INSERT,
+    };
     for event in events {
-        let row = query(format!(
-            "INSERT INTO outbox (event_id, tenant_id, session_id, turn_id, kind, data, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {OUTBOX_COLUMNS}"
-        ))
-        .bind(b(EventId::generate(now).as_bytes()))
-        .bind(b(tenant.as_bytes()))
-        .bind(session.map(|s| b(s.as_bytes())))
-        .bind(turn.map(|t| b(t.as_bytes())))
-        .bind(event.kind.clone())
-        .bind(event.data.clone())
-        .bind(now.as_millis())
-        .fetch_one(&mut *conn)
-        .await?;
+        let row = query(format!("{insert} RETURNING {OUTBOX_COLUMNS}"))
+            .bind(b(EventId::generate(now).as_bytes()))
+            .bind(b(tenant.as_bytes()))
+            .bind(session.map(|s| b(s.as_bytes())))
+            .bind(turn.map(|t| b(t.as_bytes())))
+            .bind(event.kind.clone())
+            .bind(event.data.clone())
+            .bind(now.as_millis())
+            .fetch_one(&mut *conn)
+            .await?;
         rows.push(outbox_row(&row)?);
     }
     Ok(rows)
