@@ -55,28 +55,15 @@ async fn settled(server: &Server, session: &str, n: usize) -> Vec<Value> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deltas_reach_an_sse_client_before_the_turn_finishes() {
-    let stub = stub().await;
-    let env = setup(
-        "models:\n  slow:\n    provider: openai\n    model: stub+tps=25\n    base_url: {stub}/v1\n    api_key_env: STUB_KEY\n",
-        Some(&stub),
-    );
-    let server = env.serve(&[]);
-    let words = "one two three four five six seven eight nine ten";
-    let started = Instant::now();
-    let (status, accepted, _) = post(&server, event(&format!("/reply {words}"), "sse")).await;
-    assert_eq!(status, 202, "{accepted}");
-    let session = accepted["session_id"].as_str().unwrap();
-    let mut response = reqwest::Client::new()
-        .get(format!("{}/v1/sessions/{session}/events", server.url))
-        .bearer_auth(&server.token)
-        .send()
-        .await
-        .unwrap();
-    let mut parser = clade_model::sse::SseParser::default();
-    let (mut first_delta, mut finished, mut text) = (None, None, String::new());
-    while finished.is_none() {
+/// Reads a session's SSE stream up to the next `turn.finished`: when it came (from `started`),
+/// its data, the text deltas before it, and when the first of those came.
+async fn until_finished(
+    response: &mut reqwest::Response,
+    parser: &mut clade_model::sse::SseParser,
+    started: Instant,
+) -> (Duration, Value, String, Option<Duration>) {
+    let (mut first_delta, mut text) = (None, String::new());
+    loop {
         let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
             .await
             .unwrap()
@@ -91,12 +78,42 @@ async fn deltas_reach_an_sse_client_before_the_turn_finishes() {
                     first_delta.get_or_insert_with(|| started.elapsed());
                     text.push_str(data["text"].as_str().unwrap());
                 }
-                Some("turn.finished") => finished = Some((started.elapsed(), data)),
+                Some("turn.finished") => return (started.elapsed(), data, text, first_delta),
                 _ => {}
             }
         }
     }
-    let (done_at, data) = finished.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deltas_reach_an_sse_client_before_the_turn_finishes() {
+    let stub = stub().await;
+    let env = setup(
+        "models:\n  slow:\n    provider: openai\n    model: stub+tps=25\n    base_url: {stub}/v1\n    api_key_env: STUB_KEY\n",
+        Some(&stub),
+    );
+    let server = env.serve(&[]);
+    let words = "one two three four five six seven eight nine ten";
+    // The session first, so that the stream is open before the measured turn starts: text
+    // deltas are live only, and a stream opened after the first ones would miss them.
+    let (status, warm, _) = post(&server, event("/reply warm", "sse")).await;
+    assert_eq!(status, 202, "{warm}");
+    let session = warm["session_id"].as_str().unwrap().to_owned();
+    let mut response = reqwest::Client::new()
+        .get(format!("{}/v1/sessions/{session}/events", server.url))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap();
+    let mut parser = clade_model::sse::SseParser::default();
+    until_finished(&mut response, &mut parser, Instant::now()).await;
+
+    let started = Instant::now();
+    let (status, accepted, _) = post(&server, event(&format!("/reply {words}"), "sse")).await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["session_id"], session.as_str());
+    let (done_at, data, text, first_delta) =
+        until_finished(&mut response, &mut parser, started).await;
     let first = first_delta.expect("no delta streamed");
     assert_eq!(text, words);
     assert_eq!(data["reply"], words);
@@ -116,8 +133,8 @@ async fn deltas_reach_an_sse_client_before_the_turn_finishes() {
         .unwrap();
     let _ = partial.chunk().await;
     drop(partial);
-    let all = settled(&server, second["session_id"].as_str().unwrap(), 2).await;
-    assert_eq!(all.len(), 2);
+    let all = settled(&server, second["session_id"].as_str().unwrap(), 3).await;
+    assert_eq!(all.len(), 3);
     assert!(all.iter().all(|t| t["status"] == "completed"), "{all:?}");
     // Each turn reports what its model calls consumed.
     assert_eq!(all[0]["usage"]["model_calls"], 1, "{}", all[0]);
