@@ -238,6 +238,8 @@ pub(crate) async fn insert_outbox(
     events: &[OutboxEvent],
 ) -> Result<Vec<OutboxRow>> {
     let mut rows = Vec::with_capacity(events.len());
+    // Writes run on the writer's connection: its own rusqlite one on SQLite, a pooled one only
+    // on PostgreSQL (see `writer::Connect`).
     let insert = match conn {
         Tx::Sqlite(_) => OUTBOX_INSERT_SQLITE,
         Tx::Sqlx(_) => OUTBOX_INSERT,
