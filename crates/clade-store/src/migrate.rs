@@ -20,49 +20,39 @@ struct Migration {
     postgres: Option<&'static str>,
 }
 
+impl Migration {
+    /// A migration whose SQL serves both backends.
+    const fn shared(version: i64, name: &'static str, sql: &'static str) -> Self {
+        Self { version, name, sql, postgres: None }
+    }
+
+    /// The same, with PostgreSQL's own version of it.
+    const fn with_postgres(self, postgres: &'static str) -> Self {
+        Self { postgres: Some(postgres), ..self }
+    }
+}
+
 const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../migrations/0001_init.sql"),
-        postgres: None,
-    },
-    Migration {
-        version: 2,
-        name: "usage_budgets",
-        sql: include_str!("../migrations/0002_usage_budgets.sql"),
-        postgres: None,
-    },
-    Migration {
-        version: 3,
-        name: "sessions_turns",
-        sql: include_str!("../migrations/0003_sessions_turns.sql"),
-        postgres: None,
-    },
-    Migration {
-        version: 4,
-        name: "grants_approvals_audit",
-        sql: include_str!("../migrations/0004_grants_approvals_audit.sql"),
-        postgres: None,
-    },
-    Migration {
-        version: 5,
-        name: "session_indexes",
-        sql: include_str!("../migrations/0005_session_indexes.sql"),
-        postgres: None,
-    },
-    Migration {
-        version: 6,
-        name: "events_by_turn_partial",
-        sql: include_str!("../migrations/0006_events_by_turn_partial.sql"),
-        postgres: None,
-    },
-    Migration {
-        version: 7,
-        name: "fewer_btrees_per_turn",
-        sql: include_str!("../migrations/0007_fewer_btrees_per_turn.sql"),
-        postgres: Some(include_str!("../migrations/0007_fewer_btrees_per_turn.postgres.sql")),
-    },
+    Migration::shared(1, "init", include_str!("../migrations/0001_init.sql")),
+    Migration::shared(2, "usage_budgets", include_str!("../migrations/0002_usage_budgets.sql")),
+    Migration::shared(3, "sessions_turns", include_str!("../migrations/0003_sessions_turns.sql")),
+    Migration::shared(
+        4,
+        "grants_approvals_audit",
+        include_str!("../migrations/0004_grants_approvals_audit.sql"),
+    ),
+    Migration::shared(5, "session_indexes", include_str!("../migrations/0005_session_indexes.sql")),
+    Migration::shared(
+        6,
+        "events_by_turn_partial",
+        include_str!("../migrations/0006_events_by_turn_partial.sql"),
+    ),
+    Migration::shared(
+        7,
+        "fewer_btrees_per_turn",
+        include_str!("../migrations/0007_fewer_btrees_per_turn.sql"),
+    )
+    .with_postgres(include_str!("../migrations/0007_fewer_btrees_per_turn.postgres.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.

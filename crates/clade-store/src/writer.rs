@@ -295,51 +295,23 @@ impl Writer {
                     let (to_syncer, from_writer) = std::sync::mpsc::sync_channel(SYNC_QUEUE_DEPTH);
                     let (wal, syncer_point, syncer_counters) =
                         (wal_path(path), point.clone(), counters.clone());
-                    std::thread::Builder::new()
-                        .name("clade-sqlite-sync".into())
-                        .spawn(move || syncer(&wal, &from_writer, &syncer_point, &syncer_counters))
-                        .map_err(|source| Error::Io {
-                            action: "start the sync thread for",
-                            path: PathBuf::from("the store"),
-                            source,
-                        })?;
+                    start_thread("sync", move || {
+                        syncer(&wal, &from_writer, &syncer_point, &syncer_counters)
+                    })?;
                     writer.durable = Some(point.clone());
                     Some(SyncLink { point, to_syncer })
                 } else {
                     let (wal, alive) = (wal_path(path), Arc::downgrade(&counters));
-                    std::thread::Builder::new()
-                        .name("clade-sqlite-flush".into())
-                        .spawn(move || flusher(&wal, &alive))
-                        .map_err(|source| Error::Io {
-                            action: "start the flush thread for",
-                            path: PathBuf::from("the store"),
-                            source,
-                        })?;
+                    start_thread("flush", move || flusher(&wal, &alive))?;
                     None
                 };
                 let (path, alive) = (path.clone(), Arc::downgrade(&counters));
-                std::thread::Builder::new()
-                    .name("clade-sqlite-checkpoint".into())
-                    .spawn(move || checkpointer(&path, settings, &alive))
-                    .map_err(|source| Error::Io {
-                        action: "start the checkpoint thread for",
-                        path: PathBuf::from("the store"),
-                        source,
-                    })?;
+                start_thread("checkpoint", move || checkpointer(&path, settings, &alive))?;
                 // The batch futures never wait on anything but this thread's own connection,
                 // so a plain executor drives them; the thread ends when the last handle drops.
-                std::thread::Builder::new()
-                    .name("clade-sqlite-writer".into())
-                    .spawn(move || {
-                        futures::executor::block_on(run(
-                            connect, backend, shown, rx, counters, link,
-                        ))
-                    })
-                    .map_err(|source| Error::Io {
-                        action: "start the writer thread for",
-                        path: PathBuf::from("the store"),
-                        source,
-                    })?;
+                start_thread("writer", move || {
+                    futures::executor::block_on(run(connect, backend, shown, rx, counters, link))
+                })?;
             }
         }
         Ok(writer)
@@ -477,6 +449,17 @@ async fn run(
     }
 }
 
+/// Starts the store's thread `clade-sqlite-<role>`.
+fn start_thread(role: &str, body: impl FnOnce() + Send + 'static) -> Result<()> {
+    std::thread::Builder::new().name(format!("clade-sqlite-{role}")).spawn(body).map(drop).map_err(
+        |source| Error::Io {
+            action: "start a thread for",
+            path: PathBuf::from(format!("the store ({role})")),
+            source,
+        },
+    )
+}
+
 /// The WAL beside a SQLite database file.
 fn wal_path(database: &std::path::Path) -> PathBuf {
     let mut wal = database.as_os_str().to_owned();
@@ -570,7 +553,8 @@ fn flusher(wal: &std::path::Path, alive: &std::sync::Weak<Counters>) {
                 tracing::error!(
                     error = %err,
                     wal = %wal.display(),
-                    "the disk failed to flush the store's WAL; recent writes may not survive a                      power cut: check the disk (dmesg, free space)"
+                    "the disk failed to flush the store's WAL; recent writes may not survive a power cut: \
+                     check the disk (dmesg, free space)"
                 );
             }
             Err(_) => {}
