@@ -97,3 +97,31 @@ fn architecture_doc_covers_every_crate() {
         );
     }
 }
+
+/// Unsafe code is denied workspace-wide; the SQLite VFS shim is the one place allowed to opt out,
+/// so a new `allow(unsafe_code)` is a decision to make in review, not a line to slip in.
+#[test]
+fn unsafe_code_stays_in_the_vfs_shim() {
+    let allowed = Path::new("crates/clade-store/src/paced.rs");
+    let mut offenders = Vec::new();
+    let mut stack = vec![root().join("crates")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let relative = path.strip_prefix(root()).unwrap();
+                if text.contains("allow(unsafe_code)") && relative != allowed {
+                    offenders.push(relative.display().to_string());
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "unsafe code allowed outside {}: {offenders:?}",
+        allowed.display()
+    );
+}

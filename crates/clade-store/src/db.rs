@@ -287,7 +287,13 @@ pub(crate) mod sqlite {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags)?;
+        // Checkpoints write the database file back in paced rounds (see `paced`).
+        let vfs = crate::paced::vfs().map_err(|reason| Error::Io {
+            action: "open",
+            path: path.to_owned(),
+            source: std::io::Error::other(reason),
+        })?;
+        let conn = Connection::open_with_flags_and_vfs(path, flags, vfs)?;
         // Enough for every statement the store runs, so none is prepared twice.
         conn.set_prepared_statement_cache_capacity(256);
         // Plans must not depend on bound values: otherwise binding a `LIMIT $n` (or any value

@@ -17,6 +17,7 @@ pub mod datadir;
 mod db;
 pub mod error;
 mod migrate;
+mod paced;
 pub mod secrets;
 pub mod store;
 pub mod turns;
