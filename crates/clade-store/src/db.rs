@@ -283,12 +283,16 @@ pub(crate) mod sqlite {
     use crate::error::{Error, Result};
 
     /// Opens the writer's connection with the same settings as the pool's.
-    pub(crate) fn open(path: &Path, settings: &[&str]) -> Result<Connection> {
+    pub(crate) fn open(
+        path: &Path,
+        settings: &[&str],
+        writeback: crate::paced::Writeback,
+    ) -> Result<Connection> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        // Checkpoints write the database file back in paced rounds (see `paced`).
-        let vfs = crate::paced::vfs().map_err(|reason| Error::Io {
+        // How a checkpoint's sync writes the database file back (see `paced`).
+        let vfs = crate::paced::vfs(writeback).map_err(|reason| Error::Io {
             action: "open",
             path: path.to_owned(),
             source: std::io::Error::other(reason),
@@ -333,7 +337,7 @@ pub(crate) mod sqlite {
             let conn = match taken {
                 Some(conn) => conn,
                 None => {
-                    let conn = open(&self.path, self.settings)?;
+                    let conn = open(&self.path, self.settings, crate::paced::Writeback::AtOnce)?;
                     // Reads only: a write that strays here fails instead of bypassing the writer.
                     conn.execute_batch("PRAGMA query_only = ON")?;
                     conn

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::backend::{Backend, Durability, classify};
 use crate::db::{self, Tx};
 use crate::error::{Error, Result};
+use crate::paced;
 
 /// The largest number of writes folded into one transaction.
 const MAX_BATCH: usize = 512;
@@ -65,7 +66,7 @@ impl Connect {
                 pool.acquire().await.map(Tx::Sqlx).map_err(|err| classify(err, shown))
             }
             Connect::Sqlite { path, settings, durability } => {
-                let conn = db::sqlite::open(path, settings)?;
+                let conn = db::sqlite::open(path, settings, paced::Writeback::AtOnce)?;
                 // Checkpoints run on their own thread (see `checkpointer`), not inside a commit
                 // that callers wait for; a WAL that grew past 256 MiB is cut back after one
                 // (above what it reaches between two restarts, so its blocks stay allocated).
@@ -627,7 +628,7 @@ fn checkpointer(path: &std::path::Path, settings: &[&str], alive: &std::sync::We
         if conn.is_none() {
             // No waiting for locks here: a checkpoint that cannot run now runs at the next pass,
             // and one that waited would hold the writer back meanwhile.
-            conn = db::sqlite::open(path, settings)
+            conn = db::sqlite::open(path, settings, paced::Writeback::Paced)
                 .and_then(|c| Ok(c.execute_batch("PRAGMA busy_timeout = 0").map(|()| c)?))
                 .ok();
         }
