@@ -22,7 +22,6 @@
 use std::ffi::{CStr, c_int, c_void};
 use std::sync::Mutex;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::ffi;
 
@@ -75,13 +74,16 @@ const GROWTH_STEP: i64 = 8 << 10;
 /// without a sync, so the list stays bounded.
 const MOST_REMEMBERED: usize = 1 << 16;
 
-/// Rounds of paced writeback run by this process, for tests.
-static ROUNDS: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    /// Rounds of paced writeback run on this thread, for tests: a sync runs on the thread of
+    /// the connection's caller, so tests running side by side do not count each other's.
+    static ROUNDS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
-/// Rounds of paced writeback this process has run so far.
+/// Rounds of paced writeback this thread has run so far.
 #[cfg(test)]
-pub(crate) fn rounds() -> u64 {
-    ROUNDS.load(Ordering::Relaxed)
+fn rounds() -> u64 {
+    ROUNDS.get()
 }
 
 /// Registers both VFSes with SQLite (once per process) and returns the name of the one for
@@ -162,7 +164,7 @@ impl Pacer {
                 continue;
             };
             write_back_range(&self.file, first.0, end - first.0);
-            ROUNDS.fetch_add(1, Ordering::Relaxed);
+            ROUNDS.set(ROUNDS.get() + 1);
         }
         written.clear();
     }
@@ -434,15 +436,14 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
 mod tests {
     use super::*;
 
-    /// A checkpoint of a WAL holding many pages grows the database file by whole chunks and syncs
-    /// it through paced rounds.
-    #[test]
-    fn a_checkpoint_grows_the_database_in_chunks_and_writes_it_back_in_rounds() {
+    /// What a checkpoint of 2,000 rows of 1 KB (about 1,000 pages) did: the WAL's pages, the
+    /// paced rounds it ran, and the database file's length after it.
+    fn checkpoint_rows(writeback: Writeback) -> (u64, u64, u64) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("paced.db");
         let flags =
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_CREATE;
-        let name = vfs(Writeback::Paced).unwrap_or_else(|e| panic!("{e}"));
+        let name = vfs(writeback).unwrap_or_else(|e| panic!("{e}"));
         let conn = rusqlite::Connection::open_with_flags_and_vfs(&path, flags, name)
             .unwrap_or_else(|e| panic!("{e}"));
         conn.execute_batch(
@@ -460,20 +461,39 @@ mod tests {
             })
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((busy, folded), (0, log), "the checkpoint folded the whole WAL");
-        // About 1,000 pages of rows: the sync of the database file went out in many rounds.
         let ran = rounds() - before;
-        let least = (log as u64) / (PAGES_PER_ROUND as u64) / 2;
-        assert!(ran >= least, "{ran} paced rounds for {log} pages, expected at least {least}");
         let count: i64 = conn
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(count, 2000);
-        // The checkpoint grew the file by whole chunks, so most later syncs change no size.
+        assert_eq!(count, 2000, "every row reads back");
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or_else(|e| panic!("{e}"));
+        (log as u64, ran, len)
+    }
+
+    fn assert_whole_chunks(len: u64) {
         let chunk = CHUNK_BYTES as u64;
         assert!(
             len >= chunk && len.is_multiple_of(chunk),
             "{len} bytes is not whole {chunk}-byte chunks"
         );
+    }
+
+    /// The checkpointer's flavour grows the database file by whole chunks, so most later syncs
+    /// change no size, and syncs it through paced rounds.
+    #[test]
+    fn a_paced_checkpoint_grows_the_database_in_chunks_and_writes_it_back_in_rounds() {
+        let (pages, ran, len) = checkpoint_rows(Writeback::Paced);
+        let least = pages / (PAGES_PER_ROUND as u64) / 2;
+        assert!(ran >= least, "{ran} paced rounds for {pages} pages, expected at least {least}");
+        assert_whole_chunks(len);
+    }
+
+    /// The writer's flavour grows the file the same way but writes it back at once: its
+    /// catch-up stops every write until the sync is done.
+    #[test]
+    fn the_writers_checkpoint_grows_in_chunks_and_writes_back_at_once() {
+        let (_, ran, len) = checkpoint_rows(Writeback::AtOnce);
+        assert_eq!(ran, 0, "the writer's sync ran {ran} paced rounds");
+        assert_whole_chunks(len);
     }
 }
