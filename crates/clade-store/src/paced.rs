@@ -285,17 +285,18 @@ unsafe fn methods_for(inner: *const ffi::sqlite3_io_methods) -> *const ffi::sqli
     ours
 }
 
-/// The inner file and its methods.
+/// The inner file and its methods (a table the base VFS keeps for the life of the process, so
+/// borrowed, not copied, on every call).
 ///
 /// # Safety
 /// `file` must be a `PacedFile` that [`open`] opened (its methods are only ours then).
 unsafe fn inner_of(
     file: *mut ffi::sqlite3_file,
-) -> (*mut ffi::sqlite3_file, ffi::sqlite3_io_methods) {
-    // SAFETY: per the contract; an opened inner file has a non-null methods table.
+) -> (*mut ffi::sqlite3_file, &'static ffi::sqlite3_io_methods) {
+    // SAFETY: per the contract; an opened inner file has a non-null, static methods table.
     unsafe {
         let inner = (*file.cast::<PacedFile>()).inner;
-        (inner, *(*inner).pMethods)
+        (inner, &*(*inner).pMethods)
     }
 }
 
@@ -486,6 +487,22 @@ mod tests {
         let least = pages / (PAGES_PER_ROUND as u64) / 2;
         assert!(ran >= least, "{ran} paced rounds for {pages} pages, expected at least {least}");
         assert_whole_chunks(len);
+    }
+
+    /// A file that cannot be opened fails as it would without the shim, with SQLite's error, and
+    /// leaves nothing for the shim to close.
+    #[test]
+    fn a_file_that_cannot_be_opened_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("no-such-dir").join("x.db");
+        for writeback in [Writeback::Paced, Writeback::AtOnce] {
+            let name = vfs(writeback).unwrap_or_else(|e| panic!("{e}"));
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                | rusqlite::OpenFlags::SQLITE_OPEN_CREATE;
+            let opened = rusqlite::Connection::open_with_flags_and_vfs(&path, flags, name);
+            let err = opened.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("unable to open"), "{writeback:?}: {err:?}");
+        }
     }
 
     /// The writer's flavour grows the file the same way but writes it back at once: its
