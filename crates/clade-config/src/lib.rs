@@ -61,6 +61,10 @@ pub struct Config {
     /// Rules mapping an event's source to an agent when the event names none.
     #[serde(default)]
     pub bindings: Vec<Binding>,
+    /// The agent (handle) of an event that names none and matches no binding; without one,
+    /// such an event is refused (`no_agent`).
+    #[serde(default)]
+    pub default_agent: Option<String>,
     /// Webhooks that receive lifecycle events (at least once, in order, signed).
     #[serde(default)]
     pub subscribers: Vec<SubscriberConfig>,

@@ -226,6 +226,19 @@ pub struct TurnResponse {
     pub finished_at: Option<i64>,
     pub events: Vec<TurnEvent>,
     pub usage: TurnUsageBody,
+    /// The turn's journal, in the order it was written: every model call (`model_response`,
+    /// with a fingerprint of its request), tool call (`tool_started`, `tool_result`) and resume.
+    pub steps: Vec<TurnStep>,
+}
+
+/// One journaled step of a turn.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TurnStep {
+    /// `model/{i}`, `tool/{i}/{j}/start`, `tool/{i}/{j}/result` or `resume/{n}`.
+    pub step: String,
+    /// `model_response`, `tool_started`, `tool_result` or `resumed`.
+    pub kind: String,
+    pub data: serde_json::Value,
 }
 
 /// What a turn's model calls consumed (tokens as reported by the provider, cost from the

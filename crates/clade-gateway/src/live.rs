@@ -26,8 +26,11 @@ pub(crate) enum Scope {
     Agent(clade_core::AgentId),
 }
 
-/// Lifecycle events re-read in one catch-up, at most.
+/// Lifecycle events re-read in one go, at most: a longer catch-up reads on in further pages.
+#[cfg(not(test))]
 const CATCH_UP_ROWS: u32 = 10_000;
+#[cfg(test)]
+const CATCH_UP_ROWS: u32 = 3;
 
 impl Lagged {
     pub(crate) fn new(
@@ -61,13 +64,22 @@ pub(crate) struct CatchingUp {
     /// duplicates, and a catch-up starts after it.
     last: i64,
     missed: VecDeque<LiveEvent>,
+    /// Whether the outbox may hold events after `last` that the receiver will not bring.
+    behind: bool,
 }
 
 impl CatchingUp {
-    /// Follows `receiver` from outbox position `after`: where the outbox ended when the
-    /// subscription started, or the last event already sent to this subscriber.
+    /// Follows `receiver` from outbox position `after`, where the outbox ended when the
+    /// subscription started.
     pub(crate) fn new(receiver: Subscription, lagged: Lagged, after: i64) -> Self {
-        Self { receiver, lagged, last: after, missed: VecDeque::new() }
+        Self { receiver, lagged, last: after, missed: VecDeque::new(), behind: false }
+    }
+
+    /// Replays the outbox after `after` (the last event a client already has), page by page
+    /// however long it is, then follows `receiver`. Subscribe before calling, so nothing
+    /// committed meanwhile falls between the replay and the live events.
+    pub(crate) fn replaying(receiver: Subscription, lagged: Lagged, after: i64) -> Self {
+        Self { behind: true, ..Self::new(receiver, lagged, after) }
     }
 
     /// The next event to pass on; `None` once the channel has closed. Dropped while it
@@ -77,20 +89,24 @@ impl CatchingUp {
             if let Some(event) = self.missed.pop_front() {
                 return Some(self.passed(event));
             }
+            if self.behind {
+                let rows = self.lagged.outbox_after(self.last).await;
+                // A full page may have more behind it: read on once it has been passed on.
+                self.behind = rows.len() >= CATCH_UP_ROWS as usize;
+                self.missed.extend(rows.into_iter().filter_map(|row| {
+                    Some(LiveEvent {
+                        session: row.session_id?,
+                        id: Some(row.id),
+                        data: serde_json::from_str(&row.data).unwrap_or(Value::Null),
+                        kind: row.kind,
+                    })
+                }));
+                continue;
+            }
             match self.receiver.recv().await {
                 Ok(LiveEvent { id: Some(id), .. }) if id <= self.last => continue,
                 Ok(event) => return Some(self.passed(event)),
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let rows = self.lagged.outbox_after(self.last).await;
-                    self.missed.extend(rows.into_iter().filter_map(|row| {
-                        Some(LiveEvent {
-                            session: row.session_id?,
-                            id: Some(row.id),
-                            data: serde_json::from_str(&row.data).unwrap_or(Value::Null),
-                            kind: row.kind,
-                        })
-                    }));
-                }
+                Err(broadcast::error::RecvError::Lagged(_)) => self.behind = true,
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
@@ -111,6 +127,49 @@ mod tests {
 
     use super::*;
 
+    /// A new session of `agent` with one pending event.
+    async fn session_with_event(
+        store: &Store,
+        tenant: &Tenant,
+        agent: &clade_core::Agent,
+    ) -> (clade_store::SessionRow, clade_core::EventId) {
+        let accepted = store
+            .accept_event(NewEvent {
+                tenant: tenant.id,
+                agent: agent.id,
+                source: Source { platform: "t".into(), channel: "c".into(), actor: "a".into() },
+                text: "hi".into(),
+                idempotency_key: None,
+                payload_hash: "h".into(),
+                max_open_per_session: 10,
+            })
+            .await
+            .unwrap();
+        (store.session(tenant.id, accepted.session_id).await.unwrap(), accepted.event_id)
+    }
+
+    /// A store in `dir` with agents of these handles in the default tenant.
+    async fn store_with_agents(
+        dir: &std::path::Path,
+        handles: &[&str],
+    ) -> (Store, Tenant, Vec<clade_core::Agent>) {
+        let store = Store::open(StoreOptions {
+            location: Location::Sqlite(dir.join("clade.db")),
+            durability: clade_store::Durability::Normal,
+            clock: Arc::new(SystemClock),
+        })
+        .await
+        .unwrap();
+        let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let new = handles.iter().map(|handle| NewAgent {
+            handle: Handle::parse(handle).unwrap(),
+            display_name: None,
+            config: AgentConfig::default(),
+        });
+        let agents = store.create_agents(tenant.id, new.collect()).await.unwrap();
+        (store, tenant, agents)
+    }
+
     /// A subscriber that falls behind gets the lifecycle events it missed from the outbox, in
     /// order and once, and loses only deltas: a session's subscriber, and an agent's, which
     /// gets none of another agent's events.
@@ -118,42 +177,11 @@ mod tests {
     async fn a_lagging_subscription_catches_up_from_the_outbox() {
         for by_agent in [false, true] {
             let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(StoreOptions {
-                location: Location::Sqlite(dir.path().join("clade.db")),
-                durability: clade_store::Durability::Normal,
-                clock: Arc::new(SystemClock),
-            })
-            .await
-            .unwrap();
-            let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
-            let new = |handle: &str| NewAgent {
-                handle: Handle::parse(handle).unwrap(),
-                display_name: None,
-                config: AgentConfig::default(),
-            };
-            let agents =
-                store.create_agents(tenant.id, vec![new("ada"), new("bob")]).await.unwrap();
+            let (store, tenant, agents) = store_with_agents(dir.path(), &["ada", "bob"]).await;
             let head = store.outbox_head().await.unwrap();
             let mut sessions = Vec::new();
             for agent in &agents {
-                let accepted = store
-                    .accept_event(NewEvent {
-                        tenant: tenant.id,
-                        agent: agent.id,
-                        source: Source {
-                            platform: "t".into(),
-                            channel: "c".into(),
-                            actor: "a".into(),
-                        },
-                        text: "hi".into(),
-                        idempotency_key: None,
-                        payload_hash: "h".into(),
-                        max_open_per_session: 10,
-                    })
-                    .await
-                    .unwrap();
-                let session = store.session(tenant.id, accepted.session_id).await.unwrap();
-                sessions.push((session, accepted.event_id));
+                sessions.push(session_with_event(&store, &tenant, agent).await);
             }
             let (live, _) = broadcast::channel(2);
             let receiver = Subscription::detached(&live);
@@ -198,5 +226,54 @@ mod tests {
                 "by {by}"
             );
         }
+    }
+
+    /// A stream that replays from an old position reads the outbox page by page, however long
+    /// the gap (pages of 3 here), then goes live without repeating what it replayed.
+    #[tokio::test]
+    async fn a_replay_longer_than_a_page_reads_on_and_then_goes_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, tenant, mut agents) = store_with_agents(dir.path(), &["ada"]).await;
+        let agent = agents.remove(0);
+        let head = store.outbox_head().await.unwrap();
+        let (session, event) = session_with_event(&store, &tenant, &agent).await;
+        let kinds: Vec<String> = (0..8).map(|n| format!("step.{n}")).collect();
+        let outbox = kinds
+            .iter()
+            .map(|kind| OutboxEvent { kind: kind.clone(), data: "{}".into() })
+            .collect();
+        let (_, rows) = store.start_turn(&session, vec![event], 0, outbox).await.unwrap();
+        let (live, _) = broadcast::channel(16);
+        let receiver = Subscription::detached(&live);
+        // Published live too (as the engine does): the replay must not pass these on twice.
+        for row in &rows {
+            let event = LiveEvent {
+                session: session.id,
+                id: Some(row.id),
+                kind: row.kind.clone(),
+                data: Value::Null,
+            };
+            live.send(event).unwrap();
+        }
+        live.send(LiveEvent {
+            session: session.id,
+            id: None,
+            kind: "text.delta".into(),
+            data: Value::Null,
+        })
+        .unwrap();
+        // A client that already has the first event replays from there.
+        let lagged = Lagged::new(&store, tenant.id, Scope::Session(session.id));
+        let mut events = CatchingUp::replaying(receiver, lagged, rows[0].id);
+        let mut seen = Vec::new();
+        while let Ok(Some(event)) =
+            tokio::time::timeout(std::time::Duration::from_millis(300), events.next()).await
+        {
+            seen.push(event.kind);
+        }
+        let mut expected: Vec<String> = kinds[1..].to_vec();
+        expected.push("text.delta".into());
+        assert_eq!(seen, expected);
+        assert!(head < rows[0].id);
     }
 }

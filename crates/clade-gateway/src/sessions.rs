@@ -9,14 +9,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use clade_core::SessionId;
-use futures::{Stream, StreamExt, stream};
+use futures::{Stream, stream};
 use serde_json::json;
 
 use crate::AppState;
 use crate::agents::query_rejection;
 use crate::api::{
     SessionListResponse, SessionResponse, SessionsQuery, TurnEvent, TurnListResponse, TurnResponse,
-    TurnUsageBody,
+    TurnStep, TurnUsageBody,
 };
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
@@ -74,9 +74,18 @@ pub(crate) async fn turns(
 ) -> Result<axum::Json<TurnListResponse>, ApiError> {
     let session = state.store.session(tenant.id, session_id(&id)?).await?;
     let turns = state.store.turns(session.id).await?;
+    let mut journal = state.store.session_journal(session.id).await?.into_iter().peekable();
     let items = turns
         .into_iter()
         .map(|(t, events, usage)| TurnResponse {
+            // Both are in turn order, so each turn takes its steps off the front.
+            steps: std::iter::from_fn(|| journal.next_if(|(turn, _)| *turn == t.id))
+                .map(|(_, entry)| TurnStep {
+                    step: entry.step,
+                    kind: entry.kind,
+                    data: serde_json::from_str(&entry.data).unwrap_or(serde_json::Value::Null),
+                })
+                .collect(),
             id: t.id.to_string(),
             status: t.status,
             reply: t.reply,
@@ -139,13 +148,11 @@ pub(crate) async fn stream(
         })
         .transpose()?
         .unwrap_or(0);
-    // Subscribe before reading the outbox so nothing falls between replay and live.
+    // Subscribed before the replay reads the outbox, so nothing falls between replay and live.
     let live = state.engine.hub().subscribe(session.id);
-    let replay = state.store.session_outbox(tenant.id, session.id, after, 10_000).await?;
-    let last_replayed = replay.last().map_or(after, |r| r.id);
-    let replayed = stream::iter(replay.into_iter().map(|row| Ok(outbox_event(row))));
     let lagged = Lagged::new(&state.store, tenant.id, Scope::Session(session.id));
-    let live = stream::unfold(CatchingUp::new(live, lagged, last_replayed), |mut events| async {
+    let events = CatchingUp::replaying(live, lagged, after);
+    let stream = stream::unfold(events, |mut events| async {
         let event = events.next().await?;
         let mut sse = Event::default().event(event.kind).data(event.data.to_string());
         if let Some(id) = event.id {
@@ -153,12 +160,5 @@ pub(crate) async fn stream(
         }
         Some((Ok(sse), events))
     });
-    Ok(Sse::new(replayed.chain(live))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
-}
-
-/// A stored lifecycle event as an SSE event (its outbox id is the `Last-Event-ID`).
-fn outbox_event(row: clade_store::OutboxRow) -> Event {
-    let data = serde_json::from_str::<serde_json::Value>(&row.data).unwrap_or_default();
-    Event::default().id(row.id.to_string()).event(row.kind).data(data.to_string())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -29,7 +29,7 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] clade_store::Error),
     #[error(
-        "no agent for this event: name one with `agent`, or add a binding or default in clade.yaml"
+        "no agent for this event: name one with `agent`, or add a binding or a `default_agent` to clade.yaml"
     )]
     NoAgent,
 }
@@ -55,6 +55,8 @@ pub struct Finished {
 pub struct EngineOptions {
     pub sessions: SessionsConfig,
     pub bindings: Vec<Binding>,
+    /// The agent of an event that names none and matches no binding.
+    pub default_agent: Option<String>,
     /// Every tool call goes through it: policy, approval, sandbox, audit.
     pub tools: Arc<ToolRunner>,
 }
@@ -103,6 +105,13 @@ struct ModelStep {
     /// Messages in the request.
     #[serde(default)]
     messages: usize,
+    /// The request as sent: a SHA-256 of its JSON form, and the tools it offered. Its content
+    /// is what the journal, the session's events and the config revision already hold, so
+    /// only its fingerprint is kept, not a copy of the whole context per step.
+    #[serde(default)]
+    request_sha256: String,
+    #[serde(default)]
+    tools: Vec<String>,
 }
 
 /// A tool result, as journaled.
@@ -183,7 +192,8 @@ impl Engine {
         self.inner.outbox.clone()
     }
 
-    /// Picks the agent of an envelope: its own, else the first matching binding.
+    /// Picks the agent of an envelope: its own, else the first matching binding, else the
+    /// default agent.
     pub async fn route(&self, envelope: &Envelope) -> Result<Agent, Error> {
         let handle = match &envelope.agent {
             Some(handle) => handle.clone(),
@@ -198,6 +208,7 @@ impl Engine {
                         && matches(&b.actor, &envelope.source.actor)
                 })
                 .map(|b| b.agent.clone())
+                .or_else(|| self.inner.options.default_agent.clone())
                 .ok_or(Error::NoAgent)?,
         };
         Ok(self.inner.store.agent(envelope.tenant.id, &handle).await?)
@@ -279,10 +290,12 @@ impl Engine {
         }
     }
 
-    /// Re-queues a yielded session's events and runs them.
+    /// Resumes a session's yielded turns where they stopped (see [`Store::resume_session`]);
+    /// returns how many events they hold.
     pub async fn resume(&self, tenant: TenantId, session: SessionId) -> Result<u64, Error> {
-        self.inner.store.session(tenant, session).await?;
-        let n = self.inner.store.resume_session(tenant, session).await?;
+        let row = self.inner.store.session(tenant, session).await?;
+        let (n, rows) = self.inner.store.resume_session(tenant, session).await?;
+        publish(&self.inner, row.agent_id, &rows);
         self.wake(session);
         Ok(n)
     }
@@ -556,7 +569,10 @@ async fn run_turn(
     let mut messages = compose(inner, &persona, session, &turn, events, history).await;
     let tools: Vec<ToolSpec> = inner.options.tools.specs_for(agent.handle.as_str());
     let mut last_model = None;
-    for iteration in 0..inner.options.sessions.max_iterations {
+    // Each resume of a yielded turn grants another `max_iterations` model calls.
+    let resumes = journal.values().filter(|e| e.kind == "resumed").count() as u32;
+    let budget = inner.options.sessions.max_iterations.saturating_mul(resumes + 1);
+    for iteration in 0..budget {
         let step = format!("model/{iteration}");
         let model_step = match journal
             .get(&step)
@@ -585,8 +601,8 @@ async fn run_turn(
                         );
                     }
                 };
-                // Only the response is journaled: a call that crashed before its response was
-                // recorded is simply made again (no side effect happened on our side).
+                // Request and response are journaled together, once the response is in: a call
+                // that crashed before then is simply made again (no side effect on our side).
                 let outcome = match inner
                     .models
                     .call_unrecorded(
@@ -631,6 +647,10 @@ async fn run_turn(
                     cost_micros: outcome.cost_micros,
                     route: outcome.events.iter().map(|e| format!("{e:?}")).collect(),
                     messages: request.messages.len(),
+                    request_sha256: serde_json::to_vec(&request)
+                        .map(|json| hex::encode(Sha256::digest(json)))
+                        .unwrap_or_default(),
+                    tools: request.tools.iter().map(|t| t.name.clone()).collect(),
                 };
                 let usage =
                     crate::models::usage_record(tenant, Some(agent), Some(turn.id), &outcome);
@@ -698,7 +718,7 @@ async fn run_turn(
             steer(inner, &turn, &mut messages).await;
         }
     }
-    finish(inner, &turn, "yielded", None, Some(format!("stopped after {} model calls (sessions.max_iterations); resume with `clade sessions resume {}`", inner.options.sessions.max_iterations, session_id)), last_model).await
+    finish(inner, &turn, "yielded", None, Some(format!("stopped after {budget} model calls (sessions.max_iterations is {} per run); resume with `clade sessions resume {session_id}`", inner.options.sessions.max_iterations)), last_model).await
 }
 
 /// Steer mode: messages that arrived during the turn join it between tool calls.
@@ -788,7 +808,7 @@ async fn run_tool(
         return Ok(done);
     }
     let start_step = format!("tool/{iteration}/{index}/start");
-    let key = effect_key(turn, &call.id);
+    let key = effect_key(turn, &format!("tool/{iteration}/{index}"));
     let runner = &inner.options.tools;
     let tool = runner.registry().get_for(&call.name, agent.handle.as_str()).cloned();
     let origin = CallOrigin {
@@ -945,14 +965,15 @@ fn config_revision(inner: &Inner, agent: &Agent, persona: &Persona) -> i64 {
     i64::from_be_bytes(first) & i64::MAX
 }
 
-/// `hash(tenant, session, turn, call id)`: what an idempotent tool receives, the same on every
-/// retry of the same call.
-fn effect_key(turn: &TurnRow, call_id: &str) -> String {
+/// `hash(tenant, session, turn, step)`: what an idempotent tool receives, the same on every
+/// retry of the same call. The step (`tool/{iteration}/{index}`), not the model's call id, since
+/// a provider may reuse call ids across the model calls of one turn.
+fn effect_key(turn: &TurnRow, step: &str) -> String {
     let digest = Sha256::new()
         .chain_update(turn.tenant_id.as_bytes())
         .chain_update(turn.session_id.as_bytes())
         .chain_update(turn.id.as_bytes())
-        .chain_update(call_id.as_bytes())
+        .chain_update(step.as_bytes())
         .finalize();
     hex::encode(&digest[..16])
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clade_store::{OutboxRow, Store};
+use clade_store::{GivenUp, OutboxRow, Store};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -184,7 +184,7 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
                     }
                     if attempts >= i64::from(subscriber.max_attempts) {
                         tracing::warn!(subscriber = %subscriber.name, outbox = row.id, %reason, "dead-lettering event");
-                        let dead = Some((row.id, reason));
+                        let dead = Some(GivenUp { outbox_id: row.id, reason, attempts });
                         match store.set_subscriber_cursor(&subscriber.name, cursor, 0, dead).await {
                             Ok(()) => {
                                 delivered_beyond.insert(row.id);

@@ -22,16 +22,28 @@ async fn open(dir: &std::path::Path) -> (Store, DataDir, Tenant) {
 
 /// An engine on `store`; several may run one after another on the same store.
 async fn start(store: &Store, data: &DataDir) -> Engine {
+    start_with(store, data, |sessions| {
+        // A short window, so the test sees turns leave it; one model call per turn, so a turn
+        // that calls a tool yields instead of completing.
+        sessions.history_turns = 3;
+        sessions.max_iterations = 1;
+    })
+    .await
+}
+
+/// An engine on `store` with session settings changed by `tweak`.
+async fn start_with(
+    store: &Store,
+    data: &DataDir,
+    tweak: impl FnOnce(&mut clade_config::SessionsConfig),
+) -> Engine {
     let agents = Agents::new(store.clone(), data.clone());
     let config = clade_config::Config::default();
     let secrets = Secrets::new(store.clone(), data.master_key_path(), None);
     let models =
         Models::new(&config, EnvHints::default(), store.clone(), secrets, Arc::new(SystemClock));
     let mut sessions = config.sessions.clone();
-    // A short window, so the test sees turns leave it; one model call per turn, so a turn
-    // that calls a tool yields instead of completing.
-    sessions.history_turns = 3;
-    sessions.max_iterations = 1;
+    tweak(&mut sessions);
     let tools = Arc::new(ToolRunner::new(
         clade_tools::Registry::new(),
         store.clone(),
@@ -39,7 +51,7 @@ async fn start(store: &Store, data: &DataDir) -> Engine {
         None,
         &clade_config::ToolsConfig::default(),
     ));
-    let options = EngineOptions { sessions, bindings: Vec::new(), tools };
+    let options = EngineOptions { sessions, bindings: Vec::new(), default_agent: None, tools };
     Engine::start(store.clone(), agents, models, options).await.unwrap()
 }
 
@@ -103,4 +115,29 @@ async fn a_kept_history_matches_the_stored_one() {
     let tokens: Vec<u64> = kept.iter().map(|t| t.1).collect();
     assert!(tokens[1] < tokens[3], "{tokens:?}");
     assert!(tokens[6] < tokens[5], "the long reply must have left the window: {tokens:?}");
+}
+
+/// A session's actor stays in memory while it has work and leaves after `idle_secs` without
+/// any; the next message brings it back, and the session goes on where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_leave_memory_and_come_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, data, tenant) = open(tmp.path()).await;
+    let engine = start_with(&store, &data, |sessions| sessions.idle_secs = 1).await;
+    for channel in ["a", "b"] {
+        assert_eq!(turn(&engine, &store, &tenant, channel, "hello").await.0, "completed");
+    }
+    assert_eq!(engine.active_sessions(), 2, "both actors are still in memory");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while engine.active_sessions() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(engine.active_sessions(), 0, "idle actors left memory");
+    let (status, input) = turn(&engine, &store, &tenant, "a", "again").await;
+    assert_eq!(status, "completed");
+    assert_eq!(engine.active_sessions(), 1, "the session's actor came back");
+    // The returning actor read the session's history from the store: its context holds the
+    // first turn too, so it is larger than the first turn's.
+    let (_, first) = turn(&engine, &store, &tenant, "c", "again").await;
+    assert!(input > first, "{input} input tokens with history, {first} without");
 }

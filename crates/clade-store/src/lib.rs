@@ -39,7 +39,7 @@ pub use store::{
     TokenInfo, UsageRecord, UsageSummary,
 };
 pub use turns::{
-    Accepted, DeadLetter, EventRow, JournalEntry, NewEvent, OpenEvents, OutboxEvent, OutboxRow,
-    SessionRow, Source, TurnOutcome, TurnRow,
+    Accepted, DeadLetter, EventRow, GivenUp, JournalEntry, NewEvent, OpenEvents, OutboxEvent,
+    OutboxRow, SessionRow, Source, TurnOutcome, TurnRow,
 };
 pub use writer::{Durations, WriteStats};

@@ -89,6 +89,16 @@ pub struct JournalEntry {
     pub data: String,
 }
 
+/// An outbox row a subscriber gave up on, to dead-letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GivenUp {
+    pub outbox_id: i64,
+    /// Why the last attempt failed.
+    pub reason: String,
+    /// Deliveries attempted.
+    pub attempts: i64,
+}
+
 /// A lifecycle event to put in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEvent {
@@ -662,19 +672,59 @@ impl Store {
         .await
     }
 
-    /// Puts a yielded turn's events back in line to run again (resume).
-    pub async fn resume_session(&self, tenant: TenantId, session: SessionId) -> Result<u64> {
+    /// Resumes the session's yielded turns: each runs on from its journal, with a fresh budget
+    /// of model calls, and nothing it already did (a tool call, a model call) runs again. Each
+    /// resumed turn gets a `resumed` journal step and a `turn.resumed` outbox event in the same
+    /// transaction. Returns how many events went back to running, and the outbox rows.
+    pub async fn resume_session(
+        &self,
+        tenant: TenantId,
+        session: SessionId,
+    ) -> Result<(u64, Vec<OutboxRow>)> {
+        let now = self.now();
         self.write(move |conn| {
             Box::pin(async move {
-                let done = query(
-                    "UPDATE events SET status = 'pending', turn_id = NULL WHERE session_id = $1 AND tenant_id = $2 \
-                     AND status = 'yielded'",
+                let yielded = query(
+                    "SELECT id FROM turns WHERE session_id = $1 AND tenant_id = $2 AND status = 'yielded'",
                 )
                 .bind(b(session.as_bytes()))
                 .bind(b(tenant.as_bytes()))
-                .execute(&mut *conn)
+                .fetch_all(&mut *conn)
                 .await?;
-                Ok(done)
+                let (mut events, mut rows) = (0, Vec::new());
+                for row in &yielded {
+                    let turn = TurnId::from_bytes(id_bytes(row, "id")?);
+                    let resumes: i64 = query(
+                        "SELECT COUNT(*) AS n FROM journal WHERE turn_id = $1 AND kind = 'resumed'",
+                    )
+                    .bind(b(turn.as_bytes()))
+                    .fetch_one(&mut *conn)
+                    .await?
+                    .try_get("n")?;
+                    let entry = JournalEntry {
+                        step: format!("resume/{resumes}"),
+                        kind: "resumed".into(),
+                        data: "{}".into(),
+                    };
+                    journal_in(conn, turn, entry, now).await?;
+                    query(
+                        "UPDATE turns SET status = 'running', error = NULL, finished_at = NULL WHERE id = $1",
+                    )
+                    .bind(b(turn.as_bytes()))
+                    .execute(&mut *conn)
+                    .await?;
+                    events += query(TURN_EVENTS_STATUS)
+                        .bind(b(turn.as_bytes()))
+                        .bind("running")
+                        .execute(&mut *conn)
+                        .await?;
+                    let data = serde_json::json!({ "turn": turn.to_string(), "resumes": resumes + 1 });
+                    let outbox = [OutboxEvent { kind: "turn.resumed".into(), data: data.to_string() }];
+                    rows.extend(
+                        insert_outbox(conn, now, tenant, Some(session), Some(turn), &outbox).await?,
+                    );
+                }
+                Ok((events, rows))
             })
         })
         .await
@@ -773,6 +823,36 @@ impl Store {
                 Ok((turn, own, spent))
             })
             .collect()
+    }
+
+    /// The journals of a session's turns, in one read: `(turn, entry)`, each turn's steps in
+    /// the order they were written.
+    pub async fn session_journal(&self, session: SessionId) -> Result<Vec<(TurnId, JournalEntry)>> {
+        let rows = self
+            .rows(
+                query(
+                    "SELECT j.turn_id AS turn_id, j.step AS step, j.kind AS kind, j.data AS data, \
+                     j.created_at AS created_at FROM journal j JOIN turns t ON t.id = j.turn_id \
+                     WHERE t.session_id = $1",
+                )
+                .bind(b(session.as_bytes())),
+            )
+            .await?;
+        let mut entries = rows
+            .iter()
+            .map(|r| {
+                let entry = JournalEntry {
+                    step: r.try_get("step")?,
+                    kind: r.try_get("kind")?,
+                    data: r.try_get("data")?,
+                };
+                let at: i64 = r.try_get("created_at")?;
+                Ok((TurnId::from_bytes(id_bytes(r, "turn_id")?), at, entry))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Steps written in the same millisecond keep the order the engine writes them in.
+        entries.sort_by_cached_key(|(turn, at, entry)| (*turn, *at, step_order(&entry.step)));
+        Ok(entries.into_iter().map(|(turn, _, entry)| (turn, entry)).collect())
     }
 
     /// The last `limit` completed turns of a session before `before`, oldest first, with the
@@ -899,14 +979,14 @@ impl Store {
         })
     }
 
-    /// Moves a subscriber's cursor; with `dead` the skipped row is dead-lettered with the
-    /// reason, in the same transaction.
+    /// Moves a subscriber's cursor (`attempts`: failed deliveries of the row after it); with
+    /// `dead` a row given up on is dead-lettered in the same transaction.
     pub async fn set_subscriber_cursor(
         &self,
         subscriber: &str,
         last_id: i64,
         attempts: i64,
-        dead: Option<(i64, String)>,
+        dead: Option<GivenUp>,
     ) -> Result<()> {
         let now = self.now();
         let subscriber = subscriber.to_owned();
@@ -921,7 +1001,7 @@ impl Store {
                 .bind(attempts)
                 .execute(&mut *conn)
                 .await?;
-                if let Some((outbox_id, reason)) = dead {
+                if let Some(GivenUp { outbox_id, reason, attempts }) = dead {
                     query(
                         "INSERT INTO dead_letters (subscriber, outbox_id, reason, attempts, created_at) \
                          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subscriber, outbox_id) DO NOTHING",
@@ -1008,6 +1088,21 @@ pub struct TurnOutcome {
     pub reply: Option<String>,
     pub error: Option<String>,
     pub model: Option<String>,
+}
+
+/// Where a step comes in its turn among steps of the same millisecond: `model/{i}`, then its
+/// tool calls `tool/{i}/{j}/start` and `/result` in call order; anything else last.
+fn step_order(step: &str) -> (u64, u64, u64) {
+    let mut parts = step.split('/');
+    let (kind, n) = (parts.next(), |p: Option<&str>| p.and_then(|p| p.parse::<u64>().ok()));
+    match kind {
+        Some("model") => (n(parts.next()).unwrap_or(u64::MAX), 0, 0),
+        Some("tool") => {
+            let (i, j) = (n(parts.next()).unwrap_or(u64::MAX), n(parts.next()).unwrap_or(0));
+            (i, 1 + 2 * j, u64::from(parts.next() == Some("result")))
+        }
+        _ => (u64::MAX, 0, 0),
+    }
 }
 
 /// Inserts a journal row inside the caller's transaction; `false` if the step existed.
@@ -1097,6 +1192,35 @@ fn check_duplicate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Steps of one millisecond sort as the engine writes them, not as their names would.
+    #[test]
+    fn steps_of_one_millisecond_keep_the_engines_order() {
+        let mut steps = [
+            "tool/0/1/result",
+            "tool/0/0/result",
+            "model/1",
+            "tool/0/1/start",
+            "model/0",
+            "tool/0/0/start",
+            "model/10",
+            "model/2",
+        ];
+        steps.sort_by_key(|s| step_order(s));
+        assert_eq!(
+            steps,
+            [
+                "model/0",
+                "tool/0/0/start",
+                "tool/0/0/result",
+                "tool/0/1/start",
+                "tool/0/1/result",
+                "model/1",
+                "model/2",
+                "model/10"
+            ]
+        );
+    }
 
     /// The query plans SQLite picks, on the schema the migrations build (no statistics, as in a
     /// fresh database): no per-turn statement may scan a session's events or turns, and the

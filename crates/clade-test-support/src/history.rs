@@ -133,6 +133,10 @@ pub struct Report {
     pub undelivered: usize,
     pub delivery_order_violations: usize,
     pub bad_signatures: usize,
+    /// Deliveries without an idempotency key (a receiver could not drop their repeats).
+    pub keyless_deliveries: usize,
+    /// Keys seen on deliveries of two different events (a receiver would drop one of them).
+    pub shared_keys: usize,
     /// Requests sent outside every fault window, and how many of them succeeded.
     pub fault_free_requests: usize,
     pub fault_free_successes: usize,
@@ -156,6 +160,8 @@ impl Report {
         expect_zero(self.undelivered, "finished turns never delivered to the subscriber");
         expect_zero(self.delivery_order_violations, "deliveries out of order within a session");
         expect_zero(self.bad_signatures, "deliveries with a bad signature");
+        expect_zero(self.keyless_deliveries, "deliveries without an idempotency key");
+        expect_zero(self.shared_keys, "idempotency keys shared by two events");
         if self.conflict_status != 409 {
             out.push(format!(
                 "a reused key with a new payload got HTTP {} instead of 409",
@@ -195,8 +201,8 @@ impl fmt::Display for Report {
              duplicate-with-new-payload -> HTTP {}; ledger: {} at-most-once effects, {} ran \
              twice, {} reported interrupted, {} idempotent keys ({} repeats dropped by key); \
              webhook: {} deliveries ({} distinct), {} finished turns undelivered, {} order \
-             violations, {} bad signatures; {} of {} requests outside fault windows succeeded \
-             ({:.1} %)",
+             violations, {} bad signatures, {} without a key, {} keys shared by two events; \
+             {} of {} requests outside fault windows succeeded ({:.1} %)",
             self.faults,
             self.acknowledged,
             self.turns,
@@ -217,6 +223,8 @@ impl fmt::Display for Report {
             self.undelivered,
             self.delivery_order_violations,
             self.bad_signatures,
+            self.keyless_deliveries,
+            self.shared_keys,
             self.fault_free_successes,
             self.fault_free_requests,
             self.fault_free_share() * 100.0,
@@ -315,7 +323,17 @@ pub fn check(history: &History) -> Report {
     report.undelivered = undelivered(&history.turns, &history.deliveries);
     let mut seen = HashSet::new();
     let mut last_seq: HashMap<&str, i64> = HashMap::new();
+    // What each key was first delivered for: a repeat must be the same event.
+    let mut event_of: HashMap<&str, (&str, i64)> = HashMap::new();
     for d in &history.deliveries {
+        if d.key.is_empty() {
+            report.keyless_deliveries += 1;
+            continue;
+        }
+        let first = *event_of.entry(d.key.as_str()).or_insert((d.session.as_str(), d.seq));
+        if first != (d.session.as_str(), d.seq) {
+            report.shared_keys += 1;
+        }
         if !seen.insert(d.key.as_str()) {
             continue;
         }
@@ -435,6 +453,14 @@ mod tests {
         let mut out_of_order = clean();
         out_of_order.deliveries.reverse();
         assert_eq!(check(&out_of_order).delivery_order_violations, 1);
+
+        let mut keyless = clean();
+        keyless.deliveries[0].key.clear();
+        assert_eq!(check(&keyless).keyless_deliveries, 1);
+
+        let mut shared = clean();
+        shared.deliveries[1].key = shared.deliveries[0].key.clone();
+        assert_eq!(check(&shared).shared_keys, 1);
 
         let mut accepted_conflict = clean();
         accepted_conflict.conflict_status = 202;

@@ -21,6 +21,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     let options = clade_runtime::EngineOptions {
         sessions: ctx.config.sessions.clone(),
         bindings: ctx.config.bindings.clone(),
+        default_agent: ctx.config.default_agent.clone(),
         tools: ctx.tools().await,
     };
     let engine = clade_runtime::Engine::start(

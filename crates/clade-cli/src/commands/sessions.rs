@@ -109,8 +109,9 @@ pub(super) async fn chat(ctx: &Ctx, args: ChatArgs) -> Result<()> {
             stream = Some((session.clone(), response.bytes_stream().boxed()));
         }
         let Some((_, body)) = stream.as_mut() else { continue };
-        // Print deltas until the turn that answers our event ends.
-        let mut ours = false;
+        // Print deltas until the turn that answers our event ends. Deltas are live only: a turn
+        // that ran before the stream was open shows its reply from `turn.finished` instead.
+        let (mut ours, mut streamed) = (false, false);
         'read: while let Some(chunk) = body.next().await {
             let mut events = Vec::new();
             parser.push(&chunk?, &mut events)?;
@@ -125,8 +126,12 @@ pub(super) async fn chat(ctx: &Ctx, args: ChatArgs) -> Result<()> {
                     Some("text.delta") if ours => {
                         print!("{}", data["text"].as_str().unwrap_or_default());
                         let _ = std::io::stdout().flush();
+                        streamed = true;
                     }
                     Some("turn.finished" | "turn.failed" | "turn.yielded") if ours => {
+                        if !streamed && let Some(reply) = data["reply"].as_str() {
+                            print!("{reply}");
+                        }
                         if let Some(error) = data["error"].as_str() {
                             eprintln!("[{}: {error}]", event.event.unwrap_or_default());
                         }
@@ -179,10 +184,18 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
             let id = SessionId::parse(&id)?;
             let session = ctx.store.session(tenant.id, id).await?;
             let turns = ctx.store.turns(session.id).await?;
+            let journal = ctx.store.session_journal(session.id).await?;
+            let steps_of = |turn: clade_core::TurnId| {
+                journal.iter().filter(move |(of, _)| *of == turn).map(|(_, entry)| entry)
+            };
             if json {
                 let items: Vec<_> = turns
                     .iter()
                     .map(|(t, events, usage)| json!({
+                        "steps": steps_of(t.id).map(|e| json!({
+                            "step": e.step, "kind": e.kind,
+                            "data": serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null),
+                        })).collect::<Vec<_>>(),
                         "id": t.id.to_string(), "status": t.status, "reply": t.reply, "error": t.error, "model": t.model,
                         "started_at": t.started_at.as_millis(),
                         "usage": { "model_calls": usage.model_calls, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens, "cost_micros": usage.cost_micros },
@@ -198,6 +211,26 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
             for (turn, events, usage) in turns {
                 for event in events {
                     println!("> {}", event.text);
+                }
+                for entry in steps_of(turn.id) {
+                    let data: Value = serde_json::from_str(&entry.data).unwrap_or(Value::Null);
+                    match entry.kind.as_str() {
+                        "tool_started" => {
+                            println!(
+                                "  · {} {}",
+                                data["name"].as_str().unwrap_or("?"),
+                                data["arguments"]
+                            )
+                        }
+                        "tool_result" => {
+                            let content = data["content"].as_str().unwrap_or_default();
+                            let shown: String = content.chars().take(200).collect();
+                            let error = if data["is_error"] == true { " (error)" } else { "" };
+                            println!("    → {shown}{error}");
+                        }
+                        "resumed" => println!("  · resumed"),
+                        _ => {}
+                    }
                 }
                 match turn.status.as_str() {
                     "completed" => println!("< {}", turn.reply.unwrap_or_default()),

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, write};
+use super::support::{Env, Server, serve_hook, write};
 
 async fn stub() -> clade_stub::Stub {
     clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap()
@@ -202,22 +202,61 @@ async fn coalesce_folds_a_burst_and_full_queues_push_back() {
     assert_eq!(texts, vec![vec!["first"], vec!["second", "third"]]);
 }
 
+/// A turn that reaches `max_iterations` yields; resuming it runs the same turn on from its
+/// journal with a fresh budget: the at-most-once tool it already called is not called again,
+/// and the turn then completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_iterations_yields_and_resume_runs_again() {
-    let env = setup("sessions:\n  max_iterations: 1\n", None);
+async fn max_iterations_yields_and_resume_continues_the_turn() {
+    let env = Env::new();
+    let ledger = env.tmp.path().join("ledger.txt");
+    let yaml =
+        format!("sessions:\n  max_iterations: 1\ntesting:\n  ledger_file: {}\n", ledger.display());
+    write(&env.data_dir().join("clade.yaml"), &yaml);
+    env.run(&["agents", "create", "ada"]).ok();
     let server = env.serve(&[]);
-    let mut body = event("/tool time.now", "yield");
+    let mut body = event("/tool ledger.append {\"note\":\"once\"}", "yield");
     body["wait"] = json!(true);
     let (_, value, _) = post(&server, body).await;
     assert_eq!(value["status"], "yielded", "{value}");
     assert!(value["error"].as_str().unwrap().contains("clade sessions resume"), "{value}");
-    let session = value["session_id"].as_str().unwrap().to_owned();
+    let (session, turn) =
+        (value["session_id"].as_str().unwrap().to_owned(), value["turn_id"].clone());
+    let lines = || std::fs::read_to_string(&ledger).unwrap_or_default().lines().count();
+    assert_eq!(lines(), 1, "the tool ran once before the yield");
+
     let out = env.run(&["sessions", "resume", &session, "--server", &server.url]).ok();
     assert!(out.stdout.contains("resumed 1 event"), "{}", out.stdout);
-    let all = settled(&server, &session, 2).await;
-    assert_eq!(all.len(), 2, "resume ran a new turn: {all:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let all = loop {
+        let all = turns(&server, &session).await;
+        if all.iter().all(|t| t["status"] == "completed") || Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(all.len(), 1, "resume ran the same turn on, not a new one: {all:?}");
+    assert_eq!(all[0]["id"], turn, "{all:?}");
+    assert_eq!(all[0]["status"], "completed", "{all:?}");
+    assert_eq!(
+        all[0]["usage"]["model_calls"], 2,
+        "one model call before the yield, one after: {all:?}"
+    );
+    assert_eq!(lines(), 1, "the at-most-once tool was not called again");
+    // Nothing left to resume: a second resume is a no-op.
+    let out = env.run(&["sessions", "resume", &session, "--server", &server.url]).ok();
+    assert!(out.stdout.contains("resumed 0 event"), "{}", out.stdout);
     let shown = env.run(&["sessions", "show", &session]).ok().stdout;
-    assert!(shown.contains("/tool time.now") && shown.contains("yielded"), "{shown}");
+    assert!(shown.contains("· ledger.append") && shown.contains("· resumed"), "{shown}");
+    assert!(!shown.contains("[yielded]"), "{shown}");
+    let steps = all[0]["steps"].as_array().unwrap();
+    let kinds: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["model/0", "tool/0/0/start", "tool/0/0/result", "resume/0", "model/1"],
+        "{steps:?}"
+    );
+    assert!(steps[0]["data"]["tools"].as_array().is_some_and(|t| !t.is_empty()), "{steps:?}");
+    assert_eq!(steps[0]["data"]["request_sha256"].as_str().map(str::len), Some(64), "{steps:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,6 +275,23 @@ async fn bindings_pick_the_agent() {
     let (status, value, _) = post(&server, body).await;
     assert_eq!(status, 422, "{value}");
     assert_eq!(value["error"]["code"], "no_agent");
+}
+
+/// An event that names no agent and matches no binding goes to `default_agent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_agent_takes_what_no_binding_matches() {
+    let env =
+        setup("bindings:\n  - platform: telegram\n    agent: bob\ndefault_agent: ada\n", None);
+    env.run(&["agents", "create", "bob"]).ok();
+    let server = env.serve(&[]);
+    for (platform, agent) in [("telegram", "bob"), ("slack", "ada")] {
+        let body = json!({ "text": "hi", "source": { "platform": platform, "channel": "1", "actor": "u" }, "wait": true });
+        let (status, value, _) = post(&server, body).await;
+        assert_eq!(status, 200, "{value}");
+        let sessions = env.run(&["--agent", agent, "sessions", "list", "--json"]).ok().json();
+        let ids: Vec<&Value> = sessions.as_array().unwrap().iter().map(|s| &s["id"]).collect();
+        assert!(ids.contains(&&value["session_id"]), "{platform} went to {agent}: {sessions}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,26 +484,20 @@ async fn picky_receiver(
     failing: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     log: std::sync::Arc<std::sync::Mutex<Vec<(String, String, i64)>>>,
 ) -> String {
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let (failing, log) = (failing.clone(), log.clone());
-            async move {
-                let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let session = event["session"].as_str().unwrap_or_default().to_owned();
-                if failing.lock().unwrap().contains(&session) {
-                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
-                }
-                let kind = event["type"].as_str().unwrap_or_default().to_owned();
-                log.lock().unwrap().push((session, kind, event["seq"].as_i64().unwrap_or(0)));
-                axum::http::StatusCode::OK
+    serve_hook(move |body: axum::body::Bytes| {
+        let (failing, log) = (failing.clone(), log.clone());
+        async move {
+            let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let session = event["session"].as_str().unwrap_or_default().to_owned();
+            if failing.lock().unwrap().contains(&session) {
+                return axum::http::StatusCode::SERVICE_UNAVAILABLE;
             }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    url
+            let kind = event["type"].as_str().unwrap_or_default().to_owned();
+            log.lock().unwrap().push((session, kind, event["seq"].as_i64().unwrap_or(0)));
+            axum::http::StatusCode::OK
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,302 @@
+//! Sessions over HTTP and the CLI: steering, cancel, timeouts, parallel sessions, webhook
+//! subscribers that fail or hang (dead letters, backoff), `clade event send` and `clade chat`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::support::{Env, Server, serve_hook, write};
+
+async fn stub() -> clade_stub::Stub {
+    clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap()
+}
+
+/// A data dir with agent `ada` and `yaml` as clade.yaml, `{stub}` standing for the stub's URL.
+fn setup(yaml: &str, stub: &clade_stub::Stub) -> Env {
+    let mut env = Env::new();
+    env.vars.push(("STUB_KEY".into(), "sk-stub".into()));
+    write(&env.data_dir().join("clade.yaml"), &yaml.replace("{stub}", stub.url()));
+    env.run(&["agents", "create", "ada"]).ok();
+    env
+}
+
+fn event(agent: &str, text: &str, actor: &str) -> Value {
+    json!({ "agent": agent, "text": text, "source": { "platform": "http", "channel": "c", "actor": actor } })
+}
+
+async fn post(server: &Server, body: Value) -> (u16, Value) {
+    server.send("POST", "/v1/events", None, Some(body)).await
+}
+
+/// Polls the session's turns until `done` holds for them (or 20 s pass); returns them.
+async fn turns_until(
+    server: &Server,
+    session: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let value = server.get_json(&format!("/v1/sessions/{session}/turns")).await;
+        let all = value["items"].as_array().cloned().unwrap_or_default();
+        if done(&all) || Instant::now() > deadline {
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A slow model (through the stub) for agent `ada`.
+fn slow_model(ms: u64) -> String {
+    format!(
+        "models:\n  slow:\n    provider: openai\n    model: stub+latency={ms}\n    base_url: {{stub}}/v1\n    api_key_env: STUB_KEY\nrouting:\n  default: [slow]\n"
+    )
+}
+
+/// In steer mode a message that arrives while a turn runs joins that turn between its tool
+/// calls and the next model call, which answers it: one turn, both events, one reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steer_injects_a_message_into_the_running_turn() {
+    let stub = stub().await;
+    let env = setup(&(slow_model(800) + "sessions:\n  queue_mode: steer\n"), &stub);
+    let server = env.serve(&[]);
+    let (status, first) = post(&server, event("ada", "/tool time.now", "steer")).await;
+    assert_eq!(status, 202, "{first}");
+    let session = first["session_id"].as_str().unwrap().to_owned();
+    // While the first model call runs.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = post(&server, event("ada", "and also this", "steer")).await;
+    assert_eq!(status, 202);
+    let all = turns_until(&server, &session, |t| {
+        t.iter().all(|t| t["status"] != "running") && !t.is_empty()
+    })
+    .await;
+    assert_eq!(all.len(), 1, "the second message joined the running turn: {all:?}");
+    let texts: Vec<&str> =
+        all[0]["events"].as_array().unwrap().iter().map(|e| e["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["/tool time.now", "and also this"]);
+    assert_eq!(all[0]["status"], "completed", "{all:?}");
+    assert_eq!(
+        all[0]["reply"], "echo: and also this",
+        "the model answered the steered message: {all:?}"
+    );
+}
+
+/// Cancel stops the session's running turn at once, and a turn over `turn_timeout_secs` fails:
+/// both with the reason, and the session goes on with its next message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_timeout_end_the_running_turn_with_the_reason() {
+    let stub = stub().await;
+    let env = setup(&(slow_model(4000) + "sessions:\n  turn_timeout_secs: 1\n"), &stub);
+    let server = env.serve(&[]);
+    // Nothing runs yet: nothing to cancel.
+    let (_, first) = post(&server, event("ada", "one", "cancel")).await;
+    let session = first["session_id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let (status, answer) =
+        server.send("POST", &format!("/v1/sessions/{session}/cancel"), None, None).await;
+    assert_eq!((status, &answer["cancelled"]), (200, &json!(true)), "{answer}");
+    let all =
+        turns_until(&server, &session, |t| t.first().is_some_and(|t| t["status"] != "running"))
+            .await;
+    assert!(started.elapsed() < Duration::from_secs(3), "cancel took {:?}", started.elapsed());
+    assert_eq!(all[0]["status"], "failed", "{all:?}");
+    assert_eq!(all[0]["error"], "cancelled by request", "{all:?}");
+
+    let mut body = event("ada", "two", "cancel");
+    body["wait"] = json!(true);
+    let started = Instant::now();
+    let (_, answer) = post(&server, body).await;
+    assert_eq!(answer["status"], "failed", "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("turn_timeout_secs"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3), "the timeout took {:?}", started.elapsed());
+    let (_, answer) =
+        server.send("POST", &format!("/v1/sessions/{session}/cancel"), None, None).await;
+    assert_eq!(answer["cancelled"], false, "no turn runs now: {answer}");
+}
+
+/// Sessions run side by side: a turn stuck on a slow model holds back only its own session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_session_does_not_hold_back_another() {
+    let stub = stub().await;
+    let yaml = slow_model(3000).replace(
+        "routing:\n  default: [slow]\n",
+        "routing:\n  default: [scripted]\n  agents:\n    bob: { default: [slow] }\n",
+    );
+    let env = setup(&yaml, &stub);
+    env.run(&["agents", "create", "bob"]).ok();
+    let server = env.serve(&[]);
+    let (status, _) = post(&server, event("bob", "slow one", "x")).await;
+    assert_eq!(status, 202);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut body = event("ada", "fast one", "y");
+    body["wait"] = json!(true);
+    let started = Instant::now();
+    let (status, answer) = post(&server, body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["reply"]["text"], "echo: fast one", "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waited {:?} behind the slow session",
+        started.elapsed()
+    );
+    // A new turn is stored with its first model response: bob's has none yet.
+    let bob = server.get_json("/v1/sessions?agent=bob").await;
+    let bob = bob["items"][0]["id"].as_str().unwrap().to_owned();
+    let turns = server.get_json(&format!("/v1/sessions/{bob}/turns")).await;
+    assert_eq!(turns["items"], json!([]), "bob's turn is still waiting for the slow model");
+}
+
+/// How a test receiver answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Answer {
+    Ok,
+    Fail,
+    Hang,
+}
+
+/// A webhook receiver answering as `mode` says; logs every attempt as (type, outbox seq, when).
+async fn receiver(
+    mode: Arc<Mutex<Answer>>,
+    log: Arc<Mutex<Vec<(String, i64, Instant)>>>,
+) -> String {
+    serve_hook(move |body: axum::body::Bytes| {
+        let (mode, log) = (mode.clone(), log.clone());
+        async move {
+            let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let kind = event["type"].as_str().unwrap_or_default().to_owned();
+            log.lock().unwrap().push((kind, event["seq"].as_i64().unwrap_or(0), Instant::now()));
+            let answer = *mode.lock().unwrap();
+            match answer {
+                Answer::Ok => axum::http::StatusCode::OK,
+                Answer::Fail => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                Answer::Hang => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    axum::http::StatusCode::OK
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// A subscriber that always fails gets each event `max_attempts` times, with growing gaps,
+/// then it is dead-lettered; `clade deadletters list` shows it and `retry` delivers it once
+/// the receiver is back. A subscriber that hangs meanwhile holds back no turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_subscribers_dead_letter_with_backoff_and_hanging_ones_block_no_turn() {
+    let stub = stub().await;
+    let (dead_mode, dead_log) =
+        (Arc::new(Mutex::new(Answer::Fail)), Arc::new(Mutex::new(Vec::new())));
+    let (hang_mode, hang_log) =
+        (Arc::new(Mutex::new(Answer::Hang)), Arc::new(Mutex::new(Vec::new())));
+    let dead = receiver(dead_mode.clone(), dead_log.clone()).await;
+    let hang = receiver(hang_mode, hang_log.clone()).await;
+    let mut env = setup(
+        &format!(
+            "subscribers:\n  - name: dead\n    url: {dead}\n    secret_env: HOOK_SECRET\n    max_attempts: 4\n    events: [turn.finished]\n  - name: hang\n    url: {hang}\n    secret_env: HOOK_SECRET\n"
+        ),
+        &stub,
+    );
+    env.vars.push(("HOOK_SECRET".into(), "s3cret".into()));
+    let server = env.serve(&[]);
+    for n in 0..3 {
+        let mut body = event("ada", &format!("message {n}"), "hooks");
+        body["wait"] = json!(true);
+        let started = Instant::now();
+        let (status, answer) = post(&server, body).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["status"], "completed", "{answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a turn waited {:?} for subscribers",
+            started.elapsed()
+        );
+    }
+    assert!(!hang_log.lock().unwrap().is_empty(), "the hanging subscriber was called");
+
+    // Three turn.finished events, four attempts each, then dead letters.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let letters = loop {
+        let letters = env.run(&["deadletters", "list", "--json"]).ok().json();
+        let ours: Vec<Value> = letters
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["subscriber"] == "dead")
+            .cloned()
+            .collect();
+        if ours.len() == 3 || Instant::now() > deadline {
+            break ours;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    assert!(letters.iter().all(|d| d["attempts"] == 4), "{letters:?}");
+    let first_seq = letters.iter().map(|d| d["outbox_id"].as_i64().unwrap()).min().unwrap();
+    let attempts: Vec<Instant> = dead_log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, seq, _)| *seq == first_seq)
+        .map(|(.., at)| *at)
+        .collect();
+    assert_eq!(attempts.len(), 4, "attempts of the first event");
+    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps[2] > gaps[0] + gaps[0] / 2, "the gaps between attempts grow: {gaps:?}");
+
+    // Back up: a retry delivers it and takes it off the list; a second retry finds nothing.
+    *dead_mode.lock().unwrap() = Answer::Ok;
+    let id = first_seq.to_string();
+    let out = env.run(&["deadletters", "retry", "dead", &id]).ok();
+    assert!(out.stdout.contains("delivered"), "{}", out.stdout);
+    let delivered = dead_log.lock().unwrap().iter().filter(|(_, seq, _)| *seq == first_seq).count();
+    assert_eq!(delivered, 5, "the retry reached the receiver");
+    let left = env.run(&["deadletters", "list", "--json"]).ok().json();
+    assert_eq!(
+        left.as_array().unwrap().iter().filter(|d| d["subscriber"] == "dead").count(),
+        2,
+        "{left}"
+    );
+    env.run(&["deadletters", "retry", "dead", &id]).fails_with("no dead letter");
+    env.run(&["deadletters", "retry", "nobody", &id]).fails_with("no dead letter");
+}
+
+/// `clade event send` answers with the reply in a new session per invocation (platform and
+/// channel `cli`); `clade chat` keeps one session and prints each reply as it streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_send_and_chat_talk_to_the_server() {
+    let stub = stub().await;
+    let env = setup("", &stub);
+    let server = env.serve(&[]);
+    for text in ["hello there", "/reply second"] {
+        let out = env.run(&["--agent", "ada", "event", "send", text, "--server", &server.url]).ok();
+        let want = if text.starts_with("/reply") { "second" } else { "echo: hello there" };
+        assert_eq!(out.stdout.trim(), want, "{}", out.stderr);
+    }
+    let sessions = env.run(&["sessions", "list", "--json"]).ok().json();
+    let cli: Vec<&Value> = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["platform"] == "cli" && s["channel"] == "cli")
+        .collect();
+    assert_eq!(cli.len(), 2, "one session per invocation: {sessions}");
+
+    let out = env
+        .run_with_stdin(
+            &["--agent", "ada", "chat", "--server", &server.url],
+            "first line\n\n/reply done\n",
+        )
+        .ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines, ["echo: first line", "done"], "{}", out.stderr);
+    let sessions = env.run(&["sessions", "list", "--json"]).ok().json();
+    let chat: Vec<&Value> =
+        sessions.as_array().unwrap().iter().filter(|s| s["channel"] == "chat").collect();
+    assert_eq!(chat.len(), 1, "chat keeps one session: {sessions}");
+    let turns =
+        server.get_json(&format!("/v1/sessions/{}/turns", chat[0]["id"].as_str().unwrap())).await;
+    assert_eq!(turns["items"].as_array().unwrap().len(), 2, "{turns}");
+}
