@@ -417,8 +417,8 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 10_000)]
         lookups: u64,
     },
-    /// Run turns against the offline model (0 ms) and report turns/s, added latency, RSS and
-    /// commits per turn, for each concurrency and durability
+    /// Run turns against a model that answers at once (0 ms) and report turns/s, added latency,
+    /// RSS and commits per turn, for each concurrency and durability
     Turns {
         /// Concurrent sessions, comma-separated
         #[arg(long, default_value = "1,100,1000", value_delimiter = ',')]
@@ -437,5 +437,16 @@ pub(crate) enum BenchCommand {
         /// Keep each row's database under <data-dir>/bench-turns, to inspect what a turn wrote
         #[arg(long)]
         keep: bool,
+        /// The model: `stub` (clade-stub on a local port, through the OpenAI adapter and HTTP,
+        /// streaming) or `scripted` (the offline model in-process, no HTTP)
+        #[arg(long, default_value = "stub")]
+        model: BenchModel,
     },
+}
+
+/// The model `clade bench turns` runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum BenchModel {
+    Stub,
+    Scripted,
 }

@@ -17,6 +17,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Every turn allocates and frees many short-lived buffers (JSON of requests and replies, rows,
+/// events). `clade bench turns --durability full` against the stub, two alternating runs each:
+/// 2,954–3,427 turns/s at 100 sessions with mimalloc, 1,844–2,546 with glibc's allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     quiet_on_closed_stdout();
     let cli = cli::Cli::parse();

@@ -647,9 +647,7 @@ async fn run_turn(
                     cost_micros: outcome.cost_micros,
                     route: outcome.events.iter().map(|e| format!("{e:?}")).collect(),
                     messages: request.messages.len(),
-                    request_sha256: serde_json::to_vec(&request)
-                        .map(|json| hex::encode(Sha256::digest(json)))
-                        .unwrap_or_default(),
+                    request_sha256: fingerprint(&request),
                     tools: request.tools.iter().map(|t| t.name.clone()).collect(),
                 };
                 let usage =
@@ -963,6 +961,25 @@ fn config_revision(inner: &Inner, agent: &Agent, persona: &Persona) -> i64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&hash[..8]);
     i64::from_be_bytes(first) & i64::MAX
+}
+
+/// SHA-256 of a model request's JSON, hashed as it is written out rather than from a copy.
+fn fingerprint(request: &ModelRequest) -> String {
+    struct Hashing(Sha256);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.update(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hashing = Hashing(Sha256::new());
+    match serde_json::to_writer(&mut hashing, request) {
+        Ok(()) => hex::encode(hashing.0.finalize()),
+        Err(_) => String::new(),
+    }
 }
 
 /// `hash(tenant, session, turn, step)`: what an idempotent tool receives, the same on every

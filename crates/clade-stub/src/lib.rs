@@ -31,11 +31,14 @@ pub struct StubOptions {
     pub defaults: Behaviour,
     /// Lifetime of access tokens issued by `/oauth/token`, in seconds.
     pub oauth_expires_in: u64,
+    /// Requests kept for [`Stub::captured`], the latest ones; 0 keeps none (a benchmark, where
+    /// copying every request would be the stub's own cost, not the client's).
+    pub capture: usize,
 }
 
 impl Default for StubOptions {
     fn default() -> Self {
-        Self { defaults: Behaviour::default(), oauth_expires_in: 3600 }
+        Self { defaults: Behaviour::default(), oauth_expires_in: 3600, capture: 1000 }
     }
 }
 
@@ -50,7 +53,7 @@ pub struct Captured {
 #[derive(Default)]
 pub(crate) struct Shared {
     pub(crate) options: StubOptions,
-    pub(crate) captured: Mutex<Vec<Captured>>,
+    pub(crate) captured: Mutex<std::collections::VecDeque<Captured>>,
     /// Failures already served per directive string, for `status=<code>x<n>`.
     pub(crate) failures: Mutex<HashMap<String, u32>>,
     /// Prompt prefixes seen with `cache_control`, to answer cache reads the second time.
@@ -67,13 +70,12 @@ pub struct Stub {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-const MAX_CAPTURED: usize = 1000;
-
 impl Stub {
     /// Serves on `addr` (use `127.0.0.1:0` for a free port) until dropped.
     pub async fn start(addr: &str, options: StubOptions) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local: SocketAddr = listener.local_addr()?;
+        let listener = without_nagle(listener);
         let shared = Arc::new(Shared { options, ..Shared::default() });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = router(shared.clone());
@@ -95,7 +97,7 @@ impl Stub {
 
     /// Requests received so far (bodies of the model endpoints).
     pub fn captured(&self) -> Vec<Captured> {
-        self.shared.captured.lock().map(|c| c.clone()).unwrap_or_default()
+        self.shared.captured.lock().map(|c| c.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// Issues an access token as `/oauth/token` would (for tests that start with one).
@@ -125,7 +127,19 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 /// Serves until the process is stopped (the binary's main loop).
 pub async fn serve(listener: tokio::net::TcpListener, options: StubOptions) -> std::io::Result<()> {
     let shared = Arc::new(Shared { options, ..Shared::default() });
-    axum::serve(listener, router(shared)).await
+    axum::serve(without_nagle(listener), router(shared)).await
+}
+
+/// Sets TCP_NODELAY on every accepted connection: a streamed reply is many small writes, and
+/// with Nagle's algorithm each waits for the client's acknowledgement of the one before, as a
+/// real provider's would not.
+fn without_nagle(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Addr = SocketAddr> {
+    use axum::serve::ListenerExt as _;
+    listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    })
 }
 
 async fn models() -> impl IntoResponse {
@@ -197,15 +211,18 @@ pub(crate) fn token_is_valid(shared: &Shared, headers: &HeaderMap) -> bool {
 }
 
 pub(crate) fn capture(shared: &Shared, path: &str, headers: &HeaderMap, body: &Value) {
+    if shared.options.capture == 0 {
+        return;
+    }
     let headers = headers
         .iter()
         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
         .collect();
     if let Ok(mut captured) = shared.captured.lock() {
-        if captured.len() >= MAX_CAPTURED {
-            captured.remove(0);
+        if captured.len() >= shared.options.capture {
+            captured.pop_front();
         }
-        captured.push(Captured { path: path.to_owned(), headers, body: body.clone() });
+        captured.push_back(Captured { path: path.to_owned(), headers, body: body.clone() });
     }
 }
 

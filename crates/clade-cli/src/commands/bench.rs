@@ -17,8 +17,9 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
         BenchCommand::Agents { count, batch, concurrency, lookups } => {
             agents(ctx, count, batch, concurrency, lookups).await
         }
-        BenchCommand::Turns { sessions, turns: total, durability, rate, keep } => {
-            super::bench_turns::run(ctx, &sessions, total, &durability, rate, keep).await
+        BenchCommand::Turns { sessions, turns: total, durability, rate, keep, model } => {
+            let plan = super::bench_turns::Plan { sessions, total, durability, rate, keep, model };
+            super::bench_turns::run(ctx, &plan).await
         }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clade_core::{AgentConfig, Handle, SystemClock};
 use clade_runtime::{Engine, EngineOptions, EnvHints, Envelope, Models};
 use clade_store::{
@@ -18,6 +18,7 @@ use clade_store::{
 };
 
 use super::bench::{proc_self_number, rss_kib};
+use crate::cli::BenchModel;
 use crate::context::Ctx;
 
 #[allow(clippy::disallowed_methods)] // Benchmarks measure elapsed time.
@@ -25,14 +26,19 @@ fn now() -> Instant {
     Instant::now()
 }
 
-pub(super) async fn run(
-    ctx: &Ctx,
-    sessions: &[usize],
-    total: usize,
-    durabilities: &[String],
-    rate: Option<f64>,
-    keep: bool,
-) -> Result<()> {
+/// What to measure.
+pub(super) struct Plan {
+    pub(super) sessions: Vec<usize>,
+    pub(super) total: usize,
+    pub(super) durability: Vec<String>,
+    pub(super) rate: Option<f64>,
+    pub(super) keep: bool,
+    pub(super) model: BenchModel,
+}
+
+pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
+    let Plan { sessions, total, durability: durabilities, rate, keep, model } = plan;
+    let (total, rate, keep) = (*total, *rate, *keep);
     if total == 0 || sessions.contains(&0) {
         bail!("--turns and every --sessions value must be at least 1");
     }
@@ -45,7 +51,35 @@ pub(super) async fn run(
         Some(rate) => format!("open loop at {rate} turns/s offered"),
         None => "closed loop".to_owned(),
     };
-    println!("bench turns: offline model (0 ms), {total} turns per row, {mode}");
+    // One stub for every row: it answers at once, like the scripted model it serves.
+    let stub = match model {
+        BenchModel::Stub => Some(
+            clade_stub::Stub::start(
+                "127.0.0.1:0",
+                clade_stub::StubOptions { capture: 0, ..clade_stub::StubOptions::default() },
+            )
+            .await
+            .context("cannot start the stub model on a local port")?,
+        ),
+        BenchModel::Scripted => None,
+    };
+    let model_config = stub.as_ref().map(|stub| clade_config::ModelConfig {
+        provider: clade_config::ProviderKind::Openai,
+        model: Some("stub".into()),
+        base_url: Some(format!("{}/v1", stub.url())),
+        api_key_env: None,
+        api_key_secret: None,
+        oauth: None,
+        stream: true,
+        headers: Default::default(),
+        price: Default::default(),
+        max_tokens: None,
+    });
+    let shown = match &stub {
+        Some(stub) => format!("clade-stub at {} (OpenAI protocol, streaming, 0 ms)", stub.url()),
+        None => "the scripted model in-process (0 ms, no HTTP)".to_owned(),
+    };
+    println!("bench turns: {shown}, {total} turns per row, {mode}");
     println!(
         "{:<10} {:>9} {:>10} {:>12} {:>12} {:>12} {:>14} {:>14} {:>13} {:>18} {:>18} {:>12} {:>16} {:>14} {:>14}",
         "durability",
@@ -76,7 +110,7 @@ pub(super) async fn run(
                 .root()
                 .join("bench-turns")
                 .join(format!("{durability}-{n}-{}", ctx.store.now().as_millis()));
-            let row = measure(&dir, level, n, total, rate).await;
+            let row = measure(&dir, level, n, total, rate, model_config.as_ref()).await;
             if keep {
                 eprintln!("kept {}", dir.display());
             } else {
@@ -165,6 +199,7 @@ async fn measure(
     sessions: usize,
     total: usize,
     rate: Option<f64>,
+    model: Option<&clade_config::ModelConfig>,
 ) -> Result<Row> {
     let data = DataDir::open(dir)?;
     let store = Store::open(StoreOptions {
@@ -187,7 +222,11 @@ async fn measure(
         .await?;
     agents.workspace(&agent)?;
     let secrets = Secrets::new(store.clone(), data.master_key_path(), None);
-    let config = clade_config::Config::default();
+    let mut config = clade_config::Config::default();
+    if let Some(model) = model {
+        config.models.insert("stub".into(), model.clone());
+        config.routing.default = vec!["stub".into()];
+    }
     let models =
         Models::new(&config, EnvHints::default(), store.clone(), secrets, Arc::new(SystemClock));
     let mut options_sessions = config.sessions.clone();
