@@ -524,6 +524,8 @@ async fn run_turn(
     // resumed from its journal.
     let persona = read_persona(inner, agent);
     kept.persona = Some(persona.clone());
+    kept.layers.refresh(inner, agent, &session.source);
+    let layers = &kept.layers;
     let history = &mut kept.history;
     let (turn, journal, mut begun) = match events.first().and_then(|e| e.turn_id) {
         Some(id) => {
@@ -548,7 +550,7 @@ async fn run_turn(
                 reply: None,
                 error: None,
                 model: None,
-                config_revision: config_revision(inner, agent, &persona),
+                config_revision: config_revision(inner, agent, &persona, layers),
                 started_at: now,
                 finished_at: None,
             };
@@ -566,7 +568,7 @@ async fn run_turn(
     }
     let started_outbox = || vec![outbox("turn.started", started_data.clone())];
 
-    let mut messages = compose(inner, &persona, session, &turn, events, history).await;
+    let mut messages = compose(inner, &persona, layers, session, &turn, events, history).await;
     let tools: Vec<ToolSpec> = inner.options.tools.specs_for(agent.handle.as_str());
     let mut last_model = None;
     // Each resume of a yielded turn grants another `max_iterations` model calls.
@@ -938,14 +940,74 @@ fn read_persona(inner: &Inner, agent: &Agent) -> Arc<Persona> {
     persona
 }
 
+/// A session's own persona layers, from the agent's workspace: what its platform
+/// (`channels/<platform>.md`), its channel (`channels/<platform>/<channel>.md`) and its actor
+/// (`actors/<platform>/<actor>.md`) add to the agent's files, in that order. A name that
+/// cannot be a plain file name (empty, a leading dot, a slash or other characters outside
+/// `A-Za-z0-9._@+-`, over 128 bytes) has no layer.
+#[derive(Default)]
+struct Layers {
+    /// Each layer's path, its file's stamp when read, and its text (empty when missing).
+    files: Vec<(std::path::PathBuf, Option<FileStamp>, String)>,
+}
+
+impl Layers {
+    /// Re-reads the layers whose files changed since the last turn (a `stat` each otherwise).
+    fn refresh(&mut self, inner: &Inner, agent: &Agent, source: &Source) {
+        let Ok(dir) = inner.agents.workspace(agent) else {
+            self.files.clear();
+            return;
+        };
+        let paths = layer_paths(&dir, source);
+        if self.files.len() != paths.len() || self.files.iter().zip(&paths).any(|(f, p)| f.0 != *p)
+        {
+            self.files = paths.into_iter().map(|p| (p, None, String::new())).collect();
+        }
+        for (path, seen, text) in &mut self.files {
+            let now = stamp(path);
+            if now != *seen {
+                *text = std::fs::read_to_string(&*path).unwrap_or_default();
+                *seen = now;
+            }
+        }
+    }
+
+    fn texts(&self) -> impl Iterator<Item = &str> {
+        self.files.iter().map(|(_, _, text)| text.as_str()).filter(|t| !t.trim().is_empty())
+    }
+}
+
+fn layer_paths(dir: &std::path::Path, source: &Source) -> Vec<std::path::PathBuf> {
+    fn plain(name: &str) -> Option<&str> {
+        let ok = !name.is_empty()
+            && name.len() <= 128
+            && !name.starts_with('.')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "._@+-".contains(c));
+        ok.then_some(name)
+    }
+    let Some(platform) = plain(&source.platform) else { return Vec::new() };
+    let mut paths = vec![dir.join("channels").join(format!("{platform}.md"))];
+    if let Some(channel) = plain(&source.channel) {
+        paths.push(dir.join("channels").join(platform).join(format!("{channel}.md")));
+    }
+    if let Some(actor) = plain(&source.actor) {
+        paths.push(dir.join("actors").join(platform).join(format!("{actor}.md")));
+    }
+    paths
+}
+
 /// The agent-config revision a turn runs with: a content hash (63 bits) of everything that
-/// shapes it — the persona files, the model chain, the tools and their schemas. Equal
-/// revisions mean equal configuration; any edit gives a new one.
-fn config_revision(inner: &Inner, agent: &Agent, persona: &Persona) -> i64 {
+/// shapes it — the persona files and the session's layers, the model chain, the tools and
+/// their schemas. Equal revisions mean equal configuration; any edit gives a new one.
+fn config_revision(inner: &Inner, agent: &Agent, persona: &Persona, layers: &Layers) -> i64 {
     let mut digest = Sha256::new();
     for (file, contents) in &persona.files {
         digest.update(file.as_bytes());
         digest.update(contents);
+        digest.update([0]);
+    }
+    for text in layers.texts() {
+        digest.update(text.as_bytes());
         digest.update([0]);
     }
     for model in inner.models.chain(crate::ProcessKind::Channel, Some(agent.handle.as_str())) {
@@ -1004,6 +1066,8 @@ struct Kept {
     history: Option<History>,
     /// The agent's persona as last read; holding it keeps it in the engine's shared cache.
     persona: Option<Arc<Persona>>,
+    /// The session's own persona layers as last read.
+    layers: Layers,
 }
 
 /// A session's last completed turns, `(user text, reply)`, oldest first, as the store's
@@ -1045,6 +1109,7 @@ fn remember(history: &mut Option<History>, inner: &Inner, events: &[EventRow], r
 async fn compose(
     inner: &Inner,
     persona: &Persona,
+    layers: &Layers,
     session: &SessionRow,
     turn: &TurnRow,
     events: &[EventRow],
@@ -1059,9 +1124,19 @@ async fn compose(
             system.push_str("\n\n");
         }
     }
+    for text in layers.texts() {
+        system.push_str(text);
+        system.push_str("\n\n");
+    }
+    // Runtime additions: where the conversation happens, and the date (not the time, so the
+    // prompt stays the same, and a provider's prompt cache warm, for a whole day).
+    let today = inner.store.now().to_string();
     system.push_str(&format!(
-        "You are talking on {} in channel {} with {}.",
-        session.source.platform, session.source.channel, session.source.actor
+        "You are talking on {} in channel {} with {}. Today is {} (UTC).",
+        session.source.platform,
+        session.source.channel,
+        session.source.actor,
+        today.get(..10).unwrap_or(&today)
     ));
     let mut messages = vec![Message::system(system)];
     if history.is_none() {

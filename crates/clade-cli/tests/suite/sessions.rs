@@ -300,3 +300,68 @@ async fn event_send_and_chat_talk_to_the_server() {
         server.get_json(&format!("/v1/sessions/{}/turns", chat[0]["id"].as_str().unwrap())).await;
     assert_eq!(turns["items"].as_array().unwrap().len(), 2, "{turns}");
 }
+
+/// The model's system prompt is composed in layers: the agent's files, then its platform's,
+/// channel's and actor's files from the workspace, then the runtime's additions (where the
+/// conversation happens, today's date). A layer's edit changes the turn's config revision; a
+/// name that is no plain file name gets no layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persona_layers_compose_in_order() {
+    let stub = stub().await;
+    let env = setup(
+        "models:\n  m:\n    provider: openai\n    model: stub\n    base_url: {stub}/v1\n    api_key_env: STUB_KEY\nrouting:\n  default: [m]\n",
+        &stub,
+    );
+    let ws = std::path::PathBuf::from(env.run(&["agents", "workspace", "ada"]).ok().stdout.trim());
+    write(&ws.join("SOUL.md"), "AGENT-LAYER");
+    write(&ws.join("channels/http.md"), "PLATFORM-LAYER");
+    write(&ws.join("channels/http/c.md"), "CHANNEL-LAYER");
+    write(&ws.join("actors/http/pat.md"), "ACTOR-LAYER");
+    let server = env.serve(&[]);
+    let system_of_last = || {
+        let captured = stub.captured();
+        let body = &captured.last().unwrap().body;
+        body["messages"][0]["content"].as_str().unwrap_or_default().to_owned()
+    };
+    let send = |actor: &'static str| {
+        let mut body = event("ada", "hi", actor);
+        body["wait"] = json!(true);
+        let server = &server;
+        async move {
+            let (status, answer) = post(server, body).await;
+            assert_eq!(status, 200, "{answer}");
+            let session = answer["session_id"].as_str().unwrap().to_owned();
+            let turns = server.get_json(&format!("/v1/sessions/{session}/turns")).await;
+            let items = turns["items"].as_array().unwrap();
+            items.last().unwrap()["config_revision"].as_str().unwrap().to_owned()
+        }
+    };
+    let first = send("pat").await;
+    let system = system_of_last();
+    let at =
+        |needle: &str| system.find(needle).unwrap_or_else(|| panic!("{needle} not in {system:?}"));
+    assert!(at("AGENT-LAYER") < at("PLATFORM-LAYER"), "{system}");
+    assert!(at("PLATFORM-LAYER") < at("CHANNEL-LAYER"), "{system}");
+    assert!(at("CHANNEL-LAYER") < at("ACTOR-LAYER"), "{system}");
+    assert!(at("ACTOR-LAYER") < at("You are talking on http in channel c with pat."), "{system}");
+    assert!(system.contains(" (UTC)."), "{system}");
+    // Another actor of the same channel: no actor layer, another revision.
+    let other = send("sam").await;
+    let system = system_of_last();
+    assert!(system.contains("CHANNEL-LAYER") && !system.contains("ACTOR-LAYER"), "{system}");
+    assert_ne!(first, other);
+    // An edit of pat's layer reaches pat's next turn and its revision.
+    write(&ws.join("actors/http/pat.md"), "ACTOR-LAYER-EDITED");
+    let edited = send("pat").await;
+    assert!(system_of_last().contains("ACTOR-LAYER-EDITED"));
+    assert_ne!(first, edited);
+    // A channel name that is no plain file name reads nothing outside the layers.
+    write(&ws.join("secret.md"), "OUTSIDE");
+    let mut body = json!({ "agent": "ada", "text": "hi", "source": { "platform": "http", "channel": "../../secret", "actor": "pat" }, "wait": true });
+    assert_eq!(post(&server, body.clone()).await.0, 200);
+    let system = system_of_last();
+    assert!(!system.contains("OUTSIDE") && system.contains("PLATFORM-LAYER"), "{system}");
+    body["source"]["platform"] = json!("..");
+    assert_eq!(post(&server, body).await.0, 200);
+    assert!(!system_of_last().contains("PLATFORM-LAYER"));
+}
