@@ -102,6 +102,25 @@ pub struct SessionsConfig {
     /// Earlier turns included in the model's context.
     #[serde(default = "default_history")]
     pub history_turns: u32,
+    /// Per-agent settings (by handle) that override the ones above for that agent's sessions.
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentSessionsConfig>,
+}
+
+/// What one agent's sessions do differently.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSessionsConfig {
+    /// This agent's sessions' queue mode.
+    #[serde(default)]
+    pub queue_mode: Option<QueueMode>,
+}
+
+impl SessionsConfig {
+    /// The queue mode of the sessions of the agent with this handle.
+    pub fn queue_mode_for(&self, agent: &str) -> QueueMode {
+        self.agents.get(agent).and_then(|a| a.queue_mode).unwrap_or(self.queue_mode)
+    }
 }
 
 impl Default for SessionsConfig {
@@ -113,6 +132,7 @@ impl Default for SessionsConfig {
             max_queued: default_max_queued(),
             idle_secs: default_idle(),
             history_turns: default_history(),
+            agents: BTreeMap::new(),
         }
     }
 }

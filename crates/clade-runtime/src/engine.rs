@@ -338,7 +338,6 @@ impl Engine {
 /// memory after being idle.
 async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receiver<Wake>) {
     let idle = Duration::from_secs(inner.options.sessions.idle_secs.max(1));
-    let coalesce = inner.options.sessions.queue_mode == QueueMode::Coalesce;
     // Session, tenant and agent are read once per stay in memory: an agent's changed settings
     // apply from its next activation (after `idle_secs` without messages).
     let mut context: Option<Arc<TurnContext>> = None;
@@ -361,6 +360,19 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receive
                 }
             }
         }
+        let ctx = match &context {
+            Some(ctx) => ctx.clone(),
+            None => match TurnContext::load(&inner, session_id).await {
+                Ok(ctx) => context.insert(Arc::new(ctx)).clone(),
+                Err(err) => {
+                    tracing::error!(session = %session_id, error = %err, "cannot load the session; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    maybe_more = true;
+                    continue;
+                }
+            },
+        };
+        let coalesce = ctx.queue_mode == QueueMode::Coalesce;
         let open = match inner.visible.open_events(session_id, coalesce).await {
             Ok(open) => open,
             Err(err) => {
@@ -375,17 +387,6 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receive
             maybe_more = false;
             continue;
         }
-        let ctx = match &context {
-            Some(ctx) => ctx.clone(),
-            None => match TurnContext::load(&inner.visible, session_id).await {
-                Ok(ctx) => context.insert(Arc::new(ctx)).clone(),
-                Err(err) => {
-                    tracing::error!(session = %session_id, error = %err, "cannot load the session; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
-        };
         let cancel = Arc::new(Notify::new());
         inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).insert(session_id, cancel.clone());
         // A separate task is the panic boundary: a bug in one turn fails that turn only.
@@ -464,14 +465,18 @@ struct TurnContext {
     session: SessionRow,
     tenant: Tenant,
     agent: Agent,
+    /// The session's queue mode: its agent's (`sessions.agents`), else the deployment's.
+    queue_mode: QueueMode,
 }
 
 impl TurnContext {
-    async fn load(store: &Store, session_id: SessionId) -> Result<Self, clade_store::Error> {
+    async fn load(inner: &Inner, session_id: SessionId) -> Result<Self, clade_store::Error> {
+        let store = &inner.visible;
         let session = store.session_any_tenant(session_id).await?;
         let tenant = store.tenant_by_id(session.tenant_id).await?;
         let agent = store.agent_by_id(session.tenant_id, session.agent_id).await?;
-        Ok(Self { session, tenant, agent })
+        let queue_mode = inner.options.sessions.queue_mode_for(agent.handle.as_str());
+        Ok(Self { session, tenant, agent, queue_mode })
     }
 }
 
@@ -568,7 +573,7 @@ async fn run_turn(
     }
     let started_outbox = || vec![outbox("turn.started", started_data.clone())];
 
-    let mut messages = compose(inner, &persona, layers, session, &turn, events, history).await;
+    let mut messages = compose(inner, &persona, layers, ctx, &turn, events, history).await;
     let tools: Vec<ToolSpec> = inner.options.tools.specs_for(agent.handle.as_str());
     let mut last_model = None;
     // Each resume of a yielded turn grants another `max_iterations` model calls.
@@ -714,7 +719,7 @@ async fn run_turn(
                 is_error: result.is_error,
             });
         }
-        if inner.options.sessions.queue_mode == QueueMode::Steer {
+        if ctx.queue_mode == QueueMode::Steer {
             steer(inner, &turn, &mut messages).await;
         }
     }
@@ -1110,11 +1115,12 @@ async fn compose(
     inner: &Inner,
     persona: &Persona,
     layers: &Layers,
-    session: &SessionRow,
+    ctx: &TurnContext,
     turn: &TurnRow,
     events: &[EventRow],
     history: &mut Option<History>,
 ) -> Vec<Message> {
+    let session = &ctx.session;
     let mut system = String::new();
     for (_, contents) in &persona.files {
         if let Ok(text) = std::str::from_utf8(contents)
@@ -1143,7 +1149,7 @@ async fn compose(
         let keep = inner.options.sessions.history_turns;
         match inner.visible.history(session.id, turn.id, keep).await {
             // Steered turns take in messages mid-turn, which the cache would not see.
-            Ok(turns) if inner.options.sessions.queue_mode != QueueMode::Steer => {
+            Ok(turns) if ctx.queue_mode != QueueMode::Steer => {
                 let mut cache = History::default();
                 for (user, reply) in turns {
                     cache.push(user, reply, keep as usize);

@@ -54,23 +54,30 @@ fn slow_model(ms: u64) -> String {
 }
 
 /// In steer mode a message that arrives while a turn runs joins that turn between its tool
-/// calls and the next model call, which answers it: one turn, both events, one reply.
+/// calls and the next model call, which answers it: one turn, both events, one reply. The mode
+/// is set for one agent (`sessions.agents`); another agent's sessions keep the deployment's
+/// `queue` mode and run the same burst as two turns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steer_injects_a_message_into_the_running_turn() {
     let stub = stub().await;
-    let env = setup(&(slow_model(800) + "sessions:\n  queue_mode: steer\n"), &stub);
+    let env =
+        setup(&(slow_model(800) + "sessions:\n  agents:\n    ada: { queue_mode: steer }\n"), &stub);
+    env.run(&["agents", "create", "bob"]).ok();
     let server = env.serve(&[]);
-    let (status, first) = post(&server, event("ada", "/tool time.now", "steer")).await;
-    assert_eq!(status, 202, "{first}");
-    let session = first["session_id"].as_str().unwrap().to_owned();
-    // While the first model call runs.
+    let mut sessions = Vec::new();
+    for agent in ["ada", "bob"] {
+        let (status, first) = post(&server, event(agent, "/tool time.now", "steer")).await;
+        assert_eq!(status, 202, "{first}");
+        sessions.push(first["session_id"].as_str().unwrap().to_owned());
+    }
+    // While the first model calls run.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _) = post(&server, event("ada", "and also this", "steer")).await;
-    assert_eq!(status, 202);
-    let all = turns_until(&server, &session, |t| {
-        t.iter().all(|t| t["status"] != "running") && !t.is_empty()
-    })
-    .await;
+    for agent in ["ada", "bob"] {
+        assert_eq!(post(&server, event(agent, "and also this", "steer")).await.0, 202);
+    }
+    let settled =
+        |n: usize| move |t: &[Value]| t.len() == n && t.iter().all(|t| t["status"] != "running");
+    let all = turns_until(&server, &sessions[0], settled(1)).await;
     assert_eq!(all.len(), 1, "the second message joined the running turn: {all:?}");
     let texts: Vec<&str> =
         all[0]["events"].as_array().unwrap().iter().map(|e| e["text"].as_str().unwrap()).collect();
@@ -80,6 +87,8 @@ async fn steer_injects_a_message_into_the_running_turn() {
         all[0]["reply"], "echo: and also this",
         "the model answered the steered message: {all:?}"
     );
+    let bobs = turns_until(&server, &sessions[1], settled(2)).await;
+    assert_eq!(bobs.len(), 2, "bob's sessions queue: {bobs:?}");
 }
 
 /// Cancel stops the session's running turn at once, and a turn over `turn_timeout_secs` fails:
