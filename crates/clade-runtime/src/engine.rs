@@ -573,11 +573,20 @@ async fn run_turn(
     }
     let started_outbox = || vec![outbox("turn.started", started_data.clone())];
 
+    let resumes = journal.values().filter(|e| e.kind == "resumed").count() as u32;
+    // A resumed turn may be older than turns that completed since it yielded: the kept history
+    // would give it their messages, and keeping it would put it after them. It reads the
+    // store's history before it, and the next turn reads the store's again.
+    if resumes > 0 {
+        *history = None;
+    }
     let mut messages = compose(inner, &persona, layers, ctx, &turn, events, history).await;
+    if resumes > 0 {
+        *history = None;
+    }
     let tools: Vec<ToolSpec> = inner.options.tools.specs_for(agent.handle.as_str());
     let mut last_model = None;
     // Each resume of a yielded turn grants another `max_iterations` model calls.
-    let resumes = journal.values().filter(|e| e.kind == "resumed").count() as u32;
     let budget = inner.options.sessions.max_iterations.saturating_mul(resumes + 1);
     for iteration in 0..budget {
         let step = format!("model/{iteration}");

@@ -223,6 +223,10 @@ async fn max_iterations_yields_and_resume_continues_the_turn() {
         (value["session_id"].as_str().unwrap().to_owned(), value["turn_id"].clone());
     let lines = || std::fs::read_to_string(&ledger).unwrap_or_default().lines().count();
     assert_eq!(lines(), 1, "the tool ran once before the yield");
+    // A newer turn completes before the resume; the resumed turn must not see it.
+    let mut later = event("/reply later", "yield");
+    later["wait"] = json!(true);
+    assert_eq!(post(&server, later).await.1["status"], "completed");
 
     let out = env.run(&["sessions", "resume", &session, "--server", &server.url]).ok();
     assert!(out.stdout.contains("resumed 1 event"), "{}", out.stdout);
@@ -234,7 +238,7 @@ async fn max_iterations_yields_and_resume_continues_the_turn() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(all.len(), 1, "resume ran the same turn on, not a new one: {all:?}");
+    assert_eq!(all.len(), 2, "resume ran the same turn on, not a new one: {all:?}");
     assert_eq!(all[0]["id"], turn, "{all:?}");
     assert_eq!(all[0]["status"], "completed", "{all:?}");
     assert_eq!(
@@ -256,6 +260,8 @@ async fn max_iterations_yields_and_resume_continues_the_turn() {
         "{steps:?}"
     );
     assert!(steps[0]["data"]["tools"].as_array().is_some_and(|t| !t.is_empty()), "{steps:?}");
+    // System, the user's message, the tool call and its result: nothing of the later turn.
+    assert_eq!(steps[4]["data"]["messages"], 4, "{steps:?}");
     assert_eq!(steps[0]["data"]["request_sha256"].as_str().map(str::len), Some(64), "{steps:?}");
 }
 
