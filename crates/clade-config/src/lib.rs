@@ -164,6 +164,24 @@ pub enum QueueMode {
     Steer,
 }
 
+impl QueueMode {
+    /// Its name in clade.yaml and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueMode::Queue => "queue",
+            QueueMode::Coalesce => "coalesce",
+            QueueMode::Steer => "steer",
+        }
+    }
+
+    /// The mode of that name, if any.
+    pub fn parse(name: &str) -> Option<Self> {
+        [QueueMode::Queue, QueueMode::Coalesce, QueueMode::Steer]
+            .into_iter()
+            .find(|mode| mode.as_str() == name)
+    }
+}
+
 /// Maps (platform, channel, actor) patterns to an agent. `*` matches anything; the first
 /// matching rule wins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

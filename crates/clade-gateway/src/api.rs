@@ -186,8 +186,21 @@ pub struct SessionResponse {
     pub actor: String,
     /// Where output without an explicit target goes.
     pub last_active_channel: String,
+    /// The session's own queue mode, when one was set; otherwise its agent's applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_mode: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// `PATCH /v1/sessions/{id}`: the session's own settings.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionUpdate {
+    /// `queue`, `coalesce` or `steer`; null or absent to follow the agent's mode
+    /// (`sessions.agents.<handle>.queue_mode`, else `sessions.queue_mode`).
+    #[serde(default)]
+    pub queue_mode: Option<clade_config::QueueMode>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -62,7 +62,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         .route("/usage", get(usage::get))
         .route("/events", axum::routing::post(events::post))
         .route("/sessions", get(sessions::list))
-        .route("/sessions/{id}", get(sessions::show))
+        .route("/sessions/{id}", get(sessions::show).patch(sessions::update))
         .route("/sessions/{id}/turns", get(sessions::turns))
         .route("/sessions/{id}/events", get(sessions::stream))
         .route("/sessions/{id}/resume", axum::routing::post(sessions::resume))

@@ -8,7 +8,8 @@ use crate::api::{
     AgentListResponse, AgentResponse, ApprovalListResponse, ApprovalResponse, AuditResponse,
     CreateAgentParams, CreateGrantParams, DecideApprovalParams, ErrorResponse, EventParams,
     EventResponse, GrantListResponse, GrantResponse, SessionListResponse, SessionResponse,
-    ToolCallParams, ToolCallResponse, ToolListResponse, TurnListResponse, UsageResponse,
+    SessionUpdate, ToolCallParams, ToolCallResponse, ToolListResponse, TurnListResponse,
+    UsageResponse,
 };
 use crate::error::Code;
 
@@ -82,6 +83,7 @@ pub fn document() -> Value {
     add::<EventParams>(&mut schemas, "EventParams");
     add::<EventResponse>(&mut schemas, "EventResponse");
     add::<SessionResponse>(&mut schemas, "SessionResponse");
+    add::<SessionUpdate>(&mut schemas, "SessionUpdate");
     add::<SessionListResponse>(&mut schemas, "SessionListResponse");
     add::<TurnListResponse>(&mut schemas, "TurnListResponse");
     add::<ToolListResponse>(&mut schemas, "ToolListResponse");
@@ -191,6 +193,11 @@ pub fn document() -> Value {
                 "summary": "A session",
                 "parameters": [ session_param.clone() ],
                 "responses": { "200": { "description": "the session", "content": json_content("SessionResponse") }, "404": error_response("no such session") }
+            }, "patch": {
+                "summary": "Set the session's own settings (its queue mode)",
+                "parameters": [ session_param.clone() ],
+                "requestBody": { "required": true, "content": json_content("SessionUpdate") },
+                "responses": { "200": { "description": "the session", "content": json_content("SessionResponse") }, "400": error_response("malformed body or unknown queue mode"), "404": error_response("no such session") }
             }},
             "/v1/sessions/{id}/turns": { "get": {
                 "summary": "A session's full turns, oldest first",

@@ -13,10 +13,10 @@ use futures::{Stream, stream};
 use serde_json::json;
 
 use crate::AppState;
-use crate::agents::query_rejection;
+use crate::agents::{JsonBody, query_rejection};
 use crate::api::{
-    SessionListResponse, SessionResponse, SessionsQuery, TurnEvent, TurnListResponse, TurnResponse,
-    TurnStep, TurnUsageBody,
+    SessionListResponse, SessionResponse, SessionUpdate, SessionsQuery, TurnEvent,
+    TurnListResponse, TurnResponse, TurnStep, TurnUsageBody,
 };
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
@@ -35,6 +35,7 @@ fn session_response(s: clade_store::SessionRow) -> SessionResponse {
         channel: s.source.channel,
         actor: s.source.actor,
         last_active_channel: s.last_active_channel,
+        queue_mode: s.queue_mode,
         created_at: s.created_at.as_millis(),
         updated_at: s.updated_at.as_millis(),
     }
@@ -64,6 +65,16 @@ pub(crate) async fn show(
     Path(id): Path<String>,
 ) -> Result<axum::Json<SessionResponse>, ApiError> {
     let row = state.store.session(tenant.id, session_id(&id)?).await?;
+    Ok(axum::Json(session_response(row)))
+}
+
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonBody(update): JsonBody<SessionUpdate>,
+) -> Result<axum::Json<SessionResponse>, ApiError> {
+    let row = state.engine.set_queue_mode(tenant.id, session_id(&id)?, update.queue_mode).await?;
     Ok(axum::Json(session_response(row)))
 }
 

@@ -79,6 +79,8 @@ struct Inner {
     /// Each agent's persona files as last read (see [`read_persona`]), while an active session
     /// of the agent holds them.
     personas: Mutex<HashMap<AgentId, std::sync::Weak<Persona>>>,
+    /// Bumped whenever a session's settings change: actors then reload their session.
+    settings: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -159,6 +161,7 @@ impl Engine {
             options,
             actors: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
+            settings: std::sync::atomic::AtomicU64::new(0),
             outbox: Arc::new(Notify::new()),
             personas: Mutex::default(),
         });
@@ -300,6 +303,20 @@ impl Engine {
         Ok(n)
     }
 
+    /// Sets a session's own queue mode (`None`: follow its agent's, else the deployment's). Its
+    /// actor, if in memory, takes it up before its next turn.
+    pub async fn set_queue_mode(
+        &self,
+        tenant: TenantId,
+        session: SessionId,
+        mode: Option<QueueMode>,
+    ) -> Result<SessionRow, Error> {
+        let name = mode.map(|mode| mode.as_str().to_owned());
+        let row = self.inner.store.set_session_queue_mode(tenant, session, name).await?;
+        self.inner.settings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(row)
+    }
+
     /// Cancels the session's running turn, if any.
     pub async fn cancel(&self, tenant: TenantId, session: SessionId) -> Result<bool, Error> {
         self.inner.store.session(tenant, session).await?;
@@ -360,10 +377,16 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receive
                 }
             }
         }
+        let settings = inner.settings.load(std::sync::atomic::Ordering::SeqCst);
         let ctx = match &context {
-            Some(ctx) => ctx.clone(),
-            None => match TurnContext::load(&inner, session_id).await {
-                Ok(ctx) => context.insert(Arc::new(ctx)).clone(),
+            Some(ctx) if ctx.settings == settings => ctx.clone(),
+            _ => match TurnContext::load(&inner, session_id, settings).await {
+                Ok(ctx) => {
+                    // Settings changed (a queue mode, say): what was kept under the old ones
+                    // is read again.
+                    kept.history = None;
+                    context.insert(Arc::new(ctx)).clone()
+                }
                 Err(err) => {
                     tracing::error!(session = %session_id, error = %err, "cannot load the session; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -465,18 +488,29 @@ struct TurnContext {
     session: SessionRow,
     tenant: Tenant,
     agent: Agent,
-    /// The session's queue mode: its agent's (`sessions.agents`), else the deployment's.
+    /// The session's queue mode: its own, else its agent's (`sessions.agents`), else the
+    /// deployment's.
     queue_mode: QueueMode,
+    /// The engine's settings generation this was loaded at.
+    settings: u64,
 }
 
 impl TurnContext {
-    async fn load(inner: &Inner, session_id: SessionId) -> Result<Self, clade_store::Error> {
+    async fn load(
+        inner: &Inner,
+        session_id: SessionId,
+        settings: u64,
+    ) -> Result<Self, clade_store::Error> {
         let store = &inner.visible;
         let session = store.session_any_tenant(session_id).await?;
         let tenant = store.tenant_by_id(session.tenant_id).await?;
         let agent = store.agent_by_id(session.tenant_id, session.agent_id).await?;
-        let queue_mode = inner.options.sessions.queue_mode_for(agent.handle.as_str());
-        Ok(Self { session, tenant, agent, queue_mode })
+        let queue_mode = session
+            .queue_mode
+            .as_deref()
+            .and_then(QueueMode::parse)
+            .unwrap_or_else(|| inner.options.sessions.queue_mode_for(agent.handle.as_str()));
+        Ok(Self { session, tenant, agent, queue_mode, settings })
     }
 }
 

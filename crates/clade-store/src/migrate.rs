@@ -53,6 +53,11 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../migrations/0007_fewer_btrees_per_turn.sql"),
     )
     .with_postgres(include_str!("../migrations/0007_fewer_btrees_per_turn.postgres.sql")),
+    Migration::shared(
+        8,
+        "session_queue_mode",
+        include_str!("../migrations/0008_session_queue_mode.sql"),
+    ),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -62,7 +67,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend, shown: &str, now: i64) -> Result<()> {
     let mut conn = pool.acquire().await.map_err(|e| classify(e, shown))?;

@@ -63,6 +63,8 @@ pub struct SessionRow {
     pub agent_id: AgentId,
     pub source: Source,
     pub last_active_channel: String,
+    /// The session's own queue mode, if one was set (see [`Store::set_session_queue_mode`]).
+    pub queue_mode: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -132,7 +134,7 @@ pub struct DeadLetter {
 
 const EVENT_COLUMNS: &str =
     "id, tenant_id, session_id, seq, idempotency_key, text, status, turn_id, created_at";
-const SESSION_COLUMNS: &str = "id, tenant_id, agent_id, platform, channel, actor, last_active_channel, created_at, updated_at";
+const SESSION_COLUMNS: &str = "id, tenant_id, agent_id, platform, channel, actor, last_active_channel, queue_mode, created_at, updated_at";
 const TURN_COLUMNS: &str = "id, session_id, tenant_id, agent_id, status, reply, error, model, config_revision, started_at, finished_at";
 const OUTBOX_COLUMNS: &str = "id, event_id, tenant_id, session_id, turn_id, kind, data, created_at";
 
@@ -191,6 +193,7 @@ fn session_row(row: &Row) -> Result<SessionRow> {
             actor: row.try_get("actor")?,
         },
         last_active_channel: row.try_get("last_active_channel")?,
+        queue_mode: row.try_get("queue_mode")?,
         created_at: Timestamp::from_millis(row.try_get("created_at")?),
         updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
     })
@@ -744,6 +747,38 @@ impl Store {
             .map(session_row)
             .transpose()?
             .ok_or_else(|| Error::SessionNotFound(id.to_string()))
+    }
+
+    /// Sets (or, with `None`, clears) a session's own queue mode; the caller checks the value.
+    pub async fn set_session_queue_mode(
+        &self,
+        tenant: TenantId,
+        session: SessionId,
+        mode: Option<String>,
+    ) -> Result<SessionRow> {
+        let now = self.now();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let updated = query(
+                    "UPDATE sessions SET queue_mode = $3, updated_at = $4 WHERE id = $1 AND tenant_id = $2",
+                )
+                .bind(b(session.as_bytes()))
+                .bind(b(tenant.as_bytes()))
+                .bind(mode)
+                .bind(now.as_millis())
+                .execute(&mut *conn)
+                .await?;
+                if updated == 0 {
+                    return Err(Error::SessionNotFound(session.to_string()));
+                }
+                let row = query(format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
+                    .bind(b(session.as_bytes()))
+                    .fetch_one(&mut *conn)
+                    .await?;
+                session_row(&row)
+            })
+        })
+        .await
     }
 
     /// A session by id across tenants (the engine's own use, never a caller's).

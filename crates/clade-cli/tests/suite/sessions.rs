@@ -374,3 +374,53 @@ async fn persona_layers_compose_in_order() {
     assert_eq!(post(&server, body).await.0, 200);
     assert!(!system_of_last().contains("PLATFORM-LAYER"));
 }
+
+/// `PATCH /v1/sessions/{id}` sets a session's own queue mode, over its agent's: the live actor
+/// takes it up at its next turn, and `null` returns the session to its agent's mode. Bad
+/// values are refused and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_own_queue_mode_overrides_its_agents() {
+    let stub = stub().await;
+    let env = setup(&slow_model(800), &stub);
+    let server = env.serve(&[]);
+    let mut hello = event("ada", "hello", "own");
+    hello["wait"] = json!(true);
+    let (_, answer) = post(&server, hello).await;
+    let session = answer["session_id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/sessions/{session}");
+    for (body, code) in [
+        (json!({ "queue_mode": "fast" }), "invalid_request"),
+        (json!({ "queue_mode": "steer", "colour": "red" }), "invalid_request"),
+    ] {
+        let (status, answer) = server.send("PATCH", &path, None, Some(body)).await;
+        assert_eq!((status, answer["error"]["code"].as_str()), (400, Some(code)), "{answer}");
+    }
+    let (status, answer) = server
+        .send(
+            "PATCH",
+            "/v1/sessions/01900000-0000-7000-8000-000000000000",
+            None,
+            Some(json!({ "queue_mode": "steer" })),
+        )
+        .await;
+    assert_eq!(status, 404, "{answer}");
+    assert!(server.get_json(&path).await.get("queue_mode").is_none(), "nothing was set");
+
+    // A burst while a turn runs: steered into it, then (mode cleared) queued behind it.
+    let mut expected_turns = 1;
+    for (mode, turns_added) in [(json!("steer"), 1), (Value::Null, 2)] {
+        let (status, answer) =
+            server.send("PATCH", &path, None, Some(json!({ "queue_mode": mode }))).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer.get("queue_mode").cloned().unwrap_or(Value::Null), mode, "{answer}");
+        post(&server, event("ada", "/tool time.now", "own")).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        post(&server, event("ada", "and this", "own")).await;
+        expected_turns += turns_added;
+        let all = turns_until(&server, &session, |t| {
+            t.len() == expected_turns && t.iter().all(|t| t["status"] != "running")
+        })
+        .await;
+        assert_eq!(all.len(), expected_turns, "mode {mode}: {all:?}");
+    }
+}
