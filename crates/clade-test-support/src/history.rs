@@ -127,6 +127,8 @@ pub struct Report {
     pub interrupted: usize,
     pub idempotent_keys: usize,
     pub idempotent_repeats: usize,
+    /// Ledger records a kill cut short inside their key (see `ledger_records`).
+    pub torn_records: usize,
     pub deliveries: usize,
     pub distinct_deliveries: usize,
     /// Finished turns whose `turn.finished` never reached the subscriber.
@@ -199,7 +201,8 @@ impl fmt::Display for Report {
             "{} faults, {} acknowledged events, {} turns, {} lost, {} processed twice, {} order \
              violations, {} not completed; {} repeated keys, {} different answers, \
              duplicate-with-new-payload -> HTTP {}; ledger: {} at-most-once effects, {} ran \
-             twice, {} reported interrupted, {} idempotent keys ({} repeats dropped by key); \
+             twice, {} reported interrupted, {} idempotent keys ({} repeats dropped by key), {} \
+             records cut short by a kill; \
              webhook: {} deliveries ({} distinct), {} finished turns undelivered, {} order \
              violations, {} bad signatures, {} without a key, {} keys shared by two events; \
              {} of {} requests outside fault windows succeeded ({:.1} %)",
@@ -218,6 +221,7 @@ impl fmt::Display for Report {
             self.interrupted,
             self.idempotent_keys,
             self.idempotent_repeats,
+            self.torn_records,
             self.deliveries,
             self.distinct_deliveries,
             self.undelivered,
@@ -239,6 +243,16 @@ fn accepted(op: &Op) -> Option<&str> {
 fn event_id(body: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(body).ok()?;
     value["event_id"].as_str().map(str::to_owned)
+}
+
+/// The ledger's records. Each is one `write` of `<tool> <key> <call id> <pid> <note>\n`, but a
+/// `kill -9` can cut a write short (the kernel stops copying at a page boundary when a fatal
+/// signal is pending), and the next record then follows on the same line. Every record starts
+/// with the tool's name, so records are split there rather than at line ends.
+fn ledger_records(ledger: &str) -> impl Iterator<Item = &str> {
+    let starts: Vec<usize> = ledger.match_indices("ledger.append").map(|(at, _)| at).collect();
+    let ends: Vec<usize> = starts.iter().skip(1).copied().chain([ledger.len()]).collect();
+    starts.into_iter().zip(ends).map(move |(start, end)| ledger[start..end].trim_end())
 }
 
 /// Finished turns whose `turn.finished` event is not among `deliveries`.
@@ -306,9 +320,14 @@ pub fn check(history: &History) -> Report {
     // Ledger: at-most-once effects at most once per call; idempotent ones deduplicated by key.
     let mut at_most_once: HashMap<&str, usize> = HashMap::new();
     let mut idempotent: HashMap<&str, usize> = HashMap::new();
-    for line in history.ledger.lines() {
-        let mut parts = line.split(' ');
+    for record in ledger_records(&history.ledger) {
+        let mut parts = record.split(' ');
         let (tool, key) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        // The key is whole only if the record went on past it.
+        if parts.next().is_none() {
+            report.torn_records += 1;
+            continue;
+        }
         let map = if tool == "ledger.append" { &mut at_most_once } else { &mut idempotent };
         *map.entry(key).or_default() += 1;
     }
@@ -453,6 +472,13 @@ mod tests {
         let mut out_of_order = clean();
         out_of_order.deliveries.reverse();
         assert_eq!(check(&out_of_order).delivery_order_violations, 1);
+
+        // A record cut short by a kill, with the next one run on after it: both are read.
+        let mut torn = clean();
+        torn.ledger = "ledger.append a 1\nledger.append_idempotent b 1\nledger.append 0123456789abcdef0123456789abcdef call_0_98d9aledger.append_idempotent fedcba9876543210fedcba9876543210 call_0 1 n\nledger.append 0123\n".into();
+        let report = check(&torn);
+        assert_eq!((report.at_most_once_effects, report.idempotent_keys), (2, 2));
+        assert_eq!(report.torn_records, 1, "the record cut inside its key");
 
         let mut keyless = clean();
         keyless.deliveries[0].key.clear();
