@@ -60,8 +60,10 @@ fn slow_model(ms: u64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steer_injects_a_message_into_the_running_turn() {
     let stub = stub().await;
-    let env =
-        setup(&(slow_model(800) + "sessions:\n  agents:\n    ada: { queue_mode: steer }\n"), &stub);
+    let env = setup(
+        &(slow_model(1500) + "sessions:\n  agents:\n    ada: { queue_mode: steer }\n"),
+        &stub,
+    );
     env.run(&["agents", "create", "bob"]).ok();
     let server = env.serve(&[]);
     let mut sessions = Vec::new();
@@ -381,7 +383,7 @@ async fn persona_layers_compose_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sessions_own_queue_mode_overrides_its_agents() {
     let stub = stub().await;
-    let env = setup(&slow_model(800), &stub);
+    let env = setup(&slow_model(1500), &stub);
     let server = env.serve(&[]);
     let mut hello = event("ada", "hello", "own");
     hello["wait"] = json!(true);
