@@ -348,9 +348,18 @@ pub(crate) enum SessionsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Run a yielded session's turn again
+    /// Continue a session's yielded turn where it stopped, with a fresh budget of model calls
     Resume {
         id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Set a session's own queue mode for messages that arrive while a turn runs; `agent`
+    /// returns it to its agent's mode
+    QueueMode {
+        id: String,
+        #[arg(value_parser = ["queue", "coalesce", "steer", "agent"])]
+        mode: String,
         #[command(flatten)]
         server: ServerArgs,
     },

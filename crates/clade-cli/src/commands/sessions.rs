@@ -25,9 +25,13 @@ impl Client {
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<(u16, Value)> {
+        self.send(reqwest::Method::POST, path, body).await
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> Result<(u16, Value)> {
         let response = self
             .http
-            .post(format!("{}{path}", self.url))
+            .request(method, format!("{}{path}", self.url))
             .bearer_auth(&self.token)
             .json(&body)
             .send()
@@ -250,6 +254,18 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
             let client = Client::new(ctx, server.server.as_deref())?;
             let (_, value) = client.post(&format!("/v1/sessions/{id}/resume"), json!({})).await?;
             println!("resumed {} event(s) of session {id}", value["resumed_events"]);
+        }
+        SessionsCommand::QueueMode { id, mode, server } => {
+            let id = SessionId::parse(&id)?;
+            let client = Client::new(ctx, server.server.as_deref())?;
+            let body =
+                json!({ "queue_mode": if mode == "agent" { Value::Null } else { json!(mode) } });
+            let path = format!("/v1/sessions/{id}");
+            let (_, value) = client.send(reqwest::Method::PATCH, &path, body).await?;
+            match value["queue_mode"].as_str() {
+                Some(own) => println!("session {id} queues in {own} mode"),
+                None => println!("session {id} follows its agent's queue mode"),
+            }
         }
     }
     Ok(())

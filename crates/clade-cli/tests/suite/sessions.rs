@@ -407,14 +407,27 @@ async fn a_sessions_own_queue_mode_overrides_its_agents() {
         .await;
     assert_eq!(status, 404, "{answer}");
     assert!(server.get_json(&path).await.get("queue_mode").is_none(), "nothing was set");
+    let url = &server.url;
+    let unknown = "01900000-0000-7000-8000-000000000000";
+    env.run(&["sessions", "queue-mode", unknown, "steer", "--server", url]).fails_with("not found");
+    let out = env.run(&["sessions", "queue-mode", &session, "fast", "--server", url]);
+    assert_ne!(out.code, 0, "an unknown mode is a usage error: {}", out.stdout);
 
     // A burst while a turn runs: steered into it, then (mode cleared) queued behind it.
     let mut expected_turns = 1;
     for (mode, turns_added) in [(json!("steer"), 1), (Value::Null, 2)] {
-        let (status, answer) =
-            server.send("PATCH", &path, None, Some(json!({ "queue_mode": mode }))).await;
-        assert_eq!(status, 200, "{answer}");
-        assert_eq!(answer.get("queue_mode").cloned().unwrap_or(Value::Null), mode, "{answer}");
+        if mode.is_null() {
+            // Through the CLI this time.
+            let url = &server.url;
+            let out = env.run(&["sessions", "queue-mode", &session, "agent", "--server", url]).ok();
+            assert!(out.stdout.contains("follows its agent's queue mode"), "{}", out.stdout);
+        } else {
+            let (status, answer) =
+                server.send("PATCH", &path, None, Some(json!({ "queue_mode": mode }))).await;
+            assert_eq!(status, 200, "{answer}");
+            assert_eq!(answer["queue_mode"], mode, "{answer}");
+        }
+        assert_eq!(server.get_json(&path).await.get("queue_mode").unwrap_or(&Value::Null), &mode);
         post(&server, event("ada", "/tool time.now", "own")).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         post(&server, event("ada", "and this", "own")).await;
