@@ -1002,11 +1002,8 @@ struct Layers {
 impl Layers {
     /// Re-reads the layers whose files changed since the last turn (a `stat` each otherwise).
     fn refresh(&mut self, inner: &Inner, agent: &Agent, source: &Source) {
-        let Ok(dir) = inner.agents.workspace(agent) else {
-            self.files.clear();
-            return;
-        };
-        let paths = layer_paths(&dir, source);
+        // `read_persona` has made sure the workspace exists; a missing layer is just empty.
+        let paths = layer_paths(&inner.agents.workspace_path(agent.id), source);
         if self.files.len() != paths.len() || self.files.iter().zip(&paths).any(|(f, p)| f.0 != *p)
         {
             self.files = paths.into_iter().map(|p| (p, None, String::new())).collect();

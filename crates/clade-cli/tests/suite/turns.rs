@@ -298,6 +298,15 @@ async fn a_default_agent_takes_what_no_binding_matches() {
         let ids: Vec<&Value> = sessions.as_array().unwrap().iter().map(|s| &s["id"]).collect();
         assert!(ids.contains(&&value["session_id"]), "{platform} went to {agent}: {sessions}");
     }
+    // Once the default agent is gone, such an event gets a clear error and starts nothing.
+    drop(server);
+    env.run(&["agents", "delete", "ada", "--yes"]).ok();
+    let server = env.serve(&[]);
+    let body =
+        json!({ "text": "hi", "source": { "platform": "slack", "channel": "2", "actor": "u" } });
+    let (status, value, _) = post(&server, body).await;
+    assert_eq!(status, 404, "{value}");
+    assert!(value["error"]["message"].as_str().unwrap_or_default().contains("ada"), "{value}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
