@@ -198,22 +198,9 @@ mod tests {
             })
             .unwrap();
         assert_eq!(sequenced, 0, "the outbox still rewrites sqlite_sequence on every insert");
-        // As the store inserts: past the highest id ever issued, which the old sequence gave.
-        conn.execute(
-            &crate::turns::OUTBOX_INSERT_SQLITE.replace('$', "?"),
-            rusqlite::params![
-                vec![0x13u8],
-                vec![0x01u8],
-                vec![0x03u8],
-                None::<Vec<u8>>,
-                "next",
-                "{}",
-                0
-            ],
-        )
-        .unwrap();
+        // As the store numbers rows: past the highest id ever issued, which the old sequence gave.
         let next: i64 =
-            conn.query_row("SELECT id FROM outbox WHERE kind = 'next'", [], |r| r.get(0)).unwrap();
+            conn.query_row(crate::turns::NEXT_OUTBOX_ID_SQLITE, [], |r| r.get(0)).unwrap();
         assert_eq!(next, 4, "the outbox reused the id of a pruned row");
         let indexes: Vec<String> = conn
             .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")

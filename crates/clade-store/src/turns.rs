@@ -140,17 +140,19 @@ const OUTBOX_COLUMNS: &str = "id, event_id, tenant_id, session_id, turn_id, kind
 
 /// An outbox row, numbered by the database (PostgreSQL's identity column).
 const OUTBOX_INSERT: &str = "INSERT INTO outbox (event_id, tenant_id, session_id, turn_id, kind, data, created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
 
-/// An outbox row on SQLite, numbered past both the highest id left and the highest ever issued
-/// ([`REMEMBER_OUTBOX_IDS`]): SQLite would number it after the highest left, and reuse the id
-/// of a deleted row that subscribers' cursors may already have passed. (`AUTOINCREMENT` did
+/// An outbox row on SQLite, numbered by the store from [`NEXT_OUTBOX_ID_SQLITE`].
+const OUTBOX_INSERT_SQLITE: &str = "INSERT INTO outbox (event_id, tenant_id, session_id, turn_id, kind, data, created_at, id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// The next outbox id on SQLite: past both the highest id left and the highest ever issued
+/// ([`REMEMBER_OUTBOX_IDS`]). SQLite would number a row after the highest left, and reuse the
+/// id of a deleted row that subscribers' cursors may already have passed. (`AUTOINCREMENT` did
 /// this by rewriting a page of `sqlite_sequence` in every commit that wrote to the outbox.)
-/// Only the writer inserts, so the number cannot race.
-pub(crate) const OUTBOX_INSERT_SQLITE: &str = "INSERT INTO outbox (id, event_id, tenant_id, session_id, turn_id, kind, data, created_at) \
-     VALUES (MAX(COALESCE((SELECT MAX(id) FROM outbox), 0), \
-     COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'outbox_ids_issued'), 0)) + 1, \
-     $1, $2, $3, $4, $5, $6, $7)";
+/// Read once per batch of rows, inside the writer's transaction, which holds the write lock.
+pub(crate) const NEXT_OUTBOX_ID_SQLITE: &str = "SELECT MAX(COALESCE((SELECT MAX(id) FROM outbox), 0), \
+     COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'outbox_ids_issued'), 0)) + 1 AS next";
 
 /// Run before outbox rows are deleted: keeps the highest outbox id issued so far in `meta`,
 /// where [`OUTBOX_INSERT_SQLITE`] numbers past it. Harmless on PostgreSQL, whose identity
@@ -253,22 +255,42 @@ pub(crate) async fn insert_outbox(
     let mut rows = Vec::with_capacity(events.len());
     // Writes run on the writer's connection: its own rusqlite one on SQLite, a pooled one only
     // on PostgreSQL (see `writer::Connect`).
-    let insert = match conn {
-        Tx::Sqlite(_) => OUTBOX_INSERT_SQLITE,
-        Tx::Sqlx(_) => OUTBOX_INSERT,
+    let mut next_sqlite_id = match conn {
+        Tx::Sqlite(_) if !events.is_empty() => Some(
+            query(NEXT_OUTBOX_ID_SQLITE).fetch_one(&mut *conn).await?.try_get::<i64, _>("next")?,
+        ),
+        _ => None,
     };
     for event in events {
-        let row = query(format!("{insert} RETURNING {OUTBOX_COLUMNS}"))
-            .bind(b(EventId::generate(now).as_bytes()))
-            .bind(b(tenant.as_bytes()))
-            .bind(session.map(|s| b(s.as_bytes())))
-            .bind(turn.map(|t| b(t.as_bytes())))
-            .bind(event.kind.clone())
-            .bind(event.data.clone())
-            .bind(now.as_millis())
-            .fetch_one(&mut *conn)
-            .await?;
-        rows.push(outbox_row(&row)?);
+        let event_id = EventId::generate(now);
+        let insert =
+            query(if next_sqlite_id.is_some() { OUTBOX_INSERT_SQLITE } else { OUTBOX_INSERT })
+                .bind(b(event_id.as_bytes()))
+                .bind(b(tenant.as_bytes()))
+                .bind(session.map(|s| b(s.as_bytes())))
+                .bind(turn.map(|t| b(t.as_bytes())))
+                .bind(event.kind.clone())
+                .bind(event.data.clone())
+                .bind(now.as_millis());
+        let id = match &mut next_sqlite_id {
+            Some(next) => {
+                let id = *next;
+                *next += 1;
+                insert.bind(id).execute(&mut *conn).await?;
+                id
+            }
+            None => insert.fetch_one(&mut *conn).await?.try_get("id")?,
+        };
+        rows.push(OutboxRow {
+            id,
+            event_id: event_id.to_string(),
+            tenant_id: tenant,
+            session_id: session,
+            turn_id: turn,
+            kind: event.kind.clone(),
+            data: event.data.clone(),
+            created_at: now,
+        });
     }
     Ok(rows)
 }
@@ -420,6 +442,24 @@ impl Store {
             )
             .await?;
         row.as_ref().map(event_row).transpose()?.ok_or_else(|| Error::EventNotFound(id.to_string()))
+    }
+
+    /// The turn that ended `event` (done, failed or yielded), once it has ended: one read
+    /// where [`Store::event`] and [`Store::turn`] would be two.
+    pub async fn ended_turn_of(&self, tenant: TenantId, event: EventId) -> Result<Option<TurnRow>> {
+        let row = self
+            .maybe_row(
+                query(
+                    "SELECT t.id, t.session_id, t.tenant_id, t.agent_id, t.status, t.reply, t.error, \
+                     t.model, t.config_revision, t.started_at, t.finished_at \
+                     FROM events e JOIN turns t ON t.id = e.turn_id \
+                     WHERE e.id = $1 AND e.tenant_id = $2 AND e.status IN ('done', 'failed', 'yielded')",
+                )
+                .bind(b(event.as_bytes()))
+                .bind(b(tenant.as_bytes())),
+            )
+            .await?;
+        row.as_ref().map(turn_row).transpose()
     }
 
     /// The session's open events, oldest first: those of the running turn if there is one,
