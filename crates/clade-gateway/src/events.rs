@@ -79,19 +79,14 @@ pub(crate) async fn post(
         },
         idempotency_key: key,
     };
-    let accepted = state.engine.submit(envelope).await?;
-    let mut body = EventResponse {
-        event_id: accepted.event_id.to_string(),
-        session_id: accepted.session_id.to_string(),
-        turn_id: None,
-        status: None,
-        reply: None,
-        error: None,
-    };
     if !params.wait {
+        let accepted = state.engine.submit(envelope).await?;
+        let body = accepted_body(&accepted);
         return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());
     }
-    match state.engine.wait(tenant.id, accepted.event_id, accepted.session_id, WAIT).await? {
+    let (accepted, watch) = state.engine.submit_and_watch(envelope).await?;
+    let mut body = accepted_body(&accepted);
+    match watch.ended(WAIT).await? {
         Some(finished) => {
             let turn = finished.turn;
             body.turn_id = Some(turn.id.to_string());
@@ -102,5 +97,17 @@ pub(crate) async fn post(
         }
         // Still running: the event is safe; the caller can follow the session's stream.
         None => Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response()),
+    }
+}
+
+/// The answer for an event once stored, before its turn has ended.
+fn accepted_body(accepted: &clade_store::Accepted) -> EventResponse {
+    EventResponse {
+        event_id: accepted.event_id.to_string(),
+        session_id: accepted.session_id.to_string(),
+        turn_id: None,
+        status: None,
+        reply: None,
+        error: None,
     }
 }

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc};
 
-use crate::hub::{Hub, LiveEvent};
+use crate::hub::{Hub, LiveEvent, Subscription};
 use crate::models::{Models, ProcessKind};
 
 /// Failures of the engine's API.
@@ -223,6 +223,35 @@ impl Engine {
     /// still being made durable: the turn's first read and model call overlap that fsync, and
     /// its own commit, which comes after the event's, is what its reply waits for.
     pub async fn submit(&self, envelope: Envelope) -> Result<Accepted, Error> {
+        Ok(self.submit_watched(envelope, false).await?.0)
+    }
+
+    /// [`Engine::submit`], and a watch on the event's turn: [`TurnWatch::ended`] waits for it
+    /// to end. The watch listens to the session from before its actor is woken, so it misses
+    /// no ending and need not ask the store until one comes.
+    pub async fn submit_and_watch(
+        &self,
+        envelope: Envelope,
+    ) -> Result<(Accepted, TurnWatch), Error> {
+        let tenant = envelope.tenant.id;
+        let (accepted, live) = self.submit_watched(envelope, true).await?;
+        let watch = TurnWatch {
+            engine: self.clone(),
+            tenant,
+            event: accepted.event_id,
+            session: accepted.session_id,
+            live,
+        };
+        Ok((accepted, watch))
+    }
+
+    /// Submits; with `watch`, also subscribes to the session's live events before its actor is
+    /// woken (not for a duplicate, which wakes nothing).
+    async fn submit_watched(
+        &self,
+        envelope: Envelope,
+        watch: bool,
+    ) -> Result<(Accepted, Option<Subscription>), Error> {
         let agent = self.route(&envelope).await?;
         let (visible, committed) = tokio::sync::oneshot::channel::<Accepted>();
         let accept = self.inner.store.accept_event_announced(
@@ -240,11 +269,13 @@ impl Engine {
             },
         );
         let mut accept = std::pin::pin!(accept);
+        let mut live = None;
         let mut woken = false;
         let accepted = tokio::select! {
             accepted = &mut accept => accepted?,
             Ok(seen) = committed => {
                 if !seen.duplicate {
+                    live = watch.then(|| self.inner.hub.subscribe(seen.session_id));
                     self.wake(seen.session_id);
                     woken = true;
                 }
@@ -253,9 +284,10 @@ impl Engine {
         };
         crate::failpoints::hit("after_commit_before_ack");
         if !accepted.duplicate && !woken {
+            live = watch.then(|| self.inner.hub.subscribe(accepted.session_id));
             self.wake(accepted.session_id);
         }
-        Ok(accepted)
+        Ok((accepted, live))
     }
 
     /// Waits until the event's turn has ended (or `timeout`), then returns the turn.
@@ -266,15 +298,30 @@ impl Engine {
         session: SessionId,
         timeout: Duration,
     ) -> Result<Option<Finished>, Error> {
-        let mut live = self.inner.hub.subscribe(session);
+        let live = self.inner.hub.subscribe(session);
+        // The turn may have ended before this subscription: the store says so, and that the
+        // event exists at all.
+        self.inner.store.event(tenant, event).await?;
+        self.wait_live(tenant, event, live, timeout, true).await
+    }
+
+    /// Waits on `live`, a subscription to the event's session, for the event's turn to end;
+    /// asks the store at once if `check_first`, then whenever a turn ends.
+    async fn wait_live(
+        &self,
+        tenant: TenantId,
+        event: EventId,
+        mut live: Subscription,
+        timeout: Duration,
+        check_first: bool,
+    ) -> Result<Option<Finished>, Error> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut check = check_first;
         loop {
-            let row = self.inner.store.event(tenant, event).await?;
-            if matches!(row.status.as_str(), "done" | "failed" | "yielded")
-                && let Some(turn) = row.turn_id
-            {
-                return Ok(Some(Finished { turn: self.inner.store.turn(turn).await? }));
+            if check && let Some(turn) = self.inner.store.ended_turn_of(tenant, event).await? {
+                return Ok(Some(Finished { turn }));
             }
+            check = true;
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             if remaining.is_zero() {
                 return Ok(None);
@@ -348,6 +395,28 @@ impl Engine {
         actors.insert(session, tx);
         let inner = self.inner.clone();
         tokio::spawn(actor(inner, session, rx));
+    }
+}
+
+/// Waits for the turn of an event submitted with [`Engine::submit_and_watch`].
+pub struct TurnWatch {
+    engine: Engine,
+    tenant: TenantId,
+    event: EventId,
+    session: SessionId,
+    /// Subscribed before the actor was woken; `None` for a repeated idempotency key, whose
+    /// turn may be long over.
+    live: Option<Subscription>,
+}
+
+impl TurnWatch {
+    /// The event's turn once it has ended, or `None` after `timeout`.
+    pub async fn ended(self, timeout: Duration) -> Result<Option<Finished>, Error> {
+        let Self { engine, tenant, event, session, live } = self;
+        match live {
+            Some(live) => engine.wait_live(tenant, event, live, timeout, false).await,
+            None => engine.wait(tenant, event, session, timeout).await,
+        }
     }
 }
 

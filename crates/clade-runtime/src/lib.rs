@@ -17,7 +17,7 @@ pub mod outbox;
 pub mod tools;
 
 pub use budget::StoreBudget;
-pub use engine::{Engine, EngineOptions, Envelope};
+pub use engine::{Engine, EngineOptions, Envelope, Finished, TurnWatch};
 pub use hub::{Hub, LiveEvent, Subscription};
 pub use models::{EnvHints, Models, ProcessKind};
 pub use tools::{CallOrigin, CallOutcome, ToolRunner, Verdict};
