@@ -98,6 +98,9 @@ pub(crate) enum Command {
     /// Measure Clade on this machine
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Serve clade-stub, the offline model server (OpenAI and Anthropic wire protocols,
+    /// scripted by directives such as `fixed=TEXT`, `latency=MS`, `tps=N`, `status=429x2`)
+    Stub(clade_stub::standalone::StubArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,7 @@
 //! adapters against it means something. Start at [`Stub::start`], then [`behaviour`].
 
 pub mod behaviour;
+pub mod standalone;
 mod wire;
 
 use std::collections::{HashMap, HashSet};
@@ -226,13 +227,22 @@ pub(crate) fn capture(shared: &Shared, path: &str, headers: &HeaderMap, body: &V
     }
 }
 
-/// A streamed body from pre-built frames, paced by `pause` between frames.
+/// A streamed body from pre-built frames, paced by `pause` between frames. Unpaced, the frames
+/// go out as one chunk (still chunked transfer encoding, as the providers send it): a client
+/// must split events however the bytes arrive, and one write instead of one per frame keeps
+/// the stub's own cost out of benchmarks.
 pub(crate) fn paced_body(frames: Vec<String>, pause: Option<std::time::Duration>) -> Body {
+    let Some(pause) = pause else {
+        let all = bytes::Bytes::from(frames.concat());
+        return Body::from_stream(futures::stream::once(async move {
+            Ok::<_, std::convert::Infallible>(all)
+        }));
+    };
     let stream = futures::stream::unfold(
         (frames.into_iter(), true),
         move |(mut frames, first)| async move {
             let frame = frames.next()?;
-            if let (Some(pause), false) = (pause, first) {
+            if !first {
                 tokio::time::sleep(pause).await;
             }
             Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::from(frame)), (frames, false)))

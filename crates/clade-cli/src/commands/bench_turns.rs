@@ -51,22 +51,16 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         Some(rate) => format!("open loop at {rate} turns/s offered"),
         None => "closed loop".to_owned(),
     };
-    // One stub for every row: it answers at once, like the scripted model it serves.
+    // One stub for every row, in a process of its own as a provider would be: its CPU is
+    // reported apart, and its connection buffers stay out of Clade's RSS.
     let stub = match model {
-        BenchModel::Stub => Some(
-            clade_stub::Stub::start(
-                "127.0.0.1:0",
-                clade_stub::StubOptions { capture: 0, ..clade_stub::StubOptions::default() },
-            )
-            .await
-            .context("cannot start the stub model on a local port")?,
-        ),
+        BenchModel::Stub => Some(StubProcess::start().await?),
         BenchModel::Scripted => None,
     };
     let model_config = stub.as_ref().map(|stub| clade_config::ModelConfig {
         provider: clade_config::ProviderKind::Openai,
         model: Some("stub".into()),
-        base_url: Some(format!("{}/v1", stub.url())),
+        base_url: Some(format!("{}/v1", stub.url)),
         api_key_env: None,
         api_key_secret: None,
         oauth: None,
@@ -76,15 +70,19 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         max_tokens: None,
     });
     let shown = match &stub {
-        Some(stub) => format!("clade-stub at {} (OpenAI protocol, streaming, 0 ms)", stub.url()),
+        Some(stub) => format!(
+            "clade-stub at {} (process {}; OpenAI protocol, streaming, 0 ms)",
+            stub.url, stub.pid
+        ),
         None => "the scripted model in-process (0 ms, no HTTP)".to_owned(),
     };
     println!("bench turns: {shown}, {total} turns per row, {mode}");
     println!(
-        "{:<10} {:>9} {:>10} {:>12} {:>12} {:>12} {:>14} {:>14} {:>13} {:>18} {:>18} {:>12} {:>16} {:>14} {:>14}",
+        "{:<10} {:>9} {:>10} {:>16} {:>12} {:>12} {:>12} {:>14} {:>14} {:>13} {:>18} {:>18} {:>12} {:>16} {:>14} {:>14}",
         "durability",
         "sessions",
         "turns/s",
+        "CPU µs/turn",
         "ack p50/p99",
         "p50 ms",
         "p99 ms",
@@ -110,7 +108,8 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
                 .root()
                 .join("bench-turns")
                 .join(format!("{durability}-{n}-{}", ctx.store.now().as_millis()));
-            let row = measure(&dir, level, n, total, rate, model_config.as_ref()).await;
+            let row =
+                measure(&dir, level, n, total, rate, model_config.as_ref(), stub.as_ref()).await;
             if keep {
                 eprintln!("kept {}", dir.display());
             } else {
@@ -118,10 +117,14 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
             }
             let row = row?;
             println!(
-                "{:<10} {:>9} {:>10.0} {:>12} {:>12.3} {:>12.3} {:>14} {:>14} {:>13} {:>18} {:>18} {:>11.0}% {:>16.1} {:>14} {:>14.1}",
+                "{:<10} {:>9} {:>10.0} {:>16} {:>12} {:>12.3} {:>12.3} {:>14} {:>14} {:>13} {:>18} {:>18} {:>11.0}% {:>16.1} {:>14} {:>14.1}",
                 durability,
                 n,
                 row.turns_per_sec,
+                match row.stub_cpu_micros_per_turn {
+                    Some(stub) => format!("{:.0}+{stub:.0}", row.cpu_micros_per_turn),
+                    None => format!("{:.0}", row.cpu_micros_per_turn),
+                },
                 format!("{:.1}/{:.1}", row.ack_p50_ms, row.ack_p99_ms),
                 row.p50_ms,
                 row.p99_ms,
@@ -141,6 +144,9 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         "(ack: until the event was durably accepted; p50/p99: until its turn had ended, both from"
     );
     println!(" the send, or in an open loop from the scheduled send;");
+    println!(
+        " CPU µs/turn: CPU time (user + system) of this process per turn, + the stub's when it runs;"
+    );
     println!(
         " RSS/session: growth while all sessions were active, divided by the number of sessions;"
     );
@@ -167,6 +173,10 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
 
 struct Row {
     writer_busy: f64,
+    /// CPU time of this process per turn (every thread: engine, writer, readers, HTTP client).
+    cpu_micros_per_turn: f64,
+    /// CPU time of the stub's process per turn, when the model is the stub.
+    stub_cpu_micros_per_turn: Option<f64>,
     active_at_end: usize,
     evicted_left: usize,
     turns_per_sec: f64,
@@ -200,6 +210,7 @@ async fn measure(
     total: usize,
     rate: Option<f64>,
     model: Option<&clade_config::ModelConfig>,
+    stub: Option<&StubProcess>,
 ) -> Result<Row> {
     let data = DataDir::open(dir)?;
     let store = Store::open(StoreOptions {
@@ -249,6 +260,8 @@ async fn measure(
     let per_session = total.div_ceil(sessions);
     let stats_before = store.write_stats();
     let written_before = written_bytes();
+    let cpu_before = cpu_micros("self");
+    let stub_cpu_before = stub.map(StubProcess::cpu_micros);
     let started = now();
     let peak_rss = Arc::new(AtomicU64::new(rss_before));
     let latencies = match rate {
@@ -258,6 +271,9 @@ async fn measure(
         }
     };
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_micros("self").saturating_sub(cpu_before);
+    let stub_cpu =
+        stub.zip(stub_cpu_before).map(|(stub, before)| stub.cpu_micros().saturating_sub(before));
     let stats = store.write_stats();
     let commits = stats.commits - stats_before.commits;
     let writer_busy = (stats.busy_micros - stats_before.busy_micros) as f64 / 1e6 / elapsed;
@@ -277,6 +293,8 @@ async fn measure(
     let written = written_bytes().saturating_sub(written_before);
     Ok(Row {
         writer_busy,
+        cpu_micros_per_turn: cpu as f64 / turns as f64,
+        stub_cpu_micros_per_turn: stub_cpu.map(|cpu| cpu as f64 / turns as f64),
         active_at_end,
         evicted_left,
         turns_per_sec: turns as f64 / elapsed,
@@ -298,6 +316,58 @@ async fn measure(
         rss_per_session_kib: rss_growth as f64 / sessions as f64,
         disk_kib_per_turn: written as f64 / 1024.0 / turns as f64,
     })
+}
+
+/// clade-stub, run as `clade stub` in a child process that exits when this one does (its
+/// standard input closes then, even on `kill -9`).
+struct StubProcess {
+    url: String,
+    pid: u32,
+    _child: tokio::process::Child,
+}
+
+impl StubProcess {
+    // This binary itself as the model server, not an agent's tool: the sandbox is for those.
+    #[allow(clippy::disallowed_methods)]
+    async fn start() -> Result<Self> {
+        use tokio::io::AsyncBufReadExt as _;
+        let exe = std::env::current_exe().context("cannot find this binary to start the stub")?;
+        let mut child = tokio::process::Command::new(exe)
+            .args(["stub", "--listen", "127.0.0.1:0", "--exit-with-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the stub model (`clade stub`)")?;
+        let pid = child.id().context("the stub model exited as it started")?;
+        let stdout = child.stdout.take().context("the stub model's output is not readable")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .context("the stub model did not say where it listens within 10 s")??
+            .unwrap_or_default();
+        let url = clade_stub::standalone::parse_ready_line(&line).with_context(|| {
+            format!("the stub model did not start; it said {line:?} (see its error above)")
+        })?;
+        Ok(Self { url, pid, _child: child })
+    }
+
+    fn cpu_micros(&self) -> u64 {
+        cpu_micros(&self.pid.to_string())
+    }
+}
+
+/// CPU time (user + system, every thread) of process `pid` (or `self`), in µs.
+fn cpu_micros(pid: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    // Fields after the command name, which may itself hold spaces and parentheses.
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 =
+        fields.get(11..13).map_or(0, |f| f.iter().filter_map(|n| n.parse::<u64>().ok()).sum());
+    let per_second = rustix::param::clock_ticks_per_second().max(1);
+    ticks.saturating_mul(1_000_000) / per_second
 }
 
 /// Bytes this process has caused to be written to storage, counted by the kernel when a page
@@ -397,20 +467,16 @@ async fn one_turn(
     s: usize,
     i: usize,
 ) -> Result<Instant> {
-    let accepted = engine
-        .submit(Envelope {
-            tenant: tenant.clone(),
-            agent: Some("bench".into()),
-            text: format!("message {i}"),
-            source: Source {
-                platform: "bench".into(),
-                channel: format!("c{s}"),
-                actor: "a".into(),
-            },
-            idempotency_key: None,
-        })
-        .await?;
+    let envelope = Envelope {
+        tenant: tenant.clone(),
+        agent: Some("bench".into()),
+        text: format!("message {i}"),
+        source: Source { platform: "bench".into(), channel: format!("c{s}"), actor: "a".into() },
+        idempotency_key: None,
+    };
+    // As `POST /v1/events` with `wait: true` does.
+    let (_, watch) = engine.submit_and_watch(envelope).await?;
     let acked = now();
-    engine.wait(tenant.id, accepted.event_id, accepted.session_id, Duration::from_secs(60)).await?;
+    watch.ended(Duration::from_secs(60)).await?.context("a turn did not end within 60 s")?;
     Ok(acked)
 }

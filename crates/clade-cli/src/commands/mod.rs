@@ -24,6 +24,10 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         logging::init(LogFormat::Human, None, "warn");
         return config::run(global, cmd);
     }
+    if let Command::Stub(args) = cli.command {
+        logging::init(LogFormat::Human, None, "warn");
+        return clade_stub::standalone::run(args).await;
+    }
     let data_dir = clade_store::DataDir::open(context::data_dir_path(global)?)?;
     let file_config = context::load_config(global, &data_dir)?;
     let format = match global.log_format {
@@ -52,6 +56,6 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Grants(cmd) => tools::grants(&ctx, cmd).await,
         Command::Audit(args) => tools::audit(&ctx, args).await,
         Command::Bench(cmd) => bench::run(&ctx, cmd).await,
-        Command::Config(_) => Ok(()),
+        Command::Config(_) | Command::Stub(_) => Ok(()),
     }
 }

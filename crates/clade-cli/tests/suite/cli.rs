@@ -248,3 +248,86 @@ fn a_closed_stdout_stops_the_command_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(matches!(out.status.code(), Some(0 | 141)), "{:?}: {stderr}", out.status);
 }
+
+/// Whether process `pid` has gone (or is only a zombie waiting to be reaped), polling up to 10 s.
+fn process_ends(pid: u32) -> bool {
+    for _ in 0..100 {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(stat) if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')) => {
+                return true;
+            }
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+    false
+}
+
+#[test]
+fn bench_turns_runs_the_stub_in_a_process_of_its_own() {
+    let env = Env::new();
+    let out = env
+        .run(&["bench", "turns", "--turns", "30", "--sessions", "1,3", "--durability", "normal"])
+        .ok();
+    let pid: u32 = out
+        .stdout
+        .split("(process ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no stub process named in {}", out.stdout));
+    let rows: Vec<Vec<&str>> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("normal "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", out.stdout);
+    for (row, sessions) in rows.iter().zip(["1", "3"]) {
+        assert_eq!(row[1], sessions, "{row:?}");
+        assert!(row[2].parse::<f64>().unwrap() > 0.0, "no turns/s: {row:?}");
+        // CPU per turn: Clade's own, then the stub's, measured apart.
+        let (clade, stub) = row[3].split_once('+').unwrap_or_else(|| panic!("{row:?}"));
+        assert!(clade.parse::<f64>().unwrap() > 0.0, "{row:?}");
+        stub.parse::<f64>().unwrap();
+    }
+    assert!(process_ends(pid), "the stub (process {pid}) outlived the bench");
+
+    env.run(&["bench", "turns", "--turns", "0"]).fails_with("at least 1");
+    env.run(&["bench", "turns", "--durability", "sometimes"]).fails_with("unknown durability");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stub_command_speaks_openai_and_leaves_when_its_parent_does() {
+    use std::io::BufRead as _;
+    let env = Env::new();
+    let mut child = env
+        .command()
+        .args(["stub", "--listen", "127.0.0.1:0", "--exit-with-stdin", "--defaults", "fixed=pong"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let reply: serde_json::Value = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&serde_json::json!({ "model": "gpt", "messages": [{ "role": "user", "content": "ping" }] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["choices"][0]["message"]["content"], "pong", "{reply}");
+    drop(child.stdin.take());
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+
+    env.run(&["stub", "--defaults", "nonsense=1"]).fails_with("unknown directive");
+    env.run(&["stub", "--listen", "not an address"]).fails_with("cannot listen on");
+}
