@@ -18,5 +18,5 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    run(Cli::parse().args).await
+    Ok(run(Cli::parse().args).await?)
 }

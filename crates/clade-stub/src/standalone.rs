@@ -2,9 +2,18 @@
 
 #![allow(clippy::print_stdout)] // Prints its address for scripts and parent processes.
 
-use anyhow::{Context as _, Result};
-
 use crate::{Behaviour, StubOptions};
+
+/// Why the stub could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    #[error("unknown directive {0:?} in --defaults (see `clade stub --help`)")]
+    UnknownDirective(String),
+    #[error("cannot listen on {address}: {source} (is another server on that port?)")]
+    Listen { address: String, source: std::io::Error },
+    #[error("the stub stopped serving: {0}")]
+    Serve(#[from] std::io::Error),
+}
 
 /// Where the stub listens and what every request gets (see the binary's help for directives).
 #[derive(Debug, clap::Args)]
@@ -25,14 +34,12 @@ pub struct StubArgs {
 const READY: &str = "clade-stub listening on http://";
 
 /// Serves until the process is stopped (or, with `--exit-with-stdin`, until stdin closes).
-pub async fn run(args: StubArgs) -> Result<()> {
+pub async fn run(args: StubArgs) -> Result<(), StandaloneError> {
     let mut defaults = Behaviour::default();
-    defaults
-        .apply(&args.defaults)
-        .map_err(|d| anyhow::anyhow!("unknown directive {:?} in --defaults", d.0))?;
-    let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| {
-        format!("cannot listen on {}: is another server on that port?", args.listen)
-    })?;
+    defaults.apply(&args.defaults).map_err(|d| StandaloneError::UnknownDirective(d.0))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|source| StandaloneError::Listen { address: args.listen.clone(), source })?;
     let address = listener.local_addr()?;
     println!(
         "{READY}{address} (OpenAI base URL http://{address}/v1, Anthropic base URL http://{address})"

@@ -26,7 +26,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
     }
     if let Command::Stub(args) = cli.command {
         logging::init(LogFormat::Human, None, "warn");
-        return clade_stub::standalone::run(args).await;
+        return Ok(clade_stub::standalone::run(args).await?);
     }
     let data_dir = clade_store::DataDir::open(context::data_dir_path(global)?)?;
     let file_config = context::load_config(global, &data_dir)?;
