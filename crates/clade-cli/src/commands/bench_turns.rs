@@ -92,7 +92,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         "fsyncs >5ms (max)",
         "WAL restarts (max)",
         "writer busy",
-        "RSS/session KiB",
+        "RSS/session KiB active→idle",
         "actors end→idle",
         "disk KiB/turn"
     );
@@ -117,7 +117,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
             }
             let row = row?;
             println!(
-                "{:<10} {:>9} {:>10.0} {:>16} {:>12} {:>12.3} {:>12.3} {:>14} {:>14} {:>13} {:>18} {:>18} {:>11.0}% {:>16.1} {:>14} {:>14.1}",
+                "{:<10} {:>9} {:>10.0} {:>16} {:>12} {:>12.3} {:>12.3} {:>14} {:>14} {:>13} {:>18} {:>18} {:>11.0}% {:>28} {:>14} {:>14.1}",
                 durability,
                 n,
                 row.turns_per_sec,
@@ -134,7 +134,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
                 format!("{} ({:.1} ms)", row.slow_syncs, row.slowest_sync_ms),
                 format!("{} ({:.1} ms)", row.catch_ups, row.slowest_catch_up_ms),
                 row.writer_busy * 100.0,
-                row.rss_per_session_kib,
+                format!("{:.1}→{:.1}", row.rss_per_session_kib, row.rss_left_per_session_kib),
                 format!("{}→{}", row.active_at_end, row.evicted_left),
                 row.disk_kib_per_turn
             );
@@ -148,7 +148,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         " CPU µs/turn: CPU time (user + system) of this process per turn, + the stub's when it runs;"
     );
     println!(
-        " RSS/session: growth while all sessions were active, divided by the number of sessions;"
+        " RSS/session: growth while all sessions were active, divided by the number of sessions,\n   and what was left of it once their actors had left memory (SQLite's page caches, which\n   grow with the database and stay, connection pools, allocator slack);"
     );
     println!(
         " commits/fsyncs: per turn; with durability full one fsync of the WAL covers every commit"
@@ -199,6 +199,8 @@ struct Row {
     catch_ups: u64,
     slowest_catch_up_ms: f64,
     rss_per_session_kib: f64,
+    /// RSS growth still there once the actors had left memory, per session.
+    rss_left_per_session_kib: f64,
     /// Bytes written to disk per turn, in KiB: what every fsync and checkpoint scales with.
     disk_kib_per_turn: f64,
 }
@@ -289,6 +291,7 @@ async fn measure(
     let active_at_end = engine.active_sessions();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let evicted_left = engine.active_sessions();
+    let rss_left = rss_kib().saturating_sub(rss_before);
     // Read after the wait, so the checkpoints that fold this load's WAL back count too.
     let written = written_bytes().saturating_sub(written_before);
     Ok(Row {
@@ -314,6 +317,7 @@ async fn measure(
         catch_ups: stats.catch_ups - stats_before.catch_ups,
         slowest_catch_up_ms: stats.slowest_catch_up_micros as f64 / 1e3,
         rss_per_session_kib: rss_growth as f64 / sessions as f64,
+        rss_left_per_session_kib: rss_left as f64 / sessions as f64,
         disk_kib_per_turn: written as f64 / 1024.0 / turns as f64,
     })
 }

@@ -290,6 +290,10 @@ fn bench_turns_runs_the_stub_in_a_process_of_its_own() {
         let (clade, stub) = row[3].split_once('+').unwrap_or_else(|| panic!("{row:?}"));
         assert!(clade.parse::<f64>().unwrap() > 0.0, "{row:?}");
         stub.parse::<f64>().unwrap();
+        // RSS per session while active, then once idle; every actor left memory.
+        let rss = row[row.len() - 3];
+        assert!(rss.split('→').all(|kib| kib.parse::<f64>().is_ok()), "{row:?}");
+        assert!(row[row.len() - 2].ends_with("→0"), "actors stayed in memory: {row:?}");
     }
     assert!(process_ends(pid), "the stub (process {pid}) outlived the bench");
 
