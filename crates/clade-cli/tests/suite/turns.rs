@@ -566,3 +566,36 @@ async fn a_failing_session_holds_back_only_its_own_deliveries() {
     assert!(a_seqs.len() >= 4, "session a's events were not all delivered: {a_seqs:?}");
     assert!(a_seqs.windows(2).all(|w| w[0] < w[1]), "session a's events out of order: {a_seqs:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_event_gets_its_own_turn_and_a_repeated_key_the_same_answer() {
+    let stub = stub().await;
+    let env = setup(
+        "models:\n  slow:\n    provider: openai\n    model: stub+latency=400\n    base_url: {stub}/v1\n    api_key_env: STUB_KEY\n",
+        Some(&stub),
+    );
+    let server = env.serve(&[]);
+    // A slow turn first; the waiting event queues behind it in the same session, so the first
+    // turn to end there is not its own.
+    let (status, first, _) = post(&server, event("/reply first", "u")).await;
+    assert_eq!(status, 202, "{first}");
+    let mut waiting = event("/reply second", "u");
+    waiting["wait"] = json!(true);
+    waiting["idempotency_key"] = json!("k-second");
+    let (status, answer, _) = post(&server, waiting.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["session_id"], first["session_id"]);
+    assert_eq!(answer["reply"]["text"], "second", "{answer}");
+    assert_eq!(answer["status"], "completed");
+    let session = answer["session_id"].as_str().unwrap();
+    let all = turns(&server, session).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    let own = all.iter().find(|t| t["id"] == answer["turn_id"]).expect("the answer names its turn");
+    assert_eq!(own["reply"], "second");
+
+    // The same key again: the same answer, from the store, and no new turn.
+    let (status, again, _) = post(&server, waiting).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again, answer);
+    assert_eq!(turns(&server, session).await.len(), 2);
+}
