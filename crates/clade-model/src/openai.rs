@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 
 use futures::future::BoxFuture;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::error::Error;
 use crate::http::{Decoder, response_events};
@@ -26,7 +27,8 @@ impl OpenAi {
 
 /// The request body, as OpenAI documents it.
 pub fn request_body(model: &str, request: &ModelRequest, stream: bool) -> Value {
-    body_with_names(model, request, stream, &names_of(request))
+    let names = names_of(request);
+    serde_json::to_value(Body::new(model, request, stream, &names)).unwrap_or(Value::Null)
 }
 
 fn names_of(request: &ModelRequest) -> ToolNames {
@@ -39,43 +41,124 @@ fn names_of(request: &ModelRequest) -> ToolNames {
     ToolNames::new(request.tools.iter().map(|t| t.name.as_str()).chain(called))
 }
 
-fn body_with_names(model: &str, request: &ModelRequest, stream: bool, names: &ToolNames) -> Value {
-    let messages: Vec<Value> = request
-        .messages
-        .iter()
-        .map(|message| match message {
-            Message::System { text } => json!({ "role": "system", "content": text }),
-            Message::User { text } => json!({ "role": "user", "content": text }),
-            Message::Assistant { text, tool_calls } => {
-                let mut m = json!({ "role": "assistant", "content": if text.is_empty() { Value::Null } else { json!(text) } });
-                if !tool_calls.is_empty() {
-                    m["tool_calls"] = tool_calls
+/// The wire body, borrowing the request: serialised straight to bytes, with no JSON tree built
+/// (and dropped) per call, which for a long session's context is most of the work.
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<WireTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
+enum WireMessage<'a> {
+    System {
+        content: &'a str,
+    },
+    User {
+        content: &'a str,
+    },
+    Assistant {
+        /// `null` when the turn is only tool calls, as OpenAI sends it.
+        content: Option<&'a str>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<WireCall<'a>>,
+    },
+    Tool {
+        tool_call_id: &'a str,
+        content: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+struct WireCall<'a> {
+    id: &'a str,
+    r#type: &'static str,
+    function: WireFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunction<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+#[derive(Serialize)]
+struct WireTool<'a> {
+    r#type: &'static str,
+    function: WireToolFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireToolFunction<'a> {
+    name: &'a str,
+    description: &'a str,
+    parameters: &'a Value,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+impl<'a> Body<'a> {
+    fn new(model: &'a str, request: &'a ModelRequest, stream: bool, names: &'a ToolNames) -> Self {
+        let messages = request
+            .messages
+            .iter()
+            .map(|message| match message {
+                Message::System { text } => WireMessage::System { content: text },
+                Message::User { text } => WireMessage::User { content: text },
+                Message::Assistant { text, tool_calls } => WireMessage::Assistant {
+                    content: (!text.is_empty()).then_some(text.as_str()),
+                    tool_calls: tool_calls
                         .iter()
-                        .map(|c| json!({ "id": c.id, "type": "function", "function": { "name": names.wire(&c.name), "arguments": c.arguments } }))
-                        .collect();
+                        .map(|c| WireCall {
+                            id: &c.id,
+                            r#type: "function",
+                            function: WireFunction {
+                                name: names.wire(&c.name),
+                                arguments: &c.arguments,
+                            },
+                        })
+                        .collect(),
+                },
+                Message::Tool { call_id, content, .. } => {
+                    WireMessage::Tool { tool_call_id: call_id, content }
                 }
-                m
-            }
-            Message::Tool { call_id, content, .. } => json!({ "role": "tool", "tool_call_id": call_id, "content": content }),
-        })
-        .collect();
-    let mut body =
-        json!({ "model": model, "messages": messages, "max_tokens": request.params.max_tokens });
-    if let Some(t) = request.params.temperature {
-        body["temperature"] = json!(t);
-    }
-    if !request.tools.is_empty() {
-        body["tools"] = request
+            })
+            .collect();
+        let tools = request
             .tools
             .iter()
-            .map(|t| json!({ "type": "function", "function": { "name": names.wire(&t.name), "description": t.description, "parameters": t.input_schema } }))
+            .map(|t| WireTool {
+                r#type: "function",
+                function: WireToolFunction {
+                    name: names.wire(&t.name),
+                    description: &t.description,
+                    parameters: &t.input_schema,
+                },
+            })
             .collect();
+        Self {
+            model,
+            messages,
+            max_tokens: request.params.max_tokens,
+            temperature: request.params.temperature,
+            tools,
+            stream: stream.then_some(true),
+            stream_options: stream.then_some(StreamOptions { include_usage: true }),
+        }
     }
-    if stream {
-        body["stream"] = json!(true);
-        body["stream_options"] = json!({ "include_usage": true });
-    }
-    body
 }
 
 fn classify(provider: &str, status: u16, body: &str) -> Option<Error> {
@@ -232,7 +315,7 @@ impl Provider for OpenAi {
     ) -> BoxFuture<'a, Result<EventStream, Error>> {
         Box::pin(async move {
             let names = names_of(request);
-            let body = body_with_names(model, request, self.options.stream, &names);
+            let body = Body::new(model, request, self.options.stream, &names);
             let url = self.options.url("/chat/completions");
             let build = |token: Option<&str>| {
                 let mut req =
