@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use futures::future::BoxFuture;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::error::Error;
@@ -45,83 +46,141 @@ fn names_of(request: &ModelRequest) -> ToolNames {
 
 /// The request body, as Anthropic documents it.
 pub fn request_body(model: &str, request: &ModelRequest, stream: bool) -> Value {
-    body_with_names(model, request, stream, &names_of(request))
+    let names = names_of(request);
+    serde_json::to_value(Body::new(model, request, stream, &names)).unwrap_or(Value::Null)
 }
 
-fn body_with_names(model: &str, request: &ModelRequest, stream: bool, names: &ToolNames) -> Value {
-    let system: Vec<&str> = request
-        .messages
-        .iter()
-        .filter_map(|m| match m {
-            Message::System { text } => Some(text.as_str()),
-            _ => None,
-        })
-        .collect();
-    let mut turns: Vec<(&str, Vec<Value>)> = Vec::new();
-    for message in &request.messages {
-        let (role, blocks) = match message {
-            Message::System { .. } => continue,
-            Message::User { text } => ("user", vec![json!({ "type": "text", "text": text })]),
-            Message::Assistant { text, tool_calls } => {
-                let mut blocks = Vec::new();
-                if !text.is_empty() {
-                    blocks.push(json!({ "type": "text", "text": text }));
+/// The wire body, borrowing the request (see `openai::Body`: no JSON tree per call).
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    messages: Vec<WireTurn<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    system: Vec<SystemBlock>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<WireTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct WireTurn<'a> {
+    role: &'static str,
+    content: Vec<Block<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block<'a> {
+    Text { text: &'a str },
+    ToolUse { id: &'a str, name: &'a str, input: Value },
+    ToolResult { tool_use_id: &'a str, content: &'a str, is_error: bool },
+}
+
+#[derive(Serialize)]
+struct SystemBlock {
+    r#type: &'static str,
+    text: String,
+    cache_control: Ephemeral,
+}
+
+#[derive(Serialize)]
+struct WireTool<'a> {
+    name: &'a str,
+    description: &'a str,
+    input_schema: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_control: Option<Ephemeral>,
+}
+
+/// A prompt-cache breakpoint: everything up to here is cached.
+#[derive(Serialize)]
+struct Ephemeral {
+    r#type: &'static str,
+}
+
+const EPHEMERAL: Ephemeral = Ephemeral { r#type: "ephemeral" };
+
+impl<'a> Body<'a> {
+    fn new(model: &'a str, request: &'a ModelRequest, stream: bool, names: &'a ToolNames) -> Self {
+        let system: Vec<&str> = request
+            .messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::System { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut turns: Vec<WireTurn<'a>> = Vec::new();
+        for message in &request.messages {
+            let (role, blocks) = match message {
+                Message::System { .. } => continue,
+                Message::User { text } => ("user", vec![Block::Text { text }]),
+                Message::Assistant { text, tool_calls } => {
+                    let mut blocks = Vec::new();
+                    if !text.is_empty() {
+                        blocks.push(Block::Text { text });
+                    }
+                    for call in tool_calls {
+                        // The API needs an object; a model's invalid arguments are sent as a
+                        // string field so the conversation stays valid and the model sees what
+                        // it wrote.
+                        let input = call
+                            .parse_arguments()
+                            .unwrap_or_else(|_| json!({ "_invalid_arguments": call.arguments }));
+                        blocks.push(Block::ToolUse {
+                            id: &call.id,
+                            name: names.wire(&call.name),
+                            input,
+                        });
+                    }
+                    ("assistant", blocks)
                 }
-                for call in tool_calls {
-                    // The API needs an object; a model's invalid arguments are sent as a string
-                    // field so the conversation stays valid and the model sees what it wrote.
-                    let input = call
-                        .parse_arguments()
-                        .unwrap_or_else(|_| json!({ "_invalid_arguments": call.arguments }));
-                    blocks.push(json!({ "type": "tool_use", "id": call.id, "name": names.wire(&call.name), "input": input }));
-                }
-                ("assistant", blocks)
+                Message::Tool { call_id, content, is_error } => (
+                    "user",
+                    vec![Block::ToolResult { tool_use_id: call_id, content, is_error: *is_error }],
+                ),
+            };
+            // Consecutive messages of one role form one turn (e.g. several tool results).
+            match turns.last_mut() {
+                Some(last) if last.role == role => last.content.extend(blocks),
+                _ => turns.push(WireTurn { role, content: blocks }),
             }
-            Message::Tool { call_id, content, is_error } => (
-                "user",
-                vec![
-                    json!({ "type": "tool_result", "tool_use_id": call_id, "content": content, "is_error": is_error }),
-                ],
-            ),
-        };
-        // Consecutive messages of one role form one turn (e.g. several tool results).
-        match turns.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(blocks),
-            _ => turns.push((role, blocks)),
         }
-    }
-    let messages: Vec<Value> = turns
-        .into_iter()
-        .map(|(role, content)| json!({ "role": role, "content": content }))
-        .collect();
-    let mut body =
-        json!({ "model": model, "max_tokens": request.params.max_tokens, "messages": messages });
-    if !system.is_empty() {
-        body["system"] = json!([{ "type": "text", "text": system.join("\n\n"), "cache_control": { "type": "ephemeral" } }]);
-    }
-    if let Some(t) = request.params.temperature {
-        body["temperature"] = json!(t);
-    }
-    if !request.tools.is_empty() {
         let count = request.tools.len();
-        body["tools"] = request
+        let tools = request
             .tools
             .iter()
             .enumerate()
-            .map(|(i, t)| {
-                let mut tool = json!({ "name": names.wire(&t.name), "description": t.description, "input_schema": t.input_schema });
-                if i + 1 == count {
-                    // A cache breakpoint after the last tool caches all tool definitions.
-                    tool["cache_control"] = json!({ "type": "ephemeral" });
-                }
-                tool
+            .map(|(i, t)| WireTool {
+                name: names.wire(&t.name),
+                description: &t.description,
+                input_schema: &t.input_schema,
+                // A cache breakpoint after the last tool caches all tool definitions.
+                cache_control: (i + 1 == count).then_some(EPHEMERAL),
             })
             .collect();
+        Self {
+            model,
+            max_tokens: request.params.max_tokens,
+            messages: turns,
+            system: if system.is_empty() {
+                Vec::new()
+            } else {
+                vec![SystemBlock {
+                    r#type: "text",
+                    text: system.join("\n\n"),
+                    cache_control: EPHEMERAL,
+                }]
+            },
+            temperature: request.params.temperature,
+            tools,
+            stream: stream.then_some(true),
+        }
     }
-    if stream {
-        body["stream"] = json!(true);
-    }
-    body
 }
 
 fn classify(provider: &str, status: u16, body: &str) -> Option<Error> {
@@ -315,7 +374,7 @@ impl Provider for Anthropic {
     ) -> BoxFuture<'a, Result<EventStream, Error>> {
         Box::pin(async move {
             let names = names_of(request);
-            let body = body_with_names(model, request, self.options.stream, &names);
+            let body = Body::new(model, request, self.options.stream, &names);
             let url = self.options.url("/v1/messages");
             let build = |token: Option<&str>| {
                 let mut req = self
