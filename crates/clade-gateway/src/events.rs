@@ -88,11 +88,11 @@ pub(crate) async fn post(
     let mut body = accepted_body(&accepted);
     match watch.ended(WAIT).await? {
         Some(finished) => {
-            let turn = finished.turn;
-            body.turn_id = Some(turn.id.to_string());
-            body.reply = turn.reply.map(|text| ReplyBody { text, model: turn.model.clone() });
-            body.error = turn.error;
-            body.status = Some(turn.status);
+            body.turn_id = Some(finished.turn_id.to_string());
+            body.reply =
+                finished.reply.map(|text| ReplyBody { text, model: finished.model.clone() });
+            body.error = finished.error;
+            body.status = Some(finished.status);
             Ok((StatusCode::OK, axum::Json(body)).into_response())
         }
         // Still running: the event is safe; the caller can follow the session's stream.

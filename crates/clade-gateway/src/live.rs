@@ -136,7 +136,7 @@ mod tests {
         let accepted = store
             .accept_event(NewEvent {
                 tenant: tenant.id,
-                agent: agent.id,
+                agent: agent.handle.to_string(),
                 source: Source { platform: "t".into(), channel: "c".into(), actor: "a".into() },
                 text: "hi".into(),
                 idempotency_key: None,

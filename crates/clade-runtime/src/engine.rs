@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clade_config::{Binding, QueueMode, SessionsConfig};
-use clade_core::{Agent, AgentId, EventId, SessionId, Tenant, TenantId};
+use clade_core::{Agent, AgentId, EventId, SessionId, Tenant, TenantId, TurnId};
 use clade_model::{Message, ModelRequest, StreamEvent, ToolCall, ToolSpec};
 use clade_store::{
     Accepted, Agents, EventRow, JournalEntry, NewEvent, OutboxEvent, OutboxRow, SessionRow, Source,
@@ -45,10 +45,35 @@ pub struct Envelope {
     pub idempotency_key: Option<String>,
 }
 
-/// The finished turn of an event.
+/// How the turn of an event ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
-    pub turn: TurnRow,
+    pub turn_id: TurnId,
+    /// `completed`, `failed` or `yielded`.
+    pub status: String,
+    pub reply: Option<String>,
+    pub error: Option<String>,
+    /// The model that gave the last answer.
+    pub model: Option<String>,
+}
+
+impl Finished {
+    fn of(turn: TurnRow) -> Self {
+        let TurnRow { id, status, reply, error, model, .. } = turn;
+        Self { turn_id: id, status, reply, error, model }
+    }
+
+    /// From the lifecycle event that ended the turn (see [`outcome_of`]).
+    fn from_live(data: &Value) -> Option<Self> {
+        let text = |key: &str| data[key].as_str().map(str::to_owned);
+        Some(Self {
+            turn_id: data["turn"].as_str()?.parse().ok()?,
+            status: text("status")?,
+            reply: text("reply"),
+            error: text("error"),
+            model: text("model"),
+        })
+    }
 }
 
 /// Everything the engine needs, set up once per process.
@@ -72,20 +97,28 @@ struct Inner {
     models: Models,
     hub: Hub,
     options: EngineOptions,
-    actors: Mutex<HashMap<SessionId, mpsc::Sender<Wake>>>,
+    actors: Mutex<HashMap<SessionId, mpsc::UnboundedSender<Wake>>>,
+    /// Where actors run: wake-ups also come from the store's writer thread.
+    runtime: tokio::runtime::Handle,
     cancels: Mutex<HashMap<SessionId, Arc<Notify>>>,
     /// Woken when the outbox grows, so dispatchers need not poll fast.
     outbox: Arc<Notify>,
     /// Each agent's persona files as last read (see [`read_persona`]), while an active session
     /// of the agent holds them.
-    personas: Mutex<HashMap<AgentId, std::sync::Weak<Persona>>>,
+    personas: Mutex<HashMap<AgentId, (std::sync::Weak<Persona>, Checked)>>,
     /// Bumped whenever a session's settings change: actors then reload their session.
     settings: std::sync::atomic::AtomicU64,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// What wakes a session's actor. The queue holds at most one `Event` per open event of the
+/// session, which `sessions.max_queued` bounds, so it needs no bound of its own.
+#[derive(Debug)]
 enum Wake {
+    /// Something changed in the store (a resumed turn, a restart): read it.
     Work,
+    /// This event was just committed, sent in commit order from the store's writer; the actor
+    /// can run it without reading it back.
+    Event(EventRow),
 }
 
 /// A cheap-to-clone handle to the engine.
@@ -160,6 +193,7 @@ impl Engine {
             hub: Hub::default(),
             options,
             actors: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
             cancels: Mutex::new(HashMap::new()),
             settings: std::sync::atomic::AtomicU64::new(0),
             outbox: Arc::new(Notify::new()),
@@ -172,7 +206,7 @@ impl Engine {
             tracing::info!(sessions = open.len(), "resuming sessions with unfinished turns");
         }
         for session in open {
-            engine.wake(session);
+            engine.inner.wake(session, Wake::Work);
         }
         Ok(engine)
     }
@@ -196,10 +230,10 @@ impl Engine {
     }
 
     /// Picks the agent of an envelope: its own, else the first matching binding, else the
-    /// default agent.
-    pub async fn route(&self, envelope: &Envelope) -> Result<Agent, Error> {
-        let handle = match &envelope.agent {
-            Some(handle) => handle.clone(),
+    /// default agent. The store checks that it exists as it stores the event.
+    fn route(&self, envelope: &Envelope) -> Result<String, Error> {
+        match &envelope.agent {
+            Some(handle) => Ok(handle.clone()),
             None => self
                 .inner
                 .options
@@ -212,9 +246,8 @@ impl Engine {
                 })
                 .map(|b| b.agent.clone())
                 .or_else(|| self.inner.options.default_agent.clone())
-                .ok_or(Error::NoAgent)?,
-        };
-        Ok(self.inner.store.agent(envelope.tenant.id, &handle).await?)
+                .ok_or(Error::NoAgent),
+        }
     }
 
     /// Stores the envelope durably and schedules its session. Returns once stored.
@@ -252,41 +285,44 @@ impl Engine {
         envelope: Envelope,
         watch: bool,
     ) -> Result<(Accepted, Option<Subscription>), Error> {
-        let agent = self.route(&envelope).await?;
-        let (visible, committed) = tokio::sync::oneshot::channel::<Accepted>();
-        let accept = self.inner.store.accept_event_announced(
-            NewEvent {
-                tenant: envelope.tenant.id,
-                agent: agent.id,
-                payload_hash: payload_hash(agent.handle.as_str(), &envelope.source, &envelope.text),
-                source: envelope.source,
-                text: envelope.text,
-                idempotency_key: envelope.idempotency_key,
-                max_open_per_session: self.inner.options.sessions.max_queued,
-            },
-            move |accepted| {
-                let _ = visible.send(accepted.clone());
-            },
-        );
-        let mut accept = std::pin::pin!(accept);
-        let mut live = None;
-        let mut woken = false;
-        let accepted = tokio::select! {
-            accepted = &mut accept => accepted?,
-            Ok(seen) = committed => {
-                if !seen.duplicate {
-                    live = watch.then(|| self.inner.hub.subscribe(seen.session_id));
-                    self.wake(seen.session_id);
-                    woken = true;
-                }
-                accept.await?
+        let agent = self.route(&envelope)?;
+        let (tell, told) = tokio::sync::oneshot::channel::<Option<Subscription>>();
+        let inner = self.inner.clone();
+        // On the writer's thread as the event commits, so wake-ups reach an actor in the
+        // order its session's events were stored.
+        let on_visible = move |accepted: &Accepted, event: Option<&EventRow>| {
+            let Some(event) = event else { return };
+            let live = watch.then(|| inner.hub.subscribe(accepted.session_id));
+            inner.wake(accepted.session_id, Wake::Event(event.clone()));
+            let _ = tell.send(live);
+        };
+        let accepted = self
+            .inner
+            .store
+            .accept_event_announced(
+                NewEvent {
+                    tenant: envelope.tenant.id,
+                    payload_hash: payload_hash(&agent, &envelope.source, &envelope.text),
+                    agent,
+                    source: envelope.source,
+                    text: envelope.text,
+                    idempotency_key: envelope.idempotency_key,
+                    max_open_per_session: self.inner.options.sessions.max_queued,
+                },
+                on_visible,
+            )
+            .await?;
+        crate::failpoints::hit("after_commit_before_ack");
+        // The announcement comes before the result of the same write.
+        let live = match told.await {
+            Ok(live) => live,
+            Err(_) if accepted.duplicate => None,
+            Err(_) => {
+                let live = watch.then(|| self.inner.hub.subscribe(accepted.session_id));
+                self.inner.wake(accepted.session_id, Wake::Work);
+                live
             }
         };
-        crate::failpoints::hit("after_commit_before_ack");
-        if !accepted.duplicate && !woken {
-            live = watch.then(|| self.inner.hub.subscribe(accepted.session_id));
-            self.wake(accepted.session_id);
-        }
         Ok((accepted, live))
     }
 
@@ -306,7 +342,12 @@ impl Engine {
     }
 
     /// Waits on `live`, a subscription to the event's session, for the event's turn to end;
-    /// asks the store at once if `check_first`, then whenever a turn ends.
+    /// asks the store at once if `check_first`, then whenever a turn it cannot place ends.
+    ///
+    /// A new turn announces the events it takes (`turn.started`, live before it commits); when
+    /// that turn's end comes, it is the answer, with no read: lifecycle events are published
+    /// only once committed and durable. Any other turn's end (one the event joined while it
+    /// ran, one recorded for it after a failure) or missed events send it to the store.
     async fn wait_live(
         &self,
         tenant: TenantId,
@@ -316,10 +357,12 @@ impl Engine {
         check_first: bool,
     ) -> Result<Option<Finished>, Error> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let event_text = event.to_string();
+        let mut ours: Option<String> = None;
         let mut check = check_first;
         loop {
             if check && let Some(turn) = self.inner.store.ended_turn_of(tenant, event).await? {
-                return Ok(Some(Finished { turn }));
+                return Ok(Some(Finished::of(turn)));
             }
             check = true;
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -330,13 +373,26 @@ impl Engine {
             // events were missed, or every second), not on every delta.
             let turn_ended = async {
                 loop {
-                    match live.recv().await {
-                        Ok(event) if !TURN_END_KINDS.contains(&event.kind.as_str()) => continue,
-                        _ => return,
+                    let Ok(live) = live.recv().await else { return None };
+                    if live.kind == "turn.started" {
+                        let takes_ours = live.data["events"]
+                            .as_array()
+                            .is_some_and(|ids| ids.iter().any(|id| id == event_text.as_str()));
+                        if takes_ours && let Some(turn) = live.data["turn"].as_str() {
+                            ours = Some(turn.to_owned());
+                        }
+                    } else if TURN_END_KINDS.contains(&live.kind.as_str()) {
+                        let is_ours =
+                            ours.is_some() && live.data["turn"].as_str() == ours.as_deref();
+                        return if is_ours { Finished::from_live(&live.data) } else { None };
                     }
                 }
             };
-            let _ = tokio::time::timeout(remaining.min(Duration::from_secs(1)), turn_ended).await;
+            if let Ok(Some(finished)) =
+                tokio::time::timeout(remaining.min(Duration::from_secs(1)), turn_ended).await
+            {
+                return Ok(Some(finished));
+            }
         }
     }
 
@@ -346,7 +402,7 @@ impl Engine {
         let row = self.inner.store.session(tenant, session).await?;
         let (n, rows) = self.inner.store.resume_session(tenant, session).await?;
         publish(&self.inner, row.agent_id, &rows);
-        self.wake(session);
+        self.inner.wake(session, Wake::Work);
         Ok(n)
     }
 
@@ -381,20 +437,24 @@ impl Engine {
     pub fn active_sessions(&self) -> usize {
         self.inner.actors.lock().map(|a| a.len()).unwrap_or(0)
     }
+}
 
-    fn wake(&self, session: SessionId) {
-        let mut actors = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = actors.get(&session) {
-            // A full queue already holds a wake-up; a closed one means the actor is exiting.
-            match tx.try_send(Wake::Work) {
-                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => return,
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
-        }
-        let (tx, rx) = mpsc::channel(1);
+impl Inner {
+    /// Hands `wake` to the session's actor, starting one if none is in memory.
+    fn wake(self: &Arc<Self>, session: SessionId, wake: Wake) {
+        let mut actors = self.actors.lock().unwrap_or_else(|e| e.into_inner());
+        let wake = match actors.get(&session) {
+            // A closed queue means the actor is exiting: a new one takes over.
+            Some(tx) => match tx.send(wake) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(wake)) => wake,
+            },
+            None => wake,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(wake);
         actors.insert(session, tx);
-        let inner = self.inner.clone();
-        tokio::spawn(actor(inner, session, rx));
+        self.runtime.spawn(actor(self.clone(), session, rx));
     }
 }
 
@@ -422,20 +482,17 @@ impl TurnWatch {
 
 /// One session's actor: runs its open events turn by turn, in arrival order, and leaves
 /// memory after being idle.
-async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receiver<Wake>) {
+async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::UnboundedReceiver<Wake>) {
     let idle = Duration::from_secs(inner.options.sessions.idle_secs.max(1));
     // Session, tenant and agent are read once per stay in memory: an agent's changed settings
     // apply from its next activation (after `idle_secs` without messages).
     let mut context: Option<Arc<TurnContext>> = None;
-    // Whether the store may hold open events this actor has not seen. Every event is committed
-    // before its wake-up is sent, so once a read has shown nothing beyond the turn just run,
-    // the next event announces itself through `wake` and the store need not be asked again.
-    let mut maybe_more = true;
+    let mut inbox = Inbox::default();
     let mut kept = Kept::default();
     loop {
-        if !maybe_more {
+        if !inbox.has_work() {
             match tokio::time::timeout(idle, wake.recv()).await {
-                Ok(Some(_)) => {}
+                Ok(Some(woken)) => inbox.take(woken),
                 _ => {
                     // Leave only if no wake-up raced in: `wake` holds the same lock.
                     let mut actors = inner.actors.lock().unwrap_or_else(|e| e.into_inner());
@@ -445,6 +502,9 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receive
                     }
                 }
             }
+        }
+        while let Ok(woken) = wake.try_recv() {
+            inbox.take(woken);
         }
         let settings = inner.settings.load(std::sync::atomic::Ordering::SeqCst);
         let ctx = match &context {
@@ -459,24 +519,34 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receive
                 Err(err) => {
                     tracing::error!(session = %session_id, error = %err, "cannot load the session; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    maybe_more = true;
+                    inbox.read_store = true;
                     continue;
                 }
             },
         };
         let coalesce = ctx.queue_mode == QueueMode::Coalesce;
-        let open = match inner.visible.open_events(session_id, coalesce).await {
-            Ok(open) => open,
-            Err(err) => {
-                tracing::error!(session = %session_id, error = %err, "cannot read the session's events; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                maybe_more = true;
-                continue;
-            }
+        // Steering joins events into the running turn behind the inbox's back: such a session
+        // always asks the store.
+        if ctx.queue_mode == QueueMode::Steer {
+            inbox.read_store = true;
+        }
+        let (events, more) = match inbox.next(coalesce) {
+            Some(events) => events,
+            None => match inner.visible.open_events(session_id, coalesce).await {
+                Ok(open) => (open.events, open.more),
+                Err(err) => {
+                    tracing::error!(session = %session_id, error = %err, "cannot read the session's events; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    inbox.read_store = true;
+                    continue;
+                }
+            },
         };
-        let events = open.events;
         if events.is_empty() {
-            maybe_more = false;
+            // The store has nothing open: whatever the inbox held when it was asked (each
+            // committed before it was handed over) has run.
+            inbox.read_store = false;
+            inbox.events.clear();
             continue;
         }
         let cancel = Arc::new(Notify::new());
@@ -501,8 +571,70 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Receive
             }
         };
         inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_id);
+        inbox.ran(&events);
         // Events whose outcome could not be recorded are still open: read again.
-        maybe_more = open.more || !settled;
+        inbox.read_store = more || !settled;
+    }
+}
+
+/// The events an actor was handed as they committed, and whether it must ask the store.
+///
+/// The store is the truth; the inbox only saves reading back an event the actor was just
+/// handed. It is trusted only when it holds the session's very next event (its `seq` one past
+/// the last event a turn took), since events are numbered densely in commit order and handed
+/// over in that order; anything else (an actor new in memory, a missed or failed write, a
+/// resumed turn, steering) reads the store. Should it still be wrong, starting the turn fails
+/// (the store takes only pending events) and the actor reads the store.
+#[derive(Default)]
+struct Inbox {
+    events: std::collections::VecDeque<EventRow>,
+    /// The highest `seq` a turn of this actor took.
+    taken: Option<i64>,
+    /// The store may hold open events the inbox does not: read it before the next turn.
+    read_store: bool,
+}
+
+impl Inbox {
+    fn has_work(&self) -> bool {
+        self.read_store || !self.events.is_empty()
+    }
+
+    fn take(&mut self, wake: Wake) {
+        match wake {
+            Wake::Work => self.read_store = true,
+            Wake::Event(event) => {
+                if self.taken.is_none_or(|taken| event.seq > taken) {
+                    self.events.push_back(event);
+                }
+            }
+        }
+    }
+
+    /// The next turn's events from the inbox, and whether more wait, unless the store must
+    /// be asked.
+    fn next(&mut self, all: bool) -> Option<(Vec<EventRow>, bool)> {
+        let next_seq = self.taken? + 1;
+        if self.read_store || self.events.front()?.seq != next_seq {
+            return None;
+        }
+        let mut events = Vec::new();
+        while let Some(event) = self.events.front()
+            && event.seq == next_seq + events.len() as i64
+            && (all || events.is_empty())
+        {
+            events.extend(self.events.pop_front());
+        }
+        let more = !self.events.is_empty();
+        Some((events, more))
+    }
+
+    /// A turn took `events`: the inbox drops them and anything older.
+    fn ran(&mut self, events: &[EventRow]) {
+        if let Some(last) = events.iter().map(|e| e.seq).max() {
+            self.taken = Some(self.taken.map_or(last, |taken| taken.max(last)));
+        }
+        let taken = self.taken;
+        self.events.retain(|e| taken.is_none_or(|taken| e.seq > taken));
     }
 }
 
@@ -1018,10 +1150,49 @@ fn stamp(path: &std::path::Path) -> Option<FileStamp> {
     Some((meta.len(), meta.ino(), meta.modified().ok()))
 }
 
+/// How long persona files stay trusted without a `stat`: an edit made outside Clade (an
+/// operator's editor) applies to turns that start at most this long after it. A tool call in
+/// this process (the agent's own `fs.write`, a shell command) ends the trust at once, so an
+/// agent that edits its persona sees the edit in its next turn. Checking every turn cost a
+/// `stat` per file and layer, about 7% of a turn's CPU.
+const PERSONA_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// When files were last checked against the disk.
+#[derive(Clone, Copy)]
+struct Checked {
+    at: clade_core::Timestamp,
+    /// [`ToolRunner::runs`] then.
+    tool_runs: u64,
+}
+
+impl Checked {
+    fn now(inner: &Inner) -> Self {
+        Self { at: inner.store.now(), tool_runs: inner.options.tools.runs() }
+    }
+
+    fn still_current(&self, inner: &Inner) -> bool {
+        let age = inner.store.now().as_millis().saturating_sub(self.at.as_millis());
+        (0..PERSONA_RECHECK.as_millis() as i64).contains(&age)
+            && self.tool_runs == inner.options.tools.runs()
+    }
+}
+
 /// The agent's persona files for this turn. They may change between turns (an operator's
-/// edit, the agent's own `fs.write`), so each turn checks them, but with a `stat` per file:
-/// only a changed file is read again.
+/// edit, the agent's own `fs.write`), so a turn checks them with a `stat` per file, unless
+/// they were checked moments ago (see [`PERSONA_RECHECK`]); only a changed file is read again.
 fn read_persona(inner: &Inner, agent: &Agent) -> Arc<Persona> {
+    let known = inner
+        .personas
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&agent.id)
+        .and_then(|(held, checked)| Some((held.upgrade()?, *checked)));
+    if let Some((known, checked)) = &known
+        && checked.still_current(inner)
+    {
+        return known.clone();
+    }
+    let checked = Checked::now(inner);
     let dir = match inner.agents.workspace(agent) {
         Ok(dir) => dir,
         Err(err) => {
@@ -1031,29 +1202,23 @@ fn read_persona(inner: &Inner, agent: &Agent) -> Arc<Persona> {
     };
     let paths = clade_store::agents::PERSONA_FILES.map(|file| dir.join(file));
     let seen: Vec<Option<FileStamp>> = paths.iter().map(|p| stamp(p)).collect();
-    let known = inner
-        .personas
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&agent.id)
-        .and_then(std::sync::Weak::upgrade);
-    if let Some(known) = known
-        && known.seen == seen
-    {
-        return known;
-    }
-    let files = clade_store::agents::PERSONA_FILES
-        .into_iter()
-        .zip(&paths)
-        .map(|(file, path)| (file, std::fs::read(path).unwrap_or_default()))
-        .collect();
-    let persona = Arc::new(Persona { files, seen });
+    let persona = match known {
+        Some((known, _)) if known.seen == seen => known,
+        _ => {
+            let files = clade_store::agents::PERSONA_FILES
+                .into_iter()
+                .zip(&paths)
+                .map(|(file, path)| (file, std::fs::read(path).unwrap_or_default()))
+                .collect();
+            Arc::new(Persona { files, seen })
+        }
+    };
     let mut personas = inner.personas.lock().unwrap_or_else(|e| e.into_inner());
     // Agents whose sessions all left memory leave the cache too (swept as it doubles).
     if personas.len() >= 64 && personas.len().is_power_of_two() {
-        personas.retain(|_, held| held.strong_count() > 0);
+        personas.retain(|_, (held, _)| held.strong_count() > 0);
     }
-    personas.insert(agent.id, Arc::downgrade(&persona));
+    personas.insert(agent.id, (Arc::downgrade(&persona), checked));
     persona
 }
 
@@ -1066,11 +1231,17 @@ fn read_persona(inner: &Inner, agent: &Agent) -> Arc<Persona> {
 struct Layers {
     /// Each layer's path, its file's stamp when read, and its text (empty when missing).
     files: Vec<(std::path::PathBuf, Option<FileStamp>, String)>,
+    checked: Option<Checked>,
 }
 
 impl Layers {
-    /// Re-reads the layers whose files changed since the last turn (a `stat` each otherwise).
+    /// Re-reads the layers whose files changed since the last turn (a `stat` each otherwise,
+    /// unless they were checked moments ago: see [`PERSONA_RECHECK`]).
     fn refresh(&mut self, inner: &Inner, agent: &Agent, source: &Source) {
+        if self.checked.is_some_and(|checked| checked.still_current(inner)) {
+            return;
+        }
+        self.checked = Some(Checked::now(inner));
         // `read_persona` has made sure the workspace exists; a missing layer is just empty.
         let paths = layer_paths(&inner.agents.workspace_path(agent.id), source);
         if self.files.len() != paths.len() || self.files.iter().zip(&paths).any(|(f, p)| f.0 != *p)
@@ -1286,4 +1457,75 @@ async fn compose(
         messages.push(Message::user(event.text.clone()));
     }
     messages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: i64) -> EventRow {
+        let now = clade_core::Timestamp::from_millis(1_000);
+        EventRow {
+            id: EventId::generate(now),
+            tenant_id: TenantId::generate(now),
+            session_id: SessionId::generate(now),
+            seq,
+            idempotency_key: format!("k{seq}"),
+            text: format!("message {seq}"),
+            status: "pending".into(),
+            turn_id: None,
+            created_at: now,
+        }
+    }
+
+    fn seqs(events: &[EventRow]) -> Vec<i64> {
+        events.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn a_new_actor_reads_the_store_before_trusting_its_inbox() {
+        let mut inbox = Inbox::default();
+        inbox.take(Wake::Event(event(7)));
+        assert!(inbox.has_work());
+        assert!(inbox.next(false).is_none(), "nothing says 7 is the session's next event");
+        // The store's answer ran: from now on the inbox knows where the session stands.
+        inbox.ran(&[event(6)]);
+        let (events, more) = inbox.next(false).expect("7 follows 6");
+        assert_eq!((seqs(&events), more), (vec![7], false));
+    }
+
+    #[test]
+    fn the_inbox_runs_only_the_next_event_in_order() {
+        let mut inbox = Inbox::default();
+        inbox.ran(&[event(0)]);
+        inbox.take(Wake::Event(event(2)));
+        assert!(inbox.next(false).is_none(), "1 is missing: the store must be asked");
+        let mut inbox = Inbox::default();
+        inbox.ran(&[event(0)]);
+        for seq in 1..=3 {
+            inbox.take(Wake::Event(event(seq)));
+        }
+        let (events, more) = inbox.next(false).unwrap();
+        assert_eq!((seqs(&events), more), (vec![1], true));
+        inbox.ran(&events);
+        let (events, more) = inbox.next(true).unwrap();
+        assert_eq!((seqs(&events), more), (vec![2, 3], false), "coalesce takes the run");
+    }
+
+    #[test]
+    fn what_a_turn_took_never_comes_back_from_the_inbox() {
+        let mut inbox = Inbox::default();
+        inbox.take(Wake::Event(event(4)));
+        inbox.take(Wake::Event(event(5)));
+        // A store read ran 4 and 5 in one turn.
+        inbox.ran(&[event(4), event(5)]);
+        assert!(!inbox.has_work());
+        inbox.take(Wake::Event(event(5)));
+        assert!(!inbox.has_work(), "a late hand-over of an event already run");
+        inbox.take(Wake::Work);
+        inbox.take(Wake::Event(event(6)));
+        assert!(inbox.next(false).is_none(), "a wake-up for work asks the store first");
+        inbox.read_store = false;
+        assert_eq!(seqs(&inbox.next(false).unwrap().0), vec![6]);
+    }
 }

@@ -102,6 +102,9 @@ pub struct ToolRunner {
     /// Every tool's spec for the model, with a digest of all of them; the registry never
     /// changes after start, so schemas are generated once rather than on every turn.
     specs: std::sync::OnceLock<(Vec<clade_model::ToolSpec>, String)>,
+    /// Tools run so far: any of them may have written into a workspace (see
+    /// [`ToolRunner::runs`]).
+    runs: std::sync::atomic::AtomicU64,
 }
 
 /// How often a waiting call re-reads its approval (a decision made by another process).
@@ -134,7 +137,14 @@ impl ToolRunner {
             waiters: Mutex::new(HashMap::new()),
             hub: std::sync::OnceLock::new(),
             specs: std::sync::OnceLock::new(),
+            runs: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How many tool calls have run in this process. Whoever caches what lives in a workspace
+    /// (the turn engine's persona files) re-reads it once this has moved.
+    pub fn runs(&self) -> u64 {
+        self.runs.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn all_specs(&self) -> &(Vec<clade_model::ToolSpec>, String) {
@@ -292,6 +302,7 @@ impl ToolRunner {
             String::new()
         };
         let result = tool.call(args, &authorized.context).await;
+        self.runs.fetch_add(1, std::sync::atomic::Ordering::Release);
         let secrets: Vec<&str> = authorized.context.env.iter().map(|(_, v)| v.as_str()).collect();
         let (ok, text) = match &result {
             Ok(text) => (true, text),

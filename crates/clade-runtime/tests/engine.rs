@@ -78,8 +78,8 @@ async fn turn(
         .unwrap()
         .expect("the turn ended");
     let turns = store.turns(accepted.session_id).await.unwrap();
-    let (_, _, usage) = turns.iter().find(|(t, _, _)| t.id == finished.turn.id).unwrap();
-    (finished.turn.status, usage.input_tokens)
+    let (_, _, usage) = turns.iter().find(|(t, _, _)| t.id == finished.turn_id).unwrap();
+    (finished.status, usage.input_tokens)
 }
 
 /// A session's actor keeps its history between turns instead of reading it each time. Its

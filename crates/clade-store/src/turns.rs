@@ -23,7 +23,9 @@ pub struct Source {
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub tenant: TenantId,
-    pub agent: AgentId,
+    /// The agent's handle. The store looks it up in the same transaction that stores the
+    /// event, on the writer's warm pages, so accepting an event costs no read of its own.
+    pub agent: String,
     pub source: Source,
     pub text: String,
     /// Defaults to the event id (no deduplication).
@@ -305,6 +307,9 @@ const ENDED_TURN_OF_EVENT: &str = "SELECT t.id, t.session_id, t.tenant_id, t.age
      FROM events e JOIN turns t ON t.id = e.turn_id \
      WHERE e.id = $1 AND e.tenant_id = $2 AND e.status IN ('done', 'failed', 'yielded')";
 
+/// The agent an event names.
+const AGENT_BY_HANDLE: &str = "SELECT id FROM agents WHERE tenant_id = $1 AND handle = $2";
+
 /// The session an event belongs to, its next position and how many of its events wait.
 const SESSION_FOR_EVENT: &str = "SELECT s.id AS id, s.next_seq AS next_seq, (SELECT COUNT(*) FROM events e \
      WHERE e.session_id = s.id AND e.status IN ('pending', 'running')) AS open \
@@ -338,33 +343,44 @@ impl Store {
     /// Stores an inbound event (or finds the original for a repeated idempotency key). When
     /// this returns, the event is durable.
     pub async fn accept_event(&self, event: NewEvent) -> Result<Accepted> {
-        self.accept_event_announced(event, |_| {}).await
+        self.accept_event_announced(event, |_, _| {}).await
     }
 
     /// As [`Store::accept_event`], and `on_visible` is told as soon as the event is committed,
     /// which can be before it is durable: its turn can start then (see
-    /// [`Store::visible_reads`]). Runs on the writer's thread, so it must only hand the value on.
+    /// [`Store::visible_reads`]). It gets the new event's row as stored (`None` for a
+    /// duplicate), so whoever runs it need not read it back. Runs on the writer's thread, in
+    /// commit order, so it must only hand the values on.
     pub async fn accept_event_announced(
         &self,
         event: NewEvent,
-        on_visible: impl FnOnce(&Accepted) + Send + 'static,
+        on_visible: impl FnOnce(&Accepted, Option<&EventRow>) + Send + 'static,
     ) -> Result<Accepted> {
         let now = self.now();
-        self.write_announced(Some(Box::new(on_visible)), move |conn| {
+        let announce: crate::writer::Announce<(Accepted, Option<EventRow>)> =
+            Box::new(move |(accepted, row)| on_visible(accepted, row.as_ref()));
+        let (accepted, _) = self.write_announced(Some(announce), move |conn| {
             Box::pin(async move {
+                let agent = query(AGENT_BY_HANDLE)
+                    .bind(b(event.tenant.as_bytes()))
+                    .bind(event.agent.clone())
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .ok_or_else(|| Error::AgentNotFound(event.agent.clone()))?;
+                let agent = AgentId::from_bytes(id_bytes(&agent, "id")?);
                 let event_id = EventId::generate(now);
                 let key = event.idempotency_key.clone().unwrap_or_else(|| event_id.to_string());
                 // A key of our own (the new event's id) cannot have been seen before.
                 if event.idempotency_key.is_some()
                     && let Some(existing) = find_by_key(conn, event.tenant, &key).await?
                 {
-                    return check_duplicate(existing, &event.payload_hash, &key);
+                    return Ok((check_duplicate(existing, &event.payload_hash, &key)?, None));
                 }
                 let s = &event.source;
                 // One round trip: the session, its next position and how many events wait.
                 let session = query(SESSION_FOR_EVENT)
                 .bind(b(event.tenant.as_bytes()))
-                .bind(b(event.agent.as_bytes()))
+                .bind(b(agent.as_bytes()))
                 .bind(s.platform.clone())
                 .bind(s.channel.clone())
                 .bind(s.actor.clone())
@@ -385,7 +401,7 @@ impl Store {
                         )
                         .bind(b(id.as_bytes()))
                         .bind(b(event.tenant.as_bytes()))
-                        .bind(b(event.agent.as_bytes()))
+                        .bind(b(agent.as_bytes()))
                         .bind(s.platform.clone())
                         .bind(s.channel.clone())
                         .bind(s.actor.clone())
@@ -417,7 +433,7 @@ impl Store {
                     if err.is_unique_violation()
                         && let Some(existing) = find_by_key(conn, event.tenant, &key).await?
                     {
-                        return check_duplicate(existing, &event.payload_hash, &key);
+                        return Ok((check_duplicate(existing, &event.payload_hash, &key)?, None));
                     }
                     return Err(err);
                 }
@@ -430,10 +446,23 @@ impl Store {
                 .bind(now.as_millis())
                 .execute(&mut *conn)
                 .await?;
-                Ok(Accepted { event_id, session_id, duplicate: false })
+                let row = EventRow {
+                    id: event_id,
+                    tenant_id: event.tenant,
+                    session_id,
+                    seq,
+                    idempotency_key: key,
+                    text: event.text,
+                    status: "pending".into(),
+                    turn_id: None,
+                    // As stored, to the millisecond.
+                    created_at: Timestamp::from_millis(now.as_millis()),
+                };
+                Ok((Accepted { event_id, session_id, duplicate: false }, Some(row)))
             })
         })
-        .await
+        .await?;
+        Ok(accepted)
     }
 
     /// The event of `tenant` with id `id`.

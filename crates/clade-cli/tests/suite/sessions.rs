@@ -363,6 +363,8 @@ async fn persona_layers_compose_in_order() {
     assert_ne!(first, other);
     // An edit of pat's layer reaches pat's next turn and its revision.
     write(&ws.join("actors/http/pat.md"), "ACTOR-LAYER-EDITED");
+    // An edit from outside Clade applies to turns starting up to a second later.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let edited = send("pat").await;
     assert!(system_of_last().contains("ACTOR-LAYER-EDITED"));
     assert_ne!(first, edited);

@@ -479,6 +479,8 @@ async fn each_turn_records_the_config_revision_it_ran_with() {
     for (n, edit) in [None, Some("You are terse."), None].into_iter().enumerate() {
         if let Some(text) = edit {
             write(&std::path::Path::new(&ws).join("SOUL.md"), text);
+            // An edit from outside Clade applies to turns starting up to a second later.
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         }
         let mut body = event(&format!("turn {n}"), "rev");
         body["wait"] = json!(true);
@@ -491,6 +493,31 @@ async fn each_turn_records_the_config_revision_it_ran_with() {
     assert_eq!(revisions[0].len(), 16);
     assert_ne!(revisions[0], revisions[1], "editing SOUL.md must change the revision");
     assert_eq!(revisions[1], revisions[2], "an unchanged config keeps its revision");
+}
+
+/// The engine trusts persona files it checked a moment ago, but not across a tool call: an
+/// agent that rewrites its own `SOUL.md` runs its very next turn with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_own_persona_edit_applies_to_its_next_turn() {
+    let env = setup("tools:\n  policy:\n    - { effect: allow, tool: fs.write }\n", None);
+    let server = env.serve(&[]);
+    let mut revisions = Vec::new();
+    let edit = r#"/tool fs.write {"path":"SOUL.md","content":"You are brief."}"#;
+    for text in ["hello", edit, "again"] {
+        let mut body = event(text, "self-edit");
+        body["wait"] = json!(true);
+        let (status, answer, _) = post(&server, body).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["status"], "completed", "{answer}");
+        let session = answer["session_id"].as_str().unwrap().to_owned();
+        let turns = settled(&server, &session, revisions.len() + 1).await;
+        revisions.push(turns[revisions.len()]["config_revision"].as_str().unwrap().to_owned());
+    }
+    let ws = env.run(&["agents", "workspace", "ada"]).ok().stdout.trim().to_owned();
+    let soul = std::fs::read_to_string(std::path::Path::new(&ws).join("SOUL.md")).unwrap();
+    assert_eq!(soul, "You are brief.", "the tool call did not write SOUL.md");
+    assert_eq!(revisions[0], revisions[1], "the editing turn started before its edit");
+    assert_ne!(revisions[1], revisions[2], "the next turn did not see the agent's own edit");
 }
 
 /// A receiver that refuses every delivery of sessions listed in `failing` and records the rest

@@ -113,8 +113,13 @@ async fn write_hard(
     let largest = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for writer in 0..writers {
-        let (store, text, wal, largest) =
-            (store.clone(), text.clone(), wal.to_owned(), largest.clone());
+        let (store, text, wal, largest, handle) = (
+            store.clone(),
+            text.clone(),
+            wal.to_owned(),
+            largest.clone(),
+            agent.handle.to_string(),
+        );
         tasks.push(tokio::spawn(async move {
             for n in 0..events {
                 let source = clade_store::Source {
@@ -124,7 +129,7 @@ async fn write_hard(
                 };
                 let event = clade_store::NewEvent {
                     tenant: tenant.id,
-                    agent: agent.id,
+                    agent: handle.clone(),
                     source,
                     text: text.clone(),
                     idempotency_key: None,

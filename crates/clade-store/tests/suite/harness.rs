@@ -71,7 +71,7 @@ pub async fn accept(store: &Store, tenant: &Tenant, agent: &Agent, channel: &str
     store
         .accept_event(NewEvent {
             tenant: tenant.id,
-            agent: agent.id,
+            agent: agent.handle.to_string(),
             source: Source { platform: "test".into(), channel: channel.into(), actor: "a".into() },
             text: "hello".into(),
             idempotency_key: None,
