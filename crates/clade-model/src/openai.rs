@@ -213,10 +213,10 @@ impl ChunkState {
             out.push(StreamEvent::Stop(self.finish.take().unwrap_or(StopReason::EndTurn)));
             return Ok(out);
         }
-        let chunk: Value = serde_json::from_str(data).map_err(|e| {
+        let chunk: Chunk<'_> = serde_json::from_str(data).map_err(|e| {
             Error::MalformedResponse(format!("chunk is not JSON ({e}): {}", short(data)))
         })?;
-        if chunk.get("error").is_some() {
+        if chunk.error.is_some() {
             return Err(Error::Server {
                 provider: "openai".into(),
                 status: 200,
@@ -224,39 +224,84 @@ impl ChunkState {
             });
         }
         let mut out = Vec::new();
-        if let Some(u) = usage(&chunk["usage"]) {
+        if let Some(u) = chunk.usage.as_ref().and_then(usage) {
             self.usage = Some(u);
         }
-        for choice in chunk["choices"].as_array().into_iter().flatten() {
-            let delta = &choice["delta"];
-            if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
-                out.push(StreamEvent::TextDelta(text.to_owned()));
+        for choice in chunk.choices.into_iter().flatten() {
+            let delta = choice.delta.unwrap_or_default();
+            if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                out.push(StreamEvent::TextDelta(text.into_owned()));
             }
-            for call in delta["tool_calls"].as_array().into_iter().flatten() {
-                let wire_index = call["index"].as_u64().unwrap_or(0);
+            for call in delta.tool_calls.into_iter().flatten() {
+                let wire_index = call.index.unwrap_or(0);
                 let next = self.started.len();
+                let function = call.function.unwrap_or_default();
                 let index = match self.started.get(&wire_index) {
                     Some(i) => *i,
                     None => {
-                        let id = call["id"].as_str().unwrap_or_default().to_owned();
-                        let name =
-                            names.clade(call["function"]["name"].as_str().unwrap_or_default());
+                        let id = call.id.unwrap_or_default().into_owned();
+                        let name = names.clade(function.name.as_deref().unwrap_or_default());
                         self.started.insert(wire_index, next);
                         out.push(StreamEvent::ToolCallStart { index: next, id, name });
                         next
                     }
                 };
-                if let Some(args) = call["function"]["arguments"].as_str().filter(|a| !a.is_empty())
-                {
-                    out.push(StreamEvent::ToolCallDelta { index, arguments: args.to_owned() });
+                if let Some(args) = function.arguments.filter(|a| !a.is_empty()) {
+                    out.push(StreamEvent::ToolCallDelta { index, arguments: args.into_owned() });
                 }
             }
-            if let Some(finish) = choice["finish_reason"].as_str() {
-                self.finish = Some(stop_reason(finish));
+            if let Some(finish) = choice.finish_reason {
+                self.finish = Some(stop_reason(&finish));
             }
         }
         Ok(out)
     }
+}
+
+/// One streamed chunk, as far as Clade reads it; text borrows from the event's data unless it
+/// has escapes. Typed rather than a `Value` tree: a turn parses one per delta.
+#[derive(serde::Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<ChunkChoice<'a>>>,
+    #[serde(default)]
+    usage: Option<Value>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChunkChoice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<ChunkDelta<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct ChunkDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ChunkToolCall<'a>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChunkToolCall<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    function: Option<ChunkFunction<'a>>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct ChunkFunction<'a> {
+    #[serde(default, borrow)]
+    name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl Decoder for ChunkState {
@@ -340,5 +385,67 @@ impl Provider for OpenAi {
             )
             .await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(chunks: &[&str]) -> Result<Vec<StreamEvent>, Error> {
+        let mut state = ChunkState::default();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            out.extend(state.on_data(chunk)?);
+        }
+        Ok(out)
+    }
+
+    /// Compatible servers fill absent fields with `null` and add fields of their own; the typed
+    /// chunk takes all of it, escapes included.
+    #[test]
+    fn chunks_with_nulls_and_extra_fields_stream_as_openai_does() {
+        let out = events(&[
+            r#"{"id":"x","choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":null},"finish_reason":null,"logprobs":null}],"system_fingerprint":"fp"}"#,
+            r#"{"choices":[{"delta":{"content":"say \"hi\"\n"}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":3,"id":"call_1","type":"function","function":{"name":"get_time","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":3,"function":{"arguments":"{\"tz\":"}}]}}]}"#,
+            r#"{"choices":[{"delta":{},"finish_reason":"tool_calls"}],"usage":null}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":2}}}"#,
+            "[DONE]",
+        ])
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                StreamEvent::TextDelta("say \"hi\"\n".into()),
+                StreamEvent::ToolCallStart {
+                    index: 0,
+                    id: "call_1".into(),
+                    name: "get_time".into()
+                },
+                StreamEvent::ToolCallDelta { index: 0, arguments: "{\"tz\":".into() },
+                StreamEvent::Usage(Usage {
+                    input_tokens: 10,
+                    output_tokens: 5,
+                    cached_input_tokens: 2,
+                    cache_write_tokens: 0,
+                }),
+                StreamEvent::Stop(StopReason::ToolUse),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_error_chunk_or_a_broken_one_is_an_error_not_an_event() {
+        let error = events(&[r#"{"error":{"message":"overloaded","type":"server_error"}}"#]);
+        assert!(
+            matches!(&error, Err(Error::Server { message, .. }) if message.contains("overloaded")),
+            "{error:?}"
+        );
+        for broken in [r#"{"choices":[{"delta":{"content":"#, r#"{"choices":"many"}"#] {
+            let result = events(&[broken]);
+            assert!(matches!(result, Err(Error::MalformedResponse(_))), "{broken}: {result:?}");
+        }
     }
 }

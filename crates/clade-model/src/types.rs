@@ -92,8 +92,9 @@ impl Default for Params {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelRequest {
     pub messages: Vec<Message>,
+    /// Shared: the same tools go out with every call of a turn, and of every turn of an agent.
     #[serde(default)]
-    pub tools: Vec<ToolSpec>,
+    pub tools: std::sync::Arc<[ToolSpec]>,
     #[serde(default)]
     pub params: Params,
 }

@@ -140,7 +140,8 @@ struct ModelStep {
     /// Messages in the request.
     #[serde(default)]
     messages: usize,
-    /// The request as sent: a SHA-256 of its JSON form, and the tools it offered. Its content
+    /// The request as sent: a SHA-256 of its JSON form (see [`fingerprint`]), and the tools it
+    /// offered. Its content
     /// is what the journal, the session's events and the config revision already hold, so
     /// only its fingerprint is kept, not a copy of the whole context per step.
     #[serde(default)]
@@ -819,7 +820,7 @@ async fn run_turn(
     if resumes > 0 {
         *history = None;
     }
-    let tools: Vec<ToolSpec> = inner.options.tools.specs_for(agent.handle.as_str());
+    let tools: Arc<[ToolSpec]> = inner.options.tools.specs_for(agent.handle.as_str());
     let mut last_model = None;
     // Each resume of a yielded turn grants another `max_iterations` model calls.
     let budget = inner.options.sessions.max_iterations.saturating_mul(resumes + 1);
@@ -831,8 +832,10 @@ async fn run_turn(
         {
             Some(done) => done,
             None => {
+                // The context goes into the request and comes back after the call: a turn's
+                // context is its largest value, so it is not copied for each call.
                 let request = ModelRequest {
-                    messages: messages.clone(),
+                    messages: std::mem::take(&mut messages),
                     tools: tools.clone(),
                     ..ModelRequest::default()
                 };
@@ -898,9 +901,10 @@ async fn run_turn(
                     cost_micros: outcome.cost_micros,
                     route: outcome.events.iter().map(|e| format!("{e:?}")).collect(),
                     messages: request.messages.len(),
-                    request_sha256: fingerprint(&request),
+                    request_sha256: fingerprint(&request, inner.options.tools.specs_digest()),
                     tools: request.tools.iter().map(|t| t.name.clone()).collect(),
                 };
+                messages = request.messages;
                 let usage =
                     crate::models::usage_record(tenant, Some(agent), Some(turn.id), &outcome);
                 let entry = JournalEntry {
@@ -1311,7 +1315,10 @@ fn config_revision(inner: &Inner, agent: &Agent, persona: &Persona, layers: &Lay
 }
 
 /// SHA-256 of a model request's JSON, hashed as it is written out rather than from a copy.
-fn fingerprint(request: &ModelRequest) -> String {
+/// Tools are stood for by their names and `tools_sha256`, the digest of every tool's name,
+/// description and schema ([`ToolRunner::specs_digest`]): the same tools give the same
+/// fingerprint, and their schemas are not written out again for every call.
+fn fingerprint(request: &ModelRequest, tools_sha256: &str) -> String {
     struct Hashing(Sha256);
     impl std::io::Write for Hashing {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -1322,9 +1329,26 @@ fn fingerprint(request: &ModelRequest) -> String {
             Ok(())
         }
     }
-    let mut hashing = Hashing(Sha256::new());
-    match serde_json::to_writer(&mut hashing, request) {
-        Ok(()) => hex::encode(hashing.0.finalize()),
+    #[derive(Serialize)]
+    struct Fingerprinted<'a> {
+        messages: &'a [Message],
+        tools: Vec<&'a str>,
+        tools_sha256: &'a str,
+        params: &'a clade_model::Params,
+    }
+    let fingerprinted = Fingerprinted {
+        messages: &request.messages,
+        tools: request.tools.iter().map(|t| t.name.as_str()).collect(),
+        tools_sha256,
+        params: &request.params,
+    };
+    // serde_json writes a value in many small pieces: they are gathered before hashing.
+    let mut hashing = std::io::BufWriter::with_capacity(8 * 1024, Hashing(Sha256::new()));
+    if serde_json::to_writer(&mut hashing, &fingerprinted).is_err() {
+        return String::new();
+    }
+    match hashing.into_inner() {
+        Ok(hashing) => hex::encode(hashing.0.finalize()),
         Err(_) => String::new(),
     }
 }

@@ -101,7 +101,9 @@ pub struct ToolRunner {
     hub: std::sync::OnceLock<Hub>,
     /// Every tool's spec for the model, with a digest of all of them; the registry never
     /// changes after start, so schemas are generated once rather than on every turn.
-    specs: std::sync::OnceLock<(Vec<clade_model::ToolSpec>, String)>,
+    specs: std::sync::OnceLock<(Arc<[clade_model::ToolSpec]>, String)>,
+    /// The tool lists of agents that lack some tools, by which tools they have.
+    spec_lists: Mutex<HashMap<Vec<bool>, Arc<[clade_model::ToolSpec]>>>,
     /// Tools run so far: any of them may have written into a workspace (see
     /// [`ToolRunner::runs`]).
     runs: std::sync::atomic::AtomicU64,
@@ -137,6 +139,7 @@ impl ToolRunner {
             waiters: Mutex::new(HashMap::new()),
             hub: std::sync::OnceLock::new(),
             specs: std::sync::OnceLock::new(),
+            spec_lists: Mutex::default(),
             runs: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -147,7 +150,7 @@ impl ToolRunner {
         self.runs.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    fn all_specs(&self) -> &(Vec<clade_model::ToolSpec>, String) {
+    fn all_specs(&self) -> &(Arc<[clade_model::ToolSpec]>, String) {
         self.specs.get_or_init(|| {
             let specs: Vec<clade_model::ToolSpec> = self
                 .registry
@@ -165,14 +168,27 @@ impl ToolRunner {
                 digest.update(spec.input_schema.to_string().as_bytes());
                 digest.update([0]);
             }
-            (specs, hex::encode(digest.finalize()))
+            (specs.into(), hex::encode(digest.finalize()))
         })
     }
 
     /// The specs of the tools the agent with `handle` has, as the model sees them.
-    pub fn specs_for(&self, handle: &str) -> Vec<clade_model::ToolSpec> {
+    pub fn specs_for(&self, handle: &str) -> Arc<[clade_model::ToolSpec]> {
         let (specs, _) = self.all_specs();
-        specs.iter().filter(|s| self.registry.get_for(&s.name, handle).is_some()).cloned().collect()
+        let has: Vec<bool> =
+            specs.iter().map(|s| self.registry.get_for(&s.name, handle).is_some()).collect();
+        // Most agents have every tool (only MCP servers are per agent); agents with the same
+        // tools share one list, so a turn clones no schema.
+        if has.iter().all(|has| *has) {
+            return specs.clone();
+        }
+        let mut lists = self.spec_lists.lock().unwrap_or_else(|e| e.into_inner());
+        lists
+            .entry(has)
+            .or_insert_with_key(|has| {
+                specs.iter().zip(has).filter(|(_, has)| **has).map(|(s, _)| s.clone()).collect()
+            })
+            .clone()
     }
 
     /// A digest of every tool's name, description and schema.

@@ -26,7 +26,7 @@ async fn tool_calls_round_trip_with_namespaced_names() {
     let stub = stub().await;
     for (label, provider) in all(&stub) {
         let mut request = user("/tool time.now {\"tz\":\"UTC\"}");
-        request.tools = vec![time_tool()];
+        request.tools = vec![time_tool()].into();
         let first = call(provider.as_ref(), "stub", &request).await.unwrap();
         assert_eq!(first.stop_reason, Some(StopReason::ToolUse), "{label}");
         assert_eq!(first.tool_calls.len(), 1, "{label}");
@@ -60,7 +60,7 @@ async fn openai_request_matches_the_documented_wire_format() {
     let stub = stub().await;
     let mut request = ModelRequest {
         messages: vec![Message::system("be brief"), Message::user("/tool time.now")],
-        tools: vec![time_tool()],
+        tools: vec![time_tool()].into(),
         ..ModelRequest::default()
     };
     request.params.max_tokens = 77;
@@ -103,7 +103,7 @@ async fn anthropic_request_matches_the_documented_wire_format_and_caches_the_pre
     let stub = stub().await;
     let mut request = ModelRequest {
         messages: vec![Message::system("persona: SOUL.md"), Message::user("/tool time.now")],
-        tools: vec![time_tool()],
+        tools: vec![time_tool()].into(),
         ..ModelRequest::default()
     };
     let first = call(anthropic(&stub, true).as_ref(), "claude-test", &request).await.unwrap();

@@ -38,7 +38,7 @@ async fn openai_documented_tool_call_stream() {
     let provider: Arc<dyn Provider> =
         Arc::new(OpenAi::new("openai", reqwest::Client::new(), options(base, true)));
     let mut request = user("weather?");
-    request.tools = weather_tools();
+    request.tools = weather_tools().into();
     let response = call(provider.as_ref(), "gpt-4o", &request).await.unwrap();
     assert_eq!(response.stop_reason, Some(StopReason::ToolUse));
     assert_eq!(response.tool_calls.len(), 2);
@@ -61,7 +61,7 @@ async fn anthropic_documented_tool_use_stream() {
     let provider: Arc<dyn Provider> =
         Arc::new(Anthropic::new("anthropic", reqwest::Client::new(), options(base, true)));
     let mut request = user("weather?");
-    request.tools = weather_tools();
+    request.tools = weather_tools().into();
     let response = call(provider.as_ref(), "claude", &request).await.unwrap();
     assert_eq!(response.text, "Okay, let's check the weather.");
     assert_eq!(response.stop_reason, Some(StopReason::ToolUse));
