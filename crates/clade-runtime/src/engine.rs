@@ -117,8 +117,8 @@ enum Wake {
     /// Something changed in the store (a resumed turn, a restart): read it.
     Work,
     /// This event was just committed, sent in commit order from the store's writer; the actor
-    /// can run it without reading it back.
-    Event(EventRow),
+    /// can run it without reading it back. Boxed, so the queue's blocks stay small.
+    Event(Box<EventRow>),
 }
 
 /// A cheap-to-clone handle to the engine.
@@ -294,7 +294,7 @@ impl Engine {
         let on_visible = move |accepted: &Accepted, event: Option<&EventRow>| {
             let Some(event) = event else { return };
             let live = watch.then(|| inner.hub.subscribe(accepted.session_id));
-            inner.wake(accepted.session_id, Wake::Event(event.clone()));
+            inner.wake(accepted.session_id, Wake::Event(Box::new(event.clone())));
             let _ = tell.send(live);
         };
         let accepted = self
@@ -510,7 +510,7 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Unbound
         let settings = inner.settings.load(std::sync::atomic::Ordering::SeqCst);
         let ctx = match &context {
             Some(ctx) if ctx.settings == settings => ctx.clone(),
-            _ => match TurnContext::load(&inner, session_id, settings).await {
+            _ => match Box::pin(TurnContext::load(&inner, session_id, settings)).await {
                 Ok(ctx) => {
                     // Settings changed (a queue mode, say): what was kept under the old ones
                     // is read again.
@@ -533,7 +533,7 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Unbound
         }
         let (events, more) = match inbox.next(coalesce) {
             Some(events) => events,
-            None => match inner.visible.open_events(session_id, coalesce).await {
+            None => match Box::pin(inner.visible.open_events(session_id, coalesce)).await {
                 Ok(open) => (open.events, open.more),
                 Err(err) => {
                     tracing::error!(session = %session_id, error = %err, "cannot read the session's events; retrying");
@@ -567,8 +567,13 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Unbound
             }
             Err(err) => {
                 tracing::error!(session = %session_id, error = %err, "turn task panicked");
-                fail_events(&inner, session_id, &events, "internal error while running the turn")
-                    .await
+                Box::pin(fail_events(
+                    &inner,
+                    session_id,
+                    &events,
+                    "internal error while running the turn",
+                ))
+                .await
             }
         };
         inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_id);
@@ -605,7 +610,7 @@ impl Inbox {
             Wake::Work => self.read_store = true,
             Wake::Event(event) => {
                 if self.taken.is_none_or(|taken| event.seq > taken) {
-                    self.events.push_back(event);
+                    self.events.push_back(*event);
                 }
             }
         }
@@ -857,17 +862,16 @@ async fn run_turn(
                 };
                 // Request and response are journaled together, once the response is in: a call
                 // that crashed before then is simply made again (no side effect on our side).
-                let outcome = match inner
-                    .models
-                    .call_unrecorded(
-                        tenant,
-                        Some(agent),
-                        ProcessKind::Channel,
-                        &request,
-                        &mut on_event,
-                    )
-                    .await
-                {
+                // Boxed: the call's state (router, adapter, HTTP client) is the largest part of
+                // a turn's, and a turn spends most of its life awaiting other things.
+                let call = Box::pin(inner.models.call_unrecorded(
+                    tenant,
+                    Some(agent),
+                    ProcessKind::Channel,
+                    &request,
+                    &mut on_event,
+                ));
+                let outcome = match call.await {
                     Ok(outcome) => outcome,
                     Err(err) => {
                         let reason = err.error.to_string();
@@ -1509,7 +1513,7 @@ mod tests {
     #[test]
     fn a_new_actor_reads_the_store_before_trusting_its_inbox() {
         let mut inbox = Inbox::default();
-        inbox.take(Wake::Event(event(7)));
+        inbox.take(Wake::Event(Box::new(event(7))));
         assert!(inbox.has_work());
         assert!(inbox.next(false).is_none(), "nothing says 7 is the session's next event");
         // The store's answer ran: from now on the inbox knows where the session stands.
@@ -1522,12 +1526,12 @@ mod tests {
     fn the_inbox_runs_only_the_next_event_in_order() {
         let mut inbox = Inbox::default();
         inbox.ran(&[event(0)]);
-        inbox.take(Wake::Event(event(2)));
+        inbox.take(Wake::Event(Box::new(event(2))));
         assert!(inbox.next(false).is_none(), "1 is missing: the store must be asked");
         let mut inbox = Inbox::default();
         inbox.ran(&[event(0)]);
         for seq in 1..=3 {
-            inbox.take(Wake::Event(event(seq)));
+            inbox.take(Wake::Event(Box::new(event(seq))));
         }
         let (events, more) = inbox.next(false).unwrap();
         assert_eq!((seqs(&events), more), (vec![1], true));
@@ -1539,15 +1543,15 @@ mod tests {
     #[test]
     fn what_a_turn_took_never_comes_back_from_the_inbox() {
         let mut inbox = Inbox::default();
-        inbox.take(Wake::Event(event(4)));
-        inbox.take(Wake::Event(event(5)));
+        inbox.take(Wake::Event(Box::new(event(4))));
+        inbox.take(Wake::Event(Box::new(event(5))));
         // A store read ran 4 and 5 in one turn.
         inbox.ran(&[event(4), event(5)]);
         assert!(!inbox.has_work());
-        inbox.take(Wake::Event(event(5)));
+        inbox.take(Wake::Event(Box::new(event(5))));
         assert!(!inbox.has_work(), "a late hand-over of an event already run");
         inbox.take(Wake::Work);
-        inbox.take(Wake::Event(event(6)));
+        inbox.take(Wake::Event(Box::new(event(6))));
         assert!(inbox.next(false).is_none(), "a wake-up for work asks the store first");
         inbox.read_store = false;
         assert_eq!(seqs(&inbox.next(false).unwrap().0), vec![6]);

@@ -20,10 +20,11 @@ pub struct LiveEvent {
 }
 
 /// Events a session subscriber may fall behind by before it misses some. Small, because every
-/// watched session holds one such buffer (a 1,024-slot one was ~110 KiB per waiting client);
+/// watched session holds one such buffer, all of it allocated up front (a 1,024-slot one was
+/// ~110 KiB per waiting client, a 64-slot one 7 KiB, as much as the rest of an active session);
 /// a subscriber that lags loses only text deltas, since lifecycle events can be re-read from
-/// the outbox.
-const SESSION_CAPACITY: usize = 64;
+/// the outbox (SSE and WebSocket clients catch up from it, a waiting request asks the store).
+const SESSION_CAPACITY: usize = 16;
 /// The same for a subscriber to all of an agent's sessions, which sees far more traffic.
 const AGENT_CAPACITY: usize = 1024;
 

@@ -398,7 +398,7 @@ async fn closed_loop(
     let mut tasks = Vec::new();
     for s in 0..sessions {
         let (engine, tenant, peak) = (engine.clone(), tenant.clone(), peak_rss.clone());
-        tasks.push(tokio::spawn(async move {
+        let fut = async move {
             let mut latencies = Vec::with_capacity(per_session);
             for i in 0..per_session {
                 let t = now();
@@ -409,7 +409,8 @@ async fn closed_loop(
                 }
             }
             Ok::<_, anyhow::Error>(latencies)
-        }));
+        };
+        tasks.push(tokio::spawn(fut));
     }
     let mut latencies = Vec::new();
     for task in tasks {
