@@ -531,8 +531,10 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Unbound
         if ctx.queue_mode == QueueMode::Steer {
             inbox.read_store = true;
         }
-        let (events, more) = match inbox.next(coalesce) {
-            Some(events) => events,
+        // `store_has_more`: the store showed more open events than this turn takes (what the
+        // inbox still holds needs no read).
+        let (events, store_has_more) = match inbox.next(coalesce) {
+            Some(events) => (events, false),
             None => match Box::pin(inner.visible.open_events(session_id, coalesce)).await {
                 Ok(open) => (open.events, open.more),
                 Err(err) => {
@@ -579,7 +581,7 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Unbound
         inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_id);
         inbox.ran(&events);
         // Events whose outcome could not be recorded are still open: read again.
-        inbox.read_store = more || !settled;
+        inbox.read_store = store_has_more || !settled;
     }
 }
 
@@ -616,9 +618,8 @@ impl Inbox {
         }
     }
 
-    /// The next turn's events from the inbox, and whether more wait, unless the store must
-    /// be asked.
-    fn next(&mut self, all: bool) -> Option<(Vec<EventRow>, bool)> {
+    /// The next turn's events from the inbox, unless the store must be asked.
+    fn next(&mut self, all: bool) -> Option<Vec<EventRow>> {
         let next_seq = self.taken? + 1;
         if self.read_store || self.events.front()?.seq != next_seq {
             return None;
@@ -630,8 +631,7 @@ impl Inbox {
         {
             events.extend(self.events.pop_front());
         }
-        let more = !self.events.is_empty();
-        Some((events, more))
+        Some(events)
     }
 
     /// A turn took `events`: the inbox drops them and anything older.
@@ -1518,8 +1518,8 @@ mod tests {
         assert!(inbox.next(false).is_none(), "nothing says 7 is the session's next event");
         // The store's answer ran: from now on the inbox knows where the session stands.
         inbox.ran(&[event(6)]);
-        let (events, more) = inbox.next(false).expect("7 follows 6");
-        assert_eq!((seqs(&events), more), (vec![7], false));
+        let events = inbox.next(false).expect("7 follows 6");
+        assert_eq!(seqs(&events), vec![7]);
     }
 
     #[test]
@@ -1533,11 +1533,14 @@ mod tests {
         for seq in 1..=3 {
             inbox.take(Wake::Event(Box::new(event(seq))));
         }
-        let (events, more) = inbox.next(false).unwrap();
-        assert_eq!((seqs(&events), more), (vec![1], true));
+        let events = inbox.next(false).unwrap();
+        assert_eq!(seqs(&events), vec![1]);
         inbox.ran(&events);
-        let (events, more) = inbox.next(true).unwrap();
-        assert_eq!((seqs(&events), more), (vec![2, 3], false), "coalesce takes the run");
+        assert!(inbox.has_work(), "2 and 3 wait in the inbox");
+        let events = inbox.next(true).unwrap();
+        assert_eq!(seqs(&events), vec![2, 3], "coalesce takes the run");
+        inbox.ran(&events);
+        assert!(!inbox.has_work());
     }
 
     #[test]
@@ -1554,6 +1557,6 @@ mod tests {
         inbox.take(Wake::Event(Box::new(event(6))));
         assert!(inbox.next(false).is_none(), "a wake-up for work asks the store first");
         inbox.read_store = false;
-        assert_eq!(seqs(&inbox.next(false).unwrap().0), vec![6]);
+        assert_eq!(seqs(&inbox.next(false).unwrap()), vec![6]);
     }
 }
