@@ -449,8 +449,10 @@ pub(crate) enum BenchCommand {
         /// Keep each row's database under <data-dir>/bench-turns, to inspect what a turn wrote
         #[arg(long)]
         keep: bool,
-        /// The model: `stub` (clade-stub on a local port, through the OpenAI adapter and HTTP,
-        /// streaming) or `scripted` (the offline model in-process, no HTTP)
+        /// The model: `stub` (clade-stub in a process of its own, through the OpenAI adapter,
+        /// streaming, over HTTP/2 as OpenAI and Anthropic are reached), `stub-http1` (the same
+        /// over HTTP/1.1, a connection per concurrent call, as most local servers are reached)
+        /// or `scripted` (the offline model in-process, no HTTP)
         #[arg(long, default_value = "stub")]
         model: BenchModel,
     },
@@ -460,5 +462,6 @@ pub(crate) enum BenchCommand {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum BenchModel {
     Stub,
+    StubHttp1,
     Scripted,
 }

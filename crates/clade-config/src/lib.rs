@@ -269,6 +269,12 @@ pub struct ModelConfig {
     /// Longest reply, in tokens.
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    /// Speak HTTP/2 to an `http://` base URL from the first byte (h2c with prior knowledge),
+    /// for a local server that supports it: concurrent calls then share one connection instead
+    /// of holding one each. Over `https://` HTTP/2 is negotiated by itself when the server
+    /// offers it (OpenAI and Anthropic do), so this is rarely needed.
+    #[serde(default)]
+    pub http2: bool,
 }
 
 fn default_true() -> bool {

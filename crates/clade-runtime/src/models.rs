@@ -81,6 +81,8 @@ pub struct Models {
     store: Store,
     env: EnvHints,
     client: reqwest::Client,
+    /// For models with `http2: true` (HTTP/2 with prior knowledge).
+    client_h2: reqwest::Client,
     secrets: Secrets,
     clock: Arc<dyn Clock>,
 }
@@ -108,6 +110,7 @@ impl Models {
                 headers: BTreeMap::new(),
                 price: clade_config::PriceConfig::default(),
                 max_tokens: None,
+                http2: false,
             };
             if env.get("OPENAI_API_KEY").is_some() {
                 models.insert(
@@ -138,6 +141,12 @@ impl Models {
             store,
             env,
             client: reqwest::Client::new(),
+            client_h2: reqwest::Client::builder().http2_prior_knowledge().build().unwrap_or_else(
+                |err| {
+                    tracing::warn!(error = %err, "cannot set up HTTP/2 with prior knowledge; models with `http2: true` use HTTP/1.1");
+                    reqwest::Client::new()
+                },
+            ),
             secrets,
             clock,
         }
@@ -297,10 +306,11 @@ impl Models {
         options.stream = config.stream;
         options.headers = config.headers.clone().into_iter().collect();
         options.credentials = self.credentials(name, config, agent);
+        let client = if config.http2 { self.client_h2.clone() } else { self.client.clone() };
         let provider: Arc<dyn Provider> = match config.provider {
-            ProviderKind::Openai => Arc::new(OpenAi::new(name, self.client.clone(), options)),
+            ProviderKind::Openai => Arc::new(OpenAi::new(name, client, options)),
             ProviderKind::Anthropic => {
-                let adapter = Anthropic::new(name, self.client.clone(), options);
+                let adapter = Anthropic::new(name, client, options);
                 Arc::new(if config.oauth.is_some() { adapter.with_bearer_auth() } else { adapter })
             }
             ProviderKind::Scripted => Arc::new(Scripted),

@@ -54,7 +54,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
     // One stub for every row, in a process of its own as a provider would be: its CPU is
     // reported apart, and its connection buffers stay out of Clade's RSS.
     let stub = match model {
-        BenchModel::Stub => Some(StubProcess::start().await?),
+        BenchModel::Stub | BenchModel::StubHttp1 => Some(StubProcess::start().await?),
         BenchModel::Scripted => None,
     };
     let model_config = stub.as_ref().map(|stub| clade_config::ModelConfig {
@@ -68,11 +68,14 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         headers: Default::default(),
         price: Default::default(),
         max_tokens: None,
+        http2: *model == BenchModel::Stub,
     });
     let shown = match &stub {
         Some(stub) => format!(
-            "clade-stub at {} (process {}; OpenAI protocol, streaming, 0 ms)",
-            stub.url, stub.pid
+            "clade-stub at {} (process {}; OpenAI protocol over {}, streaming, 0 ms)",
+            stub.url,
+            stub.pid,
+            if *model == BenchModel::Stub { "HTTP/2" } else { "HTTP/1.1" }
         ),
         None => "the scripted model in-process (0 ms, no HTTP)".to_owned(),
     };

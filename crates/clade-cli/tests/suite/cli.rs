@@ -296,6 +296,25 @@ fn bench_turns_runs_the_stub_in_a_process_of_its_own() {
         assert!(row[row.len() - 2].ends_with("→0"), "actors stayed in memory: {row:?}");
     }
     assert!(process_ends(pid), "the stub (process {pid}) outlived the bench");
+    // By default the stub is reached over HTTP/2 (as OpenAI and Anthropic are), on request
+    // over HTTP/1.1.
+    assert!(out.stdout.contains("over HTTP/2"), "{}", out.stdout);
+    let http1 = env
+        .run(&[
+            "bench",
+            "turns",
+            "--turns",
+            "10",
+            "--sessions",
+            "2",
+            "--durability",
+            "normal",
+            "--model",
+            "stub-http1",
+        ])
+        .ok();
+    assert!(http1.stdout.contains("over HTTP/1.1"), "{}", http1.stdout);
+    assert_eq!(http1.stdout.lines().filter(|l| l.starts_with("normal ")).count(), 1);
 
     env.run(&["bench", "turns", "--turns", "0"]).fails_with("at least 1");
     env.run(&["bench", "turns", "--durability", "sometimes"]).fails_with("unknown durability");

@@ -18,28 +18,38 @@ pub fn options(base: String, stream: bool) -> HttpOptions {
 }
 
 pub fn openai(stub: &Stub, stream: bool) -> Arc<dyn Provider> {
-    Arc::new(OpenAi::new(
-        "openai",
-        reqwest::Client::new(),
-        options(format!("{}/v1", stub.url()), stream),
-    ))
+    openai_over(stub, stream, reqwest::Client::new())
 }
 
 pub fn anthropic(stub: &Stub, stream: bool) -> Arc<dyn Provider> {
-    Arc::new(Anthropic::new(
-        "anthropic",
-        reqwest::Client::new(),
-        options(stub.url().to_owned(), stream),
-    ))
+    anthropic_over(stub, stream, reqwest::Client::new())
 }
 
-/// Every adapter in every mode, with a label for assertion messages.
+fn openai_over(stub: &Stub, stream: bool, client: reqwest::Client) -> Arc<dyn Provider> {
+    Arc::new(OpenAi::new("openai", client, options(format!("{}/v1", stub.url()), stream)))
+}
+
+fn anthropic_over(stub: &Stub, stream: bool, client: reqwest::Client) -> Arc<dyn Provider> {
+    Arc::new(Anthropic::new("anthropic", client, options(stub.url().to_owned(), stream)))
+}
+
+/// A client that speaks HTTP/2 from the first byte (a model's `http2: true`): it fails against
+/// a server that does not.
+fn http2_only() -> reqwest::Client {
+    reqwest::Client::builder().http2_prior_knowledge().build().unwrap()
+}
+
+/// Every adapter in every mode, over HTTP/1.1 and HTTP/2, with a label for assertion messages.
 pub fn all(stub: &Stub) -> Vec<(&'static str, Arc<dyn Provider>)> {
     vec![
         ("openai/stream", openai(stub, true)),
         ("openai/complete", openai(stub, false)),
         ("anthropic/stream", anthropic(stub, true)),
         ("anthropic/complete", anthropic(stub, false)),
+        ("openai/stream/http2", openai_over(stub, true, http2_only())),
+        ("openai/complete/http2", openai_over(stub, false, http2_only())),
+        ("anthropic/stream/http2", anthropic_over(stub, true, http2_only())),
+        ("anthropic/complete/http2", anthropic_over(stub, false, http2_only())),
     ]
 }
 
