@@ -88,6 +88,18 @@ pub struct UsageRecord {
     pub cost_micros: u64,
 }
 
+impl UsageRecord {
+    /// What the call adds to its turn's totals: input tokens (cached and cache writes
+    /// included), output tokens and cost.
+    pub(crate) fn turn_totals(&self) -> (i64, i64, i64) {
+        (
+            to_i64(self.input_tokens + self.cached_tokens + self.cache_write_tokens),
+            to_i64(self.output_tokens),
+            to_i64(self.cost_micros),
+        )
+    }
+}
+
 /// Usage summed per agent and model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageSummary {
@@ -125,7 +137,14 @@ pub struct BudgetSettlement {
 }
 
 /// Inserts a usage row inside the caller's transaction.
-pub(crate) async fn insert_usage(conn: &mut Tx, usage: &UsageRecord, now: Timestamp) -> Result<()> {
+/// Records a model call. With `add_to_turn`, its turn's totals grow by it (a turn inserted in
+/// the same write carries them from the start instead: see [`UsageRecord::turn_totals`]).
+pub(crate) async fn insert_usage(
+    conn: &mut Tx,
+    usage: &UsageRecord,
+    now: Timestamp,
+    add_to_turn: bool,
+) -> Result<()> {
     query(
         "INSERT INTO model_usage (id, tenant_id, agent_id, turn_id, model, input_tokens, output_tokens, \
          cached_tokens, cache_write_tokens, cost_micros, created_at) \
@@ -146,15 +165,16 @@ pub(crate) async fn insert_usage(conn: &mut Tx, usage: &UsageRecord, now: Timest
     .await?;
     // A turn carries its own totals, so listing a session's turns needs no index of usage by
     // turn (one page fewer in every commit that records a model call).
-    if let Some(turn) = usage.turn {
+    if let Some(turn) = usage.turn.filter(|_| add_to_turn) {
+        let (input, output, cost) = usage.turn_totals();
         query(
             "UPDATE turns SET model_calls = model_calls + 1, input_tokens = input_tokens + $2, \
              output_tokens = output_tokens + $3, cost_micros = cost_micros + $4 WHERE id = $1",
         )
         .bind(turn.as_bytes().to_vec())
-        .bind(to_i64(usage.input_tokens + usage.cached_tokens + usage.cache_write_tokens))
-        .bind(to_i64(usage.output_tokens))
-        .bind(to_i64(usage.cost_micros))
+        .bind(input)
+        .bind(output)
+        .bind(cost)
         .execute(&mut *conn)
         .await?;
     }
@@ -847,7 +867,8 @@ impl Store {
     /// Records one model call's usage.
     pub async fn record_usage(&self, usage: UsageRecord) -> Result<()> {
         let now = self.now();
-        self.write(move |conn| Box::pin(async move { insert_usage(conn, &usage, now).await })).await
+        self.write(move |conn| Box::pin(async move { insert_usage(conn, &usage, now, true).await }))
+            .await
     }
 
     /// Usage of a tenant since `since`, summed per agent and model ([`USAGE_SUMMARY`]).

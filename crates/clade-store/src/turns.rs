@@ -622,9 +622,18 @@ impl Store {
                     ),
                     None => ("running".to_owned(), "running", None, None, None, None),
                 };
+                // The first model call's usage is in the turn's totals from the start: no update
+                // of the row just inserted.
+                let counted = first_step
+                    .as_ref()
+                    .and_then(|(_, usage)| usage.as_ref())
+                    .filter(|usage| usage.turn == Some(turn.id));
+                let (calls, (input, output, cost)) =
+                    counted.map_or((0, (0, 0, 0)), |usage| (1, usage.turn_totals()));
                 query(
                     "INSERT INTO turns (id, session_id, tenant_id, agent_id, status, reply, error, model, \
-                     config_revision, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                     config_revision, started_at, finished_at, model_calls, input_tokens, output_tokens, \
+                     cost_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 )
                 .bind(b(turn.id.as_bytes()))
                 .bind(b(turn.session_id.as_bytes()))
@@ -637,8 +646,13 @@ impl Store {
                 .bind(turn.config_revision)
                 .bind(turn.started_at.as_millis())
                 .bind(finished_at)
+                .bind(calls)
+                .bind(input)
+                .bind(output)
+                .bind(cost)
                 .execute(&mut *conn)
                 .await?;
+                let usage_counted = counted.is_some();
                 for event in &events {
                     let taken = query(
                         "UPDATE events SET status = $3, turn_id = $1 WHERE id = $2 AND status = 'pending'",
@@ -655,7 +669,7 @@ impl Store {
                 if let Some((entry, usage)) = first_step {
                     journal_in(conn, turn.id, entry, now).await?;
                     if let Some(usage) = &usage {
-                        insert_usage(conn, usage, now).await?;
+                        insert_usage(conn, usage, now, !usage_counted).await?;
                     }
                 }
                 let mut all = outbox;
@@ -719,7 +733,7 @@ impl Store {
                     return Ok(Vec::new());
                 }
                 if let Some(usage) = &usage {
-                    insert_usage(conn, usage, now).await?;
+                    insert_usage(conn, usage, now, true).await?;
                 }
                 insert_outbox(conn, now, tenant, Some(session), Some(turn_id), &outbox).await
             })
