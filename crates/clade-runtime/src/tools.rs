@@ -175,13 +175,13 @@ impl ToolRunner {
     /// The specs of the tools the agent with `handle` has, as the model sees them.
     pub fn specs_for(&self, handle: &str) -> Arc<[clade_model::ToolSpec]> {
         let (specs, _) = self.all_specs();
-        let has: Vec<bool> =
-            specs.iter().map(|s| self.registry.get_for(&s.name, handle).is_some()).collect();
+        let has = |s: &clade_model::ToolSpec| self.registry.get_for(&s.name, handle).is_some();
         // Most agents have every tool (only MCP servers are per agent); agents with the same
         // tools share one list, so a turn clones no schema.
-        if has.iter().all(|has| *has) {
+        if specs.iter().all(has) {
             return specs.clone();
         }
+        let has: Vec<bool> = specs.iter().map(has).collect();
         let mut lists = self.spec_lists.lock().unwrap_or_else(|e| e.into_inner());
         lists
             .entry(has)

@@ -141,3 +141,60 @@ async fn idle_sessions_leave_memory_and_come_back() {
     let (_, first) = turn(&engine, &store, &tenant, "c", "again").await;
     assert!(input > first, "{input} input tokens with history, {first} without");
 }
+
+/// A tool every agent has, or (with an `owner`) only that agent, as an MCP server configured
+/// for one agent gives.
+struct Offered {
+    name: &'static str,
+    owner: Option<&'static str>,
+}
+
+impl clade_tools::Tool for Offered {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn description(&self) -> &str {
+        "a tool"
+    }
+    fn input_schema(&self) -> serde_json::Value {
+        serde_json::json!({ "type": "object" })
+    }
+    fn available_to(&self, agent: &str) -> bool {
+        self.owner.is_none_or(|owner| owner == agent)
+    }
+    fn call<'a>(
+        &'a self,
+        _args: serde_json::Value,
+        _ctx: &'a clade_tools::CallContext,
+    ) -> futures::future::BoxFuture<'a, clade_tools::ToolResult> {
+        Box::pin(async { Ok(String::new()) })
+    }
+}
+
+/// Each agent is offered exactly its own tools, and agents with the same tools share one list,
+/// so a turn clones no schema.
+#[tokio::test]
+async fn each_agent_is_offered_its_own_tools_from_a_shared_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, data, _) = open(dir.path()).await;
+    let mut registry = clade_tools::Registry::new();
+    registry.register(Arc::new(Offered { name: "all.echo", owner: None }));
+    registry.register(Arc::new(Offered { name: "alice.only", owner: Some("alice") }));
+    let runner = ToolRunner::new(
+        registry,
+        store.clone(),
+        Agents::new(store.clone(), data.clone()),
+        None,
+        &clade_config::ToolsConfig::default(),
+    );
+    let names = |handle: &str| -> Vec<String> {
+        let mut names: Vec<String> =
+            runner.specs_for(handle).iter().map(|s| s.name.clone()).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names("alice"), vec!["alice.only".to_owned(), "all.echo".to_owned()]);
+    assert_eq!(names("bob"), vec!["all.echo".to_owned()]);
+    assert!(Arc::ptr_eq(&runner.specs_for("bob"), &runner.specs_for("carol")));
+    assert!(!Arc::ptr_eq(&runner.specs_for("alice"), &runner.specs_for("bob")));
+}

@@ -470,6 +470,19 @@ where
     }
 }
 
+/// Sends `text` from `actor` and waits for its turn, which must complete as the session's
+/// `n`-th (from 0); returns the config revision that turn ran with.
+async fn nth_turn_revision(server: &Server, text: &str, actor: &str, n: usize) -> String {
+    let mut body = event(text, actor);
+    body["wait"] = json!(true);
+    let (status, answer, _) = post(server, body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "completed", "{answer}");
+    let session = answer["session_id"].as_str().unwrap().to_owned();
+    let turns = settled(server, &session, n + 1).await;
+    turns[n]["config_revision"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_turn_records_the_config_revision_it_ran_with() {
     let env = setup("", None);
@@ -482,13 +495,7 @@ async fn each_turn_records_the_config_revision_it_ran_with() {
             // An edit from outside Clade applies to turns starting up to a second later.
             tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         }
-        let mut body = event(&format!("turn {n}"), "rev");
-        body["wait"] = json!(true);
-        let (status, answer, _) = post(&server, body).await;
-        assert_eq!(status, 200, "{answer}");
-        let session = answer["session_id"].as_str().unwrap().to_owned();
-        let turns = settled(&server, &session, n + 1).await;
-        revisions.push(turns[n]["config_revision"].as_str().unwrap().to_owned());
+        revisions.push(nth_turn_revision(&server, &format!("turn {n}"), "rev", n).await);
     }
     assert_eq!(revisions[0].len(), 16);
     assert_ne!(revisions[0], revisions[1], "editing SOUL.md must change the revision");
@@ -503,15 +510,8 @@ async fn an_agents_own_persona_edit_applies_to_its_next_turn() {
     let server = env.serve(&[]);
     let mut revisions = Vec::new();
     let edit = r#"/tool fs.write {"path":"SOUL.md","content":"You are brief."}"#;
-    for text in ["hello", edit, "again"] {
-        let mut body = event(text, "self-edit");
-        body["wait"] = json!(true);
-        let (status, answer, _) = post(&server, body).await;
-        assert_eq!(status, 200, "{answer}");
-        assert_eq!(answer["status"], "completed", "{answer}");
-        let session = answer["session_id"].as_str().unwrap().to_owned();
-        let turns = settled(&server, &session, revisions.len() + 1).await;
-        revisions.push(turns[revisions.len()]["config_revision"].as_str().unwrap().to_owned());
+    for (n, text) in ["hello", edit, "again"].into_iter().enumerate() {
+        revisions.push(nth_turn_revision(&server, text, "self-edit", n).await);
     }
     let ws = env.run(&["agents", "workspace", "ada"]).ok().stdout.trim().to_owned();
     let soul = std::fs::read_to_string(std::path::Path::new(&ws).join("SOUL.md")).unwrap();
