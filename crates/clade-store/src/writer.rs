@@ -887,27 +887,26 @@ pub(crate) mod tests {
     }
 
     /// A write that changes more than SQLite keeps of a savepoint's journal in memory (64 KiB)
-    /// spills it to a temporary file; when that write then fails, it still rolls back alone and
-    /// the writes batched with it commit.
+    /// spills it to a temporary file. When such a write fails after writing, none of its changes
+    /// remain, whether it ran alone in its batch (no savepoint: the transaction rolls back) or
+    /// beside other writes (its savepoint rolls back, and theirs commit).
     #[tokio::test]
     async fn a_large_failing_write_rolls_back_alone() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir).await;
         // Pages for the large write to change once they exist: the savepoint journals each
         // page's content from before it.
-        let (before, filler) = ("a".repeat(1000), "x".repeat(1000));
+        let before = "a".repeat(1000);
         for n in 0..300 {
             store.set_meta(&format!("big-{n}"), &before).await.unwrap();
         }
-        let gate = SYNC_GATE.lock().unwrap();
-        let large = {
-            let (store, filler) = (store.clone(), filler.clone());
+        let large = |store: Store| {
             tokio::spawn(async move {
                 store
                     .write(move |conn| {
                         Box::pin(async move {
                             query("UPDATE meta SET value = $1 WHERE key LIKE 'big-%'")
-                                .bind(filler)
+                                .bind("x".repeat(1000))
                                 .execute(&mut *conn)
                                 .await?;
                             Err::<(), _>(crate::Error::InvalidInput("fails after writing".into()))
@@ -916,24 +915,31 @@ pub(crate) mod tests {
                     .await
             })
         };
+        let unchanged = |store: Store, before: String| async move {
+            for n in [0, 150, 299] {
+                let value = store.meta(&format!("big-{n}")).await.unwrap();
+                assert_eq!(value.as_deref(), Some(before.as_str()), "big-{n} kept a failed change");
+            }
+        };
+        // Alone: nothing else is queued, so it is a batch of one.
+        let err = large(store.clone()).await.unwrap().expect_err("the failing write committed");
+        assert!(err.to_string().contains("fails after writing"), "{err}");
+        unchanged(store.clone(), before.clone()).await;
+        // Beside other writes, which commit.
+        let failing = large(store.clone());
         let mut small = Vec::new();
         for key in ["s1", "s2", "s3", "s4"] {
             let (announced, _) = tokio::sync::oneshot::channel();
             small.push(set(&store, key, announced));
         }
-        drop(gate);
-        let err = large.await.unwrap().expect_err("the failing write committed");
-        assert!(err.to_string().contains("fails after writing"), "{err}");
+        failing.await.unwrap().expect_err("the failing write committed");
         for write in small {
             write.await.unwrap().unwrap();
         }
         for key in ["s1", "s2", "s3", "s4"] {
             assert_eq!(store.meta(key).await.unwrap().as_deref(), Some("v"), "{key}");
         }
-        for n in [0, 150, 299] {
-            let value = store.meta(&format!("big-{n}")).await.unwrap();
-            assert_eq!(value.as_deref(), Some(before.as_str()), "big-{n} kept the failed change");
-        }
+        unchanged(store.clone(), before).await;
         assert_eq!(store.integrity_check().await.unwrap(), "ok");
     }
 
