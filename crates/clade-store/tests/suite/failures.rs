@@ -158,9 +158,11 @@ async fn the_wal_starts_over_under_writes_that_never_pause() {
     // 16 writers × 2,000 events of 16 KiB: about 520 MiB through the WAL, in batches that
     // follow each other without a pause.
     let largest = write_hard(&store, &tmp.path().join("clade.db-wal"), "c", 16, 2000).await;
-    // Without the catch-up it takes in every write (some 580 MiB); with it, 128 MiB plus what
-    // these writers (over 100 MB/s) add until the checkpointer notices.
-    assert!(largest < 320 << 20, "the WAL grew to {} MiB", largest >> 20);
+    // Without the catch-up it takes in every write (some 580 MiB: the events' text alone is
+    // 500 MiB); with it, 128 MiB plus what these writers (over 100 MB/s) add until the
+    // checkpointer notices, which waits for its own fold of the WAL first and so takes longer
+    // on a slow disk (324 MiB seen once in CI).
+    assert!(largest < 448 << 20, "the WAL grew to {} MiB", largest >> 20);
     assert!(store.write_stats().catch_ups >= 1, "the writer never caught up");
 }
 
