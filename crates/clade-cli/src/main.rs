@@ -24,6 +24,7 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    no_transparent_huge_pages();
     quiet_on_closed_stdout();
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -41,6 +42,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// mimalloc asks the kernel for transparent huge pages on the memory it takes from the system
+/// (with the common `madvise` setting, only those who ask get them), and a 2 MiB page is resident
+/// whole as soon as one byte of it is touched, so memory freed inside it is never given back.
+/// Without them, `clade bench turns` at 1,000 sessions held 51–55 KiB of RSS per active session
+/// instead of 65, at no cost in turns/s or CPU per turn. Disabled for the whole process (and
+/// inherited by the processes it starts); failure only costs memory, so it is ignored.
+fn no_transparent_huge_pages() {
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
 }
 
 /// `clade … | head` closes stdout early; Rust ignores SIGPIPE, so the next `println!` panics.
