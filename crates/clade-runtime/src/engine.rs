@@ -13,6 +13,7 @@ use clade_store::{
     Store, TurnOutcome, TurnRow,
 };
 use clade_tools::EffectClass;
+use futures::FutureExt as _;
 
 use crate::tools::{CallOrigin, ToolRunner};
 use serde::{Deserialize, Serialize};
@@ -554,21 +555,28 @@ async fn actor(inner: Arc<Inner>, session_id: SessionId, mut wake: mpsc::Unbound
         }
         let cancel = Arc::new(Notify::new());
         inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).insert(session_id, cancel.clone());
-        // A separate task is the panic boundary: a bug in one turn fails that turn only.
-        let task = tokio::spawn(run_events(
+        // The panic boundary: a bug in one turn fails that turn only. Run in the actor's own
+        // task (a task per turn cost a spawn and a wake-up each), boxed so that an idle actor
+        // holds only its own small state.
+        let turn = Box::pin(run_events(
             inner.clone(),
             ctx,
             events.clone(),
             cancel,
             std::mem::take(&mut kept),
         ));
-        let settled = match task.await {
+        let settled = match std::panic::AssertUnwindSafe(turn).catch_unwind().await {
             Ok((settled, still)) => {
                 kept = still;
                 settled
             }
-            Err(err) => {
-                tracing::error!(session = %session_id, error = %err, "turn task panicked");
+            Err(panic) => {
+                let error = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                tracing::error!(session = %session_id, error = %error, "turn panicked");
                 Box::pin(fail_events(
                     &inner,
                     session_id,
@@ -746,7 +754,7 @@ async fn run_events(
             // A turn stopped part-way may have recorded its outcome without updating the
             // cache: the next turn reads the history from the store.
             kept.history = None;
-            (fail_events(&inner, session_id, &events, &reason).await, kept)
+            (Box::pin(fail_events(&inner, session_id, &events, &reason)).await, kept)
         }
     }
 }
@@ -775,9 +783,8 @@ async fn run_turn(
     let history = &mut kept.history;
     let (turn, journal, mut begun) = match events.first().and_then(|e| e.turn_id) {
         Some(id) => {
-            let turn = store.turn(id).await.map_err(|e| e.to_string())?;
-            let journal: HashMap<String, JournalEntry> = store
-                .journal(id)
+            let turn = Box::pin(store.turn(id)).await.map_err(|e| e.to_string())?;
+            let journal: HashMap<String, JournalEntry> = Box::pin(store.journal(id))
                 .await
                 .map_err(|e| e.to_string())?
                 .into_iter()
@@ -821,7 +828,8 @@ async fn run_turn(
     if resumes > 0 {
         *history = None;
     }
-    let mut messages = compose(inner, &persona, layers, ctx, &turn, events, history).await;
+    let mut messages =
+        Box::pin(compose(inner, &persona, layers, ctx, &turn, events, history)).await;
     if resumes > 0 {
         *history = None;
     }
@@ -878,20 +886,20 @@ async fn run_turn(
                         if !begun {
                             let (outcome, events_out) =
                                 outcome_of(&turn, "failed", None, Some(reason), last_model);
-                            let rows = store
-                                .begin_turn(
-                                    &turn,
-                                    ids.clone(),
-                                    started_outbox(),
-                                    None,
-                                    Some((outcome, events_out)),
-                                )
-                                .await
-                                .map_err(|e| e.to_string())?;
+                            let rows = Box::pin(store.begin_turn(
+                                &turn,
+                                ids.clone(),
+                                started_outbox(),
+                                None,
+                                Some((outcome, events_out)),
+                            ))
+                            .await
+                            .map_err(|e| e.to_string())?;
                             publish(inner, turn.agent_id, &rows);
                             return Ok(());
                         }
-                        finish(inner, &turn, "failed", None, Some(reason), last_model).await?;
+                        Box::pin(finish(inner, &turn, "failed", None, Some(reason), last_model))
+                            .await?;
                         return Ok(());
                     }
                 };
@@ -917,11 +925,10 @@ async fn run_turn(
                     data: serde_json::to_string(&done).unwrap_or_default(),
                 };
                 if begun {
-                    let rows = inner
-                        .store
-                        .append_journal(&turn, entry, Vec::new(), Some(usage))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let rows =
+                        Box::pin(inner.store.append_journal(&turn, entry, Vec::new(), Some(usage)))
+                            .await
+                            .map_err(|e| e.to_string())?;
                     publish(inner, turn.agent_id, &rows);
                 } else {
                     let ending = done.tool_calls.is_empty().then(|| {
@@ -933,16 +940,15 @@ async fn run_turn(
                             Some(done.model.clone()),
                         )
                     });
-                    let rows = store
-                        .begin_turn(
-                            &turn,
-                            ids.clone(),
-                            started_outbox(),
-                            Some((entry, Some(usage))),
-                            ending.clone(),
-                        )
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let rows = Box::pin(store.begin_turn(
+                        &turn,
+                        ids.clone(),
+                        started_outbox(),
+                        Some((entry, Some(usage))),
+                        ending.clone(),
+                    ))
+                    .await
+                    .map_err(|e| e.to_string())?;
                     publish(inner, turn.agent_id, &rows);
                     begun = true;
                     if ending.is_some() {
@@ -960,11 +966,13 @@ async fn run_turn(
         });
         if model_step.tool_calls.is_empty() {
             remember(history, inner, events, &model_step.text);
-            finish(inner, &turn, "completed", Some(model_step.text), None, last_model).await?;
+            Box::pin(finish(inner, &turn, "completed", Some(model_step.text), None, last_model))
+                .await?;
             return Ok(());
         }
         for (index, call) in model_step.tool_calls.iter().enumerate() {
-            let result = run_tool(inner, agent, &turn, &journal, iteration, index, call).await?;
+            let result =
+                Box::pin(run_tool(inner, agent, &turn, &journal, iteration, index, call)).await?;
             messages.push(Message::Tool {
                 call_id: call.id.clone(),
                 content: result.content,
@@ -972,10 +980,10 @@ async fn run_turn(
             });
         }
         if ctx.queue_mode == QueueMode::Steer {
-            steer(inner, &turn, &mut messages).await;
+            Box::pin(steer(inner, &turn, &mut messages)).await;
         }
     }
-    finish(inner, &turn, "yielded", None, Some(format!("stopped after {budget} model calls (sessions.max_iterations is {} per run); resume with `clade sessions resume {session_id}`", inner.options.sessions.max_iterations)), last_model).await
+    Box::pin(finish(inner, &turn, "yielded", None, Some(format!("stopped after {budget} model calls (sessions.max_iterations is {} per run); resume with `clade sessions resume {session_id}`", inner.options.sessions.max_iterations)), last_model)).await
 }
 
 /// Steer mode: messages that arrived during the turn join it between tool calls.

@@ -37,6 +37,16 @@ async fn start_with(
     data: &DataDir,
     tweak: impl FnOnce(&mut clade_config::SessionsConfig),
 ) -> Engine {
+    start_with_tools(store, data, clade_tools::Registry::new(), tweak).await
+}
+
+/// An engine on `store` whose agents have the tools of `registry`.
+async fn start_with_tools(
+    store: &Store,
+    data: &DataDir,
+    registry: clade_tools::Registry,
+    tweak: impl FnOnce(&mut clade_config::SessionsConfig),
+) -> Engine {
     let agents = Agents::new(store.clone(), data.clone());
     let config = clade_config::Config::default();
     let secrets = Secrets::new(store.clone(), data.master_key_path(), None);
@@ -45,7 +55,7 @@ async fn start_with(
     let mut sessions = config.sessions.clone();
     tweak(&mut sessions);
     let tools = Arc::new(ToolRunner::new(
-        clade_tools::Registry::new(),
+        registry,
         store.clone(),
         agents.clone(),
         None,
@@ -197,4 +207,46 @@ async fn each_agent_is_offered_its_own_tools_from_a_shared_list() {
     assert_eq!(names("bob"), vec!["all.echo".to_owned()]);
     assert!(Arc::ptr_eq(&runner.specs_for("bob"), &runner.specs_for("carol")));
     assert!(!Arc::ptr_eq(&runner.specs_for("alice"), &runner.specs_for("bob")));
+}
+
+/// A tool with a bug: it panics.
+struct Panics;
+
+impl clade_tools::Tool for Panics {
+    fn name(&self) -> &str {
+        "bug.panic"
+    }
+    fn description(&self) -> &str {
+        "panics"
+    }
+    fn input_schema(&self) -> serde_json::Value {
+        serde_json::json!({ "type": "object" })
+    }
+    fn call<'a>(
+        &'a self,
+        _args: serde_json::Value,
+        _ctx: &'a clade_tools::CallContext,
+    ) -> futures::future::BoxFuture<'a, clade_tools::ToolResult> {
+        Box::pin(async { panic!("a bug in a tool") })
+    }
+}
+
+/// A panic inside a turn fails that turn only: its event is answered as failed, the actor
+/// stays, and the session's next message runs as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_turn_fails_alone_and_the_session_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, data, tenant) = open(tmp.path()).await;
+    let mut registry = clade_tools::Registry::new();
+    registry.register(Arc::new(Panics));
+    let engine = start_with_tools(&store, &data, registry, |_| {}).await;
+    let (status, _) = turn(&engine, &store, &tenant, "c1", "/tool bug.panic {}").await;
+    assert_eq!(status, "failed");
+    let sessions = store.sessions(tenant.id, None, 10).await.unwrap();
+    let session = sessions.first().expect("a session");
+    let turns = store.turns(session.id).await.unwrap();
+    let (failed, _, _) = turns.first().unwrap();
+    assert_eq!(failed.error.as_deref(), Some("internal error while running the turn"));
+    assert_eq!(turn(&engine, &store, &tenant, "c1", "after").await.0, "completed");
+    assert_eq!(turn(&engine, &store, &tenant, "c2", "elsewhere").await.0, "completed");
 }
