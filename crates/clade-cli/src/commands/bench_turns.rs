@@ -81,7 +81,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
     };
     println!("bench turns: {shown}, {total} turns per row, {mode}");
     println!(
-        "{:<10} {:>9} {:>10} {:>16} {:>12} {:>12} {:>12} {:>14} {:>14} {:>13} {:>18} {:>18} {:>12} {:>16} {:>14} {:>14}",
+        "{:<10} {:>9} {:>10} {:>16} {:>12} {:>12} {:>12} {:>14} {:>14} {:>13} {:>18} {:>18} {:>12} {:>40} {:>14} {:>14}",
         "durability",
         "sessions",
         "turns/s",
@@ -95,7 +95,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         "fsyncs >5ms (max)",
         "WAL restarts (max)",
         "writer busy",
-        "RSS/session KiB active→idle",
+        "RSS KiB/session active→left, per evicted",
         "actors end→idle",
         "disk KiB/turn"
     );
@@ -120,7 +120,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
             }
             let row = row?;
             println!(
-                "{:<10} {:>9} {:>10.0} {:>16} {:>12} {:>12.3} {:>12.3} {:>14} {:>14} {:>13} {:>18} {:>18} {:>11.0}% {:>28} {:>14} {:>14.1}",
+                "{:<10} {:>9} {:>10.0} {:>16} {:>12} {:>12.3} {:>12.3} {:>14} {:>14} {:>13} {:>18} {:>18} {:>11.0}% {:>40} {:>14} {:>14.1}",
                 durability,
                 n,
                 row.turns_per_sec,
@@ -137,7 +137,12 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
                 format!("{} ({:.1} ms)", row.slow_syncs, row.slowest_sync_ms),
                 format!("{} ({:.1} ms)", row.catch_ups, row.slowest_catch_up_ms),
                 row.writer_busy * 100.0,
-                format!("{:.1}→{:.1}", row.rss_per_session_kib, row.rss_left_per_session_kib),
+                format!(
+                    "{:.1}→{:.1}, {:+.1}",
+                    row.rss_per_session_kib,
+                    row.rss_left_per_session_kib,
+                    row.rss_per_evicted_session_kib
+                ),
                 format!("{}→{}", row.active_at_end, row.evicted_left),
                 row.disk_kib_per_turn
             );
@@ -151,7 +156,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         " CPU µs/turn: CPU time (user + system) of this process per turn, + the stub's when it runs;"
     );
     println!(
-        " RSS/session: growth while all sessions were active, divided by the number of sessions,\n   and what was left of it once their actors had left memory (SQLite's page caches, which\n   grow with the database and stay, connection pools, allocator slack);"
+        " RSS/session: growth while all sessions were active, divided by the number of sessions,\n   and what was left of it once their actors had left memory (SQLite's page caches, which\n   grow with the database and stay, connection pools, memory the allocator keeps for reuse:\n   bounded, not held per session); per evicted: what an evicted session itself holds, the\n   growth once as many new sessions again (one turn each) had come and left memory too;"
     );
     println!(
         " commits/fsyncs: per turn; with durability full one fsync of the WAL covers every commit"
@@ -204,6 +209,10 @@ struct Row {
     rss_per_session_kib: f64,
     /// RSS growth still there once the actors had left memory, per session.
     rss_left_per_session_kib: f64,
+    /// RSS growth per session from a second wave of as many new sessions, one turn each, once
+    /// those had left memory as well: what an evicted session holds (0 when nothing is kept
+    /// per session; the allocator reuses what the first wave freed).
+    rss_per_evicted_session_kib: f64,
     /// Bytes written to disk per turn, in KiB: what every fsync and checkpoint scales with.
     disk_kib_per_turn: f64,
 }
@@ -294,9 +303,11 @@ async fn measure(
     let active_at_end = engine.active_sessions();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let evicted_left = engine.active_sessions();
-    let rss_left = rss_kib().saturating_sub(rss_before);
-    // Read after the wait, so the checkpoints that fold this load's WAL back count too.
+    let rss_idle = rss_kib();
+    let rss_left = rss_idle.saturating_sub(rss_before);
+    // Read before the second wave, whose disk writes are not the load's.
     let written = written_bytes().saturating_sub(written_before);
+    let rss_evicted = evicted_wave(&engine, &tenant, sessions).await?;
     Ok(Row {
         writer_busy,
         cpu_micros_per_turn: cpu as f64 / turns as f64,
@@ -321,6 +332,7 @@ async fn measure(
         slowest_catch_up_ms: stats.slowest_catch_up_micros as f64 / 1e3,
         rss_per_session_kib: rss_growth as f64 / sessions as f64,
         rss_left_per_session_kib: rss_left as f64 / sessions as f64,
+        rss_per_evicted_session_kib: (rss_evicted as f64 - rss_idle as f64) / sessions as f64,
         disk_kib_per_turn: written as f64 / 1024.0 / turns as f64,
     })
 }
@@ -405,7 +417,7 @@ async fn closed_loop(
             let mut latencies = Vec::with_capacity(per_session);
             for i in 0..per_session {
                 let t = now();
-                let acked = one_turn(&engine, &tenant, s, i).await?;
+                let acked = one_turn(&engine, &tenant, &format!("c{s}"), i).await?;
                 latencies.push((acked.duration_since(t), t.elapsed()));
                 if i == per_session / 2 {
                     peak.fetch_max(rss_kib(), AtomicOrdering::Relaxed);
@@ -450,7 +462,7 @@ async fn open_loop(
             }
             let (engine, tenant) = (engine.clone(), tenant.clone());
             in_flight.push(runtime.spawn(async move {
-                let acked = one_turn(&engine, &tenant, s, i).await?;
+                let acked = one_turn(&engine, &tenant, &format!("c{s}"), i).await?;
                 Ok::<_, anyhow::Error>((acked.duration_since(scheduled), scheduled.elapsed()))
             }));
             if k == total / 2 {
@@ -467,19 +479,44 @@ async fn open_loop(
     Ok(latencies)
 }
 
-/// Sends message `i` of session `s` and waits for its turn to end; returns when the event was
-/// accepted.
+/// `sessions` new sessions, one turn each, all at once; returns the process's RSS (KiB) once
+/// their actors have left memory, or an error if they did not.
+async fn evicted_wave(
+    engine: &Engine,
+    tenant: &clade_core::Tenant,
+    sessions: usize,
+) -> Result<u64> {
+    let mut tasks = Vec::with_capacity(sessions);
+    for s in 0..sessions {
+        let (engine, tenant) = (engine.clone(), tenant.clone());
+        tasks.push(tokio::spawn(async move {
+            one_turn(&engine, &tenant, &format!("evicted{s}"), 0).await
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let left = engine.active_sessions();
+    if left > 0 {
+        bail!("{left} of {sessions} idle sessions were still in memory 2.5 s after their turns");
+    }
+    Ok(rss_kib())
+}
+
+/// Sends message `i` on `channel` (a session of its own) and waits for its turn to end;
+/// returns when the event was accepted.
 async fn one_turn(
     engine: &Engine,
     tenant: &clade_core::Tenant,
-    s: usize,
+    channel: &str,
     i: usize,
 ) -> Result<Instant> {
     let envelope = Envelope {
         tenant: tenant.clone(),
         agent: Some("bench".into()),
         text: format!("message {i}"),
-        source: Source { platform: "bench".into(), channel: format!("c{s}"), actor: "a".into() },
+        source: Source { platform: "bench".into(), channel: channel.into(), actor: "a".into() },
         idempotency_key: None,
     };
     // As `POST /v1/events` with `wait: true` does.
