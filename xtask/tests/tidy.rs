@@ -98,11 +98,13 @@ fn architecture_doc_covers_every_crate() {
     }
 }
 
-/// Unsafe code is denied workspace-wide; the SQLite VFS shim is the one place allowed to opt out,
-/// so a new `allow(unsafe_code)` is a decision to make in review, not a line to slip in.
+/// Unsafe code is denied workspace-wide; the SQLite VFS shim and the binary's allocator settings
+/// are the places allowed to opt out, so a new `allow(unsafe_code)` is a decision to make in
+/// review, not a line to slip in.
 #[test]
-fn unsafe_code_stays_in_the_vfs_shim() {
-    let allowed = Path::new("crates/clade-store/src/paced.rs");
+fn unsafe_code_stays_in_the_vfs_shim_and_the_allocator_settings() {
+    let allowed =
+        [Path::new("crates/clade-store/src/paced.rs"), Path::new("crates/clade-cli/src/memory.rs")];
     let mut offenders = Vec::new();
     let mut stack = vec![root().join("crates")];
     while let Some(dir) = stack.pop() {
@@ -113,15 +115,11 @@ fn unsafe_code_stays_in_the_vfs_shim() {
             } else if path.extension().is_some_and(|e| e == "rs") {
                 let text = std::fs::read_to_string(&path).unwrap();
                 let relative = path.strip_prefix(root()).unwrap();
-                if text.contains("allow(unsafe_code)") && relative != allowed {
+                if text.contains("allow(unsafe_code)") && !allowed.contains(&relative) {
                     offenders.push(relative.display().to_string());
                 }
             }
         }
     }
-    assert!(
-        offenders.is_empty(),
-        "unsafe code allowed outside {}: {offenders:?}",
-        allowed.display()
-    );
+    assert!(offenders.is_empty(), "unsafe code allowed outside {allowed:?}: {offenders:?}");
 }

@@ -11,23 +11,22 @@ mod cli;
 mod commands;
 mod context;
 mod logging;
+mod memory;
 mod output;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Every turn allocates and frees many short-lived buffers (JSON of requests and replies, rows,
-/// events). `clade bench turns --durability full` against the stub, two alternating runs each:
-/// 2,954–3,427 turns/s at 100 sessions with mimalloc, 1,844–2,546 with glibc's allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
-    no_transparent_huge_pages();
+    memory::configure();
     quiet_on_closed_stdout();
     let cli = cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(memory::give_back_freed_memory)
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -42,16 +41,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// mimalloc asks the kernel for transparent huge pages on the memory it takes from the system
-/// (with the common `madvise` setting, only those who ask get them), and a 2 MiB page is resident
-/// whole as soon as one byte of it is touched, so memory freed inside it is never given back.
-/// Without them, `clade bench turns` at 1,000 sessions held 51–55 KiB of RSS per active session
-/// instead of 65, at no cost in turns/s or CPU per turn. Disabled for the whole process (and
-/// inherited by the processes it starts); failure only costs memory, so it is ignored.
-fn no_transparent_huge_pages() {
-    let _ = rustix::thread::disable_transparent_huge_pages(true);
 }
 
 /// `clade … | head` closes stdout early; Rust ignores SIGPIPE, so the next `println!` panics.
