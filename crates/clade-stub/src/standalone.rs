@@ -44,7 +44,10 @@ pub async fn run(args: StubArgs) -> Result<(), StandaloneError> {
     println!(
         "{READY}{address} (OpenAI base URL http://{address}/v1, Anthropic base URL http://{address})"
     );
-    let serve = crate::serve(listener, StubOptions { defaults, ..StubOptions::default() });
+    // Nothing outside this process can read captured requests, so none are kept: copying
+    // every request would be the stub's own cost in `clade bench turns`.
+    let options = StubOptions { defaults, capture: 0, ..StubOptions::default() };
+    let serve = crate::serve(listener, options);
     if !args.exit_with_stdin {
         return Ok(serve.await?);
     }
