@@ -688,9 +688,12 @@ fn outbox(kind: &str, data: Value) -> OutboxEvent {
 fn publish(inner: &Inner, agent: AgentId, rows: &[OutboxRow]) {
     for row in rows {
         if let Some(session) = row.session_id {
-            let data = serde_json::from_str(&row.data).unwrap_or(Value::Null);
-            let event = LiveEvent { session, id: Some(row.id), kind: row.kind.clone(), data };
-            inner.hub.publish(agent, event);
+            inner.hub.publish_with(agent, session, || LiveEvent {
+                session,
+                id: Some(row.id),
+                kind: row.kind.clone(),
+                data: serde_json::from_str(&row.data).unwrap_or(Value::Null),
+            });
         }
     }
     if !rows.is_empty() {
@@ -812,12 +815,11 @@ async fn run_turn(
     };
     if !begun {
         // Live-only for now, so streaming clients can follow; the outbox row commits with the turn.
-        let mut live = started_data.clone();
-        live["turn"] = json!(turn.id.to_string());
-        inner.hub.publish(
-            agent.id,
-            LiveEvent { session: session.id, id: None, kind: "turn.started".into(), data: live },
-        );
+        inner.hub.publish_with(agent.id, session.id, || {
+            let mut live = started_data.clone();
+            live["turn"] = json!(turn.id.to_string());
+            LiveEvent { session: session.id, id: None, kind: "turn.started".into(), data: live }
+        });
     }
     let started_outbox = || vec![outbox("turn.started", started_data.clone())];
 
@@ -857,15 +859,12 @@ async fn run_turn(
                 let agent_id = agent.id;
                 let mut on_event = |event: &StreamEvent| {
                     if let StreamEvent::TextDelta(text) = event {
-                        hub.publish(
-                            agent_id,
-                            LiveEvent {
-                                session: session_id,
-                                id: None,
-                                kind: "text.delta".into(),
-                                data: json!({ "turn": turn_id, "text": text }),
-                            },
-                        );
+                        hub.publish_with(agent_id, session_id, || LiveEvent {
+                            session: session_id,
+                            id: None,
+                            kind: "text.delta".into(),
+                            data: json!({ "turn": turn_id, "text": text }),
+                        });
                     }
                 };
                 // Request and response are journaled together, once the response is in: a call

@@ -45,16 +45,26 @@ fn subscribe<K: std::hash::Hash + Eq>(
     map.entry(key).or_insert_with(|| broadcast::channel(capacity).0).clone()
 }
 
+/// The channel of `key`, if anyone subscribed to it.
+fn sender<K: std::hash::Hash + Eq>(
+    map: &Mutex<HashMap<K, broadcast::Sender<LiveEvent>>>,
+    key: &K,
+) -> Option<broadcast::Sender<LiveEvent>> {
+    map.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+}
+
+/// Sends on `tx`, the channel of `key`; a channel whose subscribers have all gone is dropped.
 fn send<K: std::hash::Hash + Eq>(
     map: &Mutex<HashMap<K, broadcast::Sender<LiveEvent>>>,
-    key: K,
+    key: &K,
+    tx: &broadcast::Sender<LiveEvent>,
     event: LiveEvent,
 ) {
-    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(tx) = map.get(&key)
-        && tx.send(event).is_err()
-    {
-        map.remove(&key);
+    if tx.send(event).is_err() {
+        let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(key).is_some_and(|ours| ours.same_channel(tx)) {
+            map.remove(key);
+        }
     }
 }
 
@@ -131,8 +141,32 @@ impl Hub {
     }
 
     pub fn publish(&self, agent: AgentId, event: LiveEvent) {
-        send(&self.agents, agent, event.clone());
-        send(&self.sessions, event.session, event);
+        self.publish_with(agent, event.session, || event);
+    }
+
+    /// Publishes the event `make` builds to the session's and the agent's subscribers; when
+    /// neither has any, `make` is not called, so an event no one watches costs nothing to build.
+    pub fn publish_with(
+        &self,
+        agent: AgentId,
+        session: SessionId,
+        make: impl FnOnce() -> LiveEvent,
+    ) {
+        let to_agent = sender(&self.agents, &agent);
+        let to_session = sender(&self.sessions, &session);
+        if to_agent.is_none() && to_session.is_none() {
+            return;
+        }
+        let event = make();
+        match (to_agent, to_session) {
+            (Some(to_agent), Some(to_session)) => {
+                send(&self.agents, &agent, &to_agent, event.clone());
+                send(&self.sessions, &session, &to_session, event);
+            }
+            (Some(to_agent), None) => send(&self.agents, &agent, &to_agent, event),
+            (None, Some(to_session)) => send(&self.sessions, &session, &to_session, event),
+            (None, None) => {}
+        }
     }
 }
 
@@ -170,5 +204,32 @@ mod tests {
         let mut again = hub.subscribe(session);
         hub.publish(agent, event(session, 3));
         assert_eq!(again.recv().await.map(|e| e.id), Ok(Some(3)));
+    }
+
+    /// An event no one watches is never built; one that only the agent's subscriber watches
+    /// reaches it, and one both watch reaches both.
+    #[tokio::test]
+    async fn events_are_built_only_for_someone() {
+        let hub = Hub::default();
+        let now = clade_core::Timestamp::from_millis(0);
+        let (session, agent) = (SessionId::generate(now), AgentId::generate(now));
+        let built = std::cell::Cell::new(0);
+        let make = |n| {
+            built.set(built.get() + 1);
+            event(session, n)
+        };
+        hub.publish_with(agent, session, || make(0));
+        assert_eq!(built.get(), 0, "built with no subscriber");
+        let mut by_agent = hub.subscribe_agent(agent);
+        hub.publish_with(agent, session, || make(1));
+        assert_eq!(by_agent.recv().await.map(|e| e.id), Ok(Some(1)));
+        let mut by_session = hub.subscribe(session);
+        hub.publish_with(agent, session, || make(2));
+        assert_eq!(by_agent.recv().await.map(|e| e.id), Ok(Some(2)));
+        assert_eq!(by_session.recv().await.map(|e| e.id), Ok(Some(2)));
+        assert_eq!(built.get(), 2, "built once per published event");
+        drop((by_agent, by_session));
+        hub.publish_with(agent, session, || make(3));
+        assert_eq!((built.get(), channels(&hub)), (2, (0, 0)), "built after the last left");
     }
 }
