@@ -1480,6 +1480,8 @@ async fn compose(
         }
     }
     if let Some(cache) = history.as_ref() {
+        // The system message, the kept turns, the new messages and the reply to come.
+        messages.reserve_exact(2 * cache.turns.len() + events.len() + 1);
         for (user, reply) in &cache.turns {
             messages.push(Message::user(user.clone()));
             messages.push(Message::Assistant { text: reply.clone(), tool_calls: Vec::new() });
