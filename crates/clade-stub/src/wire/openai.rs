@@ -192,7 +192,7 @@ impl PlainMessage<'_> {
 
 impl<'a> Request<'a> {
     /// Reads `body`, capturing it when the stub keeps requests; an error answers the request.
-    fn read(shared: &Shared, headers: &HeaderMap, body: &'a [u8]) -> Result<Self, Response> {
+    fn read(shared: &Shared, headers: &HeaderMap, body: &'a [u8]) -> Result<Self, Box<Response>> {
         if shared.options.capture == 0
             && let Ok(plain) = serde_json::from_slice::<PlainRequest<'a>>(body)
             && let Some(messages) =
@@ -206,11 +206,11 @@ impl<'a> Request<'a> {
             });
         }
         let Ok(body) = serde_json::from_slice::<Value>(body) else {
-            return Err(invalid("We could not parse the JSON body of your request."));
+            return Err(Box::new(invalid("We could not parse the JSON body of your request.")));
         };
         capture(shared, "/v1/chat/completions", headers, &body);
         let Some(model) = body["model"].as_str() else {
-            return Err(invalid("you must provide a model parameter"));
+            return Err(Box::new(invalid("you must provide a model parameter")));
         };
         Ok(Self {
             model: Cow::Owned(model.to_owned()),
@@ -281,7 +281,7 @@ pub(crate) async fn handle(
 ) -> Response {
     let request = match Request::read(&shared, &headers, &body) {
         Ok(request) => request,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let model = request.model.as_ref();
     let header = stub_header(&headers);
