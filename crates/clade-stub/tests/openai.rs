@@ -7,11 +7,11 @@ use serde_json::{Value, json};
 
 /// Status, content type, and the body as JSON values (one per server-sent event when
 /// streamed), without what differs between two answers (ids, times).
-async fn answer(stub: &Stub, body: &str) -> (u16, String, Vec<Value>) {
+async fn answer(stub: &Stub, body: &[u8]) -> (u16, String, Vec<Value>) {
     let response = reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", stub.url()))
         .header("content-type", "application/json")
-        .body(body.to_owned())
+        .body(body.to_vec())
         .send()
         .await
         .unwrap();
@@ -58,34 +58,51 @@ async fn a_stub_that_keeps_no_requests_answers_as_one_that_does() {
         { "role": "tool", "tool_call_id": "call_1", "content": "12:00" },
         { "role": "user", "content": "and now?" },
     ]);
-    let requests = [
+    // Each body, and whether it is refused.
+    let good = [
         json!({ "model": "stub", "stream": true, "stream_options": { "include_usage": true }, "messages": history }),
         json!({ "model": "stub", "stream": true, "messages": [{ "role": "user", "content": "/tool echo {\"text\": \"hi\"}" }] }),
         json!({ "model": "stub", "messages": history, "extra": { "ignored": [1, 2] } }),
         json!({ "model": "stub", "stream": "yes", "messages": [{ "role": "user", "content": "x" }] }),
         json!({ "model": "stub", "stream": true, "messages": [{ "role": "user", "content": [{ "type": "text", "text": "parts" }] }] }),
+    ]
+    .map(|body| (body.to_string().into_bytes(), false));
+    let bad = [
         json!({ "model": "stub", "messages": [{ "role": "wizard", "content": "x" }] }),
         json!({ "model": "stub", "messages": [{ "role": "tool", "content": "no call id" }] }),
         json!({ "model": "stub", "messages": [{ "role": "user", "content": 7 }] }),
         json!({ "messages": [{ "role": "user", "content": "no model" }] }),
         json!({ "model": "stub" }),
         json!({ "model": "stub+status=429x1", "messages": [{ "role": "user", "content": "x" }] }),
+    ]
+    .map(|body| (body.to_string().into_bytes(), true));
+    // Arrays where objects belong (which serde's derived structs would take), broken JSON, and
+    // invalid UTF-8 in a field the stub does not read.
+    let raw: [(&[u8], bool); 6] = [
+        (br#"["stub", [{"role": "user", "content": "x"}]]"#, true),
+        (br#"{"model": "stub", "messages": [["user", "hi"]]}"#, true),
+        (br#"{"model": "stub", "stream": true, "stream_options": [true], "messages": [{"role": "user", "content": "x"}]}"#, false),
+        (br#"{"model": "stub", "messages": [{"role": "assistant", "content": "x", "tool_calls": [["c1", {"name": "n"}]]}, {"role": "user", "content": "y"}]}"#, false),
+        (b"{\"model\": \"stub\", \"messages\": [", true),
+        (b"{\"model\": \"stub\", \"extra\": \"\xff\xfe\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}", true),
     ];
-    let mut bodies: Vec<String> = requests.iter().map(Value::to_string).collect();
-    bodies.push("{\"model\": \"stub\", \"messages\": [".to_owned());
+    let bodies: Vec<(Vec<u8>, bool)> = good
+        .into_iter()
+        .chain(bad)
+        .chain(raw.into_iter().map(|(body, refused)| (body.to_vec(), refused)))
+        .collect();
     let mut answers = Vec::new();
-    for body in &bodies {
+    for (body, refused) in &bodies {
+        let shown = String::from_utf8_lossy(body);
         let expected = answer(&keeping, body).await;
         let got = answer(&plain, body).await;
-        assert_eq!(got, expected, "{body}");
+        assert_eq!(got, expected, "{shown}");
+        assert_eq!(got.0 >= 400, *refused, "{shown} was answered with {}", got.0);
         answers.push(got);
     }
-    // The streamed plain request really streamed a reply, and the bad ones were refused.
+    // The streamed plain request really streamed a reply.
     let (status, kind, events) = &answers[0];
     assert_eq!((*status, kind.as_str()), (200, "text/event-stream"));
     assert!(events.iter().any(|e| e["choices"][0]["delta"]["content"].is_string()), "{events:?}");
     assert!(events.iter().any(|e| e["usage"]["total_tokens"].as_u64() > Some(0)), "{events:?}");
-    for (body, (status, _, _)) in bodies.iter().zip(&answers).skip(5) {
-        assert!(*status >= 400, "{body} was answered with {status}");
-    }
 }
