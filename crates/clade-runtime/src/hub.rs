@@ -36,13 +36,17 @@ pub struct Hub {
     agents: Arc<Mutex<HashMap<AgentId, broadcast::Sender<LiveEvent>>>>,
 }
 
+/// The channel of `key` (created if none) and a receiver on it, made under the map's lock: a
+/// publisher that finds the channel then also finds its receiver, and does not drop it as a
+/// channel no one listens to.
 fn subscribe<K: std::hash::Hash + Eq>(
     map: &Mutex<HashMap<K, broadcast::Sender<LiveEvent>>>,
     key: K,
     capacity: usize,
-) -> broadcast::Sender<LiveEvent> {
+) -> (broadcast::Sender<LiveEvent>, broadcast::Receiver<LiveEvent>) {
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-    map.entry(key).or_insert_with(|| broadcast::channel(capacity).0).clone()
+    let sender = map.entry(key).or_insert_with(|| broadcast::channel(capacity).0);
+    (sender.clone(), sender.subscribe())
 }
 
 /// The channel of `key`, if anyone subscribed to it.
@@ -53,7 +57,8 @@ fn sender<K: std::hash::Hash + Eq>(
     map.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
 }
 
-/// Sends on `tx`, the channel of `key`; a channel whose subscribers have all gone is dropped.
+/// Sends on `tx`, the channel of `key`; a channel whose subscribers have all gone is dropped
+/// (checked again under the lock, where new receivers are made).
 fn send<K: std::hash::Hash + Eq>(
     map: &Mutex<HashMap<K, broadcast::Sender<LiveEvent>>>,
     key: &K,
@@ -62,7 +67,7 @@ fn send<K: std::hash::Hash + Eq>(
 ) {
     if tx.send(event).is_err() {
         let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(key).is_some_and(|ours| ours.same_channel(tx)) {
+        if map.get(key).is_some_and(|ours| ours.same_channel(tx) && ours.receiver_count() == 0) {
             map.remove(key);
         }
     }
@@ -101,11 +106,11 @@ pub struct Subscription {
 
 impl Subscription {
     fn new(hub: &Hub, channel: Channel) -> Self {
-        let sender = match &channel {
+        let (sender, receiver) = match &channel {
             Channel::Session(id) => subscribe(&hub.sessions, *id, SESSION_CAPACITY),
             Channel::Agent(id) => subscribe(&hub.agents, *id, AGENT_CAPACITY),
         };
-        Self { receiver: sender.subscribe(), sender, hub: Some((hub.clone(), channel)) }
+        Self { receiver, sender, hub: Some((hub.clone(), channel)) }
     }
 
     /// A subscription to a channel outside any hub (for tests of what reads live events).
