@@ -32,7 +32,7 @@ const GIVE_BACK_EVERY: Duration = Duration::from_secs(1);
 /// tools, which lose only the huge pages a large heap of theirs might have had):
 /// mimalloc asks for them, and a 2 MiB page is resident whole as soon as one byte of it is
 /// touched, so memory freed inside it is never given back. `clade bench turns` at 1,000 sessions
-/// held 65–79 KiB of RSS per active session with them and 45–52 KiB without, at the same turns/s.
+/// held 65–79 KiB of RSS per active session with them and 45–55 KiB without, at the same turns/s.
 /// Failure only costs memory, so it is ignored.
 pub(crate) fn configure() {
     let _ = rustix::thread::disable_transparent_huge_pages(true);
