@@ -14,6 +14,8 @@ use crate::cli::Global;
 
 pub(crate) struct Ctx {
     pub(crate) data_dir: DataDir,
+    /// Where the store lives (for `serve`'s owner lock).
+    pub(crate) location: Location,
     pub(crate) config: Config,
     pub(crate) store: Store,
     pub(crate) agents: Agents,
@@ -53,12 +55,16 @@ impl Ctx {
             clade_config::Durability::Full => Durability::Full,
             clade_config::Durability::Normal => Durability::Normal,
         };
-        let store =
-            Store::open(StoreOptions { location, durability, clock: Arc::new(SystemClock) })
-                .await?;
+        let store = Store::open(StoreOptions {
+            location: location.clone(),
+            durability,
+            clock: Arc::new(SystemClock),
+        })
+        .await?;
         let agents = Agents::new(store.clone(), data_dir.clone());
         Ok(Self {
             data_dir,
+            location,
             config,
             store,
             agents,
@@ -122,7 +128,6 @@ impl Ctx {
             tools.bwrap.clone(),
             path.as_deref(),
             tools.limits,
-            Some(self.data_dir.root()),
         )
     }
 

@@ -20,6 +20,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     memory::configure();
+    // Whatever the caller's umask, files Clade creates (the store, its WAL, keys, workspaces,
+    // what sandboxed tools write) are its own user's alone.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     quiet_on_closed_stdout();
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

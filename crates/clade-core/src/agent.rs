@@ -60,8 +60,8 @@ pub fn validate_display_name(name: &str) -> Result<(), String> {
     if name.chars().count() > MAX_DISPLAY_NAME_LEN {
         return Err(format!("display name is longer than {MAX_DISPLAY_NAME_LEN} characters"));
     }
-    if name.chars().any(char::is_control) {
-        return Err("display name must not contain control characters or newlines".into());
+    if name.chars().any(crate::name::is_spoofing_char) {
+        return Err("display name must not contain control, bidirectional-override or zero-width characters (newlines included)".into());
     }
     Ok(())
 }

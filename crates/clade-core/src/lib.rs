@@ -11,5 +11,5 @@ pub mod time;
 
 pub use agent::{Agent, AgentConfig, Tenant};
 pub use id::{AgentId, ApprovalId, EventId, GrantId, SessionId, TenantId, TokenId, TurnId};
-pub use name::{Handle, SecretName, TemplateName};
+pub use name::{Handle, SecretName, TemplateName, is_spoofing_char};
 pub use time::{Clock, SystemClock, Timestamp};

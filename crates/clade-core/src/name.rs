@@ -19,13 +19,16 @@ fn check(
     input: &str,
     max_len: usize,
     allowed: fn(u8) -> bool,
+    first: fn(u8) -> bool,
 ) -> Result<String, Error> {
-    let ok = !input.is_empty() && input.len() <= max_len && input.bytes().all(allowed);
+    let ok = input.bytes().next().is_some_and(first)
+        && input.len() <= max_len
+        && input.bytes().all(allowed);
     if ok { Ok(input.to_owned()) } else { Err(Error { kind, input: input.to_owned(), rule }) }
 }
 
 macro_rules! define_name {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $rule:literal, $max:literal, $allowed:expr) => {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $rule:literal, $max:literal, $allowed:expr, $first:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(String);
@@ -33,7 +36,7 @@ macro_rules! define_name {
         impl $name {
             /// Validates `input`; the error says which rule it broke.
             pub fn parse(input: &str) -> Result<Self, Error> {
-                check($kind, $rule, input, $max, $allowed).map(Self)
+                check($kind, $rule, input, $max, $allowed, $first).map(Self)
             }
 
             pub fn as_str(&self) -> &str {
@@ -56,6 +59,14 @@ macro_rules! define_name {
     };
 }
 
+impl Handle {
+    /// A handle read back from storage, under the rules it was stored with: before handles had
+    /// to start with a letter or digit, `-x` was accepted, and such rows must stay readable.
+    pub fn from_stored(input: &str) -> Result<Self, Error> {
+        check("handle", HANDLE_RULE, input, 64, handle_byte, handle_byte).map(Self)
+    }
+}
+
 impl TemplateName {
     /// The built-in template every agent gets unless another is named.
     pub fn builtin_default() -> Self {
@@ -67,6 +78,14 @@ fn handle_byte(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
 }
 
+/// A handle never starts with `-` (a command line would read it as a flag) or `_`.
+fn handle_first_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit()
+}
+
+const HANDLE_RULE: &str =
+    "use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit";
+
 fn secret_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'
 }
@@ -76,9 +95,10 @@ define_name!(
     /// tenant (agents) or per deployment (tenants).
     Handle,
     "handle",
-    "use 1-64 lowercase letters, digits, '-' or '_'",
+    "use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit",
     64,
-    handle_byte
+    handle_byte,
+    handle_first_byte
 );
 define_name!(
     /// The name of a secret: 1–128 ASCII letters, digits, `-`, `_` or `.` (e.g. `OPENAI_API_KEY`).
@@ -86,16 +106,34 @@ define_name!(
     "secret name",
     "use 1-128 ASCII letters, digits, '-', '_' or '.'",
     128,
+    secret_byte,
     secret_byte
 );
 define_name!(
     /// The name of a persona template: same rules as a handle.
     TemplateName,
     "template name",
-    "use 1-64 lowercase letters, digits, '-' or '_'",
+    "use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit",
     64,
-    handle_byte
+    handle_byte,
+    handle_first_byte
 );
+
+/// Characters that make a name display as something it is not: control characters, and the
+/// invisible format characters of Unicode (bidirectional overrides and isolates, zero-width
+/// spaces and joiners, the byte-order mark). Names shown in listings refuse them.
+pub fn is_spoofing_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{feff}'
+        )
+}
 
 #[cfg(test)]
 mod tests {
@@ -106,9 +144,26 @@ mod tests {
         for good in ["a", "my-agent_2", &"x".repeat(64)] {
             assert!(Handle::parse(good).is_ok(), "{good}");
         }
-        for bad in ["", "Upper", "has space", "dot.ted", "é", &"x".repeat(65), "../x"] {
+        for bad in ["", "Upper", "has space", "dot.ted", "é", &"x".repeat(65), "../x", "-rf", "_x"]
+        {
             let err = Handle::parse(bad).unwrap_err();
             assert!(err.to_string().contains("use 1-64 lowercase"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn stored_handles_keep_the_rules_they_were_made_with() {
+        assert_eq!(Handle::from_stored("-old").unwrap().as_str(), "-old");
+        assert!(Handle::from_stored("Upper").is_err());
+    }
+
+    #[test]
+    fn spoofing_characters_are_named() {
+        for bad in ['\u{202e}', '\u{2066}', '\u{200b}', '\u{feff}', '\u{061c}', '\u{7}', '\u{7f}'] {
+            assert!(is_spoofing_char(bad), "{bad:?}");
+        }
+        for good in ['a', 'é', '中', ' ', '-', '\u{1f600}'] {
+            assert!(!is_spoofing_char(good), "{good:?}");
         }
     }
 

@@ -65,7 +65,7 @@ fn record_agent(handle: &str) {
 
 pub(crate) async fn create(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     JsonBody(params): JsonBody<CreateAgentParams>,
 ) -> Result<impl IntoResponse, ApiError> {
     let handle = Handle::parse(&params.handle)
@@ -93,7 +93,7 @@ pub(crate) async fn create(
 
 pub(crate) async fn list(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     query: Result<Query<ListAgentsQuery>, QueryRejection>,
 ) -> Result<axum::Json<AgentListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
@@ -120,7 +120,7 @@ pub(crate) async fn list(
 
 pub(crate) async fn show(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     Path(handle): Path<String>,
 ) -> Result<axum::Json<AgentResponse>, ApiError> {
     record_agent(&handle);
@@ -130,7 +130,7 @@ pub(crate) async fn show(
 
 pub(crate) async fn delete(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     Path(handle): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     record_agent(&handle);

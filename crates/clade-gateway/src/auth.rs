@@ -9,33 +9,92 @@ use clade_core::Tenant;
 use crate::AppState;
 use crate::error::{ApiError, Code};
 
-/// The authenticated tenant, placed in request extensions for handlers.
+/// The authenticated tenant, placed in request extensions for handlers, with the token it
+/// proved itself with (streams check it again while they run).
 #[derive(Debug, Clone)]
-pub(crate) struct Caller(pub(crate) Tenant);
+pub(crate) struct Caller(pub(crate) Tenant, pub(crate) Credential);
+
+/// The bearer token a request authenticated with.
+#[derive(Clone)]
+pub(crate) struct Credential(std::sync::Arc<str>);
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(..)")
+    }
+}
+
+impl Credential {
+    /// Whether the token still authenticates the same tenant: a long-lived stream asks this
+    /// every [`RECHECK_EVERY`] and closes once the token is revoked or its tenant deleted.
+    pub(crate) async fn still_valid(&self, store: &clade_store::Store, tenant: &Tenant) -> bool {
+        match store.authenticate(&self.0).await {
+            Ok(current) => current.id == tenant.id,
+            // Only a definite "no" ends a stream; a store hiccup is retried at the next check.
+            Err(clade_store::Error::BadToken) => false,
+            Err(clade_store::Error::TenantNotFound(_)) => false,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot re-check a stream's token");
+                true
+            }
+        }
+    }
+}
+
+/// How often an open stream re-checks its token.
+pub(crate) const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The token of an `Authorization` header: the scheme is case-insensitive (RFC 9110 §11.1).
+fn bearer_token(header: &axum::http::HeaderValue) -> Option<&str> {
+    let text = header.to_str().ok()?.trim();
+    let (scheme, token) = text.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
 
 pub(crate) async fn require_token(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let header = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let Some(header) = header else {
+    let Some(header) = request.headers().get(AUTHORIZATION) else {
         return ApiError::new(
             Code::MissingToken,
             "missing Authorization header: send `Authorization: Bearer <token>` (create one with `clade tokens create`)",
         )
         .into_response();
     };
-    let Some(token) = header.strip_prefix("Bearer ").map(str::trim) else {
-        return ApiError::new(Code::MissingToken, "Authorization header must be `Bearer <token>`")
-            .into_response();
+    let Some(token) = bearer_token(header) else {
+        return ApiError::new(
+            Code::InvalidToken,
+            "the Authorization header is not `Bearer <token>`: send the token after the word Bearer and one space",
+        )
+        .into_response();
     };
     match state.store.authenticate(token).await {
         Ok(tenant) => {
             tracing::Span::current().record("tenant", tenant.name.as_str());
-            request.extensions_mut().insert(Caller(tenant));
+            let credential = Credential(token.into());
+            request.extensions_mut().insert(Caller(tenant, credential));
             next.run(request).await
         }
         Err(err) => ApiError::from(err).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::bearer_token;
+
+    #[test]
+    fn the_scheme_is_case_insensitive_and_the_token_required() {
+        for good in ["Bearer t1", "bearer t1", "BEARER  t1 ", "BeArEr t1"] {
+            assert_eq!(bearer_token(&HeaderValue::from_static(good)), Some("t1"), "{good}");
+        }
+        for bad in ["Basic dTpw", "Bearer", "Bearer  ", "Bearert1", "t1"] {
+            assert_eq!(bearer_token(&HeaderValue::from_static(bad)), None, "{bad}");
+        }
     }
 }

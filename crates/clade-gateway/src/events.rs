@@ -20,10 +20,19 @@ const MAX_FIELD: usize = 256;
 const WAIT: Duration = Duration::from_secs(120);
 
 fn check_field(name: &str, value: &str) -> Result<(), ApiError> {
-    if value.is_empty() || value.len() > MAX_FIELD || value.chars().any(char::is_control) {
+    if value.is_empty() || value.len() > MAX_FIELD {
         return Err(ApiError::new(
             Code::InvalidRequest,
-            format!("{name} must be 1-{MAX_FIELD} characters without control characters"),
+            format!("{name} must be 1-{MAX_FIELD} bytes"),
+        ));
+    }
+    if let Some(bad) = value.chars().find(|c| clade_core::is_spoofing_char(*c)) {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!(
+                "{name} contains the invisible or control character U+{:04X}: names shown in listings may not carry control, bidirectional-override or zero-width characters",
+                u32::from(bad)
+            ),
         ));
     }
     Ok(())
@@ -31,7 +40,7 @@ fn check_field(name: &str, value: &str) -> Result<(), ApiError> {
 
 pub(crate) async fn post(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     headers: HeaderMap,
     JsonBody(params): JsonBody<EventParams>,
 ) -> Result<Response, ApiError> {

@@ -27,8 +27,9 @@ pub(crate) enum Scope {
 }
 
 /// Lifecycle events re-read in one go, at most: a longer catch-up reads on in further pages.
+/// A page is held in memory until its subscriber takes it, so it stays small.
 #[cfg(not(test))]
-const CATCH_UP_ROWS: u32 = 10_000;
+const CATCH_UP_ROWS: u32 = 64;
 #[cfg(test)]
 const CATCH_UP_ROWS: u32 = 3;
 
@@ -66,13 +67,26 @@ pub(crate) struct CatchingUp {
     missed: VecDeque<LiveEvent>,
     /// Whether the outbox may hold events after `last` that the receiver will not bring.
     behind: bool,
+    /// Turns whose `turn.started` was passed on live, before it committed (so that streaming
+    /// clients see it before the text): its committed copy is not passed on again.
+    announced: VecDeque<Value>,
 }
+
+/// Live-only `turn.started` announcements remembered (one per turn in flight per subscription).
+const ANNOUNCED: usize = 64;
 
 impl CatchingUp {
     /// Follows `receiver` from outbox position `after`, where the outbox ended when the
     /// subscription started.
     pub(crate) fn new(receiver: Subscription, lagged: Lagged, after: i64) -> Self {
-        Self { receiver, lagged, last: after, missed: VecDeque::new(), behind: false }
+        Self {
+            receiver,
+            lagged,
+            last: after,
+            missed: VecDeque::new(),
+            behind: false,
+            announced: VecDeque::new(),
+        }
     }
 
     /// Replays the outbox after `after` (the last event a client already has), page by page
@@ -105,6 +119,10 @@ impl CatchingUp {
             }
             match self.receiver.recv().await {
                 Ok(LiveEvent { id: Some(id), .. }) if id <= self.last => continue,
+                Ok(event) if self.already_announced(&event) => {
+                    self.last = event.id.unwrap_or(self.last).max(self.last);
+                    continue;
+                }
                 Ok(event) => return Some(self.passed(event)),
                 Err(broadcast::error::RecvError::Lagged(_)) => self.behind = true,
                 Err(broadcast::error::RecvError::Closed) => return None,
@@ -112,9 +130,50 @@ impl CatchingUp {
         }
     }
 
+    /// Whether `event` is the committed `turn.started` of a turn announced live before; the
+    /// live announcement is remembered here.
+    fn already_announced(&mut self, event: &LiveEvent) -> bool {
+        if event.kind != "turn.started" {
+            return false;
+        }
+        let turn = &event.data["turn"];
+        if event.id.is_none() {
+            if self.announced.len() >= ANNOUNCED {
+                self.announced.pop_front();
+            }
+            self.announced.push_back(turn.clone());
+            return false;
+        }
+        match self.announced.iter().position(|t| t == turn) {
+            Some(at) => {
+                self.announced.remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn passed(&mut self, event: LiveEvent) -> LiveEvent {
         self.last = event.id.unwrap_or(self.last).max(self.last);
         event
+    }
+}
+
+/// Moves one subscription's events into a stream's queue until either side goes away: the
+/// stream's owner reads that queue beside its other duties (re-checking its token), which a
+/// [`CatchingUp`] cannot be interrupted for. A subscription that falls behind re-reads the
+/// lifecycle events it missed from the outbox, so it loses only text deltas.
+pub(crate) async fn forward(mut events: CatchingUp, tx: tokio::sync::mpsc::Sender<LiveEvent>) {
+    loop {
+        let event = tokio::select! {
+            // Nobody reads any more: what `next` was re-reading is nobody's loss.
+            () = tx.closed() => return,
+            event = events.next() => event,
+        };
+        let Some(event) = event else { return };
+        if tx.send(event).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -43,7 +43,7 @@ fn session_response(s: clade_store::SessionRow) -> SessionResponse {
 
 pub(crate) async fn list(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     query: Result<Query<SessionsQuery>, QueryRejection>,
 ) -> Result<axum::Json<SessionListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
@@ -61,7 +61,7 @@ pub(crate) async fn list(
 
 pub(crate) async fn show(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<SessionResponse>, ApiError> {
     let row = state.store.session(tenant.id, session_id(&id)?).await?;
@@ -70,7 +70,7 @@ pub(crate) async fn show(
 
 pub(crate) async fn update(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     Path(id): Path<String>,
     JsonBody(update): JsonBody<SessionUpdate>,
 ) -> Result<axum::Json<SessionResponse>, ApiError> {
@@ -80,7 +80,7 @@ pub(crate) async fn update(
 
 pub(crate) async fn turns(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<TurnListResponse>, ApiError> {
     let session = state.store.session(tenant.id, session_id(&id)?).await?;
@@ -122,7 +122,7 @@ pub(crate) async fn turns(
 
 pub(crate) async fn resume(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let n = state.engine.resume(tenant.id, session_id(&id)?).await?;
@@ -131,7 +131,7 @@ pub(crate) async fn resume(
 
 pub(crate) async fn cancel(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let cancelled = state.engine.cancel(tenant.id, session_id(&id)?).await?;
@@ -142,7 +142,7 @@ pub(crate) async fn cancel(
 /// replayed from the outbox, then live ones, with text deltas as the model streams them.
 pub(crate) async fn stream(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, credential)): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     Query(query): Query<std::collections::HashMap<String, String>>,
@@ -163,13 +163,45 @@ pub(crate) async fn stream(
     let live = state.engine.hub().subscribe(session.id);
     let lagged = Lagged::new(&state.store, tenant.id, Scope::Session(session.id));
     let events = CatchingUp::replaying(live, lagged, after);
-    let stream = stream::unfold(events, |mut events| async {
-        let event = events.next().await?;
-        let mut sse = Event::default().event(event.kind).data(event.data.to_string());
-        if let Some(id) = event.id {
-            sse = sse.id(id.to_string());
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(crate::live::forward(events, tx));
+    let mut recheck = tokio::time::interval(crate::auth::RECHECK_EVERY);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watch = Some(Watch { rx, recheck, store: state.store.clone(), tenant, credential });
+    // Ends when the session's channel closes, or with an `error` event once the token stops
+    // being valid (revoked, or its tenant deleted).
+    let stream = stream::unfold(watch, |watch| async {
+        let mut watch = watch?;
+        loop {
+            tokio::select! {
+                event = watch.rx.recv() => {
+                    let event = event?;
+                    let mut sse = Event::default().event(event.kind).data(event.data.to_string());
+                    if let Some(id) = event.id {
+                        sse = sse.id(id.to_string());
+                    }
+                    return Some((Ok(sse), Some(watch)));
+                }
+                _ = watch.recheck.tick() => {
+                    if !watch.credential.still_valid(&watch.store, &watch.tenant).await {
+                        let body = serde_json::json!({
+                            "code": Code::InvalidToken.as_str(),
+                            "message": "the stream's token was revoked or its tenant deleted",
+                        });
+                        return Some((Ok(Event::default().event("error").data(body.to_string())), None));
+                    }
+                }
+            }
         }
-        Some((Ok(sse), events))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// What an open SSE stream watches: its events, and whether its token still holds.
+struct Watch {
+    rx: tokio::sync::mpsc::Receiver<clade_runtime::LiveEvent>,
+    recheck: tokio::time::Interval,
+    store: clade_store::Store,
+    tenant: clade_core::Tenant,
+    credential: crate::auth::Credential,
 }

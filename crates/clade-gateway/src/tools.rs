@@ -29,7 +29,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
 
 pub(crate) async fn list(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     Path(handle): Path<String>,
 ) -> Result<axum::Json<ToolListResponse>, ApiError> {
     let agent = state.store.agent(tenant.id, &handle).await?;
@@ -51,7 +51,7 @@ pub(crate) async fn list(
 
 pub(crate) async fn call(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     Path((handle, name)): Path<(String, String)>,
     JsonBody(params): JsonBody<ToolCallParams>,
 ) -> Result<axum::Json<ToolCallResponse>, ApiError> {
@@ -125,7 +125,7 @@ fn approval_response(row: ApprovalRow, agent: String) -> ApprovalResponse {
 
 pub(crate) async fn approvals(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     query: Result<Query<ApprovalsQuery>, QueryRejection>,
 ) -> Result<axum::Json<ApprovalListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
@@ -150,7 +150,7 @@ pub(crate) async fn approvals(
 
 pub(crate) async fn decide(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     Path(id): Path<String>,
     JsonBody(params): JsonBody<DecideApprovalParams>,
 ) -> Result<axum::Json<ApprovalResponse>, ApiError> {
@@ -189,7 +189,7 @@ fn grant_response(row: GrantRow, agent: String) -> GrantResponse {
 
 pub(crate) async fn grants(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     query: Result<Query<GrantsQuery>, QueryRejection>,
 ) -> Result<axum::Json<GrantListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
@@ -209,7 +209,7 @@ pub(crate) async fn grants(
 
 pub(crate) async fn add_grant(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     JsonBody(params): JsonBody<CreateGrantParams>,
 ) -> Result<(StatusCode, axum::Json<GrantResponse>), ApiError> {
     let agent = state.store.agent(tenant.id, &params.agent).await?;
@@ -246,7 +246,7 @@ pub(crate) async fn add_grant(
 
 pub(crate) async fn revoke_grant(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = GrantId::parse(&id).map_err(|e| invalid(e.to_string()))?;
@@ -256,7 +256,7 @@ pub(crate) async fn revoke_grant(
 
 pub(crate) async fn audit(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;

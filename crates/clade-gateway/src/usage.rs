@@ -15,7 +15,7 @@ const DEFAULT_WINDOW_MS: i64 = 30 * 86_400_000;
 
 pub(crate) async fn get(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, _)): Extension<Caller>,
     query: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Result<axum::Json<UsageResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;

@@ -7,9 +7,11 @@
 //! `{"type":"error","code":…,"message":…}`. Lifecycle events carry their outbox id, so a client
 //! that reconnects can fetch what it missed from the session's SSE stream with `Last-Event-ID`.
 
+use std::time::Duration;
+
 use axum::Extension;
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
 use clade_core::{SessionId, Tenant};
 use clade_runtime::LiveEvent;
@@ -17,54 +19,110 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::AppState;
-use crate::auth::Caller;
-use crate::live::{CatchingUp, Lagged, Scope};
+use crate::auth::{Caller, Credential};
+use crate::live::{CatchingUp, Lagged, Scope, forward};
 
 /// Largest client message accepted.
 const MAX_MESSAGE: usize = 16 * 1024;
 /// Subscriptions per connection.
 const MAX_SUBSCRIPTIONS: usize = 256;
+/// Events queued for one connection. A subscription whose queue is full waits, and once its
+/// live channel overflows it re-reads what it missed from the outbox: the server never holds
+/// more than this for a client that does not read.
+const QUEUE: usize = 32;
+/// A client that takes no frame for this long is closed (`1008`): it is not reading.
+const SLOW_CLIENT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
-    Extension(Caller(tenant)): Extension<Caller>,
+    Extension(Caller(tenant, credential)): Extension<Caller>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    ws.max_message_size(MAX_MESSAGE).on_upgrade(move |socket| serve(socket, state, tenant))
+    ws.max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| serve(socket, state, tenant, credential))
 }
 
 fn error(code: &str, message: &str) -> Message {
     Message::Text(json!({ "type": "error", "code": code, "message": message }).to_string().into())
 }
 
-async fn serve(mut socket: WebSocket, state: AppState, tenant: Tenant) {
-    let (tx, mut rx) = mpsc::channel::<LiveEvent>(1024);
+/// Closes the connection with `code` and a reason, giving the client a moment to take it.
+async fn close(mut socket: WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame { code, reason: reason.to_owned().into() };
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame))))
+        .await;
+}
+
+/// The close code for a frame the server could not take: too large (1009), not UTF-8 (1007),
+/// or any other protocol error (1002).
+fn close_for(err: &axum::Error) -> (u16, String) {
+    use std::error::Error as _;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = err.source();
+    while let Some(inner) = source {
+        if let Some(err) = inner.downcast_ref::<tungstenite::Error>() {
+            return match err {
+                tungstenite::Error::Capacity(_) => (
+                    close_code::SIZE,
+                    format!("message too large: at most {} KiB", MAX_MESSAGE / 1024),
+                ),
+                tungstenite::Error::Utf8(_) => {
+                    (close_code::INVALID, "text frame is not valid UTF-8".to_owned())
+                }
+                _ => (close_code::PROTOCOL, format!("protocol error: {err}")),
+            };
+        }
+        source = inner.source();
+    }
+    (close_code::PROTOCOL, format!("protocol error: {err}"))
+}
+
+async fn serve(mut socket: WebSocket, state: AppState, tenant: Tenant, credential: Credential) {
+    let (tx, mut rx) = mpsc::channel::<LiveEvent>(QUEUE);
     let mut subscriptions = 0;
+    let mut recheck = tokio::time::interval(crate::auth::RECHECK_EVERY);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let reply = tokio::select! {
             incoming = socket.recv() => {
-                let Some(Ok(message)) = incoming else { return };
-                let text = match message {
-                    Message::Text(text) => text.to_string(),
-                    Message::Close(_) => return,
-                    _ => continue,
+                let text = match incoming {
+                    None | Some(Ok(Message::Close(_))) => return,
+                    Some(Err(err)) => {
+                        let (code, reason) = close_for(&err);
+                        return close(socket, code, &reason).await;
+                    }
+                    Some(Ok(Message::Text(text))) => text.to_string(),
+                    Some(Ok(Message::Binary(_))) => {
+                        return close(socket, close_code::UNSUPPORTED, "send JSON text frames").await;
+                    }
+                    Some(Ok(_)) => continue,
                 };
-                let reply = match subscribe(&state, &tenant, &text, &tx, subscriptions).await {
+                match subscribe(&state, &tenant, &text, &tx, subscriptions).await {
                     Ok(reply) => {
                         subscriptions += 1;
                         Message::Text(reply.to_string().into())
                     }
                     Err((code, message)) => error(code, &message),
-                };
-                if socket.send(reply).await.is_err() {
-                    return;
                 }
             }
             Some(event) = rx.recv() => {
                 let frame = json!({ "type": "event", "session": event.session.to_string(), "id": event.id, "kind": event.kind, "data": event.data });
-                if socket.send(Message::Text(frame.to_string().into())).await.is_err() {
-                    return;
+                Message::Text(frame.to_string().into())
+            }
+            _ = recheck.tick() => {
+                if !credential.still_valid(&state.store, &tenant).await {
+                    return close(socket, close_code::POLICY, "token revoked or tenant deleted").await;
                 }
+                continue;
+            }
+        };
+        match tokio::time::timeout(SLOW_CLIENT, socket.send(reply)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::info!(tenant = %tenant.name, "closing a WebSocket whose client does not read");
+                return close(socket, close_code::POLICY, "client too slow: it stopped reading")
+                    .await;
             }
         }
     }
@@ -79,6 +137,11 @@ async fn subscribe(
 ) -> Result<Value, (&'static str, String)> {
     let request: Value = serde_json::from_str(text)
         .map_err(|e| ("invalid_request", format!("message is not JSON: {e}")))?;
+    for field in ["type", "session", "agent"] {
+        if let Some(value) = request.get(field).filter(|v| !v.is_string()) {
+            return Err(("invalid_request", format!("\"{field}\" must be a string, not {value}")));
+        }
+    }
     if request["type"] != "subscribe" {
         return Err((
             "invalid_request",
@@ -116,16 +179,5 @@ async fn subscribe(
         Ok(json!({ "type": "subscribed", "agent": handle }))
     } else {
         Err(("invalid_request", "subscribe needs \"session\" or \"agent\"".into()))
-    }
-}
-
-/// Moves one subscription's events into the connection's queue until either side goes away.
-/// A subscription that falls behind re-reads the lifecycle events it missed from the outbox
-/// (see [`CatchingUp`]), so it loses only text deltas.
-async fn forward(mut events: CatchingUp, tx: mpsc::Sender<LiveEvent>) {
-    while let Some(event) = events.next().await {
-        if tx.send(event).await.is_err() {
-            return;
-        }
     }
 }

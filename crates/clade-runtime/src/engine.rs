@@ -821,7 +821,13 @@ async fn run_turn(
             LiveEvent { session: session.id, id: None, kind: "turn.started".into(), data: live }
         });
     }
-    let started_outbox = || vec![outbox("turn.started", started_data.clone())];
+    // The committed copy names its turn too, as the live one does (a stream passes on only one
+    // of the two: see `clade-gateway`'s `live`).
+    let started_outbox = || {
+        let mut data = started_data.clone();
+        data["turn"] = json!(turn.id.to_string());
+        vec![outbox("turn.started", data)]
+    };
 
     let resumes = journal.values().filter(|e| e.kind == "resumed").count() as u32;
     // A resumed turn may be older than turns that completed since it yielded: the kept history

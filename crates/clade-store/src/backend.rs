@@ -93,6 +93,10 @@ pub(crate) async fn connect(location: &Location, durability: Durability) -> Resu
         .map_err(|err| Error::Unreachable { location: shown.clone(), detail: err.to_string() })?
         .disable_statement_logging();
     let backend = location.backend();
+    if let Location::Sqlite(path) = location {
+        refuse_empty_file(path)?;
+        make_private(path)?;
+    }
     // One direct connection first: the pool retries failed connects until its timeout and
     // then reports only that it timed out, hiding "connection refused" or "not a database".
     let mut probe = sqlx::AnyConnection::connect_with(&options)
@@ -120,7 +124,50 @@ pub(crate) async fn connect(location: &Location, durability: Durability) -> Resu
         .await
         .map_err(|err| classify_connect_error(err, &shown))?;
     check_settings(&pool, backend, durability, &shown).await?;
+    if let Location::Sqlite(path) = location {
+        // A new file (and its WAL) was created with the process's umask.
+        make_private(path)?;
+    }
     Ok(pool)
+}
+
+/// A database file that exists but holds nothing was truncated (or its creation cut short):
+/// opening it would silently start a new, empty store beside the old workspaces and tokens.
+/// SQLite writes its header as soon as the WAL is set up, so Clade never leaves one behind.
+fn refuse_empty_file(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() && meta.len() == 0 => {
+            Err(Error::EmptyDatabase { path: path.to_owned() })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The database, its WAL and shared-memory file are readable by their owner only (0600),
+/// whatever the umask and whoever created them: they hold every tenant's messages. SQLite
+/// gives a new WAL the database file's mode, so the database goes first.
+#[cfg(unix)]
+pub(crate) fn make_private(db: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = PathBuf::from(name);
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+                    |source| Error::Io { action: "make private (chmod 600)", path, source },
+                )?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+pub(crate) fn make_private(_db: &Path) -> Result<()> {
+    Ok(())
 }
 
 fn sqlite_url(path: &Path) -> String {
@@ -214,6 +261,10 @@ pub(crate) fn classify_connect_error(err: sqlx::Error, shown: &str) -> Error {
                 // SQLITE_CORRUPT = 11, SQLITE_NOTADB = 26 (low byte of the extended code).
                 if matches!(code & 0xff, 11 | 26) {
                     return Error::Corrupt { location: shown.to_owned(), detail: db.to_string() };
+                }
+                // SQLITE_CANTOPEN = 14: a missing directory, no permission, /proc, …
+                if code & 0xff == 14 {
+                    return Error::CannotOpen { path: shown.into(), detail: db.to_string() };
                 }
             }
             Error::Database(err)

@@ -2,8 +2,9 @@
 //! workspaces.
 //!
 //! ```text
-//! <data-dir>/
-//!   clade.db            SQLite store (unless --store points elsewhere)
+//! <data-dir>/          0700 (made so at every open)
+//!   clade.db            SQLite store (unless --store points elsewhere), with its -wal and -shm; 0600
+//!   clade.db.lock       held (flock) by the `clade serve` that owns the store; holds its pid
 //!   clade.yaml          configuration (optional)
 //!   master.key          secrets master key, 0600 (created with the first secret)
 //!   token               the default tenant's CLI token, 0600 (created on first start)
@@ -11,7 +12,6 @@
 //!   templates/<name>/   operator-defined persona templates
 //!   agents/<agent-id>/  each agent's private workspace, created on first use
 //!   trash/              workspaces being deleted
-//!   seccomp-*.bpf       the sandbox's compiled seccomp filters (rewritten at every start)
 //! ```
 
 use std::io::Write;
@@ -31,6 +31,9 @@ impl DataDir {
         let root = root.into();
         let fail = |source| Error::DataDir { path: root.clone(), source };
         create_private_dir_all(&root).map_err(fail)?;
+        // An existing dir keeps the mode it was made with: make it private too, since it holds
+        // every tenant's messages, keys and workspaces.
+        make_dir_private(&root).map_err(fail)?;
         let probe = root.join(".write-probe");
         std::fs::write(&probe, b"").map_err(fail)?;
         std::fs::remove_file(&probe).map_err(fail)?;
@@ -111,6 +114,21 @@ fn read_optional(path: &Path) -> Result<Option<String>> {
 fn create_private_dir_all(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+}
+
+#[cfg(unix)]
+fn make_dir_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_dir_private(_path: &Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 #[cfg(not(unix))]

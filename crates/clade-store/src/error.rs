@@ -64,6 +64,22 @@ pub enum Error {
          ({setting} = {found}, expected {expected})"
     )]
     Durability { location: String, setting: &'static str, found: String, expected: String },
+    #[error(
+        "the store at {location} is already served by {holder}: stop that server first, or give \
+         this one its own --data-dir or --store"
+    )]
+    InUse { location: String, holder: String },
+    #[error(
+        "the database file {path} exists but is empty (0 bytes): it was truncated, or its \
+         creation was interrupted; restore it from a backup, or delete it to start a new, empty \
+         store"
+    )]
+    EmptyDatabase { path: PathBuf },
+    #[error(
+        "cannot open the SQLite database {path} ({detail}): check that its directory exists and \
+         is writable by this user, or pass another --store or --data-dir"
+    )]
+    CannotOpen { path: PathBuf, detail: String },
     #[error("unsupported store URL {0:?}: use sqlite://<path> or postgres://user@host/db")]
     BadUrl(String),
 

@@ -17,6 +17,7 @@ pub mod datadir;
 mod db;
 pub mod error;
 mod migrate;
+pub mod owner;
 mod paced;
 pub mod secrets;
 pub mod store;
@@ -33,6 +34,7 @@ pub use crypto::MasterKey;
 pub use datadir::DataDir;
 pub use error::{Error, Result};
 pub use migrate::SCHEMA_VERSION;
+pub use owner::OwnerLock;
 pub use secrets::Secrets;
 pub use store::{
     BudgetCounter, BudgetSettlement, NewAgent, SecretInfo, Store, StoreOptions, TOKEN_PREFIX,

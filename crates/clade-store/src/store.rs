@@ -222,7 +222,7 @@ pub(crate) fn id_bytes(row: &Row, column: &str) -> Result<[u8; 16]> {
 
 fn handle_column(row: &Row, column: &str) -> Result<Handle> {
     let text: String = row.try_get(column)?;
-    Handle::parse(&text).map_err(|e| Error::BadRow(e.to_string()))
+    Handle::from_stored(&text).map_err(|e| Error::BadRow(e.to_string()))
 }
 
 fn tenant_from_row(row: &Row) -> Result<Tenant> {
@@ -680,9 +680,9 @@ impl Store {
 
     /// Creates a token for `tenant`; the returned secret is shown once and never stored.
     pub async fn create_token(&self, tenant: TenantId, name: &str) -> Result<(TokenInfo, String)> {
-        if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+        if name.is_empty() || name.len() > 100 || name.chars().any(clade_core::is_spoofing_char) {
             return Err(Error::InvalidInput(
-                "token name must be 1-100 characters without control characters".into(),
+                "token name must be 1-100 characters without control, bidirectional-override or zero-width characters".into(),
             ));
         }
         let mut raw = [0u8; 32];

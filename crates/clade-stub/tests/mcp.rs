@@ -12,7 +12,7 @@ use clade_tools::sandbox::Sandbox;
 use serde_json::json;
 
 fn stdio(command: &str, mode: SandboxMode, dir: &Path) -> Transport {
-    let sandbox = Sandbox::new(mode, None, Some("/usr/bin:/bin"), SandboxLimits::default(), None);
+    let sandbox = Sandbox::new(mode, None, Some("/usr/bin:/bin"), SandboxLimits::default());
     Transport::Stdio {
         command: vec![command.into()],
         env: Vec::new(),

@@ -388,10 +388,20 @@ pub struct Sandbox {
     pids_cgroup: Option<PathBuf>,
     /// The compiled seccomp filters bwrap loads before the command starts: for runs with a
     /// network grant, and for runs without (which also may not open internet sockets).
-    seccomp: Option<Arc<PathBuf>>,
-    seccomp_offline: Option<Arc<PathBuf>>,
+    seccomp: Option<Arc<SealedFilter>>,
+    seccomp_offline: Option<Arc<SealedFilter>>,
     /// Loaded beside `seccomp` in runs with a network grant (see [`Filter::NoUnixSockets`]).
-    seccomp_no_unix: Option<Arc<PathBuf>>,
+    seccomp_no_unix: Option<Arc<SealedFilter>>,
+}
+
+/// A compiled seccomp filter in a sealed memory file: nothing on disk to replace, and the seals
+/// forbid any change to it. Its descriptor is inherited by the launcher, which opens it afresh
+/// through `/proc/self/fd/<n>` (its own offset, so concurrent runs do not share one).
+#[derive(Debug)]
+struct SealedFilter {
+    _fd: rustix::fd::OwnedFd,
+    /// `/proc/self/fd/<n>`, as the launcher sees it.
+    path: PathBuf,
 }
 
 static RUNS: AtomicU64 = AtomicU64::new(0);
@@ -400,13 +410,15 @@ static RUNS: AtomicU64 = AtomicU64::new(0);
 /// stderr (the daemon may have inherited some without close-on-exec from whatever started it,
 /// and they would pass on to the command), then, for a sandboxed run, joins the run's pids
 /// cgroup (so every process of the tree is counted from the first fork), and execs the
-/// program. `$0` is the cgroup's `cgroup.procs` file or `-`; `$1` and `$2` seccomp filter files
-/// opened as descriptors 3 and 4 for `bwrap --add-seccomp-fd`, or `-`. bash is used where
+/// program. `$0` is the cgroup's `cgroup.procs` file or `-`; `$1` and `$2` seccomp filters
+/// (`/proc/self/fd/<n>` of a [`SealedFilter`]) opened as descriptors 3 and 4 for
+/// `bwrap --add-seccomp-fd` before anything else is closed, or `-`. bash is used where
 /// present because POSIX sh cannot close descriptors above 9.
-const LAUNCHER: &str = r#"for fd in /proc/$$/fd/*; do n=${fd##*/}; case $n in 0|1|2) ;; *) eval "exec $n>&-" 2>/dev/null ;; esac; done
+const LAUNCHER: &str = r#"keep=:0:1:2:
+if [ "$1" != "-" ]; then exec 3< "$1" || exit 125; keep=${keep}3:; fi
+if [ "$2" != "-" ]; then exec 4< "$2" || exit 125; keep=${keep}4:; fi
+for fd in /proc/$$/fd/*; do n=${fd##*/}; case $keep in *:$n:*) ;; *) eval "exec $n>&-" 2>/dev/null ;; esac; done
 [ "$0" = "-" ] || echo $$ > "$0" || exit 125
-if [ "$1" != "-" ]; then exec 3< "$1" || exit 125; fi
-if [ "$2" != "-" ]; then exec 4< "$2" || exit 125; fi
 shift 2
 exec "$@""#;
 
@@ -436,21 +448,19 @@ const SANDBOX_ID: &str = "65534";
 
 impl Sandbox {
     /// `bwrap`: the executable to use; `None` looks it up on `path_var` (the `PATH` value),
-    /// then at `/usr/bin/bwrap`. `state_dir`: a private directory for the compiled seccomp
-    /// filter (the data dir); without one it goes to a new file in the temp dir.
+    /// then at `/usr/bin/bwrap`.
     pub fn new(
         mode: SandboxMode,
         bwrap: Option<PathBuf>,
         path_var: Option<&str>,
         limits: SandboxLimits,
-        state_dir: Option<&Path>,
     ) -> Self {
         let bwrap = bwrap.or_else(|| locate("bwrap", path_var));
         let pids_cgroup =
             std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| pids_cgroup(&c));
-        let seccomp = write_seccomp_filter(state_dir, Filter::Online).map(Arc::new);
-        let seccomp_offline = write_seccomp_filter(state_dir, Filter::Offline).map(Arc::new);
-        let seccomp_no_unix = write_seccomp_filter(state_dir, Filter::NoUnixSockets).map(Arc::new);
+        let seccomp = seccomp_filter(Filter::Online).map(Arc::new);
+        let seccomp_offline = seccomp_filter(Filter::Offline).map(Arc::new);
+        let seccomp_no_unix = seccomp_filter(Filter::NoUnixSockets).map(Arc::new);
         Self { mode, bwrap, limits, pids_cgroup, seccomp, seccomp_offline, seccomp_no_unix }
     }
 
@@ -669,7 +679,7 @@ impl Sandbox {
             true => (&self.seccomp, &self.seccomp_no_unix),
             false => (&self.seccomp_offline, &None),
         };
-        let filters = [filter, second].map(|f| f.as_deref().map(PathBuf::as_path));
+        let filters = [filter, second].map(|f| f.as_deref().map(|f| f.path.as_path()));
         let mut command = launcher(group, filters);
         command.arg(bwrap);
         for (fd, filter) in ["3", "4"].into_iter().zip(filters) {
@@ -843,10 +853,6 @@ const FORBIDDEN_SYSCALLS: &[libc::c_long] = &[
 /// Shell exit status of a command killed by `SIGSYS` (128 + 31).
 const SIGSYS_STATUS: i32 = 128 + 31;
 
-/// Compiles the filter (plus `ioctl(TIOCSTI)`, terminal injection) and writes it where the
-/// launcher can open it: replaced atomically in `state_dir`, else a file created fresh (never
-/// one someone else made) in the temp dir. `None` when this architecture or host cannot have
-/// one; the sandbox then runs without it (namespaces and capabilities still apply).
 /// Which compiled seccomp filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Filter {
@@ -861,7 +867,10 @@ enum Filter {
     NoUnixSockets,
 }
 
-fn write_seccomp_filter(state_dir: Option<&Path>, kind: Filter) -> Option<PathBuf> {
+/// Compiles the filter (plus `ioctl(TIOCSTI)`, terminal injection) into a sealed memory file
+/// the launcher can open. `None` when this architecture or host cannot have one; the sandbox
+/// then runs without it (namespaces and capabilities still apply).
+fn seccomp_filter(kind: Filter) -> Option<SealedFilter> {
     use seccompiler::{
         SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
     };
@@ -901,30 +910,30 @@ fn write_seccomp_filter(state_dir: Option<&Path>, kind: Filter) -> Option<PathBu
         bytes.push(insn.jf);
         bytes.extend_from_slice(&insn.k.to_ne_bytes());
     }
-    let n = RUNS.fetch_add(1, Ordering::Relaxed);
-    let kind = match kind {
-        Filter::Online => "online",
-        Filter::Offline => "offline",
-        Filter::NoUnixSockets => "no-unix",
-    };
-    let unique = format!("clade-seccomp-{kind}-{}-{n}.bpf", std::process::id());
-    match state_dir {
-        Some(dir) => {
-            let staged = dir.join(format!(".{unique}"));
-            let path = dir.join(format!("seccomp-{kind}.bpf"));
-            std::fs::write(&staged, &bytes).ok()?;
-            std::fs::rename(&staged, &path).ok()?;
-            Some(path)
-        }
-        None => {
-            use std::io::Write;
-            let path = std::env::temp_dir().join(unique);
-            let mut file =
-                std::fs::OpenOptions::new().write(true).create_new(true).open(&path).ok()?;
-            file.write_all(&bytes).ok()?;
-            Some(path)
-        }
+    seal(&bytes, kind)
+}
+
+/// `bytes` in a memory file that can no longer change (write, grow, shrink and seal seals),
+/// at a descriptor above 9 that child processes inherit (the launcher's 3 and 4 are free).
+fn seal(bytes: &[u8], kind: Filter) -> Option<SealedFilter> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    use rustix::io::FdFlags;
+    let name = format!("clade-seccomp-{kind:?}");
+    let memfd =
+        rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).ok()?;
+    let mut written = 0;
+    while written < bytes.len() {
+        written += rustix::io::write(&memfd, &bytes[written..]).ok()?;
     }
+    rustix::fs::fcntl_add_seals(
+        &memfd,
+        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+    )
+    .ok()?;
+    let fd = rustix::io::fcntl_dupfd_cloexec(&memfd, 10).ok()?;
+    rustix::io::fcntl_setfd(&fd, FdFlags::empty()).ok()?;
+    let path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)));
+    Some(SealedFilter { _fd: fd, path })
 }
 
 /// What [`harden_daemon`] could set, read back from the kernel.

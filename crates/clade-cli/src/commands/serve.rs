@@ -5,6 +5,8 @@ use crate::cli::ServeArgs;
 use crate::context::Ctx;
 
 pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
+    // One server per store, for this process's whole life: two would run the same turns.
+    let _owner = clade_store::OwnerLock::acquire(&ctx.location).await?;
     // Refuse to serve from a damaged store or with secrets we could not read.
     ctx.store.quick_check().await?;
     ctx.secrets().check().await?;
@@ -15,6 +17,12 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         format!("cannot listen on {listen}: pass another address with --listen or set server.listen in clade.yaml")
     })?;
     let address = listener.local_addr()?;
+    if !address.ip().is_loopback() {
+        tracing::warn!(
+            address = %address,
+            "the gateway listens beyond this machine: other machines can reach it, and it speaks plain HTTP (tokens and messages unencrypted); put a TLS proxy in front or listen on 127.0.0.1"
+        );
+    }
     let subscribers = ctx.subscribers()?;
     let models = ctx.models();
     check_sandbox(ctx).await;

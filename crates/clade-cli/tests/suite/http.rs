@@ -257,5 +257,9 @@ async fn serve_refuses_a_taken_port() {
     let env = Env::new();
     let server = env.serve(&[]);
     let addr = server.url.trim_start_matches("http://").to_owned();
-    env.run(&["serve", "--listen", &addr]).fails_with("cannot listen on");
+    // Another data dir (the same one would be refused first, as served already), migrated
+    // beforehand so that the error is all `serve` prints.
+    let other = Env::new();
+    other.run(&["agents", "list"]).ok();
+    other.run(&["serve", "--listen", &addr]).fails_with("cannot listen on");
 }

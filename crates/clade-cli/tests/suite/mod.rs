@@ -1,5 +1,6 @@
 mod cli;
 mod crash;
+mod hardening;
 mod http;
 mod models;
 mod sessions;

@@ -1,0 +1,357 @@
+//! What a careless operator or a second process must not be able to do to a store: serve it
+//! twice, read it through loose file modes, or have a truncated file taken for a new store.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+
+use super::support::Env;
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn a_second_server_on_one_sqlite_store_refuses_to_start() {
+    let env = Env::new();
+    let first = env.serve(&[]);
+    let second = env.run(&["serve", "--listen", "127.0.0.1:0"]);
+    let second = second.fails_with("already served by process");
+    assert!(second.stderr.contains(&first.child.id().to_string()), "{}", second.stderr);
+    // Another data dir pointing at the same database file is the same store.
+    let other = Env::new();
+    let db = env.data_dir().join("clade.db");
+    other
+        .run(&["--store", db.to_str().unwrap(), "serve", "--listen", "127.0.0.1:0"])
+        .fails_with("stop that server first");
+    // Commands other than `serve` still run beside it.
+    env.run(&["agents", "list"]).ok();
+    // Once the first is gone, the store can be served again.
+    first.kill9();
+    let again = env.serve(&[]);
+    drop(again);
+}
+
+#[tokio::test]
+async fn a_second_server_on_one_postgres_store_refuses_to_start() {
+    let Some(schema) = clade_test_support::PgSchema::create().await else { return };
+    let env = Env::new();
+    let first = env.serve(&["--store", schema.url()]);
+    let other = Env::new();
+    // `serve` logs at `info`, so the error is its last line rather than its only one.
+    let second = other.run(&["--store", schema.url(), "serve", "--listen", "127.0.0.1:0"]);
+    assert_ne!(second.code, 0);
+    let last = second.stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("already served by another `clade serve`"),
+        "{}",
+        second.stderr
+    );
+    first.kill9();
+    // The lock went with the first server's connection.
+    let again = other.serve(&["--store", schema.url()]);
+    drop(again);
+}
+
+#[test]
+fn the_data_dir_and_store_files_are_private_whatever_the_umask() {
+    let env = Env::new();
+    let dir = env.data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("clade");
+    let mut child = std::process::Command::new("/bin/sh")
+        .args(["-c", "umask 000; exec \"$0\" \"$@\""])
+        .arg(&bin)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("CLADE_DATA_DIR", &dir)
+        .env_remove("CLADE_STORE")
+        .env_remove("CLADE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains("listening"), "{line}");
+    assert_eq!(mode(&dir), 0o700, "data dir");
+    for file in ["clade.db", "clade.db-wal", "clade.db-shm", "clade.db.lock", "token"] {
+        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    // A file made readable by others since is made private again at the next open.
+    std::fs::set_permissions(dir.join("clade.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    env.run(&["agents", "list"]).ok();
+    assert_eq!(mode(&dir.join("clade.db")), 0o600);
+    assert_eq!(
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().contains("seccomp"))
+            .count(),
+        0,
+        "no seccomp filter is kept on disk, where it could be replaced"
+    );
+}
+
+#[test]
+fn an_empty_database_file_is_refused_not_taken_for_a_new_store() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    let db = env.data_dir().join("clade.db");
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(env.data_dir().join(format!("clade.db{suffix}")));
+    }
+    std::fs::File::create(&db).unwrap(); // Truncates it.
+    env.run(&["agents", "list"]).fails_with("is empty (0 bytes)");
+    env.run(&["serve", "--listen", "127.0.0.1:0"]).fails_with("restore it from a backup");
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "the file is left as it was");
+}
+
+#[test]
+fn a_store_that_cannot_be_opened_is_named_once() {
+    let env = Env::new();
+    let out = env.run(&["--store", "/proc/x/clade.db", "agents", "list"]);
+    let out = out.fails_with("/proc/x/clade.db");
+    assert_eq!(out.stderr.matches("unable to open").count(), 1, "{}", out.stderr);
+}
+
+// ---- Streams and credentials -------------------------------------------------------------
+
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest as _};
+
+/// A tenant `acme` with agent `ada` and a token of its own: (token id, secret).
+fn acme(env: &Env) -> (String, String) {
+    env.run(&["tenants", "create", "acme"]).ok();
+    env.run(&["--tenant", "acme", "agents", "create", "ada"]).ok();
+    let out = env.run(&["--tenant", "acme", "tokens", "create", "--name", "stream"]).ok();
+    let id = out.stderr.split_whitespace().nth(1).unwrap().to_owned();
+    (id, out.stdout.trim().to_owned())
+}
+
+async fn websocket(
+    server: &super::support::Server,
+    token: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let url = format!("{}/v1/ws", server.url.replace("http://", "ws://"));
+    let mut request = url.as_str().into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.unwrap().0
+}
+
+/// The next frame that is not a ping, within 5 s.
+async fn next_frame<S>(socket: &mut S) -> Option<Message>
+where
+    S: futures::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+            Err(_) => panic!("no frame within 5 s"),
+            Ok(None) | Ok(Some(Err(_))) => return None,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(message))) => return Some(message),
+        }
+    }
+}
+
+async fn close_code<S>(socket: &mut S) -> Option<u16>
+where
+    S: futures::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    loop {
+        match next_frame(socket).await? {
+            Message::Close(frame) => return frame.map(|f| u16::from(f.code)),
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_close_within_a_second_of_their_token_being_revoked_or_tenant_deleted() {
+    let env = Env::new();
+    let (token_id, token) = acme(&env);
+    let server = env.serve(&[]);
+    let (status, body) = super::support::request(
+        &server.url,
+        &token,
+        "POST",
+        "/v1/events",
+        Some(json!({ "agent": "ada", "text": "hi", "source": { "platform": "http", "channel": "c", "actor": "me" }, "wait": true })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let session = body["session_id"].as_str().or(body["sessionId"].as_str()).unwrap().to_owned();
+
+    let mut socket = websocket(&server, &token).await;
+    socket
+        .send(Message::Text(json!({ "type": "subscribe", "session": session }).to_string().into()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(next_frame(&mut socket).await, Some(Message::Text(t)) if t.contains("subscribed"))
+    );
+    let sse = reqwest::Client::new()
+        .get(format!("{}/v1/sessions/{session}/events", server.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let mut sse = sse.bytes_stream();
+    // The replay of the turn's events comes first.
+    let mut seen = String::new();
+    while !seen.contains("turn.finished") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), sse.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+
+    env.run(&["--tenant", "acme", "tokens", "revoke", &token_id]).ok();
+    let revoked = Instant::now();
+    assert_eq!(
+        close_code(&mut socket).await,
+        Some(1008),
+        "the WebSocket closes as a policy violation"
+    );
+    let mut tail = String::new();
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(5), sse.next()).await {
+        tail.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(tail.contains("event: error") && tail.contains("invalid_token"), "{tail}");
+    assert!(revoked.elapsed() < Duration::from_secs(3), "closed after {:?}", revoked.elapsed());
+
+    // A deleted tenant's streams end the same way.
+    env.run(&["tenants", "create", "brief"]).ok();
+    env.run(&["--tenant", "brief", "agents", "create", "bo"]).ok();
+    let brief = env.run(&["--tenant", "brief", "tokens", "create"]).ok().stdout.trim().to_owned();
+    let mut socket = websocket(&server, &brief).await;
+    socket
+        .send(Message::Text(json!({ "type": "subscribe", "agent": "bo" }).to_string().into()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(next_frame(&mut socket).await, Some(Message::Text(t)) if t.contains("subscribed"))
+    );
+    env.run(&["tenants", "delete", "brief", "--yes"]).ok();
+    assert_eq!(close_code(&mut socket).await, Some(1008));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_websocket_frames_get_close_codes_and_wrong_types_are_named() {
+    use tungstenite::protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    };
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+
+    let mut socket = websocket(&server, &server.token).await;
+    socket
+        .send(Message::Text(json!({ "type": "subscribe", "session": 12 }).to_string().into()))
+        .await
+        .unwrap();
+    let Some(Message::Text(reply)) = next_frame(&mut socket).await else { panic!("no reply") };
+    assert!(reply.contains("\\\"session\\\" must be a string"), "{reply}");
+    socket.send(Message::Text("x".repeat(40 * 1024).into())).await.unwrap();
+    assert_eq!(close_code(&mut socket).await, Some(1009), "oversize message");
+
+    let mut socket = websocket(&server, &server.token).await;
+    let invalid = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    socket.send(Message::Frame(invalid)).await.unwrap();
+    assert_eq!(close_code(&mut socket).await, Some(1007), "invalid UTF-8");
+
+    // The server is still fine.
+    let (status, _) = server.send("GET", "/v1/agents", None, None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_a_bad_header_is_not_missing() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let client = reqwest::Client::new();
+    let get = |auth: Option<String>| {
+        let mut request = client.get(format!("{}/v1/agents", server.url));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let (status, body) = get(Some(format!("{scheme} {}", server.token))).await;
+        assert_eq!(status, 200, "{scheme}: {body}");
+    }
+    let (status, body) = get(Some(format!("Basic {}", server.token))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("invalid_token")), "{body}");
+    let (status, body) = get(None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("missing_token")), "{body}");
+}
+
+#[tokio::test]
+async fn names_that_would_spoof_listings_or_flags_are_refused() {
+    let env = Env::new();
+    env.run(&["agents", "create", "--", "-rf"]).fails_with("starting with a letter or digit");
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let (status, body) =
+        server.send("POST", "/v1/agents", None, Some(json!({ "handle": "-x" }))).await;
+    assert_eq!(status, 400, "{body}");
+    for channel in ["a\u{202e}txt.exe", "zero\u{200b}width", "bell\u{7}", "line\nbreak"] {
+        let (status, body) = server
+            .send(
+                "POST",
+                "/v1/events",
+                None,
+                Some(json!({ "agent": "ada", "text": "hi", "source": { "platform": "http", "channel": channel, "actor": "me" } })),
+            )
+            .await;
+        assert_eq!(status, 400, "{channel:?}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("source.channel"), "{body}");
+    }
+}
+
+/// Lifecycle events reach a live stream once each, in order: `turn.started` before the text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_sees_each_lifecycle_event_once() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let mut socket = websocket(&server, &server.token).await;
+    socket
+        .send(Message::Text(json!({ "type": "subscribe", "agent": "ada" }).to_string().into()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(next_frame(&mut socket).await, Some(Message::Text(t)) if t.contains("subscribed"))
+    );
+    let (status, _) = server
+        .send("POST", "/v1/events", None, Some(json!({ "agent": "ada", "text": "/tool time.now", "source": { "platform": "http", "channel": "c", "actor": "me" } })))
+        .await;
+    assert_eq!(status, 202);
+    let mut kinds = Vec::new();
+    while !kinds.iter().any(|k| k == "turn.finished") {
+        let Some(Message::Text(text)) = next_frame(&mut socket).await else { panic!("closed") };
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        kinds.push(frame["kind"].as_str().unwrap().to_owned());
+    }
+    let lifecycle: Vec<&String> = kinds.iter().filter(|k| *k != "text.delta").collect();
+    assert_eq!(lifecycle.iter().filter(|k| **k == "turn.started").count(), 1, "{kinds:?}");
+    assert_eq!(kinds.first().map(String::as_str), Some("turn.started"), "{kinds:?}");
+}
