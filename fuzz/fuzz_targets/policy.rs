@@ -4,7 +4,8 @@
 
 use clade_config::{Constraints, PolicyEffect, PolicyRule};
 use clade_tools::pattern::{covers, matches};
-use clade_tools::policy::{SourcedRule, decide, narrowing_error};
+use clade_tools::argv::{ArgvPattern, split};
+use clade_tools::policy::{ARGV_TOOLS, SourcedRule, Target, decide, narrowing_error};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         rule(PolicyEffect::Ask, narrower, wider),
         rule(PolicyEffect::Deny, rest, subject),
     ];
-    let decision = decide(&rules, subject, rest, true);
+    let decision = decide(&rules, subject, Target::Text(rest), true);
     // A matching deny always wins.
     if matches(rest, subject) && matches(subject, rest) {
         assert_eq!(decision.effect, PolicyEffect::Deny);
@@ -35,6 +36,16 @@ fuzz_target!(|data: &[u8]| {
     let parent = rule(PolicyEffect::Allow, wider, narrower).rule;
     let child = rule(PolicyEffect::Allow, subject, rest).rule;
     if narrowing_error(&parent, &child).is_none() {
-        assert!(covers(wider, subject) && covers(narrower, rest));
+        // A child naming exactly an argv tool narrows as argv patterns (checked below).
+        assert!(covers(wider, subject));
+        assert!(ARGV_TOOLS.contains(&subject) || covers(narrower, rest));
+    }
+    // Argv patterns: `covers` is sound too.
+    if let (Ok(w), Ok(n), Ok(argv)) =
+        (ArgvPattern::parse(wider), ArgvPattern::parse(narrower), split(subject))
+    {
+        if w.covers(&n) && n.matches(&argv) {
+            assert!(w.matches(&argv), "argv {wider:?} covers {narrower:?} but {argv:?} escapes");
+        }
     }
 });

@@ -241,7 +241,12 @@ impl ToolRunner {
             .rules_for(agent)
             .await
             .map_err(|e| format!("cannot load the agent's policy: {e}"))?;
-        let decision = policy::decide(&rules, tool.name(), &resource, tool.touches_host());
+        let argv = tool.argv(args);
+        let target = match &argv {
+            Some(argv) => policy::Target::Argv(argv),
+            None => policy::Target::Text(&resource),
+        };
+        let decision = policy::decide(&rules, tool.name(), target, tool.touches_host());
         self.audit_decision(
             agent,
             tool.name(),
@@ -260,7 +265,7 @@ impl ToolRunner {
                 // The approval covers the call, with what allow rules grant (if any) on top.
                 let mut allowed = rules.clone();
                 allowed.retain(|r| r.rule.effect == PolicyEffect::Allow);
-                let granted = policy::decide(&allowed, tool.name(), &resource, tool.touches_host());
+                let granted = policy::decide(&allowed, tool.name(), target, tool.touches_host());
                 Decision {
                     effect: PolicyEffect::Allow,
                     reason: "approved by an operator".into(),
@@ -313,7 +318,11 @@ impl ToolRunner {
         let started = tokio::time::Instant::now();
         // The command line, for what the sandbox hid from it (see `sandbox::findings`).
         let command = if tool.runs_in_sandbox() {
-            tool.resource(&args).unwrap_or_default()
+            match tool.argv(&args) {
+                // Unquoted: `findings` looks for host paths among its words.
+                Some(argv) => argv.join(" "),
+                None => tool.resource(&args).unwrap_or_default(),
+            }
         } else {
             String::new()
         };
@@ -557,7 +566,10 @@ impl ToolRunner {
         };
         let pending = self.store.approval(tenant, id).await?;
         let grant = if always {
-            if pending.resource.contains('*') {
+            // An argv tool's resource is quoted: a `*` in it is literal, and the grant exact.
+            if pending.resource.contains('*')
+                && !policy::ARGV_TOOLS.contains(&pending.tool.as_str())
+            {
                 return Err(AccessError::Invalid(format!(
                     "cannot approve always: the resource {:?} contains `*`, which a rule would read as a wildcard; approve once, or add a grant with `clade grants add`",
                     pending.resource
@@ -610,6 +622,15 @@ impl ToolRunner {
             return Err(AccessError::Invalid(
                 "tool and resource patterns must not be empty (use \"*\" for any)".into(),
             ));
+        }
+        if policy::may_be_argv_tool(&rule.tool)
+            && let Err(why) = clade_tools::argv::ArgvPattern::parse(&rule.resource)
+        {
+            return Err(AccessError::Invalid(format!(
+                "resource {:?} is not a command pattern for {}: {why} (e.g. \"git status **\")",
+                rule.resource,
+                policy::ARGV_TOOLS.join(", ")
+            )));
         }
         let mut expires_at = expires_at;
         if let Some(parent_id) = parent {

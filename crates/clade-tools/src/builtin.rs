@@ -114,13 +114,16 @@ impl TypedTool for ShellExec {
     const DESCRIPTION: &'static str = "Runs a command in the agent's workspace (mounted at /workspace) inside a sandbox without network unless granted. Returns the exit code, stdout and stderr.";
     const TOUCHES_HOST: bool = true;
     const RUNS_IN_SANDBOX: bool = true;
+    /// The argument list, quoted (`/bin/sh -c '<line>'` for a shell line): what approvals and
+    /// the audit log show.
     fn resource(&self, args: &ShellArgs) -> Result<String, String> {
-        Ok(match (&args.argv, &args.command) {
-            (_, Some(command)) => command.clone(),
-            (Some(argv), None) => argv.join(" "),
-            (None, None) => String::new(),
-        })
+        Ok(crate::argv::quote(&args.argv()?))
     }
+
+    fn argv(&self, args: &ShellArgs) -> Option<Vec<String>> {
+        args.argv().ok()
+    }
+
     fn run<'a>(&'a self, args: ShellArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(async move {
             let exec = Exec {

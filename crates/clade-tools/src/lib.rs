@@ -8,6 +8,7 @@
 //!
 //! Start at [`Tool`], then [`builtin`] and [`sandbox`].
 
+pub mod argv;
 pub mod builtin;
 pub mod mcp;
 pub mod net;
@@ -97,6 +98,11 @@ pub trait Tool: Send + Sync {
     fn resource(&self, _args: &Value) -> Result<String, String> {
         Ok(String::new())
     }
+    /// The argument list of a call that runs a program: policy then matches it with argv
+    /// patterns ([`argv`]) instead of globs on [`Tool::resource`].
+    fn argv(&self, _args: &Value) -> Option<Vec<String>> {
+        None
+    }
     /// Whether the agent with this handle has the tool (MCP servers are configured per agent).
     fn available_to(&self, _agent: &str) -> bool {
         true
@@ -115,6 +121,9 @@ pub trait TypedTool: Send + Sync {
     const RUNS_IN_SANDBOX: bool = false;
     fn resource(&self, _args: &Self::Args) -> Result<String, String> {
         Ok(String::new())
+    }
+    fn argv(&self, _args: &Self::Args) -> Option<Vec<String>> {
+        None
     }
     fn run<'a>(&'a self, args: Self::Args, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult>;
 }
@@ -151,6 +160,10 @@ impl<T: TypedTool> Tool for T {
     fn resource(&self, args: &Value) -> Result<String, String> {
         let typed: T::Args = parse_args(T::NAME, args.clone())?;
         TypedTool::resource(self, &typed)
+    }
+    fn argv(&self, args: &Value) -> Option<Vec<String>> {
+        let typed: T::Args = parse_args(T::NAME, args.clone()).ok()?;
+        TypedTool::argv(self, &typed)
     }
     fn call<'a>(&'a self, args: Value, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         match parse_args::<T::Args>(T::NAME, args) {

@@ -8,7 +8,43 @@
 
 use clade_config::{Constraints, PolicyEffect, PolicyRule};
 
+use crate::argv::ArgvPattern;
 use crate::pattern;
+
+/// Tools whose rules' resources are argv patterns ([`crate::argv`]), not globs on a line.
+pub const ARGV_TOOLS: &[&str] = &["shell.exec"];
+
+/// Whether rules for `tool` (a name, or a pattern of names) may be read as argv patterns.
+pub fn may_be_argv_tool(tool_pattern: &str) -> bool {
+    ARGV_TOOLS.iter().any(|t| pattern::matches(tool_pattern, t))
+}
+
+/// What a call touches, as its tool's rules read it.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// A path, a host, a URL: rules match it with globs.
+    Text(&'a str),
+    /// A command's argument list: rules match it as argv patterns.
+    Argv(&'a [String]),
+}
+
+fn resource_matches(rule: &PolicyRule, target: Target<'_>) -> bool {
+    match target {
+        Target::Text(text) => pattern::matches(&rule.resource, text),
+        Target::Argv(argv) => match ArgvPattern::parse(&rule.resource) {
+            Ok(pattern) => pattern.matches(argv),
+            // A pattern that cannot be read never allows anything, and a deny still denies.
+            Err(_) => rule.effect == PolicyEffect::Deny,
+        },
+    }
+}
+
+fn resource_specificity(rule: &PolicyRule, target: Target<'_>) -> usize {
+    match target {
+        Target::Text(_) => pattern::specificity(&rule.resource),
+        Target::Argv(_) => ArgvPattern::parse(&rule.resource).map_or(0, |p| p.specificity()),
+    }
+}
 
 /// A rule with where it came from, for the decision's reason and the audit log.
 #[derive(Debug, Clone)]
@@ -27,13 +63,20 @@ pub struct Decision {
     pub constraints: Constraints,
 }
 
-/// Decides a call of `tool` on `resource`.
-pub fn decide(rules: &[SourcedRule], tool: &str, resource: &str, host_access: bool) -> Decision {
+/// Decides a call of `tool` on `target`.
+pub fn decide(
+    rules: &[SourcedRule],
+    tool: &str,
+    target: Target<'_>,
+    host_access: bool,
+) -> Decision {
+    let resource = match target {
+        Target::Text(text) => text.to_owned(),
+        Target::Argv(argv) => crate::argv::quote(argv),
+    };
     let matching: Vec<&SourcedRule> = rules
         .iter()
-        .filter(|r| {
-            pattern::matches(&r.rule.tool, tool) && pattern::matches(&r.rule.resource, resource)
-        })
+        .filter(|r| pattern::matches(&r.rule.tool, tool) && resource_matches(&r.rule, target))
         .collect();
     if let Some(deny) = matching.iter().find(|r| r.rule.effect == PolicyEffect::Deny) {
         return Decision {
@@ -46,7 +89,7 @@ pub fn decide(rules: &[SourcedRule], tool: &str, resource: &str, host_access: bo
         };
     }
     let specificity = |r: &SourcedRule| {
-        pattern::specificity(&r.rule.tool) + pattern::specificity(&r.rule.resource)
+        pattern::specificity(&r.rule.tool) + resource_specificity(&r.rule, target)
     };
     let best = matching.iter().map(|r| (specificity(r), r.rule.effect == PolicyEffect::Ask)).max();
     match best {
@@ -109,7 +152,16 @@ pub fn narrowing_error(parent: &PolicyRule, child: &PolicyRule) -> Option<String
             child.tool, parent.tool
         ));
     }
-    if !pattern::covers(&parent.resource, &child.resource) {
+    // A child naming exactly an argv tool is compared as argv patterns only; one whose tool
+    // pattern may reach other tools as well must narrow both ways.
+    let argv_only = ARGV_TOOLS.contains(&child.tool.as_str());
+    let text_ok = argv_only || pattern::covers(&parent.resource, &child.resource);
+    let argv_ok = !may_be_argv_tool(&child.tool)
+        || match (ArgvPattern::parse(&parent.resource), ArgvPattern::parse(&child.resource)) {
+            (Ok(parent), Ok(child)) => parent.covers(&child),
+            _ => false,
+        };
+    if !(text_ok && argv_ok) {
         return Some(format!(
             "resource pattern {:?} is wider than the parent's {:?}",
             child.resource, parent.resource
@@ -144,25 +196,34 @@ mod tests {
         }
     }
 
+    fn argv(line: &str) -> Vec<String> {
+        line.split(' ').map(str::to_owned).collect()
+    }
+
+    fn shell(rules: &[SourcedRule], line: &str) -> PolicyEffect {
+        decide(rules, "shell.exec", Target::Argv(&argv(line)), true).effect
+    }
+
     #[test]
     fn host_tools_are_denied_without_a_rule() {
-        assert_eq!(decide(&[], "shell.exec", "ls", true).effect, PolicyEffect::Deny);
-        assert_eq!(decide(&[], "time.now", "", false).effect, PolicyEffect::Allow);
+        assert_eq!(shell(&[], "ls"), PolicyEffect::Deny);
+        assert_eq!(decide(&[], "time.now", Target::Text(""), false).effect, PolicyEffect::Allow);
     }
 
     #[test]
     fn deny_wins_then_specificity_then_ask() {
         use PolicyEffect::*;
-        let rules = vec![rule(Allow, "shell.exec", "*"), rule(Ask, "shell.exec", "rm *")];
-        assert_eq!(decide(&rules, "shell.exec", "ls -la", true).effect, Allow);
-        assert_eq!(decide(&rules, "shell.exec", "rm -rf x", true).effect, Ask);
+        let rules = vec![rule(Allow, "shell.exec", "*"), rule(Ask, "shell.exec", "rm **")];
+        assert_eq!(shell(&rules, "ls -la"), Allow);
+        assert_eq!(shell(&rules, "rm -rf x"), Ask);
         let mut always = rules.clone();
         always.push(rule(Allow, "shell.exec", "rm -rf x"));
-        assert_eq!(decide(&always, "shell.exec", "rm -rf x", true).effect, Allow);
+        assert_eq!(shell(&always, "rm -rf x"), Allow);
+        assert_eq!(shell(&always, "rm -fr x"), Allow, "the same flags, clustered otherwise");
         always.push(rule(Deny, "*", "*"));
-        assert_eq!(decide(&always, "shell.exec", "rm -rf x", true).effect, Deny);
+        assert_eq!(shell(&always, "rm -rf x"), Deny);
         let tie = vec![rule(Allow, "fs.*", "*"), rule(Ask, "fs.*", "*")];
-        assert_eq!(decide(&tie, "fs.read", "a", true).effect, Ask);
+        assert_eq!(decide(&tie, "fs.read", Target::Text("a"), true).effect, Ask);
     }
 
     #[test]
@@ -175,5 +236,95 @@ mod tests {
         let mut wider = rule(Allow, "fs.read", "notes/x").rule;
         wider.constraints.network = true;
         assert!(narrowing_error(&parent, &wider).is_some());
+        // Argv tools narrow by argv patterns, not by text.
+        let git = rule(Allow, "shell.exec", "git **").rule;
+        assert_eq!(narrowing_error(&git, &rule(Allow, "shell.exec", "git status **").rule), None);
+        let text_only = rule(Allow, "shell.exec", "rm -f *").rule;
+        assert!(
+            narrowing_error(&text_only, &rule(Allow, "shell.exec", "rm -f -r x").rule).is_some()
+        );
+        let any = rule(Allow, "*", "git status **").rule;
+        assert!(narrowing_error(&any, &rule(Allow, "*", "git *").rule).is_some());
+        assert_eq!(narrowing_error(&any, &rule(Allow, "*", "git status -s").rule), None);
+    }
+
+    #[test]
+    fn an_unreadable_argv_pattern_allows_nothing_and_still_denies() {
+        use PolicyEffect::*;
+        assert_eq!(shell(&[rule(Allow, "shell.exec", "git 'status")], "git status"), Deny);
+        let rules = vec![rule(Allow, "shell.exec", "*"), rule(Deny, "shell.exec", "rm 'oops")];
+        assert_eq!(shell(&rules, "ls"), Deny);
+    }
+
+    /// The README's policy example, read from the README itself, against the lines people use
+    /// to slip past rules written as globs on a command line.
+    #[test]
+    fn the_readme_policy_does_what_its_words_say() {
+        use PolicyEffect::*;
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```yaml\ntools:\n").expect("README has a tools: block");
+        let block = &readme[start + 8..];
+        let block = &block[..block.find("```").expect("closed block")];
+        let config = clade_config::Config::parse(block, std::path::Path::new("README.md"))
+            .unwrap_or_else(|e| panic!("the README's tools block must parse: {e}"));
+        let rules: Vec<SourcedRule> = config
+            .tools
+            .policy
+            .iter()
+            .map(|rule| SourcedRule { rule: rule.clone(), source: "config".into() })
+            .collect();
+        let run = |argv: &[&str]| {
+            let argv: Vec<String> = argv.iter().map(|a| (*a).to_owned()).collect();
+            decide(&rules, "shell.exec", Target::Argv(&argv), true).effect
+        };
+        let line = |command: &str| run(&["/bin/sh", "-c", command]);
+        // Allowed: git status, as a program with its arguments.
+        for argv in [
+            &["git", "status"][..],
+            &["git", "status", "--short"],
+            &["/usr/bin/git", "status", "-s", "src"],
+        ] {
+            assert_eq!(run(argv), Allow, "{argv:?}");
+        }
+        // Anything else that starts like it is not allowed: it waits for an operator.
+        for argv in [
+            &["git", "statusX"][..],
+            &["git", "status;", "id"],
+            &["./git", "status"],
+            &["git", "-c", "core.pager=id", "status"],
+            &["gitx", "status"],
+        ] {
+            assert_eq!(run(argv), Ask, "{argv:?}");
+        }
+        for command in [
+            "git status; id",
+            "git status || id",
+            "git status | id",
+            "git status $(touch x)",
+            "git status\nid",
+            "git statusX; id",
+            "git status",
+        ] {
+            assert_eq!(line(command), Ask, "a shell line is never `git status`: {command:?}");
+        }
+        // rm with -r, however spelled, run directly: denied.
+        for argv in [
+            &["rm", "-rf", "x"][..],
+            &["rm", "-r", "-f", "x"],
+            &["rm", "-fr", "x"],
+            &["rm", "-Rf", "x"],
+            &["/bin/rm", "-rf", "/"],
+            &["rm", "x", "-r"],
+            &["rm", "--recursive", "x"],
+            &["rm", "-rfv", "--", "x"],
+        ] {
+            assert_eq!(run(argv), Deny, "{argv:?}");
+        }
+        // Through a shell, a deny cannot see the program: the README says so, and these fall
+        // to the shell line's own rule (ask), never to an allow.
+        for command in ["RM=rm; $RM -rf x", "rm  -rf x", "r''m -rf x", "command rm -rf x"] {
+            assert_eq!(line(command), Ask, "{command:?}");
+        }
+        assert_eq!(run(&["rm", "x"]), Ask, "rm without -r is not denied, only not allowed");
     }
 }

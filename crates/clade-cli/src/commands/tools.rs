@@ -31,8 +31,12 @@ pub(super) async fn run(ctx: &Ctx, cmd: ToolsCommand) -> Result<()> {
                 .iter()
                 .map(|t| {
                     // What a call on any resource gets, as a hint; rules may narrow by resource.
-                    let decision =
-                        clade_tools::policy::decide(&rules, t.name(), "*", t.touches_host());
+                    let decision = clade_tools::policy::decide(
+                        &rules,
+                        t.name(),
+                        clade_tools::policy::Target::Text("*"),
+                        t.touches_host(),
+                    );
                     vec![
                         t.name().to_owned(),
                         t.effect().as_str().to_owned(),

@@ -777,7 +777,8 @@ async fn approvals_pause_calls_until_an_operator_decides() {
     let approval = pending_approval(&server).await;
     assert_eq!(approval["tool"], "shell.exec");
     assert_eq!(approval["arguments"], json!({ "command": "echo approved-run" }));
-    assert_eq!(approval["resource"], "echo approved-run");
+    // The resource is the argument list actually run, quoted: a shell line is `sh -c <line>`.
+    assert_eq!(approval["resource"], "/bin/sh -c 'echo approved-run'");
     assert_eq!(approval["arguments_hash"].as_str().unwrap().len(), 64);
     let id = approval["id"].as_str().unwrap().to_owned();
     let (status, decided) = server
@@ -833,7 +834,7 @@ async fn approvals_pause_calls_until_an_operator_decides() {
     let (_, grants) = server.send("GET", "/v1/grants?agent=alice", None, None).await;
     let grants = grants["items"].as_array().unwrap().clone();
     assert_eq!(grants.len(), 1);
-    assert_eq!(grants[0]["resource"], "echo always");
+    assert_eq!(grants[0]["resource"], "/bin/sh -c 'echo always'");
     assert!(grants[0]["granted_by"].as_str().unwrap().starts_with("approval "));
 
     // Bad input.
