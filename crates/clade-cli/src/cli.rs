@@ -101,6 +101,9 @@ pub(crate) enum Command {
     /// Serve clade-stub, the offline model server (OpenAI and Anthropic wire protocols,
     /// scripted by directives such as `fixed=TEXT`, `latency=MS`, `tps=N`, `status=429x2`)
     Stub(clade_stub::standalone::StubArgs),
+    /// Internal: the egress bridge a network-granted sandboxed command runs beside it
+    #[command(name = "__egress-bridge", hide = true)]
+    EgressBridge { listen: std::net::SocketAddr, socket: std::path::PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,18 +164,21 @@ pub(crate) enum GrantsCommand {
         /// Tool name pattern: fs.read, fs.*, shell.exec, mcp.github.*
         #[arg(long)]
         tool: String,
-        /// Resource pattern: a workspace path, a host, or a command line (`*` = anything)
+        /// Resource pattern: a workspace path, a host, or for shell.exec a command pattern such as `git status **` (`*` = anything)
         #[arg(long, default_value = "*")]
         resource: String,
         /// allow, ask or deny
         #[arg(long, default_value = "allow")]
         effect: String,
-        /// shell.exec may use the network
+        /// shell.exec may use the network (through the egress proxy, public addresses only)
         #[arg(long)]
         network: bool,
-        /// http.request may reach loopback, private and link-local addresses
+        /// http.request and a networked shell.exec may reach loopback, private and link-local addresses
         #[arg(long)]
         private_network: bool,
+        /// With --network: only this destination, `host` or `host:port`, `*` allowed (repeatable)
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
         /// Pass this agent secret to shell.exec as an environment variable (repeatable)
         #[arg(long = "env", value_name = "SECRET")]
         env: Vec<String>,

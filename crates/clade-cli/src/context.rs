@@ -123,12 +123,20 @@ impl Ctx {
     pub(crate) fn sandbox(&self) -> clade_tools::sandbox::Sandbox {
         let tools = &self.config.tools;
         let path = std::env::var("PATH").ok();
-        clade_tools::sandbox::Sandbox::new(
+        let sandbox = clade_tools::sandbox::Sandbox::new(
             tools.sandbox,
             tools.bwrap.clone(),
             path.as_deref(),
             tools.limits,
-        )
+        );
+        // This binary is also the egress bridge network-granted commands run beside them.
+        match std::env::current_exe() {
+            Ok(exe) => sandbox.with_egress_bridge(vec![
+                exe.to_string_lossy().into_owned(),
+                "__egress-bridge".into(),
+            ]),
+            Err(_) => sandbox,
+        }
     }
 
     /// The tool path agents' calls take: built-ins (plus the test ledger when configured) and

@@ -166,12 +166,19 @@ fn any() -> String {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Constraints {
-    /// `shell.exec`: the sandbox shares the host's network.
+    /// `shell.exec`: the command may reach the network, through Clade's egress proxy
+    /// (`HTTP_PROXY`/`HTTPS_PROXY`; HTTP, and any protocol a client tunnels with `CONNECT`),
+    /// which refuses loopback, private, link-local and metadata addresses.
     #[serde(default, skip_serializing_if = "is_false")]
     pub network: bool,
-    /// `http.request`: loopback, private, link-local and metadata addresses may be reached.
+    /// `http.request` and a networked `shell.exec`: loopback, private, link-local and shared
+    /// addresses may be reached too (cloud metadata never).
     #[serde(default, skip_serializing_if = "is_false")]
     pub private_network: bool,
+    /// A networked `shell.exec`: only these destinations, as `host` or `host:port` patterns
+    /// (`*.github.com`, `127.0.0.1:8080`); empty means any the address rules allow.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     /// `shell.exec`: agent secrets passed as environment variables of the same name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,

@@ -130,6 +130,10 @@ impl TypedTool for ShellExec {
                 argv: args.argv()?,
                 workspace: ctx.workspace()?.clone(),
                 network: ctx.granted.network,
+                egress: crate::egress::EgressRules {
+                    private_network: ctx.granted.private_network,
+                    hosts: ctx.granted.hosts.clone(),
+                },
                 env: ctx.env.clone(),
                 stdin: args.stdin.map(String::into_bytes),
             };

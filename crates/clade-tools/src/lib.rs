@@ -10,6 +10,7 @@
 
 pub mod argv;
 pub mod builtin;
+pub mod egress;
 pub mod mcp;
 pub mod net;
 pub mod pattern;

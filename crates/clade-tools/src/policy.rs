@@ -121,15 +121,24 @@ pub fn decide(
             let deciding: Vec<&&SourcedRule> =
                 matching.iter().filter(|r| specificity(r) == top).collect();
             let mut constraints = Constraints::default();
+            // Hosts of the deciding rules that grant the network, unless one grants any host.
+            let mut any_host = false;
             for rule in &deciding {
                 let c = &rule.rule.constraints;
                 constraints.network |= c.network;
                 constraints.private_network |= c.private_network;
+                if c.network {
+                    any_host |= c.hosts.is_empty();
+                    constraints.hosts.extend(c.hosts.iter().cloned());
+                }
                 for name in &c.env {
                     if !constraints.env.contains(name) {
                         constraints.env.push(name.clone());
                     }
                 }
+            }
+            if any_host {
+                constraints.hosts.clear();
             }
             let sources: Vec<&str> = deciding.iter().map(|r| r.source.as_str()).collect();
             Decision {
@@ -173,6 +182,16 @@ pub fn narrowing_error(parent: &PolicyRule, child: &PolicyRule) -> Option<String
     }
     if c.private_network && !p.private_network {
         return Some("private_network is not granted to the parent".into());
+    }
+    if !p.hosts.is_empty() {
+        if c.hosts.is_empty() {
+            return Some(format!("the parent reaches only {:?}; name hosts within them", p.hosts));
+        }
+        if let Some(host) =
+            c.hosts.iter().find(|h| !p.hosts.iter().any(|ph| pattern::covers(ph, h)))
+        {
+            return Some(format!("host {host:?} is not within the parent's {:?}", p.hosts));
+        }
     }
     if let Some(name) = c.env.iter().find(|n| !p.env.contains(n)) {
         return Some(format!("secret {name} is not granted to the parent"));

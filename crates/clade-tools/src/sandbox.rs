@@ -35,8 +35,11 @@ pub struct Exec {
     pub argv: Vec<String>,
     /// Host directory mounted read-write at `/workspace`, the working directory.
     pub workspace: PathBuf,
-    /// Share the host's network (a grant).
+    /// A network grant: the command reaches out only through the egress proxy
+    /// ([`crate::egress`]), under `egress`'s rules.
     pub network: bool,
+    /// What a network grant reaches (ignored without one).
+    pub egress: crate::egress::EgressRules,
     /// Extra environment (granted secrets).
     pub env: Vec<(String, String)>,
     pub stdin: Option<Vec<u8>>,
@@ -55,6 +58,8 @@ pub struct ExecOutput {
     pub output_capped: bool,
     /// A process of the command made a forbidden system call and was killed.
     pub violation: bool,
+    /// Destinations the egress proxy refused, each with the reason.
+    pub egress_refused: Vec<String>,
 }
 
 /// What the sandbox stopped or refused during a run, as read back from its account
@@ -81,6 +86,8 @@ const ORPHANS_NOTE: &str = "[sandbox: stopped";
 const VIOLATION_LINE: &str =
     "sandbox violation: a forbidden system call was made; that process was killed";
 const LIMIT_PREFIX: &str = "killed";
+/// A destination the egress proxy refused, in the account's header (see `render`).
+const EGRESS_PREFIX: &str = "egress refused: ";
 /// Error texts of refused accesses, as libc's `strerror` spells them for EROFS, EACCES, EPERM
 /// and ESRCH (a signal to a process outside the sandbox's pid namespace), and the note the
 /// sandbox adds when it cleared setuid bits a command left behind.
@@ -149,6 +156,16 @@ fn findings_with(
         found.push(Finding::Limit(first.chars().take(200).collect()));
     } else if !first.starts_with("exit code ") {
         return found;
+    }
+    // The egress proxy's refusals: header lines the daemon wrote, before any output.
+    let refused: Vec<String> = lines
+        .clone()
+        .take_while(|l| *l != "stdout:" && *l != "stderr:")
+        .filter(|l| l.starts_with(EGRESS_PREFIX))
+        .map(|l| l.chars().take(300).collect())
+        .collect();
+    if !refused.is_empty() {
+        found.push(Finding::Denied(refused));
     }
     // The command's stderr, and its stdout only when the command sent its errors there
     // (`2>&1`): otherwise stdout may be any data (a log that quotes an error).
@@ -357,6 +374,12 @@ impl ExecOutput {
             (_, _, Some(code)) => text.push_str(&format!("exit code {code}\n")),
             (_, _, None) => text.push_str("killed by a signal (a resource limit may have been reached)\n"),
         }
+        // Before the command's own output, so it cannot be faked by what the command prints.
+        for refusal in &self.egress_refused {
+            text.push_str(EGRESS_PREFIX);
+            text.push_str(&refusal.replace('\n', " "));
+            text.push('\n');
+        }
         if !self.stdout.is_empty() {
             text.push_str("stdout:\n");
             text.push_str(&String::from_utf8_lossy(&self.stdout));
@@ -390,8 +413,11 @@ pub struct Sandbox {
     /// network grant, and for runs without (which also may not open internet sockets).
     seccomp: Option<Arc<SealedFilter>>,
     seccomp_offline: Option<Arc<SealedFilter>>,
-    /// Loaded beside `seccomp` in runs with a network grant (see [`Filter::NoUnixSockets`]).
+    /// Loaded beside `seccomp` in services with a network grant (see [`Filter::NoUnixSockets`]).
     seccomp_no_unix: Option<Arc<SealedFilter>>,
+    /// The program (and leading arguments) of the egress bridge that network-granted runs
+    /// start inside the sandbox (see [`crate::egress`]); without it they are refused.
+    egress_bridge: Option<Arc<[String]>>,
 }
 
 /// A compiled seccomp filter in a sealed memory file: nothing on disk to replace, and the seals
@@ -429,6 +455,7 @@ exec "$@""#;
 /// the command's.
 const RUN_WRAPPER: &str = r#""$@"
 status=$?
+__STOP_BRIDGE__
 left=0
 for dir in /proc/[0-9]*; do
   pid=${dir#/proc/}
@@ -439,6 +466,28 @@ for dir in /proc/[0-9]*; do
 done
 [ "$left" = 0 ] || echo "[sandbox: stopped $left process(es) still running when the command ended]" >&2
 exit "$status""#;
+
+/// The line of [`RUN_WRAPPER`] that stops the egress bridge in runs that have one.
+const STOP_BRIDGE: &str = "__STOP_BRIDGE__";
+
+/// Where the egress bridge's program is bound inside the sandbox.
+const BRIDGE_PATH: &str = "/run/clade-egress-bridge";
+
+/// Starts the egress bridge (`bridge`, a quoted command line) and waits until it listens,
+/// before [`RUN_WRAPPER`] runs the command; the bridge is stopped before processes left
+/// running are counted.
+fn egress_prologue(bridge: &str) -> String {
+    format!(
+        r#"ready=/tmp/.clade-egress-ready
+mkfifo "$ready" || exit 125
+{bridge} > "$ready" &
+bridge=$!
+read -r line < "$ready"
+rm -f "$ready"
+[ "$line" = ready ] || {{ echo "[sandbox: the network bridge did not start]" >&2; exit 125; }}
+"#
+    )
+}
 
 /// `PATH` inside the sandbox.
 const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
@@ -461,7 +510,24 @@ impl Sandbox {
         let seccomp = seccomp_filter(Filter::Online).map(Arc::new);
         let seccomp_offline = seccomp_filter(Filter::Offline).map(Arc::new);
         let seccomp_no_unix = seccomp_filter(Filter::NoUnixSockets).map(Arc::new);
-        Self { mode, bwrap, limits, pids_cgroup, seccomp, seccomp_offline, seccomp_no_unix }
+        Self {
+            mode,
+            bwrap,
+            limits,
+            pids_cgroup,
+            seccomp,
+            seccomp_offline,
+            seccomp_no_unix,
+            egress_bridge: None,
+        }
+    }
+
+    /// The egress bridge network-granted runs start inside the sandbox: a program (bound
+    /// read-only into the sandbox) and its leading arguments, to which the listen address and
+    /// the proxy's socket are appended (`clade __egress-bridge`, or `clade-egress-bridge`).
+    pub fn with_egress_bridge(mut self, command: Vec<String>) -> Self {
+        self.egress_bridge = (!command.is_empty()).then(|| command.into());
+        self
     }
 
     /// Whether each run's process count is capped by a cgroup (else only by RLIMIT_NPROC).
@@ -499,6 +565,7 @@ impl Sandbox {
                 argv: vec!["true".into()],
                 workspace: dir,
                 network: false,
+                egress: Default::default(),
                 env: Vec::new(),
                 stdin: None,
             })
@@ -518,12 +585,34 @@ impl Sandbox {
         if exec.argv.is_empty() {
             return Err(SandboxError::Spawn(std::io::Error::other("empty command")));
         }
+        let proxy = match (self.mode, exec.network) {
+            (SandboxMode::Bubblewrap, true) => {
+                if self.egress_bridge.is_none() {
+                    return Err(SandboxError::Unavailable(
+                        "network for sandboxed commands needs the egress bridge, which this process was not given".into(),
+                    ));
+                }
+                let proxy =
+                    crate::egress::EgressProxy::start(&std::env::temp_dir(), exec.egress.clone())
+                        .map_err(|e| {
+                        SandboxError::Unavailable(format!("cannot start the egress proxy: {e}"))
+                    })?;
+                Some(proxy)
+            }
+            _ => None,
+        };
         let group = self.pids_cgroup.as_ref().and_then(|parent| self.create_group(parent));
         let command = match self.mode {
-            SandboxMode::Bubblewrap => self.bwrap_command(&exec, group.as_deref(), false)?,
+            SandboxMode::Bubblewrap => {
+                self.bwrap_command(&exec, group.as_deref(), false, proxy.as_ref())?
+            }
             SandboxMode::None => unsandboxed_command(&exec),
         };
-        let out = self.supervise(command, exec.stdin).await;
+        let mut out = self.supervise(command, exec.stdin).await;
+        if let (Ok(out), Some(proxy)) = (&mut out, &proxy) {
+            out.egress_refused = proxy.refusals();
+        }
+        drop(proxy);
         if let Some(group) = group {
             remove_group(&group).await;
         }
@@ -565,11 +654,12 @@ impl Sandbox {
             argv: argv.to_vec(),
             workspace: dir.to_owned(),
             network,
+            egress: Default::default(),
             env: env.to_vec(),
             stdin: None,
         };
         let mut command = match self.mode {
-            SandboxMode::Bubblewrap => self.bwrap_command(&exec, None, true)?,
+            SandboxMode::Bubblewrap => self.bwrap_command(&exec, None, true, None)?,
             SandboxMode::None => unsandboxed_command(&exec),
         };
         command.kill_on_drop(true);
@@ -597,6 +687,7 @@ impl Sandbox {
         exec: &Exec,
         group: Option<&Path>,
         service: bool,
+        egress: Option<&crate::egress::EgressProxy>,
     ) -> Result<tokio::process::Command, SandboxError> {
         let bwrap = self.bwrap.as_ref().filter(|p| p.is_file()).ok_or_else(|| {
             SandboxError::Unavailable(match &self.bwrap {
@@ -609,7 +700,10 @@ impl Sandbox {
         let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
         push(&["--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts"]);
         push(&["--unshare-cgroup-try", "--uid", SANDBOX_ID, "--gid", SANDBOX_ID]);
-        if !exec.network {
+        // A tool run with a network grant gets a namespace of its own too, whose only way out
+        // is the egress proxy; only an operator's service with `network: true` shares the
+        // host's.
+        if !exec.network || egress.is_some() {
             push(&["--unshare-net"]);
         }
         push(&["--hostname", "sandbox", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]);
@@ -655,6 +749,30 @@ impl Sandbox {
         // The sandbox's own root (where `/etc`, `/home`, … would be created) is read-only too:
         // only `/workspace` and `/tmp`, separate mounts, take writes, and a write elsewhere
         // fails with EROFS, which the run's account shows (see `findings`).
+        let bridge = match (egress, &self.egress_bridge) {
+            (Some(proxy), Some(bridge)) => {
+                let dir = proxy.dir().to_string_lossy().into_owned();
+                push(&["--bind", &dir, crate::egress::SANDBOX_SOCKET_DIR]);
+                push(&["--ro-bind", &bridge[0], BRIDGE_PATH]);
+                let proxy_url = format!("http://{}", crate::egress::BRIDGE_LISTEN);
+                for name in [
+                    "HTTP_PROXY",
+                    "HTTPS_PROXY",
+                    "ALL_PROXY",
+                    "http_proxy",
+                    "https_proxy",
+                    "all_proxy",
+                ] {
+                    push(&["--setenv", name, &proxy_url]);
+                }
+                let mut command = vec![BRIDGE_PATH.to_owned()];
+                command.extend(bridge[1..].iter().cloned());
+                command.push(crate::egress::BRIDGE_LISTEN.to_owned());
+                command.push(crate::egress::sandbox_socket());
+                Some(crate::argv::quote(&command))
+            }
+            _ => None,
+        };
         push(&["--remount-ro", "/"]);
         push(&["--setenv", "PATH", SANDBOX_PATH, "--setenv", "HOME", "/workspace"]);
         push(&["--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8"]);
@@ -670,14 +788,28 @@ impl Sandbox {
         let nproc = format!("--nproc={}", limits.processes);
         push(&[&memory, &fsize, &nproc, "--nofile=256", "--core=0", "--"]);
         if !service {
-            push(&["/bin/sh", "-c", RUN_WRAPPER, "sandbox"]);
+            let wrapper = match &bridge {
+                Some(bridge) => format!(
+                    "{}{}",
+                    egress_prologue(bridge),
+                    RUN_WRAPPER.replace(
+                        STOP_BRIDGE,
+                        "kill \"$bridge\" 2>/dev/null; wait \"$bridge\" 2>/dev/null"
+                    )
+                ),
+                None => RUN_WRAPPER.replace(&format!("{STOP_BRIDGE}\n"), ""),
+            };
+            push(&["/bin/sh", "-c", &wrapper, "sandbox"]);
         }
         args.extend(exec.argv.iter().cloned());
         // bwrap itself stays pid 1's parent inside the sandbox, where /proc/1/environ is
         // readable: it must not carry the daemon's environment (the launcher clears it).
-        let (filter, second) = match exec.network {
-            true => (&self.seccomp, &self.seccomp_no_unix),
-            false => (&self.seccomp_offline, &None),
+        let (filter, second) = match (exec.network, egress.is_some()) {
+            // Its own network namespace holds no host socket, abstract or not; the bridge
+            // needs a Unix socket to reach the proxy.
+            (true, true) => (&self.seccomp, &None),
+            (true, false) => (&self.seccomp, &self.seccomp_no_unix),
+            (false, _) => (&self.seccomp_offline, &None),
         };
         let filters = [filter, second].map(|f| f.as_deref().map(|f| f.path.as_path()));
         let mut command = launcher(group, filters);
@@ -1154,6 +1286,20 @@ mod tests {
         };
         assert!(account(quoted).is_empty());
         assert!(findings("file contents: Permission denied", &RunFacts::default()).is_empty());
+        // The egress proxy's refusals, recorded by the daemon; the same words printed by the
+        // command are not a record.
+        let egress = ExecOutput {
+            code: Some(1),
+            egress_refused: vec!["127.0.0.1 resolves to 127.0.0.1, a loopback address".into()],
+            stdout: stderr("egress refused: faked\n"),
+            ..Default::default()
+        };
+        assert_eq!(
+            account(egress),
+            vec![Finding::Denied(vec![
+                "egress refused: 127.0.0.1 resolves to 127.0.0.1, a loopback address".into()
+            ])]
+        );
         // A limit a process ran into, reported by the process itself.
         let fork_bomb = ExecOutput {
             code: Some(0),

@@ -5,22 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clade_config::{SandboxLimits, SandboxMode};
+use clade_tools::egress::EgressRules;
 use clade_tools::sandbox::{Exec, ExecOutput, Finding, RunFacts, Sandbox, SandboxError, findings};
-
-/// `argv` in a fresh workspace, with a network grant.
-async fn with_network(argv: &[&str]) -> ExecOutput {
-    let dir = tempfile::tempdir().unwrap();
-    sandbox(SandboxLimits::default())
-        .run(Exec {
-            argv: argv.iter().map(|a| (*a).to_owned()).collect(),
-            workspace: dir.path().to_owned(),
-            network: true,
-            env: vec![],
-            stdin: None,
-        })
-        .await
-        .unwrap()
-}
 
 fn sandbox(limits: SandboxLimits) -> Sandbox {
     let path = std::env::var("PATH").ok();
@@ -33,6 +19,7 @@ async fn sh(sandbox: &Sandbox, dir: &std::path::Path, script: &str) -> ExecOutpu
             argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
             workspace: dir.to_owned(),
             network: false,
+            egress: EgressRules::default(),
             env: vec![("GRANTED".into(), "yes".into())],
             stdin: None,
         })
@@ -223,6 +210,7 @@ async fn a_missing_bubblewrap_fails_closed() {
             argv: vec!["true".into()],
             workspace: dir.path().to_owned(),
             network: false,
+            egress: EgressRules::default(),
             env: vec![],
             stdin: None,
         })
@@ -233,20 +221,122 @@ async fn a_missing_bubblewrap_fails_closed() {
     assert!(sb.probe().await.is_err());
 }
 
-#[tokio::test]
-async fn a_network_grant_opens_the_network() {
+/// A local HTTP server answering every request with `hello <port>`; its port.
+fn http_server() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    let script = format!("echo hi > /dev/tcp/127.0.0.1/{port} && echo connected");
-    let out = with_network(&["bash", "-c", &script]).await;
-    assert!(text(&out.stdout).contains("connected"), "{out:?}");
-    assert!(listener.accept().is_ok());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut stream = stream;
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let body = format!("hello {port}");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
 }
 
-/// A network grant shares the host's network namespace, and with it the host's abstract Unix
-/// sockets: creating a Unix socket is refused there (EACCES), while the network itself and
-/// in-process socket pairs keep working.
+/// `python3 -c script` with a network grant under `egress`.
+async fn networked(script: &str, egress: EgressRules) -> ExecOutput {
+    let dir = tempfile::tempdir().unwrap();
+    sandbox(SandboxLimits::default())
+        .with_egress_bridge(vec![env!("CARGO_BIN_EXE_clade-egress-bridge").to_owned()])
+        .run(Exec {
+            argv: vec!["python3".into(), "-c".into(), script.into()],
+            workspace: dir.path().to_owned(),
+            network: true,
+            egress,
+            env: vec![],
+            stdin: None,
+        })
+        .await
+        .unwrap()
+}
+
+/// Tries each URL through the proxy the environment names, printing `<url> <status or error>`.
+const FETCH: &str = r#"
+import sys, urllib.request, urllib.error
+for url in URLS:
+    try:
+        print(url, urllib.request.urlopen(url, timeout=5).read().decode())
+    except urllib.error.HTTPError as e:
+        print(url, e.code, e.read().decode().strip())
+    except Exception as e:
+        print(url, 'error', e)
+"#;
+
+#[tokio::test]
+async fn a_network_grant_reaches_only_public_addresses_through_the_proxy() {
+    let port = http_server();
+    let urls = [
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://localhost:{port}/"),
+        "http://10.1.2.3/".to_owned(),
+        "http://192.168.0.1/".to_owned(),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://metadata.google.internal/".to_owned(),
+        "http://[::1]:5432/".to_owned(),
+        "http://0x7f000001/".to_owned(),
+    ];
+    let script = format!(
+        r#"URLS = {urls:?}
+{FETCH}
+import socket
+for port in ({port}, 5432):
+    try:
+        socket.create_connection(('127.0.0.1', port), 2); print('direct', port, 'connected')
+    except OSError as e:
+        print('direct', port, 'refused', e.errno)
+"#
+    );
+    let out = networked(&script, EgressRules::default()).await;
+    let stdout = text(&out.stdout);
+    for url in &urls {
+        let line = stdout.lines().find(|l| l.starts_with(url.as_str())).unwrap_or_default();
+        assert!(
+            line.contains(" 403 clade egress:"),
+            "{url} must be refused by the proxy: {line:?}\n{out:?}"
+        );
+    }
+    assert!(!stdout.contains(&format!("hello {port}")), "{stdout}");
+    // Around the proxy there is no route at all: the namespace holds only its own loopback.
+    assert!(stdout.contains(&format!("direct {port} refused")), "{stdout}");
+    assert!(stdout.contains("direct 5432 refused"), "{stdout}");
+    assert!(out.egress_refused.len() >= urls.len(), "{:?}", out.egress_refused);
+    assert!(out.egress_refused.iter().any(|r| r.contains("loopback")), "{:?}", out.egress_refused);
+    assert!(out.egress_refused.iter().any(|r| r.contains("metadata")), "{:?}", out.egress_refused);
+}
+
+#[tokio::test]
+async fn a_grant_naming_a_host_reaches_it_and_nothing_else() {
+    let (allowed, other) = (http_server(), http_server());
+    let egress = EgressRules { private_network: true, hosts: vec![format!("127.0.0.1:{allowed}")] };
+    let script = format!(
+        r#"URLS = ['http://127.0.0.1:{allowed}/x', 'http://127.0.0.1:{other}/x']
+{FETCH}
+import socket
+s = socket.create_connection(('127.0.0.1', 3128), 5)
+s.sendall(b'CONNECT 127.0.0.1:{allowed} HTTP/1.1\r\n\r\n')
+print('tunnel', s.recv(100).split(b'\r\n')[0].decode())
+s.sendall(b'GET / HTTP/1.1\r\n\r\n'); print('through', s.recv(200).decode().split()[-1])
+"#
+    );
+    let out = networked(&script, egress).await;
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(&format!("http://127.0.0.1:{allowed}/x hello {allowed}")), "{out:?}");
+    assert!(stdout.contains(&format!("http://127.0.0.1:{other}/x 403")), "{stdout}");
+    assert!(stdout.contains("tunnel HTTP/1.1 200"), "{stdout}");
+    assert!(stdout.contains(&format!("through {allowed}")), "{stdout}");
+}
+
+/// A networked command has a namespace of its own: the host's abstract Unix sockets (D-Bus,
+/// X11, …) are not in it, while in-process socket pairs work.
 #[tokio::test]
 async fn a_network_grant_does_not_open_host_unix_sockets() {
     let name = format!("clade-test-abstract-{}", std::process::id());
@@ -256,19 +346,38 @@ async fn a_network_grant_does_not_open_host_unix_sockets() {
     )
     .unwrap();
     host.set_nonblocking(true).unwrap();
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = tcp.local_addr().unwrap().port();
     let script = format!(
-        "import socket\n\
-         a, b = socket.socketpair(); a.send(b'x'); print('pair', b.recv(1))\n\
-         socket.create_connection(('127.0.0.1', {port}), 2); print('tcp ok')\n\
-         s = socket.socket(socket.AF_UNIX); s.connect('\\0{name}'); print('unix leak')\n"
+        r#"import socket
+a, b = socket.socketpair(); a.send(b'x'); print('pair', b.recv(1))
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect('\0{name}'); print('unix leak')
+except OSError as e:
+    print('refused', e.errno)
+"#
     );
-    let out = with_network(&["python3", "-c", &script]).await;
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(stdout.contains("pair b'x'") && stdout.contains("tcp ok"), "{out:?}");
+    let out = networked(&script, EgressRules::default()).await;
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("pair b'x'"), "{out:?}");
     assert!(!stdout.contains("unix leak") && host.accept().is_err(), "{out:?}");
-    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(stdout.contains("refused"), "{stdout}");
+}
+
+#[tokio::test]
+async fn a_network_grant_without_the_bridge_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = sandbox(SandboxLimits::default())
+        .run(Exec {
+            argv: vec!["true".into()],
+            workspace: dir.path().to_owned(),
+            network: true,
+            egress: EgressRules::default(),
+            env: vec![],
+            stdin: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("egress bridge"), "{err}");
 }
 
 #[tokio::test]

@@ -24,6 +24,9 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         logging::init(LogFormat::Human, None, "warn");
         return config::run(global, cmd);
     }
+    if let Command::EgressBridge { listen, socket } = cli.command {
+        return Ok(clade_tools::egress::bridge(listen, socket).await?);
+    }
     if let Command::Stub(args) = cli.command {
         logging::init(LogFormat::Human, None, "warn");
         return Ok(clade_stub::standalone::run(args).await?);
@@ -56,6 +59,6 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Grants(cmd) => tools::grants(&ctx, cmd).await,
         Command::Audit(args) => tools::audit(&ctx, args).await,
         Command::Bench(cmd) => bench::run(&ctx, cmd).await,
-        Command::Config(_) | Command::Stub(_) => Ok(()),
+        Command::Config(_) | Command::Stub(_) | Command::EgressBridge { .. } => Ok(()),
     }
 }

@@ -204,6 +204,7 @@ pub(super) async fn grants(ctx: &Ctx, cmd: GrantsCommand) -> Result<()> {
             effect,
             network,
             private_network,
+            hosts,
             env,
             parent,
             expires_in,
@@ -224,7 +225,7 @@ pub(super) async fn grants(ctx: &Ctx, cmd: GrantsCommand) -> Result<()> {
                 effect,
                 tool,
                 resource,
-                constraints: Constraints { network, private_network, env },
+                constraints: Constraints { network, private_network, hosts, env },
             };
             let grant = ctx
                 .tools()

@@ -355,3 +355,109 @@ async fn a_stream_sees_each_lifecycle_event_once() {
     assert_eq!(lifecycle.iter().filter(|k| **k == "turn.started").count(), 1, "{kinds:?}");
     assert_eq!(kinds.first().map(String::as_str), Some("turn.started"), "{kinds:?}");
 }
+
+// ---- Network for sandboxed commands --------------------------------------------------------
+
+/// A network grant reaches the outside only through the egress proxy, which never opens the
+/// gateway, the store's database or the host's other loopback services, private ranges or
+/// metadata addresses; a host the grant names (with `private_network`) is reachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_grant_never_reaches_the_gateway_the_store_or_private_ranges() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["--agent", "ada", "grants", "add", "--tool", "shell.exec", "--network"]).ok();
+    let server = env.serve(&[]);
+    let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let open_port = open.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut stream, _)) = open.accept().await {
+            let _ = stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nallowed",
+                )
+                .await;
+        }
+    });
+    let gateway = server.url.clone();
+    let script = format!(
+        r#"
+import socket, urllib.request, urllib.error
+for url in ['{gateway}/healthz', 'http://127.0.0.1:5432/', 'http://localhost:{open_port}/', 'http://10.0.0.1/', 'http://172.16.0.1/', 'http://169.254.169.254/', 'http://[fd00:ec2::254]/']:
+    try:
+        print('fetch', url, urllib.request.urlopen(url, timeout=5).read().decode())
+    except urllib.error.HTTPError as e:
+        print('fetch', url, e.code)
+    except Exception as e:
+        print('fetch', url, 'error', e)
+for port in (5432, {open_port}, int('{gateway}'.rsplit(':', 1)[1])):
+    try:
+        socket.create_connection(('127.0.0.1', port), 2); print('direct', port, 'open')
+    except OSError as e:
+        print('direct', port, 'closed')
+s = socket.create_connection(('127.0.0.1', 3128), 5)
+s.sendall(b'CONNECT 127.0.0.1:5432 HTTP/1.1\r\n\r\n')
+print('tunnel', s.recv(100).split(b'\r\n')[0].decode())
+"#
+    );
+    let call = |script: String| {
+        let server = &server;
+        async move {
+            let (status, body) = server
+                .send(
+                    "POST",
+                    "/v1/agents/ada/tools/shell.exec/call",
+                    None,
+                    Some(json!({ "arguments": { "argv": ["python3", "-c", script] } })),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            body["content"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    let out = call(script.clone()).await;
+    for line in out.lines().filter(|l| l.starts_with("fetch ")) {
+        assert!(line.ends_with(" 403"), "refused by the proxy: {line}\n{out}");
+    }
+    assert_eq!(out.lines().filter(|l| l.starts_with("fetch ")).count(), 7, "{out}");
+    assert_eq!(out.matches(" closed").count(), 3, "no route around the proxy: {out}");
+    assert!(out.contains("tunnel HTTP/1.1 403"), "{out}");
+    // Each refusal is in the audit log, recorded by the daemon.
+    let audit = server.get_json("/v1/audit?agent=ada&limit=1000").await;
+    let denied: Vec<&Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "sandbox.denied")
+        .filter(|r| r["detail"].to_string().contains("egress refused"))
+        .collect();
+    assert!(!denied.is_empty(), "{audit}");
+
+    // A grant naming the host, with private_network, reaches it (and only it).
+    env.run(&[
+        "--agent",
+        "ada",
+        "grants",
+        "add",
+        "--tool",
+        "shell.exec",
+        "--resource",
+        "python3 **",
+        "--network",
+        "--private-network",
+        "--host",
+        &format!("127.0.0.1:{open_port}"),
+    ])
+    .ok();
+    let out = call(script).await;
+    assert!(
+        out.contains(&format!("fetch http://localhost:{open_port}/ 403")),
+        "named by address, not by name: {out}"
+    );
+    let named = call(format!(
+        "import urllib.request\nprint('got', urllib.request.urlopen('http://127.0.0.1:{open_port}/', timeout=5).read().decode())\ntry:\n    urllib.request.urlopen('{gateway}/healthz', timeout=5)\nexcept Exception as e:\n    print('gateway', e)\n"
+    ))
+    .await;
+    assert!(named.contains("got allowed"), "{named}");
+    assert!(named.contains("gateway HTTP Error 403"), "{named}");
+}
