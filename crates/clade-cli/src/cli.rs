@@ -284,6 +284,11 @@ pub(crate) enum TokensCommand {
     Create {
         #[arg(long, default_value = "cli")]
         name: String,
+        /// What it may do (repeatable): admin (the tenant's agents, grants, audit, …), operate
+        /// (agents and sessions), send (events only), read, approve (decide approvals; never
+        /// implied by another scope)
+        #[arg(long = "scope", value_name = "SCOPE", default_value = "admin")]
+        scopes: Vec<String>,
     },
     /// List tokens (never their values)
     List {

@@ -7,9 +7,11 @@
 pub mod agent;
 pub mod id;
 pub mod name;
+pub mod scope;
 pub mod time;
 
 pub use agent::{Agent, AgentConfig, Tenant};
 pub use id::{AgentId, ApprovalId, EventId, GrantId, SessionId, TenantId, TokenId, TurnId};
 pub use name::{Handle, SecretName, TemplateName, is_spoofing_char};
+pub use scope::Scope;
 pub use time::{Clock, SystemClock, Timestamp};

@@ -71,9 +71,28 @@ pub(crate) async fn require_token(
         )
         .into_response();
     };
-    match state.store.authenticate(token).await {
-        Ok(tenant) => {
+    match state.store.authenticate_scoped(token).await {
+        Ok((tenant, scopes)) => {
             tracing::Span::current().record("tenant", tenant.name.as_str());
+            let route = request
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default();
+            let needed = crate::scopes::required(request.method().as_str(), &route);
+            if !needed.is_some_and(|needed| clade_core::Scope::allows(&scopes, needed)) {
+                let needed = needed.map(clade_core::Scope::join).unwrap_or_default();
+                return ApiError::new(
+                    Code::Forbidden,
+                    format!(
+                        "this token's scopes ({}) do not allow {} {route}, which needs {}: create a token with `clade tokens create --scope …`",
+                        clade_core::Scope::join(&scopes),
+                        request.method(),
+                        if needed.is_empty() { "a scope no token has".to_owned() } else { needed.replace(',', " or ") },
+                    ),
+                )
+                .into_response();
+            }
             let credential = Credential(token.into());
             request.extensions_mut().insert(Caller(tenant, credential));
             next.run(request).await

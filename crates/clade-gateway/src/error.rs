@@ -31,6 +31,7 @@ codes! {
     InvalidHandle => ("invalid_handle", BAD_REQUEST),
     MissingToken => ("missing_token", UNAUTHORIZED),
     InvalidToken => ("invalid_token", UNAUTHORIZED),
+    Forbidden => ("forbidden", FORBIDDEN),
     AgentNotFound => ("agent_not_found", NOT_FOUND),
     SessionNotFound => ("session_not_found", NOT_FOUND),
     EventNotFound => ("event_not_found", NOT_FOUND),

@@ -14,6 +14,7 @@ pub mod error;
 mod events;
 mod live;
 pub mod openapi;
+pub mod scopes;
 mod sessions;
 mod tools;
 mod trace;

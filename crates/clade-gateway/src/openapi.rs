@@ -265,6 +265,23 @@ pub fn document() -> Value {
     {
         paths.extend(more);
     }
+    // Every /v1 operation: the scopes that may call it (from the one table the gateway
+    // enforces) and the 403 a token without them gets.
+    if let Some(paths) = document["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut().filter(|(path, _)| path.starts_with("/v1")) {
+            let Some(operations) = item.as_object_mut() else { continue };
+            for (method, operation) in operations.iter_mut() {
+                let scopes = crate::scopes::required(&method.to_ascii_uppercase(), path)
+                    .map(|scopes| scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+                    .unwrap_or_default();
+                operation["x-clade-scopes"] = json!(scopes);
+                operation["responses"]["403"] = error_response(&format!(
+                    "the token's scopes do not allow this route (it needs {})",
+                    scopes.join(" or ")
+                ));
+            }
+        }
+    }
     document
 }
 

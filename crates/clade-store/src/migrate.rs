@@ -58,6 +58,7 @@ const MIGRATIONS: &[Migration] = &[
         "session_queue_mode",
         include_str!("../migrations/0008_session_queue_mode.sql"),
     ),
+    Migration::shared(9, "token_scopes", include_str!("../migrations/0009_token_scopes.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -67,7 +68,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend, shown: &str, now: i64) -> Result<()> {
     let mut conn = pool.acquire().await.map_err(|e| classify(e, shown))?;

@@ -60,6 +60,8 @@ pub struct TokenInfo {
     pub id: TokenId,
     pub tenant_id: TenantId,
     pub name: String,
+    /// What it may do (see [`clade_core::Scope`]).
+    pub scopes: Vec<clade_core::Scope>,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
 }
@@ -251,6 +253,8 @@ fn token_from_row(row: &Row) -> Result<TokenInfo> {
         id: TokenId::from_bytes(id_bytes(row, "id")?),
         tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
         name: row.try_get("name")?,
+        scopes: clade_core::Scope::split(&row.try_get::<String, _>("scopes")?)
+            .map_err(Error::BadRow)?,
         created_at: Timestamp::from_millis(row.try_get("created_at")?),
         revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(Timestamp::from_millis),
     })
@@ -679,7 +683,17 @@ impl Store {
     // ---- tokens ----
 
     /// Creates a token for `tenant`; the returned secret is shown once and never stored.
-    pub async fn create_token(&self, tenant: TenantId, name: &str) -> Result<(TokenInfo, String)> {
+    pub async fn create_token(
+        &self,
+        tenant: TenantId,
+        name: &str,
+        scopes: &[clade_core::Scope],
+    ) -> Result<(TokenInfo, String)> {
+        if scopes.is_empty() {
+            return Err(Error::InvalidInput(
+                "a token needs at least one scope: admin, operate, send, read or approve".into(),
+            ));
+        }
         if name.is_empty() || name.len() > 100 || name.chars().any(clade_core::is_spoofing_char) {
             return Err(Error::InvalidInput(
                 "token name must be 1-100 characters without control, bidirectional-override or zero-width characters".into(),
@@ -693,6 +707,7 @@ impl Store {
             id: TokenId::generate(now),
             tenant_id: tenant,
             name: name.to_owned(),
+            scopes: scopes.to_vec(),
             created_at: now,
             revoked_at: None,
         };
@@ -701,14 +716,15 @@ impl Store {
         self.write(move |conn| {
             Box::pin(async move {
                 query(
-                    "INSERT INTO api_tokens (id, tenant_id, name, secret_hash, created_at) \
-                     VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO api_tokens (id, tenant_id, name, secret_hash, created_at, scopes) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(row.id.as_bytes().to_vec())
                 .bind(row.tenant_id.as_bytes().to_vec())
                 .bind(row.name)
                 .bind(hash)
                 .bind(row.created_at.as_millis())
+                .bind(clade_core::Scope::join(&row.scopes))
                 .execute(&mut *conn)
                 .await?;
                 Ok(())
@@ -722,7 +738,7 @@ impl Store {
         let rows = self
             .rows(
                 query(
-                    "SELECT id, tenant_id, name, created_at, revoked_at FROM api_tokens \
+                    "SELECT id, tenant_id, name, scopes, created_at, revoked_at FROM api_tokens \
              WHERE tenant_id = $1 ORDER BY created_at, id",
                 )
                 .bind(tenant.as_bytes().to_vec()),
@@ -755,15 +771,26 @@ impl Store {
 
     /// The tenant a bearer token belongs to; [`Error::BadToken`] if it is unknown or revoked.
     pub async fn authenticate(&self, secret: &str) -> Result<Tenant> {
+        self.authenticate_scoped(secret).await.map(|(tenant, _)| tenant)
+    }
+
+    /// The tenant a live token belongs to, and what the token may do.
+    pub async fn authenticate_scoped(
+        &self,
+        secret: &str,
+    ) -> Result<(Tenant, Vec<clade_core::Scope>)> {
         if !secret.starts_with(TOKEN_PREFIX) {
             return Err(Error::BadToken);
         }
         let row = self.maybe_row(query(
-            "SELECT t.id, t.name, t.created_at FROM api_tokens k JOIN tenants t ON t.id = k.tenant_id \
+            "SELECT t.id, t.name, t.created_at, k.scopes FROM api_tokens k JOIN tenants t ON t.id = k.tenant_id \
              WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(hash_token(secret))).await?;
-        row.as_ref().map(tenant_from_row).transpose()?.ok_or(Error::BadToken)
+        let Some(row) = row else { return Err(Error::BadToken) };
+        let scopes = clade_core::Scope::split(&row.try_get::<String, _>("scopes")?)
+            .map_err(Error::BadRow)?;
+        Ok((tenant_from_row(&row)?, scopes))
     }
 
     // ---- secrets (already encrypted by the caller; see `crate::secrets`) ----

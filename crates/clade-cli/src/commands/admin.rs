@@ -51,8 +51,9 @@ pub(super) async fn tenants(ctx: &Ctx, cmd: TenantsCommand) -> Result<()> {
 pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
     let tenant = ctx.tenant().await?;
     match cmd {
-        TokensCommand::Create { name } => {
-            let (info, secret) = ctx.store.create_token(tenant.id, &name).await?;
+        TokensCommand::Create { name, scopes } => {
+            let scopes = clade_core::Scope::split(&scopes.join(",")).map_err(anyhow::Error::msg)?;
+            let (info, secret) = ctx.store.create_token(tenant.id, &name, &scopes).await?;
             eprintln!(
                 "token {} for tenant {} (shown once; store it safely):",
                 info.id, tenant.name
@@ -68,6 +69,7 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
                         json!({
                             "id": t.id.to_string(),
                             "name": t.name,
+                            "scopes": t.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
                             "created_at": t.created_at.as_millis(),
                             "revoked_at": t.revoked_at.map(|r| r.as_millis()),
                         })
@@ -81,6 +83,7 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
                         vec![
                             t.id.to_string(),
                             t.name.clone(),
+                            clade_core::Scope::join(&t.scopes),
                             t.created_at.to_string(),
                             t.revoked_at
                                 .map(|r| format!("revoked {r}"))
@@ -88,7 +91,7 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
                         ]
                     })
                     .collect();
-                output::table(&["ID", "NAME", "CREATED", "STATE"], &rows);
+                output::table(&["ID", "NAME", "SCOPES", "CREATED", "STATE"], &rows);
             }
         }
         TokensCommand::Revoke { id } => {

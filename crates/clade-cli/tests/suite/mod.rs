@@ -2,6 +2,7 @@ mod cli;
 mod crash;
 mod hardening;
 mod http;
+mod matrix;
 mod models;
 mod sessions;
 mod support;

@@ -47,7 +47,8 @@ async fn deleting_a_tenant_deletes_everything_it_owns() {
         };
         let agent = h.agents.create(acme.id, spec).await.unwrap();
         let ws = h.agents.workspace(&agent).unwrap();
-        let (_, secret) = h.store.create_token(acme.id, "ci").await.unwrap();
+        let (_, secret) =
+            h.store.create_token(acme.id, "ci", &[clade_core::Scope::Admin]).await.unwrap();
         let ids = h.store.delete_tenant("acme").await.unwrap();
         h.agents.remove_workspaces(&ids);
         assert_eq!(ids, vec![agent.id], "{}", h.name);
@@ -71,7 +72,8 @@ async fn tokens_authenticate_until_revoked() {
     for h in backends().await {
         let default = h.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
         let acme = h.store.create_tenant("acme").await.unwrap();
-        let (info, secret) = h.store.create_token(acme.id, "deploy").await.unwrap();
+        let (info, secret) =
+            h.store.create_token(acme.id, "deploy", &[clade_core::Scope::Admin]).await.unwrap();
         assert!(secret.starts_with("clade_") && secret.len() == 70, "{secret}");
         assert_eq!(h.store.authenticate(&secret).await.unwrap().id, acme.id, "{}", h.name);
         for bad in ["", "clade_", "Bearer x", &secret[..secret.len() - 1], &format!("{secret}0")] {
@@ -97,6 +99,16 @@ async fn tokens_authenticate_until_revoked() {
             h.store.revoke_token(acme.id, info.id).await,
             Err(Error::TokenNotFound(_))
         ));
-        assert!(h.store.create_token(acme.id, "").await.is_err(), "{}", h.name);
+        assert!(
+            h.store.create_token(acme.id, "", &[clade_core::Scope::Admin]).await.is_err(),
+            "{}",
+            h.name
+        );
+        // Scopes are stored and read back with the tenant; a token needs at least one.
+        let (_, sender) =
+            h.store.create_token(acme.id, "send", &[clade_core::Scope::Send]).await.unwrap();
+        let (tenant, scopes) = h.store.authenticate_scoped(&sender).await.unwrap();
+        assert_eq!((tenant.id, scopes), (acme.id, vec![clade_core::Scope::Send]), "{}", h.name);
+        assert!(h.store.create_token(acme.id, "none", &[]).await.is_err(), "{}", h.name);
     }
 }

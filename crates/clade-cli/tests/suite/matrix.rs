@@ -1,0 +1,182 @@
+//! The isolation matrix: every `/v1` route against every kind of caller. Generated from the
+//! gateway's scope table, which must name exactly the routes `/openapi.json` documents, so a
+//! new route without a row fails here.
+
+use clade_core::Scope;
+use serde_json::{Value, json};
+
+use super::support::Env;
+
+/// Creates a token for `tenant` with `scopes`; its secret (and id, from the CLI's note).
+fn token(env: &Env, tenant: &str, scopes: &[&str]) -> (String, String) {
+    let mut args = vec!["--tenant", tenant, "tokens", "create", "--name", "matrix"];
+    for scope in scopes {
+        args.extend(["--scope", scope]);
+    }
+    let out = env.run(&args).ok();
+    let id = out.stderr.split_whitespace().nth(1).unwrap().to_owned();
+    (out.stdout.trim().to_owned(), id)
+}
+
+async fn call(
+    url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let mut request = client
+        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{url}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    // Streams (SSE) answer with headers at once; their body is not waited for.
+    let is_stream = response
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap_or_default().starts_with("text/event-stream"));
+    if is_stream {
+        return (status, Value::Null);
+    }
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_checks_every_principal() {
+    let env = Env::new();
+    // Only the owner has an agent `ada`; the rival has agents of its own.
+    for (tenant, agent) in [("acme", "ada"), ("rival", "bo"), ("gone", "ada")] {
+        env.run(&["tenants", "create", tenant]).ok();
+        env.run(&["--tenant", tenant, "agents", "create", agent]).ok();
+    }
+    let scoped: Vec<(Scope, String)> = Scope::ALL
+        .into_iter()
+        .map(|scope| (scope, token(&env, "acme", &[scope.as_str()]).0))
+        .collect();
+    let (revoked, revoked_id) = token(&env, "acme", &["admin", "approve"]);
+    env.run(&["--tenant", "acme", "tokens", "revoke", &revoked_id]).ok();
+    let (rival, _) = token(&env, "rival", &["admin", "approve"]);
+    let (gone, _) = token(&env, "gone", &["admin", "approve"]);
+    let (owner, _) = token(&env, "acme", &["admin", "approve"]);
+    let server = env.serve(&[]);
+    let url = server.url.clone();
+
+    // The owner's resources, which the rival must not reach.
+    let event = json!({ "agent": "ada", "text": "hi", "source": { "platform": "http", "channel": "c", "actor": "me" }, "wait": true });
+    let (status, body) = call(&url, "POST", "/v1/events", Some(&owner), Some(&event)).await;
+    assert_eq!(status, 200, "{body}");
+    let session = body["session_id"].as_str().unwrap().to_owned();
+    let (status, body) = call(
+        &url,
+        "POST",
+        "/v1/grants",
+        Some(&owner),
+        Some(&json!({ "agent": "ada", "tool": "fs.read" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let grant = body["id"].as_str().unwrap().to_owned();
+    env.run(&["tenants", "delete", "gone", "--yes"]).ok();
+
+    // The table names exactly the documented routes.
+    let (_, document) = call(&url, "GET", "/openapi.json", None, None).await;
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1") {
+            continue;
+        }
+        for method in item.as_object().unwrap().keys() {
+            documented.push((method.to_ascii_uppercase(), path.clone()));
+        }
+    }
+    let mut table: Vec<(String, String)> = clade_gateway::scopes::ROUTES
+        .iter()
+        .map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    documented.sort();
+    table.sort();
+    assert_eq!(
+        documented, table,
+        "every documented /v1 route needs a row in clade_gateway::scopes::ROUTES"
+    );
+
+    // Destructive routes last, so the others still find what they read.
+    let mut routes: Vec<_> = clade_gateway::scopes::ROUTES.to_vec();
+    routes.sort_by_key(|(method, _, _)| *method == "DELETE");
+    let mut cells = 0;
+    let mut unexpected = Vec::new();
+    for (n, (method, template, needed)) in routes.iter().enumerate() {
+        let id = if template.contains("/sessions/") {
+            session.clone()
+        } else if template.contains("/grants/") {
+            grant.clone()
+        } else {
+            "01a20a00-0000-7000-8000-000000000000".to_owned()
+        };
+        let path =
+            template.replace("{handle}", "ada").replace("{id}", &id).replace("{name}", "echo");
+        let body = match (*method, *template) {
+            ("POST", "/v1/events") => Some(
+                json!({ "agent": "ada", "text": format!("cell {n}"), "source": { "platform": "http", "channel": "c", "actor": "me" } }),
+            ),
+            ("POST", "/v1/agents") => Some(json!({ "handle": format!("made-{n}") })),
+            ("POST", "/v1/grants") => Some(json!({ "agent": "ada", "tool": "fs.list" })),
+            ("POST", "/v1/approvals/{id}") => Some(json!({ "decision": "deny" })),
+            ("PATCH", _) => Some(json!({ "queue_mode": "queue" })),
+            ("POST", _) => Some(json!({ "arguments": {} })),
+            _ => None,
+        };
+        let private = template.contains('{');
+        let mut check = |who: &str, status: u16, code: &Value, ok: bool| {
+            cells += 1;
+            if !ok {
+                unexpected.push(format!("{method} {template} as {who}: {status} {code}"));
+            }
+        };
+        // Callers that are nobody: no token, a revoked one, a deleted tenant's.
+        for (who, token, code) in [
+            ("no token", None, "missing_token"),
+            ("revoked", Some(revoked.as_str()), "invalid_token"),
+            ("deleted tenant", Some(gone.as_str()), "invalid_token"),
+        ] {
+            let (status, answer) = call(&url, method, &path, token, body.as_ref()).await;
+            check(
+                who,
+                status,
+                &answer["error"]["code"],
+                status == 401 && answer["error"]["code"] == code,
+            );
+        }
+        // Another tenant: what the owner owns is not found, and no listing shows it.
+        let (status, answer) = call(&url, method, &path, Some(&rival), body.as_ref()).await;
+        // (An error may repeat the id the caller sent; a success must not show the owner's.)
+        let shown = answer.to_string();
+        let leaks = status < 300 && (shown.contains(&session) || shown.contains(&grant));
+        let ok = !leaks && if private { status == 404 } else { status != 401 && status != 403 };
+        check("other tenant", status, &answer["error"]["code"], ok);
+        // The owner, with each scope alone.
+        for (scope, token) in &scoped {
+            let allowed = Scope::allows(&[*scope], needed);
+            let (status, answer) = call(&url, method, &path, Some(token), body.as_ref()).await;
+            let ok = if allowed {
+                status != 401 && status != 403
+            } else {
+                status == 403 && answer["error"]["code"] == "forbidden"
+            };
+            check(&format!("owner ({scope})"), status, &answer["error"]["code"], ok);
+        }
+    }
+    assert!(
+        unexpected.is_empty(),
+        "{} of {cells} cells unexpected:\n{}",
+        unexpected.len(),
+        unexpected.join("\n")
+    );
+    assert_eq!(cells, routes.len() * (3 + 1 + Scope::ALL.len()));
+}
