@@ -180,13 +180,16 @@ impl Ctx {
                 }
             }
         }
-        Arc::new(clade_runtime::ToolRunner::new(
-            tools,
-            self.store.clone(),
-            self.agents.clone(),
-            Some(self.secrets()),
-            &self.config.tools,
-        ))
+        Arc::new(
+            clade_runtime::ToolRunner::new(
+                tools,
+                self.store.clone(),
+                self.agents.clone(),
+                Some(self.secrets()),
+                &self.config.tools,
+            )
+            .with_tenants(self.config.tenants.clone()),
+        )
     }
 
     /// Webhook subscribers with their signing secrets read from the environment.

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 mod tools;
 
 pub use tools::{
-    Constraints, McpServerConfig, PolicyEffect, PolicyRule, SandboxLimits, SandboxMode, ToolsConfig,
+    Constraints, GrantCeiling, McpServerConfig, PolicyEffect, PolicyRule, SandboxLimits,
+    SandboxMode, ToolsConfig,
 };
 
 /// The file name looked up in the data dir when `--config` is not given.
@@ -75,9 +76,24 @@ pub struct Config {
     /// a policy rule allows them.
     #[serde(default)]
     pub mcp: BTreeMap<String, McpServerConfig>,
+    /// Per-tenant settings, by tenant name.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
     /// Test-harness settings; never needed in production.
     #[serde(default)]
     pub testing: TestingConfig,
+}
+
+/// What the operator decides for one tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// What this tenant's own tokens may grant its agents through the API (`POST /v1/grants`);
+    /// the operator's CLI is not bound by it. Without one, the `default` tenant (the
+    /// operator's own) may grant anything, and any other tenant no `allow` grant at all.
+    /// Deny and ask grants, which only narrow, are always accepted.
+    #[serde(default)]
+    pub ceiling: Option<GrantCeiling>,
 }
 
 /// How sessions run their turns.

@@ -162,6 +162,26 @@ fn any() -> String {
     "*".into()
 }
 
+/// The most a tenant's own `allow` grants may give (see `TenantConfig::ceiling`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantCeiling {
+    /// Tool patterns a grant's tool pattern must lie within (`fs.*`, `shell.exec`); `*`
+    /// allows any tool.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Grants may give `network` (through the egress proxy, public addresses).
+    #[serde(default)]
+    pub network: bool,
+    /// Grants may give `private_network` (loopback and private addresses: this host's
+    /// services).
+    #[serde(default)]
+    pub private_network: bool,
+    /// Grants may pass agent secrets into a command's environment (`env`).
+    #[serde(default)]
+    pub secrets: bool,
+}
+
 /// Capabilities an allowed call gets beyond the sandbox's defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

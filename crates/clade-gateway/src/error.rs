@@ -137,6 +137,9 @@ impl From<clade_runtime::tools::AccessError> for ApiError {
             clade_runtime::tools::AccessError::Invalid(message) => {
                 ApiError::new(Code::InvalidRequest, message)
             }
+            clade_runtime::tools::AccessError::Forbidden(message) => {
+                ApiError::new(Code::Forbidden, message)
+            }
         }
     }
 }

@@ -165,8 +165,11 @@ pub(crate) async fn decide(
             )));
         }
     };
-    let row =
-        state.engine.tools().decide(tenant.id, id, verdict, "operator (api)", params.note).await?;
+    let row = state
+        .engine
+        .tools()
+        .decide(tenant.id, id, verdict, &format!("tenant {} (api)", tenant.name), params.note)
+        .await?;
     let agent = Handles::new(&state, &tenant).of(row.agent_id).await;
     Ok(axum::Json(approval_response(row, agent)))
 }
@@ -239,8 +242,10 @@ pub(crate) async fn add_grant(
         resource: params.resource.unwrap_or_else(|| "*".into()),
         constraints,
     };
-    let row =
-        state.engine.tools().add_grant(&agent, rule, parent, expires_at, "operator (api)").await?;
+    // A tenant's own token: only within the ceiling the operator set for it.
+    state.engine.tools().check_ceiling(tenant.name.as_str(), &rule)?;
+    let by = format!("tenant {} (api)", tenant.name);
+    let row = state.engine.tools().add_grant(&agent, rule, parent, expires_at, &by).await?;
     Ok((StatusCode::CREATED, axum::Json(grant_response(row, agent.handle.to_string()))))
 }
 
@@ -250,7 +255,11 @@ pub(crate) async fn revoke_grant(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = GrantId::parse(&id).map_err(|e| invalid(e.to_string()))?;
-    state.engine.tools().revoke_grant(tenant.id, id, "operator (api)").await?;
+    state
+        .engine
+        .tools()
+        .revoke_grant(tenant.id, id, &format!("tenant {} (api)", tenant.name))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

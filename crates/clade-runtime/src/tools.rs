@@ -34,6 +34,9 @@ pub enum AccessError {
     Store(#[from] clade_store::Error),
     #[error("{0}")]
     Invalid(String),
+    /// Beyond what the caller may do (a tenant's grant above its ceiling).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// An operator's (or the clock's) answer to an approval request.
@@ -107,6 +110,8 @@ pub struct ToolRunner {
     /// Tools run so far: any of them may have written into a workspace (see
     /// [`ToolRunner::runs`]).
     runs: std::sync::atomic::AtomicU64,
+    /// The operator's per-tenant settings (grant ceilings), by tenant name.
+    tenants: std::collections::BTreeMap<String, clade_config::TenantConfig>,
 }
 
 /// How often a waiting call re-reads its approval (a decision made by another process).
@@ -141,6 +146,32 @@ impl ToolRunner {
             specs: std::sync::OnceLock::new(),
             spec_lists: Mutex::default(),
             runs: std::sync::atomic::AtomicU64::new(0),
+            tenants: Default::default(),
+        }
+    }
+
+    /// The operator's per-tenant settings (`tenants:` in clade.yaml).
+    pub fn with_tenants(
+        mut self,
+        tenants: std::collections::BTreeMap<String, clade_config::TenantConfig>,
+    ) -> Self {
+        self.tenants = tenants;
+        self
+    }
+
+    /// Whether `tenant`'s own token may give its agent `rule` (see
+    /// `clade_config::TenantConfig::ceiling`); the operator's CLI does not ask.
+    pub fn check_ceiling(&self, tenant: &str, rule: &PolicyRule) -> Result<(), AccessError> {
+        let ceiling = match self.tenants.get(tenant).and_then(|t| t.ceiling.as_ref()) {
+            Some(ceiling) => ceiling.clone(),
+            None if tenant == clade_core::Tenant::DEFAULT_NAME => return Ok(()),
+            None => clade_config::GrantCeiling::default(),
+        };
+        match policy::ceiling_error(&ceiling, rule) {
+            None => Ok(()),
+            Some(why) => Err(AccessError::Forbidden(format!(
+                "tenant {tenant:?} may not grant this: {why}; the operator sets what it may grant in clade.yaml under tenants.{tenant}.ceiling"
+            ))),
         }
     }
 

@@ -6,7 +6,7 @@
 //! allowed. So "approve always" (an exact allow) overrides a broad `ask`, and nothing
 //! overrides a `deny`.
 
-use clade_config::{Constraints, PolicyEffect, PolicyRule};
+use clade_config::{Constraints, GrantCeiling, PolicyEffect, PolicyRule};
 
 use crate::argv::ArgvPattern;
 use crate::pattern;
@@ -148,6 +148,32 @@ pub fn decide(
             }
         }
     }
+}
+
+/// Why a tenant may not give itself `rule`, if it may not: an `allow` beyond the operator's
+/// `ceiling` for that tenant. Deny and ask rules only narrow, and are always within it.
+pub fn ceiling_error(ceiling: &GrantCeiling, rule: &PolicyRule) -> Option<String> {
+    if rule.effect != PolicyEffect::Allow {
+        return None;
+    }
+    if !ceiling.tools.iter().any(|allowed| pattern::covers(allowed, &rule.tool)) {
+        return Some(format!(
+            "tool {:?} is not within the tools it may grant ({})",
+            rule.tool,
+            if ceiling.tools.is_empty() { "none".to_owned() } else { ceiling.tools.join(", ") }
+        ));
+    }
+    let c = &rule.constraints;
+    if c.network && !ceiling.network {
+        return Some("it may not grant network".into());
+    }
+    if c.private_network && !ceiling.private_network {
+        return Some("it may not grant private_network".into());
+    }
+    if !c.env.is_empty() && !ceiling.secrets {
+        return Some("it may not pass secrets into commands (env)".into());
+    }
+    None
 }
 
 /// Why a delegated rule is not a narrowing of its parent, if it is not.
@@ -345,5 +371,30 @@ mod tests {
             assert_eq!(line(command), Ask, "{command:?}");
         }
         assert_eq!(run(&["rm", "x"]), Ask, "rm without -r is not denied, only not allowed");
+    }
+
+    #[test]
+    fn a_ceiling_bounds_allow_grants_only() {
+        use PolicyEffect::*;
+        let ceiling = GrantCeiling {
+            tools: vec!["fs.*".into()],
+            network: false,
+            private_network: false,
+            secrets: false,
+        };
+        assert_eq!(ceiling_error(&ceiling, &rule(Allow, "fs.read", "*").rule), None);
+        assert!(ceiling_error(&ceiling, &rule(Allow, "*", "*").rule).is_some());
+        assert!(ceiling_error(&ceiling, &rule(Allow, "shell.exec", "*").rule).is_some());
+        let mut networked = rule(Allow, "fs.read", "*").rule;
+        networked.constraints.network = true;
+        assert!(ceiling_error(&ceiling, &networked).unwrap().contains("network"));
+        assert_eq!(ceiling_error(&GrantCeiling::default(), &rule(Deny, "*", "*").rule), None);
+        assert_eq!(
+            ceiling_error(&GrantCeiling::default(), &rule(Ask, "shell.exec", "*").rule),
+            None
+        );
+        assert!(
+            ceiling_error(&GrantCeiling::default(), &rule(Allow, "fs.read", "*").rule).is_some()
+        );
     }
 }

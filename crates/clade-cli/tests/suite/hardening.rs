@@ -461,3 +461,71 @@ print('tunnel', s.recv(100).split(b'\r\n')[0].decode())
     assert!(named.contains("got allowed"), "{named}");
     assert!(named.contains("gateway HTTP Error 403"), "{named}");
 }
+
+/// A tenant's own token grants its agents only what the operator's ceiling for that tenant
+/// allows; narrowing grants (deny, ask) are always accepted, and the operator's own default
+/// tenant is unbounded unless configured.
+#[tokio::test]
+async fn a_tenant_grants_only_within_the_operators_ceiling() {
+    let env = Env::new();
+    super::support::write(
+        &env.data_dir().join("clade.yaml"),
+        "tenants:\n  acme:\n    ceiling: { tools: [\"fs.*\", shell.exec], network: false }\n",
+    );
+    let mut tokens = Vec::new();
+    for tenant in ["acme", "rival"] {
+        env.run(&["tenants", "create", tenant]).ok();
+        env.run(&["--tenant", tenant, "agents", "create", "ada"]).ok();
+        tokens
+            .push(env.run(&["--tenant", tenant, "tokens", "create"]).ok().stdout.trim().to_owned());
+    }
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let grant = |token: &str, body: Value| {
+        let (url, token, body) = (server.url.clone(), token.to_owned(), body);
+        async move { super::support::request(&url, &token, "POST", "/v1/grants", Some(body)).await }
+    };
+    let (acme, rival) = (&tokens[0], &tokens[1]);
+    let cases = [
+        (acme, json!({ "agent": "ada", "tool": "fs.read" }), 201),
+        (acme, json!({ "agent": "ada", "tool": "shell.exec", "resource": "git status **" }), 201),
+        (acme, json!({ "agent": "ada", "tool": "*" }), 403),
+        (acme, json!({ "agent": "ada", "tool": "http.request" }), 403),
+        (
+            acme,
+            json!({ "agent": "ada", "tool": "shell.exec", "constraints": { "network": true } }),
+            403,
+        ),
+        (
+            acme,
+            json!({ "agent": "ada", "tool": "shell.exec", "constraints": { "private_network": true } }),
+            403,
+        ),
+        (
+            acme,
+            json!({ "agent": "ada", "tool": "shell.exec", "constraints": { "env": ["KEY"] } }),
+            403,
+        ),
+        (acme, json!({ "agent": "ada", "tool": "*", "effect": "deny" }), 201),
+        // No ceiling configured: nothing that allows.
+        (rival, json!({ "agent": "ada", "tool": "fs.read" }), 403),
+        (rival, json!({ "agent": "ada", "tool": "shell.exec", "effect": "ask" }), 201),
+        // The operator's own tenant.
+        (
+            &server.token,
+            json!({ "agent": "ada", "tool": "shell.exec", "constraints": { "network": true } }),
+            201,
+        ),
+    ];
+    for (token, body, expected) in cases {
+        let (status, answer) = grant(token, body.clone()).await;
+        assert_eq!(status, expected, "{body}: {answer}");
+        if expected == 403 {
+            assert_eq!(answer["error"]["code"], "forbidden", "{answer}");
+            assert!(answer["error"]["message"].as_str().unwrap().contains(".ceiling"), "{answer}");
+        }
+    }
+    // Who granted is recorded.
+    let audit = server.send("GET", "/v1/audit?limit=1000", Some(acme), None).await.1;
+    assert!(audit.to_string().contains("tenant acme (api)"), "{audit}");
+}

@@ -50,6 +50,11 @@ async fn call(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_checks_every_principal() {
     let env = Env::new();
+    // The owner may grant its agents any tool (its grants below are within the ceiling).
+    super::support::write(
+        &env.data_dir().join("clade.yaml"),
+        "tenants:\n  acme:\n    ceiling: { tools: [\"*\"] }\n",
+    );
     // Only the owner has an agent `ada`; the rival has agents of its own.
     for (tenant, agent) in [("acme", "ada"), ("rival", "bo"), ("gone", "ada")] {
         env.run(&["tenants", "create", tenant]).ok();
