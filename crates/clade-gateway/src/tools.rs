@@ -133,7 +133,7 @@ pub(crate) async fn approvals(
         "all" => None,
         other => Some(ApprovalStatus::parse(other).ok_or_else(|| {
             invalid(format!(
-                "unknown status {other:?}: use pending, approved, denied, expired or all"
+                "unknown status {other:?}: use pending, approved, denied, expired, cancelled or all"
             ))
         })?),
     };

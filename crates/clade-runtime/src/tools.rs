@@ -551,6 +551,13 @@ impl ToolRunner {
                     break Err(format!("denied by an operator (approval {}){note}", approval.id));
                 }
                 ApprovalStatus::Expired => break Err(expired_text(&current)),
+                ApprovalStatus::Cancelled => {
+                    break Err(format!(
+                        "approval {} was cancelled: {}",
+                        approval.id,
+                        current.note.unwrap_or_default()
+                    ));
+                }
                 ApprovalStatus::Pending if self.store.now() >= current.expires_at => {
                     match self
                         .decide(agent.tenant_id, approval.id, Verdict::Expire, "timeout", None)

@@ -62,6 +62,8 @@ pub enum ApprovalStatus {
     Denied,
     /// Not decided within its timeout: a denial.
     Expired,
+    /// The call it was for will never run (its agent was deleted): nothing to decide.
+    Cancelled,
 }
 
 impl ApprovalStatus {
@@ -71,6 +73,7 @@ impl ApprovalStatus {
             ApprovalStatus::Approved => "approved",
             ApprovalStatus::Denied => "denied",
             ApprovalStatus::Expired => "expired",
+            ApprovalStatus::Cancelled => "cancelled",
         }
     }
 
@@ -80,6 +83,7 @@ impl ApprovalStatus {
             "approved" => Some(Self::Approved),
             "denied" => Some(Self::Denied),
             "expired" => Some(Self::Expired),
+            "cancelled" => Some(Self::Cancelled),
             _ => None,
         }
     }

@@ -651,9 +651,32 @@ impl Store {
         let agent = self.agent(tenant, handle).await?;
         let id = agent.id;
         let handle = handle.to_owned();
+        let now = self.now().as_millis();
         self.write(move |conn| {
             Box::pin(async move {
                 let id = id.as_bytes().to_vec();
+                // Its grants and pending approvals stay on record (the audit chain names them)
+                // but are dead: a new agent with the same handle inherits nothing, and a grant
+                // delegated from one of them dies with it.
+                query(
+                    "UPDATE grants SET revoked_at = $2 WHERE tenant_id = $3 AND agent_id = $1 \
+                     AND revoked_at IS NULL",
+                )
+                .bind(id.clone())
+                .bind(now)
+                .bind(tenant.as_bytes().to_vec())
+                .execute(&mut *conn)
+                .await?;
+                query(
+                    "UPDATE approvals SET status = 'cancelled', decided_at = $2, \
+                     decided_by = 'agent deleted', note = 'its agent was deleted' \
+                     WHERE tenant_id = $3 AND agent_id = $1 AND status = 'pending'",
+                )
+                .bind(id.clone())
+                .bind(now)
+                .bind(tenant.as_bytes().to_vec())
+                .execute(&mut *conn)
+                .await?;
                 query(crate::turns::REMEMBER_OUTBOX_IDS).execute(&mut *conn).await?;
                 for table in [
                     "DELETE FROM secrets WHERE agent_id = $1",

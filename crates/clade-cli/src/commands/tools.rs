@@ -106,7 +106,7 @@ pub(super) async fn approvals(ctx: &Ctx, cmd: ApprovalsCommand) -> Result<()> {
                 "all" => None,
                 other => Some(ApprovalStatus::parse(other).ok_or_else(|| {
                     anyhow::anyhow!(
-                        "unknown --status {other:?}: use pending, approved, denied, expired or all"
+                        "unknown --status {other:?}: use pending, approved, denied, expired, cancelled or all"
                     )
                 })?),
             };

@@ -529,3 +529,68 @@ async fn a_tenant_grants_only_within_the_operators_ceiling() {
     let audit = server.send("GET", "/v1/audit?limit=1000", Some(acme), None).await.1;
     assert!(audit.to_string().contains("tenant acme (api)"), "{audit}");
 }
+
+/// Deleting an agent kills its grants and pending approvals: a waiting call is told, the
+/// approval cannot be approved any more, and a new agent with the same handle inherits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_agent_leaves_no_live_grant_or_approval_behind() {
+    let env = Env::new();
+    super::support::write(
+        &env.data_dir().join("clade.yaml"),
+        "tools:\n  approval_timeout_secs: 60\n  policy:\n    - { effect: ask, tool: shell.exec }\n",
+    );
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["--agent", "ada", "grants", "add", "--tool", "fs.read"]).ok();
+    let server = env.serve(&[]);
+    let (url, token) = server.address();
+    let call = tokio::spawn(async move {
+        let body = json!({ "arguments": { "argv": ["true"] } });
+        super::support::request(
+            &url,
+            &token,
+            "POST",
+            "/v1/agents/ada/tools/shell.exec/call",
+            Some(body),
+        )
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let approval = loop {
+        let pending = server.get_json("/v1/approvals").await;
+        if let Some(first) = pending["items"].as_array().and_then(|a| a.first()) {
+            break first["id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no approval was asked for");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (status, _) = server.send("DELETE", "/v1/agents/ada", None, None).await;
+    assert_eq!(status, 204);
+    let (status, answer) =
+        tokio::time::timeout(Duration::from_secs(5), call).await.unwrap().unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["is_error"], true, "{answer}");
+    assert!(answer["content"].as_str().unwrap().contains("cancelled"), "{answer}");
+    let cancelled = server.get_json("/v1/approvals?status=cancelled").await;
+    assert_eq!(cancelled["items"][0]["id"], approval.as_str(), "{cancelled}");
+    let (status, answer) = server
+        .send(
+            "POST",
+            &format!("/v1/approvals/{approval}"),
+            None,
+            Some(json!({ "decision": "approve" })),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (409, Some("approval_decided")),
+        "{answer}"
+    );
+
+    env.run(&["agents", "create", "ada"]).ok();
+    let grants = server.get_json("/v1/grants?agent=ada").await;
+    assert_eq!(grants["items"].as_array().map(Vec::len), Some(0), "{grants}");
+    assert_eq!(server.get_json("/v1/approvals").await["items"].as_array().map(Vec::len), Some(0));
+    // The old grant is still on record, revoked.
+    let all = server.get_json("/v1/grants").await;
+    assert!(all.to_string().contains("revoked"), "{all}");
+}
