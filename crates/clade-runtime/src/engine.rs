@@ -732,6 +732,99 @@ impl TurnContext {
     }
 }
 
+/// Runs a turn until it ends, is cancelled, or has run `timeout` not counting its pauses.
+async fn run_until_deadline(
+    run: impl std::future::Future<Output = Result<(), String>>,
+    cancelled: &mut std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    pause: &Pause,
+    started: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<(), String> {
+    tokio::pin!(run);
+    loop {
+        let deadline = pause.deadline(started, timeout);
+        let tick = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                // Paused: look again in a second (the pause ends when the approval comes).
+                None => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        };
+        tokio::select! {
+            result = &mut run => return result,
+            () = cancelled.as_mut() => return Err("cancelled by request".to_owned()),
+            () = tick => {
+                let now = tokio::time::Instant::now();
+                if pause.deadline(started, timeout).is_some_and(|deadline| deadline <= now) {
+                    return Err(format!(
+                        "the turn did not finish within {} s (sessions.turn_timeout_secs; time waiting for approvals not counted)",
+                        timeout.as_secs()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The running turn's [`Pause`], for the tool step that waits for an approval.
+    static TURN_PAUSE: Arc<Pause>;
+}
+
+/// Time a turn spends waiting for operators' approvals, which its timeout does not count: a
+/// turn waiting on a person is paused, not slow.
+#[derive(Default)]
+struct Pause {
+    state: Mutex<PauseState>,
+}
+
+#[derive(Default)]
+struct PauseState {
+    /// Waits in progress, and since when the first of them began.
+    waiting: u32,
+    since: Option<tokio::time::Instant>,
+    /// Time paused by waits that have ended.
+    total: Duration,
+}
+
+impl Pause {
+    /// Pauses the turn's clock until the returned guard is dropped.
+    fn begin(self: &Arc<Self>) -> PauseGuard {
+        if let Ok(mut state) = self.state.lock() {
+            if state.waiting == 0 {
+                state.since = Some(tokio::time::Instant::now());
+            }
+            state.waiting += 1;
+        }
+        PauseGuard(self.clone())
+    }
+
+    /// When a turn started at `started` times out; `None` while it is paused.
+    fn deadline(
+        &self,
+        started: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Option<tokio::time::Instant> {
+        let state = self.state.lock().ok()?;
+        (state.waiting == 0).then(|| started + timeout + state.total)
+    }
+}
+
+struct PauseGuard(Arc<Pause>);
+
+impl Drop for PauseGuard {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.0.state.lock() {
+            state.waiting = state.waiting.saturating_sub(1);
+            if state.waiting == 0
+                && let Some(since) = state.since.take()
+            {
+                state.total += since.elapsed();
+            }
+        }
+    }
+}
+
 /// Runs the turn of `events`; returns whether its outcome was recorded, and what the actor
 /// keeps for the next turn.
 async fn run_events(
@@ -743,13 +836,13 @@ async fn run_events(
 ) -> (bool, Kept) {
     let session_id = ctx.session.id;
     let timeout = Duration::from_secs(inner.options.sessions.turn_timeout_secs);
-    let result = tokio::select! {
-        result = tokio::time::timeout(timeout, run_turn(&inner, &ctx, &events, &mut kept)) => match result {
-            Ok(result) => result,
-            Err(_) => Err(format!("the turn did not finish within {} s (sessions.turn_timeout_secs)", timeout.as_secs())),
-        },
-        () = cancel.notified() => Err("cancelled by request".to_owned()),
-    };
+    // The turn's clock stops while it waits for an operator's approval (see `Pause`).
+    let pause = Arc::new(Pause::default());
+    let started = tokio::time::Instant::now();
+    let cancelled = cancel.notified();
+    tokio::pin!(cancelled);
+    let run = TURN_PAUSE.scope(pause.clone(), run_turn(&inner, &ctx, &events, &mut kept));
+    let result = run_until_deadline(run, &mut cancelled, &pause, started, timeout).await;
     match result {
         Ok(()) => (true, kept),
         Err(reason) => {
@@ -1108,7 +1201,11 @@ async fn run_tool(
                     is_error: true,
                 }
             } else {
-                match runner.authorize(agent, tool.as_ref(), &args, &origin).await {
+                // Waiting for an approval is not the turn's time (see `Pause`).
+                let paused = TURN_PAUSE.try_with(|pause| pause.begin()).ok();
+                let authorized = runner.authorize(agent, tool.as_ref(), &args, &origin).await;
+                drop(paused);
+                match authorized {
                     Err(content) => ToolStep { content, is_error: true },
                     Ok(authorized) => {
                         if !started_before {

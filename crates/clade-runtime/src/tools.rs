@@ -114,6 +114,47 @@ pub struct ToolRunner {
     tenants: std::collections::BTreeMap<String, clade_config::TenantConfig>,
 }
 
+/// Cancels a pending approval whose waiting call went away (see `await_approval`).
+struct CancelOnDrop {
+    store: Store,
+    tenant: TenantId,
+    agent: clade_core::AgentId,
+    tool: String,
+    id: ApprovalId,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if !self.armed {
+            return;
+        }
+        let (store, tenant, id) = (self.store.clone(), self.tenant, self.id);
+        let note = "the call that asked for it ended before a decision".to_owned();
+        let audit = AuditEntry {
+            tenant,
+            agent: Some(self.agent),
+            kind: "approval.decided".into(),
+            tool: Some(std::mem::take(&mut self.tool)),
+            decision: Some(ApprovalStatus::Cancelled.as_str().into()),
+            detail: json!({ "approval": id.to_string(), "by": "turn ended", "note": note })
+                .to_string(),
+        };
+        runtime.spawn(async move {
+            let decision = ApprovalDecision {
+                status: ApprovalStatus::Cancelled,
+                decided_by: "turn ended".into(),
+                note: Some(note),
+                grant: None,
+                audits: vec![audit],
+            };
+            // Decided meanwhile: that decision stands.
+            let _ = store.decide_approval(tenant, id, decision).await;
+        });
+    }
+}
+
 /// How often a waiting call re-reads its approval (a decision made by another process).
 const APPROVAL_POLL: Duration = Duration::from_millis(300);
 
@@ -533,6 +574,16 @@ impl ToolRunner {
             );
         }
         let notify = self.waiter(approval.id);
+        // Dropped before a decision (its turn timed out or was cancelled, its client left),
+        // the approval is cancelled: approving it later would run nothing.
+        let mut guard = CancelOnDrop {
+            store: self.store.clone(),
+            tenant: agent.tenant_id,
+            agent: agent.id,
+            tool: tool.to_owned(),
+            id: approval.id,
+            armed: true,
+        };
         let result = loop {
             let current = match self.store.approval(agent.tenant_id, approval.id).await {
                 Ok(row) => row,
@@ -572,6 +623,7 @@ impl ToolRunner {
                 }
             }
         };
+        guard.armed = false;
         if let Ok(mut waiters) = self.waiters.lock() {
             waiters.remove(&approval.id);
         }

@@ -324,7 +324,8 @@ import socket
 s = socket.create_connection(('127.0.0.1', 3128), 5)
 s.sendall(b'CONNECT 127.0.0.1:{allowed} HTTP/1.1\r\n\r\n')
 print('tunnel', s.recv(100).split(b'\r\n')[0].decode())
-s.sendall(b'GET / HTTP/1.1\r\n\r\n'); print('through', s.recv(200).decode().split()[-1])
+s.sendall(b'GET / HTTP/1.1\r\n\r\n')
+print('through', b''.join(iter(lambda: s.recv(200), b'')).decode().split()[-1])
 "#
     );
     let out = networked(&script, egress).await;

@@ -594,3 +594,100 @@ async fn a_deleted_agent_leaves_no_live_grant_or_approval_behind() {
     let all = server.get_json("/v1/grants").await;
     assert!(all.to_string().contains("revoked"), "{all}");
 }
+
+/// A turn waiting for an approval is paused: its timeout does not run meanwhile. A turn that
+/// ends while its approval is pending (cancelled here) takes the approval with it: it is
+/// reported cancelled and cannot be approved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_pauses_its_turn_and_ends_with_it() {
+    let env = Env::new();
+    super::support::write(
+        &env.data_dir().join("clade.yaml"),
+        "sessions:\n  turn_timeout_secs: 1\ntools:\n  approval_timeout_secs: 30\n  policy:\n    - { effect: ask, tool: shell.exec }\n",
+    );
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let send = |actor: &str| {
+        let body = json!({ "agent": "ada", "text": "/tool shell.exec {\"argv\":[\"echo\",\"ran\"]}", "source": { "platform": "http", "channel": "c", "actor": actor } });
+        let server = &server;
+        async move {
+            let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
+            assert_eq!(status, 202, "{answer}");
+            answer["session_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let pending = || async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let list = server.get_json("/v1/approvals").await;
+            if let Some(first) = list["items"].as_array().and_then(|a| a.first()) {
+                return first["id"].as_str().unwrap().to_owned();
+            }
+            assert!(Instant::now() < deadline, "no approval was asked for");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let server = &server;
+    let turns = |session: String| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let turns = server.get_json(&format!("/v1/sessions/{session}/turns")).await;
+            let first = turns["items"][0].clone();
+            if first["status"].as_str().is_some_and(|s| s != "running") || Instant::now() > deadline
+            {
+                return first;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    // Approved after three times the turn timeout: the turn still completes, and the tool ran.
+    let session = send("patient").await;
+    let approval = pending().await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let (status, _) = server
+        .send(
+            "POST",
+            &format!("/v1/approvals/{approval}"),
+            None,
+            Some(json!({ "decision": "approve" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let turn = turns(session).await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+
+    // Cancelled while waiting: the approval ends with the turn.
+    let session = send("impatient").await;
+    let approval = pending().await;
+    let (status, _) =
+        server.send("POST", &format!("/v1/sessions/{session}/cancel"), None, None).await;
+    assert!(status < 300, "{status}");
+    let turn = turns(session).await;
+    assert_eq!(turn["status"], "failed", "{turn}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let cancelled = server.get_json("/v1/approvals?status=cancelled").await;
+        if cancelled["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["id"] == approval.as_str()))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the approval outlived its turn: {cancelled}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, answer) = server
+        .send(
+            "POST",
+            &format!("/v1/approvals/{approval}"),
+            None,
+            Some(json!({ "decision": "approve" })),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (409, Some("approval_decided")),
+        "{answer}"
+    );
+}
