@@ -416,12 +416,29 @@ pub struct ServerConfig {
     /// Largest accepted request body, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
+    /// Open connections at most; at the limit, the oldest connection that has not sent a
+    /// request yet makes room for a new one. Default: the descriptor limit less 512.
+    #[serde(default)]
+    pub max_connections: Option<u64>,
+    /// Seconds a connection may take to send a request's headers, and stay idle between
+    /// requests.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: default_listen(), max_body_bytes: default_max_body() }
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+            max_connections: None,
+            header_timeout_secs: default_header_timeout(),
+        }
     }
+}
+
+fn default_header_timeout() -> u64 {
+    10
 }
 
 fn default_listen() -> String {

@@ -15,13 +15,13 @@ mod events;
 mod live;
 pub mod openapi;
 pub mod scopes;
+mod server;
 mod sessions;
 mod tools;
 mod trace;
 mod usage;
 mod ws;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
@@ -33,6 +33,7 @@ use clade_store::{Agents, Store};
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub use error::ApiError;
+pub use server::{ConnectionLimits, serve};
 
 /// Everything a request handler may use; cheap to clone.
 #[derive(Clone)]
@@ -81,25 +82,6 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(axum::middleware::from_fn(trace::request_span))
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight requests.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
-    // Streamed events (SSE, WebSocket) are small writes: without TCP_NODELAY, Nagle holds each
-    // one back until the client has acknowledged the one before.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY on a connection");
-        }
-    });
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -58,7 +58,27 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         ctx.data_dir.token_path().display(),
         models.describe()
     );
-    clade_gateway::serve(listener, app, shutdown_signal()).await.context("server failed")?;
+    let descriptors = raise_descriptor_limit();
+    let limits = clade_gateway::ConnectionLimits {
+        max_connections: ctx
+            .config
+            .server
+            .max_connections
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or_else(|| default_max_connections(descriptors)),
+        header_timeout: std::time::Duration::from_secs(
+            ctx.config.server.header_timeout_secs.max(1),
+        ),
+    };
+    tracing::info!(
+        max_connections = limits.max_connections,
+        descriptors,
+        header_timeout_secs = limits.header_timeout.as_secs(),
+        "connection limits"
+    );
+    clade_gateway::serve(listener, app, shutdown_signal(), limits)
+        .await
+        .context("server failed")?;
     tracing::info!("clade stopped");
     Ok(())
 }
@@ -105,4 +125,22 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+/// Raises this process's soft descriptor limit to its hard limit; the limit in force.
+fn raise_descriptor_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum
+        && limit.current != Some(hard)
+    {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: Some(hard), maximum: Some(hard) });
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(1024)
+}
+
+/// The default connection cap: the descriptor limit less room for the store, model calls and
+/// tools.
+fn default_max_connections(descriptor_limit: u64) -> usize {
+    usize::try_from(descriptor_limit.saturating_sub(512).max(64)).unwrap_or(usize::MAX)
 }

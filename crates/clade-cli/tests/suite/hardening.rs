@@ -691,3 +691,59 @@ async fn an_approval_pauses_its_turn_and_ends_with_it() {
         "{answer}"
     );
 }
+
+/// A flood of idle, unauthenticated sockets does not starve clients that send requests: at the
+/// connection cap the oldest silent socket makes room, and silent sockets are closed once the
+/// header timeout passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_sockets_does_not_starve_real_clients() {
+    use tokio::io::AsyncReadExt;
+    let env = Env::new();
+    super::support::write(
+        &env.data_dir().join("clade.yaml"),
+        "server:\n  max_connections: 64\n  header_timeout_secs: 3\n",
+    );
+    let server = env.serve(&[]);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        flood.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    let started = Instant::now();
+    for _ in 0..20 {
+        let asked = Instant::now();
+        let (status, _) = server.send("GET", "/v1/agents", None, None).await;
+        assert_eq!(status, 200);
+        assert!(asked.elapsed() < Duration::from_secs(2), "a request waited {:?}", asked.elapsed());
+    }
+    // Closed: a read ends at once (end of stream or reset); open: it waits.
+    async fn closed(socket: &mut tokio::net::TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(200), socket.read(&mut byte)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+    let mut evicted = 0;
+    for socket in &mut flood {
+        evicted += usize::from(closed(socket).await);
+    }
+    assert!(evicted >= 300 - 64, "only {evicted} of 300 idle sockets were closed at the cap");
+    // The rest go once the header timeout has passed.
+    tokio::time::sleep(
+        Duration::from_secs(3).saturating_sub(started.elapsed()) + Duration::from_millis(800),
+    )
+    .await;
+    for (n, socket) in flood.iter_mut().enumerate() {
+        assert!(closed(socket).await, "idle socket {n} still open after the header timeout");
+    }
+    // A connection that sent a request and then idles is closed after the header timeout too.
+    let mut idle = tokio::net::TcpStream::connect(&address).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = idle.read(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(3800)).await;
+    assert!(closed(&mut idle).await, "an idle keep-alive connection outlived the header timeout");
+}
