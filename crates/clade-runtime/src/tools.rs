@@ -400,7 +400,9 @@ impl ToolRunner {
         };
         let result = tool.call(args, &authorized.context).await;
         self.runs.fetch_add(1, std::sync::atomic::Ordering::Release);
-        let secrets: Vec<&str> = authorized.context.env.iter().map(|(_, v)| v.as_str()).collect();
+        let secrets = clade_tools::redact::Redactor::new(
+            authorized.context.env.iter().map(|(_, v)| v.as_str()),
+        );
         let (ok, text) = match &result {
             Ok(text) => (true, text),
             Err(text) => (false, text),
@@ -410,7 +412,7 @@ impl ToolRunner {
             "ok": ok,
             "bytes": text.len(),
             "millis": started.elapsed().as_millis() as u64,
-            "error": (!ok).then(|| redact_text(&text.chars().take(300).collect::<String>(), &secrets)),
+            "error": (!ok).then(|| secrets.redact(&text.chars().take(300).collect::<String>())),
         });
         self.write_audit(
             agent.tenant_id,
@@ -444,13 +446,11 @@ impl ToolRunner {
                 ),
                 Finding::Limit(line) => ("sandbox.limit", "stopped", json!(line)),
                 Finding::Denied(lines) => {
-                    let lines: Vec<String> =
-                        lines.iter().map(|l| redact_text(l, &secrets)).collect();
+                    let lines: Vec<String> = lines.iter().map(|l| secrets.redact(l)).collect();
                     ("sandbox.denied", "denied", json!(lines))
                 }
                 Finding::Hidden(paths) => {
-                    let paths: Vec<String> =
-                        paths.iter().map(|p| redact_text(p, &secrets)).collect();
+                    let paths: Vec<String> = paths.iter().map(|p| secrets.redact(p)).collect();
                     ("sandbox.denied", "hidden", json!({ "hidden host paths": paths }))
                 }
                 Finding::Withheld(what) => {
@@ -469,7 +469,7 @@ impl ToolRunner {
             .await;
         }
         // A secret the command printed must not reach the model either.
-        result.map(|t| redact_text(&t, &secrets)).map_err(|t| redact_text(&t, &secrets))
+        result.map(|t| secrets.redact(&t)).map_err(|t| secrets.redact(&t))
     }
 
     /// One whole call (the operator's path and the one tests use): authorize, then execute.
@@ -907,12 +907,4 @@ fn redact(args: &Value) -> Value {
         Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
         other => other.clone(),
     }
-}
-
-/// `text` with every granted secret value replaced.
-fn redact_text(text: &str, secrets: &[&str]) -> String {
-    secrets
-        .iter()
-        .filter(|s| s.len() >= 4)
-        .fold(text.to_owned(), |acc, secret| acc.replace(secret, "[secret]"))
 }

@@ -15,6 +15,7 @@ pub mod mcp;
 pub mod net;
 pub mod pattern;
 pub mod policy;
+pub mod redact;
 pub mod sandbox;
 pub mod workspace;
 

@@ -747,3 +747,34 @@ async fn a_flood_of_idle_sockets_does_not_starve_real_clients() {
     tokio::time::sleep(Duration::from_millis(3800)).await;
     assert!(closed(&mut idle).await, "an idle keep-alive connection outlived the header timeout");
 }
+
+/// A granted secret is redacted from a command's output in its common encodings too, not only
+/// as itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn granted_secrets_are_redacted_in_their_common_encodings() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    let secret = "canary-7f3e9a1c5b2d";
+    env.run_with_stdin(&["--agent", "ada", "secrets", "set", "API_KEY"], secret).ok();
+    env.run(&["--agent", "ada", "grants", "add", "--tool", "shell.exec", "--env", "API_KEY"]).ok();
+    let server = env.serve(&[]);
+    let script = "printenv API_KEY; printenv API_KEY | rev; printenv API_KEY | base64; \
+                  printf 'x%s' \"$API_KEY\" | base64; \
+                  python3 -c \"import os,binascii,urllib.parse; k=os.environ['API_KEY']; print(binascii.hexlify(k.encode()).decode()); print(urllib.parse.quote('a b ' + k))\"";
+    let (status, body) = server
+        .send(
+            "POST",
+            "/v1/agents/ada/tools/shell.exec/call",
+            None,
+            Some(json!({ "arguments": { "command": script } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let content = body["content"].as_str().unwrap();
+    assert_eq!(content.matches("[secret]").count(), 6, "{content}");
+    let reversed: String = secret.chars().rev().collect();
+    for leaked in [secret.to_owned(), reversed, hex::encode(secret), "Y2FuYXJ5LTdmM2U5".to_owned()]
+    {
+        assert!(!content.contains(&leaked), "{leaked} leaked: {content}");
+    }
+}
