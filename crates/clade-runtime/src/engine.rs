@@ -1023,10 +1023,15 @@ async fn run_turn(
                     data: serde_json::to_string(&done).unwrap_or_default(),
                 };
                 if begun {
-                    let rows =
-                        Box::pin(inner.store.append_journal(&turn, entry, Vec::new(), Some(usage)))
-                            .await
-                            .map_err(|e| e.to_string())?;
+                    let rows = Box::pin(inner.store.append_journal(
+                        &turn,
+                        entry,
+                        Vec::new(),
+                        Some(usage),
+                        None,
+                    ))
+                    .await
+                    .map_err(|e| e.to_string())?;
                     publish(inner, turn.agent_id, &rows);
                 } else {
                     let ending = done.tool_calls.is_empty().then(|| {
@@ -1104,6 +1109,7 @@ async fn journal_step(
     kind: &str,
     data: Value,
     events: Vec<OutboxEvent>,
+    audit: Option<clade_store::AuditEntry>,
 ) -> Result<(), String> {
     let rows = inner
         .store
@@ -1112,6 +1118,7 @@ async fn journal_step(
             JournalEntry { step, kind: kind.into(), data: data.to_string() },
             events,
             None,
+            audit,
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -1208,7 +1215,11 @@ async fn run_tool(
                 match authorized {
                     Err(content) => ToolStep { content, is_error: true },
                     Ok(authorized) => {
-                        if !started_before {
+                        // The decision's audit record commits with the call's start, or the
+                        // call does not run (a resumed idempotent call writes it alone).
+                        let recorded = if started_before {
+                            runner.record_decision(&authorized).await
+                        } else {
                             let data = json!({ "call": call.id, "name": call.name, "arguments": args, "effect": tool.effect().as_str(), "key": key });
                             journal_step(
                                 inner,
@@ -1217,17 +1228,26 @@ async fn run_tool(
                                 "tool_started",
                                 data.clone(),
                                 vec![outbox("tool.called", data)],
+                                Some(authorized.audit.clone()),
                             )
                             .await?;
                             crate::failpoints::hit("after_journal_intent");
+                            Ok(())
+                        };
+                        match recorded {
+                            Err(content) => ToolStep { content, is_error: true },
+                            Ok(()) => {
+                                let result = match runner
+                                    .execute(agent, tool.as_ref(), args, &authorized)
+                                    .await
+                                {
+                                    Ok(content) => ToolStep { content, is_error: false },
+                                    Err(content) => ToolStep { content, is_error: true },
+                                };
+                                crate::failpoints::hit("after_tool_effect_before_result");
+                                result
+                            }
                         }
-                        let result =
-                            match runner.execute(agent, tool.as_ref(), args, &authorized).await {
-                                Ok(content) => ToolStep { content, is_error: false },
-                                Err(content) => ToolStep { content, is_error: true },
-                            };
-                        crate::failpoints::hit("after_tool_effect_before_result");
-                        result
                     }
                 }
             }
@@ -1241,6 +1261,7 @@ async fn run_tool(
             turn,
             JournalEntry { step: result_step, kind: "tool_result".into(), data: entry.to_string() },
             vec![outbox("tool.result", data)],
+            None,
             None,
         )
         .await

@@ -80,6 +80,10 @@ impl CallOrigin {
 pub struct Authorized {
     pub context: CallContext,
     pub decision: Decision,
+    /// The record of the decision that lets the call run: written in the same transaction as
+    /// the journal's start of the call (a turn), or by [`ToolRunner::record_decision`] before
+    /// it runs (an operator's call). If it cannot be written, the call does not run.
+    pub audit: AuditEntry,
 }
 
 /// The end of one call through [`ToolRunner::call`].
@@ -304,8 +308,9 @@ impl ToolRunner {
         let resource = match tool.resource(args) {
             Ok(resource) => resource,
             Err(why) => {
-                self.audit_decision(agent, tool.name(), "", PolicyEffect::Deny, &why, args, origin)
-                    .await;
+                let record =
+                    decision_entry(agent, tool.name(), "", PolicyEffect::Deny, &why, args, origin);
+                self.write_entry(record).await;
                 return Err(why);
             }
         };
@@ -319,20 +324,28 @@ impl ToolRunner {
             None => policy::Target::Text(&resource),
         };
         let decision = policy::decide(&rules, tool.name(), target, tool.touches_host());
-        self.audit_decision(
-            agent,
-            tool.name(),
-            &resource,
-            decision.effect,
-            &decision.reason,
-            args,
-            origin,
-        )
-        .await;
+        let entry = |decision: &Decision| {
+            decision_entry(
+                agent,
+                tool.name(),
+                &resource,
+                decision.effect,
+                &decision.reason,
+                args,
+                origin,
+            )
+        };
         let decision = match decision.effect {
-            PolicyEffect::Deny => return Err(format!("denied: {}", decision.reason)),
+            PolicyEffect::Deny => {
+                self.write_entry(entry(&decision)).await;
+                return Err(format!("denied: {}", decision.reason));
+            }
             PolicyEffect::Allow => decision,
             PolicyEffect::Ask => {
+                // An operator is asked only once the question is on record.
+                self.store.audit(entry(&decision)).await.map_err(|e| {
+                    format!("not run: the decision could not be recorded in the audit log ({e})")
+                })?;
                 self.await_approval(agent, tool.name(), &resource, args, &decision, origin).await?;
                 // The approval covers the call, with what allow rules grant (if any) on top.
                 let mut allowed = rules.clone();
@@ -346,7 +359,16 @@ impl ToolRunner {
             }
         };
         let context = self.context(agent, origin, &decision.constraints).await?;
-        Ok(Authorized { context, decision })
+        let audit = entry(&decision);
+        Ok(Authorized { context, decision, audit })
+    }
+
+    /// Writes the record of an authorized call's decision, for a call that has no journal
+    /// step to write it with; `Err` (the call must not run) if it cannot be written.
+    pub async fn record_decision(&self, authorized: &Authorized) -> Result<(), String> {
+        self.store.audit(authorized.audit.clone()).await.map_err(|e| {
+            format!("not run: the decision could not be recorded in the audit log ({e})")
+        })
     }
 
     async fn context(
@@ -489,6 +511,9 @@ impl ToolRunner {
         };
         match self.authorize(agent, tool.as_ref(), &args, origin).await {
             Err(content) => CallOutcome { content, is_error: true, decision: PolicyEffect::Deny },
+            Ok(authorized) if let Err(content) = self.record_decision(&authorized).await => {
+                CallOutcome { content, is_error: true, decision: PolicyEffect::Deny }
+            }
             Ok(authorized) => match self.execute(agent, tool.as_ref(), args, &authorized).await {
                 Ok(content) => {
                     CallOutcome { content, is_error: false, decision: PolicyEffect::Allow }
@@ -511,7 +536,16 @@ impl ToolRunner {
         let known: Vec<&str> =
             self.registry.for_agent(agent.handle.as_str()).map(|t| t.name()).collect();
         let content = format!("unknown tool {name:?}; available tools: {}", known.join(", "));
-        self.audit_decision(agent, name, "", PolicyEffect::Deny, &content, args, origin).await;
+        self.write_entry(decision_entry(
+            agent,
+            name,
+            "",
+            PolicyEffect::Deny,
+            &content,
+            args,
+            origin,
+        ))
+        .await;
         content
     }
 
@@ -783,34 +817,13 @@ impl ToolRunner {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn audit_decision(
-        &self,
-        agent: &Agent,
-        tool: &str,
-        resource: &str,
-        effect: PolicyEffect,
-        reason: &str,
-        args: &Value,
-        origin: &CallOrigin,
-    ) {
-        let detail = json!({
-            "call": origin.call_id,
-            "by": origin.by,
-            "session": origin.session.map(|s| s.to_string()),
-            "turn": origin.turn.map(|t| t.to_string()),
-            "resource": resource,
-            "reason": reason,
-            "arguments": redact(args),
-        });
-        self.write_audit(
-            agent.tenant_id,
-            Some(agent.id),
-            "tool.decision",
-            Some(tool),
-            Some(effect.as_str()),
-            detail,
-        )
-        .await;
+    /// Appends a record whose loss stops nothing (a refusal: the call does not run anyway);
+    /// a failure is logged.
+    async fn write_entry(&self, entry: AuditEntry) {
+        let kind = entry.kind.clone();
+        if let Err(err) = self.store.audit(entry).await {
+            tracing::error!(error = %err, kind, "cannot append to the audit log");
+        }
     }
 
     async fn write_audit(
@@ -833,6 +846,35 @@ impl ToolRunner {
         if let Err(err) = self.store.audit(entry).await {
             tracing::error!(error = %err, kind, "cannot append to the audit log");
         }
+    }
+}
+
+/// The `tool.decision` record of a call.
+fn decision_entry(
+    agent: &Agent,
+    tool: &str,
+    resource: &str,
+    effect: PolicyEffect,
+    reason: &str,
+    args: &Value,
+    origin: &CallOrigin,
+) -> AuditEntry {
+    let detail = json!({
+        "call": origin.call_id,
+        "by": origin.by,
+        "session": origin.session.map(|s| s.to_string()),
+        "turn": origin.turn.map(|t| t.to_string()),
+        "resource": resource,
+        "reason": reason,
+        "arguments": redact(args),
+    });
+    AuditEntry {
+        tenant: agent.tenant_id,
+        agent: Some(agent.id),
+        kind: "tool.decision".into(),
+        tool: Some(tool.to_owned()),
+        decision: Some(effect.as_str().to_owned()),
+        detail: detail.to_string(),
     }
 }
 

@@ -716,14 +716,15 @@ impl Store {
             .collect()
     }
 
-    /// Journals one step (and its outbox events) in one transaction. A step already journaled
-    /// is left as it was.
+    /// Journals one step (with its outbox events, usage and audit record) in one transaction.
+    /// A step already journaled is left as it was.
     pub async fn append_journal(
         &self,
         turn: &TurnRow,
         entry: JournalEntry,
         outbox: Vec<OutboxEvent>,
         usage: Option<UsageRecord>,
+        audit: Option<crate::access::AuditEntry>,
     ) -> Result<Vec<OutboxRow>> {
         let now = self.now();
         let (turn_id, tenant, session) = (turn.id, turn.tenant_id, turn.session_id);
@@ -731,6 +732,10 @@ impl Store {
             Box::pin(async move {
                 if !journal_in(conn, turn_id, entry, now).await? {
                     return Ok(Vec::new());
+                }
+                // The step's audit record commits with it, or neither does.
+                if let Some(audit) = &audit {
+                    crate::access::append_audit(conn, audit, now).await?;
                 }
                 if let Some(usage) = &usage {
                     insert_usage(conn, usage, now, true).await?;

@@ -160,12 +160,12 @@ async fn a_turn_sums_the_usage_of_its_model_calls() {
             .await
             .unwrap();
         h.store
-            .append_journal(&turn, step("0002"), Vec::new(), Some(usage(20, 0, 5, 11)))
+            .append_journal(&turn, step("0002"), Vec::new(), Some(usage(20, 0, 5, 11)), None)
             .await
             .unwrap();
         // A step journaled again (a resumed turn) is not counted twice.
         h.store
-            .append_journal(&turn, step("0002"), Vec::new(), Some(usage(20, 0, 5, 11)))
+            .append_journal(&turn, step("0002"), Vec::new(), Some(usage(20, 0, 5, 11)), None)
             .await
             .unwrap();
 
@@ -181,5 +181,54 @@ async fn a_turn_sums_the_usage_of_its_model_calls() {
         );
         assert_eq!(spent.output_tokens, 8, "{}", h.name);
         assert_eq!(spent.cost_micros, 18, "{}", h.name);
+    }
+}
+
+/// A journal step and its audit record commit together: a record that cannot be written
+/// leaves no step (the engine then does not run the call the step starts).
+#[tokio::test]
+async fn a_journal_step_and_its_audit_record_commit_together() {
+    for h in backends().await {
+        let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let accepted = accept(&h.store, &tenant, &ada, "c").await;
+        let turn = new_turn(&h.store, &accepted, &tenant, &ada);
+        h.store.begin_turn(&turn, vec![accepted.event_id], Vec::new(), None, None).await.unwrap();
+        let step = |n: &str| clade_store::JournalEntry {
+            step: n.into(),
+            kind: "tool_started".into(),
+            data: "{}".into(),
+        };
+        let audit = |tenant_id| clade_store::AuditEntry {
+            tenant: tenant_id,
+            agent: Some(ada.id),
+            kind: "tool.decision".into(),
+            tool: Some("shell.exec".into()),
+            decision: Some("allow".into()),
+            detail: "{}".into(),
+        };
+        // A record for a tenant that does not exist cannot be written.
+        let nobody = clade_core::TenantId::generate(h.store.now());
+        let failed = h
+            .store
+            .append_journal(&turn, step("tool/0/0/start"), Vec::new(), None, Some(audit(nobody)))
+            .await;
+        assert!(failed.is_err(), "{}", h.name);
+        assert!(
+            h.store.journal(turn.id).await.unwrap().iter().all(|e| e.step != "tool/0/0/start"),
+            "{}",
+            h.name
+        );
+        // A good one commits with its step.
+        h.store
+            .append_journal(&turn, step("tool/0/0/start"), Vec::new(), None, Some(audit(tenant.id)))
+            .await
+            .unwrap();
+        assert!(
+            h.store.journal(turn.id).await.unwrap().iter().any(|e| e.step == "tool/0/0/start"),
+            "{}",
+            h.name
+        );
+        let records = h.store.audit_records(tenant.id, &Default::default()).await.unwrap();
+        assert!(records.iter().any(|r| r.kind == "tool.decision"), "{}", h.name);
     }
 }
