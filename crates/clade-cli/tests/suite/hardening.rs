@@ -778,3 +778,64 @@ async fn granted_secrets_are_redacted_in_their_common_encodings() {
         assert!(!content.contains(&leaked), "{leaked} leaked: {content}");
     }
 }
+
+/// WebSocket subscribers that never read cost the server a bounded amount: their queues are
+/// short, they are caught up from the outbox or closed, and once closed their memory is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_subscribers_that_never_read_are_bounded() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let rss_kib = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().to_owned();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+    };
+    let pid = server.child.id();
+    // Warm up, then measure from here.
+    let (status, _) = server
+        .send("POST", "/v1/events", None, Some(json!({ "agent": "ada", "text": "warm", "source": { "platform": "http", "channel": "w", "actor": "w" }, "wait": true })))
+        .await;
+    assert_eq!(status, 200);
+    let before = rss_kib(pid);
+    let mut sockets = Vec::new();
+    for _ in 0..20 {
+        let mut socket = websocket(&server, &server.token).await;
+        socket
+            .send(Message::Text(json!({ "type": "subscribe", "agent": "ada" }).to_string().into()))
+            .await
+            .unwrap();
+        sockets.push(socket); // Never read from again.
+    }
+    let text = "x".repeat(60 * 1024);
+    for n in 0..120 {
+        let body = json!({ "agent": "ada", "text": text, "source": { "platform": "http", "channel": "big", "actor": format!("a{}", n % 4) }, "wait": n % 4 == 3 });
+        let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
+        assert!(status == 200 || status == 202, "{answer}");
+    }
+    let loaded = rss_kib(pid);
+    // Before the bound, 1,024 events a socket were queued: +250 MB here, and never closed.
+    assert!(
+        loaded.saturating_sub(before) < 120 * 1024,
+        "RSS grew by {} KiB while 20 sockets did not read 120 turns of 60 KB",
+        loaded.saturating_sub(before)
+    );
+    // A client that does not read is closed once the server has waited on it too long.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    for (n, socket) in sockets.iter_mut().enumerate() {
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match socket.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "socket {n} was never closed");
+    }
+    // The server still answers.
+    let (status, _) = server.send("GET", "/v1/agents", None, None).await;
+    assert_eq!(status, 200);
+    drop(sockets);
+}
