@@ -61,6 +61,8 @@ impl Ctx {
             clock: Arc::new(SystemClock),
         })
         .await?;
+        // What this process changes, the operator changes through the CLI.
+        let store = store.acting_as("operator (cli)");
         let agents = Agents::new(store.clone(), data_dir.clone());
         Ok(Self {
             data_dir,

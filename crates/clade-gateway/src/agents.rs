@@ -82,6 +82,7 @@ pub(crate) async fn create(
     }
     let agent = state
         .agents
+        .acting_as(format!("tenant {} (api)", tenant.name))
         .create(
             tenant.id,
             NewAgent { handle, display_name: params.name, config: AgentConfig { template } },
@@ -134,7 +135,8 @@ pub(crate) async fn delete(
     Path(handle): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     record_agent(&handle);
-    let agent = state.agents.delete(tenant.id, &handle).await?;
+    let by = format!("tenant {} (api)", tenant.name);
+    let agent = state.agents.acting_as(by).delete(tenant.id, &handle).await?;
     tracing::info!(agent_id = %agent.id, "agent deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,6 +5,7 @@
 //! million idle agents cost a million rows and no directories.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clade_core::{Agent, AgentConfig, AgentId, Handle, TemplateName, TenantId};
 
@@ -36,6 +37,11 @@ pub struct Agents {
 }
 
 impl Agents {
+    /// This handle, recording `actor` as who made its changes (see [`Store::acting_as`]).
+    pub fn acting_as(&self, actor: impl Into<Arc<str>>) -> Self {
+        Self { store: self.store.acting_as(actor), data_dir: self.data_dir.clone() }
+    }
+
     pub fn new(store: Store, data_dir: DataDir) -> Self {
         Self { store, data_dir }
     }

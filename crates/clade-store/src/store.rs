@@ -44,6 +44,9 @@ pub struct Store {
     clock: Arc<dyn Clock>,
     /// Whether a read waits until what it saw is durable (see [`Store::visible_reads`]).
     reads_wait_durable: bool,
+    /// Who the admin changes written through this handle are recorded as (see
+    /// [`Store::acting_as`]).
+    actor: Arc<str>,
 }
 
 /// What is needed to create an agent.
@@ -260,6 +263,32 @@ fn token_from_row(row: &Row) -> Result<TokenInfo> {
     })
 }
 
+/// The audit record of a change to an agent's secret (its name, never its value), in the
+/// chain of the agent's tenant.
+async fn secret_audit(
+    conn: &mut Tx,
+    actor: &str,
+    agent: AgentId,
+    kind: &str,
+    name: &str,
+    now: Timestamp,
+) -> Result<()> {
+    let row = query("SELECT tenant_id FROM agents WHERE id = $1")
+        .bind(agent.as_bytes().to_vec())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else { return Err(Error::AgentNotFound(agent.to_string())) };
+    let entry = crate::access::AuditEntry {
+        tenant: TenantId::from_bytes(id_bytes(&row, "tenant_id")?),
+        agent: Some(agent),
+        kind: kind.into(),
+        tool: None,
+        decision: None,
+        detail: serde_json::json!({ "secret": name, "by": actor }).to_string(),
+    };
+    crate::access::append_audit(conn, &entry, now).await
+}
+
 fn hash_token(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
@@ -300,6 +329,7 @@ impl Store {
             shown,
             clock: options.clock,
             reads_wait_durable: true,
+            actor: "operator".into(),
         };
         store.ensure_tenant(Tenant::DEFAULT_NAME).await?;
         Ok(store)
@@ -443,11 +473,43 @@ impl Store {
         }
     }
 
+    /// This handle, recording `actor` (`operator (cli)`, `tenant acme (api)`) as who made the
+    /// admin changes it writes: tenants, agents, tokens and secrets created or removed are
+    /// appended to the tenant's audit chain in the same transaction as the change.
+    pub fn acting_as(&self, actor: impl Into<Arc<str>>) -> Store {
+        Store { actor: actor.into(), ..self.clone() }
+    }
+
+    /// An admin change's audit record, naming who made it.
+    fn admin_record(
+        &self,
+        tenant: TenantId,
+        agent: Option<AgentId>,
+        kind: &str,
+        mut detail: serde_json::Value,
+    ) -> crate::access::AuditEntry {
+        detail["by"] = serde_json::Value::String(self.actor.to_string());
+        crate::access::AuditEntry {
+            tenant,
+            agent,
+            kind: kind.into(),
+            tool: None,
+            decision: None,
+            detail: detail.to_string(),
+        }
+    }
+
     pub async fn create_tenant(&self, name: &str) -> Result<Tenant> {
         let name = Handle::parse(name).map_err(|e| Error::InvalidInput(e.to_string()))?;
         let now = self.now();
         let tenant = Tenant { id: TenantId::generate(now), name, created_at: now };
         let row = tenant.clone();
+        let audit = self.admin_record(
+            tenant.id,
+            None,
+            "tenant.created",
+            serde_json::json!({ "tenant": tenant.name.as_str() }),
+        );
         self.write(move |conn| {
             Box::pin(async move {
                 query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
@@ -463,6 +525,7 @@ impl Store {
                             e
                         }
                     })?;
+                crate::access::append_audit(conn, &audit, now).await?;
                 Ok(())
             })
         })
@@ -506,8 +569,18 @@ impl Store {
             return Err(Error::DefaultTenant);
         }
         let tenant = self.tenant(name).await?;
+        // The tenant's own chain goes with it: the operator's (the default tenant's) keeps it.
+        let operator = self.tenant(Tenant::DEFAULT_NAME).await?;
+        let audit = self.admin_record(
+            operator.id,
+            None,
+            "tenant.deleted",
+            serde_json::json!({ "tenant": tenant.name.as_str(), "id": tenant.id.to_string() }),
+        );
+        let now = self.now();
         self.write(move |conn| {
             Box::pin(async move {
+                crate::access::append_audit(conn, &audit, now).await?;
                 let id = tenant.id.as_bytes().to_vec();
                 let rows = query("SELECT id FROM agents WHERE tenant_id = $1")
                     .bind(id.clone())
@@ -571,11 +644,20 @@ impl Store {
             })
             .collect();
         let rows = agents.clone();
+        // One record per call: a bulk creation (`clade bench agents`) names its first handles.
+        let handles: Vec<&str> = agents.iter().take(20).map(|a| a.handle.as_str()).collect();
+        let audit = self.admin_record(
+            tenant,
+            (agents.len() == 1).then(|| agents[0].id),
+            "agent.created",
+            serde_json::json!({ "handles": handles, "count": agents.len() }),
+        );
         self.write(move |conn| {
             Box::pin(async move {
                 for chunk in rows.chunks(INSERT_CHUNK) {
                     insert_agents(conn, chunk).await?;
                 }
+                crate::access::append_audit(conn, &audit, now).await?;
                 Ok(())
             })
         })
@@ -652,8 +734,16 @@ impl Store {
         let id = agent.id;
         let handle = handle.to_owned();
         let now = self.now().as_millis();
+        let audit = self.admin_record(
+            tenant,
+            Some(id),
+            "agent.deleted",
+            serde_json::json!({ "handle": handle }),
+        );
+        let at = self.now();
         self.write(move |conn| {
             Box::pin(async move {
+                crate::access::append_audit(conn, &audit, at).await?;
                 let id = id.as_bytes().to_vec();
                 // Its grants and pending approvals stay on record (the audit chain names them)
                 // but are dead: a new agent with the same handle inherits nothing, and a grant
@@ -736,6 +826,12 @@ impl Store {
         };
         let row = info.clone();
         let hash = hash_token(&secret);
+        let audit = self.admin_record(
+            tenant,
+            None,
+            "token.created",
+            serde_json::json!({ "token": info.id.to_string(), "name": info.name, "scopes": clade_core::Scope::join(&info.scopes) }),
+        );
         self.write(move |conn| {
             Box::pin(async move {
                 query(
@@ -750,6 +846,7 @@ impl Store {
                 .bind(clade_core::Scope::join(&row.scopes))
                 .execute(&mut *conn)
                 .await?;
+                crate::access::append_audit(conn, &audit, now).await?;
                 Ok(())
             })
         })
@@ -771,7 +868,14 @@ impl Store {
     }
 
     pub async fn revoke_token(&self, tenant: TenantId, id: TokenId) -> Result<()> {
-        let now = self.now().as_millis();
+        let at = self.now();
+        let now = at.as_millis();
+        let audit = self.admin_record(
+            tenant,
+            None,
+            "token.revoked",
+            serde_json::json!({ "token": id.to_string() }),
+        );
         self.write(move |conn| {
             Box::pin(async move {
                 let done = query(
@@ -786,6 +890,7 @@ impl Store {
                 if done == 0 {
                     return Err(Error::TokenNotFound(id.to_string()));
                 }
+                crate::access::append_audit(conn, &audit, at).await?;
                 Ok(())
             })
         })
@@ -824,10 +929,13 @@ impl Store {
         name: &SecretName,
         sealed: Sealed,
     ) -> Result<()> {
-        let now = self.now().as_millis();
+        let at = self.now();
+        let now = at.as_millis();
         let name = name.to_string();
+        let actor = self.actor.clone();
         self.write(move |conn| {
             Box::pin(async move {
+                secret_audit(conn, &actor, agent, "secret.set", &name, at).await?;
                 let agent = agent.as_bytes().to_vec();
                 let updated = query(
                     "UPDATE secrets SET nonce = $1, ciphertext = $2, updated_at = $3 \
@@ -890,8 +998,10 @@ impl Store {
 
     pub async fn delete_secret(&self, agent: AgentId, name: &SecretName) -> Result<()> {
         let name = name.to_string();
+        let (actor, at) = (self.actor.clone(), self.now());
         self.write(move |conn| {
             Box::pin(async move {
+                secret_audit(conn, &actor, agent, "secret.removed", &name, at).await?;
                 let done = query("DELETE FROM secrets WHERE agent_id = $1 AND name = $2")
                     .bind(agent.as_bytes().to_vec())
                     .bind(name.clone())

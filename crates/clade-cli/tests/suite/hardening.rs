@@ -839,3 +839,79 @@ async fn websocket_subscribers_that_never_read_are_bounded() {
     assert_eq!(status, 200);
     drop(sockets);
 }
+
+/// Admin actions are in the tenant's audit chain with who made them, through the CLI (the
+/// operator) and through the API (the tenant's token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_actions_are_in_the_audit_chain_with_who_made_them() {
+    let env = Env::new();
+    env.run(&["tenants", "create", "acme"]).ok();
+    env.run(&["--tenant", "acme", "agents", "create", "ada"]).ok();
+    env.run_with_stdin(
+        &["--tenant", "acme", "--agent", "ada", "secrets", "set", "KEY"],
+        "value-1234",
+    )
+    .ok();
+    env.run(&["--tenant", "acme", "--agent", "ada", "secrets", "rm", "KEY"]).ok();
+    let (spare, spare_id) = {
+        let out = env.run(&["--tenant", "acme", "tokens", "create", "--name", "spare"]).ok();
+        (out.stdout.trim().to_owned(), out.stderr.split_whitespace().nth(1).unwrap().to_owned())
+    };
+    let token = env
+        .run(&["--tenant", "acme", "tokens", "create", "--name", "api"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    env.run(&["--tenant", "acme", "tokens", "revoke", &spare_id]).ok();
+    env.run(&["tenants", "create", "brief"]).ok();
+    env.run(&["tenants", "delete", "brief", "--yes"]).ok();
+    let server = env.serve(&[]);
+    let (status, _) =
+        server.send("POST", "/v1/agents", Some(&token), Some(json!({ "handle": "bo" }))).await;
+    assert_eq!(status, 201);
+    let (status, _) = server.send("DELETE", "/v1/agents/bo", Some(&token), None).await;
+    assert_eq!(status, 204);
+    drop(spare);
+
+    let (_, audit) = server.send("GET", "/v1/audit?limit=1000", Some(&token), None).await;
+    let records: Vec<(String, String)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let detail = match &r["detail"] {
+                Value::String(text) => serde_json::from_str(text).unwrap_or(Value::Null),
+                other => other.clone(),
+            };
+            (
+                r["kind"].as_str().unwrap_or_default().to_owned(),
+                detail["by"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    for (kind, by) in [
+        ("tenant.created", "operator (cli)"),
+        ("agent.created", "operator (cli)"),
+        ("secret.set", "operator (cli)"),
+        ("secret.removed", "operator (cli)"),
+        ("token.created", "operator (cli)"),
+        ("token.revoked", "operator (cli)"),
+        ("agent.created", "tenant acme (api)"),
+        ("agent.deleted", "tenant acme (api)"),
+    ] {
+        assert!(
+            records.iter().any(|(k, b)| k == kind && b == by),
+            "no {kind} by {by} in {records:?}"
+        );
+    }
+    assert!(!audit.to_string().contains("value-1234"), "a secret's value in the audit log");
+    let (_, verified) = server.send("GET", "/v1/audit?verify=true", Some(&token), None).await;
+    assert_eq!(verified["ok"], true, "{verified}");
+    // A deleted tenant's chain goes with it; the operator's records the deletion.
+    let (_, operator) = server.send("GET", "/v1/audit?limit=1000", None, None).await;
+    assert!(
+        operator.to_string().contains("tenant.deleted") && operator.to_string().contains("brief"),
+        "{operator}"
+    );
+}

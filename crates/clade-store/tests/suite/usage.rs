@@ -228,7 +228,14 @@ async fn a_journal_step_and_its_audit_record_commit_together() {
             "{}",
             h.name
         );
-        let records = h.store.audit_records(tenant.id, &Default::default()).await.unwrap();
+        let records = h
+            .store
+            .audit_records(
+                tenant.id,
+                &clade_store::AuditFilter { limit: 1000, ..Default::default() },
+            )
+            .await
+            .unwrap();
         assert!(records.iter().any(|r| r.kind == "tool.decision"), "{}", h.name);
     }
 }
