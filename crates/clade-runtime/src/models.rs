@@ -85,7 +85,15 @@ pub struct Models {
     client_h2: reqwest::Client,
     secrets: Secrets,
     clock: Arc<dyn Clock>,
+    /// Routers by credential scope (see [`Models::router_for`]), built once: their providers,
+    /// credentials (decrypted secrets, OAuth tokens refreshed one at a time) and cooldowns
+    /// outlive a call.
+    routers: Arc<std::sync::Mutex<HashMap<Option<clade_core::AgentId>, Arc<Router>>>>,
 }
+
+/// Routers kept at most (one per agent whose models use its own secrets); past it the cache
+/// starts over, which only costs rebuilding them.
+const MAX_ROUTERS: usize = 4096;
 
 impl Models {
     pub fn new(
@@ -149,6 +157,7 @@ impl Models {
             ),
             secrets,
             clock,
+            routers: Arc::default(),
         }
     }
 
@@ -270,8 +279,28 @@ impl Models {
         self.models.get(name).and_then(|m| m.max_tokens)
     }
 
-    /// A router whose providers carry `agent`'s credentials (secrets are per agent).
-    pub fn router_for(&self, agent: Option<&Agent>) -> Router {
+    /// The router whose providers carry `agent`'s credentials: one for the whole deployment
+    /// when no model takes its key from an agent's secrets, else one per agent, each built
+    /// once and kept, so a rate limit's cooldown holds for every call with that credential.
+    pub fn router_for(&self, agent: Option<&Agent>) -> Arc<Router> {
+        let per_agent =
+            self.models.values().any(|m| m.api_key_secret.is_some() || m.oauth.is_some());
+        let scope = if per_agent { agent.map(|a| a.id) } else { None };
+        if let Some(router) = self.routers.lock().ok().and_then(|r| r.get(&scope).cloned()) {
+            return router;
+        }
+        let router = Arc::new(self.build_router(agent));
+        if let Ok(mut routers) = self.routers.lock() {
+            if routers.len() >= MAX_ROUTERS {
+                routers.clear();
+            }
+            // Another call may have built it meanwhile: keep the first, so all share one.
+            return routers.entry(scope).or_insert(router).clone();
+        }
+        router
+    }
+
+    fn build_router(&self, agent: Option<&Agent>) -> Router {
         let mut entries = HashMap::new();
         entries.insert(
             SCRIPTED.to_owned(),
@@ -349,8 +378,12 @@ impl Models {
                     "models.{name}: {secret:?} is not a valid secret name"
                 )));
             };
-            let source =
-                SecretSource { secrets: self.secrets.clone(), agent: agent.clone(), name: secret };
+            let source = SecretSource {
+                secrets: self.secrets.clone(),
+                agent: agent.clone(),
+                name: secret,
+                cached: Arc::default(),
+            };
             match oauth {
                 None => Arc::new(source),
                 Some(oauth) => Arc::new(LazyOAuth {
@@ -420,7 +453,13 @@ struct SecretSource {
     secrets: Secrets,
     agent: Agent,
     name: SecretName,
+    /// The key as last decrypted, and when: read again after [`SECRET_TTL`], so a changed
+    /// secret is used within that long.
+    cached: Arc<std::sync::Mutex<Option<(tokio::time::Instant, String)>>>,
 }
+
+/// How long a decrypted model key is used before the secret is read again.
+const SECRET_TTL: Duration = Duration::from_secs(60);
 
 impl SecretSource {
     async fn read(&self) -> Result<String, Error> {
@@ -434,7 +473,22 @@ impl SecretSource {
 
 impl CredentialProvider for SecretSource {
     fn token(&self) -> BoxFuture<'_, Result<String, Error>> {
-        Box::pin(async move { Ok(self.read().await?.trim().to_owned()) })
+        Box::pin(async move {
+            let fresh = self.cached.lock().ok().and_then(|cached| {
+                cached
+                    .as_ref()
+                    .filter(|(at, _)| at.elapsed() < SECRET_TTL)
+                    .map(|(_, key)| key.clone())
+            });
+            if let Some(key) = fresh {
+                return Ok(key);
+            }
+            let key = self.read().await?.trim().to_owned();
+            if let Ok(mut cached) = self.cached.lock() {
+                *cached = Some((tokio::time::Instant::now(), key.clone()));
+            }
+            Ok(key)
+        })
     }
 }
 

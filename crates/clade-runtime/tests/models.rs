@@ -228,3 +228,52 @@ async fn budgets_hold_under_concurrent_calls_and_usage_is_recorded() {
     assert!(usage[0].cost_micros > 0 && usage[0].cost_micros <= 10_000, "{:?}", usage[0]);
     assert_eq!(s.stub.captured().len(), 3, "refused calls never reached the provider");
 }
+
+/// A rate limit's cooldown outlives the call that met it: the next call (another turn) does
+/// not hit the limited model again, while the fallback answers both.
+#[tokio::test]
+async fn a_rate_limited_model_is_called_once_by_two_calls() {
+    let s = setup().await;
+    let yaml = format!(
+        "models:\n  limited:\n    provider: openai\n    model: stub+status=429+retry-after=30\n    base_url: {}/v1\n    api_key_env: STUB_KEY\nrouting:\n  default: [limited, scripted]\n",
+        s.stub.url()
+    );
+    let m = models(&s, &config(&yaml), env(&[("STUB_KEY", "sk-stub")]));
+    for _ in 0..2 {
+        let outcome = m
+            .call(&s.tenant, Some(&s.agent), ProcessKind::Channel, &hello(), &mut |_| {})
+            .await
+            .unwrap();
+        assert_eq!(outcome.model, "scripted");
+    }
+    assert_eq!(s.stub.captured().len(), 1, "the cooling model was called again");
+}
+
+/// Concurrent calls with an expired OAuth token refresh it once (providers that rotate refresh
+/// tokens refuse the second refresh).
+#[tokio::test]
+async fn concurrent_calls_refresh_an_oauth_token_once() {
+    let s = setup().await;
+    let yaml = format!(
+        "models:\n  sub:\n    provider: anthropic\n    model: stub+oauth\n    base_url: {url}\n    oauth:\n      token_url: {url}/oauth/token\n      client_id: clade\n      secret: CLAUDE_OAUTH\n",
+        url = s.stub.url()
+    );
+    let name = SecretName::parse("CLAUDE_OAUTH").unwrap();
+    let expired =
+        serde_json::json!({ "access_token": "old", "refresh_token": "refresh-x", "expires_at": 0 });
+    s.secrets.set(&s.agent, &name, expired.to_string().as_bytes()).await.unwrap();
+    let m = models(&s, &config(&yaml), EnvHints::default());
+    let calls = (0..4).map(|_| {
+        let (m, tenant, agent) = (m.clone(), s.tenant.clone(), s.agent.clone());
+        tokio::spawn(async move {
+            m.call(&tenant, Some(&agent), ProcessKind::Channel, &hello(), &mut |_| {}).await
+        })
+    });
+    for call in futures::future::join_all(calls).await {
+        assert_eq!(call.unwrap().unwrap().model, "sub");
+    }
+    // Each refresh hands out a new access token: one refresh, one token for all four calls.
+    let tokens: std::collections::BTreeSet<String> =
+        s.stub.captured().iter().map(|c| c.headers["authorization"].clone()).collect();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+}
