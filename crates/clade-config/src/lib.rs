@@ -85,7 +85,7 @@ pub struct Config {
 }
 
 /// What the operator decides for one tenant.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// What this tenant's own tokens may grant its agents through the API (`POST /v1/grants`);
@@ -94,6 +94,26 @@ pub struct TenantConfig {
     /// Deny and ask grants, which only narrow, are always accepted.
     #[serde(default)]
     pub ceiling: Option<GrantCeiling>,
+    /// Limits on what the tenant's tokens may do through the API, each answered with a 429
+    /// naming it. The entry `"*"` holds the quotas of every tenant without its own; without
+    /// either, a tenant is unlimited.
+    #[serde(default)]
+    pub quotas: Option<Quotas>,
+}
+
+/// A tenant's quotas and rate limits (absent: unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// Agents the tenant may have (the operator's CLI is not bound).
+    #[serde(default)]
+    pub agents: Option<u64>,
+    /// Events per second sent to `POST /v1/events`, on average.
+    #[serde(default)]
+    pub events_per_second: Option<f64>,
+    /// Events that may come at once above that rate (default: one second's worth).
+    #[serde(default)]
+    pub burst: Option<u64>,
 }
 
 /// How sessions run their turns.

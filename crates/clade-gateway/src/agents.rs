@@ -80,14 +80,12 @@ pub(crate) async fn create(
         clade_core::agent::validate_display_name(name)
             .map_err(|e| ApiError::new(Code::InvalidRequest, e))?;
     }
-    let agent = state
-        .agents
-        .acting_as(format!("tenant {} (api)", tenant.name))
-        .create(
-            tenant.id,
-            NewAgent { handle, display_name: params.name, config: AgentConfig { template } },
-        )
-        .await?;
+    let new = NewAgent { handle, display_name: params.name, config: AgentConfig { template } };
+    let agents = state.agents.acting_as(format!("tenant {} (api)", tenant.name));
+    let agent = match state.limits.max_agents(&tenant) {
+        Some((max, key)) => agents.create_within(tenant.id, new, max, &key).await?,
+        None => agents.create(tenant.id, new).await?,
+    };
     tracing::info!(agent_id = %agent.id, "agent created");
     Ok((StatusCode::CREATED, axum::Json(AgentResponse::from(&agent))))
 }

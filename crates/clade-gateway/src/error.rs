@@ -41,6 +41,8 @@ codes! {
     ApprovalDecided => ("approval_decided", CONFLICT),
     IdempotencyConflict => ("idempotency_conflict", CONFLICT),
     SessionBusy => ("session_busy", TOO_MANY_REQUESTS),
+    RateLimited => ("rate_limited", TOO_MANY_REQUESTS),
+    QuotaExceeded => ("quota_exceeded", TOO_MANY_REQUESTS),
     NoAgent => ("no_agent", UNPROCESSABLE_ENTITY),
     RouteNotFound => ("route_not_found", NOT_FOUND),
     MethodNotAllowed => ("method_not_allowed", METHOD_NOT_ALLOWED),
@@ -57,17 +59,29 @@ codes! {
 pub struct ApiError {
     pub code: Code,
     pub message: String,
+    /// When to try again (`Retry-After`), for a limit that lifts by itself.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), retry_after: None }
+    }
+
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let retry = self.code == Code::SessionBusy;
+        // Back-pressure: the session's queue is full; a second is a fair first wait.
+        let retry = match (self.code, self.retry_after) {
+            (_, Some(wait)) => Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+            (Code::SessionBusy, None) => Some(1),
+            _ => None,
+        };
         if self.code.status().is_server_error() {
             tracing::error!(code = self.code.as_str(), message = %self.message, "request failed");
         }
@@ -75,11 +89,10 @@ impl IntoResponse for ApiError {
             error: ErrorBody { code: self.code.as_str().to_owned(), message: self.message },
         };
         let mut response = (self.code.status(), axum::Json(body)).into_response();
-        if retry {
-            // Back-pressure: the session's queue is full; a second is a fair first wait.
+        if let Some(seconds) = retry {
             response
                 .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
         }
         response
     }
@@ -97,6 +110,7 @@ impl From<clade_store::Error> for ApiError {
             E::ApprovalDecided { .. } => Code::ApprovalDecided,
             E::IdempotencyConflict(_) => Code::IdempotencyConflict,
             E::SessionBusy { .. } => Code::SessionBusy,
+            E::QuotaExceeded(_) => Code::QuotaExceeded,
             E::HandleTaken(_) => Code::HandleTaken,
             E::TemplateNotFound(_) => Code::TemplateNotFound,
             E::InvalidInput(_) => Code::InvalidRequest,

@@ -44,6 +44,7 @@ pub(crate) async fn post(
     headers: HeaderMap,
     JsonBody(params): JsonBody<EventParams>,
 ) -> Result<Response, ApiError> {
+    state.limits.take_event(&tenant)?;
     if params.text.trim().is_empty() {
         return Err(ApiError::new(Code::InvalidRequest, "text must not be empty"));
     }

@@ -14,6 +14,7 @@ pub mod error;
 mod events;
 mod live;
 pub mod openapi;
+pub mod quotas;
 pub mod scopes;
 mod server;
 mod sessions;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub store: Store,
     pub agents: Agents,
     pub engine: clade_runtime::Engine,
+    /// Per-tenant quotas and rate limits.
+    pub limits: std::sync::Arc<quotas::TenantLimits>,
 }
 
 /// Server settings taken from `clade.yaml`.

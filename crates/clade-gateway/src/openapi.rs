@@ -152,6 +152,7 @@ pub fn document() -> Value {
                         "400": error_response("invalid body or handle"),
                         "401": error_response("missing or invalid token"),
                         "409": error_response("handle already taken in this tenant"),
+                        "429": error_response("the tenant has as many agents as its quota allows (`quota_exceeded`)"),
                         "413": error_response("body too large"),
                         "415": error_response("body is not JSON"),
                         "422": error_response("unknown template")
@@ -172,7 +173,7 @@ pub fn document() -> Value {
                         "409": error_response("idempotency key reused with another payload"),
                         "413": error_response("body too large"),
                         "422": error_response("no agent named and no binding matches"),
-                        "429": error_response("the session's queue is full; see Retry-After")
+                        "429": error_response("the session's queue is full, or the tenant sends events faster than its quota (`rate_limited`); see Retry-After")
                     }
                 }
             },

@@ -56,6 +56,24 @@ impl Agents {
         self.store.create_agent(tenant, agent).await
     }
 
+    /// Like [`Agents::create`], refused ([`crate::Error::QuotaExceeded`], naming `key`, where the
+    /// quota is set) when the tenant already has `max` agents; counted in the creating
+    /// transaction, so concurrent creations cannot pass it.
+    pub async fn create_within(
+        &self,
+        tenant: TenantId,
+        agent: NewAgent,
+        max: u64,
+        key: &str,
+    ) -> Result<Agent> {
+        self.template_files(&agent.config.template, &agent.handle, &agent.handle.to_string())?;
+        let mut created = self
+            .store
+            .create_agents_limited(tenant, vec![agent], Some((max, key.to_owned())))
+            .await?;
+        created.pop().ok_or_else(|| crate::Error::BadRow("no agent created".into()))
+    }
+
     /// The agent's workspace directory, created and seeded from its template on first use.
     pub fn workspace(&self, agent: &Agent) -> Result<PathBuf> {
         let path = self.workspace_path(agent.id);

@@ -29,6 +29,8 @@ pub enum Error {
         "idempotency key {0:?} was already used with a different payload: use a new key for a new event"
     )]
     IdempotencyConflict(String),
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("session has {pending} events waiting: retry later")]
     SessionBusy { pending: u64 },
     #[error("session {0} not found: list sessions with `clade sessions list`")]

@@ -626,6 +626,17 @@ impl Store {
         tenant: TenantId,
         agents: Vec<NewAgent>,
     ) -> Result<Vec<Agent>> {
+        self.create_agents_limited(tenant, agents, None).await
+    }
+
+    /// Like [`Store::create_agents`], but the tenant may have at most `limit.0` agents
+    /// afterwards (counted in the transaction); `limit.1` names where the quota is set.
+    pub async fn create_agents_limited(
+        &self,
+        tenant: TenantId,
+        agents: Vec<NewAgent>,
+        limit: Option<(u64, String)>,
+    ) -> Result<Vec<Agent>> {
         for agent in &agents {
             if let Some(name) = &agent.display_name {
                 clade_core::agent::validate_display_name(name).map_err(Error::InvalidInput)?;
@@ -654,6 +665,18 @@ impl Store {
         );
         self.write(move |conn| {
             Box::pin(async move {
+                if let Some((max, key)) = &limit {
+                    let row = query("SELECT COUNT(*) AS n FROM agents WHERE tenant_id = $1")
+                        .bind(tenant.as_bytes().to_vec())
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    let have = u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
+                    if have + rows.len() as u64 > *max {
+                        return Err(Error::QuotaExceeded(format!(
+                            "the tenant has {have} agents and may have {max} ({key}): delete some, or ask the operator to raise the quota"
+                        )));
+                    }
+                }
                 for chunk in rows.chunks(INSERT_CHUNK) {
                     insert_agents(conn, chunk).await?;
                 }

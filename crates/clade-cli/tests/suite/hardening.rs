@@ -915,3 +915,94 @@ async fn admin_actions_are_in_the_audit_chain_with_who_made_them() {
         "{operator}"
     );
 }
+
+/// Per-tenant quotas answer 429 naming the limit: agents counted in the creating transaction
+/// (concurrent creations cannot pass it), events through a bucket per tenant, so one tenant at
+/// its limit does not slow or stop another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_quotas_and_rate_limits_answer_429_and_stay_per_tenant() {
+    let env = Env::new();
+    super::support::write(
+        &env.data_dir().join("clade.yaml"),
+        "tenants:\n  acme:\n    quotas: { agents: 3, events_per_second: 5, burst: 5 }\n  \"*\":\n    quotas: { agents: 2 }\n",
+    );
+    let mut tokens = Vec::new();
+    for tenant in ["acme", "rival"] {
+        env.run(&["tenants", "create", tenant]).ok();
+        tokens
+            .push(env.run(&["--tenant", tenant, "tokens", "create"]).ok().stdout.trim().to_owned());
+    }
+    let server = env.serve(&[]);
+    let (acme, rival) = (tokens[0].clone(), tokens[1].clone());
+    for n in 0..3 {
+        let (status, body) = server
+            .send("POST", "/v1/agents", Some(&acme), Some(json!({ "handle": format!("a{n}") })))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) =
+        server.send("POST", "/v1/agents", Some(&acme), Some(json!({ "handle": "a3" }))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("quota_exceeded")), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("tenants.acme.quotas.agents"),
+        "{body}"
+    );
+    // Twenty at once against a quota of two ("*"): exactly two are created.
+    let creates = (0..20).map(|n| {
+        let (url, token) = (server.url.clone(), rival.clone());
+        tokio::spawn(async move {
+            super::support::request(
+                &url,
+                &token,
+                "POST",
+                "/v1/agents",
+                Some(json!({ "handle": format!("r{n}") })),
+            )
+            .await
+            .0
+        })
+    });
+    let statuses: Vec<u16> =
+        futures::future::join_all(creates).await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 2, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 201 || *s == 429), "{statuses:?}");
+
+    // Events: acme's burst of 5 passes, the rest are told when to retry; rival is unaffected.
+    let event = |agent: &str, n: usize| json!({ "agent": agent, "text": format!("e{n}"), "source": { "platform": "http", "channel": "c", "actor": "me" } });
+    let client = reqwest::Client::new();
+    let mut limited = 0;
+    for n in 0..12 {
+        let response = client
+            .post(format!("{}/v1/events", server.url))
+            .bearer_auth(&acme)
+            .json(&event("a0", n))
+            .send()
+            .await
+            .unwrap();
+        if response.status().as_u16() == 429 {
+            limited += 1;
+            assert!(response.headers().contains_key("retry-after"));
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+            assert!(
+                body["error"]["message"].as_str().unwrap().contains("events_per_second"),
+                "{body}"
+            );
+        } else {
+            assert_eq!(response.status().as_u16(), 202);
+        }
+    }
+    assert!((6..=7).contains(&limited), "{limited} of 12 limited at 5/s with a burst of 5");
+    let rival_agent = {
+        let (_, list) = server.send("GET", "/v1/agents", Some(&rival), None).await;
+        list["items"][0]["handle"].as_str().unwrap().to_owned()
+    };
+    for n in 0..12 {
+        let (status, body) =
+            server.send("POST", "/v1/events", Some(&rival), Some(event(&rival_agent, n))).await;
+        assert_eq!(status, 202, "another tenant is not limited by acme's bucket: {body}");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _) = server.send("POST", "/v1/events", Some(&acme), Some(event("a0", 99))).await;
+    assert_eq!(status, 202, "the bucket refills");
+}

@@ -1,0 +1,72 @@
+//! Per-tenant quotas and rate limits on the API (`tenants.<name>.quotas` in clade.yaml, `"*"`
+//! for every tenant without its own): events per second through a token bucket per tenant,
+//! and the number of agents, checked in the transaction that creates one. Both answer 429
+//! naming the limit, so one tenant's flood costs the others nothing but a bucket check.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use clade_config::{Quotas, TenantConfig};
+use clade_core::{Tenant, TenantId};
+
+use crate::error::{ApiError, Code};
+
+/// The quotas in force and each tenant's event bucket.
+#[derive(Default)]
+pub struct TenantLimits {
+    tenants: BTreeMap<String, TenantConfig>,
+    buckets: Mutex<HashMap<TenantId, Bucket>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl TenantLimits {
+    pub fn new(tenants: BTreeMap<String, TenantConfig>) -> Self {
+        Self { tenants, buckets: Mutex::default() }
+    }
+
+    /// The tenant's quotas, and the clade.yaml key they come from.
+    fn quotas(&self, tenant: &Tenant) -> Option<(Quotas, String)> {
+        let name = tenant.name.as_str();
+        if let Some(quotas) = self.tenants.get(name).and_then(|t| t.quotas) {
+            return Some((quotas, format!("tenants.{name}.quotas")));
+        }
+        self.tenants.get("*").and_then(|t| t.quotas).map(|q| (q, "tenants.\"*\".quotas".to_owned()))
+    }
+
+    /// The most agents `tenant` may have, and where that is set.
+    pub fn max_agents(&self, tenant: &Tenant) -> Option<(u64, String)> {
+        self.quotas(tenant).and_then(|(q, key)| q.agents.map(|n| (n, format!("{key}.agents"))))
+    }
+
+    /// Takes one event from the tenant's bucket, or says when to retry.
+    pub fn take_event(&self, tenant: &Tenant) -> Result<(), ApiError> {
+        let Some((quotas, key)) = self.quotas(tenant) else { return Ok(()) };
+        let Some(rate) = quotas.events_per_second.filter(|r| *r > 0.0) else { return Ok(()) };
+        let burst = quotas.burst.map_or(rate.max(1.0), |b| b as f64).max(1.0);
+        let now = tokio::time::Instant::now();
+        let Ok(mut buckets) = self.buckets.lock() else { return Ok(()) };
+        let bucket = buckets.entry(tenant.id).or_insert(Bucket { tokens: burst, at: now });
+        bucket.tokens =
+            (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / rate);
+        Err(ApiError::new(
+            Code::RateLimited,
+            format!(
+                "tenant {} sends more than {rate} events per second ({key}.events_per_second): retry in {} ms",
+                tenant.name,
+                wait.as_millis().max(1)
+            ),
+        )
+        .retry_after(wait))
+    }
+}
