@@ -114,6 +114,20 @@ pub struct Quotas {
     /// Events that may come at once above that rate (default: one second's worth).
     #[serde(default)]
     pub burst: Option<u64>,
+    /// Turns of the tenant's sessions that run at once; more wait for a turn to end (and
+    /// their time waiting does not count against `sessions.turn_timeout_secs`).
+    #[serde(default)]
+    pub concurrent_turns: Option<u64>,
+}
+
+impl Config {
+    /// The quotas of the tenant named `tenant`: its own, else `"*"`'s, else none.
+    pub fn quotas_of(tenants: &BTreeMap<String, TenantConfig>, tenant: &str) -> Option<Quotas> {
+        tenants
+            .get(tenant)
+            .and_then(|t| t.quotas)
+            .or_else(|| tenants.get("*").and_then(|t| t.quotas))
+    }
 }
 
 /// How sessions run their turns.

@@ -85,6 +85,8 @@ pub struct EngineOptions {
     pub default_agent: Option<String>,
     /// Every tool call goes through it: policy, approval, sandbox, audit.
     pub tools: Arc<ToolRunner>,
+    /// Per-tenant settings: `quotas.concurrent_turns` bounds a tenant's running turns.
+    pub tenants: std::collections::BTreeMap<String, clade_config::TenantConfig>,
 }
 
 struct Inner {
@@ -109,6 +111,8 @@ struct Inner {
     personas: Mutex<HashMap<AgentId, (std::sync::Weak<Persona>, Checked)>>,
     /// Bumped whenever a session's settings change: actors then reload their session.
     settings: std::sync::atomic::AtomicU64,
+    /// Turns a tenant may run at once, for tenants with a `concurrent_turns` quota.
+    turn_slots: Mutex<HashMap<TenantId, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// What wakes a session's actor. The queue holds at most one `Event` per open event of the
@@ -200,6 +204,7 @@ impl Engine {
             settings: std::sync::atomic::AtomicU64::new(0),
             outbox: Arc::new(Notify::new()),
             personas: Mutex::default(),
+            turn_slots: Mutex::default(),
         });
         let engine = Self { inner };
         engine.inner.options.tools.attach_hub(engine.inner.hub.clone());
@@ -442,6 +447,20 @@ impl Engine {
 }
 
 impl Inner {
+    /// The semaphore of the tenant's running turns, if its quota bounds them.
+    fn turn_slots(&self, tenant: &Tenant) -> Option<Arc<tokio::sync::Semaphore>> {
+        let limit = clade_config::Config::quotas_of(&self.options.tenants, tenant.name.as_str())
+            .and_then(|q| q.concurrent_turns)?;
+        let permits = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+        let mut slots = self.turn_slots.lock().ok()?;
+        Some(
+            slots
+                .entry(tenant.id)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(permits)))
+                .clone(),
+        )
+    }
+
     /// Hands `wake` to the session's actor, starting one if none is in memory.
     fn wake(self: &Arc<Self>, session: SessionId, wake: Wake) {
         let mut actors = self.actors.lock().unwrap_or_else(|e| e.into_inner());
@@ -835,6 +854,11 @@ async fn run_events(
     mut kept: Kept,
 ) -> (bool, Kept) {
     let session_id = ctx.session.id;
+    // The tenant's quota of running turns: wait for a slot before the turn's clock starts.
+    let _slot = match inner.turn_slots(&ctx.tenant) {
+        Some(slots) => slots.acquire_owned().await.ok(),
+        None => None,
+    };
     let timeout = Duration::from_secs(inner.options.sessions.turn_timeout_secs);
     // The turn's clock stops while it waits for an operator's approval (see `Pause`).
     let pause = Arc::new(Pause::default());

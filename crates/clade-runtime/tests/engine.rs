@@ -61,7 +61,13 @@ async fn start_with_tools(
         None,
         &clade_config::ToolsConfig::default(),
     ));
-    let options = EngineOptions { sessions, bindings: Vec::new(), default_agent: None, tools };
+    let options = EngineOptions {
+        sessions,
+        bindings: Vec::new(),
+        default_agent: None,
+        tools,
+        tenants: Default::default(),
+    };
     Engine::start(store.clone(), agents, models, options).await.unwrap()
 }
 

@@ -268,6 +268,7 @@ async fn measure(
             None,
             &clade_config::ToolsConfig::default(),
         )),
+        tenants: Default::default(),
     };
     let engine = Engine::start(store.clone(), agents, models, options).await?;
     let rss_before = rss_kib();

@@ -31,6 +31,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         bindings: ctx.config.bindings.clone(),
         default_agent: ctx.config.default_agent.clone(),
         tools: ctx.tools().await,
+        tenants: ctx.config.tenants.clone(),
     };
     let engine = clade_runtime::Engine::start(
         ctx.store.clone(),

@@ -1006,3 +1006,105 @@ async fn tenant_quotas_and_rate_limits_answer_429_and_stay_per_tenant() {
     let (status, _) = server.send("POST", "/v1/events", Some(&acme), Some(event("a0", 99))).await;
     assert_eq!(status, 202, "the bucket refills");
 }
+
+/// Listening beyond loopback is said out loud: other machines can reach the gateway, in plain
+/// HTTP.
+#[test]
+fn serving_on_every_interface_warns() {
+    use std::io::{BufRead, Read};
+    let logs = |listen: &str| {
+        let env = Env::new();
+        let mut child = env
+            .command()
+            .args(["serve", "--listen", listen])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.contains("listening"), "{line}");
+        let _ = child.kill();
+        let mut logs = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+        let _ = child.wait();
+        logs
+    };
+    let open = logs("0.0.0.0:0");
+    assert!(open.contains("listens beyond this machine") && open.contains("plain HTTP"), "{open}");
+    let local = logs("127.0.0.1:0");
+    assert!(!local.contains("listens beyond this machine"), "{local}");
+}
+
+/// A tenant's `concurrent_turns` quota: its sessions' turns run one at a time, while another
+/// tenant's run beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_running_turns_are_bounded_by_its_quota() {
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let mut env = Env::new();
+    env.vars.push(("STUB_KEY".into(), "sk-stub".into()));
+    super::support::write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "models:\n  slow:\n    provider: openai\n    model: stub+latency=400\n    base_url: {}/v1\n    api_key_env: STUB_KEY\nrouting:\n  default: [slow]\ntenants:\n  acme:\n    quotas: {{ concurrent_turns: 1 }}\n",
+            stub.url()
+        ),
+    );
+    let mut tokens = Vec::new();
+    for tenant in ["acme", "rival"] {
+        env.run(&["tenants", "create", tenant]).ok();
+        env.run(&["--tenant", tenant, "agents", "create", "ada"]).ok();
+        tokens
+            .push(env.run(&["--tenant", tenant, "tokens", "create"]).ok().stdout.trim().to_owned());
+    }
+    let server = env.serve(&[]);
+    // Three sessions each (three actors), sent at once and awaited.
+    let mut calls = Vec::new();
+    for (tenant, token) in ["acme", "rival"].iter().zip(&tokens) {
+        for n in 0..3 {
+            let (url, token) = (server.url.clone(), token.clone());
+            let body = json!({ "agent": "ada", "text": "hi", "source": { "platform": "http", "channel": "c", "actor": format!("{tenant}{n}") }, "wait": true });
+            calls.push(tokio::spawn(async move {
+                super::support::request(&url, &token, "POST", "/v1/events", Some(body)).await
+            }));
+        }
+    }
+    let answers: Vec<(u16, Value)> =
+        futures::future::join_all(calls).await.into_iter().map(Result::unwrap).collect();
+    let spans = |range: std::ops::Range<usize>, token: &str| {
+        let (url, token) = (server.url.clone(), token.to_owned());
+        let sessions: Vec<String> = answers[range]
+            .iter()
+            .map(|(s, a)| {
+                assert_eq!(*s, 200, "{a}");
+                a["session_id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        async move {
+            let mut spans = Vec::new();
+            for session in sessions {
+                let (_, turns) = super::support::request(
+                    &url,
+                    &token,
+                    "GET",
+                    &format!("/v1/sessions/{session}/turns"),
+                    None,
+                )
+                .await;
+                let turn = &turns["items"][0];
+                spans.push((
+                    turn["started_at"].as_i64().unwrap(),
+                    turn["finished_at"].as_i64().unwrap(),
+                ));
+            }
+            spans.sort();
+            spans
+        }
+    };
+    let acme = spans(0..3, &tokens[0]).await;
+    let rival = spans(3..6, &tokens[1]).await;
+    // acme's turns never overlap; rival's do (they ran at once).
+    assert!(acme.windows(2).all(|w| w[1].0 >= w[0].1), "acme's turns overlapped: {acme:?}");
+    assert!(rival.windows(2).any(|w| w[1].0 < w[0].1), "rival's turns were serialised: {rival:?}");
+}
