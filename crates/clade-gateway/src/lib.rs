@@ -18,6 +18,7 @@ pub mod quotas;
 pub mod scopes;
 mod server;
 mod sessions;
+pub mod stream_ids;
 mod tools;
 mod trace;
 mod usage;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub engine: clade_runtime::Engine,
     /// Per-tenant quotas and rate limits.
     pub limits: std::sync::Arc<quotas::TenantLimits>,
+    /// The ids streams show for lifecycle events.
+    pub stream_ids: stream_ids::StreamIds,
 }
 
 /// Server settings taken from `clade.yaml`.

@@ -153,12 +153,15 @@ pub(crate) async fn stream(
         .and_then(|v| v.to_str().ok())
         .or(query.get("after").map(String::as_str))
         .map(|v| {
-            v.parse::<i64>().map_err(|_| {
-                ApiError::new(Code::InvalidRequest, "Last-Event-ID must be an integer")
+            v.trim().parse::<u64>().map_err(|_| {
+                ApiError::new(
+                    Code::InvalidRequest,
+                    "Last-Event-ID (or after) must be the id of an event this stream sent, or 0",
+                )
             })
         })
         .transpose()?
-        .unwrap_or(0);
+        .map_or(0, |id| if id == 0 { 0 } else { state.stream_ids.decode(tenant.id, id) });
     // Subscribed before the replay reads the outbox, so nothing falls between replay and live.
     let live = state.engine.hub().subscribe(session.id);
     let lagged = Lagged::new(&state.store, tenant.id, Scope::Session(session.id));
@@ -167,7 +170,8 @@ pub(crate) async fn stream(
     tokio::spawn(crate::live::forward(events, tx));
     let mut recheck = tokio::time::interval(crate::auth::RECHECK_EVERY);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let watch = Some(Watch { rx, recheck, store: state.store.clone(), tenant, credential });
+    let ids = state.stream_ids.clone();
+    let watch = Some(Watch { rx, recheck, store: state.store.clone(), tenant, credential, ids });
     // Ends when the session's channel closes, or with an `error` event once the token stops
     // being valid (revoked, or its tenant deleted).
     let stream = stream::unfold(watch, |watch| async {
@@ -178,7 +182,7 @@ pub(crate) async fn stream(
                     let event = event?;
                     let mut sse = Event::default().event(event.kind).data(event.data.to_string());
                     if let Some(id) = event.id {
-                        sse = sse.id(id.to_string());
+                        sse = sse.id(watch.ids.encode(watch.tenant.id, id).to_string());
                     }
                     return Some((Ok(sse), Some(watch)));
                 }
@@ -204,4 +208,5 @@ struct Watch {
     store: clade_store::Store,
     tenant: clade_core::Tenant,
     credential: crate::auth::Credential,
+    ids: crate::stream_ids::StreamIds,
 }

@@ -3,7 +3,7 @@
 //!
 //! Client messages: `{"type":"subscribe","session":"<id>"}` or
 //! `{"type":"subscribe","agent":"<handle>"}`. Server messages: `{"type":"subscribed",…}`,
-//! `{"type":"event","session":…,"id":<outbox id or null>,"kind":…,"data":…}` and
+//! `{"type":"event","session":…,"id":<stream id or null>,"kind":…,"data":…}` and
 //! `{"type":"error","code":…,"message":…}`. Lifecycle events carry their outbox id, so a client
 //! that reconnects can fetch what it missed from the session's SSE stream with `Last-Event-ID`.
 
@@ -106,7 +106,8 @@ async fn serve(mut socket: WebSocket, state: AppState, tenant: Tenant, credentia
                 }
             }
             Some(event) = rx.recv() => {
-                let frame = json!({ "type": "event", "session": event.session.to_string(), "id": event.id, "kind": event.kind, "data": event.data });
+                let id = event.id.map(|id| state.stream_ids.encode(tenant.id, id));
+                let frame = json!({ "type": "event", "session": event.session.to_string(), "id": id, "kind": event.kind, "data": event.data });
                 Message::Text(frame.to_string().into())
             }
             _ = recheck.tick() => {

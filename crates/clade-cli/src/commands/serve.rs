@@ -43,7 +43,14 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     clade_runtime::outbox::spawn(ctx.store.clone(), subscribers, engine.outbox_signal());
     let limits =
         std::sync::Arc::new(clade_gateway::quotas::TenantLimits::new(ctx.config.tenants.clone()));
-    let state = AppState { store: ctx.store.clone(), agents: ctx.agents.clone(), engine, limits };
+    let stream_ids = clade_gateway::stream_ids::StreamIds::load(&ctx.store).await?;
+    let state = AppState {
+        store: ctx.store.clone(),
+        agents: ctx.agents.clone(),
+        engine,
+        limits,
+        stream_ids,
+    };
     let options = ServerOptions {
         max_body_bytes: usize::try_from(ctx.config.server.max_body_bytes).unwrap_or(usize::MAX),
     };

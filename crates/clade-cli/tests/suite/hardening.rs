@@ -1108,3 +1108,54 @@ async fn a_tenants_running_turns_are_bounded_by_its_quota() {
     assert!(acme.windows(2).all(|w| w[1].0 >= w[0].1), "acme's turns overlapped: {acme:?}");
     assert!(rival.windows(2).any(|w| w[1].0 < w[0].1), "rival's turns were serialised: {rival:?}");
 }
+
+/// Stream ids reveal nothing of the shared counter (consecutive events do not get consecutive
+/// numbers), yet a client resumes exactly where it left off by handing one back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_ids_are_opaque_and_resume_exactly() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let (status, body) = server
+        .send("POST", "/v1/events", None, Some(json!({ "agent": "ada", "text": "/tool time.now", "source": { "platform": "http", "channel": "c", "actor": "me" }, "wait": true })))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let session = body["session_id"].as_str().unwrap().to_owned();
+    let read = |last: Option<String>| {
+        let (url, token, session) = (server.url.clone(), server.token.clone(), session.clone());
+        async move {
+            let mut request = reqwest::Client::new()
+                .get(format!("{url}/v1/sessions/{session}/events"))
+                .bearer_auth(token);
+            if let Some(last) = last {
+                request = request.header("last-event-id", last);
+            }
+            let mut stream = request.send().await.unwrap().bytes_stream();
+            let mut text = String::new();
+            while !text.contains("event: turn.finished") {
+                let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            text.lines()
+                .filter_map(|l| l.strip_prefix("id:"))
+                .map(|id| id.trim().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let ids = read(None).await;
+    assert!(ids.len() >= 3, "{ids:?}");
+    let numbers: Vec<u64> = ids.iter().map(|id| id.parse().unwrap()).collect();
+    assert!(
+        numbers.windows(2).all(|w| w[0].abs_diff(w[1]) > 1_000_000),
+        "ids count up: {numbers:?}"
+    );
+    let resumed = read(Some(ids[0].clone())).await;
+    assert_eq!(resumed, ids[1..].to_vec(), "resuming after the first id gives the rest, once");
+    let (status, _) =
+        server.send("GET", &format!("/v1/sessions/{session}/events?after=abc"), None, None).await;
+    assert_eq!(status, 400);
+}
