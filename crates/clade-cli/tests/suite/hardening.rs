@@ -1159,3 +1159,57 @@ async fn stream_ids_are_opaque_and_resume_exactly() {
         server.send("GET", &format!("/v1/sessions/{session}/events?after=abc"), None, None).await;
     assert_eq!(status, 400);
 }
+
+/// A secret or network granted for one command pattern reaches that command only: another
+/// command allowed by a broader rule runs without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_attach_their_capabilities_only_to_what_they_name() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run_with_stdin(&["--agent", "ada", "secrets", "set", "API_KEY"], "granted-value-9c1e").ok();
+    env.run(&["--agent", "ada", "grants", "add", "--tool", "shell.exec"]).ok();
+    env.run(&[
+        "--agent",
+        "ada",
+        "grants",
+        "add",
+        "--tool",
+        "shell.exec",
+        "--resource",
+        "python3 -c *",
+        "--env",
+        "API_KEY",
+    ])
+    .ok();
+    let server = env.serve(&[]);
+    let run = |argv: Vec<&str>| {
+        let server = &server;
+        let argv: Vec<String> = argv.into_iter().map(str::to_owned).collect();
+        async move {
+            let (status, body) = server
+                .send(
+                    "POST",
+                    "/v1/agents/ada/tools/shell.exec/call",
+                    None,
+                    Some(json!({ "arguments": { "argv": argv } })),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            body["content"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    let granted = run(vec![
+        "python3",
+        "-c",
+        "import os; print('key' if os.environ.get('API_KEY') else 'none')",
+    ])
+    .await;
+    assert!(granted.contains("key"), "{granted}");
+    for other in [vec!["printenv", "API_KEY"], vec!["sh", "-c", "echo ${API_KEY:-none}"]] {
+        let out = run(other.clone()).await;
+        assert!(
+            !out.contains("[secret]") && !out.contains("granted-value"),
+            "{other:?} got the secret: {out}"
+        );
+    }
+}
