@@ -64,6 +64,20 @@ fn models(s: &Setup, config: &Config, env: EnvHints) -> Models {
     Models::new(config, env, s.store.clone(), s.secrets.clone(), Arc::new(SystemClock))
 }
 
+/// Models with `sub`, an Anthropic model on OAuth whose tokens, kept in the agent's secret
+/// CLAUDE_OAUTH (returned), have expired.
+async fn expired_oauth(s: &Setup) -> (Models, SecretName) {
+    let yaml = format!(
+        "models:\n  sub:\n    provider: anthropic\n    model: stub+oauth\n    base_url: {url}\n    oauth:\n      token_url: {url}/oauth/token\n      client_id: clade\n      secret: CLAUDE_OAUTH\n",
+        url = s.stub.url()
+    );
+    let name = SecretName::parse("CLAUDE_OAUTH").unwrap();
+    let expired =
+        serde_json::json!({ "access_token": "old", "refresh_token": "refresh-x", "expires_at": 0 });
+    s.secrets.set(&s.agent, &name, expired.to_string().as_bytes()).await.unwrap();
+    (models(s, &config(&yaml), EnvHints::default()), name)
+}
+
 fn hello() -> ModelRequest {
     ModelRequest { messages: vec![Message::user("hello")], ..ModelRequest::default() }
 }
@@ -153,15 +167,7 @@ async fn keys_come_from_agent_secrets_and_missing_ones_fall_back() {
 #[tokio::test]
 async fn oauth_tokens_refresh_and_are_stored_encrypted() {
     let s = setup().await;
-    let yaml = format!(
-        "models:\n  sub:\n    provider: anthropic\n    model: stub+oauth\n    base_url: {url}\n    oauth:\n      token_url: {url}/oauth/token\n      client_id: clade\n      secret: CLAUDE_OAUTH\n",
-        url = s.stub.url()
-    );
-    let name = SecretName::parse("CLAUDE_OAUTH").unwrap();
-    let expired =
-        serde_json::json!({ "access_token": "old", "refresh_token": "refresh-x", "expires_at": 0 });
-    s.secrets.set(&s.agent, &name, expired.to_string().as_bytes()).await.unwrap();
-    let m = models(&s, &config(&yaml), EnvHints::default());
+    let (m, name) = expired_oauth(&s).await;
     let outcome = m
         .call(&s.tenant, Some(&s.agent), ProcessKind::Channel, &hello(), &mut |_| {})
         .await
@@ -254,15 +260,7 @@ async fn a_rate_limited_model_is_called_once_by_two_calls() {
 #[tokio::test]
 async fn concurrent_calls_refresh_an_oauth_token_once() {
     let s = setup().await;
-    let yaml = format!(
-        "models:\n  sub:\n    provider: anthropic\n    model: stub+oauth\n    base_url: {url}\n    oauth:\n      token_url: {url}/oauth/token\n      client_id: clade\n      secret: CLAUDE_OAUTH\n",
-        url = s.stub.url()
-    );
-    let name = SecretName::parse("CLAUDE_OAUTH").unwrap();
-    let expired =
-        serde_json::json!({ "access_token": "old", "refresh_token": "refresh-x", "expires_at": 0 });
-    s.secrets.set(&s.agent, &name, expired.to_string().as_bytes()).await.unwrap();
-    let m = models(&s, &config(&yaml), EnvHints::default());
+    let (m, _) = expired_oauth(&s).await;
     let calls = (0..4).map(|_| {
         let (m, tenant, agent) = (m.clone(), s.tenant.clone(), s.agent.clone());
         tokio::spawn(async move {

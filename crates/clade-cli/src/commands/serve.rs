@@ -44,9 +44,10 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     let limits =
         std::sync::Arc::new(clade_gateway::quotas::TenantLimits::new(ctx.config.tenants.clone()));
     let stream_ids = clade_gateway::stream_ids::StreamIds::load(&ctx.store).await?;
+    // A write through the gateway that names no caller is not the CLI's operator.
     let state = AppState {
-        store: ctx.store.clone(),
-        agents: ctx.agents.clone(),
+        store: ctx.store.acting_as("gateway"),
+        agents: ctx.agents.acting_as("gateway"),
         engine,
         limits,
         stream_ids,

@@ -6,6 +6,27 @@ use std::process::Stdio;
 
 use super::support::Env;
 
+/// A data dir whose clade.yaml is `yaml`.
+fn configured(yaml: &str) -> Env {
+    let env = Env::new();
+    super::support::write(&env.data_dir().join("clade.yaml"), yaml);
+    env
+}
+
+/// Creates each tenant (with an agent `agent`, if given) and a token of its own; the tokens.
+fn tenants_with_tokens(env: &Env, tenants: &[&str], agent: Option<&str>) -> Vec<String> {
+    tenants
+        .iter()
+        .map(|tenant| {
+            env.run(&["tenants", "create", tenant]).ok();
+            if let Some(agent) = agent {
+                env.run(&["--tenant", tenant, "agents", "create", agent]).ok();
+            }
+            env.run(&["--tenant", tenant, "tokens", "create"]).ok().stdout.trim().to_owned()
+        })
+        .collect()
+}
+
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -467,18 +488,10 @@ print('tunnel', s.recv(100).split(b'\r\n')[0].decode())
 /// tenant is unbounded unless configured.
 #[tokio::test]
 async fn a_tenant_grants_only_within_the_operators_ceiling() {
-    let env = Env::new();
-    super::support::write(
-        &env.data_dir().join("clade.yaml"),
+    let env = configured(
         "tenants:\n  acme:\n    ceiling: { tools: [\"fs.*\", shell.exec], network: false }\n",
     );
-    let mut tokens = Vec::new();
-    for tenant in ["acme", "rival"] {
-        env.run(&["tenants", "create", tenant]).ok();
-        env.run(&["--tenant", tenant, "agents", "create", "ada"]).ok();
-        tokens
-            .push(env.run(&["--tenant", tenant, "tokens", "create"]).ok().stdout.trim().to_owned());
-    }
+    let tokens = tenants_with_tokens(&env, &["acme", "rival"], Some("ada"));
     env.run(&["agents", "create", "ada"]).ok();
     let server = env.serve(&[]);
     let grant = |token: &str, body: Value| {
@@ -534,9 +547,7 @@ async fn a_tenant_grants_only_within_the_operators_ceiling() {
 /// approval cannot be approved any more, and a new agent with the same handle inherits nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_agent_leaves_no_live_grant_or_approval_behind() {
-    let env = Env::new();
-    super::support::write(
-        &env.data_dir().join("clade.yaml"),
+    let env = configured(
         "tools:\n  approval_timeout_secs: 60\n  policy:\n    - { effect: ask, tool: shell.exec }\n",
     );
     env.run(&["agents", "create", "ada"]).ok();
@@ -600,9 +611,7 @@ async fn a_deleted_agent_leaves_no_live_grant_or_approval_behind() {
 /// reported cancelled and cannot be approved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_pauses_its_turn_and_ends_with_it() {
-    let env = Env::new();
-    super::support::write(
-        &env.data_dir().join("clade.yaml"),
+    let env = configured(
         "sessions:\n  turn_timeout_secs: 1\ntools:\n  approval_timeout_secs: 30\n  policy:\n    - { effect: ask, tool: shell.exec }\n",
     );
     env.run(&["agents", "create", "ada"]).ok();
@@ -698,11 +707,7 @@ async fn an_approval_pauses_its_turn_and_ends_with_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_idle_sockets_does_not_starve_real_clients() {
     use tokio::io::AsyncReadExt;
-    let env = Env::new();
-    super::support::write(
-        &env.data_dir().join("clade.yaml"),
-        "server:\n  max_connections: 64\n  header_timeout_secs: 3\n",
-    );
+    let env = configured("server:\n  max_connections: 64\n  header_timeout_secs: 3\n");
     let server = env.serve(&[]);
     let address = server.url.trim_start_matches("http://").to_owned();
     let mut flood = Vec::new();
@@ -921,17 +926,10 @@ async fn admin_actions_are_in_the_audit_chain_with_who_made_them() {
 /// its limit does not slow or stop another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_quotas_and_rate_limits_answer_429_and_stay_per_tenant() {
-    let env = Env::new();
-    super::support::write(
-        &env.data_dir().join("clade.yaml"),
+    let env = configured(
         "tenants:\n  acme:\n    quotas: { agents: 3, events_per_second: 5, burst: 5 }\n  \"*\":\n    quotas: { agents: 2 }\n",
     );
-    let mut tokens = Vec::new();
-    for tenant in ["acme", "rival"] {
-        env.run(&["tenants", "create", tenant]).ok();
-        tokens
-            .push(env.run(&["--tenant", tenant, "tokens", "create"]).ok().stdout.trim().to_owned());
-    }
+    let tokens = tenants_with_tokens(&env, &["acme", "rival"], None);
     let server = env.serve(&[]);
     let (acme, rival) = (tokens[0].clone(), tokens[1].clone());
     for n in 0..3 {
@@ -1042,22 +1040,12 @@ fn serving_on_every_interface_warns() {
 async fn a_tenants_running_turns_are_bounded_by_its_quota() {
     let stub =
         clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
-    let mut env = Env::new();
+    let mut env = configured(&format!(
+        "models:\n  slow:\n    provider: openai\n    model: stub+latency=400\n    base_url: {}/v1\n    api_key_env: STUB_KEY\nrouting:\n  default: [slow]\ntenants:\n  acme:\n    quotas: {{ concurrent_turns: 1 }}\n",
+        stub.url()
+    ));
     env.vars.push(("STUB_KEY".into(), "sk-stub".into()));
-    super::support::write(
-        &env.data_dir().join("clade.yaml"),
-        &format!(
-            "models:\n  slow:\n    provider: openai\n    model: stub+latency=400\n    base_url: {}/v1\n    api_key_env: STUB_KEY\nrouting:\n  default: [slow]\ntenants:\n  acme:\n    quotas: {{ concurrent_turns: 1 }}\n",
-            stub.url()
-        ),
-    );
-    let mut tokens = Vec::new();
-    for tenant in ["acme", "rival"] {
-        env.run(&["tenants", "create", tenant]).ok();
-        env.run(&["--tenant", tenant, "agents", "create", "ada"]).ok();
-        tokens
-            .push(env.run(&["--tenant", tenant, "tokens", "create"]).ok().stdout.trim().to_owned());
-    }
+    let tokens = tenants_with_tokens(&env, &["acme", "rival"], Some("ada"));
     let server = env.serve(&[]);
     // Three sessions each (three actors), sent at once and awaited.
     let mut calls = Vec::new();
