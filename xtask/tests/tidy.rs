@@ -106,20 +106,69 @@ fn unsafe_code_stays_in_the_vfs_shim_and_the_allocator_settings() {
     let allowed =
         [Path::new("crates/clade-store/src/paced.rs"), Path::new("crates/clade-cli/src/memory.rs")];
     let mut offenders = Vec::new();
-    let mut stack = vec![root().join("crates")];
+    for file in rust_files(Path::new("crates")) {
+        let text = std::fs::read_to_string(root().join(&file)).unwrap();
+        if text.contains("allow(unsafe_code)") && !allowed.contains(&file.as_path()) {
+            offenders.push(file.display().to_string());
+        }
+    }
+    assert!(offenders.is_empty(), "unsafe code allowed outside {allowed:?}: {offenders:?}");
+}
+
+/// Every `.rs` file under `dir`, relative to the repository root.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![root().join(dir)];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "rs") {
-                let text = std::fs::read_to_string(&path).unwrap();
-                let relative = path.strip_prefix(root()).unwrap();
-                if text.contains("allow(unsafe_code)") && !allowed.contains(&relative) {
-                    offenders.push(relative.display().to_string());
-                }
+                files.push(path.strip_prefix(root()).unwrap().to_owned());
             }
         }
     }
-    assert!(offenders.is_empty(), "unsafe code allowed outside {allowed:?}: {offenders:?}");
+    files.sort();
+    files
+}
+
+/// The turn protocol is typed (`clade_core::lifecycle`): statuses, lifecycle event kinds,
+/// audit kinds and journal step kinds are spelled once, in `as_str`, and read back with
+/// `parse` where a value is stored or sent. A string literal spelling one of them anywhere else
+/// in library or binary code is text standing in for a type: use the enum.
+/// Integration tests under `tests/` and the crash-history checker (`clade-test-support`) read
+/// the API as a client would, in its text, and may spell it; `clade-stub` speaks the
+/// providers' protocols, not ours.
+#[test]
+fn protocol_words_are_spelled_only_in_the_vocabulary() {
+    use clade_core::{AuditKind, EventKind, EventStatus, StepKind, TurnStatus};
+    let mut words: Vec<&str> = Vec::new();
+    words.extend(TurnStatus::ALL.iter().map(|w| w.as_str()));
+    words.extend(EventStatus::ALL.iter().map(|w| w.as_str()));
+    words.extend(EventKind::ALL.iter().map(|w| w.as_str()));
+    words.extend(AuditKind::ALL.iter().map(|w| w.as_str()));
+    words.extend(StepKind::ALL.iter().map(|w| w.as_str()));
+    let quoted: Vec<String> = words.iter().map(|w| format!("\"{w}\"")).collect();
+    let vocabulary = Path::new("crates/clade-core/src/lifecycle.rs");
+    let clients = [Path::new("crates/clade-test-support"), Path::new("crates/clade-stub")];
+    let mut offenders = Vec::new();
+    for file in rust_files(Path::new("crates")) {
+        let in_src = file.components().any(|c| c.as_os_str() == "src");
+        if file == vocabulary || !in_src || clients.iter().any(|c| file.starts_with(c)) {
+            continue;
+        }
+        let text = std::fs::read_to_string(root().join(&file)).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            if let Some(word) = quoted.iter().find(|q| code.contains(q.as_str())) {
+                offenders.push(format!("{}:{}: {word}", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "protocol words written as text outside clade_core::lifecycle; use the enum's as_str/parse:\n{}",
+        offenders.join("\n")
+    );
 }

@@ -129,8 +129,8 @@ pub(crate) enum ToolsCommand {
 pub(crate) enum ApprovalsCommand {
     /// List approvals (pending by default)
     List {
-        /// pending, approved, denied, expired or all
-        #[arg(long, default_value = "pending")]
+        /// pending, approved, denied, expired, cancelled or all
+        #[arg(long, default_value = clade_core::ApprovalStatus::Pending.as_str())]
         status: String,
         #[arg(long)]
         json: bool,

@@ -639,6 +639,21 @@ impl Config {
                 return fail(format!("mcp.{name}.timeout_secs: must be at least 1"));
             }
         }
+        // Only what enters the outbox reaches a webhook: not live-only deltas.
+        let delivered = || {
+            clade_core::EventKind::ALL.iter().filter(|k| **k != clade_core::EventKind::TextDelta)
+        };
+        for (index, subscriber) in self.subscribers.iter().enumerate() {
+            for kind in &subscriber.events {
+                if !delivered().any(|k| k.as_str() == kind) {
+                    let known: Vec<&str> = delivered().map(|k| k.as_str()).collect();
+                    return fail(format!(
+                        "subscribers[{index}].events: {kind:?} is not an event webhooks receive; use any of {}",
+                        known.join(", ")
+                    ));
+                }
+            }
+        }
         for (index, rule) in self.tools.policy.iter().enumerate() {
             if rule.tool.trim().is_empty() || rule.resource.is_empty() {
                 return fail(format!(

@@ -128,3 +128,21 @@ fn tools_and_mcp_sections_are_checked() {
     assert!(parse("tools:\n  sandbox: firejail\n").is_err());
     assert!(parse("tools:\n  policy:\n    - { effect: maybe, tool: x }\n").is_err());
 }
+
+/// A webhook filter naming an event that never reaches webhooks (a typo, or a live-only delta)
+/// would deliver nothing, silently: it is refused, with the names that work.
+#[test]
+fn subscriber_events_must_be_events_webhooks_receive() {
+    let check = |events: &str| {
+        let text = format!(
+            "subscribers:\n  - name: s\n    url: http://127.0.0.1:1/\n    secret_env: S\n    events: {events}\n"
+        );
+        parse(&text).unwrap().check(Path::new("clade.yaml")).map_err(|e| e.to_string())
+    };
+    check("[turn.finished, tool.called]").unwrap();
+    for bad in ["turn.finish", "text.delta", "Turn.Finished"] {
+        let err = check(&format!("[{bad}]")).unwrap_err();
+        assert!(err.contains("subscribers[0].events") && err.contains(bad), "{err}");
+        assert!(err.contains("turn.finished"), "names the events that work: {err}");
+    }
+}

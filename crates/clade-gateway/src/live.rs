@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 
+use clade_core::EventKind;
 use clade_runtime::{LiveEvent, Subscription};
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -133,7 +134,7 @@ impl CatchingUp {
     /// Whether `event` is the committed `turn.started` of a turn announced live before; the
     /// live announcement is remembered here.
     fn already_announced(&mut self, event: &LiveEvent) -> bool {
-        if event.kind != "turn.started" {
+        if event.kind != EventKind::TurnStarted {
             return false;
         }
         let turn = &event.data["turn"];
@@ -252,22 +253,22 @@ mod tests {
             // Committed (bob's too), then ada's published with more deltas than the channel
             // holds: the subscriber lags before it sees any of it.
             for (n, (session, event)) in sessions.iter().enumerate() {
-                let kinds =
-                    if n == 0 { vec!["turn.started", "tool.called"] } else { vec!["turn.started"] };
-                let outbox = kinds
-                    .into_iter()
-                    .map(|kind| OutboxEvent { kind: kind.into(), data: "{}".into() })
-                    .collect();
+                let kinds = if n == 0 {
+                    vec![EventKind::TurnStarted, EventKind::ToolCalled]
+                } else {
+                    vec![EventKind::TurnStarted]
+                };
+                let outbox =
+                    kinds.into_iter().map(|kind| OutboxEvent { kind, data: "{}".into() }).collect();
                 let (_, rows) = store.start_turn(session, vec![*event], 0, outbox).await.unwrap();
                 for row in rows.iter().filter(|_| n == 0) {
                     let id = Some(row.id);
-                    let event =
-                        LiveEvent { session: ada, id, kind: row.kind.clone(), data: Value::Null };
+                    let event = LiveEvent { session: ada, id, kind: row.kind, data: Value::Null };
                     live.send(event).unwrap();
                 }
             }
             for _ in 0..5 {
-                let kind = "text.delta".to_owned();
+                let kind = EventKind::TextDelta;
                 live.send(LiveEvent { session: ada, id: None, kind, data: Value::Null }).unwrap();
             }
             let mut events = CatchingUp::new(receiver, lagged, head);
@@ -281,7 +282,12 @@ mod tests {
             let by = if by_agent { "agent" } else { "session" };
             assert_eq!(
                 seen,
-                ["turn.started", "tool.called", "text.delta", "text.delta"],
+                [
+                    EventKind::TurnStarted,
+                    EventKind::ToolCalled,
+                    EventKind::TextDelta,
+                    EventKind::TextDelta
+                ],
                 "by {by}"
             );
         }
@@ -296,11 +302,8 @@ mod tests {
         let agent = agents.remove(0);
         let head = store.outbox_head().await.unwrap();
         let (session, event) = session_with_event(&store, &tenant, &agent).await;
-        let kinds: Vec<String> = (0..8).map(|n| format!("step.{n}")).collect();
-        let outbox = kinds
-            .iter()
-            .map(|kind| OutboxEvent { kind: kind.clone(), data: "{}".into() })
-            .collect();
+        let kinds: Vec<EventKind> = EventKind::ALL.iter().copied().cycle().take(8).collect();
+        let outbox = kinds.iter().map(|&kind| OutboxEvent { kind, data: "{}".into() }).collect();
         let (_, rows) = store.start_turn(&session, vec![event], 0, outbox).await.unwrap();
         let (live, _) = broadcast::channel(16);
         let receiver = Subscription::detached(&live);
@@ -309,7 +312,7 @@ mod tests {
             let event = LiveEvent {
                 session: session.id,
                 id: Some(row.id),
-                kind: row.kind.clone(),
+                kind: row.kind,
                 data: Value::Null,
             };
             live.send(event).unwrap();
@@ -317,7 +320,7 @@ mod tests {
         live.send(LiveEvent {
             session: session.id,
             id: None,
-            kind: "text.delta".into(),
+            kind: EventKind::TextDelta,
             data: Value::Null,
         })
         .unwrap();
@@ -330,8 +333,8 @@ mod tests {
         {
             seen.push(event.kind);
         }
-        let mut expected: Vec<String> = kinds[1..].to_vec();
-        expected.push("text.delta".into());
+        let mut expected: Vec<EventKind> = kinds[1..].to_vec();
+        expected.push(EventKind::TextDelta);
         assert_eq!(seen, expected);
         assert!(head < rows[0].id);
     }

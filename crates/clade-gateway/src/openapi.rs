@@ -58,6 +58,12 @@ fn reference(name: &str) -> Value {
     json!({ "$ref": format!("#/components/schemas/{name}") })
 }
 
+/// The approval list's `status` filter: every status, or `all`.
+fn approval_statuses() -> Value {
+    let statuses = clade_core::ApprovalStatus::ALL.iter().map(|s| s.as_str());
+    Value::from(statuses.chain(["all"]).collect::<Vec<_>>())
+}
+
 fn json_content(name: &str) -> Value {
     json!({ "application/json": { "schema": reference(name) } })
 }
@@ -310,7 +316,7 @@ fn permission_paths(handle_param: &Value) -> Value {
         "/v1/approvals": { "get": {
             "summary": "Tool calls waiting for an operator (or decided ones, by status), newest first",
             "parameters": [
-                { "name": "status", "in": "query", "schema": { "type": "string", "enum": ["pending", "approved", "denied", "expired", "all"], "default": "pending" } },
+                { "name": "status", "in": "query", "schema": { "type": "string", "enum": approval_statuses(), "default": clade_core::ApprovalStatus::Pending.as_str() } },
                 { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } }
             ],
             "responses": { "200": { "description": "approvals", "content": json_content("ApprovalListResponse") }, "400": error_response("invalid query") }

@@ -92,13 +92,13 @@ pub(crate) async fn turns(
             // Both are in turn order, so each turn takes its steps off the front.
             steps: std::iter::from_fn(|| journal.next_if(|(turn, _)| *turn == t.id))
                 .map(|(_, entry)| TurnStep {
-                    step: entry.step,
-                    kind: entry.kind,
+                    step: entry.step.to_string(),
+                    kind: entry.step.kind().as_str().to_owned(),
                     data: serde_json::from_str(&entry.data).unwrap_or(serde_json::Value::Null),
                 })
                 .collect(),
             id: t.id.to_string(),
-            status: t.status,
+            status: t.status.as_str().to_owned(),
             reply: t.reply,
             error: t.error,
             model: t.model,
@@ -180,7 +180,7 @@ pub(crate) async fn stream(
             tokio::select! {
                 event = watch.rx.recv() => {
                     let event = event?;
-                    let mut sse = Event::default().event(event.kind).data(event.data.to_string());
+                    let mut sse = Event::default().event(event.kind.as_str()).data(event.data.to_string());
                     if let Some(id) = event.id {
                         sse = sse.id(watch.ids.encode(watch.tenant.id, id).to_string());
                     }

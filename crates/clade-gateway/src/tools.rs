@@ -129,7 +129,7 @@ pub(crate) async fn approvals(
     query: Result<Query<ApprovalsQuery>, QueryRejection>,
 ) -> Result<axum::Json<ApprovalListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
-    let status = match query.status.as_deref().unwrap_or("pending") {
+    let status = match query.status.as_deref().unwrap_or(ApprovalStatus::Pending.as_str()) {
         "all" => None,
         other => Some(ApprovalStatus::parse(other).ok_or_else(|| {
             invalid(format!(

@@ -107,7 +107,7 @@ async fn serve(mut socket: WebSocket, state: AppState, tenant: Tenant, credentia
             }
             Some(event) = rx.recv() => {
                 let id = event.id.map(|id| state.stream_ids.encode(tenant.id, id));
-                let frame = json!({ "type": "event", "session": event.session.to_string(), "id": id, "kind": event.kind, "data": event.data });
+                let frame = json!({ "type": "event", "session": event.session.to_string(), "id": id, "kind": event.kind.as_str(), "data": event.data });
                 Message::Text(frame.to_string().into())
             }
             _ = recheck.tick() => {

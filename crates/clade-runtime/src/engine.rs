@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clade_config::{Binding, QueueMode, SessionsConfig};
-use clade_core::{Agent, AgentId, EventId, SessionId, Tenant, TenantId, TurnId};
+use clade_core::{
+    Agent, AgentId, EventId, EventKind, SessionId, StepKey, Tenant, TenantId, TurnId, TurnStatus,
+};
 use clade_model::{Message, ModelRequest, StreamEvent, ToolCall, ToolSpec};
 use clade_store::{
     Accepted, Agents, EventRow, JournalEntry, NewEvent, OutboxEvent, OutboxRow, SessionRow, Source,
@@ -22,7 +24,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc};
 
 use crate::hub::{Hub, LiveEvent, Subscription};
-use crate::models::{Models, ProcessKind};
+use crate::models::Models;
+use clade_core::ProcessKind;
 
 /// Failures of the engine's API.
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +53,8 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
     pub turn_id: TurnId,
-    /// `completed`, `failed` or `yielded`.
-    pub status: String,
+    /// Not `Running`.
+    pub status: TurnStatus,
     pub reply: Option<String>,
     pub error: Option<String>,
     /// The model that gave the last answer.
@@ -69,7 +72,7 @@ impl Finished {
         let text = |key: &str| data[key].as_str().map(str::to_owned);
         Some(Self {
             turn_id: data["turn"].as_str()?.parse().ok()?,
-            status: text("status")?,
+            status: data["status"].as_str().and_then(TurnStatus::parse)?,
             reply: text("reply"),
             error: text("error"),
             model: text("model"),
@@ -381,14 +384,14 @@ impl Engine {
             let turn_ended = async {
                 loop {
                     let Ok(live) = live.recv().await else { return None };
-                    if live.kind == "turn.started" {
+                    if live.kind == EventKind::TurnStarted {
                         let takes_ours = live.data["events"]
                             .as_array()
                             .is_some_and(|ids| ids.iter().any(|id| id == event_text.as_str()));
                         if takes_ours && let Some(turn) = live.data["turn"].as_str() {
                             ours = Some(turn.to_owned());
                         }
-                    } else if TURN_END_KINDS.contains(&live.kind.as_str()) {
+                    } else if live.kind.ends_turn() {
                         let is_ours =
                             ours.is_some() && live.data["turn"].as_str() == ours.as_deref();
                         return if is_ours { Finished::from_live(&live.data) } else { None };
@@ -685,13 +688,13 @@ async fn fail_events(
     };
     publish(inner, session.agent_id, &rows);
     let outcome = TurnOutcome {
-        status: "failed".into(),
+        status: TurnStatus::Failed,
         reply: None,
         error: Some(reason.into()),
         model: None,
     };
     let data = json!({ "turn": turn.id.to_string(), "error": reason });
-    match inner.store.finish_turn(&turn, outcome, vec![outbox("turn.failed", data)]).await {
+    match inner.store.finish_turn(&turn, outcome, vec![outbox(EventKind::TurnFailed, data)]).await {
         Ok(rows) => {
             publish(inner, turn.agent_id, &rows);
             true
@@ -700,8 +703,8 @@ async fn fail_events(
     }
 }
 
-fn outbox(kind: &str, data: Value) -> OutboxEvent {
-    OutboxEvent { kind: kind.into(), data: data.to_string() }
+fn outbox(kind: EventKind, data: Value) -> OutboxEvent {
+    OutboxEvent { kind, data: data.to_string() }
 }
 
 fn publish(inner: &Inner, agent: AgentId, rows: &[OutboxRow]) {
@@ -710,7 +713,7 @@ fn publish(inner: &Inner, agent: AgentId, rows: &[OutboxRow]) {
             inner.hub.publish_with(agent, session, || LiveEvent {
                 session,
                 id: Some(row.id),
-                kind: row.kind.clone(),
+                kind: row.kind,
                 data: serde_json::from_str(&row.data).unwrap_or(Value::Null),
             });
         }
@@ -904,11 +907,11 @@ async fn run_turn(
     let (turn, journal, mut begun) = match events.first().and_then(|e| e.turn_id) {
         Some(id) => {
             let turn = Box::pin(store.turn(id)).await.map_err(|e| e.to_string())?;
-            let journal: HashMap<String, JournalEntry> = Box::pin(store.journal(id))
+            let journal: HashMap<StepKey, JournalEntry> = Box::pin(store.journal(id))
                 .await
                 .map_err(|e| e.to_string())?
                 .into_iter()
-                .map(|e| (e.step.clone(), e))
+                .map(|e| (e.step, e))
                 .collect();
             (turn, journal, true)
         }
@@ -919,7 +922,7 @@ async fn run_turn(
                 session_id: session.id,
                 tenant_id: session.tenant_id,
                 agent_id: session.agent_id,
-                status: "running".into(),
+                status: TurnStatus::Running,
                 reply: None,
                 error: None,
                 model: None,
@@ -935,7 +938,7 @@ async fn run_turn(
         inner.hub.publish_with(agent.id, session.id, || {
             let mut live = started_data.clone();
             live["turn"] = json!(turn.id.to_string());
-            LiveEvent { session: session.id, id: None, kind: "turn.started".into(), data: live }
+            LiveEvent { session: session.id, id: None, kind: EventKind::TurnStarted, data: live }
         });
     }
     // The committed copy names its turn too, as the live one does (a stream passes on only one
@@ -943,10 +946,10 @@ async fn run_turn(
     let started_outbox = || {
         let mut data = started_data.clone();
         data["turn"] = json!(turn.id.to_string());
-        vec![outbox("turn.started", data)]
+        vec![outbox(EventKind::TurnStarted, data)]
     };
 
-    let resumes = journal.values().filter(|e| e.kind == "resumed").count() as u32;
+    let resumes = journal.keys().filter(|k| matches!(k, StepKey::Resume { .. })).count() as u32;
     // A resumed turn may be older than turns that completed since it yielded: the kept history
     // would give it their messages, and keeping it would put it after them. It reads the
     // store's history before it, and the next turn reads the store's again.
@@ -963,7 +966,7 @@ async fn run_turn(
     // Each resume of a yielded turn grants another `max_iterations` model calls.
     let budget = inner.options.sessions.max_iterations.saturating_mul(resumes + 1);
     for iteration in 0..budget {
-        let step = format!("model/{iteration}");
+        let step = StepKey::Model { iteration };
         let model_step = match journal
             .get(&step)
             .and_then(|e| serde_json::from_str::<ModelStep>(&e.data).ok())
@@ -985,7 +988,7 @@ async fn run_turn(
                         hub.publish_with(agent_id, session_id, || LiveEvent {
                             session: session_id,
                             id: None,
-                            kind: "text.delta".into(),
+                            kind: EventKind::TextDelta,
                             data: json!({ "turn": turn_id, "text": text }),
                         });
                     }
@@ -1006,8 +1009,13 @@ async fn run_turn(
                     Err(err) => {
                         let reason = err.error.to_string();
                         if !begun {
-                            let (outcome, events_out) =
-                                outcome_of(&turn, "failed", None, Some(reason), last_model);
+                            let (outcome, events_out) = outcome_of(
+                                &turn,
+                                TurnStatus::Failed,
+                                None,
+                                Some(reason),
+                                last_model,
+                            );
                             let rows = Box::pin(store.begin_turn(
                                 &turn,
                                 ids.clone(),
@@ -1020,8 +1028,15 @@ async fn run_turn(
                             publish(inner, turn.agent_id, &rows);
                             return Ok(());
                         }
-                        Box::pin(finish(inner, &turn, "failed", None, Some(reason), last_model))
-                            .await?;
+                        Box::pin(finish(
+                            inner,
+                            &turn,
+                            TurnStatus::Failed,
+                            None,
+                            Some(reason),
+                            last_model,
+                        ))
+                        .await?;
                         return Ok(());
                     }
                 };
@@ -1041,11 +1056,8 @@ async fn run_turn(
                 messages = request.messages;
                 let usage =
                     crate::models::usage_record(tenant, Some(agent), Some(turn.id), &outcome);
-                let entry = JournalEntry {
-                    step,
-                    kind: "model_response".into(),
-                    data: serde_json::to_string(&done).unwrap_or_default(),
-                };
+                let entry =
+                    JournalEntry { step, data: serde_json::to_string(&done).unwrap_or_default() };
                 if begun {
                     let rows = Box::pin(inner.store.append_journal(
                         &turn,
@@ -1061,7 +1073,7 @@ async fn run_turn(
                     let ending = done.tool_calls.is_empty().then(|| {
                         outcome_of(
                             &turn,
-                            "completed",
+                            TurnStatus::Completed,
                             Some(done.text.clone()),
                             None,
                             Some(done.model.clone()),
@@ -1093,8 +1105,15 @@ async fn run_turn(
         });
         if model_step.tool_calls.is_empty() {
             remember(history, inner, events, &model_step.text);
-            Box::pin(finish(inner, &turn, "completed", Some(model_step.text), None, last_model))
-                .await?;
+            Box::pin(finish(
+                inner,
+                &turn,
+                TurnStatus::Completed,
+                Some(model_step.text),
+                None,
+                last_model,
+            ))
+            .await?;
             return Ok(());
         }
         for (index, call) in model_step.tool_calls.iter().enumerate() {
@@ -1110,7 +1129,7 @@ async fn run_turn(
             Box::pin(steer(inner, &turn, &mut messages)).await;
         }
     }
-    Box::pin(finish(inner, &turn, "yielded", None, Some(format!("stopped after {budget} model calls (sessions.max_iterations is {} per run); resume with `clade sessions resume {session_id}`", inner.options.sessions.max_iterations)), last_model)).await
+    Box::pin(finish(inner, &turn, TurnStatus::Yielded, None, Some(format!("stopped after {budget} model calls (sessions.max_iterations is {} per run); resume with `clade sessions resume {session_id}`", inner.options.sessions.max_iterations)), last_model)).await
 }
 
 /// Steer mode: messages that arrived during the turn join it between tool calls.
@@ -1129,21 +1148,14 @@ async fn steer(inner: &Inner, turn: &TurnRow, messages: &mut Vec<Message>) {
 async fn journal_step(
     inner: &Inner,
     turn: &TurnRow,
-    step: String,
-    kind: &str,
+    step: StepKey,
     data: Value,
     events: Vec<OutboxEvent>,
     audit: Option<clade_store::AuditEntry>,
 ) -> Result<(), String> {
     let rows = inner
         .store
-        .append_journal(
-            turn,
-            JournalEntry { step, kind: kind.into(), data: data.to_string() },
-            events,
-            None,
-            audit,
-        )
+        .append_journal(turn, JournalEntry { step, data: data.to_string() }, events, None, audit)
         .await
         .map_err(|e| e.to_string())?;
     publish(inner, turn.agent_id, &rows);
@@ -1151,29 +1163,22 @@ async fn journal_step(
 }
 
 /// A turn's outcome and the lifecycle event that announces it.
-/// The lifecycle events that end a turn.
-const TURN_END_KINDS: [&str; 3] = ["turn.finished", "turn.yielded", "turn.failed"];
-
 fn outcome_of(
     turn: &TurnRow,
-    status: &str,
+    status: TurnStatus,
     reply: Option<String>,
     error: Option<String>,
     model: Option<String>,
 ) -> (TurnOutcome, Vec<OutboxEvent>) {
-    let kind = match status {
-        "completed" => "turn.finished",
-        "yielded" => "turn.yielded",
-        _ => "turn.failed",
-    };
-    let data = json!({ "turn": turn.id.to_string(), "status": status, "reply": reply, "error": error, "model": model });
-    (TurnOutcome { status: status.into(), reply, error, model }, vec![outbox(kind, data)])
+    let kind = status.end_event().unwrap_or(EventKind::TurnFailed);
+    let data = json!({ "turn": turn.id.to_string(), "status": status.as_str(), "reply": reply, "error": error, "model": model });
+    (TurnOutcome { status, reply, error, model }, vec![outbox(kind, data)])
 }
 
 async fn finish(
     inner: &Inner,
     turn: &TurnRow,
-    status: &str,
+    status: TurnStatus,
     reply: Option<String>,
     error: Option<String>,
     model: Option<String>,
@@ -1190,19 +1195,20 @@ async fn run_tool(
     inner: &Inner,
     agent: &Agent,
     turn: &TurnRow,
-    journal: &HashMap<String, JournalEntry>,
+    journal: &HashMap<StepKey, JournalEntry>,
     iteration: u32,
     index: usize,
     call: &ToolCall,
 ) -> Result<ToolStep, String> {
-    let result_step = format!("tool/{iteration}/{index}/result");
+    let index = u32::try_from(index).map_err(|_| format!("tool call {index} of one model call"))?;
+    let result_step = StepKey::ToolResult { iteration, index };
     if let Some(done) =
         journal.get(&result_step).and_then(|e| serde_json::from_str::<ToolStep>(&e.data).ok())
     {
         return Ok(done);
     }
-    let start_step = format!("tool/{iteration}/{index}/start");
-    let key = effect_key(turn, &format!("tool/{iteration}/{index}"));
+    let start_step = StepKey::ToolStart { iteration, index };
+    let key = effect_key(turn, &start_step);
     let runner = &inner.options.tools;
     let tool = runner.registry().get_for(&call.name, agent.handle.as_str()).cloned();
     let origin = CallOrigin {
@@ -1249,9 +1255,8 @@ async fn run_tool(
                                 inner,
                                 turn,
                                 start_step,
-                                "tool_started",
                                 data.clone(),
-                                vec![outbox("tool.called", data)],
+                                vec![outbox(EventKind::ToolCalled, data)],
                                 Some(authorized.audit.clone()),
                             )
                             .await?;
@@ -1283,8 +1288,8 @@ async fn run_tool(
         .store
         .append_journal(
             turn,
-            JournalEntry { step: result_step, kind: "tool_result".into(), data: entry.to_string() },
-            vec![outbox("tool.result", data)],
+            JournalEntry { step: result_step, data: entry.to_string() },
+            vec![outbox(EventKind::ToolResult, data)],
             None,
             None,
         )
@@ -1515,12 +1520,13 @@ fn fingerprint(request: &ModelRequest, tools_sha256: &str) -> String {
 /// `hash(tenant, session, turn, step)`: what an idempotent tool receives, the same on every
 /// retry of the same call. The step (`tool/{iteration}/{index}`), not the model's call id, since
 /// a provider may reuse call ids across the model calls of one turn.
-fn effect_key(turn: &TurnRow, step: &str) -> String {
+fn effect_key(turn: &TurnRow, step: &StepKey) -> String {
+    let call = step.call().unwrap_or_else(|| step.to_string());
     let digest = Sha256::new()
         .chain_update(turn.tenant_id.as_bytes())
         .chain_update(turn.session_id.as_bytes())
         .chain_update(turn.id.as_bytes())
-        .chain_update(step.as_bytes())
+        .chain_update(call.as_bytes())
         .finalize();
     hex::encode(&digest[..16])
 }
@@ -1657,7 +1663,7 @@ mod tests {
             seq,
             idempotency_key: format!("k{seq}"),
             text: format!("message {seq}"),
-            status: "pending".into(),
+            status: clade_core::EventStatus::Pending,
             turn_id: None,
             created_at: now,
         }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use clade_core::{AgentId, SessionId};
+use clade_core::{AgentId, EventKind, SessionId};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -15,7 +15,7 @@ pub struct LiveEvent {
     pub session: SessionId,
     /// The outbox position for lifecycle events (resumable), `None` for deltas.
     pub id: Option<i64>,
-    pub kind: String,
+    pub kind: EventKind,
     pub data: Value,
 }
 
@@ -180,7 +180,7 @@ mod tests {
     use super::*;
 
     fn event(session: SessionId, n: i64) -> LiveEvent {
-        LiveEvent { session, id: Some(n), kind: "turn.finished".into(), data: Value::Null }
+        LiveEvent { session, id: Some(n), kind: EventKind::TurnFinished, data: Value::Null }
     }
 
     fn channels(hub: &Hub) -> (usize, usize) {

@@ -50,25 +50,16 @@ impl EnvHints {
     }
 }
 
-/// Kinds of model call, each with its own route (DESIGN: process types).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProcessKind {
-    Channel,
-    Branch,
-    Worker,
-    Compactor,
-    Cortex,
-}
+pub use clade_core::ProcessKind;
 
-impl ProcessKind {
-    fn pick(self, kinds: &clade_config::RouteKinds) -> &Vec<String> {
-        match self {
-            ProcessKind::Channel => &kinds.channel,
-            ProcessKind::Branch => &kinds.branch,
-            ProcessKind::Worker => &kinds.worker,
-            ProcessKind::Compactor => &kinds.compactor,
-            ProcessKind::Cortex => &kinds.cortex,
-        }
+/// The configured route of `kind`.
+fn route_of(kind: ProcessKind, kinds: &clade_config::RouteKinds) -> &Vec<String> {
+    match kind {
+        ProcessKind::Channel => &kinds.channel,
+        ProcessKind::Branch => &kinds.branch,
+        ProcessKind::Worker => &kinds.worker,
+        ProcessKind::Compactor => &kinds.compactor,
+        ProcessKind::Cortex => &kinds.cortex,
     }
 }
 
@@ -166,9 +157,9 @@ impl Models {
     pub fn chain(&self, kind: ProcessKind, agent: Option<&str>) -> Vec<String> {
         let own = agent.and_then(|handle| self.routing.agents.get(handle));
         [
-            own.map(|a| kind.pick(&a.kinds)),
+            own.map(|a| route_of(kind, &a.kinds)),
             own.map(|a| &a.default),
-            Some(kind.pick(&self.routing.kinds)),
+            Some(route_of(kind, &self.routing.kinds)),
             Some(&self.routing.default),
         ]
         .into_iter()

@@ -41,7 +41,7 @@ pub fn body(row: &OutboxRow) -> Value {
     json!({
         "id": row.event_id,
         "seq": row.id,
-        "type": row.kind,
+        "type": row.kind.as_str(),
         "tenant": row.tenant_id.to_string(),
         "session": row.session_id.map(|s| s.to_string()),
         "turn": row.turn_id.map(|t| t.to_string()),
@@ -68,7 +68,7 @@ pub async fn deliver(
         .header("content-type", "application/json")
         .header("idempotency-key", &row.event_id)
         .header("x-clade-event-id", &row.event_id)
-        .header("x-clade-event-type", &row.kind)
+        .header("x-clade-event-type", row.kind.as_str())
         .header("x-clade-signature", signature(&subscriber.secret, payload.as_bytes()))
         .body(payload)
         .send()
@@ -159,7 +159,9 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
             if delivered_beyond.contains(&row.id) {
                 continue;
             }
-            if !subscriber.events.is_empty() && !subscriber.events.contains(&row.kind) {
+            if !subscriber.events.is_empty()
+                && !subscriber.events.iter().any(|e| e == row.kind.as_str())
+            {
                 delivered_beyond.insert(row.id);
                 progressed = true;
                 continue;

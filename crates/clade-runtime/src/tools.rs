@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use clade_config::{Constraints, PolicyEffect, PolicyRule, ToolsConfig};
 use clade_core::{
-    Agent, AgentId, ApprovalId, GrantId, SecretName, SessionId, TenantId, Timestamp, TurnId,
+    Agent, AgentId, ApprovalId, AuditKind, EventKind, GrantId, SecretName, SessionId, TenantId,
+    Timestamp, TurnId,
 };
 use clade_store::{
     Agents, ApprovalDecision, ApprovalRow, ApprovalStatus, AuditEntry, GrantRow, NewApproval,
@@ -139,7 +140,7 @@ impl Drop for CancelOnDrop {
         let audit = AuditEntry {
             tenant,
             agent: Some(self.agent),
-            kind: "approval.decided".into(),
+            kind: AuditKind::ApprovalDecided,
             tool: Some(std::mem::take(&mut self.tool)),
             decision: Some(ApprovalStatus::Cancelled.as_str().into()),
             detail: json!({ "approval": id.to_string(), "by": "turn ended", "note": note })
@@ -439,7 +440,7 @@ impl ToolRunner {
         self.write_audit(
             agent.tenant_id,
             Some(agent.id),
-            "tool.result",
+            AuditKind::ToolResult,
             Some(tool.name()),
             Some(if ok { "ok" } else { "error" }),
             detail,
@@ -462,21 +463,21 @@ impl ToolRunner {
         for finding in findings {
             let (kind, outcome, what) = match finding {
                 Finding::Violation => (
-                    "sandbox.violation",
+                    AuditKind::SandboxViolation,
                     "killed",
                     json!("a forbidden system call; the process was killed"),
                 ),
-                Finding::Limit(line) => ("sandbox.limit", "stopped", json!(line)),
+                Finding::Limit(line) => (AuditKind::SandboxLimit, "stopped", json!(line)),
                 Finding::Denied(lines) => {
                     let lines: Vec<String> = lines.iter().map(|l| secrets.redact(l)).collect();
-                    ("sandbox.denied", "denied", json!(lines))
+                    (AuditKind::SandboxDenied, "denied", json!(lines))
                 }
                 Finding::Hidden(paths) => {
                     let paths: Vec<String> = paths.iter().map(|p| secrets.redact(p)).collect();
-                    ("sandbox.denied", "hidden", json!({ "hidden host paths": paths }))
+                    (AuditKind::SandboxDenied, "hidden", json!({ "hidden host paths": paths }))
                 }
                 Finding::Withheld(what) => {
-                    ("sandbox.denied", "withheld", json!({ "withheld": what }))
+                    (AuditKind::SandboxDenied, "withheld", json!({ "withheld": what }))
                 }
             };
             let detail = json!({ "call": authorized.context.call_id, "what": what });
@@ -567,9 +568,9 @@ impl ToolRunner {
         let audit = AuditEntry {
             tenant: agent.tenant_id,
             agent: Some(agent.id),
-            kind: "approval.requested".into(),
+            kind: AuditKind::ApprovalRequested,
             tool: Some(tool.to_owned()),
-            decision: Some("pending".into()),
+            decision: Some(ApprovalStatus::Pending.as_str().into()),
             detail: json!({ "call": origin.call_id, "resource": resource, "reason": decision.reason, "arguments_hash": hash }).to_string(),
         };
         let approval = self
@@ -604,7 +605,7 @@ impl ToolRunner {
             });
             hub.publish(
                 agent.id,
-                LiveEvent { session, id: None, kind: "approval.requested".into(), data },
+                LiveEvent { session, id: None, kind: EventKind::ApprovalRequested, data },
             );
         }
         let notify = self.waiter(approval.id);
@@ -716,13 +717,13 @@ impl ToolRunner {
         let mut audits = vec![AuditEntry {
             tenant,
             agent: Some(pending.agent_id),
-            kind: "approval.decided".into(),
+            kind: AuditKind::ApprovalDecided,
             tool: Some(pending.tool.clone()),
             decision: Some(status.as_str().into()),
             detail: json!({ "approval": id.to_string(), "by": by, "note": note, "always": always, "arguments_hash": pending.arguments_hash }).to_string(),
         }];
         if let Some(grant) = &grant {
-            audits.push(grant_audit(grant, "grant.added", by));
+            audits.push(grant_audit(grant, AuditKind::GrantAdded, by));
         }
         let decision = ApprovalDecision { status, decided_by: by.to_owned(), note, grant, audits };
         let row = self.store.decide_approval(tenant, id, decision).await?;
@@ -793,7 +794,7 @@ impl ToolRunner {
             granted_by: by.to_owned(),
             expires_at,
         };
-        let audit = grant_audit(&grant, "grant.added", by);
+        let audit = grant_audit(&grant, AuditKind::GrantAdded, by);
         Ok(self.store.add_grant(grant, audit).await?)
     }
 
@@ -807,7 +808,7 @@ impl ToolRunner {
         let audit = AuditEntry {
             tenant,
             agent: Some(grant.agent_id),
-            kind: "grant.revoked".into(),
+            kind: AuditKind::GrantRevoked,
             tool: Some(grant.tool.clone()),
             decision: Some(grant.effect.clone()),
             detail: json!({ "grant": id.to_string(), "by": by, "resource": grant.resource })
@@ -820,9 +821,9 @@ impl ToolRunner {
     /// Appends a record whose loss stops nothing (a refusal: the call does not run anyway);
     /// a failure is logged.
     async fn write_entry(&self, entry: AuditEntry) {
-        let kind = entry.kind.clone();
+        let kind = entry.kind;
         if let Err(err) = self.store.audit(entry).await {
-            tracing::error!(error = %err, kind, "cannot append to the audit log");
+            tracing::error!(error = %err, %kind, "cannot append to the audit log");
         }
     }
 
@@ -830,7 +831,7 @@ impl ToolRunner {
         &self,
         tenant: TenantId,
         agent: Option<AgentId>,
-        kind: &str,
+        kind: AuditKind,
         tool: Option<&str>,
         decision: Option<&str>,
         detail: Value,
@@ -838,13 +839,13 @@ impl ToolRunner {
         let entry = AuditEntry {
             tenant,
             agent,
-            kind: kind.into(),
+            kind,
             tool: tool.map(str::to_owned),
             decision: decision.map(str::to_owned),
             detail: detail.to_string(),
         };
         if let Err(err) = self.store.audit(entry).await {
-            tracing::error!(error = %err, kind, "cannot append to the audit log");
+            tracing::error!(error = %err, %kind, "cannot append to the audit log");
         }
     }
 }
@@ -871,7 +872,7 @@ fn decision_entry(
     AuditEntry {
         tenant: agent.tenant_id,
         agent: Some(agent.id),
-        kind: "tool.decision".into(),
+        kind: AuditKind::ToolDecision,
         tool: Some(tool.to_owned()),
         decision: Some(effect.as_str().to_owned()),
         detail: detail.to_string(),
@@ -882,11 +883,11 @@ fn expired_text(approval: &ApprovalRow) -> String {
     format!("denied: approval {} was not given before its timeout", approval.id)
 }
 
-fn grant_audit(grant: &NewGrant, kind: &str, by: &str) -> AuditEntry {
+fn grant_audit(grant: &NewGrant, kind: AuditKind, by: &str) -> AuditEntry {
     AuditEntry {
         tenant: grant.tenant,
         agent: Some(grant.agent),
-        kind: kind.into(),
+        kind,
         tool: Some(grant.tool.clone()),
         decision: Some(grant.effect.clone()),
         detail: json!({

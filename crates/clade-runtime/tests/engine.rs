@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clade_core::{AgentConfig, Handle, SystemClock, Tenant};
+use clade_core::{AgentConfig, Handle, SystemClock, Tenant, TurnStatus};
 use clade_runtime::{Engine, EngineOptions, EnvHints, Envelope, Models, ToolRunner};
 use clade_store::{Agents, DataDir, NewAgent, Secrets, Source, Store};
 
@@ -78,7 +78,7 @@ async fn turn(
     tenant: &Tenant,
     channel: &str,
     text: &str,
-) -> (String, u64) {
+) -> (TurnStatus, u64) {
     let source = Source { platform: "test".into(), channel: channel.into(), actor: "u".into() };
     let envelope = Envelope {
         tenant: tenant.clone(),
@@ -123,8 +123,11 @@ async fn a_kept_history_matches_the_stored_one() {
         // A new engine, whose actor for the session starts from the store.
         fresh.push(turn(&start(&store, &data).await, &store, &tenant, "c2", text).await);
     }
-    assert_eq!(kept[2].0, "yielded", "{kept:?}");
-    assert!(kept.iter().enumerate().all(|(n, t)| n == 2 || t.0 == "completed"), "{kept:?}");
+    assert_eq!(kept[2].0, TurnStatus::Yielded, "{kept:?}");
+    assert!(
+        kept.iter().enumerate().all(|(n, t)| n == 2 || t.0 == TurnStatus::Completed),
+        "{kept:?}"
+    );
     assert_eq!(kept, fresh, "a kept history differs from the stored one");
     // The window is full by the fifth turn: the context stops growing with the session, but
     // changes as the long reply leaves it.
@@ -141,7 +144,7 @@ async fn idle_sessions_leave_memory_and_come_back() {
     let (store, data, tenant) = open(tmp.path()).await;
     let engine = start_with(&store, &data, |sessions| sessions.idle_secs = 1).await;
     for channel in ["a", "b"] {
-        assert_eq!(turn(&engine, &store, &tenant, channel, "hello").await.0, "completed");
+        assert_eq!(turn(&engine, &store, &tenant, channel, "hello").await.0, TurnStatus::Completed);
     }
     assert_eq!(engine.active_sessions(), 2, "both actors are still in memory");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -150,7 +153,7 @@ async fn idle_sessions_leave_memory_and_come_back() {
     }
     assert_eq!(engine.active_sessions(), 0, "idle actors left memory");
     let (status, input) = turn(&engine, &store, &tenant, "a", "again").await;
-    assert_eq!(status, "completed");
+    assert_eq!(status, TurnStatus::Completed);
     assert_eq!(engine.active_sessions(), 1, "the session's actor came back");
     // The returning actor read the session's history from the store: its context holds the
     // first turn too, so it is larger than the first turn's.
@@ -247,12 +250,12 @@ async fn a_panicking_turn_fails_alone_and_the_session_goes_on() {
     registry.register(Arc::new(Panics));
     let engine = start_with_tools(&store, &data, registry, |_| {}).await;
     let (status, _) = turn(&engine, &store, &tenant, "c1", "/tool bug.panic {}").await;
-    assert_eq!(status, "failed");
+    assert_eq!(status, TurnStatus::Failed);
     let sessions = store.sessions(tenant.id, None, 10).await.unwrap();
     let session = sessions.first().expect("a session");
     let turns = store.turns(session.id).await.unwrap();
     let (failed, _, _) = turns.first().unwrap();
     assert_eq!(failed.error.as_deref(), Some("internal error while running the turn"));
-    assert_eq!(turn(&engine, &store, &tenant, "c1", "after").await.0, "completed");
-    assert_eq!(turn(&engine, &store, &tenant, "c2", "elsewhere").await.0, "completed");
+    assert_eq!(turn(&engine, &store, &tenant, "c1", "after").await.0, TurnStatus::Completed);
+    assert_eq!(turn(&engine, &store, &tenant, "c2", "elsewhere").await.0, TurnStatus::Completed);
 }

@@ -54,40 +54,7 @@ impl GrantRow {
     }
 }
 
-/// Where an approval stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApprovalStatus {
-    Pending,
-    Approved,
-    Denied,
-    /// Not decided within its timeout: a denial.
-    Expired,
-    /// The call it was for will never run (its agent was deleted): nothing to decide.
-    Cancelled,
-}
-
-impl ApprovalStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApprovalStatus::Pending => "pending",
-            ApprovalStatus::Approved => "approved",
-            ApprovalStatus::Denied => "denied",
-            ApprovalStatus::Expired => "expired",
-            ApprovalStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "pending" => Some(Self::Pending),
-            "approved" => Some(Self::Approved),
-            "denied" => Some(Self::Denied),
-            "expired" => Some(Self::Expired),
-            "cancelled" => Some(Self::Cancelled),
-            _ => None,
-        }
-    }
-}
+pub use clade_core::ApprovalStatus;
 
 /// A tool call waiting for an operator.
 #[derive(Debug, Clone)]
@@ -144,9 +111,7 @@ pub struct ApprovalDecision {
 pub struct AuditEntry {
     pub tenant: TenantId,
     pub agent: Option<AgentId>,
-    /// `tool.decision`, `tool.result`, `approval.requested`, `approval.decided`, `grant.added`,
-    /// `grant.revoked`.
-    pub kind: String,
+    pub kind: clade_core::AuditKind,
     pub tool: Option<String>,
     pub decision: Option<String>,
     /// A JSON object; callers must have removed secrets.
@@ -158,6 +123,7 @@ pub struct AuditRow {
     pub seq: i64,
     pub at: Timestamp,
     pub agent_id: Option<AgentId>,
+    /// As stored: verification reads a record as the text it hashed, whatever it says.
     pub kind: String,
     pub tool: Option<String>,
     pub decision: Option<String>,
@@ -227,7 +193,7 @@ pub(crate) async fn append_audit(conn: &mut Tx, entry: &AuditEntry, now: Timesta
         seq,
         at: now,
         agent_id: entry.agent,
-        kind: entry.kind.clone(),
+        kind: entry.kind.as_str().to_owned(),
         tool: entry.tool.clone(),
         decision: entry.decision.clone(),
         detail: entry.detail.clone(),
@@ -283,7 +249,6 @@ fn grant_from_row(row: &Row) -> Result<GrantRow> {
 }
 
 fn approval_from_row(row: &Row) -> Result<ApprovalRow> {
-    let status: String = row.try_get("status")?;
     Ok(ApprovalRow {
         id: ApprovalId::from_bytes(id_bytes(row, "id")?),
         tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
@@ -294,8 +259,7 @@ fn approval_from_row(row: &Row) -> Result<ApprovalRow> {
         arguments: row.try_get("arguments")?,
         arguments_hash: row.try_get("arguments_hash")?,
         reason: row.try_get("reason")?,
-        status: ApprovalStatus::parse(&status)
-            .ok_or_else(|| Error::BadRow(format!("approval status {status:?}")))?,
+        status: row.word("status", ApprovalStatus::parse)?,
         session_id: opt_id(row, "session_id")?.map(SessionId::from_bytes),
         turn_id: opt_id(row, "turn_id")?.map(TurnId::from_bytes),
         created_at: Timestamp::from_millis(row.try_get("created_at")?),
@@ -533,7 +497,7 @@ impl Store {
                 audit.detail = merge_id(&audit.detail, "approval", &id.to_string());
                 append_audit(conn, &audit, now).await?;
                 // Subscribers (and resuming stream clients) learn that the turn waits.
-                let event = OutboxEvent { kind: "approval.requested".into(), data: audit.detail.clone() };
+                let event = OutboxEvent { kind: clade_core::EventKind::ApprovalRequested, data: audit.detail.clone() };
                 insert_outbox(conn, now, approval.tenant, approval.session, approval.turn, &[event]).await?;
                 Ok(())
             })
@@ -644,7 +608,7 @@ impl Store {
                 let data =
                     serde_json::json!({ "approval": id.to_string(), "status": status.as_str() })
                         .to_string();
-                let event = OutboxEvent { kind: "approval.decided".into(), data };
+                let event = OutboxEvent { kind: clade_core::EventKind::ApprovalDecided, data };
                 insert_outbox(conn, now, tenant, session, turn, &[event]).await?;
                 for audit in &audits {
                     append_audit(conn, audit, now).await?;

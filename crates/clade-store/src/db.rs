@@ -185,6 +185,15 @@ impl Row {
             }
         }
     }
+
+    /// A text column holding one word of a vocabulary (a status, a kind), read with `parse`:
+    /// a word this build does not know is a bad row, named, not a panic or a guess.
+    pub(crate) fn word<T>(&self, column: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T> {
+        let text: String = self.try_get(column)?;
+        parse(&text).ok_or_else(|| {
+            Error::BadRow(format!("{column} holds {text:?}, not a word Clade writes there"))
+        })
+    }
 }
 
 /// A column index: a name or a position.

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use clade_core::{
-    Agent, AgentConfig, AgentId, Clock, Handle, SecretName, TemplateName, Tenant, TenantId,
-    Timestamp, TokenId,
+    Agent, AgentConfig, AgentId, AuditKind, Clock, Handle, SecretName, TemplateName, Tenant,
+    TenantId, Timestamp, TokenId,
 };
 use futures::future::BoxFuture;
 use rand::RngCore;
@@ -269,7 +269,7 @@ async fn secret_audit(
     conn: &mut Tx,
     actor: &str,
     agent: AgentId,
-    kind: &str,
+    kind: AuditKind,
     name: &str,
     now: Timestamp,
 ) -> Result<()> {
@@ -281,7 +281,7 @@ async fn secret_audit(
     let entry = crate::access::AuditEntry {
         tenant: TenantId::from_bytes(id_bytes(&row, "tenant_id")?),
         agent: Some(agent),
-        kind: kind.into(),
+        kind,
         tool: None,
         decision: None,
         detail: serde_json::json!({ "secret": name, "by": actor }).to_string(),
@@ -485,14 +485,14 @@ impl Store {
         &self,
         tenant: TenantId,
         agent: Option<AgentId>,
-        kind: &str,
+        kind: AuditKind,
         mut detail: serde_json::Value,
     ) -> crate::access::AuditEntry {
         detail["by"] = serde_json::Value::String(self.actor.to_string());
         crate::access::AuditEntry {
             tenant,
             agent,
-            kind: kind.into(),
+            kind,
             tool: None,
             decision: None,
             detail: detail.to_string(),
@@ -507,7 +507,7 @@ impl Store {
         let audit = self.admin_record(
             tenant.id,
             None,
-            "tenant.created",
+            AuditKind::TenantCreated,
             serde_json::json!({ "tenant": tenant.name.as_str() }),
         );
         self.write(move |conn| {
@@ -574,7 +574,7 @@ impl Store {
         let audit = self.admin_record(
             operator.id,
             None,
-            "tenant.deleted",
+            AuditKind::TenantDeleted,
             serde_json::json!({ "tenant": tenant.name.as_str(), "id": tenant.id.to_string() }),
         );
         let now = self.now();
@@ -660,7 +660,7 @@ impl Store {
         let audit = self.admin_record(
             tenant,
             (agents.len() == 1).then(|| agents[0].id),
-            "agent.created",
+            AuditKind::AgentCreated,
             serde_json::json!({ "handles": handles, "count": agents.len() }),
         );
         self.write(move |conn| {
@@ -760,7 +760,7 @@ impl Store {
         let audit = self.admin_record(
             tenant,
             Some(id),
-            "agent.deleted",
+            AuditKind::AgentDeleted,
             serde_json::json!({ "handle": handle }),
         );
         let at = self.now();
@@ -852,7 +852,7 @@ impl Store {
         let audit = self.admin_record(
             tenant,
             None,
-            "token.created",
+            AuditKind::TokenCreated,
             serde_json::json!({ "token": info.id.to_string(), "name": info.name, "scopes": clade_core::Scope::join(&info.scopes) }),
         );
         self.write(move |conn| {
@@ -896,7 +896,7 @@ impl Store {
         let audit = self.admin_record(
             tenant,
             None,
-            "token.revoked",
+            AuditKind::TokenRevoked,
             serde_json::json!({ "token": id.to_string() }),
         );
         self.write(move |conn| {
@@ -958,7 +958,7 @@ impl Store {
         let actor = self.actor.clone();
         self.write(move |conn| {
             Box::pin(async move {
-                secret_audit(conn, &actor, agent, "secret.set", &name, at).await?;
+                secret_audit(conn, &actor, agent, AuditKind::SecretSet, &name, at).await?;
                 let agent = agent.as_bytes().to_vec();
                 let updated = query(
                     "UPDATE secrets SET nonce = $1, ciphertext = $2, updated_at = $3 \
@@ -1024,7 +1024,7 @@ impl Store {
         let (actor, at) = (self.actor.clone(), self.now());
         self.write(move |conn| {
             Box::pin(async move {
-                secret_audit(conn, &actor, agent, "secret.removed", &name, at).await?;
+                secret_audit(conn, &actor, agent, AuditKind::SecretRemoved, &name, at).await?;
                 let done = query("DELETE FROM secrets WHERE agent_id = $1 AND name = $2")
                     .bind(agent.as_bytes().to_vec())
                     .bind(name.clone())

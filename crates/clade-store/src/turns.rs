@@ -6,7 +6,10 @@
 //! outbox in the same transaction as the state change that causes them.
 
 use crate::db::{Row, Tx, query};
-use clade_core::{AgentId, EventId, SessionId, TenantId, Timestamp, TurnId};
+use clade_core::{
+    AgentId, EventId, EventKind, EventStatus, SessionId, StepKey, TenantId, Timestamp, TurnId,
+    TurnStatus,
+};
 
 use crate::error::{Error, Result};
 use crate::store::{Store, UsageRecord, id_bytes, insert_usage};
@@ -53,7 +56,7 @@ pub struct EventRow {
     pub seq: i64,
     pub idempotency_key: String,
     pub text: String,
-    pub status: String,
+    pub status: EventStatus,
     pub turn_id: Option<TurnId>,
     pub created_at: Timestamp,
 }
@@ -77,7 +80,7 @@ pub struct TurnRow {
     pub session_id: SessionId,
     pub tenant_id: TenantId,
     pub agent_id: AgentId,
-    pub status: String,
+    pub status: TurnStatus,
     pub reply: Option<String>,
     pub error: Option<String>,
     pub model: Option<String>,
@@ -88,8 +91,9 @@ pub struct TurnRow {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalEntry {
-    pub step: String,
-    pub kind: String,
+    /// Also says what kind of step it is ([`StepKey::kind`]).
+    pub step: StepKey,
+    /// JSON text, the runtime's own encoding of the step.
     pub data: String,
 }
 
@@ -106,7 +110,7 @@ pub struct GivenUp {
 /// A lifecycle event to put in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEvent {
-    pub kind: String,
+    pub kind: EventKind,
     /// JSON text.
     pub data: String,
 }
@@ -120,7 +124,7 @@ pub struct OutboxRow {
     pub tenant_id: TenantId,
     pub session_id: Option<SessionId>,
     pub turn_id: Option<TurnId>,
-    pub kind: String,
+    pub kind: EventKind,
     pub data: String,
     pub created_at: Timestamp,
 }
@@ -180,7 +184,7 @@ fn event_row(row: &Row) -> Result<EventRow> {
         seq: row.try_get("seq")?,
         idempotency_key: row.try_get("idempotency_key")?,
         text: row.try_get("text")?,
-        status: row.try_get("status")?,
+        status: row.word("status", EventStatus::parse)?,
         turn_id: opt_id(row, "turn_id")?.map(TurnId::from_bytes),
         created_at: Timestamp::from_millis(row.try_get("created_at")?),
     })
@@ -209,7 +213,7 @@ fn turn_row(row: &Row) -> Result<TurnRow> {
         session_id: SessionId::from_bytes(id_bytes(row, "session_id")?),
         tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
         agent_id: AgentId::from_bytes(id_bytes(row, "agent_id")?),
-        status: row.try_get("status")?,
+        status: row.word("status", TurnStatus::parse)?,
         reply: row.try_get("reply")?,
         error: row.try_get("error")?,
         model: row.try_get("model")?,
@@ -226,7 +230,7 @@ fn outbox_row(row: &Row) -> Result<OutboxRow> {
         tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
         session_id: opt_id(row, "session_id")?.map(SessionId::from_bytes),
         turn_id: opt_id(row, "turn_id")?.map(TurnId::from_bytes),
-        kind: row.try_get("kind")?,
+        kind: row.word("kind", EventKind::parse)?,
         data: row.try_get("data")?,
         created_at: Timestamp::from_millis(row.try_get("created_at")?),
     })
@@ -271,7 +275,7 @@ pub(crate) async fn insert_outbox(
                 .bind(b(tenant.as_bytes()))
                 .bind(session.map(|s| b(s.as_bytes())))
                 .bind(turn.map(|t| b(t.as_bytes())))
-                .bind(event.kind.clone())
+                .bind(event.kind.as_str())
                 .bind(event.data.clone())
                 .bind(now.as_millis());
         let id = match &mut next_sqlite_id {
@@ -289,7 +293,7 @@ pub(crate) async fn insert_outbox(
             tenant_id: tenant,
             session_id: session,
             turn_id: turn,
-            kind: event.kind.clone(),
+            kind: event.kind,
             data: event.data.clone(),
             created_at: now,
         });
@@ -453,7 +457,7 @@ impl Store {
                     seq,
                     idempotency_key: key,
                     text: event.text,
-                    status: "pending".into(),
+                    status: EventStatus::Pending,
                     turn_id: None,
                     // As stored, to the millisecond.
                     created_at: Timestamp::from_millis(now.as_millis()),
@@ -502,7 +506,7 @@ impl Store {
             Some(first) => match first.turn_id {
                 Some(turn) => open.into_iter().take_while(|e| e.turn_id == Some(turn)).collect(),
                 None => {
-                    let pending = open.into_iter().take_while(|e| e.status == "pending");
+                    let pending = open.into_iter().take_while(|e| e.status == EventStatus::Pending);
                     if all { pending.collect() } else { pending.take(1).collect() }
                 }
             },
@@ -557,7 +561,7 @@ impl Store {
                     session_id: session.id,
                     tenant_id: session.tenant_id,
                     agent_id: session.agent_id,
-                    status: "running".into(),
+                    status: TurnStatus::Running,
                     reply: None,
                     error: None,
                     model: None,
@@ -607,20 +611,15 @@ impl Store {
         self.write(move |conn| {
             Box::pin(async move {
                 // A turn that ends here is written in its final state directly.
-                let (status, event_status, reply, error, model, finished_at) = match &finish {
+                let (status, reply, error, model, finished_at) = match &finish {
                     Some((o, _)) => (
-                        o.status.clone(),
-                        match o.status.as_str() {
-                            "completed" => "done",
-                            "yielded" => "yielded",
-                            _ => "failed",
-                        },
+                        o.status,
                         o.reply.clone(),
                         o.error.clone(),
                         o.model.clone(),
                         Some(now.as_millis()),
                     ),
-                    None => ("running".to_owned(), "running", None, None, None, None),
+                    None => (TurnStatus::Running, None, None, None, None),
                 };
                 // The first model call's usage is in the turn's totals from the start: no update
                 // of the row just inserted.
@@ -639,7 +638,7 @@ impl Store {
                 .bind(b(turn.session_id.as_bytes()))
                 .bind(b(turn.tenant_id.as_bytes()))
                 .bind(b(turn.agent_id.as_bytes()))
-                .bind(status)
+                .bind(status.as_str())
                 .bind(reply)
                 .bind(error)
                 .bind(model)
@@ -659,7 +658,7 @@ impl Store {
                     )
                     .bind(b(turn.id.as_bytes()))
                     .bind(b(event.as_bytes()))
-                    .bind(event_status)
+                    .bind(status.event_status().as_str())
                     .execute(&mut *conn)
                     .await?;
                     if taken != 1 {
@@ -701,19 +700,18 @@ impl Store {
 
     /// The turn's journal, in step order of writing.
     pub async fn journal(&self, turn: TurnId) -> Result<Vec<JournalEntry>> {
-        let rows = self.rows(query(
-            "SELECT step, kind, data FROM journal WHERE turn_id = $1 ORDER BY created_at, step",
-        )
-        .bind(b(turn.as_bytes()))).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(JournalEntry {
-                    step: r.try_get("step")?,
-                    kind: r.try_get("kind")?,
-                    data: r.try_get("data")?,
-                })
-            })
-            .collect()
+        let rows = self
+            .rows(
+                query("SELECT step, data, created_at FROM journal WHERE turn_id = $1")
+                    .bind(b(turn.as_bytes())),
+            )
+            .await?;
+        let mut entries = rows
+            .iter()
+            .map(|r| Ok((r.try_get::<i64, _>("created_at")?, journal_entry(r)?)))
+            .collect::<Result<Vec<_>>>()?;
+        entries.sort_by_key(|(at, entry)| (*at, entry.step.order()));
+        Ok(entries.into_iter().map(|(_, entry)| entry).collect())
     }
 
     /// Journals one step (with its outbox events, usage and audit record) in one transaction.
@@ -785,31 +783,32 @@ impl Store {
                 for row in &yielded {
                     let turn = TurnId::from_bytes(id_bytes(row, "id")?);
                     let resumes: i64 = query(
-                        "SELECT COUNT(*) AS n FROM journal WHERE turn_id = $1 AND kind = 'resumed'",
+                        "SELECT COUNT(*) AS n FROM journal WHERE turn_id = $1 AND kind = $2",
                     )
                     .bind(b(turn.as_bytes()))
+                    .bind(clade_core::StepKind::Resumed.as_str())
                     .fetch_one(&mut *conn)
                     .await?
                     .try_get("n")?;
-                    let entry = JournalEntry {
-                        step: format!("resume/{resumes}"),
-                        kind: "resumed".into(),
-                        data: "{}".into(),
-                    };
+                    let n = u32::try_from(resumes).map_err(|_| {
+                        Error::BadRow(format!("turn {turn} was resumed {resumes} times"))
+                    })?;
+                    let entry = JournalEntry { step: StepKey::Resume { n }, data: "{}".into() };
                     journal_in(conn, turn, entry, now).await?;
                     query(
-                        "UPDATE turns SET status = 'running', error = NULL, finished_at = NULL WHERE id = $1",
+                        "UPDATE turns SET status = $2, error = NULL, finished_at = NULL WHERE id = $1",
                     )
                     .bind(b(turn.as_bytes()))
+                    .bind(TurnStatus::Running.as_str())
                     .execute(&mut *conn)
                     .await?;
                     events += query(TURN_EVENTS_STATUS)
                         .bind(b(turn.as_bytes()))
-                        .bind("running")
+                        .bind(EventStatus::Running.as_str())
                         .execute(&mut *conn)
                         .await?;
                     let data = serde_json::json!({ "turn": turn.to_string(), "resumes": resumes + 1 });
-                    let outbox = [OutboxEvent { kind: "turn.resumed".into(), data: data.to_string() }];
+                    let outbox = [OutboxEvent { kind: EventKind::TurnResumed, data: data.to_string() }];
                     rows.extend(
                         insert_outbox(conn, now, tenant, Some(session), Some(turn), &outbox).await?,
                     );
@@ -953,7 +952,7 @@ impl Store {
         let rows = self
             .rows(
                 query(
-                    "SELECT j.turn_id AS turn_id, j.step AS step, j.kind AS kind, j.data AS data, \
+                    "SELECT j.turn_id AS turn_id, j.step AS step, j.data AS data, \
                      j.created_at AS created_at FROM journal j JOIN turns t ON t.id = j.turn_id \
                      WHERE t.session_id = $1",
                 )
@@ -963,17 +962,12 @@ impl Store {
         let mut entries = rows
             .iter()
             .map(|r| {
-                let entry = JournalEntry {
-                    step: r.try_get("step")?,
-                    kind: r.try_get("kind")?,
-                    data: r.try_get("data")?,
-                };
                 let at: i64 = r.try_get("created_at")?;
-                Ok((TurnId::from_bytes(id_bytes(r, "turn_id")?), at, entry))
+                Ok((TurnId::from_bytes(id_bytes(r, "turn_id")?), at, journal_entry(r)?))
             })
             .collect::<Result<Vec<_>>>()?;
         // Steps written in the same millisecond keep the order the engine writes them in.
-        entries.sort_by_cached_key(|(turn, at, entry)| (*turn, *at, step_order(&entry.step)));
+        entries.sort_by_key(|(turn, at, entry)| (*turn, *at, entry.step.order()));
         Ok(entries.into_iter().map(|(turn, _, entry)| (turn, entry)).collect())
     }
 
@@ -1205,26 +1199,15 @@ pub struct TurnUsage {
 /// How a turn ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TurnOutcome {
-    /// `completed`, `failed` or `yielded`.
-    pub status: String,
+    /// Not `Running`.
+    pub status: TurnStatus,
     pub reply: Option<String>,
     pub error: Option<String>,
     pub model: Option<String>,
 }
 
-/// Where a step comes in its turn among steps of the same millisecond: `model/{i}`, then its
-/// tool calls `tool/{i}/{j}/start` and `/result` in call order; anything else last.
-fn step_order(step: &str) -> (u64, u64, u64) {
-    let mut parts = step.split('/');
-    let (kind, n) = (parts.next(), |p: Option<&str>| p.and_then(|p| p.parse::<u64>().ok()));
-    match kind {
-        Some("model") => (n(parts.next()).unwrap_or(u64::MAX), 0, 0),
-        Some("tool") => {
-            let (i, j) = (n(parts.next()).unwrap_or(u64::MAX), n(parts.next()).unwrap_or(0));
-            (i, 1 + 2 * j, u64::from(parts.next() == Some("result")))
-        }
-        _ => (u64::MAX, 0, 0),
-    }
+fn journal_entry(row: &Row) -> Result<JournalEntry> {
+    Ok(JournalEntry { step: row.word("step", StepKey::parse)?, data: row.try_get("data")? })
 }
 
 /// Inserts a journal row inside the caller's transaction; `false` if the step existed.
@@ -1239,8 +1222,8 @@ async fn journal_in(
          ON CONFLICT (turn_id, step) DO NOTHING",
     )
     .bind(b(turn.as_bytes()))
-    .bind(entry.step)
-    .bind(entry.kind)
+    .bind(entry.step.to_string())
+    .bind(entry.step.kind().as_str())
     .bind(entry.data)
     .bind(now.as_millis())
     .execute(&mut *conn)
@@ -1257,14 +1240,9 @@ async fn finish_in(
     outbox: &[OutboxEvent],
     now: Timestamp,
 ) -> Result<Vec<OutboxRow>> {
-    let event_status = match outcome.status.as_str() {
-        "completed" => "done",
-        "yielded" => "yielded",
-        _ => "failed",
-    };
     query("UPDATE turns SET status = $2, reply = $3, error = $4, model = $5, finished_at = $6 WHERE id = $1")
         .bind(b(turn.id.as_bytes()))
-        .bind(outcome.status.clone())
+        .bind(outcome.status.as_str())
         .bind(outcome.reply.clone())
         .bind(outcome.error.clone())
         .bind(outcome.model.clone())
@@ -1273,7 +1251,7 @@ async fn finish_in(
         .await?;
     query(TURN_EVENTS_STATUS)
         .bind(b(turn.id.as_bytes()))
-        .bind(event_status)
+        .bind(outcome.status.event_status().as_str())
         .execute(&mut *conn)
         .await?;
     insert_outbox(conn, now, turn.tenant_id, Some(turn.session_id), Some(turn.id), outbox).await
@@ -1314,35 +1292,6 @@ fn check_duplicate(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Steps of one millisecond sort as the engine writes them, not as their names would.
-    #[test]
-    fn steps_of_one_millisecond_keep_the_engines_order() {
-        let mut steps = [
-            "tool/0/1/result",
-            "tool/0/0/result",
-            "model/1",
-            "tool/0/1/start",
-            "model/0",
-            "tool/0/0/start",
-            "model/10",
-            "model/2",
-        ];
-        steps.sort_by_key(|s| step_order(s));
-        assert_eq!(
-            steps,
-            [
-                "model/0",
-                "tool/0/0/start",
-                "tool/0/0/result",
-                "tool/0/1/start",
-                "tool/0/1/result",
-                "model/1",
-                "model/2",
-                "model/10"
-            ]
-        );
-    }
 
     /// The query plans SQLite picks, on the schema the migrations build (no statistics, as in a
     /// fresh database): no per-turn statement may scan a session's events or turns, and the

@@ -3,7 +3,7 @@
 use std::io::{BufRead, Write};
 
 use anyhow::{Context as _, Result, bail};
-use clade_core::SessionId;
+use clade_core::{EventKind, SessionId, StepKind, TurnStatus};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -54,7 +54,9 @@ impl Client {
 
 fn print_reply(value: &Value) {
     match value["status"].as_str() {
-        Some("completed") => println!("{}", value["reply"]["text"].as_str().unwrap_or_default()),
+        Some(status) if TurnStatus::parse(status) == Some(TurnStatus::Completed) => {
+            println!("{}", value["reply"]["text"].as_str().unwrap_or_default())
+        }
         Some(other) => eprintln!("turn {other}: {}", value["error"].as_str().unwrap_or("no reply")),
         None => {
             println!("accepted: event {} in session {}", value["event_id"], value["session_id"])
@@ -121,18 +123,19 @@ pub(super) async fn chat(ctx: &Ctx, args: ChatArgs) -> Result<()> {
             parser.push(&chunk?, &mut events)?;
             for event in events {
                 let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
-                match event.event.as_deref() {
-                    Some("turn.started") => {
+                let kind = event.event.as_deref().and_then(EventKind::parse);
+                match kind {
+                    Some(EventKind::TurnStarted) => {
                         ours = data["events"]
                             .as_array()
                             .is_some_and(|e| e.iter().any(|id| id == &event_id));
                     }
-                    Some("text.delta") if ours => {
+                    Some(EventKind::TextDelta) if ours => {
                         print!("{}", data["text"].as_str().unwrap_or_default());
                         let _ = std::io::stdout().flush();
                         streamed = true;
                     }
-                    Some("turn.finished" | "turn.failed" | "turn.yielded") if ours => {
+                    Some(kind) if kind.ends_turn() && ours => {
                         if !streamed && let Some(reply) = data["reply"].as_str() {
                             print!("{reply}");
                         }
@@ -197,10 +200,10 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
                     .iter()
                     .map(|(t, events, usage)| json!({
                         "steps": steps_of(t.id).map(|e| json!({
-                            "step": e.step, "kind": e.kind,
+                            "step": e.step.to_string(), "kind": e.step.kind().as_str(),
                             "data": serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null),
                         })).collect::<Vec<_>>(),
-                        "id": t.id.to_string(), "status": t.status, "reply": t.reply, "error": t.error, "model": t.model,
+                        "id": t.id.to_string(), "status": t.status.as_str(), "reply": t.reply, "error": t.error, "model": t.model,
                         "started_at": t.started_at.as_millis(),
                         "usage": { "model_calls": usage.model_calls, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens, "cost_micros": usage.cost_micros },
                         "events": events.iter().map(|e| json!({ "id": e.id.to_string(), "seq": e.seq, "text": e.text })).collect::<Vec<_>>(),
@@ -218,26 +221,26 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
                 }
                 for entry in steps_of(turn.id) {
                     let data: Value = serde_json::from_str(&entry.data).unwrap_or(Value::Null);
-                    match entry.kind.as_str() {
-                        "tool_started" => {
+                    match entry.step.kind() {
+                        StepKind::ToolStarted => {
                             println!(
                                 "  · {} {}",
                                 data["name"].as_str().unwrap_or("?"),
                                 data["arguments"]
                             )
                         }
-                        "tool_result" => {
+                        StepKind::ToolResult => {
                             let content = data["content"].as_str().unwrap_or_default();
                             let shown: String = content.chars().take(200).collect();
                             let error = if data["is_error"] == true { " (error)" } else { "" };
                             println!("    → {shown}{error}");
                         }
-                        "resumed" => println!("  · resumed"),
-                        _ => {}
+                        StepKind::Resumed => println!("  · resumed"),
+                        StepKind::ModelResponse => {}
                     }
                 }
-                match turn.status.as_str() {
-                    "completed" => println!("< {}", turn.reply.unwrap_or_default()),
+                match turn.status {
+                    TurnStatus::Completed => println!("< {}", turn.reply.unwrap_or_default()),
                     status => println!("< [{status}] {}", turn.error.unwrap_or_default()),
                 }
                 println!(

@@ -90,7 +90,7 @@ pub fn new_turn(store: &Store, accepted: &Accepted, tenant: &Tenant, agent: &Age
         session_id: accepted.session_id,
         tenant_id: tenant.id,
         agent_id: agent.id,
-        status: "running".into(),
+        status: clade_core::TurnStatus::Running,
         reply: None,
         error: None,
         model: None,

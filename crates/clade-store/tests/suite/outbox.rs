@@ -9,7 +9,7 @@ use super::harness::{accept, backends, new_turn, tenant_and_agent};
 async fn started(store: &Store, tenant: &Tenant, agent: &Agent, channel: &str) -> i64 {
     let accepted = accept(store, tenant, agent, channel).await;
     let turn = new_turn(store, &accepted, tenant, agent);
-    let outbox = vec![OutboxEvent { kind: "turn.started".into(), data: "{}".into() }];
+    let outbox = vec![OutboxEvent { kind: clade_core::EventKind::TurnStarted, data: "{}".into() }];
     let rows = store.begin_turn(&turn, vec![accepted.event_id], outbox, None, None).await;
     rows.unwrap()[0].id
 }

@@ -2,7 +2,7 @@
 //! checkpoint and WAL restart scales with this, so an index added on the turn's path shows up
 //! here before it shows up as latency.
 
-use clade_core::{Agent, Tenant};
+use clade_core::{Agent, EventKind, StepKey, Tenant, TurnStatus};
 use clade_store::{
     Agents, DataDir, JournalEntry, Location, OutboxEvent, Store, TurnOutcome, UsageRecord,
 };
@@ -15,10 +15,9 @@ use super::harness::{accept, new_turn, open, tenant_and_agent};
 async fn one_turn(store: &Store, tenant: &Tenant, agent: &Agent, channel: &str) {
     let accepted = accept(store, tenant, agent, channel).await;
     let turn = new_turn(store, &accepted, tenant, agent);
-    let outbox = |kind: &str| OutboxEvent { kind: kind.into(), data: "{}".into() };
+    let outbox = |kind| OutboxEvent { kind, data: "{}".into() };
     let step = JournalEntry {
-        step: "0001".into(),
-        kind: "model_response".into(),
+        step: StepKey::Model { iteration: 0 },
         data: r#"{"text":"hi there"}"#.into(),
     };
     let usage = UsageRecord {
@@ -33,7 +32,7 @@ async fn one_turn(store: &Store, tenant: &Tenant, agent: &Agent, channel: &str) 
         cost_micros: 0,
     };
     let outcome = TurnOutcome {
-        status: "completed".into(),
+        status: TurnStatus::Completed,
         reply: Some("hi there".into()),
         error: None,
         model: Some("offline".into()),
@@ -42,9 +41,9 @@ async fn one_turn(store: &Store, tenant: &Tenant, agent: &Agent, channel: &str) 
         .begin_turn(
             &turn,
             vec![accepted.event_id],
-            vec![outbox("turn.started")],
+            vec![outbox(EventKind::TurnStarted)],
             Some((step, Some(usage))),
-            Some((outcome, vec![outbox("turn.finished")])),
+            Some((outcome, vec![outbox(EventKind::TurnFinished)])),
         )
         .await
         .unwrap();

@@ -144,9 +144,8 @@ async fn a_turn_sums_the_usage_of_its_model_calls() {
             cache_write_tokens: 1,
             cost_micros: cost,
         };
-        let step = |n: &str| clade_store::JournalEntry {
-            step: n.into(),
-            kind: "model_response".into(),
+        let step = |iteration| clade_store::JournalEntry {
+            step: clade_core::StepKey::Model { iteration },
             data: "{}".into(),
         };
         h.store
@@ -154,18 +153,18 @@ async fn a_turn_sums_the_usage_of_its_model_calls() {
                 &turn,
                 vec![accepted.event_id],
                 Vec::new(),
-                Some((step("0001"), Some(usage(10, 4, 3, 7)))),
+                Some((step(0), Some(usage(10, 4, 3, 7)))),
                 None,
             )
             .await
             .unwrap();
         h.store
-            .append_journal(&turn, step("0002"), Vec::new(), Some(usage(20, 0, 5, 11)), None)
+            .append_journal(&turn, step(1), Vec::new(), Some(usage(20, 0, 5, 11)), None)
             .await
             .unwrap();
         // A step journaled again (a resumed turn) is not counted twice.
         h.store
-            .append_journal(&turn, step("0002"), Vec::new(), Some(usage(20, 0, 5, 11)), None)
+            .append_journal(&turn, step(1), Vec::new(), Some(usage(20, 0, 5, 11)), None)
             .await
             .unwrap();
 
@@ -193,38 +192,33 @@ async fn a_journal_step_and_its_audit_record_commit_together() {
         let accepted = accept(&h.store, &tenant, &ada, "c").await;
         let turn = new_turn(&h.store, &accepted, &tenant, &ada);
         h.store.begin_turn(&turn, vec![accepted.event_id], Vec::new(), None, None).await.unwrap();
-        let step = |n: &str| clade_store::JournalEntry {
-            step: n.into(),
-            kind: "tool_started".into(),
-            data: "{}".into(),
-        };
+        let start = clade_core::StepKey::ToolStart { iteration: 0, index: 0 };
+        let step = || clade_store::JournalEntry { step: start, data: "{}".into() };
         let audit = |tenant_id| clade_store::AuditEntry {
             tenant: tenant_id,
             agent: Some(ada.id),
-            kind: "tool.decision".into(),
+            kind: clade_core::AuditKind::ToolDecision,
             tool: Some("shell.exec".into()),
             decision: Some("allow".into()),
             detail: "{}".into(),
         };
         // A record for a tenant that does not exist cannot be written.
         let nobody = clade_core::TenantId::generate(h.store.now());
-        let failed = h
-            .store
-            .append_journal(&turn, step("tool/0/0/start"), Vec::new(), None, Some(audit(nobody)))
-            .await;
+        let failed =
+            h.store.append_journal(&turn, step(), Vec::new(), None, Some(audit(nobody))).await;
         assert!(failed.is_err(), "{}", h.name);
         assert!(
-            h.store.journal(turn.id).await.unwrap().iter().all(|e| e.step != "tool/0/0/start"),
+            h.store.journal(turn.id).await.unwrap().iter().all(|e| e.step != start),
             "{}",
             h.name
         );
         // A good one commits with its step.
         h.store
-            .append_journal(&turn, step("tool/0/0/start"), Vec::new(), None, Some(audit(tenant.id)))
+            .append_journal(&turn, step(), Vec::new(), None, Some(audit(tenant.id)))
             .await
             .unwrap();
         assert!(
-            h.store.journal(turn.id).await.unwrap().iter().any(|e| e.step == "tool/0/0/start"),
+            h.store.journal(turn.id).await.unwrap().iter().any(|e| e.step == start),
             "{}",
             h.name
         );

@@ -1,0 +1,366 @@
+//! The turn protocol's vocabulary: statuses, lifecycle event kinds, journal step keys, process
+//! kinds and approval statuses.
+//!
+//! Crates pass these types to each other; text exists only where a value is stored or sent
+//! (`as_str`) and read back (`parse`). `xtask/tests/tidy.rs` fails when one of these words is
+//! written as a string literal anywhere else.
+
+use std::fmt;
+
+/// Declares a fieldless enum with its one spelling per variant, `as_str`, `parse` and `ALL`.
+macro_rules! vocabulary {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)+];
+
+            /// The spelling stored and sent.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+
+            /// The value spelled `text`, if it is one.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text {
+                    $($text => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+vocabulary! {
+    /// Where a turn stands. A turn is written `Running` and ends in one of the others;
+    /// a yielded turn runs again when resumed.
+    TurnStatus {
+        Running = "running",
+        Completed = "completed",
+        Failed = "failed",
+        /// Stopped at its model-call budget, waiting to be resumed.
+        Yielded = "yielded",
+    }
+}
+
+impl TurnStatus {
+    /// The status its events take when a turn reaches this one.
+    pub const fn event_status(self) -> EventStatus {
+        match self {
+            TurnStatus::Running => EventStatus::Running,
+            TurnStatus::Completed => EventStatus::Done,
+            TurnStatus::Failed => EventStatus::Failed,
+            TurnStatus::Yielded => EventStatus::Yielded,
+        }
+    }
+
+    /// The lifecycle event that announces a turn ending so; `None` for a running one.
+    pub const fn end_event(self) -> Option<EventKind> {
+        match self {
+            TurnStatus::Running => None,
+            TurnStatus::Completed => Some(EventKind::TurnFinished),
+            TurnStatus::Failed => Some(EventKind::TurnFailed),
+            TurnStatus::Yielded => Some(EventKind::TurnYielded),
+        }
+    }
+}
+
+vocabulary! {
+    /// Where an inbound event stands: waiting, taken by a turn, or ended with it.
+    EventStatus {
+        Pending = "pending",
+        Running = "running",
+        Done = "done",
+        Failed = "failed",
+        Yielded = "yielded",
+    }
+}
+
+impl EventStatus {
+    /// Waiting for a turn or in one: the session still has work.
+    pub const fn is_open(self) -> bool {
+        matches!(self, EventStatus::Pending | EventStatus::Running)
+    }
+}
+
+vocabulary! {
+    /// A lifecycle event's kind: the outbox's `kind`, SSE's `event:`, a webhook's type.
+    EventKind {
+        TurnStarted = "turn.started",
+        TurnFinished = "turn.finished",
+        TurnFailed = "turn.failed",
+        TurnYielded = "turn.yielded",
+        TurnResumed = "turn.resumed",
+        /// Live only: part of a model's answer as it streams.
+        TextDelta = "text.delta",
+        ToolCalled = "tool.called",
+        ToolResult = "tool.result",
+        ApprovalRequested = "approval.requested",
+        ApprovalDecided = "approval.decided",
+    }
+}
+
+impl EventKind {
+    /// One of the events that end a turn.
+    pub const fn ends_turn(self) -> bool {
+        matches!(self, EventKind::TurnFinished | EventKind::TurnFailed | EventKind::TurnYielded)
+    }
+}
+
+vocabulary! {
+    /// What an audit record records. Some share a lifecycle event's spelling, since the same
+    /// change is both audited and announced.
+    AuditKind {
+        /// Policy's decision on a tool call, committed with the call's start.
+        ToolDecision = "tool.decision",
+        /// An operator's tool call and what it returned.
+        ToolResult = "tool.result",
+        SandboxViolation = "sandbox.violation",
+        SandboxLimit = "sandbox.limit",
+        SandboxDenied = "sandbox.denied",
+        ApprovalRequested = "approval.requested",
+        ApprovalDecided = "approval.decided",
+        GrantAdded = "grant.added",
+        GrantRevoked = "grant.revoked",
+        TenantCreated = "tenant.created",
+        TenantDeleted = "tenant.deleted",
+        AgentCreated = "agent.created",
+        AgentDeleted = "agent.deleted",
+        TokenCreated = "token.created",
+        TokenRevoked = "token.revoked",
+        SecretSet = "secret.set",
+        SecretRemoved = "secret.removed",
+    }
+}
+
+vocabulary! {
+    /// What kind of process runs a model call: each has its own model route and limits.
+    ProcessKind {
+        /// The conversation with the user.
+        Channel = "channel",
+        /// A fork of a session's context that thinks in parallel.
+        Branch = "branch",
+        /// A fresh context with a task of its own.
+        Worker = "worker",
+        /// Summarises history.
+        Compactor = "compactor",
+        /// Background reflection over an agent's memory.
+        Cortex = "cortex",
+    }
+}
+
+vocabulary! {
+    /// Where an approval stands.
+    ApprovalStatus {
+        Pending = "pending",
+        Approved = "approved",
+        Denied = "denied",
+        /// Not decided within its timeout: a denial.
+        Expired = "expired",
+        /// The call it was for will never run (its agent was deleted): nothing to decide.
+        Cancelled = "cancelled",
+    }
+}
+
+vocabulary! {
+    /// What a journal step records.
+    StepKind {
+        ModelResponse = "model_response",
+        ToolStarted = "tool_started",
+        ToolResult = "tool_result",
+        Resumed = "resumed",
+    }
+}
+
+/// One step of a turn's journal, keyed by its explicit numbers: the model call `iteration`, the
+/// tool call `index` within it, or the `n`th resume. A step is written once; a resumed turn
+/// finds its steps by key and does not repeat them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StepKey {
+    Model { iteration: u32 },
+    ToolStart { iteration: u32, index: u32 },
+    ToolResult { iteration: u32, index: u32 },
+    Resume { n: u32 },
+}
+
+impl StepKey {
+    pub const fn kind(self) -> StepKind {
+        match self {
+            StepKey::Model { .. } => StepKind::ModelResponse,
+            StepKey::ToolStart { .. } => StepKind::ToolStarted,
+            StepKey::ToolResult { .. } => StepKind::ToolResult,
+            StepKey::Resume { .. } => StepKind::Resumed,
+        }
+    }
+
+    /// Where the step comes among steps written in the same millisecond: a model call, then
+    /// its tool calls' starts and results in call order. A resume is written alone, in a
+    /// transaction of its own, so it never shares a millisecond with the steps around it.
+    pub const fn order(self) -> (u32, u64, u8) {
+        match self {
+            StepKey::Model { iteration } => (iteration, 0, 0),
+            StepKey::ToolStart { iteration, index } => (iteration, 1 + index as u64, 0),
+            StepKey::ToolResult { iteration, index } => (iteration, 1 + index as u64, 1),
+            StepKey::Resume { n } => (n, 0, 0),
+        }
+    }
+
+    /// The key spelled `text` (as [`fmt::Display`] writes it), if it is one.
+    pub fn parse(text: &str) -> Option<Self> {
+        let parts: Vec<&str> = text.split('/').collect();
+        let number = |i: usize| parts.get(i).and_then(|p| p.parse::<u32>().ok());
+        let key = match (parts.first()?, parts.len()) {
+            (&"model", 2) => StepKey::Model { iteration: number(1)? },
+            (&"resume", 2) => StepKey::Resume { n: number(1)? },
+            (&"tool", 4) => {
+                let (iteration, index) = (number(1)?, number(2)?);
+                match parts[3] {
+                    "start" => StepKey::ToolStart { iteration, index },
+                    "result" => StepKey::ToolResult { iteration, index },
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        };
+        // Only the one spelling of each key: no trailing parts, no leading zeros.
+        (key.to_string() == text).then_some(key)
+    }
+
+    /// The key of the tool call this step belongs to, shared by its start and result: what
+    /// names the call's effect across restarts.
+    pub fn call(self) -> Option<String> {
+        match self {
+            StepKey::ToolStart { iteration, index } | StepKey::ToolResult { iteration, index } => {
+                Some(format!("tool/{iteration}/{index}"))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for StepKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepKey::Model { iteration } => write!(f, "model/{iteration}"),
+            StepKey::ToolStart { iteration, index } => write!(f, "tool/{iteration}/{index}/start"),
+            StepKey::ToolResult { iteration, index } => {
+                write!(f, "tool/{iteration}/{index}/result")
+            }
+            StepKey::Resume { n } => write!(f, "resume/{n}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_reads_back_as_itself() {
+        for status in TurnStatus::ALL {
+            assert_eq!(TurnStatus::parse(status.as_str()), Some(*status));
+        }
+        for status in EventStatus::ALL {
+            assert_eq!(EventStatus::parse(status.as_str()), Some(*status));
+        }
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(*kind));
+        }
+        for kind in AuditKind::ALL {
+            assert_eq!(AuditKind::parse(kind.as_str()), Some(*kind));
+        }
+        for kind in ProcessKind::ALL {
+            assert_eq!(ProcessKind::parse(kind.as_str()), Some(*kind));
+        }
+        assert_eq!(TurnStatus::parse("Completed"), None);
+        assert_eq!(EventKind::parse("turn"), None);
+    }
+
+    #[test]
+    fn step_keys_read_back_and_refuse_other_spellings() {
+        for key in [
+            StepKey::Model { iteration: 0 },
+            StepKey::Model { iteration: 12 },
+            StepKey::ToolStart { iteration: 3, index: 1 },
+            StepKey::ToolResult { iteration: 0, index: 10 },
+            StepKey::Resume { n: 2 },
+        ] {
+            assert_eq!(StepKey::parse(&key.to_string()), Some(key), "{key}");
+        }
+        for bad in [
+            "",
+            "model",
+            "model/",
+            "model/x",
+            "model/01",
+            "model/1/2",
+            "tool/1/2",
+            "tool/1/2/end",
+            "tool/1/2/start/3",
+            "resume/-1",
+            "other/1",
+            "model/4294967296",
+        ] {
+            assert_eq!(StepKey::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    /// Steps of one millisecond sort as the engine writes them, not as their names would.
+    #[test]
+    fn steps_of_one_millisecond_keep_the_engines_order() {
+        let mut steps: Vec<StepKey> = [
+            "tool/0/1/result",
+            "tool/0/0/result",
+            "model/1",
+            "tool/0/1/start",
+            "model/0",
+            "tool/0/0/start",
+            "model/10",
+            "model/2",
+        ]
+        .iter()
+        .map(|s| StepKey::parse(s).unwrap())
+        .collect();
+        steps.sort_by_key(|s| s.order());
+        let names: Vec<String> = steps.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            names,
+            [
+                "model/0",
+                "tool/0/0/start",
+                "tool/0/0/result",
+                "tool/0/1/start",
+                "tool/0/1/result",
+                "model/1",
+                "model/2",
+                "model/10"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_turns_end_names_its_events_status_and_announcement() {
+        assert_eq!(TurnStatus::Completed.event_status(), EventStatus::Done);
+        assert_eq!(TurnStatus::Completed.end_event(), Some(EventKind::TurnFinished));
+        assert_eq!(TurnStatus::Running.end_event(), None);
+        for status in TurnStatus::ALL {
+            assert_eq!(
+                status.end_event().is_some_and(EventKind::ends_turn),
+                *status != TurnStatus::Running
+            );
+        }
+    }
+}
