@@ -145,9 +145,16 @@ impl Ctx {
     /// the configured MCP servers' tools, behind policy, approvals, the sandbox and the audit
     /// log. An MCP server that cannot be reached is reported and left out.
     pub(crate) async fn tools(&self) -> Arc<clade_runtime::ToolRunner> {
+        self.tools_in(Arc::new(self.sandbox())).await
+    }
+
+    /// [`Ctx::tools`] with host-touching tools in `sandbox`, whose health the runner reports.
+    pub(crate) async fn tools_in(
+        &self,
+        sandbox: Arc<clade_tools::sandbox::Sandbox>,
+    ) -> Arc<clade_runtime::ToolRunner> {
         use clade_tools::builtin::Ledger;
         let mut tools = clade_tools::Registry::new();
-        let sandbox = Arc::new(self.sandbox());
         clade_tools::builtin::register_all(&mut tools, sandbox.clone());
         if let Some(path) = &self.config.testing.ledger_file {
             tools.register(Arc::new(Ledger::at_most_once(path.clone())));
@@ -190,7 +197,8 @@ impl Ctx {
                 Some(self.secrets()),
                 &self.config.tools,
             )
-            .with_tenants(self.config.tenants.clone()),
+            .with_tenants(self.config.tenants.clone())
+            .with_sandbox(sandbox),
         )
     }
 

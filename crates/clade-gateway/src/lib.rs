@@ -31,6 +31,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use clade_runtime::tools::SandboxHealth;
 use clade_store::{Agents, Store};
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -95,16 +96,29 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
+    // The sandbox's self-check runs in the background from start: its outcome is reported, and
+    // a broken sandbox makes the gateway degraded (tools refused), not unready (chat works).
+    let sandbox = state.engine.tools().sandbox_health().map(|health| {
+        let reason = match &health {
+            SandboxHealth::Broken(reason) => Some(reason.clone()),
+            _ => None,
+        };
+        serde_json::json!({ "status": health.as_str(), "reason": reason })
+    });
+    let broken = sandbox.as_ref().is_some_and(|s| s["status"] == "broken");
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => axum::Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Ok(Ok(())) => {
+            let status = if broken { "degraded" } else { "ready" };
+            axum::Json(serde_json::json!({ "status": status, "sandbox": sandbox })).into_response()
+        }
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "status": "unavailable", "reason": err.to_string() })))
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "status": "unavailable", "reason": err.to_string(), "sandbox": sandbox })))
                 .into_response()
         }
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "status": "unavailable", "reason": "store did not answer within 2 s" })),
+            axum::Json(serde_json::json!({ "status": "unavailable", "reason": "store did not answer within 2 s", "sandbox": sandbox })),
         )
             .into_response(),
     }

@@ -130,8 +130,8 @@ pub fn document() -> Value {
                 "responses": { "200": { "description": "alive" } }
             }},
             "/readyz": { "get": {
-                "summary": "Readiness: the store answers", "security": [],
-                "responses": { "200": { "description": "ready" }, "503": { "description": "store unavailable" } }
+                "summary": "Readiness: the store answers. `sandbox` reports the sandbox's self-check (off, checking, ready, or broken with its reason); a broken sandbox makes the status `degraded`: chat works, host-touching tools are refused", "security": [],
+                "responses": { "200": { "description": "ready or degraded" }, "503": { "description": "store unavailable" } }
             }},
             "/openapi.json": { "get": {
                 "summary": "This document", "security": [],

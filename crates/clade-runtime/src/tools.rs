@@ -21,6 +21,7 @@ use clade_store::{
 };
 use clade_tools::policy::{self, Decision, SourcedRule};
 use clade_tools::sandbox::Finding;
+pub use clade_tools::sandbox::SandboxHealth;
 use clade_tools::{CallContext, Registry, Tool};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -117,6 +118,8 @@ pub struct ToolRunner {
     runs: std::sync::atomic::AtomicU64,
     /// The operator's per-tenant settings (grant ceilings), by tenant name.
     tenants: std::collections::BTreeMap<String, clade_config::TenantConfig>,
+    /// The sandbox host-touching tools run in, for its self-check's outcome.
+    sandbox: Option<Arc<clade_tools::sandbox::Sandbox>>,
 }
 
 /// Cancels a pending approval whose waiting call went away (see `await_approval`).
@@ -193,7 +196,20 @@ impl ToolRunner {
             spec_lists: Mutex::default(),
             runs: std::sync::atomic::AtomicU64::new(0),
             tenants: Default::default(),
+            sandbox: None,
         }
+    }
+
+    /// The sandbox the registry's tools run in, whose health [`ToolRunner::sandbox_health`]
+    /// reports.
+    pub fn with_sandbox(mut self, sandbox: Arc<clade_tools::sandbox::Sandbox>) -> Self {
+        self.sandbox = Some(sandbox);
+        self
+    }
+
+    /// What the sandbox's self-check found; `None` when no sandbox was given.
+    pub fn sandbox_health(&self) -> Option<SandboxHealth> {
+        self.sandbox.as_ref().map(|s| s.health())
     }
 
     /// The operator's per-tenant settings (`tenants:` in clade.yaml).

@@ -26,6 +26,9 @@ pub enum SandboxError {
     Unavailable(String),
     #[error("cannot start the sandboxed command: {0}")]
     Spawn(std::io::Error),
+    /// The self-check at start failed; carries its error, which says what to do.
+    #[error("refused: the sandbox failed its self-check when the gateway started ({0})")]
+    SelfCheckFailed(String),
 }
 
 /// One command to run.
@@ -418,6 +421,31 @@ pub struct Sandbox {
     /// The program (and leading arguments) of the egress bridge that network-granted runs
     /// start inside the sandbox (see [`crate::egress`]); without it they are refused.
     egress_bridge: Option<Arc<[String]>>,
+    /// What the self-check found, shared by every clone.
+    health: Arc<std::sync::RwLock<SandboxHealth>>,
+}
+
+/// Whether the sandbox works, as its self-check ([`Sandbox::self_check`]) found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SandboxHealth {
+    /// `tools.sandbox: none`: tools run unsandboxed, by the operator's choice.
+    Off,
+    /// Not checked yet, or being checked: runs go ahead (and fail closed if it is broken).
+    Checking,
+    Ready,
+    /// The self-check failed, for this reason: every run is refused at once.
+    Broken(String),
+}
+
+impl SandboxHealth {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SandboxHealth::Off => "off",
+            SandboxHealth::Checking => "checking",
+            SandboxHealth::Ready => "ready",
+            SandboxHealth::Broken(_) => "broken",
+        }
+    }
 }
 
 /// A compiled seccomp filter in a sealed memory file: nothing on disk to replace, and the seals
@@ -519,7 +547,33 @@ impl Sandbox {
             seccomp_offline,
             seccomp_no_unix,
             egress_bridge: None,
+            health: Arc::new(std::sync::RwLock::new(match mode {
+                SandboxMode::None => SandboxHealth::Off,
+                SandboxMode::Bubblewrap => SandboxHealth::Checking,
+            })),
         }
+    }
+
+    /// What the self-check found so far.
+    pub fn health(&self) -> SandboxHealth {
+        self.health.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Probes the sandbox ([`Sandbox::probe`]) and records the outcome for [`Sandbox::health`]:
+    /// once broken, runs are refused at once with the reason instead of each failing in
+    /// bubblewrap. Meant to run in the background while the gateway already answers.
+    pub async fn self_check(&self) -> Result<(), SandboxError> {
+        if self.mode == SandboxMode::None {
+            return Ok(());
+        }
+        *self.health.write().unwrap_or_else(|e| e.into_inner()) = SandboxHealth::Checking;
+        let outcome = self.probe().await;
+        let health = match &outcome {
+            Ok(()) => SandboxHealth::Ready,
+            Err(err) => SandboxHealth::Broken(err.to_string()),
+        };
+        *self.health.write().unwrap_or_else(|e| e.into_inner()) = health;
+        outcome
     }
 
     /// The egress bridge network-granted runs start inside the sandbox: a program (bound
@@ -584,6 +638,9 @@ impl Sandbox {
     pub async fn run(&self, exec: Exec) -> Result<ExecOutput, SandboxError> {
         if exec.argv.is_empty() {
             return Err(SandboxError::Spawn(std::io::Error::other("empty command")));
+        }
+        if let SandboxHealth::Broken(reason) = self.health() {
+            return Err(SandboxError::SelfCheckFailed(reason));
         }
         let proxy = match (self.mode, exec.network) {
             (SandboxMode::Bubblewrap, true) => {

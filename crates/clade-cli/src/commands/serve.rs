@@ -25,12 +25,12 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     }
     let subscribers = ctx.subscribers()?;
     let models = ctx.models();
-    check_sandbox(ctx).await;
+    let sandbox = check_sandbox(ctx);
     let options = clade_runtime::EngineOptions {
         sessions: ctx.config.sessions.clone(),
         bindings: ctx.config.bindings.clone(),
         default_agent: ctx.config.default_agent.clone(),
-        tools: ctx.tools().await,
+        tools: ctx.tools_in(sandbox).await,
         tenants: ctx.config.tenants.clone(),
     };
     let engine = clade_runtime::Engine::start(
@@ -94,26 +94,36 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Says loudly how tools will run: unsandboxed by the operator's choice, or failing closed
-/// because bubblewrap cannot set up a sandbox here.
-async fn check_sandbox(ctx: &Ctx) {
+/// Says loudly how tools will run: unsandboxed by the operator's choice, or, once the
+/// self-check that starts here in the background has run, failing closed because bubblewrap
+/// cannot set up a sandbox here. The gateway answers meanwhile; `/readyz` and tool calls report
+/// the outcome.
+fn check_sandbox(ctx: &Ctx) -> std::sync::Arc<clade_tools::sandbox::Sandbox> {
     let hardening = clade_tools::sandbox::harden_daemon();
     tracing::info!(
         non_dumpable = hardening.non_dumpable,
         no_core = hardening.no_core,
         "daemon hardened"
     );
-    let sandbox = ctx.sandbox();
+    let sandbox = std::sync::Arc::new(ctx.sandbox());
     match sandbox.mode() {
         clade_config::SandboxMode::None => tracing::warn!(
             "tools.sandbox is `none`: host-touching tools run UNSANDBOXED with this process's rights; remove it to use bubblewrap"
         ),
         clade_config::SandboxMode::Bubblewrap => {
-            if let Err(err) = sandbox.probe().await {
-                tracing::warn!(error = %err, "host-touching tools will be refused until the sandbox works");
-            }
+            let checked = sandbox.clone();
+            tokio::spawn(async move {
+                match checked.self_check().await {
+                    Ok(()) => tracing::info!("sandbox self-check passed"),
+                    Err(err) => tracing::warn!(
+                        error = %err,
+                        "host-touching tools will be refused until the sandbox works"
+                    ),
+                }
+            });
         }
     }
+    sandbox
 }
 
 async fn shutdown_signal() {

@@ -1201,3 +1201,60 @@ async fn grants_attach_their_capabilities_only_to_what_they_name() {
         );
     }
 }
+
+/// The sandbox's self-check runs in the background, so the gateway answers at once; its
+/// outcome shows in `/readyz`, and a broken sandbox still fails closed: every host-touching
+/// call is refused with the check's reason, which says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_sandbox_is_reported_by_readyz_and_refuses_tools() {
+    // A "bwrap" that cannot set anything up.
+    let env = configured(
+        "tools:\n  bwrap: /bin/false\n  policy:\n    - { effect: allow, tool: shell.exec }\n",
+    );
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let first = server.get_json("/readyz").await;
+    assert!(["ready", "degraded"].contains(&first["status"].as_str().unwrap()), "{first}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        let ready = server.get_json("/readyz").await;
+        if ready["sandbox"]["status"] != "checking" {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "the self-check never finished: {ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["sandbox"]["status"], "broken", "{ready}");
+    let reason = ready["sandbox"]["reason"].as_str().unwrap();
+    assert!(reason.contains("bubblewrap"), "the reason says what to do: {reason}");
+    let (status, body) = server
+        .send(
+            "POST",
+            "/v1/agents/ada/tools/shell.exec/call",
+            None,
+            Some(json!({ "arguments": { "argv": ["true"] } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["is_error"], true, "{body}");
+    assert!(body["content"].as_str().unwrap().contains("self-check"), "{body}");
+}
+
+/// A working sandbox passes its self-check, and `/readyz` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_sandbox_passes_its_self_check() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = server.get_json("/readyz").await;
+        if ready["sandbox"]["status"] != "checking" {
+            assert_eq!(ready["status"], "ready", "{ready}");
+            assert_eq!(ready["sandbox"]["status"], "ready", "{ready}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the self-check never finished: {ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
