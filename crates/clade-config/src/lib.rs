@@ -62,8 +62,9 @@ pub struct Config {
     /// Rules mapping an event's source to an agent when the event names none.
     #[serde(default)]
     pub bindings: Vec<Binding>,
-    /// The agent (handle) of an event that names none and matches no binding; without one,
-    /// such an event is refused (`no_agent`).
+    /// The agent (`tenant/handle`, or a bare handle in the default tenant) of an event of its
+    /// tenant that names none and matches no binding; without one, such an event is refused
+    /// (`no_agent`). Events of other tenants never reach it.
     #[serde(default)]
     pub default_agent: Option<String>,
     /// Webhooks that receive lifecycle events (at least once, in order, signed).
@@ -152,7 +153,8 @@ pub struct SessionsConfig {
     /// Earlier turns included in the model's context.
     #[serde(default = "default_history")]
     pub history_turns: u32,
-    /// Per-agent settings (by handle) that override the ones above for that agent's sessions.
+    /// Per-agent settings that override the ones above for that agent's sessions, keyed by
+    /// agent reference (`tenant/handle`, or a bare handle in the default tenant).
     #[serde(default)]
     pub agents: BTreeMap<String, AgentSessionsConfig>,
 }
@@ -167,10 +169,50 @@ pub struct AgentSessionsConfig {
 }
 
 impl SessionsConfig {
-    /// The queue mode of the sessions of the agent with this handle.
-    pub fn queue_mode_for(&self, agent: &str) -> QueueMode {
-        self.agents.get(agent).and_then(|a| a.queue_mode).unwrap_or(self.queue_mode)
+    /// The queue mode of the sessions of the agent `handle` of the tenant named `tenant`.
+    pub fn queue_mode_for(&self, tenant: &str, handle: &str) -> QueueMode {
+        for_agent(&self.agents, tenant, handle)
+            .and_then(|a| a.queue_mode)
+            .unwrap_or(self.queue_mode)
     }
+}
+
+/// The entry for one agent in a map keyed by agent reference: `tenant/handle`, or a bare
+/// `handle` for the default tenant's agent ([`Config::check`] refuses a map naming one agent
+/// both ways). Never another tenant's agent of the same handle.
+pub fn for_agent<'a, T>(map: &'a BTreeMap<String, T>, tenant: &str, handle: &str) -> Option<&'a T> {
+    if map.is_empty() {
+        return None;
+    }
+    let bare = || (tenant == clade_core::Tenant::DEFAULT_NAME).then(|| map.get(handle)).flatten();
+    map.get(&format!("{tenant}/{handle}")).or_else(bare)
+}
+
+/// Whether `pattern` covers the agent `handle` of the tenant named `tenant`: an agent reference
+/// names one agent, `tenant/*` every agent of a tenant, `*` every agent of every tenant.
+pub fn agent_pattern_covers(pattern: &str, tenant: &str, handle: &str) -> bool {
+    match pattern.split_once('/') {
+        _ if pattern == "*" => true,
+        Some((of, "*")) => of == tenant,
+        Some((of, name)) => of == tenant && name == handle,
+        None => tenant == clade_core::Tenant::DEFAULT_NAME && pattern == handle,
+    }
+}
+
+/// Checks the keys of a map keyed by agent reference: each parses, and no two name one agent.
+fn check_agent_keys<T>(field: &str, map: &BTreeMap<String, T>) -> Result<(), String> {
+    let mut seen: BTreeMap<clade_core::AgentRef, &str> = BTreeMap::new();
+    for key in map.keys() {
+        let agent = clade_core::AgentRef::parse(key).map_err(|e| {
+            format!("{field}.{key}: {e}; name an agent as tenant/handle, or a bare handle in the default tenant")
+        })?;
+        if let Some(other) = seen.insert(agent.clone(), key) {
+            return Err(format!(
+                "{field}: {other:?} and {key:?} both name the agent {agent}; keep one"
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Default for SessionsConfig {
@@ -243,7 +285,8 @@ pub struct Binding {
     pub channel: String,
     #[serde(default = "star")]
     pub actor: String,
-    /// Agent handle.
+    /// The agent: `tenant/handle`, or a bare handle in the default tenant. A binding routes
+    /// only events of that agent's tenant.
     pub agent: String,
 }
 
@@ -377,7 +420,8 @@ pub struct RoutingConfig {
     pub default: Vec<String>,
     #[serde(flatten)]
     pub kinds: RouteKinds,
-    /// Per-agent overrides, keyed by agent handle.
+    /// Per-agent overrides, keyed by agent reference (`tenant/handle`, or a bare handle in the
+    /// default tenant).
     #[serde(default)]
     pub agents: BTreeMap<String, AgentRouting>,
     /// Retries on one model before falling back (default 2).
@@ -637,6 +681,44 @@ impl Config {
             }
             if server.timeout_secs == 0 {
                 return fail(format!("mcp.{name}.timeout_secs: must be at least 1"));
+            }
+        }
+        // Every agent reference names one agent of one tenant.
+        for result in [
+            check_agent_keys("routing.agents", &self.routing.agents),
+            check_agent_keys("sessions.agents", &self.sessions.agents),
+            check_agent_keys("budgets.agents", &self.budgets.agents),
+        ] {
+            if let Err(message) = result {
+                return fail(message);
+            }
+        }
+        let agent_ref = |field: String, text: &str| {
+            clade_core::AgentRef::parse(text).map(|_| ()).map_err(|e| {
+                format!("{field}: {e}; name an agent as tenant/handle, or a bare handle in the default tenant")
+            })
+        };
+        for (index, binding) in self.bindings.iter().enumerate() {
+            if let Err(message) = agent_ref(format!("bindings[{index}].agent"), &binding.agent) {
+                return fail(message);
+            }
+        }
+        if let Some(agent) = &self.default_agent
+            && let Err(message) = agent_ref("default_agent".into(), agent)
+        {
+            return fail(message);
+        }
+        for (name, server) in &self.mcp {
+            for pattern in &server.agents {
+                let tenant_wide = pattern.strip_suffix("/*").map(clade_core::Handle::parse);
+                let valid = pattern == "*"
+                    || tenant_wide.as_ref().is_some_and(Result::is_ok)
+                    || (tenant_wide.is_none() && clade_core::AgentRef::parse(pattern).is_ok());
+                if !valid {
+                    return fail(format!(
+                        "mcp.{name}.agents: {pattern:?} is not an agent reference (tenant/handle, or a bare handle in the default tenant), tenant/* or *"
+                    ));
+                }
             }
         }
         // Only what enters the outbox reaches a webhook: not live-only deltas.

@@ -221,8 +221,11 @@ pub struct McpServerConfig {
     /// URL of a streamable-HTTP MCP server. Give this or `command`.
     #[serde(default)]
     pub url: Option<String>,
-    /// Handles of the agents that get its tools; `*` (the default) for all.
-    #[serde(default = "all_agents")]
+    /// The agents that get its tools: agent references (`tenant/handle`, or a bare handle in
+    /// the default tenant), `tenant/*` for every agent of a tenant, or `*` for every agent of
+    /// every tenant. Default: `default/*`, the default tenant's agents only, so a server (and
+    /// whatever credentials it holds) reaches another tenant only when named.
+    #[serde(default = "default_tenant_agents")]
     pub agents: Vec<String>,
     /// Seconds one call (or the start-up) may take.
     #[serde(default = "default_mcp_timeout")]
@@ -234,8 +237,8 @@ pub struct McpServerConfig {
     pub network: bool,
 }
 
-fn all_agents() -> Vec<String> {
-    vec!["*".into()]
+fn default_tenant_agents() -> Vec<String> {
+    vec![format!("{}/*", clade_core::Tenant::DEFAULT_NAME)]
 }
 
 fn default_mcp_timeout() -> u64 {

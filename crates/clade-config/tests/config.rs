@@ -146,3 +146,20 @@ fn subscriber_events_must_be_events_webhooks_receive() {
         assert!(err.contains("turn.finished"), "names the events that work: {err}");
     }
 }
+
+/// Agent patterns: a reference names one agent of one tenant, `tenant/*` a tenant's agents,
+/// `*` everyone's; a bare handle is the default tenant's agent and no other tenant's.
+#[test]
+fn agent_patterns_cover_what_they_name() {
+    use clade_config::agent_pattern_covers as covers;
+    assert!(covers("ada", "default", "ada") && !covers("ada", "acme", "ada"));
+    assert!(covers("acme/ada", "acme", "ada") && !covers("acme/ada", "default", "ada"));
+    assert!(covers("acme/*", "acme", "bob") && !covers("acme/*", "default", "bob"));
+    assert!(covers("*", "acme", "bob") && covers("*", "default", "ada"));
+    assert!(!covers("acme/ada", "acme", "bob"));
+    let map: std::collections::BTreeMap<String, u8> =
+        [("ada".to_owned(), 1), ("acme/ada".to_owned(), 2)].into_iter().collect();
+    assert_eq!(clade_config::for_agent(&map, "default", "ada"), Some(&1));
+    assert_eq!(clade_config::for_agent(&map, "acme", "ada"), Some(&2));
+    assert_eq!(clade_config::for_agent(&map, "globex", "ada"), None);
+}

@@ -65,3 +65,48 @@ pub fn validate_display_name(name: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// An agent named across tenants, as configuration names one: `tenant/handle`, or a bare
+/// `handle` for the default tenant's agent. A bare handle never means "this handle in every
+/// tenant": settings, tools and routes reach exactly the agent named.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgentRef {
+    pub tenant: Handle,
+    pub handle: Handle,
+}
+
+impl AgentRef {
+    /// Parses `tenant/handle` or `handle`; the error names the part that is wrong.
+    pub fn parse(text: &str) -> Result<Self, crate::name::Error> {
+        let (tenant, handle) = text.split_once('/').unwrap_or((Tenant::DEFAULT_NAME, text));
+        Ok(Self { tenant: Handle::parse(tenant)?, handle: Handle::parse(handle)? })
+    }
+
+    /// Whether this names the agent `handle` of the tenant named `tenant`.
+    pub fn is(&self, tenant: &str, handle: &str) -> bool {
+        self.tenant.as_str() == tenant && self.handle.as_str() == handle
+    }
+}
+
+impl std::fmt::Display for AgentRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.handle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_reference_names_one_agent_of_one_tenant() {
+        let bare = AgentRef::parse("ada").unwrap();
+        assert!(bare.is("default", "ada") && !bare.is("acme", "ada"));
+        assert_eq!(bare.to_string(), "default/ada");
+        let qualified = AgentRef::parse("acme/ada").unwrap();
+        assert!(qualified.is("acme", "ada") && !qualified.is("default", "ada"));
+        for bad in ["", "/ada", "acme/", "acme/ada/x", "Acme/ada", "acme/*", "*"] {
+            assert!(AgentRef::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -12,7 +12,7 @@ pub mod name;
 pub mod scope;
 pub mod time;
 
-pub use agent::{Agent, AgentConfig, Tenant};
+pub use agent::{Agent, AgentConfig, AgentRef, Tenant};
 pub use id::{AgentId, ApprovalId, EventId, GrantId, SessionId, TenantId, TokenId, TurnId};
 pub use lifecycle::{
     ApprovalStatus, AuditKind, EventKind, EventStatus, ProcessKind, StepKey, StepKind, TurnStatus,

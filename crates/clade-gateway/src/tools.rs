@@ -37,7 +37,7 @@ pub(crate) async fn list(
         .engine
         .tools()
         .registry()
-        .for_agent(agent.handle.as_str())
+        .for_agent(tenant.name.as_str(), agent.handle.as_str())
         .map(|t| ToolInfo {
             name: t.name().to_owned(),
             description: t.description().to_owned(),
@@ -57,7 +57,7 @@ pub(crate) async fn call(
 ) -> Result<axum::Json<ToolCallResponse>, ApiError> {
     let agent = state.store.agent(tenant.id, &handle).await?;
     let runner = state.engine.tools();
-    if runner.registry().get_for(&name, agent.handle.as_str()).is_none() {
+    if runner.registry().get_for(&name, tenant.name.as_str(), agent.handle.as_str()).is_none() {
         return Err(ApiError::new(
             Code::ToolNotFound,
             format!(

@@ -46,11 +46,7 @@ impl StoreBudget {
         }
         if let Some((id, handle)) = agent {
             let qualified = format!("{}/{handle}", tenant.name);
-            let limits = budgets.agents.get(&qualified).or_else(|| {
-                (tenant.name.as_str() == Tenant::DEFAULT_NAME)
-                    .then(|| budgets.agents.get(handle))
-                    .flatten()
-            });
+            let limits = clade_config::for_agent(&budgets.agents, tenant.name.as_str(), handle);
             if let Some(limits) = limits {
                 scopes.push(Scope {
                     key: format!("agent:{id}"),

@@ -239,25 +239,34 @@ impl Engine {
         self.inner.outbox.clone()
     }
 
-    /// Picks the agent of an envelope: its own, else the first matching binding, else the
-    /// default agent. The store checks that it exists as it stores the event.
+    /// Picks the agent of an envelope: its own, else the first matching binding of its
+    /// tenant, else the default agent if it is its tenant's. The store checks that the agent
+    /// exists as it stores the event.
     fn route(&self, envelope: &Envelope) -> Result<String, Error> {
-        match &envelope.agent {
-            Some(handle) => Ok(handle.clone()),
-            None => self
-                .inner
-                .options
-                .bindings
-                .iter()
-                .find(|b| {
-                    matches(&b.platform, &envelope.source.platform)
-                        && matches(&b.channel, &envelope.source.channel)
-                        && matches(&b.actor, &envelope.source.actor)
-                })
-                .map(|b| b.agent.clone())
-                .or_else(|| self.inner.options.default_agent.clone())
-                .ok_or(Error::NoAgent),
+        if let Some(handle) = &envelope.agent {
+            return Ok(handle.clone());
         }
+        // Configuration names agents as `tenant/handle` (checked at load): an event is routed
+        // only to an agent of its own tenant.
+        let tenant = envelope.tenant.name.as_str();
+        let ours = |reference: &str| {
+            clade_core::AgentRef::parse(reference)
+                .ok()
+                .filter(|agent| agent.tenant.as_str() == tenant)
+                .map(|agent| agent.handle.as_str().to_owned())
+        };
+        let options = &self.inner.options;
+        options
+            .bindings
+            .iter()
+            .filter(|b| {
+                matches(&b.platform, &envelope.source.platform)
+                    && matches(&b.channel, &envelope.source.channel)
+                    && matches(&b.actor, &envelope.source.actor)
+            })
+            .find_map(|b| ours(&b.agent))
+            .or_else(|| options.default_agent.as_deref().and_then(ours))
+            .ok_or(Error::NoAgent)
     }
 
     /// Stores the envelope durably and schedules its session. Returns once stored.
@@ -745,11 +754,10 @@ impl TurnContext {
         let session = store.session_any_tenant(session_id).await?;
         let tenant = store.tenant_by_id(session.tenant_id).await?;
         let agent = store.agent_by_id(session.tenant_id, session.agent_id).await?;
-        let queue_mode = session
-            .queue_mode
-            .as_deref()
-            .and_then(QueueMode::parse)
-            .unwrap_or_else(|| inner.options.sessions.queue_mode_for(agent.handle.as_str()));
+        let queue_mode =
+            session.queue_mode.as_deref().and_then(QueueMode::parse).unwrap_or_else(|| {
+                inner.options.sessions.queue_mode_for(tenant.name.as_str(), agent.handle.as_str())
+            });
         Ok(Self { session, tenant, agent, queue_mode, settings })
     }
 }
@@ -926,7 +934,7 @@ async fn run_turn(
                 reply: None,
                 error: None,
                 model: None,
-                config_revision: config_revision(inner, agent, &persona, layers),
+                config_revision: config_revision(inner, tenant, agent, &persona, layers),
                 started_at: now,
                 finished_at: None,
             };
@@ -961,7 +969,8 @@ async fn run_turn(
     if resumes > 0 {
         *history = None;
     }
-    let tools: Arc<[ToolSpec]> = inner.options.tools.specs_for(agent.handle.as_str());
+    let tools: Arc<[ToolSpec]> =
+        inner.options.tools.specs_for(tenant.name.as_str(), agent.handle.as_str());
     let mut last_model = None;
     // Each resume of a yielded turn grants another `max_iterations` model calls.
     let budget = inner.options.sessions.max_iterations.saturating_mul(resumes + 1);
@@ -1118,7 +1127,7 @@ async fn run_turn(
         }
         for (index, call) in model_step.tool_calls.iter().enumerate() {
             let result =
-                Box::pin(run_tool(inner, agent, &turn, &journal, iteration, index, call)).await?;
+                Box::pin(run_tool(inner, ctx, &turn, &journal, iteration, index, call)).await?;
             messages.push(Message::Tool {
                 call_id: call.id.clone(),
                 content: result.content,
@@ -1193,13 +1202,14 @@ async fn finish(
 /// but has no result is never run again: the model is told it was interrupted.
 async fn run_tool(
     inner: &Inner,
-    agent: &Agent,
+    ctx: &TurnContext,
     turn: &TurnRow,
     journal: &HashMap<StepKey, JournalEntry>,
     iteration: u32,
     index: usize,
     call: &ToolCall,
 ) -> Result<ToolStep, String> {
+    let (tenant, agent) = (ctx.tenant.name.as_str(), &ctx.agent);
     let index = u32::try_from(index).map_err(|_| format!("tool call {index} of one model call"))?;
     let result_step = StepKey::ToolResult { iteration, index };
     if let Some(done) =
@@ -1210,7 +1220,7 @@ async fn run_tool(
     let start_step = StepKey::ToolStart { iteration, index };
     let key = effect_key(turn, &start_step);
     let runner = &inner.options.tools;
-    let tool = runner.registry().get_for(&call.name, agent.handle.as_str()).cloned();
+    let tool = runner.registry().get_for(&call.name, tenant, agent.handle.as_str()).cloned();
     let origin = CallOrigin {
         call_key: key.clone(),
         call_id: call.id.clone(),
@@ -1452,7 +1462,14 @@ fn layer_paths(dir: &std::path::Path, source: &Source) -> Vec<std::path::PathBuf
 /// The agent-config revision a turn runs with: a content hash (63 bits) of everything that
 /// shapes it — the persona files and the session's layers, the model chain, the tools and
 /// their schemas. Equal revisions mean equal configuration; any edit gives a new one.
-fn config_revision(inner: &Inner, agent: &Agent, persona: &Persona, layers: &Layers) -> i64 {
+fn config_revision(
+    inner: &Inner,
+    tenant: &Tenant,
+    agent: &Agent,
+    persona: &Persona,
+    layers: &Layers,
+) -> i64 {
+    let (tenant, handle) = (tenant.name.as_str(), agent.handle.as_str());
     let mut digest = Sha256::new();
     for (file, contents) in &persona.files {
         digest.update(file.as_bytes());
@@ -1463,11 +1480,11 @@ fn config_revision(inner: &Inner, agent: &Agent, persona: &Persona, layers: &Lay
         digest.update(text.as_bytes());
         digest.update([0]);
     }
-    for model in inner.models.chain(crate::ProcessKind::Channel, Some(agent.handle.as_str())) {
+    for model in inner.models.chain(crate::ProcessKind::Channel, Some((tenant, handle))) {
         digest.update(model.as_bytes());
         digest.update([0]);
     }
-    for tool in inner.options.tools.registry().for_agent(agent.handle.as_str()) {
+    for tool in inner.options.tools.registry().for_agent(tenant, handle) {
         digest.update(tool.name().as_bytes());
         digest.update([0]);
     }

@@ -152,10 +152,13 @@ impl Models {
         }
     }
 
-    /// The fallback chain for a kind of call by an agent: the agent's own chain for the kind,
-    /// else its default, else the deployment's chain for the kind, else the default.
-    pub fn chain(&self, kind: ProcessKind, agent: Option<&str>) -> Vec<String> {
-        let own = agent.and_then(|handle| self.routing.agents.get(handle));
+    /// The fallback chain for a kind of call by an agent, given as (tenant name, handle): the
+    /// agent's own chain for the kind (`routing.agents`, by agent reference), else its default,
+    /// else the deployment's chain for the kind, else the default.
+    pub fn chain(&self, kind: ProcessKind, agent: Option<(&str, &str)>) -> Vec<String> {
+        let own = agent.and_then(|(tenant, handle)| {
+            clade_config::for_agent(&self.routing.agents, tenant, handle)
+        });
         [
             own.map(|a| route_of(kind, &a.kinds)),
             own.map(|a| &a.default),
@@ -251,7 +254,7 @@ impl Models {
         request: &clade_model::ModelRequest,
         on_event: &mut (dyn FnMut(&clade_model::StreamEvent) + Send),
     ) -> Result<clade_model::CallOutcome, clade_model::CallError> {
-        let chain = self.chain(kind, agent.map(|a| a.handle.as_str()));
+        let chain = self.chain(kind, agent.map(|a| (tenant.name.as_str(), a.handle.as_str())));
         let router = self.router_for(agent);
         let budget = crate::StoreBudget::for_caller(
             self.store.clone(),

@@ -120,6 +120,8 @@ pub struct ToolRunner {
     tenants: std::collections::BTreeMap<String, clade_config::TenantConfig>,
     /// The sandbox host-touching tools run in, for its self-check's outcome.
     sandbox: Option<Arc<clade_tools::sandbox::Sandbox>>,
+    /// Tenant names by id, which configuration names agents by (see [`ToolRunner::tenant_name`]).
+    tenant_names: Mutex<HashMap<TenantId, Arc<str>>>,
 }
 
 /// Cancels a pending approval whose waiting call went away (see `await_approval`).
@@ -197,7 +199,22 @@ impl ToolRunner {
             runs: std::sync::atomic::AtomicU64::new(0),
             tenants: Default::default(),
             sandbox: None,
+            tenant_names: Mutex::default(),
         }
+    }
+
+    /// The name of the tenant `id`, read once: a tenant's name never changes (a tenant made
+    /// again under a deleted one's name has a new id). Empty if the tenant is gone, which no
+    /// agent reference names.
+    async fn tenant_name(&self, id: TenantId) -> Arc<str> {
+        let cached = self.tenant_names.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
+        if let Some(name) = cached {
+            return name;
+        }
+        let Ok(tenant) = self.store.tenant_by_id(id).await else { return Arc::from("") };
+        let name: Arc<str> = Arc::from(tenant.name.as_str());
+        self.tenant_names.lock().unwrap_or_else(|e| e.into_inner()).insert(id, name.clone());
+        name
     }
 
     /// The sandbox the registry's tools run in, whose health [`ToolRunner::sandbox_health`]
@@ -265,10 +282,12 @@ impl ToolRunner {
         })
     }
 
-    /// The specs of the tools the agent with `handle` has, as the model sees them.
-    pub fn specs_for(&self, handle: &str) -> Arc<[clade_model::ToolSpec]> {
+    /// The specs of the tools the agent `handle` of the tenant named `tenant` has, as the model
+    /// sees them.
+    pub fn specs_for(&self, tenant: &str, handle: &str) -> Arc<[clade_model::ToolSpec]> {
         let (specs, _) = self.all_specs();
-        let has = |s: &clade_model::ToolSpec| self.registry.get_for(&s.name, handle).is_some();
+        let has =
+            |s: &clade_model::ToolSpec| self.registry.get_for(&s.name, tenant, handle).is_some();
         // Most agents have every tool (only MCP servers are per agent); agents with the same
         // tools share one list, so a turn clones no schema.
         if specs.iter().all(has) {
@@ -519,7 +538,9 @@ impl ToolRunner {
         args: Value,
         origin: &CallOrigin,
     ) -> CallOutcome {
-        let Some(tool) = self.registry.get_for(name, agent.handle.as_str()).cloned() else {
+        let tenant = self.tenant_name(agent.tenant_id).await;
+        let Some(tool) = self.registry.get_for(name, &tenant, agent.handle.as_str()).cloned()
+        else {
             return CallOutcome {
                 content: self.unknown_tool(agent, name, &args, origin).await,
                 is_error: true,
@@ -550,8 +571,9 @@ impl ToolRunner {
         args: &Value,
         origin: &CallOrigin,
     ) -> String {
+        let tenant = self.tenant_name(agent.tenant_id).await;
         let known: Vec<&str> =
-            self.registry.for_agent(agent.handle.as_str()).map(|t| t.name()).collect();
+            self.registry.for_agent(&tenant, agent.handle.as_str()).map(|t| t.name()).collect();
         let content = format!("unknown tool {name:?}; available tools: {}", known.join(", "));
         self.write_entry(decision_entry(
             agent,

@@ -178,8 +178,8 @@ impl clade_tools::Tool for Offered {
     fn input_schema(&self) -> serde_json::Value {
         serde_json::json!({ "type": "object" })
     }
-    fn available_to(&self, agent: &str) -> bool {
-        self.owner.is_none_or(|owner| owner == agent)
+    fn available_to(&self, _tenant: &str, handle: &str) -> bool {
+        self.owner.is_none_or(|owner| owner == handle)
     }
     fn call<'a>(
         &'a self,
@@ -208,14 +208,20 @@ async fn each_agent_is_offered_its_own_tools_from_a_shared_list() {
     );
     let names = |handle: &str| -> Vec<String> {
         let mut names: Vec<String> =
-            runner.specs_for(handle).iter().map(|s| s.name.clone()).collect();
+            runner.specs_for("default", handle).iter().map(|s| s.name.clone()).collect();
         names.sort();
         names
     };
     assert_eq!(names("alice"), vec!["alice.only".to_owned(), "all.echo".to_owned()]);
     assert_eq!(names("bob"), vec!["all.echo".to_owned()]);
-    assert!(Arc::ptr_eq(&runner.specs_for("bob"), &runner.specs_for("carol")));
-    assert!(!Arc::ptr_eq(&runner.specs_for("alice"), &runner.specs_for("bob")));
+    assert!(Arc::ptr_eq(
+        &runner.specs_for("default", "bob"),
+        &runner.specs_for("default", "carol")
+    ));
+    assert!(!Arc::ptr_eq(
+        &runner.specs_for("default", "alice"),
+        &runner.specs_for("default", "bob")
+    ));
 }
 
 /// A tool with a bug: it panics.

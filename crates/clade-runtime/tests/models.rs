@@ -184,13 +184,17 @@ async fn oauth_tokens_refresh_and_are_stored_encrypted() {
 #[tokio::test]
 async fn routes_follow_process_kind_and_agent_overrides() {
     let s = setup().await;
-    let yaml = "models:\n  a:\n    provider: scripted\n  b:\n    provider: scripted\n  c:\n    provider: scripted\nrouting:\n  default: [a]\n  worker: [b]\n  agents:\n    ada:\n      compactor: [c]\n";
+    let yaml = "models:\n  a:\n    provider: scripted\n  b:\n    provider: scripted\n  c:\n    provider: scripted\nrouting:\n  default: [a]\n  worker: [b]\n  agents:\n    ada:\n      compactor: [c]\n    acme/bob:\n      default: [b]\n";
     let m = models(&s, &config(yaml), EnvHints::default());
     assert_eq!(m.chain(ProcessKind::Channel, None), ["a"]);
     assert_eq!(m.chain(ProcessKind::Worker, None), ["b"]);
-    assert_eq!(m.chain(ProcessKind::Worker, Some("ada")), ["b"]);
-    assert_eq!(m.chain(ProcessKind::Compactor, Some("ada")), ["c"]);
-    assert_eq!(m.chain(ProcessKind::Compactor, Some("bob")), ["a"]);
+    assert_eq!(m.chain(ProcessKind::Worker, Some(("default", "ada"))), ["b"]);
+    assert_eq!(m.chain(ProcessKind::Compactor, Some(("default", "ada"))), ["c"]);
+    assert_eq!(m.chain(ProcessKind::Compactor, Some(("default", "bob"))), ["a"]);
+    // An agent reference names one tenant's agent: a bare handle is the default tenant's, and
+    // `acme/bob` is not the default tenant's bob.
+    assert_eq!(m.chain(ProcessKind::Compactor, Some(("acme", "ada"))), ["a"]);
+    assert_eq!(m.chain(ProcessKind::Channel, Some(("acme", "bob"))), ["b"]);
 }
 
 #[tokio::test]

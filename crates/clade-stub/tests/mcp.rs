@@ -48,7 +48,9 @@ async fn tools_are_discovered_namespaced_called_and_restarted() {
     let tool = |name: &str| tools.iter().find(|t| t.name() == name).unwrap().clone();
     let echo = tool("mcp.fixture.echo");
     assert!(echo.touches_host(), "MCP tools must be denied unless allowed");
-    assert!(echo.available_to("alice") && !echo.available_to("bob"));
+    assert!(echo.available_to("default", "alice") && !echo.available_to("default", "bob"));
+    // A bare handle names the default tenant's agent, never another tenant's of that handle.
+    assert!(!echo.available_to("acme", "alice"));
     assert_eq!(echo.input_schema()["properties"]["text"]["type"], "string");
     let ctx = CallContext::default();
 

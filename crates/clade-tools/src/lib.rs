@@ -105,8 +105,9 @@ pub trait Tool: Send + Sync {
     fn argv(&self, _args: &Value) -> Option<Vec<String>> {
         None
     }
-    /// Whether the agent with this handle has the tool (MCP servers are configured per agent).
-    fn available_to(&self, _agent: &str) -> bool {
+    /// Whether the agent `handle` of the tenant named `tenant` has the tool (MCP servers are
+    /// configured per agent).
+    fn available_to(&self, _tenant: &str, _handle: &str) -> bool {
         true
     }
     fn call<'a>(&'a self, args: Value, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult>;
@@ -198,14 +199,18 @@ impl Registry {
         self.tools.values()
     }
 
-    /// The tool `name` if the agent with `handle` has it.
-    pub fn get_for(&self, name: &str, handle: &str) -> Option<&Arc<dyn Tool>> {
-        self.tools.get(name).filter(|t| t.available_to(handle))
+    /// The tool `name` if the agent `handle` of the tenant named `tenant` has it.
+    pub fn get_for(&self, name: &str, tenant: &str, handle: &str) -> Option<&Arc<dyn Tool>> {
+        self.tools.get(name).filter(|t| t.available_to(tenant, handle))
     }
 
-    /// The tools the agent with `handle` has.
-    pub fn for_agent<'a>(&'a self, handle: &'a str) -> impl Iterator<Item = &'a Arc<dyn Tool>> {
-        self.tools.values().filter(move |t| t.available_to(handle))
+    /// The tools the agent `handle` of the tenant named `tenant` has.
+    pub fn for_agent<'a>(
+        &'a self,
+        tenant: &'a str,
+        handle: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<dyn Tool>> {
+        self.tools.values().filter(move |t| t.available_to(tenant, handle))
     }
 
     pub fn is_empty(&self) -> bool {

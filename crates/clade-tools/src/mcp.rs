@@ -41,7 +41,8 @@ pub struct ServerSpec {
     /// `[a-z0-9_-]+`; the middle of its tools' names.
     pub name: String,
     pub transport: Transport,
-    /// Agent handles that get its tools; `*` for all.
+    /// The agents that get its tools, as `mcp.<name>.agents` names them
+    /// ([`clade_config::agent_pattern_covers`]).
     pub agents: Vec<String>,
     pub timeout: Duration,
 }
@@ -211,8 +212,9 @@ impl Tool for McpTool {
     fn touches_host(&self) -> bool {
         true
     }
-    fn available_to(&self, agent: &str) -> bool {
-        self.server.spec.agents.iter().any(|a| a == "*" || a == agent)
+    fn available_to(&self, tenant: &str, handle: &str) -> bool {
+        let covers = |p: &String| clade_config::agent_pattern_covers(p, tenant, handle);
+        self.server.spec.agents.iter().any(covers)
     }
     fn call<'a>(&'a self, args: Value, _ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(self.server.call(&self.remote, args))

@@ -29,7 +29,9 @@ pub(super) async fn run(ctx: &Ctx, cmd: ModelsCommand) -> Result<()> {
             ] {
                 println!(
                     "route {label:<10} {}",
-                    models.chain(kind, ctx.explicit_agent()).join(" -> ")
+                    models
+                        .chain(kind, ctx.explicit_agent().map(|a| (ctx.tenant_name(), a)))
+                        .join(" -> ")
                 );
             }
             if models.offline_only() {
@@ -56,7 +58,8 @@ pub(super) async fn run(ctx: &Ctx, cmd: ModelsCommand) -> Result<()> {
                 KindArg::Compactor => ProcessKind::Compactor,
                 KindArg::Cortex => ProcessKind::Cortex,
             };
-            let chain = models.chain(kind, agent.as_ref().map(|a| a.handle.as_str()));
+            let chain = models
+                .chain(kind, agent.as_ref().map(|a| (tenant.name.as_str(), a.handle.as_str())));
             let max_tokens = max_tokens
                 .or_else(|| chain.first().and_then(|m| models.max_tokens(m)))
                 .unwrap_or(1024);

@@ -19,7 +19,8 @@ pub(super) async fn run(ctx: &Ctx, cmd: ToolsCommand) -> Result<()> {
     match cmd {
         ToolsCommand::List { json } => {
             let rules = runner.rules_for(&agent).await?;
-            let tools: Vec<_> = runner.registry().for_agent(agent.handle.as_str()).collect();
+            let tools: Vec<_> =
+                runner.registry().for_agent(ctx.tenant_name(), agent.handle.as_str()).collect();
             if json {
                 let items: Vec<Value> = tools
                     .iter()
@@ -54,7 +55,8 @@ pub(super) async fn run(ctx: &Ctx, cmd: ToolsCommand) -> Result<()> {
             if !arguments.is_object() {
                 bail!("--args must be a JSON object, such as '{{\"path\": \"notes.md\"}}'");
             }
-            if runner.registry().get_for(&name, agent.handle.as_str()).is_none() {
+            if runner.registry().get_for(&name, ctx.tenant_name(), agent.handle.as_str()).is_none()
+            {
                 bail!(
                     "agent {} has no tool {name:?}: list them with `clade tools list`",
                     agent.handle

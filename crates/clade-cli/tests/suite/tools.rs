@@ -1316,3 +1316,34 @@ async fn a_compromised_model_executes_nothing_it_was_not_granted() {
         "fs.write wrote a file"
     );
 }
+
+/// An MCP server configured for `alice` serves the default tenant's alice, not another tenant's
+/// agent of the same handle: that agent neither lists nor calls its tools.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_tools_reach_only_the_tenants_agents_named() {
+    let fixture = assert_cmd::cargo::cargo_bin("clade").with_file_name("clade-mcp-fixture");
+    let env = Env::new();
+    env.run(&["agents", "create", "alice"]).ok();
+    env.run(&["tenants", "create", "acme"]).ok();
+    env.run(&["--tenant", "acme", "agents", "create", "alice"]).ok();
+    let acme = env.run(&["--tenant", "acme", "tokens", "create"]).ok().stdout.trim().to_owned();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "mcp:\n  fixture:\n    command: [\"{}\"]\n    agents: [alice]\n    timeout_secs: 5\ntools:\n  policy:\n    - {{ effect: allow, tool: \"mcp.fixture.*\" }}\n",
+            fixture.display()
+        ),
+    );
+    let server = env.serve(&[]);
+    let has_mcp = |body: &Value| body.to_string().contains("mcp.fixture.echo");
+    let (_, ours) = server.send("GET", "/v1/agents/alice/tools", None, None).await;
+    assert!(has_mcp(&ours), "{ours}");
+    let (_, theirs) = server.send("GET", "/v1/agents/alice/tools", Some(&acme), None).await;
+    assert!(!has_mcp(&theirs), "another tenant's alice got the server's tools: {theirs}");
+    let call = Some(json!({ "arguments": { "text": "x" } }));
+    let path = "/v1/agents/alice/tools/mcp.fixture.echo/call";
+    let (status, body) = server.send("POST", path, Some(&acme), call.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("tool_not_found")), "{body}");
+    let (status, body) = server.send("POST", path, None, call).await;
+    assert_eq!((status, body["is_error"].as_bool()), (200, Some(false)), "{body}");
+}

@@ -626,3 +626,69 @@ async fn a_waiting_event_gets_its_own_turn_and_a_repeated_key_the_same_answer() 
     assert_eq!(again, answer);
     assert_eq!(turns(&server, session).await.len(), 2);
 }
+
+/// Configuration names agents as `tenant/handle` (a bare handle is the default tenant's): a
+/// binding or the default agent routes only events of its own tenant, so another tenant's
+/// events never land on an agent of the same handle in theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_and_the_default_agent_route_only_their_tenants_events() {
+    let env =
+        setup("bindings:\n  - platform: telegram\n    agent: acme/ada\ndefault_agent: ada\n", None);
+    let tokens: Vec<String> = ["acme", "globex"]
+        .iter()
+        .map(|tenant| {
+            env.run(&["tenants", "create", tenant]).ok();
+            env.run(&["--tenant", tenant, "agents", "create", "ada"]).ok();
+            env.run(&["--tenant", tenant, "tokens", "create"]).ok().stdout.trim().to_owned()
+        })
+        .collect();
+    let server = env.serve(&[]);
+    let post_as = |token: &str, platform: &str| {
+        let (url, token) = (server.url.clone(), token.to_owned());
+        let body = json!({ "text": "hi", "source": { "platform": platform, "channel": "1", "actor": "u" }, "wait": true });
+        async move {
+            let response = reqwest::Client::new()
+                .post(format!("{url}/v1/events"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let sessions_of = |tenant: &str| {
+        env.run(&["--tenant", tenant, "--agent", "ada", "sessions", "list", "--json"]).ok().json()
+    };
+    // acme's telegram event: its binding.
+    let (status, value) = post_as(&tokens[0], "telegram").await;
+    assert_eq!(status, 200, "{value}");
+    assert_eq!(sessions_of("acme")[0]["id"], value["session_id"]);
+    // The default tenant's telegram event matches no binding of its own: the default agent.
+    let (status, value) = post_as(&server.token, "telegram").await;
+    assert_eq!(status, 200, "{value}");
+    assert_eq!(sessions_of("default")[0]["id"], value["session_id"]);
+    // globex has neither a binding nor a default agent, though it has an `ada`.
+    for platform in ["telegram", "slack"] {
+        let (status, value) = post_as(&tokens[1], platform).await;
+        assert_eq!((status, value["error"]["code"].as_str()), (422, Some("no_agent")), "{value}");
+    }
+    assert_eq!(sessions_of("globex").as_array().map(Vec::len), Some(0));
+}
+
+/// A reference that names no agent, or names one twice, is refused at start with the field.
+#[test]
+fn agent_references_in_configuration_are_checked() {
+    for (yaml, field) in [
+        ("bindings:\n  - agent: Acme/ada\n", "bindings[0].agent"),
+        ("default_agent: acme/\n", "default_agent"),
+        ("sessions:\n  agents:\n    ada: {}\n    default/ada: {}\n", "sessions.agents"),
+        ("budgets:\n  agents:\n    a/b/c: { usd_per_day: 1 }\n", "budgets.agents.a/b/c"),
+        ("mcp:\n  m:\n    url: http://127.0.0.1:1/\n    agents: [\"acme/**\"]\n", "mcp.m.agents"),
+    ] {
+        let env = Env::new();
+        write(&env.data_dir().join("clade.yaml"), yaml);
+        let out = env.run(&["serve", "--listen", "127.0.0.1:0"]);
+        assert!(out.code != 0 && out.stderr.contains(field), "{yaml}: {}", out.stderr);
+    }
+}
