@@ -53,6 +53,9 @@ pub(crate) enum LogFormatArg {
 pub(crate) enum Command {
     /// Run the gateway
     Serve(ServeArgs),
+    /// Upgrade the store's schema to this version of clade (`serve` also does at start; other
+    /// commands refuse a store that needs it)
+    Migrate,
     /// Create, list, show, delete and select agents
     #[command(subcommand)]
     Agents(AgentsCommand),

@@ -44,7 +44,7 @@ pub(crate) fn load_config(global: &Global, data_dir: &DataDir) -> Result<Config>
 }
 
 impl Ctx {
-    pub(crate) async fn open(global: &Global) -> Result<Self> {
+    pub(crate) async fn open(global: &Global, migrations: clade_store::Migrations) -> Result<Self> {
         let data_dir = DataDir::open(data_dir_path(global)?)?;
         let config = load_config(global, &data_dir)?;
         let location = match global.store.as_deref().or(config.store.url.as_deref()) {
@@ -59,6 +59,7 @@ impl Ctx {
             location: location.clone(),
             durability,
             clock: Arc::new(SystemClock),
+            migrations,
         })
         .await?;
         // What this process changes, the operator changes through the CLI.

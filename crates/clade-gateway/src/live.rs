@@ -217,6 +217,7 @@ mod tests {
             location: Location::Sqlite(dir.join("clade.db")),
             durability: clade_store::Durability::Normal,
             clock: Arc::new(SystemClock),
+            migrations: clade_store::Migrations::Apply,
         })
         .await
         .unwrap();

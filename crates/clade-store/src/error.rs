@@ -52,6 +52,11 @@ pub enum Error {
     )]
     NewerSchema { location: String, found: i64, supported: i64 },
     #[error(
+        "the database at {location} has schema version {found}; this clade needs {expected}: \
+         run `clade migrate` (or start `clade serve`, which migrates) first"
+    )]
+    NeedsMigration { location: String, found: i64, expected: i64 },
+    #[error(
         "the database at {location} is corrupted or not a Clade database ({detail}): restore it \
          from a backup or move it aside to start fresh"
     )]

@@ -33,7 +33,7 @@ pub use backend::{Backend, Durability, Location};
 pub use crypto::MasterKey;
 pub use datadir::DataDir;
 pub use error::{Error, Result};
-pub use migrate::SCHEMA_VERSION;
+pub use migrate::{MigrationReport, Migrations, SCHEMA_VERSION};
 pub use owner::OwnerLock;
 pub use secrets::Secrets;
 pub use store::{

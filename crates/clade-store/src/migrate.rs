@@ -1,9 +1,12 @@
-//! Versioned schema migrations, run at open.
+//! Versioned schema migrations, run at open by the processes allowed to ([`Migrations`]).
 //!
 //! Each migration runs in its own transaction together with the row that records it, so a
-//! crash mid-migration leaves the previous version intact. A database whose version is newer
-//! than the newest migration this binary knows is refused: an old binary must not write to a
-//! schema it does not understand.
+//! crash mid-migration leaves the previous version intact. On PostgreSQL the whole run holds an
+//! advisory lock, so two processes never migrate one schema at once. A database whose version
+//! is newer than the newest migration this binary knows is refused: an old binary must not
+//! write to a schema it does not understand. Only `clade serve` and `clade migrate` upgrade a
+//! store; any other process refuses a store that needs upgrading (it may be serving under a
+//! running gateway of the older version), though it may create a brand-new one.
 
 use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
@@ -70,14 +73,64 @@ pub(crate) fn sqlite_schema() -> String {
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = 9;
 
-pub(crate) async fn run(pool: &AnyPool, backend: Backend, shown: &str, now: i64) -> Result<()> {
+/// What opening a store may do to its schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Migrations {
+    /// Upgrade it to [`SCHEMA_VERSION`] (`clade serve`, `clade migrate`).
+    Apply,
+    /// Create a brand-new store, but refuse one at an older version with
+    /// [`Error::NeedsMigration`]: upgrading is the server's job, not a side effect of any
+    /// command run beside it.
+    #[default]
+    RequireCurrent,
+}
+
+/// The version a store was at and is at now, as [`run`] left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrationReport {
+    pub from: i64,
+    pub to: i64,
+}
+
+/// The advisory lock every migration run on PostgreSQL holds, keyed by schema.
+const PG_MIGRATION_LOCK: &str =
+    "SELECT pg_advisory_lock(hashtextextended('clade migrate ' || current_schema(), 0))";
+const PG_MIGRATION_UNLOCK: &str =
+    "SELECT pg_advisory_unlock(hashtextextended('clade migrate ' || current_schema(), 0))";
+
+pub(crate) async fn run(
+    pool: &AnyPool,
+    backend: Backend,
+    shown: &str,
+    now: i64,
+    policy: Migrations,
+) -> Result<MigrationReport> {
     let mut conn = pool.acquire().await.map_err(|e| classify(e, shown))?;
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations \
+    if backend == Backend::Postgres {
+        conn.execute(PG_MIGRATION_LOCK).await.map_err(|e| classify(e, shown))?;
+    }
+    let outcome = migrate_locked(&mut conn, backend, shown, now, policy).await;
+    if backend == Backend::Postgres {
+        // Closing the connection would release it too; a pooled one stays open.
+        let _ = conn.execute(PG_MIGRATION_UNLOCK).await;
+    }
+    outcome
+}
+
+async fn migrate_locked(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    shown: &str,
+    now: i64,
+    policy: Migrations,
+) -> Result<MigrationReport> {
+    (&mut *conn)
+        .execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations \
          (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
-    )
-    .await
-    .map_err(|e| classify(e, shown))?;
+        )
+        .await
+        .map_err(|e| classify(e, shown))?;
     let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
         .fetch_one(&mut *conn)
         .await
@@ -90,10 +143,17 @@ pub(crate) async fn run(pool: &AnyPool, backend: Backend, shown: &str, now: i64)
             supported: SCHEMA_VERSION,
         });
     }
+    if policy == Migrations::RequireCurrent && current != 0 && current < SCHEMA_VERSION {
+        return Err(Error::NeedsMigration {
+            location: shown.to_owned(),
+            found: current,
+            expected: SCHEMA_VERSION,
+        });
+    }
     for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
         tracing::info!(version = migration.version, name = migration.name, "applying migration");
         let begin = if backend == Backend::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" };
-        conn.execute(begin).await?;
+        (&mut *conn).execute(begin).await?;
         let applied = async {
             // The SQL is compiled into the binary; only type names are rewritten.
             let sql = match (backend, migration.postgres) {
@@ -109,12 +169,12 @@ pub(crate) async fn run(pool: &AnyPool, backend: Backend, shown: &str, now: i64)
             .bind(now)
             .execute(&mut *conn)
             .await?;
-            conn.execute("COMMIT").await?;
+            (&mut *conn).execute("COMMIT").await?;
             Ok::<_, sqlx::Error>(())
         }
         .await;
         if let Err(err) = applied {
-            let _ = conn.execute("ROLLBACK").await;
+            let _ = (&mut *conn).execute("ROLLBACK").await;
             // Two processes may race to migrate a fresh database; the loser sees the winner's
             // tables and simply re-checks the version.
             let found: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
@@ -128,7 +188,7 @@ pub(crate) async fn run(pool: &AnyPool, backend: Backend, shown: &str, now: i64)
             return Err(classify(err, shown));
         }
     }
-    Ok(())
+    Ok(MigrationReport { from: current, to: current.max(SCHEMA_VERSION) })
 }
 
 #[cfg(test)]

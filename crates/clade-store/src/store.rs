@@ -22,7 +22,7 @@ use crate::db::{Query, Readers, Row, Tx, query};
 use crate::backend::{self, Backend, Durability, Location, classify};
 use crate::crypto::Sealed;
 use crate::error::{Error, Result};
-use crate::migrate;
+use crate::migrate::{self, MigrationReport, Migrations};
 use crate::writer::{Connect, WriteStats, Writer};
 
 /// How to open a store.
@@ -31,6 +31,8 @@ pub struct StoreOptions {
     pub location: Location,
     pub durability: Durability,
     pub clock: Arc<dyn Clock>,
+    /// Whether opening may upgrade the schema (see [`Migrations`]).
+    pub migrations: Migrations,
 }
 
 /// A cheap-to-clone handle to Clade's state.
@@ -47,6 +49,8 @@ pub struct Store {
     /// Who the admin changes written through this handle are recorded as (see
     /// [`Store::acting_as`]).
     actor: Arc<str>,
+    /// What opening did to the schema.
+    migrated: MigrationReport,
 }
 
 /// What is needed to create an agent.
@@ -304,7 +308,8 @@ impl Store {
         let shown: Arc<str> = options.location.redacted().into();
         let backend = options.location.backend();
         let pool = backend::connect(&options.location, options.durability).await?;
-        migrate::run(&pool, backend, &shown, options.clock.now().as_millis()).await?;
+        let now = options.clock.now().as_millis();
+        let report = migrate::run(&pool, backend, &shown, now, options.migrations).await?;
         let connect = match &options.location {
             Location::Sqlite(path) => Connect::Sqlite {
                 path: path.clone(),
@@ -330,9 +335,15 @@ impl Store {
             clock: options.clock,
             reads_wait_durable: true,
             actor: "operator".into(),
+            migrated: report,
         };
         store.ensure_tenant(Tenant::DEFAULT_NAME).await?;
         Ok(store)
+    }
+
+    /// The schema version this store was at when opened, and is at now.
+    pub fn migrated(&self) -> MigrationReport {
+        self.migrated
     }
 
     /// Commits and writes through the group-commit writer since this store was opened.

@@ -761,6 +761,7 @@ pub(crate) mod tests {
             location: Location::Sqlite(dir.path().join("clade.db")),
             durability: Durability::Full,
             clock: Arc::new(clade_core::SystemClock),
+            migrations: crate::Migrations::Apply,
         })
         .await
         .unwrap()
@@ -821,6 +822,7 @@ pub(crate) mod tests {
                 location: Location::Sqlite(dir.path().join("clade.db")),
                 durability,
                 clock: Arc::new(clade_core::SystemClock),
+                migrations: crate::Migrations::Apply,
             })
             .await
             .unwrap();

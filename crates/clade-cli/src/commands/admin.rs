@@ -155,3 +155,19 @@ pub(super) async fn secrets(ctx: &Ctx, cmd: SecretsCommand) -> Result<()> {
     }
     Ok(())
 }
+
+/// Reports what opening the store for migration did (the upgrade itself ran at open).
+pub(super) fn migrate(ctx: &Ctx) -> Result<()> {
+    let report = ctx.store.migrated();
+    if report.from == report.to {
+        println!("{}: schema at version {}, nothing to do", ctx.store.location(), report.to);
+    } else {
+        println!(
+            "{}: schema upgraded from version {} to {}",
+            ctx.store.location(),
+            report.from,
+            report.to
+        );
+    }
+    Ok(())
+}

@@ -231,6 +231,7 @@ async fn measure(
         location: Location::Sqlite(data.sqlite_path()),
         durability,
         clock: Arc::new(SystemClock),
+        migrations: clade_store::Migrations::Apply,
     })
     .await?;
     let agents = Agents::new(store.clone(), data.clone());

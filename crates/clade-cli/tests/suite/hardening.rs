@@ -1258,3 +1258,88 @@ async fn a_working_sandbox_passes_its_self_check() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Takes a store back to schema version 8, as a clade of that version left it.
+async fn downgrade_to_version_8(url: &str) {
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await.unwrap();
+    for sql in [
+        "ALTER TABLE api_tokens DROP COLUMN scopes",
+        "DELETE FROM schema_migrations WHERE version = 9",
+    ] {
+        sqlx::Executor::execute(&mut conn, sql).await.unwrap();
+    }
+}
+
+/// Only `clade serve` and `clade migrate` upgrade a store: any other command, which may run
+/// beside a server of the store's version, refuses one that needs it, in one line that says
+/// what to do, and leaves it as it was. On both backends.
+#[tokio::test]
+async fn only_serve_and_migrate_upgrade_a_store() {
+    let pg = clade_test_support::PgSchema::create().await;
+    let env = Env::new();
+    let sqlite = format!("sqlite://{}", env.data_dir().join("clade.db").display());
+    let mut stores = vec![sqlite];
+    stores.extend(pg.as_ref().map(|schema| schema.url().to_owned()));
+    for store in &stores {
+        env.run(&["--store", store, "agents", "create", "ada"]).ok();
+        downgrade_to_version_8(store).await;
+        let refused = env.run(&["--store", store, "agents", "list"]);
+        assert_ne!(refused.code, 0, "{store}");
+        let error = refused.stderr.trim();
+        assert_eq!(error.lines().count(), 1, "{error}");
+        assert!(error.contains("schema version 8") && error.contains("clade migrate"), "{error}");
+        // Refused again: nothing was upgraded behind the refusal.
+        assert_ne!(env.run(&["--store", store, "tokens", "list"]).code, 0, "{store}");
+        let upgraded = env.run(&["--store", store, "migrate"]).ok();
+        assert!(upgraded.stdout.contains("from version 8 to 9"), "{}", upgraded.stdout);
+        let listed = env.run(&["--store", store, "agents", "list"]).ok();
+        assert!(listed.stdout.contains("ada"), "{}", listed.stdout);
+        let again = env.run(&["--store", store, "migrate"]).ok();
+        assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
+        // The server upgrades too.
+        downgrade_to_version_8(store).await;
+        drop(env.serve(&["--store", store]));
+        env.run(&["--store", store, "agents", "list"]).ok();
+    }
+}
+
+/// On PostgreSQL a migration run holds an advisory lock for its schema: a second process
+/// waits for the first instead of racing it.
+#[tokio::test]
+async fn migrations_on_postgres_wait_for_each_other() {
+    let Some(schema) = clade_test_support::PgSchema::create().await else { return };
+    let env = Env::new();
+    env.run(&["--store", schema.url(), "agents", "create", "ada"]).ok();
+    downgrade_to_version_8(schema.url()).await;
+    // Hold the lock as a migrating process would.
+    let mut holder =
+        <sqlx::AnyConnection as sqlx::Connection>::connect(schema.url()).await.unwrap();
+    let lock = "SELECT pg_advisory_lock(hashtextextended('clade migrate ' || current_schema(), 0))";
+    sqlx::Executor::execute(&mut holder, lock).await.unwrap();
+    let mut waiting = env
+        .command()
+        .args(["--store", schema.url(), "migrate"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Waiters for this lock (an advisory key is split into classid and objid).
+    let waiters = "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+         AND ((classid::bigint << 32) | objid::bigint) \
+             = hashtextextended('clade migrate ' || current_schema(), 0)";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let row = sqlx::query(waiters).fetch_one(&mut holder).await.unwrap();
+        if sqlx::Row::get::<i64, _>(&row, 0) >= 1 {
+            break;
+        }
+        assert!(waiting.try_wait().unwrap().is_none(), "migrate did not wait for the lock");
+        assert!(Instant::now() < deadline, "migrate never asked for the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(waiting.try_wait().unwrap().is_none(), "migrate ran while another held the lock");
+    drop(holder);
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("from version 8 to 9"));
+}

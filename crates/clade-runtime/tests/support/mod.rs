@@ -12,6 +12,7 @@ pub async fn sqlite_store(dir: &std::path::Path) -> (Store, DataDir) {
         location: Location::Sqlite(data.sqlite_path()),
         durability: Durability::Normal,
         clock: Arc::new(SystemClock),
+        migrations: clade_store::Migrations::Apply,
     })
     .await
     .unwrap();

@@ -30,6 +30,7 @@ pub async fn open(location: Location) -> Result<Store, clade_store::Error> {
         location,
         durability: Durability::Full,
         clock: Arc::new(SystemClock),
+        migrations: clade_store::Migrations::Apply,
     })
     .await
 }
