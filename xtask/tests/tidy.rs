@@ -172,3 +172,125 @@ fn protocol_words_are_spelled_only_in_the_vocabulary() {
         offenders.join("\n")
     );
 }
+
+/// The `[licenses]`, `[bans]` and `[sources]` of `deny.toml`, checked offline against the
+/// resolved dependency graph, so the policy holds on every `cargo test` even where cargo-deny
+/// (and the network its advisories check needs) is absent.
+#[test]
+fn dependencies_follow_deny_toml() {
+    let deny = std::fs::read_to_string(root().join("deny.toml")).unwrap();
+    let section = |name: &str| -> String {
+        let start = deny.find(&format!("[{name}]")).unwrap_or_else(|| panic!("no [{name}]"));
+        let rest = &deny[start + name.len() + 2..];
+        rest[..rest.find("\n[").unwrap_or(rest.len())].to_owned()
+    };
+    let quoted = |text: &str| -> Vec<String> {
+        text.split('"').skip(1).step_by(2).map(str::to_owned).collect()
+    };
+    let licenses = section("licenses");
+    let allow_list = &licenses[licenses.find("allow = [").unwrap()..];
+    let allowed = quoted(&allow_list[..allow_list.find(']').unwrap()]);
+    let bans = section("bans");
+    let banned: Vec<String> =
+        bans.lines().filter(|l| l.contains("crate = ")).flat_map(quoted).collect();
+    assert!(allowed.contains(&"MIT".to_owned()) && banned.contains(&"serde_yml".to_owned()));
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--offline", "--all-features"])
+        .args(["--filter-platform", "x86_64-unknown-linux-gnu"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let resolved: std::collections::HashSet<&str> = meta["resolve"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    let mut problems = Vec::new();
+    let mut registries = std::collections::BTreeSet::new();
+    for package in meta["packages"].as_array().unwrap() {
+        if !resolved.contains(package["id"].as_str().unwrap()) {
+            continue;
+        }
+        let name = package["name"].as_str().unwrap();
+        let version = package["version"].as_str().unwrap();
+        if banned.iter().any(|b| b == name) {
+            problems.push(format!("{name} {version} is banned by deny.toml"));
+        }
+        match package["source"].as_str() {
+            None => {}
+            Some(source) if source.starts_with("registry+") => {
+                registries.insert(source.to_owned());
+            }
+            Some(source) => problems.push(format!("{name} {version} comes from {source}")),
+        }
+        match package["license"].as_str() {
+            Some(expression) if license_allowed(expression, &allowed) => {}
+            other => problems.push(format!("{name} {version}: license {other:?} is not allowed")),
+        }
+    }
+    if registries.len() > 1 {
+        problems.push(format!("packages come from more than one registry: {registries:?}"));
+    }
+    assert!(problems.is_empty(), "deny.toml does not hold:\n{}", problems.join("\n"));
+}
+
+/// Whether an SPDX expression (with the old `/` for OR) is satisfied by `allowed`: an OR needs
+/// one side, an AND both; `X WITH exception` must be allowed as written.
+fn license_allowed(expression: &str, allowed: &[String]) -> bool {
+    let spaced = expression.replace('(', " ( ").replace(')', " ) ").replace('/', " OR ");
+    let tokens: Vec<&str> = spaced.split_whitespace().collect();
+    let mut at = 0;
+    let ok = or_expr(&tokens, &mut at, allowed);
+    ok && at == tokens.len()
+}
+
+fn or_expr(tokens: &[&str], at: &mut usize, allowed: &[String]) -> bool {
+    let mut ok = and_expr(tokens, at, allowed);
+    while tokens.get(*at) == Some(&"OR") {
+        *at += 1;
+        ok |= and_expr(tokens, at, allowed);
+    }
+    ok
+}
+
+fn and_expr(tokens: &[&str], at: &mut usize, allowed: &[String]) -> bool {
+    let mut ok = term(tokens, at, allowed);
+    while tokens.get(*at) == Some(&"AND") {
+        *at += 1;
+        ok &= term(tokens, at, allowed);
+    }
+    ok
+}
+
+fn term(tokens: &[&str], at: &mut usize, allowed: &[String]) -> bool {
+    let Some(&token) = tokens.get(*at) else { return false };
+    *at += 1;
+    if token == "(" {
+        let ok = or_expr(tokens, at, allowed);
+        *at += usize::from(tokens.get(*at) == Some(&")"));
+        return ok;
+    }
+    let mut license = token.to_owned();
+    if tokens.get(*at) == Some(&"WITH") {
+        license = format!("{license} WITH {}", tokens.get(*at + 1).copied().unwrap_or_default());
+        *at += 2;
+    }
+    allowed.contains(&license)
+}
+
+#[test]
+fn license_expressions_are_read_as_spdx_says() {
+    let allowed = vec!["MIT".to_owned(), "Apache-2.0".to_owned()];
+    assert!(license_allowed("MIT OR GPL-3.0", &allowed));
+    assert!(!license_allowed("MIT AND GPL-3.0", &allowed));
+    assert!(license_allowed("(MIT OR GPL-3.0) AND Apache-2.0", &allowed));
+    assert!(!license_allowed("(MIT OR Apache-2.0) AND GPL-3.0", &allowed));
+    assert!(license_allowed("MIT/Apache-2.0", &allowed));
+    assert!(!license_allowed("Apache-2.0 WITH LLVM-exception", &allowed));
+    assert!(!license_allowed("", &allowed));
+}

@@ -18,60 +18,24 @@ impl Timestamp {
 }
 
 impl fmt::Display for Timestamp {
-    /// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-22T09:04:54.123Z`.
+    /// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-22T09:04:54.123Z`; a time
+    /// outside the calendar's range (years -9999 to 9999) as its milliseconds.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let millis = self.0.rem_euclid(1000);
-        let secs = self.0.div_euclid(1000);
-        let days = secs.div_euclid(86_400);
-        let rem = secs.rem_euclid(86_400);
-        let (year, month, day) = civil_from_days(days);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-            rem / 3600,
-            (rem % 3600) / 60,
-            rem % 60
-        )
+        match jiff::Timestamp::from_millisecond(self.0) {
+            Ok(at) => write!(f, "{}", at.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")),
+            Err(_) => write!(f, "{}ms", self.0),
+        }
     }
 }
 
 impl Timestamp {
-    /// Parses `YYYY-MM-DD` as midnight UTC.
+    /// Parses `YYYY-MM-DD` as midnight UTC; `None` for anything else, a day the month does
+    /// not have included.
     pub fn parse_date(text: &str) -> Option<Self> {
-        let mut parts = text.split('-');
-        let year: i64 = parts.next()?.parse().ok()?;
-        let month: i64 = parts.next()?.parse().ok()?;
-        let day: i64 = parts.next()?.parse().ok()?;
-        if parts.next().is_some() || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-            return None;
-        }
-        Some(Self(days_from_civil(year, month, day) * 86_400_000))
+        let date = jiff::civil::Date::strptime("%Y-%m-%d", text).ok()?;
+        let midnight = date.to_zoned(jiff::tz::TimeZone::UTC).ok()?;
+        Some(Self(midnight.timestamp().as_millisecond()))
     }
-}
-
-/// Howard Hinnant's civil-to-days algorithm (inverse of [`civil_from_days`]).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// The source of "now". Production uses [`SystemClock`]; tests inject their own.
@@ -110,6 +74,8 @@ mod tests {
             Some("2026-11-22T00:00:00.000Z")
         );
         assert_eq!(Timestamp::parse_date("2026-13-01"), None);
+        assert_eq!(Timestamp::parse_date("2026-02-29"), None, "not a leap year");
+        assert_eq!(Timestamp::parse_date("2026-11-22T00:00:00Z"), None);
         assert_eq!(Timestamp::parse_date("yesterday"), None);
     }
 
@@ -121,5 +87,7 @@ mod tests {
             "2026-11-22T09:04:54.123Z"
         );
         assert_eq!(Timestamp::from_millis(951_782_400_000).to_string(), "2000-02-29T00:00:00.000Z");
+        assert_eq!(Timestamp::from_millis(-1).to_string(), "1969-12-31T23:59:59.999Z");
+        assert_eq!(Timestamp::from_millis(i64::MAX).to_string(), format!("{}ms", i64::MAX));
     }
 }

@@ -10,7 +10,6 @@
 pub mod budget;
 pub mod engine;
 pub mod failpoints;
-mod hmac;
 pub mod hub;
 pub mod models;
 pub mod outbox;

@@ -10,7 +10,7 @@ use clade_store::{GivenUp, OutboxRow, Store};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use crate::hmac::hmac_sha256;
+use hmac::{KeyInit as _, Mac as _};
 
 /// A subscriber with its secret resolved.
 #[derive(Clone)]
@@ -50,9 +50,15 @@ pub fn body(row: &OutboxRow) -> Value {
     })
 }
 
-/// `sha256=<hex>` of the body under the subscriber's secret.
+/// `sha256=<hex>`: HMAC-SHA256 (RFC 2104) of the body under the subscriber's secret.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
-    format!("sha256={}", hex::encode(hmac_sha256(secret, body)))
+    // HMAC takes a key of any length.
+    let mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret)
+        .map(|mac| mac.chain_update(body).finalize().into_bytes());
+    match mac {
+        Ok(bytes) => format!("sha256={}", hex::encode(bytes)),
+        Err(_) => String::new(),
+    }
 }
 
 /// Posts one row to the subscriber; `Err` says why it failed.
@@ -249,4 +255,24 @@ fn is_held(
     blocked
         .get(&row.session_id)
         .is_some_and(|b| b.row != row.id || b.retry_at > tokio::time::Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::signature;
+
+    /// RFC 4231's HMAC-SHA256 vectors, as webhook signatures.
+    #[test]
+    fn rfc4231_test_vectors() {
+        // Test case 2.
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Test case 6: a key longer than the block.
+        assert_eq!(
+            signature(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First"),
+            "sha256=60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
 }
