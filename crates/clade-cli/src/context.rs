@@ -55,13 +55,9 @@ impl Ctx {
             clade_config::Durability::Full => Durability::Full,
             clade_config::Durability::Normal => Durability::Normal,
         };
-        let store = Store::open(StoreOptions {
-            location: location.clone(),
-            durability,
-            clock: Arc::new(SystemClock),
-            migrations,
-        })
-        .await?;
+        let options =
+            StoreOptions { migrations, ..StoreOptions::new(location.clone(), durability) };
+        let store = Store::open(options).await?;
         // What this process changes, the operator changes through the CLI.
         let store = store.acting_as("operator (cli)");
         let agents = Agents::new(store.clone(), data_dir.clone());

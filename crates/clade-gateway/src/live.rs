@@ -180,9 +180,8 @@ pub(crate) async fn forward(mut events: CatchingUp, tx: tokio::sync::mpsc::Sende
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
-    use clade_core::{AgentConfig, Handle, SystemClock, Tenant};
+    use clade_core::{AgentConfig, Handle, Tenant};
     use clade_store::{Location, NewAgent, NewEvent, OutboxEvent, Source, Store, StoreOptions};
 
     use super::*;
@@ -213,14 +212,12 @@ mod tests {
         dir: &std::path::Path,
         handles: &[&str],
     ) -> (Store, Tenant, Vec<clade_core::Agent>) {
-        let store = Store::open(StoreOptions {
-            location: Location::Sqlite(dir.join("clade.db")),
-            durability: clade_store::Durability::Normal,
-            clock: Arc::new(SystemClock),
+        let location = Location::Sqlite(dir.join("clade.db"));
+        let options = StoreOptions {
             migrations: clade_store::Migrations::Apply,
-        })
-        .await
-        .unwrap();
+            ..StoreOptions::new(location, clade_store::Durability::Normal)
+        };
+        let store = Store::open(options).await.unwrap();
         let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
         let new = handles.iter().map(|handle| NewAgent {
             handle: Handle::parse(handle).unwrap(),

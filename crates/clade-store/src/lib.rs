@@ -44,4 +44,4 @@ pub use turns::{
     Accepted, DeadLetter, EventRow, GivenUp, JournalEntry, NewEvent, OpenEvents, OutboxEvent,
     OutboxRow, SessionRow, Source, TurnOutcome, TurnRow,
 };
-pub use writer::{Durations, WriteStats};
+pub use writer::{DiskFaults, Durations, SyncHold, WriteStats};

@@ -23,7 +23,7 @@ use crate::backend::{self, Backend, Durability, Location, classify};
 use crate::crypto::Sealed;
 use crate::error::{Error, Result};
 use crate::migrate::{self, MigrationReport, Migrations};
-use crate::writer::{Connect, WriteStats, Writer};
+use crate::writer::{Connect, DiskFaults, WriteStats, Writer};
 
 /// How to open a store.
 #[derive(Clone)]
@@ -33,6 +33,22 @@ pub struct StoreOptions {
     pub clock: Arc<dyn Clock>,
     /// Whether opening may upgrade the schema (see [`Migrations`]).
     pub migrations: Migrations,
+    /// Faults to inject into this store's disk (tests); none by default.
+    pub faults: DiskFaults,
+}
+
+impl StoreOptions {
+    /// A store at `location` on the system clock that does not upgrade an older schema and
+    /// injects no faults; set the other fields with struct update syntax.
+    pub fn new(location: Location, durability: Durability) -> Self {
+        Self {
+            location,
+            durability,
+            clock: Arc::new(clade_core::SystemClock),
+            migrations: Migrations::RequireCurrent,
+            faults: DiskFaults::default(),
+        }
+    }
 }
 
 /// A cheap-to-clone handle to Clade's state.
@@ -325,7 +341,7 @@ impl Store {
             ))),
             Location::Postgres(_) => Readers::Pool(pool.clone()),
         };
-        let writer = Writer::spawn(connect, backend, shown.to_string())?;
+        let writer = Writer::spawn(connect, backend, shown.to_string(), options.faults.clone())?;
         let store = Self {
             pool,
             readers,

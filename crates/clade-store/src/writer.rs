@@ -279,7 +279,12 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn spawn(connect: Connect, backend: Backend, shown: String) -> Result<Self> {
+    pub(crate) fn spawn(
+        connect: Connect,
+        backend: Backend,
+        shown: String,
+        faults: DiskFaults,
+    ) -> Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let counters = Arc::new(Counters::default());
         let mut writer = Self { tx, counters: counters.clone(), durable: None };
@@ -297,7 +302,7 @@ impl Writer {
                     let (wal, syncer_point, syncer_counters) =
                         (wal_path(path), point.clone(), counters.clone());
                     start_thread("sync", move || {
-                        syncer(&wal, &from_writer, &syncer_point, &syncer_counters)
+                        syncer(&wal, &from_writer, &syncer_point, &syncer_counters, &faults)
                     })?;
                     writer.durable = Some(point.clone());
                     Some(SyncLink { point, to_syncer })
@@ -468,6 +473,50 @@ fn wal_path(database: &std::path::Path) -> PathBuf {
     PathBuf::from(wal)
 }
 
+/// Faults a test injects into one store's disk, through [`crate::StoreOptions::faults`]: each
+/// store has its own, so tests sharing a process do not reach into each other's stores.
+/// Without any (the default) they cost an uncontended lock and a load per batch of syncs.
+#[derive(Debug, Clone, Default)]
+pub struct DiskFaults {
+    inner: Arc<FaultState>,
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    /// Held, it stops the syncer before its next fsync, as a slow disk would.
+    gate: std::sync::Mutex<()>,
+    /// Set, every fsync fails, as a failing disk's would.
+    fail_syncs: std::sync::atomic::AtomicBool,
+}
+
+/// Holds this store's fsyncs back until dropped (see [`DiskFaults::hold_syncs`]).
+pub struct SyncHold<'a> {
+    _held: std::sync::MutexGuard<'a, ()>,
+}
+
+impl DiskFaults {
+    /// Stops the store's syncer before its next fsync until the guard is dropped.
+    pub fn hold_syncs(&self) -> SyncHold<'_> {
+        SyncHold { _held: self.inner.gate.lock().unwrap_or_else(|e| e.into_inner()) }
+    }
+
+    /// Makes every fsync fail (`true`) or work again (`false`).
+    pub fn fail_syncs(&self, fail: bool) {
+        self.inner.fail_syncs.store(fail, Ordering::SeqCst);
+    }
+
+    fn before_sync(&self) {
+        drop(self.inner.gate.lock());
+    }
+
+    fn sync(&self, sync: impl FnOnce() -> std::io::Result<()>) -> std::io::Result<()> {
+        if self.inner.fail_syncs.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected by DiskFaults::fail_syncs"));
+        }
+        sync()
+    }
+}
+
 /// Makes committed batches durable: one `fdatasync` of the WAL for every batch that committed
 /// since the last, then their results are released. Ends with the writer.
 fn syncer(
@@ -475,18 +524,18 @@ fn syncer(
     from_writer: &std::sync::mpsc::Receiver<Committed>,
     point: &DurablePoint,
     counters: &Counters,
+    faults: &DiskFaults,
 ) {
     while let Ok(first) = from_writer.recv() {
         let mut ready = vec![first];
         ready.extend(from_writer.try_iter());
-        #[cfg(test)]
-        drop(tests::SYNC_GATE.lock());
+        faults.before_sync();
         let wrote = ready.iter().any(|batch| batch.commit.is_ok());
         let poisoned = counters.poisoned.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let synced = match poisoned {
             Some(reason) => Err(reason),
             None if !wrote => Ok(()),
-            None => match timed(|| sync_wal(wal)) {
+            None => match timed(|| faults.sync(|| sync_wal(wal))) {
                 (Ok(()), took) => {
                     counters.syncs.fetch_add(1, Ordering::Relaxed);
                     let micros = took.as_micros() as u64;
@@ -578,10 +627,6 @@ async fn timed_async<T>(f: impl std::future::Future<Output = T>) -> (T, std::tim
 /// `fdatasync` of the WAL. The file is opened each time: SQLite removes and recreates it when
 /// its last connection closes, and a descriptor kept open would then sync a removed file.
 fn sync_wal(wal: &std::path::Path) -> std::io::Result<()> {
-    #[cfg(test)]
-    if tests::FAIL_SYNC.load(Ordering::SeqCst) {
-        return Err(std::io::Error::other("injected by the test"));
-    }
     match std::fs::File::open(wal) {
         Ok(file) => file.sync_data(),
         // No WAL: every commit was folded into the database file, which the checkpoint synced.
@@ -744,27 +789,22 @@ pub(crate) mod tests {
     // The gate is held across awaits on purpose: it stands for a slow disk.
     #![allow(clippy::await_holding_lock)]
 
-    use std::sync::Arc;
     use std::time::Duration;
 
+    use super::DiskFaults;
     use crate::db::query;
     use crate::{Durability, Location, Store, StoreOptions};
 
-    /// Held by a test, it stops the syncer before its next fsync, as a slow disk would.
-    pub(crate) static SYNC_GATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    /// Set by a test, the syncer's next fsync fails, as a failing disk's would.
-    pub(crate) static FAIL_SYNC: std::sync::atomic::AtomicBool =
-        std::sync::atomic::AtomicBool::new(false);
-
-    async fn open(dir: &tempfile::TempDir) -> Store {
-        Store::open(StoreOptions {
-            location: Location::Sqlite(dir.path().join("clade.db")),
-            durability: Durability::Full,
-            clock: Arc::new(clade_core::SystemClock),
+    /// A store with durability `full` and its own disk faults.
+    async fn open(dir: &tempfile::TempDir) -> (Store, DiskFaults) {
+        let faults = DiskFaults::default();
+        let location = Location::Sqlite(dir.path().join("clade.db"));
+        let options = StoreOptions {
             migrations: crate::Migrations::Apply,
-        })
-        .await
-        .unwrap()
+            faults: faults.clone(),
+            ..StoreOptions::new(location, Durability::Full)
+        };
+        (Store::open(options).await.unwrap(), faults)
     }
 
     /// Sets `key` and tells `announced` once the write is committed.
@@ -818,14 +858,12 @@ pub(crate) mod tests {
     async fn with_durability_normal_the_wal_is_flushed_in_the_background() {
         for (durability, flushed) in [(Durability::Normal, true), (Durability::Full, false)] {
             let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(StoreOptions {
-                location: Location::Sqlite(dir.path().join("clade.db")),
-                durability,
-                clock: Arc::new(clade_core::SystemClock),
+            let location = Location::Sqlite(dir.path().join("clade.db"));
+            let options = StoreOptions {
                 migrations: crate::Migrations::Apply,
-            })
-            .await
-            .unwrap();
+                ..StoreOptions::new(location, durability)
+            };
+            let store = Store::open(options).await.unwrap();
             for n in 0..3 {
                 store.create_tenant(&format!("flush-{n}")).await.unwrap();
                 tokio::time::sleep(A_WHILE / 10).await;
@@ -842,9 +880,9 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_write_is_visible_at_once_and_answered_only_once_synced() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir).await;
+        let (store, faults) = open(&dir).await;
         let syncs = store.write_stats().syncs;
-        let gate = SYNC_GATE.lock().unwrap();
+        let gate = faults.hold_syncs();
         let (announced, visible) = tokio::sync::oneshot::channel();
         let mut write = set(&store, "k", announced);
         tokio::time::timeout(Duration::from_secs(10), visible).await.unwrap().unwrap();
@@ -863,9 +901,9 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn one_fsync_covers_the_batches_committed_while_the_disk_was_busy() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir).await;
+        let (store, faults) = open(&dir).await;
         let before = store.write_stats();
-        let gate = SYNC_GATE.lock().unwrap();
+        let gate = faults.hold_syncs();
         let mut writes = Vec::new();
         // One after another, so each is a batch of its own.
         for key in ["a", "b", "c", "d", "e", "f", "g", "h"] {
@@ -895,7 +933,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_large_failing_write_rolls_back_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir).await;
+        let (store, _) = open(&dir).await;
         // Pages for the large write to change once they exist: the savepoint journals each
         // page's content from before it.
         let before = "a".repeat(1000);
@@ -945,14 +983,36 @@ pub(crate) mod tests {
         assert_eq!(store.integrity_check().await.unwrap(), "ok");
     }
 
+    /// Disk faults belong to one store: another store in the same process (another test, say)
+    /// writes on while this one's fsyncs are held or failing.
+    #[tokio::test]
+    async fn disk_faults_reach_only_their_own_store() {
+        let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let ((held, faults), (other, _)) = (open(&ours).await, open(&theirs).await);
+        let gate = faults.hold_syncs();
+        let (announced, visible) = tokio::sync::oneshot::channel();
+        let mut write = set(&held, "k", announced);
+        tokio::time::timeout(Duration::from_secs(10), visible).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), other.set_meta("k", "v"))
+            .await
+            .expect("another store's write waited for this store's held fsync")
+            .unwrap();
+        assert!(tokio::time::timeout(A_WHILE, &mut write).await.is_err(), "answered unsynced");
+        drop(gate);
+        write.await.unwrap().unwrap();
+        faults.fail_syncs(true);
+        other.set_meta("k2", "v").await.expect("another store's fsync failed");
+        assert!(held.set_meta("k2", "v").await.is_err(), "this store's fsync did not fail");
+    }
+
     #[tokio::test]
     async fn a_failed_fsync_refuses_that_write_and_every_later_one() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir).await;
-        FAIL_SYNC.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (store, faults) = open(&dir).await;
+        faults.fail_syncs(true);
         let (announced, _) = tokio::sync::oneshot::channel();
         let failed = set(&store, "k", announced).await.unwrap();
-        FAIL_SYNC.store(false, std::sync::atomic::Ordering::SeqCst);
+        faults.fail_syncs(false);
         let err = failed.expect_err("a write whose fsync failed was acknowledged").to_string();
         assert!(err.contains("failed to sync") && err.contains("restart"), "{err}");
         // The disk may be fine again; what it holds is not known, so writes stay refused.

@@ -227,13 +227,12 @@ async fn measure(
     stub: Option<&StubProcess>,
 ) -> Result<Row> {
     let data = DataDir::open(dir)?;
-    let store = Store::open(StoreOptions {
-        location: Location::Sqlite(data.sqlite_path()),
-        durability,
-        clock: Arc::new(SystemClock),
+    let location = Location::Sqlite(data.sqlite_path());
+    let options = StoreOptions {
         migrations: clade_store::Migrations::Apply,
-    })
-    .await?;
+        ..StoreOptions::new(location, durability)
+    };
+    let store = Store::open(options).await?;
     let agents = Agents::new(store.clone(), data.clone());
     let tenant = store.tenant(clade_core::Tenant::DEFAULT_NAME).await?;
     let agent = agents

@@ -1,8 +1,6 @@
 //! Opens a fresh store per backend; PostgreSQL gets a throwaway schema (see clade-test-support).
 
-use std::sync::Arc;
-
-use clade_core::{Agent, AgentConfig, Handle, SystemClock, Tenant, TurnId};
+use clade_core::{Agent, AgentConfig, Handle, Tenant, TurnId};
 use clade_store::{
     Accepted, Agents, DataDir, Durability, Location, NewAgent, NewEvent, Source, Store,
     StoreOptions, TurnRow,
@@ -26,13 +24,11 @@ impl Harness {
 }
 
 pub async fn open(location: Location) -> Result<Store, clade_store::Error> {
-    Store::open(StoreOptions {
-        location,
-        durability: Durability::Full,
-        clock: Arc::new(SystemClock),
+    let options = StoreOptions {
         migrations: clade_store::Migrations::Apply,
-    })
-    .await
+        ..StoreOptions::new(location, Durability::Full)
+    };
+    Store::open(options).await
 }
 
 /// One harness per available backend.
