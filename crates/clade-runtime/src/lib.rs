@@ -13,6 +13,7 @@ pub mod failpoints;
 pub mod hub;
 pub mod models;
 pub mod outbox;
+mod routing;
 pub mod tools;
 
 pub use budget::StoreBudget;

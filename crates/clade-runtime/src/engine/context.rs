@@ -1,0 +1,285 @@
+//! A turn's context: the agent's persona files, the session's own persona layers, and the
+//! session's history, kept by its actor between turns.
+
+use std::sync::Arc;
+
+use clade_config::QueueMode;
+use clade_core::Agent;
+use clade_model::Message;
+use clade_store::{EventRow, Source, TurnRow};
+
+use super::{Inner, TurnContext};
+
+/// An agent's persona files as read: `(name, contents)`, empty when missing, and what each
+/// file looked like on disk then.
+#[derive(Default)]
+pub(super) struct Persona {
+    pub(super) files: Vec<(&'static str, Vec<u8>)>,
+    pub(super) seen: Vec<Option<FileStamp>>,
+}
+
+/// Size, inode and modification time: a file whose stamp is unchanged is not read again (an
+/// edit that keeps the size within the file system's timestamp granularity goes unseen until
+/// the next one).
+type FileStamp = (u64, u64, Option<std::time::SystemTime>);
+
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.ino(), meta.modified().ok()))
+}
+
+/// How long persona files stay trusted without a `stat`: an edit made outside Clade (an
+/// operator's editor) applies to turns that start at most this long after it. A tool call in
+/// this process (the agent's own `fs.write`, a shell command) ends the trust at once, so an
+/// agent that edits its persona sees the edit in its next turn. Checking every turn cost a
+/// `stat` per file and layer, about 7% of a turn's CPU.
+const PERSONA_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// When files were last checked against the disk.
+#[derive(Clone, Copy)]
+pub(super) struct Checked {
+    pub(super) at: clade_core::Timestamp,
+    /// [`ToolRunner::runs`] then.
+    pub(super) tool_runs: u64,
+}
+
+impl Checked {
+    pub(super) fn now(inner: &Inner) -> Self {
+        Self { at: inner.store.now(), tool_runs: inner.options.tools.runs() }
+    }
+
+    pub(super) fn still_current(&self, inner: &Inner) -> bool {
+        let age = inner.store.now().as_millis().saturating_sub(self.at.as_millis());
+        (0..PERSONA_RECHECK.as_millis() as i64).contains(&age)
+            && self.tool_runs == inner.options.tools.runs()
+    }
+}
+
+/// The agent's persona files for this turn. They may change between turns (an operator's
+/// edit, the agent's own `fs.write`), so a turn checks them with a `stat` per file, unless
+/// they were checked moments ago (see [`PERSONA_RECHECK`]); only a changed file is read again.
+pub(super) fn read_persona(inner: &Inner, agent: &Agent) -> Arc<Persona> {
+    let known = inner
+        .personas
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&agent.id)
+        .and_then(|(held, checked)| Some((held.upgrade()?, *checked)));
+    if let Some((known, checked)) = &known
+        && checked.still_current(inner)
+    {
+        return known.clone();
+    }
+    let checked = Checked::now(inner);
+    let dir = match inner.agents.workspace(agent) {
+        Ok(dir) => dir,
+        Err(err) => {
+            tracing::warn!(agent = %agent.handle, error = %err, "cannot read persona files");
+            return Arc::default();
+        }
+    };
+    let paths = clade_store::agents::PERSONA_FILES.map(|file| dir.join(file));
+    let seen: Vec<Option<FileStamp>> = paths.iter().map(|p| stamp(p)).collect();
+    let persona = match known {
+        Some((known, _)) if known.seen == seen => known,
+        _ => {
+            let files = clade_store::agents::PERSONA_FILES
+                .into_iter()
+                .zip(&paths)
+                .map(|(file, path)| (file, std::fs::read(path).unwrap_or_default()))
+                .collect();
+            Arc::new(Persona { files, seen })
+        }
+    };
+    let mut personas = inner.personas.lock().unwrap_or_else(|e| e.into_inner());
+    // Agents whose sessions all left memory leave the cache too (swept as it doubles).
+    if personas.len() >= 64 && personas.len().is_power_of_two() {
+        personas.retain(|_, (held, _)| held.strong_count() > 0);
+    }
+    personas.insert(agent.id, (Arc::downgrade(&persona), checked));
+    persona
+}
+
+/// A session's own persona layers, from the agent's workspace: what its platform
+/// (`channels/<platform>.md`), its channel (`channels/<platform>/<channel>.md`) and its actor
+/// (`actors/<platform>/<actor>.md`) add to the agent's files, in that order. A name that
+/// cannot be a plain file name (empty, a leading dot, a slash or other characters outside
+/// `A-Za-z0-9._@+-`, over 128 bytes) has no layer.
+#[derive(Default)]
+pub(super) struct Layers {
+    /// Each layer's path, its file's stamp when read, and its text (empty when missing).
+    pub(super) files: Vec<(std::path::PathBuf, Option<FileStamp>, String)>,
+    pub(super) checked: Option<Checked>,
+}
+
+impl Layers {
+    /// Re-reads the layers whose files changed since the last turn (a `stat` each otherwise,
+    /// unless they were checked moments ago: see [`PERSONA_RECHECK`]).
+    pub(super) fn refresh(&mut self, inner: &Inner, agent: &Agent, source: &Source) {
+        if self.checked.is_some_and(|checked| checked.still_current(inner)) {
+            return;
+        }
+        self.checked = Some(Checked::now(inner));
+        // `read_persona` has made sure the workspace exists; a missing layer is just empty.
+        let paths = layer_paths(&inner.agents.workspace_path(agent.id), source);
+        if self.files.len() != paths.len() || self.files.iter().zip(&paths).any(|(f, p)| f.0 != *p)
+        {
+            self.files = paths.into_iter().map(|p| (p, None, String::new())).collect();
+        }
+        for (path, seen, text) in &mut self.files {
+            let now = stamp(path);
+            if now != *seen {
+                *text = std::fs::read_to_string(&*path).unwrap_or_default();
+                *seen = now;
+            }
+        }
+    }
+
+    pub(super) fn texts(&self) -> impl Iterator<Item = &str> {
+        self.files.iter().map(|(_, _, text)| text.as_str()).filter(|t| !t.trim().is_empty())
+    }
+}
+
+fn layer_paths(dir: &std::path::Path, source: &Source) -> Vec<std::path::PathBuf> {
+    pub(super) fn plain(name: &str) -> Option<&str> {
+        let ok = !name.is_empty()
+            && name.len() <= 128
+            && !name.starts_with('.')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "._@+-".contains(c));
+        ok.then_some(name)
+    }
+    let Some(platform) = plain(&source.platform) else { return Vec::new() };
+    let mut paths = vec![dir.join("channels").join(format!("{platform}.md"))];
+    if let Some(channel) = plain(&source.channel) {
+        paths.push(dir.join("channels").join(platform).join(format!("{channel}.md")));
+    }
+    if let Some(actor) = plain(&source.actor) {
+        paths.push(dir.join("actors").join(platform).join(format!("{actor}.md")));
+    }
+    paths
+}
+
+/// What a session's actor keeps from one turn to the next.
+#[derive(Default)]
+pub(super) struct Kept {
+    /// The last completed turns, so a turn's context needs no store read.
+    pub(super) history: Option<History>,
+    /// The agent's persona as last read; holding it keeps it in the engine's shared cache.
+    pub(super) persona: Option<Arc<Persona>>,
+    /// The session's own persona layers as last read.
+    pub(super) layers: Layers,
+}
+
+/// A session's last completed turns, `(user text, reply)`, oldest first, as the store's
+/// `history` would return them. Only the session's actor runs its turns, so it can keep this
+/// current by itself; it is dropped when it grows past [`HISTORY_CACHE_BYTES`].
+#[derive(Default)]
+pub(super) struct History {
+    pub(super) turns: std::collections::VecDeque<(String, String)>,
+    pub(super) bytes: usize,
+}
+
+/// Above this a session's history is read from the store for every turn instead of kept in
+/// memory, so an active session stays small whatever its messages' length.
+const HISTORY_CACHE_BYTES: usize = 16 * 1024;
+
+impl History {
+    pub(super) fn push(&mut self, user: String, reply: String, keep: usize) {
+        self.bytes += user.len() + reply.len();
+        self.turns.push_back((user, reply));
+        while self.turns.len() > keep {
+            if let Some((user, reply)) = self.turns.pop_front() {
+                self.bytes -= user.len() + reply.len();
+            }
+        }
+    }
+}
+
+/// Adds a turn that just completed to the cached history (see [`History`]).
+pub(super) fn remember(
+    history: &mut Option<History>,
+    inner: &Inner,
+    events: &[EventRow],
+    reply: &str,
+) {
+    if let Some(cache) = history {
+        let user = events.iter().map(|e| e.text.as_str()).collect::<Vec<_>>().join("\n");
+        cache.push(user, reply.to_owned(), inner.options.sessions.history_turns as usize);
+        if cache.bytes > HISTORY_CACHE_BYTES {
+            *history = None;
+        }
+    }
+}
+
+/// The model's context: persona files, then earlier turns of the session, then this turn's
+/// messages.
+pub(super) async fn compose(
+    inner: &Inner,
+    persona: &Persona,
+    layers: &Layers,
+    ctx: &TurnContext,
+    turn: &TurnRow,
+    events: &[EventRow],
+    history: &mut Option<History>,
+) -> Vec<Message> {
+    let session = &ctx.session;
+    let mut system = String::new();
+    for (_, contents) in &persona.files {
+        if let Ok(text) = std::str::from_utf8(contents)
+            && !contents.is_empty()
+        {
+            system.push_str(text);
+            system.push_str("\n\n");
+        }
+    }
+    for text in layers.texts() {
+        system.push_str(text);
+        system.push_str("\n\n");
+    }
+    // Runtime additions: where the conversation happens, and the date (not the time, so the
+    // prompt stays the same, and a provider's prompt cache warm, for a whole day).
+    let today = inner.store.now().to_string();
+    system.push_str(&format!(
+        "You are talking on {} in channel {} with {}. Today is {} (UTC).",
+        session.source.platform,
+        session.source.channel,
+        session.source.actor,
+        today.get(..10).unwrap_or(&today)
+    ));
+    let mut messages = vec![Message::system(system)];
+    if history.is_none() {
+        let keep = inner.options.sessions.history_turns;
+        match inner.visible.history(session.id, turn.id, keep).await {
+            // Steered turns take in messages mid-turn, which the cache would not see.
+            Ok(turns) if ctx.queue_mode != QueueMode::Steer => {
+                let mut cache = History::default();
+                for (user, reply) in turns {
+                    cache.push(user, reply, keep as usize);
+                }
+                *history = Some(cache);
+            }
+            Ok(turns) => messages.extend(turns.into_iter().flat_map(|(user, reply)| {
+                [Message::user(user), Message::Assistant { text: reply, tool_calls: Vec::new() }]
+            })),
+            Err(err) => {
+                tracing::warn!(session = %session.id, error = %err, "cannot read the session's history")
+            }
+        }
+    }
+    if let Some(cache) = history.as_ref() {
+        // The system message, the kept turns, the new messages and the reply to come.
+        messages.reserve_exact(2 * cache.turns.len() + events.len() + 1);
+        for (user, reply) in &cache.turns {
+            messages.push(Message::user(user.clone()));
+            messages.push(Message::Assistant { text: reply.clone(), tool_calls: Vec::new() });
+        }
+        if cache.bytes > HISTORY_CACHE_BYTES {
+            *history = None;
+        }
+    }
+    for event in events {
+        messages.push(Message::user(event.text.clone()));
+    }
+    messages
+}
