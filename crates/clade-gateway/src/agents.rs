@@ -10,7 +10,7 @@ use clade_store::NewAgent;
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
-use crate::api::{AgentListResponse, AgentResponse, CreateAgentParams, ListAgentsQuery};
+use crate::api::{AgentListResponse, AgentResponse, CreateAgentParams, PageQuery};
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
 
@@ -55,6 +55,18 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// The page size a list query asks for: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] if unsaid.
+pub(crate) fn page_limit(query: &PageQuery) -> Result<u32, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    Ok(limit)
+}
+
 pub(crate) fn query_rejection(rejection: QueryRejection) -> ApiError {
     ApiError::new(Code::InvalidRequest, format!("invalid query string: {}", rejection.body_text()))
 }
@@ -93,16 +105,10 @@ pub(crate) async fn create(
 pub(crate) async fn list(
     State(state): State<AppState>,
     Extension(Caller(tenant, _)): Extension<Caller>,
-    query: Result<Query<ListAgentsQuery>, QueryRejection>,
+    query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<axum::Json<AgentListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::new(
-            Code::InvalidRequest,
-            format!("limit must be between 1 and {MAX_PAGE}"),
-        ));
-    }
+    let limit = page_limit(&query)?;
     // Fetch one extra row to learn whether another page exists.
     let mut agents = state.store.agents(tenant.id, query.cursor.as_deref(), limit + 1).await?;
     let next_cursor = if agents.len() > limit as usize {

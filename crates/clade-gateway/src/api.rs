@@ -59,10 +59,10 @@ pub struct AgentListResponse {
     pub next_cursor: Option<String>,
 }
 
-/// Query of `GET /v1/agents`.
+/// Query of a paginated list (`GET /v1/agents`, `GET /v1/sessions/{id}/turns`).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ListAgentsQuery {
+pub struct PageQuery {
     /// Page size, 1-1000 (default 100).
     #[serde(default)]
     pub limit: Option<u32>,
@@ -276,6 +276,9 @@ pub struct TurnEvent {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct TurnListResponse {
     pub items: Vec<TurnResponse>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// A tool an agent can call.

@@ -207,9 +207,13 @@ pub fn document() -> Value {
                 "responses": { "200": { "description": "the session", "content": json_content("SessionResponse") }, "400": error_response("malformed body or unknown queue mode"), "404": error_response("no such session") }
             }},
             "/v1/sessions/{id}/turns": { "get": {
-                "summary": "A session's full turns, oldest first",
-                "parameters": [ session_param.clone() ],
-                "responses": { "200": { "description": "turns", "content": json_content("TurnListResponse") }, "404": error_response("no such session") }
+                "summary": "A session's turns, oldest first, a page at a time, each with its events, usage and journal steps",
+                "parameters": [
+                    session_param.clone(),
+                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } },
+                    { "name": "cursor", "in": "query", "schema": { "type": "string" } }
+                ],
+                "responses": { "200": { "description": "one page", "content": json_content("TurnListResponse") }, "400": error_response("invalid query or cursor"), "404": error_response("no such session") }
             }},
             "/v1/sessions/{id}/events": { "get": {
                 "summary": "Server-Sent Events: lifecycle events (resumable with Last-Event-ID or ?after=) and live text deltas",

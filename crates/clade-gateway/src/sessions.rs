@@ -8,14 +8,15 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use clade_core::SessionId;
+use clade_core::{SessionId, TurnId};
+use clade_store::TurnRecord;
 use futures::{Stream, stream};
 use serde_json::json;
 
 use crate::AppState;
 use crate::agents::{JsonBody, query_rejection};
 use crate::api::{
-    SessionListResponse, SessionResponse, SessionUpdate, SessionsQuery, TurnEvent,
+    PageQuery, SessionListResponse, SessionResponse, SessionUpdate, SessionsQuery, TurnEvent,
     TurnListResponse, TurnResponse, TurnStep, TurnUsageBody,
 };
 use crate::auth::Caller;
@@ -82,42 +83,62 @@ pub(crate) async fn turns(
     State(state): State<AppState>,
     Extension(Caller(tenant, _)): Extension<Caller>,
     Path(id): Path<String>,
+    query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<axum::Json<TurnListResponse>, ApiError> {
+    let Query(query) = query.map_err(query_rejection)?;
+    let limit = crate::agents::page_limit(&query)?;
+    let after = match query.cursor.as_deref() {
+        None => None,
+        Some(cursor) => Some(cursor.parse::<TurnId>().map_err(|_| {
+            ApiError::new(
+                Code::InvalidRequest,
+                format!("cursor {cursor:?} is not a next_cursor this list gave"),
+            )
+        })?),
+    };
     let session = state.store.session(tenant.id, session_id(&id)?).await?;
-    let turns = state.store.turns(session.id).await?;
-    let mut journal = state.store.session_journal(session.id).await?.into_iter().peekable();
-    let items = turns
-        .into_iter()
-        .map(|(t, events, usage)| TurnResponse {
-            // Both are in turn order, so each turn takes its steps off the front.
-            steps: std::iter::from_fn(|| journal.next_if(|(turn, _)| *turn == t.id))
-                .map(|(_, entry)| TurnStep {
-                    step: entry.step.to_string(),
-                    kind: entry.step.kind().as_str().to_owned(),
-                    data: serde_json::from_str(&entry.data).unwrap_or(serde_json::Value::Null),
-                })
-                .collect(),
-            id: t.id.to_string(),
-            status: t.status.as_str().to_owned(),
-            reply: t.reply,
-            error: t.error,
-            model: t.model,
-            config_revision: format!("{:016x}", t.config_revision),
-            started_at: t.started_at.as_millis(),
-            finished_at: t.finished_at.map(|f| f.as_millis()),
-            events: events
-                .into_iter()
-                .map(|e| TurnEvent { id: e.id.to_string(), seq: e.seq, text: e.text })
-                .collect(),
-            usage: TurnUsageBody {
-                model_calls: usage.model_calls,
-                input_tokens: usage.input_tokens,
-                output_tokens: usage.output_tokens,
-                cost_micros: usage.cost_micros,
-            },
-        })
-        .collect();
-    Ok(axum::Json(TurnListResponse { items }))
+    // Fetch one extra turn to learn whether another page exists.
+    let mut records = state.store.turn_records(session.id, after, limit + 1).await?;
+    let next_cursor = if records.len() > limit as usize {
+        records.truncate(limit as usize);
+        records.last().map(|r| r.turn.id.to_string())
+    } else {
+        None
+    };
+    let items = records.into_iter().map(turn_response).collect();
+    Ok(axum::Json(TurnListResponse { items, next_cursor }))
+}
+
+fn turn_response(record: TurnRecord) -> TurnResponse {
+    let TurnRecord { turn: t, events, usage, steps } = record;
+    TurnResponse {
+        steps: steps
+            .into_iter()
+            .map(|entry| TurnStep {
+                step: entry.step.to_string(),
+                kind: entry.step.kind().as_str().to_owned(),
+                data: serde_json::from_str(&entry.data).unwrap_or(serde_json::Value::Null),
+            })
+            .collect(),
+        id: t.id.to_string(),
+        status: t.status.as_str().to_owned(),
+        reply: t.reply,
+        error: t.error,
+        model: t.model,
+        config_revision: format!("{:016x}", t.config_revision),
+        started_at: t.started_at.as_millis(),
+        finished_at: t.finished_at.map(|f| f.as_millis()),
+        events: events
+            .into_iter()
+            .map(|e| TurnEvent { id: e.id.to_string(), seq: e.seq, text: e.text })
+            .collect(),
+        usage: TurnUsageBody {
+            model_calls: usage.model_calls,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cost_micros: usage.cost_micros,
+        },
+    }
 }
 
 pub(crate) async fn resume(

@@ -42,6 +42,6 @@ pub use store::{
 };
 pub use turns::{
     Accepted, DeadLetter, EventRow, GivenUp, JournalEntry, NewEvent, OpenEvents, OutboxEvent,
-    OutboxRow, SessionRow, Source, TurnOutcome, TurnRow,
+    OutboxRow, SessionRow, Source, TurnOutcome, TurnRecord, TurnRow, TurnUsage,
 };
 pub use writer::{DiskFaults, Durations, SyncHold, WriteStats};

@@ -5,7 +5,7 @@
 //! steps are journaled so a restart resumes instead of repeating; lifecycle events enter the
 //! outbox in the same transaction as the state change that causes them.
 
-use crate::db::{Row, Tx, query};
+use crate::db::{Query, Row, Tx, query};
 use clade_core::{
     AgentId, EventId, EventKind, EventStatus, SessionId, StepKey, TenantId, Timestamp, TurnId,
     TurnStatus,
@@ -904,71 +904,89 @@ impl Store {
         self.rows(query).await?.iter().map(session_row).collect()
     }
 
-    /// A session's turns, oldest first (ids are time-ordered, from the same clock reading as
-    /// `started_at`), each with its events and the usage of its model calls.
-    pub async fn turns(
+    /// A page of a session's turns, oldest first: those after the turn `after` (from the
+    /// first without it), at most `limit`, each with its events, its usage and its journal
+    /// (steps in the order they were written). Three reads, whatever the page's size.
+    pub async fn turn_records(
         &self,
         session: SessionId,
-    ) -> Result<Vec<(TurnRow, Vec<EventRow>, TurnUsage)>> {
+        after: Option<TurnId>,
+        limit: u32,
+    ) -> Result<Vec<TurnRecord>> {
+        let after = after.map_or_else(|| vec![0u8; 16], |id| b(id.as_bytes()));
         let turns = self
             .rows(
                 query(format!(
                     "SELECT {TURN_COLUMNS}, model_calls, input_tokens AS usage_input, \
                      output_tokens AS usage_output, cost_micros AS usage_cost \
-                     FROM turns WHERE session_id = $1 ORDER BY id"
+                     FROM turns WHERE session_id = $1 AND id > $2 ORDER BY id LIMIT $3"
                 ))
-                .bind(b(session.as_bytes())),
+                .bind(b(session.as_bytes()))
+                .bind(after)
+                .bind(i64::from(limit)),
             )
             .await?;
-        let events = self
-            .rows(
-                query(format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 ORDER BY seq"
-                ))
-                .bind(b(session.as_bytes())),
-            )
-            .await?;
-        let events: Vec<EventRow> = events.iter().map(event_row).collect::<Result<_>>()?;
-        turns
+        let mut records = turns
             .iter()
             .map(|row| {
-                let turn = turn_row(row)?;
-                let own = events.iter().filter(|e| e.turn_id == Some(turn.id)).cloned().collect();
                 let n = |c: &str| row.try_get::<i64, _>(c).map(|v| u64::try_from(v).unwrap_or(0));
-                let spent = TurnUsage {
-                    model_calls: n("model_calls")?,
-                    input_tokens: n("usage_input")?,
-                    output_tokens: n("usage_output")?,
-                    cost_micros: n("usage_cost")?,
-                };
-                Ok((turn, own, spent))
-            })
-            .collect()
-    }
-
-    /// The journals of a session's turns, in one read: `(turn, entry)`, each turn's steps in
-    /// the order they were written.
-    pub async fn session_journal(&self, session: SessionId) -> Result<Vec<(TurnId, JournalEntry)>> {
-        let rows = self
-            .rows(
-                query(
-                    "SELECT j.turn_id AS turn_id, j.step AS step, j.data AS data, \
-                     j.created_at AS created_at FROM journal j JOIN turns t ON t.id = j.turn_id \
-                     WHERE t.session_id = $1",
-                )
-                .bind(b(session.as_bytes())),
-            )
-            .await?;
-        let mut entries = rows
-            .iter()
-            .map(|r| {
-                let at: i64 = r.try_get("created_at")?;
-                Ok((TurnId::from_bytes(id_bytes(r, "turn_id")?), at, journal_entry(r)?))
+                Ok(TurnRecord {
+                    turn: turn_row(row)?,
+                    events: Vec::new(),
+                    usage: TurnUsage {
+                        model_calls: n("model_calls")?,
+                        input_tokens: n("usage_input")?,
+                        output_tokens: n("usage_output")?,
+                        cost_micros: n("usage_cost")?,
+                    },
+                    steps: Vec::new(),
+                })
             })
             .collect::<Result<Vec<_>>>()?;
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            return Ok(records);
+        };
+        // Turn ids are time-ordered: the page's events and steps are those of turns in its
+        // range (other sessions' turns may interleave, hence the session filter).
+        let range = |q: Query| {
+            q.bind(b(first.turn.id.as_bytes()))
+                .bind(b(last.turn.id.as_bytes()))
+                .bind(b(session.as_bytes()))
+        };
+        let events = self
+            .rows(range(query(format!(
+                "SELECT {EVENT_COLUMNS} FROM events \
+                 WHERE turn_id BETWEEN $1 AND $2 AND session_id = $3 ORDER BY seq"
+            ))))
+            .await?;
+        let steps = self
+            .rows(range(query(
+                "SELECT j.turn_id AS turn_id, j.step AS step, j.data AS data, \
+                 j.created_at AS created_at FROM journal j JOIN turns t ON t.id = j.turn_id \
+                 WHERE j.turn_id BETWEEN $1 AND $2 AND t.session_id = $3",
+            )))
+            .await?;
+        let index: std::collections::HashMap<TurnId, usize> =
+            records.iter().enumerate().map(|(i, r)| (r.turn.id, i)).collect();
+        for row in &events {
+            let event = event_row(row)?;
+            if let Some(&i) = event.turn_id.as_ref().and_then(|t| index.get(t)) {
+                records[i].events.push(event);
+            }
+        }
+        let mut timed = Vec::with_capacity(steps.len());
+        for row in &steps {
+            let turn = TurnId::from_bytes(id_bytes(row, "turn_id")?);
+            timed.push((turn, row.try_get::<i64, _>("created_at")?, journal_entry(row)?));
+        }
         // Steps written in the same millisecond keep the order the engine writes them in.
-        entries.sort_by_key(|(turn, at, entry)| (*turn, *at, entry.step.order()));
-        Ok(entries.into_iter().map(|(turn, _, entry)| (turn, entry)).collect())
+        timed.sort_by_key(|(turn, at, entry)| (*turn, *at, entry.step.order()));
+        for (turn, _, entry) in timed {
+            if let Some(&i) = index.get(&turn) {
+                records[i].steps.push(entry);
+            }
+        }
+        Ok(records)
     }
 
     /// The last `limit` completed turns of a session before `before`, oldest first, with the
@@ -1184,6 +1202,17 @@ impl Store {
         let row = self.row(query("PRAGMA integrity_check")).await?;
         row.try_get(0)
     }
+}
+
+/// A turn with everything said about it: its events, its usage and its journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnRecord {
+    pub turn: TurnRow,
+    /// In the order they were accepted.
+    pub events: Vec<EventRow>,
+    pub usage: TurnUsage,
+    /// In the order they were written.
+    pub steps: Vec<JournalEntry>,
 }
 
 /// What a turn's model calls consumed.

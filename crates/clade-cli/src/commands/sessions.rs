@@ -190,16 +190,12 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
         SessionsCommand::Show { id, json } => {
             let id = SessionId::parse(&id)?;
             let session = ctx.store.session(tenant.id, id).await?;
-            let turns = ctx.store.turns(session.id).await?;
-            let journal = ctx.store.session_journal(session.id).await?;
-            let steps_of = |turn: clade_core::TurnId| {
-                journal.iter().filter(move |(of, _)| *of == turn).map(|(_, entry)| entry)
-            };
+            let turns = ctx.store.turn_records(session.id, None, u32::MAX).await?;
             if json {
                 let items: Vec<_> = turns
                     .iter()
-                    .map(|(t, events, usage)| json!({
-                        "steps": steps_of(t.id).map(|e| json!({
+                    .map(|clade_store::TurnRecord { turn: t, events, usage, steps }| json!({
+                        "steps": steps.iter().map(|e| json!({
                             "step": e.step.to_string(), "kind": e.step.kind().as_str(),
                             "data": serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null),
                         })).collect::<Vec<_>>(),
@@ -215,11 +211,11 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
                 "session {} ({} / {} / {})",
                 session.id, session.source.platform, session.source.channel, session.source.actor
             );
-            for (turn, events, usage) in turns {
+            for clade_store::TurnRecord { turn, events, usage, steps } in turns {
                 for event in events {
                     println!("> {}", event.text);
                 }
-                for entry in steps_of(turn.id) {
+                for entry in steps {
                     let data: Value = serde_json::from_str(&entry.data).unwrap_or(Value::Null);
                     match entry.step.kind() {
                         StepKind::ToolStarted => {

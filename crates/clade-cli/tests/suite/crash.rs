@@ -301,8 +301,7 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
     let turns = loop {
         let mut all = Vec::new();
         for session in &sessions {
-            let value = server.get_json(&format!("/v1/sessions/{session}/turns")).await;
-            for turn in value["items"].as_array().unwrap() {
+            for turn in &server.all_turns(session).await {
                 all.push(Turn {
                     session: session.clone(),
                     id: turn["id"].as_str().unwrap().to_owned(),

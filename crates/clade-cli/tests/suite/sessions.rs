@@ -441,3 +441,36 @@ async fn a_sessions_own_queue_mode_overrides_its_agents() {
         assert_eq!(all.len(), expected_turns, "mode {mode}: {all:?}");
     }
 }
+
+/// A session's turns come a page at a time: each page in order, `next_cursor` until the last,
+/// and a bad limit or cursor is a 400 that says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_turns_come_a_page_at_a_time() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let mut session = String::new();
+    for n in 0..5 {
+        let body = json!({ "agent": "ada", "text": format!("hello {n}"), "source": { "platform": "http", "channel": "c", "actor": "u" }, "wait": true });
+        let (status, value) = server.send("POST", "/v1/events", None, Some(body)).await;
+        assert_eq!(status, 200, "{value}");
+        session = value["session_id"].as_str().unwrap().to_owned();
+    }
+    let first = server.get_json(&format!("/v1/sessions/{session}/turns?limit=2")).await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 2, "{first}");
+    assert!(first["next_cursor"].is_string(), "{first}");
+    let all = server.all_turns(&session).await;
+    let texts: Vec<&str> = all.iter().map(|t| t["events"][0]["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["hello 0", "hello 1", "hello 2", "hello 3", "hello 4"]);
+    assert!(all.iter().all(|t| !t["steps"].as_array().unwrap().is_empty()), "steps ride along");
+    let unpaged = server.get_json(&format!("/v1/sessions/{session}/turns")).await;
+    assert_eq!(unpaged["items"].as_array().unwrap().len(), 5);
+    assert!(unpaged.get("next_cursor").is_none(), "{unpaged}");
+    for (query, named) in [("limit=0", "limit"), ("limit=1001", "limit"), ("cursor=nope", "cursor")]
+    {
+        let (status, body) =
+            server.send("GET", &format!("/v1/sessions/{session}/turns?{query}"), None, None).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(named), "{query}: {body}");
+    }
+}

@@ -169,6 +169,22 @@ impl Server {
     }
 
     /// `GET path` with the server's token; the JSON answer.
+    /// Every turn of a session, following `next_cursor` page by page.
+    pub async fn all_turns(&self, session: &str) -> Vec<serde_json::Value> {
+        let mut turns = Vec::new();
+        let mut path = format!("/v1/sessions/{session}/turns?limit=50");
+        loop {
+            let page = self.get_json(&path).await;
+            turns.extend(page["items"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_str() {
+                Some(cursor) => {
+                    path = format!("/v1/sessions/{session}/turns?limit=50&cursor={cursor}")
+                }
+                None => return turns,
+            }
+        }
+    }
+
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         reqwest::Client::new()
             .get(format!("{}{path}", self.url))

@@ -168,9 +168,9 @@ async fn a_turn_sums_the_usage_of_its_model_calls() {
             .await
             .unwrap();
 
-        let turns = h.store.turns(accepted.session_id).await.unwrap();
+        let turns = h.store.turn_records(accepted.session_id, None, 1000).await.unwrap();
         assert_eq!(turns.len(), 1, "{}", h.name);
-        let spent = turns[0].2;
+        let spent = turns[0].usage;
         assert_eq!(spent.model_calls, 2, "{}", h.name);
         assert_eq!(
             spent.input_tokens,
@@ -231,5 +231,60 @@ async fn a_journal_step_and_its_audit_record_commit_together() {
             .await
             .unwrap();
         assert!(records.iter().any(|r| r.kind == "tool.decision"), "{}", h.name);
+    }
+}
+
+/// A session's turns come a page at a time, each with its own events and journal steps, and
+/// never with another session's, though the two sessions' turns interleave in time.
+#[tokio::test]
+async fn turn_records_page_through_one_sessions_turns() {
+    use clade_core::StepKey;
+    for h in backends().await {
+        let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let mut ours = Vec::new();
+        let mut session = None;
+        for channel in ["c", "other", "c", "other", "c", "c", "c"] {
+            let accepted = accept(&h.store, &tenant, &ada, channel).await;
+            let turn = new_turn(&h.store, &accepted, &tenant, &ada);
+            let step = |iteration| clade_store::JournalEntry {
+                step: StepKey::Model { iteration },
+                data: format!("{{\"turn\":\"{}\"}}", turn.id),
+            };
+            h.store
+                .begin_turn(&turn, vec![accepted.event_id], Vec::new(), Some((step(0), None)), None)
+                .await
+                .unwrap();
+            h.store.append_journal(&turn, step(1), Vec::new(), None, None).await.unwrap();
+            if channel == "c" {
+                ours.push((turn.id, accepted.event_id));
+                session = Some(accepted.session_id);
+            }
+        }
+        let session = session.unwrap();
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = h.store.turn_records(session, after, 2).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 2, "{}", h.name);
+            for record in &page {
+                assert_eq!(record.turn.session_id, session, "{}", h.name);
+                let events: Vec<_> = record.events.iter().map(|e| e.id).collect();
+                let steps: Vec<_> = record.steps.iter().map(|s| s.step.to_string()).collect();
+                assert_eq!(steps, ["model/0", "model/1"], "{}", h.name);
+                let own = format!("{{\"turn\":\"{}\"}}", record.turn.id);
+                assert!(
+                    record.steps.iter().all(|s| s.data == own),
+                    "{}: a step of another turn",
+                    h.name
+                );
+                seen.push((record.turn.id, events));
+            }
+            after = page.last().map(|r| r.turn.id);
+        }
+        let expected: Vec<_> = ours.iter().map(|(turn, event)| (*turn, vec![*event])).collect();
+        assert_eq!(seen, expected, "{}", h.name);
     }
 }
