@@ -218,6 +218,7 @@ impl Ctx {
                     url: s.url.clone(),
                     secret: secret.into_bytes(),
                     events: s.events.clone(),
+                    tenants: s.tenants.clone(),
                     max_attempts: s.max_attempts,
                     timeout: std::time::Duration::from_secs(s.timeout_secs),
                 })

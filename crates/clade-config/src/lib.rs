@@ -305,12 +305,21 @@ pub struct SubscriberConfig {
     /// Event types to deliver; empty means all.
     #[serde(default)]
     pub events: Vec<String>,
+    /// The tenants whose events it receives, by name; `*` for every tenant. Default: the
+    /// default tenant only, so another tenant's conversations reach a subscriber only when the
+    /// operator names that tenant.
+    #[serde(default = "default_tenant_only")]
+    pub tenants: Vec<String>,
     /// Attempts before an event is dead-lettered.
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
     /// Seconds to wait for the subscriber to answer.
     #[serde(default = "default_webhook_timeout")]
     pub timeout_secs: u64,
+}
+
+fn default_tenant_only() -> Vec<String> {
+    vec![clade_core::Tenant::DEFAULT_NAME.to_owned()]
 }
 
 fn default_attempts() -> u32 {
@@ -726,6 +735,13 @@ impl Config {
             clade_core::EventKind::ALL.iter().filter(|k| **k != clade_core::EventKind::TextDelta)
         };
         for (index, subscriber) in self.subscribers.iter().enumerate() {
+            for tenant in &subscriber.tenants {
+                if tenant != "*" && clade_core::Handle::parse(tenant).is_err() {
+                    return fail(format!(
+                        "subscribers[{index}].tenants: {tenant:?} is not a tenant name (or `*` for every tenant)"
+                    ));
+                }
+            }
             for kind in &subscriber.events {
                 if !delivered().any(|k| k.as_str() == kind) {
                     let known: Vec<&str> = delivered().map(|k| k.as_str()).collect();

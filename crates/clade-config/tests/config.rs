@@ -163,3 +163,20 @@ fn agent_patterns_cover_what_they_name() {
     assert_eq!(clade_config::for_agent(&map, "acme", "ada"), Some(&2));
     assert_eq!(clade_config::for_agent(&map, "globex", "ada"), None);
 }
+
+#[test]
+fn subscriber_tenants_are_tenant_names_or_every_tenant() {
+    let check = |tenants: &str| {
+        let text = format!(
+            "subscribers:\n  - name: s\n    url: http://127.0.0.1:1/\n    secret_env: S\n    tenants: {tenants}\n"
+        );
+        parse(&text).unwrap().check(Path::new("clade.yaml")).map_err(|e| e.to_string())
+    };
+    check("[acme, default]").unwrap();
+    check("[\"*\"]").unwrap();
+    let err = check("[Acme]").unwrap_err();
+    assert!(err.contains("subscribers[0].tenants") && err.contains("Acme"), "{err}");
+    let default =
+        parse("subscribers:\n  - { name: s, url: \"http://x/\", secret_env: S }\n").unwrap();
+    assert_eq!(default.subscribers[0].tenants, ["default"], "the default tenant only");
+}

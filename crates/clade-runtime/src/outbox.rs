@@ -20,6 +20,8 @@ pub struct Subscriber {
     pub secret: Vec<u8>,
     /// Event types to deliver; empty means all.
     pub events: Vec<String>,
+    /// The tenants whose events it receives, by name; `*` for every tenant.
+    pub tenants: Vec<String>,
     pub max_attempts: u32,
     pub timeout: Duration,
 }
@@ -35,6 +37,45 @@ impl std::fmt::Debug for Subscriber {
 
 const BATCH: u32 = 200;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Which tenants' rows a subscriber receives, with tenant names read once per tenant.
+struct TenantFilter {
+    every: bool,
+    named: Vec<String>,
+    known: std::collections::HashMap<clade_core::TenantId, bool>,
+}
+
+impl TenantFilter {
+    fn new(tenants: &[String]) -> Self {
+        Self {
+            every: tenants.iter().any(|t| t == "*"),
+            named: tenants.to_vec(),
+            known: Default::default(),
+        }
+    }
+
+    /// Whether rows of `tenant` go to this subscriber: a deleted tenant's do not. `Err` when
+    /// the store could not say; the row waits for the next pass rather than being skipped.
+    async fn covers(
+        &mut self,
+        store: &Store,
+        tenant: clade_core::TenantId,
+    ) -> Result<bool, clade_store::Error> {
+        if self.every {
+            return Ok(true);
+        }
+        if let Some(&covered) = self.known.get(&tenant) {
+            return Ok(covered);
+        }
+        let covered = match store.tenant_by_id(tenant).await {
+            Ok(t) => self.named.iter().any(|n| n == t.name.as_str()),
+            Err(clade_store::Error::TenantNotFound(_)) => false,
+            Err(err) => return Err(err),
+        };
+        self.known.insert(tenant, covered);
+        Ok(covered)
+    }
+}
 
 /// The JSON body a subscriber receives for an outbox row.
 pub fn body(row: &OutboxRow) -> Value {
@@ -117,6 +158,7 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
     let mut blocked: std::collections::HashMap<Option<clade_core::SessionId>, Blocked> =
         Default::default();
     let mut restored = false;
+    let mut tenants = TenantFilter::new(&subscriber.tenants);
     loop {
         let (mut cursor, saved_attempts) = match store.subscriber_cursor(&subscriber.name).await {
             Ok(c) => c,
@@ -165,9 +207,16 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
             if delivered_beyond.contains(&row.id) {
                 continue;
             }
-            if !subscriber.events.is_empty()
-                && !subscriber.events.iter().any(|e| e == row.kind.as_str())
-            {
+            let unwanted_kind = !subscriber.events.is_empty()
+                && !subscriber.events.iter().any(|e| e == row.kind.as_str());
+            let wanted_tenant = match tenants.covers(&store, row.tenant_id).await {
+                Ok(covered) => covered,
+                Err(err) => {
+                    tracing::error!(subscriber = %subscriber.name, error = %err, "cannot read a row's tenant");
+                    break;
+                }
+            };
+            if unwanted_kind || !wanted_tenant {
                 delivered_beyond.insert(row.id);
                 progressed = true;
                 continue;

@@ -474,3 +474,63 @@ async fn a_sessions_turns_come_a_page_at_a_time() {
         assert!(body["error"]["message"].as_str().unwrap().contains(named), "{query}: {body}");
     }
 }
+
+/// A webhook subscriber receives the events of the tenants it names, by default the default
+/// tenant's only: another tenant's conversations never reach it unless the operator says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_receive_only_the_tenants_they_name() {
+    let hook = || async {
+        let log: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let sink = log.clone();
+        let url = serve_hook(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                axum::http::StatusCode::OK
+            }
+        })
+        .await;
+        (url, log)
+    };
+    let ((ours, our_log), (theirs, their_log)) = (hook().await, hook().await);
+    let mut env = Env::new();
+    env.vars.push(("HOOK_SECRET".into(), "s".into()));
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "subscribers:\n  - {{ name: ours, url: \"{ours}\", secret_env: HOOK_SECRET }}\n  - {{ name: theirs, url: \"{theirs}\", secret_env: HOOK_SECRET, tenants: [acme] }}\n"
+        ),
+    );
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["tenants", "create", "acme"]).ok();
+    env.run(&["--tenant", "acme", "agents", "create", "ada"]).ok();
+    let acme = env.run(&["--tenant", "acme", "tokens", "create"]).ok().stdout.trim().to_owned();
+    let server = env.serve(&[]);
+    let body = json!({ "agent": "ada", "text": "hi", "source": { "platform": "http", "channel": "c", "actor": "u" }, "wait": true });
+    let mut sessions = Vec::new();
+    for token in [None, Some(acme.as_str())] {
+        let (status, value) = server.send("POST", "/v1/events", token, Some(body.clone())).await;
+        assert_eq!(status, 200, "{value}");
+        sessions.push(value["session_id"].as_str().unwrap().to_owned());
+    }
+    let finished = |log: &Arc<Mutex<Vec<Value>>>| {
+        log.lock().unwrap().iter().filter(|e| e["type"] == "turn.finished").count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while finished(&our_log) == 0 || finished(&their_log) == 0 {
+        assert!(Instant::now() < deadline, "a subscriber got no turn.finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sessions_of = |log: &Arc<Mutex<Vec<Value>>>| -> Vec<String> {
+        let mut seen: Vec<String> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e["session"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        seen.dedup();
+        seen
+    };
+    assert_eq!(sessions_of(&our_log), [sessions[0].clone()], "the default tenant's only");
+    assert_eq!(sessions_of(&their_log), [sessions[1].clone()], "acme's only");
+}
