@@ -129,16 +129,19 @@ fn tools_and_mcp_sections_are_checked() {
     assert!(parse("tools:\n  policy:\n    - { effect: maybe, tool: x }\n").is_err());
 }
 
+/// Checks a configuration with one webhook subscriber that also says `field`.
+fn check_subscriber(field: &str) -> Result<(), String> {
+    let text = format!(
+        "subscribers:\n  - name: s\n    url: http://127.0.0.1:1/\n    secret_env: S\n    {field}\n"
+    );
+    parse(&text).unwrap().check(Path::new("clade.yaml")).map_err(|e| e.to_string())
+}
+
 /// A webhook filter naming an event that never reaches webhooks (a typo, or a live-only delta)
 /// would deliver nothing, silently: it is refused, with the names that work.
 #[test]
 fn subscriber_events_must_be_events_webhooks_receive() {
-    let check = |events: &str| {
-        let text = format!(
-            "subscribers:\n  - name: s\n    url: http://127.0.0.1:1/\n    secret_env: S\n    events: {events}\n"
-        );
-        parse(&text).unwrap().check(Path::new("clade.yaml")).map_err(|e| e.to_string())
-    };
+    let check = |events: &str| check_subscriber(&format!("events: {events}"));
     check("[turn.finished, tool.called]").unwrap();
     for bad in ["turn.finish", "text.delta", "Turn.Finished"] {
         let err = check(&format!("[{bad}]")).unwrap_err();
@@ -166,12 +169,7 @@ fn agent_patterns_cover_what_they_name() {
 
 #[test]
 fn subscriber_tenants_are_tenant_names_or_every_tenant() {
-    let check = |tenants: &str| {
-        let text = format!(
-            "subscribers:\n  - name: s\n    url: http://127.0.0.1:1/\n    secret_env: S\n    tenants: {tenants}\n"
-        );
-        parse(&text).unwrap().check(Path::new("clade.yaml")).map_err(|e| e.to_string())
-    };
+    let check = |tenants: &str| check_subscriber(&format!("tenants: {tenants}"));
     check("[acme, default]").unwrap();
     check("[\"*\"]").unwrap();
     let err = check("[Acme]").unwrap_err();

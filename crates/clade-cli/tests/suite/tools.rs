@@ -1106,25 +1106,29 @@ fn the_audit_log_detects_tampering() {
     env.run(&["audit", "--verify"]).fails_with("were removed");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mcp_tools_are_per_agent_and_policy_gated() {
-    let clade = assert_cmd::cargo::cargo_bin("clade");
-    let fixture = clade.with_file_name("clade-mcp-fixture");
+/// Configures the MCP fixture server (stdio) for the agent `alice`, and `more` besides.
+fn configure_mcp_fixture(env: &Env, more: &str) {
+    let fixture = assert_cmd::cargo::cargo_bin("clade").with_file_name("clade-mcp-fixture");
     assert!(
         fixture.is_file(),
         "{} is missing: build it with `cargo build -p clade-stub`",
         fixture.display()
     );
-    let env = Env::new();
-    env.run(&["agents", "create", "alice"]).ok();
-    env.run(&["agents", "create", "bob"]).ok();
     write(
         &env.data_dir().join("clade.yaml"),
         &format!(
-            "mcp:\n  fixture:\n    command: [\"{}\"]\n    agents: [alice]\n    timeout_secs: 5\n",
+            "mcp:\n  fixture:\n    command: [\"{}\"]\n    agents: [alice]\n    timeout_secs: 5\n{more}",
             fixture.display()
         ),
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_tools_are_per_agent_and_policy_gated() {
+    let env = Env::new();
+    env.run(&["agents", "create", "alice"]).ok();
+    env.run(&["agents", "create", "bob"]).ok();
+    configure_mcp_fixture(&env, "");
     let server = env.serve(&[]);
     let names = |body: &Value| -> Vec<String> {
         body["items"]
@@ -1321,18 +1325,14 @@ async fn a_compromised_model_executes_nothing_it_was_not_granted() {
 /// agent of the same handle: that agent neither lists nor calls its tools.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_tools_reach_only_the_tenants_agents_named() {
-    let fixture = assert_cmd::cargo::cargo_bin("clade").with_file_name("clade-mcp-fixture");
     let env = Env::new();
     env.run(&["agents", "create", "alice"]).ok();
     env.run(&["tenants", "create", "acme"]).ok();
     env.run(&["--tenant", "acme", "agents", "create", "alice"]).ok();
     let acme = env.run(&["--tenant", "acme", "tokens", "create"]).ok().stdout.trim().to_owned();
-    write(
-        &env.data_dir().join("clade.yaml"),
-        &format!(
-            "mcp:\n  fixture:\n    command: [\"{}\"]\n    agents: [alice]\n    timeout_secs: 5\ntools:\n  policy:\n    - {{ effect: allow, tool: \"mcp.fixture.*\" }}\n",
-            fixture.display()
-        ),
+    configure_mcp_fixture(
+        &env,
+        "tools:\n  policy:\n    - { effect: allow, tool: \"mcp.fixture.*\" }\n",
     );
     let server = env.serve(&[]);
     let has_mcp = |body: &Value| body.to_string().contains("mcp.fixture.echo");
