@@ -7,6 +7,7 @@
 // Printing is this crate's job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod advice;
 mod cli;
 mod commands;
 mod context;
@@ -40,7 +41,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line: the context chain joined, as the user needs to read it.
-            eprintln!("error: {err:#}");
+            eprintln!("{}", advice::error_line(&err));
             ExitCode::FAILURE
         }
     }

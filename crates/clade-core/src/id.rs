@@ -110,6 +110,11 @@ define_id!(
     "turn"
 );
 define_id!(
+    /// Identifies a durable execution (see `clade_core::ExecutionKind`).
+    ExecutionId,
+    "execution"
+);
+define_id!(
     /// Identifies a grant (a policy rule held by one agent).
     GrantId,
     "grant"

@@ -2,7 +2,9 @@
 //! protocol's statuses, event kinds and journal step keys.
 //!
 //! Owns the types every other crate speaks in. It performs no I/O, knows no storage or wire
-//! format (its types are deliberately not `Serialize`), and depends on no async runtime.
+//! format (its types are deliberately not `Serialize`). Its one use of the async runtime is the
+//! [`Clock`]: the system clock sleeps on tokio's timer, and a [`ManualClock`] wakes its sleepers
+//! through a tokio watch channel.
 //! Start at [`agent`], then [`name`] for the validation rules every user-chosen name follows.
 
 pub mod agent;
@@ -13,10 +15,13 @@ pub mod scope;
 pub mod time;
 
 pub use agent::{Agent, AgentConfig, AgentRef, Tenant};
-pub use id::{AgentId, ApprovalId, EventId, GrantId, SessionId, TenantId, TokenId, TurnId};
+pub use id::{
+    AgentId, ApprovalId, EventId, ExecutionId, GrantId, SessionId, TenantId, TokenId, TurnId,
+};
 pub use lifecycle::{
-    ApprovalStatus, AuditKind, EventKind, EventStatus, ProcessKind, StepKey, StepKind, TurnStatus,
+    ApprovalStatus, AuditKind, EventKind, EventStatus, ExecutionKind, ExecutionStatus, ProcessKind,
+    StepKey, StepKind, TurnStatus,
 };
 pub use name::{Handle, SecretName, TemplateName, is_spoofing_char};
 pub use scope::Scope;
-pub use time::{Clock, SystemClock, Timestamp};
+pub use time::{Clock, Interval, ManualClock, Sleep, SystemClock, Timestamp};

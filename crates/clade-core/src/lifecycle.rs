@@ -163,6 +163,55 @@ vocabulary! {
 }
 
 vocabulary! {
+    /// What a durable execution is: each journals numbered steps and resumes from them after a
+    /// crash, whether or not it is a chat turn.
+    ExecutionKind {
+        /// A channel's turn.
+        Turn = "turn",
+        Branch = "branch",
+        Worker = "worker",
+        /// A child agent's run for its parent.
+        SubAgent = "subagent",
+        /// One step of a declared workflow.
+        FlowStep = "flow_step",
+        /// A scheduled job's firing.
+        CronFire = "cron_fire",
+        /// The runtime's own upkeep (retention sweeps, compaction).
+        Maintenance = "maintenance",
+    }
+}
+
+vocabulary! {
+    /// Where an execution stands. It starts `Pending` or `Running` and ends in `Completed`,
+    /// `Failed` or `Cancelled`; `Paused` stops it between steps until it is resumed.
+    ExecutionStatus {
+        Pending = "pending",
+        Running = "running",
+        Paused = "paused",
+        Completed = "completed",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+}
+
+impl ExecutionStatus {
+    /// Whether it has ended: an ended execution never changes again.
+    pub const fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// Whether an execution here may move to `next`: nothing leaves an end, nothing goes back
+    /// to `Pending`, and moving to where it already is changes nothing (allowed, so a retried
+    /// write is harmless).
+    pub const fn can_become(self, next: Self) -> bool {
+        if self.is_final() {
+            return (self as u8) == (next as u8);
+        }
+        !matches!(next, Self::Pending) || matches!(self, Self::Pending)
+    }
+}
+
+vocabulary! {
     /// Where an approval stands.
     ApprovalStatus {
         Pending = "pending",
@@ -282,6 +331,12 @@ mod tests {
         for kind in AuditKind::ALL {
             assert_eq!(AuditKind::parse(kind.as_str()), Some(*kind));
         }
+        for kind in ExecutionKind::ALL {
+            assert_eq!(ExecutionKind::parse(kind.as_str()), Some(*kind));
+        }
+        for status in ExecutionStatus::ALL {
+            assert_eq!(ExecutionStatus::parse(status.as_str()), Some(*status));
+        }
         for kind in ProcessKind::ALL {
             assert_eq!(ProcessKind::parse(kind.as_str()), Some(*kind));
         }
@@ -362,5 +417,20 @@ mod tests {
                 *status != TurnStatus::Running
             );
         }
+    }
+
+    #[test]
+    fn an_ended_execution_never_changes_and_nothing_returns_to_pending() {
+        use ExecutionStatus::*;
+        for from in ExecutionStatus::ALL {
+            for to in ExecutionStatus::ALL {
+                let allowed = from.can_become(*to);
+                let expected =
+                    if from.is_final() { from == to } else { *to != Pending || *from == Pending };
+                assert_eq!(allowed, expected, "{from} -> {to}");
+            }
+        }
+        assert!(Running.can_become(Paused) && Paused.can_become(Running));
+        assert!(!Completed.can_become(Running) && !Cancelled.can_become(Failed));
     }
 }

@@ -118,10 +118,21 @@ impl From<clade_store::Error> for ApiError {
             E::Unreachable { .. } | E::WriterGone | E::CommitFailed(_) => Code::StoreUnavailable,
             _ => Code::Internal,
         };
+        // What to do, in the API's terms: the store says only what went wrong.
+        let advice = match &err {
+            E::AgentNotFound(_) => Some("list agents with GET /v1/agents"),
+            E::SessionNotFound(_) => Some("list sessions with GET /v1/sessions"),
+            E::GrantNotFound(_) => Some("list grants with GET /v1/grants"),
+            E::ApprovalNotFound(_) => Some("list approvals with GET /v1/approvals"),
+            E::BadToken => Some("send a valid token as `Authorization: Bearer <token>`"),
+            _ => None,
+        };
         // Internal details stay in the log; the client gets a message it can act on.
         let message = if code == Code::Internal {
             tracing::error!(error = %err, "internal error");
             "internal error; the server log has details".to_owned()
+        } else if let Some(advice) = advice {
+            format!("{err}; {advice}")
         } else {
             err.to_string()
         };

@@ -4,29 +4,30 @@
 //! naming the limit, so one tenant's flood costs the others nothing but a bucket check.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clade_config::{Quotas, TenantConfig};
-use clade_core::{Tenant, TenantId};
+use clade_core::{Clock, Tenant, TenantId, Timestamp};
 
 use crate::error::{ApiError, Code};
 
 /// The quotas in force and each tenant's event bucket.
-#[derive(Default)]
 pub struct TenantLimits {
     tenants: BTreeMap<String, TenantConfig>,
     buckets: Mutex<HashMap<TenantId, Bucket>>,
+    /// What buckets refill by.
+    clock: Arc<dyn Clock>,
 }
 
 struct Bucket {
     tokens: f64,
-    at: tokio::time::Instant,
+    at: Timestamp,
 }
 
 impl TenantLimits {
-    pub fn new(tenants: BTreeMap<String, TenantConfig>) -> Self {
-        Self { tenants, buckets: Mutex::default() }
+    pub fn new(tenants: BTreeMap<String, TenantConfig>, clock: Arc<dyn Clock>) -> Self {
+        Self { tenants, buckets: Mutex::default(), clock }
     }
 
     /// The tenant's quotas, and the clade.yaml key they come from.
@@ -48,11 +49,11 @@ impl TenantLimits {
         let Some((quotas, key)) = self.quotas(tenant) else { return Ok(()) };
         let Some(rate) = quotas.events_per_second.filter(|r| *r > 0.0) else { return Ok(()) };
         let burst = quotas.burst.map_or(rate.max(1.0), |b| b as f64).max(1.0);
-        let now = tokio::time::Instant::now();
+        let now = self.clock.now();
         let Ok(mut buckets) = self.buckets.lock() else { return Ok(()) };
         let bucket = buckets.entry(tenant.id).or_insert(Bucket { tokens: burst, at: now });
-        bucket.tokens =
-            (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
+        let elapsed = now.as_millis().saturating_sub(bucket.at.as_millis()).max(0) as f64 / 1000.0;
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
         bucket.at = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
@@ -68,5 +69,41 @@ impl TenantLimits {
             ),
         )
         .retry_after(wait))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clade_core::{Handle, ManualClock};
+
+    use super::*;
+
+    /// A bucket refills by its clock: a tenant over its rate is told when to retry, and is
+    /// let through exactly then.
+    #[test]
+    fn a_bucket_refills_as_its_clock_moves() {
+        let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_795_338_294_000)));
+        let config: TenantConfig = serde_json::from_value(serde_json::json!({
+            "quotas": { "events_per_second": 1.0, "burst": 2 }
+        }))
+        .unwrap();
+        let limits =
+            TenantLimits::new(BTreeMap::from([("acme".to_owned(), config)]), clock.clone());
+        let tenant = Tenant {
+            id: TenantId::generate(clock.now()),
+            name: Handle::parse("acme").unwrap(),
+            created_at: clock.now(),
+        };
+        assert!(limits.take_event(&tenant).is_ok());
+        assert!(limits.take_event(&tenant).is_ok());
+        let refused = limits.take_event(&tenant).unwrap_err();
+        assert!(refused.message.contains("retry in 1000 ms"), "{}", refused.message);
+        clock.advance(Duration::from_millis(999));
+        assert!(limits.take_event(&tenant).is_err(), "refilled early");
+        clock.advance(Duration::from_millis(1));
+        assert!(limits.take_event(&tenant).is_ok(), "not refilled on time");
+        assert!(limits.take_event(&tenant).is_err());
     }
 }

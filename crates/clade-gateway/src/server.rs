@@ -57,6 +57,7 @@ pub async fn serve(
                 Err(err) => {
                     // Out of descriptors, say: wait a moment rather than spin.
                     tracing::warn!(error = %err, "cannot accept a connection");
+                    #[allow(clippy::disallowed_methods)] // Pacing real I/O, not domain time.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -138,6 +139,7 @@ async fn serve_connection(
         .keep_alive_timeout(Duration::from_secs(20));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
     tokio::pin!(connection);
+    #[allow(clippy::disallowed_methods)] // An I/O deadline on a socket, not domain time.
     let first_request = tokio::time::sleep(limits.header_timeout);
     tokio::pin!(first_request);
     let stop = stopping.notified();

@@ -189,8 +189,8 @@ pub(crate) async fn stream(
     let events = CatchingUp::replaying(live, lagged, after);
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(crate::live::forward(events, tx));
-    let mut recheck = tokio::time::interval(crate::auth::RECHECK_EVERY);
-    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let recheck =
+        clade_core::Interval::new(state.store.clock().clone(), crate::auth::RECHECK_EVERY);
     let ids = state.stream_ids.clone();
     let watch = Some(Watch { rx, recheck, store: state.store.clone(), tenant, credential, ids });
     // Ends when the session's channel closes, or with an `error` event once the token stops
@@ -225,7 +225,7 @@ pub(crate) async fn stream(
 /// What an open SSE stream watches: its events, and whether its token still holds.
 struct Watch {
     rx: tokio::sync::mpsc::Receiver<clade_runtime::LiveEvent>,
-    recheck: tokio::time::Interval,
+    recheck: clade_core::Interval,
     store: clade_store::Store,
     tenant: clade_core::Tenant,
     credential: crate::auth::Credential,

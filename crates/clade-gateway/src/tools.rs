@@ -33,9 +33,8 @@ pub(crate) async fn list(
     Path(handle): Path<String>,
 ) -> Result<axum::Json<ToolListResponse>, ApiError> {
     let agent = state.store.agent(tenant.id, &handle).await?;
-    let items = state
-        .engine
-        .tools()
+    let tools = state.engine.tools().tool_set();
+    let items = tools
         .registry()
         .for_agent(tenant.name.as_str(), agent.handle.as_str())
         .map(|t| ToolInfo {
@@ -57,7 +56,8 @@ pub(crate) async fn call(
 ) -> Result<axum::Json<ToolCallResponse>, ApiError> {
     let agent = state.store.agent(tenant.id, &handle).await?;
     let runner = state.engine.tools();
-    if runner.registry().get_for(&name, tenant.name.as_str(), agent.handle.as_str()).is_none() {
+    let tools = runner.tool_set();
+    if tools.registry().get_for(&name, tenant.name.as_str(), agent.handle.as_str()).is_none() {
         return Err(ApiError::new(
             Code::ToolNotFound,
             format!(

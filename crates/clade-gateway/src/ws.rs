@@ -80,8 +80,8 @@ fn close_for(err: &axum::Error) -> (u16, String) {
 async fn serve(mut socket: WebSocket, state: AppState, tenant: Tenant, credential: Credential) {
     let (tx, mut rx) = mpsc::channel::<LiveEvent>(QUEUE);
     let mut subscriptions = 0;
-    let mut recheck = tokio::time::interval(crate::auth::RECHECK_EVERY);
-    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut recheck =
+        clade_core::Interval::new(state.store.clock().clone(), crate::auth::RECHECK_EVERY);
     loop {
         let reply = tokio::select! {
             incoming = socket.recv() => {

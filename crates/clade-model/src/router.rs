@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use clade_core::{Clock, SystemClock, Timestamp};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use rand::Rng;
@@ -127,13 +128,26 @@ impl std::error::Error for CallError {}
 pub struct Router {
     models: HashMap<String, ModelEntry>,
     options: RouterOptions,
-    /// Model name -> when its cooldown ends (on the tokio clock, which tests can pause).
-    cooldowns: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// Model name -> when its cooldown ends, on `clock`.
+    cooldowns: Mutex<HashMap<String, Timestamp>>,
+    /// What back-off sleeps on and cooldowns are timed by.
+    clock: Arc<dyn Clock>,
 }
 
 impl Router {
+    /// A router on the system clock.
     pub fn new(models: HashMap<String, ModelEntry>, options: RouterOptions) -> Self {
-        Self { models, options, cooldowns: Mutex::new(HashMap::new()) }
+        Self {
+            models,
+            options,
+            cooldowns: Mutex::new(HashMap::new()),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The same router on `clock` (a test's manual clock, say).
+    pub fn on_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self { clock, ..self }
     }
 
     pub fn model(&self, name: &str) -> Option<&ModelEntry> {
@@ -224,7 +238,7 @@ impl Router {
                                 model: name.clone(),
                                 after_ms: wait.as_millis() as u64,
                             });
-                            tokio::time::sleep(wait).await;
+                            self.clock.sleep(wait).await;
                             continue;
                         }
                         if matches!(error, Error::RateLimited { .. }) {
@@ -319,15 +333,14 @@ impl Router {
 
     fn cooldown_remaining(&self, name: &str) -> Option<Duration> {
         let cooldowns = self.cooldowns.lock().ok()?;
-        let until = cooldowns.get(name)?;
-        let now = tokio::time::Instant::now();
-        (until > &now).then(|| *until - now)
+        let left = cooldowns.get(name)?.as_millis() - self.clock.now().as_millis();
+        (left > 0).then(|| Duration::from_millis(left.unsigned_abs()))
     }
 
     fn start_cooldown(&self, name: &str, retry_after: Option<Duration>) {
         let period = retry_after.unwrap_or(self.options.cooldown).max(Duration::from_millis(1));
         if let Ok(mut cooldowns) = self.cooldowns.lock() {
-            cooldowns.insert(name.to_owned(), tokio::time::Instant::now() + period);
+            cooldowns.insert(name.to_owned(), self.clock.now().plus(period));
         }
     }
 }

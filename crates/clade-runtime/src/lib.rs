@@ -1,14 +1,16 @@
 //! Clade's runtime: what ties models, storage and configuration together for an agent.
 //!
 //! Owns the per-agent model setup (routes, credentials from secrets or the environment),
-//! budget enforcement over the store, and usage accounting. Session actors and the turn
-//! executor will live here too. It depends on the store, model and config crates through their
-//! public handles and traits, never on a storage backend or a provider's wire format.
+//! budget enforcement over the store, usage accounting, session actors and the turn executor
+//! (a state machine over journal, model and tool seams). It depends on the store, model and
+//! config crates through their public handles and traits, never on a storage backend or a
+//! provider's wire format.
 //!
 //! Start at [`engine::Engine`], then [`models::Models`].
 
 pub mod budget;
 pub mod engine;
+pub mod execution;
 pub mod failpoints;
 pub mod hub;
 pub mod models;
@@ -18,6 +20,7 @@ pub mod tools;
 
 pub use budget::StoreBudget;
 pub use engine::{Engine, EngineOptions, Envelope, Finished, TurnWatch};
+pub use execution::{Durable, DurableError};
 pub use hub::{Hub, LiveEvent, Subscription};
 pub use models::{EnvHints, Models, ProcessKind};
-pub use tools::{CallOrigin, CallOutcome, ToolRunner, Verdict};
+pub use tools::{CallOrigin, CallOutcome, ToolRunner, ToolSet, Verdict};

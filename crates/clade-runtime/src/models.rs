@@ -312,7 +312,7 @@ impl Models {
             cooldown: Duration::from_secs(self.routing.cooldown_secs.unwrap_or(30)),
             ..RouterOptions::default()
         };
-        Router::new(entries, options)
+        Router::new(entries, options).on_clock(self.clock.clone())
     }
 
     fn entry(&self, name: &str, config: &ModelConfig, agent: Option<&Agent>) -> ModelEntry {
@@ -377,6 +377,7 @@ impl Models {
                 agent: agent.clone(),
                 name: secret,
                 cached: Arc::default(),
+                clock: self.clock.clone(),
             };
             match oauth {
                 None => Arc::new(source),
@@ -449,7 +450,8 @@ struct SecretSource {
     name: SecretName,
     /// The key as last decrypted, and when: read again after [`SECRET_TTL`], so a changed
     /// secret is used within that long.
-    cached: Arc<std::sync::Mutex<Option<(tokio::time::Instant, String)>>>,
+    cached: Arc<std::sync::Mutex<Option<(clade_core::Timestamp, String)>>>,
+    clock: Arc<dyn Clock>,
 }
 
 /// How long a decrypted model key is used before the secret is read again.
@@ -471,7 +473,7 @@ impl CredentialProvider for SecretSource {
             let fresh = self.cached.lock().ok().and_then(|cached| {
                 cached
                     .as_ref()
-                    .filter(|(at, _)| at.elapsed() < SECRET_TTL)
+                    .filter(|(at, _)| self.clock.now() < at.plus(SECRET_TTL))
                     .map(|(_, key)| key.clone())
             });
             if let Some(key) = fresh {
@@ -479,7 +481,7 @@ impl CredentialProvider for SecretSource {
             }
             let key = self.read().await?.trim().to_owned();
             if let Ok(mut cached) = self.cached.lock() {
-                *cached = Some((tokio::time::Instant::now(), key.clone()));
+                *cached = Some((self.clock.now(), key.clone()));
             }
             Ok(key)
         })

@@ -141,7 +141,7 @@ pub fn spawn(store: Store, subscribers: Vec<Subscriber>, signal: Arc<Notify>) {
 struct Blocked {
     row: i64,
     attempts: i64,
-    retry_at: tokio::time::Instant,
+    retry_at: clade_core::Timestamp,
 }
 
 /// How many pages past the cursor one pass may read, so a long-blocked session cannot starve
@@ -159,12 +159,13 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
         Default::default();
     let mut restored = false;
     let mut tenants = TenantFilter::new(&subscriber.tenants);
+    let clock = store.clock().clone();
     loop {
         let (mut cursor, saved_attempts) = match store.subscriber_cursor(&subscriber.name).await {
             Ok(c) => c,
             Err(err) => {
                 tracing::error!(subscriber = %subscriber.name, error = %err, "cannot read the delivery cursor");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                clock.sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
@@ -179,9 +180,10 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
                     after = page.last().map_or(after, |r| r.id);
                     rows.extend(page);
                     // Read further only while the pages so far are all held back.
+                    let now = clock.now();
                     let pending = rows
                         .iter()
-                        .any(|r| !delivered_beyond.contains(&r.id) && !is_held(&blocked, r));
+                        .any(|r| !delivered_beyond.contains(&r.id) && !is_held(&blocked, r, now));
                     if !full || pending {
                         break;
                     }
@@ -194,12 +196,12 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
             }
         }
         if read_failed {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            clock.sleep(Duration::from_secs(1)).await;
             continue;
         }
         if rows.is_empty() {
             // Wake on new rows, and poll now and then in case another process wrote them.
-            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+            nap(clock.as_ref(), Duration::from_secs(1), notified).await;
             continue;
         }
         let mut progressed = false;
@@ -221,8 +223,8 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
                 progressed = true;
                 continue;
             }
-            let now = tokio::time::Instant::now();
-            if is_held(&blocked, row) {
+            let now = clock.now();
+            if is_held(&blocked, row, now) {
                 continue;
             }
             match deliver(&client, &subscriber, row).await {
@@ -260,7 +262,7 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
                         tracing::debug!(subscriber = %subscriber.name, attempts, ?backoff, %reason, "delivery failed; backing off");
                         blocked.insert(
                             row.session_id,
-                            Blocked { row: row.id, attempts, retry_at: now + backoff },
+                            Blocked { row: row.id, attempts, retry_at: now.plus(backoff) },
                         );
                     }
                 }
@@ -287,10 +289,10 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
             // Everything readable waits for a retry: sleep until the first one (or new rows).
             let next = blocked.values().map(|b| b.retry_at).min();
             let wait = next.map_or(Duration::from_secs(1), |at| {
-                at.saturating_duration_since(tokio::time::Instant::now())
-                    .min(Duration::from_secs(1))
+                let left = at.as_millis().saturating_sub(clock.now().as_millis()).max(0);
+                Duration::from_millis(left.unsigned_abs()).min(Duration::from_secs(1))
             });
-            let _ = tokio::time::timeout(wait, notified).await;
+            nap(clock.as_ref(), wait, notified).await;
         }
     }
 }
@@ -300,10 +302,17 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
 fn is_held(
     blocked: &std::collections::HashMap<Option<clade_core::SessionId>, Blocked>,
     row: &OutboxRow,
+    now: clade_core::Timestamp,
 ) -> bool {
-    blocked
-        .get(&row.session_id)
-        .is_some_and(|b| b.row != row.id || b.retry_at > tokio::time::Instant::now())
+    blocked.get(&row.session_id).is_some_and(|b| b.row != row.id || b.retry_at > now)
+}
+
+/// Waits until `notified` (new rows) or for `wait` on `clock`, whichever comes first.
+async fn nap(clock: &dyn clade_core::Clock, wait: Duration, notified: impl Future<Output = ()>) {
+    tokio::select! {
+        () = notified => {}
+        () = clock.sleep(wait) => {}
+    }
 }
 
 #[cfg(test)]

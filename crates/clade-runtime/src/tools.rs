@@ -97,22 +97,110 @@ pub struct CallOutcome {
     pub decision: PolicyEffect,
 }
 
-/// Tools, rules and the stores behind decisions; one per process.
-pub struct ToolRunner {
+/// The tools and the operator's rules at one generation. A [`ToolRunner`] swaps its set whole
+/// ([`ToolRunner::reload`]); whoever took a set ([`ToolRunner::tool_set`]) keeps it, so a turn
+/// finishes on the tools and rules it started with.
+pub struct ToolSet {
+    generation: u64,
     registry: Registry,
-    store: Store,
-    agents: Agents,
-    secrets: Option<Secrets>,
     rules: Vec<SourcedRule>,
     approval_timeout: Duration,
-    waiters: Mutex<HashMap<ApprovalId, Arc<Notify>>>,
-    /// Where a turn's clients learn that it waits for an approval.
-    hub: std::sync::OnceLock<Hub>,
-    /// Every tool's spec for the model, with a digest of all of them; the registry never
-    /// changes after start, so schemas are generated once rather than on every turn.
+    /// Every tool's spec for the model, with a digest of all of them; a set never changes, so
+    /// schemas are generated once rather than on every turn.
     specs: std::sync::OnceLock<(Arc<[clade_model::ToolSpec]>, String)>,
     /// The tool lists of agents that lack some tools, by which tools they have.
     spec_lists: Mutex<HashMap<Vec<bool>, Arc<[clade_model::ToolSpec]>>>,
+}
+
+impl ToolSet {
+    fn new(generation: u64, registry: Registry, config: &ToolsConfig) -> Self {
+        let rules = config
+            .policy
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| SourcedRule {
+                rule: rule.clone(),
+                source: format!("clade.yaml tools.policy[{index}]"),
+            })
+            .collect();
+        Self {
+            generation,
+            registry,
+            rules,
+            approval_timeout: Duration::from_secs(config.approval_timeout_secs),
+            specs: std::sync::OnceLock::new(),
+            spec_lists: Mutex::default(),
+        }
+    }
+
+    /// 1 for the set the process started with, one more for each reload.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn all_specs(&self) -> &(Arc<[clade_model::ToolSpec]>, String) {
+        self.specs.get_or_init(|| {
+            let specs: Vec<clade_model::ToolSpec> = self
+                .registry
+                .iter()
+                .map(|t| clade_model::ToolSpec {
+                    name: t.name().to_owned(),
+                    description: t.description().to_owned(),
+                    input_schema: t.input_schema(),
+                })
+                .collect();
+            let mut digest = Sha256::new();
+            for spec in &specs {
+                digest.update(spec.name.as_bytes());
+                digest.update(spec.description.as_bytes());
+                digest.update(spec.input_schema.to_string().as_bytes());
+                digest.update([0]);
+            }
+            (specs.into(), hex::encode(digest.finalize()))
+        })
+    }
+
+    /// The specs of the tools the agent `handle` of the tenant named `tenant` has, as the model
+    /// sees them.
+    pub fn specs_for(&self, tenant: &str, handle: &str) -> Arc<[clade_model::ToolSpec]> {
+        let (specs, _) = self.all_specs();
+        let has =
+            |s: &clade_model::ToolSpec| self.registry.get_for(&s.name, tenant, handle).is_some();
+        // Most agents have every tool (only MCP servers are per agent); agents with the same
+        // tools share one list, so a turn clones no schema.
+        if specs.iter().all(has) {
+            return specs.clone();
+        }
+        let has: Vec<bool> = specs.iter().map(has).collect();
+        let mut lists = self.spec_lists.lock().unwrap_or_else(|e| e.into_inner());
+        lists
+            .entry(has)
+            .or_insert_with_key(|has| {
+                specs.iter().zip(has).filter(|(_, has)| **has).map(|(s, _)| s.clone()).collect()
+            })
+            .clone()
+    }
+
+    /// A digest of every tool's name, description and schema.
+    pub fn specs_digest(&self) -> &str {
+        &self.all_specs().1
+    }
+}
+
+/// Tools, rules and the stores behind decisions; one per process.
+pub struct ToolRunner {
+    /// The current tools and rules (see [`ToolSet`]).
+    current: std::sync::RwLock<Arc<ToolSet>>,
+    store: Store,
+    agents: Agents,
+    secrets: Option<Secrets>,
+    waiters: Mutex<HashMap<ApprovalId, Arc<Notify>>>,
+    /// Where a turn's clients learn that it waits for an approval.
+    hub: std::sync::OnceLock<Hub>,
     /// Tools run so far: any of them may have written into a workspace (see
     /// [`ToolRunner::runs`]).
     runs: std::sync::atomic::AtomicU64,
@@ -122,6 +210,15 @@ pub struct ToolRunner {
     sandbox: Option<Arc<clade_tools::sandbox::Sandbox>>,
     /// Tenant names by id, which configuration names agents by (see [`ToolRunner::tenant_name`]).
     tenant_names: Mutex<HashMap<TenantId, Arc<str>>>,
+}
+
+/// A call policy asked an operator about, and how long the operator has to answer.
+struct Asked<'a> {
+    tool: &'a str,
+    resource: &'a str,
+    args: &'a Value,
+    decision: &'a Decision,
+    timeout: Duration,
 }
 
 /// Cancels a pending approval whose waiting call went away (see `await_approval`).
@@ -176,26 +273,13 @@ impl ToolRunner {
         secrets: Option<Secrets>,
         config: &ToolsConfig,
     ) -> Self {
-        let rules = config
-            .policy
-            .iter()
-            .enumerate()
-            .map(|(index, rule)| SourcedRule {
-                rule: rule.clone(),
-                source: format!("clade.yaml tools.policy[{index}]"),
-            })
-            .collect();
         Self {
-            registry,
+            current: std::sync::RwLock::new(Arc::new(ToolSet::new(1, registry, config))),
             store,
             agents,
             secrets,
-            rules,
-            approval_timeout: Duration::from_secs(config.approval_timeout_secs),
             waiters: Mutex::new(HashMap::new()),
             hub: std::sync::OnceLock::new(),
-            specs: std::sync::OnceLock::new(),
-            spec_lists: Mutex::default(),
             runs: std::sync::atomic::AtomicU64::new(0),
             tenants: Default::default(),
             sandbox: None,
@@ -260,52 +344,19 @@ impl ToolRunner {
         self.runs.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    fn all_specs(&self) -> &(Arc<[clade_model::ToolSpec]>, String) {
-        self.specs.get_or_init(|| {
-            let specs: Vec<clade_model::ToolSpec> = self
-                .registry
-                .iter()
-                .map(|t| clade_model::ToolSpec {
-                    name: t.name().to_owned(),
-                    description: t.description().to_owned(),
-                    input_schema: t.input_schema(),
-                })
-                .collect();
-            let mut digest = Sha256::new();
-            for spec in &specs {
-                digest.update(spec.name.as_bytes());
-                digest.update(spec.description.as_bytes());
-                digest.update(spec.input_schema.to_string().as_bytes());
-                digest.update([0]);
-            }
-            (specs.into(), hex::encode(digest.finalize()))
-        })
+    /// The current tools and rules. A caller that needs them to stay the same for a while
+    /// (a turn) keeps this; a reload does not change it.
+    pub fn tool_set(&self) -> Arc<ToolSet> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The specs of the tools the agent `handle` of the tenant named `tenant` has, as the model
-    /// sees them.
-    pub fn specs_for(&self, tenant: &str, handle: &str) -> Arc<[clade_model::ToolSpec]> {
-        let (specs, _) = self.all_specs();
-        let has =
-            |s: &clade_model::ToolSpec| self.registry.get_for(&s.name, tenant, handle).is_some();
-        // Most agents have every tool (only MCP servers are per agent); agents with the same
-        // tools share one list, so a turn clones no schema.
-        if specs.iter().all(has) {
-            return specs.clone();
-        }
-        let has: Vec<bool> = specs.iter().map(has).collect();
-        let mut lists = self.spec_lists.lock().unwrap_or_else(|e| e.into_inner());
-        lists
-            .entry(has)
-            .or_insert_with_key(|has| {
-                specs.iter().zip(has).filter(|(_, has)| **has).map(|(s, _)| s.clone()).collect()
-            })
-            .clone()
-    }
-
-    /// A digest of every tool's name, description and schema.
-    pub fn specs_digest(&self) -> &str {
-        &self.all_specs().1
+    /// Swaps in `registry` and `config`'s rules as the next generation, which it returns.
+    /// Calls that took the previous set finish on it.
+    pub fn reload(&self, registry: Registry, config: &ToolsConfig) -> u64 {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let generation = current.generation + 1;
+        *current = Arc::new(ToolSet::new(generation, registry, config));
+        generation
     }
 
     /// Lets waiting calls announce themselves on their session's live stream.
@@ -313,17 +364,21 @@ impl ToolRunner {
         let _ = self.hub.set(hub);
     }
 
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    /// The rules that apply to `agent`: the operator's, then its live grants.
+    /// The rules that apply to `agent` now: the operator's, then its live grants.
     pub async fn rules_for(&self, agent: &Agent) -> Result<Vec<SourcedRule>, clade_store::Error> {
-        let mut rules = self.rules.clone();
+        self.rules_in(&self.tool_set(), agent).await
+    }
+
+    async fn rules_in(
+        &self,
+        set: &ToolSet,
+        agent: &Agent,
+    ) -> Result<Vec<SourcedRule>, clade_store::Error> {
+        let mut rules = set.rules.clone();
         for grant in self.store.effective_grants(agent.tenant_id, agent.id).await? {
             if let Some(rule) = rule_of(&grant) {
                 rules.push(SourcedRule { rule, source: format!("grant {}", grant.id) });
@@ -332,10 +387,22 @@ impl ToolRunner {
         Ok(rules)
     }
 
-    /// Decides a call and, for `ask`, waits for the operator. `Err` is the tool result the
-    /// model (or operator) gets instead of a run.
+    /// Decides a call under the current rules (see [`ToolRunner::authorize_in`]).
     pub async fn authorize(
         &self,
+        agent: &Agent,
+        tool: &dyn Tool,
+        args: &Value,
+        origin: &CallOrigin,
+    ) -> Result<Authorized, String> {
+        self.authorize_in(&self.tool_set(), agent, tool, args, origin).await
+    }
+
+    /// Decides a call under `set`'s rules and, for `ask`, waits for the operator. `Err` is the
+    /// tool result the model (or operator) gets instead of a run.
+    pub async fn authorize_in(
+        &self,
+        set: &ToolSet,
         agent: &Agent,
         tool: &dyn Tool,
         args: &Value,
@@ -351,7 +418,7 @@ impl ToolRunner {
             }
         };
         let rules = self
-            .rules_for(agent)
+            .rules_in(set, agent)
             .await
             .map_err(|e| format!("cannot load the agent's policy: {e}"))?;
         let argv = tool.argv(args);
@@ -382,7 +449,14 @@ impl ToolRunner {
                 self.store.audit(entry(&decision)).await.map_err(|e| {
                     format!("not run: the decision could not be recorded in the audit log ({e})")
                 })?;
-                self.await_approval(agent, tool.name(), &resource, args, &decision, origin).await?;
+                let asked = Asked {
+                    tool: tool.name(),
+                    resource: &resource,
+                    args,
+                    decision: &decision,
+                    timeout: set.approval_timeout,
+                };
+                self.await_approval(agent, asked, origin).await?;
                 // The approval covers the call, with what allow rules grant (if any) on top.
                 let mut allowed = rules.clone();
                 allowed.retain(|r| r.rule.effect == PolicyEffect::Allow);
@@ -445,6 +519,7 @@ impl ToolRunner {
         args: Value,
         authorized: &Authorized,
     ) -> Result<String, String> {
+        #[allow(clippy::disallowed_methods)] // Measures how long the tool really ran.
         let started = tokio::time::Instant::now();
         // The command line, for what the sandbox hid from it (see `sandbox::findings`).
         let command = if tool.runs_in_sandbox() {
@@ -539,15 +614,15 @@ impl ToolRunner {
         origin: &CallOrigin,
     ) -> CallOutcome {
         let tenant = self.tenant_name(agent.tenant_id).await;
-        let Some(tool) = self.registry.get_for(name, &tenant, agent.handle.as_str()).cloned()
-        else {
+        let set = self.tool_set();
+        let Some(tool) = set.registry.get_for(name, &tenant, agent.handle.as_str()).cloned() else {
             return CallOutcome {
-                content: self.unknown_tool(agent, name, &args, origin).await,
+                content: self.unknown_tool_in(&set, agent, name, &args, origin).await,
                 is_error: true,
                 decision: PolicyEffect::Deny,
             };
         };
-        match self.authorize(agent, tool.as_ref(), &args, origin).await {
+        match self.authorize_in(&set, agent, tool.as_ref(), &args, origin).await {
             Err(content) => CallOutcome { content, is_error: true, decision: PolicyEffect::Deny },
             Ok(authorized) if let Err(content) = self.record_decision(&authorized).await => {
                 CallOutcome { content, is_error: true, decision: PolicyEffect::Deny }
@@ -563,9 +638,10 @@ impl ToolRunner {
         }
     }
 
-    /// The answer to a call of a tool the agent does not have, audited as a denial.
-    pub async fn unknown_tool(
+    /// The answer to a call of a tool the agent does not have in `set`, audited as a denial.
+    pub async fn unknown_tool_in(
         &self,
+        set: &ToolSet,
         agent: &Agent,
         name: &str,
         args: &Value,
@@ -573,7 +649,7 @@ impl ToolRunner {
     ) -> String {
         let tenant = self.tenant_name(agent.tenant_id).await;
         let known: Vec<&str> =
-            self.registry.for_agent(&tenant, agent.handle.as_str()).map(|t| t.name()).collect();
+            set.registry.for_agent(&tenant, agent.handle.as_str()).map(|t| t.name()).collect();
         let content = format!("unknown tool {name:?}; available tools: {}", known.join(", "));
         self.write_entry(decision_entry(
             agent,
@@ -591,18 +667,18 @@ impl ToolRunner {
     async fn await_approval(
         &self,
         agent: &Agent,
-        tool: &str,
-        resource: &str,
-        args: &Value,
-        decision: &Decision,
+        asked: Asked<'_>,
         origin: &CallOrigin,
     ) -> Result<(), String> {
+        let Asked { tool, resource, args, decision, timeout } = asked;
         let arguments = args.to_string();
         let hash = arguments_hash(tool, args);
-        let expires =
-            Timestamp::from_millis(self.store.now().as_millis().saturating_add(
-                i64::try_from(self.approval_timeout.as_millis()).unwrap_or(i64::MAX),
-            ));
+        let expires = Timestamp::from_millis(
+            self.store
+                .now()
+                .as_millis()
+                .saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX)),
+        );
         let audit = AuditEntry {
             tenant: agent.tenant_id,
             agent: Some(agent.id),
@@ -692,7 +768,14 @@ impl ToolRunner {
                     }
                 }
                 ApprovalStatus::Pending => {
-                    let _ = tokio::time::timeout(APPROVAL_POLL, notify.notified()).await;
+                    // Until a decision here, a look for one made elsewhere, or the expiry.
+                    let now = self.store.now().as_millis();
+                    let expiry = current.expires_at.as_millis().saturating_sub(now).max(0);
+                    let wait = APPROVAL_POLL.min(Duration::from_millis(expiry.unsigned_abs()));
+                    tokio::select! {
+                        () = notify.notified() => {}
+                        () = self.store.clock().sleep(wait) => {}
+                    }
                 }
             }
         };
@@ -766,7 +849,8 @@ impl ToolRunner {
         let decision = ApprovalDecision { status, decided_by: by.to_owned(), note, grant, audits };
         let row = self.store.decide_approval(tenant, id, decision).await?;
         if let Some(notify) = self.waiters.lock().ok().and_then(|w| w.get(&id).cloned()) {
-            notify.notify_waiters();
+            // A permit, not a broadcast: the waiter may be between its read and its wait.
+            notify.notify_one();
         }
         Ok(row)
     }

@@ -4,19 +4,18 @@
 
 mod support;
 
+use support::TestTool;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use clade_core::{AgentConfig, Handle, SystemClock, Tenant, TurnStatus};
-use clade_runtime::{Engine, EngineOptions, EnvHints, Envelope, Models, ToolRunner};
-use clade_store::{Agents, DataDir, NewAgent, Secrets, Source, Store};
+use clade_core::{Tenant, TurnStatus};
+use clade_runtime::{Engine, Envelope, ToolRunner};
+use clade_store::{Agents, DataDir, Source, Store};
 
 async fn open(dir: &std::path::Path) -> (Store, DataDir, Tenant) {
     let (store, data) = support::sqlite_store(dir).await;
-    let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
-    let handle = Handle::parse("ada").unwrap();
-    let new = NewAgent { handle, display_name: None, config: AgentConfig::default() };
-    Agents::new(store.clone(), data.clone()).create(tenant.id, new).await.unwrap();
+    let tenant = support::create_ada(&store, &data).await;
     (store, data, tenant)
 }
 
@@ -47,28 +46,9 @@ async fn start_with_tools(
     registry: clade_tools::Registry,
     tweak: impl FnOnce(&mut clade_config::SessionsConfig),
 ) -> Engine {
-    let agents = Agents::new(store.clone(), data.clone());
-    let config = clade_config::Config::default();
-    let secrets = Secrets::new(store.clone(), data.master_key_path(), None);
-    let models =
-        Models::new(&config, EnvHints::default(), store.clone(), secrets, Arc::new(SystemClock));
-    let mut sessions = config.sessions.clone();
+    let mut sessions = clade_config::SessionsConfig::default();
     tweak(&mut sessions);
-    let tools = Arc::new(ToolRunner::new(
-        registry,
-        store.clone(),
-        agents.clone(),
-        None,
-        &clade_config::ToolsConfig::default(),
-    ));
-    let options = EngineOptions {
-        sessions,
-        bindings: Vec::new(),
-        default_agent: None,
-        tools,
-        tenants: Default::default(),
-    };
-    Engine::start(store.clone(), agents, models, options).await.unwrap()
+    support::engine(store, data, registry, sessions).await
 }
 
 /// Sends `text` on `channel` and returns (status, input tokens) of its turn.
@@ -163,33 +143,6 @@ async fn idle_sessions_leave_memory_and_come_back() {
 
 /// A tool every agent has, or (with an `owner`) only that agent, as an MCP server configured
 /// for one agent gives.
-struct Offered {
-    name: &'static str,
-    owner: Option<&'static str>,
-}
-
-impl clade_tools::Tool for Offered {
-    fn name(&self) -> &str {
-        self.name
-    }
-    fn description(&self) -> &str {
-        "a tool"
-    }
-    fn input_schema(&self) -> serde_json::Value {
-        serde_json::json!({ "type": "object" })
-    }
-    fn available_to(&self, _tenant: &str, handle: &str) -> bool {
-        self.owner.is_none_or(|owner| owner == handle)
-    }
-    fn call<'a>(
-        &'a self,
-        _args: serde_json::Value,
-        _ctx: &'a clade_tools::CallContext,
-    ) -> futures::future::BoxFuture<'a, clade_tools::ToolResult> {
-        Box::pin(async { Ok(String::new()) })
-    }
-}
-
 /// Each agent is offered exactly its own tools, and agents with the same tools share one list,
 /// so a turn clones no schema.
 #[tokio::test]
@@ -197,8 +150,9 @@ async fn each_agent_is_offered_its_own_tools_from_a_shared_list() {
     let dir = tempfile::tempdir().unwrap();
     let (store, data, _) = open(dir.path()).await;
     let mut registry = clade_tools::Registry::new();
-    registry.register(Arc::new(Offered { name: "all.echo", owner: None }));
-    registry.register(Arc::new(Offered { name: "alice.only", owner: Some("alice") }));
+    registry.register(Arc::new(TestTool::answering("all.echo")));
+    registry
+        .register(Arc::new(TestTool { owner: Some("alice"), ..TestTool::answering("alice.only") }));
     let runner = ToolRunner::new(
         registry,
         store.clone(),
@@ -208,42 +162,20 @@ async fn each_agent_is_offered_its_own_tools_from_a_shared_list() {
     );
     let names = |handle: &str| -> Vec<String> {
         let mut names: Vec<String> =
-            runner.specs_for("default", handle).iter().map(|s| s.name.clone()).collect();
+            runner.tool_set().specs_for("default", handle).iter().map(|s| s.name.clone()).collect();
         names.sort();
         names
     };
     assert_eq!(names("alice"), vec!["alice.only".to_owned(), "all.echo".to_owned()]);
     assert_eq!(names("bob"), vec!["all.echo".to_owned()]);
     assert!(Arc::ptr_eq(
-        &runner.specs_for("default", "bob"),
-        &runner.specs_for("default", "carol")
+        &runner.tool_set().specs_for("default", "bob"),
+        &runner.tool_set().specs_for("default", "carol")
     ));
     assert!(!Arc::ptr_eq(
-        &runner.specs_for("default", "alice"),
-        &runner.specs_for("default", "bob")
+        &runner.tool_set().specs_for("default", "alice"),
+        &runner.tool_set().specs_for("default", "bob")
     ));
-}
-
-/// A tool with a bug: it panics.
-struct Panics;
-
-impl clade_tools::Tool for Panics {
-    fn name(&self) -> &str {
-        "bug.panic"
-    }
-    fn description(&self) -> &str {
-        "panics"
-    }
-    fn input_schema(&self) -> serde_json::Value {
-        serde_json::json!({ "type": "object" })
-    }
-    fn call<'a>(
-        &'a self,
-        _args: serde_json::Value,
-        _ctx: &'a clade_tools::CallContext,
-    ) -> futures::future::BoxFuture<'a, clade_tools::ToolResult> {
-        Box::pin(async { panic!("a bug in a tool") })
-    }
 }
 
 /// A panic inside a turn fails that turn only: its event is answered as failed, the actor
@@ -253,7 +185,10 @@ async fn a_panicking_turn_fails_alone_and_the_session_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, data, tenant) = open(tmp.path()).await;
     let mut registry = clade_tools::Registry::new();
-    registry.register(Arc::new(Panics));
+    registry.register(Arc::new(TestTool {
+        run: || panic!("a bug in a tool"),
+        ..TestTool::answering("bug.panic")
+    }));
     let engine = start_with_tools(&store, &data, registry, |_| {}).await;
     let (status, _) = turn(&engine, &store, &tenant, "c1", "/tool bug.panic {}").await;
     assert_eq!(status, TurnStatus::Failed);

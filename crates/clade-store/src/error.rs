@@ -7,19 +7,19 @@ use clade_core::Handle;
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("tenant {0:?} not found: list tenants with `clade tenants list`")]
+    #[error("tenant {0:?} not found")]
     TenantNotFound(String),
     #[error("tenant {0:?} already exists")]
     TenantExists(String),
-    #[error("agent {0:?} not found: list agents with `clade agents list`")]
+    #[error("agent {0:?} not found")]
     AgentNotFound(String),
     #[error("an agent with handle \"{0}\" already exists in this tenant: choose another handle")]
     HandleTaken(Handle),
-    #[error("secret {0:?} not found: list secrets with `clade secrets list`")]
+    #[error("secret {0:?} not found")]
     SecretNotFound(String),
-    #[error("token {0} not found or already revoked: list tokens with `clade tokens list`")]
+    #[error("token {0} not found or already revoked")]
     TokenNotFound(String),
-    #[error("invalid or revoked API token: create one with `clade tokens create`")]
+    #[error("invalid or revoked API token")]
     BadToken,
     #[error("{0}")]
     InvalidInput(String),
@@ -33,27 +33,35 @@ pub enum Error {
     QuotaExceeded(String),
     #[error("session has {pending} events waiting: retry later")]
     SessionBusy { pending: u64 },
-    #[error("session {0} not found: list sessions with `clade sessions list`")]
+    #[error("session {0} not found")]
     SessionNotFound(String),
     #[error("event {0} not found")]
     EventNotFound(String),
-    #[error("grant {0} not found: list grants with `clade grants list`")]
+    #[error("grant {0} not found")]
     GrantNotFound(String),
-    #[error("approval {0} not found: list pending approvals with `clade approvals list`")]
+    #[error("approval {0} not found")]
     ApprovalNotFound(String),
     #[error("approval {id} was already decided ({status}); nothing changed")]
     ApprovalDecided { id: String, status: String },
     #[error("the default tenant cannot be deleted")]
     DefaultTenant,
+    #[error("execution {0} not found")]
+    ExecutionNotFound(String),
+    #[error("execution {id} has ended ({status}); nothing changed")]
+    ExecutionEnded { id: String, status: clade_core::ExecutionStatus },
+    #[error(
+        "execution {id} did not replay as it first ran: its step {seq} is {recorded:?}, now {now:?}"
+    )]
+    StepDiverged { id: String, seq: u32, recorded: String, now: String },
 
     #[error(
-        "the database at {location} has schema version {found}, newer than this clade supports \
-         ({supported}): upgrade clade, or point --store/--data-dir at another database"
+        "the database at {location} has schema version {found}, newer than this build supports \
+         ({supported})"
     )]
     NewerSchema { location: String, found: i64, supported: i64 },
     #[error(
-        "the database at {location} has schema version {found}; this clade needs {expected}: \
-         run `clade migrate` (or start `clade serve`, which migrates) first"
+        "the database at {location} has schema version {found}; this build needs {expected} and \
+         was not allowed to migrate it"
     )]
     NeedsMigration { location: String, found: i64, expected: i64 },
     #[error(
@@ -63,7 +71,7 @@ pub enum Error {
     Corrupt { location: String, detail: String },
     #[error(
         "cannot reach the database at {location}: {detail}; check that the server is running \
-         and the URL is right (--store or CLADE_STORE)"
+         and the URL is right"
     )]
     Unreachable { location: String, detail: String },
     #[error(
@@ -72,8 +80,8 @@ pub enum Error {
     )]
     Durability { location: String, setting: &'static str, found: String, expected: String },
     #[error(
-        "the store at {location} is already served by {holder}: stop that server first, or give \
-         this one its own --data-dir or --store"
+        "the store at {location} is already served by {holder}: stop that server first, or use \
+         another store"
     )]
     InUse { location: String, holder: String },
     #[error(
@@ -84,16 +92,13 @@ pub enum Error {
     EmptyDatabase { path: PathBuf },
     #[error(
         "cannot open the SQLite database {path} ({detail}): check that its directory exists and \
-         is writable by this user, or pass another --store or --data-dir"
+         is writable by this user"
     )]
     CannotOpen { path: PathBuf, detail: String },
     #[error("unsupported store URL {0:?}: use sqlite://<path> or postgres://user@host/db")]
     BadUrl(String),
 
-    #[error(
-        "data dir {path} is not usable ({source}): pass a writable --data-dir or fix its \
-         permissions"
-    )]
+    #[error("data dir {path} is not usable ({source}): fix its permissions or use another")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot {action} {path}: {source}")]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
@@ -106,13 +111,13 @@ pub enum Error {
     TemplateNotFound(String),
 
     #[error(
-        "master key missing: {secrets} encrypted secret(s) exist but neither {path} nor \
-         CLADE_MASTER_KEY is present; restore the key file or set CLADE_MASTER_KEY"
+        "master key missing: {secrets} encrypted secret(s) exist but {path} is gone and no key \
+         was given; restore the key file"
     )]
     MasterKeyMissing { secrets: i64, path: PathBuf },
     #[error(
         "the master key does not match the one these secrets were encrypted with: restore the \
-         original {path} or CLADE_MASTER_KEY"
+         original {path}"
     )]
     WrongMasterKey { path: PathBuf },
     #[error("invalid master key: {0}")]
@@ -122,7 +127,7 @@ pub enum Error {
 
     #[error("commit failed ({0}); nothing was written, retry the operation")]
     CommitFailed(String),
-    #[error("the store's writer has stopped; restart clade")]
+    #[error("the store's writer has stopped; restart the process")]
     WriterGone,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),

@@ -16,12 +16,14 @@ mod crypto;
 pub mod datadir;
 mod db;
 pub mod error;
+pub mod executions;
 mod migrate;
 pub mod owner;
 mod paced;
 pub mod secrets;
 pub mod store;
 pub mod turns;
+pub mod work;
 pub mod writer;
 
 pub use access::{
@@ -33,6 +35,7 @@ pub use backend::{Backend, Durability, Location};
 pub use crypto::MasterKey;
 pub use datadir::DataDir;
 pub use error::{Error, Result};
+pub use executions::{ExecutionOwner, ExecutionRow, ExecutionStep, ExecutionWrites, NewExecution};
 pub use migrate::{MigrationReport, Migrations, SCHEMA_VERSION};
 pub use owner::OwnerLock;
 pub use secrets::Secrets;
@@ -44,4 +47,5 @@ pub use turns::{
     Accepted, DeadLetter, EventRow, GivenUp, JournalEntry, NewEvent, OpenEvents, OutboxEvent,
     OutboxRow, SessionRow, Source, TurnOutcome, TurnRecord, TurnRow, TurnUsage,
 };
+pub use work::Work;
 pub use writer::{DiskFaults, Durations, SyncHold, WriteStats};

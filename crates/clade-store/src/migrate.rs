@@ -62,6 +62,7 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../migrations/0008_session_queue_mode.sql"),
     ),
     Migration::shared(9, "token_scopes", include_str!("../migrations/0009_token_scopes.sql")),
+    Migration::shared(10, "executions", include_str!("../migrations/0010_executions.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -71,7 +72,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

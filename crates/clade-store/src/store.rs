@@ -380,6 +380,11 @@ impl Store {
         self.clock.now()
     }
 
+    /// The clock the store was opened with: what everything built on it reads and sleeps on.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// Cheap liveness check for `/readyz`.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").fetch_one(&self.pool).await.map_err(|e| self.db(e))?;

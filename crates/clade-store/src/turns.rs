@@ -89,6 +89,25 @@ pub struct TurnRow {
     pub finished_at: Option<Timestamp>,
 }
 
+impl TurnRow {
+    /// A new running turn of `session`, not yet stored.
+    pub fn starting(session: &SessionRow, config_revision: i64, now: Timestamp) -> Self {
+        Self {
+            id: TurnId::generate(now),
+            session_id: session.id,
+            tenant_id: session.tenant_id,
+            agent_id: session.agent_id,
+            status: TurnStatus::Running,
+            reply: None,
+            error: None,
+            model: None,
+            config_revision,
+            started_at: now,
+            finished_at: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalEntry {
     /// Also says what kind of step it is ([`StepKey::kind`]).
@@ -556,19 +575,7 @@ impl Store {
                         .await?;
                     return Ok((turn_row(&row)?, Vec::new()));
                 }
-                let turn = TurnRow {
-                    id: TurnId::generate(now),
-                    session_id: session.id,
-                    tenant_id: session.tenant_id,
-                    agent_id: session.agent_id,
-                    status: TurnStatus::Running,
-                    reply: None,
-                    error: None,
-                    model: None,
-                    config_revision,
-                    started_at: now,
-                    finished_at: None,
-                };
+                let turn = TurnRow::starting(&session, config_revision, now);
                 query(
                     "INSERT INTO turns (id, session_id, tenant_id, agent_id, status, config_revision, started_at) \
                      VALUES ($1, $2, $3, $4, 'running', $5, $6)",

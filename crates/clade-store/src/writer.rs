@@ -584,6 +584,7 @@ const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
 fn flusher(wal: &std::path::Path, alive: &std::sync::Weak<Counters>) {
     let (mut commits_seen, mut failing) = (0, false);
     loop {
+        #[allow(clippy::disallowed_methods)] // Paces the disk, not domain time.
         std::thread::sleep(FLUSH_EVERY);
         let Some(counters) = alive.upgrade() else { return };
         let commits = counters.commits.load(Ordering::Relaxed);
@@ -668,6 +669,7 @@ fn checkpointer(path: &std::path::Path, settings: &[&str], alive: &std::sync::We
     let mut conn = None;
     let (mut commits_seen, mut idle_passes) = (0, 0);
     loop {
+        #[allow(clippy::disallowed_methods)] // Paces the disk, not domain time.
         std::thread::sleep(CHECKPOINT_EVERY);
         let Some(counters) = alive.upgrade() else { return };
         if conn.is_none() {
@@ -788,6 +790,8 @@ async fn run_batch(conn: &mut Tx, backend: Backend, batch: &mut [Box<dyn Job>]) 
 pub(crate) mod tests {
     // The gate is held across awaits on purpose: it stands for a slow disk.
     #![allow(clippy::await_holding_lock)]
+    // The writer's threads pace a real disk: their tests wait in real time.
+    #![allow(clippy::disallowed_methods)]
 
     use std::time::Duration;
 

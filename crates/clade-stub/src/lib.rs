@@ -163,6 +163,7 @@ fn issue(shared: &Shared, expires_in: std::time::Duration) -> String {
     };
     let token = format!("stub-access-{n}");
     if let Ok(mut tokens) = shared.tokens.lock() {
+        #[allow(clippy::disallowed_methods)] // A fake provider keeps real time, as one would.
         tokens.insert(token.clone(), tokio::time::Instant::now() + expires_in);
     }
     token
@@ -204,11 +205,9 @@ pub(crate) fn token_is_valid(shared: &Shared, headers: &HeaderMap) -> bool {
         .and_then(|v| v.strip_prefix("Bearer "))
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
     let Some(token) = presented else { return false };
-    shared
-        .tokens
-        .lock()
-        .map(|t| t.get(token).is_some_and(|exp| *exp > tokio::time::Instant::now()))
-        .unwrap_or(false)
+    #[allow(clippy::disallowed_methods)] // A fake provider keeps real time, as one would.
+    let now = tokio::time::Instant::now();
+    shared.tokens.lock().map(|t| t.get(token).is_some_and(|exp| *exp > now)).unwrap_or(false)
 }
 
 pub(crate) fn capture(shared: &Shared, path: &str, headers: &HeaderMap, body: &Value) {
@@ -243,6 +242,7 @@ pub(crate) fn paced_body(frames: Vec<String>, pause: Option<std::time::Duration>
         move |(mut frames, first)| async move {
             let frame = frames.next()?;
             if !first {
+                #[allow(clippy::disallowed_methods)] // A fake provider's real pacing.
                 tokio::time::sleep(pause).await;
             }
             Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::from(frame)), (frames, false)))

@@ -1172,6 +1172,7 @@ async fn drain_group(group: &Path, rounds: usize) -> bool {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
+        #[allow(clippy::disallowed_methods)] // Waits for real processes to die.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false

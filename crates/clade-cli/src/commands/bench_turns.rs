@@ -302,6 +302,7 @@ async fn measure(
     let rss_growth = peak_rss.load(AtomicOrdering::Relaxed).saturating_sub(rss_before);
     // Idle actors leave memory after `idle_secs`; check that they did.
     let active_at_end = engine.active_sessions();
+    #[allow(clippy::disallowed_methods)] // A benchmark measures real time.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let evicted_left = engine.active_sessions();
     let rss_idle = rss_kib();
@@ -459,6 +460,7 @@ async fn open_loop(
             let scheduled = started + Duration::from_secs_f64(k as f64 / rate);
             let wait = scheduled.saturating_duration_since(now());
             if !wait.is_zero() {
+                #[allow(clippy::disallowed_methods)] // A benchmark's open-loop schedule.
                 std::thread::sleep(wait);
             }
             let (engine, tenant) = (engine.clone(), tenant.clone());
@@ -497,6 +499,7 @@ async fn evicted_wave(
     for task in tasks {
         task.await??;
     }
+    #[allow(clippy::disallowed_methods)] // A benchmark measures real time.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // Shown, not fatal: the row's `actors` column already tells whether the load's own
     // sessions left memory.

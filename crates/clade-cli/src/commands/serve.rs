@@ -41,8 +41,10 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     )
     .await?;
     clade_runtime::outbox::spawn(ctx.store.clone(), subscribers, engine.outbox_signal());
-    let limits =
-        std::sync::Arc::new(clade_gateway::quotas::TenantLimits::new(ctx.config.tenants.clone()));
+    let limits = std::sync::Arc::new(clade_gateway::quotas::TenantLimits::new(
+        ctx.config.tenants.clone(),
+        ctx.store.clock().clone(),
+    ));
     let stream_ids = clade_gateway::stream_ids::StreamIds::load(&ctx.store).await?;
     // A write through the gateway that names no caller is not the CLI's operator.
     let state = AppState {

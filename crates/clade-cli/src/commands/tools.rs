@@ -19,8 +19,9 @@ pub(super) async fn run(ctx: &Ctx, cmd: ToolsCommand) -> Result<()> {
     match cmd {
         ToolsCommand::List { json } => {
             let rules = runner.rules_for(&agent).await?;
+            let set = runner.tool_set();
             let tools: Vec<_> =
-                runner.registry().for_agent(ctx.tenant_name(), agent.handle.as_str()).collect();
+                set.registry().for_agent(ctx.tenant_name(), agent.handle.as_str()).collect();
             if json {
                 let items: Vec<Value> = tools
                     .iter()
@@ -55,8 +56,8 @@ pub(super) async fn run(ctx: &Ctx, cmd: ToolsCommand) -> Result<()> {
             if !arguments.is_object() {
                 bail!("--args must be a JSON object, such as '{{\"path\": \"notes.md\"}}'");
             }
-            if runner.registry().get_for(&name, ctx.tenant_name(), agent.handle.as_str()).is_none()
-            {
+            let set = runner.tool_set();
+            if set.registry().get_for(&name, ctx.tenant_name(), agent.handle.as_str()).is_none() {
                 bail!(
                     "agent {} has no tool {name:?}: list them with `clade tools list`",
                     agent.handle
@@ -88,7 +89,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: ToolsCommand) -> Result<()> {
 /// Tells the operator when their call waits for approval, and how to give it.
 async fn announce_wait(store: clade_store::Store, tenant: clade_core::TenantId, key: String) {
     for _ in 0..600 {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        store.clock().sleep(std::time::Duration::from_millis(200)).await;
         if let Ok(approval) = store.approval_by_call(tenant, &key).await {
             eprintln!(
                 "waiting for approval {}: run `clade approvals approve {}` (or `deny`) in another terminal",

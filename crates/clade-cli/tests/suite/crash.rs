@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use clade_test_support::history::{self, Delivery, Fault, History, Op, OpKind, Turn};
@@ -168,8 +168,24 @@ async fn send(
     }
 }
 
+/// The seed of the fault plan (which failpoint hit kills, how long between random kills):
+/// `CLADE_CRASH_SEED` when set, else a fresh one. It is printed, so a failing run's plan can
+/// be replayed; the threads' timing is the machine's, so a replay reproduces the plan, not
+/// every interleaving.
+fn crash_seed() -> u64 {
+    match std::env::var("CLADE_CRASH_SEED") {
+        Ok(seed) => seed.trim().parse().unwrap_or_else(|_| {
+            panic!("CLADE_CRASH_SEED={seed:?} is not a number: give the seed a run printed")
+        }),
+        Err(_) => rand::rng().random(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
+    let seed = crash_seed();
+    println!("crash test seed: {seed} (replay its fault plan with CLADE_CRASH_SEED={seed})");
+    let mut plan = rand::rngs::StdRng::seed_from_u64(seed);
     let deliveries = Arc::new(Mutex::new(Deliveries::default()));
     let hook = receiver(deliveries.clone()).await;
     let mut env = Env::new();
@@ -222,7 +238,7 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
         for name in FAILPOINTS.iter().chain(FAILPOINTS.iter()) {
             let start_ms = recorder.ms();
             server.kill9();
-            let spec = format!("{name}={}", rand::rng().random_range(1..4));
+            let spec = format!("{name}={}", plan.random_range(1..4));
             let env2 = env.clone();
             let armed = tokio::task::spawn_blocking(move || {
                 env2.try_serve_with(&[], &[("CLADE_FAILPOINTS", &spec)])
@@ -267,7 +283,7 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
         );
     }
     for _ in 0..KILLS {
-        let pause = rand::rng().random_range(50..400);
+        let pause = plan.random_range(50..400);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         let start_ms = recorder.ms();
         server.kill9();
@@ -366,7 +382,7 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
         saved.display(),
         saved.display()
     );
-    assert_eq!(report.violations(), Vec::<String>::new());
+    assert_eq!(report.violations(), Vec::<String>::new(), "seed {seed}");
     assert_eq!(report.acknowledged, SESSIONS * EVENTS);
     // Every completed turn made its tool calls: each idempotent call under one key however
     // often it ran, each at-most-once call at most once, and one that may not have run was

@@ -1264,6 +1264,9 @@ async fn downgrade_to_version_8(url: &str) {
     sqlx::any::install_default_drivers();
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await.unwrap();
     for sql in [
+        "DROP TABLE execution_steps",
+        "DROP TABLE executions",
+        "DELETE FROM schema_migrations WHERE version = 10",
         "ALTER TABLE api_tokens DROP COLUMN scopes",
         "DELETE FROM schema_migrations WHERE version = 9",
     ] {
@@ -1292,7 +1295,7 @@ async fn only_serve_and_migrate_upgrade_a_store() {
         // Refused again: nothing was upgraded behind the refusal.
         assert_ne!(env.run(&["--store", store, "tokens", "list"]).code, 0, "{store}");
         let upgraded = env.run(&["--store", store, "migrate"]).ok();
-        assert!(upgraded.stdout.contains("from version 8 to 9"), "{}", upgraded.stdout);
+        assert!(upgraded.stdout.contains("from version 8 to 10"), "{}", upgraded.stdout);
         let listed = env.run(&["--store", store, "agents", "list"]).ok();
         assert!(listed.stdout.contains("ada"), "{}", listed.stdout);
         let again = env.run(&["--store", store, "migrate"]).ok();
@@ -1341,5 +1344,5 @@ async fn migrations_on_postgres_wait_for_each_other() {
     drop(holder);
     let out = waiting.wait_with_output().unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("from version 8 to 9"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("from version 8 to 10"));
 }

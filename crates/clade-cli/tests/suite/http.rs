@@ -63,7 +63,13 @@ impl Api {
 fn assert_error(got: &(u16, Value), status: u16, code: &str) {
     assert_eq!(got.0, status, "{}", got.1);
     assert_eq!(got.1["error"]["code"], code, "{}", got.1);
-    assert!(got.1["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    let message = got.1["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "{}", got.1);
+    // What a client can look up itself, it is told to look up in the API's terms, never the
+    // command line's (only an operator's CLI makes tokens, so that advice names it).
+    if code.ends_with("_not_found") {
+        assert!(!message.contains("`clade ") && !message.contains("--"), "{message}");
+    }
 }
 
 #[tokio::test]
@@ -138,7 +144,19 @@ async fn agents_crud_and_pagination() {
     assert_eq!(api.call("GET", "/v1/agents/ada", t, None).await.1, ada);
     assert_eq!(api.call("DELETE", "/v1/agents/ada", t, None).await.0, 204);
     assert_error(&api.call("GET", "/v1/agents/ada", t, None).await, 404, "agent_not_found");
-    assert_error(&api.call("DELETE", "/v1/agents/ada", t, None).await, 404, "agent_not_found");
+    let gone = api.call("DELETE", "/v1/agents/ada", t, None).await;
+    assert_error(&gone, 404, "agent_not_found");
+    assert_eq!(
+        gone.1["error"]["message"], "agent \"ada\" not found; list agents with GET /v1/agents",
+        "the API's own words for a missing agent"
+    );
+    // The CLI words the same failure its own way.
+    let cli = env.run(&["agents", "show", "ada"]);
+    assert_ne!(cli.code, 0);
+    assert_eq!(
+        cli.stderr.trim(),
+        "error: agent \"ada\" not found; list agents with `clade agents list`"
+    );
 }
 
 #[tokio::test]

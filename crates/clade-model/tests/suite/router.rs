@@ -2,6 +2,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use clade_core::{ManualClock, Timestamp};
 use clade_model::{
     Budget, Error, ModelEntry, Price, Provider, Reservation, RouteEvent, Router, RouterOptions,
     Scripted, Spend,
@@ -104,6 +105,31 @@ async fn a_rate_limited_model_cools_down() {
         "{:?}",
         second.events
     );
+}
+
+/// A cooldown ends when the router's clock passes it, and not before: the limited model is
+/// tried again then. Nothing waits the 30 s.
+#[tokio::test]
+async fn a_cooldown_ends_when_the_clock_passes_it() {
+    let stub = stub().await;
+    let models = HashMap::from([
+        ("limited".to_owned(), entry(openai(&stub, true), "stub+status=429+retry-after=30")),
+        ("backup".to_owned(), entry(Arc::new(Scripted), "scripted")),
+    ]);
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_795_338_294_000)));
+    let router = Router::new(models, fast_options()).on_clock(clock.clone());
+    let route = chain(&["limited", "backup"]);
+    router.call(&route, &user("hi"), None, &mut |_| {}).await.unwrap();
+    assert_eq!(stub.captured().len(), 1);
+
+    clock.advance(Duration::from_millis(29_999));
+    router.call(&route, &user("still cooling"), None, &mut |_| {}).await.unwrap();
+    assert_eq!(stub.captured().len(), 1, "called before its cooldown ended");
+
+    clock.advance(Duration::from_millis(1));
+    let third = router.call(&route, &user("again"), None, &mut |_| {}).await.unwrap();
+    assert_eq!(stub.captured().len(), 2, "not tried again once its cooldown ended");
+    assert_eq!(third.model, "backup", "it is still rate limited");
 }
 
 #[tokio::test]

@@ -1,14 +1,15 @@
-//! A turn's context: the agent's persona files, the session's own persona layers, and the
-//! session's history, kept by its actor between turns.
+//! A turn's context, built by [`ContextSource`]s in order: the agent's persona files, the
+//! session's own persona layers, where and when, and the session's history, kept by its actor
+//! between turns.
 
 use std::sync::Arc;
 
-use clade_config::QueueMode;
-use clade_core::Agent;
+use clade_core::{Agent, SessionId};
 use clade_model::Message;
-use clade_store::{EventRow, Source, TurnRow};
+use clade_store::{EventRow, Source, Store, TurnRow};
+use futures::future::BoxFuture;
 
-use super::{Inner, TurnContext};
+use super::Inner;
 
 /// An agent's persona files as read: `(name, contents)`, empty when missing, and what each
 /// file looked like on disk then.
@@ -169,6 +170,8 @@ pub(super) struct Kept {
     pub(super) persona: Option<Arc<Persona>>,
     /// The session's own persona layers as last read.
     pub(super) layers: Layers,
+    /// When the last turn's outcome was written (see the actor's idle exit).
+    pub(super) ended_at: Option<clade_core::Timestamp>,
 }
 
 /// A session's last completed turns, `(user text, reply)`, oldest first, as the store's
@@ -196,90 +199,172 @@ impl History {
     }
 }
 
-/// Adds a turn that just completed to the cached history (see [`History`]).
-pub(super) fn remember(
-    history: &mut Option<History>,
-    inner: &Inner,
-    events: &[EventRow],
-    reply: &str,
-) {
-    if let Some(cache) = history {
-        let user = events.iter().map(|e| e.text.as_str()).collect::<Vec<_>>().join("\n");
-        cache.push(user, reply.to_owned(), inner.options.sessions.history_turns as usize);
-        if cache.bytes > HISTORY_CACHE_BYTES {
-            *history = None;
+/// What a context source sees of the turn being composed.
+pub(crate) struct TurnInput<'a> {
+    pub turn: &'a TurnRow,
+    pub events: &'a [EventRow],
+    /// A yielded turn run again: it may be older than turns completed since.
+    pub resumed: bool,
+}
+
+/// A turn's context as its sources build it: the system prompt, then earlier messages.
+#[derive(Default)]
+pub(crate) struct Composed {
+    pub system: String,
+    pub history: Vec<Message>,
+}
+
+/// One part of a turn's context (persona files, the session's layers, where and when, its
+/// history; memory recall next). Sources run in a fixed order and each appends to what the
+/// previous ones wrote, so the prompt's prefix stays byte-stable between turns.
+pub(crate) trait ContextSource: Send {
+    fn contribute<'a>(
+        &'a mut self,
+        input: &'a TurnInput<'a>,
+        into: &'a mut Composed,
+    ) -> BoxFuture<'a, ()>;
+
+    /// The turn completed with `reply`: a source that keeps state between turns updates it.
+    fn completed(&mut self, _events: &[EventRow], _reply: &str) {}
+}
+
+/// Appends `text` as a paragraph of the system prompt.
+fn paragraph(system: &mut String, text: &str) {
+    system.push_str(text);
+    system.push_str("\n\n");
+}
+
+/// The agent's persona files, in their fixed order.
+pub(super) struct PersonaFiles<'a>(pub(super) &'a Persona);
+
+impl ContextSource for PersonaFiles<'_> {
+    fn contribute<'a>(
+        &'a mut self,
+        _: &'a TurnInput<'a>,
+        into: &'a mut Composed,
+    ) -> BoxFuture<'a, ()> {
+        for (_, contents) in &self.0.files {
+            if let Ok(text) = std::str::from_utf8(contents)
+                && !contents.is_empty()
+            {
+                paragraph(&mut into.system, text);
+            }
         }
+        Box::pin(std::future::ready(()))
     }
 }
 
-/// The model's context: persona files, then earlier turns of the session, then this turn's
-/// messages.
-pub(super) async fn compose(
-    inner: &Inner,
-    persona: &Persona,
-    layers: &Layers,
-    ctx: &TurnContext,
-    turn: &TurnRow,
-    events: &[EventRow],
-    history: &mut Option<History>,
-) -> Vec<Message> {
-    let session = &ctx.session;
-    let mut system = String::new();
-    for (_, contents) in &persona.files {
-        if let Ok(text) = std::str::from_utf8(contents)
-            && !contents.is_empty()
-        {
-            system.push_str(text);
-            system.push_str("\n\n");
+/// The session's own persona layers (platform, channel, actor).
+pub(super) struct SessionLayers<'a>(pub(super) &'a Layers);
+
+impl ContextSource for SessionLayers<'_> {
+    fn contribute<'a>(
+        &'a mut self,
+        _: &'a TurnInput<'a>,
+        into: &'a mut Composed,
+    ) -> BoxFuture<'a, ()> {
+        for text in self.0.texts() {
+            paragraph(&mut into.system, text);
         }
+        Box::pin(std::future::ready(()))
     }
-    for text in layers.texts() {
-        system.push_str(text);
-        system.push_str("\n\n");
+}
+
+/// Where the conversation happens, and the date (not the time, so the prompt stays the same,
+/// and a provider's prompt cache warm, for a whole day).
+pub(super) struct Whereabouts<'a> {
+    pub(super) source: &'a Source,
+    pub(super) now: clade_core::Timestamp,
+}
+
+impl ContextSource for Whereabouts<'_> {
+    fn contribute<'a>(
+        &'a mut self,
+        _: &'a TurnInput<'a>,
+        into: &'a mut Composed,
+    ) -> BoxFuture<'a, ()> {
+        let today = self.now.to_string();
+        let source = self.source;
+        into.system.push_str(&format!(
+            "You are talking on {} in channel {} with {}. Today is {} (UTC).",
+            source.platform,
+            source.channel,
+            source.actor,
+            today.get(..10).unwrap_or(&today)
+        ));
+        Box::pin(std::future::ready(()))
     }
-    // Runtime additions: where the conversation happens, and the date (not the time, so the
-    // prompt stays the same, and a provider's prompt cache warm, for a whole day).
-    let today = inner.store.now().to_string();
-    system.push_str(&format!(
-        "You are talking on {} in channel {} with {}. Today is {} (UTC).",
-        session.source.platform,
-        session.source.channel,
-        session.source.actor,
-        today.get(..10).unwrap_or(&today)
-    ));
-    let mut messages = vec![Message::system(system)];
-    if history.is_none() {
-        let keep = inner.options.sessions.history_turns;
-        match inner.visible.history(session.id, turn.id, keep).await {
-            // Steered turns take in messages mid-turn, which the cache would not see.
-            Ok(turns) if ctx.queue_mode != QueueMode::Steer => {
-                let mut cache = History::default();
-                for (user, reply) in turns {
-                    cache.push(user, reply, keep as usize);
+}
+
+/// The session's last completed turns: kept by its actor between turns (see [`History`]), read
+/// from the store when not kept.
+pub(super) struct SessionHistory<'a> {
+    pub(super) kept: &'a mut Option<History>,
+    pub(super) store: &'a Store,
+    pub(super) session: SessionId,
+    /// Turns of history (`sessions.history_turns`).
+    pub(super) turns: u32,
+    /// Steered turns take in messages mid-turn, which the kept history would not see.
+    pub(super) steered: bool,
+}
+
+impl ContextSource for SessionHistory<'_> {
+    fn contribute<'a>(
+        &'a mut self,
+        input: &'a TurnInput<'a>,
+        into: &'a mut Composed,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            // A resumed turn may be older than turns that completed since it yielded: the kept
+            // history would give it their messages. It reads the store's history before it,
+            // and the next turn reads the store's again.
+            if input.resumed {
+                *self.kept = None;
+            }
+            if self.kept.is_none() {
+                let keep = self.turns;
+                match self.store.history(self.session, input.turn.id, keep).await {
+                    Ok(turns) if !self.steered && !input.resumed => {
+                        let mut cache = History::default();
+                        for (user, reply) in turns {
+                            cache.push(user, reply, keep as usize);
+                        }
+                        *self.kept = Some(cache);
+                    }
+                    Ok(turns) => {
+                        into.history.extend(turns.into_iter().flat_map(|(user, reply)| {
+                            [
+                                Message::user(user),
+                                Message::Assistant { text: reply, tool_calls: Vec::new() },
+                            ]
+                        }))
+                    }
+                    Err(err) => {
+                        tracing::warn!(session = %self.session, error = %err, "cannot read the session's history")
+                    }
                 }
-                *history = Some(cache);
             }
-            Ok(turns) => messages.extend(turns.into_iter().flat_map(|(user, reply)| {
-                [Message::user(user), Message::Assistant { text: reply, tool_calls: Vec::new() }]
-            })),
-            Err(err) => {
-                tracing::warn!(session = %session.id, error = %err, "cannot read the session's history")
+            if let Some(cache) = self.kept.as_ref() {
+                into.history.reserve_exact(2 * cache.turns.len());
+                for (user, reply) in &cache.turns {
+                    into.history.push(Message::user(user.clone()));
+                    into.history
+                        .push(Message::Assistant { text: reply.clone(), tool_calls: Vec::new() });
+                }
+                if cache.bytes > HISTORY_CACHE_BYTES {
+                    *self.kept = None;
+                }
+            }
+        })
+    }
+
+    fn completed(&mut self, events: &[EventRow], reply: &str) {
+        if let Some(cache) = self.kept.as_mut() {
+            let user = events.iter().map(|e| e.text.as_str()).collect::<Vec<_>>().join("\n");
+            cache.push(user, reply.to_owned(), self.turns as usize);
+            if cache.bytes > HISTORY_CACHE_BYTES {
+                *self.kept = None;
             }
         }
     }
-    if let Some(cache) = history.as_ref() {
-        // The system message, the kept turns, the new messages and the reply to come.
-        messages.reserve_exact(2 * cache.turns.len() + events.len() + 1);
-        for (user, reply) in &cache.turns {
-            messages.push(Message::user(user.clone()));
-            messages.push(Message::Assistant { text: reply.clone(), tool_calls: Vec::new() });
-        }
-        if cache.bytes > HISTORY_CACHE_BYTES {
-            *history = None;
-        }
-    }
-    for event in events {
-        messages.push(Message::user(event.text.clone()));
-    }
-    messages
 }

@@ -1,15 +1,121 @@
-//! Set-up shared by the runtime's integration suites.
+//! Set-up shared by the runtime's integration suites; each suite uses part of it.
+#![allow(dead_code)]
 
 use clade_store::{DataDir, Durability, Location, Store, StoreOptions};
 
 /// A data dir at `dir` and its SQLite store (`durability: normal`: tests need no fsync).
 pub async fn sqlite_store(dir: &std::path::Path) -> (Store, DataDir) {
+    sqlite_store_on(dir, std::sync::Arc::new(clade_core::SystemClock)).await
+}
+
+/// Like [`sqlite_store`], on `clock`: what the store stamps and everything built on it sleeps on.
+pub async fn sqlite_store_on(
+    dir: &std::path::Path,
+    clock: std::sync::Arc<dyn clade_core::Clock>,
+) -> (Store, DataDir) {
     let data = DataDir::open(dir).unwrap();
     let location = Location::Sqlite(data.sqlite_path());
     let options = StoreOptions {
         migrations: clade_store::Migrations::Apply,
+        clock,
         ..StoreOptions::new(location, Durability::Normal)
     };
     let store = Store::open(options).await.unwrap();
     (store, data)
+}
+
+/// A tool for tests: `run` decides what a call returns (or panics, for a buggy tool), and
+/// `owner`, when set, is the only agent handle it is available to.
+pub struct TestTool {
+    pub name: &'static str,
+    pub owner: Option<&'static str>,
+    pub run: fn() -> clade_tools::ToolResult,
+}
+
+impl TestTool {
+    pub fn answering(name: &'static str) -> Self {
+        Self { name, owner: None, run: || Ok("done".to_owned()) }
+    }
+}
+
+impl clade_tools::Tool for TestTool {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn description(&self) -> &str {
+        "a tool for tests"
+    }
+    fn input_schema(&self) -> serde_json::Value {
+        serde_json::json!({ "type": "object" })
+    }
+    fn available_to(&self, _tenant: &str, handle: &str) -> bool {
+        self.owner.is_none_or(|owner| owner == handle)
+    }
+    fn call<'a>(
+        &'a self,
+        _args: serde_json::Value,
+        _ctx: &'a clade_tools::CallContext,
+    ) -> futures::future::BoxFuture<'a, clade_tools::ToolResult> {
+        let run = self.run;
+        Box::pin(async move { run() })
+    }
+}
+
+/// An engine on `store` with the offline model, the tools of `registry` under the default
+/// tools settings, and `sessions`, everything on the store's clock.
+pub async fn engine(
+    store: &Store,
+    data: &DataDir,
+    registry: clade_tools::Registry,
+    sessions: clade_config::SessionsConfig,
+) -> clade_runtime::Engine {
+    engine_with(store, data, registry, &clade_config::ToolsConfig::default(), sessions).await
+}
+
+/// [`engine`] under the tools settings `tools_config` (policy, approval timeout).
+pub async fn engine_with(
+    store: &Store,
+    data: &DataDir,
+    registry: clade_tools::Registry,
+    tools_config: &clade_config::ToolsConfig,
+    sessions: clade_config::SessionsConfig,
+) -> clade_runtime::Engine {
+    use std::sync::Arc;
+    let agents = clade_store::Agents::new(store.clone(), data.clone());
+    let config = clade_config::Config::default();
+    let secrets = clade_store::Secrets::new(store.clone(), data.master_key_path(), None);
+    let models = clade_runtime::Models::new(
+        &config,
+        clade_runtime::EnvHints::default(),
+        store.clone(),
+        secrets,
+        store.clock().clone(),
+    );
+    let tools = Arc::new(clade_runtime::ToolRunner::new(
+        registry,
+        store.clone(),
+        agents.clone(),
+        None,
+        tools_config,
+    ));
+    let options = clade_runtime::EngineOptions {
+        sessions,
+        bindings: Vec::new(),
+        default_agent: None,
+        tools,
+        tenants: Default::default(),
+    };
+    clade_runtime::Engine::start(store.clone(), agents, models, options).await.unwrap()
+}
+
+/// Creates the agent `ada` in the default tenant, which it returns.
+pub async fn create_ada(store: &Store, data: &DataDir) -> clade_core::Tenant {
+    let tenant = store.tenant(clade_core::Tenant::DEFAULT_NAME).await.unwrap();
+    let new = clade_store::NewAgent {
+        handle: clade_core::Handle::parse("ada").unwrap(),
+        display_name: None,
+        config: clade_core::AgentConfig::default(),
+    };
+    clade_store::Agents::new(store.clone(), data.clone()).create(tenant.id, new).await.unwrap();
+    tenant
 }

@@ -1,4 +1,5 @@
 mod agents;
+mod executions;
 mod failures;
 mod harness;
 mod outbox;

@@ -54,6 +54,7 @@ impl Fixture {
 
     #[tool(description = "Sleeps, then answers")]
     async fn slow(&self, Parameters(SlowArgs { secs }): Parameters<SlowArgs>) -> String {
+        #[allow(clippy::disallowed_methods)] // A fixture's real slowness.
         tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
         "done".into()
     }

@@ -104,6 +104,7 @@ pub(crate) fn failure(
 
 pub(crate) async fn wait_latency(behaviour: &Behaviour) {
     if let Some(latency) = behaviour.pick_latency() {
+        #[allow(clippy::disallowed_methods)] // A fake provider's real latency.
         tokio::time::sleep(latency).await;
     }
 }

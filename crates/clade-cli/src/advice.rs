@@ -1,0 +1,77 @@
+//! What to do about a failure, in the command line's words. Libraries say what went wrong;
+//! the CLI says which command, flag or variable fixes it (the gateway says it in HTTP terms).
+
+/// The advice for the first failure in `err`'s chain that the CLI has advice for.
+pub(crate) fn for_error(err: &anyhow::Error) -> Option<&'static str> {
+    err.chain().find_map(|cause| {
+        let store = cause.downcast_ref::<clade_store::Error>().or_else(|| {
+            match cause.downcast_ref::<clade_runtime::engine::Error>() {
+                Some(clade_runtime::engine::Error::Store(store)) => Some(store),
+                _ => None,
+            }
+        })?;
+        for_store(store)
+    })
+}
+
+fn for_store(err: &clade_store::Error) -> Option<&'static str> {
+    use clade_store::Error as E;
+    Some(match err {
+        E::TenantNotFound(_) => "list tenants with `clade tenants list`",
+        E::AgentNotFound(_) => "list agents with `clade agents list`",
+        E::SecretNotFound(_) => "list secrets with `clade secrets list`",
+        E::TokenNotFound(_) => "list tokens with `clade tokens list`",
+        E::BadToken => "create a token with `clade tokens create`",
+        E::SessionNotFound(_) => "list sessions with `clade sessions list`",
+        E::GrantNotFound(_) => "list grants with `clade grants list`",
+        E::ApprovalNotFound(_) => "list pending approvals with `clade approvals list`",
+        E::NewerSchema { .. } => {
+            "upgrade clade, or point --store or --data-dir at another database"
+        }
+        E::NeedsMigration { .. } => {
+            "run `clade migrate` (or start `clade serve`, which migrates) first"
+        }
+        E::Unreachable { .. } => "the URL comes from --store or CLADE_STORE",
+        E::InUse { .. } | E::CannotOpen { .. } => "or give this one its own --data-dir or --store",
+        E::DataDir { .. } => "or pass a writable --data-dir",
+        E::MasterKeyMissing { .. } | E::WrongMasterKey { .. } => {
+            "or set CLADE_MASTER_KEY to the key the secrets were encrypted with"
+        }
+        E::WriterGone => "restart clade",
+        _ => return None,
+    })
+}
+
+/// The one line `clade` prints for a failure: the context chain joined, then the advice.
+pub(crate) fn error_line(err: &anyhow::Error) -> String {
+    match for_error(err) {
+        Some(advice) => format!("error: {err:#}; {advice}"),
+        None => format!("error: {err:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_failures_get_the_cli_s_advice_and_others_none() {
+        let missing = anyhow::Error::from(clade_store::Error::AgentNotFound("bob".into()));
+        assert_eq!(
+            error_line(&missing),
+            "error: agent \"bob\" not found; list agents with `clade agents list`"
+        );
+        let wrapped = missing.context("cannot show the agent");
+        assert_eq!(
+            error_line(&wrapped),
+            "error: cannot show the agent: agent \"bob\" not found; list agents with `clade agents list`"
+        );
+        let through_engine = anyhow::Error::from(clade_runtime::engine::Error::Store(
+            clade_store::Error::SessionNotFound("s1".into()),
+        ));
+        assert!(
+            error_line(&through_engine).ends_with("; list sessions with `clade sessions list`")
+        );
+        assert_eq!(error_line(&anyhow::anyhow!("bad flag")), "error: bad flag");
+    }
+}

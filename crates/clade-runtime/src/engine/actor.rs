@@ -1,0 +1,488 @@
+//! A session's actor: its mailbox (wake-ups and freshly committed events), strict order, one
+//! turn at a time, the turn's deadline and cancel, the panic boundary, and leaving memory when
+//! idle. What a turn does is the [executor](super::executor)'s.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clade_config::QueueMode;
+use clade_core::{Agent, AgentId, Clock, EventKind, SessionId, Tenant, Timestamp, TurnStatus};
+use clade_store::{EventRow, OutboxEvent, OutboxRow, SessionRow, TurnOutcome};
+use futures::FutureExt as _;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+
+use super::context::Kept;
+use super::{Inner, Wake};
+use crate::hub::LiveEvent;
+
+/// One session's actor: runs its open events turn by turn, in arrival order, and leaves
+/// memory after being idle.
+pub(super) async fn actor(
+    inner: Arc<Inner>,
+    session_id: SessionId,
+    mut wake: mpsc::UnboundedReceiver<Wake>,
+) {
+    let idle = Duration::from_secs(inner.options.sessions.idle_secs.max(1));
+    // Session, tenant and agent are read once per stay in memory: an agent's changed settings
+    // apply from its next activation (after `idle_secs` without messages).
+    let mut context: Option<Arc<TurnContext>> = None;
+    let mut inbox = Inbox::default();
+    let mut kept = Kept::default();
+    // When the actor last worked: idleness counts from the end of its last turn (the time read
+    // before its outcome was written), not from whenever the loop gets round to waiting, so a
+    // clock that moves meanwhile (a busy node, a test's manual clock) does not push the exit
+    // later.
+    let mut active_at = inner.store.clock().now();
+    loop {
+        if !inbox.has_work() {
+            let clock = inner.store.clock();
+            let busy = Duration::from_millis(
+                clock.now().as_millis().saturating_sub(active_at.as_millis()).max(0).unsigned_abs(),
+            );
+            let woken = tokio::select! {
+                woken = wake.recv() => woken,
+                () = clock.sleep(idle.saturating_sub(busy)) => None,
+            };
+            match woken {
+                Some(woken) => inbox.take(woken),
+                None => {
+                    // Leave only if no wake-up raced in: `wake` holds the same lock.
+                    let mut actors = inner.actors.lock().unwrap_or_else(|e| e.into_inner());
+                    if wake.is_empty() {
+                        actors.remove(&session_id);
+                        return;
+                    }
+                }
+            }
+        }
+        while let Ok(woken) = wake.try_recv() {
+            inbox.take(woken);
+        }
+        let settings = inner.settings.load(std::sync::atomic::Ordering::SeqCst);
+        let ctx = match &context {
+            Some(ctx) if ctx.settings == settings => ctx.clone(),
+            _ => match Box::pin(TurnContext::load(&inner, session_id, settings)).await {
+                Ok(ctx) => {
+                    // Settings changed (a queue mode, say): what was kept under the old ones
+                    // is read again.
+                    kept.history = None;
+                    context.insert(Arc::new(ctx)).clone()
+                }
+                Err(err) => {
+                    tracing::error!(session = %session_id, error = %err, "cannot load the session; retrying");
+                    inner.store.clock().sleep(Duration::from_secs(1)).await;
+                    inbox.read_store = true;
+                    continue;
+                }
+            },
+        };
+        let coalesce = ctx.queue_mode == QueueMode::Coalesce;
+        // Steering joins events into the running turn behind the inbox's back: such a session
+        // always asks the store.
+        if ctx.queue_mode == QueueMode::Steer {
+            inbox.read_store = true;
+        }
+        // `store_has_more`: the store showed more open events than this turn takes (what the
+        // inbox still holds needs no read).
+        let (events, store_has_more) = match inbox.next(coalesce) {
+            Some(events) => (events, false),
+            None => match Box::pin(inner.visible.open_events(session_id, coalesce)).await {
+                Ok(open) => (open.events, open.more),
+                Err(err) => {
+                    tracing::error!(session = %session_id, error = %err, "cannot read the session's events; retrying");
+                    inner.store.clock().sleep(Duration::from_secs(1)).await;
+                    inbox.read_store = true;
+                    continue;
+                }
+            },
+        };
+        if events.is_empty() {
+            // The store has nothing open: whatever the inbox held when it was asked (each
+            // committed before it was handed over) has run.
+            inbox.read_store = false;
+            inbox.events.clear();
+            continue;
+        }
+        active_at = inner.store.clock().now();
+        let cancel = Arc::new(Notify::new());
+        inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).insert(session_id, cancel.clone());
+        // The panic boundary: a bug in one turn fails that turn only. Run in the actor's own
+        // task (a task per turn cost a spawn and a wake-up each), boxed so that an idle actor
+        // holds only its own small state.
+        let turn = Box::pin(run_events(
+            inner.clone(),
+            ctx,
+            events.clone(),
+            cancel,
+            std::mem::take(&mut kept),
+        ));
+        let settled = match std::panic::AssertUnwindSafe(turn).catch_unwind().await {
+            Ok((settled, still)) => {
+                kept = still;
+                active_at = kept.ended_at.take().unwrap_or(active_at);
+                settled
+            }
+            Err(panic) => {
+                let error = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                tracing::error!(session = %session_id, error = %error, "turn panicked");
+                Box::pin(fail_events(
+                    &inner,
+                    session_id,
+                    &events,
+                    "internal error while running the turn",
+                ))
+                .await
+            }
+        };
+        inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_id);
+        inbox.ran(&events);
+        // Events whose outcome could not be recorded are still open: read again.
+        inbox.read_store = store_has_more || !settled;
+    }
+}
+
+/// The events an actor was handed as they committed, and whether it must ask the store.
+///
+/// The store is the truth; the inbox only saves reading back an event the actor was just
+/// handed. It is trusted only when it holds the session's very next event (its `seq` one past
+/// the last event a turn took), since events are numbered densely in commit order and handed
+/// over in that order; anything else (an actor new in memory, a missed or failed write, a
+/// resumed turn, steering) reads the store. Should it still be wrong, starting the turn fails
+/// (the store takes only pending events) and the actor reads the store.
+#[derive(Default)]
+struct Inbox {
+    events: std::collections::VecDeque<EventRow>,
+    /// The highest `seq` a turn of this actor took.
+    taken: Option<i64>,
+    /// The store may hold open events the inbox does not: read it before the next turn.
+    read_store: bool,
+}
+
+impl Inbox {
+    fn has_work(&self) -> bool {
+        self.read_store || !self.events.is_empty()
+    }
+
+    fn take(&mut self, wake: Wake) {
+        match wake {
+            Wake::Work => self.read_store = true,
+            Wake::Event(event) => {
+                if self.taken.is_none_or(|taken| event.seq > taken) {
+                    self.events.push_back(*event);
+                }
+            }
+        }
+    }
+
+    /// The next turn's events from the inbox, unless the store must be asked.
+    fn next(&mut self, all: bool) -> Option<Vec<EventRow>> {
+        let next_seq = self.taken? + 1;
+        if self.read_store || self.events.front()?.seq != next_seq {
+            return None;
+        }
+        let mut events = Vec::new();
+        while let Some(event) = self.events.front()
+            && event.seq == next_seq + events.len() as i64
+            && (all || events.is_empty())
+        {
+            events.extend(self.events.pop_front());
+        }
+        Some(events)
+    }
+
+    /// A turn took `events`: the inbox drops them and anything older.
+    fn ran(&mut self, events: &[EventRow]) {
+        if let Some(last) = events.iter().map(|e| e.seq).max() {
+            self.taken = Some(self.taken.map_or(last, |taken| taken.max(last)));
+        }
+        let taken = self.taken;
+        self.events.retain(|e| taken.is_none_or(|taken| e.seq > taken));
+    }
+}
+
+/// Records `events` as failed with `reason`; whether that was recorded.
+async fn fail_events(
+    inner: &Inner,
+    session_id: SessionId,
+    events: &[EventRow],
+    reason: &str,
+) -> bool {
+    let Ok(session) = inner.visible.session_any_tenant(session_id).await else { return false };
+    let ids = events.iter().map(|e| e.id).collect();
+    let Ok((turn, rows)) = inner.store.start_turn(&session, ids, 0, Vec::new()).await else {
+        return false;
+    };
+    publish(inner, session.agent_id, &rows);
+    let outcome = TurnOutcome {
+        status: TurnStatus::Failed,
+        reply: None,
+        error: Some(reason.into()),
+        model: None,
+    };
+    let data = json!({ "turn": turn.id.to_string(), "error": reason });
+    match inner.store.finish_turn(&turn, outcome, vec![outbox(EventKind::TurnFailed, data)]).await {
+        Ok(rows) => {
+            publish(inner, turn.agent_id, &rows);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn outbox(kind: EventKind, data: Value) -> OutboxEvent {
+    OutboxEvent { kind, data: data.to_string() }
+}
+
+pub(super) fn publish(inner: &Inner, agent: AgentId, rows: &[OutboxRow]) {
+    for row in rows {
+        if let Some(session) = row.session_id {
+            inner.hub.publish_with(agent, session, || LiveEvent {
+                session,
+                id: Some(row.id),
+                kind: row.kind,
+                data: serde_json::from_str(&row.data).unwrap_or(Value::Null),
+            });
+        }
+    }
+    if !rows.is_empty() {
+        inner.outbox.notify_waiters();
+    }
+}
+
+/// What a session's turns need to know about where they run.
+pub(super) struct TurnContext {
+    pub(super) session: SessionRow,
+    pub(super) tenant: Tenant,
+    pub(super) agent: Agent,
+    /// The session's queue mode: its own, else its agent's (`sessions.agents`), else the
+    /// deployment's.
+    pub(super) queue_mode: QueueMode,
+    /// The engine's settings generation this was loaded at.
+    settings: u64,
+}
+
+impl TurnContext {
+    async fn load(
+        inner: &Inner,
+        session_id: SessionId,
+        settings: u64,
+    ) -> Result<Self, clade_store::Error> {
+        let store = &inner.visible;
+        let session = store.session_any_tenant(session_id).await?;
+        let tenant = store.tenant_by_id(session.tenant_id).await?;
+        let agent = store.agent_by_id(session.tenant_id, session.agent_id).await?;
+        let queue_mode =
+            session.queue_mode.as_deref().and_then(QueueMode::parse).unwrap_or_else(|| {
+                inner.options.sessions.queue_mode_for(tenant.name.as_str(), agent.handle.as_str())
+            });
+        Ok(Self { session, tenant, agent, queue_mode, settings })
+    }
+}
+
+/// The time from `from` to `to`, zero if `to` is not later.
+fn until(to: Timestamp, from: Timestamp) -> Duration {
+    Duration::from_millis(to.as_millis().saturating_sub(from.as_millis()).max(0).unsigned_abs())
+}
+
+/// Runs a turn until it ends, is cancelled, or has run `timeout` not counting its pauses.
+async fn run_until_deadline(
+    run: impl std::future::Future<Output = Result<(), String>>,
+    cancelled: &mut std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    pause: &Pause,
+    started: Timestamp,
+    timeout: Duration,
+) -> Result<(), String> {
+    tokio::pin!(run);
+    loop {
+        let tick = match pause.deadline(started, timeout) {
+            Some(deadline) => pause.clock.sleep(until(deadline, pause.clock.now())),
+            // Paused: look again in a second (the pause ends when the approval comes).
+            None => pause.clock.sleep(Duration::from_secs(1)),
+        };
+        tokio::select! {
+            result = &mut run => return result,
+            () = cancelled.as_mut() => return Err("cancelled by request".to_owned()),
+            () = tick => {
+                let now = pause.clock.now();
+                if pause.deadline(started, timeout).is_some_and(|deadline| deadline <= now) {
+                    return Err(format!(
+                        "the turn did not finish within {} s (sessions.turn_timeout_secs; time waiting for approvals not counted)",
+                        timeout.as_secs()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The running turn's [`Pause`], for the tool step that waits for an approval.
+    pub(super) static TURN_PAUSE: Arc<Pause>;
+}
+
+/// Time a turn spends waiting for operators' approvals, which its timeout does not count: a
+/// turn waiting on a person is paused, not slow.
+pub(super) struct Pause {
+    clock: Arc<dyn Clock>,
+    state: Mutex<PauseState>,
+}
+
+#[derive(Default)]
+struct PauseState {
+    /// Waits in progress, and since when the first of them began.
+    waiting: u32,
+    since: Option<Timestamp>,
+    /// Time paused by waits that have ended.
+    total: Duration,
+}
+
+impl Pause {
+    /// Pauses the turn's clock until the returned guard is dropped.
+    pub(super) fn begin(self: &Arc<Self>) -> PauseGuard {
+        if let Ok(mut state) = self.state.lock() {
+            if state.waiting == 0 {
+                state.since = Some(self.clock.now());
+            }
+            state.waiting += 1;
+        }
+        PauseGuard(self.clone())
+    }
+
+    /// When a turn started at `started` times out; `None` while it is paused.
+    fn deadline(&self, started: Timestamp, timeout: Duration) -> Option<Timestamp> {
+        let state = self.state.lock().ok()?;
+        (state.waiting == 0).then(|| started.plus(timeout + state.total))
+    }
+}
+
+pub(super) struct PauseGuard(Arc<Pause>);
+
+impl Drop for PauseGuard {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.0.state.lock() {
+            state.waiting = state.waiting.saturating_sub(1);
+            if state.waiting == 0
+                && let Some(since) = state.since.take()
+            {
+                state.total += until(self.0.clock.now(), since);
+            }
+        }
+    }
+}
+
+/// Runs the turn of `events`; returns whether its outcome was recorded, and what the actor
+/// keeps for the next turn.
+async fn run_events(
+    inner: Arc<Inner>,
+    ctx: Arc<TurnContext>,
+    events: Vec<EventRow>,
+    cancel: Arc<Notify>,
+    mut kept: Kept,
+) -> (bool, Kept) {
+    let session_id = ctx.session.id;
+    // The tenant's quota of running turns: wait for a slot before the turn's clock starts.
+    let _slot = match inner.turn_slots(&ctx.tenant) {
+        Some(slots) => slots.acquire_owned().await.ok(),
+        None => None,
+    };
+    let timeout = Duration::from_secs(inner.options.sessions.turn_timeout_secs);
+    // The turn's clock stops while it waits for an operator's approval (see `Pause`).
+    let clock = inner.store.clock().clone();
+    let started = clock.now();
+    let pause = Arc::new(Pause { clock, state: Mutex::default() });
+    let cancelled = cancel.notified();
+    tokio::pin!(cancelled);
+    let run =
+        TURN_PAUSE.scope(pause.clone(), super::turn::run_turn(&inner, &ctx, &events, &mut kept));
+    let result = run_until_deadline(run, &mut cancelled, &pause, started, timeout).await;
+    match result {
+        Ok(()) => (true, kept),
+        Err(reason) => {
+            tracing::warn!(session = %session_id, reason = %reason, "turn failed");
+            // A turn stopped part-way may have recorded its outcome without updating the
+            // cache: the next turn reads the history from the store.
+            kept.history = None;
+            (Box::pin(fail_events(&inner, session_id, &events, &reason)).await, kept)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clade_core::{EventId, TenantId};
+
+    fn event(seq: i64) -> EventRow {
+        let now = clade_core::Timestamp::from_millis(1_000);
+        EventRow {
+            id: EventId::generate(now),
+            tenant_id: TenantId::generate(now),
+            session_id: SessionId::generate(now),
+            seq,
+            idempotency_key: format!("k{seq}"),
+            text: format!("message {seq}"),
+            status: clade_core::EventStatus::Pending,
+            turn_id: None,
+            created_at: now,
+        }
+    }
+
+    fn seqs(events: &[EventRow]) -> Vec<i64> {
+        events.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn a_new_actor_reads_the_store_before_trusting_its_inbox() {
+        let mut inbox = Inbox::default();
+        inbox.take(Wake::Event(Box::new(event(7))));
+        assert!(inbox.has_work());
+        assert!(inbox.next(false).is_none(), "nothing says 7 is the session's next event");
+        // The store's answer ran: from now on the inbox knows where the session stands.
+        inbox.ran(&[event(6)]);
+        let events = inbox.next(false).expect("7 follows 6");
+        assert_eq!(seqs(&events), vec![7]);
+    }
+
+    #[test]
+    fn the_inbox_runs_only_the_next_event_in_order() {
+        let mut inbox = Inbox::default();
+        inbox.ran(&[event(0)]);
+        inbox.take(Wake::Event(Box::new(event(2))));
+        assert!(inbox.next(false).is_none(), "1 is missing: the store must be asked");
+        let mut inbox = Inbox::default();
+        inbox.ran(&[event(0)]);
+        for seq in 1..=3 {
+            inbox.take(Wake::Event(Box::new(event(seq))));
+        }
+        let events = inbox.next(false).unwrap();
+        assert_eq!(seqs(&events), vec![1]);
+        inbox.ran(&events);
+        assert!(inbox.has_work(), "2 and 3 wait in the inbox");
+        let events = inbox.next(true).unwrap();
+        assert_eq!(seqs(&events), vec![2, 3], "coalesce takes the run");
+        inbox.ran(&events);
+        assert!(!inbox.has_work());
+    }
+
+    #[test]
+    fn what_a_turn_took_never_comes_back_from_the_inbox() {
+        let mut inbox = Inbox::default();
+        inbox.take(Wake::Event(Box::new(event(4))));
+        inbox.take(Wake::Event(Box::new(event(5))));
+        // A store read ran 4 and 5 in one turn.
+        inbox.ran(&[event(4), event(5)]);
+        assert!(!inbox.has_work());
+        inbox.take(Wake::Event(Box::new(event(5))));
+        assert!(!inbox.has_work(), "a late hand-over of an event already run");
+        inbox.take(Wake::Work);
+        inbox.take(Wake::Event(Box::new(event(6))));
+        assert!(inbox.next(false).is_none(), "a wake-up for work asks the store first");
+        inbox.read_store = false;
+        assert_eq!(seqs(&inbox.next(false).unwrap()), vec![6]);
+    }
+}

@@ -1,0 +1,340 @@
+//! A chat turn as the engine runs it: the executor's seams over the store, the agent's model
+//! route and its tools, and the context sources an actor keeps between turns.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use clade_core::{Agent, EventId, EventKind, ProcessKind, Tenant, Timestamp};
+use clade_model::{CallError, CallOutcome, ModelRequest, StreamEvent, ToolCall, ToolSpec};
+use clade_store::{AuditEntry, EventRow, OutboxEvent, TurnRow, UsageRecord};
+use clade_tools::{EffectClass, Tool};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::Inner;
+use super::actor::{TURN_PAUSE, TurnContext, publish};
+use super::context::{
+    ContextSource, Kept, Layers, Persona, PersonaFiles, SessionHistory, SessionLayers, Whereabouts,
+    read_persona,
+};
+use super::executor::{self, Hands, Journal, Thinker, TurnPlan, Write};
+use crate::hub::LiveEvent;
+use crate::tools::{Authorized, CallOrigin, ToolRunner, ToolSet};
+
+/// Runs (or resumes) the turn of `events`. `Err` carries the reason the turn failed before it
+/// could record an outcome itself.
+///
+/// A new turn is committed together with its first model response (and, when that response
+/// ends the turn, with its outcome): a crash before then leaves the events pending and the
+/// turn simply runs again, since nothing irreversible happened. A turn already on disk is
+/// resumed from its journal.
+pub(super) async fn run_turn(
+    inner: &Inner,
+    ctx: &TurnContext,
+    events: &[EventRow],
+    kept: &mut Kept,
+) -> Result<(), String> {
+    let store = &inner.visible;
+    let (session, tenant, agent) = (&ctx.session, &ctx.tenant, &ctx.agent);
+    let persona = read_persona(inner, agent);
+    kept.persona = Some(persona.clone());
+    kept.layers.refresh(inner, agent, &session.source);
+    // The tools and rules this turn runs with, however they are reloaded meanwhile.
+    let tools = inner.options.tools.tool_set();
+    let (turn, done, resumed) = match events.first().and_then(|e| e.turn_id) {
+        Some(id) => {
+            let turn = Box::pin(store.turn(id)).await.map_err(|e| e.to_string())?;
+            let journal = Box::pin(store.journal(id)).await.map_err(|e| e.to_string())?;
+            (turn, journal.into_iter().map(|e| (e.step, e)).collect(), true)
+        }
+        None => {
+            let revision = config_revision(inner, &tools, tenant, agent, &persona, &kept.layers);
+            let turn = TurnRow::starting(session, revision, store.now());
+            (turn, HashMap::new(), false)
+        }
+    };
+    let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
+    let mut journal = StoreJournal { inner, events: ids, announce: None, ended_at: None };
+    if !resumed {
+        let data = json!({
+            "events": journal.events.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "agent": agent.handle.as_str(),
+            "turn": turn.id.to_string(),
+        });
+        // Live at once, so streaming clients can follow; the outbox row commits with the turn.
+        journal.live(&turn, EventKind::TurnStarted, data.clone());
+        journal.announce =
+            Some(OutboxEvent { kind: EventKind::TurnStarted, data: data.to_string() });
+    }
+    let thinker = AgentModel { inner, tenant, agent };
+    let hands = AgentTools {
+        runner: &inner.options.tools,
+        set: tools,
+        tenant: tenant.name.as_str(),
+        agent,
+    };
+    let sessions = &inner.options.sessions;
+    let plan = TurnPlan {
+        kind: ProcessKind::Channel,
+        turn,
+        done,
+        events,
+        max_iterations: sessions.max_iterations,
+        steer: ctx.queue_mode == clade_config::QueueMode::Steer,
+        resume_hint: format!("resume with `clade sessions resume {}`", session.id),
+    };
+    let steered = plan.steer;
+    let Kept { history, layers, .. } = kept;
+    let mut sources: [&mut dyn ContextSource; 4] = [
+        &mut PersonaFiles(&persona),
+        &mut SessionLayers(layers),
+        &mut Whereabouts { source: &session.source, now: store.now() },
+        &mut SessionHistory {
+            kept: history,
+            store,
+            session: session.id,
+            turns: sessions.history_turns,
+            steered,
+        },
+    ];
+    let result =
+        Box::pin(executor::execute(plan, &mut journal, &thinker, &hands, &mut sources)).await;
+    kept.ended_at = journal.ended_at;
+    result
+}
+
+/// The store as a turn's journal. The turn's first write commits the turn itself, takes its
+/// events and announces it (`announce`); each write's lifecycle events are published live once
+/// committed.
+struct StoreJournal<'a> {
+    inner: &'a Inner,
+    events: Vec<EventId>,
+    /// The `turn.started` event, until the turn is on disk (`None` once it is).
+    announce: Option<OutboxEvent>,
+    /// The time read just before the turn's outcome was written, so before anyone could see
+    /// it: the session's idleness counts from here.
+    ended_at: Option<Timestamp>,
+}
+
+impl Journal for StoreJournal<'_> {
+    async fn write(&mut self, turn: &TurnRow, write: Write) -> Result<(), String> {
+        let store = &self.inner.store;
+        let Write { step, usage, audit, mut outbox, ending } = write;
+        if ending.is_some() {
+            self.ended_at = Some(store.now());
+        }
+        let rows = match self.announce.take() {
+            Some(announce) => {
+                if audit.is_some() {
+                    return Err(
+                        "internal error: a turn's first write cannot carry an audit record".into(),
+                    );
+                }
+                let first = step.map(|entry| (entry, usage));
+                let (announced, ending) = match ending {
+                    Some(outcome) => (vec![announce], Some((outcome, outbox))),
+                    None => {
+                        outbox.insert(0, announce);
+                        (outbox, None)
+                    }
+                };
+                let events = std::mem::take(&mut self.events);
+                Box::pin(store.begin_turn(turn, events, announced, first, ending)).await
+            }
+            None => match (step, ending) {
+                (Some(entry), None) => {
+                    Box::pin(store.append_journal(turn, entry, outbox, usage, audit)).await
+                }
+                (step, Some(outcome)) => {
+                    if let Some(entry) = step {
+                        let rows =
+                            Box::pin(store.append_journal(turn, entry, Vec::new(), usage, audit))
+                                .await
+                                .map_err(|e| e.to_string())?;
+                        publish(self.inner, turn.agent_id, &rows);
+                    }
+                    Box::pin(store.finish_turn(turn, outcome, outbox)).await
+                }
+                (None, None) => Ok(Vec::new()),
+            },
+        }
+        .map_err(|e| e.to_string())?;
+        publish(self.inner, turn.agent_id, &rows);
+        Ok(())
+    }
+
+    fn live(&self, turn: &TurnRow, kind: EventKind, data: Value) {
+        let session = turn.session_id;
+        self.inner.hub.publish_with(turn.agent_id, session, || LiveEvent {
+            session,
+            id: None,
+            kind,
+            data,
+        });
+    }
+
+    async fn steer(&mut self, turn: &TurnRow) -> Vec<String> {
+        let Ok(pending) = self.inner.visible.pending_events(turn.session_id).await else {
+            return Vec::new();
+        };
+        if pending.is_empty()
+            || self
+                .inner
+                .store
+                .join_turn(turn.id, pending.iter().map(|e| e.id).collect())
+                .await
+                .is_err()
+        {
+            return Vec::new();
+        }
+        pending.into_iter().map(|event| event.text).collect()
+    }
+}
+
+/// The agent's model route, with its budgets.
+struct AgentModel<'a> {
+    inner: &'a Inner,
+    tenant: &'a Tenant,
+    agent: &'a Agent,
+}
+
+impl Thinker for AgentModel<'_> {
+    async fn call(
+        &self,
+        kind: ProcessKind,
+        request: &ModelRequest,
+        on_event: &mut (dyn FnMut(&StreamEvent) + Send),
+    ) -> Result<CallOutcome, CallError> {
+        // Boxed: the call's state (router, adapter, HTTP client) is the largest part of a
+        // turn's, and a turn spends most of its life awaiting other things.
+        Box::pin(self.inner.models.call_unrecorded(
+            self.tenant,
+            Some(self.agent),
+            kind,
+            request,
+            on_event,
+        ))
+        .await
+    }
+
+    fn usage(&self, turn: &TurnRow, outcome: &CallOutcome) -> UsageRecord {
+        crate::models::usage_record(self.tenant, Some(self.agent), Some(turn.id), outcome)
+    }
+}
+
+/// The agent's tools through the tool runner: policy, approval, sandbox, audit.
+struct AgentTools<'a> {
+    runner: &'a ToolRunner,
+    set: Arc<ToolSet>,
+    tenant: &'a str,
+    agent: &'a Agent,
+}
+
+impl AgentTools<'_> {
+    fn origin(call: &ToolCall, key: &str, turn: &TurnRow) -> CallOrigin {
+        CallOrigin {
+            call_key: key.to_owned(),
+            call_id: call.id.clone(),
+            session: Some(turn.session_id),
+            turn: Some(turn.id),
+            by: "turn",
+        }
+    }
+}
+
+impl Hands for AgentTools<'_> {
+    type Tool = Arc<dyn Tool>;
+    type Authorized = Authorized;
+
+    fn specs(&self) -> Arc<[ToolSpec]> {
+        self.set.specs_for(self.tenant, self.agent.handle.as_str())
+    }
+
+    fn specs_digest(&self) -> &str {
+        self.set.specs_digest()
+    }
+
+    fn find(&self, name: &str) -> Option<Arc<dyn Tool>> {
+        self.set.registry().get_for(name, self.tenant, self.agent.handle.as_str()).cloned()
+    }
+
+    fn effect(&self, tool: &Arc<dyn Tool>) -> EffectClass {
+        tool.effect()
+    }
+
+    async fn unknown(&self, call: &ToolCall, args: &Value, key: &str, turn: &TurnRow) -> String {
+        let origin = Self::origin(call, key, turn);
+        self.runner.unknown_tool_in(&self.set, self.agent, &call.name, args, &origin).await
+    }
+
+    async fn authorize(
+        &self,
+        tool: &Arc<dyn Tool>,
+        call: &ToolCall,
+        args: &Value,
+        key: &str,
+        turn: &TurnRow,
+    ) -> Result<Authorized, String> {
+        let origin = Self::origin(call, key, turn);
+        // Waiting for an approval is not the turn's time (see the actor's `Pause`).
+        let paused = TURN_PAUSE.try_with(|pause| pause.begin()).ok();
+        let authorized =
+            self.runner.authorize_in(&self.set, self.agent, tool.as_ref(), args, &origin).await;
+        drop(paused);
+        authorized
+    }
+
+    fn audit(&self, authorized: &Authorized) -> AuditEntry {
+        authorized.audit.clone()
+    }
+
+    async fn record_decision(&self, authorized: &Authorized) -> Result<(), String> {
+        self.runner.record_decision(authorized).await
+    }
+
+    async fn execute(
+        &self,
+        tool: &Arc<dyn Tool>,
+        args: Value,
+        authorized: &Authorized,
+    ) -> Result<String, String> {
+        self.runner.execute(self.agent, tool.as_ref(), args, authorized).await
+    }
+}
+
+/// The agent-config revision a turn runs with: a content hash (63 bits) of everything that
+/// shapes it — the persona files and the session's layers, the model chain, the tools and
+/// their schemas. Equal revisions mean equal configuration; any edit gives a new one.
+fn config_revision(
+    inner: &Inner,
+    tools: &ToolSet,
+    tenant: &Tenant,
+    agent: &Agent,
+    persona: &Persona,
+    layers: &Layers,
+) -> i64 {
+    let (tenant, handle) = (tenant.name.as_str(), agent.handle.as_str());
+    let mut digest = Sha256::new();
+    for (file, contents) in &persona.files {
+        digest.update(file.as_bytes());
+        digest.update(contents);
+        digest.update([0]);
+    }
+    for text in layers.texts() {
+        digest.update(text.as_bytes());
+        digest.update([0]);
+    }
+    for model in inner.models.chain(crate::ProcessKind::Channel, Some((tenant, handle))) {
+        digest.update(model.as_bytes());
+        digest.update([0]);
+    }
+    for tool in tools.registry().for_agent(tenant, handle) {
+        digest.update(tool.name().as_bytes());
+        digest.update([0]);
+    }
+    digest.update(tools.specs_digest().as_bytes());
+    let hash = digest.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    i64::from_be_bytes(first) & i64::MAX
+}

@@ -1,0 +1,100 @@
+//! The tools and rules as a swapped snapshot: a reload reaches the turns that start after it,
+//! while a turn already running finishes on the set it started with.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, unreachable_pub)] // Test code.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clade_core::{ApprovalStatus, Tenant, TurnStatus};
+use clade_runtime::{Engine, Envelope, Finished, Verdict};
+use clade_store::{Source, Store};
+use support::TestTool;
+
+fn registry(names: &[&'static str]) -> clade_tools::Registry {
+    let mut registry = clade_tools::Registry::new();
+    for name in names {
+        registry.register(Arc::new(TestTool::answering(name)));
+    }
+    registry
+}
+
+fn tools_config(policy: serde_json::Value) -> clade_config::ToolsConfig {
+    serde_json::from_value(serde_json::json!({ "approval_timeout_secs": 600, "policy": policy }))
+        .unwrap()
+}
+
+async fn send(engine: &Engine, tenant: &Tenant, channel: &str, text: &str) -> Finished {
+    let envelope = Envelope {
+        tenant: tenant.clone(),
+        agent: Some("ada".into()),
+        text: text.into(),
+        source: Source { platform: "test".into(), channel: channel.into(), actor: "u".into() },
+        idempotency_key: None,
+    };
+    let (_, watch) = engine.submit_and_watch(envelope).await.unwrap();
+    watch.ended(Duration::from_secs(20)).await.unwrap().expect("the turn ended")
+}
+
+/// The one approval waiting, once there is one.
+async fn next_pending(store: &Store, tenant: &Tenant) -> clade_store::ApprovalRow {
+    for _ in 0..400 {
+        let mut pending =
+            store.approvals(tenant.id, Some(ApprovalStatus::Pending), 10).await.unwrap();
+        if let Some(approval) = pending.pop() {
+            assert!(pending.is_empty(), "more than one approval waits");
+            return approval;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no call asked for an approval within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reaches_new_turns_while_a_running_turn_keeps_its_tools_and_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, data) = support::sqlite_store(dir.path()).await;
+    let tenant = support::create_ada(&store, &data).await;
+    // Generation 1: `old.tool` needs an operator's approval.
+    let first = tools_config(serde_json::json!([{ "effect": "ask", "tool": "old.tool" }]));
+    let sessions = clade_config::SessionsConfig::default();
+    let engine =
+        support::engine_with(&store, &data, registry(&["old.tool"]), &first, sessions).await;
+    let runner = engine.tools().clone();
+    assert_eq!(runner.tool_set().generation(), 1);
+
+    // A turn starts on generation 1 with two calls and waits for the approval of the first.
+    let running = {
+        let (engine, tenant) = (engine.clone(), tenant.clone());
+        let text = "/tool old.tool {\"n\":1}\n/tool old.tool {\"n\":2}";
+        tokio::spawn(async move { send(&engine, &tenant, "c1", text).await })
+    };
+    let asked = next_pending(&store, &tenant).await;
+
+    // Generation 2 drops `old.tool`, adds `new.tool` and denies it.
+    let second = tools_config(serde_json::json!([{ "effect": "deny", "tool": "new.tool" }]));
+    let taken = runner.tool_set();
+    assert_eq!(runner.reload(registry(&["new.tool"]), &second), 2);
+    assert_eq!(runner.tool_set().generation(), 2);
+    assert!(taken.registry().get("old.tool").is_some(), "a taken set changed under its holder");
+    assert!(runner.tool_set().registry().get("old.tool").is_none());
+
+    // The running turn finishes on its own set: its second call, dispatched after the reload,
+    // still finds `old.tool` and is asked about under generation 1's rule.
+    runner.decide(tenant.id, asked.id, Verdict::Approve, "operator", None).await.unwrap();
+    let asked_again = next_pending(&store, &tenant).await;
+    assert_ne!(asked_again.id, asked.id);
+    runner.decide(tenant.id, asked_again.id, Verdict::Approve, "operator", None).await.unwrap();
+    let finished = tokio::time::timeout(Duration::from_secs(20), running).await.unwrap().unwrap();
+    assert_eq!(finished.status, TurnStatus::Completed);
+    let reply = finished.reply.unwrap_or_default();
+    assert_eq!(reply.matches("old.tool -> done").count(), 2, "{reply}");
+
+    // New turns get generation 2: the old tool is gone, the new one is denied by the new rule.
+    let gone = send(&engine, &tenant, "c2", "/tool old.tool").await.reply.unwrap_or_default();
+    assert!(gone.contains("unknown tool \"old.tool\"") && gone.contains("new.tool"), "{gone}");
+    let denied = send(&engine, &tenant, "c3", "/tool new.tool").await.reply.unwrap_or_default();
+    assert!(denied.contains("denied"), "{denied}");
+}

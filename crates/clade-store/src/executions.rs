@@ -1,0 +1,390 @@
+//! Durable executions below turns: a sub-agent run, a flow step, a cron fire or upkeep, each
+//! with an id, a kind, an owner and densely numbered steps, so it journals and resumes after a
+//! crash without pretending to be a chat turn.
+//!
+//! Every read and write names the tenant and finds nothing of another tenant's; only
+//! [`Store::open_executions`], what a node resumes at start, reads across tenants.
+
+use clade_core::{
+    AgentId, ExecutionId, ExecutionKind, ExecutionStatus, SessionId, TenantId, Timestamp,
+};
+
+use crate::db::{Row, Tx, query};
+use crate::error::{Error, Result};
+use crate::store::{Store, id_bytes};
+
+/// What an execution belongs to: its session, its agent alone, or the execution that started
+/// it (a sub-agent run's parent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionOwner {
+    Session(SessionId),
+    Agent(AgentId),
+    Execution(ExecutionId),
+}
+
+impl ExecutionOwner {
+    fn kind(self) -> &'static str {
+        match self {
+            Self::Session(_) => "session",
+            Self::Agent(_) => "agent",
+            Self::Execution(_) => "execution",
+        }
+    }
+
+    fn id(self) -> [u8; 16] {
+        match self {
+            Self::Session(id) => *id.as_bytes(),
+            Self::Agent(id) => *id.as_bytes(),
+            Self::Execution(id) => *id.as_bytes(),
+        }
+    }
+
+    fn read(row: &Row) -> Result<Self> {
+        let id = id_bytes(row, "owner_id")?;
+        let kind: String = row.try_get("owner_kind")?;
+        match kind.as_str() {
+            "session" => Ok(Self::Session(SessionId::from_bytes(id))),
+            "agent" => Ok(Self::Agent(AgentId::from_bytes(id))),
+            "execution" => Ok(Self::Execution(ExecutionId::from_bytes(id))),
+            other => Err(Error::BadRow(format!(
+                "owner_kind holds {other:?}, not a word Clade writes there"
+            ))),
+        }
+    }
+}
+
+/// An execution to start.
+#[derive(Debug, Clone)]
+pub struct NewExecution {
+    /// Chosen by the caller, so that a retried start finds the execution it already made.
+    pub id: ExecutionId,
+    pub tenant: TenantId,
+    pub agent: AgentId,
+    pub kind: ExecutionKind,
+    pub owner: ExecutionOwner,
+    /// `Pending` (queued) or `Running`.
+    pub status: ExecutionStatus,
+    /// What it was asked to do, as JSON text.
+    pub input: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionRow {
+    pub id: ExecutionId,
+    pub tenant_id: TenantId,
+    pub agent_id: AgentId,
+    pub kind: ExecutionKind,
+    pub owner: ExecutionOwner,
+    pub status: ExecutionStatus,
+    pub input: String,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+}
+
+/// One step of an execution: its number (from 1, dense), a key naming what it did (a replay
+/// must reach the same key at the same number), and what it produced, as JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionStep {
+    pub seq: u32,
+    pub key: String,
+    pub data: String,
+}
+
+const COLUMNS: &str = "id, tenant_id, agent_id, kind, owner_kind, owner_id, status, input, output, \
+                       error, created_at, updated_at, finished_at";
+
+fn execution_row(row: &Row) -> Result<ExecutionRow> {
+    Ok(ExecutionRow {
+        id: ExecutionId::from_bytes(id_bytes(row, "id")?),
+        tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
+        agent_id: AgentId::from_bytes(id_bytes(row, "agent_id")?),
+        kind: row.word("kind", ExecutionKind::parse)?,
+        owner: ExecutionOwner::read(row)?,
+        status: row.word("status", ExecutionStatus::parse)?,
+        input: row.try_get("input")?,
+        output: row.try_get("output")?,
+        error: row.try_get("error")?,
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+        updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
+        finished_at: row.try_get::<Option<i64>, _>("finished_at")?.map(Timestamp::from_millis),
+    })
+}
+
+fn step_row(row: &Row) -> Result<ExecutionStep> {
+    let seq: i64 = row.try_get("seq")?;
+    Ok(ExecutionStep {
+        seq: u32::try_from(seq).map_err(|_| Error::BadRow(format!("seq holds {seq}")))?,
+        key: row.try_get("step_key")?,
+        data: row.try_get("data")?,
+    })
+}
+
+fn select_one(tenant: TenantId, id: ExecutionId) -> crate::db::Query {
+    query(format!("SELECT {COLUMNS} FROM executions WHERE tenant_id = $1 AND id = $2"))
+        .bind(tenant.as_bytes().to_vec())
+        .bind(id.as_bytes().to_vec())
+}
+
+/// Writes to executions inside a unit of work ([`Work::executions`]), within its tenant.
+pub struct ExecutionWrites<'w> {
+    conn: &'w mut Tx,
+    tenant: TenantId,
+    now: Timestamp,
+}
+
+impl<'w> ExecutionWrites<'w> {
+    pub(crate) fn new(conn: &'w mut Tx, tenant: TenantId, now: Timestamp) -> Self {
+        Self { conn, tenant, now }
+    }
+
+    async fn current(&mut self, id: ExecutionId) -> Result<ExecutionRow> {
+        let row = select_one(self.tenant, id).fetch_optional(&mut *self.conn).await?;
+        row.as_ref()
+            .map(execution_row)
+            .transpose()?
+            .ok_or_else(|| Error::ExecutionNotFound(id.to_string()))
+    }
+
+    /// Starts an execution, or returns the one already stored under its id (a retried start).
+    /// An id taken by another tenant's execution is not found, never shown.
+    pub async fn start(&mut self, new: NewExecution) -> Result<ExecutionRow> {
+        if new.tenant != self.tenant {
+            return Err(Error::InvalidInput(
+                "an execution starts in its unit of work's tenant".into(),
+            ));
+        }
+        if !matches!(new.status, ExecutionStatus::Pending | ExecutionStatus::Running) {
+            return Err(Error::InvalidInput(format!(
+                "an execution starts pending or running, not {}",
+                new.status
+            )));
+        }
+        let inserted = query(
+            "INSERT INTO executions (id, tenant_id, agent_id, kind, owner_kind, owner_id, \
+             status, input, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(new.id.as_bytes().to_vec())
+        .bind(new.tenant.as_bytes().to_vec())
+        .bind(new.agent.as_bytes().to_vec())
+        .bind(new.kind.as_str())
+        .bind(new.owner.kind())
+        .bind(new.owner.id().to_vec())
+        .bind(new.status.as_str())
+        .bind(new.input.clone())
+        .bind(self.now.as_millis())
+        .execute(&mut *self.conn)
+        .await?;
+        match self.current(new.id).await {
+            Err(Error::ExecutionNotFound(_)) if inserted > 0 => {
+                Err(Error::BadRow("an execution just stored cannot be read".into()))
+            }
+            other => other,
+        }
+    }
+
+    /// Records step `step.seq` of an execution. Steps are numbered densely from 1, so a gap is
+    /// refused; a step already recorded under that number with the same key is left as it was
+    /// (`false`: a retried write), and one with another key is refused (the execution did not
+    /// replay the way it first ran). An ended execution takes no more steps.
+    pub async fn append_step(&mut self, id: ExecutionId, step: ExecutionStep) -> Result<bool> {
+        let execution = self.current(id).await?;
+        if execution.status.is_final() {
+            return Err(Error::ExecutionEnded { id: id.to_string(), status: execution.status });
+        }
+        let last = query(
+            "SELECT COALESCE(MAX(seq), 0) AS last FROM execution_steps WHERE execution_id = $1",
+        )
+        .bind(id.as_bytes().to_vec())
+        .fetch_one(&mut *self.conn)
+        .await?
+        .try_get::<i64, _>("last")?;
+        let seq = i64::from(step.seq);
+        if seq <= last {
+            let recorded =
+                query("SELECT step_key FROM execution_steps WHERE execution_id = $1 AND seq = $2")
+                    .bind(id.as_bytes().to_vec())
+                    .bind(seq)
+                    .fetch_one(&mut *self.conn)
+                    .await?
+                    .try_get::<String, _>("step_key")?;
+            return if recorded == step.key {
+                Ok(false)
+            } else {
+                Err(Error::StepDiverged {
+                    id: id.to_string(),
+                    seq: step.seq,
+                    recorded,
+                    now: step.key,
+                })
+            };
+        }
+        if seq != last + 1 {
+            return Err(Error::InvalidInput(format!(
+                "execution {id} has {last} steps: the next is {}, not {seq}",
+                last + 1
+            )));
+        }
+        query(
+            "INSERT INTO execution_steps (execution_id, seq, step_key, data, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id.as_bytes().to_vec())
+        .bind(seq)
+        .bind(step.key)
+        .bind(step.data)
+        .bind(self.now.as_millis())
+        .execute(&mut *self.conn)
+        .await?;
+        query("UPDATE executions SET updated_at = $1 WHERE id = $2")
+            .bind(self.now.as_millis())
+            .bind(id.as_bytes().to_vec())
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(true)
+    }
+
+    /// Moves an execution to `status`, with its output or error once it ends. Moves that
+    /// [`ExecutionStatus::can_become`] forbids are refused (an ended execution never changes);
+    /// moving to where it already is changes nothing.
+    pub async fn set_status(
+        &mut self,
+        id: ExecutionId,
+        status: ExecutionStatus,
+        output: Option<String>,
+        error: Option<String>,
+    ) -> Result<ExecutionRow> {
+        let current = self.current(id).await?;
+        if !current.status.can_become(status) {
+            return Err(Error::ExecutionEnded { id: id.to_string(), status: current.status });
+        }
+        if current.status == status {
+            return Ok(current);
+        }
+        let finished = status.is_final().then_some(self.now.as_millis());
+        query(
+            "UPDATE executions SET status = $1, output = COALESCE($2, output), \
+             error = COALESCE($3, error), updated_at = $4, finished_at = $5 \
+             WHERE tenant_id = $6 AND id = $7",
+        )
+        .bind(status.as_str())
+        .bind(output)
+        .bind(error)
+        .bind(self.now.as_millis())
+        .bind(finished)
+        .bind(self.tenant.as_bytes().to_vec())
+        .bind(id.as_bytes().to_vec())
+        .execute(&mut *self.conn)
+        .await?;
+        self.current(id).await
+    }
+}
+
+impl Store {
+    /// [`ExecutionWrites::start`] as a unit of work of its own.
+    pub async fn start_execution(&self, new: NewExecution) -> Result<ExecutionRow> {
+        let (row, _) = self
+            .transact(new.tenant, move |work| {
+                let new = new.clone();
+                Box::pin(async move { work.executions().start(new).await })
+            })
+            .await?;
+        Ok(row)
+    }
+
+    pub async fn execution(&self, tenant: TenantId, id: ExecutionId) -> Result<ExecutionRow> {
+        let row = self.maybe_row(select_one(tenant, id)).await?;
+        row.as_ref()
+            .map(execution_row)
+            .transpose()?
+            .ok_or_else(|| Error::ExecutionNotFound(id.to_string()))
+    }
+
+    /// An execution's steps, in order.
+    pub async fn execution_steps(
+        &self,
+        tenant: TenantId,
+        id: ExecutionId,
+    ) -> Result<Vec<ExecutionStep>> {
+        self.execution(tenant, id).await?;
+        let rows = self
+            .rows(
+                query(
+                    "SELECT seq, step_key, data FROM execution_steps WHERE execution_id = $1 \
+                     ORDER BY seq",
+                )
+                .bind(id.as_bytes().to_vec()),
+            )
+            .await?;
+        rows.iter().map(step_row).collect()
+    }
+
+    /// [`ExecutionWrites::append_step`] as a unit of work of its own.
+    pub async fn append_execution_step(
+        &self,
+        tenant: TenantId,
+        id: ExecutionId,
+        step: ExecutionStep,
+    ) -> Result<bool> {
+        let (appended, _) = self
+            .transact(tenant, move |work| {
+                let step = step.clone();
+                Box::pin(async move { work.executions().append_step(id, step).await })
+            })
+            .await?;
+        Ok(appended)
+    }
+
+    /// [`ExecutionWrites::set_status`] as a unit of work of its own.
+    pub async fn set_execution_status(
+        &self,
+        tenant: TenantId,
+        id: ExecutionId,
+        status: ExecutionStatus,
+        output: Option<String>,
+        error: Option<String>,
+    ) -> Result<ExecutionRow> {
+        let (row, _) = self
+            .transact(tenant, move |work| {
+                let (output, error) = (output.clone(), error.clone());
+                Box::pin(
+                    async move { work.executions().set_status(id, status, output, error).await },
+                )
+            })
+            .await?;
+        Ok(row)
+    }
+
+    /// A tenant's executions, newest first.
+    pub async fn executions(&self, tenant: TenantId, limit: u32) -> Result<Vec<ExecutionRow>> {
+        let rows = self
+            .rows(
+                query(format!(
+                    "SELECT {COLUMNS} FROM executions WHERE tenant_id = $1 \
+                     ORDER BY created_at DESC, id DESC LIMIT $2"
+                ))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.iter().map(execution_row).collect()
+    }
+
+    /// Every execution that has not ended, of every tenant, oldest first: what a node resumes
+    /// at start. The recovery path's read; nothing a tenant asks for goes through it.
+    pub async fn open_executions(&self, limit: u32) -> Result<Vec<ExecutionRow>> {
+        let rows = self
+            .rows(
+                query(format!(
+                    "SELECT {COLUMNS} FROM executions WHERE finished_at IS NULL \
+                     ORDER BY created_at, id LIMIT $1"
+                ))
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.iter().map(execution_row).collect()
+    }
+}

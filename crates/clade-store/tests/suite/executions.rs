@@ -1,0 +1,232 @@
+//! Durable executions on both backends: started once, steps numbered densely and written once,
+//! statuses that only move forward, and nothing of one tenant's visible to another.
+
+use clade_core::{AuditKind, EventKind, ExecutionId, ExecutionKind, ExecutionStatus};
+use clade_store::{
+    AuditEntry, Error, ExecutionOwner, ExecutionStep, NewExecution, OutboxEvent, OutboxRow, Work,
+};
+use futures::future::BoxFuture;
+
+use super::harness::{backends, tenant_and_agent};
+
+fn step(seq: u32, key: &str) -> ExecutionStep {
+    ExecutionStep { seq, key: key.into(), data: format!("{{\"seq\":{seq}}}") }
+}
+
+#[tokio::test]
+async fn an_execution_journals_dense_steps_once_and_ends_for_good() {
+    for h in backends().await {
+        let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let id = ExecutionId::generate(h.store.now());
+        let new = NewExecution {
+            id,
+            tenant: tenant.id,
+            agent: agent.id,
+            kind: ExecutionKind::CronFire,
+            owner: ExecutionOwner::Agent(agent.id),
+            status: ExecutionStatus::Running,
+            input: r#"{"job":"digest"}"#.into(),
+        };
+        let started = h.store.start_execution(new.clone()).await.unwrap();
+        assert_eq!(
+            (started.kind, started.status),
+            (ExecutionKind::CronFire, ExecutionStatus::Running)
+        );
+        // A retried start finds the same execution and changes nothing.
+        assert_eq!(h.store.start_execution(new.clone()).await.unwrap(), started, "{}", h.name);
+
+        assert!(h.store.append_execution_step(tenant.id, id, step(1, "fetch")).await.unwrap());
+        assert!(h.store.append_execution_step(tenant.id, id, step(2, "summarise")).await.unwrap());
+        // The same step again is a retried write: kept as first written.
+        let again = ExecutionStep { data: "{}".into(), ..step(2, "summarise") };
+        assert!(!h.store.append_execution_step(tenant.id, id, again).await.unwrap());
+        // Another key at a recorded number: the execution did not replay as it ran.
+        let diverged = h.store.append_execution_step(tenant.id, id, step(2, "send")).await;
+        assert!(
+            matches!(diverged, Err(Error::StepDiverged { seq: 2, .. })),
+            "{}: {diverged:?}",
+            h.name
+        );
+        // A gap is refused.
+        let gap = h.store.append_execution_step(tenant.id, id, step(4, "send")).await;
+        assert!(matches!(gap, Err(Error::InvalidInput(_))), "{}: {gap:?}", h.name);
+
+        let steps = h.store.execution_steps(tenant.id, id).await.unwrap();
+        assert_eq!(steps, [step(1, "fetch"), step(2, "summarise")], "{}", h.name);
+        assert_eq!(h.store.open_executions(10).await.unwrap().len(), 1, "{}", h.name);
+
+        // Paused and running again, then completed: an ended execution never changes again.
+        for status in [ExecutionStatus::Paused, ExecutionStatus::Running] {
+            h.store.set_execution_status(tenant.id, id, status, None, None).await.unwrap();
+        }
+        let done = h
+            .store
+            .set_execution_status(
+                tenant.id,
+                id,
+                ExecutionStatus::Completed,
+                Some("\"ok\"".into()),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(done.output.as_deref(), Some("\"ok\""));
+        assert!(done.finished_at.is_some());
+        let reopened =
+            h.store.set_execution_status(tenant.id, id, ExecutionStatus::Running, None, None).await;
+        assert!(matches!(reopened, Err(Error::ExecutionEnded { .. })), "{}: {reopened:?}", h.name);
+        let late = h.store.append_execution_step(tenant.id, id, step(3, "send")).await;
+        assert!(matches!(late, Err(Error::ExecutionEnded { .. })), "{}: {late:?}", h.name);
+        assert!(h.store.open_executions(10).await.unwrap().is_empty(), "{}", h.name);
+
+        // A bad start is refused before anything is written.
+        let ended = NewExecution {
+            id: ExecutionId::generate(h.store.now()),
+            status: ExecutionStatus::Completed,
+            ..new
+        };
+        assert!(matches!(h.store.start_execution(ended).await, Err(Error::InvalidInput(_))));
+    }
+}
+
+/// Another tenant's execution is not found, whatever the call: reading it, its steps, adding
+/// a step, changing its status, or starting one under its id.
+#[tokio::test]
+async fn another_tenants_execution_is_not_found() {
+    for h in backends().await {
+        let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let other = h.store.create_tenant("other").await.unwrap();
+        let id = ExecutionId::generate(h.store.now());
+        let new = NewExecution {
+            id,
+            tenant: tenant.id,
+            agent: agent.id,
+            kind: ExecutionKind::SubAgent,
+            owner: ExecutionOwner::Agent(agent.id),
+            status: ExecutionStatus::Pending,
+            input: "{}".into(),
+        };
+        h.store.start_execution(new.clone()).await.unwrap();
+        h.store.append_execution_step(tenant.id, id, step(1, "think")).await.unwrap();
+
+        let missing = |r: Result<_, Error>| matches!(r, Err(Error::ExecutionNotFound(_)));
+        assert!(missing(h.store.execution(other.id, id).await.map(|_| ())), "{}", h.name);
+        assert!(missing(h.store.execution_steps(other.id, id).await.map(|_| ())), "{}", h.name);
+        assert!(missing(
+            h.store.append_execution_step(other.id, id, step(2, "x")).await.map(|_| ())
+        ));
+        let cancel = h
+            .store
+            .set_execution_status(other.id, id, ExecutionStatus::Cancelled, None, None)
+            .await;
+        assert!(missing(cancel.map(|_| ())), "{}", h.name);
+        let taken = NewExecution { tenant: other.id, ..new };
+        assert!(missing(h.store.start_execution(taken).await.map(|_| ())), "{}", h.name);
+        assert!(h.store.executions(other.id, 10).await.unwrap().is_empty(), "{}", h.name);
+
+        // Its own tenant still sees it as it was.
+        let own = h.store.execution(tenant.id, id).await.unwrap();
+        assert_eq!(own.status, ExecutionStatus::Pending);
+        assert_eq!(h.store.executions(tenant.id, 10).await.unwrap().len(), 1);
+        assert_eq!(h.store.execution_steps(tenant.id, id).await.unwrap().len(), 1);
+    }
+}
+
+/// A cron fire's writes in one unit of work: its execution, its first step, an outbox event
+/// and an audit record; then, when `fail`, a refusal that must take all of them back.
+fn fire<'w>(
+    work: &'w mut Work<'_>,
+    new: NewExecution,
+    audit: AuditEntry,
+    fail: bool,
+) -> BoxFuture<'w, Result<ExecutionId, Error>> {
+    Box::pin(async move {
+        work.executions().start(new.clone()).await?;
+        work.executions().append_step(new.id, step(1, "fired")).await?;
+        // Any kind will do: the outbox row is what is checked.
+        let event = OutboxEvent { kind: EventKind::TurnStarted, data: "{}".into() };
+        work.announce(None, &[event]).await?;
+        work.audit(&audit).await?;
+        if fail {
+            return Err(Error::InvalidInput("the envelope was refused".into()));
+        }
+        Ok(new.id)
+    })
+}
+
+/// A unit of work commits its writes to several aggregates together, or none of them.
+#[tokio::test]
+async fn a_unit_of_work_commits_all_its_writes_or_none() {
+    for h in backends().await {
+        let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let other = h.store.create_tenant("other").await.unwrap();
+        let head = |rows: Vec<OutboxRow>| rows.last().map_or(0, |r| r.id);
+        let outbox_before = head(h.store.outbox_after(0, 10_000).await.unwrap());
+        let audited_before = h.store.verify_audit(tenant.id).await.unwrap().records;
+        let other_before = h.store.verify_audit(other.id).await.unwrap().records;
+        let planned = |audit_tenant| {
+            let new = NewExecution {
+                id: ExecutionId::generate(h.store.now()),
+                tenant: tenant.id,
+                agent: agent.id,
+                kind: ExecutionKind::CronFire,
+                owner: ExecutionOwner::Agent(agent.id),
+                status: ExecutionStatus::Running,
+                input: "{}".into(),
+            };
+            let audit = AuditEntry {
+                tenant: audit_tenant,
+                agent: Some(agent.id),
+                kind: AuditKind::ToolDecision,
+                tool: None,
+                decision: None,
+                detail: "{}".into(),
+            };
+            (new, audit)
+        };
+
+        // Fails after every write: none of them is left.
+        let (failed, audit) = planned(tenant.id);
+        let failed_id = failed.id;
+        let refused = h
+            .store
+            .transact(tenant.id, move |w| fire(w, failed.clone(), audit.clone(), true))
+            .await;
+        assert!(matches!(refused, Err(Error::InvalidInput(_))), "{}: {refused:?}", h.name);
+        // An audit record for another tenant is refused, and takes the rest with it.
+        let (crossed, audit) = planned(other.id);
+        let crossed_id = crossed.id;
+        let refused = h
+            .store
+            .transact(tenant.id, move |w| fire(w, crossed.clone(), audit.clone(), false))
+            .await;
+        assert!(matches!(refused, Err(Error::InvalidInput(_))), "{}: {refused:?}", h.name);
+        for id in [failed_id, crossed_id] {
+            let gone = h.store.execution(tenant.id, id).await;
+            assert!(matches!(gone, Err(Error::ExecutionNotFound(_))), "{}: {gone:?}", h.name);
+        }
+        assert_eq!(
+            head(h.store.outbox_after(0, 10_000).await.unwrap()),
+            outbox_before,
+            "{}",
+            h.name
+        );
+        assert_eq!(h.store.verify_audit(tenant.id).await.unwrap().records, audited_before);
+        assert_eq!(h.store.verify_audit(other.id).await.unwrap().records, other_before);
+
+        // Succeeds: every write is there, and the outbox row comes back to publish.
+        let (fired, audit) = planned(tenant.id);
+        let fired_id = fired.id;
+        let (id, announced) = h
+            .store
+            .transact(tenant.id, move |w| fire(w, fired.clone(), audit.clone(), false))
+            .await
+            .unwrap();
+        assert_eq!(id, fired_id);
+        assert_eq!(announced.len(), 1, "{}", h.name);
+        assert_eq!(h.store.execution_steps(tenant.id, fired_id).await.unwrap(), [step(1, "fired")]);
+        assert_eq!(head(h.store.outbox_after(0, 10_000).await.unwrap()), announced[0].id);
+        let audit = h.store.verify_audit(tenant.id).await.unwrap();
+        assert_eq!((audit.records, audit.broken), (audited_before + 1, None), "{}", h.name);
+    }
+}
