@@ -289,9 +289,13 @@ pub(crate) enum TokensCommand {
         name: String,
         /// What it may do (repeatable): admin (the tenant's agents, grants, audit, …), operate
         /// (agents and sessions), send (events only), read, approve (decide approvals; never
-        /// implied by another scope)
-        #[arg(long = "scope", value_name = "SCOPE", default_value = "admin")]
+        /// implied by another scope) [default: admin, or operate with --only-agent]
+        #[arg(long = "scope", value_name = "SCOPE")]
         scopes: Vec<String>,
+        /// Limit the token to this agent (repeatable): it reaches no other agent, nor their
+        /// sessions, approvals or grants, and cannot have the admin scope
+        #[arg(long = "only-agent", value_name = "HANDLE")]
+        only_agents: Vec<String>,
     },
     /// List tokens (never their values)
     List {

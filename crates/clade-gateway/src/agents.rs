@@ -77,7 +77,7 @@ fn record_agent(handle: &str) {
 
 pub(crate) async fn create(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, _)): Extension<Caller>,
     JsonBody(params): JsonBody<CreateAgentParams>,
 ) -> Result<impl IntoResponse, ApiError> {
     let handle = Handle::parse(&params.handle)
@@ -104,13 +104,33 @@ pub(crate) async fn create(
 
 pub(crate) async fn list(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<axum::Json<AgentListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
     let limit = page_limit(&query)?;
     // Fetch one extra row to learn whether another page exists.
-    let mut agents = state.store.agents(tenant.id, query.cursor.as_deref(), limit + 1).await?;
+    let mut agents = Vec::new();
+    for agent in reach.listing(None).unwrap_or_default() {
+        match agent {
+            None => {
+                agents = state.store.agents(tenant.id, query.cursor.as_deref(), limit + 1).await?;
+            }
+            // A token limited to some agents lists those, in the same order and pages.
+            Some(id) => match state.store.agent_by_id(tenant.id, id).await {
+                Ok(agent) => {
+                    if query.cursor.as_deref().is_none_or(|after| agent.handle.as_str() > after) {
+                        agents.push(agent);
+                    }
+                }
+                Err(clade_store::Error::AgentNotFound(_)) => {}
+                Err(err) => return Err(err.into()),
+            },
+        }
+    }
+    if !reach.is_whole_tenant() {
+        agents.sort_by(|a, b| a.handle.as_str().cmp(b.handle.as_str()));
+    }
     let next_cursor = if agents.len() > limit as usize {
         agents.truncate(limit as usize);
         agents.last().map(|a| a.handle.to_string())
@@ -125,20 +145,25 @@ pub(crate) async fn list(
 
 pub(crate) async fn show(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(handle): Path<String>,
 ) -> Result<axum::Json<AgentResponse>, ApiError> {
     record_agent(&handle);
     let agent = state.store.agent(tenant.id, &handle).await?;
+    reach.agent(&agent)?;
     Ok(axum::Json(AgentResponse::from(&agent)))
 }
 
 pub(crate) async fn delete(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(handle): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     record_agent(&handle);
+    // Deleting is the whole tenant's business (the admin scope, which no limited token has).
+    if !reach.is_whole_tenant() {
+        return Err(clade_store::Error::AgentNotFound(handle).into());
+    }
     let by = format!("tenant {} (api)", tenant.name);
     let agent = state.agents.acting_as(by).delete(tenant.id, &handle).await?;
     tracing::info!(agent_id = %agent.id, "agent deleted");

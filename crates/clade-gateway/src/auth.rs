@@ -4,15 +4,65 @@ use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use clade_core::Tenant;
+use clade_core::{AgentId, Tenant};
 
 use crate::AppState;
 use crate::error::{ApiError, Code};
 
 /// The authenticated tenant, placed in request extensions for handlers, with the token it
-/// proved itself with (streams check it again while they run).
+/// proved itself with (streams check it again while they run) and the agents it may reach.
 #[derive(Debug, Clone)]
-pub(crate) struct Caller(pub(crate) Tenant, pub(crate) Credential);
+pub(crate) struct Caller(pub(crate) Tenant, pub(crate) Credential, pub(crate) Reach);
+
+/// The agents a caller's token may reach: all of its tenant's, or only some (a token made
+/// with `--only-agent`). What it cannot reach answers as if it did not exist, as another
+/// tenant's would.
+#[derive(Debug, Clone)]
+pub(crate) struct Reach(Option<std::sync::Arc<[AgentId]>>);
+
+impl Reach {
+    pub(crate) fn of(access: clade_store::TokenAccess) -> Self {
+        Self(access.agents.map(Into::into))
+    }
+
+    pub(crate) fn allows(&self, agent: AgentId) -> bool {
+        self.0.as_ref().is_none_or(|agents| agents.contains(&agent))
+    }
+
+    /// Whether the token reaches every agent of its tenant.
+    pub(crate) fn is_whole_tenant(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// `Ok` if the token reaches `agent`; else not found, by the name the caller used.
+    pub(crate) fn agent(&self, agent: &clade_core::Agent) -> Result<(), ApiError> {
+        if self.allows(agent.id) {
+            Ok(())
+        } else {
+            Err(clade_store::Error::AgentNotFound(agent.handle.to_string()).into())
+        }
+    }
+
+    /// `Ok` if the token reaches the session's agent; else the session is not found.
+    pub(crate) fn session(&self, session: &clade_store::SessionRow) -> Result<(), ApiError> {
+        if self.allows(session.agent_id) {
+            Ok(())
+        } else {
+            Err(clade_store::Error::SessionNotFound(session.id.to_string()).into())
+        }
+    }
+
+    /// What a listing reads: the whole tenant in one read (`[None]`), or each agent the token
+    /// reaches; `named` (a listing's agent filter) narrows it to that agent, and `None` is
+    /// returned when the token does not reach it.
+    pub(crate) fn listing(&self, named: Option<AgentId>) -> Option<Vec<Option<AgentId>>> {
+        match (named, &self.0) {
+            (Some(agent), _) => self.allows(agent).then(|| vec![Some(agent)]),
+            (None, None) => Some(vec![None]),
+            (None, Some(agents)) => Some(agents.iter().copied().map(Some).collect()),
+        }
+    }
+}
 
 /// The bearer token a request authenticated with.
 #[derive(Clone)]
@@ -72,7 +122,13 @@ pub(crate) async fn require_token(
         .into_response();
     };
     match state.store.authenticate_scoped(token).await {
-        Ok((tenant, scopes)) => {
+        Ok((tenant, access)) => {
+            let mut scopes = access.scopes.clone();
+            // The store makes no such token; should one exist, admin (the whole tenant) is
+            // not among what a token limited to some agents may do.
+            if access.agents.is_some() {
+                scopes.retain(|s| *s != clade_core::Scope::Admin);
+            }
             tracing::Span::current().record("tenant", tenant.name.as_str());
             let route = request
                 .extensions()
@@ -94,7 +150,7 @@ pub(crate) async fn require_token(
                 .into_response();
             }
             let credential = Credential(token.into());
-            request.extensions_mut().insert(Caller(tenant, credential));
+            request.extensions_mut().insert(Caller(tenant, credential, Reach::of(access)));
             next.run(request).await
         }
         Err(err) => ApiError::from(err).into_response(),

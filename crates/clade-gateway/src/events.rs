@@ -40,7 +40,7 @@ fn check_field(name: &str, value: &str) -> Result<(), ApiError> {
 
 pub(crate) async fn post(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     headers: HeaderMap,
     JsonBody(params): JsonBody<EventParams>,
 ) -> Result<Response, ApiError> {
@@ -78,7 +78,7 @@ pub(crate) async fn post(
     if let Some(agent) = &params.agent {
         tracing::Span::current().record("agent", agent.as_str());
     }
-    let envelope = Envelope {
+    let mut envelope = Envelope {
         tenant: tenant.clone(),
         agent: params.agent.clone(),
         text: params.text,
@@ -89,6 +89,13 @@ pub(crate) async fn post(
         },
         idempotency_key: key,
     };
+    // A token limited to some agents sends only to them, wherever the bindings would route
+    // its event: the agent is decided here, before anything is stored.
+    if !reach.is_whole_tenant() {
+        let handle = state.engine.route(&envelope)?;
+        reach.agent(&state.store.agent(tenant.id, &handle).await?)?;
+        envelope.agent = Some(handle);
+    }
     if !params.wait {
         let accepted = state.engine.submit(envelope).await?;
         let body = accepted_body(&accepted);

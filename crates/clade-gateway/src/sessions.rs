@@ -44,7 +44,7 @@ fn session_response(s: clade_store::SessionRow) -> SessionResponse {
 
 pub(crate) async fn list(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     query: Result<Query<SessionsQuery>, QueryRejection>,
 ) -> Result<axum::Json<SessionListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
@@ -56,32 +56,44 @@ pub(crate) async fn list(
         Some(handle) => Some(state.store.agent(tenant.id, handle).await?.id),
         None => None,
     };
-    let rows = state.store.sessions(tenant.id, agent, limit).await?;
+    let Some(reads) = reach.listing(agent) else {
+        let handle = query.agent.unwrap_or_default();
+        return Err(clade_store::Error::AgentNotFound(handle).into());
+    };
+    let mut rows = Vec::new();
+    for agent in reads {
+        rows.extend(state.store.sessions(tenant.id, agent, limit).await?);
+    }
+    // Several agents' reads merge in the store's order: the most recently active first.
+    rows.sort_by_key(|s| std::cmp::Reverse(s.updated_at));
+    rows.truncate(limit as usize);
     Ok(axum::Json(SessionListResponse { items: rows.into_iter().map(session_response).collect() }))
 }
 
 pub(crate) async fn show(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<SessionResponse>, ApiError> {
     let row = state.store.session(tenant.id, session_id(&id)?).await?;
+    reach.session(&row)?;
     Ok(axum::Json(session_response(row)))
 }
 
 pub(crate) async fn update(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(id): Path<String>,
     JsonBody(update): JsonBody<SessionUpdate>,
 ) -> Result<axum::Json<SessionResponse>, ApiError> {
-    let row = state.engine.set_queue_mode(tenant.id, session_id(&id)?, update.queue_mode).await?;
+    let id = reachable(&state, &tenant, &reach, &id).await?;
+    let row = state.engine.set_queue_mode(tenant.id, id, update.queue_mode).await?;
     Ok(axum::Json(session_response(row)))
 }
 
 pub(crate) async fn turns(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<axum::Json<TurnListResponse>, ApiError> {
@@ -97,6 +109,7 @@ pub(crate) async fn turns(
         })?),
     };
     let session = state.store.session(tenant.id, session_id(&id)?).await?;
+    reach.session(&session)?;
     // Fetch one extra turn to learn whether another page exists.
     let mut records = state.store.turn_records(session.id, after, limit + 1).await?;
     let next_cursor = if records.len() > limit as usize {
@@ -143,32 +156,51 @@ fn turn_response(record: TurnRecord) -> TurnResponse {
 
 pub(crate) async fn resume(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let n = state.engine.resume(tenant.id, session_id(&id)?).await?;
+    let id = reachable(&state, &tenant, &reach, &id).await?;
+    let n = state.engine.resume(tenant.id, id).await?;
     Ok(axum::Json(json!({ "resumed_events": n })))
 }
 
 pub(crate) async fn cancel(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let cancelled = state.engine.cancel(tenant.id, session_id(&id)?).await?;
+    let id = reachable(&state, &tenant, &reach, &id).await?;
+    let cancelled = state.engine.cancel(tenant.id, id).await?;
     Ok(axum::Json(json!({ "cancelled": cancelled })))
+}
+
+/// The session `id` names, if the caller's token reaches it: a token limited to some agents
+/// finds only their sessions (one more read); a whole-tenant token leaves the check to the
+/// operation, which finds only its tenant's.
+async fn reachable(
+    state: &AppState,
+    tenant: &clade_core::Tenant,
+    reach: &crate::auth::Reach,
+    id: &str,
+) -> Result<SessionId, ApiError> {
+    let id = session_id(id)?;
+    if !reach.is_whole_tenant() {
+        reach.session(&state.store.session(tenant.id, id).await?)?;
+    }
+    Ok(id)
 }
 
 /// Server-Sent Events: the session's lifecycle events after `Last-Event-ID` (or `?after=`),
 /// replayed from the outbox, then live ones, with text deltas as the model streams them.
 pub(crate) async fn stream(
     State(state): State<AppState>,
-    Extension(Caller(tenant, credential)): Extension<Caller>,
+    Extension(Caller(tenant, credential, reach)): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let session = state.store.session(tenant.id, session_id(&id)?).await?;
+    reach.session(&session)?;
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

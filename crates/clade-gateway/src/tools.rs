@@ -29,10 +29,11 @@ fn invalid(message: impl Into<String>) -> ApiError {
 
 pub(crate) async fn list(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(handle): Path<String>,
 ) -> Result<axum::Json<ToolListResponse>, ApiError> {
     let agent = state.store.agent(tenant.id, &handle).await?;
+    reach.agent(&agent)?;
     let tools = state.engine.tools().tool_set();
     let items = tools
         .registry()
@@ -50,11 +51,12 @@ pub(crate) async fn list(
 
 pub(crate) async fn call(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path((handle, name)): Path<(String, String)>,
     JsonBody(params): JsonBody<ToolCallParams>,
 ) -> Result<axum::Json<ToolCallResponse>, ApiError> {
     let agent = state.store.agent(tenant.id, &handle).await?;
+    reach.agent(&agent)?;
     let runner = state.engine.tools();
     let tools = runner.tool_set();
     if tools.registry().get_for(&name, tenant.name.as_str(), agent.handle.as_str()).is_none() {
@@ -125,7 +127,7 @@ fn approval_response(row: ApprovalRow, agent: String) -> ApprovalResponse {
 
 pub(crate) async fn approvals(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     query: Result<Query<ApprovalsQuery>, QueryRejection>,
 ) -> Result<axum::Json<ApprovalListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
@@ -138,7 +140,13 @@ pub(crate) async fn approvals(
         })?),
     };
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let rows = state.store.approvals(tenant.id, status, limit).await?;
+    let mut rows = Vec::new();
+    for agent in reach.listing(None).unwrap_or_default() {
+        rows.extend(state.store.approvals(tenant.id, agent, status, limit).await?);
+    }
+    // Several agents' reads merge in the store's order: newest first.
+    rows.sort_by_key(|a| std::cmp::Reverse(a.id));
+    rows.truncate(limit as usize);
     let mut handles = Handles::new(&state, &tenant);
     let mut items = Vec::with_capacity(rows.len());
     for row in rows {
@@ -150,11 +158,18 @@ pub(crate) async fn approvals(
 
 pub(crate) async fn decide(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(id): Path<String>,
     JsonBody(params): JsonBody<DecideApprovalParams>,
 ) -> Result<axum::Json<ApprovalResponse>, ApiError> {
     let id = ApprovalId::parse(&id).map_err(|e| invalid(e.to_string()))?;
+    // A token limited to some agents decides only their approvals (another's is not found).
+    if !reach.is_whole_tenant() {
+        let approval = state.store.approval(tenant.id, id).await?;
+        if !reach.allows(approval.agent_id) {
+            return Err(clade_store::Error::ApprovalNotFound(id.to_string()).into());
+        }
+    }
     let verdict = match params.decision.as_str() {
         "approve" => Verdict::Approve,
         "approve_always" => Verdict::ApproveAlways,
@@ -192,7 +207,7 @@ fn grant_response(row: GrantRow, agent: String) -> GrantResponse {
 
 pub(crate) async fn grants(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     query: Result<Query<GrantsQuery>, QueryRejection>,
 ) -> Result<axum::Json<GrantListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
@@ -200,7 +215,15 @@ pub(crate) async fn grants(
         Some(handle) => Some(state.store.agent(tenant.id, handle).await?.id),
         None => None,
     };
-    let rows = state.store.grants(tenant.id, agent).await?;
+    let Some(reads) = reach.listing(agent) else {
+        let handle = query.agent.unwrap_or_default();
+        return Err(clade_store::Error::AgentNotFound(handle).into());
+    };
+    let mut rows = Vec::new();
+    for agent in reads {
+        rows.extend(state.store.grants(tenant.id, agent).await?);
+    }
+    rows.sort_by_key(|g| g.id);
     let mut handles = Handles::new(&state, &tenant);
     let mut items = Vec::with_capacity(rows.len());
     for row in rows {
@@ -212,10 +235,11 @@ pub(crate) async fn grants(
 
 pub(crate) async fn add_grant(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     JsonBody(params): JsonBody<CreateGrantParams>,
 ) -> Result<(StatusCode, axum::Json<GrantResponse>), ApiError> {
     let agent = state.store.agent(tenant.id, &params.agent).await?;
+    reach.agent(&agent)?;
     let effect = match params.effect.as_deref() {
         None => PolicyEffect::Allow,
         Some(text) => PolicyEffect::parse(text)
@@ -251,10 +275,14 @@ pub(crate) async fn add_grant(
 
 pub(crate) async fn revoke_grant(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = GrantId::parse(&id).map_err(|e| invalid(e.to_string()))?;
+    // Grants are the whole tenant's business (the admin scope, which no limited token has).
+    if !reach.is_whole_tenant() {
+        return Err(clade_store::Error::GrantNotFound(id.to_string()).into());
+    }
     state
         .engine
         .tools()
@@ -265,10 +293,17 @@ pub(crate) async fn revoke_grant(
 
 pub(crate) async fn audit(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
+    // The audit chain is the whole tenant's (the admin scope, which no limited token has).
+    if !reach.is_whole_tenant() {
+        return Err(ApiError::new(
+            Code::Forbidden,
+            "a token limited to some agents cannot read the tenant's audit log: use a token for the whole tenant",
+        ));
+    }
     if query.verify == Some(true) {
         let result = state.store.verify_audit(tenant.id).await?;
         let body = serde_json::json!({

@@ -15,7 +15,7 @@ const DEFAULT_WINDOW_MS: i64 = 30 * 86_400_000;
 
 pub(crate) async fn get(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _)): Extension<Caller>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
     query: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Result<axum::Json<UsageResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
@@ -24,7 +24,15 @@ pub(crate) async fn get(
         Some(handle) => Some(state.store.agent(tenant.id, handle).await?.id),
         None => None,
     };
-    let rows = state.store.usage(tenant.id, agent, Timestamp::from_millis(since)).await?;
+    let Some(reads) = reach.listing(agent) else {
+        let handle = query.agent.unwrap_or_default();
+        return Err(clade_store::Error::AgentNotFound(handle).into());
+    };
+    // Rows are per agent and model, so several agents' reads simply add up.
+    let mut rows = Vec::new();
+    for agent in reads {
+        rows.extend(state.store.usage(tenant.id, agent, Timestamp::from_millis(since)).await?);
+    }
     let items = rows
         .into_iter()
         .map(|u| UsageItem {

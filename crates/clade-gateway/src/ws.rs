@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::AppState;
-use crate::auth::{Caller, Credential};
+use crate::auth::{Caller, Credential, Reach};
 use crate::live::{CatchingUp, Lagged, Scope, forward};
 
 /// Largest client message accepted.
@@ -35,12 +35,12 @@ const SLOW_CLIENT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
-    Extension(Caller(tenant, credential)): Extension<Caller>,
+    Extension(Caller(tenant, credential, reach)): Extension<Caller>,
     ws: WebSocketUpgrade,
 ) -> Response {
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| serve(socket, state, tenant, credential))
+        .on_upgrade(move |socket| serve(socket, state, tenant, credential, reach))
 }
 
 fn error(code: &str, message: &str) -> Message {
@@ -77,7 +77,13 @@ fn close_for(err: &axum::Error) -> (u16, String) {
     (close_code::PROTOCOL, format!("protocol error: {err}"))
 }
 
-async fn serve(mut socket: WebSocket, state: AppState, tenant: Tenant, credential: Credential) {
+async fn serve(
+    mut socket: WebSocket,
+    state: AppState,
+    tenant: Tenant,
+    credential: Credential,
+    reach: Reach,
+) {
     let (tx, mut rx) = mpsc::channel::<LiveEvent>(QUEUE);
     let mut subscriptions = 0;
     let mut recheck =
@@ -97,7 +103,7 @@ async fn serve(mut socket: WebSocket, state: AppState, tenant: Tenant, credentia
                     }
                     Some(Ok(_)) => continue,
                 };
-                match subscribe(&state, &tenant, &text, &tx, subscriptions).await {
+                match subscribe(&state, &tenant, &reach, &text, &tx, subscriptions).await {
                     Ok(reply) => {
                         subscriptions += 1;
                         Message::Text(reply.to_string().into())
@@ -132,6 +138,7 @@ async fn serve(mut socket: WebSocket, state: AppState, tenant: Tenant, credentia
 async fn subscribe(
     state: &AppState,
     tenant: &Tenant,
+    reach: &Reach,
     text: &str,
     tx: &mpsc::Sender<LiveEvent>,
     subscriptions: usize,
@@ -158,8 +165,12 @@ async fn subscribe(
     if let Some(session) = request["session"].as_str() {
         let not_found = || ("session_not_found", format!("session {session:?} not found"));
         let id = SessionId::parse(session).map_err(|_| not_found())?;
-        // Another tenant's session is reported exactly like a missing one.
-        state.store.session(tenant.id, id).await.map_err(|_| not_found())?;
+        // Another tenant's session, or one of an agent the token does not reach, is reported
+        // exactly like a missing one.
+        let found = state.store.session(tenant.id, id).await.map_err(|_| not_found())?;
+        if !reach.allows(found.agent_id) {
+            return Err(not_found());
+        }
         // Events committed before the subscription are not this subscriber's; read where they
         // end first, so a later catch-up starts there.
         let head = state.store.outbox_head().await.map_err(|e| ("internal", e.to_string()))?;
@@ -172,7 +183,9 @@ async fn subscribe(
             .store
             .agent(tenant.id, handle)
             .await
-            .map_err(|_| ("agent_not_found", format!("agent {handle:?} not found")))?;
+            .ok()
+            .filter(|agent| reach.allows(agent.id))
+            .ok_or_else(|| ("agent_not_found", format!("agent {handle:?} not found")))?;
         let head = state.store.outbox_head().await.map_err(|e| ("internal", e.to_string()))?;
         let lagged = Lagged::new(&state.store, tenant.id, Scope::Agent(agent.id));
         let receiver = state.engine.hub().subscribe_agent(agent.id);

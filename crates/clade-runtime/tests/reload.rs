@@ -42,7 +42,7 @@ async fn send(engine: &Engine, tenant: &Tenant, channel: &str, text: &str) -> Fi
 async fn next_pending(store: &Store, tenant: &Tenant) -> clade_store::ApprovalRow {
     for _ in 0..400 {
         let mut pending =
-            store.approvals(tenant.id, Some(ApprovalStatus::Pending), 10).await.unwrap();
+            store.approvals(tenant.id, None, Some(ApprovalStatus::Pending), 10).await.unwrap();
         if let Some(approval) = pending.pop() {
             assert!(pending.is_empty(), "more than one approval waits");
             return approval;

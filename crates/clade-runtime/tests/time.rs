@@ -58,7 +58,8 @@ async fn an_unanswered_approval_expires_when_the_clock_passes_its_timeout() {
         })
     };
     let pending = async || {
-        store.approvals(tenant.id, Some(ApprovalStatus::Pending), 10).await.unwrap().len() == 1
+        store.approvals(tenant.id, None, Some(ApprovalStatus::Pending), 10).await.unwrap().len()
+            == 1
     };
     eventually("the approval request", pending).await;
 
@@ -70,7 +71,8 @@ async fn an_unanswered_approval_expires_when_the_clock_passes_its_timeout() {
     clock.advance(Duration::from_secs(1));
     let refused = tokio::time::timeout(Duration::from_secs(5), call).await.unwrap().unwrap();
     assert!(refused.unwrap_or_default().contains("not given before its timeout"));
-    let expired = store.approvals(tenant.id, Some(ApprovalStatus::Expired), 10).await.unwrap();
+    let expired =
+        store.approvals(tenant.id, None, Some(ApprovalStatus::Expired), 10).await.unwrap();
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].decided_at, Some(START.plus(Duration::from_secs(3600))));
 }

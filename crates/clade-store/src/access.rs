@@ -536,18 +536,22 @@ impl Store {
     pub async fn approvals(
         &self,
         tenant: TenantId,
+        agent: Option<AgentId>,
         status: Option<ApprovalStatus>,
         limit: u32,
     ) -> Result<Vec<ApprovalRow>> {
+        // An empty blob stands for "any agent": no id is empty.
         let rows = self
             .rows(
                 query(format!(
                     "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant_id = $1 \
-                     AND ($2 = '' OR status = $2) ORDER BY id DESC LIMIT $3"
+                     AND ($2 = '' OR status = $2) AND (length($4) = 0 OR agent_id = $4) \
+                     ORDER BY id DESC LIMIT $3"
                 ))
                 .bind(tenant.as_bytes().to_vec())
                 .bind(status.map(|s| s.as_str()).unwrap_or("").to_owned())
-                .bind(i64::from(limit)),
+                .bind(i64::from(limit))
+                .bind(agent.map_or_else(Vec::new, |a| a.as_bytes().to_vec())),
             )
             .await?;
         rows.iter().map(approval_from_row).collect()

@@ -41,7 +41,7 @@ pub use owner::OwnerLock;
 pub use secrets::Secrets;
 pub use store::{
     BudgetCounter, BudgetSettlement, NewAgent, SecretInfo, Store, StoreOptions, TOKEN_PREFIX,
-    TokenInfo, UsageRecord, UsageSummary,
+    TokenAccess, TokenInfo, UsageRecord, UsageSummary,
 };
 pub use turns::{
     Accepted, DeadLetter, EventRow, GivenUp, JournalEntry, NewEvent, OpenEvents, OutboxEvent,

@@ -85,8 +85,47 @@ pub struct TokenInfo {
     pub name: String,
     /// What it may do (see [`clade_core::Scope`]).
     pub scopes: Vec<clade_core::Scope>,
+    /// The agents it may reach; `None` for every agent of its tenant.
+    pub agents: Option<Vec<AgentId>>,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
+}
+
+/// What a live token may do: its scopes, and the agents it may reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenAccess {
+    pub scopes: Vec<clade_core::Scope>,
+    /// `None`: every agent of the tenant (and the tenant itself: its agents, tokens, grants).
+    pub agents: Option<Vec<AgentId>>,
+}
+
+impl TokenAccess {
+    /// Whether the token may reach `agent` (of its own tenant: tenants are checked apart).
+    pub fn reaches(&self, agent: AgentId) -> bool {
+        self.agents.as_ref().is_none_or(|agents| agents.contains(&agent))
+    }
+
+    /// Whether the token speaks for its whole tenant rather than some of its agents.
+    pub fn whole_tenant(&self) -> bool {
+        self.agents.is_none()
+    }
+}
+
+/// The stored form of a token's agents: comma-separated ids.
+fn agents_text(agents: &[AgentId]) -> String {
+    agents.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn agents_from_text(text: Option<String>) -> Result<Option<Vec<AgentId>>> {
+    let Some(text) = text else { return Ok(None) };
+    text.split(',')
+        .map(|id| {
+            id.parse::<AgentId>().map_err(|_| {
+                Error::BadRow(format!("api_tokens.agents holds {id:?}, not an agent id"))
+            })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }
 
 /// A secret as listed: name and dates, never the value.
@@ -278,6 +317,7 @@ fn token_from_row(row: &Row) -> Result<TokenInfo> {
         name: row.try_get("name")?,
         scopes: clade_core::Scope::split(&row.try_get::<String, _>("scopes")?)
             .map_err(Error::BadRow)?,
+        agents: agents_from_text(row.try_get("agents")?)?,
         created_at: Timestamp::from_millis(row.try_get("created_at")?),
         revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(Timestamp::from_millis),
     })
@@ -850,17 +890,31 @@ impl Store {
 
     // ---- tokens ----
 
-    /// Creates a token for `tenant`; the returned secret is shown once and never stored.
+    /// Creates a token for `tenant`, limited to `agents` if given (each must be the tenant's);
+    /// the returned secret is shown once and never stored.
     pub async fn create_token(
         &self,
         tenant: TenantId,
         name: &str,
         scopes: &[clade_core::Scope],
+        agents: Option<&[AgentId]>,
     ) -> Result<(TokenInfo, String)> {
         if scopes.is_empty() {
             return Err(Error::InvalidInput(
                 "a token needs at least one scope: admin, operate, send, read or approve".into(),
             ));
+        }
+        if let Some(agents) = agents {
+            if agents.is_empty() {
+                return Err(Error::InvalidInput(
+                    "a token limited to agents needs at least one agent".into(),
+                ));
+            }
+            if scopes.contains(&clade_core::Scope::Admin) {
+                return Err(Error::InvalidInput(
+                    "a token limited to some agents cannot have the admin scope, which covers the whole tenant (its agents, tokens, grants and audit log)".into(),
+                ));
+            }
         }
         if name.is_empty() || name.len() > 100 || name.chars().any(clade_core::is_spoofing_char) {
             return Err(Error::InvalidInput(
@@ -876,6 +930,12 @@ impl Store {
             tenant_id: tenant,
             name: name.to_owned(),
             scopes: scopes.to_vec(),
+            agents: agents.map(|a| {
+                let mut agents = a.to_vec();
+                agents.sort();
+                agents.dedup();
+                agents
+            }),
             created_at: now,
             revoked_at: None,
         };
@@ -885,13 +945,29 @@ impl Store {
             tenant,
             None,
             AuditKind::TokenCreated,
-            serde_json::json!({ "token": info.id.to_string(), "name": info.name, "scopes": clade_core::Scope::join(&info.scopes) }),
+            serde_json::json!({
+                "token": info.id.to_string(),
+                "name": info.name,
+                "scopes": clade_core::Scope::join(&info.scopes),
+                "agents": info.agents.as_deref().map(agents_text),
+            }),
         );
         self.write(move |conn| {
             Box::pin(async move {
+                // The agents are the tenant's, checked in the same transaction.
+                for agent in row.agents.iter().flatten() {
+                    let found = query("SELECT 1 FROM agents WHERE id = $1 AND tenant_id = $2")
+                        .bind(agent.as_bytes().to_vec())
+                        .bind(row.tenant_id.as_bytes().to_vec())
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    if found.is_none() {
+                        return Err(Error::AgentNotFound(agent.to_string()));
+                    }
+                }
                 query(
-                    "INSERT INTO api_tokens (id, tenant_id, name, secret_hash, created_at, scopes) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO api_tokens (id, tenant_id, name, secret_hash, created_at, scopes, agents) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(row.id.as_bytes().to_vec())
                 .bind(row.tenant_id.as_bytes().to_vec())
@@ -899,6 +975,7 @@ impl Store {
                 .bind(hash)
                 .bind(row.created_at.as_millis())
                 .bind(clade_core::Scope::join(&row.scopes))
+                .bind(row.agents.as_deref().map(agents_text))
                 .execute(&mut *conn)
                 .await?;
                 crate::access::append_audit(conn, &audit, now).await?;
@@ -913,7 +990,7 @@ impl Store {
         let rows = self
             .rows(
                 query(
-                    "SELECT id, tenant_id, name, scopes, created_at, revoked_at FROM api_tokens \
+                    "SELECT id, tenant_id, name, scopes, agents, created_at, revoked_at FROM api_tokens \
              WHERE tenant_id = $1 ORDER BY created_at, id",
                 )
                 .bind(tenant.as_bytes().to_vec()),
@@ -958,22 +1035,20 @@ impl Store {
     }
 
     /// The tenant a live token belongs to, and what the token may do.
-    pub async fn authenticate_scoped(
-        &self,
-        secret: &str,
-    ) -> Result<(Tenant, Vec<clade_core::Scope>)> {
+    pub async fn authenticate_scoped(&self, secret: &str) -> Result<(Tenant, TokenAccess)> {
         if !secret.starts_with(TOKEN_PREFIX) {
             return Err(Error::BadToken);
         }
         let row = self.maybe_row(query(
-            "SELECT t.id, t.name, t.created_at, k.scopes FROM api_tokens k JOIN tenants t ON t.id = k.tenant_id \
+            "SELECT t.id, t.name, t.created_at, k.scopes, k.agents FROM api_tokens k JOIN tenants t ON t.id = k.tenant_id \
              WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(hash_token(secret))).await?;
         let Some(row) = row else { return Err(Error::BadToken) };
         let scopes = clade_core::Scope::split(&row.try_get::<String, _>("scopes")?)
             .map_err(Error::BadRow)?;
-        Ok((tenant_from_row(&row)?, scopes))
+        let agents = agents_from_text(row.try_get("agents")?)?;
+        Ok((tenant_from_row(&row)?, TokenAccess { scopes, agents }))
     }
 
     // ---- secrets (already encrypted by the caller; see `crate::secrets`) ----

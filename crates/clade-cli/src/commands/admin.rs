@@ -51,9 +51,20 @@ pub(super) async fn tenants(ctx: &Ctx, cmd: TenantsCommand) -> Result<()> {
 pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
     let tenant = ctx.tenant().await?;
     match cmd {
-        TokensCommand::Create { name, scopes } => {
-            let scopes = clade_core::Scope::split(&scopes.join(",")).map_err(anyhow::Error::msg)?;
-            let (info, secret) = ctx.store.create_token(tenant.id, &name, &scopes).await?;
+        TokensCommand::Create { name, scopes, only_agents } => {
+            let scopes = match (scopes.is_empty(), only_agents.is_empty()) {
+                (false, _) => {
+                    clade_core::Scope::split(&scopes.join(",")).map_err(anyhow::Error::msg)?
+                }
+                (true, true) => vec![clade_core::Scope::Admin],
+                (true, false) => vec![clade_core::Scope::Operate],
+            };
+            let mut agents = Vec::new();
+            for handle in &only_agents {
+                agents.push(ctx.store.agent(tenant.id, handle).await?.id);
+            }
+            let agents = (!agents.is_empty()).then_some(agents.as_slice());
+            let (info, secret) = ctx.store.create_token(tenant.id, &name, &scopes, agents).await?;
             eprintln!(
                 "token {} for tenant {} (shown once; store it safely):",
                 info.id, tenant.name
@@ -62,6 +73,23 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
         }
         TokensCommand::List { json } => {
             let tokens = ctx.store.tokens(tenant.id).await?;
+            // A limited token's agents by handle; one deleted since shows as such.
+            let mut handles = std::collections::HashMap::new();
+            for id in tokens.iter().filter_map(|t| t.agents.as_ref()).flatten() {
+                if !handles.contains_key(id) {
+                    let handle = match ctx.store.agent_by_id(tenant.id, *id).await {
+                        Ok(agent) => agent.handle.to_string(),
+                        Err(clade_store::Error::AgentNotFound(_)) => format!("(deleted {id})"),
+                        Err(err) => return Err(err.into()),
+                    };
+                    handles.insert(*id, handle);
+                }
+            }
+            let agents_of = |t: &clade_store::TokenInfo| -> Option<Vec<String>> {
+                t.agents.as_ref().map(|ids| {
+                    ids.iter().map(|id| handles.get(id).cloned().unwrap_or_default()).collect()
+                })
+            };
             if json {
                 let items: Vec<_> = tokens
                     .iter()
@@ -70,6 +98,7 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
                             "id": t.id.to_string(),
                             "name": t.name,
                             "scopes": t.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                            "agents": agents_of(t),
                             "created_at": t.created_at.as_millis(),
                             "revoked_at": t.revoked_at.map(|r| r.as_millis()),
                         })
@@ -84,6 +113,7 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
                             t.id.to_string(),
                             t.name.clone(),
                             clade_core::Scope::join(&t.scopes),
+                            agents_of(t).map_or_else(|| "all".to_owned(), |a| a.join(",")),
                             t.created_at.to_string(),
                             t.revoked_at
                                 .map(|r| format!("revoked {r}"))
@@ -91,7 +121,7 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
                         ]
                     })
                     .collect();
-                output::table(&["ID", "NAME", "SCOPES", "CREATED", "STATE"], &rows);
+                output::table(&["ID", "NAME", "SCOPES", "AGENTS", "CREATED", "STATE"], &rows);
             }
         }
         TokensCommand::Revoke { id } => {

@@ -113,7 +113,7 @@ pub(super) async fn approvals(ctx: &Ctx, cmd: ApprovalsCommand) -> Result<()> {
                     )
                 })?),
             };
-            let rows = ctx.store.approvals(tenant.id, filter, 1000).await?;
+            let rows = ctx.store.approvals(tenant.id, None, filter, 1000).await?;
             if json {
                 let items: Vec<Value> = rows
                     .iter()

@@ -3,7 +3,10 @@
 //! new route without a row fails here.
 
 use clade_core::Scope;
+use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::support::Env;
 
@@ -60,6 +63,38 @@ async fn every_route_checks_every_principal() {
         env.run(&["tenants", "create", tenant]).ok();
         env.run(&["--tenant", tenant, "agents", "create", agent]).ok();
     }
+    // A token of the owner's own tenant, with every scope but admin, limited to its agent `cy`.
+    env.run(&["--tenant", "acme", "agents", "create", "cy"]).ok();
+    let limited = env
+        .run(&[
+            "--tenant",
+            "acme",
+            "tokens",
+            "create",
+            "--name",
+            "cy-bot",
+            "--only-agent",
+            "cy",
+            "--scope",
+            "operate",
+            "--scope",
+            "read",
+            "--scope",
+            "send",
+            "--scope",
+            "approve",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let listed = env.run(&["--tenant", "acme", "tokens", "list", "--json"]).ok().stdout;
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let bot = listed.as_array().unwrap().iter().find(|t| t["name"] == "cy-bot").unwrap();
+    assert_eq!(bot["agents"], json!(["cy"]), "{listed}");
+    // Admin is the whole tenant's: a limited token cannot have it.
+    env.run(&["--tenant", "acme", "tokens", "create", "--only-agent", "cy", "--scope", "admin"])
+        .fails_with("admin scope");
     let scoped: Vec<(Scope, String)> = Scope::ALL
         .into_iter()
         .map(|scope| (scope, token(&env, "acme", &[scope.as_str()]).0))
@@ -165,6 +200,24 @@ async fn every_route_checks_every_principal() {
         let leaks = status < 300 && (shown.contains(&session) || shown.contains(&grant));
         let ok = !leaks && if private { status == 404 } else { status != 401 && status != 403 };
         check("other tenant", status, &answer["error"]["code"], ok);
+        // The owner's token limited to `cy`: what belongs to `ada` is not found, and no
+        // listing shows it; what only admin may do stays forbidden.
+        let (status, answer) = call(&url, method, &path, Some(&limited), body.as_ref()).await;
+        let shown = answer.to_string();
+        let leaks = status < 300
+            && (shown.contains(&session) || shown.contains(&grant) || shown.contains("\"ada\""));
+        let ok =
+            if Scope::allows(&[Scope::Operate, Scope::Read, Scope::Send, Scope::Approve], needed) {
+                !leaks
+                    && if private || *template == "/v1/events" {
+                        status == 404
+                    } else {
+                        status != 401 && status != 403
+                    }
+            } else {
+                status == 403 && answer["error"]["code"] == "forbidden"
+            };
+        check("limited to another agent", status, &answer["error"]["code"], ok);
         // The owner, with each scope alone.
         for (scope, token) in &scoped {
             let allowed = Scope::allows(&[*scope], needed);
@@ -183,5 +236,31 @@ async fn every_route_checks_every_principal() {
         unexpected.len(),
         unexpected.join("\n")
     );
-    assert_eq!(cells, routes.len() * (3 + 1 + Scope::ALL.len()));
+    assert_eq!(cells, routes.len() * (3 + 2 + Scope::ALL.len()));
+
+    // Over WebSocket too: the limited token subscribes to its own agent, and `ada` and her
+    // session are not found.
+    let ws = format!("{}/v1/ws", url.replace("http://", "ws://"));
+    let mut request = ws.as_str().into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {limited}").parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    for (subscribe, expected) in [
+        (json!({ "type": "subscribe", "agent": "ada" }), "agent_not_found"),
+        (json!({ "type": "subscribe", "session": session }), "session_not_found"),
+        (json!({ "type": "subscribe", "agent": "cy" }), "subscribed"),
+    ] {
+        socket.send(Message::Text(subscribe.to_string().into())).await.unwrap();
+        let reply = loop {
+            let frame = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if let Message::Text(text) = frame {
+                break serde_json::from_str::<Value>(&text).unwrap();
+            }
+        };
+        let got = if reply["type"] == "error" { &reply["code"] } else { &reply["type"] };
+        assert_eq!(got, expected, "{subscribe} -> {reply}");
+    }
 }

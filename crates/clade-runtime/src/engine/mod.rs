@@ -203,7 +203,7 @@ impl Engine {
     /// Picks the agent of an envelope: its own, else the one its tenant's bindings or the
     /// default agent give ([`crate::routing`]). The store checks that the agent exists as it
     /// stores the event.
-    fn route(&self, envelope: &Envelope) -> Result<String, Error> {
+    pub fn route(&self, envelope: &Envelope) -> Result<String, Error> {
         if let Some(handle) = &envelope.agent {
             return Ok(handle.clone());
         }

@@ -48,7 +48,7 @@ async fn deleting_a_tenant_deletes_everything_it_owns() {
         let agent = h.agents.create(acme.id, spec).await.unwrap();
         let ws = h.agents.workspace(&agent).unwrap();
         let (_, secret) =
-            h.store.create_token(acme.id, "ci", &[clade_core::Scope::Admin]).await.unwrap();
+            h.store.create_token(acme.id, "ci", &[clade_core::Scope::Admin], None).await.unwrap();
         let ids = h.store.delete_tenant("acme").await.unwrap();
         h.agents.remove_workspaces(&ids);
         assert_eq!(ids, vec![agent.id], "{}", h.name);
@@ -72,8 +72,11 @@ async fn tokens_authenticate_until_revoked() {
     for h in backends().await {
         let default = h.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
         let acme = h.store.create_tenant("acme").await.unwrap();
-        let (info, secret) =
-            h.store.create_token(acme.id, "deploy", &[clade_core::Scope::Admin]).await.unwrap();
+        let (info, secret) = h
+            .store
+            .create_token(acme.id, "deploy", &[clade_core::Scope::Admin], None)
+            .await
+            .unwrap();
         assert!(secret.starts_with("clade_") && secret.len() == 70, "{secret}");
         assert_eq!(h.store.authenticate(&secret).await.unwrap().id, acme.id, "{}", h.name);
         for bad in ["", "clade_", "Bearer x", &secret[..secret.len() - 1], &format!("{secret}0")] {
@@ -100,15 +103,66 @@ async fn tokens_authenticate_until_revoked() {
             Err(Error::TokenNotFound(_))
         ));
         assert!(
-            h.store.create_token(acme.id, "", &[clade_core::Scope::Admin]).await.is_err(),
+            h.store.create_token(acme.id, "", &[clade_core::Scope::Admin], None).await.is_err(),
             "{}",
             h.name
         );
         // Scopes are stored and read back with the tenant; a token needs at least one.
         let (_, sender) =
-            h.store.create_token(acme.id, "send", &[clade_core::Scope::Send]).await.unwrap();
-        let (tenant, scopes) = h.store.authenticate_scoped(&sender).await.unwrap();
-        assert_eq!((tenant.id, scopes), (acme.id, vec![clade_core::Scope::Send]), "{}", h.name);
-        assert!(h.store.create_token(acme.id, "none", &[]).await.is_err(), "{}", h.name);
+            h.store.create_token(acme.id, "send", &[clade_core::Scope::Send], None).await.unwrap();
+        let (tenant, access) = h.store.authenticate_scoped(&sender).await.unwrap();
+        assert_eq!(
+            (tenant.id, access.scopes),
+            (acme.id, vec![clade_core::Scope::Send]),
+            "{}",
+            h.name
+        );
+        assert_eq!(access.agents, None, "{}", h.name);
+        assert!(h.store.create_token(acme.id, "none", &[], None).await.is_err(), "{}", h.name);
+    }
+}
+
+/// A token limited to some agents names them by id: it reaches those, never another tenant's
+/// agent, never the admin scope, and not an agent made again under a deleted one's handle.
+#[tokio::test]
+async fn a_token_limited_to_agents_reaches_only_those() {
+    use clade_core::Scope;
+    for h in backends().await {
+        let acme = h.store.create_tenant("acme").await.unwrap();
+        let rival = h.store.create_tenant("rival").await.unwrap();
+        let spec = |handle: &str| NewAgent {
+            handle: Handle::parse(handle).unwrap(),
+            display_name: None,
+            config: AgentConfig::default(),
+        };
+        let ada = h.agents.create(acme.id, spec("ada")).await.unwrap();
+        let bo = h.agents.create(acme.id, spec("bo")).await.unwrap();
+        let theirs = h.agents.create(rival.id, spec("ada")).await.unwrap();
+
+        let (info, secret) =
+            h.store.create_token(acme.id, "bot", &[Scope::Operate], Some(&[ada.id])).await.unwrap();
+        assert_eq!(info.agents, Some(vec![ada.id]), "{}", h.name);
+        let (tenant, access) = h.store.authenticate_scoped(&secret).await.unwrap();
+        assert_eq!(tenant.id, acme.id, "{}", h.name);
+        assert!(access.reaches(ada.id) && !access.reaches(bo.id), "{}", h.name);
+        assert!(!access.whole_tenant(), "{}", h.name);
+        assert_eq!(h.store.tokens(acme.id).await.unwrap()[0].agents, Some(vec![ada.id]));
+
+        // Refused, and nothing stored: another tenant's agent, admin, an empty list.
+        let refused = [
+            h.store.create_token(acme.id, "x", &[Scope::Read], Some(&[theirs.id])).await,
+            h.store.create_token(acme.id, "x", &[Scope::Admin], Some(&[ada.id])).await,
+            h.store.create_token(acme.id, "x", &[Scope::Read], Some(&[])).await,
+        ];
+        assert!(matches!(refused[0], Err(Error::AgentNotFound(_))), "{}", h.name);
+        assert!(matches!(refused[1], Err(Error::InvalidInput(ref m)) if m.contains("admin")));
+        assert!(matches!(refused[2], Err(Error::InvalidInput(_))), "{}", h.name);
+        assert_eq!(h.store.tokens(acme.id).await.unwrap().len(), 1, "{}", h.name);
+
+        // A new agent under a deleted one's handle is not reached.
+        h.agents.delete(acme.id, "ada").await.unwrap();
+        let again = h.agents.create(acme.id, spec("ada")).await.unwrap();
+        let (_, access) = h.store.authenticate_scoped(&secret).await.unwrap();
+        assert!(!access.reaches(again.id), "{}", h.name);
     }
 }
