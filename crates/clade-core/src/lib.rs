@@ -11,6 +11,7 @@ pub mod agent;
 pub mod id;
 pub mod lifecycle;
 pub mod name;
+pub mod random;
 pub mod scope;
 pub mod time;
 
@@ -23,5 +24,6 @@ pub use lifecycle::{
     StepKey, StepKind, TurnStatus,
 };
 pub use name::{Handle, SecretName, TemplateName, is_spoofing_char};
+pub use random::Jitter;
 pub use scope::Scope;
 pub use time::{Clock, Interval, ManualClock, Sleep, SystemClock, Timestamp};

@@ -31,6 +31,7 @@ impl StreamIds {
         let key = match decoded.and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()) {
             Some(key) => key,
             None => {
+                #[allow(clippy::disallowed_methods)] // A secret key: the OS's generator.
                 let key: [u8; 32] = rand::random();
                 store.set_meta(META_KEY, &hex::encode(key)).await?;
                 key

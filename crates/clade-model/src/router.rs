@@ -6,10 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clade_core::{Clock, SystemClock, Timestamp};
+use clade_core::{Clock, Jitter, SystemClock, Timestamp};
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use rand::Rng;
 
 use crate::error::Error;
 use crate::provider::Provider;
@@ -132,17 +131,26 @@ pub struct Router {
     cooldowns: Mutex<HashMap<String, Timestamp>>,
     /// What back-off sleeps on and cooldowns are timed by.
     clock: Arc<dyn Clock>,
+    /// Where back-off jitter comes from: seeded, so a test replays a schedule exactly.
+    jitter: Arc<Jitter>,
 }
 
 impl Router {
     /// A router on the system clock.
+    #[allow(clippy::disallowed_methods)] // A fresh seed from the OS; tests give their own.
     pub fn new(models: HashMap<String, ModelEntry>, options: RouterOptions) -> Self {
         Self {
             models,
             options,
             cooldowns: Mutex::new(HashMap::new()),
             clock: Arc::new(SystemClock),
+            jitter: Arc::new(Jitter::seeded(rand::random())),
         }
+    }
+
+    /// The same router drawing its back-off jitter from `jitter`.
+    pub fn with_jitter(self, jitter: Arc<Jitter>) -> Self {
+        Self { jitter, ..self }
     }
 
     /// The same router on `clock` (a test's manual clock, say).
@@ -327,7 +335,7 @@ impl Router {
         let exp = self.options.base_backoff.saturating_mul(1 << attempt.min(16).saturating_sub(1));
         let capped = exp.min(self.options.max_backoff);
         // Full jitter: spread retries of many callers over the whole window.
-        let jitter: f64 = rand::rng().random_range(0.5..=1.0);
+        let jitter = self.jitter.between(0.5, 1.0);
         capped.mul_f64(jitter)
     }
 

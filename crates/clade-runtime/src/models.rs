@@ -76,6 +76,8 @@ pub struct Models {
     client_h2: reqwest::Client,
     secrets: Secrets,
     clock: Arc<dyn Clock>,
+    /// Where the routers' back-off jitter comes from; `None`: each router seeds its own.
+    jitter: Option<Arc<clade_core::Jitter>>,
     /// Routers by credential scope (see [`Models::router_for`]), built once: their providers,
     /// credentials (decrypted secrets, OAuth tokens refreshed one at a time) and cooldowns
     /// outlive a call.
@@ -148,8 +150,15 @@ impl Models {
             ),
             secrets,
             clock,
+            jitter: None,
             routers: Arc::default(),
         }
+    }
+
+    /// The same models with every router's back-off jitter drawn from `jitter` (seeded by a
+    /// test or the simulator, so retries replay exactly).
+    pub fn with_jitter(self, jitter: Arc<clade_core::Jitter>) -> Self {
+        Self { jitter: Some(jitter), ..self }
     }
 
     /// The fallback chain for a kind of call by an agent, given as (tenant name, handle): the
@@ -312,7 +321,11 @@ impl Models {
             cooldown: Duration::from_secs(self.routing.cooldown_secs.unwrap_or(30)),
             ..RouterOptions::default()
         };
-        Router::new(entries, options).on_clock(self.clock.clone())
+        let router = Router::new(entries, options).on_clock(self.clock.clone());
+        match &self.jitter {
+            Some(jitter) => router.with_jitter(jitter.clone()),
+            None => router,
+        }
     }
 
     fn entry(&self, name: &str, config: &ModelConfig, agent: Option<&Agent>) -> ModelEntry {

@@ -922,6 +922,7 @@ impl Store {
             ));
         }
         let mut raw = [0u8; 32];
+        #[allow(clippy::disallowed_methods)] // A secret: the OS's generator, never a seed.
         rand::rng().fill_bytes(&mut raw);
         let secret = format!("{TOKEN_PREFIX}{}", hex::encode(raw));
         let now = self.now();

@@ -96,9 +96,10 @@ impl Behaviour {
         if hi <= lo {
             return Some(lo);
         }
-        Some(Duration::from_millis(
-            rand::rng().random_range(lo.as_millis() as u64..=hi.as_millis() as u64),
-        ))
+        // A stand-in provider's latency spread, not the gateway's behaviour: no seed needed.
+        #[allow(clippy::disallowed_methods)]
+        let millis = rand::rng().random_range(lo.as_millis() as u64..=hi.as_millis() as u64);
+        Some(Duration::from_millis(millis))
     }
 
     pub fn delta_pause(&self) -> Option<Duration> {

@@ -97,6 +97,7 @@ async fn agents(
     let disk_after = ctx.store.disk_bytes().await?;
 
     eprintln!("timing {lookups} random handle lookups");
+    #[allow(clippy::disallowed_methods)] // A benchmark's sample of handles.
     let mut rng = rand::rng();
     let mut latencies = Vec::with_capacity(lookups as usize);
     for _ in 0..lookups {

@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clade_core::{ManualClock, Timestamp};
+use clade_core::{Jitter, ManualClock, Timestamp};
 use clade_model::{
     Budget, Error, ModelEntry, Price, Provider, Reservation, RouteEvent, Router, RouterOptions,
     Scripted, Spend,
@@ -232,4 +232,50 @@ async fn budgets_refuse_before_calling_and_never_overspend() {
     assert!(spent <= estimate * 3, "overspent: {spent} > {}", estimate * 3);
     // Refused calls never reached the model.
     assert_eq!(stub.captured().len(), ok);
+}
+
+/// Back-off jitter comes from the router's seeded source: two routers with one seed retry on
+/// the same schedule, another seed spreads differently, and every wait lies within the
+/// jittered window (half to all of the exponential step).
+#[tokio::test]
+async fn retries_back_off_on_the_schedule_their_seed_gives() {
+    let stub = stub().await;
+    let options = RouterOptions {
+        max_retries: 3,
+        base_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(80),
+        cooldown: Duration::from_secs(60),
+    };
+    let waits = async |seed: u64| {
+        let models = HashMap::from([
+            ("flaky".to_owned(), entry(openai(&stub, true), "stub+status=503")),
+            ("backup".to_owned(), entry(Arc::new(Scripted), "scripted")),
+        ]);
+        let router =
+            Router::new(models, options.clone()).with_jitter(Arc::new(Jitter::seeded(seed)));
+        let mut waits = Vec::new();
+        for n in 0..4 {
+            let outcome = router
+                .call(&chain(&["flaky", "backup"]), &user(&format!("hi {n}")), None, &mut |_| {})
+                .await
+                .unwrap();
+            waits.extend(outcome.events.iter().filter_map(|e| match e {
+                RouteEvent::Retry { after_ms, .. } => Some(*after_ms),
+                _ => None,
+            }));
+        }
+        waits
+    };
+    let first = waits(42).await;
+    assert_eq!(first.len(), 12, "3 retries per call: {first:?}");
+    for (i, wait) in first.iter().enumerate() {
+        let step = 10u64 << (i % 3);
+        assert!((step / 2..=step).contains(wait), "retry {i} waited {wait} ms, step {step}");
+    }
+    assert_eq!(waits(42).await, first, "one seed, two schedules");
+    let mut differ = false;
+    for seed in [7, 8, 9] {
+        differ |= waits(seed).await != first;
+    }
+    assert!(differ, "three other seeds all gave the same schedule");
 }

@@ -35,6 +35,7 @@ struct Fixture;
 
 /// Names this process among restarts: random, because in a sandbox's own pid namespace every
 /// incarnation of the server has the same pid.
+#[allow(clippy::disallowed_methods)] // Must differ per process, so no seed.
 fn process_tag() -> u64 {
     static TAG: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *TAG.get_or_init(rand::random)
