@@ -1264,6 +1264,8 @@ async fn downgrade_to_version_8(url: &str) {
     sqlx::any::install_default_drivers();
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await.unwrap();
     for sql in [
+        "ALTER TABLE api_tokens DROP COLUMN agents",
+        "DELETE FROM schema_migrations WHERE version = 11",
         "DROP TABLE execution_steps",
         "DROP TABLE executions",
         "DELETE FROM schema_migrations WHERE version = 10",
@@ -1295,7 +1297,8 @@ async fn only_serve_and_migrate_upgrade_a_store() {
         // Refused again: nothing was upgraded behind the refusal.
         assert_ne!(env.run(&["--store", store, "tokens", "list"]).code, 0, "{store}");
         let upgraded = env.run(&["--store", store, "migrate"]).ok();
-        assert!(upgraded.stdout.contains("from version 8 to 10"), "{}", upgraded.stdout);
+        let to = format!("from version 8 to {}", clade_store::SCHEMA_VERSION);
+        assert!(upgraded.stdout.contains(&to), "{}", upgraded.stdout);
         let listed = env.run(&["--store", store, "agents", "list"]).ok();
         assert!(listed.stdout.contains("ada"), "{}", listed.stdout);
         let again = env.run(&["--store", store, "migrate"]).ok();
@@ -1344,5 +1347,6 @@ async fn migrations_on_postgres_wait_for_each_other() {
     drop(holder);
     let out = waiting.wait_with_output().unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("from version 8 to 10"));
+    let to = format!("from version 8 to {}", clade_store::SCHEMA_VERSION);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&to));
 }
