@@ -111,7 +111,7 @@ pub(crate) async fn list(
     let limit = page_limit(&query)?;
     // Fetch one extra row to learn whether another page exists.
     let mut agents = Vec::new();
-    for agent in reach.listing(None).unwrap_or_default() {
+    for agent in reach.listing(None)? {
         match agent {
             None => {
                 agents = state.store.agents(tenant.id, query.cursor.as_deref(), limit + 1).await?;

@@ -53,13 +53,16 @@ impl Reach {
     }
 
     /// What a listing reads: the whole tenant in one read (`[None]`), or each agent the token
-    /// reaches; `named` (a listing's agent filter) narrows it to that agent, and `None` is
-    /// returned when the token does not reach it.
-    pub(crate) fn listing(&self, named: Option<AgentId>) -> Option<Vec<Option<AgentId>>> {
+    /// reaches; `named` (a listing's agent filter) narrows it to that agent, which is not found
+    /// when the token does not reach it.
+    pub(crate) fn listing(
+        &self,
+        named: Option<&clade_core::Agent>,
+    ) -> Result<Vec<Option<AgentId>>, ApiError> {
         match (named, &self.0) {
-            (Some(agent), _) => self.allows(agent).then(|| vec![Some(agent)]),
-            (None, None) => Some(vec![None]),
-            (None, Some(agents)) => Some(agents.iter().copied().map(Some).collect()),
+            (Some(agent), _) => self.agent(agent).map(|()| vec![Some(agent.id)]),
+            (None, None) => Ok(vec![None]),
+            (None, Some(agents)) => Ok(agents.iter().copied().map(Some).collect()),
         }
     }
 }

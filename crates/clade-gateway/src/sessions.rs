@@ -53,13 +53,10 @@ pub(crate) async fn list(
         return Err(ApiError::new(Code::InvalidRequest, "limit must be between 1 and 1000"));
     }
     let agent = match &query.agent {
-        Some(handle) => Some(state.store.agent(tenant.id, handle).await?.id),
+        Some(handle) => Some(state.store.agent(tenant.id, handle).await?),
         None => None,
     };
-    let Some(reads) = reach.listing(agent) else {
-        let handle = query.agent.unwrap_or_default();
-        return Err(clade_store::Error::AgentNotFound(handle).into());
-    };
+    let reads = reach.listing(agent.as_ref())?;
     let mut rows = Vec::new();
     for agent in reads {
         rows.extend(state.store.sessions(tenant.id, agent, limit).await?);

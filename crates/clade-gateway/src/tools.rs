@@ -141,7 +141,7 @@ pub(crate) async fn approvals(
     };
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let mut rows = Vec::new();
-    for agent in reach.listing(None).unwrap_or_default() {
+    for agent in reach.listing(None)? {
         rows.extend(state.store.approvals(tenant.id, agent, status, limit).await?);
     }
     // Several agents' reads merge in the store's order: newest first.
@@ -212,13 +212,10 @@ pub(crate) async fn grants(
 ) -> Result<axum::Json<GrantListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
     let agent = match &query.agent {
-        Some(handle) => Some(state.store.agent(tenant.id, handle).await?.id),
+        Some(handle) => Some(state.store.agent(tenant.id, handle).await?),
         None => None,
     };
-    let Some(reads) = reach.listing(agent) else {
-        let handle = query.agent.unwrap_or_default();
-        return Err(clade_store::Error::AgentNotFound(handle).into());
-    };
+    let reads = reach.listing(agent.as_ref())?;
     let mut rows = Vec::new();
     for agent in reads {
         rows.extend(state.store.grants(tenant.id, agent).await?);

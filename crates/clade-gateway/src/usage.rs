@@ -21,13 +21,10 @@ pub(crate) async fn get(
     let Query(query) = query.map_err(query_rejection)?;
     let since = query.since.unwrap_or_else(|| state.store.now().as_millis() - DEFAULT_WINDOW_MS);
     let agent = match &query.agent {
-        Some(handle) => Some(state.store.agent(tenant.id, handle).await?.id),
+        Some(handle) => Some(state.store.agent(tenant.id, handle).await?),
         None => None,
     };
-    let Some(reads) = reach.listing(agent) else {
-        let handle = query.agent.unwrap_or_default();
-        return Err(clade_store::Error::AgentNotFound(handle).into());
-    };
+    let reads = reach.listing(agent.as_ref())?;
     // Rows are per agent and model, so several agents' reads simply add up.
     let mut rows = Vec::new();
     for agent in reads {
