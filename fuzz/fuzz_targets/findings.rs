@@ -1,6 +1,7 @@
 //! Reading a run's account and command line for the audit log: both are text a sandboxed
 //! command controls, so any bytes must give findings without a panic, and every finding
-//! stays bounded (at most five lines or names of at most 200 characters each).
+//! stays bounded (at most six lines or names of at most 200 characters each; header records
+//! at most 30 lines of at most 300).
 #![no_main]
 
 use clade_tools::sandbox::{Finding, RunFacts, findings};
@@ -15,8 +16,11 @@ fuzz_target!(|data: &[u8]| {
         let run = RunFacts { command, network, granted_env: &["HOME"] };
         for finding in findings(&account, &run) {
             let items = match finding {
-                Finding::Violation => Vec::new(),
-                Finding::Limit(line) => vec![line],
+                Finding::Violation(items) | Finding::Refused(items) => {
+                    assert!(items.len() <= 30 && items.iter().all(|i| i.chars().count() <= 300));
+                    continue;
+                }
+                Finding::Limit(line) | Finding::SeemsLimited(line) => vec![line],
                 Finding::Denied(items) | Finding::Hidden(items) | Finding::Withheld(items) => items,
             };
             assert!(items.len() <= 6, "{items:?}");

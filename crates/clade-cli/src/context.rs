@@ -128,12 +128,15 @@ impl Ctx {
             path.as_deref(),
             tools.limits,
         );
-        // This binary is also the egress bridge network-granted commands run beside them.
+        // This binary is also the sandbox's init every tool run starts under, and the egress
+        // bridge network-granted commands run beside them.
         match std::env::current_exe() {
-            Ok(exe) => sandbox.with_egress_bridge(vec![
-                exe.to_string_lossy().into_owned(),
-                "__egress-bridge".into(),
-            ]),
+            Ok(exe) => {
+                let exe = exe.to_string_lossy().into_owned();
+                sandbox
+                    .with_init(vec![exe.clone(), "__sandbox-init".into()])
+                    .with_egress_bridge(vec![exe, "__egress-bridge".into()])
+            }
             Err(_) => sandbox,
         }
     }

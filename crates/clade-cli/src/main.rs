@@ -20,6 +20,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // The sandbox's init (pid 1 of a tool run): before any thread or runtime exists, since it
+    // forks the command.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__sandbox-init") {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+        return clade_tools::init::main(&args);
+    }
     memory::configure();
     // Whatever the caller's umask, files Clade creates (the store, its WAL, keys, workspaces,
     // what sandboxed tools write) are its own user's alone.

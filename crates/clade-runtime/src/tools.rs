@@ -571,13 +571,23 @@ impl ToolRunner {
             Vec::new()
         };
         for finding in findings {
+            // Whether the kernel or the sandbox saw it, or it was read from the command's text.
+            let source =
+                if finding.best_effort() { "output text (best-effort)" } else { "sandbox" };
             let (kind, outcome, what) = match finding {
-                Finding::Violation => (
+                Finding::Violation(calls) => (
                     AuditKind::SandboxViolation,
                     "killed",
-                    json!("a forbidden system call; the process was killed"),
+                    json!({ "forbidden system calls": calls, "then": "each process was killed" }),
                 ),
                 Finding::Limit(line) => (AuditKind::SandboxLimit, "stopped", json!(line)),
+                Finding::SeemsLimited(line) => {
+                    (AuditKind::SandboxLimit, "limited", json!(secrets.redact(&line)))
+                }
+                Finding::Refused(lines) => {
+                    let lines: Vec<String> = lines.iter().map(|l| secrets.redact(l)).collect();
+                    (AuditKind::SandboxDenied, "refused", json!(lines))
+                }
                 Finding::Denied(lines) => {
                     let lines: Vec<String> = lines.iter().map(|l| secrets.redact(l)).collect();
                     (AuditKind::SandboxDenied, "denied", json!(lines))
@@ -590,7 +600,8 @@ impl ToolRunner {
                     (AuditKind::SandboxDenied, "withheld", json!({ "withheld": what }))
                 }
             };
-            let detail = json!({ "call": authorized.context.call_id, "what": what });
+            let detail =
+                json!({ "call": authorized.context.call_id, "what": what, "source": source });
             self.write_audit(
                 agent.tenant_id,
                 Some(agent.id),

@@ -11,12 +11,14 @@
 pub mod argv;
 pub mod builtin;
 pub mod egress;
+pub mod init;
 pub mod mcp;
 pub mod net;
 pub mod pattern;
 pub mod policy;
 pub mod redact;
 pub mod sandbox;
+mod seccomp;
 pub mod workspace;
 
 use std::collections::BTreeMap;

@@ -17,6 +17,10 @@ use std::time::Duration;
 use clade_config::{SandboxLimits, SandboxMode};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::init::{InitConfig, InitReport};
+use crate::seccomp::{Action, Filter};
+pub use crate::seccomp::FORBIDDEN_SYSCALLS;
+
 /// Why a command could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -59,54 +63,79 @@ pub struct ExecOutput {
     pub timed_out: bool,
     /// Killed because its output passed the cap.
     pub output_capped: bool,
-    /// A process of the command made a forbidden system call and was killed.
-    pub violation: bool,
+    /// Forbidden system calls processes of the command made (each process was killed), as the
+    /// kernel reported them to the gateway: the call and the process.
+    pub violations: Vec<String>,
+    /// The signal that ended the command, as its init saw it (`waitpid`).
+    pub signal: Option<i32>,
+    /// Processes still running when the command ended (stopped with it), counted by its init.
+    pub left_running: u32,
+    /// Forks the run's process limit refused, from its pids cgroup (`pids.events`).
+    pub forks_refused: u64,
+    /// Files in the workspace whose setuid/setgid bits the sandbox cleared after the run.
+    pub setid_cleared: usize,
     /// Destinations the egress proxy refused, each with the reason.
     pub egress_refused: Vec<String>,
 }
 
 /// What the sandbox stopped or refused during a run, as read back from its account
 /// ([`ExecOutput::render`]); the runtime records each one in the audit log.
+///
+/// The first three come from the account's header, which the gateway writes from what the
+/// kernel and the sandbox itself saw, before any of the command's output: a command cannot add,
+/// change or hide them. The others are read from the command's error text and its command line
+/// and are best-effort ([`Finding::best_effort`]): a command can word, redirect or suppress its
+/// errors, so they may be missing or made up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
-    /// A forbidden system call; the process was killed.
-    Violation,
-    /// A resource limit ended the run (wall clock, output, or a signal from an rlimit).
+    /// Forbidden system calls, each with the process that made it (which was killed).
+    Violation(Vec<String>),
+    /// A limit the sandbox enforced: the wall clock, the output cap, a signal from an rlimit,
+    /// forks the process limit refused, processes left running when the command ended.
     Limit(String),
-    /// The sandbox refused an access: the error lines the command printed (a write to the
-    /// read-only system, a permission the sandbox user lacks, an operation it may not do).
+    /// What the sandbox itself refused or undid: destinations the egress proxy refused,
+    /// setuid/setgid bits it cleared in the workspace.
+    Refused(Vec<String>),
+    /// Best-effort: a limit the command's errors say it ran into (fork, memory, file size,
+    /// descriptors, the size-capped `/tmp`).
+    SeemsLimited(String),
+    /// Best-effort: accesses the command's errors say were refused (a write to the read-only
+    /// system, a permission the sandbox user lacks, an operation it may not do).
     Denied(Vec<String>),
-    /// The command named host paths its sandbox does not have: they exist on the host but
-    /// read as missing inside (the data dir, another workspace, `/etc/shadow`, …).
+    /// Best-effort: host paths the command named that its sandbox does not have: they exist on
+    /// the host but read as missing inside (the data dir, another workspace, `/etc/shadow`, …).
     Hidden(Vec<String>),
-    /// The command asked for what the sandbox does not pass in: the daemon's environment or
-    /// some of its variables, or the host's processes.
+    /// Best-effort: what the command asked for that the sandbox does not pass in: the daemon's
+    /// environment or some of its variables, or the host's processes.
     Withheld(Vec<String>),
 }
 
-/// The note a run's wrapper adds when processes outlived the command (see `RUN_WRAPPER`).
-const ORPHANS_NOTE: &str = "[sandbox: stopped";
-const VIOLATION_LINE: &str =
-    "sandbox violation: a forbidden system call was made; that process was killed";
+impl Finding {
+    /// Whether it was read from the command's own text rather than recorded by the sandbox.
+    pub fn best_effort(&self) -> bool {
+        !matches!(self, Finding::Violation(_) | Finding::Limit(_) | Finding::Refused(_))
+    }
+}
+
+/// Header lines of a run's account (see `ExecOutput::render`).
+const VIOLATION_PREFIX: &str = "sandbox violation: forbidden system call ";
 const LIMIT_PREFIX: &str = "killed";
-/// A destination the egress proxy refused, in the account's header (see `render`).
+const SIGNAL_PREFIX: &str = "ended by signal ";
+const LEFT_RUNNING_PREFIX: &str = "sandbox: stopped ";
+const FORKS_PREFIX: &str = "sandbox: the process limit ";
+const SETID_PREFIX: &str = "sandbox: removed setuid/setgid bits";
+/// A destination the egress proxy refused.
 const EGRESS_PREFIX: &str = "egress refused: ";
 /// Error texts of refused accesses, as libc's `strerror` spells them for EROFS, EACCES, EPERM
-/// and ESRCH (a signal to a process outside the sandbox's pid namespace), and the note the
-/// sandbox adds when it cleared setuid bits a command left behind.
-const DENIAL_TEXTS: [&str; 5] = [
-    "Read-only file system",
-    "Permission denied",
-    "Operation not permitted",
-    "No such process",
-    "[sandbox: removed setuid/setgid bits",
-];
+/// and ESRCH (a signal to a process outside the sandbox's pid namespace).
+const DENIAL_TEXTS: [&str; 4] =
+    ["Read-only file system", "Permission denied", "Operation not permitted", "No such process"];
 /// Error texts that are refusals only in a run without a network grant, whose network
 /// namespace holds nothing but its own loopback.
 const OFFLINE_DENIAL_TEXTS: [&str; 2] = ["Connection refused", "Network is unreachable"];
 /// Error texts of a resource limit a process ran into (fork, memory, file size, descriptors,
 /// the size-capped `/tmp`), as libc, the shells and Python spell them.
-const LIMIT_TEXTS: [&str; 8] = [
+const LIMIT_TEXTS: [&str; 7] = [
     "Cannot fork",
     "Resource temporarily unavailable",
     "Cannot allocate memory",
@@ -114,13 +143,15 @@ const LIMIT_TEXTS: [&str; 8] = [
     "File size limit exceeded",
     "Too many open files",
     "No space left on device",
-    ORPHANS_NOTE,
 ];
 
 /// Whether `text` is a run's account as [`ExecOutput::render`] writes it.
 pub fn is_account(text: &str) -> bool {
     let first = text.lines().next().unwrap_or_default();
-    first == VIOLATION_LINE || first.starts_with(LIMIT_PREFIX) || first.starts_with("exit code ")
+    first.starts_with(VIOLATION_PREFIX)
+        || first.starts_with(LIMIT_PREFIX)
+        || first.starts_with(SIGNAL_PREFIX)
+        || first.starts_with("exit code ")
 }
 
 /// What the daemon knows of a run besides its account.
@@ -148,27 +179,33 @@ fn findings_with(
     daemon_env: &[String],
     exists: impl Fn(&Path) -> bool + Copy,
 ) -> Vec<Finding> {
-    let mut lines = account.lines();
+    if !is_account(account) {
+        return Vec::new();
+    }
     let mut found = Vec::new();
-    let mut first = lines.next().unwrap_or_default();
-    if first == VIOLATION_LINE {
-        found.push(Finding::Violation);
-        first = lines.next().unwrap_or_default();
-    }
-    if first.starts_with(LIMIT_PREFIX) {
-        found.push(Finding::Limit(first.chars().take(200).collect()));
-    } else if !first.starts_with("exit code ") {
-        return found;
-    }
-    // The egress proxy's refusals: header lines the daemon wrote, before any output.
-    let refused: Vec<String> = lines
-        .clone()
+    // The header: every line before the command's output, written by the gateway.
+    let header = account
+        .lines()
         .take_while(|l| *l != "stdout:" && *l != "stderr:")
-        .filter(|l| l.starts_with(EGRESS_PREFIX))
-        .map(|l| l.chars().take(300).collect())
-        .collect();
+        .take(MAX_VIOLATIONS + 10);
+    let (mut violations, mut refused) = (Vec::new(), Vec::new());
+    for line in header {
+        if let Some(call) = line.strip_prefix(VIOLATION_PREFIX) {
+            violations.push(call.split(';').next().unwrap_or(call).chars().take(200).collect());
+        } else if line.starts_with(LIMIT_PREFIX)
+            || line.starts_with(LEFT_RUNNING_PREFIX)
+            || line.starts_with(FORKS_PREFIX)
+        {
+            found.push(Finding::Limit(line.chars().take(200).collect()));
+        } else if line.starts_with(EGRESS_PREFIX) || line.starts_with(SETID_PREFIX) {
+            refused.push(line.chars().take(300).collect());
+        }
+    }
+    if !violations.is_empty() {
+        found.insert(0, Finding::Violation(violations));
+    }
     if !refused.is_empty() {
-        found.push(Finding::Denied(refused));
+        found.push(Finding::Refused(refused));
     }
     // The command's stderr, and its stdout only when the command sent its errors there
     // (`2>&1`): otherwise stdout may be any data (a log that quotes an error).
@@ -191,7 +228,7 @@ fn findings_with(
     if !found.iter().any(|f| matches!(f, Finding::Limit(_)))
         && let Some(line) = errors.lines().find(|l| LIMIT_TEXTS.iter().any(|t| l.contains(t)))
     {
-        found.push(Finding::Limit(line.chars().take(200).collect()));
+        found.push(Finding::SeemsLimited(line.chars().take(200).collect()));
     }
     let mut hidden = hidden_host_paths(&errors, true, exists);
     for path in hidden_host_paths(run.command, false, exists) {
@@ -358,26 +395,47 @@ fn exists_on_host(path: &Path) -> bool {
 }
 
 impl ExecOutput {
-    /// A short account for the model: exit status, then stdout and stderr.
+    /// A short account for the model: a header of what the sandbox saw (violations, how the
+    /// command ended, limits, refusals), then stdout and stderr. The header comes first so
+    /// nothing the command prints can pass for part of it.
     pub fn render(&self, limits: &SandboxLimits) -> String {
         let mut text = String::new();
-        if self.violation {
-            text.push_str(VIOLATION_LINE);
-            text.push('\n');
+        for call in &self.violations {
+            text.push_str(&format!("{VIOLATION_PREFIX}{call}; that process was killed\n"));
         }
-        match (self.timed_out, self.output_capped, self.code) {
-            (true, _, _) => text.push_str(&format!(
+        match (self.timed_out, self.output_capped, self.code, self.signal) {
+            (true, _, _, _) => text.push_str(&format!(
                 "killed: wall-clock limit of {} s reached (every process of the command was stopped)\n",
                 limits.timeout_secs
             )),
-            (_, true, _) => text.push_str(&format!(
+            (_, true, _, _) => text.push_str(&format!(
                 "killed: output passed the limit of {} bytes\n",
                 limits.output_bytes
             )),
-            (_, _, Some(code)) => text.push_str(&format!("exit code {code}\n")),
-            (_, _, None) => text.push_str("killed by a signal (a resource limit may have been reached)\n"),
+            (_, _, _, Some(signal)) => text.push_str(&signal_line(signal, limits, self)),
+            (_, _, Some(code), None) => text.push_str(&format!("exit code {code}\n")),
+            (_, _, None, None) => {
+                text.push_str("killed by a signal (a resource limit may have been reached)\n")
+            }
         }
-        // Before the command's own output, so it cannot be faked by what the command prints.
+        if self.left_running > 0 {
+            text.push_str(&format!(
+                "{LEFT_RUNNING_PREFIX}{} process(es) still running when the command ended\n",
+                self.left_running
+            ));
+        }
+        if self.forks_refused > 0 {
+            text.push_str(&format!(
+                "{FORKS_PREFIX}of {} refused {} fork(s)\n",
+                limits.processes, self.forks_refused
+            ));
+        }
+        if self.setid_cleared > 0 {
+            text.push_str(&format!(
+                "{SETID_PREFIX} from {} file(s) in the workspace\n",
+                self.setid_cleared
+            ));
+        }
         for refusal in &self.egress_refused {
             text.push_str(EGRESS_PREFIX);
             text.push_str(&refusal.replace('\n', " "));
@@ -402,6 +460,30 @@ impl ExecOutput {
     }
 }
 
+/// The status line of a command a signal ended: a limit's signal starts with `killed`.
+fn signal_line(signal: i32, limits: &SandboxLimits, out: &ExecOutput) -> String {
+    match signal {
+        libc::SIGXCPU => {
+            format!(
+                "killed by signal {signal} (SIGXCPU): CPU-time limit of {} s\n",
+                limits.cpu_secs
+            )
+        }
+        libc::SIGXFSZ => format!(
+            "killed by signal {signal} (SIGXFSZ): file-size limit of {} MiB\n",
+            limits.file_size_mib
+        ),
+        libc::SIGKILL if out.violations.is_empty() => format!(
+            "killed by signal {signal} (SIGKILL): CPU-time limit of {} s, or out of memory\n",
+            limits.cpu_secs
+        ),
+        libc::SIGKILL => {
+            format!("{SIGNAL_PREFIX}{signal} (SIGKILL), after its forbidden system call\n")
+        }
+        _ => format!("{SIGNAL_PREFIX}{signal}\n"),
+    }
+}
+
 /// Where and how commands run; cheap to share.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
@@ -421,6 +503,9 @@ pub struct Sandbox {
     /// The program (and leading arguments) of the egress bridge that network-granted runs
     /// start inside the sandbox (see [`crate::egress`]); without it they are refused.
     egress_bridge: Option<Arc<[String]>>,
+    /// The program (and leading arguments) of the init every tool run starts under
+    /// ([`crate::init`]); without it tool runs are refused.
+    init: Option<Arc<[String]>>,
     /// What the self-check found, shared by every clone.
     health: Arc<std::sync::RwLock<SandboxHealth>>,
 }
@@ -466,56 +551,20 @@ static RUNS: AtomicU64 = AtomicU64::new(0);
 /// cgroup (so every process of the tree is counted from the first fork), and execs the
 /// program. `$0` is the cgroup's `cgroup.procs` file or `-`; `$1` and `$2` seccomp filters
 /// (`/proc/self/fd/<n>` of a [`SealedFilter`]) opened as descriptors 3 and 4 for
-/// `bwrap --add-seccomp-fd` before anything else is closed, or `-`. bash is used where
-/// present because POSIX sh cannot close descriptors above 9.
+/// `bwrap --add-seccomp-fd` before anything else is closed, or `-`; `$3` the number of the
+/// descriptor of the run's report socket, moved to 5 for the sandbox's init, or `-`. bash is
+/// used where present because POSIX sh cannot close descriptors above 9.
 const LAUNCHER: &str = r#"keep=:0:1:2:
 if [ "$1" != "-" ]; then exec 3< "$1" || exit 125; keep=${keep}3:; fi
 if [ "$2" != "-" ]; then exec 4< "$2" || exit 125; keep=${keep}4:; fi
+if [ "$3" != "-" ]; then eval "exec 5<&$3" || exit 125; keep=${keep}5:; fi
 for fd in /proc/$$/fd/*; do n=${fd##*/}; case $keep in *:$n:*) ;; *) eval "exec $n>&-" 2>/dev/null ;; esac; done
 [ "$0" = "-" ] || echo $$ > "$0" || exit 125
-shift 2
+shift 3
 exec "$@""#;
-
-/// Runs a tool's command inside the sandbox, then counts the processes it left running (a
-/// daemonised child, say), which die with the sandbox's pid namespace as this shell exits,
-/// and says so on stderr for the audit log (see `findings`). Only shell builtins run after
-/// the command, so a process limit it exhausted cannot stop the count. The exit status is
-/// the command's.
-const RUN_WRAPPER: &str = r#""$@"
-status=$?
-__STOP_BRIDGE__
-left=0
-for dir in /proc/[0-9]*; do
-  pid=${dir#/proc/}
-  case $pid in 1|$$) continue ;; esac
-  read -r stat < "$dir/stat" 2>/dev/null || continue
-  case $stat in *") Z "*) continue ;; esac
-  left=$((left + 1))
-done
-[ "$left" = 0 ] || echo "[sandbox: stopped $left process(es) still running when the command ended]" >&2
-exit "$status""#;
-
-/// The line of [`RUN_WRAPPER`] that stops the egress bridge in runs that have one.
-const STOP_BRIDGE: &str = "__STOP_BRIDGE__";
 
 /// Where the egress bridge's program is bound inside the sandbox.
 const BRIDGE_PATH: &str = "/run/clade-egress-bridge";
-
-/// Starts the egress bridge (`bridge`, a quoted command line) and waits until it listens,
-/// before [`RUN_WRAPPER`] runs the command; the bridge is stopped before processes left
-/// running are counted.
-fn egress_prologue(bridge: &str) -> String {
-    format!(
-        r#"ready=/tmp/.clade-egress-ready
-mkfifo "$ready" || exit 125
-{bridge} > "$ready" &
-bridge=$!
-read -r line < "$ready"
-rm -f "$ready"
-[ "$line" = ready ] || {{ echo "[sandbox: the network bridge did not start]" >&2; exit 125; }}
-"#
-    )
-}
 
 /// `PATH` inside the sandbox.
 const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
@@ -547,6 +596,7 @@ impl Sandbox {
             seccomp_offline,
             seccomp_no_unix,
             egress_bridge: None,
+            init: None,
             health: Arc::new(std::sync::RwLock::new(match mode {
                 SandboxMode::None => SandboxHealth::Off,
                 SandboxMode::Bubblewrap => SandboxHealth::Checking,
@@ -581,6 +631,13 @@ impl Sandbox {
     /// the proxy's socket are appended (`clade __egress-bridge`, or `clade-egress-bridge`).
     pub fn with_egress_bridge(mut self, command: Vec<String>) -> Self {
         self.egress_bridge = (!command.is_empty()).then(|| command.into());
+        self
+    }
+
+    /// The sandbox's init every tool run starts under: a program (bound read-only into the
+    /// sandbox) and its leading arguments (`clade __sandbox-init`, or `clade-sandbox-init`).
+    pub fn with_init(mut self, command: Vec<String>) -> Self {
+        self.init = (!command.is_empty()).then(|| command.into());
         self
     }
 
@@ -658,35 +715,40 @@ impl Sandbox {
             }
             _ => None,
         };
+        if self.mode == SandboxMode::Bubblewrap && self.init.is_none() {
+            return Err(SandboxError::Unavailable(
+                "tool runs need the sandbox's init (`clade __sandbox-init`), which this process was not given".into(),
+            ));
+        }
         let group = self.pids_cgroup.as_ref().and_then(|parent| self.create_group(parent));
-        let command = match self.mode {
+        let (command, report) = match self.mode {
             SandboxMode::Bubblewrap => {
-                self.bwrap_command(&exec, group.as_deref(), false, proxy.as_ref())?
+                let (ours, theirs) = report_socket().map_err(SandboxError::Spawn)?;
+                let command =
+                    self.bwrap_command(&exec, group.as_deref(), Some(&theirs), proxy.as_ref())?;
+                (command, Some((ours, theirs)))
             }
-            SandboxMode::None => unsandboxed_command(&exec),
+            SandboxMode::None => (unsandboxed_command(&exec), None),
         };
-        let mut out = self.supervise(command, exec.stdin).await;
+        let mut out = self.supervise(command, exec.stdin, report).await;
         if let (Ok(out), Some(proxy)) = (&mut out, &proxy) {
             out.egress_refused = proxy.refusals();
         }
         drop(proxy);
         if let Some(group) = group {
+            if let Ok(out) = &mut out {
+                out.forks_refused = forks_refused(&group);
+            }
             remove_group(&group).await;
         }
-        if self.mode == SandboxMode::Bubblewrap {
+        if self.mode == SandboxMode::Bubblewrap
+            && let Ok(out) = &mut out
+        {
             let workspace = exec.workspace.clone();
-            let fixed =
+            out.setid_cleared =
                 tokio::task::spawn_blocking(move || crate::workspace::strip_setid(&workspace))
                     .await
                     .unwrap_or(0);
-            if let (Ok(out), true) = (&out, fixed > 0) {
-                let mut out = out.clone();
-                let note = format!(
-                    "\n[sandbox: removed setuid/setgid bits from {fixed} file(s) in the workspace]\n"
-                );
-                out.stderr.extend_from_slice(note.as_bytes());
-                return Ok(out);
-            }
         }
         out
     }
@@ -716,7 +778,7 @@ impl Sandbox {
             stdin: None,
         };
         let mut command = match self.mode {
-            SandboxMode::Bubblewrap => self.bwrap_command(&exec, None, true, None)?,
+            SandboxMode::Bubblewrap => self.bwrap_command(&exec, None, None, None)?,
             SandboxMode::None => unsandboxed_command(&exec),
         };
         command.kill_on_drop(true);
@@ -736,16 +798,19 @@ impl Sandbox {
         }
     }
 
-    /// The bubblewrap command for `exec`. A `service` (a long-lived MCP server) gets no
-    /// CPU-time limit, and the directory of its program is mounted read-only when it lives
-    /// outside the system directories.
+    /// The bubblewrap command for `exec`. A tool run (with its `report` socket) starts under
+    /// the sandbox's init ([`crate::init`]), which sets its limits and seccomp filter. A service
+    /// (a long-lived MCP server, no `report`) gets no CPU-time limit and a filter that kills
+    /// outright, and the directory of its program is mounted read-only when it lives outside
+    /// the system directories.
     fn bwrap_command(
         &self,
         exec: &Exec,
         group: Option<&Path>,
-        service: bool,
+        report: Option<&rustix::fd::OwnedFd>,
         egress: Option<&crate::egress::EgressProxy>,
     ) -> Result<tokio::process::Command, SandboxError> {
+        let service = report.is_none();
         let bwrap = self.bwrap.as_ref().filter(|p| p.is_file()).ok_or_else(|| {
             SandboxError::Unavailable(match &self.bwrap {
                 Some(p) => format!("{} does not exist", p.display()),
@@ -826,50 +891,57 @@ impl Sandbox {
                 command.extend(bridge[1..].iter().cloned());
                 command.push(crate::egress::BRIDGE_LISTEN.to_owned());
                 command.push(crate::egress::sandbox_socket());
-                Some(crate::argv::quote(&command))
+                Some(command)
             }
             _ => None,
         };
+        if let (false, Some(init)) = (service, &self.init) {
+            push(&["--ro-bind", &init[0], crate::init::INIT_PATH]);
+        }
         push(&["--remount-ro", "/"]);
         push(&["--setenv", "PATH", SANDBOX_PATH, "--setenv", "HOME", "/workspace"]);
         push(&["--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8"]);
         for (key, value) in &exec.env {
             push(&["--setenv", key, value]);
         }
-        push(&["--", "/usr/bin/prlimit"]);
-        if !service {
-            push(&[&format!("--cpu={}", limits.cpu_secs)]);
-        }
-        let memory = format!("--as={}", limits.memory_mib * 1024 * 1024);
-        let fsize = format!("--fsize={}", limits.file_size_mib * 1024 * 1024);
-        let nproc = format!("--nproc={}", limits.processes);
-        push(&[&memory, &fsize, &nproc, "--nofile=256", "--core=0", "--"]);
-        if !service {
-            let wrapper = match &bridge {
-                Some(bridge) => format!(
-                    "{}{}",
-                    egress_prologue(bridge),
-                    RUN_WRAPPER.replace(
-                        STOP_BRIDGE,
-                        "kill \"$bridge\" 2>/dev/null; wait \"$bridge\" 2>/dev/null"
-                    )
-                ),
-                None => RUN_WRAPPER.replace(&format!("{STOP_BRIDGE}\n"), ""),
+        if service {
+            let memory = format!("--as={}", limits.memory_mib * 1024 * 1024);
+            let fsize = format!("--fsize={}", limits.file_size_mib * 1024 * 1024);
+            let nproc = format!("--nproc={}", limits.processes);
+            push(&["--", "/usr/bin/prlimit"]);
+            push(&[&memory, &fsize, &nproc, "--nofile=256", "--core=0", "--"]);
+        } else {
+            let init = self.init.as_ref().ok_or_else(|| {
+                SandboxError::Unavailable("the sandbox's init was not given".into())
+            })?;
+            let config = InitConfig {
+                offline: !exec.network,
+                cpu_secs: Some(limits.cpu_secs),
+                memory_bytes: limits.memory_mib * 1024 * 1024,
+                file_size_bytes: limits.file_size_mib * 1024 * 1024,
+                processes: limits.processes,
+                bridge,
             };
-            push(&["/bin/sh", "-c", &wrapper, "sandbox"]);
+            let config = serde_json::to_string(&config)
+                .map_err(|e| SandboxError::Spawn(std::io::Error::other(e)))?;
+            // The init is pid 1 itself: no reaper of bubblewrap's that a command could outlive.
+            push(&["--as-pid-1"]);
+            push(&["--", crate::init::INIT_PATH]);
+            args.extend(init[1..].iter().cloned());
+            args.extend([config, "--".to_owned()]);
         }
         args.extend(exec.argv.iter().cloned());
         // bwrap itself stays pid 1's parent inside the sandbox, where /proc/1/environ is
         // readable: it must not carry the daemon's environment (the launcher clears it).
-        let (filter, second) = match (exec.network, egress.is_some()) {
-            // Its own network namespace holds no host socket, abstract or not; the bridge
-            // needs a Unix socket to reach the proxy.
-            (true, true) => (&self.seccomp, &None),
-            (true, false) => (&self.seccomp, &self.seccomp_no_unix),
-            (false, _) => (&self.seccomp_offline, &None),
+        // Tool runs get their filter from the init; services one bubblewrap loads.
+        let (filter, second) = match (service, exec.network) {
+            (false, _) => (&None, &None),
+            (true, true) => (&self.seccomp, &self.seccomp_no_unix),
+            (true, false) => (&self.seccomp_offline, &None),
         };
         let filters = [filter, second].map(|f| f.as_deref().map(|f| f.path.as_path()));
-        let mut command = launcher(group, filters);
+        let report_fd = report.map(std::os::fd::AsRawFd::as_raw_fd);
+        let mut command = launcher(group, filters, report_fd);
         command.arg(bwrap);
         for (fd, filter) in ["3", "4"].into_iter().zip(filters) {
             if filter.is_some() {
@@ -880,10 +952,13 @@ impl Sandbox {
         Ok(command)
     }
 
+    /// Runs `command` to its end under the deadline and output cap; with a `report` socket
+    /// (ours, the init's end), watches the init's listener and report beside it.
     async fn supervise(
         &self,
         mut command: tokio::process::Command,
         stdin: Option<Vec<u8>>,
+        report: Option<(rustix::fd::OwnedFd, rustix::fd::OwnedFd)>,
     ) -> Result<ExecOutput, SandboxError> {
         command
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -891,6 +966,12 @@ impl Sandbox {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = command.spawn().map_err(SandboxError::Spawn)?;
+        // Only the launcher holds the init's end now, so the watch sees the end of the run.
+        let watch = report.map(|(ours, theirs)| {
+            drop(theirs);
+            let rounds = (self.limits.timeout_secs + 10) * 10;
+            tokio::task::spawn_blocking(move || watch_run(&ours, rounds))
+        });
         if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
             tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
@@ -933,17 +1014,38 @@ impl Sandbox {
         }
         // Reap it so no zombie stays; killing bwrap takes its whole pid namespace with it.
         let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-        // The shell reports a child killed by SIGSYS as "Bad system call", on whichever stream
-        // that command's stderr went to.
-        let said = |bytes: &[u8]| String::from_utf8_lossy(bytes).contains("Bad system call");
-        out.violation = out.code == Some(SIGSYS_STATUS) || said(&out.stderr) || said(&out.stdout);
+        let Some(watch) = watch else { return Ok(out) };
+        let watched = match tokio::time::timeout(Duration::from_secs(5), watch).await {
+            Ok(Ok(watched)) => watched,
+            _ => Watched::default(),
+        };
+        out.violations = watched.violations;
+        if let Some(report) = watched.report {
+            if let Some(error) = report.error {
+                return Err(SandboxError::Unavailable(format!(
+                    "the sandbox's init failed: {error}"
+                )));
+            }
+            if !out.timed_out && !out.output_capped {
+                out.code = report.exit;
+                out.signal = report.signal;
+            }
+            out.left_running = report.left_running;
+        } else if !watched.listener && !out.timed_out && !out.output_capped {
+            // The init never started the command: bubblewrap could not set the sandbox up.
+            return Ok(out);
+        }
         Ok(out)
     }
 }
 
 /// The host-side launcher (see `LAUNCHER`), ready for the program and its arguments.
 #[allow(clippy::disallowed_methods)] // The one place tools spawn processes.
-fn launcher(group: Option<&Path>, seccomp: [Option<&Path>; 2]) -> tokio::process::Command {
+fn launcher(
+    group: Option<&Path>,
+    seccomp: [Option<&Path>; 2],
+    report: Option<i32>,
+) -> tokio::process::Command {
     let shell = ["/usr/bin/bash", "/bin/bash"]
         .into_iter()
         .find(|p| Path::new(p).is_file())
@@ -960,13 +1062,144 @@ fn launcher(group: Option<&Path>, seccomp: [Option<&Path>; 2]) -> tokio::process
             None => command.arg("-"),
         };
     }
+    match report {
+        Some(fd) => command.arg(fd.to_string()),
+        None => command.arg("-"),
+    };
     command
+}
+
+/// The run's report socket: ours, and the init's end, which child processes inherit (the
+/// launcher moves it to descriptor 5 and closes every other).
+fn report_socket() -> std::io::Result<(rustix::fd::OwnedFd, rustix::fd::OwnedFd)> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let (ours, theirs) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty())?;
+    Ok((ours, theirs))
+}
+
+/// What the gateway saw of a run through its init.
+#[derive(Debug, Default)]
+struct Watched {
+    /// The init sent its seccomp listener (so it installed the filter before the command).
+    listener: bool,
+    violations: Vec<String>,
+    report: Option<InitReport>,
+}
+
+/// The most violations one run's account lists.
+const MAX_VIOLATIONS: usize = 20;
+
+/// Reads the init's messages and serves its seccomp listener until the init's end of the
+/// socket closes (the run is over), for at most `rounds` tenths of a second: each forbidden
+/// call is recorded from the kernel's notification and its process killed.
+fn watch_run(report: &rustix::fd::OwnedFd, rounds: u64) -> Watched {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut watched = Watched::default();
+    let mut listener: Option<rustix::fd::OwnedFd> = None;
+    let tenth = Timespec { tv_sec: 0, tv_nsec: 100_000_000 };
+    for _ in 0..rounds {
+        let (report_events, listener_events) = {
+            let mut fds = vec![PollFd::new(report, PollFlags::IN)];
+            if let Some(listener) = &listener {
+                fds.push(PollFd::new(listener, PollFlags::IN));
+            }
+            if rustix::event::poll(&mut fds, Some(&tenth)).is_err() {
+                continue;
+            }
+            (fds[0].revents(), fds.get(1).map(PollFd::revents))
+        };
+        if let (Some(events), Some(fd)) = (listener_events, &listener) {
+            if events.contains(PollFlags::IN) {
+                serve_notification(fd, &mut watched);
+            } else if !events.is_empty() {
+                // Every process under the filter is gone.
+                listener = None;
+            }
+        }
+        if report_events.is_empty() {
+            continue;
+        }
+        match receive_message(report) {
+            Ok(Message::Listener(fd)) => {
+                watched.listener = true;
+                listener = Some(fd);
+            }
+            Ok(Message::Report(report)) => watched.report = Some(report),
+            Ok(Message::Other) => {}
+            Ok(Message::End) | Err(_) => break,
+        }
+    }
+    watched
+}
+
+/// Records one forbidden call and kills the process that made it.
+fn serve_notification(listener: &rustix::fd::OwnedFd, watched: &mut Watched) {
+    use std::os::fd::AsFd;
+    let Ok(notification) = crate::seccomp::receive(listener.as_fd()) else { return };
+    // The process waits on its call until answered, so its pid cannot have been reused.
+    if crate::seccomp::still_waiting(listener.as_fd(), notification.id)
+        && let Some(pid) =
+            i32::try_from(notification.pid).ok().and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    if watched.violations.len() < MAX_VIOLATIONS {
+        watched.violations.push(format!("{} by process {}", notification.call, notification.pid));
+    }
+}
+
+enum Message {
+    Listener(rustix::fd::OwnedFd),
+    Report(InitReport),
+    Other,
+    End,
+}
+
+fn receive_message(report: &rustix::fd::OwnedFd) -> std::io::Result<Message> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = rustix::net::recvmsg(
+        report,
+        &mut [std::io::IoSliceMut::new(&mut buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds: Vec<rustix::fd::OwnedFd> = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    let bytes = &buf[..received.bytes];
+    if bytes.is_empty() && fds.is_empty() {
+        return Ok(Message::End);
+    }
+    if bytes == crate::init::LISTENER_MESSAGE
+        && let Some(fd) = fds.pop()
+    {
+        return Ok(Message::Listener(fd));
+    }
+    Ok(serde_json::from_slice(bytes).map(Message::Report).unwrap_or(Message::Other))
+}
+
+/// How many forks the run's pids cgroup refused (`max` in `pids.events`).
+fn forks_refused(group: &Path) -> u64 {
+    let events = std::fs::read_to_string(group.join("pids.events")).unwrap_or_default();
+    events.lines().find_map(|line| line.strip_prefix("max ")?.trim().parse().ok()).unwrap_or(0)
 }
 
 /// The operator's explicit `sandbox: none`: same environment scrubbing and limits on time and
 /// output, but the host's filesystem, network and processes are reachable.
 fn unsandboxed_command(exec: &Exec) -> tokio::process::Command {
-    let mut command = launcher(None, [None, None]);
+    let mut command = launcher(None, [None, None], None);
     command.args(&exec.argv).current_dir(&exec.workspace);
     command.env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin");
     command.envs(exec.env.iter().map(|(k, v)| (k, v)));
@@ -991,115 +1224,12 @@ async fn read_capped(mut reader: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>
     }
 }
 
-/// System calls no tool needs and kernel exploits often use: a process that makes one is
-/// killed (`SIGSYS`), which the run reports as a sandbox violation.
-const FORBIDDEN_SYSCALLS: &[libc::c_long] = &[
-    libc::SYS_ptrace,
-    libc::SYS_process_vm_readv,
-    libc::SYS_process_vm_writev,
-    libc::SYS_mount,
-    libc::SYS_umount2,
-    libc::SYS_pivot_root,
-    libc::SYS_chroot,
-    libc::SYS_unshare,
-    libc::SYS_setns,
-    libc::SYS_keyctl,
-    libc::SYS_add_key,
-    libc::SYS_request_key,
-    libc::SYS_bpf,
-    libc::SYS_perf_event_open,
-    libc::SYS_userfaultfd,
-    libc::SYS_io_uring_setup,
-    libc::SYS_io_uring_enter,
-    libc::SYS_io_uring_register,
-    libc::SYS_kexec_load,
-    libc::SYS_kexec_file_load,
-    libc::SYS_init_module,
-    libc::SYS_finit_module,
-    libc::SYS_delete_module,
-    libc::SYS_reboot,
-    libc::SYS_swapon,
-    libc::SYS_swapoff,
-    libc::SYS_acct,
-    libc::SYS_settimeofday,
-    libc::SYS_clock_settime,
-    libc::SYS_clock_adjtime,
-    libc::SYS_adjtimex,
-    libc::SYS_syslog,
-    libc::SYS_quotactl,
-    libc::SYS_open_by_handle_at,
-    libc::SYS_name_to_handle_at,
-    libc::SYS_fanotify_init,
-    libc::SYS_vhangup,
-    libc::SYS_open_tree,
-    libc::SYS_move_mount,
-    libc::SYS_fsopen,
-    libc::SYS_fsconfig,
-    libc::SYS_fsmount,
-    libc::SYS_fspick,
-];
-
-/// Shell exit status of a command killed by `SIGSYS` (128 + 31).
-const SIGSYS_STATUS: i32 = 128 + 31;
-
-/// Which compiled seccomp filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Filter {
-    /// Forbidden system calls kill the process.
-    Online,
-    /// The same, and so does opening an internet or packet socket (no network grant).
-    Offline,
-    /// With a network grant the command shares the host's network namespace, and with it the
-    /// host's abstract Unix sockets (D-Bus, X11, …): creating any Unix socket fails with
-    /// EACCES instead (not a kill: glibc tries the nscd socket on every name lookup and copes
-    /// with a refusal). `socketpair` stays allowed, so in-process pipes still work.
-    NoUnixSockets,
-}
-
-/// Compiles the filter (plus `ioctl(TIOCSTI)`, terminal injection) into a sealed memory file
-/// the launcher can open. `None` when this architecture or host cannot have one; the sandbox
-/// then runs without it (namespaces and capabilities still apply).
+/// A service's compiled seccomp filter ([`crate::seccomp`], killing outright) in a sealed
+/// memory file the launcher can open. `None` when this architecture or host cannot have one;
+/// the service then runs without it (namespaces and capabilities still apply).
 fn seccomp_filter(kind: Filter) -> Option<SealedFilter> {
-    use seccompiler::{
-        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    };
-    let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH).ok()?;
-    let domain_is = |domain: i32| {
-        SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, domain as u64)
-            .ok()
-            .and_then(|cond| SeccompRule::new(vec![cond]).ok())
-    };
-    let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> = Default::default();
-    let mut action = SeccompAction::KillProcess;
-    if kind == Filter::NoUnixSockets {
-        rules.insert(libc::SYS_socket, vec![domain_is(libc::AF_UNIX)?]);
-        action = SeccompAction::Errno(libc::EACCES as u32);
-    } else {
-        rules.extend(FORBIDDEN_SYSCALLS.iter().map(|n| (*n, Vec::new())));
-        let tiocsti =
-            SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::TIOCSTI)
-                .ok()?;
-        rules.insert(libc::SYS_ioctl, vec![SeccompRule::new(vec![tiocsti]).ok()?]);
-    }
-    if kind == Filter::Offline {
-        // Without a network grant there is no network to reach: opening an internet or packet
-        // socket is itself the violation (Unix sockets stay allowed).
-        let mut domains = Vec::new();
-        for domain in [libc::AF_INET, libc::AF_INET6, libc::AF_PACKET] {
-            domains.push(domain_is(domain)?);
-        }
-        rules.insert(libc::SYS_socket, domains);
-    }
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, action, arch).ok()?;
-    let program: seccompiler::BpfProgram = filter.try_into().ok()?;
-    let mut bytes = Vec::with_capacity(program.len() * 8);
-    for insn in &program {
-        bytes.extend_from_slice(&insn.code.to_ne_bytes());
-        bytes.push(insn.jt);
-        bytes.push(insn.jf);
-        bytes.extend_from_slice(&insn.k.to_ne_bytes());
-    }
-    seal(&bytes, kind)
+    let program = crate::seccomp::program(kind, Action::Kill)?;
+    seal(&crate::seccomp::to_bytes(&program), kind)
 }
 
 /// `bytes` in a memory file that can no longer change (write, grow, shrink and seal seals),
@@ -1318,8 +1448,44 @@ mod tests {
     #[test]
     fn each_kind_of_stop_or_refusal_is_found_in_the_account() {
         let stderr = |s: &str| s.as_bytes().to_vec();
-        let violation = ExecOutput { violation: true, code: Some(159), ..Default::default() };
-        assert_eq!(account(violation), vec![Finding::Violation]);
+        let violation = ExecOutput {
+            violations: vec!["unshare by process 7".into()],
+            signal: Some(9),
+            ..Default::default()
+        };
+        assert_eq!(
+            account(violation),
+            vec![Finding::Violation(vec!["unshare by process 7".into()])]
+        );
+        // The same words printed by the command, the exit status a kill gives, or a note of
+        // processes left running are no record: only the header is.
+        let forged = ExecOutput {
+            code: Some(159),
+            stdout: stderr(&format!("{VIOLATION_PREFIX}x; that process was killed\n")),
+            stderr: stderr(
+                "Bad system call\n[sandbox: stopped 3 process(es) still running]\nsandbox: stopped 3 process(es)\n",
+            ),
+            ..Default::default()
+        };
+        assert!(account(forged).is_empty());
+        let left = ExecOutput {
+            code: Some(0),
+            left_running: 2,
+            forks_refused: 5,
+            setid_cleared: 1,
+            ..Default::default()
+        };
+        let found = account(left);
+        assert!(
+            matches!(&found[..], [Finding::Limit(a), Finding::Limit(b), Finding::Refused(c)]
+            if a.contains("stopped 2 process") && b.contains("refused 5 fork") && c[0].contains("setuid")),
+            "{found:?}"
+        );
+        assert!(found.iter().all(|f| !f.best_effort()));
+        let xcpu = ExecOutput { signal: Some(libc::SIGXCPU), ..Default::default() };
+        assert!(matches!(&account(xcpu)[..], [Finding::Limit(l)] if l.contains("SIGXCPU")));
+        let segv = ExecOutput { signal: Some(libc::SIGSEGV), ..Default::default() };
+        assert!(account(segv).is_empty());
         let timed_out = ExecOutput { timed_out: true, ..Default::default() };
         assert!(matches!(&account(timed_out)[..], [Finding::Limit(l)] if l.contains("wall-clock")));
         let signal = ExecOutput::default();
@@ -1354,7 +1520,7 @@ mod tests {
         };
         assert_eq!(
             account(egress),
-            vec![Finding::Denied(vec![
+            vec![Finding::Refused(vec![
                 "egress refused: 127.0.0.1 resolves to 127.0.0.1, a loopback address".into()
             ])]
         );
@@ -1364,7 +1530,9 @@ mod tests {
             stderr: stderr("/bin/sh: 1: Cannot fork\n/bin/sh: 1: Cannot fork\n"),
             ..Default::default()
         };
-        assert_eq!(account(fork_bomb), vec![Finding::Limit("/bin/sh: 1: Cannot fork".into())]);
+        let found = account(fork_bomb);
+        assert_eq!(found, vec![Finding::SeemsLimited("/bin/sh: 1: Cannot fork".into())]);
+        assert!(found[0].best_effort());
     }
 }
 

@@ -34,7 +34,13 @@ struct Corpus {
 
 impl Corpus {
     fn record(&mut self, name: &str, blocked: bool, detail: &str) {
-        if clade_tools::sandbox::is_account(detail) {
+        self.record_as(name, blocked, detail, true);
+    }
+
+    /// `attack`: whether the attempt did something the sandbox should record (an attempt that
+    /// only prints the words of a record has nothing to record).
+    fn record_as(&mut self, name: &str, blocked: bool, detail: &str, attack: bool) {
+        if attack && clade_tools::sandbox::is_account(detail) {
             let command = LAST_COMMAND.lock().unwrap().clone();
             // alice holds no network grant and no secret in her environment.
             let run = clade_tools::sandbox::RunFacts { command: &command, ..Default::default() };
@@ -132,177 +138,94 @@ async fn attack_corpus_is_blocked_or_contained() {
     write(&marker, "untouched");
     let mut corpus = Corpus::default();
 
-    // G1/G2: writes outside the workspace.
-    let host_tmp = env.tmp.path().join("pwned");
-    let host_tmp_text = host_tmp.display().to_string();
-    for (name, command) in [
-        ("write /etc", "echo x > /etc/clade-pwned".to_owned()),
-        ("write host tmp path", format!("mkdir -p {0}; echo x > {0}/f", host_tmp_text)),
-        ("write via ..", "echo x > ../../clade-pwned".to_owned()),
-        (
-            "write via symlink",
-            format!("ln -s {} up && echo x > up/pwned", env.tmp.path().display()),
-        ),
-        ("write via /proc/self/root", format!("echo x > /proc/self/root{host_tmp_text}")),
-        ("write /proc/1/cwd", "echo x > /proc/1/cwd/../clade-pwned".to_owned()),
-        ("overwrite the marker", format!("echo owned > {}", marker.display())),
-        ("write the data dir", format!("echo x > {data_text}/clade.db")),
-    ] {
-        let out = shell(&server, &command).await;
-        let escaped = Path::new("/etc/clade-pwned").exists()
-            || host_tmp.exists()
-            || std::fs::read_to_string(&marker).unwrap() != "untouched";
-        corpus.record(name, !escaped, &out);
-    }
-
-    // Reads of denied paths: each must not return the secret content.
-    for (name, command, secret) in [
-        ("read /etc/shadow", "cat /etc/shadow".to_owned(), shadow_head.clone()),
-        (
-            "read ~/.ssh",
-            "cat /root/.ssh/* ~/.ssh/* 2>&1; ls -la /root".to_owned(),
-            "PRIVATE KEY".to_owned(),
-        ),
-        (
-            "read the database",
-            format!("head -c 16 {data_text}/clade.db"),
-            "SQLite format 3".to_owned(),
-        ),
-        (
-            "read the master key",
-            format!("cat {data_text}/master.key"),
-            master_key.trim().to_owned(),
-        ),
-        (
-            "read tenant B's workspace",
-            format!("cat {bob_ws}/secret.txt"),
-            CANARY_TENANT_B.to_owned(),
-        ),
-        (
-            "read B via /proc/self/root",
-            format!("cat /proc/self/root{bob_ws}/secret.txt"),
-            CANARY_TENANT_B.to_owned(),
-        ),
-        (
-            "find B's workspace",
-            "grep -rs canary-tenant-b / 2>/dev/null | head -3".to_owned(),
-            CANARY_TENANT_B.to_owned(),
-        ),
-        (
-            "daemon env via /proc/1/environ",
-            "cat /proc/1/environ; cat /proc/*/environ".to_owned(),
-            CANARY_ENV.to_owned(),
-        ),
-        ("daemon env via env", "env".to_owned(), CANARY_ENV.to_owned()),
-        ("vault secret via env", "env".to_owned(), CANARY_SECRET.to_owned()),
-    ] {
-        let out = shell(&server, &command).await;
-        let leaked = !secret.is_empty() && out.contains(&secret);
-        corpus.record(name, !leaked, &out);
-    }
-
-    // The same reads and writes through every common way to read or write a file.
-    let readers = [
-        "cat {}",
-        "head -c 4096 {}",
-        "tail -c 4096 {}",
-        "dd if={} bs=4096 count=1 status=none",
-        "base64 {}",
-        "python3 -c 'print(open(\"{}\").read())'",
-        "cp {} ./copied && cat ./copied",
-        "grep -a . {}",
-        "od -c {} | head -50",
-        "perl -pe '' {}",
-        "awk 1 {}",
-        "sed -n p {}",
-    ];
-    let secrets_at = [
-        ("/etc/shadow".to_owned(), shadow_head.clone()),
-        (format!("{data_text}/master.key"), master_key.trim().to_owned()),
-        (format!("{bob_ws}/secret.txt"), CANARY_TENANT_B.to_owned()),
-        (format!("/proc/self/root{bob_ws}/secret.txt"), CANARY_TENANT_B.to_owned()),
-        ("/proc/1/environ".to_owned(), CANARY_ENV.to_owned()),
-        (format!("{carol_ws}/secret.txt"), CANARY_SAME_TENANT.to_owned()),
-        (format!("{data_text}/clade.db"), "SQLite format 3".to_owned()),
-    ];
-    for reader in readers {
-        for (path, secret) in &secrets_at {
-            let out = shell(&server, &reader.replace("{}", path)).await;
-            let leaked = !secret.is_empty() && out.contains(secret.as_str());
-            corpus.record(&format!("{reader} on {path}"), !leaked, &out);
-        }
-    }
-    let writers = [
-        "echo x > {}",
-        "echo x | tee {}",
-        "cp /usr/bin/env {}",
-        "touch {}",
-        "mkdir -p {}",
-        "python3 -c 'open(\"{}\", \"w\").write(\"x\")'",
-        "dd if=/dev/zero of={} count=1 status=none",
-        "ln -s /etc/passwd {}",
-    ];
-    let host_targets = [
-        env.tmp.path().join("w1"),
-        data.join("w2"),
-        Path::new(&bob_ws).join("w3"),
-        Path::new("/usr/local/clade-w4").to_owned(),
-        Path::new("/etc/clade-w5").to_owned(),
-        Path::new(&carol_ws).join("w6"),
-        data.join("clade.yaml-w7"),
-    ];
-    for writer in writers {
-        for target in &host_targets {
-            let shown = target.display().to_string();
-            let _ = std::fs::remove_file(target);
-            let out = shell(&server, &writer.replace("{}", &shown)).await;
-            corpus.record(
-                &format!("{writer} on {shown}"),
-                std::fs::symlink_metadata(target).is_err(),
-                &out,
-            );
-        }
-        let out = shell(
-            &server,
-            &writer.replace("{}", &format!("/proc/self/root{}", host_targets[0].display())),
-        )
-        .await;
-        corpus.record(
-            &format!("{writer} via /proc/self/root"),
-            std::fs::symlink_metadata(&host_targets[0]).is_err(),
-            &out,
-        );
-    }
-
-    // Network egress without a grant.
+    // The attack corpus's data file, every group through one check helper.
     let (host_listener, port) = listener();
-    for (name, command) in [
-        ("bash /dev/tcp", format!("bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}'")),
-        ("curl loopback", format!("curl -sS -m 2 http://127.0.0.1:{port}/")),
-        ("wget loopback", format!("wget -q -T 2 -O- http://127.0.0.1:{port}/")),
-        ("python socket", format!("python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 2)'")),
-        ("curl external", "curl -sS -m 2 http://1.1.1.1/".to_owned()),
-        ("udp dns", "python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b\"x\", (\"8.8.8.8\", 53))' && echo sent".to_owned()),
-    ] {
-        let out = shell(&server, &command).await;
-        corpus.record(name, !was_reached(&host_listener) && !out.contains("sent"), &out);
-    }
-
-    // Descriptors and host IPC: nothing inherited beyond stdio, no host sockets reachable.
-    let abstract_name = format!("clade-test-{}", std::process::id());
+    let udp = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+    udp.set_nonblocking(true).unwrap();
     let host_socket =
         std::os::unix::net::UnixListener::bind(env.tmp.path().join("host.sock")).unwrap();
     host_socket.set_nonblocking(true).unwrap();
-    for (name, command) in [
-        ("inherited descriptors", "ls /proc/self/fd | wc -l | awk '{ if ($1 > 4) print \"leak\", $1 }'".to_owned()),
-        ("host unix socket by path", format!("python3 -c 'import socket; s=socket.socket(socket.AF_UNIX); s.connect(\"{}\"); print(\"leak\")'", env.tmp.path().join("host.sock").display())),
-        ("docker socket", "ls -la /var/run/docker.sock /run/docker.sock 2>&1 | grep -v 'No such' && echo leak".to_owned()),
-        ("host abstract socket", format!("python3 -c 'import socket; s=socket.socket(socket.AF_UNIX); s.connect(\"\\0{abstract_name}\"); print(\"leak\")'")),
-        ("terminal injection", "python3 -c 'import fcntl, termios; fcntl.ioctl(0, termios.TIOCSTI, b\"x\"); print(\"leak\")'".to_owned()),
-    ] {
-        let out = shell(&server, &command).await;
-        corpus.record(name, !out.contains("leak") && host_socket.accept().is_err(), &out);
+    let first_line = |text: &str| text.lines().next().unwrap_or_default().to_owned();
+    let vars: Vec<(&str, String)> = vec![
+        ("data", data_text.clone()),
+        ("alice_ws", alice_ws.clone()),
+        ("bob_ws", bob_ws.clone()),
+        ("carol_ws", carol_ws.clone()),
+        ("tmp", env.tmp.path().display().to_string()),
+        ("marker", marker.display().to_string()),
+        ("port", port.to_string()),
+        ("host_sock", env.tmp.path().join("host.sock").display().to_string()),
+        ("abstract", format!("clade-test-{}", std::process::id())),
+        ("server_pid", server.child.id().to_string()),
+        ("server_port", server.url.rsplit(':').next().unwrap().to_owned()),
+        ("shadow", shadow_head.clone()),
+        ("master_key", first_line(master_key.trim())),
+        ("canary_b", CANARY_TENANT_B.to_owned()),
+        ("canary_carol", CANARY_SAME_TENANT.to_owned()),
+        ("canary_env", CANARY_ENV.to_owned()),
+        ("canary_secret", CANARY_SECRET.to_owned()),
+    ];
+    // The links the fs tools try to follow out of the workspace.
+    shell(&server, "echo inside > f.txt; ln -s /etc/shadow shadow-link; ln -s / root-link; ln -s ../../../../../../ up-link; ln -s /proc/self/root proc-link; ln f.txt hard.txt").await;
+    let file: AttackFile =
+        serde_saphyr::from_str(include_str!("../attacks.yaml")).expect("tests/attacks.yaml");
+    let mut rows_run = 0;
+    for group in &file.groups {
+        let rows =
+            if group.over.is_empty() { vec![Default::default()] } else { group.over.clone() };
+        for mut row in rows {
+            if let Some(call) = row.get("call").cloned() {
+                row.insert("nr".into(), syscall_number(&call).to_string());
+            }
+            let fill = |text: &str| {
+                let mut text = text.to_owned();
+                for (key, value) in &row {
+                    text = text.replace(&format!("{{{key}}}"), value);
+                }
+                for (key, value) in &vars {
+                    text = text.replace(&format!("{{{key}}}"), value);
+                }
+                text
+            };
+            for command in &group.commands {
+                let command = fill(command);
+                let started = std::time::Instant::now();
+                let out = match &group.tool {
+                    None => shell(&server, &command).await,
+                    Some(tool) => {
+                        let args: Value = serde_json::from_str(&command).unwrap();
+                        call(&server, "alice", tool, args).await.1
+                    }
+                };
+                let failed = group.expect.check(
+                    &fill,
+                    &Seen {
+                        out: &out,
+                        took: started.elapsed(),
+                        reached: was_reached(&host_listener)
+                            || udp.recv(&mut [0u8; 16]).is_ok()
+                            || host_socket.accept().is_ok(),
+                        alive: server.send("GET", "/healthz", None, None).await.0 == 200,
+                        marker_untouched: std::fs::read_to_string(&marker).unwrap() == "untouched",
+                        inside: std::fs::read_to_string(Path::new(&alice_ws).join("f.txt"))
+                            .is_ok_and(|t| t.trim() == "inside"),
+                    },
+                );
+                let name =
+                    format!("{}: {}", group.name, command.chars().take(120).collect::<String>());
+                let detail =
+                    if failed.is_empty() { out } else { format!("{}\n{out}", failed.join("; ")) };
+                corpus.record_as(
+                    &name,
+                    failed.is_empty(),
+                    &detail,
+                    group.expect.no_record.is_none(),
+                );
+                rows_run += 1;
+            }
+        }
     }
+    assert!(rows_run >= 280, "the data file shrank to {rows_run} attempts");
 
     // A setuid file planted in the workspace does not stay setuid on the host.
     let out = shell(&server, "cp /usr/bin/id ./suid-id && chmod 4755 ./suid-id && mkdir -p d && cp /usr/bin/id d/sgid && chmod 2755 d/sgid").await;
@@ -312,116 +235,6 @@ async fn attack_corpus_is_blocked_or_contained() {
             .unwrap_or(false)
     });
     corpus.record("setuid file planted on the host", !planted, &out);
-
-    // Every way to reach the network, to every kind of destination.
-    let (net_listener, net_port) = listener();
-    let clients = [
-        "bash -c 'echo hi > /dev/tcp/{h}/{p}' && echo sent",
-        "curl -sS -m 2 http://{u}:{p}/ && echo sent",
-        "wget -q -T 2 -O- http://{u}:{p}/ && echo sent",
-        "python3 -c 'import socket; socket.create_connection((\"{h}\", {p}), 2); print(\"sent\")'",
-        "python3 -c 'import socket; s=socket.socket(socket.AF_INET6 if \":\" in \"{h}\" else socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b\"x\", (\"{h}\", {p})); print(\"sent\")'",
-        "perl -MIO::Socket::IP -e 'IO::Socket::IP->new(PeerHost => \"{h}\", PeerPort => {p}, Timeout => 2) and print \"sent\"'",
-    ];
-    // A datagram "sent" to loopback lands on the sandbox's own loopback; what counts for UDP
-    // is whether the host's socket received it.
-    let udp = std::net::UdpSocket::bind(("127.0.0.1", net_port)).unwrap();
-    udp.set_nonblocking(true).unwrap();
-    let port_text = net_port.to_string();
-    for client in clients {
-        for host in ["127.0.0.1", "::1", "1.1.1.1", "10.0.0.1", "localhost"] {
-            // In a URL an IPv6 address goes in brackets.
-            let in_url = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
-            let command =
-                client.replace("{h}", host).replace("{u}", &in_url).replace("{p}", &port_text);
-            let out = shell(&server, &command).await;
-            let datagram = client.contains("SOCK_DGRAM");
-            let sent = !datagram && out.lines().any(|l| l.trim() == "sent");
-            let received = udp.recv(&mut [0u8; 16]).is_ok();
-            let blocked = !sent && !received && !was_reached(&net_listener);
-            corpus.record(&format!("network {host} by {}", &client[..12]), blocked, &out);
-        }
-    }
-
-    // Privilege and host processes.
-    let server_pid = server.child.id();
-    for (name, command) in [
-        ("signal the daemon", format!("kill -9 {server_pid}; kill -9 1")),
-        ("nested user namespace", "unshare -r id".to_owned()),
-        ("mount", "mount -t tmpfs none /usr 2>&1; touch /usr/pwned".to_owned()),
-        ("raw socket", "python3 -c 'import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW); print(\"uid=0(root) raw\")'".to_owned()),
-        ("netlink route change", "ip link set lo down 2>&1; python3 -c 'import socket; s=socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); s.bind((0,0)); print(\"bound\")'".to_owned()),
-        ("set the clock", "date -s '2000-01-01' 2>&1 && echo 'uid=0(root)'".to_owned()),
-        ("sysctl write", "echo 1 > /proc/sys/kernel/sysrq 2>&1 && echo 'uid=0(root)'".to_owned()),
-        ("chroot", "chroot / id 2>&1".to_owned()),
-        ("setuid binary", "ls -la /usr/bin/su /usr/bin/passwd 2>&1; su -c id 2>&1 </dev/null".to_owned()),
-        ("see host processes", "ls /proc | grep -c '^[0-9]' | awk '{ if ($1 > 20) print \"uid=0(root) sees\", $1 }'".to_owned()),
-        ("ptrace the daemon", format!("python3 -c 'import ctypes; l=ctypes.CDLL(None); print(\"uid=0(root)\" if l.ptrace(16, {server_pid}, 0, 0) == 0 else \"denied\")'")),
-    ] {
-        let out = shell(&server, &command).await;
-        let alive = server.send("GET", "/healthz", None, None).await.0 == 200;
-        corpus.record(
-            name,
-            alive && !Path::new("/usr/pwned").exists() && !out.contains("uid=0(root)"),
-            &out,
-        );
-    }
-
-    // Every system call the sandbox forbids, made directly (null arguments: harmless even
-    // where it reached the kernel, which prints "ran"): each must kill its caller.
-    let forbidden = [
-        ("ptrace", libc::SYS_ptrace),
-        ("process_vm_readv", libc::SYS_process_vm_readv),
-        ("process_vm_writev", libc::SYS_process_vm_writev),
-        ("mount", libc::SYS_mount),
-        ("umount2", libc::SYS_umount2),
-        ("pivot_root", libc::SYS_pivot_root),
-        ("chroot", libc::SYS_chroot),
-        ("unshare", libc::SYS_unshare),
-        ("setns", libc::SYS_setns),
-        ("keyctl", libc::SYS_keyctl),
-        ("add_key", libc::SYS_add_key),
-        ("request_key", libc::SYS_request_key),
-        ("bpf", libc::SYS_bpf),
-        ("perf_event_open", libc::SYS_perf_event_open),
-        ("userfaultfd", libc::SYS_userfaultfd),
-        ("io_uring_setup", libc::SYS_io_uring_setup),
-        ("io_uring_enter", libc::SYS_io_uring_enter),
-        ("io_uring_register", libc::SYS_io_uring_register),
-        ("kexec_load", libc::SYS_kexec_load),
-        ("kexec_file_load", libc::SYS_kexec_file_load),
-        ("init_module", libc::SYS_init_module),
-        ("finit_module", libc::SYS_finit_module),
-        ("delete_module", libc::SYS_delete_module),
-        ("reboot", libc::SYS_reboot),
-        ("swapon", libc::SYS_swapon),
-        ("swapoff", libc::SYS_swapoff),
-        ("acct", libc::SYS_acct),
-        ("settimeofday", libc::SYS_settimeofday),
-        ("clock_settime", libc::SYS_clock_settime),
-        ("clock_adjtime", libc::SYS_clock_adjtime),
-        ("adjtimex", libc::SYS_adjtimex),
-        ("syslog", libc::SYS_syslog),
-        ("quotactl", libc::SYS_quotactl),
-        ("open_by_handle_at", libc::SYS_open_by_handle_at),
-        ("name_to_handle_at", libc::SYS_name_to_handle_at),
-        ("fanotify_init", libc::SYS_fanotify_init),
-        ("vhangup", libc::SYS_vhangup),
-        ("open_tree", libc::SYS_open_tree),
-        ("move_mount", libc::SYS_move_mount),
-        ("fsopen", libc::SYS_fsopen),
-        ("fsconfig", libc::SYS_fsconfig),
-        ("fsmount", libc::SYS_fsmount),
-        ("fspick", libc::SYS_fspick),
-    ];
-    for (name, number) in forbidden {
-        let command = format!(
-            "python3 -c 'import ctypes; r = ctypes.CDLL(None).syscall({number}, 0, 0, 0, 0, 0); print(\"ran\" if r >= 0 else \"failed\")'"
-        );
-        let out = shell(&server, &command).await;
-        let killed = out.starts_with("sandbox violation");
-        corpus.record(&format!("system call {name}"), killed && !out.contains("ran"), &out);
-    }
 
     // G3: the API's latency while a tool spins every core it can get (a figure, not a gate).
     let p99 = |mut samples: Vec<Duration>| {
@@ -456,101 +269,9 @@ async fn attack_corpus_is_blocked_or_contained() {
         during.as_secs_f64() / before.as_secs_f64()
     );
 
-    // Resource exhaustion: contained, and the server keeps serving.
-    for (name, command, expect) in [
-        ("fork bomb", "b() { b | b & }; b; sleep 1", ""),
-        (
-            "memory bomb",
-            "python3 -c 'x = bytearray(2 * 1024**3); print(\"allocated\")'",
-            "allocated",
-        ),
-        ("infinite loop", "while :; do :; done", ""),
-        ("gigabytes of output", "yes AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", ""),
-        ("disk fill", "head -c 2000000000 /dev/zero > big; ls -la big", ""),
-        (
-            "descriptor exhaustion",
-            "python3 -c 'import os; fds=[os.open(\"/dev/null\", 0) for _ in range(100000)]; print(\"opened\", len(fds))'",
-            "opened",
-        ),
-        (
-            "escape the deadline",
-            "setsid sh -c 'sleep 30; echo late > /workspace/late' & disown; echo started",
-            "",
-        ),
-    ] {
-        let started = std::time::Instant::now();
-        let out = shell(&server, command).await;
-        let alive = server.send("GET", "/healthz", None, None).await.0 == 200;
-        let contained = alive
-            && started.elapsed() < Duration::from_secs(10)
-            && (expect.is_empty() || !out.contains(expect));
-        corpus.record(name, contained, &out);
-    }
     let big = Path::new(&alice_ws).join("big");
     let big_size = std::fs::metadata(&big).map(|m| m.len()).unwrap_or(0);
     corpus.record("disk fill size", big_size <= 64 * 1024 * 1024, &format!("{big_size} bytes"));
-
-    // Workspace confinement of the fs tools (which run in the daemon itself).
-    shell(&server, "echo inside > f.txt; ln -s /etc/shadow shadow-link; ln -s / root-link; ln -s ../../../../../../ up-link; ln -s /proc/self/root proc-link; ln f.txt hard.txt").await;
-    for (name, tool, args, secret) in [
-        ("fs.read absolute", "fs.read", json!({ "path": "/etc/shadow" }), shadow_head.clone()),
-        (
-            "fs.read ..",
-            "fs.read",
-            json!({ "path": "../../master.key" }),
-            master_key.trim().to_owned(),
-        ),
-        (
-            "fs.read symlink to shadow",
-            "fs.read",
-            json!({ "path": "shadow-link" }),
-            shadow_head.clone(),
-        ),
-        (
-            "fs.read through / symlink",
-            "fs.read",
-            json!({ "path": "root-link/etc/shadow" }),
-            shadow_head.clone(),
-        ),
-        (
-            "fs.read through .. symlink",
-            "fs.read",
-            json!({ "path": format!("up-link{data_text}/master.key") }),
-            master_key.trim().to_owned(),
-        ),
-        (
-            "fs.read /proc/self/root link",
-            "fs.read",
-            json!({ "path": format!("proc-link{bob_ws}/secret.txt") }),
-            CANARY_TENANT_B.to_owned(),
-        ),
-        (
-            "fs.read tenant B by path",
-            "fs.read",
-            json!({ "path": format!("/workspace/../..{bob_ws}/secret.txt") }),
-            CANARY_TENANT_B.to_owned(),
-        ),
-        ("fs.list outside", "fs.list", json!({ "path": "root-link" }), "etc".to_owned()),
-        ("fs.search through links", "fs.search", json!({ "text": "root:" }), shadow_head.clone()),
-    ] {
-        let (_, out) = call(&server, "alice", tool, args).await;
-        let leaked = !secret.is_empty() && out.contains(&secret);
-        corpus.record(name, !leaked, &out);
-    }
-    let outside = env.tmp.path().join("fs-pwned");
-    for (name, path) in [
-        ("fs.write ..", "../../../fs-pwned".to_owned()),
-        ("fs.write through symlink", format!("up-link{}", outside.display())),
-        ("fs.write absolute", outside.display().to_string()),
-        ("fs.write hard link", "hard.txt".to_owned()),
-        ("fs.write symlink target", "shadow-link".to_owned()),
-    ] {
-        let (_, out) =
-            call(&server, "alice", "fs.write", json!({ "path": path, "content": "owned" })).await;
-        let inside =
-            std::fs::read_to_string(Path::new(&alice_ws).join("f.txt")).unwrap_or_default();
-        corpus.record(name, !outside.exists() && inside.trim() == "inside", &out);
-    }
 
     // TOCTOU: a directory swapped with a symlink to / while fs.read runs through it.
     let swapper = {
@@ -679,6 +400,7 @@ async fn attack_corpus_is_blocked_or_contained() {
     corpus.record("rm -rf /", intact, &out);
 
     // G4: the daemon cannot be dumped.
+    let server_pid = server.child.id();
     let limits = std::fs::read_to_string(format!("/proc/{server_pid}/limits")).unwrap();
     let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap().to_owned();
     corpus.record(
@@ -733,6 +455,128 @@ async fn attack_corpus_is_blocked_or_contained() {
     );
     assert!(corpus.escapes.is_empty(), "escapes:\n{}", corpus.escapes.join("\n---\n"));
     assert!(corpus.attempted >= 80, "the corpus shrank to {}", corpus.attempted);
+}
+
+/// `tests/attacks.yaml`: what each attempt runs and what must hold after it.
+#[derive(serde::Deserialize)]
+struct AttackFile {
+    groups: Vec<AttackGroup>,
+}
+
+#[derive(serde::Deserialize)]
+struct AttackGroup {
+    name: String,
+    /// `shell.exec` (a shell line per command) unless named (a JSON object per command).
+    #[serde(default)]
+    tool: Option<String>,
+    commands: Vec<String>,
+    #[serde(default)]
+    over: Vec<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    expect: Expect,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct Expect {
+    lacks: Vec<String>,
+    absent: Vec<String>,
+    unreached: bool,
+    root: bool,
+    within_secs: Option<u64>,
+    record: Option<String>,
+    call: Option<String>,
+    no_record: Option<String>,
+    inside: bool,
+}
+
+/// What the helper saw of one attempt, on the host side.
+struct Seen<'a> {
+    out: &'a str,
+    took: Duration,
+    reached: bool,
+    alive: bool,
+    marker_untouched: bool,
+    inside: bool,
+}
+
+impl Expect {
+    /// The checks the attempt failed (none: blocked or contained).
+    fn check(&self, fill: &dyn Fn(&str) -> String, seen: &Seen<'_>) -> Vec<String> {
+        use clade_tools::sandbox::{Finding, RunFacts, findings};
+        let mut failed = Vec::new();
+        if !seen.alive {
+            failed.push("the gateway stopped answering".to_owned());
+        }
+        if !seen.marker_untouched {
+            failed.push("the host marker changed".to_owned());
+        }
+        for text in self.lacks.iter().map(|t| fill(t)).filter(|t| !t.is_empty()) {
+            if seen.out.contains(&text) {
+                failed.push(format!("the output holds {text:?}"));
+            }
+        }
+        for path in self.absent.iter().map(|p| fill(p)) {
+            if std::fs::symlink_metadata(&path).is_ok() {
+                failed.push(format!("{path} exists on the host"));
+            }
+        }
+        if self.unreached && (seen.reached || seen.out.lines().any(|l| l.trim() == "sent")) {
+            failed.push("the host's port or socket was reached".to_owned());
+        }
+        if self.root
+            && (seen.out.contains("uid=0(root)") || std::fs::symlink_metadata("/usr/pwned").is_ok())
+        {
+            failed.push("root on the host".to_owned());
+        }
+        if let Some(secs) = self.within_secs
+            && seen.took > Duration::from_secs(secs)
+        {
+            failed.push(format!("took {:?}", seen.took));
+        }
+        if self.inside && !seen.inside {
+            failed.push("alice's f.txt was overwritten".to_owned());
+        }
+        // Records: only those the sandbox itself wrote count.
+        let found = findings(seen.out, &RunFacts::default());
+        let recorded = |kind: &str| {
+            found.iter().filter(|f| !f.best_effort()).any(|f| {
+                matches!(
+                    (kind, f),
+                    ("violation", Finding::Violation(_)) | ("limit", Finding::Limit(_))
+                )
+            })
+        };
+        if let Some(kind) = &self.record
+            && !recorded(kind)
+        {
+            failed.push(format!("no {kind} record from the sandbox"));
+        }
+        if let Some(call) = self.call.as_deref().map(fill) {
+            let named = found.iter().any(
+                |f| matches!(f, Finding::Violation(calls) if calls.iter().any(|c| c.starts_with(&call))),
+            );
+            if !named {
+                failed.push(format!("no violation naming {call}"));
+            }
+        }
+        if let Some(kind) = &self.no_record
+            && recorded(kind)
+        {
+            failed.push(format!("a forged {kind} record was taken as the sandbox's"));
+        }
+        failed
+    }
+}
+
+/// This machine's number of a system call the sandbox forbids (a call the data file names
+/// that the sandbox no longer forbids fails the corpus).
+fn syscall_number(name: &str) -> libc::c_long {
+    clade_tools::sandbox::FORBIDDEN_SYSCALLS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, nr)| *nr)
+        .unwrap_or_else(|| panic!("attacks.yaml names {name}, which the sandbox does not forbid"))
 }
 
 /// Polls `GET /v1/approvals` until one is pending.

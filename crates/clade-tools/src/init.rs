@@ -1,0 +1,230 @@
+//! The sandbox's init: the first process of every tool run under bubblewrap, pid 1 of the run's
+//! pid namespace (`clade __sandbox-init`, or the `clade-sandbox-init` program).
+//!
+//! It is what makes the run's records the kernel's rather than the command's:
+//! - it installs the run's seccomp filter with a listener and sends the listener to the gateway
+//!   before anything else starts ([`crate::seccomp`]), so forbidden calls are reported by the
+//!   kernel to the gateway;
+//! - it starts the command (and the egress bridge, for a network grant) under the run's rlimits,
+//!   reaps every process, and when the command ends reports to the gateway how it ended (exit
+//!   code or signal, from `waitpid`) and how many processes were still running (from its own
+//!   `/proc`), then exits, which ends every process of the namespace.
+//!
+//! The command cannot stop or fool it: as the namespace's init it gets no signal it has no
+//! handler for (it installs none, so `kill -9 1` does nothing), it is not dumpable (so not
+//! traceable or readable through `/proc/1/mem`), and the report travels on a socket the
+//! command never holds.
+
+use std::ffi::OsString;
+use std::io::{BufRead, IoSlice};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::process::ExitCode;
+
+use serde::{Deserialize, Serialize};
+
+use crate::seccomp::{Action, Filter};
+
+/// Where the sandbox binds the init program.
+pub(crate) const INIT_PATH: &str = "/run/clade-init";
+/// The descriptor the report socket has in the sandbox (the launcher puts it there).
+pub(crate) const REPORT_FD: i32 = 5;
+/// The first message's payload, sent with the seccomp listener attached.
+pub(crate) const LISTENER_MESSAGE: &[u8] = b"listener";
+
+/// What the gateway tells the init (its first argument, as JSON; the command follows `--`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct InitConfig {
+    /// Without a network grant: internet sockets are violations too.
+    pub(crate) offline: bool,
+    pub(crate) cpu_secs: Option<u64>,
+    pub(crate) memory_bytes: u64,
+    pub(crate) file_size_bytes: u64,
+    pub(crate) processes: u64,
+    /// The egress bridge to start and wait for (it prints `ready`), for a network grant.
+    pub(crate) bridge: Option<Vec<String>>,
+}
+
+/// What the init reports when the command ended (or why it could not start it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct InitReport {
+    pub(crate) exit: Option<i32>,
+    pub(crate) signal: Option<i32>,
+    /// Processes still running when the command ended (stopped as the init exits).
+    pub(crate) left_running: u32,
+    pub(crate) error: Option<String>,
+}
+
+/// The init's entry point: `args` are what follows `__sandbox-init`.
+pub fn main(args: &[OsString]) -> ExitCode {
+    // SAFETY of ownership: descriptor 5 is the report socket the launcher placed there for us;
+    // nothing else in this process owns it.
+    #[allow(unsafe_code)]
+    let report = unsafe { OwnedFd::from_raw_fd(REPORT_FD) };
+    // The command must never hold the report socket.
+    if rustix::io::fcntl_setfd(&report, rustix::io::FdFlags::CLOEXEC).is_err() {
+        return ExitCode::from(125);
+    }
+    match run(args, report.as_fd()) {
+        Ok(report_and_code) => report_and_code,
+        Err(error) => {
+            send(report.as_fd(), &InitReport { error: Some(error), ..Default::default() });
+            ExitCode::from(125)
+        }
+    }
+}
+
+fn run(args: &[OsString], report: BorrowedFd<'_>) -> Result<ExitCode, String> {
+    use rustix::process::{DumpableBehavior, Resource};
+    let config = args.first().and_then(|a| a.to_str()).ok_or("no configuration given")?;
+    let config: InitConfig =
+        serde_json::from_str(config).map_err(|e| format!("bad configuration: {e}"))?;
+    let command = match args.get(1) {
+        Some(dashes) if dashes == "--" && args.len() > 2 => &args[2..],
+        _ => return Err("no command given after `--`".into()),
+    };
+    rustix::process::set_dumpable_behavior(DumpableBehavior::NotDumpable)
+        .map_err(|e| format!("cannot make the init non-dumpable: {e}"))?;
+    let kind = if config.offline { Filter::Offline } else { Filter::Online };
+    let program = crate::seccomp::program(kind, Action::Notify)
+        .ok_or("no seccomp filter for this architecture")?;
+    let listener = crate::seccomp::install_with_listener(&program)
+        .map_err(|e| format!("cannot install the seccomp filter with a listener: {e}"))?;
+    send_listener(report, listener.as_fd())
+        .map_err(|e| format!("cannot hand the seccomp listener to the gateway: {e}"))?;
+    drop(listener);
+    let mut limits = vec![
+        (Resource::As, config.memory_bytes),
+        (Resource::Fsize, config.file_size_bytes),
+        (Resource::Nofile, 256),
+        (Resource::Core, 0),
+        (Resource::Nproc, config.processes),
+    ];
+    if let Some(cpu) = config.cpu_secs {
+        limits.push((Resource::Cpu, cpu));
+    }
+    let bridge = match &config.bridge {
+        Some(argv) => Some(start_bridge(argv, &limits)?),
+        None => None,
+    };
+    let main = spawn(command, std::process::Stdio::inherit(), &limits)
+        .map_err(|e| format!("cannot start {:?}: {e}", command[0]))?;
+    let main_pid = main.id();
+    drop(main);
+    let status = loop {
+        match rustix::process::wait(rustix::process::WaitOptions::empty()) {
+            Ok(Some((pid, status))) if pid.as_raw_nonzero().get() as u32 == main_pid => {
+                break status;
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!("waiting for the command: {e}")),
+        }
+    };
+    let mut outcome = InitReport {
+        exit: status.exit_status(),
+        signal: status.terminating_signal(),
+        left_running: left_running(bridge),
+        error: None,
+    };
+    if outcome.exit.is_none() && outcome.signal.is_none() {
+        outcome.error = Some("the command stopped in an unknown way".into());
+    }
+    send(report, &outcome);
+    let code = match (outcome.exit, outcome.signal) {
+        (Some(code), _) => u8::try_from(code).unwrap_or(1),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(1),
+        _ => 1,
+    };
+    Ok(ExitCode::from(code))
+}
+
+/// Starts `argv` under `limits` (set in the child between fork and exec, so the init itself,
+/// whose binary may map more than a command's memory limit, stays unlimited).
+#[allow(clippy::disallowed_methods)] // The init is how a sandboxed run starts its processes.
+fn spawn(
+    argv: &[OsString],
+    stdout: std::process::Stdio,
+    limits: &[(rustix::process::Resource, u64)],
+) -> std::io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let limits = limits.to_vec();
+    let mut command = std::process::Command::new(&argv[0]);
+    command.args(&argv[1..]).stdout(stdout);
+    // SAFETY: between fork and exec of this single-threaded process the closure only makes
+    // setrlimit system calls, which allocate nothing and take no lock.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(move || {
+            for (resource, value) in &limits {
+                let limit =
+                    rustix::process::Rlimit { current: Some(*value), maximum: Some(*value) };
+                rustix::process::setrlimit(*resource, limit)?;
+            }
+            Ok(())
+        });
+    }
+    command.spawn()
+}
+
+/// Starts the egress bridge and waits for its `ready` line; its pid, so it is not counted.
+fn start_bridge(
+    argv: &[String],
+    limits: &[(rustix::process::Resource, u64)],
+) -> Result<u32, String> {
+    let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
+    if argv.is_empty() {
+        return Err("an empty egress bridge command".into());
+    }
+    let mut child = spawn(&argv, std::process::Stdio::piped(), limits)
+        .map_err(|e| format!("the network bridge did not start: {e}"))?;
+    let stdout = child.stdout.take().ok_or("the network bridge has no output")?;
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+    if line.trim() != "ready" {
+        return Err("the network bridge did not start".into());
+    }
+    Ok(child.id())
+}
+
+/// Processes of the namespace other than the init and the bridge that have not exited.
+fn left_running(bridge: Option<u32>) -> u32 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let mut left = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == 1 || Some(pid) == bridge {
+            continue;
+        }
+        // `pid (comm) S …`: the state follows the last `)`, since comm may hold anything.
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        if matches!(state, Some(s) if s != "Z" && s != "X") {
+            left += 1;
+        }
+    }
+    left
+}
+
+fn send_listener(report: BorrowedFd<'_>, listener: BorrowedFd<'_>) -> std::io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds = [listener];
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(std::io::Error::other("no room for the descriptor"));
+    }
+    rustix::net::sendmsg(
+        report,
+        &[IoSlice::new(LISTENER_MESSAGE)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    Ok(())
+}
+
+fn send(report: BorrowedFd<'_>, outcome: &InitReport) {
+    if let Ok(bytes) = serde_json::to_vec(outcome) {
+        let _ = rustix::net::send(report, &bytes, rustix::net::SendFlags::NOSIGNAL);
+    }
+}
