@@ -119,6 +119,11 @@ pub struct Quotas {
     /// their time waiting does not count against `sessions.turn_timeout_secs`).
     #[serde(default)]
     pub concurrent_turns: Option<u64>,
+    /// Bytes of conversation the store may hold for the tenant (events, replies, journals,
+    /// lifecycle events, executions); past it new events are refused. Measured by the store
+    /// every few seconds, with what was accepted since added in between.
+    #[serde(default)]
+    pub stored_bytes: Option<u64>,
 }
 
 impl Config {

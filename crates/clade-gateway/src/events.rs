@@ -54,6 +54,7 @@ pub(crate) async fn post(
             format!("text is longer than {MAX_TEXT} bytes"),
         ));
     }
+    state.limits.admit_bytes(&state.store, &tenant, params.text.len() as u64).await?;
     check_field("source.platform", &params.source.platform)?;
     check_field("source.channel", &params.source.channel)?;
     check_field("source.actor", &params.source.actor)?;

@@ -179,7 +179,7 @@ pub fn document() -> Value {
                         "409": error_response("idempotency key reused with another payload"),
                         "413": error_response("body too large"),
                         "422": error_response("no agent named and no binding matches"),
-                        "429": error_response("the session's queue is full, or the tenant sends events faster than its quota (`rate_limited`); see Retry-After")
+                        "429": error_response("the session's queue is full, or the tenant sends events faster than its quota (`rate_limited`; see Retry-After), or the store holds as many bytes for the tenant as its `stored_bytes` quota allows (`quota_exceeded`)")
                     }
                 }
             },

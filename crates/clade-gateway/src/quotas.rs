@@ -1,6 +1,8 @@
 //! Per-tenant quotas and rate limits on the API (`tenants.<name>.quotas` in clade.yaml, `"*"`
 //! for every tenant without its own): events per second through a token bucket per tenant,
-//! and the number of agents, checked in the transaction that creates one. Both answer 429
+//! the number of agents, checked in the transaction that creates one, and the bytes of
+//! conversation the store holds for the tenant, measured by the store at most every
+//! [`STORED_BYTES_EVERY`] with what was accepted since added in between. Each answers 429
 //! naming the limit, so one tenant's flood costs the others nothing but a bucket check.
 
 use std::collections::{BTreeMap, HashMap};
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use clade_config::{Quotas, TenantConfig};
 use clade_core::{Clock, Tenant, TenantId, Timestamp};
+use clade_store::Store;
 
 use crate::error::{ApiError, Code};
 
@@ -16,6 +19,8 @@ use crate::error::{ApiError, Code};
 pub struct TenantLimits {
     tenants: BTreeMap<String, TenantConfig>,
     buckets: Mutex<HashMap<TenantId, Bucket>>,
+    /// Each tenant's stored bytes as last measured, plus what was accepted since.
+    stored: Mutex<HashMap<TenantId, Stored>>,
     /// What buckets refill by.
     clock: Arc<dyn Clock>,
 }
@@ -25,9 +30,17 @@ struct Bucket {
     at: Timestamp,
 }
 
+struct Stored {
+    bytes: u64,
+    measured_at: Timestamp,
+}
+
+/// How long a measure of a tenant's stored bytes stands before the store is asked again.
+pub const STORED_BYTES_EVERY: Duration = Duration::from_secs(5);
+
 impl TenantLimits {
     pub fn new(tenants: BTreeMap<String, TenantConfig>, clock: Arc<dyn Clock>) -> Self {
-        Self { tenants, buckets: Mutex::default(), clock }
+        Self { tenants, buckets: Mutex::default(), stored: Mutex::default(), clock }
     }
 
     /// The tenant's quotas, and the clade.yaml key they come from.
@@ -42,6 +55,53 @@ impl TenantLimits {
     /// The most agents `tenant` may have, and where that is set.
     pub fn max_agents(&self, tenant: &Tenant) -> Option<(u64, String)> {
         self.quotas(tenant).and_then(|(q, key)| q.agents.map(|n| (n, format!("{key}.agents"))))
+    }
+
+    /// Admits `adding` more bytes of the tenant's conversation, or refuses them when the store
+    /// holds as much for the tenant as its `stored_bytes` quota allows.
+    pub async fn admit_bytes(
+        &self,
+        store: &Store,
+        tenant: &Tenant,
+        adding: u64,
+    ) -> Result<(), ApiError> {
+        let Some((quotas, key)) = self.quotas(tenant) else { return Ok(()) };
+        let Some(quota) = quotas.stored_bytes else { return Ok(()) };
+        let now = self.clock.now();
+        let fresh = |s: &Stored| {
+            now.as_millis().saturating_sub(s.measured_at.as_millis())
+                < STORED_BYTES_EVERY.as_millis() as i64
+        };
+        let known = self
+            .stored
+            .lock()
+            .ok()
+            .and_then(|stored| stored.get(&tenant.id).filter(|s| fresh(s)).map(|s| s.bytes));
+        let bytes = match known {
+            Some(bytes) => bytes,
+            None => {
+                let bytes = store.stored_bytes(tenant.id).await?;
+                if let Ok(mut stored) = self.stored.lock() {
+                    stored.insert(tenant.id, Stored { bytes, measured_at: now });
+                }
+                bytes
+            }
+        };
+        if bytes.saturating_add(adding) > quota {
+            return Err(ApiError::new(
+                Code::QuotaExceeded,
+                format!(
+                    "tenant {} stores {bytes} bytes of conversation and may store {quota} ({key}.stored_bytes): delete sessions or agents it no longer needs, or ask the operator to raise the quota",
+                    tenant.name
+                ),
+            ));
+        }
+        if let Ok(mut stored) = self.stored.lock()
+            && let Some(entry) = stored.get_mut(&tenant.id)
+        {
+            entry.bytes = entry.bytes.saturating_add(adding);
+        }
+        Ok(())
     }
 
     /// Takes one event from the tenant's bucket, or says when to retry.

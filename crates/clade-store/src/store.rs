@@ -1162,6 +1162,19 @@ impl Store {
             .await
     }
 
+    /// Bytes of conversation the store holds for `tenant`: event texts, turns' replies and
+    /// errors, journal steps, lifecycle events, executions and their steps (the payloads, not
+    /// the indexes or row overhead). Reads every such row of the tenant: meant for a quota
+    /// check every few seconds, not for every request.
+    pub async fn stored_bytes(&self, tenant: TenantId) -> Result<u64> {
+        let rows = self.rows(query(STORED_BYTES).bind(tenant.as_bytes().to_vec())).await?;
+        let bytes = match rows.first() {
+            Some(row) => row.try_get::<i64, _>(0)?,
+            None => 0,
+        };
+        Ok(u64::try_from(bytes).unwrap_or(0))
+    }
+
     /// Usage of a tenant since `since`, summed per agent and model ([`USAGE_SUMMARY`]).
     pub async fn usage(
         &self,
@@ -1351,6 +1364,20 @@ async fn insert_agents(conn: &mut Tx, agents: &[Agent]) -> Result<()> {
     })?;
     Ok(())
 }
+
+/// The payload bytes of one tenant's conversations (see [`Store::stored_bytes`]).
+const STORED_BYTES: &str = "SELECT CAST(\
+    (SELECT COALESCE(SUM(OCTET_LENGTH(text)), 0) FROM events WHERE tenant_id = $1) \
+  + (SELECT COALESCE(SUM(COALESCE(OCTET_LENGTH(reply), 0) + COALESCE(OCTET_LENGTH(error), 0)), 0) \
+       FROM turns WHERE tenant_id = $1) \
+  + (SELECT COALESCE(SUM(OCTET_LENGTH(j.data)), 0) FROM journal j JOIN turns t ON t.id = j.turn_id \
+       WHERE t.tenant_id = $1) \
+  + (SELECT COALESCE(SUM(OCTET_LENGTH(data)), 0) FROM outbox WHERE tenant_id = $1) \
+  + (SELECT COALESCE(SUM(OCTET_LENGTH(input) + COALESCE(OCTET_LENGTH(output), 0)), 0) \
+       FROM executions WHERE tenant_id = $1) \
+  + (SELECT COALESCE(SUM(OCTET_LENGTH(s.data)), 0) FROM execution_steps s \
+       JOIN executions e ON e.id = s.execution_id WHERE e.tenant_id = $1) \
+  AS BIGINT)";
 
 /// A tenant's usage since a time, per agent and model: one range of `model_usage`'s primary key
 /// (tenant, time), whatever other tenants used.

@@ -18,8 +18,8 @@ use clade_config::{SandboxLimits, SandboxMode};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::init::{InitConfig, InitReport};
-use crate::seccomp::{Action, Filter};
 pub use crate::seccomp::FORBIDDEN_SYSCALLS;
+use crate::seccomp::{Action, Filter};
 
 /// Why a command could not run.
 #[derive(Debug, thiserror::Error)]

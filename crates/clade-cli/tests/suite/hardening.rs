@@ -1005,6 +1005,48 @@ async fn tenant_quotas_and_rate_limits_answer_429_and_stay_per_tenant() {
     assert_eq!(status, 202, "the bucket refills");
 }
 
+/// A tenant's stored bytes are bounded by its `stored_bytes` quota: past it new events are
+/// refused with a 429 naming the limit, also within one measuring period (what was accepted
+/// since the last measure counts), while another tenant goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_at_its_stored_bytes_quota_is_refused_and_others_are_not() {
+    let env = configured("tenants:\n  acme:\n    quotas: { stored_bytes: 40000 }\n");
+    let tokens = tenants_with_tokens(&env, &["acme", "rival"], None);
+    let server = env.serve(&[]);
+    let (acme, rival) = (tokens[0].clone(), tokens[1].clone());
+    for token in [&acme, &rival] {
+        let (status, body) =
+            server.send("POST", "/v1/agents", Some(token), Some(json!({ "handle": "ada" }))).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let event = |n: usize| json!({ "agent": "ada", "text": format!("{n} {}", "x".repeat(4000)), "source": { "platform": "http", "channel": format!("c{n}"), "actor": "me" } });
+    let mut accepted = 0;
+    let mut refusal = None;
+    for n in 0..30 {
+        let (status, body) = server.send("POST", "/v1/events", Some(&acme), Some(event(n))).await;
+        match status {
+            202 => accepted += 1,
+            _ => {
+                refusal = Some((status, body));
+                break;
+            }
+        }
+    }
+    let (status, body) = refusal.expect("30 events of 4 KB passed a quota of 40,000 bytes");
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("quota_exceeded")), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("tenants.acme.quotas.stored_bytes"), "{message}");
+    assert!((1..10).contains(&accepted), "{accepted} events of 4 KB accepted under 40,000 bytes");
+    for n in 0..12 {
+        let (status, body) = server.send("POST", "/v1/events", Some(&rival), Some(event(n))).await;
+        assert_eq!(status, 202, "another tenant is not bound by acme's quota: {body}");
+    }
+    // Still refused after the measure is renewed: the store holds what it held.
+    tokio::time::sleep(clade_gateway::quotas::STORED_BYTES_EVERY).await;
+    let (status, _) = server.send("POST", "/v1/events", Some(&acme), Some(event(99))).await;
+    assert_eq!(status, 429);
+}
+
 /// Listening beyond loopback is said out loud: other machines can reach the gateway, in plain
 /// HTTP.
 #[test]

@@ -288,3 +288,21 @@ async fn turn_records_page_through_one_sessions_turns() {
         assert_eq!(seen, expected, "{}", h.name);
     }
 }
+
+/// What a tenant's conversations occupy is counted per tenant: its events (and what they
+/// cause) add to its own count, never to another tenant's.
+#[tokio::test]
+async fn stored_bytes_are_counted_per_tenant() {
+    for h in backends().await {
+        let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let other = h.store.create_tenant("other").await.unwrap();
+        let before = h.store.stored_bytes(tenant.id).await.unwrap();
+        for channel in ["a", "b", "c"] {
+            accept(&h.store, &tenant, &ada, channel).await;
+        }
+        let after = h.store.stored_bytes(tenant.id).await.unwrap();
+        // Three texts of five bytes, plus the lifecycle events their acceptance wrote.
+        assert!(after >= before + 15, "{}: {before} then {after}", h.name);
+        assert_eq!(h.store.stored_bytes(other.id).await.unwrap(), 0, "{}", h.name);
+    }
+}
