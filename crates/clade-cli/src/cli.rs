@@ -474,6 +474,25 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value = "stub")]
         model: BenchModel,
     },
+    /// One tenant floods events at ten times its quota: report the other tenants' p99 latency
+    /// against the same tenant at its quota (goal: at most 10 % higher), on a fresh gateway
+    Neighbours {
+        /// The noisy tenant's quota, in events per second
+        #[arg(long, default_value_t = 20.0)]
+        quota: f64,
+        /// Quiet tenants beside it
+        #[arg(long, default_value_t = 4)]
+        quiet_tenants: usize,
+        /// Events per second the quiet tenants send in all
+        #[arg(long, default_value_t = 40.0)]
+        quiet_rate: f64,
+        /// Seconds per phase
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Rounds, each one phase at the quota and one at ten times it
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 /// The model `clade bench turns` runs against.

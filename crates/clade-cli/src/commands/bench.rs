@@ -21,6 +21,11 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
             let plan = super::bench_turns::Plan { sessions, total, durability, rate, keep, model };
             super::bench_turns::run(ctx, &plan).await
         }
+        BenchCommand::Neighbours { quota, quiet_tenants, quiet_rate, seconds, rounds } => {
+            let plan =
+                super::bench_neighbours::Plan { quota, quiet_tenants, quiet_rate, seconds, rounds };
+            super::bench_neighbours::run(ctx, &plan).await
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 mod admin;
 mod agents;
 mod bench;
+mod bench_neighbours;
 mod bench_turns;
 mod config;
 mod models;

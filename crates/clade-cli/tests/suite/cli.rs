@@ -320,6 +320,37 @@ fn bench_turns_runs_the_stub_in_a_process_of_its_own() {
     env.run(&["bench", "turns", "--durability", "sometimes"]).fails_with("unknown durability");
 }
 
+/// The noisy-neighbour benchmark runs a gateway of its own: the noisy tenant is limited at ten
+/// times its quota and not at it, the quiet tenants are never refused, and the scratch data
+/// dir is gone afterwards.
+#[test]
+fn bench_neighbours_limits_only_the_noisy_tenant() {
+    let env = Env::new();
+    let out =
+        env.run(&["bench", "neighbours", "--seconds", "1", "--rounds", "1", "--quota", "10"]).ok();
+    let rows: Vec<Vec<&str>> = out
+        .stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("1 "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", out.stdout);
+    let (at_quota, flooding) = (&rows[0], &rows[1]);
+    assert_eq!((at_quota[1], flooding[1]), ("1x", "10x"), "{}", out.stdout);
+    let limited = |row: &Vec<&str>| row[3].parse::<u64>().unwrap();
+    assert!(limited(at_quota) <= 1, "limited at its quota: {}", out.stdout);
+    assert!(limited(flooding) >= 50, "not limited at 10x its quota: {}", out.stdout);
+    assert!(rows.iter().all(|r| r[6] == "0"), "quiet tenants refused: {}", out.stdout);
+    assert!(out.stdout.contains("(goal: at most 1.10x)"), "{}", out.stdout);
+    let left: Vec<_> = std::fs::read_dir(env.data_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("bench-neighbours"))
+        .collect();
+    assert!(left.is_empty(), "the scratch data dir was left behind");
+    env.run(&["bench", "neighbours", "--rounds", "0"]).fails_with("must be above 0");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stub_command_speaks_openai_and_leaves_when_its_parent_does() {
     use std::io::BufRead as _;
