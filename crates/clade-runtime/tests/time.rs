@@ -105,3 +105,97 @@ async fn an_idle_session_leaves_memory_when_the_clock_passes_its_idle_time() {
     clock.advance(Duration::from_secs(1));
     eventually("the idle exit", async || engine.active_sessions() == 0).await;
 }
+
+/// A webhook subscriber that keeps failing is retried on the clock's schedule (100 ms doubling
+/// per attempt), not before, and dead-lettered after its last attempt: the whole schedule runs
+/// by moving a manual clock, with no wait for the back-off itself.
+#[tokio::test]
+async fn webhook_retries_back_off_on_the_clock_and_dead_letter_after_the_last() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (clock, store, _data, tenant) = open(dir.path()).await;
+    // A receiver that answers every delivery 500 and notes when (on the manual clock) it came.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::<Timestamp>::new()));
+    let (seen, receiver_clock) = (arrivals.clone(), clock.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the head and the body its Content-Length announces.
+            loop {
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_lowercase();
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let length = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if request.len() >= head_end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            seen.lock().unwrap().push(clade_core::Clock::now(receiver_clock.as_ref()));
+            let _ = socket
+                .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    let event =
+        clade_store::OutboxEvent { kind: clade_core::EventKind::TurnFinished, data: "{}".into() };
+    store
+        .transact(tenant.id, move |work| {
+            let event = event.clone();
+            Box::pin(async move { work.announce(None, &[event]).await })
+        })
+        .await
+        .unwrap();
+    let signal = Arc::new(tokio::sync::Notify::new());
+    clade_runtime::outbox::spawn(
+        store.clone(),
+        vec![clade_runtime::outbox::Subscriber {
+            name: "hook".into(),
+            url,
+            secret: b"s".to_vec(),
+            events: Vec::new(),
+            tenants: vec!["*".into()],
+            max_attempts: 4,
+            timeout: Duration::from_secs(5),
+        }],
+        signal,
+    );
+    let arrived = || arrivals.lock().unwrap().len();
+    eventually("the first delivery", async || arrived() == 1).await;
+    // Attempt n failed: the next waits 100 ms × 2^n on the clock.
+    for (attempt, backoff_ms) in [(1, 200), (2, 400), (3, 800)] {
+        clock.advance(Duration::from_millis(backoff_ms - 1));
+        tokio::time::sleep(Duration::from_millis(300)).await; // Real time: nothing may come.
+        assert_eq!(arrived(), attempt, "retry {attempt} came before its back-off");
+        clock.advance(Duration::from_millis(1));
+        eventually(&format!("retry {attempt}"), async || arrived() == attempt + 1).await;
+    }
+    let times = arrivals.lock().unwrap().clone();
+    let gaps: Vec<i64> = times.windows(2).map(|w| w[1].as_millis() - w[0].as_millis()).collect();
+    assert_eq!(gaps, vec![200, 400, 800], "{times:?}");
+    // The fourth failure was the last attempt: dead-lettered, and nothing more is sent.
+    eventually("the dead letter", async || {
+        store
+            .dead_letters()
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.subscriber == "hook" && d.attempts == 4)
+    })
+    .await;
+    clock.advance(Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(arrived(), 4, "delivered again after dead-lettering");
+}
