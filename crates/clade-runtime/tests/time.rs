@@ -199,3 +199,52 @@ async fn webhook_retries_back_off_on_the_clock_and_dead_letter_after_the_last() 
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(arrived(), 4, "delivered again after dead-lettering");
 }
+
+/// Budgets count per UTC day and month of the clock: a day's limit reached just before
+/// midnight frees at midnight, a month's holds across days until the month turns.
+#[tokio::test]
+async fn budget_periods_turn_with_the_clock() {
+    use clade_model::{Budget, Error, Spend};
+    let dir = tempfile::tempdir().unwrap();
+    // 2026-11-29T23:59:59.500Z.
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_795_996_799_500)));
+    let (store, data) = support::sqlite_store_on(dir.path(), clock.clone()).await;
+    let tenant = support::create_ada(&store, &data).await;
+    let ada = store.agent(tenant.id, "ada").await.unwrap();
+    let budgets: clade_config::BudgetsConfig = serde_json::from_value(serde_json::json!({
+        "agents": { "ada": { "tokens_per_day": 100, "tokens_per_month": 150 } }
+    }))
+    .unwrap();
+    let budget = clade_runtime::StoreBudget::for_caller(
+        store.clone(),
+        clock.clone(),
+        &budgets,
+        &tenant,
+        Some((ada.id, "ada")),
+    )
+    .unwrap();
+    let tokens = |n| Spend { tokens: n, cost_micros: 0 };
+    let spend = async |n| {
+        let reservation = budget.reserve(tokens(n)).await?;
+        budget.settle(reservation, tokens(n)).await;
+        Ok::<(), Error>(())
+    };
+    let refusal = |outcome: Result<(), Error>| match outcome {
+        Err(Error::BudgetExceeded(message)) => message,
+        other => panic!("not refused by the budget: {other:?}"),
+    };
+    spend(100).await.unwrap();
+    assert!(refusal(spend(1).await).contains("tokens per day"));
+    // Still the same day 499 ms later; a new one at midnight, in the same month.
+    clock.advance(Duration::from_millis(499));
+    assert!(refusal(spend(1).await).contains("tokens per day"));
+    clock.advance(Duration::from_millis(1));
+    assert!(refusal(spend(100).await).contains("tokens per month"), "the month's 150 hold");
+    spend(50).await.unwrap();
+    assert!(refusal(spend(1).await).contains("tokens per"));
+    // November 30 passes; on December 1 both counters start over.
+    clock.advance(Duration::from_secs(24 * 3600 - 1));
+    assert!(refusal(spend(1).await).contains("tokens per"), "December came a second early");
+    clock.advance(Duration::from_secs(1));
+    spend(100).await.unwrap();
+}
