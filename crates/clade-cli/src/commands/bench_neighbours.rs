@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use tokio::io::AsyncBufReadExt as _;
 
 use crate::context::Ctx;
 
@@ -235,12 +234,9 @@ impl Gateway {
             .kill_on_drop(true)
             .spawn()
             .context("cannot start `clade serve`")?;
-        let stdout = child.stdout.take().context("the gateway's output is not readable")?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .context("the gateway did not say where it listens within 30 s")??
-            .unwrap_or_default();
+        let (line, mut lines) =
+            super::bench_turns::first_line(&mut child, "the gateway", Duration::from_secs(30))
+                .await?;
         let url = line
             .split_whitespace()
             .find(|w| w.starts_with("http://"))

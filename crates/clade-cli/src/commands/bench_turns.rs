@@ -351,7 +351,6 @@ impl StubProcess {
     // This binary itself as the model server, not an agent's tool: the sandbox is for those.
     #[allow(clippy::disallowed_methods)]
     async fn start() -> Result<Self> {
-        use tokio::io::AsyncBufReadExt as _;
         let exe = std::env::current_exe().context("cannot find this binary to start the stub")?;
         let mut child = tokio::process::Command::new(exe)
             .args(["stub", "--listen", "127.0.0.1:0", "--exit-with-stdin"])
@@ -361,12 +360,7 @@ impl StubProcess {
             .spawn()
             .context("cannot start the stub model (`clade stub`)")?;
         let pid = child.id().context("the stub model exited as it started")?;
-        let stdout = child.stdout.take().context("the stub model's output is not readable")?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .context("the stub model did not say where it listens within 10 s")??
-            .unwrap_or_default();
+        let (line, _) = first_line(&mut child, "the stub model", Duration::from_secs(10)).await?;
         let url = clade_stub::standalone::parse_ready_line(&line).with_context(|| {
             format!("the stub model did not start; it said {line:?} (see its error above)")
         })?;
@@ -376,6 +370,23 @@ impl StubProcess {
     fn cpu_micros(&self) -> u64 {
         cpu_micros(&self.pid.to_string())
     }
+}
+
+/// The first line a child benchmark process (`what`) prints on its piped stdout, where it
+/// says where it listens, within `within`; and the rest of its output.
+pub(super) async fn first_line(
+    child: &mut tokio::process::Child,
+    what: &str,
+    within: Duration,
+) -> Result<(String, tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>)> {
+    use tokio::io::AsyncBufReadExt as _;
+    let stdout = child.stdout.take().with_context(|| format!("{what}'s output is not readable"))?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(within, lines.next_line())
+        .await
+        .with_context(|| format!("{what} did not say where it listens within {within:?}"))??
+        .unwrap_or_default();
+    Ok((line, lines))
 }
 
 /// CPU time (user + system, every thread) of process `pid` (or `self`), in µs.
