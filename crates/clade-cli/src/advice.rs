@@ -38,6 +38,11 @@ fn for_store(err: &clade_store::Error) -> Option<&'static str> {
             "or set CLADE_MASTER_KEY to the key the secrets were encrypted with"
         }
         E::WriterGone => "restart clade",
+        E::ChecksumMismatch { .. } => {
+            "restore it from a backup; if you changed it on purpose with another SQLite program, \
+             accept the change with `clade migrate --rewrite-checksums` (no server running)"
+        }
+        E::ChecksumsInterrupted { .. } => "run `clade migrate` with no server running to finish it",
         _ => return None,
     })
 }

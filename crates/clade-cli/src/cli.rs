@@ -54,8 +54,8 @@ pub(crate) enum Command {
     /// Run the gateway
     Serve(ServeArgs),
     /// Upgrade the store's schema to this version of clade (`serve` also does at start; other
-    /// commands refuse a store that needs it)
-    Migrate,
+    /// commands refuse a store that needs it), and give a SQLite store page checksums
+    Migrate(MigrateArgs),
     /// Create, list, show, delete and select agents
     #[command(subcommand)]
     Agents(AgentsCommand),
@@ -107,6 +107,15 @@ pub(crate) enum Command {
     /// Internal: the egress bridge a network-granted sandboxed command runs beside it
     #[command(name = "__egress-bridge", hide = true)]
     EgressBridge { listen: std::net::SocketAddr, socket: std::path::PathBuf },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    /// Accept the SQLite file as it is now: write every page's checksum anew. For a file you
+    /// changed on purpose with another SQLite program (sqlite3, Python); a page damaged on disk
+    /// stays damaged, it is only no longer refused. Needs no server running.
+    #[arg(long)]
+    pub(crate) rewrite_checksums: bool,
 }
 
 #[derive(Debug, Subcommand)]

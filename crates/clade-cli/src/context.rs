@@ -43,14 +43,19 @@ pub(crate) fn load_config(global: &Global, data_dir: &DataDir) -> Result<Config>
     })
 }
 
+/// Where the store lives: `--store`, else the configuration's, else the data dir's SQLite file.
+pub(crate) fn location(global: &Global, data_dir: &DataDir, config: &Config) -> Result<Location> {
+    Ok(match global.store.as_deref().or(config.store.url.as_deref()) {
+        Some(url) => Location::parse(url)?,
+        None => Location::Sqlite(data_dir.sqlite_path()),
+    })
+}
+
 impl Ctx {
     pub(crate) async fn open(global: &Global, migrations: clade_store::Migrations) -> Result<Self> {
         let data_dir = DataDir::open(data_dir_path(global)?)?;
         let config = load_config(global, &data_dir)?;
-        let location = match global.store.as_deref().or(config.store.url.as_deref()) {
-            Some(url) => Location::parse(url)?,
-            None => Location::Sqlite(data_dir.sqlite_path()),
-        };
+        let location = location(global, &data_dir, &config)?;
         let durability = match config.store.durability {
             clade_config::Durability::Full => Durability::Full,
             clade_config::Durability::Normal => Durability::Normal,

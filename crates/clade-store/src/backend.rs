@@ -62,6 +62,15 @@ impl Location {
         }
     }
 
+    /// A URL for sqlx that reaches the store as Clade does: a SQLite file through the VFS that
+    /// seals and checks its pages (writes made any other way leave stale checksums behind).
+    pub fn connect_url(&self) -> Result<String> {
+        match self {
+            Location::Sqlite(path) => sqlite_url(path),
+            Location::Postgres(url) => Ok(url.clone()),
+        }
+    }
+
     /// A printable form with any password removed.
     pub fn redacted(&self) -> String {
         match self {
@@ -82,20 +91,29 @@ fn redact_url(url: &str) -> String {
 }
 
 /// Opens the connection pool, applies per-connection settings and checks them.
-pub(crate) async fn connect(location: &Location, durability: Durability) -> Result<AnyPool> {
+///
+/// A SQLite store gets page checksums if it has none yet and `may_add_checksums` (see
+/// [`crate::checksums::prepare`]); every connection goes through the VFS that checks them.
+pub(crate) async fn connect(
+    location: &Location,
+    durability: Durability,
+    may_add_checksums: bool,
+) -> Result<(AnyPool, Option<crate::checksums::PageChecksums>)> {
     sqlx::any::install_default_drivers();
     let shown = location.redacted();
     let (url, max_connections) = match location {
-        Location::Sqlite(path) => (sqlite_url(path), 8),
+        Location::Sqlite(_) => (location.connect_url()?, 8),
         Location::Postgres(url) => (url.clone(), 10),
     };
     let options = AnyConnectOptions::from_str(&url)
         .map_err(|err| Error::Unreachable { location: shown.clone(), detail: err.to_string() })?
         .disable_statement_logging();
     let backend = location.backend();
+    let mut checksums = None;
     if let Location::Sqlite(path) = location {
         refuse_empty_file(path)?;
         make_private(path)?;
+        checksums = Some(crate::checksums::prepare(path, may_add_checksums)?);
     }
     // One direct connection first: the pool retries failed connects until its timeout and
     // then reports only that it timed out, hiding "connection refused" or "not a database".
@@ -128,7 +146,7 @@ pub(crate) async fn connect(location: &Location, durability: Durability) -> Resu
         // A new file (and its WAL) was created with the process's umask.
         make_private(path)?;
     }
-    Ok(pool)
+    Ok((pool, checksums))
 }
 
 /// A database file that exists but holds nothing was truncated (or its creation cut short):
@@ -170,8 +188,14 @@ pub(crate) fn make_private(_db: &Path) -> Result<()> {
     Ok(())
 }
 
-fn sqlite_url(path: &Path) -> String {
-    format!("sqlite://{}?mode=rwc", path.display())
+/// The pool's URL: through the VFS that checks page checksums, as every other connection.
+fn sqlite_url(path: &Path) -> Result<String> {
+    let vfs = crate::paced::vfs(crate::paced::Writeback::AtOnce).map_err(|reason| Error::Io {
+        action: "open",
+        path: path.to_owned(),
+        source: std::io::Error::other(reason),
+    })?;
+    Ok(format!("sqlite://{}?mode=rwc&vfs={}", path.display(), vfs.to_string_lossy()))
 }
 
 pub(crate) fn session_settings(
@@ -258,6 +282,9 @@ pub(crate) fn classify_connect_error(err: sqlx::Error, shown: &str) -> Error {
     match &err {
         sqlx::Error::Database(db) => {
             if let Some(code) = db.code().and_then(|c| c.parse::<i32>().ok()) {
+                if code == rusqlite::ffi::SQLITE_IOERR_DATA {
+                    return checksum_mismatch(shown);
+                }
                 // SQLITE_CORRUPT = 11, SQLITE_NOTADB = 26 (low byte of the extended code).
                 if matches!(code & 0xff, 11 | 26) {
                     return Error::Corrupt { location: shown.to_owned(), detail: db.to_string() };
@@ -274,6 +301,11 @@ pub(crate) fn classify_connect_error(err: sqlx::Error, shown: &str) -> Error {
         }
         _ => Error::Database(err),
     }
+}
+
+/// A page of the SQLite file failed its checksum (see [`crate::checksums`]).
+pub(crate) fn checksum_mismatch(shown: &str) -> Error {
+    Error::ChecksumMismatch { location: shown.to_owned(), page: crate::paced::last_mismatch(shown) }
 }
 
 /// Like [`classify_connect_error`] for errors seen after the store is open.

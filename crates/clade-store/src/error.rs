@@ -90,6 +90,14 @@ pub enum Error {
          store"
     )]
     EmptyDatabase { path: PathBuf },
+    #[error("adding page checksums to {path} was interrupted and is not finished")]
+    ChecksumsInterrupted { path: PathBuf },
+    #[error(
+        "a page of the database at {location}{} does not match its checksum: the file was \
+         damaged on disk or changed outside Clade",
+        page.map_or(String::new(), |page| format!(" (page {page})"))
+    )]
+    ChecksumMismatch { location: String, page: Option<u64> },
     #[error(
         "cannot open the SQLite database {path} ({detail}): check that its directory exists and \
          is writable by this user"

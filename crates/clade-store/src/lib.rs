@@ -12,6 +12,7 @@
 pub mod access;
 pub mod agents;
 pub mod backend;
+pub mod checksums;
 mod crypto;
 pub mod datadir;
 mod db;
@@ -32,6 +33,7 @@ pub use access::{
 };
 pub use agents::Agents;
 pub use backend::{Backend, Durability, Location};
+pub use checksums::{PageChecksums, Rewritten};
 pub use crypto::MasterKey;
 pub use datadir::DataDir;
 pub use error::{Error, Result};

@@ -48,7 +48,7 @@ pub fn lock_path(db: &std::path::Path) -> PathBuf {
     db.with_file_name(name)
 }
 
-fn lock_file(db: &std::path::Path) -> Result<std::fs::File> {
+pub(crate) fn lock_file(db: &std::path::Path) -> Result<std::fs::File> {
     use rustix::fs::{FlockOperation, flock};
     let path = lock_path(db);
     let io = |action, source| Error::Io { action, path: path.clone(), source };

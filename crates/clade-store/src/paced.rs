@@ -1,4 +1,5 @@
-//! Paced writeback of the SQLite database file: the crate's one piece of `unsafe` code.
+//! Paced writeback and page checksums of the SQLite database file: the crate's one piece of
+//! `unsafe` code.
 //!
 //! A checkpoint copies pages from the WAL into the database file and then fsyncs it. The copies
 //! are scattered writes that sit in the page cache until that fsync, which hands them all to the
@@ -16,6 +17,9 @@
 //!
 //! Only files opened as a main database are paced, and only they and the WAL get `fdatasync`;
 //! the shared memory and temporary files pass straight through.
+//!
+//! The same shim seals each page written to a main database file with its checksum and checks
+//! each page read from it, when the file reserves room for one (see [`crate::checksums`]).
 
 #![allow(unsafe_code)]
 
@@ -96,6 +100,39 @@ pub(crate) fn vfs(writeback: Writeback) -> Result<&'static CStr, String> {
         .map(|()| writeback.vfs_name())
 }
 
+/// The pragma that turns a connection's checksums off (`PRAGMA clade_page_checksums = off`):
+/// its reads of the database file are not checked and its writes not sealed. Only for the steps
+/// that make the checksums ([`crate::checksums`]).
+pub(crate) const CHECKSUMS_PRAGMA: &str = "clade_page_checksums";
+
+/// Sets how many bytes at the end of each page SQLite leaves to us (`SQLITE_FCNTL_RESERVE_BYTES`):
+/// a new database gets them with its first write, an existing one with its next `VACUUM`.
+pub(crate) fn reserve_bytes(conn: &rusqlite::Connection, bytes: u8) -> Result<(), String> {
+    let mut value = c_int::from(bytes);
+    // SAFETY: the handle is live for the borrow of `conn`; the call reads and writes an int.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_RESERVE_BYTES,
+            (&raw mut value).cast(),
+        )
+    };
+    match rc {
+        ffi::SQLITE_OK => Ok(()),
+        code => Err(format!("SQLite refused to reserve {bytes} bytes per page (code {code})")),
+    }
+}
+
+/// The file and page of the last read that failed its checksum.
+static LAST_MISMATCH: Mutex<Option<(std::path::PathBuf, u64)>> = Mutex::new(None);
+
+/// The page of `path` whose checksum failed last, if it is that file's.
+pub(crate) fn last_mismatch(path: &str) -> Option<u64> {
+    let last = LAST_MISMATCH.lock().unwrap_or_else(|e| e.into_inner());
+    last.as_ref().filter(|(file, _)| file.as_os_str() == path).map(|(_, page)| *page)
+}
+
 /// What one of our VFSes keeps in its `pAppData`.
 struct Shim {
     base: *mut ffi::sqlite3_vfs,
@@ -137,6 +174,40 @@ struct PacedFile {
     inner: *mut ffi::sqlite3_file,
     /// Set for a main database file, else null.
     pacer: *mut Pacer,
+    /// Set for a main database file, else null.
+    seal: *mut Seal,
+}
+
+/// The page checksums of a main database file.
+struct Seal {
+    /// Whether its pages carry checksums: its header reserves exactly the bytes for one.
+    on: bool,
+    /// Whether this connection checks and seals them (see [`CHECKSUMS_PRAGMA`]).
+    enabled: bool,
+    page_size: usize,
+    /// The page being written, with its checksum.
+    scratch: Vec<u8>,
+    path: std::path::PathBuf,
+}
+
+impl Seal {
+    /// Learns the file's page layout from its header, as read or about to be written.
+    fn learn(&mut self, header: &[u8]) {
+        if let Some(header) = crate::checksums::Header::parse(header) {
+            self.on = header.reserved == crate::checksums::RESERVED;
+            self.page_size = header.page_size;
+        }
+    }
+
+    /// The number (from 1) of the page a read or write of `amount` bytes at `offset` is, if it
+    /// is a whole page to check or seal.
+    fn page(&self, amount: c_int, offset: i64) -> Option<u64> {
+        let whole = self.on
+            && self.enabled
+            && usize::try_from(amount).is_ok_and(|amount| amount == self.page_size)
+            && offset % i64::from(amount) == 0;
+        whole.then(|| u64::try_from(offset / i64::from(amount)).map_or(0, |index| index + 1))
+    }
 }
 
 /// Our own handle on a main database file or a WAL.
@@ -214,6 +285,7 @@ unsafe extern "C" fn open(
         (*paced).header.pMethods = std::ptr::null();
         (*paced).inner = inner;
         (*paced).pacer = std::ptr::null_mut();
+        (*paced).seal = std::ptr::null_mut();
         let Some(base_open) = (*base).xOpen else { return ffi::SQLITE_CANTOPEN };
         let rc = base_open(base, name, inner, flags, out_flags);
         let inner_methods = (*inner).pMethods;
@@ -223,6 +295,25 @@ unsafe extern "C" fn open(
         (*paced).header.pMethods = methods_for(inner_methods);
         let main = flags & ffi::SQLITE_OPEN_MAIN_DB != 0;
         let wal = flags & ffi::SQLITE_OPEN_WAL != 0;
+        if rc == ffi::SQLITE_OK && main && !name.is_null() {
+            let path =
+                std::ffi::OsStr::from_encoded_bytes_unchecked(CStr::from_ptr(name).to_bytes());
+            let mut seal = Seal {
+                on: false,
+                enabled: true,
+                page_size: 0,
+                scratch: Vec::new(),
+                path: path.into(),
+            };
+            // A new, empty file has no header yet: its first write of page 1 brings one.
+            let mut header = [0u8; 100];
+            if let Some(read) = (*inner_methods).xRead
+                && read(inner, header.as_mut_ptr().cast(), 100, 0) == ffi::SQLITE_OK
+            {
+                seal.learn(&header);
+            }
+            (*paced).seal = Box::into_raw(Box::new(seal));
+        }
         if rc == ffi::SQLITE_OK
             && main
             && let Some(control) = (*inner_methods).xFileControl
@@ -317,7 +408,6 @@ macro_rules! pass_on {
     };
 }
 
-pass_on!(read, xRead, (buf: *mut c_void, amount: c_int, offset: i64) -> c_int, ffi::SQLITE_IOERR);
 pass_on!(truncate, xTruncate, (size: i64) -> c_int, ffi::SQLITE_IOERR);
 pass_on!(file_size, xFileSize, (size: *mut i64) -> c_int, ffi::SQLITE_IOERR);
 pass_on!(lock, xLock, (level: c_int) -> c_int, ffi::SQLITE_IOERR);
@@ -329,8 +419,62 @@ pass_on!(shm_map, xShmMap, (page: c_int, size: c_int, extend: c_int, out: *mut *
 pass_on!(shm_lock, xShmLock, (offset: c_int, n: c_int, flags: c_int) -> c_int, ffi::SQLITE_IOERR);
 pass_on!(shm_barrier, xShmBarrier, () -> (), ());
 pass_on!(shm_unmap, xShmUnmap, (delete: c_int) -> c_int, ffi::SQLITE_IOERR);
-pass_on!(fetch, xFetch, (offset: i64, amount: c_int, out: *mut *mut c_void) -> c_int, ffi::SQLITE_IOERR);
+pass_on!(fetch_mapped, xFetch, (offset: i64, amount: c_int, out: *mut *mut c_void) -> c_int, ffi::SQLITE_IOERR);
 pass_on!(unfetch, xUnfetch, (offset: i64, page: *mut c_void) -> c_int, ffi::SQLITE_IOERR);
+
+/// Reads, and checks a whole page of a database file that carries checksums: a page that does
+/// not match fails the read with `SQLITE_IOERR_DATA`, which the store reports as corruption.
+unsafe extern "C" fn read(
+    file: *mut ffi::sqlite3_file,
+    buf: *mut c_void,
+    amount: c_int,
+    offset: i64,
+) -> c_int {
+    // SAFETY: SQLite calls our methods only on files `open` opened; `seal` is ours or null;
+    // `buf` holds `amount` bytes, which a successful read filled.
+    unsafe {
+        let (inner, methods) = inner_of(file);
+        let Some(method) = methods.xRead else { return ffi::SQLITE_IOERR_READ };
+        let rc = method(inner, buf, amount, offset);
+        let seal = (*file.cast::<PacedFile>()).seal;
+        if rc != ffi::SQLITE_OK || seal.is_null() {
+            return rc;
+        }
+        let seal = &mut *seal;
+        let Ok(len) = usize::try_from(amount) else { return rc };
+        let bytes = std::slice::from_raw_parts(buf.cast::<u8>().cast_const(), len);
+        if offset == 0 && len >= 100 {
+            seal.learn(bytes);
+        }
+        if let Some(number) = seal.page(amount, offset)
+            && !crate::checksums::verify(bytes, number)
+        {
+            // SQLite's error cannot say which page: the store's can.
+            *LAST_MISMATCH.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((seal.path.clone(), number));
+            return ffi::SQLITE_IOERR_DATA;
+        }
+        rc
+    }
+}
+
+/// A checked file is read through [`read`] only: no memory-mapped pages.
+unsafe extern "C" fn fetch(
+    file: *mut ffi::sqlite3_file,
+    offset: i64,
+    amount: c_int,
+    out: *mut *mut c_void,
+) -> c_int {
+    // SAFETY: as in `read`; `out` is SQLite's to receive a page or null.
+    unsafe {
+        let seal = (*file.cast::<PacedFile>()).seal;
+        if !seal.is_null() && (*seal).on {
+            *out = std::ptr::null_mut();
+            return ffi::SQLITE_OK;
+        }
+        fetch_mapped(file, offset, amount, out)
+    }
+}
 
 unsafe extern "C" fn write(
     file: *mut ffi::sqlite3_file,
@@ -338,10 +482,29 @@ unsafe extern "C" fn write(
     amount: c_int,
     offset: i64,
 ) -> c_int {
-    // SAFETY: SQLite calls our methods only on files `open` opened; `pacer` is ours or null.
+    // SAFETY: SQLite calls our methods only on files `open` opened; `pacer` and `seal` are ours
+    // or null; `buf` holds `amount` bytes.
     unsafe {
         let (inner, methods) = inner_of(file);
         let Some(method) = methods.xWrite else { return ffi::SQLITE_IOERR_WRITE };
+        let mut buf = buf;
+        let seal = (*file.cast::<PacedFile>()).seal;
+        if !seal.is_null()
+            && let Ok(len) = usize::try_from(amount)
+        {
+            let seal = &mut *seal;
+            let bytes = std::slice::from_raw_parts(buf.cast::<u8>(), len);
+            if offset == 0 && len >= 100 {
+                seal.learn(bytes);
+            }
+            if let Some(number) = seal.page(amount, offset) {
+                // SQLite's buffer is its own: the checksum goes into a copy.
+                seal.scratch.clear();
+                seal.scratch.extend_from_slice(bytes);
+                crate::checksums::seal(&mut seal.scratch, number);
+                buf = seal.scratch.as_ptr().cast();
+            }
+        }
         let rc = method(inner, buf, amount, offset);
         let pacer = (*file.cast::<PacedFile>()).pacer;
         if rc == ffi::SQLITE_OK && !pacer.is_null() {
@@ -397,6 +560,22 @@ unsafe extern "C" fn file_control(
     // SAFETY: as in `write`.
     unsafe {
         let (inner, methods) = inner_of(file);
+        let seal = (*file.cast::<PacedFile>()).seal;
+        if op == ffi::SQLITE_FCNTL_PRAGMA && !seal.is_null() {
+            // `arg` is SQLite's `char*[3]`: an error message out, the pragma's name, its value.
+            let words = arg.cast::<*const std::ffi::c_char>();
+            let name = *words.add(1);
+            if !name.is_null()
+                && CStr::from_ptr(name).to_bytes().eq_ignore_ascii_case(CHECKSUMS_PRAGMA.as_bytes())
+            {
+                let value = *words.add(2);
+                if !value.is_null() {
+                    let value = CStr::from_ptr(value).to_bytes();
+                    (*seal).enabled = !(value.eq_ignore_ascii_case(b"off") || value == b"0");
+                }
+                return ffi::SQLITE_OK;
+            }
+        }
         let Some(control) = methods.xFileControl else { return ffi::SQLITE_NOTFOUND };
         let pacer = (*file.cast::<PacedFile>()).pacer;
         let tracked = !pacer.is_null() && (*pacer).written.is_some();
@@ -424,6 +603,10 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
         if !(*paced).pacer.is_null() {
             drop(Box::from_raw((*paced).pacer));
             (*paced).pacer = std::ptr::null_mut();
+        }
+        if !(*paced).seal.is_null() {
+            drop(Box::from_raw((*paced).seal));
+            (*paced).seal = std::ptr::null_mut();
         }
         let (inner, methods) = inner_of(file);
         match methods.xClose {

@@ -67,6 +67,8 @@ pub struct Store {
     actor: Arc<str>,
     /// What opening did to the schema.
     migrated: MigrationReport,
+    /// Whether a SQLite file's pages carry checksums, and whether opening added them.
+    page_checksums: Option<crate::checksums::PageChecksums>,
 }
 
 /// What is needed to create an agent.
@@ -363,7 +365,9 @@ impl Store {
     pub async fn open(options: StoreOptions) -> Result<Self> {
         let shown: Arc<str> = options.location.redacted().into();
         let backend = options.location.backend();
-        let pool = backend::connect(&options.location, options.durability).await?;
+        let may_add_checksums = options.migrations == Migrations::Apply;
+        let (pool, page_checksums) =
+            backend::connect(&options.location, options.durability, may_add_checksums).await?;
         let now = options.clock.now().as_millis();
         let report = migrate::run(&pool, backend, &shown, now, options.migrations).await?;
         let connect = match &options.location {
@@ -392,6 +396,7 @@ impl Store {
             reads_wait_durable: true,
             actor: "operator".into(),
             migrated: report,
+            page_checksums,
         };
         store.ensure_tenant(Tenant::DEFAULT_NAME).await?;
         Ok(store)
@@ -400,6 +405,22 @@ impl Store {
     /// The schema version this store was at when opened, and is at now.
     pub fn migrated(&self) -> MigrationReport {
         self.migrated
+    }
+
+    /// Closes the store: its connections, and (SQLite) its threads, which fold the WAL back
+    /// into the database file as the last connection closes. Other clones of this handle keep
+    /// what they use open; this then returns after waiting a few seconds for them.
+    pub async fn close(self) {
+        let Store { pool, readers, writer, .. } = self;
+        pool.close().await;
+        drop(readers);
+        writer.close(std::time::Duration::from_secs(5)).await;
+    }
+
+    /// Whether the pages of a SQLite file carry checksums, and whether opening added them
+    /// (`None` on PostgreSQL, which checks its own pages if the cluster was made to).
+    pub fn page_checksums(&self) -> Option<crate::checksums::PageChecksums> {
+        self.page_checksums
     }
 
     /// Commits and writes through the group-commit writer since this store was opened.
@@ -500,6 +521,11 @@ impl Store {
     fn classify(&self, err: Error) -> Error {
         match err {
             Error::Database(err) => self.db(err),
+            Error::Sqlite(rusqlite::Error::SqliteFailure(code, _))
+                if code.extended_code == rusqlite::ffi::SQLITE_IOERR_DATA =>
+            {
+                backend::checksum_mismatch(&self.shown)
+            }
             Error::Sqlite(rusqlite::Error::SqliteFailure(code, detail))
                 if matches!(
                     code.code,

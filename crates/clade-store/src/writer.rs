@@ -276,6 +276,8 @@ pub(crate) struct Writer {
     tx: mpsc::Sender<Box<dyn Job>>,
     counters: Arc<Counters>,
     durable: Option<Arc<DurablePoint>>,
+    /// Held by each of the store's threads until it has ended (see [`Writer::close`]).
+    running: Arc<()>,
 }
 
 impl Writer {
@@ -287,7 +289,10 @@ impl Writer {
     ) -> Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let counters = Arc::new(Counters::default());
-        let mut writer = Self { tx, counters: counters.clone(), durable: None };
+        let running = Arc::new(());
+        let mut writer =
+            Self { tx, counters: counters.clone(), durable: None, running: running.clone() };
+        let start_thread = |role, body| start_thread(role, &running, body);
         match connect {
             Connect::Pool(_) => {
                 tokio::spawn(run(connect, backend, shown, rx, counters, None));
@@ -301,26 +306,50 @@ impl Writer {
                     let (to_syncer, from_writer) = std::sync::mpsc::sync_channel(SYNC_QUEUE_DEPTH);
                     let (wal, syncer_point, syncer_counters) =
                         (wal_path(path), point.clone(), counters.clone());
-                    start_thread("sync", move || {
-                        syncer(&wal, &from_writer, &syncer_point, &syncer_counters, &faults)
-                    })?;
+                    start_thread(
+                        "sync",
+                        Box::new(move || {
+                            syncer(&wal, &from_writer, &syncer_point, &syncer_counters, &faults)
+                        }),
+                    )?;
                     writer.durable = Some(point.clone());
                     Some(SyncLink { point, to_syncer })
                 } else {
                     let (wal, alive) = (wal_path(path), Arc::downgrade(&counters));
-                    start_thread("flush", move || flusher(&wal, &alive))?;
+                    start_thread("flush", Box::new(move || flusher(&wal, &alive)))?;
                     None
                 };
                 let (path, alive) = (path.clone(), Arc::downgrade(&counters));
-                start_thread("checkpoint", move || checkpointer(&path, settings, &alive))?;
+                start_thread(
+                    "checkpoint",
+                    Box::new(move || checkpointer(&path, settings, &alive)),
+                )?;
                 // The batch futures never wait on anything but this thread's own connection,
                 // so a plain executor drives them; the thread ends when the last handle drops.
-                start_thread("writer", move || {
-                    futures::executor::block_on(run(connect, backend, shown, rx, counters, link))
-                })?;
+                start_thread(
+                    "writer",
+                    Box::new(move || {
+                        futures::executor::block_on(run(
+                            connect, backend, shown, rx, counters, link,
+                        ))
+                    }),
+                )?;
             }
         }
         Ok(writer)
+    }
+
+    /// Stops taking writes and waits (up to `patience`) until the store's threads have ended
+    /// and closed their connections: they end once every handle is gone, so a clone of the
+    /// store still held elsewhere keeps them, and this returns after `patience`.
+    #[allow(clippy::disallowed_methods)] // Waits for threads to end, not for domain time.
+    pub(crate) async fn close(self, patience: std::time::Duration) {
+        let Self { tx, counters, durable, running } = self;
+        drop((tx, counters, durable));
+        let started = tokio::time::Instant::now();
+        while Arc::strong_count(&running) > 1 && started.elapsed() < patience {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     pub(crate) fn stats(&self) -> WriteStats {
@@ -455,8 +484,17 @@ async fn run(
     }
 }
 
-/// Starts the store's thread `clade-sqlite-<role>`.
-fn start_thread(role: &str, body: impl FnOnce() + Send + 'static) -> Result<()> {
+/// Starts the store's thread `clade-sqlite-<role>`, which holds `running` until it has ended.
+fn start_thread(
+    role: &str,
+    running: &Arc<()>,
+    body: Box<dyn FnOnce() + Send + 'static>,
+) -> Result<()> {
+    let running = running.clone();
+    let body = move || {
+        body();
+        drop(running);
+    };
     std::thread::Builder::new().name(format!("clade-sqlite-{role}")).spawn(body).map(drop).map_err(
         |source| Error::Io {
             action: "start a thread for",
@@ -726,14 +764,21 @@ fn fold(conn: &rusqlite::Connection) -> rusqlite::Result<i64> {
 /// few frames to fold, and its fsync of the database file has as few pages to write. (A live
 /// migration's pre-copy, for the same reason.) At 1,000 turns/s over 100 sessions, the
 /// catch-ups' median went from 5.2 to 1.4 ms (two runs each way: 11 and 13 catch-ups).
+///
+/// A pass that found no fewer new frames than the one before is not gaining on the writer
+/// (writes faster than this thread folds them, as under a burst on a busy machine): the chase
+/// stops there and leaves the rest to the writer's catch-up, so the WAL does not grow through
+/// passes that cannot shorten it.
 fn chase(conn: &rusqlite::Connection, mut frames: i64) {
+    let mut before = i64::MAX;
     for _ in 0..CHASE_PASSES {
         let Ok(now) = fold(conn) else { return };
         let appended = now - frames;
         frames = now;
-        if appended < CHASE_ENOUGH_FRAMES {
+        if appended < CHASE_ENOUGH_FRAMES || appended >= before {
             return;
         }
+        before = appended;
     }
 }
 

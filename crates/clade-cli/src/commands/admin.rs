@@ -187,7 +187,41 @@ pub(super) async fn secrets(ctx: &Ctx, cmd: SecretsCommand) -> Result<()> {
 }
 
 /// Reports what opening the store for migration did (the upgrade itself ran at open).
+/// `clade migrate --rewrite-checksums`: accepts a SQLite file as it is.
+pub(super) fn rewrite_checksums(location: &clade_store::Location) -> Result<()> {
+    let clade_store::Location::Sqlite(path) = location else {
+        anyhow::bail!(
+            "--rewrite-checksums is for a SQLite store; PostgreSQL checks its own pages (a \
+             cluster made with `initdb --data-checksums`)"
+        );
+    };
+    println!("{}: rewriting page checksums…", path.display());
+    let done = clade_store::checksums::rewrite(path)?;
+    if done.added {
+        println!("{}: page checksums added to {} pages", path.display(), done.pages);
+    } else {
+        println!(
+            "{}: {} of {} pages had a checksum that did not match; all match now",
+            path.display(),
+            done.rewritten,
+            done.pages
+        );
+    }
+    Ok(())
+}
+
 pub(super) fn migrate(ctx: &Ctx) -> Result<()> {
+    match ctx.store.page_checksums() {
+        Some(clade_store::PageChecksums::Added) => {
+            println!("{}: page checksums added", ctx.store.location());
+        }
+        Some(clade_store::PageChecksums::Absent) => println!(
+            "{}: pages carry no checksums (a server holds the store, or its pages reserve room \
+             for something else)",
+            ctx.store.location()
+        ),
+        Some(clade_store::PageChecksums::On) | None => {}
+    }
     let report = ctx.store.migrated();
     if report.from == report.to {
         println!("{}: schema at version {}, nothing to do", ctx.store.location(), report.to);

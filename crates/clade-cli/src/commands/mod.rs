@@ -42,16 +42,22 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
     let default_filter = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
     logging::init(format, file_config.log.filter.as_deref(), default_filter);
 
+    if let Command::Migrate(args) = &cli.command
+        && args.rewrite_checksums
+    {
+        // Before the store is opened: opening refuses the pages this accepts.
+        admin::rewrite_checksums(&context::location(global, &data_dir, &file_config)?)?;
+    }
     // Only the server and `clade migrate` upgrade a store's schema: any other command may run
     // beside a server of the version the store is at.
     let migrations = match cli.command {
-        Command::Serve(_) | Command::Migrate => clade_store::Migrations::Apply,
+        Command::Serve(_) | Command::Migrate(_) => clade_store::Migrations::Apply,
         _ => clade_store::Migrations::RequireCurrent,
     };
     let ctx = Ctx::open(global, migrations).await?;
     match cli.command {
         Command::Serve(args) => serve::run(&ctx, args).await,
-        Command::Migrate => admin::migrate(&ctx),
+        Command::Migrate(_) => admin::migrate(&ctx),
         Command::Agents(cmd) => agents::run(&ctx, cmd).await,
         Command::Tenants(cmd) => admin::tenants(&ctx, cmd).await,
         Command::Tokens(cmd) => admin::tokens(&ctx, cmd).await,

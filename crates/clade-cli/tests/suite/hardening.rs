@@ -134,6 +134,37 @@ fn an_empty_database_file_is_refused_not_taken_for_a_new_store() {
     assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "the file is left as it was");
 }
 
+/// Bytes changed inside a page (50 of them, in a record that keeps its length, which SQLite's
+/// own quick check cannot see) fail the page's checksum: `serve` refuses to start, naming the
+/// file and the way out for a change made on purpose, and other commands refuse to read it.
+#[test]
+fn a_store_whose_bytes_changed_on_disk_is_refused() {
+    let env = Env::new();
+    let handle = format!("marked-{}", "q".repeat(57));
+    env.run(&["agents", "create", &handle]).ok();
+    // Folds the WAL into the database file, where the bytes are then changed.
+    env.run(&["migrate", "--rewrite-checksums"]).ok();
+    let db = env.data_dir().join("clade.db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let at = bytes
+        .windows(handle.len())
+        .position(|window| window == handle.as_bytes())
+        .expect("the agent's handle is in the database file");
+    bytes[at + 7..at + 57].copy_from_slice(&[b'z'; 50]);
+    std::fs::write(&db, &bytes).unwrap();
+
+    let refused = env.run(&["serve", "--listen", "127.0.0.1:0"]).fails_with("checksum");
+    let error = refused.stderr.trim();
+    assert!(error.contains(&db.display().to_string()), "names the file: {error}");
+    assert!(error.contains("--rewrite-checksums") && error.contains("backup"), "{error}");
+    assert_eq!(error.lines().count(), 1, "{error}");
+    env.run(&["agents", "list"]).fails_with("checksum");
+    // The operator accepts the file as it is: it reads again, changed bytes and all.
+    env.run(&["migrate", "--rewrite-checksums"]).ok();
+    env.run(&["agents", "list"]).ok();
+    assert!(std::fs::read(&db).unwrap().windows(50).any(|w| w == [b'z'; 50]), "left as changed");
+}
+
 #[test]
 fn a_store_that_cannot_be_opened_is_named_once() {
     let env = Env::new();
@@ -1304,7 +1335,9 @@ async fn a_working_sandbox_passes_its_self_check() {
 /// Takes a store back to schema version 8, as a clade of that version left it.
 async fn downgrade_to_version_8(url: &str) {
     sqlx::any::install_default_drivers();
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await.unwrap();
+    // As Clade reaches it: through the VFS that keeps a SQLite file's page checksums.
+    let url = clade_store::Location::parse(url).unwrap().connect_url().unwrap();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.unwrap();
     for sql in [
         "ALTER TABLE api_tokens DROP COLUMN agents",
         "DELETE FROM schema_migrations WHERE version = 11",

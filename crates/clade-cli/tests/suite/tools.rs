@@ -943,10 +943,15 @@ fn the_audit_log_detects_tampering() {
     // The default tenant's creation, alice's, and a decision and a result per call.
     assert!(ok.stdout.contains("8 records, chain intact"), "{}", ok.stdout);
     tamper(&env, "UPDATE audit_log SET detail = '{\"text\":\"forged\"}' WHERE seq = 3");
+    // A write behind Clade's back leaves its pages' checksums stale: refused outright.
+    env.run(&["audit", "--verify"]).fails_with("does not match its checksum");
+    // One who can write the file can also write the checksums: the chain still tells.
+    env.run(&["migrate", "--rewrite-checksums"]).ok();
     env.run(&["audit", "--verify"]).fails_with("BROKEN at record 3");
 
     let env = audited(&["one", "two"]);
     tamper(&env, "DELETE FROM audit_log WHERE seq = 2");
+    env.run(&["migrate", "--rewrite-checksums"]).ok();
     env.run(&["audit", "--verify"]).fails_with("were removed");
 }
 

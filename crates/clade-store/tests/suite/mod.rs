@@ -1,4 +1,5 @@
 mod agents;
+mod checksums;
 mod executions;
 mod failures;
 mod harness;

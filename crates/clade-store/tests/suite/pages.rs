@@ -86,7 +86,7 @@ async fn a_turn_writes_few_pages() {
         }
     }
 
-    let url = format!("sqlite://{}", path.display());
+    let url = Location::Sqlite(path.clone()).connect_url().unwrap();
     let mut pinned = sqlx::SqliteConnection::connect(&url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut pinned).await.unwrap();
     sqlx::query("SELECT COUNT(*) FROM tenants").fetch_one(&mut pinned).await.unwrap();
