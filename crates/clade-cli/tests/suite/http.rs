@@ -59,6 +59,18 @@ impl Api {
     }
 }
 
+/// Error bodies gathered for one snapshot, each under what was asked.
+#[derive(Default)]
+struct Snapshot(Vec<Value>);
+
+impl Snapshot {
+    #[track_caller]
+    fn check(&mut self, request: &str, got: &(u16, Value), status: u16, code: &str) {
+        assert_error(got, status, code);
+        self.0.push(json!({ "request": request, "status": got.0, "body": got.1 }));
+    }
+}
+
 #[track_caller]
 fn assert_error(got: &(u16, Value), status: u16, code: &str) {
     assert_eq!(got.0, status, "{}", got.1);
@@ -165,60 +177,100 @@ async fn bad_requests_get_json_errors() {
     let server = env.serve(&[]);
     let api = Api::new(&server);
     let t = Some(server.token.as_str());
+    // Every error body below goes into one snapshot: a change of wording or shape shows.
+    let mut errors = Snapshot::default();
     api.call("POST", "/v1/agents", t, Some(json!({"handle": "ada"}))).await;
-    assert_error(
+    errors.check(
+        "POST /v1/agents: a handle that exists",
         &api.call("POST", "/v1/agents", t, Some(json!({"handle": "ada"}))).await,
         409,
         "handle_taken",
     );
-    assert_error(
+    errors.check(
+        "POST /v1/agents: a handle that breaks the rules",
         &api.call("POST", "/v1/agents", t, Some(json!({"handle": "Bad!"}))).await,
         400,
         "invalid_handle",
     );
-    assert_error(
+    errors.check(
+        "POST /v1/agents: no handle",
         &api.call("POST", "/v1/agents", t, Some(json!({"name": "x"}))).await,
         400,
         "invalid_request",
     );
     let unknown =
         api.call("POST", "/v1/agents", t, Some(json!({"handle": "x", "colour": 1}))).await;
-    assert_error(&unknown, 400, "invalid_request");
+    errors.check("POST /v1/agents: an unknown field", &unknown, 400, "invalid_request");
     assert!(unknown.1["error"]["message"].as_str().unwrap().contains("colour"));
-    assert_error(
+    errors.check(
+        "POST /v1/agents: an unknown template",
         &api.call("POST", "/v1/agents", t, Some(json!({"handle": "x", "template": "nope"}))).await,
         422,
         "template_not_found",
     );
-    assert_error(
+    errors.check(
+        "POST /v1/agents: a name with a newline",
         &api.call("POST", "/v1/agents", t, Some(json!({"handle": "x", "name": "a\nb"}))).await,
         400,
         "invalid_request",
     );
-    assert_error(&api.call("GET", "/v1/agents?limit=0", t, None).await, 400, "invalid_request");
-    assert_error(&api.call("GET", "/v1/agents?limit=many", t, None).await, 400, "invalid_request");
+    let zero = api.call("GET", "/v1/agents?limit=0", t, None).await;
+    errors.check("GET /v1/agents?limit=0", &zero, 400, "invalid_request");
+    let many = api.call("GET", "/v1/agents?limit=many", t, None).await;
+    errors.check("GET /v1/agents?limit=many", &many, 400, "invalid_request");
     let token = server.token.as_str();
-    assert_error(
+    errors.check(
+        "POST /v1/agents: JSON cut short",
         &api.raw("/v1/agents", token, "application/json", b"{\"handle\":".to_vec()).await,
         400,
         "invalid_request",
     );
-    assert_error(
+    errors.check(
+        "POST /v1/agents: not UTF-8",
         &api.raw("/v1/agents", token, "application/json", vec![0xff, 0xfe, b'{']).await,
         400,
         "invalid_request",
     );
-    assert_error(
+    errors.check(
+        "POST /v1/agents: text/plain",
         &api.raw("/v1/agents", token, "text/plain", b"{}".to_vec()).await,
         415,
         "unsupported_media_type",
     );
     let huge = format!("{{\"handle\":\"x\",\"name\":\"{}\"}}", "a".repeat(2 * 1024 * 1024));
-    assert_error(
+    errors.check(
+        "POST /v1/agents: a 2 MiB body",
         &api.raw("/v1/agents", token, "application/json", huge.into_bytes()).await,
         413,
         "payload_too_large",
     );
+    errors.check(
+        "GET /v1/agents: no token",
+        &api.call("GET", "/v1/agents", None, None).await,
+        401,
+        "missing_token",
+    );
+    errors.check(
+        "GET /v1/agents: a token nobody issued",
+        &api.call("GET", "/v1/agents", Some("clade_nope"), None).await,
+        401,
+        "invalid_token",
+    );
+    errors.check(
+        "GET /v1/agents/nobody",
+        &api.call("GET", "/v1/agents/nobody", t, None).await,
+        404,
+        "agent_not_found",
+    );
+    let read = env.run(&["tokens", "create", "--name", "reader", "--scope", "read"]).ok();
+    let read = read.stdout.trim().to_owned();
+    errors.check(
+        "POST /v1/agents: a read-only token",
+        &api.call("POST", "/v1/agents", Some(&read), Some(json!({"handle": "y"}))).await,
+        403,
+        "forbidden",
+    );
+    insta::assert_json_snapshot!("api_error_bodies", errors.0);
     // Still serving, and nothing half-created.
     let (_, list) = api.call("GET", "/v1/agents", t, None).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
