@@ -6,7 +6,8 @@
 //! skip the PostgreSQL half silently.
 //!
 //! Also owns [`history`]: the record of a crash run and the checker of the reliability contract
-//! over it, shared by the crash test and `cargo xtask check-history`.
+//! over it, shared by the crash test and `cargo xtask check-history`; and [`soak_scale`], how
+//! much work the soak tests do.
 
 #![allow(clippy::disallowed_methods, clippy::print_stderr)] // Test support reads env and warns.
 
@@ -19,6 +20,19 @@ pub const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// The server the PostgreSQL tests use.
 pub fn pg_admin_url() -> String {
     std::env::var("CLADE_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_PG.to_owned())
+}
+
+/// How many times their bounded size the soak tests run (`CLADE_SOAK_SCALE`, default 1, at
+/// most 1,000): the crash test's kills and events, the WAL bound's writes. The size CI runs is
+/// 1; a longer soak is `CLADE_SOAK_SCALE=20 cargo nextest run --profile soak`.
+pub fn soak_scale() -> usize {
+    match std::env::var("CLADE_SOAK_SCALE") {
+        Err(_) => 1,
+        Ok(text) => match text.trim().parse::<usize>() {
+            Ok(scale @ 1..=1000) => scale,
+            _ => panic!("CLADE_SOAK_SCALE={text:?}: give a whole number from 1 to 1000"),
+        },
+    }
 }
 
 /// A schema of its own in the test database; dropped with everything in it on `Drop`.

@@ -22,9 +22,16 @@ use clade_test_support::history::{self, Delivery, Fault, History, Op, OpKind, Tu
 use super::support::{Env, serve_hook, write};
 
 // PR tier of RELIABILITY.md A1: 50 kills (42 at random moments, 8 at failpoints), > 2,000 turns.
+// A soak (`CLADE_SOAK_SCALE`) multiplies the events per session and the random kills.
 const SESSIONS: usize = 32;
 const EVENTS: usize = 64;
 const KILLS: usize = 42;
+
+/// Events per session and random kills at this run's soak scale.
+fn sized() -> (usize, usize) {
+    let scale = clade_test_support::soak_scale();
+    (EVENTS * scale, KILLS * scale)
+}
 /// Each is armed twice, at a random hit count, when the build has failpoints.
 const FAILPOINTS: [&str; 4] = [
     "after_commit_before_ack",
@@ -183,6 +190,9 @@ fn crash_seed() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
+    let (events, kills) = sized();
+    // Waits grow with the work: a soak's turns take longer to finish and deliver.
+    let patience = |secs: u64| Duration::from_secs(secs * (events / EVENTS) as u64);
     let seed = crash_seed();
     println!("crash test seed: {seed} (replay its fault plan with CLADE_CRASH_SEED={seed})");
     let mut plan = rand::rngs::StdRng::seed_from_u64(seed);
@@ -214,7 +224,7 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
     for s in 0..SESSIONS {
         let (client, url, recorder) = (client.clone(), url.clone(), recorder.clone());
         drivers.push(tokio::spawn(async move {
-            for j in 0..EVENTS {
+            for j in 0..events {
                 let first = Envelope { session: s, position: j, kind: OpKind::First };
                 // Every third event is also sent concurrently by a second client (B1).
                 let twin = (j % 3 == 0).then(|| {
@@ -282,7 +292,7 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
             "WARNING: failpoints not compiled in (--features clade-cli/failpoints): random kills only"
         );
     }
-    for _ in 0..KILLS {
+    for _ in 0..kills {
         let pause = plan.random_range(50..400);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         let start_ms = recorder.ms();
@@ -297,7 +307,7 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
     }
     // Resend every event once more after the crashes: all must deduplicate.
     for s in 0..SESSIONS {
-        for j in 0..EVENTS {
+        for j in 0..events {
             let resend = Envelope { session: s, position: j, kind: OpKind::Resend };
             send(&client, &url, &recorder, resend).await;
         }
@@ -313,7 +323,7 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
         .filter_map(|op| serde_json::from_str::<Value>(op.body.as_deref()?).ok())
         .map(|body| body["session_id"].as_str().unwrap().to_owned())
         .collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let deadline = tokio::time::Instant::now() + patience(90);
     let turns = loop {
         let mut all = Vec::new();
         for session in &sessions {
@@ -334,7 +344,7 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
         }
         let finished: usize =
             all.iter().filter(|t| t.status != "running").map(|t| t.events.len()).sum();
-        if finished >= SESSIONS * EVENTS || tokio::time::Instant::now() > deadline {
+        if finished >= SESSIONS * events || tokio::time::Instant::now() > deadline {
             break all;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -352,7 +362,7 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
         .as_u16();
 
     // C (partial): wait until every finished turn reached the subscriber.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let deadline = tokio::time::Instant::now() + patience(120);
     loop {
         let missing = history::undelivered(&turns, &deliveries.lock().unwrap().log);
         if missing == 0 || tokio::time::Instant::now() > deadline {
@@ -377,18 +387,18 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
     record.save(&saved).unwrap();
     let report = history::check(&record);
     println!(
-        "crash test: {KILLS} random kills + {failpoint_hits} failpoint deaths; {report}\n\
+        "crash test: {kills} random kills + {failpoint_hits} failpoint deaths; {report}\n\
          history: {} (re-check with `cargo xtask check-history {}`)",
         saved.display(),
         saved.display()
     );
     assert_eq!(report.violations(), Vec::<String>::new(), "seed {seed}");
-    assert_eq!(report.acknowledged, SESSIONS * EVENTS);
+    assert_eq!(report.acknowledged, SESSIONS * events);
     // Every completed turn made its tool calls: each idempotent call under one key however
     // often it ran, each at-most-once call at most once, and one that may not have run was
     // reported to the model as interrupted.
     let calls_of = |residues: [usize; 2]| {
-        SESSIONS * (0..EVENTS).filter(|j| residues.contains(&(j % 4))).count()
+        SESSIONS * (0..events).filter(|j| residues.contains(&(j % 4))).count()
     };
     assert_eq!(report.idempotent_keys, calls_of([2, 3]), "idempotent calls, one key each");
     let at_most_once = calls_of([1, 3]);
