@@ -37,3 +37,90 @@ async fn outbox_ids_are_never_issued_twice_even_after_deletes() {
         assert!(after_restart > next, "{}: {after_restart} after a restart", h.name);
     }
 }
+
+/// Reads every outbox row after `cursor`, as a subscriber following the outbox does, and moves
+/// the cursor past them. (Without waiting for this handle's writer, which the test holds.)
+async fn follow(store: &Store, cursor: &mut i64, seen: &mut Vec<i64>) {
+    for row in store.visible_reads().outbox_after(*cursor, 1000).await.unwrap() {
+        *cursor = row.id;
+        seen.push(row.id);
+    }
+}
+
+/// Outbox ids follow commit order even with two writers on one store (two nodes, or the CLI
+/// beside a server): a subscriber following the outbox by id never passes a row that another
+/// writer commits later. One writer takes an id and holds its transaction open while a second
+/// store handle writes a row of its own; the follower, reading all along, must see both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_never_passes_a_row_another_writer_commits_later() {
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::oneshot;
+    for h in backends().await {
+        let other = h.reopen().await.unwrap();
+        let tenant = h.store.tenant(Tenant::DEFAULT_NAME).await.unwrap().id;
+        let event =
+            || vec![OutboxEvent { kind: clade_core::EventKind::TurnStarted, data: "{}".into() }];
+        let mut cursor = h.store.outbox_head().await.unwrap();
+        let mut seen = Vec::new();
+
+        let (inserted, has_inserted) = oneshot::channel::<()>();
+        let (release, released) = oneshot::channel::<()>();
+        let hooks = Arc::new(Mutex::new((Some(inserted), Some(released))));
+        let first = {
+            let (store, hooks) = (h.store.clone(), hooks.clone());
+            tokio::spawn(async move {
+                store
+                    .transact(tenant, move |work| {
+                        let hooks = hooks.clone();
+                        Box::pin(async move {
+                            work.announce(None, &event()).await?;
+                            let (inserted, released) = {
+                                let mut hooks = hooks.lock().unwrap();
+                                (hooks.0.take(), hooks.1.take())
+                            };
+                            if let Some(inserted) = inserted {
+                                let _ = inserted.send(());
+                            }
+                            if let Some(released) = released {
+                                let _ = released.await;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .await
+            })
+        };
+        has_inserted.await.unwrap();
+        let mut second = tokio::spawn(async move {
+            other
+                .transact(tenant, move |work| {
+                    Box::pin(async move { work.announce(None, &event()).await })
+                })
+                .await
+        });
+        // Time enough for the second writer to commit, if nothing holds it back; the follower
+        // reads meanwhile.
+        let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut second).await;
+        follow(&h.store, &mut cursor, &mut seen).await;
+        let _ = release.send(());
+        first.await.unwrap().unwrap();
+        match early {
+            Ok(done) => done.unwrap().unwrap(),
+            Err(_) => second.await.unwrap().unwrap(),
+        };
+        follow(&h.store, &mut cursor, &mut seen).await;
+
+        let all: Vec<i64> = h
+            .store
+            .outbox_after(0, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.id)
+            .rev()
+            .take(2)
+            .rev()
+            .collect();
+        assert_eq!(seen, all, "{}: the follower saw {seen:?} of {all:?}", h.name);
+    }
+}
