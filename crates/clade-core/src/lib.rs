@@ -23,7 +23,10 @@ pub use lifecycle::{
     ApprovalStatus, AuditKind, EventKind, EventStatus, ExecutionKind, ExecutionStatus, ProcessKind,
     StepKey, StepKind, TurnStatus,
 };
-pub use name::{Handle, SecretName, TemplateName, is_spoofing_char};
+pub use name::{
+    DISPLAY_NAME_PATTERN, HANDLE_PATTERN, Handle, LABEL_PATTERN, NOT_BLANK_PATTERN, SecretName,
+    TemplateName, is_spoofing_char,
+};
 pub use random::Jitter;
 pub use scope::Scope;
 pub use time::{Clock, Interval, ManualClock, Sleep, SystemClock, Timestamp};

@@ -83,6 +83,9 @@ fn handle_first_byte(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit()
 }
 
+/// A handle as a regular expression, for schemas that describe one (the OpenAPI document).
+pub const HANDLE_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,63}$";
+
 const HANDLE_RULE: &str =
     "use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit";
 
@@ -122,6 +125,26 @@ define_name!(
 /// Characters that make a name display as something it is not: control characters, and the
 /// invisible format characters of Unicode (bidirectional overrides and isolates, zero-width
 /// spaces and joiners, the byte-order mark). Names shown in listings refuse them.
+/// The characters [`is_spoofing_char`] refuses, as a regular expression's negated class.
+macro_rules! no_spoofing_char {
+    () => {
+        "[^\\u0000-\\u001f\\u007f-\\u009f\\u061c\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u2069\\ufeff]"
+    };
+}
+
+/// A label shown in listings (an event source's platform, channel or actor) as a regular
+/// expression: 1–256 characters, none of them [`is_spoofing_char`].
+pub const LABEL_PATTERN: &str = concat!("^", no_spoofing_char!(), "{1,256}$");
+
+/// A display name's characters as a regular expression: 1–200 ([`crate::agent::MAX_DISPLAY_NAME_LEN`]),
+/// none of them [`is_spoofing_char`]; it must also not be blank ([`NOT_BLANK_PATTERN`]).
+pub const DISPLAY_NAME_PATTERN: &str = concat!("^", no_spoofing_char!(), "{1,200}$");
+
+/// Text with something in it as a regular expression: at least one character that is not
+/// Unicode whitespace (the `White_Space` set `str::trim` removes), spelled out so that every
+/// regex engine reads it alike.
+pub const NOT_BLANK_PATTERN: &str = "[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
+
 pub fn is_spoofing_char(c: char) -> bool {
     c.is_control()
         || matches!(

@@ -4,7 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)] // Test code.
 
-use clade_core::{AgentRef, EventKind, Handle, Scope, StepKey, TenantId, TurnId, TurnStatus};
+use clade_core::{
+    AgentRef, DISPLAY_NAME_PATTERN, EventKind, HANDLE_PATTERN, Handle, LABEL_PATTERN,
+    NOT_BLANK_PATTERN, Scope, StepKey, TenantId, TurnId, TurnStatus, is_spoofing_char,
+};
 use proptest::prelude::*;
 
 fn step_key() -> impl Strategy<Value = StepKey> {
@@ -26,11 +29,41 @@ fn step_key_text() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Handles, from the pattern the OpenAPI document gives for them.
 fn handle() -> impl Strategy<Value = String> {
-    "[a-z0-9][a-z0-9_-]{0,63}"
+    let pattern = clade_core::HANDLE_PATTERN.trim_start_matches('^').trim_end_matches('$');
+    proptest::string::string_regex(pattern).unwrap()
+}
+
+/// Whether `text` matches `pattern` as a JSON Schema validator reads it (a search, `^` and `$`
+/// anchoring at the ends of the text, as in ECMA-262).
+fn matches(pattern: &str, text: &str) -> bool {
+    regex::Regex::new(pattern).unwrap().is_match(text)
+}
+
+/// Text rich in the characters the patterns are about: controls, whitespace, bidirectional
+/// and zero-width marks, and anything at all.
+fn tricky_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[\\u0000-\\u00a0\\u061c\\u1680\\u2000-\\u206f\\u3000\\ufeff a-z0-9_-]{0,12}",
+        "[a-z]{250,260}",
+        any::<String>(),
+    ]
 }
 
 proptest! {
+    /// The OpenAPI document's patterns say exactly what the server accepts, so a client that
+    /// checks a request against the document is never refused for it, nor let through.
+    #[test]
+    fn the_documents_patterns_agree_with_the_rules(text in tricky_text()) {
+        prop_assert_eq!(matches(HANDLE_PATTERN, &text), Handle::parse(&text).is_ok(), "handle {:?}", text);
+        let label = (1..=256).contains(&text.chars().count()) && !text.chars().any(is_spoofing_char);
+        prop_assert_eq!(matches(LABEL_PATTERN, &text), label, "label {:?}", text);
+        prop_assert_eq!(matches(NOT_BLANK_PATTERN, &text), !text.trim().is_empty(), "blank {:?}", text);
+        let display = matches(DISPLAY_NAME_PATTERN, &text) && matches(NOT_BLANK_PATTERN, &text);
+        prop_assert_eq!(display, clade_core::agent::validate_display_name(&text).is_ok(), "name {:?}", text);
+    }
+
     #[test]
     fn a_step_key_reads_back_as_written(key in step_key()) {
         prop_assert_eq!(StepKey::parse(&key.to_string()), Some(key));

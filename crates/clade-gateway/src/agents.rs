@@ -57,7 +57,13 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 
 /// The page size a list query asks for: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] if unsaid.
 pub(crate) fn page_limit(query: &PageQuery) -> Result<u32, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    checked_limit(query.limit)
+}
+
+/// A list's `limit`: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] if unsaid; any other is refused, as
+/// the OpenAPI document says, not quietly clamped.
+pub(crate) fn checked_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::new(
             Code::InvalidRequest,
@@ -109,6 +115,15 @@ pub(crate) async fn list(
 ) -> Result<axum::Json<AgentListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
     let limit = page_limit(&query)?;
+    if let Some(cursor) = &query.cursor {
+        // The cursor is the handle the previous page ended with.
+        Handle::parse(cursor).map_err(|_| {
+            ApiError::new(
+                Code::InvalidRequest,
+                format!("cursor {cursor:?} is not a next_cursor this list gave"),
+            )
+        })?;
+    }
     // Fetch one extra row to learn whether another page exists.
     let mut agents = Vec::new();
     for agent in reach.listing(None)? {

@@ -40,12 +40,18 @@ impl From<&Agent> for AgentResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAgentParams {
+    #[schemars(pattern(clade_core::HANDLE_PATTERN))]
     pub handle: String,
-    /// Display name; defaults to the handle.
+    /// Display name (up to 200 characters, one line, not blank); defaults to the handle.
     #[serde(default)]
+    #[schemars(extend("allOf" = [
+        { "pattern": clade_core::DISPLAY_NAME_PATTERN },
+        { "pattern": clade_core::NOT_BLANK_PATTERN }
+    ]))]
     pub name: Option<String>,
     /// Persona template; defaults to `default`.
     #[serde(default)]
+    #[schemars(pattern(clade_core::HANDLE_PATTERN))]
     pub template: Option<String>,
 }
 
@@ -127,10 +133,13 @@ pub struct UsageItem {
 #[serde(deny_unknown_fields)]
 pub struct SourceParams {
     /// e.g. `telegram`, `slack`, `http`, `cli`.
+    #[schemars(pattern(clade_core::LABEL_PATTERN))]
     pub platform: String,
     /// A chat, room or thread id within the platform.
+    #[schemars(pattern(clade_core::LABEL_PATTERN))]
     pub channel: String,
     /// Who sent it.
+    #[schemars(pattern(clade_core::LABEL_PATTERN))]
     pub actor: String,
 }
 
@@ -140,12 +149,16 @@ pub struct SourceParams {
 pub struct EventParams {
     /// Agent handle; when absent, the bindings in clade.yaml pick one from the source.
     #[serde(default)]
+    #[schemars(pattern(clade_core::HANDLE_PATTERN))]
     pub agent: Option<String>,
+    /// Up to 65,536 characters, not all whitespace.
+    #[schemars(length(min = 1, max = 65536), pattern(clade_core::NOT_BLANK_PATTERN))]
     pub text: String,
     pub source: SourceParams,
     /// Repeating a key returns the original answer and never starts a second turn. The
     /// `Idempotency-Key` header works too.
     #[serde(default)]
+    #[schemars(pattern(clade_core::LABEL_PATTERN))]
     pub idempotency_key: Option<String>,
     /// Answer only when the turn has finished (up to 120 s), with its reply.
     #[serde(default)]
@@ -305,9 +318,9 @@ pub struct ToolListResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolCallParams {
-    /// The tool's arguments (an object); `{}` when absent.
+    /// The tool's arguments; `{}` when absent.
     #[serde(default)]
-    pub arguments: Option<serde_json::Value>,
+    pub arguments: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The end of one tool call: what the model would have received.
@@ -375,6 +388,7 @@ pub struct ApprovalsQuery {
 pub struct DecideApprovalParams {
     /// `approve`, `deny`, or `approve_always` (also allows this tool on this resource for the
     /// agent from now on).
+    #[schemars(extend("enum" = ["approve", "approve_always", "deny"]))]
     pub decision: String,
     #[serde(default)]
     pub note: Option<String>,
@@ -423,22 +437,28 @@ pub struct GrantsQuery {
 #[serde(deny_unknown_fields)]
 pub struct CreateGrantParams {
     /// Agent handle (the principal).
+    #[schemars(pattern(clade_core::HANDLE_PATTERN))]
     pub agent: String,
     /// `allow` (default), `ask` or `deny`.
     #[serde(default)]
+    #[schemars(extend("enum" = ["allow", "ask", "deny", null]))]
     pub effect: Option<String>,
+    #[schemars(length(min = 1))]
     pub tool: String,
     /// Default `*`.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub resource: Option<String>,
-    /// `{"network": bool, "private_network": bool, "env": [secret names]}`.
+    /// What an allowed call may do beyond the sandbox's defaults.
     #[serde(default)]
-    pub constraints: Option<serde_json::Value>,
+    pub constraints: Option<clade_config::Constraints>,
     /// Delegate from this grant: the new one may only narrow it.
     #[serde(default)]
+    #[schemars(extend("format" = "uuid"))]
     pub parent: Option<String>,
-    /// Seconds until it expires.
-    #[serde(default)]
+    /// Seconds until it expires, at most a hundred years.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schemars(range(min = 0, max = MAX_GRANT_SECS))]
     pub expires_in_secs: Option<u64>,
 }
 
@@ -470,6 +490,18 @@ pub struct AuditResponse {
     pub next_after: Option<i64>,
 }
 
+/// Answer to `GET /v1/audit?verify=true`: whether the tenant's chain holds.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AuditVerifyResponse {
+    /// Records checked.
+    pub records: u64,
+    pub ok: bool,
+    /// The first record that does not chain.
+    pub broken_at: Option<i64>,
+    /// Why it does not.
+    pub reason: Option<String>,
+}
+
 /// Query of `GET /v1/audit`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -492,4 +524,21 @@ pub struct AuditQuery {
     /// Also verify the whole chain.
     #[serde(default)]
     pub verify: Option<bool>,
+}
+
+/// The longest a grant may be made for: a hundred years, in seconds.
+pub const MAX_GRANT_SECS: u64 = 100 * 365 * 24 * 3600;
+
+/// An optional whole number as JSON Schema's `integer` has it: `60` or `60.0`, never `60.5`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(input: D) -> Result<Option<u64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(input)? else { return Ok(None) };
+    if let Some(whole) = number.as_u64() {
+        return Ok(Some(whole));
+    }
+    match number.as_f64() {
+        Some(float) if float.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&float) => {
+            Ok(Some(float as u64))
+        }
+        _ => Err(serde::de::Error::custom(format!("{number} is not a whole number of 0 or more"))),
+    }
 }

@@ -15,15 +15,17 @@ use crate::api::{EventParams, EventResponse, ReplyBody};
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
 
+/// Characters, as the OpenAPI document's `maxLength` counts them.
 const MAX_TEXT: usize = 64 * 1024;
+/// Characters of a source's platform, channel or actor (`clade_core::LABEL_PATTERN`).
 const MAX_FIELD: usize = 256;
 const WAIT: Duration = Duration::from_secs(120);
 
 fn check_field(name: &str, value: &str) -> Result<(), ApiError> {
-    if value.is_empty() || value.len() > MAX_FIELD {
+    if value.is_empty() || value.chars().count() > MAX_FIELD {
         return Err(ApiError::new(
             Code::InvalidRequest,
-            format!("{name} must be 1-{MAX_FIELD} bytes"),
+            format!("{name} must be 1-{MAX_FIELD} characters"),
         ));
     }
     if let Some(bad) = value.chars().find(|c| clade_core::is_spoofing_char(*c)) {
@@ -48,10 +50,10 @@ pub(crate) async fn post(
     if params.text.trim().is_empty() {
         return Err(ApiError::new(Code::InvalidRequest, "text must not be empty"));
     }
-    if params.text.len() > MAX_TEXT {
+    if params.text.chars().count() > MAX_TEXT {
         return Err(ApiError::new(
             Code::InvalidRequest,
-            format!("text is longer than {MAX_TEXT} bytes"),
+            format!("text is longer than {MAX_TEXT} characters"),
         ));
     }
     state.limits.admit_bytes(&state.store, &tenant, params.text.len() as u64).await?;

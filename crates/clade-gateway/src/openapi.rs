@@ -6,10 +6,10 @@ use serde_json::{Value, json};
 
 use crate::api::{
     AgentListResponse, AgentResponse, ApprovalListResponse, ApprovalResponse, AuditResponse,
-    CreateAgentParams, CreateGrantParams, DecideApprovalParams, ErrorResponse, EventParams,
-    EventResponse, GrantListResponse, GrantResponse, SessionListResponse, SessionResponse,
-    SessionUpdate, ToolCallParams, ToolCallResponse, ToolListResponse, TurnListResponse,
-    UsageResponse,
+    AuditVerifyResponse, CreateAgentParams, CreateGrantParams, DecideApprovalParams, ErrorResponse,
+    EventParams, EventResponse, GrantListResponse, GrantResponse, SessionListResponse,
+    SessionResponse, SessionUpdate, ToolCallParams, ToolCallResponse, ToolListResponse,
+    TurnListResponse, UsageResponse,
 };
 use crate::error::Code;
 
@@ -68,6 +68,51 @@ fn json_content(name: &str) -> Value {
     json!({ "application/json": { "schema": reference(name) } })
 }
 
+/// A signed 64-bit integer: what the server reads such a parameter into.
+fn int64() -> Value {
+    json!({ "type": "integer", "format": "int64", "minimum": i64::MIN, "maximum": i64::MAX })
+}
+
+/// An unsigned 64-bit integer: a stream's event ids.
+fn uint64() -> Value {
+    json!({ "type": "integer", "minimum": 0, "maximum": u64::MAX })
+}
+
+/// An agent's or tenant's handle, as `clade_core::Handle` accepts it.
+fn handle_schema() -> Value {
+    json!({ "type": "string", "pattern": clade_core::HANDLE_PATTERN, "maxLength": 64 })
+}
+
+/// The statuses any /v1 operation may answer besides its own: what the authentication layer,
+/// the extractors and the store answer whatever the route. Added where a route does not
+/// already say more.
+fn common_responses(operation: &Value) -> Vec<(&'static str, &'static str)> {
+    let has_params = operation["parameters"].as_array().is_some_and(|p| !p.is_empty());
+    let has_body = operation.get("requestBody").is_some();
+    let mut common = vec![
+        ("401", "missing or invalid token"),
+        ("500", "an internal error (details are in the server's log)"),
+        ("503", "the store is unavailable; retry later"),
+    ];
+    if has_params || has_body {
+        common.push(("400", "an invalid parameter or body; the message names it"));
+    }
+    if has_body {
+        common.push(("413", "body too large"));
+        common.push(("415", "body is not JSON"));
+    }
+    let path_or_agent = operation["parameters"]
+        .as_array()
+        .is_some_and(|params| params.iter().any(|p| p["in"] == "path" || p["name"] == "agent"));
+    if path_or_agent {
+        common.push((
+            "404",
+            "no such resource in the caller's tenant (or not one the token reaches)",
+        ));
+    }
+    common
+}
+
 fn error_response(description: &str) -> Value {
     json!({ "description": description, "content": json_content("ErrorResponse") })
 }
@@ -102,9 +147,10 @@ pub fn document() -> Value {
     add::<GrantListResponse>(&mut schemas, "GrantListResponse");
     add::<CreateGrantParams>(&mut schemas, "CreateGrantParams");
     add::<AuditResponse>(&mut schemas, "AuditResponse");
+    add::<AuditVerifyResponse>(&mut schemas, "AuditVerifyResponse");
     let handle_param = json!({
         "name": "handle", "in": "path", "required": true,
-        "schema": { "type": "string", "pattern": "^[a-z0-9_-]{1,64}$" }
+        "schema": handle_schema()
     });
     let session_param = json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } });
     let codes: Vec<Value> = Code::ALL.iter().map(|c| json!(c.as_str())).collect();
@@ -142,7 +188,7 @@ pub fn document() -> Value {
                     "summary": "List the caller's agents, ordered by handle",
                     "parameters": [
                         { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } },
-                        { "name": "cursor", "in": "query", "schema": { "type": "string" } }
+                        { "name": "cursor", "in": "query", "description": "the `next_cursor` of the previous page: the handle the next page starts after", "schema": handle_schema() }
                     ],
                     "responses": {
                         "200": { "description": "one page", "content": json_content("AgentListResponse") },
@@ -168,7 +214,7 @@ pub fn document() -> Value {
             "/v1/events": {
                 "post": {
                     "summary": "Send an event to an agent; answered once it is durably stored",
-                    "parameters": [ { "name": "Idempotency-Key", "in": "header", "schema": { "type": "string" } } ],
+                    "description": "The `Idempotency-Key` header may carry the key instead of the body's `idempotency_key` (printable ASCII, 1-256 characters); sent both ways, the two must be equal.",
                     "requestBody": { "required": true, "content": json_content("EventParams") },
                     "responses": {
                         "200": { "description": "with wait: the finished turn", "content": json_content("EventResponse") },
@@ -187,7 +233,7 @@ pub fn document() -> Value {
                 "get": {
                     "summary": "The caller's sessions, most recently active first",
                     "parameters": [
-                        { "name": "agent", "in": "query", "schema": { "type": "string" } },
+                        { "name": "agent", "in": "query", "schema": handle_schema() },
                         { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } }
                     ],
                     "responses": {
@@ -211,13 +257,13 @@ pub fn document() -> Value {
                 "parameters": [
                     session_param.clone(),
                     { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } },
-                    { "name": "cursor", "in": "query", "schema": { "type": "string" } }
+                    { "name": "cursor", "in": "query", "description": "the `next_cursor` of the previous page: the turn the next page starts after", "schema": { "type": "string", "format": "uuid" } }
                 ],
                 "responses": { "200": { "description": "one page", "content": json_content("TurnListResponse") }, "400": error_response("invalid query or cursor"), "404": error_response("no such session") }
             }},
             "/v1/sessions/{id}/events": { "get": {
                 "summary": "Server-Sent Events: lifecycle events (resumable with Last-Event-ID or ?after=) and live text deltas",
-                "parameters": [ session_param.clone(), { "name": "Last-Event-ID", "in": "header", "schema": { "type": "integer" } }, { "name": "after", "in": "query", "schema": { "type": "integer" } } ],
+                "parameters": [ session_param.clone(), { "name": "Last-Event-ID", "in": "header", "schema": uint64() }, { "name": "after", "in": "query", "description": "as Last-Event-ID", "schema": uint64() } ],
                 "responses": { "200": { "description": "text/event-stream" }, "404": error_response("no such session") }
             }},
             "/v1/sessions/{id}/resume": { "post": {
@@ -232,14 +278,20 @@ pub fn document() -> Value {
             }},
             "/v1/ws": { "get": {
                 "summary": "WebSocket of live events: send {\"type\":\"subscribe\",\"session\":id} or {\"type\":\"subscribe\",\"agent\":handle}",
-                "responses": { "101": { "description": "switching protocols" }, "401": error_response("missing or invalid token") }
+                "parameters": [
+                    { "name": "Connection", "in": "header", "required": true, "schema": { "type": "string", "enum": ["Upgrade"] } },
+                    { "name": "Upgrade", "in": "header", "required": true, "schema": { "type": "string", "enum": ["websocket"] } },
+                    { "name": "Sec-WebSocket-Version", "in": "header", "required": true, "schema": { "type": "string", "enum": ["13"] } },
+                    { "name": "Sec-WebSocket-Key", "in": "header", "required": true, "schema": { "type": "string", "pattern": "^[A-Za-z0-9+/]{22}==$" } }
+                ],
+                "responses": { "101": { "description": "switching protocols" }, "400": error_response("not a WebSocket upgrade request"), "401": error_response("missing or invalid token") }
             }},
             "/v1/usage": {
                 "get": {
                     "summary": "Model usage and cost of the caller's tenant, per agent and model",
                     "parameters": [
-                        { "name": "agent", "in": "query", "schema": { "type": "string" } },
-                        { "name": "since", "in": "query", "schema": { "type": "integer", "description": "Unix milliseconds; default 30 days ago" } }
+                        { "name": "agent", "in": "query", "schema": handle_schema() },
+                        { "name": "since", "in": "query", "description": "Unix milliseconds; default 30 days ago", "schema": int64() }
                     ],
                     "responses": {
                         "200": { "description": "usage", "content": json_content("UsageResponse") },
@@ -290,6 +342,11 @@ pub fn document() -> Value {
                     "the token's scopes do not allow this route (it needs {})",
                     scopes.join(" or ")
                 ));
+                for (status, description) in common_responses(operation) {
+                    if operation["responses"].get(status).is_none() {
+                        operation["responses"][status] = error_response(description);
+                    }
+                }
             }
         }
     }
@@ -339,7 +396,7 @@ fn permission_paths(handle_param: &Value) -> Value {
         "/v1/grants": {
             "get": {
                 "summary": "Grants (policy rules per agent), revoked ones included",
-                "parameters": [ { "name": "agent", "in": "query", "schema": { "type": "string" } } ],
+                "parameters": [ { "name": "agent", "in": "query", "schema": handle_schema() } ],
                 "responses": { "200": { "description": "grants", "content": json_content("GrantListResponse") }, "404": error_response("no such agent") }
             },
             "post": {
@@ -360,15 +417,18 @@ fn permission_paths(handle_param: &Value) -> Value {
         "/v1/audit": { "get": {
             "summary": "The tenant's hash-chained audit log of tool calls, decisions, approvals and grant changes; `verify=true` checks the chain",
             "parameters": [
-                { "name": "agent", "in": "query", "schema": { "type": "string" } },
+                { "name": "agent", "in": "query", "schema": handle_schema() },
                 { "name": "tool", "in": "query", "schema": { "type": "string" } },
-                { "name": "since", "in": "query", "schema": { "type": "integer" } },
-                { "name": "until", "in": "query", "schema": { "type": "integer" } },
-                { "name": "after", "in": "query", "schema": { "type": "integer" } },
+                { "name": "since", "in": "query", "schema": int64() },
+                { "name": "until", "in": "query", "schema": int64() },
+                { "name": "after", "in": "query", "schema": int64() },
                 { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } },
                 { "name": "verify", "in": "query", "schema": { "type": "boolean" } }
             ],
-            "responses": { "200": { "description": "records, or with verify: {records, ok, broken_at, reason}", "content": json_content("AuditResponse") } }
+            "responses": { "200": {
+                "description": "a page of records, or with verify=true whether the chain holds",
+                "content": { "application/json": { "schema": { "oneOf": [reference("AuditResponse"), reference("AuditVerifyResponse")] } } }
+            } }
         }}
     })
 }

@@ -48,10 +48,7 @@ pub(crate) async fn list(
     query: Result<Query<SessionsQuery>, QueryRejection>,
 ) -> Result<axum::Json<SessionListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::new(Code::InvalidRequest, "limit must be between 1 and 1000"));
-    }
+    let limit = crate::agents::checked_limit(query.limit)?;
     let agent = match &query.agent {
         Some(handle) => Some(state.store.agent(tenant.id, handle).await?),
         None => None,

@@ -7,7 +7,7 @@ use axum::Extension;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use clade_config::{Constraints, PolicyEffect, PolicyRule};
+use clade_config::{PolicyEffect, PolicyRule};
 use clade_core::{AgentId, ApprovalId, GrantId, Tenant, Timestamp};
 use clade_runtime::{CallOrigin, Verdict};
 use clade_store::{ApprovalRow, ApprovalStatus, AuditFilter, GrantRow};
@@ -67,10 +67,7 @@ pub(crate) async fn call(
             ),
         ));
     }
-    let arguments = params.arguments.unwrap_or_else(|| Value::Object(Default::default()));
-    if !arguments.is_object() {
-        return Err(invalid("`arguments` must be a JSON object"));
-    }
+    let arguments = Value::Object(params.arguments.unwrap_or_default());
     let origin = CallOrigin::operator(state.store.now());
     let outcome = runner.call(&agent, &name, arguments, &origin).await;
     Ok(axum::Json(ToolCallResponse {
@@ -139,7 +136,7 @@ pub(crate) async fn approvals(
             ))
         })?),
     };
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = crate::agents::checked_limit(query.limit)?;
     let mut rows = Vec::new();
     for agent in reach.listing(None)? {
         rows.extend(state.store.approvals(tenant.id, agent, status, limit).await?);
@@ -242,17 +239,19 @@ pub(crate) async fn add_grant(
         Some(text) => PolicyEffect::parse(text)
             .ok_or_else(|| invalid(format!("unknown effect {text:?}: use allow, ask or deny")))?,
     };
-    let constraints: Constraints = match params.constraints {
-        None => Constraints::default(),
-        Some(value) => serde_json::from_value(value)
-            .map_err(|e| invalid(format!("invalid constraints: {e}")))?,
-    };
+    let constraints = params.constraints.unwrap_or_default();
     let parent = params
         .parent
         .as_deref()
         .map(GrantId::parse)
         .transpose()
         .map_err(|e| invalid(e.to_string()))?;
+    if params.expires_in_secs.is_some_and(|secs| secs > crate::api::MAX_GRANT_SECS) {
+        return Err(invalid(format!(
+            "expires_in_secs must be at most {} (a hundred years)",
+            crate::api::MAX_GRANT_SECS
+        )));
+    }
     let expires_at = params.expires_in_secs.map(|secs| {
         let ms = i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         Timestamp::from_millis(state.store.now().as_millis().saturating_add(ms))
@@ -301,21 +300,22 @@ pub(crate) async fn audit(
             "a token limited to some agents cannot read the tenant's audit log: use a token for the whole tenant",
         ));
     }
-    if query.verify == Some(true) {
-        let result = state.store.verify_audit(tenant.id).await?;
-        let body = serde_json::json!({
-            "records": result.records,
-            "ok": result.broken.is_none(),
-            "broken_at": result.broken.as_ref().map(|(seq, _)| *seq),
-            "reason": result.broken.map(|(_, why)| why),
-        });
-        return Ok(axum::response::IntoResponse::into_response(axum::Json(body)));
-    }
+    // Checked whatever else is asked: a bad parameter is refused, not ignored.
     let agent = match &query.agent {
         Some(handle) => Some(state.store.agent(tenant.id, handle).await?.id),
         None => None,
     };
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    if query.verify == Some(true) {
+        let result = state.store.verify_audit(tenant.id).await?;
+        let body = crate::api::AuditVerifyResponse {
+            records: result.records,
+            ok: result.broken.is_none(),
+            broken_at: result.broken.as_ref().map(|(seq, _)| *seq),
+            reason: result.broken.map(|(_, why)| why),
+        };
+        return Ok(axum::response::IntoResponse::into_response(axum::Json(body)));
+    }
+    let limit = crate::agents::checked_limit(query.limit)?;
     let filter = AuditFilter {
         agent,
         tool: query.tool,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use clade_core::{SessionId, Tenant};
 use clade_runtime::LiveEvent;
 use serde_json::{Value, json};
@@ -36,8 +36,19 @@ const SLOW_CLIENT: Duration = Duration::from_secs(10);
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     Extension(Caller(tenant, credential, reach)): Extension<Caller>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    // A request that is not a WebSocket handshake gets the API's JSON error, like any other.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return crate::error::ApiError::new(
+                crate::error::Code::InvalidRequest,
+                format!("not a WebSocket upgrade request: {}", rejection.body_text()),
+            )
+            .into_response();
+        }
+    };
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| serve(socket, state, tenant, credential, reach))
