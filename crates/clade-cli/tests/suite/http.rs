@@ -226,6 +226,12 @@ async fn bad_requests_get_json_errors() {
         "invalid_request",
     );
     errors.check(
+        "POST /v1/agents: an array, not an object",
+        &api.raw("/v1/agents", token, "application/json", b"[\"x\"]".to_vec()).await,
+        400,
+        "invalid_request",
+    );
+    errors.check(
         "POST /v1/agents: not UTF-8",
         &api.raw("/v1/agents", token, "application/json", vec![0xff, 0xfe, b'{']).await,
         400,
