@@ -137,7 +137,7 @@ pub struct OutboxEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
     /// Position in the outbox: strictly increasing in commit order, whatever the number of
-    /// writers (PostgreSQL serializes the transactions that write to the outbox).
+    /// writers (on PostgreSQL, writers take a lock first and commit one at a time).
     pub id: i64,
     /// Stable id of the event, sent to subscribers as its idempotency key.
     pub event_id: String,
@@ -168,14 +168,14 @@ const OUTBOX_COLUMNS: &str = "id, event_id, tenant_id, session_id, turn_id, kind
 const OUTBOX_INSERT: &str = "INSERT INTO outbox (event_id, tenant_id, session_id, turn_id, kind, data, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
 
-/// Taken on PostgreSQL before a transaction's first outbox row, and held until it commits or
-/// rolls back: a subscriber follows the outbox by id, so ids must be issued in commit order,
-/// which an identity column alone does not give once two writers share a store (two nodes, or
-/// the CLI beside a server): a later id could commit first, and a subscriber that read it would
-/// then pass the earlier one for good. Transactions that write to the outbox are serialized
-/// from this point on; SQLite's write lock already serializes whole transactions.
-const OUTBOX_ORDER_LOCK_POSTGRES: &str =
-    "SELECT pg_advisory_xact_lock(hashtextextended('clade outbox ' || current_schema(), 0))";
+/// Taken on PostgreSQL by every write transaction, first, and held until it commits or rolls
+/// back (`writer::run_batch`): the writers of one store (two nodes, or the CLI beside a server)
+/// commit one at a time, as SQLite's write lock makes them. A subscriber follows the outbox by
+/// id, so ids must be issued in commit order, which an identity column alone does not give: a
+/// later id could commit first, and a subscriber that read it would pass the earlier one for
+/// good. Taken first, before any row lock, it also keeps two writers from deadlocking.
+pub(crate) const WRITERS_LOCK_POSTGRES: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended('clade writers ' || current_schema(), 0))";
 
 /// An outbox row on SQLite, numbered by the store from [`NEXT_OUTBOX_ID_SQLITE`].
 const OUTBOX_INSERT_SQLITE: &str = "INSERT INTO outbox (event_id, tenant_id, session_id, turn_id, kind, data, created_at, id) \
@@ -296,9 +296,6 @@ pub(crate) async fn insert_outbox(
         ),
         _ => None,
     };
-    if next_sqlite_id.is_none() && !events.is_empty() {
-        query(OUTBOX_ORDER_LOCK_POSTGRES).execute(&mut *conn).await?;
-    }
     for event in events {
         let event_id = EventId::generate(now);
         let insert =

@@ -801,6 +801,12 @@ async fn run_batch(conn: &mut Tx, backend: Backend, batch: &mut [Box<dyn Job>]) 
         Backend::Postgres => "BEGIN",
     };
     conn.batch(begin).await?;
+    if backend == Backend::Postgres
+        && let Err(err) = conn.batch(crate::turns::WRITERS_LOCK_POSTGRES).await
+    {
+        let _ = conn.batch("ROLLBACK").await;
+        return Err(err);
+    }
     let result = async {
         // A write alone in its batch needs no savepoint: if it fails, the whole transaction
         // rolls back. (Under light load nearly every batch is one write.)
