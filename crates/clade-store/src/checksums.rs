@@ -352,9 +352,7 @@ fn exists(path: &Path) -> Result<bool> {
 
 /// The file that says a conversion of the store at `db` is under way.
 fn marker_path(db: &Path) -> PathBuf {
-    let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".sealing");
-    db.with_file_name(name)
+    crate::owner::beside(db, ".sealing")
 }
 
 /// The store's owner lock, or `None` if a server holds it.

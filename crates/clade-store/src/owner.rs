@@ -43,8 +43,13 @@ impl OwnerLock {
 
 /// The lock file of a SQLite database: `<db>.lock`.
 pub fn lock_path(db: &std::path::Path) -> PathBuf {
+    beside(db, ".lock")
+}
+
+/// A file beside a SQLite database, named after it: `<db><suffix>`.
+pub(crate) fn beside(db: &std::path::Path, suffix: &str) -> PathBuf {
     let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".lock");
+    name.push(suffix);
     db.with_file_name(name)
 }
 
