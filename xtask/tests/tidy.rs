@@ -10,7 +10,7 @@ use std::process::Command;
 fn layer(name: &str) -> Option<u8> {
     Some(match name {
         "clade-core" => 0,
-        "clade-config" => 1,
+        "clade-config" | "clade-protocol" => 1,
         "clade-store" | "clade-model" | "clade-tools" | "clade-test-support" => 2,
         "clade-stub" => 3,
         "clade-memory" => 3,

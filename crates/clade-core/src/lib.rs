@@ -3,11 +3,14 @@
 //!
 //! Owns the types every other crate speaks in. It performs no I/O, knows no storage or wire
 //! format (its types are deliberately not `Serialize`). Its one use of the async runtime is the
-//! [`Clock`]: the system clock sleeps on tokio's timer, and a [`ManualClock`] wakes its sleepers
-//! through a tokio watch channel.
+//! `Clock` (`clock` feature, on by default): the system clock sleeps on tokio's timer, and a
+//! `ManualClock` wakes its sleepers through a tokio watch channel. Without that feature it
+//! depends on no runtime, which is how `clade-protocol` takes it.
 //! Start at [`agent`], then [`name`] for the validation rules every user-chosen name follows.
 
 pub mod agent;
+#[cfg(feature = "clock")]
+pub mod clock;
 pub mod id;
 pub mod lifecycle;
 pub mod name;
@@ -16,12 +19,14 @@ pub mod scope;
 pub mod time;
 
 pub use agent::{Agent, AgentConfig, AgentRef, Tenant};
+#[cfg(feature = "clock")]
+pub use clock::{Clock, Interval, ManualClock, Sleep, SystemClock};
 pub use id::{
     AgentId, ApprovalId, EventId, ExecutionId, GrantId, SessionId, TenantId, TokenId, TurnId,
 };
 pub use lifecycle::{
     ApprovalStatus, AuditKind, EventKind, EventStatus, ExecutionKind, ExecutionStatus, ProcessKind,
-    StepKey, StepKind, TurnStatus,
+    StepKey, StepKind, TurnStatus, Word,
 };
 pub use name::{
     DISPLAY_NAME_PATTERN, HANDLE_PATTERN, Handle, LABEL_PATTERN, NOT_BLANK_PATTERN, SecretName,
@@ -29,4 +34,4 @@ pub use name::{
 };
 pub use random::Jitter;
 pub use scope::Scope;
-pub use time::{Clock, Interval, ManualClock, Sleep, SystemClock, Timestamp};
+pub use time::Timestamp;

@@ -41,7 +41,33 @@ macro_rules! vocabulary {
                 f.write_str(self.as_str())
             }
         }
+
+        impl Word for $name {
+            const ALL: &'static [Self] = $name::ALL;
+            const NAME: &'static str = stringify!($name);
+
+            fn as_str(self) -> &'static str {
+                $name::as_str(self)
+            }
+
+            fn parse(text: &str) -> Option<Self> {
+                $name::parse(text)
+            }
+        }
     };
+}
+
+/// A word of the vocabulary, generically: what the storage and wire edges need to write one
+/// and read it back (`clade-protocol`'s `Spelled` serialises any of them through it).
+pub trait Word: Copy + Eq + fmt::Debug + Send + Sync + 'static {
+    /// Every value, in declaration order.
+    const ALL: &'static [Self];
+    /// The type's name, for error messages and schemas.
+    const NAME: &'static str;
+    /// The spelling stored and sent.
+    fn as_str(self) -> &'static str;
+    /// The value spelled `text`, if it is one.
+    fn parse(text: &str) -> Option<Self>;
 }
 
 vocabulary! {

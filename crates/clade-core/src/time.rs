@@ -1,8 +1,7 @@
-//! Wall-clock time as integer milliseconds, behind a [`Clock`] so tests and the simulator can
-//! control it.
+//! Wall-clock time as integer milliseconds. Reading it goes through the `Clock` (`clock.rs`), so
+//! tests and the simulator control it.
 
 use std::fmt;
-use std::pin::Pin;
 use std::time::Duration;
 
 /// Milliseconds since the Unix epoch.
@@ -37,104 +36,6 @@ impl Timestamp {
         let date = jiff::civil::Date::strptime("%Y-%m-%d", text).ok()?;
         let midnight = date.to_zoned(jiff::tz::TimeZone::UTC).ok()?;
         Some(Self(midnight.timestamp().as_millisecond()))
-    }
-}
-
-/// What [`Clock::sleep`] returns: completes once the time has passed on that clock.
-pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
-/// The source of time: "now", and waiting for a duration to pass. Production uses
-/// [`SystemClock`]; tests inject a [`ManualClock`] and move it themselves, so expiry, cooldowns,
-/// back-off and budget periods are tested without waiting for them. Reading the system's
-/// clocks or sleeping anywhere else is a clippy error (`clippy.toml`).
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> Timestamp;
-
-    /// Completes once `duration` has passed on this clock.
-    fn sleep(&self, duration: Duration) -> Sleep;
-}
-
-/// The operating system's wall clock; sleeping is the async runtime's timer.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    #[allow(clippy::disallowed_methods)] // The one sanctioned reader of the system clock.
-    fn now(&self) -> Timestamp {
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        Timestamp(millis)
-    }
-
-    #[allow(clippy::disallowed_methods)] // The one sanctioned timer.
-    fn sleep(&self, duration: Duration) -> Sleep {
-        Box::pin(tokio::time::sleep(duration))
-    }
-}
-
-/// A clock that moves only when told ([`ManualClock::advance`]); its sleepers wake as soon as
-/// it passes their time.
-#[derive(Debug)]
-pub struct ManualClock {
-    now: tokio::sync::watch::Sender<i64>,
-}
-
-impl ManualClock {
-    pub fn new(at: Timestamp) -> Self {
-        Self { now: tokio::sync::watch::Sender::new(at.0) }
-    }
-
-    /// Moves the clock `by` forward and wakes whoever slept until then.
-    pub fn advance(&self, by: Duration) {
-        let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        self.now.send_modify(|now| *now = now.saturating_add(by));
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        Timestamp(*self.now.borrow())
-    }
-
-    fn sleep(&self, duration: Duration) -> Sleep {
-        let mut now = self.now.subscribe();
-        let until =
-            now.borrow().saturating_add(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX));
-        Box::pin(async move {
-            while *now.borrow_and_update() < until {
-                if now.changed().await.is_err() {
-                    // The clock is gone: it will never get there.
-                    std::future::pending::<()>().await;
-                }
-            }
-        })
-    }
-}
-
-/// Ticks every `period` on `clock`, the first tick after one period. A tick that comes late
-/// (the caller was busy, or a manual clock jumped) is not made up for: the next is one period
-/// after it.
-pub struct Interval {
-    clock: std::sync::Arc<dyn Clock>,
-    period: Duration,
-    next: Timestamp,
-}
-
-impl Interval {
-    pub fn new(clock: std::sync::Arc<dyn Clock>, period: Duration) -> Self {
-        let next = clock.now().plus(period);
-        Self { clock, period, next }
-    }
-
-    /// Waits for the next tick.
-    pub async fn tick(&mut self) {
-        let wait = self.next.as_millis().saturating_sub(self.clock.now().as_millis());
-        if wait > 0 {
-            self.clock.sleep(Duration::from_millis(wait.unsigned_abs())).await;
-        }
-        self.next = self.clock.now().plus(self.period);
     }
 }
 
@@ -176,35 +77,5 @@ mod tests {
         assert_eq!(Timestamp::from_millis(951_782_400_000).to_string(), "2000-02-29T00:00:00.000Z");
         assert_eq!(Timestamp::from_millis(-1).to_string(), "1969-12-31T23:59:59.999Z");
         assert_eq!(Timestamp::from_millis(i64::MAX).to_string(), format!("{}ms", i64::MAX));
-    }
-
-    #[tokio::test]
-    async fn a_manual_clock_wakes_its_sleepers_only_when_moved_past_their_time() {
-        let clock = std::sync::Arc::new(ManualClock::new(Timestamp::from_millis(1_000)));
-        let sleeper = tokio::spawn(clock.sleep(Duration::from_secs(60)));
-        tokio::task::yield_now().await;
-        clock.advance(Duration::from_secs(59));
-        tokio::task::yield_now().await;
-        assert!(!sleeper.is_finished(), "woke a second early");
-        clock.advance(Duration::from_secs(1));
-        tokio::time::timeout(Duration::from_secs(5), sleeper).await.unwrap().unwrap();
-        assert_eq!(clock.now(), Timestamp::from_millis(61_000));
-    }
-
-    #[tokio::test]
-    async fn an_interval_ticks_once_per_period_of_its_clock() {
-        let clock = std::sync::Arc::new(ManualClock::new(Timestamp::from_millis(0)));
-        let mut interval = Interval::new(clock.clone(), Duration::from_secs(10));
-        let ticking = tokio::spawn(async move {
-            interval.tick().await;
-            interval.tick().await;
-        });
-        tokio::task::yield_now().await;
-        clock.advance(Duration::from_secs(10));
-        tokio::task::yield_now().await;
-        tokio::task::yield_now().await;
-        assert!(!ticking.is_finished(), "two ticks in one period");
-        clock.advance(Duration::from_secs(10));
-        tokio::time::timeout(Duration::from_secs(5), ticking).await.unwrap().unwrap();
     }
 }

@@ -10,12 +10,11 @@ use clade_store::NewAgent;
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
-use crate::api::{AgentListResponse, AgentResponse, CreateAgentParams, PageQuery};
+use crate::api::{
+    AgentListResponse, AgentResponse, AgentsQuery, CreateAgentParams, DEFAULT_PAGE, MAX_PAGE,
+};
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
-
-const DEFAULT_PAGE: u32 = 100;
-const MAX_PAGE: u32 = 1000;
 
 /// A JSON body whose rejections become API errors naming what is wrong.
 pub(crate) struct JsonBody<T>(pub(crate) T);
@@ -88,11 +87,6 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
-/// The page size a list query asks for: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] if unsaid.
-pub(crate) fn page_limit(query: &PageQuery) -> Result<u32, ApiError> {
-    checked_limit(query.limit)
-}
-
 /// A list's `limit`: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] if unsaid; any other is refused, as
 /// the OpenAPI document says, not quietly clamped.
 pub(crate) fn checked_limit(limit: Option<u32>) -> Result<u32, ApiError> {
@@ -144,10 +138,10 @@ pub(crate) async fn create(
 pub(crate) async fn list(
     State(state): State<AppState>,
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    query: Result<Query<AgentsQuery>, QueryRejection>,
 ) -> Result<axum::Json<AgentListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
-    let limit = page_limit(&query)?;
+    let limit = checked_limit(query.limit)?;
     if let Some(cursor) = &query.cursor {
         // The cursor is the handle the previous page ended with.
         Handle::parse(cursor).map_err(|_| {

@@ -35,6 +35,7 @@ codes! {
     AgentNotFound => ("agent_not_found", NOT_FOUND),
     SessionNotFound => ("session_not_found", NOT_FOUND),
     EventNotFound => ("event_not_found", NOT_FOUND),
+    TurnNotFound => ("turn_not_found", NOT_FOUND),
     ToolNotFound => ("tool_not_found", NOT_FOUND),
     GrantNotFound => ("grant_not_found", NOT_FOUND),
     ApprovalNotFound => ("approval_not_found", NOT_FOUND),
@@ -66,6 +67,13 @@ pub struct ApiError {
 impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
         Self { code, message: message.into(), retry_after: None }
+    }
+
+    /// A failure on the server's side: `detail` goes to the log, the client gets a generic
+    /// message (the detail may name stored data).
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(%detail, "request failed");
+        Self::new(Code::Internal, "internal error; the server log has details")
     }
 
     pub fn retry_after(mut self, wait: std::time::Duration) -> Self {

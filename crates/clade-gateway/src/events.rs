@@ -112,7 +112,7 @@ pub(crate) async fn post(
             body.reply =
                 finished.reply.map(|text| ReplyBody { text, model: finished.model.clone() });
             body.error = finished.error;
-            body.status = Some(finished.status.as_str().to_owned());
+            body.status = Some(finished.status.into());
             Ok((StatusCode::OK, axum::Json(body)).into_response())
         }
         // Still running: the event is safe; the caller can follow the session's stream.

@@ -11,13 +11,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use clade_core::{SessionId, TurnId};
 use clade_store::TurnRecord;
 use futures::{Stream, stream};
-use serde_json::json;
 
 use crate::AppState;
 use crate::agents::{JsonBody, query_rejection};
 use crate::api::{
-    PageQuery, SessionListResponse, SessionResponse, SessionUpdate, SessionsQuery, TurnEvent,
-    TurnListResponse, TurnResponse, TurnStep, TurnUsageBody,
+    CancelResponse, QueueMode, ResumeResponse, SessionListResponse, SessionResponse, SessionUpdate,
+    SessionsQuery, StepsQuery, StreamQuery, TurnEvent, TurnListResponse, TurnResponse,
+    TurnStepPage, TurnUsageBody, TurnsQuery,
 };
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
@@ -29,6 +29,12 @@ fn session_id(text: &str) -> Result<SessionId, ApiError> {
 }
 
 fn session_response(s: clade_store::SessionRow) -> SessionResponse {
+    let queue_mode =
+        s.queue_mode.as_deref().and_then(clade_config::QueueMode::parse).map(|mode| match mode {
+            clade_config::QueueMode::Queue => QueueMode::Queue,
+            clade_config::QueueMode::Coalesce => QueueMode::Coalesce,
+            clade_config::QueueMode::Steer => QueueMode::Steer,
+        });
     SessionResponse {
         id: s.id.to_string(),
         agent_id: s.agent_id.to_string(),
@@ -36,7 +42,7 @@ fn session_response(s: clade_store::SessionRow) -> SessionResponse {
         channel: s.source.channel,
         actor: s.source.actor,
         last_active_channel: s.last_active_channel,
-        queue_mode: s.queue_mode,
+        queue_mode,
         created_at: s.created_at.as_millis(),
         updated_at: s.updated_at.as_millis(),
     }
@@ -81,7 +87,12 @@ pub(crate) async fn update(
     JsonBody(update): JsonBody<SessionUpdate>,
 ) -> Result<axum::Json<SessionResponse>, ApiError> {
     let id = reachable(&state, &tenant, &reach, &id).await?;
-    let row = state.engine.set_queue_mode(tenant.id, id, update.queue_mode).await?;
+    let mode = update.queue_mode.map(|mode| match mode {
+        QueueMode::Queue => clade_config::QueueMode::Queue,
+        QueueMode::Coalesce => clade_config::QueueMode::Coalesce,
+        QueueMode::Steer => clade_config::QueueMode::Steer,
+    });
+    let row = state.engine.set_queue_mode(tenant.id, id, mode).await?;
     Ok(axum::Json(session_response(row)))
 }
 
@@ -89,10 +100,10 @@ pub(crate) async fn turns(
     State(state): State<AppState>,
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(id): Path<String>,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    query: Result<Query<TurnsQuery>, QueryRejection>,
 ) -> Result<axum::Json<TurnListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
-    let limit = crate::agents::page_limit(&query)?;
+    let limit = crate::agents::checked_limit(query.limit)?;
     let after = match query.cursor.as_deref() {
         None => None,
         Some(cursor) => Some(cursor.parse::<TurnId>().map_err(|_| {
@@ -119,16 +130,9 @@ pub(crate) async fn turns(
 fn turn_response(record: TurnRecord) -> TurnResponse {
     let TurnRecord { turn: t, events, usage, steps } = record;
     TurnResponse {
-        steps: steps
-            .into_iter()
-            .map(|entry| TurnStep {
-                step: entry.step.to_string(),
-                kind: entry.step.kind().as_str().to_owned(),
-                data: serde_json::from_str(&entry.data).unwrap_or(serde_json::Value::Null),
-            })
-            .collect(),
+        step_count: steps.len() as u64,
         id: t.id.to_string(),
-        status: t.status.as_str().to_owned(),
+        status: t.status.into(),
         reply: t.reply,
         error: t.error,
         model: t.model,
@@ -148,24 +152,64 @@ fn turn_response(record: TurnRecord) -> TurnResponse {
     }
 }
 
+/// `GET /v1/sessions/{id}/turns/{turn}/steps`: a page of one turn's journal, in the order it
+/// was written, each step in its typed view.
+pub(crate) async fn steps(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path((id, turn)): Path<(String, String)>,
+    query: Result<Query<StepsQuery>, QueryRejection>,
+) -> Result<axum::Json<TurnStepPage>, ApiError> {
+    let Query(query) = query.map_err(query_rejection)?;
+    let limit = crate::agents::checked_limit(query.limit)? as usize;
+    let session = state.store.session(tenant.id, session_id(&id)?).await?;
+    reach.session(&session)?;
+    let not_found = || {
+        ApiError::new(
+            Code::TurnNotFound,
+            format!(
+                "turn {turn:?} not found in session {id}; list its turns with GET /v1/sessions/{id}/turns"
+            ),
+        )
+    };
+    let turn_id = turn.parse::<TurnId>().map_err(|_| not_found())?;
+    // A turn is found through its session, which is the caller's: another session's (or
+    // tenant's) turn reads as missing.
+    match state.store.turn(turn_id).await {
+        Ok(row) if row.session_id == session.id => {}
+        Ok(_) | Err(clade_store::Error::EventNotFound(_)) => return Err(not_found()),
+        Err(err) => return Err(err.into()),
+    }
+    let journal = state.store.journal(turn_id).await?;
+    let start = usize::try_from(query.cursor.unwrap_or(0)).unwrap_or(usize::MAX);
+    let page: Vec<_> = journal.iter().skip(start).take(limit).collect();
+    let given = start.saturating_add(page.len());
+    let next_cursor = (given < journal.len()).then(|| given.to_string());
+    let items = page
+        .into_iter()
+        .map(|entry| clade_runtime::step_view(entry).map_err(ApiError::internal))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(axum::Json(TurnStepPage { items, next_cursor }))
+}
+
 pub(crate) async fn resume(
     State(state): State<AppState>,
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<ResumeResponse>, ApiError> {
     let id = reachable(&state, &tenant, &reach, &id).await?;
     let n = state.engine.resume(tenant.id, id).await?;
-    Ok(axum::Json(json!({ "resumed_events": n })))
+    Ok(axum::Json(ResumeResponse { resumed_events: n }))
 }
 
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<CancelResponse>, ApiError> {
     let id = reachable(&state, &tenant, &reach, &id).await?;
     let cancelled = state.engine.cancel(tenant.id, id).await?;
-    Ok(axum::Json(json!({ "cancelled": cancelled })))
+    Ok(axum::Json(CancelResponse { cancelled }))
 }
 
 /// The session `id` names, if the caller's token reaches it: a token limited to some agents
@@ -191,14 +235,15 @@ pub(crate) async fn stream(
     Extension(Caller(tenant, credential, reach)): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Query(query): Query<std::collections::HashMap<String, String>>,
+    query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let Query(query) = query.map_err(query_rejection)?;
     let session = state.store.session(tenant.id, session_id(&id)?).await?;
     reach.session(&session)?;
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .or(query.get("after").map(String::as_str))
+        .or(query.after.as_deref())
         .map(|v| {
             v.trim().parse::<u64>().map_err(|_| {
                 ApiError::new(
@@ -235,9 +280,9 @@ pub(crate) async fn stream(
                 }
                 _ = watch.recheck.tick() => {
                     if !watch.credential.still_valid(&watch.store, &watch.tenant).await {
-                        let body = serde_json::json!({
-                            "code": Code::InvalidToken.as_str(),
-                            "message": "the stream's token was revoked or its tenant deleted",
+                        let body = serde_json::json!(crate::api::ErrorBody {
+                            code: Code::InvalidToken.as_str().to_owned(),
+                            message: "the stream's token was revoked or its tenant deleted".to_owned(),
                         });
                         return Some((Ok(Event::default().event("error").data(body.to_string())), None));
                     }

@@ -111,7 +111,7 @@ fn approval_response(row: ApprovalRow, agent: String) -> ApprovalResponse {
         arguments: serde_json::from_str(&row.arguments).unwrap_or(Value::Null),
         arguments_hash: row.arguments_hash,
         reason: row.reason,
-        status: row.status.as_str().to_owned(),
+        status: row.status.into(),
         session_id: row.session_id.map(|s| s.to_string()),
         turn_id: row.turn_id.map(|t| t.to_string()),
         created_at: row.created_at.as_millis(),
@@ -129,7 +129,7 @@ pub(crate) async fn approvals(
 ) -> Result<axum::Json<ApprovalListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
     let status = match query.status.as_deref().unwrap_or(ApprovalStatus::Pending.as_str()) {
-        "all" => None,
+        crate::api::APPROVALS_ALL => None,
         other => Some(ApprovalStatus::parse(other).ok_or_else(|| {
             invalid(format!(
                 "unknown status {other:?}: use pending, approved, denied, expired, cancelled or all"
@@ -239,7 +239,7 @@ pub(crate) async fn add_grant(
         Some(text) => PolicyEffect::parse(text)
             .ok_or_else(|| invalid(format!("unknown effect {text:?}: use allow, ask or deny")))?,
     };
-    let constraints = params.constraints.unwrap_or_default();
+    let constraints = params.constraints.map(constraints_from_wire).unwrap_or_default();
     let parent = params
         .parent
         .as_deref()
@@ -328,17 +328,33 @@ pub(crate) async fn audit(
     let next_after = (rows.len() == limit as usize).then(|| rows.last().map(|r| r.seq)).flatten();
     let items = rows
         .into_iter()
-        .map(|r| AuditRecord {
-            seq: r.seq,
-            at: r.at.as_millis(),
-            agent_id: r.agent_id.map(|a| a.to_string()),
-            kind: r.kind,
-            tool: r.tool,
-            decision: r.decision,
-            detail: serde_json::from_str(&r.detail).unwrap_or(Value::Null),
-            prev_hash: r.prev_hash,
-            hash: r.hash,
+        .map(|r| {
+            let kind = clade_core::AuditKind::parse(&r.kind).ok_or_else(|| {
+                ApiError::internal(format!(
+                    "audit record {} has an unknown kind {:?}",
+                    r.seq, r.kind
+                ))
+            })?;
+            Ok(AuditRecord {
+                seq: r.seq,
+                at: r.at.as_millis(),
+                agent_id: r.agent_id.map(|a| a.to_string()),
+                kind: kind.into(),
+                tool: r.tool,
+                decision: r.decision,
+                detail: serde_json::from_str(&r.detail).unwrap_or(Value::Null),
+                prev_hash: r.prev_hash,
+                hash: r.hash,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, ApiError>>()?;
     Ok(axum::response::IntoResponse::into_response(axum::Json(AuditResponse { items, next_after })))
+}
+
+/// A grant's constraints as clade.yaml's policy has them. The two types cannot share one
+/// definition (`clade-config` and `clade-protocol` are of one layer); naming every field on
+/// both sides makes a field added to either a compile error here until the other has it.
+fn constraints_from_wire(wire: crate::api::GrantConstraints) -> clade_config::Constraints {
+    let crate::api::GrantConstraints { network, private_network, hosts, env } = wire;
+    clade_config::Constraints { network, private_network, hosts, env }
 }

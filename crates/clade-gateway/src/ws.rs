@@ -1,11 +1,12 @@
 //! `GET /v1/ws`: a WebSocket carrying live events of the sessions and agents a client
 //! subscribes to.
 //!
-//! Client messages: `{"type":"subscribe","session":"<id>"}` or
-//! `{"type":"subscribe","agent":"<handle>"}`. Server messages: `{"type":"subscribed",…}`,
-//! `{"type":"event","session":…,"id":<stream id or null>,"kind":…,"data":…}` and
-//! `{"type":"error","code":…,"message":…}`. Lifecycle events carry their outbox id, so a client
-//! that reconnects can fetch what it missed from the session's SSE stream with `Last-Event-ID`.
+//! Client messages are `clade_protocol::ClientFrame`s: `{"type":"subscribe","session":"<id>"}`
+//! or `{"type":"subscribe","agent":"<handle>"}`. Server messages are `ServerFrame`s:
+//! `{"type":"subscribed",…}`, `{"type":"event","session":…,"id":<stream id or null>,"kind":…,
+//! "data":…}` and `{"type":"error","code":…,"message":…}`. Lifecycle events carry their stream
+//! id, so a client that reconnects can fetch what it missed from the session's SSE stream with
+//! `Last-Event-ID`.
 
 use std::time::Duration;
 
@@ -14,8 +15,9 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::{IntoResponse as _, Response};
 use clade_core::{SessionId, Tenant};
+use clade_protocol::{ClientFrame, ErrorBody, ServerFrame};
 use clade_runtime::LiveEvent;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::AppState;
@@ -55,7 +57,12 @@ pub(crate) async fn upgrade(
 }
 
 fn error(code: &str, message: &str) -> Message {
-    Message::Text(json!({ "type": "error", "code": code, "message": message }).to_string().into())
+    let error = ErrorBody { code: code.to_owned(), message: message.to_owned() };
+    frame(&ServerFrame::Error { error })
+}
+
+fn frame(frame: &ServerFrame) -> Message {
+    Message::Text(serde_json::to_string(frame).unwrap_or_default().into())
 }
 
 /// Closes the connection with `code` and a reason, giving the client a moment to take it.
@@ -117,15 +124,19 @@ async fn serve(
                 match subscribe(&state, &tenant, &reach, &text, &tx, subscriptions).await {
                     Ok(reply) => {
                         subscriptions += 1;
-                        Message::Text(reply.to_string().into())
+                        frame(&reply)
                     }
                     Err((code, message)) => error(code, &message),
                 }
             }
             Some(event) = rx.recv() => {
                 let id = event.id.map(|id| state.stream_ids.encode(tenant.id, id));
-                let frame = json!({ "type": "event", "session": event.session.to_string(), "id": id, "kind": event.kind.as_str(), "data": event.data });
-                Message::Text(frame.to_string().into())
+                frame(&ServerFrame::Event {
+                    session: event.session.to_string(),
+                    id,
+                    kind: event.kind.into(),
+                    data: event.data,
+                })
             }
             _ = recheck.tick() => {
                 if !credential.still_valid(&state.store, &tenant).await {
@@ -153,7 +164,7 @@ async fn subscribe(
     text: &str,
     tx: &mpsc::Sender<LiveEvent>,
     subscriptions: usize,
-) -> Result<Value, (&'static str, String)> {
+) -> Result<ServerFrame, (&'static str, String)> {
     let request: Value = serde_json::from_str(text)
         .map_err(|e| ("invalid_request", format!("message is not JSON: {e}")))?;
     for field in ["type", "session", "agent"] {
@@ -161,19 +172,19 @@ async fn subscribe(
             return Err(("invalid_request", format!("\"{field}\" must be a string, not {value}")));
         }
     }
-    if request["type"] != "subscribe" {
+    let Ok(ClientFrame::Subscribe { session, agent }) = serde_json::from_value(request) else {
         return Err((
             "invalid_request",
             "expected {\"type\":\"subscribe\",\"session\"|\"agent\":…}".into(),
         ));
-    }
+    };
     if subscriptions >= MAX_SUBSCRIPTIONS {
         return Err((
             "invalid_request",
             format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"),
         ));
     }
-    if let Some(session) = request["session"].as_str() {
+    if let Some(session) = session.as_deref() {
         let not_found = || ("session_not_found", format!("session {session:?} not found"));
         let id = SessionId::parse(session).map_err(|_| not_found())?;
         // Another tenant's session, or one of an agent the token does not reach, is reported
@@ -188,8 +199,8 @@ async fn subscribe(
         let lagged = Lagged::new(&state.store, tenant.id, Scope::Session(id));
         let receiver = state.engine.hub().subscribe(id);
         tokio::spawn(forward(CatchingUp::new(receiver, lagged, head), tx.clone()));
-        Ok(json!({ "type": "subscribed", "session": session }))
-    } else if let Some(handle) = request["agent"].as_str() {
+        Ok(ServerFrame::Subscribed { session: Some(session.to_owned()), agent: None })
+    } else if let Some(handle) = agent.as_deref() {
         let agent = state
             .store
             .agent(tenant.id, handle)
@@ -201,7 +212,7 @@ async fn subscribe(
         let lagged = Lagged::new(&state.store, tenant.id, Scope::Agent(agent.id));
         let receiver = state.engine.hub().subscribe_agent(agent.id);
         tokio::spawn(forward(CatchingUp::new(receiver, lagged, head), tx.clone()));
-        Ok(json!({ "type": "subscribed", "agent": handle }))
+        Ok(ServerFrame::Subscribed { session: None, agent: Some(handle.to_owned()) })
     } else {
         Err(("invalid_request", "subscribe needs \"session\" or \"agent\"".into()))
     }

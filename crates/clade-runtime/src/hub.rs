@@ -135,6 +135,21 @@ impl Drop for Subscription {
 }
 
 impl Hub {
+    /// Passes committed outbox rows of `agent`'s sessions to their subscribers, each with its
+    /// outbox position (so a stream can resume after it).
+    pub fn publish_committed(&self, agent: AgentId, rows: &[clade_store::OutboxRow]) {
+        for row in rows {
+            if let Some(session) = row.session_id {
+                self.publish_with(agent, session, || LiveEvent {
+                    session,
+                    id: Some(row.id),
+                    kind: row.kind,
+                    data: serde_json::from_str(&row.data).unwrap_or(Value::Null),
+                });
+            }
+        }
+    }
+
     /// Live events of one session.
     pub fn subscribe(&self, session: SessionId) -> Subscription {
         Subscription::new(self, Channel::Session(session))

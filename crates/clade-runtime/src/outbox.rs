@@ -77,7 +77,10 @@ impl TenantFilter {
     }
 }
 
-/// The JSON body a subscriber receives for an outbox row.
+/// The body a subscriber receives for an outbox row: a `clade_protocol::WebhookEvent` (the
+/// envelope, the event's `type` and its `data`). Rows are written through
+/// `clade_protocol::LifecycleEvent`, so their data is already the typed data; it is passed on
+/// as stored rather than read and written again.
 pub fn body(row: &OutboxRow) -> Value {
     json!({
         "id": row.event_id,

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use clade_config::{Constraints, PolicyEffect, PolicyRule, ToolsConfig};
 use clade_core::{
-    Agent, AgentId, ApprovalId, AuditKind, EventKind, GrantId, SecretName, SessionId, TenantId,
-    Timestamp, TurnId,
+    Agent, AgentId, ApprovalId, AuditKind, GrantId, SecretName, SessionId, TenantId, Timestamp,
+    TurnId,
 };
 use clade_store::{
     Agents, ApprovalDecision, ApprovalRow, ApprovalStatus, AuditEntry, GrantRow, NewApproval,
@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::hub::{Hub, LiveEvent};
+use crate::hub::Hub;
 
 /// Errors of grant and approval management (not of tool calls, which end as tool results).
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +224,8 @@ struct Asked<'a> {
 /// Cancels a pending approval whose waiting call went away (see `await_approval`).
 struct CancelOnDrop {
     store: Store,
+    /// Where its `approval.decided` goes live.
+    hub: Option<crate::hub::Hub>,
     tenant: TenantId,
     agent: clade_core::AgentId,
     tool: String,
@@ -238,6 +240,7 @@ impl Drop for CancelOnDrop {
             return;
         }
         let (store, tenant, id) = (self.store.clone(), self.tenant, self.id);
+        let (hub, agent) = (self.hub.take(), self.agent);
         let note = "the call that asked for it ended before a decision".to_owned();
         let audit = AuditEntry {
             tenant,
@@ -257,7 +260,11 @@ impl Drop for CancelOnDrop {
                 audits: vec![audit],
             };
             // Decided meanwhile: that decision stands.
-            let _ = store.decide_approval(tenant, id, decision).await;
+            if let (Ok((_, announced)), Some(hub)) =
+                (store.decide_approval(tenant, id, decision).await, hub)
+            {
+                hub.publish_committed(agent, &announced);
+            }
         });
     }
 }
@@ -698,7 +705,7 @@ impl ToolRunner {
             decision: Some(ApprovalStatus::Pending.as_str().into()),
             detail: json!({ "call": origin.call_id, "resource": resource, "reason": decision.reason, "arguments_hash": hash }).to_string(),
         };
-        let approval = self
+        let (approval, announced) = self
             .store
             .request_approval(
                 NewApproval {
@@ -719,25 +726,15 @@ impl ToolRunner {
             .await
             .map_err(|e| format!("cannot record the approval request: {e}"))?;
         tracing::info!(approval = %approval.id, agent = %agent.handle, tool, "tool call waits for approval");
-        if let (Some(hub), Some(session)) = (self.hub.get(), origin.session) {
-            let data = json!({
-                "approval": approval.id.to_string(),
-                "tool": tool,
-                "resource": resource,
-                "arguments": args,
-                "reason": decision.reason,
-                "expires_at": approval.expires_at.as_millis(),
-            });
-            hub.publish(
-                agent.id,
-                LiveEvent { session, id: None, kind: EventKind::ApprovalRequested, data },
-            );
+        if let Some(hub) = self.hub.get() {
+            hub.publish_committed(agent.id, &announced);
         }
         let notify = self.waiter(approval.id);
         // Dropped before a decision (its turn timed out or was cancelled, its client left),
         // the approval is cancelled: approving it later would run nothing.
         let mut guard = CancelOnDrop {
             store: self.store.clone(),
+            hub: self.hub.get().cloned(),
             tenant: agent.tenant_id,
             agent: agent.id,
             tool: tool.to_owned(),
@@ -858,7 +855,10 @@ impl ToolRunner {
             audits.push(grant_audit(grant, AuditKind::GrantAdded, by));
         }
         let decision = ApprovalDecision { status, decided_by: by.to_owned(), note, grant, audits };
-        let row = self.store.decide_approval(tenant, id, decision).await?;
+        let (row, announced) = self.store.decide_approval(tenant, id, decision).await?;
+        if let Some(hub) = self.hub.get() {
+            hub.publish_committed(row.agent_id, &announced);
+        }
         if let Some(notify) = self.waiters.lock().ok().and_then(|w| w.get(&id).cloned()) {
             // A permit, not a broadcast: the waiter may be between its read and its wait.
             notify.notify_one();

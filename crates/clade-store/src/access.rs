@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::store::{Store, id_bytes};
-use crate::turns::{OutboxEvent, insert_outbox};
+use crate::turns::{OutboxEvent, OutboxRow, insert_outbox};
 
 /// A grant to create.
 #[derive(Debug, Clone)]
@@ -453,17 +453,18 @@ impl Store {
         Ok(live)
     }
 
-    /// Records a request for approval, or returns the one this call made before (same key).
+    /// Records a request for approval, or returns the one this call made before (same key);
+    /// with the `approval.requested` it announced (none for a request made before), to publish.
     pub async fn request_approval(
         &self,
         approval: NewApproval,
         audit: AuditEntry,
-    ) -> Result<ApprovalRow> {
+    ) -> Result<(ApprovalRow, Vec<OutboxRow>)> {
         let now = self.now();
         let id = ApprovalId::generate(now);
         let tenant = approval.tenant;
         let key = approval.call_key.clone();
-        self.write(move |conn| {
+        let announced = self.write(move |conn| {
             Box::pin(async move {
                 let exists = query("SELECT id FROM approvals WHERE tenant_id = $1 AND call_key = $2")
                     .bind(approval.tenant.as_bytes().to_vec())
@@ -471,7 +472,7 @@ impl Store {
                     .fetch_optional(&mut *conn)
                     .await?;
                 if exists.is_some() {
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
                 query(
                     "INSERT INTO approvals (id, tenant_id, agent_id, call_key, tool, resource, arguments, \
@@ -482,11 +483,11 @@ impl Store {
                 .bind(approval.tenant.as_bytes().to_vec())
                 .bind(approval.agent.as_bytes().to_vec())
                 .bind(approval.call_key)
-                .bind(approval.tool)
-                .bind(approval.resource)
-                .bind(approval.arguments)
-                .bind(approval.arguments_hash)
-                .bind(approval.reason)
+                .bind(approval.tool.clone())
+                .bind(approval.resource.clone())
+                .bind(approval.arguments.clone())
+                .bind(approval.arguments_hash.clone())
+                .bind(approval.reason.clone())
                 .bind(approval.session.map(|s| s.as_bytes().to_vec()))
                 .bind(approval.turn.map(|t| t.as_bytes().to_vec()))
                 .bind(now.as_millis())
@@ -497,13 +498,22 @@ impl Store {
                 audit.detail = merge_id(&audit.detail, "approval", &id.to_string());
                 append_audit(conn, &audit, now).await?;
                 // Subscribers (and resuming stream clients) learn that the turn waits.
-                let event = OutboxEvent { kind: clade_core::EventKind::ApprovalRequested, data: audit.detail.clone() };
-                insert_outbox(conn, now, approval.tenant, approval.session, approval.turn, &[event]).await?;
-                Ok(())
+                let requested = clade_protocol::ApprovalRequested {
+                    approval: id.to_string(),
+                    tool: approval.tool.clone(),
+                    resource: approval.resource.clone(),
+                    arguments: serde_json::from_str(&approval.arguments)
+                        .unwrap_or_else(|_| serde_json::Value::String(approval.arguments.clone())),
+                    arguments_hash: approval.arguments_hash.clone(),
+                    reason: approval.reason.clone(),
+                    expires_at: approval.expires_at.as_millis(),
+                };
+                let event = OutboxEvent::from(&clade_protocol::LifecycleEvent::from(requested));
+                insert_outbox(conn, now, approval.tenant, approval.session, approval.turn, &[event]).await
             })
         })
         .await?;
-        self.approval_by_call(tenant, &key).await
+        Ok((self.approval_by_call(tenant, &key).await?, announced))
     }
 
     pub async fn approval_by_call(&self, tenant: TenantId, call_key: &str) -> Result<ApprovalRow> {
@@ -564,13 +574,14 @@ impl Store {
         tenant: TenantId,
         id: ApprovalId,
         decision: ApprovalDecision,
-    ) -> Result<ApprovalRow> {
+    ) -> Result<(ApprovalRow, Vec<OutboxRow>)> {
         let now = self.now();
         let ApprovalDecision { status, decided_by, note, grant, audits } = decision;
         let grant = grant.map(|g| self.grant_row(g));
-        self.write(move |conn| {
-            Box::pin(async move {
-                let done = query(
+        let announced = self
+            .write(move |conn| {
+                Box::pin(async move {
+                    let done = query(
                     "UPDATE approvals SET status = $1, decided_at = $2, decided_by = $3, note = $4 \
                      WHERE tenant_id = $5 AND id = $6 AND status = 'pending'",
                 )
@@ -582,46 +593,48 @@ impl Store {
                 .bind(id.as_bytes().to_vec())
                 .execute(&mut *conn)
                 .await?;
-                if done == 0 {
-                    let current =
-                        query("SELECT status FROM approvals WHERE tenant_id = $1 AND id = $2")
-                            .bind(tenant.as_bytes().to_vec())
-                            .bind(id.as_bytes().to_vec())
-                            .fetch_optional(&mut *conn)
-                            .await?;
-                    return Err(match current {
-                        Some(row) => Error::ApprovalDecided {
-                            id: id.to_string(),
-                            status: row.try_get("status")?,
-                        },
-                        None => Error::ApprovalNotFound(id.to_string()),
-                    });
-                }
-                if let Some(grant) = &grant {
-                    insert_grant(conn, grant).await?;
-                }
-                let placed = query(
+                    if done == 0 {
+                        let current =
+                            query("SELECT status FROM approvals WHERE tenant_id = $1 AND id = $2")
+                                .bind(tenant.as_bytes().to_vec())
+                                .bind(id.as_bytes().to_vec())
+                                .fetch_optional(&mut *conn)
+                                .await?;
+                        return Err(match current {
+                            Some(row) => Error::ApprovalDecided {
+                                id: id.to_string(),
+                                status: row.try_get("status")?,
+                            },
+                            None => Error::ApprovalNotFound(id.to_string()),
+                        });
+                    }
+                    if let Some(grant) = &grant {
+                        insert_grant(conn, grant).await?;
+                    }
+                    let placed = query(
                     "SELECT session_id, turn_id FROM approvals WHERE tenant_id = $1 AND id = $2",
                 )
                 .bind(tenant.as_bytes().to_vec())
                 .bind(id.as_bytes().to_vec())
                 .fetch_one(&mut *conn)
                 .await?;
-                let session = opt_id(&placed, "session_id")?.map(SessionId::from_bytes);
-                let turn = opt_id(&placed, "turn_id")?.map(TurnId::from_bytes);
-                let data =
-                    serde_json::json!({ "approval": id.to_string(), "status": status.as_str() })
-                        .to_string();
-                let event = OutboxEvent { kind: clade_core::EventKind::ApprovalDecided, data };
-                insert_outbox(conn, now, tenant, session, turn, &[event]).await?;
-                for audit in &audits {
-                    append_audit(conn, audit, now).await?;
-                }
-                Ok(())
+                    let session = opt_id(&placed, "session_id")?.map(SessionId::from_bytes);
+                    let turn = opt_id(&placed, "turn_id")?.map(TurnId::from_bytes);
+                    let decided = clade_protocol::ApprovalDecided {
+                        approval: id.to_string(),
+                        status: status.into(),
+                    };
+                    let event = OutboxEvent::from(&clade_protocol::LifecycleEvent::from(decided));
+                    let announced =
+                        insert_outbox(conn, now, tenant, session, turn, &[event]).await?;
+                    for audit in &audits {
+                        append_audit(conn, audit, now).await?;
+                    }
+                    Ok(announced)
+                })
             })
-        })
-        .await?;
-        self.approval(tenant, id).await
+            .await?;
+        Ok((self.approval(tenant, id).await?, announced))
     }
 
     /// Appends one audit record on its own.

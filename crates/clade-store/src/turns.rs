@@ -134,6 +134,12 @@ pub struct OutboxEvent {
     pub data: String,
 }
 
+impl From<&clade_protocol::LifecycleEvent> for OutboxEvent {
+    fn from(event: &clade_protocol::LifecycleEvent) -> Self {
+        Self { kind: event.kind(), data: event.data_text() }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
     /// Position in the outbox: strictly increasing in commit order, whatever the number of
@@ -824,8 +830,11 @@ impl Store {
                         .bind(EventStatus::Running.as_str())
                         .execute(&mut *conn)
                         .await?;
-                    let data = serde_json::json!({ "turn": turn.to_string(), "resumes": resumes + 1 });
-                    let outbox = [OutboxEvent { kind: EventKind::TurnResumed, data: data.to_string() }];
+                    let resumed = clade_protocol::LifecycleEvent::from(clade_protocol::TurnResumed {
+                        turn: turn.to_string(),
+                        resumes: u64::from(n) + 1,
+                    });
+                    let outbox = [OutboxEvent::from(&resumed)];
                     rows.extend(
                         insert_outbox(conn, now, tenant, Some(session), Some(turn), &outbox).await?,
                     );

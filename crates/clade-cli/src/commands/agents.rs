@@ -1,6 +1,6 @@
 use anyhow::{Result, bail};
 use clade_core::{AgentConfig, Handle, TemplateName};
-use clade_gateway::api::AgentResponse;
+use clade_protocol::AgentResponse;
 use clade_store::NewAgent;
 
 use crate::cli::AgentsCommand;

@@ -3,7 +3,8 @@
 use std::io::{BufRead, Write};
 
 use anyhow::{Context as _, Result, bail};
-use clade_core::{EventKind, SessionId, StepKind, TurnStatus};
+use clade_core::{EventKind, SessionId, TurnStatus};
+use clade_protocol::TurnStep;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -192,19 +193,21 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
             let session = ctx.store.session(tenant.id, id).await?;
             let turns = ctx.store.turn_records(session.id, None, u32::MAX).await?;
             if json {
-                let items: Vec<_> = turns
-                    .iter()
-                    .map(|clade_store::TurnRecord { turn: t, events, usage, steps }| json!({
-                        "steps": steps.iter().map(|e| json!({
-                            "step": e.step.to_string(), "kind": e.step.kind().as_str(),
-                            "data": serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null),
-                        })).collect::<Vec<_>>(),
+                let mut items = Vec::with_capacity(turns.len());
+                for clade_store::TurnRecord { turn: t, events, usage, steps } in &turns {
+                    // The API's typed view of each step (`GET …/turns/{turn}/steps`).
+                    let steps = steps
+                        .iter()
+                        .map(|e| clade_runtime::step_view(e).map_err(anyhow::Error::msg))
+                        .collect::<Result<Vec<_>>>()?;
+                    items.push(json!({
+                        "steps": steps,
                         "id": t.id.to_string(), "status": t.status.as_str(), "reply": t.reply, "error": t.error, "model": t.model,
                         "started_at": t.started_at.as_millis(),
                         "usage": { "model_calls": usage.model_calls, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens, "cost_micros": usage.cost_micros },
                         "events": events.iter().map(|e| json!({ "id": e.id.to_string(), "seq": e.seq, "text": e.text })).collect::<Vec<_>>(),
-                    }))
-                    .collect();
+                    }));
+                }
                 return output::json(&json!({ "session": id.to_string(), "turns": items }));
             }
             println!(
@@ -216,23 +219,17 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
                     println!("> {}", event.text);
                 }
                 for entry in steps {
-                    let data: Value = serde_json::from_str(&entry.data).unwrap_or(Value::Null);
-                    match entry.step.kind() {
-                        StepKind::ToolStarted => {
-                            println!(
-                                "  · {} {}",
-                                data["name"].as_str().unwrap_or("?"),
-                                data["arguments"]
-                            )
+                    match clade_runtime::step_view(&entry).map_err(anyhow::Error::msg)? {
+                        TurnStep::ToolStarted { name, arguments, .. } => {
+                            println!("  · {name} {arguments}")
                         }
-                        StepKind::ToolResult => {
-                            let content = data["content"].as_str().unwrap_or_default();
+                        TurnStep::ToolResult { content, is_error, .. } => {
                             let shown: String = content.chars().take(200).collect();
-                            let error = if data["is_error"] == true { " (error)" } else { "" };
+                            let error = if is_error { " (error)" } else { "" };
                             println!("    → {shown}{error}");
                         }
-                        StepKind::Resumed => println!("  · resumed"),
-                        StepKind::ModelResponse => {}
+                        TurnStep::Resumed { .. } => println!("  · resumed"),
+                        TurnStep::ModelResponse { .. } => {}
                     }
                 }
                 match turn.status {

@@ -8,18 +8,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use super::support::Env;
-
-/// Creates a token for `tenant` with `scopes`; its secret (and id, from the CLI's note).
-fn token(env: &Env, tenant: &str, scopes: &[&str]) -> (String, String) {
-    let mut args = vec!["--tenant", tenant, "tokens", "create", "--name", "matrix"];
-    for scope in scopes {
-        args.extend(["--scope", scope]);
-    }
-    let out = env.run(&args).ok();
-    let id = out.stderr.split_whitespace().nth(1).unwrap().to_owned();
-    (out.stdout.trim().to_owned(), id)
-}
+use super::support::{Env, token};
 
 async fn call(
     url: &str,
@@ -112,6 +101,7 @@ async fn every_route_checks_every_principal() {
     let (status, body) = call(&url, "POST", "/v1/events", Some(&owner), Some(&event)).await;
     assert_eq!(status, 200, "{body}");
     let session = body["session_id"].as_str().unwrap().to_owned();
+    let turn = body["turn_id"].as_str().unwrap().to_owned();
     let (status, body) = call(
         &url,
         "POST",
@@ -135,7 +125,7 @@ async fn every_route_checks_every_principal() {
             documented.push((method.to_ascii_uppercase(), path.clone()));
         }
     }
-    let mut table: Vec<(String, String)> = clade_gateway::scopes::ROUTES
+    let mut table: Vec<(String, String)> = clade_gateway::scopes::routes()
         .iter()
         .map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned()))
         .collect();
@@ -143,11 +133,11 @@ async fn every_route_checks_every_principal() {
     table.sort();
     assert_eq!(
         documented, table,
-        "every documented /v1 route needs a row in clade_gateway::scopes::ROUTES"
+        "every documented /v1 route needs a row in clade_gateway::scopes::routes()"
     );
 
     // Destructive routes last, so the others still find what they read.
-    let mut routes: Vec<_> = clade_gateway::scopes::ROUTES.to_vec();
+    let mut routes = clade_gateway::scopes::routes();
     routes.sort_by_key(|(method, _, _)| *method == "DELETE");
     let mut cells = 0;
     let mut unexpected = Vec::new();
@@ -159,8 +149,11 @@ async fn every_route_checks_every_principal() {
         } else {
             "01a20a00-0000-7000-8000-000000000000".to_owned()
         };
-        let path =
-            template.replace("{handle}", "ada").replace("{id}", &id).replace("{name}", "echo");
+        let path = template
+            .replace("{handle}", "ada")
+            .replace("{id}", &id)
+            .replace("{name}", "echo")
+            .replace("{turn}", &turn);
         let body = match (*method, *template) {
             ("POST", "/v1/events") => Some(
                 json!({ "agent": "ada", "text": format!("cell {n}"), "source": { "platform": "http", "channel": "c", "actor": "me" } }),

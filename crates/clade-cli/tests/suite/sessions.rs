@@ -462,7 +462,7 @@ async fn a_sessions_turns_come_a_page_at_a_time() {
     let all = server.all_turns(&session).await;
     let texts: Vec<&str> = all.iter().map(|t| t["events"][0]["text"].as_str().unwrap()).collect();
     assert_eq!(texts, ["hello 0", "hello 1", "hello 2", "hello 3", "hello 4"]);
-    assert!(all.iter().all(|t| !t["steps"].as_array().unwrap().is_empty()), "steps ride along");
+    assert!(all.iter().all(|t| t["step_count"].as_u64() > Some(0)), "step counts ride along");
     let unpaged = server.get_json(&format!("/v1/sessions/{session}/turns")).await;
     assert_eq!(unpaged["items"].as_array().unwrap().len(), 5);
     assert!(unpaged.get("next_cursor").is_none(), "{unpaged}");
@@ -533,4 +533,79 @@ async fn subscribers_receive_only_the_tenants_they_name() {
     };
     assert_eq!(sessions_of(&our_log), [sessions[0].clone()], "the default tenant's only");
     assert_eq!(sessions_of(&their_log), [sessions[1].clone()], "acme's only");
+}
+
+/// A turn's journal comes a page at a time, in the order it was written, each step in its
+/// typed view; a turn of another session (or tenant) is not found, and a bad limit is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turns_steps_come_a_page_at_a_time() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["tenants", "create", "rival"]).ok();
+    let (rival, _) = super::support::token(&env, "rival", &["read"]);
+    let server = env.serve(&[]);
+    let source = |channel: &str| json!({ "platform": "http", "channel": channel, "actor": "u" });
+    let text = "/tool echo {\"text\":\"one\"}\n/tool echo {\"text\":\"two\"}";
+    let body = json!({ "agent": "ada", "text": text, "source": source("c"), "wait": true });
+    let (status, value) = server.send("POST", "/v1/events", None, Some(body)).await;
+    assert_eq!(status, 200, "{value}");
+    let session = value["session_id"].as_str().unwrap().to_owned();
+    let turn = value["turn_id"].as_str().unwrap().to_owned();
+    let steps = format!("/v1/sessions/{session}/turns/{turn}/steps");
+
+    let whole = server.get_json(&steps).await;
+    let keys: Vec<&str> =
+        whole["items"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(
+        keys,
+        [
+            "model/0",
+            "tool/0/0/start",
+            "tool/0/0/result",
+            "tool/0/1/start",
+            "tool/0/1/result",
+            "model/1"
+        ],
+        "{whole}"
+    );
+    assert!(whole.get("next_cursor").is_none(), "{whole}");
+    assert_eq!(whole["items"][2]["content"], "one", "{whole}");
+    assert_eq!(whole["items"][4]["kind"], "tool_result", "{whole}");
+    let turns = server.get_json(&format!("/v1/sessions/{session}/turns")).await;
+    assert_eq!(turns["items"][0]["step_count"], 6, "{turns}");
+
+    // Page by page, following `next_cursor`: the same steps, each once.
+    let mut paged = Vec::new();
+    let mut path = format!("{steps}?limit=4");
+    loop {
+        let page = server.get_json(&path).await;
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 4, "{page}");
+        paged.extend(items.iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("{steps}?limit=4&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(Value::from(paged), whole["items"]);
+    let past = server.get_json(&format!("{steps}?cursor=99")).await;
+    assert_eq!(past["items"], json!([]), "{past}");
+
+    // Another session's turn, an unknown one, and the rival's view: not found.
+    let body = json!({ "agent": "ada", "text": "hi", "source": source("other"), "wait": true });
+    let (_, other) = server.send("POST", "/v1/events", None, Some(body)).await;
+    let other = other["session_id"].as_str().unwrap();
+    for (path, token, code) in [
+        (format!("/v1/sessions/{other}/turns/{turn}/steps"), None, "turn_not_found"),
+        (format!("/v1/sessions/{session}/turns/{session}/steps"), None, "turn_not_found"),
+        (format!("/v1/sessions/{session}/turns/nope/steps"), None, "turn_not_found"),
+        (steps.clone(), Some(rival.as_str()), "session_not_found"),
+    ] {
+        let (status, body) = server.send("GET", &path, token, None).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (404, Some(code)), "{path}: {body}");
+    }
+    for query in ["limit=0", "limit=1001", "cursor=nope"] {
+        let (status, body) = server.send("GET", &format!("{steps}?{query}"), None, None).await;
+        assert_eq!(status, 400, "{query}: {body}");
+    }
 }

@@ -284,3 +284,14 @@ where
     tokio::spawn(async move { axum::serve(listener, app).await });
     url
 }
+
+/// Creates a token for `tenant` with `scopes`; its secret (and id, from the CLI's note).
+pub fn token(env: &Env, tenant: &str, scopes: &[&str]) -> (String, String) {
+    let mut args = vec!["--tenant", tenant, "tokens", "create", "--name", "test"];
+    for scope in scopes {
+        args.extend(["--scope", scope]);
+    }
+    let out = env.run(&args).ok();
+    let id = out.stderr.split_whitespace().nth(1).unwrap().to_owned();
+    (out.stdout.trim().to_owned(), id)
+}

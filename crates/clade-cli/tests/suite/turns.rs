@@ -252,17 +252,35 @@ async fn max_iterations_yields_and_resume_continues_the_turn() {
     let shown = env.run(&["sessions", "show", &session]).ok().stdout;
     assert!(shown.contains("· ledger.append") && shown.contains("· resumed"), "{shown}");
     assert!(!shown.contains("[yielded]"), "{shown}");
-    let steps = all[0]["steps"].as_array().unwrap();
-    let kinds: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(all[0]["step_count"], 5, "{all:?}");
+    let turn = turn.as_str().unwrap();
+    let page = server.get_json(&format!("/v1/sessions/{session}/turns/{turn}/steps")).await;
+    let steps = page["items"].as_array().unwrap();
+    let keys: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
     assert_eq!(
-        kinds,
+        keys,
         ["model/0", "tool/0/0/start", "tool/0/0/result", "resume/0", "model/1"],
         "{steps:?}"
     );
-    assert!(steps[0]["data"]["tools"].as_array().is_some_and(|t| !t.is_empty()), "{steps:?}");
+    let kinds: Vec<&str> = steps.iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["model_response", "tool_started", "tool_result", "resumed", "model_response"],
+        "{steps:?}"
+    );
+    assert!(steps[0]["tools"].as_array().is_some_and(|t| !t.is_empty()), "{steps:?}");
+    assert_eq!(steps[0]["tool_calls"][0]["name"], "ledger.append", "{steps:?}");
+    assert_eq!(steps[1]["name"], "ledger.append", "{steps:?}");
+    assert_eq!(steps[1]["effect"], "at_most_once", "{steps:?}");
+    assert_eq!((steps[1]["iteration"].as_u64(), steps[1]["index"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(steps[3]["n"], 0, "{steps:?}");
     // System, the user's message, the tool call and its result: nothing of the later turn.
-    assert_eq!(steps[4]["data"]["messages"], 4, "{steps:?}");
-    assert_eq!(steps[0]["data"]["request_sha256"].as_str().map(str::len), Some(64), "{steps:?}");
+    assert_eq!(steps[4]["messages"], 4, "{steps:?}");
+    assert_eq!(steps[0]["request_sha256"].as_str().map(str::len), Some(64), "{steps:?}");
+    // `sessions show --json` shows the same typed steps.
+    let shown = env.run(&["sessions", "show", &session, "--json"]).ok().stdout;
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(&shown["turns"][0]["steps"], &page["items"], "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -691,4 +709,124 @@ fn agent_references_in_configuration_are_checked() {
         let out = env.run(&["serve", "--listen", "127.0.0.1:0"]);
         assert!(out.code != 0 && out.stderr.contains(field), "{yaml}: {}", out.stderr);
     }
+}
+
+/// Every lifecycle event reads as `clade_protocol` says it does: each webhook body is a
+/// `WebhookEvent`, and each SSE event's data is its kind's data (`LifecycleEvent::from_parts`).
+/// The turn is made to announce every kind there is but a failure: it asks for an approval,
+/// calls a tool, yields at its model-call budget and is resumed; the deltas stream live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_lifecycle_event_reads_as_the_protocol_says() {
+    use clade_core::EventKind;
+    use clade_protocol::{LifecycleEvent, WebhookEvent};
+
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<axum::body::Bytes>::new()));
+    let hook = {
+        let bodies = bodies.clone();
+        serve_hook(move |body: axum::body::Bytes| {
+            bodies.lock().unwrap().push(body);
+            async { axum::http::StatusCode::OK }
+        })
+        .await
+    };
+    let stub = stub().await;
+    let mut env = setup(
+        &format!(
+            "models:\n  streamed:\n    provider: openai\n    model: stub+tps=200\n    base_url: {{stub}}/v1\n    api_key_env: STUB_KEY\n\
+             sessions:\n  max_iterations: 1\n\
+             tools:\n  approval_timeout_secs: 60\n  policy:\n    - {{ effect: ask, tool: echo }}\n\
+             subscribers:\n  - name: hook\n    url: {hook}\n    secret_env: HOOK_SECRET\n"
+        ),
+        Some(&stub),
+    );
+    env.vars.push(("HOOK_SECRET".into(), "s3cret".into()));
+    let server = env.serve(&[]);
+    let (status, answer, _) = post(&server, event("/tool echo {\"text\":\"hi\"}", "proto")).await;
+    assert_eq!(status, 202, "{answer}");
+    let session = answer["session_id"].as_str().unwrap().to_owned();
+    let mut stream = reqwest::Client::new()
+        .get(format!("{}/v1/sessions/{session}/events?after=0", server.url))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap();
+
+    // Approve the call, then resume the turn once it yielded.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let approval = loop {
+        let pending = server.get_json("/v1/approvals").await;
+        if let Some(id) = pending["items"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no approval was asked for");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let decision = json!({ "decision": "approve" });
+    let (status, body) =
+        server.send("POST", &format!("/v1/approvals/{approval}"), None, Some(decision)).await;
+    assert_eq!(status, 200, "{body}");
+    settled(&server, &session, 1).await;
+    let (status, body) =
+        server.send("POST", &format!("/v1/sessions/{session}/resume"), None, None).await;
+    assert_eq!((status, body["resumed_events"].as_u64()), (200, Some(1)), "{body}");
+
+    // The stream, up to the turn's end.
+    let mut parser = clade_model::sse::SseParser::default();
+    let mut streamed = Vec::new();
+    while !streamed.contains(&EventKind::TurnFinished) {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), stream.chunk())
+            .await
+            .expect("the stream went quiet before the turn finished")
+            .unwrap()
+            .unwrap();
+        let mut events = Vec::new();
+        parser.push(&chunk, &mut events).unwrap();
+        for event in events {
+            let kind = event.event.as_deref().and_then(EventKind::parse).unwrap();
+            let data: Value = serde_json::from_str(&event.data).unwrap();
+            LifecycleEvent::from_parts(kind, data.clone())
+                .unwrap_or_else(|e| panic!("{kind} on the stream: {e}: {data}"));
+            streamed.push(kind);
+        }
+    }
+    let committed: Vec<EventKind> = EventKind::ALL
+        .iter()
+        .copied()
+        .filter(|k| *k != EventKind::TurnFailed && *k != EventKind::TextDelta)
+        .collect();
+    for kind in committed.iter().chain([&EventKind::TextDelta]) {
+        assert!(streamed.contains(kind), "no {kind} on the stream: {streamed:?}");
+    }
+
+    // The webhook, once every committed kind arrived.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let delivered = loop {
+        let delivered: Vec<WebhookEvent> = bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|body| {
+                serde_json::from_slice(body).unwrap_or_else(|e| {
+                    panic!(
+                        "a webhook body is no WebhookEvent: {e}: {}",
+                        String::from_utf8_lossy(body)
+                    )
+                })
+            })
+            .collect();
+        let kinds: Vec<EventKind> = delivered.iter().map(|d| d.event.kind()).collect();
+        if committed.iter().all(|k| kinds.contains(k)) {
+            break delivered;
+        }
+        assert!(Instant::now() < deadline, "the webhook got only {kinds:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(delivered.iter().all(|d| d.session.as_deref() == Some(session.as_str())));
+    let requested = delivered.iter().find_map(|d| match &d.event {
+        LifecycleEvent::ApprovalRequested(requested) => Some(requested.clone()),
+        _ => None,
+    });
+    let requested = requested.unwrap();
+    assert_eq!((requested.approval.as_str(), requested.tool.as_str()), (approval.as_str(), "echo"));
+    assert_eq!(requested.arguments, json!({ "text": "hi" }));
 }

@@ -6,15 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clade_config::QueueMode;
-use clade_core::{Agent, AgentId, Clock, EventKind, SessionId, Tenant, Timestamp, TurnStatus};
+use clade_core::{Agent, AgentId, Clock, SessionId, Tenant, Timestamp, TurnStatus};
 use clade_store::{EventRow, OutboxEvent, OutboxRow, SessionRow, TurnOutcome};
 use futures::FutureExt as _;
-use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
 use super::context::Kept;
 use super::{Inner, Wake};
-use crate::hub::LiveEvent;
 
 /// One session's actor: runs its open events turn by turn, in arrival order, and leaves
 /// memory after being idle.
@@ -224,8 +222,14 @@ async fn fail_events(
         error: Some(reason.into()),
         model: None,
     };
-    let data = json!({ "turn": turn.id.to_string(), "error": reason });
-    match inner.store.finish_turn(&turn, outcome, vec![outbox(EventKind::TurnFailed, data)]).await {
+    let failed = clade_protocol::LifecycleEvent::turn_ended(clade_protocol::TurnEnded {
+        turn: turn.id.to_string(),
+        status: TurnStatus::Failed.into(),
+        reply: None,
+        error: Some(reason.into()),
+        model: None,
+    });
+    match inner.store.finish_turn(&turn, outcome, vec![OutboxEvent::from(&failed)]).await {
         Ok(rows) => {
             publish(inner, turn.agent_id, &rows);
             true
@@ -234,21 +238,8 @@ async fn fail_events(
     }
 }
 
-fn outbox(kind: EventKind, data: Value) -> OutboxEvent {
-    OutboxEvent { kind, data: data.to_string() }
-}
-
 pub(super) fn publish(inner: &Inner, agent: AgentId, rows: &[OutboxRow]) {
-    for row in rows {
-        if let Some(session) = row.session_id {
-            inner.hub.publish_with(agent, session, || LiveEvent {
-                session,
-                id: Some(row.id),
-                kind: row.kind,
-                data: serde_json::from_str(&row.data).unwrap_or(Value::Null),
-            });
-        }
-    }
+    inner.hub.publish_committed(agent, rows);
     if !rows.is_empty() {
         inner.outbox.notify_waiters();
     }

@@ -15,14 +15,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use clade_core::{EventKind, ProcessKind, StepKey, TurnStatus};
+use clade_core::{ProcessKind, StepKey, TurnStatus};
 use clade_model::{CallError, CallOutcome, Message, ModelRequest, StreamEvent, ToolCall, ToolSpec};
+use clade_protocol::LifecycleEvent;
 use clade_store::{
     AuditEntry, EventRow, JournalEntry, OutboxEvent, TurnOutcome, TurnRow, UsageRecord,
 };
 use clade_tools::EffectClass;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::context::{Composed, ContextSource, TurnInput};
@@ -49,7 +50,8 @@ pub(crate) trait Journal: Send + Sync {
 
     /// Streams an event to live subscribers only (text deltas; the start of a turn that is
     /// not committed yet).
-    fn live(&self, turn: &TurnRow, kind: EventKind, data: Value);
+    /// Passes a live-only event (or a lifecycle event ahead of its commit) to subscribers.
+    fn live(&self, turn: &TurnRow, event: &LifecycleEvent);
 
     /// Steer mode: messages that arrived since the turn started, now joined to it.
     fn steer(&mut self, turn: &TurnRow) -> impl Future<Output = Vec<String>> + Send;
@@ -162,6 +164,67 @@ pub(crate) struct ToolStep {
     pub is_error: bool,
 }
 
+/// A journal step as the API shows it: the typed view of the engine's own encoding. An entry
+/// that does not read as its kind says why (a damaged or foreign row).
+pub fn step_view(entry: &JournalEntry) -> Result<clade_protocol::TurnStep, String> {
+    use clade_protocol::TurnStep;
+    let unreadable =
+        |e: serde_json::Error| format!("journal step {} does not read: {e}", entry.step);
+    let step = entry.step.to_string();
+    Ok(match entry.step {
+        StepKey::Model { iteration } => {
+            let model: ModelStep = serde_json::from_str(&entry.data).map_err(unreadable)?;
+            TurnStep::ModelResponse {
+                step,
+                iteration,
+                model: model.model,
+                text: model.text,
+                tool_calls: model
+                    .tool_calls
+                    .into_iter()
+                    .map(|c| clade_protocol::ModelToolCall {
+                        id: c.id,
+                        name: c.name,
+                        arguments: c.arguments,
+                    })
+                    .collect(),
+                input_tokens: model.input_tokens,
+                output_tokens: model.output_tokens,
+                cost_micros: model.cost_micros,
+                route: model.route,
+                messages: model.messages as u64,
+                request_sha256: model.request_sha256,
+                tools: model.tools,
+            }
+        }
+        StepKey::ToolStart { iteration, index } => {
+            let called: clade_protocol::ToolCalled =
+                serde_json::from_str(&entry.data).map_err(unreadable)?;
+            TurnStep::ToolStarted {
+                step,
+                iteration,
+                index,
+                call: called.call,
+                name: called.name,
+                arguments: called.arguments,
+                effect: called.effect,
+                key: called.key,
+            }
+        }
+        StepKey::ToolResult { iteration, index } => {
+            let result: ToolStep = serde_json::from_str(&entry.data).map_err(unreadable)?;
+            TurnStep::ToolResult {
+                step,
+                iteration,
+                index,
+                content: result.content,
+                is_error: result.is_error,
+            }
+        }
+        StepKey::Resume { n } => TurnStep::Resumed { step, n },
+    })
+}
+
 /// Where the state machine stands.
 enum State {
     Compose,
@@ -225,11 +288,11 @@ pub(crate) async fn execute(
                         let turn_id = turn.id.to_string();
                         let mut on_event = |event: &StreamEvent| {
                             if let StreamEvent::TextDelta(text) = event {
-                                journal.live(
-                                    &turn,
-                                    EventKind::TextDelta,
-                                    json!({ "turn": turn_id, "text": text }),
-                                );
+                                let delta = clade_protocol::TextDelta {
+                                    turn: turn_id.clone(),
+                                    text: text.clone(),
+                                };
+                                journal.live(&turn, &delta.into());
                             }
                         };
                         // Request and response are journaled together, once the response is
@@ -351,15 +414,14 @@ fn model_step(outcome: &CallOutcome, request: &ModelRequest, tools_sha256: &str)
 
 /// The lifecycle event that announces a turn's outcome.
 pub(crate) fn outcome_event(turn: &TurnRow, outcome: &TurnOutcome) -> OutboxEvent {
-    let kind = outcome.status.end_event().unwrap_or(EventKind::TurnFailed);
-    let data = json!({
-        "turn": turn.id.to_string(),
-        "status": outcome.status.as_str(),
-        "reply": outcome.reply,
-        "error": outcome.error,
-        "model": outcome.model,
+    let ended = clade_protocol::LifecycleEvent::turn_ended(clade_protocol::TurnEnded {
+        turn: turn.id.to_string(),
+        status: outcome.status.into(),
+        reply: outcome.reply.clone(),
+        error: outcome.error.clone(),
+        model: outcome.model.clone(),
     });
-    OutboxEvent { kind, data: data.to_string() }
+    OutboxEvent::from(&ended)
 }
 
 /// The model's context: each source's part of the system prompt, in order, then the earlier
@@ -423,17 +485,22 @@ async fn dispatch<H: Hands>(
                         let recorded = if started_before {
                             hands.record_decision(&authorized).await
                         } else {
-                            let data = json!({ "call": call.id, "name": call.name, "arguments": args, "effect": effect.as_str(), "key": key });
+                            // The journal's start is the announcement's data: one encoding.
+                            let called = LifecycleEvent::from(clade_protocol::ToolCalled {
+                                call: call.id.clone(),
+                                name: call.name.clone(),
+                                arguments: args.clone(),
+                                effect: effect.as_str().to_owned(),
+                                key: key.clone(),
+                            });
+                            let announced = OutboxEvent::from(&called);
                             let write = Write {
                                 step: Some(JournalEntry {
                                     step: start_step,
-                                    data: data.to_string(),
+                                    data: announced.data.clone(),
                                 }),
                                 audit: Some(hands.audit(&authorized)),
-                                outbox: vec![OutboxEvent {
-                                    kind: EventKind::ToolCalled,
-                                    data: data.to_string(),
-                                }],
+                                outbox: vec![announced],
                                 ..Write::default()
                             };
                             journal.write(turn, write).await?;
@@ -456,13 +523,18 @@ async fn dispatch<H: Hands>(
             }
         }
     };
-    let announced = json!({ "call": call.id, "name": call.name, "content": result.content, "is_error": result.is_error });
+    let returned = LifecycleEvent::from(clade_protocol::ToolReturned {
+        call: call.id.clone(),
+        name: call.name.clone(),
+        content: result.content.clone(),
+        is_error: result.is_error,
+    });
     let write = Write {
         step: Some(JournalEntry {
             step: result_step,
             data: serde_json::to_string(&result).unwrap_or_default(),
         }),
-        outbox: vec![OutboxEvent { kind: EventKind::ToolResult, data: announced.to_string() }],
+        outbox: vec![OutboxEvent::from(&returned)],
         ..Write::default()
     };
     journal.write(turn, write).await?;
@@ -530,10 +602,11 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use clade_core::{
-        AgentId, AuditKind, EventId, EventStatus, SessionId, TenantId, Timestamp, TurnId,
+        AgentId, AuditKind, EventId, EventKind, EventStatus, SessionId, TenantId, Timestamp, TurnId,
     };
     use clade_model::{ModelResponse, Usage};
     use futures::future::BoxFuture;
+    use serde_json::json;
 
     use super::*;
 
@@ -603,8 +676,8 @@ mod tests {
             Ok(())
         }
 
-        fn live(&self, _: &TurnRow, kind: EventKind, _: Value) {
-            self.live.lock().unwrap().push(kind);
+        fn live(&self, _: &TurnRow, event: &LifecycleEvent) {
+            self.live.lock().unwrap().push(event.kind());
         }
 
         async fn steer(&mut self, _: &TurnRow) -> Vec<String> {

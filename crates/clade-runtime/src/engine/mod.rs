@@ -21,6 +21,8 @@ mod context;
 mod executor;
 mod turn;
 
+pub use executor::step_view;
+
 use actor::{actor, publish};
 use context::{Checked, Persona};
 

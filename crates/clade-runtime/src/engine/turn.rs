@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use clade_core::{Agent, EventId, EventKind, ProcessKind, Tenant, Timestamp};
+use clade_core::{Agent, EventId, ProcessKind, Tenant, Timestamp};
 use clade_model::{CallError, CallOutcome, ModelRequest, StreamEvent, ToolCall, ToolSpec};
+use clade_protocol::LifecycleEvent;
 use clade_store::{AuditEntry, EventRow, OutboxEvent, TurnRow, UsageRecord};
 use clade_tools::{EffectClass, Tool};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::Inner;
@@ -56,15 +57,14 @@ pub(super) async fn run_turn(
     let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
     let mut journal = StoreJournal { inner, events: ids, announce: None, ended_at: None };
     if !resumed {
-        let data = json!({
-            "events": journal.events.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "agent": agent.handle.as_str(),
-            "turn": turn.id.to_string(),
+        let started = LifecycleEvent::from(clade_protocol::TurnStarted {
+            turn: turn.id.to_string(),
+            agent: agent.handle.as_str().to_owned(),
+            events: journal.events.iter().map(ToString::to_string).collect(),
         });
         // Live at once, so streaming clients can follow; the outbox row commits with the turn.
-        journal.live(&turn, EventKind::TurnStarted, data.clone());
-        journal.announce =
-            Some(OutboxEvent { kind: EventKind::TurnStarted, data: data.to_string() });
+        journal.live(&turn, &started);
+        journal.announce = Some(OutboxEvent::from(&started));
     }
     let thinker = AgentModel { inner, tenant, agent };
     let hands = AgentTools {
@@ -163,13 +163,13 @@ impl Journal for StoreJournal<'_> {
         Ok(())
     }
 
-    fn live(&self, turn: &TurnRow, kind: EventKind, data: Value) {
+    fn live(&self, turn: &TurnRow, event: &LifecycleEvent) {
         let session = turn.session_id;
         self.inner.hub.publish_with(turn.agent_id, session, || LiveEvent {
             session,
             id: None,
-            kind,
-            data,
+            kind: event.kind(),
+            data: event.data(),
         });
     }
 

@@ -1,12 +1,11 @@
-//! The public wire types of the HTTP API (snake_case JSON, timestamps as integer milliseconds).
-//!
-//! These are separate from `clade-core`'s domain types on purpose: the wire format is a
-//! contract with clients and changes only deliberately, and the committed OpenAPI document
-//! (checked by a test) makes every change visible in review.
+//! The REST resources' bodies and queries (snake_case JSON, timestamps as integer
+//! milliseconds).
 
-use clade_core::Agent;
+use clade_core::{Agent, ApprovalStatus, AuditKind, TurnStatus};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::Spelled;
 
 /// An agent as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -65,25 +64,61 @@ pub struct AgentListResponse {
     pub next_cursor: Option<String>,
 }
 
-/// Query of a paginated list (`GET /v1/agents`, `GET /v1/sessions/{id}/turns`).
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+/// The largest page a list gives.
+pub const MAX_PAGE: u32 = 1000;
+/// A list's page when its query names no `limit`.
+pub const DEFAULT_PAGE: u32 = 100;
+
+/// Query of `GET /v1/agents`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PageQuery {
-    /// Page size, 1-1000 (default 100).
+pub struct AgentsQuery {
+    /// Page size.
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_PAGE), extend("default" = DEFAULT_PAGE))]
     pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page: the handle the next page starts after.
     #[serde(default)]
+    #[schemars(pattern(clade_core::HANDLE_PATTERN), length(max = 64))]
     pub cursor: Option<String>,
 }
 
+/// Query of `GET /v1/sessions/{id}/turns`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TurnsQuery {
+    /// Page size.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_PAGE), extend("default" = DEFAULT_PAGE))]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page: the turn the next page starts after.
+    #[serde(default)]
+    #[schemars(extend("format" = "uuid"))]
+    pub cursor: Option<String>,
+}
+
+/// Query of `GET /v1/sessions/{id}/turns/{turn}/steps`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepsQuery {
+    /// Page size.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_PAGE), extend("default" = DEFAULT_PAGE))]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page: how many steps came before the next one (a
+    /// journal only grows at its end, so a position stays put).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = u64::MAX))]
+    pub cursor: Option<u64>,
+}
+
 /// Every error body.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorResponse {
     pub error: ErrorBody,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     /// Stable, machine-readable code; see docs/errors.md.
     pub code: String,
@@ -97,9 +132,11 @@ pub struct ErrorBody {
 pub struct UsageQuery {
     /// Only this agent's calls (by handle).
     #[serde(default)]
+    #[schemars(pattern(clade_core::HANDLE_PATTERN), length(max = 64))]
     pub agent: Option<String>,
     /// Unix milliseconds; default 30 days ago.
     #[serde(default)]
+    #[schemars(range(min = i64::MIN, max = i64::MAX))]
     pub since: Option<i64>,
 }
 
@@ -172,9 +209,9 @@ pub struct EventResponse {
     pub session_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub turn_id: Option<String>,
-    /// `completed`, `failed` or `yielded` (with `wait`).
+    /// How the turn ended (with `wait`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    pub status: Option<Spelled<TurnStatus>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply: Option<ReplyBody>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -201,7 +238,7 @@ pub struct SessionResponse {
     pub last_active_channel: String,
     /// The session's own queue mode, when one was set; otherwise its agent's applies.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub queue_mode: Option<String>,
+    pub queue_mode: Option<QueueMode>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -213,7 +250,17 @@ pub struct SessionUpdate {
     /// `queue`, `coalesce` or `steer`; null or absent to follow the agent's mode
     /// (`sessions.agents.<handle>.queue_mode`, else `sessions.queue_mode`).
     #[serde(default)]
-    pub queue_mode: Option<clade_config::QueueMode>,
+    pub queue_mode: Option<QueueMode>,
+}
+
+/// Messages arriving during a turn: `queue` runs them as the next turns, `coalesce` runs a
+/// burst as one turn, `steer` injects them into the running turn between tool calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueMode {
+    Queue,
+    Coalesce,
+    Steer,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -225,10 +272,13 @@ pub struct SessionListResponse {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionsQuery {
+    /// Only this agent's sessions (by handle).
     #[serde(default)]
+    #[schemars(pattern(clade_core::HANDLE_PATTERN), length(max = 64))]
     pub agent: Option<String>,
-    /// 1-1000, default 100.
+    /// How many.
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_PAGE), extend("default" = DEFAULT_PAGE))]
     pub limit: Option<u32>,
 }
 
@@ -236,8 +286,7 @@ pub struct SessionsQuery {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct TurnResponse {
     pub id: String,
-    /// `running`, `completed`, `failed` or `yielded`.
-    pub status: String,
+    pub status: Spelled<TurnStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -252,19 +301,9 @@ pub struct TurnResponse {
     pub finished_at: Option<i64>,
     pub events: Vec<TurnEvent>,
     pub usage: TurnUsageBody,
-    /// The turn's journal, in the order it was written: every model call (`model_response`,
-    /// with a fingerprint of its request), tool call (`tool_started`, `tool_result`) and resume.
-    pub steps: Vec<TurnStep>,
-}
-
-/// One journaled step of a turn.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct TurnStep {
-    /// `model/{i}`, `tool/{i}/{j}/start`, `tool/{i}/{j}/result` or `resume/{n}`.
-    pub step: String,
-    /// `model_response`, `tool_started`, `tool_result` or `resumed`.
-    pub kind: String,
-    pub data: serde_json::Value,
+    /// How many steps the turn's journal holds: its model calls, tool calls and resumes.
+    /// `GET /v1/sessions/{id}/turns/{turn}/steps` lists them, a page at a time.
+    pub step_count: u64,
 }
 
 /// What a turn's model calls consumed (tokens as reported by the provider, cost from the
@@ -349,8 +388,7 @@ pub struct ApprovalResponse {
     pub arguments_hash: String,
     /// Why it was asked.
     pub reason: String,
-    /// `pending`, `approved`, `denied` or `expired`.
-    pub status: String,
+    pub status: Spelled<ApprovalStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -374,13 +412,38 @@ pub struct ApprovalListResponse {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalsQuery {
-    /// `pending` (default), `approved`, `denied`, `expired` or `all`.
+    /// Only approvals of this status (default `pending`), or `all`.
     #[serde(default)]
+    #[schemars(with = "Option<ApprovalFilter>")]
     pub status: Option<String>,
-    /// 1-1000 (default 100).
+    /// How many, newest first.
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_PAGE), extend("default" = DEFAULT_PAGE))]
     pub limit: Option<u32>,
 }
+
+/// An approval list's `status` filter: a status, or `all` (its schema; the handler reads the
+/// text and names the choices when it is none of them).
+pub struct ApprovalFilter;
+
+impl JsonSchema for ApprovalFilter {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("ApprovalFilter")
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let words: Vec<&str> =
+            ApprovalStatus::ALL.iter().map(|s| s.as_str()).chain([APPROVALS_ALL]).collect();
+        schemars::json_schema!({
+            "type": "string",
+            "enum": words,
+            "default": ApprovalStatus::Pending.as_str(),
+        })
+    }
+}
+
+/// The approval list's filter for every status.
+pub const APPROVALS_ALL: &str = "all";
 
 /// Body of `POST /v1/approvals/{id}`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -429,6 +492,7 @@ pub struct GrantListResponse {
 pub struct GrantsQuery {
     /// Only this agent's grants (by handle).
     #[serde(default)]
+    #[schemars(pattern(clade_core::HANDLE_PATTERN), length(max = 64))]
     pub agent: Option<String>,
 }
 
@@ -451,7 +515,7 @@ pub struct CreateGrantParams {
     pub resource: Option<String>,
     /// What an allowed call may do beyond the sandbox's defaults.
     #[serde(default)]
-    pub constraints: Option<clade_config::Constraints>,
+    pub constraints: Option<GrantConstraints>,
     /// Delegate from this grant: the new one may only narrow it.
     #[serde(default)]
     #[schemars(extend("format" = "uuid"))]
@@ -462,6 +526,32 @@ pub struct CreateGrantParams {
     pub expires_in_secs: Option<u64>,
 }
 
+/// What an allowed call may do beyond the sandbox's defaults (`tools.policy`'s `constraints`
+/// in clade.yaml, the same fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantConstraints {
+    /// `shell.exec`: the command may reach the network, through Clade's egress proxy, which
+    /// refuses loopback, private, link-local and metadata addresses.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub network: bool,
+    /// `http.request` and a networked `shell.exec`: loopback, private, link-local and shared
+    /// addresses may be reached too (cloud metadata never).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub private_network: bool,
+    /// A networked `shell.exec`: only these destinations, as `host` or `host:port` patterns
+    /// (`*.github.com`, `127.0.0.1:8080`); empty means any the address rules allow.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// `shell.exec`: agent secrets passed as environment variables of the same name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
 /// One audit record.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -470,9 +560,7 @@ pub struct AuditRecord {
     pub at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
-    /// `tool.decision`, `tool.result`, `approval.requested`, `approval.decided`,
-    /// `grant.added` or `grant.revoked`.
-    pub kind: String,
+    pub kind: Spelled<AuditKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -506,24 +594,41 @@ pub struct AuditVerifyResponse {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
+    /// Only this agent's records (by handle).
     #[serde(default)]
+    #[schemars(pattern(clade_core::HANDLE_PATTERN), length(max = 64))]
     pub agent: Option<String>,
+    /// Only this tool's records.
     #[serde(default)]
     pub tool: Option<String>,
     /// Unix milliseconds.
     #[serde(default)]
+    #[schemars(range(min = i64::MIN, max = i64::MAX))]
     pub since: Option<i64>,
+    /// Unix milliseconds.
     #[serde(default)]
+    #[schemars(range(min = i64::MIN, max = i64::MAX))]
     pub until: Option<i64>,
-    /// Records after this sequence number.
+    /// Records after this sequence number (the previous page's `next_after`).
     #[serde(default)]
+    #[schemars(range(min = i64::MIN, max = i64::MAX))]
     pub after: Option<i64>,
-    /// 1-1000 (default 100).
+    /// How many.
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_PAGE), extend("default" = DEFAULT_PAGE))]
     pub limit: Option<u32>,
     /// Also verify the whole chain.
     #[serde(default)]
     pub verify: Option<bool>,
+}
+
+/// Query of `GET /v1/sessions/{id}/events`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+pub struct StreamQuery {
+    /// As `Last-Event-ID`: the id of an event this stream sent (0: from the start).
+    #[serde(default)]
+    #[schemars(with = "Option<u64>", range(min = 0, max = u64::MAX))]
+    pub after: Option<String>,
 }
 
 /// The longest a grant may be made for: a hundred years, in seconds.

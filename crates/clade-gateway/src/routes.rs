@@ -1,0 +1,523 @@
+//! Every route, declared once: its method and path, its handler, the scopes that may call it,
+//! and what it takes and answers. The router ([`crate::router`]), the scope check
+//! (`auth.rs`, through [`crate::scopes`]) and the OpenAPI document ([`crate::openapi`]) are all
+//! read from [`OPERATIONS`], so a route cannot be served without being documented, documented
+//! without being served, or called without a scope check.
+//!
+//! An operation's query parameters come from its query type's schema (the type its handler
+//! extracts), its bodies from the request and response types (`clade-protocol`); only path and
+//! header parameters and the prose are written here.
+
+use axum::routing::{MethodRouter, delete, get, patch, post};
+use clade_core::Scope::{self, Admin, Approve, Operate, Read, Send};
+use clade_protocol as api;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+
+use crate::{AppState, agents, events, sessions, tools, usage, ws};
+
+/// A schema built by the document's one generator: a `$ref` to a component for a named type.
+pub(crate) type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+/// One method on one path.
+pub struct Operation {
+    /// `GET`, `POST`, …
+    pub method: &'static str,
+    /// As routed, with `{…}` parameters.
+    pub path: &'static str,
+    /// Any one of these lets a token call it; empty for the public routes (no token).
+    pub scopes: &'static [Scope],
+    pub summary: &'static str,
+    pub description: Option<&'static str>,
+    /// Path and header parameters.
+    pub(crate) params: &'static [Param],
+    /// The query type its handler extracts: one parameter per field.
+    pub(crate) query: Option<SchemaFn>,
+    /// The body type its handler extracts.
+    pub(crate) body: Option<SchemaFn>,
+    /// What it answers, besides the statuses every /v1 route may answer (added by
+    /// `openapi.rs`).
+    pub(crate) responses: &'static [Reply],
+    pub(crate) handler: fn() -> MethodRouter<AppState>,
+}
+
+/// A path or header parameter.
+pub(crate) struct Param {
+    pub name: &'static str,
+    pub location: &'static str,
+    pub required: bool,
+    pub description: Option<&'static str>,
+    pub schema: SchemaFn,
+}
+
+/// One documented answer.
+pub(crate) struct Reply {
+    pub status: &'static str,
+    pub description: &'static str,
+    pub body: Option<SchemaFn>,
+    /// A body that is not JSON (`text/event-stream`).
+    pub media: Option<&'static str>,
+}
+
+fn of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
+}
+
+/// The schema of a query type itself, whose fields become parameters.
+fn fields<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    T::json_schema(generator)
+}
+
+const fn ok(status: &'static str, description: &'static str, body: SchemaFn) -> Reply {
+    Reply { status, description, body: Some(body), media: None }
+}
+
+const fn empty(status: &'static str, description: &'static str) -> Reply {
+    Reply { status, description, body: None, media: None }
+}
+
+const fn error(status: &'static str, description: &'static str) -> Reply {
+    Reply { status, description, body: Some(of::<api::ErrorResponse>), media: None }
+}
+
+fn handle_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "string", "pattern": clade_core::HANDLE_PATTERN, "maxLength": 64 })
+}
+
+fn uuid_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "string", "format": "uuid" })
+}
+
+fn text_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "string" })
+}
+
+fn stream_id_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "integer", "minimum": 0, "maximum": u64::MAX })
+}
+
+fn words(words: &'static [&'static str]) -> Schema {
+    json_schema!({ "type": "string", "enum": words })
+}
+
+fn audit_answer(generator: &mut SchemaGenerator) -> Schema {
+    let page = generator.subschema_for::<api::AuditResponse>();
+    let verified = generator.subschema_for::<api::AuditVerifyResponse>();
+    json_schema!({ "oneOf": [page, verified] })
+}
+
+const fn path(name: &'static str, schema: SchemaFn) -> Param {
+    Param { name, location: "path", required: true, description: None, schema }
+}
+
+const HANDLE: Param = path("handle", handle_schema);
+const SESSION: Param = path("id", uuid_schema);
+const ID: Param = path("id", uuid_schema);
+const TOOL: Param = path("name", text_schema);
+const TURN: Param = path("turn", uuid_schema);
+
+/// The WebSocket handshake's headers (RFC 6455), so a client generated from the document
+/// sends a real upgrade.
+const WS_HEADERS: &[Param] = &[
+    Param {
+        name: "Connection",
+        location: "header",
+        required: true,
+        description: None,
+        schema: |_| words(&["Upgrade"]),
+    },
+    Param {
+        name: "Upgrade",
+        location: "header",
+        required: true,
+        description: None,
+        schema: |_| words(&["websocket"]),
+    },
+    Param {
+        name: "Sec-WebSocket-Version",
+        location: "header",
+        required: true,
+        description: None,
+        schema: |_| words(&["13"]),
+    },
+    Param {
+        name: "Sec-WebSocket-Key",
+        location: "header",
+        required: true,
+        description: None,
+        schema: |_| json_schema!({ "type": "string", "pattern": "^[A-Za-z0-9+/]{22}==$" }),
+    },
+];
+
+/// An operation with nothing but its route and prose; the table fills in the rest.
+const fn op(
+    method: &'static str,
+    path: &'static str,
+    scopes: &'static [Scope],
+    summary: &'static str,
+    handler: fn() -> MethodRouter<AppState>,
+) -> Operation {
+    Operation {
+        method,
+        path,
+        scopes,
+        summary,
+        description: None,
+        params: &[],
+        query: None,
+        body: None,
+        responses: &[],
+        handler,
+    }
+}
+
+/// Every route the gateway serves.
+pub static OPERATIONS: &[Operation] = &[
+    Operation {
+        responses: &[empty("200", "alive")],
+        ..op("GET", "/healthz", &[], "Liveness: the process is up", || get(crate::healthz))
+    },
+    Operation {
+        responses: &[
+            ok("200", "ready or degraded", of::<api::ReadinessResponse>),
+            ok("503", "store unavailable", of::<api::ReadinessResponse>),
+        ],
+        ..op(
+            "GET",
+            "/readyz",
+            &[],
+            "Readiness: the store answers. `sandbox` reports the sandbox's self-check (off, checking, ready, or broken with its reason); a broken sandbox makes the status `degraded`: chat works, host-touching tools are refused",
+            || get(crate::readyz),
+        )
+    },
+    Operation {
+        responses: &[empty("200", "OpenAPI 3.1 document")],
+        ..op("GET", "/openapi.json", &[], "This document", || get(crate::openapi_json))
+    },
+    Operation {
+        query: Some(fields::<api::AgentsQuery>),
+        responses: &[ok("200", "one page", of::<api::AgentListResponse>)],
+        ..op("GET", "/v1/agents", &[Read], "List the caller's agents, ordered by handle", || {
+            get(agents::list)
+        })
+    },
+    Operation {
+        body: Some(of::<api::CreateAgentParams>),
+        responses: &[
+            ok("201", "created", of::<api::AgentResponse>),
+            error("400", "invalid body or handle"),
+            error("409", "handle already taken in this tenant"),
+            error("429", "the tenant has as many agents as its quota allows (`quota_exceeded`)"),
+            error("422", "unknown template"),
+        ],
+        ..op("POST", "/v1/agents", &[Admin], "Create an agent", || post(agents::create))
+    },
+    Operation {
+        params: &[HANDLE],
+        responses: &[
+            ok("200", "the agent", of::<api::AgentResponse>),
+            error("404", "no such agent in the caller's tenant"),
+        ],
+        ..op("GET", "/v1/agents/{handle}", &[Read], "Show an agent", || get(agents::show))
+    },
+    Operation {
+        params: &[HANDLE],
+        responses: &[empty("204", "deleted"), error("404", "no such agent in the caller's tenant")],
+        ..op(
+            "DELETE",
+            "/v1/agents/{handle}",
+            &[Admin],
+            "Delete an agent with its sessions, secrets and workspace",
+            || delete(agents::delete),
+        )
+    },
+    Operation {
+        params: &[HANDLE],
+        responses: &[
+            ok("200", "tools", of::<api::ToolListResponse>),
+            error("404", "no such agent"),
+        ],
+        ..op(
+            "GET",
+            "/v1/agents/{handle}/tools",
+            &[Read],
+            "The tools an agent can call, with their argument schemas",
+            || get(tools::list),
+        )
+    },
+    Operation {
+        params: &[HANDLE, TOOL],
+        body: Some(of::<api::ToolCallParams>),
+        responses: &[
+            ok(
+                "200",
+                "the call's result (is_error when refused or failed)",
+                of::<api::ToolCallResponse>,
+            ),
+            error("400", "invalid body"),
+            error("404", "no such agent or tool"),
+        ],
+        ..op(
+            "POST",
+            "/v1/agents/{handle}/tools/{name}/call",
+            &[Operate],
+            "Run one tool call through the path a model's call takes: policy, approval (waits while asked), sandbox, audit",
+            || post(tools::call),
+        )
+    },
+    Operation {
+        query: Some(fields::<api::ApprovalsQuery>),
+        responses: &[
+            ok("200", "approvals", of::<api::ApprovalListResponse>),
+            error("400", "invalid query"),
+        ],
+        ..op(
+            "GET",
+            "/v1/approvals",
+            &[Read, Approve],
+            "Tool calls waiting for an operator (or decided ones, by status), newest first",
+            || get(tools::approvals),
+        )
+    },
+    Operation {
+        params: &[ID],
+        body: Some(of::<api::DecideApprovalParams>),
+        responses: &[
+            ok("200", "the decided approval", of::<api::ApprovalResponse>),
+            error("400", "invalid decision"),
+            error("404", "no such approval"),
+            error("409", "already decided"),
+        ],
+        ..op(
+            "POST",
+            "/v1/approvals/{id}",
+            &[Approve],
+            "Approve, deny, or approve always (adds an audited allow grant for this tool and resource)",
+            || post(tools::decide),
+        )
+    },
+    Operation {
+        query: Some(fields::<api::GrantsQuery>),
+        responses: &[
+            ok("200", "grants", of::<api::GrantListResponse>),
+            error("404", "no such agent"),
+        ],
+        ..op(
+            "GET",
+            "/v1/grants",
+            &[Read],
+            "Grants (policy rules per agent), revoked ones included",
+            || get(tools::grants),
+        )
+    },
+    Operation {
+        body: Some(of::<api::CreateGrantParams>),
+        responses: &[
+            ok("201", "created", of::<api::GrantResponse>),
+            error("400", "invalid grant, or wider than its parent"),
+            error("404", "no such agent or parent grant"),
+        ],
+        ..op(
+            "POST",
+            "/v1/grants",
+            &[Admin],
+            "Add a grant; with `parent`, a delegation that may only narrow its parent",
+            || post(tools::add_grant),
+        )
+    },
+    Operation {
+        params: &[ID],
+        responses: &[empty("204", "revoked"), error("404", "no such live grant")],
+        ..op(
+            "DELETE",
+            "/v1/grants/{id}",
+            &[Admin],
+            "Revoke a grant (and with it every grant delegated from it), from the next call on",
+            || delete(tools::revoke_grant),
+        )
+    },
+    Operation {
+        query: Some(fields::<api::AuditQuery>),
+        responses: &[ok(
+            "200",
+            "a page of records, or with verify=true whether the chain holds",
+            audit_answer,
+        )],
+        ..op(
+            "GET",
+            "/v1/audit",
+            &[Admin],
+            "The tenant's hash-chained audit log of tool calls, decisions, approvals and grant changes; `verify=true` checks the chain",
+            || get(tools::audit),
+        )
+    },
+    Operation {
+        query: Some(fields::<api::UsageQuery>),
+        responses: &[
+            ok("200", "usage", of::<api::UsageResponse>),
+            error("400", "invalid query"),
+            error("404", "no such agent in the caller's tenant"),
+        ],
+        ..op(
+            "GET",
+            "/v1/usage",
+            &[Read],
+            "Model usage and cost of the caller's tenant, per agent and model",
+            || get(usage::get),
+        )
+    },
+    Operation {
+        description: Some(
+            "The `Idempotency-Key` header may carry the key instead of the body's `idempotency_key` (printable ASCII, 1-256 characters); sent both ways, the two must be equal.",
+        ),
+        body: Some(of::<api::EventParams>),
+        responses: &[
+            ok("200", "with wait: the finished turn", of::<api::EventResponse>),
+            ok("202", "stored; the turn runs", of::<api::EventResponse>),
+            error("400", "invalid body"),
+            error("404", "no such agent"),
+            error("409", "idempotency key reused with another payload"),
+            error("422", "no agent named and no binding matches"),
+            error(
+                "429",
+                "the session's queue is full, or the tenant sends events faster than its quota (`rate_limited`; see Retry-After), or the store holds as many bytes for the tenant as its `stored_bytes` quota allows (`quota_exceeded`)",
+            ),
+        ],
+        ..op(
+            "POST",
+            "/v1/events",
+            &[Send],
+            "Send an event to an agent; answered once it is durably stored",
+            || post(events::post),
+        )
+    },
+    Operation {
+        query: Some(fields::<api::SessionsQuery>),
+        responses: &[ok("200", "sessions", of::<api::SessionListResponse>)],
+        ..op(
+            "GET",
+            "/v1/sessions",
+            &[Read],
+            "The caller's sessions, most recently active first",
+            || get(sessions::list),
+        )
+    },
+    Operation {
+        params: &[SESSION],
+        responses: &[
+            ok("200", "the session", of::<api::SessionResponse>),
+            error("404", "no such session"),
+        ],
+        ..op("GET", "/v1/sessions/{id}", &[Read], "A session", || get(sessions::show))
+    },
+    Operation {
+        params: &[SESSION],
+        body: Some(of::<api::SessionUpdate>),
+        responses: &[
+            ok("200", "the session", of::<api::SessionResponse>),
+            error("400", "malformed body or unknown queue mode"),
+            error("404", "no such session"),
+        ],
+        ..op(
+            "PATCH",
+            "/v1/sessions/{id}",
+            &[Operate],
+            "Set the session's own settings (its queue mode)",
+            || patch(sessions::update),
+        )
+    },
+    Operation {
+        params: &[SESSION],
+        query: Some(fields::<api::TurnsQuery>),
+        responses: &[
+            ok("200", "one page", of::<api::TurnListResponse>),
+            error("400", "invalid query or cursor"),
+            error("404", "no such session"),
+        ],
+        ..op(
+            "GET",
+            "/v1/sessions/{id}/turns",
+            &[Read],
+            "A session's turns, oldest first, a page at a time, each with its events, usage and how many journal steps it has",
+            || get(sessions::turns),
+        )
+    },
+    Operation {
+        params: &[SESSION, TURN],
+        query: Some(fields::<api::StepsQuery>),
+        responses: &[
+            ok("200", "one page", of::<api::TurnStepPage>),
+            error("400", "invalid query or cursor"),
+            error("404", "no such session, or no such turn in it"),
+        ],
+        ..op(
+            "GET",
+            "/v1/sessions/{id}/turns/{turn}/steps",
+            &[Read],
+            "A turn's journal, a page at a time, in the order it was written: every model call (with a fingerprint of its request), tool call and resume",
+            || get(sessions::steps),
+        )
+    },
+    Operation {
+        description: Some(
+            "Each event's `event:` is its kind and its `data:` the kind's data (`LifecycleEvent` in the components); `text.delta` events are live only and carry no id. A stream whose token is revoked ends with an `error` event (`ErrorBody`).",
+        ),
+        params: &[
+            SESSION,
+            Param {
+                name: "Last-Event-ID",
+                location: "header",
+                required: false,
+                description: Some("the id of the last event this stream sent; 0 from the start"),
+                schema: stream_id_schema,
+            },
+        ],
+        query: Some(fields::<api::StreamQuery>),
+        responses: &[
+            Reply {
+                status: "200",
+                description: "the stream",
+                body: None,
+                media: Some("text/event-stream"),
+            },
+            error("404", "no such session"),
+        ],
+        ..op(
+            "GET",
+            "/v1/sessions/{id}/events",
+            &[Read],
+            "Server-Sent Events: lifecycle events (resumable with Last-Event-ID or ?after=) and live text deltas",
+            || get(sessions::stream),
+        )
+    },
+    Operation {
+        params: &[SESSION],
+        responses: &[
+            ok("200", "how many events run again", of::<api::ResumeResponse>),
+            error("404", "no such session"),
+        ],
+        ..op("POST", "/v1/sessions/{id}/resume", &[Operate], "Run a yielded turn again", || {
+            post(sessions::resume)
+        })
+    },
+    Operation {
+        params: &[SESSION],
+        responses: &[
+            ok("200", "whether a turn was running", of::<api::CancelResponse>),
+            error("404", "no such session"),
+        ],
+        ..op("POST", "/v1/sessions/{id}/cancel", &[Operate], "Cancel the running turn", || {
+            post(sessions::cancel)
+        })
+    },
+    Operation {
+        description: Some(
+            "Client messages are `ClientFrame`s, server messages `ServerFrame`s (both in the components): subscribe to a session or to all of an agent's sessions, then receive their events.",
+        ),
+        params: WS_HEADERS,
+        responses: &[
+            empty("101", "switching protocols"),
+            error("400", "not a WebSocket upgrade request"),
+        ],
+        ..op("GET", "/v1/ws", &[Read], "WebSocket of live events", || get(ws::upgrade))
+    },
+];

@@ -1,0 +1,361 @@
+//! Lifecycle events, as every channel carries them: an SSE stream (`event:` is the kind, `data:`
+//! the event's data), a WebSocket frame (`kind` and `data`), and a webhook's body
+//! ([`WebhookEvent`]: `type` and `data` beside the envelope).
+//!
+//! [`LifecycleEvent`] is tagged by `type`; its data is one struct per kind. The runtime and the
+//! store write the outbox through these types, so what a client reads is what this crate says.
+
+use std::borrow::Cow;
+
+use clade_core::{ApprovalStatus, EventKind, TurnStatus};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use crate::{ErrorBody, Spelled};
+
+/// `turn.started`: a turn took the session's waiting events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TurnStarted {
+    pub turn: String,
+    /// The agent's handle.
+    pub agent: String,
+    /// The events the turn answers, in session order.
+    pub events: Vec<String>,
+}
+
+/// `turn.finished`, `turn.failed` or `turn.yielded`: how a turn ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TurnEnded {
+    pub turn: String,
+    pub status: Spelled<TurnStatus>,
+    #[serde(default)]
+    pub reply: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The model that gave the last answer.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// `turn.resumed`: a yielded turn runs on from its journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TurnResumed {
+    pub turn: String,
+    /// How many times the turn has been resumed, this one included.
+    pub resumes: u64,
+}
+
+/// `text.delta` (live only, never in the outbox): part of a model's answer as it streams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TextDelta {
+    pub turn: String,
+    pub text: String,
+}
+
+/// `tool.called`: a model's tool call passed policy and is about to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolCalled {
+    /// The model's id for the call.
+    pub call: String,
+    pub name: String,
+    /// The arguments as the model wrote them (a string when they were not valid JSON).
+    pub arguments: Value,
+    /// `pure`, `idempotent` or `at_most_once`: what a crash recovery may repeat.
+    pub effect: String,
+    /// The call's idempotency key, the same on every attempt.
+    pub key: String,
+}
+
+/// `tool.result`: what a tool call gave back to the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolReturned {
+    pub call: String,
+    pub name: String,
+    pub content: String,
+    pub is_error: bool,
+}
+
+/// `approval.requested`: a tool call waits for an operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalRequested {
+    pub approval: String,
+    pub tool: String,
+    /// What policy patterns match: a path, host or command line.
+    pub resource: String,
+    /// The exact arguments that run if approved.
+    pub arguments: Value,
+    /// SHA-256 of tool and arguments; the executed call must match it.
+    pub arguments_hash: String,
+    /// Why it was asked.
+    pub reason: String,
+    /// Unix milliseconds; unanswered by then, it expires (a denial).
+    pub expires_at: i64,
+}
+
+/// `approval.decided`: an operator, a timeout or the turn's end decided an approval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalDecided {
+    pub approval: String,
+    pub status: Spelled<ApprovalStatus>,
+}
+
+/// Declares [`LifecycleEvent`] with one variant per kind and its data type, and the code that
+/// maps between the two: the kind's spelling comes from `clade-core` alone.
+macro_rules! lifecycle_events {
+    (@from From $variant:ident $data:ty) => {
+        impl From<$data> for LifecycleEvent {
+            fn from(data: $data) -> Self {
+                Self::$variant(data)
+            }
+        }
+    };
+    ($($variant:ident($data:ty) $([$from:ident])?,)+) => {
+        $($(lifecycle_events!(@from $from $variant $data);)?)+
+
+        /// A lifecycle event: its kind (`type`) and its data.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum LifecycleEvent {
+            $($variant($data),)+
+        }
+
+        impl LifecycleEvent {
+            /// Its kind.
+            pub fn kind(&self) -> EventKind {
+                match self {
+                    $(Self::$variant(_) => EventKind::$variant,)+
+                }
+            }
+
+            /// Its data as JSON.
+            pub fn data(&self) -> Value {
+                match self {
+                    $(Self::$variant(data) => serde_json::to_value(data).unwrap_or(Value::Null),)+
+                }
+            }
+
+            /// Its data as JSON text, as the outbox stores it.
+            pub fn data_text(&self) -> String {
+                match self {
+                    $(Self::$variant(data) => serde_json::to_string(data).unwrap_or_default(),)+
+                }
+            }
+
+            /// The event of `kind` whose data is `data`; an error names what does not fit.
+            pub fn from_parts(kind: EventKind, data: Value) -> Result<Self, serde_json::Error> {
+                Ok(match kind {
+                    $(EventKind::$variant => Self::$variant(serde_json::from_value(data)?),)+
+                })
+            }
+
+            /// The schema of each kind's data, by kind.
+            fn data_schemas(generator: &mut SchemaGenerator) -> Vec<(EventKind, Schema)> {
+                vec![$((EventKind::$variant, generator.subschema_for::<$data>()),)+]
+            }
+        }
+
+    };
+}
+
+// `[From]`: the event is made `From` its data, which belongs to that kind alone ([`TurnEnded`]
+// belongs to three: see [`LifecycleEvent::turn_ended`]).
+lifecycle_events! {
+    TurnStarted(TurnStarted) [From],
+    TurnFinished(TurnEnded),
+    TurnFailed(TurnEnded),
+    TurnYielded(TurnEnded),
+    TurnResumed(TurnResumed) [From],
+    TextDelta(TextDelta) [From],
+    ToolCalled(ToolCalled) [From],
+    ToolResult(ToolReturned) [From],
+    ApprovalRequested(ApprovalRequested) [From],
+    ApprovalDecided(ApprovalDecided) [From],
+}
+
+impl LifecycleEvent {
+    /// How a turn ended, as the event of its status (`Running` is no ending and reads as a
+    /// failure).
+    pub fn turn_ended(data: TurnEnded) -> Self {
+        match data.status.0 {
+            TurnStatus::Completed => Self::TurnFinished(data),
+            TurnStatus::Yielded => Self::TurnYielded(data),
+            TurnStatus::Failed | TurnStatus::Running => Self::TurnFailed(data),
+        }
+    }
+}
+
+/// `{"type": <kind>, "data": {...}}`.
+impl Serialize for LifecycleEvent {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("type", self.kind().as_str())?;
+        map.serialize_entry("data", &self.data())?;
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for LifecycleEvent {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Tagged {
+            #[serde(rename = "type")]
+            kind: Spelled<EventKind>,
+            data: Value,
+        }
+        let Tagged { kind, data } = Tagged::deserialize(deserializer)?;
+        Self::from_parts(kind.0, data).map_err(|e| {
+            D::Error::custom(format!("the data of a {} event does not fit: {e}", kind.0.as_str()))
+        })
+    }
+}
+
+impl JsonSchema for LifecycleEvent {
+    fn schema_name() -> Cow<'static, str> {
+        Cow::Borrowed("LifecycleEvent")
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let variants: Vec<Schema> = Self::data_schemas(generator)
+            .into_iter()
+            .map(|(kind, data)| {
+                json_schema!({
+                    "type": "object",
+                    "properties": { "type": { "const": kind.as_str() }, "data": data },
+                    "required": ["type", "data"]
+                })
+            })
+            .collect();
+        json_schema!({ "oneOf": variants })
+    }
+}
+
+/// The body a webhook subscriber receives for one lifecycle event, signed in its
+/// `X-Clade-Signature` header (`sha256=<hex>`, HMAC-SHA256 of the body under the subscriber's
+/// secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WebhookEvent {
+    /// The event's own id: a receiver drops a repeat by it (delivery is at least once).
+    pub id: String,
+    /// Its position in the outbox: increases with each event, in commit order.
+    pub seq: i64,
+    pub tenant: String,
+    pub session: Option<String>,
+    pub turn: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// `type` and `data`.
+    #[serde(flatten)]
+    pub event: LifecycleEvent,
+}
+
+/// A message a WebSocket client sends: subscribe to one session, or to all of an agent's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Subscribe {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<String>,
+        /// An agent's handle.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+    },
+}
+
+/// A message the server sends on a WebSocket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The subscription stands; events follow.
+    Subscribed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+    },
+    /// A lifecycle event (with its stream id, which `Last-Event-ID` takes) or a text delta
+    /// (no id).
+    Event {
+        session: String,
+        id: Option<u64>,
+        kind: Spelled<EventKind>,
+        /// The kind's data, as in [`LifecycleEvent`].
+        data: Value,
+    },
+    /// What went wrong; the connection closes after it.
+    Error {
+        #[serde(flatten)]
+        error: ErrorBody,
+    },
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HealthResponse {
+    /// Always `ok`: the process answers.
+    pub status: String,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReadinessResponse {
+    /// `ready`, `degraded` (the sandbox is broken: chat works, host-touching tools are
+    /// refused) or `unavailable` (the store does not answer; status 503).
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The sandbox's self-check; absent when tools run without one.
+    pub sandbox: Option<SandboxReport>,
+}
+
+/// The outcome of the sandbox's self-check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SandboxReport {
+    /// `off`, `checking`, `ready` or `broken`.
+    pub status: String,
+    /// Why it is broken.
+    pub reason: Option<String>,
+}
+
+/// Answer to `POST /v1/sessions/{id}/resume`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ResumeResponse {
+    /// Events of yielded turns put back to running.
+    pub resumed_events: u64,
+}
+
+/// Answer to `POST /v1/sessions/{id}/cancel`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CancelResponse {
+    /// Whether a turn was running to cancel.
+    pub cancelled: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_a_variant_and_its_tag_is_the_vocabularys_spelling() {
+        let mut generator = SchemaGenerator::default();
+        let kinds: Vec<EventKind> =
+            LifecycleEvent::data_schemas(&mut generator).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(kinds, EventKind::ALL);
+        let event = LifecycleEvent::TurnResumed(TurnResumed { turn: "t".into(), resumes: 2 });
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["type"], EventKind::TurnResumed.as_str());
+        assert_eq!(serde_json::from_value::<LifecycleEvent>(json).unwrap(), event);
+    }
+
+    #[test]
+    fn data_of_another_kind_is_refused_by_name() {
+        let json =
+            serde_json::json!({ "type": EventKind::ToolCalled.as_str(), "data": { "turn": "t" } });
+        let err = serde_json::from_value::<LifecycleEvent>(json).unwrap_err().to_string();
+        assert!(err.contains(EventKind::ToolCalled.as_str()) && err.contains("call"), "{err}");
+        let json = serde_json::json!({ "type": "turn.exploded", "data": {} });
+        let err = serde_json::from_value::<LifecycleEvent>(json).unwrap_err().to_string();
+        assert!(err.contains("turn.exploded") && err.contains("is not one of"), "{err}");
+    }
+}
