@@ -19,7 +19,7 @@ mod routing;
 pub mod tools;
 
 pub use budget::StoreBudget;
-pub use engine::{Engine, EngineOptions, Envelope, Finished, TurnWatch, step_view};
+pub use engine::{Engine, EngineOptions, Envelope, Finished, Settings, TurnWatch, step_view};
 pub use execution::{Durable, DurableError};
 pub use hub::{Hub, LiveEvent, Subscription};
 pub use models::{EnvHints, Models, ProcessKind};

@@ -98,3 +98,73 @@ async fn a_reload_reaches_new_turns_while_a_running_turn_keeps_its_tools_and_rul
     let denied = send(&engine, &tenant, "c3", "/tool new.tool").await.reply.unwrap_or_default();
     assert!(denied.contains("denied"), "{denied}");
 }
+
+/// The engine's settings are a snapshot too: a reload reaches the turns (and events) that come
+/// after it, while a running turn finishes under the settings it started with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settings_reload_reaches_new_turns_while_a_running_turn_keeps_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, data) = support::sqlite_store(dir.path()).await;
+    let tenant = support::create_ada(&store, &data).await;
+    let rules = tools_config(serde_json::json!([{ "effect": "ask", "tool": "slow.tool" }]));
+    let sessions = clade_config::SessionsConfig::default();
+    let engine =
+        support::engine_with(&store, &data, registry(&["slow.tool"]), &rules, sessions).await;
+    let first = engine.settings();
+    assert_eq!(first.generation(), 1);
+    assert!(first.sessions.max_iterations > 1);
+    let runner = engine.tools().clone();
+    // Calling the tool and then answering takes two model calls.
+    let text = "/tool slow.tool {\"n\":1}";
+
+    // A turn starts under generation 1 and waits for its approval.
+    let running = {
+        let (engine, tenant) = (engine.clone(), tenant.clone());
+        tokio::spawn(async move { send(&engine, &tenant, "c1", text).await })
+    };
+    let asked = next_pending(&store, &tenant).await;
+
+    // Generation 2: one model call per turn, and events that name no agent go to `ada`.
+    let mut next = (*first).clone();
+    next.sessions.max_iterations = 1;
+    next.default_agent = Some("ada".into());
+    let unrouted = Envelope {
+        tenant: tenant.clone(),
+        agent: None,
+        text: "who?".into(),
+        source: Source { platform: "test".into(), channel: "c9".into(), actor: "u".into() },
+        idempotency_key: None,
+    };
+    assert!(engine.route(&unrouted).is_err(), "generation 1 has no default agent");
+    assert_eq!(engine.reload(next), 2);
+    assert_eq!(engine.settings().generation(), 2);
+    assert_eq!(
+        first.sessions.max_iterations,
+        clade_config::SessionsConfig::default().max_iterations
+    );
+    assert_eq!(engine.route(&unrouted).unwrap(), "ada");
+
+    // The running turn keeps generation 1's budget: it answers after its tool call.
+    runner.decide(tenant.id, asked.id, Verdict::Approve, "operator", None).await.unwrap();
+    let finished = tokio::time::timeout(Duration::from_secs(20), running).await.unwrap().unwrap();
+    assert_eq!(finished.status, TurnStatus::Completed, "{finished:?}");
+
+    // A turn that starts now runs under generation 2: it yields after its one model call.
+    let later = {
+        let (engine, tenant) = (engine.clone(), tenant.clone());
+        tokio::spawn(async move { send(&engine, &tenant, "c2", text).await })
+    };
+    let asked = next_pending(&store, &tenant).await;
+    runner.decide(tenant.id, asked.id, Verdict::Approve, "operator", None).await.unwrap();
+    let yielded = tokio::time::timeout(Duration::from_secs(20), later).await.unwrap().unwrap();
+    assert_eq!(yielded.status, TurnStatus::Yielded, "{yielded:?}");
+
+    // So does a session whose actor was already in memory under generation 1.
+    let again = send(&engine, &tenant, "c1", text);
+    let asked = async {
+        let asked = next_pending(&store, &tenant).await;
+        runner.decide(tenant.id, asked.id, Verdict::Approve, "operator", None).await.unwrap();
+    };
+    let (again, ()) = tokio::join!(again, asked);
+    assert_eq!(again.status, TurnStatus::Yielded, "{again:?}");
+}

@@ -21,7 +21,6 @@ pub(super) async fn actor(
     session_id: SessionId,
     mut wake: mpsc::UnboundedReceiver<Wake>,
 ) {
-    let idle = Duration::from_secs(inner.options.sessions.idle_secs.max(1));
     // Session, tenant and agent are read once per stay in memory: an agent's changed settings
     // apply from its next activation (after `idle_secs` without messages).
     let mut context: Option<Arc<TurnContext>> = None;
@@ -35,6 +34,7 @@ pub(super) async fn actor(
     loop {
         if !inbox.has_work() {
             let clock = inner.store.clock();
+            let idle = Duration::from_secs(inner.settings().sessions.idle_secs.max(1));
             let busy = Duration::from_millis(
                 clock.now().as_millis().saturating_sub(active_at.as_millis()).max(0).unsigned_abs(),
             );
@@ -57,10 +57,10 @@ pub(super) async fn actor(
         while let Ok(woken) = wake.try_recv() {
             inbox.take(woken);
         }
-        let settings = inner.settings.load(std::sync::atomic::Ordering::SeqCst);
+        let changes = inner.session_changes.load(std::sync::atomic::Ordering::SeqCst);
         let ctx = match &context {
-            Some(ctx) if ctx.settings == settings => ctx.clone(),
-            _ => match Box::pin(TurnContext::load(&inner, session_id, settings)).await {
+            Some(ctx) if ctx.changes == changes => ctx.clone(),
+            _ => match Box::pin(TurnContext::load(&inner, session_id, changes)).await {
                 Ok(ctx) => {
                     // Settings changed (a queue mode, say): what was kept under the old ones
                     // is read again.
@@ -253,25 +253,28 @@ pub(super) struct TurnContext {
     /// The session's queue mode: its own, else its agent's (`sessions.agents`), else the
     /// deployment's.
     pub(super) queue_mode: QueueMode,
-    /// The engine's settings generation this was loaded at.
-    settings: u64,
+    /// The engine's settings when this was loaded: the turns of this context run by them.
+    pub(super) settings: Arc<super::Settings>,
+    /// The engine's count of settings changes this was loaded at.
+    changes: u64,
 }
 
 impl TurnContext {
     async fn load(
         inner: &Inner,
         session_id: SessionId,
-        settings: u64,
+        changes: u64,
     ) -> Result<Self, clade_store::Error> {
+        let settings = inner.settings();
         let store = &inner.visible;
         let session = store.session_any_tenant(session_id).await?;
         let tenant = store.tenant_by_id(session.tenant_id).await?;
         let agent = store.agent_by_id(session.tenant_id, session.agent_id).await?;
         let queue_mode =
             session.queue_mode.as_deref().and_then(QueueMode::parse).unwrap_or_else(|| {
-                inner.options.sessions.queue_mode_for(tenant.name.as_str(), agent.handle.as_str())
+                settings.sessions.queue_mode_for(tenant.name.as_str(), agent.handle.as_str())
             });
-        Ok(Self { session, tenant, agent, queue_mode, settings })
+        Ok(Self { session, tenant, agent, queue_mode, settings, changes })
     }
 }
 
@@ -377,11 +380,11 @@ async fn run_events(
 ) -> (bool, Kept) {
     let session_id = ctx.session.id;
     // The tenant's quota of running turns: wait for a slot before the turn's clock starts.
-    let _slot = match inner.turn_slots(&ctx.tenant) {
+    let _slot = match inner.turn_slots(&ctx.settings, &ctx.tenant) {
         Some(slots) => slots.acquire_owned().await.ok(),
         None => None,
     };
-    let timeout = Duration::from_secs(inner.options.sessions.turn_timeout_secs);
+    let timeout = Duration::from_secs(ctx.settings.sessions.turn_timeout_secs);
     // The turn's clock stops while it waits for an operator's approval (see `Pause`).
     let clock = inner.store.clock().clone();
     let started = clock.now();

@@ -47,13 +47,13 @@ pub(super) struct Checked {
 
 impl Checked {
     pub(super) fn now(inner: &Inner) -> Self {
-        Self { at: inner.store.now(), tool_runs: inner.options.tools.runs() }
+        Self { at: inner.store.now(), tool_runs: inner.tools.runs() }
     }
 
     pub(super) fn still_current(&self, inner: &Inner) -> bool {
         let age = inner.store.now().as_millis().saturating_sub(self.at.as_millis());
         (0..PERSONA_RECHECK.as_millis() as i64).contains(&age)
-            && self.tool_runs == inner.options.tools.runs()
+            && self.tool_runs == inner.tools.runs()
     }
 }
 

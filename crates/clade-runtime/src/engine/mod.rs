@@ -91,6 +91,38 @@ pub struct EngineOptions {
     pub tenants: std::collections::BTreeMap<String, clade_config::TenantConfig>,
 }
 
+/// What the engine runs by, apart from the tools (the [`ToolSet`](crate::ToolSet)): session
+/// limits, how an event finds its agent, and tenants' settings. One generation, replaced whole
+/// by [`Engine::reload`]: a turn takes the current one when it starts and keeps it to its end,
+/// so a reload reaches the turns that start after it.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    generation: u64,
+    pub sessions: SessionsConfig,
+    pub bindings: Vec<Binding>,
+    /// The agent of an event that names none and matches no binding.
+    pub default_agent: Option<String>,
+    /// Per-tenant settings: `quotas.concurrent_turns` bounds a tenant's running turns.
+    pub tenants: std::collections::BTreeMap<String, clade_config::TenantConfig>,
+}
+
+impl Settings {
+    /// Starts at generation 1; [`Engine::reload`] numbers the next.
+    pub fn new(
+        sessions: SessionsConfig,
+        bindings: Vec<Binding>,
+        default_agent: Option<String>,
+        tenants: std::collections::BTreeMap<String, clade_config::TenantConfig>,
+    ) -> Self {
+        Self { generation: 1, sessions, bindings, default_agent, tenants }
+    }
+
+    /// Which reload made it: 1 for the engine's first settings.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
 struct Inner {
     store: Store,
     /// The same store for the actors' own reads, which need not wait until what they read is
@@ -101,7 +133,9 @@ struct Inner {
     agents: Agents,
     models: Models,
     hub: Hub,
-    options: EngineOptions,
+    tools: Arc<ToolRunner>,
+    /// The current [`Settings`]; each turn holds the generation it started on.
+    settings: std::sync::RwLock<Arc<Settings>>,
     actors: Mutex<HashMap<SessionId, mpsc::UnboundedSender<Wake>>>,
     /// Where actors run: wake-ups also come from the store's writer thread.
     runtime: tokio::runtime::Handle,
@@ -111,10 +145,12 @@ struct Inner {
     /// Each agent's persona files as last read (see [`read_persona`]), while an active session
     /// of the agent holds them.
     personas: Mutex<HashMap<AgentId, (std::sync::Weak<Persona>, Checked)>>,
-    /// Bumped whenever a session's settings change: actors then reload their session.
-    settings: std::sync::atomic::AtomicU64,
-    /// Turns a tenant may run at once, for tenants with a `concurrent_turns` quota.
-    turn_slots: Mutex<HashMap<TenantId, Arc<tokio::sync::Semaphore>>>,
+    /// Bumped whenever a session's own settings or the engine's [`Settings`] change: actors
+    /// then reload their session.
+    session_changes: std::sync::atomic::AtomicU64,
+    /// Turns a tenant may run at once, for tenants with a `concurrent_turns` quota, with the
+    /// quota they were made for.
+    turn_slots: Mutex<HashMap<TenantId, (u64, Arc<tokio::sync::Semaphore>)>>,
 }
 
 /// What wakes a session's actor. The queue holds at most one `Event` per open event of the
@@ -157,23 +193,26 @@ impl Engine {
         models: Models,
         options: EngineOptions,
     ) -> Result<Self, Error> {
+        let EngineOptions { sessions, bindings, default_agent, tools, tenants } = options;
+        let settings = Settings::new(sessions, bindings, default_agent, tenants);
         let inner = Arc::new(Inner {
             visible: store.visible_reads(),
             store,
             agents,
             models,
             hub: Hub::default(),
-            options,
+            tools,
+            settings: std::sync::RwLock::new(Arc::new(settings)),
             actors: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             cancels: Mutex::new(HashMap::new()),
-            settings: std::sync::atomic::AtomicU64::new(0),
+            session_changes: std::sync::atomic::AtomicU64::new(0),
             outbox: Arc::new(Notify::new()),
             personas: Mutex::default(),
             turn_slots: Mutex::default(),
         });
         let engine = Self { inner };
-        engine.inner.options.tools.attach_hub(engine.inner.hub.clone());
+        engine.inner.tools.attach_hub(engine.inner.hub.clone());
         let open = engine.inner.store.sessions_with_open_events().await?;
         if !open.is_empty() {
             tracing::info!(sessions = open.len(), "resuming sessions with unfinished turns");
@@ -190,7 +229,25 @@ impl Engine {
 
     /// The tool path every call takes (policy, approval, sandbox, audit).
     pub fn tools(&self) -> &Arc<ToolRunner> {
-        &self.inner.options.tools
+        &self.inner.tools
+    }
+
+    /// The current settings.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.inner.settings()
+    }
+
+    /// Replaces the settings whole with `next`, numbered one past the current generation, and
+    /// returns that number. Turns already running finish on the settings they started with;
+    /// idle actors take the new ones before their next turn.
+    pub fn reload(&self, mut next: Settings) -> u64 {
+        let mut current = self.inner.settings.write().unwrap_or_else(|e| e.into_inner());
+        next.generation = current.generation + 1;
+        let generation = next.generation;
+        *current = Arc::new(next);
+        drop(current);
+        self.inner.session_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        generation
     }
 
     pub fn store(&self) -> &Store {
@@ -209,11 +266,11 @@ impl Engine {
         if let Some(handle) = &envelope.agent {
             return Ok(handle.clone());
         }
-        let options = &self.inner.options;
+        let settings = self.inner.settings();
         let tenant = envelope.tenant.name.as_str();
         crate::routing::route(
-            &options.bindings,
-            options.default_agent.as_deref(),
+            &settings.bindings,
+            settings.default_agent.as_deref(),
             tenant,
             &envelope.source,
         )
@@ -277,7 +334,7 @@ impl Engine {
                     source: envelope.source,
                     text: envelope.text,
                     idempotency_key: envelope.idempotency_key,
-                    max_open_per_session: self.inner.options.sessions.max_queued,
+                    max_open_per_session: self.inner.settings().sessions.max_queued,
                 },
                 on_visible,
             )
@@ -391,7 +448,7 @@ impl Engine {
     ) -> Result<SessionRow, Error> {
         let name = mode.map(|mode| mode.as_str().to_owned());
         let row = self.inner.store.set_session_queue_mode(tenant, session, name).await?;
-        self.inner.settings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.session_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(row)
     }
 
@@ -416,17 +473,30 @@ impl Engine {
 
 impl Inner {
     /// The semaphore of the tenant's running turns, if its quota bounds them.
-    fn turn_slots(&self, tenant: &Tenant) -> Option<Arc<tokio::sync::Semaphore>> {
-        let limit = clade_config::Config::quotas_of(&self.options.tenants, tenant.name.as_str())
-            .and_then(|q| q.concurrent_turns)?;
-        let permits = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+    fn turn_slots(
+        &self,
+        settings: &Settings,
+        tenant: &Tenant,
+    ) -> Option<Arc<tokio::sync::Semaphore>> {
+        let limit = clade_config::Config::quotas_of(&settings.tenants, tenant.name.as_str())
+            .and_then(|q| q.concurrent_turns)?
+            .max(1);
+        let permits = usize::try_from(limit).unwrap_or(usize::MAX);
         let mut slots = self.turn_slots.lock().ok()?;
-        Some(
-            slots
-                .entry(tenant.id)
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(permits)))
-                .clone(),
-        )
+        let slot = slots
+            .entry(tenant.id)
+            .or_insert_with(|| (limit, Arc::new(tokio::sync::Semaphore::new(permits))));
+        // A reload changed the quota: turns from now on share a semaphore of the new size
+        // (those running hold permits of the old one, which goes with them).
+        if slot.0 != limit {
+            *slot = (limit, Arc::new(tokio::sync::Semaphore::new(permits)));
+        }
+        Some(slot.1.clone())
+    }
+
+    /// The current settings (a clone of an `Arc`).
+    fn settings(&self) -> Arc<Settings> {
+        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Hands `wake` to the session's actor, starting one if none is in memory.

@@ -41,7 +41,7 @@ pub(super) async fn run_turn(
     kept.persona = Some(persona.clone());
     kept.layers.refresh(inner, agent, &session.source);
     // The tools and rules this turn runs with, however they are reloaded meanwhile.
-    let tools = inner.options.tools.tool_set();
+    let tools = inner.tools.tool_set();
     let (turn, done, resumed) = match events.first().and_then(|e| e.turn_id) {
         Some(id) => {
             let turn = Box::pin(store.turn(id)).await.map_err(|e| e.to_string())?;
@@ -67,13 +67,10 @@ pub(super) async fn run_turn(
         journal.announce = Some(OutboxEvent::from(&started));
     }
     let thinker = AgentModel { inner, tenant, agent };
-    let hands = AgentTools {
-        runner: &inner.options.tools,
-        set: tools,
-        tenant: tenant.name.as_str(),
-        agent,
-    };
-    let sessions = &inner.options.sessions;
+    let hands =
+        AgentTools { runner: &inner.tools, set: tools, tenant: tenant.name.as_str(), agent };
+    // The settings the turn's context was loaded with, however they are reloaded meanwhile.
+    let sessions = &ctx.settings.sessions;
     let plan = TurnPlan {
         kind: ProcessKind::Channel,
         turn,
