@@ -299,3 +299,41 @@ fn license_expressions_are_read_as_spdx_says() {
     assert!(!license_allowed("Apache-2.0 WITH LLVM-exception", &allowed));
     assert!(!license_allowed("", &allowed));
 }
+
+/// The API edge reads tenant data only through a `TenantStore` (`AppState::of`), and never
+/// through the `SystemStore`, which holds the reads that cross tenants: so no request can
+/// reach another tenant's rows, whatever ids it names. What the gateway may still ask the
+/// plain store is what holds no tenant's data.
+#[test]
+fn the_gateway_never_reads_across_tenants() {
+    let allowed =
+        ["authenticate_scoped", "clock", "clone", "now", "outbox_head", "ping", "tenant_scope"];
+    let mut offenders = Vec::new();
+    for file in rust_files(Path::new("crates/clade-gateway/src")) {
+        let text = std::fs::read_to_string(root().join(&file)).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            if code.contains(".system()") {
+                offenders.push(format!("{}:{}: a cross-tenant read", file.display(), n + 1));
+            }
+            for (at, _) in code.match_indices("state.store.") {
+                let method: String = code[at + "state.store.".len()..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !allowed.contains(&method.as_str()) {
+                    offenders.push(format!(
+                        "{}:{}: state.store.{method} (use state.of(&tenant))",
+                        file.display(),
+                        n + 1
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "the gateway reads around the tenant scope:\n{}",
+        offenders.join("\n")
+    );
+}

@@ -156,10 +156,10 @@ pub(crate) async fn list(
     for agent in reach.listing(None)? {
         match agent {
             None => {
-                agents = state.store.agents(tenant.id, query.cursor.as_deref(), limit + 1).await?;
+                agents = state.of(&tenant).agents(query.cursor.as_deref(), limit + 1).await?;
             }
             // A token limited to some agents lists those, in the same order and pages.
-            Some(id) => match state.store.agent_by_id(tenant.id, id).await {
+            Some(id) => match state.of(&tenant).agent_by_id(id).await {
                 Ok(agent) => {
                     if query.cursor.as_deref().is_none_or(|after| agent.handle.as_str() > after) {
                         agents.push(agent);
@@ -191,7 +191,7 @@ pub(crate) async fn show(
     Path(handle): Path<String>,
 ) -> Result<axum::Json<AgentResponse>, ApiError> {
     record_agent(&handle);
-    let agent = state.store.agent(tenant.id, &handle).await?;
+    let agent = state.of(&tenant).agent(&handle).await?;
     reach.agent(&agent)?;
     Ok(axum::Json(AgentResponse::from(&agent)))
 }

@@ -113,6 +113,7 @@ impl From<clade_store::Error> for ApiError {
             E::AgentNotFound(_) => Code::AgentNotFound,
             E::SessionNotFound(_) => Code::SessionNotFound,
             E::EventNotFound(_) => Code::EventNotFound,
+            E::TurnNotFound(_) => Code::TurnNotFound,
             E::GrantNotFound(_) => Code::GrantNotFound,
             E::ApprovalNotFound(_) => Code::ApprovalNotFound,
             E::ApprovalDecided { .. } => Code::ApprovalDecided,

@@ -96,7 +96,7 @@ pub(crate) async fn post(
     // its event: the agent is decided here, before anything is stored.
     if !reach.is_whole_tenant() {
         let handle = state.engine.route(&envelope)?;
-        reach.agent(&state.store.agent(tenant.id, &handle).await?)?;
+        reach.agent(&state.of(&tenant).agent(&handle).await?)?;
         envelope.agent = Some(handle);
     }
     if !params.wait {

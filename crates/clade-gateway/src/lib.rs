@@ -52,6 +52,14 @@ pub struct AppState {
     pub stream_ids: stream_ids::StreamIds,
 }
 
+impl AppState {
+    /// The store as `tenant` sees it: every handler reads tenant data through this, so no
+    /// request reaches another tenant's rows whatever ids it names.
+    pub(crate) fn of(&self, tenant: &clade_core::Tenant) -> clade_store::TenantStore {
+        self.store.tenant_scope(tenant.id)
+    }
+}
+
 /// Server settings taken from `clade.yaml`.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {

@@ -56,13 +56,13 @@ pub(crate) async fn list(
     let Query(query) = query.map_err(query_rejection)?;
     let limit = crate::agents::checked_limit(query.limit)?;
     let agent = match &query.agent {
-        Some(handle) => Some(state.store.agent(tenant.id, handle).await?),
+        Some(handle) => Some(state.of(&tenant).agent(handle).await?),
         None => None,
     };
     let reads = reach.listing(agent.as_ref())?;
     let mut rows = Vec::new();
     for agent in reads {
-        rows.extend(state.store.sessions(tenant.id, agent, limit).await?);
+        rows.extend(state.of(&tenant).sessions(agent, limit).await?);
     }
     // Several agents' reads merge in the store's order: the most recently active first.
     rows.sort_by_key(|s| std::cmp::Reverse(s.updated_at));
@@ -75,7 +75,7 @@ pub(crate) async fn show(
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<SessionResponse>, ApiError> {
-    let row = state.store.session(tenant.id, session_id(&id)?).await?;
+    let row = state.of(&tenant).session(session_id(&id)?).await?;
     reach.session(&row)?;
     Ok(axum::Json(session_response(row)))
 }
@@ -113,10 +113,10 @@ pub(crate) async fn turns(
             )
         })?),
     };
-    let session = state.store.session(tenant.id, session_id(&id)?).await?;
+    let session = state.of(&tenant).session(session_id(&id)?).await?;
     reach.session(&session)?;
     // Fetch one extra turn to learn whether another page exists.
-    let mut records = state.store.turn_records(session.id, after, limit + 1).await?;
+    let mut records = state.of(&tenant).turn_records(session.id, after, limit + 1).await?;
     let next_cursor = if records.len() > limit as usize {
         records.truncate(limit as usize);
         records.last().map(|r| r.turn.id.to_string())
@@ -162,7 +162,7 @@ pub(crate) async fn steps(
 ) -> Result<axum::Json<TurnStepPage>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
     let limit = crate::agents::checked_limit(query.limit)? as usize;
-    let session = state.store.session(tenant.id, session_id(&id)?).await?;
+    let session = state.of(&tenant).session(session_id(&id)?).await?;
     reach.session(&session)?;
     let not_found = || {
         ApiError::new(
@@ -173,14 +173,12 @@ pub(crate) async fn steps(
         )
     };
     let turn_id = turn.parse::<TurnId>().map_err(|_| not_found())?;
-    // A turn is found through its session, which is the caller's: another session's (or
-    // tenant's) turn reads as missing.
-    match state.store.turn(turn_id).await {
-        Ok(row) if row.session_id == session.id => {}
-        Ok(_) | Err(clade_store::Error::EventNotFound(_)) => return Err(not_found()),
-        Err(err) => return Err(err.into()),
-    }
-    let journal = state.store.journal(turn_id).await?;
+    // Found through its session, which is the caller's: another session's (or tenant's) turn
+    // reads as missing.
+    let journal = match state.of(&tenant).journal(session.id, turn_id).await {
+        Err(clade_store::Error::TurnNotFound(_)) => return Err(not_found()),
+        other => other?,
+    };
     let start = usize::try_from(query.cursor.unwrap_or(0)).unwrap_or(usize::MAX);
     let page: Vec<_> = journal.iter().skip(start).take(limit).collect();
     let given = start.saturating_add(page.len());
@@ -223,7 +221,7 @@ async fn reachable(
 ) -> Result<SessionId, ApiError> {
     let id = session_id(id)?;
     if !reach.is_whole_tenant() {
-        reach.session(&state.store.session(tenant.id, id).await?)?;
+        reach.session(&state.of(tenant).session(id).await?)?;
     }
     Ok(id)
 }
@@ -238,7 +236,7 @@ pub(crate) async fn stream(
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
-    let session = state.store.session(tenant.id, session_id(&id)?).await?;
+    let session = state.of(&tenant).session(session_id(&id)?).await?;
     reach.session(&session)?;
     let after = headers
         .get("last-event-id")

@@ -189,7 +189,7 @@ async fn subscribe(
         let id = SessionId::parse(session).map_err(|_| not_found())?;
         // Another tenant's session, or one of an agent the token does not reach, is reported
         // exactly like a missing one.
-        let found = state.store.session(tenant.id, id).await.map_err(|_| not_found())?;
+        let found = state.of(tenant).session(id).await.map_err(|_| not_found())?;
         if !reach.allows(found.agent_id) {
             return Err(not_found());
         }

@@ -157,6 +157,8 @@ const MAX_PAGES: usize = 20;
 /// beyond it are remembered in memory and, after a restart, delivered again (at least once;
 /// receivers drop repeats by the idempotency key).
 async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, signal: Arc<Notify>) {
+    // Delivery reads the outbox of every tenant the subscriber names.
+    let store = store.system();
     let mut delivered_beyond: std::collections::BTreeSet<i64> = Default::default();
     let mut blocked: std::collections::HashMap<Option<clade_core::SessionId>, Blocked> =
         Default::default();

@@ -73,7 +73,7 @@ async fn turn(
         .await
         .unwrap()
         .expect("the turn ended");
-    let turns = store.turn_records(accepted.session_id, None, 1000).await.unwrap();
+    let turns = store.turn_records(tenant.id, accepted.session_id, None, 1000).await.unwrap();
     let record = turns.iter().find(|r| r.turn.id == finished.turn_id).unwrap();
     (finished.status, record.usage.input_tokens)
 }
@@ -194,7 +194,7 @@ async fn a_panicking_turn_fails_alone_and_the_session_goes_on() {
     assert_eq!(status, TurnStatus::Failed);
     let sessions = store.sessions(tenant.id, None, 10).await.unwrap();
     let session = sessions.first().expect("a session");
-    let turns = store.turn_records(session.id, None, 1000).await.unwrap();
+    let turns = store.turn_records(tenant.id, session.id, None, 1000).await.unwrap();
     let failed = &turns.first().unwrap().turn;
     assert_eq!(failed.error.as_deref(), Some("internal error while running the turn"));
     assert_eq!(turn(&engine, &store, &tenant, "c1", "after").await.0, TurnStatus::Completed);

@@ -68,7 +68,7 @@ async fn a_stopped_run_resumes_from_its_journal_and_redoes_nothing_it_recorded()
     drop(store);
     // As after a crash: the store opened again, the run started again from the top.
     let (store, _) = support::sqlite_store(dir.path()).await;
-    let open = store.open_executions(10).await.unwrap();
+    let open = store.system().open_executions(10).await.unwrap();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].status, ExecutionStatus::Running);
 
@@ -87,7 +87,7 @@ async fn a_stopped_run_resumes_from_its_journal_and_redoes_nothing_it_recorded()
     // An ended execution is not run again.
     let again = digest(&store, &new, &runs, usize::MAX).await;
     assert!(matches!(again, Err(DurableError::Store(clade_store::Error::ExecutionEnded { .. }))));
-    assert!(store.open_executions(10).await.unwrap().is_empty());
+    assert!(store.system().open_executions(10).await.unwrap().is_empty());
 }
 
 /// A resumed run that reaches a recorded step under another name stops, rather than trust a

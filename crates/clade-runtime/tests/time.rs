@@ -188,6 +188,7 @@ async fn webhook_retries_back_off_on_the_clock_and_dead_letter_after_the_last() 
     // The fourth failure was the last attempt: dead-lettered, and nothing more is sent.
     eventually("the dead letter", async || {
         store
+            .system()
             .dead_letters()
             .await
             .unwrap()

@@ -37,6 +37,8 @@ pub enum Error {
     SessionNotFound(String),
     #[error("event {0} not found")]
     EventNotFound(String),
+    #[error("turn {0} not found")]
+    TurnNotFound(String),
     #[error("grant {0} not found")]
     GrantNotFound(String),
     #[error("approval {0} not found")]
@@ -185,6 +187,7 @@ impl Error {
                 | Error::TokenNotFound(_)
                 | Error::SessionNotFound(_)
                 | Error::EventNotFound(_)
+                | Error::TurnNotFound(_)
                 | Error::GrantNotFound(_)
                 | Error::ApprovalNotFound(_)
         )

@@ -11,6 +11,7 @@ use clade_core::{
 
 use crate::db::{Row, Tx, query};
 use crate::error::{Error, Result};
+use crate::scoped::SystemStore;
 use crate::store::{Store, id_bytes};
 
 /// What an execution belongs to: its session, its agent alone, or the execution that started
@@ -372,7 +373,10 @@ impl Store {
             .await?;
         rows.iter().map(execution_row).collect()
     }
+}
 
+/// Reads across tenants, for the engine's recovery (see [`SystemStore`]).
+impl SystemStore {
     /// Every execution that has not ended, of every tenant, oldest first: what a node resumes
     /// at start. The recovery path's read; nothing a tenant asks for goes through it.
     pub async fn open_executions(&self, limit: u32) -> Result<Vec<ExecutionRow>> {

@@ -3,7 +3,8 @@
 //! Owns the schema and its migrations, the group-commit write path, tenants, agents, API
 //! tokens, encrypted secrets, and the on-disk layout of the data dir (workspaces, key and
 //! token files). It knows nothing of HTTP, the CLI or models; the runtime reaches it only
-//! through [`Store`] and [`Agents`], never through a backend type.
+//! through [`Store`] and [`Agents`], never through a backend type. Reads that cross tenants
+//! need a [`SystemStore`]; the API edge holds a [`TenantStore`], bound to one tenant.
 //!
 //! Start at [`store::Store`], then [`writer`] for how concurrent writes share a commit, and
 //! `db` for the one statement API over both drivers (sqlx for PostgreSQL, rusqlite for
@@ -21,6 +22,7 @@ pub mod executions;
 mod migrate;
 pub mod owner;
 mod paced;
+pub mod scoped;
 pub mod secrets;
 pub mod store;
 pub mod turns;
@@ -40,6 +42,7 @@ pub use error::{Error, Result};
 pub use executions::{ExecutionOwner, ExecutionRow, ExecutionStep, ExecutionWrites, NewExecution};
 pub use migrate::{MigrationReport, Migrations, SCHEMA_VERSION};
 pub use owner::OwnerLock;
+pub use scoped::{SystemStore, TenantStore};
 pub use secrets::Secrets;
 pub use store::{
     BudgetCounter, BudgetSettlement, NewAgent, SecretInfo, Store, StoreOptions, TOKEN_PREFIX,

@@ -12,6 +12,7 @@ use clade_core::{
 };
 
 use crate::error::{Error, Result};
+use crate::scoped::SystemStore;
 use crate::store::{Store, UsageRecord, id_bytes, insert_usage};
 
 /// Where an event came from; with tenant and agent it keys the session.
@@ -529,42 +530,6 @@ impl Store {
         row.as_ref().map(turn_row).transpose()
     }
 
-    /// The session's open events, oldest first: those of the running turn if there is one,
-    /// else the pending ones (all of them, or only the first unless `all`); and whether more
-    /// open events wait behind those.
-    pub async fn open_events(&self, session: SessionId, all: bool) -> Result<OpenEvents> {
-        let rows = self.rows(query(open_events_sql()).bind(b(session.as_bytes()))).await?;
-        let open: Vec<EventRow> = rows.iter().map(event_row).collect::<Result<_>>()?;
-        let total = open.len();
-        let events: Vec<EventRow> = match open.first() {
-            None => Vec::new(),
-            Some(first) => match first.turn_id {
-                Some(turn) => open.into_iter().take_while(|e| e.turn_id == Some(turn)).collect(),
-                None => {
-                    let pending = open.into_iter().take_while(|e| e.status == EventStatus::Pending);
-                    if all { pending.collect() } else { pending.take(1).collect() }
-                }
-            },
-        };
-        Ok(OpenEvents { more: total > events.len(), events })
-    }
-
-    /// The session's events not yet part of a turn, oldest first.
-    pub async fn pending_events(&self, session: SessionId) -> Result<Vec<EventRow>> {
-        let rows = self.rows(query(pending_events_sql()).bind(b(session.as_bytes()))).await?;
-        rows.iter().map(event_row).collect()
-    }
-
-    /// Sessions that have open events (to resume at start-up).
-    pub async fn sessions_with_open_events(&self) -> Result<Vec<SessionId>> {
-        let rows = self
-            .rows(query(
-                "SELECT DISTINCT session_id FROM events WHERE status IN ('pending', 'running')",
-            ))
-            .await?;
-        rows.iter().map(|r| Ok(SessionId::from_bytes(id_bytes(r, "session_id")?))).collect()
-    }
-
     /// Starts a turn for `events` (or returns the turn they already belong to), writing
     /// `outbox` in the same transaction.
     pub async fn start_turn(
@@ -719,22 +684,6 @@ impl Store {
             })
         })
         .await
-    }
-
-    /// The turn's journal, in step order of writing.
-    pub async fn journal(&self, turn: TurnId) -> Result<Vec<JournalEntry>> {
-        let rows = self
-            .rows(
-                query("SELECT step, data, created_at FROM journal WHERE turn_id = $1")
-                    .bind(b(turn.as_bytes())),
-            )
-            .await?;
-        let mut entries = rows
-            .iter()
-            .map(|r| Ok((r.try_get::<i64, _>("created_at")?, journal_entry(r)?)))
-            .collect::<Result<Vec<_>>>()?;
-        entries.sort_by_key(|(at, entry)| (*at, entry.step.order()));
-        Ok(entries.into_iter().map(|(_, entry)| entry).collect())
     }
 
     /// Journals one step (with its outbox events, usage and audit record) in one transaction.
@@ -893,20 +842,6 @@ impl Store {
         .await
     }
 
-    /// A session by id across tenants (the engine's own use, never a caller's).
-    pub async fn session_any_tenant(&self, id: SessionId) -> Result<SessionRow> {
-        let row = self
-            .maybe_row(
-                query(format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
-                    .bind(b(id.as_bytes())),
-            )
-            .await?;
-        row.as_ref()
-            .map(session_row)
-            .transpose()?
-            .ok_or_else(|| Error::SessionNotFound(id.to_string()))
-    }
-
     /// A tenant's sessions, most recently active first.
     pub async fn sessions(
         &self,
@@ -932,9 +867,11 @@ impl Store {
 
     /// A page of a session's turns, oldest first: those after the turn `after` (from the
     /// first without it), at most `limit`, each with its events, its usage and its journal
-    /// (steps in the order they were written). Three reads, whatever the page's size.
+    /// (steps in the order they were written). Three reads, whatever the page's size; none
+    /// for a session of another tenant.
     pub async fn turn_records(
         &self,
+        tenant: TenantId,
         session: SessionId,
         after: Option<TurnId>,
         limit: u32,
@@ -945,9 +882,11 @@ impl Store {
                 query(format!(
                     "SELECT {TURN_COLUMNS}, model_calls, input_tokens AS usage_input, \
                      output_tokens AS usage_output, cost_micros AS usage_cost \
-                     FROM turns WHERE session_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+                     FROM turns WHERE session_id = $1 AND tenant_id = $2 AND id > $3 \
+                     ORDER BY id LIMIT $4"
                 ))
                 .bind(b(session.as_bytes()))
+                .bind(b(tenant.as_bytes()))
                 .bind(after)
                 .bind(i64::from(limit)),
             )
@@ -1015,69 +954,11 @@ impl Store {
         Ok(records)
     }
 
-    /// The last `limit` completed turns of a session before `before`, oldest first, with the
-    /// texts of their events: the conversation history a new turn sees.
-    pub async fn history(
-        &self,
-        session: SessionId,
-        before: TurnId,
-        limit: u32,
-    ) -> Result<Vec<(String, String)>> {
-        let rows = self
-            .rows(
-                query(HISTORY)
-                    .bind(b(session.as_bytes()))
-                    .bind(b(before.as_bytes()))
-                    .bind(i64::from(limit)),
-            )
-            .await?;
-        let mut out: Vec<(Vec<u8>, String, String)> = Vec::new();
-        for row in &rows {
-            let id: Vec<u8> = row.try_get("id")?;
-            let text: String = row.try_get("text")?;
-            match out.last_mut() {
-                Some((last, user, _)) if *last == id => {
-                    user.push('\n');
-                    user.push_str(&text);
-                }
-                _ => {
-                    let reply: Option<String> = row.try_get("reply")?;
-                    out.push((id, text, reply.unwrap_or_default()));
-                }
-            }
-        }
-        Ok(out.into_iter().map(|(_, user, reply)| (user, reply)).collect())
-    }
-
-    pub async fn turn(&self, id: TurnId) -> Result<TurnRow> {
-        let row = self
-            .maybe_row(
-                query(format!("SELECT {TURN_COLUMNS} FROM turns WHERE id = $1"))
-                    .bind(b(id.as_bytes())),
-            )
-            .await?;
-        row.as_ref().map(turn_row).transpose()?.ok_or_else(|| Error::EventNotFound(id.to_string()))
-    }
-
     /// The newest outbox position (0 when empty): a live subscriber that starts now has seen
     /// nothing after it.
     pub async fn outbox_head(&self) -> Result<i64> {
         let row = self.row(query("SELECT COALESCE(MAX(id), 0) AS head FROM outbox")).await?;
         row.try_get("head")
-    }
-
-    /// Outbox rows after `after`, all tenants (for the dispatcher).
-    pub async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<OutboxRow>> {
-        let rows = self
-            .rows(
-                query(format!(
-                    "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id > $1 ORDER BY id LIMIT $2"
-                ))
-                .bind(after)
-                .bind(i64::from(limit)),
-            )
-            .await?;
-        rows.iter().map(outbox_row).collect()
     }
 
     /// A session's outbox rows after `after` (for resumable streams).
@@ -1178,31 +1059,6 @@ impl Store {
             })
         })
         .await
-    }
-
-    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
-        let rows = self.rows(query("SELECT subscriber, outbox_id, reason, attempts, created_at FROM dead_letters ORDER BY created_at, outbox_id")).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeadLetter {
-                    subscriber: r.try_get("subscriber")?,
-                    outbox_id: r.try_get("outbox_id")?,
-                    reason: r.try_get("reason")?,
-                    attempts: r.try_get("attempts")?,
-                    created_at: Timestamp::from_millis(r.try_get("created_at")?),
-                })
-            })
-            .collect()
-    }
-
-    pub async fn outbox_row(&self, id: i64) -> Result<OutboxRow> {
-        let row = self
-            .maybe_row(query(format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = $1")).bind(id))
-            .await?;
-        row.as_ref()
-            .map(outbox_row)
-            .transpose()?
-            .ok_or_else(|| Error::EventNotFound(format!("outbox #{id}")))
     }
 
     pub async fn delete_dead_letter(&self, subscriber: &str, outbox_id: i64) -> Result<()> {
@@ -1342,6 +1198,158 @@ fn check_duplicate(
         return Err(Error::IdempotencyConflict(key.to_owned()));
     }
     Ok(Accepted { event_id, session_id, duplicate: true })
+}
+
+/// Reads across tenants, for the engine's recovery and delivery (see [`SystemStore`]).
+impl SystemStore {
+    /// A session by id across tenants (the engine's own use, never a caller's).
+    pub async fn session_any_tenant(&self, id: SessionId) -> Result<SessionRow> {
+        let row = self
+            .maybe_row(
+                query(format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
+                    .bind(b(id.as_bytes())),
+            )
+            .await?;
+        row.as_ref()
+            .map(session_row)
+            .transpose()?
+            .ok_or_else(|| Error::SessionNotFound(id.to_string()))
+    }
+
+    /// Sessions that have open events (to resume at start-up).
+    pub async fn sessions_with_open_events(&self) -> Result<Vec<SessionId>> {
+        let rows = self
+            .rows(query(
+                "SELECT DISTINCT session_id FROM events WHERE status IN ('pending', 'running')",
+            ))
+            .await?;
+        rows.iter().map(|r| Ok(SessionId::from_bytes(id_bytes(r, "session_id")?))).collect()
+    }
+
+    /// The session's open events, oldest first: those of the running turn if there is one,
+    /// else the pending ones (all of them, or only the first unless `all`); and whether more
+    /// open events wait behind those.
+    pub async fn open_events(&self, session: SessionId, all: bool) -> Result<OpenEvents> {
+        let rows = self.rows(query(open_events_sql()).bind(b(session.as_bytes()))).await?;
+        let open: Vec<EventRow> = rows.iter().map(event_row).collect::<Result<_>>()?;
+        let total = open.len();
+        let events: Vec<EventRow> = match open.first() {
+            None => Vec::new(),
+            Some(first) => match first.turn_id {
+                Some(turn) => open.into_iter().take_while(|e| e.turn_id == Some(turn)).collect(),
+                None => {
+                    let pending = open.into_iter().take_while(|e| e.status == EventStatus::Pending);
+                    if all { pending.collect() } else { pending.take(1).collect() }
+                }
+            },
+        };
+        Ok(OpenEvents { more: total > events.len(), events })
+    }
+
+    /// The session's events not yet part of a turn, oldest first.
+    pub async fn pending_events(&self, session: SessionId) -> Result<Vec<EventRow>> {
+        let rows = self.rows(query(pending_events_sql()).bind(b(session.as_bytes()))).await?;
+        rows.iter().map(event_row).collect()
+    }
+
+    /// The last `limit` completed turns of a session before `before`, oldest first, with the
+    /// texts of their events: the conversation history a new turn sees.
+    pub async fn history(
+        &self,
+        session: SessionId,
+        before: TurnId,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>> {
+        let rows = self
+            .rows(
+                query(HISTORY)
+                    .bind(b(session.as_bytes()))
+                    .bind(b(before.as_bytes()))
+                    .bind(i64::from(limit)),
+            )
+            .await?;
+        let mut out: Vec<(Vec<u8>, String, String)> = Vec::new();
+        for row in &rows {
+            let id: Vec<u8> = row.try_get("id")?;
+            let text: String = row.try_get("text")?;
+            match out.last_mut() {
+                Some((last, user, _)) if *last == id => {
+                    user.push('\n');
+                    user.push_str(&text);
+                }
+                _ => {
+                    let reply: Option<String> = row.try_get("reply")?;
+                    out.push((id, text, reply.unwrap_or_default()));
+                }
+            }
+        }
+        Ok(out.into_iter().map(|(_, user, reply)| (user, reply)).collect())
+    }
+
+    /// The turn's journal, in step order of writing.
+    pub async fn journal(&self, turn: TurnId) -> Result<Vec<JournalEntry>> {
+        let rows = self
+            .rows(
+                query("SELECT step, data, created_at FROM journal WHERE turn_id = $1")
+                    .bind(b(turn.as_bytes())),
+            )
+            .await?;
+        let mut entries = rows
+            .iter()
+            .map(|r| Ok((r.try_get::<i64, _>("created_at")?, journal_entry(r)?)))
+            .collect::<Result<Vec<_>>>()?;
+        entries.sort_by_key(|(at, entry)| (*at, entry.step.order()));
+        Ok(entries.into_iter().map(|(_, entry)| entry).collect())
+    }
+
+    pub async fn turn(&self, id: TurnId) -> Result<TurnRow> {
+        let row = self
+            .maybe_row(
+                query(format!("SELECT {TURN_COLUMNS} FROM turns WHERE id = $1"))
+                    .bind(b(id.as_bytes())),
+            )
+            .await?;
+        row.as_ref().map(turn_row).transpose()?.ok_or_else(|| Error::TurnNotFound(id.to_string()))
+    }
+
+    /// Outbox rows after `after`, all tenants (for the dispatcher).
+    pub async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<OutboxRow>> {
+        let rows = self
+            .rows(
+                query(format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id > $1 ORDER BY id LIMIT $2"
+                ))
+                .bind(after)
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.iter().map(outbox_row).collect()
+    }
+
+    pub async fn outbox_row(&self, id: i64) -> Result<OutboxRow> {
+        let row = self
+            .maybe_row(query(format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = $1")).bind(id))
+            .await?;
+        row.as_ref()
+            .map(outbox_row)
+            .transpose()?
+            .ok_or_else(|| Error::EventNotFound(format!("outbox #{id}")))
+    }
+
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        let rows = self.rows(query("SELECT subscriber, outbox_id, reason, attempts, created_at FROM dead_letters ORDER BY created_at, outbox_id")).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeadLetter {
+                    subscriber: r.try_get("subscriber")?,
+                    outbox_id: r.try_get("outbox_id")?,
+                    reason: r.try_get("reason")?,
+                    attempts: r.try_get("attempts")?,
+                    created_at: Timestamp::from_millis(r.try_get("created_at")?),
+                })
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

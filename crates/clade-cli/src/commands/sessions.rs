@@ -191,7 +191,8 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
         SessionsCommand::Show { id, json } => {
             let id = SessionId::parse(&id)?;
             let session = ctx.store.session(tenant.id, id).await?;
-            let turns = ctx.store.turn_records(session.id, None, u32::MAX).await?;
+            let turns =
+                ctx.store.tenant_scope(tenant.id).turn_records(session.id, None, u32::MAX).await?;
             if json {
                 let mut items = Vec::with_capacity(turns.len());
                 for clade_store::TurnRecord { turn: t, events, usage, steps } in &turns {
@@ -270,7 +271,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
 pub(super) async fn deadletters(ctx: &Ctx, cmd: DeadlettersCommand) -> Result<()> {
     match cmd {
         DeadlettersCommand::List { json } => {
-            let letters = ctx.store.dead_letters().await?;
+            let letters = ctx.store.system().dead_letters().await?;
             if json {
                 let items: Vec<_> = letters
                     .iter()
@@ -293,7 +294,7 @@ pub(super) async fn deadletters(ctx: &Ctx, cmd: DeadlettersCommand) -> Result<()
             output::table(&["SUBSCRIBER", "OUTBOX ID", "ATTEMPTS", "AT", "REASON"], &rows);
         }
         DeadlettersCommand::Retry { subscriber, outbox_id } => {
-            let letters = ctx.store.dead_letters().await?;
+            let letters = ctx.store.system().dead_letters().await?;
             if !letters.iter().any(|d| d.subscriber == subscriber && d.outbox_id == outbox_id) {
                 bail!(
                     "no dead letter {outbox_id} for subscriber {subscriber:?}: see `clade deadletters list`"
@@ -303,7 +304,7 @@ pub(super) async fn deadletters(ctx: &Ctx, cmd: DeadlettersCommand) -> Result<()
                 ctx.subscribers()?.into_iter().find(|s| s.name == subscriber).with_context(
                     || format!("subscriber {subscriber:?} is no longer in clade.yaml"),
                 )?;
-            let row = ctx.store.outbox_row(outbox_id).await?;
+            let row = ctx.store.system().outbox_row(outbox_id).await?;
             clade_runtime::outbox::deliver(&reqwest::Client::new(), &target, &row)
                 .await
                 .map_err(|reason| anyhow::anyhow!("delivery failed again: {reason}"))?;

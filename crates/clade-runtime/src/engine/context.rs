@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clade_core::{Agent, SessionId};
 use clade_model::Message;
-use clade_store::{EventRow, Source, Store, TurnRow};
+use clade_store::{EventRow, Source, TurnRow};
 use futures::future::BoxFuture;
 
 use super::Inner;
@@ -300,7 +300,7 @@ impl ContextSource for Whereabouts<'_> {
 /// from the store when not kept.
 pub(super) struct SessionHistory<'a> {
     pub(super) kept: &'a mut Option<History>,
-    pub(super) store: &'a Store,
+    pub(super) store: &'a clade_store::SystemStore,
     pub(super) session: SessionId,
     /// Turns of history (`sessions.history_turns`).
     pub(super) turns: u32,

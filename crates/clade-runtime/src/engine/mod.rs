@@ -129,7 +129,7 @@ struct Inner {
     /// durable: a turn's outcome commits after the events it read, so it cannot be durable
     /// before them, and nothing else leaves the process before then (see
     /// [`Store::visible_reads`]).
-    visible: Store,
+    visible: clade_store::SystemStore,
     agents: Agents,
     models: Models,
     hub: Hub,
@@ -196,7 +196,7 @@ impl Engine {
         let EngineOptions { sessions, bindings, default_agent, tools, tenants } = options;
         let settings = Settings::new(sessions, bindings, default_agent, tenants);
         let inner = Arc::new(Inner {
-            visible: store.visible_reads(),
+            visible: store.visible_reads().system(),
             store,
             agents,
             models,
@@ -213,7 +213,7 @@ impl Engine {
         });
         let engine = Self { inner };
         engine.inner.tools.attach_hub(engine.inner.hub.clone());
-        let open = engine.inner.store.sessions_with_open_events().await?;
+        let open = engine.inner.store.system().sessions_with_open_events().await?;
         if !open.is_empty() {
             tracing::info!(sessions = open.len(), "resuming sessions with unfinished turns");
         }

@@ -53,7 +53,7 @@ async fn an_execution_journals_dense_steps_once_and_ends_for_good() {
 
         let steps = h.store.execution_steps(tenant.id, id).await.unwrap();
         assert_eq!(steps, [step(1, "fetch"), step(2, "summarise")], "{}", h.name);
-        assert_eq!(h.store.open_executions(10).await.unwrap().len(), 1, "{}", h.name);
+        assert_eq!(h.store.system().open_executions(10).await.unwrap().len(), 1, "{}", h.name);
 
         // Paused and running again, then completed: an ended execution never changes again.
         for status in [ExecutionStatus::Paused, ExecutionStatus::Running] {
@@ -77,7 +77,7 @@ async fn an_execution_journals_dense_steps_once_and_ends_for_good() {
         assert!(matches!(reopened, Err(Error::ExecutionEnded { .. })), "{}: {reopened:?}", h.name);
         let late = h.store.append_execution_step(tenant.id, id, step(3, "send")).await;
         assert!(matches!(late, Err(Error::ExecutionEnded { .. })), "{}: {late:?}", h.name);
-        assert!(h.store.open_executions(10).await.unwrap().is_empty(), "{}", h.name);
+        assert!(h.store.system().open_executions(10).await.unwrap().is_empty(), "{}", h.name);
 
         // A bad start is refused before anything is written.
         let ended = NewExecution {
@@ -161,7 +161,7 @@ async fn a_unit_of_work_commits_all_its_writes_or_none() {
         let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
         let other = h.store.create_tenant("other").await.unwrap();
         let head = |rows: Vec<OutboxRow>| rows.last().map_or(0, |r| r.id);
-        let outbox_before = head(h.store.outbox_after(0, 10_000).await.unwrap());
+        let outbox_before = head(h.store.system().outbox_after(0, 10_000).await.unwrap());
         let audited_before = h.store.verify_audit(tenant.id).await.unwrap().records;
         let other_before = h.store.verify_audit(other.id).await.unwrap().records;
         let planned = |audit_tenant| {
@@ -206,7 +206,7 @@ async fn a_unit_of_work_commits_all_its_writes_or_none() {
             assert!(matches!(gone, Err(Error::ExecutionNotFound(_))), "{}: {gone:?}", h.name);
         }
         assert_eq!(
-            head(h.store.outbox_after(0, 10_000).await.unwrap()),
+            head(h.store.system().outbox_after(0, 10_000).await.unwrap()),
             outbox_before,
             "{}",
             h.name
@@ -225,7 +225,7 @@ async fn a_unit_of_work_commits_all_its_writes_or_none() {
         assert_eq!(id, fired_id);
         assert_eq!(announced.len(), 1, "{}", h.name);
         assert_eq!(h.store.execution_steps(tenant.id, fired_id).await.unwrap(), [step(1, "fired")]);
-        assert_eq!(head(h.store.outbox_after(0, 10_000).await.unwrap()), announced[0].id);
+        assert_eq!(head(h.store.system().outbox_after(0, 10_000).await.unwrap()), announced[0].id);
         let audit = h.store.verify_audit(tenant.id).await.unwrap();
         assert_eq!((audit.records, audit.broken), (audited_before + 1, None), "{}", h.name);
     }

@@ -41,7 +41,7 @@ async fn outbox_ids_are_never_issued_twice_even_after_deletes() {
 /// Reads every outbox row after `cursor`, as a subscriber following the outbox does, and moves
 /// the cursor past them. (Without waiting for this handle's writer, which the test holds.)
 async fn follow(store: &Store, cursor: &mut i64, seen: &mut Vec<i64>) {
-    for row in store.visible_reads().outbox_after(*cursor, 1000).await.unwrap() {
+    for row in store.visible_reads().system().outbox_after(*cursor, 1000).await.unwrap() {
         *cursor = row.id;
         seen.push(row.id);
     }
@@ -112,6 +112,7 @@ async fn a_follower_never_passes_a_row_another_writer_commits_later() {
 
         let all: Vec<i64> = h
             .store
+            .system()
             .outbox_after(0, 1000)
             .await
             .unwrap()

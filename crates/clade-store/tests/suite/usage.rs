@@ -168,7 +168,7 @@ async fn a_turn_sums_the_usage_of_its_model_calls() {
             .await
             .unwrap();
 
-        let turns = h.store.turn_records(accepted.session_id, None, 1000).await.unwrap();
+        let turns = h.store.turn_records(tenant.id, accepted.session_id, None, 1000).await.unwrap();
         assert_eq!(turns.len(), 1, "{}", h.name);
         let spent = turns[0].usage;
         assert_eq!(spent.model_calls, 2, "{}", h.name);
@@ -208,7 +208,7 @@ async fn a_journal_step_and_its_audit_record_commit_together() {
             h.store.append_journal(&turn, step(), Vec::new(), None, Some(audit(nobody))).await;
         assert!(failed.is_err(), "{}", h.name);
         assert!(
-            h.store.journal(turn.id).await.unwrap().iter().all(|e| e.step != start),
+            h.store.system().journal(turn.id).await.unwrap().iter().all(|e| e.step != start),
             "{}",
             h.name
         );
@@ -218,7 +218,7 @@ async fn a_journal_step_and_its_audit_record_commit_together() {
             .await
             .unwrap();
         assert!(
-            h.store.journal(turn.id).await.unwrap().iter().any(|e| e.step == start),
+            h.store.system().journal(turn.id).await.unwrap().iter().any(|e| e.step == start),
             "{}",
             h.name
         );
@@ -264,7 +264,7 @@ async fn turn_records_page_through_one_sessions_turns() {
         let mut seen = Vec::new();
         let mut after = None;
         loop {
-            let page = h.store.turn_records(session, after, 2).await.unwrap();
+            let page = h.store.turn_records(tenant.id, session, after, 2).await.unwrap();
             if page.is_empty() {
                 break;
             }
@@ -286,6 +286,45 @@ async fn turn_records_page_through_one_sessions_turns() {
         }
         let expected: Vec<_> = ours.iter().map(|(turn, event)| (*turn, vec![*event])).collect();
         assert_eq!(seen, expected, "{}", h.name);
+    }
+}
+
+/// A handle bound to one tenant reads its own turns and journals, and nothing of another
+/// tenant's, though it is handed that tenant's session and turn ids; nor a turn through the
+/// wrong session.
+#[tokio::test]
+async fn a_tenant_scope_reads_only_its_own_tenants_turns() {
+    use clade_core::StepKey;
+    for h in backends().await {
+        let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let rival = h.store.create_tenant("rival").await.unwrap();
+        let accepted = accept(&h.store, &tenant, &ada, "c").await;
+        let turn = new_turn(&h.store, &accepted, &tenant, &ada);
+        let step =
+            clade_store::JournalEntry { step: StepKey::Model { iteration: 0 }, data: "{}".into() };
+        h.store
+            .begin_turn(&turn, vec![accepted.event_id], Vec::new(), Some((step, None)), None)
+            .await
+            .unwrap();
+        let other = accept(&h.store, &tenant, &ada, "other").await;
+        let (session, id) = (accepted.session_id, turn.id);
+
+        let own = h.store.tenant_scope(tenant.id);
+        assert_eq!(own.turn(session, id).await.unwrap().id, id, "{}", h.name);
+        assert_eq!(own.journal(session, id).await.unwrap().len(), 1, "{}", h.name);
+        assert_eq!(own.turn_records(session, None, 10).await.unwrap().len(), 1, "{}", h.name);
+        let wrong_session = own.turn(other.session_id, id).await.unwrap_err();
+        assert!(matches!(wrong_session, clade_store::Error::TurnNotFound(_)), "{}", h.name);
+
+        let theirs = h.store.tenant_scope(rival.id);
+        for err in [
+            theirs.turn(session, id).await.unwrap_err(),
+            theirs.journal(session, id).await.unwrap_err(),
+            theirs.session(session).await.unwrap_err(),
+        ] {
+            assert!(err.is_not_found(), "{}: {err}", h.name);
+        }
+        assert!(theirs.turn_records(session, None, 10).await.unwrap().is_empty(), "{}", h.name);
     }
 }
 

@@ -1,0 +1,133 @@
+//! Two narrower handles on the store. A [`TenantStore`] is bound to one tenant: everything it
+//! reads filters by that tenant, so the API edge, which holds one per request, cannot reach
+//! another tenant's rows whatever ids a caller hands it. A [`SystemStore`] holds the reads that
+//! cross tenants (recovering sessions after a restart, the engine's own session reads, outbox
+//! delivery, dead letters); only the engine, the delivery tasks and operator commands take one,
+//! and the gateway never does (tidy test `the_gateway_never_reads_across_tenants`).
+
+use clade_core::{Agent, AgentId, ApprovalId, SessionId, TenantId, Timestamp, TurnId};
+
+use crate::access::{
+    ApprovalRow, ApprovalStatus, AuditFilter, AuditRow, AuditVerification, GrantRow,
+};
+use crate::error::{Error, Result};
+use crate::store::{Store, UsageSummary};
+use crate::turns::{JournalEntry, SessionRow, TurnRecord, TurnRow};
+
+/// The store's reads that cross tenants. It derefs to [`Store`], of which it is a superset.
+#[derive(Clone)]
+pub struct SystemStore(pub(crate) Store);
+
+impl std::ops::Deref for SystemStore {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        &self.0
+    }
+}
+
+/// The store as one tenant sees it.
+#[derive(Clone)]
+pub struct TenantStore {
+    store: Store,
+    tenant: TenantId,
+}
+
+impl Store {
+    /// The handle for reads across tenants: recovery, delivery, operator commands.
+    pub fn system(&self) -> SystemStore {
+        SystemStore(self.clone())
+    }
+
+    /// The handle bound to `tenant`.
+    pub fn tenant_scope(&self, tenant: TenantId) -> TenantStore {
+        TenantStore { store: self.clone(), tenant }
+    }
+}
+
+impl TenantStore {
+    pub fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+
+    pub async fn agent(&self, handle: &str) -> Result<Agent> {
+        self.store.agent(self.tenant, handle).await
+    }
+
+    pub async fn agent_by_id(&self, id: AgentId) -> Result<Agent> {
+        self.store.agent_by_id(self.tenant, id).await
+    }
+
+    /// A page of agents by handle, after `after`.
+    pub async fn agents(&self, after: Option<&str>, limit: u32) -> Result<Vec<Agent>> {
+        self.store.agents(self.tenant, after, limit).await
+    }
+
+    pub async fn session(&self, id: SessionId) -> Result<SessionRow> {
+        self.store.session(self.tenant, id).await
+    }
+
+    /// The most recently active sessions, of one agent or all.
+    pub async fn sessions(&self, agent: Option<AgentId>, limit: u32) -> Result<Vec<SessionRow>> {
+        self.store.sessions(self.tenant, agent, limit).await
+    }
+
+    /// A turn of `session`: another session's turn, or another tenant's, is not found.
+    pub async fn turn(&self, session: SessionId, id: TurnId) -> Result<TurnRow> {
+        let turn = self.store.system().turn(id).await?;
+        if turn.tenant_id != self.tenant || turn.session_id != session {
+            return Err(Error::TurnNotFound(id.to_string()));
+        }
+        Ok(turn)
+    }
+
+    /// The journal of a turn of `session`, in the order it was written.
+    pub async fn journal(&self, session: SessionId, turn: TurnId) -> Result<Vec<JournalEntry>> {
+        self.turn(session, turn).await?;
+        self.store.system().journal(turn).await
+    }
+
+    /// A page of `session`'s turns after `after` (see [`Store::turn_records`]); none for a
+    /// session that is not this tenant's.
+    pub async fn turn_records(
+        &self,
+        session: SessionId,
+        after: Option<TurnId>,
+        limit: u32,
+    ) -> Result<Vec<TurnRecord>> {
+        self.store.turn_records(self.tenant, session, after, limit).await
+    }
+
+    pub async fn usage(
+        &self,
+        agent: Option<AgentId>,
+        since: Timestamp,
+    ) -> Result<Vec<UsageSummary>> {
+        self.store.usage(self.tenant, agent, since).await
+    }
+
+    pub async fn grants(&self, agent: Option<AgentId>) -> Result<Vec<GrantRow>> {
+        self.store.grants(self.tenant, agent).await
+    }
+
+    pub async fn approval(&self, id: ApprovalId) -> Result<ApprovalRow> {
+        self.store.approval(self.tenant, id).await
+    }
+
+    pub async fn approvals(
+        &self,
+        agent: Option<AgentId>,
+        status: Option<ApprovalStatus>,
+        limit: u32,
+    ) -> Result<Vec<ApprovalRow>> {
+        self.store.approvals(self.tenant, agent, status, limit).await
+    }
+
+    pub async fn audit_records(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>> {
+        self.store.audit_records(self.tenant, filter).await
+    }
+
+    pub async fn verify_audit(&self) -> Result<AuditVerification> {
+        self.store.verify_audit(self.tenant).await
+    }
+}
