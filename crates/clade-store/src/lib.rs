@@ -50,7 +50,7 @@ pub use store::{
 };
 pub use turns::{
     Accepted, DeadLetter, EventRow, GivenUp, JournalEntry, NewEvent, OpenEvents, OutboxEvent,
-    OutboxRow, SessionRow, Source, TurnOutcome, TurnRecord, TurnRow, TurnUsage,
+    OutboxRow, SessionRow, Source, TurnOutcome, TurnRecord, TurnRow, TurnUsage, TurnWrites,
 };
 pub use work::Work;
 pub use writer::{DiskFaults, Durations, SyncHold, WriteStats};

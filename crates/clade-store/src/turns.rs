@@ -598,72 +598,11 @@ impl Store {
         let turn = turn.clone();
         self.write(move |conn| {
             Box::pin(async move {
-                // A turn that ends here is written in its final state directly.
-                let (status, reply, error, model, finished_at) = match &finish {
-                    Some((o, _)) => (
-                        o.status,
-                        o.reply.clone(),
-                        o.error.clone(),
-                        o.model.clone(),
-                        Some(now.as_millis()),
-                    ),
-                    None => (TurnStatus::Running, None, None, None, None),
-                };
-                // The first model call's usage is in the turn's totals from the start: no update
-                // of the row just inserted.
-                let counted = first_step
-                    .as_ref()
-                    .and_then(|(_, usage)| usage.as_ref())
-                    .filter(|usage| usage.turn == Some(turn.id));
-                let (calls, (input, output, cost)) =
-                    counted.map_or((0, (0, 0, 0)), |usage| (1, usage.turn_totals()));
-                query(
-                    "INSERT INTO turns (id, session_id, tenant_id, agent_id, status, reply, error, model, \
-                     config_revision, started_at, finished_at, model_calls, input_tokens, output_tokens, \
-                     cost_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-                )
-                .bind(b(turn.id.as_bytes()))
-                .bind(b(turn.session_id.as_bytes()))
-                .bind(b(turn.tenant_id.as_bytes()))
-                .bind(b(turn.agent_id.as_bytes()))
-                .bind(status.as_str())
-                .bind(reply)
-                .bind(error)
-                .bind(model)
-                .bind(turn.config_revision)
-                .bind(turn.started_at.as_millis())
-                .bind(finished_at)
-                .bind(calls)
-                .bind(input)
-                .bind(output)
-                .bind(cost)
-                .execute(&mut *conn)
-                .await?;
-                let usage_counted = counted.is_some();
-                for event in &events {
-                    let taken = query(
-                        "UPDATE events SET status = $3, turn_id = $1 WHERE id = $2 AND status = 'pending'",
-                    )
-                    .bind(b(turn.id.as_bytes()))
-                    .bind(b(event.as_bytes()))
-                    .bind(status.event_status().as_str())
-                    .execute(&mut *conn)
+                let mut rows = Vec::new();
+                TurnWrites::new(conn, turn.tenant_id, now, &mut rows)
+                    .begin(&turn, &events, outbox, first_step, finish)
                     .await?;
-                    if taken != 1 {
-                        return Err(Error::InvalidInput(format!("event {event} is no longer pending")));
-                    }
-                }
-                if let Some((entry, usage)) = first_step {
-                    journal_in(conn, turn.id, entry, now).await?;
-                    if let Some(usage) = &usage {
-                        insert_usage(conn, usage, now, !usage_counted).await?;
-                    }
-                }
-                let mut all = outbox;
-                if let Some((_, events)) = finish {
-                    all.extend(events);
-                }
-                insert_outbox(conn, now, turn.tenant_id, Some(turn.session_id), Some(turn.id), &all).await
+                Ok(rows)
             })
         })
         .await
@@ -697,20 +636,14 @@ impl Store {
         audit: Option<crate::access::AuditEntry>,
     ) -> Result<Vec<OutboxRow>> {
         let now = self.now();
-        let (turn_id, tenant, session) = (turn.id, turn.tenant_id, turn.session_id);
+        let turn = turn.clone();
         self.write(move |conn| {
             Box::pin(async move {
-                if !journal_in(conn, turn_id, entry, now).await? {
-                    return Ok(Vec::new());
-                }
-                // The step's audit record commits with it, or neither does.
-                if let Some(audit) = &audit {
-                    crate::access::append_audit(conn, audit, now).await?;
-                }
-                if let Some(usage) = &usage {
-                    insert_usage(conn, usage, now, true).await?;
-                }
-                insert_outbox(conn, now, tenant, Some(session), Some(turn_id), &outbox).await
+                let mut rows = Vec::new();
+                TurnWrites::new(conn, turn.tenant_id, now, &mut rows)
+                    .append(&turn, entry, &outbox, usage.as_ref(), audit.as_ref())
+                    .await?;
+                Ok(rows)
             })
         })
         .await
@@ -727,7 +660,13 @@ impl Store {
         let now = self.now();
         let turn = turn.clone();
         self.write(move |conn| {
-            Box::pin(async move { finish_in(conn, &turn, &outcome, &outbox, now).await })
+            Box::pin(async move {
+                let mut rows = Vec::new();
+                TurnWrites::new(conn, turn.tenant_id, now, &mut rows)
+                    .finish(&turn, &outcome, &outbox)
+                    .await?;
+                Ok(rows)
+            })
         })
         .await
     }
@@ -1198,6 +1137,167 @@ fn check_duplicate(
         return Err(Error::IdempotencyConflict(key.to_owned()));
     }
     Ok(Accepted { event_id, session_id, duplicate: true })
+}
+
+/// A turn's writes, as a repository: of a unit of work (`Work::turns`, so a new atomic
+/// combination with a turn in it is a closure over repositories), and of the `Store` methods
+/// of the same names (`begin_turn`, `append_journal`, `finish_turn`), each a transaction of its
+/// own. Bound to one tenant: a turn of another is refused. The outbox rows it writes are added
+/// to its caller's list, to publish once committed.
+pub struct TurnWrites<'c> {
+    conn: &'c mut Tx,
+    tenant: TenantId,
+    now: Timestamp,
+    announced: &'c mut Vec<OutboxRow>,
+}
+
+impl<'c> TurnWrites<'c> {
+    pub(crate) fn new(
+        conn: &'c mut Tx,
+        tenant: TenantId,
+        now: Timestamp,
+        announced: &'c mut Vec<OutboxRow>,
+    ) -> Self {
+        Self { conn, tenant, now, announced }
+    }
+
+    fn check(&self, turn: &TurnRow) -> Result<()> {
+        if turn.tenant_id != self.tenant {
+            return Err(Error::InvalidInput(format!(
+                "turn {} is not of this unit of work's tenant",
+                turn.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes a new turn, takes its events (each must still be pending), journals its first
+    /// step with that call's usage, and, for a turn that ends at that step, its outcome: the
+    /// row is written in its final state directly.
+    pub async fn begin(
+        &mut self,
+        turn: &TurnRow,
+        events: &[EventId],
+        outbox: Vec<OutboxEvent>,
+        first_step: Option<(JournalEntry, Option<UsageRecord>)>,
+        finish: Option<(TurnOutcome, Vec<OutboxEvent>)>,
+    ) -> Result<()> {
+        self.check(turn)?;
+        let (conn, now) = (&mut *self.conn, self.now);
+        // A turn that ends here is written in its final state directly.
+        let (status, reply, error, model, finished_at) = match &finish {
+            Some((o, _)) => {
+                (o.status, o.reply.clone(), o.error.clone(), o.model.clone(), Some(now.as_millis()))
+            }
+            None => (TurnStatus::Running, None, None, None, None),
+        };
+        // The first model call's usage is in the turn's totals from the start: no update
+        // of the row just inserted.
+        let counted = first_step
+            .as_ref()
+            .and_then(|(_, usage)| usage.as_ref())
+            .filter(|usage| usage.turn == Some(turn.id));
+        let (calls, (input, output, cost)) =
+            counted.map_or((0, (0, 0, 0)), |usage| (1, usage.turn_totals()));
+        query(
+            "INSERT INTO turns (id, session_id, tenant_id, agent_id, status, reply, error, model, \
+             config_revision, started_at, finished_at, model_calls, input_tokens, output_tokens, \
+             cost_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(b(turn.id.as_bytes()))
+        .bind(b(turn.session_id.as_bytes()))
+        .bind(b(turn.tenant_id.as_bytes()))
+        .bind(b(turn.agent_id.as_bytes()))
+        .bind(status.as_str())
+        .bind(reply)
+        .bind(error)
+        .bind(model)
+        .bind(turn.config_revision)
+        .bind(turn.started_at.as_millis())
+        .bind(finished_at)
+        .bind(calls)
+        .bind(input)
+        .bind(output)
+        .bind(cost)
+        .execute(&mut *conn)
+        .await?;
+        let usage_counted = counted.is_some();
+        for event in events {
+            let taken = query(
+                "UPDATE events SET status = $3, turn_id = $1 WHERE id = $2 AND status = 'pending'",
+            )
+            .bind(b(turn.id.as_bytes()))
+            .bind(b(event.as_bytes()))
+            .bind(status.event_status().as_str())
+            .execute(&mut *conn)
+            .await?;
+            if taken != 1 {
+                return Err(Error::InvalidInput(format!("event {event} is no longer pending")));
+            }
+        }
+        if let Some((entry, usage)) = first_step {
+            journal_in(conn, turn.id, entry, now).await?;
+            if let Some(usage) = &usage {
+                insert_usage(conn, usage, now, !usage_counted).await?;
+            }
+        }
+        let mut all = outbox;
+        if let Some((_, events)) = finish {
+            all.extend(events);
+        }
+        let rows =
+            insert_outbox(conn, now, turn.tenant_id, Some(turn.session_id), Some(turn.id), &all)
+                .await?;
+        self.announced.extend(rows);
+        Ok(())
+    }
+
+    /// Journals one step with its outbox events, usage and audit record. A step already
+    /// journaled is left as it was, and nothing else is written (a retried step).
+    pub async fn append(
+        &mut self,
+        turn: &TurnRow,
+        entry: JournalEntry,
+        outbox: &[OutboxEvent],
+        usage: Option<&UsageRecord>,
+        audit: Option<&crate::access::AuditEntry>,
+    ) -> Result<()> {
+        self.check(turn)?;
+        if audit.is_some_and(|audit| audit.tenant != self.tenant) {
+            return Err(Error::InvalidInput(
+                "a step's audit record goes to its turn's tenant's chain".into(),
+            ));
+        }
+        let (conn, now) = (&mut *self.conn, self.now);
+        if !journal_in(conn, turn.id, entry, now).await? {
+            return Ok(());
+        }
+        // The step's audit record commits with it, or neither does.
+        if let Some(audit) = audit {
+            crate::access::append_audit(conn, audit, now).await?;
+        }
+        if let Some(usage) = usage {
+            insert_usage(conn, usage, now, true).await?;
+        }
+        let rows =
+            insert_outbox(conn, now, turn.tenant_id, Some(turn.session_id), Some(turn.id), outbox)
+                .await?;
+        self.announced.extend(rows);
+        Ok(())
+    }
+
+    /// Ends a turn: its status, reply or error, its events' status, and its outbox events.
+    pub async fn finish(
+        &mut self,
+        turn: &TurnRow,
+        outcome: &TurnOutcome,
+        outbox: &[OutboxEvent],
+    ) -> Result<()> {
+        self.check(turn)?;
+        let rows = finish_in(self.conn, turn, outcome, outbox, self.now).await?;
+        self.announced.extend(rows);
+        Ok(())
+    }
 }
 
 /// Reads across tenants, for the engine's recovery and delivery (see [`SystemStore`]).

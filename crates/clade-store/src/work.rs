@@ -42,6 +42,12 @@ impl Work<'_> {
         ExecutionWrites::new(self.conn, self.tenant, self.now)
     }
 
+    /// A turn's writes: begin, append a step, finish. Their lifecycle events come back with the
+    /// unit of work's, to publish once committed.
+    pub fn turns(&mut self) -> crate::turns::TurnWrites<'_> {
+        crate::turns::TurnWrites::new(self.conn, self.tenant, self.now, &mut self.announced)
+    }
+
     /// Puts lifecycle events in the outbox, for `session` when they belong to one; they are
     /// delivered only if the unit of work commits.
     pub async fn announce(

@@ -1,13 +1,14 @@
 //! Durable executions on both backends: started once, steps numbered densely and written once,
 //! statuses that only move forward, and nothing of one tenant's visible to another.
 
-use clade_core::{AuditKind, EventKind, ExecutionId, ExecutionKind, ExecutionStatus};
+use clade_core::{AuditKind, EventKind, ExecutionId, ExecutionKind, ExecutionStatus, StepKey};
 use clade_store::{
-    AuditEntry, Error, ExecutionOwner, ExecutionStep, NewExecution, OutboxEvent, OutboxRow, Work,
+    AuditEntry, Error, ExecutionOwner, ExecutionStep, JournalEntry, NewExecution, OutboxEvent,
+    OutboxRow, TurnRow, Work,
 };
 use futures::future::BoxFuture;
 
-use super::harness::{backends, tenant_and_agent};
+use super::harness::{accept, backends, new_turn, tenant_and_agent};
 
 fn step(seq: u32, key: &str) -> ExecutionStep {
     ExecutionStep { seq, key: key.into(), data: format!("{{\"seq\":{seq}}}") }
@@ -228,5 +229,85 @@ async fn a_unit_of_work_commits_all_its_writes_or_none() {
         assert_eq!(head(h.store.system().outbox_after(0, 10_000).await.unwrap()), announced[0].id);
         let audit = h.store.verify_audit(tenant.id).await.unwrap();
         assert_eq!((audit.records, audit.broken), (audited_before + 1, None), "{}", h.name);
+    }
+}
+
+/// A turn's writes are a repository too: a turn that starts a branch commits with it in one
+/// unit of work, or neither exists; a turn of another tenant is refused.
+fn begin_with_branch<'w>(
+    work: &'w mut Work<'_>,
+    turn: TurnRow,
+    event: clade_core::EventId,
+    branch: NewExecution,
+    fail: bool,
+) -> BoxFuture<'w, Result<(), Error>> {
+    Box::pin(async move {
+        let first = JournalEntry { step: StepKey::Model { iteration: 0 }, data: "{}".into() };
+        let started = OutboxEvent { kind: EventKind::TurnStarted, data: "{}".into() };
+        work.turns().begin(&turn, &[event], vec![started], Some((first, None)), None).await?;
+        work.executions().start(branch).await?;
+        if fail {
+            return Err(Error::InvalidInput("the branch was refused".into()));
+        }
+        Ok(())
+    })
+}
+
+#[tokio::test]
+async fn a_turn_and_the_branch_it_starts_commit_together_or_not_at_all() {
+    for h in backends().await {
+        let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let accepted = accept(&h.store, &tenant, &agent, "c").await;
+        let turn = new_turn(&h.store, &accepted, &tenant, &agent);
+        let branch = NewExecution {
+            id: ExecutionId::generate(h.store.now()),
+            tenant: tenant.id,
+            agent: agent.id,
+            kind: ExecutionKind::Branch,
+            owner: ExecutionOwner::Session(accepted.session_id),
+            status: ExecutionStatus::Running,
+            input: "{}".into(),
+        };
+        let event = accepted.event_id;
+        let plan = (turn.clone(), branch.clone());
+
+        // Refused late: neither the turn, its step, its event's change nor the branch is left.
+        let (t, b) = plan.clone();
+        let refused = h
+            .store
+            .transact(tenant.id, move |w| begin_with_branch(w, t.clone(), event, b.clone(), true))
+            .await;
+        assert!(matches!(refused, Err(Error::InvalidInput(_))), "{}: {refused:?}", h.name);
+        let missing = h.store.system().turn(turn.id).await;
+        assert!(matches!(missing, Err(Error::TurnNotFound(_))), "{}: {missing:?}", h.name);
+        assert!(h.store.system().journal(turn.id).await.unwrap().is_empty(), "{}", h.name);
+        let pending = h.store.system().pending_events(accepted.session_id).await.unwrap();
+        assert_eq!(pending.len(), 1, "{}: the event was taken", h.name);
+        let gone = h.store.execution(tenant.id, branch.id).await;
+        assert!(matches!(gone, Err(Error::ExecutionNotFound(_))), "{}: {gone:?}", h.name);
+
+        // A turn of another tenant is refused by the repository itself.
+        let other = h.store.create_tenant("other").await.unwrap();
+        let (t, b) = plan.clone();
+        let crossed = h
+            .store
+            .transact(other.id, move |w| begin_with_branch(w, t.clone(), event, b.clone(), false))
+            .await;
+        assert!(matches!(crossed, Err(Error::InvalidInput(_))), "{}: {crossed:?}", h.name);
+
+        // Committed: both are there, and the turn's announcement comes back to publish.
+        let (t, b) = plan.clone();
+        let ((), announced) = h
+            .store
+            .transact(tenant.id, move |w| begin_with_branch(w, t.clone(), event, b.clone(), false))
+            .await
+            .unwrap();
+        assert_eq!(announced.len(), 1, "{}", h.name);
+        assert_eq!(announced[0].turn_id, Some(turn.id), "{}", h.name);
+        assert_eq!(h.store.system().turn(turn.id).await.unwrap().id, turn.id, "{}", h.name);
+        assert_eq!(h.store.system().journal(turn.id).await.unwrap().len(), 1, "{}", h.name);
+        let started = h.store.execution(tenant.id, branch.id).await.unwrap();
+        assert_eq!(started.kind, ExecutionKind::Branch, "{}", h.name);
+        assert!(h.store.system().pending_events(accepted.session_id).await.unwrap().is_empty());
     }
 }
