@@ -124,7 +124,9 @@ impl From<clade_store::Error> for ApiError {
             E::TemplateNotFound(_) => Code::TemplateNotFound,
             E::InvalidInput(_) => Code::InvalidRequest,
             E::BadToken => Code::InvalidToken,
-            E::Unreachable { .. } | E::WriterGone | E::CommitFailed(_) => Code::StoreUnavailable,
+            E::Unreachable { .. } | E::WriterGone | E::CommitFailed(_) | E::Fenced { .. } => {
+                Code::StoreUnavailable
+            }
             _ => Code::Internal,
         };
         // What to do, in the API's terms: the store says only what went wrong.

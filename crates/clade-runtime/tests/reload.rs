@@ -1,5 +1,7 @@
-//! The tools and rules as a swapped snapshot: a reload reaches the turns that start after it,
-//! while a turn already running finishes on the set it started with.
+//! What a running turn may rely on while things change around it: the tools, rules and settings
+//! are swapped snapshots (a reload reaches the turns that start after it, while a turn already
+//! running finishes on what it started with), and a node that lost its sessions' lease writes
+//! nothing more.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, unreachable_pub)] // Test code.
 
@@ -167,4 +169,67 @@ async fn a_settings_reload_reaches_new_turns_while_a_running_turn_keeps_its_own(
     };
     let (again, ()) = tokio::join!(again, asked);
     assert_eq!(again.status, TurnStatus::Yielded, "{again:?}");
+}
+
+/// A node that lost its sessions' lease writes nothing more: the node that took the lease over
+/// resumes the session, and the turn ends once, by the new holder, with its tool called once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_lease_leaves_its_sessions_to_the_new_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, data) = support::sqlite_store(dir.path()).await;
+    let tenant = support::create_ada(&store, &data).await;
+    let rules = tools_config(serde_json::json!([{ "effect": "ask", "tool": "slow.tool" }]));
+    let sessions = clade_config::SessionsConfig::default;
+    let old =
+        support::engine_with(&store, &data, registry(&["slow.tool"]), &rules, sessions()).await;
+    assert!(store.fence().is_some(), "an engine takes the lease when it starts");
+
+    // A turn on the old node calls a tool and waits for its approval.
+    let envelope = Envelope {
+        tenant: tenant.clone(),
+        agent: Some("ada".into()),
+        text: "/tool slow.tool {\"n\":1}".into(),
+        source: Source { platform: "test".into(), channel: "c1".into(), actor: "u".into() },
+        idempotency_key: None,
+    };
+    let accepted = old.submit(envelope).await.unwrap();
+    let asked = next_pending(&store, &tenant).await;
+
+    // Another node starts on the same store: it takes the lease and resumes the session, whose
+    // turn finds the same approval (by the call's key) and waits on it too.
+    let (taken_over, _) = support::sqlite_store(dir.path()).await;
+    let new =
+        support::engine_with(&taken_over, &data, registry(&["slow.tool"]), &rules, sessions())
+            .await;
+    assert!(!store.holds_leases().await.unwrap(), "the old node still holds the lease");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(next_pending(&store, &tenant).await.id, asked.id, "a second approval was asked");
+
+    // Approved: both nodes' turns go on; only the new holder's may write.
+    new.tools().decide(tenant.id, asked.id, Verdict::Approve, "operator", None).await.unwrap();
+    let finished = new
+        .wait(tenant.id, accepted.event_id, accepted.session_id, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("the turn ended");
+    assert_eq!(finished.status, TurnStatus::Completed, "{finished:?}");
+    let turns = store.turn_records(tenant.id, accepted.session_id, None, 10).await.unwrap();
+    assert_eq!(turns.len(), 1, "one turn, not one per node");
+    let kinds: Vec<clade_core::StepKind> = turns[0].steps.iter().map(|s| s.step.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            clade_core::StepKind::ModelResponse,
+            clade_core::StepKind::ToolStarted,
+            clade_core::StepKind::ToolResult,
+            clade_core::StepKind::ModelResponse,
+        ],
+        "the tool was started once, by the new holder"
+    );
+    // The old node gives the session up rather than retrying writes it may not make.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while old.active_sessions() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the old node kept the session's actor");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -39,6 +39,11 @@ pub enum Error {
     EventNotFound(String),
     #[error("turn {0} not found")]
     TurnNotFound(String),
+    #[error(
+        "this node's lease on its sessions was taken by another (epoch {current}, this node \
+         held {held}): it writes no more turns"
+    )]
+    Fenced { held: i64, current: i64 },
     #[error("grant {0} not found")]
     GrantNotFound(String),
     #[error("approval {0} not found")]

@@ -64,6 +64,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::shared(9, "token_scopes", include_str!("../migrations/0009_token_scopes.sql")),
     Migration::shared(10, "executions", include_str!("../migrations/0010_executions.sql")),
     Migration::shared(11, "token_agents", include_str!("../migrations/0011_token_agents.sql")),
+    Migration::shared(12, "leases", include_str!("../migrations/0012_leases.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -73,7 +74,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 11;
+pub const SCHEMA_VERSION: i64 = 12;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

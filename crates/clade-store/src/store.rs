@@ -69,6 +69,9 @@ pub struct Store {
     migrated: MigrationReport,
     /// Whether a SQLite file's pages carry checksums, and whether opening added them.
     page_checksums: Option<crate::checksums::PageChecksums>,
+    /// The lease epoch this store's turn writes are fenced by, 0 while it holds none (see
+    /// [`Store::take_leases`]); shared by every clone.
+    pub(crate) fence: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// What is needed to create an agent.
@@ -397,6 +400,7 @@ impl Store {
             actor: "operator".into(),
             migrated: report,
             page_checksums,
+            fence: Arc::default(),
         };
         store.ensure_tenant(Tenant::DEFAULT_NAME).await?;
         Ok(store)

@@ -539,10 +539,11 @@ impl Store {
         config_revision: i64,
         outbox: Vec<OutboxEvent>,
     ) -> Result<(TurnRow, Vec<OutboxRow>)> {
-        let now = self.now();
+        let (now, fence) = (self.now(), self.fence());
         let session = session.clone();
         self.write(move |conn| {
             Box::pin(async move {
+                crate::leases::check(conn, fence).await?;
                 let first = events.first().ok_or_else(|| Error::InvalidInput("a turn needs an event".into()))?;
                 let existing: Option<Vec<u8>> = query("SELECT turn_id FROM events WHERE id = $1")
                     .bind(b(first.as_bytes()))
@@ -594,12 +595,12 @@ impl Store {
         first_step: Option<(JournalEntry, Option<UsageRecord>)>,
         finish: Option<(TurnOutcome, Vec<OutboxEvent>)>,
     ) -> Result<Vec<OutboxRow>> {
-        let now = self.now();
+        let (now, fence) = (self.now(), self.fence());
         let turn = turn.clone();
         self.write(move |conn| {
             Box::pin(async move {
                 let mut rows = Vec::new();
-                TurnWrites::new(conn, turn.tenant_id, now, &mut rows)
+                TurnWrites::new(conn, turn.tenant_id, now, &mut rows, fence)
                     .begin(&turn, &events, outbox, first_step, finish)
                     .await?;
                 Ok(rows)
@@ -610,8 +611,10 @@ impl Store {
 
     /// Adds events to a running turn (steering): they become part of it.
     pub async fn join_turn(&self, turn: TurnId, events: Vec<EventId>) -> Result<()> {
+        let fence = self.fence();
         self.write(move |conn| {
             Box::pin(async move {
+                crate::leases::check(conn, fence).await?;
                 for event in &events {
                     query("UPDATE events SET status = 'running', turn_id = $1 WHERE id = $2 AND status = 'pending'")
                         .bind(b(turn.as_bytes()))
@@ -635,12 +638,12 @@ impl Store {
         usage: Option<UsageRecord>,
         audit: Option<crate::access::AuditEntry>,
     ) -> Result<Vec<OutboxRow>> {
-        let now = self.now();
+        let (now, fence) = (self.now(), self.fence());
         let turn = turn.clone();
         self.write(move |conn| {
             Box::pin(async move {
                 let mut rows = Vec::new();
-                TurnWrites::new(conn, turn.tenant_id, now, &mut rows)
+                TurnWrites::new(conn, turn.tenant_id, now, &mut rows, fence)
                     .append(&turn, entry, &outbox, usage.as_ref(), audit.as_ref())
                     .await?;
                 Ok(rows)
@@ -657,12 +660,12 @@ impl Store {
         outcome: TurnOutcome,
         outbox: Vec<OutboxEvent>,
     ) -> Result<Vec<OutboxRow>> {
-        let now = self.now();
+        let (now, fence) = (self.now(), self.fence());
         let turn = turn.clone();
         self.write(move |conn| {
             Box::pin(async move {
                 let mut rows = Vec::new();
-                TurnWrites::new(conn, turn.tenant_id, now, &mut rows)
+                TurnWrites::new(conn, turn.tenant_id, now, &mut rows, fence)
                     .finish(&turn, &outcome, &outbox)
                     .await?;
                 Ok(rows)
@@ -680,9 +683,10 @@ impl Store {
         tenant: TenantId,
         session: SessionId,
     ) -> Result<(u64, Vec<OutboxRow>)> {
-        let now = self.now();
+        let (now, fence) = (self.now(), self.fence());
         self.write(move |conn| {
             Box::pin(async move {
+                crate::leases::check(conn, fence).await?;
                 let yielded = query(
                     "SELECT id FROM turns WHERE session_id = $1 AND tenant_id = $2 AND status = 'yielded'",
                 )
@@ -1149,6 +1153,8 @@ pub struct TurnWrites<'c> {
     tenant: TenantId,
     now: Timestamp,
     announced: &'c mut Vec<OutboxRow>,
+    /// The lease epoch the writes are fenced by (`crate::leases`), if the store holds one.
+    fence: Option<i64>,
 }
 
 impl<'c> TurnWrites<'c> {
@@ -1157,18 +1163,20 @@ impl<'c> TurnWrites<'c> {
         tenant: TenantId,
         now: Timestamp,
         announced: &'c mut Vec<OutboxRow>,
+        fence: Option<i64>,
     ) -> Self {
-        Self { conn, tenant, now, announced }
+        Self { conn, tenant, now, announced, fence }
     }
 
-    fn check(&self, turn: &TurnRow) -> Result<()> {
+    /// The turn is of this tenant, and this node still holds the lease it writes under.
+    async fn check(&mut self, turn: &TurnRow) -> Result<()> {
         if turn.tenant_id != self.tenant {
             return Err(Error::InvalidInput(format!(
                 "turn {} is not of this unit of work's tenant",
                 turn.id
             )));
         }
-        Ok(())
+        crate::leases::check(self.conn, self.fence).await
     }
 
     /// Writes a new turn, takes its events (each must still be pending), journals its first
@@ -1182,7 +1190,7 @@ impl<'c> TurnWrites<'c> {
         first_step: Option<(JournalEntry, Option<UsageRecord>)>,
         finish: Option<(TurnOutcome, Vec<OutboxEvent>)>,
     ) -> Result<()> {
-        self.check(turn)?;
+        self.check(turn).await?;
         let (conn, now) = (&mut *self.conn, self.now);
         // A turn that ends here is written in its final state directly.
         let (status, reply, error, model, finished_at) = match &finish {
@@ -1262,7 +1270,7 @@ impl<'c> TurnWrites<'c> {
         usage: Option<&UsageRecord>,
         audit: Option<&crate::access::AuditEntry>,
     ) -> Result<()> {
-        self.check(turn)?;
+        self.check(turn).await?;
         if audit.is_some_and(|audit| audit.tenant != self.tenant) {
             return Err(Error::InvalidInput(
                 "a step's audit record goes to its turn's tenant's chain".into(),
@@ -1293,7 +1301,7 @@ impl<'c> TurnWrites<'c> {
         outcome: &TurnOutcome,
         outbox: &[OutboxEvent],
     ) -> Result<()> {
-        self.check(turn)?;
+        self.check(turn).await?;
         let rows = finish_in(self.conn, turn, outcome, outbox, self.now).await?;
         self.announced.extend(rows);
         Ok(())

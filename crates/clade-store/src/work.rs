@@ -24,6 +24,8 @@ pub struct Work<'c> {
     now: Timestamp,
     /// Lifecycle events announced so far, returned once committed.
     announced: Vec<OutboxRow>,
+    /// The lease epoch its turn writes are fenced by.
+    fence: Option<i64>,
 }
 
 impl Work<'_> {
@@ -45,7 +47,13 @@ impl Work<'_> {
     /// A turn's writes: begin, append a step, finish. Their lifecycle events come back with the
     /// unit of work's, to publish once committed.
     pub fn turns(&mut self) -> crate::turns::TurnWrites<'_> {
-        crate::turns::TurnWrites::new(self.conn, self.tenant, self.now, &mut self.announced)
+        crate::turns::TurnWrites::new(
+            self.conn,
+            self.tenant,
+            self.now,
+            &mut self.announced,
+            self.fence,
+        )
     }
 
     /// Puts lifecycle events in the outbox, for `session` when they belong to one; they are
@@ -83,10 +91,10 @@ impl Store {
         T: Send + 'static,
         F: for<'w, 'c> Fn(&'w mut Work<'c>) -> BoxFuture<'w, Result<T>> + Send + Sync + 'static,
     {
-        let now = self.now();
+        let (now, fence) = (self.now(), self.fence());
         self.write(move |conn| {
             Box::pin(async move {
-                let mut unit = Work { conn, tenant, now, announced: Vec::new() };
+                let mut unit = Work { conn, tenant, now, announced: Vec::new(), fence };
                 let value = work(&mut unit).await?;
                 Ok((value, unit.announced))
             })

@@ -1339,6 +1339,8 @@ async fn downgrade_to_version_8(url: &str) {
     let url = clade_store::Location::parse(url).unwrap().connect_url().unwrap();
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.unwrap();
     for sql in [
+        "DROP TABLE leases",
+        "DELETE FROM schema_migrations WHERE version = 12",
         "ALTER TABLE api_tokens DROP COLUMN agents",
         "DELETE FROM schema_migrations WHERE version = 11",
         "DROP TABLE execution_steps",

@@ -139,6 +139,13 @@ pub(super) async fn actor(
         };
         inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_id);
         inbox.ran(&events);
+        // Another node took this one's lease: its writes are refused from now on, and the
+        // session's events are the new holder's to run.
+        if !settled && matches!(inner.store.holds_leases().await, Ok(false)) {
+            tracing::error!(session = %session_id, "this node lost its lease; the session is left to its new holder");
+            inner.actors.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_id);
+            return;
+        }
         // Events whose outcome could not be recorded are still open: read again.
         inbox.read_store = store_has_more || !settled;
     }

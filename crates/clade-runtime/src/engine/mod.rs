@@ -185,8 +185,16 @@ pub(crate) fn payload_hash(agent: &str, source: &Source, text: &str) -> String {
     hex::encode(&digest[..16])
 }
 
+/// This process, as a lease holder: its host and process id.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    format!("{}:{}", if host.is_empty() { "localhost" } else { host }, std::process::id())
+}
+
 impl Engine {
-    /// Starts the engine and resumes every session that has unfinished events.
+    /// Starts the engine: takes the leases of its sessions, and resumes every one of those that
+    /// has unfinished events.
     pub async fn start(
         store: Store,
         agents: Agents,
@@ -213,7 +221,15 @@ impl Engine {
         });
         let engine = Self { inner };
         engine.inner.tools.attach_hub(engine.inner.hub.clone());
+        // This node owns the sessions of the shards whose leases it takes (every shard, for
+        // now): whoever held them before can no longer write their turns.
+        let leases = engine.inner.store.take_leases(&node_name()).await?;
+        let held: Vec<i64> = leases.iter().map(|lease| lease.shard).collect();
         let open = engine.inner.store.system().sessions_with_open_events().await?;
+        let open: Vec<SessionId> = open
+            .into_iter()
+            .filter(|session| held.contains(&clade_store::leases::shard_of(*session)))
+            .collect();
         if !open.is_empty() {
             tracing::info!(sessions = open.len(), "resuming sessions with unfinished turns");
         }
