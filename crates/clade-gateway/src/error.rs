@@ -52,6 +52,7 @@ codes! {
     UnsupportedMediaType => ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE),
     TemplateNotFound => ("template_not_found", UNPROCESSABLE_ENTITY),
     StoreUnavailable => ("store_unavailable", SERVICE_UNAVAILABLE),
+    LeaseLost => ("lease_lost", SERVICE_UNAVAILABLE),
     Internal => ("internal", INTERNAL_SERVER_ERROR),
 }
 
@@ -124,9 +125,8 @@ impl From<clade_store::Error> for ApiError {
             E::TemplateNotFound(_) => Code::TemplateNotFound,
             E::InvalidInput(_) => Code::InvalidRequest,
             E::BadToken => Code::InvalidToken,
-            E::Unreachable { .. } | E::WriterGone | E::CommitFailed(_) | E::Fenced { .. } => {
-                Code::StoreUnavailable
-            }
+            E::Unreachable { .. } | E::WriterGone | E::CommitFailed(_) => Code::StoreUnavailable,
+            E::Fenced { .. } => Code::LeaseLost,
             _ => Code::Internal,
         };
         // What to do, in the API's terms: the store says only what went wrong.
@@ -162,6 +162,10 @@ impl From<clade_runtime::engine::Error> for ApiError {
         match err {
             clade_runtime::engine::Error::Store(err) => err.into(),
             clade_runtime::engine::Error::NoAgent => ApiError::new(Code::NoAgent, err.to_string()),
+            clade_runtime::engine::Error::LeaseLost => ApiError::new(
+                Code::LeaseLost,
+                format!("{err}; send it to the node that holds the sessions now"),
+            ),
         }
     }
 }

@@ -109,6 +109,11 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
         reason,
         sandbox: sandbox.clone(),
     };
+    if state.engine.lease_lost() {
+        let reason = "another node took this node's lease on its sessions; restart it, or send requests to that node";
+        let body = answer("unavailable", Some(reason.into()));
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => {
             axum::Json(answer(if broken { "degraded" } else { "ready" }, None)).into_response()

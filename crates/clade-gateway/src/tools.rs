@@ -305,6 +305,7 @@ pub(crate) async fn audit(
         Some(handle) => Some(state.of(&tenant).agent(handle).await?.id),
         None => None,
     };
+    let limit = crate::agents::checked_limit(query.limit)?;
     if query.verify == Some(true) {
         let result = state.of(&tenant).verify_audit().await?;
         let body = crate::api::AuditVerifyResponse {
@@ -315,7 +316,6 @@ pub(crate) async fn audit(
         };
         return Ok(axum::response::IntoResponse::into_response(axum::Json(body)));
     }
-    let limit = crate::agents::checked_limit(query.limit)?;
     let filter = AuditFilter {
         agent,
         tool: query.tool,

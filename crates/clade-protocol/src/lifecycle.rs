@@ -81,6 +81,10 @@ pub struct ToolReturned {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ApprovalRequested {
     pub approval: String,
+    /// The model's id for the call that asks, as in its `tool.called`; absent for an
+    /// operator's call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<String>,
     pub tool: String,
     /// What policy patterns match: a path, host or command line.
     pub resource: String,

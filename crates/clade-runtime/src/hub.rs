@@ -138,11 +138,23 @@ impl Hub {
     /// Passes committed outbox rows of `agent`'s sessions to their subscribers, each with its
     /// outbox position (so a stream can resume after it).
     pub fn publish_committed(&self, agent: AgentId, rows: &[clade_store::OutboxRow]) {
+        self.publish_rows(agent, rows, true);
+    }
+
+    /// Passes committed rows written outside their session's actor (an approval requested or
+    /// decided) without their outbox position: they may be published after a later row of
+    /// the actor's, and a stream skips a position at or below the last it passed on. A
+    /// stream that reconnects still gets them, by position, from the outbox.
+    pub fn publish_aside(&self, agent: AgentId, rows: &[clade_store::OutboxRow]) {
+        self.publish_rows(agent, rows, false);
+    }
+
+    fn publish_rows(&self, agent: AgentId, rows: &[clade_store::OutboxRow], positioned: bool) {
         for row in rows {
             if let Some(session) = row.session_id {
                 self.publish_with(agent, session, || LiveEvent {
                     session,
-                    id: Some(row.id),
+                    id: positioned.then_some(row.id),
                     kind: row.kind,
                     data: serde_json::from_str(&row.data).unwrap_or(Value::Null),
                 });

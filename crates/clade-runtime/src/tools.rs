@@ -263,7 +263,7 @@ impl Drop for CancelOnDrop {
             if let (Ok((_, announced)), Some(hub)) =
                 (store.decide_approval(tenant, id, decision).await, hub)
             {
-                hub.publish_committed(agent, &announced);
+                hub.publish_aside(agent, &announced);
             }
         });
     }
@@ -712,6 +712,7 @@ impl ToolRunner {
                     tenant: agent.tenant_id,
                     agent: agent.id,
                     call_key: origin.call_key.clone(),
+                    call: origin.turn.is_some().then(|| origin.call_id.clone()),
                     tool: tool.to_owned(),
                     resource: resource.to_owned(),
                     arguments,
@@ -727,7 +728,7 @@ impl ToolRunner {
             .map_err(|e| format!("cannot record the approval request: {e}"))?;
         tracing::info!(approval = %approval.id, agent = %agent.handle, tool, "tool call waits for approval");
         if let Some(hub) = self.hub.get() {
-            hub.publish_committed(agent.id, &announced);
+            hub.publish_aside(agent.id, &announced);
         }
         let notify = self.waiter(approval.id);
         // Dropped before a decision (its turn timed out or was cancelled, its client left),
@@ -857,7 +858,7 @@ impl ToolRunner {
         let decision = ApprovalDecision { status, decided_by: by.to_owned(), note, grant, audits };
         let (row, announced) = self.store.decide_approval(tenant, id, decision).await?;
         if let Some(hub) = self.hub.get() {
-            hub.publish_committed(row.agent_id, &announced);
+            hub.publish_aside(row.agent_id, &announced);
         }
         if let Some(notify) = self.waiters.lock().ok().and_then(|w| w.get(&id).cloned()) {
             // A permit, not a broadcast: the waiter may be between its read and its wait.

@@ -232,4 +232,16 @@ async fn a_node_that_lost_its_lease_leaves_its_sessions_to_the_new_holder() {
         assert!(std::time::Instant::now() < deadline, "the old node kept the session's actor");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // And takes no more events: they would wait for a turn it may not write.
+    assert!(old.lease_lost() && !new.lease_lost());
+    let refused = old
+        .submit(Envelope {
+            tenant: tenant.clone(),
+            agent: Some("ada".into()),
+            text: "hello?".into(),
+            source: Source { platform: "test".into(), channel: "c2".into(), actor: "u".into() },
+            idempotency_key: None,
+        })
+        .await;
+    assert!(matches!(refused, Err(clade_runtime::engine::Error::LeaseLost)), "{refused:?}");
 }

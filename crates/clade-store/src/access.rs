@@ -63,6 +63,8 @@ pub struct NewApproval {
     pub agent: AgentId,
     /// The call's effect key: one approval per call, found again after a restart.
     pub call_key: String,
+    /// The model's id for the call, when a turn's model made it (what its `tool.called` says).
+    pub call: Option<String>,
     pub tool: String,
     pub resource: String,
     /// The exact arguments (JSON) that will run if approved.
@@ -500,6 +502,7 @@ impl Store {
                 // Subscribers (and resuming stream clients) learn that the turn waits.
                 let requested = clade_protocol::ApprovalRequested {
                     approval: id.to_string(),
+                    call: approval.call.clone(),
                     tool: approval.tool.clone(),
                     resource: approval.resource.clone(),
                     arguments: serde_json::from_str(&approval.arguments)

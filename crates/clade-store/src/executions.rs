@@ -134,11 +134,18 @@ pub struct ExecutionWrites<'w> {
     conn: &'w mut Tx,
     tenant: TenantId,
     now: Timestamp,
+    /// The lease epoch its writes are fenced by (`crate::leases`), if the store holds one.
+    fence: Option<i64>,
 }
 
 impl<'w> ExecutionWrites<'w> {
-    pub(crate) fn new(conn: &'w mut Tx, tenant: TenantId, now: Timestamp) -> Self {
-        Self { conn, tenant, now }
+    pub(crate) fn new(
+        conn: &'w mut Tx,
+        tenant: TenantId,
+        now: Timestamp,
+        fence: Option<i64>,
+    ) -> Self {
+        Self { conn, tenant, now, fence }
     }
 
     async fn current(&mut self, id: ExecutionId) -> Result<ExecutionRow> {
@@ -152,6 +159,7 @@ impl<'w> ExecutionWrites<'w> {
     /// Starts an execution, or returns the one already stored under its id (a retried start).
     /// An id taken by another tenant's execution is not found, never shown.
     pub async fn start(&mut self, new: NewExecution) -> Result<ExecutionRow> {
+        crate::leases::check(self.conn, self.fence).await?;
         if new.tenant != self.tenant {
             return Err(Error::InvalidInput(
                 "an execution starts in its unit of work's tenant".into(),
@@ -192,6 +200,7 @@ impl<'w> ExecutionWrites<'w> {
     /// (`false`: a retried write), and one with another key is refused (the execution did not
     /// replay the way it first ran). An ended execution takes no more steps.
     pub async fn append_step(&mut self, id: ExecutionId, step: ExecutionStep) -> Result<bool> {
+        crate::leases::check(self.conn, self.fence).await?;
         let execution = self.current(id).await?;
         if execution.status.is_final() {
             return Err(Error::ExecutionEnded { id: id.to_string(), status: execution.status });
@@ -258,6 +267,7 @@ impl<'w> ExecutionWrites<'w> {
         output: Option<String>,
         error: Option<String>,
     ) -> Result<ExecutionRow> {
+        crate::leases::check(self.conn, self.fence).await?;
         let current = self.current(id).await?;
         if !current.status.can_become(status) {
             return Err(Error::ExecutionEnded { id: id.to_string(), status: current.status });

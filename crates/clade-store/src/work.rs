@@ -41,7 +41,7 @@ impl Work<'_> {
 
     /// Durable executions and their steps.
     pub fn executions(&mut self) -> ExecutionWrites<'_> {
-        ExecutionWrites::new(self.conn, self.tenant, self.now)
+        ExecutionWrites::new(self.conn, self.tenant, self.now, self.fence)
     }
 
     /// A turn's writes: begin, append a step, finish. Their lifecycle events come back with the

@@ -829,4 +829,10 @@ async fn every_lifecycle_event_reads_as_the_protocol_says() {
     let requested = requested.unwrap();
     assert_eq!((requested.approval.as_str(), requested.tool.as_str()), (approval.as_str(), "echo"));
     assert_eq!(requested.arguments, json!({ "text": "hi" }));
+    // It names the call, as that call's `tool.called` does.
+    let called = delivered.iter().find_map(|d| match &d.event {
+        LifecycleEvent::ToolCalled(called) => Some(called.call.clone()),
+        _ => None,
+    });
+    assert_eq!(requested.call, called, "{delivered:?}");
 }

@@ -31,6 +31,8 @@ pub(super) async fn actor(
     // clock that moves meanwhile (a busy node, a test's manual clock) does not push the exit
     // later.
     let mut active_at = inner.store.clock().now();
+    // Turns in a row whose outcome could not be recorded.
+    let mut unsettled: u32 = 0;
     loop {
         if !inbox.has_work() {
             let clock = inner.store.clock();
@@ -143,13 +145,29 @@ pub(super) async fn actor(
         // session's events are the new holder's to run.
         if !settled && matches!(inner.store.holds_leases().await, Ok(false)) {
             tracing::error!(session = %session_id, "this node lost its lease; the session is left to its new holder");
+            inner.lease_lost.store(true, std::sync::atomic::Ordering::SeqCst);
             inner.actors.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_id);
             return;
         }
-        // Events whose outcome could not be recorded are still open: read again.
+        // Events whose outcome could not be recorded are still open: read again, at once the
+        // first time, then backing off while it keeps failing (a store that refuses every
+        // write would otherwise cost a model call per spin).
+        if settled {
+            unsettled = 0;
+        } else {
+            unsettled += 1;
+            if unsettled > 1 {
+                let wait = UNSETTLED_BACKOFF.saturating_mul(1 << (unsettled - 2).min(6));
+                inner.store.clock().sleep(wait.min(Duration::from_secs(5))).await;
+            }
+        }
         inbox.read_store = store_has_more || !settled;
     }
 }
+
+/// The first wait before running again a turn whose outcome could not be recorded twice in a
+/// row; it doubles with each further failure, up to 5 s.
+const UNSETTLED_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The events an actor was handed as they committed, and whether it must ask the store.
 ///

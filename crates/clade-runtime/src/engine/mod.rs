@@ -35,6 +35,8 @@ pub enum Error {
         "no agent for this event: name one with `agent`, or add a binding or a `default_agent` to clade.yaml"
     )]
     NoAgent,
+    #[error("another node took this node's lease on its sessions: it accepts no more events")]
+    LeaseLost,
 }
 
 /// An inbound message as the API receives it.
@@ -123,6 +125,9 @@ impl Settings {
     }
 }
 
+/// A tenant's running-turn semaphore: the settings generation and quota it was made for.
+type TurnSlots = (u64, u64, Arc<tokio::sync::Semaphore>);
+
 struct Inner {
     store: Store,
     /// The same store for the actors' own reads, which need not wait until what they read is
@@ -149,8 +154,10 @@ struct Inner {
     /// then reload their session.
     session_changes: std::sync::atomic::AtomicU64,
     /// Turns a tenant may run at once, for tenants with a `concurrent_turns` quota, with the
-    /// quota they were made for.
-    turn_slots: Mutex<HashMap<TenantId, (u64, Arc<tokio::sync::Semaphore>)>>,
+    /// settings generation they were made for.
+    turn_slots: Mutex<HashMap<TenantId, TurnSlots>>,
+    /// Set once a turn found that another node took this one's lease.
+    lease_lost: std::sync::atomic::AtomicBool,
 }
 
 /// What wakes a session's actor. The queue holds at most one `Event` per open event of the
@@ -218,6 +225,7 @@ impl Engine {
             outbox: Arc::new(Notify::new()),
             personas: Mutex::default(),
             turn_slots: Mutex::default(),
+            lease_lost: std::sync::atomic::AtomicBool::new(false),
         });
         let engine = Self { inner };
         engine.inner.tools.attach_hub(engine.inner.hub.clone());
@@ -246,6 +254,12 @@ impl Engine {
     /// The tool path every call takes (policy, approval, sandbox, audit).
     pub fn tools(&self) -> &Arc<ToolRunner> {
         &self.inner.tools
+    }
+
+    /// Whether another node took this one's lease on its sessions (found when a turn could
+    /// not be written): the node then accepts no events, and readiness says so.
+    pub fn lease_lost(&self) -> bool {
+        self.inner.lease_lost.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The current settings.
@@ -328,6 +342,9 @@ impl Engine {
         envelope: Envelope,
         watch: bool,
     ) -> Result<(Accepted, Option<Subscription>), Error> {
+        if self.lease_lost() {
+            return Err(Error::LeaseLost);
+        }
         let agent = self.route(&envelope)?;
         let (tell, told) = tokio::sync::oneshot::channel::<Option<Subscription>>();
         let inner = self.inner.clone();
@@ -498,16 +515,22 @@ impl Inner {
             .and_then(|q| q.concurrent_turns)?
             .max(1);
         let permits = usize::try_from(limit).unwrap_or(usize::MAX);
+        let generation = settings.generation();
         let mut slots = self.turn_slots.lock().ok()?;
         let slot = slots
             .entry(tenant.id)
-            .or_insert_with(|| (limit, Arc::new(tokio::sync::Semaphore::new(permits))));
-        // A reload changed the quota: turns from now on share a semaphore of the new size
-        // (those running hold permits of the old one, which goes with them).
-        if slot.0 != limit {
-            *slot = (limit, Arc::new(tokio::sync::Semaphore::new(permits)));
+            .or_insert_with(|| (generation, limit, Arc::new(tokio::sync::Semaphore::new(permits))));
+        // A newer generation with another quota: turns from then on share a semaphore of its
+        // size (those running hold permits of the old one, which goes with them). A turn of an
+        // older generation takes a slot of the current one, so the two never swap back and
+        // forth.
+        if generation > slot.0 {
+            if limit != slot.1 {
+                slot.2 = Arc::new(tokio::sync::Semaphore::new(permits));
+            }
+            (slot.0, slot.1) = (generation, limit);
         }
-        Some(slot.1.clone())
+        Some(slot.2.clone())
     }
 
     /// The current settings (a clone of an `Arc`).
