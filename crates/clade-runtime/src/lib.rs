@@ -9,6 +9,7 @@
 //! Start at [`engine::Engine`], then [`models::Models`].
 
 pub mod budget;
+pub mod bus;
 pub mod engine;
 pub mod execution;
 pub mod failpoints;
@@ -19,6 +20,7 @@ mod routing;
 pub mod tools;
 
 pub use budget::StoreBudget;
+pub use bus::{Bus, LocalBus, Signal};
 pub use engine::{Engine, EngineOptions, Envelope, Finished, Settings, TurnWatch, step_view};
 pub use execution::{Durable, DurableError};
 pub use hub::{Hub, LiveEvent, Subscription};

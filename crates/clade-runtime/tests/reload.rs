@@ -1,7 +1,7 @@
 //! What a running turn may rely on while things change around it: the tools, rules and settings
 //! are swapped snapshots (a reload reaches the turns that start after it, while a turn already
-//! running finishes on what it started with), and a node that lost its sessions' lease writes
-//! nothing more.
+//! running finishes on what it started with), a node that lost its sessions' lease writes
+//! nothing more, and wake-ups and cancels reach a session's node over the bus.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, unreachable_pub)] // Test code.
 
@@ -244,4 +244,79 @@ async fn a_node_that_lost_its_lease_leaves_its_sessions_to_the_new_holder() {
         })
         .await;
     assert!(matches!(refused, Err(clade_runtime::engine::Error::LeaseLost)), "{refused:?}");
+}
+
+/// A bus that records the signals it carries, as a cluster's would carry them between nodes.
+#[derive(Default)]
+struct RecordingBus {
+    local: clade_runtime::LocalBus,
+    sent: std::sync::Mutex<Vec<clade_runtime::Signal>>,
+}
+
+impl clade_runtime::Bus for RecordingBus {
+    fn hub(&self) -> &clade_runtime::Hub {
+        self.local.hub()
+    }
+    fn signal(&self, signal: clade_runtime::Signal) {
+        self.sent.lock().unwrap().push(signal);
+        self.local.signal(signal);
+    }
+    fn take_signals(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<clade_runtime::Signal>> {
+        self.local.take_signals()
+    }
+}
+
+/// Wake-ups and cancels go over the bus: work another node stored waits until a wake-up
+/// arrives on the bus, then runs; the engine's own resume and cancel send theirs over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wake_ups_and_cancels_reach_the_session_over_the_bus() {
+    use clade_runtime::{Bus, Signal};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, data) = support::sqlite_store(dir.path()).await;
+    let tenant = support::create_ada(&store, &data).await;
+    let bus = Arc::new(RecordingBus::default());
+    let engine = support::engine_on_bus(
+        &store,
+        &data,
+        registry(&[]),
+        &clade_config::ToolsConfig::default(),
+        clade_config::SessionsConfig::default(),
+        bus.clone(),
+    )
+    .await;
+
+    // An event stored by another node (straight into the store): nothing here runs it yet.
+    let accepted = store
+        .accept_event(clade_store::NewEvent {
+            tenant: tenant.id,
+            agent: "ada".into(),
+            source: Source { platform: "test".into(), channel: "c1".into(), actor: "u".into() },
+            text: "from afar".into(),
+            idempotency_key: None,
+            payload_hash: "h".into(),
+            max_open_per_session: 100,
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = store.system().pending_events(accepted.session_id).await.unwrap();
+    assert_eq!(waiting.len(), 1, "the event ran before any wake-up");
+
+    // The wake-up that node sends over the bus runs it.
+    bus.signal(Signal::Wake(accepted.session_id));
+    let finished = engine
+        .wait(tenant.id, accepted.event_id, accepted.session_id, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("the woken session ran its event");
+    assert_eq!(finished.status, TurnStatus::Completed, "{finished:?}");
+
+    // The engine's own resume and cancel go over the bus too.
+    bus.sent.lock().unwrap().clear();
+    engine.resume(tenant.id, accepted.session_id).await.unwrap();
+    engine.cancel(tenant.id, accepted.session_id).await.unwrap();
+    assert_eq!(
+        *bus.sent.lock().unwrap(),
+        [Signal::Wake(accepted.session_id), Signal::Cancel(accepted.session_id)]
+    );
 }

@@ -264,7 +264,7 @@ async fn fail_events(
 }
 
 pub(super) fn publish(inner: &Inner, agent: AgentId, rows: &[OutboxRow]) {
-    inner.hub.publish_committed(agent, rows);
+    inner.bus.hub().publish_committed(agent, rows);
     if !rows.is_empty() {
         inner.outbox.notify_waiters();
     }

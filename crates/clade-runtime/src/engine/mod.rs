@@ -12,6 +12,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc};
 
+use crate::bus::{Bus, Signal};
 use crate::hub::{Hub, Subscription};
 use crate::models::Models;
 use crate::tools::ToolRunner;
@@ -137,7 +138,8 @@ struct Inner {
     visible: clade_store::SystemStore,
     agents: Agents,
     models: Models,
-    hub: Hub,
+    /// Live events, wake-ups and cancels (see [`crate::bus`]).
+    bus: Arc<dyn Bus>,
     tools: Arc<ToolRunner>,
     /// The current [`Settings`]; each turn holds the generation it started on.
     settings: std::sync::RwLock<Arc<Settings>>,
@@ -208,6 +210,18 @@ impl Engine {
         models: Models,
         options: EngineOptions,
     ) -> Result<Self, Error> {
+        Self::start_on(store, agents, models, options, Arc::new(crate::bus::LocalBus::default()))
+            .await
+    }
+
+    /// [`Engine::start`] on `bus` (see [`crate::bus`]), whose signals this engine takes.
+    pub async fn start_on(
+        store: Store,
+        agents: Agents,
+        models: Models,
+        options: EngineOptions,
+        bus: Arc<dyn Bus>,
+    ) -> Result<Self, Error> {
         let EngineOptions { sessions, bindings, default_agent, tools, tenants } = options;
         let settings = Settings::new(sessions, bindings, default_agent, tenants);
         let inner = Arc::new(Inner {
@@ -215,7 +229,7 @@ impl Engine {
             store,
             agents,
             models,
-            hub: Hub::default(),
+            bus,
             tools,
             settings: std::sync::RwLock::new(Arc::new(settings)),
             actors: Mutex::new(HashMap::new()),
@@ -228,7 +242,22 @@ impl Engine {
             lease_lost: std::sync::atomic::AtomicBool::new(false),
         });
         let engine = Self { inner };
-        engine.inner.tools.attach_hub(engine.inner.hub.clone());
+        engine.inner.tools.attach_hub(engine.inner.bus.hub().clone());
+        // The signals meant for this node: wake-ups and cancels of the sessions it runs.
+        if let Some(mut signals) = engine.inner.bus.take_signals() {
+            let inner = Arc::downgrade(&engine.inner);
+            tokio::spawn(async move {
+                while let Some(signal) = signals.recv().await {
+                    let Some(inner) = inner.upgrade() else { return };
+                    match signal {
+                        Signal::Wake(session) => inner.wake(session, Wake::Work),
+                        Signal::Cancel(session) => {
+                            inner.cancel_running(session);
+                        }
+                    }
+                }
+            });
+        }
         // This node owns the sessions of the shards whose leases it takes (every shard, for
         // now): whoever held them before can no longer write their turns.
         let leases = engine.inner.store.take_leases(&node_name()).await?;
@@ -248,7 +277,7 @@ impl Engine {
     }
 
     pub fn hub(&self) -> &Hub {
-        &self.inner.hub
+        self.inner.bus.hub()
     }
 
     /// The tool path every call takes (policy, approval, sandbox, audit).
@@ -352,7 +381,7 @@ impl Engine {
         // order its session's events were stored.
         let on_visible = move |accepted: &Accepted, event: Option<&EventRow>| {
             let Some(event) = event else { return };
-            let live = watch.then(|| inner.hub.subscribe(accepted.session_id));
+            let live = watch.then(|| inner.bus.hub().subscribe(accepted.session_id));
             inner.wake(accepted.session_id, Wake::Event(Box::new(event.clone())));
             let _ = tell.send(live);
         };
@@ -378,7 +407,7 @@ impl Engine {
             Ok(live) => live,
             Err(_) if accepted.duplicate => None,
             Err(_) => {
-                let live = watch.then(|| self.inner.hub.subscribe(accepted.session_id));
+                let live = watch.then(|| self.inner.bus.hub().subscribe(accepted.session_id));
                 self.inner.wake(accepted.session_id, Wake::Work);
                 live
             }
@@ -394,7 +423,7 @@ impl Engine {
         session: SessionId,
         timeout: Duration,
     ) -> Result<Option<Finished>, Error> {
-        let live = self.inner.hub.subscribe(session);
+        let live = self.inner.bus.hub().subscribe(session);
         // The turn may have ended before this subscription: the store says so, and that the
         // event exists at all.
         self.inner.store.event(tenant, event).await?;
@@ -467,7 +496,7 @@ impl Engine {
         let row = self.inner.store.session(tenant, session).await?;
         let (n, rows) = self.inner.store.resume_session(tenant, session).await?;
         publish(&self.inner, row.agent_id, &rows);
-        self.inner.wake(session, Wake::Work);
+        self.inner.bus.signal(Signal::Wake(session));
         Ok(n)
     }
 
@@ -485,17 +514,14 @@ impl Engine {
         Ok(row)
     }
 
-    /// Cancels the session's running turn, if any.
+    /// Cancels the session's running turn, if any, over the bus (to the node that runs it);
+    /// whether this node was running one.
     pub async fn cancel(&self, tenant: TenantId, session: SessionId) -> Result<bool, Error> {
         self.inner.store.session(tenant, session).await?;
-        let cancels = self.inner.cancels.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(match cancels.get(&session) {
-            Some(notify) => {
-                notify.notify_one();
-                true
-            }
-            None => false,
-        })
+        let running =
+            self.inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&session);
+        self.inner.bus.signal(Signal::Cancel(session));
+        Ok(running)
     }
 
     /// Number of sessions with an actor in memory.
@@ -536,6 +562,12 @@ impl Inner {
     /// The current settings (a clone of an `Arc`).
     fn settings(&self) -> Arc<Settings> {
         self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Cancels the session's running turn on this node; whether there was one.
+    fn cancel_running(&self, session: SessionId) -> bool {
+        let cancels = self.cancels.lock().unwrap_or_else(|e| e.into_inner());
+        cancels.get(&session).map(|notify| notify.notify_one()).is_some()
     }
 
     /// Hands `wake` to the session's actor, starting one if none is in memory.

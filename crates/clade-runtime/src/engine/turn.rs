@@ -162,7 +162,7 @@ impl Journal for StoreJournal<'_> {
 
     fn live(&self, turn: &TurnRow, event: &LifecycleEvent) {
         let session = turn.session_id;
-        self.inner.hub.publish_with(turn.agent_id, session, || LiveEvent {
+        self.inner.bus.hub().publish_with(turn.agent_id, session, || LiveEvent {
             session,
             id: None,
             kind: event.kind(),

@@ -80,6 +80,19 @@ pub async fn engine_with(
     tools_config: &clade_config::ToolsConfig,
     sessions: clade_config::SessionsConfig,
 ) -> clade_runtime::Engine {
+    let bus = std::sync::Arc::new(clade_runtime::LocalBus::default());
+    engine_on_bus(store, data, registry, tools_config, sessions, bus).await
+}
+
+/// [`engine_with`] on `bus`.
+pub async fn engine_on_bus(
+    store: &Store,
+    data: &DataDir,
+    registry: clade_tools::Registry,
+    tools_config: &clade_config::ToolsConfig,
+    sessions: clade_config::SessionsConfig,
+    bus: std::sync::Arc<dyn clade_runtime::Bus>,
+) -> clade_runtime::Engine {
     use std::sync::Arc;
     let agents = clade_store::Agents::new(store.clone(), data.clone());
     let config = clade_config::Config::default();
@@ -105,7 +118,7 @@ pub async fn engine_with(
         tools,
         tenants: Default::default(),
     };
-    clade_runtime::Engine::start(store.clone(), agents, models, options).await.unwrap()
+    clade_runtime::Engine::start_on(store.clone(), agents, models, options, bus).await.unwrap()
 }
 
 /// Creates the agent `ada` in the default tenant, which it returns.

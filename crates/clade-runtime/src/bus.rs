@@ -1,0 +1,70 @@
+//! The bus: what carries the engine's signals between the places that act on a session. Live
+//! events (text deltas, committed lifecycle events) go to whoever streams a session or an
+//! agent ([`Bus::hub`]); wake-ups and cancels ([`Signal`]) go to the node that runs the
+//! session ([`Bus::signal`]), which takes them from [`Bus::take_signals`].
+//!
+//! One node: [`LocalBus`], everything in process. A cluster carries the same over NATS
+//! JetStream to the holder of the session's lease; the engine does not change.
+//!
+//! Not yet over the bus: the wake-up the store's writer thread sends as an event commits
+//! (`Wake::Event`, which carries the event's row so the actor need not read it back). It stays
+//! in process on purpose, being the turn path's fastest step; a cluster sends an event to the
+//! node that holds its session before storing it.
+
+use std::sync::Mutex;
+
+use clade_core::SessionId;
+use tokio::sync::mpsc;
+
+use crate::hub::Hub;
+
+/// A request for the node that runs a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Something changed in the store (a turn was resumed, another node stored work for it):
+    /// read it and run what is open.
+    Wake(SessionId),
+    /// Cancel the running turn, if there is one.
+    Cancel(SessionId),
+}
+
+/// Carries live events and signals (see the module's documentation).
+pub trait Bus: Send + Sync + 'static {
+    /// Live events to the streams that subscribe to a session or an agent.
+    fn hub(&self) -> &Hub;
+
+    /// Sends `signal` to the node that runs its session.
+    fn signal(&self, signal: Signal);
+
+    /// The signals meant for this node; the engine takes them once, when it starts.
+    fn take_signals(&self) -> Option<mpsc::UnboundedReceiver<Signal>>;
+}
+
+/// The bus of one node: live events through its [`Hub`], signals to its own engine.
+pub struct LocalBus {
+    hub: Hub,
+    tx: mpsc::UnboundedSender<Signal>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Signal>>>,
+}
+
+impl Default for LocalBus {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self { hub: Hub::default(), tx, rx: Mutex::new(Some(rx)) }
+    }
+}
+
+impl Bus for LocalBus {
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn signal(&self, signal: Signal) {
+        // Closed only once the engine has gone, when there is no one left to tell.
+        let _ = self.tx.send(signal);
+    }
+
+    fn take_signals(&self) -> Option<mpsc::UnboundedReceiver<Signal>> {
+        self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
