@@ -16,8 +16,8 @@ use clade_core::{
     TurnId,
 };
 use clade_store::{
-    Agents, ApprovalDecision, ApprovalRow, ApprovalStatus, AuditEntry, GrantRow, NewApproval,
-    NewGrant, Secrets, Store,
+    ApprovalDecision, ApprovalRow, ApprovalStatus, AuditEntry, GrantRow, NewApproval, NewGrant,
+    Secrets, Store,
 };
 use clade_tools::policy::{self, Decision, SourcedRule};
 use clade_tools::sandbox::Finding;
@@ -196,7 +196,8 @@ pub struct ToolRunner {
     /// The current tools and rules (see [`ToolSet`]).
     current: std::sync::RwLock<Arc<ToolSet>>,
     store: Store,
-    agents: Agents,
+    /// Where agents' files are: a tool runs in its agent's directory.
+    workspaces: Arc<dyn clade_store::Workspaces>,
     secrets: Option<Secrets>,
     waiters: Mutex<HashMap<ApprovalId, Arc<Notify>>>,
     /// Where a turn's clients learn that it waits for an approval.
@@ -276,14 +277,14 @@ impl ToolRunner {
     pub fn new(
         registry: Registry,
         store: Store,
-        agents: Agents,
+        workspaces: impl clade_store::Workspaces,
         secrets: Option<Secrets>,
         config: &ToolsConfig,
     ) -> Self {
         Self {
             current: std::sync::RwLock::new(Arc::new(ToolSet::new(1, registry, config))),
             store,
-            agents,
+            workspaces: Arc::new(workspaces),
             secrets,
             waiters: Mutex::new(HashMap::new()),
             hub: std::sync::OnceLock::new(),
@@ -495,8 +496,8 @@ impl ToolRunner {
         granted: &Constraints,
     ) -> Result<CallContext, String> {
         let workspace = self
-            .agents
-            .workspace(agent)
+            .workspaces
+            .open(agent)
             .map_err(|e| format!("cannot prepare the agent's workspace: {e}"))?;
         let mut env = Vec::new();
         for name in &granted.env {

@@ -1,7 +1,8 @@
 //! What a running turn may rely on while things change around it: the tools, rules and settings
 //! are swapped snapshots (a reload reaches the turns that start after it, while a turn already
 //! running finishes on what it started with), a node that lost its sessions' lease writes
-//! nothing more, and wake-ups and cancels reach a session's node over the bus.
+//! nothing more, wake-ups and cancels reach a session's node over the bus, and agents' files
+//! are wherever the engine's `Workspaces` keeps them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, unreachable_pub)] // Test code.
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use clade_core::{ApprovalStatus, Tenant, TurnStatus};
 use clade_runtime::{Engine, Envelope, Finished, Verdict};
-use clade_store::{Source, Store};
+use clade_store::{Source, Store, Workspaces};
 use support::TestTool;
 
 fn registry(names: &[&'static str]) -> clade_tools::Registry {
@@ -319,4 +320,82 @@ async fn wake_ups_and_cancels_reach_the_session_over_the_bus() {
         *bus.sent.lock().unwrap(),
         [Signal::Wake(accepted.session_id), Signal::Cancel(accepted.session_id)]
     );
+}
+
+/// Agents' files kept somewhere of a test's choosing, counting how often they are asked for.
+#[derive(Clone)]
+struct Elsewhere {
+    root: std::path::PathBuf,
+    opened: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl clade_store::Workspaces for Elsewhere {
+    fn open(&self, agent: &clade_core::Agent) -> clade_store::Result<std::path::PathBuf> {
+        self.opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = self.locate(agent.id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("SOUL.md"), "Kept elsewhere.").unwrap();
+        Ok(dir)
+    }
+
+    fn locate(&self, agent: clade_core::AgentId) -> std::path::PathBuf {
+        self.root.join(format!("agent-{agent}"))
+    }
+}
+
+/// A tool that answers with the directory it was given to work in.
+struct WhereAmI;
+
+impl clade_tools::Tool for WhereAmI {
+    fn name(&self) -> &str {
+        "where.am_i"
+    }
+    fn description(&self) -> &str {
+        "the directory this call works in"
+    }
+    fn input_schema(&self) -> serde_json::Value {
+        serde_json::json!({ "type": "object" })
+    }
+    fn call<'a>(
+        &'a self,
+        _args: serde_json::Value,
+        ctx: &'a clade_tools::CallContext,
+    ) -> futures::future::BoxFuture<'a, clade_tools::ToolResult> {
+        Box::pin(async move { Ok(ctx.workspace()?.display().to_string()) })
+    }
+}
+
+/// The engine finds an agent's files through its `Workspaces`, never by a path of its own into
+/// the data dir: persona files are read, and tools run, where the implementation keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_files_are_where_the_workspaces_keep_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, data) = support::sqlite_store(&dir.path().join("data")).await;
+    let tenant = support::create_ada(&store, &data).await;
+    let elsewhere = Elsewhere {
+        root: dir.path().join("elsewhere"),
+        opened: Arc::new(std::sync::atomic::AtomicU32::new(0)),
+    };
+    let mut tools = clade_tools::Registry::new();
+    tools.register(Arc::new(WhereAmI));
+    let engine = support::engine_on(
+        &store,
+        &data,
+        tools,
+        &clade_config::ToolsConfig::default(),
+        clade_config::SessionsConfig::default(),
+        Arc::new(clade_runtime::LocalBus::default()),
+        elsewhere.clone(),
+    )
+    .await;
+    let finished = send(&engine, &tenant, "c1", "/tool where.am_i").await;
+    assert_eq!(finished.status, TurnStatus::Completed, "{finished:?}");
+    let ada = store.agent(tenant.id, "ada").await.unwrap();
+    let kept = elsewhere.locate(ada.id);
+    let reply = finished.reply.unwrap_or_default();
+    assert!(reply.contains(&kept.display().to_string()), "{reply}");
+    // Persona files and the tool's directory were both asked of the implementation, and the
+    // data dir's own workspaces were never made.
+    assert!(elsewhere.opened.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    assert!(!data.workspaces_dir().join(ada.id.to_string()).exists());
 }

@@ -346,6 +346,29 @@ fn name_from_identity(text: &str) -> Option<String> {
     })
 }
 
+/// Where agents' files live, as the runtime sees them: it asks for an agent's directory and
+/// never builds a path into the data dir itself. [`Agents`] keeps them on this machine's disk,
+/// under the data dir; a cluster node that runs a session away from the disk holding its
+/// agent's files provides them (mounted or synced) behind this trait. The sandbox and the fs
+/// tools work on a directory of this machine, which is what [`Workspaces::open`] gives.
+pub trait Workspaces: Send + Sync + 'static {
+    /// The agent's directory on this machine, made (and seeded from its template) on first use.
+    fn open(&self, agent: &Agent) -> Result<PathBuf>;
+
+    /// Where the agent's directory is, without making it: it may not exist yet.
+    fn locate(&self, agent: AgentId) -> PathBuf;
+}
+
+impl Workspaces for Agents {
+    fn open(&self, agent: &Agent) -> Result<PathBuf> {
+        self.workspace(agent)
+    }
+
+    fn locate(&self, agent: AgentId) -> PathBuf {
+        self.workspace_path(agent)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

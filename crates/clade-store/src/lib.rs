@@ -34,7 +34,7 @@ pub use access::{
     ApprovalDecision, ApprovalRow, ApprovalStatus, AuditEntry, AuditFilter, AuditRow,
     AuditVerification, GrantRow, NewApproval, NewGrant,
 };
-pub use agents::Agents;
+pub use agents::{Agents, Workspaces};
 pub use backend::{Backend, Durability, Location};
 pub use checksums::{PageChecksums, Rewritten};
 pub use crypto::MasterKey;

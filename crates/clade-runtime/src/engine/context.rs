@@ -73,7 +73,7 @@ pub(super) fn read_persona(inner: &Inner, agent: &Agent) -> Arc<Persona> {
         return known.clone();
     }
     let checked = Checked::now(inner);
-    let dir = match inner.agents.workspace(agent) {
+    let dir = match inner.workspaces.open(agent) {
         Ok(dir) => dir,
         Err(err) => {
             tracing::warn!(agent = %agent.handle, error = %err, "cannot read persona files");
@@ -123,7 +123,7 @@ impl Layers {
         }
         self.checked = Some(Checked::now(inner));
         // `read_persona` has made sure the workspace exists; a missing layer is just empty.
-        let paths = layer_paths(&inner.agents.workspace_path(agent.id), source);
+        let paths = layer_paths(&inner.workspaces.locate(agent.id), source);
         if self.files.len() != paths.len() || self.files.iter().zip(&paths).any(|(f, p)| f.0 != *p)
         {
             self.files = paths.into_iter().map(|p| (p, None, String::new())).collect();

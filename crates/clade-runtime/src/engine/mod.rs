@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clade_config::{Binding, QueueMode, SessionsConfig};
 use clade_core::{AgentId, EventId, EventKind, SessionId, Tenant, TenantId, TurnId, TurnStatus};
-use clade_store::{Accepted, Agents, EventRow, NewEvent, SessionRow, Source, Store, TurnRow};
+use clade_store::{Accepted, EventRow, NewEvent, SessionRow, Source, Store, TurnRow, Workspaces};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc};
@@ -136,7 +136,8 @@ struct Inner {
     /// before them, and nothing else leaves the process before then (see
     /// [`Store::visible_reads`]).
     visible: clade_store::SystemStore,
-    agents: Agents,
+    /// Where agents' files are (see [`clade_store::Workspaces`]).
+    workspaces: Arc<dyn Workspaces>,
     models: Models,
     /// Live events, wake-ups and cancels (see [`crate::bus`]).
     bus: Arc<dyn Bus>,
@@ -206,18 +207,18 @@ impl Engine {
     /// has unfinished events.
     pub async fn start(
         store: Store,
-        agents: Agents,
+        workspaces: impl Workspaces,
         models: Models,
         options: EngineOptions,
     ) -> Result<Self, Error> {
-        Self::start_on(store, agents, models, options, Arc::new(crate::bus::LocalBus::default()))
-            .await
+        let bus = Arc::new(crate::bus::LocalBus::default());
+        Self::start_on(store, workspaces, models, options, bus).await
     }
 
     /// [`Engine::start`] on `bus` (see [`crate::bus`]), whose signals this engine takes.
     pub async fn start_on(
         store: Store,
-        agents: Agents,
+        workspaces: impl Workspaces,
         models: Models,
         options: EngineOptions,
         bus: Arc<dyn Bus>,
@@ -227,7 +228,7 @@ impl Engine {
         let inner = Arc::new(Inner {
             visible: store.visible_reads().system(),
             store,
-            agents,
+            workspaces: Arc::new(workspaces),
             models,
             bus,
             tools,

@@ -93,8 +93,21 @@ pub async fn engine_on_bus(
     sessions: clade_config::SessionsConfig,
     bus: std::sync::Arc<dyn clade_runtime::Bus>,
 ) -> clade_runtime::Engine {
-    use std::sync::Arc;
     let agents = clade_store::Agents::new(store.clone(), data.clone());
+    engine_on(store, data, registry, tools_config, sessions, bus, agents).await
+}
+
+/// [`engine_on_bus`] with agents' files where `workspaces` keeps them.
+pub async fn engine_on(
+    store: &Store,
+    data: &DataDir,
+    registry: clade_tools::Registry,
+    tools_config: &clade_config::ToolsConfig,
+    sessions: clade_config::SessionsConfig,
+    bus: std::sync::Arc<dyn clade_runtime::Bus>,
+    workspaces: impl clade_store::Workspaces + Clone,
+) -> clade_runtime::Engine {
+    use std::sync::Arc;
     let config = clade_config::Config::default();
     let secrets = clade_store::Secrets::new(store.clone(), data.master_key_path(), None);
     let models = clade_runtime::Models::new(
@@ -107,7 +120,7 @@ pub async fn engine_on_bus(
     let tools = Arc::new(clade_runtime::ToolRunner::new(
         registry,
         store.clone(),
-        agents.clone(),
+        workspaces.clone(),
         None,
         tools_config,
     ));
@@ -118,7 +131,7 @@ pub async fn engine_on_bus(
         tools,
         tenants: Default::default(),
     };
-    clade_runtime::Engine::start_on(store.clone(), agents, models, options, bus).await.unwrap()
+    clade_runtime::Engine::start_on(store.clone(), workspaces, models, options, bus).await.unwrap()
 }
 
 /// Creates the agent `ada` in the default tenant, which it returns.
