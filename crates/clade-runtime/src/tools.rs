@@ -110,6 +110,8 @@ pub struct ToolSet {
     specs: std::sync::OnceLock<(Arc<[clade_model::ToolSpec]>, String)>,
     /// The tool lists of agents that lack some tools, by which tools they have.
     spec_lists: Mutex<HashMap<Vec<bool>, Arc<[clade_model::ToolSpec]>>>,
+    /// What each tenant's own token may grant (`tenants.<name>.ceiling` in clade.yaml).
+    ceilings: Arc<std::collections::BTreeMap<String, clade_config::GrantCeiling>>,
 }
 
 impl ToolSet {
@@ -130,6 +132,7 @@ impl ToolSet {
             approval_timeout: Duration::from_secs(config.approval_timeout_secs),
             specs: std::sync::OnceLock::new(),
             spec_lists: Mutex::default(),
+            ceilings: Arc::default(),
         }
     }
 
@@ -205,8 +208,6 @@ pub struct ToolRunner {
     /// Tools run so far: any of them may have written into a workspace (see
     /// [`ToolRunner::runs`]).
     runs: std::sync::atomic::AtomicU64,
-    /// The operator's per-tenant settings (grant ceilings), by tenant name.
-    tenants: std::collections::BTreeMap<String, clade_config::TenantConfig>,
     /// The sandbox host-touching tools run in, for its self-check's outcome.
     sandbox: Option<Arc<clade_tools::sandbox::Sandbox>>,
     /// Tenant names by id, which configuration names agents by (see [`ToolRunner::tenant_name`]).
@@ -289,7 +290,6 @@ impl ToolRunner {
             waiters: Mutex::new(HashMap::new()),
             hub: std::sync::OnceLock::new(),
             runs: std::sync::atomic::AtomicU64::new(0),
-            tenants: Default::default(),
             sandbox: None,
             tenant_names: Mutex::default(),
         }
@@ -321,19 +321,24 @@ impl ToolRunner {
         self.sandbox.as_ref().map(|s| s.health())
     }
 
-    /// The operator's per-tenant settings (`tenants:` in clade.yaml).
+    /// The operator's per-tenant settings (`tenants:` in clade.yaml): what each tenant's own
+    /// token may grant, part of the first set.
     pub fn with_tenants(
         mut self,
         tenants: std::collections::BTreeMap<String, clade_config::TenantConfig>,
     ) -> Self {
-        self.tenants = tenants;
+        let current = self.current.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = Arc::get_mut(current) {
+            set.ceilings = Arc::new(ceilings_of(&tenants));
+        }
         self
     }
 
     /// Whether `tenant`'s own token may give its agent `rule` (see
     /// `clade_config::TenantConfig::ceiling`); the operator's CLI does not ask.
     pub fn check_ceiling(&self, tenant: &str, rule: &PolicyRule) -> Result<(), AccessError> {
-        let ceiling = match self.tenants.get(tenant).and_then(|t| t.ceiling.as_ref()) {
+        let set = self.tool_set();
+        let ceiling = match set.ceilings.get(tenant) {
             Some(ceiling) => ceiling.clone(),
             None if tenant == clade_core::Tenant::DEFAULT_NAME => return Ok(()),
             None => clade_config::GrantCeiling::default(),
@@ -358,12 +363,23 @@ impl ToolRunner {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Swaps in `registry` and `config`'s rules as the next generation, which it returns.
-    /// Calls that took the previous set finish on it.
-    pub fn reload(&self, registry: Registry, config: &ToolsConfig) -> u64 {
+    /// Swaps in `registry`, `config`'s rules and `tenants`' grant ceilings (the current ones
+    /// when `None`) as the next generation, which it returns. Calls that took the previous set
+    /// finish on it.
+    pub fn reload(
+        &self,
+        registry: Registry,
+        config: &ToolsConfig,
+        tenants: Option<&std::collections::BTreeMap<String, clade_config::TenantConfig>>,
+    ) -> u64 {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         let generation = current.generation + 1;
-        *current = Arc::new(ToolSet::new(generation, registry, config));
+        let mut next = ToolSet::new(generation, registry, config);
+        next.ceilings = match tenants {
+            Some(tenants) => Arc::new(ceilings_of(tenants)),
+            None => current.ceilings.clone(),
+        };
+        *current = Arc::new(next);
         generation
     }
 
@@ -1085,4 +1101,14 @@ fn redact(args: &Value) -> Value {
         Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
         other => other.clone(),
     }
+}
+
+/// What each tenant's own token may grant, by tenant name (tenants with a ceiling only).
+fn ceilings_of(
+    tenants: &std::collections::BTreeMap<String, clade_config::TenantConfig>,
+) -> std::collections::BTreeMap<String, clade_config::GrantCeiling> {
+    tenants
+        .iter()
+        .filter_map(|(name, tenant)| Some((name.clone(), tenant.ceiling.clone()?)))
+        .collect()
 }

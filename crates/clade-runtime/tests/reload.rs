@@ -79,7 +79,7 @@ async fn a_reload_reaches_new_turns_while_a_running_turn_keeps_its_tools_and_rul
     // Generation 2 drops `old.tool`, adds `new.tool` and denies it.
     let second = tools_config(serde_json::json!([{ "effect": "deny", "tool": "new.tool" }]));
     let taken = runner.tool_set();
-    assert_eq!(runner.reload(registry(&["new.tool"]), &second), 2);
+    assert_eq!(runner.reload(registry(&["new.tool"]), &second, None), 2);
     assert_eq!(runner.tool_set().generation(), 2);
     assert!(taken.registry().get("old.tool").is_some(), "a taken set changed under its holder");
     assert!(runner.tool_set().registry().get("old.tool").is_none());
@@ -398,4 +398,35 @@ async fn agents_files_are_where_the_workspaces_keep_them() {
     // data dir's own workspaces were never made.
     assert!(elsewhere.opened.load(std::sync::atomic::Ordering::SeqCst) >= 2);
     assert!(!data.workspaces_dir().join(ada.id.to_string()).exists());
+}
+
+/// What a tenant's own token may grant is part of the tool set: a reload with new ceilings
+/// applies to the grants asked after it, and one that names none keeps the current ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_what_a_tenant_may_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, data) = support::sqlite_store(dir.path()).await;
+    let rules = tools_config(serde_json::json!([]));
+    let sessions = clade_config::SessionsConfig::default();
+    let engine = support::engine_with(&store, &data, registry(&[]), &rules, sessions).await;
+    let runner = engine.tools().clone();
+    let allow: clade_config::PolicyRule =
+        serde_json::from_value(serde_json::json!({ "effect": "allow", "tool": "fs.read" }))
+            .unwrap();
+    // A tenant without a ceiling may grant no allow.
+    assert!(runner.check_ceiling("acme", &allow).is_err());
+
+    let tenants: std::collections::BTreeMap<String, clade_config::TenantConfig> =
+        serde_json::from_value(serde_json::json!({ "acme": { "ceiling": { "tools": ["fs.*"] } } }))
+            .unwrap();
+    runner.reload(registry(&[]), &rules, Some(&tenants));
+    runner.check_ceiling("acme", &allow).unwrap();
+    let wider: clade_config::PolicyRule =
+        serde_json::from_value(serde_json::json!({ "effect": "allow", "tool": "shell.exec" }))
+            .unwrap();
+    assert!(runner.check_ceiling("acme", &wider).is_err(), "beyond the new ceiling");
+
+    runner.reload(registry(&[]), &rules, None);
+    runner.check_ceiling("acme", &allow).unwrap();
+    assert_eq!(runner.tool_set().generation(), 3);
 }
