@@ -125,6 +125,13 @@ define_id!(
     "approval"
 );
 
+/// A turn is one kind of execution: its execution has the turn's own id.
+impl From<TurnId> for ExecutionId {
+    fn from(turn: TurnId) -> Self {
+        Self(turn.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

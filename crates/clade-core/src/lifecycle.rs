@@ -83,6 +83,29 @@ vocabulary! {
 }
 
 impl TurnStatus {
+    /// The status a turn's execution holds: a turn is one kind of execution, and a yielded
+    /// turn is a paused one, waiting to be resumed.
+    pub const fn execution_status(self) -> ExecutionStatus {
+        match self {
+            TurnStatus::Running => ExecutionStatus::Running,
+            TurnStatus::Completed => ExecutionStatus::Completed,
+            TurnStatus::Failed => ExecutionStatus::Failed,
+            TurnStatus::Yielded => ExecutionStatus::Paused,
+        }
+    }
+
+    /// The turn status an execution's status stands for; `None` for those a turn never has
+    /// (pending, cancelled).
+    pub const fn of_execution(status: ExecutionStatus) -> Option<Self> {
+        match status {
+            ExecutionStatus::Running => Some(TurnStatus::Running),
+            ExecutionStatus::Completed => Some(TurnStatus::Completed),
+            ExecutionStatus::Failed => Some(TurnStatus::Failed),
+            ExecutionStatus::Paused => Some(TurnStatus::Yielded),
+            ExecutionStatus::Pending | ExecutionStatus::Cancelled => None,
+        }
+    }
+
     /// The status its events take when a turn reaches this one.
     pub const fn event_status(self) -> EventStatus {
         match self {
@@ -281,8 +304,10 @@ impl StepKey {
         }
     }
 
-    /// Where the step comes among steps written in the same millisecond: a model call, then
-    /// its tool calls' starts and results in call order. A resume is written alone, in a
+    /// The order the engine writes an iteration's steps in: a model call, then its tool calls'
+    /// starts and results in call order. Steps are numbered as they are written; journals
+    /// written before that knew only each step's millisecond, and the store's migration 13
+    /// numbered steps of one millisecond in this order. A resume is written alone, in a
     /// transaction of its own, so it never shares a millisecond with the steps around it.
     pub const fn order(self) -> (u32, u64, u8) {
         match self {
@@ -365,6 +390,9 @@ mod tests {
         }
         for kind in ProcessKind::ALL {
             assert_eq!(ProcessKind::parse(kind.as_str()), Some(*kind));
+        }
+        for status in TurnStatus::ALL {
+            assert_eq!(TurnStatus::of_execution(status.execution_status()), Some(*status));
         }
         assert_eq!(TurnStatus::parse("Completed"), None);
         assert_eq!(EventKind::parse("turn"), None);

@@ -179,6 +179,8 @@ pub(crate) async fn steps(
         Err(clade_store::Error::TurnNotFound(_)) => return Err(not_found()),
         other => other?,
     };
+    // Steps are numbered from 1 in the order they were written: after step n come those from
+    // the (n+1)th on.
     let start = usize::try_from(query.cursor.unwrap_or(0)).unwrap_or(usize::MAX);
     let page: Vec<_> = journal.iter().skip(start).take(limit).collect();
     let given = start.saturating_add(page.len());

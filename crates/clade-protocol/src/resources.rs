@@ -105,8 +105,8 @@ pub struct StepsQuery {
     #[serde(default)]
     #[schemars(range(min = 1, max = MAX_PAGE), extend("default" = DEFAULT_PAGE))]
     pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page: how many steps came before the next one (a
-    /// journal only grows at its end, so a position stays put).
+    /// The `next_cursor` of the previous page: the number of the last step it gave (steps are
+    /// numbered from 1 in the order they were written, and a journal only grows at its end).
     #[serde(default)]
     #[schemars(range(min = 0, max = u64::MAX))]
     pub cursor: Option<u64>,

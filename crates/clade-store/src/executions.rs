@@ -1,6 +1,11 @@
-//! Durable executions below turns: a sub-agent run, a flow step, a cron fire or upkeep, each
+//! Durable executions: a chat turn, a sub-agent run, a flow step, a cron fire or upkeep, each
 //! with an id, a kind, an owner and densely numbered steps, so it journals and resumes after a
 //! crash without pretending to be a chat turn.
+//!
+//! A turn is the execution of kind [`ExecutionKind::Turn`] owned by its session, under the
+//! turn's own id; its steps are its journal. It is written through its own repository
+//! (`crate::turns::TurnWrites`), which also takes its events and announces it, so the writes
+//! here refuse a turn.
 //!
 //! Every read and write names the tenant and finds nothing of another tenant's; only
 //! [`Store::open_executions`], what a node resumes at start, reads across tenants.
@@ -24,7 +29,7 @@ pub enum ExecutionOwner {
 }
 
 impl ExecutionOwner {
-    fn kind(self) -> &'static str {
+    pub(crate) fn kind(self) -> &'static str {
         match self {
             Self::Session(_) => "session",
             Self::Agent(_) => "agent",
@@ -77,7 +82,8 @@ pub struct ExecutionRow {
     pub kind: ExecutionKind,
     pub owner: ExecutionOwner,
     pub status: ExecutionStatus,
-    pub input: String,
+    /// What it was asked to do; `None` for a turn, whose events are its input.
+    pub input: Option<String>,
     pub output: Option<String>,
     pub error: Option<String>,
     pub created_at: Timestamp,
@@ -156,6 +162,18 @@ impl<'w> ExecutionWrites<'w> {
             .ok_or_else(|| Error::ExecutionNotFound(id.to_string()))
     }
 
+    /// The execution `id`, unless it is a turn: a turn's steps and status are written with its
+    /// events and lifecycle events, by its own repository.
+    async fn not_a_turn(&mut self, id: ExecutionId) -> Result<ExecutionRow> {
+        let row = self.current(id).await?;
+        if row.kind == ExecutionKind::Turn {
+            return Err(Error::InvalidInput(format!(
+                "execution {id} is a turn: it is written through its session (work.turns())"
+            )));
+        }
+        Ok(row)
+    }
+
     /// Starts an execution, or returns the one already stored under its id (a retried start).
     /// An id taken by another tenant's execution is not found, never shown.
     pub async fn start(&mut self, new: NewExecution) -> Result<ExecutionRow> {
@@ -163,6 +181,12 @@ impl<'w> ExecutionWrites<'w> {
         if new.tenant != self.tenant {
             return Err(Error::InvalidInput(
                 "an execution starts in its unit of work's tenant".into(),
+            ));
+        }
+        if new.kind == ExecutionKind::Turn {
+            return Err(Error::InvalidInput(
+                "a turn starts with its events (work.turns().begin), not as a bare execution"
+                    .into(),
             ));
         }
         if !matches!(new.status, ExecutionStatus::Pending | ExecutionStatus::Running) {
@@ -201,7 +225,7 @@ impl<'w> ExecutionWrites<'w> {
     /// replay the way it first ran). An ended execution takes no more steps.
     pub async fn append_step(&mut self, id: ExecutionId, step: ExecutionStep) -> Result<bool> {
         crate::leases::check(self.conn, self.fence).await?;
-        let execution = self.current(id).await?;
+        let execution = self.not_a_turn(id).await?;
         if execution.status.is_final() {
             return Err(Error::ExecutionEnded { id: id.to_string(), status: execution.status });
         }
@@ -268,7 +292,7 @@ impl<'w> ExecutionWrites<'w> {
         error: Option<String>,
     ) -> Result<ExecutionRow> {
         crate::leases::check(self.conn, self.fence).await?;
-        let current = self.current(id).await?;
+        let current = self.not_a_turn(id).await?;
         if !current.status.can_become(status) {
             return Err(Error::ExecutionEnded { id: id.to_string(), status: current.status });
         }
@@ -369,12 +393,12 @@ impl Store {
         Ok(row)
     }
 
-    /// A tenant's executions, newest first.
+    /// A tenant's executions other than turns (a session lists its own), newest first.
     pub async fn executions(&self, tenant: TenantId, limit: u32) -> Result<Vec<ExecutionRow>> {
         let rows = self
             .rows(
                 query(format!(
-                    "SELECT {COLUMNS} FROM executions WHERE tenant_id = $1 \
+                    "SELECT {COLUMNS} FROM executions WHERE tenant_id = $1 AND kind <> 'turn' \
                      ORDER BY created_at DESC, id DESC LIMIT $2"
                 ))
                 .bind(tenant.as_bytes().to_vec())
@@ -388,12 +412,13 @@ impl Store {
 /// Reads across tenants, for the engine's recovery (see [`SystemStore`]).
 impl SystemStore {
     /// Every execution that has not ended, of every tenant, oldest first: what a node resumes
-    /// at start. The recovery path's read; nothing a tenant asks for goes through it.
+    /// at start. Turns are not among them: a turn resumes through its session's open events.
+    /// The recovery path's read; nothing a tenant asks for goes through it.
     pub async fn open_executions(&self, limit: u32) -> Result<Vec<ExecutionRow>> {
         let rows = self
             .rows(
                 query(format!(
-                    "SELECT {COLUMNS} FROM executions WHERE finished_at IS NULL \
+                    "SELECT {COLUMNS} FROM executions WHERE finished_at IS NULL AND kind <> 'turn' \
                      ORDER BY created_at, id LIMIT $1"
                 ))
                 .bind(i64::from(limit)),

@@ -65,6 +65,12 @@ const MIGRATIONS: &[Migration] = &[
     Migration::shared(10, "executions", include_str!("../migrations/0010_executions.sql")),
     Migration::shared(11, "token_agents", include_str!("../migrations/0011_token_agents.sql")),
     Migration::shared(12, "leases", include_str!("../migrations/0012_leases.sql")),
+    Migration::shared(
+        13,
+        "turns_are_executions",
+        include_str!("../migrations/0013_turns_are_executions.sql"),
+    )
+    .with_postgres(include_str!("../migrations/0013_turns_are_executions.postgres.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -74,7 +80,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 12;
+pub const SCHEMA_VERSION: i64 = 13;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -289,5 +295,121 @@ mod tests {
         conn.execute("DELETE FROM sessions WHERE id = x'03'", []).unwrap();
         assert_eq!(count(&conn, "events"), 0, "deleting a session no longer deletes its events");
         assert_eq!(count(&conn, "turns"), 0, "deleting a session no longer deletes its turns");
+    }
+
+    /// Migration 13 makes every turn an execution of kind `turn` owned by its session, and its
+    /// journal that execution's steps, numbered in the order the engine wrote them (a model
+    /// call, then each tool call's start and result, even within one millisecond), beside the
+    /// executions already there; and a turn writes no more B-trees than it did.
+    #[test]
+    fn turns_become_executions_with_numbered_steps() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        migrate_sqlite(&conn, 1..=12);
+        conn.execute_batch(
+            "INSERT INTO tenants VALUES (x'01', 't', 0);
+             INSERT INTO agents VALUES (x'02', x'01', 'a', NULL, 0, '{}');
+             INSERT INTO sessions (id, tenant_id, agent_id, platform, channel, actor,
+                 last_active_channel, next_seq, created_at, updated_at)
+                 VALUES (x'03', x'01', x'02', 'p', 'c', 'u', 'c', 2, 0, 0);
+             INSERT INTO turns VALUES (x'05', x'03', x'01', x'02', 'completed', 'hello', NULL,
+                 'm', 4, 10, 20, 2, 30, 40, 50);
+             INSERT INTO turns VALUES (x'06', x'03', x'01', x'02', 'yielded', NULL, 'budget',
+                 NULL, 4, 30, 31, 1, 1, 1, 1);
+             INSERT INTO journal VALUES (x'05', 'model/10', 'model_response', '\"m10\"', 12);
+             INSERT INTO journal VALUES (x'05', 'tool/1/0/result', 'tool_result', '\"r\"', 11);
+             INSERT INTO journal VALUES (x'05', 'model/1', 'model_response', '\"m1\"', 11);
+             INSERT INTO journal VALUES (x'05', 'tool/1/0/start', 'tool_started', '\"s\"', 11);
+             INSERT INTO journal VALUES (x'05', 'model/0', 'model_response', '\"m0\"', 10);
+             INSERT INTO journal VALUES (x'05', 'model/2', 'model_response', '\"m2\"', 12);
+             INSERT INTO journal VALUES (x'06', 'resume/0', 'resumed', '{}', 35);
+             INSERT INTO executions VALUES (x'07', x'01', x'02', 'cron_fire', 'agent', x'02',
+                 'running', '{}', NULL, NULL, 5, 6, NULL);
+             INSERT INTO execution_steps VALUES (x'07', 1, 'fired', '1', 6);",
+        )
+        .unwrap();
+        migrate_sqlite(&conn, 13..=13);
+
+        let turn: (String, String, String, String, Option<String>, i64, i64, i64) = conn
+            .query_row(
+                "SELECT kind, owner_kind, hex(owner_id), status, output, config_revision, \
+                 model_calls, cost_micros FROM executions WHERE id = x'05'",
+                [],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                    ))
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            turn,
+            (
+                "turn".into(),
+                "session".into(),
+                "03".into(),
+                clade_core::ExecutionStatus::Completed.as_str().into(),
+                Some("hello".into()),
+                4,
+                2,
+                50
+            )
+        );
+        let yielded: (String, Option<String>) = conn
+            .query_row("SELECT status, error FROM executions WHERE id = x'06'", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(yielded, ("paused".into(), Some("budget".into())), "a yielded turn is paused");
+        let steps = |id: &str| -> Vec<(i64, String)> {
+            conn.prepare(&format!(
+                "SELECT seq, step_key FROM execution_steps WHERE execution_id = x'{id}' ORDER BY seq"
+            ))
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+        };
+        let order: Vec<(i64, String)> =
+            ["model/0", "model/1", "tool/1/0/start", "tool/1/0/result", "model/2", "model/10"]
+                .iter()
+                .enumerate()
+                .map(|(i, key)| (i as i64 + 1, (*key).to_owned()))
+                .collect();
+        assert_eq!(steps("05"), order);
+        assert_eq!(steps("06"), vec![(1, "resume/0".to_owned())]);
+        assert_eq!(steps("07"), vec![(1, "fired".to_owned())], "an execution lost its steps");
+        assert_eq!(count(&conn, "executions"), 3);
+        for gone in ["turns", "journal"] {
+            assert!(
+                conn.prepare(&format!("SELECT 1 FROM {gone}")).is_err(),
+                "{gone} is still there"
+            );
+        }
+        for table in ["executions", "execution_steps"] {
+            let err = conn.prepare(&format!("SELECT rowid FROM {table}")).err();
+            assert!(err.is_some(), "{table} has a rowid, so two B-trees per row");
+        }
+        // A turn's row is in two B-trees, as it was: the table and the index by owner. The
+        // partial indexes leave turns out.
+        let turn_indexes: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'executions' \
+                 AND sql IS NOT NULL AND sql NOT LIKE '%WHERE%kind <> ''turn''%'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(turn_indexes, vec!["executions_by_owner".to_owned()]);
     }
 }

@@ -237,7 +237,7 @@ pub(crate) async fn insert_usage(
     if let Some(turn) = usage.turn.filter(|_| add_to_turn) {
         let (input, output, cost) = usage.turn_totals();
         query(
-            "UPDATE turns SET model_calls = model_calls + 1, input_tokens = input_tokens + $2, \
+            "UPDATE executions SET model_calls = model_calls + 1, input_tokens = input_tokens + $2, \
              output_tokens = output_tokens + $3, cost_micros = cost_micros + $4 WHERE id = $1",
         )
         .bind(turn.as_bytes().to_vec())
@@ -415,10 +415,13 @@ impl Store {
     /// into the database file as the last connection closes. Other clones of this handle keep
     /// what they use open; this then returns after waiting a few seconds for them.
     pub async fn close(self) {
+        let patience = std::time::Duration::from_secs(5);
         let Store { pool, readers, writer, .. } = self;
-        pool.close().await;
         drop(readers);
-        writer.close(std::time::Duration::from_secs(5)).await;
+        // The writer first: on PostgreSQL it holds a connection of the pool, which the pool's
+        // close would wait for without end.
+        writer.close(patience).await;
+        let _ = tokio::time::timeout(patience, pool.close()).await;
     }
 
     /// Whether the pages of a SQLite file carry checksums, and whether opening added them
@@ -697,8 +700,8 @@ impl Store {
                 query(crate::turns::REMEMBER_OUTBOX_IDS).execute(&mut *conn).await?;
                 for table in [
                     "DELETE FROM model_usage WHERE tenant_id = $1",
-                    "DELETE FROM journal WHERE turn_id IN (SELECT id FROM turns WHERE tenant_id = $1)",
-                    "DELETE FROM turns WHERE tenant_id = $1",
+                    "DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM executions WHERE tenant_id = $1)",
+                    "DELETE FROM executions WHERE tenant_id = $1",
                     "DELETE FROM outbox WHERE tenant_id = $1",
                     "DELETE FROM events WHERE tenant_id = $1",
                     "DELETE FROM sessions WHERE tenant_id = $1",
@@ -896,8 +899,8 @@ impl Store {
                 for table in [
                     "DELETE FROM secrets WHERE agent_id = $1",
                     "DELETE FROM model_usage WHERE agent_id = $1",
-                    "DELETE FROM journal WHERE turn_id IN (SELECT id FROM turns WHERE agent_id = $1)",
-                    "DELETE FROM turns WHERE agent_id = $1",
+                    "DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM executions WHERE agent_id = $1)",
+                    "DELETE FROM executions WHERE agent_id = $1",
                     "DELETE FROM outbox WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = $1)",
                     "DELETE FROM events WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = $1)",
                     "DELETE FROM sessions WHERE agent_id = $1",
@@ -1192,9 +1195,9 @@ impl Store {
             .await
     }
 
-    /// Bytes of conversation the store holds for `tenant`: event texts, turns' replies and
-    /// errors, journal steps, lifecycle events, executions and their steps (the payloads, not
-    /// the indexes or row overhead). Reads every such row of the tenant: meant for a quota
+    /// Bytes of conversation the store holds for `tenant`: event texts, lifecycle events, and
+    /// executions (turns among them) with their inputs, outputs, errors and steps (the
+    /// payloads, not the indexes or row overhead). Reads every such row of the tenant: meant for a quota
     /// check every few seconds, not for every request.
     pub async fn stored_bytes(&self, tenant: TenantId) -> Result<u64> {
         let rows = self.rows(query(STORED_BYTES).bind(tenant.as_bytes().to_vec())).await?;
@@ -1398,13 +1401,9 @@ async fn insert_agents(conn: &mut Tx, agents: &[Agent]) -> Result<()> {
 /// The payload bytes of one tenant's conversations (see [`Store::stored_bytes`]).
 const STORED_BYTES: &str = "SELECT CAST(\
     (SELECT COALESCE(SUM(OCTET_LENGTH(text)), 0) FROM events WHERE tenant_id = $1) \
-  + (SELECT COALESCE(SUM(COALESCE(OCTET_LENGTH(reply), 0) + COALESCE(OCTET_LENGTH(error), 0)), 0) \
-       FROM turns WHERE tenant_id = $1) \
-  + (SELECT COALESCE(SUM(OCTET_LENGTH(j.data)), 0) FROM journal j JOIN turns t ON t.id = j.turn_id \
-       WHERE t.tenant_id = $1) \
   + (SELECT COALESCE(SUM(OCTET_LENGTH(data)), 0) FROM outbox WHERE tenant_id = $1) \
-  + (SELECT COALESCE(SUM(OCTET_LENGTH(input) + COALESCE(OCTET_LENGTH(output), 0)), 0) \
-       FROM executions WHERE tenant_id = $1) \
+  + (SELECT COALESCE(SUM(COALESCE(OCTET_LENGTH(input), 0) + COALESCE(OCTET_LENGTH(output), 0) \
+       + COALESCE(OCTET_LENGTH(error), 0)), 0) FROM executions WHERE tenant_id = $1) \
   + (SELECT COALESCE(SUM(OCTET_LENGTH(s.data)), 0) FROM execution_steps s \
        JOIN executions e ON e.id = s.execution_id WHERE e.tenant_id = $1) \
   AS BIGINT)";

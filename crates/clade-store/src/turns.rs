@@ -7,8 +7,8 @@
 
 use crate::db::{Query, Row, Tx, query};
 use clade_core::{
-    AgentId, EventId, EventKind, EventStatus, SessionId, StepKey, TenantId, Timestamp, TurnId,
-    TurnStatus,
+    AgentId, EventId, EventKind, EventStatus, ExecutionKind, ExecutionStatus, SessionId, StepKey,
+    TenantId, Timestamp, TurnId, TurnStatus,
 };
 
 use crate::error::{Error, Result};
@@ -168,7 +168,9 @@ pub struct DeadLetter {
 const EVENT_COLUMNS: &str =
     "id, tenant_id, session_id, seq, idempotency_key, text, status, turn_id, created_at";
 const SESSION_COLUMNS: &str = "id, tenant_id, agent_id, platform, channel, actor, last_active_channel, queue_mode, created_at, updated_at";
-const TURN_COLUMNS: &str = "id, session_id, tenant_id, agent_id, status, reply, error, model, config_revision, started_at, finished_at";
+/// A turn is the execution of kind `turn` owned by its session (`crate::executions`): its
+/// reply is the execution's output, its start the execution's.
+const TURN_COLUMNS: &str = "id, owner_id AS session_id, tenant_id, agent_id, status, output AS reply, error, model, config_revision, created_at AS started_at, finished_at";
 const OUTBOX_COLUMNS: &str = "id, event_id, tenant_id, session_id, turn_id, kind, data, created_at";
 
 /// An outbox row, numbered by the database (PostgreSQL's identity column).
@@ -249,7 +251,8 @@ fn turn_row(row: &Row) -> Result<TurnRow> {
         session_id: SessionId::from_bytes(id_bytes(row, "session_id")?),
         tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
         agent_id: AgentId::from_bytes(id_bytes(row, "agent_id")?),
-        status: row.word("status", TurnStatus::parse)?,
+        status: row
+            .word("status", |s| ExecutionStatus::parse(s).and_then(TurnStatus::of_execution))?,
         reply: row.try_get("reply")?,
         error: row.try_get("error")?,
         model: row.try_get("model")?,
@@ -342,9 +345,9 @@ pub(crate) async fn insert_outbox(
 // checks that none of them walks a session's whole history.
 
 /// The turn that ended an event, once it has (every `wait: true` reads it).
-const ENDED_TURN_OF_EVENT: &str = "SELECT t.id, t.session_id, t.tenant_id, t.agent_id, t.status, t.reply, \
-     t.error, t.model, t.config_revision, t.started_at, t.finished_at \
-     FROM events e JOIN turns t ON t.id = e.turn_id \
+const ENDED_TURN_OF_EVENT: &str = "SELECT t.id, t.owner_id AS session_id, t.tenant_id, t.agent_id, \
+     t.status, t.output AS reply, t.error, t.model, t.config_revision, t.created_at AS started_at, \
+     t.finished_at FROM events e JOIN executions t ON t.id = e.turn_id \
      WHERE e.id = $1 AND e.tenant_id = $2 AND e.status IN ('done', 'failed', 'yielded')";
 
 /// The agent an event names.
@@ -372,9 +375,10 @@ fn pending_events_sql() -> String {
 }
 
 /// The last completed turns before one, with their events' texts.
-const HISTORY: &str = "SELECT t.id AS id, t.reply AS reply, e.text AS text FROM turns t \
-     JOIN events e ON e.turn_id = t.id WHERE t.id IN (SELECT id FROM turns WHERE session_id = $1 \
-     AND status = 'completed' AND id < $2 ORDER BY id DESC LIMIT $3) ORDER BY t.id, e.seq";
+const HISTORY: &str = "SELECT t.id AS id, t.output AS reply, e.text AS text FROM executions t \
+     JOIN events e ON e.turn_id = t.id WHERE t.id IN (SELECT id FROM executions \
+     WHERE owner_id = $1 AND kind = 'turn' AND status = 'completed' AND id < $2 \
+     ORDER BY id DESC LIMIT $3) ORDER BY t.id, e.seq";
 
 /// Sets the status of a turn's events (through the partial index `events_by_turn`).
 const TURN_EVENTS_STATUS: &str = "UPDATE events SET status = $2 WHERE turn_id = $1";
@@ -551,25 +555,14 @@ impl Store {
                     .await?
                     .try_get("turn_id")?;
                 if let Some(turn) = existing {
-                    let row = query(format!("SELECT {TURN_COLUMNS} FROM turns WHERE id = $1"))
+                    let row = query(format!("SELECT {TURN_COLUMNS} FROM executions WHERE id = $1"))
                         .bind(turn)
                         .fetch_one(&mut *conn)
                         .await?;
                     return Ok((turn_row(&row)?, Vec::new()));
                 }
                 let turn = TurnRow::starting(&session, config_revision, now);
-                query(
-                    "INSERT INTO turns (id, session_id, tenant_id, agent_id, status, config_revision, started_at) \
-                     VALUES ($1, $2, $3, $4, 'running', $5, $6)",
-                )
-                .bind(b(turn.id.as_bytes()))
-                .bind(b(session.id.as_bytes()))
-                .bind(b(session.tenant_id.as_bytes()))
-                .bind(b(session.agent_id.as_bytes()))
-                .bind(config_revision)
-                .bind(now.as_millis())
-                .execute(&mut *conn)
-                .await?;
+                insert_turn(conn, &turn, None, TurnUsage::default()).await?;
                 for event in &events {
                     query("UPDATE events SET status = 'running', turn_id = $1 WHERE id = $2 AND status = 'pending'")
                         .bind(b(turn.id.as_bytes()))
@@ -688,20 +681,23 @@ impl Store {
             Box::pin(async move {
                 crate::leases::check(conn, fence).await?;
                 let yielded = query(
-                    "SELECT id FROM turns WHERE session_id = $1 AND tenant_id = $2 AND status = 'yielded'",
+                    "SELECT id FROM executions WHERE owner_id = $1 AND kind = $2 \
+                     AND tenant_id = $3 AND status = $4",
                 )
                 .bind(b(session.as_bytes()))
+                .bind(ExecutionKind::Turn.as_str())
                 .bind(b(tenant.as_bytes()))
+                .bind(TurnStatus::Yielded.execution_status().as_str())
                 .fetch_all(&mut *conn)
                 .await?;
                 let (mut events, mut rows) = (0, Vec::new());
                 for row in &yielded {
                     let turn = TurnId::from_bytes(id_bytes(row, "id")?);
                     let resumes: i64 = query(
-                        "SELECT COUNT(*) AS n FROM journal WHERE turn_id = $1 AND kind = $2",
+                        "SELECT COUNT(*) AS n FROM execution_steps WHERE execution_id = $1 \
+                         AND step_key LIKE 'resume/%'",
                     )
                     .bind(b(turn.as_bytes()))
-                    .bind(clade_core::StepKind::Resumed.as_str())
                     .fetch_one(&mut *conn)
                     .await?
                     .try_get("n")?;
@@ -711,10 +707,12 @@ impl Store {
                     let entry = JournalEntry { step: StepKey::Resume { n }, data: "{}".into() };
                     journal_in(conn, turn, entry, now).await?;
                     query(
-                        "UPDATE turns SET status = $2, error = NULL, finished_at = NULL WHERE id = $1",
+                        "UPDATE executions SET status = $2, error = NULL, updated_at = $3, \
+                         finished_at = NULL WHERE id = $1",
                     )
                     .bind(b(turn.as_bytes()))
-                    .bind(TurnStatus::Running.as_str())
+                    .bind(TurnStatus::Running.execution_status().as_str())
+                    .bind(now.as_millis())
                     .execute(&mut *conn)
                     .await?;
                     events += query(TURN_EVENTS_STATUS)
@@ -722,13 +720,15 @@ impl Store {
                         .bind(EventStatus::Running.as_str())
                         .execute(&mut *conn)
                         .await?;
-                    let resumed = clade_protocol::LifecycleEvent::from(clade_protocol::TurnResumed {
-                        turn: turn.to_string(),
-                        resumes: u64::from(n) + 1,
-                    });
+                    let resumed =
+                        clade_protocol::LifecycleEvent::from(clade_protocol::TurnResumed {
+                            turn: turn.to_string(),
+                            resumes: u64::from(n) + 1,
+                        });
                     let outbox = [OutboxEvent::from(&resumed)];
                     rows.extend(
-                        insert_outbox(conn, now, tenant, Some(session), Some(turn), &outbox).await?,
+                        insert_outbox(conn, now, tenant, Some(session), Some(turn), &outbox)
+                            .await?,
                     );
                 }
                 Ok((events, rows))
@@ -825,13 +825,14 @@ impl Store {
                 query(format!(
                     "SELECT {TURN_COLUMNS}, model_calls, input_tokens AS usage_input, \
                      output_tokens AS usage_output, cost_micros AS usage_cost \
-                     FROM turns WHERE session_id = $1 AND tenant_id = $2 AND id > $3 \
-                     ORDER BY id LIMIT $4"
+                     FROM executions WHERE owner_id = $1 AND kind = $5 AND tenant_id = $2 \
+                     AND id > $3 ORDER BY id LIMIT $4"
                 ))
                 .bind(b(session.as_bytes()))
                 .bind(b(tenant.as_bytes()))
                 .bind(after)
-                .bind(i64::from(limit)),
+                .bind(i64::from(limit))
+                .bind(ExecutionKind::Turn.as_str()),
             )
             .await?;
         let mut records = turns
@@ -869,9 +870,10 @@ impl Store {
             .await?;
         let steps = self
             .rows(range(query(
-                "SELECT j.turn_id AS turn_id, j.step AS step, j.data AS data, \
-                 j.created_at AS created_at FROM journal j JOIN turns t ON t.id = j.turn_id \
-                 WHERE j.turn_id BETWEEN $1 AND $2 AND t.session_id = $3",
+                "SELECT s.execution_id AS turn_id, s.step_key AS step, s.data AS data \
+                 FROM execution_steps s JOIN executions t ON t.id = s.execution_id \
+                 WHERE s.execution_id BETWEEN $1 AND $2 AND t.owner_id = $3 \
+                 ORDER BY s.execution_id, s.seq",
             )))
             .await?;
         let index: std::collections::HashMap<TurnId, usize> =
@@ -882,16 +884,10 @@ impl Store {
                 records[i].events.push(event);
             }
         }
-        let mut timed = Vec::with_capacity(steps.len());
         for row in &steps {
             let turn = TurnId::from_bytes(id_bytes(row, "turn_id")?);
-            timed.push((turn, row.try_get::<i64, _>("created_at")?, journal_entry(row)?));
-        }
-        // Steps written in the same millisecond keep the order the engine writes them in.
-        timed.sort_by_key(|(turn, at, entry)| (*turn, *at, entry.step.order()));
-        for (turn, _, entry) in timed {
             if let Some(&i) = index.get(&turn) {
-                records[i].steps.push(entry);
+                records[i].steps.push(journal_entry(row)?);
             }
         }
         Ok(records)
@@ -1064,24 +1060,65 @@ fn journal_entry(row: &Row) -> Result<JournalEntry> {
     Ok(JournalEntry { step: row.word("step", StepKey::parse)?, data: row.try_get("data")? })
 }
 
-/// Inserts a journal row inside the caller's transaction; `false` if the step existed.
+/// Writes a turn as what it is, an execution of kind `turn` owned by its session, inside the
+/// caller's transaction. Its events are its input, so it has none of its own.
+async fn insert_turn(
+    conn: &mut Tx,
+    turn: &TurnRow,
+    finished_at: Option<i64>,
+    usage: TurnUsage,
+) -> Result<()> {
+    query(
+        "INSERT INTO executions (id, tenant_id, agent_id, kind, owner_kind, owner_id, status, \
+         output, error, model, config_revision, model_calls, input_tokens, output_tokens, \
+         cost_micros, created_at, updated_at, finished_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+    )
+    .bind(b(turn.id.as_bytes()))
+    .bind(b(turn.tenant_id.as_bytes()))
+    .bind(b(turn.agent_id.as_bytes()))
+    .bind(ExecutionKind::Turn.as_str())
+    .bind(crate::executions::ExecutionOwner::Session(turn.session_id).kind())
+    .bind(b(turn.session_id.as_bytes()))
+    .bind(turn.status.execution_status().as_str())
+    .bind(turn.reply.clone())
+    .bind(turn.error.clone())
+    .bind(turn.model.clone())
+    .bind(turn.config_revision)
+    .bind(crate::store::to_i64(usage.model_calls))
+    .bind(crate::store::to_i64(usage.input_tokens))
+    .bind(crate::store::to_i64(usage.output_tokens))
+    .bind(crate::store::to_i64(usage.cost_micros))
+    .bind(turn.started_at.as_millis())
+    .bind(finished_at.unwrap_or(turn.started_at.as_millis()))
+    .bind(finished_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A turn's next step, numbered after its last, unless a step of its key is there already.
+const JOURNAL_IN: &str = "INSERT INTO execution_steps (execution_id, seq, step_key, data, created_at) \
+     SELECT $1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM execution_steps WHERE execution_id = $1), \
+     $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM execution_steps WHERE execution_id = $1 \
+     AND step_key = $2)";
+
+/// Appends a step to a turn's execution inside the caller's transaction, numbered after the
+/// last; `false` (and nothing written) if a step of that key is already there. The check reads
+/// the turn's own steps only, a handful, on pages the append touches anyway.
 async fn journal_in(
     conn: &mut Tx,
     turn: TurnId,
     entry: JournalEntry,
     now: Timestamp,
 ) -> Result<bool> {
-    let inserted = query(
-        "INSERT INTO journal (turn_id, step, kind, data, created_at) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (turn_id, step) DO NOTHING",
-    )
-    .bind(b(turn.as_bytes()))
-    .bind(entry.step.to_string())
-    .bind(entry.step.kind().as_str())
-    .bind(entry.data)
-    .bind(now.as_millis())
-    .execute(&mut *conn)
-    .await?;
+    let inserted = query(JOURNAL_IN)
+        .bind(b(turn.as_bytes()))
+        .bind(entry.step.to_string())
+        .bind(entry.data)
+        .bind(now.as_millis())
+        .execute(&mut *conn)
+        .await?;
     Ok(inserted > 0)
 }
 
@@ -1094,15 +1131,18 @@ async fn finish_in(
     outbox: &[OutboxEvent],
     now: Timestamp,
 ) -> Result<Vec<OutboxRow>> {
-    query("UPDATE turns SET status = $2, reply = $3, error = $4, model = $5, finished_at = $6 WHERE id = $1")
-        .bind(b(turn.id.as_bytes()))
-        .bind(outcome.status.as_str())
-        .bind(outcome.reply.clone())
-        .bind(outcome.error.clone())
-        .bind(outcome.model.clone())
-        .bind(now.as_millis())
-        .execute(&mut *conn)
-        .await?;
+    query(
+        "UPDATE executions SET status = $2, output = $3, error = $4, model = $5, \
+         updated_at = $6, finished_at = $6 WHERE id = $1",
+    )
+    .bind(b(turn.id.as_bytes()))
+    .bind(outcome.status.execution_status().as_str())
+    .bind(outcome.reply.clone())
+    .bind(outcome.error.clone())
+    .bind(outcome.model.clone())
+    .bind(now.as_millis())
+    .execute(&mut *conn)
+    .await?;
     query(TURN_EVENTS_STATUS)
         .bind(b(turn.id.as_bytes()))
         .bind(outcome.status.event_status().as_str())
@@ -1205,30 +1245,18 @@ impl<'c> TurnWrites<'c> {
             .as_ref()
             .and_then(|(_, usage)| usage.as_ref())
             .filter(|usage| usage.turn == Some(turn.id));
-        let (calls, (input, output, cost)) =
-            counted.map_or((0, (0, 0, 0)), |usage| (1, usage.turn_totals()));
-        query(
-            "INSERT INTO turns (id, session_id, tenant_id, agent_id, status, reply, error, model, \
-             config_revision, started_at, finished_at, model_calls, input_tokens, output_tokens, \
-             cost_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        )
-        .bind(b(turn.id.as_bytes()))
-        .bind(b(turn.session_id.as_bytes()))
-        .bind(b(turn.tenant_id.as_bytes()))
-        .bind(b(turn.agent_id.as_bytes()))
-        .bind(status.as_str())
-        .bind(reply)
-        .bind(error)
-        .bind(model)
-        .bind(turn.config_revision)
-        .bind(turn.started_at.as_millis())
-        .bind(finished_at)
-        .bind(calls)
-        .bind(input)
-        .bind(output)
-        .bind(cost)
-        .execute(&mut *conn)
-        .await?;
+        let totals = counted.map_or_else(TurnUsage::default, |usage| {
+            let (input, output, cost) = usage.turn_totals();
+            let n = |v: i64| u64::try_from(v).unwrap_or(0);
+            TurnUsage {
+                model_calls: 1,
+                input_tokens: n(input),
+                output_tokens: n(output),
+                cost_micros: n(cost),
+            }
+        });
+        let written = TurnRow { status, reply, error, model, ..turn.clone() };
+        insert_turn(conn, &written, finished_at, totals).await?;
         let usage_counted = counted.is_some();
         for event in events {
             let taken = query(
@@ -1394,27 +1422,26 @@ impl SystemStore {
         Ok(out.into_iter().map(|(_, user, reply)| (user, reply)).collect())
     }
 
-    /// The turn's journal, in step order of writing.
+    /// The turn's journal: its execution's steps, in the order they were written.
     pub async fn journal(&self, turn: TurnId) -> Result<Vec<JournalEntry>> {
         let rows = self
             .rows(
-                query("SELECT step, data, created_at FROM journal WHERE turn_id = $1")
-                    .bind(b(turn.as_bytes())),
+                query(
+                    "SELECT step_key AS step, data FROM execution_steps WHERE execution_id = $1 \
+                     ORDER BY seq",
+                )
+                .bind(b(turn.as_bytes())),
             )
             .await?;
-        let mut entries = rows
-            .iter()
-            .map(|r| Ok((r.try_get::<i64, _>("created_at")?, journal_entry(r)?)))
-            .collect::<Result<Vec<_>>>()?;
-        entries.sort_by_key(|(at, entry)| (*at, entry.step.order()));
-        Ok(entries.into_iter().map(|(_, entry)| entry).collect())
+        rows.iter().map(journal_entry).collect()
     }
 
     pub async fn turn(&self, id: TurnId) -> Result<TurnRow> {
         let row = self
             .maybe_row(
-                query(format!("SELECT {TURN_COLUMNS} FROM turns WHERE id = $1"))
-                    .bind(b(id.as_bytes())),
+                query(format!("SELECT {TURN_COLUMNS} FROM executions WHERE id = $1 AND kind = $2"))
+                    .bind(b(id.as_bytes()))
+                    .bind(ExecutionKind::Turn.as_str()),
             )
             .await?;
         row.as_ref().map(turn_row).transpose()?.ok_or_else(|| Error::TurnNotFound(id.to_string()))
@@ -1485,7 +1512,8 @@ mod tests {
             ("open events", open_events_sql(), "events_open_by_session"),
             ("pending events", pending_events_sql(), "events_open_by_session"),
             ("waiting events at ingest", SESSION_FOR_EVENT.to_owned(), "events_open_by_session"),
-            ("history", HISTORY.to_owned(), "turns_by_session (session_id=? AND id<?)"),
+            ("history", HISTORY.to_owned(), "executions_by_owner (owner_id=? AND kind=? AND id<?)"),
+            ("a step's number and key", JOURNAL_IN.to_owned(), "PRIMARY KEY (execution_id=?)"),
             ("history's events", HISTORY.to_owned(), "events_by_turn (turn_id=?)"),
             ("a turn's end", TURN_EVENTS_STATUS.to_owned(), "events_by_turn (turn_id=?)"),
             ("a waiter's answer", ENDED_TURN_OF_EVENT.to_owned(), "SEARCH t USING PRIMARY KEY"),

@@ -1338,18 +1338,36 @@ async fn downgrade_to_version_8(url: &str) {
     // As Clade reaches it: through the VFS that keeps a SQLite file's page checksums.
     let url = clade_store::Location::parse(url).unwrap().connect_url().unwrap();
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    let blob = if url.starts_with("postgres") { "BYTEA" } else { "BLOB" };
+    // Version 13 made turns executions and their journal execution steps.
+    let turns = format!(
+        "CREATE TABLE turns (id {blob} PRIMARY KEY, session_id {blob} NOT NULL, \
+         tenant_id {blob} NOT NULL, agent_id {blob} NOT NULL, status TEXT NOT NULL, reply TEXT, \
+         error TEXT, model TEXT, config_revision BIGINT NOT NULL, started_at BIGINT NOT NULL, \
+         finished_at BIGINT, model_calls BIGINT NOT NULL DEFAULT 0, \
+         input_tokens BIGINT NOT NULL DEFAULT 0, output_tokens BIGINT NOT NULL DEFAULT 0, \
+         cost_micros BIGINT NOT NULL DEFAULT 0)"
+    );
+    let journal = format!(
+        "CREATE TABLE journal (turn_id {blob} NOT NULL, step TEXT NOT NULL, kind TEXT NOT NULL, \
+         data TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (turn_id, step))"
+    );
     for sql in [
+        "DROP TABLE execution_steps",
+        "DROP TABLE executions",
+        turns.as_str(),
+        "CREATE INDEX turns_by_session ON turns (session_id, id)",
+        journal.as_str(),
+        "DELETE FROM schema_migrations WHERE version = 13",
         "DROP TABLE leases",
         "DELETE FROM schema_migrations WHERE version = 12",
         "ALTER TABLE api_tokens DROP COLUMN agents",
         "DELETE FROM schema_migrations WHERE version = 11",
-        "DROP TABLE execution_steps",
-        "DROP TABLE executions",
         "DELETE FROM schema_migrations WHERE version = 10",
         "ALTER TABLE api_tokens DROP COLUMN scopes",
         "DELETE FROM schema_migrations WHERE version = 9",
     ] {
-        sqlx::Executor::execute(&mut conn, sql).await.unwrap();
+        sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(sql.to_owned())).await.unwrap();
     }
 }
 

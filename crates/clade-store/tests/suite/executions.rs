@@ -311,3 +311,241 @@ async fn a_turn_and_the_branch_it_starts_commit_together_or_not_at_all() {
         assert!(h.store.system().pending_events(accepted.session_id).await.unwrap().is_empty());
     }
 }
+
+/// A turn is one kind of execution: read as one, it has its session as owner, its reply as
+/// output, and its journal as steps numbered in the order they were written (a retried step
+/// keeps its number and adds none). The generic writes refuse it (its events and lifecycle
+/// events go with its own repository), the listings of executions and of open ones leave it
+/// out (a session lists its turns, and a turn resumes through its events), and another tenant
+/// does not find it.
+#[tokio::test]
+async fn a_turn_is_an_execution_of_its_session_with_numbered_steps() {
+    for h in backends().await {
+        let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let accepted = accept(&h.store, &tenant, &agent, "c").await;
+        let turn = new_turn(&h.store, &accepted, &tenant, &agent);
+        let entry = |step: StepKey| JournalEntry { step, data: format!("\"{step}\"") };
+        let first = entry(StepKey::Model { iteration: 0 });
+        h.store
+            .begin_turn(&turn, vec![accepted.event_id], Vec::new(), Some((first, None)), None)
+            .await
+            .unwrap();
+        let execution = h.store.execution(tenant.id, turn.id.into()).await.unwrap();
+        assert_eq!(execution.kind, ExecutionKind::Turn, "{}", h.name);
+        assert_eq!(execution.owner, ExecutionOwner::Session(accepted.session_id), "{}", h.name);
+        assert_eq!(execution.status, ExecutionStatus::Running, "{}", h.name);
+        assert_eq!(execution.input, None, "{}: a turn's input is its events", h.name);
+        assert!(h.store.system().open_executions(10).await.unwrap().is_empty(), "{}", h.name);
+
+        let later = [
+            StepKey::ToolStart { iteration: 0, index: 0 },
+            StepKey::ToolResult { iteration: 0, index: 0 },
+            // Retried: already there, so it keeps its number.
+            StepKey::ToolStart { iteration: 0, index: 0 },
+            StepKey::Model { iteration: 1 },
+        ];
+        for step in later {
+            h.store.append_journal(&turn, entry(step), Vec::new(), None, None).await.unwrap();
+        }
+        let outcome = clade_store::TurnOutcome {
+            status: clade_core::TurnStatus::Completed,
+            reply: Some("done".into()),
+            error: None,
+            model: Some("m".into()),
+        };
+        h.store.finish_turn(&turn, outcome, Vec::new()).await.unwrap();
+
+        let steps = h.store.execution_steps(tenant.id, turn.id.into()).await.unwrap();
+        let keys: Vec<(u32, &str)> = steps.iter().map(|s| (s.seq, s.key.as_str())).collect();
+        assert_eq!(
+            keys,
+            [(1, "model/0"), (2, "tool/0/0/start"), (3, "tool/0/0/result"), (4, "model/1")],
+            "{}",
+            h.name
+        );
+        let journal = h.store.system().journal(turn.id).await.unwrap();
+        let journaled: Vec<String> = journal.iter().map(|e| e.step.to_string()).collect();
+        let numbered: Vec<String> = steps.iter().map(|s| s.key.clone()).collect();
+        assert_eq!(journaled, numbered, "{}: the journal is the execution's steps", h.name);
+        let ended = h.store.execution(tenant.id, turn.id.into()).await.unwrap();
+        assert_eq!(ended.status, ExecutionStatus::Completed, "{}", h.name);
+        assert_eq!(ended.output.as_deref(), Some("done"), "{}", h.name);
+        assert!(ended.finished_at.is_some(), "{}", h.name);
+
+        // Its steps and status belong to its own repository.
+        let id = turn.id.into();
+        let appended = h.store.append_execution_step(tenant.id, id, step(5, "more")).await;
+        assert!(matches!(appended, Err(Error::InvalidInput(_))), "{}: {appended:?}", h.name);
+        let cancelled = h
+            .store
+            .set_execution_status(tenant.id, id, ExecutionStatus::Cancelled, None, None)
+            .await;
+        assert!(matches!(cancelled, Err(Error::InvalidInput(_))), "{}: {cancelled:?}", h.name);
+        let bare = NewExecution {
+            id: ExecutionId::generate(h.store.now()),
+            tenant: tenant.id,
+            agent: agent.id,
+            kind: ExecutionKind::Turn,
+            owner: ExecutionOwner::Session(accepted.session_id),
+            status: ExecutionStatus::Running,
+            input: "{}".into(),
+        };
+        let started = h.store.start_execution(bare).await;
+        assert!(matches!(started, Err(Error::InvalidInput(_))), "{}: {started:?}", h.name);
+        assert!(h.store.executions(tenant.id, 10).await.unwrap().is_empty(), "{}", h.name);
+
+        let other = h.store.create_tenant("rival").await.unwrap();
+        let foreign = h.store.execution(other.id, id).await;
+        assert!(matches!(foreign, Err(Error::ExecutionNotFound(_))), "{}: {foreign:?}", h.name);
+        let foreign = h.store.execution_steps(other.id, id).await;
+        assert!(matches!(foreign, Err(Error::ExecutionNotFound(_))), "{}: {foreign:?}", h.name);
+    }
+}
+
+/// Takes a store back to schema version 12, where a turn had rows of its own in `turns` and
+/// its steps in `journal`, unnumbered.
+async fn downgrade_to_version_12(location: &clade_store::Location) {
+    use sqlx::Executor;
+    sqlx::any::install_default_drivers();
+    let url = location.connect_url().unwrap();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    let postgres = matches!(location, clade_store::Location::Postgres(_));
+    let blob = if postgres { "BYTEA" } else { "BLOB" };
+    let mut statements = vec![
+        format!(
+            "CREATE TABLE turns (id {blob} PRIMARY KEY, session_id {blob} NOT NULL, \
+             tenant_id {blob} NOT NULL, agent_id {blob} NOT NULL, status TEXT NOT NULL, \
+             reply TEXT, error TEXT, model TEXT, config_revision BIGINT NOT NULL, \
+             started_at BIGINT NOT NULL, finished_at BIGINT, model_calls BIGINT NOT NULL, \
+             input_tokens BIGINT NOT NULL, output_tokens BIGINT NOT NULL, \
+             cost_micros BIGINT NOT NULL)"
+        ),
+        "CREATE INDEX turns_by_session ON turns (session_id, id)".into(),
+        format!(
+            "CREATE TABLE journal (turn_id {blob} NOT NULL, step TEXT NOT NULL, \
+             kind TEXT NOT NULL, data TEXT NOT NULL, created_at BIGINT NOT NULL, \
+             PRIMARY KEY (turn_id, step))"
+        ),
+        "INSERT INTO turns SELECT id, owner_id, tenant_id, agent_id, \
+         CASE status WHEN 'paused' THEN 'yielded' ELSE status END, output, error, model, \
+         config_revision, created_at, finished_at, model_calls, input_tokens, output_tokens, \
+         cost_micros FROM executions WHERE kind = 'turn'"
+            .into(),
+        // The old journal knew its steps' times only: one millisecond for all of them.
+        "INSERT INTO journal SELECT execution_id, step_key, 'step', data, 0 FROM execution_steps \
+         WHERE execution_id IN (SELECT id FROM turns)"
+            .into(),
+        "DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM turns)".into(),
+        "DELETE FROM executions WHERE kind = 'turn'".into(),
+        "DROP INDEX executions_by_owner".into(),
+    ];
+    for column in
+        ["model", "config_revision", "model_calls", "input_tokens", "output_tokens", "cost_micros"]
+    {
+        statements.push(format!("ALTER TABLE executions DROP COLUMN {column}"));
+    }
+    if postgres {
+        statements.push("ALTER TABLE executions ALTER COLUMN input SET NOT NULL".into());
+    }
+    statements.push("DELETE FROM schema_migrations WHERE version = 13".into());
+    for sql in statements {
+        conn.execute(sqlx::AssertSqlSafe(sql.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+/// Upgrading a store of version 12 keeps every turn, as an execution: its status (a yielded
+/// one paused, and resumable), reply, usage and events, and its journal numbered in the order
+/// the engine wrote it, though every step shares one millisecond.
+#[tokio::test]
+async fn an_upgrade_keeps_every_turn_and_the_order_of_its_steps() {
+    for h in backends().await {
+        let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let entry = |step: StepKey| JournalEntry { step, data: format!("\"{step}\"") };
+        let mut turns = Vec::new();
+        for (channel, status) in
+            [("a", clade_core::TurnStatus::Completed), ("b", clade_core::TurnStatus::Yielded)]
+        {
+            let accepted = accept(&h.store, &tenant, &agent, channel).await;
+            let turn = new_turn(&h.store, &accepted, &tenant, &agent);
+            let usage = clade_store::UsageRecord {
+                tenant: tenant.id,
+                agent: Some(agent.id),
+                turn: Some(turn.id),
+                model: "m".into(),
+                input_tokens: 3,
+                output_tokens: 4,
+                cached_tokens: 0,
+                cache_write_tokens: 0,
+                cost_micros: 5,
+            };
+            let first = (entry(StepKey::Model { iteration: 0 }), Some(usage));
+            h.store
+                .begin_turn(&turn, vec![accepted.event_id], Vec::new(), Some(first), None)
+                .await
+                .unwrap();
+            for step in [
+                StepKey::ToolStart { iteration: 0, index: 0 },
+                StepKey::ToolResult { iteration: 0, index: 0 },
+                StepKey::ToolStart { iteration: 0, index: 1 },
+                StepKey::ToolResult { iteration: 0, index: 1 },
+                StepKey::Model { iteration: 1 },
+            ] {
+                h.store.append_journal(&turn, entry(step), Vec::new(), None, None).await.unwrap();
+            }
+            let outcome = clade_store::TurnOutcome {
+                status,
+                reply: (status == clade_core::TurnStatus::Completed).then(|| "done".into()),
+                error: (status == clade_core::TurnStatus::Yielded).then(|| "budget".into()),
+                model: Some("m".into()),
+            };
+            h.store.finish_turn(&turn, outcome, Vec::new()).await.unwrap();
+            turns.push(accepted.session_id);
+        }
+        let before: Vec<_> = {
+            let mut all = Vec::new();
+            for session in &turns {
+                all.extend(h.store.turn_records(tenant.id, *session, None, 10).await.unwrap());
+            }
+            all
+        };
+        // Closed for good, every handle of it, before its schema is taken back.
+        let super::harness::Harness { name, store, agents, location, _schema, _tmp, .. } = h;
+        drop(agents);
+        store.close().await;
+        downgrade_to_version_12(&location).await;
+        let store = super::harness::open(location).await.unwrap();
+        let mut after = Vec::new();
+        for session in &turns {
+            after.extend(store.turn_records(tenant.id, *session, None, 10).await.unwrap());
+        }
+        assert_eq!(after, before, "{}", name);
+        // The engine writes a tool call's start before its result, and calls in call order.
+        let keys: Vec<String> = after[0].steps.iter().map(|s| s.step.to_string()).collect();
+        assert_eq!(
+            keys,
+            [
+                "model/0",
+                "tool/0/0/start",
+                "tool/0/0/result",
+                "tool/0/1/start",
+                "tool/0/1/result",
+                "model/1"
+            ],
+            "{}",
+            name
+        );
+        let execution = store.execution(tenant.id, after[1].turn.id.into()).await.unwrap();
+        assert_eq!(execution.status, ExecutionStatus::Paused, "{}", name);
+        let (resumed, _) = store.resume_session(tenant.id, turns[1]).await.unwrap();
+        assert_eq!(resumed, 1, "{}: the yielded turn could not be resumed", name);
+        let steps = store.execution_steps(tenant.id, after[1].turn.id.into()).await.unwrap();
+        assert_eq!(
+            steps.last().map(|s| (s.seq, s.key.as_str())),
+            Some((7, "resume/0")),
+            "{}",
+            name
+        );
+    }
+}

@@ -13,8 +13,9 @@ pub struct Harness {
     pub agents: Agents,
     pub data_dir: DataDir,
     pub location: Location,
-    _schema: Option<PgSchema>,
-    _tmp: tempfile::TempDir,
+    /// Kept until the harness is dropped: the schema and the directory go with it.
+    pub _schema: Option<PgSchema>,
+    pub _tmp: tempfile::TempDir,
 }
 
 impl Harness {
