@@ -49,7 +49,22 @@ async fn deleting_a_tenant_deletes_everything_it_owns() {
         let ws = h.agents.workspace(&agent).unwrap();
         let (_, secret) =
             h.store.create_token(acme.id, "ci", &[clade_core::Scope::Admin], None).await.unwrap();
+        // A running execution of the tenant's, with a step: nothing of it may outlive it.
+        let execution = clade_store::NewExecution {
+            id: clade_core::ExecutionId::generate(h.store.now()),
+            tenant: acme.id,
+            agent: agent.id,
+            kind: clade_core::ExecutionKind::CronFire,
+            owner: clade_store::ExecutionOwner::Agent(agent.id),
+            status: clade_core::ExecutionStatus::Running,
+            input: "{}".into(),
+        };
+        h.store.start_execution(execution.clone()).await.unwrap();
+        let step = clade_store::ExecutionStep { seq: 1, key: "fired".into(), data: "{}".into() };
+        h.store.append_execution_step(acme.id, execution.id, step).await.unwrap();
         let ids = h.store.delete_tenant("acme").await.unwrap();
+        assert!(h.store.system().open_executions(10).await.unwrap().is_empty(), "{}", h.name);
+        assert_eq!(h.store.stored_bytes(acme.id).await.unwrap(), 0, "{}", h.name);
         h.agents.remove_workspaces(&ids);
         assert_eq!(ids, vec![agent.id], "{}", h.name);
         assert!(!ws.exists(), "{}", h.name);
