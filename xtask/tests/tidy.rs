@@ -337,3 +337,33 @@ fn the_gateway_never_reads_across_tenants() {
         offenders.join("\n")
     );
 }
+
+/// Each backend runs on its own driver: PostgreSQL on sqlx's native pool, SQLite on rusqlite
+/// (with a native sqlx pool for settings and migrations). sqlx's `Any` driver, which decoded
+/// every row into a common form and hid each database's types, is for tests only: the
+/// binary's dependency graph does not enable it, and the store's code never names it.
+#[test]
+fn the_store_runs_on_native_drivers() {
+    let mut offenders = Vec::new();
+    for file in rust_files(Path::new("crates/clade-store/src")) {
+        let text = std::fs::read_to_string(root().join(&file)).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            for word in ["AnyPool", "AnyConnection", "AnyRow", "sqlx::Any", "sqlx::any"] {
+                if code.contains(word) {
+                    offenders.push(format!("{}:{}: {word}", file.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "the store uses sqlx's Any driver:\n{}", offenders.join("\n"));
+    let output = std::process::Command::new(env!("CARGO"))
+        .args(["tree", "--offline", "-p", "clade-cli", "-e", "normal,features", "-i", "sqlx"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let tree = String::from_utf8_lossy(&output.stdout);
+    assert!(tree.contains("sqlx feature \"postgres\""), "no sqlx in the graph?\n{tree}");
+    assert!(!tree.contains("sqlx feature \"any\""), "the binary enables sqlx's Any:\n{tree}");
+}

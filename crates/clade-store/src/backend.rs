@@ -1,14 +1,20 @@
 //! Connecting to SQLite or PostgreSQL, and the few places where their SQL differs.
 //!
-//! Both backends are reached through sqlx's `Any` driver, so every query is written once with
-//! `$n` placeholders (SQLite accepts them too) and portable types: integers, text and blobs.
+//! Each backend has its own driver: sqlx's native PostgreSQL pool (typed rows, its own
+//! statement cache), and for SQLite rusqlite connections (the writer and readers, see
+//! [`crate::db`]) beside a small sqlx SQLite pool for settings and migrations. Every query is
+//! still written once, with `$n` placeholders (SQLite accepts them too) and portable types:
+//! integers, text and blobs.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::pool::PoolOptions;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection, Executor, PgPool, Postgres, Row, Sqlite, SqlitePool};
 
 use crate::error::{Error, Result};
 
@@ -90,6 +96,133 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// The store's sqlx pool, in its backend's own driver.
+#[derive(Debug, Clone)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A connection of a [`Pool`].
+pub(crate) enum PoolConn {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+/// Runs `$body` with `$conn` bound to whichever driver's value `$value` holds: the code is
+/// the same for both, compiled once per driver.
+macro_rules! either {
+    ($kind:ident, $value:expr, $conn:ident => $body:expr) => {
+        match $value {
+            $kind::Sqlite($conn) => $body,
+            $kind::Postgres($conn) => $body,
+        }
+    };
+}
+
+impl Pool {
+    pub(crate) async fn acquire(&self) -> std::result::Result<PoolConn, sqlx::Error> {
+        match self {
+            Pool::Sqlite(pool) => pool.acquire().await.map(PoolConn::Sqlite),
+            Pool::Postgres(pool) => pool.acquire().await.map(PoolConn::Postgres),
+        }
+    }
+
+    pub(crate) async fn close(&self) {
+        either!(Pool, self, pool => pool.close().await)
+    }
+
+    /// The first column of the first row of `sql`, as text: SQLite answers some pragmas
+    /// with numbers, PostgreSQL's `SHOW` with text.
+    pub(crate) async fn text(&self, sql: &'static str) -> std::result::Result<String, sqlx::Error> {
+        either!(Pool, self, pool => {
+            let row = sqlx::query(sql).fetch_one(pool).await?;
+            row.try_get::<String, _>(0).or_else(|_| row.try_get::<i64, _>(0).map(|n| n.to_string()))
+        })
+    }
+
+    /// The first column of the first row of `sql`, a number.
+    pub(crate) async fn number(&self, sql: &'static str) -> std::result::Result<i64, sqlx::Error> {
+        either!(Pool, self, pool => sqlx::query(sql).fetch_one(pool).await?.try_get::<i64, _>(0))
+    }
+
+    /// Runs `sql`, whatever it answers.
+    pub(crate) async fn run(&self, sql: &'static str) -> std::result::Result<(), sqlx::Error> {
+        either!(Pool, self, pool => sqlx::query(sql).fetch_all(pool).await.map(drop))
+    }
+}
+
+impl PoolConn {
+    /// Runs `sql`, one statement or several (a migration), without parameters.
+    pub(crate) async fn run(&mut self, sql: String) -> std::result::Result<(), sqlx::Error> {
+        either!(PoolConn, self, conn => {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut **conn).await.map(drop)
+        })
+    }
+
+    /// The first column of the first row of `sql`, a number.
+    pub(crate) async fn number(
+        &mut self,
+        sql: &'static str,
+    ) -> std::result::Result<i64, sqlx::Error> {
+        either!(PoolConn, self, conn => {
+            sqlx::query(sql).fetch_one(&mut **conn).await?.try_get::<i64, _>(0)
+        })
+    }
+
+    /// Runs `sql` with one number and two texts bound as `$1`, `$2`, `$3`.
+    pub(crate) async fn run_with(
+        &mut self,
+        sql: &'static str,
+        number: i64,
+        text: &str,
+        at: i64,
+    ) -> std::result::Result<(), sqlx::Error> {
+        either!(PoolConn, self, conn => {
+            sqlx::query(sql).bind(number).bind(text).bind(at).execute(&mut **conn).await.map(drop)
+        })
+    }
+}
+
+/// How many connections each pool keeps: SQLite's serves settings and migrations only (reads
+/// and writes have connections of their own), PostgreSQL's every read and the writer.
+const SQLITE_POOL: u32 = 2;
+const POSTGRES_POOL: u32 = 10;
+
+/// Opens `options` as a pool of `size` with each connection's `settings` applied, after one
+/// direct connection: the pool retries failed connects until its timeout and then reports only
+/// that it timed out, hiding "connection refused" or "not a database".
+macro_rules! open_pool {
+    ($db:ty, $conn:ty, $options:expr, $size:expr, $settings:expr, $shown:expr) => {{
+        let options = $options;
+        let settings: &'static [&'static str] = $settings;
+        let mut probe = <$conn>::connect_with(&options)
+            .await
+            .map_err(|err| classify_connect_error(err, $shown))?;
+        for statement in settings {
+            probe.execute(*statement).await.map_err(|err| classify_connect_error(err, $shown))?;
+        }
+        let _ = probe.close().await;
+        PoolOptions::<$db>::new()
+            .max_connections($size)
+            .acquire_timeout(Duration::from_secs(10))
+            // A broken connection fails its query and is replaced; pinging before every use
+            // would cost a round trip per query.
+            .test_before_acquire(false)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    for statement in settings {
+                        conn.execute(*statement).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(|err| classify_connect_error(err, $shown))?
+    }};
+}
+
 /// Opens the connection pool, applies per-connection settings and checks them.
 ///
 /// A SQLite store gets page checksums if it has none yet and `may_add_checksums` (see
@@ -98,49 +231,32 @@ pub(crate) async fn connect(
     location: &Location,
     durability: Durability,
     may_add_checksums: bool,
-) -> Result<(AnyPool, Option<crate::checksums::PageChecksums>)> {
-    sqlx::any::install_default_drivers();
+) -> Result<(Pool, Option<crate::checksums::PageChecksums>)> {
     let shown = location.redacted();
-    let (url, max_connections) = match location {
-        Location::Sqlite(_) => (location.connect_url()?, 8),
-        Location::Postgres(url) => (url.clone(), 10),
-    };
-    let options = AnyConnectOptions::from_str(&url)
-        .map_err(|err| Error::Unreachable { location: shown.clone(), detail: err.to_string() })?
-        .disable_statement_logging();
+    let unreachable =
+        |err: sqlx::Error| Error::Unreachable { location: shown.clone(), detail: err.to_string() };
     let backend = location.backend();
-    let mut checksums = None;
-    if let Location::Sqlite(path) = location {
-        refuse_empty_file(path)?;
-        make_private(path)?;
-        checksums = Some(crate::checksums::prepare(path, may_add_checksums)?);
-    }
-    // One direct connection first: the pool retries failed connects until its timeout and
-    // then reports only that it timed out, hiding "connection refused" or "not a database".
-    let mut probe = sqlx::AnyConnection::connect_with(&options)
-        .await
-        .map_err(|err| classify_connect_error(err, &shown))?;
-    for statement in session_settings(backend, durability) {
-        probe.execute(*statement).await.map_err(|err| classify_connect_error(err, &shown))?;
-    }
-    let _ = probe.close().await;
-    let pool = AnyPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        // A broken connection fails its query and is replaced; pinging before every use would
-        // cost a round trip per query.
-        .test_before_acquire(false)
-        .after_connect(move |conn, _meta| {
-            Box::pin(async move {
-                for statement in session_settings(backend, durability) {
-                    conn.execute(*statement).await?;
-                }
-                Ok(())
-            })
-        })
-        .connect_with(options)
-        .await
-        .map_err(|err| classify_connect_error(err, &shown))?;
+    let settings = session_settings(backend, durability);
+    let (pool, checksums) = match location {
+        Location::Sqlite(path) => {
+            let options = SqliteConnectOptions::from_str(&location.connect_url()?)
+                .map_err(unreachable)?
+                .disable_statement_logging();
+            refuse_empty_file(path)?;
+            make_private(path)?;
+            let checksums = crate::checksums::prepare(path, may_add_checksums)?;
+            let pool =
+                open_pool!(Sqlite, sqlx::SqliteConnection, options, SQLITE_POOL, settings, &shown);
+            (Pool::Sqlite(pool), Some(checksums))
+        }
+        Location::Postgres(url) => {
+            let options =
+                PgConnectOptions::from_str(url).map_err(unreachable)?.disable_statement_logging();
+            let pool =
+                open_pool!(Postgres, sqlx::PgConnection, options, POSTGRES_POOL, settings, &shown);
+            (Pool::Postgres(pool), None)
+        }
+    };
     check_settings(&pool, backend, durability, &shown).await?;
     if let Location::Sqlite(path) = location {
         // A new file (and its WAL) was created with the process's umask.
@@ -232,7 +348,7 @@ pub(crate) fn session_settings(
 
 /// Reads the durability settings back: an acknowledged commit is only as durable as these.
 async fn check_settings(
-    pool: &AnyPool,
+    pool: &Pool,
     backend: Backend,
     durability: Durability,
     shown: &str,
@@ -250,16 +366,7 @@ async fn check_settings(
         }
     };
     let text = |query: &'static str| async move {
-        let row = sqlx::query(query)
-            .fetch_one(pool)
-            .await
-            .map_err(|err| classify_connect_error(err, shown))?;
-        // SQLite answers some pragmas with numbers, PostgreSQL with text.
-        let value = row
-            .try_get::<String, _>(0)
-            .or_else(|_| row.try_get::<i64, _>(0).map(|n| n.to_string()))
-            .map_err(Error::Database)?;
-        Ok::<_, Error>(value)
+        pool.text(query).await.map_err(|err| classify_connect_error(err, shown))
     };
     match backend {
         Backend::Sqlite => {

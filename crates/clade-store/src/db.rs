@@ -1,6 +1,6 @@
-//! Statements written once for both backends: built with [`query`], run on the sqlx pool
-//! (reads), on the PostgreSQL writer's sqlx connection, or on the SQLite writer's own
-//! rusqlite connection.
+//! Statements written once for both backends: built with [`query`], run on PostgreSQL through
+//! sqlx's native driver (the pool for reads, the writer's pooled connection for writes), or on
+//! SQLite's rusqlite connections (the writer's own, and readers used on the calling thread).
 //!
 //! Why a second driver for SQLite writes: sqlx's SQLite driver runs every statement on a
 //! worker thread and hands the result back, about 70 µs per statement here, mostly two context
@@ -13,8 +13,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Executor, Row as _};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{Executor, PgPool, Postgres, Row as _};
 
 use crate::error::{Error, Result};
 
@@ -61,7 +61,7 @@ pub(crate) fn query(sql: impl Into<Cow<'static, str>>) -> Query {
 
 /// The connection a write runs on, inside the writer's transaction.
 pub(crate) enum Tx {
-    Sqlx(sqlx::pool::PoolConnection<sqlx::Any>),
+    Postgres(sqlx::pool::PoolConnection<Postgres>),
     Sqlite(rusqlite::Connection),
 }
 
@@ -69,7 +69,7 @@ impl Tx {
     /// Runs one statement without parameters (transaction control).
     pub(crate) async fn batch(&mut self, sql: &str) -> Result<()> {
         match self {
-            Tx::Sqlx(conn) => {
+            Tx::Postgres(conn) => {
                 conn.execute(sqlx::AssertSqlSafe(sql.to_owned())).await?;
             }
             // Prepared once and cached like any other statement: the writer runs these
@@ -88,7 +88,7 @@ impl Query {
         self
     }
 
-    fn into_sqlx(self) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    fn into_sqlx(self) -> sqlx::query::Query<'static, Postgres, PgArguments> {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql.into_owned()));
         for arg in self.args {
             q = match arg {
@@ -104,16 +104,16 @@ impl Query {
     /// Runs a statement that returns no rows; the number of rows it changed.
     pub(crate) async fn execute(self, tx: &mut Tx) -> Result<u64> {
         match tx {
-            Tx::Sqlx(conn) => Ok(self.into_sqlx().execute(&mut **conn).await?.rows_affected()),
+            Tx::Postgres(conn) => Ok(self.into_sqlx().execute(&mut **conn).await?.rows_affected()),
             Tx::Sqlite(conn) => sqlite::execute(conn, &self.sql, &self.args),
         }
     }
 
     pub(crate) async fn fetch_all(self, tx: &mut Tx) -> Result<Vec<Row>> {
         match tx {
-            Tx::Sqlx(conn) => {
+            Tx::Postgres(conn) => {
                 let rows = self.into_sqlx().fetch_all(&mut **conn).await?;
-                Ok(rows.into_iter().map(Row::Any).collect())
+                Ok(rows.into_iter().map(Row::Postgres).collect())
             }
             Tx::Sqlite(conn) => sqlite::rows(conn, &self.sql, &self.args),
         }
@@ -121,7 +121,9 @@ impl Query {
 
     pub(crate) async fn fetch_optional(self, tx: &mut Tx) -> Result<Option<Row>> {
         match tx {
-            Tx::Sqlx(conn) => Ok(self.into_sqlx().fetch_optional(&mut **conn).await?.map(Row::Any)),
+            Tx::Postgres(conn) => {
+                Ok(self.into_sqlx().fetch_optional(&mut **conn).await?.map(Row::Postgres))
+            }
             // Every row is stepped through, so an `INSERT … RETURNING` always runs to the end.
             Tx::Sqlite(conn) => Ok(sqlite::rows(conn, &self.sql, &self.args)?.into_iter().next()),
         }
@@ -141,9 +143,9 @@ impl Query {
                 tokio::task::consume_budget().await;
                 readers.rows(&self.sql, &self.args)
             }
-            Readers::Pool(pool) => {
+            Readers::Postgres(pool) => {
                 let rows = self.into_sqlx().fetch_all(pool).await?;
-                Ok(rows.into_iter().map(Row::Any).collect())
+                Ok(rows.into_iter().map(Row::Postgres).collect())
             }
         }
     }
@@ -152,8 +154,8 @@ impl Query {
 /// Where reads run.
 #[derive(Clone)]
 pub(crate) enum Readers {
-    /// The sqlx pool (PostgreSQL): a read is a round trip anyway.
-    Pool(AnyPool),
+    /// The PostgreSQL pool: a read is a round trip anyway.
+    Postgres(PgPool),
     /// SQLite connections used on the calling thread. A point read on cached pages takes a
     /// few microseconds, far less than handing it to a worker thread and back.
     Sqlite(Arc<sqlite::Readers>),
@@ -161,7 +163,7 @@ pub(crate) enum Readers {
 
 /// A result row from either driver.
 pub(crate) enum Row {
-    Any(AnyRow),
+    Postgres(PgRow),
     Sqlite { columns: Arc<[String]>, values: Vec<rusqlite::types::Value> },
 }
 
@@ -169,7 +171,7 @@ impl Row {
     /// The value of a column, by name or position.
     pub(crate) fn try_get<T: Column, I: Index>(&self, index: I) -> Result<T> {
         match self {
-            Row::Any(row) => Ok(row.try_get::<T, I>(index)?),
+            Row::Postgres(row) => T::from_postgres(row, index),
             Row::Sqlite { columns, values } => {
                 let value = index
                     .position(columns)
@@ -197,7 +199,7 @@ impl Row {
 }
 
 /// A column index: a name or a position.
-pub(crate) trait Index: sqlx::ColumnIndex<AnyRow> + std::fmt::Display + Copy {
+pub(crate) trait Index: sqlx::ColumnIndex<PgRow> + std::fmt::Display + Copy {
     fn position(self, columns: &[String]) -> Option<usize>;
 }
 
@@ -214,13 +216,36 @@ impl Index for usize {
 }
 
 /// A Rust type a column can be read as.
-pub(crate) trait Column:
-    Sized + for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>
-{
+///
+/// Read as SQLite stores it: integers of any width are one type there, and the schema's
+/// `INTEGER` is PostgreSQL's `BIGINT`. A PostgreSQL expression may still answer a narrower
+/// integer (`SELECT 1` is an `int4`), which reads as the wider one.
+pub(crate) trait Column: Sized {
     fn from_sqlite(value: &rusqlite::types::Value) -> Option<Self>;
+    fn from_postgres<I: Index>(row: &PgRow, index: I) -> Result<Self>;
 }
 
 use rusqlite::types::Value as Lite;
+
+/// A PostgreSQL integer of any width, widened.
+fn pg_integer<I: Index>(row: &PgRow, index: I) -> Result<Option<i64>> {
+    let wide = row.try_get::<Option<i64>, I>(index);
+    let Err(sqlx::Error::ColumnDecode { .. }) = wide else { return Ok(wide?) };
+    if let Ok(n) = row.try_get::<Option<i32>, I>(index) {
+        return Ok(n.map(i64::from));
+    }
+    Ok(row.try_get::<Option<i16>, I>(index)?.map(i64::from))
+}
+
+/// A non-null value where one is required, or the error sqlx would have given.
+fn present<T, I: Index>(value: Option<T>, index: I) -> Result<T> {
+    value.ok_or_else(|| {
+        Error::Database(sqlx::Error::ColumnDecode {
+            index: index.to_string(),
+            source: "unexpected null".into(),
+        })
+    })
+}
 
 impl Column for i64 {
     fn from_sqlite(value: &Lite) -> Option<Self> {
@@ -229,17 +254,30 @@ impl Column for i64 {
             _ => None,
         }
     }
+    fn from_postgres<I: Index>(row: &PgRow, index: I) -> Result<Self> {
+        present(pg_integer(row, index)?, index)
+    }
 }
 
 impl Column for i32 {
     fn from_sqlite(value: &Lite) -> Option<Self> {
         i64::from_sqlite(value).and_then(|n| i32::try_from(n).ok())
     }
+    fn from_postgres<I: Index>(row: &PgRow, index: I) -> Result<Self> {
+        let n = i64::from_postgres(row, index)?;
+        i32::try_from(n).map_err(|_| Error::BadRow(format!("column {index} holds {n}")))
+    }
 }
 
 impl Column for bool {
     fn from_sqlite(value: &Lite) -> Option<Self> {
         i64::from_sqlite(value).map(|n| n != 0)
+    }
+    fn from_postgres<I: Index>(row: &PgRow, index: I) -> Result<Self> {
+        match row.try_get::<bool, I>(index) {
+            Err(sqlx::Error::ColumnDecode { .. }) => Ok(i64::from_postgres(row, index)? != 0),
+            other => Ok(other?),
+        }
     }
 }
 
@@ -251,6 +289,12 @@ impl Column for f64 {
             _ => None,
         }
     }
+    fn from_postgres<I: Index>(row: &PgRow, index: I) -> Result<Self> {
+        match row.try_get::<f64, I>(index) {
+            Err(sqlx::Error::ColumnDecode { .. }) => Ok(i64::from_postgres(row, index)? as f64),
+            other => Ok(other?),
+        }
+    }
 }
 
 impl Column for String {
@@ -259,6 +303,9 @@ impl Column for String {
             Lite::Text(s) => Some(s.clone()),
             _ => None,
         }
+    }
+    fn from_postgres<I: Index>(row: &PgRow, index: I) -> Result<Self> {
+        Ok(row.try_get(index)?)
     }
 }
 
@@ -269,6 +316,9 @@ impl Column for Vec<u8> {
             _ => None,
         }
     }
+    fn from_postgres<I: Index>(row: &PgRow, index: I) -> Result<Self> {
+        Ok(row.try_get(index)?)
+    }
 }
 
 impl<T: Column> Column for Option<T> {
@@ -277,6 +327,13 @@ impl<T: Column> Column for Option<T> {
             Lite::Null => Some(None),
             other => T::from_sqlite(other).map(Some),
         }
+    }
+    fn from_postgres<I: Index>(row: &PgRow, index: I) -> Result<Self> {
+        use sqlx::ValueRef as _;
+        if row.try_get_raw(index)?.is_null() {
+            return Ok(None);
+        }
+        T::from_postgres(row, index).map(Some)
     }
 }
 

@@ -8,9 +8,7 @@
 //! store; any other process refuses a store that needs upgrading (it may be serving under a
 //! running gateway of the older version), though it may create a brand-new one.
 
-use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
-
-use crate::backend::{Backend, classify, dialect_sql};
+use crate::backend::{Backend, Pool, PoolConn, classify, dialect_sql};
 use crate::error::{Error, Result};
 
 struct Migration {
@@ -101,6 +99,10 @@ pub struct MigrationReport {
     pub to: i64,
 }
 
+/// The version a store is at (0 for a new one).
+const CURRENT_VERSION: &str =
+    "SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM schema_migrations";
+
 /// The advisory lock every migration run on PostgreSQL holds, keyed by schema.
 const PG_MIGRATION_LOCK: &str =
     "SELECT pg_advisory_lock(hashtextextended('clade migrate ' || current_schema(), 0))";
@@ -108,7 +110,7 @@ const PG_MIGRATION_UNLOCK: &str =
     "SELECT pg_advisory_unlock(hashtextextended('clade migrate ' || current_schema(), 0))";
 
 pub(crate) async fn run(
-    pool: &AnyPool,
+    pool: &Pool,
     backend: Backend,
     shown: &str,
     now: i64,
@@ -116,35 +118,31 @@ pub(crate) async fn run(
 ) -> Result<MigrationReport> {
     let mut conn = pool.acquire().await.map_err(|e| classify(e, shown))?;
     if backend == Backend::Postgres {
-        conn.execute(PG_MIGRATION_LOCK).await.map_err(|e| classify(e, shown))?;
+        conn.run(PG_MIGRATION_LOCK.into()).await.map_err(|e| classify(e, shown))?;
     }
     let outcome = migrate_locked(&mut conn, backend, shown, now, policy).await;
     if backend == Backend::Postgres {
         // Closing the connection would release it too; a pooled one stays open.
-        let _ = conn.execute(PG_MIGRATION_UNLOCK).await;
+        let _ = conn.run(PG_MIGRATION_UNLOCK.into()).await;
     }
     outcome
 }
 
 async fn migrate_locked(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut PoolConn,
     backend: Backend,
     shown: &str,
     now: i64,
     policy: Migrations,
 ) -> Result<MigrationReport> {
-    (&mut *conn)
-        .execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations \
-         (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
-        )
-        .await
-        .map_err(|e| classify(e, shown))?;
-    let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-        .fetch_one(&mut *conn)
-        .await
-        .and_then(|row| row.try_get::<i64, _>(0))
-        .map_err(|e| classify(e, shown))?;
+    conn.run(
+        "CREATE TABLE IF NOT EXISTS schema_migrations \
+         (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+            .into(),
+    )
+    .await
+    .map_err(|e| classify(e, shown))?;
+    let current: i64 = conn.number(CURRENT_VERSION).await.map_err(|e| classify(e, shown))?;
     if current > SCHEMA_VERSION {
         return Err(Error::NewerSchema {
             location: shown.to_owned(),
@@ -162,35 +160,30 @@ async fn migrate_locked(
     for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
         tracing::info!(version = migration.version, name = migration.name, "applying migration");
         let begin = if backend == Backend::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" };
-        (&mut *conn).execute(begin).await?;
+        conn.run(begin.into()).await?;
         let applied = async {
             // The SQL is compiled into the binary; only type names are rewritten.
             let sql = match (backend, migration.postgres) {
                 (Backend::Postgres, Some(own)) => own.to_owned(),
                 _ => dialect_sql(backend, migration.sql),
             };
-            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await?;
-            sqlx::query(
+            conn.run(sql).await?;
+            conn.run_with(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                migration.version,
+                migration.name,
+                now,
             )
-            .bind(migration.version)
-            .bind(migration.name)
-            .bind(now)
-            .execute(&mut *conn)
             .await?;
-            (&mut *conn).execute("COMMIT").await?;
+            conn.run("COMMIT".into()).await?;
             Ok::<_, sqlx::Error>(())
         }
         .await;
         if let Err(err) = applied {
-            let _ = (&mut *conn).execute("ROLLBACK").await;
+            let _ = conn.run("ROLLBACK".into()).await;
             // Two processes may race to migrate a fresh database; the loser sees the winner's
             // tables and simply re-checks the version.
-            let found: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-                .fetch_one(&mut *conn)
-                .await
-                .and_then(|row| row.try_get::<i64, _>(0))
-                .unwrap_or(0);
+            let found: i64 = conn.number(CURRENT_VERSION).await.unwrap_or(0);
             if found >= migration.version {
                 continue;
             }

@@ -25,7 +25,7 @@ pub struct OwnerLock {
 #[allow(dead_code)]
 enum Held {
     File(std::fs::File),
-    Postgres(Box<sqlx::AnyConnection>),
+    Postgres(Box<sqlx::PgConnection>),
 }
 
 impl OwnerLock {
@@ -94,9 +94,9 @@ fn describe_holder(pid: &str) -> String {
 }
 
 /// A session-level advisory lock keyed by the store's schema, on a connection kept open.
-async fn advisory_lock(location: &Location, url: &str) -> Result<sqlx::AnyConnection> {
+async fn advisory_lock(location: &Location, url: &str) -> Result<sqlx::PgConnection> {
     let shown = location.redacted();
-    let mut conn = sqlx::AnyConnection::connect(url)
+    let mut conn = sqlx::PgConnection::connect(url)
         .await
         .map_err(|e| crate::backend::classify_connect_error(e, &shown))?;
     let row = sqlx::query(

@@ -15,7 +15,6 @@ use futures::future::BoxFuture;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::AnyPool;
 
 use crate::db::{Query, Readers, Row, Tx, query};
 
@@ -54,7 +53,7 @@ impl StoreOptions {
 /// A cheap-to-clone handle to Clade's state.
 #[derive(Clone)]
 pub struct Store {
-    pub(crate) pool: AnyPool,
+    pub(crate) pool: crate::backend::Pool,
     readers: Readers,
     writer: Writer,
     backend: Backend,
@@ -373,20 +372,18 @@ impl Store {
             backend::connect(&options.location, options.durability, may_add_checksums).await?;
         let now = options.clock.now().as_millis();
         let report = migrate::run(&pool, backend, &shown, now, options.migrations).await?;
-        let connect = match &options.location {
-            Location::Sqlite(path) => Connect::Sqlite {
-                path: path.clone(),
-                settings: backend::session_settings(backend, options.durability),
-                durability: options.durability,
-            },
-            Location::Postgres(_) => Connect::Pool(pool.clone()),
-        };
-        let readers = match &options.location {
-            Location::Sqlite(path) => Readers::Sqlite(Arc::new(crate::db::sqlite::Readers::new(
-                path.clone(),
-                backend::session_settings(backend, options.durability),
-            ))),
-            Location::Postgres(_) => Readers::Pool(pool.clone()),
+        let settings = backend::session_settings(backend, options.durability);
+        let (connect, readers) = match (&options.location, &pool) {
+            (Location::Postgres(_), backend::Pool::Postgres(pool)) => {
+                (Connect::Postgres(pool.clone()), Readers::Postgres(pool.clone()))
+            }
+            (Location::Sqlite(path), _) => (
+                Connect::Sqlite { path: path.clone(), settings, durability: options.durability },
+                Readers::Sqlite(Arc::new(crate::db::sqlite::Readers::new(path.clone(), settings))),
+            ),
+            (Location::Postgres(_), backend::Pool::Sqlite(_)) => {
+                return Err(Error::BadUrl(options.location.redacted()));
+            }
         };
         let writer = Writer::spawn(connect, backend, shown.to_string(), options.faults.clone())?;
         let store = Self {
@@ -455,8 +452,7 @@ impl Store {
 
     /// Cheap liveness check for `/readyz`.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").fetch_one(&self.pool).await.map_err(|e| self.db(e))?;
-        Ok(())
+        self.pool.run("SELECT 1").await.map_err(|e| self.db(e))
     }
 
     /// Verifies the database file's structure (SQLite); PostgreSQL checks its own pages.
@@ -477,10 +473,7 @@ impl Store {
     pub async fn disk_bytes(&self) -> Result<i64> {
         let query = match self.backend {
             Backend::Sqlite => {
-                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(|e| self.db(e))?;
+                self.pool.run("PRAGMA wal_checkpoint(TRUNCATE)").await.map_err(|e| self.db(e))?;
                 "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"
             }
             Backend::Postgres => {
@@ -489,8 +482,7 @@ impl Store {
                  WHERE c.relkind = 'r' AND n.nspname = current_schema()"
             }
         };
-        let row = sqlx::query(query).fetch_one(&self.pool).await.map_err(|e| self.db(e))?;
-        Ok(sqlx::Row::try_get(&row, 0)?)
+        self.pool.number(query).await.map_err(|e| self.db(e))
     }
 
     /// A handle to the same store whose reads return as soon as they have run, which can be

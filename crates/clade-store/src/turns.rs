@@ -1103,6 +1103,10 @@ const JOURNAL_IN: &str = "INSERT INTO execution_steps (execution_id, seq, step_k
      $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM execution_steps WHERE execution_id = $1 \
      AND step_key = $2)";
 
+/// A new turn's first step.
+const FIRST_STEP: &str = "INSERT INTO execution_steps (execution_id, seq, step_key, data, created_at) \
+     VALUES ($1, 1, $2, $3, $4)";
+
 /// Appends a step to a turn's execution inside the caller's transaction, numbered after the
 /// last; `false` (and nothing written) if a step of that key is already there. The check reads
 /// the turn's own steps only, a handful, on pages the append touches anyway.
@@ -1272,7 +1276,14 @@ impl<'c> TurnWrites<'c> {
             }
         }
         if let Some((entry, usage)) = first_step {
-            journal_in(conn, turn.id, entry, now).await?;
+            // The turn was inserted just now, so this is its first step: no number to look up.
+            query(FIRST_STEP)
+                .bind(b(turn.id.as_bytes()))
+                .bind(entry.step.to_string())
+                .bind(entry.data)
+                .bind(now.as_millis())
+                .execute(&mut *conn)
+                .await?;
             if let Some(usage) = &usage {
                 insert_usage(conn, usage, now, !usage_counted).await?;
             }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::future::BoxFuture;
-use sqlx::AnyPool;
+use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backend::{Backend, Durability, classify};
@@ -52,8 +52,8 @@ const SYNC_QUEUE_DEPTH: usize = 64;
 
 /// Where the writer gets its connection.
 pub(crate) enum Connect {
-    /// A connection of the pool (PostgreSQL), on a tokio task.
-    Pool(AnyPool),
+    /// A connection of the PostgreSQL pool, on a tokio task.
+    Postgres(PgPool),
     /// A connection of its own to this SQLite file, on a thread of its own: every statement
     /// is then a function call, not a hop to sqlx's worker thread (see [`crate::db`]).
     Sqlite { path: PathBuf, settings: &'static [&'static str], durability: Durability },
@@ -62,8 +62,8 @@ pub(crate) enum Connect {
 impl Connect {
     async fn open(&self, shown: &str) -> Result<Tx> {
         match self {
-            Connect::Pool(pool) => {
-                pool.acquire().await.map(Tx::Sqlx).map_err(|err| classify(err, shown))
+            Connect::Postgres(pool) => {
+                pool.acquire().await.map(Tx::Postgres).map_err(|err| classify(err, shown))
             }
             Connect::Sqlite { path, settings, durability } => {
                 let conn = db::sqlite::open(path, settings, paced::Writeback::AtOnce)?;
@@ -294,7 +294,7 @@ impl Writer {
             Self { tx, counters: counters.clone(), durable: None, running: running.clone() };
         let start_thread = |role, body| start_thread(role, &running, body);
         match connect {
-            Connect::Pool(_) => {
+            Connect::Postgres(_) => {
                 tokio::spawn(run(connect, backend, shown, rx, counters, None));
             }
             Connect::Sqlite { ref path, settings, durability } => {
