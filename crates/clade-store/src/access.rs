@@ -350,6 +350,8 @@ impl Store {
         let stored = row.clone();
         let now = self.now();
         self.write(move |conn| {
+            let audit = audit.clone();
+            let stored = stored.clone();
             Box::pin(async move {
                 insert_grant(conn, &stored).await?;
                 append_audit(conn, &audit, now).await
@@ -368,6 +370,7 @@ impl Store {
     ) -> Result<()> {
         let now = self.now();
         self.write(move |conn| {
+            let audit = audit.clone();
             Box::pin(async move {
                 let done = query(
                     "UPDATE grants SET revoked_at = $1 WHERE id = $2 AND tenant_id = $3 AND revoked_at IS NULL",
@@ -467,6 +470,8 @@ impl Store {
         let tenant = approval.tenant;
         let key = approval.call_key.clone();
         let announced = self.write(move |conn| {
+            let approval = approval.clone();
+            let audit = audit.clone();
             Box::pin(async move {
                 let exists = query("SELECT id FROM approvals WHERE tenant_id = $1 AND call_key = $2")
                     .bind(approval.tenant.as_bytes().to_vec())
@@ -583,6 +588,10 @@ impl Store {
         let grant = grant.map(|g| self.grant_row(g));
         let announced = self
             .write(move |conn| {
+                let audits = audits.clone();
+                let decided_by = decided_by.clone();
+                let grant = grant.clone();
+                let note = note.clone();
                 Box::pin(async move {
                     let done = query(
                     "UPDATE approvals SET status = $1, decided_at = $2, decided_by = $3, note = $4 \
@@ -643,7 +652,11 @@ impl Store {
     /// Appends one audit record on its own.
     pub async fn audit(&self, entry: AuditEntry) -> Result<()> {
         let now = self.now();
-        self.write(move |conn| Box::pin(async move { append_audit(conn, &entry, now).await })).await
+        self.write(move |conn| {
+            let entry = entry.clone();
+            Box::pin(async move { append_audit(conn, &entry, now).await })
+        })
+        .await
     }
 
     /// A tenant's audit records in order, filtered.

@@ -153,6 +153,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the database aborted the transaction this came from without changing anything,
+    /// so that running it again may succeed: PostgreSQL's serialization failure (`40001`) and
+    /// deadlock victim (`40P01`). The store's writer runs such a write again itself.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Database(sqlx::Error::Database(db)) => {
+                matches!(db.code().as_deref(), Some("40001" | "40P01"))
+            }
+            _ => false,
+        }
+    }
+
     /// Whether a unique or primary-key constraint refused the write (on either driver).
     pub(crate) fn is_unique_violation(&self) -> bool {
         match self {

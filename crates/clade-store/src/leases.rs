@@ -33,6 +33,7 @@ impl Store {
         let holder = holder.to_owned();
         let lease = self
             .write(move |conn| {
+                let holder = holder.clone();
                 Box::pin(async move {
                     let row = query(
                         "INSERT INTO leases (shard, holder, epoch, acquired_at) VALUES ($1, $2, 1, $3) \

@@ -542,7 +542,7 @@ impl Store {
 
     pub(crate) async fn write<T: Send + 'static>(
         &self,
-        f: impl for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<T>> + Send + 'static,
+        f: impl for<'c> Fn(&'c mut Tx) -> BoxFuture<'c, Result<T>> + Send + Sync + 'static,
     ) -> Result<T> {
         self.write_announced(None, f).await
     }
@@ -552,7 +552,7 @@ impl Store {
     pub(crate) async fn write_announced<T: Send + 'static>(
         &self,
         announce: Option<crate::writer::Announce<T>>,
-        f: impl for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<T>> + Send + 'static,
+        f: impl for<'c> Fn(&'c mut Tx) -> BoxFuture<'c, Result<T>> + Send + Sync + 'static,
     ) -> Result<T> {
         self.writer.write_announced(Box::new(f), announce).await
     }
@@ -608,6 +608,8 @@ impl Store {
             serde_json::json!({ "tenant": tenant.name.as_str() }),
         );
         self.write(move |conn| {
+            let audit = audit.clone();
+            let row = row.clone();
             Box::pin(async move {
                 query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
                     .bind(row.id.as_bytes().to_vec())
@@ -676,6 +678,7 @@ impl Store {
         );
         let now = self.now();
         self.write(move |conn| {
+            let audit = audit.clone();
             Box::pin(async move {
                 crate::access::append_audit(conn, &audit, now).await?;
                 let id = tenant.id.as_bytes().to_vec();
@@ -761,6 +764,9 @@ impl Store {
             serde_json::json!({ "handles": handles, "count": agents.len() }),
         );
         self.write(move |conn| {
+            let audit = audit.clone();
+            let limit = limit.clone();
+            let rows = rows.clone();
             Box::pin(async move {
                 if let Some((max, key)) = &limit {
                     let row = query("SELECT COUNT(*) AS n FROM agents WHERE tenant_id = $1")
@@ -862,6 +868,8 @@ impl Store {
         );
         let at = self.now();
         self.write(move |conn| {
+            let audit = audit.clone();
+            let handle = handle.clone();
             Box::pin(async move {
                 crate::access::append_audit(conn, &audit, at).await?;
                 let id = id.as_bytes().to_vec();
@@ -979,6 +987,9 @@ impl Store {
             }),
         );
         self.write(move |conn| {
+            let audit = audit.clone();
+            let hash = hash.clone();
+            let row = row.clone();
             Box::pin(async move {
                 // The agents are the tenant's, checked in the same transaction.
                 for agent in row.agents.iter().flatten() {
@@ -1035,6 +1046,7 @@ impl Store {
             serde_json::json!({ "token": id.to_string() }),
         );
         self.write(move |conn| {
+            let audit = audit.clone();
             Box::pin(async move {
                 let done = query(
                     "UPDATE api_tokens SET revoked_at = $1 \
@@ -1090,6 +1102,9 @@ impl Store {
         let name = name.to_string();
         let actor = self.actor.clone();
         self.write(move |conn| {
+            let actor = actor.clone();
+            let name = name.clone();
+            let sealed = sealed.clone();
             Box::pin(async move {
                 secret_audit(conn, &actor, agent, AuditKind::SecretSet, &name, at).await?;
                 let agent = agent.as_bytes().to_vec();
@@ -1156,6 +1171,8 @@ impl Store {
         let name = name.to_string();
         let (actor, at) = (self.actor.clone(), self.now());
         self.write(move |conn| {
+            let actor = actor.clone();
+            let name = name.clone();
             Box::pin(async move {
                 secret_audit(conn, &actor, agent, AuditKind::SecretRemoved, &name, at).await?;
                 let done = query("DELETE FROM secrets WHERE agent_id = $1 AND name = $2")
@@ -1183,8 +1200,11 @@ impl Store {
     /// Records one model call's usage.
     pub async fn record_usage(&self, usage: UsageRecord) -> Result<()> {
         let now = self.now();
-        self.write(move |conn| Box::pin(async move { insert_usage(conn, &usage, now, true).await }))
-            .await
+        self.write(move |conn| {
+            let usage = usage.clone();
+            Box::pin(async move { insert_usage(conn, &usage, now, true).await })
+        })
+        .await
     }
 
     /// Bytes of conversation the store holds for `tenant`: event texts, lifecycle events, and
@@ -1237,6 +1257,7 @@ impl Store {
     /// refuses the whole reservation with [`Error::BudgetExceeded`] naming it.
     pub async fn reserve_budget(&self, counters: Vec<BudgetCounter>) -> Result<()> {
         self.write(move |conn| {
+            let counters = counters.clone();
             Box::pin(async move {
                 for c in &counters {
                     query(
@@ -1273,6 +1294,7 @@ impl Store {
     /// Releases reservations and adds what was really spent.
     pub async fn settle_budget(&self, settlements: Vec<BudgetSettlement>) -> Result<()> {
         self.write(move |conn| {
+            let settlements = settlements.clone();
             Box::pin(async move {
                 for s in &settlements {
                     query(
@@ -1324,6 +1346,8 @@ impl Store {
     pub async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         let (key, value) = (key.to_owned(), value.to_owned());
         self.write(move |conn| {
+            let key = key.clone();
+            let value = value.clone();
             Box::pin(async move {
                 query(
                     "INSERT INTO meta (key, value) VALUES ($1, $2) \

@@ -404,6 +404,7 @@ impl Store {
         let announce: crate::writer::Announce<(Accepted, Option<EventRow>)> =
             Box::new(move |(accepted, row)| on_visible(accepted, row.as_ref()));
         let (accepted, _) = self.write_announced(Some(announce), move |conn| {
+            let event = event.clone();
             Box::pin(async move {
                 let agent = query(AGENT_BY_HANDLE)
                     .bind(b(event.tenant.as_bytes()))
@@ -546,6 +547,9 @@ impl Store {
         let (now, fence) = (self.now(), self.fence());
         let session = session.clone();
         self.write(move |conn| {
+            let events = events.clone();
+            let outbox = outbox.clone();
+            let session = session.clone();
             Box::pin(async move {
                 crate::leases::check(conn, fence).await?;
                 let first = events.first().ok_or_else(|| Error::InvalidInput("a turn needs an event".into()))?;
@@ -591,6 +595,11 @@ impl Store {
         let (now, fence) = (self.now(), self.fence());
         let turn = turn.clone();
         self.write(move |conn| {
+            let events = events.clone();
+            let finish = finish.clone();
+            let first_step = first_step.clone();
+            let outbox = outbox.clone();
+            let turn = turn.clone();
             Box::pin(async move {
                 let mut rows = Vec::new();
                 TurnWrites::new(conn, turn.tenant_id, now, &mut rows, fence)
@@ -606,6 +615,7 @@ impl Store {
     pub async fn join_turn(&self, turn: TurnId, events: Vec<EventId>) -> Result<()> {
         let fence = self.fence();
         self.write(move |conn| {
+            let events = events.clone();
             Box::pin(async move {
                 crate::leases::check(conn, fence).await?;
                 for event in &events {
@@ -634,6 +644,11 @@ impl Store {
         let (now, fence) = (self.now(), self.fence());
         let turn = turn.clone();
         self.write(move |conn| {
+            let audit = audit.clone();
+            let entry = entry.clone();
+            let outbox = outbox.clone();
+            let turn = turn.clone();
+            let usage = usage.clone();
             Box::pin(async move {
                 let mut rows = Vec::new();
                 TurnWrites::new(conn, turn.tenant_id, now, &mut rows, fence)
@@ -656,6 +671,9 @@ impl Store {
         let (now, fence) = (self.now(), self.fence());
         let turn = turn.clone();
         self.write(move |conn| {
+            let outbox = outbox.clone();
+            let outcome = outcome.clone();
+            let turn = turn.clone();
             Box::pin(async move {
                 let mut rows = Vec::new();
                 TurnWrites::new(conn, turn.tenant_id, now, &mut rows, fence)
@@ -762,6 +780,7 @@ impl Store {
     ) -> Result<SessionRow> {
         let now = self.now();
         self.write(move |conn| {
+            let mode = mode.clone();
             Box::pin(async move {
                 let updated = query(
                     "UPDATE sessions SET queue_mode = $3, updated_at = $4 WHERE id = $1 AND tenant_id = $2",
@@ -971,6 +990,8 @@ impl Store {
         let now = self.now();
         let subscriber = subscriber.to_owned();
         self.write(move |conn| {
+            let dead = dead.clone();
+            let subscriber = subscriber.clone();
             Box::pin(async move {
                 query(
                     "INSERT INTO subscriber_cursors (subscriber, last_id, attempts) VALUES ($1, $2, $3) \
@@ -1003,6 +1024,7 @@ impl Store {
     pub async fn delete_dead_letter(&self, subscriber: &str, outbox_id: i64) -> Result<()> {
         let subscriber = subscriber.to_owned();
         self.write(move |conn| {
+            let subscriber = subscriber.clone();
             Box::pin(async move {
                 query("DELETE FROM dead_letters WHERE subscriber = $1 AND outbox_id = $2")
                     .bind(subscriber)

@@ -92,7 +92,9 @@ impl Store {
         F: for<'w, 'c> Fn(&'w mut Work<'c>) -> BoxFuture<'w, Result<T>> + Send + Sync + 'static,
     {
         let (now, fence) = (self.now(), self.fence());
+        let work = std::sync::Arc::new(work);
         self.write(move |conn| {
+            let work = work.clone();
             Box::pin(async move {
                 let mut unit = Work { conn, tenant, now, announced: Vec::new(), fence };
                 let value = work(&mut unit).await?;

@@ -39,8 +39,11 @@ const MAX_BATCH: usize = 512;
 /// Queued writes beyond this make callers wait (back-pressure instead of unbounded memory).
 const QUEUE_DEPTH: usize = 4096;
 
-/// One write: a function of a connection already inside a transaction.
-pub(crate) type WriteFn<T> = Box<dyn for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<T>> + Send>;
+/// One write: a function of a connection already inside a transaction. It is `Fn`, so that a
+/// transaction PostgreSQL aborted (a serialization failure, a deadlock) runs again: each run
+/// builds its statements afresh from what the write captured.
+pub(crate) type WriteFn<T> =
+    Box<dyn for<'c> Fn(&'c mut Tx) -> BoxFuture<'c, Result<T>> + Send + Sync>;
 
 /// Told a write's value as soon as its transaction has committed, before it is durable: the
 /// write is then visible to reads (see [`Writer::write_announced`]). Runs on the writer's thread,
@@ -86,6 +89,14 @@ impl Connect {
 trait Job: Send {
     /// Runs the write; returns whether it succeeded (if not, its savepoint is rolled back).
     fn run<'c>(&'c mut self, conn: &'c mut Tx) -> BoxFuture<'c, bool>;
+    /// Whether it failed in a way that leaves nothing behind and may pass if run again: the
+    /// database aborted its transaction (see [`Error::is_retryable`]).
+    fn retryable(&self) -> bool;
+    /// Forgets the outcome of a run whose transaction did not commit, before it runs again.
+    fn reset(&mut self);
+    /// Records that its transaction did not commit, for `reason`, while an earlier
+    /// transaction of its batch did (so the batch's own outcome is success).
+    fn abort(&mut self, reason: &str);
     /// Called once the transaction has committed, before it is durable.
     fn announce(&mut self);
     /// Delivers the outcome once the transaction's fate is known.
@@ -93,7 +104,7 @@ trait Job: Send {
 }
 
 struct Op<T> {
-    write: Option<WriteFn<T>>,
+    write: WriteFn<T>,
     outcome: Option<Result<T>>,
     announce: Option<Announce<T>>,
     reply: oneshot::Sender<Result<T>>,
@@ -102,12 +113,23 @@ struct Op<T> {
 impl<T: Send + 'static> Job for Op<T> {
     fn run<'c>(&'c mut self, conn: &'c mut Tx) -> BoxFuture<'c, bool> {
         Box::pin(async move {
-            let Some(write) = self.write.take() else { return false };
-            let outcome = write(conn).await;
+            let outcome = (self.write)(conn).await;
             let ok = outcome.is_ok();
             self.outcome = Some(outcome);
             ok
         })
+    }
+
+    fn retryable(&self) -> bool {
+        matches!(&self.outcome, Some(Err(err)) if err.is_retryable())
+    }
+
+    fn reset(&mut self) {
+        self.outcome = None;
+    }
+
+    fn abort(&mut self, reason: &str) {
+        self.outcome = Some(Err(Error::CommitFailed(reason.to_owned())));
     }
 
     fn announce(&mut self) {
@@ -160,6 +182,9 @@ pub struct WriteStats {
     /// Background flushes of the WAL with `durability: normal` (SQLite; see `flusher`): no
     /// write waits for them.
     pub flushes: u64,
+    /// Transactions PostgreSQL aborted without changing anything (a serialization failure, a
+    /// deadlock) whose writes the writer ran again.
+    pub retries: u64,
 }
 
 /// Counts of durations (of fsyncs, of commits) in 50 µs buckets up to 20 ms, and one bucket
@@ -242,6 +267,8 @@ struct Counters {
     catch_ups: AtomicU64,
     slowest_catch_up_micros: AtomicU64,
     flushes: AtomicU64,
+    /// Batches (or parts of one) PostgreSQL aborted and the writer ran again.
+    retries: AtomicU64,
     /// Set when an fsync of the WAL failed: what the disk holds is then unknown, so every later
     /// write is refused until the process restarts.
     poisoned: std::sync::Mutex<Option<String>>,
@@ -365,6 +392,7 @@ impl Writer {
             catch_ups: self.counters.catch_ups.load(Ordering::Relaxed),
             slowest_catch_up_micros: self.counters.slowest_catch_up_micros.load(Ordering::Relaxed),
             flushes: self.counters.flushes.load(Ordering::Relaxed),
+            retries: self.counters.retries.load(Ordering::Relaxed),
         }
     }
 
@@ -378,7 +406,7 @@ impl Writer {
         announce: Option<Announce<T>>,
     ) -> Result<T> {
         let (reply, rx) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(Op { write: Some(write), outcome: None, announce, reply });
+        let job: Box<dyn Job> = Box::new(Op { write, outcome: None, announce, reply });
         self.tx.send(job).await.map_err(|_| Error::WriterGone)?;
         rx.await.map_err(|_| Error::WriterGone)?
     }
@@ -425,7 +453,13 @@ async fn run(
         };
         let commit = match conn {
             Ok(mut conn) => {
-                let (result, took) = timed_async(run_batch(&mut conn, backend, &mut batch)).await;
+                let (result, took) = timed_async(async {
+                    match backend {
+                        Backend::Postgres => run_retrying(&mut conn, &mut batch, &counters).await,
+                        Backend::Sqlite => run_batch(&mut conn, backend, &mut batch).await,
+                    }
+                })
+                .await;
                 counters.commit_buckets.add(took.as_micros() as u64);
                 if result.is_ok() {
                     held = Some(conn);
@@ -793,6 +827,57 @@ const IDLE_PASSES: u32 = 8;
 
 /// An idle store's WAL file is cut to nothing past this length.
 const IDLE_WAL_BYTES: u64 = 4 << 20;
+
+/// How many times a PostgreSQL write the database aborted runs again before its error stands.
+const RETRIES: u32 = 3;
+
+/// Runs a batch on PostgreSQL, and runs again what the database aborted without changing
+/// anything (a serialization failure, a deadlock victim; [`Error::is_retryable`]): the whole
+/// batch if its transaction was aborted, else only the writes that were (each ran in a
+/// savepoint, and the others committed). Each retry is a transaction of its own, started
+/// after the aborted one released its locks.
+async fn run_retrying(
+    conn: &mut Tx,
+    batch: &mut [Box<dyn Job>],
+    counters: &Counters,
+) -> Result<()> {
+    let mut result = run_batch(conn, Backend::Postgres, batch).await;
+    // Jobs before `from` are settled: committed, or failed for good.
+    let mut from = 0;
+    let mut attempts = 0;
+    loop {
+        let pending = &mut batch[from..];
+        match result {
+            Ok(()) => {
+                // Committed; the writes that were aborted go last, to run again alone.
+                pending.sort_by_key(|job| job.retryable());
+                let done = pending.iter().take_while(|job| !job.retryable()).count();
+                if done == pending.len() || attempts == RETRIES {
+                    return Ok(());
+                }
+                from += done;
+            }
+            Err(err) if err.is_retryable() && attempts < RETRIES => {}
+            // Nothing of this transaction committed. If an earlier one did, its writes stand
+            // and only these fail.
+            Err(err) if from == 0 => return Err(err),
+            Err(err) => {
+                let reason = err.to_string();
+                for job in pending.iter_mut() {
+                    job.abort(&reason);
+                }
+                return Ok(());
+            }
+        }
+        let pending = &mut batch[from..];
+        for job in pending.iter_mut() {
+            job.reset();
+        }
+        attempts += 1;
+        counters.retries.fetch_add(1, Ordering::Relaxed);
+        result = run_batch(conn, Backend::Postgres, pending).await;
+    }
+}
 
 async fn run_batch(conn: &mut Tx, backend: Backend, batch: &mut [Box<dyn Job>]) -> Result<()> {
     let begin = match backend {

@@ -6,6 +6,7 @@ mod harness;
 mod leases;
 mod outbox;
 mod pages;
+mod retries;
 mod secrets;
 mod tenants_tokens;
 mod usage;
