@@ -21,9 +21,11 @@ INSERT INTO executions (id, tenant_id, agent_id, kind, owner_kind, owner_id, sta
 
 INSERT INTO execution_steps (execution_id, seq, step_key, data, created_at)
     SELECT turn_id, ROW_NUMBER() OVER (PARTITION BY turn_id ORDER BY created_at,
-        split_part(step, '/', 2)::bigint,
-        CASE WHEN step LIKE 'tool/%' THEN 1 + split_part(step, '/', 3)::bigint ELSE 0 END,
-        CASE WHEN step LIKE '%/result' THEN 1 ELSE 0 END), step, data, created_at
+        CASE WHEN split_part(step, '/', 2) ~ '^[0-9]{1,9}$'
+             THEN split_part(step, '/', 2)::bigint ELSE 0 END,
+        CASE WHEN step LIKE 'tool/%' AND split_part(step, '/', 3) ~ '^[0-9]{1,9}$'
+             THEN 1 + split_part(step, '/', 3)::bigint ELSE 0 END,
+        CASE WHEN step LIKE '%/result' THEN 1 ELSE 0 END, step), step, data, created_at
     FROM journal;
 
 DROP TABLE journal;
@@ -33,4 +35,7 @@ DROP INDEX IF EXISTS executions_by_tenant;
 DROP INDEX IF EXISTS executions_open;
 CREATE INDEX executions_by_owner ON executions (owner_id, kind, id);
 CREATE INDEX executions_by_tenant ON executions (tenant_id, created_at) WHERE kind <> 'turn';
-CREATE INDEX executions_open ON executions (created_at) WHERE finished_at IS NULL AND kind <> 'turn';
+-- Not `WHERE finished_at IS NULL` as on SQLite: a column an index's predicate names counts as
+-- indexed, and would keep every turn's finish from being a HOT update (one that adds no index
+-- entries). Finding the open executions at start reads past the ended ones instead.
+CREATE INDEX executions_open ON executions (created_at) WHERE kind <> 'turn';

@@ -59,7 +59,7 @@ INSERT INTO execution_steps_rebuilt SELECT execution_id, seq, step_key, data, cr
 -- the engine writes them (a model call, then each of its tool calls' start and result).
 INSERT INTO execution_steps_rebuilt (execution_id, seq, step_key, data, created_at)
     SELECT turn_id, ROW_NUMBER() OVER (PARTITION BY turn_id ORDER BY created_at, iteration,
-        call, phase), step, data, created_at
+        call, phase, step), step, data, created_at
     FROM (SELECT turn_id, step, data, created_at,
               CAST(CASE WHEN step LIKE 'tool/%' THEN substr(step, 6)
                         WHEN step LIKE 'model/%' THEN substr(step, 7)

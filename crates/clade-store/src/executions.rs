@@ -215,6 +215,10 @@ impl<'w> ExecutionWrites<'w> {
             Err(Error::ExecutionNotFound(_)) if inserted > 0 => {
                 Err(Error::BadRow("an execution just stored cannot be read".into()))
             }
+            // A retried start finds what it made; an id taken by something else is refused.
+            Ok(row) if row.kind != new.kind || row.owner != new.owner => Err(Error::InvalidInput(
+                format!("execution {} is already a {} of another owner or kind", new.id, row.kind),
+            )),
             other => other,
         }
     }

@@ -237,12 +237,14 @@ pub(crate) async fn insert_usage(
         let (input, output, cost) = usage.turn_totals();
         query(
             "UPDATE executions SET model_calls = model_calls + 1, input_tokens = input_tokens + $2, \
-             output_tokens = output_tokens + $3, cost_micros = cost_micros + $4 WHERE id = $1",
+             output_tokens = output_tokens + $3, cost_micros = cost_micros + $4 \
+             WHERE id = $1 AND tenant_id = $5 AND kind = 'turn'",
         )
         .bind(turn.as_bytes().to_vec())
         .bind(input)
         .bind(output)
         .bind(cost)
+        .bind(usage.tenant.as_bytes().to_vec())
         .execute(&mut *conn)
         .await?;
     }

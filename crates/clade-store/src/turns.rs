@@ -723,7 +723,7 @@ impl Store {
                         Error::BadRow(format!("turn {turn} was resumed {resumes} times"))
                     })?;
                     let entry = JournalEntry { step: StepKey::Resume { n }, data: "{}".into() };
-                    journal_in(conn, turn, entry, now).await?;
+                    journal_in(conn, tenant, turn, entry, now).await?;
                     query(
                         "UPDATE executions SET status = $2, error = NULL, updated_at = $3, \
                          finished_at = NULL WHERE id = $1",
@@ -1120,10 +1120,17 @@ async fn insert_turn(
 }
 
 /// A turn's next step, numbered after its last, unless a step of its key is there already.
+/// Only a turn of the writer's tenant takes a step this way: any other execution, or another
+/// tenant's, has its own rules (`crate::executions`).
 const JOURNAL_IN: &str = "INSERT INTO execution_steps (execution_id, seq, step_key, data, created_at) \
      SELECT $1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM execution_steps WHERE execution_id = $1), \
      $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM execution_steps WHERE execution_id = $1 \
-     AND step_key = $2)";
+     AND step_key = $2) AND EXISTS (SELECT 1 FROM executions WHERE id = $1 AND tenant_id = $5 \
+     AND kind = 'turn')";
+
+/// Whether a turn of this tenant is stored under an id.
+const TURN_OF_TENANT: &str =
+    "SELECT 1 AS found FROM executions WHERE id = $1 AND tenant_id = $2 AND kind = 'turn'";
 
 /// A new turn's first step.
 const FIRST_STEP: &str = "INSERT INTO execution_steps (execution_id, seq, step_key, data, created_at) \
@@ -1131,9 +1138,11 @@ const FIRST_STEP: &str = "INSERT INTO execution_steps (execution_id, seq, step_k
 
 /// Appends a step to a turn's execution inside the caller's transaction, numbered after the
 /// last; `false` (and nothing written) if a step of that key is already there. The check reads
-/// the turn's own steps only, a handful, on pages the append touches anyway.
+/// the turn's steps (its iteration limit bounds how many), on pages the append touches anyway.
+/// A turn that is not this tenant's is not found.
 async fn journal_in(
     conn: &mut Tx,
+    tenant: TenantId,
     turn: TurnId,
     entry: JournalEntry,
     now: Timestamp,
@@ -1143,9 +1152,22 @@ async fn journal_in(
         .bind(entry.step.to_string())
         .bind(entry.data)
         .bind(now.as_millis())
+        .bind(b(tenant.as_bytes()))
         .execute(&mut *conn)
         .await?;
-    Ok(inserted > 0)
+    if inserted > 0 {
+        return Ok(true);
+    }
+    // Already there (a retried step), or no such turn of this tenant's.
+    let found = query(TURN_OF_TENANT)
+        .bind(b(turn.as_bytes()))
+        .bind(b(tenant.as_bytes()))
+        .fetch_optional(&mut *conn)
+        .await?;
+    match found {
+        Some(_) => Ok(false),
+        None => Err(Error::TurnNotFound(turn.to_string())),
+    }
 }
 
 /// Records a turn's outcome, its events' status and its outbox events inside the caller's
@@ -1157,9 +1179,9 @@ async fn finish_in(
     outbox: &[OutboxEvent],
     now: Timestamp,
 ) -> Result<Vec<OutboxRow>> {
-    query(
+    let ended = query(
         "UPDATE executions SET status = $2, output = $3, error = $4, model = $5, \
-         updated_at = $6, finished_at = $6 WHERE id = $1",
+         updated_at = $6, finished_at = $6 WHERE id = $1 AND tenant_id = $7 AND kind = 'turn'",
     )
     .bind(b(turn.id.as_bytes()))
     .bind(outcome.status.execution_status().as_str())
@@ -1167,8 +1189,12 @@ async fn finish_in(
     .bind(outcome.error.clone())
     .bind(outcome.model.clone())
     .bind(now.as_millis())
+    .bind(b(turn.tenant_id.as_bytes()))
     .execute(&mut *conn)
     .await?;
+    if ended != 1 {
+        return Err(Error::TurnNotFound(turn.id.to_string()));
+    }
     query(TURN_EVENTS_STATUS)
         .bind(b(turn.id.as_bytes()))
         .bind(outcome.status.event_status().as_str())
@@ -1338,7 +1364,7 @@ impl<'c> TurnWrites<'c> {
             ));
         }
         let (conn, now) = (&mut *self.conn, self.now);
-        if !journal_in(conn, turn.id, entry, now).await? {
+        if !journal_in(conn, self.tenant, turn.id, entry, now).await? {
             return Ok(());
         }
         // The step's audit record commits with it, or neither does.

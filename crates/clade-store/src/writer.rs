@@ -129,7 +129,10 @@ impl<T: Send + 'static> Job for Op<T> {
     }
 
     fn abort(&mut self, reason: &str) {
-        self.outcome = Some(Err(Error::CommitFailed(reason.to_owned())));
+        // A write that failed on its own keeps its own error.
+        if !matches!(self.outcome, Some(Err(_))) {
+            self.outcome = Some(Err(Error::CommitFailed(reason.to_owned())));
+        }
     }
 
     fn announce(&mut self) {
@@ -453,15 +456,19 @@ async fn run(
         };
         let commit = match conn {
             Ok(mut conn) => {
-                let (result, took) = timed_async(async {
+                let ((result, sound), took) = timed_async(async {
                     match backend {
                         Backend::Postgres => run_retrying(&mut conn, &mut batch, &counters).await,
-                        Backend::Sqlite => run_batch(&mut conn, backend, &mut batch).await,
+                        Backend::Sqlite => {
+                            let result = run_batch(&mut conn, backend, &mut batch).await;
+                            let sound = result.is_ok();
+                            (result, sound)
+                        }
                     }
                 })
                 .await;
                 counters.commit_buckets.add(took.as_micros() as u64);
-                if result.is_ok() {
+                if sound {
                     held = Some(conn);
                 }
                 result
@@ -835,12 +842,14 @@ const RETRIES: u32 = 3;
 /// anything (a serialization failure, a deadlock victim; [`Error::is_retryable`]): the whole
 /// batch if its transaction was aborted, else only the writes that were (each ran in a
 /// savepoint, and the others committed). Each retry is a transaction of its own, started
-/// after the aborted one released its locks.
+/// after the aborted one released its locks. The writes run again commit after the rest of their
+/// batch, as if queued after them. Also says whether the connection is still fit for the next
+/// batch (not after a transaction failed for another reason).
 async fn run_retrying(
     conn: &mut Tx,
     batch: &mut [Box<dyn Job>],
     counters: &Counters,
-) -> Result<()> {
+) -> (Result<()>, bool) {
     let mut result = run_batch(conn, Backend::Postgres, batch).await;
     // Jobs before `from` are settled: committed, or failed for good.
     let mut from = 0;
@@ -853,20 +862,20 @@ async fn run_retrying(
                 pending.sort_by_key(|job| job.retryable());
                 let done = pending.iter().take_while(|job| !job.retryable()).count();
                 if done == pending.len() || attempts == RETRIES {
-                    return Ok(());
+                    return (Ok(()), true);
                 }
                 from += done;
             }
             Err(err) if err.is_retryable() && attempts < RETRIES => {}
             // Nothing of this transaction committed. If an earlier one did, its writes stand
             // and only these fail.
-            Err(err) if from == 0 => return Err(err),
+            Err(err) if from == 0 => return (Err(err), false),
             Err(err) => {
                 let reason = err.to_string();
                 for job in pending.iter_mut() {
                     job.abort(&reason);
                 }
-                return Ok(());
+                return (Ok(()), false);
             }
         }
         let pending = &mut batch[from..];

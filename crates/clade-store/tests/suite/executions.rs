@@ -549,3 +549,78 @@ async fn an_upgrade_keeps_every_turn_and_the_order_of_its_steps() {
         );
     }
 }
+
+/// A turn's writes find their turn by id, tenant and kind together: a `TurnRow` that names
+/// another tenant's turn, or an execution that is not a turn, changes nothing of it.
+#[tokio::test]
+async fn a_turn_write_reaches_no_other_tenants_execution() {
+    for h in backends().await {
+        let (owner, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let accepted = accept(&h.store, &owner, &agent, "c").await;
+        let turn = new_turn(&h.store, &accepted, &owner, &agent);
+        let first = JournalEntry { step: StepKey::Model { iteration: 0 }, data: "{}".into() };
+        h.store
+            .begin_turn(&turn, vec![accepted.event_id], Vec::new(), Some((first, None)), None)
+            .await
+            .unwrap();
+        let cron = NewExecution {
+            id: ExecutionId::generate(h.store.now()),
+            tenant: owner.id,
+            agent: agent.id,
+            kind: ExecutionKind::CronFire,
+            owner: ExecutionOwner::Agent(agent.id),
+            status: ExecutionStatus::Running,
+            input: "{}".into(),
+        };
+        h.store.start_execution(cron.clone()).await.unwrap();
+
+        let rival = h.store.create_tenant("rival").await.unwrap();
+        for target in [turn.id, clade_core::TurnId::from_bytes(*cron.id.as_bytes())] {
+            let forged = TurnRow { tenant_id: rival.id, ..turn.clone() };
+            let forged = TurnRow { id: target, ..forged };
+            let step = JournalEntry { step: StepKey::Model { iteration: 1 }, data: "{}".into() };
+            let appended = h.store.append_journal(&forged, step, Vec::new(), None, None).await;
+            assert!(matches!(appended, Err(Error::TurnNotFound(_))), "{}: {appended:?}", h.name);
+            let outcome = clade_store::TurnOutcome {
+                status: clade_core::TurnStatus::Failed,
+                reply: None,
+                error: Some("forged".into()),
+                model: None,
+            };
+            let ended = h.store.finish_turn(&forged, outcome, Vec::new()).await;
+            assert!(matches!(ended, Err(Error::TurnNotFound(_))), "{}: {ended:?}", h.name);
+        }
+        // The owner's own handle cannot treat its cron execution as a turn either.
+        let as_turn =
+            TurnRow { id: clade_core::TurnId::from_bytes(*cron.id.as_bytes()), ..turn.clone() };
+        let step = JournalEntry { step: StepKey::Model { iteration: 1 }, data: "{}".into() };
+        let appended = h.store.append_journal(&as_turn, step, Vec::new(), None, None).await;
+        assert!(matches!(appended, Err(Error::TurnNotFound(_))), "{}: {appended:?}", h.name);
+        // Usage recorded by the rival, naming the owner's turn, stays the rival's.
+        let usage = clade_store::UsageRecord {
+            tenant: rival.id,
+            agent: None,
+            turn: Some(turn.id),
+            model: "m".into(),
+            input_tokens: 1_000,
+            output_tokens: 1_000,
+            cached_tokens: 0,
+            cache_write_tokens: 0,
+            cost_micros: 1_000,
+        };
+        h.store.record_usage(usage).await.unwrap();
+
+        let records = h.store.turn_records(owner.id, accepted.session_id, None, 10).await.unwrap();
+        assert_eq!(records.len(), 1, "{}", h.name);
+        assert_eq!(records[0].turn.status, clade_core::TurnStatus::Running, "{}", h.name);
+        assert_eq!(records[0].steps.len(), 1, "{}", h.name);
+        assert_eq!(records[0].usage.model_calls, 0, "{}: the rival's usage counted", h.name);
+        let untouched = h.store.execution(owner.id, cron.id).await.unwrap();
+        assert_eq!(untouched.status, ExecutionStatus::Running, "{}", h.name);
+        assert!(h.store.execution_steps(owner.id, cron.id).await.unwrap().is_empty());
+        // A start retried under the turn's id, as another kind, is refused.
+        let clash = NewExecution { id: turn.id.into(), ..cron.clone() };
+        let started = h.store.start_execution(clash).await;
+        assert!(matches!(started, Err(Error::InvalidInput(_))), "{}: {started:?}", h.name);
+    }
+}
