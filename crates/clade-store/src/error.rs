@@ -54,6 +54,10 @@ pub enum Error {
     DefaultTenant,
     #[error("execution {0} not found")]
     ExecutionNotFound(String),
+    #[error("job {0} not found")]
+    JobNotFound(String),
+    #[error("a job named {0:?} already exists for this agent")]
+    JobExists(String),
     #[error("execution {id} has ended ({status}); nothing changed")]
     ExecutionEnded { id: String, status: clade_core::ExecutionStatus },
     #[error(

@@ -69,6 +69,7 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../migrations/0013_turns_are_executions.sql"),
     )
     .with_postgres(include_str!("../migrations/0013_turns_are_executions.postgres.sql")),
+    Migration::shared(14, "jobs", include_str!("../migrations/0014_jobs.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -78,7 +79,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 13;
+pub const SCHEMA_VERSION: i64 = 14;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

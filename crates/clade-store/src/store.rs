@@ -697,6 +697,8 @@ impl Store {
                 query(crate::turns::REMEMBER_OUTBOX_IDS).execute(&mut *conn).await?;
                 for table in [
                     "DELETE FROM model_usage WHERE tenant_id = $1",
+                    "DELETE FROM job_runs WHERE job_id IN (SELECT id FROM jobs WHERE tenant_id = $1)",
+                    "DELETE FROM jobs WHERE tenant_id = $1",
                     "DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM executions WHERE tenant_id = $1)",
                     "DELETE FROM executions WHERE tenant_id = $1",
                     "DELETE FROM outbox WHERE tenant_id = $1",
@@ -901,6 +903,8 @@ impl Store {
                 for table in [
                     "DELETE FROM secrets WHERE agent_id = $1",
                     "DELETE FROM model_usage WHERE agent_id = $1",
+                    "DELETE FROM job_runs WHERE job_id IN (SELECT id FROM jobs WHERE agent_id = $1)",
+                    "DELETE FROM jobs WHERE agent_id = $1",
                     "DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM executions WHERE agent_id = $1)",
                     "DELETE FROM executions WHERE agent_id = $1",
                     "DELETE FROM outbox WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = $1)",

@@ -403,110 +403,12 @@ impl Store {
         let now = self.now();
         let announce: crate::writer::Announce<(Accepted, Option<EventRow>)> =
             Box::new(move |(accepted, row)| on_visible(accepted, row.as_ref()));
-        let (accepted, _) = self.write_announced(Some(announce), move |conn| {
-            let event = event.clone();
-            Box::pin(async move {
-                let agent = query(AGENT_BY_HANDLE)
-                    .bind(b(event.tenant.as_bytes()))
-                    .bind(event.agent.clone())
-                    .fetch_optional(&mut *conn)
-                    .await?
-                    .ok_or_else(|| Error::AgentNotFound(event.agent.clone()))?;
-                let agent = AgentId::from_bytes(id_bytes(&agent, "id")?);
-                let event_id = EventId::generate(now);
-                let key = event.idempotency_key.clone().unwrap_or_else(|| event_id.to_string());
-                // A key of our own (the new event's id) cannot have been seen before.
-                if event.idempotency_key.is_some()
-                    && let Some(existing) = find_by_key(conn, event.tenant, &key).await?
-                {
-                    return Ok((check_duplicate(existing, &event.payload_hash, &key)?, None));
-                }
-                let s = &event.source;
-                // One round trip: the session, its next position and how many events wait.
-                let session = query(SESSION_FOR_EVENT)
-                .bind(b(event.tenant.as_bytes()))
-                .bind(b(agent.as_bytes()))
-                .bind(s.platform.clone())
-                .bind(s.channel.clone())
-                .bind(s.actor.clone())
-                .fetch_optional(&mut *conn)
-                .await?;
-                let (session_id, seq, open) = match session {
-                    Some(row) => (
-                        SessionId::from_bytes(id_bytes(&row, "id")?),
-                        row.try_get::<i64, _>("next_seq")?,
-                        row.try_get::<i64, _>("open")?,
-                    ),
-                    None => {
-                        let id = SessionId::generate(now);
-                        query(
-                            "INSERT INTO sessions (id, tenant_id, agent_id, platform, channel, actor, \
-                             last_active_channel, next_seq, created_at, updated_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $5, 0, $7, $7)",
-                        )
-                        .bind(b(id.as_bytes()))
-                        .bind(b(event.tenant.as_bytes()))
-                        .bind(b(agent.as_bytes()))
-                        .bind(s.platform.clone())
-                        .bind(s.channel.clone())
-                        .bind(s.actor.clone())
-                        .bind(now.as_millis())
-                        .execute(&mut *conn)
-                        .await?;
-                        (id, 0, 0)
-                    }
-                };
-                if open as u64 >= event.max_open_per_session {
-                    return Err(Error::SessionBusy { pending: open as u64 });
-                }
-                let inserted = query(
-                    "INSERT INTO events (id, tenant_id, session_id, seq, idempotency_key, payload_hash, text, \
-                     status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)",
-                )
-                .bind(b(event_id.as_bytes()))
-                .bind(b(event.tenant.as_bytes()))
-                .bind(b(session_id.as_bytes()))
-                .bind(seq)
-                .bind(key.clone())
-                .bind(event.payload_hash.clone())
-                .bind(event.text.clone())
-                .bind(now.as_millis())
-                .execute(&mut *conn)
-                .await;
-                if let Err(err) = inserted {
-                    // Another node took the key first.
-                    if err.is_unique_violation()
-                        && let Some(existing) = find_by_key(conn, event.tenant, &key).await?
-                    {
-                        return Ok((check_duplicate(existing, &event.payload_hash, &key)?, None));
-                    }
-                    return Err(err);
-                }
-                query(
-                    "UPDATE sessions SET next_seq = next_seq + 1, last_active_channel = $2, updated_at = $3 \
-                     WHERE id = $1",
-                )
-                .bind(b(session_id.as_bytes()))
-                .bind(s.channel.clone())
-                .bind(now.as_millis())
-                .execute(&mut *conn)
-                .await?;
-                let row = EventRow {
-                    id: event_id,
-                    tenant_id: event.tenant,
-                    session_id,
-                    seq,
-                    idempotency_key: key,
-                    text: event.text,
-                    status: EventStatus::Pending,
-                    turn_id: None,
-                    // As stored, to the millisecond.
-                    created_at: Timestamp::from_millis(now.as_millis()),
-                };
-                Ok((Accepted { event_id, session_id, duplicate: false }, Some(row)))
+        let (accepted, _) = self
+            .write_announced(Some(announce), move |conn| {
+                let event = event.clone();
+                Box::pin(async move { accept_in(conn, now, event).await })
             })
-        })
-        .await?;
+            .await?;
         Ok(accepted)
     }
 
@@ -1117,6 +1019,114 @@ async fn insert_turn(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Accepts an event inside the caller's transaction: its agent by handle, deduplication by key,
+/// its session found or made, the session's back-pressure checked, the event stored at the
+/// session's next position. The new event's row comes back too (`None` for a duplicate).
+pub(crate) async fn accept_in(
+    conn: &mut Tx,
+    now: Timestamp,
+    event: NewEvent,
+) -> Result<(Accepted, Option<EventRow>)> {
+    let agent = query(AGENT_BY_HANDLE)
+        .bind(b(event.tenant.as_bytes()))
+        .bind(event.agent.clone())
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| Error::AgentNotFound(event.agent.clone()))?;
+    let agent = AgentId::from_bytes(id_bytes(&agent, "id")?);
+    let event_id = EventId::generate(now);
+    let key = event.idempotency_key.clone().unwrap_or_else(|| event_id.to_string());
+    // A key of our own (the new event's id) cannot have been seen before.
+    if event.idempotency_key.is_some()
+        && let Some(existing) = find_by_key(conn, event.tenant, &key).await?
+    {
+        return Ok((check_duplicate(existing, &event.payload_hash, &key)?, None));
+    }
+    let s = &event.source;
+    // One round trip: the session, its next position and how many events wait.
+    let session = query(SESSION_FOR_EVENT)
+        .bind(b(event.tenant.as_bytes()))
+        .bind(b(agent.as_bytes()))
+        .bind(s.platform.clone())
+        .bind(s.channel.clone())
+        .bind(s.actor.clone())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let (session_id, seq, open) = match session {
+        Some(row) => (
+            SessionId::from_bytes(id_bytes(&row, "id")?),
+            row.try_get::<i64, _>("next_seq")?,
+            row.try_get::<i64, _>("open")?,
+        ),
+        None => {
+            let id = SessionId::generate(now);
+            query(
+                "INSERT INTO sessions (id, tenant_id, agent_id, platform, channel, actor, \
+                 last_active_channel, next_seq, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $5, 0, $7, $7)",
+            )
+            .bind(b(id.as_bytes()))
+            .bind(b(event.tenant.as_bytes()))
+            .bind(b(agent.as_bytes()))
+            .bind(s.platform.clone())
+            .bind(s.channel.clone())
+            .bind(s.actor.clone())
+            .bind(now.as_millis())
+            .execute(&mut *conn)
+            .await?;
+            (id, 0, 0)
+        }
+    };
+    if open as u64 >= event.max_open_per_session {
+        return Err(Error::SessionBusy { pending: open as u64 });
+    }
+    let inserted = query(
+        "INSERT INTO events (id, tenant_id, session_id, seq, idempotency_key, payload_hash, text, \
+         status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)",
+    )
+    .bind(b(event_id.as_bytes()))
+    .bind(b(event.tenant.as_bytes()))
+    .bind(b(session_id.as_bytes()))
+    .bind(seq)
+    .bind(key.clone())
+    .bind(event.payload_hash.clone())
+    .bind(event.text.clone())
+    .bind(now.as_millis())
+    .execute(&mut *conn)
+    .await;
+    if let Err(err) = inserted {
+        // Another node took the key first.
+        if err.is_unique_violation()
+            && let Some(existing) = find_by_key(conn, event.tenant, &key).await?
+        {
+            return Ok((check_duplicate(existing, &event.payload_hash, &key)?, None));
+        }
+        return Err(err);
+    }
+    query(
+        "UPDATE sessions SET next_seq = next_seq + 1, last_active_channel = $2, updated_at = $3 \
+         WHERE id = $1",
+    )
+    .bind(b(session_id.as_bytes()))
+    .bind(s.channel.clone())
+    .bind(now.as_millis())
+    .execute(&mut *conn)
+    .await?;
+    let row = EventRow {
+        id: event_id,
+        tenant_id: event.tenant,
+        session_id,
+        seq,
+        idempotency_key: key,
+        text: event.text,
+        status: EventStatus::Pending,
+        turn_id: None,
+        // As stored, to the millisecond.
+        created_at: Timestamp::from_millis(now.as_millis()),
+    };
+    Ok((Accepted { event_id, session_id, duplicate: false }, Some(row)))
 }
 
 /// A turn's next step, numbered after its last, unless a step of its key is there already.

@@ -14,7 +14,7 @@ use crate::db::Tx;
 use crate::error::{Error, Result};
 use crate::executions::ExecutionWrites;
 use crate::store::Store;
-use crate::turns::{OutboxEvent, OutboxRow};
+use crate::turns::{Accepted, NewEvent, OutboxEvent, OutboxRow};
 
 /// The open transaction of a unit of work, bound to its tenant: every repository it hands out
 /// writes that tenant's rows and reads no other tenant's.
@@ -42,6 +42,19 @@ impl Work<'_> {
     /// Durable executions and their steps.
     pub fn executions(&mut self) -> ExecutionWrites<'_> {
         ExecutionWrites::new(self.conn, self.tenant, self.now, self.fence)
+    }
+
+    /// Scheduled jobs: create, settle a look at one (its fires commit with it).
+    pub fn jobs(&mut self) -> crate::jobs::JobWrites<'_> {
+        crate::jobs::JobWrites::new(self.conn, self.tenant, self.now)
+    }
+
+    /// Accepts an inbound event of this unit of work's tenant, as `Store::accept_event` does.
+    pub async fn accept(&mut self, event: NewEvent) -> Result<Accepted> {
+        if event.tenant != self.tenant {
+            return Err(Error::InvalidInput("an event goes to its unit of work's tenant".into()));
+        }
+        Ok(crate::turns::accept_in(self.conn, self.now, event).await?.0)
     }
 
     /// A turn's writes: begin, append a step, finish. Their lifecycle events come back with the
