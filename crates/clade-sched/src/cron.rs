@@ -37,6 +37,8 @@ pub enum ScheduleError {
         "unknown time zone {0:?}: use an IANA name such as Europe/Berlin, America/New_York or UTC"
     )]
     UnknownZone(String),
+    #[error("unknown misfire policy {0:?}: use skip, run_once or catch_up:<n> (n at least 1)")]
+    Misfire(String),
 }
 
 /// A time zone from the compiled-in IANA database.

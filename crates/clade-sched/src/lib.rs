@@ -3,15 +3,17 @@
 //! Owns the schedule language (cron expressions with an optional seconds field, `@hourly`-style
 //! aliases, `@every 10m` intervals), time zones (the IANA database compiled in, so every machine
 //! fires at the same instants), the next fire time across daylight-saving changes, and which
-//! scheduled times are due after a pause under a job's misfire policy. Everything here is a pure
-//! function of its inputs and the time it is given: no clock, no store, no I/O, so the firing
-//! rules are tested with controlled time.
+//! scheduled times are due after a pause under a job's misfire policy. The rules are pure
+//! functions of their inputs and the time they are given (no clock, no I/O), so they are tested
+//! with controlled time.
 //!
-//! Must not depend on the store, the runtime or the gateway: the scheduler that keeps jobs and
-//! fires them is built on this, not the other way round.
+//! `scheduler` is the one part that touches the store: one look at the due jobs, committing
+//! what each fires through `clade-store`'s jobs. Must not depend on the gateway; waking the
+//! engine for the envelopes a look fired is its caller's.
 
 mod cron;
 mod misfire;
+pub mod scheduler;
 
 pub use cron::{Schedule, ScheduleError, Zone};
 pub use misfire::{Due, Misfire};

@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use std::fmt;
+
 use clade_core::Timestamp;
 
 use crate::{Schedule, Zone};
@@ -37,6 +39,19 @@ pub struct Due {
 }
 
 impl Misfire {
+    /// Reads the policy as [`fmt::Display`] writes it: `skip`, `run_once` or `catch_up:<n>`.
+    pub fn parse(text: &str) -> Result<Self, crate::ScheduleError> {
+        let refuse = || crate::ScheduleError::Misfire(text.to_owned());
+        match text {
+            "skip" => Ok(Misfire::Skip),
+            "run_once" => Ok(Misfire::RunOnce),
+            _ => {
+                let n = text.strip_prefix("catch_up:").ok_or_else(refuse)?;
+                n.parse().ok().filter(|n| *n > 0).map(Misfire::CatchUp).ok_or_else(refuse)
+            }
+        }
+    }
+
     /// The times of `schedule` after `settled` and up to `now`. Those within `grace` of `now`
     /// are on time and fire; older ones missed their time and follow the policy. Every missed
     /// time is counted, fired or skipped, however many there were.
@@ -80,5 +95,15 @@ impl Misfire {
         }
         fire.extend(on_time);
         Due { fire, skipped, settled: at, next: schedule.next_after(at, zone) }
+    }
+}
+
+impl fmt::Display for Misfire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Misfire::Skip => f.write_str("skip"),
+            Misfire::RunOnce => f.write_str("run_once"),
+            Misfire::CatchUp(n) => write!(f, "catch_up:{n}"),
+        }
     }
 }

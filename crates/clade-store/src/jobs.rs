@@ -157,6 +157,26 @@ impl<'w> JobWrites<'w> {
         }
     }
 
+    /// Enables or disables a job; a disabled job is never due.
+    pub async fn set_enabled(
+        &mut self,
+        id: clade_core::ExecutionId,
+        enabled: bool,
+    ) -> Result<JobRow> {
+        let changed =
+            query("UPDATE jobs SET enabled = $3, updated_at = $4 WHERE id = $1 AND tenant_id = $2")
+                .bind(id.as_bytes().to_vec())
+                .bind(self.tenant.as_bytes().to_vec())
+                .bind(enabled)
+                .bind(self.now.as_millis())
+                .execute(&mut *self.conn)
+                .await?;
+        if changed != 1 {
+            return Err(Error::JobNotFound(id.to_string()));
+        }
+        self.current(id).await
+    }
+
     /// Commits one look at a job: for each fire, its envelope (accepted as any event is) and
     /// its record; the skipped count; the new settled and next times. `Ok(None)` when the job's
     /// settled time is no longer `settlement.from` (another look settled it first: nothing is
@@ -243,6 +263,21 @@ impl Store {
             })
             .await?;
         Ok(runs)
+    }
+
+    /// [`JobWrites::set_enabled`] as a unit of work of its own.
+    pub async fn set_job_enabled(
+        &self,
+        tenant: TenantId,
+        id: clade_core::ExecutionId,
+        enabled: bool,
+    ) -> Result<JobRow> {
+        let (row, _) = self
+            .transact(tenant, move |work| {
+                Box::pin(async move { work.jobs().set_enabled(id, enabled).await })
+            })
+            .await?;
+        Ok(row)
     }
 
     /// A tenant's jobs, by name.

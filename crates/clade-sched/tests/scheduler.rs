@@ -1,0 +1,175 @@
+//! The scheduler's looks over a real store (SQLite, and PostgreSQL when reachable), in
+//! simulated time: across daylight-saving changes, outages, restarts and two schedulers
+//! looking at once, every scheduled time of every job is settled once, fired or skipped, and
+//! each fire's envelope is stored once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code.
+
+use std::time::Duration;
+
+use clade_core::{AgentConfig, ExecutionId, Handle, Tenant, Timestamp};
+use clade_sched::scheduler::look;
+use clade_sched::{Schedule, Zone};
+use clade_store::{Agents, DataDir, Durability, Location, NewAgent, NewJob, Store, StoreOptions};
+
+async fn open(location: &Location) -> Store {
+    let options = StoreOptions {
+        migrations: clade_store::Migrations::Apply,
+        ..StoreOptions::new(location.clone(), Durability::Normal)
+    };
+    Store::open(options).await.unwrap()
+}
+
+const JOBS: [(&str, &str, &str); 8] = [
+    ("*/7 * * * *", "UTC", "skip"),
+    ("0 9 * * MON-FRI", "Europe/Berlin", "run_once"),
+    ("30 2 * * *", "Europe/Berlin", "catch_up:3"),
+    ("@every 13m", "UTC", "catch_up:2"),
+    ("15 */3 * * *", "America/New_York", "skip"),
+    ("*/5 * * * *", "Europe/Berlin", "run_once"),
+    ("0 0 29 2 *", "UTC", "run_once"),
+    ("20 */2 * * * *", "UTC", "catch_up:1"),
+];
+
+/// A small deterministic generator: the test replays the same history every run.
+struct Steps(u64);
+
+impl Steps {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+#[tokio::test]
+async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races() {
+    let schema = clade_test_support::PgSchema::create().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = DataDir::open(tmp.path().join("data")).unwrap();
+    let mut locations = vec![("sqlite", Location::Sqlite(data_dir.sqlite_path()))];
+    if let Some(schema) = &schema {
+        locations.push(("postgres", Location::Postgres(schema.url().to_owned())));
+    }
+    for (name, location) in locations {
+        let mut store = open(&location).await;
+        let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let agents = Agents::new(store.clone(), data_dir.clone());
+        let spec = NewAgent {
+            handle: Handle::parse(&format!("ada-{name}")).unwrap(),
+            display_name: None,
+            config: AgentConfig::default(),
+        };
+        let agent = agents.create(tenant.id, spec).await.unwrap();
+        // Friday 2026-03-27: Europe changes its clocks on Sunday, America has already.
+        let start = Timestamp::from_millis(1_774_569_600_000);
+        let mut ids = Vec::new();
+        for (i, (schedule, zone, misfire)) in JOBS.iter().enumerate() {
+            let parsed = Schedule::parse(schedule).unwrap();
+            let next = parsed.next_after(start, &Zone::parse(zone).unwrap());
+            let job = NewJob {
+                id: ExecutionId::generate(start),
+                tenant: tenant.id,
+                agent: agent.id,
+                name: format!("job-{i}"),
+                schedule: (*schedule).into(),
+                zone: (*zone).into(),
+                misfire: (*misfire).into(),
+                prompt: format!("job {i}"),
+                settled_at: start,
+                next_at: next,
+            };
+            ids.push(store.create_job(job).await.unwrap().id);
+        }
+        // A job whose stored schedule cannot be read is disabled by the first look at it.
+        let broken = NewJob {
+            id: ExecutionId::generate(start),
+            tenant: tenant.id,
+            agent: agent.id,
+            name: "broken".into(),
+            schedule: "61 * * * *".into(),
+            zone: "UTC".into(),
+            misfire: "skip".into(),
+            prompt: "never".into(),
+            settled_at: start,
+            next_at: Some(start),
+        };
+        let broken = store.create_job(broken).await.unwrap().id;
+
+        let grace = Duration::from_secs(60);
+        let mut steps = Steps(0x9e37_79b9_7f4a_7c15);
+        let mut now = start.as_millis();
+        let end = start.as_millis() + 3 * 86_400_000;
+        let (mut restarts, mut races, mut disabled) = (0, 0, Vec::new());
+        while now < end {
+            // Mostly a look every few minutes; now and then an outage of hours.
+            now += if steps.next(20) == 0 {
+                (3_600 + steps.next(11 * 3_600)) as i64 * 1000
+            } else {
+                (1 + steps.next(20 * 60)) as i64 * 1000
+            };
+            let at = Timestamp::from_millis(now);
+            match steps.next(10) {
+                0 => {
+                    // A restart: the process goes, another opens the store.
+                    store.close().await;
+                    store = open(&location).await;
+                    restarts += 1;
+                }
+                1 => {
+                    // Two schedulers (two nodes) look at once.
+                    let other = open(&location).await;
+                    let (a, b) =
+                        tokio::join!(look(&store, at, grace, 100), look(&other, at, grace, 100));
+                    let (a, b) = (a.unwrap(), b.unwrap());
+                    races += a.raced + b.raced;
+                    disabled.extend(a.disabled.into_iter().chain(b.disabled).map(|(id, _)| id));
+                    other.close().await;
+                    continue;
+                }
+                _ => {}
+            }
+            let looked = look(&store, at, grace, 100).await.unwrap();
+            disabled.extend(looked.disabled.into_iter().map(|(id, _)| id));
+        }
+        assert!(restarts > 5, "{name}: the history had {restarts} restarts");
+        assert!(races > 0, "{name}: no two looks ever raced");
+        assert_eq!(disabled, [broken], "{name}");
+
+        let jobs = store.jobs(tenant.id).await.unwrap();
+        let mut envelopes = 0;
+        for (i, id) in ids.iter().enumerate() {
+            let (schedule, zone, _) = JOBS[i];
+            let job = jobs.iter().find(|j| j.id == *id).unwrap();
+            let schedule = Schedule::parse(schedule).unwrap();
+            let all =
+                schedule.fires_between(start, job.settled_at, &Zone::parse(zone).unwrap(), 100_000);
+            let runs = store.job_runs(tenant.id, *id).await.unwrap();
+            assert!(
+                runs.windows(2).all(|w| w[0].scheduled_at < w[1].scheduled_at),
+                "{name}: job {i} fired a time twice"
+            );
+            assert!(
+                runs.iter().all(|r| all.contains(&r.scheduled_at)),
+                "{name}: job {i} fired off its schedule"
+            );
+            assert_eq!(
+                runs.len() as u64 + job.skipped,
+                all.len() as u64,
+                "{name}: job {i} ({}) left times unaccounted",
+                job.schedule
+            );
+            envelopes += runs.len();
+        }
+        // Each fire's envelope is stored once: nothing ran them, so all are still pending.
+        let sessions = store.sessions(tenant.id, Some(agent.id), 100).await.unwrap();
+        let mut pending = 0;
+        for session in sessions {
+            pending += store.system().pending_events(session.id).await.unwrap().len();
+        }
+        assert_eq!(pending, envelopes, "{name}");
+        assert!(envelopes > 100, "{name}: only {envelopes} fires");
+        store.close().await;
+    }
+}
