@@ -27,6 +27,9 @@ pub struct Look {
     pub sessions: Vec<SessionId>,
     /// Jobs whose stored schedule could not be read, disabled, with why.
     pub disabled: Vec<(ExecutionId, String)>,
+    /// Jobs whose settlement failed (their envelope refused, say), with why: they stay due,
+    /// and one job's failure never holds up another's, least of all another tenant's.
+    pub failed: Vec<(ExecutionId, String)>,
 }
 
 /// The settlement of one due job at `now`, from its stored schedule, zone and policy; the
@@ -80,7 +83,13 @@ pub async fn look(
 ) -> Result<Look, clade_store::Error> {
     let mut look = Look::default();
     for job in store.system().due_jobs(now, limit).await? {
-        let agent = store.agent_by_id(job.tenant_id, job.agent_id).await?;
+        let agent = match store.agent_by_id(job.tenant_id, job.agent_id).await {
+            Ok(agent) => agent,
+            Err(err) => {
+                look.failed.push((job.id, err.to_string()));
+                continue;
+            }
+        };
         let settlement = match plan(&job, agent.handle.as_str(), now, grace) {
             Ok(settlement) => settlement,
             Err(err) => {
@@ -91,7 +100,14 @@ pub async fn look(
             }
         };
         let skipped = settlement.skipped;
-        match store.settle_job(job.tenant_id, job.id, settlement).await? {
+        let settled = match store.settle_job(job.tenant_id, job.id, settlement).await {
+            Ok(settled) => settled,
+            Err(err) => {
+                look.failed.push((job.id, err.to_string()));
+                continue;
+            }
+        };
+        match settled {
             Some(runs) => {
                 look.settled += 1;
                 look.fired += runs.len();

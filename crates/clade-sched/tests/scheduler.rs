@@ -62,6 +62,8 @@ async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races
             config: AgentConfig::default(),
         };
         let agent = agents.create(tenant.id, spec).await.unwrap();
+        // Closing the store waits for its other handles.
+        drop(agents);
         // Friday 2026-03-27: Europe changes its clocks on Sunday, America has already.
         let start = Timestamp::from_millis(1_774_569_600_000);
         let mut ids = Vec::new();
@@ -172,4 +174,70 @@ async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races
         assert!(envelopes > 100, "{name}: only {envelopes} fires");
         store.close().await;
     }
+}
+
+/// A tenant that takes the key its own job's next envelope will use (so that envelope is
+/// refused as a conflicting duplicate) stalls only that job: the look goes on, and another
+/// tenant's job fires.
+#[tokio::test]
+async fn one_jobs_failure_holds_up_no_other_tenants_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = DataDir::open(tmp.path().join("data")).unwrap();
+    let store = open(&Location::Sqlite(data_dir.sqlite_path())).await;
+    let agents = Agents::new(store.clone(), data_dir.clone());
+    let start = Timestamp::from_millis(1_774_569_600_000);
+    let first = Timestamp::from_millis(start.as_millis() + 60_000);
+    let mut jobs = Vec::new();
+    for tenant_name in ["mallory", "default"] {
+        let tenant = match store.tenant(tenant_name).await {
+            Ok(tenant) => tenant,
+            Err(_) => store.create_tenant(tenant_name).await.unwrap(),
+        };
+        let spec = NewAgent {
+            handle: Handle::parse("ada").unwrap(),
+            display_name: None,
+            config: AgentConfig::default(),
+        };
+        let agent = agents.create(tenant.id, spec).await.unwrap();
+        let job = NewJob {
+            id: ExecutionId::generate(start),
+            tenant: tenant.id,
+            agent: agent.id,
+            name: "tick".into(),
+            schedule: "* * * * *".into(),
+            zone: "UTC".into(),
+            misfire: "skip".into(),
+            prompt: "tick".into(),
+            settled_at: start,
+            next_at: Some(first),
+        };
+        jobs.push((tenant, store.create_job(job).await.unwrap().id));
+    }
+    drop(agents);
+    let (mallory, stalled) = &jobs[0];
+    store
+        .accept_event(clade_store::NewEvent {
+            tenant: mallory.id,
+            agent: "ada".into(),
+            source: clade_store::Source {
+                platform: "api".into(),
+                channel: "c".into(),
+                actor: "m".into(),
+            },
+            text: "taken".into(),
+            idempotency_key: Some(format!("cron:{stalled}:{}", first.as_millis())),
+            payload_hash: "something else".into(),
+            max_open_per_session: 100,
+        })
+        .await
+        .unwrap();
+
+    let at = Timestamp::from_millis(first.as_millis() + 10_000);
+    let looked = look(&store, at, Duration::from_secs(60), 100).await.unwrap();
+    assert_eq!(looked.failed.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [*stalled]);
+    assert_eq!(looked.fired, 1, "{looked:?}");
+    let (default, fired) = &jobs[1];
+    assert_eq!(store.job_runs(default.id, *fired).await.unwrap().len(), 1);
+    assert!(store.job_runs(mallory.id, *stalled).await.unwrap().is_empty());
+    store.close().await;
 }
