@@ -14,6 +14,25 @@ fn step(seq: u32, key: &str) -> ExecutionStep {
     ExecutionStep { seq, key: key.into(), data: format!("{{\"seq\":{seq}}}") }
 }
 
+/// A running execution of `agent` with empty input, under a fresh id.
+fn running(
+    store: &clade_store::Store,
+    tenant: clade_core::TenantId,
+    agent: clade_core::AgentId,
+    kind: ExecutionKind,
+    owner: ExecutionOwner,
+) -> NewExecution {
+    NewExecution {
+        id: ExecutionId::generate(store.now()),
+        tenant,
+        agent,
+        kind,
+        owner,
+        status: ExecutionStatus::Running,
+        input: "{}".into(),
+    }
+}
+
 #[tokio::test]
 async fn an_execution_journals_dense_steps_once_and_ends_for_good() {
     for h in backends().await {
@@ -166,15 +185,13 @@ async fn a_unit_of_work_commits_all_its_writes_or_none() {
         let audited_before = h.store.verify_audit(tenant.id).await.unwrap().records;
         let other_before = h.store.verify_audit(other.id).await.unwrap().records;
         let planned = |audit_tenant| {
-            let new = NewExecution {
-                id: ExecutionId::generate(h.store.now()),
-                tenant: tenant.id,
-                agent: agent.id,
-                kind: ExecutionKind::CronFire,
-                owner: ExecutionOwner::Agent(agent.id),
-                status: ExecutionStatus::Running,
-                input: "{}".into(),
-            };
+            let new = running(
+                &h.store,
+                tenant.id,
+                agent.id,
+                ExecutionKind::CronFire,
+                ExecutionOwner::Agent(agent.id),
+            );
             let audit = AuditEntry {
                 tenant: audit_tenant,
                 agent: Some(agent.id),
@@ -259,15 +276,13 @@ async fn a_turn_and_the_branch_it_starts_commit_together_or_not_at_all() {
         let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
         let accepted = accept(&h.store, &tenant, &agent, "c").await;
         let turn = new_turn(&h.store, &accepted, &tenant, &agent);
-        let branch = NewExecution {
-            id: ExecutionId::generate(h.store.now()),
-            tenant: tenant.id,
-            agent: agent.id,
-            kind: ExecutionKind::Branch,
-            owner: ExecutionOwner::Session(accepted.session_id),
-            status: ExecutionStatus::Running,
-            input: "{}".into(),
-        };
+        let branch = running(
+            &h.store,
+            tenant.id,
+            agent.id,
+            ExecutionKind::Branch,
+            ExecutionOwner::Session(accepted.session_id),
+        );
         let event = accepted.event_id;
         let plan = (turn.clone(), branch.clone());
 
@@ -381,15 +396,13 @@ async fn a_turn_is_an_execution_of_its_session_with_numbered_steps() {
             .set_execution_status(tenant.id, id, ExecutionStatus::Cancelled, None, None)
             .await;
         assert!(matches!(cancelled, Err(Error::InvalidInput(_))), "{}: {cancelled:?}", h.name);
-        let bare = NewExecution {
-            id: ExecutionId::generate(h.store.now()),
-            tenant: tenant.id,
-            agent: agent.id,
-            kind: ExecutionKind::Turn,
-            owner: ExecutionOwner::Session(accepted.session_id),
-            status: ExecutionStatus::Running,
-            input: "{}".into(),
-        };
+        let bare = running(
+            &h.store,
+            tenant.id,
+            agent.id,
+            ExecutionKind::Turn,
+            ExecutionOwner::Session(accepted.session_id),
+        );
         let started = h.store.start_execution(bare).await;
         assert!(matches!(started, Err(Error::InvalidInput(_))), "{}: {started:?}", h.name);
         assert!(h.store.executions(tenant.id, 10).await.unwrap().is_empty(), "{}", h.name);
@@ -566,15 +579,13 @@ async fn a_turn_write_reaches_no_other_tenants_execution() {
             .begin_turn(&turn, vec![accepted.event_id], Vec::new(), Some((first, None)), None)
             .await
             .unwrap();
-        let cron = NewExecution {
-            id: ExecutionId::generate(h.store.now()),
-            tenant: owner.id,
-            agent: agent.id,
-            kind: ExecutionKind::CronFire,
-            owner: ExecutionOwner::Agent(agent.id),
-            status: ExecutionStatus::Running,
-            input: "{}".into(),
-        };
+        let cron = running(
+            &h.store,
+            owner.id,
+            agent.id,
+            ExecutionKind::CronFire,
+            ExecutionOwner::Agent(agent.id),
+        );
         h.store.start_execution(cron.clone()).await.unwrap();
 
         let rival = h.store.create_tenant("rival").await.unwrap();
