@@ -192,6 +192,12 @@ vocabulary! {
         TokenRevoked = "token.revoked",
         SecretSet = "secret.set",
         SecretRemoved = "secret.removed",
+        JobCreated = "job.created",
+        JobRemoved = "job.removed",
+        JobEnabled = "job.enabled",
+        /// By a person, or by the scheduler (a schedule it cannot read, too many failures in
+        /// a row), which says why.
+        JobDisabled = "job.disabled",
     }
 }
 

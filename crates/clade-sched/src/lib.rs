@@ -7,13 +7,16 @@
 //! functions of their inputs and the time they are given (no clock, no I/O), so they are tested
 //! with controlled time.
 //!
-//! `scheduler` is the one part that touches the store: one look at the due jobs, committing
-//! what each fires through `clade-store`'s jobs. Must not depend on the gateway; waking the
-//! engine for the envelopes a look fired is its caller's.
+//! `scheduler` is the one part that touches the store: looks at the due jobs, committing what
+//! each fires through `clade-store`'s jobs, run as a service on the store's clock; `jobs`
+//! checks a job as it is asked for, for every edge that creates one. Must not depend on the
+//! runtime or the gateway: waking the engine for the envelopes a look fired is its caller's.
 
 mod cron;
+pub mod jobs;
 mod misfire;
 pub mod scheduler;
 
 pub use cron::{Schedule, ScheduleError, Zone};
+pub use jobs::{JobError, JobSpec, new_job};
 pub use misfire::{Due, Misfire};

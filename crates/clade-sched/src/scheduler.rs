@@ -1,123 +1,292 @@
-//! One look at the jobs that are due: what each fires, committed through the store.
+//! The scheduler: looks at the jobs that are due, commits what each fires through the store,
+//! and wakes the sessions that received envelopes.
 //!
-//! A look reads the due jobs of every tenant, decides each one's fires from its stored text
-//! ([`plan`]), and commits them with the job's new settled time ([`clade_store::JobWrites::settle`]):
-//! a look that raced another (two nodes, or a restart that looked again) finds the job settled
-//! and writes nothing. Waking the sessions that received envelopes is its caller's.
+//! A look ([`look`]) reads the due jobs of every tenant, decides each one's fires from its
+//! stored text ([`plan`]), and commits them with the job's new settled time
+//! ([`clade_store::JobWrites::settle`]): a look that raced another (two nodes, or a restart
+//! that looked again) finds the job settled and writes nothing. An envelope the store refuses
+//! (its session has too many events waiting, its target session is gone) is settled as a run
+//! with the error, so the job moves on and the time is accounted for. A job whose last
+//! `max_failures` settled runs all failed is disabled, with an audit record saying why,
+//! before it fires again.
+//!
+//! [`Scheduler::run`] looks again whenever the soonest job is due, on the store's clock, so a
+//! test moves a `ManualClock` instead of waiting, and an idle gateway sleeps until then.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clade_core::{ExecutionId, SessionId, Timestamp};
-use clade_store::{JobRow, NewEvent, Settlement, Source, Store};
+use clade_store::{JobRow, Settlement, Store};
+use tokio::sync::Notify;
 
 use crate::{Misfire, Schedule, ScheduleError, Zone};
+
+/// How the scheduler looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookOptions {
+    /// A scheduled time this recent is on time and fires; older ones follow the job's misfire
+    /// policy.
+    pub grace: Duration,
+    /// The most jobs one look settles; a look that finds this many looks again at once.
+    pub limit: u32,
+    /// An envelope is refused when its session already has this many events waiting.
+    pub max_queued: u64,
+    /// A job whose last this many settled runs all failed is disabled; 0 never disables one.
+    pub max_failures: u32,
+}
+
+impl Default for LookOptions {
+    fn default() -> Self {
+        Self { grace: Duration::from_secs(60), limit: 1_000, max_queued: 100, max_failures: 5 }
+    }
+}
 
 /// What one look did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Look {
+    /// Due jobs it looked at.
+    pub seen: usize,
     /// Jobs it settled.
     pub settled: usize,
     /// Envelopes it fired.
     pub fired: usize,
+    /// Scheduled times whose envelopes the store refused, each recorded as a failed run.
+    pub refused: usize,
     /// Scheduled times it skipped under their jobs' policies.
     pub skipped: u64,
     /// Jobs another look had settled first.
     pub raced: usize,
     /// Sessions that received envelopes, to wake.
     pub sessions: Vec<SessionId>,
-    /// Jobs whose stored schedule could not be read, disabled, with why.
+    /// Jobs it disabled (a schedule it could not read, too many failures in a row), with why.
     pub disabled: Vec<(ExecutionId, String)>,
-    /// Jobs whose settlement failed (their envelope refused, say), with why: they stay due,
-    /// and one job's failure never holds up another's, least of all another tenant's.
+    /// Jobs it could not settle (the store failed), with why: they stay due, and one job's
+    /// failure never holds up another's, least of all another tenant's.
     pub failed: Vec<(ExecutionId, String)>,
 }
 
-/// The settlement of one due job at `now`, from its stored schedule, zone and policy; the
-/// envelopes go to `agent` (its handle), from platform `cron`, channel the job's name.
+/// The settlement of one due job at `now`, from its stored schedule, zone and policy.
 pub fn plan(
     job: &JobRow,
-    agent: &str,
     now: Timestamp,
     grace: Duration,
+    max_queued: u64,
 ) -> Result<Settlement, ScheduleError> {
     let schedule = Schedule::parse(&job.schedule)?;
     let zone = Zone::parse(&job.zone)?;
     let misfire = Misfire::parse(&job.misfire)?;
     let due = misfire.due(&schedule, &zone, job.settled_at, now, grace);
-    let fires = due
-        .fire
-        .iter()
-        .map(|at| {
-            let event = NewEvent {
-                tenant: job.tenant_id,
-                agent: agent.to_owned(),
-                source: Source {
-                    platform: "cron".into(),
-                    channel: job.name.clone(),
-                    actor: "scheduler".into(),
-                },
-                text: job.prompt.clone(),
-                // The scheduled time names the fire.
-                idempotency_key: Some(format!("cron:{}:{}", job.id, at.as_millis())),
-                payload_hash: format!("cron:{}", job.id),
-                max_open_per_session: u64::MAX,
-            };
-            (*at, event)
-        })
-        .collect();
     Ok(Settlement {
         from: job.settled_at,
-        fires,
+        fires: due.fire,
         skipped: due.skipped,
         settled_at: due.settled,
         next_at: due.next,
+        max_queued,
     })
 }
 
-/// Looks at up to `limit` jobs due at `now`, and commits what each fires.
+/// Whether the store refused a job's envelope for what it is (its target, its session's
+/// queue), not for a failure of its own: such a fire is settled as a failed run.
+fn is_refusal(err: &clade_store::Error) -> bool {
+    use clade_store::Error as E;
+    matches!(
+        err,
+        E::SessionBusy { .. }
+            | E::SessionNotFound(_)
+            | E::AgentNotFound(_)
+            | E::IdempotencyConflict(_)
+            | E::QuotaExceeded(_)
+    )
+}
+
+/// Why the circuit breaker disables `job`, if its last `max` settled runs all failed.
+async fn tripped(store: &Store, job: &JobRow, max: u32) -> Result<Option<String>, clade_store::Error> {
+    if max == 0 {
+        return Ok(None);
+    }
+    // Runs still in flight neither fail nor succeed yet; read past a few of them.
+    let runs = store.job_runs(job.tenant_id, job.id, Some(job.enabled_at), max.saturating_mul(2)).await?;
+    let settled: Vec<_> =
+        runs.iter().filter(|run| !run.outcome.is_pending()).take(max as usize).collect();
+    if settled.len() < max as usize || !settled.iter().all(|run| run.outcome.is_failure()) {
+        return Ok(None);
+    }
+    let last = match &settled[0].outcome {
+        clade_store::RunOutcome::Refused(why) => format!("refused: {why}"),
+        clade_store::RunOutcome::Turn { id, .. } => format!("turn {id} failed"),
+        _ => "failed".to_owned(),
+    };
+    Ok(Some(format!(
+        "its last {max} runs failed (the latest {last}); enable it again once the cause is fixed"
+    )))
+}
+
+/// Looks at the jobs due at `now` (at most `options.limit`), and commits what each fires.
 pub async fn look(
     store: &Store,
     now: Timestamp,
-    grace: Duration,
-    limit: u32,
+    options: LookOptions,
 ) -> Result<Look, clade_store::Error> {
     let mut look = Look::default();
-    for job in store.system().due_jobs(now, limit).await? {
-        let agent = match store.agent_by_id(job.tenant_id, job.agent_id).await {
-            Ok(agent) => agent,
-            Err(err) => {
-                look.failed.push((job.id, err.to_string()));
-                continue;
-            }
-        };
-        let settlement = match plan(&job, agent.handle.as_str(), now, grace) {
-            Ok(settlement) => settlement,
-            Err(err) => {
-                // It would be due at every look, and never fire.
-                store.set_job_enabled(job.tenant_id, job.id, false).await?;
-                look.disabled.push((job.id, err.to_string()));
-                continue;
-            }
-        };
-        let skipped = settlement.skipped;
-        let settled = match store.settle_job(job.tenant_id, job.id, settlement).await {
-            Ok(settled) => settled,
-            Err(err) => {
-                look.failed.push((job.id, err.to_string()));
-                continue;
-            }
-        };
-        match settled {
-            Some(runs) => {
-                look.settled += 1;
-                look.fired += runs.len();
-                look.skipped += skipped;
-                look.sessions.extend(runs.iter().map(|(_, accepted)| accepted.session_id));
-            }
-            None => look.raced += 1,
+    let due = store.system().due_jobs(now, options.limit).await?;
+    look.seen = due.len();
+    for job in due {
+        if let Err(err) = look_at(store, &job, now, options, &mut look).await {
+            look.failed.push((job.id, err.to_string()));
         }
     }
     look.sessions.sort();
     look.sessions.dedup();
     Ok(look)
+}
+
+async fn look_at(
+    store: &Store,
+    job: &JobRow,
+    now: Timestamp,
+    options: LookOptions,
+    look: &mut Look,
+) -> Result<(), clade_store::Error> {
+    if let Some(why) = tripped(store, job, options.max_failures).await? {
+        store.set_job_enabled(job.tenant_id, job.id, false, Some(why.clone())).await?;
+        look.disabled.push((job.id, why));
+        return Ok(());
+    }
+    let settlement = match plan(job, now, options.grace, options.max_queued) {
+        Ok(settlement) => settlement,
+        Err(err) => {
+            // It would be due at every look, and never fire.
+            let why = format!("its schedule cannot be read: {err}");
+            store.set_job_enabled(job.tenant_id, job.id, false, Some(why.clone())).await?;
+            look.disabled.push((job.id, why));
+            return Ok(());
+        }
+    };
+    let skipped = settlement.skipped;
+    let settled = match store.settle_job(job.tenant_id, job.id, settlement.clone()).await {
+        Ok(Some(runs)) => {
+            look.fired += runs.len();
+            look.sessions.extend(runs.iter().map(|(_, accepted)| accepted.session_id));
+            true
+        }
+        Ok(None) => false,
+        Err(err) if is_refusal(&err) => {
+            let why = err.to_string();
+            let runs = store.settle_job_refused(job.tenant_id, job.id, settlement, why).await?;
+            if let Some(runs) = &runs {
+                look.refused += runs.len();
+            }
+            runs.is_some()
+        }
+        Err(err) => return Err(err),
+    };
+    if settled {
+        look.settled += 1;
+        look.skipped += skipped;
+    } else {
+        look.raced += 1;
+    }
+    Ok(())
+}
+
+/// The scheduler as a service: looks whenever a job is due, and hands the sessions that
+/// received envelopes to `wake`.
+pub struct Scheduler {
+    store: Store,
+    options: LookOptions,
+    wake: Arc<dyn Fn(&[SessionId]) + Send + Sync>,
+    poke: Arc<Notify>,
+    /// The longest it sleeps without looking: jobs created by another process (the CLI beside a
+    /// gateway) are found within this.
+    poll: Duration,
+}
+
+impl Scheduler {
+    pub fn new(
+        store: Store,
+        options: LookOptions,
+        wake: Arc<dyn Fn(&[SessionId]) + Send + Sync>,
+    ) -> Self {
+        Self { store, options, wake, poke: Arc::new(Notify::new()), poll: Duration::from_secs(1) }
+    }
+
+    /// The longest sleep between looks (one second unless set).
+    pub fn with_poll(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// Notify it to look again now (a job was created or enabled in this process).
+    pub fn poke(&self) -> Arc<Notify> {
+        self.poke.clone()
+    }
+
+    /// Looks until `shutdown` completes. A look that fails (the store unreachable) is logged
+    /// and tried again after the poll interval; nothing is lost meanwhile, since what is due
+    /// stays due.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let clock = self.store.clock().clone();
+        loop {
+            let now = clock.now();
+            let wait = match look(&self.store, now, self.options).await {
+                Ok(look) => {
+                    (self.wake)(&look.sessions);
+                    report(&look);
+                    if look.seen >= self.options.limit as usize && look.seen > look.failed.len() {
+                        // More are due than one look takes.
+                        continue;
+                    }
+                    if !look.failed.is_empty() {
+                        // What failed is still due: do not spin on it.
+                        self.poll
+                    } else {
+                        self.until_next(now).await
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "the scheduler could not read the due jobs; it looks again shortly");
+                    self.poll
+                }
+            };
+            tokio::select! {
+                () = clock.sleep(wait) => {}
+                () = self.poke.notified() => {}
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
+    /// How long until the soonest job is due, at most the poll interval.
+    async fn until_next(&self, now: Timestamp) -> Duration {
+        match self.store.system().next_due().await {
+            Ok(Some(next)) => {
+                let millis = next.as_millis().saturating_sub(now.as_millis()).max(0);
+                Duration::from_millis(millis.unsigned_abs()).min(self.poll)
+            }
+            Ok(None) | Err(_) => self.poll,
+        }
+    }
+}
+
+fn report(look: &Look) {
+    if look.fired > 0 || look.refused > 0 || look.skipped > 0 {
+        tracing::debug!(
+            jobs = look.settled,
+            fired = look.fired,
+            refused = look.refused,
+            skipped = look.skipped,
+            raced = look.raced,
+            "scheduler fired"
+        );
+    }
+    for (job, why) in &look.disabled {
+        tracing::warn!(job = %job, reason = %why, "job disabled");
+    }
+    for (job, why) in &look.failed {
+        tracing::warn!(job = %job, error = %why, "job could not be settled; it stays due");
+    }
 }

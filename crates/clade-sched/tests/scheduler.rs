@@ -3,14 +3,17 @@
 //! looking at once, every scheduled time of every job is settled once, fired or skipped, and
 //! each fire's envelope is stored once.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // Test code.
 
 use std::time::Duration;
 
 use clade_core::{AgentConfig, ExecutionId, Handle, Tenant, Timestamp};
-use clade_sched::scheduler::look;
+use clade_sched::scheduler::{LookOptions, look};
 use clade_sched::{Schedule, Zone};
-use clade_store::{Agents, DataDir, Durability, Location, NewAgent, NewJob, Store, StoreOptions};
+use clade_store::{
+    Agents, DataDir, Durability, JobTarget, Location, NewAgent, NewJob, RunOutcome, Store,
+    StoreOptions,
+};
 
 async fn open(location: &Location) -> Store {
     let options = StoreOptions {
@@ -78,6 +81,7 @@ async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races
                 schedule: (*schedule).into(),
                 zone: (*zone).into(),
                 misfire: (*misfire).into(),
+                target: JobTarget::Session(format!("job-{i}")),
                 prompt: format!("job {i}"),
                 settled_at: start,
                 next_at: next,
@@ -93,13 +97,20 @@ async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races
             schedule: "61 * * * *".into(),
             zone: "UTC".into(),
             misfire: "skip".into(),
+            target: JobTarget::New,
             prompt: "never".into(),
             settled_at: start,
             next_at: Some(start),
         };
         let broken = store.create_job(broken).await.unwrap().id;
 
-        let grace = Duration::from_secs(60);
+        // Nothing runs the envelopes here: let them pile up.
+        let options = LookOptions {
+            grace: Duration::from_secs(60),
+            limit: 100,
+            max_queued: 100_000,
+            max_failures: 5,
+        };
         let mut steps = Steps(0x9e37_79b9_7f4a_7c15);
         let mut now = start.as_millis();
         let end = start.as_millis() + 3 * 86_400_000;
@@ -123,7 +134,7 @@ async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races
                     // Two schedulers (two nodes) look at once.
                     let other = open(&location).await;
                     let (a, b) =
-                        tokio::join!(look(&store, at, grace, 100), look(&other, at, grace, 100));
+                        tokio::join!(look(&store, at, options), look(&other, at, options));
                     let (a, b) = (a.unwrap(), b.unwrap());
                     races += a.raced + b.raced;
                     disabled.extend(a.disabled.into_iter().chain(b.disabled).map(|(id, _)| id));
@@ -132,14 +143,14 @@ async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races
                 }
                 _ => {}
             }
-            let looked = look(&store, at, grace, 100).await.unwrap();
+            let looked = look(&store, at, options).await.unwrap();
             disabled.extend(looked.disabled.into_iter().map(|(id, _)| id));
         }
         assert!(restarts > 5, "{name}: the history had {restarts} restarts");
         assert!(races > 0, "{name}: no two looks ever raced");
         assert_eq!(disabled, [broken], "{name}");
 
-        let jobs = store.jobs(tenant.id).await.unwrap();
+        let jobs = store.jobs(tenant.id, None).await.unwrap();
         let mut envelopes = 0;
         for (i, id) in ids.iter().enumerate() {
             let (schedule, zone, _) = JOBS[i];
@@ -147,9 +158,9 @@ async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races
             let schedule = Schedule::parse(schedule).unwrap();
             let all =
                 schedule.fires_between(start, job.settled_at, &Zone::parse(zone).unwrap(), 100_000);
-            let runs = store.job_runs(tenant.id, *id).await.unwrap();
+            let runs = store.job_runs(tenant.id, *id, None, 100_000).await.unwrap();
             assert!(
-                runs.windows(2).all(|w| w[0].scheduled_at < w[1].scheduled_at),
+                runs.windows(2).all(|w| w[0].scheduled_at > w[1].scheduled_at),
                 "{name}: job {i} fired a time twice"
             );
             assert!(
@@ -177,8 +188,8 @@ async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races
 }
 
 /// A tenant that takes the key its own job's next envelope will use (so that envelope is
-/// refused as a conflicting duplicate) stalls only that job: the look goes on, and another
-/// tenant's job fires.
+/// refused as a conflicting duplicate) makes only that fire fail, recorded as a refused run:
+/// the look goes on, and another tenant's job fires.
 #[tokio::test]
 async fn one_jobs_failure_holds_up_no_other_tenants_job() {
     let tmp = tempfile::tempdir().unwrap();
@@ -207,6 +218,7 @@ async fn one_jobs_failure_holds_up_no_other_tenants_job() {
             schedule: "* * * * *".into(),
             zone: "UTC".into(),
             misfire: "skip".into(),
+            target: JobTarget::Session("tick".into()),
             prompt: "tick".into(),
             settled_at: start,
             next_at: Some(first),
@@ -233,11 +245,133 @@ async fn one_jobs_failure_holds_up_no_other_tenants_job() {
         .unwrap();
 
     let at = Timestamp::from_millis(first.as_millis() + 10_000);
-    let looked = look(&store, at, Duration::from_secs(60), 100).await.unwrap();
-    assert_eq!(looked.failed.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [*stalled]);
-    assert_eq!(looked.fired, 1, "{looked:?}");
+    let looked = look(&store, at, LookOptions::default()).await.unwrap();
+    assert!(looked.failed.is_empty(), "{looked:?}");
+    assert_eq!((looked.fired, looked.refused, looked.settled), (1, 1, 2), "{looked:?}");
     let (default, fired) = &jobs[1];
-    assert_eq!(store.job_runs(default.id, *fired).await.unwrap().len(), 1);
-    assert!(store.job_runs(mallory.id, *stalled).await.unwrap().is_empty());
+    assert_eq!(store.job_runs(default.id, *fired, None, 10).await.unwrap().len(), 1);
+    let runs = store.job_runs(mallory.id, *stalled, None, 10).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert!(
+        matches!(&runs[0].outcome, RunOutcome::Refused(why) if why.contains("idempotency")),
+        "{runs:?}"
+    );
+    store.close().await;
+}
+
+/// Waits (in real time, up to ten seconds) until `done` holds.
+async fn eventually<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..1_000 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what} never happened");
+}
+
+/// The scheduler as a service, on a manual clock: it fires a job when the clock reaches its
+/// time and not before, and wakes the session it delivered to. A job whose envelopes keep being
+/// refused (its session has too many waiting) is disabled after three failed runs in a row,
+/// with an audit record saying why; enabled again, its count starts afresh.
+#[tokio::test]
+async fn the_scheduler_fires_on_its_clock_and_disables_a_job_that_keeps_failing() {
+    use std::sync::{Arc, Mutex};
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = DataDir::open(tmp.path().join("data")).unwrap();
+    let start = Timestamp::from_millis(1_774_569_600_000);
+    let clock = Arc::new(clade_core::ManualClock::new(start));
+    let options = StoreOptions {
+        migrations: clade_store::Migrations::Apply,
+        clock: clock.clone(),
+        ..StoreOptions::new(Location::Sqlite(data_dir.sqlite_path()), Durability::Normal)
+    };
+    let store = Store::open(options).await.unwrap();
+    let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+    let agents = Agents::new(store.clone(), data_dir.clone());
+    let spec = NewAgent {
+        handle: Handle::parse("ada").unwrap(),
+        display_name: None,
+        config: AgentConfig::default(),
+    };
+    let agent = agents.create(tenant.id, spec).await.unwrap();
+    drop(agents);
+    let spec = clade_sched::JobSpec {
+        name: "tick".into(),
+        schedule: "* * * * *".into(),
+        prompt: "tick".into(),
+        ..Default::default()
+    };
+    let job = store.create_job(clade_sched::new_job(&spec, tenant.id, agent.id, start).unwrap());
+    let job = job.await.unwrap();
+    assert_eq!(job.next_at, Some(Timestamp::from_millis(start.as_millis() + 60_000)));
+
+    let woken = Arc::new(Mutex::new(Vec::new()));
+    let wake = {
+        let woken = woken.clone();
+        Arc::new(move |sessions: &[clade_core::SessionId]| {
+            woken.lock().unwrap().extend_from_slice(sessions);
+        })
+    };
+    let look = LookOptions {
+        grace: Duration::from_secs(60),
+        limit: 100,
+        max_queued: 1,
+        max_failures: 3,
+    };
+    // A poll of a day: only the job's own time wakes it.
+    let scheduler = clade_sched::scheduler::Scheduler::new(store.clone(), look, wake)
+        .with_poll(Duration::from_secs(86_400));
+    let poke = scheduler.poke();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(scheduler.run(async {
+        let _ = stopped.await;
+    }));
+    let runs = || async { store.job_runs(tenant.id, job.id, None, 100).await.unwrap() };
+
+    clock.advance(Duration::from_secs(59));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(runs().await.is_empty(), "fired before its time");
+    clock.advance(Duration::from_secs(1));
+    eventually("the first fire", || async { runs().await.len() == 1 }).await;
+    let first = runs().await;
+    assert_eq!(first[0].outcome, RunOutcome::Waiting);
+    let session = store.event(tenant.id, first[0].event_id.unwrap()).await.unwrap().session_id;
+    eventually("the wake-up", || async { woken.lock().unwrap().contains(&session) }).await;
+
+    // Nothing runs the first envelope: every later one finds the session full.
+    for n in 2..=4 {
+        clock.advance(Duration::from_secs(60));
+        eventually("a refused fire", || async { runs().await.len() == n }).await;
+    }
+    let refused = runs().await;
+    assert!(refused[..3].iter().all(|r| r.outcome.is_failure()), "{refused:?}");
+    clock.advance(Duration::from_secs(60));
+    let enabled = || async { store.jobs(tenant.id, None).await.unwrap()[0].enabled };
+    eventually("the breaker", || async { !enabled().await }).await;
+    let disabled = store.jobs(tenant.id, None).await.unwrap().remove(0);
+    let reason = disabled.disabled_reason.unwrap();
+    assert!(reason.contains("last 3 runs failed"), "{reason}");
+    assert_eq!(runs().await.len(), 4, "a tripped job fired again");
+    let filter = clade_store::AuditFilter { limit: 100, ..Default::default() };
+    let audit = store.audit_records(tenant.id, &filter).await.unwrap();
+    let record = audit.iter().find(|r| r.kind == "job.disabled").expect("no audit record");
+    assert!(record.detail.contains("last 3 runs failed"), "{}", record.detail);
+
+    // Enabled again, the minute that passed fires (run once) and is refused: one failure, not
+    // three in a row, so the job stays enabled.
+    store.set_job_enabled(tenant.id, job.id, true, None).await.unwrap();
+    poke.notify_one();
+    eventually("the fire after enabling", || async { runs().await.len() == 5 }).await;
+    clock.advance(Duration::from_secs(60));
+    eventually("the next fire", || async { runs().await.len() == 6 }).await;
+    assert!(enabled().await, "the count of failures did not start afresh");
+
+    stop.send(()).unwrap();
+    task.await.unwrap();
     store.close().await;
 }

@@ -10,7 +10,7 @@ use clade_core::{AgentId, ApprovalId, GrantId, SessionId, TenantId, Timestamp, T
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::store::{Store, id_bytes};
+use crate::store::{Store, id_bytes, opt_id};
 use crate::turns::{OutboxEvent, OutboxRow, insert_outbox};
 
 /// A grant to create.
@@ -220,13 +220,6 @@ pub(crate) async fn append_audit(conn: &mut Tx, entry: &AuditEntry, now: Timesta
     .execute(&mut *conn)
     .await?;
     Ok(())
-}
-
-fn opt_id(row: &Row, column: &str) -> Result<Option<[u8; 16]>> {
-    let bytes: Option<Vec<u8>> = row.try_get(column)?;
-    bytes
-        .map(|b| b.try_into().map_err(|_| Error::BadRow(format!("{column} is not a 16-byte id"))))
-        .transpose()
 }
 
 fn opt_time(row: &Row, column: &str) -> Result<Option<Timestamp>> {

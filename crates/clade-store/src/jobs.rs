@@ -1,32 +1,98 @@
 //! Agents' scheduled jobs, and the record of each time they fired.
 //!
 //! When a job fires is `clade-sched`'s to compute, from the schedule's text this keeps. What
-//! this owns is that a scheduled time fires once: [`JobWrites::settle`] commits the fires (a
-//! record per scheduled time, keyed by it, and the envelope each produced) with the job's new
-//! settled time, compared against the settled time its caller computed from; a second
-//! scheduler that computed from the same state finds it moved and writes nothing.
+//! this owns is that a scheduled time fires once, to the job's target: [`JobWrites::settle`]
+//! commits the fires (a record per scheduled time, keyed by it, and the envelope each produced)
+//! with the job's new settled time, compared against the settled time its caller computed
+//! from; a second scheduler that computed from the same state finds it moved and writes
+//! nothing. A fire the store refuses (its target session gone, too many events waiting there)
+//! is settled as a run with its error ([`JobWrites::settle_refused`]): every scheduled time is
+//! accounted for.
 //!
-//! Every read and write names the tenant; only [`SystemStore::due_jobs`], what the scheduler
-//! looks at, reads across tenants.
+//! Every read and write names the tenant; only [`SystemStore::due_jobs`] and
+//! [`SystemStore::next_due`], what the scheduler looks at, read across tenants.
 
-use clade_core::{AgentId, EventId, TenantId, Timestamp};
+use std::fmt;
+
+use clade_core::{
+    AgentId, AuditKind, EventId, ExecutionId, SessionId, TenantId, Timestamp, TurnId, TurnStatus,
+};
 
 use crate::db::{Row, Tx, query};
 use crate::error::{Error, Result};
 use crate::scoped::SystemStore;
-use crate::store::{Store, id_bytes};
-use crate::turns::{Accepted, NewEvent};
+use crate::store::{Store, id_bytes, opt_id};
+use crate::turns::{Accepted, NewEvent, Source};
+
+/// Where a job's envelopes go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobTarget {
+    /// A session of its own for every fire.
+    New,
+    /// The named session of the job's agent (platform `cron`, channel the name): every fire
+    /// continues one conversation.
+    Session(String),
+    /// The channel this session of the job's agent was last active on: where the user who
+    /// asked for the job last spoke.
+    Origin(SessionId),
+}
+
+/// The platform of every envelope a job fires.
+pub const CRON_PLATFORM: &str = "cron";
+
+/// A session name's longest form.
+const MAX_SESSION_NAME: usize = 128;
+
+impl JobTarget {
+    /// Reads `new`, `session:<name>` or `origin:<session id>`.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        if text == "new" {
+            return Ok(Self::New);
+        }
+        if let Some(name) = text.strip_prefix("session:") {
+            if name.is_empty()
+                || name.len() > MAX_SESSION_NAME
+                || name.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                return Err(format!(
+                    "target {text:?}: a session name is 1 to {MAX_SESSION_NAME} characters without spaces"
+                ));
+            }
+            return Ok(Self::Session(name.to_owned()));
+        }
+        if let Some(id) = text.strip_prefix("origin:") {
+            let id = id
+                .parse::<SessionId>()
+                .map_err(|_| format!("target {text:?}: {id:?} is not a session id"))?;
+            return Ok(Self::Origin(id));
+        }
+        Err(format!(
+            "target {text:?} is not one of `new`, `session:<name>` or `origin:<session id>`"
+        ))
+    }
+}
+
+impl fmt::Display for JobTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::New => f.write_str("new"),
+            Self::Session(name) => write!(f, "session:{name}"),
+            Self::Origin(id) => write!(f, "origin:{id}"),
+        }
+    }
+}
 
 /// A job to create. Its schedule, zone and misfire policy are text `clade-sched` has read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewJob {
-    pub id: clade_core::ExecutionId,
+    pub id: ExecutionId,
     pub tenant: TenantId,
     pub agent: AgentId,
     pub name: String,
     pub schedule: String,
     pub zone: String,
     pub misfire: String,
+    pub target: JobTarget,
     /// What the agent is told when the job fires.
     pub prompt: String,
     /// The time scheduled times are counted from (the job's start), and its first fire.
@@ -36,15 +102,22 @@ pub struct NewJob {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobRow {
-    pub id: clade_core::ExecutionId,
+    pub id: ExecutionId,
     pub tenant_id: TenantId,
     pub agent_id: AgentId,
+    /// The agent's handle.
+    pub agent: String,
     pub name: String,
     pub schedule: String,
     pub zone: String,
     pub misfire: String,
+    pub target: JobTarget,
     pub prompt: String,
     pub enabled: bool,
+    /// Why it was disabled, when not by a person.
+    pub disabled_reason: Option<String>,
+    /// When it was last enabled (or created).
+    pub enabled_at: Timestamp,
     /// The last scheduled time settled, fired or skipped.
     pub settled_at: Timestamp,
     pub next_at: Option<Timestamp>,
@@ -53,48 +126,91 @@ pub struct JobRow {
     pub created_at: Timestamp,
 }
 
-/// One scheduled time a job fired at, and the envelope it produced.
+/// What became of one fire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The store refused its envelope (why); nothing was delivered.
+    Refused(String),
+    /// Delivered; no turn has taken it yet.
+    Waiting,
+    /// Delivered, and taken by this turn, as it stands.
+    Turn { id: TurnId, status: TurnStatus },
+    /// Delivered, but its session has since been deleted.
+    Gone,
+}
+
+impl RunOutcome {
+    /// Counts towards the failures in a row that disable a job.
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Self::Refused(_) | Self::Turn { status: TurnStatus::Failed, .. })
+    }
+
+    /// Not yet known: the envelope waits or its turn runs.
+    pub fn is_pending(&self) -> bool {
+        matches!(self, Self::Waiting | Self::Turn { status: TurnStatus::Running, .. })
+    }
+}
+
+/// One scheduled time a job fired at, and what became of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobRun {
     pub scheduled_at: Timestamp,
     pub fired_at: Timestamp,
-    pub event_id: EventId,
+    /// The envelope it produced; `None` when it was refused.
+    pub event_id: Option<EventId>,
+    pub outcome: RunOutcome,
 }
 
-/// What one look at a job settles: the envelopes to fire (each for its scheduled time, oldest
-/// first), how many times were skipped, and where the job then stands.
+/// What one look at a job settles: the scheduled times to fire (oldest first), how many were
+/// skipped, and where the job then stands.
 #[derive(Debug, Clone)]
 pub struct Settlement {
     /// The settled time the caller computed from: if the job's is another, someone settled it
     /// meanwhile, and nothing is written.
     pub from: Timestamp,
-    pub fires: Vec<(Timestamp, NewEvent)>,
+    pub fires: Vec<Timestamp>,
     pub skipped: u64,
     pub settled_at: Timestamp,
     pub next_at: Option<Timestamp>,
+    /// Refuse an envelope when its session already has this many events waiting.
+    pub max_queued: u64,
 }
 
-const COLUMNS: &str = "id, tenant_id, agent_id, name, schedule, zone, misfire, prompt, enabled, \
-                       settled_at, next_at, skipped, created_at";
+const COLUMNS: &str = "j.id, j.tenant_id, j.agent_id, a.handle AS agent_handle, j.name, \
+                       j.schedule, j.zone, j.misfire, j.target, j.prompt, j.enabled, \
+                       j.disabled_reason, j.enabled_at, j.settled_at, j.next_at, j.skipped, \
+                       j.created_at";
+
+const FROM: &str = "jobs j JOIN agents a ON a.id = j.agent_id";
 
 fn job_row(row: &Row) -> Result<JobRow> {
     let skipped: i64 = row.try_get("skipped")?;
+    let target: String = row.try_get("target")?;
     Ok(JobRow {
-        id: clade_core::ExecutionId::from_bytes(id_bytes(row, "id")?),
+        id: ExecutionId::from_bytes(id_bytes(row, "id")?),
         tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
         agent_id: AgentId::from_bytes(id_bytes(row, "agent_id")?),
+        agent: row.try_get("agent_handle")?,
         name: row.try_get("name")?,
         schedule: row.try_get("schedule")?,
         zone: row.try_get("zone")?,
         misfire: row.try_get("misfire")?,
+        target: JobTarget::parse(&target).map_err(Error::BadRow)?,
         prompt: row.try_get("prompt")?,
         enabled: row.try_get("enabled")?,
+        disabled_reason: row.try_get("disabled_reason")?,
+        enabled_at: Timestamp::from_millis(row.try_get("enabled_at")?),
         settled_at: Timestamp::from_millis(row.try_get("settled_at")?),
         next_at: row.try_get::<Option<i64>, _>("next_at")?.map(Timestamp::from_millis),
         skipped: u64::try_from(skipped).unwrap_or(0),
         created_at: Timestamp::from_millis(row.try_get("created_at")?),
     })
 }
+
+/// The session an origin target delivers to: the origin's platform and actor, on the channel
+/// it was last active on.
+const ORIGIN_SOURCE: &str = "SELECT platform, last_active_channel, actor FROM sessions \
+                             WHERE id = $1 AND tenant_id = $2 AND agent_id = $3";
 
 /// Writes to jobs inside a unit of work (`Work::jobs`), within its tenant.
 pub struct JobWrites<'w> {
@@ -108,16 +224,20 @@ impl<'w> JobWrites<'w> {
         Self { conn, tenant, now }
     }
 
-    async fn current(&mut self, id: clade_core::ExecutionId) -> Result<JobRow> {
-        let row = query(format!("SELECT {COLUMNS} FROM jobs WHERE id = $1 AND tenant_id = $2"))
-            .bind(id.as_bytes().to_vec())
-            .bind(self.tenant.as_bytes().to_vec())
-            .fetch_optional(&mut *self.conn)
-            .await?;
+    /// The job `id` of this tenant, as it stands in this transaction.
+    pub async fn get(&mut self, id: ExecutionId) -> Result<JobRow> {
+        let row = query(format!(
+            "SELECT {COLUMNS} FROM {FROM} WHERE j.id = $1 AND j.tenant_id = $2"
+        ))
+        .bind(id.as_bytes().to_vec())
+        .bind(self.tenant.as_bytes().to_vec())
+        .fetch_optional(&mut *self.conn)
+        .await?;
         row.as_ref().map(job_row).transpose()?.ok_or_else(|| Error::JobNotFound(id.to_string()))
     }
 
-    /// Creates a job, enabled, for an agent of this tenant; a name is one job per agent.
+    /// Creates a job, enabled, for an agent of this tenant; a name is one job per agent. An
+    /// origin target must be a session of the same agent.
     pub async fn create(&mut self, new: NewJob) -> Result<JobRow> {
         if new.tenant != self.tenant {
             return Err(Error::InvalidInput(
@@ -132,10 +252,13 @@ impl<'w> JobWrites<'w> {
         if agent.is_none() {
             return Err(Error::AgentNotFound(new.agent.to_string()));
         }
+        if let JobTarget::Origin(session) = &new.target {
+            self.origin_source(*session, new.agent).await?;
+        }
         let inserted = query(
-            "INSERT INTO jobs (id, tenant_id, agent_id, name, schedule, zone, misfire, prompt, \
-             enabled, settled_at, next_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $10, $11, $11)",
+            "INSERT INTO jobs (id, tenant_id, agent_id, name, schedule, zone, misfire, target, \
+             prompt, enabled, enabled_at, settled_at, next_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $12, $10, $11, $12, $12)",
         )
         .bind(new.id.as_bytes().to_vec())
         .bind(new.tenant.as_bytes().to_vec())
@@ -144,6 +267,7 @@ impl<'w> JobWrites<'w> {
         .bind(new.schedule)
         .bind(new.zone)
         .bind(new.misfire)
+        .bind(new.target.to_string())
         .bind(new.prompt)
         .bind(new.settled_at.as_millis())
         .bind(new.next_at.map(|t| t.as_millis()))
@@ -153,56 +277,87 @@ impl<'w> JobWrites<'w> {
         match inserted {
             Err(err) if err.is_unique_violation() => Err(Error::JobExists(new.name)),
             Err(err) => Err(err),
-            Ok(_) => self.current(new.id).await,
+            Ok(_) => self.get(new.id).await,
         }
     }
 
-    /// Enables or disables a job; a disabled job is never due.
+    /// Enables or disables a job; a disabled job is never due. `reason` says why a job was
+    /// disabled when no person did it; enabling clears it and starts the count of failures in a
+    /// row afresh. Scheduled times passed while it was disabled are settled, when it is enabled
+    /// again, under its misfire policy.
     pub async fn set_enabled(
         &mut self,
-        id: clade_core::ExecutionId,
+        id: ExecutionId,
         enabled: bool,
+        reason: Option<String>,
     ) -> Result<JobRow> {
-        let changed =
-            query("UPDATE jobs SET enabled = $3, updated_at = $4 WHERE id = $1 AND tenant_id = $2")
-                .bind(id.as_bytes().to_vec())
-                .bind(self.tenant.as_bytes().to_vec())
-                .bind(enabled)
-                .bind(self.now.as_millis())
-                .execute(&mut *self.conn)
-                .await?;
+        let changed = query(
+            "UPDATE jobs SET enabled = $3, disabled_reason = $4, \
+             enabled_at = CASE WHEN $3 = 1 AND enabled = 0 THEN $5 ELSE enabled_at END, \
+             updated_at = $5 WHERE id = $1 AND tenant_id = $2",
+        )
+        .bind(id.as_bytes().to_vec())
+        .bind(self.tenant.as_bytes().to_vec())
+        .bind(enabled)
+        .bind(if enabled { None } else { reason })
+        .bind(self.now.as_millis())
+        .execute(&mut *self.conn)
+        .await?;
         if changed != 1 {
             return Err(Error::JobNotFound(id.to_string()));
         }
-        self.current(id).await
+        self.get(id).await
     }
 
-    /// Commits one look at a job: for each fire, its envelope (accepted as any event is) and
-    /// its record; the skipped count; the new settled and next times. `Ok(None)` when the job's
-    /// settled time is no longer `settlement.from` (another look settled it first: nothing is
-    /// written), or the job is disabled.
-    pub async fn settle(
-        &mut self,
-        id: clade_core::ExecutionId,
-        settlement: Settlement,
-    ) -> Result<Option<Vec<(JobRun, Accepted)>>> {
-        let job = self.current(id).await?;
+    /// Deletes a job and the record of its fires (not the envelopes and turns they made).
+    pub async fn delete(&mut self, id: ExecutionId) -> Result<JobRow> {
+        let job = self.get(id).await?;
+        query("DELETE FROM job_runs WHERE job_id = $1")
+            .bind(id.as_bytes().to_vec())
+            .execute(&mut *self.conn)
+            .await?;
+        query("DELETE FROM jobs WHERE id = $1 AND tenant_id = $2")
+            .bind(id.as_bytes().to_vec())
+            .bind(self.tenant.as_bytes().to_vec())
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(job)
+    }
+
+    async fn origin_source(&mut self, session: SessionId, agent: AgentId) -> Result<Source> {
+        let row = query(ORIGIN_SOURCE)
+            .bind(session.as_bytes().to_vec())
+            .bind(self.tenant.as_bytes().to_vec())
+            .bind(agent.as_bytes().to_vec())
+            .fetch_optional(&mut *self.conn)
+            .await?
+            .ok_or_else(|| Error::SessionNotFound(session.to_string()))?;
+        Ok(Source {
+            platform: row.try_get("platform")?,
+            channel: row.try_get("last_active_channel")?,
+            actor: row.try_get("actor")?,
+        })
+    }
+
+    /// Moves the job from `settlement.from` to where the settlement leaves it; false when
+    /// another look moved it first, or it is disabled.
+    async fn advance(&mut self, job: &JobRow, settlement: &Settlement) -> Result<bool> {
         if !job.enabled || job.settled_at != settlement.from {
-            return Ok(None);
+            return Ok(false);
         }
         if settlement.settled_at < settlement.from
-            || settlement.fires.iter().any(|(at, _)| *at <= settlement.from)
+            || settlement.fires.iter().any(|at| *at <= settlement.from)
         {
             return Err(Error::InvalidInput(format!(
-                "job {id}: a settlement moves forward from {}",
-                settlement.from
+                "job {}: a settlement moves forward from {}",
+                job.id, settlement.from
             )));
         }
         let moved = query(
             "UPDATE jobs SET settled_at = $3, next_at = $4, skipped = skipped + $5, \
              updated_at = $6 WHERE id = $1 AND settled_at = $2",
         )
-        .bind(id.as_bytes().to_vec())
+        .bind(job.id.as_bytes().to_vec())
         .bind(settlement.from.as_millis())
         .bind(settlement.settled_at.as_millis())
         .bind(settlement.next_at.map(|t| t.as_millis()))
@@ -210,40 +365,161 @@ impl<'w> JobWrites<'w> {
         .bind(self.now.as_millis())
         .execute(&mut *self.conn)
         .await?;
-        if moved != 1 {
+        Ok(moved == 1)
+    }
+
+    async fn record(
+        &mut self,
+        id: ExecutionId,
+        scheduled_at: Timestamp,
+        event: Option<EventId>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        // Keyed by the scheduled time: the same time cannot fire twice.
+        query(
+            "INSERT INTO job_runs (job_id, scheduled_at, fired_at, event_id, error) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id.as_bytes().to_vec())
+        .bind(scheduled_at.as_millis())
+        .bind(self.now.as_millis())
+        .bind(event.map(|e| e.as_bytes().to_vec()))
+        .bind(error.map(str::to_owned))
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Commits one look at a job: for each fire, its envelope (accepted as any event is, to the
+    /// job's target) and its record; the skipped count; the new settled and next times.
+    /// `Ok(None)` when the job's settled time is no longer `settlement.from` (another look
+    /// settled it first: nothing is written), or the job is disabled. An envelope the store
+    /// refuses fails the whole settlement, which its caller then settles as refused.
+    pub async fn settle(
+        &mut self,
+        id: ExecutionId,
+        settlement: Settlement,
+    ) -> Result<Option<Vec<(JobRun, Accepted)>>> {
+        let job = self.get(id).await?;
+        if !self.advance(&job, &settlement).await? {
+            return Ok(None);
+        }
+        let origin = match &job.target {
+            JobTarget::Origin(session) => Some(self.origin_source(*session, job.agent_id).await?),
+            _ => None,
+        };
+        let mut runs = Vec::with_capacity(settlement.fires.len());
+        for scheduled_at in settlement.fires {
+            let millis = scheduled_at.as_millis();
+            let source = match (&job.target, &origin) {
+                (_, Some(source)) => source.clone(),
+                (JobTarget::New, _) => Source {
+                    platform: CRON_PLATFORM.into(),
+                    channel: job.name.clone(),
+                    actor: format!("fire:{millis}"),
+                },
+                (JobTarget::Session(name), _) => Source {
+                    platform: CRON_PLATFORM.into(),
+                    channel: name.clone(),
+                    actor: "scheduler".into(),
+                },
+                (JobTarget::Origin(session), None) => {
+                    return Err(Error::SessionNotFound(session.to_string()));
+                }
+            };
+            let event = NewEvent {
+                tenant: self.tenant,
+                agent: job.agent.clone(),
+                source,
+                text: job.prompt.clone(),
+                // The scheduled time names the fire.
+                idempotency_key: Some(format!("cron:{id}:{millis}")),
+                payload_hash: format!("cron:{id}"),
+                max_open_per_session: settlement.max_queued,
+            };
+            let (accepted, _) = crate::turns::accept_in(self.conn, self.now, event).await?;
+            self.record(id, scheduled_at, Some(accepted.event_id), None).await?;
+            let run = JobRun {
+                scheduled_at,
+                fired_at: self.now,
+                event_id: Some(accepted.event_id),
+                outcome: RunOutcome::Waiting,
+            };
+            runs.push((run, accepted));
+        }
+        Ok(Some(runs))
+    }
+
+    /// Settles a look at a job whose envelopes the store refused ([`JobWrites::settle`] failed
+    /// with `error`): the job moves on as it would have, and each scheduled time is a run with
+    /// the error and no envelope. `Ok(None)` as for `settle`.
+    pub async fn settle_refused(
+        &mut self,
+        id: ExecutionId,
+        settlement: Settlement,
+        error: &str,
+    ) -> Result<Option<Vec<JobRun>>> {
+        let job = self.get(id).await?;
+        if !self.advance(&job, &settlement).await? {
             return Ok(None);
         }
         let mut runs = Vec::with_capacity(settlement.fires.len());
-        for (scheduled_at, event) in settlement.fires {
-            if event.tenant != self.tenant {
-                return Err(Error::InvalidInput("a job's envelope goes to its own tenant".into()));
-            }
-            let (accepted, _) = crate::turns::accept_in(self.conn, self.now, event).await?;
-            // Keyed by the scheduled time: the same time cannot fire twice.
-            query(
-                "INSERT INTO job_runs (job_id, scheduled_at, fired_at, event_id) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(id.as_bytes().to_vec())
-            .bind(scheduled_at.as_millis())
-            .bind(self.now.as_millis())
-            .bind(accepted.event_id.as_bytes().to_vec())
-            .execute(&mut *self.conn)
-            .await?;
-            let run = JobRun { scheduled_at, fired_at: self.now, event_id: accepted.event_id };
-            runs.push((run, accepted));
+        for scheduled_at in settlement.fires {
+            self.record(id, scheduled_at, None, Some(error)).await?;
+            runs.push(JobRun {
+                scheduled_at,
+                fired_at: self.now,
+                event_id: None,
+                outcome: RunOutcome::Refused(error.to_owned()),
+            });
         }
         Ok(Some(runs))
     }
 }
 
 impl Store {
-    /// [`JobWrites::create`] as a unit of work of its own.
+    /// [`JobWrites::create`] as a unit of work of its own, audited.
     pub async fn create_job(&self, new: NewJob) -> Result<JobRow> {
+        let audit = self.admin_record(
+            new.tenant,
+            Some(new.agent),
+            AuditKind::JobCreated,
+            serde_json::json!({
+                "job": new.id.to_string(),
+                "name": new.name,
+                "schedule": new.schedule,
+                "zone": new.zone,
+                "misfire": new.misfire,
+                "target": new.target.to_string(),
+            }),
+        );
         let (row, _) = self
             .transact(new.tenant, move |work| {
                 let new = new.clone();
-                Box::pin(async move { work.jobs().create(new).await })
+                let audit = audit.clone();
+                Box::pin(async move {
+                    let row = work.jobs().create(new).await?;
+                    work.audit(&audit).await?;
+                    Ok(row)
+                })
+            })
+            .await?;
+        Ok(row)
+    }
+
+    /// [`JobWrites::delete`] as a unit of work of its own, audited.
+    pub async fn delete_job(&self, tenant: TenantId, id: ExecutionId) -> Result<JobRow> {
+        let by = self.admin_record(tenant, None, AuditKind::JobRemoved, serde_json::json!({}));
+        let (row, _) = self
+            .transact(tenant, move |work| {
+                let mut audit = by.clone();
+                Box::pin(async move {
+                    let row = work.jobs().delete(id).await?;
+                    audit.agent = Some(row.agent_id);
+                    audit.detail = job_detail(&audit.detail, &row, None);
+                    work.audit(&audit).await?;
+                    Ok(row)
+                })
             })
             .await?;
         Ok(row)
@@ -253,7 +529,7 @@ impl Store {
     pub async fn settle_job(
         &self,
         tenant: TenantId,
-        id: clade_core::ExecutionId,
+        id: ExecutionId,
         settlement: Settlement,
     ) -> Result<Option<Vec<(JobRun, Accepted)>>> {
         let (runs, _) = self
@@ -265,75 +541,173 @@ impl Store {
         Ok(runs)
     }
 
-    /// [`JobWrites::set_enabled`] as a unit of work of its own.
+    /// [`JobWrites::settle_refused`] as a unit of work of its own.
+    pub async fn settle_job_refused(
+        &self,
+        tenant: TenantId,
+        id: ExecutionId,
+        settlement: Settlement,
+        error: String,
+    ) -> Result<Option<Vec<JobRun>>> {
+        let (runs, _) = self
+            .transact(tenant, move |work| {
+                let settlement = settlement.clone();
+                let error = error.clone();
+                Box::pin(async move { work.jobs().settle_refused(id, settlement, &error).await })
+            })
+            .await?;
+        Ok(runs)
+    }
+
+    /// [`JobWrites::set_enabled`] as a unit of work of its own, audited; `reason` says why a
+    /// job is disabled when no person disabled it.
     pub async fn set_job_enabled(
         &self,
         tenant: TenantId,
-        id: clade_core::ExecutionId,
+        id: ExecutionId,
         enabled: bool,
+        reason: Option<String>,
     ) -> Result<JobRow> {
+        let kind = if enabled { AuditKind::JobEnabled } else { AuditKind::JobDisabled };
+        let by = self.admin_record(tenant, None, kind, serde_json::json!({}));
         let (row, _) = self
             .transact(tenant, move |work| {
-                Box::pin(async move { work.jobs().set_enabled(id, enabled).await })
+                let mut audit = by.clone();
+                let reason = reason.clone();
+                Box::pin(async move {
+                    let row = work.jobs().set_enabled(id, enabled, reason.clone()).await?;
+                    audit.agent = Some(row.agent_id);
+                    audit.detail = job_detail(&audit.detail, &row, reason.as_deref());
+                    work.audit(&audit).await?;
+                    Ok(row)
+                })
             })
             .await?;
         Ok(row)
     }
 
-    /// A tenant's jobs, by name.
-    pub async fn jobs(&self, tenant: TenantId) -> Result<Vec<JobRow>> {
+    /// A tenant's jobs, of one agent or of all, by agent and name.
+    pub async fn jobs(&self, tenant: TenantId, agent: Option<AgentId>) -> Result<Vec<JobRow>> {
         let rows = self
             .rows(
-                query(format!("SELECT {COLUMNS} FROM jobs WHERE tenant_id = $1 ORDER BY name, id"))
-                    .bind(tenant.as_bytes().to_vec()),
+                query(format!(
+                    "SELECT {COLUMNS} FROM {FROM} WHERE j.tenant_id = $1 \
+                     AND ($2 = 0 OR j.agent_id = $3) ORDER BY a.handle, j.name, j.id"
+                ))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(i64::from(agent.is_some()))
+                .bind(agent.map(|a| a.as_bytes().to_vec()).unwrap_or_default()),
             )
             .await?;
         rows.iter().map(job_row).collect()
     }
 
-    /// A job's fires, oldest first.
+    /// The job of `agent` named `name`.
+    pub async fn job_named(&self, tenant: TenantId, agent: AgentId, name: &str) -> Result<JobRow> {
+        let row = self
+            .maybe_row(
+                query(format!(
+                    "SELECT {COLUMNS} FROM {FROM} WHERE j.tenant_id = $1 AND j.agent_id = $2 \
+                     AND j.name = $3"
+                ))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec())
+                .bind(name.to_owned()),
+            )
+            .await?;
+        row.as_ref().map(job_row).transpose()?.ok_or_else(|| Error::JobNotFound(name.to_owned()))
+    }
+
+    /// A job's fires, newest first: at most `limit`, and only those fired at or after `since`
+    /// when given.
     pub async fn job_runs(
         &self,
         tenant: TenantId,
-        id: clade_core::ExecutionId,
+        id: ExecutionId,
+        since: Option<Timestamp>,
+        limit: u32,
     ) -> Result<Vec<JobRun>> {
         let rows = self
             .rows(
                 query(
-                    "SELECT r.scheduled_at, r.fired_at, r.event_id FROM job_runs r \
-                     JOIN jobs j ON j.id = r.job_id WHERE r.job_id = $1 AND j.tenant_id = $2 \
-                     ORDER BY r.scheduled_at",
+                    "SELECT r.scheduled_at, r.fired_at, r.event_id, r.error, e.id AS delivered, \
+                     e.turn_id, x.status AS turn_status FROM job_runs r \
+                     JOIN jobs j ON j.id = r.job_id \
+                     LEFT JOIN events e ON e.id = r.event_id AND e.tenant_id = j.tenant_id \
+                     LEFT JOIN executions x ON x.id = e.turn_id AND x.tenant_id = j.tenant_id \
+                     WHERE r.job_id = $1 AND j.tenant_id = $2 AND r.fired_at >= $3 \
+                     ORDER BY r.scheduled_at DESC LIMIT $4",
                 )
                 .bind(id.as_bytes().to_vec())
-                .bind(tenant.as_bytes().to_vec()),
+                .bind(tenant.as_bytes().to_vec())
+                .bind(since.map(|t| t.as_millis()).unwrap_or(i64::MIN))
+                .bind(i64::from(limit.max(1))),
             )
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(JobRun {
-                    scheduled_at: Timestamp::from_millis(row.try_get("scheduled_at")?),
-                    fired_at: Timestamp::from_millis(row.try_get("fired_at")?),
-                    event_id: EventId::from_bytes(id_bytes(row, "event_id")?),
-                })
-            })
-            .collect()
+        rows.iter().map(run_row).collect()
     }
 }
 
-/// The scheduler's read, across tenants (see [`SystemStore`]).
+/// An audit record's detail (`by`, from `Store::admin_record`) with the job it is about.
+fn job_detail(base: &str, job: &JobRow, reason: Option<&str>) -> String {
+    let mut detail: serde_json::Value =
+        serde_json::from_str(base).unwrap_or_else(|_| serde_json::json!({}));
+    detail["job"] = job.id.to_string().into();
+    detail["name"] = job.name.clone().into();
+    if let Some(reason) = reason {
+        detail["reason"] = reason.into();
+    }
+    detail.to_string()
+}
+
+fn run_row(row: &Row) -> Result<JobRun> {
+    let error: Option<String> = row.try_get("error")?;
+    let turn = opt_id(row, "turn_id")?;
+    let status: Option<String> = row.try_get("turn_status")?;
+    let outcome = match (error, opt_id(row, "delivered")?, turn, status) {
+        (Some(error), ..) => RunOutcome::Refused(error),
+        (None, None, ..) => RunOutcome::Gone,
+        (None, Some(_), Some(turn), Some(status)) => {
+            let status = clade_core::ExecutionStatus::parse(&status)
+                .and_then(TurnStatus::of_execution)
+                .ok_or_else(|| Error::BadRow(format!("turn status {status:?}")))?;
+            RunOutcome::Turn { id: TurnId::from_bytes(turn), status }
+        }
+        (None, Some(_), ..) => RunOutcome::Waiting,
+    };
+    Ok(JobRun {
+        scheduled_at: Timestamp::from_millis(row.try_get("scheduled_at")?),
+        fired_at: Timestamp::from_millis(row.try_get("fired_at")?),
+        event_id: opt_id(row, "event_id")?.map(EventId::from_bytes),
+        outcome,
+    })
+}
+
+/// The scheduler's reads, across tenants (see [`SystemStore`]).
 impl SystemStore {
     /// Enabled jobs due by `now`, of every tenant, soonest first.
     pub async fn due_jobs(&self, now: Timestamp, limit: u32) -> Result<Vec<JobRow>> {
         let rows = self
             .rows(
                 query(format!(
-                    "SELECT {COLUMNS} FROM jobs WHERE enabled = 1 AND next_at <= $1 \
-                     ORDER BY next_at, id LIMIT $2"
+                    "SELECT {COLUMNS} FROM {FROM} WHERE j.enabled = 1 AND j.next_at <= $1 \
+                     ORDER BY j.next_at, j.id LIMIT $2"
                 ))
                 .bind(now.as_millis())
                 .bind(i64::from(limit)),
             )
             .await?;
         rows.iter().map(job_row).collect()
+    }
+
+    /// When the soonest enabled job is due, if any is.
+    pub async fn next_due(&self) -> Result<Option<Timestamp>> {
+        let row = self
+            .maybe_row(query(
+                "SELECT next_at FROM jobs WHERE enabled = 1 AND next_at IS NOT NULL \
+                 ORDER BY next_at LIMIT 1",
+            ))
+            .await?;
+        row.map(|row| Ok(Timestamp::from_millis(row.try_get("next_at")?))).transpose()
     }
 }

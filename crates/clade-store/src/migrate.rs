@@ -70,6 +70,11 @@ const MIGRATIONS: &[Migration] = &[
     )
     .with_postgres(include_str!("../migrations/0013_turns_are_executions.postgres.sql")),
     Migration::shared(14, "jobs", include_str!("../migrations/0014_jobs.sql")),
+    Migration::shared(
+        15,
+        "job_targets_runs",
+        include_str!("../migrations/0015_job_targets_runs.sql"),
+    ),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -79,7 +84,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 14;
+pub const SCHEMA_VERSION: i64 = 15;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

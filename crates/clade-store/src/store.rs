@@ -290,6 +290,14 @@ pub(crate) fn id_bytes(row: &Row, column: &str) -> Result<[u8; 16]> {
     bytes.try_into().map_err(|_| Error::BadRow(format!("{column} is not a 16-byte id")))
 }
 
+/// A nullable id column.
+pub(crate) fn opt_id(row: &Row, column: &str) -> Result<Option<[u8; 16]>> {
+    let bytes: Option<Vec<u8>> = row.try_get(column)?;
+    bytes
+        .map(|b| b.try_into().map_err(|_| Error::BadRow(format!("{column} is not a 16-byte id"))))
+        .transpose()
+}
+
 fn handle_column(row: &Row, column: &str) -> Result<Handle> {
     let text: String = row.try_get(column)?;
     Handle::from_stored(&text).map_err(|e| Error::BadRow(e.to_string()))
@@ -580,7 +588,7 @@ impl Store {
     }
 
     /// An admin change's audit record, naming who made it.
-    fn admin_record(
+    pub(crate) fn admin_record(
         &self,
         tenant: TenantId,
         agent: Option<AgentId>,

@@ -13,7 +13,7 @@ use clade_core::{
 
 use crate::error::{Error, Result};
 use crate::scoped::SystemStore;
-use crate::store::{Store, UsageRecord, id_bytes, insert_usage};
+use crate::store::{Store, UsageRecord, id_bytes, insert_usage, opt_id};
 
 /// Where an event came from; with tenant and agent it keys the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,13 +206,6 @@ pub(crate) const REMEMBER_OUTBOX_IDS: &str = "INSERT INTO meta (key, value) \
      WHERE m.top IS NOT NULL \
      ON CONFLICT (key) DO UPDATE SET value = excluded.value \
      WHERE CAST(excluded.value AS BIGINT) > CAST(meta.value AS BIGINT)";
-
-fn opt_id(row: &Row, column: &str) -> Result<Option<[u8; 16]>> {
-    let bytes: Option<Vec<u8>> = row.try_get(column)?;
-    bytes
-        .map(|b| b.try_into().map_err(|_| Error::BadRow(format!("{column} is not a 16-byte id"))))
-        .transpose()
-}
 
 fn event_row(row: &Row) -> Result<EventRow> {
     Ok(EventRow {

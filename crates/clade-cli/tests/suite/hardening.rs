@@ -1339,7 +1339,7 @@ async fn downgrade_to_version_8(url: &str) {
     let url = clade_store::Location::parse(url).unwrap().connect_url().unwrap();
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.unwrap();
     let blob = if url.starts_with("postgres") { "BYTEA" } else { "BLOB" };
-    // Version 14 added jobs; version 13 made turns executions and their journal execution steps.
+    // Versions 14 and 15 added jobs; version 13 made turns executions and their journal execution steps.
     let turns = format!(
         "CREATE TABLE turns (id {blob} PRIMARY KEY, session_id {blob} NOT NULL, \
          tenant_id {blob} NOT NULL, agent_id {blob} NOT NULL, status TEXT NOT NULL, reply TEXT, \
@@ -1355,6 +1355,7 @@ async fn downgrade_to_version_8(url: &str) {
     for sql in [
         "DROP TABLE job_runs",
         "DROP TABLE jobs",
+        "DELETE FROM schema_migrations WHERE version = 15",
         "DELETE FROM schema_migrations WHERE version = 14",
         "DROP TABLE execution_steps",
         "DROP TABLE executions",

@@ -415,7 +415,7 @@ async fn a_turn_is_an_execution_of_its_session_with_numbered_steps() {
     }
 }
 
-/// Takes a store back to schema version 12 (past 14's jobs), where a turn had rows of its own in `turns` and
+/// Takes a store back to schema version 12 (past 14 and 15's jobs), where a turn had rows of its own in `turns` and
 /// its steps in `journal`, unnumbered.
 async fn downgrade_to_version_12(location: &clade_store::Location) {
     use sqlx::Executor;
@@ -427,6 +427,7 @@ async fn downgrade_to_version_12(location: &clade_store::Location) {
     let mut statements = vec![
         "DROP TABLE job_runs".to_owned(),
         "DROP TABLE jobs".to_owned(),
+        "DELETE FROM schema_migrations WHERE version = 15".to_owned(),
         "DELETE FROM schema_migrations WHERE version = 14".to_owned(),
         format!(
             "CREATE TABLE turns (id {blob} PRIMARY KEY, session_id {blob} NOT NULL, \

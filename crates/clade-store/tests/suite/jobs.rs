@@ -3,22 +3,9 @@
 //! from another.
 
 use clade_core::{ExecutionId, Handle, Timestamp};
-use clade_store::{Error, NewAgent, NewEvent, NewJob, Settlement, Source};
+use clade_store::{Error, JobTarget, NewAgent, NewJob, RunOutcome, Settlement};
 
 use super::harness::{backends, tenant_and_agent};
-
-fn envelope(tenant: clade_core::TenantId, agent: &str, job: &str, at: Timestamp) -> NewEvent {
-    NewEvent {
-        tenant,
-        agent: agent.into(),
-        source: Source { platform: "cron".into(), channel: job.into(), actor: "scheduler".into() },
-        text: "time for the digest".into(),
-        // The scheduled time names the fire: a repeated attempt is the same event.
-        idempotency_key: Some(format!("cron:{job}:{}", at.as_millis())),
-        payload_hash: "digest".into(),
-        max_open_per_session: 1_000,
-    }
-}
 
 /// A job of `agent`, counted from minute 0, first due at `first`.
 fn job(
@@ -36,6 +23,7 @@ fn job(
         schedule: schedule.into(),
         zone: "UTC".into(),
         misfire: "run_once".into(),
+        target: JobTarget::Session(name.into()),
         prompt: name.into(),
         settled_at: minute(0),
         next_at: Some(first),
@@ -67,10 +55,11 @@ async fn a_scheduled_time_fires_once_with_its_envelope() {
         // Down from 0 to 35: 10 and 20 missed and skipped, 30 fires (run once).
         let settlement = Settlement {
             from: minute(0),
-            fires: vec![(minute(30), envelope(tenant.id, "ada", "digest", minute(30)))],
+            fires: vec![minute(30)],
             skipped: 2,
             settled_at: minute(30),
             next_at: Some(minute(40)),
+            max_queued: 1_000,
         };
         // Two schedulers (two handles on the store) settle the same look at once.
         let other = h.reopen().await.unwrap();
@@ -93,8 +82,8 @@ async fn a_scheduled_time_fires_once_with_its_envelope() {
         // A late look from the old state writes nothing.
         let late = h.store.settle_job(tenant.id, job.id, settlement.clone()).await.unwrap();
         assert!(late.is_none(), "{}", h.name);
-        assert_eq!(h.store.job_runs(tenant.id, job.id).await.unwrap().len(), 1, "{}", h.name);
-        let stored = &h.store.jobs(tenant.id).await.unwrap()[0];
+        assert_eq!(h.store.job_runs(tenant.id, job.id, None, 100).await.unwrap().len(), 1, "{}", h.name);
+        let stored = &h.store.jobs(tenant.id, None).await.unwrap()[0];
         assert_eq!(
             (stored.settled_at, stored.next_at, stored.skipped),
             (minute(30), Some(minute(40)), 2),
@@ -103,25 +92,11 @@ async fn a_scheduled_time_fires_once_with_its_envelope() {
         );
         assert_eq!(h.store.system().pending_events(accepted.session_id).await.unwrap().len(), 1);
 
-        // A settlement that fails late leaves the job as it was: the envelope went to another
-        // tenant, so nothing of it is kept, not even the moved settled time.
         let rival = h.store.create_tenant("rival").await.unwrap();
-        let crossed = Settlement {
-            from: minute(30),
-            fires: vec![(minute(40), envelope(rival.id, "ada", "digest", minute(40)))],
-            skipped: 0,
-            settled_at: minute(40),
-            next_at: Some(minute(50)),
-        };
-        let refused = h.store.settle_job(tenant.id, job.id, crossed).await;
-        assert!(matches!(refused, Err(Error::InvalidInput(_))), "{}: {refused:?}", h.name);
-        let stored = &h.store.jobs(tenant.id).await.unwrap()[0];
-        assert_eq!(stored.settled_at, minute(30), "{}: half a settlement was kept", h.name);
-
         // The rival sees none of it, and cannot settle it.
-        assert!(h.store.jobs(rival.id).await.unwrap().is_empty(), "{}", h.name);
-        assert!(h.store.job_runs(rival.id, job.id).await.unwrap().is_empty(), "{}", h.name);
-        let foreign = Settlement { from: minute(30), ..settlement.clone() };
+        assert!(h.store.jobs(rival.id, None).await.unwrap().is_empty(), "{}", h.name);
+        assert!(h.store.job_runs(rival.id, job.id, None, 100).await.unwrap().is_empty(), "{}", h.name);
+        let foreign = Settlement { from: minute(30), fires: vec![minute(40)], ..settlement.clone() };
         let taken = h.store.settle_job(rival.id, job.id, foreign).await;
         assert!(matches!(taken, Err(Error::JobNotFound(_))), "{}: {taken:?}", h.name);
         // Nor create a job for the owner's agent.
@@ -153,5 +128,136 @@ async fn deleting_a_tenant_or_agent_deletes_its_jobs() {
         assert_eq!(due.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[1]], "{}", h.name);
         h.store.delete_tenant("acme").await.unwrap();
         assert!(h.store.system().due_jobs(minute(5), 10).await.unwrap().is_empty(), "{}", h.name);
+    }
+}
+
+fn look(from: i64, fires: &[i64], max_queued: u64) -> Settlement {
+    let last = *fires.last().unwrap_or(&from);
+    Settlement {
+        from: minute(from),
+        fires: fires.iter().map(|m| minute(*m)).collect(),
+        skipped: 0,
+        settled_at: minute(last),
+        next_at: Some(minute(last + 10)),
+        max_queued,
+    }
+}
+
+/// Each target delivers where it says: a session per fire, one named session, or the channel
+/// the origin session was last active on. A fire the store refuses (too many events waiting)
+/// leaves the job as it was, and is then settled as runs with the error: no scheduled time is
+/// lost without a record.
+#[tokio::test]
+async fn fires_go_to_their_targets_and_refused_fires_are_runs() {
+    for h in backends().await {
+        let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let origin = super::harness::accept(&h.store, &tenant, &agent, "dm").await;
+        let make = |name: &str, target: JobTarget| NewJob {
+            target,
+            ..job(tenant.id, agent.id, name, "*/10 * * * *", minute(10))
+        };
+        let each = h.store.create_job(make("each", JobTarget::New)).await.unwrap();
+        let shared =
+            h.store.create_job(make("shared", JobTarget::Session("standup".into()))).await.unwrap();
+        let reply =
+            h.store.create_job(make("reply", JobTarget::Origin(origin.session_id))).await.unwrap();
+        assert_eq!(reply.target, JobTarget::Origin(origin.session_id), "{}", h.name);
+        assert_eq!(reply.agent, "ada", "{}", h.name);
+
+        let sessions = |runs: Vec<(clade_store::JobRun, clade_store::Accepted)>| {
+            runs.into_iter().map(|(_, a)| a.session_id).collect::<Vec<_>>()
+        };
+        let fired = h.store.settle_job(tenant.id, each.id, look(0, &[10, 20], 100)).await;
+        let fired = sessions(fired.unwrap().unwrap());
+        assert_ne!(fired[0], fired[1], "{}: `new` reused a session", h.name);
+        let fired = h.store.settle_job(tenant.id, shared.id, look(0, &[10, 20], 100)).await;
+        let fired = sessions(fired.unwrap().unwrap());
+        assert_eq!(fired[0], fired[1], "{}", h.name);
+        let session = h.store.session(tenant.id, fired[0]).await.unwrap();
+        assert_eq!(
+            (session.source.platform.as_str(), session.source.channel.as_str()),
+            ("cron", "standup"),
+            "{}",
+            h.name
+        );
+        let fired = h.store.settle_job(tenant.id, reply.id, look(0, &[10], 100)).await;
+        assert_eq!(sessions(fired.unwrap().unwrap()), [origin.session_id], "{}", h.name);
+        let runs = h.store.job_runs(tenant.id, shared.id, None, 10).await.unwrap();
+        assert_eq!(runs.len(), 2, "{}", h.name);
+        assert_eq!(runs[0].scheduled_at, minute(20), "{}: newest first", h.name);
+        assert!(runs.iter().all(|r| r.outcome == RunOutcome::Waiting), "{}: {runs:?}", h.name);
+
+        // Back-pressure: the named session takes one waiting event at most, and it has two.
+        let refused = h.store.settle_job(tenant.id, shared.id, look(20, &[30], 1)).await;
+        assert!(matches!(refused, Err(Error::SessionBusy { .. })), "{}: {refused:?}", h.name);
+        let stored = h.store.job_named(tenant.id, agent.id, "shared").await.unwrap();
+        assert_eq!(stored.settled_at, minute(20), "{}: half a settlement was kept", h.name);
+        let why = refused.unwrap_err().to_string();
+        let runs = h
+            .store
+            .settle_job_refused(tenant.id, shared.id, look(20, &[30], 1), why.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(runs.len(), 1, "{}", h.name);
+        let again = h.store.settle_job_refused(tenant.id, shared.id, look(20, &[30], 1), why.clone());
+        assert!(again.await.unwrap().is_none(), "{}: a refused time settled twice", h.name);
+        let runs = h.store.job_runs(tenant.id, shared.id, None, 10).await.unwrap();
+        assert_eq!(runs.len(), 3, "{}", h.name);
+        assert_eq!(runs[0].outcome, RunOutcome::Refused(why), "{}", h.name);
+        assert!(runs[0].outcome.is_failure() && runs[0].event_id.is_none(), "{}", h.name);
+        let stored = h.store.job_named(tenant.id, agent.id, "shared").await.unwrap();
+        assert_eq!(stored.settled_at, minute(30), "{}", h.name);
+
+        // An origin must be a session of the job's own agent, in its own tenant.
+        let (_, other) = tenant_and_agent(&h.store, &h.agents, "bob").await;
+        let theirs = NewJob {
+            agent: other.id,
+            ..make("theirs", JobTarget::Origin(origin.session_id))
+        };
+        let theirs = h.store.create_job(theirs).await;
+        assert!(matches!(theirs, Err(Error::SessionNotFound(_))), "{}: {theirs:?}", h.name);
+        let rival = h.store.create_tenant("rival").await.unwrap();
+        let spec = NewAgent {
+            handle: Handle::parse("ada").unwrap(),
+            display_name: None,
+            config: clade_core::AgentConfig::default(),
+        };
+        let rivals = h.agents.create(rival.id, spec).await.unwrap();
+        let stolen = NewJob {
+            tenant: rival.id,
+            agent: rivals.id,
+            ..make("stolen", JobTarget::Origin(origin.session_id))
+        };
+        let stolen = h.store.create_job(stolen).await;
+        assert!(matches!(stolen, Err(Error::SessionNotFound(_))), "{}: {stolen:?}", h.name);
+
+        // Deleting a job deletes its runs, in its tenant only.
+        let gone = h.store.delete_job(rival.id, shared.id).await;
+        assert!(matches!(gone, Err(Error::JobNotFound(_))), "{}", h.name);
+        let deleted = h.store.delete_job(tenant.id, shared.id).await.unwrap();
+        assert_eq!(deleted.name, "shared", "{}", h.name);
+        let runs = h.store.job_runs(tenant.id, shared.id, None, 10).await.unwrap();
+        assert!(runs.is_empty(), "{}", h.name);
+    }
+}
+
+#[test]
+fn targets_read_back_as_written_and_bad_ones_are_named() {
+    let session = clade_core::SessionId::generate(minute(0));
+    for target in
+        [JobTarget::New, JobTarget::Session("standup".into()), JobTarget::Origin(session)]
+    {
+        assert_eq!(JobTarget::parse(&target.to_string()), Ok(target));
+    }
+    for (bad, says) in [
+        ("", "is not one of"),
+        ("old", "is not one of"),
+        ("session:", "1 to 128"),
+        ("session:a b", "without spaces"),
+        ("origin:nope", "is not a session id"),
+    ] {
+        let err = JobTarget::parse(bad).unwrap_err();
+        assert!(err.contains(says), "{bad:?}: {err}");
     }
 }

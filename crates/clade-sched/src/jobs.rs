@@ -1,0 +1,95 @@
+//! A job as a person or an agent asks for it ([`JobSpec`]), checked and turned into what the
+//! store keeps ([`new_job`]). The API, the CLI and the agents' `cron.*` tools all create jobs
+//! through this, so a job is checked the same way whoever asks.
+
+use clade_core::{AgentId, ExecutionId, TenantId, Timestamp};
+use clade_store::{JobTarget, NewJob};
+
+use crate::{Misfire, Schedule, ScheduleError, Zone};
+
+/// The longest prompt a job may carry: it is sent with every fire.
+pub const MAX_PROMPT_BYTES: usize = 16 * 1024;
+
+/// A job as asked for: everything but its name and schedule has a default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobSpec {
+    /// One job per name per agent: `[a-z0-9]` then `[a-z0-9_.-]`, at most 64.
+    pub name: String,
+    pub schedule: String,
+    /// An IANA time zone; UTC when not given.
+    pub zone: Option<String>,
+    /// `skip`, `run_once` (the default) or `catch_up:<n>`.
+    pub misfire: Option<String>,
+    /// `new`, `session:<name>` or `origin:<session id>`; `session:<job name>` when not given.
+    pub target: Option<String>,
+    /// What the agent is told at every fire.
+    pub prompt: String,
+}
+
+/// What is wrong with a [`JobSpec`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JobError {
+    #[error(
+        "job name {0:?}: use 1 to 64 of a-z, 0-9, `_`, `.` and `-`, starting with a letter or digit"
+    )]
+    Name(String),
+    #[error("{0}")]
+    Schedule(#[from] ScheduleError),
+    #[error("{0}")]
+    Target(String),
+    #[error("prompt: {0}")]
+    Prompt(String),
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c))
+}
+
+/// Checks `spec` and makes the job of `agent` it describes, counted from `now`: its first fire
+/// is the first scheduled time after `now`. Refuses a schedule that never fires again.
+pub fn new_job(
+    spec: &JobSpec,
+    tenant: TenantId,
+    agent: AgentId,
+    now: Timestamp,
+) -> Result<NewJob, JobError> {
+    if !valid_name(&spec.name) {
+        return Err(JobError::Name(spec.name.clone()));
+    }
+    let schedule = Schedule::parse(&spec.schedule)?;
+    let zone = Zone::parse(spec.zone.as_deref().unwrap_or("UTC"))?;
+    let misfire = Misfire::parse(spec.misfire.as_deref().unwrap_or("run_once"))?;
+    let target = match &spec.target {
+        Some(text) => JobTarget::parse(text).map_err(JobError::Target)?,
+        None => JobTarget::Session(spec.name.clone()),
+    };
+    if spec.prompt.trim().is_empty() {
+        return Err(JobError::Prompt("say what the agent is to do when the job fires".into()));
+    }
+    if spec.prompt.len() > MAX_PROMPT_BYTES {
+        return Err(JobError::Prompt(format!(
+            "{} bytes is more than the {MAX_PROMPT_BYTES} a job may carry",
+            spec.prompt.len()
+        )));
+    }
+    let next_at = schedule.next_after(now, &zone).ok_or_else(|| ScheduleError::NeverFires {
+        text: spec.schedule.clone(),
+        reason: "no scheduled time is left after now".into(),
+    })?;
+    Ok(NewJob {
+        id: ExecutionId::generate(now),
+        tenant,
+        agent,
+        name: spec.name.clone(),
+        schedule: spec.schedule.trim().to_owned(),
+        zone: zone.name().to_owned(),
+        misfire: misfire.to_string(),
+        target,
+        prompt: spec.prompt.clone(),
+        settled_at: now,
+        next_at: Some(next_at),
+    })
+}
