@@ -98,6 +98,9 @@ pub(crate) enum Command {
     Grants(GrantsCommand),
     /// The tamper-evident audit log of tool calls, decisions, approvals and grant changes
     Audit(AuditArgs),
+    /// Agents' scheduled jobs: each fires the agent with its prompt at the times its schedule says
+    #[command(subcommand)]
+    Cron(CronCommand),
     /// Measure Clade on this machine
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -393,6 +396,52 @@ pub(crate) enum SessionsCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CronCommand {
+    /// List jobs (of --agent only, when given) with their next fire
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Schedule a job for the selected agent (or --agent)
+    Create {
+        /// One job per name per agent: a-z, 0-9, `_`, `.`, `-`
+        name: String,
+        /// A cron expression ("0 9 * * MON-FRI", 6 fields with seconds first), an alias
+        /// (@hourly, @daily, …) or "@every 10m"
+        schedule: String,
+        /// What the agent is told at every fire
+        prompt: String,
+        /// IANA time zone the schedule is read in
+        #[arg(long, default_value = "UTC")]
+        zone: String,
+        /// Times missed while nothing could fire them: skip, run_once or catch_up:<n>
+        #[arg(long, default_value = "run_once")]
+        misfire: String,
+        /// Where fires go: new (a session per fire), session:<name>, origin:<session id>
+        /// [default: session:<job name>]
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a job and the record of its runs
+    Remove { name: String },
+    /// A job's latest runs: when each fired, whether it was delivered, its turn's outcome
+    Runs {
+        name: String,
+        /// How many of the latest runs
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enable a job; the times it missed follow its misfire policy
+    Enable { name: String },
+    /// Disable a job: it fires no more until enabled
+    Disable { name: String },
 }
 
 #[derive(Debug, Subcommand)]

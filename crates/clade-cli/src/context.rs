@@ -161,6 +161,7 @@ impl Ctx {
         use clade_tools::builtin::Ledger;
         let mut tools = clade_tools::Registry::new();
         clade_tools::builtin::register_all(&mut tools, sandbox.clone());
+        clade_sched::tools::register(&mut tools, self.store.clone());
         if let Some(path) = &self.config.testing.ledger_file {
             tools.register(Arc::new(Ledger::at_most_once(path.clone())));
             tools.register(Arc::new(Ledger::idempotent(path.clone())));

@@ -80,9 +80,42 @@ pub struct Config {
     /// Per-tenant settings, by tenant name.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// Agents' scheduled jobs.
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
     /// Test-harness settings; never needed in production.
     #[serde(default)]
     pub testing: TestingConfig,
+}
+
+/// How the gateway fires agents' scheduled jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Whether this gateway fires jobs (one per store should; jobs stay due while none does).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A scheduled time missed by less than this still fires on time; older ones follow the
+    /// job's misfire policy (skip, run_once, catch_up:N).
+    #[serde(default = "default_grace")]
+    pub grace_secs: u64,
+    /// A job whose last this many runs failed (refused, or its turn failed) is disabled, with
+    /// an audit record, until enabled again; 0 never disables one.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self { enabled: true, grace_secs: default_grace(), max_failures: default_max_failures() }
+    }
+}
+
+fn default_grace() -> u64 {
+    60
+}
+fn default_max_failures() -> u32 {
+    5
 }
 
 /// What the operator decides for one tenant.

@@ -14,6 +14,9 @@ pub use clade_protocol as api;
 mod auth;
 pub mod error;
 mod events;
+mod jobs;
+
+pub use jobs::{job_response, run_response};
 mod live;
 pub mod openapi;
 pub mod quotas;

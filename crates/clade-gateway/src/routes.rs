@@ -13,7 +13,7 @@ use clade_core::Scope::{self, Admin, Approve, Operate, Read, Send};
 use clade_protocol as api;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
-use crate::{AppState, agents, events, sessions, tools, usage, ws};
+use crate::{AppState, agents, events, jobs, sessions, tools, usage, ws};
 
 /// A schema built by the document's one generator: a `$ref` to a component for a named type.
 pub(crate) type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
@@ -114,6 +114,11 @@ const SESSION: Param = path("id", uuid_schema);
 const ID: Param = path("id", uuid_schema);
 const TOOL: Param = path("name", text_schema);
 const TURN: Param = path("turn", uuid_schema);
+const JOB: Param = path("name", job_name_schema);
+
+fn job_name_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "string", "pattern": api::JOB_NAME_PATTERN })
+}
 
 /// The WebSocket handshake's headers (RFC 6455), so a client generated from the document
 /// sends a real upgrade.
@@ -262,6 +267,88 @@ pub static OPERATIONS: &[Operation] = &[
             &[Operate],
             "Run one tool call through the path a model's call takes: policy, approval (waits while asked), sandbox, audit",
             || post(tools::call),
+        )
+    },
+    Operation {
+        params: &[HANDLE],
+        responses: &[
+            ok("200", "the agent's jobs, by name", of::<api::JobListResponse>),
+            error("404", "no such agent"),
+        ],
+        ..op("GET", "/v1/agents/{handle}/jobs", &[Read], "An agent's scheduled jobs", || {
+            get(jobs::list)
+        })
+    },
+    Operation {
+        params: &[HANDLE],
+        body: Some(of::<api::CreateJobParams>),
+        responses: &[
+            ok("201", "created", of::<api::JobResponse>),
+            error("400", "invalid body"),
+            error("404", "no such agent"),
+            error("409", "the agent has a job of that name"),
+            error(
+                "422",
+                "the schedule, time zone, misfire policy, target or prompt cannot be used (`invalid_job`, naming which and why)",
+            ),
+        ],
+        ..op(
+            "POST",
+            "/v1/agents/{handle}/jobs",
+            &[Operate],
+            "Schedule a job: at each scheduled time the agent is sent the prompt, in the job's target session",
+            || post(jobs::create),
+        )
+    },
+    Operation {
+        params: &[HANDLE, JOB],
+        responses: &[
+            ok("200", "the job", of::<api::JobResponse>),
+            error("404", "no such agent or job"),
+        ],
+        ..op("GET", "/v1/agents/{handle}/jobs/{name}", &[Read], "Show a job", || get(jobs::show))
+    },
+    Operation {
+        params: &[HANDLE, JOB],
+        body: Some(of::<api::UpdateJobParams>),
+        responses: &[
+            ok("200", "the job", of::<api::JobResponse>),
+            error("400", "invalid body"),
+            error("404", "no such agent or job"),
+        ],
+        ..op(
+            "PATCH",
+            "/v1/agents/{handle}/jobs/{name}",
+            &[Operate],
+            "Enable or disable a job (audited)",
+            || patch(jobs::update),
+        )
+    },
+    Operation {
+        params: &[HANDLE, JOB],
+        responses: &[empty("204", "removed"), error("404", "no such agent or job")],
+        ..op(
+            "DELETE",
+            "/v1/agents/{handle}/jobs/{name}",
+            &[Operate],
+            "Remove a job and the record of its runs (audited)",
+            || delete(jobs::delete),
+        )
+    },
+    Operation {
+        params: &[HANDLE, JOB],
+        query: Some(fields::<api::JobRunsQuery>),
+        responses: &[
+            ok("200", "the latest runs first", of::<api::JobRunListResponse>),
+            error("400", "invalid query"),
+            error("404", "no such agent or job"),
+        ],
+        ..op(
+            "GET",
+            "/v1/agents/{handle}/jobs/{name}/runs",
+            &[Read],
+            "A job's runs: when each fired, whether its envelope was delivered (or why not), and its turn's outcome",
+            || get(jobs::runs),
         )
     },
     Operation {

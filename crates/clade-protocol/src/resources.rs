@@ -647,3 +647,111 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(input: D) -> Result<Option<u64
         _ => Err(serde::de::Error::custom(format!("{number} is not a whole number of 0 or more"))),
     }
 }
+
+/// A job name: lowercase letters and digits, then also `_`, `.` and `-`.
+pub const JOB_NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_.-]{0,63}$";
+
+/// Body of `POST /v1/agents/{handle}/jobs`: a job the agent runs on a schedule.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJobParams {
+    /// One job per name per agent.
+    #[schemars(pattern(JOB_NAME_PATTERN))]
+    pub name: String,
+    /// A cron expression (5 fields, or 6 with seconds first; names such as `MON` and `JAN`),
+    /// an alias (`@hourly`, `@daily`, …) or `@every 10m`.
+    #[schemars(length(min = 1, max = 256))]
+    pub schedule: String,
+    /// An IANA time zone the schedule is read in (`Europe/Berlin`); UTC when absent.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 64))]
+    pub zone: Option<String>,
+    /// What becomes of scheduled times missed while nothing could fire them (the gateway was
+    /// down, the job disabled): `skip`, `run_once` (the default) or `catch_up:<n>`.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 32))]
+    pub misfire: Option<String>,
+    /// Where each fire goes: `new` (a session per fire), `session:<name>` (one named session;
+    /// the default is the job's own name) or `origin:<session id>` (the channel that session of
+    /// the agent was last active on).
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 200))]
+    pub target: Option<String>,
+    /// What the agent is told at every fire.
+    #[schemars(length(min = 1, max = 16384))]
+    pub prompt: String,
+}
+
+/// Body of `PATCH /v1/agents/{handle}/jobs/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateJobParams {
+    /// A disabled job never fires; enabled again, the times it missed follow its misfire
+    /// policy, and its count of failures in a row starts afresh.
+    pub enabled: bool,
+}
+
+/// A scheduled job as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct JobResponse {
+    pub id: String,
+    /// The agent's handle.
+    pub agent: String,
+    pub name: String,
+    pub schedule: String,
+    pub zone: String,
+    pub misfire: String,
+    pub target: String,
+    pub prompt: String,
+    pub enabled: bool,
+    /// Why the scheduler disabled it (its schedule could not be read, its runs kept failing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// When it fires next (Unix milliseconds), if it ever does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_at: Option<i64>,
+    /// The last scheduled time settled, fired or skipped.
+    pub settled_at: i64,
+    /// Scheduled times skipped under the misfire policy.
+    pub skipped: u64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct JobListResponse {
+    pub items: Vec<JobResponse>,
+}
+
+/// Query of `GET /v1/agents/{handle}/jobs/{name}/runs`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+pub struct JobRunsQuery {
+    /// How many of the latest runs.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_PAGE), extend("default" = DEFAULT_PAGE))]
+    pub limit: Option<u32>,
+}
+
+/// One time a job fired, and what became of it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct JobRunResponse {
+    pub scheduled_at: i64,
+    pub fired_at: i64,
+    /// Whether its envelope was delivered; when not, `error` says why.
+    pub delivered: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The event it delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// The turn that took it, once one has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_status: Option<Spelled<TurnStatus>>,
+}
+
+/// The latest runs first.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct JobRunListResponse {
+    pub items: Vec<JobRunResponse>,
+}

@@ -532,6 +532,11 @@ impl ToolRunner {
             workspace: Some(workspace),
             granted: granted.clone(),
             env,
+            caller: Some(clade_tools::Caller {
+                tenant: agent.tenant_id,
+                agent: agent.id,
+                session: origin.session,
+            }),
         })
     }
 

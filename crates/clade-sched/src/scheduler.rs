@@ -103,21 +103,27 @@ fn is_refusal(err: &clade_store::Error) -> bool {
 }
 
 /// Why the circuit breaker disables `job`, if its last `max` settled runs all failed.
-async fn tripped(store: &Store, job: &JobRow, max: u32) -> Result<Option<String>, clade_store::Error> {
+async fn tripped(
+    store: &Store,
+    job: &JobRow,
+    max: u32,
+) -> Result<Option<String>, clade_store::Error> {
     if max == 0 {
         return Ok(None);
     }
     // Runs still in flight neither fail nor succeed yet; read past a few of them.
-    let runs = store.job_runs(job.tenant_id, job.id, Some(job.enabled_at), max.saturating_mul(2)).await?;
+    let runs =
+        store.job_runs(job.tenant_id, job.id, Some(job.enabled_at), max.saturating_mul(2)).await?;
     let settled: Vec<_> =
         runs.iter().filter(|run| !run.outcome.is_pending()).take(max as usize).collect();
     if settled.len() < max as usize || !settled.iter().all(|run| run.outcome.is_failure()) {
         return Ok(None);
     }
+    // Only refusals and failed turns are failures.
     let last = match &settled[0].outcome {
-        clade_store::RunOutcome::Refused(why) => format!("refused: {why}"),
-        clade_store::RunOutcome::Turn { id, .. } => format!("turn {id} failed"),
-        _ => "failed".to_owned(),
+        clade_store::RunOutcome::Refused(why) => format!("was refused: {why}"),
+        clade_store::RunOutcome::Turn { id, .. } => format!("ran turn {id}, which failed"),
+        _ => String::new(),
     };
     Ok(Some(format!(
         "its last {max} runs failed (the latest {last}); enable it again once the cause is fixed"
@@ -192,12 +198,15 @@ async fn look_at(
     Ok(())
 }
 
+/// Told the sessions a look delivered envelopes to, to wake them.
+pub type Wake = Arc<dyn Fn(&[SessionId]) + Send + Sync>;
+
 /// The scheduler as a service: looks whenever a job is due, and hands the sessions that
 /// received envelopes to `wake`.
 pub struct Scheduler {
     store: Store,
     options: LookOptions,
-    wake: Arc<dyn Fn(&[SessionId]) + Send + Sync>,
+    wake: Wake,
     poke: Arc<Notify>,
     /// The longest it sleeps without looking: jobs created by another process (the CLI beside a
     /// gateway) are found within this.
@@ -208,7 +217,7 @@ impl Scheduler {
     pub fn new(
         store: Store,
         options: LookOptions,
-        wake: Arc<dyn Fn(&[SessionId]) + Send + Sync>,
+        wake: Wake,
     ) -> Self {
         Self { store, options, wake, poke: Arc::new(Notify::new()), poll: Duration::from_secs(1) }
     }

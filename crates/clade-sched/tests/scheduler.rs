@@ -133,8 +133,7 @@ async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races
                 1 => {
                     // Two schedulers (two nodes) look at once.
                     let other = open(&location).await;
-                    let (a, b) =
-                        tokio::join!(look(&store, at, options), look(&other, at, options));
+                    let (a, b) = tokio::join!(look(&store, at, options), look(&other, at, options));
                     let (a, b) = (a.unwrap(), b.unwrap());
                     races += a.raced + b.raced;
                     disabled.extend(a.disabled.into_iter().chain(b.disabled).map(|(id, _)| id));
@@ -317,12 +316,8 @@ async fn the_scheduler_fires_on_its_clock_and_disables_a_job_that_keeps_failing(
             woken.lock().unwrap().extend_from_slice(sessions);
         })
     };
-    let look = LookOptions {
-        grace: Duration::from_secs(60),
-        limit: 100,
-        max_queued: 1,
-        max_failures: 3,
-    };
+    let look =
+        LookOptions { grace: Duration::from_secs(60), limit: 100, max_queued: 1, max_failures: 3 };
     // A poll of a day: only the job's own time wakes it.
     let scheduler = clade_sched::scheduler::Scheduler::new(store.clone(), look, wake)
         .with_poll(Duration::from_secs(86_400));

@@ -226,13 +226,12 @@ impl<'w> JobWrites<'w> {
 
     /// The job `id` of this tenant, as it stands in this transaction.
     pub async fn get(&mut self, id: ExecutionId) -> Result<JobRow> {
-        let row = query(format!(
-            "SELECT {COLUMNS} FROM {FROM} WHERE j.id = $1 AND j.tenant_id = $2"
-        ))
-        .bind(id.as_bytes().to_vec())
-        .bind(self.tenant.as_bytes().to_vec())
-        .fetch_optional(&mut *self.conn)
-        .await?;
+        let row =
+            query(format!("SELECT {COLUMNS} FROM {FROM} WHERE j.id = $1 AND j.tenant_id = $2"))
+                .bind(id.as_bytes().to_vec())
+                .bind(self.tenant.as_bytes().to_vec())
+                .fetch_optional(&mut *self.conn)
+                .await?;
         row.as_ref().map(job_row).transpose()?.ok_or_else(|| Error::JobNotFound(id.to_string()))
     }
 

@@ -42,7 +42,9 @@ pub use crypto::MasterKey;
 pub use datadir::DataDir;
 pub use error::{Error, Result};
 pub use executions::{ExecutionOwner, ExecutionRow, ExecutionStep, ExecutionWrites, NewExecution};
-pub use jobs::{CRON_PLATFORM, JobRow, JobRun, JobTarget, JobWrites, NewJob, RunOutcome, Settlement};
+pub use jobs::{
+    CRON_PLATFORM, JobRow, JobRun, JobTarget, JobWrites, NewJob, RunOutcome, Settlement,
+};
 pub use leases::Lease;
 pub use migrate::{MigrationReport, Migrations, SCHEMA_VERSION};
 pub use owner::OwnerLock;

@@ -5,7 +5,7 @@
 //! delivery, dead letters); only the engine, the delivery tasks and operator commands take one,
 //! and the gateway never does (tidy test `the_gateway_never_reads_across_tenants`).
 
-use clade_core::{Agent, AgentId, ApprovalId, SessionId, TenantId, Timestamp, TurnId};
+use clade_core::{Agent, AgentId, ApprovalId, ExecutionId, SessionId, TenantId, Timestamp, TurnId};
 
 use crate::access::{
     ApprovalRow, ApprovalStatus, AuditFilter, AuditRow, AuditVerification, GrantRow,
@@ -121,6 +121,38 @@ impl TenantStore {
         limit: u32,
     ) -> Result<Vec<ApprovalRow>> {
         self.store.approvals(self.tenant, agent, status, limit).await
+    }
+
+    /// The jobs of `agent`, by name.
+    pub async fn jobs(&self, agent: AgentId) -> Result<Vec<crate::JobRow>> {
+        self.store.jobs(self.tenant, Some(agent)).await
+    }
+
+    pub async fn job_named(&self, agent: AgentId, name: &str) -> Result<crate::JobRow> {
+        self.store.job_named(self.tenant, agent, name).await
+    }
+
+    /// A job's fires, newest first.
+    pub async fn job_runs(&self, job: ExecutionId, limit: u32) -> Result<Vec<crate::JobRun>> {
+        self.store.job_runs(self.tenant, job, None, limit).await
+    }
+
+    /// Creates a job in this tenant (audited); one for another tenant is refused.
+    pub async fn create_job(&self, new: crate::NewJob) -> Result<crate::JobRow> {
+        if new.tenant != self.tenant {
+            return Err(Error::InvalidInput("a job is created in its own tenant".into()));
+        }
+        self.store.create_job(new).await
+    }
+
+    /// Deletes a job of this tenant (audited).
+    pub async fn delete_job(&self, job: ExecutionId) -> Result<crate::JobRow> {
+        self.store.delete_job(self.tenant, job).await
+    }
+
+    /// Enables or disables a job of this tenant (audited).
+    pub async fn set_job_enabled(&self, job: ExecutionId, enabled: bool) -> Result<crate::JobRow> {
+        self.store.set_job_enabled(self.tenant, job, enabled, None).await
     }
 
     pub async fn audit_records(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>> {

@@ -66,9 +66,25 @@ pub struct CallContext {
     pub granted: Constraints,
     /// Values of the granted secrets, by environment variable name.
     pub env: Vec<(String, String)>,
+    /// Who calls. A tool that acts on its agent's own records (its jobs) takes the tenant and
+    /// agent from here, never from its arguments, which the model writes.
+    pub caller: Option<Caller>,
+}
+
+/// The agent a call runs for, and the session of a model's call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub tenant: clade_core::TenantId,
+    pub agent: clade_core::AgentId,
+    pub session: Option<clade_core::SessionId>,
 }
 
 impl CallContext {
+    /// The caller, or the error a tool that acts for an agent returns without one.
+    pub fn caller(&self) -> Result<Caller, String> {
+        self.caller.ok_or_else(|| "this tool acts for an agent, and none called it".to_owned())
+    }
+
     /// The workspace, or the error a host-touching tool returns without one.
     pub fn workspace(&self) -> Result<&PathBuf, String> {
         self.workspace.as_ref().ok_or_else(|| "this tool needs an agent workspace".to_owned())

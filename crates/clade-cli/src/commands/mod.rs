@@ -6,6 +6,7 @@ mod bench;
 mod bench_neighbours;
 mod bench_turns;
 mod config;
+mod cron;
 mod models;
 mod serve;
 mod sessions;
@@ -72,6 +73,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Approvals(cmd) => tools::approvals(&ctx, cmd).await,
         Command::Grants(cmd) => tools::grants(&ctx, cmd).await,
         Command::Audit(args) => tools::audit(&ctx, args).await,
+        Command::Cron(cmd) => cron::run(&ctx, cmd).await,
         Command::Bench(cmd) => bench::run(&ctx, cmd).await,
         Command::Config(_) | Command::Stub(_) | Command::EgressBridge { .. } => Ok(()),
     }

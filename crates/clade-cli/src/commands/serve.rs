@@ -41,6 +41,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     )
     .await?;
     clade_runtime::outbox::spawn(ctx.store.clone(), subscribers, engine.outbox_signal());
+    let scheduler = start_scheduler(ctx, &engine);
     let limits = std::sync::Arc::new(clade_gateway::quotas::TenantLimits::new(
         ctx.config.tenants.clone(),
         ctx.store.clock().clone(),
@@ -92,8 +93,43 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     clade_gateway::serve(listener, app, shutdown_signal(), limits)
         .await
         .context("server failed")?;
+    if let Some((stop, task)) = scheduler {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
     tracing::info!("clade stopped");
     Ok(())
+}
+
+/// Starts firing agents' jobs, unless `scheduler.enabled` is off; the sender stops it.
+fn start_scheduler(
+    ctx: &Ctx,
+    engine: &clade_runtime::Engine,
+) -> Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
+    let config = ctx.config.scheduler;
+    if !config.enabled {
+        tracing::warn!("scheduler.enabled is false: no job fires from this gateway");
+        return None;
+    }
+    let options = clade_sched::scheduler::LookOptions {
+        grace: std::time::Duration::from_secs(config.grace_secs),
+        limit: 1_000,
+        max_queued: ctx.config.sessions.max_queued,
+        max_failures: config.max_failures,
+    };
+    let waker = engine.clone();
+    let wake = std::sync::Arc::new(move |sessions: &[clade_core::SessionId]| {
+        for session in sessions {
+            waker.wake(*session);
+        }
+    });
+    let scheduler =
+        clade_sched::scheduler::Scheduler::new(ctx.store.acting_as("scheduler"), options, wake);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(scheduler.run(async {
+        let _ = stopped.await;
+    }));
+    Some((stop, task))
 }
 
 /// Says loudly how tools will run: unsandboxed by the operator's choice, or, once the

@@ -377,6 +377,7 @@ fn the_api_matches_its_openapi_document() {
     let Some(fuzzer) = schemathesis() else { return };
     let env = Env::new();
     env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["--agent", "ada", "cron", "create", "nightly", "0 3 * * *", "tidy up"]).ok();
     let server = env.serve(&[]);
     // A session with a turn that called a tool: its journal has every common kind of step.
     let event = json!({ "agent": "ada", "text": "/tool echo {\"text\":\"hi\"}", "wait": true,

@@ -112,6 +112,10 @@ async fn every_route_checks_every_principal() {
     .await;
     assert_eq!(status, 201, "{body}");
     let grant = body["id"].as_str().unwrap().to_owned();
+    // A job of `ada` named like the tool the table's `{name}` stands for.
+    let job = json!({ "name": "echo", "schedule": "0 0 1 1 *", "prompt": "new year" });
+    let (status, body) = call(&url, "POST", "/v1/agents/ada/jobs", Some(&owner), Some(&job)).await;
+    assert_eq!(status, 201, "{body}");
     env.run(&["tenants", "delete", "gone", "--yes"]).ok();
 
     // The table names exactly the documented routes.
@@ -161,6 +165,10 @@ async fn every_route_checks_every_principal() {
             ("POST", "/v1/agents") => Some(json!({ "handle": format!("made-{n}") })),
             ("POST", "/v1/grants") => Some(json!({ "agent": "ada", "tool": "fs.list" })),
             ("POST", "/v1/approvals/{id}") => Some(json!({ "decision": "deny" })),
+            ("POST", "/v1/agents/{handle}/jobs") => {
+                Some(json!({ "name": format!("cell-{n}"), "schedule": "@daily", "prompt": "tick" }))
+            }
+            ("PATCH", "/v1/agents/{handle}/jobs/{name}") => Some(json!({ "enabled": true })),
             ("PATCH", _) => Some(json!({ "queue_mode": "queue" })),
             ("POST", _) => Some(json!({ "arguments": {} })),
             _ => None,

@@ -1,5 +1,6 @@
 mod cli;
 mod crash;
+mod cron;
 mod hardening;
 mod http;
 mod matrix;

@@ -525,6 +525,12 @@ impl Engine {
         Ok(running)
     }
 
+    /// Tells the node that runs `session` that work for it was stored by someone else (the
+    /// scheduler's envelopes): it reads the session and runs what is open.
+    pub fn wake(&self, session: SessionId) {
+        self.inner.bus.signal(Signal::Wake(session));
+    }
+
     /// Number of sessions with an actor in memory.
     pub fn active_sessions(&self) -> usize {
         self.inner.actors.lock().map(|a| a.len()).unwrap_or(0)

@@ -82,7 +82,12 @@ async fn a_scheduled_time_fires_once_with_its_envelope() {
         // A late look from the old state writes nothing.
         let late = h.store.settle_job(tenant.id, job.id, settlement.clone()).await.unwrap();
         assert!(late.is_none(), "{}", h.name);
-        assert_eq!(h.store.job_runs(tenant.id, job.id, None, 100).await.unwrap().len(), 1, "{}", h.name);
+        assert_eq!(
+            h.store.job_runs(tenant.id, job.id, None, 100).await.unwrap().len(),
+            1,
+            "{}",
+            h.name
+        );
         let stored = &h.store.jobs(tenant.id, None).await.unwrap()[0];
         assert_eq!(
             (stored.settled_at, stored.next_at, stored.skipped),
@@ -95,8 +100,13 @@ async fn a_scheduled_time_fires_once_with_its_envelope() {
         let rival = h.store.create_tenant("rival").await.unwrap();
         // The rival sees none of it, and cannot settle it.
         assert!(h.store.jobs(rival.id, None).await.unwrap().is_empty(), "{}", h.name);
-        assert!(h.store.job_runs(rival.id, job.id, None, 100).await.unwrap().is_empty(), "{}", h.name);
-        let foreign = Settlement { from: minute(30), fires: vec![minute(40)], ..settlement.clone() };
+        assert!(
+            h.store.job_runs(rival.id, job.id, None, 100).await.unwrap().is_empty(),
+            "{}",
+            h.name
+        );
+        let foreign =
+            Settlement { from: minute(30), fires: vec![minute(40)], ..settlement.clone() };
         let taken = h.store.settle_job(rival.id, job.id, foreign).await;
         assert!(matches!(taken, Err(Error::JobNotFound(_))), "{}: {taken:?}", h.name);
         // Nor create a job for the owner's agent.
@@ -200,7 +210,8 @@ async fn fires_go_to_their_targets_and_refused_fires_are_runs() {
             .unwrap()
             .unwrap();
         assert_eq!(runs.len(), 1, "{}", h.name);
-        let again = h.store.settle_job_refused(tenant.id, shared.id, look(20, &[30], 1), why.clone());
+        let again =
+            h.store.settle_job_refused(tenant.id, shared.id, look(20, &[30], 1), why.clone());
         assert!(again.await.unwrap().is_none(), "{}: a refused time settled twice", h.name);
         let runs = h.store.job_runs(tenant.id, shared.id, None, 10).await.unwrap();
         assert_eq!(runs.len(), 3, "{}", h.name);
@@ -211,10 +222,8 @@ async fn fires_go_to_their_targets_and_refused_fires_are_runs() {
 
         // An origin must be a session of the job's own agent, in its own tenant.
         let (_, other) = tenant_and_agent(&h.store, &h.agents, "bob").await;
-        let theirs = NewJob {
-            agent: other.id,
-            ..make("theirs", JobTarget::Origin(origin.session_id))
-        };
+        let theirs =
+            NewJob { agent: other.id, ..make("theirs", JobTarget::Origin(origin.session_id)) };
         let theirs = h.store.create_job(theirs).await;
         assert!(matches!(theirs, Err(Error::SessionNotFound(_))), "{}: {theirs:?}", h.name);
         let rival = h.store.create_tenant("rival").await.unwrap();
@@ -245,8 +254,7 @@ async fn fires_go_to_their_targets_and_refused_fires_are_runs() {
 #[test]
 fn targets_read_back_as_written_and_bad_ones_are_named() {
     let session = clade_core::SessionId::generate(minute(0));
-    for target in
-        [JobTarget::New, JobTarget::Session("standup".into()), JobTarget::Origin(session)]
+    for target in [JobTarget::New, JobTarget::Session("standup".into()), JobTarget::Origin(session)]
     {
         assert_eq!(JobTarget::parse(&target.to_string()), Ok(target));
     }

@@ -1,0 +1,130 @@
+//! `clade cron`: agents' scheduled jobs, straight on the store (a serving gateway's scheduler
+//! finds a new or re-enabled job within a second).
+
+use anyhow::{Result, bail};
+use clade_store::{JobRow, RunOutcome};
+
+use crate::cli::CronCommand;
+use crate::context::Ctx;
+use crate::output;
+
+pub(super) async fn run(ctx: &Ctx, cmd: CronCommand) -> Result<()> {
+    let tenant = ctx.tenant().await?;
+    match cmd {
+        CronCommand::List { json } => {
+            let agent = match ctx.explicit_agent() {
+                Some(handle) => Some(ctx.store.agent(tenant.id, handle).await?.id),
+                None => None,
+            };
+            let jobs = ctx.store.jobs(tenant.id, agent).await?;
+            if json {
+                let items: Vec<_> = jobs.into_iter().map(clade_gateway::job_response).collect();
+                return output::json(&items);
+            }
+            let rows: Vec<Vec<String>> = jobs
+                .iter()
+                .map(|job| {
+                    vec![
+                        job.agent.clone(),
+                        job.name.clone(),
+                        job.schedule.clone(),
+                        job.zone.clone(),
+                        job.target.to_string(),
+                        state(job),
+                        job.next_at.map(|t| t.to_string()).unwrap_or_else(|| "never".into()),
+                    ]
+                })
+                .collect();
+            output::table(&["AGENT", "NAME", "SCHEDULE", "ZONE", "TARGET", "STATE", "NEXT"], &rows);
+        }
+        CronCommand::Create { name, schedule, prompt, zone, misfire, target, json } => {
+            let agent = ctx.agent(None).await?;
+            let spec = clade_sched::JobSpec {
+                name,
+                schedule,
+                zone: Some(zone),
+                misfire: Some(misfire),
+                target,
+                prompt,
+            };
+            let new = clade_sched::new_job(&spec, tenant.id, agent.id, ctx.store.now())?;
+            let job = match ctx.store.create_job(new).await {
+                Err(clade_store::Error::JobExists(name)) => bail!(
+                    "agent {} already has a job named {name:?}: choose another name, or remove it with `clade cron remove {name}`",
+                    agent.handle
+                ),
+                Err(clade_store::Error::SessionNotFound(id)) => bail!(
+                    "target session {id} is not a session of agent {}: list sessions with `clade sessions list`",
+                    agent.handle
+                ),
+                other => other?,
+            };
+            if json {
+                return output::json(&clade_gateway::job_response(job));
+            }
+            let next = job.next_at.map(|t| t.to_string()).unwrap_or_else(|| "never".into());
+            println!("created job {} of {} (next fire: {next})", job.name, job.agent);
+        }
+        CronCommand::Remove { name } => {
+            let job = named(ctx, &name).await?;
+            ctx.store.delete_job(tenant.id, job.id).await?;
+            println!("removed job {} of {}", job.name, job.agent);
+        }
+        CronCommand::Enable { name } => enable(ctx, &name, true).await?,
+        CronCommand::Disable { name } => enable(ctx, &name, false).await?,
+        CronCommand::Runs { name, limit, json } => {
+            let job = named(ctx, &name).await?;
+            let runs = ctx.store.job_runs(tenant.id, job.id, None, limit.max(1)).await?;
+            if json {
+                let items: Vec<_> = runs.into_iter().map(clade_gateway::run_response).collect();
+                return output::json(&items);
+            }
+            let rows: Vec<Vec<String>> = runs
+                .iter()
+                .map(|run| {
+                    let (outcome, detail) = match &run.outcome {
+                        RunOutcome::Refused(why) => ("refused".to_owned(), why.clone()),
+                        RunOutcome::Waiting => ("waiting".to_owned(), String::new()),
+                        RunOutcome::Gone => ("session deleted".to_owned(), String::new()),
+                        RunOutcome::Turn { id, status } => {
+                            (format!("turn {}", status.as_str()), id.to_string())
+                        }
+                    };
+                    vec![run.scheduled_at.to_string(), run.fired_at.to_string(), outcome, detail]
+                })
+                .collect();
+            output::table(&["SCHEDULED", "FIRED", "OUTCOME", "DETAIL"], &rows);
+        }
+    }
+    Ok(())
+}
+
+/// The selected agent's job `name`.
+async fn named(ctx: &Ctx, name: &str) -> Result<JobRow> {
+    let tenant = ctx.tenant().await?;
+    let agent = ctx.agent(None).await?;
+    match ctx.store.job_named(tenant.id, agent.id, name).await {
+        Err(clade_store::Error::JobNotFound(_)) => bail!(
+            "agent {} has no job {name:?}: list its jobs with `clade cron list --agent {}`",
+            agent.handle,
+            agent.handle
+        ),
+        other => Ok(other?),
+    }
+}
+
+async fn enable(ctx: &Ctx, name: &str, enabled: bool) -> Result<()> {
+    let tenant = ctx.tenant().await?;
+    let job = named(ctx, name).await?;
+    let job = ctx.store.set_job_enabled(tenant.id, job.id, enabled, None).await?;
+    println!("job {} of {} is {}", job.name, job.agent, state(&job));
+    Ok(())
+}
+
+fn state(job: &JobRow) -> String {
+    match (&job.enabled, &job.disabled_reason) {
+        (true, _) => "enabled".to_owned(),
+        (false, Some(why)) => format!("disabled: {why}"),
+        (false, None) => "disabled".to_owned(),
+    }
+}

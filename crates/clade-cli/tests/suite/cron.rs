@@ -1,0 +1,275 @@
+//! Scheduled jobs through the real binary: created over the API, the CLI and an agent's own
+//! `cron.*` tools, fired by the gateway's scheduler on the system clock into the sessions their
+//! targets name, with their runs' outcomes recorded; bad jobs refused naming the problem, and
+//! one tenant's token reaching no other tenant's jobs.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::support::{Env, Server, token};
+
+/// Polls `path` (with the server's token) until `done` holds of its answer, for up to 30 s.
+async fn until(server: &Server, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..300 {
+        let answer = server.get_json(path).await;
+        if done(&answer) {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} never got there: {}", server.get_json(path).await);
+}
+
+fn completed(runs: &Value) -> bool {
+    runs["items"].as_array().is_some_and(|items| {
+        items.iter().any(|run| run["turn_status"] == "completed" && run["delivered"] == true)
+    })
+}
+
+#[tokio::test]
+async fn a_job_fires_into_its_session_and_records_its_runs() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let job = json!({ "name": "pulse", "schedule": "* * * * * *", "prompt": "/reply pulse",
+        "target": "session:heartbeat" });
+    let (status, created) = server.send("POST", "/v1/agents/ada/jobs", None, Some(job)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["target"], "session:heartbeat");
+    assert_eq!(
+        (created["zone"].as_str(), created["misfire"].as_str()),
+        (Some("UTC"), Some("run_once"))
+    );
+    assert!(created["next_at"].as_i64().is_some(), "{created}");
+
+    // The scheduler fires it within a second or two, and the agent answers in its session.
+    let runs = until(&server, "/v1/agents/ada/jobs/pulse/runs", completed).await;
+    let run = runs["items"].as_array().unwrap().iter().find(|r| r["turn_status"] == "completed");
+    let run = run.unwrap();
+    let event = run["event_id"].as_str().unwrap();
+    let sessions = server.get_json("/v1/sessions").await;
+    let session = sessions["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["platform"] == "cron" && s["channel"] == "heartbeat")
+        .unwrap_or_else(|| panic!("no heartbeat session: {sessions}"))
+        .clone();
+    let id = session["id"].as_str().unwrap();
+    let turns = server.all_turns(id).await;
+    let turn = turns.iter().find(|t| t["id"] == run["turn_id"]).unwrap();
+    assert_eq!(turn["reply"], "pulse", "{turn}");
+    assert!(turn["events"].as_array().unwrap().iter().any(|e| e["id"] == event), "{turn}");
+
+    // Disabled, it fires no more: a fire that raced the change committed before the answer.
+    let (status, disabled) = server
+        .send("PATCH", "/v1/agents/ada/jobs/pulse", None, Some(json!({ "enabled": false })))
+        .await;
+    assert_eq!((status, &disabled["enabled"]), (200, &json!(false)), "{disabled}");
+    let before = server.get_json("/v1/agents/ada/jobs/pulse/runs?limit=1000").await["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let after = server.get_json("/v1/agents/ada/jobs/pulse/runs?limit=1000").await["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(before, after, "a disabled job fired");
+
+    // Each change is in the audit log.
+    let audit = server.get_json("/v1/audit?limit=1000").await;
+    let kinds: Vec<&str> =
+        audit["items"].as_array().unwrap().iter().filter_map(|r| r["kind"].as_str()).collect();
+    assert!(kinds.contains(&"job.created") && kinds.contains(&"job.disabled"), "{kinds:?}");
+
+    let (status, _) = server.send("DELETE", "/v1/agents/ada/jobs/pulse", None, None).await;
+    assert_eq!(status, 204);
+    let (status, gone) = server.send("GET", "/v1/agents/ada/jobs/pulse", None, None).await;
+    assert_eq!((status, gone["error"]["code"].as_str()), (404, Some("job_not_found")), "{gone}");
+    let listed = server.get_json("/v1/agents/ada/jobs").await;
+    assert_eq!(listed["items"], json!([]), "{listed}");
+}
+
+#[tokio::test]
+async fn bad_jobs_are_refused_naming_the_problem_and_tenants_reach_only_their_own() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["tenants", "create", "acme"]).ok();
+    let (acme, _) = token(&env, "acme", &["admin"]);
+    let server = env.serve(&[]);
+    let job = |name: &str, schedule: &str, extra: Value| {
+        let mut body = json!({ "name": name, "schedule": schedule, "prompt": "hello" });
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let missing_session = "01900000-0000-7000-8000-000000000000";
+    for (body, status, code, says) in [
+        (job("a", "61 * * * *", json!({})), 422, "invalid_job", "minute field"),
+        (job("a", "0 0 30 2 *", json!({})), 422, "invalid_job", "never fires"),
+        (job("a", "@every 0s", json!({})), 422, "invalid_job", "@every"),
+        (
+            job("a", "* * * * *", json!({ "zone": "Mars/Olympus" })),
+            422,
+            "invalid_job",
+            "unknown time zone",
+        ),
+        (job("a", "* * * * *", json!({ "misfire": "sometimes" })), 422, "invalid_job", "misfire"),
+        (job("a", "* * * * *", json!({ "target": "channel:x" })), 422, "invalid_job", "target"),
+        (
+            job("a", "* * * * *", json!({ "target": format!("origin:{missing_session}") })),
+            422,
+            "invalid_job",
+            missing_session,
+        ),
+        (job("Bad Name", "* * * * *", json!({})), 400, "invalid_request", "name"),
+        (job("a", "* * * * *", json!({ "prompt": "   " })), 422, "invalid_job", "prompt"),
+    ] {
+        let (got, answer) =
+            server.send("POST", "/v1/agents/ada/jobs", None, Some(body.clone())).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    // Nothing of the refused ones was kept.
+    assert_eq!(server.get_json("/v1/agents/ada/jobs").await["items"], json!([]));
+
+    let daily = job("daily", "0 9 * * MON-FRI", json!({ "zone": "Europe/Berlin" }));
+    let (status, _) = server.send("POST", "/v1/agents/ada/jobs", None, Some(daily.clone())).await;
+    assert_eq!(status, 201);
+    let (status, again) =
+        server.send("POST", "/v1/agents/ada/jobs", None, Some(daily.clone())).await;
+    assert_eq!((status, again["error"]["code"].as_str()), (409, Some("job_exists")), "{again}");
+
+    // Another tenant's token: its own `ada` has no such job, and the default tenant's is out
+    // of reach whichever way it asks.
+    let acme = Some(acme.as_str());
+    assert_eq!(server.send("GET", "/v1/agents/ada/jobs", acme, None).await.0, 404);
+    let (status, _) =
+        server.send("POST", "/v1/agents", acme, Some(json!({ "handle": "ada" }))).await;
+    assert_eq!(status, 201);
+    assert_eq!(server.send("GET", "/v1/agents/ada/jobs", acme, None).await.1["items"], json!([]));
+    for (method, path, body) in [
+        ("GET", "/v1/agents/ada/jobs/daily", None),
+        ("GET", "/v1/agents/ada/jobs/daily/runs", None),
+        ("PATCH", "/v1/agents/ada/jobs/daily", Some(json!({ "enabled": false }))),
+        ("DELETE", "/v1/agents/ada/jobs/daily", None),
+    ] {
+        let (status, answer) = server.send(method, path, acme, body).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (404, Some("job_not_found")),
+            "{method} {path}"
+        );
+    }
+    // An origin target in another tenant's session is no session of this agent.
+    let event = json!({ "agent": "ada", "text": "hi", "wait": true,
+        "source": { "platform": "http", "channel": "c", "actor": "me" } });
+    let (_, answer) = server.send("POST", "/v1/events", None, Some(event)).await;
+    let theirs = answer["session_id"].as_str().unwrap();
+    let stolen = job("stolen", "* * * * *", json!({ "target": format!("origin:{theirs}") }));
+    let (status, answer) = server.send("POST", "/v1/agents/ada/jobs", acme, Some(stolen)).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (422, Some("invalid_job")), "{answer}");
+    let job = server.get_json("/v1/agents/ada/jobs/daily").await;
+    assert_eq!(job["enabled"], true, "{job}");
+}
+
+/// An agent schedules itself with `cron.create` in a conversation; the job answers in that
+/// conversation's session (its origin), and the agent lists and removes it with its tools.
+#[tokio::test]
+async fn an_agent_schedules_itself_and_the_job_answers_where_the_user_spoke() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let say = |text: &str| {
+        json!({ "agent": "ada", "text": text, "wait": true,
+            "source": { "platform": "http", "channel": "dm", "actor": "grace" } })
+    };
+    let create = r#"/tool cron.create {"name":"remind","schedule":"* * * * * *","prompt":"/reply time to stretch"}"#;
+    let (status, answer) = server.send("POST", "/v1/events", None, Some(say(create))).await;
+    assert_eq!(status, 200, "{answer}");
+    let session = answer["session_id"].as_str().unwrap().to_owned();
+    let reply = answer["reply"]["text"].as_str().unwrap();
+    assert!(reply.contains("\"remind\"") && !reply.contains("error"), "{reply}");
+    let job = server.get_json("/v1/agents/ada/jobs/remind").await;
+    assert_eq!(job["target"], format!("origin:{session}"), "{job}");
+
+    // It fires into the conversation it was made in.
+    let turns = |turns: &[Value]| {
+        turns.iter().any(|t| t["reply"] == "time to stretch" && t["status"] == "completed")
+    };
+    let mut found = false;
+    for _ in 0..300 {
+        if turns(&server.all_turns(&session).await) {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(found, "the job never answered in the origin session");
+
+    let (_, listed) = server.send("POST", "/v1/events", None, Some(say("/tool cron.list"))).await;
+    assert!(listed["reply"]["text"].as_str().unwrap().contains("remind"), "{listed}");
+    let (_, removed) = server
+        .send("POST", "/v1/events", None, Some(say(r#"/tool cron.remove {"name":"remind"}"#)))
+        .await;
+    assert!(removed["reply"]["text"].as_str().unwrap().contains("removed"), "{removed}");
+    let (status, _) = server.send("GET", "/v1/agents/ada/jobs/remind", None, None).await;
+    assert_eq!(status, 404);
+    // The tool calls went the tool path: each has its decision in the audit log.
+    let audit = server.get_json("/v1/audit?limit=1000").await;
+    let tools: Vec<&str> =
+        audit["items"].as_array().unwrap().iter().filter_map(|r| r["tool"].as_str()).collect();
+    assert!(
+        ["cron.create", "cron.list", "cron.remove"].iter().all(|t| tools.contains(t)),
+        "{tools:?}"
+    );
+}
+
+#[test]
+fn the_cli_manages_jobs_and_names_bad_ones() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&[
+        "--agent",
+        "ada",
+        "cron",
+        "create",
+        "nightly",
+        "0 3 * * *",
+        "tidy up",
+        "--zone",
+        "Europe/Berlin",
+    ])
+    .ok();
+    let listed = env.run(&["cron", "list", "--json"]).ok().json();
+    assert_eq!(listed[0]["name"], "nightly", "{listed}");
+    assert_eq!(listed[0]["zone"], "Europe/Berlin", "{listed}");
+    env.run(&["--agent", "ada", "cron", "create", "nightly", "0 3 * * *", "again"])
+        .fails_with("already has a job named \"nightly\"");
+    env.run(&["--agent", "ada", "cron", "create", "broken", "0 0 31 4 *", "x"])
+        .fails_with("never fires");
+    env.run(&[
+        "--agent",
+        "ada",
+        "cron",
+        "create",
+        "lost",
+        "@daily",
+        "x",
+        "--zone",
+        "Atlantis/Deep",
+    ])
+    .fails_with("unknown time zone");
+    env.run(&["--agent", "ada", "cron", "disable", "nightly"]).ok();
+    let listed = env.run(&["cron", "list", "--json"]).ok().json();
+    assert_eq!(listed[0]["enabled"], false, "{listed}");
+    env.run(&["--agent", "ada", "cron", "enable", "nightly"]).ok();
+    let runs = env.run(&["--agent", "ada", "cron", "runs", "nightly", "--json"]).ok().json();
+    assert_eq!(runs, json!([]));
+    env.run(&["--agent", "ada", "cron", "remove", "nightly"]).ok();
+    env.run(&["--agent", "ada", "cron", "remove", "nightly"]).fails_with("has no job \"nightly\"");
+    assert_eq!(env.run(&["cron", "list", "--json"]).ok().json(), json!([]));
+}

@@ -1,0 +1,166 @@
+//! The agents' own tools for their jobs: `cron.list`, `cron.create`, `cron.remove`. A call
+//! acts on the calling agent's jobs only (tenant and agent come from the call's context, never
+//! from the model's arguments); the policy decides each call like any tool's (the job's name
+//! is what a rule's resource pattern matches), and the tool path audits it.
+
+use std::sync::Arc;
+
+use clade_store::{JobRow, JobTarget, Store};
+use clade_tools::{CallContext, EffectClass, Registry, ToolResult, TypedTool};
+use futures::future::BoxFuture;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::jobs::{JobSpec, new_job};
+
+/// The most jobs one agent may give itself through its tools.
+pub const MAX_JOBS_PER_AGENT: usize = 100;
+
+/// Registers the cron tools, acting on `store`.
+pub fn register(registry: &mut Registry, store: Store) {
+    let store = store.acting_as("agent (cron tools)");
+    registry.register(Arc::new(CronList(store.clone())));
+    registry.register(Arc::new(CronCreate(store.clone())));
+    registry.register(Arc::new(CronRemove(store)));
+}
+
+fn describe(job: &JobRow) -> serde_json::Value {
+    serde_json::json!({
+        "name": job.name,
+        "schedule": job.schedule,
+        "zone": job.zone,
+        "misfire": job.misfire,
+        "target": job.target.to_string(),
+        "prompt": job.prompt,
+        "enabled": job.enabled,
+        "disabled_reason": job.disabled_reason,
+        "next_at": job.next_at.map(|t| t.to_string()),
+    })
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoArgs {}
+
+pub struct CronList(Store);
+
+impl TypedTool for CronList {
+    type Args = NoArgs;
+    const NAME: &'static str = "cron.list";
+    const DESCRIPTION: &'static str = "Your scheduled jobs: name, schedule, time zone, target, prompt, whether enabled, next fire.";
+    const EFFECT: EffectClass = EffectClass::Pure;
+    fn run<'a>(&'a self, _args: NoArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+        Box::pin(async move {
+            let caller = ctx.caller()?;
+            let jobs =
+                self.0.jobs(caller.tenant, Some(caller.agent)).await.map_err(|e| e.to_string())?;
+            Ok(serde_json::Value::Array(jobs.iter().map(describe).collect()).to_string())
+        })
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateArgs {
+    /// A name for the job, unique among yours: a-z, 0-9, `_`, `.`, `-`.
+    pub name: String,
+    /// A cron expression ("0 9 * * MON-FRI"; 6 fields for seconds), an alias (@hourly, @daily,
+    /// @weekly) or "@every 30m".
+    pub schedule: String,
+    /// What you will be told at each fire: write it as an instruction to yourself.
+    pub prompt: String,
+    /// The IANA time zone the schedule is read in (the user's, e.g. "Europe/Berlin"); UTC if
+    /// absent.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Where each fire goes: "origin" (the default: where the user you are talking to last
+    /// spoke), "new" (a fresh session each time) or "session:<name>".
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Missed times (the gateway was down): "skip", "run_once" (the default) or "catch_up:<n>".
+    #[serde(default)]
+    pub misfire: Option<String>,
+}
+
+pub struct CronCreate(Store);
+
+impl TypedTool for CronCreate {
+    type Args = CreateArgs;
+    const NAME: &'static str = "cron.create";
+    const DESCRIPTION: &'static str = "Schedule a job for yourself: at each time its schedule gives, you are sent its prompt. By default it answers where the user you are talking to last spoke.";
+    fn resource(&self, args: &CreateArgs) -> Result<String, String> {
+        Ok(args.name.clone())
+    }
+    fn run<'a>(&'a self, args: CreateArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+        Box::pin(async move {
+            let caller = ctx.caller()?;
+            // `origin` is this call's session: a job made for a user answers where they speak.
+            let target = match args.target.as_deref() {
+                None | Some("origin") => match caller.session {
+                    Some(session) => JobTarget::Origin(session).to_string(),
+                    None => "new".to_owned(),
+                },
+                Some(other) => other.to_owned(),
+            };
+            let owned =
+                self.0.jobs(caller.tenant, Some(caller.agent)).await.map_err(|e| e.to_string())?;
+            if owned.len() >= MAX_JOBS_PER_AGENT {
+                return Err(format!(
+                    "you have {} jobs, the most an agent may give itself: remove one with cron.remove first",
+                    owned.len()
+                ));
+            }
+            let spec = JobSpec {
+                name: args.name,
+                schedule: args.schedule,
+                zone: args.zone,
+                misfire: args.misfire,
+                target: Some(target),
+                prompt: args.prompt,
+            };
+            let new = new_job(&spec, caller.tenant, caller.agent, self.0.now())
+                .map_err(|e| e.to_string())?;
+            let job = self.0.create_job(new).await.map_err(|e| match e {
+                clade_store::Error::JobExists(name) => format!(
+                    "you already have a job named {name:?}: choose another name, or remove it with cron.remove"
+                ),
+                other => other.to_string(),
+            })?;
+            Ok(describe(&job).to_string())
+        })
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveArgs {
+    /// The job's name, as cron.list shows it.
+    pub name: String,
+}
+
+pub struct CronRemove(Store);
+
+impl TypedTool for CronRemove {
+    type Args = RemoveArgs;
+    const NAME: &'static str = "cron.remove";
+    const DESCRIPTION: &'static str = "Remove one of your scheduled jobs by name.";
+    const EFFECT: EffectClass = EffectClass::Idempotent;
+    fn resource(&self, args: &RemoveArgs) -> Result<String, String> {
+        Ok(args.name.clone())
+    }
+    fn run<'a>(&'a self, args: RemoveArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+        Box::pin(async move {
+            let caller = ctx.caller()?;
+            let job = match self.0.job_named(caller.tenant, caller.agent, &args.name).await {
+                Ok(job) => job,
+                // Removed already (a retried call): the outcome asked for holds.
+                Err(clade_store::Error::JobNotFound(_)) => {
+                    return Ok(format!("you have no job named {:?}", args.name));
+                }
+                Err(other) => return Err(other.to_string()),
+            };
+            self.0.delete_job(caller.tenant, job.id).await.map_err(|e| e.to_string())?;
+            Ok(format!("removed job {:?}", job.name))
+        })
+    }
+}
