@@ -532,6 +532,19 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value = "stub")]
         model: BenchModel,
     },
+    /// Run many scheduled jobs in one scheduler and report fire lateness (p50, p99), CPU while
+    /// fires are due and while none is, and RSS; on a fresh store under the data dir
+    Sched {
+        #[arg(long, default_value_t = 100_000)]
+        jobs: u64,
+        /// How long to run the scheduler
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+        /// Every job fires once a minute, at a second within the first this many of it; the rest
+        /// of the minute is idle
+        #[arg(long, default_value_t = 30)]
+        spread: u64,
+    },
     /// One tenant floods events at ten times its quota: report the other tenants' p99 latency
     /// against the same tenant at its quota (goal: at most 10 % higher), on a fresh gateway
     Neighbours {

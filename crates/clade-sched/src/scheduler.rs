@@ -35,11 +35,19 @@ pub struct LookOptions {
     pub max_queued: u64,
     /// A job whose last this many settled runs all failed is disabled; 0 never disables one.
     pub max_failures: u32,
+    /// Jobs settled at once within a look.
+    pub concurrency: usize,
 }
 
 impl Default for LookOptions {
     fn default() -> Self {
-        Self { grace: Duration::from_secs(60), limit: 1_000, max_queued: 100, max_failures: 5 }
+        Self {
+            grace: Duration::from_secs(60),
+            limit: 1_000,
+            max_queued: 100,
+            max_failures: 5,
+            concurrency: 256,
+        }
     }
 }
 
@@ -65,6 +73,23 @@ pub struct Look {
     /// Jobs it could not settle (the store failed), with why: they stay due, and one job's
     /// failure never holds up another's, least of all another tenant's.
     pub failed: Vec<(ExecutionId, String)>,
+    /// For each envelope fired, how long after its scheduled time it was committed.
+    pub lateness: Vec<Duration>,
+}
+
+impl Look {
+    /// Adds what another look (at other jobs) did.
+    fn add(&mut self, other: Look) {
+        self.settled += other.settled;
+        self.fired += other.fired;
+        self.refused += other.refused;
+        self.skipped += other.skipped;
+        self.raced += other.raced;
+        self.sessions.extend(other.sessions);
+        self.disabled.extend(other.disabled);
+        self.failed.extend(other.failed);
+        self.lateness.extend(other.lateness);
+    }
 }
 
 /// The settlement of one due job at `now`, from its stored schedule, zone and policy.
@@ -136,13 +161,21 @@ pub async fn look(
     now: Timestamp,
     options: LookOptions,
 ) -> Result<Look, clade_store::Error> {
-    let mut look = Look::default();
+    use futures::StreamExt as _;
     let due = store.system().due_jobs(now, options.limit).await?;
-    look.seen = due.len();
-    for job in due {
-        if let Err(err) = look_at(store, &job, now, options, &mut look).await {
-            look.failed.push((job.id, err.to_string()));
-        }
+    let mut look = Look { seen: due.len(), ..Look::default() };
+    // Jobs are settled side by side: their transactions share the writer's group commits.
+    let mut each = futures::stream::iter(due)
+        .map(|job| async move {
+            let mut one = Look::default();
+            if let Err(err) = look_at(store, &job, now, options, &mut one).await {
+                one.failed.push((job.id, err.to_string()));
+            }
+            one
+        })
+        .buffer_unordered(options.concurrency.max(1));
+    while let Some(one) = each.next().await {
+        look.add(one);
     }
     look.sessions.sort();
     look.sessions.dedup();
@@ -175,6 +208,10 @@ async fn look_at(
     let settled = match store.settle_job(job.tenant_id, job.id, settlement.clone()).await {
         Ok(Some(runs)) => {
             look.fired += runs.len();
+            look.lateness.extend(runs.iter().map(|(run, _)| {
+                let late = run.fired_at.as_millis().saturating_sub(run.scheduled_at.as_millis());
+                Duration::from_millis(late.max(0).unsigned_abs())
+            }));
             look.sessions.extend(runs.iter().map(|(_, accepted)| accepted.session_id));
             true
         }
@@ -198,15 +235,16 @@ async fn look_at(
     Ok(())
 }
 
-/// Told the sessions a look delivered envelopes to, to wake them.
-pub type Wake = Arc<dyn Fn(&[SessionId]) + Send + Sync>;
+/// Told what each look did: the sessions it delivered envelopes to, to wake them, and what a
+/// benchmark measures.
+pub type OnLook = Arc<dyn Fn(&Look) + Send + Sync>;
 
-/// The scheduler as a service: looks whenever a job is due, and hands the sessions that
-/// received envelopes to `wake`.
+/// The scheduler as a service: looks whenever a job is due, and tells `on_look` what each look
+/// did.
 pub struct Scheduler {
     store: Store,
     options: LookOptions,
-    wake: Wake,
+    on_look: OnLook,
     poke: Arc<Notify>,
     /// The longest it sleeps without looking: jobs created by another process (the CLI beside a
     /// gateway) are found within this.
@@ -214,12 +252,14 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(
-        store: Store,
-        options: LookOptions,
-        wake: Wake,
-    ) -> Self {
-        Self { store, options, wake, poke: Arc::new(Notify::new()), poll: Duration::from_secs(1) }
+    pub fn new(store: Store, options: LookOptions, on_look: OnLook) -> Self {
+        Self {
+            store,
+            options,
+            on_look,
+            poke: Arc::new(Notify::new()),
+            poll: Duration::from_secs(1),
+        }
     }
 
     /// The longest sleep between looks (one second unless set).
@@ -243,7 +283,7 @@ impl Scheduler {
             let now = clock.now();
             let wait = match look(&self.store, now, self.options).await {
                 Ok(look) => {
-                    (self.wake)(&look.sessions);
+                    (self.on_look)(&look);
                     report(&look);
                     if look.seen >= self.options.limit as usize && look.seen > look.failed.len() {
                         // More are due than one look takes.

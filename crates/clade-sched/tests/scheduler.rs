@@ -110,6 +110,7 @@ async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races
             limit: 100,
             max_queued: 100_000,
             max_failures: 5,
+            concurrency: 8,
         };
         let mut steps = Steps(0x9e37_79b9_7f4a_7c15);
         let mut now = start.as_millis();
@@ -312,12 +313,17 @@ async fn the_scheduler_fires_on_its_clock_and_disables_a_job_that_keeps_failing(
     let woken = Arc::new(Mutex::new(Vec::new()));
     let wake = {
         let woken = woken.clone();
-        Arc::new(move |sessions: &[clade_core::SessionId]| {
-            woken.lock().unwrap().extend_from_slice(sessions);
+        Arc::new(move |look: &clade_sched::scheduler::Look| {
+            woken.lock().unwrap().extend_from_slice(&look.sessions);
         })
     };
-    let look =
-        LookOptions { grace: Duration::from_secs(60), limit: 100, max_queued: 1, max_failures: 3 };
+    let look = LookOptions {
+        grace: Duration::from_secs(60),
+        limit: 100,
+        max_queued: 1,
+        max_failures: 3,
+        concurrency: 4,
+    };
     // A poll of a day: only the job's own time wakes it.
     let scheduler = clade_sched::scheduler::Scheduler::new(store.clone(), look, wake)
         .with_poll(Duration::from_secs(86_400));

@@ -21,6 +21,9 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
             let plan = super::bench_turns::Plan { sessions, total, durability, rate, keep, model };
             super::bench_turns::run(ctx, &plan).await
         }
+        BenchCommand::Sched { jobs, seconds, spread } => {
+            super::bench_sched::run(ctx, &super::bench_sched::Plan { jobs, seconds, spread }).await
+        }
         BenchCommand::Neighbours { quota, quiet_tenants, quiet_rate, seconds, rounds } => {
             let plan =
                 super::bench_neighbours::Plan { quota, quiet_tenants, quiet_rate, seconds, rounds };

@@ -390,7 +390,7 @@ pub(super) async fn first_line(
 }
 
 /// CPU time (user + system, every thread) of process `pid` (or `self`), in µs.
-fn cpu_micros(pid: &str) -> u64 {
+pub(super) fn cpu_micros(pid: &str) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
     // Fields after the command name, which may itself hold spaces and parentheses.
     let Some((_, rest)) = stat.rsplit_once(')') else { return 0 };

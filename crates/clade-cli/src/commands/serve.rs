@@ -116,10 +116,11 @@ fn start_scheduler(
         limit: 1_000,
         max_queued: ctx.config.sessions.max_queued,
         max_failures: config.max_failures,
+        ..clade_sched::scheduler::LookOptions::default()
     };
     let waker = engine.clone();
-    let wake = std::sync::Arc::new(move |sessions: &[clade_core::SessionId]| {
-        for session in sessions {
+    let wake = std::sync::Arc::new(move |look: &clade_sched::scheduler::Look| {
+        for session in &look.sessions {
             waker.wake(*session);
         }
     });

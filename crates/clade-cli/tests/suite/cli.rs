@@ -351,6 +351,28 @@ fn bench_neighbours_limits_only_the_noisy_tenant() {
     env.run(&["bench", "neighbours", "--rounds", "0"]).fails_with("must be above 0");
 }
 
+/// The scheduler benchmark fires jobs on the system clock and reports their lateness, CPU and
+/// RSS; its scratch store is gone afterwards.
+#[test]
+fn bench_sched_runs_and_fires_jobs() {
+    let env = Env::new();
+    let out =
+        env.run(&["bench", "sched", "--jobs", "300", "--seconds", "3", "--spread", "59"]).ok();
+    let fires = out
+        .stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("fires:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no fires line: {}", out.stdout));
+    assert!(fires > 0, "no job fired: {}", out.stdout);
+    assert!(out.stdout.contains("lateness:  p50"), "{}", out.stdout);
+    let left =
+        std::fs::read_dir(env.data_dir().join("bench-sched")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "the scratch store was left behind");
+    env.run(&["bench", "sched", "--spread", "60"]).fails_with("--spread between 1 and 59");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stub_command_speaks_openai_and_leaves_when_its_parent_does() {
     use std::io::BufRead as _;

@@ -1,0 +1,181 @@
+//! `clade bench sched`: many jobs in one gateway's scheduler, on a fresh SQLite store.
+//!
+//! Every job fires once a minute, at a second of the minute within the first `spread` seconds;
+//! the rest of each minute nothing is due. The scheduler runs as `clade serve` runs it (its
+//! own loop on the system clock, settling due jobs side by side through the group-commit
+//! writer). Reported: each fire's lateness (from its scheduled time to its commit's start, as
+//! its run records it), CPU while fires are due and while none is (the scheduler then only
+//! sleeps until the next), and RSS. No engine runs: the envelopes wait in their sessions.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clade_core::{AgentConfig, Handle, Tenant};
+use clade_sched::scheduler::{Look, LookOptions, Scheduler};
+use clade_store::{DataDir, Durability, Location, NewAgent, Store, StoreOptions};
+use tokio::task::JoinSet;
+
+use crate::context::Ctx;
+
+pub(super) struct Plan {
+    pub jobs: u64,
+    pub seconds: u64,
+    pub spread: u64,
+}
+
+#[allow(clippy::disallowed_methods)] // Benchmarks measure elapsed time.
+fn now() -> Instant {
+    Instant::now()
+}
+
+#[allow(clippy::disallowed_methods)] // A benchmark samples on the wall clock.
+async fn sleep(duration: Duration) {
+    tokio::time::sleep(duration).await;
+}
+
+pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
+    if plan.jobs == 0 || plan.seconds == 0 || !(1..=59).contains(&plan.spread) {
+        bail!("--jobs and --seconds must be at least 1, and --spread between 1 and 59");
+    }
+    let dir = ctx.data_dir.root().join("bench-sched").join(format!(
+        "{}-{}",
+        plan.jobs,
+        ctx.store.now().as_millis()
+    ));
+    let result = measure(&dir, plan).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn measure(dir: &std::path::Path, plan: &Plan) -> Result<()> {
+    let data = DataDir::open(dir)?;
+    let options = StoreOptions {
+        migrations: clade_store::Migrations::Apply,
+        ..StoreOptions::new(Location::Sqlite(data.sqlite_path()), Durability::Full)
+    };
+    let store = Store::open(options).await?;
+    let tenant = store.tenant(Tenant::DEFAULT_NAME).await?;
+    // A thousand jobs per agent, as a busy deployment might have.
+    let agents_count = plan.jobs.div_ceil(1_000);
+    let specs = (0..agents_count)
+        .map(|i| {
+            Ok(NewAgent {
+                handle: Handle::parse(&format!("agent-{i}"))?,
+                display_name: None,
+                config: AgentConfig::default(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let agent_ids: Vec<_> =
+        store.create_agents(tenant.id, specs).await?.iter().map(|a| a.id).collect();
+
+    eprintln!("creating {} jobs for {agents_count} agents ({})", plan.jobs, store.location());
+    let started = now();
+    let mut tasks = JoinSet::new();
+    let (mut next, mut done) = (0u64, 0u64);
+    let mut last_report = now();
+    while done < plan.jobs {
+        while tasks.len() < 64 && next < plan.jobs {
+            let spec = clade_sched::JobSpec {
+                name: format!("job-{next}"),
+                schedule: format!("{} * * * * *", next % plan.spread),
+                prompt: "tick".into(),
+                ..Default::default()
+            };
+            let agent = agent_ids[(next % agents_count) as usize];
+            let new = clade_sched::new_job(&spec, tenant.id, agent, store.now())?;
+            let store = store.clone();
+            tasks.spawn(async move { store.create_job(new).await });
+            next += 1;
+        }
+        if let Some(created) = tasks.join_next().await {
+            created??;
+            done += 1;
+        }
+        if last_report.elapsed() >= Duration::from_secs(2) || done == plan.jobs {
+            let rate = done as f64 / started.elapsed().as_secs_f64();
+            eprint!("\r  {done}/{} created ({rate:.0}/s)   ", plan.jobs);
+            last_report = now();
+        }
+    }
+    eprintln!();
+
+    let lateness = Arc::new(Mutex::new(Vec::<Duration>::new()));
+    let on_look = {
+        let lateness = lateness.clone();
+        Arc::new(move |look: &Look| {
+            if let Ok(mut all) = lateness.lock() {
+                all.extend_from_slice(&look.lateness);
+            }
+        })
+    };
+    // The store's own limit on waiting events is beside the point here: nothing runs them.
+    let options = LookOptions { max_queued: u64::MAX, ..LookOptions::default() };
+    let scheduler = Scheduler::new(store.acting_as("scheduler"), options, on_look);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(scheduler.run(async {
+        let _ = stopped.await;
+    }));
+
+    eprintln!(
+        "running the scheduler for {} s: every job fires once a minute, in the first {} s of it",
+        plan.seconds, plan.spread
+    );
+    // CPU per wall-clock second, sorted by whether a job was due in it.
+    let (mut busy, mut idle) = ((0u64, 0u64), (0u64, 0u64));
+    let mut cpu = super::bench_turns::cpu_micros("self");
+    let mut rss_max = 0;
+    let end = now() + Duration::from_secs(plan.seconds);
+    while now() < end {
+        sleep(Duration::from_secs(1)).await;
+        let second = (store.now().as_millis() / 1_000).rem_euclid(60) as u64;
+        let used = super::bench_turns::cpu_micros("self");
+        let delta = used.saturating_sub(cpu);
+        cpu = used;
+        // The second just ended held fires if it (or the one before, for a late look) was
+        // one of the due ones.
+        let due = second <= plan.spread + 1;
+        let slot = if due { &mut busy } else { &mut idle };
+        slot.0 += delta;
+        slot.1 += 1;
+        rss_max = rss_max.max(super::bench::rss_kib());
+        let fired = lateness.lock().map(|l| l.len()).unwrap_or(0);
+        eprint!("\r  {fired} fires   ");
+    }
+    eprintln!();
+    let _ = stop.send(());
+    let _ = task.await;
+
+    let mut lateness = lateness.lock().map(|l| l.clone()).unwrap_or_default();
+    lateness.sort();
+    let pct = |p: f64| {
+        lateness
+            .get(((lateness.len() as f64 * p) as usize).min(lateness.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1e3)
+            .unwrap_or(0.0)
+    };
+    let expected = plan.jobs * plan.seconds / 60;
+    let share = |(micros, seconds): (u64, u64)| micros as f64 / 1e4 / seconds.max(1) as f64;
+    println!(
+        "bench sched: {} jobs ({} agents), {} s, fires in the first {} s of each minute",
+        plan.jobs, agents_count, plan.seconds, plan.spread
+    );
+    println!("  fires:     {} (about {expected} scheduled in the run)", lateness.len());
+    println!(
+        "  lateness:  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(0.50),
+        pct(0.99),
+        lateness.last().map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
+    );
+    println!(
+        "  cpu:       {:.1} % of a core while fires are due ({} s), {:.2} % while none is ({} s)",
+        share(busy),
+        busy.1,
+        share(idle),
+        idle.1
+    );
+    println!("  rss:       {} KiB at most", rss_max);
+    store.close().await;
+    Ok(())
+}
