@@ -115,12 +115,7 @@ async fn agents(
         latencies.push(t.elapsed());
     }
     latencies.sort();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map(|d| d.as_secs_f64() * 1e3)
-            .unwrap_or(0.0)
-    };
+    let pct = |p: f64| percentile_ms(&latencies, p);
     let per_agent = (disk_after - disk_before) as f64 / count as f64;
     println!("bench agents: {count} agents, store {}", ctx.store.location());
     println!(
@@ -154,6 +149,14 @@ async fn agents(
         peak_rss_kib()
     );
     Ok(())
+}
+
+/// The `p` quantile (0 to 1) of `sorted`, in milliseconds; 0 for none.
+pub(super) fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .map(|d| d.as_secs_f64() * 1e3)
+        .unwrap_or(0.0)
 }
 
 /// A number from one of this process's `/proc/self` files (`status`, `io`): the first word

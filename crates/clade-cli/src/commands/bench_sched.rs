@@ -149,12 +149,7 @@ async fn measure(dir: &std::path::Path, plan: &Plan) -> Result<()> {
 
     let mut lateness = lateness.lock().map(|l| l.clone()).unwrap_or_default();
     lateness.sort();
-    let pct = |p: f64| {
-        lateness
-            .get(((lateness.len() as f64 * p) as usize).min(lateness.len().saturating_sub(1)))
-            .map(|d| d.as_secs_f64() * 1e3)
-            .unwrap_or(0.0)
-    };
+    let pct = |p: f64| super::bench::percentile_ms(&lateness, p);
     let expected = plan.jobs * plan.seconds / 60;
     let share = |(micros, seconds): (u64, u64)| micros as f64 / 1e4 / seconds.max(1) as f64;
     println!(
