@@ -424,6 +424,9 @@ pub(crate) enum CronCommand {
         /// [default: session:<job name>]
         #[arg(long)]
         target: Option<String>,
+        /// Up to this many seconds added to each scheduled time, the same for the same time
+        #[arg(long, default_value_t = 0)]
+        jitter: u32,
         #[arg(long)]
         json: bool,
     },

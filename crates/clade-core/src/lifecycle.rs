@@ -159,6 +159,9 @@ vocabulary! {
         ToolResult = "tool.result",
         ApprovalRequested = "approval.requested",
         ApprovalDecided = "approval.decided",
+        /// The scheduler disabled a job (its runs kept failing, its schedule could not be
+        /// read); of no session.
+        JobDisabled = "job.disabled",
     }
 }
 

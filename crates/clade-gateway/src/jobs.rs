@@ -29,6 +29,7 @@ pub fn job_response(job: JobRow) -> JobResponse {
         zone: job.zone,
         misfire: job.misfire,
         target: job.target.to_string(),
+        jitter_secs: job.jitter_secs,
         prompt: job.prompt,
         enabled: job.enabled,
         disabled_reason: job.disabled_reason,
@@ -102,6 +103,7 @@ pub(crate) async fn create(
         zone: params.zone,
         misfire: params.misfire,
         target: params.target,
+        jitter_secs: params.jitter_secs,
         prompt: params.prompt,
     };
     let new =

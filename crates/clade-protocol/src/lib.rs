@@ -18,7 +18,7 @@ mod spelled;
 
 pub use journal::{ModelToolCall, TurnStep, TurnStepPage};
 pub use lifecycle::{
-    ApprovalDecided, ApprovalRequested, CancelResponse, ClientFrame, HealthResponse,
+    ApprovalDecided, ApprovalRequested, CancelResponse, ClientFrame, HealthResponse, JobDisabled,
     LifecycleEvent, ReadinessResponse, ResumeResponse, SandboxReport, ServerFrame, TextDelta,
     ToolCalled, ToolReturned, TurnEnded, TurnResumed, TurnStarted, WebhookEvent,
 };

@@ -105,6 +105,16 @@ pub struct ApprovalDecided {
     pub status: Spelled<ApprovalStatus>,
 }
 
+/// `job.disabled`: the scheduler disabled an agent's job, saying why; it fires no more until
+/// enabled again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobDisabled {
+    pub job_id: String,
+    pub agent_id: String,
+    pub name: String,
+    pub reason: String,
+}
+
 /// Declares [`LifecycleEvent`] with one variant per kind and its data type, and the code that
 /// maps between the two: the kind's spelling comes from `clade-core` alone.
 macro_rules! lifecycle_events {
@@ -175,6 +185,7 @@ lifecycle_events! {
     ToolResult(ToolReturned) [From],
     ApprovalRequested(ApprovalRequested) [From],
     ApprovalDecided(ApprovalDecided) [From],
+    JobDisabled(JobDisabled) [From],
 }
 
 impl LifecycleEvent {

@@ -677,6 +677,11 @@ pub struct CreateJobParams {
     #[serde(default)]
     #[schemars(length(min = 1, max = 200))]
     pub target: Option<String>,
+    /// Up to this many seconds added to each scheduled time (the same for the same time on
+    /// every node), so that many jobs of one schedule do not fire in the same instant.
+    #[serde(default)]
+    #[schemars(range(max = 3600))]
+    pub jitter_secs: Option<u32>,
     /// What the agent is told at every fire.
     #[schemars(length(min = 1, max = 16384))]
     pub prompt: String,
@@ -702,6 +707,7 @@ pub struct JobResponse {
     pub zone: String,
     pub misfire: String,
     pub target: String,
+    pub jitter_secs: u32,
     pub prompt: String,
     pub enabled: bool,
     /// Why the scheduler disabled it (its schedule could not be read, its runs kept failing).

@@ -10,6 +10,33 @@ use crate::{Misfire, Schedule, ScheduleError, Zone};
 /// The longest prompt a job may carry: it is sent with every fire.
 pub const MAX_PROMPT_BYTES: usize = 16 * 1024;
 
+/// The most jitter a job may have: an hour.
+pub const MAX_JITTER_SECS: u32 = 3_600;
+
+/// How far after `scheduled` a job with `jitter_secs` of jitter fires: the same for the same
+/// job and time on every node and every look (a hash of both, not a random draw), so a
+/// restart does not move a fire, and many jobs of one schedule spread over the window.
+pub fn jitter_of(
+    job: clade_core::ExecutionId,
+    scheduled: Timestamp,
+    jitter_secs: u32,
+) -> Timestamp {
+    if jitter_secs == 0 {
+        return scheduled;
+    }
+    // SplitMix64 over the job's id and the scheduled time.
+    let id = job.as_bytes();
+    let mut x = u64::from_le_bytes([id[8], id[9], id[10], id[11], id[12], id[13], id[14], id[15]])
+        ^ scheduled.as_millis().unsigned_abs();
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    let window = u64::from(jitter_secs) * 1_000 + 1;
+    let offset = i64::try_from(x % window).unwrap_or(0);
+    Timestamp::from_millis(scheduled.as_millis().saturating_add(offset))
+}
+
 /// A job as asked for: everything but its name and schedule has a default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobSpec {
@@ -22,6 +49,8 @@ pub struct JobSpec {
     pub misfire: Option<String>,
     /// `new`, `session:<name>` or `origin:<session id>`; `session:<job name>` when not given.
     pub target: Option<String>,
+    /// Up to this many seconds (at most [`MAX_JITTER_SECS`]) added to each scheduled time.
+    pub jitter_secs: Option<u32>,
     /// What the agent is told at every fire.
     pub prompt: String,
 }
@@ -39,6 +68,8 @@ pub enum JobError {
     Target(String),
     #[error("prompt: {0}")]
     Prompt(String),
+    #[error("jitter of {0} s: at most {MAX_JITTER_SECS} s (an hour)")]
+    Jitter(u32),
 }
 
 fn valid_name(name: &str) -> bool {
@@ -75,12 +106,17 @@ pub fn new_job(
             spec.prompt.len()
         )));
     }
-    let next_at = schedule.next_after(now, &zone).ok_or_else(|| ScheduleError::NeverFires {
+    let jitter_secs = spec.jitter_secs.unwrap_or(0);
+    if jitter_secs > MAX_JITTER_SECS {
+        return Err(JobError::Jitter(jitter_secs));
+    }
+    let first = schedule.next_after(now, &zone).ok_or_else(|| ScheduleError::NeverFires {
         text: spec.schedule.clone(),
         reason: "no scheduled time is left after now".into(),
     })?;
+    let id = ExecutionId::generate(now);
     Ok(NewJob {
-        id: ExecutionId::generate(now),
+        id,
         tenant,
         agent,
         name: spec.name.clone(),
@@ -88,8 +124,9 @@ pub fn new_job(
         zone: zone.name().to_owned(),
         misfire: misfire.to_string(),
         target,
+        jitter_secs,
         prompt: spec.prompt.clone(),
         settled_at: now,
-        next_at: Some(next_at),
+        next_at: Some(jitter_of(id, first, jitter_secs)),
     })
 }

@@ -102,13 +102,16 @@ pub fn plan(
     let schedule = Schedule::parse(&job.schedule)?;
     let zone = Zone::parse(&job.zone)?;
     let misfire = Misfire::parse(&job.misfire)?;
+    // A fire delayed by its jitter is still on time.
+    let grace = grace.max(Duration::from_secs(u64::from(job.jitter_secs)));
     let due = misfire.due(&schedule, &zone, job.settled_at, now, grace);
     Ok(Settlement {
         from: job.settled_at,
         fires: due.fire,
         skipped: due.skipped,
         settled_at: due.settled,
-        next_at: due.next,
+        // The look after waits for the next time's jitter too.
+        next_at: due.next.map(|next| crate::jobs::jitter_of(job.id, next, job.jitter_secs)),
         max_queued,
     })
 }

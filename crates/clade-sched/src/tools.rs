@@ -116,6 +116,7 @@ impl TypedTool for CronCreate {
                 zone: args.zone,
                 misfire: args.misfire,
                 target: Some(target),
+                jitter_secs: None,
                 prompt: args.prompt,
             };
             let new = new_job(&spec, caller.tenant, caller.agent, self.0.now())

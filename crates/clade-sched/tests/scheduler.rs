@@ -82,6 +82,7 @@ async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races
                 zone: (*zone).into(),
                 misfire: (*misfire).into(),
                 target: JobTarget::Session(format!("job-{i}")),
+                jitter_secs: 0,
                 prompt: format!("job {i}"),
                 settled_at: start,
                 next_at: next,
@@ -98,6 +99,7 @@ async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races
             zone: "UTC".into(),
             misfire: "skip".into(),
             target: JobTarget::New,
+            jitter_secs: 0,
             prompt: "never".into(),
             settled_at: start,
             next_at: Some(start),
@@ -219,6 +221,7 @@ async fn one_jobs_failure_holds_up_no_other_tenants_job() {
             zone: "UTC".into(),
             misfire: "skip".into(),
             target: JobTarget::Session("tick".into()),
+            jitter_secs: 0,
             prompt: "tick".into(),
             settled_at: start,
             next_at: Some(first),
@@ -362,6 +365,12 @@ async fn the_scheduler_fires_on_its_clock_and_disables_a_job_that_keeps_failing(
     let audit = store.audit_records(tenant.id, &filter).await.unwrap();
     let record = audit.iter().find(|r| r.kind == "job.disabled").expect("no audit record");
     assert!(record.detail.contains("last 3 runs failed"), "{}", record.detail);
+    // Subscribers are told, in the same transaction: a lifecycle event of no session.
+    let outbox = store.system().outbox_after(0, 1_000).await.unwrap();
+    let event = outbox.iter().find(|r| r.kind == clade_core::EventKind::JobDisabled);
+    let event = event.expect("no job.disabled lifecycle event");
+    assert!(event.session_id.is_none() && event.data.contains("last 3 runs failed"), "{event:?}");
+    assert!(event.data.contains(&job.id.to_string()), "{}", event.data);
 
     // Enabled again, the minute that passed fires (run once) and is refused: one failure, not
     // three in a row, so the job stays enabled.

@@ -252,3 +252,71 @@ proptest! {
         prop_assert_eq!(fired.len() as u64 + skipped, all.len() as u64);
     }
 }
+
+/// Jitter delays each fire by up to its window, by the same amount for the same job and time
+/// (a restart or a second node computes the same), and spreads many jobs of one schedule.
+#[test]
+fn jitter_spreads_jobs_and_is_the_same_on_every_look() {
+    use clade_sched::jobs::{JobSpec, MAX_JITTER_SECS, jitter_of, new_job};
+    let now = Timestamp::from_millis(1_774_569_600_000);
+    let tenant = clade_core::TenantId::generate(now);
+    let agent = clade_core::AgentId::generate(now);
+    let spec = |name: &str, jitter| JobSpec {
+        name: name.into(),
+        schedule: "0 9 * * *".into(),
+        prompt: "morning".into(),
+        jitter_secs: Some(jitter),
+        ..JobSpec::default()
+    };
+    let nine = Timestamp::from_millis(now.as_millis() + 9 * 3_600_000);
+    let mut offsets = std::collections::BTreeSet::new();
+    for i in 0..200 {
+        let job = new_job(&spec(&format!("j{i}"), 600), tenant, agent, now).unwrap();
+        let next = job.next_at.unwrap();
+        let offset = next.as_millis() - nine.as_millis();
+        assert!((0..=600_000).contains(&offset), "{offset} ms outside the window");
+        assert_eq!(jitter_of(job.id, nine, 600), next, "not the same on a second look");
+        offsets.insert(offset / 1_000);
+    }
+    assert!(offsets.len() > 150, "200 jobs on {} seconds only", offsets.len());
+    let plain = new_job(&spec("plain", 0), tenant, agent, now).unwrap();
+    assert_eq!(plain.next_at, Some(nine));
+
+    // A look at the jittered time fires the scheduled time (its key and record name it), and
+    // waits for the next time's jitter.
+    let job = new_job(&spec("late", 600), tenant, agent, now).unwrap();
+    let row = clade_store::JobRow {
+        id: job.id,
+        tenant_id: tenant,
+        agent_id: agent,
+        agent: "ada".into(),
+        name: job.name.clone(),
+        schedule: job.schedule.clone(),
+        zone: job.zone.clone(),
+        misfire: "skip".into(),
+        target: job.target.clone(),
+        jitter_secs: 600,
+        prompt: job.prompt.clone(),
+        enabled: true,
+        disabled_reason: None,
+        enabled_at: now,
+        settled_at: job.settled_at,
+        next_at: job.next_at,
+        skipped: 0,
+        created_at: now,
+    };
+    // Even a short grace keeps a jittered fire on time (the `skip` policy would drop it).
+    let settlement = clade_sched::scheduler::plan(
+        &row,
+        job.next_at.unwrap(),
+        std::time::Duration::from_secs(1),
+        10,
+    )
+    .unwrap();
+    assert_eq!(settlement.fires, [nine]);
+    let tomorrow = Timestamp::from_millis(nine.as_millis() + 86_400_000);
+    assert_eq!(settlement.next_at, Some(jitter_of(job.id, tomorrow, 600)));
+
+    let err = new_job(&spec("wild", MAX_JITTER_SECS + 1), tenant, agent, now).unwrap_err();
+    assert!(err.to_string().contains("at most 3600 s"), "{err}");
+}

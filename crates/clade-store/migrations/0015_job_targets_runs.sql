@@ -9,6 +9,9 @@ UPDATE jobs SET target = 'session:' || name;
 -- Why the job was disabled, when not by a person (a schedule that cannot be read, too many
 -- failures in a row); cleared when it is enabled again.
 ALTER TABLE jobs ADD COLUMN disabled_reason TEXT;
+-- Up to this many seconds added to each scheduled time, the same for the same time on every
+-- node, so that many jobs of one schedule (`0 9 * * *`) do not all fire in the same instant.
+ALTER TABLE jobs ADD COLUMN jitter_secs INTEGER NOT NULL DEFAULT 0;
 -- When it was last enabled: the failures in a row that disable a job are counted from there.
 ALTER TABLE jobs ADD COLUMN enabled_at INTEGER NOT NULL DEFAULT 0;
 UPDATE jobs SET enabled_at = created_at;

@@ -93,6 +93,8 @@ pub struct NewJob {
     pub zone: String,
     pub misfire: String,
     pub target: JobTarget,
+    /// Up to this many seconds added to each scheduled time (see `clade-sched`).
+    pub jitter_secs: u32,
     /// What the agent is told when the job fires.
     pub prompt: String,
     /// The time scheduled times are counted from (the job's start), and its first fire.
@@ -112,6 +114,7 @@ pub struct JobRow {
     pub zone: String,
     pub misfire: String,
     pub target: JobTarget,
+    pub jitter_secs: u32,
     pub prompt: String,
     pub enabled: bool,
     /// Why it was disabled, when not by a person.
@@ -177,7 +180,7 @@ pub struct Settlement {
 }
 
 const COLUMNS: &str = "j.id, j.tenant_id, j.agent_id, a.handle AS agent_handle, j.name, \
-                       j.schedule, j.zone, j.misfire, j.target, j.prompt, j.enabled, \
+                       j.schedule, j.zone, j.misfire, j.target, j.jitter_secs, j.prompt, j.enabled, \
                        j.disabled_reason, j.enabled_at, j.settled_at, j.next_at, j.skipped, \
                        j.created_at";
 
@@ -196,6 +199,7 @@ fn job_row(row: &Row) -> Result<JobRow> {
         zone: row.try_get("zone")?,
         misfire: row.try_get("misfire")?,
         target: JobTarget::parse(&target).map_err(Error::BadRow)?,
+        jitter_secs: u32::try_from(row.try_get::<i64, _>("jitter_secs")?).unwrap_or(0),
         prompt: row.try_get("prompt")?,
         enabled: row.try_get("enabled")?,
         disabled_reason: row.try_get("disabled_reason")?,
@@ -256,8 +260,9 @@ impl<'w> JobWrites<'w> {
         }
         let inserted = query(
             "INSERT INTO jobs (id, tenant_id, agent_id, name, schedule, zone, misfire, target, \
-             prompt, enabled, enabled_at, settled_at, next_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $12, $10, $11, $12, $12)",
+             prompt, enabled, enabled_at, settled_at, next_at, created_at, updated_at, \
+             jitter_secs) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $12, $10, $11, $12, $12, $13)",
         )
         .bind(new.id.as_bytes().to_vec())
         .bind(new.tenant.as_bytes().to_vec())
@@ -271,6 +276,7 @@ impl<'w> JobWrites<'w> {
         .bind(new.settled_at.as_millis())
         .bind(new.next_at.map(|t| t.as_millis()))
         .bind(self.now.as_millis())
+        .bind(i64::from(new.jitter_secs))
         .execute(&mut *self.conn)
         .await;
         match inserted {
@@ -578,6 +584,17 @@ impl Store {
                     audit.agent = Some(row.agent_id);
                     audit.detail = job_detail(&audit.detail, &row, reason.as_deref());
                     work.audit(&audit).await?;
+                    // Disabled by the scheduler, not a person: subscribers are told why.
+                    if let (false, Some(reason)) = (enabled, reason) {
+                        let event =
+                            clade_protocol::LifecycleEvent::from(clade_protocol::JobDisabled {
+                                job_id: row.id.to_string(),
+                                agent_id: row.agent_id.to_string(),
+                                name: row.name.clone(),
+                                reason,
+                            });
+                        work.announce(None, &[crate::turns::OutboxEvent::from(&event)]).await?;
+                    }
                     Ok(row)
                 })
             })

@@ -37,7 +37,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: CronCommand) -> Result<()> {
                 .collect();
             output::table(&["AGENT", "NAME", "SCHEDULE", "ZONE", "TARGET", "STATE", "NEXT"], &rows);
         }
-        CronCommand::Create { name, schedule, prompt, zone, misfire, target, json } => {
+        CronCommand::Create { name, schedule, prompt, zone, misfire, target, jitter, json } => {
             let agent = ctx.agent(None).await?;
             let spec = clade_sched::JobSpec {
                 name,
@@ -45,6 +45,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: CronCommand) -> Result<()> {
                 zone: Some(zone),
                 misfire: Some(misfire),
                 target,
+                jitter_secs: Some(jitter),
                 prompt,
             };
             let new = clade_sched::new_job(&spec, tenant.id, agent.id, ctx.store.now())?;

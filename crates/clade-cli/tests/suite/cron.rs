@@ -273,3 +273,57 @@ fn the_cli_manages_jobs_and_names_bad_ones() {
     env.run(&["--agent", "ada", "cron", "remove", "nightly"]).fails_with("has no job \"nightly\"");
     assert_eq!(env.run(&["cron", "list", "--json"]).ok().json(), json!([]));
 }
+
+/// A job whose turns keep failing (its model refuses every call) is disabled by the scheduler
+/// after `scheduler.max_failures` failed runs in a row: the job says why, and a webhook
+/// subscriber is told with a `job.disabled` event.
+#[tokio::test]
+async fn a_job_whose_turns_keep_failing_is_disabled_and_subscribers_are_told() {
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let hook = {
+        let bodies = bodies.clone();
+        super::support::serve_hook(move |body: axum::body::Bytes| {
+            if let Ok(value) = serde_json::from_slice(&body) {
+                bodies.lock().unwrap().push(value);
+            }
+            async { axum::http::StatusCode::OK }
+        })
+        .await
+    };
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let mut env = Env::new();
+    env.vars.push(("STUB_KEY".into(), "sk-stub".into()));
+    env.vars.push(("HOOK_SECRET".into(), "s3cret".into()));
+    super::support::write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "models:\n  refusing:\n    provider: openai\n    model: stub+status=401\n    base_url: {}/v1\n    api_key_env: STUB_KEY\n\
+             scheduler:\n  max_failures: 2\n\
+             subscribers:\n  - name: hook\n    url: {hook}\n    secret_env: HOOK_SECRET\n",
+            stub.url()
+        ),
+    );
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let job = json!({ "name": "doomed", "schedule": "* * * * * *", "prompt": "hello" });
+    let (status, created) = server.send("POST", "/v1/agents/ada/jobs", None, Some(job)).await;
+    assert_eq!(status, 201, "{created}");
+    let job = until(&server, "/v1/agents/ada/jobs/doomed", |job| job["enabled"] == false).await;
+    let reason = job["disabled_reason"].as_str().unwrap();
+    assert!(reason.contains("last 2 runs failed") && reason.contains("failed"), "{reason}");
+    let runs = server.get_json("/v1/agents/ada/jobs/doomed/runs").await;
+    let failed = runs["items"].as_array().unwrap().iter().filter(|r| r["turn_status"] == "failed");
+    assert!(failed.count() >= 2, "{runs}");
+    for _ in 0..100 {
+        if bodies.lock().unwrap().iter().any(|b| b["type"] == "job.disabled") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bodies = bodies.lock().unwrap().clone();
+    let told =
+        bodies.iter().find(|b| b["type"] == "job.disabled").expect("no job.disabled webhook");
+    assert_eq!(told["data"]["name"], "doomed", "{told}");
+    assert_eq!(told["data"]["job_id"], created["id"], "{told}");
+}

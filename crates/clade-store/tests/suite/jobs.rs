@@ -24,6 +24,7 @@ fn job(
         zone: "UTC".into(),
         misfire: "run_once".into(),
         target: JobTarget::Session(name.into()),
+        jitter_secs: 0,
         prompt: name.into(),
         settled_at: minute(0),
         next_at: Some(first),
