@@ -83,9 +83,38 @@ pub struct Config {
     /// Agents' scheduled jobs.
     #[serde(default)]
     pub scheduler: SchedulerConfig,
+    /// Heartbeats, keyed by agent reference (`tenant/handle`, or a bare handle in the default
+    /// tenant): a job of the agent's own that sends it its prompt on a schedule, kept as this
+    /// file says from each start of `clade serve`.
+    #[serde(default)]
+    pub heartbeats: BTreeMap<String, HeartbeatConfig>,
     /// Test-harness settings; never needed in production.
     #[serde(default)]
     pub testing: TestingConfig,
+}
+
+/// One agent's heartbeat. Its prompt is its own: it never depends on a file having content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// When it beats: a cron expression, an alias (`@hourly`) or `@every 30m`.
+    #[serde(default = "default_heartbeat_schedule")]
+    pub schedule: String,
+    /// What the agent is told at every beat.
+    pub prompt: String,
+    /// The IANA time zone the schedule is read in; UTC when absent.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Where beats go: `session:<name>` (default `session:heartbeat`) or `new`.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Up to this many seconds added to each beat.
+    #[serde(default)]
+    pub jitter_secs: Option<u32>,
+}
+
+fn default_heartbeat_schedule() -> String {
+    "@every 30m".into()
 }
 
 /// How the gateway fires agents' scheduled jobs.
@@ -735,9 +764,17 @@ impl Config {
             check_agent_keys("routing.agents", &self.routing.agents),
             check_agent_keys("sessions.agents", &self.sessions.agents),
             check_agent_keys("budgets.agents", &self.budgets.agents),
+            check_agent_keys("heartbeats", &self.heartbeats),
         ] {
             if let Err(message) = result {
                 return fail(message);
+            }
+        }
+        for (agent, heartbeat) in &self.heartbeats {
+            if heartbeat.prompt.trim().is_empty() {
+                return fail(format!(
+                    "heartbeats.{agent}.prompt is empty: a heartbeat says what the agent is to do at every beat"
+                ));
             }
         }
         let agent_ref = |field: String, text: &str| {

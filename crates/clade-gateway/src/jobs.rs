@@ -73,6 +73,17 @@ async fn scope(
     Ok((store, agent))
 }
 
+/// Refuses a change to a job `clade.yaml` declares (a heartbeat): the file is its source.
+fn declared(name: &str) -> Result<(), ApiError> {
+    if name.starts_with('_') {
+        return Err(ApiError::new(
+            Code::InvalidJob,
+            format!("job {name:?} is declared in clade.yaml (heartbeats): change it there"),
+        ));
+    }
+    Ok(())
+}
+
 fn job_not_found(handle: &str, name: &str) -> ApiError {
     ApiError::new(
         Code::JobNotFound,
@@ -103,7 +114,8 @@ pub(crate) async fn create(
         zone: params.zone,
         misfire: params.misfire,
         target: params.target,
-        jitter_secs: params.jitter_secs,
+        // Past u32, it is past the hour `new_job` allows, and refused as such.
+        jitter_secs: params.jitter_secs.map(|secs| u32::try_from(secs).unwrap_or(u32::MAX)),
         prompt: params.prompt,
     };
     let new =
@@ -161,6 +173,7 @@ pub(crate) async fn update(
 ) -> Result<axum::Json<JobResponse>, ApiError> {
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
     let job = named(&store, &agent, &handle, &name).await?;
+    declared(&name)?;
     let job = store.set_job_enabled(job.id, params.enabled).await?;
     Ok(axum::Json(job_response(job)))
 }
@@ -172,6 +185,7 @@ pub(crate) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
     let job = named(&store, &agent, &handle, &name).await?;
+    declared(&name)?;
     store.delete_job(job.id).await?;
     tracing::info!(job_id = %job.id, "job removed");
     Ok(StatusCode::NO_CONTENT)

@@ -116,8 +116,9 @@ const TOOL: Param = path("name", text_schema);
 const TURN: Param = path("turn", uuid_schema);
 const JOB: Param = path("name", job_name_schema);
 
+/// A job's name as a path names it: a job's own, or (`_heartbeat`) one `clade.yaml` declares.
 fn job_name_schema(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({ "type": "string", "pattern": api::JOB_NAME_PATTERN })
+    json_schema!({ "type": "string", "pattern": "^_?[a-z0-9][a-z0-9_.-]{0,63}$" })
 }
 
 /// The WebSocket handshake's headers (RFC 6455), so a client generated from the document
@@ -315,6 +316,7 @@ pub static OPERATIONS: &[Operation] = &[
             ok("200", "the job", of::<api::JobResponse>),
             error("400", "invalid body"),
             error("404", "no such agent or job"),
+            error("422", "the job is one clade.yaml declares (`invalid_job`): change it there"),
         ],
         ..op(
             "PATCH",
@@ -326,7 +328,11 @@ pub static OPERATIONS: &[Operation] = &[
     },
     Operation {
         params: &[HANDLE, JOB],
-        responses: &[empty("204", "removed"), error("404", "no such agent or job")],
+        responses: &[
+            empty("204", "removed"),
+            error("404", "no such agent or job"),
+            error("422", "the job is one clade.yaml declares (`invalid_job`): change it there"),
+        ],
         ..op(
             "DELETE",
             "/v1/agents/{handle}/jobs/{name}",

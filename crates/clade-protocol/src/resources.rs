@@ -679,9 +679,9 @@ pub struct CreateJobParams {
     pub target: Option<String>,
     /// Up to this many seconds added to each scheduled time (the same for the same time on
     /// every node), so that many jobs of one schedule do not fire in the same instant.
-    #[serde(default)]
-    #[schemars(range(max = 3600))]
-    pub jitter_secs: Option<u32>,
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub jitter_secs: Option<u64>,
     /// What the agent is told at every fire.
     #[schemars(length(min = 1, max = 16384))]
     pub prompt: String,

@@ -10,10 +10,11 @@
 //! `scheduler` is the one part that touches the store: looks at the due jobs, committing what
 //! each fires through `clade-store`'s jobs, run as a service on the store's clock; `jobs`
 //! checks a job as it is asked for, for every edge that creates one; `tools` are the
-//! agents' own `cron.*` tools. Must not depend on the
+//! agents' own `cron.*` tools; `heartbeats` keeps the jobs `clade.yaml` declares. Must not depend on the
 //! runtime or the gateway: waking the engine for the envelopes a look fired is its caller's.
 
 mod cron;
+pub mod heartbeats;
 pub mod jobs;
 mod misfire;
 pub mod scheduler;

@@ -152,6 +152,9 @@ impl TypedTool for CronRemove {
     fn run<'a>(&'a self, args: RemoveArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(async move {
             let caller = ctx.caller()?;
+            if args.name == crate::heartbeats::HEARTBEAT_JOB {
+                return Err("your heartbeat is the operator's (clade.yaml's `heartbeats`): it cannot be removed from here".into());
+            }
             let job = match self.0.job_named(caller.tenant, caller.agent, &args.name).await {
                 Ok(job) => job,
                 // Removed already (a retried call): the outcome asked for holds.

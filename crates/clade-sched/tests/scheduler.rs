@@ -385,3 +385,84 @@ async fn the_scheduler_fires_on_its_clock_and_disables_a_job_that_keeps_failing(
     task.await.unwrap();
     store.close().await;
 }
+
+/// Each start makes the heartbeat jobs what `clade.yaml` declares: created, kept when
+/// unchanged (with their history), replaced when changed, removed when no longer declared;
+/// declared for a missing agent, reported; a bad one refused naming it, changing nothing.
+#[tokio::test]
+async fn heartbeats_are_kept_as_the_configuration_declares() {
+    use clade_sched::heartbeats::{HEARTBEAT_JOB, reconcile};
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = DataDir::open(tmp.path().join("data")).unwrap();
+    let store = open(&Location::Sqlite(data_dir.sqlite_path())).await;
+    let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+    let agents = Agents::new(store.clone(), data_dir.clone());
+    let mut ids = Vec::new();
+    for handle in ["ada", "bo"] {
+        let spec = NewAgent {
+            handle: Handle::parse(handle).unwrap(),
+            display_name: None,
+            config: AgentConfig::default(),
+        };
+        ids.push(agents.create(tenant.id, spec).await.unwrap().id);
+    }
+    drop(agents);
+    let config = |yaml: &str| {
+        let config = clade_config::Config::parse(yaml, std::path::Path::new("clade.yaml")).unwrap();
+        config.check(std::path::Path::new("clade.yaml")).unwrap();
+        config
+    };
+    let both = config(
+        "heartbeats:\n  ada: { prompt: \"check the inbox\" }\n  \
+         bo: { schedule: \"0 9 * * *\", zone: Europe/Berlin, prompt: \"plan the day\" }\n  \
+         ghost: { prompt: \"boo\" }\n",
+    );
+    let first = reconcile(&store, &both).await.unwrap();
+    assert_eq!(first.created, ["ada", "bo"]);
+    assert_eq!(first.missing, ["ghost"]);
+    let ada = store.job_named(tenant.id, ids[0], HEARTBEAT_JOB).await.unwrap();
+    assert_eq!((ada.schedule.as_str(), ada.prompt.as_str()), ("@every 30m", "check the inbox"));
+    assert_eq!(ada.target, JobTarget::Session("heartbeat".into()));
+
+    let again = reconcile(&store, &both).await.unwrap();
+    assert_eq!(again.kept, ["ada", "bo"]);
+    assert_eq!(store.job_named(tenant.id, ids[0], HEARTBEAT_JOB).await.unwrap().id, ada.id);
+
+    let changed =
+        config("heartbeats:\n  ada: { schedule: \"@hourly\", prompt: \"check the inbox\" }\n");
+    let third = reconcile(&store, &changed).await.unwrap();
+    assert_eq!((third.replaced, third.removed), (vec!["ada".to_owned()], vec!["bo".to_owned()]));
+    let ada = store.job_named(tenant.id, ids[0], HEARTBEAT_JOB).await.unwrap();
+    assert_eq!(ada.schedule, "@hourly");
+    assert!(store.job_named(tenant.id, ids[1], HEARTBEAT_JOB).await.is_err());
+
+    for (yaml, says) in [
+        (
+            "heartbeats:\n  ada: { schedule: \"61 * * * *\", prompt: \"x\" }\n",
+            "heartbeats.ada: minute field",
+        ),
+        (
+            "heartbeats:\n  ada: { zone: Mars/Base, prompt: \"x\" }\n",
+            "heartbeats.ada: unknown time zone",
+        ),
+        (
+            "heartbeats:\n  ada: { target: \"origin:nope\", prompt: \"x\" }\n",
+            "heartbeats.ada: target",
+        ),
+    ] {
+        let err = reconcile(&store, &config(yaml)).await.unwrap_err().to_string();
+        assert!(err.contains(says), "{yaml}: {err}");
+    }
+    // The refused files changed nothing.
+    let kept = store.job_named(tenant.id, ids[0], HEARTBEAT_JOB).await.unwrap();
+    assert_eq!(kept.id, ada.id);
+    // An empty prompt is the configuration's own check.
+    let empty = clade_config::Config::parse(
+        "heartbeats:\n  ada: { prompt: \"  \" }\n",
+        std::path::Path::new("clade.yaml"),
+    )
+    .unwrap();
+    let err = empty.check(std::path::Path::new("clade.yaml")).unwrap_err().to_string();
+    assert!(err.contains("heartbeats.ada.prompt is empty"), "{err}");
+    store.close().await;
+}

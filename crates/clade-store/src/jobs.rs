@@ -716,6 +716,17 @@ impl SystemStore {
         rows.iter().map(job_row).collect()
     }
 
+    /// Every tenant's jobs named `name` (the heartbeats `clade.yaml` declares).
+    pub async fn jobs_named(&self, name: &str) -> Result<Vec<JobRow>> {
+        let rows = self
+            .rows(
+                query(format!("SELECT {COLUMNS} FROM {FROM} WHERE j.name = $1 ORDER BY j.id"))
+                    .bind(name.to_owned()),
+            )
+            .await?;
+        rows.iter().map(job_row).collect()
+    }
+
     /// When the soonest enabled job is due, if any is.
     pub async fn next_due(&self) -> Result<Option<Timestamp>> {
         let row = self

@@ -14,7 +14,13 @@ pub(super) fn run(global: &Global, cmd: &ConfigCommand) -> Result<()> {
                 (Some(path), _) | (None, Some(path)) => path.clone(),
                 (None, None) => context::data_dir_path(global)?.join(clade_config::FILE_NAME),
             };
-            Config::load(&path)?;
+            let config = Config::load(&path)?;
+            // Heartbeats are jobs: checked as every job is.
+            clade_sched::heartbeats::check(
+                &config,
+                clade_core::Clock::now(&clade_core::SystemClock),
+            )
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             println!("{}: ok", path.display());
         }
     }

@@ -41,6 +41,22 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     )
     .await?;
     clade_runtime::outbox::spawn(ctx.store.clone(), subscribers, engine.outbox_signal());
+    let beats = clade_sched::heartbeats::reconcile(&ctx.store, &ctx.config)
+        .await
+        .context("clade.yaml's heartbeats cannot be kept: fix them, then start again")?;
+    if !beats.missing.is_empty() {
+        tracing::warn!(
+            agents = ?beats.missing,
+            "heartbeats are declared for agents that do not exist: they beat from the next start after the agents are created"
+        );
+    }
+    tracing::info!(
+        created = beats.created.len(),
+        replaced = beats.replaced.len(),
+        kept = beats.kept.len(),
+        removed = beats.removed.len(),
+        "heartbeats as clade.yaml declares them"
+    );
     let scheduler = start_scheduler(ctx, &engine);
     let limits = std::sync::Arc::new(clade_gateway::quotas::TenantLimits::new(
         ctx.config.tenants.clone(),

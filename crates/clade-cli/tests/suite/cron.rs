@@ -327,3 +327,64 @@ async fn a_job_whose_turns_keep_failing_is_disabled_and_subscribers_are_told() {
     assert_eq!(told["data"]["name"], "doomed", "{told}");
     assert_eq!(told["data"]["job_id"], created["id"], "{told}");
 }
+
+/// A heartbeat declared in clade.yaml beats with its own prompt from the gateway's start, into
+/// the agent's `heartbeat` session; a bad one is refused by `clade config validate` and by
+/// `clade serve`, naming it.
+#[tokio::test]
+async fn a_declared_heartbeat_beats_and_a_bad_one_is_refused() {
+    let env = Env::new();
+    let yaml = env.data_dir().join("clade.yaml");
+    super::support::write(
+        &yaml,
+        "heartbeats:\n  ada: { schedule: \"61 * * * *\", prompt: \"x\" }\n",
+    );
+    env.run(&["config", "validate"]).fails_with("heartbeats.ada: minute field");
+    super::support::write(
+        &yaml,
+        "heartbeats:\n  ada: { schedule: \"* * * * * *\", prompt: \"/reply beat\" }\n",
+    );
+    env.run(&["config", "validate"]).ok();
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let mut beat = None;
+    for _ in 0..300 {
+        let sessions = server.get_json("/v1/sessions").await;
+        let heartbeat = sessions["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["platform"] == "cron" && s["channel"] == "heartbeat");
+        if let Some(session) = heartbeat {
+            let turns = server.all_turns(session["id"].as_str().unwrap()).await;
+            if let Some(turn) = turns.iter().find(|t| t["status"] == "completed") {
+                beat = Some(turn.clone());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let beat = beat.expect("the heartbeat never beat");
+    assert_eq!(beat["reply"], "beat", "{beat}");
+    // The listing shows it; the API cannot remove it (its name is the file's).
+    let jobs = server.get_json("/v1/agents/ada/jobs").await;
+    assert_eq!(jobs["items"][0]["name"], "_heartbeat", "{jobs}");
+    let (status, refused) =
+        server.send("DELETE", "/v1/agents/ada/jobs/_heartbeat", None, None).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (422, Some("invalid_job")),
+        "{refused}"
+    );
+    let runs = server.get_json("/v1/agents/ada/jobs/_heartbeat/runs").await;
+    assert!(!runs["items"].as_array().unwrap().is_empty(), "{runs}");
+    drop(server);
+
+    super::support::write(&yaml, "heartbeats:\n  ada: { zone: Nowhere/Else, prompt: \"x\" }\n");
+    let out = env.command().args(["serve", "--listen", "127.0.0.1:0"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("heartbeats.ada: unknown time zone"),
+        "{stderr}"
+    );
+}
