@@ -340,6 +340,21 @@ pub(crate) enum ConfigCommand {
         /// File to check [default: --config, else <data-dir>/clade.yaml]
         file: Option<PathBuf>,
     },
+    /// Apply FILE as the configuration: parse, check, write, record a revision; a serving
+    /// gateway takes it within a second (sessions, bindings, tools, tenants, heartbeats; the
+    /// rest at its next start)
+    Apply { file: PathBuf },
+    /// The configurations applied, newest first
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What a revision changed, as a diff from the one before
+    Diff { revision: i64 },
+    /// Apply an earlier revision's configuration again, as a new revision
+    Revert { revision: i64 },
 }
 
 #[derive(Debug, Args)]

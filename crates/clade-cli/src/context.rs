@@ -17,6 +17,8 @@ pub(crate) struct Ctx {
     /// Where the store lives (for `serve`'s owner lock).
     pub(crate) location: Location,
     pub(crate) config: Config,
+    /// Where the configuration is read from, and applied to (`clade config apply`).
+    pub(crate) config_path: PathBuf,
     pub(crate) store: Store,
     pub(crate) agents: Agents,
     tenant: Option<String>,
@@ -66,10 +68,12 @@ impl Ctx {
         // What this process changes, the operator changes through the CLI.
         let store = store.acting_as("operator (cli)");
         let agents = Agents::new(store.clone(), data_dir.clone());
+        let config_path = global.config.clone().unwrap_or_else(|| data_dir.config_path());
         Ok(Self {
             data_dir,
             location,
             config,
+            config_path,
             store,
             agents,
             tenant: global.tenant.clone(),

@@ -162,6 +162,8 @@ vocabulary! {
         /// The scheduler disabled a job (its runs kept failing, its schedule could not be
         /// read); of no session.
         JobDisabled = "job.disabled",
+        /// A new configuration was applied to the deployment; of no session.
+        ConfigApplied = "config.applied",
     }
 }
 
@@ -201,6 +203,7 @@ vocabulary! {
         /// By a person, or by the scheduler (a schedule it cannot read, too many failures in
         /// a row), which says why.
         JobDisabled = "job.disabled",
+        ConfigApplied = "config.applied",
     }
 }
 

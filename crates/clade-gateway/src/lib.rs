@@ -12,6 +12,7 @@ mod agents;
 /// The wire types, which `clade-protocol` owns.
 pub use clade_protocol as api;
 mod auth;
+pub mod config_flow;
 pub mod error;
 mod events;
 mod jobs;

@@ -17,7 +17,8 @@ use crate::error::{ApiError, Code};
 
 /// The quotas in force and each tenant's event bucket.
 pub struct TenantLimits {
-    tenants: BTreeMap<String, TenantConfig>,
+    /// Swapped whole when a new configuration is applied.
+    tenants: std::sync::RwLock<Arc<BTreeMap<String, TenantConfig>>>,
     buckets: Mutex<HashMap<TenantId, Bucket>>,
     /// Each tenant's stored bytes as last measured, plus what was accepted since.
     stored: Mutex<HashMap<TenantId, Stored>>,
@@ -40,16 +41,27 @@ pub const STORED_BYTES_EVERY: Duration = Duration::from_secs(5);
 
 impl TenantLimits {
     pub fn new(tenants: BTreeMap<String, TenantConfig>, clock: Arc<dyn Clock>) -> Self {
-        Self { tenants, buckets: Mutex::default(), stored: Mutex::default(), clock }
+        Self {
+            tenants: std::sync::RwLock::new(Arc::new(tenants)),
+            buckets: Mutex::default(),
+            stored: Mutex::default(),
+            clock,
+        }
+    }
+
+    /// Takes the quotas of a newly applied configuration; buckets keep their tokens.
+    pub fn reload(&self, tenants: BTreeMap<String, TenantConfig>) {
+        *self.tenants.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tenants);
     }
 
     /// The tenant's quotas, and the clade.yaml key they come from.
     fn quotas(&self, tenant: &Tenant) -> Option<(Quotas, String)> {
         let name = tenant.name.as_str();
-        if let Some(quotas) = self.tenants.get(name).and_then(|t| t.quotas) {
+        let tenants = self.tenants.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(quotas) = tenants.get(name).and_then(|t| t.quotas) {
             return Some((quotas, format!("tenants.{name}.quotas")));
         }
-        self.tenants.get("*").and_then(|t| t.quotas).map(|q| (q, "tenants.\"*\".quotas".to_owned()))
+        tenants.get("*").and_then(|t| t.quotas).map(|q| (q, "tenants.\"*\".quotas".to_owned()))
     }
 
     /// The most agents `tenant` may have, and where that is set.

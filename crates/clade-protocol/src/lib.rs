@@ -18,9 +18,9 @@ mod spelled;
 
 pub use journal::{ModelToolCall, TurnStep, TurnStepPage};
 pub use lifecycle::{
-    ApprovalDecided, ApprovalRequested, CancelResponse, ClientFrame, HealthResponse, JobDisabled,
-    LifecycleEvent, ReadinessResponse, ResumeResponse, SandboxReport, ServerFrame, TextDelta,
-    ToolCalled, ToolReturned, TurnEnded, TurnResumed, TurnStarted, WebhookEvent,
+    ApprovalDecided, ApprovalRequested, CancelResponse, ClientFrame, ConfigApplied, HealthResponse,
+    JobDisabled, LifecycleEvent, ReadinessResponse, ResumeResponse, SandboxReport, ServerFrame,
+    TextDelta, ToolCalled, ToolReturned, TurnEnded, TurnResumed, TurnStarted, WebhookEvent,
 };
 pub use resources::*;
 pub use spelled::Spelled;

@@ -115,6 +115,18 @@ pub struct JobDisabled {
     pub reason: String,
 }
 
+/// `config.applied`: a configuration was applied to the deployment (told to the operator's
+/// tenant, the default one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfigApplied {
+    pub revision: i64,
+    pub sha256: String,
+    pub applied_by: String,
+    /// The revision it went back to, for a revert.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reverts: Option<i64>,
+}
+
 /// Declares [`LifecycleEvent`] with one variant per kind and its data type, and the code that
 /// maps between the two: the kind's spelling comes from `clade-core` alone.
 macro_rules! lifecycle_events {
@@ -186,6 +198,7 @@ lifecycle_events! {
     ApprovalRequested(ApprovalRequested) [From],
     ApprovalDecided(ApprovalDecided) [From],
     JobDisabled(JobDisabled) [From],
+    ConfigApplied(ConfigApplied) [From],
 }
 
 impl LifecycleEvent {

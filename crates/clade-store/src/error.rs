@@ -56,6 +56,8 @@ pub enum Error {
     ExecutionNotFound(String),
     #[error("job {0} not found")]
     JobNotFound(String),
+    #[error("configuration revision {0} not found")]
+    ConfigRevisionNotFound(i64),
     #[error("a job named {0:?} already exists for this agent")]
     JobExists(String),
     #[error("execution {id} has ended ({status}); nothing changed")]

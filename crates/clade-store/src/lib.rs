@@ -14,6 +14,7 @@ pub mod access;
 pub mod agents;
 pub mod backend;
 pub mod checksums;
+pub mod config_revisions;
 mod crypto;
 pub mod datadir;
 mod db;
@@ -38,6 +39,7 @@ pub use access::{
 pub use agents::{Agents, Workspaces};
 pub use backend::{Backend, Durability, Location};
 pub use checksums::{PageChecksums, Rewritten};
+pub use config_revisions::{ConfigRevision, NewConfigRevision};
 pub use crypto::MasterKey;
 pub use datadir::DataDir;
 pub use error::{Error, Result};

@@ -75,6 +75,11 @@ const MIGRATIONS: &[Migration] = &[
         "job_targets_runs",
         include_str!("../migrations/0015_job_targets_runs.sql"),
     ),
+    Migration::shared(
+        16,
+        "config_revisions",
+        include_str!("../migrations/0016_config_revisions.sql"),
+    ),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -84,7 +89,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 15;
+pub const SCHEMA_VERSION: i64 = 16;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -583,6 +583,11 @@ impl Store {
     /// This handle, recording `actor` (`operator (cli)`, `tenant acme (api)`) as who made the
     /// admin changes it writes: tenants, agents, tokens and secrets created or removed are
     /// appended to the tenant's audit chain in the same transaction as the change.
+    /// Who this handle's writes are recorded as (see [`Store::acting_as`]).
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
     pub fn acting_as(&self, actor: impl Into<Arc<str>>) -> Store {
         Store { actor: actor.into(), ..self.clone() }
     }

@@ -39,6 +39,11 @@ impl Work<'_> {
         self.now
     }
 
+    /// The transaction itself, for the store's own modules' statements.
+    pub(crate) fn conn(&mut self) -> &mut Tx {
+        self.conn
+    }
+
     /// Durable executions and their steps.
     pub fn executions(&mut self) -> ExecutionWrites<'_> {
         ExecutionWrites::new(self.conn, self.tenant, self.now, self.fence)

@@ -1,8 +1,15 @@
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clade_config::Config;
+use clade_gateway::config_flow::{self, Applied};
 
 use crate::cli::{ConfigCommand, Global};
-use crate::context;
+use crate::context::{self, Ctx};
+use crate::output;
+
+/// Whether `cmd` works on the store's revisions (the others need no store).
+pub(super) fn needs_store(cmd: &ConfigCommand) -> bool {
+    !matches!(cmd, ConfigCommand::Schema | ConfigCommand::Validate { .. })
+}
 
 pub(super) fn run(global: &Global, cmd: &ConfigCommand) -> Result<()> {
     match cmd {
@@ -23,6 +30,93 @@ pub(super) fn run(global: &Global, cmd: &ConfigCommand) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             println!("{}: ok", path.display());
         }
+        ConfigCommand::Apply { .. }
+        | ConfigCommand::History { .. }
+        | ConfigCommand::Diff { .. }
+        | ConfigCommand::Revert { .. } => {}
     }
     Ok(())
+}
+
+/// `clade config apply|history|diff|revert`: the deployment's configuration revisions.
+pub(super) async fn revisions(ctx: &Ctx, cmd: ConfigCommand) -> Result<()> {
+    match cmd {
+        ConfigCommand::Apply { file } => {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                anyhow::anyhow!("cannot read {}: {e}; pass the file to apply", file.display())
+            })?;
+            applied(ctx, config_flow::apply(&ctx.store, &ctx.config_path, &text, None).await?);
+        }
+        ConfigCommand::Revert { revision } => {
+            let old = match ctx.store.config_revision(revision).await {
+                Err(clade_store::Error::ConfigRevisionNotFound(n)) => {
+                    bail!(
+                        "there is no configuration revision {n}: list them with `clade config history`"
+                    )
+                }
+                other => other?,
+            };
+            let flow = config_flow::apply(&ctx.store, &ctx.config_path, &old.yaml, Some(revision));
+            applied(ctx, flow.await?);
+        }
+        ConfigCommand::History { limit, json } => {
+            let revisions = ctx.store.config_revisions(limit).await?;
+            if json {
+                let items: Vec<_> = revisions
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({ "revision": r.revision, "sha256": r.sha256,
+                            "applied_by": r.applied_by, "applied_at": r.applied_at.as_millis(),
+                            "reverts": r.reverts })
+                    })
+                    .collect();
+                return output::json(&items);
+            }
+            let rows: Vec<Vec<String>> = revisions
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.revision.to_string(),
+                        r.applied_at.to_string(),
+                        r.applied_by.clone(),
+                        r.sha256.chars().take(12).collect(),
+                        r.reverts.map(|n| format!("reverts {n}")).unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            output::table(&["REVISION", "APPLIED", "BY", "SHA256", "NOTE"], &rows);
+        }
+        ConfigCommand::Diff { revision } => match ctx.store.config_revision(revision).await {
+            Err(clade_store::Error::ConfigRevisionNotFound(n)) => {
+                bail!(
+                    "there is no configuration revision {n}: list them with `clade config history`"
+                )
+            }
+            other => print!("{}", other?.diff),
+        },
+        ConfigCommand::Schema | ConfigCommand::Validate { .. } => {}
+    }
+    Ok(())
+}
+
+fn applied(ctx: &Ctx, applied: Applied) {
+    match applied {
+        Applied::Unchanged => {
+            println!("{} already says this: nothing applied", ctx.config_path.display())
+        }
+        Applied::Revision { revision, at_restart } => {
+            print!("{}", revision.diff);
+            println!(
+                "applied revision {} to {}; a serving gateway takes it within a second",
+                revision.revision,
+                ctx.config_path.display()
+            );
+            if !at_restart.is_empty() {
+                println!(
+                    "changed sections that take effect at the next start: {}",
+                    at_restart.join(", ")
+                );
+            }
+        }
+    }
 }

@@ -23,7 +23,9 @@ use crate::logging;
 pub(crate) async fn run(cli: Cli) -> Result<()> {
     let global = &cli.global;
     // Commands that need no store are handled before one is opened.
-    if let Command::Config(cmd) = &cli.command {
+    if let Command::Config(cmd) = &cli.command
+        && !config::needs_store(cmd)
+    {
         logging::init(LogFormat::Human, None, "warn");
         return config::run(global, cmd);
     }
@@ -76,6 +78,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Audit(args) => tools::audit(&ctx, args).await,
         Command::Cron(cmd) => cron::run(&ctx, cmd).await,
         Command::Bench(cmd) => bench::run(&ctx, cmd).await,
-        Command::Config(_) | Command::Stub(_) | Command::EgressBridge { .. } => Ok(()),
+        Command::Config(cmd) => config::revisions(&ctx, cmd).await,
+        Command::Stub(_) | Command::EgressBridge { .. } => Ok(()),
     }
 }

@@ -62,6 +62,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         ctx.config.tenants.clone(),
         ctx.store.clock().clone(),
     ));
+    let reloader = start_reloader(ctx, engine.clone(), limits.clone()).await?;
     let stream_ids = clade_gateway::stream_ids::StreamIds::load(&ctx.store).await?;
     // A write through the gateway that names no caller is not the CLI's operator.
     let state = AppState {
@@ -109,12 +110,72 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     clade_gateway::serve(listener, app, shutdown_signal(), limits)
         .await
         .context("server failed")?;
+    reloader.abort();
     if let Some((stop, task)) = scheduler {
         let _ = stop.send(());
         let _ = task.await;
     }
     tracing::info!("clade stopped");
     Ok(())
+}
+
+/// Watches the store for configuration revisions newer than the one this gateway runs (the
+/// newest at its start), and swaps in each one's sessions, bindings, default agent, tools,
+/// tenants and heartbeats; turns running finish on the settings they started with.
+async fn start_reloader(
+    ctx: &Ctx,
+    engine: clade_runtime::Engine,
+    limits: std::sync::Arc<clade_gateway::quotas::TenantLimits>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let store = ctx.store.acting_as("gateway (configuration reload)");
+    let path = ctx.config_path.clone();
+    let mut running = store.latest_config_revision().await?;
+    Ok(tokio::spawn(async move {
+        let clock = store.clock().clone();
+        loop {
+            clock.sleep(std::time::Duration::from_secs(1)).await;
+            let latest = match store.latest_config_revision().await {
+                Ok(latest) if latest > running => latest,
+                Ok(_) => continue,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the configuration revisions; trying again");
+                    continue;
+                }
+            };
+            running = latest;
+            let config = match store
+                .config_revision(latest)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|revision| {
+                    clade_gateway::config_flow::validate(&revision.yaml, &path, store.now())
+                        .map_err(|e| e.to_string())
+                }) {
+                Ok(config) => config,
+                Err(err) => {
+                    tracing::error!(revision = latest, error = %err, "configuration revision not taken: the gateway runs the one before; apply a fixed one");
+                    continue;
+                }
+            };
+            engine.reload(clade_runtime::Settings::new(
+                config.sessions.clone(),
+                config.bindings.clone(),
+                config.default_agent.clone(),
+                config.tenants.clone(),
+            ));
+            let tools = engine.tools();
+            tools.reload(tools.tool_set().registry().clone(), &config.tools, Some(&config.tenants));
+            limits.reload(config.tenants.clone());
+            if let Err(err) = clade_sched::heartbeats::reconcile(&store, &config).await {
+                tracing::warn!(error = %err, "heartbeats not updated to the new configuration");
+            }
+            tracing::info!(
+                revision = latest,
+                hot = ?clade_gateway::config_flow::hot().collect::<Vec<_>>(),
+                "configuration revision in force (other sections take effect at the next start)"
+            );
+        }
+    }))
 }
 
 /// Starts firing agents' jobs, unless `scheduler.enabled` is off; the sender stops it.

@@ -1355,6 +1355,8 @@ async fn downgrade_to_version_8(url: &str) {
     for sql in [
         "DROP TABLE job_runs",
         "DROP TABLE jobs",
+        "DROP TABLE config_revisions",
+        "DELETE FROM schema_migrations WHERE version = 16",
         "DELETE FROM schema_migrations WHERE version = 15",
         "DELETE FROM schema_migrations WHERE version = 14",
         "DROP TABLE execution_steps",

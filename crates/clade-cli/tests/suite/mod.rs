@@ -1,4 +1,5 @@
 mod cli;
+mod config_apply;
 mod crash;
 mod cron;
 mod hardening;

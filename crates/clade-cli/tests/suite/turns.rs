@@ -794,7 +794,13 @@ async fn every_lifecycle_event_reads_as_the_protocol_says() {
         .copied()
         // Of no session: `suite::cron` has the scheduler's `job.disabled`.
         .filter(|k| {
-            !matches!(k, EventKind::TurnFailed | EventKind::TextDelta | EventKind::JobDisabled)
+            !matches!(
+                k,
+                EventKind::TurnFailed
+                    | EventKind::TextDelta
+                    | EventKind::JobDisabled
+                    | EventKind::ConfigApplied
+            )
         })
         .collect();
     for kind in committed.iter().chain([&EventKind::TextDelta]) {

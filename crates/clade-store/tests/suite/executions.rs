@@ -427,6 +427,8 @@ async fn downgrade_to_version_12(location: &clade_store::Location) {
     let mut statements = vec![
         "DROP TABLE job_runs".to_owned(),
         "DROP TABLE jobs".to_owned(),
+        "DROP TABLE config_revisions".to_owned(),
+        "DELETE FROM schema_migrations WHERE version = 16".to_owned(),
         "DELETE FROM schema_migrations WHERE version = 15".to_owned(),
         "DELETE FROM schema_migrations WHERE version = 14".to_owned(),
         format!(

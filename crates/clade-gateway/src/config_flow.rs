@@ -1,0 +1,173 @@
+//! Applying a configuration to the deployment: the one flow `clade config apply`, its revert
+//! and the API run. Each step either passes or stops the flow with nothing changed, saying
+//! which step failed and why: parse (YAML and types: unknown keys are errors), check (what
+//! types cannot say, heartbeats checked as jobs), write (the new file beside the old, not yet
+//! in its place), record (the revision, its audit record and `config.applied` event in one
+//! transaction), then the new file takes the old one's place. A serving gateway reloads when it
+//! sees the new revision ([`hot`] says which sections it takes at once).
+
+use std::path::{Path, PathBuf};
+
+use clade_config::Config;
+use clade_store::{ConfigRevision, NewConfigRevision, Store};
+
+/// A step of the flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Parse,
+    Check,
+    Write,
+    Record,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Parse => "parse",
+            Step::Check => "check",
+            Step::Write => "write",
+            Step::Record => "record",
+        })
+    }
+}
+
+/// Why a configuration was not applied; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("not applied: the {step} step failed: {why}")]
+pub struct ApplyError {
+    pub step: Step,
+    pub why: String,
+}
+
+fn failed(step: Step) -> impl FnOnce(String) -> ApplyError {
+    move |why| ApplyError { step, why }
+}
+
+/// What applying did.
+#[derive(Debug, Clone)]
+pub enum Applied {
+    /// The text is the one in force already: no revision.
+    Unchanged,
+    Revision {
+        revision: ConfigRevision,
+        /// Sections that changed and take effect only at the next start.
+        at_restart: Vec<&'static str>,
+    },
+}
+
+/// The top-level sections, and whether a serving gateway takes a change to each at once.
+const SECTIONS: &[(&str, bool)] = &[
+    ("server", false),
+    ("store", false),
+    ("log", false),
+    ("models", false),
+    ("routing", false),
+    ("budgets", false),
+    ("sessions", true),
+    ("bindings", true),
+    ("default_agent", true),
+    ("subscribers", false),
+    ("tools", true),
+    ("mcp", false),
+    ("tenants", true),
+    ("scheduler", false),
+    ("heartbeats", true),
+    ("testing", false),
+];
+
+/// The sections that differ between `old` and `new`, each with whether it is taken at once.
+pub fn changed_sections(old: &Config, new: &Config) -> Vec<(&'static str, bool)> {
+    let (old, new) = match (serde_json::to_value(old), serde_json::to_value(new)) {
+        (Ok(old), Ok(new)) => (old, new),
+        _ => return SECTIONS.to_vec(),
+    };
+    SECTIONS.iter().copied().filter(|(name, _)| old.get(name) != new.get(name)).collect()
+}
+
+/// The sections a serving gateway takes at once (the rest at its next start).
+pub fn hot() -> impl Iterator<Item = &'static str> {
+    SECTIONS.iter().filter(|(_, hot)| *hot).map(|(name, _)| *name)
+}
+
+/// Parses and checks `text` as the configuration at `path`, as apply does.
+pub fn validate(text: &str, path: &Path, now: clade_core::Timestamp) -> Result<Config, ApplyError> {
+    let config = Config::parse(text, path).map_err(|e| failed(Step::Parse)(e.to_string()))?;
+    config.check(path).map_err(|e| failed(Step::Check)(e.to_string()))?;
+    clade_sched::heartbeats::check(&config, now).map_err(|e| failed(Step::Check)(e.to_string()))?;
+    Ok(config)
+}
+
+/// Applies `text` as the configuration at `path` (see the module's documentation), recorded
+/// as applied by `store`'s actor; `reverts` names the revision a revert goes back to.
+pub async fn apply(
+    store: &Store,
+    path: &Path,
+    text: &str,
+    reverts: Option<i64>,
+) -> Result<Applied, ApplyError> {
+    let config = validate(text, path, store.now())?;
+    let before = match std::fs::read_to_string(path) {
+        Ok(before) => before,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(err) => {
+            return Err(failed(Step::Write)(format!("cannot read {}: {err}", path.display())));
+        }
+    };
+    if before == text && reverts.is_none() {
+        return Ok(Applied::Unchanged);
+    }
+    let old = Config::parse(&before, path).unwrap_or_default();
+    let at_restart = changed_sections(&old, &config)
+        .into_iter()
+        .filter(|(_, hot)| !hot)
+        .map(|(name, _)| name)
+        .collect();
+    let latest =
+        store.latest_config_revision().await.map_err(|e| failed(Step::Record)(e.to_string()))?;
+    let diff = similar::TextDiff::from_lines(before.as_str(), text)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("revision {latest}"), &format!("revision {}", latest + 1))
+        .to_string();
+    let staged = staged_path(path);
+    write_staged(&staged, path, text).map_err(failed(Step::Write))?;
+    let recorded =
+        store.record_config(NewConfigRevision { yaml: text.to_owned(), diff, reverts }).await;
+    let revision = match recorded {
+        Ok(revision) => revision,
+        Err(err) => {
+            let _ = std::fs::remove_file(&staged);
+            return Err(failed(Step::Record)(err.to_string()));
+        }
+    };
+    std::fs::rename(&staged, path).map_err(|e| {
+        failed(Step::Write)(format!(
+            "revision {} was recorded (the gateway runs it) but {} could not be replaced: {e}; copy it from `clade config diff {}`",
+            revision.revision,
+            path.display(),
+            revision.revision
+        ))
+    })?;
+    Ok(Applied::Revision { revision, at_restart })
+}
+
+fn staged_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.applying"))
+}
+
+/// Writes `text` beside `target`, durable, private like the data dir.
+fn write_staged(staged: &Path, target: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(staged)
+        .map_err(|e| format!("cannot write beside {}: {e}", target.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", staged.display()))
+}
