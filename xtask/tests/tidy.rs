@@ -311,6 +311,9 @@ fn the_gateway_never_reads_across_tenants() {
         "authenticate_scoped",
         "clock",
         "clone",
+        // The deployment's configuration, which only the operator's token reaches.
+        "config_revision",
+        "config_revisions",
         "now",
         "outbox_head",
         "ping",

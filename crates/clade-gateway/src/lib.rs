@@ -12,6 +12,7 @@ mod agents;
 /// The wire types, which `clade-protocol` owns.
 pub use clade_protocol as api;
 mod auth;
+mod config;
 pub mod config_flow;
 pub mod error;
 mod events;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub limits: std::sync::Arc<quotas::TenantLimits>,
     /// The ids streams show for lifecycle events.
     pub stream_ids: stream_ids::StreamIds,
+    /// The configuration file `POST /v1/config` applies to.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 impl AppState {

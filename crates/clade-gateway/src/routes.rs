@@ -13,7 +13,7 @@ use clade_core::Scope::{self, Admin, Approve, Operate, Read, Send};
 use clade_protocol as api;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
-use crate::{AppState, agents, events, jobs, sessions, tools, usage, ws};
+use crate::{AppState, agents, config, events, jobs, sessions, tools, usage, ws};
 
 /// A schema built by the document's one generator: a `$ref` to a component for a named type.
 pub(crate) type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
@@ -115,6 +115,11 @@ const ID: Param = path("id", uuid_schema);
 const TOOL: Param = path("name", text_schema);
 const TURN: Param = path("turn", uuid_schema);
 const JOB: Param = path("name", job_name_schema);
+const REVISION: Param = path("revision", revision_schema);
+
+fn revision_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "integer", "minimum": 1, "maximum": i64::MAX })
+}
 
 /// A job's name as a path names it: a job's own, or (`_heartbeat`) one `clade.yaml` declares.
 fn job_name_schema(_: &mut SchemaGenerator) -> Schema {
@@ -355,6 +360,67 @@ pub static OPERATIONS: &[Operation] = &[
             &[Read],
             "A job's runs: when each fired, whether its envelope was delivered (or why not), and its turn's outcome",
             || get(jobs::runs),
+        )
+    },
+    Operation {
+        responses: &[
+            ok("200", "the revisions, newest first", of::<api::ConfigRevisionListResponse>),
+            error("404", "the caller is not the operator (an admin token of the default tenant)"),
+        ],
+        ..op(
+            "GET",
+            "/v1/config/revisions",
+            &[Admin],
+            "The deployment's configuration revisions (the operator's only)",
+            || get(config::list),
+        )
+    },
+    Operation {
+        params: &[REVISION],
+        responses: &[
+            ok("200", "the revision, with its text and diff", of::<api::ConfigRevisionResponse>),
+            error("404", "no such revision, or the caller is not the operator"),
+        ],
+        ..op(
+            "GET",
+            "/v1/config/revisions/{revision}",
+            &[Admin],
+            "Show a configuration revision",
+            || get(config::show),
+        )
+    },
+    Operation {
+        body: Some(of::<api::ApplyConfigParams>),
+        responses: &[
+            ok("200", "applied (or unchanged)", of::<api::ApplyConfigResponse>),
+            error("400", "invalid body"),
+            error("404", "the caller is not the operator"),
+            error(
+                "422",
+                "the configuration does not parse or check (`invalid_config`, naming the step and why); nothing changed",
+            ),
+        ],
+        ..op(
+            "POST",
+            "/v1/config",
+            &[Admin],
+            "Apply a configuration: parse, check, write, record a revision; the gateway takes it within a second (sessions, bindings, tools, tenants, heartbeats; other sections at its next start)",
+            || post(config::apply),
+        )
+    },
+    Operation {
+        params: &[REVISION],
+        responses: &[
+            ok("200", "applied (or unchanged)", of::<api::ApplyConfigResponse>),
+            error("404", "no such revision, or the caller is not the operator"),
+            error("422", "the revision no longer checks (`invalid_config`); nothing changed"),
+        ],
+        ..op(
+            "POST",
+            "/v1/config/revisions/{revision}/revert",
+            &[Admin],
+            "Apply an earlier revision's configuration again, as a new revision",
+            || post(config::revert),
         )
     },
     Operation {

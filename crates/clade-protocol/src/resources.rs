@@ -761,3 +761,42 @@ pub struct JobRunResponse {
 pub struct JobRunListResponse {
     pub items: Vec<JobRunResponse>,
 }
+
+/// Body of `POST /v1/config`: the deployment's whole configuration, as clade.yaml's text.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyConfigParams {
+    #[schemars(length(max = 1048576))]
+    pub yaml: String,
+}
+
+/// What applying a configuration did.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ApplyConfigResponse {
+    /// False when the text is the one in force already.
+    pub applied: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<ConfigRevisionResponse>,
+    /// Changed sections a serving gateway takes only at its next start.
+    pub at_restart: Vec<String>,
+}
+
+/// One applied configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ConfigRevisionResponse {
+    pub revision: i64,
+    pub sha256: String,
+    pub applied_by: String,
+    pub applied_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reverts: Option<i64>,
+    /// From the revision before.
+    pub diff: String,
+    pub yaml: String,
+}
+
+/// The newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ConfigRevisionListResponse {
+    pub items: Vec<ConfigRevisionResponse>,
+}

@@ -71,6 +71,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         engine,
         limits,
         stream_ids,
+        config_path: Some(ctx.config_path.clone()),
     };
     let options = ServerOptions {
         max_body_bytes: usize::try_from(ctx.config.server.max_body_bytes).unwrap_or(usize::MAX),

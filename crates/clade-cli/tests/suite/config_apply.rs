@@ -90,3 +90,68 @@ async fn an_applied_configuration_is_taken_live_and_a_bad_one_changes_nothing() 
         audit["items"].as_array().unwrap().iter().filter(|r| r["kind"] == "config.applied");
     assert_eq!(applied.count(), 3, "{audit}");
 }
+
+/// The same flow over the API, for the operator's token only: another tenant's admin finds no
+/// such routes, whatever it sends.
+#[tokio::test]
+async fn the_operator_applies_and_reverts_over_the_api_and_no_tenant_can() {
+    let env = Env::new();
+    write(&env.data_dir().join("clade.yaml"), "sessions:\n  max_queued: 50\n");
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["tenants", "create", "acme"]).ok();
+    let (acme, _) = super::support::token(&env, "acme", &["admin"]);
+    let server = env.serve(&[]);
+    let deny =
+        "sessions:\n  max_queued: 50\ntools:\n  policy:\n    - { effect: deny, tool: echo }\n";
+
+    let acme = Some(acme.as_str());
+    for (method, path, body) in [
+        ("GET", "/v1/config/revisions", None),
+        ("GET", "/v1/config/revisions/1", None),
+        ("POST", "/v1/config", Some(json!({ "yaml": deny }))),
+        ("POST", "/v1/config/revisions/1/revert", None),
+    ] {
+        let (status, answer) = server.send(method, path, acme, body).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (404, Some("route_not_found")),
+            "{method} {path}"
+        );
+    }
+    assert!(!std::fs::read_to_string(env.data_dir().join("clade.yaml")).unwrap().contains("deny"));
+
+    let (status, answer) =
+        server.send("POST", "/v1/config", None, Some(json!({ "yaml": "sessions: [" }))).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (422, Some("invalid_config")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"].as_str().unwrap().contains("the parse step failed"),
+        "{answer}"
+    );
+
+    let (status, answer) =
+        server.send("POST", "/v1/config", None, Some(json!({ "yaml": deny }))).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (answer["applied"].as_bool(), answer["revision"]["revision"].as_i64()),
+        (Some(true), Some(1))
+    );
+    assert!(answer["revision"]["applied_by"].as_str().unwrap().contains("default"), "{answer}");
+    until_echo(&server, |reply| reply.contains("denied")).await;
+    let (_, again) = server.send("POST", "/v1/config", None, Some(json!({ "yaml": deny }))).await;
+    assert_eq!(again["applied"], false, "{again}");
+
+    let open = "sessions:\n  max_queued: 50\n";
+    server.send("POST", "/v1/config", None, Some(json!({ "yaml": open }))).await;
+    let (status, reverted) = server.send("POST", "/v1/config/revisions/1/revert", None, None).await;
+    assert_eq!((status, reverted["revision"]["reverts"].as_i64()), (200, Some(1)), "{reverted}");
+    let listed = server.get_json("/v1/config/revisions").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 3, "{listed}");
+    let shown = server.get_json("/v1/config/revisions/3").await;
+    assert_eq!(shown["yaml"], deny, "{shown}");
+    let (status, missing) = server.send("GET", "/v1/config/revisions/99", None, None).await;
+    assert_eq!((status, missing["error"]["code"].as_str()), (404, Some("revision_not_found")));
+}

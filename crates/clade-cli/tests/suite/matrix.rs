@@ -157,7 +157,8 @@ async fn every_route_checks_every_principal() {
             .replace("{handle}", "ada")
             .replace("{id}", &id)
             .replace("{name}", "echo")
-            .replace("{turn}", &turn);
+            .replace("{turn}", &turn)
+            .replace("{revision}", "1");
         let body = match (*method, *template) {
             ("POST", "/v1/events") => Some(
                 json!({ "agent": "ada", "text": format!("cell {n}"), "source": { "platform": "http", "channel": "c", "actor": "me" } }),
@@ -169,6 +170,7 @@ async fn every_route_checks_every_principal() {
                 Some(json!({ "name": format!("cell-{n}"), "schedule": "@daily", "prompt": "tick" }))
             }
             ("PATCH", "/v1/agents/{handle}/jobs/{name}") => Some(json!({ "enabled": true })),
+            ("POST", "/v1/config") => Some(json!({ "yaml": "sessions:\n  max_queued: 50\n" })),
             ("PATCH", _) => Some(json!({ "queue_mode": "queue" })),
             ("POST", _) => Some(json!({ "arguments": {} })),
             _ => None,
