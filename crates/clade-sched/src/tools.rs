@@ -1,4 +1,5 @@
-//! The agents' own tools for their jobs: `cron.list`, `cron.create`, `cron.remove`. A call
+//! The agents' own tools for their jobs: `cron.list`, `cron.create`, `cron.enable`,
+//! `cron.remove`. A call
 //! acts on the calling agent's jobs only (tenant and agent come from the call's context, never
 //! from the model's arguments); the policy decides each call like any tool's (the job's name
 //! is what a rule's resource pattern matches), and the tool path audits it.
@@ -21,6 +22,7 @@ pub fn register(registry: &mut Registry, store: Store) {
     let store = store.acting_as("agent (cron tools)");
     registry.register(Arc::new(CronList(store.clone())));
     registry.register(Arc::new(CronCreate(store.clone())));
+    registry.register(Arc::new(CronEnable(store.clone())));
     registry.register(Arc::new(CronRemove(store)));
 }
 
@@ -165,6 +167,55 @@ impl TypedTool for CronRemove {
             };
             self.0.delete_job(caller.tenant, job.id).await.map_err(|e| e.to_string())?;
             Ok(format!("removed job {:?}", job.name))
+        })
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnableArgs {
+    /// The job's name, as cron.list shows it.
+    pub name: String,
+    /// False to pause it; true (the default) to start it again, after it was paused or
+    /// disabled for failing (fix the cause first).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub struct CronEnable(Store);
+
+impl TypedTool for CronEnable {
+    type Args = EnableArgs;
+    const NAME: &'static str = "cron.enable";
+    const DESCRIPTION: &'static str = "Enable one of your jobs again (after it was paused, or disabled for failing runs), or pause it with enabled=false.";
+    const EFFECT: EffectClass = EffectClass::Idempotent;
+    fn resource(&self, args: &EnableArgs) -> Result<String, String> {
+        Ok(args.name.clone())
+    }
+    fn run<'a>(&'a self, args: EnableArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+        Box::pin(async move {
+            let caller = ctx.caller()?;
+            if args.name == crate::heartbeats::HEARTBEAT_JOB {
+                return Err("your heartbeat is the operator's (clade.yaml's `heartbeats`)".into());
+            }
+            let job = self.0.job_named(caller.tenant, caller.agent, &args.name).await.map_err(
+                |e| match e {
+                    clade_store::Error::JobNotFound(_) => {
+                        format!("you have no job named {:?}: cron.list shows yours", args.name)
+                    }
+                    other => other.to_string(),
+                },
+            )?;
+            let job = self
+                .0
+                .set_job_enabled(caller.tenant, job.id, args.enabled, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(describe(&job).to_string())
         })
     }
 }

@@ -212,6 +212,21 @@ async fn an_agent_schedules_itself_and_the_job_answers_where_the_user_spoke() {
 
     let (_, listed) = server.send("POST", "/v1/events", None, Some(say("/tool cron.list"))).await;
     assert!(listed["reply"]["text"].as_str().unwrap().contains("remind"), "{listed}");
+    // The agent pauses its job and starts it again.
+    let (_, paused) = server
+        .send(
+            "POST",
+            "/v1/events",
+            None,
+            Some(say(r#"/tool cron.enable {"name":"remind","enabled":false}"#)),
+        )
+        .await;
+    assert!(paused["reply"]["text"].as_str().unwrap().contains("\"enabled\":false"), "{paused}");
+    assert_eq!(server.get_json("/v1/agents/ada/jobs/remind").await["enabled"], false);
+    let (_, resumed) = server
+        .send("POST", "/v1/events", None, Some(say(r#"/tool cron.enable {"name":"remind"}"#)))
+        .await;
+    assert!(resumed["reply"]["text"].as_str().unwrap().contains("\"enabled\":true"), "{resumed}");
     let (_, removed) = server
         .send("POST", "/v1/events", None, Some(say(r#"/tool cron.remove {"name":"remind"}"#)))
         .await;
@@ -222,10 +237,8 @@ async fn an_agent_schedules_itself_and_the_job_answers_where_the_user_spoke() {
     let audit = server.get_json("/v1/audit?limit=1000").await;
     let tools: Vec<&str> =
         audit["items"].as_array().unwrap().iter().filter_map(|r| r["tool"].as_str()).collect();
-    assert!(
-        ["cron.create", "cron.list", "cron.remove"].iter().all(|t| tools.contains(t)),
-        "{tools:?}"
-    );
+    let used = ["cron.create", "cron.list", "cron.enable", "cron.remove"];
+    assert!(used.iter().all(|t| tools.contains(t)), "{tools:?}");
 }
 
 #[test]
