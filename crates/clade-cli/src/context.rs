@@ -166,6 +166,10 @@ impl Ctx {
         let mut tools = clade_tools::Registry::new();
         clade_tools::builtin::register_all(&mut tools, sandbox.clone());
         clade_sched::tools::register(&mut tools, self.store.clone());
+        tools.register(Arc::new(clade_gateway::config_flow::ApplyTool::new(
+            self.store.clone(),
+            self.config_path.clone(),
+        )));
         if let Some(path) = &self.config.testing.ledger_file {
             tools.register(Arc::new(Ledger::at_most_once(path.clone())));
             tools.register(Arc::new(Ledger::idempotent(path.clone())));

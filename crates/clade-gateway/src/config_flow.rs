@@ -171,3 +171,66 @@ fn write_staged(staged: &Path, target: &Path, text: &str) -> Result<(), String> 
         .and_then(|()| file.sync_all())
         .map_err(|e| format!("cannot write {}: {e}", staged.display()))
 }
+
+/// `config.apply`: an agent applies a whole configuration through this same flow. It touches
+/// the host (the deployment's file), so policy denies it unless a rule allows it for the agent;
+/// and only the operator's agents (the default tenant's) may, whatever another tenant grants
+/// its own. The revision records the agent as who applied it.
+pub struct ApplyTool {
+    store: Store,
+    path: PathBuf,
+}
+
+impl ApplyTool {
+    pub fn new(store: Store, path: PathBuf) -> Self {
+        Self { store, path }
+    }
+}
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyArgs {
+    /// The whole configuration, as clade.yaml's text.
+    pub yaml: String,
+}
+
+impl clade_tools::TypedTool for ApplyTool {
+    type Args = ApplyArgs;
+    const NAME: &'static str = "config.apply";
+    const DESCRIPTION: &'static str = "Apply a whole new configuration (clade.yaml's text) to the deployment: it is parsed, checked, written and recorded as a revision, and the gateway takes it within a second. Denied unless the operator allows it.";
+    const TOUCHES_HOST: bool = true;
+    fn run<'a>(
+        &'a self,
+        args: ApplyArgs,
+        ctx: &'a clade_tools::CallContext,
+    ) -> futures::future::BoxFuture<'a, clade_tools::ToolResult> {
+        Box::pin(async move {
+            let caller = ctx.caller()?;
+            // Whatever a tenant may grant its agents, the deployment is the operator's.
+            let operator = self.store.tenant(clade_core::Tenant::DEFAULT_NAME).await;
+            if operator.map(|t| t.id).ok() != Some(caller.tenant) {
+                return Err("config.apply is the operator's: only agents of the default tenant may apply the deployment's configuration".into());
+            }
+            let who = match self.store.agent_by_id(caller.tenant, caller.agent).await {
+                Ok(agent) => format!("agent {}", agent.handle),
+                Err(_) => format!("agent {}", caller.agent),
+            };
+            let store = self.store.acting_as(who);
+            match apply(&store, &self.path, &args.yaml, None).await {
+                Ok(Applied::Unchanged) => {
+                    Ok("nothing applied: the configuration already says this".into())
+                }
+                Ok(Applied::Revision { revision, at_restart }) => Ok(format!(
+                    "applied revision {}{}",
+                    revision.revision,
+                    if at_restart.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; at the next start: {}", at_restart.join(", "))
+                    }
+                )),
+                Err(err) => Err(err.to_string()),
+            }
+        })
+    }
+}

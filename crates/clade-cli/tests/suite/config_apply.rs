@@ -155,3 +155,56 @@ async fn the_operator_applies_and_reverts_over_the_api_and_no_tenant_can() {
     let (status, missing) = server.send("GET", "/v1/config/revisions/99", None, None).await;
     assert_eq!((status, missing["error"]["code"].as_str()), (404, Some("revision_not_found")));
 }
+
+/// `config.apply` runs the same flow for an agent, and only where the operator's policy allows
+/// it: denied by default, and recorded as the agent's when allowed.
+#[tokio::test]
+async fn an_agent_applies_a_configuration_only_when_policy_allows_it() {
+    let env = Env::new();
+    // A tenant that may grant its agents any tool.
+    let acme_yaml = "tenants:\n  acme:\n    ceiling: { tools: [\"*\"] }\n";
+    write(&env.data_dir().join("clade.yaml"), &format!("sessions:\n  max_queued: 50\n{acme_yaml}"));
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["tenants", "create", "acme"]).ok();
+    env.run(&["--tenant", "acme", "agents", "create", "mole"]).ok();
+    let (acme, _) = super::support::token(&env, "acme", &["admin"]);
+    let server = env.serve(&[]);
+    let grant = json!({ "agent": "mole", "tool": "config.apply" });
+    let (status, answer) = server.send("POST", "/v1/grants", Some(&acme), Some(grant)).await;
+    assert_eq!(status, 201, "{answer}");
+    let hostile = json!({ "agent": "mole", "wait": true,
+        "text": format!("/tool config.apply {}", json!({ "yaml": "sessions:\n  max_queued: 1\n" })),
+        "source": { "platform": "http", "channel": "c", "actor": "m" } });
+    let (_, answer) = server.send("POST", "/v1/events", Some(&acme), Some(hostile)).await;
+    let reply = answer["reply"]["text"].as_str().unwrap();
+    assert!(reply.contains("config.apply is the operator's"), "{reply}");
+    let call = |n: usize, yaml: &str| {
+        let args = json!({ "yaml": yaml }).to_string();
+        json!({ "agent": "ada", "text": format!("/tool config.apply {args}"), "wait": true,
+            "source": { "platform": "http", "channel": "c", "actor": format!("c{n}") } })
+    };
+    let wanted = "sessions:\n  max_queued: 7\n";
+    let (_, denied) = server.send("POST", "/v1/events", None, Some(call(1, wanted))).await;
+    let reply = denied["reply"]["text"].as_str().unwrap();
+    assert!(reply.contains("denied") && !reply.contains("applied revision"), "{reply}");
+    assert!(server.get_json("/v1/config/revisions").await["items"].as_array().unwrap().is_empty());
+
+    let allow = format!(
+        "sessions:\n  max_queued: 50\ntools:\n  policy:\n    - {{ effect: allow, tool: config.apply }}\n{acme_yaml}"
+    );
+    let (status, _) = server.send("POST", "/v1/config", None, Some(json!({ "yaml": allow }))).await;
+    assert_eq!(status, 200);
+    let mut applied = String::new();
+    for n in 2..60 {
+        let (_, answer) = server.send("POST", "/v1/events", None, Some(call(n, wanted))).await;
+        applied = answer["reply"]["text"].as_str().unwrap_or_default().to_owned();
+        if applied.contains("applied revision") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(applied.contains("applied revision 2"), "{applied}");
+    let revision = server.get_json("/v1/config/revisions/2").await;
+    assert_eq!(revision["applied_by"], "agent ada", "{revision}");
+    assert_eq!(std::fs::read_to_string(env.data_dir().join("clade.yaml")).unwrap(), wanted);
+}
