@@ -101,6 +101,9 @@ pub(crate) enum Command {
     /// Agents' scheduled jobs: each fires the agent with its prompt at the times its schedule says
     #[command(subcommand)]
     Cron(CronCommand),
+    /// Delete old records as each tenant's retention policy says (`tenants.<name>.retention`)
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// Measure Clade on this machine
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -460,6 +463,15 @@ pub(crate) enum CronCommand {
     Enable { name: String },
     /// Disable a job: it fires no more until enabled
     Disable { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RetentionCommand {
+    /// Sweep now, as the gateway does at `scheduler.retention_schedule`, and print what went
+    Sweep {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -118,7 +118,7 @@ fn default_heartbeat_schedule() -> String {
 }
 
 /// How the gateway fires agents' scheduled jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerConfig {
     /// Whether this gateway fires jobs (one per store should; jobs stay due while none does).
@@ -132,11 +132,19 @@ pub struct SchedulerConfig {
     /// an audit record, until enabled again; 0 never disables one.
     #[serde(default = "default_max_failures")]
     pub max_failures: u32,
+    /// When the retention sweep (`tenants.<name>.retention`) runs, as a cron expression in UTC.
+    #[serde(default = "default_retention_schedule")]
+    pub retention_schedule: String,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        Self { enabled: true, grace_secs: default_grace(), max_failures: default_max_failures() }
+        Self {
+            enabled: true,
+            grace_secs: default_grace(),
+            max_failures: default_max_failures(),
+            retention_schedule: default_retention_schedule(),
+        }
     }
 }
 
@@ -145,6 +153,9 @@ fn default_grace() -> u64 {
 }
 fn default_max_failures() -> u32 {
     5
+}
+fn default_retention_schedule() -> String {
+    "0 3 * * *".into()
 }
 
 /// What the operator decides for one tenant.
@@ -162,6 +173,26 @@ pub struct TenantConfig {
     /// either, a tenant is unlimited.
     #[serde(default)]
     pub quotas: Option<Quotas>,
+    /// How long the tenant's conversations and deliveries are kept; the entry `"*"` holds the
+    /// policy of every tenant without its own. Without either, everything is kept.
+    #[serde(default)]
+    pub retention: Option<Retention>,
+}
+
+/// What a retention sweep deletes: each age unset keeps that kind of record forever.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Sessions idle for longer than this many days, with their events, turns, journals and
+    /// lifecycle events; a session with an event waiting or running is kept.
+    #[serde(default)]
+    pub sessions_days: Option<u32>,
+    /// Lifecycle events older than this, once every subscriber has been sent them.
+    #[serde(default)]
+    pub outbox_days: Option<u32>,
+    /// Dead-lettered deliveries older than this.
+    #[serde(default)]
+    pub dead_letters_days: Option<u32>,
 }
 
 /// A tenant's quotas and rate limits (absent: unlimited).
@@ -189,6 +220,17 @@ pub struct Quotas {
 }
 
 impl Config {
+    /// The retention policy of the tenant named `tenant`: its own, else `"*"`'s, else none.
+    pub fn retention_of(
+        tenants: &BTreeMap<String, TenantConfig>,
+        tenant: &str,
+    ) -> Option<Retention> {
+        tenants
+            .get(tenant)
+            .and_then(|t| t.retention)
+            .or_else(|| tenants.get("*").and_then(|t| t.retention))
+    }
+
     /// The quotas of the tenant named `tenant`: its own, else `"*"`'s, else none.
     pub fn quotas_of(tenants: &BTreeMap<String, TenantConfig>, tenant: &str) -> Option<Quotas> {
         tenants

@@ -204,6 +204,8 @@ vocabulary! {
         /// a row), which says why.
         JobDisabled = "job.disabled",
         ConfigApplied = "config.applied",
+        /// A retention sweep deleted a tenant's old records (its counts in the detail).
+        RetentionSwept = "retention.swept",
     }
 }
 

@@ -93,7 +93,7 @@ pub fn hot() -> impl Iterator<Item = &'static str> {
 pub fn validate(text: &str, path: &Path, now: clade_core::Timestamp) -> Result<Config, ApplyError> {
     let config = Config::parse(text, path).map_err(|e| failed(Step::Parse)(e.to_string()))?;
     config.check(path).map_err(|e| failed(Step::Check)(e.to_string()))?;
-    clade_sched::heartbeats::check(&config, now).map_err(|e| failed(Step::Check)(e.to_string()))?;
+    clade_sched::check_config(&config, now).map_err(|e| failed(Step::Check)(e.to_string()))?;
     Ok(config)
 }
 

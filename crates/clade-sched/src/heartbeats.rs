@@ -29,7 +29,7 @@ pub struct Reconciled {
 /// Why heartbeats could not be made what `clade.yaml` says.
 #[derive(Debug, thiserror::Error)]
 pub enum HeartbeatError {
-    #[error("heartbeats.{agent}: {problem}")]
+    #[error("{}{problem}", if agent.is_empty() { String::new() } else { format!("heartbeats.{agent}: ") })]
     Invalid { agent: String, problem: String },
     #[error(transparent)]
     Store(#[from] clade_store::Error),

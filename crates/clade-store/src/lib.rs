@@ -25,6 +25,7 @@ pub mod leases;
 mod migrate;
 pub mod owner;
 mod paced;
+pub mod retention;
 pub mod scoped;
 pub mod secrets;
 pub mod store;

@@ -23,11 +23,8 @@ pub(super) fn run(global: &Global, cmd: &ConfigCommand) -> Result<()> {
             };
             let config = Config::load(&path)?;
             // Heartbeats are jobs: checked as every job is.
-            clade_sched::heartbeats::check(
-                &config,
-                clade_core::Clock::now(&clade_core::SystemClock),
-            )
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            clade_sched::check_config(&config, clade_core::Clock::now(&clade_core::SystemClock))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             println!("{}: ok", path.display());
         }
         ConfigCommand::Apply { .. }

@@ -1,10 +1,11 @@
 //! `clade cron`: agents' scheduled jobs, straight on the store (a serving gateway's scheduler
-//! finds a new or re-enabled job within a second).
+//! finds a new or re-enabled job within a second); `clade retention`, the sweep the gateway
+//! schedules.
 
 use anyhow::{Result, bail};
 use clade_store::{JobRow, RunOutcome};
 
-use crate::cli::CronCommand;
+use crate::cli::{CronCommand, RetentionCommand};
 use crate::context::Ctx;
 use crate::output;
 
@@ -128,4 +129,45 @@ fn state(job: &JobRow) -> String {
         (false, Some(why)) => format!("disabled: {why}"),
         (false, None) => "disabled".to_owned(),
     }
+}
+
+/// `clade retention sweep`: one sweep of every tenant with a policy, now.
+pub(super) async fn retention(ctx: &Ctx, cmd: RetentionCommand) -> Result<()> {
+    let RetentionCommand::Sweep { json } = cmd;
+    let store = ctx.store.acting_as("operator (cli): retention sweep");
+    let swept = clade_sched::retention::sweep_all(&store, &ctx.config.tenants).await?;
+    if json {
+        let items: Vec<_> = swept
+            .iter()
+            .map(|(tenant, s)| {
+                serde_json::json!({ "tenant": tenant, "sessions": s.sessions, "events": s.events,
+                    "turns": s.turns, "steps": s.steps, "outbox": s.outbox,
+                    "dead_letters": s.dead_letters })
+            })
+            .collect();
+        return output::json(&items);
+    }
+    if swept.is_empty() {
+        println!(
+            "no tenant has a retention policy (tenants.<name>.retention in clade.yaml): nothing swept"
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = swept
+        .iter()
+        .map(|(tenant, s)| {
+            [s.sessions, s.events, s.turns, s.steps, s.outbox, s.dead_letters]
+                .iter()
+                .map(u64::to_string)
+                .fold(vec![tenant.clone()], |mut row, n| {
+                    row.push(n);
+                    row
+                })
+        })
+        .collect();
+    output::table(
+        &["TENANT", "SESSIONS", "EVENTS", "TURNS", "STEPS", "OUTBOX", "DEAD LETTERS"],
+        &rows,
+    );
+    Ok(())
 }

@@ -77,6 +77,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Grants(cmd) => tools::grants(&ctx, cmd).await,
         Command::Audit(args) => tools::audit(&ctx, args).await,
         Command::Cron(cmd) => cron::run(&ctx, cmd).await,
+        Command::Retention(cmd) => cron::retention(&ctx, cmd).await,
         Command::Bench(cmd) => bench::run(&ctx, cmd).await,
         Command::Config(cmd) => config::revisions(&ctx, cmd).await,
         Command::Stub(_) | Command::EgressBridge { .. } => Ok(()),

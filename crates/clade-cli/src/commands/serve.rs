@@ -41,6 +41,8 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     )
     .await?;
     clade_runtime::outbox::spawn(ctx.store.clone(), subscribers, engine.outbox_signal());
+    clade_sched::check_config(&ctx.config, ctx.store.now())
+        .context("clade.yaml cannot be served: fix it, then start again")?;
     let beats = clade_sched::heartbeats::reconcile(&ctx.store, &ctx.config)
         .await
         .context("clade.yaml's heartbeats cannot be kept: fix them, then start again")?;
@@ -58,6 +60,20 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         "heartbeats as clade.yaml declares them"
     );
     let scheduler = start_scheduler(ctx, &engine);
+    let sweeps = {
+        let settings = engine.clone();
+        let tenants: clade_sched::retention::TenantsNow =
+            std::sync::Arc::new(move || settings.settings().tenants.clone());
+        let store = ctx.store.acting_as("retention sweep");
+        let schedule = ctx.config.scheduler.retention_schedule.clone();
+        tokio::spawn(async move {
+            if let Err(err) =
+                clade_sched::retention::run(store, &schedule, tenants, std::future::pending()).await
+            {
+                tracing::error!(error = %err, "scheduler.retention_schedule cannot be read: no retention sweep runs");
+            }
+        })
+    };
     let limits = std::sync::Arc::new(clade_gateway::quotas::TenantLimits::new(
         ctx.config.tenants.clone(),
         ctx.store.clock().clone(),
@@ -112,6 +128,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         .await
         .context("server failed")?;
     reloader.abort();
+    sweeps.abort();
     if let Some((stop, task)) = scheduler {
         let _ = stop.send(());
         let _ = task.await;
@@ -184,7 +201,7 @@ fn start_scheduler(
     ctx: &Ctx,
     engine: &clade_runtime::Engine,
 ) -> Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
-    let config = ctx.config.scheduler;
+    let config = ctx.config.scheduler.clone();
     if !config.enabled {
         tracing::warn!("scheduler.enabled is false: no job fires from this gateway");
         return None;

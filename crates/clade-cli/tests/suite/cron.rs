@@ -401,3 +401,35 @@ async fn a_declared_heartbeat_beats_and_a_bad_one_is_refused() {
         "{stderr}"
     );
 }
+
+/// `clade retention sweep` deletes what each tenant's policy says (here: sessions idle for
+/// more than 0 days) and nothing of a tenant without one; a bad sweep schedule is refused.
+#[tokio::test]
+async fn retention_sweeps_delete_only_what_a_policy_names() {
+    let env = Env::new();
+    let yaml = env.data_dir().join("clade.yaml");
+    super::support::write(&yaml, "scheduler:\n  retention_schedule: \"0 3 * *\"\n");
+    env.run(&["config", "validate"]).fails_with("scheduler.retention_schedule");
+    super::support::write(&yaml, "");
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let event = json!({ "agent": "ada", "text": "hello", "wait": true,
+        "source": { "platform": "http", "channel": "c", "actor": "me" } });
+    let (status, answer) = server.send("POST", "/v1/events", None, Some(event)).await;
+    assert_eq!(status, 200, "{answer}");
+    drop(server);
+    let out = env.run(&["retention", "sweep"]).ok();
+    assert!(out.stdout.contains("nothing swept"), "{}", out.stdout);
+    assert_eq!(env.run(&["sessions", "list", "--json"]).ok().json().as_array().unwrap().len(), 1);
+
+    super::support::write(&yaml, "tenants:\n  \"*\":\n    retention: { sessions_days: 0 }\n");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let swept = env.run(&["retention", "sweep", "--json"]).ok().json();
+    assert_eq!(swept[0]["tenant"], "default", "{swept}");
+    assert_eq!(
+        (swept[0]["sessions"].as_u64(), swept[0]["turns"].as_u64()),
+        (Some(1), Some(1)),
+        "{swept}"
+    );
+    assert_eq!(env.run(&["sessions", "list", "--json"]).ok().json(), json!([]));
+}

@@ -7,6 +7,7 @@ mod jobs;
 mod leases;
 mod outbox;
 mod pages;
+mod retention;
 mod retries;
 mod secrets;
 mod tenants_tokens;

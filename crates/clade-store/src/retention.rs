@@ -1,0 +1,151 @@
+//! Retention: deleting a tenant's old records as its policy says, never more. One sweep of a
+//! tenant is one transaction, with an audit record of what it deleted.
+//!
+//! - Sessions idle since before a cutoff go with everything they own (events, turns and their
+//!   journals, lifecycle events), unless an event of theirs waits or runs. Job runs that
+//!   delivered into them stay, and read as gone with their session.
+//! - Lifecycle events older than a cutoff go once every subscriber has been sent them.
+//! - Dead letters older than a cutoff go.
+
+use clade_core::{AuditKind, EventStatus, ExecutionKind, TenantId, Timestamp};
+
+use crate::db::query;
+use crate::error::Result;
+use crate::store::{Store, id_bytes};
+
+/// What a sweep deletes: records older than each cutoff (`None` keeps that kind).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cutoffs {
+    pub sessions: Option<Timestamp>,
+    pub outbox: Option<Timestamp>,
+    pub dead_letters: Option<Timestamp>,
+}
+
+/// What a sweep deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub sessions: u64,
+    pub events: u64,
+    pub turns: u64,
+    pub steps: u64,
+    pub outbox: u64,
+    pub dead_letters: u64,
+}
+
+impl Swept {
+    pub fn is_empty(&self) -> bool {
+        *self == Swept::default()
+    }
+}
+
+impl Store {
+    /// Deletes `tenant`'s records older than `cutoffs` (see the module's documentation), in one
+    /// transaction with its audit record (when it deleted anything).
+    pub async fn sweep(&self, tenant: TenantId, cutoffs: Cutoffs) -> Result<Swept> {
+        let by = self.admin_record(tenant, None, AuditKind::RetentionSwept, serde_json::json!({}));
+        let (swept, _) = self
+            .transact(tenant, move |work| {
+                let mut audit = by.clone();
+                Box::pin(async move {
+                    let mut swept = Swept::default();
+                    let id = tenant.as_bytes().to_vec();
+                    let conn = work.conn();
+                    if let Some(cutoff) = cutoffs.sessions {
+                        let rows = query(
+                            "SELECT id FROM sessions s WHERE s.tenant_id = $1 AND s.updated_at < $2 \
+                             AND NOT EXISTS (SELECT 1 FROM events e WHERE e.session_id = s.id \
+                             AND e.status IN ($3, $4))",
+                        )
+                        .bind(id.clone())
+                        .bind(cutoff.as_millis())
+                        .bind(EventStatus::Pending.as_str())
+                        .bind(EventStatus::Running.as_str())
+                        .fetch_all(&mut *conn)
+                        .await?;
+                        let turn = ExecutionKind::Turn.as_str();
+                        for row in rows {
+                            let session = id_bytes(&row, "id")?.to_vec();
+                            swept.steps += query(
+                                "DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM \
+                                 executions WHERE owner_id = $1 AND kind = $2 AND tenant_id = $3)",
+                            )
+                            .bind(session.clone())
+                            .bind(turn)
+                            .bind(id.clone())
+                            .execute(&mut *conn)
+                            .await?;
+                            swept.turns += query(
+                                "DELETE FROM executions WHERE owner_id = $1 AND kind = $2 \
+                                 AND tenant_id = $3",
+                            )
+                            .bind(session.clone())
+                            .bind(turn)
+                            .bind(id.clone())
+                            .execute(&mut *conn)
+                            .await?;
+                            query(crate::turns::REMEMBER_OUTBOX_IDS).execute(&mut *conn).await?;
+                            swept.outbox += query(
+                                "DELETE FROM outbox WHERE session_id = $1 AND tenant_id = $2",
+                            )
+                            .bind(session.clone())
+                            .bind(id.clone())
+                            .execute(&mut *conn)
+                            .await?;
+                            swept.events += query(
+                                "DELETE FROM events WHERE session_id = $1 AND tenant_id = $2",
+                            )
+                            .bind(session.clone())
+                            .bind(id.clone())
+                            .execute(&mut *conn)
+                            .await?;
+                            swept.sessions += query(
+                                "DELETE FROM sessions WHERE id = $1 AND tenant_id = $2",
+                            )
+                            .bind(session)
+                            .bind(id.clone())
+                            .execute(&mut *conn)
+                            .await?;
+                        }
+                    }
+                    if let Some(cutoff) = cutoffs.dead_letters {
+                        swept.dead_letters += query(
+                            "DELETE FROM dead_letters WHERE created_at < $2 AND outbox_id IN \
+                             (SELECT id FROM outbox WHERE tenant_id = $1)",
+                        )
+                        .bind(id.clone())
+                        .bind(cutoff.as_millis())
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    if let Some(cutoff) = cutoffs.outbox {
+                        // Only what every subscriber has been sent (and no dead letter names).
+                        query(crate::turns::REMEMBER_OUTBOX_IDS).execute(&mut *conn).await?;
+                        swept.outbox += query(
+                            "DELETE FROM outbox WHERE tenant_id = $1 AND created_at < $2 \
+                             AND id <= (SELECT COALESCE(MIN(last_id), 0) FROM subscriber_cursors) \
+                             AND id NOT IN (SELECT outbox_id FROM dead_letters)",
+                        )
+                        .bind(id.clone())
+                        .bind(cutoff.as_millis())
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    if !swept.is_empty() {
+                        let mut detail: serde_json::Value =
+                            serde_json::from_str(&audit.detail).unwrap_or_default();
+                        detail["sessions"] = swept.sessions.into();
+                        detail["events"] = swept.events.into();
+                        detail["turns"] = swept.turns.into();
+                        detail["steps"] = swept.steps.into();
+                        detail["outbox"] = swept.outbox.into();
+                        detail["dead_letters"] = swept.dead_letters.into();
+                        audit.detail = detail.to_string();
+                        work.audit(&audit).await?;
+                    }
+                    Ok(swept)
+                })
+            })
+            .await?;
+        Ok(swept)
+    }
+}
