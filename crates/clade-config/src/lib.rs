@@ -220,23 +220,26 @@ pub struct Quotas {
 }
 
 impl Config {
+    /// A per-tenant setting of the tenant named `tenant`: its own, else `"*"`'s, else none.
+    fn tenant_setting<T>(
+        tenants: &BTreeMap<String, TenantConfig>,
+        tenant: &str,
+        setting: impl Fn(&TenantConfig) -> Option<T>,
+    ) -> Option<T> {
+        tenants.get(tenant).and_then(&setting).or_else(|| tenants.get("*").and_then(&setting))
+    }
+
     /// The retention policy of the tenant named `tenant`: its own, else `"*"`'s, else none.
     pub fn retention_of(
         tenants: &BTreeMap<String, TenantConfig>,
         tenant: &str,
     ) -> Option<Retention> {
-        tenants
-            .get(tenant)
-            .and_then(|t| t.retention)
-            .or_else(|| tenants.get("*").and_then(|t| t.retention))
+        Self::tenant_setting(tenants, tenant, |t| t.retention)
     }
 
     /// The quotas of the tenant named `tenant`: its own, else `"*"`'s, else none.
     pub fn quotas_of(tenants: &BTreeMap<String, TenantConfig>, tenant: &str) -> Option<Quotas> {
-        tenants
-            .get(tenant)
-            .and_then(|t| t.quotas)
-            .or_else(|| tenants.get("*").and_then(|t| t.quotas))
+        Self::tenant_setting(tenants, tenant, |t| t.quotas)
     }
 }
 
