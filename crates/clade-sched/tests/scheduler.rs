@@ -630,3 +630,93 @@ async fn ten_thousand_jobs_fire_once_over_thirty_days_and_a_hundred_restarts() {
     );
     store.close().await;
 }
+
+/// A job whose origin session is gone (swept by retention) fires into nothing: each fire is
+/// recorded as refused, naming the session, and the job moves on.
+#[tokio::test]
+async fn a_job_whose_target_session_is_deleted_records_refused_fires() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = DataDir::open(tmp.path().join("data")).unwrap();
+    let store = open(&Location::Sqlite(data_dir.sqlite_path())).await;
+    let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+    let agents = Agents::new(store.clone(), data_dir.clone());
+    let spec = NewAgent {
+        handle: Handle::parse("ada").unwrap(),
+        display_name: None,
+        config: AgentConfig::default(),
+    };
+    let agent = agents.create(tenant.id, spec).await.unwrap();
+    drop(agents);
+    let origin = store
+        .accept_event(clade_store::NewEvent {
+            tenant: tenant.id,
+            agent: "ada".into(),
+            source: clade_store::Source {
+                platform: "http".into(),
+                channel: "dm".into(),
+                actor: "grace".into(),
+            },
+            text: "remind me".into(),
+            idempotency_key: None,
+            payload_hash: "h".into(),
+            max_open_per_session: 100,
+        })
+        .await
+        .unwrap();
+    let now = store.now();
+    let spec = clade_sched::JobSpec {
+        name: "remind".into(),
+        schedule: "* * * * *".into(),
+        target: Some(format!("origin:{}", origin.session_id)),
+        prompt: "stretch".into(),
+        ..Default::default()
+    };
+    let job = store.create_job(clade_sched::new_job(&spec, tenant.id, agent.id, now).unwrap());
+    let job = job.await.unwrap();
+    // The conversation ends, and retention sweeps it away.
+    let pending = store.system().pending_events(origin.session_id).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    let later = Timestamp::from_millis(now.as_millis() + 86_400_000);
+    let cutoffs = clade_store::retention::Cutoffs { sessions: Some(later), ..Default::default() };
+    // Its event is still pending, so the sweep keeps it until it is answered.
+    assert_eq!(store.sweep(tenant.id, cutoffs).await.unwrap().sessions, 0);
+    // Its turn answers it.
+    let turn = clade_store::TurnRow {
+        id: clade_core::TurnId::generate(now),
+        session_id: origin.session_id,
+        tenant_id: tenant.id,
+        agent_id: agent.id,
+        status: clade_core::TurnStatus::Running,
+        reply: None,
+        error: None,
+        model: None,
+        config_revision: 1,
+        started_at: now,
+        finished_at: None,
+    };
+    store.begin_turn(&turn, vec![origin.event_id], Vec::new(), None, None).await.unwrap();
+    let outcome = clade_store::TurnOutcome {
+        status: clade_core::TurnStatus::Completed,
+        reply: Some("sure".into()),
+        error: None,
+        model: None,
+    };
+    store.finish_turn(&turn, outcome, Vec::new()).await.unwrap();
+    assert_eq!(store.sweep(tenant.id, cutoffs).await.unwrap().sessions, 1);
+
+    let at = Timestamp::from_millis(job.next_at.unwrap().as_millis() + 1_000);
+    let looked = look(&store, at, LookOptions::default()).await.unwrap();
+    assert_eq!((looked.fired, looked.refused), (0, 1), "{looked:?}");
+    let runs = store.job_runs(tenant.id, job.id, None, 10).await.unwrap();
+    let refused = match &runs[0].outcome {
+        RunOutcome::Refused(why) => why.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(refused.contains(&origin.session_id.to_string()), "{refused}");
+    let job = store.job_named(tenant.id, agent.id, "remind").await.unwrap();
+    assert!(
+        job.settled_at >= Timestamp::from_millis(at.as_millis() - 60_000),
+        "the job did not move on"
+    );
+    store.close().await;
+}
