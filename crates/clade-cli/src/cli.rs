@@ -346,7 +346,13 @@ pub(crate) enum ConfigCommand {
     /// Apply FILE as the configuration: parse, check, write, record a revision; a serving
     /// gateway takes it within a second (sessions, bindings, tools, tenants, heartbeats; the
     /// rest at its next start)
-    Apply { file: PathBuf },
+    Apply {
+        file: PathBuf,
+        /// Before writing anything, call the new configuration's channel model once with a
+        /// short prompt; a failure stops the apply
+        #[arg(long)]
+        smoke: bool,
+    },
     /// The configurations applied, newest first
     History {
         #[arg(long, default_value_t = 20)]

@@ -113,12 +113,18 @@ impl Ctx {
     /// The models this process can call, with the environment's quick-start keys.
     #[allow(clippy::disallowed_methods)] // The configuration edge: provider keys come from the environment.
     pub(crate) fn models(&self) -> clade_runtime::Models {
-        let vars = clade_runtime::EnvHints::wanted(&self.config)
+        self.models_of(&self.config)
+    }
+
+    /// The models `config` names, with the environment's quick-start keys.
+    #[allow(clippy::disallowed_methods)] // The configuration edge: provider keys come from the environment.
+    pub(crate) fn models_of(&self, config: &Config) -> clade_runtime::Models {
+        let vars = clade_runtime::EnvHints::wanted(config)
             .into_iter()
             .filter_map(|name| std::env::var(&name).ok().map(|value| (name, value)))
             .collect();
         clade_runtime::Models::new(
-            &self.config,
+            config,
             clade_runtime::EnvHints { vars },
             self.store.clone(),
             self.secrets(),

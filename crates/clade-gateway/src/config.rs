@@ -92,7 +92,7 @@ async fn run_flow(
         ));
     };
     let store = state.store.acting_as(format!("tenant {} (api)", tenant.name));
-    match crate::config_flow::apply(&store, path, text, reverts).await {
+    match crate::config_flow::apply(&store, path, text, reverts, None).await {
         Ok(Applied::Unchanged) => Ok(axum::Json(ApplyConfigResponse {
             applied: false,
             revision: None,
@@ -104,7 +104,9 @@ async fn run_flow(
             at_restart: at_restart.into_iter().map(str::to_owned).collect(),
         })),
         Err(err) => Err(match err.step {
-            Step::Parse | Step::Check => ApiError::new(Code::InvalidConfig, err.to_string()),
+            Step::Parse | Step::Check | Step::Smoke => {
+                ApiError::new(Code::InvalidConfig, err.to_string())
+            }
             Step::Write | Step::Record => ApiError::internal(err.to_string()),
         }),
     }

@@ -16,6 +16,7 @@ use clade_store::{ConfigRevision, NewConfigRevision, Store};
 pub enum Step {
     Parse,
     Check,
+    Smoke,
     Write,
     Record,
 }
@@ -25,6 +26,7 @@ impl std::fmt::Display for Step {
         f.write_str(match self {
             Step::Parse => "parse",
             Step::Check => "check",
+            Step::Smoke => "smoke test",
             Step::Write => "write",
             Step::Record => "record",
         })
@@ -97,15 +99,25 @@ pub fn validate(text: &str, path: &Path, now: clade_core::Timestamp) -> Result<C
     Ok(config)
 }
 
+/// An optional step between check and write: tries the new configuration (say, one call to
+/// its model) and says why it will not do.
+pub type SmokeTest<'a> =
+    Box<dyn FnOnce(&Config) -> futures::future::BoxFuture<'a, Result<(), String>> + Send + 'a>;
+
 /// Applies `text` as the configuration at `path` (see the module's documentation), recorded
-/// as applied by `store`'s actor; `reverts` names the revision a revert goes back to.
+/// as applied by `store`'s actor; `reverts` names the revision a revert goes back to, and
+/// `smoke`, if given, runs after the check.
 pub async fn apply(
     store: &Store,
     path: &Path,
     text: &str,
     reverts: Option<i64>,
+    smoke: Option<SmokeTest<'_>>,
 ) -> Result<Applied, ApplyError> {
     let config = validate(text, path, store.now())?;
+    if let Some(smoke) = smoke {
+        smoke(&config).await.map_err(failed(Step::Smoke))?;
+    }
     let before = match std::fs::read_to_string(path) {
         Ok(before) => before,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -216,7 +228,7 @@ impl clade_tools::TypedTool for ApplyTool {
                 Err(_) => format!("agent {}", caller.agent),
             };
             let store = self.store.acting_as(who);
-            match apply(&store, &self.path, &args.yaml, None).await {
+            match apply(&store, &self.path, &args.yaml, None, None).await {
                 Ok(Applied::Unchanged) => {
                     Ok("nothing applied: the configuration already says this".into())
                 }

@@ -38,11 +38,19 @@ pub(super) fn run(global: &Global, cmd: &ConfigCommand) -> Result<()> {
 /// `clade config apply|history|diff|revert`: the deployment's configuration revisions.
 pub(super) async fn revisions(ctx: &Ctx, cmd: ConfigCommand) -> Result<()> {
     match cmd {
-        ConfigCommand::Apply { file } => {
+        ConfigCommand::Apply { file, smoke } => {
             let text = std::fs::read_to_string(&file).map_err(|e| {
                 anyhow::anyhow!("cannot read {}: {e}; pass the file to apply", file.display())
             })?;
-            applied(ctx, config_flow::apply(&ctx.store, &ctx.config_path, &text, None).await?);
+            let smoke: Option<config_flow::SmokeTest<'_>> =
+                smoke.then(|| -> config_flow::SmokeTest<'_> {
+                    Box::new(move |config: &Config| {
+                        let models = ctx.models_of(config);
+                        Box::pin(smoke_test(ctx, models))
+                    })
+                });
+            let flow = config_flow::apply(&ctx.store, &ctx.config_path, &text, None, smoke);
+            applied(ctx, flow.await?);
         }
         ConfigCommand::Revert { revision } => {
             let old = match ctx.store.config_revision(revision).await {
@@ -53,7 +61,8 @@ pub(super) async fn revisions(ctx: &Ctx, cmd: ConfigCommand) -> Result<()> {
                 }
                 other => other?,
             };
-            let flow = config_flow::apply(&ctx.store, &ctx.config_path, &old.yaml, Some(revision));
+            let flow =
+                config_flow::apply(&ctx.store, &ctx.config_path, &old.yaml, Some(revision), None);
             applied(ctx, flow.await?);
         }
         ConfigCommand::History { limit, json } => {
@@ -94,6 +103,24 @@ pub(super) async fn revisions(ctx: &Ctx, cmd: ConfigCommand) -> Result<()> {
         ConfigCommand::Schema | ConfigCommand::Validate { .. } => {}
     }
     Ok(())
+}
+
+/// One short call through the new configuration's channel route, for the operator's tenant.
+async fn smoke_test(ctx: &Ctx, models: clade_runtime::Models) -> Result<(), String> {
+    use clade_model::{Message, ModelRequest, Params};
+    let tenant = ctx.tenant().await.map_err(|e| e.to_string())?;
+    let request = ModelRequest {
+        messages: vec![Message::user("Reply with the word ok.")],
+        params: Params { max_tokens: 16, temperature: None },
+        ..ModelRequest::default()
+    };
+    let kind = clade_core::ProcessKind::Channel;
+    let mut ignore = |_: &clade_model::StreamEvent| {};
+    models
+        .call_unrecorded(&tenant, None, kind, &request, &mut ignore)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("the channel model did not answer: {e}"))
 }
 
 fn applied(ctx: &Ctx, applied: Applied) {

@@ -208,3 +208,33 @@ async fn an_agent_applies_a_configuration_only_when_policy_allows_it() {
     assert_eq!(revision["applied_by"], "agent ada", "{revision}");
     assert_eq!(std::fs::read_to_string(env.data_dir().join("clade.yaml")).unwrap(), wanted);
 }
+
+/// `--smoke` calls the new configuration's model before anything is written: a model that
+/// refuses stops the apply at that step, with nothing changed; one that answers lets it
+/// through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smoke_test_stops_a_configuration_whose_model_does_not_answer() {
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let mut env = Env::new();
+    env.vars.push(("STUB_KEY".into(), "sk-stub".into()));
+    let yaml = env.data_dir().join("clade.yaml");
+    write(&yaml, "sessions:\n  max_queued: 50\n");
+    let model = |name: &str| {
+        format!(
+            "models:\n  main:\n    provider: openai\n    model: {name}\n    base_url: {}/v1\n    api_key_env: STUB_KEY\n",
+            stub.url()
+        )
+    };
+    let broken = env.data_dir().join("broken.yaml");
+    write(&broken, &model("stub+status=401"));
+    env.run(&["config", "apply", "--smoke", broken.to_str().unwrap()])
+        .fails_with("the smoke test step failed: the channel model did not answer");
+    assert_eq!(std::fs::read_to_string(&yaml).unwrap(), "sessions:\n  max_queued: 50\n");
+    assert_eq!(env.run(&["config", "history", "--json"]).ok().json(), json!([]));
+    let working = env.data_dir().join("working.yaml");
+    write(&working, &model("stub+fixed=ok"));
+    let out = env.run(&["config", "apply", "--smoke", working.to_str().unwrap()]).ok();
+    assert!(out.stdout.contains("applied revision 1"), "{}", out.stdout);
+    assert!(out.stdout.contains("at the next start: models"), "{}", out.stdout);
+}
