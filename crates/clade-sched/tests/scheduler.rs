@@ -23,6 +23,29 @@ async fn open(location: &Location) -> Store {
     Store::open(options).await.unwrap()
 }
 
+/// A fresh SQLite store with `handles` as agents of the default tenant; the directory lives as
+/// long as the returned guard.
+async fn with_agents(
+    handles: &[&str],
+) -> (tempfile::TempDir, Location, Store, Tenant, Vec<clade_core::AgentId>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = DataDir::open(tmp.path().join("data")).unwrap();
+    let location = Location::Sqlite(data_dir.sqlite_path());
+    let store = open(&location).await;
+    let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+    let agents = Agents::new(store.clone(), data_dir);
+    let mut ids = Vec::new();
+    for handle in handles {
+        let spec = NewAgent {
+            handle: Handle::parse(handle).unwrap(),
+            display_name: None,
+            config: AgentConfig::default(),
+        };
+        ids.push(agents.create(tenant.id, spec).await.unwrap().id);
+    }
+    (tmp, location, store, tenant, ids)
+}
+
 const JOBS: [(&str, &str, &str); 8] = [
     ("*/7 * * * *", "UTC", "skip"),
     ("0 9 * * MON-FRI", "Europe/Berlin", "run_once"),
@@ -392,21 +415,7 @@ async fn the_scheduler_fires_on_its_clock_and_disables_a_job_that_keeps_failing(
 #[tokio::test]
 async fn heartbeats_are_kept_as_the_configuration_declares() {
     use clade_sched::heartbeats::{HEARTBEAT_JOB, reconcile};
-    let tmp = tempfile::tempdir().unwrap();
-    let data_dir = DataDir::open(tmp.path().join("data")).unwrap();
-    let store = open(&Location::Sqlite(data_dir.sqlite_path())).await;
-    let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
-    let agents = Agents::new(store.clone(), data_dir.clone());
-    let mut ids = Vec::new();
-    for handle in ["ada", "bo"] {
-        let spec = NewAgent {
-            handle: Handle::parse(handle).unwrap(),
-            display_name: None,
-            config: AgentConfig::default(),
-        };
-        ids.push(agents.create(tenant.id, spec).await.unwrap().id);
-    }
-    drop(agents);
+    let (_tmp, _, store, tenant, ids) = with_agents(&["ada", "bo"]).await;
     let config = |yaml: &str| {
         let config = clade_config::Config::parse(yaml, std::path::Path::new("clade.yaml")).unwrap();
         config.check(std::path::Path::new("clade.yaml")).unwrap();
@@ -475,22 +484,9 @@ async fn heartbeats_are_kept_as_the_configuration_declares() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_jobs_fire_once_over_thirty_days_and_a_hundred_restarts() {
     const JOBS: usize = 10_000;
-    let tmp = tempfile::tempdir().unwrap();
-    let data_dir = DataDir::open(tmp.path().join("data")).unwrap();
-    let location = Location::Sqlite(data_dir.sqlite_path());
-    let mut store = open(&location).await;
-    let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
-    let agents = Agents::new(store.clone(), data_dir.clone());
-    let mut agent_ids = Vec::new();
-    for i in 0..10 {
-        let spec = NewAgent {
-            handle: Handle::parse(&format!("agent-{i}")).unwrap(),
-            display_name: None,
-            config: AgentConfig::default(),
-        };
-        agent_ids.push(agents.create(tenant.id, spec).await.unwrap().id);
-    }
-    drop(agents);
+    let handles: Vec<String> = (0..10).map(|i| format!("agent-{i}")).collect();
+    let handles: Vec<&str> = handles.iter().map(String::as_str).collect();
+    let (_tmp, location, mut store, tenant, agent_ids) = with_agents(&handles).await;
     // Friday 2026-03-27: both daylight-saving changes of the month ahead are in the run.
     let start = Timestamp::from_millis(1_774_569_600_000);
     let zones = ["UTC", "Europe/Berlin", "America/New_York"];
@@ -635,18 +631,8 @@ async fn ten_thousand_jobs_fire_once_over_thirty_days_and_a_hundred_restarts() {
 /// recorded as refused, naming the session, and the job moves on.
 #[tokio::test]
 async fn a_job_whose_target_session_is_deleted_records_refused_fires() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data_dir = DataDir::open(tmp.path().join("data")).unwrap();
-    let store = open(&Location::Sqlite(data_dir.sqlite_path())).await;
-    let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
-    let agents = Agents::new(store.clone(), data_dir.clone());
-    let spec = NewAgent {
-        handle: Handle::parse("ada").unwrap(),
-        display_name: None,
-        config: AgentConfig::default(),
-    };
-    let agent = agents.create(tenant.id, spec).await.unwrap();
-    drop(agents);
+    let (_tmp, _, store, tenant, ids) = with_agents(&["ada"]).await;
+    let agent_id = ids[0];
     let origin = store
         .accept_event(clade_store::NewEvent {
             tenant: tenant.id,
@@ -671,7 +657,7 @@ async fn a_job_whose_target_session_is_deleted_records_refused_fires() {
         prompt: "stretch".into(),
         ..Default::default()
     };
-    let job = store.create_job(clade_sched::new_job(&spec, tenant.id, agent.id, now).unwrap());
+    let job = store.create_job(clade_sched::new_job(&spec, tenant.id, agent_id, now).unwrap());
     let job = job.await.unwrap();
     // The conversation ends, and retention sweeps it away.
     let pending = store.system().pending_events(origin.session_id).await.unwrap();
@@ -685,7 +671,7 @@ async fn a_job_whose_target_session_is_deleted_records_refused_fires() {
         id: clade_core::TurnId::generate(now),
         session_id: origin.session_id,
         tenant_id: tenant.id,
-        agent_id: agent.id,
+        agent_id: agent_id,
         status: clade_core::TurnStatus::Running,
         reply: None,
         error: None,
@@ -713,7 +699,7 @@ async fn a_job_whose_target_session_is_deleted_records_refused_fires() {
         other => panic!("{other:?}"),
     };
     assert!(refused.contains(&origin.session_id.to_string()), "{refused}");
-    let job = store.job_named(tenant.id, agent.id, "remind").await.unwrap();
+    let job = store.job_named(tenant.id, agent_id, "remind").await.unwrap();
     assert!(
         job.settled_at >= Timestamp::from_millis(at.as_millis() - 60_000),
         "the job did not move on"
