@@ -671,7 +671,7 @@ async fn a_job_whose_target_session_is_deleted_records_refused_fires() {
         id: clade_core::TurnId::generate(now),
         session_id: origin.session_id,
         tenant_id: tenant.id,
-        agent_id: agent_id,
+        agent_id,
         status: clade_core::TurnStatus::Running,
         reply: None,
         error: None,
