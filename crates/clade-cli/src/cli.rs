@@ -104,6 +104,16 @@ pub(crate) enum Command {
     /// Delete old records as each tenant's retention policy says (`tenants.<name>.retention`)
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// Run agents' scheduled jobs as a process of its own, serving the cron tools to gateways
+    /// over the remote tool protocol (list it under `tool_hosts` and set `scheduler.enabled:
+    /// false` in the gateway's clade.yaml)
+    CronService(CronServiceArgs),
+    /// Control the running gateway over its admin socket (the operator's user only)
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
+    /// Remote tool hosts: check one against the protocol
+    #[command(subcommand)]
+    ToolHost(ToolHostCommand),
     /// Measure Clade on this machine
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -469,6 +479,63 @@ pub(crate) enum CronCommand {
     Enable { name: String },
     /// Disable a job: it fires no more until enabled
     Disable { name: String },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CronServiceArgs {
+    /// Address to serve the remote tool protocol on
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7421")]
+    pub(crate) listen: String,
+    /// Environment variable holding the bearer token gateways must send (the gateway's
+    /// `tool_hosts.<name>.token_env` names the same)
+    #[arg(long, value_name = "VAR", default_value = "CLADE_TOOL_HOST_TOKEN")]
+    pub(crate) token_env: String,
+    /// The gateway's admin socket, to wake the sessions jobs fire into [default:
+    /// server.admin_socket in clade.yaml, else admin.sock in the data dir]
+    #[arg(long, value_name = "PATH")]
+    pub(crate) admin_socket: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GatewayCommand {
+    /// What the gateway runs: version, process, address, store, active sessions, configuration revision
+    Status {
+        /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take the newest configuration revision now (the gateway also looks each second)
+    Reload {
+        /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ToolHostCommand {
+    /// Run the protocol's conformance test against a host: its manifest, health, refusals
+    /// and, with --call, a call, its replay and an idempotency conflict
+    Check {
+        /// The host's base URL (`http://127.0.0.1:7421/`)
+        url: String,
+        /// Environment variable holding the host's bearer token
+        #[arg(long, value_name = "VAR")]
+        token_env: Option<String>,
+        /// A tool that is safe to call twice, for the call checks
+        #[arg(long, value_name = "TOOL")]
+        call: Option<String>,
+        /// The sample call's arguments, a JSON object
+        #[arg(long, value_name = "JSON", default_value = "{}", requires = "call")]
+        args: String,
+        /// Seconds each request may take
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        timeout_secs: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -53,6 +53,13 @@ pub(crate) fn location(global: &Global, data_dir: &DataDir, config: &Config) -> 
     })
 }
 
+/// The value of the environment variable `name` (a token or secret the configuration names
+/// by its variable), if set and not empty.
+#[allow(clippy::disallowed_methods)] // The configuration edge: secrets come from the environment.
+pub(crate) fn env_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
 impl Ctx {
     pub(crate) async fn open(global: &Global, migrations: clade_store::Migrations) -> Result<Self> {
         let data_dir = DataDir::open(data_dir_path(global)?)?;
@@ -171,7 +178,10 @@ impl Ctx {
         use clade_tools::builtin::Ledger;
         let mut tools = clade_tools::Registry::new();
         clade_tools::builtin::register_all(&mut tools, sandbox.clone());
-        clade_sched::tools::register(&mut tools, self.store.clone());
+        // With the scheduler elsewhere (`clade cron-service`), its host serves the cron tools.
+        if self.config.scheduler.enabled {
+            clade_sched::tools::register(&mut tools, self.store.clone());
+        }
         tools.register(Arc::new(clade_gateway::config_flow::ApplyTool::new(
             self.store.clone(),
             self.config_path.clone(),
@@ -206,6 +216,42 @@ impl Ctx {
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "MCP server left out: its tools are unavailable until the next start")
+                }
+            }
+        }
+        for (name, host) in &self.config.tool_hosts {
+            let token = match &host.token_env {
+                Some(var) => match env_value(var) {
+                    Some(token) => Some(token),
+                    None => {
+                        tracing::warn!(host = %name, variable = %var, "tool host left out: its token's environment variable is not set");
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let spec = clade_tools::remote::HostSpec {
+                name: name.clone(),
+                url: host.url.clone(),
+                token,
+                agents: host.agents.clone(),
+                timeout: std::time::Duration::from_secs(host.timeout_secs),
+            };
+            match clade_tools::remote::Host::connect(spec).await {
+                Ok((_, found)) => {
+                    let (taken, kept): (Vec<_>, Vec<_>) =
+                        found.into_iter().partition(|tool| tools.get(tool.name()).is_some());
+                    if !taken.is_empty() {
+                        let names: Vec<&str> = taken.iter().map(|t| t.name()).collect();
+                        tracing::warn!(host = %name, tools = ?names, "a tool host's tools left out: another tool has the name");
+                    }
+                    tracing::info!(host = %name, tools = kept.len(), "tool host connected");
+                    for tool in kept {
+                        tools.register(tool);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "tool host left out: its tools are unavailable until the next start")
                 }
             }
         }

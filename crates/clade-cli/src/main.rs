@@ -7,6 +7,7 @@
 // Printing is this crate's job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod admin_socket;
 mod advice;
 mod cli;
 mod commands;

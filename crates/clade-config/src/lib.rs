@@ -15,7 +15,7 @@ mod tools;
 
 pub use tools::{
     Constraints, GrantCeiling, McpServerConfig, PolicyEffect, PolicyRule, SandboxLimits,
-    SandboxMode, ToolsConfig,
+    SandboxMode, ToolHostConfig, ToolsConfig,
 };
 
 /// The file name looked up in the data dir when `--config` is not given.
@@ -77,6 +77,10 @@ pub struct Config {
     /// a policy rule allows them.
     #[serde(default)]
     pub mcp: BTreeMap<String, McpServerConfig>,
+    /// Remote tool hosts by name (`[a-z0-9_-]`), speaking Clade's remote tool protocol; their
+    /// tools keep the names their manifests give.
+    #[serde(default)]
+    pub tool_hosts: BTreeMap<String, ToolHostConfig>,
     /// Per-tenant settings, by tenant name.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
@@ -623,6 +627,10 @@ pub struct ServerConfig {
     /// requests.
     #[serde(default = "default_header_timeout")]
     pub header_timeout_secs: u64,
+    /// The admin socket's path (pairing, reload, wake-ups, status; the operator's user only,
+    /// never over HTTP). Default: `admin.sock` in the data dir.
+    #[serde(default)]
+    pub admin_socket: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -632,6 +640,7 @@ impl Default for ServerConfig {
             max_body_bytes: default_max_body(),
             max_connections: None,
             header_timeout_secs: default_header_timeout(),
+            admin_socket: None,
         }
     }
 }
@@ -804,6 +813,27 @@ impl Config {
                 return fail(format!("mcp.{name}.timeout_secs: must be at least 1"));
             }
         }
+        for (name, host) in &self.tool_hosts {
+            let valid_name = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !valid_name {
+                return fail(format!(
+                    "tool_hosts.{name}: host names use 1-64 of a-z, 0-9, - and _"
+                ));
+            }
+            if !(host.url.starts_with("http://") || host.url.starts_with("https://")) {
+                return fail(format!(
+                    "tool_hosts.{name}.url: {:?} is not an http:// or https:// URL",
+                    host.url
+                ));
+            }
+            if host.timeout_secs == 0 {
+                return fail(format!("tool_hosts.{name}.timeout_secs: must be at least 1"));
+            }
+        }
         // Every agent reference names one agent of one tenant.
         for result in [
             check_agent_keys("routing.agents", &self.routing.agents),
@@ -837,15 +867,24 @@ impl Config {
         {
             return fail(message);
         }
-        for (name, server) in &self.mcp {
-            for pattern in &server.agents {
+        let patterns = self
+            .mcp
+            .iter()
+            .map(|(name, server)| (format!("mcp.{name}.agents"), &server.agents))
+            .chain(
+                self.tool_hosts
+                    .iter()
+                    .map(|(name, host)| (format!("tool_hosts.{name}.agents"), &host.agents)),
+            );
+        for (field, agents) in patterns {
+            for pattern in agents {
                 let tenant_wide = pattern.strip_suffix("/*").map(clade_core::Handle::parse);
                 let valid = pattern == "*"
                     || tenant_wide.as_ref().is_some_and(Result::is_ok)
                     || (tenant_wide.is_none() && clade_core::AgentRef::parse(pattern).is_ok());
                 if !valid {
                     return fail(format!(
-                        "mcp.{name}.agents: {pattern:?} is not an agent reference (tenant/handle, or a bare handle in the default tenant), tenant/* or *"
+                        "{field}: {pattern:?} is not an agent reference (tenant/handle, or a bare handle in the default tenant), tenant/* or *"
                     ));
                 }
             }

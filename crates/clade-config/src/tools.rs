@@ -237,6 +237,27 @@ pub struct McpServerConfig {
     pub network: bool,
 }
 
+/// A remote tool host (`docs/specs/remote-tools.md`): a process of its own, such as
+/// `clade cron-service`, whose tools agents call through the gateway's policy, approval and
+/// audit path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolHostConfig {
+    /// The host's base URL (`http://127.0.0.1:7420/`): its manifest is `<url>manifest`.
+    pub url: String,
+    /// The environment variable holding the bearer token the host expects (`clade
+    /// cron-service` reads the same variable). Without one, no token is sent.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// The agents that get its tools, as for `mcp.<name>.agents`. Default: the default
+    /// tenant's agents only.
+    #[serde(default = "default_tenant_agents")]
+    pub agents: Vec<String>,
+    /// Seconds one call (or fetching the manifest) may take.
+    #[serde(default = "default_mcp_timeout")]
+    pub timeout_secs: u64,
+}
+
 fn default_tenant_agents() -> Vec<String> {
     vec![format!("{}/*", clade_core::Tenant::DEFAULT_NAME)]
 }

@@ -27,6 +27,7 @@ pub mod scopes;
 mod server;
 mod sessions;
 pub mod stream_ids;
+pub mod tool_host;
 mod tools;
 mod trace;
 mod usage;

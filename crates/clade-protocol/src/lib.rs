@@ -11,8 +11,10 @@
 //!
 //! Start at [`lifecycle`] for what streams and webhooks carry, then [`resources`].
 
+pub mod admin;
 pub mod journal;
 pub mod lifecycle;
+pub mod remote_tools;
 pub mod resources;
 mod spelled;
 

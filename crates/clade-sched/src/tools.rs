@@ -90,6 +90,7 @@ impl TypedTool for CronCreate {
     type Args = CreateArgs;
     const NAME: &'static str = "cron.create";
     const DESCRIPTION: &'static str = "Schedule a job for yourself: at each time its schedule gives, you are sent its prompt. By default it answers where the user you are talking to last spoke.";
+    const RESOURCE_ARGUMENT: Option<&'static str> = Some("name");
     fn resource(&self, args: &CreateArgs) -> Result<String, String> {
         Ok(args.name.clone())
     }
@@ -148,6 +149,7 @@ impl TypedTool for CronRemove {
     const NAME: &'static str = "cron.remove";
     const DESCRIPTION: &'static str = "Remove one of your scheduled jobs by name.";
     const EFFECT: EffectClass = EffectClass::Idempotent;
+    const RESOURCE_ARGUMENT: Option<&'static str> = Some("name");
     fn resource(&self, args: &RemoveArgs) -> Result<String, String> {
         Ok(args.name.clone())
     }
@@ -193,6 +195,7 @@ impl TypedTool for CronEnable {
     const NAME: &'static str = "cron.enable";
     const DESCRIPTION: &'static str = "Enable one of your jobs again (after it was paused, or disabled for failing runs), or pause it with enabled=false.";
     const EFFECT: EffectClass = EffectClass::Idempotent;
+    const RESOURCE_ARGUMENT: Option<&'static str> = Some("name");
     fn resource(&self, args: &EnableArgs) -> Result<String, String> {
         Ok(args.name.clone())
     }

@@ -17,6 +17,7 @@ pub mod net;
 pub mod pattern;
 pub mod policy;
 pub mod redact;
+pub mod remote;
 pub mod sandbox;
 mod seccomp;
 pub mod workspace;
@@ -118,6 +119,11 @@ pub trait Tool: Send + Sync {
     fn resource(&self, _args: &Value) -> Result<String, String> {
         Ok(String::new())
     }
+    /// The top-level string argument [`Tool::resource`] is, when it is one (a remote tool
+    /// host's manifest says so, so the gateway's policy matches it without the tool's code).
+    fn resource_argument(&self) -> Option<&str> {
+        None
+    }
     /// The argument list of a call that runs a program: policy then matches it with argv
     /// patterns ([`argv`]) instead of globs on [`Tool::resource`].
     fn argv(&self, _args: &Value) -> Option<Vec<String>> {
@@ -140,6 +146,8 @@ pub trait TypedTool: Send + Sync {
     const EFFECT: EffectClass = EffectClass::AtMostOnce;
     const TOUCHES_HOST: bool = false;
     const RUNS_IN_SANDBOX: bool = false;
+    /// The argument [`TypedTool::resource`] returns, when it returns one argument as it is.
+    const RESOURCE_ARGUMENT: Option<&'static str> = None;
     fn resource(&self, _args: &Self::Args) -> Result<String, String> {
         Ok(String::new())
     }
@@ -181,6 +189,9 @@ impl<T: TypedTool> Tool for T {
     fn resource(&self, args: &Value) -> Result<String, String> {
         let typed: T::Args = parse_args(T::NAME, args.clone())?;
         TypedTool::resource(self, &typed)
+    }
+    fn resource_argument(&self) -> Option<&str> {
+        T::RESOURCE_ARGUMENT
     }
     fn argv(&self, args: &Value) -> Option<Vec<String>> {
         let typed: T::Args = parse_args(T::NAME, args.clone()).ok()?;

@@ -11,6 +11,7 @@ mod cron;
 mod models;
 mod serve;
 mod sessions;
+mod tool_host;
 mod tools;
 
 use anyhow::Result;
@@ -32,6 +33,10 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
     if let Command::EgressBridge { listen, socket } = cli.command {
         return Ok(clade_tools::egress::bridge(listen, socket).await?);
     }
+    if let Command::ToolHost(cmd) = cli.command {
+        logging::init(LogFormat::Human, None, "warn");
+        return tool_host::run(cmd).await;
+    }
     if let Command::Stub(args) = cli.command {
         logging::init(LogFormat::Human, None, "warn");
         return Ok(clade_stub::standalone::run(args).await?);
@@ -43,7 +48,11 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Some(LogFormatArg::Human) => LogFormat::Human,
         None => file_config.log.format,
     };
-    let default_filter = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    let default_filter = if matches!(cli.command, Command::Serve(_) | Command::CronService(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     logging::init(format, file_config.log.filter.as_deref(), default_filter);
 
     if let Command::Migrate(args) = &cli.command
@@ -79,7 +88,9 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Cron(cmd) => cron::run(&ctx, cmd).await,
         Command::Retention(cmd) => cron::retention(&ctx, cmd).await,
         Command::Bench(cmd) => bench::run(&ctx, cmd).await,
+        Command::CronService(args) => tool_host::cron_service(&ctx, args).await,
+        Command::Gateway(cmd) => tool_host::gateway(&ctx, cmd).await,
         Command::Config(cmd) => config::revisions(&ctx, cmd).await,
-        Command::Stub(_) | Command::EgressBridge { .. } => Ok(()),
+        Command::Stub(_) | Command::EgressBridge { .. } | Command::ToolHost(_) => Ok(()),
     }
 }

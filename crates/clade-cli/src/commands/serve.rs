@@ -78,7 +78,13 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         ctx.config.tenants.clone(),
         ctx.store.clock().clone(),
     ));
-    let reloader = start_reloader(ctx, engine.clone(), limits.clone()).await?;
+    let reloader = Reloader::new(ctx, engine.clone(), limits.clone()).await?;
+    let admin_path = crate::admin_socket::path(ctx, None);
+    let admin = crate::admin_socket::serve(
+        &admin_path,
+        admin_handler(ctx, engine.clone(), reloader.clone(), address),
+    )?;
+    let reloader = reloader.spawn();
     let stream_ids = clade_gateway::stream_ids::StreamIds::load(&ctx.store).await?;
     // A write through the gateway that names no caller is not the CLI's operator.
     let state = AppState {
@@ -95,6 +101,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     let app = clade_gateway::router(state, &options);
     tracing::info!(
         address = %address,
+        admin_socket = %admin_path.display(),
         store = %ctx.store.location(),
         data_dir = %ctx.data_dir.root().display(),
         "clade listening"
@@ -128,6 +135,8 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         .await
         .context("server failed")?;
     reloader.abort();
+    admin.abort();
+    let _ = std::fs::remove_file(&admin_path);
     sweeps.abort();
     if let Some((stop, task)) = scheduler {
         let _ = stop.send(());
@@ -137,63 +146,150 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Watches the store for configuration revisions newer than the one this gateway runs (the
-/// newest at its start), and swaps in each one's sessions, bindings, default agent, tools,
-/// tenants and heartbeats; turns running finish on the settings they started with.
-async fn start_reloader(
-    ctx: &Ctx,
+/// Takes configuration revisions newer than the one this gateway runs (the newest at its
+/// start): each one's sessions, bindings, default agent, tools, tenants and heartbeats are
+/// swapped in; turns running finish on the settings they started with.
+struct Reloader {
+    store: clade_store::Store,
+    path: std::path::PathBuf,
     engine: clade_runtime::Engine,
     limits: std::sync::Arc<clade_gateway::quotas::TenantLimits>,
-) -> Result<tokio::task::JoinHandle<()>> {
-    let store = ctx.store.acting_as("gateway (configuration reload)");
-    let path = ctx.config_path.clone();
-    let mut running = store.latest_config_revision().await?;
-    Ok(tokio::spawn(async move {
-        let clock = store.clock().clone();
-        loop {
-            clock.sleep(std::time::Duration::from_secs(1)).await;
-            let latest = match store.latest_config_revision().await {
-                Ok(latest) if latest > running => latest,
-                Ok(_) => continue,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot read the configuration revisions; trying again");
-                    continue;
-                }
-            };
-            running = latest;
-            let config = match store
-                .config_revision(latest)
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|revision| {
-                    clade_gateway::config_flow::validate(&revision.yaml, &path, store.now())
-                        .map_err(|e| e.to_string())
-                }) {
-                Ok(config) => config,
-                Err(err) => {
-                    tracing::error!(revision = latest, error = %err, "configuration revision not taken: the gateway runs the one before; apply a fixed one");
-                    continue;
-                }
-            };
-            engine.reload(clade_runtime::Settings::new(
-                config.sessions.clone(),
-                config.bindings.clone(),
-                config.default_agent.clone(),
-                config.tenants.clone(),
-            ));
-            let tools = engine.tools();
-            tools.reload(tools.tool_set().registry().clone(), &config.tools, Some(&config.tenants));
-            limits.reload(config.tenants.clone());
-            if let Err(err) = clade_sched::heartbeats::reconcile(&store, &config).await {
-                tracing::warn!(error = %err, "heartbeats not updated to the new configuration");
+    /// The revision in force (0 before the first); held while one is taken, so the poll and an
+    /// admin socket's `reload` never take one twice.
+    running: tokio::sync::Mutex<i64>,
+}
+
+impl Reloader {
+    async fn new(
+        ctx: &Ctx,
+        engine: clade_runtime::Engine,
+        limits: std::sync::Arc<clade_gateway::quotas::TenantLimits>,
+    ) -> Result<std::sync::Arc<Self>> {
+        let store = ctx.store.acting_as("gateway (configuration reload)");
+        let running = tokio::sync::Mutex::new(store.latest_config_revision().await?);
+        Ok(std::sync::Arc::new(Self {
+            store,
+            path: ctx.config_path.clone(),
+            engine,
+            limits,
+            running,
+        }))
+    }
+
+    /// Polls the store each second.
+    fn spawn(self: &std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let reloader = self.clone();
+        tokio::spawn(async move {
+            let clock = reloader.store.clock().clone();
+            loop {
+                clock.sleep(std::time::Duration::from_secs(1)).await;
+                reloader.take_newest().await;
             }
-            tracing::info!(
-                revision = latest,
-                hot = ?clade_gateway::config_flow::hot().collect::<Vec<_>>(),
-                "configuration revision in force (other sections take effect at the next start)"
-            );
+        })
+    }
+
+    /// Takes the newest revision if it is newer than the one in force; the one in force after.
+    async fn take_newest(&self) -> i64 {
+        let mut running = self.running.lock().await;
+        let latest = match self.store.latest_config_revision().await {
+            Ok(latest) if latest > *running => latest,
+            Ok(_) => return *running,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the configuration revisions; trying again");
+                return *running;
+            }
+        };
+        *running = latest;
+        let config = match self
+            .store
+            .config_revision(latest)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|revision| {
+                clade_gateway::config_flow::validate(&revision.yaml, &self.path, self.store.now())
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(config) => config,
+            Err(err) => {
+                tracing::error!(revision = latest, error = %err, "configuration revision not taken: the gateway runs the one before; apply a fixed one");
+                return latest;
+            }
+        };
+        self.engine.reload(clade_runtime::Settings::new(
+            config.sessions.clone(),
+            config.bindings.clone(),
+            config.default_agent.clone(),
+            config.tenants.clone(),
+        ));
+        let tools = self.engine.tools();
+        tools.reload(tools.tool_set().registry().clone(), &config.tools, Some(&config.tenants));
+        self.limits.reload(config.tenants.clone());
+        if let Err(err) = clade_sched::heartbeats::reconcile(&self.store, &config).await {
+            tracing::warn!(error = %err, "heartbeats not updated to the new configuration");
         }
-    }))
+        tracing::info!(
+            revision = latest,
+            hot = ?clade_gateway::config_flow::hot().collect::<Vec<_>>(),
+            "configuration revision in force (other sections take effect at the next start)"
+        );
+        latest
+    }
+}
+
+/// What the admin socket's actions do in this gateway.
+fn admin_handler(
+    ctx: &Ctx,
+    engine: clade_runtime::Engine,
+    reloader: std::sync::Arc<Reloader>,
+    listen: std::net::SocketAddr,
+) -> crate::admin_socket::Handler {
+    use clade_protocol::admin::{AdminReply, AdminRequest, AdminStatus};
+    let store = ctx.store.location().to_string();
+    let clock = ctx.store.clock().clone();
+    let started = clock.now();
+    std::sync::Arc::new(move |request| {
+        let engine = engine.clone();
+        let reloader = reloader.clone();
+        let store = store.clone();
+        let uptime = clock.now().as_millis().saturating_sub(started.as_millis()) / 1000;
+        Box::pin(async move {
+            match request {
+                AdminRequest::Status {} => {
+                    let revision = *reloader.running.lock().await;
+                    AdminReply::Status(AdminStatus {
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        pid: std::process::id(),
+                        listen: listen.to_string(),
+                        store,
+                        active_sessions: engine.active_sessions() as u64,
+                        config_revision: (revision > 0).then_some(revision),
+                        uptime_secs: u64::try_from(uptime).unwrap_or_default(),
+                    })
+                }
+                AdminRequest::Reload {} => {
+                    let revision = reloader.take_newest().await;
+                    AdminReply::Reloaded { revision: (revision > 0).then_some(revision) }
+                }
+                AdminRequest::Wake { sessions } => {
+                    let mut woken = 0u32;
+                    for id in &sessions {
+                        match clade_core::SessionId::parse(id) {
+                            Ok(session) => {
+                                engine.wake(session);
+                                woken += 1;
+                            }
+                            Err(e) => {
+                                return AdminReply::Error {
+                                    message: format!("sessions: {id:?} is not a session id: {e}"),
+                                };
+                            }
+                        }
+                    }
+                    AdminReply::Woken { sessions: woken }
+                }
+            }
+        })
+    })
 }
 
 /// Starts firing agents' jobs, unless `scheduler.enabled` is off; the sender stops it.
@@ -201,18 +297,13 @@ fn start_scheduler(
     ctx: &Ctx,
     engine: &clade_runtime::Engine,
 ) -> Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
-    let config = ctx.config.scheduler.clone();
-    if !config.enabled {
-        tracing::warn!("scheduler.enabled is false: no job fires from this gateway");
+    if !ctx.config.scheduler.enabled {
+        tracing::warn!(
+            "scheduler.enabled is false: no job fires from this gateway (run `clade cron-service` beside it)"
+        );
         return None;
     }
-    let options = clade_sched::scheduler::LookOptions {
-        grace: std::time::Duration::from_secs(config.grace_secs),
-        limit: 1_000,
-        max_queued: ctx.config.sessions.max_queued,
-        max_failures: config.max_failures,
-        ..clade_sched::scheduler::LookOptions::default()
-    };
+    let options = look_options(ctx);
     let waker = engine.clone();
     let wake = std::sync::Arc::new(move |look: &clade_sched::scheduler::Look| {
         for session in &look.sessions {
@@ -226,6 +317,18 @@ fn start_scheduler(
         let _ = stopped.await;
     }));
     Some((stop, task))
+}
+
+/// How a look settles jobs, from `scheduler.*` and `sessions.max_queued`.
+pub(super) fn look_options(ctx: &Ctx) -> clade_sched::scheduler::LookOptions {
+    let config = &ctx.config.scheduler;
+    clade_sched::scheduler::LookOptions {
+        grace: std::time::Duration::from_secs(config.grace_secs),
+        limit: 1_000,
+        max_queued: ctx.config.sessions.max_queued,
+        max_failures: config.max_failures,
+        ..clade_sched::scheduler::LookOptions::default()
+    }
 }
 
 /// Says loudly how tools will run: unsandboxed by the operator's choice, or, once the
@@ -260,7 +363,7 @@ fn check_sandbox(ctx: &Ctx) -> std::sync::Arc<clade_tools::sandbox::Sandbox> {
     sandbox
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

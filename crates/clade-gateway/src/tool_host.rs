@@ -1,0 +1,275 @@
+//! A remote tool host: serves a tool [`Registry`] over Clade's remote tool protocol
+//! (`docs/specs/remote-tools.md`), the host's side of `clade_tools::remote`. `clade
+//! cron-service` serves the cron tools with it.
+//!
+//! Every route needs the host's bearer token when it has one. A call runs in a task of its own
+//! (a gateway that hangs up does not cancel it); its answer streams a heartbeat at least every
+//! `heartbeat` and ends with the result or a typed error. A repeated idempotency key gets the
+//! first call's outcome without running again, the same key with another tool or other
+//! arguments is refused, and the last [`HostOptions::remembered`] keys are kept (in memory:
+//! a restarted host forgets them, which the spec allows a host to say of itself).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use clade_protocol::remote_tools::{
+    CallError, CallFrame, CallRequest, ErrorBody, ErrorCode, FRAMES_CONTENT_TYPE, Health, HostInfo,
+    Manifest, PROTOCOL, ToolDescriptor, VERSION, VERSION_HEADER,
+};
+use clade_tools::{CallContext, EffectClass, Registry};
+use sha2::{Digest, Sha256};
+
+/// How a host serves.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    pub name: String,
+    pub version: String,
+    /// The bearer token every request must carry; none lets any client in (loopback tests).
+    pub token: Option<String>,
+    /// The longest a call's answer stays silent.
+    pub heartbeat: Duration,
+    /// How many idempotency keys are remembered.
+    pub remembered: usize,
+}
+
+/// A call's place in the idempotency memory: what was asked, and its outcome once known.
+struct Remembered {
+    fingerprint: [u8; 32],
+    outcome: tokio::sync::watch::Receiver<Option<CallFrame>>,
+}
+
+struct Host {
+    registry: Registry,
+    options: HostOptions,
+    token_digest: Option<[u8; 32]>,
+    calls: Mutex<(HashMap<String, Remembered>, VecDeque<String>)>,
+}
+
+/// The host's routes: `manifest`, `health` and `calls`, at the root.
+pub fn router(registry: Registry, options: HostOptions) -> Router {
+    let token_digest = options.token.as_deref().map(digest);
+    let host = Arc::new(Host { registry, options, token_digest, calls: Mutex::default() });
+    Router::new()
+        .route("/manifest", get(manifest))
+        .route("/health", get(health))
+        .route("/calls", post(call))
+        .with_state(host)
+}
+
+fn digest(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> Response {
+    let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = ErrorBody { error: CallError { code, message: message.into(), retryable: false } };
+    (status, axum::Json(body)).into_response()
+}
+
+impl Host {
+    /// The token check, then the version check; `Err` is the refusal to send.
+    fn admit(&self, headers: &HeaderMap) -> Result<(), Response> {
+        if let Some(expected) = &self.token_digest {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            // Comparing digests: the time taken says nothing of the token's bytes.
+            if given.map(digest).as_ref() != Some(expected) {
+                return Err(refuse(
+                    ErrorCode::Unauthorized,
+                    "this host needs its bearer token in the Authorization header",
+                ));
+            }
+        }
+        match headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok()) {
+            Some(VERSION) => Ok(()),
+            Some(other) => Err(refuse(
+                ErrorCode::UnsupportedVersion,
+                format!("this host speaks version {VERSION} of the protocol, not {other:?}"),
+            )),
+            None => Err(refuse(
+                ErrorCode::UnsupportedVersion,
+                format!("name the protocol version in the {VERSION_HEADER} header ({VERSION})"),
+            )),
+        }
+    }
+
+    fn manifest(&self) -> Manifest {
+        let tools = self
+            .registry
+            .iter()
+            .map(|tool| ToolDescriptor {
+                name: tool.name().to_owned(),
+                description: tool.description().to_owned(),
+                input_schema: tool.input_schema(),
+                effect: match tool.effect() {
+                    EffectClass::Pure => clade_protocol::remote_tools::Effect::Pure,
+                    EffectClass::Idempotent => clade_protocol::remote_tools::Effect::Idempotent,
+                    EffectClass::AtMostOnce => clade_protocol::remote_tools::Effect::AtMostOnce,
+                },
+                touches_host: tool.touches_host(),
+                resource_argument: tool.resource_argument().map(str::to_owned),
+            })
+            .collect();
+        Manifest {
+            protocol: PROTOCOL.into(),
+            host: HostInfo {
+                name: self.options.name.clone(),
+                version: self.options.version.clone(),
+            },
+            heartbeat_secs: u32::try_from(self.options.heartbeat.as_secs().max(1)).unwrap_or(300),
+            tools,
+        }
+    }
+}
+
+async fn manifest(State(host): State<Arc<Host>>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = host.admit(&headers) {
+        return refusal;
+    }
+    axum::Json(host.manifest()).into_response()
+}
+
+async fn health(State(host): State<Arc<Host>>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = host.admit(&headers) {
+        return refusal;
+    }
+    let tools = u32::try_from(host.registry.iter().count()).unwrap_or(u32::MAX);
+    axum::Json(Health { status: "ok".into(), protocol: PROTOCOL.into(), tools }).into_response()
+}
+
+async fn call(State(host): State<Arc<Host>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(refusal) = host.admit(&headers) {
+        return refusal;
+    }
+    let request: CallRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return refuse(ErrorCode::BadRequest, format!("the body is not a call request: {e}"));
+        }
+    };
+    if request.idempotency_key.is_empty() || request.idempotency_key.len() > 512 {
+        return refuse(ErrorCode::BadRequest, "idempotency_key must be 1 to 512 bytes");
+    }
+    let Some(tool) = host.registry.get(&request.tool).cloned() else {
+        return refuse(
+            ErrorCode::UnknownTool,
+            format!("this host has no tool {:?}; GET manifest lists its tools", request.tool),
+        );
+    };
+    if !request.arguments.is_object() {
+        return refuse(ErrorCode::InvalidArguments, "arguments must be a JSON object");
+    }
+    let caller = match request.caller.as_ref().map(parse_caller).transpose() {
+        Ok(caller) => caller,
+        Err(message) => return refuse(ErrorCode::BadRequest, message),
+    };
+    let fingerprint = {
+        let mut hasher = Sha256::new();
+        hasher.update(request.tool.as_bytes());
+        hasher.update([0]);
+        hasher.update(request.arguments.to_string().as_bytes());
+        hasher.finalize().into()
+    };
+    let outcome = {
+        let mut calls = host.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let (remembered, order) = &mut *calls;
+        match remembered.get(&request.idempotency_key) {
+            Some(earlier) if earlier.fingerprint != fingerprint => {
+                return refuse(
+                    ErrorCode::IdempotencyConflict,
+                    "this idempotency key was used for another tool or other arguments",
+                );
+            }
+            Some(earlier) => earlier.outcome.clone(),
+            None => {
+                let (done, outcome) = tokio::sync::watch::channel(None);
+                remembered.insert(
+                    request.idempotency_key.clone(),
+                    Remembered { fingerprint, outcome: outcome.clone() },
+                );
+                order.push_back(request.idempotency_key.clone());
+                while order.len() > host.options.remembered.max(1) {
+                    if let Some(oldest) = order.pop_front() {
+                        remembered.remove(&oldest);
+                    }
+                }
+                let ctx = CallContext {
+                    idempotency_key: request.idempotency_key.clone(),
+                    call_id: request.call_id.clone(),
+                    caller,
+                    ..CallContext::default()
+                };
+                let arguments = request.arguments.clone();
+                tokio::spawn(async move {
+                    let frame = match tool.call(arguments, &ctx).await {
+                        Ok(content) => CallFrame::Result { content },
+                        Err(message) => CallFrame::Error(CallError {
+                            code: ErrorCode::ToolFailed,
+                            message,
+                            retryable: false,
+                        }),
+                    };
+                    let _ = done.send(Some(frame));
+                });
+                outcome
+            }
+        }
+    };
+    let heartbeat = host.options.heartbeat;
+    let frames = futures::stream::unfold(Some(outcome), move |state| async move {
+        let mut outcome = state?;
+        loop {
+            if let Some(frame) = outcome.borrow().clone() {
+                return Some((line(&frame), None));
+            }
+            match tokio::time::timeout(heartbeat, outcome.changed()).await {
+                Ok(Ok(())) => continue,
+                // The call's task ended without an outcome (it panicked).
+                Ok(Err(_)) => {
+                    let frame = CallFrame::Error(CallError {
+                        code: ErrorCode::Unavailable,
+                        message: "the call ended without an outcome".into(),
+                        retryable: false,
+                    });
+                    return Some((line(&frame), None));
+                }
+                Err(_) => return Some((line(&CallFrame::Heartbeat {}), Some(outcome))),
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, FRAMES_CONTENT_TYPE)
+        .body(Body::from_stream(frames))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn line(frame: &CallFrame) -> Result<Bytes, std::convert::Infallible> {
+    let mut text = serde_json::to_string(frame).unwrap_or_default();
+    text.push('\n');
+    Ok(Bytes::from(text))
+}
+
+fn parse_caller(
+    caller: &clade_protocol::remote_tools::Caller,
+) -> Result<clade_tools::Caller, String> {
+    let tenant =
+        clade_core::TenantId::parse(&caller.tenant).map_err(|e| format!("caller.tenant: {e}"))?;
+    let agent =
+        clade_core::AgentId::parse(&caller.agent).map_err(|e| format!("caller.agent: {e}"))?;
+    let session = caller
+        .session
+        .as_deref()
+        .map(clade_core::SessionId::parse)
+        .transpose()
+        .map_err(|e| format!("caller.session: {e}"))?;
+    Ok(clade_tools::Caller { tenant, agent, session })
+}

@@ -1,0 +1,363 @@
+//! The remote tool protocol end to end in process: our host (`tool_host`) passes the
+//! conformance test, a host that breaks the protocol fails the checks that name what it broke,
+//! the gateway's client names what a bad host did (garbage, silence, no result, a refusal, a
+//! foreign protocol), and a repeated idempotency key runs a tool once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, unreachable_pub)] // Test code.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use clade_gateway::tool_host::{HostOptions, router};
+use clade_tools::remote::conformance::{self, Target};
+use clade_tools::remote::{Host, HostSpec};
+use clade_tools::{CallContext, EffectClass, Registry, Tool, ToolResult};
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+
+async fn listen(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}/")
+}
+
+/// A tool that counts its runs and takes a while, so repeats can overlap it.
+struct Counter(Arc<AtomicUsize>);
+
+impl Tool for Counter {
+    fn name(&self) -> &str {
+        "count"
+    }
+    fn description(&self) -> &str {
+        "Counts its runs."
+    }
+    fn input_schema(&self) -> Value {
+        json!({ "type": "object", "properties": { "label": { "type": "string" } } })
+    }
+    fn effect(&self) -> EffectClass {
+        EffectClass::Idempotent
+    }
+    fn resource_argument(&self) -> Option<&str> {
+        Some("label")
+    }
+    fn call<'a>(&'a self, args: Value, _ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+        Box::pin(async move {
+            let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if args["label"] == "fail" {
+                return Err("the label says fail".into());
+            }
+            Ok(format!("run {n} of {}", args["label"]))
+        })
+    }
+}
+
+async fn our_host(token: Option<&str>, runs: Arc<AtomicUsize>) -> String {
+    let mut registry = Registry::new();
+    registry.register(Arc::new(clade_tools::builtin::Echo));
+    registry.register(Arc::new(Counter(runs)));
+    let options = HostOptions {
+        name: "test host".into(),
+        version: "1".into(),
+        token: token.map(str::to_owned),
+        heartbeat: Duration::from_millis(100),
+        remembered: 100,
+    };
+    listen(router(registry, options)).await
+}
+
+fn failed(checks: &[conformance::Check]) -> Vec<&'static str> {
+    checks.iter().filter(|c| c.outcome.is_err()).map(|c| c.name).collect()
+}
+
+#[tokio::test]
+async fn our_host_passes_the_conformance_test() {
+    let url = our_host(Some("s3cret"), Arc::default()).await;
+    let target = Target {
+        url,
+        token: Some("s3cret".into()),
+        sample: Some(("echo".into(), json!({ "text": "hi" }))),
+        caller: None,
+        timeout: Duration::from_secs(5),
+    };
+    let checks = conformance::run(&target).await;
+    let names: Vec<_> = checks.iter().map(|c| c.name).collect();
+    for name in ["manifest", "health", "version", "auth", "bad_request", "unknown_tool"] {
+        assert!(names.contains(&name), "{name} was not checked: {names:?}");
+    }
+    for name in ["invalid_arguments", "call", "replay", "conflict"] {
+        assert!(names.contains(&name), "{name} was not checked: {names:?}");
+    }
+    assert!(failed(&checks).is_empty(), "{checks:#?}");
+}
+
+#[tokio::test]
+async fn a_host_that_breaks_the_protocol_fails_the_checks_that_name_it() {
+    // It speaks another version, takes any token, answers calls with garbage, and forgets keys.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let app = Router::new()
+        .route(
+            "/manifest",
+            get(|| async {
+                axum::Json(json!({ "protocol": "clade.remote-tools/2", "heartbeat_secs": 1,
+                    "host": { "name": "bad", "version": "0" }, "tools": [] }))
+            }),
+        )
+        .route("/health", get(|| async { "fine" }))
+        .route(
+            "/calls",
+            post(move || {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                async move { format!("{{\"type\":\"result\",\"content\":\"{n}\"}}\n") }
+            }),
+        );
+    let url = listen(app).await;
+    let target = Target {
+        url,
+        token: Some("anything".into()),
+        sample: Some(("echo".into(), json!({}))),
+        caller: None,
+        timeout: Duration::from_secs(5),
+    };
+    let checks = conformance::run(&target).await;
+    let failed = failed(&checks);
+    for name in [
+        "manifest",
+        "health",
+        "version",
+        "auth",
+        "bad_request",
+        "unknown_tool",
+        "invalid_arguments",
+        "call",
+        "replay",
+        "conflict",
+    ] {
+        assert!(failed.contains(&name), "{name} passed against a broken host: {checks:#?}");
+    }
+    let manifest = checks.iter().find(|c| c.name == "manifest").unwrap();
+    assert!(format!("{:?}", manifest.outcome).contains("clade.remote-tools/2"), "{manifest:?}");
+    let call = checks.iter().find(|c| c.name == "call").unwrap();
+    assert!(format!("{:?}", call.outcome).contains("content type"), "{call:?}");
+}
+
+/// A host whose calls answer `body` (a stream of chunks; `None` hangs after them).
+async fn host_answering(chunks: Vec<&'static str>, hang: bool, status: u16) -> String {
+    let manifest = json!({ "protocol": "clade.remote-tools/1", "heartbeat_secs": 1,
+        "host": { "name": "scripted", "version": "0" },
+        "tools": [{ "name": "work", "description": "", "effect": "pure",
+            "input_schema": { "type": "object" } }] });
+    let app =
+        Router::new().route("/manifest", get(move || async move { axum::Json(manifest) })).route(
+            "/calls",
+            post(move || {
+                let chunks = chunks.clone();
+                async move {
+                    let sent = futures::stream::iter(
+                        chunks
+                            .into_iter()
+                            .map(|c| Ok::<_, std::io::Error>(axum::body::Bytes::from(c))),
+                    );
+                    let body = if hang {
+                        Body::from_stream(futures::StreamExt::chain(
+                            sent,
+                            futures::stream::pending(),
+                        ))
+                    } else {
+                        Body::from_stream(sent)
+                    };
+                    (axum::http::StatusCode::from_u16(status).unwrap(), body).into_response()
+                }
+            }),
+        );
+    listen(app).await
+}
+
+async fn call_work(url: String) -> ToolResult {
+    let spec = HostSpec {
+        name: "scripted".into(),
+        url,
+        token: None,
+        agents: vec!["*".into()],
+        timeout: Duration::from_secs(20),
+    };
+    let (_, tools) = Host::connect(spec).await.unwrap();
+    let ctx =
+        CallContext { idempotency_key: "k".into(), call_id: "c".into(), ..Default::default() };
+    tools[0].call(json!({}), &ctx).await
+}
+
+#[tokio::test]
+async fn the_client_names_what_a_bad_host_did() {
+    let garbage = call_work(
+        host_answering(vec!["{\"type\":\"heartbeat\"}\n", "<html>oops\n"], false, 200).await,
+    )
+    .await;
+    let error = garbage.unwrap_err();
+    assert!(
+        error.contains("tool host scripted")
+            && error.contains("line 2")
+            && error.contains("not a call frame"),
+        "{error}"
+    );
+
+    let unfinished = call_work(
+        host_answering(vec!["{\"type\":\"progress\",\"message\":\"half\"}\n"], false, 200).await,
+    )
+    .await;
+    assert!(unfinished.unwrap_err().contains("without a result"));
+
+    let cut = call_work(host_answering(vec!["{\"type\":\"result\",\"con"], false, 200).await).await;
+    assert!(cut.unwrap_err().contains("inside a frame"));
+
+    let silent =
+        call_work(host_answering(vec!["{\"type\":\"heartbeat\"}\n"], true, 200).await).await;
+    assert!(silent.unwrap_err().contains("stayed silent for 3 s"));
+
+    let refused = call_work(
+        host_answering(
+            vec![r#"{"error":{"code":"unauthorized","message":"no token"}}"#],
+            false,
+            401,
+        )
+        .await,
+    )
+    .await;
+    let error = refused.unwrap_err();
+    assert!(error.contains("401") && error.contains("unauthorized: no token"), "{error}");
+
+    let not_protocol = call_work(host_answering(vec!["Bad Gateway"], false, 502).await).await;
+    assert!(not_protocol.unwrap_err().contains("without a protocol error body"));
+
+    // A tool's own failure is for the model, word for word; progress and heartbeats are skipped.
+    let failed = call_work(
+        host_answering(
+            vec![r#"{"type":"error","code":"tool_failed","message":"disk full"}"#, "\n"],
+            false,
+            200,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(failed, Err("disk full".into()));
+    let ok = call_work(host_answering(
+        vec!["{\"type\":\"progress\",\"message\":\"a\",\"fraction\":0.5}\n{\"type\":\"heartbeat\"}\n", "{\"type\":\"result\",\"content\":\"done\",\"extra\":true}\n"],
+        false,
+        200,
+    ).await)
+    .await;
+    assert_eq!(ok, Ok("done".into()));
+}
+
+#[tokio::test]
+async fn a_host_of_another_protocol_or_with_bad_tools_is_refused_at_connect() {
+    for (manifest, needle) in [
+        (
+            json!({ "protocol": "clade.remote-tools/9", "heartbeat_secs": 1, "host": { "name": "x", "version": "0" }, "tools": [] }),
+            "speaks",
+        ),
+        (
+            json!({ "protocol": "clade.remote-tools/1", "heartbeat_secs": 1, "host": { "name": "x", "version": "0" },
+            "tools": [{ "name": "Shell Exec", "description": "", "effect": "pure", "input_schema": { "type": "object" } }] }),
+            "tool name",
+        ),
+        (
+            json!({ "protocol": "clade.remote-tools/1", "heartbeat_secs": 0, "host": { "name": "x", "version": "0" }, "tools": [] }),
+            "heartbeat_secs",
+        ),
+        (
+            json!({ "protocol": "clade.remote-tools/1", "heartbeat_secs": 1, "host": { "name": "x", "version": "0" },
+            "tools": [{ "name": "a", "description": "", "effect": "sometimes", "input_schema": { "type": "object" } }] }),
+            "not a manifest",
+        ),
+    ] {
+        let app =
+            Router::new().route("/manifest", get(move || async move { axum::Json(manifest) }));
+        let url = listen(app).await;
+        let spec = HostSpec {
+            name: "odd".into(),
+            url,
+            token: None,
+            agents: vec![],
+            timeout: Duration::from_secs(5),
+        };
+        let error = Host::connect(spec).await.err().expect("a bad manifest was taken").to_string();
+        assert!(error.starts_with("tool host odd:") && error.contains(needle), "{error}");
+    }
+    // Nobody listening: the error says so.
+    let spec = HostSpec {
+        name: "gone".into(),
+        url: "http://127.0.0.1:9/".into(),
+        token: None,
+        agents: vec![],
+        timeout: Duration::from_secs(5),
+    };
+    let error = Host::connect(spec).await.err().unwrap().to_string();
+    assert!(error.contains("cannot fetch the manifest"), "{error}");
+}
+
+#[tokio::test]
+async fn a_repeated_key_runs_the_tool_once_and_answers_the_first_outcome() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let url = our_host(Some("t"), runs.clone()).await;
+    let spec = HostSpec {
+        name: "ours".into(),
+        url,
+        token: Some("t".into()),
+        agents: vec!["acme/*".into()],
+        timeout: Duration::from_secs(10),
+    };
+    let (_, tools) = Host::connect(spec).await.unwrap();
+    let count = tools.iter().find(|t| t.name() == "count").unwrap().clone();
+    assert_eq!(count.effect(), EffectClass::Idempotent);
+    assert_eq!(count.resource(&json!({ "label": "x" })), Ok("x".into()));
+    assert!(count.available_to("acme", "ada") && !count.available_to("evil", "ada"));
+
+    let ctx =
+        CallContext { idempotency_key: "one".into(), call_id: "c1".into(), ..Default::default() };
+    // Three attempts of one call at once, then one more after it finished.
+    let (a, b, c) = tokio::join!(
+        count.call(json!({ "label": "x" }), &ctx),
+        count.call(json!({ "label": "x" }), &ctx),
+        count.call(json!({ "label": "x" }), &ctx)
+    );
+    let d = count.call(json!({ "label": "x" }), &ctx).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    for answer in [&a, &b, &c, &d] {
+        assert_eq!(answer, &Ok("run 1 of \"x\"".into()));
+    }
+    // The key with other arguments is a conflict, not a run.
+    let conflict = count.call(json!({ "label": "y" }), &ctx).await.unwrap_err();
+    assert!(conflict.contains("idempotency_conflict"), "{conflict}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // Another key runs again; a failure is remembered too.
+    let other =
+        CallContext { idempotency_key: "two".into(), call_id: "c2".into(), ..Default::default() };
+    assert_eq!(
+        count.call(json!({ "label": "fail" }), &other).await,
+        Err("the label says fail".into())
+    );
+    assert_eq!(
+        count.call(json!({ "label": "fail" }), &other).await,
+        Err("the label says fail".into())
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+    // The wrong token is refused before anything runs.
+    let spec = HostSpec {
+        name: "ours".into(),
+        url: our_host(Some("right"), runs.clone()).await,
+        token: Some("wrong".into()),
+        agents: vec![],
+        timeout: Duration::from_secs(5),
+    };
+    let error = Host::connect(spec).await.err().unwrap().to_string();
+    assert!(error.contains("401") && error.contains("unauthorized"), "{error}");
+}

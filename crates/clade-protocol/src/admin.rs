@@ -1,0 +1,54 @@
+//! The admin socket's requests and replies: one JSON object a line each way, over the gateway's
+//! Unix socket (`server.admin_socket`), which only the operator's user can open. Nothing here is
+//! reachable over HTTP or WebSocket.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A control action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum AdminRequest {
+    /// What the gateway runs now.
+    Status {},
+    /// Take the newest configuration revision now instead of at the next poll.
+    Reload {},
+    /// Work for these sessions was stored by another process (a `clade cron-service` fire):
+    /// run it. Session ids as the API writes them.
+    Wake { sessions: Vec<String> },
+}
+
+/// The answer to one [`AdminRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AdminReply {
+    Status(AdminStatus),
+    /// The configuration revision the gateway runs after the reload (none before the first).
+    Reloaded {
+        revision: Option<i64>,
+    },
+    /// How many sessions were woken (ids that named no session were skipped).
+    Woken {
+        sessions: u32,
+    },
+    /// The request was refused or failed.
+    Error {
+        message: String,
+    },
+}
+
+/// What a gateway runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AdminStatus {
+    pub version: String,
+    /// The process id.
+    pub pid: u32,
+    /// The HTTP address it listens on.
+    pub listen: String,
+    pub store: String,
+    /// Sessions with an actor in memory.
+    pub active_sessions: u64,
+    /// The configuration revision it runs (none before the first).
+    pub config_revision: Option<i64>,
+    pub uptime_secs: u64,
+}

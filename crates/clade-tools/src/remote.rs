@@ -1,0 +1,434 @@
+//! Remote tool hosts: processes speaking Clade's remote tool protocol
+//! (`docs/specs/remote-tools.md`, types in `clade_protocol::remote_tools`), whose tools agents
+//! call like built-ins. A host's manifest gives each tool's name, schema and side-effect class;
+//! a call carries its idempotency key and its caller, and its answer streams frames until a
+//! result or a typed error. A host that answers garbage, ends without a result, or stays silent
+//! for three heartbeats fails the call with an error naming the host and what it did.
+//!
+//! [`conformance`] checks any host against the protocol.
+
+pub mod conformance;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clade_protocol::remote_tools::{
+    CallError, CallFrame, CallRequest, Caller, Effect, ErrorBody, ErrorCode, Manifest, PROTOCOL,
+    VERSION, VERSION_HEADER,
+};
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use crate::{CallContext, EffectClass, Tool, ToolResult};
+
+/// The longest frame (one line of a call's answer) read.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+/// The longest manifest or error body read.
+const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// One configured host.
+#[derive(Debug, Clone)]
+pub struct HostSpec {
+    /// `[a-z0-9_-]+`, for messages and logs.
+    pub name: String,
+    /// The base URL; its routes are `manifest`, `health` and `calls` under it.
+    pub url: String,
+    /// The bearer token the host expects.
+    pub token: Option<String>,
+    /// The agents that get its tools ([`clade_config::agent_pattern_covers`]).
+    pub agents: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// Why a host could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("tool host {host}: {message}")]
+pub struct RemoteError {
+    pub host: String,
+    pub message: String,
+}
+
+/// An HTTP client of one host's routes.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: url::Url,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client of the host at `url` (a trailing `/` is added when missing).
+    pub fn new(url: &str, token: Option<String>) -> Result<Self, String> {
+        let with_slash = if url.ends_with('/') { url.to_owned() } else { format!("{url}/") };
+        let base =
+            url::Url::parse(&with_slash).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(format!("{url:?} is not an http:// or https:// URL"));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+        Ok(Self { http, base, token })
+    }
+
+    fn route(&self, route: &str) -> Result<url::Url, String> {
+        self.base.join(route).map_err(|e| format!("cannot form the {route} URL: {e}"))
+    }
+
+    /// A request to `route` with the version header and the token, if any.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        route: &str,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let request = self.http.request(method, self.route(route)?).header(VERSION_HEADER, VERSION);
+        Ok(match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        })
+    }
+
+    /// `GET manifest`, checked ([`check_manifest`]).
+    pub async fn manifest(&self, timeout: Duration) -> Result<Manifest, String> {
+        let response =
+            tokio::time::timeout(timeout, self.request(reqwest::Method::GET, "manifest")?.send())
+                .await
+                .map_err(|_| format!("no manifest within {} s", timeout.as_secs()))?
+                .map_err(|e| format!("cannot fetch the manifest: {e}"))?;
+        let status = response.status();
+        let body = read_capped(response, MAX_BODY_BYTES).await?;
+        if !status.is_success() {
+            return Err(format!("the manifest request was answered {status}: {}", refusal(&body)));
+        }
+        let manifest: Manifest = serde_json::from_slice(&body)
+            .map_err(|e| format!("the manifest is not a manifest of this protocol: {e}"))?;
+        check_manifest(&manifest)?;
+        Ok(manifest)
+    }
+
+    /// `POST calls`: the answer's frames, or the host's refusal.
+    pub async fn call(
+        &self,
+        request: &CallRequest,
+        timeout: Duration,
+    ) -> Result<Frames, CallFailure> {
+        let send = self
+            .request(reqwest::Method::POST, "calls")
+            .map_err(CallFailure::Transport)?
+            .json(request)
+            .send();
+        let response = tokio::time::timeout(timeout, send)
+            .await
+            .map_err(|_| {
+                CallFailure::Transport(format!("no answer within {} s", timeout.as_secs()))
+            })?
+            .map_err(|e| CallFailure::Transport(format!("cannot reach it: {e}")))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(Frames { response, buffer: Vec::new(), line: 0 });
+        }
+        let body = read_capped(response, MAX_BODY_BYTES).await.map_err(CallFailure::Transport)?;
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(refused) => {
+                Err(CallFailure::Refused { status: status.as_u16(), error: refused.error })
+            }
+            Err(_) => Err(CallFailure::Garbage(format!(
+                "answered {status} without a protocol error body: {}",
+                snippet(&body)
+            ))),
+        }
+    }
+}
+
+/// Why a call got no frames.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallFailure {
+    /// The host could not be reached, or did not answer in time.
+    Transport(String),
+    /// The host refused the request with a protocol error.
+    Refused { status: u16, error: CallError },
+    /// The host answered something that is not the protocol.
+    Garbage(String),
+}
+
+impl std::fmt::Display for CallFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallFailure::Transport(message) | CallFailure::Garbage(message) => f.write_str(message),
+            CallFailure::Refused { status, error } => {
+                write!(f, "refused the call ({status}, {error})")
+            }
+        }
+    }
+}
+
+/// A call's answer, read a frame at a time.
+pub struct Frames {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+    line: usize,
+}
+
+impl Frames {
+    /// The content type the host answered with.
+    pub fn content_type(&self) -> Option<String> {
+        self.response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    /// The next frame; `Ok(None)` when the answer ended. An error says what the host did:
+    /// stayed silent longer than `idle`, sent a line that is not a frame, or one too long.
+    pub async fn next(&mut self, idle: Duration) -> Result<Option<CallFrame>, String> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                self.line += 1;
+                let text = &line[..line.len() - 1];
+                if text.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(text).map(Some).map_err(|e| {
+                    format!(
+                        "line {} of its answer is not a call frame ({e}): {}",
+                        self.line,
+                        snippet(text)
+                    )
+                });
+            }
+            if self.buffer.len() > MAX_FRAME_BYTES {
+                return Err(format!("sent a frame over {MAX_FRAME_BYTES} bytes"));
+            }
+            let chunk = tokio::time::timeout(idle, self.response.chunk())
+                .await
+                .map_err(|_| {
+                    format!("stayed silent for {} s, sending not even a heartbeat", idle.as_secs())
+                })?
+                .map_err(|e| format!("broke off its answer: {e}"))?;
+            match chunk {
+                Some(bytes) => self.buffer.extend_from_slice(&bytes),
+                None if self.buffer.iter().all(u8::is_ascii_whitespace) => return Ok(None),
+                None => {
+                    return Err(format!(
+                        "ended its answer inside a frame: {}",
+                        snippet(&self.buffer)
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Reads frames until the last: `Ok` with the result or error frame's content.
+    pub async fn outcome(&mut self, idle: Duration) -> Result<Result<String, CallError>, String> {
+        while let Some(frame) = self.next(idle).await? {
+            match frame {
+                // Progress and heartbeats only show the call is alive.
+                CallFrame::Progress { .. } | CallFrame::Heartbeat {} => {}
+                CallFrame::Result { content } => return Ok(Ok(content)),
+                CallFrame::Error(error) => return Ok(Err(error)),
+            }
+        }
+        Err("ended its answer without a result or an error frame".into())
+    }
+}
+
+/// The checks a gateway makes of a manifest before it offers a host's tools.
+pub fn check_manifest(manifest: &Manifest) -> Result<(), String> {
+    if manifest.protocol != PROTOCOL {
+        return Err(format!(
+            "the host speaks {:?}, and this gateway {PROTOCOL:?}",
+            manifest.protocol
+        ));
+    }
+    if manifest.heartbeat_secs == 0 || manifest.heartbeat_secs > 300 {
+        return Err(format!("heartbeat_secs is {}: it must be 1 to 300", manifest.heartbeat_secs));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for tool in &manifest.tools {
+        if !valid_tool_name(&tool.name) {
+            return Err(format!(
+                "tool name {:?}: names use 1-64 of a-z, 0-9, ., _ and -, starting with a letter",
+                tool.name
+            ));
+        }
+        if !seen.insert(tool.name.as_str()) {
+            return Err(format!("tool {:?} is listed twice", tool.name));
+        }
+        if tool.input_schema.get("type").and_then(Value::as_str) != Some("object") {
+            return Err(format!(
+                "tool {:?}: input_schema must be a JSON Schema of type object",
+                tool.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn valid_tool_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) =
+        response.chunk().await.map_err(|e| format!("broke off its answer: {e}"))?
+    {
+        if body.len() + chunk.len() > cap {
+            return Err(format!("answered with a body over {cap} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A protocol error body's words, or the start of whatever came instead.
+fn refusal(body: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(refused) => refused.error.to_string(),
+        Err(_) => snippet(body),
+    }
+}
+
+fn snippet(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut cut: String = text.chars().take(120).collect();
+    if text.chars().count() > 120 {
+        cut.push('…');
+    }
+    format!("{cut:?}")
+}
+
+/// A connected host.
+pub struct Host {
+    spec: HostSpec,
+    client: Client,
+    /// Three heartbeats: the longest a call's answer may stay silent.
+    idle: Duration,
+}
+
+impl Host {
+    fn error(&self, message: impl std::fmt::Display) -> RemoteError {
+        RemoteError { host: self.spec.name.clone(), message: message.to_string() }
+    }
+
+    /// Fetches the host's manifest and makes a tool of each of its tools.
+    pub async fn connect(spec: HostSpec) -> Result<(Arc<Self>, Vec<Arc<dyn Tool>>), RemoteError> {
+        let fail = |message: String| RemoteError { host: spec.name.clone(), message };
+        let client = Client::new(&spec.url, spec.token.clone()).map_err(fail)?;
+        let manifest = client.manifest(spec.timeout).await.map_err(fail)?;
+        let idle = Duration::from_secs(u64::from(manifest.heartbeat_secs) * 3);
+        let host = Arc::new(Self { spec, client, idle });
+        let tools = manifest
+            .tools
+            .into_iter()
+            .map(|tool| {
+                Arc::new(RemoteTool {
+                    host: host.clone(),
+                    effect: match tool.effect {
+                        Effect::Pure => EffectClass::Pure,
+                        Effect::Idempotent => EffectClass::Idempotent,
+                        Effect::AtMostOnce => EffectClass::AtMostOnce,
+                    },
+                    name: tool.name,
+                    description: tool.description,
+                    schema: tool.input_schema,
+                    touches_host: tool.touches_host,
+                    resource_argument: tool.resource_argument,
+                }) as Arc<dyn Tool>
+            })
+            .collect();
+        Ok((host, tools))
+    }
+
+    async fn call(&self, tool: &str, args: Value, ctx: &CallContext) -> ToolResult {
+        let request = CallRequest {
+            call_id: ctx.call_id.clone(),
+            idempotency_key: ctx.idempotency_key.clone(),
+            tool: tool.to_owned(),
+            arguments: args,
+            caller: ctx.caller.map(|c| Caller {
+                tenant: c.tenant.to_string(),
+                agent: c.agent.to_string(),
+                session: c.session.map(|s| s.to_string()),
+            }),
+            timeout_ms: u64::try_from(self.spec.timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        let whole = async {
+            let mut frames = self.client.call(&request, self.spec.timeout).await.map_err(
+                |failure| match failure {
+                    CallFailure::Refused { error, .. } if error.code == ErrorCode::ToolFailed => {
+                        error.message
+                    }
+                    other => self.error(format!("{tool}: {other}")).to_string(),
+                },
+            )?;
+            match frames.outcome(self.idle).await {
+                Ok(Ok(content)) => Ok(content),
+                Ok(Err(error)) if error.code == ErrorCode::ToolFailed => Err(error.message),
+                Ok(Err(error)) => Err(self.error(format!("{tool}: {error}")).to_string()),
+                Err(message) => Err(self.error(format!("{tool}: {message}")).to_string()),
+            }
+        };
+        tokio::time::timeout(self.spec.timeout, whole).await.unwrap_or_else(|_| {
+            Err(self
+                .error(format!("{tool} did not finish within {} s", self.spec.timeout.as_secs()))
+                .to_string())
+        })
+    }
+}
+
+/// One tool of a remote host.
+pub struct RemoteTool {
+    host: Arc<Host>,
+    name: String,
+    description: String,
+    schema: Value,
+    effect: EffectClass,
+    touches_host: bool,
+    resource_argument: Option<String>,
+}
+
+impl Tool for RemoteTool {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn description(&self) -> &str {
+        &self.description
+    }
+    fn input_schema(&self) -> Value {
+        self.schema.clone()
+    }
+    fn effect(&self) -> EffectClass {
+        self.effect
+    }
+    fn touches_host(&self) -> bool {
+        self.touches_host
+    }
+    fn resource(&self, args: &Value) -> Result<String, String> {
+        let Some(field) = &self.resource_argument else { return Ok(String::new()) };
+        match args.get(field) {
+            Some(Value::String(value)) => Ok(value.clone()),
+            None | Some(Value::Null) => Ok(String::new()),
+            Some(_) => {
+                Err(format!("invalid arguments for {}: {field} must be a string", self.name))
+            }
+        }
+    }
+    fn resource_argument(&self) -> Option<&str> {
+        self.resource_argument.as_deref()
+    }
+    fn available_to(&self, tenant: &str, handle: &str) -> bool {
+        let covers = |p: &String| clade_config::agent_pattern_covers(p, tenant, handle);
+        self.host.spec.agents.iter().any(covers)
+    }
+    fn call<'a>(&'a self, args: Value, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+        Box::pin(self.host.call(&self.name, args, ctx))
+    }
+}
