@@ -75,7 +75,7 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> Response {
 
 impl Host {
     /// The token check, then the version check; `Err` is the refusal to send.
-    fn admit(&self, headers: &HeaderMap) -> Result<(), Response> {
+    fn admit(&self, headers: &HeaderMap) -> Result<(), (ErrorCode, String)> {
         if let Some(expected) = &self.token_digest {
             let given = headers
                 .get(header::AUTHORIZATION)
@@ -83,19 +83,19 @@ impl Host {
                 .and_then(|v| v.strip_prefix("Bearer "));
             // Comparing digests: the time taken says nothing of the token's bytes.
             if given.map(digest).as_ref() != Some(expected) {
-                return Err(refuse(
+                return Err((
                     ErrorCode::Unauthorized,
-                    "this host needs its bearer token in the Authorization header",
+                    "this host needs its bearer token in the Authorization header".into(),
                 ));
             }
         }
         match headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok()) {
             Some(VERSION) => Ok(()),
-            Some(other) => Err(refuse(
+            Some(other) => Err((
                 ErrorCode::UnsupportedVersion,
                 format!("this host speaks version {VERSION} of the protocol, not {other:?}"),
             )),
-            None => Err(refuse(
+            None => Err((
                 ErrorCode::UnsupportedVersion,
                 format!("name the protocol version in the {VERSION_HEADER} header ({VERSION})"),
             )),
@@ -132,23 +132,23 @@ impl Host {
 }
 
 async fn manifest(State(host): State<Arc<Host>>, headers: HeaderMap) -> Response {
-    if let Err(refusal) = host.admit(&headers) {
-        return refusal;
+    if let Err((code, message)) = host.admit(&headers) {
+        return refuse(code, message);
     }
     axum::Json(host.manifest()).into_response()
 }
 
 async fn health(State(host): State<Arc<Host>>, headers: HeaderMap) -> Response {
-    if let Err(refusal) = host.admit(&headers) {
-        return refusal;
+    if let Err((code, message)) = host.admit(&headers) {
+        return refuse(code, message);
     }
     let tools = u32::try_from(host.registry.iter().count()).unwrap_or(u32::MAX);
     axum::Json(Health { status: "ok".into(), protocol: PROTOCOL.into(), tools }).into_response()
 }
 
 async fn call(State(host): State<Arc<Host>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refusal) = host.admit(&headers) {
-        return refusal;
+    if let Err((code, message)) = host.admit(&headers) {
+        return refuse(code, message);
     }
     let request: CallRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,

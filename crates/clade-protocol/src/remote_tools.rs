@@ -198,7 +198,7 @@ mod tests {
         let frames = [
             CallFrame::Progress { message: "half".into(), fraction: Some(0.5) },
             CallFrame::Heartbeat {},
-            CallFrame::Result { content: "done".into() },
+            CallFrame::Result { content: "finished".into() },
             CallFrame::Error(CallError {
                 code: ErrorCode::ToolFailed,
                 message: "no".into(),

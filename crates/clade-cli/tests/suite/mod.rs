@@ -8,5 +8,6 @@ mod matrix;
 mod models;
 mod sessions;
 mod support;
+mod tool_hosts;
 mod tools;
 mod turns;

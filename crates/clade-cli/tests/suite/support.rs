@@ -107,11 +107,18 @@ impl Env {
     /// Like [`Env::serve_with`], but `None` if the server exits before it listens (e.g. at an
     /// armed failpoint during start-up).
     pub fn try_serve_with(&self, extra: &[&str], vars: &[(&str, &str)]) -> Option<Server> {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+        args.extend(extra);
+        self.spawn_service(&args, vars)
+    }
+
+    /// Starts a long-running command (`serve`, `cron-service`) and waits for the first line it
+    /// prints, which names its `http://` address.
+    pub fn spawn_service(&self, args: &[&str], vars: &[(&str, &str)]) -> Option<Server> {
         let mut child = self
             .command()
             .envs(vars.iter().copied())
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -142,8 +149,11 @@ impl Env {
                 logs.push('\n');
             }
         });
-        let token =
-            std::fs::read_to_string(self.data_dir().join("token")).unwrap().trim().to_owned();
+        // The CLI token `serve` writes at its first start (none before one ran).
+        let token = std::fs::read_to_string(self.data_dir().join("token"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
         Some(Server { child, url, token, logs })
     }
 }

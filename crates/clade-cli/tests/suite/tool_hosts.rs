@@ -1,0 +1,148 @@
+//! Remote tool hosts through the real binary: `clade cron-service` serves the cron tools over
+//! the remote tool protocol to a gateway whose scheduler is off; an agent's calls reach it
+//! through the gateway's tool path, acting for the calling agent only; its fires run in the
+//! gateway, woken over the admin socket; it passes `clade tool-host check`; and the admin socket
+//! answers the operator's status and reload.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::support::{Env, token, write};
+
+const TOKEN_VAR: (&str, &str) = ("CRON_TOKEN", "cron-s3cret");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cron_service_hosts_the_cron_tools_and_its_fires_run_in_the_gateway() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["tenants", "create", "evil"]).ok();
+    env.run(&["--tenant", "evil", "agents", "create", "mallory"]).ok();
+    let (evil, _) = token(&env, "evil", &["admin"]);
+    let cron = env
+        .spawn_service(
+            &["cron-service", "--listen", "127.0.0.1:0", "--token-env", "CRON_TOKEN"],
+            &[TOKEN_VAR],
+        )
+        .expect("the cron service printed nothing");
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "scheduler:\n  enabled: false\ntool_hosts:\n  cron:\n    url: {}\n    token_env: CRON_TOKEN\n    agents: ['*']\n",
+            cron.url
+        ),
+    );
+    let server = env.serve_with(&[], &[TOKEN_VAR]);
+
+    // The cron tools are the host's: described by its manifest.
+    let tools = server.get_json("/v1/agents/ada/tools").await;
+    let names: Vec<&str> =
+        tools["items"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
+    for name in ["cron.list", "cron.create", "cron.enable", "cron.remove"] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+
+    let say = |agent: &str, text: &str| {
+        json!({ "agent": agent, "text": text, "wait": true,
+            "source": { "platform": "http", "channel": "dm", "actor": "grace" } })
+    };
+    let create = r#"/tool cron.create {"name":"remind","schedule":"* * * * * *","prompt":"/reply time to stretch"}"#;
+    let (status, answer) = server.send("POST", "/v1/events", None, Some(say("ada", create))).await;
+    assert_eq!(status, 200, "{answer}");
+    let session = answer["session_id"].as_str().unwrap().to_owned();
+    let reply = answer["reply"]["text"].as_str().unwrap();
+    assert!(reply.contains("\"remind\"") && !reply.contains("error"), "{reply}");
+    // The host acted for the calling agent and session: the job is ada's, aimed at her chat.
+    let job = server.get_json("/v1/agents/ada/jobs/remind").await;
+    assert_eq!(job["target"], format!("origin:{session}"), "{job}");
+
+    // The cron service fires it; the gateway, woken over its admin socket, runs the turn.
+    let mut answered = false;
+    for _ in 0..300 {
+        let turns = server.all_turns(&session).await;
+        if turns.iter().any(|t| t["reply"] == "time to stretch" && t["status"] == "completed") {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "the job fired by the cron service never ran in the gateway");
+
+    // Another tenant's agent reaches the same host and sees only its own (no) jobs.
+    let (status, listed) = server
+        .send("POST", "/v1/events", Some(&evil), Some(say("mallory", "/tool cron.list")))
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    let text = listed["reply"]["text"].as_str().unwrap();
+    assert!(!text.contains("remind") && text.contains("[]"), "{text}");
+    let remove = r#"/tool cron.remove {"name":"remind"}"#;
+    let (_, removed) =
+        server.send("POST", "/v1/events", Some(&evil), Some(say("mallory", remove))).await;
+    assert!(removed["reply"]["text"].as_str().unwrap().contains("no job"), "{removed}");
+    assert_eq!(server.get_json("/v1/agents/ada/jobs/remind").await["name"], "remind");
+
+    // Each call went through the gateway's audit log, like a built-in's.
+    let audit = server.get_json("/v1/audit?limit=200").await;
+    let audited = audit["items"].as_array().unwrap();
+    assert!(
+        audited.iter().any(|r| r["tool"] == "cron.create"),
+        "no audit record of the host's tool: {audit}"
+    );
+
+    // The service passes the protocol's conformance test, and fails it without its token.
+    let check = env
+        .command()
+        .env(TOKEN_VAR.0, TOKEN_VAR.1)
+        .args(["tool-host", "check", &cron.url, "--token-env", "CRON_TOKEN", "--call", "cron.list"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{stdout}{}", String::from_utf8_lossy(&check.stderr));
+    assert!(stdout.contains("passed all 10 conformance checks"), "{stdout}");
+    let check = env.command().args(["tool-host", "check", &cron.url]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(!check.status.success() && stdout.contains("FAIL  manifest"), "{stdout}");
+    assert!(String::from_utf8_lossy(&check.stderr).contains("failed"), "{stdout}");
+}
+
+#[tokio::test]
+async fn the_admin_socket_answers_the_operator_and_no_one_else() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let socket = env.data_dir().join("admin.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the admin socket is {mode:o}");
+
+    let status = env.run(&["gateway", "status", "--json"]).ok().json();
+    assert_eq!(status["pid"], server.child.id(), "{status}");
+    assert!(server.url.contains(status["listen"].as_str().unwrap()), "{status}");
+    assert_eq!(status["config_revision"], Value::Null);
+
+    // A revision applied beside the gateway is in force once `reload` returns.
+    let file = env.data_dir().join("next.yaml");
+    write(&file, "sessions:\n  max_queued: 7\n");
+    env.run(&["config", "apply", file.to_str().unwrap()]).ok();
+    let reloaded = env.run(&["gateway", "reload"]).ok();
+    assert!(reloaded.stdout.contains("revision 1"), "{}", reloaded.stdout);
+    let status = env.run(&["gateway", "status", "--json"]).ok().json();
+    assert_eq!(status["config_revision"], 1, "{status}");
+
+    // Garbage on the socket is answered with an error naming what to send; no HTTP route
+    // reaches an admin action.
+    use std::io::{BufRead as _, Write as _};
+    let mut raw = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    raw.write_all(b"{\"action\":\"shutdown\"}\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(&raw).read_line(&mut line).unwrap();
+    assert!(line.contains("\"type\":\"error\"") && line.contains("not an admin request"), "{line}");
+    for path in ["/admin", "/v1/admin/status", "/v1/gateway/reload"] {
+        let (status, _) =
+            server.send("POST", path, None, Some(json!({ "action": "status" }))).await;
+        assert_eq!(status, 404, "{path}");
+    }
+
+    // Without a gateway, the command says what to do.
+    drop(server);
+    env.run(&["gateway", "status"]).fails_with("is `clade serve` running");
+}
