@@ -484,7 +484,7 @@ pub(crate) enum CronCommand {
 #[derive(Debug, Args)]
 pub(crate) struct CronServiceArgs {
     /// Address to serve the remote tool protocol on
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7421")]
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7430")]
     pub(crate) listen: String,
     /// Environment variable holding the bearer token gateways must send (the gateway's
     /// `tool_hosts.<name>.token_env` names the same)
@@ -519,7 +519,7 @@ pub(crate) enum ToolHostCommand {
     /// Run the protocol's conformance test against a host: its manifest, health, refusals
     /// and, with --call, a call, its replay and an idempotency conflict
     Check {
-        /// The host's base URL (`http://127.0.0.1:7421/`)
+        /// The host's base URL (`http://127.0.0.1:7430/`)
         url: String,
         /// Environment variable holding the host's bearer token
         #[arg(long, value_name = "VAR")]

@@ -243,7 +243,7 @@ pub struct McpServerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolHostConfig {
-    /// The host's base URL (`http://127.0.0.1:7420/`): its manifest is `<url>manifest`.
+    /// The host's base URL (`http://127.0.0.1:7430/`): its manifest is `<url>manifest`.
     pub url: String,
     /// The environment variable holding the bearer token the host expects (`clade
     /// cron-service` reads the same variable). Without one, no token is sent.
