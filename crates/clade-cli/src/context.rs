@@ -219,6 +219,23 @@ impl Ctx {
                 }
             }
         }
+        for (name, api) in &self.config.openapi {
+            match self
+                .openapi_spec(name, api)
+                .and_then(|spec| clade_tools::openapi::tools(&spec).map_err(|e| e.to_string()))
+            {
+                Ok(found) => {
+                    tracing::info!(api = %name, tools = found.len(), "OpenAPI document read");
+                    for tool in found {
+                        tools.register(tool);
+                    }
+                }
+                Err(err) => tracing::warn!(
+                    error = %err,
+                    "OpenAPI tools left out: they are unavailable until the next start"
+                ),
+            }
+        }
         for (name, host) in &self.config.tool_hosts {
             let token = match &host.token_env {
                 Some(var) => match env_value(var) {
@@ -266,6 +283,49 @@ impl Ctx {
             .with_tenants(self.config.tenants.clone())
             .with_sandbox(sandbox),
         )
+    }
+
+    /// `openapi.<name>` with its document read (relative to the configuration file) and its
+    /// headers' values taken from the environment.
+    fn openapi_spec(
+        &self,
+        name: &str,
+        api: &clade_config::OpenApiConfig,
+    ) -> std::result::Result<clade_tools::openapi::ApiSpec, String> {
+        const MAX_DOCUMENT_BYTES: u64 = 16 * 1024 * 1024;
+        let base = self.config_path.parent().unwrap_or(std::path::Path::new("."));
+        let path = base.join(&api.document);
+        let size = std::fs::metadata(&path)
+            .map_err(|e| format!("openapi.{name}.document: cannot read {}: {e}", path.display()))?
+            .len();
+        if size > MAX_DOCUMENT_BYTES {
+            return Err(format!(
+                "openapi.{name}.document: {} is over {MAX_DOCUMENT_BYTES} bytes",
+                path.display()
+            ));
+        }
+        let document = std::fs::read_to_string(&path)
+            .map_err(|e| format!("openapi.{name}.document: cannot read {}: {e}", path.display()))?;
+        let headers = api
+            .headers_env
+            .iter()
+            .map(|(header, var)| {
+                env_value(var).map(|value| (header.clone(), value)).ok_or_else(|| {
+                    format!(
+                        "openapi.{name}.headers_env.{header}: environment variable {var} is not set"
+                    )
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(clade_tools::openapi::ApiSpec {
+            name: name.to_owned(),
+            document,
+            base_url: api.base_url.clone(),
+            agents: api.agents.clone(),
+            headers,
+            operations: api.operations.clone(),
+            timeout: std::time::Duration::from_secs(api.timeout_secs),
+        })
     }
 
     /// Webhook subscribers with their signing secrets read from the environment.

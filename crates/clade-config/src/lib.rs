@@ -14,9 +14,19 @@ use serde::{Deserialize, Serialize};
 mod tools;
 
 pub use tools::{
-    Constraints, GrantCeiling, McpServerConfig, PolicyEffect, PolicyRule, SandboxLimits,
-    SandboxMode, ToolHostConfig, ToolsConfig,
+    Constraints, GrantCeiling, McpServerConfig, OpenApiConfig, PolicyEffect, PolicyRule,
+    SandboxLimits, SandboxMode, ToolHostConfig, ToolsConfig,
 };
+
+/// Whether `name` may name a tool source (an MCP server, a tool host, an API): 1-64 of
+/// `a-z`, `0-9`, `-` and `_`, as the middle of its tools' names.
+fn source_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
 
 /// The file name looked up in the data dir when `--config` is not given.
 pub const FILE_NAME: &str = "clade.yaml";
@@ -81,6 +91,10 @@ pub struct Config {
     /// tools keep the names their manifests give.
     #[serde(default)]
     pub tool_hosts: BTreeMap<String, ToolHostConfig>,
+    /// HTTP APIs by name (`[a-z0-9_-]`), described by OpenAPI 3 documents: their operations
+    /// are tools `openapi.<name>.<operationId>`.
+    #[serde(default)]
+    pub openapi: BTreeMap<String, OpenApiConfig>,
     /// Per-tenant settings, by tenant name.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
@@ -796,12 +810,7 @@ impl Config {
             }
         }
         for (name, server) in &self.mcp {
-            let valid_name = !name.is_empty()
-                && name.len() <= 64
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-            if !valid_name {
+            if !source_name(name) {
                 return fail(format!("mcp.{name}: server names use 1-64 of a-z, 0-9, - and _"));
             }
             if server.command.is_empty() == server.url.is_none() {
@@ -813,13 +822,31 @@ impl Config {
                 return fail(format!("mcp.{name}.timeout_secs: must be at least 1"));
             }
         }
+        for (name, api) in &self.openapi {
+            if !source_name(name) {
+                return fail(format!("openapi.{name}: API names use 1-64 of a-z, 0-9, - and _"));
+            }
+            if let Some(url) = &api.base_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return fail(format!(
+                    "openapi.{name}.base_url: {url:?} is not an http:// or https:// URL"
+                ));
+            }
+            if api.timeout_secs == 0 {
+                return fail(format!("openapi.{name}.timeout_secs: must be at least 1"));
+            }
+            if let Some(header) = api.headers_env.keys().find(|h| {
+                h.is_empty()
+                    || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            }) {
+                return fail(format!(
+                    "openapi.{name}.headers_env: {header:?} is not a header name"
+                ));
+            }
+        }
         for (name, host) in &self.tool_hosts {
-            let valid_name = !name.is_empty()
-                && name.len() <= 64
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-            if !valid_name {
+            if !source_name(name) {
                 return fail(format!(
                     "tool_hosts.{name}: host names use 1-64 of a-z, 0-9, - and _"
                 ));
@@ -875,6 +902,11 @@ impl Config {
                 self.tool_hosts
                     .iter()
                     .map(|(name, host)| (format!("tool_hosts.{name}.agents"), &host.agents)),
+            )
+            .chain(
+                self.openapi
+                    .iter()
+                    .map(|(name, api)| (format!("openapi.{name}.agents"), &api.agents)),
             );
         for (field, agents) in patterns {
             for pattern in agents {

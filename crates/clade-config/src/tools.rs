@@ -258,6 +258,37 @@ pub struct ToolHostConfig {
     pub timeout_secs: u64,
 }
 
+/// An HTTP API described by an OpenAPI 3 document, whose operations become tools
+/// `openapi.<name>.<operationId>` (denied unless a policy rule allows them; requests pass the
+/// SSRF guard like `http.request`'s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenApiConfig {
+    /// The document's path (JSON or YAML), relative to this file's directory.
+    pub document: String,
+    /// Where requests go. Default: the document's first `servers` URL.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The agents that get its tools, as for `mcp.<name>.agents`. Default: the default
+    /// tenant's agents only.
+    #[serde(default = "default_tenant_agents")]
+    pub agents: Vec<String>,
+    /// Only these operations (by `operationId`). Default: every operation.
+    #[serde(default)]
+    pub operations: Option<Vec<String>>,
+    /// Headers every request carries, each read from an environment variable (credentials):
+    /// `{ Authorization: PETS_AUTH }`.
+    #[serde(default)]
+    pub headers_env: std::collections::BTreeMap<String, String>,
+    /// Seconds one request may take.
+    #[serde(default = "default_openapi_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_openapi_timeout() -> u64 {
+    30
+}
+
 fn default_tenant_agents() -> Vec<String> {
     vec![format!("{}/*", clade_core::Tenant::DEFAULT_NAME)]
 }

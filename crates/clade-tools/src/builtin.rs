@@ -342,17 +342,7 @@ impl TypedTool for HttpRequest {
                 timeout: Duration::from_secs(30),
                 allow_private: ctx.granted.private_network,
             };
-            let response = crate::net::send(request).await?;
-            let mut text = format!("status {}\n", response.status);
-            if let Some(kind) = &response.content_type {
-                text.push_str(&format!("content-type: {kind}\n"));
-            }
-            text.push('\n');
-            text.push_str(&String::from_utf8_lossy(&response.body));
-            if response.truncated {
-                text.push_str("\n[truncated at 1 MiB]");
-            }
-            Ok(text)
+            Ok(crate::net::send(request).await?.for_the_model())
         })
     }
 }

@@ -14,6 +14,7 @@ pub mod egress;
 pub mod init;
 pub mod mcp;
 pub mod net;
+pub mod openapi;
 pub mod pattern;
 pub mod policy;
 pub mod redact;
@@ -91,6 +92,43 @@ impl CallContext {
         self.workspace.as_ref().ok_or_else(|| "this tool needs an agent workspace".to_owned())
     }
 }
+
+/// What a tool source (an MCP server, a remote tool host, an OpenAPI document) says of one of
+/// its tools, and the agents the configuration gives it to.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub name: String,
+    pub description: String,
+    /// The JSON Schema of the arguments object.
+    pub schema: Value,
+    /// Agent patterns ([`clade_config::agent_pattern_covers`]).
+    pub agents: Arc<[String]>,
+}
+
+impl Listing {
+    pub fn available_to(&self, tenant: &str, handle: &str) -> bool {
+        self.agents.iter().any(|p| clade_config::agent_pattern_covers(p, tenant, handle))
+    }
+}
+
+/// [`Tool`]'s name, description, schema and availability, read from a `listing` field.
+macro_rules! listed {
+    () => {
+        fn name(&self) -> &str {
+            &self.listing.name
+        }
+        fn description(&self) -> &str {
+            &self.listing.description
+        }
+        fn input_schema(&self) -> serde_json::Value {
+            self.listing.schema.clone()
+        }
+        fn available_to(&self, tenant: &str, handle: &str) -> bool {
+            self.listing.available_to(tenant, handle)
+        }
+    };
+}
+pub(crate) use listed;
 
 /// A tool's result: text for the model, or an error text for the model.
 pub type ToolResult = Result<String, String>;

@@ -17,7 +17,7 @@ use rmcp::{RoleClient, ServiceExt};
 use serde_json::Value;
 
 use crate::sandbox::Sandbox;
-use crate::{CallContext, EffectClass, Tool, ToolResult};
+use crate::{CallContext, EffectClass, Listing, Tool, ToolResult};
 
 /// How to reach a server.
 #[derive(Debug, Clone)]
@@ -109,16 +109,20 @@ impl Server {
             .map_err(|_| server.error("listing tools timed out"))?
             .map_err(|e| server.error(format!("cannot list tools: {e}")))?;
         *server.client.lock().await = Some(client);
+        let agents: Arc<[String]> = server.spec.agents.clone().into();
         let tools = listed
             .into_iter()
             .map(|tool| {
                 let name = format!("mcp.{}.{}", server.spec.name, tool.name);
                 Arc::new(McpTool {
                     server: server.clone(),
-                    name,
+                    listing: Listing {
+                        name,
+                        description: tool.description.map(|d| d.to_string()).unwrap_or_default(),
+                        schema: Value::Object((*tool.input_schema).clone()),
+                        agents: agents.clone(),
+                    },
                     remote: tool.name.to_string(),
-                    description: tool.description.map(|d| d.to_string()).unwrap_or_default(),
-                    schema: Value::Object((*tool.input_schema).clone()),
                 }) as Arc<dyn Tool>
             })
             .collect();
@@ -190,31 +194,17 @@ fn command_text(spec: &ServerSpec) -> String {
 /// One tool of an MCP server.
 pub struct McpTool {
     server: Arc<Server>,
-    name: String,
+    listing: Listing,
     remote: String,
-    description: String,
-    schema: Value,
 }
 
 impl Tool for McpTool {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn description(&self) -> &str {
-        &self.description
-    }
-    fn input_schema(&self) -> Value {
-        self.schema.clone()
-    }
+    crate::listed!();
     fn effect(&self) -> EffectClass {
         EffectClass::AtMostOnce
     }
     fn touches_host(&self) -> bool {
         true
-    }
-    fn available_to(&self, tenant: &str, handle: &str) -> bool {
-        let covers = |p: &String| clade_config::agent_pattern_covers(p, tenant, handle);
-        self.server.spec.agents.iter().any(covers)
     }
     fn call<'a>(&'a self, args: Value, _ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(self.server.call(&self.remote, args))

@@ -174,6 +174,30 @@ pub struct Response {
     pub truncated: bool,
 }
 
+impl Response {
+    /// The status, content type and body as a tool gives them to the model.
+    pub fn for_the_model(&self) -> String {
+        let mut text = format!("status {}\n", self.status);
+        if let Some(kind) = &self.content_type {
+            text.push_str(&format!("content-type: {kind}\n"));
+        }
+        text.push('\n');
+        text.push_str(&String::from_utf8_lossy(&self.body));
+        if self.truncated {
+            text.push_str(&format!("\n[truncated at {}]", bytes_text(self.body.len())));
+        }
+        text
+    }
+}
+
+fn bytes_text(n: usize) -> String {
+    if n.is_multiple_of(1024 * 1024) && n > 0 {
+        format!("{} MiB", n / (1024 * 1024))
+    } else {
+        format!("{n} bytes")
+    }
+}
+
 const MAX_REDIRECTS: usize = 5;
 
 /// Sends `request`, following up to five redirects on the same host, every hop checked and

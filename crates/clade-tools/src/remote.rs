@@ -19,7 +19,7 @@ use clade_protocol::remote_tools::{
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use crate::{CallContext, EffectClass, Tool, ToolResult};
+use crate::{CallContext, EffectClass, Listing, Tool, ToolResult};
 
 /// The longest frame (one line of a call's answer) read.
 pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
@@ -324,6 +324,7 @@ impl Host {
         let client = Client::new(&spec.url, spec.token.clone()).map_err(fail)?;
         let manifest = client.manifest(spec.timeout).await.map_err(fail)?;
         let idle = Duration::from_secs(u64::from(manifest.heartbeat_secs) * 3);
+        let agents: Arc<[String]> = spec.agents.clone().into();
         let host = Arc::new(Self { spec, client, idle });
         let tools = manifest
             .tools
@@ -336,9 +337,12 @@ impl Host {
                         Effect::Idempotent => EffectClass::Idempotent,
                         Effect::AtMostOnce => EffectClass::AtMostOnce,
                     },
-                    name: tool.name,
-                    description: tool.description,
-                    schema: tool.input_schema,
+                    listing: Listing {
+                        name: tool.name,
+                        description: tool.description,
+                        schema: tool.input_schema,
+                        agents: agents.clone(),
+                    },
                     touches_host: tool.touches_host,
                     resource_argument: tool.resource_argument,
                 }) as Arc<dyn Tool>
@@ -387,24 +391,14 @@ impl Host {
 /// One tool of a remote host.
 pub struct RemoteTool {
     host: Arc<Host>,
-    name: String,
-    description: String,
-    schema: Value,
+    listing: Listing,
     effect: EffectClass,
     touches_host: bool,
     resource_argument: Option<String>,
 }
 
 impl Tool for RemoteTool {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn description(&self) -> &str {
-        &self.description
-    }
-    fn input_schema(&self) -> Value {
-        self.schema.clone()
-    }
+    crate::listed!();
     fn effect(&self) -> EffectClass {
         self.effect
     }
@@ -416,19 +410,16 @@ impl Tool for RemoteTool {
         match args.get(field) {
             Some(Value::String(value)) => Ok(value.clone()),
             None | Some(Value::Null) => Ok(String::new()),
-            Some(_) => {
-                Err(format!("invalid arguments for {}: {field} must be a string", self.name))
-            }
+            Some(_) => Err(format!(
+                "invalid arguments for {}: {field} must be a string",
+                self.listing.name
+            )),
         }
     }
     fn resource_argument(&self) -> Option<&str> {
         self.resource_argument.as_deref()
     }
-    fn available_to(&self, tenant: &str, handle: &str) -> bool {
-        let covers = |p: &String| clade_config::agent_pattern_covers(p, tenant, handle);
-        self.host.spec.agents.iter().any(covers)
-    }
     fn call<'a>(&'a self, args: Value, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
-        Box::pin(self.host.call(&self.name, args, ctx))
+        Box::pin(self.host.call(&self.listing.name, args, ctx))
     }
 }

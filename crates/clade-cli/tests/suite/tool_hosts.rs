@@ -146,3 +146,115 @@ async fn the_admin_socket_answers_the_operator_and_no_one_else() {
     drop(server);
     env.run(&["gateway", "status"]).fails_with("is `clade serve` running");
 }
+
+/// An OpenAPI document's operations as an agent's tools: denied until a grant allows them,
+/// then each request built from the arguments (path, query, header, JSON body) and sent with
+/// the configured credentials; loopback reached only with `private_network`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openapi_documents_operations_are_tools_under_policy_and_the_egress_guard() {
+    use axum::extract::{Path, Query, RawQuery};
+    use axum::http::HeaderMap;
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/v1/pets/{id}",
+        get(|Path(id): Path<String>, RawQuery(query): RawQuery, headers: HeaderMap| async move {
+            let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let trace = headers.get("x-trace").and_then(|v| v.to_str().ok()).unwrap_or("");
+            axum::Json(json!({ "id": id, "query": query, "auth": auth, "trace": trace }))
+        })
+        .put(|Path(id): Path<String>, Query(_q): Query<Value>, body: String| async move {
+            axum::Json(json!({ "updated": id, "body": body }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    write(
+        &env.data_dir().join("pets.yaml"),
+        &format!(
+            r##"openapi: 3.0.3
+info: {{ title: Pets, version: "1" }}
+servers: [{{ url: "{api}" }}]
+paths:
+  /pets/{{petId}}:
+    parameters: [{{ name: petId, in: path, required: true, schema: {{ type: string }} }}]
+    get:
+      operationId: showPet
+      summary: One pet
+      parameters:
+        - {{ name: verbose, in: query, schema: {{ type: boolean }} }}
+        - {{ $ref: "#/components/parameters/Trace" }}
+    put:
+      operationId: updatePet
+      requestBody:
+        content: {{ application/json: {{ schema: {{ type: object }} }} }}
+components:
+  parameters:
+    Trace: {{ name: X-Trace, in: header, schema: {{ type: string }} }}
+"##
+        ),
+    );
+    write(
+        &env.data_dir().join("clade.yaml"),
+        "openapi:\n  pets:\n    document: pets.yaml\n    headers_env: { Authorization: PETS_AUTH }\n",
+    );
+    let server = env.serve_with(&[], &[("PETS_AUTH", "Bearer pk-123")]);
+    let tools = server.get_json("/v1/agents/ada/tools").await;
+    let show = tools["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "openapi.pets.showpet")
+        .unwrap_or_else(|| panic!("no openapi.pets.showpet in {tools}"))
+        .clone();
+    assert_eq!(show["input_schema"]["required"], json!(["petId"]), "{show}");
+
+    let call = |tool: &'static str, arguments: Value| {
+        let server = &server;
+        async move {
+            server
+                .send(
+                    "POST",
+                    &format!("/v1/agents/ada/tools/{tool}/call"),
+                    None,
+                    Some(json!({ "arguments": arguments })),
+                )
+                .await
+        }
+    };
+    let arguments = json!({ "petId": "7 & 8", "verbose": true, "X-Trace": "t-1" });
+    // It touches the network: denied without a rule.
+    let (_, denied) = call("openapi.pets.showpet", arguments.clone()).await;
+    assert!(denied.to_string().contains("denied"), "{denied}");
+    // Allowed, but loopback needs private_network.
+    env.run(&["--agent", "ada", "grants", "add", "--tool", "openapi.pets.*"]).ok();
+    let (_, guarded) = call("openapi.pets.showpet", arguments.clone()).await;
+    assert!(guarded.to_string().contains("private_network"), "{guarded}");
+    env.run(&["--agent", "ada", "grants", "add", "--tool", "openapi.pets.*", "--private-network"])
+        .ok();
+    let (status, answer) = call("openapi.pets.showpet", arguments).await;
+    assert_eq!(status, 200, "{answer}");
+    let content = answer["content"].as_str().unwrap_or_default();
+    let body: Value = serde_json::from_str(content.split("\n\n").nth(1).unwrap_or("null")).unwrap();
+    assert_eq!(body["id"], "7 & 8", "{content}");
+    assert_eq!(body["query"], "verbose=true");
+    assert_eq!(body["auth"], "Bearer pk-123");
+    assert_eq!(body["trace"], "t-1");
+    let (_, updated) =
+        call("openapi.pets.updatepet", json!({ "petId": "7", "body": { "name": "Rex" } })).await;
+    assert!(
+        updated["content"].as_str().unwrap_or_default().contains(r#"{\"name\":\"Rex\"}"#),
+        "{updated}"
+    );
+    // Arguments the document does not have are refused before any request.
+    let (_, refused) = call("openapi.pets.showpet", json!({ "petId": "1", "host": "evil" })).await;
+    assert!(refused.to_string().contains("unknown argument"), "{refused}");
+    let audit = server.get_json("/v1/audit?limit=100").await;
+    assert!(
+        audit["items"].as_array().unwrap().iter().any(|r| r["tool"] == "openapi.pets.showpet"),
+        "{audit}"
+    );
+}
