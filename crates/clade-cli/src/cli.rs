@@ -101,6 +101,9 @@ pub(crate) enum Command {
     /// Agents' scheduled jobs: each fires the agent with its prompt at the times its schedule says
     #[command(subcommand)]
     Cron(CronCommand),
+    /// An agent's settings: what it reads (the environment, else its stored value, else the default), stored and removed
+    #[command(subcommand)]
+    Settings(SettingsCommand),
     /// Delete old records as each tenant's retention policy says (`tenants.<name>.retention`)
     #[command(subcommand)]
     Retention(RetentionCommand),
@@ -479,6 +482,19 @@ pub(crate) enum CronCommand {
     Enable { name: String },
     /// Disable a job: it fires no more until enabled
     Disable { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SettingsCommand {
+    /// The selected agent's (or --agent's) settings, each with where its value comes from
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store a value for the agent (JSON if it parses as JSON, else text)
+    Set { key: String, value: String },
+    /// Remove the agent's stored value (it then reads the default, if any)
+    Unset { key: String },
 }
 
 #[derive(Debug, Args)]

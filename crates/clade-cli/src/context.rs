@@ -21,6 +21,8 @@ pub(crate) struct Ctx {
     pub(crate) config_path: PathBuf,
     pub(crate) store: Store,
     pub(crate) agents: Agents,
+    /// The declared agent settings, shared by the settings tools and the API.
+    pub(crate) settings: Arc<clade_runtime::settings::Catalog>,
     tenant: Option<String>,
     agent: Option<String>,
     master_key: Option<String>,
@@ -53,6 +55,28 @@ pub(crate) fn location(global: &Global, data_dir: &DataDir, config: &Config) -> 
     })
 }
 
+/// `clade.yaml`'s `settings`, with each overriding environment variable's value as it is now.
+pub(crate) fn declared_settings(
+    config: &Config,
+) -> std::collections::BTreeMap<String, clade_runtime::settings::Declared> {
+    config
+        .settings
+        .iter()
+        .map(|(key, setting)| {
+            let env = setting.env.as_ref().map(|var| {
+                (var.clone(), env_value(var).map(|text| clade_runtime::settings::env_value(&text)))
+            });
+            let declared = clade_runtime::settings::Declared {
+                description: setting.description.clone(),
+                default: setting.default.clone(),
+                env,
+                agent_writable: setting.agent_writable,
+            };
+            (key.clone(), declared)
+        })
+        .collect()
+}
+
 /// The value of the environment variable `name` (a token or secret the configuration names
 /// by its variable), if set and not empty.
 #[allow(clippy::disallowed_methods)] // The configuration edge: secrets come from the environment.
@@ -76,6 +100,7 @@ impl Ctx {
         let store = store.acting_as("operator (cli)");
         let agents = Agents::new(store.clone(), data_dir.clone());
         let config_path = global.config.clone().unwrap_or_else(|| data_dir.config_path());
+        let settings = Arc::new(clade_runtime::settings::Catalog::new(declared_settings(&config)));
         Ok(Self {
             data_dir,
             location,
@@ -83,6 +108,7 @@ impl Ctx {
             config_path,
             store,
             agents,
+            settings,
             tenant: global.tenant.clone(),
             agent: global.agent.clone(),
             master_key: global.master_key.clone(),
@@ -182,6 +208,7 @@ impl Ctx {
         if self.config.scheduler.enabled {
             clade_sched::tools::register(&mut tools, self.store.clone());
         }
+        clade_runtime::settings::register(&mut tools, self.store.clone(), self.settings.clone());
         tools.register(Arc::new(clade_gateway::config_flow::ApplyTool::new(
             self.store.clone(),
             self.config_path.clone(),

@@ -95,6 +95,12 @@ pub struct Config {
     /// are tools `openapi.<name>.<operationId>`.
     #[serde(default)]
     pub openapi: BTreeMap<String, OpenApiConfig>,
+    /// Agents' settings by key (`a-z0-9._-`): what each is for, its default, and an
+    /// environment variable that overrides every agent's value. An agent reads the environment
+    /// over its stored value over the default (`settings.get`); keys not declared here may be
+    /// stored too, without a default.
+    #[serde(default)]
+    pub settings: BTreeMap<String, SettingConfig>,
     /// Per-tenant settings, by tenant name.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
@@ -109,6 +115,26 @@ pub struct Config {
     /// Test-harness settings; never needed in production.
     #[serde(default)]
     pub testing: TestingConfig,
+}
+
+/// A declared agent setting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettingConfig {
+    /// What the setting is for, as agents and operators see it.
+    #[serde(default)]
+    pub description: String,
+    /// The value read when none is stored (any JSON value).
+    #[serde(default)]
+    pub default: Option<serde_json::Value>,
+    /// An environment variable whose value, when set, every agent reads instead (JSON if it
+    /// parses as JSON, else text).
+    #[serde(default)]
+    pub env: Option<String>,
+    /// Whether agents may change their value with `settings.set` and `settings.unset`
+    /// (operators always may).
+    #[serde(default = "default_true")]
+    pub agent_writable: bool,
 }
 
 /// One agent's heartbeat. Its prompt is its own: it never depends on a file having content.
@@ -844,6 +870,11 @@ impl Config {
                     "openapi.{name}.headers_env: {header:?} is not a header name"
                 ));
             }
+        }
+        if let Some(key) = self.settings.keys().find(|k| !clade_core::is_setting_key(k)) {
+            return fail(format!(
+                "settings.{key}: keys use 1-64 of a-z, 0-9, ., _ and -, starting with a letter"
+            ));
         }
         for (name, host) in &self.tool_hosts {
             if !source_name(name) {

@@ -29,8 +29,8 @@ pub use lifecycle::{
     StepKey, StepKind, TurnStatus, Word,
 };
 pub use name::{
-    DISPLAY_NAME_PATTERN, HANDLE_PATTERN, Handle, LABEL_PATTERN, NOT_BLANK_PATTERN, SecretName,
-    TemplateName, is_spoofing_char,
+    DISPLAY_NAME_PATTERN, HANDLE_PATTERN, Handle, LABEL_PATTERN, NOT_BLANK_PATTERN,
+    SETTING_KEY_PATTERN, SecretName, TemplateName, is_setting_key, is_spoofing_char,
 };
 pub use random::Jitter;
 pub use scope::Scope;

@@ -206,6 +206,8 @@ vocabulary! {
         ConfigApplied = "config.applied",
         /// A retention sweep deleted a tenant's old records (its counts in the detail).
         RetentionSwept = "retention.swept",
+        /// An agent's setting was stored or removed (its key in the detail, not its value).
+        SettingChanged = "setting.changed",
     }
 }
 

@@ -158,6 +158,19 @@ pub fn is_spoofing_char(c: char) -> bool {
         )
 }
 
+/// An agent setting's key as a regular expression (the API's schema).
+pub const SETTING_KEY_PATTERN: &str = "^[a-z][a-z0-9._-]{0,63}$";
+
+/// Whether `key` may name an agent's setting: 1-64 of `a-z`, `0-9`, `.`, `_` and `-`,
+/// starting with a letter ([`SETTING_KEY_PATTERN`]).
+pub fn is_setting_key(key: &str) -> bool {
+    key.len() <= 64
+        && key.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,7 +60,7 @@ pub fn run_response(run: JobRun) -> JobRunResponse {
 
 /// The tenant's store as the caller sees it, acting as the caller (for audit records), and the
 /// agent it reaches by `handle`.
-async fn scope(
+pub(crate) async fn scope(
     state: &AppState,
     tenant: &Tenant,
     reach: &Reach,

@@ -26,6 +26,7 @@ pub mod routes;
 pub mod scopes;
 mod server;
 mod sessions;
+mod settings;
 pub mod stream_ids;
 pub mod tool_host;
 mod tools;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub stream_ids: stream_ids::StreamIds,
     /// The configuration file `POST /v1/config` applies to.
     pub config_path: Option<std::path::PathBuf>,
+    /// The declared agent settings (defaults, environment overrides).
+    pub settings: std::sync::Arc<clade_runtime::settings::Catalog>,
 }
 
 impl AppState {

@@ -8,12 +8,12 @@
 //! extracts), its bodies from the request and response types (`clade-protocol`); only path and
 //! header parameters and the prose are written here.
 
-use axum::routing::{MethodRouter, delete, get, patch, post};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use clade_core::Scope::{self, Admin, Approve, Operate, Read, Send};
 use clade_protocol as api;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
-use crate::{AppState, agents, config, events, jobs, sessions, tools, usage, ws};
+use crate::{AppState, agents, config, events, jobs, sessions, settings, tools, usage, ws};
 
 /// A schema built by the document's one generator: a `$ref` to a component for a named type.
 pub(crate) type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
@@ -116,6 +116,11 @@ const TOOL: Param = path("name", text_schema);
 const TURN: Param = path("turn", uuid_schema);
 const JOB: Param = path("name", job_name_schema);
 const REVISION: Param = path("revision", revision_schema);
+const SETTING: Param = path("key", setting_key_schema);
+
+fn setting_key_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "string", "pattern": clade_core::SETTING_KEY_PATTERN })
+}
 
 fn revision_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({ "type": "integer", "minimum": 1, "maximum": i64::MAX })
@@ -360,6 +365,59 @@ pub static OPERATIONS: &[Operation] = &[
             &[Read],
             "A job's runs: when each fired, whether its envelope was delivered (or why not), and its turn's outcome",
             || get(jobs::runs),
+        )
+    },
+    Operation {
+        params: &[HANDLE],
+        responses: &[
+            ok(
+                "200",
+                "every declared setting and every stored one, by key",
+                of::<api::SettingListResponse>,
+            ),
+            error("404", "no such agent"),
+        ],
+        ..op(
+            "GET",
+            "/v1/agents/{handle}/settings",
+            &[Read],
+            "An agent's settings as it reads them: the environment's value, else its stored one, else the default",
+            || get(settings::list),
+        )
+    },
+    Operation {
+        params: &[HANDLE, SETTING],
+        body: Some(of::<api::SetSettingParams>),
+        responses: &[
+            ok("200", "the setting as the agent now reads it", of::<api::SettingResponse>),
+            error("400", "invalid body or key"),
+            error("404", "no such agent"),
+            error(
+                "422",
+                "the value is over 4 KiB, or the agent has 100 settings stored (`invalid_setting`)",
+            ),
+        ],
+        ..op(
+            "PUT",
+            "/v1/agents/{handle}/settings/{key}",
+            &[Operate],
+            "Store an agent's value of a setting (audited with the key, never the value)",
+            || put(settings::set),
+        )
+    },
+    Operation {
+        params: &[HANDLE, SETTING],
+        responses: &[
+            empty("204", "removed"),
+            error("400", "invalid key"),
+            error("404", "no such agent, or no value stored (`setting_not_found`)"),
+        ],
+        ..op(
+            "DELETE",
+            "/v1/agents/{handle}/settings/{key}",
+            &[Operate],
+            "Remove an agent's stored value of a setting (audited)",
+            || delete(settings::unset),
         )
     },
     Operation {

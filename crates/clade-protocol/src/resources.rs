@@ -800,3 +800,35 @@ pub struct ConfigRevisionResponse {
 pub struct ConfigRevisionListResponse {
     pub items: Vec<ConfigRevisionResponse>,
 }
+
+/// One of an agent's settings, as the agent reads it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SettingResponse {
+    pub key: String,
+    /// What the agent reads: the environment variable's value, else the stored one, else the
+    /// declared default (null if none).
+    pub value: serde_json::Value,
+    /// `environment`, `stored` or `default`.
+    pub source: String,
+    /// What it is for, as `clade.yaml` declares it.
+    pub description: String,
+    /// Whether the agent may change it with its tools.
+    pub agent_writable: bool,
+    /// The value stored for the agent, whether or not it is what is read.
+    pub stored: Option<serde_json::Value>,
+    pub updated_at: Option<i64>,
+    pub updated_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SettingListResponse {
+    pub items: Vec<SettingResponse>,
+}
+
+/// `PUT /v1/agents/{handle}/settings/{key}`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetSettingParams {
+    /// Any JSON value, at most 4 KiB as JSON.
+    pub value: serde_json::Value,
+}

@@ -17,6 +17,7 @@ pub mod hub;
 pub mod models;
 pub mod outbox;
 mod routing;
+pub mod settings;
 pub mod tools;
 
 pub use budget::StoreBudget;

@@ -58,6 +58,10 @@ pub enum Error {
     JobNotFound(String),
     #[error("configuration revision {0} not found")]
     ConfigRevisionNotFound(i64),
+    #[error("setting {0:?} is not stored for this agent")]
+    SettingNotFound(String),
+    #[error("invalid setting: {0}")]
+    InvalidSetting(String),
     #[error("a job named {0:?} already exists for this agent")]
     JobExists(String),
     #[error("execution {id} has ended ({status}); nothing changed")]

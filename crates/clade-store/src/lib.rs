@@ -28,6 +28,7 @@ mod paced;
 pub mod retention;
 pub mod scoped;
 pub mod secrets;
+pub mod settings;
 pub mod store;
 pub mod turns;
 pub mod work;
@@ -53,6 +54,7 @@ pub use migrate::{MigrationReport, Migrations, SCHEMA_VERSION};
 pub use owner::OwnerLock;
 pub use scoped::{SystemStore, TenantStore};
 pub use secrets::Secrets;
+pub use settings::SettingRow;
 pub use store::{
     BudgetCounter, BudgetSettlement, NewAgent, SecretInfo, Store, StoreOptions, TOKEN_PREFIX,
     TokenAccess, TokenInfo, UsageRecord, UsageSummary,

@@ -80,6 +80,7 @@ const MIGRATIONS: &[Migration] = &[
         "config_revisions",
         include_str!("../migrations/0016_config_revisions.sql"),
     ),
+    Migration::shared(17, "agent_settings", include_str!("../migrations/0017_agent_settings.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -89,7 +90,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 16;
+pub const SCHEMA_VERSION: i64 = 17;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -123,6 +123,26 @@ impl TenantStore {
         self.store.approvals(self.tenant, agent, status, limit).await
     }
 
+    /// The settings `agent` has stored, by key.
+    pub async fn agent_settings(&self, agent: AgentId) -> Result<Vec<crate::SettingRow>> {
+        self.store.agent_settings(self.tenant, agent).await
+    }
+
+    /// Stores a setting of an agent of this tenant (audited).
+    pub async fn set_agent_setting(
+        &self,
+        agent: AgentId,
+        key: &str,
+        value: serde_json::Value,
+    ) -> Result<crate::SettingRow> {
+        self.store.set_agent_setting(self.tenant, agent, key, value).await
+    }
+
+    /// Removes a setting of an agent of this tenant (audited).
+    pub async fn unset_agent_setting(&self, agent: AgentId, key: &str) -> Result<()> {
+        self.store.unset_agent_setting(self.tenant, agent, key).await
+    }
+
     /// The jobs of `agent`, by name.
     pub async fn jobs(&self, agent: AgentId) -> Result<Vec<crate::JobRow>> {
         self.store.jobs(self.tenant, Some(agent)).await

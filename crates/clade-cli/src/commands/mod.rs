@@ -87,6 +87,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Audit(args) => tools::audit(&ctx, args).await,
         Command::Cron(cmd) => cron::run(&ctx, cmd).await,
         Command::Retention(cmd) => cron::retention(&ctx, cmd).await,
+        Command::Settings(cmd) => tools::settings(&ctx, cmd).await,
         Command::Bench(cmd) => bench::run(&ctx, cmd).await,
         Command::CronService(args) => tool_host::cron_service(&ctx, args).await,
         Command::Gateway(cmd) => tool_host::gateway(&ctx, cmd).await,

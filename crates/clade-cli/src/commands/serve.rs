@@ -94,6 +94,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         limits,
         stream_ids,
         config_path: Some(ctx.config_path.clone()),
+        settings: ctx.settings.clone(),
     };
     let options = ServerOptions {
         max_body_bytes: usize::try_from(ctx.config.server.max_body_bytes).unwrap_or(usize::MAX),
@@ -154,6 +155,7 @@ struct Reloader {
     path: std::path::PathBuf,
     engine: clade_runtime::Engine,
     limits: std::sync::Arc<clade_gateway::quotas::TenantLimits>,
+    settings: std::sync::Arc<clade_runtime::settings::Catalog>,
     /// The revision in force (0 before the first); held while one is taken, so the poll and an
     /// admin socket's `reload` never take one twice.
     running: tokio::sync::Mutex<i64>,
@@ -172,6 +174,7 @@ impl Reloader {
             path: ctx.config_path.clone(),
             engine,
             limits,
+            settings: ctx.settings.clone(),
             running,
         }))
     }
@@ -224,6 +227,7 @@ impl Reloader {
         let tools = self.engine.tools();
         tools.reload(tools.tool_set().registry().clone(), &config.tools, Some(&config.tenants));
         self.limits.reload(config.tenants.clone());
+        self.settings.reload(crate::context::declared_settings(&config));
         if let Err(err) = clade_sched::heartbeats::reconcile(&self.store, &config).await {
             tracing::warn!(error = %err, "heartbeats not updated to the new configuration");
         }

@@ -299,3 +299,63 @@ pub(super) async fn audit(ctx: &Ctx, args: AuditArgs) -> Result<()> {
     output::table(&["SEQ", "AT", "KIND", "TOOL", "DECISION", "DETAIL"], &table);
     Ok(())
 }
+
+pub(super) async fn settings(ctx: &Ctx, cmd: crate::cli::SettingsCommand) -> Result<()> {
+    use crate::cli::SettingsCommand;
+    let tenant = ctx.tenant().await?;
+    let agent = ctx.agent(None).await?;
+    match cmd {
+        SettingsCommand::List { json } => {
+            let settings = ctx.settings.read(&ctx.store, tenant.id, agent.id).await?;
+            if json {
+                let items: Vec<_> = settings
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "key": s.key,
+                            "value": s.value,
+                            "source": s.source.as_str(),
+                            "description": s.description,
+                            "agent_writable": s.agent_writable,
+                            "stored": s.stored.as_ref().map(|row| &row.value),
+                        })
+                    })
+                    .collect();
+                return output::json(&items);
+            }
+            let rows: Vec<Vec<String>> = settings
+                .iter()
+                .map(|s| {
+                    let source = match &s.source {
+                        clade_runtime::settings::Source::Environment(var) => format!("env {var}"),
+                        other => other.as_str().to_owned(),
+                    };
+                    vec![s.key.clone(), s.value.to_string(), source, s.description.clone()]
+                })
+                .collect();
+            output::table(&["KEY", "VALUE", "FROM", "DESCRIPTION"], &rows);
+        }
+        SettingsCommand::Set { key, value } => {
+            let value = clade_runtime::settings::env_value(&value);
+            ctx.store.set_agent_setting(tenant.id, agent.id, &key, value).await?;
+            match ctx.settings.overridden_by(&key) {
+                Some(var) => println!(
+                    "stored {key} for {}; {var} is set, and agents read its value while it is",
+                    agent.handle
+                ),
+                None => println!("stored {key} for {}", agent.handle),
+            }
+        }
+        SettingsCommand::Unset { key } => {
+            match ctx.store.unset_agent_setting(tenant.id, agent.id, &key).await {
+                Err(clade_store::Error::SettingNotFound(_)) => anyhow::bail!(
+                    "agent {} has no stored value of {key:?}: list its settings with `clade settings list`",
+                    agent.handle
+                ),
+                other => other?,
+            }
+            println!("removed {key} for {}", agent.handle);
+        }
+    }
+    Ok(())
+}

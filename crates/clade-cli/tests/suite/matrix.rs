@@ -158,7 +158,8 @@ async fn every_route_checks_every_principal() {
             .replace("{id}", &id)
             .replace("{name}", "echo")
             .replace("{turn}", &turn)
-            .replace("{revision}", "1");
+            .replace("{revision}", "1")
+            .replace("{key}", "tone");
         let body = match (*method, *template) {
             ("POST", "/v1/events") => Some(
                 json!({ "agent": "ada", "text": format!("cell {n}"), "source": { "platform": "http", "channel": "c", "actor": "me" } }),
@@ -171,6 +172,7 @@ async fn every_route_checks_every_principal() {
             }
             ("PATCH", "/v1/agents/{handle}/jobs/{name}") => Some(json!({ "enabled": true })),
             ("POST", "/v1/config") => Some(json!({ "yaml": "sessions:\n  max_queued: 50\n" })),
+            ("PUT", "/v1/agents/{handle}/settings/{key}") => Some(json!({ "value": "dry" })),
             ("PATCH", _) => Some(json!({ "queue_mode": "queue" })),
             ("POST", _) => Some(json!({ "arguments": {} })),
             _ => None,

@@ -7,6 +7,7 @@ mod http;
 mod matrix;
 mod models;
 mod sessions;
+mod settings;
 mod support;
 mod tool_hosts;
 mod tools;

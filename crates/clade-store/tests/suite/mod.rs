@@ -10,5 +10,6 @@ mod pages;
 mod retention;
 mod retries;
 mod secrets;
+mod settings;
 mod tenants_tokens;
 mod usage;
