@@ -1356,6 +1356,8 @@ async fn downgrade_to_version_8(url: &str) {
         "DROP TABLE job_runs",
         "DROP TABLE jobs",
         "DROP TABLE config_revisions",
+        "DROP TABLE agent_settings",
+        "DELETE FROM schema_migrations WHERE version = 17",
         "DELETE FROM schema_migrations WHERE version = 16",
         "DELETE FROM schema_migrations WHERE version = 15",
         "DELETE FROM schema_migrations WHERE version = 14",
