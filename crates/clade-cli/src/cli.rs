@@ -114,6 +114,10 @@ pub(crate) enum Command {
     /// Control the running gateway over its admin socket (the operator's user only)
     #[command(subcommand)]
     Gateway(GatewayCommand),
+    /// Pair remote components with the running gateway (over its admin socket): the gateway
+    /// challenges them from its own process and keeps their keys
+    #[command(subcommand)]
+    Pair(PairCommand),
     /// Remote tool hosts: check one against the protocol
     #[command(subcommand)]
     ToolHost(ToolHostCommand),
@@ -510,6 +514,12 @@ pub(crate) struct CronServiceArgs {
     /// server.admin_socket in clade.yaml, else admin.sock in the data dir]
     #[arg(long, value_name = "PATH")]
     pub(crate) admin_socket: Option<std::path::PathBuf>,
+    /// The service's own key pair, made at first start [default: cron-service.key in the data dir]
+    #[arg(long, value_name = "PATH")]
+    pub(crate) identity: Option<std::path::PathBuf>,
+    /// Where the keys of the gateways paired with it are kept [default: cron-service.peers.json in the data dir]
+    #[arg(long, value_name = "PATH")]
+    pub(crate) peers: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -528,6 +538,39 @@ pub(crate) enum GatewayCommand {
         #[arg(long, value_name = "PATH")]
         admin_socket: Option<std::path::PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PairCommand {
+    /// Check that the gateway answers on its admin socket, and show its key
+    Test {
+        /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<std::path::PathBuf>,
+    },
+    /// Pair a remote tool host: its tools are offered at once, and at every start after
+    Tool {
+        /// The host's base URL (`http://127.0.0.1:7430/`)
+        endpoint: String,
+        /// The name the gateway knows it by: 1-64 of a-z, 0-9, - and _
+        name: String,
+        /// Environment variable holding the host's bearer token, which authorizes the pairing
+        #[arg(long, value_name = "VAR", default_value = "CLADE_TOOL_HOST_TOKEN")]
+        token_env: String,
+        /// Agents that get its tools: tenant/handle, a bare handle, tenant/* or * (repeatable) [default: default/*]
+        #[arg(long = "agents", value_name = "PATTERN")]
+        agents: Vec<String>,
+        /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<std::path::PathBuf>,
+    },
+    /// The paired components
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a paired tool host (its tools go at the gateway's next start)
+    Remove { name: String },
 }
 
 #[derive(Debug, Subcommand)]

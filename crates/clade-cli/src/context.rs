@@ -77,6 +77,35 @@ pub(crate) fn declared_settings(
         .collect()
 }
 
+/// A paired tool host's tools, its key checked; a host that does not prove the key it was
+/// paired with is refused and the refusal audited.
+pub(crate) async fn connect_peer(
+    store: &Store,
+    peer: &clade_store::PeerRow,
+    identity: Arc<clade_tools::remote::identity::Identity>,
+) -> std::result::Result<Vec<Arc<dyn clade_tools::Tool>>, clade_tools::remote::RemoteError> {
+    let spec = clade_tools::remote::HostSpec {
+        name: peer.name.clone(),
+        url: peer.endpoint.clone(),
+        token: None,
+        agents: peer.agents.clone(),
+        timeout: std::time::Duration::from_secs(60),
+        peer: Some(clade_tools::remote::Peer { identity, host_key: peer.key.clone() }),
+    };
+    match clade_tools::remote::Host::connect(spec).await {
+        Ok((_, tools)) => Ok(tools),
+        Err(err) => {
+            if err.key_changed
+                && let Err(audit) =
+                    store.audit_peer_refused(&peer.kind, &peer.name, &err.message).await
+            {
+                tracing::warn!(error = %audit, "the refusal of a peer could not be audited");
+            }
+            Err(err)
+        }
+    }
+}
+
 /// The value of the environment variable `name` (a token or secret the configuration names
 /// by its variable), if set and not empty.
 #[allow(clippy::disallowed_methods)] // The configuration edge: secrets come from the environment.
@@ -280,6 +309,7 @@ impl Ctx {
                 token,
                 agents: host.agents.clone(),
                 timeout: std::time::Duration::from_secs(host.timeout_secs),
+                peer: None,
             };
             match clade_tools::remote::Host::connect(spec).await {
                 Ok((_, found)) => {
@@ -299,6 +329,39 @@ impl Ctx {
                 }
             }
         }
+        let peers = match self.store.peers().await {
+            Ok(peers) => peers,
+            Err(err) => {
+                tracing::warn!(error = %err, "the paired components cannot be read: their tools are left out");
+                Vec::new()
+            }
+        };
+        let peers: Vec<_> = peers.into_iter().filter(|p| p.kind == "tool").collect();
+        if !peers.is_empty() {
+            match self.identity() {
+                Ok(identity) => {
+                    for peer in &peers {
+                        match connect_peer(&self.store, peer, identity.clone()).await {
+                            Ok(found) => {
+                                tracing::info!(host = %peer.name, tools = found.len(), "paired tool host connected");
+                                for tool in found {
+                                    if tools.get(tool.name()).is_none() {
+                                        tools.register(tool);
+                                    }
+                                }
+                            }
+                            Err(err) => tracing::warn!(
+                                error = %err,
+                                "paired tool host left out: its tools are unavailable until it can be reached (or is paired again)"
+                            ),
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), "paired tool hosts left out")
+                }
+            }
+        }
         Arc::new(
             clade_runtime::ToolRunner::new(
                 tools,
@@ -310,6 +373,13 @@ impl Ctx {
             .with_tenants(self.config.tenants.clone())
             .with_sandbox(sandbox),
         )
+    }
+
+    /// The gateway's own key pair (`identity.key` in the data dir, made at first use), which
+    /// pairing and paired requests use.
+    pub(crate) fn identity(&self) -> Result<Arc<clade_tools::remote::identity::Identity>> {
+        let path = self.data_dir.root().join("identity.key");
+        Ok(Arc::new(clade_tools::remote::identity::Identity::load_or_create(&path)?))
     }
 
     /// `openapi.<name>` with its document read (relative to the configuration file) and its

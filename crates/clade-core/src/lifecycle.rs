@@ -208,6 +208,11 @@ vocabulary! {
         RetentionSwept = "retention.swept",
         /// An agent's setting was stored or removed (its key in the detail, not its value).
         SettingChanged = "setting.changed",
+        /// A component was paired with the gateway (its kind, name, endpoint and key).
+        PeerPaired = "peer.paired",
+        PeerRemoved = "peer.removed",
+        /// A paired component did not prove it holds the key it was paired with.
+        PeerRefused = "peer.refused",
     }
 }
 

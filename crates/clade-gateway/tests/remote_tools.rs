@@ -68,8 +68,10 @@ async fn our_host(token: Option<&str>, runs: Arc<AtomicUsize>) -> String {
         token: token.map(str::to_owned),
         heartbeat: Duration::from_millis(100),
         remembered: 100,
+        identity: None,
+        peers_file: None,
     };
-    listen(router(registry, options)).await
+    listen(router(registry, options).unwrap()).await
 }
 
 fn failed(checks: &[conformance::Check]) -> Vec<&'static str> {
@@ -187,6 +189,7 @@ async fn call_work(url: String) -> ToolResult {
         token: None,
         agents: vec!["*".into()],
         timeout: Duration::from_secs(20),
+        peer: None,
     };
     let (_, tools) = Host::connect(spec).await.unwrap();
     let ctx =
@@ -287,6 +290,7 @@ async fn a_host_of_another_protocol_or_with_bad_tools_is_refused_at_connect() {
             token: None,
             agents: vec![],
             timeout: Duration::from_secs(5),
+            peer: None,
         };
         let error = Host::connect(spec).await.err().expect("a bad manifest was taken").to_string();
         assert!(error.starts_with("tool host odd:") && error.contains(needle), "{error}");
@@ -298,6 +302,7 @@ async fn a_host_of_another_protocol_or_with_bad_tools_is_refused_at_connect() {
         token: None,
         agents: vec![],
         timeout: Duration::from_secs(5),
+        peer: None,
     };
     let error = Host::connect(spec).await.err().unwrap().to_string();
     assert!(error.contains("cannot fetch the manifest"), "{error}");
@@ -313,6 +318,7 @@ async fn a_repeated_key_runs_the_tool_once_and_answers_the_first_outcome() {
         token: Some("t".into()),
         agents: vec!["acme/*".into()],
         timeout: Duration::from_secs(10),
+        peer: None,
     };
     let (_, tools) = Host::connect(spec).await.unwrap();
     let count = tools.iter().find(|t| t.name() == "count").unwrap().clone();
@@ -357,7 +363,169 @@ async fn a_repeated_key_runs_the_tool_once_and_answers_the_first_outcome() {
         token: Some("wrong".into()),
         agents: vec![],
         timeout: Duration::from_secs(5),
+        peer: None,
     };
     let error = Host::connect(spec).await.err().unwrap().to_string();
     assert!(error.contains("401") && error.contains("unauthorized"), "{error}");
+}
+
+/// A host with a token, an identity and a peers file in `dir`.
+async fn pairable_host(dir: &std::path::Path, identity_file: &str) -> String {
+    let mut registry = Registry::new();
+    registry.register(Arc::new(clade_tools::builtin::Echo));
+    let identity =
+        clade_tools::remote::identity::Identity::load_or_create(&dir.join(identity_file)).unwrap();
+    let options = HostOptions {
+        name: "pairable".into(),
+        version: "1".into(),
+        token: Some("pair-token".into()),
+        heartbeat: Duration::from_millis(100),
+        remembered: 100,
+        identity: Some(Arc::new(identity)),
+        peers_file: Some(dir.join("peers.json")),
+    };
+    listen(router(registry, options).unwrap()).await
+}
+
+fn paired_spec(
+    url: &str,
+    identity: &Arc<clade_tools::remote::identity::Identity>,
+    host_key: &str,
+) -> HostSpec {
+    HostSpec {
+        name: "paired".into(),
+        url: url.to_owned(),
+        token: None,
+        agents: vec!["*".into()],
+        timeout: Duration::from_secs(5),
+        peer: Some(clade_tools::remote::Peer {
+            identity: identity.clone(),
+            host_key: host_key.to_owned(),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_paired_gateway_calls_without_the_token_and_a_changed_host_key_is_refused() {
+    use clade_tools::remote::identity::Identity;
+    let dir = tempfile::tempdir().unwrap();
+    let url = pairable_host(dir.path(), "host.key").await;
+    let gateway = Arc::new(Identity::ephemeral().unwrap());
+
+    // The token authorizes a pairing; a wrong one does not.
+    let refused =
+        clade_tools::remote::pair("paired", &url, "wrong", &gateway, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+    assert!(refused.to_string().contains("401"), "{refused}");
+    let host_key =
+        clade_tools::remote::pair("paired", &url, "pair-token", &gateway, Duration::from_secs(5))
+            .await
+            .unwrap();
+
+    // Paired: no token, every request signed, and the host proves its key.
+    let (_, tools) = Host::connect(paired_spec(&url, &gateway, &host_key)).await.unwrap();
+    let ctx =
+        CallContext { idempotency_key: "p1".into(), call_id: "c".into(), ..Default::default() };
+    assert_eq!(tools[0].call(json!({ "text": "signed" }), &ctx).await, Ok("signed".into()));
+
+    // Another key that was never paired, signing its requests: refused.
+    let stranger = Arc::new(Identity::ephemeral().unwrap());
+    let error =
+        Host::connect(paired_spec(&url, &stranger, &host_key)).await.err().unwrap().to_string();
+    assert!(error.contains("401") && error.contains("not paired"), "{error}");
+
+    // The host restarts with its peers file: still paired.
+    let again = pairable_host(dir.path(), "host.key").await;
+    assert!(Host::connect(paired_spec(&again, &gateway, &host_key)).await.is_ok());
+
+    // A host at the same place with another identity (replaced): refused, flagged for audit.
+    std::fs::remove_file(dir.path().join("peers.json")).ok();
+    let impostor = pairable_host(dir.path(), "other.key").await;
+    let error = Host::connect(paired_spec(&impostor, &gateway, &host_key)).await.err().unwrap();
+    assert!(error.to_string().contains("not paired"), "{error}");
+    // Even one that takes the gateway's requests must prove the key it was paired with.
+    clade_tools::remote::pair("paired", &impostor, "pair-token", &gateway, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let error = Host::connect(paired_spec(&impostor, &gateway, &host_key)).await.err().unwrap();
+    assert!(error.key_changed, "{error}");
+    assert!(error.to_string().contains("did not prove it holds the key"), "{error}");
+}
+
+#[tokio::test]
+async fn stale_or_forged_signatures_and_tokenless_pairing_are_refused() {
+    use clade_protocol::remote_tools::{
+        PEER_HEADER, PEER_SIGNATURE_HEADER, PEER_TIME_HEADER, VERSION, VERSION_HEADER,
+    };
+    use clade_tools::remote::identity::{self, Identity};
+    let dir = tempfile::tempdir().unwrap();
+    let url = pairable_host(dir.path(), "host.key").await;
+    let gateway = Identity::ephemeral().unwrap();
+    clade_tools::remote::pair("paired", &url, "pair-token", &gateway, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let send = |time: i64, signature: String| {
+        http.get(format!("{url}manifest"))
+            .header(VERSION_HEADER, VERSION)
+            .header(PEER_HEADER, gateway.public())
+            .header(PEER_TIME_HEADER, time.to_string())
+            .header(PEER_SIGNATURE_HEADER, signature)
+            .send()
+    };
+    let now = clade_core::Clock::now(&clade_core::SystemClock).as_millis();
+    let sign = |time: i64| {
+        gateway.sign(&[identity::REQUEST, &identity::request_text("GET", "manifest", time, &[])])
+    };
+    assert_eq!(send(now, sign(now)).await.unwrap().status(), 200);
+    // Ten minutes old: a replay outside the window.
+    let old = now - 600_000;
+    let stale = send(old, sign(old)).await.unwrap();
+    assert_eq!(stale.status(), 401);
+    assert!(stale.text().await.unwrap().contains("from this host's clock"));
+    // Signed for another route.
+    let other =
+        gateway.sign(&[identity::REQUEST, &identity::request_text("POST", "calls", now, &[])]);
+    assert_eq!(send(now, other).await.unwrap().status(), 401);
+
+    // A host without a token takes no pairing at all.
+    let mut registry = Registry::new();
+    registry.register(Arc::new(clade_tools::builtin::Echo));
+    let open = listen(
+        router(
+            registry,
+            HostOptions {
+                name: "open".into(),
+                version: "1".into(),
+                token: None,
+                heartbeat: Duration::from_millis(100),
+                remembered: 10,
+                identity: Some(Arc::new(Identity::ephemeral().unwrap())),
+                peers_file: None,
+            },
+        )
+        .unwrap(),
+    )
+    .await;
+    let error = clade_tools::remote::pair("open", &open, "any", &gateway, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("no token to authorize"), "{error}");
+
+    // A peers file that is not one stops the host from starting.
+    std::fs::write(dir.path().join("bad.json"), "not json").unwrap();
+    let bad = router(
+        Registry::new(),
+        HostOptions {
+            name: "bad".into(),
+            version: "1".into(),
+            token: Some("t".into()),
+            heartbeat: Duration::from_millis(100),
+            remembered: 10,
+            identity: None,
+            peers_file: Some(dir.path().join("bad.json")),
+        },
+    );
+    assert!(bad.err().unwrap().to_string().contains("not a peers file"));
 }

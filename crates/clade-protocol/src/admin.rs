@@ -16,6 +16,23 @@ pub enum AdminRequest {
     /// Work for these sessions was stored by another process (a `clade cron-service` fire):
     /// run it. Session ids as the API writes them.
     Wake { sessions: Vec<String> },
+    /// Pair with a remote component: the gateway sends it a challenge from its own process,
+    /// authorized by the component's token, and keeps its key.
+    Pair {
+        /// `tool`: a remote tool host.
+        kind: String,
+        /// Its base URL.
+        endpoint: String,
+        /// The name the gateway knows it by.
+        name: String,
+        /// The component's bearer token, which authorizes the pairing.
+        token: String,
+        /// The agents it serves (agent patterns; default: the default tenant's).
+        #[serde(default)]
+        agents: Vec<String>,
+    },
+    /// The gateway's own key, and how many components are paired.
+    Identity {},
 }
 
 /// The answer to one [`AdminRequest`].
@@ -30,6 +47,18 @@ pub enum AdminReply {
     /// How many sessions were woken (ids that named no session were skipped).
     Woken {
         sessions: u32,
+    },
+    /// Paired: the component's key, and the tools it offers now (names taken by other tools
+    /// are left out).
+    Paired {
+        name: String,
+        key: String,
+        tools: u32,
+        left_out: Vec<String>,
+    },
+    Identity {
+        key: String,
+        peers: u32,
     },
     /// The request was refused or failed.
     Error {

@@ -10,6 +10,17 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// A paired gateway's public key, on each request it signs.
+pub const PEER_HEADER: &str = "clade-peer";
+/// When a paired gateway signed a request (Unix milliseconds).
+pub const PEER_TIME_HEADER: &str = "clade-peer-time";
+/// A paired gateway's signature of a request.
+pub const PEER_SIGNATURE_HEADER: &str = "clade-peer-signature";
+/// A challenge a gateway sends with `GET manifest`, for the host to sign.
+pub const CHALLENGE_HEADER: &str = "clade-peer-challenge";
+/// A host's signature of the challenge, on its answer.
+pub const HOST_SIGNATURE_HEADER: &str = "clade-host-signature";
+
 /// What a host's manifest says in `protocol`.
 pub const PROTOCOL: &str = "clade.remote-tools/1";
 /// The request header that names the protocol version a gateway speaks.
@@ -70,6 +81,33 @@ pub enum Effect {
     Idempotent,
     /// Must not run twice.
     AtMostOnce,
+}
+
+/// `POST {base}/pair`: a gateway asks to pair, with the host's bearer token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PairRequest {
+    /// The gateway's public key (Ed25519, base64url of its 32 bytes).
+    pub gateway_key: String,
+    /// The name the gateway gives the host.
+    pub name: String,
+    /// 32 random bytes (base64url) for the host to sign.
+    pub challenge: String,
+}
+
+/// The host's answer: its key, its signature of the gateway's challenge and key, and a
+/// challenge of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PairResponse {
+    pub host_key: String,
+    pub signature: String,
+    pub challenge: String,
+}
+
+/// `POST {base}/pair/confirm`: the gateway's signature of the host's challenge and key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PairConfirm {
+    pub gateway_key: String,
+    pub signature: String,
 }
 
 /// `GET {base}/health`: the host is up and speaks the protocol.

@@ -383,6 +383,33 @@ impl ToolRunner {
         generation
     }
 
+    /// Adds `tools` (a tool host paired while serving) to the current set as the next
+    /// generation, keeping its rules and ceilings; a tool whose name is taken is left out and
+    /// returned.
+    pub fn add_tools(&self, tools: Vec<Arc<dyn clade_tools::Tool>>) -> Vec<String> {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let mut registry = current.registry.clone();
+        let mut taken = Vec::new();
+        for tool in tools {
+            if registry.get(tool.name()).is_some() {
+                taken.push(tool.name().to_owned());
+            } else {
+                registry.register(tool);
+            }
+        }
+        let next = ToolSet {
+            generation: current.generation + 1,
+            registry,
+            rules: current.rules.clone(),
+            approval_timeout: current.approval_timeout,
+            specs: std::sync::OnceLock::new(),
+            spec_lists: Mutex::default(),
+            ceilings: current.ceilings.clone(),
+        };
+        *current = Arc::new(next);
+        taken
+    }
+
     /// Lets waiting calls announce themselves on their session's live stream.
     pub fn attach_hub(&self, hub: Hub) {
         let _ = self.hub.set(hub);

@@ -58,6 +58,8 @@ pub enum Error {
     JobNotFound(String),
     #[error("configuration revision {0} not found")]
     ConfigRevisionNotFound(i64),
+    #[error("no peer named {0:?} is paired")]
+    PeerNotFound(String),
     #[error("setting {0:?} is not stored for this agent")]
     SettingNotFound(String),
     #[error("invalid setting: {0}")]

@@ -25,6 +25,7 @@ pub mod leases;
 mod migrate;
 pub mod owner;
 mod paced;
+pub mod peers;
 pub mod retention;
 pub mod scoped;
 pub mod secrets;
@@ -52,6 +53,7 @@ pub use jobs::{
 pub use leases::Lease;
 pub use migrate::{MigrationReport, Migrations, SCHEMA_VERSION};
 pub use owner::OwnerLock;
+pub use peers::PeerRow;
 pub use scoped::{SystemStore, TenantStore};
 pub use secrets::Secrets;
 pub use settings::SettingRow;

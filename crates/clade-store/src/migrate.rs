@@ -81,6 +81,7 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../migrations/0016_config_revisions.sql"),
     ),
     Migration::shared(17, "agent_settings", include_str!("../migrations/0017_agent_settings.sql")),
+    Migration::shared(18, "peers", include_str!("../migrations/0018_peers.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -90,7 +91,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 17;
+pub const SCHEMA_VERSION: i64 = 18;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -8,13 +8,16 @@
 //! [`conformance`] checks any host against the protocol.
 
 pub mod conformance;
+pub mod identity;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use clade_core::Clock as _;
 use clade_protocol::remote_tools::{
-    CallError, CallFrame, CallRequest, Caller, Effect, ErrorBody, ErrorCode, Manifest, PROTOCOL,
-    VERSION, VERSION_HEADER,
+    CHALLENGE_HEADER, CallError, CallFrame, CallRequest, Caller, Effect, ErrorBody, ErrorCode,
+    HOST_SIGNATURE_HEADER, Manifest, PEER_HEADER, PEER_SIGNATURE_HEADER, PEER_TIME_HEADER,
+    PROTOCOL, PairConfirm, PairRequest, PairResponse, VERSION, VERSION_HEADER,
 };
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -38,6 +41,8 @@ pub struct HostSpec {
     /// The agents that get its tools ([`clade_config::agent_pattern_covers`]).
     pub agents: Vec<String>,
     pub timeout: Duration,
+    /// For a paired host: how this side signs, and the key the host must prove it holds.
+    pub peer: Option<Peer>,
 }
 
 /// Why a host could not be used.
@@ -46,6 +51,17 @@ pub struct HostSpec {
 pub struct RemoteError {
     pub host: String,
     pub message: String,
+    /// A paired host answered with another key than the one paired: a security matter, for
+    /// the audit log.
+    pub key_changed: bool,
+}
+
+/// A paired host: this side's identity, which signs every request, and the host's key, which
+/// must sign the answer to each connection's challenge.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub identity: Arc<identity::Identity>,
+    pub host_key: String,
 }
 
 /// An HTTP client of one host's routes.
@@ -54,6 +70,7 @@ pub struct Client {
     http: reqwest::Client,
     base: url::Url,
     token: Option<String>,
+    peer: Option<Peer>,
 }
 
 impl Client {
@@ -69,7 +86,35 @@ impl Client {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
-        Ok(Self { http, base, token })
+        Ok(Self { http, base, token, peer: None })
+    }
+
+    /// This client, signing its requests as `peer`'s identity.
+    pub fn with_peer(mut self, peer: Option<Peer>) -> Self {
+        self.peer = peer;
+        self
+    }
+
+    /// A request to `route` carrying `body`, signed when paired.
+    fn signed(
+        &self,
+        method: reqwest::Method,
+        route: &str,
+        body: Vec<u8>,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let mut request = self.request(method.clone(), route)?;
+        if let Some(peer) = &self.peer {
+            let time = clade_core::SystemClock.now().as_millis();
+            let text = identity::request_text(method.as_str(), route, time, &body);
+            request = request
+                .header(PEER_HEADER, peer.identity.public())
+                .header(PEER_TIME_HEADER, time.to_string())
+                .header(PEER_SIGNATURE_HEADER, peer.identity.sign(&[identity::REQUEST, &text]));
+        }
+        if !body.is_empty() {
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        }
+        Ok(request)
     }
 
     fn route(&self, route: &str) -> Result<url::Url, String> {
@@ -91,11 +136,35 @@ impl Client {
 
     /// `GET manifest`, checked ([`check_manifest`]).
     pub async fn manifest(&self, timeout: Duration) -> Result<Manifest, String> {
-        let response =
-            tokio::time::timeout(timeout, self.request(reqwest::Method::GET, "manifest")?.send())
-                .await
-                .map_err(|_| format!("no manifest within {} s", timeout.as_secs()))?
-                .map_err(|e| format!("cannot fetch the manifest: {e}"))?;
+        self.manifest_proved(timeout).await.map(|(manifest, _)| manifest)
+    }
+
+    /// `GET manifest` with a fresh challenge when paired; the manifest, and whether the
+    /// answer was signed with the paired host's key (always true when not paired).
+    pub async fn manifest_proved(&self, timeout: Duration) -> Result<(Manifest, bool), String> {
+        let challenge = identity::challenge();
+        let mut request = self.signed(reqwest::Method::GET, "manifest", Vec::new())?;
+        if self.peer.is_some() {
+            request = request.header(CHALLENGE_HEADER, &challenge);
+        }
+        let response = tokio::time::timeout(timeout, request.send())
+            .await
+            .map_err(|_| format!("no manifest within {} s", timeout.as_secs()))?
+            .map_err(|e| format!("cannot fetch the manifest: {e}"))?;
+        let proved = match &self.peer {
+            None => true,
+            Some(peer) => response
+                .headers()
+                .get(HOST_SIGNATURE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|signature| {
+                    identity::verify(
+                        &peer.host_key,
+                        &[identity::HOST_PROOF, challenge.as_bytes()],
+                        signature,
+                    )
+                }),
+        };
         let status = response.status();
         let body = read_capped(response, MAX_BODY_BYTES).await?;
         if !status.is_success() {
@@ -104,7 +173,7 @@ impl Client {
         let manifest: Manifest = serde_json::from_slice(&body)
             .map_err(|e| format!("the manifest is not a manifest of this protocol: {e}"))?;
         check_manifest(&manifest)?;
-        Ok(manifest)
+        Ok((manifest, proved))
     }
 
     /// `POST calls`: the answer's frames, or the host's refusal.
@@ -113,10 +182,11 @@ impl Client {
         request: &CallRequest,
         timeout: Duration,
     ) -> Result<Frames, CallFailure> {
+        let body =
+            serde_json::to_vec(request).map_err(|e| CallFailure::Transport(e.to_string()))?;
         let send = self
-            .request(reqwest::Method::POST, "calls")
+            .signed(reqwest::Method::POST, "calls", body)
             .map_err(CallFailure::Transport)?
-            .json(request)
             .send();
         let response = tokio::time::timeout(timeout, send)
             .await
@@ -315,14 +385,31 @@ pub struct Host {
 
 impl Host {
     fn error(&self, message: impl std::fmt::Display) -> RemoteError {
-        RemoteError { host: self.spec.name.clone(), message: message.to_string() }
+        RemoteError {
+            host: self.spec.name.clone(),
+            message: message.to_string(),
+            key_changed: false,
+        }
     }
 
     /// Fetches the host's manifest and makes a tool of each of its tools.
     pub async fn connect(spec: HostSpec) -> Result<(Arc<Self>, Vec<Arc<dyn Tool>>), RemoteError> {
-        let fail = |message: String| RemoteError { host: spec.name.clone(), message };
-        let client = Client::new(&spec.url, spec.token.clone()).map_err(fail)?;
-        let manifest = client.manifest(spec.timeout).await.map_err(fail)?;
+        let fail =
+            |message: String| RemoteError { host: spec.name.clone(), message, key_changed: false };
+        let client =
+            Client::new(&spec.url, spec.token.clone()).map_err(fail)?.with_peer(spec.peer.clone());
+        let (manifest, proved) = client.manifest_proved(spec.timeout).await.map_err(fail)?;
+        if !proved {
+            let expected = spec.peer.as_ref().map(|p| identity::fingerprint(&p.host_key));
+            return Err(RemoteError {
+                host: spec.name.clone(),
+                message: format!(
+                    "did not prove it holds the key it was paired with ({}…): refused, since the host may have been replaced; if its identity changed on purpose, pair it again",
+                    expected.unwrap_or_default()
+                ),
+                key_changed: true,
+            });
+        }
         let idle = Duration::from_secs(u64::from(manifest.heartbeat_secs) * 3);
         let agents: Arc<[String]> = spec.agents.clone().into();
         let host = Arc::new(Self { spec, client, idle });
@@ -422,4 +509,65 @@ impl Tool for RemoteTool {
     fn call<'a>(&'a self, args: Value, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(self.host.call(&self.listing.name, args, ctx))
     }
+}
+
+/// Pairs with the host at `url`, authorized by its bearer `token`: sends `identity`'s key with a
+/// challenge, checks the host's signature of it, and signs the host's challenge back. The
+/// host's key, to keep.
+pub async fn pair(
+    name: &str,
+    url: &str,
+    token: &str,
+    identity: &identity::Identity,
+    timeout: Duration,
+) -> Result<String, RemoteError> {
+    let fail = |message: String| RemoteError { host: name.to_owned(), message, key_changed: false };
+    let client = Client::new(url, Some(token.to_owned())).map_err(fail)?;
+    let challenge = identity::challenge();
+    let asked = PairRequest { gateway_key: identity.public(), name: name.to_owned(), challenge };
+    let answer: PairResponse = exchange(&client, "pair", &asked, timeout).await.map_err(fail)?;
+    let signed =
+        [identity::PAIR_HOST, asked.challenge.as_bytes(), b"\n", asked.gateway_key.as_bytes()];
+    if identity::key_bytes(&answer.host_key).is_none()
+        || !identity::verify(&answer.host_key, &signed, &answer.signature)
+    {
+        return Err(fail(
+            "answered the pairing challenge without a valid signature of its own key: not paired"
+                .into(),
+        ));
+    }
+    let confirm = PairConfirm {
+        gateway_key: identity.public(),
+        signature: identity.sign(&[
+            identity::PAIR_GATEWAY,
+            answer.challenge.as_bytes(),
+            b"\n",
+            answer.host_key.as_bytes(),
+        ]),
+    };
+    let _: serde_json::Value =
+        exchange(&client, "pair/confirm", &confirm, timeout).await.map_err(fail)?;
+    Ok(answer.host_key)
+}
+
+/// POSTs `body` as JSON to `route` and reads a JSON answer, or the host's refusal.
+async fn exchange<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    route: &str,
+    body: &impl serde::Serialize,
+    timeout: Duration,
+) -> Result<T, String> {
+    let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+    let send = client.signed(reqwest::Method::POST, route, body)?.send();
+    let response = tokio::time::timeout(timeout, send)
+        .await
+        .map_err(|_| format!("no answer to {route} within {} s", timeout.as_secs()))?
+        .map_err(|e| format!("cannot reach it: {e}"))?;
+    let status = response.status();
+    let body = read_capped(response, MAX_BODY_BYTES).await?;
+    if !status.is_success() {
+        return Err(format!("{route} was answered {status}: {}", refusal(&body)));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| format!("{route} was answered with something else ({e}): {}", snippet(&body)))
 }

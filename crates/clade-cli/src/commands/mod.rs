@@ -91,6 +91,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Bench(cmd) => bench::run(&ctx, cmd).await,
         Command::CronService(args) => tool_host::cron_service(&ctx, args).await,
         Command::Gateway(cmd) => tool_host::gateway(&ctx, cmd).await,
+        Command::Pair(cmd) => tool_host::pair(&ctx, cmd).await,
         Command::Config(cmd) => config::revisions(&ctx, cmd).await,
         Command::Stub(_) | Command::EgressBridge { .. } | Command::ToolHost(_) => Ok(()),
     }

@@ -249,12 +249,16 @@ fn admin_handler(
 ) -> crate::admin_socket::Handler {
     use clade_protocol::admin::{AdminReply, AdminRequest, AdminStatus};
     let store = ctx.store.location().to_string();
+    let operator = ctx.store.acting_as("operator (admin socket)");
+    let identity = ctx.identity();
     let clock = ctx.store.clock().clone();
     let started = clock.now();
     std::sync::Arc::new(move |request| {
         let engine = engine.clone();
         let reloader = reloader.clone();
         let store = store.clone();
+        let operator = operator.clone();
+        let identity = identity.as_ref().map(Clone::clone).map_err(|e| format!("{e:#}"));
         let uptime = clock.now().as_millis().saturating_sub(started.as_millis()) / 1000;
         Box::pin(async move {
             match request {
@@ -291,6 +295,22 @@ fn admin_handler(
                     }
                     AdminReply::Woken { sessions: woken }
                 }
+                AdminRequest::Identity {} => match identity {
+                    Ok(identity) => AdminReply::Identity {
+                        key: identity.public(),
+                        peers: operator.peers().await.map(|p| p.len() as u32).unwrap_or(0),
+                    },
+                    Err(message) => AdminReply::Error { message },
+                },
+                AdminRequest::Pair { kind, endpoint, name, token, agents } => {
+                    let identity = match identity {
+                        Ok(identity) => identity,
+                        Err(message) => return AdminReply::Error { message },
+                    };
+                    pair(&operator, &engine, identity, &kind, &endpoint, &name, &token, agents)
+                        .await
+                        .unwrap_or_else(|message| AdminReply::Error { message })
+                }
             }
         })
     })
@@ -321,6 +341,58 @@ fn start_scheduler(
         let _ = stopped.await;
     }));
     Some((stop, task))
+}
+
+/// Pairs with a tool host from this process, keeps its key, and offers its tools at once.
+#[allow(clippy::too_many_arguments)]
+async fn pair(
+    store: &clade_store::Store,
+    engine: &clade_runtime::Engine,
+    identity: std::sync::Arc<clade_tools::remote::identity::Identity>,
+    kind: &str,
+    endpoint: &str,
+    name: &str,
+    token: &str,
+    agents: Vec<String>,
+) -> std::result::Result<clade_protocol::admin::AdminReply, String> {
+    if kind != "tool" {
+        return Err(format!(
+            "components of kind {kind:?} cannot be paired yet: only tool hosts (`tool`)"
+        ));
+    }
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !valid {
+        return Err(format!("name {name:?}: names use 1-64 of a-z, 0-9, - and _"));
+    }
+    let agents = if agents.is_empty() {
+        vec![format!("{}/*", clade_core::Tenant::DEFAULT_NAME)]
+    } else {
+        agents
+    };
+    let timeout = std::time::Duration::from_secs(30);
+    let key = clade_tools::remote::pair(name, endpoint, token, &identity, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let peer =
+        store.record_peer(kind, name, endpoint, &key, &agents).await.map_err(|e| e.to_string())?;
+    let tools = crate::context::connect_peer(store, &peer, identity).await.map_err(|e| {
+        format!(
+            "paired, but its tools cannot be listed now ({e}); they are offered from the next start"
+        )
+    })?;
+    let count = tools.len();
+    let left_out = engine.tools().add_tools(tools);
+    tracing::info!(host = %name, key = %key, tools = count, "tool host paired");
+    Ok(clade_protocol::admin::AdminReply::Paired {
+        name: name.to_owned(),
+        key,
+        tools: u32::try_from(count - left_out.len()).unwrap_or(u32::MAX),
+        left_out,
+    })
 }
 
 /// How a look settles jobs, from `scheduler.*` and `sessions.max_queued`.

@@ -1357,6 +1357,8 @@ async fn downgrade_to_version_8(url: &str) {
         "DROP TABLE jobs",
         "DROP TABLE config_revisions",
         "DROP TABLE agent_settings",
+        "DROP TABLE peers",
+        "DELETE FROM schema_migrations WHERE version = 18",
         "DELETE FROM schema_migrations WHERE version = 17",
         "DELETE FROM schema_migrations WHERE version = 16",
         "DELETE FROM schema_migrations WHERE version = 15",

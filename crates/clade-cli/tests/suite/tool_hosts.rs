@@ -258,3 +258,124 @@ components:
         "{audit}"
     );
 }
+
+/// Pairing through the real binaries: `clade pair tool` makes the gateway challenge the cron
+/// service from its own process; the service's tools are offered at once and after a restart
+/// with no token configured; a service that comes back with another key is refused, audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paired_tool_host_is_offered_without_its_token_until_its_key_changes() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    write(&env.data_dir().join("clade.yaml"), "scheduler:\n  enabled: false\n");
+    let service = |identity: &str| {
+        env.spawn_service(
+            &[
+                "cron-service",
+                "--listen",
+                "127.0.0.1:0",
+                "--token-env",
+                "CRON_TOKEN",
+                "--identity",
+                identity,
+            ],
+            &[TOKEN_VAR],
+        )
+        .expect("the cron service printed nothing")
+    };
+    let first_key = env.data_dir().join("first.key");
+    let cron = service(first_key.to_str().unwrap());
+    let server = env.serve(&[]);
+    let names = |tools: &Value| -> Vec<String> {
+        tools["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(
+        !names(&server.get_json("/v1/agents/ada/tools").await).contains(&"cron.list".to_owned())
+    );
+
+    let tested = env.run(&["pair", "test"]).ok();
+    assert!(
+        tested.stdout.contains("its key: ") && tested.stdout.contains("paired components: 0"),
+        "{}",
+        tested.stdout
+    );
+    // Without the token, or with the wrong one, nothing is paired.
+    env.run(&["pair", "tool", &cron.url, "cron", "--token-env", "NOT_SET_ANYWHERE"])
+        .fails_with("is not set");
+    let wrong = env
+        .command()
+        .env("WRONG", "nope")
+        .args(["pair", "tool", &cron.url, "cron", "--token-env", "WRONG"])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success() && String::from_utf8_lossy(&wrong.stderr).contains("401"));
+    let paired = env
+        .command()
+        .env(TOKEN_VAR.0, TOKEN_VAR.1)
+        .args(["pair", "tool", &cron.url, "cron", "--token-env", "CRON_TOKEN"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&paired.stdout);
+    assert!(paired.status.success(), "{said}{}", String::from_utf8_lossy(&paired.stderr));
+    assert!(
+        said.contains("paired tool host cron") && said.contains("4 tools offered now"),
+        "{said}"
+    );
+    // Offered at once, and used like any tool.
+    assert!(
+        names(&server.get_json("/v1/agents/ada/tools").await).contains(&"cron.list".to_owned())
+    );
+    let (status, answer) = server
+        .send("POST", "/v1/agents/ada/tools/cron.list/call", None, Some(json!({ "arguments": {} })))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["content"], "[]", "{answer}");
+    let listed = env.run(&["pair", "list", "--json"]).ok().json();
+    assert_eq!(listed[0]["name"], "cron");
+    assert_eq!(listed[0]["endpoint"], cron.url.as_str());
+
+    // A restart: the gateway connects with its key alone (no tool_hosts, no token).
+    drop(server);
+    let server = env.serve(&[]);
+    assert!(
+        names(&server.get_json("/v1/agents/ada/tools").await).contains(&"cron.list".to_owned())
+    );
+
+    // The service comes back at the same place with another key: refused, and audited.
+    let url = cron.url.clone();
+    drop(cron);
+    drop(server);
+    let port = url.trim_end_matches('/').rsplit(':').next().unwrap().to_owned();
+    let other_key = env.data_dir().join("other.key");
+    let _replaced = env
+        .spawn_service(
+            &[
+                "cron-service",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--token-env",
+                "CRON_TOKEN",
+                "--identity",
+                other_key.to_str().unwrap(),
+            ],
+            &[TOKEN_VAR],
+        )
+        .expect("the replacement printed nothing");
+    let server = env.serve(&[]);
+    assert!(
+        !names(&server.get_json("/v1/agents/ada/tools").await).contains(&"cron.list".to_owned())
+    );
+    let audit = server.get_json("/v1/audit?limit=500").await;
+    let kinds: Vec<&str> =
+        audit["items"].as_array().unwrap().iter().filter_map(|r| r["kind"].as_str()).collect();
+    assert!(kinds.contains(&"peer.paired"), "{kinds:?}");
+    assert!(kinds.contains(&"peer.refused"), "{kinds:?}");
+    let logs = server.stop();
+    assert!(logs.contains("did not prove it holds the key"), "{logs}");
+    env.run(&["pair", "remove", "cron"]).ok();
+    env.run(&["pair", "remove", "cron"]).fails_with("no tool host named");
+}

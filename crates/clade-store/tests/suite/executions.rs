@@ -429,6 +429,8 @@ async fn downgrade_to_version_12(location: &clade_store::Location) {
         "DROP TABLE jobs".to_owned(),
         "DROP TABLE config_revisions".to_owned(),
         "DROP TABLE agent_settings".to_owned(),
+        "DROP TABLE peers".to_owned(),
+        "DELETE FROM schema_migrations WHERE version = 18".to_owned(),
         "DELETE FROM schema_migrations WHERE version = 17".to_owned(),
         "DELETE FROM schema_migrations WHERE version = 16".to_owned(),
         "DELETE FROM schema_migrations WHERE version = 15".to_owned(),

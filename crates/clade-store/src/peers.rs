@@ -1,0 +1,142 @@
+//! Components paired with the gateway (`clade pair`): what kind each is, its name, endpoint and
+//! public key, and the agents it serves. Pairing, removal and a peer's failed proof of its key
+//! are audited as the operator's (the default tenant's).
+
+use clade_core::{AuditKind, Tenant, Timestamp};
+
+use crate::db::{Row, query};
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// One paired component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRow {
+    /// `tool` for a remote tool host.
+    pub kind: String,
+    pub name: String,
+    pub endpoint: String,
+    /// Its public key, as it travels.
+    pub key: String,
+    /// The agents it serves (agent patterns).
+    pub agents: Vec<String>,
+    pub paired_at: Timestamp,
+    pub paired_by: String,
+}
+
+const COLUMNS: &str = "kind, name, endpoint, peer_key, agents, paired_at, paired_by";
+
+fn peer_row(row: &Row) -> Result<PeerRow> {
+    let name: String = row.try_get("name")?;
+    let agents: String = row.try_get("agents")?;
+    Ok(PeerRow {
+        kind: row.try_get("kind")?,
+        agents: serde_json::from_str(&agents)
+            .map_err(|e| Error::BadRow(format!("peer {name:?}'s agents: {e}")))?,
+        name,
+        endpoint: row.try_get("endpoint")?,
+        key: row.try_get("peer_key")?,
+        paired_at: Timestamp::from_millis(row.try_get("paired_at")?),
+        paired_by: row.try_get("paired_by")?,
+    })
+}
+
+impl Store {
+    /// Records a pairing (replacing one of the same kind and name), audited.
+    pub async fn record_peer(
+        &self,
+        kind: &str,
+        name: &str,
+        endpoint: &str,
+        key: &str,
+        agents: &[String],
+    ) -> Result<PeerRow> {
+        let operator = self.tenant(Tenant::DEFAULT_NAME).await?;
+        let audit = self.admin_record(
+            operator.id,
+            None,
+            AuditKind::PeerPaired,
+            serde_json::json!({ "kind": kind, "name": name, "endpoint": endpoint, "key": key }),
+        );
+        let peer = PeerRow {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            endpoint: endpoint.to_owned(),
+            key: key.to_owned(),
+            agents: agents.to_vec(),
+            paired_at: self.now(),
+            paired_by: self.actor().to_owned(),
+        };
+        let row = peer.clone();
+        self.transact(operator.id, move |work| {
+            let (peer, audit) = (row.clone(), audit.clone());
+            Box::pin(async move {
+                query(format!(
+                    "INSERT INTO peers ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (kind, name) DO UPDATE SET endpoint = excluded.endpoint, \
+                     peer_key = excluded.peer_key, agents = excluded.agents, \
+                     paired_at = excluded.paired_at, paired_by = excluded.paired_by"
+                ))
+                .bind(peer.kind.clone())
+                .bind(peer.name.clone())
+                .bind(peer.endpoint.clone())
+                .bind(peer.key.clone())
+                .bind(serde_json::to_string(&peer.agents).unwrap_or_else(|_| "[]".into()))
+                .bind(peer.paired_at.as_millis())
+                .bind(peer.paired_by.clone())
+                .execute(work.conn())
+                .await?;
+                work.audit(&audit).await?;
+                Ok(())
+            })
+        })
+        .await?;
+        Ok(peer)
+    }
+
+    /// Every paired component, by kind and name.
+    pub async fn peers(&self) -> Result<Vec<PeerRow>> {
+        let rows =
+            self.rows(query(format!("SELECT {COLUMNS} FROM peers ORDER BY kind, name"))).await?;
+        rows.iter().map(peer_row).collect()
+    }
+
+    /// Forgets a pairing, audited; [`Error::PeerNotFound`] if there was none.
+    pub async fn remove_peer(&self, kind: &str, name: &str) -> Result<()> {
+        let operator = self.tenant(Tenant::DEFAULT_NAME).await?;
+        let audit = self.admin_record(
+            operator.id,
+            None,
+            AuditKind::PeerRemoved,
+            serde_json::json!({ "kind": kind, "name": name }),
+        );
+        let (kind, name) = (kind.to_owned(), name.to_owned());
+        self.transact(operator.id, move |work| {
+            let (kind, name, audit) = (kind.clone(), name.clone(), audit.clone());
+            Box::pin(async move {
+                let removed = query("DELETE FROM peers WHERE kind = $1 AND name = $2")
+                    .bind(kind)
+                    .bind(name.clone())
+                    .execute(work.conn())
+                    .await?;
+                if removed == 0 {
+                    return Err(Error::PeerNotFound(name));
+                }
+                work.audit(&audit).await
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Records that a paired component failed to prove its key (`detail` says how).
+    pub async fn audit_peer_refused(&self, kind: &str, name: &str, detail: &str) -> Result<()> {
+        let operator = self.tenant(Tenant::DEFAULT_NAME).await?;
+        let entry = self.admin_record(
+            operator.id,
+            None,
+            AuditKind::PeerRefused,
+            serde_json::json!({ "kind": kind, "name": name, "why": detail }),
+        );
+        self.audit(entry).await
+    }
+}
