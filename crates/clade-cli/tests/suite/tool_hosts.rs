@@ -136,7 +136,9 @@ async fn the_admin_socket_answers_the_operator_and_no_one_else() {
     let mut line = String::new();
     std::io::BufReader::new(&raw).read_line(&mut line).unwrap();
     assert!(line.contains("\"type\":\"error\"") && line.contains("not an admin request"), "{line}");
-    for path in ["/admin", "/v1/admin/status", "/v1/gateway/reload"] {
+    for path in
+        ["/admin", "/v1/admin/status", "/v1/gateway/reload", "/pair", "/v1/pair", "/pair/confirm"]
+    {
         let (status, _) =
             server.send("POST", path, None, Some(json!({ "action": "status" }))).await;
         assert_eq!(status, 404, "{path}");
