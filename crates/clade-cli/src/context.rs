@@ -230,11 +230,137 @@ impl Ctx {
         &self,
         sandbox: Arc<clade_tools::sandbox::Sandbox>,
     ) -> Arc<clade_runtime::ToolRunner> {
+        let tools = self.tool_sources(sandbox.clone()).registry(&self.config).await;
+        Arc::new(
+            clade_runtime::ToolRunner::new(
+                tools,
+                self.store.clone(),
+                self.agents.clone(),
+                Some(self.secrets()),
+                &self.config.tools,
+            )
+            .with_tenants(self.config.tenants.clone())
+            .with_sandbox(sandbox),
+        )
+    }
+
+    /// The gateway's own key pair (`identity.key` in the data dir, made at first use), which
+    /// pairing and paired requests use.
+    pub(crate) fn identity(&self) -> Result<Arc<clade_tools::remote::identity::Identity>> {
+        identity_in(self.data_dir.root())
+    }
+
+    /// What the tool registry is built from, with host-touching tools in `sandbox`.
+    pub(crate) fn tool_sources(&self, sandbox: Arc<clade_tools::sandbox::Sandbox>) -> ToolSources {
+        ToolSources {
+            store: self.store.clone(),
+            data_dir: self.data_dir.root().to_path_buf(),
+            config_path: self.config_path.clone(),
+            settings: self.settings.clone(),
+            sandbox,
+        }
+    }
+
+    /// Webhook subscribers with their signing secrets read from the environment.
+    #[allow(clippy::disallowed_methods)] // The configuration edge: secrets come from the environment.
+    pub(crate) fn subscribers(&self) -> Result<Vec<clade_runtime::outbox::Subscriber>> {
+        self.config
+            .subscribers
+            .iter()
+            .map(|s| {
+                let secret = std::env::var(&s.secret_env).map_err(|_| {
+                    anyhow::anyhow!(
+                        "subscriber {:?}: environment variable {} (its signing secret) is not set",
+                        s.name,
+                        s.secret_env
+                    )
+                })?;
+                Ok(clade_runtime::outbox::Subscriber {
+                    name: s.name.clone(),
+                    url: s.url.clone(),
+                    secret: secret.into_bytes(),
+                    events: s.events.clone(),
+                    tenants: s.tenants.clone(),
+                    max_attempts: s.max_attempts,
+                    timeout: std::time::Duration::from_secs(s.timeout_secs),
+                })
+            })
+            .collect()
+    }
+
+    /// The running gateway's URL and the token to call it with.
+    pub(crate) fn server(&self, url: Option<&str>) -> Result<(String, String)> {
+        let url = url
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("http://{}", self.config.server.listen));
+        let token = self.data_dir.read_token()?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no token in {}: start the gateway once with `clade serve`, or create one with `clade tokens create`",
+                self.data_dir.token_path().display()
+            )
+        })?;
+        Ok((url, token))
+    }
+
+    pub(crate) fn secrets(&self) -> Secrets {
+        Secrets::new(self.store.clone(), self.data_dir.master_key_path(), self.master_key.clone())
+    }
+
+    /// Makes sure the CLI has a token for the default tenant in `<data-dir>/token`.
+    pub(crate) async fn ensure_cli_token(&self) -> Result<()> {
+        if let Some(existing) = self.data_dir.read_token()? {
+            if self.store.authenticate(&existing).await.is_err() {
+                tracing::warn!(
+                    path = %self.data_dir.token_path().display(),
+                    "the token file is not valid for this store; delete it and restart to get a new one"
+                );
+            }
+            return Ok(());
+        }
+        let tenant = self.store.tenant(Tenant::DEFAULT_NAME).await?;
+        // The operator's own token: everything, deciding approvals included.
+        let scopes = [clade_core::Scope::Admin, clade_core::Scope::Approve];
+        let (_, secret) = self.store.create_token(tenant.id, "cli", &scopes, None).await?;
+        self.data_dir
+            .write_token_if_absent(&secret)
+            .with_context(|| "cannot write the CLI token file")?;
+        Ok(())
+    }
+}
+
+/// The key pair kept as `identity.key` in `data_dir`.
+fn identity_in(data_dir: &std::path::Path) -> Result<Arc<clade_tools::remote::identity::Identity>> {
+    let path = data_dir.join("identity.key");
+    Ok(Arc::new(clade_tools::remote::identity::Identity::load_or_create(&path)?))
+}
+
+/// What the tool registry is built from besides the configuration, owned: a serving gateway
+/// builds the registry again when a configuration revision changes a tool source (MCP servers,
+/// tool hosts, OpenAPI documents).
+#[derive(Clone)]
+pub(crate) struct ToolSources {
+    store: Store,
+    data_dir: PathBuf,
+    config_path: PathBuf,
+    settings: Arc<clade_runtime::settings::Catalog>,
+    sandbox: Arc<clade_tools::sandbox::Sandbox>,
+}
+
+impl ToolSources {
+    fn identity(&self) -> Result<Arc<clade_tools::remote::identity::Identity>> {
+        identity_in(&self.data_dir)
+    }
+
+    /// Every tool `config` gives agents: the built-ins (plus the test ledger when configured),
+    /// the cron and settings tools, `config.apply`, and the tools of the MCP servers, tool
+    /// hosts, paired hosts and OpenAPI documents that can be reached (each one that cannot is
+    /// reported and left out).
+    pub(crate) async fn registry(&self, config: &Config) -> clade_tools::Registry {
         use clade_tools::builtin::Ledger;
         let mut tools = clade_tools::Registry::new();
-        clade_tools::builtin::register_all(&mut tools, sandbox.clone());
+        clade_tools::builtin::register_all(&mut tools, self.sandbox.clone());
         // With the scheduler elsewhere (`clade cron-service`), its host serves the cron tools.
-        if self.config.scheduler.enabled {
+        if config.scheduler.enabled {
             clade_sched::tools::register(&mut tools, self.store.clone());
         }
         clade_runtime::settings::register(&mut tools, self.store.clone(), self.settings.clone());
@@ -242,18 +368,18 @@ impl Ctx {
             self.store.clone(),
             self.config_path.clone(),
         )));
-        if let Some(path) = &self.config.testing.ledger_file {
+        if let Some(path) = &config.testing.ledger_file {
             tools.register(Arc::new(Ledger::at_most_once(path.clone())));
             tools.register(Arc::new(Ledger::idempotent(path.clone())));
         }
-        for (name, server) in &self.config.mcp {
+        for (name, server) in &config.mcp {
             let transport = match &server.url {
                 Some(url) => clade_tools::mcp::Transport::Http { url: url.clone() },
                 None => clade_tools::mcp::Transport::Stdio {
                     command: server.command.clone(),
                     env: server.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                    sandbox: sandbox.clone(),
-                    dir: self.data_dir.root().join("mcp").join(name),
+                    sandbox: self.sandbox.clone(),
+                    dir: self.data_dir.as_path().join("mcp").join(name),
                     network: server.network,
                 },
             };
@@ -275,7 +401,7 @@ impl Ctx {
                 }
             }
         }
-        for (name, api) in &self.config.openapi {
+        for (name, api) in &config.openapi {
             match self
                 .openapi_spec(name, api)
                 .and_then(|spec| clade_tools::openapi::tools(&spec).map_err(|e| e.to_string()))
@@ -292,7 +418,7 @@ impl Ctx {
                 ),
             }
         }
-        for (name, host) in &self.config.tool_hosts {
+        for (name, host) in &config.tool_hosts {
             let token = match &host.token_env {
                 Some(var) => match env_value(var) {
                     Some(token) => Some(token),
@@ -362,24 +488,7 @@ impl Ctx {
                 }
             }
         }
-        Arc::new(
-            clade_runtime::ToolRunner::new(
-                tools,
-                self.store.clone(),
-                self.agents.clone(),
-                Some(self.secrets()),
-                &self.config.tools,
-            )
-            .with_tenants(self.config.tenants.clone())
-            .with_sandbox(sandbox),
-        )
-    }
-
-    /// The gateway's own key pair (`identity.key` in the data dir, made at first use), which
-    /// pairing and paired requests use.
-    pub(crate) fn identity(&self) -> Result<Arc<clade_tools::remote::identity::Identity>> {
-        let path = self.data_dir.root().join("identity.key");
-        Ok(Arc::new(clade_tools::remote::identity::Identity::load_or_create(&path)?))
+        tools
     }
 
     /// `openapi.<name>` with its document read (relative to the configuration file) and its
@@ -423,71 +532,5 @@ impl Ctx {
             operations: api.operations.clone(),
             timeout: std::time::Duration::from_secs(api.timeout_secs),
         })
-    }
-
-    /// Webhook subscribers with their signing secrets read from the environment.
-    #[allow(clippy::disallowed_methods)] // The configuration edge: secrets come from the environment.
-    pub(crate) fn subscribers(&self) -> Result<Vec<clade_runtime::outbox::Subscriber>> {
-        self.config
-            .subscribers
-            .iter()
-            .map(|s| {
-                let secret = std::env::var(&s.secret_env).map_err(|_| {
-                    anyhow::anyhow!(
-                        "subscriber {:?}: environment variable {} (its signing secret) is not set",
-                        s.name,
-                        s.secret_env
-                    )
-                })?;
-                Ok(clade_runtime::outbox::Subscriber {
-                    name: s.name.clone(),
-                    url: s.url.clone(),
-                    secret: secret.into_bytes(),
-                    events: s.events.clone(),
-                    tenants: s.tenants.clone(),
-                    max_attempts: s.max_attempts,
-                    timeout: std::time::Duration::from_secs(s.timeout_secs),
-                })
-            })
-            .collect()
-    }
-
-    /// The running gateway's URL and the token to call it with.
-    pub(crate) fn server(&self, url: Option<&str>) -> Result<(String, String)> {
-        let url = url
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("http://{}", self.config.server.listen));
-        let token = self.data_dir.read_token()?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "no token in {}: start the gateway once with `clade serve`, or create one with `clade tokens create`",
-                self.data_dir.token_path().display()
-            )
-        })?;
-        Ok((url, token))
-    }
-
-    pub(crate) fn secrets(&self) -> Secrets {
-        Secrets::new(self.store.clone(), self.data_dir.master_key_path(), self.master_key.clone())
-    }
-
-    /// Makes sure the CLI has a token for the default tenant in `<data-dir>/token`.
-    pub(crate) async fn ensure_cli_token(&self) -> Result<()> {
-        if let Some(existing) = self.data_dir.read_token()? {
-            if self.store.authenticate(&existing).await.is_err() {
-                tracing::warn!(
-                    path = %self.data_dir.token_path().display(),
-                    "the token file is not valid for this store; delete it and restart to get a new one"
-                );
-            }
-            return Ok(());
-        }
-        let tenant = self.store.tenant(Tenant::DEFAULT_NAME).await?;
-        // The operator's own token: everything, deciding approvals included.
-        let scopes = [clade_core::Scope::Admin, clade_core::Scope::Approve];
-        let (_, secret) = self.store.create_token(tenant.id, "cli", &scopes, None).await?;
-        self.data_dir
-            .write_token_if_absent(&secret)
-            .with_context(|| "cannot write the CLI token file")?;
-        Ok(())
     }
 }

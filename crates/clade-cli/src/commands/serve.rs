@@ -30,7 +30,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         sessions: ctx.config.sessions.clone(),
         bindings: ctx.config.bindings.clone(),
         default_agent: ctx.config.default_agent.clone(),
-        tools: ctx.tools_in(sandbox).await,
+        tools: ctx.tools_in(sandbox.clone()).await,
         tenants: ctx.config.tenants.clone(),
     };
     let engine = clade_runtime::Engine::start(
@@ -78,7 +78,8 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         ctx.config.tenants.clone(),
         ctx.store.clock().clone(),
     ));
-    let reloader = Reloader::new(ctx, engine.clone(), limits.clone()).await?;
+    let reloader =
+        Reloader::new(ctx, engine.clone(), limits.clone(), ctx.tool_sources(sandbox)).await?;
     let admin_path = crate::admin_socket::path(ctx, None);
     let admin = crate::admin_socket::serve(
         &admin_path,
@@ -159,6 +160,10 @@ struct Reloader {
     /// The revision in force (0 before the first); held while one is taken, so the poll and an
     /// admin socket's `reload` never take one twice.
     running: tokio::sync::Mutex<i64>,
+    /// The configuration in force, to tell which sections a new revision changes.
+    config: tokio::sync::Mutex<clade_config::Config>,
+    /// What the tool registry is built again from when a tool source changes.
+    sources: crate::context::ToolSources,
 }
 
 impl Reloader {
@@ -166,6 +171,7 @@ impl Reloader {
         ctx: &Ctx,
         engine: clade_runtime::Engine,
         limits: std::sync::Arc<clade_gateway::quotas::TenantLimits>,
+        sources: crate::context::ToolSources,
     ) -> Result<std::sync::Arc<Self>> {
         let store = ctx.store.acting_as("gateway (configuration reload)");
         let running = tokio::sync::Mutex::new(store.latest_config_revision().await?);
@@ -176,6 +182,8 @@ impl Reloader {
             limits,
             settings: ctx.settings.clone(),
             running,
+            config: tokio::sync::Mutex::new(ctx.config.clone()),
+            sources,
         }))
     }
 
@@ -225,7 +233,17 @@ impl Reloader {
             config.tenants.clone(),
         ));
         let tools = self.engine.tools();
-        tools.reload(tools.tool_set().registry().clone(), &config.tools, Some(&config.tenants));
+        let mut before = self.config.lock().await;
+        let changed = clade_gateway::config_flow::changed_sections(&before, &config);
+        // A changed tool source: its tools are listed again (MCP servers started, hosts
+        // reached); otherwise the same tools under the new rules.
+        let registry = if changed.iter().any(|(name, _)| TOOL_SOURCES.contains(name)) {
+            self.sources.registry(&config).await
+        } else {
+            tools.tool_set().registry().clone()
+        };
+        tools.reload(registry, &config.tools, Some(&config.tenants));
+        *before = config.clone();
         self.limits.reload(config.tenants.clone());
         self.settings.reload(crate::context::declared_settings(&config));
         if let Err(err) = clade_sched::heartbeats::reconcile(&self.store, &config).await {
@@ -239,6 +257,9 @@ impl Reloader {
         latest
     }
 }
+
+/// The sections whose change makes a serving gateway list its tools again.
+const TOOL_SOURCES: &[&str] = &["mcp", "tool_hosts", "openapi"];
 
 /// What the admin socket's actions do in this gateway.
 fn admin_handler(

@@ -199,19 +199,27 @@ components:
 "##
         ),
     );
+    // The API is added to a serving gateway: its tools come with the new revision.
+    let server = env.serve_with(&[], &[("PETS_AUTH", "Bearer pk-123")]);
+    let next = env.data_dir().join("next.yaml");
     write(
-        &env.data_dir().join("clade.yaml"),
+        &next,
         "openapi:\n  pets:\n    document: pets.yaml\n    headers_env: { Authorization: PETS_AUTH }\n",
     );
-    let server = env.serve_with(&[], &[("PETS_AUTH", "Bearer pk-123")]);
-    let tools = server.get_json("/v1/agents/ada/tools").await;
-    let show = tools["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "openapi.pets.showpet")
-        .unwrap_or_else(|| panic!("no openapi.pets.showpet in {tools}"))
-        .clone();
+    let applied = env.run(&["config", "apply", next.to_str().unwrap()]).ok();
+    assert!(!applied.stdout.contains("at the next start: openapi"), "{}", applied.stdout);
+    let mut show = Value::Null;
+    for _ in 0..50 {
+        let tools = server.get_json("/v1/agents/ada/tools").await;
+        if let Some(found) =
+            tools["items"].as_array().unwrap().iter().find(|t| t["name"] == "openapi.pets.showpet")
+        {
+            show = found.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(show.is_object(), "openapi.pets.showpet never came with the new revision");
     assert_eq!(show["input_schema"]["required"], json!(["petId"]), "{show}");
 
     let call = |tool: &'static str, arguments: Value| {
