@@ -55,6 +55,27 @@ pub(crate) fn location(global: &Global, data_dir: &DataDir, config: &Config) -> 
     })
 }
 
+/// The models `config` names over `store` and `secrets`, with the environment's quick-start
+/// keys.
+#[allow(clippy::disallowed_methods)] // The configuration edge: provider keys come from the environment.
+pub(crate) fn models_from(
+    config: &Config,
+    store: &Store,
+    secrets: Secrets,
+) -> clade_runtime::Models {
+    let vars = clade_runtime::EnvHints::wanted(config)
+        .into_iter()
+        .filter_map(|name| std::env::var(&name).ok().map(|value| (name, value)))
+        .collect();
+    clade_runtime::Models::new(
+        config,
+        clade_runtime::EnvHints { vars },
+        store.clone(),
+        secrets,
+        Arc::new(SystemClock),
+    )
+}
+
 /// `clade.yaml`'s `settings`, with each overriding environment variable's value as it is now.
 pub(crate) fn declared_settings(
     config: &Config,
@@ -181,17 +202,7 @@ impl Ctx {
     /// The models `config` names, with the environment's quick-start keys.
     #[allow(clippy::disallowed_methods)] // The configuration edge: provider keys come from the environment.
     pub(crate) fn models_of(&self, config: &Config) -> clade_runtime::Models {
-        let vars = clade_runtime::EnvHints::wanted(config)
-            .into_iter()
-            .filter_map(|name| std::env::var(&name).ok().map(|value| (name, value)))
-            .collect();
-        clade_runtime::Models::new(
-            config,
-            clade_runtime::EnvHints { vars },
-            self.store.clone(),
-            self.secrets(),
-            Arc::new(SystemClock),
-        )
+        models_from(config, &self.store, self.secrets())
     }
 
     /// The sandbox tools run in, as clade.yaml configures it.

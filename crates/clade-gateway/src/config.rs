@@ -84,6 +84,7 @@ async fn run_flow(
     tenant: &Tenant,
     text: &str,
     reverts: Option<i64>,
+    smoke: bool,
 ) -> Result<axum::Json<ApplyConfigResponse>, ApiError> {
     let Some(path) = &state.config_path else {
         return Err(ApiError::new(
@@ -92,7 +93,20 @@ async fn run_flow(
         ));
     };
     let store = state.store.acting_as(format!("tenant {} (api)", tenant.name));
-    match crate::config_flow::apply(&store, path, text, reverts, None).await {
+    let smoke: Option<crate::config_flow::SmokeTest<'_>> = match (smoke, &state.smoke) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(ApiError::new(
+                Code::InvalidConfig,
+                "this gateway cannot run a smoke test: apply without `smoke`",
+            ));
+        }
+        (true, Some(test)) => {
+            let test = test.clone();
+            Some(Box::new(move |config: &clade_config::Config| test(config.clone())))
+        }
+    };
+    match crate::config_flow::apply(&store, path, text, reverts, smoke).await {
         Ok(Applied::Unchanged) => Ok(axum::Json(ApplyConfigResponse {
             applied: false,
             revision: None,
@@ -118,7 +132,7 @@ pub(crate) async fn apply(
     JsonBody(params): JsonBody<ApplyConfigParams>,
 ) -> Result<axum::Json<ApplyConfigResponse>, ApiError> {
     operator_only(&tenant, &reach)?;
-    run_flow(&state, &tenant, &params.yaml, None).await
+    run_flow(&state, &tenant, &params.yaml, None, params.smoke).await
 }
 
 pub(crate) async fn revert(
@@ -128,5 +142,5 @@ pub(crate) async fn revert(
 ) -> Result<axum::Json<ApplyConfigResponse>, ApiError> {
     operator_only(&tenant, &reach)?;
     let old = revision(&state, &number).await?;
-    run_flow(&state, &tenant, &old.yaml, Some(old.revision)).await
+    run_flow(&state, &tenant, &old.yaml, Some(old.revision), false).await
 }

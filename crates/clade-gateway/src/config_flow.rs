@@ -107,6 +107,12 @@ pub fn validate(text: &str, path: &Path, now: clade_core::Timestamp) -> Result<C
 pub type SmokeTest<'a> =
     Box<dyn FnOnce(&Config) -> futures::future::BoxFuture<'a, Result<(), String>> + Send + 'a>;
 
+/// A smoke test a serving gateway can run for a configuration the API applies (owned, as the
+/// gateway keeps it).
+pub type SmokeFn = std::sync::Arc<
+    dyn Fn(Config) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync,
+>;
+
 /// Applies `text` as the configuration at `path` (see the module's documentation), recorded
 /// as applied by `store`'s actor; `reverts` names the revision a revert goes back to, and
 /// `smoke`, if given, runs after the check.

@@ -61,6 +61,8 @@ pub struct AppState {
     pub config_path: Option<std::path::PathBuf>,
     /// The declared agent settings (defaults, environment overrides).
     pub settings: std::sync::Arc<clade_runtime::settings::Catalog>,
+    /// What `POST /v1/config` with `smoke: true` runs before writing (none: refused).
+    pub smoke: Option<config_flow::SmokeFn>,
 }
 
 impl AppState {

@@ -768,6 +768,10 @@ pub struct JobRunListResponse {
 pub struct ApplyConfigParams {
     #[schemars(length(max = 1048576))]
     pub yaml: String,
+    /// Call the new configuration's channel model once before writing it; a model that does
+    /// not answer stops the apply (`invalid_config`, naming the smoke test).
+    #[serde(default)]
+    pub smoke: bool,
 }
 
 /// What applying a configuration did.

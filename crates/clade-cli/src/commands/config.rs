@@ -107,8 +107,16 @@ pub(super) async fn revisions(ctx: &Ctx, cmd: ConfigCommand) -> Result<()> {
 
 /// One short call through the new configuration's channel route, for the operator's tenant.
 async fn smoke_test(ctx: &Ctx, models: clade_runtime::Models) -> Result<(), String> {
-    use clade_model::{Message, ModelRequest, Params};
     let tenant = ctx.tenant().await.map_err(|e| e.to_string())?;
+    smoke_call(&tenant, models).await
+}
+
+/// One short call through `models`' channel route for `tenant`.
+pub(crate) async fn smoke_call(
+    tenant: &clade_core::Tenant,
+    models: clade_runtime::Models,
+) -> Result<(), String> {
+    use clade_model::{Message, ModelRequest, Params};
     let request = ModelRequest {
         messages: vec![Message::user("Reply with the word ok.")],
         params: Params { max_tokens: 16, temperature: None },
@@ -117,7 +125,7 @@ async fn smoke_test(ctx: &Ctx, models: clade_runtime::Models) -> Result<(), Stri
     let kind = clade_core::ProcessKind::Channel;
     let mut ignore = |_: &clade_model::StreamEvent| {};
     models
-        .call_unrecorded(&tenant, None, kind, &request, &mut ignore)
+        .call_unrecorded(tenant, None, kind, &request, &mut ignore)
         .await
         .map(|_| ())
         .map_err(|e| format!("the channel model did not answer: {e}"))

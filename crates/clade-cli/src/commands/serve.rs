@@ -96,6 +96,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         stream_ids,
         config_path: Some(ctx.config_path.clone()),
         settings: ctx.settings.clone(),
+        smoke: Some(api_smoke_test(ctx)),
     };
     let options = ServerOptions {
         max_body_bytes: usize::try_from(ctx.config.server.max_body_bytes).unwrap_or(usize::MAX),
@@ -256,6 +257,22 @@ impl Reloader {
         );
         latest
     }
+}
+
+/// The smoke test `POST /v1/config` runs: one call through the new configuration's channel
+/// model for the operator's tenant.
+fn api_smoke_test(ctx: &Ctx) -> clade_gateway::config_flow::SmokeFn {
+    let store = ctx.store.clone();
+    let secrets = ctx.secrets();
+    std::sync::Arc::new(move |config: clade_config::Config| {
+        let (store, secrets) = (store.clone(), secrets.clone());
+        Box::pin(async move {
+            let tenant =
+                store.tenant(clade_core::Tenant::DEFAULT_NAME).await.map_err(|e| e.to_string())?;
+            let models = crate::context::models_from(&config, &store, secrets);
+            super::config::smoke_call(&tenant, models).await
+        })
+    })
 }
 
 /// The sections whose change makes a serving gateway list its tools again.

@@ -237,4 +237,26 @@ async fn a_smoke_test_stops_a_configuration_whose_model_does_not_answer() {
     let out = env.run(&["config", "apply", "--smoke", working.to_str().unwrap()]).ok();
     assert!(out.stdout.contains("applied revision 1"), "{}", out.stdout);
     assert!(out.stdout.contains("at the next start: models"), "{}", out.stdout);
+
+    // The same over the API, for the operator.
+    let server = env.serve(&[]);
+    let apply = |yaml: String| {
+        let server = &server;
+        async move {
+            server
+                .send("POST", "/v1/config", None, Some(json!({ "yaml": yaml, "smoke": true })))
+                .await
+        }
+    };
+    let (status, refused) = apply(model("stub+status=500")).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (422, Some("invalid_config")),
+        "{refused}"
+    );
+    assert!(refused["error"]["message"].as_str().unwrap().contains("smoke test"), "{refused}");
+    assert_eq!(env.run(&["config", "history", "--json"]).ok().json().as_array().unwrap().len(), 1);
+    let (status, applied) = apply(model("stub+fixed=fine")).await;
+    assert_eq!(status, 200, "{applied}");
+    assert_eq!(applied["revision"]["revision"], 2, "{applied}");
 }
