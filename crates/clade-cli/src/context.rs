@@ -76,6 +76,33 @@ pub(crate) fn models_from(
     )
 }
 
+/// `config`'s webhook subscribers with their signing secrets read from the environment.
+pub(crate) fn subscribers_of(
+    config: &Config,
+) -> std::result::Result<Vec<clade_runtime::outbox::Subscriber>, String> {
+    config
+        .subscribers
+        .iter()
+        .map(|s| {
+            let secret = env_value(&s.secret_env).ok_or_else(|| {
+                format!(
+                    "subscriber {:?}: environment variable {} (its signing secret) is not set",
+                    s.name, s.secret_env
+                )
+            })?;
+            Ok(clade_runtime::outbox::Subscriber {
+                name: s.name.clone(),
+                url: s.url.clone(),
+                secret: secret.into_bytes(),
+                events: s.events.clone(),
+                tenants: s.tenants.clone(),
+                max_attempts: s.max_attempts,
+                timeout: std::time::Duration::from_secs(s.timeout_secs),
+            })
+        })
+        .collect()
+}
+
 /// `clade.yaml`'s `settings`, with each overriding environment variable's value as it is now.
 pub(crate) fn declared_settings(
     config: &Config,
@@ -273,30 +300,8 @@ impl Ctx {
     }
 
     /// Webhook subscribers with their signing secrets read from the environment.
-    #[allow(clippy::disallowed_methods)] // The configuration edge: secrets come from the environment.
     pub(crate) fn subscribers(&self) -> Result<Vec<clade_runtime::outbox::Subscriber>> {
-        self.config
-            .subscribers
-            .iter()
-            .map(|s| {
-                let secret = std::env::var(&s.secret_env).map_err(|_| {
-                    anyhow::anyhow!(
-                        "subscriber {:?}: environment variable {} (its signing secret) is not set",
-                        s.name,
-                        s.secret_env
-                    )
-                })?;
-                Ok(clade_runtime::outbox::Subscriber {
-                    name: s.name.clone(),
-                    url: s.url.clone(),
-                    secret: secret.into_bytes(),
-                    events: s.events.clone(),
-                    tenants: s.tenants.clone(),
-                    max_attempts: s.max_attempts,
-                    timeout: std::time::Duration::from_secs(s.timeout_secs),
-                })
-            })
-            .collect()
+        subscribers_of(&self.config).map_err(anyhow::Error::msg)
     }
 
     /// The running gateway's URL and the token to call it with.

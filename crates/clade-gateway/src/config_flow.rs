@@ -68,7 +68,7 @@ const SECTIONS: &[(&str, bool)] = &[
     ("sessions", true),
     ("bindings", true),
     ("default_agent", true),
-    ("subscribers", false),
+    ("subscribers", true),
     ("tools", true),
     ("mcp", true),
     ("tool_hosts", true),

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use hmac::{KeyInit as _, Mac as _};
 
 /// A subscriber with its secret resolved.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Subscriber {
     pub name: String,
     pub url: String,
@@ -133,10 +133,59 @@ pub async fn deliver(
 }
 
 /// Starts one delivery task per subscriber.
-pub fn spawn(store: Store, subscribers: Vec<Subscriber>, signal: Arc<Notify>) {
-    let client = reqwest::Client::new();
-    for subscriber in subscribers {
-        tokio::spawn(run(store.clone(), client.clone(), subscriber, signal.clone()));
+#[must_use = "dropping the dispatchers stops them"]
+pub fn spawn(store: Store, subscribers: Vec<Subscriber>, signal: Arc<Notify>) -> Dispatchers {
+    let dispatchers = Dispatchers {
+        store,
+        signal,
+        client: reqwest::Client::new(),
+        running: std::sync::Mutex::default(),
+    };
+    dispatchers.reload(subscribers);
+    dispatchers
+}
+
+/// The running dispatchers, one per subscriber, which a new configuration replaces.
+pub struct Dispatchers {
+    store: Store,
+    signal: Arc<Notify>,
+    client: reqwest::Client,
+    running: std::sync::Mutex<Vec<(Subscriber, tokio::task::JoinHandle<()>)>>,
+}
+
+impl Dispatchers {
+    /// Makes the dispatchers `subscribers`: an unchanged one keeps running, a changed or
+    /// removed one stops (delivery is at least once from its durable cursor, so what it was
+    /// sending is sent again by its successor), and a new or changed one starts.
+    pub fn reload(&self, subscribers: Vec<Subscriber>) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let (kept, stopped): (Vec<_>, Vec<_>) =
+            running.drain(..).partition(|(old, _)| subscribers.contains(old));
+        for (old, task) in stopped {
+            task.abort();
+            tracing::info!(subscriber = %old.name, "webhook subscriber stopped by a new configuration");
+        }
+        *running = kept;
+        for subscriber in subscribers {
+            if running.iter().any(|(old, _)| *old == subscriber) {
+                continue;
+            }
+            let task = tokio::spawn(run(
+                self.store.clone(),
+                self.client.clone(),
+                subscriber.clone(),
+                self.signal.clone(),
+            ));
+            running.push((subscriber, task));
+        }
+    }
+}
+
+impl Drop for Dispatchers {
+    fn drop(&mut self) {
+        for (_, task) in self.running.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            task.abort();
+        }
     }
 }
 

@@ -159,7 +159,7 @@ async fn webhook_retries_back_off_on_the_clock_and_dead_letter_after_the_last() 
         .await
         .unwrap();
     let signal = Arc::new(tokio::sync::Notify::new());
-    clade_runtime::outbox::spawn(
+    let _dispatchers = clade_runtime::outbox::spawn(
         store.clone(),
         vec![clade_runtime::outbox::Subscriber {
             name: "hook".into(),

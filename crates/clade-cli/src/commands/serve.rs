@@ -40,7 +40,11 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         options,
     )
     .await?;
-    clade_runtime::outbox::spawn(ctx.store.clone(), subscribers, engine.outbox_signal());
+    let dispatchers = std::sync::Arc::new(clade_runtime::outbox::spawn(
+        ctx.store.clone(),
+        subscribers,
+        engine.outbox_signal(),
+    ));
     clade_sched::check_config(&ctx.config, ctx.store.now())
         .context("clade.yaml cannot be served: fix it, then start again")?;
     let beats = clade_sched::heartbeats::reconcile(&ctx.store, &ctx.config)
@@ -79,7 +83,8 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         ctx.store.clock().clone(),
     ));
     let reloader =
-        Reloader::new(ctx, engine.clone(), limits.clone(), ctx.tool_sources(sandbox)).await?;
+        Reloader::new(ctx, engine.clone(), limits.clone(), ctx.tool_sources(sandbox), dispatchers)
+            .await?;
     let admin_path = crate::admin_socket::path(ctx, None);
     let admin = crate::admin_socket::serve(
         &admin_path,
@@ -165,6 +170,8 @@ struct Reloader {
     config: tokio::sync::Mutex<clade_config::Config>,
     /// What the tool registry is built again from when a tool source changes.
     sources: crate::context::ToolSources,
+    /// The webhook dispatchers, replaced when `subscribers` changes.
+    dispatchers: std::sync::Arc<clade_runtime::outbox::Dispatchers>,
 }
 
 impl Reloader {
@@ -173,6 +180,7 @@ impl Reloader {
         engine: clade_runtime::Engine,
         limits: std::sync::Arc<clade_gateway::quotas::TenantLimits>,
         sources: crate::context::ToolSources,
+        dispatchers: std::sync::Arc<clade_runtime::outbox::Dispatchers>,
     ) -> Result<std::sync::Arc<Self>> {
         let store = ctx.store.acting_as("gateway (configuration reload)");
         let running = tokio::sync::Mutex::new(store.latest_config_revision().await?);
@@ -185,6 +193,7 @@ impl Reloader {
             running,
             config: tokio::sync::Mutex::new(ctx.config.clone()),
             sources,
+            dispatchers,
         }))
     }
 
@@ -244,6 +253,14 @@ impl Reloader {
             tools.tool_set().registry().clone()
         };
         tools.reload(registry, &config.tools, Some(&config.tenants));
+        if changed.iter().any(|(name, _)| *name == "subscribers") {
+            match crate::context::subscribers_of(&config) {
+                Ok(subscribers) => self.dispatchers.reload(subscribers),
+                Err(err) => {
+                    tracing::error!(error = %err, "webhook subscribers not changed: the ones before keep delivering")
+                }
+            }
+        }
         *before = config.clone();
         self.limits.reload(config.tenants.clone());
         self.settings.reload(crate::context::declared_settings(&config));

@@ -260,3 +260,70 @@ async fn a_smoke_test_stops_a_configuration_whose_model_does_not_answer() {
     assert_eq!(status, 200, "{applied}");
     assert_eq!(applied["revision"]["revision"], 2, "{applied}");
 }
+
+/// Webhook subscribers change with a revision: one added to a serving gateway receives the
+/// turns that follow, and one moved to another URL delivers there from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_follow_the_configuration_without_a_restart() {
+    let hook = |seen: std::sync::Arc<std::sync::Mutex<Vec<Value>>>| {
+        super::support::serve_hook(move |body: axum::body::Bytes| {
+            if let Ok(value) = serde_json::from_slice(&body) {
+                seen.lock().unwrap().push(value);
+            }
+            async { axum::http::StatusCode::OK }
+        })
+    };
+    let first_seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let second_seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let first = hook(first_seen.clone()).await;
+    let second = hook(second_seen.clone()).await;
+    let mut env = Env::new();
+    env.vars.push(("HOOK_SECRET".into(), "s3cret".into()));
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let say = |text: &str| {
+        json!({ "agent": "ada", "text": text, "wait": true,
+            "source": { "platform": "http", "channel": "c", "actor": "u" } })
+    };
+    let finished = |seen: &std::sync::Arc<std::sync::Mutex<Vec<Value>>>, reply: &str| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "turn.finished" && e["data"]["reply"].as_str() == Some(reply))
+    };
+    let apply = |url: &str| {
+        let file = env.data_dir().join("next.yaml");
+        write(
+            &file,
+            &format!("subscribers:\n  - name: hook\n    url: {url}\n    secret_env: HOOK_SECRET\n"),
+        );
+        env.run(&["config", "apply", file.to_str().unwrap()]).ok()
+    };
+    let out = apply(&first);
+    assert!(!out.stdout.contains("at the next start: subscribers"), "{}", out.stdout);
+    env.run(&["gateway", "reload"]).ok();
+    server.send("POST", "/v1/events", None, Some(say("/reply one"))).await;
+    let mut delivered = false;
+    for _ in 0..100 {
+        if finished(&first_seen, "one") {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(delivered, "the subscriber added live got nothing: {:?}", first_seen.lock().unwrap());
+
+    apply(&second);
+    env.run(&["gateway", "reload"]).ok();
+    server.send("POST", "/v1/events", None, Some(say("/reply two"))).await;
+    let mut moved = false;
+    for _ in 0..100 {
+        if finished(&second_seen, "two") {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(moved, "the moved subscriber delivered nothing to its new URL");
+    assert!(!finished(&first_seen, "two"), "the old URL still received turns");
+}
