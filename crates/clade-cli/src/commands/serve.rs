@@ -172,6 +172,8 @@ struct Reloader {
     sources: crate::context::ToolSources,
     /// The webhook dispatchers, replaced when `subscribers` changes.
     dispatchers: std::sync::Arc<clade_runtime::outbox::Dispatchers>,
+    /// For the models of a new configuration.
+    secrets: clade_store::Secrets,
 }
 
 impl Reloader {
@@ -194,6 +196,7 @@ impl Reloader {
             config: tokio::sync::Mutex::new(ctx.config.clone()),
             sources,
             dispatchers,
+            secrets: ctx.secrets(),
         }))
     }
 
@@ -253,6 +256,11 @@ impl Reloader {
             tools.tool_set().registry().clone()
         };
         tools.reload(registry, &config.tools, Some(&config.tenants));
+        if changed.iter().any(|(name, _)| MODEL_SECTIONS.contains(name)) {
+            let models = crate::context::models_from(&config, &self.store, self.secrets.clone());
+            tracing::info!(models = %models.describe(), "models of the new configuration in force");
+            self.engine.reload_models(models);
+        }
         if changed.iter().any(|(name, _)| *name == "subscribers") {
             match crate::context::subscribers_of(&config) {
                 Ok(subscribers) => self.dispatchers.reload(subscribers),
@@ -294,6 +302,9 @@ fn api_smoke_test(ctx: &Ctx) -> clade_gateway::config_flow::SmokeFn {
 
 /// The sections whose change makes a serving gateway list its tools again.
 const TOOL_SOURCES: &[&str] = &["mcp", "tool_hosts", "openapi"];
+
+/// The sections whose change gives turns new models.
+const MODEL_SECTIONS: &[&str] = &["models", "routing", "budgets"];
 
 /// What the admin socket's actions do in this gateway.
 fn admin_handler(

@@ -138,7 +138,9 @@ struct Inner {
     visible: clade_store::SystemStore,
     /// Where agents' files are (see [`clade_store::Workspaces`]).
     workspaces: Arc<dyn Workspaces>,
-    models: Models,
+    /// The models turns call, swapped whole by a new configuration (a turn keeps the ones
+    /// its call started with).
+    models: std::sync::RwLock<Arc<Models>>,
     /// Live events, wake-ups and cancels (see [`crate::bus`]).
     bus: Arc<dyn Bus>,
     tools: Arc<ToolRunner>,
@@ -229,7 +231,7 @@ impl Engine {
             visible: store.visible_reads().system(),
             store,
             workspaces: Arc::new(workspaces),
-            models,
+            models: std::sync::RwLock::new(Arc::new(models)),
             bus,
             tools,
             settings: std::sync::RwLock::new(Arc::new(settings)),
@@ -531,6 +533,12 @@ impl Engine {
         self.inner.bus.signal(Signal::Wake(session));
     }
 
+    /// Swaps in `models` (a new configuration's models, routing and budgets): calls from then
+    /// on use them, calls under way finish on the ones they started with.
+    pub fn reload_models(&self, models: Models) {
+        *self.inner.models.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(models);
+    }
+
     /// Number of sessions with an actor in memory.
     pub fn active_sessions(&self) -> usize {
         self.inner.actors.lock().map(|a| a.len()).unwrap_or(0)
@@ -538,6 +546,11 @@ impl Engine {
 }
 
 impl Inner {
+    /// The models in force.
+    pub(crate) fn models(&self) -> Arc<Models> {
+        self.models.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The semaphore of the tenant's running turns, if its quota bounds them.
     fn turn_slots(
         &self,

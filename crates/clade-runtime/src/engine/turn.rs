@@ -204,13 +204,10 @@ impl Thinker for AgentModel<'_> {
     ) -> Result<CallOutcome, CallError> {
         // Boxed: the call's state (router, adapter, HTTP client) is the largest part of a
         // turn's, and a turn spends most of its life awaiting other things.
-        Box::pin(self.inner.models.call_unrecorded(
-            self.tenant,
-            Some(self.agent),
-            kind,
-            request,
-            on_event,
-        ))
+        let models = self.inner.models();
+        Box::pin(async move {
+            models.call_unrecorded(self.tenant, Some(self.agent), kind, request, on_event).await
+        })
         .await
     }
 
@@ -321,7 +318,7 @@ fn config_revision(
         digest.update(text.as_bytes());
         digest.update([0]);
     }
-    for model in inner.models.chain(crate::ProcessKind::Channel, Some((tenant, handle))) {
+    for model in inner.models().chain(crate::ProcessKind::Channel, Some((tenant, handle))) {
         digest.update(model.as_bytes());
         digest.update([0]);
     }
