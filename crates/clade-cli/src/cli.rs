@@ -693,6 +693,10 @@ pub(crate) enum BenchCommand {
         /// or `scripted` (the offline model in-process, no HTTP)
         #[arg(long, default_value = "stub")]
         model: BenchModel,
+        /// Swap in new settings, tools and models (a configuration revision's hot reload) this
+        /// often while turns run, and report how many swaps there were and the slowest turn
+        #[arg(long, value_name = "MS")]
+        reload_every_ms: Option<u64>,
     },
     /// Run many scheduled jobs in one scheduler and report fire lateness (p50, p99), CPU while
     /// fires are due and while none is, and RSS; on a fresh store under the data dir

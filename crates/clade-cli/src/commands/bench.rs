@@ -17,8 +17,24 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
         BenchCommand::Agents { count, batch, concurrency, lookups } => {
             agents(ctx, count, batch, concurrency, lookups).await
         }
-        BenchCommand::Turns { sessions, turns: total, durability, rate, keep, model } => {
-            let plan = super::bench_turns::Plan { sessions, total, durability, rate, keep, model };
+        BenchCommand::Turns {
+            sessions,
+            turns: total,
+            durability,
+            rate,
+            keep,
+            model,
+            reload_every_ms,
+        } => {
+            let plan = super::bench_turns::Plan {
+                sessions,
+                total,
+                durability,
+                rate,
+                keep,
+                model,
+                reload_every: reload_every_ms.map(Duration::from_millis),
+            };
             super::bench_turns::run(ctx, &plan).await
         }
         BenchCommand::Sched { jobs, seconds, spread } => {

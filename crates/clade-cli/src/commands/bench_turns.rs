@@ -34,10 +34,16 @@ pub(super) struct Plan {
     pub(super) rate: Option<f64>,
     pub(super) keep: bool,
     pub(super) model: BenchModel,
+    /// Hot reloads while turns run, this often.
+    pub(super) reload_every: Option<Duration>,
 }
 
 pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
-    let Plan { sessions, total, durability: durabilities, rate, keep, model } = plan;
+    let Plan { sessions, total, durability: durabilities, rate, keep, model, reload_every } = plan;
+    let reload_every = *reload_every;
+    if reload_every.is_some_and(|every| every.is_zero()) {
+        bail!("--reload-every-ms must be at least 1");
+    }
     let (total, rate, keep) = (*total, *rate, *keep);
     if total == 0 || sessions.contains(&0) {
         bail!("--turns and every --sessions value must be at least 1");
@@ -111,8 +117,8 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
                 .root()
                 .join("bench-turns")
                 .join(format!("{durability}-{n}-{}", ctx.store.now().as_millis()));
-            let row =
-                measure(&dir, level, n, total, rate, model_config.as_ref(), stub.as_ref()).await;
+            let load = Load { sessions: n, total, rate, reload_every };
+            let row = measure(&dir, level, &load, model_config.as_ref(), stub.as_ref()).await;
             if keep {
                 eprintln!("kept {}", dir.display());
             } else {
@@ -146,6 +152,16 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
                 format!("{}→{}", row.active_at_end, row.evicted_left),
                 row.disk_kib_per_turn
             );
+            if let Some(every) = reload_every {
+                println!(
+                    "           {} hot reloads (settings, tools and models swapped every {} ms); slowest turn {:.1} ms, {} of {} turns finished",
+                    row.reloads,
+                    every.as_millis(),
+                    row.max_ms,
+                    row.finished,
+                    row.offered
+                );
+            }
         }
     }
     println!(
@@ -215,17 +231,31 @@ struct Row {
     rss_per_evicted_session_kib: f64,
     /// Bytes written to disk per turn, in KiB: what every fsync and checkpoint scales with.
     disk_kib_per_turn: f64,
+    /// Hot reloads during the load.
+    reloads: u64,
+    /// The slowest turn, in ms.
+    max_ms: f64,
+    /// Turns that ended, of those offered.
+    finished: usize,
+    offered: usize,
+}
+
+/// One row's load.
+struct Load {
+    sessions: usize,
+    total: usize,
+    rate: Option<f64>,
+    reload_every: Option<Duration>,
 }
 
 async fn measure(
     dir: &std::path::Path,
     durability: Durability,
-    sessions: usize,
-    total: usize,
-    rate: Option<f64>,
+    load: &Load,
     model: Option<&clade_config::ModelConfig>,
     stub: Option<&StubProcess>,
 ) -> Result<Row> {
+    let Load { sessions, total, rate, reload_every } = *load;
     let data = DataDir::open(dir)?;
     let location = Location::Sqlite(data.sqlite_path());
     let options = StoreOptions {
@@ -252,11 +282,14 @@ async fn measure(
         config.models.insert("stub".into(), model.clone());
         config.routing.default = vec!["stub".into()];
     }
-    let models =
-        Models::new(&config, EnvHints::default(), store.clone(), secrets, Arc::new(SystemClock));
-    let mut options_sessions = config.sessions.clone();
-    options_sessions.max_queued = 1_000_000;
-    options_sessions.idle_secs = 1;
+    let models = Models::new(
+        &config,
+        EnvHints::default(),
+        store.clone(),
+        secrets.clone(),
+        Arc::new(SystemClock),
+    );
+    let options_sessions = options_sessions_for_reload(&config);
     let options = EngineOptions {
         sessions: options_sessions,
         bindings: Vec::new(),
@@ -271,6 +304,34 @@ async fn measure(
         tenants: Default::default(),
     };
     let engine = Engine::start(store.clone(), agents, models, options).await?;
+    // Hot reloads while the load runs: what a new configuration revision swaps in.
+    let reloads = Arc::new(AtomicU64::new(0));
+    let reloading = reload_every.map(|every| {
+        let (engine, reloads, store) = (engine.clone(), reloads.clone(), store.clone());
+        let (sessions, config) = (options_sessions_for_reload(&config), config.clone());
+        tokio::spawn(async move {
+            loop {
+                #[allow(clippy::disallowed_methods)] // A benchmark measures real time.
+                tokio::time::sleep(every).await;
+                engine.reload(clade_runtime::Settings::new(
+                    sessions.clone(),
+                    Vec::new(),
+                    None,
+                    Default::default(),
+                ));
+                let tools = engine.tools();
+                tools.reload(clade_tools::Registry::new(), &config.tools, None);
+                engine.reload_models(Models::new(
+                    &config,
+                    EnvHints::default(),
+                    store.clone(),
+                    secrets.clone(),
+                    Arc::new(SystemClock),
+                ));
+                reloads.fetch_add(1, AtomicOrdering::Relaxed);
+            }
+        })
+    });
     let rss_before = rss_kib();
     let per_session = total.div_ceil(sessions);
     let stats_before = store.write_stats();
@@ -286,6 +347,9 @@ async fn measure(
         }
     };
     let elapsed = started.elapsed().as_secs_f64();
+    if let Some(task) = reloading {
+        task.abort();
+    }
     let cpu = cpu_micros("self").saturating_sub(cpu_before);
     let stub_cpu =
         stub.zip(stub_cpu_before).map(|(stub, before)| stub.cpu_micros().saturating_sub(before));
@@ -311,6 +375,10 @@ async fn measure(
     let written = written_bytes().saturating_sub(written_before);
     let rss_evicted = evicted_wave(&engine, &tenant, sessions).await?;
     Ok(Row {
+        reloads: reloads.load(AtomicOrdering::Relaxed),
+        max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        finished: turns,
+        offered: per_session * sessions,
         writer_busy,
         cpu_micros_per_turn: cpu as f64 / turns as f64,
         stub_cpu_micros_per_turn: stub_cpu.map(|cpu| cpu as f64 / turns as f64),
@@ -543,4 +611,12 @@ async fn one_turn(
     let acked = now();
     watch.ended(Duration::from_secs(60)).await?.context("a turn did not end within 60 s")?;
     Ok(acked)
+}
+
+/// The sessions' settings the benchmark's engine runs with (and a reload swaps in again).
+fn options_sessions_for_reload(config: &clade_config::Config) -> clade_config::SessionsConfig {
+    let mut sessions = config.sessions.clone();
+    sessions.max_queued = 1_000_000;
+    sessions.idle_secs = 1;
+    sessions
 }
