@@ -20,12 +20,21 @@ pub use tools::{
 
 /// Whether `name` may name a tool source (an MCP server, a tool host, an API): 1-64 of
 /// `a-z`, `0-9`, `-` and `_`, as the middle of its tools' names.
-fn source_name(name: &str) -> bool {
+pub fn source_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// Whether `pattern` names agents as tool sources' `agents` do: an agent reference
+/// (`tenant/handle`, or a bare handle in the default tenant), `tenant/*` or `*`.
+pub fn is_agent_pattern(pattern: &str) -> bool {
+    let tenant_wide = pattern.strip_suffix("/*").map(clade_core::Handle::parse);
+    pattern == "*"
+        || tenant_wide.as_ref().is_some_and(Result::is_ok)
+        || (tenant_wide.is_none() && clade_core::AgentRef::parse(pattern).is_ok())
 }
 
 /// The file name looked up in the data dir when `--config` is not given.
@@ -941,11 +950,7 @@ impl Config {
             );
         for (field, agents) in patterns {
             for pattern in agents {
-                let tenant_wide = pattern.strip_suffix("/*").map(clade_core::Handle::parse);
-                let valid = pattern == "*"
-                    || tenant_wide.as_ref().is_some_and(Result::is_ok)
-                    || (tenant_wide.is_none() && clade_core::AgentRef::parse(pattern).is_ok());
-                if !valid {
+                if !is_agent_pattern(pattern) {
                     return fail(format!(
                         "{field}: {pattern:?} is not an agent reference (tenant/handle, or a bare handle in the default tenant), tenant/* or *"
                     ));

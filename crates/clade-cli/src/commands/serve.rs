@@ -426,12 +426,7 @@ async fn pair(
             "components of kind {kind:?} cannot be paired yet: only tool hosts (`tool`)"
         ));
     }
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if !valid {
+    if !clade_config::source_name(name) {
         return Err(format!("name {name:?}: names use 1-64 of a-z, 0-9, - and _"));
     }
     let agents = if agents.is_empty() {

@@ -231,11 +231,7 @@ pub(super) async fn pair(ctx: &Ctx, cmd: PairCommand) -> Result<()> {
                 );
             };
             for pattern in &agents {
-                let tenant_wide = pattern.strip_suffix("/*").map(clade_core::Handle::parse);
-                let valid = pattern == "*"
-                    || tenant_wide.as_ref().is_some_and(Result::is_ok)
-                    || (tenant_wide.is_none() && clade_core::AgentRef::parse(pattern).is_ok());
-                if !valid {
+                if !clade_config::is_agent_pattern(pattern) {
                     bail!(
                         "--agents {pattern:?} is not an agent reference (tenant/handle, or a bare handle in the default tenant), tenant/* or *"
                     );
