@@ -118,6 +118,13 @@ pub(crate) enum Command {
     /// challenges them from its own process and keeps their keys
     #[command(subcommand)]
     Pair(PairCommand),
+    /// Leases: a tenant's events (or one agent's, or one session's) sent to a paired
+    /// subscriber for a while
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+    /// Receive a gateway's lifecycle events as a paired subscriber (`clade pair subscriber`),
+    /// writing each as a JSON line to standard output or a file
+    SubscriberService(SubscriberServiceArgs),
     /// Remote tool hosts: check one against the protocol
     #[command(subcommand)]
     ToolHost(ToolHostCommand),
@@ -564,13 +571,84 @@ pub(crate) enum PairCommand {
         #[arg(long, value_name = "PATH")]
         admin_socket: Option<std::path::PathBuf>,
     },
+    /// Pair a subscriber (`clade subscriber-service`, or any component speaking the pairing
+    /// protocol): it is sent the agents' lifecycle events at once, signed with the gateway's
+    /// key, and after every start
+    Subscriber {
+        /// The subscriber's base URL (`http://127.0.0.1:7431/`)
+        endpoint: String,
+        /// The name the gateway knows it by: 1-64 of a-z, 0-9, - and _
+        name: String,
+        /// Environment variable holding the subscriber's bearer token, which authorizes the pairing
+        #[arg(long, value_name = "VAR", default_value = "CLADE_SUBSCRIBER_TOKEN")]
+        token_env: String,
+        /// Agents whose events it may receive: tenant/handle, a bare handle, tenant/* or * (repeatable) [default: default/*]
+        #[arg(long = "agents", value_name = "PATTERN")]
+        agents: Vec<String>,
+        /// Send it only what a tenant leases to it (`clade lease grant`), not every event of --agents
+        #[arg(long)]
+        leased: bool,
+        /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<std::path::PathBuf>,
+    },
     /// The paired components
     List {
         #[arg(long)]
         json: bool,
     },
-    /// Forget a paired tool host (its tools go at the gateway's next start)
-    Remove { name: String },
+    /// Forget a paired component: a tool host's tools go at the gateway's next start, a
+    /// subscriber is sent nothing more and its leases end
+    Remove {
+        name: String,
+        /// `tool` or `subscriber`, when both kinds have a component of this name
+        #[arg(long, value_name = "KIND")]
+        kind: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LeaseCommand {
+    /// Lease the tenant's events (or --agent's, or --session's) to a paired subscriber
+    Grant {
+        /// The paired subscriber's name (`clade pair list`)
+        peer: String,
+        /// Only this agent's events
+        #[arg(long, value_name = "HANDLE", conflicts_with = "session")]
+        agent: Option<String>,
+        /// Only this session's events
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+        /// How long it runs: 90s, 10m, 2h or 7d (at most 30d)
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        ttl: String,
+    },
+    /// The tenant's leases, newest first, live and ended
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a lease now
+    Revoke { id: String },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SubscriberServiceArgs {
+    /// Address to serve on
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7431")]
+    pub(crate) listen: String,
+    /// Environment variable holding the bearer token that authorizes pairing
+    #[arg(long, value_name = "VAR", default_value = "CLADE_SUBSCRIBER_TOKEN")]
+    pub(crate) token_env: String,
+    /// The service's own key pair, made at first start [default: subscriber.key in the data dir]
+    #[arg(long, value_name = "PATH")]
+    pub(crate) identity: Option<std::path::PathBuf>,
+    /// Where the keys of the gateways paired with it are kept [default: subscriber.peers.json in the data dir]
+    #[arg(long, value_name = "PATH")]
+    pub(crate) peers: Option<std::path::PathBuf>,
+    /// Append events to this file instead of writing them to standard output
+    #[arg(long, value_name = "PATH")]
+    pub(crate) out: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -93,9 +93,14 @@ pub(crate) fn subscribers_of(
             Ok(clade_runtime::outbox::Subscriber {
                 name: s.name.clone(),
                 url: s.url.clone(),
-                secret: secret.into_bytes(),
+                signing: clade_runtime::outbox::Signing::Secret(secret.into_bytes()),
                 events: s.events.clone(),
-                tenants: s.tenants.clone(),
+                // A tenant's events are its agents'.
+                agents: s
+                    .tenants
+                    .iter()
+                    .map(|t| if t == "*" { t.clone() } else { format!("{t}/*") })
+                    .collect(),
                 max_attempts: s.max_attempts,
                 timeout: std::time::Duration::from_secs(s.timeout_secs),
             })
@@ -123,6 +128,37 @@ pub(crate) fn declared_settings(
             (key.clone(), declared)
         })
         .collect()
+}
+
+/// How many times a paired subscriber is sent an event before it is dead-lettered, and how
+/// long each attempt waits: a configured webhook's defaults.
+const PAIRED_MAX_ATTEMPTS: u32 = 8;
+const PAIRED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The subscribers paired with the gateway (`clade pair subscriber`), whose deliveries
+/// `identity` signs.
+pub(crate) async fn paired_subscribers(
+    store: &Store,
+    identity: Arc<clade_tools::remote::identity::Identity>,
+) -> clade_store::Result<Vec<clade_runtime::outbox::Subscriber>> {
+    let peers = store.peers().await?;
+    Ok(peers
+        .into_iter()
+        .filter(|peer| peer.kind == clade_runtime::outbox::PEER_KIND)
+        .map(|peer| clade_runtime::outbox::Subscriber {
+            name: format!("peer:{}", peer.name),
+            url: peer.endpoint.clone(),
+            signing: clade_runtime::outbox::Signing::Paired {
+                peer: peer.name.clone(),
+                keys: clade_tools::remote::Peer { identity: identity.clone(), host_key: peer.key },
+                leased: peer.leased,
+            },
+            events: Vec::new(),
+            agents: peer.agents,
+            max_attempts: PAIRED_MAX_ATTEMPTS,
+            timeout: PAIRED_TIMEOUT,
+        })
+        .collect())
 }
 
 /// A paired tool host's tools, its key checked; a host that does not prove the key it was

@@ -120,6 +120,11 @@ define_id!(
     "grant"
 );
 define_id!(
+    /// Identifies a lease: a temporary grant to a paired component.
+    LeaseId,
+    "lease"
+);
+define_id!(
     /// Identifies a request for an operator's approval of one tool call.
     ApprovalId,
     "approval"

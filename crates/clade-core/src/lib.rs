@@ -22,7 +22,8 @@ pub use agent::{Agent, AgentConfig, AgentRef, Tenant};
 #[cfg(feature = "clock")]
 pub use clock::{Clock, Interval, ManualClock, Sleep, SystemClock};
 pub use id::{
-    AgentId, ApprovalId, EventId, ExecutionId, GrantId, SessionId, TenantId, TokenId, TurnId,
+    AgentId, ApprovalId, EventId, ExecutionId, GrantId, LeaseId, SessionId, TenantId, TokenId,
+    TurnId,
 };
 pub use lifecycle::{
     ApprovalStatus, AuditKind, EventKind, EventStatus, ExecutionKind, ExecutionStatus, ProcessKind,

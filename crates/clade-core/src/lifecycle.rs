@@ -213,6 +213,11 @@ vocabulary! {
         PeerRemoved = "peer.removed",
         /// A paired component did not prove it holds the key it was paired with.
         PeerRefused = "peer.refused",
+        /// A tenant leased its events (or an agent's, or a session's) to a paired component.
+        LeaseGranted = "lease.granted",
+        /// A lease ended before its expiry (revoked, or its component stopped answering), or
+        /// was found expired; why is in the detail.
+        LeaseEnded = "lease.ended",
     }
 }
 

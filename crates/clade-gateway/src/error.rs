@@ -39,6 +39,7 @@ codes! {
     ToolNotFound => ("tool_not_found", NOT_FOUND),
     JobNotFound => ("job_not_found", NOT_FOUND),
     SettingNotFound => ("setting_not_found", NOT_FOUND),
+    LeaseNotFound => ("lease_not_found", NOT_FOUND),
     RevisionNotFound => ("revision_not_found", NOT_FOUND),
     GrantNotFound => ("grant_not_found", NOT_FOUND),
     ApprovalNotFound => ("approval_not_found", NOT_FOUND),
@@ -55,6 +56,7 @@ codes! {
     InvalidJob => ("invalid_job", UNPROCESSABLE_ENTITY),
     InvalidConfig => ("invalid_config", UNPROCESSABLE_ENTITY),
     InvalidSetting => ("invalid_setting", UNPROCESSABLE_ENTITY),
+    InvalidLease => ("invalid_lease", UNPROCESSABLE_ENTITY),
     PayloadTooLarge => ("payload_too_large", PAYLOAD_TOO_LARGE),
     UnsupportedMediaType => ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE),
     TemplateNotFound => ("template_not_found", UNPROCESSABLE_ENTITY),
@@ -133,6 +135,9 @@ impl From<clade_store::Error> for ApiError {
             E::JobExists(_) => Code::JobExists,
             E::SettingNotFound(_) => Code::SettingNotFound,
             E::InvalidSetting(_) => Code::InvalidSetting,
+            E::LeaseNotFound(_) => Code::LeaseNotFound,
+            // Only a lease names a peer in the API: one not paired cannot be leased to.
+            E::InvalidLease(_) | E::PeerNotFound(_) => Code::InvalidLease,
             E::TemplateNotFound(_) => Code::TemplateNotFound,
             E::InvalidInput(_) => Code::InvalidRequest,
             E::BadToken => Code::InvalidToken,
@@ -146,6 +151,7 @@ impl From<clade_store::Error> for ApiError {
             E::SessionNotFound(_) => Some("list sessions with GET /v1/sessions"),
             E::GrantNotFound(_) => Some("list grants with GET /v1/grants"),
             E::ApprovalNotFound(_) => Some("list approvals with GET /v1/approvals"),
+            E::LeaseNotFound(_) => Some("list leases with GET /v1/leases"),
             E::BadToken => Some("send a valid token as `Authorization: Bearer <token>`"),
             _ => None,
         };

@@ -13,7 +13,7 @@ use clade_core::Scope::{self, Admin, Approve, Operate, Read, Send};
 use clade_protocol as api;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
-use crate::{AppState, agents, config, events, jobs, sessions, settings, tools, usage, ws};
+use crate::{AppState, agents, config, events, jobs, leases, sessions, settings, tools, usage, ws};
 
 /// A schema built by the document's one generator: a `$ref` to a component for a named type.
 pub(crate) type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
@@ -551,6 +551,44 @@ pub static OPERATIONS: &[Operation] = &[
             "Revoke a grant (and with it every grant delegated from it), from the next call on",
             || delete(tools::revoke_grant),
         )
+    },
+    Operation {
+        responses: &[ok(
+            "200",
+            "the tenant's leases, newest first, live and ended (a token limited to some agents sees theirs)",
+            of::<api::LeaseListResponse>,
+        )],
+        ..op("GET", "/v1/leases", &[Read], "Leases to paired subscribers", || get(leases::list))
+    },
+    Operation {
+        body: Some(of::<api::CreateLeaseParams>),
+        responses: &[
+            ok("201", "granted", of::<api::LeaseResponse>),
+            error("400", "invalid body"),
+            error("404", "no such agent or session"),
+            error(
+                "422",
+                "no paired subscriber of that name may receive these events, a ttl out of range, both an agent and a session, the whole tenant asked by a token limited to some agents, or 100 live leases (`invalid_lease`)",
+            ),
+        ],
+        ..op(
+            "POST",
+            "/v1/leases",
+            &[Operate],
+            "Lease the tenant's events (or one agent's, or one session's) to a paired subscriber until the lease expires, is revoked, its session or agent is deleted, or the subscriber stops answering",
+            || post(leases::create),
+        )
+    },
+    Operation {
+        params: &[ID],
+        responses: &[
+            ok("200", "the lease, ended", of::<api::LeaseResponse>),
+            error("400", "not a lease id"),
+            error("404", "no such lease"),
+        ],
+        ..op("DELETE", "/v1/leases/{id}", &[Operate], "End a lease now (audited)", || {
+            delete(leases::revoke)
+        })
     },
     Operation {
         query: Some(fields::<api::AuditQuery>),

@@ -483,7 +483,7 @@ async fn stale_or_forged_signatures_and_tokenless_pairing_are_refused() {
     let old = now - 600_000;
     let stale = send(old, sign(old)).await.unwrap();
     assert_eq!(stale.status(), 401);
-    assert!(stale.text().await.unwrap().contains("from this host's clock"));
+    assert!(stale.text().await.unwrap().contains("from this component's clock"));
     // Signed for another route.
     let other =
         gateway.sign(&[identity::REQUEST, &identity::request_text("POST", "calls", now, &[])]);

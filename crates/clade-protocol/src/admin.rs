@@ -19,7 +19,7 @@ pub enum AdminRequest {
     /// Pair with a remote component: the gateway sends it a challenge from its own process,
     /// authorized by the component's token, and keeps its key.
     Pair {
-        /// `tool`: a remote tool host.
+        /// `tool`: a remote tool host; `subscriber`: a component sent the lifecycle events.
         kind: String,
         /// Its base URL.
         endpoint: String,
@@ -27,9 +27,13 @@ pub enum AdminRequest {
         name: String,
         /// The component's bearer token, which authorizes the pairing.
         token: String,
-        /// The agents it serves (agent patterns; default: the default tenant's).
+        /// The agents it serves (agent patterns; default: the default tenant's). A
+        /// subscriber is sent their events.
         #[serde(default)]
         agents: Vec<String>,
+        /// A subscriber sent only what its tenants lease to it.
+        #[serde(default)]
+        leased: bool,
     },
     /// The gateway's own key, and how many components are paired.
     Identity {},

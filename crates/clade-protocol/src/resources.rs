@@ -648,6 +648,11 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(input: D) -> Result<Option<u64
     }
 }
 
+/// A whole number as JSON Schema's `integer` has it, which must be there.
+fn required_whole_number<'de, D: serde::Deserializer<'de>>(input: D) -> Result<u64, D::Error> {
+    whole_number(input)?.ok_or_else(|| serde::de::Error::custom("a whole number is needed"))
+}
+
 /// A job name: lowercase letters and digits, then also `_`, `.` and `-`.
 pub const JOB_NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_.-]{0,63}$";
 
@@ -835,4 +840,54 @@ pub struct SettingListResponse {
 pub struct SetSettingParams {
     /// Any JSON value, at most 4 KiB as JSON.
     pub value: serde_json::Value,
+}
+
+/// `POST /v1/leases`: lease the tenant's events, one agent's, or one session's, to a paired
+/// subscriber for a while.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLeaseParams {
+    /// The paired subscriber's name (the operator pairs it with `clade pair subscriber`).
+    pub peer: String,
+    /// Only this agent's events (its handle).
+    #[serde(default)]
+    #[schemars(pattern(clade_core::HANDLE_PATTERN))]
+    pub agent: Option<String>,
+    /// Only this session's events (its id).
+    #[serde(default)]
+    #[schemars(extend("format" = "uuid"))]
+    pub session: Option<String>,
+    /// How long the lease runs: 1 s to 30 days.
+    #[serde(deserialize_with = "required_whole_number")]
+    #[schemars(range(min = 1, max = 2_592_000))]
+    pub ttl_secs: u64,
+}
+
+/// A lease to a paired subscriber.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct LeaseResponse {
+    pub id: String,
+    /// The paired subscriber's name.
+    pub peer: String,
+    /// `tenant`, `agent` or `session`.
+    pub scope: String,
+    /// The agent's handle, for an agent's lease.
+    pub agent: Option<String>,
+    /// The session's id, for a session's lease.
+    pub session: Option<String>,
+    /// Unix milliseconds.
+    pub granted_at: i64,
+    pub expires_at: i64,
+    pub granted_by: String,
+    /// Whether it is in force now.
+    pub live: bool,
+    pub ended_at: Option<i64>,
+    /// `revoked`, `expired`, `session deleted`, `agent deleted`, `unpaired`, or
+    /// `disconnected: …` (the subscriber stopped answering).
+    pub ended_why: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct LeaseListResponse {
+    pub items: Vec<LeaseResponse>,
 }

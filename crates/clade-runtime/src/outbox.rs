@@ -1,7 +1,13 @@
-//! Delivering the outbox to webhook subscribers: at least once, in order per session, signed
-//! with HMAC-SHA256, retried with exponential backoff, and dead-lettered after the configured
-//! attempts. Each subscriber has its own task and cursor, so a slow or dead subscriber delays
-//! only itself, never a turn; a failing delivery holds back only its own session.
+//! Delivering the outbox to subscribers: at least once, in order per session, retried with
+//! exponential backoff, and dead-lettered after the configured attempts. Each subscriber has
+//! its own task and cursor, so a slow or dead subscriber delays only itself, never a turn; a
+//! failing delivery holds back only its own session.
+//!
+//! A configured webhook's deliveries are signed with HMAC-SHA256 under its secret. A paired
+//! subscriber's (`clade pair subscriber`) are signed with the gateway's key and go to `events`
+//! under its endpoint, each pass only after it proved, by signing a fresh challenge, that it
+//! holds the key it was paired with; one paired `--leased` receives only events under a live
+//! lease, and its leases end when its deliveries are given up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,19 +18,56 @@ use tokio::sync::Notify;
 
 use hmac::{KeyInit as _, Mac as _};
 
-/// A subscriber with its secret resolved.
+/// A subscriber with its credentials resolved.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Subscriber {
+    /// Its delivery cursor's name: a configured webhook's name, or `peer:<name>`.
     pub name: String,
     pub url: String,
-    pub secret: Vec<u8>,
+    pub signing: Signing,
     /// Event types to deliver; empty means all.
     pub events: Vec<String>,
-    /// The tenants whose events it receives, by name; `*` for every tenant.
-    pub tenants: Vec<String>,
+    /// The agents whose events it receives: agent patterns (`*`, `tenant/*`, `tenant/handle`,
+    /// or a bare handle in the default tenant).
+    pub agents: Vec<String>,
     pub max_attempts: u32,
     pub timeout: Duration,
 }
+
+/// How deliveries to a subscriber are signed.
+#[derive(Clone)]
+pub enum Signing {
+    /// A configured webhook: HMAC-SHA256 under its secret.
+    Secret(Vec<u8>),
+    /// A paired subscriber: signed with the gateway's key, after the subscriber proves its own.
+    Paired {
+        /// Its name as paired (its leases name it).
+        peer: String,
+        keys: clade_tools::remote::Peer,
+        /// It receives only what a live lease gives it.
+        leased: bool,
+    },
+}
+
+impl PartialEq for Signing {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Signing::Secret(a), Signing::Secret(b)) => a == b,
+            (
+                Signing::Paired { peer: a, keys: ka, leased: la },
+                Signing::Paired { peer: b, keys: kb, leased: lb },
+            ) => {
+                a == b
+                    && la == lb
+                    && ka.host_key == kb.host_key
+                    && ka.identity.public() == kb.identity.public()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Signing {}
 
 impl std::fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -38,43 +81,162 @@ impl std::fmt::Debug for Subscriber {
 const BATCH: u32 = 200;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// Which tenants' rows a subscriber receives, with tenant names read once per tenant.
-struct TenantFilter {
-    every: bool,
-    named: Vec<String>,
-    known: std::collections::HashMap<clade_core::TenantId, bool>,
+/// The most sessions whose agent is remembered before the memory starts afresh.
+const REMEMBERED_SESSIONS: usize = 10_000;
+
+/// Which rows a subscriber receives: its agent patterns, and for a leased subscriber its live
+/// leases too. Tenant names and sessions' agents are read once each.
+struct Audience {
+    patterns: Vec<String>,
+    /// Whether a pattern names single agents, so that a row's agent must be known.
+    by_agent: bool,
+    /// The peer whose leases gate delivery, for a leased subscriber.
+    leased: Option<String>,
+    leases: Vec<clade_store::peer_leases::LeaseRow>,
+    tenants: std::collections::HashMap<clade_core::TenantId, Option<String>>,
+    sessions:
+        std::collections::HashMap<clade_core::SessionId, Option<(clade_core::AgentId, String)>>,
 }
 
-impl TenantFilter {
-    fn new(tenants: &[String]) -> Self {
+impl Audience {
+    fn new(subscriber: &Subscriber) -> Self {
+        let leased = match &subscriber.signing {
+            Signing::Paired { peer, leased: true, .. } => Some(peer.clone()),
+            _ => None,
+        };
         Self {
-            every: tenants.iter().any(|t| t == "*"),
-            named: tenants.to_vec(),
-            known: Default::default(),
+            by_agent: subscriber.agents.iter().any(|p| p != "*" && !p.ends_with("/*")),
+            patterns: subscriber.agents.clone(),
+            leased,
+            leases: Vec::new(),
+            tenants: Default::default(),
+            sessions: Default::default(),
         }
     }
 
-    /// Whether rows of `tenant` go to this subscriber: a deleted tenant's do not. `Err` when
-    /// the store could not say; the row waits for the next pass rather than being skipped.
-    async fn covers(
+    /// Reads the live leases again (ending those found expired). `Ok(false)` when a paired
+    /// subscriber is no longer paired with the key it was started with: it is sent nothing more.
+    async fn refresh(
         &mut self,
         store: &Store,
-        tenant: clade_core::TenantId,
+        subscriber: &Subscriber,
     ) -> Result<bool, clade_store::Error> {
-        if self.every {
-            return Ok(true);
+        if let Signing::Paired { peer, keys, .. } = &subscriber.signing {
+            let paired = store.peer(PEER_KIND, peer).await?;
+            if paired.is_none_or(|p| p.key != keys.host_key) {
+                return Ok(false);
+            }
         }
-        if let Some(&covered) = self.known.get(&tenant) {
-            return Ok(covered);
+        if let Some(peer) = &self.leased {
+            self.leases = store.peer_leases(PEER_KIND, peer).await?;
         }
-        let covered = match store.tenant_by_id(tenant).await {
-            Ok(t) => self.named.iter().any(|n| n == t.name.as_str()),
-            Err(clade_store::Error::TenantNotFound(_)) => false,
+        Ok(true)
+    }
+
+    /// Whether `row` goes to this subscriber: a deleted tenant's does not. `Err` when the store
+    /// could not say; the row waits for the next pass rather than being skipped.
+    async fn covers(&mut self, store: &Store, row: &OutboxRow) -> Result<bool, clade_store::Error> {
+        let tenant = match self.tenants.get(&row.tenant_id) {
+            Some(name) => name.clone(),
+            None => {
+                let name = match store.tenant_by_id(row.tenant_id).await {
+                    Ok(t) => Some(t.name.as_str().to_owned()),
+                    Err(clade_store::Error::TenantNotFound(_)) => None,
+                    Err(err) => return Err(err),
+                };
+                self.tenants.insert(row.tenant_id, name.clone());
+                name
+            }
+        };
+        let Some(tenant) = tenant else { return Ok(false) };
+        let agent = if self.by_agent || self.leased.is_some() {
+            self.agent_of(store, row).await?
+        } else {
+            None
+        };
+        let handle = agent.as_ref().map(|(_, handle)| handle.as_str());
+        let standing = self.patterns.iter().any(|pattern| match handle {
+            Some(handle) => clade_config::agent_pattern_covers(pattern, &tenant, handle),
+            // An event of no session is the tenant's: only a tenant-wide pattern takes it.
+            None => pattern == "*" || pattern.strip_suffix("/*") == Some(tenant.as_str()),
+        });
+        if !standing || self.leased.is_none() {
+            return Ok(standing);
+        }
+        let agent = agent.map(|(id, _)| id);
+        Ok(self
+            .leases
+            .iter()
+            .any(|l| l.covers(row.tenant_id, agent, row.session_id, row.created_at)))
+    }
+
+    async fn agent_of(
+        &mut self,
+        store: &Store,
+        row: &OutboxRow,
+    ) -> Result<Option<(clade_core::AgentId, String)>, clade_store::Error> {
+        let Some(session) = row.session_id else { return Ok(None) };
+        if let Some(known) = self.sessions.get(&session) {
+            return Ok(known.clone());
+        }
+        let agent = match store.session(row.tenant_id, session).await {
+            Ok(found) => match store.agent_by_id(row.tenant_id, found.agent_id).await {
+                Ok(agent) => Some((agent.id, agent.handle.as_str().to_owned())),
+                Err(clade_store::Error::AgentNotFound(_)) => None,
+                Err(err) => return Err(err),
+            },
+            Err(clade_store::Error::SessionNotFound(_)) => None,
             Err(err) => return Err(err),
         };
-        self.known.insert(tenant, covered);
-        Ok(covered)
+        if self.sessions.len() >= REMEMBERED_SESSIONS {
+            self.sessions.clear();
+        }
+        self.sessions.insert(session, agent.clone());
+        Ok(agent)
     }
+}
+
+/// The kind of peer a paired subscriber is, as the store keeps it.
+pub const PEER_KIND: &str = "subscriber";
+
+/// Leases `scope` of `tenant` to the paired subscriber `peer` for `ttl` (see
+/// `clade_store::peer_leases`). A subscriber whose agent patterns do not cover the scope is
+/// refused as if it were not paired: a tenant learns nothing of components that do not serve it.
+pub async fn grant_lease(
+    store: &clade_store::TenantStore,
+    tenant: &clade_core::Tenant,
+    peer: &str,
+    scope: clade_store::peer_leases::LeaseScope,
+    ttl: Duration,
+) -> Result<clade_store::peer_leases::LeaseRow, clade_store::Error> {
+    use clade_store::peer_leases::LeaseScope;
+    let name = tenant.name.as_str();
+    let handle = match scope {
+        LeaseScope::Tenant => None,
+        LeaseScope::Agent(id) => Some(store.agent_by_id(id).await?.handle),
+        LeaseScope::Session(id) => {
+            let session = store.session(id).await?;
+            Some(store.agent_by_id(session.agent_id).await?.handle)
+        }
+    };
+    let serves = store.peer(PEER_KIND, peer).await?.is_some_and(|paired| {
+        paired.agents.iter().any(|pattern| match &handle {
+            Some(handle) => clade_config::agent_pattern_covers(pattern, name, handle.as_str()),
+            None => pattern == "*" || pattern.strip_suffix("/*") == Some(name),
+        })
+    });
+    if !serves {
+        let what = match scope {
+            LeaseScope::Tenant => "this tenant's events".to_owned(),
+            LeaseScope::Agent(_) | LeaseScope::Session(_) => {
+                format!("agent {}'s events", handle.map(|h| h.to_string()).unwrap_or_default())
+            }
+        };
+        return Err(clade_store::Error::InvalidLease(format!(
+            "peer: no paired subscriber named {peer:?} may receive {what} (the operator pairs subscribers with `clade pair subscriber`)"
+        )));
+    }
+    store.grant_lease(PEER_KIND, peer, scope, ttl).await
 }
 
 /// The body a subscriber receives for an outbox row: a `clade_protocol::WebhookEvent` (the
@@ -105,32 +267,82 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     }
 }
 
-/// Posts one row to the subscriber; `Err` says why it failed.
+/// Proves (when paired) and posts one row to the subscriber; `Err` says why it failed.
 pub async fn deliver(
     client: &reqwest::Client,
     subscriber: &Subscriber,
     row: &OutboxRow,
 ) -> Result<(), String> {
-    let payload = body(row).to_string();
-    let response = client
-        .post(&subscriber.url)
-        .timeout(subscriber.timeout)
-        .header("content-type", "application/json")
-        .header("idempotency-key", &row.event_id)
-        .header("x-clade-event-id", &row.event_id)
-        .header("x-clade-event-type", row.kind.as_str())
-        .header("x-clade-signature", signature(&subscriber.secret, payload.as_bytes()))
-        .body(payload)
-        .send()
-        .await
-        .map_err(|e| format!("request failed: {e}"))?;
-    let status = response.status();
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("subscriber answered HTTP {}", status.as_u16()))
+    let courier = Courier::new(subscriber.clone(), client.clone())?;
+    courier.prove().await?;
+    courier.deliver(row).await
+}
+
+/// How deliveries reach one subscriber.
+struct Courier {
+    subscriber: Subscriber,
+    http: reqwest::Client,
+    /// A paired subscriber's client, which signs each request.
+    paired: Option<clade_tools::remote::Client>,
+}
+
+impl Courier {
+    fn new(subscriber: Subscriber, http: reqwest::Client) -> Result<Self, String> {
+        let paired = match &subscriber.signing {
+            Signing::Secret(_) => None,
+            Signing::Paired { keys, .. } => Some(
+                clade_tools::remote::Client::new(&subscriber.url, None)?
+                    .with_peer(Some(keys.clone())),
+            ),
+        };
+        Ok(Self { subscriber, http, paired })
+    }
+
+    /// A paired subscriber must sign a fresh challenge with the key it was paired with before
+    /// it is sent anything: an impostor at its address receives nothing.
+    async fn prove(&self) -> Result<(), String> {
+        let Some(client) = &self.paired else { return Ok(()) };
+        match client.health_proved(self.subscriber.timeout).await? {
+            true => Ok(()),
+            false => Err(KEY_NOT_PROVED.into()),
+        }
+    }
+
+    async fn deliver(&self, row: &OutboxRow) -> Result<(), String> {
+        let payload = body(row).to_string();
+        let request = match (&self.subscriber.signing, &self.paired) {
+            (Signing::Secret(secret), _) => self
+                .http
+                .post(&self.subscriber.url)
+                .header("content-type", "application/json")
+                .header("x-clade-signature", signature(secret, payload.as_bytes()))
+                .body(payload),
+            (Signing::Paired { .. }, Some(client)) => {
+                client.signed(reqwest::Method::POST, "events", payload.into_bytes())?
+            }
+            (Signing::Paired { .. }, None) => {
+                return Err("no client for a paired subscriber".into());
+            }
+        };
+        let response = request
+            .timeout(self.subscriber.timeout)
+            .header("idempotency-key", &row.event_id)
+            .header("x-clade-event-id", &row.event_id)
+            .header("x-clade-event-type", row.kind.as_str())
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("subscriber answered HTTP {}", status.as_u16()))
+        }
     }
 }
+
+/// What a paired subscriber that did not sign the challenge is told in the log and the audit.
+const KEY_NOT_PROVED: &str = "did not sign the challenge with the key it was paired with (replaced, or its identity changed: pair it again if that was meant)";
 
 /// Starts one delivery task per subscriber.
 #[must_use = "dropping the dispatchers stops them"]
@@ -141,7 +353,7 @@ pub fn spawn(store: Store, subscribers: Vec<Subscriber>, signal: Arc<Notify>) ->
         client: reqwest::Client::new(),
         running: std::sync::Mutex::default(),
     };
-    dispatchers.reload(subscribers);
+    dispatchers.replace(|_| true, subscribers);
     dispatchers
 }
 
@@ -154,16 +366,27 @@ pub struct Dispatchers {
 }
 
 impl Dispatchers {
-    /// Makes the dispatchers `subscribers`: an unchanged one keeps running, a changed or
-    /// removed one stops (delivery is at least once from its durable cursor, so what it was
-    /// sending is sent again by its successor), and a new or changed one starts.
+    /// Makes the configured webhooks' dispatchers `subscribers`: an unchanged one keeps
+    /// running, a changed or removed one stops (delivery is at least once from its durable
+    /// cursor, so what it was sending is sent again by its successor), and a new or changed one
+    /// starts. Paired subscribers are left as they are.
     pub fn reload(&self, subscribers: Vec<Subscriber>) {
+        self.replace(|s| matches!(s.signing, Signing::Secret(_)), subscribers);
+    }
+
+    /// The same for paired subscribers, leaving configured webhooks as they are.
+    pub fn reload_paired(&self, subscribers: Vec<Subscriber>) {
+        self.replace(|s| matches!(s.signing, Signing::Paired { .. }), subscribers);
+    }
+
+    fn replace(&self, in_group: impl Fn(&Subscriber) -> bool, subscribers: Vec<Subscriber>) {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let (kept, stopped): (Vec<_>, Vec<_>) =
-            running.drain(..).partition(|(old, _)| subscribers.contains(old));
+        let (kept, stopped): (Vec<_>, Vec<_>) = running.drain(..).partition(|(old, task)| {
+            !in_group(old) || (subscribers.contains(old) && !task.is_finished())
+        });
         for (old, task) in stopped {
             task.abort();
-            tracing::info!(subscriber = %old.name, "webhook subscriber stopped by a new configuration");
+            tracing::info!(subscriber = %old.name, "subscriber stopped: its configuration or pairing changed");
         }
         *running = kept;
         for subscriber in subscribers {
@@ -212,9 +435,32 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
     let mut blocked: std::collections::HashMap<Option<clade_core::SessionId>, Blocked> =
         Default::default();
     let mut restored = false;
-    let mut tenants = TenantFilter::new(&subscriber.tenants);
+    let mut audience = Audience::new(&subscriber);
+    let courier = match Courier::new(subscriber.clone(), client) {
+        Ok(courier) => courier,
+        Err(err) => {
+            tracing::error!(subscriber = %subscriber.name, error = %err, "subscriber left out: it cannot be reached");
+            return;
+        }
+    };
+    // Whether the paired subscriber's last failure to prove its key was audited already.
+    let mut refusal_audited = false;
     let clock = store.clock().clone();
     loop {
+        match audience.refresh(&store, &subscriber).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(subscriber = %subscriber.name, "subscriber unpaired (or paired again with another key): deliveries to it stop");
+                return;
+            }
+            Err(err) => {
+                tracing::error!(subscriber = %subscriber.name, error = %err, "cannot read the subscriber's pairing and leases");
+                clock.sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        // Proved once a pass, before the pass's first delivery.
+        let mut proof: Option<Result<(), String>> = None;
         let (mut cursor, saved_attempts) = match store.subscriber_cursor(&subscriber.name).await {
             Ok(c) => c,
             Err(err) => {
@@ -265,14 +511,14 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
             }
             let unwanted_kind = !subscriber.events.is_empty()
                 && !subscriber.events.iter().any(|e| e == row.kind.as_str());
-            let wanted_tenant = match tenants.covers(&store, row.tenant_id).await {
+            let wanted = match audience.covers(&store, row).await {
                 Ok(covered) => covered,
                 Err(err) => {
-                    tracing::error!(subscriber = %subscriber.name, error = %err, "cannot read a row's tenant");
+                    tracing::error!(subscriber = %subscriber.name, error = %err, "cannot read whose event a row is");
                     break;
                 }
             };
-            if unwanted_kind || !wanted_tenant {
+            if unwanted_kind || !wanted {
                 delivered_beyond.insert(row.id);
                 progressed = true;
                 continue;
@@ -281,7 +527,28 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
             if is_held(&blocked, row, now) {
                 continue;
             }
-            match deliver(&client, &subscriber, row).await {
+            if proof.is_none() {
+                let proved = courier.prove().await;
+                match &proved {
+                    Err(reason) if reason == KEY_NOT_PROVED && !refusal_audited => {
+                        tracing::warn!(subscriber = %subscriber.name, "paired subscriber {KEY_NOT_PROVED}: nothing is sent to it");
+                        if let Signing::Paired { peer, .. } = &subscriber.signing {
+                            refusal_audited = store
+                                .audit_peer_refused(PEER_KIND, peer, KEY_NOT_PROVED)
+                                .await
+                                .is_ok();
+                        }
+                    }
+                    Ok(()) => refusal_audited = false,
+                    Err(_) => {}
+                }
+                proof = Some(proved);
+            }
+            let sent = match &proof {
+                Some(Err(reason)) => Err(reason.clone()),
+                _ => courier.deliver(row).await,
+            };
+            match sent {
                 Ok(()) => {
                     crate::failpoints::hit("mid_outbox_publish");
                     delivered_beyond.insert(row.id);
@@ -303,6 +570,7 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
                                 delivered_beyond.insert(row.id);
                                 blocked.remove(&row.session_id);
                                 progressed = true;
+                                end_leases(&store, &subscriber).await;
                             }
                             Err(err) => {
                                 tracing::error!(subscriber = %subscriber.name, error = %err, "cannot dead-letter")
@@ -347,6 +615,25 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
                 Duration::from_millis(left.unsigned_abs()).min(Duration::from_secs(1))
             });
             nap(clock.as_ref(), wait, notified).await;
+        }
+    }
+}
+
+/// A paired subscriber that stopped answering loses its leases: whoever granted one grants it
+/// again once it is back.
+async fn end_leases(store: &Store, subscriber: &Subscriber) {
+    if let Signing::Paired { peer, .. } = &subscriber.signing {
+        match store
+            .end_peer_leases(PEER_KIND, peer, "disconnected: its deliveries were given up")
+            .await
+        {
+            Ok(0) => {}
+            Ok(ended) => {
+                tracing::warn!(subscriber = %subscriber.name, ended, "leases of a subscriber that stopped answering ended")
+            }
+            Err(err) => {
+                tracing::error!(subscriber = %subscriber.name, error = %err, "cannot end the leases of a subscriber that stopped answering")
+            }
         }
     }
 }

@@ -164,9 +164,9 @@ async fn webhook_retries_back_off_on_the_clock_and_dead_letter_after_the_last() 
         vec![clade_runtime::outbox::Subscriber {
             name: "hook".into(),
             url,
-            secret: b"s".to_vec(),
+            signing: clade_runtime::outbox::Signing::Secret(b"s".to_vec()),
             events: Vec::new(),
-            tenants: vec!["*".into()],
+            agents: vec!["*".into()],
             max_attempts: 4,
             timeout: Duration::from_secs(5),
         }],

@@ -418,7 +418,7 @@ fn value(
 }
 
 /// `90s`, `10m`, `1h30m`, `2d`: whole numbers, each with a unit (s, m, h, d).
-fn parse_interval(text: &str) -> Result<Duration, ScheduleError> {
+pub fn parse_interval(text: &str) -> Result<Duration, ScheduleError> {
     let refuse =
         |problem: &str| ScheduleError::Every { text: text.to_owned(), problem: problem.to_owned() };
     if text.is_empty() {

@@ -22,7 +22,7 @@ pub mod retention;
 pub mod scheduler;
 pub mod tools;
 
-pub use cron::{Schedule, ScheduleError, Zone};
+pub use cron::{Schedule, ScheduleError, Zone, parse_interval};
 pub use jobs::{JobError, JobSpec, new_job};
 
 /// Checks what of a configuration is this crate's to read: every heartbeat as a job, and the

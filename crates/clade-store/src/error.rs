@@ -60,6 +60,10 @@ pub enum Error {
     ConfigRevisionNotFound(i64),
     #[error("no peer named {0:?} is paired")]
     PeerNotFound(String),
+    #[error("lease {0} not found")]
+    LeaseNotFound(String),
+    #[error("invalid lease: {0}")]
+    InvalidLease(String),
     #[error("setting {0:?} is not stored for this agent")]
     SettingNotFound(String),
     #[error("invalid setting: {0}")]

@@ -25,6 +25,7 @@ pub mod leases;
 mod migrate;
 pub mod owner;
 mod paced;
+pub mod peer_leases;
 pub mod peers;
 pub mod retention;
 pub mod scoped;

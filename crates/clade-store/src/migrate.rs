@@ -82,6 +82,7 @@ const MIGRATIONS: &[Migration] = &[
     ),
     Migration::shared(17, "agent_settings", include_str!("../migrations/0017_agent_settings.sql")),
     Migration::shared(18, "peers", include_str!("../migrations/0018_peers.sql")),
+    Migration::shared(19, "peer_leases", include_str!("../migrations/0019_peer_leases.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -91,7 +92,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 18;
+pub const SCHEMA_VERSION: i64 = 19;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

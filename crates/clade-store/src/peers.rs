@@ -19,11 +19,13 @@ pub struct PeerRow {
     pub key: String,
     /// The agents it serves (agent patterns).
     pub agents: Vec<String>,
+    /// A subscriber that receives only what a lease gives it.
+    pub leased: bool,
     pub paired_at: Timestamp,
     pub paired_by: String,
 }
 
-const COLUMNS: &str = "kind, name, endpoint, peer_key, agents, paired_at, paired_by";
+const COLUMNS: &str = "kind, name, endpoint, peer_key, agents, leased, paired_at, paired_by";
 
 fn peer_row(row: &Row) -> Result<PeerRow> {
     let name: String = row.try_get("name")?;
@@ -35,6 +37,7 @@ fn peer_row(row: &Row) -> Result<PeerRow> {
         name,
         endpoint: row.try_get("endpoint")?,
         key: row.try_get("peer_key")?,
+        leased: row.try_get::<i64, _>("leased")? != 0,
         paired_at: Timestamp::from_millis(row.try_get("paired_at")?),
         paired_by: row.try_get("paired_by")?,
     })
@@ -49,6 +52,7 @@ impl Store {
         endpoint: &str,
         key: &str,
         agents: &[String],
+        leased: bool,
     ) -> Result<PeerRow> {
         let operator = self.tenant(Tenant::DEFAULT_NAME).await?;
         let audit = self.admin_record(
@@ -63,6 +67,7 @@ impl Store {
             endpoint: endpoint.to_owned(),
             key: key.to_owned(),
             agents: agents.to_vec(),
+            leased,
             paired_at: self.now(),
             paired_by: self.actor().to_owned(),
         };
@@ -71,9 +76,10 @@ impl Store {
             let (peer, audit) = (row.clone(), audit.clone());
             Box::pin(async move {
                 query(format!(
-                    "INSERT INTO peers ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                    "INSERT INTO peers ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                      ON CONFLICT (kind, name) DO UPDATE SET endpoint = excluded.endpoint, \
                      peer_key = excluded.peer_key, agents = excluded.agents, \
+                     leased = excluded.leased, \
                      paired_at = excluded.paired_at, paired_by = excluded.paired_by"
                 ))
                 .bind(peer.kind.clone())
@@ -81,6 +87,7 @@ impl Store {
                 .bind(peer.endpoint.clone())
                 .bind(peer.key.clone())
                 .bind(serde_json::to_string(&peer.agents).unwrap_or_else(|_| "[]".into()))
+                .bind(i64::from(peer.leased))
                 .bind(peer.paired_at.as_millis())
                 .bind(peer.paired_by.clone())
                 .execute(work.conn())
@@ -100,6 +107,18 @@ impl Store {
         rows.iter().map(peer_row).collect()
     }
 
+    /// The paired component of `kind` named `name`, if any.
+    pub async fn peer(&self, kind: &str, name: &str) -> Result<Option<PeerRow>> {
+        let rows = self
+            .rows(
+                query(format!("SELECT {COLUMNS} FROM peers WHERE kind = $1 AND name = $2"))
+                    .bind(kind.to_owned())
+                    .bind(name.to_owned()),
+            )
+            .await?;
+        rows.first().map(peer_row).transpose()
+    }
+
     /// Forgets a pairing, audited; [`Error::PeerNotFound`] if there was none.
     pub async fn remove_peer(&self, kind: &str, name: &str) -> Result<()> {
         let operator = self.tenant(Tenant::DEFAULT_NAME).await?;
@@ -114,13 +133,23 @@ impl Store {
             let (kind, name, audit) = (kind.clone(), name.clone(), audit.clone());
             Box::pin(async move {
                 let removed = query("DELETE FROM peers WHERE kind = $1 AND name = $2")
-                    .bind(kind)
+                    .bind(kind.clone())
                     .bind(name.clone())
                     .execute(work.conn())
                     .await?;
                 if removed == 0 {
                     return Err(Error::PeerNotFound(name));
                 }
+                // Its leases end with it.
+                query(
+                    "UPDATE peer_leases SET ended_at = $3, ended_why = 'unpaired' \
+                     WHERE peer_kind = $1 AND peer_name = $2 AND ended_at IS NULL",
+                )
+                .bind(kind)
+                .bind(name.clone())
+                .bind(work.now().as_millis())
+                .execute(work.conn())
+                .await?;
                 work.audit(&audit).await
             })
         })

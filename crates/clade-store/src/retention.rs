@@ -49,6 +49,7 @@ impl Store {
                 Box::pin(async move {
                     let mut swept = Swept::default();
                     let id = tenant.as_bytes().to_vec();
+                    let now = work.now().as_millis();
                     let conn = work.conn();
                     if let Some(cutoff) = cutoffs.sessions {
                         let rows = query(
@@ -81,6 +82,17 @@ impl Store {
                             .bind(session.clone())
                             .bind(turn)
                             .bind(id.clone())
+                            .execute(&mut *conn)
+                            .await?;
+                            // Leases of the session end with it.
+                            query(
+                                "UPDATE peer_leases SET ended_at = $3, \
+                                 ended_why = 'session deleted' WHERE session_id = $1 \
+                                 AND tenant_id = $2 AND ended_at IS NULL",
+                            )
+                            .bind(session.clone())
+                            .bind(id.clone())
+                            .bind(now)
                             .execute(&mut *conn)
                             .await?;
                             query(crate::turns::REMEMBER_OUTBOX_IDS).execute(&mut *conn).await?;

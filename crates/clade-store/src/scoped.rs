@@ -50,6 +50,45 @@ impl TenantStore {
         self.tenant
     }
 
+    /// The store's clock's time.
+    pub fn now(&self) -> clade_core::Timestamp {
+        self.store.now()
+    }
+
+    /// A paired component (the operator's, shared by every tenant; a lease names one).
+    pub async fn peer(&self, kind: &str, name: &str) -> Result<Option<crate::PeerRow>> {
+        self.store.peer(kind, name).await
+    }
+
+    /// Leases `scope` of this tenant to a paired component (see [`crate::peer_leases`]).
+    pub async fn grant_lease(
+        &self,
+        peer_kind: &str,
+        peer_name: &str,
+        scope: crate::peer_leases::LeaseScope,
+        ttl: std::time::Duration,
+    ) -> Result<crate::peer_leases::LeaseRow> {
+        self.store.grant_lease(self.tenant, peer_kind, peer_name, scope, ttl).await
+    }
+
+    /// This tenant's leases, newest first.
+    pub async fn leases(&self, limit: u32) -> Result<Vec<crate::peer_leases::LeaseRow>> {
+        self.store.leases(self.tenant, limit).await
+    }
+
+    pub async fn lease(&self, id: clade_core::LeaseId) -> Result<crate::peer_leases::LeaseRow> {
+        self.store.lease(self.tenant, id).await
+    }
+
+    /// Ends one of this tenant's leases now, saying `why`.
+    pub async fn end_lease(
+        &self,
+        id: clade_core::LeaseId,
+        why: &str,
+    ) -> Result<crate::peer_leases::LeaseRow> {
+        self.store.end_lease(self.tenant, id, why).await
+    }
+
     pub async fn agent(&self, handle: &str) -> Result<Agent> {
         self.store.agent(self.tenant, handle).await
     }

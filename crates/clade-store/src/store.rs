@@ -713,6 +713,7 @@ impl Store {
                     "DELETE FROM job_runs WHERE job_id IN (SELECT id FROM jobs WHERE tenant_id = $1)",
                     "DELETE FROM jobs WHERE tenant_id = $1",
                     "DELETE FROM agent_settings WHERE tenant_id = $1",
+                    "DELETE FROM peer_leases WHERE tenant_id = $1",
                     "DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM executions WHERE tenant_id = $1)",
                     "DELETE FROM executions WHERE tenant_id = $1",
                     "DELETE FROM outbox WHERE tenant_id = $1",
@@ -911,6 +912,16 @@ impl Store {
                 .bind(id.clone())
                 .bind(now)
                 .bind(tenant.as_bytes().to_vec())
+                .execute(&mut *conn)
+                .await?;
+                // Leases of the agent, or of one of its sessions, end with it.
+                query(
+                    "UPDATE peer_leases SET ended_at = $2, ended_why = 'agent deleted' \
+                     WHERE ended_at IS NULL AND (agent_id = $1 OR session_id IN \
+                     (SELECT id FROM sessions WHERE agent_id = $1))",
+                )
+                .bind(id.clone())
+                .bind(now)
                 .execute(&mut *conn)
                 .await?;
                 query(crate::turns::REMEMBER_OUTBOX_IDS).execute(&mut *conn).await?;

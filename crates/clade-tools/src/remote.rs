@@ -96,7 +96,7 @@ impl Client {
     }
 
     /// A request to `route` carrying `body`, signed when paired.
-    fn signed(
+    pub fn signed(
         &self,
         method: reqwest::Method,
         route: &str,
@@ -151,7 +151,22 @@ impl Client {
             .await
             .map_err(|_| format!("no manifest within {} s", timeout.as_secs()))?
             .map_err(|e| format!("cannot fetch the manifest: {e}"))?;
-        let proved = match &self.peer {
+        let proved = self.proves(&response, &challenge);
+        let status = response.status();
+        let body = read_capped(response, MAX_BODY_BYTES).await?;
+        if !status.is_success() {
+            return Err(format!("the manifest request was answered {status}: {}", refusal(&body)));
+        }
+        let manifest: Manifest = serde_json::from_slice(&body)
+            .map_err(|e| format!("the manifest is not a manifest of this protocol: {e}"))?;
+        check_manifest(&manifest)?;
+        Ok((manifest, proved))
+    }
+
+    /// Whether `response` carries the paired component's signature of `challenge` (always
+    /// true when not paired).
+    fn proves(&self, response: &reqwest::Response, challenge: &str) -> bool {
+        match &self.peer {
             None => true,
             Some(peer) => response
                 .headers()
@@ -164,16 +179,28 @@ impl Client {
                         signature,
                     )
                 }),
-        };
-        let status = response.status();
-        let body = read_capped(response, MAX_BODY_BYTES).await?;
-        if !status.is_success() {
-            return Err(format!("the manifest request was answered {status}: {}", refusal(&body)));
         }
-        let manifest: Manifest = serde_json::from_slice(&body)
-            .map_err(|e| format!("the manifest is not a manifest of this protocol: {e}"))?;
-        check_manifest(&manifest)?;
-        Ok((manifest, proved))
+    }
+
+    /// `GET health` with a fresh challenge: `Ok(true)` when the component answered and, when
+    /// paired, signed the challenge with the key it was paired with.
+    pub async fn health_proved(&self, timeout: Duration) -> Result<bool, String> {
+        let challenge = identity::challenge();
+        let mut request = self.signed(reqwest::Method::GET, "health", Vec::new())?;
+        if self.peer.is_some() {
+            request = request.header(CHALLENGE_HEADER, &challenge);
+        }
+        let response = tokio::time::timeout(timeout, request.send())
+            .await
+            .map_err(|_| format!("no answer to health within {} s", timeout.as_secs()))?
+            .map_err(|e| format!("cannot reach it: {e}"))?;
+        let proved = self.proves(&response, &challenge);
+        let status = response.status();
+        if !status.is_success() {
+            let body = read_capped(response, MAX_BODY_BYTES).await.unwrap_or_default();
+            return Err(format!("health was answered {status}: {}", refusal(&body)));
+        }
+        Ok(proved)
     }
 
     /// `POST calls`: the answer's frames, or the host's refusal.

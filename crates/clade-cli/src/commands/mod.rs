@@ -9,6 +9,7 @@ mod bench_turns;
 mod config;
 mod cron;
 mod models;
+mod peers;
 mod serve;
 mod sessions;
 mod tool_host;
@@ -48,12 +49,19 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Some(LogFormatArg::Human) => LogFormat::Human,
         None => file_config.log.format,
     };
-    let default_filter = if matches!(cli.command, Command::Serve(_) | Command::CronService(_)) {
+    let default_filter = if matches!(
+        cli.command,
+        Command::Serve(_) | Command::CronService(_) | Command::SubscriberService(_)
+    ) {
         "info"
     } else {
         "warn"
     };
     logging::init(format, file_config.log.filter.as_deref(), default_filter);
+    if let Command::SubscriberService(args) = cli.command {
+        // A subscriber keeps only its key and peers in the data dir: no store.
+        return peers::subscriber_service(&data_dir, args).await;
+    }
 
     if let Command::Migrate(args) = &cli.command
         && args.rewrite_checksums
@@ -91,8 +99,12 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Bench(cmd) => bench::run(&ctx, cmd).await,
         Command::CronService(args) => tool_host::cron_service(&ctx, args).await,
         Command::Gateway(cmd) => tool_host::gateway(&ctx, cmd).await,
-        Command::Pair(cmd) => tool_host::pair(&ctx, cmd).await,
+        Command::Pair(cmd) => peers::pair(&ctx, cmd).await,
+        Command::Lease(cmd) => peers::lease(&ctx, cmd).await,
         Command::Config(cmd) => config::revisions(&ctx, cmd).await,
-        Command::Stub(_) | Command::EgressBridge { .. } | Command::ToolHost(_) => Ok(()),
+        Command::Stub(_)
+        | Command::EgressBridge { .. }
+        | Command::ToolHost(_)
+        | Command::SubscriberService(_) => Ok(()),
     }
 }

@@ -23,7 +23,16 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             "the gateway listens beyond this machine: other machines can reach it, and it speaks plain HTTP (tokens and messages unencrypted); put a TLS proxy in front or listen on 127.0.0.1"
         );
     }
-    let subscribers = ctx.subscribers()?;
+    let mut subscribers = ctx.subscribers()?;
+    match ctx.identity() {
+        Ok(identity) => {
+            subscribers.extend(crate::context::paired_subscribers(&ctx.store, identity).await?)
+        }
+        Err(err) => tracing::warn!(
+            error = %format!("{err:#}"),
+            "the gateway's key cannot be read: paired subscribers receive nothing"
+        ),
+    }
     let models = ctx.models();
     let sandbox = check_sandbox(ctx);
     let options = clade_runtime::EngineOptions {
@@ -368,12 +377,13 @@ fn admin_handler(
                     },
                     Err(message) => AdminReply::Error { message },
                 },
-                AdminRequest::Pair { kind, endpoint, name, token, agents } => {
+                AdminRequest::Pair { kind, endpoint, name, token, agents, leased } => {
                     let identity = match identity {
                         Ok(identity) => identity,
                         Err(message) => return AdminReply::Error { message },
                     };
-                    pair(&operator, &engine, identity, &kind, &endpoint, &name, &token, agents)
+                    let asked = Pairing { kind, endpoint, name, token, agents, leased };
+                    pair(&operator, &engine, &reloader.dispatchers, identity, asked)
                         .await
                         .unwrap_or_else(|message| AdminReply::Error { message })
                 }
@@ -409,22 +419,34 @@ fn start_scheduler(
     Some((stop, task))
 }
 
-/// Pairs with a tool host from this process, keeps its key, and offers its tools at once.
-#[allow(clippy::too_many_arguments)]
+/// A pairing asked for over the admin socket.
+struct Pairing {
+    kind: String,
+    endpoint: String,
+    name: String,
+    token: String,
+    agents: Vec<String>,
+    leased: bool,
+}
+
+/// Pairs with a component from this process and keeps its key: a tool host's tools are offered
+/// at once, and a subscriber is sent events at once.
 async fn pair(
     store: &clade_store::Store,
     engine: &clade_runtime::Engine,
+    dispatchers: &clade_runtime::outbox::Dispatchers,
     identity: std::sync::Arc<clade_tools::remote::identity::Identity>,
-    kind: &str,
-    endpoint: &str,
-    name: &str,
-    token: &str,
-    agents: Vec<String>,
+    asked: Pairing,
 ) -> std::result::Result<clade_protocol::admin::AdminReply, String> {
-    if kind != "tool" {
+    let Pairing { kind, endpoint, name, token, agents, leased } = asked;
+    let (kind, endpoint, name) = (kind.as_str(), endpoint.as_str(), name.as_str());
+    if kind != "tool" && kind != clade_runtime::outbox::PEER_KIND {
         return Err(format!(
-            "components of kind {kind:?} cannot be paired yet: only tool hosts (`tool`)"
+            "components of kind {kind:?} cannot be paired: `tool` (a tool host) or `subscriber`"
         ));
+    }
+    if leased && kind == "tool" {
+        return Err("only a subscriber is paired `leased`".into());
     }
     if !clade_config::source_name(name) {
         return Err(format!("name {name:?}: names use 1-64 of a-z, 0-9, - and _"));
@@ -435,11 +457,26 @@ async fn pair(
         agents
     };
     let timeout = std::time::Duration::from_secs(30);
-    let key = clade_tools::remote::pair(name, endpoint, token, &identity, timeout)
+    let key = clade_tools::remote::pair(name, endpoint, &token, &identity, timeout)
         .await
         .map_err(|e| e.to_string())?;
-    let peer =
-        store.record_peer(kind, name, endpoint, &key, &agents).await.map_err(|e| e.to_string())?;
+    let peer = store
+        .record_peer(kind, name, endpoint, &key, &agents, leased)
+        .await
+        .map_err(|e| e.to_string())?;
+    if kind == clade_runtime::outbox::PEER_KIND {
+        let paired = crate::context::paired_subscribers(store, identity)
+            .await
+            .map_err(|e| format!("paired, but the paired subscribers cannot be read: {e}"))?;
+        dispatchers.reload_paired(paired);
+        tracing::info!(subscriber = %name, key = %key, leased, "subscriber paired");
+        return Ok(clade_protocol::admin::AdminReply::Paired {
+            name: name.to_owned(),
+            key,
+            tools: 0,
+            left_out: Vec::new(),
+        });
+    }
     let tools = crate::context::connect_peer(store, &peer, identity).await.map_err(|e| {
         format!(
             "paired, but its tools cannot be listed now ({e}); they are offered from the next start"

@@ -300,10 +300,16 @@ pub(super) async fn deadletters(ctx: &Ctx, cmd: DeadlettersCommand) -> Result<()
                     "no dead letter {outbox_id} for subscriber {subscriber:?}: see `clade deadletters list`"
                 );
             }
-            let target =
-                ctx.subscribers()?.into_iter().find(|s| s.name == subscriber).with_context(
-                    || format!("subscriber {subscriber:?} is no longer in clade.yaml"),
-                )?;
+            let mut known = ctx.subscribers()?;
+            if subscriber.starts_with("peer:") {
+                known
+                    .extend(crate::context::paired_subscribers(&ctx.store, ctx.identity()?).await?);
+            }
+            let target = known.into_iter().find(|s| s.name == subscriber).with_context(|| {
+                format!(
+                    "subscriber {subscriber:?} is no longer in clade.yaml nor paired (`clade pair list`)"
+                )
+            })?;
             let row = ctx.store.system().outbox_row(outbox_id).await?;
             clade_runtime::outbox::deliver(&reqwest::Client::new(), &target, &row)
                 .await

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use clade_protocol::admin::{AdminReply, AdminRequest};
 
 use crate::admin_socket;
-use crate::cli::{CronServiceArgs, GatewayCommand, PairCommand, ToolHostCommand};
+use crate::cli::{CronServiceArgs, GatewayCommand, ToolHostCommand};
 use crate::context::{Ctx, env_value};
 use crate::output;
 
@@ -206,99 +206,6 @@ pub(super) async fn run(cmd: ToolHostCommand) -> Result<()> {
     }
     if !json {
         println!("{url} passed all {} conformance checks", checks.len());
-    }
-    Ok(())
-}
-
-pub(super) async fn pair(ctx: &Ctx, cmd: PairCommand) -> Result<()> {
-    match cmd {
-        PairCommand::Test { admin_socket: flag } => {
-            let path = admin_socket::path(ctx, flag.as_deref());
-            match admin_socket::request(&path, &AdminRequest::Identity {}).await? {
-                AdminReply::Identity { key, peers } => {
-                    println!("the gateway answers on {}", path.display());
-                    println!("its key: {key}");
-                    println!("paired components: {peers}");
-                }
-                AdminReply::Error { message } => bail!("the gateway refused: {message}"),
-                other => bail!("the gateway answered {other:?}"),
-            }
-        }
-        PairCommand::Tool { endpoint, name, token_env, agents, admin_socket: flag } => {
-            let Some(token) = env_value(&token_env) else {
-                bail!(
-                    "{token_env} is not set: it must hold the host's token, which authorizes the pairing (or pass --token-env)"
-                );
-            };
-            for pattern in &agents {
-                if !clade_config::is_agent_pattern(pattern) {
-                    bail!(
-                        "--agents {pattern:?} is not an agent reference (tenant/handle, or a bare handle in the default tenant), tenant/* or *"
-                    );
-                }
-            }
-            let path = admin_socket::path(ctx, flag.as_deref());
-            let request = AdminRequest::Pair {
-                kind: "tool".into(),
-                endpoint: endpoint.clone(),
-                name,
-                token,
-                agents,
-            };
-            match admin_socket::request(&path, &request).await? {
-                AdminReply::Paired { name, key, tools, left_out } => {
-                    println!(
-                        "paired tool host {name} at {endpoint} (key {key}); {tools} tools offered now"
-                    );
-                    if !left_out.is_empty() {
-                        println!(
-                            "left out, their names taken by other tools: {}",
-                            left_out.join(", ")
-                        );
-                    }
-                }
-                AdminReply::Error { message } => bail!("not paired: {message}"),
-                other => bail!("the gateway answered {other:?}"),
-            }
-        }
-        PairCommand::List { json } => {
-            let peers = ctx.store.peers().await?;
-            if json {
-                let items: Vec<_> = peers
-                    .iter()
-                    .map(|p| {
-                        serde_json::json!({
-                            "kind": p.kind, "name": p.name, "endpoint": p.endpoint, "key": p.key,
-                            "agents": p.agents, "paired_at": p.paired_at.as_millis(), "paired_by": p.paired_by,
-                        })
-                    })
-                    .collect();
-                return output::json(&items);
-            }
-            let rows: Vec<Vec<String>> = peers
-                .iter()
-                .map(|p| {
-                    vec![
-                        p.kind.clone(),
-                        p.name.clone(),
-                        p.endpoint.clone(),
-                        clade_tools::remote::identity::fingerprint(&p.key),
-                        p.agents.join(","),
-                        p.paired_at.to_string(),
-                    ]
-                })
-                .collect();
-            output::table(&["KIND", "NAME", "ENDPOINT", "KEY", "AGENTS", "PAIRED"], &rows);
-        }
-        PairCommand::Remove { name } => {
-            match ctx.store.remove_peer("tool", &name).await {
-                Err(clade_store::Error::PeerNotFound(_)) => {
-                    bail!("no tool host named {name:?} is paired: list them with `clade pair list`")
-                }
-                other => other?,
-            }
-            println!("forgot tool host {name}; its tools go at the gateway's next start");
-        }
     }
     Ok(())
 }

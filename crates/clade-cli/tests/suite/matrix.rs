@@ -173,6 +173,7 @@ async fn every_route_checks_every_principal() {
             ("PATCH", "/v1/agents/{handle}/jobs/{name}") => Some(json!({ "enabled": true })),
             ("POST", "/v1/config") => Some(json!({ "yaml": "sessions:\n  max_queued: 50\n" })),
             ("PUT", "/v1/agents/{handle}/settings/{key}") => Some(json!({ "value": "dry" })),
+            ("POST", "/v1/leases") => Some(json!({ "peer": "hooks", "ttl_secs": 60 })),
             ("PATCH", _) => Some(json!({ "queue_mode": "queue" })),
             ("POST", _) => Some(json!({ "arguments": {} })),
             _ => None,

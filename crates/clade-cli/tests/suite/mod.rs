@@ -8,6 +8,7 @@ mod matrix;
 mod models;
 mod sessions;
 mod settings;
+mod subscribers;
 mod support;
 mod tool_hosts;
 mod tools;

@@ -387,5 +387,5 @@ async fn a_paired_tool_host_is_offered_without_its_token_until_its_key_changes()
     let logs = server.stop();
     assert!(logs.contains("did not prove it holds the key"), "{logs}");
     env.run(&["pair", "remove", "cron"]).ok();
-    env.run(&["pair", "remove", "cron"]).fails_with("no tool host named");
+    env.run(&["pair", "remove", "cron"]).fails_with("no component named");
 }

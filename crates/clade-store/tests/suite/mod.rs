@@ -7,6 +7,7 @@ mod jobs;
 mod leases;
 mod outbox;
 mod pages;
+mod peer_leases;
 mod retention;
 mod retries;
 mod secrets;
