@@ -304,7 +304,16 @@ impl Ctx {
         &self,
         sandbox: Arc<clade_tools::sandbox::Sandbox>,
     ) -> Arc<clade_runtime::ToolRunner> {
-        let tools = self.tool_sources(sandbox.clone()).registry(&self.config).await;
+        self.tools_from(&self.tool_sources(sandbox.clone()), sandbox).await
+    }
+
+    /// A tool runner whose registry `sources` builds from this configuration.
+    pub(crate) async fn tools_from(
+        &self,
+        sources: &ToolSources,
+        sandbox: Arc<clade_tools::sandbox::Sandbox>,
+    ) -> Arc<clade_runtime::ToolRunner> {
+        let tools = sources.registry(&self.config).await;
         Arc::new(
             clade_runtime::ToolRunner::new(
                 tools,
@@ -332,6 +341,7 @@ impl Ctx {
             config_path: self.config_path.clone(),
             settings: self.settings.clone(),
             sandbox,
+            absent: Arc::default(),
         }
     }
 
@@ -396,7 +406,38 @@ pub(crate) struct ToolSources {
     config_path: PathBuf,
     settings: Arc<clade_runtime::settings::Catalog>,
     sandbox: Arc<clade_tools::sandbox::Sandbox>,
+    /// The sources the last registry built left out, which [`ToolSources::rejoin`] tries again.
+    absent: Arc<std::sync::Mutex<Absent>>,
 }
+
+/// A tool source that could not be reached when the registry was built.
+#[derive(Clone)]
+enum LeftOut {
+    Mcp(clade_tools::mcp::ServerSpec),
+    Host(clade_tools::remote::HostSpec),
+    Peer(clade_store::PeerRow),
+}
+
+impl LeftOut {
+    fn name(&self) -> &str {
+        match self {
+            LeftOut::Mcp(spec) => &spec.name,
+            LeftOut::Host(spec) => &spec.name,
+            LeftOut::Peer(peer) => &peer.name,
+        }
+    }
+}
+
+/// The sources left out of the registry of one build (its `generation`).
+#[derive(Default)]
+struct Absent {
+    generation: u64,
+    sources: Vec<LeftOut>,
+}
+
+/// How long [`ToolSources::rejoin`] waits between tries: from the first to the longest.
+const REJOIN_FIRST: std::time::Duration = std::time::Duration::from_secs(2);
+const REJOIN_LONGEST: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl ToolSources {
     fn identity(&self) -> Result<Arc<clade_tools::remote::identity::Identity>> {
@@ -410,6 +451,7 @@ impl ToolSources {
     pub(crate) async fn registry(&self, config: &Config) -> clade_tools::Registry {
         use clade_tools::builtin::Ledger;
         let mut tools = clade_tools::Registry::new();
+        let mut left_out = Vec::new();
         clade_tools::builtin::register_all(&mut tools, self.sandbox.clone());
         // With the scheduler elsewhere (`clade cron-service`), its host serves the cron tools.
         if config.scheduler.enabled {
@@ -441,7 +483,7 @@ impl ToolSources {
                 agents: server.agents.clone(),
                 timeout: std::time::Duration::from_secs(server.timeout_secs),
             };
-            match clade_tools::mcp::Server::connect(spec).await {
+            match clade_tools::mcp::Server::connect(spec.clone()).await {
                 Ok((_, found)) => {
                     tracing::info!(server = %name, tools = found.len(), "MCP server connected");
                     for tool in found {
@@ -449,7 +491,8 @@ impl ToolSources {
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "MCP server left out: its tools are unavailable until the next start")
+                    tracing::warn!(error = %err, "MCP server left out: its tools are offered once it can be reached");
+                    left_out.push(LeftOut::Mcp(spec));
                 }
             }
         }
@@ -489,7 +532,7 @@ impl ToolSources {
                 timeout: std::time::Duration::from_secs(host.timeout_secs),
                 peer: None,
             };
-            match clade_tools::remote::Host::connect(spec).await {
+            match clade_tools::remote::Host::connect(spec.clone()).await {
                 Ok((_, found)) => {
                     let (taken, kept): (Vec<_>, Vec<_>) =
                         found.into_iter().partition(|tool| tools.get(tool.name()).is_some());
@@ -503,7 +546,8 @@ impl ToolSources {
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "tool host left out: its tools are unavailable until the next start")
+                    tracing::warn!(error = %err, "tool host left out: its tools are offered once it can be reached");
+                    left_out.push(LeftOut::Host(spec));
                 }
             }
         }
@@ -528,10 +572,17 @@ impl ToolSources {
                                     }
                                 }
                             }
-                            Err(err) => tracing::warn!(
+                            Err(err) if err.key_changed => tracing::warn!(
                                 error = %err,
-                                "paired tool host left out: its tools are unavailable until it can be reached (or is paired again)"
+                                "paired tool host refused: its tools are unavailable until it is paired again"
                             ),
+                            Err(err) => {
+                                tracing::warn!(
+                                    error = %err,
+                                    "paired tool host left out: its tools are offered once it can be reached"
+                                );
+                                left_out.push(LeftOut::Peer(peer.clone()));
+                            }
                         }
                     }
                 }
@@ -540,7 +591,88 @@ impl ToolSources {
                 }
             }
         }
+        let mut absent = self.absent.lock().unwrap_or_else(|e| e.into_inner());
+        absent.generation += 1;
+        absent.sources = left_out;
         tools
+    }
+
+    /// Tries the sources the last registry left out again, waiting 2 s and then twice as long
+    /// each time (at most a minute), and offers the tools of each one that answers at once:
+    /// a tool host or MCP server down when the gateway starts joins when it comes up. A paired
+    /// host that answers with another key is refused (and audited) and not tried again.
+    pub(crate) fn rejoin(&self, engine: clade_runtime::Engine) -> tokio::task::JoinHandle<()> {
+        let sources = self.clone();
+        tokio::spawn(async move {
+            let (mut wait, mut seen) = (REJOIN_FIRST, 0);
+            loop {
+                tokio::time::sleep(wait).await;
+                let (generation, pending) = {
+                    let absent = sources.absent.lock().unwrap_or_else(|e| e.into_inner());
+                    (absent.generation, absent.sources.clone())
+                };
+                if generation != seen {
+                    (wait, seen) = (REJOIN_FIRST, generation);
+                }
+                if pending.is_empty() {
+                    continue;
+                }
+                let mut settled = Vec::new();
+                for source in &pending {
+                    match sources.connect(source).await {
+                        Ok(tools) => settled.push((source.name().to_owned(), Some(tools))),
+                        Err((message, for_good)) => {
+                            tracing::debug!(source = %source.name(), error = %message, "tool source still left out");
+                            if for_good {
+                                settled.push((source.name().to_owned(), None));
+                            }
+                        }
+                    }
+                }
+                let mut absent = sources.absent.lock().unwrap_or_else(|e| e.into_inner());
+                // A registry built meanwhile tried them itself.
+                if absent.generation != generation {
+                    continue;
+                }
+                for (name, tools) in settled {
+                    absent.sources.retain(|s| s.name() != name);
+                    if let Some(tools) = tools {
+                        let count = tools.len();
+                        let taken = engine.tools().add_tools(tools);
+                        tracing::info!(source = %name, tools = count - taken.len(), left_out = ?taken, "tool source joined: its tools are offered now");
+                    }
+                }
+                wait = (wait * 2).min(REJOIN_LONGEST);
+            }
+        })
+    }
+
+    /// One left-out source's tools; `Err` says why not, and whether it is not worth trying
+    /// again (a paired host that is no longer paired, or that proves another key).
+    async fn connect(
+        &self,
+        source: &LeftOut,
+    ) -> std::result::Result<Vec<Arc<dyn clade_tools::Tool>>, (String, bool)> {
+        match source {
+            LeftOut::Mcp(spec) => clade_tools::mcp::Server::connect(spec.clone())
+                .await
+                .map(|(_, tools)| tools)
+                .map_err(|e| (e.to_string(), false)),
+            LeftOut::Host(spec) => clade_tools::remote::Host::connect(spec.clone())
+                .await
+                .map(|(_, tools)| tools)
+                .map_err(|e| (e.to_string(), false)),
+            LeftOut::Peer(peer) => {
+                let paired = self.store.peer(&peer.kind, &peer.name).await;
+                if !matches!(&paired, Ok(Some(now)) if now.key == peer.key) {
+                    return Err(("no longer paired with this key".into(), true));
+                }
+                let identity = self.identity().map_err(|e| (format!("{e:#}"), false))?;
+                connect_peer(&self.store, peer, identity)
+                    .await
+                    .map_err(|e| (e.message.clone(), e.key_changed))
+            }
+        }
     }
 
     /// `openapi.<name>` with its document read (relative to the configuration file) and its

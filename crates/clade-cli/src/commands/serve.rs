@@ -35,11 +35,12 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     }
     let models = ctx.models();
     let sandbox = check_sandbox(ctx);
+    let sources = ctx.tool_sources(sandbox.clone());
     let options = clade_runtime::EngineOptions {
         sessions: ctx.config.sessions.clone(),
         bindings: ctx.config.bindings.clone(),
         default_agent: ctx.config.default_agent.clone(),
-        tools: ctx.tools_in(sandbox.clone()).await,
+        tools: ctx.tools_from(&sources, sandbox.clone()).await,
         tenants: ctx.config.tenants.clone(),
     };
     let engine = clade_runtime::Engine::start(
@@ -92,8 +93,8 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         ctx.store.clock().clone(),
     ));
     let reloader =
-        Reloader::new(ctx, engine.clone(), limits.clone(), ctx.tool_sources(sandbox), dispatchers)
-            .await?;
+        Reloader::new(ctx, engine.clone(), limits.clone(), sources.clone(), dispatchers).await?;
+    let _rejoin = AbortOnDrop(sources.rejoin(engine.clone()));
     let admin_path = crate::admin_socket::path(ctx, None);
     let admin = crate::admin_socket::serve(
         &admin_path,
@@ -390,6 +391,15 @@ fn admin_handler(
             }
         })
     })
+}
+
+/// Stops a task when the gateway stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Starts firing agents' jobs, unless `scheduler.enabled` is off; the sender stops it.

@@ -106,6 +106,50 @@ async fn the_cron_service_hosts_the_cron_tools_and_its_fires_run_in_the_gateway(
     assert!(String::from_utf8_lossy(&check.stderr).contains("failed"), "{stdout}");
 }
 
+/// A tool host that is down when the gateway starts is left out, then joins when it comes up,
+/// without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_host_down_at_start_joins_when_it_comes_up() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    // A port nothing listens on yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "scheduler:\n  enabled: false\ntool_hosts:\n  cron:\n    url: http://127.0.0.1:{port}/\n    token_env: CRON_TOKEN\n"
+        ),
+    );
+    let server = env.serve_with(&[], &[TOKEN_VAR]);
+    let has_cron = || async {
+        let tools = server.get_json("/v1/agents/ada/tools").await;
+        tools["items"].as_array().unwrap().iter().any(|t| t["name"] == "cron.list")
+    };
+    assert!(!has_cron().await, "a host that is down offers no tools");
+    let listen = format!("127.0.0.1:{port}");
+    let _cron = env
+        .spawn_service(
+            &["cron-service", "--listen", &listen, "--token-env", "CRON_TOKEN"],
+            &[TOKEN_VAR],
+        )
+        .expect("the cron service printed nothing");
+    let mut joined = false;
+    for _ in 0..300 {
+        if has_cron().await {
+            joined = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(joined, "the host's tools were never offered after it came up");
+    let (status, answer) = server
+        .send("POST", "/v1/agents/ada/tools/cron.list/call", None, Some(json!({ "arguments": {} })))
+        .await;
+    assert_eq!((status, answer["content"].clone()), (200, json!("[]")), "{answer}");
+    let logs = server.stop();
+    assert!(logs.contains("tool source joined"), "{logs}");
+}
+
 #[tokio::test]
 async fn the_admin_socket_answers_the_operator_and_no_one_else() {
     let env = Env::new();
