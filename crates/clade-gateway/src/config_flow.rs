@@ -75,7 +75,7 @@ const SECTIONS: &[(&str, bool)] = &[
     ("openapi", true),
     ("settings", true),
     ("tenants", true),
-    ("scheduler", false),
+    ("scheduler", true),
     ("heartbeats", true),
     ("testing", false),
 ];

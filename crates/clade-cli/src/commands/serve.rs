@@ -73,27 +73,25 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         removed = beats.removed.len(),
         "heartbeats as clade.yaml declares them"
     );
-    let scheduler = start_scheduler(ctx, &engine);
-    let sweeps = {
-        let settings = engine.clone();
-        let tenants: clade_sched::retention::TenantsNow =
-            std::sync::Arc::new(move || settings.settings().tenants.clone());
-        let store = ctx.store.acting_as("retention sweep");
-        let schedule = ctx.config.scheduler.retention_schedule.clone();
-        tokio::spawn(async move {
-            if let Err(err) =
-                clade_sched::retention::run(store, &schedule, tenants, std::future::pending()).await
-            {
-                tracing::error!(error = %err, "scheduler.retention_schedule cannot be read: no retention sweep runs");
-            }
-        })
-    };
+    let maintenance = std::sync::Arc::new(Maintenance {
+        store: ctx.store.clone(),
+        engine: engine.clone(),
+        running: tokio::sync::Mutex::default(),
+    });
+    maintenance.start(&ctx.config).await;
     let limits = std::sync::Arc::new(clade_gateway::quotas::TenantLimits::new(
         ctx.config.tenants.clone(),
         ctx.store.clock().clone(),
     ));
-    let reloader =
-        Reloader::new(ctx, engine.clone(), limits.clone(), sources.clone(), dispatchers).await?;
+    let reloader = Reloader::new(
+        ctx,
+        engine.clone(),
+        limits.clone(),
+        sources.clone(),
+        dispatchers,
+        maintenance.clone(),
+    )
+    .await?;
     let _rejoin = AbortOnDrop(sources.rejoin(engine.clone()));
     let admin_path = crate::admin_socket::path(ctx, None);
     let admin = crate::admin_socket::serve(
@@ -155,11 +153,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     reloader.abort();
     admin.abort();
     let _ = std::fs::remove_file(&admin_path);
-    sweeps.abort();
-    if let Some((stop, task)) = scheduler {
-        let _ = stop.send(());
-        let _ = task.await;
-    }
+    maintenance.stop().await;
     tracing::info!("clade stopped");
     Ok(())
 }
@@ -184,6 +178,8 @@ struct Reloader {
     dispatchers: std::sync::Arc<clade_runtime::outbox::Dispatchers>,
     /// For the models of a new configuration.
     secrets: clade_store::Secrets,
+    /// The scheduler and the sweeps, started again when `scheduler` or `sessions` changes.
+    maintenance: std::sync::Arc<Maintenance>,
 }
 
 impl Reloader {
@@ -193,6 +189,7 @@ impl Reloader {
         limits: std::sync::Arc<clade_gateway::quotas::TenantLimits>,
         sources: crate::context::ToolSources,
         dispatchers: std::sync::Arc<clade_runtime::outbox::Dispatchers>,
+        maintenance: std::sync::Arc<Maintenance>,
     ) -> Result<std::sync::Arc<Self>> {
         let store = ctx.store.acting_as("gateway (configuration reload)");
         let running = tokio::sync::Mutex::new(store.latest_config_revision().await?);
@@ -207,6 +204,7 @@ impl Reloader {
             sources,
             dispatchers,
             secrets: ctx.secrets(),
+            maintenance,
         }))
     }
 
@@ -279,6 +277,9 @@ impl Reloader {
                 }
             }
         }
+        if changed.iter().any(|(name, _)| matches!(*name, "scheduler" | "sessions")) {
+            self.maintenance.start(&config).await;
+        }
         *before = config.clone();
         self.limits.reload(config.tenants.clone());
         self.settings.reload(crate::context::declared_settings(&config));
@@ -311,7 +312,7 @@ fn api_smoke_test(ctx: &Ctx) -> clade_gateway::config_flow::SmokeFn {
 }
 
 /// The sections whose change makes a serving gateway list its tools again.
-const TOOL_SOURCES: &[&str] = &["mcp", "tool_hosts", "openapi"];
+const TOOL_SOURCES: &[&str] = &["mcp", "tool_hosts", "openapi", "scheduler"];
 
 /// The sections whose change gives turns new models.
 const MODEL_SECTIONS: &[&str] = &["models", "routing", "budgets"];
@@ -402,31 +403,82 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Starts firing agents' jobs, unless `scheduler.enabled` is off; the sender stops it.
-fn start_scheduler(
-    ctx: &Ctx,
-    engine: &clade_runtime::Engine,
-) -> Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
-    if !ctx.config.scheduler.enabled {
-        tracing::warn!(
-            "scheduler.enabled is false: no job fires from this gateway (run `clade cron-service` beside it)"
-        );
-        return None;
-    }
-    let options = look_options(ctx);
-    let waker = engine.clone();
-    let wake = std::sync::Arc::new(move |look: &clade_sched::scheduler::Look| {
-        for session in &look.sessions {
-            waker.wake(*session);
+/// The gateway's scheduler (agents' jobs) and retention sweeps, as `scheduler.*` says: started
+/// at the gateway's start and again with each configuration revision that changes it.
+struct Maintenance {
+    store: clade_store::Store,
+    engine: clade_runtime::Engine,
+    running: tokio::sync::Mutex<Option<Running>>,
+}
+
+/// What [`Maintenance`] runs now.
+struct Running {
+    /// Stops the scheduler; with its task, which ends once a look under way is settled.
+    scheduler: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    sweeps: tokio::task::JoinHandle<()>,
+}
+
+impl Maintenance {
+    /// Runs the scheduler (unless `scheduler.enabled` is off) and the sweeps as `config` says,
+    /// after stopping those running: a look under way settles first, so no fire is taken twice.
+    async fn start(&self, config: &clade_config::Config) {
+        let mut running = self.running.lock().await;
+        if let Some(before) = running.take() {
+            stop(before).await;
         }
-    });
-    let scheduler =
-        clade_sched::scheduler::Scheduler::new(ctx.store.acting_as("scheduler"), options, wake);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(scheduler.run(async {
-        let _ = stopped.await;
-    }));
-    Some((stop, task))
+        let scheduler = if config.scheduler.enabled {
+            let waker = self.engine.clone();
+            let wake = std::sync::Arc::new(move |look: &clade_sched::scheduler::Look| {
+                for session in &look.sessions {
+                    waker.wake(*session);
+                }
+            });
+            let scheduler = clade_sched::scheduler::Scheduler::new(
+                self.store.acting_as("scheduler"),
+                look_options_of(config),
+                wake,
+            );
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(scheduler.run(async {
+                let _ = stopped.await;
+            }));
+            tracing::info!("scheduler running");
+            Some((stop, task))
+        } else {
+            tracing::warn!(
+                "scheduler.enabled is false: no job fires from this gateway (run `clade cron-service` beside it)"
+            );
+            None
+        };
+        let settings = self.engine.clone();
+        let tenants: clade_sched::retention::TenantsNow =
+            std::sync::Arc::new(move || settings.settings().tenants.clone());
+        let store = self.store.acting_as("retention sweep");
+        let schedule = config.scheduler.retention_schedule.clone();
+        let sweeps = tokio::spawn(async move {
+            if let Err(err) =
+                clade_sched::retention::run(store, &schedule, tenants, std::future::pending()).await
+            {
+                tracing::error!(error = %err, "scheduler.retention_schedule cannot be read: no retention sweep runs");
+            }
+        });
+        *running = Some(Running { scheduler, sweeps });
+    }
+
+    async fn stop(&self) {
+        if let Some(running) = self.running.lock().await.take() {
+            stop(running).await;
+        }
+    }
+}
+
+async fn stop(running: Running) {
+    // A sweep is one transaction: stopping between them loses nothing.
+    running.sweeps.abort();
+    if let Some((stop, task)) = running.scheduler {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
 }
 
 /// A pairing asked for over the admin socket.
@@ -505,11 +557,16 @@ async fn pair(
 
 /// How a look settles jobs, from `scheduler.*` and `sessions.max_queued`.
 pub(super) fn look_options(ctx: &Ctx) -> clade_sched::scheduler::LookOptions {
-    let config = &ctx.config.scheduler;
+    look_options_of(&ctx.config)
+}
+
+fn look_options_of(config: &clade_config::Config) -> clade_sched::scheduler::LookOptions {
+    let sessions = &config.sessions;
+    let config = &config.scheduler;
     clade_sched::scheduler::LookOptions {
         grace: std::time::Duration::from_secs(config.grace_secs),
         limit: 1_000,
-        max_queued: ctx.config.sessions.max_queued,
+        max_queued: sessions.max_queued,
         max_failures: config.max_failures,
         ..clade_sched::scheduler::LookOptions::default()
     }

@@ -433,3 +433,49 @@ async fn retention_sweeps_delete_only_what_a_policy_names() {
     );
     assert_eq!(env.run(&["sessions", "list", "--json"]).ok().json(), json!([]));
 }
+
+/// `scheduler.*` is taken without a restart: a gateway whose scheduler is off fires nothing,
+/// starts firing (and offers the cron tools) once a revision turns it on, and stops again when
+/// one turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_follows_the_configuration_without_a_restart() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    let file = |name: &str, enabled: bool| {
+        let path = env.data_dir().join(name);
+        std::fs::write(&path, format!("scheduler:\n  enabled: {enabled}\n")).unwrap();
+        path
+    };
+    let off = file("off.yaml", false);
+    std::fs::copy(&off, env.data_dir().join("clade.yaml")).unwrap();
+    let server = env.serve(&[]);
+    let job = json!({ "name": "pulse", "schedule": "* * * * * *", "prompt": "/reply pulse",
+        "target": "session:heartbeat" });
+    let (status, created) = server.send("POST", "/v1/agents/ada/jobs", None, Some(job)).await;
+    assert_eq!(status, 201, "{created}");
+    let runs = || async {
+        let runs = server.get_json("/v1/agents/ada/jobs/pulse/runs?limit=1000").await;
+        runs["items"].as_array().unwrap().len()
+    };
+    let offered = || async {
+        let tools = server.get_json("/v1/agents/ada/tools").await;
+        tools["items"].as_array().unwrap().iter().any(|t| t["name"] == "cron.list")
+    };
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(runs().await, 0, "a job fired from a gateway whose scheduler is off");
+    assert!(!offered().await);
+
+    let on = file("on.yaml", true);
+    env.run(&["config", "apply", on.to_str().unwrap()]).ok();
+    env.run(&["gateway", "reload"]).ok();
+    until(&server, "/v1/agents/ada/jobs/pulse/runs", completed).await;
+    assert!(offered().await, "the cron tools come with the scheduler");
+
+    env.run(&["config", "apply", off.to_str().unwrap()]).ok();
+    env.run(&["gateway", "reload"]).ok();
+    // The scheduler stopped before the reload answered: nothing fires after.
+    let before = runs().await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(runs().await, before, "a job fired after the scheduler was turned off");
+    assert!(!offered().await);
+}
