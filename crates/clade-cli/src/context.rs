@@ -603,10 +603,11 @@ impl ToolSources {
     /// host that answers with another key is refused (and audited) and not tried again.
     pub(crate) fn rejoin(&self, engine: clade_runtime::Engine) -> tokio::task::JoinHandle<()> {
         let sources = self.clone();
+        let clock = self.store.clock().clone();
         tokio::spawn(async move {
             let (mut wait, mut seen) = (REJOIN_FIRST, 0);
             loop {
-                tokio::time::sleep(wait).await;
+                clock.sleep(wait).await;
                 let (generation, pending) = {
                     let absent = sources.absent.lock().unwrap_or_else(|e| e.into_inner());
                     (absent.generation, absent.sources.clone())

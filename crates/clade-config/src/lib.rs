@@ -957,10 +957,8 @@ impl Config {
                 }
             }
         }
-        // Only what enters the outbox reaches a webhook: not live-only deltas.
-        let delivered = || {
-            clade_core::EventKind::ALL.iter().filter(|k| **k != clade_core::EventKind::TextDelta)
-        };
+        // Only what enters the outbox reaches a webhook: not live-only deltas or progress.
+        let delivered = || clade_core::EventKind::ALL.iter().filter(|k| !k.is_live_only());
         for (index, subscriber) in self.subscribers.iter().enumerate() {
             for tenant in &subscriber.tenants {
                 if tenant != "*" && clade_core::Handle::parse(tenant).is_err() {

@@ -156,6 +156,8 @@ vocabulary! {
         /// Live only: part of a model's answer as it streams.
         TextDelta = "text.delta",
         ToolCalled = "tool.called",
+        /// Live only: how a running tool call is getting on (a remote host's progress).
+        ToolProgress = "tool.progress",
         ToolResult = "tool.result",
         ApprovalRequested = "approval.requested",
         ApprovalDecided = "approval.decided",
@@ -168,6 +170,11 @@ vocabulary! {
 }
 
 impl EventKind {
+    /// Passed to live subscribers only, never stored in the outbox nor sent to webhooks.
+    pub const fn is_live_only(self) -> bool {
+        matches!(self, EventKind::TextDelta | EventKind::ToolProgress)
+    }
+
     /// One of the events that end a turn.
     pub const fn ends_turn(self) -> bool {
         matches!(self, EventKind::TurnFinished | EventKind::TurnFailed | EventKind::TurnYielded)

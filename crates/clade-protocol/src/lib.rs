@@ -22,7 +22,8 @@ pub use journal::{ModelToolCall, TurnStep, TurnStepPage};
 pub use lifecycle::{
     ApprovalDecided, ApprovalRequested, CancelResponse, ClientFrame, ConfigApplied, HealthResponse,
     JobDisabled, LifecycleEvent, ReadinessResponse, ResumeResponse, SandboxReport, ServerFrame,
-    TextDelta, ToolCalled, ToolReturned, TurnEnded, TurnResumed, TurnStarted, WebhookEvent,
+    TextDelta, ToolCalled, ToolProgress, ToolReturned, TurnEnded, TurnResumed, TurnStarted,
+    WebhookEvent,
 };
 pub use resources::*;
 pub use spelled::Spelled;

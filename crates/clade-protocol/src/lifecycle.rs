@@ -54,6 +54,20 @@ pub struct TextDelta {
     pub text: String,
 }
 
+/// `tool.progress` (live only, never in the outbox): how a running tool call is getting on, as
+/// a remote tool host reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolProgress {
+    pub turn: String,
+    /// The model's id for the call.
+    pub call: String,
+    pub name: String,
+    pub message: String,
+    /// How far along, from 0 to 1, when the host says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f64>,
+}
+
 /// `tool.called`: a model's tool call passed policy and is about to run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ToolCalled {
@@ -194,6 +208,7 @@ lifecycle_events! {
     TurnResumed(TurnResumed) [From],
     TextDelta(TextDelta) [From],
     ToolCalled(ToolCalled) [From],
+    ToolProgress(ToolProgress) [From],
     ToolResult(ToolReturned) [From],
     ApprovalRequested(ApprovalRequested) [From],
     ApprovalDecided(ApprovalDecided) [From],

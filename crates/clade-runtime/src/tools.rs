@@ -564,6 +564,7 @@ impl ToolRunner {
                 agent: agent.id,
                 session: origin.session,
             }),
+            progress: None,
         })
     }
 

@@ -71,6 +71,33 @@ pub struct CallContext {
     /// Who calls. A tool that acts on its agent's own records (its jobs) takes the tenant and
     /// agent from here, never from its arguments, which the model writes.
     pub caller: Option<Caller>,
+    /// Where a long call reports how it is getting on (a remote host's progress frames), to
+    /// the session's live subscribers; none outside a turn.
+    pub progress: Option<Progress>,
+}
+
+/// Where a running call reports its progress: what it is doing, and how far along it is (0 to
+/// 1) when it knows. Live only: nothing is stored.
+#[derive(Clone)]
+pub struct Progress(Arc<Report>);
+
+/// What [`Progress`] calls: the message, and the fraction done when known.
+type Report = dyn Fn(&str, Option<f64>) + Send + Sync;
+
+impl Progress {
+    pub fn new(report: impl Fn(&str, Option<f64>) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(report))
+    }
+
+    pub fn report(&self, message: &str, fraction: Option<f64>) {
+        (self.0)(message, fraction.filter(|f| (0.0..=1.0).contains(f)));
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
 }
 
 /// The agent a call runs for, and the session of a model's call.

@@ -320,10 +320,24 @@ impl Frames {
 
     /// Reads frames until the last: `Ok` with the result or error frame's content.
     pub async fn outcome(&mut self, idle: Duration) -> Result<Result<String, CallError>, String> {
+        self.outcome_reporting(idle, None).await
+    }
+
+    /// [`Frames::outcome`], passing each progress frame to `progress`.
+    pub async fn outcome_reporting(
+        &mut self,
+        idle: Duration,
+        progress: Option<&crate::Progress>,
+    ) -> Result<Result<String, CallError>, String> {
         while let Some(frame) = self.next(idle).await? {
             match frame {
-                // Progress and heartbeats only show the call is alive.
-                CallFrame::Progress { .. } | CallFrame::Heartbeat {} => {}
+                CallFrame::Progress { message, fraction } => {
+                    if let Some(progress) = progress {
+                        progress.report(&message, fraction);
+                    }
+                }
+                // A heartbeat only shows the call is alive.
+                CallFrame::Heartbeat {} => {}
                 CallFrame::Result { content } => return Ok(Ok(content)),
                 CallFrame::Error(error) => return Ok(Err(error)),
             }
@@ -487,7 +501,7 @@ impl Host {
                     other => self.error(format!("{tool}: {other}")).to_string(),
                 },
             )?;
-            match frames.outcome(self.idle).await {
+            match frames.outcome_reporting(self.idle, ctx.progress.as_ref()).await {
                 Ok(Ok(content)) => Ok(content),
                 Ok(Err(error)) if error.code == ErrorCode::ToolFailed => Err(error.message),
                 Ok(Err(error)) => Err(self.error(format!("{tool}: {error}")).to_string()),

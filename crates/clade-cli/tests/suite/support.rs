@@ -305,3 +305,26 @@ pub fn token(env: &Env, tenant: &str, scopes: &[&str]) -> (String, String) {
     let id = out.stderr.split_whitespace().nth(1).unwrap().to_owned();
     (out.stdout.trim().to_owned(), id)
 }
+
+/// The next text frame of a WebSocket, as JSON (a test fails after 20 s without one).
+pub async fn read<S>(socket: &mut S) -> serde_json::Value
+where
+    S: futures::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures::StreamExt;
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(20), socket.next())
+            .await
+            .expect("no WebSocket frame within 20 s")
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::support::{Env, token, write};
+use super::support::{Env, read, token, write};
 
 const TOKEN_VAR: (&str, &str) = ("CRON_TOKEN", "cron-s3cret");
 
@@ -432,4 +432,83 @@ async fn a_paired_tool_host_is_offered_without_its_token_until_its_key_changes()
     assert!(logs.contains("did not prove it holds the key"), "{logs}");
     env.run(&["pair", "remove", "cron"]).ok();
     env.run(&["pair", "remove", "cron"]).fails_with("no component named");
+}
+
+/// A remote host's progress frames reach the session's live subscribers as `tool.progress`,
+/// before the call's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosts_progress_reaches_live_subscribers() {
+    use axum::routing::{get, post};
+    use clade_protocol::remote_tools::{FRAMES_CONTENT_TYPE, PROTOCOL};
+    use futures::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    let host = axum::Router::new()
+        .route(
+            "/manifest",
+            get(|| async {
+                axum::Json(json!({
+                    "protocol": PROTOCOL,
+                    "host": { "name": "slow", "version": "1" },
+                    "heartbeat_secs": 5,
+                    "tools": [{ "name": "slow.count", "description": "Counts slowly",
+                        "input_schema": { "type": "object" }, "effect": "pure", "touches_host": false }],
+                }))
+            }),
+        )
+        .route("/health", get(|| async { axum::Json(json!({ "status": "ok", "protocol": PROTOCOL, "tools": 1 })) }))
+        .route(
+            "/calls",
+            post(|| async {
+                let frames = [
+                    json!({ "type": "progress", "message": "halfway", "fraction": 0.5 }),
+                    json!({ "type": "result", "content": "counted" }),
+                ];
+                let body: String = frames.iter().map(|f| format!("{f}\n")).collect();
+                ([(axum::http::header::CONTENT_TYPE, FRAMES_CONTENT_TYPE)], body)
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, host).await });
+
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!("tool_hosts:\n  slow:\n    url: http://{address}/\n    agents: ['*']\n"),
+    );
+    let server = env.serve(&[]);
+    let url = format!("{}/v1/ws", server.url.replace("http://", "ws://"));
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {}", server.token).parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    socket
+        .send(Message::Text(json!({ "type": "subscribe", "agent": "ada" }).to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(read(&mut socket).await["type"], "subscribed");
+    let body = json!({ "agent": "ada", "text": "/tool slow.count", "source": { "platform": "http", "channel": "dm", "actor": "grace" } });
+    let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
+    assert_eq!(status, 202, "{answer}");
+    let mut seen = Vec::new();
+    loop {
+        let frame = read(&mut socket).await;
+        let kind = frame["kind"].as_str().unwrap_or_default().to_owned();
+        if kind == "tool.progress" {
+            assert_eq!(frame["data"]["name"], "slow.count", "{frame}");
+            assert_eq!(frame["data"]["message"], "halfway", "{frame}");
+            assert_eq!(frame["data"]["fraction"], 0.5, "{frame}");
+        }
+        seen.push(kind.clone());
+        if kind == "turn.finished" {
+            break;
+        }
+    }
+    let at = |kind: &str| seen.iter().position(|k| k == kind);
+    assert!(at("tool.progress").is_some(), "{seen:?}");
+    assert!(at("tool.progress") < at("tool.result"), "{seen:?}");
 }

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, serve_hook, write};
+use super::support::{Env, Server, read, serve_hook, write};
 
 async fn stub() -> clade_stub::Stub {
     clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap()
@@ -466,28 +466,6 @@ async fn websocket_subscribers_get_live_events_of_their_tenant_only() {
     assert_eq!(text, "echo: hello websocket");
 }
 
-async fn read<S>(socket: &mut S) -> Value
-where
-    S: futures::Stream<
-            Item = Result<
-                tokio_tungstenite::tungstenite::Message,
-                tokio_tungstenite::tungstenite::Error,
-            >,
-        > + Unpin,
-{
-    use futures::StreamExt;
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
-            return serde_json::from_str(&text).unwrap();
-        }
-    }
-}
-
 /// Sends `text` from `actor` and waits for its turn, which must complete as the session's
 /// `n`-th (from 0); returns the config revision that turn ran with.
 async fn nth_turn_revision(server: &Server, text: &str, actor: &str, n: usize) -> String {
@@ -798,6 +776,7 @@ async fn every_lifecycle_event_reads_as_the_protocol_says() {
                 k,
                 EventKind::TurnFailed
                     | EventKind::TextDelta
+                    | EventKind::ToolProgress
                     | EventKind::JobDisabled
                     | EventKind::ConfigApplied
             )

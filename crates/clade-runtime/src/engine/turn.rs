@@ -67,8 +67,13 @@ pub(super) async fn run_turn(
         journal.announce = Some(OutboxEvent::from(&started));
     }
     let thinker = AgentModel { inner, tenant, agent };
-    let hands =
-        AgentTools { runner: &inner.tools, set: tools, tenant: tenant.name.as_str(), agent };
+    let hands = AgentTools {
+        runner: &inner.tools,
+        set: tools,
+        tenant: tenant.name.as_str(),
+        agent,
+        hub: inner.bus.hub().clone(),
+    };
     // The settings the turn's context was loaded with, however they are reloaded meanwhile.
     let sessions = &ctx.settings.sessions;
     let plan = TurnPlan {
@@ -222,9 +227,33 @@ struct AgentTools<'a> {
     set: Arc<ToolSet>,
     tenant: &'a str,
     agent: &'a Agent,
+    /// Where a call's progress goes: the session's live subscribers.
+    hub: crate::hub::Hub,
 }
 
 impl AgentTools<'_> {
+    /// Passes a call's progress to the session's live subscribers as `tool.progress`.
+    fn progress(&self, call: &ToolCall, turn: &TurnRow) -> clade_tools::Progress {
+        let hub = self.hub.clone();
+        let (agent, session) = (turn.agent_id, turn.session_id);
+        let (turn, id, name) = (turn.id.to_string(), call.id.clone(), call.name.clone());
+        clade_tools::Progress::new(move |message, fraction| {
+            let event = LifecycleEvent::from(clade_protocol::ToolProgress {
+                turn: turn.clone(),
+                call: id.clone(),
+                name: name.clone(),
+                message: message.to_owned(),
+                fraction,
+            });
+            hub.publish_with(agent, session, || LiveEvent {
+                session,
+                id: None,
+                kind: event.kind(),
+                data: event.data(),
+            });
+        })
+    }
+
     fn origin(call: &ToolCall, key: &str, turn: &TurnRow) -> CallOrigin {
         CallOrigin {
             call_key: key.to_owned(),
@@ -275,7 +304,10 @@ impl Hands for AgentTools<'_> {
         let authorized =
             self.runner.authorize_in(&self.set, self.agent, tool.as_ref(), args, &origin).await;
         drop(paused);
-        authorized
+        authorized.map(|mut authorized| {
+            authorized.context.progress = Some(self.progress(call, turn));
+            authorized
+        })
     }
 
     fn audit(&self, authorized: &Authorized) -> AuditEntry {
