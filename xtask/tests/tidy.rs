@@ -309,6 +309,8 @@ fn the_gateway_never_reads_across_tenants() {
     let allowed = [
         "acting_as",
         "authenticate_scoped",
+        // A paired operator's key, as a token: it says which tenant a request is.
+        "authenticate_peer",
         "clock",
         "clone",
         // The deployment's configuration, which only the operator's token reaches.

@@ -125,6 +125,10 @@ pub(crate) enum Command {
     /// Receive a gateway's lifecycle events as a paired subscriber (`clade pair subscriber`),
     /// writing each as a JSON line to standard output or a file
     SubscriberService(SubscriberServiceArgs),
+    /// This CLI on another machine, paired with a gateway as an operator: wait to be paired,
+    /// then talk to its agents with this machine's key instead of a token
+    #[command(subcommand)]
+    Remote(RemoteCommand),
     /// Remote tool hosts: check one against the protocol
     #[command(subcommand)]
     ToolHost(ToolHostCommand),
@@ -592,6 +596,26 @@ pub(crate) enum PairCommand {
         #[arg(long, value_name = "PATH")]
         admin_socket: Option<std::path::PathBuf>,
     },
+    /// Pair a CLI on another machine (`clade remote listen` there) as an operator: it calls
+    /// the API with its key instead of a token, as one tenant with the scopes given
+    Cli {
+        /// The waiting CLI's URL (`http://laptop:7432/`)
+        endpoint: String,
+        /// The name the gateway knows it by: 1-64 of a-z, 0-9, - and _
+        name: String,
+        /// Environment variable holding the token the waiting CLI printed, which authorizes the pairing
+        #[arg(long, value_name = "VAR", default_value = "CLADE_PAIR_TOKEN")]
+        token_env: String,
+        /// What it reaches: tenant/* (the whole tenant) or tenant/handle, of one tenant (repeatable) [default: default/*]
+        #[arg(long = "agents", value_name = "PATTERN")]
+        agents: Vec<String>,
+        /// What it may do: admin, operate, send, read or approve (repeatable) [default: operate]
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<std::path::PathBuf>,
+    },
     /// The paired components
     List {
         #[arg(long)]
@@ -601,9 +625,38 @@ pub(crate) enum PairCommand {
     /// subscriber is sent nothing more and its leases end
     Remove {
         name: String,
-        /// `tool` or `subscriber`, when both kinds have a component of this name
+        /// `tool`, `subscriber` or `operator`, when several kinds have a component of this name
         #[arg(long, value_name = "KIND")]
         kind: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RemoteCommand {
+    /// Wait for the gateway to pair with this CLI (`clade pair cli` there), then keep its URL and key
+    Listen {
+        /// Address the gateway reaches this CLI at while pairing
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7432")]
+        listen: String,
+        /// The gateway's URL, for what this CLI sends afterwards (`http://gateway:8080`)
+        #[arg(long, value_name = "URL")]
+        gateway: String,
+        /// Environment variable holding the pairing token [default: one made now and shown]
+        #[arg(long, value_name = "VAR", default_value = "CLADE_PAIR_TOKEN")]
+        token_env: String,
+    },
+    /// Check the pairing: the gateway proves its key, and the agents it lets this CLI reach
+    Status,
+    /// Send one message to an agent and print its reply
+    Send {
+        #[arg(long)]
+        agent: String,
+        text: String,
+    },
+    /// Talk to an agent, a line at a time, in one session
+    Chat {
+        #[arg(long)]
+        agent: String,
     },
 }
 

@@ -1,10 +1,19 @@
-//! Bearer-token authentication: every `/v1` request names its tenant through its token.
+//! Authentication: every `/v1` request names its tenant through its bearer token, or, from an
+//! operator paired with `clade pair cli`, through its signature (the key, the time and a
+//! signature over the method, path, time and body digest, as the remote tool protocol's §8
+//! signs; the operator's own token, never sent, says what it may do). A signed request is taken
+//! once within 5 minutes of the gateway's clock, and one that sends a challenge gets the
+//! gateway's signature of it back, so the CLI knows it reached the gateway it paired with.
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use clade_core::{AgentId, Tenant};
+
+use clade_protocol::remote_tools::{
+    CHALLENGE_HEADER, HOST_SIGNATURE_HEADER, PEER_HEADER, PEER_SIGNATURE_HEADER, PEER_TIME_HEADER,
+};
 
 use crate::AppState;
 use crate::error::{ApiError, Code};
@@ -67,9 +76,12 @@ impl Reach {
     }
 }
 
-/// The bearer token a request authenticated with.
+/// What a request authenticated with: a bearer token, or a paired operator's key.
 #[derive(Clone)]
-pub(crate) struct Credential(std::sync::Arc<str>);
+pub(crate) enum Credential {
+    Token(std::sync::Arc<str>),
+    Peer(std::sync::Arc<str>),
+}
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,10 +90,15 @@ impl std::fmt::Debug for Credential {
 }
 
 impl Credential {
-    /// Whether the token still authenticates the same tenant: a long-lived stream asks this
-    /// every [`RECHECK_EVERY`] and closes once the token is revoked or its tenant deleted.
+    /// Whether the token (or the operator's pairing) still authenticates the same tenant: a
+    /// long-lived stream asks this every [`RECHECK_EVERY`] and closes once the token is revoked,
+    /// the operator unpaired, or its tenant deleted.
     pub(crate) async fn still_valid(&self, store: &clade_store::Store, tenant: &Tenant) -> bool {
-        match store.authenticate(&self.0).await {
+        let current = match self {
+            Credential::Token(token) => store.authenticate(token).await,
+            Credential::Peer(key) => store.authenticate_peer(key).await.map(|(tenant, _)| tenant),
+        };
+        match current {
             Ok(current) => current.id == tenant.id,
             // Only a definite "no" ends a stream; a store hiccup is retried at the next check.
             Err(clade_store::Error::BadToken) => false,
@@ -107,9 +124,12 @@ fn bearer_token(header: &axum::http::HeaderValue) -> Option<&str> {
 
 pub(crate) async fn require_token(
     State(state): State<AppState>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
+    if request.headers().contains_key(PEER_HEADER) {
+        return signed_by_peer(state, request, next).await;
+    }
     let Some(header) = request.headers().get(AUTHORIZATION) else {
         return ApiError::new(
             Code::MissingToken,
@@ -117,47 +137,177 @@ pub(crate) async fn require_token(
         )
         .into_response();
     };
-    let Some(token) = bearer_token(header) else {
+    let Some(token) = bearer_token(header).map(std::sync::Arc::<str>::from) else {
         return ApiError::new(
             Code::InvalidToken,
             "the Authorization header is not `Bearer <token>`: send the token after the word Bearer and one space",
         )
         .into_response();
     };
-    match state.store.authenticate_scoped(token).await {
+    match state.store.authenticate_scoped(&token).await {
         Ok((tenant, access)) => {
-            let mut scopes = access.scopes.clone();
-            // The store makes no such token; should one exist, admin (the whole tenant) is
-            // not among what a token limited to some agents may do.
-            if access.agents.is_some() {
-                scopes.retain(|s| *s != clade_core::Scope::Admin);
-            }
-            tracing::Span::current().record("tenant", tenant.name.as_str());
-            let route = request
-                .extensions()
-                .get::<axum::extract::MatchedPath>()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_default();
-            let needed = crate::scopes::required(request.method().as_str(), &route);
-            if !needed.is_some_and(|needed| clade_core::Scope::allows(&scopes, needed)) {
-                let needed = needed.map(clade_core::Scope::join).unwrap_or_default();
-                return ApiError::new(
-                    Code::Forbidden,
-                    format!(
-                        "this token's scopes ({}) do not allow {} {route}, which needs {}: create a token with `clade tokens create --scope …`",
-                        clade_core::Scope::join(&scopes),
-                        request.method(),
-                        if needed.is_empty() { "a scope no token has".to_owned() } else { needed.replace(',', " or ") },
-                    ),
-                )
-                .into_response();
-            }
-            let credential = Credential(token.into());
-            request.extensions_mut().insert(Caller(tenant, credential, Reach::of(access)));
-            next.run(request).await
+            admit(request, next, tenant, access, Credential::Token(token)).await
         }
         Err(err) => ApiError::from(err).into_response(),
     }
+}
+
+/// Lets an authenticated request through if its scopes allow the route.
+async fn admit(
+    mut request: Request,
+    next: Next,
+    tenant: Tenant,
+    access: clade_store::TokenAccess,
+    credential: Credential,
+) -> Response {
+    let mut scopes = access.scopes.clone();
+    // The store makes no such token; should one exist, admin (the whole tenant) is not among
+    // what a token limited to some agents may do.
+    if access.agents.is_some() {
+        scopes.retain(|s| *s != clade_core::Scope::Admin);
+    }
+    tracing::Span::current().record("tenant", tenant.name.as_str());
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let needed = crate::scopes::required(request.method().as_str(), &route);
+    if !needed.is_some_and(|needed| clade_core::Scope::allows(&scopes, needed)) {
+        let needed = needed.map(clade_core::Scope::join).unwrap_or_default();
+        return ApiError::new(
+            Code::Forbidden,
+            format!(
+                "this token's scopes ({}) do not allow {} {route}, which needs {}: create a token with `clade tokens create --scope …`",
+                clade_core::Scope::join(&scopes),
+                request.method(),
+                if needed.is_empty() { "a scope no token has".to_owned() } else { needed.replace(',', " or ") },
+            ),
+        )
+        .into_response();
+    }
+    request.extensions_mut().insert(Caller(tenant, credential, Reach::of(access)));
+    next.run(request).await
+}
+
+/// How far a signed request's time may be from the gateway's clock.
+const SIGNED_WITHIN_MS: i64 = 5 * 60 * 1000;
+/// The most signatures remembered to refuse a replay.
+const REMEMBERED_SIGNATURES: usize = 100_000;
+
+/// The signatures taken lately, and when each was made, oldest first.
+type Seen = (std::collections::HashSet<String>, std::collections::VecDeque<(i64, String)>);
+
+/// What checks paired operators' signed requests: the gateway's key (to answer a challenge),
+/// the signatures taken lately (a replay is refused), and the largest body read.
+pub struct PeerAuth {
+    identity: std::sync::Arc<clade_tools::remote::identity::Identity>,
+    seen: std::sync::Mutex<Seen>,
+    max_body_bytes: usize,
+}
+
+impl PeerAuth {
+    pub fn new(
+        identity: std::sync::Arc<clade_tools::remote::identity::Identity>,
+        max_body_bytes: usize,
+    ) -> Self {
+        Self { identity, seen: std::sync::Mutex::default(), max_body_bytes }
+    }
+
+    /// Remembers `signature` made at `time`; false if it was taken already.
+    fn first_use(&self, signature: &str, time: i64, now: i64) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (set, order) = &mut *seen;
+        // A signature older than twice the window can no longer pass the time check.
+        while order.front().is_some_and(|(at, _)| *at < now - 2 * SIGNED_WITHIN_MS)
+            || order.len() >= REMEMBERED_SIGNATURES
+        {
+            if let Some((_, old)) = order.pop_front() {
+                set.remove(&old);
+            }
+        }
+        if !set.insert(signature.to_owned()) {
+            return false;
+        }
+        order.push_back((time, signature.to_owned()));
+        true
+    }
+}
+
+fn refused(message: impl Into<String>) -> Response {
+    ApiError::new(Code::InvalidToken, message).into_response()
+}
+
+/// A request signed with a paired operator's key.
+async fn signed_by_peer(state: AppState, request: Request, next: Next) -> Response {
+    use clade_tools::remote::identity;
+    let Some(auth) = state.peers.clone() else {
+        return refused("this gateway takes no signed requests: send a bearer token");
+    };
+    let headers = request.headers().clone();
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (Some(key), Some(time), Some(signature)) =
+        (text(PEER_HEADER), text(PEER_TIME_HEADER), text(PEER_SIGNATURE_HEADER))
+    else {
+        return refused(format!(
+            "a signed request needs {PEER_HEADER}, {PEER_TIME_HEADER} and {PEER_SIGNATURE_HEADER}"
+        ));
+    };
+    let Ok(time) = time.parse::<i64>() else {
+        return refused(format!("{PEER_TIME_HEADER} must be Unix milliseconds"));
+    };
+    let now = state.store.clock().now().as_millis();
+    if (now - time).abs() > SIGNED_WITHIN_MS {
+        return refused(format!(
+            "the request was signed {} s from the gateway's clock; at most {} s are taken (set the clock right)",
+            (now - time).abs() / 1000,
+            SIGNED_WITHIN_MS / 1000
+        ));
+    }
+    let challenge = text(CHALLENGE_HEADER);
+    let target = request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map(|uri| uri.0.clone())
+        .unwrap_or_else(|| request.uri().clone());
+    let route = target.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let method = request.method().as_str().to_owned();
+    let (parts, body) = request.into_parts();
+    // Capped at the server's body limit (`server.max_body_bytes`), as every other route's.
+    #[allow(clippy::disallowed_methods)]
+    let read = axum::body::to_bytes(body, auth.max_body_bytes).await;
+    let Ok(body) = read else {
+        return ApiError::new(Code::PayloadTooLarge, "the body is over the server's limit")
+            .into_response();
+    };
+    let signed = identity::request_text(&method, &route, time, &body);
+    if !identity::verify(&key, &[identity::REQUEST, &signed], &signature) {
+        return refused("the request's signature is not its key's");
+    }
+    // From here on the answer, refusals included, proves the gateway's key: the CLI can tell
+    // "this gateway unpaired me" from "this is not my gateway".
+    let mut response = if !auth.first_use(&signature, time, now) {
+        refused("this signed request was taken already: sign each request anew")
+    } else {
+        match state.store.authenticate_peer(&key).await {
+            Ok((tenant, access)) => {
+                let request = Request::from_parts(parts, axum::body::Body::from(body));
+                admit(request, next, tenant, access, Credential::Peer(key.into())).await
+            }
+            Err(clade_store::Error::BadToken) => refused(format!(
+                "the key {}… is not paired with this gateway as an operator (or was unpaired): pair it with `clade pair cli`",
+                identity::fingerprint(&key)
+            )),
+            Err(err) => ApiError::from(err).into_response(),
+        }
+    };
+    if let Some(challenge) = challenge {
+        let proof = auth.identity.sign(&[identity::HOST_PROOF, challenge.as_bytes()]);
+        if let Ok(value) = axum::http::HeaderValue::from_str(&proof) {
+            response.headers_mut().insert(HOST_SIGNATURE_HEADER, value);
+        }
+    }
+    response
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod agents;
 /// The wire types, which `clade-protocol` owns.
 pub use clade_protocol as api;
 mod auth;
+pub use auth::PeerAuth;
 mod config;
 pub mod config_flow;
 pub mod error;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub settings: std::sync::Arc<clade_runtime::settings::Catalog>,
     /// What `POST /v1/config` with `smoke: true` runs before writing (none: refused).
     pub smoke: Option<config_flow::SmokeFn>,
+    /// What checks paired operators' signed requests (none: only bearer tokens are taken).
+    pub peers: Option<std::sync::Arc<auth::PeerAuth>>,
 }
 
 impl AppState {

@@ -94,6 +94,18 @@ impl Pairing {
         })
     }
 
+    /// The gateways paired with this component: each one's key and the name it gave this
+    /// component, newest first.
+    pub fn paired(&self) -> Vec<(String, String)> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut paired: Vec<_> = peers
+            .iter()
+            .map(|(key, peer)| (peer.paired_at, key.clone(), peer.name.clone()))
+            .collect();
+        paired.sort_by_key(|p| std::cmp::Reverse(p.0));
+        paired.into_iter().map(|(_, key, name)| (key, name)).collect()
+    }
+
     /// A paired gateway's signature, else the token; then the version.
     pub fn admit(
         &self,
@@ -290,6 +302,34 @@ impl Pairing {
 /// A component's state, which holds its [`Pairing`].
 pub trait Paired: Send + Sync + 'static {
     fn pairing(&self) -> &Pairing;
+}
+
+impl Paired for Pairing {
+    fn pairing(&self) -> &Pairing {
+        self
+    }
+}
+
+/// A component that only pairs (a CLI waiting for `clade pair cli`): `health`, which signs a
+/// challenge, and the pairing routes.
+pub fn waiting_router(pairing: Arc<Pairing>) -> Router {
+    Router::new()
+        .route(
+            "/health",
+            axum::routing::get(
+                |State(pairing): State<Arc<Pairing>>, headers: HeaderMap| async move {
+                    if let Err((code, message)) = pairing.admit("GET", "health", &headers, &[]) {
+                        return refuse(code, message);
+                    }
+                    let mut response =
+                        axum::Json(serde_json::json!({ "status": "ok" })).into_response();
+                    pairing.prove(&headers, &mut response);
+                    response
+                },
+            ),
+        )
+        .merge(routes())
+        .with_state(pairing)
 }
 
 /// The routes `pair` and `pair/confirm`, for a component's router.

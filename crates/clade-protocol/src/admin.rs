@@ -19,7 +19,8 @@ pub enum AdminRequest {
     /// Pair with a remote component: the gateway sends it a challenge from its own process,
     /// authorized by the component's token, and keeps its key.
     Pair {
-        /// `tool`: a remote tool host; `subscriber`: a component sent the lifecycle events.
+        /// `tool`: a remote tool host; `subscriber`: a component sent the lifecycle events;
+        /// `operator`: a CLI that calls the API with its key, as its agents' tenant.
         kind: String,
         /// Its base URL.
         endpoint: String,
@@ -34,6 +35,9 @@ pub enum AdminRequest {
         /// A subscriber sent only what its tenants lease to it.
         #[serde(default)]
         leased: bool,
+        /// What an operator may do (API token scopes; default `operate`).
+        #[serde(default)]
+        scopes: Vec<String>,
     },
     /// The gateway's own key, and how many components are paired.
     Identity {},

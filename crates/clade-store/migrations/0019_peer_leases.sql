@@ -1,5 +1,8 @@
 -- A paired subscriber paired with `--leased` receives only what a lease gives it.
 ALTER TABLE peers ADD COLUMN leased INTEGER NOT NULL DEFAULT 0;
+-- A paired operator (`clade pair cli`) acts with this API token's tenant, scopes and agents;
+-- the token's secret was never kept, so only the peer's signature uses it.
+ALTER TABLE peers ADD COLUMN token_id BLOB;
 
 -- Temporary grants to a paired component: a tenant's events (or one agent's, or one
 -- session's) for a while. A lease ends at its expiry, when its tenant revokes it, when its

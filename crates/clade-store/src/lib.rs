@@ -54,7 +54,7 @@ pub use jobs::{
 pub use leases::Lease;
 pub use migrate::{MigrationReport, Migrations, SCHEMA_VERSION};
 pub use owner::OwnerLock;
-pub use peers::PeerRow;
+pub use peers::{NewPeer, PeerRow};
 pub use scoped::{SystemStore, TenantStore};
 pub use secrets::Secrets;
 pub use settings::SettingRow;

@@ -2,11 +2,45 @@
 //! public key, and the agents it serves. Pairing, removal and a peer's failed proof of its key
 //! are audited as the operator's (the default tenant's).
 
-use clade_core::{AuditKind, Tenant, Timestamp};
+use clade_core::{AuditKind, Tenant, Timestamp, TokenId};
 
 use crate::db::{Row, query};
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::store::{Store, opt_id};
+
+/// The kind of a paired operator (`clade pair cli`): a CLI that calls the API with its key.
+pub const OPERATOR: &str = "operator";
+
+/// A pairing to record.
+#[derive(Debug, Clone)]
+pub struct NewPeer {
+    pub kind: String,
+    pub name: String,
+    pub endpoint: String,
+    pub key: String,
+    pub agents: Vec<String>,
+    pub leased: bool,
+    pub token: Option<TokenId>,
+}
+
+/// Revokes the token of the peer `kind`/`name`, if it has one: it is replaced or removed.
+async fn revoke_peer_token(
+    work: &mut crate::Work<'_>,
+    kind: &str,
+    name: &str,
+    now: i64,
+) -> Result<()> {
+    query(
+        "UPDATE api_tokens SET revoked_at = $3 WHERE revoked_at IS NULL AND id IN \
+         (SELECT token_id FROM peers WHERE kind = $1 AND name = $2)",
+    )
+    .bind(kind.to_owned())
+    .bind(name.to_owned())
+    .bind(now)
+    .execute(work.conn())
+    .await?;
+    Ok(())
+}
 
 /// One paired component.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,11 +55,14 @@ pub struct PeerRow {
     pub agents: Vec<String>,
     /// A subscriber that receives only what a lease gives it.
     pub leased: bool,
+    /// An operator's API token, whose tenant, scopes and agents its signed requests get.
+    pub token: Option<TokenId>,
     pub paired_at: Timestamp,
     pub paired_by: String,
 }
 
-const COLUMNS: &str = "kind, name, endpoint, peer_key, agents, leased, paired_at, paired_by";
+const COLUMNS: &str =
+    "kind, name, endpoint, peer_key, agents, leased, token_id, paired_at, paired_by";
 
 fn peer_row(row: &Row) -> Result<PeerRow> {
     let name: String = row.try_get("name")?;
@@ -38,36 +75,33 @@ fn peer_row(row: &Row) -> Result<PeerRow> {
         endpoint: row.try_get("endpoint")?,
         key: row.try_get("peer_key")?,
         leased: row.try_get::<i64, _>("leased")? != 0,
+        token: opt_id(row, "token_id")?.map(TokenId::from_bytes),
         paired_at: Timestamp::from_millis(row.try_get("paired_at")?),
         paired_by: row.try_get("paired_by")?,
     })
 }
 
 impl Store {
-    /// Records a pairing (replacing one of the same kind and name), audited.
-    pub async fn record_peer(
-        &self,
-        kind: &str,
-        name: &str,
-        endpoint: &str,
-        key: &str,
-        agents: &[String],
-        leased: bool,
-    ) -> Result<PeerRow> {
+    /// Records a pairing (replacing one of the same kind and name, whose operator token, if
+    /// any, is revoked with it), audited.
+    pub async fn record_peer(&self, new: NewPeer) -> Result<PeerRow> {
         let operator = self.tenant(Tenant::DEFAULT_NAME).await?;
         let audit = self.admin_record(
             operator.id,
             None,
             AuditKind::PeerPaired,
-            serde_json::json!({ "kind": kind, "name": name, "endpoint": endpoint, "key": key }),
+            serde_json::json!({
+                "kind": new.kind, "name": new.name, "endpoint": new.endpoint, "key": new.key,
+            }),
         );
         let peer = PeerRow {
-            kind: kind.to_owned(),
-            name: name.to_owned(),
-            endpoint: endpoint.to_owned(),
-            key: key.to_owned(),
-            agents: agents.to_vec(),
-            leased,
+            kind: new.kind,
+            name: new.name,
+            endpoint: new.endpoint,
+            key: new.key,
+            agents: new.agents,
+            leased: new.leased,
+            token: new.token,
             paired_at: self.now(),
             paired_by: self.actor().to_owned(),
         };
@@ -75,11 +109,13 @@ impl Store {
         self.transact(operator.id, move |work| {
             let (peer, audit) = (row.clone(), audit.clone());
             Box::pin(async move {
+                let now = work.now().as_millis();
+                revoke_peer_token(work, &peer.kind, &peer.name, now).await?;
                 query(format!(
-                    "INSERT INTO peers ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                    "INSERT INTO peers ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                      ON CONFLICT (kind, name) DO UPDATE SET endpoint = excluded.endpoint, \
                      peer_key = excluded.peer_key, agents = excluded.agents, \
-                     leased = excluded.leased, \
+                     leased = excluded.leased, token_id = excluded.token_id, \
                      paired_at = excluded.paired_at, paired_by = excluded.paired_by"
                 ))
                 .bind(peer.kind.clone())
@@ -88,6 +124,7 @@ impl Store {
                 .bind(peer.key.clone())
                 .bind(serde_json::to_string(&peer.agents).unwrap_or_else(|_| "[]".into()))
                 .bind(i64::from(peer.leased))
+                .bind(peer.token.map(|t| t.as_bytes().to_vec()))
                 .bind(peer.paired_at.as_millis())
                 .bind(peer.paired_by.clone())
                 .execute(work.conn())
@@ -98,6 +135,24 @@ impl Store {
         })
         .await?;
         Ok(peer)
+    }
+
+    /// The tenant and access of the operator paired with `key` (its token's), or
+    /// [`Error::BadToken`] when no operator holds that key or its token was revoked.
+    pub async fn authenticate_peer(&self, key: &str) -> Result<(Tenant, crate::TokenAccess)> {
+        let row = self
+            .maybe_row(
+                query(
+                    "SELECT t.id, t.name, t.created_at, k.scopes, k.agents FROM peers p \
+                     JOIN api_tokens k ON k.id = p.token_id JOIN tenants t ON t.id = k.tenant_id \
+                     WHERE p.kind = $1 AND p.peer_key = $2 AND k.revoked_at IS NULL",
+                )
+                .bind(OPERATOR.to_owned())
+                .bind(key.to_owned()),
+            )
+            .await?;
+        let Some(row) = row else { return Err(Error::BadToken) };
+        crate::store::token_access_from_row(&row)
     }
 
     /// Every paired component, by kind and name.
@@ -132,6 +187,8 @@ impl Store {
         self.transact(operator.id, move |work| {
             let (kind, name, audit) = (kind.clone(), name.clone(), audit.clone());
             Box::pin(async move {
+                let now = work.now().as_millis();
+                revoke_peer_token(work, &kind, &name, now).await?;
                 let removed = query("DELETE FROM peers WHERE kind = $1 AND name = $2")
                     .bind(kind.clone())
                     .bind(name.clone())

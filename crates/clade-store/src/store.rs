@@ -303,6 +303,14 @@ fn handle_column(row: &Row, column: &str) -> Result<Handle> {
     Handle::from_stored(&text).map_err(|e| Error::BadRow(e.to_string()))
 }
 
+/// A token's tenant and access from a row of `t.id, t.name, t.created_at, k.scopes, k.agents`.
+pub(crate) fn token_access_from_row(row: &Row) -> Result<(Tenant, TokenAccess)> {
+    let scopes =
+        clade_core::Scope::split(&row.try_get::<String, _>("scopes")?).map_err(Error::BadRow)?;
+    let agents = agents_from_text(row.try_get("agents")?)?;
+    Ok((tenant_from_row(row)?, TokenAccess { scopes, agents }))
+}
+
 fn tenant_from_row(row: &Row) -> Result<Tenant> {
     Ok(Tenant {
         id: TenantId::from_bytes(id_bytes(row, "id")?),
@@ -1115,10 +1123,7 @@ impl Store {
         )
         .bind(hash_token(secret))).await?;
         let Some(row) = row else { return Err(Error::BadToken) };
-        let scopes = clade_core::Scope::split(&row.try_get::<String, _>("scopes")?)
-            .map_err(Error::BadRow)?;
-        let agents = agents_from_text(row.try_get("agents")?)?;
-        Ok((tenant_from_row(&row)?, TokenAccess { scopes, agents }))
+        token_access_from_row(&row)
     }
 
     // ---- secrets (already encrypted by the caller; see `crate::secrets`) ----

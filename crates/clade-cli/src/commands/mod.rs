@@ -10,6 +10,7 @@ mod config;
 mod cron;
 mod models;
 mod peers;
+mod remote;
 mod serve;
 mod sessions;
 mod tool_host;
@@ -62,6 +63,10 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         // A subscriber keeps only its key and peers in the data dir: no store.
         return peers::subscriber_service(&data_dir, args).await;
     }
+    if let Command::Remote(cmd) = cli.command {
+        // A remote CLI keeps only its key and profile in the data dir: no store.
+        return remote::run(&data_dir, cmd).await;
+    }
 
     if let Command::Migrate(args) = &cli.command
         && args.rewrite_checksums
@@ -105,6 +110,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Stub(_)
         | Command::EgressBridge { .. }
         | Command::ToolHost(_)
-        | Command::SubscriberService(_) => Ok(()),
+        | Command::SubscriberService(_)
+        | Command::Remote(_) => Ok(()),
     }
 }

@@ -31,7 +31,15 @@ pub(super) async fn pair(ctx: &Ctx, cmd: PairCommand) -> Result<()> {
             }
         }
         PairCommand::Tool { endpoint, name, token_env, agents, admin_socket: flag } => {
-            let asked = Asked { kind: "tool", endpoint, name, token_env, agents, leased: false };
+            let asked = Asked {
+                kind: "tool",
+                endpoint,
+                name,
+                token_env,
+                agents,
+                leased: false,
+                scopes: Vec::new(),
+            };
             let (name, key, tools, left_out) = ask_to_pair(ctx, asked, flag.as_deref()).await?;
             println!("paired tool host {name} (key {key}); {tools} tools offered now");
             if !left_out.is_empty() {
@@ -47,7 +55,8 @@ pub(super) async fn pair(ctx: &Ctx, cmd: PairCommand) -> Result<()> {
             admin_socket: flag,
         } => {
             let kind = clade_runtime::outbox::PEER_KIND;
-            let asked = Asked { kind, endpoint, name, token_env, agents, leased };
+            let asked =
+                Asked { kind, endpoint, name, token_env, agents, leased, scopes: Vec::new() };
             let (name, key, _, _) = ask_to_pair(ctx, asked, flag.as_deref()).await?;
             if leased {
                 println!(
@@ -56,6 +65,14 @@ pub(super) async fn pair(ctx: &Ctx, cmd: PairCommand) -> Result<()> {
             } else {
                 println!("paired subscriber {name} (key {key}); it is sent its agents' events now");
             }
+        }
+        PairCommand::Cli { endpoint, name, token_env, agents, scopes, admin_socket: flag } => {
+            let kind = clade_store::peers::OPERATOR;
+            let asked = Asked { kind, endpoint, name, token_env, agents, leased: false, scopes };
+            let (name, key, _, _) = ask_to_pair(ctx, asked, flag.as_deref()).await?;
+            println!(
+                "paired operator {name} (key {key}); it calls the API with its key (`clade remote` on its machine)"
+            );
         }
         PairCommand::List { json } => {
             let peers = ctx.store.peers().await?;
@@ -101,14 +118,20 @@ pub(super) async fn pair(ctx: &Ctx, cmd: PairCommand) -> Result<()> {
                 ),
                 [one] => *one,
                 _ => bail!(
-                    "a tool host and a subscriber are both named {name:?}: say which with --kind tool or --kind subscriber"
+                    "several kinds of component are named {name:?}: say which with --kind tool, subscriber or operator"
                 ),
             };
             ctx.store.remove_peer(&peer.kind, &peer.name).await?;
-            if peer.kind == "tool" {
-                println!("forgot tool host {name}; its tools go at the gateway's next start");
-            } else {
-                println!("forgot subscriber {name}; it is sent nothing more, and its leases ended");
+            match peer.kind.as_str() {
+                "tool" => {
+                    println!("forgot tool host {name}; its tools go at the gateway's next start")
+                }
+                clade_store::peers::OPERATOR => {
+                    println!("forgot operator {name}; its key is refused from now on")
+                }
+                _ => println!(
+                    "forgot subscriber {name}; it is sent nothing more, and its leases ended"
+                ),
             }
         }
     }
@@ -123,6 +146,7 @@ struct Asked {
     token_env: String,
     agents: Vec<String>,
     leased: bool,
+    scopes: Vec<String>,
 }
 
 /// Asks the gateway over its socket to pair: the component's name, key, tools offered and
@@ -153,6 +177,7 @@ async fn ask_to_pair(
         token,
         agents: asked.agents,
         leased: asked.leased,
+        scopes: asked.scopes,
     };
     match admin_socket::request(&path, &request).await? {
         AdminReply::Paired { name, key, tools, left_out } => Ok((name, key, tools, left_out)),

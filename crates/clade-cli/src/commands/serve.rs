@@ -100,6 +100,16 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     )?;
     let reloader = reloader.spawn();
     let stream_ids = clade_gateway::stream_ids::StreamIds::load(&ctx.store).await?;
+    let max_body_bytes = usize::try_from(ctx.config.server.max_body_bytes).unwrap_or(usize::MAX);
+    let peers = match ctx.identity() {
+        Ok(identity) => {
+            Some(std::sync::Arc::new(clade_gateway::PeerAuth::new(identity, max_body_bytes)))
+        }
+        Err(err) => {
+            tracing::warn!(error = %format!("{err:#}"), "the gateway's key cannot be read: paired operators are refused");
+            None
+        }
+    };
     // A write through the gateway that names no caller is not the CLI's operator.
     let state = AppState {
         store: ctx.store.acting_as("gateway"),
@@ -110,10 +120,9 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         config_path: Some(ctx.config_path.clone()),
         settings: ctx.settings.clone(),
         smoke: Some(api_smoke_test(ctx)),
+        peers,
     };
-    let options = ServerOptions {
-        max_body_bytes: usize::try_from(ctx.config.server.max_body_bytes).unwrap_or(usize::MAX),
-    };
+    let options = ServerOptions { max_body_bytes };
     let app = clade_gateway::router(state, &options);
     tracing::info!(
         address = %address,
@@ -379,12 +388,12 @@ fn admin_handler(
                     },
                     Err(message) => AdminReply::Error { message },
                 },
-                AdminRequest::Pair { kind, endpoint, name, token, agents, leased } => {
+                AdminRequest::Pair { kind, endpoint, name, token, agents, leased, scopes } => {
                     let identity = match identity {
                         Ok(identity) => identity,
                         Err(message) => return AdminReply::Error { message },
                     };
-                    let asked = Pairing { kind, endpoint, name, token, agents, leased };
+                    let asked = Pairing { kind, endpoint, name, token, agents, leased, scopes };
                     pair(&operator, &engine, &reloader.dispatchers, identity, asked)
                         .await
                         .unwrap_or_else(|message| AdminReply::Error { message })
@@ -489,6 +498,62 @@ struct Pairing {
     token: String,
     agents: Vec<String>,
     leased: bool,
+    scopes: Vec<String>,
+}
+
+/// What a paired operator may do: one tenant (whole, or some of its agents) with `scopes`
+/// (default `operate`), from its agent patterns (`tenant/*`, or `tenant/handle`s).
+async fn operator_access(
+    store: &clade_store::Store,
+    agents: &[String],
+    scopes: &[String],
+) -> std::result::Result<
+    (clade_core::Tenant, Vec<clade_core::Scope>, Option<Vec<clade_core::AgentId>>),
+    String,
+> {
+    let scopes = if scopes.is_empty() {
+        vec![clade_core::Scope::Operate]
+    } else {
+        clade_core::Scope::split(&scopes.join(",")).map_err(|e| format!("scopes: {e}"))?
+    };
+    let mut tenant_name: Option<String> = None;
+    let mut handles = Vec::new();
+    let mut whole = false;
+    for pattern in agents {
+        let (tenant, handle) = match pattern.split_once('/') {
+            Some((tenant, handle)) => (tenant.to_owned(), handle.to_owned()),
+            None if pattern == "*" => {
+                return Err("an operator acts in one tenant: name it (`tenant/*`), not `*`".into());
+            }
+            None => (clade_core::Tenant::DEFAULT_NAME.to_owned(), pattern.clone()),
+        };
+        if tenant_name.as_ref().is_some_and(|t| *t != tenant) {
+            return Err(format!(
+                "an operator acts in one tenant, and these agents are of {} and {tenant}",
+                tenant_name.unwrap_or_default()
+            ));
+        }
+        tenant_name = Some(tenant);
+        if handle == "*" {
+            whole = true;
+        } else {
+            handles.push(handle);
+        }
+    }
+    let tenant = store
+        .tenant(tenant_name.as_deref().unwrap_or(clade_core::Tenant::DEFAULT_NAME))
+        .await
+        .map_err(|e| e.to_string())?;
+    let only = if whole {
+        None
+    } else {
+        let mut ids = Vec::new();
+        for handle in &handles {
+            ids.push(store.agent(tenant.id, handle).await.map_err(|e| e.to_string())?.id);
+        }
+        Some(ids)
+    };
+    Ok((tenant, scopes, only))
 }
 
 /// Pairs with a component from this process and keeps its key: a tool host's tools are offered
@@ -500,15 +565,19 @@ async fn pair(
     identity: std::sync::Arc<clade_tools::remote::identity::Identity>,
     asked: Pairing,
 ) -> std::result::Result<clade_protocol::admin::AdminReply, String> {
-    let Pairing { kind, endpoint, name, token, agents, leased } = asked;
+    let Pairing { kind, endpoint, name, token, agents, leased, scopes } = asked;
     let (kind, endpoint, name) = (kind.as_str(), endpoint.as_str(), name.as_str());
-    if kind != "tool" && kind != clade_runtime::outbox::PEER_KIND {
+    let operator = kind == clade_store::peers::OPERATOR;
+    if kind != "tool" && kind != clade_runtime::outbox::PEER_KIND && !operator {
         return Err(format!(
-            "components of kind {kind:?} cannot be paired: `tool` (a tool host) or `subscriber`"
+            "components of kind {kind:?} cannot be paired: `tool` (a tool host), `subscriber` or `operator` (a CLI)"
         ));
     }
-    if leased && kind == "tool" {
+    if leased && kind != clade_runtime::outbox::PEER_KIND {
         return Err("only a subscriber is paired `leased`".into());
+    }
+    if !scopes.is_empty() && !operator {
+        return Err("only an operator (a CLI) is paired with scopes".into());
     }
     if !clade_config::source_name(name) {
         return Err(format!("name {name:?}: names use 1-64 of a-z, 0-9, - and _"));
@@ -518,14 +587,54 @@ async fn pair(
     } else {
         agents
     };
+    // An operator's rights are checked before anything is sent: what it may reach must exist.
+    let access =
+        if operator { Some(operator_access(store, &agents, &scopes).await?) } else { None };
     let timeout = std::time::Duration::from_secs(30);
     let key = clade_tools::remote::pair(name, endpoint, &token, &identity, timeout)
         .await
         .map_err(|e| e.to_string())?;
-    let peer = store
-        .record_peer(kind, name, endpoint, &key, &agents, leased)
-        .await
-        .map_err(|e| e.to_string())?;
+    // An operator acts through a token of its own whose secret is never kept: its signature
+    // is what authenticates it.
+    let token = match &access {
+        Some((tenant, scopes, only)) => {
+            let (info, _) = store
+                .create_token(tenant.id, &format!("peer:{name}"), scopes, only.as_deref())
+                .await
+                .map_err(|e| format!("paired, but its access cannot be given: {e}"))?;
+            Some(info)
+        }
+        None => None,
+    };
+    let recorded = store
+        .record_peer(clade_store::NewPeer {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            endpoint: endpoint.to_owned(),
+            key: key.clone(),
+            agents,
+            leased,
+            token: token.as_ref().map(|t| t.id),
+        })
+        .await;
+    let peer = match recorded {
+        Ok(peer) => peer,
+        Err(err) => {
+            if let Some(token) = &token {
+                let _ = store.revoke_token(token.tenant_id, token.id).await;
+            }
+            return Err(err.to_string());
+        }
+    };
+    if operator {
+        tracing::info!(operator = %name, key = %key, "operator paired");
+        return Ok(clade_protocol::admin::AdminReply::Paired {
+            name: name.to_owned(),
+            key,
+            tools: 0,
+            left_out: Vec::new(),
+        });
+    }
     if kind == clade_runtime::outbox::PEER_KIND {
         let paired = crate::context::paired_subscribers(store, identity)
             .await

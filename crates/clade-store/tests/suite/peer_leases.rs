@@ -20,14 +20,15 @@ async fn leases_are_granted_within_a_tenant_and_end_for_every_stated_reason() {
         let store = h.store.acting_as("test operator");
         let rival = store.create_tenant("rival").await.unwrap();
         store
-            .record_peer(
-                "subscriber",
-                "hooks",
-                "http://127.0.0.1:1/",
-                "key",
-                &["default/*".into()],
-                true,
-            )
+            .record_peer(clade_store::NewPeer {
+                kind: "subscriber".into(),
+                name: "hooks".into(),
+                endpoint: "http://127.0.0.1:1/".into(),
+                key: "key".into(),
+                agents: vec!["default/*".into()],
+                leased: true,
+                token: None,
+            })
             .await
             .unwrap();
         let session = accept(&store, &tenant, &ada, "c1").await.session_id;

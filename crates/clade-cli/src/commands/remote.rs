@@ -1,0 +1,290 @@
+//! `clade remote`: the CLI on another machine, paired with a gateway as an operator (`clade
+//! pair cli` on the gateway's side). `listen` waits to be paired and keeps the gateway's URL and
+//! key; `status`, `send` and `chat` then call the API with this machine's key instead of a
+//! token, and refuse a gateway that does not sign their challenge with the key it paired with.
+//! Nothing here opens a store: only the data dir's key pair and profile are read.
+
+use std::io::BufRead as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clade_protocol::remote_tools::{
+    CHALLENGE_HEADER, HOST_SIGNATURE_HEADER, PEER_HEADER, PEER_SIGNATURE_HEADER, PEER_TIME_HEADER,
+};
+use clade_tools::remote::identity::{self, Identity};
+use serde_json::{Value, json};
+
+use crate::cli::RemoteCommand;
+use crate::context::env_value;
+
+/// What `listen` keeps once paired.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Profile {
+    /// The gateway's base URL (`http://gateway:8080`).
+    gateway: String,
+    /// Its key, which must sign each challenge.
+    gateway_key: String,
+    /// The name the gateway gave this CLI.
+    name: String,
+}
+
+const PROFILE: &str = "remote.json";
+
+fn identity(data_dir: &clade_store::DataDir) -> Result<Arc<Identity>> {
+    let path = data_dir.root().join("remote.key");
+    Ok(Arc::new(
+        Identity::load_or_create(&path)
+            .with_context(|| format!("cannot use the key pair {}", path.display()))?,
+    ))
+}
+
+fn profile(data_dir: &clade_store::DataDir) -> Result<Profile> {
+    let path = data_dir.root().join(PROFILE);
+    let text = std::fs::read(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "{} cannot be read ({e}): pair this CLI first with `clade remote listen`",
+            path.display()
+        )
+    })?;
+    serde_json::from_slice(&text).with_context(|| {
+        format!("{} is not a profile: pair again with `clade remote listen`", path.display())
+    })
+}
+
+pub(super) async fn run(data_dir: &clade_store::DataDir, cmd: RemoteCommand) -> Result<()> {
+    match cmd {
+        RemoteCommand::Listen { listen, gateway, token_env } => {
+            listen_for_pairing(data_dir, &listen, &gateway, &token_env).await
+        }
+        RemoteCommand::Status => {
+            let client = Remote::open(data_dir)?;
+            let agents = client.call(reqwest::Method::GET, "/v1/agents", None).await?;
+            let handles: Vec<&str> = agents["items"]
+                .as_array()
+                .map(|items| items.iter().filter_map(|a| a["handle"].as_str()).collect())
+                .unwrap_or_default();
+            println!(
+                "paired as {} with the gateway at {} (its key {}…, proved just now)",
+                client.profile.name,
+                client.profile.gateway,
+                identity::fingerprint(&client.profile.gateway_key)
+            );
+            println!("agents it reaches: {}", handles.join(", "));
+            Ok(())
+        }
+        RemoteCommand::Send { agent, text } => {
+            let client = Remote::open(data_dir)?;
+            client.prove().await?;
+            let reply = client.send(&agent, &text).await?;
+            println!("{reply}");
+            Ok(())
+        }
+        RemoteCommand::Chat { agent } => {
+            let client = Remote::open(data_dir)?;
+            client.prove().await?;
+            eprintln!(
+                "chatting with {agent} at {} as {} (end with Ctrl-D)",
+                client.profile.gateway, client.profile.name
+            );
+            for line in std::io::stdin().lock().lines() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                println!("{}", client.send(&agent, &line).await?);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Serves the pairing routes until a gateway pairs, then keeps its URL and key.
+async fn listen_for_pairing(
+    data_dir: &clade_store::DataDir,
+    listen: &str,
+    gateway: &str,
+    token_env: &str,
+) -> Result<()> {
+    let gateway = gateway.trim_end_matches('/').to_owned();
+    if !(gateway.starts_with("http://") || gateway.starts_with("https://")) {
+        bail!("--gateway {gateway:?} is not an http:// or https:// URL");
+    }
+    let identity = identity(data_dir)?;
+    // A one-time secret that authorizes the pairing: given, or made here and shown.
+    let token = env_value(token_env).unwrap_or_else(identity::challenge);
+    let peers = data_dir.root().join("remote.peers.json");
+    let _ = std::fs::remove_file(&peers);
+    let pairing = Arc::new(clade_gateway::pairing::Pairing::load(
+        Some(&token),
+        Some(identity.clone()),
+        Some(peers),
+    )?);
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen on {listen}: pass another address with --listen")
+    })?;
+    let address = listener.local_addr()?;
+    let app = clade_gateway::pairing::waiting_router(pairing.clone());
+    let limits = clade_gateway::ConnectionLimits {
+        max_connections: 64,
+        header_timeout: Duration::from_secs(10),
+    };
+    let server = tokio::spawn(async move {
+        if let Err(err) = clade_gateway::serve(listener, app, std::future::pending(), limits).await
+        {
+            tracing::warn!(error = %err, "the pairing listener stopped");
+        }
+    });
+    println!("waiting to be paired at http://{address}/ (this CLI's key {})", identity.public());
+    println!(
+        "on the gateway's machine run: {token_env}={token} clade pair cli http://{address}/ <name>"
+    );
+    let (key, name) = loop {
+        if let Some(first) = pairing.paired().into_iter().next() {
+            break first;
+        }
+        tokio::select! {
+            () = clade_core::Clock::sleep(&clade_core::SystemClock, Duration::from_millis(200)) => {}
+            () = super::serve::shutdown_signal() => {
+                server.abort();
+                bail!("stopped before a gateway paired");
+            }
+        }
+    };
+    server.abort();
+    let profile = Profile { gateway: gateway.clone(), gateway_key: key.clone(), name };
+    let path = data_dir.root().join(PROFILE);
+    write_private(&path, &serde_json::to_vec_pretty(&profile)?)
+        .with_context(|| format!("cannot keep the pairing in {}", path.display()))?;
+    println!(
+        "paired as {} with the gateway at {gateway} (its key {}…); try `clade remote status`",
+        profile.name,
+        identity::fingerprint(&key)
+    );
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let staged = path.with_extension("staged");
+    let _ = std::fs::remove_file(&staged);
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&staged)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&staged, path)
+}
+
+/// A client of the paired gateway's API, signing each request with this CLI's key.
+struct Remote {
+    http: reqwest::Client,
+    identity: Arc<Identity>,
+    profile: Profile,
+}
+
+impl Remote {
+    fn open(data_dir: &clade_store::DataDir) -> Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::new(),
+            identity: identity(data_dir)?,
+            profile: profile(data_dir)?,
+        })
+    }
+
+    /// One turn: `text` to `agent` from this CLI; the reply.
+    async fn send(&self, agent: &str, text: &str) -> Result<String> {
+        let body = json!({
+            "agent": agent,
+            "text": text,
+            "source": { "platform": "cli", "channel": "remote", "actor": self.profile.name },
+            "wait": true,
+        });
+        let answer = self.call(reqwest::Method::POST, "/v1/events", Some(body)).await?;
+        match answer["reply"]["text"].as_str() {
+            Some(reply) => Ok(reply.to_owned()),
+            None => bail!(
+                "the turn ended without a reply: {}",
+                answer["error"].as_str().unwrap_or("no reason given")
+            ),
+        }
+    }
+
+    /// Has the gateway sign a challenge before anything of the operator's is sent: a server
+    /// at its address that is not the gateway paired with is sent nothing more.
+    async fn prove(&self) -> Result<()> {
+        let (_, _, proved) =
+            self.exchange(reqwest::Method::GET, "/v1/agents?limit=1", None).await?;
+        if proved { Ok(()) } else { Err(self.not_proved()) }
+    }
+
+    fn not_proved(&self) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{} did not prove it is the gateway this CLI paired with (its key {}…): nothing more is sent to it; if the gateway's key changed on purpose, pair again",
+            self.profile.gateway,
+            identity::fingerprint(&self.profile.gateway_key)
+        )
+    }
+
+    /// A signed request with a fresh challenge; the answer, once the gateway proved its key.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let (status, answer, proved) = self.exchange(method, path, body).await?;
+        if !proved {
+            return Err(self.not_proved());
+        }
+        if status.is_client_error() || status.is_server_error() {
+            let message = answer["error"]["message"].as_str().unwrap_or("request failed");
+            bail!("the gateway refused: {message} (HTTP {})", status.as_u16());
+        }
+        Ok(answer)
+    }
+
+    /// One signed request: its status, its JSON answer, and whether the gateway signed the
+    /// challenge with the key it paired with.
+    async fn exchange(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(reqwest::StatusCode, Value, bool)> {
+        use clade_core::Clock as _;
+        let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let time = clade_core::SystemClock.now().as_millis();
+        let signed = identity::request_text(method.as_str(), path, time, &body);
+        let challenge = identity::challenge();
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.profile.gateway))
+            .header(PEER_HEADER, self.identity.public())
+            .header(PEER_TIME_HEADER, time.to_string())
+            .header(PEER_SIGNATURE_HEADER, self.identity.sign(&[identity::REQUEST, &signed]))
+            .header(CHALLENGE_HEADER, &challenge)
+            .timeout(Duration::from_secs(300));
+        if !body.is_empty() {
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the gateway at {}", self.profile.gateway))?;
+        let proved = response
+            .headers()
+            .get(HOST_SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|proof| {
+                identity::verify(
+                    &self.profile.gateway_key,
+                    &[identity::HOST_PROOF, challenge.as_bytes()],
+                    proof,
+                )
+            });
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        Ok((status, answer, proved))
+    }
+}
