@@ -51,6 +51,23 @@ async fn a_sweep_deletes_old_idle_sessions_with_all_they_own_and_nothing_else() 
         };
         let bo = h.agents.create(rival.id, spec).await.unwrap();
         let theirs = accept(&h.store, &rival, &bo, "theirs").await;
+        // A lease on the finished conversation, which ends with it.
+        h.store
+            .record_peer(clade_store::NewPeer {
+                kind: "subscriber".into(),
+                name: "hooks".into(),
+                endpoint: "http://127.0.0.1:1/".into(),
+                key: "key".into(),
+                agents: vec!["*".into()],
+                leased: true,
+                token: None,
+            })
+            .await
+            .unwrap();
+        let scope = clade_store::peer_leases::LeaseScope::Session(done.session_id);
+        let day = std::time::Duration::from_secs(86_400);
+        let lease =
+            h.store.grant_lease(tenant.id, "subscriber", "hooks", scope, day).await.unwrap();
 
         // Only what the policy names: here no session cutoff, so nothing goes.
         let later = clade_core::Timestamp::from_millis(h.store.now().as_millis() + 86_400_000);
@@ -64,6 +81,8 @@ async fn a_sweep_deletes_old_idle_sessions_with_all_they_own_and_nothing_else() 
             .sweep(tenant.id, Cutoffs { sessions: Some(later), ..Cutoffs::default() })
             .await
             .unwrap();
+        let ended = h.store.lease(tenant.id, lease.id).await.unwrap();
+        assert_eq!(ended.ended_why.as_deref(), Some("session deleted"), "{}", h.name);
         assert_eq!(
             (swept.sessions, swept.events, swept.turns, swept.steps),
             (1, 1, 1, 2),
