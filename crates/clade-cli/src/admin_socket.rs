@@ -108,6 +108,15 @@ async fn answer(stream: UnixStream, handler: Handler) -> std::io::Result<()> {
 
 /// Sends one request to the gateway listening on `path` and reads its answer.
 pub(crate) async fn request(path: &Path, request: &AdminRequest) -> Result<AdminReply> {
+    request_within(path, request, ANSWER_WITHIN).await
+}
+
+/// [`request`], for an action that may take up to `within` (a drain's wait).
+pub(crate) async fn request_within(
+    path: &Path,
+    request: &AdminRequest,
+    within: Duration,
+) -> Result<AdminReply> {
     let exchange = async {
         let mut stream = UnixStream::connect(path).await.with_context(|| {
             format!(
@@ -123,11 +132,7 @@ pub(crate) async fn request(path: &Path, request: &AdminRequest) -> Result<Admin
         serde_json::from_slice::<AdminReply>(&line)
             .with_context(|| format!("the admin socket {} answered something else", path.display()))
     };
-    tokio::time::timeout(ANSWER_WITHIN, exchange).await.with_context(|| {
-        format!(
-            "the gateway did not answer on {} within {} s",
-            path.display(),
-            ANSWER_WITHIN.as_secs()
-        )
+    tokio::time::timeout(within, exchange).await.with_context(|| {
+        format!("the gateway did not answer on {} within {} s", path.display(), within.as_secs())
     })?
 }

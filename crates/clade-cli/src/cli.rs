@@ -543,6 +543,15 @@ pub(crate) enum GatewayCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Take no new events (before stopping it) and wait for the turns under way to end
+    Drain {
+        /// Seconds to wait for the running turns
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        wait: u64,
+        /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<std::path::PathBuf>,
+    },
     /// Take the newest configuration revision now (the gateway also looks each second)
     Reload {
         /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]

@@ -62,6 +62,7 @@ codes! {
     TemplateNotFound => ("template_not_found", UNPROCESSABLE_ENTITY),
     StoreUnavailable => ("store_unavailable", SERVICE_UNAVAILABLE),
     LeaseLost => ("lease_lost", SERVICE_UNAVAILABLE),
+    Draining => ("draining", SERVICE_UNAVAILABLE),
     Internal => ("internal", INTERNAL_SERVER_ERROR),
 }
 
@@ -183,6 +184,13 @@ impl From<clade_runtime::engine::Error> for ApiError {
                 Code::LeaseLost,
                 format!("{err}; send it to the node that holds the sessions now"),
             ),
+            clade_runtime::engine::Error::Draining => ApiError {
+                retry_after: Some(std::time::Duration::from_secs(5)),
+                ..ApiError::new(
+                    Code::Draining,
+                    format!("{err}; send it again once it is back (or to another node)"),
+                )
+            },
         }
     }
 }

@@ -128,6 +128,11 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
         reason,
         sandbox: sandbox.clone(),
     };
+    if state.engine.draining() {
+        let reason = "draining before it stops: it takes no new events";
+        let body = answer("unavailable", Some(reason.into()));
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
     if state.engine.lease_lost() {
         let reason = "another node took this node's lease on its sessions; restart it, or send requests to that node";
         let body = answer("unavailable", Some(reason.into()));

@@ -41,6 +41,12 @@ pub enum AdminRequest {
     },
     /// The gateway's own key, and how many components are paired.
     Identity {},
+    /// Take no new event from now on (before stopping this gateway), and wait up to
+    /// `wait_secs` (default 60) for the turns under way to end.
+    Drain {
+        #[serde(default)]
+        wait_secs: Option<u64>,
+    },
 }
 
 /// The answer to one [`AdminRequest`].
@@ -68,6 +74,11 @@ pub enum AdminReply {
         key: String,
         peers: u32,
     },
+    /// Draining: no new event is taken; how many turns still run after the wait (0: it can be
+    /// stopped without cutting one short).
+    Drained {
+        running_turns: u64,
+    },
     /// The request was refused or failed.
     Error {
         message: String,
@@ -87,5 +98,11 @@ pub struct AdminStatus {
     pub active_sessions: u64,
     /// The configuration revision it runs (none before the first).
     pub config_revision: Option<i64>,
+    /// Turns running now.
+    #[serde(default)]
+    pub running_turns: u64,
+    /// Whether it takes no new events (`clade gateway drain`).
+    #[serde(default)]
+    pub draining: bool,
     pub uptime_secs: u64,
 }

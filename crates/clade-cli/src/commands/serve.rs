@@ -346,6 +346,7 @@ fn admin_handler(
         let operator = operator.clone();
         let identity = identity.as_ref().map(Clone::clone).map_err(|e| format!("{e:#}"));
         let uptime = clock.now().as_millis().saturating_sub(started.as_millis()) / 1000;
+        let clock = clock.clone();
         Box::pin(async move {
             match request {
                 AdminRequest::Status {} => {
@@ -357,6 +358,8 @@ fn admin_handler(
                         store,
                         active_sessions: engine.active_sessions() as u64,
                         config_revision: (revision > 0).then_some(revision),
+                        running_turns: engine.running_turns() as u64,
+                        draining: engine.draining(),
                         uptime_secs: u64::try_from(uptime).unwrap_or_default(),
                     })
                 }
@@ -380,6 +383,18 @@ fn admin_handler(
                         }
                     }
                     AdminReply::Woken { sessions: woken }
+                }
+                AdminRequest::Drain { wait_secs } => {
+                    engine.drain();
+                    tracing::warn!(
+                        "draining: no new event is taken; stop the gateway once its turns have ended"
+                    );
+                    let wait = std::time::Duration::from_secs(wait_secs.unwrap_or(60).min(3_600));
+                    let deadline = clock.now().plus(wait);
+                    while engine.running_turns() > 0 && clock.now() < deadline {
+                        clock.sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    AdminReply::Drained { running_turns: engine.running_turns() as u64 }
                 }
                 AdminRequest::Identity {} => match identity {
                     Ok(identity) => AdminReply::Identity {

@@ -116,6 +116,10 @@ pub(super) async fn gateway(ctx: &Ctx, cmd: GatewayCommand) -> Result<()> {
                     );
                     println!("store: {}", status.store);
                     println!("active sessions: {}", status.active_sessions);
+                    println!("running turns: {}", status.running_turns);
+                    if status.draining {
+                        println!("draining: it takes no new events");
+                    }
                     match status.config_revision {
                         Some(revision) => println!("configuration revision: {revision}"),
                         None => {
@@ -124,6 +128,21 @@ pub(super) async fn gateway(ctx: &Ctx, cmd: GatewayCommand) -> Result<()> {
                     }
                     println!("up {} s", status.uptime_secs);
                 }
+                other => bail!("the gateway answered {other:?}"),
+            }
+        }
+        GatewayCommand::Drain { wait, admin_socket: flag } => {
+            let path = admin_socket::path(ctx, flag.as_deref());
+            let request = AdminRequest::Drain { wait_secs: Some(wait) };
+            let within = Duration::from_secs(wait + 10);
+            match admin_socket::request_within(&path, &request, within).await? {
+                AdminReply::Drained { running_turns: 0 } => {
+                    println!("drained: it takes no new events and runs no turn; stop it now");
+                }
+                AdminReply::Drained { running_turns } => bail!(
+                    "draining, but {running_turns} turn(s) still run after {wait} s: drain again to wait longer, or stop it anyway (they resume at its next start)"
+                ),
+                AdminReply::Error { message } => bail!("the gateway refused: {message}"),
                 other => bail!("the gateway answered {other:?}"),
             }
         }

@@ -1196,3 +1196,41 @@ async fn mcp_tools_reach_only_the_tenants_agents_named() {
     let (status, body) = server.send("POST", path, None, call).await;
     assert_eq!((status, body["is_error"].as_bool()), (200, Some(false)), "{body}");
 }
+
+/// `clade gateway drain`: the gateway takes no new event (503 `draining`, and `/readyz` says
+/// so), while a turn under way (here waiting for an approval) runs on; the drain waits for it
+/// and says how many still run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_gateway_takes_no_new_event_and_lets_running_turns_end() {
+    let env = ask_env(60);
+    let server = env.serve(&[]);
+    let event = |text: &str| {
+        json!({ "agent": "alice", "text": text,
+            "source": { "platform": "http", "channel": "c", "actor": "u" } })
+    };
+    let (status, accepted) = server
+        .send("POST", "/v1/events", None, Some(event("/tool shell.exec {\"command\": \"true\"}")))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let session = accepted["session_id"].as_str().unwrap().to_owned();
+    let approval = pending_approval(&server).await;
+
+    env.run(&["gateway", "drain", "--wait", "1"]).fails_with("1 turn(s) still run");
+    let (status, refused) = server.send("POST", "/v1/events", None, Some(event("hello"))).await;
+    assert_eq!((status, refused["error"]["code"].clone()), (503, json!("draining")), "{refused}");
+    let (ready, _) = server.send("GET", "/readyz", None, None).await;
+    assert_eq!(ready, 503);
+    let status = env.run(&["gateway", "status"]).ok().stdout;
+    assert!(status.contains("running turns: 1") && status.contains("draining"), "{status}");
+
+    // The turn under way still ends, and then the drain is done.
+    let id = approval["id"].as_str().unwrap();
+    let (decided, _) = server
+        .send("POST", &format!("/v1/approvals/{id}"), None, Some(json!({ "decision": "approve" })))
+        .await;
+    assert_eq!(decided, 200);
+    let drained = env.run(&["gateway", "drain", "--wait", "30"]).ok().stdout;
+    assert!(drained.contains("drained"), "{drained}");
+    let turns = server.get_json(&format!("/v1/sessions/{session}/turns")).await;
+    assert_eq!(turns["items"][0]["status"], "completed", "{turns}");
+}

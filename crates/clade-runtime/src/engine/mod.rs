@@ -38,6 +38,8 @@ pub enum Error {
     NoAgent,
     #[error("another node took this node's lease on its sessions: it accepts no more events")]
     LeaseLost,
+    #[error("this gateway is draining before it stops: it takes no new events")]
+    Draining,
 }
 
 /// An inbound message as the API receives it.
@@ -163,6 +165,10 @@ struct Inner {
     turn_slots: Mutex<HashMap<TenantId, TurnSlots>>,
     /// Set once a turn found that another node took this one's lease.
     lease_lost: std::sync::atomic::AtomicBool,
+    /// Set by [`Engine::drain`]: no new event is taken.
+    draining: std::sync::atomic::AtomicBool,
+    /// Turns running now (waiting for an approval included).
+    pub(crate) running_turns: std::sync::atomic::AtomicUsize,
 }
 
 /// What wakes a session's actor. The queue holds at most one `Event` per open event of the
@@ -243,6 +249,8 @@ impl Engine {
             personas: Mutex::default(),
             turn_slots: Mutex::default(),
             lease_lost: std::sync::atomic::AtomicBool::new(false),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            running_turns: std::sync::atomic::AtomicUsize::new(0),
         });
         let engine = Self { inner };
         engine.inner.tools.attach_hub(engine.inner.bus.hub().clone());
@@ -376,6 +384,9 @@ impl Engine {
     ) -> Result<(Accepted, Option<Subscription>), Error> {
         if self.lease_lost() {
             return Err(Error::LeaseLost);
+        }
+        if self.draining() {
+            return Err(Error::Draining);
         }
         let agent = self.route(&envelope)?;
         let (tell, told) = tokio::sync::oneshot::channel::<Option<Subscription>>();
@@ -537,6 +548,22 @@ impl Engine {
     /// on use them, calls under way finish on the ones they started with.
     pub fn reload_models(&self, models: Models) {
         *self.inner.models.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(models);
+    }
+
+    /// Takes no new event from now on (an operator's drain before stopping this gateway);
+    /// turns under way, and events already taken, run to their end.
+    pub fn drain(&self) {
+        self.inner.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`Engine::drain`] was called.
+    pub fn draining(&self) -> bool {
+        self.inner.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Turns running now, those waiting for an approval included.
+    pub fn running_turns(&self) -> usize {
+        self.inner.running_turns.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Number of sessions with an actor in memory.

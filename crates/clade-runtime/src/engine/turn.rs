@@ -29,12 +29,29 @@ use crate::tools::{Authorized, CallOrigin, ToolRunner, ToolSet};
 /// ends the turn, with its outcome): a crash before then leaves the events pending and the
 /// turn simply runs again, since nothing irreversible happened. A turn already on disk is
 /// resumed from its journal.
+/// Counts a turn as running while it lives.
+struct Running<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Running<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 pub(super) async fn run_turn(
     inner: &Inner,
     ctx: &TurnContext,
     events: &[EventRow],
     kept: &mut Kept,
 ) -> Result<(), String> {
+    let _running = Running::new(&inner.running_turns);
     let store = &inner.visible;
     let (session, tenant, agent) = (&ctx.session, &ctx.tenant, &ctx.agent);
     let persona = read_persona(inner, agent);
