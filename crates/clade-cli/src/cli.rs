@@ -621,6 +621,11 @@ pub(crate) enum PairCommand {
         /// What it may do: admin, operate, send, read or approve (repeatable) [default: operate]
         #[arg(long = "scope", value_name = "SCOPE")]
         scopes: Vec<String>,
+        /// It reaches nothing of --agents but what a tenant leases to it (`clade lease grant
+        /// --kind operator`), such as one session for a chat; a lease of one session ends when
+        /// its chat disconnects
+        #[arg(long)]
+        leased: bool,
         /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
         #[arg(long, value_name = "PATH")]
         admin_socket: Option<std::path::PathBuf>,
@@ -662,19 +667,28 @@ pub(crate) enum RemoteCommand {
         agent: String,
         text: String,
     },
-    /// Talk to an agent, a line at a time, in one session
+    /// Talk to an agent, a line at a time, in one session: --agent's session of this CLI, or
+    /// --session (a session leased to this CLI, whose lease ends when the chat does)
     Chat {
-        #[arg(long)]
-        agent: String,
+        #[arg(long, required_unless_present = "session", conflicts_with = "session")]
+        agent: Option<String>,
+        /// An existing session, by id: the chat sends into it and follows its stream
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum LeaseCommand {
-    /// Lease the tenant's events (or --agent's, or --session's) to a paired subscriber
+    /// Lease the tenant's events (or --agent's, or --session's) to a paired subscriber, or
+    /// let an operator paired `--leased` act on them
     Grant {
-        /// The paired subscriber's name (`clade pair list`)
+        /// The paired component's name (`clade pair list`)
         peer: String,
+        /// `subscriber` (sent the events) or `operator` (a CLI paired `--leased`: reads, sends
+        /// and follows them with its key)
+        #[arg(long, value_name = "KIND", default_value = "subscriber", value_parser = ["subscriber", "operator"])]
+        kind: String,
         /// Only this agent's events
         #[arg(long, value_name = "HANDLE", conflicts_with = "session")]
         agent: Option<String>,

@@ -58,18 +58,23 @@ pub(crate) fn location(global: &Global, data_dir: &DataDir, config: &Config) -> 
 /// The models `config` names over `store` and `secrets`, with the environment's quick-start
 /// keys.
 #[allow(clippy::disallowed_methods)] // The configuration edge: provider keys come from the environment.
+/// The environment variables `config`'s models may read.
+pub(crate) fn env_hints(config: &Config) -> clade_runtime::EnvHints {
+    let vars = clade_runtime::EnvHints::wanted(config)
+        .into_iter()
+        .filter_map(|name| std::env::var(&name).ok().map(|value| (name, value)))
+        .collect();
+    clade_runtime::EnvHints { vars }
+}
+
 pub(crate) fn models_from(
     config: &Config,
     store: &Store,
     secrets: Secrets,
 ) -> clade_runtime::Models {
-    let vars = clade_runtime::EnvHints::wanted(config)
-        .into_iter()
-        .filter_map(|name| std::env::var(&name).ok().map(|value| (name, value)))
-        .collect();
     clade_runtime::Models::new(
         config,
-        clade_runtime::EnvHints { vars },
+        env_hints(config),
         store.clone(),
         secrets,
         Arc::new(SystemClock),

@@ -24,23 +24,75 @@ use crate::error::{ApiError, Code};
 pub(crate) struct Caller(pub(crate) Tenant, pub(crate) Credential, pub(crate) Reach);
 
 /// The agents a caller's token may reach: all of its tenant's, or only some (a token made
-/// with `--only-agent`). What it cannot reach answers as if it did not exist, as another
+/// with `--only-agent`), and for an operator paired `leased`, what its live leases name, down
+/// to single sessions. What it cannot reach answers as if it did not exist, as another
 /// tenant's would.
 #[derive(Debug, Clone)]
-pub(crate) struct Reach(Option<std::sync::Arc<[AgentId]>>);
+pub(crate) struct Reach {
+    agents: Option<std::sync::Arc<[AgentId]>>,
+    /// Sessions reached beyond `agents` (a leased operator's session leases).
+    sessions: std::sync::Arc<[clade_store::LeasedSession]>,
+    /// The leased operator's name.
+    leased: Option<std::sync::Arc<str>>,
+}
 
 impl Reach {
     pub(crate) fn of(access: clade_store::TokenAccess) -> Self {
-        Self(access.agents.map(Into::into))
+        Self {
+            agents: access.agents.map(Into::into),
+            sessions: access.sessions.into(),
+            leased: access.leased.map(Into::into),
+        }
     }
 
+    /// Whether the caller reaches `agent` as a whole (all its sessions).
     pub(crate) fn allows(&self, agent: AgentId) -> bool {
-        self.0.as_ref().is_none_or(|agents| agents.contains(&agent))
+        self.agents.as_ref().is_none_or(|agents| agents.contains(&agent))
+    }
+
+    /// Whether the caller reaches the session `id` of `agent`.
+    pub(crate) fn allows_session(&self, id: clade_core::SessionId, agent: AgentId) -> bool {
+        self.allows(agent) || self.sessions.iter().any(|s| s.id == id)
+    }
+
+    /// The session an event of `agent` from `source` goes to, if the caller reaches it only
+    /// through a session lease.
+    pub(crate) fn leased_session_for(
+        &self,
+        agent: AgentId,
+        source: &clade_store::Source,
+    ) -> Option<clade_core::SessionId> {
+        self.sessions.iter().find(|s| s.agent_id == agent && s.source == *source).map(|s| s.id)
     }
 
     /// Whether the token reaches every agent of its tenant.
     pub(crate) fn is_whole_tenant(&self) -> bool {
-        self.0.is_none()
+        self.agents.is_none()
+    }
+
+    /// Whether what the caller reaches comes from leases (an operator paired `leased`).
+    pub(crate) fn is_leased(&self) -> bool {
+        self.leased.is_some()
+    }
+
+    /// The name of the leased operator calling, if it is one.
+    pub(crate) fn leased_operator(&self) -> Option<&str> {
+        self.leased.as_deref()
+    }
+
+    /// Whether this reach still covers all of `before`: a stream opened under `before` stays
+    /// open while it does (a leased operator's lease may have ended meanwhile).
+    pub(crate) fn covers(&self, before: &Reach) -> bool {
+        let agents = match (&self.agents, &before.agents) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(now), Some(then)) => then.iter().all(|a| now.contains(a)),
+        };
+        agents
+            && before
+                .sessions
+                .iter()
+                .all(|s| self.allows(s.agent_id) || self.sessions.iter().any(|now| now.id == s.id))
     }
 
     /// `Ok` if the token reaches `agent`; else not found, by the name the caller used.
@@ -52,9 +104,9 @@ impl Reach {
         }
     }
 
-    /// `Ok` if the token reaches the session's agent; else the session is not found.
+    /// `Ok` if the token reaches the session; else the session is not found.
     pub(crate) fn session(&self, session: &clade_store::SessionRow) -> Result<(), ApiError> {
-        if self.allows(session.agent_id) {
+        if self.allows_session(session.id, session.agent_id) {
             Ok(())
         } else {
             Err(clade_store::Error::SessionNotFound(session.id.to_string()).into())
@@ -68,7 +120,7 @@ impl Reach {
         &self,
         named: Option<&clade_core::Agent>,
     ) -> Result<Vec<Option<AgentId>>, ApiError> {
-        match (named, &self.0) {
+        match (named, &self.agents) {
             (Some(agent), _) => self.agent(agent).map(|()| vec![Some(agent.id)]),
             (None, None) => Ok(vec![None]),
             (None, Some(agents)) => Ok(agents.iter().copied().map(Some).collect()),
@@ -90,16 +142,22 @@ impl std::fmt::Debug for Credential {
 }
 
 impl Credential {
-    /// Whether the token (or the operator's pairing) still authenticates the same tenant: a
-    /// long-lived stream asks this every [`RECHECK_EVERY`] and closes once the token is revoked,
-    /// the operator unpaired, or its tenant deleted.
-    pub(crate) async fn still_valid(&self, store: &clade_store::Store, tenant: &Tenant) -> bool {
+    /// Whether the token (or the operator's pairing) still authenticates the same tenant, and
+    /// reaches all it reached (`reach`): a long-lived stream asks this every [`RECHECK_EVERY`]
+    /// and closes once the token is revoked, the operator unpaired or its lease ended, or its
+    /// tenant deleted.
+    pub(crate) async fn still_valid(
+        &self,
+        store: &clade_store::Store,
+        tenant: &Tenant,
+        reach: &Reach,
+    ) -> bool {
         let current = match self {
-            Credential::Token(token) => store.authenticate(token).await,
-            Credential::Peer(key) => store.authenticate_peer(key).await.map(|(tenant, _)| tenant),
+            Credential::Token(token) => store.authenticate_scoped(token).await,
+            Credential::Peer(key) => store.authenticate_peer(key).await,
         };
         match current {
-            Ok(current) => current.id == tenant.id,
+            Ok((current, access)) => current.id == tenant.id && Reach::of(access).covers(reach),
             // Only a definite "no" ends a stream; a store hiccup is retried at the next check.
             Err(clade_store::Error::BadToken) => false,
             Err(clade_store::Error::TenantNotFound(_)) => false,

@@ -57,9 +57,41 @@ pub(crate) async fn post(
         ));
     }
     state.limits.admit_bytes(&state.store, &tenant, params.text.len() as u64).await?;
-    check_field("source.platform", &params.source.platform)?;
-    check_field("source.channel", &params.source.channel)?;
-    check_field("source.actor", &params.source.actor)?;
+    let session = match &params.session {
+        Some(id) => {
+            let id = clade_core::SessionId::parse(id)
+                .map_err(|e| ApiError::new(Code::InvalidRequest, format!("session: {e}")))?;
+            let session = state.of(&tenant).session(id).await?;
+            reach.session(&session)?;
+            Some(session)
+        }
+        None => None,
+    };
+    let source = match (params.source, &session) {
+        (Some(given), Some(session))
+            if given.platform != session.source.platform
+                || given.channel != session.source.channel
+                || given.actor != session.source.actor =>
+        {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                "source is not the session's: leave it out to send into the session",
+            ));
+        }
+        (_, Some(session)) => session.source.clone(),
+        (Some(given), None) => {
+            check_field("source.platform", &given.platform)?;
+            check_field("source.channel", &given.channel)?;
+            check_field("source.actor", &given.actor)?;
+            Source { platform: given.platform, channel: given.channel, actor: given.actor }
+        }
+        (None, None) => {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                "source is required (platform, channel and actor), unless the event names its session",
+            ));
+        }
+    };
     let header_key = headers.get("idempotency-key").map(|v| {
         v.to_str()
             .map(str::to_owned)
@@ -78,25 +110,33 @@ pub(crate) async fn post(
     if let Some(key) = &key {
         check_field("idempotency_key", key)?;
     }
-    if let Some(agent) = &params.agent {
+    let agent = match &session {
+        Some(session) => {
+            let handle = state.of(&tenant).agent_by_id(session.agent_id).await?.handle.to_string();
+            if params.agent.as_ref().is_some_and(|named| *named != handle) {
+                return Err(ApiError::new(
+                    Code::InvalidRequest,
+                    "agent is not the session's: leave it out to send into the session",
+                ));
+            }
+            Some(handle)
+        }
+        None => params.agent.clone(),
+    };
+    if let Some(agent) = &agent {
         tracing::Span::current().record("agent", agent.as_str());
     }
-    let mut envelope = Envelope {
-        tenant: tenant.clone(),
-        agent: params.agent.clone(),
-        text: params.text,
-        source: Source {
-            platform: params.source.platform,
-            channel: params.source.channel,
-            actor: params.source.actor,
-        },
-        idempotency_key: key,
-    };
+    let mut envelope =
+        Envelope { tenant: tenant.clone(), agent, text: params.text, source, idempotency_key: key };
     // A token limited to some agents sends only to them, wherever the bindings would route
-    // its event: the agent is decided here, before anything is stored.
-    if !reach.is_whole_tenant() {
+    // its event: the agent is decided here, before anything is stored. A leased operator may
+    // also send into a session it was leased: the event's agent and source are that session's.
+    if !reach.is_whole_tenant() && session.is_none() {
         let handle = state.engine.route(&envelope)?;
-        reach.agent(&state.of(&tenant).agent(&handle).await?)?;
+        let agent = state.of(&tenant).agent(&handle).await?;
+        if reach.leased_session_for(agent.id, &envelope.source).is_none() {
+            reach.agent(&agent)?;
+        }
         envelope.agent = Some(handle);
     }
     if !params.wait {

@@ -31,6 +31,7 @@ fn lease_response(
         id: lease.id.to_string(),
         live: lease.live(now),
         peer: lease.peer_name,
+        kind: lease.peer_kind,
         scope: scope.into(),
         agent,
         session,
@@ -97,6 +98,12 @@ pub(crate) async fn create(
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
     JsonBody(params): JsonBody<CreateLeaseParams>,
 ) -> Result<(StatusCode, axum::Json<LeaseResponse>), ApiError> {
+    if reach.is_leased() {
+        return Err(ApiError::new(
+            Code::Forbidden,
+            "an operator paired `leased` acts only on what it is leased, and may not grant leases: the tenant grants them",
+        ));
+    }
     let scope = match (&params.agent, &params.session) {
         (Some(_), Some(_)) => {
             return Err(ApiError::new(
@@ -127,8 +134,15 @@ pub(crate) async fn create(
     let ttl = std::time::Duration::from_secs(params.ttl_secs);
     let store =
         state.store.acting_as(format!("tenant {} (api)", tenant.name)).tenant_scope(tenant.id);
-    let lease =
-        clade_runtime::outbox::grant_lease(&store, &tenant, &params.peer, scope, ttl).await?;
+    let lease = clade_runtime::outbox::grant_lease(
+        &store,
+        &tenant,
+        params.kind.as_str(),
+        &params.peer,
+        scope,
+        ttl,
+    )
+    .await?;
     let agent = agent_of(&state, &tenant, &reach, &lease).await?;
     Ok((StatusCode::CREATED, axum::Json(lease_response(lease, agent, store.now()))))
 }

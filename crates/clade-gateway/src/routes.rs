@@ -629,7 +629,7 @@ pub static OPERATIONS: &[Operation] = &[
             ok("200", "with wait: the finished turn", of::<api::EventResponse>),
             ok("202", "stored; the turn runs", of::<api::EventResponse>),
             error("400", "invalid body"),
-            error("404", "no such agent"),
+            error("404", "no such agent, or no such session"),
             error("409", "idempotency key reused with another payload"),
             error("422", "no agent named and no binding matches"),
             error(

@@ -240,19 +240,22 @@ pub(crate) async fn stream(
     let Query(query) = query.map_err(query_rejection)?;
     let session = state.of(&tenant).session(session_id(&id)?).await?;
     reach.session(&session)?;
+    let parse = |v: &str| {
+        v.trim().parse::<u64>().map_err(|_| {
+            ApiError::new(
+                Code::InvalidRequest,
+                "Last-Event-ID (or after) must be the id of an event this stream sent, or 0",
+            )
+        })
+    };
+    // Both are checked when both are sent; the header wins.
+    let from_query = query.after.as_deref().map(parse).transpose()?;
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .or(query.after.as_deref())
-        .map(|v| {
-            v.trim().parse::<u64>().map_err(|_| {
-                ApiError::new(
-                    Code::InvalidRequest,
-                    "Last-Event-ID (or after) must be the id of an event this stream sent, or 0",
-                )
-            })
-        })
+        .map(parse)
         .transpose()?
+        .or(from_query)
         .map_or(0, |id| if id == 0 { 0 } else { state.stream_ids.decode(tenant.id, id) });
     // Subscribed before the replay reads the outbox, so nothing falls between replay and live.
     let live = state.engine.hub().subscribe(session.id);
@@ -263,7 +266,21 @@ pub(crate) async fn stream(
     let recheck =
         clade_core::Interval::new(state.store.clock().clone(), crate::auth::RECHECK_EVERY);
     let ids = state.stream_ids.clone();
-    let watch = Some(Watch { rx, recheck, store: state.store.clone(), tenant, credential, ids });
+    // A leased operator that reaches this session through a lease of it alone holds the
+    // lease for this chat: it ends when the stream does.
+    let release = reach.leased_operator().filter(|_| !reach.allows(session.agent_id)).map(|peer| {
+        ReleaseOnClose { store: state.of(&tenant), peer: peer.to_owned(), session: session.id }
+    });
+    let watch = Some(Watch {
+        rx,
+        recheck,
+        store: state.store.clone(),
+        tenant,
+        credential,
+        reach,
+        ids,
+        _release: release,
+    });
     // Ends when the session's channel closes, or with an `error` event once the token stops
     // being valid (revoked, or its tenant deleted).
     let stream = stream::unfold(watch, |watch| async {
@@ -279,7 +296,7 @@ pub(crate) async fn stream(
                     return Some((Ok(sse), Some(watch)));
                 }
                 _ = watch.recheck.tick() => {
-                    if !watch.credential.still_valid(&watch.store, &watch.tenant).await {
+                    if !watch.credential.still_valid(&watch.store, &watch.tenant, &watch.reach).await {
                         let body = serde_json::json!(crate::api::ErrorBody {
                             code: Code::InvalidToken.as_str().to_owned(),
                             message: "the stream's token was revoked or its tenant deleted".to_owned(),
@@ -300,5 +317,33 @@ struct Watch {
     store: clade_store::Store,
     tenant: clade_core::Tenant,
     credential: crate::auth::Credential,
+    reach: crate::auth::Reach,
     ids: crate::stream_ids::StreamIds,
+    _release: Option<ReleaseOnClose>,
+}
+
+/// Ends a leased operator's leases of one session when its stream of the session closes (the
+/// CLI's chat ended, or its connection dropped): "revoked on disconnect".
+struct ReleaseOnClose {
+    store: clade_store::TenantStore,
+    peer: String,
+    session: clade_core::SessionId,
+}
+
+impl Drop for ReleaseOnClose {
+    fn drop(&mut self) {
+        let (store, peer, session) = (self.store.clone(), self.peer.clone(), self.session);
+        tokio::spawn(async move {
+            let kind = clade_store::peers::OPERATOR;
+            match store.end_peer_session_leases(kind, &peer, session, "disconnected").await {
+                Ok(ended) if ended > 0 => {
+                    tracing::info!(operator = %peer, %session, ended, "the chat's stream closed: its session leases ended");
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(operator = %peer, %session, error = %err, "cannot end the leases of a closed chat; they end at their expiry")
+                }
+            }
+        });
+    }
 }

@@ -139,7 +139,7 @@ async fn serve(
                 })
             }
             _ = recheck.tick() => {
-                if !credential.still_valid(&state.store, &tenant).await {
+                if !credential.still_valid(&state.store, &tenant, &reach).await {
                     return close(socket, close_code::POLICY, "token revoked or tenant deleted").await;
                 }
                 continue;
@@ -190,7 +190,7 @@ async fn subscribe(
         // Another tenant's session, or one of an agent the token does not reach, is reported
         // exactly like a missing one.
         let found = state.of(tenant).session(id).await.map_err(|_| not_found())?;
-        if !reach.allows(found.agent_id) {
+        if !reach.allows_session(found.id, found.agent_id) {
             return Err(not_found());
         }
         // Events committed before the subscription are not this subscriber's; read where they

@@ -24,7 +24,8 @@ fn event() -> impl Strategy<Value = EventParams> {
         .prop_map(|(agent, text, source, idempotency_key, wait)| EventParams {
             agent,
             text,
-            source,
+            source: Some(source),
+            session: None,
             idempotency_key,
             wait,
         })

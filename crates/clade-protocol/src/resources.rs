@@ -183,6 +183,10 @@ pub struct SourceParams {
 /// Body of `POST /v1/events`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("anyOf" = [
+    { "required": ["source"], "properties": { "source": { "type": "object" } } },
+    { "required": ["session"], "properties": { "session": { "type": "string" } } },
+]))]
 pub struct EventParams {
     /// Agent handle; when absent, the bindings in clade.yaml pick one from the source.
     #[serde(default)]
@@ -191,7 +195,14 @@ pub struct EventParams {
     /// Up to 65,536 characters, not all whitespace.
     #[schemars(length(min = 1, max = 65536), pattern(clade_core::NOT_BLANK_PATTERN))]
     pub text: String,
-    pub source: SourceParams,
+    /// Where it comes from; the session's own when `session` is given, else required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceParams>,
+    /// Into this existing session (its id): the event goes to the session's agent, from its
+    /// source. `agent` and `source`, if given too, must be the session's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "uuid"))]
+    pub session: Option<String>,
     /// Repeating a key returns the original answer and never starts a second turn. The
     /// `Idempotency-Key` header works too.
     #[serde(default)]
@@ -843,12 +854,16 @@ pub struct SetSettingParams {
 }
 
 /// `POST /v1/leases`: lease the tenant's events, one agent's, or one session's, to a paired
-/// subscriber for a while.
+/// subscriber for a while; or let an operator paired `leased` act on them for a while.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateLeaseParams {
-    /// The paired subscriber's name (the operator pairs it with `clade pair subscriber`).
+    /// The paired component's name (the operator pairs it with `clade pair subscriber`, or
+    /// `clade pair cli --leased`).
     pub peer: String,
+    /// What kind of component `peer` is.
+    #[serde(default)]
+    pub kind: LeaseeKind,
     /// Only this agent's events (its handle).
     #[serde(default)]
     #[schemars(pattern(clade_core::HANDLE_PATTERN))]
@@ -863,12 +878,35 @@ pub struct CreateLeaseParams {
     pub ttl_secs: u64,
 }
 
-/// A lease to a paired subscriber.
+/// The kinds of paired component a lease goes to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseeKind {
+    /// Sent the scope's events (`clade pair subscriber`).
+    #[default]
+    Subscriber,
+    /// May read, send to and follow the scope with its key (`clade pair cli --leased`).
+    Operator,
+}
+
+impl LeaseeKind {
+    /// As the store names the kind of a paired component.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseeKind::Subscriber => "subscriber",
+            LeaseeKind::Operator => "operator",
+        }
+    }
+}
+
+/// A lease to a paired component.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct LeaseResponse {
     pub id: String,
-    /// The paired subscriber's name.
+    /// The paired component's name.
     pub peer: String,
+    /// `subscriber` or `operator`.
+    pub kind: String,
     /// `tenant`, `agent` or `session`.
     pub scope: String,
     /// The agent's handle, for an agent's lease.

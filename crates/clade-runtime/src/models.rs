@@ -23,7 +23,7 @@ pub const SCRIPTED: &str = "scripted";
 
 /// The environment variables model set-up may read, collected by the binary (the only place
 /// that reads the environment).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnvHints {
     pub vars: HashMap<String, String>,
 }
@@ -96,49 +96,11 @@ impl Models {
         secrets: Secrets,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let mut models = config.models.clone();
-        let mut routing = config.routing.clone();
-        if models.is_empty() {
-            // Quick start: a provider key in the environment selects that provider.
-            let quick = |provider, key: &str, base: &str, fallback_model: &str| ModelConfig {
-                provider,
-                model: Some(env.get("CLADE_MODEL").unwrap_or(fallback_model).to_owned()),
-                base_url: env.get(base).map(str::to_owned),
-                api_key_env: Some(key.to_owned()),
-                api_key_secret: None,
-                oauth: None,
-                stream: true,
-                headers: BTreeMap::new(),
-                price: clade_config::PriceConfig::default(),
-                max_tokens: None,
-                http2: false,
-            };
-            if env.get("OPENAI_API_KEY").is_some() {
-                models.insert(
-                    "default".into(),
-                    quick(ProviderKind::Openai, "OPENAI_API_KEY", "OPENAI_BASE_URL", "gpt-4o-mini"),
-                );
-            } else if env.get("ANTHROPIC_API_KEY").is_some() {
-                models.insert(
-                    "default".into(),
-                    quick(
-                        ProviderKind::Anthropic,
-                        "ANTHROPIC_API_KEY",
-                        "ANTHROPIC_BASE_URL",
-                        "claude-sonnet-4-5",
-                    ),
-                );
-            }
-        }
-        if routing.default.is_empty() {
-            routing.default =
-                vec![models.keys().next().cloned().unwrap_or_else(|| SCRIPTED.to_owned())];
-        }
-        let budgets = config.budgets.clone();
+        let (models, routing) = resolve(config, &env);
         Self {
             models,
             routing,
-            budgets,
+            budgets: config.budgets.clone(),
             store,
             env,
             client: reqwest::Client::new(),
@@ -152,6 +114,31 @@ impl Models {
             clock,
             jitter: None,
             routers: Arc::default(),
+        }
+    }
+
+    /// The models of a new configuration revision, succeeding these: the HTTP clients (and
+    /// their open connections) carry over, and so do the routers, with their cooldowns, when
+    /// the models and the retry settings are unchanged (a change of routes or budgets only).
+    /// A swap then opens no new connection to a provider.
+    pub fn succeed(&self, config: &Config, env: EnvHints) -> Self {
+        let (models, routing) = resolve(config, &env);
+        let same_routers = models == self.models
+            && env == self.env
+            && routing.retries == self.routing.retries
+            && routing.cooldown_secs == self.routing.cooldown_secs;
+        Self {
+            models,
+            routing,
+            budgets: config.budgets.clone(),
+            store: self.store.clone(),
+            env,
+            client: self.client.clone(),
+            client_h2: self.client_h2.clone(),
+            secrets: self.secrets.clone(),
+            clock: self.clock.clone(),
+            jitter: self.jitter.clone(),
+            routers: if same_routers { self.routers.clone() } else { Arc::default() },
         }
     }
 
@@ -554,4 +541,48 @@ impl CredentialProvider for LazyOAuth {
             }
         })
     }
+}
+
+/// The configured models and routing, with the quick start applied: no model configured and
+/// a provider key in the environment selects that provider.
+fn resolve(config: &Config, env: &EnvHints) -> (BTreeMap<String, ModelConfig>, RoutingConfig) {
+    let mut models = config.models.clone();
+    let mut routing = config.routing.clone();
+    if models.is_empty() {
+        // Quick start: a provider key in the environment selects that provider.
+        let quick = |provider, key: &str, base: &str, fallback_model: &str| ModelConfig {
+            provider,
+            model: Some(env.get("CLADE_MODEL").unwrap_or(fallback_model).to_owned()),
+            base_url: env.get(base).map(str::to_owned),
+            api_key_env: Some(key.to_owned()),
+            api_key_secret: None,
+            oauth: None,
+            stream: true,
+            headers: BTreeMap::new(),
+            price: clade_config::PriceConfig::default(),
+            max_tokens: None,
+            http2: false,
+        };
+        if env.get("OPENAI_API_KEY").is_some() {
+            models.insert(
+                "default".into(),
+                quick(ProviderKind::Openai, "OPENAI_API_KEY", "OPENAI_BASE_URL", "gpt-4o-mini"),
+            );
+        } else if env.get("ANTHROPIC_API_KEY").is_some() {
+            models.insert(
+                "default".into(),
+                quick(
+                    ProviderKind::Anthropic,
+                    "ANTHROPIC_API_KEY",
+                    "ANTHROPIC_BASE_URL",
+                    "claude-sonnet-4-5",
+                ),
+            );
+        }
+    }
+    if routing.default.is_empty() {
+        routing.default =
+            vec![models.keys().next().cloned().unwrap_or_else(|| SCRIPTED.to_owned())];
+    }
+    (models, routing)
 }

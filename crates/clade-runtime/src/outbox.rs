@@ -199,12 +199,16 @@ impl Audience {
 /// The kind of peer a paired subscriber is, as the store keeps it.
 pub const PEER_KIND: &str = "subscriber";
 
-/// Leases `scope` of `tenant` to the paired subscriber `peer` for `ttl` (see
-/// `clade_store::peer_leases`). A subscriber whose agent patterns do not cover the scope is
-/// refused as if it were not paired: a tenant learns nothing of components that do not serve it.
+/// Leases `scope` of `tenant` to the paired component `kind`/`peer` for `ttl` (see
+/// `clade_store::peer_leases`): a subscriber ([`PEER_KIND`]) is sent the scope's events; an
+/// operator paired `leased` (`clade_store::peers::OPERATOR`) may act on the scope with its key.
+/// A component whose agent patterns do not cover the scope, or an operator paired without
+/// `leased`, is refused as if it were not paired: a tenant learns nothing of components that
+/// do not serve it.
 pub async fn grant_lease(
     store: &clade_store::TenantStore,
     tenant: &clade_core::Tenant,
+    kind: &str,
     peer: &str,
     scope: clade_store::peer_leases::LeaseScope,
     ttl: Duration,
@@ -219,7 +223,11 @@ pub async fn grant_lease(
             Some(store.agent_by_id(session.agent_id).await?.handle)
         }
     };
-    let serves = store.peer(PEER_KIND, peer).await?.is_some_and(|paired| {
+    let leasable = |paired: &clade_store::PeerRow| {
+        (kind == PEER_KIND || (kind == clade_store::peers::OPERATOR && paired.leased))
+            && paired.kind == kind
+    };
+    let serves = store.peer(kind, peer).await?.filter(leasable).is_some_and(|paired| {
         paired.agents.iter().any(|pattern| match &handle {
             Some(handle) => clade_config::agent_pattern_covers(pattern, name, handle.as_str()),
             None => pattern == "*" || pattern.strip_suffix("/*") == Some(name),
@@ -232,11 +240,18 @@ pub async fn grant_lease(
                 format!("agent {}'s events", handle.map(|h| h.to_string()).unwrap_or_default())
             }
         };
-        return Err(clade_store::Error::InvalidLease(format!(
-            "peer: no paired subscriber named {peer:?} may receive {what} (the operator pairs subscribers with `clade pair subscriber`)"
-        )));
+        let message = if kind == PEER_KIND {
+            format!(
+                "peer: no paired subscriber named {peer:?} may receive {what} (the operator pairs subscribers with `clade pair subscriber`)"
+            )
+        } else {
+            format!(
+                "peer: no operator named {peer:?} is paired `--leased` for {what} (the operator pairs one with `clade pair cli --leased`)"
+            )
+        };
+        return Err(clade_store::Error::InvalidLease(message));
     }
-    store.grant_lease(PEER_KIND, peer, scope, ttl).await
+    store.grant_lease(kind, peer, scope, ttl).await
 }
 
 /// The body a subscriber receives for an outbox row: a `clade_protocol::WebhookEvent` (the

@@ -279,3 +279,32 @@ async fn concurrent_calls_refresh_an_oauth_token_once() {
         s.stub.captured().iter().map(|c| c.headers["authorization"].clone()).collect();
     assert_eq!(tokens.len(), 1, "{tokens:?}");
 }
+
+#[tokio::test]
+async fn a_new_revision_keeps_the_routers_only_while_the_models_are_the_same() {
+    let s = setup().await;
+    let yaml = |model: &str, budget: &str| {
+        format!(
+            "models:\n  main:\n    provider: openai\n    model: {model}\n    base_url: {url}/v1\n    api_key_env: KEY\n{budget}",
+            url = s.stub.url()
+        )
+    };
+    let keys = env(&[("KEY", "sk-1")]);
+    let first = models(&s, &config(&yaml("gpt-a", "")), keys.clone());
+    first.call(&s.tenant, None, ProcessKind::Channel, &hello(), &mut |_| {}).await.unwrap();
+
+    // Only a budget changed: the same router, cooldowns and connections with it.
+    let budgets = "budgets:\n  tenants:\n    default: { usd_per_day: 5 }\n";
+    let second = first.succeed(&config(&yaml("gpt-a", budgets)), keys.clone());
+    assert!(Arc::ptr_eq(&first.router_for(None), &second.router_for(None)));
+
+    // Another model, or another key: a router of its own, which calls the new model.
+    let third = second.succeed(&config(&yaml("gpt-b", budgets)), keys.clone());
+    assert!(!Arc::ptr_eq(&second.router_for(None), &third.router_for(None)));
+    third.call(&s.tenant, None, ProcessKind::Channel, &hello(), &mut |_| {}).await.unwrap();
+    assert_eq!(s.stub.captured().pop().unwrap().body["model"], "gpt-b");
+    let fourth = third.succeed(&config(&yaml("gpt-b", budgets)), env(&[("KEY", "sk-2")]));
+    assert!(!Arc::ptr_eq(&third.router_for(None), &fourth.router_for(None)));
+    fourth.call(&s.tenant, None, ProcessKind::Channel, &hello(), &mut |_| {}).await.unwrap();
+    assert_eq!(s.stub.captured().pop().unwrap().headers["authorization"], "Bearer sk-2");
+}

@@ -59,8 +59,8 @@ pub use scoped::{SystemStore, TenantStore};
 pub use secrets::Secrets;
 pub use settings::SettingRow;
 pub use store::{
-    BudgetCounter, BudgetSettlement, NewAgent, SecretInfo, Store, StoreOptions, TOKEN_PREFIX,
-    TokenAccess, TokenInfo, UsageRecord, UsageSummary,
+    BudgetCounter, BudgetSettlement, LeasedSession, NewAgent, SecretInfo, Store, StoreOptions,
+    TOKEN_PREFIX, TokenAccess, TokenInfo, UsageRecord, UsageSummary,
 };
 pub use turns::{
     Accepted, DeadLetter, EventRow, GivenUp, JournalEntry, NewEvent, OpenEvents, OutboxEvent,

@@ -289,6 +289,29 @@ impl Store {
         Ok(count)
     }
 
+    /// Ends the open leases of one session to a component (a leased CLI's chat on it closed),
+    /// saying `why`, audited; how many ended.
+    pub async fn end_peer_session_leases(
+        &self,
+        tenant: TenantId,
+        peer_kind: &str,
+        peer_name: &str,
+        session: SessionId,
+        why: &str,
+    ) -> Result<usize> {
+        let open: Vec<_> = self
+            .open_leases(peer_kind, peer_name)
+            .await?
+            .into_iter()
+            .filter(|lease| {
+                lease.tenant_id == tenant && lease.scope == LeaseScope::Session(session)
+            })
+            .collect();
+        let count = open.len();
+        self.end_leases(open, why).await?;
+        Ok(count)
+    }
+
     async fn open_leases(&self, peer_kind: &str, peer_name: &str) -> Result<Vec<LeaseRow>> {
         let rows = self
             .rows(

@@ -143,7 +143,8 @@ impl Store {
         let row = self
             .maybe_row(
                 query(
-                    "SELECT t.id, t.name, t.created_at, k.scopes, k.agents FROM peers p \
+                    "SELECT t.id, t.name, t.created_at, k.scopes, k.agents, p.name AS peer_name, \
+                     p.leased FROM peers p \
                      JOIN api_tokens k ON k.id = p.token_id JOIN tenants t ON t.id = k.tenant_id \
                      WHERE p.kind = $1 AND p.peer_key = $2 AND k.revoked_at IS NULL",
                 )
@@ -152,7 +153,56 @@ impl Store {
             )
             .await?;
         let Some(row) = row else { return Err(Error::BadToken) };
-        crate::store::token_access_from_row(&row)
+        let (tenant, mut access) = crate::store::token_access_from_row(&row)?;
+        if row.try_get::<i64, _>("leased")? != 0 {
+            let name: String = row.try_get("peer_name")?;
+            self.narrow_to_leases(&tenant, &name, &mut access).await?;
+        }
+        Ok((tenant, access))
+    }
+
+    /// Narrows a leased operator's access to what its live leases in its token's tenant
+    /// name (within the token's own reach): the whole tenant, some agents, some sessions.
+    async fn narrow_to_leases(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        access: &mut crate::TokenAccess,
+    ) -> Result<()> {
+        use crate::peer_leases::LeaseScope;
+        let live: Vec<_> = self
+            .peer_leases(OPERATOR, name)
+            .await?
+            .into_iter()
+            .filter(|lease| lease.tenant_id == tenant.id)
+            .collect();
+        access.leased = Some(name.to_owned());
+        if live.iter().any(|lease| lease.scope == LeaseScope::Tenant) {
+            return Ok(());
+        }
+        let mut agents = Vec::new();
+        let mut sessions = Vec::new();
+        for lease in live {
+            match lease.scope {
+                LeaseScope::Tenant => {}
+                LeaseScope::Agent(agent) if access.reaches(agent) => agents.push(agent),
+                LeaseScope::Agent(_) => {}
+                LeaseScope::Session(id) => match self.session(tenant.id, id).await {
+                    Ok(session) if access.reaches(session.agent_id) => {
+                        sessions.push(crate::LeasedSession {
+                            id,
+                            agent_id: session.agent_id,
+                            source: session.source,
+                        });
+                    }
+                    Ok(_) | Err(Error::SessionNotFound(_)) => {}
+                    Err(err) => return Err(err),
+                },
+            }
+        }
+        access.agents = Some(agents);
+        access.sessions = sessions;
+        Ok(())
     }
 
     /// Every paired component, by kind and name.

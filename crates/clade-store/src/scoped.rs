@@ -71,6 +71,18 @@ impl TenantStore {
         self.store.grant_lease(self.tenant, peer_kind, peer_name, scope, ttl).await
     }
 
+    /// Ends the open leases of one of this tenant's sessions to a component (see
+    /// [`crate::Store::end_peer_session_leases`]).
+    pub async fn end_peer_session_leases(
+        &self,
+        peer_kind: &str,
+        peer_name: &str,
+        session: clade_core::SessionId,
+        why: &str,
+    ) -> Result<usize> {
+        self.store.end_peer_session_leases(self.tenant, peer_kind, peer_name, session, why).await
+    }
+
     /// This tenant's leases, newest first.
     pub async fn leases(&self, limit: u32) -> Result<Vec<crate::peer_leases::LeaseRow>> {
         self.store.leases(self.tenant, limit).await

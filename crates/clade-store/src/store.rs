@@ -101,6 +101,20 @@ pub struct TokenAccess {
     pub scopes: Vec<clade_core::Scope>,
     /// `None`: every agent of the tenant (and the tenant itself: its agents, tokens, grants).
     pub agents: Option<Vec<AgentId>>,
+    /// Sessions reached beyond `agents`: those a leased operator's live session leases name.
+    pub sessions: Vec<LeasedSession>,
+    /// The operator's name, when what it reaches comes from leases (an operator paired
+    /// `leased`): such a caller may not grant leases, or it could extend its own.
+    pub leased: Option<String>,
+}
+
+/// A session a leased operator reaches, with what routes an event into it: its agent and
+/// source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasedSession {
+    pub id: clade_core::SessionId,
+    pub agent_id: AgentId,
+    pub source: crate::Source,
 }
 
 impl TokenAccess {
@@ -308,7 +322,7 @@ pub(crate) fn token_access_from_row(row: &Row) -> Result<(Tenant, TokenAccess)> 
     let scopes =
         clade_core::Scope::split(&row.try_get::<String, _>("scopes")?).map_err(Error::BadRow)?;
     let agents = agents_from_text(row.try_get("agents")?)?;
-    Ok((tenant_from_row(row)?, TokenAccess { scopes, agents }))
+    Ok((tenant_from_row(row)?, TokenAccess { scopes, agents, sessions: Vec::new(), leased: None }))
 }
 
 fn tenant_from_row(row: &Row) -> Result<Tenant> {

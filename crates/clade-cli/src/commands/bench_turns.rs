@@ -307,7 +307,7 @@ async fn measure(
     // Hot reloads while the load runs: what a new configuration revision swaps in.
     let reloads = Arc::new(AtomicU64::new(0));
     let reloading = reload_every.map(|every| {
-        let (engine, reloads, store) = (engine.clone(), reloads.clone(), store.clone());
+        let (engine, reloads) = (engine.clone(), reloads.clone());
         let (sessions, config) = (options_sessions_for_reload(&config), config.clone());
         tokio::spawn(async move {
             loop {
@@ -321,13 +321,7 @@ async fn measure(
                 ));
                 let tools = engine.tools();
                 tools.reload(clade_tools::Registry::new(), &config.tools, None);
-                engine.reload_models(Models::new(
-                    &config,
-                    EnvHints::default(),
-                    store.clone(),
-                    secrets.clone(),
-                    Arc::new(SystemClock),
-                ));
+                engine.reload_models(engine.models().succeed(&config, EnvHints::default()));
                 reloads.fetch_add(1, AtomicOrdering::Relaxed);
             }
         })

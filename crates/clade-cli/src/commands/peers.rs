@@ -66,13 +66,27 @@ pub(super) async fn pair(ctx: &Ctx, cmd: PairCommand) -> Result<()> {
                 println!("paired subscriber {name} (key {key}); it is sent its agents' events now");
             }
         }
-        PairCommand::Cli { endpoint, name, token_env, agents, scopes, admin_socket: flag } => {
+        PairCommand::Cli {
+            endpoint,
+            name,
+            token_env,
+            agents,
+            scopes,
+            leased,
+            admin_socket: flag,
+        } => {
             let kind = clade_store::peers::OPERATOR;
-            let asked = Asked { kind, endpoint, name, token_env, agents, leased: false, scopes };
+            let asked = Asked { kind, endpoint, name, token_env, agents, leased, scopes };
             let (name, key, _, _) = ask_to_pair(ctx, asked, flag.as_deref()).await?;
-            println!(
-                "paired operator {name} (key {key}); it calls the API with its key (`clade remote` on its machine)"
-            );
+            if leased {
+                println!(
+                    "paired operator {name} (key {key}); it reaches what a tenant leases to it (`clade lease grant {name} --kind operator --session …`)"
+                );
+            } else {
+                println!(
+                    "paired operator {name} (key {key}); it calls the API with its key (`clade remote` on its machine)"
+                );
+            }
         }
         PairCommand::List { json } => {
             let peers = ctx.store.peers().await?;
@@ -189,7 +203,7 @@ async fn ask_to_pair(
 pub(super) async fn lease(ctx: &Ctx, cmd: LeaseCommand) -> Result<()> {
     let tenant = ctx.tenant().await?;
     match cmd {
-        LeaseCommand::Grant { peer, agent, session, ttl } => {
+        LeaseCommand::Grant { peer, kind, agent, session, ttl } => {
             let ttl = clade_sched::parse_interval(&ttl).map_err(|e| match e {
                 clade_sched::ScheduleError::Every { problem, .. } => {
                     anyhow::anyhow!("--ttl {ttl:?}: {problem}")
@@ -207,13 +221,14 @@ pub(super) async fn lease(ctx: &Ctx, cmd: LeaseCommand) -> Result<()> {
             let lease = clade_runtime::outbox::grant_lease(
                 &ctx.store.tenant_scope(tenant.id),
                 &tenant,
+                &kind,
                 &peer,
                 scope,
                 ttl,
             )
             .await?;
             println!(
-                "lease {} to subscriber {peer}: {} until {}",
+                "lease {} to {kind} {peer}: {} until {}",
                 lease.id,
                 scope_text(&lease),
                 lease.expires_at
@@ -236,14 +251,14 @@ pub(super) async fn lease(ctx: &Ctx, cmd: LeaseCommand) -> Result<()> {
                     };
                     vec![
                         l.id.to_string(),
-                        l.peer_name.clone(),
+                        format!("{}/{}", l.peer_kind, l.peer_name),
                         scope_text(l),
                         l.expires_at.to_string(),
                         state,
                     ]
                 })
                 .collect();
-            output::table(&["ID", "SUBSCRIBER", "SCOPE", "EXPIRES", "STATE"], &rows);
+            output::table(&["ID", "PEER", "SCOPE", "EXPIRES", "STATE"], &rows);
         }
         LeaseCommand::Revoke { id } => {
             let id = clade_core::LeaseId::parse(&id).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -275,6 +290,7 @@ fn lease_json(lease: &LeaseRow, now: clade_core::Timestamp) -> serde_json::Value
     serde_json::json!({
         "id": lease.id.to_string(),
         "peer": lease.peer_name,
+        "kind": lease.peer_kind,
         "scope": scope,
         "scope_id": id,
         "granted_at": lease.granted_at.as_millis(),

@@ -76,23 +76,47 @@ pub(super) async fn run(data_dir: &clade_store::DataDir, cmd: RemoteCommand) -> 
         RemoteCommand::Send { agent, text } => {
             let client = Remote::open(data_dir)?;
             client.prove().await?;
-            let reply = client.send(&agent, &text).await?;
+            let reply = client.send(&Target::Agent(agent), &text).await?;
             println!("{reply}");
             Ok(())
         }
-        RemoteCommand::Chat { agent } => {
+        RemoteCommand::Chat { agent, session } => {
             let client = Remote::open(data_dir)?;
             client.prove().await?;
+            let (target, attached) = match (agent, session) {
+                (Some(agent), _) => (Target::Agent(agent), None),
+                (None, Some(id)) => {
+                    let session = client
+                        .call(reqwest::Method::GET, &format!("/v1/sessions/{id}"), None)
+                        .await
+                        .with_context(|| format!("session {id}: is it leased to this CLI (`clade lease grant {} --kind operator --session {id}` on the gateway)?", client.profile.name))?;
+                    let id = session["id"].as_str().unwrap_or(&id).to_owned();
+                    let attached = client.attach(&id).await?;
+                    (Target::Session(id), Some(attached))
+                }
+                (None, None) => bail!("name --agent or --session"),
+            };
             eprintln!(
-                "chatting with {agent} at {} as {} (end with Ctrl-D)",
+                "chatting with {target} at {} as {} (end with Ctrl-D)",
                 client.profile.gateway, client.profile.name
             );
-            for line in std::io::stdin().lock().lines() {
-                let line = line?;
+            let mut lines = stdin_lines();
+            // Without a stream to follow, nothing ends the chat but the end of its input.
+            let (_idle, never) = tokio::sync::watch::channel(None);
+            let mut ended = attached.as_ref().map_or(never, |a| a.ended.clone());
+            loop {
+                let line = tokio::select! {
+                    line = lines.recv() => line.transpose()?,
+                    _ = ended.changed() => {
+                        let why = ended.borrow().clone().unwrap_or_default();
+                        bail!("the gateway ended this chat: {why}");
+                    }
+                };
+                let Some(line) = line else { break };
                 if line.trim().is_empty() {
                     continue;
                 }
-                println!("{}", client.send(&agent, &line).await?);
+                println!("{}", client.send(&target, &line).await?);
             }
             Ok(())
         }
@@ -192,14 +216,17 @@ impl Remote {
         })
     }
 
-    /// One turn: `text` to `agent` from this CLI; the reply.
-    async fn send(&self, agent: &str, text: &str) -> Result<String> {
-        let body = json!({
-            "agent": agent,
-            "text": text,
-            "source": { "platform": "cli", "channel": "remote", "actor": self.profile.name },
-            "wait": true,
-        });
+    /// One turn: `text` to the target from this CLI; the reply.
+    async fn send(&self, target: &Target, text: &str) -> Result<String> {
+        let body = match target {
+            Target::Agent(agent) => json!({
+                "agent": agent,
+                "text": text,
+                "source": { "platform": "cli", "channel": "remote", "actor": self.profile.name },
+                "wait": true,
+            }),
+            Target::Session(id) => json!({ "session": id, "text": text, "wait": true }),
+        };
         let answer = self.call(reqwest::Method::POST, "/v1/events", Some(body)).await?;
         match answer["reply"]["text"].as_str() {
             Some(reply) => Ok(reply.to_owned()),
@@ -208,6 +235,60 @@ impl Remote {
                 answer["error"].as_str().unwrap_or("no reason given")
             ),
         }
+    }
+
+    /// Follows the session's stream for as long as the chat runs: what holds a lease of the
+    /// session alone (the gateway ends it when this stream closes). `ended` says why the
+    /// gateway closed it, if it did.
+    async fn attach(&self, session: &str) -> Result<Attached> {
+        let (response, proved) = self
+            .signed(
+                reqwest::Method::GET,
+                &format!("/v1/sessions/{session}/events"),
+                Vec::new(),
+                None,
+            )
+            .await?;
+        if !proved {
+            return Err(self.not_proved());
+        }
+        if !response.status().is_success() {
+            let status = response.status();
+            let answer: Value = response.json().await.unwrap_or(Value::Null);
+            let message = answer["error"]["message"].as_str().unwrap_or("request failed");
+            bail!("the gateway refused the session's stream: {message} (HTTP {})", status.as_u16());
+        }
+        let (tell, ended) = tokio::sync::watch::channel(None);
+        let follow = tokio::spawn(async move {
+            use futures::StreamExt as _;
+            let mut body = response.bytes_stream();
+            let mut pending = String::new();
+            let why = loop {
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        pending.push_str(&String::from_utf8_lossy(&chunk));
+                        // The gateway's last word on a closed stream is an `error` event.
+                        if let Some(at) = pending.find("event: error") {
+                            let data = pending[at..]
+                                .lines()
+                                .find_map(|line| line.strip_prefix("data: "))
+                                .and_then(|data| serde_json::from_str::<Value>(data).ok());
+                            break data
+                                .and_then(|d| d["message"].as_str().map(str::to_owned))
+                                .unwrap_or_else(|| "the stream ended with an error".into());
+                        }
+                        // Keep only the unfinished event.
+                        if let Some(end) = pending.rfind("\n\n") {
+                            pending.drain(..end + 2);
+                        }
+                    }
+                    Some(Err(err)) => break format!("the stream broke: {err}"),
+                    None => break "the gateway closed the session's stream".into(),
+                }
+            };
+            let _ = tell.send(Some(why));
+        });
+        Ok(Attached { ended, _follow: AbortOnDrop(follow) })
     }
 
     /// Has the gateway sign a challenge before anything of the operator's is sent: a server
@@ -252,8 +333,24 @@ impl Remote {
         path: &str,
         body: Option<Value>,
     ) -> Result<(reqwest::StatusCode, Value, bool)> {
-        use clade_core::Clock as _;
         let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let (response, proved) =
+            self.signed(method, path, body, Some(Duration::from_secs(300))).await?;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        Ok((status, answer, proved))
+    }
+
+    /// Sends one signed request with a fresh challenge: the response, and whether the gateway
+    /// signed the challenge with the key it paired with.
+    async fn signed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<(reqwest::Response, bool)> {
+        use clade_core::Clock as _;
         let time = clade_core::SystemClock.now().as_millis();
         let signed = identity::request_text(method.as_str(), path, time, &body);
         let challenge = identity::challenge();
@@ -263,8 +360,10 @@ impl Remote {
             .header(PEER_HEADER, self.identity.public())
             .header(PEER_TIME_HEADER, time.to_string())
             .header(PEER_SIGNATURE_HEADER, self.identity.sign(&[identity::REQUEST, &signed]))
-            .header(CHALLENGE_HEADER, &challenge)
-            .timeout(Duration::from_secs(300));
+            .header(CHALLENGE_HEADER, &challenge);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         if !body.is_empty() {
             request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
         }
@@ -283,8 +382,51 @@ impl Remote {
                     proof,
                 )
             });
-        let status = response.status();
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
-        Ok((status, answer, proved))
+        Ok((response, proved))
+    }
+}
+
+/// Standard input's lines, read on a thread of their own: a chat the gateway ends exits at
+/// once, where a read on the runtime's blocking pool would hold the exit until a line came.
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if tx.blocking_send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Where a chat sends: an agent (this CLI's session with it), or a session by id.
+enum Target {
+    Agent(String),
+    Session(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Agent(agent) => write!(f, "{agent}"),
+            Target::Session(id) => write!(f, "session {id}"),
+        }
+    }
+}
+
+/// A chat's hold on a session's stream.
+struct Attached {
+    /// Why the gateway ended the stream, once it did.
+    ended: tokio::sync::watch::Receiver<Option<String>>,
+    _follow: AbortOnDrop,
+}
+
+/// Stops following the stream (closing it) when the chat ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -185,8 +185,6 @@ struct Reloader {
     sources: crate::context::ToolSources,
     /// The webhook dispatchers, replaced when `subscribers` changes.
     dispatchers: std::sync::Arc<clade_runtime::outbox::Dispatchers>,
-    /// For the models of a new configuration.
-    secrets: clade_store::Secrets,
     /// The scheduler and the sweeps, started again when `scheduler` or `sessions` changes.
     maintenance: std::sync::Arc<Maintenance>,
 }
@@ -212,7 +210,6 @@ impl Reloader {
             config: tokio::sync::Mutex::new(ctx.config.clone()),
             sources,
             dispatchers,
-            secrets: ctx.secrets(),
             maintenance,
         }))
     }
@@ -274,7 +271,7 @@ impl Reloader {
         };
         tools.reload(registry, &config.tools, Some(&config.tenants));
         if changed.iter().any(|(name, _)| MODEL_SECTIONS.contains(name)) {
-            let models = crate::context::models_from(&config, &self.store, self.secrets.clone());
+            let models = self.engine.models().succeed(&config, crate::context::env_hints(&config));
             tracing::info!(models = %models.describe(), "models of the new configuration in force");
             self.engine.reload_models(models);
         }
@@ -588,8 +585,8 @@ async fn pair(
             "components of kind {kind:?} cannot be paired: `tool` (a tool host), `subscriber` or `operator` (a CLI)"
         ));
     }
-    if leased && kind != clade_runtime::outbox::PEER_KIND {
-        return Err("only a subscriber is paired `leased`".into());
+    if leased && kind != clade_runtime::outbox::PEER_KIND && !operator {
+        return Err("only a subscriber or an operator is paired `leased`".into());
     }
     if !scopes.is_empty() && !operator {
         return Err("only an operator (a CLI) is paired with scopes".into());

@@ -62,12 +62,7 @@ async fn a_paired_cli_reaches_what_it_was_given_with_its_key_until_unpaired() {
     let laptop = Env::new();
 
     // Without the pairing token, nothing is paired; with it, the waiting CLI keeps the gateway.
-    let mut waiting = laptop
-        .spawn_service(
-            &["remote", "listen", "--listen", "127.0.0.1:0", "--gateway", &server.url],
-            &[PAIR_TOKEN],
-        )
-        .expect("clade remote listen printed nothing");
+    let mut waiting = listen(&laptop, &server.url);
     let wrong = gateway
         .command()
         .env(PAIR_TOKEN.0, "not-the-token")
@@ -149,4 +144,186 @@ async fn a_paired_cli_reaches_what_it_was_given_with_its_key_until_unpaired() {
     let kinds: Vec<&str> =
         audit["items"].as_array().unwrap().iter().filter_map(|r| r["kind"].as_str()).collect();
     assert!(kinds.contains(&"peer.paired") && kinds.contains(&"peer.removed"), "{kinds:?}");
+}
+
+/// `clade remote listen` on the laptop, waiting for the gateway at `gateway` to pair it.
+fn listen(laptop: &Env, gateway: &str) -> super::support::Server {
+    laptop
+        .spawn_service(
+            &["remote", "listen", "--listen", "127.0.0.1:0", "--gateway", gateway],
+            &[PAIR_TOKEN],
+        )
+        .expect("clade remote listen printed nothing")
+}
+
+/// A request signed with `key`, each at a new time (a repeated signature is a replay).
+async fn as_laptop(
+    url: &str,
+    key: &Identity,
+    at: &mut i64,
+    method: &str,
+    path: String,
+    body: Option<Value>,
+) -> (u16, Value) {
+    *at += 1;
+    signed(url, key, method, &path, body, *at).await
+}
+
+/// Leases `scope` to the operator `laptop` for `ttl`; the lease's id.
+fn grant_to_laptop(gateway: &Env, scope: &[&str], ttl: &str) -> String {
+    let mut args = vec!["lease", "grant", "laptop", "--kind", "operator", "--ttl", ttl];
+    args.extend_from_slice(scope);
+    let granted = gateway.run(&args).ok().stdout;
+    assert!(granted.contains("to operator laptop"), "{granted}");
+    granted.split_whitespace().nth(1).unwrap().to_owned()
+}
+
+/// Waits up to 10 s for `done` to hold of the lease `id` (as `clade lease list --json` shows it).
+fn lease_becomes(gateway: &Env, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let leases = gateway.run(&["lease", "list", "--json"]).ok().json();
+        let lease = leases.as_array().unwrap().iter().find(|l| l["id"] == id).unwrap().clone();
+        if done(&lease) || std::time::Instant::now() > deadline {
+            return lease;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_cli_reaches_one_session_only_while_its_lease_lives_and_its_chat_runs() {
+    let gateway = Env::new();
+    gateway.run(&["agents", "create", "ada"]).ok();
+    let server = gateway.serve(&[]);
+    let mut sessions = Vec::new();
+    for channel in ["one", "two"] {
+        let body = json!({ "agent": "ada", "text": "hi", "wait": true,
+            "source": { "platform": "web", "channel": channel, "actor": "u" } });
+        let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
+        assert_eq!(status, 200, "{answer}");
+        sessions.push(answer["session_id"].as_str().unwrap().to_owned());
+    }
+    let (leased, other) = (sessions[0].as_str(), sessions[1].as_str());
+
+    let laptop = Env::new();
+    let mut waiting = listen(&laptop, &server.url);
+    let paired = gateway
+        .command()
+        .env(PAIR_TOKEN.0, PAIR_TOKEN.1)
+        .args(["pair", "cli", &waiting.url, "laptop", "--leased", "--agents", "default/*"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&paired.stdout);
+    assert!(paired.status.success(), "{said}{}", String::from_utf8_lossy(&paired.stderr));
+    assert!(said.contains("reaches what a tenant leases to it"), "{said}");
+    assert!(waiting.exits_within(Duration::from_secs(10)));
+
+    // Paired, but leased nothing: it reaches nothing.
+    let status = laptop.run(&["remote", "status"]).ok().stdout;
+    assert!(status.trim_end().ends_with("agents it reaches:"), "{status}");
+    laptop
+        .run(&["remote", "send", "--agent", "ada", "hello"])
+        .fails_with("agent \"ada\" not found");
+    laptop
+        .run_with_stdin(&["remote", "chat", "--session", leased], "hello\n")
+        .fails_with("is it leased to this CLI");
+
+    // A lease of one session, for it as an operator (not as a subscriber: none is named so).
+    gateway
+        .run(&["lease", "grant", "laptop", "--session", leased, "--ttl", "1h"])
+        .fails_with("no paired subscriber named \"laptop\"");
+    let lease_id = grant_to_laptop(&gateway, &["--session", leased], "1h");
+
+    // Signed by hand: that session, and nothing beside it.
+    let key = Identity::load_or_create(&laptop.data_dir().join("remote.key")).unwrap();
+    let mut at = clade_core::SystemClock.now().as_millis();
+    let (status, answer) =
+        as_laptop(&server.url, &key, &mut at, "GET", format!("/v1/sessions/{leased}"), None).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) =
+        as_laptop(&server.url, &key, &mut at, "GET", format!("/v1/sessions/{other}"), None).await;
+    assert_eq!(status, 404, "another session of the same agent was reachable");
+    let (status, _) =
+        as_laptop(&server.url, &key, &mut at, "GET", format!("/v1/sessions/{other}/turns"), None)
+            .await;
+    assert_eq!(status, 404);
+    let (status, answer) =
+        as_laptop(&server.url, &key, &mut at, "GET", "/v1/sessions".into(), None).await;
+    assert_eq!((status, answer["items"].as_array().map(Vec::len)), (200, Some(0)), "{answer}");
+    let into_other = json!({ "session": other, "text": "sneak", "wait": true });
+    let (status, _) =
+        as_laptop(&server.url, &key, &mut at, "POST", "/v1/events".into(), Some(into_other)).await;
+    assert_eq!(status, 404, "it sent into a session it was not leased");
+    let new_session = json!({ "agent": "ada", "text": "sneak", "wait": true,
+        "source": { "platform": "web", "channel": "three", "actor": "u" } });
+    let (status, _) =
+        as_laptop(&server.url, &key, &mut at, "POST", "/v1/events".into(), Some(new_session)).await;
+    assert_eq!(status, 404, "it opened a session of an agent it was not leased");
+    let not_the_source = json!({ "session": leased, "text": "x",
+        "source": { "platform": "web", "channel": "two", "actor": "u" } });
+    let (status, answer) =
+        as_laptop(&server.url, &key, &mut at, "POST", "/v1/events".into(), Some(not_the_source))
+            .await;
+    assert_eq!(status, 400, "{answer}");
+    let extend =
+        json!({ "peer": "laptop", "kind": "operator", "session": leased, "ttl_secs": 86400 });
+    let (status, answer) =
+        as_laptop(&server.url, &key, &mut at, "POST", "/v1/leases".into(), Some(extend)).await;
+    assert_eq!((status, answer["error"]["code"].clone()), (403, json!("forbidden")), "{answer}");
+
+    // Its chat sends into the leased session and follows it; when the chat ends, so does the
+    // lease ("revoked on disconnect").
+    let chat =
+        laptop.run_with_stdin(&["remote", "chat", "--session", leased], "one\ntwo\n").ok().stdout;
+    assert!(chat.contains("echo: one") && chat.contains("echo: two"), "{chat}");
+    let turns = server.all_turns(leased).await;
+    assert_eq!(turns.len(), 3, "the chat's turns are not in the leased session: {turns:?}");
+    let listed = server.get_json("/v1/sessions?agent=ada").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
+    let ended = lease_becomes(&gateway, &lease_id, |l| !l["ended_why"].is_null());
+    assert_eq!(ended["ended_why"], "disconnected", "{ended}");
+    let (status, _) =
+        as_laptop(&server.url, &key, &mut at, "GET", format!("/v1/sessions/{leased}"), None).await;
+    assert_eq!(status, 404, "the session was reachable after its lease ended");
+
+    // A chat under way ends when the tenant revokes its lease, saying so.
+    let lease_id = grant_to_laptop(&gateway, &["--session", leased], "1h");
+    let mut open_chat = laptop
+        .command()
+        .args(["remote", "chat", "--session", leased])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stdin = open_chat.stdin.take();
+    let attached = lease_becomes(&gateway, &lease_id, |_| true);
+    assert!(attached["live"].as_bool().unwrap(), "{attached}");
+    std::thread::sleep(Duration::from_millis(500));
+    gateway.run(&["lease", "revoke", &lease_id]).ok();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open_chat.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let Some(exit) = open_chat.try_wait().unwrap() else {
+        open_chat.kill().ok();
+        panic!("the chat ran on after its lease was revoked");
+    };
+    let output = open_chat.wait_with_output().unwrap();
+    assert!(!exit.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("the gateway ended this chat"), "{said}");
+
+    // A lease that runs out ends by itself.
+    let lease_id = grant_to_laptop(&gateway, &["--agent", "ada"], "2s");
+    let (status, _) =
+        as_laptop(&server.url, &key, &mut at, "GET", format!("/v1/sessions/{other}"), None).await;
+    assert_eq!(status, 200, "an agent's lease reaches all its sessions");
+    std::thread::sleep(Duration::from_millis(2500));
+    let (status, _) =
+        as_laptop(&server.url, &key, &mut at, "GET", format!("/v1/sessions/{other}"), None).await;
+    assert_eq!(status, 404, "an expired lease still counted");
+    let expired = lease_becomes(&gateway, &lease_id, |l| !l["ended_why"].is_null());
+    assert_eq!(expired["ended_why"], "expired", "{expired}");
 }

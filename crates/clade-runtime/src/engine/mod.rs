@@ -546,6 +546,11 @@ impl Engine {
 
     /// Swaps in `models` (a new configuration's models, routing and budgets): calls from then
     /// on use them, calls under way finish on the ones they started with.
+    /// The models in force (a new revision's succeed them: [`Models::succeed`]).
+    pub fn models(&self) -> Arc<Models> {
+        self.inner.models()
+    }
+
     pub fn reload_models(&self, models: Models) {
         *self.inner.models.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(models);
     }
