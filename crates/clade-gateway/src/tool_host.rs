@@ -175,7 +175,9 @@ async fn call(State(host): State<Arc<Host>>, headers: HeaderMap, body: Bytes) ->
             }
             Some(earlier) => earlier.outcome.clone(),
             None => {
+                // The call's latest frame: progress while it runs, then its outcome.
                 let (done, outcome) = tokio::sync::watch::channel(None);
+                let done = Arc::new(done);
                 remembered.insert(
                     request.idempotency_key.clone(),
                     Remembered { fingerprint, outcome: outcome.clone() },
@@ -186,10 +188,23 @@ async fn call(State(host): State<Arc<Host>>, headers: HeaderMap, body: Bytes) ->
                         remembered.remove(&oldest);
                     }
                 }
+                let reports = done.clone();
+                let progress = clade_tools::Progress::new(move |message, fraction| {
+                    let frame = CallFrame::Progress { message: message.to_owned(), fraction };
+                    // Nothing after the outcome.
+                    reports.send_if_modified(|latest| {
+                        let running = !latest.as_ref().is_some_and(is_outcome);
+                        if running {
+                            *latest = Some(frame);
+                        }
+                        running
+                    });
+                });
                 let ctx = CallContext {
                     idempotency_key: request.idempotency_key.clone(),
                     call_id: request.call_id.clone(),
                     caller,
+                    progress: Some(progress),
                     ..CallContext::default()
                 };
                 let arguments = request.arguments.clone();
@@ -209,14 +224,18 @@ async fn call(State(host): State<Arc<Host>>, headers: HeaderMap, body: Bytes) ->
         }
     };
     let heartbeat = host.options.heartbeat;
-    let frames = futures::stream::unfold(Some(outcome), move |state| async move {
-        let mut outcome = state?;
+    // Each frame the call sets is sent once; the outcome is the last. A reader slower than
+    // the call's progress gets its latest report.
+    let frames = futures::stream::unfold(Some((outcome, true)), move |state| async move {
+        let (mut outcome, mut look) = state?;
         loop {
-            if let Some(frame) = outcome.borrow().clone() {
-                return Some((line(&frame), None));
+            let latest = if look { outcome.borrow_and_update().clone() } else { None };
+            if let Some(frame) = latest {
+                let next = (!is_outcome(&frame)).then_some((outcome, false));
+                return Some((line(&frame), next));
             }
             match tokio::time::timeout(heartbeat, outcome.changed()).await {
-                Ok(Ok(())) => continue,
+                Ok(Ok(())) => look = true,
                 // The call's task ended without an outcome (it panicked).
                 Ok(Err(_)) => {
                     let frame = CallFrame::Error(CallError {
@@ -226,7 +245,7 @@ async fn call(State(host): State<Arc<Host>>, headers: HeaderMap, body: Bytes) ->
                     });
                     return Some((line(&frame), None));
                 }
-                Err(_) => return Some((line(&CallFrame::Heartbeat {}), Some(outcome))),
+                Err(_) => return Some((line(&CallFrame::Heartbeat {}), Some((outcome, false)))),
             }
         }
     });
@@ -234,6 +253,11 @@ async fn call(State(host): State<Arc<Host>>, headers: HeaderMap, body: Bytes) ->
         .header(header::CONTENT_TYPE, FRAMES_CONTENT_TYPE)
         .body(Body::from_stream(frames))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Whether `frame` ends a call.
+fn is_outcome(frame: &CallFrame) -> bool {
+    matches!(frame, CallFrame::Result { .. } | CallFrame::Error(_))
 }
 
 fn line(frame: &CallFrame) -> Result<Bytes, std::convert::Infallible> {

@@ -27,7 +27,8 @@ async fn listen(app: Router) -> String {
     format!("http://{address}/")
 }
 
-/// A tool that counts its runs and takes a while, so repeats can overlap it.
+/// A tool that counts its runs and takes a while, so repeats can overlap it; it reports its
+/// progress halfway.
 struct Counter(Arc<AtomicUsize>);
 
 impl Tool for Counter {
@@ -46,10 +47,14 @@ impl Tool for Counter {
     fn resource_argument(&self) -> Option<&str> {
         Some("label")
     }
-    fn call<'a>(&'a self, args: Value, _ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+    fn call<'a>(&'a self, args: Value, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(async move {
             let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            if let Some(progress) = &ctx.progress {
+                progress.report("counted, now waiting", Some(0.5));
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
             if args["label"] == "fail" {
                 return Err("the label says fail".into());
             }
@@ -367,6 +372,35 @@ async fn a_repeated_key_runs_the_tool_once_and_answers_the_first_outcome() {
     };
     let error = Host::connect(spec).await.err().unwrap().to_string();
     assert!(error.contains("401") && error.contains("unauthorized"), "{error}");
+}
+
+/// A hosted tool's progress reports travel as progress frames, before its result, to the
+/// gateway's caller.
+#[tokio::test]
+async fn our_host_streams_a_tools_progress_before_its_result() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let spec = HostSpec {
+        name: "ours".into(),
+        url: our_host(None, runs).await,
+        token: None,
+        agents: vec!["*".into()],
+        timeout: Duration::from_secs(10),
+        peer: None,
+    };
+    let (_, tools) = Host::connect(spec).await.unwrap();
+    let count = tools.iter().find(|t| t.name() == "count").unwrap().clone();
+    let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = reports.clone();
+    let ctx = CallContext {
+        idempotency_key: "p".into(),
+        call_id: "c".into(),
+        progress: Some(clade_tools::Progress::new(move |message, fraction| {
+            seen.lock().unwrap().push((message.to_owned(), fraction));
+        })),
+        ..Default::default()
+    };
+    assert_eq!(count.call(json!({ "label": "x" }), &ctx).await, Ok("run 1 of \"x\"".into()));
+    assert_eq!(*reports.lock().unwrap(), vec![("counted, now waiting".to_owned(), Some(0.5))]);
 }
 
 /// A host with a token, an identity and a peers file in `dir`.

@@ -61,6 +61,15 @@ pub(super) async fn actor(
         }
         let changes = inner.session_changes.load(std::sync::atomic::Ordering::SeqCst);
         let ctx = match &context {
+            // New settings that leave the sessions' own alone: the same context under them,
+            // with nothing read again (a reload under load costs the sessions no reads).
+            Some(ctx)
+                if ctx.changes == changes
+                    && ctx.settings.generation() != inner.settings().generation() =>
+            {
+                let renewed = TurnContext { settings: inner.settings(), ..TurnContext::clone(ctx) };
+                context.insert(Arc::new(renewed)).clone()
+            }
             Some(ctx) if ctx.changes == changes => ctx.clone(),
             _ => match Box::pin(TurnContext::load(&inner, session_id, changes)).await {
                 Ok(ctx) => {
@@ -271,6 +280,7 @@ pub(super) fn publish(inner: &Inner, agent: AgentId, rows: &[OutboxRow]) {
 }
 
 /// What a session's turns need to know about where they run.
+#[derive(Clone)]
 pub(super) struct TurnContext {
     pub(super) session: SessionRow,
     pub(super) tenant: Tenant,

@@ -314,9 +314,14 @@ impl Engine {
         let mut current = self.inner.settings.write().unwrap_or_else(|e| e.into_inner());
         next.generation = current.generation + 1;
         let generation = next.generation;
+        // Sessions' contexts and kept history are read again only when what they were read
+        // under changed; other settings reach them at their next turn all the same.
+        let sessions_changed = current.sessions != next.sessions;
         *current = Arc::new(next);
         drop(current);
-        self.inner.session_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if sessions_changed {
+            self.inner.session_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         generation
     }
 
