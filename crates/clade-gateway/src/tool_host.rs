@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use crate::pairing::{Pairing, refuse};
 
 /// How a host serves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HostOptions {
     pub name: String,
     pub version: String,
@@ -43,6 +43,10 @@ pub struct HostOptions {
     pub identity: Option<Arc<clade_tools::remote::identity::Identity>>,
     /// Where the keys of the gateways paired with it are kept (a private JSON file).
     pub peers_file: Option<std::path::PathBuf>,
+    /// A store that keeps the outcome of each idempotency key (under `name`), so a repeat
+    /// after the host restarted is answered, not run again; without one, keys are remembered
+    /// in memory only.
+    pub memory: Option<clade_store::Store>,
 }
 
 pub use crate::pairing::HostError;
@@ -163,62 +167,46 @@ async fn call(State(host): State<Arc<Host>>, headers: HeaderMap, body: Bytes) ->
         hasher.update(request.arguments.to_string().as_bytes());
         hasher.finalize().into()
     };
+    let conflict = || {
+        refuse(
+            ErrorCode::IdempotencyConflict,
+            "this idempotency key was used for another tool or other arguments",
+        )
+    };
+    let key = request.idempotency_key.clone();
+    // A key this process has not seen may still be one the host answered before it restarted.
+    let earlier = match host.memory(&key).await {
+        Ok(earlier) => earlier,
+        Err(message) => return refuse(ErrorCode::Unavailable, message),
+    };
     let outcome = {
         let mut calls = host.calls.lock().unwrap_or_else(|e| e.into_inner());
         let (remembered, order) = &mut *calls;
-        match remembered.get(&request.idempotency_key) {
-            Some(earlier) if earlier.fingerprint != fingerprint => {
-                return refuse(
-                    ErrorCode::IdempotencyConflict,
-                    "this idempotency key was used for another tool or other arguments",
-                );
-            }
-            Some(earlier) => earlier.outcome.clone(),
-            None => {
+        match (remembered.get(&key), earlier) {
+            (Some(running), _) if running.fingerprint != fingerprint => return conflict(),
+            (Some(running), _) => running.outcome.clone(),
+            (None, Some((earlier, _))) if earlier != fingerprint => return conflict(),
+            (None, earlier) => {
                 // The call's latest frame: progress while it runs, then its outcome.
                 let (done, outcome) = tokio::sync::watch::channel(None);
                 let done = Arc::new(done);
-                remembered.insert(
-                    request.idempotency_key.clone(),
-                    Remembered { fingerprint, outcome: outcome.clone() },
-                );
-                order.push_back(request.idempotency_key.clone());
+                remembered
+                    .insert(key.clone(), Remembered { fingerprint, outcome: outcome.clone() });
+                order.push_back(key.clone());
                 while order.len() > host.options.remembered.max(1) {
                     if let Some(oldest) = order.pop_front() {
                         remembered.remove(&oldest);
                     }
                 }
-                let reports = done.clone();
-                let progress = clade_tools::Progress::new(move |message, fraction| {
-                    let frame = CallFrame::Progress { message: message.to_owned(), fraction };
-                    // Nothing after the outcome.
-                    reports.send_if_modified(|latest| {
-                        let running = !latest.as_ref().is_some_and(is_outcome);
-                        if running {
-                            *latest = Some(frame);
-                        }
-                        running
-                    });
-                });
-                let ctx = CallContext {
-                    idempotency_key: request.idempotency_key.clone(),
-                    call_id: request.call_id.clone(),
-                    caller,
-                    progress: Some(progress),
-                    ..CallContext::default()
-                };
-                let arguments = request.arguments.clone();
-                tokio::spawn(async move {
-                    let frame = match tool.call(arguments, &ctx).await {
-                        Ok(content) => CallFrame::Result { content },
-                        Err(message) => CallFrame::Error(CallError {
-                            code: ErrorCode::ToolFailed,
-                            message,
-                            retryable: false,
-                        }),
-                    };
-                    let _ = done.send(Some(frame));
-                });
+                match earlier {
+                    Some((_, frame)) => {
+                        let _ = done.send(Some(frame));
+                    }
+                    None => {
+                        let call = Call { host: host.clone(), key, fingerprint, done };
+                        call.run(tool, request.arguments, request.call_id, caller);
+                    }
+                }
                 outcome
             }
         }
@@ -253,6 +241,83 @@ async fn call(State(host): State<Arc<Host>>, headers: HeaderMap, body: Bytes) ->
         .header(header::CONTENT_TYPE, FRAMES_CONTENT_TYPE)
         .body(Body::from_stream(frames))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+impl Host {
+    /// The fingerprint and outcome the host's durable memory (`HostOptions::memory`) holds for
+    /// `key`, if any.
+    async fn memory(&self, key: &str) -> Result<Option<([u8; 32], CallFrame)>, String> {
+        let Some(store) = &self.options.memory else { return Ok(None) };
+        let found = store.host_call(&self.options.name, key).await.map_err(|e| {
+            format!("cannot read this host's memory of idempotency keys: {e}; try again")
+        })?;
+        Ok(found.and_then(|call| {
+            let fingerprint = <[u8; 32]>::try_from(call.fingerprint.as_slice()).ok()?;
+            let frame = serde_json::from_str(&call.frame).ok()?;
+            Some((fingerprint, frame))
+        }))
+    }
+}
+
+/// A call this host runs: its outcome is published to every reader of the key, and kept in
+/// the host's durable memory first, when it has one.
+struct Call {
+    host: Arc<Host>,
+    key: String,
+    fingerprint: [u8; 32],
+    done: Arc<tokio::sync::watch::Sender<Option<CallFrame>>>,
+}
+
+impl Call {
+    fn run(
+        self,
+        tool: Arc<dyn clade_tools::Tool>,
+        arguments: serde_json::Value,
+        call_id: String,
+        caller: Option<clade_tools::Caller>,
+    ) {
+        let reports = self.done.clone();
+        let progress = clade_tools::Progress::new(move |message, fraction| {
+            let frame = CallFrame::Progress { message: message.to_owned(), fraction };
+            // Nothing after the outcome.
+            reports.send_if_modified(|latest| {
+                let running = !latest.as_ref().is_some_and(is_outcome);
+                if running {
+                    *latest = Some(frame);
+                }
+                running
+            });
+        });
+        let ctx = CallContext {
+            idempotency_key: self.key.clone(),
+            call_id,
+            caller,
+            progress: Some(progress),
+            ..CallContext::default()
+        };
+        tokio::spawn(async move {
+            let frame = match tool.call(arguments, &ctx).await {
+                Ok(content) => CallFrame::Result { content },
+                Err(message) => CallFrame::Error(CallError {
+                    code: ErrorCode::ToolFailed,
+                    message,
+                    retryable: false,
+                }),
+            };
+            if let Some(store) = &self.host.options.memory {
+                let kept = clade_store::host_calls::HostCall {
+                    fingerprint: self.fingerprint.to_vec(),
+                    frame: serde_json::to_string(&frame).unwrap_or_default(),
+                };
+                if let Err(err) =
+                    store.remember_host_call(&self.host.options.name, &self.key, kept).await
+                {
+                    tracing::warn!(key = %self.key, error = %err, "cannot keep a call's outcome: a repeat after a restart would run it again");
+                }
+            }
+            let _ = self.done.send(Some(frame));
+        });
+    }
 }
 
 /// Whether `frame` ends a call.

@@ -75,6 +75,7 @@ async fn our_host(token: Option<&str>, runs: Arc<AtomicUsize>) -> String {
         remembered: 100,
         identity: None,
         peers_file: None,
+        memory: None,
     };
     listen(router(registry, options).unwrap()).await
 }
@@ -187,16 +188,22 @@ async fn host_answering(chunks: Vec<&'static str>, hang: bool, status: u16) -> S
     listen(app).await
 }
 
-async fn call_work(url: String) -> ToolResult {
+/// The tools of the host at `url`, known as `name`, which takes no token, offered to every
+/// agent.
+async fn tools_at(name: &str, url: String) -> Vec<Arc<dyn Tool>> {
     let spec = HostSpec {
-        name: "scripted".into(),
+        name: name.into(),
         url,
         token: None,
         agents: vec!["*".into()],
         timeout: Duration::from_secs(20),
         peer: None,
     };
-    let (_, tools) = Host::connect(spec).await.unwrap();
+    Host::connect(spec).await.unwrap().1
+}
+
+async fn call_work(url: String) -> ToolResult {
+    let tools = tools_at("scripted", url).await;
     let ctx =
         CallContext { idempotency_key: "k".into(), call_id: "c".into(), ..Default::default() };
     tools[0].call(json!({}), &ctx).await
@@ -374,20 +381,60 @@ async fn a_repeated_key_runs_the_tool_once_and_answers_the_first_outcome() {
     assert!(error.contains("401") && error.contains("unauthorized"), "{error}");
 }
 
+/// A host with a durable memory answers a repeated key from it after a restart: the tool does
+/// not run again, and other arguments under the key are still a conflict.
+#[tokio::test]
+async fn a_host_with_a_store_remembers_keys_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = clade_store::DataDir::open(dir.path()).unwrap();
+    let options = clade_store::StoreOptions {
+        migrations: clade_store::Migrations::Apply,
+        ..clade_store::StoreOptions::new(
+            clade_store::Location::Sqlite(data.sqlite_path()),
+            clade_store::Durability::Normal,
+        )
+    };
+    let store = clade_store::Store::open(options).await.unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let host = |runs: Arc<AtomicUsize>| {
+        let mut registry = Registry::new();
+        registry.register(Arc::new(Counter(runs)));
+        let options = HostOptions {
+            name: "durable".into(),
+            version: "1".into(),
+            token: None,
+            heartbeat: Duration::from_millis(100),
+            remembered: 100,
+            identity: None,
+            peers_file: None,
+            memory: Some(store.clone()),
+        };
+        listen(router(registry, options).unwrap())
+    };
+    let call = |url: String, label: &'static str| async move {
+        let tools = tools_at("durable", url).await;
+        let count = tools.iter().find(|t| t.name() == "count").unwrap().clone();
+        let ctx =
+            CallContext { idempotency_key: "k".into(), call_id: "c".into(), ..Default::default() };
+        count.call(json!({ "label": label }), &ctx).await
+    };
+    let first = host(runs.clone()).await;
+    assert_eq!(call(first, "x").await, Ok("run 1 of \"x\"".into()));
+    // Another process of the host, on the same store: its memory starts empty.
+    let restarted = host(runs.clone()).await;
+    assert_eq!(call(restarted.clone(), "x").await, Ok("run 1 of \"x\"".into()));
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the tool ran again after the restart");
+    let conflict = call(restarted, "y").await.unwrap_err();
+    assert!(conflict.contains("idempotency_conflict"), "{conflict}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
 /// A hosted tool's progress reports travel as progress frames, before its result, to the
 /// gateway's caller.
 #[tokio::test]
 async fn our_host_streams_a_tools_progress_before_its_result() {
     let runs = Arc::new(AtomicUsize::new(0));
-    let spec = HostSpec {
-        name: "ours".into(),
-        url: our_host(None, runs).await,
-        token: None,
-        agents: vec!["*".into()],
-        timeout: Duration::from_secs(10),
-        peer: None,
-    };
-    let (_, tools) = Host::connect(spec).await.unwrap();
+    let tools = tools_at("ours", our_host(None, runs).await).await;
     let count = tools.iter().find(|t| t.name() == "count").unwrap().clone();
     let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = reports.clone();
@@ -417,6 +464,7 @@ async fn pairable_host(dir: &std::path::Path, identity_file: &str) -> String {
         remembered: 100,
         identity: Some(Arc::new(identity)),
         peers_file: Some(dir.join("peers.json")),
+        memory: None,
     };
     listen(router(registry, options).unwrap()).await
 }
@@ -537,6 +585,7 @@ async fn stale_or_forged_signatures_and_tokenless_pairing_are_refused() {
                 remembered: 10,
                 identity: Some(Arc::new(Identity::ephemeral().unwrap())),
                 peers_file: None,
+                memory: None,
             },
         )
         .unwrap(),
@@ -559,6 +608,7 @@ async fn stale_or_forged_signatures_and_tokenless_pairing_are_refused() {
             remembered: 10,
             identity: None,
             peers_file: Some(dir.path().join("bad.json")),
+            memory: None,
         },
     );
     assert!(bad.err().unwrap().to_string().contains("not a peers file"));

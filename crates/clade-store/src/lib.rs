@@ -20,6 +20,7 @@ pub mod datadir;
 mod db;
 pub mod error;
 pub mod executions;
+pub mod host_calls;
 pub mod jobs;
 pub mod leases;
 mod migrate;

@@ -83,6 +83,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::shared(17, "agent_settings", include_str!("../migrations/0017_agent_settings.sql")),
     Migration::shared(18, "peers", include_str!("../migrations/0018_peers.sql")),
     Migration::shared(19, "peer_leases", include_str!("../migrations/0019_peer_leases.sql")),
+    Migration::shared(20, "host_calls", include_str!("../migrations/0020_host_calls.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -92,7 +93,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 19;
+pub const SCHEMA_VERSION: i64 = 20;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -51,6 +51,8 @@ pub(super) async fn cron_service(ctx: &Ctx, args: CronServiceArgs) -> Result<()>
                     .clone()
                     .unwrap_or_else(|| ctx.data_dir.root().join("cron-service.peers.json")),
             ),
+            // Kept in the store it serves, so a restart forgets no key.
+            memory: Some(ctx.store.clone()),
         },
     )?;
     // The gateway runs what a fire stored once it is told: over its admin socket, else at its

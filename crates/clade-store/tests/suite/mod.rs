@@ -3,6 +3,7 @@ mod checksums;
 mod executions;
 mod failures;
 mod harness;
+mod host_calls;
 mod jobs;
 mod leases;
 mod outbox;
