@@ -864,6 +864,10 @@ pub(crate) enum BenchCommand {
         /// of the minute is idle
         #[arg(long, default_value_t = 30)]
         spread: u64,
+        /// Run each fire's turn too (the offline scripted model), as `clade serve` does: the
+        /// lateness is then measured under that load
+        #[arg(long)]
+        turns: bool,
     },
     /// One tenant floods events at ten times its quota: report the other tenants' p99 latency
     /// against the same tenant at its quota (goal: at most 10 % higher), on a fresh gateway

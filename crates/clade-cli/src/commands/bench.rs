@@ -37,8 +37,9 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
             };
             super::bench_turns::run(ctx, &plan).await
         }
-        BenchCommand::Sched { jobs, seconds, spread } => {
-            super::bench_sched::run(ctx, &super::bench_sched::Plan { jobs, seconds, spread }).await
+        BenchCommand::Sched { jobs, seconds, spread, turns } => {
+            super::bench_sched::run(ctx, &super::bench_sched::Plan { jobs, seconds, spread, turns })
+                .await
         }
         BenchCommand::Neighbours { quota, quiet_tenants, quiet_rate, seconds, rounds } => {
             let plan =

@@ -5,7 +5,9 @@
 //! own loop on the system clock, settling due jobs side by side through the group-commit
 //! writer). Reported: each fire's lateness (from its scheduled time to its commit's start, as
 //! its run records it), CPU while fires are due and while none is (the scheduler then only
-//! sleeps until the next), and RSS. No engine runs: the envelopes wait in their sessions.
+//! sleeps until the next), and RSS. Without `--turns` no engine runs: the envelopes wait in
+//! their sessions. With it, the engine runs each fire's turn (the offline scripted model) in
+//! the same process, as `clade serve` does, and the turns finished are counted.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +24,8 @@ pub(super) struct Plan {
     pub jobs: u64,
     pub seconds: u64,
     pub spread: u64,
+    /// Run the fired turns too.
+    pub turns: bool,
 }
 
 #[allow(clippy::disallowed_methods)] // Benchmarks measure elapsed time.
@@ -101,16 +105,37 @@ async fn measure(dir: &std::path::Path, plan: &Plan) -> Result<()> {
     }
     eprintln!();
 
+    let finished = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let engine = if plan.turns {
+        Some(start_engine(&store, &data, &agent_ids, finished.clone()).await?)
+    } else {
+        None
+    };
     let lateness = Arc::new(Mutex::new(Vec::<Duration>::new()));
+    // The fires after the first minute: every session then exists, and every job has fired
+    // once (the first minute also creates a session per job).
+    let steady = Arc::new(Mutex::new(Vec::<Duration>::new()));
+    let first_minute_ends = now() + Duration::from_secs(60);
     let on_look = {
-        let lateness = lateness.clone();
+        let (lateness, steady, engine) = (lateness.clone(), steady.clone(), engine.clone());
         Arc::new(move |look: &Look| {
             if let Ok(mut all) = lateness.lock() {
                 all.extend_from_slice(&look.lateness);
             }
+            if now() > first_minute_ends
+                && let Ok(mut later) = steady.lock()
+            {
+                later.extend_from_slice(&look.lateness);
+            }
+            if let Some(engine) = &engine {
+                for session in &look.sessions {
+                    engine.wake(*session);
+                }
+            }
         })
     };
-    // The store's own limit on waiting events is beside the point here: nothing runs them.
+    // The store's own limit on waiting events is beside the point here: turns that fall behind
+    // wait, and every fire is taken.
     let options = LookOptions { max_queued: u64::MAX, ..LookOptions::default() };
     let scheduler = Scheduler::new(store.acting_as("scheduler"), options, on_look);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -141,7 +166,12 @@ async fn measure(dir: &std::path::Path, plan: &Plan) -> Result<()> {
         slot.1 += 1;
         rss_max = rss_max.max(super::bench::rss_kib());
         let fired = lateness.lock().map(|l| l.len()).unwrap_or(0);
-        eprint!("\r  {fired} fires   ");
+        let turns = finished.load(std::sync::atomic::Ordering::Relaxed);
+        if plan.turns {
+            eprint!("\r  {fired} fires, {turns} turns finished   ");
+        } else {
+            eprint!("\r  {fired} fires   ");
+        }
     }
     eprintln!();
     let _ = stop.send(());
@@ -163,6 +193,18 @@ async fn measure(dir: &std::path::Path, plan: &Plan) -> Result<()> {
         pct(0.99),
         lateness.last().map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
     );
+    let mut steady = steady.lock().map(|l| l.clone()).unwrap_or_default();
+    steady.sort();
+    if !steady.is_empty() {
+        let pct = |p: f64| super::bench::percentile_ms(&steady, p);
+        println!(
+            "             after the first minute ({} fires): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            steady.len(),
+            pct(0.50),
+            pct(0.99),
+            steady.last().map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
+        );
+    }
     println!(
         "  cpu:       {:.1} % of a core while fires are due ({} s), {:.2} % while none is ({} s)",
         share(busy),
@@ -171,6 +213,62 @@ async fn measure(dir: &std::path::Path, plan: &Plan) -> Result<()> {
         idle.1
     );
     println!("  rss:       {} KiB at most", rss_max);
+    if plan.turns {
+        println!(
+            "  turns:     {} finished by the engine in the run, at least (scripted model; a lagging count misses some)",
+            finished.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     store.close().await;
     Ok(())
+}
+
+/// An engine on `store` with the offline scripted model and no tools, as `clade serve` runs
+/// with no model configured; `finished` counts the turns it ends, of every agent.
+async fn start_engine(
+    store: &Store,
+    data: &DataDir,
+    agents: &[clade_core::AgentId],
+    finished: Arc<std::sync::atomic::AtomicU64>,
+) -> Result<clade_runtime::Engine> {
+    let registry = clade_store::Agents::new(store.clone(), data.clone());
+    let config = clade_config::Config::default();
+    let secrets = clade_store::Secrets::new(store.clone(), data.master_key_path(), None);
+    let models = clade_runtime::Models::new(
+        &config,
+        clade_runtime::EnvHints::default(),
+        store.clone(),
+        secrets,
+        Arc::new(clade_core::SystemClock),
+    );
+    let options = clade_runtime::EngineOptions {
+        sessions: config.sessions.clone(),
+        bindings: Vec::new(),
+        default_agent: None,
+        tools: Arc::new(clade_runtime::ToolRunner::new(
+            clade_tools::Registry::new(),
+            store.clone(),
+            registry.clone(),
+            None,
+            &config.tools,
+        )),
+        tenants: Default::default(),
+    };
+    let engine = clade_runtime::Engine::start(store.clone(), registry, models, options).await?;
+    for agent in agents {
+        let mut live = engine.hub().subscribe_agent(*agent);
+        let finished = finished.clone();
+        tokio::spawn(async move {
+            loop {
+                match live.recv().await {
+                    Ok(event) if event.kind == clade_core::EventKind::TurnFinished => {
+                        finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+    Ok(engine)
 }
