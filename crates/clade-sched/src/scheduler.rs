@@ -17,8 +17,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clade_core::{ExecutionId, SessionId, Timestamp};
-use clade_store::{JobRow, Settlement, Store};
+use clade_core::{ExecutionId, SessionId, TenantId, Timestamp};
+use clade_store::{JobRow, JobRun, RunOutcome, Settled, Settlement, Store};
 use tokio::sync::Notify;
 
 use crate::{Misfire, Schedule, ScheduleError, Zone};
@@ -35,7 +35,9 @@ pub struct LookOptions {
     pub max_queued: u64,
     /// A job whose last this many settled runs all failed is disabled; 0 never disables one.
     pub max_failures: u32,
-    /// Jobs settled at once within a look.
+    /// Jobs of one tenant settled in one transaction.
+    pub batch: usize,
+    /// Transactions in flight at once within a look.
     pub concurrency: usize,
 }
 
@@ -46,7 +48,8 @@ impl Default for LookOptions {
             limit: 1_000,
             max_queued: 100,
             max_failures: 5,
-            concurrency: 256,
+            batch: 64,
+            concurrency: 16,
         }
     }
 }
@@ -78,6 +81,37 @@ pub struct Look {
 }
 
 impl Look {
+    /// Counts what settling `job` did.
+    fn count(
+        &mut self,
+        job: ExecutionId,
+        skipped: u64,
+        outcome: Result<Settled, clade_store::Error>,
+    ) {
+        match outcome {
+            Ok(Settled::Fired(runs)) => {
+                self.fired += runs.len();
+                self.lateness.extend(runs.iter().map(|(run, _)| {
+                    let late =
+                        run.fired_at.as_millis().saturating_sub(run.scheduled_at.as_millis());
+                    Duration::from_millis(late.max(0).unsigned_abs())
+                }));
+                self.sessions.extend(runs.iter().map(|(_, accepted)| accepted.session_id));
+            }
+            Ok(Settled::Refused { runs, .. }) => self.refused += runs.len(),
+            Ok(Settled::Raced) => {
+                self.raced += 1;
+                return;
+            }
+            Err(err) => {
+                self.failed.push((job, err.to_string()));
+                return;
+            }
+        }
+        self.settled += 1;
+        self.skipped += skipped;
+    }
+
     /// Adds what another look (at other jobs) did.
     fn add(&mut self, other: Look) {
         self.settled += other.settled;
@@ -116,49 +150,43 @@ pub fn plan(
     })
 }
 
-/// Whether the store refused a job's envelope for what it is (its target, its session's
-/// queue), not for a failure of its own: such a fire is settled as a failed run.
-fn is_refusal(err: &clade_store::Error) -> bool {
-    use clade_store::Error as E;
-    matches!(
-        err,
-        E::SessionBusy { .. }
-            | E::SessionNotFound(_)
-            | E::AgentNotFound(_)
-            | E::IdempotencyConflict(_)
-            | E::QuotaExceeded(_)
-    )
-}
-
-/// Why the circuit breaker disables `job`, if its last `max` settled runs all failed.
-async fn tripped(
-    store: &Store,
-    job: &JobRow,
-    max: u32,
-) -> Result<Option<String>, clade_store::Error> {
+/// Why the circuit breaker disables a job whose newest runs (since it was last enabled,
+/// newest first) are `runs`: its last `max` settled runs all failed.
+fn tripped(runs: &[JobRun], max: u32) -> Option<String> {
     if max == 0 {
-        return Ok(None);
+        return None;
     }
-    // Runs still in flight neither fail nor succeed yet; read past a few of them.
-    let runs =
-        store.job_runs(job.tenant_id, job.id, Some(job.enabled_at), max.saturating_mul(2)).await?;
+    // Runs still in flight neither fail nor succeed yet.
     let settled: Vec<_> =
         runs.iter().filter(|run| !run.outcome.is_pending()).take(max as usize).collect();
     if settled.len() < max as usize || !settled.iter().all(|run| run.outcome.is_failure()) {
-        return Ok(None);
+        return None;
     }
     // Only refusals and failed turns are failures.
     let last = match &settled[0].outcome {
-        clade_store::RunOutcome::Refused(why) => format!("was refused: {why}"),
-        clade_store::RunOutcome::Turn { id, .. } => format!("ran turn {id}, which failed"),
+        RunOutcome::Refused(why) => format!("was refused: {why}"),
+        RunOutcome::Turn { id, .. } => format!("ran turn {id}, which failed"),
         _ => String::new(),
     };
-    Ok(Some(format!(
+    Some(format!(
         "its last {max} runs failed (the latest {last}); enable it again once the cause is fixed"
-    )))
+    ))
+}
+
+/// One write a look makes.
+enum Step {
+    /// Settle these jobs of one tenant in one transaction.
+    Settle(TenantId, Vec<(ExecutionId, Settlement)>),
+    /// Disable this job, for why.
+    Disable(TenantId, ExecutionId, String),
 }
 
 /// Looks at the jobs due at `now` (at most `options.limit`), and commits what each fires.
+///
+/// A look reads the due jobs and their newest runs (for the circuit breaker) in two queries,
+/// then settles each tenant's jobs in transactions of up to `options.batch` jobs, side by
+/// side: a look of a thousand jobs waits out a few group commits, not one per job, so fires
+/// stay on time while the same writer carries the turns they start.
 pub async fn look(
     store: &Store,
     now: Timestamp,
@@ -167,15 +195,41 @@ pub async fn look(
     use futures::StreamExt as _;
     let due = store.system().due_jobs(now, options.limit).await?;
     let mut look = Look { seen: due.len(), ..Look::default() };
-    // Jobs are settled side by side: their transactions share the writer's group commits.
-    let mut each = futures::stream::iter(due)
-        .map(|job| async move {
-            let mut one = Look::default();
-            if let Err(err) = look_at(store, &job, now, options, &mut one).await {
-                one.failed.push((job.id, err.to_string()));
+    let history = if options.max_failures > 0 {
+        let ids: Vec<_> = due.iter().map(|job| job.id).collect();
+        store.system().recent_job_runs(&ids, options.max_failures.saturating_mul(2)).await?
+    } else {
+        Default::default()
+    };
+    let mut steps = Vec::new();
+    let mut by_tenant = std::collections::BTreeMap::<TenantId, Vec<_>>::new();
+    for job in &due {
+        let runs = history.get(&job.id).map(Vec::as_slice).unwrap_or_default();
+        if let Some(why) = tripped(runs, options.max_failures) {
+            steps.push(Step::Disable(job.tenant_id, job.id, why));
+            continue;
+        }
+        match plan(job, now, options.grace, options.max_queued) {
+            Ok(settlement) => {
+                by_tenant.entry(job.tenant_id).or_default().push((job.id, settlement))
             }
-            one
-        })
+            // It would be due at every look, and never fire.
+            Err(err) => steps.push(Step::Disable(
+                job.tenant_id,
+                job.id,
+                format!("its schedule cannot be read: {err}"),
+            )),
+        }
+    }
+    let batch = options.batch.max(1);
+    for (tenant, mut settlements) in by_tenant {
+        while !settlements.is_empty() {
+            let rest = settlements.split_off(settlements.len().min(batch));
+            steps.push(Step::Settle(tenant, std::mem::replace(&mut settlements, rest)));
+        }
+    }
+    let mut each = futures::stream::iter(steps)
+        .map(|step| async move { take(store, step).await })
         .buffer_unordered(options.concurrency.max(1));
     while let Some(one) = each.next().await {
         look.add(one);
@@ -185,57 +239,33 @@ pub async fn look(
     Ok(look)
 }
 
-async fn look_at(
-    store: &Store,
-    job: &JobRow,
-    now: Timestamp,
-    options: LookOptions,
-    look: &mut Look,
-) -> Result<(), clade_store::Error> {
-    if let Some(why) = tripped(store, job, options.max_failures).await? {
-        store.set_job_enabled(job.tenant_id, job.id, false, Some(why.clone())).await?;
-        look.disabled.push((job.id, why));
-        return Ok(());
-    }
-    let settlement = match plan(job, now, options.grace, options.max_queued) {
-        Ok(settlement) => settlement,
-        Err(err) => {
-            // It would be due at every look, and never fire.
-            let why = format!("its schedule cannot be read: {err}");
-            store.set_job_enabled(job.tenant_id, job.id, false, Some(why.clone())).await?;
-            look.disabled.push((job.id, why));
-            return Ok(());
-        }
-    };
-    let skipped = settlement.skipped;
-    let settled = match store.settle_job(job.tenant_id, job.id, settlement.clone()).await {
-        Ok(Some(runs)) => {
-            look.fired += runs.len();
-            look.lateness.extend(runs.iter().map(|(run, _)| {
-                let late = run.fired_at.as_millis().saturating_sub(run.scheduled_at.as_millis());
-                Duration::from_millis(late.max(0).unsigned_abs())
-            }));
-            look.sessions.extend(runs.iter().map(|(_, accepted)| accepted.session_id));
-            true
-        }
-        Ok(None) => false,
-        Err(err) if is_refusal(&err) => {
-            let why = err.to_string();
-            let runs = store.settle_job_refused(job.tenant_id, job.id, settlement, why).await?;
-            if let Some(runs) = &runs {
-                look.refused += runs.len();
+/// Makes one of a look's writes, and says what it did. A transaction that fails (the store
+/// failed) leaves its jobs due, and holds up no other step, least of all another tenant's.
+async fn take(store: &Store, step: Step) -> Look {
+    let mut look = Look::default();
+    match step {
+        Step::Disable(tenant, job, why) => {
+            match store.set_job_enabled(tenant, job, false, Some(why.clone())).await {
+                Ok(_) => look.disabled.push((job, why)),
+                Err(err) => look.failed.push((job, err.to_string())),
             }
-            runs.is_some()
         }
-        Err(err) => return Err(err),
-    };
-    if settled {
-        look.settled += 1;
-        look.skipped += skipped;
-    } else {
-        look.raced += 1;
+        Step::Settle(tenant, settlements) => {
+            let skipped: Vec<_> = settlements.iter().map(|(id, s)| (*id, s.skipped)).collect();
+            match store.settle_jobs(tenant, settlements).await {
+                Ok(outcomes) => {
+                    for ((job, skipped), outcome) in skipped.into_iter().zip(outcomes) {
+                        look.count(job, skipped, outcome);
+                    }
+                }
+                Err(err) => {
+                    let why = err.to_string();
+                    look.failed.extend(skipped.into_iter().map(|(job, _)| (job, why.clone())));
+                }
+            }
+        }
     }
-    Ok(())
+    look
 }
 
 /// Told what each look did: the sessions it delivered envelopes to, to wake them, and what a
@@ -257,7 +287,8 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new(store: Store, options: LookOptions, on_look: OnLook) -> Self {
         Self {
-            store,
+            // Fires commit ahead of the turns they start.
+            store: store.writes_first(),
             options,
             on_look,
             poke: Arc::new(Notify::new()),

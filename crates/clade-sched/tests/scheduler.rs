@@ -135,6 +135,7 @@ async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races
             limit: 100,
             max_queued: 100_000,
             max_failures: 5,
+            batch: 16,
             concurrency: 8,
         };
         let mut steps = Steps(0x9e37_79b9_7f4a_7c15);
@@ -348,6 +349,7 @@ async fn the_scheduler_fires_on_its_clock_and_disables_a_job_that_keeps_failing(
         limit: 100,
         max_queued: 1,
         max_failures: 3,
+        batch: 4,
         concurrency: 4,
     };
     // A poll of a day: only the job's own time wakes it.
@@ -538,7 +540,8 @@ async fn ten_thousand_jobs_fire_once_over_thirty_days_and_a_hundred_restarts() {
         limit: 1_000,
         max_queued: u64::MAX,
         max_failures: 5,
-        concurrency: 64,
+        batch: 64,
+        concurrency: 16,
     };
     // Looks until nothing more is due at `at`.
     async fn drain(store: &Store, at: Timestamp, options: LookOptions) -> usize {

@@ -164,6 +164,31 @@ pub struct JobRun {
     pub outcome: RunOutcome,
 }
 
+/// What settling one job among several ([`Store::settle_jobs`]) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Its fires committed, each with the envelope it produced.
+    Fired(Vec<(JobRun, Accepted)>),
+    /// The store refused its envelopes, for `why`: each scheduled time is a run with that error.
+    Refused { runs: Vec<JobRun>, why: String },
+    /// Another look settled it first, or it is disabled: nothing was written.
+    Raced,
+}
+
+/// Whether the store refused a job's envelope for what it is (its target, its session's
+/// queue, the tenant's quota), not for a failure of its own: such a fire is settled as a run
+/// with the error, so the job moves on.
+pub fn refuses_envelope(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::SessionBusy { .. }
+            | Error::SessionNotFound(_)
+            | Error::AgentNotFound(_)
+            | Error::IdempotencyConflict(_)
+            | Error::QuotaExceeded(_)
+    )
+}
+
 /// What one look at a job settles: the scheduled times to fire (oldest first), how many were
 /// skipped, and where the job then stands.
 #[derive(Debug, Clone)]
@@ -482,7 +507,74 @@ impl<'w> JobWrites<'w> {
     }
 }
 
+impl JobWrites<'_> {
+    /// [`JobWrites::settle`] in a savepoint of its own, so that the jobs settled beside it in
+    /// the same transaction keep their writes whatever becomes of this one: refused envelopes
+    /// are settled as refused ([`JobWrites::settle_refused`]), and any other failure rolls back
+    /// this job's writes alone and is returned as its outcome. The outer `Err` means the
+    /// transaction itself can no longer commit (the database aborted it).
+    pub async fn settle_apart(
+        &mut self,
+        id: ExecutionId,
+        settlement: Settlement,
+    ) -> Result<Result<Settled>> {
+        self.conn.batch("SAVEPOINT job").await?;
+        let mut outcome = match self.settle(id, settlement.clone()).await {
+            Ok(Some(runs)) => Ok(Settled::Fired(runs)),
+            Ok(None) => Ok(Settled::Raced),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = &outcome
+            && refuses_envelope(err)
+        {
+            let why = err.to_string();
+            self.conn.batch("ROLLBACK TO SAVEPOINT job").await?;
+            outcome = match self.settle_refused(id, settlement, &why).await {
+                Ok(Some(runs)) => Ok(Settled::Refused { runs, why }),
+                Ok(None) => Ok(Settled::Raced),
+                Err(err) => Err(err),
+            };
+        }
+        match outcome {
+            // Nothing in this transaction can commit any more: its caller runs it again.
+            Err(err) if err.is_retryable() => Err(err),
+            Err(err) => {
+                self.conn.batch("ROLLBACK TO SAVEPOINT job").await?;
+                self.conn.batch("RELEASE SAVEPOINT job").await?;
+                Ok(Err(err))
+            }
+            Ok(settled) => {
+                self.conn.batch("RELEASE SAVEPOINT job").await?;
+                Ok(Ok(settled))
+            }
+        }
+    }
+}
+
 impl Store {
+    /// Settles several jobs of `tenant` in one transaction (one commit, and one wait in the
+    /// writer's queue, for all of them), each apart from the others
+    /// ([`JobWrites::settle_apart`]): the outcomes come back in the order given.
+    pub async fn settle_jobs(
+        &self,
+        tenant: TenantId,
+        settlements: Vec<(ExecutionId, Settlement)>,
+    ) -> Result<Vec<Result<Settled>>> {
+        let (outcomes, _) = self
+            .transact(tenant, move |work| {
+                let settlements = settlements.clone();
+                Box::pin(async move {
+                    let mut outcomes = Vec::with_capacity(settlements.len());
+                    for (id, settlement) in settlements {
+                        outcomes.push(work.jobs().settle_apart(id, settlement).await?);
+                    }
+                    Ok(outcomes)
+                })
+            })
+            .await?;
+        Ok(outcomes)
+    }
+
     /// [`JobWrites::create`] as a unit of work of its own, audited.
     pub async fn create_job(&self, new: NewJob) -> Result<JobRow> {
         let audit = self.admin_record(
@@ -714,6 +806,45 @@ impl SystemStore {
             )
             .await?;
         rows.iter().map(job_row).collect()
+    }
+
+    /// The newest runs of each of `jobs` since it was last enabled, at most `per_job` of each,
+    /// newest first: what the circuit breaker reads, for a whole look in one query per few
+    /// hundred jobs. A job without runs is absent.
+    pub async fn recent_job_runs(
+        &self,
+        jobs: &[ExecutionId],
+        per_job: u32,
+    ) -> Result<std::collections::HashMap<ExecutionId, Vec<JobRun>>> {
+        let mut recent = std::collections::HashMap::<ExecutionId, Vec<JobRun>>::new();
+        for chunk in jobs.chunks(500) {
+            let placeholders =
+                (0..chunk.len()).map(|i| format!("${}", i + 3)).collect::<Vec<_>>().join(",");
+            // The primary key (job_id, scheduled_at) finds each job's `per_job`-th newest run;
+            // only placeholders are interpolated.
+            let mut query = query(format!(
+                "SELECT r.job_id, r.scheduled_at, r.fired_at, r.event_id, r.error, \
+                 e.id AS delivered, e.turn_id, x.status AS turn_status FROM jobs j \
+                 JOIN job_runs r ON r.job_id = j.id AND r.fired_at >= j.enabled_at \
+                 LEFT JOIN events e ON e.id = r.event_id AND e.tenant_id = j.tenant_id \
+                 LEFT JOIN executions x ON x.id = e.turn_id AND x.tenant_id = j.tenant_id \
+                 WHERE j.id IN ({placeholders}) AND r.scheduled_at >= COALESCE(( \
+                   SELECT n.scheduled_at FROM job_runs n WHERE n.job_id = j.id \
+                   AND n.fired_at >= j.enabled_at ORDER BY n.scheduled_at DESC \
+                   LIMIT 1 OFFSET $1), $2) \
+                 ORDER BY r.job_id, r.scheduled_at DESC"
+            ))
+            .bind(i64::from(per_job.max(1)) - 1)
+            .bind(i64::MIN);
+            for id in chunk {
+                query = query.bind(id.as_bytes().to_vec());
+            }
+            for row in self.rows(query).await? {
+                let job = ExecutionId::from_bytes(id_bytes(&row, "job_id")?);
+                recent.entry(job).or_default().push(run_row(&row)?);
+            }
+        }
+        Ok(recent)
     }
 
     /// Every tenant's jobs named `name` (the heartbeats `clade.yaml` declares).

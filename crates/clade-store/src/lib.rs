@@ -50,7 +50,8 @@ pub use datadir::DataDir;
 pub use error::{Error, Result};
 pub use executions::{ExecutionOwner, ExecutionRow, ExecutionStep, ExecutionWrites, NewExecution};
 pub use jobs::{
-    CRON_PLATFORM, JobRow, JobRun, JobTarget, JobWrites, NewJob, RunOutcome, Settlement,
+    CRON_PLATFORM, JobRow, JobRun, JobTarget, JobWrites, NewJob, RunOutcome, Settled, Settlement,
+    refuses_envelope,
 };
 pub use leases::Lease;
 pub use migrate::{MigrationReport, Migrations, SCHEMA_VERSION};

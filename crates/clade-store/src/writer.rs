@@ -154,6 +154,46 @@ impl<T: Send + 'static> Job for Op<T> {
     }
 }
 
+/// The writer's two queues: what goes first ([`Writer::first`]) and the rest.
+struct Lanes {
+    first: mpsc::Receiver<Box<dyn Job>>,
+    rest: mpsc::Receiver<Box<dyn Job>>,
+}
+
+impl Lanes {
+    /// Waits for a write, then takes up to [`MAX_BATCH`] of what is queued, the first lane's
+    /// before the rest; 0 once every handle is gone.
+    async fn next_batch(&mut self, batch: &mut Vec<Box<dyn Job>>) -> usize {
+        let taken = std::future::poll_fn(|cx| {
+            match self.first.poll_recv_many(cx, batch, MAX_BATCH) {
+                std::task::Poll::Ready(n) if n > 0 => std::task::Poll::Ready(n),
+                // Nothing first (or that lane closed): whatever else is queued.
+                _ => self.rest.poll_recv_many(cx, batch, MAX_BATCH),
+            }
+        })
+        .await;
+        if taken == 0 {
+            // The rest closed, and nothing first was queued: every handle holds both lanes, so
+            // both are closed.
+            return self.first.recv_many(batch, MAX_BATCH).await;
+        }
+        // The first lane's writes queued meanwhile still go ahead of the rest.
+        while batch.len() < MAX_BATCH {
+            match self.first.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            match self.rest.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        batch.len()
+    }
+}
+
 /// Counters of the write path, for benchmarks and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteStats {
@@ -304,6 +344,11 @@ struct SyncLink {
 #[derive(Clone)]
 pub(crate) struct Writer {
     tx: mpsc::Sender<Box<dyn Job>>,
+    /// The lane whose writes go into the next batch ahead of everything queued on `tx` (see
+    /// [`Writer::first`]).
+    first: mpsc::Sender<Box<dyn Job>>,
+    /// Whether this handle's writes take that lane.
+    goes_first: bool,
     counters: Arc<Counters>,
     durable: Option<Arc<DurablePoint>>,
     /// Held by each of the store's threads until it has ended (see [`Writer::close`]).
@@ -318,10 +363,18 @@ impl Writer {
         faults: DiskFaults,
     ) -> Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (first, rx_first) = mpsc::channel(QUEUE_DEPTH);
+        let rx = Lanes { first: rx_first, rest: rx };
         let counters = Arc::new(Counters::default());
         let running = Arc::new(());
-        let mut writer =
-            Self { tx, counters: counters.clone(), durable: None, running: running.clone() };
+        let mut writer = Self {
+            tx,
+            first,
+            goes_first: false,
+            counters: counters.clone(),
+            durable: None,
+            running: running.clone(),
+        };
         let start_thread = |role, body| start_thread(role, &running, body);
         match connect {
             Connect::Postgres(_) => {
@@ -374,12 +427,20 @@ impl Writer {
     /// store still held elsewhere keeps them, and this returns after `patience`.
     #[allow(clippy::disallowed_methods)] // Waits for threads to end, not for domain time.
     pub(crate) async fn close(self, patience: std::time::Duration) {
-        let Self { tx, counters, durable, running } = self;
-        drop((tx, counters, durable));
+        let Self { tx, first, counters, durable, running, .. } = self;
+        drop((tx, first, counters, durable));
         let started = tokio::time::Instant::now();
         while Arc::strong_count(&running) > 1 && started.elapsed() < patience {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+
+    /// A handle whose writes go into the writer's next batch ahead of the writes queued by
+    /// every other handle: for work whose lateness is itself a failure (a scheduled fire), not
+    /// for work that merely wants to be quick. Its writes still commit in the order they are
+    /// queued among themselves.
+    pub(crate) fn first(&self) -> Writer {
+        Writer { goes_first: true, ..self.clone() }
     }
 
     pub(crate) fn stats(&self) -> WriteStats {
@@ -410,7 +471,8 @@ impl Writer {
     ) -> Result<T> {
         let (reply, rx) = oneshot::channel();
         let job: Box<dyn Job> = Box::new(Op { write, outcome: None, announce, reply });
-        self.tx.send(job).await.map_err(|_| Error::WriterGone)?;
+        let lane = if self.goes_first { &self.first } else { &self.tx };
+        lane.send(job).await.map_err(|_| Error::WriterGone)?;
         rx.await.map_err(|_| Error::WriterGone)?
     }
 
@@ -434,7 +496,7 @@ async fn run(
     connect: Connect,
     backend: Backend,
     shown: String,
-    mut rx: mpsc::Receiver<Box<dyn Job>>,
+    mut rx: Lanes,
     counters: Arc<Counters>,
     link: Option<SyncLink>,
 ) {
@@ -442,7 +504,7 @@ async fn run(
     // The writer keeps one connection for itself, so it never queues behind readers; a batch
     // that fails drops it and the next batch starts on a fresh one.
     let mut held: Option<Tx> = None;
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    while rx.next_batch(&mut batch).await > 0 {
         #[allow(clippy::disallowed_methods)] // Utilisation metric, not wall-clock time.
         let started = std::time::Instant::now();
         // Numbered before it can commit, so a read that sees it also waits for it.

@@ -31,6 +31,18 @@ fn job(
     }
 }
 
+/// Tenant `rival`, with an agent `ada` of its own.
+async fn rival_ada(h: &super::harness::Harness) -> (clade_core::Tenant, clade_core::Agent) {
+    let rival = h.store.create_tenant("rival").await.unwrap();
+    let spec = NewAgent {
+        handle: Handle::parse("ada").unwrap(),
+        display_name: None,
+        config: clade_core::AgentConfig::default(),
+    };
+    let agent = h.agents.create(rival.id, spec).await.unwrap();
+    (rival, agent)
+}
+
 fn minute(n: i64) -> Timestamp {
     Timestamp::from_millis(1_795_000_000_000 + n * 60_000)
 }
@@ -227,13 +239,7 @@ async fn fires_go_to_their_targets_and_refused_fires_are_runs() {
             NewJob { agent: other.id, ..make("theirs", JobTarget::Origin(origin.session_id)) };
         let theirs = h.store.create_job(theirs).await;
         assert!(matches!(theirs, Err(Error::SessionNotFound(_))), "{}: {theirs:?}", h.name);
-        let rival = h.store.create_tenant("rival").await.unwrap();
-        let spec = NewAgent {
-            handle: Handle::parse("ada").unwrap(),
-            display_name: None,
-            config: clade_core::AgentConfig::default(),
-        };
-        let rivals = h.agents.create(rival.id, spec).await.unwrap();
+        let (rival, rivals) = rival_ada(&h).await;
         let stolen = NewJob {
             tenant: rival.id,
             agent: rivals.id,
@@ -268,5 +274,92 @@ fn targets_read_back_as_written_and_bad_ones_are_named() {
     ] {
         let err = JobTarget::parse(bad).unwrap_err();
         assert!(err.contains(says), "{bad:?}: {err}");
+    }
+}
+
+/// Several jobs settled in one transaction keep apart: one job's refused envelope settles it as
+/// refused, one that another look moved is left alone, one of another tenant is not found, and
+/// the rest still fire and commit. The circuit breaker's read then sees each job's newest runs
+/// since it was last enabled, and no more of them than asked.
+#[tokio::test]
+async fn jobs_settled_together_keep_apart_and_their_newest_runs_read_back() {
+    use clade_store::Settled;
+    for h in backends().await {
+        let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let make = |name: &str| job(tenant.id, agent.id, name, "*/10 * * * *", minute(10));
+        let fires = h.store.create_job(make("fires")).await.unwrap();
+        let busy = h.store.create_job(make("busy")).await.unwrap();
+        let moved = h.store.create_job(make("moved")).await.unwrap();
+        let (rival, rivals) = rival_ada(&h).await;
+        let foreign = NewJob {
+            tenant: rival.id,
+            agent: rivals.id,
+            ..job(rival.id, rivals.id, "foreign", "*/10 * * * *", minute(10))
+        };
+        let foreign = h.store.create_job(foreign).await.unwrap();
+        // `busy` fills its session's queue first, so its next fire is refused.
+        h.store.settle_job(tenant.id, busy.id, look(0, &[10], 100)).await.unwrap().unwrap();
+        h.store.settle_job(tenant.id, moved.id, look(0, &[10], 100)).await.unwrap().unwrap();
+
+        let outcomes = h
+            .store
+            .settle_jobs(
+                tenant.id,
+                vec![
+                    (fires.id, look(0, &[10, 20], 100)),
+                    (busy.id, look(10, &[20], 1)),
+                    (moved.id, look(0, &[10], 100)),
+                    (foreign.id, look(0, &[10], 100)),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcomes.len(), 4, "{}", h.name);
+        assert!(
+            matches!(&outcomes[0], Ok(Settled::Fired(runs)) if runs.len() == 2),
+            "{}: {:?}",
+            h.name,
+            outcomes[0]
+        );
+        assert!(
+            matches!(&outcomes[1], Ok(Settled::Refused { runs, why }) if runs.len() == 1 && why.contains("waiting")),
+            "{}: {:?}",
+            h.name,
+            outcomes[1]
+        );
+        assert_eq!(outcomes[2].as_ref().ok(), Some(&Settled::Raced), "{}", h.name);
+        assert!(matches!(outcomes[3], Err(Error::JobNotFound(_))), "{}: {:?}", h.name, outcomes[3]);
+
+        let stored = h.store.job_named(tenant.id, agent.id, "fires").await.unwrap();
+        assert_eq!(stored.settled_at, minute(20), "{}: the fires did not commit", h.name);
+        let stored = h.store.job_named(tenant.id, agent.id, "busy").await.unwrap();
+        assert_eq!(stored.settled_at, minute(20), "{}: the refusal did not settle", h.name);
+        let stored = h.store.job_named(rival.id, rivals.id, "foreign").await.unwrap();
+        assert_eq!(stored.settled_at, minute(0), "{}: another tenant's job moved", h.name);
+
+        // The newest runs, at most two of each, newest first; a job without runs is absent.
+        let recent = h
+            .store
+            .system()
+            .recent_job_runs(&[fires.id, busy.id, moved.id, foreign.id], 2)
+            .await
+            .unwrap();
+        let scheduled = |id: ExecutionId| {
+            recent.get(&id).map(|runs| runs.iter().map(|r| r.scheduled_at).collect::<Vec<_>>())
+        };
+        assert_eq!(scheduled(fires.id), Some(vec![minute(20), minute(10)]), "{}", h.name);
+        assert_eq!(scheduled(busy.id), Some(vec![minute(20), minute(10)]), "{}", h.name);
+        assert_eq!(scheduled(moved.id), Some(vec![minute(10)]), "{}", h.name);
+        assert_eq!(scheduled(foreign.id), None, "{}", h.name);
+        assert!(recent[&busy.id][0].outcome.is_failure(), "{}", h.name);
+        let one = h.store.system().recent_job_runs(&[fires.id], 1).await.unwrap();
+        assert_eq!(one[&fires.id].len(), 1, "{}", h.name);
+
+        // Runs from before the job was last enabled no longer count.
+        h.store.clock().sleep(std::time::Duration::from_millis(5)).await;
+        h.store.set_job_enabled(tenant.id, busy.id, false, None).await.unwrap();
+        h.store.set_job_enabled(tenant.id, busy.id, true, None).await.unwrap();
+        let recent = h.store.system().recent_job_runs(&[busy.id], 5).await.unwrap();
+        assert!(!recent.contains_key(&busy.id), "{}: {recent:?}", h.name);
     }
 }

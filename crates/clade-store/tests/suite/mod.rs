@@ -5,6 +5,7 @@ mod failures;
 mod harness;
 mod host_calls;
 mod jobs;
+mod lanes;
 mod leases;
 mod outbox;
 mod pages;
