@@ -63,6 +63,8 @@ codes! {
     StoreUnavailable => ("store_unavailable", SERVICE_UNAVAILABLE),
     LeaseLost => ("lease_lost", SERVICE_UNAVAILABLE),
     Draining => ("draining", SERVICE_UNAVAILABLE),
+    TurnFailed => ("turn_failed", BAD_GATEWAY),
+    TurnRunning => ("turn_running", GATEWAY_TIMEOUT),
     Internal => ("internal", INTERNAL_SERVER_ERROR),
 }
 

@@ -21,7 +21,7 @@ const MAX_TEXT: usize = 64 * 1024;
 const MAX_FIELD: usize = 256;
 const WAIT: Duration = Duration::from_secs(120);
 
-fn check_field(name: &str, value: &str) -> Result<(), ApiError> {
+pub(crate) fn check_field(name: &str, value: &str) -> Result<(), ApiError> {
     if value.is_empty() || value.chars().count() > MAX_FIELD {
         return Err(ApiError::new(
             Code::InvalidRequest,

@@ -137,10 +137,16 @@ fn operation(generator: &mut SchemaGenerator, op: &Operation) -> Value {
     let mut responses = Map::new();
     for reply in op.responses {
         let mut response = json!({ "description": reply.description });
+        // A reply may be JSON, another media type (a stream), or either (as a request asks).
+        let mut content = serde_json::Map::new();
         if let Some(body) = reply.body {
-            response["content"] = json!({ "application/json": { "schema": (body)(generator) } });
-        } else if let Some(media) = reply.media {
-            response["content"] = json!({ media: {} });
+            content.insert("application/json".into(), json!({ "schema": (body)(generator) }));
+        }
+        if let Some(media) = reply.media {
+            content.insert(media.into(), json!({}));
+        }
+        if !content.is_empty() {
+            response["content"] = Value::Object(content);
         }
         responses.insert(reply.status.to_owned(), response);
     }

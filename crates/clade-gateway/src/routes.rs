@@ -13,7 +13,9 @@ use clade_core::Scope::{self, Admin, Approve, Operate, Read, Send};
 use clade_protocol as api;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
-use crate::{AppState, agents, config, events, jobs, leases, sessions, settings, tools, usage, ws};
+use crate::{
+    AppState, agents, config, events, jobs, leases, openai, sessions, settings, tools, usage, ws,
+};
 
 /// A schema built by the document's one generator: a `$ref` to a component for a named type.
 pub(crate) type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
@@ -73,6 +75,11 @@ const fn ok(status: &'static str, description: &'static str, body: SchemaFn) -> 
 
 const fn empty(status: &'static str, description: &'static str) -> Reply {
     Reply { status, description, body: None, media: None }
+}
+
+/// An error of the OpenAI-compatible routes, in OpenAI's shape.
+const fn openai_error(status: &'static str, description: &'static str) -> Reply {
+    Reply { status, description, body: Some(of::<api::openai::OpenAiErrorResponse>), media: None }
 }
 
 const fn error(status: &'static str, description: &'static str) -> Reply {
@@ -643,6 +650,65 @@ pub static OPERATIONS: &[Operation] = &[
             &[Send],
             "Send an event to an agent; answered once it is durably stored",
             || post(events::post),
+        )
+    },
+    Operation {
+        description: Some(
+            "OpenAI's Chat Completions API, so any OpenAI client reaches an agent unchanged: `model` is the agent's handle (or `tenant/handle` for the operator), and the gateway keeps the conversation. The last message, the user's, is sent to the agent, in the session the `X-Session-Id` header or the `user` field names (else the one the conversation's opening messages name). The agent's tools run on the server. With `stream`, the answer comes as `chat.completion.chunk` server-sent events ending with `data: [DONE]`; a turn that fails ends the stream with an `error` object. Errors come in OpenAI's shape. An `Idempotency-Key` header makes a retried request start no second turn.",
+        ),
+        params: &[Param {
+            name: "X-Session-Id",
+            location: "header",
+            required: false,
+            description: Some(
+                "Names the conversation (1-256 printable characters): the same value continues the same session.",
+            ),
+            schema: text_schema,
+        }],
+        body: Some(of::<api::openai::ChatCompletionRequest>),
+        responses: &[
+            Reply {
+                status: "200",
+                description: "the agent's answer; with `stream`, `text/event-stream` of chunks",
+                body: Some(of::<api::openai::ChatCompletion>),
+                media: Some("text/event-stream"),
+            },
+            openai_error("400", "an invalid body: the message and `param` name what is wrong"),
+            openai_error("404", "no agent of that name that the token reaches (`model_not_found`)"),
+            openai_error("409", "idempotency key reused with another message"),
+            openai_error("413", "body too large"),
+            openai_error("415", "body is not JSON"),
+            openai_error(
+                "429",
+                "the session's queue is full, or the tenant's quota is spent (see Retry-After)",
+            ),
+            openai_error("502", "the agent's turn failed (`turn_failed`); the message says why"),
+            openai_error("503", "the store is unavailable; retry later"),
+            openai_error(
+                "504",
+                "the agent is still answering after 120 s (`turn_running`): the answer lands in the session",
+            ),
+        ],
+        ..op(
+            "POST",
+            "/v1/chat/completions",
+            &[Send],
+            "OpenAI-compatible chat with an agent",
+            || post(openai::chat),
+        )
+    },
+    Operation {
+        responses: &[ok(
+            "200",
+            "the agents the token reaches, as models",
+            of::<api::openai::ModelList>,
+        )],
+        ..op(
+            "GET",
+            "/v1/models",
+            &[Read],
+            "The agents the token reaches, as OpenAI models (up to 1,000)",
+            || get(openai::models),
         )
     },
     Operation {

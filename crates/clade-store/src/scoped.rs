@@ -132,6 +132,12 @@ impl TenantStore {
         Ok(turn)
     }
 
+    /// What the model calls of this tenant's turn `id` consumed; another tenant's turn is not
+    /// found.
+    pub async fn turn_usage(&self, id: TurnId) -> Result<crate::TurnUsage> {
+        self.store.system().turn_usage(self.tenant, id).await
+    }
+
     /// The journal of a turn of `session`, in the order it was written.
     pub async fn journal(&self, session: SessionId, turn: TurnId) -> Result<Vec<JournalEntry>> {
         self.turn(session, turn).await?;

@@ -1509,6 +1509,29 @@ impl SystemStore {
         row.as_ref().map(turn_row).transpose()?.ok_or_else(|| Error::TurnNotFound(id.to_string()))
     }
 
+    /// What the model calls of `tenant`'s turn `id` consumed.
+    pub async fn turn_usage(&self, tenant: TenantId, id: TurnId) -> Result<TurnUsage> {
+        let row = self
+            .maybe_row(
+                query(
+                    "SELECT model_calls, input_tokens, output_tokens, cost_micros FROM executions \
+                     WHERE id = $1 AND tenant_id = $2 AND kind = $3",
+                )
+                .bind(b(id.as_bytes()))
+                .bind(b(tenant.as_bytes()))
+                .bind(ExecutionKind::Turn.as_str()),
+            )
+            .await?
+            .ok_or_else(|| Error::TurnNotFound(id.to_string()))?;
+        let n = |c: &str| row.try_get::<i64, _>(c).map(|v| u64::try_from(v).unwrap_or(0));
+        Ok(TurnUsage {
+            model_calls: n("model_calls")?,
+            input_tokens: n("input_tokens")?,
+            output_tokens: n("output_tokens")?,
+            cost_micros: n("cost_micros")?,
+        })
+    }
+
     /// Outbox rows after `after`, all tenants (for the dispatcher).
     pub async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<OutboxRow>> {
         let rows = self

@@ -164,6 +164,9 @@ async fn every_route_checks_every_principal() {
             ("POST", "/v1/events") => Some(
                 json!({ "agent": "ada", "text": format!("cell {n}"), "source": { "platform": "http", "channel": "c", "actor": "me" } }),
             ),
+            ("POST", "/v1/chat/completions") => Some(
+                json!({ "model": "ada", "messages": [{ "role": "user", "content": format!("cell {n}") }] }),
+            ),
             ("POST", "/v1/agents") => Some(json!({ "handle": format!("made-{n}") })),
             ("POST", "/v1/grants") => Some(json!({ "agent": "ada", "tool": "fs.list" })),
             ("POST", "/v1/approvals/{id}") => Some(json!({ "decision": "deny" })),
@@ -215,7 +218,10 @@ async fn every_route_checks_every_principal() {
         let ok =
             if Scope::allows(&[Scope::Operate, Scope::Read, Scope::Send, Scope::Approve], needed) {
                 !leaks
-                    && if private || *template == "/v1/events" {
+                    && if private
+                        || *template == "/v1/events"
+                        || *template == "/v1/chat/completions"
+                    {
                         status == 404
                     } else {
                         status != 401 && status != 403

@@ -6,6 +6,7 @@ mod hardening;
 mod http;
 mod matrix;
 mod models;
+mod openai;
 mod remote;
 mod sessions;
 mod settings;

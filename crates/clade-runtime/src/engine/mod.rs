@@ -446,7 +446,7 @@ impl Engine {
         // The turn may have ended before this subscription: the store says so, and that the
         // event exists at all.
         self.inner.store.event(tenant, event).await?;
-        self.wait_live(tenant, event, live, timeout, true).await
+        self.wait_live(tenant, event, live, timeout, true, &mut |_| {}).await
     }
 
     /// Waits on `live`, a subscription to the event's session, for the event's turn to end;
@@ -463,6 +463,7 @@ impl Engine {
         mut live: Subscription,
         timeout: Duration,
         check_first: bool,
+        on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Option<Finished>, Error> {
         let clock = self.inner.store.clock();
         let deadline = clock.now().plus(timeout);
@@ -489,6 +490,13 @@ impl Engine {
                             .is_some_and(|ids| ids.iter().any(|id| id == event_text.as_str()));
                         if takes_ours && let Some(turn) = live.data["turn"].as_str() {
                             ours = Some(turn.to_owned());
+                        }
+                    } else if live.kind == EventKind::TextDelta {
+                        if ours.is_some()
+                            && live.data["turn"].as_str() == ours.as_deref()
+                            && let Some(text) = live.data["text"].as_str()
+                        {
+                            on_text(text);
                         }
                     } else if live.kind.ends_turn() {
                         let is_ours =
@@ -661,8 +669,28 @@ impl TurnWatch {
     pub async fn ended(self, timeout: Duration) -> Result<Option<Finished>, Error> {
         let Self { engine, tenant, event, session, live } = self;
         match live {
-            Some(live) => engine.wait_live(tenant, event, live, timeout, false).await,
+            Some(live) => engine.wait_live(tenant, event, live, timeout, false, &mut |_| {}).await,
             None => engine.wait(tenant, event, session, timeout).await,
         }
+    }
+
+    /// As [`TurnWatch::ended`], and `on_text` is given the turn's answer as the model streams
+    /// it. A subscriber that lags loses deltas, so the text given may fall short of the reply;
+    /// a repeated idempotency key, whose turn may be long over, gives none.
+    pub async fn streamed(
+        self,
+        timeout: Duration,
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Option<Finished>, Error> {
+        let Self { engine, tenant, event, session, live } = self;
+        match live {
+            Some(live) => engine.wait_live(tenant, event, live, timeout, false, on_text).await,
+            None => engine.wait(tenant, event, session, timeout).await,
+        }
+    }
+
+    /// The session the event went to.
+    pub fn session(&self) -> SessionId {
+        self.session
     }
 }
