@@ -12,16 +12,12 @@ fn python_with_openai() -> Option<std::path::PathBuf> {
     let found = std::env::var_os("CLADE_PYCLIENTS")
         .map(|dir| std::path::PathBuf::from(dir).join("bin/python"))
         .filter(|python| python.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the openai Python package is missing: scripts/test installs it into target/pyclients"
-        );
-        eprintln!(
-            "WARNING: the openai Python package is not installed: the OpenAI client test is SKIPPED (run scripts/test)"
-        );
-    }
-    found
+    super::support::required_tool(
+        found,
+        "the openai Python package",
+        "the OpenAI client test",
+        "run scripts/test, which installs it into target/pyclients",
+    )
 }
 
 #[test]

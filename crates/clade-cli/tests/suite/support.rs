@@ -328,3 +328,19 @@ where
         }
     }
 }
+
+/// A program from outside the project that a test needs (`found`, if it was). `None`, said
+/// loudly, when it is missing, except under `CI=true`, where that fails the test: CI must never
+/// skip it silently. `what` names it, `test` the test skipped, `how` how to install it.
+pub fn required_tool(
+    found: Option<std::path::PathBuf>,
+    what: &str,
+    test: &str,
+    how: &str,
+) -> Option<std::path::PathBuf> {
+    if found.is_none() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{what} is missing: {how}");
+        eprintln!("WARNING: {what} is not installed: {test} is SKIPPED ({how})");
+    }
+    found
+}
