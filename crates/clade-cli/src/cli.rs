@@ -132,6 +132,9 @@ pub(crate) enum Command {
     /// Remote tool hosts: check one against the protocol
     #[command(subcommand)]
     ToolHost(ToolHostCommand),
+    /// Serve the running gateway's agents to MCP hosts (Claude Desktop, IDEs) over stdio
+    #[command(subcommand)]
+    Mcp(McpCommand),
     /// Measure Clade on this machine
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -399,6 +402,23 @@ pub(crate) struct ServerArgs {
     /// The gateway's URL [default: http://<server.listen>]
     #[arg(long, value_name = "URL")]
     pub(crate) server: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum McpCommand {
+    /// Speak MCP on standard input and output, as an MCP host launches a server: each message
+    /// goes to the running gateway's MCP route (`/v1/mcp`, or with `--agent` that agent's
+    /// alone) and its answer comes back. Logs go to standard error.
+    Serve(McpServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct McpServeArgs {
+    #[command(flatten)]
+    pub(crate) server: ServerArgs,
+    /// The tenant token to call the gateway with [default: the CLI's own, <data-dir>/token]
+    #[arg(long, env = "CLADE_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -355,11 +355,14 @@ impl Ctx {
         subscribers_of(&self.config).map_err(anyhow::Error::msg)
     }
 
+    /// The running gateway's URL: `url`, else the one `server.listen` names.
+    pub(crate) fn server_url(&self, url: Option<&str>) -> String {
+        url.map(str::to_owned).unwrap_or_else(|| format!("http://{}", self.config.server.listen))
+    }
+
     /// The running gateway's URL and the token to call it with.
     pub(crate) fn server(&self, url: Option<&str>) -> Result<(String, String)> {
-        let url = url
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("http://{}", self.config.server.listen));
+        let url = self.server_url(url);
         let token = self.data_dir.read_token()?.ok_or_else(|| {
             anyhow::anyhow!(
                 "no token in {}: start the gateway once with `clade serve`, or create one with `clade tokens create`",

@@ -23,6 +23,17 @@ use crate::error::{ApiError, Code};
 #[derive(Debug, Clone)]
 pub(crate) struct Caller(pub(crate) Tenant, pub(crate) Credential, pub(crate) Reach);
 
+/// The scopes the caller's token holds, for the routes that check more than the route's own
+/// scopes (MCP's methods, each of which needs its own).
+#[derive(Debug, Clone)]
+pub(crate) struct Granted(pub(crate) std::sync::Arc<[clade_core::Scope]>);
+
+impl Granted {
+    pub(crate) fn allows(&self, needed: &[clade_core::Scope]) -> bool {
+        clade_core::Scope::allows(&self.0, needed)
+    }
+}
+
 /// The agents a caller's token may reach: all of its tenant's, or only some (a token made
 /// with `--only-agent`), and for an operator paired `leased`, what its live leases name, down
 /// to single sessions. What it cannot reach answers as if it did not exist, as another
@@ -244,6 +255,7 @@ async fn admit(
         )
         .into_response();
     }
+    request.extensions_mut().insert(Granted(scopes.into()));
     request.extensions_mut().insert(Caller(tenant, credential, Reach::of(access)));
     next.run(request).await
 }

@@ -22,6 +22,7 @@ mod leases;
 
 pub use jobs::{job_response, run_response};
 mod live;
+mod mcp;
 mod openai;
 pub mod openapi;
 pub mod pairing;

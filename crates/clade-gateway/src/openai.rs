@@ -191,7 +191,7 @@ pub(crate) async fn chat(
     };
     if request.stream != Some(true) {
         let finished = watch.ended(WAIT).await?;
-        let finished = ended(finished, &accepted)?;
+        let finished = ended(finished, &accepted, WAIT)?;
         let usage = usage_of(&state, &owner, &finished).await;
         return Ok(
             axum::Json(answer.whole(finished.reply.unwrap_or_default(), usage)).into_response()
@@ -383,22 +383,23 @@ fn fingerprint(messages: &[ChatMessage]) -> String {
     format!("conversation-{}", &hex::encode(hash.finalize())[..32])
 }
 
-/// The turn that ended, or why there is no answer to give.
-fn ended(
+/// The turn that ended, or why there is no answer to give (`waited`: how long it was waited
+/// for).
+pub(crate) fn ended(
     finished: Option<Finished>,
     accepted: &clade_store::Accepted,
-) -> Result<Finished, OpenAiApiError> {
+    waited: Duration,
+) -> Result<Finished, ApiError> {
     let Some(finished) = finished else {
         return Err(ApiError::new(
             Code::TurnRunning,
             format!(
                 "the agent is still answering after {} s: the answer will be in session {} (GET /v1/sessions/{}/turns)",
-                WAIT.as_secs(),
+                waited.as_secs(),
                 accepted.session_id,
                 accepted.session_id
             ),
-        )
-        .into());
+        ));
     };
     if finished.status == TurnStatus::Completed {
         return Ok(finished);
@@ -411,8 +412,7 @@ fn ended(
             clade_core::Word::as_str(finished.status),
             finished.error.as_deref().unwrap_or("no reason was recorded")
         ),
-    )
-    .into())
+    ))
 }
 
 /// The usage of the turn's model calls, in OpenAI's words (none if it cannot be read).
@@ -454,16 +454,7 @@ fn stream_answer(
             let _ = text_tx.send(Streamed::Text(text.to_owned()));
         };
         let finished = match watch.streamed(STREAM_WAIT, &mut on_text).await {
-            Ok(Some(finished)) => ended(Some(finished), &accepted),
-            Ok(None) => Err(ApiError::new(
-                Code::TurnRunning,
-                format!(
-                    "the agent is still answering after {} s: the answer will be in session {}",
-                    STREAM_WAIT.as_secs(),
-                    accepted.session_id
-                ),
-            )
-            .into()),
+            Ok(finished) => ended(finished, &accepted, STREAM_WAIT).map_err(Into::into),
             Err(err) => Err(err.into()),
         };
         let _ = tx.send(Streamed::Ended(finished));

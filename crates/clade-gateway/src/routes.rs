@@ -14,7 +14,8 @@ use clade_protocol as api;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::{
-    AppState, agents, config, events, jobs, leases, openai, sessions, settings, tools, usage, ws,
+    AppState, agents, config, events, jobs, leases, mcp, openai, sessions, settings, tools, usage,
+    ws,
 };
 
 /// A schema built by the document's one generator: a `$ref` to a component for a named type.
@@ -191,6 +192,30 @@ const fn op(
         responses: &[],
         handler,
     }
+}
+
+/// What the MCP routes answer.
+const MCP_REPLIES: &[Reply] = &[
+    Reply {
+        status: "200",
+        description: "the JSON-RPC response (a `result` or an `error`); a `tools/call` with a progress token, from a client that accepts `text/event-stream`, is answered as a stream: `notifications/progress` with the answer's text as it is written, then the response",
+        body: Some(of::<api::mcp::McpResponse>),
+        media: Some("text/event-stream"),
+    },
+    empty("202", "a notification, taken"),
+    mcp_error(
+        "400",
+        "not one JSON-RPC 2.0 request or notification, or an MCP-Protocol-Version this server does not speak",
+    ),
+    mcp_error("404", "no agent of that handle that the token reaches"),
+    error("413", "body too large"),
+];
+
+const MCP_DESCRIPTION: &str = "Each agent is a tool named by its handle: `tools/call` sends its `message` to the agent in the conversation `session` names (`send` scope) and answers with the reply, as text and as `structuredContent` (`reply`, `session_id`, `turn_id`). Sessions are resources, `clade://sessions/<id>`, read as Markdown transcripts (`read` scope). MCP revisions 2024-11-05 to 2025-11-25; no MCP session is kept (every request carries its token), so there is no `Mcp-Session-Id` and `GET` answers 405. `clade mcp serve` bridges this route to stdio.";
+
+/// A JSON-RPC error of the MCP routes.
+const fn mcp_error(status: &'static str, description: &'static str) -> Reply {
+    Reply { status, description, body: Some(of::<api::mcp::McpResponse>), media: None }
 }
 
 /// Every route the gateway serves.
@@ -695,6 +720,31 @@ pub static OPERATIONS: &[Operation] = &[
             &[Send],
             "OpenAI-compatible chat with an agent",
             || post(openai::chat),
+        )
+    },
+    Operation {
+        body: Some(of::<api::mcp::McpMessage>),
+        responses: MCP_REPLIES,
+        description: Some(MCP_DESCRIPTION),
+        ..op(
+            "POST",
+            "/v1/mcp",
+            &[Read, Send],
+            "MCP server (streamable HTTP): the agents the token reaches, as tools, and their sessions, as resources",
+            || post(mcp::serve),
+        )
+    },
+    Operation {
+        params: &[HANDLE],
+        body: Some(of::<api::mcp::McpMessage>),
+        responses: MCP_REPLIES,
+        description: Some(MCP_DESCRIPTION),
+        ..op(
+            "POST",
+            "/v1/agents/{handle}/mcp",
+            &[Read, Send],
+            "MCP server (streamable HTTP) for one agent: it as a tool, its sessions as resources",
+            || post(mcp::serve_agent),
         )
     },
     Operation {

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod journal;
 pub mod lifecycle;
+pub mod mcp;
 pub mod openai;
 pub mod remote_tools;
 pub mod resources;

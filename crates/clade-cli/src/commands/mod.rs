@@ -8,6 +8,7 @@ mod bench_sched;
 mod bench_turns;
 mod config;
 mod cron;
+mod mcp;
 mod models;
 mod peers;
 mod remote;
@@ -102,6 +103,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Retention(cmd) => cron::retention(&ctx, cmd).await,
         Command::Settings(cmd) => tools::settings(&ctx, cmd).await,
         Command::Bench(cmd) => bench::run(&ctx, cmd).await,
+        Command::Mcp(cmd) => mcp::run(&ctx, cmd).await,
         Command::CronService(args) => tool_host::cron_service(&ctx, args).await,
         Command::Gateway(cmd) => tool_host::gateway(&ctx, cmd).await,
         Command::Pair(cmd) => peers::pair(&ctx, cmd).await,

@@ -167,6 +167,10 @@ async fn every_route_checks_every_principal() {
             ("POST", "/v1/chat/completions") => Some(
                 json!({ "model": "ada", "messages": [{ "role": "user", "content": format!("cell {n}") }] }),
             ),
+            ("POST", "/v1/mcp" | "/v1/agents/{handle}/mcp") => Some(json!({
+                "jsonrpc": "2.0", "id": n, "method": "tools/call",
+                "params": { "name": "ada", "arguments": { "message": format!("cell {n}") } }
+            })),
             ("POST", "/v1/agents") => Some(json!({ "handle": format!("made-{n}") })),
             ("POST", "/v1/grants") => Some(json!({ "agent": "ada", "tool": "fs.list" })),
             ("POST", "/v1/approvals/{id}") => Some(json!({ "decision": "deny" })),

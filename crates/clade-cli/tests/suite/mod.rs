@@ -5,6 +5,7 @@ mod cron;
 mod hardening;
 mod http;
 mod matrix;
+mod mcp;
 mod models;
 mod openai;
 mod remote;

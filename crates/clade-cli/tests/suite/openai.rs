@@ -3,43 +3,18 @@
 //! tools run on the server, and errors come in OpenAI's shape, which the package raises as its
 //! own exception classes. Another tenant's token reaches none of it.
 
-use super::support::{Env, token};
-
-/// The Python with the `openai` package: `CLADE_PYCLIENTS` (set by `scripts/test`, which
-/// installs it into `target/pyclients`). `None`, said loudly, when there is none, except under
-/// `CI=true`, where that fails the test.
-fn python_with_openai() -> Option<std::path::PathBuf> {
-    let found = std::env::var_os("CLADE_PYCLIENTS")
-        .map(|dir| std::path::PathBuf::from(dir).join("bin/python"))
-        .filter(|python| python.is_file());
-    super::support::required_tool(
-        found,
-        "the openai Python package",
-        "the OpenAI client test",
-        "run scripts/test, which installs it into target/pyclients",
-    )
-}
+use super::support::{Env, python_clients, run_client, token};
 
 #[test]
 fn the_official_openai_client_talks_to_an_agent_streaming_and_not() {
-    let Some(python) = python_with_openai() else { return };
+    let Some(python) = python_clients("the OpenAI client test") else { return };
     let env = Env::new();
     env.run(&["agents", "create", "ada"]).ok();
     env.run(&["tenants", "create", "rival"]).ok();
     env.run(&["--tenant", "rival", "agents", "create", "bob"]).ok();
     let (rival, _) = token(&env, "rival", &["read", "send"]);
     let server = env.serve(&[]);
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/openai_client.py");
-    #[allow(clippy::disallowed_methods)] // The client under test is a program we did not write.
-    let out = std::process::Command::new(&python)
-        .arg(&script)
-        .args([&server.url, &server.token, &rival])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let got: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let got = run_client(&python, "openai_client.py", &[&server.url, &server.token, &rival]);
 
     assert_eq!(got["models"], serde_json::json!(["ada"]), "{got}");
     assert_eq!(got["rival_models"], serde_json::json!(["bob"]), "{got}");
@@ -97,14 +72,8 @@ fn the_official_openai_client_talks_to_an_agent_streaming_and_not() {
 
     // Each conversation is one session of `ada`: `alice`'s holds both of its turns.
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let sessions = runtime.block_on(server.get_json("/v1/sessions?agent=ada"));
-    let alice: Vec<_> = sessions["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["platform"] == "openai" && s["channel"] == "alice")
-        .collect();
-    assert_eq!(alice.len(), 1, "{sessions}");
+    let alice = runtime.block_on(server.sessions_on("ada", "openai", "alice"));
+    assert_eq!(alice.len(), 1, "{alice:?}");
     let turns = runtime.block_on(server.all_turns(alice[0]["id"].as_str().unwrap()));
     assert_eq!(turns.len(), 2, "{turns:?}");
 }

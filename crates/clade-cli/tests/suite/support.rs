@@ -195,6 +195,23 @@ impl Server {
         }
     }
 
+    /// The sessions of `agent` from `platform` on `channel`, as `GET /v1/sessions` lists them.
+    pub async fn sessions_on(
+        &self,
+        agent: &str,
+        platform: &str,
+        channel: &str,
+    ) -> Vec<serde_json::Value> {
+        let sessions = self.get_json(&format!("/v1/sessions?agent={agent}")).await;
+        sessions["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| s["platform"] == platform && s["channel"] == channel)
+            .collect()
+    }
+
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         reqwest::Client::new()
             .get(format!("{}{path}", self.url))
@@ -343,4 +360,30 @@ pub fn required_tool(
         eprintln!("WARNING: {what} is not installed: {test} is SKIPPED ({how})");
     }
     found
+}
+
+/// The Python with the official clients from PyPI (`openai`, `mcp`): `CLADE_PYCLIENTS`, set by
+/// `scripts/test`, which installs them into `target/pyclients`. `None`, said loudly, when there
+/// is none, except under `CI=true`, where that fails the test.
+pub fn python_clients(test: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("CLADE_PYCLIENTS")
+        .map(|dir| std::path::PathBuf::from(dir).join("bin/python"))
+        .filter(|python| python.is_file());
+    required_tool(
+        found,
+        "the Python clients (openai, mcp)",
+        test,
+        "run scripts/test, which installs them into target/pyclients",
+    )
+}
+
+/// Runs a client script of `tests/clients` with `python` and `args`; what it printed, as JSON.
+pub fn run_client(python: &std::path::Path, script: &str, args: &[&str]) -> serde_json::Value {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients").join(script);
+    #[allow(clippy::disallowed_methods)] // The client under test is a program we did not write.
+    let out = std::process::Command::new(python).arg(&script).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.trim()).unwrap()
 }
