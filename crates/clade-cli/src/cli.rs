@@ -872,6 +872,24 @@ pub(crate) enum BenchCommand {
         #[arg(long, value_name = "MS")]
         reload_every_ms: Option<u64>,
     },
+    /// The turns of `bench turns` through a real gateway's OpenAI-compatible
+    /// `/v1/chat/completions` (`clade serve` in a process of its own, this one the client),
+    /// beside the same load in process: what the HTTP API adds to latency, throughput and CPU
+    Openai {
+        /// Concurrent sessions, comma-separated
+        #[arg(long, default_value = "1,100", value_delimiter = ',')]
+        sessions: Vec<usize>,
+        /// Turns per measurement
+        #[arg(long, default_value_t = 5000)]
+        turns: usize,
+        /// full or normal
+        #[arg(long, default_value = "full")]
+        durability: String,
+        /// Open loop: offer this many turns per second in all (spread over the sessions);
+        /// without it, each session waits for its turn (closed loop)
+        #[arg(long)]
+        rate: Option<f64>,
+    },
     /// Run many scheduled jobs in one scheduler and report fire lateness (p50, p99), CPU while
     /// fires are due and while none is, and RSS; on a fresh store under the data dir
     Sched {

@@ -164,7 +164,7 @@ pub(crate) async fn chat(
     }
     let text = last_user_text(&request.messages)?;
     state.limits.admit_bytes(&state.store, &tenant, text.len() as u64).await?;
-    let (owner, agent) = model_agent(&state, &tenant, &reach, &request.model).await?;
+    let (owner, handle) = model_agent(&state, &tenant, &reach, &request.model).await?;
     let source = source_of(&headers, &request)?;
     let key = match headers.get("idempotency-key") {
         Some(value) => {
@@ -178,12 +178,22 @@ pub(crate) async fn chat(
     };
     let envelope = Envelope {
         tenant: owner.clone(),
-        agent: Some(agent.handle.to_string()),
+        agent: Some(handle.to_string()),
         text,
         source,
         idempotency_key: key,
     };
-    let (accepted, watch) = state.engine.submit_and_watch(envelope).await?;
+    let (accepted, watch) = match state.engine.submit_and_watch(envelope).await {
+        Ok(submitted) => submitted,
+        Err(err) => {
+            let err = ApiError::from(err);
+            return Err(if err.code == Code::AgentNotFound {
+                model_not_found(&request.model)
+            } else {
+                err.into()
+            });
+        }
+    };
     let answer = Answer {
         id: format!("chatcmpl-{}", accepted.event_id),
         created: state.store.now().as_millis() / 1_000,
@@ -284,28 +294,17 @@ fn last_user_text(messages: &[ChatMessage]) -> Result<String, OpenAiApiError> {
     Ok(text)
 }
 
-/// The agent `model` names, and its tenant: `handle` in the caller's tenant, or, for the
-/// operator only, `tenant/handle`. Anything else the caller cannot reach is not found, as an
-/// agent that does not exist.
+/// The agent `model` names, by handle, and its tenant: `handle` in the caller's tenant, or, for
+/// the operator only, `tenant/handle`. Anything else the caller cannot reach is not found, as
+/// an agent that does not exist. A token of the whole tenant reaches every agent of it, so its
+/// agent is not read here: accepting the event finds it (or finds none: [`model_not_found`]).
 async fn model_agent(
     state: &AppState,
     caller: &Tenant,
     reach: &Reach,
     model: &str,
-) -> Result<(Tenant, clade_core::Agent), OpenAiApiError> {
-    let not_found = || {
-        OpenAiApiError {
-        openai_code: Some("model_not_found"),
-        param: Some("model"),
-        ..ApiError::new(
-            Code::AgentNotFound,
-            format!(
-                "the model {model:?} does not exist or this token does not reach it: a model is an agent's handle (GET /v1/models lists them)"
-            ),
-        )
-        .into()
-    }
-    };
+) -> Result<(Tenant, Handle), OpenAiApiError> {
+    let not_found = || model_not_found(model);
     let (tenant, handle) = match model.split_once('/') {
         None => (caller.clone(), model),
         Some((name, handle)) if name == caller.name.as_str() => (caller.clone(), handle),
@@ -324,15 +323,29 @@ async fn model_agent(
         }
     };
     let handle = Handle::parse(handle).map_err(|_| not_found())?;
-    let agent = match state.of(&tenant).agent(handle.as_str()).await {
-        Ok(agent) => agent,
-        Err(clade_store::Error::AgentNotFound(_)) => return Err(not_found()),
-        Err(err) => return Err(err.into()),
-    };
-    if tenant.id == caller.id && !reach.allows(agent.id) {
-        return Err(not_found());
+    if tenant.id == caller.id && !reach.is_whole_tenant() {
+        match state.of(&tenant).agent(handle.as_str()).await {
+            Ok(agent) if reach.allows(agent.id) => {}
+            Ok(_) | Err(clade_store::Error::AgentNotFound(_)) => return Err(not_found()),
+            Err(err) => return Err(err.into()),
+        }
     }
-    Ok((tenant, agent))
+    Ok((tenant, handle))
+}
+
+/// No agent `model` names that the caller reaches.
+fn model_not_found(model: &str) -> OpenAiApiError {
+    OpenAiApiError {
+        openai_code: Some("model_not_found"),
+        param: Some("model"),
+        ..ApiError::new(
+            Code::AgentNotFound,
+            format!(
+                "the model {model:?} does not exist or this token does not reach it: a model is an agent's handle (GET /v1/models lists them)"
+            ),
+        )
+        .into()
+    }
 }
 
 /// Where the event comes from, which names its session: the `X-Session-Id` header, else the

@@ -37,6 +37,10 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
             };
             super::bench_turns::run(ctx, &plan).await
         }
+        BenchCommand::Openai { sessions, turns: total, durability, rate } => {
+            let plan = super::bench_openai::Plan { sessions, total, durability, rate };
+            super::bench_openai::run(ctx, &plan).await
+        }
         BenchCommand::Sched { jobs, seconds, spread, turns } => {
             super::bench_sched::run(ctx, &super::bench_sched::Plan { jobs, seconds, spread, turns })
                 .await

@@ -22,7 +22,7 @@ use crate::cli::BenchModel;
 use crate::context::Ctx;
 
 #[allow(clippy::disallowed_methods)] // Benchmarks measure elapsed time.
-fn now() -> Instant {
+pub(super) fn now() -> Instant {
     Instant::now()
 }
 
@@ -63,19 +63,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         BenchModel::Stub | BenchModel::StubHttp1 => Some(StubProcess::start().await?),
         BenchModel::Scripted => None,
     };
-    let model_config = stub.as_ref().map(|stub| clade_config::ModelConfig {
-        provider: clade_config::ProviderKind::Openai,
-        model: Some("stub".into()),
-        base_url: Some(format!("{}/v1", stub.url)),
-        api_key_env: None,
-        api_key_secret: None,
-        oauth: None,
-        stream: true,
-        headers: Default::default(),
-        price: Default::default(),
-        max_tokens: None,
-        http2: *model == BenchModel::Stub,
-    });
+    let model_config = stub.as_ref().map(|stub| stub.model(*model == BenchModel::Stub));
     let shown = match &stub {
         Some(stub) => format!(
             "clade-stub at {} (process {}; OpenAI protocol over {}, streaming, 0 ms)",
@@ -195,17 +183,17 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-struct Row {
+pub(super) struct Row {
     writer_busy: f64,
     /// CPU time of this process per turn (every thread: engine, writer, readers, HTTP client).
-    cpu_micros_per_turn: f64,
+    pub(super) cpu_micros_per_turn: f64,
     /// CPU time of the stub's process per turn, when the model is the stub.
-    stub_cpu_micros_per_turn: Option<f64>,
+    pub(super) stub_cpu_micros_per_turn: Option<f64>,
     active_at_end: usize,
     evicted_left: usize,
-    turns_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+    pub(super) turns_per_sec: f64,
+    pub(super) p50_ms: f64,
+    pub(super) p99_ms: f64,
     /// Until the event was durably accepted (the `202` of `POST /v1/events`).
     ack_p50_ms: f64,
     ack_p99_ms: f64,
@@ -241,14 +229,14 @@ struct Row {
 }
 
 /// One row's load.
-struct Load {
-    sessions: usize,
-    total: usize,
-    rate: Option<f64>,
-    reload_every: Option<Duration>,
+pub(super) struct Load {
+    pub(super) sessions: usize,
+    pub(super) total: usize,
+    pub(super) rate: Option<f64>,
+    pub(super) reload_every: Option<Duration>,
 }
 
-async fn measure(
+pub(super) async fn measure(
     dir: &std::path::Path,
     durability: Durability,
     load: &Load,
@@ -334,11 +322,16 @@ async fn measure(
     let stub_cpu_before = stub.map(StubProcess::cpu_micros);
     let started = now();
     let peak_rss = Arc::new(AtomicU64::new(rss_before));
+    let turn: TurnFn = {
+        let (engine, tenant) = (engine.clone(), tenant.clone());
+        Arc::new(move |channel, i| {
+            let (engine, tenant) = (engine.clone(), tenant.clone());
+            Box::pin(async move { one_turn(&engine, &tenant, &channel, i).await })
+        })
+    };
     let latencies = match rate {
-        None => closed_loop(&engine, &tenant, sessions, per_session, &peak_rss).await?,
-        Some(rate) => {
-            open_loop(&engine, &tenant, sessions, per_session, rate, started, &peak_rss).await?
-        }
+        None => closed_loop(&turn, sessions, per_session, &peak_rss).await?,
+        Some(rate) => open_loop(&turn, sessions, per_session, rate, started, &peak_rss).await?,
     };
     let elapsed = started.elapsed().as_secs_f64();
     if let Some(task) = reloading {
@@ -403,16 +396,16 @@ async fn measure(
 
 /// clade-stub, run as `clade stub` in a child process that exits when this one does (its
 /// standard input closes then, even on `kill -9`).
-struct StubProcess {
-    url: String,
-    pid: u32,
+pub(super) struct StubProcess {
+    pub(super) url: String,
+    pub(super) pid: u32,
     _child: tokio::process::Child,
 }
 
 impl StubProcess {
     // This binary itself as the model server, not an agent's tool: the sandbox is for those.
     #[allow(clippy::disallowed_methods)]
-    async fn start() -> Result<Self> {
+    pub(super) async fn start() -> Result<Self> {
         let exe = std::env::current_exe().context("cannot find this binary to start the stub")?;
         let mut child = tokio::process::Command::new(exe)
             .args(["stub", "--listen", "127.0.0.1:0", "--exit-with-stdin"])
@@ -429,7 +422,24 @@ impl StubProcess {
         Ok(Self { url, pid, _child: child })
     }
 
-    fn cpu_micros(&self) -> u64 {
+    /// The stub as the model every turn calls, over HTTP/2 or HTTP/1.1.
+    pub(super) fn model(&self, http2: bool) -> clade_config::ModelConfig {
+        clade_config::ModelConfig {
+            provider: clade_config::ProviderKind::Openai,
+            model: Some("stub".into()),
+            base_url: Some(format!("{}/v1", self.url)),
+            api_key_env: None,
+            api_key_secret: None,
+            oauth: None,
+            stream: true,
+            headers: Default::default(),
+            price: Default::default(),
+            max_tokens: None,
+            http2,
+        }
+    }
+
+    pub(super) fn cpu_micros(&self) -> u64 {
         cpu_micros(&self.pid.to_string())
     }
 }
@@ -477,22 +487,28 @@ fn p50_p99_ms(after: &clade_store::Durations, before: &clade_store::Durations) -
     (ms(0.5), ms(0.99))
 }
 
+/// Sends message `i` on channel `channel` (a session of its own), waits for its turn to end,
+/// and returns when the message was accepted: the engine's [`one_turn`], or a request over
+/// HTTP.
+pub(super) type TurnFn = Arc<
+    dyn Fn(String, usize) -> futures::future::BoxFuture<'static, Result<Instant>> + Send + Sync,
+>;
+
 /// Each session sends its next message when its previous turn has ended.
-async fn closed_loop(
-    engine: &Engine,
-    tenant: &clade_core::Tenant,
+pub(super) async fn closed_loop(
+    turn: &TurnFn,
     sessions: usize,
     per_session: usize,
     peak_rss: &Arc<AtomicU64>,
 ) -> Result<Vec<(Duration, Duration)>> {
     let mut tasks = Vec::new();
     for s in 0..sessions {
-        let (engine, tenant, peak) = (engine.clone(), tenant.clone(), peak_rss.clone());
+        let (turn, peak) = (turn.clone(), peak_rss.clone());
         let fut = async move {
             let mut latencies = Vec::with_capacity(per_session);
             for i in 0..per_session {
                 let t = now();
-                let acked = one_turn(&engine, &tenant, &format!("c{s}"), i).await?;
+                let acked = turn(format!("c{s}"), i).await?;
                 latencies.push((acked.duration_since(t), t.elapsed()));
                 if i == per_session / 2 {
                     peak.fetch_max(rss_kib(), AtomicOrdering::Relaxed);
@@ -514,9 +530,8 @@ async fn closed_loop(
 /// to the next millisecond, which would add up to 1 ms to every latency counted from the
 /// scheduled send, and a sender on the runtime would itself be delayed by a stall it should
 /// measure.
-async fn open_loop(
-    engine: &Engine,
-    tenant: &clade_core::Tenant,
+pub(super) async fn open_loop(
+    turn: &TurnFn,
     sessions: usize,
     per_session: usize,
     rate: f64,
@@ -524,7 +539,7 @@ async fn open_loop(
     peak_rss: &Arc<AtomicU64>,
 ) -> Result<Vec<(Duration, Duration)>> {
     let runtime = tokio::runtime::Handle::current();
-    let (engine, tenant, peak) = (engine.clone(), tenant.clone(), peak_rss.clone());
+    let (turn, peak) = (turn.clone(), peak_rss.clone());
     let total = sessions * per_session;
     let sent = tokio::task::spawn_blocking(move || {
         let mut in_flight = Vec::with_capacity(total);
@@ -536,9 +551,9 @@ async fn open_loop(
                 #[allow(clippy::disallowed_methods)] // A benchmark's open-loop schedule.
                 std::thread::sleep(wait);
             }
-            let (engine, tenant) = (engine.clone(), tenant.clone());
+            let turn = turn.clone();
             in_flight.push(runtime.spawn(async move {
-                let acked = one_turn(&engine, &tenant, &format!("c{s}"), i).await?;
+                let acked = turn(format!("c{s}"), i).await?;
                 Ok::<_, anyhow::Error>((acked.duration_since(scheduled), scheduled.elapsed()))
             }));
             if k == total / 2 {

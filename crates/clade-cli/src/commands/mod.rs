@@ -4,6 +4,7 @@ mod admin;
 mod agents;
 mod bench;
 mod bench_neighbours;
+mod bench_openai;
 mod bench_sched;
 mod bench_turns;
 mod config;

@@ -320,6 +320,39 @@ fn bench_turns_runs_the_stub_in_a_process_of_its_own() {
     env.run(&["bench", "turns", "--durability", "sometimes"]).fails_with("unknown durability");
 }
 
+/// The OpenAI bench runs each row in process and through a gateway of its own, and leaves
+/// neither that gateway nor its data dir behind.
+#[test]
+fn bench_openai_compares_the_engine_with_its_http_api() {
+    let env = Env::new();
+    let out = env
+        .run(&["bench", "openai", "--turns", "20", "--sessions", "1,2", "--durability", "normal"])
+        .ok();
+    let rows: Vec<Vec<&str>> = out
+        .stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .map(|l| l.split_whitespace().filter(|w| *w != "|").collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", out.stdout);
+    for (row, sessions) in rows.iter().zip(["1", "2"]) {
+        assert_eq!(row[0], sessions, "{row:?}");
+        // turns/s, p50, p99 and CPU, in process and over HTTP: all measured.
+        for value in &row[1..9] {
+            assert!(value.parse::<f64>().unwrap() > 0.0, "{row:?}");
+        }
+        assert!(row[9].contains('/'), "{row:?}");
+        assert!(row[10].parse::<f64>().unwrap() > 0.0, "{row:?}");
+    }
+    let scratch = env.data_dir().join("bench-openai");
+    let left = std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "rows' data dirs were left in {}", scratch.display());
+
+    env.run(&["bench", "openai", "--turns", "0"]).fails_with("at least 1");
+    env.run(&["bench", "openai", "--rate=-1"]).fails_with("positive number");
+    env.run(&["bench", "openai", "--durability", "often"]).fails_with("unknown durability");
+}
+
 /// The noisy-neighbour benchmark runs a gateway of its own: the noisy tenant is limited at ten
 /// times its quota and not at it, the quiet tenants are never refused, and the scratch data
 /// dir is gone afterwards.
