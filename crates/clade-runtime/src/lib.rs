@@ -18,6 +18,7 @@ pub mod models;
 pub mod outbox;
 mod routing;
 pub mod settings;
+pub mod signing;
 pub mod tools;
 
 pub use budget::StoreBudget;

@@ -16,8 +16,6 @@ use clade_store::{GivenUp, OutboxRow, Store};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use hmac::{KeyInit as _, Mac as _};
-
 /// A subscriber with its credentials resolved.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Subscriber {
@@ -273,13 +271,7 @@ pub fn body(row: &OutboxRow) -> Value {
 
 /// `sha256=<hex>`: HMAC-SHA256 (RFC 2104) of the body under the subscriber's secret.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
-    // HMAC takes a key of any length.
-    let mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret)
-        .map(|mac| mac.chain_update(body).finalize().into_bytes());
-    match mac {
-        Ok(bytes) => format!("sha256={}", hex::encode(bytes)),
-        Err(_) => String::new(),
-    }
+    crate::signing::clade_signature(secret, body)
 }
 
 /// Proves (when paired) and posts one row to the subscriber; `Err` says why it failed.
@@ -287,10 +279,11 @@ pub async fn deliver(
     client: &reqwest::Client,
     subscriber: &Subscriber,
     row: &OutboxRow,
+    now: clade_core::Timestamp,
 ) -> Result<(), String> {
     let courier = Courier::new(subscriber.clone(), client.clone())?;
     courier.prove().await?;
-    courier.deliver(row).await
+    courier.deliver(row, now).await
 }
 
 /// How deliveries reach one subscriber.
@@ -323,15 +316,25 @@ impl Courier {
         }
     }
 
-    async fn deliver(&self, row: &OutboxRow) -> Result<(), String> {
+    /// Posts `row`, signed as of `now`: a retry is signed anew, so its Standard Webhooks
+    /// timestamp is never stale.
+    async fn deliver(&self, row: &OutboxRow, now: clade_core::Timestamp) -> Result<(), String> {
         let payload = body(row).to_string();
         let request = match (&self.subscriber.signing, &self.paired) {
-            (Signing::Secret(secret), _) => self
-                .http
-                .post(&self.subscriber.url)
-                .header("content-type", "application/json")
-                .header("x-clade-signature", signature(secret, payload.as_bytes()))
-                .body(payload),
+            (Signing::Secret(secret), _) => {
+                let sent_at = now.as_millis().div_euclid(1000);
+                let standard = crate::signing::StandardKey::new(secret)
+                    .map(|key| key.sign(&row.event_id, sent_at, payload.as_bytes()))
+                    .map_err(|err| format!("cannot sign: {err}"))?;
+                self.http
+                    .post(&self.subscriber.url)
+                    .header("content-type", "application/json")
+                    .header("x-clade-signature", signature(secret, payload.as_bytes()))
+                    .header("webhook-id", &row.event_id)
+                    .header("webhook-timestamp", sent_at.to_string())
+                    .header("webhook-signature", standard)
+                    .body(payload)
+            }
             (Signing::Paired { .. }, Some(client)) => {
                 client.signed(reqwest::Method::POST, "events", payload.into_bytes())?
             }
@@ -561,7 +564,7 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
             }
             let sent = match &proof {
                 Some(Err(reason)) => Err(reason.clone()),
-                _ => courier.deliver(row).await,
+                _ => courier.deliver(row, clock.now()).await,
             };
             match sent {
                 Ok(()) => {
@@ -668,25 +671,5 @@ async fn nap(clock: &dyn clade_core::Clock, wait: Duration, notified: impl Futur
     tokio::select! {
         () = notified => {}
         () = clock.sleep(wait) => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::signature;
-
-    /// RFC 4231's HMAC-SHA256 vectors, as webhook signatures.
-    #[test]
-    fn rfc4231_test_vectors() {
-        // Test case 2.
-        assert_eq!(
-            signature(b"Jefe", b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-        // Test case 6: a key longer than the block.
-        assert_eq!(
-            signature(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First"),
-            "sha256=60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
-        );
     }
 }

@@ -311,7 +311,7 @@ pub(super) async fn deadletters(ctx: &Ctx, cmd: DeadlettersCommand) -> Result<()
                 )
             })?;
             let row = ctx.store.system().outbox_row(outbox_id).await?;
-            clade_runtime::outbox::deliver(&reqwest::Client::new(), &target, &row)
+            clade_runtime::outbox::deliver(&reqwest::Client::new(), &target, &row, ctx.store.now())
                 .await
                 .map_err(|reason| anyhow::anyhow!("delivery failed again: {reason}"))?;
             ctx.store.delete_dead_letter(&subscriber, outbox_id).await?;

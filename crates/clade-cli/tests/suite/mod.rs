@@ -16,3 +16,4 @@ mod support;
 mod tool_hosts;
 mod tools;
 mod turns;
+mod webhooks;

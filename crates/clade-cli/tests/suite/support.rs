@@ -362,7 +362,8 @@ pub fn required_tool(
     found
 }
 
-/// The Python with the official clients from PyPI (`openai`, `mcp`): `CLADE_PYCLIENTS`, set by
+/// The Python with the official packages from PyPI (`openai`, `mcp`, `standardwebhooks`):
+/// `CLADE_PYCLIENTS`, set by
 /// `scripts/test`, which installs them into `target/pyclients`. `None`, said loudly, when there
 /// is none, except under `CI=true`, where that fails the test.
 pub fn python_clients(test: &str) -> Option<std::path::PathBuf> {
@@ -371,7 +372,7 @@ pub fn python_clients(test: &str) -> Option<std::path::PathBuf> {
         .filter(|python| python.is_file());
     required_tool(
         found,
-        "the Python clients (openai, mcp)",
+        "the Python clients (openai, mcp, standardwebhooks)",
         test,
         "run scripts/test, which installs them into target/pyclients",
     )
