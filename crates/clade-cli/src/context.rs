@@ -82,6 +82,31 @@ pub(crate) fn models_from(
 }
 
 /// `config`'s webhook subscribers with their signing secrets read from the environment.
+/// `config`'s inbound webhooks with their signing secrets read from the environment.
+pub(crate) fn hooks_of(
+    config: &Config,
+) -> std::result::Result<
+    std::collections::HashMap<(String, String), clade_gateway::hooks::Hook>,
+    String,
+> {
+    let mut hooks = std::collections::HashMap::new();
+    for (tenant, tenant_config) in &config.tenants {
+        for (name, hook) in &tenant_config.hooks {
+            let field = format!("tenants.{tenant}.hooks.{name}");
+            let secret = env_value(&hook.secret_env).ok_or_else(|| {
+                format!(
+                    "{field}: environment variable {} (its signing secret) is not set",
+                    hook.secret_env
+                )
+            })?;
+            let resolved = clade_gateway::hooks::Hook::new(hook, secret.as_bytes())
+                .map_err(|err| format!("{field}: its secret in {}: {err}", hook.secret_env))?;
+            hooks.insert((tenant.clone(), name.clone()), resolved);
+        }
+    }
+    Ok(hooks)
+}
+
 pub(crate) fn subscribers_of(
     config: &Config,
 ) -> std::result::Result<Vec<clade_runtime::outbox::Subscriber>, String> {

@@ -230,6 +230,51 @@ pub struct TenantConfig {
     /// policy of every tenant without its own. Without either, everything is kept.
     #[serde(default)]
     pub retention: Option<Retention>,
+    /// Inbound webhooks: each takes signed requests at `POST /hooks/<tenant>/<name>` and sends
+    /// their bodies to an agent of this tenant.
+    #[serde(default)]
+    pub hooks: BTreeMap<String, HookConfig>,
+}
+
+/// An inbound webhook: another service's requests, signed with a shared secret, become
+/// events of an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    /// The agent (a handle of this tenant) its requests are sent to.
+    pub agent: String,
+    /// The environment variable holding the signing secret (`whsec_<base64>`, or any string).
+    pub secret_env: String,
+    /// How requests are signed: `standard` (the Standard Webhooks specification: `webhook-id`,
+    /// `webhook-timestamp`, `webhook-signature`) or `clade` (`X-Clade-Signature: sha256=<hex>`
+    /// of the body, as Clade's own deliveries are).
+    #[serde(default)]
+    pub scheme: HookScheme,
+    /// `async` answers 202 once the request is stored; `wait` answers 200 with the agent's
+    /// reply once its turn has ended (202 if it takes over 120 s).
+    #[serde(default)]
+    pub mode: HookMode,
+    /// A JSON pointer (`/repository/full_name`) into the body naming the conversation: requests
+    /// with the same value share a session. Without it, or when the body has no string there,
+    /// every request of the hook goes to one session.
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HookScheme {
+    #[default]
+    Standard,
+    Clade,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HookMode {
+    #[default]
+    Async,
+    Wait,
 }
 
 /// What a retention sweep deletes: each age unset keeps that kind of record forever.
@@ -933,6 +978,41 @@ impl Config {
             && let Err(message) = agent_ref("default_agent".into(), agent)
         {
             return fail(message);
+        }
+        for (tenant, config) in &self.tenants {
+            for (name, hook) in &config.hooks {
+                let field = format!("tenants.{tenant}.hooks.{name}");
+                if tenant == "*" {
+                    return fail(format!(
+                        "{field}: a hook belongs to one tenant, not to \"*\": declare it under that tenant"
+                    ));
+                }
+                let good_name = name.len() <= 64
+                    && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && name.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'
+                    });
+                if !good_name {
+                    return fail(format!(
+                        "{field}: a hook's name is 1-64 of a-z, 0-9, - and _, starting with a letter or digit"
+                    ));
+                }
+                if clade_core::Handle::parse(&hook.agent).is_err() {
+                    return fail(format!("{field}.agent: {:?} is not an agent handle", hook.agent));
+                }
+                if hook.secret_env.trim().is_empty() {
+                    return fail(format!(
+                        "{field}.secret_env: name the variable holding its secret"
+                    ));
+                }
+                if let Some(pointer) = &hook.session
+                    && !pointer.starts_with('/')
+                {
+                    return fail(format!(
+                        "{field}.session: {pointer:?} is not a JSON pointer: start it with /, as /repository/full_name"
+                    ));
+                }
+            }
         }
         let patterns = self
             .mcp

@@ -178,3 +178,41 @@ fn subscriber_tenants_are_tenant_names_or_every_tenant() {
         parse("subscribers:\n  - { name: s, url: \"http://x/\", secret_env: S }\n").unwrap();
     assert_eq!(default.subscribers[0].tenants, ["default"], "the default tenant only");
 }
+
+/// Inbound hooks: a tenant's own, named plainly, with an agent handle, a secret variable and a
+/// JSON pointer; anything else is refused naming the field.
+#[test]
+fn tenant_hooks_are_checked() {
+    let check = |tenant: &str, name: &str, hook: &str| {
+        let text = format!("tenants:\n  {tenant}:\n    hooks:\n      {name}: {{ {hook} }}\n");
+        parse(&text).and_then(|c| c.check(Path::new("clade.yaml")).map_err(|e| e.to_string()))
+    };
+    let config = parse(
+        "tenants:\n  acme:\n    hooks:\n      gh: { agent: ada, secret_env: GH, scheme: clade, mode: wait, session: /repo }\n",
+    )
+    .unwrap();
+    config.check(Path::new("clade.yaml")).unwrap();
+    let hook = &config.tenants["acme"].hooks["gh"];
+    assert_eq!(
+        (hook.scheme, hook.mode, hook.session.as_deref()),
+        (clade_config::HookScheme::Clade, clade_config::HookMode::Wait, Some("/repo"))
+    );
+    check("acme", "gh", "agent: ada, secret_env: GH").unwrap();
+    for (tenant, name, hook, says) in [
+        ("'*'", "gh", "agent: ada, secret_env: GH", "tenants.*.hooks.gh"),
+        ("acme", "Big", "agent: ada, secret_env: GH", "a hook's name"),
+        ("acme", "gh", "agent: Not A Handle, secret_env: GH", "hooks.gh.agent"),
+        ("acme", "gh", "agent: ada, secret_env: ' '", "hooks.gh.secret_env"),
+        ("acme", "gh", "agent: ada, secret_env: GH, session: repo", "JSON pointer"),
+        (
+            "acme",
+            "gh",
+            "agent: ada, secret_env: GH, scheme: hmac",
+            "expected one of standard, clade",
+        ),
+        ("acme", "gh", "agent: ada", "secret_env"),
+    ] {
+        let err = check(tenant, name, hook).unwrap_err();
+        assert!(err.contains(says), "{hook}: {err}");
+    }
+}

@@ -139,7 +139,17 @@ pub(crate) async fn post(
         }
         envelope.agent = Some(handle);
     }
-    if !params.wait {
+    respond(&state, envelope, params.wait).await
+}
+
+/// Submits `envelope` and answers as `POST /v1/events` does: 202 once it is stored, or with
+/// `wait` 200 and the reply once its turn has ended (202 if it is still running after 120 s).
+pub(crate) async fn respond(
+    state: &AppState,
+    envelope: Envelope,
+    wait: bool,
+) -> Result<Response, ApiError> {
+    if !wait {
         let accepted = state.engine.submit(envelope).await?;
         let body = accepted_body(&accepted);
         return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());

@@ -17,6 +17,7 @@ mod config;
 pub mod config_flow;
 pub mod error;
 mod events;
+pub mod hooks;
 mod jobs;
 mod leases;
 
@@ -71,6 +72,8 @@ pub struct AppState {
     pub smoke: Option<config_flow::SmokeFn>,
     /// What checks paired operators' signed requests (none: only bearer tokens are taken).
     pub peers: Option<std::sync::Arc<auth::PeerAuth>>,
+    /// The tenants' inbound webhooks (`POST /hooks/{tenant}/{name}`).
+    pub hooks: std::sync::Arc<hooks::Hooks>,
 }
 
 impl AppState {

@@ -14,8 +14,8 @@ use clade_protocol as api;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::{
-    AppState, agents, config, events, jobs, leases, mcp, openai, sessions, settings, tools, usage,
-    ws,
+    AppState, agents, config, events, hooks, jobs, leases, mcp, openai, sessions, settings, tools,
+    usage, ws,
 };
 
 /// A schema built by the document's one generator: a `$ref` to a component for a named type.
@@ -240,6 +240,59 @@ pub static OPERATIONS: &[Operation] = &[
     Operation {
         responses: &[empty("200", "OpenAPI 3.1 document")],
         ..op("GET", "/openapi.json", &[], "This document", || get(crate::openapi_json))
+    },
+    Operation {
+        params: &[
+            path("tenant", text_schema),
+            path("name", text_schema),
+            Param {
+                name: "webhook-id",
+                location: "header",
+                required: false,
+                description: Some("Standard Webhooks: the message's id, its idempotency key"),
+                schema: text_schema,
+            },
+            Param {
+                name: "webhook-timestamp",
+                location: "header",
+                required: false,
+                description: Some("Standard Webhooks: Unix seconds when it was signed"),
+                schema: text_schema,
+            },
+            Param {
+                name: "webhook-signature",
+                location: "header",
+                required: false,
+                description: Some("Standard Webhooks: `v1,<base64>` signatures, space-separated"),
+                schema: text_schema,
+            },
+            Param {
+                name: "X-Clade-Signature",
+                location: "header",
+                required: false,
+                description: Some("scheme `clade`: `sha256=<hex>` of the body"),
+                schema: text_schema,
+            },
+        ],
+        description: Some(
+            "A hook declared in `clade.yaml` (`tenants.<tenant>.hooks.<name>`) takes the request's body (text or JSON, up to 64 KiB of text) as an event of its agent, from platform `hook`, actor the hook's name, in the session its `session` pointer names (else one per hook). No token: the signature under the hook's secret authenticates it (scheme `standard`: Standard Webhooks, whose `webhook-id` is the idempotency key and whose timestamp must be within 5 minutes; scheme `clade`: `X-Clade-Signature`, with `Idempotency-Key` as the key if sent). A redelivery is answered as the first and runs no second turn. Mode `async` answers 202 once stored, `wait` 200 with the reply.",
+        ),
+        responses: &[
+            ok("200", "mode `wait`: the turn ended", of::<api::EventResponse>),
+            ok("202", "stored (mode `async`, or `wait` still running)", of::<api::EventResponse>),
+            error("400", "the body is empty or not UTF-8, or its id is too long"),
+            error("401", "the signature does not verify (`invalid_signature`)"),
+            error("404", "no such hook (`hook_not_found`)"),
+            error("413", "body too large"),
+            error("429", "the tenant's rate limit or quota"),
+        ],
+        ..op(
+            "POST",
+            "/hooks/{tenant}/{name}",
+            &[],
+            "Inbound webhook: a signed request to a tenant's hook becomes an event of its agent",
+            || post(hooks::receive),
+        )
     },
     Operation {
         query: Some(fields::<api::AgentsQuery>),

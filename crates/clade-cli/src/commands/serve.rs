@@ -79,6 +79,9 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         running: tokio::sync::Mutex::default(),
     });
     maintenance.start(&ctx.config).await;
+    let hooks = std::sync::Arc::new(clade_gateway::hooks::Hooks::new(
+        crate::context::hooks_of(&ctx.config).map_err(anyhow::Error::msg)?,
+    ));
     let limits = std::sync::Arc::new(clade_gateway::quotas::TenantLimits::new(
         ctx.config.tenants.clone(),
         ctx.store.clock().clone(),
@@ -86,7 +89,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     let reloader = Reloader::new(
         ctx,
         engine.clone(),
-        limits.clone(),
+        (limits.clone(), hooks.clone()),
         sources.clone(),
         dispatchers,
         maintenance.clone(),
@@ -121,6 +124,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         settings: ctx.settings.clone(),
         smoke: Some(api_smoke_test(ctx)),
         peers,
+        hooks: hooks.clone(),
     };
     let options = ServerOptions { max_body_bytes };
     let app = clade_gateway::router(state, &options);
@@ -175,6 +179,8 @@ struct Reloader {
     path: std::path::PathBuf,
     engine: clade_runtime::Engine,
     limits: std::sync::Arc<clade_gateway::quotas::TenantLimits>,
+    /// The tenants' inbound webhooks, replaced when `tenants` changes.
+    hooks: std::sync::Arc<clade_gateway::hooks::Hooks>,
     settings: std::sync::Arc<clade_runtime::settings::Catalog>,
     /// The revision in force (0 before the first); held while one is taken, so the poll and an
     /// admin socket's `reload` never take one twice.
@@ -193,7 +199,10 @@ impl Reloader {
     async fn new(
         ctx: &Ctx,
         engine: clade_runtime::Engine,
-        limits: std::sync::Arc<clade_gateway::quotas::TenantLimits>,
+        (limits, hooks): (
+            std::sync::Arc<clade_gateway::quotas::TenantLimits>,
+            std::sync::Arc<clade_gateway::hooks::Hooks>,
+        ),
         sources: crate::context::ToolSources,
         dispatchers: std::sync::Arc<clade_runtime::outbox::Dispatchers>,
         maintenance: std::sync::Arc<Maintenance>,
@@ -205,6 +214,7 @@ impl Reloader {
             path: ctx.config_path.clone(),
             engine,
             limits,
+            hooks,
             settings: ctx.settings.clone(),
             running,
             config: tokio::sync::Mutex::new(ctx.config.clone()),
@@ -288,6 +298,14 @@ impl Reloader {
         }
         *before = config.clone();
         self.limits.reload(config.tenants.clone());
+        if changed.iter().any(|(name, _)| *name == "tenants") {
+            match crate::context::hooks_of(&config) {
+                Ok(hooks) => self.hooks.reload(hooks),
+                Err(err) => {
+                    tracing::error!(error = %err, "inbound hooks not changed: the ones before keep taking requests")
+                }
+            }
+        }
         self.settings.reload(crate::context::declared_settings(&config));
         if let Err(err) = clade_sched::heartbeats::reconcile(&self.store, &config).await {
             tracing::warn!(error = %err, "heartbeats not updated to the new configuration");

@@ -71,10 +71,160 @@ async fn deliveries_verify_with_the_standard_webhooks_library() {
     }
     let file = env.data_dir().join("deliveries.json");
     std::fs::write(&file, serde_json::to_vec(&deliveries).unwrap()).unwrap();
-    let got = run_client(&python, "standard_webhooks.py", &[file.to_str().unwrap()]);
+    let got = run_client(&python, "standard_webhooks.py", &["verify", file.to_str().unwrap()]);
     for result in got.as_array().unwrap() {
         assert_eq!(result["verified"], true, "{got}");
         assert_eq!(result["type"], "turn.finished", "{got}");
         assert_eq!(result["tampered_refused"], true, "{got}");
     }
+}
+
+/// Posts `body` to a hook with `headers`: status and JSON answer.
+async fn post_hook(url: &str, body: &str, headers: &[(&str, String)]) -> (u16, Value) {
+    let mut request = reqwest::Client::new().post(url).body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The Standard Webhooks headers of `body`, signed by the specification's own library at
+/// `timestamp`.
+fn signed_by_library(
+    python: &std::path::Path,
+    env: &Env,
+    secret: &str,
+    id: &str,
+    timestamp: i64,
+    body: &str,
+) -> Vec<(&'static str, String)> {
+    let file = env.data_dir().join(format!("body-{id}.txt"));
+    std::fs::write(&file, body).unwrap();
+    let got = run_client(
+        python,
+        "standard_webhooks.py",
+        &["sign", secret, id, &timestamp.to_string(), file.to_str().unwrap()],
+    );
+    vec![
+        ("webhook-id", id.to_owned()),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", got["webhook-signature"].as_str().unwrap().to_owned()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_requests_to_a_tenants_hook_become_its_agents_events_once() {
+    let Some(python) = python_clients("the inbound hook test") else { return };
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let mut env = Env::new();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        "tenants:\n  acme:\n    hooks:\n      gh: { agent: ada, secret_env: GH_SECRET, mode: wait, session: /repo }\n      plain: { agent: ada, secret_env: PLAIN_SECRET, scheme: clade }\n  rival:\n    hooks:\n      steal: { agent: ada, secret_env: RIVAL_SECRET, mode: wait }\n",
+    );
+    env.vars.push(("GH_SECRET".into(), secret.into()));
+    env.vars.push(("PLAIN_SECRET".into(), "s3cret".into()));
+    env.vars.push(("RIVAL_SECRET".into(), "rival-secret".into()));
+    for (tenant, agent) in [("acme", "ada"), ("rival", "bob")] {
+        env.run(&["tenants", "create", tenant]).ok();
+        env.run(&["--tenant", tenant, "agents", "create", agent]).ok();
+    }
+    let server = env.serve(&[]);
+    let gh = format!("{}/hooks/acme/gh", server.url);
+    #[allow(clippy::disallowed_methods)] // The test signs as the sender's clock says.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+        as i64;
+
+    // Signed by the specification's library, mode wait: the agent's answer comes back.
+    let body = r#"{"repo": "acme/site", "action": "opened"}"#;
+    let headers = signed_by_library(&python, &env, secret, "msg_1", now, body);
+    let (status, first) = post_hook(&gh, body, &headers).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["status"], "completed", "{first}");
+    assert_eq!(first["reply"]["text"], format!("echo: {body}"), "{first}");
+    // Delivered again (same webhook-id): the same event, and no second turn.
+    let (status, again) = post_hook(&gh, body, &headers).await;
+    assert!(status == 200 || status == 202, "{again}");
+    assert_eq!(again["event_id"], first["event_id"], "{again}");
+    let session = first["session_id"].as_str().unwrap();
+    let (_, turns) = super::support::request(
+        &server.url,
+        &super::support::token(&env, "acme", &["read"]).0,
+        "GET",
+        &format!("/v1/sessions/{session}/turns"),
+        None,
+    )
+    .await;
+    assert_eq!(turns["items"].as_array().unwrap().len(), 1, "{turns}");
+    // The body's `repo` names the session: another repo, another session.
+    let other = r#"{"repo": "acme/api"}"#;
+    let headers2 = signed_by_library(&python, &env, secret, "msg_2", now, other);
+    let (status, second) = post_hook(&gh, other, &headers2).await;
+    assert_eq!(status, 200, "{second}");
+    assert_ne!(second["session_id"], first["session_id"], "{second}");
+
+    // Refused: a changed body, a stale timestamp, no signature, another hook's secret.
+    let (status, answer) = post_hook(&gh, &format!("{body} "), &headers).await;
+    assert_eq!((status, &answer["error"]["code"]), (401, &json!("invalid_signature")), "{answer}");
+    let stale = signed_by_library(&python, &env, secret, "msg_3", now - 600, body);
+    let (status, answer) = post_hook(&gh, body, &stale).await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("clock"), "{answer}");
+    let (status, answer) = post_hook(&gh, body, &[]).await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("webhook-id"), "{answer}");
+    let foreign = clade_runtime::signing::StandardKey::new(b"rival-secret").unwrap();
+    let forged = vec![
+        ("webhook-id", "msg_4".to_owned()),
+        ("webhook-timestamp", now.to_string()),
+        ("webhook-signature", foreign.sign("msg_4", now, body.as_bytes())),
+    ];
+    assert_eq!(post_hook(&gh, body, &forged).await.0, 401);
+
+    // Clade's own scheme, async: stored at once, keyed by Idempotency-Key.
+    let plain = format!("{}/hooks/acme/plain", server.url);
+    let signature = clade_runtime::signing::clade_signature(b"s3cret", b"ping");
+    let headers = vec![("x-clade-signature", signature), ("idempotency-key", "k1".to_owned())];
+    let (status, stored) = post_hook(&plain, "ping", &headers).await;
+    assert_eq!(status, 202, "{stored}");
+    let (status, repeated) = post_hook(&plain, "ping", &headers).await;
+    assert_eq!(status, 202, "{repeated}");
+    assert_eq!(repeated["event_id"], stored["event_id"], "{repeated}");
+    assert_eq!(post_hook(&plain, "pong", &headers).await.0, 401);
+
+    // No such hook, or another tenant's name for it: not found, alike.
+    for path in ["/hooks/acme/nope", "/hooks/rival/gh", "/hooks/nobody/gh"] {
+        let (status, answer) = post_hook(&format!("{}{path}", server.url), body, &[]).await;
+        assert_eq!((status, &answer["error"]["code"]), (404, &json!("hook_not_found")), "{path}");
+    }
+    // A tenant's hook reaches only its own agents: rival's names `ada`, which rival has not.
+    let key = clade_runtime::signing::StandardKey::new(b"rival-secret").unwrap();
+    let steal = vec![
+        ("webhook-id", "msg_5".to_owned()),
+        ("webhook-timestamp", now.to_string()),
+        ("webhook-signature", key.sign("msg_5", now, b"hand it over")),
+    ];
+    let (status, answer) =
+        post_hook(&format!("{}/hooks/rival/steal", server.url), "hand it over", &steal).await;
+    assert_eq!((status, &answer["error"]["code"]), (404, &json!("agent_not_found")), "{answer}");
+    let (acme_read, _) = super::support::token(&env, "acme", &["read"]);
+    let (_, sessions) =
+        super::support::request(&server.url, &acme_read, "GET", "/v1/sessions?agent=ada", None)
+            .await;
+    let items = sessions["items"].as_array().unwrap();
+    let mut actors: Vec<&str> = items.iter().map(|s| s["actor"].as_str().unwrap()).collect();
+    actors.sort();
+    assert_eq!(actors, ["gh", "gh", "plain"], "acme's own hooks' sessions, none of rival's");
+
+    // Not text: refused, nothing stored.
+    let bytes = [0xff_u8, 0xfe];
+    let response = reqwest::Client::new()
+        .post(&plain)
+        .header("x-clade-signature", clade_runtime::signing::clade_signature(b"s3cret", &bytes))
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
 }
