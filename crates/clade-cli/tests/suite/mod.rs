@@ -9,6 +9,7 @@ mod mcp;
 mod models;
 mod openai;
 mod remote;
+mod sdk;
 mod sessions;
 mod settings;
 mod subscribers;
