@@ -82,6 +82,9 @@ pub(crate) enum Command {
     /// Webhook deliveries that failed for good
     #[command(subcommand)]
     Deadletters(DeadlettersCommand),
+    /// Inbound webhooks (`tenants.<tenant>.hooks` in clade.yaml): list them, or make a secret
+    #[command(subcommand)]
+    Hooks(HooksCommand),
     /// List the configured models, or call one
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -789,6 +792,19 @@ pub(crate) enum DeadlettersCommand {
     },
     /// Deliver a dead-lettered event again; it is removed from the list when delivered
     Retry { subscriber: String, outbox_id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum HooksCommand {
+    /// The hooks clade.yaml declares: each one's URL path, agent, scheme and mode, and whether
+    /// its secret's environment variable is set here
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a new random secret in the Standard Webhooks form (`whsec_` and 32 random bytes in
+    /// base64): set it in the hook's `secret_env` here and give it to the sender
+    Secret,
 }
 
 #[derive(Debug, Subcommand)]

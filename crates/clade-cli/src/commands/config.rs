@@ -2,7 +2,7 @@ use anyhow::{Result, bail};
 use clade_config::Config;
 use clade_gateway::config_flow::{self, Applied};
 
-use crate::cli::{ConfigCommand, Global};
+use crate::cli::{ConfigCommand, Global, HooksCommand};
 use crate::context::{self, Ctx};
 use crate::output;
 
@@ -149,6 +149,68 @@ fn applied(ctx: &Ctx, applied: Applied) {
                     at_restart.join(", ")
                 );
             }
+        }
+    }
+}
+
+/// `clade hooks`.
+pub(super) fn hooks(ctx: &Ctx, cmd: HooksCommand) -> Result<()> {
+    match cmd {
+        HooksCommand::Secret => {
+            use base64::Engine as _;
+            use rand::Rng as _;
+            let mut key = [0u8; 32];
+            #[allow(clippy::disallowed_methods)] // A secret: from the OS-seeded generator.
+            rand::rng().fill(&mut key);
+            println!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key));
+            Ok(())
+        }
+        HooksCommand::List { json } => {
+            let mut rows = Vec::new();
+            for (tenant, config) in &ctx.config.tenants {
+                for (name, hook) in &config.hooks {
+                    let secret_set = context::env_value(&hook.secret_env).is_some();
+                    rows.push((tenant, name, hook, secret_set));
+                }
+            }
+            if json {
+                let items: Vec<_> = rows
+                    .iter()
+                    .map(|(tenant, name, hook, secret_set)| {
+                        serde_json::json!({
+                            "tenant": tenant, "name": name, "path": format!("/hooks/{tenant}/{name}"),
+                            "agent": hook.agent, "scheme": hook.scheme, "mode": hook.mode,
+                            "session": hook.session, "secret_env": hook.secret_env,
+                            "secret_set": secret_set,
+                        })
+                    })
+                    .collect();
+                return output::json(&items);
+            }
+            if rows.is_empty() {
+                println!(
+                    "no hooks: declare them in clade.yaml under tenants.<tenant>.hooks.<name>"
+                );
+                return Ok(());
+            }
+            let table: Vec<Vec<String>> = rows
+                .iter()
+                .map(|(tenant, name, hook, secret_set)| {
+                    vec![
+                        format!("/hooks/{tenant}/{name}"),
+                        hook.agent.clone(),
+                        format!("{:?}", hook.scheme).to_lowercase(),
+                        format!("{:?}", hook.mode).to_lowercase(),
+                        if *secret_set {
+                            hook.secret_env.clone()
+                        } else {
+                            format!("{} (NOT SET)", hook.secret_env)
+                        },
+                    ]
+                })
+                .collect();
+            output::table(&["PATH", "AGENT", "SCHEME", "MODE", "SECRET"], &table);
+            Ok(())
         }
     }
 }

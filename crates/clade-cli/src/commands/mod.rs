@@ -94,6 +94,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Event(cmd) => sessions::event(&ctx, cmd).await,
         Command::Sessions(cmd) => sessions::run(&ctx, cmd).await,
         Command::Deadletters(cmd) => sessions::deadletters(&ctx, cmd).await,
+        Command::Hooks(cmd) => config::hooks(&ctx, cmd),
         Command::Models(cmd) => models::run(&ctx, cmd).await,
         Command::Usage(args) => models::usage(&ctx, args).await,
         Command::Tools(cmd) => tools::run(&ctx, cmd).await,

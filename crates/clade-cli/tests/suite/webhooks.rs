@@ -228,3 +228,26 @@ async fn signed_requests_to_a_tenants_hook_become_its_agents_events_once() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 400);
 }
+
+#[test]
+fn hooks_are_listed_and_secrets_made_in_the_standard_form() {
+    let env = Env::new();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        "tenants:\n  acme:\n    hooks:\n      gh: { agent: ada, secret_env: CLADE_TEST_UNSET_SECRET, mode: wait }\n",
+    );
+    let listed = env.run(&["hooks", "list", "--json"]).ok().json();
+    assert_eq!(listed[0]["path"], "/hooks/acme/gh", "{listed}");
+    assert_eq!(listed[0]["scheme"], "standard", "{listed}");
+    assert_eq!(listed[0]["mode"], "wait", "{listed}");
+    assert_eq!(listed[0]["secret_set"], false, "{listed}");
+    let table = env.run(&["hooks", "list"]).ok().stdout;
+    assert!(table.contains("CLADE_TEST_UNSET_SECRET (NOT SET)"), "{table}");
+    let first = env.run(&["hooks", "secret"]).ok().stdout.trim().to_owned();
+    let second = env.run(&["hooks", "secret"]).ok().stdout.trim().to_owned();
+    assert!(first.starts_with("whsec_") && first != second, "{first} {second}");
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD.decode(&first["whsec_".len()..]).unwrap();
+    assert_eq!(key.len(), 32);
+    clade_runtime::signing::StandardKey::new(first.as_bytes()).unwrap();
+}
