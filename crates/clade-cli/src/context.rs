@@ -120,6 +120,10 @@ pub(crate) fn subscribers_of(
                     s.name, s.secret_env
                 )
             })?;
+            // Each delivery is signed as Standard Webhooks too: a `whsec_` secret must decode.
+            clade_runtime::signing::StandardKey::new(secret.as_bytes()).map_err(|err| {
+                format!("subscriber {:?}: its secret in {}: {err}", s.name, s.secret_env)
+            })?;
             Ok(clade_runtime::outbox::Subscriber {
                 name: s.name.clone(),
                 url: s.url.clone(),

@@ -151,17 +151,32 @@ pub(crate) async fn list(
             )
         })?;
     }
+    let (agents, next_cursor) =
+        reachable_page(&state, &tenant, &reach, query.cursor.as_deref(), limit).await?;
+    Ok(axum::Json(AgentListResponse {
+        items: agents.iter().map(AgentResponse::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// A page of the agents `reach` reaches, by handle, after `cursor` (the last page's last
+/// handle), and the next page's cursor. A token limited to some agents sees those alone, in the
+/// same order and pages: nothing of the others, not even their handles.
+pub(crate) async fn reachable_page(
+    state: &AppState,
+    tenant: &clade_core::Tenant,
+    reach: &crate::auth::Reach,
+    cursor: Option<&str>,
+    limit: u32,
+) -> Result<(Vec<clade_core::Agent>, Option<String>), ApiError> {
     // Fetch one extra row to learn whether another page exists.
     let mut agents = Vec::new();
     for agent in reach.listing(None)? {
         match agent {
-            None => {
-                agents = state.of(&tenant).agents(query.cursor.as_deref(), limit + 1).await?;
-            }
-            // A token limited to some agents lists those, in the same order and pages.
-            Some(id) => match state.of(&tenant).agent_by_id(id).await {
+            None => agents = state.of(tenant).agents(cursor, limit + 1).await?,
+            Some(id) => match state.of(tenant).agent_by_id(id).await {
                 Ok(agent) => {
-                    if query.cursor.as_deref().is_none_or(|after| agent.handle.as_str() > after) {
+                    if cursor.is_none_or(|after| agent.handle.as_str() > after) {
                         agents.push(agent);
                     }
                 }
@@ -179,10 +194,7 @@ pub(crate) async fn list(
     } else {
         None
     };
-    Ok(axum::Json(AgentListResponse {
-        items: agents.iter().map(AgentResponse::from).collect(),
-        next_cursor,
-    }))
+    Ok((agents, next_cursor))
 }
 
 pub(crate) async fn show(

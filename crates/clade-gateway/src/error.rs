@@ -65,7 +65,6 @@ codes! {
     Draining => ("draining", SERVICE_UNAVAILABLE),
     TurnFailed => ("turn_failed", BAD_GATEWAY),
     TurnRunning => ("turn_running", GATEWAY_TIMEOUT),
-    HookNotFound => ("hook_not_found", NOT_FOUND),
     InvalidSignature => ("invalid_signature", UNAUTHORIZED),
     Internal => ("internal", INTERNAL_SERVER_ERROR),
 }

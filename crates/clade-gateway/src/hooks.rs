@@ -1,10 +1,11 @@
 //! Inbound webhooks: `POST /hooks/{tenant}/{name}`, declared per tenant in `clade.yaml`
 //! (`tenants.<tenant>.hooks.<name>`). No token: a request is taken when its signature verifies
 //! under the hook's secret (Standard Webhooks, or Clade's own `X-Clade-Signature`); its body
-//! becomes an event of the hook's agent, once: the request's id (`webhook-id`, or
-//! `Idempotency-Key`) is the event's idempotency key, so a redelivery is answered as the first
-//! and never runs a second turn. A hook that does not exist and one that does not verify answer
-//! alike to a caller without the secret (404 and 401 say no more than that).
+//! becomes an event of the hook's agent, once: what names the request (the signed
+//! `webhook-id`, or for Clade's scheme, whose signature covers the body alone, the body's
+//! digest) is the event's idempotency key, so a redelivery or a replay is answered as the first
+//! and never runs a second turn. A hook that does not exist and a request that does not verify
+//! answer alike (401 `invalid_signature`), so a caller without the secret learns nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -16,6 +17,7 @@ use axum::response::Response;
 use clade_runtime::Envelope;
 use clade_runtime::signing::{StandardKey, verify_clade};
 use clade_store::Source;
+use sha2::Digest as _;
 
 use crate::AppState;
 use crate::error::{ApiError, Code};
@@ -93,17 +95,22 @@ pub(crate) async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let not_found = || {
+    // A hook that does not exist and a signature that does not verify answer alike, in about
+    // the same time: a caller without the secret learns neither which tenants nor which hooks
+    // exist. Which check failed goes to the log.
+    let refused = |why: &dyn std::fmt::Display| {
+        tracing::info!(tenant = %tenant_name, hook = %name, reason = %why, "hook request refused");
         ApiError::new(
-            Code::HookNotFound,
-            format!(
-                "no hook {name:?} for tenant {tenant_name:?}: hooks are declared in clade.yaml under tenants.<tenant>.hooks"
-            ),
+            Code::InvalidSignature,
+            "the request is not signed by this hook's secret, or there is no such hook: sign the exact body with the secret in the hook's secret_env, under its scheme, and send it at once (the gateway's log says which check failed)",
         )
     };
-    let hook = state.hooks.get(&tenant_name, &name).ok_or_else(not_found)?;
     let now = state.store.now().as_millis().div_euclid(1000);
-    let (verified, id) = match &hook.key {
+    let Some(hook) = state.hooks.get(&tenant_name, &name) else {
+        let _ = clade_runtime::signing::clade_signature(b"no such hook", &body);
+        return Err(refused(&"no such hook"));
+    };
+    let (verified, key) = match &hook.key {
         HookKey::Standard(key) => {
             let id = header(&headers, "webhook-id");
             let verified = key.verify(
@@ -113,24 +120,24 @@ pub(crate) async fn receive(
                 &body,
                 now,
             );
-            (verified, id)
+            (verified, id.map(str::to_owned))
         }
+        // The signature covers the body alone, so no header may name the request: a replay
+        // with another key would run again. The body names it; a repeated body is a repeat.
         HookKey::Clade(secret) => (
             verify_clade(secret, &body, header(&headers, "x-clade-signature")),
-            header(&headers, "idempotency-key").or_else(|| header(&headers, "x-clade-event-id")),
+            Some(format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body)))),
         ),
     };
     if let Err(why) = verified {
-        tracing::info!(tenant = %tenant_name, hook = %name, reason = %why, "hook request refused");
-        return Err(ApiError::new(
-            Code::InvalidSignature,
-            format!("the request's signature does not verify: {why}"),
-        ));
+        return Err(refused(&why));
     }
     // Only a caller holding the secret gets here: the tenant is read now, not before.
     let tenant = match state.store.tenant(&tenant_name).await {
         Ok(tenant) => tenant,
-        Err(clade_store::Error::TenantNotFound(_)) => return Err(not_found()),
+        Err(clade_store::Error::TenantNotFound(_)) => {
+            return Err(refused(&"the tenant does not exist"));
+        }
         Err(err) => return Err(err.into()),
     };
     state.limits.take_event(&tenant)?;
@@ -149,7 +156,7 @@ pub(crate) async fn receive(
         ));
     }
     state.limits.admit_bytes(&state.store, &tenant, text.len() as u64).await?;
-    let key = match id {
+    let key = match key {
         Some(id) => {
             let key = format!("hook:{name}:{id}");
             crate::events::check_field("the request's id (webhook-id or Idempotency-Key)", &key)?;

@@ -49,9 +49,15 @@ const WAIT: Duration = Duration::from_secs(300);
 const TOOLS_PAGE: u32 = 100;
 /// Sessions `resources/list` lists: the most recently active.
 const RESOURCES_LISTED: u32 = 100;
-/// Turns a transcript shows at most: the first ones.
-const TRANSCRIPT_TURNS: usize = 1_000;
+/// Turns a transcript reads at most (of which it shows the newest that fit).
+const TRANSCRIPT_TURNS: usize = 10_000;
 const SESSION_URI: &str = "clade://sessions/";
+/// Messages a streamed call holds for a slow client before it merges the text.
+const STREAM_BUFFER: usize = 32;
+/// The longest progress token taken (it is repeated in every notification).
+const MAX_PROGRESS_TOKEN: usize = 256;
+/// The most a transcript shows, in bytes: its newest turns that fit.
+const TRANSCRIPT_BYTES: usize = 1024 * 1024;
 const METHODS: &str = "initialize, ping, tools/list, tools/call, resources/list, resources/templates/list and resources/read";
 
 /// Who asks, and what they reach.
@@ -94,7 +100,11 @@ pub(crate) async fn serve_agent(
             );
             return refusal(StatusCode::NOT_FOUND, id, codes::INVALID_REQUEST, message);
         }
-        Err(err) => return ApiError::from(err).into_response(),
+        Err(err) => {
+            let id = serde_json::from_slice::<Value>(&body).ok().and_then(|v| id_of(&v));
+            let error = ApiError::from(err);
+            return refusal(error.code.status(), id, codes::INTERNAL_ERROR, error.message);
+        }
     };
     let ctx = Ctx { state, tenant, reach, granted, only: Some(agent) };
     answer(ctx, &headers, &body).await
@@ -180,6 +190,11 @@ async fn answer(ctx: Ctx, headers: &HeaderMap, body: &[u8]) -> Response {
                 .filter(|token| token.is_string() || token.is_i64())
                 .cloned();
             match progress {
+                Some(Value::String(token)) if token.chars().count() > MAX_PROGRESS_TOKEN => {
+                    Err(Refused::params(format!(
+                        "_meta.progressToken is longer than {MAX_PROGRESS_TOKEN} characters"
+                    )))
+                }
                 Some(token) if accepts_stream => return call_streamed(ctx, id, params, token),
                 _ => call(&ctx, &params, None).await,
             }
@@ -275,23 +290,23 @@ fn initialize(ctx: &Ctx, params: &serde_json::Map<String, Value>) -> Value {
 /// `tools/list`: the agents, by handle, a page at a time (the cursor is the last handle).
 async fn tools(ctx: &Ctx, params: &serde_json::Map<String, Value>) -> Result<Value, Refused> {
     needs(ctx, &[Read, SendScope], "tools/list")?;
-    let agents = match &ctx.only {
-        Some(agent) => vec![agent.clone()],
+    let (agents, next_cursor) = match &ctx.only {
+        Some(agent) => (vec![agent.clone()], None),
         None => {
             let after = match params.get("cursor") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(cursor)) => Some(cursor.as_str()),
                 Some(_) => return Err(Refused::params("cursor must be a string")),
             };
-            ctx.state.of(&ctx.tenant).agents(after, TOOLS_PAGE).await?
+            if after.is_some_and(|cursor| Handle::parse(cursor).is_err()) {
+                return Err(Refused::params("cursor is not a nextCursor this list gave"));
+            }
+            crate::agents::reachable_page(&ctx.state, &ctx.tenant, &ctx.reach, after, TOOLS_PAGE)
+                .await?
         }
     };
-    let next_cursor = (ctx.only.is_none() && agents.len() == TOOLS_PAGE as usize)
-        .then(|| agents.last().map(|agent| agent.handle.to_string()))
-        .flatten();
     let tools = agents
         .into_iter()
-        .filter(|agent| ctx.reach.allows(agent.id))
         .map(|agent| Tool {
             name: agent.handle.to_string(),
             title: format!("Ask {}", agent.handle),
@@ -433,36 +448,49 @@ async fn ask(
 }
 
 /// A `tools/call` with a progress token, answered as a stream: the answer's text in
-/// `notifications/progress` as the model writes it, then the response.
+/// `notifications/progress` as the model writes it, then the response. A client that reads
+/// slowly gets the text in fewer, larger notifications: what it has not taken yet is held as
+/// one piece of text (at most the answer), never as a queue of messages.
 fn call_streamed(
     ctx: Ctx,
     id: RequestId,
     params: serde_json::Map<String, Value>,
     token: Value,
 ) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(STREAM_BUFFER);
     tokio::spawn(async move {
-        let text_tx = tx.clone();
-        let mut written = 0usize;
-        let mut on_text = move |text: &str| {
-            written += text.chars().count();
+        let progress = |text: String, written: usize| {
             let notification = McpNotification {
                 jsonrpc: Default::default(),
                 method: "notifications/progress".into(),
                 params: serde_json::to_value(ProgressParams {
                     progress_token: token.clone(),
                     progress: written as f64,
-                    message: text.to_owned(),
+                    message: text,
                 })
                 .unwrap_or_default(),
             };
-            let _ = text_tx.send(serde_json::to_string(&notification).unwrap_or_default());
+            serde_json::to_string(&notification).unwrap_or_default()
         };
-        let response = match call(&ctx, &params, Some(&mut on_text)).await {
+        let (mut pending, mut written) = (String::new(), 0usize);
+        let result = {
+            let mut on_text = |text: &str| {
+                written += text.chars().count();
+                pending.push_str(text);
+                if let Ok(permit) = tx.try_reserve() {
+                    permit.send(progress(std::mem::take(&mut pending), written));
+                }
+            };
+            call(&ctx, &params, Some(&mut on_text)).await
+        };
+        if !pending.is_empty() {
+            let _ = tx.send(progress(pending, written)).await;
+        }
+        let response = match result {
             Ok(result) => McpResponse::result(Some(id), result),
             Err(Refused { code, message }) => McpResponse::error(Some(id), code, message),
         };
-        let _ = tx.send(serde_json::to_string(&response).unwrap_or_default());
+        let _ = tx.send(serde_json::to_string(&response).unwrap_or_default()).await;
     });
     let events = futures::stream::unfold(rx, |mut rx| async move {
         let data = rx.recv().await?;
@@ -549,40 +577,62 @@ async fn read(ctx: &Ctx, params: &serde_json::Map<String, Value>) -> Result<Valu
         return Err(not_found());
     }
     let agent = store.agent_by_id(session.agent_id).await?;
-    let mut turns = Vec::new();
-    let mut after = None;
-    loop {
+    // Every turn is read, a page at a time, and only the newest that fit in the transcript's
+    // bytes are kept: memory is bounded by the transcript, not by the session.
+    let section = |n: usize, record: &clade_store::TurnRecord| {
+        let status = clade_core::Word::as_str(record.turn.status);
+        let mut section = format!("\n## Turn {n} ({status})\n\n");
+        for event in &record.events {
+            section.push_str(&format!("**{}:** {}\n\n", session.source.actor, event.text));
+        }
+        if let Some(reply) = &record.turn.reply {
+            section.push_str(&format!("**{}:** {reply}\n", agent.handle));
+        }
+        if let Some(error) = &record.turn.error {
+            section.push_str(&format!("*(ended {status}: {error})*\n"));
+        }
+        section
+    };
+    let mut sections = std::collections::VecDeque::new();
+    let (mut bytes, mut total, mut after) = (0usize, 0usize, None);
+    while total < TRANSCRIPT_TURNS {
         let page = store.turn_records(session.id, after, 100).await?;
         let full = page.len() == 100;
         after = page.last().map(|record| record.turn.id);
-        turns.extend(page);
-        if !full || turns.len() >= TRANSCRIPT_TURNS {
+        for record in &page {
+            total += 1;
+            let text = section(total, record);
+            bytes += text.len();
+            sections.push_back(text);
+            while bytes > TRANSCRIPT_BYTES {
+                let Some(oldest) = sections.pop_front() else { break };
+                bytes -= oldest.len();
+            }
+        }
+        if !full {
             break;
         }
     }
+    let left_out = total - sections.len();
     let mut text = format!(
-        "# Session {}\n\nAgent `{}`, {} channel `{}`, with `{}`: {} turn{}.\n",
+        "# Session {}\n\nAgent `{}`, {} channel `{}`, with `{}`: {}{} turn{}{}.\n",
         session.id,
         agent.handle,
         session.source.platform,
         session.source.channel,
         session.source.actor,
-        turns.len(),
-        if turns.len() == 1 { "" } else { "s" }
+        if total >= TRANSCRIPT_TURNS { "the first " } else { "" },
+        total,
+        if total == 1 { "" } else { "s" },
+        if left_out > 0 {
+            format!(
+                " (the first {left_out} left out: a transcript shows at most 1 MiB, the newest)"
+            )
+        } else {
+            String::new()
+        },
     );
-    for (n, record) in turns.iter().enumerate() {
-        let status = clade_core::Word::as_str(record.turn.status);
-        text.push_str(&format!("\n## Turn {} ({status})\n\n", n + 1));
-        for event in &record.events {
-            text.push_str(&format!("**{}:** {}\n\n", session.source.actor, event.text));
-        }
-        if let Some(reply) = &record.turn.reply {
-            text.push_str(&format!("**{}:** {reply}\n", agent.handle));
-        }
-        if let Some(error) = &record.turn.error {
-            text.push_str(&format!("*(ended {status}: {error})*\n"));
-        }
-    }
+    text.extend(sections);
     to_value(&ReadResourceResult {
         contents: vec![ResourceContents {
             uri: uri.to_owned(),

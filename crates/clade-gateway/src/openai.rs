@@ -124,10 +124,10 @@ pub(crate) async fn models(
     State(state): State<AppState>,
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
 ) -> Result<axum::Json<ModelList>, OpenAiApiError> {
-    let agents = state.of(&tenant).agents(None, MAX_MODELS).await?;
+    let (agents, _) =
+        crate::agents::reachable_page(&state, &tenant, &reach, None, MAX_MODELS).await?;
     let data = agents
         .into_iter()
-        .filter(|agent| reach.allows(agent.id))
         .map(|agent| ModelEntry {
             id: agent.handle.to_string(),
             object: "model".into(),

@@ -275,14 +275,16 @@ pub static OPERATIONS: &[Operation] = &[
             },
         ],
         description: Some(
-            "A hook declared in `clade.yaml` (`tenants.<tenant>.hooks.<name>`) takes the request's body (text or JSON, up to 64 KiB of text) as an event of its agent, from platform `hook`, actor the hook's name, in the session its `session` pointer names (else one per hook). No token: the signature under the hook's secret authenticates it (scheme `standard`: Standard Webhooks, whose `webhook-id` is the idempotency key and whose timestamp must be within 5 minutes; scheme `clade`: `X-Clade-Signature`, with `Idempotency-Key` as the key if sent). A redelivery is answered as the first and runs no second turn. Mode `async` answers 202 once stored, `wait` 200 with the reply.",
+            "A hook declared in `clade.yaml` (`tenants.<tenant>.hooks.<name>`) takes the request's body (text or JSON, up to 64 KiB of text) as an event of its agent, from platform `hook`, actor the hook's name, in the session its `session` pointer names (else one per hook). No token: the signature under the hook's secret authenticates it (scheme `standard`: Standard Webhooks, whose `webhook-id` is the idempotency key and whose timestamp must be within 5 minutes; scheme `clade`: `X-Clade-Signature`, whose signature covers the body alone, so the body's digest is the key: a repeated body is a repeat). A redelivery is answered as the first and runs no second turn. Mode `async` answers 202 once stored, `wait` 200 with the reply.",
         ),
         responses: &[
             ok("200", "mode `wait`: the turn ended", of::<api::EventResponse>),
             ok("202", "stored (mode `async`, or `wait` still running)", of::<api::EventResponse>),
             error("400", "the body is empty or not UTF-8, or its id is too long"),
-            error("401", "the signature does not verify (`invalid_signature`)"),
-            error("404", "no such hook (`hook_not_found`)"),
+            error(
+                "401",
+                "the signature does not verify, or there is no such hook (`invalid_signature`: alike, so a stranger learns neither)",
+            ),
             error("413", "body too large"),
             error("429", "the tenant's rate limit or quota"),
         ],
@@ -883,7 +885,7 @@ pub static OPERATIONS: &[Operation] = &[
     },
     Operation {
         description: Some(
-            "Each event's `event:` is its kind and its `data:` the kind's data (`LifecycleEvent` in the components); `text.delta` events are live only and carry no id. A stream whose token is revoked ends with an `error` event (`ErrorBody`).",
+            "Each event's `event:` is its kind and its `data:` the kind's data (`LifecycleEvent` in the components); `text.delta` events are live only and carry no id, and a turn's `turn.started` is sent live, without an id, as the turn begins (the stored one, with its id, commits with the turn, and a stream resumed from before it replays that one). A stream whose token is revoked ends with an `error` event (`ErrorBody`).",
         ),
         params: &[
             SESSION,

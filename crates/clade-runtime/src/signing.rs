@@ -16,6 +16,10 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 pub const TOLERANCE_SECS: i64 = 5 * 60;
 
 const STANDARD_PREFIX: &str = "whsec_";
+/// Signatures a `webhook-signature` may offer (several while a key rotates), and its length:
+/// what a request without the secret can make the receiver compare.
+const MAX_SIGNATURES: usize = 8;
+const MAX_SIGNATURES_LEN: usize = 1024;
 
 /// Why a signature is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,12 +132,18 @@ impl StandardKey {
         if off.saturating_abs() > TOLERANCE_SECS {
             return Err(SignatureError::Stale(off));
         }
-        for signature in signatures.split(' ') {
+        if signatures.len() > MAX_SIGNATURES_LEN {
+            return Err(SignatureError::NoMatch);
+        }
+        // The body is hashed once, whatever the number of candidates: each costs a clone of
+        // the hashed state and a constant-time comparison.
+        let hashed = self.mac(id, timestamp.trim(), body)?;
+        for signature in signatures.split(' ').take(MAX_SIGNATURES) {
             let Some(("v1", encoded)) = signature.split_once(',') else { continue };
             let Ok(given) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
                 continue;
             };
-            if self.mac(id, timestamp.trim(), body)?.verify_slice(&given).is_ok() {
+            if hashed.clone().verify_slice(&given).is_ok() {
                 return Ok(());
             }
         }
@@ -200,6 +210,12 @@ mod tests {
             Err(SignatureError::BadTimestamp(_))
         ));
         assert_eq!(verify("1614265330", "v1,!!!", 1614265330), Err(SignatureError::NoMatch));
+        // At most 8 candidates, in at most 1 KiB: a stranger cannot make it compare more.
+        let many = |n: usize| format!("{}{signature}", "v1,AAAA ".repeat(n));
+        assert_eq!(verify("1614265330", &many(7), 1614265330), Ok(()));
+        assert_eq!(verify("1614265330", &many(8), 1614265330), Err(SignatureError::NoMatch));
+        let long = format!("v1,{} {signature}", "A".repeat(1024));
+        assert_eq!(verify("1614265330", &long, 1614265330), Err(SignatureError::NoMatch));
         assert_eq!(
             key.verify(None, Some("1"), Some(&signature), body, 1),
             Err(SignatureError::Missing("webhook-id"))

@@ -132,7 +132,29 @@ async function errorOf(response: Response): Promise<CladeError> {
   } catch {
     // Not JSON: the text is the message.
   }
-  return new CladeError(response.status, code, message, retry ? Number(retry) : undefined);
+  return new CladeError(response.status, code, message, retryAfterSeconds(retry));
+}
+
+/** `Retry-After` in seconds: a number of seconds, or an HTTP date. */
+function retryAfterSeconds(header: string | null): number | undefined {
+  if (!header) return undefined;
+  const seconds = Number(header);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds);
+  const at = Date.parse(header);
+  return Number.isNaN(at) ? undefined : Math.max(0, Math.ceil((at - Date.now()) / 1000));
+}
+
+/** Waits `ms`, or less if `signal` aborts. */
+function pause(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    }
+    signal?.addEventListener("abort", done, { once: true });
+  });
 }
 
 const path = encodeURIComponent;
@@ -201,8 +223,9 @@ class Sessions {
 
   /**
    * The session's events as they happen (and, from `after`, the ones after that position). A
-   * broken connection is resumed from the last event seen, up to `retries` times in a row;
-   * stop by breaking out of the loop or aborting `signal`.
+   * broken or closed connection is resumed from the last event seen, after a pause that grows
+   * from 0.5 s to 10 s; `retries` failures in a row end it with the last error. Stop by
+   * breaking out of the loop or aborting `signal`.
    */
   async *stream(
     id: string,
@@ -210,15 +233,22 @@ class Sessions {
   ): AsyncGenerator<StreamEvent> {
     let last = options.after;
     let failures = 0;
+    let attempt = 0;
     const retries = options.retries ?? 3;
     while (!options.signal?.aborted) {
       const headers: Record<string, string> = { accept: "text/event-stream" };
       if (last !== undefined) headers["last-event-id"] = last;
+      if (attempt > 0) {
+        await pause(Math.min(10_000, 500 * 2 ** Math.min(attempt - 1, 5)), options.signal);
+        if (options.signal?.aborted) return;
+      }
+      attempt += 1;
       let response: Response;
       try {
         response = await this.client.send("GET", `/v1/sessions/${path(id)}/events`, undefined, headers);
       } catch (err) {
-        if (err instanceof CladeError && err.status !== 0) throw err;
+        // The gateway refused (a bad token, no such session): trying again cannot help.
+        if (err instanceof CladeError && err.status !== 0 && err.status !== 503) throw err;
         if (++failures > retries) throw err;
         continue;
       }
@@ -226,6 +256,7 @@ class Sessions {
       try {
         for await (const event of parseSse(response.body, options.signal)) {
           failures = 0;
+          attempt = 0;
           if (event.id !== undefined) last = event.id;
           if (event.event === "error") {
             const data = event.data as Partial<ErrorBody> | undefined;
@@ -277,6 +308,8 @@ export async function* parseSse(
       buffer += decoder.decode(value, { stream: true });
       let newline: number;
       while ((newline = buffer.search(/\r\n|\n|\r/)) >= 0) {
+        // A `\r` that ends what has come may be the first half of a `\r\n`: wait for more.
+        if (newline === buffer.length - 1 && buffer.endsWith("\r")) break;
         const line = buffer.slice(0, newline);
         buffer = buffer.slice(newline + (buffer.startsWith("\r\n", newline) ? 2 : 1));
         if (line === "") {

@@ -43,14 +43,14 @@ async fn serve(ctx: &Ctx, args: McpServeArgs) -> Result<()> {
             }
         }
     });
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut input = tokio::io::BufReader::new(tokio::io::stdin());
     let mut in_flight = tokio::task::JoinSet::new();
-    while let Some(line) = lines.next_line().await.context("cannot read standard input")? {
-        if line.trim().is_empty() {
-            continue;
-        }
-        if line.len() > MAX_LINE {
+    while let Some(line) = next_line(&mut input).await.context("cannot read standard input")? {
+        let Some(line) = line else {
             let _ = out_tx.send(error_line(None, -32600, "the message is larger than 16 MiB"));
+            continue;
+        };
+        if line.trim().is_empty() {
             continue;
         }
         // Each message on its own: a long call does not hold up a ping or a listing.
@@ -62,6 +62,46 @@ async fn serve(ctx: &Ctx, args: McpServeArgs) -> Result<()> {
     drop(out_tx);
     let _ = writer.await;
     Ok(())
+}
+
+/// The next line of `input`, without its end; `Some(None)` for one longer than [`MAX_LINE`],
+/// which is read past, never held; `None` at the end of the input.
+async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(
+    input: &mut R,
+) -> std::io::Result<Option<Option<String>>> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    loop {
+        let buffer = input.fill_buf().await?;
+        if buffer.is_empty() {
+            if line.is_empty() && !too_long {
+                return Ok(None);
+            }
+            break;
+        }
+        let (taken, ended) = match buffer.iter().position(|b| *b == b'\n') {
+            Some(end) => (end + 1, true),
+            None => (buffer.len(), false),
+        };
+        if !too_long {
+            line.extend_from_slice(&buffer[..taken]);
+            if line.len() > MAX_LINE {
+                too_long = true;
+                line = Vec::new();
+            }
+        }
+        input.consume(taken);
+        if ended {
+            break;
+        }
+    }
+    if too_long {
+        return Ok(Some(None));
+    }
+    while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        line.pop();
+    }
+    Ok(Some(Some(String::from_utf8_lossy(&line).into_owned())))
 }
 
 #[derive(Clone)]
@@ -110,6 +150,7 @@ impl Bridge {
         if is_stream {
             let mut parser = clade_model::sse::SseParser::default();
             let mut body = response.bytes_stream();
+            let mut answered = false;
             while let Some(chunk) = body.next().await {
                 let Ok(chunk) = chunk else { break };
                 let mut events = Vec::new();
@@ -117,8 +158,15 @@ impl Bridge {
                     break;
                 }
                 for event in events.into_iter().filter(|e| !e.data.is_empty()) {
+                    // The response is the message that carries the request's id.
+                    answered |= serde_json::from_str::<Value>(&event.data)
+                        .is_ok_and(|message| message.get("id") == id.as_ref());
                     let _ = out.send(event.data);
                 }
+            }
+            if !answered && id.is_some() {
+                let message = "the gateway's stream ended before its answer: the agent's reply, if any, is in the session (resources/list)";
+                let _ = out.send(error_line(id, -32603, message));
             }
             return;
         }
@@ -135,4 +183,21 @@ impl Bridge {
 
 fn error_line(id: Option<Value>, code: i64, message: &str) -> String {
     json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": message } }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_read_whole_and_an_oversize_one_is_skipped_not_held() {
+        let mut input = b"first\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
+        input.extend(b"\nlast");
+        let mut reader = tokio::io::BufReader::with_capacity(4096, input.as_slice());
+        assert_eq!(next_line(&mut reader).await.unwrap(), Some(Some("first".to_owned())));
+        assert_eq!(next_line(&mut reader).await.unwrap(), Some(None));
+        assert_eq!(next_line(&mut reader).await.unwrap(), Some(Some("last".to_owned())));
+        assert_eq!(next_line(&mut reader).await.unwrap(), None);
+    }
 }

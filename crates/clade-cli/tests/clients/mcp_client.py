@@ -1,7 +1,7 @@
 """Drives Clade's MCP server with the official `mcp` SDK (PyPI), unchanged: over streamable
 HTTP with a tenant token, and over stdio through `clade mcp serve`.
 
-Usage: mcp_client.py BASE_URL OPERATOR_TOKEN RIVAL_TOKEN READ_TOKEN CLADE_BIN DATA_DIR
+Usage: mcp_client.py BASE_URL OPERATOR_TOKEN RIVAL_TOKEN READ_TOKEN CLADE_BIN DATA_DIR LIMITED_TOKEN
 Prints one JSON object with what each call returned; the Rust test asserts on it.
 """
 
@@ -16,7 +16,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
-base, operator_token, rival_token, read_token, clade, data_dir = sys.argv[1:7]
+base, operator_token, rival_token, read_token, clade, data_dir, limited_token = sys.argv[1:8]
 
 
 def over_http(path, token, **options):
@@ -118,6 +118,14 @@ async def read_only(out):
         out["read_only_call"] = await error_of(client.call_tool("ada", {"message": "hi"}))
 
 
+async def limited(out):
+    """A token limited to the agent `cy`: it sees and asks `cy` alone."""
+    async with over_http("/v1/mcp", limited_token) as client:
+        out["limited_tools"] = [t.name for t in (await client.list_tools()).tools]
+        out["limited_calls_ada"] = await error_of(client.call_tool("ada", {"message": "hi"}))
+        out["limited_resources"] = [str(r.uri) for r in (await client.list_resources()).resources]
+
+
 async def stdio(out):
     params = StdioServerParameters(
         command=clade,
@@ -178,6 +186,7 @@ async def main():
     await operator(out)
     await rival(out)
     await read_only(out)
+    await limited(out)
     await stdio(out)
     await raw(out)
     print(json.dumps(out))

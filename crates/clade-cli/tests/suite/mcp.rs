@@ -21,6 +21,13 @@ fn the_official_mcp_sdk_asks_agents_and_reads_their_sessions() {
     env.run(&["--tenant", "rival", "agents", "create", "bob"]).ok();
     let (rival, _) = token(&env, "rival", &["read", "send"]);
     let (read_only, _) = token(&env, "default", &["read"]);
+    env.run(&["agents", "create", "cy"]).ok();
+    let limited = env
+        .run(&["tokens", "create", "--only-agent", "cy", "--scope", "read", "--scope", "send"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
     let server = env.serve(&[]);
     let clade = assert_cmd::cargo::cargo_bin("clade");
     let data_dir = env.data_dir();
@@ -34,11 +41,12 @@ fn the_official_mcp_sdk_asks_agents_and_reads_their_sessions() {
             &read_only,
             clade.to_str().unwrap(),
             data_dir.to_str().unwrap(),
+            &limited,
         ],
     );
 
     // Agents are tools, each taking a message and a session.
-    assert_eq!(got["tools"], json!(["ada"]), "{got}");
+    assert_eq!(got["tools"], json!(["ada", "cy"]), "{got}");
     assert_eq!(got["tool_schema"]["required"], json!(["message"]), "{got}");
     assert!(got["tool_schema"]["properties"]["session"].is_object(), "{got}");
 
@@ -98,7 +106,11 @@ fn the_official_mcp_sdk_asks_agents_and_reads_their_sessions() {
     assert_ne!(got["rival_one_agent"], "connected", "{got}");
 
     // A read-only token lists but cannot ask.
-    assert_eq!(got["read_only_tools"], json!(["ada"]), "{got}");
+    assert_eq!(got["read_only_tools"], json!(["ada", "cy"]), "{got}");
+    // A token limited to `cy` sees nothing of `ada`, not even her name or sessions.
+    assert_eq!(got["limited_tools"], json!(["cy"]), "{got}");
+    assert_eq!(code(&got["limited_calls_ada"]), -32602, "{got}");
+    assert_eq!(got["limited_resources"], json!([]), "{got}");
     assert_eq!(code(&got["read_only_call"]), -32003, "{got}");
 
     // Over stdio, bridged by `clade mcp serve --agent ada`.
