@@ -47,7 +47,7 @@ const DEFAULT_SESSION: &str = "default";
 const WAIT: Duration = Duration::from_secs(300);
 /// Tools (agents) per `tools/list` page.
 const TOOLS_PAGE: u32 = 100;
-/// Sessions `resources/list` lists: the most recently active.
+/// Sessions per `resources/list` page.
 const RESOURCES_LISTED: u32 = 100;
 /// Turns a transcript reads at most (of which it shows the newest that fit).
 const TRANSCRIPT_TURNS: usize = 10_000;
@@ -199,7 +199,7 @@ async fn answer(ctx: Ctx, headers: &HeaderMap, body: &[u8]) -> Response {
                 _ => call(&ctx, &params, None).await,
             }
         }
-        "resources/list" => resources(&ctx).await,
+        "resources/list" => resources(&ctx, &params).await,
         "resources/templates/list" => templates(&ctx),
         "resources/read" => read(&ctx, &params).await,
         other => Err(Refused::new(
@@ -500,17 +500,32 @@ fn call_streamed(
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }
 
-/// `resources/list`: the most recently active sessions of the agents reached.
-async fn resources(ctx: &Ctx) -> Result<Value, Refused> {
+/// `resources/list`: the sessions of the agents reached, most recently active first, a page
+/// at a time.
+async fn resources(ctx: &Ctx, params: &serde_json::Map<String, Value>) -> Result<Value, Refused> {
     needs(ctx, &[Read], "resources/list")?;
     let store = ctx.state.of(&ctx.tenant);
-    let reads = ctx.reach.listing(ctx.only.as_ref())?;
-    let mut rows = Vec::new();
-    for agent in reads {
-        rows.extend(store.sessions(agent, RESOURCES_LISTED).await?);
-    }
-    rows.sort_by_key(|s| std::cmp::Reverse(s.updated_at));
-    rows.truncate(RESOURCES_LISTED as usize);
+    let cursor = match params.get("cursor") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(cursor)) => Some(cursor.as_str()),
+        Some(_) => return Err(Refused::params("cursor must be a string")),
+    };
+    let paged = crate::sessions::page(
+        &ctx.state,
+        &ctx.tenant,
+        &ctx.reach,
+        ctx.only.as_ref(),
+        cursor,
+        RESOURCES_LISTED,
+    )
+    .await;
+    let (rows, next_cursor) = match paged {
+        Ok(paged) => paged,
+        Err(err) if err.code == crate::error::Code::InvalidRequest => {
+            return Err(Refused::params(err.message));
+        }
+        Err(err) => return Err(err.into()),
+    };
     let mut handles: HashMap<clade_core::AgentId, String> = HashMap::new();
     let mut resources = Vec::with_capacity(rows.len());
     for row in rows {
@@ -533,7 +548,7 @@ async fn resources(ctx: &Ctx) -> Result<Value, Refused> {
             mime_type: "text/markdown".into(),
         });
     }
-    to_value(&ListResourcesResult { resources, next_cursor: None })
+    to_value(&ListResourcesResult { resources, next_cursor })
 }
 
 fn templates(ctx: &Ctx) -> Result<Value, Refused> {

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use clade_core::{SessionId, TurnId};
-use clade_store::TurnRecord;
+use clade_store::{SessionCursor, TurnRecord};
 use futures::{Stream, stream};
 
 use crate::AppState;
@@ -59,15 +59,47 @@ pub(crate) async fn list(
         Some(handle) => Some(state.of(&tenant).agent(handle).await?),
         None => None,
     };
-    let reads = reach.listing(agent.as_ref())?;
+    let (rows, next_cursor) =
+        page(&state, &tenant, &reach, agent.as_ref(), query.cursor.as_deref(), limit).await?;
+    Ok(axum::Json(SessionListResponse {
+        items: rows.into_iter().map(session_response).collect(),
+        next_cursor,
+    }))
+}
+
+/// A page of the sessions `reach` reaches (of `agent`, or all), most recently active first,
+/// after `cursor` (a page's `next_cursor`); and the next page's cursor.
+pub(crate) async fn page(
+    state: &AppState,
+    tenant: &clade_core::Tenant,
+    reach: &crate::auth::Reach,
+    agent: Option<&clade_core::Agent>,
+    cursor: Option<&str>,
+    limit: u32,
+) -> Result<(Vec<clade_store::SessionRow>, Option<String>), ApiError> {
+    let before = match cursor {
+        Some(text) => Some(SessionCursor::parse(text).ok_or_else(|| {
+            ApiError::new(
+                Code::InvalidRequest,
+                format!("cursor {text:?} is not a next_cursor this list gave"),
+            )
+        })?),
+        None => None,
+    };
     let mut rows = Vec::new();
-    for agent in reads {
-        rows.extend(state.of(&tenant).sessions(agent, limit).await?);
+    // One extra row tells whether another page exists.
+    for agent in reach.listing(agent)? {
+        rows.extend(state.of(tenant).sessions_before(agent, before, limit + 1).await?);
     }
     // Several agents' reads merge in the store's order: the most recently active first.
-    rows.sort_by_key(|s| std::cmp::Reverse(s.updated_at));
-    rows.truncate(limit as usize);
-    Ok(axum::Json(SessionListResponse { items: rows.into_iter().map(session_response).collect() }))
+    rows.sort_by_key(|s| std::cmp::Reverse((s.updated_at, s.id)));
+    let next_cursor = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|last| SessionCursor::after(last).encode())
+    } else {
+        None
+    };
+    Ok((rows, next_cursor))
 }
 
 pub(crate) async fn show(

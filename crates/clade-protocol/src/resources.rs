@@ -277,6 +277,9 @@ pub enum QueueMode {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct SessionListResponse {
     pub items: Vec<SessionResponse>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// Query of `GET /v1/sessions`.
@@ -291,6 +294,11 @@ pub struct SessionsQuery {
     #[serde(default)]
     #[schemars(range(min = 1, max = MAX_PAGE), extend("default" = DEFAULT_PAGE))]
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page. A session active again while pages are read
+    /// moves to the front, so it may be missed or shown twice.
+    #[serde(default)]
+    #[schemars(pattern(r"^[0-9]{1,18}\.[0-9a-f]{32}$"))]
+    pub cursor: Option<String>,
 }
 
 /// One turn, with the events it answered.

@@ -66,7 +66,8 @@ pub use store::{
 };
 pub use turns::{
     Accepted, DeadLetter, EventRow, GivenUp, JournalEntry, NewEvent, OpenEvents, OutboxEvent,
-    OutboxRow, SessionRow, Source, TurnOutcome, TurnRecord, TurnRow, TurnUsage, TurnWrites,
+    OutboxRow, SessionCursor, SessionRow, Source, TurnOutcome, TurnRecord, TurnRow, TurnUsage,
+    TurnWrites,
 };
 pub use work::Work;
 pub use writer::{DiskFaults, Durations, SyncHold, WriteStats};

@@ -123,6 +123,16 @@ impl TenantStore {
         self.store.sessions(self.tenant, agent, limit).await
     }
 
+    /// A page of them, after `before` (see [`Store::sessions_before`]).
+    pub async fn sessions_before(
+        &self,
+        agent: Option<AgentId>,
+        before: Option<crate::SessionCursor>,
+        limit: u32,
+    ) -> Result<Vec<SessionRow>> {
+        self.store.sessions_before(self.tenant, agent, before, limit).await
+    }
+
     /// A turn of `session`: another session's turn, or another tenant's, is not found.
     pub async fn turn(&self, session: SessionId, id: TurnId) -> Result<TurnRow> {
         let turn = self.store.system().turn(id).await?;

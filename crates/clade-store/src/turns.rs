@@ -62,6 +62,32 @@ pub struct EventRow {
     pub created_at: Timestamp,
 }
 
+/// Where a page of sessions ends: its last session's activity time and id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCursor {
+    pub updated_at: i64,
+    pub id: SessionId,
+}
+
+impl SessionCursor {
+    /// The cursor after `session`.
+    pub fn after(session: &SessionRow) -> Self {
+        Self { updated_at: session.updated_at.as_millis(), id: session.id }
+    }
+
+    /// `<millis>.<32 hex digits>`, as [`SessionCursor::parse`] reads it.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.updated_at, hex::encode(self.id.as_bytes()))
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let (at, id) = text.split_once('.')?;
+        let updated_at = at.parse().ok()?;
+        let bytes: [u8; 16] = hex::decode(id).ok()?.try_into().ok()?;
+        Some(Self { updated_at, id: SessionId::from_bytes(bytes) })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRow {
     pub id: SessionId,
@@ -706,17 +732,40 @@ impl Store {
         agent: Option<AgentId>,
         limit: u32,
     ) -> Result<Vec<SessionRow>> {
+        self.sessions_before(tenant, agent, None, limit).await
+    }
+
+    /// A page of a tenant's sessions, most recently active first (ties by id): those after
+    /// `before` in that order, at most `limit`. A session active again while pages are read
+    /// moves to the front, so a listing that pages on may miss it or show it twice.
+    pub async fn sessions_before(
+        &self,
+        tenant: TenantId,
+        agent: Option<AgentId>,
+        before: Option<SessionCursor>,
+        limit: u32,
+    ) -> Result<Vec<SessionRow>> {
+        // With no cursor, a position after every session: the newest time there is.
+        let (at, id) =
+            before.map_or((i64::MAX, vec![0xff; 16]), |c| (c.updated_at, b(c.id.as_bytes())));
+        let page = "(updated_at < $2 OR (updated_at = $2 AND id < $3))";
         let query = match agent {
             Some(agent) => query(format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 AND agent_id = $2 ORDER BY updated_at DESC LIMIT $3"
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 AND {page} AND agent_id = $4 \
+                 ORDER BY updated_at DESC, id DESC LIMIT $5"
             ))
             .bind(b(tenant.as_bytes()))
+            .bind(at)
+            .bind(id)
             .bind(b(agent.as_bytes()))
             .bind(i64::from(limit)),
             None => query(format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 ORDER BY updated_at DESC LIMIT $2"
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 AND {page} \
+                 ORDER BY updated_at DESC, id DESC LIMIT $4"
             ))
             .bind(b(tenant.as_bytes()))
+            .bind(at)
+            .bind(id)
             .bind(i64::from(limit)),
         };
         self.rows(query).await?.iter().map(session_row).collect()

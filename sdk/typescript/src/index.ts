@@ -199,11 +199,15 @@ class Events {
 class Sessions {
   constructor(private readonly client: Clade) {}
 
-  /** The sessions most recently active, of one agent or all. */
-  list(options: { agent?: string; limit?: number } = {}): Promise<SessionList> {
+  /**
+   * A page of sessions, most recently active first, of one agent or all; `cursor` is the last
+   * page's `next_cursor`.
+   */
+  list(options: { agent?: string; limit?: number; cursor?: string } = {}): Promise<SessionList> {
     const query = new URLSearchParams();
     if (options.agent !== undefined) query.set("agent", options.agent);
     if (options.limit !== undefined) query.set("limit", String(options.limit));
+    if (options.cursor !== undefined) query.set("cursor", options.cursor);
     const suffix = query.size ? `?${query}` : "";
     return this.client.request("GET", `/v1/sessions${suffix}`);
   }

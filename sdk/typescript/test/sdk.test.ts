@@ -90,6 +90,18 @@ test("an event waited for comes back with the reply; a repeated key with the sam
   assert.equal(turns.items.length, 1);
   const listed = await operator.sessions.list({ agent: "ada" });
   assert.ok(listed.items.some((s) => s.id === answer.session_id));
+  // Page by page, the same sessions.
+  await operator.events.send({ agent: "ada", text: "other", source: { ...source, actor: "you" } });
+  const ids: string[] = [];
+  let cursor: string | undefined;
+  do {
+    const page = await operator.sessions.list({ agent: "ada", limit: 1, cursor });
+    ids.push(...page.items.map((s) => s.id));
+    cursor = page.next_cursor ?? undefined;
+  } while (cursor);
+  const whole = await operator.sessions.list({ agent: "ada" });
+  assert.deepEqual(ids, whole.items.map((s) => s.id));
+  assert.ok(ids.length >= 2);
   await assert.rejects(rival.sessions.get(answer.session_id), /session_not_found/);
 });
 

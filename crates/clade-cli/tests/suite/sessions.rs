@@ -609,3 +609,37 @@ async fn a_turns_steps_come_a_page_at_a_time() {
         assert_eq!(status, 400, "{query}: {body}");
     }
 }
+
+/// `GET /v1/sessions` a page at a time: the pages join into the whole list, in its order, and
+/// a cursor it never gave is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_listed_a_page_at_a_time() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    for n in 0..5 {
+        let mut body = event("ada", "hi", &format!("actor-{n}"));
+        body["wait"] = json!(true);
+        let (status, answer) = post(&server, body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let whole = server.get_json("/v1/sessions?agent=ada").await;
+    let whole: Vec<&Value> = whole["items"].as_array().unwrap().iter().map(|s| &s["id"]).collect();
+    assert_eq!(whole.len(), 5);
+    let mut paged = Vec::new();
+    let mut path = "/v1/sessions?agent=ada&limit=2".to_owned();
+    loop {
+        let page = server.get_json(&path).await;
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2, "{page}");
+        paged.extend(items.iter().map(|s| s["id"].clone()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/sessions?agent=ada&limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let paged: Vec<&Value> = paged.iter().collect();
+    assert_eq!(paged, whole);
+    let (status, answer) = server.send("GET", "/v1/sessions?cursor=not-a-cursor", None, None).await;
+    assert_eq!((status, &answer["error"]["code"]), (400, &json!("invalid_request")), "{answer}");
+}

@@ -13,6 +13,7 @@ mod peer_leases;
 mod retention;
 mod retries;
 mod secrets;
+mod sessions;
 mod settings;
 mod tenants_tokens;
 mod usage;
