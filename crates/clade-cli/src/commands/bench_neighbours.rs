@@ -5,7 +5,6 @@
 //! `POST /v1/events` is compared between the two. The goal: at most 10 % higher.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,7 +63,7 @@ async fn measure(dir: &Path, plan: &Plan) -> Result<()> {
         clade(&exe, dir, &["--tenant", name, "agents", "create", "ada"]).await?;
         tokens.push(clade(&exe, dir, &["--tenant", name, "tokens", "create"]).await?);
     }
-    let server = Gateway::start(&exe, dir).await?;
+    let server = super::bench_turns::GatewayProcess::start(dir).await?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let target = Target { client, url: server.url.clone() };
     println!(
@@ -212,38 +211,4 @@ async fn clade(exe: &Path, dir: &Path, args: &[&str]) -> Result<String> {
         bail!("clade {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// `clade serve` on the scratch data dir, stopped when dropped.
-struct Gateway {
-    url: String,
-    _child: tokio::process::Child,
-}
-
-impl Gateway {
-    #[allow(clippy::disallowed_methods)] // This binary as the gateway under test.
-    async fn start(exe: &Path, dir: &Path) -> Result<Self> {
-        let mut child = tokio::process::Command::new(exe)
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env_remove("CLADE_STORE")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start `clade serve`")?;
-        let (line, mut lines) =
-            super::bench_turns::first_line(&mut child, "the gateway", Duration::from_secs(30))
-                .await?;
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .with_context(|| format!("the gateway did not start; it said {line:?}"))?
-            .to_owned();
-        // Keep its output drained so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self { url, _child: child })
-    }
 }

@@ -16,7 +16,7 @@ use clade_store::Durability;
 use serde_json::json;
 
 use super::bench_turns::{
-    Load, StubProcess, TurnFn, closed_loop, cpu_micros, first_line, measure, now, open_loop,
+    GatewayProcess, Load, StubProcess, TurnFn, closed_loop, cpu_micros, measure, now, open_loop,
 };
 use crate::context::Ctx;
 
@@ -133,7 +133,7 @@ async fn over_http(
     );
     std::fs::write(dir.join("clade.yaml"), config)
         .context("cannot write the gateway's clade.yaml")?;
-    let gateway = Gateway::start(dir).await?;
+    let gateway = GatewayProcess::start(dir).await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(load.sessions.max(1))
         .build()
@@ -195,53 +195,4 @@ async fn over_http(
         p99_ms: pct(0.99),
         cpu_micros_per_turn: cpu as f64 / latencies.len() as f64,
     })
-}
-
-/// `clade serve` on `dir`, in a process of its own that is killed when this is dropped.
-struct Gateway {
-    url: String,
-    token: String,
-    pid: u32,
-    _child: tokio::process::Child,
-}
-
-impl Gateway {
-    // This binary itself as the gateway under measurement, not an agent's tool.
-    #[allow(clippy::disallowed_methods)]
-    async fn start(dir: &std::path::Path) -> Result<Self> {
-        let exe = std::env::current_exe().context("cannot find this binary to start a gateway")?;
-        let mut command = tokio::process::Command::new(exe);
-        for var in
-            ["CLADE_STORE", "CLADE_CONFIG", "CLADE_TENANT", "CLADE_AGENT", "CLADE_MASTER_KEY"]
-        {
-            command.env_remove(var);
-        }
-        let mut child = command
-            .env("RUST_LOG", "warn")
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start a gateway (`clade serve`)")?;
-        let pid = child.id().context("the gateway exited as it started")?;
-        let (line, rest) = first_line(&mut child, "the gateway", Duration::from_secs(60)).await?;
-        // Keep reading what it prints, so it never blocks on a full pipe.
-        tokio::spawn(async move {
-            let mut rest = rest;
-            while let Ok(Some(_)) = rest.next_line().await {}
-        });
-        let url = line
-            .split_whitespace()
-            .find(|word| word.starts_with("http://"))
-            .with_context(|| format!("the gateway did not start; it said {line:?}"))?
-            .to_owned();
-        let token = std::fs::read_to_string(dir.join("token"))
-            .context("the gateway wrote no CLI token")?
-            .trim()
-            .to_owned();
-        Ok(Self { url, token, pid, _child: child })
-    }
 }

@@ -444,6 +444,56 @@ impl StubProcess {
     }
 }
 
+/// `clade serve` on `dir`, in a process of its own that is killed when this is dropped.
+pub(super) struct GatewayProcess {
+    pub(super) url: String,
+    /// The CLI token it wrote to `dir`: the default tenant's operator.
+    pub(super) token: String,
+    pub(super) pid: u32,
+    _child: tokio::process::Child,
+}
+
+impl GatewayProcess {
+    // This binary itself as the gateway under measurement, not an agent's tool.
+    #[allow(clippy::disallowed_methods)]
+    pub(super) async fn start(dir: &std::path::Path) -> Result<Self> {
+        let exe = std::env::current_exe().context("cannot find this binary to start a gateway")?;
+        let mut command = tokio::process::Command::new(exe);
+        for var in
+            ["CLADE_STORE", "CLADE_CONFIG", "CLADE_TENANT", "CLADE_AGENT", "CLADE_MASTER_KEY"]
+        {
+            command.env_remove(var);
+        }
+        let mut child = command
+            .env("RUST_LOG", "warn")
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start a gateway (`clade serve`)")?;
+        let pid = child.id().context("the gateway exited as it started")?;
+        let (line, rest) = first_line(&mut child, "the gateway", Duration::from_secs(60)).await?;
+        // Keep reading what it prints, so it never blocks on a full pipe.
+        tokio::spawn(async move {
+            let mut rest = rest;
+            while let Ok(Some(_)) = rest.next_line().await {}
+        });
+        let url = line
+            .split_whitespace()
+            .find(|word| word.starts_with("http://"))
+            .with_context(|| format!("the gateway did not start; it said {line:?}"))?
+            .to_owned();
+        let token = std::fs::read_to_string(dir.join("token"))
+            .context("the gateway wrote no CLI token")?
+            .trim()
+            .to_owned();
+        Ok(Self { url, token, pid, _child: child })
+    }
+}
+
 /// The first line a child benchmark process (`what`) prints on its piped stdout, where it
 /// says where it listens, within `within`; and the rest of its output.
 pub(super) async fn first_line(

@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use super::support::{Env, python_clients, run_client, token};
+use super::support::{Env, ada_and_rival_bob, python_clients, run_client, token};
 
 fn code(error: &Value) -> i64 {
     error["code"].as_i64().unwrap_or_else(|| panic!("not an MCP error: {error}"))
@@ -16,10 +16,7 @@ fn code(error: &Value) -> i64 {
 fn the_official_mcp_sdk_asks_agents_and_reads_their_sessions() {
     let Some(python) = python_clients("the MCP client test") else { return };
     let env = Env::new();
-    env.run(&["agents", "create", "ada"]).ok();
-    env.run(&["tenants", "create", "rival"]).ok();
-    env.run(&["--tenant", "rival", "agents", "create", "bob"]).ok();
-    let (rival, _) = token(&env, "rival", &["read", "send"]);
+    let rival = ada_and_rival_bob(&env);
     let (read_only, _) = token(&env, "default", &["read"]);
     env.run(&["agents", "create", "cy"]).ok();
     let limited = env

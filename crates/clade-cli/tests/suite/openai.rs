@@ -3,16 +3,13 @@
 //! tools run on the server, and errors come in OpenAI's shape, which the package raises as its
 //! own exception classes. Another tenant's token reaches none of it.
 
-use super::support::{Env, python_clients, run_client, token};
+use super::support::{Env, ada_and_rival_bob, python_clients, run_client};
 
 #[test]
 fn the_official_openai_client_talks_to_an_agent_streaming_and_not() {
     let Some(python) = python_clients("the OpenAI client test") else { return };
     let env = Env::new();
-    env.run(&["agents", "create", "ada"]).ok();
-    env.run(&["tenants", "create", "rival"]).ok();
-    env.run(&["--tenant", "rival", "agents", "create", "bob"]).ok();
-    let (rival, _) = token(&env, "rival", &["read", "send"]);
+    let rival = ada_and_rival_bob(&env);
     let server = env.serve(&[]);
     let got = run_client(&python, "openai_client.py", &[&server.url, &server.token, &rival]);
 

@@ -388,3 +388,12 @@ pub fn run_client(python: &std::path::Path, script: &str, args: &[&str]) -> serd
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_str(stdout.trim()).unwrap()
 }
+
+/// `ada` in the default tenant and `bob` in the tenant `rival`, whose token (read and send) is
+/// returned: the two sides of a client test that tries one tenant against the other.
+pub fn ada_and_rival_bob(env: &Env) -> String {
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["tenants", "create", "rival"]).ok();
+    env.run(&["--tenant", "rival", "agents", "create", "bob"]).ok();
+    token(env, "rival", &["read", "send"]).0
+}
