@@ -125,6 +125,11 @@ define_id!(
     "lease"
 );
 define_id!(
+    /// Identifies an item of an agent's long-term memory.
+    MemoryId,
+    "memory"
+);
+define_id!(
     /// Identifies a request for an operator's approval of one tool call.
     ApprovalId,
     "approval"

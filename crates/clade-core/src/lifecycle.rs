@@ -225,6 +225,47 @@ vocabulary! {
         /// A lease ended before its expiry (revoked, or its component stopped answering), or
         /// was found expired; why is in the detail.
         LeaseEnded = "lease.ended",
+        /// An item of an agent's memory was saved, changed, linked or forgotten by an
+        /// operator or the agent (its id and the change in the detail, never its content).
+        MemoryChanged = "memory.changed",
+    }
+}
+
+vocabulary! {
+    /// What an item of an agent's long-term memory is.
+    MemoryKind {
+        /// Something true about the world or the user.
+        Fact = "fact",
+        /// What someone likes or wants done a certain way.
+        Preference = "preference",
+        /// A choice that was made, and stands until another replaces it.
+        Decision = "decision",
+        /// Who someone is: names, roles, relationships.
+        Identity = "identity",
+        /// Something that happened at a time.
+        Event = "event",
+        /// Something noticed, not yet confirmed.
+        Observation = "observation",
+        /// What someone is working towards.
+        Goal = "goal",
+        /// Something still to do.
+        Todo = "todo",
+    }
+}
+
+vocabulary! {
+    /// How one memory item relates to another.
+    LinkKind {
+        /// The first replaces or refines the second.
+        Updates = "updates",
+        /// The two cannot both be true.
+        Contradicts = "contradicts",
+        /// The first happened because of the second.
+        CausedBy = "caused_by",
+        /// The two are about the same thing.
+        RelatedTo = "related_to",
+        /// The first is a part of the second.
+        PartOf = "part_of",
     }
 }
 

@@ -68,6 +68,10 @@ pub enum Error {
     SettingNotFound(String),
     #[error("invalid setting: {0}")]
     InvalidSetting(String),
+    #[error("memory {0} does not exist for this agent")]
+    MemoryNotFound(String),
+    #[error("invalid memory: {0}")]
+    InvalidMemory(String),
     #[error("a job named {0:?} already exists for this agent")]
     JobExists(String),
     #[error("execution {id} has ended ({status}); nothing changed")]

@@ -23,6 +23,7 @@ pub mod executions;
 pub mod host_calls;
 pub mod jobs;
 pub mod leases;
+pub mod memories;
 mod migrate;
 pub mod owner;
 mod paced;
@@ -54,6 +55,7 @@ pub use jobs::{
     refuses_envelope,
 };
 pub use leases::Lease;
+pub use memories::{LinkRow, MemoryFilter, MemoryRow, MemoryUpdate, NewMemory, Provenance};
 pub use migrate::{MigrationReport, Migrations, SCHEMA_VERSION};
 pub use owner::OwnerLock;
 pub use peers::{NewPeer, PeerRow};

@@ -84,6 +84,8 @@ const MIGRATIONS: &[Migration] = &[
     Migration::shared(18, "peers", include_str!("../migrations/0018_peers.sql")),
     Migration::shared(19, "peer_leases", include_str!("../migrations/0019_peer_leases.sql")),
     Migration::shared(20, "host_calls", include_str!("../migrations/0020_host_calls.sql")),
+    Migration::shared(21, "memories", include_str!("../migrations/0021_memories.sql"))
+        .with_postgres(include_str!("../migrations/0021_memories.postgres.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -93,7 +95,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 20;
+pub const SCHEMA_VERSION: i64 = 21;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

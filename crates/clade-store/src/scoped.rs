@@ -211,6 +211,110 @@ impl TenantStore {
     }
 
     /// The jobs of `agent`, by name.
+    /// Stores an item of one of this tenant's agents (see [`crate::memories`]).
+    pub async fn save_memory(&self, new: crate::NewMemory) -> Result<crate::MemoryRow> {
+        self.store.save_memory(self.tenant, new).await
+    }
+
+    pub async fn update_memory(
+        &self,
+        agent: AgentId,
+        id: clade_core::MemoryId,
+        update: crate::MemoryUpdate,
+    ) -> Result<crate::MemoryRow> {
+        self.store.update_memory(self.tenant, agent, id, update).await
+    }
+
+    pub async fn forget_memory(&self, agent: AgentId, id: clade_core::MemoryId) -> Result<()> {
+        self.store.forget_memory(self.tenant, agent, id).await
+    }
+
+    pub async fn link_memories(
+        &self,
+        agent: AgentId,
+        from: clade_core::MemoryId,
+        to: clade_core::MemoryId,
+        kind: clade_core::LinkKind,
+        weight: f64,
+    ) -> Result<crate::LinkRow> {
+        self.store.link_memories(self.tenant, agent, from, to, kind, weight).await
+    }
+
+    pub async fn memory(
+        &self,
+        agent: AgentId,
+        id: clade_core::MemoryId,
+    ) -> Result<crate::MemoryRow> {
+        self.store.memory(self.tenant, agent, id).await
+    }
+
+    pub async fn memories_by_id(
+        &self,
+        agent: AgentId,
+        filter: &crate::MemoryFilter,
+        ids: &[clade_core::MemoryId],
+    ) -> Result<Vec<crate::MemoryRow>> {
+        self.store.memories_by_id(self.tenant, agent, filter, ids).await
+    }
+
+    pub async fn memories(
+        &self,
+        agent: AgentId,
+        filter: &crate::MemoryFilter,
+        before: Option<(Timestamp, clade_core::MemoryId)>,
+        limit: u32,
+    ) -> Result<Vec<crate::MemoryRow>> {
+        self.store.memories(self.tenant, agent, filter, before, limit).await
+    }
+
+    pub async fn memory_count(&self, agent: AgentId) -> Result<i64> {
+        self.store.memory_count(self.tenant, agent).await
+    }
+
+    pub async fn search_memory_text(
+        &self,
+        agent: AgentId,
+        filter: &crate::MemoryFilter,
+        text: &str,
+        limit: u32,
+    ) -> Result<Vec<(clade_core::MemoryId, f64)>> {
+        self.store.search_memory_text(self.tenant, agent, filter, text, limit).await
+    }
+
+    pub async fn memory_vectors(
+        &self,
+        agent: AgentId,
+        filter: &crate::MemoryFilter,
+        model: &str,
+    ) -> Result<Vec<(clade_core::MemoryId, Vec<f32>)>> {
+        self.store.memory_vectors(self.tenant, agent, filter, model).await
+    }
+
+    pub async fn memories_to_embed(
+        &self,
+        agent: AgentId,
+        model: &str,
+        limit: u32,
+    ) -> Result<Vec<crate::MemoryRow>> {
+        self.store.memories_to_embed(self.tenant, agent, model, limit).await
+    }
+
+    pub async fn memory_links(
+        &self,
+        agent: AgentId,
+        ids: &[clade_core::MemoryId],
+    ) -> Result<Vec<crate::LinkRow>> {
+        self.store.memory_links(self.tenant, agent, ids).await
+    }
+
+    pub async fn touch_memories(
+        &self,
+        agent: AgentId,
+        ids: Vec<clade_core::MemoryId>,
+    ) -> Result<()> {
+        self.store.touch_memories(self.tenant, agent, ids).await
+    }
+
     pub async fn jobs(&self, agent: AgentId) -> Result<Vec<crate::JobRow>> {
         self.store.jobs(self.tenant, Some(agent)).await
     }

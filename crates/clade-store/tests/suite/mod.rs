@@ -7,6 +7,7 @@ mod host_calls;
 mod jobs;
 mod lanes;
 mod leases;
+mod memories;
 mod outbox;
 mod pages;
 mod peer_leases;

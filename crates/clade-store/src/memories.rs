@@ -1,0 +1,873 @@
+//! Agents' long-term memory as stored: typed items with provenance, scoped to an agent and an
+//! isolation key, their links, and the two searches the store can run itself (full text, and
+//! every vector of a scope for the caller to rank). Fusing, deduplicating and embedding are
+//! `clade-memory`'s.
+//!
+//! Every statement filters by tenant and agent, and a scope is named explicitly: an item of
+//! another scope is never read, whatever id a caller hands in.
+
+use clade_core::{
+    AgentId, AuditKind, LinkKind, MemoryId, MemoryKind, SessionId, TenantId, Timestamp, TurnId,
+};
+use sha2::Digest as _;
+
+use crate::backend::Backend;
+use crate::db::{Row, query};
+use crate::error::{Error, Result};
+use crate::store::{Store, id_bytes};
+
+/// The most items one agent keeps, over all its scopes.
+pub const MAX_MEMORIES_PER_AGENT: i64 = 1_000_000;
+/// The longest item, in bytes of UTF-8.
+pub const MAX_MEMORY_BYTES: usize = 4 * 1024;
+/// The longest isolation key.
+pub const MAX_SCOPE_BYTES: usize = 256;
+/// The most links one item keeps.
+pub const MAX_LINKS_PER_MEMORY: i64 = 100;
+
+/// Who or what wrote an item.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Provenance {
+    pub session: Option<SessionId>,
+    pub turn: Option<TurnId>,
+    /// The tool whose output it came from, if any.
+    pub tool: Option<String>,
+    /// Who stored it: the store's actor (an operator, the agent's tools, ingestion).
+    pub by: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct StoredProvenance {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    turn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tool: Option<String>,
+    #[serde(default)]
+    by: String,
+}
+
+impl Provenance {
+    fn encode(&self) -> String {
+        let stored = StoredProvenance {
+            session: self.session.map(|s| s.to_string()),
+            turn: self.turn.map(|t| t.to_string()),
+            tool: self.tool.clone(),
+            by: self.by.clone(),
+        };
+        serde_json::to_string(&stored).unwrap_or_default()
+    }
+
+    fn decode(text: &str) -> Result<Self> {
+        let stored: StoredProvenance = serde_json::from_str(text)
+            .map_err(|e| Error::BadRow(format!("memory provenance is not JSON: {e}")))?;
+        let session = stored.session.as_deref().map(str::parse).transpose();
+        let turn = stored.turn.as_deref().map(str::parse).transpose();
+        Ok(Self {
+            session: session
+                .map_err(|_| Error::BadRow("memory provenance: bad session id".into()))?,
+            turn: turn.map_err(|_| Error::BadRow("memory provenance: bad turn id".into()))?,
+            tool: stored.tool,
+            by: stored.by,
+        })
+    }
+}
+
+/// One stored item (its embedding is read only by [`Store::memory_vectors`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryRow {
+    pub id: MemoryId,
+    pub agent_id: AgentId,
+    /// The isolation key; empty for the agent's global memory.
+    pub scope: String,
+    pub kind: MemoryKind,
+    pub content: String,
+    pub importance: f64,
+    pub confidence: f64,
+    pub provenance: Provenance,
+    /// Whether it came from content nobody vouches for (a tool's output, a web page).
+    pub untrusted: bool,
+    /// Decay: 1 when written or used, falling as it goes unused.
+    pub strength: f64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub accessed_at: Timestamp,
+    /// The model its embedding was made with, if it has one.
+    pub embedding_model: Option<String>,
+}
+
+/// An item to store.
+#[derive(Debug, Clone)]
+pub struct NewMemory {
+    pub agent: AgentId,
+    pub scope: String,
+    pub kind: MemoryKind,
+    pub content: String,
+    pub importance: f64,
+    pub confidence: f64,
+    pub provenance: Provenance,
+    pub untrusted: bool,
+    /// The embedding and the model that made it.
+    pub embedding: Option<(Vec<f32>, String)>,
+}
+
+/// What a change to an item replaces (a near-duplicate written again, an edit).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryUpdate {
+    pub kind: Option<MemoryKind>,
+    pub content: Option<String>,
+    pub importance: Option<f64>,
+    pub confidence: Option<f64>,
+    pub embedding: Option<(Vec<f32>, String)>,
+}
+
+/// A link between two items of one agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkRow {
+    pub from: MemoryId,
+    pub to: MemoryId,
+    pub kind: LinkKind,
+    pub weight: f64,
+    pub created_at: Timestamp,
+}
+
+/// Which items a search or listing may return: one agent's, in its global scope and at most
+/// one isolation key, optionally of some kinds only and updated since a time.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryFilter {
+    /// The isolation key searched beside the global scope; `None` for the global scope alone.
+    pub scope: Option<String>,
+    /// Whether the global scope is searched too (an operator listing one key's items says no).
+    pub exclude_global: bool,
+    /// Only these kinds; empty for all.
+    pub kinds: Vec<MemoryKind>,
+    /// Only items updated at or after this time.
+    pub since: Option<Timestamp>,
+}
+
+impl MemoryFilter {
+    /// `(first scope, second scope, kinds as ",a,b,", since millis)` as the statements bind
+    /// them.
+    fn binds(&self) -> (String, String, String, i64) {
+        let global = String::new();
+        let (first, second) = match (&self.scope, self.exclude_global) {
+            (Some(key), true) => (key.clone(), key.clone()),
+            (Some(key), false) => (global, key.clone()),
+            (None, _) => (global.clone(), global),
+        };
+        let kinds = if self.kinds.is_empty() {
+            String::new()
+        } else {
+            let words: Vec<&str> = self.kinds.iter().map(|k| k.as_str()).collect();
+            format!(",{},", words.join(","))
+        };
+        (first, second, kinds, self.since.map_or(i64::MIN, Timestamp::as_millis))
+    }
+}
+
+/// The filter's clauses over `m`, binding `$2`…`$7` (tenant, agent, two scopes, kinds, since).
+const FILTERED: &str = "m.tenant_id = $2 AND m.agent_id = $3 AND (m.scope = $4 OR m.scope = $5) \
+     AND ($6 = '' OR $6 LIKE '%,' || m.kind || ',%') AND m.updated_at >= $7";
+
+/// The token naming an agent and scope inside the full-text index: digits only, so no
+/// stemmer changes it, and unique per (agent, scope) up to a 64-bit hash of the scope.
+fn owner_token(agent: AgentId, scope: &str) -> String {
+    let digest = sha2::Sha256::digest(scope.as_bytes());
+    let mut hash = [0u8; 8];
+    hash.copy_from_slice(&digest[..8]);
+    format!("m{}{:020}", u128::from_be_bytes(*agent.as_bytes()), u64::from_be_bytes(hash))
+}
+
+/// The words of a query the full-text index is asked for: letters and digits only (so no
+/// query syntax of either backend reaches it), lowercased, each once, at most 32.
+pub fn query_words(text: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    for word in text.split(|c: char| !c.is_alphanumeric()) {
+        let word = word.to_lowercase();
+        if word.is_empty() || word.len() > 64 || words.contains(&word) {
+            continue;
+        }
+        words.push(word);
+        if words.len() == 32 {
+            break;
+        }
+    }
+    words
+}
+
+/// Checks an isolation key: at most 256 bytes, no control characters.
+pub fn check_scope(scope: &str) -> Result<()> {
+    if scope.len() > MAX_SCOPE_BYTES || scope.chars().any(char::is_control) {
+        return Err(Error::InvalidMemory(format!(
+            "isolation key {scope:?}: at most {MAX_SCOPE_BYTES} bytes with no control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an item's content: not blank, at most 4 KiB, no NUL or other control characters
+/// but line breaks and tabs.
+pub fn check_content(content: &str) -> Result<()> {
+    if content.trim().is_empty() {
+        return Err(Error::InvalidMemory("the content is empty".into()));
+    }
+    if content.len() > MAX_MEMORY_BYTES {
+        return Err(Error::InvalidMemory(format!(
+            "the content is {} bytes, over {MAX_MEMORY_BYTES}: save the essential part, or split it into several items",
+            content.len()
+        )));
+    }
+    if content.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r')) {
+        return Err(Error::InvalidMemory(
+            "the content holds control characters: it must be text".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_unit(name: &str, value: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::InvalidMemory(format!("{name} {value}: it must be between 0 and 1")))
+    }
+}
+
+fn vector_bytes(vector: &[f32]) -> Vec<u8> {
+    vector.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// A stored embedding read back; a length that is not whole floats is a bad row.
+pub fn vector_of(bytes: &[u8]) -> Result<Vec<f32>> {
+    if bytes.len() % 4 != 0 {
+        return Err(Error::BadRow(format!(
+            "an embedding of {} bytes is not whole floats",
+            bytes.len()
+        )));
+    }
+    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+const COLUMNS: &str = "m.id, m.agent_id, m.scope, m.kind, m.content, m.importance, m.confidence, \
+     m.provenance, m.untrusted, m.strength, m.created_at, m.updated_at, m.accessed_at, \
+     m.embedding_model";
+
+fn memory_row(row: &Row) -> Result<MemoryRow> {
+    Ok(MemoryRow {
+        id: MemoryId::from_bytes(id_bytes(row, "id")?),
+        agent_id: AgentId::from_bytes(id_bytes(row, "agent_id")?),
+        scope: row.try_get("scope")?,
+        kind: row.word("kind", MemoryKind::parse)?,
+        content: row.try_get("content")?,
+        importance: row.try_get("importance")?,
+        confidence: row.try_get("confidence")?,
+        provenance: Provenance::decode(&row.try_get::<String, _>("provenance")?)?,
+        untrusted: row.try_get("untrusted")?,
+        strength: row.try_get("strength")?,
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+        updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
+        accessed_at: Timestamp::from_millis(row.try_get("accessed_at")?),
+        embedding_model: row.try_get("embedding_model")?,
+    })
+}
+
+fn link_row(row: &Row) -> Result<LinkRow> {
+    Ok(LinkRow {
+        from: MemoryId::from_bytes(id_bytes(row, "from_id")?),
+        to: MemoryId::from_bytes(id_bytes(row, "to_id")?),
+        kind: row.word("kind", LinkKind::parse)?,
+        weight: row.try_get("weight")?,
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+    })
+}
+
+fn bytes<const N: usize>(id: &[u8; N]) -> Vec<u8> {
+    id.to_vec()
+}
+
+impl Store {
+    /// Stores an item, audited (`memory.changed`, its id and never its content).
+    pub async fn save_memory(&self, tenant: TenantId, new: NewMemory) -> Result<MemoryRow> {
+        check_scope(&new.scope)?;
+        check_content(&new.content)?;
+        check_unit("importance", new.importance)?;
+        check_unit("confidence", new.confidence)?;
+        let id = MemoryId::generate(self.now());
+        let audit = self.admin_record(
+            tenant,
+            Some(new.agent),
+            AuditKind::MemoryChanged,
+            serde_json::json!({ "memory": id.to_string(), "change": "saved" }),
+        );
+        let (row, _) = self
+            .transact(tenant, move |work| {
+                let (audit, new) = (audit.clone(), new.clone());
+                Box::pin(async move {
+                    let now = work.now();
+                    let agent = new.agent.as_bytes().to_vec();
+                    let count = query(
+                        "SELECT COUNT(m.id) AS n FROM agents a LEFT JOIN memories m \
+                         ON m.agent_id = a.id WHERE a.id = $1 AND a.tenant_id = $2 GROUP BY a.id",
+                    )
+                    .bind(agent.clone())
+                    .bind(tenant.as_bytes().to_vec())
+                    .fetch_optional(work.conn())
+                    .await?;
+                    // An id from anywhere but this tenant's agents stores nothing.
+                    let Some(count) = count else {
+                        return Err(Error::AgentNotFound(new.agent.to_string()));
+                    };
+                    if count.try_get::<i64, _>("n")? >= MAX_MEMORIES_PER_AGENT {
+                        return Err(Error::InvalidMemory(format!(
+                            "an agent keeps at most {MAX_MEMORIES_PER_AGENT} memories; forget some first"
+                        )));
+                    }
+                    let (embedding, model) = match &new.embedding {
+                        Some((vector, model)) => (Some(vector_bytes(vector)), Some(model.clone())),
+                        None => (None, None),
+                    };
+                    query(
+                        "INSERT INTO memories (id, tenant_id, agent_id, scope, owner, kind, content, \
+                         importance, confidence, provenance, untrusted, strength, created_at, \
+                         updated_at, accessed_at, embedding, embedding_model) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1.0, $12, $12, $12, $13, $14)",
+                    )
+                    .bind(bytes(id.as_bytes()))
+                    .bind(tenant.as_bytes().to_vec())
+                    .bind(agent)
+                    .bind(new.scope.clone())
+                    .bind(owner_token(new.agent, &new.scope))
+                    .bind(new.kind.as_str())
+                    .bind(new.content.clone())
+                    .bind(new.importance)
+                    .bind(new.confidence)
+                    .bind(new.provenance.encode())
+                    .bind(new.untrusted)
+                    .bind(now.as_millis())
+                    .bind(embedding)
+                    .bind(model.clone())
+                    .execute(work.conn())
+                    .await?;
+                    work.audit(&audit).await?;
+                    Ok(MemoryRow {
+                        id,
+                        agent_id: new.agent,
+                        scope: new.scope,
+                        kind: new.kind,
+                        content: new.content,
+                        importance: new.importance,
+                        confidence: new.confidence,
+                        provenance: new.provenance,
+                        untrusted: new.untrusted,
+                        strength: 1.0,
+                        created_at: now,
+                        updated_at: now,
+                        accessed_at: now,
+                        embedding_model: model,
+                    })
+                })
+            })
+            .await?;
+        Ok(row)
+    }
+
+    /// Changes an item of the agent's, audited; its strength is renewed.
+    pub async fn update_memory(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        id: MemoryId,
+        update: MemoryUpdate,
+    ) -> Result<MemoryRow> {
+        if let Some(content) = &update.content {
+            check_content(content)?;
+        }
+        if let Some(importance) = update.importance {
+            check_unit("importance", importance)?;
+        }
+        if let Some(confidence) = update.confidence {
+            check_unit("confidence", confidence)?;
+        }
+        let audit = self.admin_record(
+            tenant,
+            Some(agent),
+            AuditKind::MemoryChanged,
+            serde_json::json!({ "memory": id.to_string(), "change": "updated" }),
+        );
+        self.transact(tenant, move |work| {
+            let (audit, update) = (audit.clone(), update.clone());
+            Box::pin(async move {
+                let now = work.now();
+                let (embedding, model) = match &update.embedding {
+                    Some((vector, model)) => (Some(vector_bytes(vector)), Some(model.clone())),
+                    None => (None, None),
+                };
+                let changed = query(
+                    "UPDATE memories SET kind = COALESCE($4, kind), content = COALESCE($5, content), \
+                     importance = COALESCE($6, importance), confidence = COALESCE($7, confidence), \
+                     embedding = CASE WHEN $8 IS NULL THEN embedding ELSE $8 END, \
+                     embedding_model = COALESCE($9, embedding_model), \
+                     strength = 1.0, updated_at = $10, accessed_at = $10 \
+                     WHERE id = $1 AND tenant_id = $2 AND agent_id = $3",
+                )
+                .bind(bytes(id.as_bytes()))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec())
+                .bind(update.kind.map(MemoryKind::as_str))
+                .bind(update.content.clone())
+                .bind(update.importance)
+                .bind(update.confidence)
+                .bind(embedding)
+                .bind(model)
+                .bind(now.as_millis())
+                .execute(work.conn())
+                .await?;
+                if changed == 0 {
+                    return Err(Error::MemoryNotFound(id.to_string()));
+                }
+                work.audit(&audit).await?;
+                Ok(())
+            })
+        })
+        .await?;
+        self.memory(tenant, agent, id).await
+    }
+
+    /// Removes an item and its links, audited.
+    pub async fn forget_memory(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        id: MemoryId,
+    ) -> Result<()> {
+        let audit = self.admin_record(
+            tenant,
+            Some(agent),
+            AuditKind::MemoryChanged,
+            serde_json::json!({ "memory": id.to_string(), "change": "forgotten" }),
+        );
+        self.transact(tenant, move |work| {
+            let audit = audit.clone();
+            Box::pin(async move {
+                let key = bytes(id.as_bytes());
+                let deleted = query(
+                    "DELETE FROM memories WHERE id = $1 AND tenant_id = $2 AND agent_id = $3",
+                )
+                .bind(key.clone())
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec())
+                .execute(work.conn())
+                .await?;
+                if deleted == 0 {
+                    return Err(Error::MemoryNotFound(id.to_string()));
+                }
+                query(
+                    "DELETE FROM memory_links WHERE agent_id = $2 AND (from_id = $1 OR to_id = $1)",
+                )
+                .bind(key)
+                .bind(agent.as_bytes().to_vec())
+                .execute(work.conn())
+                .await?;
+                work.audit(&audit).await?;
+                Ok(())
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Links two items of one agent (replacing the weight of the same link), audited. Both
+    /// must be the agent's; they may be in different scopes only if one of them is global.
+    pub async fn link_memories(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        from: MemoryId,
+        to: MemoryId,
+        kind: LinkKind,
+        weight: f64,
+    ) -> Result<LinkRow> {
+        check_unit("weight", weight)?;
+        if from == to {
+            return Err(Error::InvalidMemory("an item cannot be linked to itself".into()));
+        }
+        let audit = self.admin_record(
+            tenant,
+            Some(agent),
+            AuditKind::MemoryChanged,
+            serde_json::json!({
+                "memory": from.to_string(), "change": "linked", "to": to.to_string(), "link": kind.as_str()
+            }),
+        );
+        let (row, _) = self
+            .transact(tenant, move |work| {
+                let audit = audit.clone();
+                Box::pin(async move {
+                    let now = work.now();
+                    let ends = query(
+                        "SELECT id, scope FROM memories WHERE tenant_id = $1 AND agent_id = $2 \
+                         AND (id = $3 OR id = $4)",
+                    )
+                    .bind(tenant.as_bytes().to_vec())
+                    .bind(agent.as_bytes().to_vec())
+                    .bind(bytes(from.as_bytes()))
+                    .bind(bytes(to.as_bytes()))
+                    .fetch_all(work.conn())
+                    .await?;
+                    for end in [from, to] {
+                        if !ends.iter().any(|r| id_bytes(r, "id").is_ok_and(|b| b == *end.as_bytes())) {
+                            return Err(Error::MemoryNotFound(end.to_string()));
+                        }
+                    }
+                    let scopes: Vec<String> =
+                        ends.iter().map(|r| r.try_get("scope")).collect::<Result<_>>()?;
+                    if scopes.iter().all(|s| !s.is_empty()) && scopes.windows(2).any(|w| w[0] != w[1]) {
+                        return Err(Error::InvalidMemory(
+                            "the two items are in different isolation scopes: a link would carry one into the other".into(),
+                        ));
+                    }
+                    let links = query(
+                        "SELECT COUNT(*) AS n FROM memory_links WHERE agent_id = $1 AND from_id = $2",
+                    )
+                    .bind(agent.as_bytes().to_vec())
+                    .bind(bytes(from.as_bytes()))
+                    .fetch_one(work.conn())
+                    .await?;
+                    if links.try_get::<i64, _>("n")? >= MAX_LINKS_PER_MEMORY {
+                        return Err(Error::InvalidMemory(format!(
+                            "an item keeps at most {MAX_LINKS_PER_MEMORY} links"
+                        )));
+                    }
+                    query(
+                        "INSERT INTO memory_links (tenant_id, agent_id, from_id, to_id, kind, weight, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (from_id, to_id, kind) \
+                         DO UPDATE SET weight = excluded.weight",
+                    )
+                    .bind(tenant.as_bytes().to_vec())
+                    .bind(agent.as_bytes().to_vec())
+                    .bind(bytes(from.as_bytes()))
+                    .bind(bytes(to.as_bytes()))
+                    .bind(kind.as_str())
+                    .bind(weight)
+                    .bind(now.as_millis())
+                    .execute(work.conn())
+                    .await?;
+                    work.audit(&audit).await?;
+                    Ok(LinkRow { from, to, kind, weight, created_at: now })
+                })
+            })
+            .await?;
+        Ok(row)
+    }
+
+    /// One item of the agent's, in any of its scopes.
+    pub async fn memory(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        id: MemoryId,
+    ) -> Result<MemoryRow> {
+        let rows = self
+            .rows(
+                query(format!(
+                    "SELECT {COLUMNS} FROM memories m WHERE m.id = $1 AND m.tenant_id = $2 AND m.agent_id = $3"
+                ))
+                .bind(bytes(id.as_bytes()))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec()),
+            )
+            .await?;
+        rows.first()
+            .map(memory_row)
+            .transpose()?
+            .ok_or_else(|| Error::MemoryNotFound(id.to_string()))
+    }
+
+    /// Several items of the agent's by id, in the filter's scopes; missing ones are left out.
+    pub async fn memories_by_id(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        ids: &[MemoryId],
+    ) -> Result<Vec<MemoryRow>> {
+        let mut found = Vec::with_capacity(ids.len());
+        // A statement per hundred ids keeps the parameter count portable.
+        for chunk in ids.chunks(100) {
+            let (first, second, kinds, since) = filter.binds();
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 8)).collect();
+            let mut q = query(format!(
+                "SELECT {COLUMNS} FROM memories m WHERE $1 = $1 AND {FILTERED} AND m.id IN ({})",
+                marks.join(", ")
+            ))
+            .bind(0i64)
+            .bind(tenant.as_bytes().to_vec())
+            .bind(agent.as_bytes().to_vec())
+            .bind(first)
+            .bind(second)
+            .bind(kinds)
+            .bind(since);
+            for id in chunk {
+                q = q.bind(bytes(id.as_bytes()));
+            }
+            for row in self.rows(q).await? {
+                found.push(memory_row(&row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The agent's items in the filter's scopes, most recently updated first, after `before`
+    /// (an item's `(updated_at, id)`, as the last page ended).
+    pub async fn memories(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        before: Option<(Timestamp, MemoryId)>,
+        limit: u32,
+    ) -> Result<Vec<MemoryRow>> {
+        let (first, second, kinds, since) = filter.binds();
+        let (at, id) = before.map_or((i64::MAX, vec![0xff; 16]), |(at, id)| {
+            (at.as_millis(), id.as_bytes().to_vec())
+        });
+        let rows = self
+            .rows(
+                query(format!(
+                    "SELECT {COLUMNS} FROM memories m WHERE {FILTERED} \
+                     AND (m.updated_at < $8 OR (m.updated_at = $8 AND m.id < $9)) \
+                     AND $1 = $1 ORDER BY m.updated_at DESC, m.id DESC LIMIT $10"
+                ))
+                .bind(0i64)
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec())
+                .bind(first)
+                .bind(second)
+                .bind(kinds)
+                .bind(since)
+                .bind(at)
+                .bind(id)
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.iter().map(memory_row).collect()
+    }
+
+    /// The number of items the agent keeps, over all its scopes.
+    pub async fn memory_count(&self, tenant: TenantId, agent: AgentId) -> Result<i64> {
+        let rows = self
+            .rows(
+                query("SELECT COUNT(*) AS n FROM memories WHERE tenant_id = $1 AND agent_id = $2")
+                    .bind(tenant.as_bytes().to_vec())
+                    .bind(agent.as_bytes().to_vec()),
+            )
+            .await?;
+        rows.first().map_or(Ok(0), |r| r.try_get("n"))
+    }
+
+    /// The agent's items matching `text` by full text, best first, at most `limit`: ids with
+    /// the backend's score (higher is better). A text with no word finds nothing.
+    pub async fn search_memory_text(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        text: &str,
+        limit: u32,
+    ) -> Result<Vec<(MemoryId, f64)>> {
+        let words = query_words(text);
+        if words.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (first, second, kinds, since) = filter.binds();
+        let q = match self.backend() {
+            Backend::Sqlite => {
+                let owners: Vec<String> = [&first, &second]
+                    .into_iter()
+                    .map(|scope| format!("owner : {}", owner_token(agent, scope)))
+                    .collect();
+                let terms: Vec<String> =
+                    words.iter().map(|w| format!("content : \"{w}\"")).collect();
+                let expression = format!("({}) AND ({})", owners.join(" OR "), terms.join(" OR "));
+                query(format!(
+                    "SELECT m.id, -bm25(memories_fts, 0.0, 1.0) AS score FROM memories_fts \
+                     JOIN memories m ON m.n = memories_fts.rowid \
+                     WHERE memories_fts MATCH $1 AND {FILTERED} ORDER BY score DESC LIMIT $8"
+                ))
+                .bind(expression)
+            }
+            Backend::Postgres => query(format!(
+                "SELECT m.id, CAST(ts_rank(m.content_tsv, to_tsquery('english', $1)) AS DOUBLE PRECISION) AS score \
+                 FROM memories m WHERE m.content_tsv @@ to_tsquery('english', $1) AND {FILTERED} \
+                 ORDER BY score DESC LIMIT $8"
+            ))
+            .bind(words.join(" | ")),
+        };
+        let rows = self
+            .rows(
+                q.bind(tenant.as_bytes().to_vec())
+                    .bind(agent.as_bytes().to_vec())
+                    .bind(first)
+                    .bind(second)
+                    .bind(kinds)
+                    .bind(since)
+                    .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((MemoryId::from_bytes(id_bytes(r, "id")?), r.try_get("score")?)))
+            .collect()
+    }
+
+    /// Every embedding made by `model` of the agent's items in the filter's scopes, for the
+    /// caller to rank.
+    pub async fn memory_vectors(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        model: &str,
+    ) -> Result<Vec<(MemoryId, Vec<f32>)>> {
+        let (first, second, kinds, since) = filter.binds();
+        let rows = self
+            .rows(
+                query(format!(
+                    "SELECT m.id, m.embedding FROM memories m WHERE m.embedding_model = $1 AND {FILTERED}"
+                ))
+                .bind(model.to_owned())
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec())
+                .bind(first)
+                .bind(second)
+                .bind(kinds)
+                .bind(since),
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id = MemoryId::from_bytes(id_bytes(r, "id")?);
+                Ok((id, vector_of(&r.try_get::<Vec<u8>, _>("embedding")?)?))
+            })
+            .collect()
+    }
+
+    /// The agent's items without an embedding by `model` (made before it, or while it could
+    /// not be reached), oldest first, at most `limit`.
+    pub async fn memories_to_embed(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        model: &str,
+        limit: u32,
+    ) -> Result<Vec<MemoryRow>> {
+        let rows = self
+            .rows(
+                query(format!(
+                    "SELECT {COLUMNS} FROM memories m WHERE m.tenant_id = $1 AND m.agent_id = $2 \
+                     AND (m.embedding_model IS NULL OR m.embedding_model <> $3) \
+                     ORDER BY m.n LIMIT $4"
+                ))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec())
+                .bind(model.to_owned())
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.iter().map(memory_row).collect()
+    }
+
+    /// The links from or to any of `ids` among the agent's items.
+    pub async fn memory_links(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        ids: &[MemoryId],
+    ) -> Result<Vec<LinkRow>> {
+        let mut links = Vec::new();
+        for chunk in ids.chunks(100) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let marks = marks.join(", ");
+            let mut q = query(format!(
+                "SELECT from_id, to_id, kind, weight, created_at FROM memory_links \
+                 WHERE tenant_id = $1 AND agent_id = $2 AND (from_id IN ({marks}) OR to_id IN ({marks}))"
+            ))
+            .bind(tenant.as_bytes().to_vec())
+            .bind(agent.as_bytes().to_vec());
+            for id in chunk {
+                q = q.bind(bytes(id.as_bytes()));
+            }
+            for row in self.rows(q).await? {
+                let link = link_row(&row)?;
+                if !links.contains(&link) {
+                    links.push(link);
+                }
+            }
+        }
+        Ok(links)
+    }
+
+    /// Marks items as used now (their strength renewed), unaudited: reading is not a change.
+    pub async fn touch_memories(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        ids: Vec<MemoryId>,
+    ) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.transact(tenant, move |work| {
+            let ids = ids.clone();
+            Box::pin(async move {
+                let now = work.now();
+                for id in &ids {
+                    query(
+                        "UPDATE memories SET accessed_at = $4, strength = 1.0 \
+                         WHERE id = $1 AND tenant_id = $2 AND agent_id = $3",
+                    )
+                    .bind(bytes(id.as_bytes()))
+                    .bind(tenant.as_bytes().to_vec())
+                    .bind(agent.as_bytes().to_vec())
+                    .bind(now.as_millis())
+                    .execute(work.conn())
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_tokens_are_digits_after_one_letter_and_differ_per_scope() {
+        let agent = AgentId::from_bytes([7; 16]);
+        let global = owner_token(agent, "");
+        assert!(global.starts_with('m') && global[1..].chars().all(|c| c.is_ascii_digit()));
+        assert_ne!(global, owner_token(agent, "telegram:42"));
+        assert_ne!(global, owner_token(AgentId::from_bytes([8; 16]), ""));
+    }
+
+    #[test]
+    fn query_words_carry_no_syntax() {
+        assert_eq!(query_words("NEAR(\"a\" b) OR c* -- 'x'"), ["near", "a", "b", "or", "c", "x"]);
+        assert!(query_words("\"*():^-").is_empty());
+        assert_eq!(query_words("Zoë zoë"), ["zoë"]);
+    }
+
+    #[test]
+    fn content_checks_name_the_problem() {
+        assert!(check_content(" \n").unwrap_err().to_string().contains("empty"));
+        assert!(check_content(&"x".repeat(5000)).unwrap_err().to_string().contains("over 4096"));
+        assert!(check_content("a\0b").unwrap_err().to_string().contains("control"));
+        assert!(check_content("two\nlines\tok").is_ok());
+        assert_eq!(vector_of(&vector_bytes(&[1.5, -2.0])).unwrap(), [1.5, -2.0]);
+        assert!(vector_of(&[0, 1, 2]).is_err());
+    }
+}

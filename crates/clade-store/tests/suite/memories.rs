@@ -1,0 +1,243 @@
+//! Agents' memory items on both backends: saved, listed, found by full text and by vector only
+//! within the agent and scopes asked for, whatever near-duplicates other tenants, agents and
+//! isolation keys hold; linked within an agent; changed and forgotten with audit records that
+//! never hold the content; bad input refused with nothing written; gone with their agent.
+
+use clade_core::{AgentId, AuditKind, LinkKind, MemoryKind};
+use clade_store::{MemoryFilter, MemoryUpdate, NewMemory, Provenance};
+
+use super::harness::{backends, tenant_and_agent};
+
+fn item(agent: AgentId, scope: &str, kind: MemoryKind, content: &str) -> NewMemory {
+    NewMemory {
+        agent,
+        scope: scope.into(),
+        kind,
+        content: content.into(),
+        importance: 0.5,
+        confidence: 0.9,
+        provenance: Provenance { by: "test".into(), ..Provenance::default() },
+        untrusted: false,
+        embedding: None,
+    }
+}
+
+fn scoped(key: Option<&str>) -> MemoryFilter {
+    MemoryFilter { scope: key.map(str::to_owned), ..MemoryFilter::default() }
+}
+
+#[tokio::test]
+async fn memories_stay_in_their_agent_and_scope() {
+    for h in backends().await {
+        let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let (_, bo) = tenant_and_agent(&h.store, &h.agents, "bo").await;
+        let rival = h.store.create_tenant("rival").await.unwrap();
+        let rival_agent = h
+            .agents
+            .create(
+                rival.id,
+                clade_store::NewAgent {
+                    handle: clade_core::Handle::parse("ada").unwrap(),
+                    display_name: None,
+                    config: clade_core::AgentConfig::default(),
+                },
+            )
+            .await
+            .unwrap();
+        let ours = h.store.tenant_scope(tenant.id);
+        let theirs = h.store.tenant_scope(rival.id);
+        let fact = "the launch code word is marmalade";
+        let saved = ours.save_memory(item(ada.id, "", MemoryKind::Fact, fact)).await.unwrap();
+        let alice = ours
+            .save_memory(item(
+                ada.id,
+                "telegram:alice",
+                MemoryKind::Preference,
+                "alice likes marmalade toast",
+            ))
+            .await
+            .unwrap();
+        // Near-duplicates everywhere else.
+        ours.save_memory(item(
+            ada.id,
+            "telegram:bob",
+            MemoryKind::Fact,
+            "the launch code word is marmalade too",
+        ))
+        .await
+        .unwrap();
+        ours.save_memory(item(
+            bo.id,
+            "",
+            MemoryKind::Fact,
+            "the launch code word is marmalade, bo says",
+        ))
+        .await
+        .unwrap();
+        theirs
+            .save_memory(item(
+                rival_agent.id,
+                "",
+                MemoryKind::Fact,
+                "the launch code word is marmalade, rival",
+            ))
+            .await
+            .unwrap();
+
+        let found = |filter: MemoryFilter| {
+            let ours = ours.clone();
+            async move {
+                let hits = ours
+                    .search_memory_text(ada.id, &filter, "what is the code word? Marmalade", 50)
+                    .await
+                    .unwrap();
+                hits.into_iter().map(|(id, _)| id).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(found(scoped(None)).await, [saved.id], "{}", h.name);
+        let both = found(scoped(Some("telegram:alice"))).await;
+        assert_eq!(both.len(), 2, "{}: {both:?}", h.name);
+        assert!(both.contains(&saved.id) && both.contains(&alice.id));
+        let only_alice = MemoryFilter { exclude_global: true, ..scoped(Some("telegram:alice")) };
+        assert_eq!(found(only_alice).await, [alice.id]);
+        let facts =
+            MemoryFilter { kinds: vec![MemoryKind::Fact], ..scoped(Some("telegram:alice")) };
+        assert_eq!(found(facts).await, [saved.id]);
+        // The rival tenant, asking with our agent's id, finds nothing and reads nothing.
+        let hits = theirs.search_memory_text(ada.id, &scoped(None), "marmalade", 50).await.unwrap();
+        assert!(hits.is_empty(), "{}", h.name);
+        assert!(theirs.memory(ada.id, saved.id).await.is_err());
+        assert!(theirs.forget_memory(ada.id, saved.id).await.is_err());
+        assert!(theirs.memories(ada.id, &scoped(None), None, 100).await.unwrap().is_empty());
+        // Query syntax is text, not syntax.
+        for query in ["\"", "NEAR(", "*", "owner : x", "a | b & !c", ""] {
+            let hits = ours.search_memory_text(ada.id, &scoped(None), query, 50).await.unwrap();
+            assert!(hits.is_empty(), "{}: {query:?}", h.name);
+        }
+
+        // Listing pages newest first.
+        let listed = ours.memories(ada.id, &scoped(Some("telegram:alice")), None, 1).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        let rest = ours
+            .memories(
+                ada.id,
+                &scoped(Some("telegram:alice")),
+                Some((listed[0].updated_at, listed[0].id)),
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(listed.len() + rest.len(), 2);
+        assert_eq!(ours.memory_count(ada.id).await.unwrap(), 3);
+
+        // Links stay within the agent, and within one isolation key or the global scope.
+        let other = ours
+            .save_memory(item(ada.id, "", MemoryKind::Decision, "use marmalade as code word"))
+            .await
+            .unwrap();
+        ours.link_memories(ada.id, other.id, saved.id, LinkKind::CausedBy, 0.8).await.unwrap();
+        ours.link_memories(ada.id, alice.id, saved.id, LinkKind::RelatedTo, 0.5).await.unwrap();
+        let bob_item = ours
+            .memories(
+                ada.id,
+                &MemoryFilter { exclude_global: true, ..scoped(Some("telegram:bob")) },
+                None,
+                10,
+            )
+            .await
+            .unwrap();
+        let err = ours
+            .link_memories(ada.id, bob_item[0].id, alice.id, LinkKind::RelatedTo, 0.5)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("different isolation scopes"), "{err}");
+        let err = theirs
+            .link_memories(ada.id, other.id, saved.id, LinkKind::Updates, 0.5)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        assert!(
+            ours.link_memories(ada.id, saved.id, saved.id, LinkKind::Updates, 0.5).await.is_err()
+        );
+        assert!(
+            ours.link_memories(ada.id, other.id, saved.id, LinkKind::Updates, 1.5).await.is_err()
+        );
+        let links = ours.memory_links(ada.id, &[saved.id]).await.unwrap();
+        assert_eq!(links.len(), 2, "{}", h.name);
+
+        // Changes: the content is searchable as changed; the audit names the id only.
+        let updated = ours
+            .update_memory(
+                ada.id,
+                saved.id,
+                MemoryUpdate {
+                    content: Some("the code word is now quince".into()),
+                    ..MemoryUpdate::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(updated.content, "the code word is now quince");
+        assert_eq!(
+            ours.search_memory_text(ada.id, &scoped(None), "quince", 5).await.unwrap().len(),
+            1
+        );
+        assert!(
+            ours.search_memory_text(ada.id, &scoped(None), "launch", 5).await.unwrap().is_empty()
+        );
+        ours.forget_memory(ada.id, saved.id).await.unwrap();
+        assert!(ours.memory_links(ada.id, &[saved.id]).await.unwrap().is_empty());
+        assert!(
+            ours.search_memory_text(ada.id, &scoped(None), "quince", 5).await.unwrap().is_empty()
+        );
+        let audit = ours
+            .audit_records(&clade_store::AuditFilter {
+                limit: 1000,
+                ..clade_store::AuditFilter::default()
+            })
+            .await
+            .unwrap();
+        let changes: Vec<_> =
+            audit.iter().filter(|r| r.kind == AuditKind::MemoryChanged.as_str()).collect();
+        assert!(changes.len() >= 8, "{}", changes.len());
+        assert!(
+            changes.iter().all(|r| !r.detail.contains("marmalade") && !r.detail.contains("quince"))
+        );
+
+        // Bad input writes nothing.
+        let before = ours.memory_count(ada.id).await.unwrap();
+        for (content, expected) in
+            [("  ", "empty"), (&"x".repeat(5000)[..], "over 4096"), ("nul\0", "control")]
+        {
+            let err =
+                ours.save_memory(item(ada.id, "", MemoryKind::Fact, content)).await.unwrap_err();
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+        let mut bad = item(ada.id, "", MemoryKind::Fact, "fine");
+        bad.importance = 2.0;
+        assert!(ours.save_memory(bad).await.unwrap_err().to_string().contains("between 0 and 1"));
+        let err =
+            ours.save_memory(item(rival_agent.id, "", MemoryKind::Fact, "x")).await.unwrap_err();
+        assert!(err.to_string().contains("not found"), "{err}");
+        assert_eq!(ours.memory_count(ada.id).await.unwrap(), before);
+
+        // Vectors: only the model asked for, only the scope asked for.
+        let mut with_vector = item(ada.id, "", MemoryKind::Fact, "vectors");
+        with_vector.embedding = Some((vec![0.6, 0.8], "m1".into()));
+        ours.save_memory(with_vector).await.unwrap();
+        let mut elsewhere = item(ada.id, "k", MemoryKind::Fact, "vectors elsewhere");
+        elsewhere.embedding = Some((vec![0.6, 0.8], "m1".into()));
+        ours.save_memory(elsewhere).await.unwrap();
+        let vectors = ours.memory_vectors(ada.id, &scoped(None), "m1").await.unwrap();
+        assert_eq!(vectors.len(), 1);
+        assert_eq!(vectors[0].1, [0.6, 0.8]);
+        assert!(ours.memory_vectors(ada.id, &scoped(None), "m2").await.unwrap().is_empty());
+        assert_eq!(ours.memories_to_embed(ada.id, "m1", 100).await.unwrap().len(), 3);
+
+        // A deleted agent's memories and links go with it; the other agent's stay.
+        h.store.delete_agent(tenant.id, "ada").await.unwrap();
+        assert_eq!(ours.memory_count(ada.id).await.unwrap(), 0);
+        assert!(ours.memory_links(ada.id, &[other.id]).await.unwrap().is_empty());
+        assert_eq!(ours.memory_count(bo.id).await.unwrap(), 1);
+    }
+}
