@@ -9,6 +9,7 @@
 //! Start at [`types`] for the request and stream shapes, then [`router::Router::call`].
 
 pub mod anthropic;
+pub mod embeddings;
 pub mod error;
 mod http;
 pub mod oauth;

@@ -121,6 +121,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(wire::openai::handle))
         .route("/v1/messages", post(wire::anthropic::handle))
+        .route("/v1/embeddings", post(wire::embeddings::handle))
         .route("/oauth/token", post(oauth_token))
         .with_state(shared)
 }

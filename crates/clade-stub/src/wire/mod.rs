@@ -2,6 +2,7 @@
 //! answer and the failure a request asked for.
 
 pub(crate) mod anthropic;
+pub(crate) mod embeddings;
 pub(crate) mod openai;
 
 use std::time::Duration;

@@ -1,0 +1,303 @@
+//! Memory over real stores (SQLite, and PostgreSQL when reachable; required under `CI=true`)
+//! with `clade-stub`'s OpenAI embeddings endpoint: hybrid recall finds what neither search
+//! finds alone and brings linked items along, saving a near-duplicate updates or links instead
+//! of copying, an unreachable embeddings endpoint degrades to full text without losing an item
+//! (and the items are embedded once it answers), and no recall ever returns another tenant's,
+//! agent's or isolation key's item.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // Test code.
+
+use std::sync::Arc;
+
+use clade_core::{AgentConfig, AgentId, Handle, LinkKind, MemoryKind, Tenant};
+use clade_memory::{Embedder, Isolation, Memory, Outcome, Reason};
+use clade_model::HttpOptions;
+use clade_model::embeddings::OpenAiEmbeddings;
+use clade_store::{
+    Agents, DataDir, Durability, Location, MemoryFilter, NewAgent, NewMemory, Provenance, Store,
+    StoreOptions, TenantStore,
+};
+
+struct Backend {
+    name: &'static str,
+    store: Store,
+    agents: Agents,
+    _tmp: tempfile::TempDir,
+    _schema: Option<clade_test_support::PgSchema>,
+}
+
+async fn backends() -> Vec<Backend> {
+    let mut out = Vec::new();
+    for name in ["sqlite", "postgres"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open(tmp.path().join("data")).unwrap();
+        let (location, schema) = match name {
+            "sqlite" => (Location::Sqlite(data_dir.sqlite_path()), None),
+            _ => match clade_test_support::PgSchema::create().await {
+                Some(schema) => (Location::Postgres(schema.url().to_owned()), Some(schema)),
+                None => continue,
+            },
+        };
+        let options = StoreOptions {
+            migrations: clade_store::Migrations::Apply,
+            ..StoreOptions::new(location, Durability::Normal)
+        };
+        let store = Store::open(options).await.unwrap();
+        let agents = Agents::new(store.clone(), data_dir);
+        out.push(Backend { name, store, agents, _tmp: tmp, _schema: schema });
+    }
+    out
+}
+
+async fn agent(b: &Backend, tenant: &Tenant, handle: &str) -> AgentId {
+    let spec = NewAgent {
+        handle: Handle::parse(handle).unwrap(),
+        display_name: None,
+        config: AgentConfig::default(),
+    };
+    b.agents.create(tenant.id, spec).await.unwrap().id
+}
+
+fn embeddings(url: &str) -> Arc<dyn Embedder> {
+    let mut options = HttpOptions::new(format!("{url}/v1"));
+    options.connect_timeout = std::time::Duration::from_secs(5);
+    Arc::new(OpenAiEmbeddings::new("stub", "hash", reqwest::Client::new(), options))
+}
+
+fn item(agent: AgentId, scope: &str, kind: MemoryKind, content: &str) -> NewMemory {
+    NewMemory {
+        agent,
+        scope: scope.into(),
+        kind,
+        content: content.into(),
+        importance: 0.5,
+        confidence: 0.8,
+        provenance: Provenance { by: "test".into(), ..Provenance::default() },
+        untrusted: false,
+        embedding: None,
+    }
+}
+
+async fn recall(memory: &Memory, store: &TenantStore, agent: AgentId, query: &str) -> Vec<String> {
+    memory
+        .recall(store, agent, &MemoryFilter::default(), query, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|hit| hit.item.content)
+        .collect()
+}
+
+#[tokio::test]
+async fn hybrid_recall_finds_what_neither_search_finds_alone_and_follows_links() {
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let memory = Memory::new(Some(embeddings(stub.url())), Isolation::Global);
+    let words_only = Memory::new(None, Isolation::Global);
+    for b in backends().await {
+        let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let ada = agent(&b, &tenant, "ada").await;
+        let store = b.store.tenant_scope(tenant.id);
+        let colour = memory
+            .save(&store, item(ada, "", MemoryKind::Preference, "Ada's favourite colour is teal"))
+            .await
+            .unwrap();
+        assert_eq!(colour.outcome, Outcome::Created);
+        assert_eq!(colour.item.embedding_model.as_deref(), Some("hash"));
+        let logo = memory
+            .save(
+                &store,
+                item(
+                    ada,
+                    "",
+                    MemoryKind::Decision,
+                    "The new logo will be painted in one bold shade",
+                ),
+            )
+            .await
+            .unwrap();
+        store
+            .link_memories(ada, logo.item.id, colour.item.id, LinkKind::CausedBy, 0.9)
+            .await
+            .unwrap();
+        memory
+            .save(&store, item(ada, "", MemoryKind::Fact, "Quarterly revenue grew by nine percent"))
+            .await
+            .unwrap();
+
+        // US spelling: no word in common with the item (stemmed or not), most of each word.
+        let query = "favorite color";
+        assert!(recall(&words_only, &store, ada, query).await.is_empty(), "{}", b.name);
+        let hits = memory.recall(&store, ada, &MemoryFilter::default(), query, 10).await.unwrap();
+        assert_eq!(hits[0].item.id, colour.item.id, "{}", b.name);
+        assert!(
+            matches!(hits[0].reasons[0], Reason::Vector { rank: 1, .. }),
+            "{:?}",
+            hits[0].reasons
+        );
+        // The decision linked to it comes along, below it, saying why.
+        let linked = hits.iter().position(|h| h.item.id == logo.item.id).expect("the linked item");
+        assert!(linked > 0);
+        assert_eq!(
+            hits[linked].reasons,
+            [Reason::Linked { from: colour.item.id, kind: LinkKind::CausedBy }],
+            "{}",
+            b.name
+        );
+        // Words alone still find by words.
+        assert_eq!(
+            recall(&words_only, &store, ada, "revenue").await,
+            ["Quarterly revenue grew by nine percent"]
+        );
+        // Kinds filter.
+        let facts = MemoryFilter { kinds: vec![MemoryKind::Fact], ..MemoryFilter::default() };
+        let hits = memory.recall(&store, ada, &facts, "favorite colour revenue", 10).await.unwrap();
+        assert!(hits.iter().all(|h| h.item.kind == MemoryKind::Fact), "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn a_near_duplicate_updates_or_links_instead_of_copying() {
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    for memory in [
+        Memory::new(Some(embeddings(stub.url())), Isolation::Global),
+        Memory::new(None, Isolation::Global),
+    ] {
+        for b in backends().await {
+            let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+            let ada = agent(&b, &tenant, "ada").await;
+            let store = b.store.tenant_scope(tenant.id);
+            let first = memory
+                .save(&store, item(ada, "", MemoryKind::Preference, "Bob likes green tea"))
+                .await
+                .unwrap();
+            let mut again = item(ada, "", MemoryKind::Preference, "bob likes Green Tea.");
+            again.importance = 0.9;
+            let second = memory.save(&store, again).await.unwrap();
+            assert_eq!(second.outcome, Outcome::Merged, "{}", b.name);
+            assert_eq!(second.item.id, first.item.id);
+            assert_eq!(second.item.content, "bob likes Green Tea.");
+            assert_eq!(second.item.importance, 0.9);
+            let other_kind = memory
+                .save(&store, item(ada, "", MemoryKind::Observation, "Bob likes green tea"))
+                .await
+                .unwrap();
+            assert_eq!(other_kind.outcome, Outcome::Linked { to: first.item.id }, "{}", b.name);
+            // Another scope's copy is its own item: scopes never merge.
+            let theirs = memory
+                .save(
+                    &store,
+                    item(ada, "telegram:bob", MemoryKind::Preference, "Bob likes green tea"),
+                )
+                .await
+                .unwrap();
+            assert_eq!(theirs.outcome, Outcome::Created);
+            assert_eq!(store.memory_count(ada).await.unwrap(), 3, "{}", b.name);
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_embedder_loses_no_item_and_they_are_embedded_once_it_answers() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let broken = Memory::new(Some(embeddings(&dead)), Isolation::Global);
+    let working = Memory::new(Some(embeddings(stub.url())), Isolation::Global);
+    for b in backends().await {
+        let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let ada = agent(&b, &tenant, "ada").await;
+        let store = b.store.tenant_scope(tenant.id);
+        let saved = broken
+            .save(&store, item(ada, "", MemoryKind::Todo, "renew the passport before March"))
+            .await
+            .unwrap();
+        assert_eq!(saved.item.embedding_model, None);
+        assert_eq!(
+            recall(&broken, &store, ada, "passport").await,
+            ["renew the passport before March"]
+        );
+        assert_eq!(working.reembed(&store, ada, 100).await.unwrap(), 1, "{}", b.name);
+        assert_eq!(working.reembed(&store, ada, 100).await.unwrap(), 0);
+        let hits =
+            working.recall(&store, ada, &MemoryFilter::default(), "passports", 5).await.unwrap();
+        assert!(hits[0].reasons.iter().any(|r| matches!(r, Reason::Vector { .. })), "{}", b.name);
+    }
+}
+
+/// The isolation figure: 10,000 recall queries on each backend (`CLADE_SOAK_SCALE`
+/// multiplies them) with near-duplicates
+/// planted in another tenant, another agent and another isolation key: 0 foreign items.
+#[tokio::test]
+async fn ten_thousand_recalls_return_no_foreign_item() {
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let memory = Memory::new(Some(embeddings(stub.url())), Isolation::Actor);
+    let words_only = Memory::new(None, Isolation::Actor);
+    let topics = [
+        "passport",
+        "dentist",
+        "launch code",
+        "birthday",
+        "invoice",
+        "holiday",
+        "printer",
+        "garden",
+    ];
+    for b in backends().await {
+        let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let rival = b.store.create_tenant("rival").await.unwrap();
+        let ada = agent(&b, &tenant, "ada").await;
+        let bo = agent(&b, &tenant, "bo").await;
+        let rival_ada = agent(&b, &rival, "ada").await;
+        let ours = b.store.tenant_scope(tenant.id);
+        let theirs = b.store.tenant_scope(rival.id);
+        let mut own = std::collections::HashSet::new();
+        for topic in topics {
+            let text =
+                |who: &str| format!("the {topic} note: {who} wrote about the {topic} on Monday");
+            for (store, agent, scope, who) in [
+                (&ours, ada, "", "ada global"),
+                (&ours, ada, "telegram:alice", "alice"),
+                (&ours, ada, "telegram:mallory", "mallory"),
+                (&ours, bo, "", "bo"),
+                (&theirs, rival_ada, "", "rival"),
+            ] {
+                let saved = memory
+                    .save(store, item(agent, scope, MemoryKind::Fact, &text(who)))
+                    .await
+                    .unwrap();
+                if agent == ada && scope != "telegram:mallory" {
+                    own.insert(saved.item.id);
+                }
+            }
+        }
+        let queries = 10_000 * clade_test_support::soak_scale();
+        let alice =
+            MemoryFilter { scope: Some("telegram:alice".into()), ..MemoryFilter::default() };
+        let (mut returned, mut foreign) = (0usize, 0usize);
+        for n in 0..queries {
+            let topic = topics[n % topics.len()];
+            let query = match n % 3 {
+                0 => format!("{topic} note"),
+                1 => format!("what did mallory and bo and rival write about the {topic}?"),
+                _ => topic.to_owned(),
+            };
+            // Vectors for a tenth of the queries: the embedder is a round trip.
+            let asking = if n % 10 == 0 { &memory } else { &words_only };
+            for hit in asking.recall(&ours, ada, &alice, &query, 10).await.unwrap() {
+                returned += 1;
+                if !own.contains(&hit.item.id) {
+                    foreign += 1;
+                }
+            }
+        }
+        assert!(returned >= queries, "{}: recall found too little to judge ({returned})", b.name);
+        assert_eq!(foreign, 0, "{}: {foreign} foreign items in {returned}", b.name);
+        eprintln!("{}: {queries} recalls, {returned} items, 0 foreign", b.name);
+    }
+}
