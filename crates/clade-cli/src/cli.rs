@@ -107,6 +107,9 @@ pub(crate) enum Command {
     /// An agent's settings: what it reads (the environment, else its stored value, else the default), stored and removed
     #[command(subcommand)]
     Settings(SettingsCommand),
+    /// An agent's long-term memory: list, search, add and forget items
+    #[command(subcommand)]
+    Memory(MemoryCommand),
     /// Delete old records as each tenant's retention policy says (`tenants.<name>.retention`)
     #[command(subcommand)]
     Retention(RetentionCommand),
@@ -533,6 +536,50 @@ pub(crate) enum SettingsCommand {
     Set { key: String, value: String },
     /// Remove the agent's stored value (it then reads the default, if any)
     Unset { key: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum MemoryCommand {
+    /// The selected agent's (or --agent's) items under one isolation key, newest first
+    List {
+        /// The isolation key (e.g. `telegram:alice`) [default: the agent's global memory]
+        #[arg(long)]
+        scope: Option<String>,
+        /// Only items of this kind (fact, preference, decision, identity, event, observation, goal, todo)
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search as the agent recalls: by words, meaning and links, each item with why it matched
+    Search {
+        query: String,
+        /// Search this isolation key beside the global memory
+        #[arg(long)]
+        scope: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add an item (a near-duplicate updates or links the item it repeats)
+    Add {
+        content: String,
+        #[arg(long, default_value = "fact")]
+        kind: String,
+        /// Keep it under this isolation key [default: the agent's global memory]
+        #[arg(long)]
+        scope: Option<String>,
+        /// 0 to 1
+        #[arg(long, default_value_t = 0.5)]
+        importance: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget an item for good
+    Rm { id: String },
 }
 
 #[derive(Debug, Args)]

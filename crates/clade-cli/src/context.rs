@@ -376,6 +376,10 @@ impl Ctx {
             settings: self.settings.clone(),
             sandbox,
             absent: Arc::default(),
+            memory: Arc::new(std::sync::RwLock::new(clade_runtime::memory::memory_of(
+                &self.config,
+                &env_hints(&self.config),
+            ))),
         }
     }
 
@@ -445,6 +449,8 @@ pub(crate) struct ToolSources {
     sandbox: Arc<clade_tools::sandbox::Sandbox>,
     /// The sources the last registry built left out, which [`ToolSources::rejoin`] tries again.
     absent: Arc<std::sync::Mutex<Absent>>,
+    /// Agents' memory, whose tools the registry holds (none when memory is off).
+    memory: Arc<std::sync::RwLock<Option<Arc<clade_memory::Memory>>>>,
 }
 
 /// A tool source that could not be reached when the registry was built.
@@ -477,6 +483,18 @@ const REJOIN_FIRST: std::time::Duration = std::time::Duration::from_secs(2);
 const REJOIN_LONGEST: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl ToolSources {
+    /// Agents' memory as the configuration last taken set it up.
+    pub(crate) fn memory(&self) -> Option<Arc<clade_memory::Memory>> {
+        self.memory.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets up memory as `config` says; the next registry built holds its tools.
+    pub(crate) fn set_memory(&self, config: &Config) -> Option<Arc<clade_memory::Memory>> {
+        let memory = clade_runtime::memory::memory_of(config, &env_hints(config));
+        *self.memory.write().unwrap_or_else(|e| e.into_inner()) = memory.clone();
+        memory
+    }
+
     fn identity(&self) -> Result<Arc<clade_tools::remote::identity::Identity>> {
         identity_in(&self.data_dir)
     }
@@ -495,6 +513,9 @@ impl ToolSources {
             clade_sched::tools::register(&mut tools, self.store.clone());
         }
         clade_runtime::settings::register(&mut tools, self.store.clone(), self.settings.clone());
+        if let Some(memory) = self.memory() {
+            clade_memory::tools::register(&mut tools, self.store.clone(), memory);
+        }
         tools.register(Arc::new(clade_gateway::config_flow::ApplyTool::new(
             self.store.clone(),
             self.config_path.clone(),

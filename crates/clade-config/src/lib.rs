@@ -121,9 +121,67 @@ pub struct Config {
     /// file says from each start of `clade serve`.
     #[serde(default)]
     pub heartbeats: BTreeMap<String, HeartbeatConfig>,
+    /// Agents' long-term memory: the `memory.*` tools, and recall in every turn's context.
+    #[serde(default)]
+    pub memory: MemoryConfig,
     /// Test-harness settings; never needed in production.
     #[serde(default)]
     pub testing: TestingConfig,
+}
+
+/// Agents' long-term memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Whether agents have memory: the `memory.*` tools and recall in each turn's context.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A `models` entry with provider `openai` whose embeddings endpoint (`/embeddings`) makes
+    /// the vectors recall compares meaning with; without one, recall uses full text alone.
+    #[serde(default)]
+    pub embeddings: Option<String>,
+    /// Which memory a conversation reads and writes besides the agent's global memory: none
+    /// (`global`, the default), one per person (`actor`: platform and actor) or one per
+    /// conversation (`channel`: platform and channel). With `actor`, what one user tells the
+    /// agent is never recalled for another.
+    #[serde(default)]
+    pub isolation: MemoryIsolation,
+    /// Items recalled into each turn's context (0: none, the tools still work).
+    #[serde(default = "default_recall_items")]
+    pub recall_items: u32,
+    /// About how many tokens the recalled items may take in a turn's context.
+    #[serde(default = "default_recall_tokens")]
+    pub recall_tokens: u32,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            embeddings: None,
+            isolation: MemoryIsolation::default(),
+            recall_items: default_recall_items(),
+            recall_tokens: default_recall_tokens(),
+        }
+    }
+}
+
+fn default_recall_items() -> u32 {
+    5
+}
+
+fn default_recall_tokens() -> u32 {
+    400
+}
+
+/// See [`MemoryConfig::isolation`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryIsolation {
+    #[default]
+    Global,
+    Actor,
+    Channel,
 }
 
 /// A declared agent setting.
@@ -845,6 +903,24 @@ impl Config {
             if model.max_tokens == Some(0) {
                 return fail(format!("models.{name}.max_tokens: must be at least 1"));
             }
+        }
+        if let Some(name) = &self.memory.embeddings {
+            match self.models.get(name) {
+                None => {
+                    return fail(format!(
+                        "memory.embeddings: model {name:?} is not defined under models"
+                    ));
+                }
+                Some(model) if model.provider != ProviderKind::Openai => {
+                    return fail(format!(
+                        "memory.embeddings: model {name:?} must have provider openai (an OpenAI-compatible /embeddings endpoint)"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if self.memory.recall_items > 50 {
+            return fail("memory.recall_items: at most 50".into());
         }
         let known = |m: &String| self.models.contains_key(m) || m == "scripted";
         let r = &self.routing;

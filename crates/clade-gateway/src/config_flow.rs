@@ -77,6 +77,7 @@ const SECTIONS: &[(&str, bool)] = &[
     ("tenants", true),
     ("scheduler", true),
     ("heartbeats", true),
+    ("memory", true),
     ("testing", false),
 ];
 

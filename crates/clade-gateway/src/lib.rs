@@ -24,6 +24,7 @@ mod leases;
 pub use jobs::{job_response, run_response};
 mod live;
 mod mcp;
+mod memories;
 mod openai;
 pub mod openapi;
 pub mod pairing;

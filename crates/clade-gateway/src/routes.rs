@@ -14,8 +14,8 @@ use clade_protocol as api;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::{
-    AppState, agents, config, events, hooks, jobs, leases, mcp, openai, sessions, settings, tools,
-    usage, ws,
+    AppState, agents, config, events, hooks, jobs, leases, mcp, memories, openai, sessions,
+    settings, tools, usage, ws,
 };
 
 /// A schema built by the document's one generator: a `$ref` to a component for a named type.
@@ -125,6 +125,7 @@ const TURN: Param = path("turn", uuid_schema);
 const JOB: Param = path("name", job_name_schema);
 const REVISION: Param = path("revision", revision_schema);
 const SETTING: Param = path("key", setting_key_schema);
+const MEMORY: Param = path("id", uuid_schema);
 
 fn setting_key_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({ "type": "string", "pattern": clade_core::SETTING_KEY_PATTERN })
@@ -505,6 +506,120 @@ pub static OPERATIONS: &[Operation] = &[
             &[Operate],
             "Remove an agent's stored value of a setting (audited)",
             || delete(settings::unset),
+        )
+    },
+    Operation {
+        params: &[HANDLE],
+        query: Some(fields::<api::MemoriesQuery>),
+        responses: &[
+            ok("200", "one page, most recently updated first", of::<api::MemoryListResponse>),
+            error("400", "invalid query"),
+            error("404", "no such agent"),
+        ],
+        ..op(
+            "GET",
+            "/v1/agents/{handle}/memories",
+            &[Read],
+            "An agent's memory items under one isolation key (the global memory by default)",
+            || get(memories::list),
+        )
+    },
+    Operation {
+        params: &[HANDLE],
+        body: Some(of::<api::CreateMemoryParams>),
+        responses: &[
+            ok(
+                "201",
+                "stored (`created`, or `linked` to a near-duplicate of another kind)",
+                of::<api::SavedMemoryResponse>,
+            ),
+            ok(
+                "200",
+                "it repeated an item of the same kind, which now holds this wording (`merged`)",
+                of::<api::SavedMemoryResponse>,
+            ),
+            error("400", "invalid body"),
+            error("404", "no such agent"),
+            error(
+                "422",
+                "content that is not text or over 4 KiB, or memory is off (`invalid_memory`)",
+            ),
+        ],
+        ..op(
+            "POST",
+            "/v1/agents/{handle}/memories",
+            &[Operate],
+            "Add an item to an agent's memory (a near-duplicate updates or links the item it repeats; audited without the content)",
+            || post(memories::create),
+        )
+    },
+    Operation {
+        params: &[HANDLE],
+        body: Some(of::<api::SearchMemoriesParams>),
+        responses: &[
+            ok(
+                "200",
+                "the best items first, each with why it matched",
+                of::<api::MemorySearchResponse>,
+            ),
+            error("400", "invalid body"),
+            error("404", "no such agent"),
+            error("422", "memory is off (`invalid_memory`)"),
+        ],
+        ..op(
+            "POST",
+            "/v1/agents/{handle}/memories/search",
+            &[Read],
+            "Search an agent's memory as it recalls: full text, meaning and links",
+            || post(memories::search),
+        )
+    },
+    Operation {
+        params: &[HANDLE, MEMORY],
+        responses: &[
+            ok("200", "the item", of::<api::MemoryResponse>),
+            error("404", "no such agent or item (`memory_not_found`)"),
+        ],
+        ..op(
+            "GET",
+            "/v1/agents/{handle}/memories/{id}",
+            &[Read],
+            "One item of an agent's memory",
+            || get(memories::show),
+        )
+    },
+    Operation {
+        params: &[HANDLE, MEMORY],
+        responses: &[
+            empty("204", "forgotten, with its links"),
+            error("404", "no such agent or item (`memory_not_found`)"),
+        ],
+        ..op(
+            "DELETE",
+            "/v1/agents/{handle}/memories/{id}",
+            &[Operate],
+            "Forget an item of an agent's memory for good (audited)",
+            || delete(memories::forget),
+        )
+    },
+    Operation {
+        params: &[HANDLE, MEMORY],
+        body: Some(of::<api::LinkMemoryParams>),
+        responses: &[
+            ok("201", "linked", of::<api::MemoryLinkResponse>),
+            error("400", "invalid body"),
+            error("404", "no such agent or item (`memory_not_found`)"),
+            error(
+                "422",
+                "an item linked to itself, items under two isolation keys, or 100 links already (`invalid_memory`)",
+            ),
+        ],
+        ..op(
+            "POST",
+            "/v1/agents/{handle}/memories/{id}/links",
+            &[Operate],
+            "Link two items of an agent's memory (recalling one brings the other)",
+            || post(memories::link),
         )
     },
     Operation {

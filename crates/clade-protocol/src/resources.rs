@@ -937,3 +937,176 @@ pub struct LeaseResponse {
 pub struct LeaseListResponse {
     pub items: Vec<LeaseResponse>,
 }
+
+/// Who or what wrote a memory item.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MemoryProvenance {
+    /// The session it was saved in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// The tool whose output it came from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// Who stored it: an operator's token, the agent's tools.
+    pub by: String,
+}
+
+/// One item of an agent's long-term memory.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MemoryResponse {
+    pub id: String,
+    pub kind: Spelled<clade_core::MemoryKind>,
+    pub content: String,
+    /// The isolation key it is kept under; empty for the agent's global memory.
+    pub scope: String,
+    pub importance: f64,
+    pub confidence: f64,
+    /// Whether it came from content nobody vouches for (a tool's output, a web page): shown
+    /// to the agent as quoted data.
+    pub untrusted: bool,
+    /// Decay: 1 when written or used, falling as it goes unused.
+    pub strength: f64,
+    pub provenance: MemoryProvenance,
+    /// The embeddings model its vector was made with; absent when it has none yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_model: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub accessed_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MemoryListResponse {
+    pub items: Vec<MemoryResponse>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Query of `GET /v1/agents/{handle}/memories`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemoriesQuery {
+    /// The isolation key whose items to list; absent for the agent's global memory.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub scope: Option<String>,
+    /// Only items of this kind.
+    #[serde(default)]
+    pub kind: Option<Spelled<clade_core::MemoryKind>>,
+    /// How many.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_PAGE), extend("default" = DEFAULT_PAGE))]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    #[serde(default)]
+    #[schemars(pattern(r"^[0-9]{1,18}\.[0-9a-f]{32}$"))]
+    pub cursor: Option<String>,
+}
+
+/// `POST /v1/agents/{handle}/memories`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMemoryParams {
+    /// What to remember: text, at most 4 KiB.
+    #[schemars(length(min = 1, max = 4096), pattern(r"\S"))]
+    pub content: String,
+    /// Default `fact`.
+    #[serde(default)]
+    pub kind: Option<Spelled<clade_core::MemoryKind>>,
+    /// The isolation key to keep it under; absent for the agent's global memory.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub scope: Option<String>,
+    /// 0 to 1, default 0.5.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub importance: Option<f64>,
+    /// 0 to 1, default 0.8.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub confidence: Option<f64>,
+    /// The tool whose output it came from: the item is then kept as unverified.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 128))]
+    pub source_tool: Option<String>,
+}
+
+/// What saving an item did.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SavedMemoryResponse {
+    pub memory: MemoryResponse,
+    /// `created`; `merged` (it repeated an item of the same kind, which now holds this
+    /// wording: `memory` is that item); or `linked` (it repeated an item of another kind, and
+    /// was stored linked to it, `linked_to`).
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked_to: Option<String>,
+}
+
+/// `POST /v1/agents/{handle}/memories/search`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchMemoriesParams {
+    /// What to look for, in words.
+    #[schemars(length(max = 4096))]
+    pub query: String,
+    /// The isolation key searched beside the agent's global memory (as a conversation under
+    /// that key recalls); absent for the global memory alone.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub scope: Option<String>,
+    /// Only these kinds.
+    #[serde(default)]
+    #[schemars(length(max = 8))]
+    pub kinds: Vec<Spelled<clade_core::MemoryKind>>,
+    /// Only items updated at or after this time (Unix milliseconds).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub since: Option<i64>,
+    /// How many, default 10.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 50))]
+    pub limit: Option<u32>,
+}
+
+/// One item a search found, with why.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RecalledMemory {
+    pub memory: MemoryResponse,
+    /// Higher is better; comparable within one search only.
+    pub score: f64,
+    /// Why it matched: its words, its meaning, or a link to a better hit.
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MemorySearchResponse {
+    pub items: Vec<RecalledMemory>,
+    /// `hybrid` (full text, vectors and links), or `full_text` when no embeddings model is
+    /// configured.
+    pub mode: String,
+}
+
+/// `POST /v1/agents/{handle}/memories/{id}/links`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkMemoryParams {
+    /// The other item's id.
+    #[schemars(length(max = 64))]
+    pub to: String,
+    pub kind: Spelled<clade_core::LinkKind>,
+    /// 0 to 1, default 1.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub weight: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MemoryLinkResponse {
+    pub from: String,
+    pub to: String,
+    pub kind: Spelled<clade_core::LinkKind>,
+    pub weight: f64,
+    pub created_at: i64,
+}

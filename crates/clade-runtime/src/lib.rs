@@ -14,6 +14,7 @@ pub mod engine;
 pub mod execution;
 pub mod failpoints;
 pub mod hub;
+pub mod memory;
 pub mod models;
 pub mod outbox;
 mod routing;
@@ -23,7 +24,9 @@ pub mod tools;
 
 pub use budget::StoreBudget;
 pub use bus::{Bus, LocalBus, Signal};
-pub use engine::{Engine, EngineOptions, Envelope, Finished, Settings, TurnWatch, step_view};
+pub use engine::{
+    Engine, EngineOptions, Envelope, Finished, Recall, Settings, TurnWatch, step_view,
+};
 pub use execution::{Durable, DurableError};
 pub use hub::{Hub, LiveEvent, Subscription};
 pub use models::{EnvHints, Models, ProcessKind};

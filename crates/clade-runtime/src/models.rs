@@ -45,7 +45,7 @@ impl EnvHints {
         names
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.vars.get(name).map(String::as_str).filter(|v| !v.is_empty())
     }
 }
@@ -425,7 +425,7 @@ pub fn usage_record(
     }
 }
 
-fn default_base(provider: ProviderKind) -> &'static str {
+pub(crate) fn default_base(provider: ProviderKind) -> &'static str {
     match provider {
         ProviderKind::Openai => "https://api.openai.com/v1",
         ProviderKind::Anthropic => "https://api.anthropic.com",

@@ -240,7 +240,7 @@ fn vector_bytes(vector: &[f32]) -> Vec<u8> {
 
 /// A stored embedding read back; a length that is not whole floats is a bad row.
 pub fn vector_of(bytes: &[u8]) -> Result<Vec<f32>> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(Error::BadRow(format!(
             "an embedding of {} bytes is not whole floats",
             bytes.len()

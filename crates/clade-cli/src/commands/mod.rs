@@ -10,6 +10,7 @@ mod bench_turns;
 mod config;
 mod cron;
 mod mcp;
+mod memory;
 mod models;
 mod peers;
 mod remote;
@@ -104,6 +105,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Cron(cmd) => cron::run(&ctx, cmd).await,
         Command::Retention(cmd) => cron::retention(&ctx, cmd).await,
         Command::Settings(cmd) => tools::settings(&ctx, cmd).await,
+        Command::Memory(cmd) => memory::run(&ctx, cmd).await,
         Command::Bench(cmd) => bench::run(&ctx, cmd).await,
         Command::Mcp(cmd) => mcp::run(&ctx, cmd).await,
         Command::CronService(args) => tool_host::cron_service(&ctx, args).await,

@@ -50,6 +50,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         options,
     )
     .await?;
+    engine.set_recall(clade_runtime::memory::recall_of(&ctx.config, sources.memory()));
     let dispatchers = std::sync::Arc::new(clade_runtime::outbox::spawn(
         ctx.store.clone(),
         subscribers,
@@ -274,6 +275,10 @@ impl Reloader {
         let changed = clade_gateway::config_flow::changed_sections(&before, &config);
         // A changed tool source: its tools are listed again (MCP servers started, hosts
         // reached); otherwise the same tools under the new rules.
+        if changed.iter().any(|(name, _)| *name == "memory") {
+            let memory = self.sources.set_memory(&config);
+            self.engine.set_recall(clade_runtime::memory::recall_of(&config, memory));
+        }
         let registry = if changed.iter().any(|(name, _)| TOOL_SOURCES.contains(name)) {
             self.sources.registry(&config).await
         } else {
@@ -336,7 +341,7 @@ fn api_smoke_test(ctx: &Ctx) -> clade_gateway::config_flow::SmokeFn {
 }
 
 /// The sections whose change makes a serving gateway list its tools again.
-const TOOL_SOURCES: &[&str] = &["mcp", "tool_hosts", "openapi", "scheduler"];
+const TOOL_SOURCES: &[&str] = &["mcp", "tool_hosts", "openapi", "scheduler", "memory"];
 
 /// The sections whose change gives turns new models.
 const MODEL_SECTIONS: &[&str] = &["models", "routing", "budgets"];

@@ -6,6 +6,7 @@ mod hardening;
 mod http;
 mod matrix;
 mod mcp;
+mod memory;
 mod models;
 mod openai;
 mod remote;

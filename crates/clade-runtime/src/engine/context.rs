@@ -207,15 +207,17 @@ pub(crate) struct TurnInput<'a> {
     pub resumed: bool,
 }
 
-/// A turn's context as its sources build it: the system prompt, then earlier messages.
+/// A turn's context as its sources build it: the system prompt, then earlier messages, then
+/// what was recalled from memory for this turn.
 #[derive(Default)]
 pub(crate) struct Composed {
     pub system: String,
     pub history: Vec<Message>,
+    pub recalled: String,
 }
 
 /// One part of a turn's context (persona files, the session's layers, where and when, its
-/// history; memory recall next). Sources run in a fixed order and each appends to what the
+/// history, memory recall). Sources run in a fixed order and each appends to what the
 /// previous ones wrote, so the prompt's prefix stays byte-stable between turns.
 pub(crate) trait ContextSource: Send {
     fn contribute<'a>(
@@ -366,5 +368,41 @@ impl ContextSource for SessionHistory<'_> {
                 *self.kept = None;
             }
         }
+    }
+}
+
+/// The agent's memories most relevant to the turn's messages, within the session's isolation
+/// key. A failure to recall leaves them out: memory never fails a turn.
+pub(super) struct MemoryRecall<'a> {
+    pub(super) recall: Option<Arc<super::Recall>>,
+    pub(super) store: clade_store::TenantStore,
+    pub(super) agent: clade_core::AgentId,
+    pub(super) source: &'a Source,
+}
+
+impl ContextSource for MemoryRecall<'_> {
+    fn contribute<'a>(
+        &'a mut self,
+        input: &'a TurnInput<'a>,
+        into: &'a mut Composed,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(recall) = self.recall.as_ref().filter(|r| r.items > 0) else { return };
+            let query = input.events.iter().map(|e| e.text.as_str()).collect::<Vec<_>>().join("\n");
+            let filter = clade_store::MemoryFilter {
+                scope: recall.memory.isolation().key(self.source),
+                ..clade_store::MemoryFilter::default()
+            };
+            match recall
+                .memory
+                .recall(&self.store, self.agent, &filter, &query, recall.items as usize)
+                .await
+            {
+                Ok(hits) => into.recalled = clade_memory::render(&hits, recall.tokens as usize),
+                Err(err) => {
+                    tracing::warn!(agent = %self.agent, error = %err, "memory recall failed; the turn goes on without it")
+                }
+            }
+        })
     }
 }

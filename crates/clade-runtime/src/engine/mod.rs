@@ -96,6 +96,14 @@ pub struct EngineOptions {
     pub tenants: std::collections::BTreeMap<String, clade_config::TenantConfig>,
 }
 
+/// What a turn's context recalls from its agent's memory: up to `items` items relevant to the
+/// turn's messages, within about `tokens` tokens.
+pub struct Recall {
+    pub memory: Arc<clade_memory::Memory>,
+    pub items: u32,
+    pub tokens: u32,
+}
+
 /// What the engine runs by, apart from the tools (the [`ToolSet`](crate::ToolSet)): session
 /// limits, how an event finds its agent, and tenants' settings. One generation, replaced whole
 /// by [`Engine::reload`]: a turn takes the current one when it starts and keeps it to its end,
@@ -169,6 +177,8 @@ struct Inner {
     draining: std::sync::atomic::AtomicBool,
     /// Turns running now (waiting for an approval included).
     pub(crate) running_turns: std::sync::atomic::AtomicUsize,
+    /// Memory recall for turns' contexts, when agents have memory (see [`Engine::set_recall`]).
+    recall: std::sync::RwLock<Option<Arc<Recall>>>,
 }
 
 /// What wakes a session's actor. The queue holds at most one `Event` per open event of the
@@ -251,6 +261,7 @@ impl Engine {
             lease_lost: std::sync::atomic::AtomicBool::new(false),
             draining: std::sync::atomic::AtomicBool::new(false),
             running_turns: std::sync::atomic::AtomicUsize::new(0),
+            recall: std::sync::RwLock::new(None),
         });
         let engine = Self { inner };
         engine.inner.tools.attach_hub(engine.inner.bus.hub().clone());
@@ -289,6 +300,18 @@ impl Engine {
 
     pub fn hub(&self) -> &Hub {
         self.inner.bus.hub()
+    }
+
+    /// Sets what turns recall from their agents' memory (`None`: nothing); turns that start
+    /// from now on use it.
+    pub fn set_recall(&self, recall: Option<Recall>) {
+        *self.inner.recall.write().unwrap_or_else(|e| e.into_inner()) = recall.map(Arc::new);
+    }
+
+    /// Agents' memory, when they have one (the API's memory routes act through it).
+    pub fn memory(&self) -> Option<Arc<clade_memory::Memory>> {
+        let recall = self.inner.recall.read().unwrap_or_else(|e| e.into_inner());
+        recall.as_ref().map(|recall| recall.memory.clone())
     }
 
     /// The tool path every call takes (policy, approval, sandbox, audit).

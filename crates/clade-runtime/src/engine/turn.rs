@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 use super::Inner;
 use super::actor::{TURN_PAUSE, TurnContext, publish};
 use super::context::{
-    ContextSource, Kept, Layers, Persona, PersonaFiles, SessionHistory, SessionLayers, Whereabouts,
-    read_persona,
+    ContextSource, Kept, Layers, MemoryRecall, Persona, PersonaFiles, SessionHistory,
+    SessionLayers, Whereabouts, read_persona,
 };
 use super::executor::{self, Hands, Journal, Thinker, TurnPlan, Write};
 use crate::hub::LiveEvent;
@@ -104,7 +104,8 @@ pub(super) async fn run_turn(
     };
     let steered = plan.steer;
     let Kept { history, layers, .. } = kept;
-    let mut sources: [&mut dyn ContextSource; 4] = [
+    let recall = inner.recall.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut sources: [&mut dyn ContextSource; 5] = [
         &mut PersonaFiles(&persona),
         &mut SessionLayers(layers),
         &mut Whereabouts { source: &session.source, now: store.now() },
@@ -114,6 +115,12 @@ pub(super) async fn run_turn(
             session: session.id,
             turns: sessions.history_turns,
             steered,
+        },
+        &mut MemoryRecall {
+            recall,
+            store: inner.visible.tenant_scope(tenant.id),
+            agent: agent.id,
+            source: &session.source,
         },
     ];
     let result =

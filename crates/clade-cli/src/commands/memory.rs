@@ -1,0 +1,156 @@
+//! `clade memory`: an agent's long-term memory from the command line, on the store directly
+//! (as the API's `/v1/agents/{handle}/memories` does through a gateway).
+
+use anyhow::{Context as _, Result};
+use clade_core::{MemoryId, MemoryKind};
+use clade_store::{MemoryFilter, MemoryRow, NewMemory, Provenance};
+
+use crate::cli::MemoryCommand;
+use crate::context::{Ctx, env_hints};
+use crate::output;
+
+fn kind_of(text: &str) -> Result<MemoryKind> {
+    MemoryKind::parse(text).with_context(|| {
+        format!("unknown kind {text:?}: use one of {}", clade_memory::kinds_list())
+    })
+}
+
+fn row_json(row: &MemoryRow) -> serde_json::Value {
+    serde_json::json!({
+        "id": row.id.to_string(),
+        "kind": row.kind.as_str(),
+        "content": row.content,
+        "scope": row.scope,
+        "importance": row.importance,
+        "confidence": row.confidence,
+        "untrusted": row.untrusted,
+        "by": row.provenance.by,
+        "embedding_model": row.embedding_model,
+        "updated_at": row.updated_at.to_string(),
+    })
+}
+
+fn row_cells(row: &MemoryRow) -> Vec<String> {
+    let date = row.updated_at.to_string();
+    vec![
+        row.id.to_string(),
+        row.kind.as_str().to_owned(),
+        date.get(..16).unwrap_or(&date).to_owned(),
+        row.content.replace('\n', " "),
+    ]
+}
+
+pub(super) async fn run(ctx: &Ctx, cmd: MemoryCommand) -> Result<()> {
+    let tenant = ctx.tenant().await?;
+    let agent = ctx.agent(None).await?;
+    let store = ctx.store.tenant_scope(tenant.id);
+    let memory = || {
+        clade_runtime::memory::memory_of(&ctx.config, &env_hints(&ctx.config)).context(
+            "agents have no memory here: set `memory.enabled: true` in clade.yaml (it is the default)",
+        )
+    };
+    let scoped = |scope: Option<String>| {
+        let scope = scope.filter(|s| !s.is_empty());
+        if let Some(key) = &scope {
+            clade_store::memories::check_scope(key)?;
+        }
+        Ok::<_, clade_store::Error>(scope)
+    };
+    match cmd {
+        MemoryCommand::List { scope, kind, limit, json } => {
+            let key = scoped(scope)?;
+            let filter = MemoryFilter {
+                exclude_global: key.is_some(),
+                scope: key,
+                kinds: kind.as_deref().map(kind_of).transpose()?.into_iter().collect(),
+                since: None,
+            };
+            let rows = store.memories(agent.id, &filter, None, limit.clamp(1, 1000)).await?;
+            if json {
+                return output::json(&rows.iter().map(row_json).collect::<Vec<_>>());
+            }
+            let rows: Vec<Vec<String>> = rows.iter().map(row_cells).collect();
+            output::table(&["ID", "KIND", "UPDATED", "CONTENT"], &rows);
+        }
+        MemoryCommand::Search { query, scope, limit, json } => {
+            let memory = memory()?;
+            let filter = MemoryFilter { scope: scoped(scope)?, ..MemoryFilter::default() };
+            let hits = memory
+                .recall(&store, agent.id, &filter, &query, limit.clamp(1, 50) as usize)
+                .await?;
+            if json {
+                let items: Vec<_> = hits
+                    .iter()
+                    .map(|hit| {
+                        let mut item = row_json(&hit.item);
+                        item["score"] = hit.score.into();
+                        item["why"] =
+                            hit.reasons.iter().map(clade_memory::Reason::describe).collect();
+                        item
+                    })
+                    .collect();
+                return output::json(&items);
+            }
+            let rows: Vec<Vec<String>> = hits
+                .iter()
+                .map(|hit| {
+                    let mut cells = row_cells(&hit.item);
+                    let why: Vec<String> =
+                        hit.reasons.iter().map(clade_memory::Reason::describe).collect();
+                    cells.push(why.join("; "));
+                    cells
+                })
+                .collect();
+            output::table(&["ID", "KIND", "UPDATED", "CONTENT", "WHY"], &rows);
+            if memory.embedding_model().is_none() {
+                eprintln!(
+                    "(full text only: set memory.embeddings in clade.yaml to match by meaning too)"
+                );
+            }
+        }
+        MemoryCommand::Add { content, kind, scope, importance, json } => {
+            let memory = memory()?;
+            let new = NewMemory {
+                agent: agent.id,
+                scope: scoped(scope)?.unwrap_or_default(),
+                kind: kind_of(&kind)?,
+                content,
+                importance,
+                confidence: 0.8,
+                provenance: Provenance {
+                    by: ctx.store.actor().to_owned(),
+                    ..Provenance::default()
+                },
+                untrusted: false,
+                embedding: None,
+            };
+            let saved = memory.save(&store, new).await?;
+            if json {
+                return output::json(&row_json(&saved.item));
+            }
+            match saved.outcome {
+                clade_memory::Outcome::Created => println!("saved {}", saved.item.id),
+                clade_memory::Outcome::Merged => {
+                    println!("updated {}: it repeated that item", saved.item.id)
+                }
+                clade_memory::Outcome::Linked { to } => {
+                    println!("saved {}, linked to the similar item {to}", saved.item.id)
+                }
+            }
+        }
+        MemoryCommand::Rm { id } => {
+            let parsed: MemoryId = id.parse().map_err(|_| {
+                anyhow::anyhow!("{id:?} is not a memory id: list them with `clade memory list`")
+            })?;
+            match store.forget_memory(agent.id, parsed).await {
+                Err(clade_store::Error::MemoryNotFound(_)) => anyhow::bail!(
+                    "agent {} has no memory {id}: list them with `clade memory list`",
+                    agent.handle
+                ),
+                other => other?,
+            }
+            println!("forgot {id}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! `/v1/agents/{handle}/memories`: an agent's long-term memory, listed by isolation key,
+//! searched as the agent recalls (hybrid, with why each item matched), added, linked and
+//! forgotten by the tenant's operators, each change audited without the content. Items are
+//! read through the caller's [`clade_store::TenantStore`] and the agent's id, so another
+//! tenant's or agent's item reads as missing.
+
+use axum::Extension;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use clade_core::{MemoryId, MemoryKind, Timestamp};
+use clade_memory::{Memory, Outcome};
+use clade_store::{MemoryFilter, MemoryRow, NewMemory, Provenance};
+
+use crate::AppState;
+use crate::agents::{JsonBody, checked_limit, query_rejection};
+use crate::api::{
+    CreateMemoryParams, LinkMemoryParams, MemoriesQuery, MemoryLinkResponse, MemoryListResponse,
+    MemoryProvenance, MemoryResponse, MemorySearchResponse, RecalledMemory, SavedMemoryResponse,
+    SearchMemoriesParams,
+};
+use crate::auth::Caller;
+use crate::error::{ApiError, Code};
+use crate::jobs::scope;
+
+pub(crate) fn memory_response(row: MemoryRow) -> MemoryResponse {
+    MemoryResponse {
+        id: row.id.to_string(),
+        kind: row.kind.into(),
+        content: row.content,
+        scope: row.scope,
+        importance: row.importance,
+        confidence: row.confidence,
+        untrusted: row.untrusted,
+        strength: row.strength,
+        provenance: MemoryProvenance {
+            session: row.provenance.session.map(|s| s.to_string()),
+            tool: row.provenance.tool,
+            by: row.provenance.by,
+        },
+        embedding_model: row.embedding_model,
+        created_at: row.created_at.as_millis(),
+        updated_at: row.updated_at.as_millis(),
+        accessed_at: row.accessed_at.as_millis(),
+    }
+}
+
+fn memory_id(handle: &str, text: &str) -> Result<MemoryId, ApiError> {
+    text.parse().map_err(|_| not_found(handle, text))
+}
+
+fn not_found(handle: &str, id: &str) -> ApiError {
+    ApiError::new(
+        Code::MemoryNotFound,
+        format!(
+            "agent {handle} has no memory {id:?}: list its memories with GET /v1/agents/{handle}/memories"
+        ),
+    )
+}
+
+fn refusal(handle: &str, err: clade_memory::Error) -> ApiError {
+    let clade_memory::Error::Store(err) = err;
+    match err {
+        clade_store::Error::InvalidMemory(message) => ApiError::new(Code::InvalidMemory, message),
+        clade_store::Error::MemoryNotFound(id) => not_found(handle, &id),
+        other => other.into(),
+    }
+}
+
+/// The memory service, or the answer that agents have none.
+fn memory_of(state: &AppState) -> Result<std::sync::Arc<Memory>, ApiError> {
+    state.engine.memory().ok_or_else(|| {
+        ApiError::new(
+            Code::InvalidMemory,
+            "agents have no memory in this deployment (`memory.enabled: false` in clade.yaml)",
+        )
+    })
+}
+
+/// A page's cursor: the last item's update time and id.
+fn cursor_of(text: &str) -> Result<(Timestamp, MemoryId), ApiError> {
+    let bad =
+        || ApiError::new(Code::InvalidRequest, format!("cursor {text:?} is not one a page gave"));
+    let (millis, id) = text.split_once('.').ok_or_else(bad)?;
+    let millis: i64 = millis.parse().map_err(|_| bad())?;
+    let bytes = <[u8; 16]>::try_from(hex::decode(id).map_err(|_| bad())?).map_err(|_| bad())?;
+    Ok((Timestamp::from_millis(millis), MemoryId::from_bytes(bytes)))
+}
+
+fn cursor_after(row: &MemoryRow) -> String {
+    format!("{}.{}", row.updated_at.as_millis(), hex::encode(row.id.as_bytes()))
+}
+
+fn checked_scope(scope: Option<String>) -> Result<Option<String>, ApiError> {
+    let scope = scope.filter(|s| !s.is_empty());
+    if let Some(key) = &scope {
+        clade_store::memories::check_scope(key)
+            .map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;
+    }
+    Ok(scope)
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path(handle): Path<String>,
+    query: Result<Query<MemoriesQuery>, QueryRejection>,
+) -> Result<axum::Json<MemoryListResponse>, ApiError> {
+    let Query(query) = query.map_err(query_rejection)?;
+    let limit = checked_limit(query.limit)?;
+    let before = query.cursor.as_deref().map(cursor_of).transpose()?;
+    let key = checked_scope(query.scope)?;
+    let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
+    let filter = MemoryFilter {
+        exclude_global: key.is_some(),
+        scope: key,
+        kinds: query.kind.map(|k| vec![k.0]).unwrap_or_default(),
+        since: None,
+    };
+    let rows = store.memories(agent.id, &filter, before, limit + 1).await?;
+    let more = rows.len() > limit as usize;
+    let rows: Vec<MemoryRow> = rows.into_iter().take(limit as usize).collect();
+    let next_cursor = if more { rows.last().map(cursor_after) } else { None };
+    Ok(axum::Json(MemoryListResponse {
+        items: rows.into_iter().map(memory_response).collect(),
+        next_cursor,
+    }))
+}
+
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path((handle, id)): Path<(String, String)>,
+) -> Result<axum::Json<MemoryResponse>, ApiError> {
+    let id = memory_id(&handle, &id)?;
+    let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
+    let row = store
+        .memory(agent.id, id)
+        .await
+        .map_err(|e| refusal(&handle, clade_memory::Error::Store(e)))?;
+    Ok(axum::Json(memory_response(row)))
+}
+
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path(handle): Path<String>,
+    JsonBody(params): JsonBody<CreateMemoryParams>,
+) -> Result<(StatusCode, axum::Json<SavedMemoryResponse>), ApiError> {
+    let memory = memory_of(&state)?;
+    let key = checked_scope(params.scope)?;
+    let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
+    let by = format!("tenant {} (api)", tenant.name);
+    let new = NewMemory {
+        agent: agent.id,
+        scope: key.unwrap_or_default(),
+        kind: params.kind.map_or(MemoryKind::Fact, |k| k.0),
+        content: params.content,
+        importance: params.importance.unwrap_or(0.5),
+        confidence: params.confidence.unwrap_or(0.8),
+        untrusted: params.source_tool.is_some(),
+        provenance: Provenance { session: None, turn: None, tool: params.source_tool, by },
+        embedding: None,
+    };
+    let saved = memory.save(&store, new).await.map_err(|e| refusal(&handle, e))?;
+    let (outcome, linked_to, status) = match saved.outcome {
+        Outcome::Created => ("created", None, StatusCode::CREATED),
+        Outcome::Merged => ("merged", None, StatusCode::OK),
+        Outcome::Linked { to } => ("linked", Some(to.to_string()), StatusCode::CREATED),
+    };
+    Ok((
+        status,
+        axum::Json(SavedMemoryResponse {
+            memory: memory_response(saved.item),
+            outcome: outcome.to_owned(),
+            linked_to,
+        }),
+    ))
+}
+
+pub(crate) async fn search(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path(handle): Path<String>,
+    JsonBody(params): JsonBody<SearchMemoriesParams>,
+) -> Result<axum::Json<MemorySearchResponse>, ApiError> {
+    let memory = memory_of(&state)?;
+    let limit = params.limit.unwrap_or(10);
+    if !(1..=50).contains(&limit) {
+        return Err(ApiError::new(Code::InvalidRequest, "limit must be between 1 and 50"));
+    }
+    let key = checked_scope(params.scope)?;
+    let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
+    let filter = MemoryFilter {
+        scope: key,
+        exclude_global: false,
+        kinds: params.kinds.into_iter().map(|k| k.0).collect(),
+        since: params.since.map(Timestamp::from_millis),
+    };
+    let hits = memory
+        .recall(&store, agent.id, &filter, &params.query, limit as usize)
+        .await
+        .map_err(|e| refusal(&handle, e))?;
+    let mode = if memory.embedding_model().is_some() { "hybrid" } else { "full_text" };
+    Ok(axum::Json(MemorySearchResponse {
+        items: hits
+            .into_iter()
+            .map(|hit| RecalledMemory {
+                reasons: hit.reasons.iter().map(clade_memory::Reason::describe).collect(),
+                score: hit.score,
+                memory: memory_response(hit.item),
+            })
+            .collect(),
+        mode: mode.to_owned(),
+    }))
+}
+
+pub(crate) async fn link(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path((handle, id)): Path<(String, String)>,
+    JsonBody(params): JsonBody<LinkMemoryParams>,
+) -> Result<(StatusCode, axum::Json<MemoryLinkResponse>), ApiError> {
+    let from = memory_id(&handle, &id)?;
+    let to = memory_id(&handle, &params.to)?;
+    let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
+    let link = store
+        .link_memories(agent.id, from, to, params.kind.0, params.weight.unwrap_or(1.0))
+        .await
+        .map_err(|e| refusal(&handle, clade_memory::Error::Store(e)))?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(MemoryLinkResponse {
+            from: link.from.to_string(),
+            to: link.to.to_string(),
+            kind: link.kind.into(),
+            weight: link.weight,
+            created_at: link.created_at.as_millis(),
+        }),
+    ))
+}
+
+pub(crate) async fn forget(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path((handle, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let id = memory_id(&handle, &id)?;
+    let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
+    store
+        .forget_memory(agent.id, id)
+        .await
+        .map_err(|e| refusal(&handle, clade_memory::Error::Store(e)))?;
+    Ok(StatusCode::NO_CONTENT)
+}
