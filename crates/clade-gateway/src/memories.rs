@@ -149,6 +149,9 @@ pub(crate) async fn create(
 ) -> Result<(StatusCode, axum::Json<SavedMemoryResponse>), ApiError> {
     let memory = memory_of(&state)?;
     let key = checked_scope(params.scope)?;
+    if params.source_tool.as_ref().is_some_and(|t| t.is_empty() || t.chars().count() > 128) {
+        return Err(ApiError::new(Code::InvalidRequest, "source_tool: 1 to 128 characters"));
+    }
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
     let by = format!("tenant {} (api)", tenant.name);
     let new = NewMemory {
@@ -189,13 +192,26 @@ pub(crate) async fn search(
     if !(1..=50).contains(&limit) {
         return Err(ApiError::new(Code::InvalidRequest, "limit must be between 1 and 50"));
     }
+    if params.query.chars().count() > 4096 {
+        return Err(ApiError::new(Code::InvalidRequest, "query: at most 4096 characters"));
+    }
+    let since = match params.since.map(i64::try_from) {
+        Some(Ok(since)) if since <= 9_007_199_254_740_991 => Some(Timestamp::from_millis(since)),
+        Some(_) => {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                "since: Unix milliseconds, at most 2^53 - 1",
+            ));
+        }
+        None => None,
+    };
     let key = checked_scope(params.scope)?;
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
     let filter = MemoryFilter {
         scope: key,
         exclude_global: false,
         kinds: params.kinds.into_iter().map(|k| k.0).collect(),
-        since: params.since.map(Timestamp::from_millis),
+        since,
     };
     let hits = memory
         .recall(&store, agent.id, &filter, &params.query, limit as usize)

@@ -172,8 +172,7 @@ impl Memory {
     /// Saves `new`, unless it repeats an item of its own scope: one of the same kind is then
     /// updated with the newer wording, and one of another kind is linked to the new item.
     pub async fn save(&self, store: &TenantStore, mut new: NewMemory) -> Result<Saved, Error> {
-        clade_store::memories::check_scope(&new.scope)?;
-        clade_store::memories::check_content(&new.content)?;
+        clade_store::memories::check_new(&new)?;
         if new.embedding.is_none()
             && let Some(mut vectors) = self.embed(std::slice::from_ref(&new.content)).await
             && let (Some(vector), Some(model)) = (vectors.pop(), self.embedding_model())

@@ -194,6 +194,11 @@ async fn a_near_duplicate_updates_or_links_instead_of_copying() {
                 .unwrap();
             assert_eq!(theirs.outcome, Outcome::Created);
             assert_eq!(store.memory_count(ada).await.unwrap(), 3, "{}", b.name);
+            // A bad repeat is refused, not merged into the item it repeats.
+            let mut bad = item(ada, "", MemoryKind::Preference, "Bob likes green tea");
+            bad.importance = -1.0;
+            assert!(memory.save(&store, bad).await.is_err());
+            assert_eq!(store.memory(ada, first.item.id).await.unwrap().importance, 0.9);
         }
     }
 }

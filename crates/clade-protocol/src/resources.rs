@@ -938,6 +938,9 @@ pub struct LeaseListResponse {
     pub items: Vec<LeaseResponse>,
 }
 
+/// An isolation key: no control characters (at most 256 of them).
+pub const MEMORY_SCOPE_PATTERN: &str = r"^[^\u0000-\u001f\u007f-\u009f]*$";
+
 /// Who or what wrote a memory item.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct MemoryProvenance {
@@ -989,7 +992,7 @@ pub struct MemoryListResponse {
 pub struct MemoriesQuery {
     /// The isolation key whose items to list; absent for the agent's global memory.
     #[serde(default)]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), pattern(MEMORY_SCOPE_PATTERN))]
     pub scope: Option<String>,
     /// Only items of this kind.
     #[serde(default)]
@@ -1016,7 +1019,7 @@ pub struct CreateMemoryParams {
     pub kind: Option<Spelled<clade_core::MemoryKind>>,
     /// The isolation key to keep it under; absent for the agent's global memory.
     #[serde(default)]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), pattern(MEMORY_SCOPE_PATTERN))]
     pub scope: Option<String>,
     /// 0 to 1, default 0.5.
     #[serde(default)]
@@ -1054,20 +1057,19 @@ pub struct SearchMemoriesParams {
     /// The isolation key searched beside the agent's global memory (as a conversation under
     /// that key recalls); absent for the global memory alone.
     #[serde(default)]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), pattern(MEMORY_SCOPE_PATTERN))]
     pub scope: Option<String>,
     /// Only these kinds.
     #[serde(default)]
-    #[schemars(length(max = 8))]
     pub kinds: Vec<Spelled<clade_core::MemoryKind>>,
     /// Only items updated at or after this time (Unix milliseconds).
-    #[serde(default)]
-    #[schemars(range(min = 0))]
-    pub since: Option<i64>,
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schemars(range(min = 0, max = 9_007_199_254_740_991u64))]
+    pub since: Option<u64>,
     /// How many, default 10.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     #[schemars(range(min = 1, max = 50))]
-    pub limit: Option<u32>,
+    pub limit: Option<u64>,
 }
 
 /// One item a search found, with why.

@@ -20,8 +20,8 @@ use crate::store::{Store, id_bytes};
 pub const MAX_MEMORIES_PER_AGENT: i64 = 1_000_000;
 /// The longest item, in bytes of UTF-8.
 pub const MAX_MEMORY_BYTES: usize = 4 * 1024;
-/// The longest isolation key.
-pub const MAX_SCOPE_BYTES: usize = 256;
+/// The longest isolation key, in characters.
+pub const MAX_SCOPE_CHARS: usize = 256;
 /// The most links one item keeps.
 pub const MAX_LINKS_PER_MEMORY: i64 = 100;
 
@@ -196,11 +196,11 @@ pub fn query_words(text: &str) -> Vec<String> {
     words
 }
 
-/// Checks an isolation key: at most 256 bytes, no control characters.
+/// Checks an isolation key: at most 256 characters, none of them a control character.
 pub fn check_scope(scope: &str) -> Result<()> {
-    if scope.len() > MAX_SCOPE_BYTES || scope.chars().any(char::is_control) {
+    if scope.chars().count() > MAX_SCOPE_CHARS || scope.chars().any(char::is_control) {
         return Err(Error::InvalidMemory(format!(
-            "isolation key {scope:?}: at most {MAX_SCOPE_BYTES} bytes with no control characters"
+            "isolation key {scope:?}: at most {MAX_SCOPE_CHARS} characters, none of them a control character"
         )));
     }
     Ok(())
@@ -224,6 +224,15 @@ pub fn check_content(content: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Checks an item before anything is stored or embedded: its scope, its content, and its
+/// importance and confidence between 0 and 1.
+pub fn check_new(new: &NewMemory) -> Result<()> {
+    check_scope(&new.scope)?;
+    check_content(&new.content)?;
+    check_unit("importance", new.importance)?;
+    check_unit("confidence", new.confidence)
 }
 
 fn check_unit(name: &str, value: f64) -> Result<()> {
@@ -289,10 +298,7 @@ fn bytes<const N: usize>(id: &[u8; N]) -> Vec<u8> {
 impl Store {
     /// Stores an item, audited (`memory.changed`, its id and never its content).
     pub async fn save_memory(&self, tenant: TenantId, new: NewMemory) -> Result<MemoryRow> {
-        check_scope(&new.scope)?;
-        check_content(&new.content)?;
-        check_unit("importance", new.importance)?;
-        check_unit("confidence", new.confidence)?;
+        check_new(&new)?;
         let id = MemoryId::generate(self.now());
         let audit = self.admin_record(
             tenant,

@@ -1,6 +1,6 @@
 //! `clade-stub`: an LLM server speaking the OpenAI Chat Completions and Anthropic Messages wire
-//! protocols (streaming and not, tool calls, usage, errors, 429s) as the providers document
-//! them, with scripted, deterministic behaviour. Tests, demos and `clade bench` run against it
+//! protocols (streaming and not, tool calls, usage, errors, 429s), and OpenAI's embeddings, as
+//! the providers document them, with scripted, deterministic behaviour. Tests, demos and `clade bench` run against it
 //! because no machine here reaches a real provider.
 //!
 //! Owns the provider-side wire formats, parsed and written independently of `clade-model`'s

@@ -1353,6 +1353,10 @@ async fn downgrade_to_version_8(url: &str) {
          data TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (turn_id, step))"
     );
     for sql in [
+        "DROP TABLE IF EXISTS memories_fts",
+        "DROP TABLE memory_links",
+        "DROP TABLE memories",
+        "DELETE FROM schema_migrations WHERE version = 21",
         "DROP TABLE job_runs",
         "DROP TABLE jobs",
         "DROP TABLE config_revisions",

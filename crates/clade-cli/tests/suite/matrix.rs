@@ -181,6 +181,13 @@ async fn every_route_checks_every_principal() {
             ("POST", "/v1/config") => Some(json!({ "yaml": "sessions:\n  max_queued: 50\n" })),
             ("PUT", "/v1/agents/{handle}/settings/{key}") => Some(json!({ "value": "dry" })),
             ("POST", "/v1/leases") => Some(json!({ "peer": "hooks", "ttl_secs": 60 })),
+            ("POST", "/v1/agents/{handle}/memories") => {
+                Some(json!({ "content": format!("cell {n}") }))
+            }
+            ("POST", "/v1/agents/{handle}/memories/search") => Some(json!({ "query": "cell" })),
+            ("POST", "/v1/agents/{handle}/memories/{id}/links") => {
+                Some(json!({ "to": "01a20a00-0000-7000-8000-000000000001", "kind": "related_to" }))
+            }
             ("PATCH", _) => Some(json!({ "queue_mode": "queue" })),
             ("POST", _) => Some(json!({ "arguments": {} })),
             _ => None,

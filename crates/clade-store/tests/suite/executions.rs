@@ -425,6 +425,10 @@ async fn downgrade_to_version_12(location: &clade_store::Location) {
     let postgres = matches!(location, clade_store::Location::Postgres(_));
     let blob = if postgres { "BYTEA" } else { "BLOB" };
     let mut statements = vec![
+        "DROP TABLE IF EXISTS memories_fts".to_owned(),
+        "DROP TABLE memory_links".to_owned(),
+        "DROP TABLE memories".to_owned(),
+        "DELETE FROM schema_migrations WHERE version = 21".to_owned(),
         "DROP TABLE job_runs".to_owned(),
         "DROP TABLE jobs".to_owned(),
         "DROP TABLE config_revisions".to_owned(),
