@@ -18,6 +18,14 @@ pub trait Clock: Send + Sync + 'static {
 
     /// Completes once `duration` has passed on this clock.
     fn sleep(&self, duration: Duration) -> Sleep;
+
+    /// Completes once this clock reads `at` or later (at once if it already does). Unlike
+    /// `sleep(at - now)`, a clock that moves between reading "now" and sleeping does not push
+    /// the wake-up later.
+    fn sleep_until(&self, at: Timestamp) -> Sleep {
+        let wait = at.as_millis().saturating_sub(self.now().as_millis()).max(0);
+        self.sleep(Duration::from_millis(wait.unsigned_abs()))
+    }
 }
 
 /// The operating system's wall clock; sleeping is the async runtime's timer.
@@ -65,9 +73,13 @@ impl Clock for ManualClock {
     }
 
     fn sleep(&self, duration: Duration) -> Sleep {
+        let from = self.now();
+        self.sleep_until(from.plus(duration))
+    }
+
+    fn sleep_until(&self, at: Timestamp) -> Sleep {
         let mut now = self.now.subscribe();
-        let until =
-            now.borrow().saturating_add(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX));
+        let until = at.as_millis();
         Box::pin(async move {
             while *now.borrow_and_update() < until {
                 if now.changed().await.is_err() {
@@ -96,10 +108,7 @@ impl Interval {
 
     /// Waits for the next tick.
     pub async fn tick(&mut self) {
-        let wait = self.next.as_millis().saturating_sub(self.clock.now().as_millis());
-        if wait > 0 {
-            self.clock.sleep(Duration::from_millis(wait.unsigned_abs())).await;
-        }
+        self.clock.sleep_until(self.next).await;
         self.next = self.clock.now().plus(self.period);
     }
 }

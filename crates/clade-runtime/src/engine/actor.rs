@@ -37,12 +37,11 @@ pub(super) async fn actor(
         if !inbox.has_work() {
             let clock = inner.store.clock();
             let idle = Duration::from_secs(inner.settings().sessions.idle_secs.max(1));
-            let busy = Duration::from_millis(
-                clock.now().as_millis().saturating_sub(active_at.as_millis()).max(0).unsigned_abs(),
-            );
+            // A deadline, not a duration from "now": a clock that moves while this reads it
+            // (another thread, a test's manual clock) must not push the exit later.
             let woken = tokio::select! {
                 woken = wake.recv() => woken,
-                () = clock.sleep(idle.saturating_sub(busy)) => None,
+                () = clock.sleep_until(active_at.plus(idle)) => None,
             };
             match woken {
                 Some(woken) => inbox.take(woken),
