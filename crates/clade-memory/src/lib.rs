@@ -12,6 +12,7 @@
 pub mod embed;
 pub mod search;
 pub mod tools;
+mod vectors;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -120,6 +121,7 @@ pub struct Memory {
     isolation: Isolation,
     /// Whether a failing embedder was reported (once, then at debug level).
     warned: AtomicBool,
+    vectors: vectors::VectorCache,
 }
 
 impl Memory {
@@ -128,7 +130,7 @@ impl Memory {
         if embedder.is_none() {
             tracing::info!("memory recall uses full text alone: no embeddings model is configured");
         }
-        Self { embedder, isolation, warned: AtomicBool::new(false) }
+        Self { embedder, isolation, warned: AtomicBool::new(false), vectors: Default::default() }
     }
 
     /// The embeddings model, if there is one.
@@ -167,6 +169,74 @@ impl Memory {
                 "embeddings failed; memory works on full text until they answer, and items saved meanwhile are embedded later"
             );
         }
+    }
+
+    /// Every vector by `model` in the filter's scopes that passes its kinds and time.
+    async fn vectors_of(
+        &self,
+        store: &TenantStore,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        model: &str,
+    ) -> Result<Vec<Arc<Vec<clade_store::memories::VectorRow>>>, Error> {
+        let mut scopes: Vec<&str> = Vec::new();
+        if !filter.exclude_global || filter.scope.is_none() {
+            scopes.push("");
+        }
+        if let Some(key) = filter.scope.as_deref().filter(|k| !k.is_empty()) {
+            scopes.push(key);
+        }
+        let mut out = Vec::with_capacity(scopes.len());
+        for scope in scopes {
+            out.push(self.vectors.scope(store, agent, scope, model).await?);
+        }
+        Ok(out)
+    }
+
+    /// The items of the filter's scopes whose vectors are at least `floor` alike to `asked`,
+    /// most alike first, at most `limit`.
+    async fn nearest(
+        &self,
+        store: &TenantStore,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        model: &str,
+        asked: &[f32],
+        floor: f32,
+        limit: usize,
+    ) -> Result<Vec<(MemoryId, f32)>, Error> {
+        let since = filter.since.map_or(i64::MIN, |t| t.as_millis());
+        let mut near: Vec<(MemoryId, f32)> = Vec::new();
+        for rows in self.vectors_of(store, agent, filter, model).await? {
+            near.extend(
+                rows.iter()
+                    .filter(|r| filter.kinds.is_empty() || filter.kinds.contains(&r.kind))
+                    .filter(|r| r.updated_at.as_millis() >= since)
+                    .map(|r| (r.id, search::cosine(asked, &r.vector)))
+                    .filter(|(_, similarity)| *similarity >= floor),
+            );
+        }
+        near.sort_by(|a, b| b.1.total_cmp(&a.1));
+        near.truncate(limit);
+        Ok(near)
+    }
+
+    /// Tells the kept vectors about an item this process just wrote.
+    fn wrote(&self, store: &TenantStore, item: &MemoryRow, vector: Option<&(Vec<f32>, String)>) {
+        if let Some((vector, model)) = vector {
+            let row = clade_store::memories::VectorRow {
+                id: item.id,
+                kind: item.kind,
+                updated_at: item.updated_at,
+                vector: vector.clone(),
+            };
+            self.vectors.wrote(store.tenant(), item.agent_id, &item.scope, model, row);
+        }
+    }
+
+    /// Floats of vectors kept in memory now, over every agent.
+    pub fn kept_floats(&self) -> usize {
+        self.vectors.floats()
     }
 
     /// Saves `new`, unless it repeats an item of its own scope: one of the same kind is then
@@ -221,15 +291,9 @@ impl Memory {
             .collect();
         let mut cosines: HashMap<MemoryId, f32> = HashMap::new();
         if let Some((vector, model)) = &new.embedding {
-            let mut near: Vec<(MemoryId, f32)> = store
-                .memory_vectors(new.agent, filter, model)
-                .await?
-                .into_iter()
-                .map(|(id, other)| (id, search::cosine(vector, &other)))
-                .filter(|(_, cos)| *cos >= DUPLICATE_COSINE)
-                .collect();
-            near.sort_by(|a, b| b.1.total_cmp(&a.1));
-            for (id, cos) in near.into_iter().take(5) {
+            let near =
+                self.nearest(store, new.agent, filter, model, vector, DUPLICATE_COSINE, 5).await?;
+            for (id, cos) in near {
                 cosines.insert(id, cos);
                 if !candidates.contains(&id) {
                     candidates.push(id);
@@ -276,15 +340,9 @@ impl Memory {
             && let Some(mut vectors) = self.embed(&[query.to_owned()]).await
             && let Some(asked) = vectors.pop()
         {
-            vector = store
-                .memory_vectors(agent, filter, model)
-                .await?
-                .into_iter()
-                .map(|(id, v)| (id, search::cosine(&asked, &v)))
-                .filter(|(_, similarity)| *similarity >= MIN_SIMILARITY)
-                .collect();
-            vector.sort_by(|a, b| b.1.total_cmp(&a.1));
-            vector.truncate(CANDIDATES as usize);
+            vector = self
+                .nearest(store, agent, filter, model, &asked, MIN_SIMILARITY, CANDIDATES as usize)
+                .await?;
         }
         let vector_ids: Vec<MemoryId> = vector.iter().map(|(id, _)| *id).collect();
         let mut fused = search::fuse(&[&text, &vector_ids]);
@@ -355,11 +413,11 @@ impl Memory {
         let Some(vectors) = self.embed(&texts).await else { return Ok(0) };
         let mut done = 0;
         for (row, vector) in pending.into_iter().zip(vectors) {
-            let update = MemoryUpdate {
-                embedding: Some((vector, model.to_owned())),
-                ..MemoryUpdate::default()
-            };
-            store.update_memory(agent, row.id, update).await?;
+            let embedding = (vector, model.to_owned());
+            let update =
+                MemoryUpdate { embedding: Some(embedding.clone()), ..MemoryUpdate::default() };
+            let item = store.update_memory(agent, row.id, update).await?;
+            self.wrote(store, &item, Some(&embedding));
             done += 1;
         }
         Ok(done)

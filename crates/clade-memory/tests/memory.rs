@@ -306,3 +306,53 @@ async fn ten_thousand_recalls_return_no_foreign_item() {
         eprintln!("{}: {queries} recalls, {returned} items, 0 foreign", b.name);
     }
 }
+
+/// Vectors are kept in memory between recalls; what another process (another `Memory` on the
+/// same store) writes is still found by meaning at the next recall.
+#[tokio::test]
+async fn kept_vectors_see_what_another_process_wrote() {
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let gateway = Memory::new(Some(embeddings(stub.url())), Isolation::Global);
+    let cli = Memory::new(Some(embeddings(stub.url())), Isolation::Global);
+    for b in backends().await {
+        let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let ada = agent(&b, &tenant, "ada").await;
+        let store = b.store.tenant_scope(tenant.id);
+        gateway
+            .save(&store, item(ada, "", MemoryKind::Fact, "The boat is moored at pier seven"))
+            .await
+            .unwrap();
+        assert_eq!(
+            by_meaning(&gateway, &store, ada, "boats moored").await,
+            ["The boat is moored at pier seven"]
+        );
+        assert!(gateway.kept_floats() > 0, "{}", b.name);
+        cli.save(&store, item(ada, "", MemoryKind::Fact, "Ada's favourite colour is teal"))
+            .await
+            .unwrap();
+        assert_eq!(
+            by_meaning(&gateway, &store, ada, "favorite color").await,
+            ["Ada's favourite colour is teal"],
+            "{}",
+            b.name
+        );
+    }
+}
+
+/// What `query` recalls by meaning (a vector hit), by content.
+async fn by_meaning(
+    memory: &Memory,
+    store: &TenantStore,
+    agent: AgentId,
+    query: &str,
+) -> Vec<String> {
+    memory
+        .recall(store, agent, &MemoryFilter::default(), query, 5)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|h| h.reasons.iter().any(|r| matches!(r, Reason::Vector { .. })))
+        .map(|h| h.item.content)
+        .collect()
+}

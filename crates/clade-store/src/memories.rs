@@ -122,6 +122,15 @@ pub struct MemoryUpdate {
     pub embedding: Option<(Vec<f32>, String)>,
 }
 
+/// An item's embedding, with what a search filters it by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorRow {
+    pub id: MemoryId,
+    pub kind: MemoryKind,
+    pub updated_at: Timestamp,
+    pub vector: Vec<f32>,
+}
+
 /// A link between two items of one agent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinkRow {
@@ -726,20 +735,21 @@ impl Store {
             .collect()
     }
 
-    /// Every embedding made by `model` of the agent's items in the filter's scopes, for the
-    /// caller to rank.
+    /// Every embedding made by `model` of the agent's items in the filter's scopes, with each
+    /// item's kind and update time, for the caller to rank (and keep).
     pub async fn memory_vectors(
         &self,
         tenant: TenantId,
         agent: AgentId,
         filter: &MemoryFilter,
         model: &str,
-    ) -> Result<Vec<(MemoryId, Vec<f32>)>> {
+    ) -> Result<Vec<VectorRow>> {
         let (first, second, kinds, since) = filter.binds();
         let rows = self
             .rows(
                 query(format!(
-                    "SELECT m.id, m.embedding FROM memories m WHERE m.embedding_model = $1 AND {FILTERED}"
+                    "SELECT m.id, m.kind, m.updated_at, m.embedding FROM memories m \
+                     WHERE m.embedding_model = $1 AND {FILTERED}"
                 ))
                 .bind(model.to_owned())
                 .bind(tenant.as_bytes().to_vec())
@@ -752,10 +762,40 @@ impl Store {
             .await?;
         rows.iter()
             .map(|r| {
-                let id = MemoryId::from_bytes(id_bytes(r, "id")?);
-                Ok((id, vector_of(&r.try_get::<Vec<u8>, _>("embedding")?)?))
+                Ok(VectorRow {
+                    id: MemoryId::from_bytes(id_bytes(r, "id")?),
+                    kind: r.word("kind", MemoryKind::parse)?,
+                    updated_at: Timestamp::from_millis(r.try_get("updated_at")?),
+                    vector: vector_of(&r.try_get::<Vec<u8>, _>("embedding")?)?,
+                })
             })
             .collect()
+    }
+
+    /// When an item of the agent's `scope` was last written (`None` when it has none): a
+    /// cache of the scope's vectors is current while this is unchanged. One index seek.
+    pub async fn memory_scope_version(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        scope: &str,
+    ) -> Result<Option<Timestamp>> {
+        let rows = self
+            .rows(
+                query(
+                    "SELECT MAX(updated_at) AS u FROM memories \
+                     WHERE tenant_id = $1 AND agent_id = $2 AND scope = $3",
+                )
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec())
+                .bind(scope.to_owned()),
+            )
+            .await?;
+        let latest: Option<i64> = match rows.first() {
+            Some(row) => row.try_get("u")?,
+            None => None,
+        };
+        Ok(latest.map(Timestamp::from_millis))
     }
 
     /// The agent's items without an embedding by `model` (made before it, or while it could

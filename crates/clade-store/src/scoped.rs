@@ -286,8 +286,16 @@ impl TenantStore {
         agent: AgentId,
         filter: &crate::MemoryFilter,
         model: &str,
-    ) -> Result<Vec<(clade_core::MemoryId, Vec<f32>)>> {
+    ) -> Result<Vec<crate::memories::VectorRow>> {
         self.store.memory_vectors(self.tenant, agent, filter, model).await
+    }
+
+    pub async fn memory_scope_version(
+        &self,
+        agent: AgentId,
+        scope: &str,
+    ) -> Result<Option<Timestamp>> {
+        self.store.memory_scope_version(self.tenant, agent, scope).await
     }
 
     pub async fn memories_to_embed(

@@ -230,7 +230,12 @@ async fn memories_stay_in_their_agent_and_scope() {
         ours.save_memory(elsewhere).await.unwrap();
         let vectors = ours.memory_vectors(ada.id, &scoped(None), "m1").await.unwrap();
         assert_eq!(vectors.len(), 1);
-        assert_eq!(vectors[0].1, [0.6, 0.8]);
+        assert_eq!(vectors[0].vector, [0.6, 0.8]);
+        assert_eq!(
+            ours.memory_scope_version(ada.id, "").await.unwrap(),
+            Some(vectors[0].updated_at)
+        );
+        assert_eq!(ours.memory_scope_version(ada.id, "nobody").await.unwrap(), None);
         assert!(ours.memory_vectors(ada.id, &scoped(None), "m2").await.unwrap().is_empty());
         assert_eq!(ours.memories_to_embed(ada.id, "m1", 100).await.unwrap().len(), 3);
 
