@@ -115,7 +115,15 @@ pub struct Saved {
     pub outcome: Outcome,
 }
 
-/// The memory service: stateless but for its embedder, shared by every agent.
+/// A vector search: the query's vector, the least similarity that counts, how many.
+struct Near<'a> {
+    vector: &'a [f32],
+    floor: f32,
+    limit: usize,
+}
+
+/// The memory service, shared by every agent: its embedder, and the vectors it keeps while
+/// they are used.
 pub struct Memory {
     embedder: Option<Arc<dyn Embedder>>,
     isolation: Isolation,
@@ -193,18 +201,17 @@ impl Memory {
         Ok(out)
     }
 
-    /// The items of the filter's scopes whose vectors are at least `floor` alike to `asked`,
-    /// most alike first, at most `limit`.
+    /// The items of the filter's scopes whose vectors are at least `near.floor` alike to
+    /// `near.vector`, most alike first, at most `near.limit`.
     async fn nearest(
         &self,
         store: &TenantStore,
         agent: AgentId,
         filter: &MemoryFilter,
         model: &str,
-        asked: &[f32],
-        floor: f32,
-        limit: usize,
+        near: Near<'_>,
     ) -> Result<Vec<(MemoryId, f32)>, Error> {
+        let Near { vector: asked, floor, limit } = near;
         let since = filter.since.map_or(i64::MIN, |t| t.as_millis());
         let mut near: Vec<(MemoryId, f32)> = Vec::new();
         for rows in self.vectors_of(store, agent, filter, model).await? {
@@ -291,8 +298,8 @@ impl Memory {
             .collect();
         let mut cosines: HashMap<MemoryId, f32> = HashMap::new();
         if let Some((vector, model)) = &new.embedding {
-            let near =
-                self.nearest(store, new.agent, filter, model, vector, DUPLICATE_COSINE, 5).await?;
+            let near = Near { vector, floor: DUPLICATE_COSINE, limit: 5 };
+            let near = self.nearest(store, new.agent, filter, model, near).await?;
             for (id, cos) in near {
                 cosines.insert(id, cos);
                 if !candidates.contains(&id) {
@@ -341,7 +348,13 @@ impl Memory {
             && let Some(asked) = vectors.pop()
         {
             vector = self
-                .nearest(store, agent, filter, model, &asked, MIN_SIMILARITY, CANDIDATES as usize)
+                .nearest(
+                    store,
+                    agent,
+                    filter,
+                    model,
+                    Near { vector: &asked, floor: MIN_SIMILARITY, limit: CANDIDATES as usize },
+                )
                 .await?;
         }
         let vector_ids: Vec<MemoryId> = vector.iter().map(|(id, _)| *id).collect();
