@@ -989,6 +989,19 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Fill one agent's memory and report ingest rate, recall p50/p99 (hybrid and full text),
+    /// disk per item and the memory its kept vectors take, at each size
+    Memory {
+        /// Items in the agent's memory, comma-separated
+        #[arg(long, default_value = "10000,100000", value_delimiter = ',')]
+        items: Vec<usize>,
+        /// Recalls timed per size and mode
+        #[arg(long, default_value_t = 1000)]
+        queries: usize,
+        /// Items saved through deduplication and embedding, one at a time, for the ingest rate
+        #[arg(long, default_value_t = 500)]
+        saves: usize,
+    },
 }
 
 /// The model `clade bench turns` runs against.

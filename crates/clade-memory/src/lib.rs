@@ -186,7 +186,7 @@ impl Memory {
         agent: AgentId,
         filter: &MemoryFilter,
         model: &str,
-    ) -> Result<Vec<Arc<Vec<clade_store::memories::VectorRow>>>, Error> {
+    ) -> Result<Vec<vectors::Shared>, Error> {
         let mut scopes: Vec<&str> = Vec::new();
         if !filter.exclude_global || filter.scope.is_none() {
             scopes.push("");
@@ -215,6 +215,7 @@ impl Memory {
         let since = filter.since.map_or(i64::MIN, |t| t.as_millis());
         let mut near: Vec<(MemoryId, f32)> = Vec::new();
         for rows in self.vectors_of(store, agent, filter, model).await? {
+            let rows = rows.read().unwrap_or_else(|e| e.into_inner());
             near.extend(
                 rows.iter()
                     .filter(|r| filter.kinds.is_empty() || filter.kinds.contains(&r.kind))
@@ -291,7 +292,7 @@ impl Memory {
         filter: &MemoryFilter,
     ) -> Result<Option<(MemoryRow, f32)>, Error> {
         let mut candidates: Vec<MemoryId> = store
-            .search_memory_text(new.agent, filter, &new.content, 5)
+            .memories_with_words_of(new.agent, filter, &new.content, 5)
             .await?
             .into_iter()
             .map(|(id, _)| id)

@@ -6,7 +6,7 @@
 //! so an idle agent costs nothing.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use clade_core::{AgentId, TenantId};
 use clade_store::memories::VectorRow;
@@ -29,14 +29,14 @@ struct Entry {
     /// been missed, so only a version older than this counts as current.
     loaded_at: i64,
     used_at: i64,
-    rows: Arc<Vec<VectorRow>>,
+    /// Read while a search ranks them, written in place when this process writes an item.
+    rows: Shared,
+    /// Floats held, kept as rows come (summing them under every lookup would cost a pass).
+    floats: usize,
 }
 
-impl Entry {
-    fn floats(&self) -> usize {
-        self.rows.iter().map(|r| r.vector.len()).sum()
-    }
-}
+/// A scope's vectors, shared by the searches that rank them.
+pub(crate) type Shared = Arc<RwLock<Vec<VectorRow>>>;
 
 #[derive(Default)]
 pub(crate) struct VectorCache {
@@ -51,7 +51,7 @@ impl VectorCache {
         agent: AgentId,
         scope: &str,
         model: &str,
-    ) -> Result<Arc<Vec<VectorRow>>, Error> {
+    ) -> Result<Shared, Error> {
         let key = (store.tenant(), agent, scope.to_owned());
         let now = store.now().as_millis();
         let version = store.memory_scope_version(agent, scope).await?.map(|t| t.as_millis());
@@ -73,17 +73,20 @@ impl VectorCache {
             exclude_global: !scope.is_empty(),
             ..MemoryFilter::default()
         };
-        let rows = Arc::new(store.memory_vectors(agent, &filter, model).await?);
+        let loaded = store.memory_vectors(agent, &filter, model).await?;
+        let floats = loaded.iter().map(|r| r.vector.len()).sum();
+        let rows: Shared = Arc::new(RwLock::new(loaded));
         let entry = Entry {
             model: model.to_owned(),
             version,
             loaded_at: now,
             used_at: now,
             rows: rows.clone(),
+            floats,
         };
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.insert(key, entry);
-        let mut total: usize = entries.values().map(Entry::floats).sum();
+        let mut total: usize = entries.values().map(|e| e.floats).sum();
         while total > MAX_FLOATS {
             let Some(oldest) =
                 entries.iter().min_by_key(|(_, e)| e.used_at).map(|(k, _)| k.clone())
@@ -91,7 +94,7 @@ impl VectorCache {
                 break;
             };
             if let Some(gone) = entries.remove(&oldest) {
-                total -= gone.floats();
+                total -= gone.floats;
             }
         }
         Ok(rows)
@@ -110,23 +113,28 @@ impl VectorCache {
         let key = (tenant, agent, scope.to_owned());
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let Some(entry) = entries.get_mut(&key) else { return };
-        // Only an entry that was current up to this write may be patched into the next one.
-        if entry.model != model || entry.version.is_some_and(|v| v > row.updated_at.as_millis()) {
+        if entry.model != model {
             entries.remove(&key);
             return;
         }
+        // Saves run concurrently, so their writes may come out of order: the entry stands
+        // for the newest of them.
         let at = row.updated_at.as_millis();
-        let rows = Arc::make_mut(&mut entry.rows);
+        let mut rows = entry.rows.write().unwrap_or_else(|e| e.into_inner());
         match rows.iter_mut().find(|r| r.id == row.id) {
             Some(kept) => *kept = row,
-            None => rows.push(row),
+            None => {
+                entry.floats += row.vector.len();
+                rows.push(row);
+            }
         }
-        entry.version = Some(at);
+        drop(rows);
+        entry.version = Some(entry.version.map_or(at, |v| v.max(at)));
         entry.loaded_at = entry.loaded_at.max(at + 1);
     }
 
     /// How many floats are kept now (for benchmarks and tests).
     pub(crate) fn floats(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).values().map(Entry::floats).sum()
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).values().map(|e| e.floats).sum()
     }
 }

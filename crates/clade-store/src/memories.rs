@@ -16,8 +16,6 @@ use crate::db::{Row, query};
 use crate::error::{Error, Result};
 use crate::store::{Store, id_bytes};
 
-/// The most items one agent keeps, over all its scopes.
-pub const MAX_MEMORIES_PER_AGENT: i64 = 1_000_000;
 /// The longest item, in bytes of UTF-8.
 pub const MAX_MEMORY_BYTES: usize = 4 * 1024;
 /// The longest isolation key, in characters.
@@ -188,8 +186,21 @@ fn owner_token(agent: AgentId, scope: &str) -> String {
     format!("m{}{:020}", u128::from_be_bytes(*agent.as_bytes()), u64::from_be_bytes(hash))
 }
 
+/// English words too common to tell texts apart: a query leaves them out (unless it has no
+/// other word), as PostgreSQL's `english` configuration does, since each matches nearly every
+/// item and ranking all of them is most of a search's cost.
+const STOPWORDS: &[&str] = &[
+    "a", "about", "after", "all", "am", "an", "and", "any", "are", "as", "at", "be", "been", "but",
+    "by", "can", "could", "did", "do", "does", "for", "from", "had", "has", "have", "he", "her",
+    "him", "his", "how", "i", "if", "in", "into", "is", "it", "its", "me", "my", "no", "not", "of",
+    "on", "or", "our", "she", "so", "than", "that", "the", "their", "them", "then", "there",
+    "these", "they", "this", "to", "up", "us", "was", "we", "were", "what", "when", "where",
+    "which", "who", "why", "will", "with", "would", "you", "your",
+];
+
 /// The words of a query the full-text index is asked for: letters and digits only (so no
-/// query syntax of either backend reaches it), lowercased, each once, at most 32.
+/// query syntax of either backend reaches it), lowercased, each once, at most 32, without
+/// [`STOPWORDS`] unless nothing else is left.
 pub fn query_words(text: &str) -> Vec<String> {
     let mut words: Vec<String> = Vec::new();
     for word in text.split(|c: char| !c.is_alphanumeric()) {
@@ -201,6 +212,9 @@ pub fn query_words(text: &str) -> Vec<String> {
         if words.len() == 32 {
             break;
         }
+    }
+    if words.iter().any(|w| !STOPWORDS.contains(&w.as_str())) {
+        words.retain(|w| !STOPWORDS.contains(&w.as_str()));
     }
     words
 }
@@ -321,22 +335,14 @@ impl Store {
                 Box::pin(async move {
                     let now = work.now();
                     let agent = new.agent.as_bytes().to_vec();
-                    let count = query(
-                        "SELECT COUNT(m.id) AS n FROM agents a LEFT JOIN memories m \
-                         ON m.agent_id = a.id WHERE a.id = $1 AND a.tenant_id = $2 GROUP BY a.id",
-                    )
-                    .bind(agent.clone())
-                    .bind(tenant.as_bytes().to_vec())
-                    .fetch_optional(work.conn())
-                    .await?;
                     // An id from anywhere but this tenant's agents stores nothing.
-                    let Some(count) = count else {
+                    let owned = query("SELECT 1 AS one FROM agents WHERE id = $1 AND tenant_id = $2")
+                        .bind(agent.clone())
+                        .bind(tenant.as_bytes().to_vec())
+                        .fetch_optional(work.conn())
+                        .await?;
+                    if owned.is_none() {
                         return Err(Error::AgentNotFound(new.agent.to_string()));
-                    };
-                    if count.try_get::<i64, _>("n")? >= MAX_MEMORIES_PER_AGENT {
-                        return Err(Error::InvalidMemory(format!(
-                            "an agent keeps at most {MAX_MEMORIES_PER_AGENT} memories; forget some first"
-                        )));
                     }
                     let (embedding, model) = match &new.embedding {
                         Some((vector, model)) => (Some(vector_bytes(vector)), Some(model.clone())),
@@ -681,8 +687,9 @@ impl Store {
         rows.first().map_or(Ok(0), |r| r.try_get("n"))
     }
 
-    /// The agent's items matching `text` by full text, best first, at most `limit`: ids with
-    /// the backend's score (higher is better). A text with no word finds nothing.
+    /// The agent's items matching any word of `text` by full text, best first, at most
+    /// `limit`: ids with the backend's score (higher is better). A text with no word finds
+    /// nothing.
     pub async fn search_memory_text(
         &self,
         tenant: TenantId,
@@ -691,7 +698,33 @@ impl Store {
         text: &str,
         limit: u32,
     ) -> Result<Vec<(MemoryId, f64)>> {
+        self.match_memory_text(tenant, agent, filter, text, limit, false).await
+    }
+
+    /// The agent's items holding every word of `text` (repeats of it, worded alike), best
+    /// first, at most `limit`. Cheap however large the memory: the index intersects.
+    pub async fn memories_with_words_of(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        text: &str,
+        limit: u32,
+    ) -> Result<Vec<(MemoryId, f64)>> {
+        self.match_memory_text(tenant, agent, filter, text, limit, true).await
+    }
+
+    async fn match_memory_text(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        text: &str,
+        limit: u32,
+        all: bool,
+    ) -> Result<Vec<(MemoryId, f64)>> {
         let words = query_words(text);
+        let (and, or) = (" AND ", " OR ");
         if words.is_empty() {
             return Ok(Vec::new());
         }
@@ -704,11 +737,15 @@ impl Store {
                     .collect();
                 let terms: Vec<String> =
                     words.iter().map(|w| format!("content : \"{w}\"")).collect();
-                let expression = format!("({}) AND ({})", owners.join(" OR "), terms.join(" OR "));
+                let joined = terms.join(if all { and } else { or });
+                let expression = format!("({}) AND ({joined})", owners.join(" OR "));
+                // The match runs once, materialized: joined directly, the planner may walk the
+                // agent's rows and run the match once per row.
                 query(format!(
-                    "SELECT m.id, -bm25(memories_fts, 0.0, 1.0) AS score FROM memories_fts \
-                     JOIN memories m ON m.n = memories_fts.rowid \
-                     WHERE memories_fts MATCH $1 AND {FILTERED} ORDER BY score DESC LIMIT $8"
+                    "WITH hits AS MATERIALIZED (SELECT rowid AS n, -bm25(memories_fts, 0.0, 1.0) AS score \
+                     FROM memories_fts WHERE memories_fts MATCH $1) \
+                     SELECT m.id, hits.score FROM hits JOIN memories m ON m.n = hits.n \
+                     WHERE {FILTERED} ORDER BY hits.score DESC LIMIT $8"
                 ))
                 .bind(expression)
             }
@@ -717,7 +754,7 @@ impl Store {
                  FROM memories m WHERE m.content_tsv @@ to_tsquery('english', $1) AND {FILTERED} \
                  ORDER BY score DESC LIMIT $8"
             ))
-            .bind(words.join(" | ")),
+            .bind(words.join(if all { " & " } else { " | " })),
         };
         let rows = self
             .rows(
@@ -902,7 +939,9 @@ mod tests {
 
     #[test]
     fn query_words_carry_no_syntax() {
-        assert_eq!(query_words("NEAR(\"a\" b) OR c* -- 'x'"), ["near", "a", "b", "or", "c", "x"]);
+        assert_eq!(query_words("NEAR(\"a\" b) OR c* -- 'x'"), ["near", "b", "c", "x"]);
+        assert_eq!(query_words("what did Ada do with the bike?"), ["ada", "bike"]);
+        assert_eq!(query_words("to be or not to be"), ["to", "be", "or", "not"]);
         assert!(query_words("\"*():^-").is_empty());
         assert_eq!(query_words("Zoë zoë"), ["zoë"]);
     }

@@ -281,6 +281,16 @@ impl TenantStore {
         self.store.search_memory_text(self.tenant, agent, filter, text, limit).await
     }
 
+    pub async fn memories_with_words_of(
+        &self,
+        agent: AgentId,
+        filter: &crate::MemoryFilter,
+        text: &str,
+        limit: u32,
+    ) -> Result<Vec<(clade_core::MemoryId, f64)>> {
+        self.store.memories_with_words_of(self.tenant, agent, filter, text, limit).await
+    }
+
     pub async fn memory_vectors(
         &self,
         agent: AgentId,

@@ -45,6 +45,10 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
             super::bench_sched::run(ctx, &super::bench_sched::Plan { jobs, seconds, spread, turns })
                 .await
         }
+        BenchCommand::Memory { items, queries, saves } => {
+            super::bench_memory::run(ctx, &super::bench_memory::Plan { items, queries, saves })
+                .await
+        }
         BenchCommand::Neighbours { quota, quiet_tenants, quiet_rate, seconds, rounds } => {
             let plan =
                 super::bench_neighbours::Plan { quota, quiet_tenants, quiet_rate, seconds, rounds };
@@ -54,7 +58,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
 }
 
 #[allow(clippy::disallowed_methods)] // Benchmarks measure elapsed time.
-fn now() -> Instant {
+pub(super) fn now() -> Instant {
     Instant::now()
 }
 
@@ -197,6 +201,6 @@ pub(super) fn rss_kib() -> u64 {
     proc_self_number("status", "VmRSS:")
 }
 
-fn peak_rss_kib() -> u64 {
+pub(super) fn peak_rss_kib() -> u64 {
     proc_self_number("status", "VmHWM:")
 }

@@ -3,6 +3,7 @@
 mod admin;
 mod agents;
 mod bench;
+mod bench_memory;
 mod bench_neighbours;
 mod bench_openai;
 mod bench_sched;

@@ -1,0 +1,272 @@
+//! `clade bench memory`: one agent's memory filled to each size, then the ingest rate through
+//! `Memory::save` (deduplication, embedding, insert), recall p50/p99 with vectors (hybrid) and
+//! without (full text), disk bytes per item, and the memory the kept vectors take. Embeddings
+//! come from `clade-stub` in process over OpenAI's wire format (feature hashes, 256
+//! dimensions), so the figures are the store's and the ranking's, not a model's.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clade_core::{AgentConfig, Handle, MemoryKind};
+use clade_memory::{Embedder, Isolation, Memory};
+use clade_store::{MemoryFilter, NewAgent, NewMemory, Provenance};
+use tokio::task::JoinSet;
+
+use super::bench::{now, peak_rss_kib, percentile_ms, rss_kib};
+use crate::context::Ctx;
+
+/// Saves in flight at once while the ingest rate is measured.
+const INGEST_CONCURRENCY: usize = 16;
+
+pub(super) struct Plan {
+    pub(super) items: Vec<usize>,
+    pub(super) queries: usize,
+    pub(super) saves: usize,
+}
+
+const NAMES: [&str; 12] =
+    ["Ada", "Bob", "Chen", "Dara", "Emil", "Fatima", "Goran", "Hana", "Ivo", "Jun", "Kofi", "Lena"];
+const VERBS: [&str; 10] = [
+    "prefers", "booked", "moved", "renewed", "forgot", "ordered", "painted", "sold", "lost",
+    "found",
+];
+const THINGS: [&str; 16] = [
+    "the blue bicycle",
+    "a train ticket",
+    "the garden shed",
+    "her passport",
+    "the printer",
+    "a dentist appointment",
+    "the quarterly invoice",
+    "his guitar",
+    "a birthday cake",
+    "the kitchen tiles",
+    "a rental car",
+    "the team offsite",
+    "an old laptop",
+    "the wedding venue",
+    "a yoga class",
+    "the tax return",
+];
+const PLACES: [&str; 12] = [
+    "Lisbon", "Leeds", "Osaka", "Lagos", "Quito", "Tallinn", "Perth", "Denver", "Accra", "Bergen",
+    "Hanoi", "Lyon",
+];
+
+const SYLLABLES: [&str; 16] = [
+    "ka", "lo", "mi", "ne", "ru", "sa", "te", "vi", "zo", "pa", "qui", "do", "fe", "gu", "ha", "jo",
+];
+
+/// A small deterministic generator: every run writes and asks the same texts. Beside a few
+/// common words (names, places, things), each item names two of 4,096 rarer ones (projects,
+/// people, codes), as real notes do, so words are common and rare in about real proportions.
+struct Texts(u64);
+
+impl Texts {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[(self.next() % from.len() as u64) as usize]
+    }
+
+    fn rare(&mut self) -> String {
+        let n = self.next() % 4096;
+        [n % 16, (n / 16) % 16, n / 256].iter().map(|i| SYLLABLES[*i as usize]).collect()
+    }
+
+    fn item(&mut self, n: usize) -> String {
+        format!(
+            "{} {} {} in {} for {} with {} (note {n})",
+            self.pick(&NAMES),
+            self.pick(&VERBS),
+            self.pick(&THINGS),
+            self.pick(&PLACES),
+            self.rare(),
+            self.rare()
+        )
+    }
+
+    fn query(&mut self) -> String {
+        format!("what did {} do about {}?", self.pick(&NAMES), self.rare())
+    }
+}
+
+pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
+    if plan.items.contains(&0) || plan.queries == 0 {
+        bail!("--items and --queries must be at least 1");
+    }
+    let stub = clade_stub::Stub::start(
+        "127.0.0.1:0",
+        clade_stub::StubOptions { capture: 0, ..Default::default() },
+    )
+    .await?;
+    let mut options = clade_model::HttpOptions::new(format!("{}/v1", stub.url()));
+    options.connect_timeout = Duration::from_secs(30);
+    let embedder: Arc<dyn Embedder> = Arc::new(clade_model::embeddings::OpenAiEmbeddings::new(
+        "stub",
+        "hash",
+        reqwest::Client::new(),
+        options,
+    ));
+    let tenant = ctx.tenant().await?;
+    let store = ctx.store.tenant_scope(tenant.id);
+    println!(
+        "bench memory: store {}, embeddings from clade-stub (256 dimensions)",
+        ctx.store.location()
+    );
+    for &size in &plan.items {
+        let hybrid = Arc::new(Memory::new(Some(embedder.clone()), Isolation::Global));
+        let words = Memory::new(None, Isolation::Global);
+        let handle = format!("bmem{:x}-{size}", ctx.store.now().as_millis());
+        let agent = ctx
+            .agents
+            .create(
+                tenant.id,
+                NewAgent {
+                    handle: Handle::parse(&handle)?,
+                    display_name: None,
+                    config: AgentConfig::default(),
+                },
+            )
+            .await?;
+        let disk_before = ctx.store.disk_bytes().await?;
+        let mut texts = Texts(0x9e37_79b9_7f4a_7c15 ^ size as u64);
+
+        // Fill: embedded in batches, stored by concurrent writers (the group commit folds them).
+        eprintln!("filling {handle} with {size} items");
+        let started = now();
+        let (mut written, mut tasks) = (0usize, JoinSet::new());
+        let batch = 256;
+        let mut next = 0;
+        while next < size || !tasks.is_empty() {
+            while next < size && tasks.len() < 8 {
+                let end = (next + batch).min(size);
+                let contents: Vec<String> = (next..end).map(|n| texts.item(n)).collect();
+                let vectors = embedder.embed(&contents).await.map_err(anyhow::Error::msg)?;
+                let (store, agent_id) = (store.clone(), agent.id);
+                tasks.spawn(async move {
+                    let mut saves = JoinSet::new();
+                    for (content, vector) in contents.into_iter().zip(vectors) {
+                        let store = store.clone();
+                        saves.spawn(async move {
+                            store.save_memory(new_item(agent_id, content, Some(vector))).await
+                        });
+                    }
+                    let mut n = 0;
+                    while let Some(saved) = saves.join_next().await {
+                        saved??;
+                        n += 1;
+                    }
+                    anyhow::Ok(n)
+                });
+                next = end;
+            }
+            if let Some(done) = tasks.join_next().await {
+                written += done??;
+                eprint!(
+                    "\r  {written}/{size} ({:.0}/s)   ",
+                    written as f64 / started.elapsed().as_secs_f64()
+                );
+                let _ = std::io::stderr().flush();
+            }
+        }
+        eprintln!();
+        let fill_secs = started.elapsed().as_secs_f64();
+
+        // Ingest through the service, 16 saves at a time (as many sessions' turns are mined
+        // at once): search for a repeat, embed, insert, each insert durable before it answers.
+        let started = now();
+        let mut saves = JoinSet::new();
+        for n in 0..plan.saves {
+            if saves.len() == INGEST_CONCURRENCY
+                && let Some(saved) = saves.join_next().await
+            {
+                saved??;
+            }
+            let (memory, store, agent_id) = (hybrid.clone(), store.clone(), agent.id);
+            let content = texts.item(size + n);
+            saves
+                .spawn(async move { memory.save(&store, new_item(agent_id, content, None)).await });
+        }
+        while let Some(saved) = saves.join_next().await {
+            saved??;
+        }
+        let ingest_rate = plan.saves as f64 / started.elapsed().as_secs_f64().max(1e-9);
+
+        let disk_after = ctx.store.disk_bytes().await?;
+        let items = store.memory_count(agent.id).await?;
+        let rss_before_recall = rss_kib();
+        let mut rows = Vec::new();
+        for (mode, memory) in [("hybrid", &*hybrid), ("full text", &words)] {
+            let cold = now();
+            memory.recall(&store, agent.id, &MemoryFilter::default(), &texts.query(), 10).await?;
+            let cold = cold.elapsed();
+            let mut latencies = Vec::with_capacity(plan.queries);
+            let mut found = 0usize;
+            for _ in 0..plan.queries {
+                let query = texts.query();
+                let t = now();
+                let hits =
+                    memory.recall(&store, agent.id, &MemoryFilter::default(), &query, 10).await?;
+                latencies.push(t.elapsed());
+                found += hits.len();
+            }
+            latencies.sort();
+            rows.push((
+                mode,
+                cold,
+                percentile_ms(&latencies, 0.5),
+                percentile_ms(&latencies, 0.99),
+                found,
+            ));
+        }
+        let kept_mib = hybrid.kept_floats() as f64 * 4.0 / 1_048_576.0;
+        println!("  {items} items (agent {handle}):");
+        println!(
+            "    fill:    {:.1} s, {:.0} items/s (embedded in batches of {batch}, stored by concurrent writers)",
+            fill_secs,
+            size as f64 / fill_secs
+        );
+        println!(
+            "    ingest:  {ingest_rate:.0} items/s through Memory::save, {INGEST_CONCURRENCY} at a time ({} saves: repeat search, embedding, durable insert)",
+            plan.saves
+        );
+        for (mode, cold, p50, p99, found) in rows {
+            println!(
+                "    recall {mode:<9}: p50 {p50:.2} ms, p99 {p99:.2} ms, first {:.1} ms ({} queries, {:.1} items each)",
+                cold.as_secs_f64() * 1e3,
+                plan.queries,
+                found as f64 / plan.queries as f64
+            );
+        }
+        println!(
+            "    disk:    {:.0} bytes per item; vectors kept: {kept_mib:.1} MiB; rss {} KiB before recall, {} KiB now, peak {} KiB",
+            (disk_after - disk_before) as f64 / items.max(1) as f64,
+            rss_before_recall,
+            rss_kib(),
+            peak_rss_kib()
+        );
+    }
+    Ok(())
+}
+
+fn new_item(agent: clade_core::AgentId, content: String, vector: Option<Vec<f32>>) -> NewMemory {
+    NewMemory {
+        agent,
+        scope: String::new(),
+        kind: MemoryKind::Fact,
+        content,
+        importance: 0.5,
+        confidence: 0.8,
+        provenance: Provenance { by: "bench".into(), ..Provenance::default() },
+        untrusted: false,
+        embedding: vector.map(|v| (v, "hash".to_owned())),
+    }
+}
