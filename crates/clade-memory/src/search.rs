@@ -27,13 +27,25 @@ pub fn fuse<T: Copy + Eq + Hash>(lists: &[&[T]]) -> Vec<(T, f64)> {
     fused.into_iter().map(|(item, score, _)| (item, score)).collect()
 }
 
-/// The cosine of two vectors; 0 when either is all zero or their lengths differ.
+/// The cosine of two vectors; 0 when either is all zero or their lengths differ. One pass,
+/// in eight lanes the compiler keeps in vector registers.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     if a.len() != b.len() {
         return 0.0;
     }
-    let (mut dot, mut aa, mut bb) = (0f32, 0f32, 0f32);
-    for (x, y) in a.iter().zip(b) {
+    let (mut dot, mut aa, mut bb) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+    let (chunks_a, chunks_b) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (rest_a, rest_b) = (chunks_a.remainder(), chunks_b.remainder());
+    for (x, y) in chunks_a.zip(chunks_b) {
+        for lane in 0..8 {
+            dot[lane] += x[lane] * y[lane];
+            aa[lane] += x[lane] * x[lane];
+            bb[lane] += y[lane] * y[lane];
+        }
+    }
+    let (mut dot, mut aa, mut bb) =
+        (dot.iter().sum::<f32>(), aa.iter().sum::<f32>(), bb.iter().sum::<f32>());
+    for (x, y) in rest_a.iter().zip(rest_b) {
         dot += x * y;
         aa += x * x;
         bb += y * y;
@@ -82,6 +94,12 @@ mod tests {
         assert!((cosine(&[1.0, 0.0], &[2.0, 0.0]) - 1.0).abs() < 1e-6);
         assert_eq!(cosine(&[1.0], &[1.0, 2.0]), 0.0);
         assert_eq!(cosine(&[0.0, 0.0], &[1.0, 2.0]), 0.0);
+        let long: Vec<f32> = (0..19).map(|i| i as f32).collect();
+        let other: Vec<f32> = (0..19).map(|i| (i * i) as f32).collect();
+        let plain = long.iter().zip(&other).map(|(x, y)| x * y).sum::<f32>()
+            / (long.iter().map(|x| x * x).sum::<f32>().sqrt()
+                * other.iter().map(|x| x * x).sum::<f32>().sqrt());
+        assert!((cosine(&long, &other) - plain).abs() < 1e-5);
         assert_eq!(overlap("The cat, the mat.", "the MAT the cat"), 1.0);
         assert!(overlap("a b c d", "a b c e") < 0.7);
     }

@@ -739,11 +739,19 @@ impl Store {
                     words.iter().map(|w| format!("content : \"{w}\"")).collect();
                 let joined = terms.join(if all { and } else { or });
                 let expression = format!("({}) AND ({joined})", owners.join(" OR "));
-                // The match runs once, materialized: joined directly, the planner may walk the
-                // agent's rows and run the match once per row.
+                // The match runs once, materialized (joined directly, the planner may walk the
+                // agent's rows and run it once per row), and ranks inside the index: the owner
+                // token already confines it to the agent and scopes, so only the best rows are
+                // read, not every row a common word matches. A filter by kind or time reads
+                // more of them, since it is applied to the rows.
+                let ranked = if filter.kinds.is_empty() && filter.since.is_none() {
+                    i64::from(limit)
+                } else {
+                    i64::from(limit).saturating_mul(20).max(1000)
+                };
                 query(format!(
                     "WITH hits AS MATERIALIZED (SELECT rowid AS n, -bm25(memories_fts, 0.0, 1.0) AS score \
-                     FROM memories_fts WHERE memories_fts MATCH $1) \
+                     FROM memories_fts WHERE memories_fts MATCH $1 ORDER BY score DESC LIMIT {ranked}) \
                      SELECT m.id, hits.score FROM hits JOIN memories m ON m.n = hits.n \
                      WHERE {FILTERED} ORDER BY hits.score DESC LIMIT $8"
                 ))
