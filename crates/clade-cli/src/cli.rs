@@ -998,7 +998,7 @@ pub(crate) enum BenchCommand {
         /// Recalls timed per size and mode
         #[arg(long, default_value_t = 1000)]
         queries: usize,
-        /// Items saved through deduplication and embedding, one at a time, for the ingest rate
+        /// Items saved through deduplication and embedding, 16 at a time, for the ingest rate
         #[arg(long, default_value_t = 500)]
         saves: usize,
     },

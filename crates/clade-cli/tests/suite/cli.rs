@@ -406,6 +406,20 @@ fn bench_sched_runs_and_fires_jobs() {
     env.run(&["bench", "sched", "--spread", "60"]).fails_with("--spread between 1 and 59");
 }
 
+/// The memory benchmark fills an agent's memory, saves through the service and times recalls
+/// of both kinds, each finding items; bad sizes are refused.
+#[test]
+fn bench_memory_fills_saves_and_recalls() {
+    let env = Env::new();
+    let out =
+        env.run(&["bench", "memory", "--items", "300", "--queries", "20", "--saves", "20"]).ok();
+    for line in ["fill:", "ingest:", "recall hybrid", "recall full text", "disk:"] {
+        assert!(out.stdout.contains(line), "no {line:?} line: {}", out.stdout);
+    }
+    assert!(out.stdout.contains("10.0 items each"), "recalls found too little: {}", out.stdout);
+    env.run(&["bench", "memory", "--items", "0"]).fails_with("at least 1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stub_command_speaks_openai_and_leaves_when_its_parent_does() {
     use std::io::BufRead as _;
