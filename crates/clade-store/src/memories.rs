@@ -618,8 +618,12 @@ impl Store {
         for chunk in ids.chunks(100) {
             let (first, second, kinds, since) = filter.binds();
             let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 8)).collect();
+            // The ids are looked up first, by their own index: with the filter beside them, the
+            // planner would rather walk the agent's index and test every row against the list.
             let mut q = query(format!(
-                "SELECT {COLUMNS} FROM memories m WHERE $1 = $1 AND {FILTERED} AND m.id IN ({})",
+                "WITH wanted AS MATERIALIZED (SELECT n FROM memories WHERE id IN ({})) \
+                 SELECT {COLUMNS} FROM wanted JOIN memories m ON m.n = wanted.n \
+                 WHERE $1 = $1 AND {FILTERED}",
                 marks.join(", ")
             ))
             .bind(0i64)
