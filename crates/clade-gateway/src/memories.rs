@@ -79,16 +79,14 @@ fn memory_of(state: &AppState) -> Result<std::sync::Arc<Memory>, ApiError> {
 
 /// A page's cursor: the last item's update time and id.
 fn cursor_of(text: &str) -> Result<(Timestamp, MemoryId), ApiError> {
-    let bad =
-        || ApiError::new(Code::InvalidRequest, format!("cursor {text:?} is not one a page gave"));
-    let (millis, id) = text.split_once('.').ok_or_else(bad)?;
-    let millis: i64 = millis.parse().map_err(|_| bad())?;
-    let bytes = <[u8; 16]>::try_from(hex::decode(id).map_err(|_| bad())?).map_err(|_| bad())?;
-    Ok((Timestamp::from_millis(millis), MemoryId::from_bytes(bytes)))
+    let (millis, id) = clade_store::turns::parse_cursor(text).ok_or_else(|| {
+        ApiError::new(Code::InvalidRequest, format!("cursor {text:?} is not one a page gave"))
+    })?;
+    Ok((Timestamp::from_millis(millis), MemoryId::from_bytes(id)))
 }
 
 fn cursor_after(row: &MemoryRow) -> String {
-    format!("{}.{}", row.updated_at.as_millis(), hex::encode(row.id.as_bytes()))
+    clade_store::turns::encode_cursor(row.updated_at.as_millis(), row.id.as_bytes())
 }
 
 fn checked_scope(scope: Option<String>) -> Result<Option<String>, ApiError> {

@@ -77,15 +77,25 @@ impl SessionCursor {
 
     /// `<millis>.<32 hex digits>`, as [`SessionCursor::parse`] reads it.
     pub fn encode(&self) -> String {
-        format!("{}.{}", self.updated_at, hex::encode(self.id.as_bytes()))
+        encode_cursor(self.updated_at, self.id.as_bytes())
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        let (at, id) = text.split_once('.')?;
-        let updated_at = at.parse().ok()?;
-        let bytes: [u8; 16] = hex::decode(id).ok()?.try_into().ok()?;
+        let (updated_at, bytes) = parse_cursor(text)?;
         Some(Self { updated_at, id: SessionId::from_bytes(bytes) })
     }
+}
+
+/// A page's cursor as the API shows it: the last row's update time (milliseconds) and id,
+/// `<millis>.<32 hex digits>`. Sessions and memory items page by it.
+pub fn encode_cursor(updated_at: i64, id: &[u8; 16]) -> String {
+    format!("{updated_at}.{}", hex::encode(id))
+}
+
+/// The time and id of a cursor [`encode_cursor`] wrote; `None` for any other text.
+pub fn parse_cursor(text: &str) -> Option<(i64, [u8; 16])> {
+    let (at, id) = text.split_once('.')?;
+    Some((at.parse().ok()?, hex::decode(id).ok()?.try_into().ok()?))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -230,6 +230,11 @@ pub(crate) trait ContextSource: Send {
     fn completed(&mut self, _events: &[EventRow], _reply: &str) {}
 }
 
+/// A turn's messages as one text, a line each: what the history keeps and recall asks about.
+fn events_text(events: &[EventRow]) -> String {
+    events.iter().map(|e| e.text.as_str()).collect::<Vec<_>>().join("\n")
+}
+
 /// Appends `text` as a paragraph of the system prompt.
 fn paragraph(system: &mut String, text: &str) {
     system.push_str(text);
@@ -362,7 +367,7 @@ impl ContextSource for SessionHistory<'_> {
 
     fn completed(&mut self, events: &[EventRow], reply: &str) {
         if let Some(cache) = self.kept.as_mut() {
-            let user = events.iter().map(|e| e.text.as_str()).collect::<Vec<_>>().join("\n");
+            let user = events_text(events);
             cache.push(user, reply.to_owned(), self.turns as usize);
             if cache.bytes > HISTORY_CACHE_BYTES {
                 *self.kept = None;
@@ -388,7 +393,7 @@ impl ContextSource for MemoryRecall<'_> {
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let Some(recall) = self.recall.as_ref().filter(|r| r.items > 0) else { return };
-            let query = input.events.iter().map(|e| e.text.as_str()).collect::<Vec<_>>().join("\n");
+            let query = events_text(input.events);
             let filter = clade_store::MemoryFilter {
                 scope: recall.memory.isolation().key(self.source),
                 ..clade_store::MemoryFilter::default()
