@@ -89,6 +89,17 @@ async fn an_agent_recalls_what_each_person_told_it_and_nothing_of_anyone_else() 
         (Some("fact"), Some("hash"))
     );
     assert_eq!(miso["provenance"]["by"], "agent");
+    // Pages follow the cursor; a cursor no page gave is refused.
+    let first = server.get_json("/v1/agents/ada/memories?scope=http:alice&limit=1").await;
+    let cursor = first["next_cursor"].as_str().expect("a second page").to_owned();
+    let second = server
+        .get_json(&format!("/v1/agents/ada/memories?scope=http:alice&limit=1&cursor={cursor}"))
+        .await;
+    assert_eq!(second["items"].as_array().unwrap().len(), 1, "{second}");
+    assert_ne!(second["items"][0]["id"], first["items"][0]["id"]);
+    assert!(second["next_cursor"].is_null(), "{second}");
+    let (status, _) = server.send("GET", "/v1/agents/ada/memories?cursor=12.zz", None, None).await;
+    assert_eq!(status, 400);
     let global = server.get_json("/v1/agents/ada/memories").await;
     assert!(global["items"].as_array().unwrap().is_empty(), "{global}");
     let (status, found) = server
