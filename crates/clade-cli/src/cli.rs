@@ -459,6 +459,12 @@ pub(crate) enum SessionsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What compaction made of a session's older turns, newest first (its turns stay: `show`)
+    Summaries {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Continue a session's yielded turn where it stopped, with a fresh budget of model calls
     Resume {
         id: String,

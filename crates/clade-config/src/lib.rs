@@ -418,9 +418,13 @@ pub struct SessionsConfig {
     /// Seconds an idle session stays in memory.
     #[serde(default = "default_idle")]
     pub idle_secs: u64,
-    /// Earlier turns included in the model's context.
+    /// Earlier turns shown word for word in the model's context, at most. With compaction on,
+    /// older ones are folded into the session's summary rather than dropped.
     #[serde(default = "default_history")]
     pub history_turns: u32,
+    /// How a session whose context grows toward its model's context window is compacted.
+    #[serde(default)]
+    pub compaction: CompactionConfig,
     /// Per-agent settings that override the ones above for that agent's sessions, keyed by
     /// agent reference (`tenant/handle`, or a bare handle in the default tenant).
     #[serde(default)]
@@ -492,9 +496,53 @@ impl Default for SessionsConfig {
             max_queued: default_max_queued(),
             idle_secs: default_idle(),
             history_turns: default_history(),
+            compaction: CompactionConfig::default(),
             agents: BTreeMap::new(),
         }
     }
+}
+
+/// Compaction: when a turn's context passes `at_percent` of the channel model's context window
+/// (or more turns than `sessions.history_turns` wait to be shown), the oldest turns are
+/// summarised in the background through the `compactor` route and mined for memories, keeping
+/// the newest turns (about `keep_percent` of the window) word for word. Past
+/// `emergency_percent` a turn drops its oldest turns from its context without a model call.
+/// The turns themselves are never deleted by compaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Percent of the context window past which a compaction starts (in the background).
+    #[serde(default = "default_compact_at")]
+    pub at_percent: u8,
+    /// Percent of the context window past which a turn's oldest history is left out at once.
+    #[serde(default = "default_emergency_at")]
+    pub emergency_percent: u8,
+    /// Percent of the context window the turns kept word for word may fill after a compaction.
+    #[serde(default = "default_keep")]
+    pub keep_percent: u8,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            at_percent: default_compact_at(),
+            emergency_percent: default_emergency_at(),
+            keep_percent: default_keep(),
+        }
+    }
+}
+
+fn default_compact_at() -> u8 {
+    80
+}
+fn default_emergency_at() -> u8 {
+    95
+}
+fn default_keep() -> u8 {
+    40
 }
 
 fn default_iterations() -> u32 {
@@ -639,6 +687,10 @@ pub struct ModelConfig {
     /// Longest reply, in tokens.
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    /// The model's context window in tokens (prompt and reply), which compaction keeps a
+    /// session's context within; 128000 when not given.
+    #[serde(default)]
+    pub context_window: Option<u32>,
     /// Speak HTTP/2 to an `http://` base URL from the first byte (h2c with prior knowledge),
     /// for a local server that supports it: concurrent calls then share one connection instead
     /// of holding one each. Over `https://` HTTP/2 is negotiated by itself when the server
@@ -903,6 +955,9 @@ impl Config {
             if model.max_tokens == Some(0) {
                 return fail(format!("models.{name}.max_tokens: must be at least 1"));
             }
+            if model.context_window.is_some_and(|w| w < 1024) {
+                return fail(format!("models.{name}.context_window: must be at least 1024 tokens"));
+            }
         }
         if let Some(name) = &self.memory.embeddings {
             match self.models.get(name) {
@@ -1021,6 +1076,17 @@ impl Config {
             if host.timeout_secs == 0 {
                 return fail(format!("tool_hosts.{name}.timeout_secs: must be at least 1"));
             }
+        }
+        let c = self.sessions.compaction;
+        if !(c.keep_percent >= 1
+            && c.keep_percent < c.at_percent
+            && c.at_percent < c.emergency_percent
+            && c.emergency_percent <= 100)
+        {
+            return fail(format!(
+                "sessions.compaction: needs 1 <= keep_percent < at_percent < emergency_percent <= 100, not {} < {} < {}",
+                c.keep_percent, c.at_percent, c.emergency_percent
+            ));
         }
         // Every agent reference names one agent of one tenant.
         for result in [

@@ -983,6 +983,20 @@ pub static OPERATIONS: &[Operation] = &[
         )
     },
     Operation {
+        params: &[SESSION],
+        responses: &[
+            ok("200", "the summaries", of::<api::SummaryListResponse>),
+            error("404", "no such session"),
+        ],
+        ..op(
+            "GET",
+            "/v1/sessions/{id}/summaries",
+            &[Read],
+            "What compaction made of the session's older turns, newest first (at most 100); the turns themselves stay under /turns",
+            || get(sessions::summaries),
+        )
+    },
+    Operation {
         params: &[SESSION, TURN],
         query: Some(fields::<api::StepsQuery>),
         responses: &[

@@ -16,8 +16,8 @@ use crate::AppState;
 use crate::agents::{JsonBody, query_rejection};
 use crate::api::{
     CancelResponse, QueueMode, ResumeResponse, SessionListResponse, SessionResponse, SessionUpdate,
-    SessionsQuery, StepsQuery, StreamQuery, TurnEvent, TurnListResponse, TurnResponse,
-    TurnStepPage, TurnUsageBody, TurnsQuery,
+    SessionsQuery, StepsQuery, StreamQuery, SummaryListResponse, SummaryResponse, TurnEvent,
+    TurnListResponse, TurnResponse, TurnStepPage, TurnUsageBody, TurnsQuery,
 };
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
@@ -182,6 +182,29 @@ fn turn_response(record: TurnRecord) -> TurnResponse {
             cost_micros: usage.cost_micros,
         },
     }
+}
+
+/// `GET /v1/sessions/{id}/summaries`: what compaction made of the session's older turns.
+pub(crate) async fn summaries(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<SummaryListResponse>, ApiError> {
+    let session = state.of(&tenant).session(session_id(&id)?).await?;
+    reach.session(&session)?;
+    let rows = state.of(&tenant).summaries(session.id, 100).await?;
+    let items = rows
+        .into_iter()
+        .map(|s| SummaryResponse {
+            through_turn: s.through.to_string(),
+            text: s.text,
+            turns: s.turns,
+            model: s.model,
+            memories: s.memories,
+            created_at: s.created_at.as_millis(),
+        })
+        .collect();
+    Ok(axum::Json(SummaryListResponse { items }))
 }
 
 /// `GET /v1/sessions/{id}/turns/{turn}/steps`: a page of one turn's journal, in the order it

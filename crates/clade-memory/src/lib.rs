@@ -10,6 +10,7 @@
 //! an isolation key. Must not depend on the runtime or the gateway.
 
 pub mod embed;
+pub mod mine;
 pub mod search;
 pub mod tools;
 mod vectors;

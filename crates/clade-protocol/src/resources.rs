@@ -352,6 +352,30 @@ pub struct TurnListResponse {
     pub next_cursor: Option<String>,
 }
 
+/// What compaction made of a session's older turns: a summary of every turn through
+/// `through_turn`. The turns stay listed under `/turns`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SummaryResponse {
+    /// The last turn it covers.
+    pub through_turn: String,
+    pub text: String,
+    /// Turns folded into it, earlier summaries' included.
+    pub turns: u32,
+    /// The model that wrote it; absent when it was written without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Memory items saved from the turns it folded.
+    pub memories: u32,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SummaryListResponse {
+    /// Newest first; the first is what the session's turns see.
+    pub items: Vec<SummaryResponse>,
+}
+
 /// A tool an agent can call.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -18,6 +18,9 @@ use clade_model::{
 use clade_store::{Secrets, Store, UsageRecord};
 use futures::future::BoxFuture;
 
+/// The context window assumed for a model whose entry gives none, in tokens.
+pub const DEFAULT_CONTEXT_WINDOW: u32 = 128_000;
+
 /// The name of the built-in offline model, usable in any route.
 pub const SCRIPTED: &str = "scripted";
 
@@ -262,6 +265,17 @@ impl Models {
         router
             .call(&chain, request, budget.as_ref().map(|b| b as &dyn clade_model::Budget), on_event)
             .await
+    }
+
+    /// The context window of the first model of `kind`'s chain for `agent` (tenant name,
+    /// handle): what compaction keeps that agent's turns within.
+    pub fn context_window(&self, kind: ProcessKind, agent: Option<(&str, &str)>) -> u32 {
+        let chain = self.chain(kind, agent);
+        chain
+            .first()
+            .and_then(|name| self.models.get(name))
+            .and_then(|m| m.context_window)
+            .unwrap_or(DEFAULT_CONTEXT_WINDOW)
     }
 
     /// Default `max_tokens` of a model, if configured.
@@ -561,6 +575,7 @@ fn resolve(config: &Config, env: &EnvHints) -> (BTreeMap<String, ModelConfig>, R
             headers: BTreeMap::new(),
             price: clade_config::PriceConfig::default(),
             max_tokens: None,
+            context_window: None,
             http2: false,
         };
         if env.get("OPENAI_API_KEY").is_some() {

@@ -34,6 +34,7 @@ pub mod scoped;
 pub mod secrets;
 pub mod settings;
 pub mod store;
+pub mod summaries;
 pub mod turns;
 pub mod work;
 pub mod writer;
@@ -66,6 +67,7 @@ pub use store::{
     BudgetCounter, BudgetSettlement, LeasedSession, NewAgent, SecretInfo, Store, StoreOptions,
     TOKEN_PREFIX, TokenAccess, TokenInfo, UsageRecord, UsageSummary,
 };
+pub use summaries::{NewSummary, PastTurn, SessionSummary};
 pub use turns::{
     Accepted, DeadLetter, EventRow, GivenUp, JournalEntry, NewEvent, OpenEvents, OutboxEvent,
     OutboxRow, SessionCursor, SessionRow, Source, TurnOutcome, TurnRecord, TurnRow, TurnUsage,

@@ -86,6 +86,11 @@ const MIGRATIONS: &[Migration] = &[
     Migration::shared(20, "host_calls", include_str!("../migrations/0020_host_calls.sql")),
     Migration::shared(21, "memories", include_str!("../migrations/0021_memories.sql"))
         .with_postgres(include_str!("../migrations/0021_memories.postgres.sql")),
+    Migration::shared(
+        22,
+        "session_summaries",
+        include_str!("../migrations/0022_session_summaries.sql"),
+    ),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -95,7 +100,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 21;
+pub const SCHEMA_VERSION: i64 = 22;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

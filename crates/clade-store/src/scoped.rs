@@ -154,6 +154,16 @@ impl TenantStore {
         self.store.system().journal(turn).await
     }
 
+    /// `session`'s summaries, newest first (see [`Store::summaries`]); none for a session
+    /// that is not this tenant's.
+    pub async fn summaries(
+        &self,
+        session: SessionId,
+        limit: u32,
+    ) -> Result<Vec<crate::summaries::SessionSummary>> {
+        self.store.summaries(self.tenant, session, limit).await
+    }
+
     /// A page of `session`'s turns after `after` (see [`Store::turn_records`]); none for a
     /// session that is not this tenant's.
     pub async fn turn_records(

@@ -406,7 +406,7 @@ fn pending_events_sql() -> String {
 /// The last completed turns before one, with their events' texts.
 const HISTORY: &str = "SELECT t.id AS id, t.output AS reply, e.text AS text FROM executions t \
      JOIN events e ON e.turn_id = t.id WHERE t.id IN (SELECT id FROM executions \
-     WHERE owner_id = $1 AND kind = 'turn' AND status = 'completed' AND id < $2 \
+     WHERE owner_id = $1 AND kind = 'turn' AND status = 'completed' AND id < $2 AND id > $4 \
      ORDER BY id DESC LIMIT $3) ORDER BY t.id, e.seq";
 
 /// Sets the status of a turn's events (through the partial index `events_by_turn`).
@@ -1509,38 +1509,47 @@ impl SystemStore {
         rows.iter().map(event_row).collect()
     }
 
-    /// The last `limit` completed turns of a session before `before`, oldest first, with the
-    /// texts of their events: the conversation history a new turn sees.
+    /// The last `limit` completed turns of a session before `before` (and after `after`, when
+    /// given: the turns a summary does not cover), oldest first, with the texts of their
+    /// events: the conversation history a new turn sees.
     pub async fn history(
         &self,
         session: SessionId,
+        after: Option<TurnId>,
         before: TurnId,
         limit: u32,
-    ) -> Result<Vec<(String, String)>> {
+    ) -> Result<Vec<crate::summaries::PastTurn>> {
+        // Turn ids are never all zero bytes, so "after nothing" is after the zero id.
+        let after = after.map_or_else(|| vec![0u8; 16], |id| id.as_bytes().to_vec());
         let rows = self
             .rows(
                 query(HISTORY)
                     .bind(b(session.as_bytes()))
                     .bind(b(before.as_bytes()))
-                    .bind(i64::from(limit)),
+                    .bind(i64::from(limit))
+                    .bind(after),
             )
             .await?;
-        let mut out: Vec<(Vec<u8>, String, String)> = Vec::new();
+        let mut out: Vec<crate::summaries::PastTurn> = Vec::new();
         for row in &rows {
-            let id: Vec<u8> = row.try_get("id")?;
+            let id = TurnId::from_bytes(id_bytes(row, "id")?);
             let text: String = row.try_get("text")?;
             match out.last_mut() {
-                Some((last, user, _)) if *last == id => {
-                    user.push('\n');
-                    user.push_str(&text);
+                Some(last) if last.id == id => {
+                    last.user.push('\n');
+                    last.user.push_str(&text);
                 }
                 _ => {
                     let reply: Option<String> = row.try_get("reply")?;
-                    out.push((id, text, reply.unwrap_or_default()));
+                    out.push(crate::summaries::PastTurn {
+                        id,
+                        user: text,
+                        reply: reply.unwrap_or_default(),
+                    });
                 }
             }
         }
-        Ok(out.into_iter().map(|(_, user, reply)| (user, reply)).collect())
+        Ok(out)
     }
 
     /// The turn's journal: its execution's steps, in the order they were written.
@@ -1656,7 +1665,11 @@ mod tests {
             ("open events", open_events_sql(), "events_open_by_session"),
             ("pending events", pending_events_sql(), "events_open_by_session"),
             ("waiting events at ingest", SESSION_FOR_EVENT.to_owned(), "events_open_by_session"),
-            ("history", HISTORY.to_owned(), "executions_by_owner (owner_id=? AND kind=? AND id<?)"),
+            (
+                "history",
+                HISTORY.to_owned(),
+                "executions_by_owner (owner_id=? AND kind=? AND id>? AND id<?)",
+            ),
             ("a step's number and key", JOURNAL_IN.to_owned(), "PRIMARY KEY (execution_id=?)"),
             ("history's events", HISTORY.to_owned(), "events_by_turn (turn_id=?)"),
             ("a turn's end", TURN_EVENTS_STATUS.to_owned(), "events_by_turn (turn_id=?)"),

@@ -29,6 +29,9 @@ pub struct Behaviour {
     pub oauth: bool,
     /// A 400 saying the prompt is too long.
     pub context_too_long: bool,
+    /// The context window in tokens (one per 4 bytes): a longer prompt gets the provider's
+    /// 400 saying the prompt is too long.
+    pub max_context: Option<u64>,
 }
 
 /// A directive the stub does not know.
@@ -66,6 +69,7 @@ impl Behaviour {
                 "unknown-tool" => self.unknown_tool = true,
                 "oauth" => self.oauth = true,
                 "context-too-long" => self.context_too_long = true,
+                "max-context" => self.max_context = Some(value.parse().map_err(|_| bad())?),
                 "script" | "echo" => {}
                 _ => return Err(bad()),
             }

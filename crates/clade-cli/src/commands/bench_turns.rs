@@ -435,6 +435,7 @@ impl StubProcess {
             headers: Default::default(),
             price: Default::default(),
             max_tokens: None,
+            context_window: None,
             http2,
         }
     }

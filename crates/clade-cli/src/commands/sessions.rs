@@ -246,6 +246,35 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
                 );
             }
         }
+        SessionsCommand::Summaries { id, json } => {
+            let id = SessionId::parse(&id)?;
+            let session = ctx.store.session(tenant.id, id).await?;
+            let summaries = ctx.store.tenant_scope(tenant.id).summaries(session.id, 100).await?;
+            if json {
+                let items: Vec<_> = summaries
+                    .iter()
+                    .map(|s| json!({
+                        "through_turn": s.through.to_string(), "text": s.text, "turns": s.turns,
+                        "model": s.model, "memories": s.memories, "created_at": s.created_at.as_millis(),
+                    }))
+                    .collect();
+                return output::json(&items);
+            }
+            if summaries.is_empty() {
+                println!("session {} has not been compacted", session.id);
+            }
+            for s in summaries {
+                println!(
+                    "through turn {} ({} turns, {} memories saved, by {}, {}):\n{}\n",
+                    s.through,
+                    s.turns,
+                    s.memories,
+                    s.model.as_deref().unwrap_or("no model"),
+                    s.created_at,
+                    s.text
+                );
+            }
+        }
         SessionsCommand::Resume { id, server } => {
             let id = SessionId::parse(&id)?;
             let client = Client::new(ctx, server.server.as_deref())?;

@@ -1,4 +1,5 @@
 mod cli;
+mod compaction;
 mod config_apply;
 mod crash;
 mod cron;

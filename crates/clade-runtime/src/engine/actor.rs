@@ -428,6 +428,9 @@ async fn run_events(
     let run =
         TURN_PAUSE.scope(pause.clone(), super::turn::run_turn(&inner, &ctx, &events, &mut kept));
     let result = run_until_deadline(run, &mut cancelled, &pause, started, timeout).await;
+    if std::mem::take(&mut kept.compact) {
+        super::compaction::start(&inner, &ctx);
+    }
     match result {
         Ok(()) => (true, kept),
         Err(reason) => {

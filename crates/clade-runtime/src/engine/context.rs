@@ -172,15 +172,25 @@ pub(super) struct Kept {
     pub(super) layers: Layers,
     /// When the last turn's outcome was written (see the actor's idle exit).
     pub(super) ended_at: Option<clade_core::Timestamp>,
+    /// Set by a turn whose context grew past its compaction threshold: the actor starts a
+    /// compaction once the turn ends.
+    pub(super) compact: bool,
 }
 
-/// A session's last completed turns, `(user text, reply)`, oldest first, as the store's
-/// `history` would return them. Only the session's actor runs its turns, so it can keep this
-/// current by itself; it is dropped when it grows past [`HISTORY_CACHE_BYTES`].
+/// A session's newest summary and its last completed turns after it, `(user text, reply)`,
+/// oldest first, as the store would return them. Only the session's actor runs its turns, so
+/// it can keep this current by itself; it is dropped when it grows past
+/// [`HISTORY_CACHE_BYTES`], and read again after any compaction.
 #[derive(Default)]
 pub(super) struct History {
+    pub(super) summary: Option<String>,
     pub(super) turns: std::collections::VecDeque<(String, String)>,
     pub(super) bytes: usize,
+    /// Turns after the summary fell out for `sessions.history_turns`: a compaction should
+    /// fold them in.
+    pub(super) overflow: bool,
+    /// The engine's count of compactions when this was read.
+    pub(super) compactions: u64,
 }
 
 /// Above this a session's history is read from the store for every turn instead of kept in
@@ -194,8 +204,29 @@ impl History {
         while self.turns.len() > keep {
             if let Some((user, reply)) = self.turns.pop_front() {
                 self.bytes -= user.len() + reply.len();
+                self.overflow = true;
             }
         }
+    }
+
+    /// The session's newest summary before `before` and the (at most `keep`) turns after it.
+    async fn read(
+        store: &clade_store::SystemStore,
+        session: SessionId,
+        before: clade_core::TurnId,
+        keep: u32,
+        compactions: u64,
+    ) -> clade_store::Result<Self> {
+        let summary = store.summary_before(session, before).await?;
+        // One more than shown: whether turns wait to be compacted.
+        let turns = store
+            .history(session, summary.as_ref().map(|s| s.through), before, keep.saturating_add(1))
+            .await?;
+        let mut history = Self { summary: summary.map(|s| s.text), compactions, ..Self::default() };
+        for turn in turns {
+            history.push(turn.user, turn.reply, keep as usize);
+        }
+        Ok(history)
     }
 }
 
@@ -228,6 +259,12 @@ pub(crate) trait ContextSource: Send {
 
     /// The turn completed with `reply`: a source that keeps state between turns updates it.
     fn completed(&mut self, _events: &[EventRow], _reply: &str) {}
+
+    /// The model refused the context, of about `refused` tokens, as too long: make this
+    /// source's part smaller for one more try. Returns whether it did.
+    fn shrink(&mut self, _refused: u32) -> BoxFuture<'_, bool> {
+        Box::pin(std::future::ready(false))
+    }
 }
 
 /// A turn's messages as one text, a line each: what the history keeps and recall asks about.
@@ -303,16 +340,24 @@ impl ContextSource for Whereabouts<'_> {
     }
 }
 
-/// The session's last completed turns: kept by its actor between turns (see [`History`]), read
-/// from the store when not kept.
+/// The session's summary (in the system prompt) and its last completed turns after it: kept by
+/// its actor between turns (see [`History`]), read from the store when not kept. It measures
+/// the context too: past the compaction threshold it asks for a compaction after the turn, and
+/// past the emergency threshold it leaves the oldest turns out of this one.
 pub(super) struct SessionHistory<'a> {
     pub(super) kept: &'a mut Option<History>,
-    pub(super) store: &'a clade_store::SystemStore,
-    pub(super) session: SessionId,
-    /// Turns of history (`sessions.history_turns`).
-    pub(super) turns: u32,
+    pub(super) inner: &'a super::Inner,
+    pub(super) ctx: &'a super::actor::TurnContext,
     /// Steered turns take in messages mid-turn, which the kept history would not see.
     pub(super) steered: bool,
+    /// The context's limits; `None` when compaction is off.
+    pub(super) window: Option<super::compaction::Window>,
+    /// Set when the session should be compacted after this turn.
+    pub(super) compact: &'a mut bool,
+    /// After [`ContextSource::shrink`]: the most turns shown.
+    pub(super) cap: Option<usize>,
+    /// Turns shown in the last context composed.
+    pub(super) shown: usize,
 }
 
 impl ContextSource for SessionHistory<'_> {
@@ -322,57 +367,112 @@ impl ContextSource for SessionHistory<'_> {
         into: &'a mut Composed,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
+            use super::compaction::tokens;
+            let (store, session) = (&self.inner.visible, self.ctx.session.id);
+            let keep = self.ctx.settings.sessions.history_turns;
+            let compactions = self.inner.compactions.load(std::sync::atomic::Ordering::SeqCst);
             // A resumed turn may be older than turns that completed since it yielded: the kept
             // history would give it their messages. It reads the store's history before it,
-            // and the next turn reads the store's again.
-            if input.resumed {
+            // and the next turn reads the store's again. A compaction since the history was
+            // kept changes what the context shows.
+            if input.resumed || self.kept.as_ref().is_some_and(|k| k.compactions != compactions) {
                 *self.kept = None;
             }
+            let mut fresh = None;
             if self.kept.is_none() {
-                let keep = self.turns;
-                match self.store.history(self.session, input.turn.id, keep).await {
-                    Ok(turns) if !self.steered && !input.resumed => {
-                        let mut cache = History::default();
-                        for (user, reply) in turns {
-                            cache.push(user, reply, keep as usize);
-                        }
-                        *self.kept = Some(cache);
-                    }
-                    Ok(turns) => {
-                        into.history.extend(turns.into_iter().flat_map(|(user, reply)| {
-                            [
-                                Message::user(user),
-                                Message::Assistant { text: reply, tool_calls: Vec::new() },
-                            ]
-                        }))
-                    }
+                match History::read(store, session, input.turn.id, keep, compactions).await {
+                    Ok(history) if !self.steered && !input.resumed => *self.kept = Some(history),
+                    Ok(history) => fresh = Some(history),
                     Err(err) => {
-                        tracing::warn!(session = %self.session, error = %err, "cannot read the session's history")
+                        tracing::warn!(session = %session, error = %err, "cannot read the session's history")
                     }
                 }
             }
-            if let Some(cache) = self.kept.as_ref() {
-                into.history.reserve_exact(2 * cache.turns.len());
-                for (user, reply) in &cache.turns {
+            let first = into.history.len();
+            let mut overflow = false;
+            if let Some(history) = self.kept.as_ref().or(fresh.as_ref()) {
+                if let Some(summary) = &history.summary {
+                    paragraph(
+                        &mut into.system,
+                        &format!("{}\n{summary}", super::compaction::SUMMARY_HEADING),
+                    );
+                }
+                let skip = self.cap.map_or(0, |cap| history.turns.len().saturating_sub(cap));
+                into.history.reserve_exact(2 * (history.turns.len() - skip));
+                for (user, reply) in history.turns.iter().skip(skip) {
                     into.history.push(Message::user(user.clone()));
                     into.history
                         .push(Message::Assistant { text: reply.clone(), tool_calls: Vec::new() });
                 }
-                if cache.bytes > HISTORY_CACHE_BYTES {
-                    *self.kept = None;
+                overflow = history.overflow || skip > 0;
+            }
+            if self.kept.as_ref().is_some_and(|k| k.bytes > HISTORY_CACHE_BYTES) {
+                *self.kept = None;
+            }
+            if let Some(window) = self.window {
+                let message_tokens = |m: &Message| match m {
+                    Message::User { text } | Message::Assistant { text, .. } => tokens(text),
+                    _ => 0,
+                };
+                let events: u32 = input.events.iter().map(|e| tokens(&e.text)).sum();
+                let mut total = tokens(&into.system)
+                    .saturating_add(events)
+                    .saturating_add(into.history[first..].iter().map(message_tokens).sum());
+                if total > window.emergency {
+                    // No model call: the oldest turns leave this context until it is back
+                    // under the compaction threshold. They stay in the store.
+                    let mut dropped = 0;
+                    while total > window.at && into.history.len() >= first + 2 {
+                        let pair: u32 =
+                            into.history[first..first + 2].iter().map(message_tokens).sum();
+                        into.history.drain(first..first + 2);
+                        total = total.saturating_sub(pair);
+                        dropped += 1;
+                    }
+                    tracing::warn!(session = %session, dropped, window = window.tokens, "the context passed its emergency threshold; its oldest turns were left out");
+                    *self.compact = true;
+                }
+                if total > window.at || overflow {
+                    *self.compact = true;
                 }
             }
+            self.shown = (into.history.len() - first) / 2;
         })
     }
 
     fn completed(&mut self, events: &[EventRow], reply: &str) {
         if let Some(cache) = self.kept.as_mut() {
             let user = events_text(events);
-            cache.push(user, reply.to_owned(), self.turns as usize);
+            cache.push(user, reply.to_owned(), self.ctx.settings.sessions.history_turns as usize);
             if cache.bytes > HISTORY_CACHE_BYTES {
                 *self.kept = None;
             }
         }
+    }
+
+    fn shrink(&mut self, refused: u32) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            // Fold what the model refused into the summary now, so that the next prompt is at
+            // most about half the refused one.
+            let limits = super::compaction::Limits {
+                keep_tokens: refused / 4,
+                keep_turns: (self.shown / 2) as u32,
+                summary_tokens: refused / 8,
+            };
+            *self.kept = None;
+            match super::compaction::compact(self.inner, self.ctx, limits).await {
+                Ok(Some(_)) => return true,
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(session = %self.ctx.session.id, error = %err, "compaction after a too-long prompt failed; leaving turns out instead")
+                }
+            }
+            if self.shown == 0 {
+                return false;
+            }
+            self.cap = Some(self.shown / 2);
+            true
+        })
     }
 }
 

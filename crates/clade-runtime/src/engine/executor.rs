@@ -254,6 +254,10 @@ pub(crate) async fn execute(
     let budget = max_iterations.saturating_mul(resumes + 1);
     let tools = hands.specs();
     let mut messages = Vec::new();
+    // How many of the messages the context sources composed (the turn's own follow them), and
+    // whether they were already asked to shrink after a too-long prompt.
+    let mut composed = 0;
+    let mut shrunk = false;
     let mut last_model = None;
     let mut state = State::Compose;
     loop {
@@ -261,6 +265,7 @@ pub(crate) async fn execute(
             State::Compose => {
                 let input = TurnInput { turn: &turn, events, resumed: resumes > 0 };
                 messages = compose(&input, sources).await;
+                composed = messages.len();
                 State::CallModel { iteration: 0 }
             }
             State::CallModel { iteration } if iteration >= budget => State::Settle {
@@ -300,6 +305,39 @@ pub(crate) async fn execute(
                         let called = thinker.call(kind, &request, &mut on_event).await;
                         let outcome = match called {
                             Ok(outcome) => outcome,
+                            // The provider refused the prompt as too long: the sources shrink
+                            // their part (the history is compacted) and the call is made once
+                            // more, with the turn's own messages as they were.
+                            Err(err)
+                                if !shrunk
+                                    && matches!(
+                                        err.error,
+                                        clade_model::Error::ContextTooLong { .. }
+                                    ) =>
+                            {
+                                shrunk = true;
+                                let refused = prompt_tokens(&request.messages);
+                                let mut smaller = false;
+                                for source in sources.iter_mut() {
+                                    smaller |= source.shrink(refused).await;
+                                }
+                                if smaller {
+                                    let own = request.messages.get(composed..).unwrap_or_default();
+                                    let input =
+                                        TurnInput { turn: &turn, events, resumed: resumes > 0 };
+                                    messages = compose(&input, sources).await;
+                                    composed = messages.len();
+                                    messages.extend_from_slice(own);
+                                    tracing::info!(turn = %turn.id, "the prompt was too long; retrying once with a compacted context");
+                                    state = State::CallModel { iteration };
+                                } else {
+                                    let error = Some(err.error.to_string());
+                                    let ending =
+                                        Ending { status: TurnStatus::Failed, reply: None, error };
+                                    state = State::Settle { step: None, ending };
+                                }
+                                continue;
+                            }
                             Err(err) => {
                                 let error = Some(err.error.to_string());
                                 let ending =
@@ -422,6 +460,22 @@ pub(crate) fn outcome_event(turn: &TurnRow, outcome: &TurnOutcome) -> OutboxEven
         model: outcome.model.clone(),
     });
     OutboxEvent::from(&ended)
+}
+
+/// About how many tokens `messages` are (one per 4 bytes of text).
+fn prompt_tokens(messages: &[Message]) -> u32 {
+    let bytes: usize = messages
+        .iter()
+        .map(|m| match m {
+            Message::System { text } | Message::User { text } => text.len(),
+            Message::Assistant { text, tool_calls } => {
+                text.len()
+                    + tool_calls.iter().map(|c| c.name.len() + c.arguments.len()).sum::<usize>()
+            }
+            Message::Tool { content, .. } => content.len(),
+        })
+        .sum();
+    u32::try_from(bytes.div_ceil(4)).unwrap_or(u32::MAX)
 }
 
 /// The model's context: each source's part of the system prompt, in order, then the earlier

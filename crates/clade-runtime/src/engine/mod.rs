@@ -18,6 +18,7 @@ use crate::models::Models;
 use crate::tools::ToolRunner;
 
 mod actor;
+mod compaction;
 mod context;
 mod executor;
 mod turn;
@@ -179,6 +180,10 @@ struct Inner {
     pub(crate) running_turns: std::sync::atomic::AtomicUsize,
     /// Memory recall for turns' contexts, when agents have memory (see [`Engine::set_recall`]).
     recall: std::sync::RwLock<Option<Arc<Recall>>>,
+    /// Sessions being compacted now (see [`compaction::start`]).
+    compacting: Mutex<std::collections::HashSet<SessionId>>,
+    /// Compactions completed: an actor whose kept history predates one reads it again.
+    compactions: std::sync::atomic::AtomicU64,
 }
 
 /// What wakes a session's actor. The queue holds at most one `Event` per open event of the
@@ -262,6 +267,8 @@ impl Engine {
             draining: std::sync::atomic::AtomicBool::new(false),
             running_turns: std::sync::atomic::AtomicUsize::new(0),
             recall: std::sync::RwLock::new(None),
+            compacting: Mutex::default(),
+            compactions: std::sync::atomic::AtomicU64::new(0),
         });
         let engine = Self { inner };
         engine.inner.tools.attach_hub(engine.inner.bus.hub().clone());

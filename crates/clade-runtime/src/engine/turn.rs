@@ -103,7 +103,8 @@ pub(super) async fn run_turn(
         resume_hint: format!("resume with `clade sessions resume {}`", session.id),
     };
     let steered = plan.steer;
-    let Kept { history, layers, .. } = kept;
+    let window = super::compaction::Window::of(inner, ctx);
+    let Kept { history, layers, compact, .. } = kept;
     let recall = inner.recall.read().unwrap_or_else(|e| e.into_inner()).clone();
     let mut sources: [&mut dyn ContextSource; 5] = [
         &mut PersonaFiles(&persona),
@@ -111,10 +112,13 @@ pub(super) async fn run_turn(
         &mut Whereabouts { source: &session.source, now: store.now() },
         &mut SessionHistory {
             kept: history,
-            store,
-            session: session.id,
-            turns: sessions.history_turns,
+            inner,
+            ctx,
             steered,
+            window,
+            compact,
+            cap: None,
+            shown: 0,
         },
         &mut MemoryRecall {
             recall,

@@ -161,6 +161,12 @@ pub(crate) async fn handle(
         Err(message) => return invalid(&message),
     };
     let plan = Plan::new(&messages, &behaviour);
+    if let Some(max) = behaviour.max_context.filter(|max| plan.input_tokens > *max) {
+        return invalid(&format!(
+            "prompt is too long: {} tokens > {max} maximum",
+            plan.input_tokens
+        ));
+    }
     let (mut cache_read, mut cache_write) = (0, 0);
     if let Some((key, prefix_tokens)) = cacheable_prefix(&body)
         && let Ok(mut seen) = shared.cached_prefixes.lock()

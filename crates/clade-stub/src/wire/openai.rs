@@ -368,6 +368,18 @@ pub(crate) async fn handle(
         Err(message) => return invalid(&message),
     };
     let plan = Plan::new(&messages, &behaviour);
+    if let Some(max) = behaviour.max_context.filter(|max| plan.input_tokens > *max) {
+        return error(
+            400,
+            "invalid_request_error",
+            Some("context_length_exceeded"),
+            &format!(
+                "This model's maximum context length is {max} tokens. However, your messages resulted in {} tokens.",
+                plan.input_tokens
+            ),
+            None,
+        );
+    }
     let id = format!("chatcmpl-{:x}", unix_now());
     let finish = if plan.calls.is_empty() { "stop" } else { "tool_calls" };
     let usage = json!({
