@@ -586,6 +586,18 @@ pub(crate) enum MemoryCommand {
     },
     /// Forget an item for good
     Rm { id: String },
+    /// Write the agent's whole memory (items, embeddings, links) to a file, as JSON Lines
+    Export {
+        /// The file to write [default: standard output]
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Read a file written by `export` into the agent's memory, as exported (a wrong file writes nothing)
+    Import {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -59,11 +59,18 @@ fn not_found(handle: &str, id: &str) -> ApiError {
 }
 
 fn refusal(handle: &str, err: clade_memory::Error) -> ApiError {
-    let clade_memory::Error::Store(err) = err;
     match err {
-        clade_store::Error::InvalidMemory(message) => ApiError::new(Code::InvalidMemory, message),
-        clade_store::Error::MemoryNotFound(id) => not_found(handle, &id),
-        other => other.into(),
+        clade_memory::Error::Store(clade_store::Error::InvalidMemory(message)) => {
+            ApiError::new(Code::InvalidMemory, message)
+        }
+        clade_memory::Error::Store(clade_store::Error::MemoryNotFound(id)) => {
+            not_found(handle, &id)
+        }
+        clade_memory::Error::Store(other) => other.into(),
+        // Exports and imports are the CLI's: no route reaches these.
+        other @ (clade_memory::Error::Archive { .. }
+        | clade_memory::Error::BadArchive(_)
+        | clade_memory::Error::Io(_)) => ApiError::new(Code::InvalidMemory, other.to_string()),
     }
 }
 

@@ -9,6 +9,7 @@
 //! [`TenantStore`] and names the agent and its scope, so no item crosses a tenant, an agent or
 //! an isolation key. Must not depend on the runtime or the gateway.
 
+pub mod archive;
 pub mod embed;
 pub mod mine;
 pub mod search;
@@ -42,6 +43,14 @@ pub const MAX_RECALL: usize = 50;
 pub enum Error {
     #[error(transparent)]
     Store(#[from] clade_store::Error),
+    /// A line of a memory export is wrong: nothing of it was imported.
+    #[error("line {line}: {message}")]
+    Archive { line: usize, message: String },
+    /// A memory export as a whole is wrong (empty, cut short): nothing of it was imported.
+    #[error("{0}")]
+    BadArchive(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 /// Which isolation key a session's memory is kept under: the agent's global memory, or one per

@@ -356,3 +356,152 @@ async fn by_meaning(
         .map(|h| h.item.content)
         .collect()
 }
+
+/// The item and link lines of an export (its header carries the time of the export).
+fn body_lines(export: &[u8]) -> Vec<String> {
+    let text = std::str::from_utf8(export).unwrap();
+    text.lines().skip(1).map(str::to_owned).collect()
+}
+
+async fn export_of(store: &Store, tenant: &Tenant, agent: AgentId) -> Vec<u8> {
+    let mut out = Vec::new();
+    clade_memory::archive::export(store, tenant.id, agent, "ada", &mut out, &mut |_| {})
+        .await
+        .unwrap();
+    out
+}
+
+/// An agent's memory exported from one backend and imported into a fresh agent on each
+/// backend comes back exactly (ids, times, provenance, embeddings to the bit, links); beside
+/// its origin it gets new ids with its links following them; a second import changes nothing;
+/// and a file with anything wrong in it writes nothing.
+#[tokio::test]
+async fn an_export_imports_exactly_on_both_backends_and_a_bad_one_writes_nothing() {
+    use clade_memory::archive::{ImportReport, import};
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let memory = Memory::new(Some(embeddings(stub.url())), Isolation::Actor);
+    let backends = backends().await;
+    let source = &backends[0];
+    let tenant = source.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+    let ada = agent(source, &tenant, "ada").await;
+    let store = source.store.tenant_scope(tenant.id);
+    let teal = memory
+        .save(&store, item(ada, "", MemoryKind::Preference, "Ada's favourite colour is teal"))
+        .await
+        .unwrap();
+    let mut quoted = item(ada, "telegram:alice", MemoryKind::Observation, "Ignore the cat");
+    quoted.untrusted = true;
+    quoted.provenance = Provenance {
+        session: Some(clade_core::SessionId::generate(source.store.now())),
+        turn: None,
+        tool: Some("http.request".into()),
+        by: "agent".into(),
+    };
+    let quoted = memory.save(&store, quoted).await.unwrap();
+    store
+        .link_memories(ada, quoted.item.id, teal.item.id, LinkKind::Contradicts, 0.25)
+        .await
+        .unwrap();
+    let plain = Memory::new(None, Isolation::Actor);
+    plain.save(&store, item(ada, "", MemoryKind::Todo, "Renew the passport")).await.unwrap();
+    let exported = export_of(&source.store, &tenant, ada).await;
+    let lines = body_lines(&exported);
+    assert_eq!(lines.len(), 3 + 1 + 1, "{lines:?}");
+    assert!(lines[3].contains("\"contradicts\"") && lines[4].contains("\"end\""), "{lines:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("ada.jsonl");
+    std::fs::write(&file, &exported).unwrap();
+
+    for target in &backends {
+        let other = target.store.create_tenant("other").await.unwrap();
+        let bo = agent(target, &other, "bo").await;
+        let report = import(&target.store, other.id, bo, &file, &mut |_| {}).await.unwrap();
+        let again = export_of(&target.store, &other, bo).await;
+        if std::ptr::eq(target, source) {
+            // Beside its origin: the same items under new ids, the link between the new ones.
+            assert_eq!((report.items, report.renamed, report.links), (3, 3, 1), "{}", target.name);
+            let moved: Vec<serde_json::Value> =
+                body_lines(&again).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+            let original: Vec<serde_json::Value> =
+                lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+            let ids: Vec<&str> = moved[..3].iter().map(|i| i["id"].as_str().unwrap()).collect();
+            // Items made in the same millisecond may sort apart under their new ids.
+            for new in &moved[..3] {
+                let old = original[..3].iter().find(|o| o["content"] == new["content"]).unwrap();
+                assert_ne!(new["id"], old["id"]);
+                assert_eq!(new["content"], old["content"]);
+                assert_eq!(new["embedding"], old["embedding"]);
+                assert_eq!(new["created_at"], old["created_at"]);
+            }
+            let link = &moved[3];
+            assert!(ids.contains(&link["from"].as_str().unwrap()), "{link}");
+            assert!(ids.contains(&link["to"].as_str().unwrap()), "{link}");
+        } else {
+            assert_eq!(
+                report,
+                ImportReport {
+                    from_agent: "ada".into(),
+                    items: 3,
+                    present: 0,
+                    renamed: 0,
+                    links: 1
+                },
+                "{}",
+                target.name
+            );
+            assert_eq!(body_lines(&again), lines, "{} changed the memory", target.name);
+        }
+        // Once more: everything is there already.
+        let report = import(&target.store, other.id, bo, &file, &mut |_| {}).await.unwrap();
+        assert_eq!((report.items, report.present, report.links), (0, 3, 0), "{}", target.name);
+        assert_eq!(body_lines(&export_of(&target.store, &other, bo).await), body_lines(&again));
+    }
+
+    // Bad files write nothing, and say which line is wrong.
+    let carl = agent(source, &tenant, "carl").await;
+    let good: Vec<&str> = std::str::from_utf8(&exported).unwrap().lines().collect();
+    let cases: Vec<(String, Vec<u8>, &str)> = vec![
+        ("cut short".into(), good[..good.len() - 1].join("\n").into_bytes(), "cut short"),
+        (
+            "unknown kind".into(),
+            good.join("\n").replace("\"todo\"", "\"rumour\"").into_bytes(),
+            "unknown kind",
+        ),
+        ("binary".into(), vec![0xff, 0x00, 0x12, b'\n'], "line 1"),
+        ("empty".into(), Vec::new(), "empty"),
+        (
+            "link to nowhere".into(),
+            {
+                let mut lines: Vec<String> = good.iter().map(|l| (*l).to_owned()).collect();
+                let nowhere = clade_core::MemoryId::generate(source.store.now()).to_string();
+                let at = lines.len() - 2;
+                lines[at] = lines[at].replace(&teal.item.id.to_string(), &nowhere);
+                lines.join("\n").into_bytes()
+            },
+            "no item line before it",
+        ),
+        (
+            "huge line".into(),
+            format!("{}\n{}\n", good[0], "x".repeat(200 * 1024)).into_bytes(),
+            "longer than",
+        ),
+        (
+            "wrong counts".into(),
+            good.join("\n").replace("\"items\":3", "\"items\":4").into_bytes(),
+            "end line counts",
+        ),
+        (
+            "blank content".into(),
+            good.join("\n").replace("Renew the passport", "   ").into_bytes(),
+            "empty",
+        ),
+    ];
+    for (name, bytes, expected) in cases {
+        let bad = tmp.path().join(format!("{name}.jsonl"));
+        std::fs::write(&bad, bytes).unwrap();
+        let err = import(&source.store, tenant.id, carl, &bad, &mut |_| {}).await.unwrap_err();
+        assert!(err.to_string().contains(expected), "{name}: {err}");
+        assert_eq!(source.store.memory_count(tenant.id, carl).await.unwrap(), 0, "{name}");
+    }
+}

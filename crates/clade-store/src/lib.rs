@@ -24,6 +24,7 @@ pub mod host_calls;
 pub mod jobs;
 pub mod leases;
 pub mod memories;
+pub mod memory_transfer;
 mod migrate;
 pub mod owner;
 mod paced;
@@ -57,6 +58,7 @@ pub use jobs::{
 };
 pub use leases::Lease;
 pub use memories::{LinkRow, MemoryFilter, MemoryRow, MemoryUpdate, NewMemory, Provenance};
+pub use memory_transfer::{Imported, MemoryRecord};
 pub use migrate::{MigrationReport, Migrations, SCHEMA_VERSION};
 pub use owner::OwnerLock;
 pub use peers::{NewPeer, PeerRow};

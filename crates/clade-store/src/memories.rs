@@ -47,7 +47,7 @@ struct StoredProvenance {
 }
 
 impl Provenance {
-    fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let stored = StoredProvenance {
             session: self.session.map(|s| s.to_string()),
             turn: self.turn.map(|t| t.to_string()),
@@ -179,7 +179,7 @@ const FILTERED: &str = "m.tenant_id = $2 AND m.agent_id = $3 AND (m.scope = $4 O
 
 /// The token naming an agent and scope inside the full-text index: digits only, so no
 /// stemmer changes it, and unique per (agent, scope) up to a 64-bit hash of the scope.
-fn owner_token(agent: AgentId, scope: &str) -> String {
+pub(crate) fn owner_token(agent: AgentId, scope: &str) -> String {
     let digest = sha2::Sha256::digest(scope.as_bytes());
     let mut hash = [0u8; 8];
     hash.copy_from_slice(&digest[..8]);
@@ -266,7 +266,7 @@ fn check_unit(name: &str, value: f64) -> Result<()> {
     }
 }
 
-fn vector_bytes(vector: &[f32]) -> Vec<u8> {
+pub(crate) fn vector_bytes(vector: &[f32]) -> Vec<u8> {
     vector.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -285,7 +285,7 @@ const COLUMNS: &str = "m.id, m.agent_id, m.scope, m.kind, m.content, m.importanc
      m.provenance, m.untrusted, m.strength, m.created_at, m.updated_at, m.accessed_at, \
      m.embedding_model";
 
-fn memory_row(row: &Row) -> Result<MemoryRow> {
+pub(crate) fn memory_row(row: &Row) -> Result<MemoryRow> {
     Ok(MemoryRow {
         id: MemoryId::from_bytes(id_bytes(row, "id")?),
         agent_id: AgentId::from_bytes(id_bytes(row, "agent_id")?),
@@ -304,7 +304,7 @@ fn memory_row(row: &Row) -> Result<MemoryRow> {
     })
 }
 
-fn link_row(row: &Row) -> Result<LinkRow> {
+pub(crate) fn link_row(row: &Row) -> Result<LinkRow> {
     Ok(LinkRow {
         from: MemoryId::from_bytes(id_bytes(row, "from_id")?),
         to: MemoryId::from_bytes(id_bytes(row, "to_id")?),

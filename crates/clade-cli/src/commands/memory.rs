@@ -40,6 +40,17 @@ fn row_cells(row: &MemoryRow) -> Vec<String> {
     ]
 }
 
+/// Progress of an export or import on standard error, every 5,000 items.
+fn progress(verb: &'static str) -> impl FnMut(clade_memory::archive::Progress) {
+    let mut shown = 0;
+    move |done| {
+        if done.items >= shown + 5000 {
+            shown = done.items;
+            eprintln!("{verb} {} items", done.items);
+        }
+    }
+}
+
 pub(super) async fn run(ctx: &Ctx, cmd: MemoryCommand) -> Result<()> {
     let tenant = ctx.tenant().await?;
     let agent = ctx.agent(None).await?;
@@ -150,6 +161,75 @@ pub(super) async fn run(ctx: &Ctx, cmd: MemoryCommand) -> Result<()> {
                 other => other?,
             }
             println!("forgot {id}");
+        }
+        MemoryCommand::Export { output } => {
+            let handle = agent.handle.to_string();
+            let mut show = progress("exported");
+            let done = match &output {
+                Some(path) => {
+                    // A file only where the whole export was written: a failed one leaves none.
+                    let partial = path.with_extension("partial");
+                    let file = std::fs::File::create(&partial)
+                        .with_context(|| format!("cannot create {}", partial.display()))?;
+                    let mut out = std::io::BufWriter::new(file);
+                    let done = clade_memory::archive::export(
+                        &ctx.store, tenant.id, agent.id, &handle, &mut out, &mut show,
+                    )
+                    .await;
+                    drop(out);
+                    match done {
+                        Ok(done) => {
+                            std::fs::rename(&partial, path)
+                                .with_context(|| format!("cannot write {}", path.display()))?;
+                            done
+                        }
+                        Err(err) => {
+                            std::fs::remove_file(&partial).ok();
+                            return Err(err.into());
+                        }
+                    }
+                }
+                None => {
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    clade_memory::archive::export(
+                        &ctx.store, tenant.id, agent.id, &handle, &mut out, &mut show,
+                    )
+                    .await?
+                }
+            };
+            eprintln!("exported {} items and {} links of agent {handle}", done.items, done.links);
+        }
+        MemoryCommand::Import { file, json } => {
+            let mut show = progress("imported");
+            let report =
+                clade_memory::archive::import(&ctx.store, tenant.id, agent.id, &file, &mut show)
+                    .await
+                    .with_context(|| {
+                        format!("{} was not imported (nothing of it was written)", file.display())
+                    })?;
+            if json {
+                return output::json(&serde_json::json!({
+                    "from_agent": report.from_agent, "items": report.items,
+                    "present": report.present, "renamed": report.renamed, "links": report.links,
+                }));
+            }
+            println!(
+                "imported {} items and {} links from agent {}'s export into {}{}{}",
+                report.items,
+                report.links,
+                report.from_agent,
+                agent.handle,
+                if report.present > 0 {
+                    format!("; {} were there already", report.present)
+                } else {
+                    String::new()
+                },
+                if report.renamed > 0 {
+                    format!("; {} got new ids (another agent holds theirs)", report.renamed)
+                } else {
+                    String::new()
+                },
+            );
         }
     }
     Ok(())

@@ -230,3 +230,59 @@ async fn an_agent_recalls_what_each_person_told_it_and_nothing_of_anyone_else() 
     let listed = server.get_json("/v1/agents/ada/memories?scope=http:alice").await;
     assert!(listed["items"].as_array().unwrap().is_empty(), "{listed}");
 }
+
+/// `clade memory export` writes an agent's memory to a file and `import` brings it into another
+/// data dir exactly (a second export is the same, but for its header); importing again changes
+/// nothing; a cut or wrong file is refused naming the problem, with nothing written.
+#[test]
+fn memory_exports_and_imports_between_data_dirs() {
+    let from = Env::new();
+    from.run(&["agents", "create", "ada"]).ok();
+    for (content, kind) in [("Ada's cat is called Miso", "fact"), ("Ada prefers tea", "preference")]
+    {
+        from.run(&["memory", "add", content, "--kind", kind, "--agent", "ada"]).ok();
+    }
+    from.run(&["memory", "add", "Alice likes rain", "--scope", "telegram:alice", "--agent", "ada"])
+        .ok();
+    let file = from.data_dir().join("ada-memory.jsonl");
+    let exported =
+        from.run(&["memory", "export", "--agent", "ada", "-o", file.to_str().unwrap()]).ok();
+    assert!(exported.stderr.contains("exported 3 items and 0 links"), "{}", exported.stderr);
+    let to_stdout = from.run(&["memory", "export", "--agent", "ada"]).ok().stdout;
+    let body = |text: &str| text.lines().skip(1).map(str::to_owned).collect::<Vec<_>>();
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(body(&to_stdout), body(&written));
+
+    let to = Env::new();
+    to.run(&["agents", "create", "ada"]).ok();
+    let imported =
+        to.run(&["memory", "import", file.to_str().unwrap(), "--agent", "ada", "--json"]);
+    let report: Value = serde_json::from_str(&imported.ok().stdout).unwrap();
+    assert_eq!(report["items"], 3, "{report}");
+    assert_eq!(report["from_agent"], "ada");
+    let again = to.run(&["memory", "export", "--agent", "ada"]).ok().stdout;
+    assert_eq!(body(&again), body(&written), "the import changed the memory");
+    let twice = to.run(&["memory", "import", file.to_str().unwrap(), "--agent", "ada"]).ok();
+    assert!(twice.stdout.contains("imported 0 items") && twice.stdout.contains("3 were there"));
+    let listed = to.run(&["memory", "list", "--agent", "ada", "--json"]).ok().stdout;
+    assert!(listed.contains("Miso") && !listed.contains("Alice"), "{listed}");
+    let scoped = to
+        .run(&["memory", "list", "--agent", "ada", "--scope", "telegram:alice", "--json"])
+        .ok()
+        .stdout;
+    assert!(scoped.contains("Alice likes rain"), "{scoped}");
+
+    // A cut file and a wrong line write nothing.
+    to.run(&["agents", "create", "bo"]).ok();
+    let cut = to.data_dir().join("cut.jsonl");
+    let lines: Vec<&str> = written.lines().collect();
+    std::fs::write(&cut, lines[..lines.len() - 1].join("\n")).unwrap();
+    to.run(&["memory", "import", cut.to_str().unwrap(), "--agent", "bo"]).fails_with("cut short");
+    let wrong = to.data_dir().join("wrong.jsonl");
+    std::fs::write(&wrong, written.replace("\"preference\"", "\"rumour\"")).unwrap();
+    to.run(&["memory", "import", wrong.to_str().unwrap(), "--agent", "bo"])
+        .fails_with("line 3: unknown kind \"rumour\"");
+    to.run(&["memory", "import", "/nonexistent.jsonl", "--agent", "bo"]).fails_with("No such file");
+    let none = to.run(&["memory", "list", "--agent", "bo", "--json"]).ok().stdout;
+    assert_eq!(serde_json::from_str::<Value>(&none).unwrap(), json!([]));
+}
