@@ -465,6 +465,15 @@ pub(crate) enum SessionsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A session's working memory: the values its agent keeps in its scratchpad
+    Working {
+        id: String,
+        /// One name's versions, newest first, with the turn that wrote each
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Continue a session's yielded turn where it stopped, with a fresh budget of model calls
     Resume {
         id: String,

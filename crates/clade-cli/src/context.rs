@@ -513,6 +513,7 @@ impl ToolSources {
             clade_sched::tools::register(&mut tools, self.store.clone());
         }
         clade_runtime::settings::register(&mut tools, self.store.clone(), self.settings.clone());
+        clade_memory::working::register(&mut tools, self.store.clone());
         if let Some(memory) = self.memory() {
             clade_memory::tools::register(&mut tools, self.store.clone(), memory);
         }

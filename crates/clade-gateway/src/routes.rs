@@ -997,6 +997,20 @@ pub static OPERATIONS: &[Operation] = &[
         )
     },
     Operation {
+        params: &[SESSION],
+        responses: &[
+            ok("200", "the values", of::<api::WorkingListResponse>),
+            error("404", "no such session"),
+        ],
+        ..op(
+            "GET",
+            "/v1/sessions/{id}/working",
+            &[Read],
+            "The session's working memory: the values its agent keeps in its scratchpad (scratchpad.set), shown in each turn's context",
+            || get(sessions::working),
+        )
+    },
+    Operation {
         params: &[SESSION, TURN],
         query: Some(fields::<api::StepsQuery>),
         responses: &[

@@ -17,7 +17,8 @@ use crate::agents::{JsonBody, query_rejection};
 use crate::api::{
     CancelResponse, QueueMode, ResumeResponse, SessionListResponse, SessionResponse, SessionUpdate,
     SessionsQuery, StepsQuery, StreamQuery, SummaryListResponse, SummaryResponse, TurnEvent,
-    TurnListResponse, TurnResponse, TurnStepPage, TurnUsageBody, TurnsQuery,
+    TurnListResponse, TurnResponse, TurnStepPage, TurnUsageBody, TurnsQuery, WorkingEntryResponse,
+    WorkingListResponse,
 };
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
@@ -205,6 +206,30 @@ pub(crate) async fn summaries(
         })
         .collect();
     Ok(axum::Json(SummaryListResponse { items }))
+}
+
+/// `GET /v1/sessions/{id}/working`: the values the session's working memory holds now.
+pub(crate) async fn working(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<WorkingListResponse>, ApiError> {
+    let session = state.of(&tenant).session(session_id(&id)?).await?;
+    reach.session(&session)?;
+    let entries = state.of(&tenant).working(session.id).await?;
+    let items = entries
+        .into_iter()
+        .filter_map(|e| {
+            Some(WorkingEntryResponse {
+                value: e.value?,
+                name: e.name,
+                version: e.version,
+                turn_id: e.turn.map(|t| t.to_string()),
+                written_at: e.written_at.as_millis(),
+            })
+        })
+        .collect();
+    Ok(axum::Json(WorkingListResponse { items }))
 }
 
 /// `GET /v1/sessions/{id}/turns/{turn}/steps`: a page of one turn's journal, in the order it

@@ -344,5 +344,5 @@ fn parse_caller(
         .map(clade_core::SessionId::parse)
         .transpose()
         .map_err(|e| format!("caller.session: {e}"))?;
-    Ok(clade_tools::Caller { tenant, agent, session })
+    Ok(clade_tools::Caller { tenant, agent, session, turn: None })
 }

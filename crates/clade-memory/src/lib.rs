@@ -15,6 +15,7 @@ pub mod mine;
 pub mod search;
 pub mod tools;
 mod vectors;
+pub mod working;
 
 use std::collections::HashMap;
 use std::sync::Arc;

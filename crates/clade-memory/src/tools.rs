@@ -114,7 +114,7 @@ impl TypedTool for SaveTool {
                 confidence: args.confidence.unwrap_or(0.8),
                 provenance: Provenance {
                     session: caller.session,
-                    turn: None,
+                    turn: caller.turn,
                     tool: args.from_tool.clone(),
                     by: "agent".into(),
                 },

@@ -376,6 +376,26 @@ pub struct SummaryListResponse {
     pub items: Vec<SummaryResponse>,
 }
 
+/// A value in a session's working memory: the agent's scratchpad, shown in its turns' context.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WorkingEntryResponse {
+    pub name: String,
+    pub value: String,
+    /// 1 for the name's first write, one more for each after it.
+    pub version: u32,
+    /// The turn whose tool call wrote it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_id: Option<String>,
+    /// Unix milliseconds.
+    pub written_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WorkingListResponse {
+    /// The values held now, by name.
+    pub items: Vec<WorkingEntryResponse>,
+}
+
 /// A tool an agent can call.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -563,6 +563,7 @@ impl ToolRunner {
                 tenant: agent.tenant_id,
                 agent: agent.id,
                 session: origin.session,
+                turn: origin.turn,
             }),
             progress: None,
         })

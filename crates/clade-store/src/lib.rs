@@ -38,6 +38,7 @@ pub mod store;
 pub mod summaries;
 pub mod turns;
 pub mod work;
+pub mod working;
 pub mod writer;
 
 pub use access::{
@@ -76,4 +77,5 @@ pub use turns::{
     TurnWrites,
 };
 pub use work::Work;
+pub use working::WorkingEntry;
 pub use writer::{DiskFaults, Durations, SyncHold, WriteStats};

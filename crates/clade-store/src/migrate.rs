@@ -91,6 +91,7 @@ const MIGRATIONS: &[Migration] = &[
         "session_summaries",
         include_str!("../migrations/0022_session_summaries.sql"),
     ),
+    Migration::shared(23, "working_memory", include_str!("../migrations/0023_working_memory.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -100,7 +101,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 22;
+pub const SCHEMA_VERSION: i64 = 23;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

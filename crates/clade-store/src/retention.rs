@@ -95,14 +95,15 @@ impl Store {
                             .bind(now)
                             .execute(&mut *conn)
                             .await?;
-                            query(
-                                "DELETE FROM session_summaries WHERE session_id = $1 \
-                                 AND tenant_id = $2",
-                            )
-                            .bind(session.clone())
-                            .bind(id.clone())
-                            .execute(&mut *conn)
-                            .await?;
+                            for table in ["session_summaries", "working_memory"] {
+                                query(format!(
+                                    "DELETE FROM {table} WHERE session_id = $1 AND tenant_id = $2"
+                                ))
+                                .bind(session.clone())
+                                .bind(id.clone())
+                                .execute(&mut *conn)
+                                .await?;
+                            }
                             query(crate::turns::REMEMBER_OUTBOX_IDS).execute(&mut *conn).await?;
                             swept.outbox += query(
                                 "DELETE FROM outbox WHERE session_id = $1 AND tenant_id = $2",

@@ -164,6 +164,31 @@ impl TenantStore {
         self.store.summaries(self.tenant, session, limit).await
     }
 
+    /// Sets or clears `name` in `session`'s working memory (see [`Store::write_working`]).
+    pub async fn write_working(
+        &self,
+        session: SessionId,
+        name: &str,
+        value: Option<String>,
+        turn: Option<clade_core::TurnId>,
+    ) -> Result<crate::WorkingEntry> {
+        self.store.write_working(self.tenant, session, name, value, turn).await
+    }
+
+    /// The values `session`'s working memory holds now, by name.
+    pub async fn working(&self, session: SessionId) -> Result<Vec<crate::WorkingEntry>> {
+        self.store.working(self.tenant, session).await
+    }
+
+    /// The versions kept of `name` in `session`'s working memory, newest first.
+    pub async fn working_history(
+        &self,
+        session: SessionId,
+        name: &str,
+    ) -> Result<Vec<crate::WorkingEntry>> {
+        self.store.working_history(self.tenant, session, name).await
+    }
+
     /// A page of `session`'s turns after `after` (see [`Store::turn_records`]); none for a
     /// session that is not this tenant's.
     pub async fn turn_records(

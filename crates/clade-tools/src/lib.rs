@@ -106,6 +106,8 @@ pub struct Caller {
     pub tenant: clade_core::TenantId,
     pub agent: clade_core::AgentId,
     pub session: Option<clade_core::SessionId>,
+    /// The turn whose model asked for the call; none for an operator's call or a remote host's.
+    pub turn: Option<clade_core::TurnId>,
 }
 
 impl CallContext {

@@ -275,6 +275,37 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
                 );
             }
         }
+        SessionsCommand::Working { id, name, json } => {
+            let id = SessionId::parse(&id)?;
+            let session = ctx.store.session(tenant.id, id).await?;
+            let store = ctx.store.tenant_scope(tenant.id);
+            let entries = match &name {
+                Some(name) => store.working_history(session.id, name).await?,
+                None => store.working(session.id).await?,
+            };
+            if json {
+                let items: Vec<_> = entries
+                    .iter()
+                    .map(|e| json!({
+                        "name": e.name, "value": e.value, "version": e.version,
+                        "turn_id": e.turn.map(|t| t.to_string()), "written_at": e.written_at.as_millis(),
+                    }))
+                    .collect();
+                return output::json(&items);
+            }
+            let rows: Vec<Vec<String>> = entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.name.clone(),
+                        e.version.to_string(),
+                        e.turn.map_or_else(|| "-".to_owned(), |t| t.to_string()),
+                        e.value.clone().unwrap_or_else(|| "(cleared)".to_owned()),
+                    ]
+                })
+                .collect();
+            output::table(&["NAME", "VERSION", "TURN", "VALUE"], &rows);
+        }
         SessionsCommand::Resume { id, server } => {
             let id = SessionId::parse(&id)?;
             let client = Client::new(ctx, server.server.as_deref())?;

@@ -175,6 +175,9 @@ pub(super) struct Kept {
     /// Set by a turn whose context grew past its compaction threshold: the actor starts a
     /// compaction once the turn ends.
     pub(super) compact: bool,
+    /// The session's working memory as last read, and [`ToolRunner::runs`] then: only a tool
+    /// call changes it, so it is read again only after one.
+    pub(super) working: Option<(Vec<clade_store::WorkingEntry>, u64)>,
 }
 
 /// A session's newest summary and its last completed turns after it, `(user text, reply)`,
@@ -244,6 +247,8 @@ pub(crate) struct TurnInput<'a> {
 pub(crate) struct Composed {
     pub system: String,
     pub history: Vec<Message>,
+    /// The session's working memory, shown after the history.
+    pub working: String,
     pub recalled: String,
 }
 
@@ -507,6 +512,40 @@ impl ContextSource for MemoryRecall<'_> {
                 Err(err) => {
                     tracing::warn!(agent = %self.agent, error = %err, "memory recall failed; the turn goes on without it")
                 }
+            }
+        })
+    }
+}
+
+/// The session's working memory (its scratchpad), shown after the history: kept by the actor
+/// and read again only after a tool call in this process, since only the scratchpad tools write
+/// it. A failed read leaves it out of the turn.
+pub(super) struct WorkingMemory<'a> {
+    pub(super) kept: &'a mut Option<(Vec<clade_store::WorkingEntry>, u64)>,
+    pub(super) inner: &'a Inner,
+    pub(super) tenant: clade_core::TenantId,
+    pub(super) session: SessionId,
+}
+
+impl ContextSource for WorkingMemory<'_> {
+    fn contribute<'a>(
+        &'a mut self,
+        _input: &'a TurnInput<'a>,
+        into: &'a mut Composed,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let runs = self.inner.tools.runs();
+            if self.kept.as_ref().is_none_or(|(_, seen)| *seen != runs) {
+                match self.inner.visible.tenant_scope(self.tenant).working(self.session).await {
+                    Ok(entries) => *self.kept = Some((entries, runs)),
+                    Err(err) => {
+                        *self.kept = None;
+                        tracing::warn!(session = %self.session, error = %err, "cannot read the session's working memory; the turn goes on without it");
+                    }
+                }
+            }
+            if let Some((entries, _)) = self.kept.as_ref().filter(|(e, _)| !e.is_empty()) {
+                into.working = clade_memory::working::render(entries);
             }
         })
     }

@@ -485,12 +485,15 @@ async fn compose(input: &TurnInput<'_>, sources: &mut [&mut dyn ContextSource]) 
     for source in sources.iter_mut() {
         source.contribute(input, &mut composed).await;
     }
-    let Composed { system, history, recalled } = composed;
+    let Composed { system, history, working, recalled } = composed;
     let mut messages = Vec::with_capacity(2 + history.len() + input.events.len() + 1);
     messages.push(Message::system(system));
     messages.extend(history);
     // After the history, so the prompt's prefix stays the same from one turn to the next
-    // (providers' prompt caches) however recall changes.
+    // (providers' prompt caches) however working memory and recall change.
+    if !working.is_empty() {
+        messages.push(Message::user(working));
+    }
     if !recalled.is_empty() {
         messages.push(Message::user(recalled));
     }

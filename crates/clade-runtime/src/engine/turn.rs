@@ -16,7 +16,7 @@ use super::Inner;
 use super::actor::{TURN_PAUSE, TurnContext, publish};
 use super::context::{
     ContextSource, Kept, Layers, MemoryRecall, Persona, PersonaFiles, SessionHistory,
-    SessionLayers, Whereabouts, read_persona,
+    SessionLayers, Whereabouts, WorkingMemory, read_persona,
 };
 use super::executor::{self, Hands, Journal, Thinker, TurnPlan, Write};
 use crate::hub::LiveEvent;
@@ -104,9 +104,9 @@ pub(super) async fn run_turn(
     };
     let steered = plan.steer;
     let window = super::compaction::Window::of(inner, ctx);
-    let Kept { history, layers, compact, .. } = kept;
+    let Kept { history, layers, compact, working, .. } = kept;
     let recall = inner.recall.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let mut sources: [&mut dyn ContextSource; 5] = [
+    let mut sources: [&mut dyn ContextSource; 6] = [
         &mut PersonaFiles(&persona),
         &mut SessionLayers(layers),
         &mut Whereabouts { source: &session.source, now: store.now() },
@@ -120,6 +120,7 @@ pub(super) async fn run_turn(
             cap: None,
             shown: 0,
         },
+        &mut WorkingMemory { kept: working, inner, tenant: tenant.id, session: session.id },
         &mut MemoryRecall {
             recall,
             store: inner.visible.tenant_scope(tenant.id),

@@ -18,3 +18,4 @@ mod sessions;
 mod settings;
 mod tenants_tokens;
 mod usage;
+mod working;
