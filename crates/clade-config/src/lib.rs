@@ -129,6 +129,9 @@ pub struct Config {
     pub testing: TestingConfig,
 }
 
+/// How `memory.embeddings` names a model run in process rather than a `models` entry.
+pub const LOCAL_PREFIX: &str = "local:";
+
 /// Agents' long-term memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -136,8 +139,10 @@ pub struct MemoryConfig {
     /// Whether agents have memory: the `memory.*` tools and recall in each turn's context.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// A `models` entry with provider `openai` whose embeddings endpoint (`/embeddings`) makes
-    /// the vectors recall compares meaning with; without one, recall uses full text alone.
+    /// What makes the vectors recall compares meaning with: `local:<name>`, a model run in
+    /// process from the data dir's `models/<name>` (installed by `clade models fetch`), or a
+    /// `models` entry with provider `openai` (its `/embeddings` endpoint). Unset: the local
+    /// `all-minilm-l6-v2` when its files are there, else recall uses full text alone.
     #[serde(default)]
     pub embeddings: Option<String>,
     /// Which memory a conversation reads and writes besides the agent's global memory: none
@@ -959,7 +964,19 @@ impl Config {
                 return fail(format!("models.{name}.context_window: must be at least 1024 tokens"));
             }
         }
-        if let Some(name) = &self.memory.embeddings {
+        if let Some(local) =
+            self.memory.embeddings.as_deref().and_then(|n| n.strip_prefix(LOCAL_PREFIX))
+        {
+            let fits = !local.is_empty()
+                && local.len() <= 64
+                && local.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && !local.starts_with('.');
+            if !fits {
+                return fail(format!(
+                    "memory.embeddings: {local:?} is not a local model's name (a folder under the data dir's models/: letters, digits, '-', '_', '.')"
+                ));
+            }
+        } else if let Some(name) = &self.memory.embeddings {
             match self.models.get(name) {
                 None => {
                     return fail(format!(

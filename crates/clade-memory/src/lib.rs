@@ -2,7 +2,7 @@
 //!
 //! Owns what an agent remembers beyond its session's recent turns: saving typed items with
 //! write-time deduplication (a near-duplicate updates or links the item it repeats), hybrid
-//! recall (full text and vector similarity fused by reciprocal rank, then expanded along the
+//! recall (full text and vector similarity fused by relative score, then expanded along the
 //! best hits' links), embeddings (any [`Embedder`]; without one, memory works on full text and
 //! says so once), the recall block a turn's context shows, and the agents' `memory.*` tools.
 //! Storage is `clade-store`'s ([`clade_store::memories`]); every read and write goes through a
@@ -30,6 +30,9 @@ pub use embed::Embedder;
 const CANDIDATES: u32 = 50;
 /// Fused hits whose links are followed.
 const EXPANDED: usize = 5;
+/// Full text's share of a fused score (vectors have the rest): words decide between items of
+/// one meaning (codes, names), meaning decides the rest (see `docs/perf/memory.md`, quality).
+const TEXT_WEIGHT: f64 = 0.3;
 /// Word overlap at or above which a new item repeats an old one.
 const DUPLICATE_OVERLAP: f32 = 0.8;
 /// Vector similarity at or above which a new item repeats an old one.
@@ -52,6 +55,17 @@ pub enum Error {
     BadArchive(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// How a search finds items: by every method, fused (what turns and tools use), or by one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Full text and vectors fused by their relative scores, then the best hits' links.
+    Hybrid,
+    /// Full text alone.
+    FullText,
+    /// Vectors alone.
+    Vectors,
 }
 
 /// Which isolation key a session's memory is kept under: the agent's global memory, or one per
@@ -333,7 +347,7 @@ impl Memory {
     }
 
     /// The agent's items most relevant to `query` in the filter's scopes, best first, at most
-    /// `limit` (up to [`MAX_RECALL`]): full-text and vector hits fused by reciprocal rank, and
+    /// `limit` (up to [`MAX_RECALL`]): full-text and vector hits fused by relative score, and
     /// the items linked to the best of them.
     pub async fn recall(
         &self,
@@ -343,18 +357,31 @@ impl Memory {
         query: &str,
         limit: usize,
     ) -> Result<Vec<Recalled>, Error> {
+        self.search(store, agent, filter, query, limit, Mode::Hybrid).await
+    }
+
+    /// [`Memory::recall`] by one method alone, or all of them (`Mode::Hybrid`): what an
+    /// evaluation compares.
+    pub async fn search(
+        &self,
+        store: &TenantStore,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        query: &str,
+        limit: usize,
+        mode: Mode,
+    ) -> Result<Vec<Recalled>, Error> {
         let limit = limit.min(MAX_RECALL);
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let text: Vec<MemoryId> = store
-            .search_memory_text(agent, filter, query, CANDIDATES)
-            .await?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
+        let mut text: Vec<(MemoryId, f64)> = Vec::new();
+        if mode != Mode::Vectors {
+            text = store.search_memory_text(agent, filter, query, CANDIDATES).await?;
+        }
         let mut vector: Vec<(MemoryId, f32)> = Vec::new();
-        if !query.trim().is_empty()
+        if mode != Mode::FullText
+            && !query.trim().is_empty()
             && let Some(model) = self.embedding_model()
             && let Some(mut vectors) = self.embed(&[query.to_owned()]).await
             && let Some(asked) = vectors.pop()
@@ -369,21 +396,23 @@ impl Memory {
                 )
                 .await?;
         }
-        let vector_ids: Vec<MemoryId> = vector.iter().map(|(id, _)| *id).collect();
-        let mut fused = search::fuse(&[&text, &vector_ids]);
+        let vector: Vec<(MemoryId, f64)> =
+            vector.into_iter().map(|(id, similarity)| (id, f64::from(similarity))).collect();
+        let mut fused = search::fuse_scores(&[(&text, TEXT_WEIGHT), (&vector, 1.0 - TEXT_WEIGHT)]);
         let mut reasons: HashMap<MemoryId, Vec<Reason>> = HashMap::new();
-        for (rank, id) in text.iter().enumerate() {
+        for (rank, (id, _)) in text.iter().enumerate() {
             reasons.entry(*id).or_default().push(Reason::Text { rank: rank + 1 });
         }
         for (rank, (id, similarity)) in vector.iter().enumerate() {
             reasons
                 .entry(*id)
                 .or_default()
-                .push(Reason::Vector { rank: rank + 1, similarity: *similarity });
+                .push(Reason::Vector { rank: rank + 1, similarity: *similarity as f32 });
         }
         // Graph expansion: what the best hits link to (or are linked from) comes along, scored
         // below the hit by the link's weight.
-        let best: Vec<(MemoryId, f64)> = fused.iter().take(EXPANDED).copied().collect();
+        let expanded = if mode == Mode::Hybrid { EXPANDED } else { 0 };
+        let best: Vec<(MemoryId, f64)> = fused.iter().take(expanded).copied().collect();
         if !best.is_empty() {
             let ids: Vec<MemoryId> = best.iter().map(|(id, _)| *id).collect();
             for link in store.memory_links(agent, &ids).await? {

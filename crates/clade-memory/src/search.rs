@@ -1,24 +1,29 @@
-//! The arithmetic of recall, free of I/O: similarity of texts and vectors, and reciprocal rank
-//! fusion.
+//! The arithmetic of recall, free of I/O: similarity of texts and vectors, and the fusion of
+//! scored lists.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 
-/// RRF's constant: a hit at rank `r` (from 1) in one list scores `1 / (K + r)`.
-pub const RRF_K: f64 = 60.0;
-
-/// Reciprocal rank fusion of ranked lists (best first): each item's summed `1 / (K + rank)`,
-/// best first; ties keep the order items were first seen in.
-pub fn fuse<T: Copy + Eq + Hash>(lists: &[&[T]]) -> Vec<(T, f64)> {
+/// Relative score fusion of scored lists (higher is better), each with a weight: within each
+/// list the scores are scaled to 0..1 (its best 1, its worst 0; all 1 when they are equal), and
+/// an item's fused score is the weighted sum over the lists it is in, best first; ties keep the
+/// order items were first seen in. Unlike rank fusion, a list whose best hit stands out counts
+/// for more than one whose hits are all alike, so a noisy list (full text matching common
+/// words) does not bury the clear winner of the other.
+pub fn fuse_scores<T: Copy + Eq + Hash>(lists: &[(&[(T, f64)], f64)]) -> Vec<(T, f64)> {
     let mut scores: HashMap<T, (f64, usize)> = HashMap::new();
     let mut seen = 0;
-    for list in lists {
-        for (rank, item) in list.iter().enumerate() {
+    for (list, weight) in lists {
+        let best = list.iter().map(|(_, s)| *s).fold(f64::NEG_INFINITY, f64::max);
+        let worst = list.iter().map(|(_, s)| *s).fold(f64::INFINITY, f64::min);
+        let span = best - worst;
+        for (item, score) in list.iter() {
+            let scaled = if span > 0.0 { (score - worst) / span } else { 1.0 };
             let entry = scores.entry(*item).or_insert_with(|| {
                 seen += 1;
                 (0.0, seen)
             });
-            entry.0 += 1.0 / (RRF_K + rank as f64 + 1.0);
+            entry.0 += weight * scaled;
         }
     }
     let mut fused: Vec<(T, f64, usize)> =
@@ -80,13 +85,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fusion_rewards_agreement_and_keeps_first_seen_order_on_ties() {
-        let text = [1, 2, 3];
-        let vector = [3, 4];
-        let fused = fuse(&[&text, &vector]);
-        assert_eq!(fused[0].0, 3, "{fused:?}");
-        assert_eq!(fused.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [3, 1, 2, 4]);
-        assert!(fuse::<u8>(&[]).is_empty());
+    fn fusion_scales_each_list_and_weighs_them() {
+        // Full text finds 1, 2 and 3 about equally; vectors find 4 clearly best.
+        let text = [(1, 10.0), (2, 9.9), (3, 9.8)];
+        let vector = [(4, 0.9), (3, 0.5), (5, 0.3)];
+        let fused = fuse_scores(&[(&text, 0.3), (&vector, 0.7)]);
+        let order: Vec<i32> = fused.iter().map(|(i, _)| *i).collect();
+        // 4: 0.7 (vectors' best); 1: 0.3 (text's best); 3: 0 + 0.7 * 1/3; 2: 0.3 * 1/2; 5: 0.
+        assert_eq!(order, [4, 1, 3, 2, 5], "{fused:?}");
+        assert!((fused[2].1 - 0.7 / 3.0).abs() < 1e-9, "{fused:?}");
+        // A list of one (or of equal scores) counts fully; an empty one not at all.
+        let alone = fuse_scores(&[(&[(7, 0.2)], 0.7), (&[], 0.3)]);
+        assert_eq!(alone, [(7, 0.7)]);
+        assert!(fuse_scores::<u8>(&[]).is_empty());
     }
 
     #[test]

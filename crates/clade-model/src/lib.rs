@@ -12,6 +12,8 @@ pub mod anthropic;
 pub mod embeddings;
 pub mod error;
 mod http;
+#[cfg(feature = "local-models")]
+pub mod local_embeddings;
 pub mod oauth;
 pub mod openai;
 pub mod provider;

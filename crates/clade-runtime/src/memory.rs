@@ -1,6 +1,8 @@
 //! Agents' memory as the configuration sets it up: the memory service with its embeddings
-//! model (`memory.embeddings`, an OpenAI-compatible `/embeddings` endpoint with that model's
-//! base URL, headers and key), and what each turn recalls.
+//! model (`memory.embeddings`: `local:<name>`, a model run in process from the data dir's
+//! `models/<name>`, which is the default when its files are there; or an OpenAI-compatible
+//! `/embeddings` endpoint with that model's base URL, headers and key), and what each turn
+//! recalls.
 
 use std::sync::Arc;
 
@@ -12,12 +14,122 @@ use clade_model::embeddings::OpenAiEmbeddings;
 use crate::engine::Recall;
 use crate::models::EnvHints;
 
-/// The memory service `config` describes, or `None` when agents have no memory.
-pub fn memory_of(config: &Config, env: &EnvHints) -> Option<Arc<Memory>> {
+/// The local embeddings model used when `memory.embeddings` names none.
+pub const DEFAULT_LOCAL_EMBEDDINGS: &str = "all-minilm-l6-v2";
+
+/// The memory service `config` describes, or `None` when agents have no memory. Local models
+/// are looked for under `models_dir` (the data dir's `models`).
+pub fn memory_of(
+    config: &Config,
+    env: &EnvHints,
+    models_dir: &std::path::Path,
+) -> Option<Arc<Memory>> {
     if !config.memory.enabled {
         return None;
     }
-    let embedder = config.memory.embeddings.as_ref().and_then(|name| {
+    let local = match config.memory.embeddings.as_deref() {
+        None => Some((DEFAULT_LOCAL_EMBEDDINGS, false)),
+        Some(name) => name.strip_prefix(clade_config::LOCAL_PREFIX).map(|name| (name, true)),
+    };
+    let embedder = match local {
+        Some((name, asked)) => local_embedder(models_dir, name, asked),
+        None => openai_embedder(config, env),
+    };
+    let isolation = match config.memory.isolation {
+        MemoryIsolation::Global => Isolation::Global,
+        MemoryIsolation::Actor => Isolation::Actor,
+        MemoryIsolation::Channel => Isolation::Channel,
+    };
+    Some(Arc::new(Memory::new(embedder, isolation)))
+}
+
+/// Whether the lack of a local model was said already: it is said once a process.
+static SAID_NO_LOCAL_MODEL: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// The local model `name` from `models_dir`, loaded once a process and shared; `None`, said
+/// once, when its files are not there (`asked`: the configuration named it, so it is a warning).
+fn local_embedder(
+    models_dir: &std::path::Path,
+    name: &str,
+    asked: bool,
+) -> Option<Arc<dyn Embedder>> {
+    let loaded = local_embeddings(models_dir, name);
+    if let Err(err) = &loaded
+        && !SAID_NO_LOCAL_MODEL.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        if asked {
+            tracing::warn!(model = %name, "memory.embeddings: {err}; recall uses full text until it is there");
+        } else {
+            tracing::info!(model = %name, "memory: no local embeddings model ({err}); recall uses full text alone");
+        }
+    }
+    loaded.ok()
+}
+
+/// The local model `name` from `models_dir` as memory's embedder, loaded once a process.
+#[cfg(feature = "local-models")]
+pub fn local_embeddings(
+    models_dir: &std::path::Path,
+    name: &str,
+) -> Result<Arc<dyn Embedder>, String> {
+    let dir = &models_dir.join(name);
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Loaded = HashMap<std::path::PathBuf, clade_model::local_embeddings::LocalEmbeddings>;
+    // A reload asks again: the model stays loaded rather than read anew (90 MB).
+    static LOADED: Mutex<Option<Loaded>> = Mutex::new(None);
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = loaded.get_or_insert_with(HashMap::new);
+    let model = match cache.get(dir) {
+        Some(model) => model.clone(),
+        None => {
+            let model = clade_model::local_embeddings::LocalEmbeddings::load(dir, name)
+                .map_err(|e| e.to_string())?;
+            tracing::info!(model = %name, dimensions = model.dimensions(), "memory: embeddings made in process");
+            cache.insert(dir.to_owned(), model.clone());
+            model
+        }
+    };
+    // Vectors are stored under a name that changes with the model's width: files replaced by
+    // another model's are never compared with the vectors the old one made.
+    let name = format!("{}{name}:{}", clade_config::LOCAL_PREFIX, model.dimensions());
+    Ok(Arc::new(LocalEmbedder { name, model }))
+}
+
+/// Without the `local-models` feature there are no local models.
+#[cfg(not(feature = "local-models"))]
+pub fn local_embeddings(
+    _models_dir: &std::path::Path,
+    _name: &str,
+) -> Result<Arc<dyn Embedder>, String> {
+    Err("this build has no local models (cargo feature `local-models`)".into())
+}
+
+/// A local model as memory's embedder, under the name its vectors are stored with.
+#[cfg(feature = "local-models")]
+struct LocalEmbedder {
+    name: String,
+    model: clade_model::local_embeddings::LocalEmbeddings,
+}
+
+#[cfg(feature = "local-models")]
+impl Embedder for LocalEmbedder {
+    fn model(&self) -> &str {
+        &self.name
+    }
+
+    fn embed<'a>(
+        &'a self,
+        texts: &'a [String],
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
+        Box::pin(async move { self.model.embed(texts).await.map_err(|e| e.to_string()) })
+    }
+}
+
+/// The OpenAI-compatible endpoint `memory.embeddings` names, if it names a `models` entry.
+fn openai_embedder(config: &Config, env: &EnvHints) -> Option<Arc<dyn Embedder>> {
+    config.memory.embeddings.as_ref().and_then(|name| {
         let model = config.models.get(name).filter(|m| m.provider == ProviderKind::Openai)?;
         let base = model
             .base_url
@@ -39,13 +151,7 @@ pub fn memory_of(config: &Config, env: &EnvHints) -> Option<Arc<Memory>> {
         let embedder: Arc<dyn Embedder> =
             Arc::new(OpenAiEmbeddings::new(name.clone(), id, reqwest::Client::new(), options));
         Some(embedder)
-    });
-    let isolation = match config.memory.isolation {
-        MemoryIsolation::Global => Isolation::Global,
-        MemoryIsolation::Actor => Isolation::Actor,
-        MemoryIsolation::Channel => Isolation::Channel,
-    };
-    Some(Arc::new(Memory::new(embedder, isolation)))
+    })
 }
 
 /// What turns recall from `memory` under `config`'s limits.

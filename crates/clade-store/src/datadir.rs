@@ -48,6 +48,11 @@ impl DataDir {
         self.root.join("clade.db")
     }
 
+    /// Where models run in process keep their files, a folder each (`clade models fetch`).
+    pub fn models_dir(&self) -> PathBuf {
+        self.root.join("models")
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.root.join(clade_config_file_name())
     }

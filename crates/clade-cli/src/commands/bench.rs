@@ -45,9 +45,10 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
             super::bench_sched::run(ctx, &super::bench_sched::Plan { jobs, seconds, spread, turns })
                 .await
         }
-        BenchCommand::Memory { items, queries, saves } => {
-            super::bench_memory::run(ctx, &super::bench_memory::Plan { items, queries, saves })
-                .await
+        BenchCommand::Memory { items, queries, saves, embeddings, eval, distractors } => {
+            let plan =
+                super::bench_memory::Plan { items, queries, saves, embeddings, eval, distractors };
+            super::bench_memory::run(ctx, &plan).await
         }
         BenchCommand::Neighbours { quota, quiet_tenants, quiet_rate, seconds, rounds } => {
             let plan =

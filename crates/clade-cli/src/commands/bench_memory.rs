@@ -24,6 +24,12 @@ pub(super) struct Plan {
     pub(super) items: Vec<usize>,
     pub(super) queries: usize,
     pub(super) saves: usize,
+    /// `stub` or `local`.
+    pub(super) embeddings: String,
+    /// An evaluation set: measure recall@k instead of speed.
+    pub(super) eval: Option<std::path::PathBuf>,
+    /// Generated notes stored beside an evaluation set's items.
+    pub(super) distractors: usize,
 }
 
 const NAMES: [&str; 12] =
@@ -107,35 +113,38 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         clade_stub::StubOptions { capture: 0, ..Default::default() },
     )
     .await?;
-    let mut options = clade_model::HttpOptions::new(format!("{}/v1", stub.url()));
-    options.connect_timeout = Duration::from_secs(30);
-    let embedder: Arc<dyn Embedder> = Arc::new(clade_model::embeddings::OpenAiEmbeddings::new(
-        "stub",
-        "hash",
-        reqwest::Client::new(),
-        options,
-    ));
+    let (embedder, from): (Arc<dyn Embedder>, String) = match plan.embeddings.as_str() {
+        "stub" => {
+            let mut options = clade_model::HttpOptions::new(format!("{}/v1", stub.url()));
+            options.connect_timeout = Duration::from_secs(30);
+            let stub = clade_model::embeddings::OpenAiEmbeddings::new(
+                "stub",
+                "hash",
+                reqwest::Client::new(),
+                options,
+            );
+            (Arc::new(stub), "clade-stub (feature hashes, 256 dimensions)".into())
+        }
+        "local" => {
+            let name = clade_runtime::memory::DEFAULT_LOCAL_EMBEDDINGS;
+            let local = clade_runtime::memory::local_embeddings(&ctx.data_dir.models_dir(), name)
+                .map_err(anyhow::Error::msg)?;
+            let from = format!("{} in process", local.model());
+            (local, from)
+        }
+        other => bail!("--embeddings {other:?}: use stub or local"),
+    };
     let tenant = ctx.tenant().await?;
     let store = ctx.store.tenant_scope(tenant.id);
-    println!(
-        "bench memory: store {}, embeddings from clade-stub (256 dimensions)",
-        ctx.store.location()
-    );
+    println!("bench memory: store {}, embeddings from {from}", ctx.store.location());
+    if let Some(file) = &plan.eval {
+        return evaluate(ctx, &tenant, file, plan.distractors, embedder).await;
+    }
     for &size in &plan.items {
         let hybrid = Arc::new(Memory::new(Some(embedder.clone()), Isolation::Global));
         let words = Memory::new(None, Isolation::Global);
         let handle = format!("bmem{:x}-{size}", ctx.store.now().as_millis());
-        let agent = ctx
-            .agents
-            .create(
-                tenant.id,
-                NewAgent {
-                    handle: Handle::parse(&handle)?,
-                    display_name: None,
-                    config: AgentConfig::default(),
-                },
-            )
-            .await?;
+        let agent = new_agent(ctx, &tenant, &handle).await?;
         let disk_before = ctx.store.disk_bytes().await?;
         let mut texts = Texts(0x9e37_79b9_7f4a_7c15 ^ size as u64);
 
@@ -151,12 +160,13 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
                 let contents: Vec<String> = (next..end).map(|n| texts.item(n)).collect();
                 let vectors = embedder.embed(&contents).await.map_err(anyhow::Error::msg)?;
                 let (store, agent_id) = (store.clone(), agent.id);
+                let model = embedder.model().to_owned();
                 tasks.spawn(async move {
                     let mut saves = JoinSet::new();
                     for (content, vector) in contents.into_iter().zip(vectors) {
-                        let store = store.clone();
+                        let (store, vector) = (store.clone(), Some((vector, model.clone())));
                         saves.spawn(async move {
-                            store.save_memory(new_item(agent_id, content, Some(vector))).await
+                            store.save_memory(new_item(agent_id, content, vector)).await
                         });
                     }
                     let mut n = 0;
@@ -257,7 +267,11 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-fn new_item(agent: clade_core::AgentId, content: String, vector: Option<Vec<f32>>) -> NewMemory {
+fn new_item(
+    agent: clade_core::AgentId,
+    content: String,
+    vector: Option<(Vec<f32>, String)>,
+) -> NewMemory {
     NewMemory {
         agent,
         scope: String::new(),
@@ -267,6 +281,133 @@ fn new_item(agent: clade_core::AgentId, content: String, vector: Option<Vec<f32>
         confidence: 0.8,
         provenance: Provenance { by: "bench".into(), ..Provenance::default() },
         untrusted: false,
-        embedding: vector.map(|v| (v, "hash".to_owned())),
+        embedding: vector,
     }
+}
+
+async fn new_agent(
+    ctx: &Ctx,
+    tenant: &clade_core::Tenant,
+    handle: &str,
+) -> Result<clade_core::Agent> {
+    let spec = NewAgent {
+        handle: Handle::parse(handle)?,
+        display_name: None,
+        config: AgentConfig::default(),
+    };
+    Ok(ctx.agents.create(tenant.id, spec).await?)
+}
+
+/// An evaluation set (`docs/perf/memory-eval.json` is ours): conversations whose turns become
+/// memory items, and questions naming the turns that answer them.
+#[derive(serde::Deserialize)]
+struct EvalSet {
+    conversations: Vec<EvalConversation>,
+    questions: Vec<EvalQuestion>,
+}
+
+#[derive(serde::Deserialize)]
+struct EvalConversation {
+    turns: Vec<EvalTurn>,
+}
+
+#[derive(serde::Deserialize)]
+struct EvalTurn {
+    id: String,
+    text: String,
+}
+
+#[derive(serde::Deserialize)]
+struct EvalQuestion {
+    question: String,
+    evidence: Vec<String>,
+}
+
+/// Ingests the set's turns into a new agent (a turn an item, embedded), then asks each question
+/// by full text alone, vectors alone and both fused, and reports recall@5 and recall@10: the
+/// share of each question's evidence among the first 5 and 10 items, averaged over questions.
+async fn evaluate(
+    ctx: &Ctx,
+    tenant: &clade_core::Tenant,
+    file: &std::path::Path,
+    distractors: usize,
+    embedder: Arc<dyn Embedder>,
+) -> Result<()> {
+    use std::collections::HashMap;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let set: EvalSet = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not an evaluation set: {e}", file.display()))?;
+    let turns: Vec<&EvalTurn> = set.conversations.iter().flat_map(|c| &c.turns).collect();
+    if turns.is_empty() || set.questions.is_empty() {
+        bail!("{}: an evaluation set needs turns and questions", file.display());
+    }
+    let known: std::collections::HashSet<&str> = turns.iter().map(|t| t.id.as_str()).collect();
+    for q in &set.questions {
+        if q.evidence.is_empty() {
+            bail!("question {:?} names no evidence", q.question);
+        }
+        if let Some(missing) = q.evidence.iter().find(|e| !known.contains(e.as_str())) {
+            bail!("question {:?} names evidence {missing:?}, which no turn has", q.question);
+        }
+    }
+    let agent = new_agent(ctx, tenant, &format!("beval{:x}", ctx.store.now().as_millis())).await?;
+    let store = ctx.store.tenant_scope(tenant.id);
+    eprintln!(
+        "storing {distractors} generated notes and {} turns in {}",
+        turns.len(),
+        agent.handle
+    );
+    let mut generated = Texts(0x5eed);
+    let notes: Vec<String> = (0..distractors).map(|n| generated.item(n)).collect();
+    for (n, chunk) in notes.chunks(64).enumerate() {
+        let vectors = embedder.embed(chunk).await.map_err(anyhow::Error::msg)?;
+        for (text, vector) in chunk.iter().zip(vectors) {
+            let embedding = Some((vector, embedder.model().to_owned()));
+            store.save_memory(new_item(agent.id, text.clone(), embedding)).await?;
+        }
+        eprint!("\r  {}/{distractors} notes", (n * 64 + chunk.len()));
+    }
+    let mut ids = HashMap::new();
+    for chunk in turns.chunks(64) {
+        let texts: Vec<String> = chunk.iter().map(|t| t.text.clone()).collect();
+        let vectors = embedder.embed(&texts).await.map_err(anyhow::Error::msg)?;
+        for (turn, vector) in chunk.iter().zip(vectors) {
+            let embedding = Some((vector, embedder.model().to_owned()));
+            let row = store.save_memory(new_item(agent.id, turn.text.clone(), embedding)).await?;
+            ids.insert(row.id, turn.id.as_str());
+        }
+    }
+    let memory = Memory::new(Some(embedder), Isolation::Global);
+    eprintln!();
+    println!(
+        "  {} questions over {} items and {distractors} generated notes ({})",
+        set.questions.len(),
+        turns.len(),
+        file.display()
+    );
+    for (name, mode) in [
+        ("full text", clade_memory::Mode::FullText),
+        ("vectors", clade_memory::Mode::Vectors),
+        ("hybrid", clade_memory::Mode::Hybrid),
+    ] {
+        let (mut at5, mut at10) = (0.0, 0.0);
+        for q in &set.questions {
+            let hits = memory
+                .search(&store, agent.id, &MemoryFilter::default(), &q.question, 10, mode)
+                .await?;
+            let found: Vec<&str> =
+                hits.iter().filter_map(|h| ids.get(&h.item.id).copied()).collect();
+            let share = |k: usize| {
+                let top = &found[..found.len().min(k)];
+                q.evidence.iter().filter(|e| top.contains(&e.as_str())).count() as f64
+                    / q.evidence.len() as f64
+            };
+            at5 += share(5);
+            at10 += share(10);
+        }
+        let n = set.questions.len() as f64;
+        println!("    {name:<9}: recall@5 {:.3}, recall@10 {:.3}", at5 / n, at10 / n);
+    }
+    Ok(())
 }

@@ -56,7 +56,8 @@ pub(super) async fn run(ctx: &Ctx, cmd: MemoryCommand) -> Result<()> {
     let agent = ctx.agent(None).await?;
     let store = ctx.store.tenant_scope(tenant.id);
     let memory = || {
-        clade_runtime::memory::memory_of(&ctx.config, &env_hints(&ctx.config)).context(
+        let models = ctx.data_dir.models_dir();
+        clade_runtime::memory::memory_of(&ctx.config, &env_hints(&ctx.config), &models).context(
             "agents have no memory here: set `memory.enabled: true` in clade.yaml (it is the default)",
         )
     };
@@ -161,6 +162,24 @@ pub(super) async fn run(ctx: &Ctx, cmd: MemoryCommand) -> Result<()> {
                 other => other?,
             }
             println!("forgot {id}");
+        }
+        MemoryCommand::Reembed => {
+            let memory = memory()?;
+            let Some(model) = memory.embedding_model().map(str::to_owned) else {
+                anyhow::bail!(
+                    "no embeddings model to embed with: install the local one with `clade models fetch`, or set memory.embeddings in clade.yaml"
+                );
+            };
+            let mut done = 0;
+            loop {
+                let batch = memory.reembed(&store, agent.id, 256).await?;
+                if batch == 0 {
+                    break;
+                }
+                done += batch;
+                eprintln!("embedded {done} items with {model}");
+            }
+            println!("{done} items of agent {} embedded with {model}", agent.handle);
         }
         MemoryCommand::Export { output } => {
             let handle = agent.handle.to_string();

@@ -364,3 +364,64 @@ async fn working_memory_carries_values_between_the_turns_of_one_conversation() {
         server.send("GET", &format!("/v1/sessions/{session}/working"), Some(&evil), None).await;
     assert_eq!(status, 404);
 }
+
+/// `clade models fetch --from` installs a local embeddings model into the data dir (checked by
+/// loading it first: a folder that is not a model installs nothing), and memory then embeds in
+/// process with no embeddings service configured: search matches by meaning. With the real
+/// all-MiniLM-L6-v2 (`CLADE_TEST_MINILM`, set by `scripts/test`), a question finds the
+/// preference it shares no word with.
+#[test]
+fn a_fetched_local_model_embeds_memory_in_process() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    let models = env.data_dir().join("models");
+    let installed = models.join("all-minilm-l6-v2");
+    let not_a_model = env.data_dir().join("empty");
+    std::fs::create_dir_all(&not_a_model).unwrap();
+    env.run(&["models", "fetch", "--from", not_a_model.to_str().unwrap()])
+        .fails_with("has no config.json");
+    assert!(std::fs::metadata(&installed).is_err(), "a failed fetch installed something");
+    let tiny = env.data_dir().join("tiny");
+    clade_model::local_embeddings::write_test_model(&tiny, 16).unwrap();
+    let fetched = env.run(&["models", "fetch", "--from", tiny.to_str().unwrap()]).ok();
+    assert!(fetched.stdout.contains("installed all-minilm-l6-v2"), "{}", fetched.stdout);
+    assert!(fetched.stderr.contains("16 dimensions"), "{}", fetched.stderr);
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&models).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "staging left behind: {leftovers:?}");
+
+    env.run(&["memory", "add", "My favourite colour is teal", "--agent", "ada"]).ok();
+    let listed = env.run(&["memory", "search", "teal", "--agent", "ada", "--json"]).ok().stdout;
+    let hits: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(hits[0]["embedding_model"], "local:all-minilm-l6-v2:16", "{hits}");
+    assert!(hits[0]["why"].to_string().contains("meaning matched"), "{hits}");
+
+    let Ok(real) = std::env::var("CLADE_TEST_MINILM") else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CLADE_TEST_MINILM is not set: run scripts/test"
+        );
+        return;
+    };
+    env.run(&["models", "fetch", "--from", &real]).ok();
+    // The tiny model's vectors are never compared with the real one's: they are made again.
+    let none = env
+        .run(&["memory", "search", "What color do I like best?", "--agent", "ada", "--json"])
+        .ok()
+        .stdout;
+    assert_eq!(serde_json::from_str::<Value>(&none).unwrap(), json!([]), "{none}");
+    let reembedded = env.run(&["memory", "reembed", "--agent", "ada"]).ok();
+    assert!(
+        reembedded.stdout.contains("1 items of agent ada embedded with local:all-minilm-l6-v2:384"),
+        "{}",
+        reembedded.stdout
+    );
+    env.run(&["memory", "add", "The quarterly report is due on Friday", "--agent", "ada"]).ok();
+    let found = env
+        .run(&["memory", "search", "What color do I like best?", "--agent", "ada", "--json"])
+        .ok()
+        .stdout;
+    let hits: Value = serde_json::from_str(&found).unwrap();
+    assert_eq!(hits[0]["content"], "My favourite colour is teal", "{hits}");
+}

@@ -1,5 +1,7 @@
 mod adapters;
 mod fixtures;
+#[cfg(feature = "local-models")]
+mod local_embeddings;
 mod oauth;
 mod router;
 mod support;

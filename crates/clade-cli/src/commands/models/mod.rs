@@ -12,6 +12,8 @@ use crate::cli::{KindArg, ModelsCommand, UsageArgs};
 use crate::context::Ctx;
 use crate::output;
 
+mod fetch;
+
 pub(super) async fn run(ctx: &Ctx, cmd: ModelsCommand) -> Result<()> {
     let models = ctx.models();
     match cmd {
@@ -96,6 +98,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: ModelsCommand) -> Result<()> {
                 outcome.cost_micros as f64 / 1e6
             );
         }
+        ModelsCommand::Fetch { from } => fetch::embeddings(ctx, from.as_deref()).await?,
     }
     Ok(())
 }

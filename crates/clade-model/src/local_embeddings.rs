@@ -1,0 +1,190 @@
+//! Embeddings made in process, with no service to call: a BERT sentence encoder (by default
+//! all-MiniLM-L6-v2, 384 dimensions) run with candle on the CPU, mean-pooled over its tokens and
+//! normalised to unit length, as sentence-transformers does. Its files (`config.json`,
+//! `tokenizer.json`, `model.safetensors`) sit in one folder; nothing is fetched at run time.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+
+/// The files a model folder holds.
+pub const FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
+/// The longest text embedded, in tokens; the rest of a longer one is left out.
+const MAX_TOKENS: usize = 256;
+/// Texts embedded in one forward pass.
+const BATCH: usize = 32;
+
+/// What can go wrong loading or running a local model.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: missing; install the model's files with `clade models fetch`", .0.display())]
+    Missing(PathBuf),
+    #[error("{}: {message}; install the model again with `clade models fetch`", path.display())]
+    Corrupt { path: PathBuf, message: String },
+    #[error("the local embeddings model failed: {0}")]
+    Run(String),
+}
+
+struct Loaded {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    dimensions: usize,
+}
+
+/// A sentence encoder loaded from a folder, shared by every caller (it is read-only).
+#[derive(Clone)]
+pub struct LocalEmbeddings {
+    name: String,
+    loaded: Arc<Loaded>,
+}
+
+impl std::fmt::Debug for LocalEmbeddings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalEmbeddings").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+fn corrupt(path: &Path, message: impl ToString) -> Error {
+    Error::Corrupt { path: path.to_owned(), message: message.to_string() }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(Error::Missing(path.into())),
+        Err(err) => Err(corrupt(path, err)),
+    }
+}
+
+impl LocalEmbeddings {
+    /// Loads the model in `dir`, named `name` beside the vectors it makes. Each file missing or
+    /// unreadable is an error naming it.
+    pub fn load(dir: &Path, name: &str) -> Result<Self, Error> {
+        let [config_file, tokenizer_file, weights_file] = FILES.map(|f| dir.join(f));
+        let config: Config = serde_json::from_slice(&read(&config_file)?)
+            .map_err(|e| corrupt(&config_file, format!("not a BERT configuration: {e}")))?;
+        let mut tokenizer = Tokenizer::from_bytes(read(&tokenizer_file)?)
+            .map_err(|e| corrupt(&tokenizer_file, format!("not a tokenizer: {e}")))?;
+        tokenizer.with_padding(Some(PaddingParams::default()));
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS.min(config.max_position_embeddings),
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| corrupt(&tokenizer_file, e))?;
+        let weights = read(&weights_file)?;
+        let device = Device::Cpu;
+        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
+            .map_err(|e| corrupt(&weights_file, format!("not safetensors: {e}")))?;
+        let model = BertModel::load(vb, &config)
+            .map_err(|e| corrupt(&weights_file, format!("does not match config.json: {e}")))?;
+        let loaded = Loaded { model, tokenizer, dimensions: config.hidden_size };
+        Ok(Self { name: name.to_owned(), loaded: Arc::new(loaded) })
+    }
+
+    /// The model's name, as stored beside each vector.
+    pub fn model(&self) -> &str {
+        &self.name
+    }
+
+    /// How many numbers a vector has.
+    pub fn dimensions(&self) -> usize {
+        self.loaded.dimensions
+    }
+
+    /// One unit-length vector per text, in order. Runs on a blocking thread: a batch takes
+    /// milliseconds of CPU.
+    pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, Error> {
+        let loaded = self.loaded.clone();
+        let texts = texts.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(texts.len());
+            for chunk in texts.chunks(BATCH) {
+                out.extend(forward(&loaded, chunk).map_err(|e| Error::Run(e.to_string()))?);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::Run(e.to_string()))?
+    }
+}
+
+fn forward(loaded: &Loaded, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
+    let encodings =
+        loaded.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| e.to_string())?;
+    let device = Device::Cpu;
+    let stack = |pick: &dyn Fn(&tokenizers::Encoding) -> Vec<u32>| -> Result<Tensor, String> {
+        let rows = encodings
+            .iter()
+            .map(|e| Tensor::new(pick(e).as_slice(), &device))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        Tensor::stack(&rows, 0).map_err(|e| e.to_string())
+    };
+    let ids = stack(&|e| e.get_ids().to_vec())?;
+    let mask = stack(&|e| e.get_attention_mask().to_vec())?;
+    let types = ids.zeros_like().map_err(|e| e.to_string())?;
+    let pooled = (|| {
+        let hidden = loaded.model.forward(&ids, &types, Some(&mask))?;
+        // The mean over real tokens (padding left out), then unit length.
+        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
+        let mean = sum.broadcast_div(&mask.sum(1)?)?;
+        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
+        mean.broadcast_div(&norm)?.to_vec2::<f32>()
+    })();
+    pooled.map_err(|e: candle_core::Error| e.to_string())
+}
+
+/// Writes a tiny BERT with random weights and a small word-piece vocabulary into `dir`, in
+/// the layout [`LocalEmbeddings::load`] reads: for tests, which need the real loading and
+/// inference code without a 90 MB download.
+pub fn write_test_model(dir: &Path, hidden: usize) -> Result<(), String> {
+    use tokenizers::models::wordpiece::WordPiece;
+    use tokenizers::normalizers::bert::BertNormalizer;
+    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+    use tokenizers::processors::bert::BertProcessing;
+
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"].map(String::from).to_vec();
+    for c in ('a'..='z').chain('0'..='9') {
+        vocab.push(c.to_string());
+        vocab.push(format!("##{c}"));
+    }
+    for word in ["the", "cat", "dog", "colour", "favourite", "is", "my", "teal", "blue"] {
+        vocab.push(word.to_owned());
+    }
+    // The vocabulary as BERT ships it: a token a line, its id the line's number.
+    let vocab_file = dir.join("vocab.txt");
+    std::fs::write(&vocab_file, vocab.join("\n")).map_err(|e| e.to_string())?;
+    let wordpiece = WordPiece::from_file(&vocab_file.to_string_lossy())
+        .unk_token("[UNK]".into())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut tokenizer = Tokenizer::new(wordpiece);
+    tokenizer.with_normalizer(Some(BertNormalizer::default())).map_err(|e| e.to_string())?;
+    tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+    tokenizer
+        .with_post_processor(Some(BertProcessing::new(("[SEP]".into(), 3), ("[CLS]".into(), 2))));
+    tokenizer.save(dir.join("tokenizer.json"), false).map_err(|e| e.to_string())?;
+
+    let config = serde_json::json!({
+        "vocab_size": vocab.len(), "hidden_size": hidden, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "intermediate_size": hidden * 2, "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0, "max_position_embeddings": 64, "type_vocab_size": 2,
+        "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
+        "model_type": "bert",
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).map_err(|e| e.to_string())?;
+    let config: Config = serde_json::from_value(config).map_err(|e| e.to_string())?;
+    // A model built on an empty variable map draws every weight at random, under the names
+    // loading looks for.
+    let varmap = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    BertModel::load(vb, &config).map_err(|e| e.to_string())?;
+    varmap.save(dir.join("model.safetensors")).map_err(|e| e.to_string())
+}
