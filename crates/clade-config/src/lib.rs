@@ -157,6 +157,20 @@ pub struct MemoryConfig {
     /// About how many tokens the recalled items may take in a turn's context.
     #[serde(default = "default_recall_tokens")]
     pub recall_tokens: u32,
+    /// Whether completed turns are mined for memories in the background: `heuristic` (the
+    /// default) keeps the sentences people state about themselves, their plans and decisions,
+    /// numbers and dates; `off` leaves memory to the agents' tools and to compaction.
+    #[serde(default)]
+    pub ingest: MemoryIngest,
+}
+
+/// How completed turns are mined for memories.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryIngest {
+    #[default]
+    Heuristic,
+    Off,
 }
 
 impl Default for MemoryConfig {
@@ -167,6 +181,7 @@ impl Default for MemoryConfig {
             isolation: MemoryIsolation::default(),
             recall_items: default_recall_items(),
             recall_tokens: default_recall_tokens(),
+            ingest: MemoryIngest::default(),
         }
     }
 }

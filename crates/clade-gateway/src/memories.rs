@@ -35,6 +35,7 @@ pub(crate) fn memory_response(row: MemoryRow) -> MemoryResponse {
         strength: row.strength,
         provenance: MemoryProvenance {
             session: row.provenance.session.map(|s| s.to_string()),
+            turn: row.provenance.turn.map(|t| t.to_string()),
             tool: row.provenance.tool,
             by: row.provenance.by,
         },

@@ -991,10 +991,13 @@ pub struct MemoryProvenance {
     /// The session it was saved in, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// The turn it was saved in or mined from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<String>,
     /// The tool whose output it came from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
-    /// Who stored it: an operator's token, the agent's tools.
+    /// Who stored it: an operator's token, the agent's tools, `compaction`, `ingestion`.
     pub by: String,
 }
 

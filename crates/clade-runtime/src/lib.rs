@@ -14,6 +14,7 @@ pub mod engine;
 pub mod execution;
 pub mod failpoints;
 pub mod hub;
+pub mod ingest;
 pub mod memory;
 pub mod models;
 pub mod outbox;

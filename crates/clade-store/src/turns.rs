@@ -1473,6 +1473,17 @@ impl SystemStore {
             .ok_or_else(|| Error::SessionNotFound(id.to_string()))
     }
 
+    /// The texts of the events a turn took, in the order they were accepted.
+    pub async fn turn_texts(&self, turn: TurnId) -> Result<Vec<String>> {
+        let rows = self
+            .rows(
+                query("SELECT text FROM events WHERE turn_id = $1 ORDER BY seq")
+                    .bind(b(turn.as_bytes())),
+            )
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("text")?)).collect()
+    }
+
     /// Sessions that have open events (to resume at start-up).
     pub async fn sessions_with_open_events(&self) -> Result<Vec<SessionId>> {
         let rows = self

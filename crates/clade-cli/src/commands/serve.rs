@@ -56,6 +56,9 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         subscribers,
         engine.outbox_signal(),
     ));
+    // Mines completed turns into memory beside them (memory.ingest; the runtime stops with
+    // the process).
+    let _ingestion = clade_runtime::ingest::spawn(ctx.store.clone(), engine.clone());
     clade_sched::check_config(&ctx.config, ctx.store.now())
         .context("clade.yaml cannot be served: fix it, then start again")?;
     let beats = clade_sched::heartbeats::reconcile(&ctx.store, &ctx.config)

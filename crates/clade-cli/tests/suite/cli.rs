@@ -574,14 +574,7 @@ fn bench_memory_runs_on_the_local_model_and_evaluates_recall() {
     env.run(&["bench", "memory", "--eval", bad.to_str().unwrap()])
         .fails_with("names evidence \"zz\"");
 
-    let Ok(real) = std::env::var("CLADE_TEST_MINILM") else {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CLADE_TEST_MINILM is not set: run scripts/test"
-        );
-        return;
-    };
+    let Some(real) = super::support::minilm("the real-model evaluation") else { return };
     env.run(&["models", "fetch", "--from", &real]).ok();
     let out = env
         .run(&["bench", "memory", "--embeddings", "local", "--eval", set, "--distractors", "500"])

@@ -75,11 +75,12 @@ const TOPICS: [&str; 14] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn facts_planted_early_survive_two_compactions_that_drop_them_from_the_summary() {
-    // The compactor's summary is fixed and lossy: the facts can only come through memory.
+    // The compactor's summary is fixed and lossy: the facts can only come through memory, and
+    // only compaction saves to it here (ingestion is off).
     let lossy = "stub+fixed=They_talked_about_clouds_at_length.";
     let (stub, env, server) = gateway(|url| {
         format!(
-            "models:\n  main: {{ provider: openai, base_url: \"{url}/v1\", model: stub, context_window: 2048 }}\n  squeeze: {{ provider: openai, base_url: \"{url}/v1\", model: \"{lossy}\" }}\nrouting:\n  default: [main]\n  compactor: [squeeze]\n"
+            "models:\n  main: {{ provider: openai, base_url: \"{url}/v1\", model: stub, context_window: 2048 }}\n  squeeze: {{ provider: openai, base_url: \"{url}/v1\", model: \"{lossy}\" }}\nrouting:\n  default: [main]\n  compactor: [squeeze]\nmemory:\n  ingest: off\n"
         )
     })
     .await;

@@ -396,14 +396,7 @@ fn a_fetched_local_model_embeds_memory_in_process() {
     assert_eq!(hits[0]["embedding_model"], "local:all-minilm-l6-v2:16", "{hits}");
     assert!(hits[0]["why"].to_string().contains("meaning matched"), "{hits}");
 
-    let Ok(real) = std::env::var("CLADE_TEST_MINILM") else {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CLADE_TEST_MINILM is not set: run scripts/test"
-        );
-        return;
-    };
+    let Some(real) = super::support::minilm("the real-model search") else { return };
     env.run(&["models", "fetch", "--from", &real]).ok();
     // The tiny model's vectors are never compared with the real one's: they are made again.
     let none = env
@@ -424,4 +417,74 @@ fn a_fetched_local_model_embeds_memory_in_process() {
         .stdout;
     let hits: Value = serde_json::from_str(&found).unwrap();
     assert_eq!(hits[0]["content"], "My favourite colour is teal", "{hits}");
+}
+
+/// Completed turns are mined for memories in the background: what a person states about
+/// themselves lands in the agent's memory under that person's isolation key, with the session
+/// and turn it came from; questions and small talk do not; a restart mines nothing twice; and
+/// a later conversation of the same person recalls it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_turns_are_mined_into_memory() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    write(&env.data_dir().join("clade.yaml"), "memory:\n  isolation: actor\n");
+    let server = env.serve(&[]);
+    let say = |actor: &str, channel: &str, text: &str| {
+        json!({ "agent": "ada", "text": text, "wait": true,
+            "source": { "platform": "http", "channel": channel, "actor": actor } })
+    };
+    let (status, told) = server
+        .send(
+            "POST",
+            "/v1/events",
+            None,
+            Some(say(
+                "alice",
+                "dm-1",
+                "My sister's name is Ingrid. I prefer window seats. How are you?",
+            )),
+        )
+        .await;
+    assert_eq!(status, 200, "{told}");
+    let (session, turn) = (told["session_id"].as_str().unwrap(), told["turn_id"].as_str().unwrap());
+    let mined = |memories: &Value| -> Vec<Value> {
+        memories["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["provenance"]["by"] == "ingestion")
+            .cloned()
+            .collect()
+    };
+    let path = "/v1/agents/ada/memories?scope=http:alice&limit=100";
+    let mut items = Vec::new();
+    for _ in 0..100 {
+        items = mined(&server.get_json(path).await);
+        if items.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let contents: Vec<&str> = items.iter().map(|m| m["content"].as_str().unwrap()).collect();
+    assert_eq!(items.len(), 2, "{contents:?}");
+    assert!(
+        contents.contains(&"My sister's name is Ingrid.")
+            && contents.contains(&"I prefer window seats.")
+    );
+    assert!(
+        items
+            .iter()
+            .all(|m| m["provenance"]["session"] == session && m["provenance"]["turn"] == turn)
+    );
+    assert!(items.iter().all(|m| m["scope"] == "http:alice"), "{items:?}");
+
+    // A restart goes on from the durable cursor: nothing is mined twice.
+    server.stop();
+    let server = env.serve(&[]);
+    server.send("POST", "/v1/events", None, Some(say("bob", "dm-2", "hello there"))).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(mined(&server.get_json(path).await).len(), 2);
+    // Bob's conversations never see Alice's.
+    let bobs = server.get_json("/v1/agents/ada/memories?scope=http:bob&limit=100").await;
+    assert!(!bobs.to_string().contains("Ingrid"), "{bobs}");
 }

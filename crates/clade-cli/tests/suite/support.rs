@@ -362,6 +362,22 @@ pub fn required_tool(
     found
 }
 
+/// The folder of the real all-MiniLM-L6-v2 model files: `CLADE_TEST_MINILM`, set by
+/// `scripts/test`, which downloads them into `target/models`. `None`, said loudly, when there is
+/// none, except under `CI=true`, where that fails the test.
+pub fn minilm(test: &str) -> Option<String> {
+    let found = std::env::var_os("CLADE_TEST_MINILM")
+        .map(std::path::PathBuf::from)
+        .filter(|dir| dir.join("model.safetensors").is_file());
+    required_tool(
+        found,
+        "the all-MiniLM-L6-v2 model files",
+        test,
+        "run scripts/test, which downloads them into target/models",
+    )
+    .map(|dir| dir.to_string_lossy().into_owned())
+}
+
 /// The Python with the official packages from PyPI (`openai`, `mcp`, `standardwebhooks`):
 /// `CLADE_PYCLIENTS`, set by
 /// `scripts/test`, which installs them into `target/pyclients`. `None`, said loudly, when there

@@ -103,6 +103,8 @@ pub struct Recall {
     pub memory: Arc<clade_memory::Memory>,
     pub items: u32,
     pub tokens: u32,
+    /// Whether completed turns are mined for memories (see [`crate::ingest`]).
+    pub ingest: bool,
 }
 
 /// What the engine runs by, apart from the tools (the [`ToolSet`](crate::ToolSet)): session
@@ -360,6 +362,12 @@ impl Engine {
     }
 
     /// Notified whenever lifecycle events were committed.
+    /// The memory completed turns are mined into, when ingestion is on.
+    pub fn ingesting(&self) -> Option<Arc<clade_memory::Memory>> {
+        let recall = self.inner.recall.read().unwrap_or_else(|e| e.into_inner());
+        recall.as_ref().filter(|recall| recall.ingest).map(|recall| recall.memory.clone())
+    }
+
     pub fn outbox_signal(&self) -> Arc<Notify> {
         self.inner.outbox.clone()
     }

@@ -1,0 +1,102 @@
+//! Memory ingestion: a subscriber of the outbox that mines every completed turn's messages for
+//! memories ([`clade_memory::mine`]: the sentences people state about themselves, their plans,
+//! decisions, numbers and dates) and saves them into the turn's agent's memory, under the
+//! session's isolation key, with the session and turn as provenance. It runs beside the turns
+//! and never holds one up; its cursor is durable (`memory.ingest`), so after a restart it goes
+//! on where it stopped, and a turn mined twice merges into what it saved the first time.
+//!
+//! Only what people wrote is mined, never replies or tool output: an agent's own words and the
+//! content it fetched are not facts about the person it talks to.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clade_core::EventKind;
+use clade_memory::Memory;
+use clade_store::{NewMemory, OutboxRow, Provenance, Store};
+use tokio::sync::Notify;
+
+use crate::Engine;
+
+/// The ingestion's delivery cursor, beside the webhooks' ones.
+pub const CURSOR: &str = "memory.ingest";
+/// Outbox rows read at a time.
+const PAGE: u32 = 256;
+/// How long an idle pass waits for the outbox's signal before it looks anyway.
+const IDLE: Duration = Duration::from_secs(5);
+
+/// Starts mining completed turns into memory while `engine` runs (and memory ingestion is on
+/// in its configuration). Dropping the handle does not stop it; aborting it does.
+pub fn spawn(store: Store, engine: Engine) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(store, engine))
+}
+
+async fn run(store: Store, engine: Engine) {
+    let signal: Arc<Notify> = engine.outbox_signal();
+    loop {
+        let waiting = signal.notified();
+        match pass(&store, &engine).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "memory ingestion failed; it tries again shortly")
+            }
+        }
+        // An I/O deadline: the signal comes as turns commit; the timeout covers a missed one.
+        let _ = tokio::time::timeout(IDLE, waiting).await;
+    }
+}
+
+/// Mines one page of the outbox past the cursor; `true` when the page was full (more wait).
+async fn pass(store: &Store, engine: &Engine) -> Result<bool, String> {
+    let system = store.system();
+    let (cursor, _) = system.subscriber_cursor(CURSOR).await.map_err(|e| e.to_string())?;
+    let rows = system.outbox_after(cursor, PAGE).await.map_err(|e| e.to_string())?;
+    let Some(last) = rows.last().map(|r| r.id) else { return Ok(false) };
+    if let Some(memory) = engine.ingesting() {
+        for row in rows.iter().filter(|r| r.kind == EventKind::TurnFinished) {
+            if let Err(err) = ingest(store, &memory, row).await {
+                // One turn that cannot be mined (its session deleted since) holds up no other.
+                tracing::debug!(turn = ?row.turn_id, error = %err, "a completed turn was not mined for memories");
+            }
+        }
+    }
+    system.set_subscriber_cursor(CURSOR, last, 0, None).await.map_err(|e| e.to_string())?;
+    Ok(rows.len() == PAGE as usize)
+}
+
+/// Saves what the people in `row`'s turn stated; how many items were saved or merged.
+async fn ingest(store: &Store, memory: &Memory, row: &OutboxRow) -> Result<usize, String> {
+    let (Some(session), Some(turn)) = (row.session_id, row.turn_id) else { return Ok(0) };
+    let system = store.system();
+    let session = system.session_any_tenant(session).await.map_err(|e| e.to_string())?;
+    let texts = system.turn_texts(turn).await.map_err(|e| e.to_string())?;
+    let mined = clade_memory::mine::mine(&texts.join("\n"));
+    if mined.is_empty() {
+        return Ok(0);
+    }
+    let tenant = store.acting_as("memory ingestion").tenant_scope(session.tenant_id);
+    let scope = memory.isolation().key(&session.source).unwrap_or_default();
+    let mut saved = 0;
+    for item in mined {
+        let new = NewMemory {
+            agent: session.agent_id,
+            scope: scope.clone(),
+            kind: item.kind,
+            content: item.content,
+            importance: item.importance,
+            confidence: 0.6,
+            provenance: Provenance {
+                session: Some(session.id),
+                turn: Some(turn),
+                tool: None,
+                by: "ingestion".to_owned(),
+            },
+            untrusted: false,
+            embedding: None,
+        };
+        memory.save(&tenant, new).await.map_err(|e| e.to_string())?;
+        saved += 1;
+    }
+    Ok(saved)
+}
