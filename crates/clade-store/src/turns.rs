@@ -1481,7 +1481,7 @@ impl SystemStore {
                     .bind(b(turn.as_bytes())),
             )
             .await?;
-        rows.iter().map(|r| Ok(r.try_get("text")?)).collect()
+        rows.iter().map(|r| r.try_get("text")).collect()
     }
 
     /// Sessions that have open events (to resume at start-up).
