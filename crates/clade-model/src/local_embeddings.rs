@@ -4,7 +4,6 @@
 //! `tokenizer.json`, `model.safetensors`) sit in one folder; nothing is fetched at run time.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -35,11 +34,21 @@ struct Loaded {
     dimensions: usize,
 }
 
-/// A sentence encoder loaded from a folder, shared by every caller (it is read-only).
+/// Texts to embed and where their vectors go.
+struct Job {
+    texts: Vec<String>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+}
+
+/// A sentence encoder loaded from a folder, shared by every caller. One thread of its own runs
+/// it: the texts of every request waiting when it is free go through the model together, so
+/// many callers embedding a sentence each (concurrent saves) share forward passes instead of
+/// contending for the cores with one each.
 #[derive(Clone)]
 pub struct LocalEmbeddings {
     name: String,
-    loaded: Arc<Loaded>,
+    dimensions: usize,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
 impl std::fmt::Debug for LocalEmbeddings {
@@ -83,7 +92,13 @@ impl LocalEmbeddings {
         let model = BertModel::load(vb, &config)
             .map_err(|e| corrupt(&weights_file, format!("does not match config.json: {e}")))?;
         let loaded = Loaded { model, tokenizer, dimensions: config.hidden_size };
-        Ok(Self { name: name.to_owned(), loaded: Arc::new(loaded) })
+        let (jobs, queue) = std::sync::mpsc::channel();
+        let dimensions = loaded.dimensions;
+        std::thread::Builder::new()
+            .name(format!("embed-{name}"))
+            .spawn(move || work(&loaded, &queue))
+            .map_err(|e| Error::Run(format!("cannot start the model's thread: {e}")))?;
+        Ok(Self { name: name.to_owned(), dimensions, jobs })
     }
 
     /// The model's name, as stored beside each vector.
@@ -93,23 +108,69 @@ impl LocalEmbeddings {
 
     /// How many numbers a vector has.
     pub fn dimensions(&self) -> usize {
-        self.loaded.dimensions
+        self.dimensions
     }
 
-    /// One unit-length vector per text, in order. Runs on a blocking thread: a batch takes
-    /// milliseconds of CPU.
+    /// One unit-length vector per text, in order, made on the model's thread.
     pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, Error> {
-        let loaded = self.loaded.clone();
-        let texts = texts.to_vec();
-        tokio::task::spawn_blocking(move || {
-            let mut out = Vec::with_capacity(texts.len());
-            for chunk in texts.chunks(BATCH) {
-                out.extend(forward(&loaded, chunk).map_err(|e| Error::Run(e.to_string()))?);
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Job { texts: texts.to_vec(), reply })
+            .map_err(|_| Error::Run("the model's thread has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Run("the model's thread has stopped".into()))?
+            .map_err(Error::Run)
+    }
+}
+
+/// The model's thread: takes every job waiting (up to a few batches' worth), embeds their
+/// texts together, shortest first so each batch pads little, and answers each job with its
+/// own vectors. It ends when the last handle to the model is dropped.
+fn work(loaded: &Loaded, queue: &std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        let mut waiting = jobs[0].texts.len();
+        while waiting < BATCH * 4 {
+            match queue.try_recv() {
+                Ok(job) => {
+                    waiting += job.texts.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
             }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| Error::Run(e.to_string()))?
+        }
+        let texts: Vec<&String> = jobs.iter().flat_map(|j| &j.texts).collect();
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
+        let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        let mut failed = None;
+        for chunk in order.chunks(BATCH) {
+            let batch: Vec<String> = chunk.iter().map(|&i| texts[i].clone()).collect();
+            match forward(loaded, &batch) {
+                Ok(made) => {
+                    for (&i, vector) in chunk.iter().zip(made) {
+                        vectors[i] = vector;
+                    }
+                }
+                Err(err) => {
+                    failed = Some(err);
+                    break;
+                }
+            }
+        }
+        let mut vectors = vectors.into_iter();
+        for job in jobs {
+            let answer = match &failed {
+                Some(err) => Err(err.clone()),
+                None => Ok(vectors.by_ref().take(job.texts.len()).collect()),
+            };
+            // A caller that stopped waiting has nothing to be told.
+            let _ = job.reply.send(answer);
+        }
     }
 }
 

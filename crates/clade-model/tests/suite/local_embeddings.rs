@@ -36,6 +36,20 @@ async fn a_tiny_model_embeds_like_a_sentence_encoder() {
     // Padding in a batch changes nothing: each text alone gives the vector it got beside others.
     let alone = model.embed(&texts[1..2]).await.unwrap();
     assert!(cosine(&alone[0], &vectors[1]) > 0.9999);
+    // Many callers at once share forward passes, and each gets its own texts' vectors.
+    let many: Vec<String> =
+        (0..40).map(|n| "the cat ".repeat(n % 7 + 1) + &n.to_string()).collect();
+    let one_by_one = model.embed(&many).await.unwrap();
+    let calls = many.iter().map(|text| {
+        let model = model.clone();
+        let text = text.clone();
+        tokio::spawn(async move { model.embed(&[text]).await.unwrap().remove(0) })
+    });
+    let together: Vec<Vec<f32>> =
+        futures::future::join_all(calls).await.into_iter().map(Result::unwrap).collect();
+    for (n, (a, b)) in together.iter().zip(&one_by_one).enumerate() {
+        assert!(cosine(a, b) > 0.9999, "text {n} got another text's vector");
+    }
     // Empty input, empty output; an empty text still gets a vector.
     assert!(model.embed(&[]).await.unwrap().is_empty());
     assert_eq!(model.embed(&[String::new()]).await.unwrap()[0].len(), 16);
