@@ -5,7 +5,8 @@
 //! Each agent is a tool named by its handle: a call sends its `message` to the agent, in the
 //! session its `session` names, and answers with the agent's reply, streamed as progress
 //! notifications when the client gave a progress token. The agents' sessions are resources
-//! (`clade://sessions/<id>`, a Markdown transcript). No MCP session is kept: every request is
+//! (`clade://sessions/<id>`, a Markdown transcript), and so is each agent's memory
+//! (`clade://agents/<handle>/memories`). No MCP session is kept: every request is
 //! authenticated by its bearer token and answered whole, so `GET` (a stream of the server's
 //! own requests) answers 405 and no `Mcp-Session-Id` is given.
 //!
@@ -52,6 +53,11 @@ const RESOURCES_LISTED: u32 = 100;
 /// Turns a transcript reads at most (of which it shows the newest that fit).
 const TRANSCRIPT_TURNS: usize = 10_000;
 const SESSION_URI: &str = "clade://sessions/";
+/// An agent's global memory: `clade://agents/<handle>/memories`.
+const AGENT_URI: &str = "clade://agents/";
+const MEMORIES: &str = "/memories";
+/// Memory items a memory resource shows, the most recently updated.
+const MEMORY_ITEMS: u32 = 200;
 /// Messages a streamed call holds for a slow client before it merges the text.
 const STREAM_BUFFER: usize = 32;
 /// The longest progress token taken (it is repeated in every notification).
@@ -281,7 +287,7 @@ fn initialize(ctx: &Ctx, params: &serde_json::Map<String, Value>) -> Value {
             version: env!("CARGO_PKG_VERSION").into(),
         },
         instructions: Some(format!(
-            "This server is {whose}. Each tool is an agent, named by its handle: call it with a `message` to ask it; the same `session` continues a conversation, which the agent remembers. Each session's transcript is a resource (clade://sessions/<id>)."
+            "This server is {whose}. Each tool is an agent, named by its handle: call it with a `message` to ask it; the same `session` continues a conversation, which the agent remembers. Each session's transcript is a resource (clade://sessions/<id>), and so is each agent's memory (clade://agents/<handle>/memories)."
         )),
     };
     serde_json::to_value(result).unwrap_or_default()
@@ -528,6 +534,30 @@ async fn resources(ctx: &Ctx, params: &serde_json::Map<String, Value>) -> Result
     };
     let mut handles: HashMap<clade_core::AgentId, String> = HashMap::new();
     let mut resources = Vec::with_capacity(rows.len());
+    // The first page begins with each agent's memory (the agents of the first page of tools).
+    if cursor.is_none() {
+        let agents = match &ctx.only {
+            Some(agent) => vec![agent.clone()],
+            None => {
+                let reach = &ctx.reach;
+                crate::agents::reachable_page(&ctx.state, &ctx.tenant, reach, None, TOOLS_PAGE)
+                    .await?
+                    .0
+            }
+        };
+        for agent in agents {
+            resources.push(Resource {
+                uri: format!("{AGENT_URI}{}{MEMORIES}", agent.handle),
+                name: format!("{}/memories", agent.handle),
+                title: format!("{}: memory", agent.handle),
+                description: format!(
+                    "What {} remembers across conversations (its global memory; the newest {MEMORY_ITEMS} items)",
+                    agent.handle
+                ),
+                mime_type: "text/markdown".into(),
+            });
+        }
+    }
     for row in rows {
         let handle = match handles.get(&row.agent_id) {
             Some(handle) => handle.clone(),
@@ -554,13 +584,21 @@ async fn resources(ctx: &Ctx, params: &serde_json::Map<String, Value>) -> Result
 fn templates(ctx: &Ctx) -> Result<Value, Refused> {
     needs(ctx, &[Read], "resources/templates/list")?;
     to_value(&ListResourceTemplatesResult {
-        resource_templates: vec![ResourceTemplate {
-            uri_template: format!("{SESSION_URI}{{session_id}}"),
-            name: "session".into(),
-            description: "A session's transcript: each turn's messages and the agent's answer"
-                .into(),
-            mime_type: "text/markdown".into(),
-        }],
+        resource_templates: vec![
+            ResourceTemplate {
+                uri_template: format!("{SESSION_URI}{{session_id}}"),
+                name: "session".into(),
+                description: "A session's transcript: each turn's messages and the agent's answer"
+                    .into(),
+                mime_type: "text/markdown".into(),
+            },
+            ResourceTemplate {
+                uri_template: format!("{AGENT_URI}{{handle}}{MEMORIES}"),
+                name: "memories".into(),
+                description: "What an agent remembers across conversations: its global memory's items, newest first".into(),
+                mime_type: "text/markdown".into(),
+            },
+        ],
     })
 }
 
@@ -574,10 +612,13 @@ async fn read(ctx: &Ctx, params: &serde_json::Map<String, Value>) -> Result<Valu
         Refused::new(
             codes::RESOURCE_NOT_FOUND,
             format!(
-                "resource {uri:?} not found: a session's is {SESSION_URI}<session id> (resources/list names them)"
+                "resource {uri:?} not found: a session's is {SESSION_URI}<session id>, an agent's memory {AGENT_URI}<handle>{MEMORIES} (resources/list names them)"
             ),
         )
     };
+    if let Some(handle) = uri.strip_prefix(AGENT_URI).and_then(|rest| rest.strip_suffix(MEMORIES)) {
+        return memories(ctx, uri, handle).await?.ok_or_else(not_found);
+    }
     let id = uri.strip_prefix(SESSION_URI).ok_or_else(not_found)?;
     let id = SessionId::parse(id).map_err(|_| not_found())?;
     let store = ctx.state.of(&ctx.tenant);
@@ -655,4 +696,45 @@ async fn read(ctx: &Ctx, params: &serde_json::Map<String, Value>) -> Result<Valu
             text,
         }],
     })
+}
+
+/// An agent's global memory as Markdown, newest first; `None` when the token does not reach an
+/// agent of that handle (as if it did not exist).
+async fn memories(ctx: &Ctx, uri: &str, handle: &str) -> Result<Option<Value>, Refused> {
+    let agent = match &ctx.only {
+        Some(agent) if agent.handle.as_str() == handle => agent.clone(),
+        Some(_) => return Ok(None),
+        None => {
+            let Ok(handle) = Handle::parse(handle) else { return Ok(None) };
+            match ctx.state.of(&ctx.tenant).agent(handle.as_str()).await {
+                Ok(agent) if ctx.reach.allows(agent.id) => agent,
+                Ok(_) | Err(clade_store::Error::AgentNotFound(_)) => return Ok(None),
+                Err(err) => return Err(err.into()),
+            }
+        }
+    };
+    let filter = clade_store::MemoryFilter::default();
+    let store = ctx.state.of(&ctx.tenant);
+    let items = store.memories(agent.id, &filter, None, MEMORY_ITEMS).await?;
+    let mut text = format!(
+        "# Memory of `{}`\n\n{} item{} of its global memory, newest first{}.\n\n",
+        agent.handle,
+        items.len(),
+        if items.len() == 1 { "" } else { "s" },
+        if items.len() == MEMORY_ITEMS as usize { " (the newest only)" } else { "" }
+    );
+    for item in &items {
+        let content = item.content.replace('\n', " ");
+        // What nobody vouches for is quoted, as a turn's context shows it: data, not instructions.
+        let content = if item.untrusted { format!("\"{content}\" (unverified)") } else { content };
+        text.push_str(&format!("- **{}** ({}): {content}\n", item.kind.as_str(), item.updated_at));
+    }
+    to_value(&ReadResourceResult {
+        contents: vec![ResourceContents {
+            uri: uri.to_owned(),
+            mime_type: "text/markdown".into(),
+            text,
+        }],
+    })
+    .map(Some)
 }

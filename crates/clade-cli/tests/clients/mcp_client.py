@@ -88,6 +88,11 @@ async def operator(out):
         templates = (await client.list_resource_templates()).resource_templates
         out["templates"] = [t.uri_template for t in templates]
         out["ada_session"] = session
+        memories = await client.read_resource("clade://agents/ada/memories")
+        out["memories"] = memories.contents[0].text
+        out["missing_agent_memories"] = await error_of(
+            client.read_resource("clade://agents/nobody/memories")
+        )
 
     # The same, forcing the initialize handshake (no `server/discover` probe first).
     async with over_http("/v1/agents/ada/mcp", operator_token, mode="legacy") as client:
@@ -102,6 +107,9 @@ async def rival(out):
         out["rival_resources"] = [str(r.uri) for r in (await client.list_resources()).resources]
         out["rival_reads_ada"] = await error_of(
             client.read_resource(f"clade://sessions/{out['ada_session']}")
+        )
+        out["rival_reads_ada_memories"] = await error_of(
+            client.read_resource("clade://agents/ada/memories")
         )
         out["rival_bob"] = called(await client.call_tool("bob", {"message": "hi bob"}))
     try:
@@ -124,6 +132,9 @@ async def limited(out):
         out["limited_tools"] = [t.name for t in (await client.list_tools()).tools]
         out["limited_calls_ada"] = await error_of(client.call_tool("ada", {"message": "hi"}))
         out["limited_resources"] = [str(r.uri) for r in (await client.list_resources()).resources]
+        out["limited_reads_ada_memories"] = await error_of(
+            client.read_resource("clade://agents/ada/memories")
+        )
 
 
 async def stdio(out):

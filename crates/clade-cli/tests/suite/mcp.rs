@@ -25,6 +25,7 @@ fn the_official_mcp_sdk_asks_agents_and_reads_their_sessions() {
         .stdout
         .trim()
         .to_owned();
+    env.run(&["memory", "add", "Ada's cat is called Miso", "--agent", "ada"]).ok();
     let server = env.serve(&[]);
     let clade = assert_cmd::cargo::cargo_bin("clade");
     let data_dir = env.data_dir();
@@ -87,7 +88,17 @@ fn the_official_mcp_sdk_asks_agents_and_reads_their_sessions() {
     assert_eq!(got["transcript_mime"], "text/markdown", "{got}");
     assert_eq!(code(&got["missing_resource"]), -32002, "{got}");
     assert_eq!(code(&got["foreign_uri"]), -32002, "{got}");
-    assert_eq!(got["templates"], json!(["clade://sessions/{session_id}"]), "{got}");
+    assert_eq!(
+        got["templates"],
+        json!(["clade://sessions/{session_id}", "clade://agents/{handle}/memories"]),
+        "{got}"
+    );
+    // Each agent's memory is a resource too.
+    let listed = got["resources"].as_array().unwrap();
+    assert!(listed.iter().any(|r| r["uri"] == "clade://agents/ada/memories"), "{got}");
+    let memories = got["memories"].as_str().unwrap();
+    assert!(memories.contains("# Memory of `ada`") && memories.contains("Miso"), "{memories}");
+    assert_eq!(code(&got["missing_agent_memories"]), -32002, "{got}");
 
     // One agent's URL, through the initialize handshake alone.
     assert_eq!(got["one_agent_tools"], json!(["ada"]), "{got}");
@@ -99,6 +110,8 @@ fn the_official_mcp_sdk_asks_agents_and_reads_their_sessions() {
     let rival_resources = got["rival_resources"].as_array().unwrap();
     assert!(rival_resources.iter().all(|uri| !uri.as_str().unwrap().contains(session)), "{got}");
     assert_eq!(code(&got["rival_reads_ada"]), -32002, "{got}");
+    assert_eq!(code(&got["rival_reads_ada_memories"]), -32002, "{got}");
+    assert!(rival_resources.iter().all(|uri| !uri.as_str().unwrap().contains("/ada/")), "{got}");
     assert_eq!(got["rival_bob"]["text"], "echo: hi bob", "{got}");
     assert_ne!(got["rival_one_agent"], "connected", "{got}");
 
@@ -107,7 +120,8 @@ fn the_official_mcp_sdk_asks_agents_and_reads_their_sessions() {
     // A token limited to `cy` sees nothing of `ada`, not even her name or sessions.
     assert_eq!(got["limited_tools"], json!(["cy"]), "{got}");
     assert_eq!(code(&got["limited_calls_ada"]), -32602, "{got}");
-    assert_eq!(got["limited_resources"], json!([]), "{got}");
+    assert_eq!(got["limited_resources"], json!(["clade://agents/cy/memories"]), "{got}");
+    assert_eq!(code(&got["limited_reads_ada_memories"]), -32002, "{got}");
     assert_eq!(code(&got["read_only_call"]), -32003, "{got}");
 
     // Over stdio, bridged by `clade mcp serve --agent ada`.
