@@ -55,24 +55,60 @@ impl VectorCache {
         let key = (store.tenant(), agent, scope.to_owned());
         let now = store.now().as_millis();
         let version = store.memory_scope_version(agent, scope).await?.map(|t| t.as_millis());
-        {
-            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            let idle = IDLE.as_millis() as i64;
-            entries.retain(|_, e| now.saturating_sub(e.used_at) < idle);
-            if let Some(entry) = entries.get_mut(&key)
-                && entry.model == model
-                && entry.version == version
-                && version.is_none_or(|v| v < entry.loaded_at)
-            {
-                entry.used_at = now;
-                return Ok(entry.rows.clone());
-            }
-        }
         let filter = MemoryFilter {
             scope: (!scope.is_empty()).then(|| scope.to_owned()),
             exclude_global: !scope.is_empty(),
             ..MemoryFilter::default()
         };
+        // What was written since the kept rows' newest write, when there are kept rows.
+        let behind = {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let idle = IDLE.as_millis() as i64;
+            entries.retain(|_, e| now.saturating_sub(e.used_at) < idle);
+            match entries.get_mut(&key) {
+                Some(entry)
+                    if entry.model == model
+                        && entry.version == version
+                        && version.is_none_or(|v| v < entry.loaded_at) =>
+                {
+                    entry.used_at = now;
+                    return Ok(entry.rows.clone());
+                }
+                Some(entry) if entry.model == model => entry.version,
+                _ => None,
+            }
+        };
+        // Behind by some writes (another save's, not yet patched in, or another process's):
+        // only the rows written since are read, not the whole scope. A row deleted elsewhere
+        // may stay kept; recall reads its hits back from the store, which leaves it out.
+        if let Some(since) = behind {
+            let since = MemoryFilter {
+                since: Some(clade_core::Timestamp::from_millis(since)),
+                ..filter.clone()
+            };
+            let fresh = store.memory_vectors(agent, &since, model).await?;
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(entry) = entries.get_mut(&key).filter(|e| e.model == model) {
+                let mut rows = entry.rows.write().unwrap_or_else(|e| e.into_inner());
+                for row in fresh {
+                    match rows.iter_mut().find(|r| r.id == row.id) {
+                        Some(kept) => *kept = row,
+                        None => {
+                            entry.floats += row.vector.len();
+                            rows.push(row);
+                        }
+                    }
+                }
+                drop(rows);
+                entry.version = match (entry.version, version) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                entry.loaded_at = now;
+                entry.used_at = now;
+                return Ok(entry.rows.clone());
+            }
+        }
         let loaded = store.memory_vectors(agent, &filter, model).await?;
         let floats = loaded.iter().map(|r| r.vector.len()).sum();
         let rows: Shared = Arc::new(RwLock::new(loaded));

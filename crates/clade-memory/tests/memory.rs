@@ -328,12 +328,37 @@ async fn kept_vectors_see_what_another_process_wrote() {
             ["The boat is moored at pier seven"]
         );
         assert!(gateway.kept_floats() > 0, "{}", b.name);
-        cli.save(&store, item(ada, "", MemoryKind::Fact, "Ada's favourite colour is teal"))
+        let teal = cli
+            .save(&store, item(ada, "", MemoryKind::Fact, "Ada's favourite colour is teal"))
             .await
             .unwrap();
         assert_eq!(
             by_meaning(&gateway, &store, ada, "favorite color").await,
             ["Ada's favourite colour is teal"],
+            "{}",
+            b.name
+        );
+        // Forgotten by the other process: its kept vector may stay, but it is never recalled.
+        store.forget_memory(ada, teal.item.id).await.unwrap();
+        assert!(by_meaning(&gateway, &store, ada, "favorite color").await.is_empty(), "{}", b.name);
+        // Written by the other process after a write of this one's: both are seen.
+        gateway
+            .save(&store, item(ada, "", MemoryKind::Fact, "The car is parked on level two"))
+            .await
+            .unwrap();
+        cli.save(&store, item(ada, "", MemoryKind::Fact, "The bike is locked at the station"))
+            .await
+            .unwrap();
+        assert_eq!(
+            by_meaning(&gateway, &store, ada, "bike locked station").await[0],
+            "The bike is locked at the station",
+            "{}",
+            b.name
+        );
+        assert!(
+            by_meaning(&gateway, &store, ada, "car parked level")
+                .await
+                .contains(&"The car is parked on level two".to_owned()),
             "{}",
             b.name
         );
