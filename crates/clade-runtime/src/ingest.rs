@@ -7,6 +7,10 @@
 //!
 //! Only what people wrote is mined, never replies or tool output: an agent's own words and the
 //! content it fetched are not facts about the person it talks to.
+//!
+//! When the outbox is quiet it also catches up after a change of embeddings model: items
+//! without a vector by the current model (made by another, or saved while the embedder was
+//! down) are embedded again, a few at a time, with progress in the log.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +37,8 @@ pub fn spawn(store: Store, engine: Engine) -> tokio::task::JoinHandle<()> {
 
 async fn run(store: Store, engine: Engine) {
     let signal: Arc<Notify> = engine.outbox_signal();
+    // The embeddings model every item has a vector by, once caught up.
+    let mut caught_up: Option<String> = None;
     loop {
         let waiting = signal.notified();
         match pass(&store, &engine).await {
@@ -40,6 +46,21 @@ async fn run(store: Store, engine: Engine) {
             Ok(false) => {}
             Err(err) => {
                 tracing::warn!(error = %err, "memory ingestion failed; it tries again shortly")
+            }
+        }
+        if let Some(memory) = engine.memory()
+            && let Some(model) = memory.embedding_model().map(str::to_owned)
+            && caught_up.as_deref() != Some(model.as_str())
+        {
+            match catch_up(&store, &memory, &model, &signal).await {
+                Ok(CatchUp::Done) => caught_up = Some(model),
+                // New turns came: mine them first, then go on.
+                Ok(CatchUp::Interrupted) => continue,
+                // The embedder cannot embed now: try again after the next wait.
+                Ok(CatchUp::Failed) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "re-embedding memories failed; it tries again shortly")
+                }
             }
         }
         // An I/O deadline: the signal comes as turns commit; the timeout covers a missed one.
@@ -63,6 +84,62 @@ async fn pass(store: &Store, engine: &Engine) -> Result<bool, String> {
     }
     system.set_subscriber_cursor(CURSOR, last, 0, None).await.map_err(|e| e.to_string())?;
     Ok(rows.len() == PAGE as usize)
+}
+
+/// Items embedded again per step: small, so a turn's recall waits little for the model.
+const REEMBED_STEP: u32 = 32;
+
+/// How a catch-up pass ended.
+enum CatchUp {
+    /// Every item has a vector by the current model.
+    Done,
+    /// New turns came, which go first.
+    Interrupted,
+    /// The embedder embedded nothing (unreachable, failing).
+    Failed,
+}
+
+/// Embeds again the items without a vector by `model`, agent by agent.
+async fn catch_up(
+    store: &Store,
+    memory: &Memory,
+    model: &str,
+    signal: &Notify,
+) -> Result<CatchUp, String> {
+    use futures::FutureExt as _;
+    // Completes once the outbox has news (a turn committed) after this pass began.
+    let news = signal.notified();
+    tokio::pin!(news);
+    loop {
+        let agents = store.agents_to_embed(model, 100).await.map_err(|e| e.to_string())?;
+        if agents.is_empty() {
+            return Ok(CatchUp::Done);
+        }
+        for (tenant, agent) in agents {
+            let scope = store.acting_as("memory ingestion").tenant_scope(tenant);
+            let mut done = 0;
+            loop {
+                let step =
+                    memory.reembed(&scope, agent, REEMBED_STEP).await.map_err(|e| e.to_string())?;
+                if step == 0 {
+                    break;
+                }
+                done += step;
+                if done % 1024 < REEMBED_STEP as usize {
+                    tracing::info!(agent = %agent, done, model, "re-embedding memories");
+                }
+                // New turns go first: mining them is what a conversation waits on.
+                if news.as_mut().now_or_never().is_some() {
+                    return Ok(CatchUp::Interrupted);
+                }
+            }
+            if done > 0 {
+                tracing::info!(agent = %agent, done, model, "memories embedded again with the current model");
+            } else {
+                return Ok(CatchUp::Failed);
+            }
+        }
+    }
 }
 
 /// Saves what the people in `row`'s turn stated; how many items were saved or merged.

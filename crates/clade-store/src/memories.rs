@@ -872,6 +872,33 @@ impl Store {
         rows.iter().map(memory_row).collect()
     }
 
+    /// Agents, of any tenant, holding items with no vector by `model` (at most `limit`): what
+    /// a change of embeddings model leaves to embed again. One pass over the items.
+    pub async fn agents_to_embed(
+        &self,
+        model: &str,
+        limit: u32,
+    ) -> Result<Vec<(TenantId, AgentId)>> {
+        let rows = self
+            .rows(
+                query(
+                    "SELECT DISTINCT tenant_id, agent_id FROM memories \
+                     WHERE embedding_model IS NULL OR embedding_model <> $1 LIMIT $2",
+                )
+                .bind(model.to_owned())
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    TenantId::from_bytes(id_bytes(r, "tenant_id")?),
+                    AgentId::from_bytes(id_bytes(r, "agent_id")?),
+                ))
+            })
+            .collect()
+    }
+
     /// The links from or to any of `ids` among the agent's items.
     pub async fn memory_links(
         &self,

@@ -488,3 +488,38 @@ async fn completed_turns_are_mined_into_memory() {
     let bobs = server.get_json("/v1/agents/ada/memories?scope=http:bob&limit=100").await;
     assert!(!bobs.to_string().contains("Ingrid"), "{bobs}");
 }
+
+/// After a change of embeddings model, a serving gateway embeds the items again by itself, in
+/// the background (they were saved with another model's vectors, which are never compared).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_embeddings_model_re_embeds_memory_in_the_background() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    let wide = env.data_dir().join("wide");
+    clade_model::local_embeddings::write_test_model(&wide, 16).unwrap();
+    env.run(&["models", "fetch", "--from", wide.to_str().unwrap()]).ok();
+    for content in ["My favourite colour is teal", "The dog is called Pepper", "I live in Bergen"] {
+        env.run(&["memory", "add", content, "--agent", "ada"]).ok();
+    }
+    let narrow = env.data_dir().join("narrow");
+    clade_model::local_embeddings::write_test_model(&narrow, 8).unwrap();
+    env.run(&["models", "fetch", "--from", narrow.to_str().unwrap()]).ok();
+    let server = env.serve(&[]);
+    let models = |listed: &Value| -> Vec<String> {
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["embedding_model"].as_str().unwrap_or("none").to_owned())
+            .collect()
+    };
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = models(&server.get_json("/v1/agents/ada/memories?limit=100").await);
+        if seen.iter().all(|m| m == "local:all-minilm-l6-v2:8") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, vec!["local:all-minilm-l6-v2:8"; 3], "not embedded again: {seen:?}");
+}
