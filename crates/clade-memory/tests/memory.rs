@@ -226,8 +226,13 @@ async fn an_unreachable_embedder_loses_no_item_and_they_are_embedded_once_it_ans
             recall(&broken, &store, ada, "passport").await,
             ["renew the passport before March"]
         );
+        // The gateway's catch-up finds the agent that has items to embed, and then none.
+        let waiting = b.store.agents_to_embed("hash", 10).await.unwrap();
+        assert_eq!(waiting, [(tenant.id, ada)], "{}", b.name);
         assert_eq!(working.reembed(&store, ada, 100).await.unwrap(), 1, "{}", b.name);
         assert_eq!(working.reembed(&store, ada, 100).await.unwrap(), 0);
+        assert!(b.store.agents_to_embed("hash", 10).await.unwrap().is_empty(), "{}", b.name);
+        assert_eq!(b.store.agents_to_embed("another", 10).await.unwrap().len(), 1, "{}", b.name);
         let hits =
             working.recall(&store, ada, &MemoryFilter::default(), "passports", 5).await.unwrap();
         assert!(hits[0].reasons.iter().any(|r| matches!(r, Reason::Vector { .. })), "{}", b.name);
