@@ -498,8 +498,14 @@ async fn a_new_embeddings_model_re_embeds_memory_in_the_background() {
     let wide = env.data_dir().join("wide");
     clade_model::local_embeddings::write_test_model(&wide, 16).unwrap();
     env.run(&["models", "fetch", "--from", wide.to_str().unwrap()]).ok();
-    for content in ["My favourite colour is teal", "The dog is called Pepper", "I live in Bergen"] {
-        env.run(&["memory", "add", content, "--agent", "ada"]).ok();
+    // Of three kinds: the tiny random model finds most sentences alike, and a near-duplicate of
+    // the same kind would merge.
+    for (content, kind) in [
+        ("My favourite colour is teal", "preference"),
+        ("The dog is called Pepper", "fact"),
+        ("I live in Bergen", "identity"),
+    ] {
+        env.run(&["memory", "add", content, "--kind", kind, "--agent", "ada"]).ok();
     }
     let narrow = env.data_dir().join("narrow");
     clade_model::local_embeddings::write_test_model(&narrow, 8).unwrap();
