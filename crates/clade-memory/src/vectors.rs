@@ -35,6 +35,22 @@ struct Entry {
     floats: usize,
 }
 
+impl Entry {
+    /// Rows written since it was read: each replaces the kept row of its id, or joins them.
+    fn take_in(&mut self, written: impl IntoIterator<Item = VectorRow>) {
+        let mut rows = self.rows.write().unwrap_or_else(|e| e.into_inner());
+        for row in written {
+            match rows.iter_mut().find(|r| r.id == row.id) {
+                Some(kept) => *kept = row,
+                None => {
+                    self.floats += row.vector.len();
+                    rows.push(row);
+                }
+            }
+        }
+    }
+}
+
 /// A scope's vectors, shared by the searches that rank them.
 pub(crate) type Shared = Arc<RwLock<Vec<VectorRow>>>;
 
@@ -89,17 +105,7 @@ impl VectorCache {
             let fresh = store.memory_vectors(agent, &since, model).await?;
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(entry) = entries.get_mut(&key).filter(|e| e.model == model) {
-                let mut rows = entry.rows.write().unwrap_or_else(|e| e.into_inner());
-                for row in fresh {
-                    match rows.iter_mut().find(|r| r.id == row.id) {
-                        Some(kept) => *kept = row,
-                        None => {
-                            entry.floats += row.vector.len();
-                            rows.push(row);
-                        }
-                    }
-                }
-                drop(rows);
+                entry.take_in(fresh);
                 entry.version = match (entry.version, version) {
                     (Some(a), Some(b)) => Some(a.max(b)),
                     (a, b) => a.or(b),
@@ -156,15 +162,7 @@ impl VectorCache {
         // Saves run concurrently, so their writes may come out of order: the entry stands
         // for the newest of them.
         let at = row.updated_at.as_millis();
-        let mut rows = entry.rows.write().unwrap_or_else(|e| e.into_inner());
-        match rows.iter_mut().find(|r| r.id == row.id) {
-            Some(kept) => *kept = row,
-            None => {
-                entry.floats += row.vector.len();
-                rows.push(row);
-            }
-        }
-        drop(rows);
+        entry.take_in([row]);
         entry.version = Some(entry.version.map_or(at, |v| v.max(at)));
         entry.loaded_at = entry.loaded_at.max(at + 1);
     }
