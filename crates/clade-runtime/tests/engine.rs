@@ -202,3 +202,44 @@ async fn a_panicking_turn_fails_alone_and_the_session_goes_on() {
     assert_eq!(turn(&engine, &store, &tenant, "c1", "after").await.0, TurnStatus::Completed);
     assert_eq!(turn(&engine, &store, &tenant, "c2", "elsewhere").await.0, TurnStatus::Completed);
 }
+
+/// What compaction reads when more turns wait than it reads at once: the oldest first, from
+/// after the turn its last summary covers, in order (the history a turn shows reads the newest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_turns_after_a_summary_read_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, data, tenant) = open(tmp.path()).await;
+    let engine = start(&store, &data).await;
+    let mut session = None;
+    for text in ["one", "two", "three", "four", "five"] {
+        let source = Source { platform: "test".into(), channel: "c".into(), actor: "u".into() };
+        let envelope = Envelope {
+            tenant: tenant.clone(),
+            agent: Some("ada".into()),
+            text: text.into(),
+            source,
+            idempotency_key: None,
+        };
+        let accepted = engine.submit(envelope).await.unwrap();
+        engine
+            .wait(tenant.id, accepted.event_id, accepted.session_id, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("the turn ended");
+        session = Some(accepted.session_id);
+    }
+    let session = session.unwrap();
+    let system = store.system();
+    let users = |turns: Vec<clade_store::PastTurn>| -> Vec<String> {
+        turns.into_iter().map(|t| t.user).collect()
+    };
+    let oldest = system.oldest_turns(session, None, 2).await.unwrap();
+    let first = oldest[0].id;
+    assert_eq!(users(oldest), ["one", "two"]);
+    assert_eq!(
+        users(system.oldest_turns(session, Some(first), 2).await.unwrap()),
+        ["two", "three"]
+    );
+    let end = clade_core::TurnId::from_bytes([0xff; 16]);
+    assert_eq!(users(system.history(session, None, end, 2).await.unwrap()), ["four", "five"]);
+}

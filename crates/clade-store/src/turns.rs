@@ -409,6 +409,12 @@ const HISTORY: &str = "SELECT t.id AS id, t.output AS reply, e.text AS text FROM
      WHERE owner_id = $1 AND kind = 'turn' AND status = 'completed' AND id < $2 AND id > $4 \
      ORDER BY id DESC LIMIT $3) ORDER BY t.id, e.seq";
 
+/// The same from the other end: the first completed turns after one.
+const HISTORY_OLDEST: &str = "SELECT t.id AS id, t.output AS reply, e.text AS text FROM executions t \
+     JOIN events e ON e.turn_id = t.id WHERE t.id IN (SELECT id FROM executions \
+     WHERE owner_id = $1 AND kind = 'turn' AND status = 'completed' AND id < $2 AND id > $4 \
+     ORDER BY id LIMIT $3) ORDER BY t.id, e.seq";
+
 /// Sets the status of a turn's events (through the partial index `events_by_turn`).
 const TURN_EVENTS_STATUS: &str = "UPDATE events SET status = $2 WHERE turn_id = $1";
 
@@ -1530,11 +1536,34 @@ impl SystemStore {
         before: TurnId,
         limit: u32,
     ) -> Result<Vec<crate::summaries::PastTurn>> {
+        self.past_turns(HISTORY, session, after, before, limit).await
+    }
+
+    /// The first `limit` completed turns of a session after `after`, oldest first: what
+    /// compaction folds when more turns wait than it reads at once.
+    pub async fn oldest_turns(
+        &self,
+        session: SessionId,
+        after: Option<TurnId>,
+        limit: u32,
+    ) -> Result<Vec<crate::summaries::PastTurn>> {
+        let end = TurnId::from_bytes([0xff; 16]);
+        self.past_turns(HISTORY_OLDEST, session, after, end, limit).await
+    }
+
+    async fn past_turns(
+        &self,
+        sql: &'static str,
+        session: SessionId,
+        after: Option<TurnId>,
+        before: TurnId,
+        limit: u32,
+    ) -> Result<Vec<crate::summaries::PastTurn>> {
         // Turn ids are never all zero bytes, so "after nothing" is after the zero id.
         let after = after.map_or_else(|| vec![0u8; 16], |id| id.as_bytes().to_vec());
         let rows = self
             .rows(
-                query(HISTORY)
+                query(sql)
                     .bind(b(session.as_bytes()))
                     .bind(b(before.as_bytes()))
                     .bind(i64::from(limit))
@@ -1679,6 +1708,11 @@ mod tests {
             (
                 "history",
                 HISTORY.to_owned(),
+                "executions_by_owner (owner_id=? AND kind=? AND id>? AND id<?)",
+            ),
+            (
+                "oldest turns",
+                HISTORY_OLDEST.to_owned(),
                 "executions_by_owner (owner_id=? AND kind=? AND id>? AND id<?)",
             ),
             ("a step's number and key", JOURNAL_IN.to_owned(), "PRIMARY KEY (execution_id=?)"),

@@ -107,13 +107,18 @@ pub(super) async fn compact(
     let store = &inner.visible;
     let last = TurnId::from_bytes([0xff; 16]);
     let previous = store.summary_before(session, last).await.map_err(|e| e.to_string())?;
-    let turns = store
-        .history(session, previous.as_ref().map(|s| s.through), last, MAX_READ)
-        .await
-        .map_err(|e| e.to_string())?;
+    let through = previous.as_ref().map(|s| s.through);
+    let mut turns =
+        store.history(session, through, last, MAX_READ + 1).await.map_err(|e| e.to_string())?;
+    // More wait than one compaction reads: the oldest are folded first (none kept), and the
+    // next compaction goes on from them, so no turn is ever skipped.
+    let backlog = turns.len() > MAX_READ as usize;
+    if backlog {
+        turns = store.oldest_turns(session, through, MAX_READ).await.map_err(|e| e.to_string())?;
+    }
     let mut kept = 0;
     let mut kept_tokens = 0u32;
-    for turn in turns.iter().rev() {
+    for turn in turns.iter().rev().take_while(|_| !backlog) {
         let size = tokens(&turn.user).saturating_add(tokens(&turn.reply));
         if kept >= keep_turns as usize || kept_tokens.saturating_add(size) > keep_tokens {
             break;
