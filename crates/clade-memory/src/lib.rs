@@ -3,8 +3,8 @@
 //! Owns what an agent remembers beyond its session's recent turns: saving typed items with
 //! write-time deduplication (a near-duplicate updates or links the item it repeats), hybrid
 //! recall (full text and vector similarity fused by relative score, then expanded along the
-//! best hits' links), embeddings (any [`Embedder`]; without one, memory works on full text and
-//! says so once), the recall block a turn's context shows, and the agents' `memory.*` tools.
+//! best hits' links), embeddings (any [`Embedder`]; without one, memory works on full text), the
+//! recall block a turn's context shows, and the agents' `memory.*` tools.
 //! Storage is `clade-store`'s ([`clade_store::memories`]); every read and write goes through a
 //! [`TenantStore`] and names the agent and its scope, so no item crosses a tenant, an agent or
 //! an isolation key. Must not depend on the runtime or the gateway.
@@ -158,11 +158,9 @@ pub struct Memory {
 }
 
 impl Memory {
-    /// Memory with `embedder`, or on full text alone without one (which it says once).
+    /// Memory with `embedder`, or on full text alone without one (whoever sets it up says why:
+    /// `clade-runtime`'s `memory_of` does, once a process).
     pub fn new(embedder: Option<Arc<dyn Embedder>>, isolation: Isolation) -> Self {
-        if embedder.is_none() {
-            tracing::info!("memory recall uses full text alone: no embeddings model is configured");
-        }
         Self { embedder, isolation, warned: AtomicBool::new(false), vectors: Default::default() }
     }
 
