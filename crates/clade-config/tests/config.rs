@@ -216,3 +216,32 @@ fn tenant_hooks_are_checked() {
         assert!(err.contains(says), "{hook}: {err}");
     }
 }
+
+#[test]
+fn memory_and_compaction_settings_are_checked() {
+    // A local model is a folder under the data dir's models/, named plainly.
+    let check =
+        |text: &str| parse(text).unwrap().check(Path::new("clade.yaml")).map_err(|e| e.to_string());
+    let ok = parse("memory:\n  embeddings: \"local:all-minilm-l6-v2\"\n  ingest: off\n").unwrap();
+    ok.check(Path::new("clade.yaml")).unwrap();
+    assert_eq!(ok.memory.embeddings.as_deref(), Some("local:all-minilm-l6-v2"));
+    assert_eq!(ok.memory.ingest, clade_config::MemoryIngest::Off);
+    for bad in ["local:../etc", "local:", "local:.hidden", "local:a/b"] {
+        let err = check(&format!("memory:\n  embeddings: \"{bad}\"\n")).unwrap_err();
+        assert!(err.contains("memory.embeddings") && err.contains("local model"), "{bad}: {err}");
+    }
+    let err = parse("memory:\n  ingest: sometimes\n").unwrap_err();
+    assert!(err.contains("sometimes") || err.contains("ingest"), "{err}");
+    // The thresholds must rise: keep < at < emergency <= 100.
+    for bad in [
+        "{ at_percent: 96, emergency_percent: 95 }",
+        "{ keep_percent: 0 }",
+        "{ keep_percent: 80, at_percent: 80 }",
+        "{ emergency_percent: 101 }",
+    ] {
+        let err = check(&format!("sessions:\n  compaction: {bad}\n")).unwrap_err();
+        assert!(err.contains("sessions.compaction"), "{bad}: {err}");
+    }
+    let err = check("models:\n  m: { provider: openai, base_url: \"http://127.0.0.1:1/v1\", context_window: 100 }\n").unwrap_err();
+    assert!(err.contains("models.m.context_window"), "{err}");
+}
