@@ -53,14 +53,13 @@ async fn start_with_tools(
     support::engine(store, data, registry, sessions).await
 }
 
-/// Sends `text` on `channel` and returns (status, input tokens) of its turn.
-async fn turn(
+/// Sends `text` on `channel` and waits for its turn: the session and how the turn ended.
+async fn send(
     engine: &Engine,
-    store: &Store,
     tenant: &Tenant,
     channel: &str,
     text: &str,
-) -> (TurnStatus, u64) {
+) -> (clade_core::SessionId, clade_runtime::Finished) {
     let source = Source { platform: "test".into(), channel: channel.into(), actor: "u".into() };
     let envelope = Envelope {
         tenant: tenant.clone(),
@@ -75,7 +74,19 @@ async fn turn(
         .await
         .unwrap()
         .expect("the turn ended");
-    let turns = store.turn_records(tenant.id, accepted.session_id, None, 1000).await.unwrap();
+    (accepted.session_id, finished)
+}
+
+/// Sends `text` on `channel` and returns (status, input tokens) of its turn.
+async fn turn(
+    engine: &Engine,
+    store: &Store,
+    tenant: &Tenant,
+    channel: &str,
+    text: &str,
+) -> (TurnStatus, u64) {
+    let (session, finished) = send(engine, tenant, channel, text).await;
+    let turns = store.turn_records(tenant.id, session, None, 1000).await.unwrap();
     let record = turns.iter().find(|r| r.turn.id == finished.turn_id).unwrap();
     (finished.status, record.usage.input_tokens)
 }
@@ -212,21 +223,7 @@ async fn the_oldest_turns_after_a_summary_read_in_order() {
     let engine = start(&store, &data).await;
     let mut session = None;
     for text in ["one", "two", "three", "four", "five"] {
-        let source = Source { platform: "test".into(), channel: "c".into(), actor: "u".into() };
-        let envelope = Envelope {
-            tenant: tenant.clone(),
-            agent: Some("ada".into()),
-            text: text.into(),
-            source,
-            idempotency_key: None,
-        };
-        let accepted = engine.submit(envelope).await.unwrap();
-        engine
-            .wait(tenant.id, accepted.event_id, accepted.session_id, Duration::from_secs(10))
-            .await
-            .unwrap()
-            .expect("the turn ended");
-        session = Some(accepted.session_id);
+        session = Some(send(&engine, &tenant, "c", text).await.0);
     }
     let session = session.unwrap();
     let system = store.system();
