@@ -219,7 +219,7 @@ pub(crate) enum GrantsCommand {
         /// Tool name pattern: fs.read, fs.*, shell.exec, mcp.github.*
         #[arg(long)]
         tool: String,
-        /// Resource pattern: a workspace path, a host, or for shell.exec a command pattern such as `git status **` (`*` = anything)
+        /// Resource pattern: a workspace path, a host, an agent handle for agent.send and agent.ask, or for shell.exec a command pattern such as `git status **` (`*` = anything)
         #[arg(long, default_value = "*")]
         resource: String,
         /// allow, ask or deny

@@ -381,6 +381,7 @@ impl Ctx {
                 &env_hints(&self.config),
                 &self.data_dir.models_dir(),
             ))),
+            postbox: clade_runtime::messaging::Postbox::new(),
         }
     }
 
@@ -452,6 +453,8 @@ pub(crate) struct ToolSources {
     absent: Arc<std::sync::Mutex<Absent>>,
     /// Agents' memory, whose tools the registry holds (none when memory is off).
     memory: Arc<std::sync::RwLock<Option<Arc<clade_memory::Memory>>>>,
+    /// Where the messaging tools find the engine, once `clade serve` started it.
+    postbox: clade_runtime::messaging::Postbox,
 }
 
 /// A tool source that could not be reached when the registry was built.
@@ -489,6 +492,11 @@ impl ToolSources {
         self.memory.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Lets the messaging tools deliver through `engine`.
+    pub(crate) fn attach(&self, engine: &clade_runtime::Engine) {
+        self.postbox.attach(engine);
+    }
+
     /// Sets up memory as `config` says; the next registry built holds its tools.
     pub(crate) fn set_memory(&self, config: &Config) -> Option<Arc<clade_memory::Memory>> {
         let models = self.data_dir.join("models");
@@ -502,7 +510,7 @@ impl ToolSources {
     }
 
     /// Every tool `config` gives agents: the built-ins (plus the test ledger when configured),
-    /// the cron and settings tools, `config.apply`, and the tools of the MCP servers, tool
+    /// the cron, settings, working memory, messaging and memory tools, `config.apply`, and the tools of the MCP servers, tool
     /// hosts, paired hosts and OpenAPI documents that can be reached (each one that cannot is
     /// reported and left out).
     pub(crate) async fn registry(&self, config: &Config) -> clade_tools::Registry {
@@ -516,6 +524,7 @@ impl ToolSources {
         }
         clade_runtime::settings::register(&mut tools, self.store.clone(), self.settings.clone());
         clade_memory::working::register(&mut tools, self.store.clone());
+        clade_runtime::messaging::register(&mut tools, self.postbox.clone());
         if let Some(memory) = self.memory() {
             clade_memory::tools::register(&mut tools, self.store.clone(), memory);
         }

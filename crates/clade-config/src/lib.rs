@@ -445,6 +445,9 @@ pub struct SessionsConfig {
     /// How a session whose context grows toward its model's context window is compacted.
     #[serde(default)]
     pub compaction: CompactionConfig,
+    /// How agents message each other (`agent.send`, `agent.ask`).
+    #[serde(default)]
+    pub messaging: MessagingConfig,
     /// Per-agent settings that override the ones above for that agent's sessions, keyed by
     /// agent reference (`tenant/handle`, or a bare handle in the default tenant).
     #[serde(default)]
@@ -517,6 +520,7 @@ impl Default for SessionsConfig {
             idle_secs: default_idle(),
             history_turns: default_history(),
             compaction: CompactionConfig::default(),
+            messaging: MessagingConfig::default(),
             agents: BTreeMap::new(),
         }
     }
@@ -553,6 +557,34 @@ impl Default for CompactionConfig {
             keep_percent: default_keep(),
         }
     }
+}
+
+/// Messages between agents: each arrives as an event of the receiver, in its session with the
+/// sender, and an `ask` waits for the receiver's turn, whose reply is the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessagingConfig {
+    /// The longest chain of messages one person's message may set off (agents messaging
+    /// agents that message agents): a message past it is refused, which cuts loops (1-16).
+    #[serde(default = "default_max_depth")]
+    pub max_depth: u32,
+    /// How long an `ask` waits for the answer, at most (the turn's own time limit too);
+    /// 1-3600.
+    #[serde(default = "default_ask_timeout")]
+    pub ask_timeout_secs: u64,
+}
+
+impl Default for MessagingConfig {
+    fn default() -> Self {
+        Self { max_depth: default_max_depth(), ask_timeout_secs: default_ask_timeout() }
+    }
+}
+
+fn default_max_depth() -> u32 {
+    4
+}
+fn default_ask_timeout() -> u64 {
+    120
 }
 
 fn default_compact_at() -> u8 {
@@ -1118,6 +1150,19 @@ impl Config {
             return fail(format!(
                 "sessions.compaction: needs 1 <= keep_percent < at_percent < emergency_percent <= 100, not {} < {} < {}",
                 c.keep_percent, c.at_percent, c.emergency_percent
+            ));
+        }
+        let m = self.sessions.messaging;
+        if !(1..=16).contains(&m.max_depth) {
+            return fail(format!(
+                "sessions.messaging.max_depth: must be 1 to 16, not {}",
+                m.max_depth
+            ));
+        }
+        if !(1..=3600).contains(&m.ask_timeout_secs) {
+            return fail(format!(
+                "sessions.messaging.ask_timeout_secs: must be 1 to 3600, not {}",
+                m.ask_timeout_secs
             ));
         }
         // Every agent reference names one agent of one tenant.

@@ -130,6 +130,12 @@ define_id!(
     "memory"
 );
 define_id!(
+    /// Identifies a message from one agent to another (an `ask`'s correlation id).
+    MessageId,
+    "message"
+);
+
+define_id!(
     /// Identifies a request for an operator's approval of one tool call.
     ApprovalId,
     "approval"

@@ -22,12 +22,12 @@ pub use agent::{Agent, AgentConfig, AgentRef, Tenant};
 #[cfg(feature = "clock")]
 pub use clock::{Clock, Interval, ManualClock, Sleep, SystemClock};
 pub use id::{
-    AgentId, ApprovalId, EventId, ExecutionId, GrantId, LeaseId, MemoryId, SessionId, TenantId,
-    TokenId, TurnId,
+    AgentId, ApprovalId, EventId, ExecutionId, GrantId, LeaseId, MemoryId, MessageId, SessionId,
+    TenantId, TokenId, TurnId,
 };
 pub use lifecycle::{
     ApprovalStatus, AuditKind, EventKind, EventStatus, ExecutionKind, ExecutionStatus, LinkKind,
-    MemoryKind, ProcessKind, StepKey, StepKind, TurnStatus, Word,
+    MemoryKind, MessageKind, ProcessKind, StepKey, StepKind, TurnStatus, Word,
 };
 pub use name::{
     DISPLAY_NAME_PATTERN, HANDLE_PATTERN, Handle, LABEL_PATTERN, NOT_BLANK_PATTERN,

@@ -166,6 +166,10 @@ vocabulary! {
         JobDisabled = "job.disabled",
         /// A new configuration was applied to the deployment; of no session.
         ConfigApplied = "config.applied",
+        /// An agent sent another agent a message (in the sender's session, when it has one).
+        AgentMessageSent = "agent.message.sent",
+        /// An agent's message arrived (in the receiver's session), stored as its event.
+        AgentMessageReceived = "agent.message.received",
     }
 }
 
@@ -266,6 +270,16 @@ vocabulary! {
         RelatedTo = "related_to",
         /// The first is a part of the second.
         PartOf = "part_of",
+    }
+}
+
+vocabulary! {
+    /// How one agent messages another.
+    MessageKind {
+        /// Delivered; the sender goes on without waiting for the receiver's turn.
+        Send = "send",
+        /// Delivered, and the sender waits for the receiver's turn: its reply is the answer.
+        Ask = "ask",
     }
 }
 

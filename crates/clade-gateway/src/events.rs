@@ -92,6 +92,16 @@ pub(crate) async fn post(
             ));
         }
     };
+    // Only an agent's own tool call speaks on it: an event there would claim an agent sent it.
+    if source.platform == clade_store::AGENT_PLATFORM {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!(
+                "platform {:?} is kept for agents' messages to each other (the agent.send and agent.ask tools): send on another platform",
+                clade_store::AGENT_PLATFORM
+            ),
+        ));
+    }
     let header_key = headers.get("idempotency-key").map(|v| {
         v.to_str()
             .map(str::to_owned)

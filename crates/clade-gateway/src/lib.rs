@@ -25,6 +25,7 @@ pub use jobs::{job_response, run_response};
 mod live;
 mod mcp;
 mod memories;
+mod messages;
 mod openai;
 pub mod openapi;
 pub mod pairing;

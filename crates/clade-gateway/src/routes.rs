@@ -14,8 +14,8 @@ use clade_protocol as api;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::{
-    AppState, agents, config, events, hooks, jobs, leases, mcp, memories, openai, sessions,
-    settings, tools, usage, ws,
+    AppState, agents, config, events, hooks, jobs, leases, mcp, memories, messages, openai,
+    sessions, settings, tools, usage, ws,
 };
 
 /// A schema built by the document's one generator: a `$ref` to a component for a named type.
@@ -506,6 +506,22 @@ pub static OPERATIONS: &[Operation] = &[
             &[Operate],
             "Remove an agent's stored value of a setting (audited)",
             || delete(settings::unset),
+        )
+    },
+    Operation {
+        params: &[HANDLE],
+        query: Some(fields::<api::AgentMessagesQuery>),
+        responses: &[
+            ok("200", "one page, newest first", of::<api::AgentMessageListResponse>),
+            error("400", "invalid query"),
+            error("404", "no such agent"),
+        ],
+        ..op(
+            "GET",
+            "/v1/agents/{handle}/messages",
+            &[Read],
+            "The messages an agent sent to or received from the other agents of its tenant (agent.send, agent.ask)",
+            || get(messages::list),
         )
     },
     Operation {

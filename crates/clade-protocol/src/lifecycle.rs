@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use clade_core::{ApprovalStatus, EventKind, TurnStatus};
+use clade_core::{ApprovalStatus, EventKind, MessageKind, TurnStatus};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -141,6 +141,25 @@ pub struct ConfigApplied {
     pub reverts: Option<i64>,
 }
 
+/// `agent.message.sent` (in the sender's session) and `agent.message.received` (in the
+/// receiver's): one agent messaged another of its tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentMessage {
+    /// The message's id; an `ask`'s answer is correlated by it.
+    pub message: String,
+    pub kind: Spelled<MessageKind>,
+    /// The sender's handle.
+    pub from: String,
+    /// The receiver's handle.
+    pub to: String,
+    /// The receiver's event that holds the message.
+    pub event: String,
+    /// The receiver's session: its conversation with the sender.
+    pub session: String,
+    /// How many messages between agents led to this one, itself included.
+    pub depth: u32,
+}
+
 /// Declares [`LifecycleEvent`] with one variant per kind and its data type, and the code that
 /// maps between the two: the kind's spelling comes from `clade-core` alone.
 macro_rules! lifecycle_events {
@@ -214,6 +233,8 @@ lifecycle_events! {
     ApprovalDecided(ApprovalDecided) [From],
     JobDisabled(JobDisabled) [From],
     ConfigApplied(ConfigApplied) [From],
+    AgentMessageSent(AgentMessage),
+    AgentMessageReceived(AgentMessage),
 }
 
 impl LifecycleEvent {

@@ -1033,6 +1033,55 @@ pub struct MemoryListResponse {
     pub next_cursor: Option<String>,
 }
 
+/// A message one agent of a tenant sent another (`agent.send`, `agent.ask`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AgentMessageResponse {
+    pub id: String,
+    pub kind: Spelled<clade_core::MessageKind>,
+    /// The sender's handle (empty once it is deleted).
+    pub from: String,
+    /// The receiver's handle.
+    pub to: String,
+    /// The session and turn it was sent from; absent when sent outside a turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_turn: Option<String>,
+    /// The receiver's session with the sender, and the event the message is in it.
+    pub to_session: String,
+    pub event: String,
+    /// Absent once retention deleted its event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// How many messages between agents led to it, itself included.
+    pub depth: u32,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AgentMessageListResponse {
+    /// Newest first.
+    pub items: Vec<AgentMessageResponse>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Query of `GET /v1/agents/{handle}/messages`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentMessagesQuery {
+    /// How many.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_PAGE), extend("default" = DEFAULT_PAGE))]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    #[serde(default)]
+    #[schemars(pattern(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"))]
+    pub cursor: Option<String>,
+}
+
 /// Query of `GET /v1/agents/{handle}/memories`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

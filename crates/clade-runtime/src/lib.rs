@@ -16,6 +16,7 @@ pub mod failpoints;
 pub mod hub;
 pub mod ingest;
 pub mod memory;
+pub mod messaging;
 pub mod models;
 pub mod outbox;
 mod routing;
@@ -26,7 +27,7 @@ pub mod tools;
 pub use budget::StoreBudget;
 pub use bus::{Bus, LocalBus, Signal};
 pub use engine::{
-    Engine, EngineOptions, Envelope, Finished, Recall, Settings, TurnWatch, step_view,
+    Engine, EngineOptions, Envelope, Finished, Recall, Settings, TurnWatch, WeakEngine, step_view,
 };
 pub use execution::{Durable, DurableError};
 pub use hub::{Hub, LiveEvent, Subscription};

@@ -477,7 +477,7 @@ impl ToolRunner {
             Some(argv) => policy::Target::Argv(argv),
             None => policy::Target::Text(&resource),
         };
-        let decision = policy::decide(&rules, tool.name(), target, tool.touches_host());
+        let decision = policy::decide(&rules, tool.name(), target, tool.needs_grant());
         let entry = |decision: &Decision| {
             decision_entry(
                 agent,
@@ -511,7 +511,7 @@ impl ToolRunner {
                 // The approval covers the call, with what allow rules grant (if any) on top.
                 let mut allowed = rules.clone();
                 allowed.retain(|r| r.rule.effect == PolicyEffect::Allow);
-                let granted = policy::decide(&allowed, tool.name(), target, tool.touches_host());
+                let granted = policy::decide(&allowed, tool.name(), target, tool.needs_grant());
                 Decision {
                     effect: PolicyEffect::Allow,
                     reason: "approved by an operator".into(),

@@ -25,6 +25,7 @@ pub mod jobs;
 pub mod leases;
 pub mod memories;
 pub mod memory_transfer;
+pub mod messages;
 mod migrate;
 pub mod owner;
 mod paced;
@@ -60,6 +61,7 @@ pub use jobs::{
 pub use leases::Lease;
 pub use memories::{LinkRow, MemoryFilter, MemoryRow, MemoryUpdate, NewMemory, Provenance};
 pub use memory_transfer::{Imported, MemoryRecord};
+pub use messages::{AGENT_PLATFORM, Delivered, MessageRow, NewMessage};
 pub use migrate::{MigrationReport, Migrations, SCHEMA_VERSION};
 pub use owner::OwnerLock;
 pub use peers::{NewPeer, PeerRow};

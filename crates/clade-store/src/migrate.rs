@@ -92,6 +92,7 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../migrations/0022_session_summaries.sql"),
     ),
     Migration::shared(23, "working_memory", include_str!("../migrations/0023_working_memory.sql")),
+    Migration::shared(24, "agent_messages", include_str!("../migrations/0024_agent_messages.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -101,7 +102,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 23;
+pub const SCHEMA_VERSION: i64 = 24;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -104,6 +104,15 @@ impl Store {
                                 .execute(&mut *conn)
                                 .await?;
                             }
+                            // A message goes with the conversation it was delivered into.
+                            query(
+                                "DELETE FROM agent_messages WHERE to_session = $1 \
+                                 AND tenant_id = $2",
+                            )
+                            .bind(session.clone())
+                            .bind(id.clone())
+                            .execute(&mut *conn)
+                            .await?;
                             query(crate::turns::REMEMBER_OUTBOX_IDS).execute(&mut *conn).await?;
                             swept.outbox += query(
                                 "DELETE FROM outbox WHERE session_id = $1 AND tenant_id = $2",

@@ -164,6 +164,17 @@ impl TenantStore {
         self.store.summaries(self.tenant, session, limit).await
     }
 
+    /// A page of the messages `agent` sent or received, newest first (see
+    /// [`Store::agent_messages`]).
+    pub async fn agent_messages(
+        &self,
+        agent: AgentId,
+        before: Option<clade_core::MessageId>,
+        limit: u32,
+    ) -> Result<Vec<crate::MessageRow>> {
+        self.store.agent_messages(self.tenant, agent, before, limit).await
+    }
+
     /// Sets or clears `name` in `session`'s working memory (see [`Store::write_working`]).
     pub async fn write_working(
         &self,

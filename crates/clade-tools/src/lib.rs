@@ -176,6 +176,11 @@ pub trait Tool: Send + Sync {
     fn touches_host(&self) -> bool {
         false
     }
+    /// Whether a call needs a rule or grant that allows it: so are tools that touch the host,
+    /// and tools that reach beyond the calling agent (messaging another agent).
+    fn needs_grant(&self) -> bool {
+        self.touches_host()
+    }
     /// Whether its result is a sandbox run's account ([`sandbox::findings`] reads what the
     /// sandbox stopped or refused from it, for the audit log).
     fn runs_in_sandbox(&self) -> bool {
@@ -212,6 +217,8 @@ pub trait TypedTool: Send + Sync {
     const DESCRIPTION: &'static str;
     const EFFECT: EffectClass = EffectClass::AtMostOnce;
     const TOUCHES_HOST: bool = false;
+    /// See [`Tool::needs_grant`].
+    const NEEDS_GRANT: bool = Self::TOUCHES_HOST;
     const RUNS_IN_SANDBOX: bool = false;
     /// The argument [`TypedTool::resource`] returns, when it returns one argument as it is.
     const RESOURCE_ARGUMENT: Option<&'static str> = None;
@@ -249,6 +256,9 @@ impl<T: TypedTool> Tool for T {
     }
     fn touches_host(&self) -> bool {
         T::TOUCHES_HOST
+    }
+    fn needs_grant(&self) -> bool {
+        T::NEEDS_GRANT
     }
     fn runs_in_sandbox(&self) -> bool {
         T::RUNS_IN_SANDBOX

@@ -68,7 +68,7 @@ pub fn decide(
     rules: &[SourcedRule],
     tool: &str,
     target: Target<'_>,
-    host_access: bool,
+    needs_grant: bool,
 ) -> Decision {
     let resource = match target {
         Target::Text(text) => text.to_owned(),
@@ -93,16 +93,16 @@ pub fn decide(
     };
     let best = matching.iter().map(|r| (specificity(r), r.rule.effect == PolicyEffect::Ask)).max();
     match best {
-        None if host_access => Decision {
+        None if needs_grant => Decision {
             effect: PolicyEffect::Deny,
             reason: format!(
-                "{tool} touches the host and no rule allows it on {resource:?}; an operator can allow it with `clade grants add --agent <handle> --tool {tool}`"
+                "{tool} needs a rule or grant that allows it, and none allows it on {resource:?}; an operator can allow it with `clade grants add --agent <handle> --tool {tool}`"
             ),
             constraints: Constraints::default(),
         },
         None => Decision {
             effect: PolicyEffect::Allow,
-            reason: format!("{tool} does not touch the host"),
+            reason: format!("{tool} needs no grant"),
             constraints: Constraints::default(),
         },
         Some((top, true)) => {

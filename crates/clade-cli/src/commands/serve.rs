@@ -50,6 +50,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         options,
     )
     .await?;
+    sources.attach(&engine);
     engine.set_recall(clade_runtime::memory::recall_of(&ctx.config, sources.memory()));
     let dispatchers = std::sync::Arc::new(clade_runtime::outbox::spawn(
         ctx.store.clone(),

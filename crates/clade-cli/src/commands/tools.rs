@@ -37,7 +37,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: ToolsCommand) -> Result<()> {
                         &rules,
                         t.name(),
                         clade_tools::policy::Target::Text("*"),
-                        t.touches_host(),
+                        t.needs_grant(),
                     );
                     vec![
                         t.name().to_owned(),

@@ -8,6 +8,7 @@ mod http;
 mod matrix;
 mod mcp;
 mod memory;
+mod messaging;
 mod models;
 mod openai;
 mod remote;

@@ -779,6 +779,9 @@ async fn every_lifecycle_event_reads_as_the_protocol_says() {
                     | EventKind::ToolProgress
                     | EventKind::JobDisabled
                     | EventKind::ConfigApplied
+                    // `suite::messaging` has agents' messages.
+                    | EventKind::AgentMessageSent
+                    | EventKind::AgentMessageReceived
             )
         })
         .collect();

@@ -333,14 +333,20 @@ impl ContextSource for Whereabouts<'_> {
         into: &'a mut Composed,
     ) -> BoxFuture<'a, ()> {
         let today = self.now.to_string();
+        let today = today.get(..10).unwrap_or(&today);
         let source = self.source;
-        into.system.push_str(&format!(
-            "You are talking on {} in channel {} with {}. Today is {} (UTC).",
-            source.platform,
-            source.channel,
-            source.actor,
-            today.get(..10).unwrap_or(&today)
-        ));
+        let text = if source.platform == clade_store::AGENT_PLATFORM {
+            format!(
+                "You are talking with the agent {}, another agent of your team, which messages you with agent.send and agent.ask; when it asks, your reply is its answer. Today is {today} (UTC).",
+                source.actor
+            )
+        } else {
+            format!(
+                "You are talking on {} in channel {} with {}. Today is {today} (UTC).",
+                source.platform, source.channel, source.actor
+            )
+        };
+        into.system.push_str(&text);
         Box::pin(std::future::ready(()))
     }
 }

@@ -205,6 +205,18 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+/// A handle to the engine that does not keep it alive: for what the engine itself holds (its
+/// tools), which would otherwise keep it from ever being dropped.
+#[derive(Clone)]
+pub struct WeakEngine(std::sync::Weak<Inner>);
+
+impl WeakEngine {
+    /// The engine, while it runs.
+    pub fn upgrade(&self) -> Option<Engine> {
+        self.0.upgrade().map(|inner| Engine { inner })
+    }
+}
+
 pub(crate) fn payload_hash(agent: &str, source: &Source, text: &str) -> String {
     let digest = Sha256::new()
         .chain_update(agent.as_bytes())
@@ -587,6 +599,43 @@ impl Engine {
             self.inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&session);
         self.inner.bus.signal(Signal::Cancel(session));
         Ok(running)
+    }
+
+    /// A handle that does not keep the engine alive.
+    pub fn downgrade(&self) -> WeakEngine {
+        WeakEngine(Arc::downgrade(&self.inner))
+    }
+
+    /// Delivers an agent's message to another agent (see [`Store::send_message`]) and starts
+    /// the receiver's turn. A repeated key finds the first message and starts nothing.
+    pub async fn deliver(
+        &self,
+        message: clade_store::NewMessage,
+    ) -> Result<clade_store::Delivered, Error> {
+        if self.lease_lost() {
+            return Err(Error::LeaseLost);
+        }
+        if self.draining() {
+            return Err(Error::Draining);
+        }
+        let delivered = self.inner.store.send_message(message).await?;
+        let row = &delivered.message;
+        let (sent, received): (Vec<_>, Vec<_>) = delivered
+            .announced
+            .iter()
+            .cloned()
+            .partition(|r| r.session_id.is_some() && r.session_id == row.from_session);
+        // Written beside the sessions' actors, whose own rows may come later.
+        let hub = self.inner.bus.hub();
+        hub.publish_aside(row.from_agent, &sent);
+        hub.publish_aside(row.to_agent, &received);
+        if !delivered.announced.is_empty() {
+            self.inner.outbox.notify_waiters();
+        }
+        if !delivered.accepted.duplicate {
+            self.inner.bus.signal(Signal::Wake(row.to_session));
+        }
+        Ok(delivered)
     }
 
     /// Tells the node that runs `session` that work for it was stored by someone else (the

@@ -8,6 +8,7 @@ mod jobs;
 mod lanes;
 mod leases;
 mod memories;
+mod messages;
 mod outbox;
 mod pages;
 mod peer_leases;

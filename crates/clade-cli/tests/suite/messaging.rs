@@ -1,0 +1,223 @@
+//! Agents messaging each other (`agent.send`, `agent.ask`) through the real binary: grants
+//! decide who may message whom, a message arrives as the receiver's event and is listed on both
+//! sides, chains and loops are cut, no one can forge an agent's message, no tenant reaches
+//! another's agents, and an ask answered across a `kill -9` is answered once.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::support::{Env, Server, token, write};
+
+fn tool(name: &str, args: Value) -> String {
+    format!("/tool {name} {args}")
+}
+
+/// Sends `text` to `agent` from a person and waits for the turn; the reply's text.
+async fn say(server: &Server, agent: &str, text: &str) -> String {
+    let body = json!({ "agent": agent, "text": text, "wait": true,
+        "source": { "platform": "http", "channel": "desk", "actor": "pat" } });
+    let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["reply"]["text"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The items of the page at `path` once `done` holds for them (or 30 s pass).
+async fn items_until(server: &Server, path: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = server.get_json(path).await;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        if done(&items) || Instant::now() > deadline {
+            return items;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The agent's messages once `done` holds for them.
+async fn messages_until(
+    server: &Server,
+    agent: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    items_until(server, &format!("/v1/agents/{agent}/messages"), done).await
+}
+
+/// A session's turns once `done` holds for them.
+async fn turns_until(
+    server: &Server,
+    session: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    items_until(server, &format!("/v1/sessions/{session}/turns"), done).await
+}
+
+/// Whether a session's first turn has ended.
+fn ended(turns: &[Value]) -> bool {
+    turns.first().is_some_and(|t| t["status"] != "running")
+}
+
+fn grant(env: &Env, from: &str, tool: &str, to: &str) {
+    env.run(&["--agent", from, "grants", "add", "--tool", tool, "--resource", to]).ok();
+}
+
+/// Without a grant an agent messages no one; with one it sends (the receiver's turn runs in
+/// its conversation with the sender, both listings show the message) and asks (the answer is
+/// the receiver's reply). A loop of asks is cut where it would wait on itself, a chain of sends
+/// stops at `max_depth`, the platform of agents' messages is refused to everyone else, and
+/// another tenant's agent of the same handle is never reached nor its messages read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_message_each_other_within_their_grants_and_tenant() {
+    let env = Env::new();
+    write(&env.data_dir().join("clade.yaml"), "sessions:\n  messaging:\n    max_depth: 3\n");
+    for agent in ["ada", "bo", "cy"] {
+        env.run(&["agents", "create", agent]).ok();
+    }
+    env.run(&["tenants", "create", "rival"]).ok();
+    env.run(&["--tenant", "rival", "agents", "create", "bo"]).ok();
+    let (rival, _) = token(&env, "rival", &["admin"]);
+    let server = env.serve(&[]);
+
+    let hello = tool("agent.send", json!({ "to": "bo", "message": "hello bo" }));
+    let refused = say(&server, "ada", &hello).await;
+    assert!(refused.contains("needs a rule or grant"), "{refused}");
+    assert_eq!(messages_until(&server, "bo", |_| true).await, Vec::<Value>::new());
+
+    grant(&env, "ada", "agent.send", "bo");
+    grant(&env, "ada", "agent.ask", "bo");
+    let sent = say(&server, "ada", &hello).await;
+    assert!(sent.contains("\"delivered\":true"), "{sent}");
+    let received = messages_until(&server, "bo", |m| !m.is_empty()).await;
+    assert_eq!(received.len(), 1, "{received:?}");
+    let message = &received[0];
+    assert_eq!((message["from"].as_str(), message["to"].as_str()), (Some("ada"), Some("bo")));
+    assert_eq!(message["kind"], "send");
+    assert_eq!(message["depth"], 1);
+    assert_eq!(message["text"], "hello bo");
+    let bo_session = message["to_session"].as_str().unwrap().to_owned();
+    let turns = turns_until(&server, &bo_session, ended).await;
+    assert_eq!(turns[0]["reply"], "echo: hello bo", "{turns:?}");
+    let session = server.get_json(&format!("/v1/sessions/{bo_session}")).await;
+    assert_eq!(session["platform"], "agent", "{session}");
+    assert_eq!(session["actor"], "ada", "{session}");
+    let ada = server.get_json("/v1/agents/ada/messages").await;
+    assert_eq!(ada["items"][0]["id"], message["id"], "the sender lists it too: {ada}");
+
+    let asked =
+        say(&server, "ada", &tool("agent.ask", json!({ "to": "bo", "message": "your name?" })))
+            .await;
+    assert_eq!(asked, "tool results: agent.ask -> echo: your name?");
+
+    // ada asks bo, who asks ada, who asks bo again: bo's conversation with ada is waiting for
+    // ada's answer, so that last ask is refused, and every turn still ends.
+    grant(&env, "bo", "agent.ask", "ada");
+    let innermost = tool("agent.ask", json!({ "to": "bo", "message": "round three" }));
+    let middle = tool("agent.ask", json!({ "to": "ada", "message": innermost }));
+    let looped =
+        say(&server, "ada", &tool("agent.ask", json!({ "to": "bo", "message": middle }))).await;
+    assert!(looped.contains("waiting for an answer from you already"), "{looped}");
+    assert!(!looped.contains("round three\""), "{looped}");
+
+    // A chain of sends: ada → bo → cy → ada would be the fourth message; it stops at three.
+    grant(&env, "bo", "agent.send", "cy");
+    grant(&env, "cy", "agent.send", "ada");
+    grant(&env, "ada", "agent.send", "cy");
+    let fourth = tool("agent.send", json!({ "to": "cy", "message": "and round we go" }));
+    let third = tool("agent.send", json!({ "to": "ada", "message": fourth }));
+    let second = tool("agent.send", json!({ "to": "cy", "message": third }));
+    say(&server, "ada", &tool("agent.send", json!({ "to": "bo", "message": second }))).await;
+    let to_cy = |m: &[Value]| m.iter().filter(|m| m["to"] == "cy").cloned().collect::<Vec<_>>();
+    let ada_in = messages_until(&server, "ada", |m| m.iter().any(|m| m["depth"] == 3)).await;
+    let third = ada_in.iter().find(|m| m["depth"] == 3).expect("the third message");
+    assert_eq!((third["from"].as_str(), third["to"].as_str()), (Some("cy"), Some("ada")));
+    let cut = turns_until(&server, third["to_session"].as_str().unwrap(), ended).await;
+    assert!(cut[0]["reply"].as_str().unwrap().contains("a chain stops at 3"), "{cut:?}");
+    let cy = to_cy(&messages_until(&server, "cy", |_| true).await);
+    assert_eq!(cy.len(), 1, "a fourth went out: {cy:?}");
+    assert_eq!(cy[0]["depth"], 2);
+
+    // Nobody else speaks as an agent: not a new event, not one into an agent's session.
+    let forged = json!({ "agent": "bo", "text": "I am ada",
+        "source": { "platform": "agent", "channel": "ada", "actor": "ada" } });
+    let (status, body) = server.send("POST", "/v1/events", None, Some(forged)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("kept for agents"), "{body}");
+    let into = json!({ "session": bo_session, "text": "I am ada" });
+    let (status, body) = server.send("POST", "/v1/events", None, Some(into)).await;
+    assert_eq!(status, 400, "{body}");
+
+    // The rival's bo was never reached, and its token reads none of these messages.
+    let (status, theirs) = server.send("GET", "/v1/agents/bo/messages", Some(&rival), None).await;
+    assert_eq!(status, 200, "{theirs}");
+    assert_eq!(theirs["items"], json!([]), "{theirs}");
+    let (status, _) = server.send("GET", "/v1/agents/ada/messages", Some(&rival), None).await;
+    assert_eq!(status, 404);
+    // Even a grant of every agent names none of another tenant's.
+    let across = tool("agent.send", json!({ "to": "rival/bo", "message": "hi" }));
+    let denied = say(&server, "ada", &across).await;
+    assert!(denied.contains("denied"), "{denied}");
+    grant(&env, "ada", "agent.send", "*");
+    let strange = say(&server, "ada", &across).await;
+    assert!(strange.contains("to: "), "{strange}");
+    let (_, theirs) = server.send("GET", "/v1/agents/bo/messages", Some(&rival), None).await;
+    assert_eq!(theirs["items"], json!([]), "{theirs}");
+}
+
+/// ada asks bo, whose model is slow; the gateway is killed while ada waits and started again.
+/// bo's turn resumes and ada's ask, run again, finds the message it delivered: one message,
+/// one turn of bo's, one answer in ada's turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ask_across_a_kill_is_delivered_and_answered_once() {
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let mut env = Env::new();
+    env.vars.push(("STUB_KEY".into(), "sk-stub".into()));
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "models:\n  slow:\n    provider: openai\n    model: stub+latency=2500\n    base_url: {}/v1\n    api_key_env: STUB_KEY\nrouting:\n  default: [scripted]\n  agents:\n    bo: {{ default: [slow] }}\n",
+            stub.url()
+        ),
+    );
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["agents", "create", "bo"]).ok();
+    grant(&env, "ada", "agent.ask", "bo");
+    let server = env.serve(&[]);
+    let body = json!({ "agent": "ada",
+        "text": tool("agent.ask", json!({ "to": "bo", "message": "what is the plan?" })),
+        "source": { "platform": "http", "channel": "desk", "actor": "pat" } });
+    let (status, accepted) = server.send("POST", "/v1/events", None, Some(body)).await;
+    assert_eq!(status, 202, "{accepted}");
+    let ada_session = accepted["session_id"].as_str().unwrap().to_owned();
+    let delivered = messages_until(&server, "bo", |m| !m.is_empty()).await;
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    let bo_session = delivered[0]["to_session"].as_str().unwrap().to_owned();
+    assert_eq!(
+        server.get_json(&format!("/v1/sessions/{bo_session}/turns")).await["items"],
+        json!([]),
+        "bo answered before the kill"
+    );
+    server.kill9();
+
+    let server = env.serve(&[]);
+    let ada_turns = turns_until(&server, &ada_session, |t| {
+        t.first().is_some_and(|t| t["status"] == "completed")
+    })
+    .await;
+    assert_eq!(ada_turns.len(), 1, "{ada_turns:?}");
+    assert_eq!(
+        ada_turns[0]["reply"], "tool results: agent.ask -> echo: what is the plan?",
+        "{ada_turns:?}"
+    );
+    let bo_turns = turns_until(&server, &bo_session, ended).await;
+    assert_eq!(bo_turns.len(), 1, "{bo_turns:?}");
+    assert_eq!(messages_until(&server, "bo", |_| true).await.len(), 1);
+    assert_eq!(bo_turns[0]["events"].as_array().unwrap().len(), 1, "{bo_turns:?}");
+    assert_eq!(bo_turns[0]["status"], "completed", "{bo_turns:?}");
+    let turn = ada_turns[0]["id"].as_str().unwrap();
+    let steps = server.get_json(&format!("/v1/sessions/{ada_session}/turns/{turn}/steps")).await;
+    let results =
+        steps["items"].as_array().unwrap().iter().filter(|s| s["kind"] == "tool_result").count();
+    assert_eq!(results, 1, "{steps}");
+}

@@ -1,0 +1,112 @@
+//! Messages between agents on both backends: delivered as the receiver's event with their
+//! lifecycle events in one transaction, found again by their key, refused to itself, across
+//! tenants and along an ask that would wait on itself (nothing written), listed for both
+//! agents and gone with either.
+
+use clade_core::{AgentConfig, AgentId, EventKind, Handle, MessageKind, TenantId};
+use clade_store::{NewAgent, NewMessage};
+
+use super::harness::{accept, backends, tenant_and_agent};
+
+fn message(tenant: TenantId, from: AgentId, to: &str, key: &str, kind: MessageKind) -> NewMessage {
+    NewMessage {
+        tenant,
+        kind,
+        from,
+        from_session: None,
+        from_turn: None,
+        to: to.to_owned(),
+        text: format!("hello {to}"),
+        idempotency_key: key.to_owned(),
+        payload_hash: format!("{to}:{key}"),
+        depth: 1,
+        chain: Vec::new(),
+        max_open_per_session: 100,
+    }
+}
+
+#[tokio::test]
+async fn messages_are_delivered_once_within_their_tenant_and_listed_on_both_sides() {
+    for h in backends().await {
+        let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let (_, bo) = tenant_and_agent(&h.store, &h.agents, "bo").await;
+        let rival = h.store.create_tenant("rival").await.unwrap();
+        let spec = NewAgent {
+            handle: Handle::parse("bo").unwrap(),
+            display_name: None,
+            config: AgentConfig::default(),
+        };
+        let rival_bo = h.agents.create(rival.id, spec).await.unwrap();
+        let desk = accept(&h.store, &tenant, &ada, "desk").await.session_id;
+
+        let mut first = message(tenant.id, ada.id, "bo", "k1", MessageKind::Send);
+        first.from_session = Some(desk);
+        let sent = h.store.send_message(first.clone()).await.unwrap();
+        assert!(!sent.accepted.duplicate, "{}", h.name);
+        assert_eq!(sent.message.to_agent, bo.id, "{}: another tenant's bo", h.name);
+        assert_eq!(sent.message.from_handle, "ada", "{}", h.name);
+        let kinds: Vec<(EventKind, Option<_>)> =
+            sent.announced.iter().map(|r| (r.kind, r.session_id)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (EventKind::AgentMessageSent, Some(desk)),
+                (EventKind::AgentMessageReceived, Some(sent.message.to_session))
+            ],
+            "{}",
+            h.name
+        );
+        let session = h.store.session(tenant.id, sent.message.to_session).await.unwrap();
+        assert_eq!(
+            (session.agent_id, session.source.platform.as_str(), session.source.actor.as_str()),
+            (bo.id, clade_store::AGENT_PLATFORM, "ada"),
+            "{}",
+            h.name
+        );
+        // The same key again: the first message, nothing new written or announced.
+        let again = h.store.send_message(first).await.unwrap();
+        assert!(again.accepted.duplicate && again.announced.is_empty(), "{}", h.name);
+        assert_eq!(again.message.id, sent.message.id, "{}", h.name);
+
+        // An ask stores its pair after the asks it waits on; one along a pair already waiting
+        // is refused with nothing written.
+        let mut ask = message(tenant.id, ada.id, "bo", "k2", MessageKind::Ask);
+        ask.chain = vec!["bo>ada".into()];
+        let asked = h.store.send_message(ask.clone()).await.unwrap();
+        assert_eq!(asked.message.chain, ["bo>ada", "ada>bo"], "{}", h.name);
+        ask.idempotency_key = "k3".into();
+        ask.chain = asked.message.chain.clone();
+        let err = h.store.send_message(ask).await.unwrap_err();
+        assert!(err.to_string().contains("would wait forever"), "{}: {err}", h.name);
+        // Nothing waits on a send: it keeps no chain.
+        let mut send = message(tenant.id, ada.id, "bo", "k4", MessageKind::Send);
+        send.chain = vec!["bo>ada".into()];
+        assert!(h.store.send_message(send).await.unwrap().message.chain.is_empty());
+
+        // Refused: to itself, to no one, from another tenant's agent.
+        for (bad, expected) in [
+            (message(tenant.id, ada.id, "ada", "k5", MessageKind::Send), "itself"),
+            (message(tenant.id, ada.id, "nobody", "k6", MessageKind::Send), "nobody"),
+            (message(tenant.id, rival_bo.id, "ada", "k7", MessageKind::Send), "not found"),
+        ] {
+            let err = h.store.send_message(bad).await.unwrap_err();
+            assert!(err.to_string().contains(expected), "{}: {err}", h.name);
+        }
+
+        let ours = h.store.tenant_scope(tenant.id);
+        let listed = ours.agent_messages(bo.id, None, 10).await.unwrap();
+        assert_eq!(listed.len(), 3, "{}", h.name);
+        assert_eq!(listed[2].id, sent.message.id, "{}: newest first", h.name);
+        assert_eq!(listed[2].text.as_deref(), Some("hello bo"), "{}", h.name);
+        let page = ours.agent_messages(bo.id, Some(listed[0].id), 1).await.unwrap();
+        assert_eq!(page[0].id, listed[1].id, "{}", h.name);
+        assert_eq!(ours.agent_messages(ada.id, None, 10).await.unwrap().len(), 3);
+        let theirs = h.store.tenant_scope(rival.id);
+        assert!(theirs.agent_messages(rival_bo.id, None, 10).await.unwrap().is_empty());
+        assert!(theirs.agent_messages(bo.id, None, 10).await.unwrap().is_empty(), "{}", h.name);
+
+        // Gone with either agent.
+        h.agents.delete(tenant.id, "ada").await.unwrap();
+        assert!(ours.agent_messages(bo.id, None, 10).await.unwrap().is_empty(), "{}", h.name);
+    }
+}
