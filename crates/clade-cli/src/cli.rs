@@ -314,6 +314,30 @@ pub(crate) enum AgentsCommand {
     },
     /// Print the agent's workspace directory, creating it on first use
     Workspace { handle: Option<String> },
+    /// Pause an agent: its running turns finish, no new turn starts, and events sent meanwhile
+    /// wait, stored (the pause outlasts restarts)
+    Pause {
+        handle: Option<String>,
+        /// Why, shown by `clade agents status`
+        #[arg(long)]
+        reason: Option<String>,
+        /// The running gateway's admin socket [default: server.admin_socket]
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<PathBuf>,
+    },
+    /// Lift an agent's pause: the events that waited run
+    Resume {
+        handle: Option<String>,
+        /// The running gateway's admin socket [default: server.admin_socket]
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<PathBuf>,
+    },
+    /// What an agent runs now: its pause, and its sessions with turns running or events waiting
+    Status {
+        handle: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -474,7 +498,18 @@ pub(crate) enum SessionsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Continue a session's yielded turn where it stopped, with a fresh budget of model calls
+    /// Pause a session: its running turn finishes, no new turn starts, events wait (`clade
+    /// sessions resume` lifts it)
+    Pause {
+        id: String,
+        /// Why, shown by `clade agents status`
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Continue a session's yielded turn where it stopped, with a fresh budget of model calls,
+    /// and lift its pause
     Resume {
         id: String,
         #[command(flatten)]

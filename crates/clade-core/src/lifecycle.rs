@@ -232,6 +232,10 @@ vocabulary! {
         /// An item of an agent's memory was saved, changed, linked or forgotten by an
         /// operator or the agent (its id and the change in the detail, never its content).
         MemoryChanged = "memory.changed",
+        /// An operator paused an agent or one of its sessions: no new turn starts there.
+        ExecutionsPaused = "executions.paused",
+        /// An operator lifted a pause: the waiting events run.
+        ExecutionsResumed = "executions.resumed",
     }
 }
 

@@ -15,6 +15,7 @@ mod auth;
 pub use auth::PeerAuth;
 mod config;
 pub mod config_flow;
+mod control;
 pub mod error;
 mod events;
 pub mod hooks;

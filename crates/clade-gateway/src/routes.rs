@@ -14,8 +14,8 @@ use clade_protocol as api;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::{
-    AppState, agents, config, events, hooks, jobs, leases, mcp, memories, messages, openai,
-    sessions, settings, tools, usage, ws,
+    AppState, agents, config, control, events, hooks, jobs, leases, mcp, memories, messages,
+    openai, sessions, settings, tools, usage, ws,
 };
 
 /// A schema built by the document's one generator: a `$ref` to a component for a named type.
@@ -506,6 +506,54 @@ pub static OPERATIONS: &[Operation] = &[
             &[Operate],
             "Remove an agent's stored value of a setting (audited)",
             || delete(settings::unset),
+        )
+    },
+    Operation {
+        params: &[HANDLE],
+        body: Some(of::<api::PauseParams>),
+        responses: &[
+            ok("200", "paused (or already paused)", of::<api::PauseResponse>),
+            error("400", "invalid body"),
+            error("404", "no such agent"),
+        ],
+        ..op(
+            "POST",
+            "/v1/agents/{handle}/pause",
+            &[Operate],
+            "Pause an agent: its running turns finish, no new turn starts, events wait, stored (durable across restarts; audited)",
+            || post(control::pause_agent),
+        )
+    },
+    Operation {
+        params: &[HANDLE],
+        responses: &[
+            ok("200", "whether there was a pause to lift", of::<api::UnpauseResponse>),
+            error("404", "no such agent"),
+        ],
+        ..op(
+            "POST",
+            "/v1/agents/{handle}/resume",
+            &[Operate],
+            "Lift an agent's pause: the events that waited run (audited)",
+            || post(control::resume_agent),
+        )
+    },
+    Operation {
+        params: &[HANDLE],
+        responses: &[
+            ok(
+                "200",
+                "its pause and its sessions with work in flight",
+                of::<api::AgentStatusResponse>,
+            ),
+            error("404", "no such agent"),
+        ],
+        ..op(
+            "GET",
+            "/v1/agents/{handle}/status",
+            &[Read],
+            "What an agent runs now: its pause, and its sessions with turns running or events waiting (state, step count, age)",
+            || get(control::status),
         )
     },
     Operation {
@@ -1080,9 +1128,13 @@ pub static OPERATIONS: &[Operation] = &[
             ok("200", "how many events run again", of::<api::ResumeResponse>),
             error("404", "no such session"),
         ],
-        ..op("POST", "/v1/sessions/{id}/resume", &[Operate], "Run a yielded turn again", || {
-            post(sessions::resume)
-        })
+        ..op(
+            "POST",
+            "/v1/sessions/{id}/resume",
+            &[Operate],
+            "Run a yielded turn again, and lift the session's pause",
+            || post(sessions::resume),
+        )
     },
     Operation {
         params: &[SESSION],
@@ -1093,6 +1145,22 @@ pub static OPERATIONS: &[Operation] = &[
         ..op("POST", "/v1/sessions/{id}/cancel", &[Operate], "Cancel the running turn", || {
             post(sessions::cancel)
         })
+    },
+    Operation {
+        params: &[SESSION],
+        body: Some(of::<api::PauseParams>),
+        responses: &[
+            ok("200", "paused (or already paused)", of::<api::PauseResponse>),
+            error("400", "invalid body"),
+            error("404", "no such session"),
+        ],
+        ..op(
+            "POST",
+            "/v1/sessions/{id}/pause",
+            &[Operate],
+            "Pause a session: its running turn finishes, no new turn starts, events wait (`/resume` lifts it; audited)",
+            || post(control::pause_session),
+        )
     },
     Operation {
         description: Some(

@@ -277,9 +277,16 @@ pub(crate) async fn resume(
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<ResumeResponse>, ApiError> {
-    let id = reachable(&state, &tenant, &reach, &id).await?;
-    let n = state.engine.resume(tenant.id, id).await?;
-    Ok(axum::Json(ResumeResponse { resumed_events: n }))
+    let session = reachable_row(&state, &tenant, &reach, &id).await?;
+    // Resuming a paused session lets it run again.
+    let store =
+        state.store.acting_as(format!("tenant {} (api)", tenant.name)).tenant_scope(tenant.id);
+    let unpaused = store.unpause(session.agent_id, Some(session.id)).await?;
+    if unpaused {
+        state.engine.unpaused(tenant.id, session.agent_id, Some(session.id)).await?;
+    }
+    let n = state.engine.resume(tenant.id, session.id).await?;
+    Ok(axum::Json(ResumeResponse { resumed_events: n, unpaused }))
 }
 
 pub(crate) async fn cancel(
@@ -290,6 +297,19 @@ pub(crate) async fn cancel(
     let id = reachable(&state, &tenant, &reach, &id).await?;
     let cancelled = state.engine.cancel(tenant.id, id).await?;
     Ok(axum::Json(CancelResponse { cancelled }))
+}
+
+/// The session `id` names, read, if the caller's token reaches it (another tenant's reads as
+/// missing).
+pub(crate) async fn reachable_row(
+    state: &AppState,
+    tenant: &clade_core::Tenant,
+    reach: &crate::auth::Reach,
+    id: &str,
+) -> Result<clade_store::SessionRow, ApiError> {
+    let session = state.of(tenant).session(session_id(id)?).await?;
+    reach.session(&session)?;
+    Ok(session)
 }
 
 /// The session `id` names, if the caller's token reaches it: a token limited to some agents

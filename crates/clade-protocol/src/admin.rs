@@ -16,6 +16,9 @@ pub enum AdminRequest {
     /// Work for these sessions was stored by another process (a `clade cron-service` fire):
     /// run it. Session ids as the API writes them.
     Wake { sessions: Vec<String> },
+    /// Operators' pauses changed in the store (`clade agents pause|resume`, `clade sessions
+    /// pause`): read them again, and run the sessions no longer held.
+    Pauses {},
     /// Pair with a remote component: the gateway sends it a challenge from its own process,
     /// authorized by the component's token, and keeps its key.
     Pair {

@@ -387,6 +387,9 @@ pub struct SandboxReport {
 pub struct ResumeResponse {
     /// Events of yielded turns put back to running.
     pub resumed_events: u64,
+    /// Whether a pause of the session was lifted.
+    #[serde(default)]
+    pub unpaused: bool,
 }
 
 /// Answer to `POST /v1/sessions/{id}/cancel`.

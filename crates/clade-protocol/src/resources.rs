@@ -1033,6 +1033,68 @@ pub struct MemoryListResponse {
     pub next_cursor: Option<String>,
 }
 
+/// `POST /v1/agents/{handle}/pause` and `POST /v1/sessions/{id}/pause`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PauseParams {
+    /// Why, for whoever looks at its status.
+    #[serde(default)]
+    #[schemars(length(max = 500))]
+    pub reason: Option<String>,
+}
+
+/// A pause in force: no new turn starts where it holds.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PauseResponse {
+    /// The paused session; absent when the whole agent is paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Unix milliseconds.
+    pub paused_at: i64,
+}
+
+/// Answer to `POST /v1/agents/{handle}/resume`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct UnpauseResponse {
+    /// Whether there was a pause to lift.
+    pub unpaused: bool,
+}
+
+/// A session of an agent with work in flight or a pause.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SessionActivityResponse {
+    pub session: String,
+    pub platform: String,
+    pub channel: String,
+    pub actor: String,
+    /// `running` (a turn runs), `waiting` (events wait for a turn) or `paused`.
+    pub state: String,
+    /// Events received and not yet answered.
+    pub open_events: u64,
+    /// The turn running now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<String>,
+    /// How long that turn has run, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_age_ms: Option<i64>,
+    /// Steps its journal holds (model calls, tool calls, resumes).
+    pub turn_steps: u64,
+}
+
+/// `GET /v1/agents/{handle}/status`: what an agent runs now.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AgentStatusResponse {
+    pub agent: String,
+    /// The agent's own pause (every session), when paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<PauseResponse>,
+    /// Its sessions with work in flight or a pause of their own, most recently active first
+    /// (at most 100).
+    pub sessions: Vec<SessionActivityResponse>,
+}
+
 /// A message one agent of a tenant sent another (`agent.send`, `agent.ask`).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct AgentMessageResponse {

@@ -104,6 +104,11 @@ impl Store {
                                 .execute(&mut *conn)
                                 .await?;
                             }
+                            query("DELETE FROM pauses WHERE target = $1 AND tenant_id = $2")
+                                .bind(session.clone())
+                                .bind(id.clone())
+                                .execute(&mut *conn)
+                                .await?;
                             // A message goes with the conversation it was delivered into.
                             query(
                                 "DELETE FROM agent_messages WHERE to_session = $1 \

@@ -164,6 +164,35 @@ impl TenantStore {
         self.store.summaries(self.tenant, session, limit).await
     }
 
+    /// Pauses `agent`, or one of its sessions (see [`Store::pause`]).
+    pub async fn pause(
+        &self,
+        agent: AgentId,
+        session: Option<SessionId>,
+        reason: Option<String>,
+    ) -> Result<crate::PauseRow> {
+        self.store.pause(self.tenant, agent, session, reason).await
+    }
+
+    /// Lifts a pause (see [`Store::unpause`]); whether there was one.
+    pub async fn unpause(&self, agent: AgentId, session: Option<SessionId>) -> Result<bool> {
+        self.store.unpause(self.tenant, agent, session).await
+    }
+
+    /// `agent`'s pauses, its own and its sessions'.
+    pub async fn pauses_of(&self, agent: AgentId) -> Result<Vec<crate::PauseRow>> {
+        self.store.pauses_of(self.tenant, agent).await
+    }
+
+    /// `agent`'s sessions with work in flight or a pause (see [`Store::agent_status`]).
+    pub async fn agent_status(
+        &self,
+        agent: AgentId,
+        limit: u32,
+    ) -> Result<Vec<crate::SessionActivity>> {
+        self.store.agent_status(self.tenant, agent, limit).await
+    }
+
     /// A page of the messages `agent` sent or received, newest first (see
     /// [`Store::agent_messages`]).
     pub async fn agent_messages(

@@ -115,6 +115,89 @@ pub(super) async fn run(ctx: &Ctx, cmd: AgentsCommand) -> Result<()> {
             let agent = ctx.agent(handle.as_deref()).await?;
             println!("{}", ctx.agents.workspace(&agent)?.display());
         }
+        AgentsCommand::Pause { handle, reason, admin_socket } => {
+            let agent = ctx.agent(handle.as_deref()).await?;
+            ctx.store.pause(agent.tenant_id, agent.id, None, reason).await?;
+            println!(
+                "paused agent {}: no new turn starts until `clade agents resume`",
+                agent.handle
+            );
+            tell_gateway(ctx, admin_socket.as_deref()).await;
+        }
+        AgentsCommand::Resume { handle, admin_socket } => {
+            let agent = ctx.agent(handle.as_deref()).await?;
+            if ctx.store.unpause(agent.tenant_id, agent.id, None).await? {
+                println!("resumed agent {}", agent.handle);
+            } else {
+                println!("agent {} was not paused", agent.handle);
+            }
+            tell_gateway(ctx, admin_socket.as_deref()).await;
+        }
+        AgentsCommand::Status { handle, json } => {
+            let agent = ctx.agent(handle.as_deref()).await?;
+            let pauses = ctx.store.pauses_of(agent.tenant_id, agent.id).await?;
+            let own = pauses.iter().find(|p| p.session.is_none());
+            let sessions = ctx.store.agent_status(agent.tenant_id, agent.id, 100).await?;
+            let now = ctx.store.now().as_millis();
+            let age = |s: &clade_store::SessionActivity| {
+                s.turn_started_at.map(|at| (now - at.as_millis()).max(0))
+            };
+            if json {
+                return output::json(&serde_json::json!({
+                    "agent": agent.handle.as_str(),
+                    "paused": own.map(|p| serde_json::json!({
+                        "reason": p.reason, "paused_at": p.created_at.as_millis(),
+                    })),
+                    "sessions": sessions.iter().map(|s| serde_json::json!({
+                        "session": s.session.to_string(), "platform": s.platform,
+                        "channel": s.channel, "actor": s.actor, "state": s.state(),
+                        "open_events": s.open_events, "turn": s.turn.map(|t| t.to_string()),
+                        "turn_age_ms": age(s), "turn_steps": s.turn_steps,
+                    })).collect::<Vec<_>>(),
+                }));
+            }
+            match own {
+                Some(pause) => println!(
+                    "agent {} is paused since {}{}",
+                    agent.handle,
+                    pause.created_at,
+                    pause.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                ),
+                None => println!("agent {} runs", agent.handle),
+            }
+            let rows: Vec<Vec<String>> = sessions
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.session.to_string(),
+                        format!("{}/{}/{}", s.platform, s.channel, s.actor),
+                        s.state().to_owned(),
+                        s.open_events.to_string(),
+                        s.turn_steps.to_string(),
+                        age(s).map_or_else(
+                            || "-".to_owned(),
+                            |ms| format!("{:.1}s", ms as f64 / 1000.0),
+                        ),
+                    ]
+                })
+                .collect();
+            output::table(&["SESSION", "SOURCE", "STATE", "WAITING", "STEPS", "AGE"], &rows);
+        }
     }
     Ok(())
+}
+
+/// Tells a gateway serving this data dir that pauses changed; says so when none runs (it
+/// reads them when it starts).
+async fn tell_gateway(ctx: &Ctx, socket: Option<&std::path::Path>) {
+    use clade_protocol::admin::{AdminReply, AdminRequest};
+    let path = crate::admin_socket::path(ctx, socket);
+    match crate::admin_socket::request(&path, &AdminRequest::Pauses {}).await {
+        Ok(AdminReply::Woken { .. }) => {}
+        Ok(other) => eprintln!("the gateway did not take the change: {other:?}"),
+        Err(_) => eprintln!(
+            "no gateway answers at {}: one that starts on this data dir reads the change then",
+            path.display()
+        ),
+    }
 }

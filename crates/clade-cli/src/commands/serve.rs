@@ -391,6 +391,12 @@ fn admin_handler(
                     let revision = reloader.take_newest().await;
                     AdminReply::Reloaded { revision: (revision > 0).then_some(revision) }
                 }
+                AdminRequest::Pauses {} => match engine.reload_pauses().await {
+                    Ok(woken) => {
+                        AdminReply::Woken { sessions: u32::try_from(woken).unwrap_or(u32::MAX) }
+                    }
+                    Err(err) => AdminReply::Error { message: err.to_string() },
+                },
                 AdminRequest::Wake { sessions } => {
                     let mut woken = 0u32;
                     for id in &sessions {

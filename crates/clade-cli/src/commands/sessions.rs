@@ -310,7 +310,16 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
             let id = SessionId::parse(&id)?;
             let client = Client::new(ctx, server.server.as_deref())?;
             let (_, value) = client.post(&format!("/v1/sessions/{id}/resume"), json!({})).await?;
+            if value["unpaused"] == json!(true) {
+                println!("lifted the pause of session {id}");
+            }
             println!("resumed {} event(s) of session {id}", value["resumed_events"]);
+        }
+        SessionsCommand::Pause { id, reason, server } => {
+            let id = SessionId::parse(&id)?;
+            let client = Client::new(ctx, server.server.as_deref())?;
+            client.post(&format!("/v1/sessions/{id}/pause"), json!({ "reason": reason })).await?;
+            println!("paused session {id}: no new turn starts until `clade sessions resume {id}`");
         }
         SessionsCommand::QueueMode { id, mode, server } => {
             let id = SessionId::parse(&id)?;

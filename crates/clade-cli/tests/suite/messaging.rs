@@ -3,8 +3,6 @@
 //! sides, chains and loops are cut, no one can forge an agent's message, no tenant reaches
 //! another's agents, and an ask answered across a `kill -9` is answered once.
 
-use std::time::{Duration, Instant};
-
 use serde_json::{Value, json};
 
 use super::support::{Env, Server, token, write};
@@ -22,35 +20,13 @@ async fn say(server: &Server, agent: &str, text: &str) -> String {
     answer["reply"]["text"].as_str().unwrap_or_default().to_owned()
 }
 
-/// The items of the page at `path` once `done` holds for them (or 30 s pass).
-async fn items_until(server: &Server, path: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let page = server.get_json(path).await;
-        let items = page["items"].as_array().cloned().unwrap_or_default();
-        if done(&items) || Instant::now() > deadline {
-            return items;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The agent's messages once `done` holds for them.
 async fn messages_until(
     server: &Server,
     agent: &str,
     done: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
-    items_until(server, &format!("/v1/agents/{agent}/messages"), done).await
-}
-
-/// A session's turns once `done` holds for them.
-async fn turns_until(
-    server: &Server,
-    session: &str,
-    done: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
-    items_until(server, &format!("/v1/sessions/{session}/turns"), done).await
+    server.items_until(&format!("/v1/agents/{agent}/messages"), done).await
 }
 
 /// Whether a session's first turn has ended.
@@ -96,7 +72,7 @@ async fn agents_message_each_other_within_their_grants_and_tenant() {
     assert_eq!(message["depth"], 1);
     assert_eq!(message["text"], "hello bo");
     let bo_session = message["to_session"].as_str().unwrap().to_owned();
-    let turns = turns_until(&server, &bo_session, ended).await;
+    let turns = server.turns_until(&bo_session, ended).await;
     assert_eq!(turns[0]["reply"], "echo: hello bo", "{turns:?}");
     let session = server.get_json(&format!("/v1/sessions/{bo_session}")).await;
     assert_eq!(session["platform"], "agent", "{session}");
@@ -131,7 +107,7 @@ async fn agents_message_each_other_within_their_grants_and_tenant() {
     let ada_in = messages_until(&server, "ada", |m| m.iter().any(|m| m["depth"] == 3)).await;
     let third = ada_in.iter().find(|m| m["depth"] == 3).expect("the third message");
     assert_eq!((third["from"].as_str(), third["to"].as_str()), (Some("cy"), Some("ada")));
-    let cut = turns_until(&server, third["to_session"].as_str().unwrap(), ended).await;
+    let cut = server.turns_until(third["to_session"].as_str().unwrap(), ended).await;
     assert!(cut[0]["reply"].as_str().unwrap().contains("a chain stops at 3"), "{cut:?}");
     let cy = to_cy(&messages_until(&server, "cy", |_| true).await);
     assert_eq!(cy.len(), 1, "a fourth went out: {cy:?}");
@@ -201,16 +177,15 @@ async fn an_ask_across_a_kill_is_delivered_and_answered_once() {
     server.kill9();
 
     let server = env.serve(&[]);
-    let ada_turns = turns_until(&server, &ada_session, |t| {
-        t.first().is_some_and(|t| t["status"] == "completed")
-    })
-    .await;
+    let ada_turns = server
+        .turns_until(&ada_session, |t| t.first().is_some_and(|t| t["status"] == "completed"))
+        .await;
     assert_eq!(ada_turns.len(), 1, "{ada_turns:?}");
     assert_eq!(
         ada_turns[0]["reply"], "tool results: agent.ask -> echo: what is the plan?",
         "{ada_turns:?}"
     );
-    let bo_turns = turns_until(&server, &bo_session, ended).await;
+    let bo_turns = server.turns_until(&bo_session, ended).await;
     assert_eq!(bo_turns.len(), 1, "{bo_turns:?}");
     assert_eq!(messages_until(&server, "bo", |_| true).await.len(), 1);
     assert_eq!(bo_turns[0]["events"].as_array().unwrap().len(), 1, "{bo_turns:?}");

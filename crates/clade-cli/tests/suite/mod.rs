@@ -1,6 +1,7 @@
 mod cli;
 mod compaction;
 mod config_apply;
+mod control;
 mod crash;
 mod cron;
 mod hardening;

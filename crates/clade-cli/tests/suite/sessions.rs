@@ -29,23 +29,6 @@ async fn post(server: &Server, body: Value) -> (u16, Value) {
     server.send("POST", "/v1/events", None, Some(body)).await
 }
 
-/// Polls the session's turns until `done` holds for them (or 20 s pass); returns them.
-async fn turns_until(
-    server: &Server,
-    session: &str,
-    done: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let value = server.get_json(&format!("/v1/sessions/{session}/turns")).await;
-        let all = value["items"].as_array().cloned().unwrap_or_default();
-        if done(&all) || Instant::now() > deadline {
-            return all;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A slow model (through the stub) for agent `ada`.
 fn slow_model(ms: u64) -> String {
     format!(
@@ -79,7 +62,7 @@ async fn steer_injects_a_message_into_the_running_turn() {
     }
     let settled =
         |n: usize| move |t: &[Value]| t.len() == n && t.iter().all(|t| t["status"] != "running");
-    let all = turns_until(&server, &sessions[0], settled(1)).await;
+    let all = server.turns_until(&sessions[0], settled(1)).await;
     assert_eq!(all.len(), 1, "the second message joined the running turn: {all:?}");
     let texts: Vec<&str> =
         all[0]["events"].as_array().unwrap().iter().map(|e| e["text"].as_str().unwrap()).collect();
@@ -89,7 +72,7 @@ async fn steer_injects_a_message_into_the_running_turn() {
         all[0]["reply"], "echo: and also this",
         "the model answered the steered message: {all:?}"
     );
-    let bobs = turns_until(&server, &sessions[1], settled(2)).await;
+    let bobs = server.turns_until(&sessions[1], settled(2)).await;
     assert_eq!(bobs.len(), 2, "bob's sessions queue: {bobs:?}");
 }
 
@@ -109,8 +92,7 @@ async fn cancel_and_timeout_end_the_running_turn_with_the_reason() {
         server.send("POST", &format!("/v1/sessions/{session}/cancel"), None, None).await;
     assert_eq!((status, &answer["cancelled"]), (200, &json!(true)), "{answer}");
     let all =
-        turns_until(&server, &session, |t| t.first().is_some_and(|t| t["status"] != "running"))
-            .await;
+        server.turns_until(&session, |t| t.first().is_some_and(|t| t["status"] != "running")).await;
     assert!(started.elapsed() < Duration::from_secs(3), "cancel took {:?}", started.elapsed());
     assert_eq!(all[0]["status"], "failed", "{all:?}");
     assert_eq!(all[0]["error"], "cancelled by request", "{all:?}");
@@ -434,10 +416,11 @@ async fn a_sessions_own_queue_mode_overrides_its_agents() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         post(&server, event("ada", "and this", "own")).await;
         expected_turns += turns_added;
-        let all = turns_until(&server, &session, |t| {
-            t.len() == expected_turns && t.iter().all(|t| t["status"] != "running")
-        })
-        .await;
+        let all = server
+            .turns_until(&session, |t| {
+                t.len() == expected_turns && t.iter().all(|t| t["status"] != "running")
+            })
+            .await;
         assert_eq!(all.len(), expected_turns, "mode {mode}: {all:?}");
     }
 }

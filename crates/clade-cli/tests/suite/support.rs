@@ -178,7 +178,32 @@ impl Server {
         false
     }
 
-    /// `GET path` with the server's token; the JSON answer.
+    /// The items of the page at `path` once `done` holds for them (or 30 s pass).
+    pub async fn items_until(
+        &self,
+        path: &str,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let page = self.get_json(path).await;
+            let items = page["items"].as_array().cloned().unwrap_or_default();
+            if done(&items) || std::time::Instant::now() > deadline {
+                return items;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A session's first page of turns once `done` holds for them (or 30 s pass).
+    pub async fn turns_until(
+        &self,
+        session: &str,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        self.items_until(&format!("/v1/sessions/{session}/turns"), done).await
+    }
+
     /// Every turn of a session, following `next_cursor` page by page.
     pub async fn all_turns(&self, session: &str) -> Vec<serde_json::Value> {
         let mut turns = Vec::new();

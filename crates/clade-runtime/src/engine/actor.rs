@@ -85,6 +85,13 @@ pub(super) async fn actor(
                 }
             },
         };
+        // Paused by an operator: the events stay stored and waiting; lifting the pause wakes
+        // this session again.
+        if inner.is_paused(ctx.agent.id, session_id) {
+            inbox.events.clear();
+            inbox.read_store = false;
+            continue;
+        }
         let coalesce = ctx.queue_mode == QueueMode::Coalesce;
         // Steering joins events into the running turn behind the inbox's back: such a session
         // always asks the store.

@@ -186,6 +186,9 @@ struct Inner {
     compacting: Mutex<std::collections::HashSet<SessionId>>,
     /// Compactions completed: an actor whose kept history predates one reads it again.
     compactions: std::sync::atomic::AtomicU64,
+    /// The ids of paused agents and sessions (see [`Engine::pause`]): their actors start no
+    /// turn. A copy of the store's `pauses`, read at start and kept by every change.
+    paused: std::sync::RwLock<std::collections::HashSet<[u8; 16]>>,
 }
 
 /// What wakes a session's actor. The queue holds at most one `Event` per open event of the
@@ -283,6 +286,7 @@ impl Engine {
             recall: std::sync::RwLock::new(None),
             compacting: Mutex::default(),
             compactions: std::sync::atomic::AtomicU64::new(0),
+            paused: std::sync::RwLock::default(),
         });
         let engine = Self { inner };
         engine.inner.tools.attach_hub(engine.inner.bus.hub().clone());
@@ -303,6 +307,7 @@ impl Engine {
         }
         // This node owns the sessions of the shards whose leases it takes (every shard, for
         // now): whoever held them before can no longer write their turns.
+        engine.load_pauses().await?;
         let leases = engine.inner.store.take_leases(&node_name()).await?;
         let held: Vec<i64> = leases.iter().map(|lease| lease.shard).collect();
         let open = engine.inner.store.system().sessions_with_open_events().await?;
@@ -601,6 +606,67 @@ impl Engine {
         Ok(running)
     }
 
+    /// Holds back what `pause` names, just stored (`clade_store::Store::pause`, by whoever
+    /// paused it, for the audit log): the turns running finish, no new one starts, and events
+    /// sent meanwhile wait, stored, until [`Engine::unpaused`]. A restarted engine reads the
+    /// pauses from the store.
+    pub fn paused(&self, pause: &clade_store::PauseRow) {
+        self.inner.paused.write().unwrap_or_else(|e| e.into_inner()).insert(pause.target());
+    }
+
+    /// The pause of `agent`, or of its `session`, was lifted in the store: runs what waited.
+    pub async fn unpaused(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        session: Option<SessionId>,
+    ) -> Result<(), Error> {
+        let target = session.map_or(*agent.as_bytes(), |s| *s.as_bytes());
+        self.inner.paused.write().unwrap_or_else(|e| e.into_inner()).remove(&target);
+        self.wake_open(Some((tenant, agent))).await?;
+        Ok(())
+    }
+
+    /// Reads the pauses again from the store (another process changed them: the CLI) and runs
+    /// the sessions no longer held; how many sessions with waiting events were woken.
+    pub async fn reload_pauses(&self) -> Result<usize, Error> {
+        self.load_pauses().await?;
+        self.wake_open(None).await
+    }
+
+    async fn load_pauses(&self) -> Result<(), Error> {
+        let pauses = self.inner.store.all_pauses().await?;
+        *self.inner.paused.write().unwrap_or_else(|e| e.into_inner()) =
+            pauses.iter().map(clade_store::PauseRow::target).collect();
+        Ok(())
+    }
+
+    /// Wakes the sessions with open events (of one agent, or all): their actors run them
+    /// unless paused.
+    async fn wake_open(&self, of: Option<(TenantId, AgentId)>) -> Result<usize, Error> {
+        let sessions = match of {
+            Some((tenant, agent)) => self
+                .inner
+                .store
+                .agent_status(tenant, agent, u32::MAX)
+                .await?
+                .into_iter()
+                .filter(|s| s.open_events > 0)
+                .map(|s| s.session)
+                .collect(),
+            None => self.inner.store.system().sessions_with_open_events().await?,
+        };
+        for session in &sessions {
+            self.inner.bus.signal(Signal::Wake(*session));
+        }
+        Ok(sessions.len())
+    }
+
+    /// Whether `agent`, or its `session`, is paused.
+    pub fn is_paused(&self, agent: AgentId, session: SessionId) -> bool {
+        self.inner.is_paused(agent, session)
+    }
+
     /// A handle that does not keep the engine alive.
     pub fn downgrade(&self) -> WeakEngine {
         WeakEngine(Arc::downgrade(&self.inner))
@@ -678,6 +744,12 @@ impl Engine {
 }
 
 impl Inner {
+    fn is_paused(&self, agent: AgentId, session: SessionId) -> bool {
+        let paused = self.paused.read().unwrap_or_else(|e| e.into_inner());
+        !paused.is_empty()
+            && (paused.contains(agent.as_bytes()) || paused.contains(session.as_bytes()))
+    }
+
     /// The models in force.
     pub(crate) fn models(&self) -> Arc<Models> {
         self.models.read().unwrap_or_else(|e| e.into_inner()).clone()

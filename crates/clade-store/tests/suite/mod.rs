@@ -11,6 +11,7 @@ mod memories;
 mod messages;
 mod outbox;
 mod pages;
+mod pauses;
 mod peer_leases;
 mod retention;
 mod retries;

@@ -1,0 +1,104 @@
+//! Operators' control of what agents run, through the real binary: a paused agent or session
+//! starts no turn (events wait, stored, across a restart) until the pause is lifted from the
+//! API or the CLI, the status shows what waits and why, other agents run on, and another
+//! tenant can neither pause nor see it.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::support::{Server, token};
+
+fn event(agent: &str, channel: &str, text: &str) -> Value {
+    json!({ "agent": agent, "text": text,
+        "source": { "platform": "http", "channel": channel, "actor": "pat" } })
+}
+
+/// A session's turns now.
+async fn turns_now(server: &Server, session: &str) -> Vec<Value> {
+    let page = server.get_json(&format!("/v1/sessions/{session}/turns")).await;
+    page["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn completed(turns: &[Value]) -> bool {
+    !turns.is_empty() && turns.iter().all(|t| t["status"] == "completed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_agent_starts_no_turn_until_resumed_even_across_a_restart() {
+    let env = super::support::Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["agents", "create", "bo"]).ok();
+    env.run(&["tenants", "create", "rival"]).ok();
+    let (rival, _) = token(&env, "rival", &["admin"]);
+    let server = env.serve(&[]);
+
+    let pause = json!({ "reason": "maintenance" });
+    let (status, _) =
+        server.send("POST", "/v1/agents/ada/pause", Some(&rival), Some(pause.clone())).await;
+    assert_eq!(status, 404, "another tenant paused ada");
+    let (status, paused) = server.send("POST", "/v1/agents/ada/pause", None, Some(pause)).await;
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(paused["reason"], "maintenance");
+
+    let (status, accepted) =
+        server.send("POST", "/v1/events", None, Some(event("ada", "desk", "are you there?"))).await;
+    assert_eq!(status, 202, "{accepted}");
+    let session = accepted["session_id"].as_str().unwrap().to_owned();
+    // Another agent runs on.
+    let mut other = event("bo", "desk", "hello");
+    other["wait"] = json!(true);
+    let (status, answer) = server.send("POST", "/v1/events", None, Some(other)).await;
+    assert_eq!((status, answer["reply"]["text"].as_str()), (200, Some("echo: hello")));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(turns_now(&server, &session).await.len(), 0, "a paused agent ran");
+
+    let status_of = server.get_json("/v1/agents/ada/status").await;
+    assert_eq!(status_of["paused"]["reason"], "maintenance", "{status_of}");
+    assert_eq!(status_of["sessions"][0]["session"], session.as_str(), "{status_of}");
+    assert_eq!(status_of["sessions"][0]["state"], "waiting", "{status_of}");
+    assert_eq!(status_of["sessions"][0]["open_events"], 1, "{status_of}");
+    let (status, _) = server.send("GET", "/v1/agents/ada/status", Some(&rival), None).await;
+    assert_eq!(status, 404);
+    let cli = env.run(&["agents", "status", "ada"]).ok().stdout;
+    assert!(cli.contains("paused since") && cli.contains("maintenance"), "{cli}");
+
+    // The pause outlasts a crash of the gateway.
+    server.kill9();
+    let server = env.serve(&[]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(turns_now(&server, &session).await.len(), 0, "ran after a restart");
+
+    // Lifted from the CLI: the store, then the gateway told over its admin socket.
+    let resumed = env.run(&["agents", "resume", "ada"]).ok().stdout;
+    assert!(resumed.contains("resumed agent ada"), "{resumed}");
+    let turns = server.turns_until(&session, completed).await;
+    assert_eq!(turns.len(), 1, "{turns:?}");
+    assert_eq!(turns[0]["reply"], "echo: are you there?");
+    let status_of = server.get_json("/v1/agents/ada/status").await;
+    assert_eq!(status_of["paused"], Value::Null, "{status_of}");
+    assert_eq!(status_of["sessions"], json!([]), "{status_of}");
+
+    // One session paused, over the API; `clade sessions resume` lifts it.
+    let (status, _) =
+        server.send("POST", &format!("/v1/sessions/{session}/pause"), None, Some(json!({}))).await;
+    assert_eq!(status, 200);
+    let (status, _) = server
+        .send("POST", &format!("/v1/sessions/{session}/pause"), Some(&rival), Some(json!({})))
+        .await;
+    assert_eq!(status, 404, "another tenant paused the session");
+    server.send("POST", "/v1/events", None, Some(event("ada", "desk", "second"))).await;
+    let mut elsewhere = event("ada", "hall", "elsewhere");
+    elsewhere["wait"] = json!(true);
+    let (status, answer) = server.send("POST", "/v1/events", None, Some(elsewhere)).await;
+    assert_eq!((status, answer["reply"]["text"].as_str()), (200, Some("echo: elsewhere")));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(turns_now(&server, &session).await.len(), 1, "a paused session ran");
+    let status_of = server.get_json("/v1/agents/ada/status").await;
+    assert_eq!(status_of["sessions"][0]["state"], "paused", "{status_of}");
+    let (url, _) = server.address();
+    let lifted = env.run(&["sessions", "resume", &session, "--server", &url]).ok().stdout;
+    assert!(lifted.contains("lifted the pause"), "{lifted}");
+    let turns = server.turns_until(&session, |t| t.len() == 2 && completed(t)).await;
+    assert_eq!(turns.len(), 2, "{turns:?}");
+}
