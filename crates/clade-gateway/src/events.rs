@@ -191,3 +191,67 @@ fn accepted_body(accepted: &clade_store::Accepted) -> EventResponse {
         error: None,
     }
 }
+
+/// `GET /v1/events`: the tenant's lifecycle events, oldest first, a page at a time. A token
+/// limited to some agents names one of them (or one of their sessions).
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    query: Result<
+        axum::extract::Query<crate::api::EventHistoryQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<axum::Json<crate::api::EventHistoryResponse>, ApiError> {
+    let axum::extract::Query(query) = query.map_err(crate::agents::query_rejection)?;
+    let limit = crate::agents::checked_limit(query.limit)?;
+    if query.cursor.is_some_and(|c| c < 0) {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            "cursor: the `next_cursor` of a page, or 0 for the first",
+        ));
+    }
+    let store = state.of(&tenant);
+    let named = match &query.agent {
+        Some(handle) => Some(store.agent(handle).await?),
+        None => None,
+    };
+    // The agents the token reaches (none listed: all of the tenant's), or the one named.
+    let agents: Vec<clade_core::AgentId> =
+        reach.listing(named.as_ref())?.into_iter().flatten().collect();
+    let session = match &query.session {
+        Some(id) => Some(crate::sessions::reachable_row(&state, &tenant, &reach, id).await?.id),
+        None => None,
+    };
+    if !reach.is_whole_tenant() && agents.is_empty() && session.is_none() {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            "this token reaches single sessions only: name one with `session`",
+        ));
+    }
+    let filter = clade_store::HistoryFilter {
+        agents,
+        session,
+        kind: query.kind.map(|k| k.0),
+        since: query.since.map(clade_core::Timestamp::from_millis),
+    };
+    let rows = store.event_history(&filter, query.cursor.unwrap_or(0), limit).await?;
+    let next_cursor = rows.last().map(|r| r.id);
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        let data = serde_json::from_str(&row.data).unwrap_or(serde_json::Value::Null);
+        let event = clade_protocol::LifecycleEvent::from_parts(row.kind, data).map_err(|e| {
+            tracing::error!(seq = row.id, error = %e, "a stored lifecycle event does not read as its type");
+            ApiError::new(Code::Internal, "a stored event could not be read")
+        })?;
+        items.push(clade_protocol::WebhookEvent {
+            id: row.event_id,
+            seq: row.id,
+            tenant: row.tenant_id.to_string(),
+            session: row.session_id.map(|s| s.to_string()),
+            turn: row.turn_id.map(|t| t.to_string()),
+            created_at: row.created_at.as_millis(),
+            event,
+        });
+    }
+    Ok(axum::Json(crate::api::EventHistoryResponse { items, next_cursor }))
+}

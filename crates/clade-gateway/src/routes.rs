@@ -912,6 +912,25 @@ pub static OPERATIONS: &[Operation] = &[
         )
     },
     Operation {
+        query: Some(fields::<api::EventHistoryQuery>),
+        responses: &[
+            ok(
+                "200",
+                "a page of lifecycle events, oldest first, each as a webhook subscriber receives it",
+                of::<api::EventHistoryResponse>,
+            ),
+            error("400", "invalid query"),
+            error("404", "no such agent or session"),
+        ],
+        ..op(
+            "GET",
+            "/v1/events",
+            &[Read],
+            "The history of the tenant's lifecycle events (turns, tool calls, approvals, agents' messages...), by agent, session, type and time, a page at a time",
+            || get(events::history),
+        )
+    },
+    Operation {
         description: Some(
             "OpenAI's Chat Completions API, so any OpenAI client reaches an agent unchanged: `model` is the agent's handle (or `tenant/handle` for the operator), and the gateway keeps the conversation. The last message, the user's, is sent to the agent, in the session the `X-Session-Id` header or the `user` field names (else the one the conversation's opening messages name). The agent's tools run on the server. With `stream`, the answer comes as `chat.completion.chunk` server-sent events ending with `data: [DONE]`; a turn that fails ends the stream with an `error` object. Errors come in OpenAI's shape. An `Idempotency-Key` header makes a retried request start no second turn.",
         ),

@@ -242,10 +242,40 @@ pub fn write_test_model(dir: &Path, hidden: usize) -> Result<(), String> {
     });
     std::fs::write(dir.join("config.json"), config.to_string()).map_err(|e| e.to_string())?;
     let config: Config = serde_json::from_value(config).map_err(|e| e.to_string())?;
-    // A model built on an empty variable map draws every weight at random, under the names
-    // loading looks for.
+    // A model built on an empty variable map makes every weight under the names loading
+    // looks for; they are then drawn again from a fixed seed, so every test model is the same
+    // and a test's outcome does not depend on the draw.
     let varmap = candle_nn::VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     BertModel::load(vb, &config).map_err(|e| e.to_string())?;
+    let draws = clade_core::Jitter::seeded(0x5eed_cafe);
+    let uniform = |bound: f32, n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let unit = (draws.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+                (unit * 2.0 - 1.0) * bound
+            })
+            .collect()
+    };
+    let vars = varmap.data().lock().map_err(|e| e.to_string())?;
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &vars[name];
+        let dims = var.dims().to_vec();
+        let n = dims.iter().product();
+        let values = if name.contains("LayerNorm") {
+            vec![if name.ends_with("weight") { 1.0 } else { 0.0 }; n]
+        } else if name.contains("embeddings") {
+            // About the spread of a standard normal.
+            uniform(1.7, n)
+        } else {
+            let fan_in = dims.last().copied().unwrap_or(1).max(1) as f32;
+            uniform(1.0 / fan_in.sqrt(), n)
+        };
+        let tensor = Tensor::from_vec(values, dims, &Device::Cpu).map_err(|e| e.to_string())?;
+        var.set(&tensor).map_err(|e| e.to_string())?;
+    }
+    drop(vars);
     varmap.save(dir.join("model.safetensors")).map_err(|e| e.to_string())
 }

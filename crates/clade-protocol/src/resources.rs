@@ -1033,6 +1033,41 @@ pub struct MemoryListResponse {
     pub next_cursor: Option<String>,
 }
 
+/// Query of `GET /v1/events`: the tenant's lifecycle events, oldest first.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventHistoryQuery {
+    /// Only the events of this agent's sessions (its handle).
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// Only the events of this session.
+    #[serde(default)]
+    pub session: Option<String>,
+    /// Only events of this type (`turn.finished`, `agent.message.received`, ...).
+    #[serde(default, rename = "type")]
+    pub kind: Option<crate::Spelled<clade_core::EventKind>>,
+    /// Only events created at or after this time (Unix milliseconds).
+    #[serde(default)]
+    pub since: Option<i64>,
+    /// How many.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_PAGE), extend("default" = DEFAULT_PAGE))]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page (an event's `seq`).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub cursor: Option<i64>,
+}
+
+/// `GET /v1/events`: a page of lifecycle events, each as a webhook subscriber receives it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct EventHistoryResponse {
+    pub items: Vec<crate::WebhookEvent>,
+    /// Pass as `cursor` for the events after this page; absent when there were no more yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<i64>,
+}
+
 /// `POST /v1/agents/{handle}/pause` and `POST /v1/sessions/{id}/pause`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

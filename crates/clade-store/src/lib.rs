@@ -76,9 +76,9 @@ pub use store::{
 };
 pub use summaries::{NewSummary, PastTurn, SessionSummary};
 pub use turns::{
-    Accepted, DeadLetter, EventRow, GivenUp, JournalEntry, NewEvent, OpenEvents, OutboxEvent,
-    OutboxRow, SessionCursor, SessionRow, Source, TurnOutcome, TurnRecord, TurnRow, TurnUsage,
-    TurnWrites,
+    Accepted, DeadLetter, EventRow, GivenUp, HistoryFilter, JournalEntry, NewEvent, OpenEvents,
+    OutboxEvent, OutboxRow, SessionCursor, SessionRow, Source, TurnOutcome, TurnRecord, TurnRow,
+    TurnUsage, TurnWrites,
 };
 pub use work::Work;
 pub use working::WorkingEntry;

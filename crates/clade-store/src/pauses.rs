@@ -53,9 +53,9 @@ impl SessionActivity {
     /// wait for a turn, or for the agent's pause to be lifted).
     pub fn state(&self) -> &'static str {
         if self.turn.is_some() {
-            "running"
+            clade_core::TurnStatus::Running.as_str()
         } else if self.paused {
-            "paused"
+            clade_core::ExecutionStatus::Paused.as_str()
         } else {
             "waiting"
         }

@@ -164,6 +164,16 @@ impl TenantStore {
         self.store.summaries(self.tenant, session, limit).await
     }
 
+    /// The tenant's lifecycle events after `after` (see [`Store::event_history`]).
+    pub async fn event_history(
+        &self,
+        filter: &crate::turns::HistoryFilter,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<crate::turns::OutboxRow>> {
+        self.store.event_history(self.tenant, filter, after, limit).await
+    }
+
     /// Pauses `agent`, or one of its sessions (see [`Store::pause`]).
     pub async fn pause(
         &self,

@@ -308,6 +308,17 @@ fn b(id: &[u8; 16]) -> Vec<u8> {
     id.to_vec()
 }
 
+/// Which lifecycle events [`Store::event_history`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    /// Only the events of these agents' sessions; every agent's when empty.
+    pub agents: Vec<AgentId>,
+    pub session: Option<SessionId>,
+    pub kind: Option<EventKind>,
+    /// Those created at or after it.
+    pub since: Option<Timestamp>,
+}
+
 /// What [`Store::open_events`] found.
 #[derive(Debug, Clone, Default)]
 pub struct OpenEvents {
@@ -921,6 +932,57 @@ impl Store {
                 .bind(i64::from(limit)),
             )
             .await?;
+        rows.iter().map(outbox_row).collect()
+    }
+
+    /// A tenant's lifecycle events after outbox position `after`, oldest first, filtered as
+    /// `filter` says: the history `GET /v1/events` pages through.
+    pub async fn event_history(
+        &self,
+        tenant: TenantId,
+        filter: &HistoryFilter,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>> {
+        let columns = OUTBOX_COLUMNS.split(", ").map(|c| format!("o.{c}")).collect::<Vec<_>>();
+        // Conditions are added only when asked for, so a session's history walks its index.
+        let mut sql = format!(
+            "SELECT {} FROM outbox o WHERE o.tenant_id = $1 AND o.id > $2 AND o.created_at >= $3",
+            columns.join(", ")
+        );
+        let mut n = 4;
+        if filter.session.is_some() {
+            sql.push_str(&format!(" AND o.session_id = ${n}"));
+            n += 1;
+        }
+        if !filter.agents.is_empty() {
+            let marks: Vec<String> =
+                (0..filter.agents.len()).map(|i| format!("${}", n + i)).collect();
+            sql.push_str(&format!(
+                " AND o.session_id IN (SELECT id FROM sessions WHERE agent_id IN ({}))",
+                marks.join(", ")
+            ));
+            n += filter.agents.len();
+        }
+        if filter.kind.is_some() {
+            sql.push_str(&format!(" AND o.kind = ${n}"));
+            n += 1;
+        }
+        sql.push_str(&format!(" ORDER BY o.id LIMIT ${n}"));
+        let mut q = query(sql)
+            .bind(b(tenant.as_bytes()))
+            .bind(after)
+            .bind(filter.since.map_or(i64::MIN, |t| t.as_millis()));
+        if let Some(session) = filter.session {
+            q = q.bind(b(session.as_bytes()));
+        }
+        for agent in &filter.agents {
+            q = q.bind(b(agent.as_bytes()));
+        }
+        if let Some(kind) = filter.kind {
+            q = q.bind(kind.as_str());
+        }
+        let rows = self.rows(q.bind(i64::from(limit))).await?;
         rows.iter().map(outbox_row).collect()
     }
 

@@ -20,18 +20,24 @@ async fn turns_now(server: &Server, session: &str) -> Vec<Value> {
     page["items"].as_array().cloned().unwrap_or_default()
 }
 
-fn completed(turns: &[Value]) -> bool {
-    !turns.is_empty() && turns.iter().all(|t| t["status"] == "completed")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_agent_starts_no_turn_until_resumed_even_across_a_restart() {
+/// A gateway serving agents `ada` and `bo`, and a token of another tenant.
+fn ada_bo_and_a_rival() -> (super::support::Env, Server, String) {
     let env = super::support::Env::new();
     env.run(&["agents", "create", "ada"]).ok();
     env.run(&["agents", "create", "bo"]).ok();
     env.run(&["tenants", "create", "rival"]).ok();
     let (rival, _) = token(&env, "rival", &["admin"]);
     let server = env.serve(&[]);
+    (env, server, rival)
+}
+
+fn completed(turns: &[Value]) -> bool {
+    !turns.is_empty() && turns.iter().all(|t| t["status"] == "completed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_agent_starts_no_turn_until_resumed_even_across_a_restart() {
+    let (env, server, rival) = ada_bo_and_a_rival();
 
     let pause = json!({ "reason": "maintenance" });
     let (status, _) =
@@ -101,4 +107,63 @@ async fn a_paused_agent_starts_no_turn_until_resumed_even_across_a_restart() {
     assert!(lifted.contains("lifted the pause"), "{lifted}");
     let turns = server.turns_until(&session, |t| t.len() == 2 && completed(t)).await;
     assert_eq!(turns.len(), 2, "{turns:?}");
+}
+
+/// `GET /v1/events` pages through the tenant's lifecycle events by agent, session, type and
+/// time, each readable as the protocol says; another tenant reads only its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_history_pages_by_agent_session_type_and_time() {
+    let (_env, server, rival) = ada_bo_and_a_rival();
+    let mut sessions = Vec::new();
+    for (agent, channel, text) in [("ada", "a", "one"), ("ada", "a", "two"), ("bo", "b", "three")] {
+        let mut body = event(agent, channel, text);
+        body["wait"] = json!(true);
+        let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
+        assert_eq!(status, 200, "{answer}");
+        sessions.push(answer["session_id"].as_str().unwrap().to_owned());
+    }
+    let read = |page: &Value| -> Vec<clade_protocol::WebhookEvent> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| {
+                serde_json::from_value(item.clone()).unwrap_or_else(|e| panic!("{e}: {item}"))
+            })
+            .collect()
+    };
+    let finished = read(&server.get_json("/v1/events?type=turn.finished").await);
+    assert_eq!(finished.len(), 3, "{finished:?}");
+    let ada = read(&server.get_json("/v1/events?agent=ada").await);
+    assert!(ada.iter().all(|e| e.session.as_deref() == Some(sessions[0].as_str())), "{ada:?}");
+    assert_eq!(ada.iter().filter(|e| e.event.kind().ends_turn()).count(), 2, "{ada:?}");
+    let bo = read(&server.get_json(&format!("/v1/events?session={}", sessions[2])).await);
+    assert!(
+        !bo.is_empty() && bo.iter().all(|e| e.session.as_deref() == Some(sessions[2].as_str()))
+    );
+
+    // A page at a time, each after the last, none twice.
+    let mut seen = Vec::new();
+    let mut path = "/v1/events?limit=2".to_owned();
+    loop {
+        let page = server.get_json(&path).await;
+        let items = read(&page);
+        if items.is_empty() {
+            break;
+        }
+        seen.extend(items.iter().map(|e| e.seq));
+        path = format!("/v1/events?limit=2&cursor={}", page["next_cursor"]);
+    }
+    let mut sorted = seen.clone();
+    sorted.dedup();
+    assert!(seen.len() >= 6 && sorted == seen && seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    let later = finished.last().unwrap().created_at + 60_000;
+    assert_eq!(server.get_json(&format!("/v1/events?since={later}")).await["items"], json!([]));
+
+    let (status, theirs) = server.send("GET", "/v1/events", Some(&rival), None).await;
+    assert_eq!((status, theirs["items"].clone()), (200, json!([])), "{theirs}");
+    let (status, _) = server.send("GET", "/v1/events?agent=ada", Some(&rival), None).await;
+    assert_eq!(status, 404);
+    let (status, body) = server.send("GET", "/v1/events?type=turn.exploded", None, None).await;
+    assert_eq!(status, 400, "{body}");
 }

@@ -188,6 +188,9 @@ async fn every_route_checks_every_principal() {
             ("POST", "/v1/agents/{handle}/memories/{id}/links") => {
                 Some(json!({ "to": "01a20a00-0000-7000-8000-000000000001", "kind": "related_to" }))
             }
+            ("POST", "/v1/agents/{handle}/pause" | "/v1/sessions/{id}/pause") => {
+                Some(json!({ "reason": format!("cell {n}") }))
+            }
             ("PATCH", _) => Some(json!({ "queue_mode": "queue" })),
             ("POST", _) => Some(json!({ "arguments": {} })),
             _ => None,
@@ -230,7 +233,7 @@ async fn every_route_checks_every_principal() {
             if Scope::allows(&[Scope::Operate, Scope::Read, Scope::Send, Scope::Approve], needed) {
                 !leaks
                     && if private
-                        || *template == "/v1/events"
+                        || (*template == "/v1/events" && *method == "POST")
                         || *template == "/v1/chat/completions"
                     {
                         status == 404
