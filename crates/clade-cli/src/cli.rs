@@ -59,6 +59,10 @@ pub(crate) enum Command {
     /// Create, list, show, delete and select agents
     #[command(subcommand)]
     Agents(AgentsCommand),
+    /// Create a team of agents from a preset: its roles, the grants between them and a
+    /// coordinator
+    #[command(subcommand)]
+    Teams(TeamsCommand),
     /// Manage tenants
     #[command(subcommand)]
     Tenants(TenantsCommand),
@@ -964,6 +968,21 @@ pub(crate) struct UsageArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum TeamsCommand {
+    /// The presets, with the roles each creates
+    Presets,
+    /// Create a preset's agents (`<name>-<role>`), each from its role's template, with the
+    /// grants that let the coordinator ask its members and the members report back
+    Create {
+        /// research, dev or ops
+        preset: String,
+        /// The team's name: its agents' handles start with it
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
     /// Create N agents and report creation rate, disk per agent, lookup latency and RSS
     Agents {
@@ -978,6 +997,16 @@ pub(crate) enum BenchCommand {
         /// Random handle lookups to time
         #[arg(long, default_value_t = 10_000)]
         lookups: u64,
+        /// Instead: agents ask agents this many questions through the durable path (each ask
+        /// stored and fsynced, the answerer's turn run), and report the round trip
+        #[arg(long, value_name = "N")]
+        messages: Option<u64>,
+        /// With --messages: asker/answerer pairs (twice as many agents)
+        #[arg(long, default_value_t = 100)]
+        pairs: u64,
+        /// With --messages: questions asked per second, in all (an open loop)
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
     },
     /// Run turns against a model that answers at once (0 ms) and report turns/s, added latency,
     /// RSS and commits per turn, for each concurrency and durability

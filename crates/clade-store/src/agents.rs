@@ -19,11 +19,38 @@ pub const PERSONA_FILES: [&str; 3] = ["SOUL.md", "IDENTITY.md", "USER.md"];
 pub const IMPORTABLE_FILES: [&str; 5] =
     ["SOUL.md", "IDENTITY.md", "USER.md", "AGENTS.md", "MEMORY.md"];
 
-const BUILTIN_DEFAULT: [(&str, &str); 3] = [
-    ("SOUL.md", include_str!("../templates/default/SOUL.md")),
-    ("IDENTITY.md", include_str!("../templates/default/IDENTITY.md")),
-    ("USER.md", include_str!("../templates/default/USER.md")),
+/// A persona template shipped in the binary: its name and its files.
+type BuiltinTemplate = (&'static str, [(&'static str, &'static str); 3]);
+
+/// Declares a built-in template from `templates/<name>/` (`USER.md` is the default one's).
+macro_rules! builtin {
+    ($name:literal) => {
+        (
+            $name,
+            [
+                ("SOUL.md", include_str!(concat!("../templates/", $name, "/SOUL.md"))),
+                ("IDENTITY.md", include_str!(concat!("../templates/", $name, "/IDENTITY.md"))),
+                ("USER.md", include_str!("../templates/default/USER.md")),
+            ],
+        )
+    };
+}
+
+/// The persona templates shipped in the binary: the default and one per role. A folder of the
+/// same name under `<data-dir>/templates/` takes precedence.
+const BUILTIN_TEMPLATES: [BuiltinTemplate; 6] = [
+    builtin!("default"),
+    builtin!("assistant"),
+    builtin!("researcher"),
+    builtin!("coder"),
+    builtin!("reviewer"),
+    builtin!("operator"),
 ];
+
+/// The names of the templates shipped in the binary.
+pub fn builtin_templates() -> impl Iterator<Item = &'static str> {
+    BUILTIN_TEMPLATES.iter().map(|(name, _)| *name)
+}
 
 /// Limits on what an import copies, so a wrong directory cannot fill the disk.
 const MAX_IMPORT_FILE: u64 = 1024 * 1024;
@@ -239,8 +266,8 @@ impl Agents {
             }
             return Ok(files);
         }
-        if template.as_str() == AgentConfig::DEFAULT_TEMPLATE {
-            return Ok(BUILTIN_DEFAULT.iter().map(|(f, t)| ((*f).to_owned(), fill(t))).collect());
+        if let Some((_, files)) = BUILTIN_TEMPLATES.iter().find(|(n, _)| *n == template.as_str()) {
+            return Ok(files.iter().map(|(f, t)| ((*f).to_owned(), fill(t))).collect());
         }
         Err(Error::TemplateNotFound(template.to_string()))
     }

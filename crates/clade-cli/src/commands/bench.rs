@@ -14,7 +14,11 @@ use crate::context::Ctx;
 
 pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
     match cmd {
-        BenchCommand::Agents { count, batch, concurrency, lookups } => {
+        BenchCommand::Agents { messages: Some(messages), pairs, rate, .. } => {
+            let plan = super::bench_messages::Plan { messages, pairs, rate };
+            super::bench_messages::run(ctx, &plan).await
+        }
+        BenchCommand::Agents { count, batch, concurrency, lookups, messages: None, .. } => {
             agents(ctx, count, batch, concurrency, lookups).await
         }
         BenchCommand::Turns {
@@ -204,4 +208,32 @@ pub(super) fn rss_kib() -> u64 {
 
 pub(super) fn peak_rss_kib() -> u64 {
     proc_self_number("status", "VmHWM:")
+}
+
+/// A fresh SQLite store with `durability: full` in `<data-dir>/<name>/<tag>-<now>`, which
+/// [`remove_scratch`] deletes after the run.
+pub(super) async fn scratch_store(
+    ctx: &Ctx,
+    name: &str,
+    tag: u64,
+) -> Result<(std::path::PathBuf, clade_store::DataDir, clade_store::Store)> {
+    use clade_store::{DataDir, Durability, Location, Store, StoreOptions};
+    let dir = ctx.data_dir.root().join(name).join(format!("{tag}-{}", ctx.store.now().as_millis()));
+    let data = DataDir::open(&dir)?;
+    let options = StoreOptions {
+        migrations: clade_store::Migrations::Apply,
+        ..StoreOptions::new(Location::Sqlite(data.sqlite_path()), Durability::Full)
+    };
+    match Store::open(options).await {
+        Ok(store) => Ok((dir, data, store)),
+        Err(err) => {
+            remove_scratch(&dir);
+            Err(err.into())
+        }
+    }
+}
+
+/// Deletes what [`scratch_store`] made.
+pub(super) fn remove_scratch(dir: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(dir);
 }

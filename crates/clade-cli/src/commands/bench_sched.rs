@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use clade_core::{AgentConfig, Handle, Tenant};
 use clade_sched::scheduler::{Look, LookOptions, Scheduler};
-use clade_store::{DataDir, Durability, Location, NewAgent, Store, StoreOptions};
+use clade_store::{DataDir, NewAgent, Store};
 use tokio::task::JoinSet;
 
 use crate::context::Ctx;
@@ -42,23 +42,13 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
     if plan.jobs == 0 || plan.seconds == 0 || !(1..=59).contains(&plan.spread) {
         bail!("--jobs and --seconds must be at least 1, and --spread between 1 and 59");
     }
-    let dir = ctx.data_dir.root().join("bench-sched").join(format!(
-        "{}-{}",
-        plan.jobs,
-        ctx.store.now().as_millis()
-    ));
-    let result = measure(&dir, plan).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let (dir, data, store) = super::bench::scratch_store(ctx, "bench-sched", plan.jobs).await?;
+    let result = measure(&data, store, plan).await;
+    super::bench::remove_scratch(&dir);
     result
 }
 
-async fn measure(dir: &std::path::Path, plan: &Plan) -> Result<()> {
-    let data = DataDir::open(dir)?;
-    let options = StoreOptions {
-        migrations: clade_store::Migrations::Apply,
-        ..StoreOptions::new(Location::Sqlite(data.sqlite_path()), Durability::Full)
-    };
-    let store = Store::open(options).await?;
+async fn measure(data: &DataDir, store: Store, plan: &Plan) -> Result<()> {
     let tenant = store.tenant(Tenant::DEFAULT_NAME).await?;
     // A thousand jobs per agent, as a busy deployment might have.
     let agents_count = plan.jobs.div_ceil(1_000);
@@ -107,7 +97,7 @@ async fn measure(dir: &std::path::Path, plan: &Plan) -> Result<()> {
 
     let finished = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let engine = if plan.turns {
-        Some(start_engine(&store, &data, &agent_ids, finished.clone()).await?)
+        Some(start_engine(&store, data, &agent_ids, finished.clone()).await?)
     } else {
         None
     };
@@ -225,7 +215,7 @@ async fn measure(dir: &std::path::Path, plan: &Plan) -> Result<()> {
 
 /// An engine on `store` with the offline scripted model and no tools, as `clade serve` runs
 /// with no model configured; `finished` counts the turns it ends, of every agent.
-async fn start_engine(
+pub(super) async fn start_engine(
     store: &Store,
     data: &DataDir,
     agents: &[clade_core::AgentId],

@@ -4,6 +4,7 @@ mod admin;
 mod agents;
 mod bench;
 mod bench_memory;
+mod bench_messages;
 mod bench_neighbours;
 mod bench_openai;
 mod bench_sched;
@@ -17,6 +18,7 @@ mod peers;
 mod remote;
 mod serve;
 mod sessions;
+mod teams;
 mod tool_host;
 mod tools;
 
@@ -89,6 +91,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve::run(&ctx, args).await,
         Command::Migrate(_) => admin::migrate(&ctx),
         Command::Agents(cmd) => agents::run(&ctx, cmd).await,
+        Command::Teams(cmd) => teams::run(&ctx, cmd).await,
         Command::Tenants(cmd) => admin::tenants(&ctx, cmd).await,
         Command::Tokens(cmd) => admin::tokens(&ctx, cmd).await,
         Command::Secrets(cmd) => admin::secrets(&ctx, cmd).await,

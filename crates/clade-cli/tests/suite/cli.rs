@@ -420,6 +420,20 @@ fn bench_memory_fills_saves_and_recalls() {
     env.run(&["bench", "memory", "--items", "0"]).fails_with("at least 1");
 }
 
+/// `clade bench agents --messages` asks through the durable path and reports the round trip;
+/// every ask is answered, and idle sessions leave memory.
+#[test]
+fn bench_agents_messages_asks_and_answers() {
+    let env = Env::new();
+    let out =
+        env.run(&["bench", "agents", "--messages", "200", "--pairs", "10", "--rate", "400"]).ok();
+    assert!(out.stdout.contains("answered 200 ("), "{}", out.stdout);
+    assert!(out.stdout.contains("failed or late 0"), "{}", out.stdout);
+    assert!(out.stdout.contains("round trip: p50"), "{}", out.stdout);
+    assert!(out.stdout.contains("0 sessions in memory after 1 s idle"), "{}", out.stdout);
+    env.run(&["bench", "agents", "--messages", "0"]).fails_with("above 0");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stub_command_speaks_openai_and_leaves_when_its_parent_does() {
     use std::io::BufRead as _;

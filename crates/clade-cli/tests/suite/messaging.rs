@@ -196,3 +196,38 @@ async fn an_ask_across_a_kill_is_delivered_and_answered_once() {
         steps["items"].as_array().unwrap().iter().filter(|s| s["kind"] == "tool_result").count();
     assert_eq!(results, 1, "{steps}");
 }
+
+/// `clade teams create` makes a preset's agents from their roles' templates, with grants that
+/// let the coordinator ask its members and the members only tell it; a name taken or a preset
+/// unknown makes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_from_a_preset_asks_its_members_within_its_grants() {
+    let env = Env::new();
+    let presets = env.run(&["teams", "presets"]).ok().stdout;
+    assert!(presets.contains("coordinator, coder, reviewer"), "{presets}");
+    let made = env.run(&["teams", "create", "dev", "--name", "acme"]).ok().stdout;
+    assert!(made.contains("acme-coordinator") && made.contains("acme-coder"), "{made}");
+    let listed = env.run(&["agents", "list", "--json"]).ok().stdout;
+    for handle in ["acme-coordinator", "acme-coder", "acme-reviewer"] {
+        assert!(listed.contains(handle), "{handle} missing: {listed}");
+    }
+    let coder = env.run(&["agents", "workspace", "acme-coder"]).ok().stdout;
+    let soul = std::fs::read_to_string(std::path::Path::new(coder.trim()).join("SOUL.md")).unwrap();
+    assert!(soul.contains("software engineer") && soul.contains("acme-coordinator"), "{soul}");
+    env.run(&["teams", "create", "dev", "--name", "acme"]).fails_with("exists already");
+    env.run(&["teams", "create", "circus", "--name", "big"]).fails_with("no preset \"circus\"");
+    env.run(&["teams", "create", "dev", "--name", "Bad Name"]).fails_with("bad handle");
+    let after = env.run(&["agents", "list", "--json"]).ok().stdout;
+    let count = |text: &str| serde_json::from_str::<Value>(text).unwrap().as_array().unwrap().len();
+    assert_eq!(count(&after), count(&listed), "a refused team made agents");
+
+    let server = env.serve(&[]);
+    let ask = tool("agent.ask", json!({ "to": "acme-coder", "message": "status?" }));
+    let answer = say(&server, "acme-coordinator", &ask).await;
+    assert_eq!(answer, "tool results: agent.ask -> echo: status?");
+    let back = tool("agent.ask", json!({ "to": "acme-coordinator", "message": "why?" }));
+    let refused = say(&server, "acme-coder", &back).await;
+    assert!(refused.contains("needs a rule or grant"), "{refused}");
+    let tell = tool("agent.send", json!({ "to": "acme-coordinator", "message": "done" }));
+    assert!(say(&server, "acme-coder", &tell).await.contains("\"delivered\":true"));
+}
