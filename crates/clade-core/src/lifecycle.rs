@@ -284,6 +284,8 @@ vocabulary! {
         Send = "send",
         /// Delivered, and the sender waits for the receiver's turn: its reply is the answer.
         Ask = "ask",
+        /// Published on a topic: delivered to each agent subscribed to it; no one waits.
+        Publish = "publish",
     }
 }
 

@@ -1,5 +1,6 @@
 //! Agents messaging the other agents of their tenant: `agent.send` delivers and goes on,
-//! `agent.ask` delivers and waits for the receiver's turn, whose reply is the answer.
+//! `agent.ask` delivers and waits for the receiver's turn, whose reply is the answer, and
+//! `agent.publish` delivers to every agent `agent.subscribe`d to a topic.
 //!
 //! A message is an event of the receiver, in its session with the sender, stored with the
 //! message's row and its lifecycle events in one transaction ([`Engine::deliver`]). Its key is
@@ -49,10 +50,121 @@ impl Postbox {
     }
 }
 
-/// Registers `agent.send` and `agent.ask`, delivering through `postbox`.
+/// Registers `agent.send`, `agent.ask`, `agent.publish` and `agent.subscribe`, delivering
+/// through `postbox`.
 pub fn register(registry: &mut Registry, postbox: Postbox) {
     registry.register(Arc::new(AgentSend(postbox.clone())));
-    registry.register(Arc::new(AgentAsk(postbox)));
+    registry.register(Arc::new(AgentAsk(postbox.clone())));
+    registry.register(Arc::new(AgentPublish(postbox.clone())));
+    registry.register(Arc::new(AgentSubscribe(postbox)));
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishArgs {
+    /// The topic: 1 to 64 of a-z, 0-9, '.', '_' and '-'.
+    pub topic: String,
+    /// What you publish.
+    pub message: String,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeArgs {
+    /// The topic: 1 to 64 of a-z, 0-9, '.', '_' and '-'.
+    pub topic: String,
+    /// False to unsubscribe; true (the default) to subscribe.
+    #[serde(default = "yes")]
+    pub subscribed: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub struct AgentPublish(Postbox);
+
+impl TypedTool for AgentPublish {
+    type Args = PublishArgs;
+    const NAME: &'static str = "agent.publish";
+    const DESCRIPTION: &'static str = "Publish a message on a topic: every other agent of your team subscribed to it receives it, in its conversation for the topic; you do not wait. Needs a grant naming the topic.";
+    const EFFECT: EffectClass = EffectClass::Idempotent;
+    const NEEDS_GRANT: bool = true;
+    const RESOURCE_ARGUMENT: Option<&'static str> = Some("topic");
+    fn resource(&self, args: &PublishArgs) -> Result<String, String> {
+        Ok(args.topic.clone())
+    }
+    fn run<'a>(&'a self, args: PublishArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+        Box::pin(async move {
+            let engine = self.0.engine()?;
+            let caller = ctx.caller()?;
+            clade_store::messages::check_topic(&args.topic).map_err(|e| e.to_string())?;
+            let subscribers = engine
+                .store()
+                .subscribers(caller.tenant, &args.topic)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut delivered = Vec::new();
+            let mut refused = Vec::new();
+            for (agent, handle) in subscribers.into_iter().filter(|(a, _)| *a != caller.agent) {
+                let outgoing = Outgoing {
+                    to: &handle,
+                    text: args.message.clone(),
+                    kind: MessageKind::Publish,
+                    topic: Some(&args.topic),
+                    key: format!("agent:{}:{agent}", ctx.idempotency_key),
+                };
+                match deliver(&engine, ctx, outgoing).await {
+                    Ok(_) => delivered.push(handle),
+                    Err(why) => refused.push(format!("{handle}: {why}")),
+                }
+            }
+            Ok(serde_json::json!({
+                "topic": args.topic,
+                "delivered_to": delivered,
+                "refused": refused,
+            })
+            .to_string())
+        })
+    }
+}
+
+pub struct AgentSubscribe(Postbox);
+
+impl TypedTool for AgentSubscribe {
+    type Args = SubscribeArgs;
+    const NAME: &'static str = "agent.subscribe";
+    const DESCRIPTION: &'static str = "Subscribe to a topic (or unsubscribe with subscribed=false): what other agents of your team publish on it then reaches you. Needs a grant naming the topic.";
+    const EFFECT: EffectClass = EffectClass::Idempotent;
+    const NEEDS_GRANT: bool = true;
+    const RESOURCE_ARGUMENT: Option<&'static str> = Some("topic");
+    fn resource(&self, args: &SubscribeArgs) -> Result<String, String> {
+        Ok(args.topic.clone())
+    }
+    fn run<'a>(&'a self, args: SubscribeArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+        Box::pin(async move {
+            let engine = self.0.engine()?;
+            let caller = ctx.caller()?;
+            let store = engine.store();
+            if args.subscribed {
+                store
+                    .subscribe(caller.tenant, caller.agent, &args.topic)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            } else {
+                store
+                    .unsubscribe(caller.tenant, caller.agent, &args.topic)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            let topics = store
+                .subscriptions(caller.tenant, caller.agent)
+                .await
+                .map_err(|e| e.to_string())?;
+            let verb = if args.subscribed { "subscribed to" } else { "unsubscribed from" };
+            Ok(format!("{verb} {:?}; your topics now: {}", args.topic, topics.join(", ")))
+        })
+    }
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -91,8 +203,8 @@ impl TypedTool for AgentSend {
     fn run<'a>(&'a self, args: SendArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(async move {
             let engine = self.0.engine()?;
-            let delivered =
-                deliver(&engine, ctx, &args.to, args.message, MessageKind::Send).await?;
+            let outgoing = Outgoing::to(&args.to, args.message, MessageKind::Send, ctx);
+            let delivered = deliver(&engine, ctx, outgoing).await?;
             let message = &delivered.message;
             Ok(serde_json::json!({
                 "message": message.id.to_string(),
@@ -122,7 +234,8 @@ impl TypedTool for AgentAsk {
             let engine = self.0.engine()?;
             let most = engine.settings().sessions.messaging.ask_timeout_secs;
             let wait = args.timeout_secs.unwrap_or(most).clamp(1, most);
-            let delivered = deliver(&engine, ctx, &args.to, args.message, MessageKind::Ask).await?;
+            let outgoing = Outgoing::to(&args.to, args.message, MessageKind::Ask, ctx);
+            let delivered = deliver(&engine, ctx, outgoing).await?;
             let message = &delivered.message;
             let to = &message.to_handle;
             let ended = engine
@@ -151,15 +264,30 @@ impl TypedTool for AgentAsk {
     }
 }
 
+/// A message a tool call sends.
+struct Outgoing<'a> {
+    to: &'a str,
+    text: String,
+    kind: MessageKind,
+    topic: Option<&'a str>,
+    /// Its idempotency key: the call's, so a call run again finds what it delivered.
+    key: String,
+}
+
+impl<'a> Outgoing<'a> {
+    fn to(to: &'a str, text: String, kind: MessageKind, ctx: &CallContext) -> Self {
+        Self { to, text, kind, topic: None, key: format!("agent:{}", ctx.idempotency_key) }
+    }
+}
+
 /// Checks a message and delivers it, one deeper than the messages that started the calling
 /// turn, with the asks they wait on.
 async fn deliver(
     engine: &Engine,
     ctx: &CallContext,
-    to: &str,
-    text: String,
-    kind: MessageKind,
+    outgoing: Outgoing<'_>,
 ) -> Result<Delivered, String> {
+    let Outgoing { to, text, kind, topic, key } = outgoing;
     let caller = ctx.caller()?;
     clade_core::Handle::parse(to).map_err(|e| format!("to: {e}"))?;
     if text.trim().is_empty() {
@@ -207,9 +335,10 @@ async fn deliver(
         from_session: caller.session,
         from_turn: caller.turn,
         to: to.to_owned(),
+        topic: topic.map(str::to_owned),
         payload_hash: crate::engine::payload_hash(to, &source, &text),
         text,
-        idempotency_key: format!("agent:{}", ctx.idempotency_key),
+        idempotency_key: key,
         depth,
         chain,
         max_open_per_session: settings.sessions.max_queued,

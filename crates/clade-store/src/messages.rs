@@ -19,6 +19,23 @@ use crate::turns::{Accepted, NewEvent, OutboxEvent, OutboxRow, Source};
 /// message on it claims to come from the agent its actor names.
 pub const AGENT_PLATFORM: &str = "agent";
 
+/// How the channel of a session of published messages starts: `topic:<topic>`.
+pub const TOPIC_CHANNEL: &str = "topic:";
+
+/// The most subscriptions an agent holds, and subscribers a topic of a tenant delivers to.
+pub const MAX_SUBSCRIPTIONS: i64 = 100;
+
+/// Checks a topic's name: 1 to 64 of `a-z`, `0-9`, `.`, `_` and `-`.
+pub fn check_topic(topic: &str) -> Result<()> {
+    let fits = (1..=64).contains(&topic.len())
+        && topic.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    if fits {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!("topic {topic:?}: 1 to 64 of a-z, 0-9, '.', '_' and '-'")))
+    }
+}
+
 /// A message to store and deliver.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -31,6 +48,9 @@ pub struct NewMessage {
     pub from_turn: Option<TurnId>,
     /// The receiver's handle, looked up in `tenant` only.
     pub to: String,
+    /// The topic a published message went out on: it arrives in the receiver's session for
+    /// the topic and the sender (channel `topic:<topic>`).
+    pub topic: Option<String>,
     pub text: String,
     /// The same key again finds the first message.
     pub idempotency_key: String,
@@ -121,9 +141,10 @@ impl MessageRow {
 
 /// The chain a message is stored with: an ask adds its own pair of agents to the asks waiting
 /// upstream, and is refused when that pair waits already (its receiver's session with the
-/// sender runs the turn that waits for this very message); nothing waits on a send.
+/// sender runs the turn that waits for this very message); nothing waits on a send or a
+/// publication.
 fn chain_of(message: &NewMessage, from_handle: &str) -> Result<Vec<String>> {
-    if message.kind == MessageKind::Send {
+    if message.kind != MessageKind::Ask {
         return Ok(Vec::new());
     }
     let pair = format!("{from_handle}>{}", message.to);
@@ -182,7 +203,10 @@ impl Store {
                             agent: message.to.clone(),
                             source: Source {
                                 platform: AGENT_PLATFORM.to_owned(),
-                                channel: from_handle.clone(),
+                                channel: match &message.topic {
+                                    Some(topic) => format!("{TOPIC_CHANNEL}{topic}"),
+                                    None => from_handle.clone(),
+                                },
                                 actor: from_handle.clone(),
                             },
                             text: message.text.clone(),
@@ -256,6 +280,126 @@ impl Store {
             })
             .await?;
         Ok(Delivered { announced, ..delivered })
+    }
+
+    /// Subscribes `tenant`'s agent to `topic` (again: nothing changes); past
+    /// [`MAX_SUBSCRIPTIONS`] it is refused.
+    pub async fn subscribe(&self, tenant: TenantId, agent: AgentId, topic: &str) -> Result<()> {
+        check_topic(topic)?;
+        let topic = topic.to_owned();
+        self.transact(tenant, move |work| {
+            let topic = topic.clone();
+            Box::pin(async move {
+                let held = query(
+                    "SELECT COUNT(*) AS n FROM topic_subscriptions WHERE agent_id = $1 \
+                     AND tenant_id = $2",
+                )
+                .bind(b(agent.as_bytes()))
+                .bind(b(tenant.as_bytes()))
+                .fetch_one(work.conn())
+                .await?
+                .try_get::<i64, _>("n")?;
+                let owned = query("SELECT 1 AS one FROM agents WHERE id = $1 AND tenant_id = $2")
+                    .bind(b(agent.as_bytes()))
+                    .bind(b(tenant.as_bytes()))
+                    .fetch_optional(work.conn())
+                    .await?;
+                if owned.is_none() {
+                    return Err(Error::AgentNotFound(agent.to_string()));
+                }
+                let exists = query(
+                    "SELECT 1 AS one FROM topic_subscriptions WHERE agent_id = $1 AND topic = $2",
+                )
+                .bind(b(agent.as_bytes()))
+                .bind(topic.clone())
+                .fetch_optional(work.conn())
+                .await?;
+                if exists.is_some() {
+                    return Ok(());
+                }
+                if held >= MAX_SUBSCRIPTIONS {
+                    return Err(Error::InvalidInput(format!(
+                        "an agent subscribes to at most {MAX_SUBSCRIPTIONS} topics: unsubscribe from one first"
+                    )));
+                }
+                query(
+                    "INSERT INTO topic_subscriptions (agent_id, topic, tenant_id, created_at) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(b(agent.as_bytes()))
+                .bind(topic)
+                .bind(b(tenant.as_bytes()))
+                .bind(work.now().as_millis())
+                .execute(work.conn())
+                .await?;
+                Ok(())
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Ends `tenant`'s agent's subscription to `topic`; whether it had one.
+    pub async fn unsubscribe(&self, tenant: TenantId, agent: AgentId, topic: &str) -> Result<bool> {
+        check_topic(topic)?;
+        let topic = topic.to_owned();
+        let (gone, _) = self
+            .transact(tenant, move |work| {
+                let topic = topic.clone();
+                Box::pin(async move {
+                    let n = query(
+                        "DELETE FROM topic_subscriptions WHERE agent_id = $1 AND topic = $2 \
+                         AND tenant_id = $3",
+                    )
+                    .bind(b(agent.as_bytes()))
+                    .bind(topic)
+                    .bind(b(tenant.as_bytes()))
+                    .execute(work.conn())
+                    .await?;
+                    Ok(n > 0)
+                })
+            })
+            .await?;
+        Ok(gone)
+    }
+
+    /// The agents of `tenant` subscribed to `topic`, by handle (at most [`MAX_SUBSCRIPTIONS`]).
+    pub async fn subscribers(
+        &self,
+        tenant: TenantId,
+        topic: &str,
+    ) -> Result<Vec<(AgentId, String)>> {
+        check_topic(topic)?;
+        let rows = self
+            .rows(
+                query(
+                    "SELECT a.id, a.handle FROM topic_subscriptions t JOIN agents a \
+                     ON a.id = t.agent_id WHERE t.tenant_id = $1 AND t.topic = $2 \
+                     ORDER BY a.handle LIMIT $3",
+                )
+                .bind(b(tenant.as_bytes()))
+                .bind(topic.to_owned())
+                .bind(MAX_SUBSCRIPTIONS),
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((AgentId::from_bytes(id_bytes(r, "id")?), r.try_get("handle")?)))
+            .collect()
+    }
+
+    /// The topics `tenant`'s agent subscribes to, by name.
+    pub async fn subscriptions(&self, tenant: TenantId, agent: AgentId) -> Result<Vec<String>> {
+        let rows = self
+            .rows(
+                query(
+                    "SELECT topic FROM topic_subscriptions WHERE agent_id = $1 AND tenant_id = $2 \
+                     ORDER BY topic",
+                )
+                .bind(b(agent.as_bytes()))
+                .bind(b(tenant.as_bytes())),
+            )
+            .await?;
+        rows.iter().map(|r| r.try_get("topic")).collect()
     }
 
     /// The messages that brought the events `turn` answers (none when people sent them).

@@ -94,6 +94,11 @@ const MIGRATIONS: &[Migration] = &[
     Migration::shared(23, "working_memory", include_str!("../migrations/0023_working_memory.sql")),
     Migration::shared(24, "agent_messages", include_str!("../migrations/0024_agent_messages.sql")),
     Migration::shared(25, "pauses", include_str!("../migrations/0025_pauses.sql")),
+    Migration::shared(
+        26,
+        "topic_subscriptions",
+        include_str!("../migrations/0026_topic_subscriptions.sql"),
+    ),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -103,7 +108,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 25;
+pub const SCHEMA_VERSION: i64 = 26;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

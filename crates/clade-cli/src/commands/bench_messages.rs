@@ -97,6 +97,7 @@ async fn measure(data: &DataDir, store: Store, plan: &Plan) -> Result<()> {
                 from_session: None,
                 from_turn: None,
                 to: to.clone(),
+                topic: None,
                 text: format!("question {n}"),
                 idempotency_key: format!("bench:{n}"),
                 payload_hash: format!("bench:{n}"),

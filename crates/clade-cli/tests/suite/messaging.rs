@@ -231,3 +231,56 @@ async fn a_team_from_a_preset_asks_its_members_within_its_grants() {
     let tell = tool("agent.send", json!({ "to": "acme-coordinator", "message": "done" }));
     assert!(say(&server, "acme-coder", &tell).await.contains("\"delivered\":true"));
 }
+
+/// What an agent publishes on a topic reaches every other agent of its tenant subscribed to it,
+/// in a conversation for the topic; subscribing and publishing need grants naming the topic, an
+/// unsubscribed agent gets no more, and another tenant's subscriber of the same topic nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_reaches_the_topics_subscribers_in_the_tenant() {
+    let env = Env::new();
+    for agent in ["ada", "bo", "cy"] {
+        env.run(&["agents", "create", agent]).ok();
+    }
+    env.run(&["tenants", "create", "rival"]).ok();
+    env.run(&["--tenant", "rival", "agents", "create", "bo"]).ok();
+    env.run(&["--tenant", "rival", "--agent", "bo", "grants", "add", "--tool", "agent.subscribe"])
+        .ok();
+    let (rival, _) = token(&env, "rival", &["admin"]);
+    let server = env.serve(&[]);
+    let subscribe = tool("agent.subscribe", json!({ "topic": "news" }));
+    assert!(say(&server, "bo", &subscribe).await.contains("needs a rule or grant"));
+    for agent in ["bo", "cy"] {
+        grant(&env, agent, "agent.subscribe", "news");
+        assert!(say(&server, agent, &subscribe).await.contains("subscribed to"), "{agent}");
+    }
+    let body = json!({ "agent": "bo", "text": subscribe, "wait": true,
+        "source": { "platform": "http", "channel": "desk", "actor": "pat" } });
+    let (status, answer) = server.send("POST", "/v1/events", Some(&rival), Some(body)).await;
+    assert!(status == 200 && answer["reply"]["text"].as_str().unwrap().contains("subscribed"));
+
+    let publish = tool("agent.publish", json!({ "topic": "news", "message": "release at noon" }));
+    assert!(say(&server, "ada", &publish).await.contains("needs a rule or grant"));
+    grant(&env, "ada", "agent.publish", "news");
+    let published = say(&server, "ada", &publish).await;
+    assert!(published.contains(r#""delivered_to":["bo","cy"]"#), "{published}");
+    let to_bo = messages_until(&server, "bo", |m| !m.is_empty()).await;
+    assert_eq!(
+        (to_bo[0]["kind"].as_str(), to_bo[0]["from"].as_str()),
+        (Some("publish"), Some("ada"))
+    );
+    let session = server
+        .get_json(&format!("/v1/sessions/{}", to_bo[0]["to_session"].as_str().unwrap()))
+        .await;
+    assert_eq!(
+        (session["platform"].as_str(), session["channel"].as_str()),
+        (Some("agent"), Some("topic:news"))
+    );
+
+    let leave = tool("agent.subscribe", json!({ "topic": "news", "subscribed": false }));
+    assert!(say(&server, "cy", &leave).await.contains("unsubscribed"));
+    let again = tool("agent.publish", json!({ "topic": "news", "message": "moved to one" }));
+    let published = say(&server, "ada", &again).await;
+    assert!(published.contains(r#""delivered_to":["bo"]"#), "{published}");
+    let (_, theirs) = server.send("GET", "/v1/agents/bo/messages", Some(&rival), None).await;
+    assert_eq!(theirs["items"], json!([]), "{theirs}");
+}

@@ -335,7 +335,15 @@ impl ContextSource for Whereabouts<'_> {
         let today = self.now.to_string();
         let today = today.get(..10).unwrap_or(&today);
         let source = self.source;
-        let text = if source.platform == clade_store::AGENT_PLATFORM {
+        let topic = source.channel.strip_prefix(clade_store::messages::TOPIC_CHANNEL);
+        let text = if let (true, Some(topic)) =
+            (source.platform == clade_store::AGENT_PLATFORM, topic)
+        {
+            format!(
+                "You receive what the agent {}, another agent of your team, publishes on the topic {topic:?}, which you subscribed to. Today is {today} (UTC).",
+                source.actor
+            )
+        } else if source.platform == clade_store::AGENT_PLATFORM {
             format!(
                 "You are talking with the agent {}, another agent of your team, which messages you with agent.send and agent.ask; when it asks, your reply is its answer. Today is {today} (UTC).",
                 source.actor

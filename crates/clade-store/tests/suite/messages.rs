@@ -16,6 +16,7 @@ fn message(tenant: TenantId, from: AgentId, to: &str, key: &str, kind: MessageKi
         from_session: None,
         from_turn: None,
         to: to.to_owned(),
+        topic: None,
         text: format!("hello {to}"),
         idempotency_key: key.to_owned(),
         payload_hash: format!("{to}:{key}"),
@@ -108,5 +109,36 @@ async fn messages_are_delivered_once_within_their_tenant_and_listed_on_both_side
         // Gone with either agent.
         h.agents.delete(tenant.id, "ada").await.unwrap();
         assert!(ours.agent_messages(bo.id, None, 10).await.unwrap().is_empty(), "{}", h.name);
+    }
+}
+
+#[tokio::test]
+async fn subscriptions_are_per_agent_per_tenant_bounded_and_checked() {
+    for h in backends().await {
+        let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let (_, bo) = tenant_and_agent(&h.store, &h.agents, "bo").await;
+        let rival = h.store.create_tenant("rival").await.unwrap();
+        h.store.subscribe(tenant.id, ada.id, "news").await.unwrap();
+        h.store.subscribe(tenant.id, ada.id, "news").await.unwrap();
+        h.store.subscribe(tenant.id, bo.id, "news").await.unwrap();
+        let subscribers = h.store.subscribers(tenant.id, "news").await.unwrap();
+        let handles: Vec<&str> = subscribers.iter().map(|(_, h)| h.as_str()).collect();
+        assert_eq!(handles, ["ada", "bo"], "{}", h.name);
+        assert!(h.store.subscribers(rival.id, "news").await.unwrap().is_empty(), "{}", h.name);
+        let err = h.store.subscribe(rival.id, ada.id, "news").await.unwrap_err();
+        assert!(matches!(err, clade_store::Error::AgentNotFound(_)), "{}: {err}", h.name);
+        for bad in ["", "News", "a b", &"x".repeat(65)] {
+            let err = h.store.subscribe(tenant.id, ada.id, bad).await.unwrap_err();
+            assert!(err.to_string().contains("1 to 64"), "{}: {err}", h.name);
+        }
+        for n in 1..clade_store::messages::MAX_SUBSCRIPTIONS {
+            h.store.subscribe(tenant.id, ada.id, &format!("t{n}")).await.unwrap();
+        }
+        let full = h.store.subscribe(tenant.id, ada.id, "one-more").await.unwrap_err();
+        assert!(full.to_string().contains("at most"), "{}: {full}", h.name);
+        assert!(h.store.unsubscribe(tenant.id, bo.id, "news").await.unwrap(), "{}", h.name);
+        assert!(!h.store.unsubscribe(tenant.id, bo.id, "news").await.unwrap(), "{}", h.name);
+        h.agents.delete(tenant.id, "ada").await.unwrap();
+        assert!(h.store.subscribers(tenant.id, "news").await.unwrap().is_empty(), "{}", h.name);
     }
 }
