@@ -502,6 +502,12 @@ pub(crate) enum SessionsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Cancel a session's running turn: it ends as failed, with the reason
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Pause a session: its running turn finishes, no new turn starts, events wait (`clade
     /// sessions resume` lifts it)
     Pause {

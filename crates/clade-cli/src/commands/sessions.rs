@@ -321,6 +321,16 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
             client.post(&format!("/v1/sessions/{id}/pause"), json!({ "reason": reason })).await?;
             println!("paused session {id}: no new turn starts until `clade sessions resume {id}`");
         }
+        SessionsCommand::Cancel { id, server } => {
+            let id = SessionId::parse(&id)?;
+            let client = Client::new(ctx, server.server.as_deref())?;
+            let (_, value) = client.post(&format!("/v1/sessions/{id}/cancel"), json!({})).await?;
+            if value["cancelled"] == json!(true) {
+                println!("cancelled the running turn of session {id}");
+            } else {
+                println!("no turn of session {id} was running");
+            }
+        }
         SessionsCommand::QueueMode { id, mode, server } => {
             let id = SessionId::parse(&id)?;
             let client = Client::new(ctx, server.server.as_deref())?;
