@@ -170,6 +170,10 @@ vocabulary! {
         AgentMessageSent = "agent.message.sent",
         /// An agent's message arrived (in the receiver's session), stored as its event.
         AgentMessageReceived = "agent.message.received",
+        /// An operator paused an agent (of no session) or a session (in it).
+        ExecutionsPaused = "executions.paused",
+        /// An operator lifted a pause.
+        ExecutionsResumed = "executions.resumed",
     }
 }
 

@@ -160,6 +160,18 @@ pub struct AgentMessage {
     pub depth: u32,
 }
 
+/// `executions.paused` and `executions.resumed`: an operator paused an agent (every session of
+/// it) or one session, or lifted the pause.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PauseChanged {
+    pub agent_id: String,
+    /// The paused session; absent for the whole agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// Declares [`LifecycleEvent`] with one variant per kind and its data type, and the code that
 /// maps between the two: the kind's spelling comes from `clade-core` alone.
 macro_rules! lifecycle_events {
@@ -235,6 +247,8 @@ lifecycle_events! {
     ConfigApplied(ConfigApplied) [From],
     AgentMessageSent(AgentMessage),
     AgentMessageReceived(AgentMessage),
+    ExecutionsPaused(PauseChanged),
+    ExecutionsResumed(PauseChanged),
 }
 
 impl LifecycleEvent {

@@ -5,9 +5,12 @@
 
 use clade_core::{AgentId, AuditKind, SessionId, TenantId, Timestamp, TurnId};
 
+use clade_protocol::{LifecycleEvent, PauseChanged};
+
 use crate::db::{Row, query};
 use crate::error::{Error, Result};
 use crate::store::{Store, id_bytes, opt_id};
+use crate::turns::OutboxEvent;
 
 /// A pause in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +24,15 @@ pub struct PauseRow {
 }
 
 impl PauseRow {
+    /// Its lifecycle event's data.
+    pub fn data(&self) -> PauseChanged {
+        PauseChanged {
+            agent_id: self.agent.to_string(),
+            session: self.session.map(|s| s.to_string()),
+            reason: self.reason.clone(),
+        }
+    }
+
     /// The id it is kept under: its session's, else its agent's.
     pub fn target(&self) -> [u8; 16] {
         match self.session {
@@ -125,6 +137,7 @@ impl Store {
                     .execute(work.conn())
                     .await?;
                     work.audit(&audit).await?;
+                    announce(work, LifecycleEvent::ExecutionsPaused(row.data())).await?;
                     Ok(row)
                 })
             })
@@ -157,6 +170,12 @@ impl Store {
                         .await?;
                     if deleted > 0 {
                         work.audit(&audit).await?;
+                        let data = PauseChanged {
+                            agent_id: agent.to_string(),
+                            session: session.map(|s| s.to_string()),
+                            reason: None,
+                        };
+                        announce(work, LifecycleEvent::ExecutionsResumed(data)).await?;
                     }
                     Ok(deleted > 0)
                 })
@@ -253,6 +272,17 @@ impl Store {
         }
         Ok(sessions)
     }
+}
+
+/// Announces a pause's change, in its session when it pauses one.
+async fn announce(work: &mut crate::Work<'_>, event: LifecycleEvent) -> Result<()> {
+    let session = match &event {
+        LifecycleEvent::ExecutionsPaused(data) | LifecycleEvent::ExecutionsResumed(data) => {
+            data.session.as_deref().and_then(|s| SessionId::parse(s).ok())
+        }
+        _ => None,
+    };
+    work.announce(session, &[OutboxEvent::from(&event)]).await
 }
 
 /// Checks that `agent`, and `session` when given, are `tenant`'s and the session the agent's.

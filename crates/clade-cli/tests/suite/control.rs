@@ -107,6 +107,16 @@ async fn a_paused_agent_starts_no_turn_until_resumed_even_across_a_restart() {
     assert!(lifted.contains("lifted the pause"), "{lifted}");
     let turns = server.turns_until(&session, |t| t.len() == 2 && completed(t)).await;
     assert_eq!(turns.len(), 2, "{turns:?}");
+
+    // Each pause and each lifting is a lifecycle event: the agent's of no session, the
+    // session's in it.
+    let paused = server.get_json("/v1/events?type=executions.paused").await;
+    let sessions: Vec<&Value> =
+        paused["items"].as_array().unwrap().iter().map(|e| &e["session"]).collect();
+    assert_eq!(sessions, [&Value::Null, &json!(session)], "{paused}");
+    assert_eq!(paused["items"][0]["data"]["reason"], "maintenance", "{paused}");
+    let resumed = server.get_json("/v1/events?type=executions.resumed").await;
+    assert_eq!(resumed["items"].as_array().unwrap().len(), 2, "{resumed}");
 }
 
 /// `GET /v1/events` pages through the tenant's lifecycle events by agent, session, type and

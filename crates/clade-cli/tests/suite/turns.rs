@@ -782,6 +782,9 @@ async fn every_lifecycle_event_reads_as_the_protocol_says() {
                     // `suite::messaging` has agents' messages.
                     | EventKind::AgentMessageSent
                     | EventKind::AgentMessageReceived
+                    // `suite::control` has pauses.
+                    | EventKind::ExecutionsPaused
+                    | EventKind::ExecutionsResumed
             )
         })
         .collect();
