@@ -342,6 +342,15 @@ pub(crate) enum AgentsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The messages an agent sent to or received from other agents, newest first
+    Messages {
+        handle: Option<String>,
+        /// How many
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

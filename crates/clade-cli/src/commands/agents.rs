@@ -133,6 +133,9 @@ pub(super) async fn run(ctx: &Ctx, cmd: AgentsCommand) -> Result<()> {
             }
             tell_gateway(ctx, admin_socket.as_deref()).await;
         }
+        AgentsCommand::Messages { handle, limit, json } => {
+            messages(ctx, handle.as_deref(), limit, json).await?;
+        }
         AgentsCommand::Status { handle, json } => {
             let agent = ctx.agent(handle.as_deref()).await?;
             let pauses = ctx.store.pauses_of(agent.tenant_id, agent.id).await?;
@@ -184,6 +187,43 @@ pub(super) async fn run(ctx: &Ctx, cmd: AgentsCommand) -> Result<()> {
             output::table(&["SESSION", "SOURCE", "STATE", "WAITING", "STEPS", "AGE"], &rows);
         }
     }
+    Ok(())
+}
+
+/// `clade agents messages`: the newest messages `handle` sent or received.
+async fn messages(ctx: &Ctx, handle: Option<&str>, limit: u32, json: bool) -> Result<()> {
+    let agent = ctx.agent(handle).await?;
+    let rows =
+        ctx.store.agent_messages(agent.tenant_id, agent.id, None, limit.clamp(1, 1000)).await?;
+    if json {
+        let items: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "id": m.id.to_string(), "kind": m.kind.as_str(), "from": m.from_handle,
+                    "to": m.to_handle, "to_session": m.to_session.to_string(),
+                    "event": m.event.to_string(), "text": m.text, "depth": m.depth,
+                    "created_at": m.created_at.as_millis(),
+                })
+            })
+            .collect();
+        return output::json(&items);
+    }
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|m| {
+            let text = m.text.as_deref().unwrap_or("(deleted)");
+            let short: String = text.chars().take(60).collect();
+            vec![
+                m.created_at.to_string(),
+                m.kind.as_str().to_owned(),
+                m.from_handle.clone(),
+                m.to_handle.clone(),
+                short.replace('\n', " "),
+            ]
+        })
+        .collect();
+    output::table(&["AT", "KIND", "FROM", "TO", "TEXT"], &rows);
     Ok(())
 }
 

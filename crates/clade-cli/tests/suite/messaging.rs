@@ -79,6 +79,12 @@ async fn agents_message_each_other_within_their_grants_and_tenant() {
     assert_eq!(session["actor"], "ada", "{session}");
     let ada = server.get_json("/v1/agents/ada/messages").await;
     assert_eq!(ada["items"][0]["id"], message["id"], "the sender lists it too: {ada}");
+    let cli = env.run(&["agents", "messages", "ada", "--json"]).ok().stdout;
+    let cli: Value = serde_json::from_str(&cli).unwrap();
+    assert_eq!(cli[0]["id"], message["id"], "{cli}");
+    assert_eq!(cli[0]["text"], "hello bo", "{cli}");
+    let table = env.run(&["agents", "messages", "bo"]).ok().stdout;
+    assert!(table.contains("send") && table.contains("hello bo"), "{table}");
 
     let asked =
         say(&server, "ada", &tool("agent.ask", json!({ "to": "bo", "message": "your name?" })))
