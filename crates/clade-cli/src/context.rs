@@ -382,6 +382,7 @@ impl Ctx {
                 &self.data_dir.models_dir(),
             ))),
             postbox: clade_runtime::messaging::Postbox::new(),
+            agents: self.agents.clone(),
         }
     }
 
@@ -455,6 +456,8 @@ pub(crate) struct ToolSources {
     memory: Arc<std::sync::RwLock<Option<Arc<clade_memory::Memory>>>>,
     /// Where the messaging tools find the engine, once `clade serve` started it.
     postbox: clade_runtime::messaging::Postbox,
+    /// Where `agent.spawn` makes agents.
+    agents: clade_store::Agents,
 }
 
 /// A tool source that could not be reached when the registry was built.
@@ -524,7 +527,7 @@ impl ToolSources {
         }
         clade_runtime::settings::register(&mut tools, self.store.clone(), self.settings.clone());
         clade_memory::working::register(&mut tools, self.store.clone());
-        clade_runtime::messaging::register(&mut tools, self.postbox.clone());
+        clade_runtime::messaging::register(&mut tools, self.postbox.clone(), self.agents.clone());
         if let Some(memory) = self.memory() {
             clade_memory::tools::register(&mut tools, self.store.clone(), memory);
         }

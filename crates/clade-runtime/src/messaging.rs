@@ -50,9 +50,10 @@ impl Postbox {
     }
 }
 
-/// Registers `agent.send`, `agent.ask`, `agent.publish` and `agent.subscribe`, delivering
-/// through `postbox`.
-pub fn register(registry: &mut Registry, postbox: Postbox) {
+/// Registers `agent.send`, `agent.ask`, `agent.publish`, `agent.subscribe` and `agent.spawn`
+/// (which makes agents through `agents`), delivering through `postbox`.
+pub fn register(registry: &mut Registry, postbox: Postbox, agents: clade_store::Agents) {
+    registry.register(Arc::new(AgentSpawn { postbox: postbox.clone(), agents }));
     registry.register(Arc::new(AgentSend(postbox.clone())));
     registry.register(Arc::new(AgentAsk(postbox.clone())));
     registry.register(Arc::new(AgentPublish(postbox.clone())));
@@ -232,35 +233,190 @@ impl TypedTool for AgentAsk {
     fn run<'a>(&'a self, args: AskArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(async move {
             let engine = self.0.engine()?;
-            let most = engine.settings().sessions.messaging.ask_timeout_secs;
-            let wait = args.timeout_secs.unwrap_or(most).clamp(1, most);
-            let outgoing = Outgoing::to(&args.to, args.message, MessageKind::Ask, ctx);
-            let delivered = deliver(&engine, ctx, outgoing).await?;
-            let message = &delivered.message;
-            let to = &message.to_handle;
-            let ended = engine
-                .wait(message.tenant, message.event, message.to_session, Duration::from_secs(wait))
+            ask(&engine, ctx, &args.to, args.message, args.timeout_secs).await
+        })
+    }
+}
+
+/// Asks `to` and waits for its answer (at most `timeout` seconds, within the operator's
+/// limit): what `agent.ask` and `agent.spawn` return.
+async fn ask(
+    engine: &Engine,
+    ctx: &CallContext,
+    to: &str,
+    text: String,
+    timeout: Option<u64>,
+) -> ToolResult {
+    let most = engine.settings().sessions.messaging.ask_timeout_secs;
+    let wait = timeout.unwrap_or(most).clamp(1, most);
+    let outgoing = Outgoing::to(to, text, MessageKind::Ask, ctx);
+    let delivered = deliver(engine, ctx, outgoing).await?;
+    let message = &delivered.message;
+    let to = &message.to_handle;
+    let ended = engine
+        .wait(message.tenant, message.event, message.to_session, Duration::from_secs(wait))
+        .await
+        .map_err(|e| e.to_string())?;
+    match ended {
+        Some(turn) if turn.status == TurnStatus::Completed => Ok(turn.reply.unwrap_or_default()),
+        Some(turn) if turn.status == TurnStatus::Yielded => Err(format!(
+            "{to} stopped before answering: its turn used its most model calls and waits to be resumed (message {})",
+            message.id
+        )),
+        Some(turn) => Err(format!(
+            "{to} could not answer: {} (message {})",
+            turn.error.as_deref().unwrap_or("its turn failed"),
+            message.id
+        )),
+        None => Err(format!(
+            "{to} did not answer within {wait} s; its turn goes on, and its answer stays in its conversation with you (message {})",
+            message.id
+        )),
+    }
+}
+
+/// A tool a child may be given: a tool name pattern and a resource pattern, within what its
+/// parent holds.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChildTool {
+    pub tool: String,
+    /// `*` (any) when absent.
+    #[serde(default)]
+    pub resource: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnArgs {
+    /// The child's name: its handle is yours, a dash, and this (a-z, 0-9, '-').
+    pub name: String,
+    /// What the child is to do; its answer is returned.
+    pub task: String,
+    /// Its persona template: default, assistant, researcher, coder, reviewer or operator.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Tools it may use that need a grant, each within a grant you hold.
+    #[serde(default)]
+    pub tools: Vec<ChildTool>,
+}
+
+/// `agent.spawn`: makes a child agent, gives it grants delegated from the caller's own (so it
+/// never holds more than its parent), and asks it the task.
+pub struct AgentSpawn {
+    postbox: Postbox,
+    agents: clade_store::Agents,
+}
+
+impl TypedTool for AgentSpawn {
+    type Args = SpawnArgs;
+    const NAME: &'static str = "agent.spawn";
+    const DESCRIPTION: &'static str = "Make a child agent for a task and ask it: it gets only the tools you name, each within a grant you hold, and its answer is returned. Calling again with the same name asks the child you made. Needs a grant naming the child.";
+    const EFFECT: EffectClass = EffectClass::Idempotent;
+    const NEEDS_GRANT: bool = true;
+    const RESOURCE_ARGUMENT: Option<&'static str> = Some("name");
+    fn resource(&self, args: &SpawnArgs) -> Result<String, String> {
+        Ok(args.name.clone())
+    }
+    fn run<'a>(&'a self, args: SpawnArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+        Box::pin(async move {
+            let engine = self.postbox.engine()?;
+            let caller = ctx.caller()?;
+            let store = engine.store();
+            let parent =
+                store.agent_by_id(caller.tenant, caller.agent).await.map_err(|e| e.to_string())?;
+            let handle = clade_core::Handle::parse(&format!("{}-{}", parent.handle, args.name))
+                .map_err(|e| format!("name: {e}"))?;
+            let child = match store.agent(caller.tenant, handle.as_str()).await {
+                // Made before (a call run again, or a new task for the same child): only the
+                // caller's own child is taken.
+                Ok(existing) => {
+                    let made_by = store
+                        .parent_of(caller.tenant, existing.id)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if made_by != Some(caller.agent) {
+                        return Err(format!(
+                            "an agent {handle} exists already and is not your child: choose another name"
+                        ));
+                    }
+                    existing
+                }
+                Err(clade_store::Error::AgentNotFound(_)) => {
+                    self.make_child(&engine, &parent, handle, &args).await?
+                }
+                Err(other) => return Err(other.to_string()),
+            };
+            let answer = ask(&engine, ctx, child.handle.as_str(), args.task, None).await?;
+            Ok(serde_json::json!({ "child": child.handle.as_str(), "answer": answer }).to_string())
+        })
+    }
+}
+
+impl AgentSpawn {
+    /// Checks the limits and the grants asked for, then makes the child with them.
+    async fn make_child(
+        &self,
+        engine: &Engine,
+        parent: &clade_core::Agent,
+        handle: clade_core::Handle,
+        args: &SpawnArgs,
+    ) -> Result<clade_core::Agent, String> {
+        let store = engine.store();
+        let depth =
+            store.next_child_depth(parent.tenant_id, parent.id).await.map_err(|e| e.to_string())?;
+        // Every tool asked for lies within a live grant of the parent's, which it is delegated
+        // from; one that does not refuses the whole child, before anything is made.
+        let held =
+            store.grants(parent.tenant_id, Some(parent.id)).await.map_err(|e| e.to_string())?;
+        let now = store.now();
+        let mut delegated = Vec::new();
+        for wanted in &args.tools {
+            let rule = clade_config::PolicyRule {
+                effect: clade_config::PolicyEffect::Allow,
+                tool: wanted.tool.clone(),
+                resource: wanted.resource.clone().unwrap_or_else(|| "*".to_owned()),
+                constraints: clade_config::Constraints::default(),
+            };
+            let from = held.iter().filter(|g| g.is_live(now)).find(|g| {
+                crate::tools::rule_of(g)
+                    .is_some_and(|p| clade_tools::policy::narrowing_error(&p, &rule).is_none())
+            });
+            match from {
+                Some(grant) => delegated.push((rule, grant.id)),
+                None => {
+                    return Err(format!(
+                        "you hold no grant that covers {} on {:?}: a child gets only what you hold",
+                        rule.tool, rule.resource
+                    ));
+                }
+            }
+        }
+        let template = match &args.template {
+            Some(name) => {
+                clade_core::TemplateName::parse(name).map_err(|e| format!("template: {e}"))?
+            }
+            None => clade_core::TemplateName::builtin_default(),
+        };
+        let spec = clade_store::NewAgent {
+            handle,
+            display_name: None,
+            config: clade_core::AgentConfig { template },
+        };
+        let child = self.agents.create(parent.tenant_id, spec).await.map_err(|e| e.to_string())?;
+        store
+            .record_child(parent.tenant_id, parent.id, child.id, depth)
+            .await
+            .map_err(|e| e.to_string())?;
+        let by = format!("agent {} (agent.spawn)", parent.handle);
+        for (rule, from) in delegated {
+            engine
+                .tools()
+                .add_grant(&child, rule, Some(from), None, &by)
                 .await
                 .map_err(|e| e.to_string())?;
-            match ended {
-                Some(turn) if turn.status == TurnStatus::Completed => {
-                    Ok(turn.reply.unwrap_or_default())
-                }
-                Some(turn) if turn.status == TurnStatus::Yielded => Err(format!(
-                    "{to} stopped before answering: its turn used its most model calls and waits to be resumed (message {})",
-                    message.id
-                )),
-                Some(turn) => Err(format!(
-                    "{to} could not answer: {} (message {})",
-                    turn.error.as_deref().unwrap_or("its turn failed"),
-                    message.id
-                )),
-                None => Err(format!(
-                    "{to} did not answer within {wait} s; its turn goes on, and its answer stays in its conversation with you (message {})",
-                    message.id
-                )),
-            }
-        })
+        }
+        Ok(child)
     }
 }
 

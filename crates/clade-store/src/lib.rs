@@ -23,6 +23,7 @@ pub mod executions;
 pub mod host_calls;
 pub mod jobs;
 pub mod leases;
+pub mod lineage;
 pub mod memories;
 pub mod memory_transfer;
 pub mod messages;

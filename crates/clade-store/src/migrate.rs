@@ -99,6 +99,7 @@ const MIGRATIONS: &[Migration] = &[
         "topic_subscriptions",
         include_str!("../migrations/0026_topic_subscriptions.sql"),
     ),
+    Migration::shared(27, "agent_lineage", include_str!("../migrations/0027_agent_lineage.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -108,7 +109,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 26;
+pub const SCHEMA_VERSION: i64 = 27;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

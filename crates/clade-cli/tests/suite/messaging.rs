@@ -290,3 +290,52 @@ async fn a_publication_reaches_the_topics_subscribers_in_the_tenant() {
     let (_, theirs) = server.send("GET", "/v1/agents/bo/messages", Some(&rival), None).await;
     assert_eq!(theirs["items"], json!([]), "{theirs}");
 }
+
+/// `agent.spawn` makes a child agent whose grants are delegated from its parent's, so asking
+/// for more than the parent holds makes nothing, and the child cannot exceed what it got; the
+/// child's answer returns to the parent, and the same name asks the same child again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_agent_holds_only_what_its_parent_delegated() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let spawn = |tools: Value| {
+        tool("agent.spawn", json!({ "name": "helper", "task": "summarise", "tools": tools }))
+    };
+    let reading = json!([{ "tool": "fs.read", "resource": "notes/a.txt" }]);
+    let refused = say(&server, "ada", &spawn(reading.clone())).await;
+    assert!(refused.contains("needs a rule or grant"), "{refused}");
+    grant(&env, "ada", "agent.spawn", "*");
+    grant(&env, "ada", "fs.read", "notes/*");
+    let beyond = say(&server, "ada", &spawn(json!([{ "tool": "shell.exec" }]))).await;
+    assert!(beyond.contains("you hold no grant that covers shell.exec"), "{beyond}");
+    let wider = say(&server, "ada", &spawn(json!([{ "tool": "fs.read" }]))).await;
+    assert!(wider.contains("you hold no grant that covers fs.read"), "{wider}");
+    let listed = env.run(&["agents", "list", "--json"]).ok().stdout;
+    assert!(!listed.contains("ada-helper"), "a refused child was made: {listed}");
+
+    let made = say(&server, "ada", &spawn(reading.clone())).await;
+    assert!(made.contains(r#""child":"ada-helper""#), "{made}");
+    assert!(made.contains(r#""answer":"echo: summarise""#), "{made}");
+    let grants = env.run(&["--agent", "ada-helper", "grants", "list", "--json"]).ok().stdout;
+    let grants: Value = serde_json::from_str(&grants).unwrap();
+    let grants = grants.as_array().unwrap();
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(
+        (grants[0]["tool"].as_str(), grants[0]["resource"].as_str()),
+        (Some("fs.read"), Some("notes/a.txt"))
+    );
+
+    // The child reaches no further than its grant, and makes no children of its own.
+    let outside =
+        say(&server, "ada-helper", &tool("fs.read", json!({ "path": "notes/b.txt" }))).await;
+    assert!(outside.contains("needs a rule or grant") || outside.contains("denied"), "{outside}");
+    let grandchild = say(&server, "ada-helper", &spawn(json!([]))).await;
+    assert!(grandchild.contains("needs a rule or grant"), "{grandchild}");
+    // The same name asks the same child.
+    let again = say(&server, "ada", &spawn(reading)).await;
+    assert!(again.contains(r#""child":"ada-helper""#), "{again}");
+    let listed = env.run(&["agents", "list", "--json"]).ok().stdout;
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+}

@@ -142,3 +142,31 @@ async fn subscriptions_are_per_agent_per_tenant_bounded_and_checked() {
         assert!(h.store.subscribers(tenant.id, "news").await.unwrap().is_empty(), "{}", h.name);
     }
 }
+
+#[tokio::test]
+async fn children_are_bounded_in_depth_and_number() {
+    use clade_store::lineage::{MAX_CHILDREN, MAX_DEPTH};
+    for h in backends().await {
+        let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let mut parent = ada.id;
+        for depth in 1..=MAX_DEPTH {
+            assert_eq!(h.store.next_child_depth(tenant.id, parent).await.unwrap(), depth);
+            let child = AgentId::generate(h.store.now());
+            h.store.record_child(tenant.id, parent, child, depth).await.unwrap();
+            assert_eq!(h.store.parent_of(tenant.id, child).await.unwrap(), Some(parent));
+            parent = child;
+        }
+        let deep = h.store.next_child_depth(tenant.id, parent).await.unwrap_err();
+        assert!(deep.to_string().contains("past depth"), "{}: {deep}", h.name);
+        for _ in 1..MAX_CHILDREN {
+            let child = AgentId::generate(h.store.now());
+            h.store.record_child(tenant.id, ada.id, child, 1).await.unwrap();
+        }
+        let many = h.store.next_child_depth(tenant.id, ada.id).await.unwrap_err();
+        assert!(many.to_string().contains("the most one may make"), "{}: {many}", h.name);
+        let rival = h.store.create_tenant("rival").await.unwrap();
+        assert_eq!(h.store.next_child_depth(rival.id, ada.id).await.unwrap(), 1, "{}", h.name);
+        h.agents.delete(tenant.id, "ada").await.unwrap();
+        assert_eq!(h.store.next_child_depth(tenant.id, ada.id).await.unwrap(), 1, "{}", h.name);
+    }
+}

@@ -1,0 +1,99 @@
+//! Agents made by agents (migration 27, `agent_lineage`): each child's parent and depth, so a
+//! parent has at most [`MAX_CHILDREN`] children and no chain is deeper than [`MAX_DEPTH`].
+//! Gone with either agent, or the tenant.
+
+use clade_core::{AgentId, TenantId};
+
+use crate::db::query;
+use crate::error::{Error, Result};
+use crate::store::{Store, id_bytes};
+
+/// Children one agent may make.
+pub const MAX_CHILDREN: i64 = 10;
+/// How deep children of children go: a child of an agent people made is at depth 1.
+pub const MAX_DEPTH: i64 = 3;
+
+fn b(bytes: &[u8; 16]) -> Vec<u8> {
+    bytes.to_vec()
+}
+
+impl Store {
+    /// The depth a new child of `parent` would have; refused past [`MAX_DEPTH`] or
+    /// [`MAX_CHILDREN`].
+    pub async fn next_child_depth(&self, tenant: TenantId, parent: AgentId) -> Result<i64> {
+        let own = self
+            .maybe_row(
+                query("SELECT depth FROM agent_lineage WHERE child_id = $1 AND tenant_id = $2")
+                    .bind(b(parent.as_bytes()))
+                    .bind(b(tenant.as_bytes())),
+            )
+            .await?;
+        let depth = match own {
+            Some(row) => row.try_get::<i64, _>("depth")? + 1,
+            None => 1,
+        };
+        if depth > MAX_DEPTH {
+            return Err(Error::InvalidInput(format!(
+                "a child may not make children past depth {MAX_DEPTH}: do the work yourself, or ask your parent"
+            )));
+        }
+        let children = self
+            .row(
+                query(
+                    "SELECT COUNT(*) AS n FROM agent_lineage WHERE parent_id = $1 \
+                     AND tenant_id = $2",
+                )
+                .bind(b(parent.as_bytes()))
+                .bind(b(tenant.as_bytes())),
+            )
+            .await?
+            .try_get::<i64, _>("n")?;
+        if children >= MAX_CHILDREN {
+            return Err(Error::InvalidInput(format!(
+                "you have {children} child agents, the most one may make: ask one you made, or have the operator delete one"
+            )));
+        }
+        Ok(depth)
+    }
+
+    /// Records `child` as made by `parent`, at `depth` (a repeat changes nothing).
+    pub async fn record_child(
+        &self,
+        tenant: TenantId,
+        parent: AgentId,
+        child: AgentId,
+        depth: i64,
+    ) -> Result<()> {
+        self.transact(tenant, move |work| {
+            Box::pin(async move {
+                let now = work.now().as_millis();
+                query(
+                    "INSERT INTO agent_lineage (child_id, parent_id, tenant_id, depth, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (child_id) DO NOTHING",
+                )
+                .bind(b(child.as_bytes()))
+                .bind(b(parent.as_bytes()))
+                .bind(b(tenant.as_bytes()))
+                .bind(depth)
+                .bind(now)
+                .execute(work.conn())
+                .await?;
+                Ok(())
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The agent that made `child`, if an agent did.
+    pub async fn parent_of(&self, tenant: TenantId, child: AgentId) -> Result<Option<AgentId>> {
+        let row = self
+            .maybe_row(
+                query("SELECT parent_id FROM agent_lineage WHERE child_id = $1 AND tenant_id = $2")
+                    .bind(b(child.as_bytes()))
+                    .bind(b(tenant.as_bytes())),
+            )
+            .await?;
+        row.as_ref().map(|r| Ok(AgentId::from_bytes(id_bytes(r, "parent_id")?))).transpose()
+    }
+}
