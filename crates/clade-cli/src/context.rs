@@ -528,6 +528,7 @@ impl ToolSources {
         clade_runtime::settings::register(&mut tools, self.store.clone(), self.settings.clone());
         clade_memory::working::register(&mut tools, self.store.clone());
         clade_runtime::messaging::register(&mut tools, self.postbox.clone(), self.agents.clone());
+        clade_runtime::forks::register(&mut tools, self.postbox.clone());
         if let Some(memory) = self.memory() {
             clade_memory::tools::register(&mut tools, self.store.clone(), memory);
         }

@@ -448,6 +448,15 @@ pub struct SessionsConfig {
     /// How agents message each other (`agent.send`, `agent.ask`).
     #[serde(default)]
     pub messaging: MessagingConfig,
+    /// Branches: forks of a session's context that think about one task in parallel
+    /// (`agent.branch`). Unset limits take their defaults: 3 at once per session, 8 model calls
+    /// a turn, 300 s.
+    #[serde(default)]
+    pub branches: ForkLimits,
+    /// Workers: fresh contexts with a task and tools of their own (`agent.spawn_worker`).
+    /// Unset limits take their defaults: 4 at once per session, 30 model calls a turn, 1800 s.
+    #[serde(default)]
+    pub workers: ForkLimits,
     /// Per-agent settings that override the ones above for that agent's sessions, keyed by
     /// agent reference (`tenant/handle`, or a bare handle in the default tenant).
     #[serde(default)]
@@ -521,6 +530,8 @@ impl Default for SessionsConfig {
             history_turns: default_history(),
             compaction: CompactionConfig::default(),
             messaging: MessagingConfig::default(),
+            branches: ForkLimits::default(),
+            workers: ForkLimits::default(),
             agents: BTreeMap::new(),
         }
     }
@@ -556,6 +567,72 @@ impl Default for CompactionConfig {
             emergency_percent: default_emergency_at(),
             keep_percent: default_keep(),
         }
+    }
+}
+
+/// The limits of one kind of fork (branches or workers); unset ones take the kind's defaults
+/// ([`SessionsConfig::branch_limits`], [`SessionsConfig::worker_limits`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkLimits {
+    /// How many may run at once for one session (1-16).
+    #[serde(default)]
+    pub max_per_session: Option<u32>,
+    /// Model calls per turn before it yields (1-100).
+    #[serde(default)]
+    pub max_iterations: Option<u32>,
+    /// A turn running longer than this fails (1-86400).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// [`ForkLimits`] with every default filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForkLimitsResolved {
+    pub max_per_session: u32,
+    pub max_iterations: u32,
+    pub timeout_secs: u64,
+}
+
+impl ForkLimits {
+    fn resolve(self, defaults: ForkLimitsResolved) -> ForkLimitsResolved {
+        ForkLimitsResolved {
+            max_per_session: self.max_per_session.unwrap_or(defaults.max_per_session),
+            max_iterations: self.max_iterations.unwrap_or(defaults.max_iterations),
+            timeout_secs: self.timeout_secs.unwrap_or(defaults.timeout_secs),
+        }
+    }
+
+    fn check(self, field: &str) -> Result<(), String> {
+        let within = |name: &str, value: Option<u64>, most: u64| match value {
+            Some(v) if !(1..=most).contains(&v) => {
+                Err(format!("sessions.{field}.{name}: must be 1 to {most}, not {v}"))
+            }
+            _ => Ok(()),
+        };
+        within("max_per_session", self.max_per_session.map(u64::from), 16)?;
+        within("max_iterations", self.max_iterations.map(u64::from), 100)?;
+        within("timeout_secs", self.timeout_secs, 86_400)
+    }
+}
+
+impl SessionsConfig {
+    /// Branches' limits, defaults filled in.
+    pub fn branch_limits(&self) -> ForkLimitsResolved {
+        self.branches.resolve(ForkLimitsResolved {
+            max_per_session: 3,
+            max_iterations: 8,
+            timeout_secs: 300,
+        })
+    }
+
+    /// Workers' limits, defaults filled in.
+    pub fn worker_limits(&self) -> ForkLimitsResolved {
+        self.workers.resolve(ForkLimitsResolved {
+            max_per_session: 4,
+            max_iterations: 30,
+            timeout_secs: 1800,
+        })
     }
 }
 
@@ -1164,6 +1241,13 @@ impl Config {
                 "sessions.messaging.ask_timeout_secs: must be 1 to 3600, not {}",
                 m.ask_timeout_secs
             ));
+        }
+        for (field, limits) in
+            [("branches", self.sessions.branches), ("workers", self.sessions.workers)]
+        {
+            if let Err(message) = limits.check(field) {
+                return fail(message);
+            }
         }
         // Every agent reference names one agent of one tenant.
         for result in [

@@ -174,6 +174,12 @@ vocabulary! {
         ExecutionsPaused = "executions.paused",
         /// An operator lifted a pause.
         ExecutionsResumed = "executions.resumed",
+        /// A branch or a worker started (in the session that started it).
+        ExecutionStarted = "execution.started",
+        /// A worker reported how it is getting on (`worker.set_status`).
+        ExecutionProgress = "execution.progress",
+        /// A branch or a worker ended: completed, failed or cancelled.
+        ExecutionEnded = "execution.ended",
     }
 }
 

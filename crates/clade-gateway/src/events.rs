@@ -93,6 +93,16 @@ pub(crate) async fn post(
         }
     };
     // Only an agent's own tool call speaks on it: an event there would claim an agent sent it.
+    // Likewise a branch's or worker's session takes only what its parent's tools send it.
+    if clade_store::fork_kind_of(&source.platform).is_some() {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!(
+                "platform {:?} is kept for branches and workers (the agent.branch and agent.spawn_worker tools): send on another platform",
+                source.platform
+            ),
+        ));
+    }
     if source.platform == clade_store::AGENT_PLATFORM {
         return Err(ApiError::new(
             Code::InvalidRequest,

@@ -23,9 +23,9 @@ mod spelled;
 pub use journal::{ModelToolCall, TurnStep, TurnStepPage};
 pub use lifecycle::{
     AgentMessage, ApprovalDecided, ApprovalRequested, CancelResponse, ClientFrame, ConfigApplied,
-    HealthResponse, JobDisabled, LifecycleEvent, PauseChanged, ReadinessResponse, ResumeResponse,
-    SandboxReport, ServerFrame, TextDelta, ToolCalled, ToolProgress, ToolReturned, TurnEnded,
-    TurnResumed, TurnStarted, WebhookEvent,
+    ExecutionChanged, HealthResponse, JobDisabled, LifecycleEvent, PauseChanged, ReadinessResponse,
+    ResumeResponse, SandboxReport, ServerFrame, TextDelta, ToolCalled, ToolProgress, ToolReturned,
+    TurnEnded, TurnResumed, TurnStarted, WebhookEvent,
 };
 pub use resources::*;
 pub use spelled::Spelled;

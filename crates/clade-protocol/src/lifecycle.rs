@@ -172,6 +172,27 @@ pub struct PauseChanged {
     pub reason: Option<String>,
 }
 
+/// `execution.started`, `execution.progress` and `execution.ended`: a branch or a worker of a
+/// session, announced in that session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ExecutionChanged {
+    /// The execution: one run of the branch or worker.
+    pub execution: String,
+    /// `branch` or `worker`.
+    pub kind: Spelled<clade_core::ExecutionKind>,
+    /// The branch's or worker's own session: its id, which `agent.cancel` and follow-ups name.
+    pub fork: String,
+    /// Where it stands now.
+    pub status: Spelled<clade_core::ExecutionStatus>,
+    /// Its task, when it starts; its latest status line, as it goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Messages the session received after it started and before it ended (on its end): a
+    /// conclusion reached meanwhile may be stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages_since: Option<u64>,
+}
+
 /// Declares [`LifecycleEvent`] with one variant per kind and its data type, and the code that
 /// maps between the two: the kind's spelling comes from `clade-core` alone.
 macro_rules! lifecycle_events {
@@ -249,6 +270,9 @@ lifecycle_events! {
     AgentMessageReceived(AgentMessage),
     ExecutionsPaused(PauseChanged),
     ExecutionsResumed(PauseChanged),
+    ExecutionStarted(ExecutionChanged),
+    ExecutionProgress(ExecutionChanged),
+    ExecutionEnded(ExecutionChanged),
 }
 
 impl LifecycleEvent {

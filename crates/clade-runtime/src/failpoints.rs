@@ -3,7 +3,8 @@
 //! Compiled only with the `failpoints` feature. `CLADE_FAILPOINTS=name=N[,name=N…]` aborts the
 //! process (no unwinding, no flushing: as abrupt as `kill -9`) the N-th time `name` is reached.
 //! Names: `after_commit_before_ack`, `after_journal_intent`, `after_tool_effect_before_result`,
-//! `mid_outbox_publish`, `mid_compaction` (memories saved, summary not yet written).
+//! `mid_outbox_publish`, `mid_compaction` (memories saved, summary not yet written),
+//! `before_fork_settled` (a branch's or worker's last turn ended, its outcome not yet delivered).
 
 #[cfg(feature = "failpoints")]
 mod imp {

@@ -13,6 +13,7 @@ pub mod bus;
 pub mod engine;
 pub mod execution;
 pub mod failpoints;
+pub mod forks;
 pub mod hub;
 pub mod ingest;
 pub mod memory;

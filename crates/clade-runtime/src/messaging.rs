@@ -42,7 +42,7 @@ impl Postbox {
         let _ = self.0.set(engine.downgrade());
     }
 
-    fn engine(&self) -> Result<Engine, String> {
+    pub(crate) fn engine(&self) -> Result<Engine, String> {
         self.0.get().and_then(WeakEngine::upgrade).ok_or_else(|| {
             "agents message each other only through a serving gateway, and none runs here"
                 .to_owned()

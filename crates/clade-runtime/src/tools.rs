@@ -170,9 +170,21 @@ impl ToolSet {
     /// The specs of the tools the agent `handle` of the tenant named `tenant` has, as the model
     /// sees them.
     pub fn specs_for(&self, tenant: &str, handle: &str) -> Arc<[clade_model::ToolSpec]> {
+        self.specs_offered(tenant, handle, |_| true)
+    }
+
+    /// [`ToolSet::specs_for`], of the tools `offered` keeps (a branch's or worker's narrower
+    /// set).
+    pub fn specs_offered(
+        &self,
+        tenant: &str,
+        handle: &str,
+        offered: impl Fn(&str) -> bool,
+    ) -> Arc<[clade_model::ToolSpec]> {
         let (specs, _) = self.all_specs();
-        let has =
-            |s: &clade_model::ToolSpec| self.registry.get_for(&s.name, tenant, handle).is_some();
+        let has = |s: &clade_model::ToolSpec| {
+            offered(&s.name) && self.registry.get_for(&s.name, tenant, handle).is_some()
+        };
         // Most agents have every tool (only MCP servers are per agent); agents with the same
         // tools share one list, so a turn clones no schema.
         if specs.iter().all(has) {

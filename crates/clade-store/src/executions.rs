@@ -100,10 +100,10 @@ pub struct ExecutionStep {
     pub data: String,
 }
 
-const COLUMNS: &str = "id, tenant_id, agent_id, kind, owner_kind, owner_id, status, input, output, \
+pub(crate) const COLUMNS: &str = "id, tenant_id, agent_id, kind, owner_kind, owner_id, status, input, output, \
                        error, created_at, updated_at, finished_at";
 
-fn execution_row(row: &Row) -> Result<ExecutionRow> {
+pub(crate) fn execution_row(row: &Row) -> Result<ExecutionRow> {
     Ok(ExecutionRow {
         id: ExecutionId::from_bytes(id_bytes(row, "id")?),
         tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),

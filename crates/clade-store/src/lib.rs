@@ -20,6 +20,7 @@ pub mod datadir;
 mod db;
 pub mod error;
 pub mod executions;
+pub mod forks;
 pub mod host_calls;
 pub mod jobs;
 pub mod leases;
@@ -56,6 +57,10 @@ pub use crypto::MasterKey;
 pub use datadir::DataDir;
 pub use error::{Error, Result};
 pub use executions::{ExecutionOwner, ExecutionRow, ExecutionStep, ExecutionWrites, NewExecution};
+pub use forks::{
+    BRANCH_PLATFORM, ForkRow, ForkSettled, Forked, NewFork, RunFilter, WORKER_PLATFORM,
+    fork_kind_of,
+};
 pub use jobs::{
     CRON_PLATFORM, JobRow, JobRun, JobTarget, JobWrites, NewJob, RunOutcome, Settled, Settlement,
     refuses_envelope,

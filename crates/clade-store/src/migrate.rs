@@ -100,6 +100,7 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../migrations/0026_topic_subscriptions.sql"),
     ),
     Migration::shared(27, "agent_lineage", include_str!("../migrations/0027_agent_lineage.sql")),
+    Migration::shared(28, "forks", include_str!("../migrations/0028_forks.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -109,7 +110,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 27;
+pub const SCHEMA_VERSION: i64 = 28;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -104,6 +104,16 @@ impl Store {
                                 .execute(&mut *conn)
                                 .await?;
                             }
+                            // A branch or worker goes with its own session; one whose parent
+                            // goes stays a session of its own, reporting to no one.
+                            query(
+                                "DELETE FROM forks WHERE (session_id = $1 \
+                                 OR parent_session = $1) AND tenant_id = $2",
+                            )
+                            .bind(session.clone())
+                            .bind(id.clone())
+                            .execute(&mut *conn)
+                            .await?;
                             query("DELETE FROM pauses WHERE target = $1 AND tenant_id = $2")
                                 .bind(session.clone())
                                 .bind(id.clone())

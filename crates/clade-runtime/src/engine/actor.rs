@@ -120,6 +120,8 @@ pub(super) async fn actor(
             continue;
         }
         active_at = inner.store.clock().now();
+        let forked = ctx.kind != clade_core::ProcessKind::Channel;
+        let tenant_id = ctx.tenant.id;
         let cancel = Arc::new(Notify::new());
         inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).insert(session_id, cancel.clone());
         // The panic boundary: a bug in one turn fails that turn only. Run in the actor's own
@@ -156,6 +158,10 @@ pub(super) async fn actor(
         };
         inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_id);
         inbox.ran(&events);
+        // A branch or worker with nothing left to run reports to the session that started it.
+        if forked && settled {
+            inner.settle_fork(tenant_id, session_id).await;
+        }
         // Another node took this one's lease: its writes are refused from now on, and the
         // session's events are the new holder's to run.
         if !settled && matches!(inner.store.holds_leases().await, Ok(false)) {
@@ -298,6 +304,39 @@ pub(super) struct TurnContext {
     pub(super) settings: Arc<super::Settings>,
     /// The engine's count of settings changes this was loaded at.
     changes: u64,
+    /// What its turns run as: a channel, or a branch or worker (by the session's platform).
+    pub(super) kind: clade_core::ProcessKind,
+}
+
+impl TurnContext {
+    /// The most model calls a turn of this session makes before it yields, and how long it
+    /// may run: its process kind's, with the setting that says so.
+    pub(super) fn limits(&self) -> (u32, Duration, &'static str) {
+        let sessions = &self.settings.sessions;
+        match self.kind {
+            clade_core::ProcessKind::Branch => {
+                let l = sessions.branch_limits();
+                (
+                    l.max_iterations,
+                    Duration::from_secs(l.timeout_secs),
+                    "sessions.branches.timeout_secs",
+                )
+            }
+            clade_core::ProcessKind::Worker => {
+                let l = sessions.worker_limits();
+                (
+                    l.max_iterations,
+                    Duration::from_secs(l.timeout_secs),
+                    "sessions.workers.timeout_secs",
+                )
+            }
+            _ => (
+                sessions.max_iterations,
+                Duration::from_secs(sessions.turn_timeout_secs),
+                "sessions.turn_timeout_secs",
+            ),
+        }
+    }
 }
 
 impl TurnContext {
@@ -315,7 +354,8 @@ impl TurnContext {
             session.queue_mode.as_deref().and_then(QueueMode::parse).unwrap_or_else(|| {
                 settings.sessions.queue_mode_for(tenant.name.as_str(), agent.handle.as_str())
             });
-        Ok(Self { session, tenant, agent, queue_mode, settings, changes })
+        let kind = super::process_kind_of(&session.source.platform);
+        Ok(Self { session, tenant, agent, queue_mode, settings, changes, kind })
     }
 }
 
@@ -330,7 +370,7 @@ async fn run_until_deadline(
     cancelled: &mut std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
     pause: &Pause,
     started: Timestamp,
-    timeout: Duration,
+    (timeout, setting): (Duration, &str),
 ) -> Result<(), String> {
     tokio::pin!(run);
     loop {
@@ -346,7 +386,7 @@ async fn run_until_deadline(
                 let now = pause.clock.now();
                 if pause.deadline(started, timeout).is_some_and(|deadline| deadline <= now) {
                     return Err(format!(
-                        "the turn did not finish within {} s (sessions.turn_timeout_secs; time waiting for approvals not counted)",
+                        "the turn did not finish within {} s ({setting}; time waiting for approvals not counted)",
                         timeout.as_secs()
                     ));
                 }
@@ -425,7 +465,7 @@ async fn run_events(
         Some(slots) => slots.acquire_owned().await.ok(),
         None => None,
     };
-    let timeout = Duration::from_secs(ctx.settings.sessions.turn_timeout_secs);
+    let (_, timeout, setting) = ctx.limits();
     // The turn's clock stops while it waits for an operator's approval (see `Pause`).
     let clock = inner.store.clock().clone();
     let started = clock.now();
@@ -434,7 +474,7 @@ async fn run_events(
     tokio::pin!(cancelled);
     let run =
         TURN_PAUSE.scope(pause.clone(), super::turn::run_turn(&inner, &ctx, &events, &mut kept));
-    let result = run_until_deadline(run, &mut cancelled, &pause, started, timeout).await;
+    let result = run_until_deadline(run, &mut cancelled, &pause, started, (timeout, setting)).await;
     if std::mem::take(&mut kept.compact) {
         super::compaction::start(&inner, &ctx);
     }

@@ -178,6 +178,9 @@ pub(super) struct Kept {
     /// The session's working memory as last read, and [`ToolRunner::runs`] then: only a tool
     /// call changes it, so it is read again only after one.
     pub(super) working: Option<(Vec<clade_store::WorkingEntry>, u64)>,
+    /// The branches and workers the session has running, as last read, and the engine's count
+    /// of fork changes then: read again only after one.
+    pub(super) forks: Option<(Vec<clade_store::ForkRow>, u64)>,
 }
 
 /// A session's newest summary and its last completed turns after it, `(user text, reply)`,
@@ -209,6 +212,21 @@ impl History {
                 self.bytes -= user.len() + reply.len();
                 self.overflow = true;
             }
+        }
+    }
+
+    /// Shows the summary in the system prompt and the turns, but the first `skip`, as messages.
+    fn show(&self, skip: usize, into: &mut Composed) {
+        if let Some(summary) = &self.summary {
+            paragraph(
+                &mut into.system,
+                &format!("{}\n{summary}", super::compaction::SUMMARY_HEADING),
+            );
+        }
+        into.history.reserve_exact(2 * self.turns.len().saturating_sub(skip));
+        for (user, reply) in self.turns.iter().skip(skip) {
+            into.history.push(Message::user(user.clone()));
+            into.history.push(Message::Assistant { text: reply.clone(), tool_calls: Vec::new() });
         }
     }
 
@@ -343,6 +361,16 @@ impl ContextSource for Whereabouts<'_> {
                 "You receive what the agent {}, another agent of your team, publishes on the topic {topic:?}, which you subscribed to. Today is {today} (UTC).",
                 source.actor
             )
+        } else if source.platform == clade_store::BRANCH_PLATFORM {
+            format!(
+                "You are a branch of your conversation {}: a parallel line of thought about the one task below, while the conversation goes on without you. You see the conversation up to where you were started. Think the task through and end with your conclusion: your reply goes back into the conversation as a message. Today is {today} (UTC).",
+                source.actor
+            )
+        } else if source.platform == clade_store::WORKER_PLATFORM {
+            format!(
+                "You are a worker started by your conversation {}: carry out the task below with the tools you have. Say how it is getting on with worker.set_status as you go; your reply is your report, which goes back into the conversation as a message. Today is {today} (UTC).",
+                source.actor
+            )
         } else if source.platform == clade_store::AGENT_PLATFORM {
             format!(
                 "You are talking with the agent {}, another agent of your team, which messages you with agent.send and agent.ask; when it asks, your reply is its answer. Today is {today} (UTC).",
@@ -410,19 +438,8 @@ impl ContextSource for SessionHistory<'_> {
             let first = into.history.len();
             let mut overflow = false;
             if let Some(history) = self.kept.as_ref().or(fresh.as_ref()) {
-                if let Some(summary) = &history.summary {
-                    paragraph(
-                        &mut into.system,
-                        &format!("{}\n{summary}", super::compaction::SUMMARY_HEADING),
-                    );
-                }
                 let skip = self.cap.map_or(0, |cap| history.turns.len().saturating_sub(cap));
-                into.history.reserve_exact(2 * (history.turns.len() - skip));
-                for (user, reply) in history.turns.iter().skip(skip) {
-                    into.history.push(Message::user(user.clone()));
-                    into.history
-                        .push(Message::Assistant { text: reply.clone(), tool_calls: Vec::new() });
-                }
+                history.show(skip, into);
                 overflow = history.overflow || skip > 0;
             }
             if self.kept.as_ref().is_some_and(|k| k.bytes > HISTORY_CACHE_BYTES) {
@@ -561,6 +578,122 @@ impl ContextSource for WorkingMemory<'_> {
             if let Some((entries, _)) = self.kept.as_ref().filter(|(e, _)| !e.is_empty()) {
                 into.working = clade_memory::working::render(entries);
             }
+        })
+    }
+}
+
+/// A branch's view of the conversation it forked: the parent session's summary and turns
+/// before the turn that started it, and that turn's message. Nothing for a worker (a fresh
+/// context) or a channel. A failed read leaves it out, and the branch works from its task.
+pub(super) struct ForkedFrom<'a> {
+    pub(super) inner: &'a Inner,
+    pub(super) ctx: &'a super::actor::TurnContext,
+    pub(super) fork: Option<&'a clade_store::ForkRow>,
+}
+
+impl ContextSource for ForkedFrom<'_> {
+    fn contribute<'a>(
+        &'a mut self,
+        _input: &'a TurnInput<'a>,
+        into: &'a mut Composed,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(fork) = self.fork.filter(|f| f.kind == clade_core::ExecutionKind::Branch)
+            else {
+                return;
+            };
+            let Some(turn) = fork.parent_turn else { return };
+            let store = &self.inner.visible;
+            let keep = self.ctx.settings.sessions.history_turns;
+            let compactions = self.inner.compactions.load(std::sync::atomic::Ordering::SeqCst);
+            let history = match History::read(store, fork.parent_session, turn, keep, compactions)
+                .await
+            {
+                Ok(history) => history,
+                Err(err) => {
+                    tracing::warn!(session = %fork.parent_session, error = %err, "cannot read the conversation a branch forked; it works from its task alone");
+                    return;
+                }
+            };
+            history.show(0, into);
+            if let Ok(texts) = store.turn_texts(turn).await
+                && !texts.is_empty()
+            {
+                into.history.push(Message::user(texts.join("\n")));
+                into.history.push(Message::Assistant {
+                    text: "(I start a branch to think about one task while we go on.)".to_owned(),
+                    tool_calls: Vec::new(),
+                });
+            }
+        })
+    }
+}
+
+/// A channel's status block: the branches and workers it started that still run, each with its
+/// task, its latest status line and its age, shown after the history. Kept by the actor and
+/// read again only after a fork changed in this process (started, reported, ended).
+pub(super) struct WorkUnderWay<'a> {
+    pub(super) kept: &'a mut Option<(Vec<clade_store::ForkRow>, u64)>,
+    pub(super) inner: &'a Inner,
+    pub(super) ctx: &'a super::actor::TurnContext,
+}
+
+impl ContextSource for WorkUnderWay<'_> {
+    fn contribute<'a>(
+        &'a mut self,
+        _input: &'a TurnInput<'a>,
+        into: &'a mut Composed,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if self.ctx.kind != clade_core::ProcessKind::Channel {
+                return;
+            }
+            let changes = self.inner.fork_changes.load(std::sync::atomic::Ordering::SeqCst);
+            if self.kept.as_ref().is_none_or(|(_, seen)| *seen != changes) {
+                let (tenant, session) = (self.ctx.tenant.id, self.ctx.session.id);
+                match self.inner.visible.forks_of(tenant, session, true).await {
+                    Ok(forks) => *self.kept = Some((forks, changes)),
+                    Err(err) => {
+                        *self.kept = None;
+                        tracing::warn!(session = %session, error = %err, "cannot read the session's branches and workers; the turn goes on without its status block");
+                    }
+                }
+            }
+            let Some((forks, _)) = self.kept.as_ref().filter(|(f, _)| !f.is_empty()) else {
+                return;
+            };
+            let now = self.inner.store.now();
+            let ago = |at: clade_core::Timestamp| {
+                let secs = now.as_millis().saturating_sub(at.as_millis()).max(0) / 1000;
+                if secs < 120 { format!("{secs} s") } else { format!("{} min", secs / 60) }
+            };
+            let mut block = String::from(
+                "## Work under way\nBranches and workers you started that still run (their outcomes arrive as messages; agent.cancel stops one):\n",
+            );
+            for fork in forks {
+                let task: String = fork
+                    .task
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .chars()
+                    .take(160)
+                    .collect();
+                block.push_str(&format!(
+                    "- {} {} (running {}): {task}",
+                    fork.kind,
+                    fork.session,
+                    ago(fork.created_at)
+                ));
+                if let (Some(progress), Some(at)) = (&fork.progress, fork.progress_at) {
+                    block.push_str(&format!("\n  status ({} ago): {progress}", ago(at)));
+                }
+                block.push('\n');
+            }
+            if !into.working.is_empty() {
+                into.working.push_str("\n\n");
+            }
+            into.working.push_str(&block);
         })
     }
 }

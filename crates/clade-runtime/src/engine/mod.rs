@@ -21,9 +21,11 @@ mod actor;
 mod compaction;
 mod context;
 mod executor;
+mod forks;
 mod turn;
 
 pub use executor::step_view;
+pub(crate) use forks::process_kind_of;
 
 use actor::{actor, publish};
 use context::{Checked, Persona};
@@ -189,6 +191,9 @@ struct Inner {
     /// The ids of paused agents and sessions (see [`Engine::pause`]): their actors start no
     /// turn. A copy of the store's `pauses`, read at start and kept by every change.
     paused: std::sync::RwLock<std::collections::HashSet<[u8; 16]>>,
+    /// Changes to branches and workers in this process (started, progress, settled,
+    /// cancelled): a channel's status block is read again only after one.
+    fork_changes: std::sync::atomic::AtomicU64,
 }
 
 /// What wakes a session's actor. The queue holds at most one `Event` per open event of the
@@ -287,6 +292,7 @@ impl Engine {
             compacting: Mutex::default(),
             compactions: std::sync::atomic::AtomicU64::new(0),
             paused: std::sync::RwLock::default(),
+            fork_changes: std::sync::atomic::AtomicU64::new(0),
         });
         let engine = Self { inner };
         engine.inner.tools.attach_hub(engine.inner.bus.hub().clone());
@@ -318,9 +324,10 @@ impl Engine {
         if !open.is_empty() {
             tracing::info!(sessions = open.len(), "resuming sessions with unfinished turns");
         }
-        for session in open {
-            engine.inner.wake(session, Wake::Work);
+        for session in &open {
+            engine.inner.wake(*session, Wake::Work);
         }
+        engine.settle_after_restart(&open).await?;
         Ok(engine)
     }
 

@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 use super::Inner;
 use super::actor::{TURN_PAUSE, TurnContext, publish};
 use super::context::{
-    ContextSource, Kept, Layers, MemoryRecall, Persona, PersonaFiles, SessionHistory,
-    SessionLayers, Whereabouts, WorkingMemory, read_persona,
+    ContextSource, ForkedFrom, Kept, Layers, MemoryRecall, Persona, PersonaFiles, SessionHistory,
+    SessionLayers, Whereabouts, WorkUnderWay, WorkingMemory, read_persona,
 };
 use super::executor::{self, Hands, Journal, Thinker, TurnPlan, Write};
 use crate::hub::LiveEvent;
@@ -59,6 +59,18 @@ pub(super) async fn run_turn(
     kept.layers.refresh(inner, agent, &session.source);
     // The tools and rules this turn runs with, however they are reloaded meanwhile.
     let tools = inner.tools.tool_set();
+    // A branch or worker: its row says what it may use, and whether it was cancelled.
+    let fork = match ctx.kind {
+        ProcessKind::Branch | ProcessKind::Worker => {
+            match Box::pin(store.fork(tenant.id, session.id)).await.map_err(|e| e.to_string())? {
+                Some(fork) if fork.status == clade_core::ExecutionStatus::Cancelled => {
+                    return Err(format!("this {} was cancelled", fork.kind));
+                }
+                fork => fork,
+            }
+        }
+        _ => None,
+    };
     let (turn, done, resumed) = match events.first().and_then(|e| e.turn_id) {
         Some(id) => {
             let turn = Box::pin(store.turn(id)).await.map_err(|e| e.to_string())?;
@@ -66,7 +78,8 @@ pub(super) async fn run_turn(
             (turn, journal.into_iter().map(|e| (e.step, e)).collect(), true)
         }
         None => {
-            let revision = config_revision(inner, &tools, tenant, agent, &persona, &kept.layers);
+            let revision =
+                config_revision(inner, ctx.kind, &tools, tenant, agent, &persona, &kept.layers);
             let turn = TurnRow::starting(session, revision, store.now());
             (turn, HashMap::new(), false)
         }
@@ -90,26 +103,29 @@ pub(super) async fn run_turn(
         tenant: tenant.name.as_str(),
         agent,
         hub: inner.bus.hub().clone(),
+        kind: ctx.kind,
+        allowed: fork.as_ref().map(|f| f.tools.clone()).unwrap_or_default(),
     };
     // The settings the turn's context was loaded with, however they are reloaded meanwhile.
-    let sessions = &ctx.settings.sessions;
+    let (max_iterations, _, _) = ctx.limits();
     let plan = TurnPlan {
-        kind: ProcessKind::Channel,
+        kind: ctx.kind,
         turn,
         done,
         events,
-        max_iterations: sessions.max_iterations,
+        max_iterations,
         steer: ctx.queue_mode == clade_config::QueueMode::Steer,
         resume_hint: format!("resume with `clade sessions resume {}`", session.id),
     };
     let steered = plan.steer;
     let window = super::compaction::Window::of(inner, ctx);
-    let Kept { history, layers, compact, working, .. } = kept;
+    let Kept { history, layers, compact, working, forks, .. } = kept;
     let recall = inner.recall.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let mut sources: [&mut dyn ContextSource; 6] = [
+    let mut sources: [&mut dyn ContextSource; 8] = [
         &mut PersonaFiles(&persona),
         &mut SessionLayers(layers),
         &mut Whereabouts { source: &session.source, now: store.now() },
+        &mut ForkedFrom { inner, ctx, fork: fork.as_ref() },
         &mut SessionHistory {
             kept: history,
             inner,
@@ -121,6 +137,7 @@ pub(super) async fn run_turn(
             shown: 0,
         },
         &mut WorkingMemory { kept: working, inner, tenant: tenant.id, session: session.id },
+        &mut WorkUnderWay { kept: forks, inner, ctx },
         &mut MemoryRecall {
             recall,
             store: inner.visible.tenant_scope(tenant.id),
@@ -258,6 +275,28 @@ struct AgentTools<'a> {
     agent: &'a Agent,
     /// Where a call's progress goes: the session's live subscribers.
     hub: crate::hub::Hub,
+    /// What the turn runs as: a branch or worker is offered fewer tools.
+    kind: ProcessKind,
+    /// A worker's tools, when it was given some; empty: all of its agent's.
+    allowed: Vec<String>,
+}
+
+impl AgentTools<'_> {
+    /// Whether the turn is offered the tool `name`: branches and workers start no forks, only
+    /// a worker sets a status line, and a worker given tools has only those.
+    fn offers(&self, name: &str) -> bool {
+        use crate::forks::{SET_STATUS, STARTERS};
+        match self.kind {
+            ProcessKind::Branch => !STARTERS.contains(&name) && name != SET_STATUS,
+            ProcessKind::Worker => {
+                !STARTERS.contains(&name)
+                    && (name == SET_STATUS
+                        || self.allowed.is_empty()
+                        || self.allowed.iter().any(|a| a == name))
+            }
+            _ => name != SET_STATUS,
+        }
+    }
 }
 
 impl AgentTools<'_> {
@@ -299,7 +338,7 @@ impl Hands for AgentTools<'_> {
     type Authorized = Authorized;
 
     fn specs(&self) -> Arc<[ToolSpec]> {
-        self.set.specs_for(self.tenant, self.agent.handle.as_str())
+        self.set.specs_offered(self.tenant, self.agent.handle.as_str(), |name| self.offers(name))
     }
 
     fn specs_digest(&self) -> &str {
@@ -307,6 +346,9 @@ impl Hands for AgentTools<'_> {
     }
 
     fn find(&self, name: &str) -> Option<Arc<dyn Tool>> {
+        if !self.offers(name) {
+            return None;
+        }
         self.set.registry().get_for(name, self.tenant, self.agent.handle.as_str()).cloned()
     }
 
@@ -362,6 +404,7 @@ impl Hands for AgentTools<'_> {
 /// their schemas. Equal revisions mean equal configuration; any edit gives a new one.
 fn config_revision(
     inner: &Inner,
+    kind: ProcessKind,
     tools: &ToolSet,
     tenant: &Tenant,
     agent: &Agent,
@@ -379,7 +422,7 @@ fn config_revision(
         digest.update(text.as_bytes());
         digest.update([0]);
     }
-    for model in inner.models().chain(crate::ProcessKind::Channel, Some((tenant, handle))) {
+    for model in inner.models().chain(kind, Some((tenant, handle))) {
         digest.update(model.as_bytes());
         digest.update([0]);
     }

@@ -1,0 +1,296 @@
+//! Branches and workers through the real binary: a channel starts them with its tools, keeps
+//! answering while they run on their own (slower) route, and then answers their outcomes,
+//! which arrive as messages of their own; a worker reports progress, takes follow-ups in the
+//! same context and has only the tools it was given; limits, cancels, timeouts and bad input
+//! are clear refusals; and an outcome crosses a crash exactly once.
+
+use serde_json::{Value, json};
+
+use super::support::{Env, Server, write};
+
+fn tool(name: &str, args: Value) -> String {
+    format!("/tool {name} {args}")
+}
+
+const DESK: &str = r#"{ "platform": "http", "channel": "desk", "actor": "pat" }"#;
+
+/// Sends `text` to `agent` at the desk and waits for the turn: the session and the reply.
+async fn say(server: &Server, agent: &str, text: &str) -> (String, String) {
+    let source: Value = serde_json::from_str(DESK).unwrap();
+    let body = json!({ "agent": agent, "text": text, "wait": true, "source": source });
+    let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    (
+        answer["session_id"].as_str().unwrap_or_default().to_owned(),
+        answer["reply"]["text"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// The JSON a start tool returned, from the scripted model's summary of it.
+fn started(reply: &str) -> Value {
+    let json = reply.split_once(" -> ").map(|(_, json)| json).unwrap_or_default();
+    serde_json::from_str(json).unwrap_or_else(|_| panic!("no fork started: {reply}"))
+}
+
+/// The replies of a session's turns, oldest first, once `done` holds for them.
+async fn replies_until(
+    server: &Server,
+    session: &str,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let replies = |turns: &[Value]| -> Vec<String> {
+        let mut replies: Vec<String> =
+            turns.iter().map(|t| t["reply"].as_str().unwrap_or_default().to_owned()).collect();
+        replies.reverse();
+        replies
+    };
+    let turns = server.turns_until(session, |t| done(&replies(t))).await;
+    replies(&turns)
+}
+
+/// The session's lifecycle events of `kind`, from the history.
+async fn events_of(server: &Server, session: &str, kind: &str) -> Vec<Value> {
+    let page = server.get_json(&format!("/v1/events?session={session}&type={kind}")).await;
+    page["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn slow_routes(env: &mut Env, stub: &clade_stub::Stub, extra: &str) {
+    env.vars.push(("STUB_KEY".into(), "sk-stub".into()));
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "models:\n  slow:\n    provider: openai\n    model: stub+latency=1500\n    base_url: {}/v1\n    api_key_env: STUB_KEY\nrouting:\n  default: [scripted]\n  branch: [slow]\n  worker: [slow]\n{extra}",
+            stub.url()
+        ),
+    );
+}
+
+/// A channel starts a branch and a worker, answers the next message while both still run
+/// (their route is slow), and then answers each outcome, which arrives as a message of its own:
+/// the branch's conclusion, the worker's report after its status line. A follow-up to the
+/// worker continues it; a worker given one tool has no other; a third running branch is over
+/// the limit; a cancelled worker never reports; and bad input is refused, naming the problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_keeps_answering_while_its_branch_and_worker_run_then_uses_their_results() {
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let mut env = Env::new();
+    slow_routes(&mut env, &stub, "sessions:\n  branches:\n    max_per_session: 2\n");
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["agents", "create", "bo"]).ok();
+    let server = env.serve(&[]);
+
+    let (session, reply) =
+        say(&server, "ada", &tool("agent.branch", json!({ "task": "/reply the answer is 42" })))
+            .await;
+    let branch = started(&reply);
+    assert_eq!(
+        (branch["kind"].as_str(), branch["status"].as_str()),
+        (Some("branch"), Some("running"))
+    );
+    let branch_id = branch["id"].as_str().unwrap().to_owned();
+    let set_status = tool("worker.set_status", json!({ "status": "halfway there" }));
+    let (_, reply) =
+        say(&server, "ada", &tool("agent.spawn_worker", json!({ "task": set_status }))).await;
+    let worker_id = started(&reply)["id"].as_str().unwrap().to_owned();
+
+    // The channel answers at once while both are still on their slow model calls.
+    let (_, hello) = say(&server, "ada", "hello").await;
+    assert_eq!(hello, "echo: hello");
+    assert_eq!(events_of(&server, &session, "execution.ended").await, Vec::<Value>::new());
+    let running = events_of(&server, &session, "execution.started").await;
+    assert_eq!(running.len(), 2, "{running:?}");
+
+    // Their outcomes arrive as messages, and the channel answers each.
+    let concluded = format!("[Branch {branch_id} concluded]");
+    let reported = format!("[Worker {worker_id} reports]");
+    let replies = replies_until(&server, &session, |r| {
+        r.iter().any(|r| r.contains(&concluded)) && r.iter().any(|r| r.contains(&reported))
+    })
+    .await;
+    let conclusion =
+        replies.iter().find(|r| r.contains(&concluded)).expect("the branch's conclusion");
+    assert!(conclusion.contains("\n\nthe answer is 42"), "{conclusion}");
+    // Two messages came after the branch started (the worker's start and "hello"): marked.
+    assert!(conclusion.contains("(Stale: 2 messages arrived"), "{conclusion}");
+    let report = replies.iter().find(|r| r.contains(&reported)).expect("the worker's report");
+    // (The stub's OpenAI wire spells tool names with underscores.)
+    assert!(report.contains("set_status -> status set"), "{report}");
+    assert!(!report.contains("Stale"), "a worker's report is not a forked thought: {report}");
+    assert_eq!(replies.iter().filter(|r| r.contains(&concluded)).count(), 1, "{replies:?}");
+    let progress = events_of(&server, &session, "execution.progress").await;
+    assert_eq!(progress.len(), 1, "{progress:?}");
+    assert_eq!(progress[0]["data"]["detail"], "halfway there");
+    assert_eq!(progress[0]["data"]["fork"], worker_id.as_str());
+    let ended = events_of(&server, &session, "execution.ended").await;
+    assert!(ended.iter().all(|e| e["data"]["status"] == "completed"), "{ended:?}");
+    let fork = server.get_json(&format!("/v1/sessions/{branch_id}")).await;
+    assert_eq!(fork["platform"], "branch", "{fork}");
+    let branch_turns = server.turns_until(&branch_id, |_| true).await;
+    assert_eq!(branch_turns.len(), 1, "{branch_turns:?}");
+    assert_eq!(branch_turns[0]["reply"], "the answer is 42");
+
+    // A follow-up continues the same worker, in the same session, as a new run.
+    let follow = json!({ "worker": worker_id, "task": "/reply all done" });
+    let (_, reply) = say(&server, "ada", &tool("agent.spawn_worker", follow)).await;
+    assert_eq!(started(&reply)["id"], worker_id.as_str());
+    let replies = replies_until(&server, &session, |r| {
+        r.iter().filter(|r| r.contains(&reported)).count() == 2
+    })
+    .await;
+    assert!(
+        replies.iter().any(|r| r.contains(&reported) && r.ends_with("all done")),
+        "{replies:?}"
+    );
+    assert_eq!(server.turns_until(&worker_id, |t| t.len() == 2).await.len(), 2);
+
+    // A worker given `time.now` alone cannot read files, nor start branches.
+    let read = tool("fs.read", json!({ "path": "SOUL.md" }));
+    let narrow = json!({ "task": format!("{read}\n{}", tool("agent.branch", json!({ "task": "x" }))), "tools": ["time.now"] });
+    let (_, reply) = say(&server, "ada", &tool("agent.spawn_worker", narrow)).await;
+    let narrow_id = started(&reply)["id"].as_str().unwrap().to_owned();
+    let narrow_report = format!("[Worker {narrow_id} reports]");
+    let replies =
+        replies_until(&server, &session, |r| r.iter().any(|r| r.contains(&narrow_report))).await;
+    let report = replies
+        .iter()
+        .find(|r| r.contains(&narrow_report))
+        .unwrap_or_else(|| panic!("no report from {narrow_id}: {replies:#?}"));
+    assert!(report.contains("read -> ") && report.contains("branch -> "), "{report}");
+    assert_eq!(report.matches("unknown tool").count(), 2, "{report}");
+
+    // Two branches at once is the limit here; a third is refused while they run.
+    let slow_task = json!({ "task": "/reply slow thoughts" });
+    for _ in 0..2 {
+        let (_, reply) = say(&server, "ada", &tool("agent.branch", slow_task.clone())).await;
+        started(&reply);
+    }
+    let (_, refused) = say(&server, "ada", &tool("agent.branch", slow_task)).await;
+    assert!(refused.contains("2 branches of this conversation run already"), "{refused}");
+
+    // A cancelled worker stops, and never reports.
+    let (_, reply) =
+        say(&server, "ada", &tool("agent.spawn_worker", json!({ "task": "/reply never seen" })))
+            .await;
+    let doomed = started(&reply)["id"].as_str().unwrap().to_owned();
+    // Another agent of the tenant cannot cancel it.
+    let (_, theirs) = say(&server, "bo", &tool("agent.cancel", json!({ "id": doomed }))).await;
+    assert!(theirs.contains("you started no branch or worker"), "{theirs}");
+    let (_, cancelled) = say(&server, "ada", &tool("agent.cancel", json!({ "id": doomed }))).await;
+    assert!(cancelled.contains(&format!("cancelled worker {doomed}")), "{cancelled}");
+    let ended = server
+        .items_until(&format!("/v1/events?session={session}&type=execution.ended"), |items| {
+            items.iter().any(|e| e["data"]["fork"] == doomed.as_str())
+        })
+        .await;
+    let end = ended.iter().find(|e| e["data"]["fork"] == doomed.as_str()).unwrap();
+    assert_eq!(end["data"]["status"], "cancelled", "{end}");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let replies = replies_until(&server, &session, |_| true).await;
+    assert!(!replies.iter().any(|r| r.contains(&format!("Worker {doomed}"))), "{replies:?}");
+
+    // Bad input: each a clear refusal.
+    for (args, expected) in [
+        (json!({ "task": "" }), "task: empty"),
+        (
+            json!({ "task": "x", "tools": ["agent.branch"] }),
+            "not one of your tools a worker can be given",
+        ),
+        (
+            json!({ "task": "x", "tools": ["no.such"] }),
+            "not one of your tools a worker can be given",
+        ),
+        (json!({ "task": "x", "worker": "not-an-id" }), "is not a worker's id"),
+        (json!({ "task": "x", "worker": branch_id }), "started no worker"),
+    ] {
+        let (_, refused) = say(&server, "ada", &tool("agent.spawn_worker", args)).await;
+        assert!(refused.contains(expected), "{expected}: {refused}");
+    }
+    // Nobody speaks on a branch's or worker's platform through the API.
+    for platform in ["branch", "worker"] {
+        let body = json!({ "agent": "ada", "text": "hi",
+            "source": { "platform": platform, "channel": "c", "actor": "a" } });
+        let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(
+            answer["error"]["message"].as_str().unwrap().contains("kept for branches"),
+            "{answer}"
+        );
+    }
+    let body = json!({ "session": branch_id, "text": "hi" });
+    let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
+    assert_eq!(status, 400, "{answer}");
+}
+
+/// A worker whose turn outlasts `sessions.workers.timeout_secs` fails, and its failure arrives
+/// in the conversation naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_never_ends_times_out_and_says_so() {
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let mut env = Env::new();
+    slow_routes(&mut env, &stub, "sessions:\n  workers:\n    timeout_secs: 1\n");
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let (session, reply) =
+        say(&server, "ada", &tool("agent.spawn_worker", json!({ "task": "/reply too late" })))
+            .await;
+    let id = started(&reply)["id"].as_str().unwrap().to_owned();
+    let failed = format!("[Worker {id} failed:");
+    let replies = replies_until(&server, &session, |r| r.iter().any(|r| r.contains(&failed))).await;
+    let failure = replies.iter().find(|r| r.contains(&failed)).expect("the worker's failure");
+    assert!(failure.contains("sessions.workers.timeout_secs"), "{failure}");
+    let ended = events_of(&server, &session, "execution.ended").await;
+    assert_eq!(ended[0]["data"]["status"], "failed", "{ended:?}");
+}
+
+/// The gateway dies just after a branch's turn ended and before its conclusion was delivered;
+/// started again, it delivers the conclusion once. Killed again while another branch's model
+/// call runs, that branch runs again after the restart and concludes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_conclusion_crosses_a_crash_exactly_once() {
+    if !clade_runtime::failpoints::ENABLED {
+        assert!(std::env::var("CI").is_err(), "CI builds the suite with failpoints");
+        return;
+    }
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let mut env = Env::new();
+    slow_routes(&mut env, &stub, "");
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve_with(&[], &[("CLADE_FAILPOINTS", "before_fork_settled=1")]);
+    let (session, reply) =
+        say(&server, "ada", &tool("agent.branch", json!({ "task": "/reply first thought" }))).await;
+    let first = started(&reply)["id"].as_str().unwrap().to_owned();
+    // The branch's turn ends and the process aborts before settling it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut server = server;
+    while !server.exited() {
+        assert!(std::time::Instant::now() < deadline, "the failpoint was never reached");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    server.kill9();
+
+    let server = env.serve(&[]);
+    let concluded = format!("[Branch {first} concluded]");
+    let replies =
+        replies_until(&server, &session, |r| r.iter().any(|r| r.contains(&concluded))).await;
+    assert_eq!(replies.iter().filter(|r| r.contains(&concluded)).count(), 1, "{replies:?}");
+
+    let (_, reply) =
+        say(&server, "ada", &tool("agent.branch", json!({ "task": "/reply second thought" })))
+            .await;
+    let second = started(&reply)["id"].as_str().unwrap().to_owned();
+    server.kill9();
+    let server = env.serve(&[]);
+    let concluded = format!("[Branch {second} concluded]");
+    let replies =
+        replies_until(&server, &session, |r| r.iter().any(|r| r.contains(&concluded))).await;
+    assert_eq!(replies.iter().filter(|r| r.contains(&concluded)).count(), 1, "{replies:?}");
+    let conclusion = replies.iter().find(|r| r.contains(&concluded)).unwrap();
+    assert!(conclusion.ends_with("second thought"), "{conclusion}");
+    let turns = server.turns_until(&second, |_| true).await;
+    assert_eq!(turns.len(), 1, "{turns:?}");
+    let ended = events_of(&server, &session, "execution.ended").await;
+    assert_eq!(ended.len(), 2, "{ended:?}");
+}

@@ -1,0 +1,136 @@
+//! Branches and workers as the engine runs them: starting one (its session's actor takes its
+//! task), settling one once its session has nothing left to run (its outcome goes to the
+//! session that started it, whose actor is woken), cancelling one, and settling after a
+//! restart those a crash left unsettled. What is stored, and in which transaction, is
+//! `clade_store::forks`'s.
+
+use std::sync::Arc;
+
+use clade_core::{ExecutionKind, ProcessKind, SessionId, TenantId};
+use clade_store::{ForkRow, Forked, NewFork, OutboxRow};
+
+use super::{Engine, Error, Inner};
+use crate::bus::Signal;
+
+/// The process kind a session's turns run as: its platform says whether it is a branch or a
+/// worker; every other session is a channel.
+pub(crate) fn process_kind_of(platform: &str) -> ProcessKind {
+    match clade_store::fork_kind_of(platform) {
+        Some(ExecutionKind::Branch) => ProcessKind::Branch,
+        Some(ExecutionKind::Worker) => ProcessKind::Worker,
+        _ => ProcessKind::Channel,
+    }
+}
+
+impl Inner {
+    /// Publishes rows announced outside a session's actor, and counts a change to forks (which
+    /// the channels' status blocks read again).
+    fn announce_forks(&self, agent: clade_core::AgentId, rows: &[OutboxRow]) {
+        self.bus.hub().publish_aside(agent, rows);
+        if !rows.is_empty() {
+            self.outbox.notify_waiters();
+        }
+        self.fork_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Settles the fork whose session is `session`, if it is one with nothing left to run,
+    /// and wakes its parent for the outcome delivered there. A failure is logged: settling is
+    /// tried again after the fork's next turn, and at the next start.
+    pub(super) async fn settle_fork(self: &Arc<Self>, tenant: TenantId, session: SessionId) {
+        crate::failpoints::hit("before_fork_settled");
+        match self.store.settle_fork(tenant, session).await {
+            Ok(Some(settled)) => {
+                self.announce_forks(settled.fork.agent, &settled.announced);
+                if let Some(delivered) = settled.delivered
+                    && !delivered.duplicate
+                {
+                    self.bus.signal(Signal::Wake(delivered.session_id));
+                }
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(session = %session, error = %err, "cannot settle the fork; it is tried again after its next turn and at the next start")
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Starts a branch or a worker ([`clade_store::Store::start_fork`]) and wakes its session.
+    pub async fn fork(&self, new: NewFork) -> Result<Forked, Error> {
+        self.check_accepting()?;
+        let forked = self.inner.store.start_fork(new).await?;
+        self.started(&forked);
+        Ok(forked)
+    }
+
+    /// Tells a worker more ([`clade_store::Store::continue_worker`]) and wakes its session.
+    pub async fn continue_worker(
+        &self,
+        tenant: TenantId,
+        fork: SessionId,
+        parent: SessionId,
+        message: String,
+        key: String,
+    ) -> Result<Forked, Error> {
+        self.check_accepting()?;
+        let forked = self.inner.store.continue_worker(tenant, fork, parent, message, key).await?;
+        self.started(&forked);
+        Ok(forked)
+    }
+
+    fn started(&self, forked: &Forked) {
+        self.inner.announce_forks(forked.fork.agent, &forked.announced);
+        if !forked.accepted.duplicate {
+            self.inner.bus.signal(Signal::Wake(forked.fork.session));
+        }
+    }
+
+    /// Cancels a branch's or worker's run (by its execution's id or its session's): it ends
+    /// `cancelled`, its running turn is stopped, and what it would have concluded is never
+    /// delivered. Returns the fork and whether this call ended it.
+    pub async fn cancel_run(
+        &self,
+        tenant: TenantId,
+        id: [u8; 16],
+    ) -> Result<(ForkRow, bool), Error> {
+        let (fork, changed, announced) = self.inner.store.cancel_fork(tenant, id).await?;
+        self.inner.announce_forks(fork.agent, &announced);
+        if changed {
+            self.inner.bus.signal(Signal::Cancel(fork.session));
+        }
+        Ok((fork, changed))
+    }
+
+    /// Sets a worker's status line, which its parent's context shows.
+    pub async fn set_progress(
+        &self,
+        tenant: TenantId,
+        session: SessionId,
+        text: String,
+    ) -> Result<ForkRow, Error> {
+        let (fork, announced) = self.inner.store.set_fork_progress(tenant, session, text).await?;
+        self.inner.announce_forks(fork.agent, &announced);
+        Ok(fork)
+    }
+
+    fn check_accepting(&self) -> Result<(), Error> {
+        if self.lease_lost() {
+            return Err(Error::LeaseLost);
+        }
+        if self.draining() {
+            return Err(Error::Draining);
+        }
+        Ok(())
+    }
+
+    /// Settles the forks a crash left between their last turn and their report: those whose
+    /// sessions have nothing left to run (the others settle after their next turn).
+    pub(super) async fn settle_after_restart(&self, open: &[SessionId]) -> Result<(), Error> {
+        let unsettled = self.inner.store.system().unsettled_forks(10_000).await?;
+        for (tenant, session) in unsettled.into_iter().filter(|(_, s)| !open.contains(s)) {
+            self.inner.settle_fork(tenant, session).await;
+        }
+        Ok(())
+    }
+}
