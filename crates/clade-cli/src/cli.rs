@@ -83,6 +83,9 @@ pub(crate) enum Command {
     /// Sessions and their turns
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Runs: branches' and workers' runs and scheduled fires (turns with `--kind turn`)
+    #[command(subcommand)]
+    Runs(RunsCommand),
     /// Webhook deliveries that failed for good
     #[command(subcommand)]
     Deadletters(DeadlettersCommand),
@@ -445,6 +448,37 @@ pub(crate) struct ServerArgs {
     /// The gateway's URL [default: http://<server.listen>]
     #[arg(long, value_name = "URL")]
     pub(crate) server: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RunsCommand {
+    /// An agent's runs, newest first
+    List {
+        handle: Option<String>,
+        /// Only those under way
+        #[arg(long)]
+        open: bool,
+        /// Only this kind: turn, branch, worker, subagent, flow_step, cron_fire, maintenance
+        #[arg(long)]
+        kind: Option<String>,
+        /// How many
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run: its kind, state, input and outcome (and its branch or worker)
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a branch's or worker's run: it stops, and nothing it concludes is delivered
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

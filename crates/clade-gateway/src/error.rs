@@ -42,6 +42,7 @@ codes! {
     MemoryNotFound => ("memory_not_found", NOT_FOUND),
     LeaseNotFound => ("lease_not_found", NOT_FOUND),
     RevisionNotFound => ("revision_not_found", NOT_FOUND),
+    RunNotFound => ("run_not_found", NOT_FOUND),
     GrantNotFound => ("grant_not_found", NOT_FOUND),
     ApprovalNotFound => ("approval_not_found", NOT_FOUND),
     ApprovalDecided => ("approval_decided", CONFLICT),
@@ -147,6 +148,7 @@ impl From<clade_store::Error> for ApiError {
             // Only a lease names a peer in the API: one not paired cannot be leased to.
             E::InvalidLease(_) | E::PeerNotFound(_) => Code::InvalidLease,
             E::TemplateNotFound(_) => Code::TemplateNotFound,
+            E::ExecutionNotFound(_) => Code::RunNotFound,
             E::InvalidInput(_) => Code::InvalidRequest,
             E::BadToken => Code::InvalidToken,
             E::Unreachable { .. } | E::WriterGone | E::CommitFailed(_) => Code::StoreUnavailable,
@@ -160,6 +162,9 @@ impl From<clade_store::Error> for ApiError {
             E::GrantNotFound(_) => Some("list grants with GET /v1/grants"),
             E::ApprovalNotFound(_) => Some("list approvals with GET /v1/approvals"),
             E::LeaseNotFound(_) => Some("list leases with GET /v1/leases"),
+            E::ExecutionNotFound(_) => {
+                Some("list an agent's runs with GET /v1/agents/{handle}/runs")
+            }
             E::BadToken => Some("send a valid token as `Authorization: Bearer <token>`"),
             _ => None,
         };

@@ -32,6 +32,7 @@ pub mod openapi;
 pub mod pairing;
 pub mod quotas;
 pub mod routes;
+pub mod runs;
 pub mod scopes;
 mod server;
 mod sessions;

@@ -15,7 +15,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::{
     AppState, agents, config, control, events, hooks, jobs, leases, mcp, memories, messages,
-    openai, sessions, settings, tools, usage, ws,
+    openai, runs, sessions, settings, tools, usage, ws,
 };
 
 /// A schema built by the document's one generator: a `$ref` to a component for a named type.
@@ -554,6 +554,48 @@ pub static OPERATIONS: &[Operation] = &[
             &[Read],
             "What an agent runs now: its pause, and its sessions with turns running or events waiting (state, step count, age)",
             || get(control::status),
+        )
+    },
+    Operation {
+        params: &[HANDLE],
+        query: Some(fields::<api::RunsQuery>),
+        responses: &[
+            ok("200", "newest first", of::<api::RunListResponse>),
+            error("400", "invalid query"),
+            error("404", "no such agent"),
+        ],
+        ..op(
+            "GET",
+            "/v1/agents/{handle}/runs",
+            &[Read],
+            "An agent's runs (durable executions): branches' and workers' runs and scheduled fires, or turns with `kind=turn`; `open=true` for those under way",
+            || get(runs::list),
+        )
+    },
+    Operation {
+        params: &[ID],
+        responses: &[
+            ok("200", "the run, with its branch or worker", of::<api::RunResponse>),
+            error("400", "not a run id"),
+            error("404", "no such run"),
+        ],
+        ..op("GET", "/v1/runs/{id}", &[Read], "One run: its kind, state, input and outcome", || {
+            get(runs::show)
+        })
+    },
+    Operation {
+        params: &[ID],
+        responses: &[
+            ok("200", "cancelled (or ended already)", of::<api::RunResponse>),
+            error("400", "not a run id, or a run of a kind cancelled elsewhere"),
+            error("404", "no such run"),
+        ],
+        ..op(
+            "POST",
+            "/v1/runs/{id}/cancel",
+            &[Operate],
+            "Cancel a branch's or worker's run: it stops, and nothing it concludes is delivered",
+            || post(runs::cancel),
         )
     },
     Operation {
@@ -1164,6 +1206,26 @@ pub static OPERATIONS: &[Operation] = &[
         ..op("POST", "/v1/sessions/{id}/cancel", &[Operate], "Cancel the running turn", || {
             post(sessions::cancel)
         })
+    },
+    Operation {
+        params: &[SESSION],
+        body: Some(of::<api::StartForkParams>),
+        responses: &[
+            ok("201", "started", of::<api::RunResponse>),
+            ok("200", "started before under this Idempotency-Key", of::<api::RunResponse>),
+            error(
+                "400",
+                "invalid body, or over the session's limit of running branches or workers",
+            ),
+            error("404", "no such session"),
+        ],
+        ..op(
+            "POST",
+            "/v1/sessions/{id}/forks",
+            &[Send],
+            "Start a branch (a fork of the session's context) or a worker (a fresh context with a task and tools) of a session; its outcome arrives in the session as a message",
+            || post(runs::start),
+        )
     },
     Operation {
         params: &[SESSION],

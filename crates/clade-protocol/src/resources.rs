@@ -1179,6 +1179,85 @@ pub struct AgentMessagesQuery {
     pub cursor: Option<String>,
 }
 
+/// Query of `GET /v1/agents/{handle}/runs`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunsQuery {
+    /// How many, newest first.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_PAGE), extend("default" = DEFAULT_PAGE))]
+    pub limit: Option<u32>,
+    /// Only runs of this kind (turns are listed only this way).
+    #[serde(default)]
+    pub kind: Option<Spelled<clade_core::ExecutionKind>>,
+    /// Only runs that have not ended.
+    #[serde(default)]
+    pub open: Option<bool>,
+}
+
+/// A durable execution: a turn, a branch's or worker's run, a scheduled fire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunResponse {
+    pub id: String,
+    pub kind: Spelled<clade_core::ExecutionKind>,
+    pub status: Spelled<clade_core::ExecutionStatus>,
+    pub agent_id: String,
+    /// The session it belongs to (for a branch or worker: the session that started it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+    /// For a branch's or worker's run: the branch or worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork: Option<ForkResponse>,
+}
+
+/// A branch or worker: a session of its own that reports to the session that started it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ForkResponse {
+    /// Its own session's id: the branch's or worker's id.
+    pub id: String,
+    pub parent_session: String,
+    pub task: String,
+    /// The tools a worker may use; empty: all of its agent's.
+    pub tools: Vec<String>,
+    /// Its current run.
+    pub execution: String,
+    /// A worker's latest status line, and when it was set (Unix milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunListResponse {
+    pub items: Vec<RunResponse>,
+}
+
+/// Body of `POST /v1/sessions/{id}/forks`: starts a branch or a worker of the session.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartForkParams {
+    /// `branch` or `worker`.
+    pub kind: Spelled<clade_core::ExecutionKind>,
+    /// Its task.
+    #[schemars(length(min = 1, max = 32768))]
+    pub task: String,
+    /// A worker's tools, by name (all of its agent's when absent).
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
+}
+
 /// Query of `GET /v1/agents/{handle}/memories`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -177,25 +177,6 @@ impl TypedTool for AgentSpawnWorker {
                 ));
             }
             let tools = args.tools.unwrap_or_default();
-            let agent = engine
-                .store()
-                .agent_by_id(caller.tenant, caller.agent)
-                .await
-                .map_err(|e| e.to_string())?;
-            let tenant =
-                engine.store().tenant_by_id(caller.tenant).await.map_err(|e| e.to_string())?;
-            let set = engine.tools().tool_set();
-            for name in &tools {
-                let known = set
-                    .registry()
-                    .get_for(name, tenant.name.as_str(), agent.handle.as_str())
-                    .is_some();
-                if !known || STARTERS.contains(&name.as_str()) || name == SET_STATUS {
-                    return Err(format!(
-                        "tools: {name:?} is not one of your tools a worker can be given"
-                    ));
-                }
-            }
             start(&engine, ctx, ExecutionKind::Worker, args.task, tools).await
         })
     }

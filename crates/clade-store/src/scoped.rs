@@ -174,6 +174,21 @@ impl TenantStore {
         self.store.event_history(self.tenant, filter, after, limit).await
     }
 
+    /// The agent's runs (see [`Store::runs`]).
+    pub async fn runs(&self, filter: &crate::RunFilter) -> Result<Vec<crate::ExecutionRow>> {
+        self.store.runs(self.tenant, filter).await
+    }
+
+    /// A run by id.
+    pub async fn execution(&self, id: ExecutionId) -> Result<crate::ExecutionRow> {
+        self.store.execution(self.tenant, id).await
+    }
+
+    /// The branch or worker an execution is a run of, if it is one.
+    pub async fn fork_of_execution(&self, id: ExecutionId) -> Result<Option<crate::ForkRow>> {
+        self.store.fork_of_execution(self.tenant, id).await
+    }
+
     /// Pauses `agent`, or one of its sessions (see [`Store::pause`]).
     pub async fn pause(
         &self,

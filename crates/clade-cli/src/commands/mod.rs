@@ -98,6 +98,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Chat(args) => sessions::chat(&ctx, args).await,
         Command::Event(cmd) => sessions::event(&ctx, cmd).await,
         Command::Sessions(cmd) => sessions::run(&ctx, cmd).await,
+        Command::Runs(cmd) => sessions::runs(&ctx, cmd).await,
         Command::Deadletters(cmd) => sessions::deadletters(&ctx, cmd).await,
         Command::Hooks(cmd) => config::hooks(&ctx, cmd),
         Command::Models(cmd) => models::run(&ctx, cmd).await,

@@ -8,7 +8,7 @@ use clade_protocol::TurnStep;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::cli::{ChatArgs, DeadlettersCommand, EventCommand, SessionsCommand};
+use crate::cli::{ChatArgs, DeadlettersCommand, EventCommand, RunsCommand, SessionsCommand};
 use crate::context::Ctx;
 use crate::output;
 
@@ -342,6 +342,96 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
                 Some(own) => println!("session {id} queues in {own} mode"),
                 None => println!("session {id} follows its agent's queue mode"),
             }
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn runs(ctx: &Ctx, cmd: RunsCommand) -> Result<()> {
+    use clade_core::{ExecutionId, ExecutionKind};
+    match cmd {
+        RunsCommand::List { handle, open, kind, limit, json } => {
+            let agent = ctx.agent(handle.as_deref()).await?;
+            let kind = kind
+                .map(|k| {
+                    ExecutionKind::parse(&k).with_context(|| {
+                        let kinds: Vec<_> = ExecutionKind::ALL.iter().map(|k| k.as_str()).collect();
+                        format!("--kind {k:?}: not a kind of run; one of {}", kinds.join(", "))
+                    })
+                })
+                .transpose()?;
+            if !(1..=1000).contains(&limit) {
+                bail!("--limit {limit}: must be 1 to 1000");
+            }
+            let filter =
+                clade_store::RunFilter { agent: Some(agent.id), kind, open_only: open, limit };
+            let store = ctx.store.tenant_scope(agent.tenant_id);
+            let mut runs = Vec::new();
+            for row in store.runs(&filter).await? {
+                let fork = store.fork_of_execution(row.id).await?;
+                runs.push(clade_gateway::runs::run_response(row, fork.as_ref()));
+            }
+            if json {
+                return output::json(&runs);
+            }
+            if runs.is_empty() {
+                println!("agent {} has no such runs", agent.handle);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = runs
+                .iter()
+                .map(|r| {
+                    let what = r
+                        .fork
+                        .as_ref()
+                        .map(|f| f.progress.clone().unwrap_or_else(|| f.task.clone()))
+                        .or_else(|| r.input.clone())
+                        .unwrap_or_default();
+                    vec![
+                        r.id.clone(),
+                        r.kind.0.as_str().to_owned(),
+                        r.status.0.as_str().to_owned(),
+                        clade_core::Timestamp::from_millis(r.created_at).to_string(),
+                        output::clip(&what, 60),
+                    ]
+                })
+                .collect();
+            output::table(&["ID", "KIND", "STATE", "STARTED", "TASK / STATUS"], &rows);
+        }
+        RunsCommand::Show { id, json } => {
+            let tenant = ctx.tenant().await?;
+            let id: ExecutionId =
+                id.parse().map_err(|_| anyhow::anyhow!("{id:?} is not a run id"))?;
+            let store = ctx.store.tenant_scope(tenant.id);
+            let row = store.execution(id).await?;
+            let fork = store.fork_of_execution(row.id).await?;
+            let run = clade_gateway::runs::run_response(row, fork.as_ref());
+            if json {
+                return output::json(&run);
+            }
+            println!("run {} ({}): {}", run.id, run.kind.0.as_str(), run.status.0.as_str());
+            if let Some(fork) = &run.fork {
+                println!("{} {} of session {}", run.kind.0.as_str(), fork.id, fork.parent_session);
+                println!("task: {}", fork.task);
+                if let Some(progress) = &fork.progress {
+                    println!("status: {progress}");
+                }
+            } else if let Some(input) = &run.input {
+                println!("input: {input}");
+            }
+            if let Some(output) = &run.output {
+                println!("outcome: {output}");
+            }
+            if let Some(error) = &run.error {
+                println!("error: {error}");
+            }
+        }
+        RunsCommand::Cancel { id, server } => {
+            let id: ExecutionId =
+                id.parse().map_err(|_| anyhow::anyhow!("{id:?} is not a run id"))?;
+            let client = Client::new(ctx, server.server.as_deref())?;
+            let (_, value) = client.post(&format!("/v1/runs/{id}/cancel"), json!({})).await?;
+            println!("run {id} is {}", value["status"].as_str().unwrap_or("unknown"));
         }
     }
     Ok(())

@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, write};
+use super::support::{Env, Server, token, write};
 
 fn tool(name: &str, args: Value) -> String {
     format!("/tool {name} {args}")
@@ -124,6 +124,12 @@ async fn a_channel_keeps_answering_while_its_branch_and_worker_run_then_uses_the
     assert_eq!(progress[0]["data"]["fork"], worker_id.as_str());
     let ended = events_of(&server, &session, "execution.ended").await;
     assert!(ended.iter().all(|e| e["data"]["status"] == "completed"), "{ended:?}");
+    // Each reads as the protocol says.
+    for event in running.iter().chain(&progress).chain(&ended) {
+        let parsed: clade_protocol::WebhookEvent =
+            serde_json::from_value(event.clone()).unwrap_or_else(|e| panic!("{e}: {event}"));
+        assert!(parsed.event.kind().as_str().starts_with("execution."), "{event}");
+    }
     let fork = server.get_json(&format!("/v1/sessions/{branch_id}")).await;
     assert_eq!(fork["platform"], "branch", "{fork}");
     let branch_turns = server.turns_until(&branch_id, |_| true).await;
@@ -293,4 +299,133 @@ async fn a_branch_conclusion_crosses_a_crash_exactly_once() {
     assert_eq!(turns.len(), 1, "{turns:?}");
     let ended = events_of(&server, &session, "execution.ended").await;
     assert_eq!(ended.len(), 2, "{ended:?}");
+}
+
+/// The API and the CLI see and steer the same runs: a worker started over the API (once per
+/// Idempotency-Key) is listed among the agent's open runs, shown with its task, cancelled over
+/// the API (its outcome never delivered), and listed by `clade runs`; another tenant finds
+/// none of it, and bad input is refused naming the problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_listed_shown_started_and_cancelled_over_the_api_and_cli() {
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let mut env = Env::new();
+    slow_routes(&mut env, &stub, "");
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["tenants", "create", "rival"]).ok();
+    let (rival, _) = token(&env, "rival", &["admin"]);
+    let server = env.serve(&[]);
+    let (session, _) = say(&server, "ada", "hello").await;
+
+    let start = json!({ "kind": "worker", "task": "/reply from the api", "tools": ["time.now"] });
+    let path = format!("/v1/sessions/{session}/forks");
+    let (status, run) = request_with_key(&server, &path, &start, "k1").await;
+    assert_eq!(status, 201, "{run}");
+    assert_eq!((run["kind"].as_str(), run["status"].as_str()), (Some("worker"), Some("running")));
+    assert_eq!(run["fork"]["tools"], json!(["time.now"]), "{run}");
+    assert_eq!(run["session"], session.as_str());
+    let (status, again) = request_with_key(&server, &path, &start, "k1").await;
+    assert_eq!((status, &again["id"]), (200, &run["id"]), "{again}");
+    let worker = run["fork"]["id"].as_str().unwrap().to_owned();
+    let reported = format!("[Worker {worker} reports]");
+    let replies =
+        replies_until(&server, &session, |r| r.iter().any(|r| r.contains(&reported))).await;
+    assert!(
+        replies.iter().any(|r| r.contains(&reported) && r.ends_with("from the api")),
+        "{replies:?}"
+    );
+    let shown = server.get_json(&format!("/v1/runs/{}", run["id"].as_str().unwrap())).await;
+    assert_eq!(
+        (shown["status"].as_str(), shown["output"].as_str()),
+        (Some("completed"), Some("from the api"))
+    );
+
+    let (status, run) = request_with_key(
+        &server,
+        &path,
+        &json!({ "kind": "branch", "task": "/reply too slow" }),
+        "k2",
+    )
+    .await;
+    assert_eq!(status, 201, "{run}");
+    let id = run["id"].as_str().unwrap().to_owned();
+    let open = server.get_json("/v1/agents/ada/runs?open=true").await;
+    let listed: Vec<&str> =
+        open["items"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(listed, [id.as_str()], "{open}");
+    let (status, answer) = server.send("GET", &format!("/v1/runs/{id}"), Some(&rival), None).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (404, Some("run_not_found")),
+        "{answer}"
+    );
+    let (status, answer) =
+        server.send("POST", &format!("/v1/runs/{id}/cancel"), Some(&rival), None).await;
+    assert_eq!(status, 404, "{answer}");
+    let (status, answer) = server
+        .send("POST", &path, Some(&rival), Some(json!({ "kind": "branch", "task": "x" })))
+        .await;
+    assert_eq!(status, 404, "{answer}");
+    let (status, cancelled) =
+        server.send("POST", &format!("/v1/runs/{id}/cancel"), None, None).await;
+    assert_eq!((status, cancelled["status"].as_str()), (200, Some("cancelled")), "{cancelled}");
+    let (status, again) = server.send("POST", &format!("/v1/runs/{id}/cancel"), None, None).await;
+    assert_eq!((status, again["status"].as_str()), (200, Some("cancelled")), "{again}");
+    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+    let replies = replies_until(&server, &session, |_| true).await;
+    assert!(!replies.iter().any(|r| r.contains("too slow")), "{replies:?}");
+
+    let listed = env.run(&["runs", "list", "ada", "--json"]).ok().stdout;
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let states: Vec<&str> =
+        listed.as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(states, ["cancelled", "completed"], "{listed}");
+    let table = env.run(&["runs", "list", "ada"]).ok().stdout;
+    assert!(table.contains("branch") && table.contains("cancelled"), "{table}");
+    let shown = env.run(&["runs", "show", &id]).ok().stdout;
+    assert!(shown.contains("task: /reply too slow") && shown.contains("cancelled"), "{shown}");
+    let turns = env.run(&["runs", "list", "ada", "--kind", "turn", "--json"]).ok().stdout;
+    assert!(
+        serde_json::from_str::<Value>(&turns).unwrap().as_array().unwrap().len() >= 3,
+        "{turns}"
+    );
+    env.run(&["runs", "list", "ada", "--kind", "nap"]).fails_with("not a kind of run");
+    env.run(&["runs", "show", "nope"]).fails_with("is not a run id");
+
+    for (body, expected) in [
+        (json!({ "kind": "turn", "task": "x" }), "starts a branch or a worker"),
+        (
+            json!({ "kind": "branch", "task": "x", "tools": ["time.now"] }),
+            "only a worker is given some",
+        ),
+        (
+            json!({ "kind": "worker", "task": "x", "tools": ["agent.cancel"] }),
+            "a worker can be given",
+        ),
+        (json!({ "kind": "worker", "task": "   " }), "task: empty"),
+    ] {
+        let (status, answer) = server.send("POST", &path, None, Some(body)).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(
+            answer["error"]["message"].as_str().unwrap().contains(expected),
+            "{expected}: {answer}"
+        );
+    }
+    let (status, answer) = server.send("GET", "/v1/runs/not-a-run", None, None).await;
+    assert_eq!(status, 400, "{answer}");
+}
+
+/// `POST path` with `body` and an Idempotency-Key: status and answer.
+async fn request_with_key(server: &Server, path: &str, body: &Value, key: &str) -> (u16, Value) {
+    let (url, token) = server.address();
+    let response = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .bearer_auth(token)
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }

@@ -188,6 +188,9 @@ async fn every_route_checks_every_principal() {
             ("POST", "/v1/agents/{handle}/memories/{id}/links") => {
                 Some(json!({ "to": "01a20a00-0000-7000-8000-000000000001", "kind": "related_to" }))
             }
+            ("POST", "/v1/sessions/{id}/forks") => {
+                Some(json!({ "kind": "worker", "task": format!("/reply cell {n}") }))
+            }
             ("POST", "/v1/agents/{handle}/pause" | "/v1/sessions/{id}/pause") => {
                 Some(json!({ "reason": format!("cell {n}") }))
             }

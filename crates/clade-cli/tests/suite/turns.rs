@@ -785,6 +785,10 @@ async fn every_lifecycle_event_reads_as_the_protocol_says() {
                     // `suite::control` has pauses.
                     | EventKind::ExecutionsPaused
                     | EventKind::ExecutionsResumed
+                    // `suite::forks` has branches and workers.
+                    | EventKind::ExecutionStarted
+                    | EventKind::ExecutionProgress
+                    | EventKind::ExecutionEnded
             )
         })
         .collect();

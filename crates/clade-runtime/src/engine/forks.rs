@@ -57,8 +57,27 @@ impl Inner {
 
 impl Engine {
     /// Starts a branch or a worker ([`clade_store::Store::start_fork`]) and wakes its session.
+    /// A worker may be given only tools its agent has, and none that starts or stops forks.
     pub async fn fork(&self, new: NewFork) -> Result<Forked, Error> {
         self.check_accepting()?;
+        if !new.tools.is_empty() {
+            let store = &self.inner.store;
+            let agent = store.agent_by_id(new.tenant, new.agent).await?;
+            let tenant = store.tenant_by_id(new.tenant).await?;
+            let set = self.inner.tools.tool_set();
+            for name in &new.tools {
+                let known =
+                    set.registry().get_for(name, tenant.name.as_str(), agent.handle.as_str());
+                if known.is_none()
+                    || crate::forks::STARTERS.contains(&name.as_str())
+                    || name == crate::forks::SET_STATUS
+                {
+                    return Err(Error::Store(clade_store::Error::InvalidInput(format!(
+                        "tools: {name:?} is not one of your tools a worker can be given"
+                    ))));
+                }
+            }
+        }
         let forked = self.inner.store.start_fork(new).await?;
         self.started(&forked);
         Ok(forked)
