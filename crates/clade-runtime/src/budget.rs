@@ -36,6 +36,20 @@ impl StoreBudget {
         tenant: &Tenant,
         agent: Option<(AgentId, &str)>,
     ) -> Option<Self> {
+        Self::for_descendant(store, clock, budgets, tenant, agent, &[])
+    }
+
+    /// [`StoreBudget::for_caller`] for an agent another agent made: its calls also count
+    /// against the budget of each of its `ancestors` (its parent first), so a child spends out
+    /// of its parent's budget and never past it.
+    pub fn for_descendant(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        budgets: &clade_config::BudgetsConfig,
+        tenant: &Tenant,
+        agent: Option<(AgentId, &str)>,
+        ancestors: &[(AgentId, String)],
+    ) -> Option<Self> {
         let mut scopes = Vec::new();
         if let Some(limits) = budgets.tenants.get(tenant.name.as_str()) {
             scopes.push(Scope {
@@ -53,6 +67,18 @@ impl StoreBudget {
                     label: format!("agent {qualified}"),
                     limits: *limits,
                 });
+            }
+        }
+        if let Some((_, child)) = agent {
+            for (id, handle) in ancestors {
+                let limits = clade_config::for_agent(&budgets.agents, tenant.name.as_str(), handle);
+                if let Some(limits) = limits {
+                    scopes.push(Scope {
+                        key: format!("agent:{id}"),
+                        label: format!("agent {}/{handle} (which made {child})", tenant.name),
+                        limits: *limits,
+                    });
+                }
             }
         }
         (!scopes.is_empty()).then_some(Self { store, clock, scopes })

@@ -85,7 +85,13 @@ pub struct Models {
     /// credentials (decrypted secrets, OAuth tokens refreshed one at a time) and cooldowns
     /// outlive a call.
     routers: Arc<std::sync::Mutex<HashMap<Option<clade_core::AgentId>, Arc<Router>>>>,
+    /// The agents that made each agent (see [`Models::ancestors`]), read once: an agent's
+    /// parent never changes.
+    ancestors: Arc<std::sync::Mutex<HashMap<clade_core::AgentId, Ancestors>>>,
 }
+
+/// The agents that made an agent, nearest first, with their handles.
+type Ancestors = Arc<[(clade_core::AgentId, String)]>;
 
 /// Routers kept at most (one per agent whose models use its own secrets); past it the cache
 /// starts over, which only costs rebuilding them.
@@ -117,6 +123,7 @@ impl Models {
             clock,
             jitter: None,
             routers: Arc::default(),
+            ancestors: Arc::default(),
         }
     }
 
@@ -142,6 +149,7 @@ impl Models {
             clock: self.clock.clone(),
             jitter: self.jitter.clone(),
             routers: if same_routers { self.routers.clone() } else { Arc::default() },
+            ancestors: self.ancestors.clone(),
         }
     }
 
@@ -255,16 +263,47 @@ impl Models {
     ) -> Result<clade_model::CallOutcome, clade_model::CallError> {
         let chain = self.chain(kind, agent.map(|a| (tenant.name.as_str(), a.handle.as_str())));
         let router = self.router_for(agent);
-        let budget = crate::StoreBudget::for_caller(
+        let ancestors = match agent {
+            Some(agent) => self.ancestors(tenant, agent).await,
+            None => Arc::from(Vec::new()),
+        };
+        let budget = crate::StoreBudget::for_descendant(
             self.store.clone(),
             self.clock.clone(),
             &self.budgets,
             tenant,
             agent.map(|a| (a.id, a.handle.as_str())),
+            &ancestors,
         );
         router
             .call(&chain, request, budget.as_ref().map(|b| b as &dyn clade_model::Budget), on_event)
             .await
+    }
+
+    /// The agents that made `agent` (whose budgets its calls count against too): read from the
+    /// store only when agents have budgets, and then once per agent.
+    async fn ancestors(&self, tenant: &clade_core::Tenant, agent: &Agent) -> Ancestors {
+        if self.budgets.agents.is_empty() {
+            return Arc::from(Vec::new());
+        }
+        if let Some(known) = self.ancestors.lock().ok().and_then(|m| m.get(&agent.id).cloned()) {
+            return known;
+        }
+        let read = match self.store.ancestors_of(tenant.id, agent.id).await {
+            Ok(read) => Arc::<[_]>::from(read),
+            Err(err) => {
+                // Not kept: the next call reads again.
+                tracing::warn!(agent = %agent.handle, error = %err, "cannot read which agents made this one; its calls count against its own budget only");
+                return Arc::from(Vec::new());
+            }
+        };
+        if let Ok(mut known) = self.ancestors.lock() {
+            if known.len() >= MAX_ROUTERS {
+                known.clear();
+            }
+            known.insert(agent.id, read.clone());
+        }
+        read
     }
 
     /// The context window of the first model of `kind`'s chain for `agent` (tenant name,

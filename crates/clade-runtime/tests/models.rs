@@ -197,6 +197,55 @@ async fn routes_follow_process_kind_and_agent_overrides() {
     assert_eq!(m.chain(ProcessKind::Channel, Some(("acme", "bob"))), ["b"]);
 }
 
+/// A child agent (made by ada) spends out of ada's budget: with no budget of its own, its calls
+/// are refused once ada's is used up, naming ada; an agent nobody made, with no budget either,
+/// is never refused.
+#[tokio::test]
+async fn a_child_agent_spends_out_of_its_parents_budget() {
+    let s = setup().await;
+    let yaml = format!(
+        "models:\n  paid:\n    provider: openai\n    model: stub+latency=5\n    base_url: {}/v1\n    api_key_env: KEY\n    max_tokens: 100\n    price: {{ input_per_mtok: 10, output_per_mtok: 30 }}\nbudgets:\n  agents:\n    ada: {{ tokens_per_day: 150 }}\n",
+        s.stub.url()
+    );
+    let m = models(&s, &config(&yaml), env(&[("KEY", "k")]));
+    let data = clade_store::DataDir::open(s._tmp.path().join("data")).unwrap();
+    let agents = Agents::new(s.store.clone(), data);
+    let made = |handle: &str| NewAgent {
+        handle: Handle::parse(handle).unwrap(),
+        display_name: None,
+        config: AgentConfig::default(),
+    };
+    let kid = agents.create(s.tenant.id, made("ada-kid")).await.unwrap();
+    let solo = agents.create(s.tenant.id, made("solo")).await.unwrap();
+    s.store.record_child(s.tenant.id, s.agent.id, kid.id, 1).await.unwrap();
+    assert_eq!(
+        s.store.ancestors_of(s.tenant.id, kid.id).await.unwrap(),
+        [(s.agent.id, "ada".to_owned())]
+    );
+    let mut request = hello();
+    request.params.max_tokens = 100;
+    // Each call reserves 101 tokens and spends far fewer: the child's calls add up in ada's
+    // counter until the next reservation no longer fits under her 150.
+    let mut refused = None;
+    for _ in 0..40 {
+        match m.call(&s.tenant, Some(&kid), ProcessKind::Channel, &request, &mut |_| {}).await {
+            Ok(_) => {}
+            Err(err) => {
+                refused = Some(err.to_string());
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the child spent past its parent's budget");
+    assert!(refused.contains("agent default/ada (which made ada-kid)"), "{refused}");
+    // ada itself has nothing left either: the child's spending was hers.
+    let err = m.call(&s.tenant, Some(&s.agent), ProcessKind::Channel, &request, &mut |_| {}).await;
+    assert!(matches!(err, Err(e) if matches!(e.error, Error::BudgetExceeded(_))));
+    for _ in 0..40 {
+        m.call(&s.tenant, Some(&solo), ProcessKind::Channel, &request, &mut |_| {}).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn budgets_hold_under_concurrent_calls_and_usage_is_recorded() {
     let s = setup().await;

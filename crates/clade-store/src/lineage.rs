@@ -85,6 +85,39 @@ impl Store {
         Ok(())
     }
 
+    /// The agents that made `agent`, nearest first (its parent, then its parent's, …), with
+    /// their handles: whose budgets its spending also comes out of.
+    pub async fn ancestors_of(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+    ) -> Result<Vec<(AgentId, String)>> {
+        let mut ancestors: Vec<(AgentId, String)> = Vec::new();
+        let mut child = agent;
+        // Depth is bounded when children are made; the bound here guards a corrupt row.
+        for _ in 0..16 {
+            let row = self
+                .maybe_row(
+                    query(
+                        "SELECT l.parent_id, a.handle FROM agent_lineage l \
+                         JOIN agents a ON a.id = l.parent_id AND a.tenant_id = l.tenant_id \
+                         WHERE l.child_id = $1 AND l.tenant_id = $2",
+                    )
+                    .bind(b(child.as_bytes()))
+                    .bind(b(tenant.as_bytes())),
+                )
+                .await?;
+            let Some(row) = row else { break };
+            let parent = AgentId::from_bytes(id_bytes(&row, "parent_id")?);
+            if parent == agent || ancestors.iter().any(|(a, _)| *a == parent) {
+                break;
+            }
+            ancestors.push((parent, row.try_get("handle")?));
+            child = parent;
+        }
+        Ok(ancestors)
+    }
+
     /// The agent that made `child`, if an agent did.
     pub async fn parent_of(&self, tenant: TenantId, child: AgentId) -> Result<Option<AgentId>> {
         let row = self
