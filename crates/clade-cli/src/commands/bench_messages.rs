@@ -7,6 +7,9 @@
 //! and the ask ends when that turn's end is seen (`Engine::wait`), as `agent.ask` waits.
 //! Reported: the round trip's p50, p99 and maximum, the rate achieved, RSS while running, and
 //! how many sessions (and how much RSS) are left in memory once the agents have been idle.
+//! Then spawn latency: askers make a child each, one after another, as `agent.spawn` does (the
+//! agent and its workspace, its lineage row) and ask it a first question; reported are the
+//! making's p50/p99 and the whole spawn-to-answer's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -160,6 +163,65 @@ async fn measure(data: &DataDir, store: Store, plan: &Plan) -> Result<()> {
         engine.active_sessions(),
         super::bench::rss_kib()
     );
+    spawns(data, &store, &engine, tenant.id, &askers).await?;
     store.close().await;
+    Ok(())
+}
+
+/// Spawns measured one at a time (at most 200): making the child, then its first answer.
+async fn spawns(
+    data: &DataDir,
+    store: &Store,
+    engine: &clade_runtime::Engine,
+    tenant: clade_core::TenantId,
+    askers: &[(clade_core::AgentId, String)],
+) -> Result<()> {
+    let agents = clade_store::Agents::new(store.clone(), data.clone());
+    let count = askers.len().min(200);
+    let (mut made, mut answered) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    for (n, (parent, _)) in askers.iter().take(count).enumerate() {
+        let t0 = now();
+        let spec = NewAgent {
+            handle: Handle::parse(&format!("child-{n}"))?,
+            display_name: None,
+            config: AgentConfig::default(),
+        };
+        let child = agents.create(tenant, spec).await?;
+        store.record_child(tenant, *parent, child.id, 1).await?;
+        made.push(t0.elapsed());
+        let message = NewMessage {
+            tenant,
+            kind: MessageKind::Ask,
+            from: *parent,
+            from_session: None,
+            from_turn: None,
+            to: child.handle.to_string(),
+            topic: None,
+            text: format!("first task {n}"),
+            idempotency_key: format!("spawn:{n}"),
+            payload_hash: format!("spawn:{n}"),
+            depth: 1,
+            chain: Vec::new(),
+            max_open_per_session: 1_000,
+        };
+        let row = engine.deliver(message).await?.message;
+        let ended = engine.wait(tenant, row.event, row.to_session, Duration::from_secs(60)).await?;
+        if ended.is_some_and(|turn| turn.status == TurnStatus::Completed) {
+            answered.push(t0.elapsed());
+        }
+    }
+    let ms = |all: &mut Vec<Duration>, p: f64| {
+        all.sort();
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    println!(
+        "  spawn:      {count} children one after another: made p50 {:.2} ms, p99 {:.2} ms; first answer p50 {:.2} ms, p99 {:.2} ms ({} answered)",
+        ms(&mut made, 0.50),
+        ms(&mut made, 0.99),
+        ms(&mut answered, 0.50),
+        ms(&mut answered, 0.99),
+        answered.len()
+    );
     Ok(())
 }
