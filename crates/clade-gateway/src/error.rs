@@ -60,6 +60,7 @@ codes! {
     InvalidSetting => ("invalid_setting", UNPROCESSABLE_ENTITY),
     InvalidMemory => ("invalid_memory", UNPROCESSABLE_ENTITY),
     InvalidLease => ("invalid_lease", UNPROCESSABLE_ENTITY),
+    InvalidFork => ("invalid_fork", UNPROCESSABLE_ENTITY),
     PayloadTooLarge => ("payload_too_large", PAYLOAD_TOO_LARGE),
     UnsupportedMediaType => ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE),
     TemplateNotFound => ("template_not_found", UNPROCESSABLE_ENTITY),

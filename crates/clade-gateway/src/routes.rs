@@ -1213,9 +1213,10 @@ pub static OPERATIONS: &[Operation] = &[
         responses: &[
             ok("201", "started", of::<api::RunResponse>),
             ok("200", "started before under this Idempotency-Key", of::<api::RunResponse>),
+            error("400", "invalid body"),
             error(
-                "400",
-                "invalid body, or over the session's limit of running branches or workers",
+                "422",
+                "a tool the worker cannot be given, or the session's limit of running branches or workers reached",
             ),
             error("404", "no such session"),
         ],

@@ -51,6 +51,10 @@ pub fn run_response(row: ExecutionRow, fork: Option<&ForkRow>) -> RunResponse {
     }
 }
 
+/// The longest task over the API, in characters (at most 4 bytes each: within the 32 KiB a
+/// task may hold).
+const MAX_TASK_CHARS: usize = 8192;
+
 fn run_id(text: &str) -> Result<ExecutionId, ApiError> {
     text.parse()
         .map_err(|_| ApiError::new(Code::InvalidRequest, format!("{text:?} is not a run id")))
@@ -153,22 +157,26 @@ pub(crate) async fn start(
 ) -> Result<(axum::http::StatusCode, axum::Json<RunResponse>), ApiError> {
     let session = crate::sessions::reachable_row(&state, &tenant, &reach, &id).await?;
     let kind = params.kind.0;
+    if params.task.trim().is_empty() || params.task.chars().count() > MAX_TASK_CHARS {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!(
+                "task: say what is to be done, in 1 to {MAX_TASK_CHARS} characters, not only spaces"
+            ),
+        ));
+    }
     let sessions = &state.engine.settings().sessions;
     let limits = match kind {
         ExecutionKind::Branch => sessions.branch_limits(),
-        ExecutionKind::Worker => sessions.worker_limits(),
-        other => {
-            return Err(ApiError::new(
-                Code::InvalidRequest,
-                format!("kind: a session starts a branch or a worker, not a {other}"),
-            ));
-        }
+        _ => sessions.worker_limits(),
     };
     let tools = params.tools.unwrap_or_default();
+    // What the request cannot show by itself (the agent's tools, the forks running now) is
+    // `invalid_fork`.
+    let refused = |message: String| ApiError::new(Code::InvalidFork, message);
     if kind == ExecutionKind::Branch && !tools.is_empty() {
-        return Err(ApiError::new(
-            Code::InvalidRequest,
-            "tools: a branch has its agent's tools; only a worker is given some",
+        return Err(refused(
+            "tools: a branch has its agent's tools; only a worker is given some".into(),
         ));
     }
     let key = match headers.get("idempotency-key") {
@@ -192,7 +200,13 @@ pub(crate) async fn start(
             key: format!("api:{key}"),
             max_running: limits.max_per_session,
         })
-        .await?;
+        .await
+        .map_err(|err| match err {
+            clade_runtime::engine::Error::Store(clade_store::Error::InvalidInput(message)) => {
+                refused(message)
+            }
+            other => other.into(),
+        })?;
     let (row, fork) =
         reachable_run(&state, &tenant, &reach, &forked.fork.execution.to_string()).await?;
     let status = if forked.accepted.duplicate {

@@ -1244,14 +1244,43 @@ pub struct RunListResponse {
     pub items: Vec<RunResponse>,
 }
 
+/// `branch` or `worker`: the runs a session starts of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForkKind(pub clade_core::ExecutionKind);
+
+impl ForkKind {
+    const KINDS: [clade_core::ExecutionKind; 2] =
+        [clade_core::ExecutionKind::Branch, clade_core::ExecutionKind::Worker];
+}
+
+impl<'de> Deserialize<'de> for ForkKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Self::KINDS.into_iter().find(|k| k.as_str() == text).map(ForkKind).ok_or_else(|| {
+            let kinds: Vec<&str> = Self::KINDS.iter().map(|k| k.as_str()).collect();
+            serde::de::Error::custom(format!("{text:?} is not one of {}", kinds.join(", ")))
+        })
+    }
+}
+
+impl JsonSchema for ForkKind {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("ForkKind")
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let kinds: Vec<&str> = Self::KINDS.iter().map(|k| k.as_str()).collect();
+        schemars::json_schema!({ "type": "string", "enum": kinds })
+    }
+}
+
 /// Body of `POST /v1/sessions/{id}/forks`: starts a branch or a worker of the session.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartForkParams {
-    /// `branch` or `worker`.
-    pub kind: Spelled<clade_core::ExecutionKind>,
-    /// Its task.
-    #[schemars(length(min = 1, max = 32768))]
+    pub kind: ForkKind,
+    /// Its task: some text that is not only spaces.
+    #[schemars(length(min = 1, max = 8192), pattern(r"\S"))]
     pub task: String,
     /// A worker's tools, by name (all of its agent's when absent).
     #[serde(default)]

@@ -392,20 +392,22 @@ async fn runs_are_listed_shown_started_and_cancelled_over_the_api_and_cli() {
     env.run(&["runs", "list", "ada", "--kind", "nap"]).fails_with("not a kind of run");
     env.run(&["runs", "show", "nope"]).fails_with("is not a run id");
 
-    for (body, expected) in [
-        (json!({ "kind": "turn", "task": "x" }), "starts a branch or a worker"),
+    for (body, status_code, expected) in [
+        (json!({ "kind": "turn", "task": "x" }), 400, "is not one of branch, worker"),
+        (json!({ "kind": "worker", "task": "   " }), 400, "not only spaces"),
         (
             json!({ "kind": "branch", "task": "x", "tools": ["time.now"] }),
+            422,
             "only a worker is given some",
         ),
         (
             json!({ "kind": "worker", "task": "x", "tools": ["agent.cancel"] }),
+            422,
             "a worker can be given",
         ),
-        (json!({ "kind": "worker", "task": "   " }), "task: empty"),
     ] {
         let (status, answer) = server.send("POST", &path, None, Some(body)).await;
-        assert_eq!(status, 400, "{answer}");
+        assert_eq!(status, status_code, "{answer}");
         assert!(
             answer["error"]["message"].as_str().unwrap().contains(expected),
             "{expected}: {answer}"
