@@ -4,7 +4,8 @@
 //! process (no unwinding, no flushing: as abrupt as `kill -9`) the N-th time `name` is reached.
 //! Names: `after_commit_before_ack`, `after_journal_intent`, `after_tool_effect_before_result`,
 //! `mid_outbox_publish`, `mid_compaction` (memories saved, summary not yet written),
-//! `before_fork_settled` (a branch's or worker's last turn ended, its outcome not yet delivered).
+//! `before_fork_settled` (a branch's or worker's last turn ended, its outcome not yet delivered),
+//! `before_update_confirmed` (a chat platform's update taken, not yet confirmed to it).
 
 #[cfg(feature = "failpoints")]
 mod imp {
@@ -25,7 +26,7 @@ mod imp {
         })
     }
 
-    pub(crate) fn hit(name: &str) {
+    pub(super) fn hit(name: &str) {
         let Ok(mut armed) = armed().lock() else { return };
         if let Some(remaining) = armed.get_mut(name) {
             *remaining = remaining.saturating_sub(1);
@@ -39,7 +40,7 @@ mod imp {
 
 /// Reaches the failpoint `name` (a no-op without the `failpoints` feature).
 #[inline]
-pub(crate) fn hit(name: &str) {
+pub fn hit(name: &str) {
     #[cfg(feature = "failpoints")]
     imp::hit(name);
     #[cfg(not(feature = "failpoints"))]

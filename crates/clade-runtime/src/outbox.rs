@@ -7,7 +7,9 @@
 //! subscriber's (`clade pair subscriber`) are signed with the gateway's key and go to `events`
 //! under its endpoint, each pass only after it proved, by signing a fresh challenge, that it
 //! holds the key it was paired with; one paired `--leased` receives only events under a live
-//! lease, and its leases end when its deliveries are given up.
+//! lease, and its leases end when its deliveries are given up. A [`Sink`] (a chat channel's
+//! outbound side) is handed each row to send its own way, with the same ordering, retries and
+//! dead letters, and may ask for a longer wait (a platform's `retry_after`) or give up at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,9 +34,11 @@ pub struct Subscriber {
     pub timeout: Duration,
 }
 
-/// How deliveries to a subscriber are signed.
+/// How deliveries reach a subscriber, and how they are signed.
 #[derive(Clone)]
 pub enum Signing {
+    /// A destination of the gateway's own (a chat channel), which sends each row its own way.
+    Sink(Arc<dyn Sink>),
     /// A configured webhook: HMAC-SHA256 under its secret.
     Secret(Vec<u8>),
     /// A paired subscriber: signed with the gateway's key, after the subscriber proves its own.
@@ -51,6 +55,7 @@ impl PartialEq for Signing {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Signing::Secret(a), Signing::Secret(b)) => a == b,
+            (Signing::Sink(a), Signing::Sink(b)) => Arc::ptr_eq(a, b),
             (
                 Signing::Paired { peer: a, keys: ka, leased: la },
                 Signing::Paired { peer: b, keys: kb, leased: lb },
@@ -73,6 +78,43 @@ impl std::fmt::Debug for Subscriber {
             .field("name", &self.name)
             .field("url", &self.url)
             .finish_non_exhaustive()
+    }
+}
+
+/// A destination that sends rows its own way: a chat platform's API, say.
+pub trait Sink: Send + Sync {
+    /// Sends `row`, or skips it (`Ok`) when it is none of this sink's.
+    fn deliver<'a>(
+        &'a self,
+        row: &'a OutboxRow,
+    ) -> futures::future::BoxFuture<'a, Result<(), Refused>>;
+}
+
+/// Why a delivery did not go through, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub reason: String,
+    /// Wait at least this long before trying again (a `Retry-After`, Telegram's `retry_after`).
+    pub retry_after: Option<Duration>,
+    /// Trying again cannot help (the chat is gone, the bot was blocked): dead-letter it now.
+    pub permanent: bool,
+}
+
+impl Refused {
+    /// A failure worth trying again after the usual back-off.
+    pub fn transient(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), retry_after: None, permanent: false }
+    }
+
+    /// A failure no retry can mend.
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), retry_after: None, permanent: true }
+    }
+}
+
+impl From<String> for Refused {
+    fn from(reason: String) -> Self {
+        Self::transient(reason)
     }
 }
 
@@ -283,7 +325,7 @@ pub async fn deliver(
 ) -> Result<(), String> {
     let courier = Courier::new(subscriber.clone(), client.clone())?;
     courier.prove().await?;
-    courier.deliver(row, now).await
+    courier.deliver(row, now).await.map_err(|refused| refused.reason)
 }
 
 /// How deliveries reach one subscriber.
@@ -297,7 +339,7 @@ struct Courier {
 impl Courier {
     fn new(subscriber: Subscriber, http: reqwest::Client) -> Result<Self, String> {
         let paired = match &subscriber.signing {
-            Signing::Secret(_) => None,
+            Signing::Secret(_) | Signing::Sink(_) => None,
             Signing::Paired { keys, .. } => Some(
                 clade_tools::remote::Client::new(&subscriber.url, None)?
                     .with_peer(Some(keys.clone())),
@@ -318,9 +360,10 @@ impl Courier {
 
     /// Posts `row`, signed as of `now`: a retry is signed anew, so its Standard Webhooks
     /// timestamp is never stale.
-    async fn deliver(&self, row: &OutboxRow, now: clade_core::Timestamp) -> Result<(), String> {
+    async fn deliver(&self, row: &OutboxRow, now: clade_core::Timestamp) -> Result<(), Refused> {
         let payload = body(row).to_string();
         let request = match (&self.subscriber.signing, &self.paired) {
+            (Signing::Sink(sink), _) => return sink.deliver(row).await,
             (Signing::Secret(secret), _) => {
                 let sent_at = now.as_millis().div_euclid(1000);
                 let standard = crate::signing::StandardKey::new(secret)
@@ -339,7 +382,7 @@ impl Courier {
                 client.signed(reqwest::Method::POST, "events", payload.into_bytes())?
             }
             (Signing::Paired { .. }, None) => {
-                return Err("no client for a paired subscriber".into());
+                return Err(Refused::transient("no client for a paired subscriber"));
             }
         };
         let response = request
@@ -354,7 +397,17 @@ impl Courier {
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("subscriber answered HTTP {}", status.as_u16()))
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            Err(Refused {
+                reason: format!("subscriber answered HTTP {}", status.as_u16()),
+                retry_after,
+                permanent: false,
+            })
         }
     }
 }
@@ -563,7 +616,7 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
                 proof = Some(proved);
             }
             let sent = match &proof {
-                Some(Err(reason)) => Err(reason.clone()),
+                Some(Err(reason)) => Err(Refused::transient(reason.clone())),
                 _ => courier.deliver(row, clock.now()).await,
             };
             match sent {
@@ -573,14 +626,15 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
                     blocked.remove(&row.session_id);
                     progressed = true;
                 }
-                Err(reason) => {
+                Err(refused) => {
+                    let Refused { reason, retry_after, permanent } = refused;
                     let mut attempts = blocked.get(&row.session_id).map_or(0, |b| b.attempts) + 1;
                     // The attempts of the cursor's row survive a restart.
                     if !restored && row.id == rows[0].id {
                         attempts = attempts.max(saved_attempts + 1);
                         restored = true;
                     }
-                    if attempts >= i64::from(subscriber.max_attempts) {
+                    if permanent || attempts >= i64::from(subscriber.max_attempts) {
                         tracing::warn!(subscriber = %subscriber.name, outbox = row.id, %reason, "dead-lettering event");
                         let dead = Some(GivenUp { outbox_id: row.id, reason, attempts });
                         match store.set_subscriber_cursor(&subscriber.name, cursor, 0, dead).await {
@@ -598,7 +652,8 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
                         let backoff = Duration::from_millis(
                             100u64.saturating_mul(1 << attempts.clamp(0, 16)),
                         )
-                        .min(MAX_BACKOFF);
+                        .min(MAX_BACKOFF)
+                        .max(retry_after.unwrap_or_default());
                         tracing::debug!(subscriber = %subscriber.name, attempts, ?backoff, %reason, "delivery failed; backing off");
                         blocked.insert(
                             row.session_id,

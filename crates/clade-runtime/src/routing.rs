@@ -22,15 +22,29 @@ pub(crate) fn route(
             .filter(|agent| agent.tenant.as_str() == tenant)
             .map(|agent| agent.handle.as_str().to_owned())
     };
-    bindings
-        .iter()
-        .filter(|b| {
-            matches(&b.platform, &source.platform)
-                && matches(&b.channel, &source.channel)
-                && matches(&b.actor, &source.actor)
-        })
-        .find_map(|b| ours(&b.agent))
-        .or_else(|| default_agent.and_then(ours))
+    matching(bindings, source).find_map(|b| ours(&b.agent)).or_else(|| default_agent.and_then(ours))
+}
+
+/// The agent, of any tenant, that an event from `source` goes to when the source alone
+/// decides (a chat platform's bot serving many tenants): the first binding whose patterns match
+/// it, else the default agent.
+pub(crate) fn route_any(
+    bindings: &[Binding],
+    default_agent: Option<&str>,
+    source: &Source,
+) -> Option<AgentRef> {
+    matching(bindings, source)
+        .find_map(|b| AgentRef::parse(&b.agent).ok())
+        .or_else(|| default_agent.and_then(|agent| AgentRef::parse(agent).ok()))
+}
+
+/// The bindings whose platform, channel and actor patterns all match `source`, in order.
+fn matching<'a>(bindings: &'a [Binding], source: &'a Source) -> impl Iterator<Item = &'a Binding> {
+    bindings.iter().filter(|b| {
+        matches(&b.platform, &source.platform)
+            && matches(&b.channel, &source.channel)
+            && matches(&b.actor, &source.actor)
+    })
 }
 
 #[cfg(test)]
@@ -67,5 +81,19 @@ mod tests {
         assert_eq!(route("globex", &source("telegram", "1")), None);
         assert_eq!(route("acme", &source("slack", "1")), None);
         assert_eq!(route("default", &source("slack", "1")).as_deref(), Some("ada"));
+    }
+
+    #[test]
+    fn a_source_alone_picks_the_tenant_of_the_first_binding_it_matches() {
+        let bindings = [
+            binding("telegram", "support:-100*", "acme/support"),
+            binding("telegram", "support:*", "globex/desk"),
+        ];
+        let route = |s: &Source| route_any(&bindings, Some("ada"), s).map(|a| a.to_string());
+        assert_eq!(route(&source("telegram", "support:-1001")).as_deref(), Some("acme/support"));
+        assert_eq!(route(&source("telegram", "support:42")).as_deref(), Some("globex/desk"));
+        // Nothing matches: the default agent, in the default tenant.
+        assert_eq!(route(&source("telegram", "other:42")).as_deref(), Some("default/ada"));
+        assert_eq!(route_any(&bindings, None, &source("slack", "1")), None);
     }
 }

@@ -1000,6 +1000,28 @@ impl Store {
         })
     }
 
+    /// Gives a subscriber seen for the first time a cursor at the outbox's head, in one
+    /// statement, so it is sent only what comes after; one that has a cursor keeps it.
+    pub async fn start_subscriber_at_head(&self, subscriber: &str) -> Result<()> {
+        let subscriber = subscriber.to_owned();
+        self.write(move |conn| {
+            let subscriber = subscriber.clone();
+            Box::pin(async move {
+                // `WHERE true` keeps SQLite from reading ON CONFLICT as part of the SELECT.
+                query(
+                    "INSERT INTO subscriber_cursors (subscriber, last_id, attempts) \
+                     SELECT $1, COALESCE(MAX(id), 0), 0 FROM outbox WHERE true \
+                     ON CONFLICT (subscriber) DO NOTHING",
+                )
+                .bind(subscriber)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     /// Moves a subscriber's cursor (`attempts`: failed deliveries of the row after it); with
     /// `dead` a row given up on is dead-lettered in the same transaction.
     pub async fn set_subscriber_cursor(

@@ -414,6 +414,14 @@ impl Engine {
         .ok_or(Error::NoAgent)
     }
 
+    /// The agent, with its tenant, that an event from `source` goes to when the source alone
+    /// decides, as for a chat platform's bot that serves many tenants: the first binding
+    /// matching it, else the default agent; `None` when neither names one.
+    pub fn route_source(&self, source: &Source) -> Option<clade_core::AgentRef> {
+        let settings = self.inner.settings();
+        crate::routing::route_any(&settings.bindings, settings.default_agent.as_deref(), source)
+    }
+
     /// Stores the envelope durably and schedules its session. Returns once stored.
     ///
     /// The session's actor is woken as soon as the event is committed, while the commit is
@@ -853,6 +861,13 @@ impl TurnWatch {
             Some(live) => engine.wait_live(tenant, event, live, timeout, false, on_text).await,
             None => engine.wait(tenant, event, session, timeout).await,
         }
+    }
+
+    /// The live subscription to the event's session, made before its actor was woken, so
+    /// whoever follows the session from it misses none of its events; `None` for a repeated
+    /// idempotency key.
+    pub fn into_live(self) -> Option<Subscription> {
+        self.live
     }
 
     /// The session the event went to.

@@ -125,3 +125,26 @@ async fn a_follower_never_passes_a_row_another_writer_commits_later() {
         assert_eq!(seen, all, "{}: the follower saw {seen:?} of {all:?}", h.name);
     }
 }
+
+/// A subscriber seen for the first time starts at the outbox's head; started again (a restart),
+/// it keeps its cursor, even one still at 0 with rows written since.
+#[tokio::test]
+async fn a_new_subscriber_starts_at_the_head_and_keeps_its_cursor_after() {
+    for h in backends().await {
+        let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let system = h.store.system();
+        // An empty outbox: the cursor starts at 0.
+        system.start_subscriber_at_head("fresh").await.unwrap();
+        assert_eq!(system.subscriber_cursor("fresh").await.unwrap(), (0, 0), "{}", h.name);
+        let first = started(&h.store, &tenant, &agent, "a").await;
+        system.start_subscriber_at_head("fresh").await.unwrap();
+        assert_eq!(system.subscriber_cursor("fresh").await.unwrap(), (0, 0), "{}: kept", h.name);
+        // One seen first now starts past the row already there.
+        system.start_subscriber_at_head("late").await.unwrap();
+        assert_eq!(system.subscriber_cursor("late").await.unwrap(), (first, 0), "{}", h.name);
+        system.set_subscriber_cursor("late", first, 2, None).await.unwrap();
+        started(&h.store, &tenant, &agent, "b").await;
+        system.start_subscriber_at_head("late").await.unwrap();
+        assert_eq!(system.subscriber_cursor("late").await.unwrap(), (first, 2), "{}", h.name);
+    }
+}
