@@ -92,6 +92,9 @@ pub(crate) enum Command {
     /// Inbound webhooks (`tenants.<tenant>.hooks` in clade.yaml): list them, or make a secret
     #[command(subcommand)]
     Hooks(HooksCommand),
+    /// Chat channels (`channels` in clade.yaml): how each bot's connection is doing
+    #[command(subcommand)]
+    Channels(ChannelsCommand),
     /// List the configured models, or call one
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -970,6 +973,18 @@ pub(crate) enum HooksCommand {
     /// Print a new random secret in the Standard Webhooks form (`whsec_` and 32 random bytes in
     /// base64): set it in the hook's `secret_env` here and give it to the sender
     Secret,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ChannelsCommand {
+    /// Each channel of the running gateway: its state (starting, connected, failing), when the
+    /// platform last answered, its last error, and messages received and replies sent
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -107,6 +107,53 @@ pub(crate) fn hooks_of(
     Ok(hooks)
 }
 
+/// The Telegram bots `channels.telegram` declares, with their tokens and secrets read from
+/// the environment; an unset variable is an error naming it.
+pub(crate) fn telegram_bots_of(
+    config: &Config,
+) -> std::result::Result<Vec<clade_channels::telegram::BotOptions>, String> {
+    config
+        .channels
+        .telegram
+        .iter()
+        .map(|(name, bot)| {
+            let field = format!("channels.telegram.{name}");
+            let token = env_value(&bot.token_env).ok_or_else(|| {
+                format!("{field}: environment variable {} (the bot's token) is not set", bot.token_env)
+            })?;
+            let webhook_secret = match (bot.mode, &bot.webhook_secret_env) {
+                (clade_config::TelegramMode::Webhook, Some(variable)) => {
+                    let secret = env_value(variable).ok_or_else(|| {
+                        format!("{field}: environment variable {variable} (the webhook's secret token) is not set")
+                    })?;
+                    let fits = (1..=256).contains(&secret.len())
+                        && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                    if !fits {
+                        return Err(format!(
+                            "{field}: the secret in {variable} must be 1-256 of A-Z, a-z, 0-9, _ and - (Telegram's rule for secret_token)"
+                        ));
+                    }
+                    Some(secret)
+                }
+                _ => None,
+            };
+            Ok(clade_channels::telegram::BotOptions {
+                name: name.clone(),
+                api_url: bot
+                    .api_url
+                    .clone()
+                    .unwrap_or_else(|| clade_channels::telegram::PUBLIC_API.to_owned()),
+                token,
+                webhook_secret,
+                public_url: bot.public_url.clone(),
+                poll_timeout: std::time::Duration::from_secs(bot.poll_timeout_secs.into()),
+                stream: bot.stream,
+                max_attempts: bot.max_attempts,
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn subscribers_of(
     config: &Config,
 ) -> std::result::Result<Vec<clade_runtime::outbox::Subscriber>, String> {

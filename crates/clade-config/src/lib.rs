@@ -124,6 +124,11 @@ pub struct Config {
     /// Agents' long-term memory: the `memory.*` tools, and recall in every turn's context.
     #[serde(default)]
     pub memory: MemoryConfig,
+    /// Chat platforms the gateway listens on. Which agent a chat reaches is up to `bindings`
+    /// (platform `telegram`, channel `<bot>:<chat id>`, actor the sender's user id), so one
+    /// bot serves many tenants.
+    #[serde(default)]
+    pub channels: ChannelsConfig,
     /// Test-harness settings; never needed in production.
     #[serde(default)]
     pub testing: TestingConfig,
@@ -719,6 +724,113 @@ impl QueueMode {
     }
 }
 
+/// Chat platforms, each by bot name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelsConfig {
+    /// Telegram bots by name (`[a-z0-9_-]`, 1-32): the name is the first part of their chats'
+    /// channels (`<bot>:<chat id>`), so two bots' chats never share a session.
+    #[serde(default)]
+    pub telegram: BTreeMap<String, TelegramConfig>,
+}
+
+/// One Telegram bot, through the Bot API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramConfig {
+    /// The environment variable holding the bot's token (from @BotFather). Tokens never go in
+    /// this file.
+    pub token_env: String,
+    /// The Bot API's base URL; the public one when not given. A local Bot API server or a
+    /// test emulator goes here.
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// How updates arrive: `polling` (the gateway asks, `getUpdates`) or `webhook` (Telegram
+    /// posts them to `POST /channels/telegram/<bot>`).
+    #[serde(default)]
+    pub mode: TelegramMode,
+    /// Webhook mode: the environment variable holding the secret Telegram sends in
+    /// `X-Telegram-Bot-Api-Secret-Token` (1-256 of A-Z, a-z, 0-9, _ and -).
+    #[serde(default)]
+    pub webhook_secret_env: Option<String>,
+    /// Webhook mode: the gateway's public base URL. When given, the gateway registers
+    /// `<public_url>/channels/telegram/<bot>` with `setWebhook` at start; without it, the
+    /// operator registers the webhook.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Polling mode: how long one `getUpdates` waits for news, in seconds (1-50).
+    #[serde(default = "default_poll_timeout")]
+    pub poll_timeout_secs: u32,
+    /// Whether replies stream: one message edited in place as the model writes, at most
+    /// about once a second. Off, each reply is sent whole when its turn ends.
+    #[serde(default = "default_true")]
+    pub stream: bool,
+    /// Attempts to deliver a reply before it is dead-lettered.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+/// How a Telegram bot's updates arrive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TelegramMode {
+    #[default]
+    Polling,
+    Webhook,
+}
+
+fn default_poll_timeout() -> u32 {
+    25
+}
+
+impl TelegramConfig {
+    /// What types alone cannot say: the name, the variables, the URLs, the timeout.
+    fn check(&self, name: &str) -> Result<(), String> {
+        let field = format!("channels.telegram.{name}");
+        let good_name = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !good_name {
+            return Err(format!("{field}: a bot's name is 1-32 of a-z, 0-9, - and _"));
+        }
+        if self.token_env.trim().is_empty() {
+            return Err(format!("{field}.token_env: name the variable holding the bot's token"));
+        }
+        let url = |what: &str, value: &Option<String>| match value {
+            Some(url) if !(url.starts_with("https://") || url.starts_with("http://")) => {
+                Err(format!("{field}.{what}: {url:?} is not an http(s) URL"))
+            }
+            _ => Ok(()),
+        };
+        url("api_url", &self.api_url)?;
+        url("public_url", &self.public_url)?;
+        if !(1..=50).contains(&self.poll_timeout_secs) {
+            return Err(format!(
+                "{field}.poll_timeout_secs: {} is out of range; Telegram waits 1 to 50 seconds",
+                self.poll_timeout_secs
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(format!("{field}.max_attempts: must be at least 1"));
+        }
+        match self.mode {
+            TelegramMode::Webhook
+                if self.webhook_secret_env.as_deref().is_none_or(|v| v.trim().is_empty()) =>
+            {
+                Err(format!(
+                    "{field}.webhook_secret_env: webhook mode needs a secret, or anyone could post updates as Telegram; name the variable holding it"
+                ))
+            }
+            TelegramMode::Polling if self.public_url.is_some() => Err(format!(
+                "{field}.public_url: only webhook mode registers a URL; set mode: webhook, or remove it"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Maps (platform, channel, actor) patterns to an agent. `*` matches anything; the first
 /// matching rule wins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -1281,6 +1393,11 @@ impl Config {
             && let Err(message) = agent_ref("default_agent".into(), agent)
         {
             return fail(message);
+        }
+        for (name, bot) in &self.channels.telegram {
+            if let Err(message) = bot.check(name) {
+                return fail(message);
+            }
         }
         for (tenant, config) in &self.tenants {
             for (name, hook) in &config.hooks {

@@ -217,6 +217,40 @@ fn tenant_hooks_are_checked() {
     }
 }
 
+/// Telegram bots: named plainly, a token variable, http(s) URLs, Telegram's long-poll range,
+/// and a secret for webhook mode; anything else is refused naming the field.
+#[test]
+fn telegram_bots_are_checked() {
+    let check = |name: &str, bot: &str| {
+        let text = format!("channels:\n  telegram:\n    {name}: {{ {bot} }}\n");
+        parse(&text).and_then(|c| c.check(Path::new("clade.yaml")).map_err(|e| e.to_string()))
+    };
+    let config = parse(
+        "channels:\n  telegram:\n    desk: { token_env: T, mode: webhook, webhook_secret_env: S, public_url: https://x.example }\n",
+    )
+    .unwrap();
+    config.check(Path::new("clade.yaml")).unwrap();
+    let desk = &config.channels.telegram["desk"];
+    assert_eq!(desk.mode, clade_config::TelegramMode::Webhook);
+    assert_eq!((desk.poll_timeout_secs, desk.stream, desk.max_attempts), (25, true, 8));
+    check("desk", "token_env: T").unwrap();
+    for (name, bot, says) in [
+        ("Desk", "token_env: T", "a bot's name"),
+        ("desk", "token_env: ' '", "desk.token_env"),
+        ("desk", "token_env: T, api_url: ftp://x", "desk.api_url"),
+        ("desk", "token_env: T, poll_timeout_secs: 0", "poll_timeout_secs"),
+        ("desk", "token_env: T, poll_timeout_secs: 51", "poll_timeout_secs"),
+        ("desk", "token_env: T, max_attempts: 0", "max_attempts"),
+        ("desk", "token_env: T, mode: webhook", "webhook_secret_env"),
+        ("desk", "token_env: T, public_url: https://x.example", "only webhook mode"),
+        ("desk", "token_env: T, mode: push", "expected one of polling, webhook"),
+        ("desk", "mode: polling", "token_env"),
+    ] {
+        let err = check(name, bot).unwrap_err();
+        assert!(err.contains(says), "{bot}: {err}");
+    }
+}
+
 #[test]
 fn memory_and_compaction_settings_are_checked() {
     // A local model is a folder under the data dir's models/, named plainly.

@@ -30,7 +30,7 @@ fn revision_response(revision: ConfigRevision) -> ConfigRevisionResponse {
 }
 
 /// Refuses any caller but the operator, as if the route were not there.
-fn operator_only(tenant: &Tenant, reach: &Reach) -> Result<(), ApiError> {
+pub(crate) fn operator_only(tenant: &Tenant, reach: &Reach) -> Result<(), ApiError> {
     if tenant.name.as_str() == Tenant::DEFAULT_NAME && reach.is_whole_tenant() {
         return Ok(());
     }

@@ -103,6 +103,18 @@ pub(crate) async fn post(
             ),
         ));
     }
+    // A chat platform's session is opened only by its listener: a reply there goes to a chat
+    // through the operator's bot, so a client naming one could message any chat. Sending into
+    // an existing session of the tenant's own (which the bindings gave it) is allowed.
+    if session.is_none() && clade_channels::PLATFORMS.contains(&source.platform.as_str()) {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!(
+                "platform {:?} is kept for its chat channel's listener, which opens its conversations: send on another platform, or into one of its sessions by id",
+                source.platform
+            ),
+        ));
+    }
     if source.platform == clade_store::AGENT_PLATFORM {
         return Err(ApiError::new(
             Code::InvalidRequest,

@@ -12,6 +12,7 @@ mod agents;
 /// The wire types, which `clade-protocol` owns.
 pub use clade_protocol as api;
 mod auth;
+mod channels;
 pub use auth::PeerAuth;
 mod config;
 pub mod config_flow;
@@ -78,6 +79,8 @@ pub struct AppState {
     pub peers: Option<std::sync::Arc<auth::PeerAuth>>,
     /// The tenants' inbound webhooks (`POST /hooks/{tenant}/{name}`).
     pub hooks: std::sync::Arc<hooks::Hooks>,
+    /// The chat channels (Telegram's webhook, `GET /v1/channels`, `/readyz`).
+    pub channels: std::sync::Arc<clade_channels::Channels>,
 }
 
 impl AppState {
@@ -132,10 +135,24 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
             _ => None,
         },
     });
+    let channels: Vec<api::ChannelReadiness> = state
+        .channels
+        .health()
+        .snapshot()
+        .into_iter()
+        .map(|h| api::ChannelReadiness {
+            platform: h.platform,
+            name: h.name,
+            state: h.state.as_str().to_owned(),
+        })
+        .collect();
+    let failing =
+        channels.iter().any(|c| c.state == clade_channels::ChannelState::Failing.as_str());
     let answer = |status: &str, reason: Option<String>| api::ReadinessResponse {
         status: status.to_owned(),
         reason,
         sandbox: sandbox.clone(),
+        channels: channels.clone(),
     };
     if state.engine.draining() {
         let reason = "draining before it stops: it takes no new events";
@@ -149,7 +166,8 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     }
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => {
-            axum::Json(answer(if broken { "degraded" } else { "ready" }, None)).into_response()
+            let status = if broken || failing { "degraded" } else { "ready" };
+            axum::Json(answer(status, None)).into_response()
         }
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "readiness check failed");

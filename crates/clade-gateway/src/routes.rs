@@ -14,8 +14,8 @@ use clade_protocol as api;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::{
-    AppState, agents, config, control, events, hooks, jobs, leases, mcp, memories, messages,
-    openai, runs, sessions, settings, tools, usage, ws,
+    AppState, agents, channels, config, control, events, hooks, jobs, leases, mcp, memories,
+    messages, openai, runs, sessions, settings, tools, usage, ws,
 };
 
 /// A schema built by the document's one generator: a `$ref` to a component for a named type.
@@ -236,6 +236,51 @@ pub static OPERATIONS: &[Operation] = &[
             &[],
             "Readiness: the store answers. `sandbox` reports the sandbox's self-check (off, checking, ready, or broken with its reason); a broken sandbox makes the status `degraded`: chat works, host-touching tools are refused",
             || get(crate::readyz),
+        )
+    },
+    Operation {
+        params: &[
+            path("bot", text_schema),
+            Param {
+                name: "X-Telegram-Bot-Api-Secret-Token",
+                location: "header",
+                required: false,
+                description: Some(
+                    "the secret in the bot's `webhook_secret_env`, as Telegram sends it",
+                ),
+                schema: text_schema,
+            },
+        ],
+        description: Some(
+            "Where Telegram posts a bot's updates in webhook mode (`channels.telegram.<bot>.mode: webhook`). A message becomes an event of the agent the bindings pick for platform `telegram`, channel `<bot>:<chat id>`, actor the sender's user id; its chat and message ids are the idempotency key, so a redelivered update runs no second turn. The reply is sent by the bot from the outbox. Updates that can never be taken (edits, bots' messages, unreadable ones, no binding) are answered 200 so that Telegram does not send them again.",
+        ),
+        responses: &[
+            empty("200", "taken, or skipped for good"),
+            error(
+                "401",
+                "no bot of that name in webhook mode, or a wrong secret token (`invalid_signature`: alike)",
+            ),
+            error("503", "the update could not be stored now: Telegram sends it again"),
+        ],
+        ..op(
+            "POST",
+            "/channels/telegram/{bot}",
+            &[],
+            "Telegram webhook: a bot's update becomes an event of the agent its bindings pick",
+            || post(channels::telegram),
+        )
+    },
+    Operation {
+        responses: &[
+            ok("200", "every channel", of::<api::ChannelListResponse>),
+            error("404", "the caller is not the operator"),
+        ],
+        ..op(
+            "GET",
+            "/v1/channels",
+            &[Admin],
+            "Chat channels' health: state, last answer and error, messages received and replies sent (the operator's)",
+            || get(channels::list),
         )
     },
     Operation {

@@ -22,10 +22,10 @@ mod spelled;
 
 pub use journal::{ModelToolCall, TurnStep, TurnStepPage};
 pub use lifecycle::{
-    AgentMessage, ApprovalDecided, ApprovalRequested, CancelResponse, ClientFrame, ConfigApplied,
-    ExecutionChanged, HealthResponse, JobDisabled, LifecycleEvent, PauseChanged, ReadinessResponse,
-    ResumeResponse, SandboxReport, ServerFrame, TextDelta, ToolCalled, ToolProgress, ToolReturned,
-    TurnEnded, TurnResumed, TurnStarted, WebhookEvent,
+    AgentMessage, ApprovalDecided, ApprovalRequested, CancelResponse, ChannelReadiness,
+    ClientFrame, ConfigApplied, ExecutionChanged, HealthResponse, JobDisabled, LifecycleEvent,
+    PauseChanged, ReadinessResponse, ResumeResponse, SandboxReport, ServerFrame, TextDelta,
+    ToolCalled, ToolProgress, ToolReturned, TurnEnded, TurnResumed, TurnStarted, WebhookEvent,
 };
 pub use resources::*;
 pub use spelled::Spelled;

@@ -409,6 +409,19 @@ pub struct ReadinessResponse {
     pub reason: Option<String>,
     /// The sandbox's self-check; absent when tools run without one.
     pub sandbox: Option<SandboxReport>,
+    /// Each chat channel's connection: a `failing` one makes the status `degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<ChannelReadiness>,
+}
+
+/// A chat channel's connection, as `/readyz` reports it (the operator's `GET /v1/channels`
+/// has its counters and last error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ChannelReadiness {
+    pub platform: String,
+    pub name: String,
+    /// `starting`, `connected` or `failing`.
+    pub state: String,
 }
 
 /// The outcome of the sandbox's self-check.

@@ -1413,3 +1413,36 @@ pub struct MemoryLinkResponse {
     pub weight: f64,
     pub created_at: i64,
 }
+
+/// One chat channel's health (`GET /v1/channels`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ChannelStatus {
+    /// `telegram`.
+    pub platform: String,
+    /// The bot's name in `clade.yaml`.
+    pub name: String,
+    /// `polling` or `webhook`.
+    pub mode: String,
+    /// `starting` (not yet heard from the platform), `connected` (its last exchange went
+    /// through) or `failing` (retried with back-off; `last_error` says why).
+    pub state: String,
+    /// When the platform last answered (Unix milliseconds).
+    #[serde(default)]
+    pub last_ok_at: Option<i64>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Messages taken as events since the gateway started (redeliveries not counted).
+    pub received: u64,
+    /// Replies sent to the platform since the gateway started.
+    pub sent: u64,
+    /// Messages no binding routed to an agent.
+    pub unrouted: u64,
+    /// Updates that could not be read.
+    pub malformed: u64,
+}
+
+/// `GET /v1/channels`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ChannelListResponse {
+    pub items: Vec<ChannelStatus>,
+}

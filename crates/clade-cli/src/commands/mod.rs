@@ -9,6 +9,7 @@ mod bench_neighbours;
 mod bench_openai;
 mod bench_sched;
 mod bench_turns;
+mod channels;
 mod config;
 mod cron;
 mod mcp;
@@ -101,6 +102,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Runs(cmd) => sessions::runs(&ctx, cmd).await,
         Command::Deadletters(cmd) => sessions::deadletters(&ctx, cmd).await,
         Command::Hooks(cmd) => config::hooks(&ctx, cmd),
+        Command::Channels(cmd) => channels::run(&ctx, cmd).await,
         Command::Models(cmd) => models::run(&ctx, cmd).await,
         Command::Usage(args) => models::usage(&ctx, args).await,
         Command::Tools(cmd) => tools::run(&ctx, cmd).await,

@@ -24,6 +24,8 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         );
     }
     let mut subscribers = ctx.subscribers()?;
+    let telegram_bots =
+        crate::context::telegram_bots_of(&ctx.config).map_err(anyhow::Error::msg)?;
     match ctx.identity() {
         Ok(identity) => {
             subscribers.extend(crate::context::paired_subscribers(&ctx.store, identity).await?)
@@ -52,6 +54,15 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     .await?;
     sources.attach(&engine);
     engine.set_recall(clade_runtime::memory::recall_of(&ctx.config, sources.memory()));
+    // Chat channels: each bot's replies go out through a sink of the outbox's dispatch.
+    let channel_health = clade_channels::Health::default();
+    let mut bots = Vec::new();
+    for options in telegram_bots {
+        let bot =
+            clade_channels::telegram::Bot::new(options, engine.clone(), channel_health.clone());
+        subscribers.push(bot.subscriber().await?);
+        bots.push(bot);
+    }
     let dispatchers = std::sync::Arc::new(clade_runtime::outbox::spawn(
         ctx.store.clone(),
         subscribers,
@@ -101,6 +112,8 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     )
     .await?;
     let _rejoin = AbortOnDrop(sources.rejoin(engine.clone()));
+    let _listeners: Vec<AbortOnDrop> = bots.iter().map(|bot| AbortOnDrop(bot.start())).collect();
+    let channels = std::sync::Arc::new(clade_channels::Channels::new(channel_health, bots));
     let admin_path = crate::admin_socket::path(ctx, None);
     let admin = crate::admin_socket::serve(
         &admin_path,
@@ -130,6 +143,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         smoke: Some(api_smoke_test(ctx)),
         peers,
         hooks: hooks.clone(),
+        channels,
     };
     let options = ServerOptions { max_body_bytes };
     let app = clade_gateway::router(state, &options);

@@ -13,16 +13,20 @@ use crate::context::Ctx;
 use crate::output;
 
 /// A small client of the running gateway.
-struct Client {
+pub(super) struct Client {
     http: reqwest::Client,
     url: String,
     token: String,
 }
 
 impl Client {
-    fn new(ctx: &Ctx, url: Option<&str>) -> Result<Self> {
+    pub(super) fn new(ctx: &Ctx, url: Option<&str>) -> Result<Self> {
         let (url, token) = ctx.server(url)?;
         Ok(Self { http: reqwest::Client::new(), url, token })
+    }
+
+    pub(super) async fn get(&self, path: &str) -> Result<Value> {
+        Ok(self.request(reqwest::Method::GET, path, None).await?.1)
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<(u16, Value)> {
@@ -30,19 +34,26 @@ impl Client {
     }
 
     async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> Result<(u16, Value)> {
-        let response = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot reach the gateway at {}: is `clade serve` running? (--server URL)",
-                    self.url
-                )
-            })?;
+        self.request(method, path, Some(body)).await
+    }
+
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
+        let mut request =
+            self.http.request(method, format!("{}{path}", self.url)).bearer_auth(&self.token);
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach the gateway at {}: is `clade serve` running? (--server URL)",
+                self.url
+            )
+        })?;
         let status = response.status().as_u16();
         let value: Value = response.json().await.unwrap_or(Value::Null);
         if status >= 400 {

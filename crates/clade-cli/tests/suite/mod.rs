@@ -19,6 +19,7 @@ mod sessions;
 mod settings;
 mod subscribers;
 mod support;
+mod telegram;
 mod tool_hosts;
 mod tools;
 mod turns;

@@ -285,10 +285,10 @@ async fn max_iterations_yields_and_resume_continues_the_turn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bindings_pick_the_agent() {
-    let env = setup("bindings:\n  - platform: telegram\n    agent: bob\n", None);
+    let env = setup("bindings:\n  - platform: irc\n    agent: bob\n", None);
     env.run(&["agents", "create", "bob"]).ok();
     let server = env.serve(&[]);
-    let body = json!({ "text": "hi", "source": { "platform": "telegram", "channel": "42", "actor": "u" }, "wait": true });
+    let body = json!({ "text": "hi", "source": { "platform": "irc", "channel": "42", "actor": "u" }, "wait": true });
     let (status, value, _) = post(&server, body).await;
     assert_eq!(status, 200, "{value}");
     let sessions = env.run(&["--agent", "bob", "sessions", "list", "--json"]).ok().json();
@@ -304,11 +304,10 @@ async fn bindings_pick_the_agent() {
 /// An event that names no agent and matches no binding goes to `default_agent`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_default_agent_takes_what_no_binding_matches() {
-    let env =
-        setup("bindings:\n  - platform: telegram\n    agent: bob\ndefault_agent: ada\n", None);
+    let env = setup("bindings:\n  - platform: irc\n    agent: bob\ndefault_agent: ada\n", None);
     env.run(&["agents", "create", "bob"]).ok();
     let server = env.serve(&[]);
-    for (platform, agent) in [("telegram", "bob"), ("slack", "ada")] {
+    for (platform, agent) in [("irc", "bob"), ("slack", "ada")] {
         let body = json!({ "text": "hi", "source": { "platform": platform, "channel": "1", "actor": "u" }, "wait": true });
         let (status, value, _) = post(&server, body).await;
         assert_eq!(status, 200, "{value}");
@@ -629,7 +628,7 @@ async fn a_waiting_event_gets_its_own_turn_and_a_repeated_key_the_same_answer() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bindings_and_the_default_agent_route_only_their_tenants_events() {
     let env =
-        setup("bindings:\n  - platform: telegram\n    agent: acme/ada\ndefault_agent: ada\n", None);
+        setup("bindings:\n  - platform: irc\n    agent: acme/ada\ndefault_agent: ada\n", None);
     let tokens: Vec<String> = ["acme", "globex"]
         .iter()
         .map(|tenant| {
@@ -657,15 +656,15 @@ async fn bindings_and_the_default_agent_route_only_their_tenants_events() {
         env.run(&["--tenant", tenant, "--agent", "ada", "sessions", "list", "--json"]).ok().json()
     };
     // acme's telegram event: its binding.
-    let (status, value) = post_as(&tokens[0], "telegram").await;
+    let (status, value) = post_as(&tokens[0], "irc").await;
     assert_eq!(status, 200, "{value}");
     assert_eq!(sessions_of("acme")[0]["id"], value["session_id"]);
     // The default tenant's telegram event matches no binding of its own: the default agent.
-    let (status, value) = post_as(&server.token, "telegram").await;
+    let (status, value) = post_as(&server.token, "irc").await;
     assert_eq!(status, 200, "{value}");
     assert_eq!(sessions_of("default")[0]["id"], value["session_id"]);
     // globex has neither a binding nor a default agent, though it has an `ada`.
-    for platform in ["telegram", "slack"] {
+    for platform in ["irc", "slack"] {
         let (status, value) = post_as(&tokens[1], platform).await;
         assert_eq!((status, value["error"]["code"].as_str()), (422, Some("no_agent")), "{value}");
     }

@@ -1,0 +1,57 @@
+//! Chat channels: listeners that turn a chat platform's messages into events of the agent its
+//! bindings pick, and sinks that send the agents' replies back to the chat from the outbox.
+//!
+//! A listener owns a platform's inbound side: it fetches or receives updates, maps the
+//! platform's ids onto a [`Source`](clade_store::Source) (platform, `<bot>:<chat>`, sender),
+//! routes it through the bindings to a tenant and agent (one bot serves many tenants), and
+//! submits it to the engine keyed by the platform's own message id, so a redelivered update is
+//! never a second event. Only once the event is durable does the listener confirm the update to
+//! the platform. The outbound side is an [`outbox::Sink`](clade_runtime::outbox::Sink): replies
+//! go out in order per session, retried, honouring the platform's rate limits, split at its
+//! length limit, and (when streaming) first drafted in one message edited as the model writes.
+//!
+//! Depends on the runtime (the engine, the outbox's dispatch) and below; never on the gateway,
+//! which mounts the webhook routes and calls into this crate.
+
+pub mod health;
+pub mod split;
+pub mod telegram;
+
+pub use health::{ChannelHealth, ChannelState, Health};
+
+/// The platforms the channels speak for. No client of the API may start a conversation on one
+/// of them: a reply there goes to a chat through the operator's bot, so only the platform's
+/// own listener may open such a session.
+pub const PLATFORMS: &[&str] = &[telegram::PLATFORM];
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The channels a gateway runs, for its webhook routes and its readiness report.
+#[derive(Debug, Default)]
+pub struct Channels {
+    telegram: BTreeMap<String, Arc<telegram::Bot>>,
+    health: Health,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.snapshot()).finish()
+    }
+}
+
+impl Channels {
+    pub fn new(health: Health, telegram: Vec<Arc<telegram::Bot>>) -> Self {
+        let telegram = telegram.into_iter().map(|bot| (bot.name().to_owned(), bot)).collect();
+        Self { telegram, health }
+    }
+
+    /// The Telegram bot named `name`, if configured.
+    pub fn telegram(&self, name: &str) -> Option<&Arc<telegram::Bot>> {
+        self.telegram.get(name)
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+}

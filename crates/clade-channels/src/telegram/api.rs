@@ -1,0 +1,298 @@
+//! The Telegram Bot API's wire format, as documented (<https://core.telegram.org/bots/api>):
+//! every method is `POST <api>/bot<token>/<method>` with a JSON body, answered by
+//! `{"ok": true, "result": …}` or `{"ok": false, "error_code", "description", "parameters"}`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The public Bot API.
+pub const PUBLIC_API: &str = "https://api.telegram.org";
+
+/// A message's longest text, in UTF-16 code units.
+pub const MESSAGE_LIMIT: usize = 4096;
+
+/// What the Bot API said when a call failed, classified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// 429: flood control. Wait `retry_after` before the next call to this chat.
+    #[error("Telegram asks to wait {}s (flood control): {description}", retry_after.as_secs())]
+    RateLimited { retry_after: Duration, description: String },
+    /// 5xx, or no answer at all: worth trying again.
+    #[error("Telegram is unreachable or failing: {0}")]
+    Unavailable(String),
+    /// 409: another `getUpdates` runs for this bot, or a webhook is set while polling.
+    #[error(
+        "Telegram refused: {0} (another process polls this bot, or a webhook is set: stop the other poller, or use mode: webhook)"
+    )]
+    Conflict(String),
+    /// 401/404 on the bot itself: the token is wrong or revoked.
+    #[error("Telegram does not know this bot's token: {0} (check the variable token_env names)")]
+    Unauthorized(String),
+    /// 400/403 and the like: this request can never succeed (chat gone, bot blocked, bad text).
+    #[error("Telegram refused the request: {0}")]
+    Refused(String),
+    /// An answer that is not the Bot API's shape.
+    #[error("Telegram's answer could not be read: {0}")]
+    Malformed(String),
+}
+
+impl ApiError {
+    /// Whether trying the same request again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::RateLimited { .. } | Self::Unavailable(_) | Self::Conflict(_))
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    ok: bool,
+    #[serde(default)]
+    result: Value,
+    #[serde(default)]
+    error_code: Option<u16>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    parameters: Option<ResponseParameters>,
+}
+
+#[derive(Deserialize)]
+struct ResponseParameters {
+    #[serde(default)]
+    retry_after: Option<u64>,
+    #[serde(default)]
+    migrate_to_chat_id: Option<i64>,
+}
+
+/// One incoming update. Only the fields Clade reads; the rest are ignored.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Update {
+    pub update_id: i64,
+    #[serde(default)]
+    pub message: Option<Message>,
+    #[serde(default)]
+    pub edited_message: Option<Message>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Message {
+    pub message_id: i64,
+    #[serde(default)]
+    pub from: Option<User>,
+    pub chat: Chat,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub caption: Option<String>,
+    /// Forum topics: replies go to the same thread.
+    #[serde(default)]
+    pub message_thread_id: Option<i64>,
+    /// The kinds of attachment Clade names when a message has no text.
+    #[serde(default)]
+    pub photo: Option<Value>,
+    #[serde(default)]
+    pub document: Option<Value>,
+    #[serde(default)]
+    pub sticker: Option<Value>,
+    #[serde(default)]
+    pub voice: Option<Value>,
+    #[serde(default)]
+    pub video: Option<Value>,
+    #[serde(default)]
+    pub audio: Option<Value>,
+    #[serde(default)]
+    pub location: Option<Value>,
+}
+
+impl Message {
+    /// What the person wrote, or what they sent when it has no text.
+    pub fn content(&self) -> Option<String> {
+        if let Some(text) = self.text.as_deref().or(self.caption.as_deref()) {
+            return Some(text.to_owned());
+        }
+        let kinds = [
+            ("a photo", &self.photo),
+            ("a file", &self.document),
+            ("a sticker", &self.sticker),
+            ("a voice message", &self.voice),
+            ("a video", &self.video),
+            ("an audio file", &self.audio),
+            ("a location", &self.location),
+        ];
+        let (what, _) = kinds.into_iter().find(|(_, field)| field.is_some())?;
+        Some(format!("[sent {what} without text, which this channel does not pass on]"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct User {
+    pub id: i64,
+    #[serde(default)]
+    pub is_bot: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Chat {
+    pub id: i64,
+}
+
+/// A bot's client of the Bot API.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    /// `<api>/bot<token>/`: holds the token, so never logged.
+    base: String,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    pub fn new(http: reqwest::Client, api_url: &str, token: &str) -> Self {
+        Self { http, base: format!("{}/bot{token}/", api_url.trim_end_matches('/')) }
+    }
+
+    /// Calls `method`; `timeout` bounds the whole exchange.
+    pub async fn call(
+        &self,
+        method: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, ApiError> {
+        let response = self
+            .http
+            .post(format!("{}{method}", self.base))
+            .json(body)
+            .timeout(timeout)
+            .send()
+            .await
+            // reqwest's error names the URL, which holds the token: keep only its kind.
+            .map_err(|e| ApiError::Unavailable(describe(e)))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| ApiError::Unavailable(describe(e)))?;
+        let envelope: Envelope = match serde_json::from_slice(&bytes) {
+            Ok(envelope) => envelope,
+            Err(_) if status.is_server_error() => {
+                return Err(ApiError::Unavailable(format!("HTTP {}", status.as_u16())));
+            }
+            Err(err) => {
+                return Err(ApiError::Malformed(format!(
+                    "HTTP {} with a body that is not the Bot API's JSON ({err})",
+                    status.as_u16()
+                )));
+            }
+        };
+        if envelope.ok {
+            return Ok(envelope.result);
+        }
+        let code = envelope.error_code.unwrap_or(status.as_u16());
+        let mut description = envelope.description.unwrap_or_else(|| format!("error {code}"));
+        let parameters = envelope.parameters;
+        if let Some(chat) = parameters.as_ref().and_then(|p| p.migrate_to_chat_id) {
+            description.push_str(&format!(" (the group is now the supergroup {chat})"));
+        }
+        Err(match code {
+            429 => ApiError::RateLimited {
+                retry_after: Duration::from_secs(
+                    parameters.and_then(|p| p.retry_after).unwrap_or(1).clamp(1, 3600),
+                ),
+                description,
+            },
+            409 => ApiError::Conflict(description),
+            401 | 404 => ApiError::Unauthorized(description),
+            500.. => ApiError::Unavailable(description),
+            _ => ApiError::Refused(description),
+        })
+    }
+
+    /// Waits up to `wait` for updates after `offset` (confirming those before it).
+    pub async fn get_updates(
+        &self,
+        offset: Option<i64>,
+        wait: Duration,
+    ) -> Result<Vec<Value>, ApiError> {
+        let mut body = json!({
+            "timeout": wait.as_secs(),
+            "allowed_updates": ["message", "edited_message"],
+        });
+        if let Some(offset) = offset {
+            body["offset"] = json!(offset);
+        }
+        // The long poll's own wait, and room for the answer to come back.
+        let result = self.call("getUpdates", &body, wait + Duration::from_secs(10)).await?;
+        match result {
+            Value::Array(updates) => Ok(updates),
+            other => Err(ApiError::Malformed(format!("getUpdates gave {other} for a list"))),
+        }
+    }
+
+    /// Sends `text` to `chat` (in its thread, if any); the new message's id.
+    pub async fn send_message(
+        &self,
+        chat: i64,
+        thread: Option<i64>,
+        text: &str,
+    ) -> Result<i64, ApiError> {
+        let mut body = json!({"chat_id": chat, "text": text});
+        if let Some(thread) = thread {
+            body["message_thread_id"] = json!(thread);
+        }
+        let sent = self.call("sendMessage", &body, CALL_TIMEOUT).await?;
+        sent["message_id"]
+            .as_i64()
+            .ok_or_else(|| ApiError::Malformed("sendMessage gave no message_id".into()))
+    }
+
+    /// Replaces the text of the bot's message `message` in `chat`. Text equal to what it
+    /// holds already is not an error.
+    pub async fn edit_message(&self, chat: i64, message: i64, text: &str) -> Result<(), ApiError> {
+        let body = json!({"chat_id": chat, "message_id": message, "text": text});
+        match self.call("editMessageText", &body, CALL_TIMEOUT).await {
+            Err(ApiError::Refused(why)) if why.contains("message is not modified") => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// Shows "typing…" in `chat` for a few seconds.
+    pub async fn typing(&self, chat: i64, thread: Option<i64>) -> Result<(), ApiError> {
+        let mut body = json!({"chat_id": chat, "action": "typing"});
+        if let Some(thread) = thread {
+            body["message_thread_id"] = json!(thread);
+        }
+        self.call("sendChatAction", &body, CALL_TIMEOUT).await.map(drop)
+    }
+
+    /// Registers `url` for updates, which Telegram posts with `secret` in a header.
+    pub async fn set_webhook(&self, url: &str, secret: &str) -> Result<(), ApiError> {
+        let body = json!({
+            "url": url,
+            "secret_token": secret,
+            "allowed_updates": ["message", "edited_message"],
+        });
+        self.call("setWebhook", &body, CALL_TIMEOUT).await.map(drop)
+    }
+}
+
+/// How long a call other than a long poll may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn describe(err: reqwest::Error) -> String {
+    let err = err.without_url();
+    if err.is_timeout() {
+        "no answer in time".to_owned()
+    } else if err.is_connect() {
+        "cannot connect".to_owned()
+    } else {
+        err.to_string()
+    }
+}
+
+/// Reads one update; an error names what is missing or wrong.
+pub fn parse_update(raw: &Value) -> Result<Update, String> {
+    serde_json::from_value(raw.clone()).map_err(|err| format!("not a Telegram update: {err}"))
+}

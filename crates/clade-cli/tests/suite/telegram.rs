@@ -1,0 +1,536 @@
+//! Telegram: a bot that serves two tenants through the bindings, tested against the Bot API
+//! emulator from npm (`telegram-test-api`), and against a fake Bot API of our own, written from
+//! Telegram's documented wire format, for what the emulator does not do: `getUpdates`' offsets
+//! (an update stays until confirmed), 429s with `retry_after`, 5xx, a malformed update, and a
+//! listener killed mid-stream.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::support::{Env, Server, ada_and_rival_bob, required_tool, token, write};
+
+const TOKEN: &str = "123456:test-token";
+
+/// A free local port (bound, then let go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The emulator, running until dropped.
+struct Emulator {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `telegram-test-api` (installed by `scripts/test` with `npm ci`).
+fn emulator() -> Option<Emulator> {
+    use std::io::BufRead;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/telegram");
+    let installed = dir.join("node_modules/telegram-test-api/package.json");
+    required_tool(
+        installed.is_file().then(|| installed.clone()),
+        "the Telegram Bot API emulator (npm ci in crates/clade-cli/tests/telegram)",
+        "the Telegram emulator test",
+        "run scripts/test, which installs it with npm",
+    )?;
+    let port = free_port();
+    #[allow(clippy::disallowed_methods)] // The emulator is a program we did not write.
+    let mut child = std::process::Command::new("node")
+        .arg(dir.join("emulator.js"))
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("node is needed for the Telegram emulator test");
+    let stdout = child.stdout.take().unwrap();
+    let line = std::io::BufReader::new(stdout).lines().next().unwrap().unwrap();
+    assert!(line.starts_with("ready"), "the emulator said {line:?}");
+    Some(Emulator { child, url: format!("http://127.0.0.1:{port}") })
+}
+
+async fn post(url: &str, body: Value) -> Value {
+    reqwest::Client::new().post(url).json(&body).send().await.unwrap().json().await.unwrap()
+}
+
+impl Emulator {
+    /// A person (user id = chat id) writes `text` to the bot in their private chat.
+    async fn say(&self, chat: i64, text: &str) {
+        let message = json!({
+            "botToken": TOKEN,
+            "from": { "id": chat, "first_name": format!("user{chat}"), "is_bot": false },
+            "chat": { "id": chat, "type": "private", "first_name": format!("user{chat}") },
+            "text": text,
+            "date": 1_700_000_000,
+        });
+        let answer = post(&format!("{}/sendMessage", self.url), message).await;
+        assert_eq!(answer["ok"], true, "{answer}");
+    }
+
+    /// The bot's messages in `chat` as they stand now (edits applied), oldest first.
+    async fn bot_messages(&self, chat: i64) -> Vec<String> {
+        let history =
+            post(&format!("{}/getUpdatesHistory", self.url), json!({ "token": TOKEN })).await;
+        history["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|u| u["message"]["chat_id"].to_string().trim_matches('"') == chat.to_string())
+            .map(|u| u["message"]["text"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// The bot's messages in `chat` once there are at least `count` and none ends in a draft's
+    /// mark (or 30 s pass).
+    async fn bot_messages_until(&self, chat: i64, count: usize) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let messages = self.bot_messages(chat).await;
+            let settled = messages.len() >= count && messages.iter().all(|m| !m.ends_with(" …"));
+            if settled || std::time::Instant::now() > deadline {
+                return messages;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The replies of every turn of the one session of `agent` (as `server`'s token sees it) on
+/// `channel`.
+async fn replies(server: &Server, agent: &str, channel: &str, token: Option<&str>) -> Vec<String> {
+    let (_, sessions) =
+        server.send("GET", &format!("/v1/sessions?agent={agent}"), token, None).await;
+    let ours: Vec<&Value> = sessions["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["platform"] == "telegram" && s["channel"] == channel)
+        .collect();
+    assert_eq!(ours.len(), 1, "one session for {channel}: {sessions}");
+    let id = ours[0]["id"].as_str().unwrap();
+    let (_, turns) = server.send("GET", &format!("/v1/sessions/{id}/turns"), token, None).await;
+    let mut turns = turns["items"].as_array().unwrap().clone();
+    turns.sort_by_key(|t| t["started_at"].as_i64());
+    turns.iter().map(|t| t["reply"].as_str().unwrap_or_default().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_telegram_bot_serves_two_tenants_through_the_emulator() {
+    let Some(emulator) = emulator() else { return };
+    let mut env = Env::new();
+    let rival = ada_and_rival_bob(&env);
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "channels:\n  telegram:\n    desk:\n      token_env: DESK_TOKEN\n      api_url: {}\n      poll_timeout_secs: 1\n\
+             bindings:\n  - {{ platform: telegram, channel: \"desk:1\", agent: ada }}\n  - {{ platform: telegram, channel: \"desk:2\", agent: rival/bob }}\n",
+            emulator.url
+        ),
+    );
+    env.vars.push(("DESK_TOKEN".into(), TOKEN.into()));
+    let server = env.serve(&[]);
+
+    // Each chat reaches the agent its binding names, in that agent's tenant.
+    emulator.say(1, "hello from the default tenant").await;
+    emulator.say(2, "hello from the rival").await;
+    let first = emulator.bot_messages_until(1, 1).await;
+    let second = emulator.bot_messages_until(2, 1).await;
+    assert_eq!(first.len(), 1, "one reply in chat 1: {first:?}");
+    assert_eq!(second.len(), 1, "one reply in chat 2: {second:?}");
+    assert!(first[0].contains("hello from the default tenant"), "{first:?}");
+    assert!(second[0].contains("hello from the rival"), "{second:?}");
+    assert_eq!(replies(&server, "ada", "desk:1", None).await, first);
+    assert_eq!(replies(&server, "bob", "desk:2", Some(&rival)).await, second);
+    // Neither tenant sees the other's chat.
+    let (_, ours) = server.send("GET", "/v1/sessions", None, None).await;
+    assert!(!ours.to_string().contains("desk:2"), "{ours}");
+    let (_, theirs) = server.send("GET", "/v1/sessions", Some(&rival), None).await;
+    assert!(!theirs.to_string().contains("desk:1"), "{theirs}");
+
+    // A reply longer than a message is split at Telegram's limit, cut between words.
+    let long: String = (0..1200).map(|i| format!("word{i}")).collect::<Vec<_>>().join(" ");
+    emulator.say(1, &format!("/reply {long}")).await;
+    // About 9,500 characters: three messages.
+    let messages = emulator.bot_messages_until(1, 4).await;
+    let shown: Vec<usize> = messages.iter().map(|m| m.encode_utf16().count()).collect();
+    assert_eq!(messages.len(), 4, "the long reply in three messages: {shown:?}");
+    assert!(messages[1..].iter().all(|m| m.encode_utf16().count() <= 4096), "{shown:?}");
+    assert_eq!(messages[1..].join(" "), long);
+
+    // A chat no binding routes gets nothing, and is counted.
+    emulator.say(3, "anyone?").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let (code, status) = server.send("GET", "/v1/channels", None, None).await;
+        assert_eq!(code, 200, "{status}");
+        if status["items"][0]["unrouted"] == 1 || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let desk = &status["items"][0];
+    assert_eq!(desk["name"], "desk", "{status}");
+    assert_eq!(desk["state"], "connected", "{status}");
+    assert_eq!(desk["unrouted"], 1, "{status}");
+    assert_eq!(desk["received"], 3, "{status}");
+    assert_eq!(desk["sent"], 5, "{status}");
+    assert!(emulator.bot_messages(3).await.is_empty());
+    let out = env.run(&["channels", "status", "--json", "--server", &server.url]).ok();
+    assert_eq!(out.json()[0]["received"], 3, "{}", out.stdout);
+
+    // A tenant cannot open a Telegram conversation itself (its agent's reply would go to any
+    // chat it names through the operator's bot), nor read the channels.
+    let event = json!({ "agent": "bob", "text": "spam", "source": { "platform": "telegram", "channel": "desk:1", "actor": "1" } });
+    let (code, answer) = server.send("POST", "/v1/events", Some(&rival), Some(event)).await;
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("telegram"), "{answer}");
+    let (code, _) = server.send("GET", "/v1/channels", Some(&rival), None).await;
+    assert_eq!(code, 403, "a token without the admin scope");
+    let (rival_admin, _) = token(&env, "rival", &["admin"]);
+    let (code, _) = server.send("GET", "/v1/channels", Some(&rival_admin), None).await;
+    assert_eq!(code, 404, "another tenant's admin is not the operator");
+    // Nor reach the webhook route without the secret (this bot polls: it has none).
+    let response = reqwest::Client::new()
+        .post(format!("{}/channels/telegram/desk", server.url))
+        .json(&json!({ "update_id": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let readiness = server.get_json("/readyz").await;
+    assert_eq!(readiness["channels"][0]["state"], "connected", "{readiness}");
+}
+
+/// A fake Bot API that keeps updates until a `getUpdates` offset confirms them, as Telegram
+/// does, and fails as told.
+#[derive(Default)]
+struct FakeTelegram {
+    /// Pending updates by id.
+    updates: BTreeMap<i64, Value>,
+    /// Every message the bot sent: (chat, text).
+    sent: Vec<(i64, String)>,
+    /// `sendMessage` calls to answer with 429 before taking one.
+    rate_limit: usize,
+    /// `getUpdates` calls to answer with 502.
+    outages: usize,
+    rate_limited: usize,
+    next_message: i64,
+    /// How many times each update was handed out.
+    handed: BTreeMap<i64, usize>,
+    /// What `setWebhook` registered: (url, secret_token).
+    webhook: Option<(String, String)>,
+}
+
+type Fake = Arc<Mutex<FakeTelegram>>;
+
+async fn fake_api(
+    axum::extract::State(fake): axum::extract::State<Fake>,
+    axum::extract::Path((bot, method)): axum::extract::Path<(String, String)>,
+    axum::Json(body): axum::Json<Value>,
+) -> (axum::http::StatusCode, axum::Json<Value>) {
+    use axum::http::StatusCode;
+    if bot != format!("bot{TOKEN}") {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"ok": false, "error_code": 401, "description": "Unauthorized"})),
+        );
+    }
+    match method.as_str() {
+        "getUpdates" => {
+            let wait = body["timeout"].as_u64().unwrap_or(0).min(1);
+            let deadline = std::time::Instant::now() + Duration::from_secs(wait);
+            loop {
+                {
+                    let mut fake = fake.lock().unwrap();
+                    if fake.outages > 0 {
+                        fake.outages -= 1;
+                        return (
+                            StatusCode::BAD_GATEWAY,
+                            axum::Json(
+                                json!({"ok": false, "error_code": 502, "description": "Bad Gateway"}),
+                            ),
+                        );
+                    }
+                    if let Some(offset) = body["offset"].as_i64() {
+                        fake.updates.retain(|id, _| *id >= offset);
+                    }
+                    if !fake.updates.is_empty() || std::time::Instant::now() >= deadline {
+                        let result: Vec<Value> = fake.updates.values().cloned().collect();
+                        for id in fake.updates.keys().copied().collect::<Vec<_>>() {
+                            *fake.handed.entry(id).or_default() += 1;
+                        }
+                        return (StatusCode::OK, axum::Json(json!({"ok": true, "result": result})));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        "sendMessage" => {
+            let mut fake = fake.lock().unwrap();
+            if fake.rate_limit > 0 {
+                fake.rate_limit -= 1;
+                fake.rate_limited += 1;
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    axum::Json(
+                        json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 1", "parameters": {"retry_after": 1}}),
+                    ),
+                );
+            }
+            let chat = body["chat_id"].as_i64().unwrap();
+            fake.sent.push((chat, body["text"].as_str().unwrap().to_owned()));
+            fake.next_message += 1;
+            let id = fake.next_message;
+            (
+                StatusCode::OK,
+                axum::Json(
+                    json!({"ok": true, "result": {"message_id": id, "date": 0, "chat": {"id": chat, "type": "private"}, "text": body["text"]}}),
+                ),
+            )
+        }
+        "setWebhook" => {
+            let mut fake = fake.lock().unwrap();
+            let url = body["url"].as_str().unwrap_or_default().to_owned();
+            let secret = body["secret_token"].as_str().unwrap_or_default().to_owned();
+            fake.webhook = Some((url, secret));
+            (StatusCode::OK, axum::Json(json!({"ok": true, "result": true})))
+        }
+        "sendChatAction" | "editMessageText" => {
+            (StatusCode::OK, axum::Json(json!({"ok": true, "result": true})))
+        }
+        other => (
+            StatusCode::NOT_FOUND,
+            axum::Json(
+                json!({"ok": false, "error_code": 404, "description": format!("Not Found: method {other}")}),
+            ),
+        ),
+    }
+}
+
+/// Serves `fake` as the Bot API on a free local port; its base URL.
+async fn serve_fake(fake: &Fake) -> String {
+    let app = axum::Router::new()
+        .route("/{bot}/{method}", axum::routing::post(fake_api))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    api
+}
+
+/// A data dir with `ada` and the bot `desk` on the Bot API at `api`, with `settings` (YAML
+/// lines of the bot's, indented to it) and the rest of clade.yaml.
+fn desk(api: &str, settings: &str, rest: &str) -> Env {
+    let mut env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "channels:\n  telegram:\n    desk:\n      token_env: DESK_TOKEN\n      api_url: {api}\n      {settings}\n{rest}"
+        ),
+    );
+    env.vars.push(("DESK_TOKEN".into(), TOKEN.into()));
+    env
+}
+
+fn message(update: i64, chat: i64, text: &str) -> Value {
+    json!({
+        "update_id": update,
+        "message": {
+            "message_id": update * 10,
+            "date": 1_700_000_000,
+            "from": { "id": chat, "is_bot": false, "first_name": "p" },
+            "chat": { "id": chat, "type": "private" },
+            "text": text,
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telegram_updates_are_taken_once_across_a_kill_429s_and_bad_updates() {
+    let fake: Fake = Arc::default();
+    {
+        let mut f = fake.lock().unwrap();
+        f.outages = 1;
+        f.rate_limit = 1;
+        f.updates.insert(1, message(1, 5, "m1"));
+        // A message with no chat, and an edit: neither becomes an event, and they hold up
+        // nothing after them.
+        f.updates
+            .insert(2, json!({"update_id": 2, "message": {"message_id": 20, "text": "no chat"}}));
+        f.updates.insert(3, json!({"update_id": 3, "edited_message": {"message_id": 10, "chat": {"id": 5}, "text": "m1 edited"}}));
+        for n in 4..=12 {
+            f.updates.insert(n, message(n, 5, &format!("m{n}")));
+        }
+    }
+    let api = serve_fake(&fake).await;
+
+    let env = desk(&api, "poll_timeout_secs: 1\n      stream: false", "default_agent: ada\n");
+    let sent = |fake: &Fake| fake.lock().unwrap().sent.len();
+    let wait_sent = |count: usize| {
+        let fake = fake.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while sent(&fake) < count && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sent(&fake)
+        }
+    };
+
+    // Dies after taking the fifth update, before confirming any: Telegram sends them all again.
+    if clade_runtime::failpoints::ENABLED {
+        let mut dying = env
+            .try_serve_with(&[], &[("CLADE_FAILPOINTS", "before_update_confirmed=5")])
+            .expect("the gateway started");
+        assert!(dying.exits_within(Duration::from_secs(30)), "the failpoint was never reached");
+    } else {
+        assert!(std::env::var("CI").is_err(), "CI builds the suite with failpoints");
+    }
+    let server = env.serve(&[]);
+    // The first poll met a 502 and the first reply a 429: both were tried again.
+    assert!(wait_sent(3).await >= 3, "no replies after a 502 and a 429");
+    let (_, status) = server.send("GET", "/v1/channels", None, None).await;
+    assert_eq!(status["items"][0]["malformed"], 1, "{status}");
+    assert_eq!(fake.lock().unwrap().rate_limited, 1);
+    // Killed mid-stream: some updates are stored and not yet confirmed, some replies not sent.
+    server.kill9();
+    {
+        let mut f = fake.lock().unwrap();
+        for n in 13..=20 {
+            f.updates.insert(n, message(n, 5, &format!("m{n}")));
+        }
+    }
+    let server = env.serve(&[]);
+    let texts: Vec<String> =
+        (1..=20).filter(|n| ![2, 3].contains(n)).map(|n| format!("m{n}")).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let replied = {
+            let f = fake.lock().unwrap();
+            texts.iter().all(|t| f.sent.iter().any(|(_, s)| s.ends_with(&format!(" {t}"))))
+        };
+        if replied || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 0 lost: every message was answered in its chat.
+    {
+        let f = fake.lock().unwrap();
+        for text in &texts {
+            assert!(
+                f.sent.iter().any(|(chat, s)| *chat == 5 && s.ends_with(&format!(" {text}"))),
+                "no reply to {text}: {:?}",
+                f.sent
+            );
+        }
+        if clade_runtime::failpoints::ENABLED {
+            assert!(
+                f.handed[&1] >= 2,
+                "the first update was sent again after the crash: {:?}",
+                f.handed
+            );
+        }
+    }
+    // 0 doubled: each message is one event of one session, whatever Telegram sent again.
+    let sessions = server.sessions_on("ada", "telegram", "desk:5").await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let turns = server.all_turns(sessions[0]["id"].as_str().unwrap()).await;
+    let mut events: Vec<String> = turns
+        .iter()
+        .flat_map(|t| t["events"].as_array().unwrap().iter())
+        .map(|e| e["text"].as_str().unwrap().to_owned())
+        .collect();
+    events.sort();
+    let mut expected = texts.clone();
+    expected.sort();
+    assert_eq!(events, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telegram_webhook_takes_updates_signed_with_its_secret_once() {
+    let fake: Fake = Arc::default();
+    let api = serve_fake(&fake).await;
+    let mut env = desk(
+        &api,
+        "mode: webhook\n      webhook_secret_env: DESK_SECRET\n      public_url: https://clade.example.test/",
+        "bindings:\n  - { platform: telegram, agent: ada }\n",
+    );
+    // A secret that is not set, or that Telegram would refuse, stops the gateway at start.
+    let refused = |env: &Env, says: &str| {
+        let out = env.run(&["serve", "--listen", "127.0.0.1:0"]);
+        assert_ne!(out.code, 0, "{}", out.stdout);
+        let error = out.stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_default();
+        assert!(error.contains(says), "{says:?} not in {}", out.stderr);
+    };
+    refused(&env, "environment variable DESK_SECRET (the webhook's secret token) is not set");
+    env.vars.push(("DESK_SECRET".into(), "has spaces".into()));
+    refused(&env, "Telegram's rule for secret_token");
+    env.vars.pop();
+    env.vars.push(("DESK_SECRET".into(), "s3cret-Token_1".into()));
+    let server = env.serve(&[]);
+    // The gateway registered its webhook with the secret Telegram is to send.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fake.lock().unwrap().webhook.is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        fake.lock().unwrap().webhook,
+        Some(("https://clade.example.test/channels/telegram/desk".into(), "s3cret-Token_1".into()))
+    );
+    let hook = |bot: &str, secret: Option<&str>, body: String| {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/channels/telegram/{bot}", server.url))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(secret) = secret {
+            request = request.header("X-Telegram-Bot-Api-Secret-Token", secret);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let update = message(7, 42, "via webhook").to_string();
+    // Without the secret, with a wrong one, or to a bot that does not exist: alike, and nothing
+    // is taken.
+    for (bot, secret) in
+        [("desk", None), ("desk", Some("wrong")), ("other", Some("s3cret-Token_1"))]
+    {
+        let (status, answer) = hook(bot, secret, update.clone()).await;
+        assert_eq!(status, 401, "{bot} {secret:?}: {answer}");
+        assert_eq!(answer["error"]["code"], "invalid_signature");
+    }
+    // Telegram retries a webhook it got no answer from: the same update twice is one event.
+    for _ in 0..2 {
+        let (status, answer) = hook("desk", Some("s3cret-Token_1"), update.clone()).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    // Unreadable updates are answered 200 (Telegram would send them forever) and skipped.
+    for bad in ["not json", r#"{"update_id": 8, "message": {"message_id": 1}}"#] {
+        let (status, answer) = hook("desk", Some("s3cret-Token_1"), bad.to_owned()).await;
+        assert_eq!(status, 200, "{bad}: {answer}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fake.lock().unwrap().sent.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fake.lock().unwrap().sent, vec![(42, "echo: via webhook".to_owned())]);
+    let sessions = server.sessions_on("ada", "telegram", "desk:42").await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let turns = server.all_turns(sessions[0]["id"].as_str().unwrap()).await;
+    assert_eq!(turns.len(), 1, "one event, one turn: {turns:?}");
+    let (_, status) = server.send("GET", "/v1/channels", None, None).await;
+    assert_eq!(status["items"][0]["mode"], "webhook", "{status}");
+    assert_eq!(status["items"][0]["malformed"], 2, "{status}");
+}

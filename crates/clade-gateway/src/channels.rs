@@ -1,0 +1,84 @@
+//! Chat channels' routes: Telegram's webhook (`POST /channels/telegram/{bot}`, no token: the
+//! secret Telegram sends authenticates it) and the operator's `GET /v1/channels`.
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use clade_channels::telegram::Taken;
+
+use crate::AppState;
+use crate::api::{ChannelListResponse, ChannelStatus};
+use crate::auth::Caller;
+use crate::error::{ApiError, Code};
+
+/// `POST /channels/telegram/{bot}`: one update, as Telegram's webhook posts it. 200 once it is
+/// stored (or can never be: an update Telegram should not send again); 503 when it could not
+/// be stored now, so Telegram delivers it again.
+pub(crate) async fn telegram(
+    State(state): State<AppState>,
+    Path(bot_name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let secret =
+        headers.get("x-telegram-bot-api-secret-token").map(|v| v.as_bytes()).unwrap_or_default();
+    // An unknown bot and a wrong secret answer alike: a stranger learns no bot's name.
+    let bot = state.channels.telegram(&bot_name).filter(|bot| bot.webhook_secret_matches(secret));
+    let Some(bot) = bot else {
+        tracing::info!(bot = %bot_name, "telegram webhook request refused: no such bot in webhook mode, or a wrong secret token");
+        return Err(ApiError::new(
+            Code::InvalidSignature,
+            "not a webhook of this gateway's: X-Telegram-Bot-Api-Secret-Token must be the secret in the bot's webhook_secret_env",
+        ));
+    };
+    let update: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(update) => update,
+        Err(err) => {
+            // Telegram would send it again and again: take it as unreadable, and say so.
+            bot.accept(&serde_json::Value::Null).await.ok();
+            tracing::warn!(bot = %bot_name, error = %err, "a telegram webhook body is not JSON; skipped");
+            return Ok(
+                (StatusCode::OK, axum::Json(serde_json::json!({"ok": false}))).into_response()
+            );
+        }
+    };
+    match bot.accept(&update).await {
+        Ok(Taken::Event { .. }) => Ok(axum::Json(serde_json::json!({"ok": true})).into_response()),
+        Ok(Taken::Skipped(why)) => {
+            Ok(axum::Json(serde_json::json!({"ok": true, "skipped": why})).into_response())
+        }
+        Err(err) => Err(ApiError::new(
+            Code::StoreUnavailable,
+            format!("the update could not be stored now ({err}); Telegram delivers it again"),
+        )),
+    }
+}
+
+/// `GET /v1/channels`: every chat channel's health, for the operator.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+) -> Result<axum::Json<ChannelListResponse>, ApiError> {
+    crate::config::operator_only(&tenant, &reach)?;
+    let items = state
+        .channels
+        .health()
+        .snapshot()
+        .into_iter()
+        .map(|h| ChannelStatus {
+            platform: h.platform,
+            name: h.name,
+            mode: h.mode,
+            state: h.state.as_str().to_owned(),
+            last_ok_at: h.last_ok.map(|t| t.as_millis()),
+            last_error: h.last_error,
+            received: h.received,
+            sent: h.sent,
+            unrouted: h.unrouted,
+            malformed: h.malformed,
+        })
+        .collect();
+    Ok(axum::Json(ChannelListResponse { items }))
+}
