@@ -405,7 +405,10 @@ impl Bot {
             match next {
                 Some(Ok(event)) if event.kind == EventKind::TurnStarted => {
                     let Some(turn) = event.data["turn"].as_str() else { continue };
-                    if lock(&self.finished).contains(turn) {
+                    // Announced twice: live as the turn begins, again once its row commits.
+                    let known = current.as_ref().is_some_and(|(t, _)| t == turn)
+                        || lock(&self.drafts).contains_key(turn);
+                    if known || lock(&self.finished).contains(turn) {
                         continue;
                     }
                     let draft = Arc::new(tokio::sync::Mutex::new(Draft::default()));

@@ -228,6 +228,8 @@ struct FakeTelegram {
     handed: BTreeMap<i64, usize>,
     /// What `setWebhook` registered: (url, secret_token).
     webhook: Option<(String, String)>,
+    /// Each message's texts, first as sent, then as edited.
+    versions: BTreeMap<i64, Vec<String>>,
 }
 
 type Fake = Arc<Mutex<FakeTelegram>>;
@@ -290,6 +292,8 @@ async fn fake_api(
             fake.sent.push((chat, body["text"].as_str().unwrap().to_owned()));
             fake.next_message += 1;
             let id = fake.next_message;
+            let text = body["text"].as_str().unwrap().to_owned();
+            fake.versions.entry(id).or_default().push(text);
             (
                 StatusCode::OK,
                 axum::Json(
@@ -304,9 +308,30 @@ async fn fake_api(
             fake.webhook = Some((url, secret));
             (StatusCode::OK, axum::Json(json!({"ok": true, "result": true})))
         }
-        "sendChatAction" | "editMessageText" => {
-            (StatusCode::OK, axum::Json(json!({"ok": true, "result": true})))
+        "editMessageText" => {
+            let mut fake = fake.lock().unwrap();
+            let id = body["message_id"].as_i64().unwrap();
+            let text = body["text"].as_str().unwrap().to_owned();
+            match fake.versions.get_mut(&id) {
+                Some(versions) if versions.last() == Some(&text) => (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(
+                        json!({"ok": false, "error_code": 400, "description": "Bad Request: message is not modified"}),
+                    ),
+                ),
+                Some(versions) => {
+                    versions.push(text);
+                    (StatusCode::OK, axum::Json(json!({"ok": true, "result": true})))
+                }
+                None => (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(
+                        json!({"ok": false, "error_code": 400, "description": "Bad Request: message to edit not found"}),
+                    ),
+                ),
+            }
         }
+        "sendChatAction" => (StatusCode::OK, axum::Json(json!({"ok": true, "result": true}))),
         other => (
             StatusCode::NOT_FOUND,
             axum::Json(
@@ -533,4 +558,48 @@ async fn a_telegram_webhook_takes_updates_signed_with_its_secret_once() {
     let (_, status) = server.send("GET", "/v1/channels", None, None).await;
     assert_eq!(status["items"][0]["mode"], "webhook", "{status}");
     assert_eq!(status["items"][0]["malformed"], 2, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_streams_into_one_message_edited_in_place() {
+    let fake: Fake = Arc::default();
+    let api = serve_fake(&fake).await;
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    // About 4 seconds of streaming at 20 tokens a second.
+    let mut env = desk(
+        &api,
+        "poll_timeout_secs: 1",
+        &format!(
+            "default_agent: ada\nmodels:\n  slow:\n    provider: openai\n    model: stub+tps=20\n    base_url: {}/v1\n    api_key_env: STUB_KEY\nrouting:\n  default: [slow]\n",
+            stub.url()
+        ),
+    );
+    env.vars.push(("STUB_KEY".into(), "sk-stub".into()));
+    let server = env.serve(&[]);
+    let words: Vec<String> = (0..80).map(|i| format!("w{i}")).collect();
+    let reply = words.join(" ");
+    fake.lock().unwrap().updates.insert(1, message(1, 9, &format!("/reply {reply}")));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let versions = loop {
+        let versions = fake.lock().unwrap().versions.clone();
+        let done = versions.values().any(|v| v.last() == Some(&reply));
+        if done || std::time::Instant::now() > deadline {
+            break versions;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // One message: drafts that grow, marked as unfinished, then the reply in the same message.
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    let shown = versions.values().next().unwrap();
+    assert_eq!(shown.last(), Some(&reply), "{shown:?}");
+    assert!(shown.len() >= 3, "at least two drafts before the reply: {shown:?}");
+    for (draft, next) in shown.iter().zip(&shown[1..]) {
+        let text = draft.strip_suffix(" …").unwrap_or_else(|| panic!("not a draft: {draft:?}"));
+        assert!(reply.starts_with(text.trim_end()), "{draft:?} is not the reply's start");
+        assert!(next.len() >= text.len(), "no version shows less: {shown:?}");
+    }
+    // Nothing else went to the chat.
+    assert_eq!(fake.lock().unwrap().sent.len(), 1);
+    drop(server);
 }
