@@ -13,37 +13,7 @@ pub const PUBLIC_API: &str = "https://api.telegram.org";
 /// A message's longest text, in UTF-16 code units.
 pub const MESSAGE_LIMIT: usize = 4096;
 
-/// What the Bot API said when a call failed, classified.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ApiError {
-    /// 429: flood control. Wait `retry_after` before the next call to this chat.
-    #[error("Telegram asks to wait {}s (flood control): {description}", retry_after.as_secs())]
-    RateLimited { retry_after: Duration, description: String },
-    /// 5xx, or no answer at all: worth trying again.
-    #[error("Telegram is unreachable or failing: {0}")]
-    Unavailable(String),
-    /// 409: another `getUpdates` runs for this bot, or a webhook is set while polling.
-    #[error(
-        "Telegram refused: {0} (another process polls this bot, or a webhook is set: stop the other poller, or use mode: webhook)"
-    )]
-    Conflict(String),
-    /// 401/404 on the bot itself: the token is wrong or revoked.
-    #[error("Telegram does not know this bot's token: {0} (check the variable token_env names)")]
-    Unauthorized(String),
-    /// 400/403 and the like: this request can never succeed (chat gone, bot blocked, bad text).
-    #[error("Telegram refused the request: {0}")]
-    Refused(String),
-    /// An answer that is not the Bot API's shape.
-    #[error("Telegram's answer could not be read: {0}")]
-    Malformed(String),
-}
-
-impl ApiError {
-    /// Whether trying the same request again later may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::RateLimited { .. } | Self::Unavailable(_) | Self::Conflict(_))
-    }
-}
+pub use crate::channel::PlatformError as ApiError;
 
 #[derive(Deserialize)]
 struct Envelope {
@@ -203,7 +173,9 @@ impl Api {
                 ),
                 description,
             },
-            409 => ApiError::Conflict(description),
+            409 => ApiError::Conflict(format!(
+                "{description} (another process polls this bot, or a webhook is set: stop the other poller, or use mode: webhook)"
+            )),
             401 | 404 => ApiError::Unauthorized(description),
             500.. => ApiError::Unavailable(description),
             _ => ApiError::Refused(description),
@@ -275,6 +247,67 @@ impl Api {
             "allowed_updates": ["message", "edited_message"],
         });
         self.call("setWebhook", &body, CALL_TIMEOUT).await.map(drop)
+    }
+}
+
+/// A chat as the channel names it: `<chat id>`, or `<chat id>/<thread>` in a forum topic.
+pub fn chat_text(chat: i64, thread: Option<i64>) -> String {
+    match thread {
+        Some(thread) => format!("{chat}/{thread}"),
+        None => chat.to_string(),
+    }
+}
+
+fn parse_chat(chat: &str) -> Result<(i64, Option<i64>), ApiError> {
+    let bad = || ApiError::Refused(format!("{chat:?} is not a Telegram chat"));
+    match chat.split_once('/') {
+        Some((id, thread)) => {
+            Ok((id.parse().map_err(|_| bad())?, Some(thread.parse().map_err(|_| bad())?)))
+        }
+        None => Ok((chat.parse().map_err(|_| bad())?, None)),
+    }
+}
+
+impl crate::channel::ChatApi for Api {
+    fn platform(&self) -> &'static str {
+        super::PLATFORM
+    }
+
+    fn limit(&self) -> usize {
+        MESSAGE_LIMIT
+    }
+
+    fn send<'a>(
+        &'a self,
+        chat: &'a str,
+        text: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<String, ApiError>> {
+        Box::pin(async move {
+            let (id, thread) = parse_chat(chat)?;
+            self.send_message(id, thread, text).await.map(|message| message.to_string())
+        })
+    }
+
+    fn edit<'a>(
+        &'a self,
+        chat: &'a str,
+        message: &'a str,
+        text: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            let (id, _) = parse_chat(chat)?;
+            let message = message
+                .parse()
+                .map_err(|_| ApiError::Refused(format!("{message:?} is not a message id")))?;
+            self.edit_message(id, message, text).await
+        })
+    }
+
+    fn typing<'a>(&'a self, chat: &'a str) -> futures::future::BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            let (id, thread) = parse_chat(chat)?;
+            Api::typing(self, id, thread).await
+        })
     }
 }
 

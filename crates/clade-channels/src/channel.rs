@@ -1,0 +1,572 @@
+//! What every chat channel shares: routing a platform's message to the agent its bindings
+//! pick and storing it once, and sending the agents' replies back from the outbox (in pieces
+//! the platform accepts, drafted in one message edited as the model writes). A platform
+//! provides only its wire: [`ChatApi`] (send, edit, typing) and its inbound side.
+//!
+//! A chat is a platform's own text (Telegram: `<chat id>[/<thread>]`; Slack: `<channel>[/<thread
+//! ts>]`); a session's channel is `<name>:<chat>`, so two bots' chats never share a session.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clade_core::{EventKind, SessionId};
+use clade_runtime::outbox::{Refused, Signing, Sink, Subscriber};
+use clade_runtime::{Engine, Envelope, Subscription};
+use clade_store::{OutboxRow, Source, Store};
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use crate::health::Health;
+use crate::split::split;
+
+/// How often a streamed draft is edited at most: platforms allow about one edit a second a chat.
+const EDIT_INTERVAL: Duration = Duration::from_millis(1000);
+/// How long a session's editor waits for news before it stops (the next message starts it).
+const EDITOR_IDLE: Duration = Duration::from_secs(600);
+/// Sessions whose chat is remembered before the memory starts afresh.
+const REMEMBERED: usize = 10_000;
+
+/// What a platform's API said when a call failed, classified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlatformError {
+    /// Rate limited: wait `retry_after` before the next call.
+    #[error("rate limited, asked to wait {}s: {description}", retry_after.as_secs())]
+    RateLimited { retry_after: Duration, description: String },
+    /// 5xx, or no answer at all: worth trying again.
+    #[error("unreachable or failing: {0}")]
+    Unavailable(String),
+    /// Another client holds what this one needs (Telegram: another poller, or a webhook set).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The credentials are wrong or revoked.
+    #[error("the credentials are refused: {0} (check the token's environment variable)")]
+    Unauthorized(String),
+    /// This request can never succeed (chat gone, bot blocked or removed, bad text).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// An answer that is not the platform's shape.
+    #[error("an answer that could not be read: {0}")]
+    Malformed(String),
+}
+
+impl PlatformError {
+    /// Whether trying the same request again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::RateLimited { .. } | Self::Unavailable(_) | Self::Conflict(_))
+    }
+}
+
+/// A platform's outbound calls, on a chat as the platform's inbound side named it.
+pub trait ChatApi: Send + Sync + 'static {
+    /// The platform of its sessions (`telegram`, `slack`).
+    fn platform(&self) -> &'static str;
+    /// A message's longest text, in UTF-16 code units.
+    fn limit(&self) -> usize;
+    /// Posts `text` in `chat`; the new message's id.
+    fn send<'a>(
+        &'a self,
+        chat: &'a str,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<String, PlatformError>>;
+    /// Replaces the text of the channel's own message `message` in `chat`.
+    fn edit<'a>(
+        &'a self,
+        chat: &'a str,
+        message: &'a str,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), PlatformError>>;
+    /// Shows that an answer is coming, where the platform can.
+    fn typing<'a>(&'a self, chat: &'a str) -> BoxFuture<'a, Result<(), PlatformError>>;
+}
+
+/// What became of one inbound message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// Stored as an event (or found stored already: a redelivery).
+    Event { session: SessionId, duplicate: bool },
+    /// Nothing to do with it (an edit, a bot's message, no text, no binding, unreadable); the
+    /// string says why.
+    Skipped(String),
+}
+
+/// Why a message could not be taken now; the platform should deliver it again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotTaken(pub String);
+
+/// A message as a platform's inbound side read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// Where replies go, in the platform's terms.
+    pub chat: String,
+    /// Who wrote it: the platform's user id.
+    pub actor: String,
+    pub text: String,
+    /// The platform's own id of the message, unique in the channel: its idempotency key.
+    pub id: String,
+}
+
+/// A streamed reply being drafted in one message.
+#[derive(Debug, Default)]
+struct Draft {
+    text: String,
+    message: Option<String>,
+    /// The reply's final delivery took the draft over: no more edits.
+    closed: bool,
+}
+
+/// A final reply partly sent: what a retry starts from.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    /// The draft message the first piece replaces.
+    draft: Option<String>,
+    /// Pieces sent so far.
+    sent: usize,
+}
+
+/// One channel (a bot of a platform): its routing and its outbox sink.
+pub struct Channel<A: ChatApi> {
+    name: String,
+    api: A,
+    engine: Engine,
+    store: Store,
+    health: Health,
+    stream: bool,
+    max_attempts: u32,
+    /// Drafts of streamed replies, by turn id.
+    drafts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Draft>>>>,
+    /// Final replies partly sent, by turn id.
+    progress: Mutex<HashMap<String, Progress>>,
+    /// Turns whose reply went out: an editor that sees them late starts no draft.
+    finished: Mutex<HashSet<String>>,
+    /// Sessions with an editor following them.
+    editing: Mutex<HashSet<SessionId>>,
+    /// The chat of each session the sink was asked about (`None`: not this channel's).
+    chats: Mutex<HashMap<SessionId, Option<String>>>,
+}
+
+impl<A: ChatApi> std::fmt::Debug for Channel<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("platform", &self.api.platform())
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The chat of a session's channel if it is channel `name`'s.
+fn chat_of_channel(name: &str, channel: &str) -> Option<String> {
+    let chat = channel.strip_prefix(name)?.strip_prefix(':')?;
+    (!chat.is_empty()).then(|| chat.to_owned())
+}
+
+impl<A: ChatApi> Channel<A> {
+    /// Registers the channel's health as `mode` (`polling`, `webhook`, `socket`).
+    pub fn new(
+        name: &str,
+        mode: &str,
+        api: A,
+        engine: Engine,
+        health: Health,
+        stream: bool,
+        max_attempts: u32,
+    ) -> Arc<Self> {
+        health.register(api.platform(), name, mode);
+        Arc::new(Self {
+            name: name.to_owned(),
+            api,
+            store: engine.store().clone(),
+            engine,
+            health,
+            stream,
+            max_attempts,
+            drafts: Mutex::default(),
+            progress: Mutex::default(),
+            finished: Mutex::default(),
+            editing: Mutex::default(),
+            chats: Mutex::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn api(&self) -> &A {
+        &self.api
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The outbox subscriber that sends this channel's replies. Its cursor starts at the
+    /// outbox's head the first time, so a channel added to a gateway with history sends
+    /// nothing old.
+    pub async fn subscriber(self: &Arc<Self>) -> Result<Subscriber, clade_store::Error> {
+        let name = format!("channel:{}:{}", self.api.platform(), self.name);
+        self.store.system().start_subscriber_at_head(&name).await?;
+        let sink: Arc<dyn Sink> = self.clone();
+        Ok(Subscriber {
+            name,
+            url: format!("{}:{}", self.api.platform(), self.name),
+            signing: Signing::Sink(sink),
+            events: [EventKind::TurnStarted, EventKind::TurnFinished, EventKind::TurnFailed]
+                .iter()
+                .map(|k| k.as_str().to_owned())
+                .collect(),
+            agents: vec!["*".to_owned()],
+            max_attempts: self.max_attempts,
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// Counts an update that could not be read, and says why in the log.
+    pub fn malformed(&self, why: &str) -> Taken {
+        self.health.update(self.api.platform(), &self.name, |h| h.malformed += 1);
+        tracing::warn!(channel = %self.name, platform = self.api.platform(), %why, "an update was skipped");
+        Taken::Skipped(why.to_owned())
+    }
+
+    /// Routes `message` through the bindings and stores it as an event, keyed by the
+    /// platform's id of it. `Err` when it could not be stored now and should come again;
+    /// anything that can never be taken is `Skipped`.
+    pub async fn take(self: &Arc<Self>, message: Inbound) -> Result<Taken, NotTaken> {
+        let (name, platform) = (self.name.as_str(), self.api.platform());
+        let source = Source {
+            platform: platform.to_owned(),
+            channel: format!("{name}:{}", message.chat),
+            actor: message.actor,
+        };
+        let Some(agent) = self.engine.route_source(&source) else {
+            self.health.update(platform, name, |h| h.unrouted += 1);
+            tracing::info!(channel = name, platform, chat = %source.channel, "a message matches no binding and there is no default agent: add a binding for its platform");
+            return Ok(Taken::Skipped("no binding".into()));
+        };
+        let tenant = match self.store.tenant(agent.tenant.as_str()).await {
+            Ok(tenant) => tenant,
+            Err(err) if err.is_not_found() => {
+                tracing::warn!(channel = name, agent = %agent, "a binding names a tenant that does not exist; the message is dropped");
+                return Ok(Taken::Skipped(format!("no tenant {}", agent.tenant)));
+            }
+            Err(err) => return Err(NotTaken(err.to_string())),
+        };
+        let envelope = Envelope {
+            tenant,
+            agent: Some(agent.handle.as_str().to_owned()),
+            text: message.text,
+            source,
+            idempotency_key: Some(format!("{platform}:{name}:{}", message.id)),
+        };
+        let chat = message.chat;
+        match self.engine.submit_and_watch(envelope).await {
+            Ok((accepted, watch)) => {
+                if !accepted.duplicate {
+                    self.health.update(platform, name, |h| h.received += 1);
+                }
+                lock(&self.chats).insert(accepted.session_id, Some(chat.clone()));
+                if self.stream
+                    && let Some(live) = watch.into_live()
+                    && lock(&self.editing).insert(accepted.session_id)
+                {
+                    let channel = self.clone();
+                    let session = accepted.session_id;
+                    tokio::spawn(async move {
+                        channel.edit_drafts(chat, live).await;
+                        lock(&channel.editing).remove(&session);
+                    });
+                }
+                Ok(Taken::Event { session: accepted.session_id, duplicate: accepted.duplicate })
+            }
+            Err(clade_runtime::engine::Error::Store(clade_store::Error::SessionBusy {
+                pending,
+            })) => {
+                let notice = format!(
+                    "{pending} messages are still waiting for an answer in this chat; send this one again once they are answered."
+                );
+                let _ = self.api.send(&chat, &notice).await;
+                Ok(Taken::Skipped("the session is full".into()))
+            }
+            Err(clade_runtime::engine::Error::Store(err)) if err.is_not_found() => {
+                tracing::warn!(channel = name, agent = %agent, error = %err, "a binding names an agent that does not exist; the message is dropped");
+                Ok(Taken::Skipped(err.to_string()))
+            }
+            Err(clade_runtime::engine::Error::NoAgent) => Ok(Taken::Skipped("no agent".into())),
+            Err(err) => Err(NotTaken(err.to_string())),
+        }
+    }
+
+    /// Follows one session's live events and drafts each reply in one message, edited as the
+    /// model writes, until the session has been quiet for a while.
+    async fn edit_drafts(&self, chat: String, mut live: Subscription) {
+        let clock = self.store.clock().clone();
+        // The turn being drafted, its text, and when it was last shown.
+        let mut current: Option<(String, Arc<tokio::sync::Mutex<Draft>>)> = None;
+        let mut shown_at = clock.now();
+        let mut dirty = false;
+        let mut paused_until = clock.now();
+        loop {
+            let wait = if dirty { EDIT_INTERVAL } else { EDITOR_IDLE };
+            let next = tokio::select! {
+                event = live.recv() => Some(event),
+                () = clock.sleep(wait) => None,
+            };
+            match next {
+                Some(Ok(event)) if event.kind == EventKind::TurnStarted => {
+                    let Some(turn) = event.data["turn"].as_str() else { continue };
+                    // Announced twice: live as the turn begins, again once its row commits.
+                    let known = current.as_ref().is_some_and(|(t, _)| t == turn)
+                        || lock(&self.drafts).contains_key(turn);
+                    if known || lock(&self.finished).contains(turn) {
+                        continue;
+                    }
+                    let draft = Arc::new(tokio::sync::Mutex::new(Draft::default()));
+                    lock(&self.drafts).insert(turn.to_owned(), draft.clone());
+                    current = Some((turn.to_owned(), draft));
+                    dirty = false;
+                }
+                Some(Ok(event)) if event.kind == EventKind::TextDelta => {
+                    let (Some((turn, draft)), Some(text)) = (&current, event.data["text"].as_str())
+                    else {
+                        continue;
+                    };
+                    if event.data["turn"].as_str() != Some(turn.as_str()) {
+                        continue;
+                    }
+                    draft.lock().await.text.push_str(text);
+                    dirty = true;
+                }
+                Some(Ok(event)) if event.kind.ends_turn() => {
+                    // The reply's delivery takes the draft from here.
+                    current = None;
+                    dirty = false;
+                }
+                Some(Ok(_)) => {}
+                // Deltas were lost: the draft would show a gap, so stop drafting this turn; its
+                // reply still arrives whole.
+                Some(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                    current = None;
+                    dirty = false;
+                }
+                Some(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
+                None if !dirty => return,
+                None => {}
+            }
+            let now = clock.now();
+            let due = now.as_millis().saturating_sub(shown_at.as_millis())
+                >= EDIT_INTERVAL.as_millis() as i64;
+            let drafting = current.as_ref().map(|(_, draft)| draft.clone());
+            if dirty
+                && due
+                && now >= paused_until
+                && let Some(draft) = drafting
+            {
+                let mut draft = draft.lock().await;
+                if draft.closed {
+                    current = None;
+                    dirty = false;
+                    continue;
+                }
+                let shown = draft_text(&draft.text, self.api.limit());
+                let result = match &draft.message {
+                    Some(message) => self.api.edit(&chat, message, &shown).await,
+                    None => self.api.send(&chat, &shown).await.map(|id| draft.message = Some(id)),
+                };
+                shown_at = clock.now();
+                dirty = false;
+                if let Err(PlatformError::RateLimited { retry_after, .. }) = result {
+                    paused_until = clock.now().plus(retry_after);
+                    dirty = true;
+                } else if let Err(err) = result {
+                    tracing::debug!(channel = %self.name, error = %err, "a draft could not be shown; the reply comes whole");
+                }
+            }
+        }
+    }
+
+    /// The chat of `row`'s session if it is this channel's, checked against the bindings: a
+    /// session whose chat the bindings now route to another tenant is sent nothing.
+    async fn chat_of(&self, row: &OutboxRow) -> Result<Option<String>, Refused> {
+        let Some(session) = row.session_id else { return Ok(None) };
+        if let Some(known) = lock(&self.chats).get(&session) {
+            return Ok(known.clone());
+        }
+        let found = match self.store.system().session_any_tenant(session).await {
+            Ok(found) => found,
+            Err(err) if err.is_not_found() => return Ok(None),
+            Err(err) => return Err(Refused::transient(err.to_string())),
+        };
+        let mut chat = None;
+        if found.source.platform == self.api.platform()
+            && let Some(ours) = chat_of_channel(&self.name, &found.source.channel)
+        {
+            let routed = match self.engine.route_source(&found.source) {
+                Some(agent) => match self.store.tenant(agent.tenant.as_str()).await {
+                    Ok(tenant) => tenant.id == found.tenant_id,
+                    Err(err) if err.is_not_found() => false,
+                    Err(err) => return Err(Refused::transient(err.to_string())),
+                },
+                None => false,
+            };
+            if routed {
+                chat = Some(ours);
+            } else {
+                tracing::warn!(channel = %self.name, %session, "a session whose chat the bindings no longer route to its tenant: its replies are not sent");
+            }
+        }
+        let mut chats = lock(&self.chats);
+        if chats.len() >= REMEMBERED {
+            chats.clear();
+        }
+        chats.insert(session, chat.clone());
+        Ok(chat)
+    }
+
+    async fn deliver_row(&self, row: &OutboxRow) -> Result<(), Refused> {
+        let Some(chat) = self.chat_of(row).await? else { return Ok(()) };
+        let data: Value = serde_json::from_str(&row.data).unwrap_or(Value::Null);
+        let turn = data["turn"].as_str().unwrap_or_default().to_owned();
+        match row.kind {
+            EventKind::TurnStarted => {
+                // Only a hint: a failure is not worth holding the reply back for.
+                let _ = self.api.typing(&chat).await;
+                Ok(())
+            }
+            EventKind::TurnFinished => {
+                let reply = data["reply"].as_str().unwrap_or_default();
+                self.send_reply(&chat, &turn, reply).await
+            }
+            EventKind::TurnFailed => {
+                let notice = "Sorry: this message could not be answered. The operator can see why in the session's history; try again later.";
+                self.send_reply(&chat, &turn, notice).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends a turn's reply in pieces the platform accepts, the first replacing the turn's
+    /// draft if it had one; a retry goes on from the first piece not sent.
+    async fn send_reply(&self, chat: &str, turn: &str, reply: &str) -> Result<(), Refused> {
+        let mut progress = lock(&self.progress).get(turn).cloned().unwrap_or_default();
+        let draft = lock(&self.drafts).remove(turn);
+        if let Some(draft) = draft {
+            let mut draft = draft.lock().await;
+            draft.closed = true;
+            progress.draft = draft.message.clone();
+        }
+        {
+            let mut finished = lock(&self.finished);
+            if finished.len() >= REMEMBERED {
+                finished.clear();
+            }
+            finished.insert(turn.to_owned());
+        }
+        let mut pieces = split(reply, self.api.limit());
+        if pieces.is_empty() {
+            if progress.draft.is_none() {
+                return Ok(());
+            }
+            pieces.push("(no reply)".to_owned());
+        }
+        let result = self.send_pieces(chat, &pieces, &mut progress).await;
+        let mut saved = lock(&self.progress);
+        match &result {
+            Ok(()) => {
+                saved.remove(turn);
+            }
+            Err(_) => {
+                saved.insert(turn.to_owned(), progress);
+            }
+        }
+        result
+    }
+
+    async fn send_pieces(
+        &self,
+        chat: &str,
+        pieces: &[String],
+        progress: &mut Progress,
+    ) -> Result<(), Refused> {
+        for piece in pieces.iter().skip(progress.sent) {
+            let sent = match (progress.sent, &progress.draft) {
+                (0, Some(message)) => match self.api.edit(chat, message, piece).await {
+                    // The draft is gone (deleted in the chat): the reply comes as a message.
+                    Err(PlatformError::Refused(_)) => self.api.send(chat, piece).await.map(drop),
+                    other => other,
+                },
+                _ => self.api.send(chat, piece).await.map(drop),
+            };
+            match sent {
+                Ok(()) => {
+                    progress.sent += 1;
+                    self.health.update(self.api.platform(), &self.name, |h| h.sent += 1);
+                }
+                Err(err) => {
+                    self.health.failed(self.api.platform(), &self.name, &err.to_string());
+                    return Err(refusal(err));
+                }
+            }
+        }
+        self.health.ok(self.api.platform(), &self.name, self.store.now());
+        Ok(())
+    }
+}
+
+impl<A: ChatApi> Sink for Channel<A> {
+    fn deliver<'a>(&'a self, row: &'a OutboxRow) -> BoxFuture<'a, Result<(), Refused>> {
+        Box::pin(self.deliver_row(row))
+    }
+}
+
+/// A draft as shown: the first message's worth, marked as still being written.
+fn draft_text(text: &str, limit: usize) -> String {
+    let mut pieces = split(text, limit.saturating_sub(2));
+    let first = if pieces.is_empty() { String::new() } else { pieces.swap_remove(0) };
+    format!("{first} …")
+}
+
+/// What the dispatcher makes of a failed call.
+fn refusal(err: PlatformError) -> Refused {
+    let reason = err.to_string();
+    match err {
+        PlatformError::RateLimited { retry_after, .. } => {
+            Refused { reason, retry_after: Some(retry_after), permanent: false }
+        }
+        PlatformError::Refused(_) => Refused::permanent(reason),
+        _ => Refused::transient(reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chat_is_only_its_channels() {
+        assert_eq!(chat_of_channel("desk", "desk:-100123/7").as_deref(), Some("-100123/7"));
+        assert_eq!(chat_of_channel("desk", "desk2:1"), None);
+        assert_eq!(chat_of_channel("desk", "other:1"), None);
+        assert_eq!(chat_of_channel("desk", "desk:"), None);
+    }
+
+    #[test]
+    fn a_failure_becomes_a_wait_a_retry_or_a_dead_letter() {
+        let limited = PlatformError::RateLimited {
+            retry_after: Duration::from_secs(7),
+            description: "x".into(),
+        };
+        assert_eq!(refusal(limited).retry_after, Some(Duration::from_secs(7)));
+        assert!(refusal(PlatformError::Refused("blocked".into())).permanent);
+        assert!(!refusal(PlatformError::Unavailable("down".into())).permanent);
+        assert_eq!(draft_text("abc", 4096), "abc …");
+    }
+}
