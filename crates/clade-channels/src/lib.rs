@@ -1,4 +1,4 @@
-//! Chat channels: listeners that turn a chat platform's messages into events of the agent its
+//! Chat channels (Telegram, Slack): listeners that turn a chat platform's messages into events of the agent its
 //! bindings pick, and sinks that send the agents' replies back to the chat from the outbox.
 //!
 //! A listener owns a platform's inbound side: it fetches or receives updates, maps the
@@ -15,6 +15,7 @@
 
 pub mod channel;
 pub mod health;
+pub mod slack;
 pub mod split;
 pub mod telegram;
 
@@ -23,7 +24,7 @@ pub use health::{ChannelHealth, ChannelState, Health};
 /// The platforms the channels speak for. No client of the API may start a conversation on one
 /// of them: a reply there goes to a chat through the operator's bot, so only the platform's
 /// own listener may open such a session.
-pub const PLATFORMS: &[&str] = &[telegram::PLATFORM];
+pub const PLATFORMS: &[&str] = &[telegram::PLATFORM, slack::PLATFORM];
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 #[derive(Debug, Default)]
 pub struct Channels {
     telegram: BTreeMap<String, Arc<telegram::Bot>>,
+    slack: BTreeMap<String, Arc<slack::App>>,
     health: Health,
 }
 
@@ -42,9 +44,19 @@ impl std::fmt::Debug for Health {
 }
 
 impl Channels {
-    pub fn new(health: Health, telegram: Vec<Arc<telegram::Bot>>) -> Self {
+    pub fn new(
+        health: Health,
+        telegram: Vec<Arc<telegram::Bot>>,
+        slack: Vec<Arc<slack::App>>,
+    ) -> Self {
         let telegram = telegram.into_iter().map(|bot| (bot.name().to_owned(), bot)).collect();
-        Self { telegram, health }
+        let slack = slack.into_iter().map(|app| (app.name().to_owned(), app)).collect();
+        Self { telegram, slack, health }
+    }
+
+    /// The Slack app named `name`, if configured.
+    pub fn slack(&self, name: &str) -> Option<&Arc<slack::App>> {
+        self.slack.get(name)
     }
 
     /// The Telegram bot named `name`, if configured.

@@ -154,6 +154,51 @@ pub(crate) fn telegram_bots_of(
         .collect()
 }
 
+/// The Slack apps `channels.slack` declares, with their tokens and secrets read from the
+/// environment; an unset variable is an error naming it.
+pub(crate) fn slack_apps_of(
+    config: &Config,
+) -> std::result::Result<Vec<clade_channels::slack::AppOptions>, String> {
+    config
+        .channels
+        .slack
+        .iter()
+        .map(|(name, app)| {
+            let field = format!("channels.slack.{name}");
+            let variable = |variable: &str, what: &str| {
+                env_value(variable).ok_or_else(|| {
+                    format!("{field}: environment variable {variable} ({what}) is not set")
+                })
+            };
+            let token = variable(&app.token_env, "the bot token")?;
+            let mode = match (app.mode, &app.app_token_env, &app.signing_secret_env) {
+                (clade_config::SlackMode::Socket, Some(name), _) => {
+                    clade_channels::slack::Mode::Socket {
+                        app_token: variable(name, "the app-level token")?,
+                    }
+                }
+                (clade_config::SlackMode::Events, _, Some(name)) => {
+                    clade_channels::slack::Mode::Events {
+                        signing_secret: variable(name, "the signing secret")?,
+                    }
+                }
+                _ => return Err(format!("{field}: its mode lacks its token or secret")),
+            };
+            Ok(clade_channels::slack::AppOptions {
+                name: name.clone(),
+                api_url: app
+                    .api_url
+                    .clone()
+                    .unwrap_or_else(|| clade_channels::slack::PUBLIC_API.to_owned()),
+                token,
+                mode,
+                stream: app.stream,
+                max_attempts: app.max_attempts,
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn subscribers_of(
     config: &Config,
 ) -> std::result::Result<Vec<clade_runtime::outbox::Subscriber>, String> {

@@ -732,6 +732,88 @@ pub struct ChannelsConfig {
     /// channels (`<bot>:<chat id>`), so two bots' chats never share a session.
     #[serde(default)]
     pub telegram: BTreeMap<String, TelegramConfig>,
+    /// Slack apps by name (`[a-z0-9_-]`, 1-32), the first part of their chats' channels
+    /// (`<app>:<channel id>`, `<app>:<channel id>/<thread ts>` in a thread).
+    #[serde(default)]
+    pub slack: BTreeMap<String, SlackConfig>,
+}
+
+/// One Slack app: its bot token for the Web API, and Socket Mode or the Events API for what
+/// people write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    /// The environment variable holding the bot token (`xoxb-…`).
+    pub token_env: String,
+    /// The Web API's base URL; Slack's own when not given.
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// How events arrive: `socket` (Socket Mode: the gateway connects out, no public URL) or
+    /// `events` (the Events API posts them to `POST /channels/slack/<app>`).
+    #[serde(default)]
+    pub mode: SlackMode,
+    /// Socket Mode: the environment variable holding the app-level token (`xapp-…`).
+    #[serde(default)]
+    pub app_token_env: Option<String>,
+    /// Events API: the environment variable holding the app's signing secret.
+    #[serde(default)]
+    pub signing_secret_env: Option<String>,
+    /// Whether replies stream into one message edited in place (`chat.update`).
+    #[serde(default = "default_true")]
+    pub stream: bool,
+    /// Attempts to deliver a reply before it is dead-lettered.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+/// How a Slack app's events arrive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SlackMode {
+    #[default]
+    Socket,
+    Events,
+}
+
+impl SlackConfig {
+    /// What types alone cannot say: the name, the variables each mode needs, the URL.
+    fn check(&self, name: &str) -> Result<(), String> {
+        let field = format!("channels.slack.{name}");
+        check_channel_name(&field, name)?;
+        if self.token_env.trim().is_empty() {
+            return Err(format!(
+                "{field}.token_env: name the variable holding the bot token (xoxb-…)"
+            ));
+        }
+        if let Some(url) = &self.api_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(format!("{field}.api_url: {url:?} is not an http(s) URL"));
+        }
+        if self.max_attempts == 0 {
+            return Err(format!("{field}.max_attempts: must be at least 1"));
+        }
+        let named = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+        match self.mode {
+            SlackMode::Socket if !named(&self.app_token_env) => Err(format!(
+                "{field}.app_token_env: Socket Mode connects with an app-level token (xapp-…); name the variable holding it, or use mode: events"
+            )),
+            SlackMode::Events if !named(&self.signing_secret_env) => Err(format!(
+                "{field}.signing_secret_env: the Events API is checked against the app's signing secret, or anyone could post events as Slack; name the variable holding it"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A channel's name: what its sessions' channels start with.
+fn check_channel_name(field: &str, name: &str) -> Result<(), String> {
+    let good = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if good { Ok(()) } else { Err(format!("{field}: a name is 1-32 of a-z, 0-9, - and _")) }
 }
 
 /// One Telegram bot, through the Bot API.
@@ -787,14 +869,7 @@ impl TelegramConfig {
     /// What types alone cannot say: the name, the variables, the URLs, the timeout.
     fn check(&self, name: &str) -> Result<(), String> {
         let field = format!("channels.telegram.{name}");
-        let good_name = !name.is_empty()
-            && name.len() <= 32
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-        if !good_name {
-            return Err(format!("{field}: a bot's name is 1-32 of a-z, 0-9, - and _"));
-        }
+        check_channel_name(&field, name)?;
         if self.token_env.trim().is_empty() {
             return Err(format!("{field}.token_env: name the variable holding the bot's token"));
         }
@@ -1396,6 +1471,11 @@ impl Config {
         }
         for (name, bot) in &self.channels.telegram {
             if let Err(message) = bot.check(name) {
+                return fail(message);
+            }
+        }
+        for (name, app) in &self.channels.slack {
+            if let Err(message) = app.check(name) {
                 return fail(message);
             }
         }

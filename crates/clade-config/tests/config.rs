@@ -217,6 +217,28 @@ fn tenant_hooks_are_checked() {
     }
 }
 
+/// Slack apps: a token variable, and the one each mode needs.
+#[test]
+fn slack_apps_are_checked() {
+    let check = |app: &str| {
+        let text = format!("channels:\n  slack:\n    team: {{ {app} }}\n");
+        parse(&text).and_then(|c| c.check(Path::new("clade.yaml")).map_err(|e| e.to_string()))
+    };
+    check("token_env: T, app_token_env: A").unwrap();
+    check("token_env: T, mode: events, signing_secret_env: S").unwrap();
+    for (app, says) in [
+        ("token_env: T", "app_token_env"),
+        ("token_env: T, mode: events", "signing_secret_env"),
+        ("token_env: ' ', app_token_env: A", "team.token_env"),
+        ("token_env: T, app_token_env: A, api_url: slack.example", "api_url"),
+        ("token_env: T, app_token_env: A, max_attempts: 0", "max_attempts"),
+        ("token_env: T, mode: rtm", "expected one of socket, events"),
+    ] {
+        let err = check(app).unwrap_err();
+        assert!(err.contains(says), "{app}: {err}");
+    }
+}
+
 /// Telegram bots: named plainly, a token variable, http(s) URLs, Telegram's long-poll range,
 /// and a secret for webhook mode; anything else is refused naming the field.
 #[test]
@@ -235,7 +257,7 @@ fn telegram_bots_are_checked() {
     assert_eq!((desk.poll_timeout_secs, desk.stream, desk.max_attempts), (25, true, 8));
     check("desk", "token_env: T").unwrap();
     for (name, bot, says) in [
-        ("Desk", "token_env: T", "a bot's name"),
+        ("Desk", "token_env: T", "a name is"),
         ("desk", "token_env: ' '", "desk.token_env"),
         ("desk", "token_env: T, api_url: ftp://x", "desk.api_url"),
         ("desk", "token_env: T, poll_timeout_secs: 0", "poll_timeout_secs"),

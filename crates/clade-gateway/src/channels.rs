@@ -1,5 +1,6 @@
-//! Chat channels' routes: Telegram's webhook (`POST /channels/telegram/{bot}`, no token: the
-//! secret Telegram sends authenticates it) and the operator's `GET /v1/channels`.
+//! Chat channels' routes: Telegram's webhook (`POST /channels/telegram/{bot}`) and Slack's
+//! Events API (`POST /channels/slack/{app}`), which take no token (the platform's secret or
+//! signature authenticates them), and the operator's `GET /v1/channels`.
 
 use axum::Extension;
 use axum::body::Bytes;
@@ -52,6 +53,50 @@ pub(crate) async fn telegram(
         Err(err) => Err(ApiError::new(
             Code::StoreUnavailable,
             format!("the update could not be stored now ({err}); Telegram delivers it again"),
+        )),
+    }
+}
+
+/// `POST /channels/slack/{app}`: one Events API request, signed with the app's signing
+/// secret. A URL check is answered with its challenge; a message is taken (200) or, when it
+/// cannot be stored now, refused with 503 so that Slack sends it again.
+pub(crate) async fn slack(
+    State(state): State<AppState>,
+    Path(app_name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let now = state.store.now().as_millis().div_euclid(1000);
+    let app = state.channels.slack(&app_name);
+    let verified = match app {
+        Some(app) => app
+            .verify(header("x-slack-request-timestamp"), header("x-slack-signature"), &body, now)
+            .map_err(|why| why.to_string()),
+        None => Err("no such app".to_owned()),
+    };
+    // An unknown app and a bad signature answer alike: a stranger learns no app's name.
+    let (Some(app), Ok(())) = (app, verified.as_ref()) else {
+        let why = verified.err().unwrap_or_default();
+        tracing::info!(app = %app_name, reason = %why, "slack events request refused");
+        return Err(ApiError::new(
+            Code::InvalidSignature,
+            "not signed by this app's signing secret within 5 minutes, or no such app in events mode (the gateway's log says which)",
+        ));
+    };
+    let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        app.accept(&serde_json::Value::Null).await.ok();
+        return Ok(axum::Json(serde_json::json!({"ok": false})).into_response());
+    };
+    if payload["type"] == "url_verification" {
+        let challenge = payload["challenge"].clone();
+        return Ok(axum::Json(serde_json::json!({ "challenge": challenge })).into_response());
+    }
+    match app.accept(&payload).await {
+        Ok(_) => Ok(axum::Json(serde_json::json!({"ok": true})).into_response()),
+        Err(err) => Err(ApiError::new(
+            Code::StoreUnavailable,
+            format!("the event could not be stored now ({err}); Slack sends it again"),
         )),
     }
 }

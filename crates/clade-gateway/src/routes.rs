@@ -271,6 +271,45 @@ pub static OPERATIONS: &[Operation] = &[
         )
     },
     Operation {
+        params: &[
+            path("app", text_schema),
+            Param {
+                name: "X-Slack-Request-Timestamp",
+                location: "header",
+                required: false,
+                description: Some("Unix seconds when Slack signed the request"),
+                schema: text_schema,
+            },
+            Param {
+                name: "X-Slack-Signature",
+                location: "header",
+                required: false,
+                description: Some(
+                    "`v0=` and the hex HMAC-SHA256 of `v0:<timestamp>:<body>` under the app's signing secret",
+                ),
+                schema: text_schema,
+            },
+        ],
+        description: Some(
+            "Where Slack's Events API posts an app's events (`channels.slack.<app>.mode: events`). A direct message or a mention of the app becomes an event of the agent the bindings pick for platform `slack`, channel `<app>:<channel id>` (`/<thread ts>` in a thread), actor the user id; its channel and `ts` are the idempotency key, so Slack's retries run no second turn. A `url_verification` request is answered with its challenge. Requests must be signed within 5 minutes.",
+        ),
+        responses: &[
+            empty("200", "taken, skipped for good, or the URL check's challenge"),
+            error(
+                "401",
+                "not signed by the app's signing secret within 5 minutes, or no app of that name in events mode (`invalid_signature`: alike)",
+            ),
+            error("503", "the event could not be stored now: Slack sends it again"),
+        ],
+        ..op(
+            "POST",
+            "/channels/slack/{app}",
+            &[],
+            "Slack Events API: a signed event becomes an event of the agent its bindings pick",
+            || post(channels::slack),
+        )
+    },
+    Operation {
         responses: &[
             ok("200", "every channel", of::<api::ChannelListResponse>),
             error("404", "the caller is not the operator"),

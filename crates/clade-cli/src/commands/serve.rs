@@ -26,6 +26,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     let mut subscribers = ctx.subscribers()?;
     let telegram_bots =
         crate::context::telegram_bots_of(&ctx.config).map_err(anyhow::Error::msg)?;
+    let slack_apps = crate::context::slack_apps_of(&ctx.config).map_err(anyhow::Error::msg)?;
     match ctx.identity() {
         Ok(identity) => {
             subscribers.extend(crate::context::paired_subscribers(&ctx.store, identity).await?)
@@ -62,6 +63,12 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             clade_channels::telegram::Bot::new(options, engine.clone(), channel_health.clone());
         subscribers.push(bot.subscriber().await?);
         bots.push(bot);
+    }
+    let mut apps = Vec::new();
+    for options in slack_apps {
+        let app = clade_channels::slack::App::new(options, engine.clone(), channel_health.clone());
+        subscribers.push(app.subscriber().await?);
+        apps.push(app);
     }
     let dispatchers = std::sync::Arc::new(clade_runtime::outbox::spawn(
         ctx.store.clone(),
@@ -112,8 +119,12 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     )
     .await?;
     let _rejoin = AbortOnDrop(sources.rejoin(engine.clone()));
-    let _listeners: Vec<AbortOnDrop> = bots.iter().map(|bot| AbortOnDrop(bot.start())).collect();
-    let channels = std::sync::Arc::new(clade_channels::Channels::new(channel_health, bots));
+    let _listeners: Vec<AbortOnDrop> = bots
+        .iter()
+        .map(|bot| AbortOnDrop(bot.start()))
+        .chain(apps.iter().map(|app| AbortOnDrop(app.start())))
+        .collect();
+    let channels = std::sync::Arc::new(clade_channels::Channels::new(channel_health, bots, apps));
     let admin_path = crate::admin_socket::path(ctx, None);
     let admin = crate::admin_socket::serve(
         &admin_path,

@@ -17,6 +17,7 @@ mod remote;
 mod sdk;
 mod sessions;
 mod settings;
+mod slack;
 mod subscribers;
 mod support;
 mod telegram;

@@ -1,0 +1,200 @@
+//! Slack's Web API as Slack documents it (<https://api.slack.com/web>): `POST <api>/<method>`
+//! with a bearer token and a JSON body, answered `{"ok": true, …}` or `{"ok": false, "error":
+//! "<code>"}`; a rate-limited call is HTTP 429 with `Retry-After` in seconds.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+
+use crate::channel::{ChatApi, PlatformError};
+
+/// Slack's Web API.
+pub const PUBLIC_API: &str = "https://slack.com/api";
+
+/// The longest text sent as one message. Slack takes up to 40,000 characters but advises
+/// keeping a message's text under 4,000, which is also what people read comfortably.
+pub const MESSAGE_LIMIT: usize = 4000;
+
+/// How long one call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An app's client of the Web API.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    /// The bot token (`xoxb-…`): never logged.
+    token: String,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    pub fn new(http: reqwest::Client, api_url: &str, token: &str) -> Self {
+        Self { http, base: api_url.trim_end_matches('/').to_owned(), token: token.to_owned() }
+    }
+
+    /// Calls `method` with `token` (the bot's unless given).
+    pub async fn call(
+        &self,
+        method: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> Result<Value, PlatformError> {
+        let response = self
+            .http
+            .post(format!("{}/{method}", self.base))
+            .bearer_auth(token.unwrap_or(&self.token))
+            .json(body)
+            .timeout(CALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| PlatformError::Unavailable(e.without_url().to_string()))?;
+        let status = response.status();
+        if status.as_u16() == 429 {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(1)
+                .clamp(1, 3600);
+            return Err(PlatformError::RateLimited {
+                retry_after: Duration::from_secs(retry_after),
+                description: format!("{method} is rate limited"),
+            });
+        }
+        if status.is_server_error() {
+            return Err(PlatformError::Unavailable(format!("{method}: HTTP {}", status.as_u16())));
+        }
+        let answer: Value = response.json().await.map_err(|e| {
+            PlatformError::Malformed(format!(
+                "{method}: HTTP {} and no JSON ({e})",
+                status.as_u16()
+            ))
+        })?;
+        if answer["ok"] == true {
+            return Ok(answer);
+        }
+        let code = answer["error"].as_str().unwrap_or("unknown_error").to_owned();
+        Err(classify(method, &code))
+    }
+
+    /// Posts `text` in `channel` (in `thread` if given); the message's `ts`.
+    pub async fn post_message(
+        &self,
+        channel: &str,
+        thread: Option<&str>,
+        text: &str,
+    ) -> Result<String, PlatformError> {
+        let mut body = json!({"channel": channel, "text": text});
+        if let Some(thread) = thread {
+            body["thread_ts"] = json!(thread);
+        }
+        let answer = self.call("chat.postMessage", &body, None).await?;
+        answer["ts"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| PlatformError::Malformed("chat.postMessage gave no ts".into()))
+    }
+
+    /// Replaces the text of the app's message `ts` in `channel`.
+    pub async fn update(&self, channel: &str, ts: &str, text: &str) -> Result<(), PlatformError> {
+        let body = json!({"channel": channel, "ts": ts, "text": text});
+        self.call("chat.update", &body, None).await.map(drop)
+    }
+
+    /// A Socket Mode WebSocket URL, asked for with the app-level token.
+    pub async fn open_connection(&self, app_token: &str) -> Result<String, PlatformError> {
+        let answer = self.call("apps.connections.open", &json!({}), Some(app_token)).await?;
+        answer["url"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| PlatformError::Malformed("apps.connections.open gave no url".into()))
+    }
+}
+
+/// What an `error` code means for the caller.
+fn classify(method: &str, code: &str) -> PlatformError {
+    let said = format!("{method}: {code}");
+    match code {
+        "ratelimited" => {
+            PlatformError::RateLimited { retry_after: Duration::from_secs(1), description: said }
+        }
+        "invalid_auth" | "not_authed" | "account_inactive" | "token_revoked" | "token_expired"
+        | "no_permission" | "missing_scope" => PlatformError::Unauthorized(said),
+        "internal_error" | "fatal_error" | "service_unavailable" | "request_timeout" => {
+            PlatformError::Unavailable(said)
+        }
+        _ => PlatformError::Refused(said),
+    }
+}
+
+/// A chat as the channel names it: `<channel id>`, or `<channel id>/<thread ts>`.
+pub fn chat_text(channel: &str, thread: Option<&str>) -> String {
+    match thread {
+        Some(thread) => format!("{channel}/{thread}"),
+        None => channel.to_owned(),
+    }
+}
+
+fn parse_chat(chat: &str) -> (&str, Option<&str>) {
+    match chat.split_once('/') {
+        Some((channel, thread)) => (channel, Some(thread)),
+        None => (chat, None),
+    }
+}
+
+impl ChatApi for Api {
+    fn platform(&self) -> &'static str {
+        super::PLATFORM
+    }
+
+    fn limit(&self) -> usize {
+        MESSAGE_LIMIT
+    }
+
+    fn send<'a>(
+        &'a self,
+        chat: &'a str,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<String, PlatformError>> {
+        let (channel, thread) = parse_chat(chat);
+        Box::pin(self.post_message(channel, thread, text))
+    }
+
+    fn edit<'a>(
+        &'a self,
+        chat: &'a str,
+        message: &'a str,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), PlatformError>> {
+        let (channel, _) = parse_chat(chat);
+        Box::pin(self.update(channel, message, text))
+    }
+
+    /// Slack shows no typing for apps outside its legacy RTM API: nothing to do.
+    fn typing<'a>(&'a self, _chat: &'a str) -> BoxFuture<'a, Result<(), PlatformError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_say_whether_to_retry() {
+        assert!(matches!(classify("m", "ratelimited"), PlatformError::RateLimited { .. }));
+        assert!(matches!(classify("m", "invalid_auth"), PlatformError::Unauthorized(_)));
+        assert!(classify("m", "internal_error").is_transient());
+        assert!(!classify("m", "channel_not_found").is_transient());
+        assert_eq!(parse_chat(&chat_text("C1", Some("171.0001"))), ("C1", Some("171.0001")));
+        assert_eq!(parse_chat("D9"), ("D9", None));
+    }
+}

@@ -1,0 +1,320 @@
+//! Slack: an app serving two tenants through the bindings over Socket Mode, against a fake
+//! Slack written from its documented wire formats (the Web API, `apps.connections.open` and
+//! Socket Mode's envelopes and acknowledgements); and the Events API, with requests signed by
+//! Slack's own SDK (`slack_sdk`, PyPI).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use serde_json::{Value, json};
+
+use super::support::{Env, ada_and_rival_bob, python_clients, run_client, write};
+
+/// What the fake Slack saw and is to do.
+#[derive(Default)]
+struct FakeSlack {
+    /// Envelopes waiting to be pushed down the socket.
+    outgoing: VecDeque<Value>,
+    /// Envelope ids acknowledged by the app.
+    acks: Vec<String>,
+    /// Messages posted: (channel, thread_ts, text).
+    posted: Vec<(String, Option<String>, String)>,
+    /// Each message's texts, first as posted, then as updated, by ts.
+    versions: BTreeMap<String, Vec<String>>,
+    /// `chat.postMessage` calls to answer with 429 before taking one.
+    rate_limit: usize,
+    /// Socket connections opened.
+    connections: usize,
+    /// Tell the connected socket to go away.
+    disconnect: bool,
+    url: String,
+}
+
+type Fake = Arc<Mutex<FakeSlack>>;
+
+const BOT_TOKEN: &str = "xoxb-test";
+const APP_TOKEN: &str = "xapp-test";
+
+async fn web_api(
+    axum::extract::State(fake): axum::extract::State<Fake>,
+    axum::extract::Path(method): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let mut fake = fake.lock().unwrap();
+    let token = if method == "apps.connections.open" { APP_TOKEN } else { BOT_TOKEN };
+    if auth != format!("Bearer {token}") {
+        return axum::Json(json!({"ok": false, "error": "invalid_auth"})).into_response();
+    }
+    match method.as_str() {
+        "apps.connections.open" => {
+            fake.connections += 1;
+            axum::Json(json!({"ok": true, "url": format!("{}/socket", fake.url)})).into_response()
+        }
+        "chat.postMessage" => {
+            if fake.rate_limit > 0 {
+                fake.rate_limit -= 1;
+                return (
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "1")],
+                    axum::Json(json!({"ok": false, "error": "ratelimited"})),
+                )
+                    .into_response();
+            }
+            let channel = body["channel"].as_str().unwrap().to_owned();
+            let thread = body["thread_ts"].as_str().map(str::to_owned);
+            let text = body["text"].as_str().unwrap().to_owned();
+            let ts = format!("9000.{:04}", fake.posted.len() + 1);
+            fake.posted.push((channel.clone(), thread, text.clone()));
+            fake.versions.entry(ts.clone()).or_default().push(text);
+            axum::Json(json!({"ok": true, "channel": channel, "ts": ts})).into_response()
+        }
+        "chat.update" => {
+            let ts = body["ts"].as_str().unwrap_or_default().to_owned();
+            let text = body["text"].as_str().unwrap_or_default().to_owned();
+            match fake.versions.get_mut(&ts) {
+                Some(versions) => {
+                    versions.push(text);
+                    axum::Json(json!({"ok": true, "ts": ts})).into_response()
+                }
+                None => {
+                    axum::Json(json!({"ok": false, "error": "message_not_found"})).into_response()
+                }
+            }
+        }
+        _ => axum::Json(json!({"ok": false, "error": "unknown_method"})).into_response(),
+    }
+}
+
+async fn socket(
+    axum::extract::State(fake): axum::extract::State<Fake>,
+    upgrade: WebSocketUpgrade,
+) -> axum::response::Response {
+    upgrade.on_upgrade(move |socket| serve_socket(fake, socket))
+}
+
+/// Socket Mode's side: `hello`, then each waiting envelope, collecting acknowledgements, until
+/// told to disconnect.
+async fn serve_socket(fake: Fake, mut socket: WebSocket) {
+    let hello = json!({"type": "hello", "num_connections": 1});
+    if socket.send(Message::Text(hello.to_string().into())).await.is_err() {
+        return;
+    }
+    loop {
+        let (next, leave) = {
+            let mut fake = fake.lock().unwrap();
+            let leave = std::mem::take(&mut fake.disconnect);
+            (if leave { None } else { fake.outgoing.pop_front() }, leave)
+        };
+        if leave {
+            let bye = json!({"type": "disconnect", "reason": "refresh_requested"});
+            let _ = socket.send(Message::Text(bye.to_string().into())).await;
+            let _ = socket.send(Message::Close(None)).await;
+            return;
+        }
+        if let Some(envelope) = next
+            && socket.send(Message::Text(envelope.to_string().into())).await.is_err()
+        {
+            return;
+        }
+        match tokio::time::timeout(Duration::from_millis(20), socket.recv()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let ack: Value = serde_json::from_str(text.as_str()).unwrap();
+                let id = ack["envelope_id"].as_str().unwrap().to_owned();
+                fake.lock().unwrap().acks.push(id);
+            }
+            Ok(Some(Ok(_))) | Err(_) => {}
+            Ok(None) | Ok(Some(Err(_))) => return,
+        }
+    }
+}
+
+async fn serve_fake(fake: &Fake) -> String {
+    let app = axum::Router::new()
+        .route("/api/{method}", axum::routing::post(web_api))
+        .route("/socket", axum::routing::get(socket))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    fake.lock().unwrap().url = format!("ws://{address}");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{address}/api")
+}
+
+fn envelope(id: &str, event: Value) -> Value {
+    json!({
+        "type": "events_api",
+        "envelope_id": id,
+        "accepts_response_payload": false,
+        "payload": { "type": "event_callback", "team_id": "T1", "event_id": format!("Ev{id}"), "event": event },
+    })
+}
+
+fn dm(channel: &str, user: &str, ts: &str, text: &str) -> Value {
+    json!({"type": "message", "channel_type": "im", "channel": channel, "user": user, "ts": ts, "text": text})
+}
+
+/// Waits until `done` holds for the fake (or 30 s pass).
+async fn until(fake: &Fake, done: impl Fn(&FakeSlack) -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if done(&fake.lock().unwrap()) {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slack_app_serves_two_tenants_over_socket_mode() {
+    let fake: Fake = Arc::default();
+    fake.lock().unwrap().rate_limit = 1;
+    let api = serve_fake(&fake).await;
+    let mut env = Env::new();
+    let rival = ada_and_rival_bob(&env);
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "channels:\n  slack:\n    team:\n      token_env: SLACK_TOKEN\n      app_token_env: SLACK_APP\n      api_url: {api}\n      stream: false\n\
+             bindings:\n  - {{ platform: slack, channel: \"team:D*\", agent: ada }}\n  - {{ platform: slack, channel: \"team:C2*\", agent: rival/bob }}\n"
+        ),
+    );
+    env.vars.push(("SLACK_TOKEN".into(), BOT_TOKEN.into()));
+    env.vars.push(("SLACK_APP".into(), APP_TOKEN.into()));
+    let server = env.serve(&[]);
+
+    // A direct message: acknowledged once stored, answered in its channel (after a 429).
+    fake.lock().unwrap().outgoing.push_back(envelope("e1", dm("D1", "U1", "1.1", "hi there")));
+    assert!(until(&fake, |f| f.acks.contains(&"e1".to_owned())).await, "e1 not acknowledged");
+    assert!(until(&fake, |f| !f.posted.is_empty()).await, "no reply after a 429");
+    assert_eq!(
+        fake.lock().unwrap().posted[0],
+        ("D1".to_owned(), None, "echo: hi there".to_owned())
+    );
+    // The same event again (Slack retries what it thinks was lost), a bot's message and one
+    // without a channel: acknowledged, and none answered.
+    for (id, event) in [
+        ("e2", dm("D1", "U1", "1.1", "hi there")),
+        (
+            "e3",
+            json!({"type": "message", "channel_type": "im", "channel": "D1", "bot_id": "B1", "ts": "1.2", "text": "a bot"}),
+        ),
+        (
+            "e4",
+            json!({"type": "message", "channel_type": "im", "user": "U1", "ts": "1.3", "text": "where?"}),
+        ),
+    ] {
+        fake.lock().unwrap().outgoing.push_back(envelope(id, event));
+    }
+    assert!(until(&fake, |f| f.acks.len() == 4).await, "{:?}", fake.lock().unwrap().acks);
+
+    // Slack asks the app to reconnect: it opens a new socket and goes on.
+    fake.lock().unwrap().disconnect = true;
+    assert!(until(&fake, |f| f.connections >= 2).await, "no second connection");
+    let mention = json!({"type": "app_mention", "channel": "C22", "user": "U9", "ts": "5.1", "thread_ts": "5.0", "text": "<@UAPP> bonjour"});
+    fake.lock().unwrap().outgoing.push_back(envelope("e5", mention));
+    assert!(until(&fake, |f| f.posted.len() == 2).await, "the mention was not answered");
+    let posted = fake.lock().unwrap().posted.clone();
+    assert_eq!(posted[1], ("C22".to_owned(), Some("5.0".to_owned()), "echo: bonjour".to_owned()));
+    assert_eq!(posted.len(), 2, "{posted:?}");
+
+    // Each chat is its tenant's, and the repeat was no second turn.
+    let ours = server.sessions_on("ada", "slack", "team:D1").await;
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(server.all_turns(ours[0]["id"].as_str().unwrap()).await.len(), 1);
+    let (_, theirs) = server.send("GET", "/v1/sessions", Some(&rival), None).await;
+    assert!(theirs.to_string().contains("team:C22/5.0"), "{theirs}");
+    assert!(!theirs.to_string().contains("team:D1"), "{theirs}");
+    let (_, status) = server.send("GET", "/v1/channels", None, None).await;
+    let team = &status["items"][0];
+    assert_eq!((team["platform"].as_str(), team["mode"].as_str()), (Some("slack"), Some("socket")));
+    assert_eq!(team["state"], "connected", "{status}");
+    assert_eq!((team["received"].as_u64(), team["malformed"].as_u64()), (Some(2), Some(1)));
+    // A tenant cannot start a Slack conversation through the API.
+    let event = json!({ "agent": "bob", "text": "spam", "source": { "platform": "slack", "channel": "team:D1", "actor": "U1" } });
+    let (code, _) = server.send("POST", "/v1/events", Some(&rival), Some(event)).await;
+    assert_eq!(code, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_events_signed_by_slacks_sdk_are_taken_once() {
+    let Some(python) = python_clients("the Slack events test") else { return };
+    let fake: Fake = Arc::default();
+    let api = serve_fake(&fake).await;
+    let mut env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "channels:\n  slack:\n    team:\n      token_env: SLACK_TOKEN\n      mode: events\n      signing_secret_env: SLACK_SECRET\n      api_url: {api}\n      stream: false\n\
+             default_agent: ada\n"
+        ),
+    );
+    env.vars.push(("SLACK_TOKEN".into(), BOT_TOKEN.into()));
+    let secret = "8f742231b10e8888abcd99yyyzzz85a5";
+    env.vars.push(("SLACK_SECRET".into(), secret.into()));
+    let server = env.serve(&[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let sign = |timestamp: &str, body: &str| {
+        let file = env.data_dir().join("slack-body.json");
+        std::fs::write(&file, body).unwrap();
+        let got =
+            run_client(&python, "slack_sign.py", &[secret, timestamp, file.to_str().unwrap()]);
+        assert_eq!(got["verified"], true, "{got}");
+        got["x-slack-signature"].as_str().unwrap().to_owned()
+    };
+    let post = |app: &str, timestamp: &str, signature: &str, body: &str| {
+        let request = reqwest::Client::new()
+            .post(format!("{}/channels/slack/{app}", server.url))
+            .header("content-type", "application/json")
+            .header("x-slack-request-timestamp", timestamp)
+            .header("x-slack-signature", signature)
+            .body(body.to_owned());
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // Slack checks the URL first.
+    let check =
+        json!({"type": "url_verification", "token": "x", "challenge": "3eZbrw1aBm"}).to_string();
+    let (status, answer) = post("team", &now, &sign(&now, &check), &check).await;
+    assert_eq!((status, answer["challenge"].as_str()), (200, Some("3eZbrw1aBm")));
+    let event = json!({"type": "event_callback", "event_id": "Ev1", "event": dm("D7", "U7", "7.7", "from events")}).to_string();
+    let signature = sign(&now, &event);
+    // A wrong signature, a stale one (10 minutes old), no app of that name: refused alike.
+    let stale = (now.parse::<i64>().unwrap() - 600).to_string();
+    for (app, timestamp, signature) in [
+        ("team", now.clone(), "v0=00".to_owned()),
+        ("team", stale.clone(), sign(&stale, &event)),
+        ("other", now.clone(), signature.clone()),
+    ] {
+        let (status, answer) = post(app, &timestamp, &signature, &event).await;
+        assert_eq!(status, 401, "{app} {timestamp}: {answer}");
+        assert_eq!(answer["error"]["code"], "invalid_signature");
+    }
+    // Slack retries an event it got no answer to in time: one event, one reply.
+    for _ in 0..2 {
+        let (status, answer) = post("team", &now, &signature, &event).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    assert!(until(&fake, |f| !f.posted.is_empty()).await, "no reply");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        fake.lock().unwrap().posted,
+        vec![("D7".to_owned(), None, "echo: from events".to_owned())]
+    );
+    let sessions = server.sessions_on("ada", "slack", "team:D7").await;
+    assert_eq!(server.all_turns(sessions[0]["id"].as_str().unwrap()).await.len(), 1);
+}
