@@ -80,6 +80,108 @@ pub trait ChatApi: Send + Sync + 'static {
     fn typing<'a>(&'a self, chat: &'a str) -> BoxFuture<'a, Result<(), PlatformError>>;
 }
 
+/// What every channel's configuration says besides its platform's own settings.
+#[derive(Clone)]
+pub struct Settings {
+    /// The channel's name: its sessions' channels start with it.
+    pub name: String,
+    /// The platform API's base URL.
+    pub api_url: String,
+    /// The bot's token: never logged.
+    pub token: String,
+    /// Whether replies stream into one message edited in place.
+    pub stream: bool,
+    /// Attempts to deliver a reply before it is dead-lettered.
+    pub max_attempts: u32,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("name", &self.name)
+            .field("api_url", &self.api_url)
+            .field("stream", &self.stream)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A platform's JSON-over-HTTP API: its base URL and the token every call carries, which no
+/// log and no `Debug` shows.
+#[derive(Clone)]
+pub struct Endpoint {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+/// A platform's answer, before its own rules read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub status: u16,
+    /// `Retry-After`, in seconds.
+    pub retry_after: Option<f64>,
+    /// The body's JSON; `null` when empty or not JSON.
+    pub body: Value,
+}
+
+impl Endpoint {
+    pub fn new(http: reqwest::Client, base: &str, token: &str) -> Self {
+        Self { http, base: base.trim_end_matches('/').to_owned(), token: token.to_owned() }
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// `method <base><path>` with `authorization` (a scheme and a token) and an optional JSON
+    /// body, within 30 s. Only a call that got no answer is an error.
+    pub async fn exchange(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        authorization: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, PlatformError> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header(reqwest::header::AUTHORIZATION, authorization)
+            .timeout(Duration::from_secs(30));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            // reqwest's error names the URL, which may hold a token: keep only its kind.
+            .map_err(|e| PlatformError::Unavailable(e.without_url().to_string()))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| PlatformError::Unavailable(e.without_url().to_string()))?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Answer { status, retry_after, body })
+    }
+}
+
+/// A wait a platform asked for, in seconds, as a duration between 50 ms and an hour.
+pub fn wait_of(seconds: f64) -> Duration {
+    Duration::from_millis((seconds.clamp(0.05, 3600.0) * 1000.0) as u64)
+}
+
 /// What became of one inbound message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Taken {
@@ -166,25 +268,23 @@ fn chat_of_channel(name: &str, channel: &str) -> Option<String> {
 }
 
 impl<A: ChatApi> Channel<A> {
-    /// Registers the channel's health as `mode` (`polling`, `webhook`, `socket`).
+    /// Registers the channel's health as `mode` (`polling`, `webhook`, `socket`, `gateway`).
     pub fn new(
-        name: &str,
+        settings: &Settings,
         mode: &str,
         api: A,
         engine: Engine,
         health: Health,
-        stream: bool,
-        max_attempts: u32,
     ) -> Arc<Self> {
-        health.register(api.platform(), name, mode);
+        health.register(api.platform(), &settings.name, mode);
         Arc::new(Self {
-            name: name.to_owned(),
+            name: settings.name.clone(),
             api,
             store: engine.store().clone(),
             engine,
             health,
-            stream,
-            max_attempts,
+            stream: settings.stream,
+            max_attempts: settings.max_attempts,
             drafts: Mutex::default(),
             progress: Mutex::default(),
             finished: Mutex::default(),

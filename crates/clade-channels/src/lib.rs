@@ -1,4 +1,4 @@
-//! Chat channels (Telegram, Slack): listeners that turn a chat platform's messages into events of the agent its
+//! Chat channels (Telegram, Slack, Discord): listeners that turn a chat platform's messages into events of the agent its
 //! bindings pick, and sinks that send the agents' replies back to the chat from the outbox.
 //!
 //! A listener owns a platform's inbound side: it fetches or receives updates, maps the
@@ -14,6 +14,7 @@
 //! which mounts the webhook routes and calls into this crate.
 
 pub mod channel;
+pub mod discord;
 pub mod health;
 pub mod slack;
 pub mod split;
@@ -24,7 +25,7 @@ pub use health::{ChannelHealth, ChannelState, Health};
 /// The platforms the channels speak for. No client of the API may start a conversation on one
 /// of them: a reply there goes to a chat through the operator's bot, so only the platform's
 /// own listener may open such a session.
-pub const PLATFORMS: &[&str] = &[telegram::PLATFORM, slack::PLATFORM];
+pub const PLATFORMS: &[&str] = &[telegram::PLATFORM, slack::PLATFORM, discord::PLATFORM];
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -107,6 +107,33 @@ pub(crate) fn hooks_of(
     Ok(hooks)
 }
 
+/// An environment variable a channel needs, or an error naming it and what it holds.
+fn channel_variable(
+    field: &str,
+    variable: &str,
+    what: &str,
+) -> std::result::Result<String, String> {
+    env_value(variable)
+        .ok_or_else(|| format!("{field}: environment variable {variable} ({what}) is not set"))
+}
+
+/// What every channel's entry says: its token read from `token_env`, its API's URL (the
+/// platform's own, `public`, when not given).
+fn channel_settings(
+    field: &str,
+    name: &str,
+    (token_env, api_url, public): (&str, &Option<String>, &str),
+    (stream, max_attempts): (bool, u32),
+) -> std::result::Result<clade_channels::channel::Settings, String> {
+    Ok(clade_channels::channel::Settings {
+        name: name.to_owned(),
+        api_url: api_url.clone().unwrap_or_else(|| public.to_owned()),
+        token: channel_variable(field, token_env, "the bot's token")?,
+        stream,
+        max_attempts,
+    })
+}
+
 /// The Telegram bots `channels.telegram` declares, with their tokens and secrets read from
 /// the environment; an unset variable is an error naming it.
 pub(crate) fn telegram_bots_of(
@@ -118,14 +145,11 @@ pub(crate) fn telegram_bots_of(
         .iter()
         .map(|(name, bot)| {
             let field = format!("channels.telegram.{name}");
-            let token = env_value(&bot.token_env).ok_or_else(|| {
-                format!("{field}: environment variable {} (the bot's token) is not set", bot.token_env)
-            })?;
+            let api = (bot.token_env.as_str(), &bot.api_url, clade_channels::telegram::PUBLIC_API);
+            let settings = channel_settings(&field, name, api, (bot.stream, bot.max_attempts))?;
             let webhook_secret = match (bot.mode, &bot.webhook_secret_env) {
                 (clade_config::TelegramMode::Webhook, Some(variable)) => {
-                    let secret = env_value(variable).ok_or_else(|| {
-                        format!("{field}: environment variable {variable} (the webhook's secret token) is not set")
-                    })?;
+                    let secret = channel_variable(&field, variable, "the webhook's secret token")?;
                     let fits = (1..=256).contains(&secret.len())
                         && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
                     if !fits {
@@ -138,18 +162,28 @@ pub(crate) fn telegram_bots_of(
                 _ => None,
             };
             Ok(clade_channels::telegram::BotOptions {
-                name: name.clone(),
-                api_url: bot
-                    .api_url
-                    .clone()
-                    .unwrap_or_else(|| clade_channels::telegram::PUBLIC_API.to_owned()),
-                token,
+                settings,
                 webhook_secret,
                 public_url: bot.public_url.clone(),
                 poll_timeout: std::time::Duration::from_secs(bot.poll_timeout_secs.into()),
-                stream: bot.stream,
-                max_attempts: bot.max_attempts,
             })
+        })
+        .collect()
+}
+
+/// The Discord bots `channels.discord` declares, with their tokens read from the environment;
+/// an unset variable is an error naming it.
+pub(crate) fn discord_bots_of(
+    config: &Config,
+) -> std::result::Result<Vec<clade_channels::channel::Settings>, String> {
+    config
+        .channels
+        .discord
+        .iter()
+        .map(|(name, bot)| {
+            let field = format!("channels.discord.{name}");
+            let api = (bot.token_env.as_str(), &bot.api_url, clade_channels::discord::PUBLIC_API);
+            channel_settings(&field, name, api, (bot.stream, bot.max_attempts))
         })
         .collect()
 }
@@ -165,36 +199,22 @@ pub(crate) fn slack_apps_of(
         .iter()
         .map(|(name, app)| {
             let field = format!("channels.slack.{name}");
-            let variable = |variable: &str, what: &str| {
-                env_value(variable).ok_or_else(|| {
-                    format!("{field}: environment variable {variable} ({what}) is not set")
-                })
-            };
-            let token = variable(&app.token_env, "the bot token")?;
+            let api = (app.token_env.as_str(), &app.api_url, clade_channels::slack::PUBLIC_API);
+            let settings = channel_settings(&field, name, api, (app.stream, app.max_attempts))?;
             let mode = match (app.mode, &app.app_token_env, &app.signing_secret_env) {
-                (clade_config::SlackMode::Socket, Some(name), _) => {
+                (clade_config::SlackMode::Socket, Some(variable), _) => {
                     clade_channels::slack::Mode::Socket {
-                        app_token: variable(name, "the app-level token")?,
+                        app_token: channel_variable(&field, variable, "the app-level token")?,
                     }
                 }
-                (clade_config::SlackMode::Events, _, Some(name)) => {
+                (clade_config::SlackMode::Events, _, Some(variable)) => {
                     clade_channels::slack::Mode::Events {
-                        signing_secret: variable(name, "the signing secret")?,
+                        signing_secret: channel_variable(&field, variable, "the signing secret")?,
                     }
                 }
                 _ => return Err(format!("{field}: its mode lacks its token or secret")),
             };
-            Ok(clade_channels::slack::AppOptions {
-                name: name.clone(),
-                api_url: app
-                    .api_url
-                    .clone()
-                    .unwrap_or_else(|| clade_channels::slack::PUBLIC_API.to_owned()),
-                token,
-                mode,
-                stream: app.stream,
-                max_attempts: app.max_attempts,
-            })
+            Ok(clade_channels::slack::AppOptions { settings, mode })
         })
         .collect()
 }

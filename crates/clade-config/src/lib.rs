@@ -736,6 +736,49 @@ pub struct ChannelsConfig {
     /// (`<app>:<channel id>`, `<app>:<channel id>/<thread ts>` in a thread).
     #[serde(default)]
     pub slack: BTreeMap<String, SlackConfig>,
+    /// Discord bots by name (`[a-z0-9_-]`, 1-32), the first part of their chats' channels
+    /// (`<bot>:<channel id>`).
+    #[serde(default)]
+    pub discord: BTreeMap<String, DiscordConfig>,
+}
+
+/// One Discord bot: its token for the gateway and the REST API. Enable the Message Content
+/// intent for it in Discord's developer portal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiscordConfig {
+    /// The environment variable holding the bot token.
+    pub token_env: String,
+    /// The REST API's base URL (`…/api/v10`); Discord's own when not given. The gateway's URL
+    /// comes from it (`GET /gateway/bot`).
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// Whether replies stream into one message edited in place.
+    #[serde(default = "default_true")]
+    pub stream: bool,
+    /// Attempts to deliver a reply before it is dead-lettered.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+impl DiscordConfig {
+    /// What types alone cannot say: the name, the token variable, the URL.
+    fn check(&self, name: &str) -> Result<(), String> {
+        let field = format!("channels.discord.{name}");
+        check_channel_name(&field, name)?;
+        if self.token_env.trim().is_empty() {
+            return Err(format!("{field}.token_env: name the variable holding the bot token"));
+        }
+        if let Some(url) = &self.api_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(format!("{field}.api_url: {url:?} is not an http(s) URL"));
+        }
+        if self.max_attempts == 0 {
+            return Err(format!("{field}.max_attempts: must be at least 1"));
+        }
+        Ok(())
+    }
 }
 
 /// One Slack app: its bot token for the Web API, and Socket Mode or the Events API for what
@@ -1476,6 +1519,11 @@ impl Config {
         }
         for (name, app) in &self.channels.slack {
             if let Err(message) = app.check(name) {
+                return fail(message);
+            }
+        }
+        for (name, bot) in &self.channels.discord {
+            if let Err(message) = bot.check(name) {
                 return fail(message);
             }
         }

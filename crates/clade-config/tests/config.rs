@@ -237,6 +237,20 @@ fn slack_apps_are_checked() {
         let err = check(app).unwrap_err();
         assert!(err.contains(says), "{app}: {err}");
     }
+    let discord = |bot: &str| {
+        let text = format!("channels:\n  discord:\n    guild: {{ {bot} }}\n");
+        parse(&text).and_then(|c| c.check(Path::new("clade.yaml")).map_err(|e| e.to_string()))
+    };
+    discord("token_env: T").unwrap();
+    for (bot, says) in [
+        ("token_env: ' '", "guild.token_env"),
+        ("token_env: T, api_url: discord.example", "api_url"),
+        ("token_env: T, max_attempts: 0", "max_attempts"),
+        ("token_env: T, intents: 1", "unknown field"),
+    ] {
+        let err = discord(bot).unwrap_err();
+        assert!(err.contains(says), "{bot}: {err}");
+    }
 }
 
 /// Telegram bots: named plainly, a token variable, http(s) URLs, Telegram's long-poll range,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use crate::channel::{ChatApi, PlatformError};
+use crate::channel::{ChatApi, Endpoint, PlatformError, wait_of};
 
 /// Slack's Web API.
 pub const PUBLIC_API: &str = "https://slack.com/api";
@@ -16,27 +16,15 @@ pub const PUBLIC_API: &str = "https://slack.com/api";
 /// keeping a message's text under 4,000, which is also what people read comfortably.
 pub const MESSAGE_LIMIT: usize = 4000;
 
-/// How long one call may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// An app's client of the Web API.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Api {
-    http: reqwest::Client,
-    base: String,
-    /// The bot token (`xoxb-…`): never logged.
-    token: String,
-}
-
-impl std::fmt::Debug for Api {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Api").field("base", &self.base).finish_non_exhaustive()
-    }
+    endpoint: Endpoint,
 }
 
 impl Api {
     pub fn new(http: reqwest::Client, api_url: &str, token: &str) -> Self {
-        Self { http, base: api_url.trim_end_matches('/').to_owned(), token: token.to_owned() }
+        Self { endpoint: Endpoint::new(http, api_url, token) }
     }
 
     /// Calls `method` with `token` (the bot's unless given).
@@ -46,43 +34,31 @@ impl Api {
         body: &Value,
         token: Option<&str>,
     ) -> Result<Value, PlatformError> {
-        let response = self
-            .http
-            .post(format!("{}/{method}", self.base))
-            .bearer_auth(token.unwrap_or(&self.token))
-            .json(body)
-            .timeout(CALL_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| PlatformError::Unavailable(e.without_url().to_string()))?;
-        let status = response.status();
-        if status.as_u16() == 429 {
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(1)
-                .clamp(1, 3600);
+        let authorization = format!("Bearer {}", token.unwrap_or(self.endpoint.token()));
+        let path = format!("/{method}");
+        let answer = self
+            .endpoint
+            .exchange(reqwest::Method::POST, &path, &authorization, Some(body))
+            .await?;
+        if answer.status == 429 {
             return Err(PlatformError::RateLimited {
-                retry_after: Duration::from_secs(retry_after),
+                retry_after: wait_of(answer.retry_after.unwrap_or(1.0)),
                 description: format!("{method} is rate limited"),
             });
         }
-        if status.is_server_error() {
-            return Err(PlatformError::Unavailable(format!("{method}: HTTP {}", status.as_u16())));
+        if answer.status >= 500 {
+            return Err(PlatformError::Unavailable(format!("{method}: HTTP {}", answer.status)));
         }
-        let answer: Value = response.json().await.map_err(|e| {
-            PlatformError::Malformed(format!(
-                "{method}: HTTP {} and no JSON ({e})",
-                status.as_u16()
-            ))
-        })?;
-        if answer["ok"] == true {
-            return Ok(answer);
+        if answer.body["ok"] == true {
+            return Ok(answer.body);
         }
-        let code = answer["error"].as_str().unwrap_or("unknown_error").to_owned();
-        Err(classify(method, &code))
+        match answer.body["error"].as_str() {
+            Some(code) => Err(classify(method, code)),
+            None => Err(PlatformError::Malformed(format!(
+                "{method}: HTTP {} without the Web API's answer",
+                answer.status
+            ))),
+        }
     }
 
     /// Posts `text` in `channel` (in `thread` if given); the message's `ts`.

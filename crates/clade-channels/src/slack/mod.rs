@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 
 pub use api::{Api, MESSAGE_LIMIT, PUBLIC_API};
 
-use crate::channel::{Channel, Inbound, NotTaken, PlatformError, Taken};
+use crate::channel::{Channel, Inbound, NotTaken, PlatformError, Settings, Taken};
 use crate::health::Health;
 
 /// The platform of Slack's sessions.
@@ -59,12 +59,8 @@ impl std::fmt::Debug for Mode {
 /// What one app needs, resolved from `channels.slack.<name>`.
 #[derive(Debug, Clone)]
 pub struct AppOptions {
-    pub name: String,
-    pub api_url: String,
-    pub token: String,
+    pub settings: Settings,
     pub mode: Mode,
-    pub stream: bool,
-    pub max_attempts: u32,
 }
 
 /// One Slack app: its inbound side (socket or Events API) over the shared [`Channel`].
@@ -75,7 +71,7 @@ pub struct App {
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").field("name", &self.options.name).finish_non_exhaustive()
+        f.debug_struct("App").field("name", &self.options.settings.name).finish_non_exhaustive()
     }
 }
 
@@ -94,25 +90,18 @@ pub enum Unsigned {
 
 impl App {
     pub fn new(options: AppOptions, engine: Engine, health: Health) -> Arc<Self> {
-        let api = Api::new(reqwest::Client::new(), &options.api_url, &options.token);
+        let settings = &options.settings;
+        let api = Api::new(reqwest::Client::new(), &settings.api_url, &settings.token);
         let mode = match options.mode {
             Mode::Socket { .. } => "socket",
             Mode::Events { .. } => "events",
         };
-        let channel = Channel::new(
-            &options.name,
-            mode,
-            api,
-            engine,
-            health,
-            options.stream,
-            options.max_attempts,
-        );
+        let channel = Channel::new(settings, mode, api, engine, health);
         Arc::new(Self { options, channel })
     }
 
     pub fn name(&self) -> &str {
-        &self.options.name
+        self.channel.name()
     }
 
     /// The outbox subscriber that sends this app's replies.
@@ -174,7 +163,7 @@ impl App {
     /// Socket Mode: opens a connection, takes its envelopes (acknowledging each once stored),
     /// and opens another when Slack asks, the socket drops or falls silent.
     async fn socket(&self, app_token: &str) {
-        let name = self.options.name.as_str();
+        let name = self.options.settings.name.as_str();
         let clock = self.channel.store().clock().clone();
         let mut failures = 0u32;
         loop {
@@ -202,7 +191,7 @@ impl App {
 
     /// One connection, until it ends; why it ended.
     async fn connect_once(&self, app_token: &str) -> Result<String, PlatformError> {
-        let name = self.options.name.as_str();
+        let name = self.options.settings.name.as_str();
         let url = self.channel.api().open_connection(app_token).await?;
         let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
             .await

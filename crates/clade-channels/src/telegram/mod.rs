@@ -18,7 +18,7 @@ use serde_json::Value;
 
 pub use api::{Api, ApiError, MESSAGE_LIMIT, PUBLIC_API, Update};
 
-use crate::channel::{Channel, Inbound};
+use crate::channel::{Channel, Inbound, Settings};
 pub use crate::channel::{NotTaken, Taken};
 use crate::health::Health;
 
@@ -34,16 +34,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// What one bot needs, resolved from `channels.telegram.<name>`.
 #[derive(Debug, Clone)]
 pub struct BotOptions {
-    pub name: String,
-    pub api_url: String,
-    pub token: String,
+    pub settings: Settings,
     /// Webhook mode's secret; `None` in polling mode.
     pub webhook_secret: Option<String>,
     /// Webhook mode: the gateway's public URL, to register with `setWebhook`.
     pub public_url: Option<String>,
     pub poll_timeout: Duration,
-    pub stream: bool,
-    pub max_attempts: u32,
 }
 
 /// One Telegram bot: its inbound side (poller or webhook) over the shared [`Channel`].
@@ -54,28 +50,21 @@ pub struct Bot {
 
 impl std::fmt::Debug for Bot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bot").field("name", &self.options.name).finish_non_exhaustive()
+        f.debug_struct("Bot").field("name", &self.channel.name()).finish_non_exhaustive()
     }
 }
 
 impl Bot {
     pub fn new(options: BotOptions, engine: Engine, health: Health) -> Arc<Self> {
-        let api = Api::new(reqwest::Client::new(), &options.api_url, &options.token);
+        let settings = &options.settings;
+        let api = Api::new(reqwest::Client::new(), &settings.api_url, &settings.token);
         let mode = if options.webhook_secret.is_some() { "webhook" } else { "polling" };
-        let channel = Channel::new(
-            &options.name,
-            mode,
-            api,
-            engine,
-            health,
-            options.stream,
-            options.max_attempts,
-        );
+        let channel = Channel::new(settings, mode, api, engine, health);
         Arc::new(Self { options, channel })
     }
 
     pub fn name(&self) -> &str {
-        &self.options.name
+        self.channel.name()
     }
 
     /// The outbox subscriber that sends this bot's replies.
@@ -94,12 +83,12 @@ impl Bot {
                     let url = format!(
                         "{}/channels/{PLATFORM}/{}",
                         public.trim_end_matches('/'),
-                        bot.options.name
+                        bot.options.settings.name
                     );
                     bot.register_webhook(&url, secret).await;
                 }
                 (Some(_), None) => {
-                    tracing::info!(bot = %bot.options.name, "telegram bot in webhook mode: register /channels/telegram/{} with setWebhook (or set public_url)", bot.options.name);
+                    tracing::info!(bot = %bot.options.settings.name, "telegram bot in webhook mode: register /channels/telegram/{} with setWebhook (or set public_url)", bot.options.settings.name);
                 }
             }
         })
@@ -112,16 +101,20 @@ impl Bot {
                 Ok(()) => {
                     self.channel.health().ok(
                         PLATFORM,
-                        &self.options.name,
+                        &self.options.settings.name,
                         self.channel.store().now(),
                     );
-                    tracing::info!(bot = %self.options.name, url, "telegram webhook registered");
+                    tracing::info!(bot = %self.options.settings.name, url, "telegram webhook registered");
                     return;
                 }
                 Err(err) => {
                     failures += 1;
-                    self.channel.health().failed(PLATFORM, &self.options.name, &err.to_string());
-                    tracing::warn!(bot = %self.options.name, error = %err, "cannot register the telegram webhook; trying again");
+                    self.channel.health().failed(
+                        PLATFORM,
+                        &self.options.settings.name,
+                        &err.to_string(),
+                    );
+                    tracing::warn!(bot = %self.options.settings.name, error = %err, "cannot register the telegram webhook; trying again");
                     if !err.is_transient() && failures >= 3 {
                         return;
                     }
@@ -134,7 +127,7 @@ impl Bot {
     /// Long polling: fetch, take each update (trying one that fails again before any later
     /// one), then confirm them all with the next fetch's offset.
     async fn poll(self: &Arc<Self>) {
-        let name = self.options.name.as_str();
+        let name = self.options.settings.name.as_str();
         let clock = self.channel.store().clock().clone();
         let mut offset: Option<i64> = None;
         let mut failures = 0u32;

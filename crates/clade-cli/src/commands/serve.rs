@@ -27,6 +27,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     let telegram_bots =
         crate::context::telegram_bots_of(&ctx.config).map_err(anyhow::Error::msg)?;
     let slack_apps = crate::context::slack_apps_of(&ctx.config).map_err(anyhow::Error::msg)?;
+    let discord_bots = crate::context::discord_bots_of(&ctx.config).map_err(anyhow::Error::msg)?;
     match ctx.identity() {
         Ok(identity) => {
             subscribers.extend(crate::context::paired_subscribers(&ctx.store, identity).await?)
@@ -63,6 +64,13 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             clade_channels::telegram::Bot::new(options, engine.clone(), channel_health.clone());
         subscribers.push(bot.subscriber().await?);
         bots.push(bot);
+    }
+    let mut gateway_bots = Vec::new();
+    for options in discord_bots {
+        let bot =
+            clade_channels::discord::Bot::new(&options, engine.clone(), channel_health.clone());
+        subscribers.push(bot.subscriber().await?);
+        gateway_bots.push(bot);
     }
     let mut apps = Vec::new();
     for options in slack_apps {
@@ -123,6 +131,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         .iter()
         .map(|bot| AbortOnDrop(bot.start()))
         .chain(apps.iter().map(|app| AbortOnDrop(app.start())))
+        .chain(gateway_bots.iter().map(|bot| AbortOnDrop(bot.start())))
         .collect();
     let channels = std::sync::Arc::new(clade_channels::Channels::new(channel_health, bots, apps));
     let admin_path = crate::admin_socket::path(ctx, None);

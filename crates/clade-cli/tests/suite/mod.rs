@@ -4,6 +4,7 @@ mod config_apply;
 mod control;
 mod crash;
 mod cron;
+mod discord;
 mod forks;
 mod hardening;
 mod http;

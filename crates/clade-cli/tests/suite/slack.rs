@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use serde_json::{Value, json};
 
-use super::support::{Env, ada_and_rival_bob, python_clients, run_client, write};
+use super::support::{Env, python_clients, run_client, two_tenants_under, until, write};
 
 /// What the fake Slack saw and is to do.
 #[derive(Default)]
@@ -158,36 +158,18 @@ fn dm(channel: &str, user: &str, ts: &str, text: &str) -> Value {
     json!({"type": "message", "channel_type": "im", "channel": channel, "user": user, "ts": ts, "text": text})
 }
 
-/// Waits until `done` holds for the fake (or 30 s pass).
-async fn until(fake: &Fake, done: impl Fn(&FakeSlack) -> bool) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if done(&fake.lock().unwrap()) {
-            return true;
-        }
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slack_app_serves_two_tenants_over_socket_mode() {
     let fake: Fake = Arc::default();
     fake.lock().unwrap().rate_limit = 1;
     let api = serve_fake(&fake).await;
-    let mut env = Env::new();
-    let rival = ada_and_rival_bob(&env);
-    write(
-        &env.data_dir().join("clade.yaml"),
+    let (env, rival) = two_tenants_under(
         &format!(
             "channels:\n  slack:\n    team:\n      token_env: SLACK_TOKEN\n      app_token_env: SLACK_APP\n      api_url: {api}\n      stream: false\n\
              bindings:\n  - {{ platform: slack, channel: \"team:D*\", agent: ada }}\n  - {{ platform: slack, channel: \"team:C2*\", agent: rival/bob }}\n"
         ),
+        &[("SLACK_TOKEN", BOT_TOKEN), ("SLACK_APP", APP_TOKEN)],
     );
-    env.vars.push(("SLACK_TOKEN".into(), BOT_TOKEN.into()));
-    env.vars.push(("SLACK_APP".into(), APP_TOKEN.into()));
     let server = env.serve(&[]);
 
     // A direct message: acknowledged once stored, answered in its channel (after a 429).

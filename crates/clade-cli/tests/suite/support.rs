@@ -443,3 +443,28 @@ pub fn ada_and_rival_bob(env: &Env) -> String {
     env.run(&["--tenant", "rival", "agents", "create", "bob"]).ok();
     token(env, "rival", &["read", "send"]).0
 }
+
+/// Waits until `done` holds for what `shared` holds (a fake platform's record), or 30 s pass;
+/// whether it did.
+pub async fn until<T>(shared: &Arc<Mutex<T>>, done: impl Fn(&T) -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if done(&shared.lock().unwrap()) {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A data dir with `ada` and the rival tenant's `bob` (see [`ada_and_rival_bob`]) under
+/// `config` (clade.yaml), with `vars` set for every command; and the rival's token.
+pub fn two_tenants_under(config: &str, vars: &[(&str, &str)]) -> (Env, String) {
+    let mut env = Env::new();
+    let rival = ada_and_rival_bob(&env);
+    write(&env.data_dir().join("clade.yaml"), config);
+    env.vars.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    (env, rival)
+}

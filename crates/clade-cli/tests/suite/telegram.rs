@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, ada_and_rival_bob, required_tool, token, write};
+use super::support::{Env, Server, required_tool, token, two_tenants_under, write};
 
 const TOKEN: &str = "123456:test-token";
 
@@ -126,17 +126,14 @@ async fn replies(server: &Server, agent: &str, channel: &str, token: Option<&str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_telegram_bot_serves_two_tenants_through_the_emulator() {
     let Some(emulator) = emulator() else { return };
-    let mut env = Env::new();
-    let rival = ada_and_rival_bob(&env);
-    write(
-        &env.data_dir().join("clade.yaml"),
+    let (env, rival) = two_tenants_under(
         &format!(
             "channels:\n  telegram:\n    desk:\n      token_env: DESK_TOKEN\n      api_url: {}\n      poll_timeout_secs: 1\n\
              bindings:\n  - {{ platform: telegram, channel: \"desk:1\", agent: ada }}\n  - {{ platform: telegram, channel: \"desk:2\", agent: rival/bob }}\n",
             emulator.url
         ),
+        &[("DESK_TOKEN", TOKEN)],
     );
-    env.vars.push(("DESK_TOKEN".into(), TOKEN.into()));
     let server = env.serve(&[]);
 
     // Each chat reaches the agent its binding names, in that agent's tenant.

@@ -295,7 +295,7 @@ async fn bindings_pick_the_agent() {
     assert_eq!(sessions[0]["id"], value["session_id"]);
     assert_eq!(sessions[0]["last_active_channel"], "42");
     let body =
-        json!({ "text": "hi", "source": { "platform": "slack", "channel": "1", "actor": "u" } });
+        json!({ "text": "hi", "source": { "platform": "matrix", "channel": "1", "actor": "u" } });
     let (status, value, _) = post(&server, body).await;
     assert_eq!(status, 422, "{value}");
     assert_eq!(value["error"]["code"], "no_agent");
@@ -307,7 +307,7 @@ async fn a_default_agent_takes_what_no_binding_matches() {
     let env = setup("bindings:\n  - platform: irc\n    agent: bob\ndefault_agent: ada\n", None);
     env.run(&["agents", "create", "bob"]).ok();
     let server = env.serve(&[]);
-    for (platform, agent) in [("irc", "bob"), ("slack", "ada")] {
+    for (platform, agent) in [("irc", "bob"), ("matrix", "ada")] {
         let body = json!({ "text": "hi", "source": { "platform": platform, "channel": "1", "actor": "u" }, "wait": true });
         let (status, value, _) = post(&server, body).await;
         assert_eq!(status, 200, "{value}");
@@ -320,7 +320,7 @@ async fn a_default_agent_takes_what_no_binding_matches() {
     env.run(&["agents", "delete", "ada", "--yes"]).ok();
     let server = env.serve(&[]);
     let body =
-        json!({ "text": "hi", "source": { "platform": "slack", "channel": "2", "actor": "u" } });
+        json!({ "text": "hi", "source": { "platform": "matrix", "channel": "2", "actor": "u" } });
     let (status, value, _) = post(&server, body).await;
     assert_eq!(status, 404, "{value}");
     assert!(value["error"]["message"].as_str().unwrap_or_default().contains("ada"), "{value}");
@@ -664,7 +664,7 @@ async fn bindings_and_the_default_agent_route_only_their_tenants_events() {
     assert_eq!(status, 200, "{value}");
     assert_eq!(sessions_of("default")[0]["id"], value["session_id"]);
     // globex has neither a binding nor a default agent, though it has an `ada`.
-    for platform in ["irc", "slack"] {
+    for platform in ["irc", "matrix"] {
         let (status, value) = post_as(&tokens[1], platform).await;
         assert_eq!((status, value["error"]["code"].as_str()), (422, Some("no_agent")), "{value}");
     }

@@ -1,0 +1,112 @@
+//! Discord's REST API as Discord documents it (<https://discord.com/developers/docs>): JSON
+//! over `https://discord.com/api/v10`, authorised `Bot <token>`; a rate-limited call is HTTP
+//! 429 with `retry_after` (seconds, fractional) in its body and `Retry-After` in its headers.
+
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+
+use crate::channel::{ChatApi, Endpoint, PlatformError, wait_of};
+
+/// Discord's REST API, version 10.
+pub const PUBLIC_API: &str = "https://discord.com/api/v10";
+
+/// A message's longest content, in characters.
+pub const MESSAGE_LIMIT: usize = 2000;
+
+/// A bot's client of the REST API.
+#[derive(Clone, Debug)]
+pub struct Api {
+    endpoint: Endpoint,
+}
+
+impl Api {
+    pub fn new(http: reqwest::Client, api_url: &str, token: &str) -> Self {
+        Self { endpoint: Endpoint::new(http, api_url, token) }
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        self.endpoint.token()
+    }
+
+    /// `method path` with an optional JSON body; the answer's JSON (`null` for 204).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, PlatformError> {
+        let authorization = format!("Bot {}", self.endpoint.token());
+        let answer = self.endpoint.exchange(method, path, &authorization, body).await?;
+        if (200..300).contains(&answer.status) {
+            return Ok(answer.body);
+        }
+        let message = answer.body["message"].as_str().unwrap_or("no message").to_owned();
+        let said = format!("{path}: HTTP {} {message}", answer.status);
+        Err(match answer.status {
+            429 => PlatformError::RateLimited {
+                retry_after: wait_of(
+                    answer.body["retry_after"].as_f64().or(answer.retry_after).unwrap_or(1.0),
+                ),
+                description: said,
+            },
+            401 => PlatformError::Unauthorized(said),
+            500.. => PlatformError::Unavailable(said),
+            _ => PlatformError::Refused(said),
+        })
+    }
+
+    /// The gateway's WebSocket URL.
+    pub async fn gateway_url(&self) -> Result<String, PlatformError> {
+        let answer = self.call(reqwest::Method::GET, "/gateway/bot", None).await?;
+        answer["url"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| PlatformError::Malformed("/gateway/bot gave no url".into()))
+    }
+}
+
+impl ChatApi for Api {
+    fn platform(&self) -> &'static str {
+        super::PLATFORM
+    }
+
+    fn limit(&self) -> usize {
+        MESSAGE_LIMIT
+    }
+
+    fn send<'a>(
+        &'a self,
+        chat: &'a str,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<String, PlatformError>> {
+        Box::pin(async move {
+            let body = json!({ "content": text, "allowed_mentions": { "parse": [] } });
+            let path = format!("/channels/{chat}/messages");
+            let sent = self.call(reqwest::Method::POST, &path, Some(&body)).await?;
+            sent["id"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| PlatformError::Malformed("a message created without an id".into()))
+        })
+    }
+
+    fn edit<'a>(
+        &'a self,
+        chat: &'a str,
+        message: &'a str,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), PlatformError>> {
+        Box::pin(async move {
+            let body = json!({ "content": text });
+            let path = format!("/channels/{chat}/messages/{message}");
+            self.call(reqwest::Method::PATCH, &path, Some(&body)).await.map(drop)
+        })
+    }
+
+    fn typing<'a>(&'a self, chat: &'a str) -> BoxFuture<'a, Result<(), PlatformError>> {
+        Box::pin(async move {
+            let path = format!("/channels/{chat}/typing");
+            self.call(reqwest::Method::POST, &path, None).await.map(drop)
+        })
+    }
+}

@@ -1,0 +1,408 @@
+//! Discord: messages from the gateway (a WebSocket: hello, identify, heartbeats, dispatches,
+//! resume), replies through the shared [`Channel`] with the REST API (create, edit, typing).
+//!
+//! A chat is the source `discord` / `<bot>:<channel id>` / `<user id>`. Taken: direct messages,
+//! and guild messages that mention the bot (its `<@id>` cut off); never bots' messages. A
+//! message's key is its channel and id, so one the gateway replays after a resume is not a
+//! second event. Replies never ping anyone (`allowed_mentions` empty). A dropped socket resumes
+//! its session where Discord allows it (missed events are replayed); a heartbeat not
+//! acknowledged means a dead connection, closed and resumed.
+
+pub mod api;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clade_runtime::Engine;
+use clade_runtime::outbox::Subscriber;
+use futures::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+pub use api::{Api, MESSAGE_LIMIT, PUBLIC_API};
+
+use crate::channel::{Channel, Inbound, PlatformError, Settings};
+use crate::health::Health;
+
+/// The platform of Discord's sessions.
+pub const PLATFORM: &str = "discord";
+
+/// GUILD_MESSAGES, DIRECT_MESSAGES and MESSAGE_CONTENT (privileged: enable it in the
+/// developer portal).
+pub const INTENTS: u64 = (1 << 9) | (1 << 12) | (1 << 15);
+
+/// How long to wait for the gateway's hello.
+const HELLO_WAIT: Duration = Duration::from_secs(30);
+/// The longest wait between attempts to connect.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Tries to store one message before it is given up (the gateway cannot send it again).
+const STORE_TRIES: u32 = 5;
+
+/// One Discord bot: its gateway connection over the shared [`Channel`].
+pub struct Bot {
+    channel: Arc<Channel<Api>>,
+}
+
+impl std::fmt::Debug for Bot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bot").field("name", &self.channel.name()).finish_non_exhaustive()
+    }
+}
+
+/// A gateway session that can be resumed.
+#[derive(Debug, Clone)]
+struct Session {
+    id: String,
+    resume_url: String,
+    /// The bot's own user id, which mentions name.
+    user: String,
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+enum Ended {
+    /// Connect again (resuming if a session is kept).
+    Again(String),
+    /// Connecting again cannot help (a bad token, intents not enabled): stop and say why.
+    Fatal(String),
+}
+
+impl From<PlatformError> for Ended {
+    fn from(err: PlatformError) -> Self {
+        match err {
+            PlatformError::Unauthorized(why) => {
+                Ended::Fatal(format!("{why} (check the variable token_env names)"))
+            }
+            other => Ended::Again(other.to_string()),
+        }
+    }
+}
+
+impl Bot {
+    /// A bot from `channels.discord.<name>`.
+    pub fn new(settings: &Settings, engine: Engine, health: Health) -> Arc<Self> {
+        let api = Api::new(reqwest::Client::new(), &settings.api_url, &settings.token);
+        let channel = Channel::new(settings, "gateway", api, engine, health);
+        Arc::new(Self { channel })
+    }
+
+    pub fn name(&self) -> &str {
+        self.channel.name()
+    }
+
+    /// The outbox subscriber that sends this bot's replies.
+    pub async fn subscriber(&self) -> Result<Subscriber, clade_store::Error> {
+        self.channel.subscriber().await
+    }
+
+    /// Starts the gateway connection. Aborting the handle stops it.
+    pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let bot = self.clone();
+        tokio::spawn(async move { bot.run().await })
+    }
+
+    async fn run(&self) {
+        let name = self.channel.name();
+        let clock = self.channel.store().clock().clone();
+        let mut session: Option<Session> = None;
+        let mut seq: Option<i64> = None;
+        let mut failures = 0u32;
+        loop {
+            let (ended, healthy) = self.connect_once(&mut session, &mut seq).await;
+            if healthy {
+                failures = 0;
+            }
+            match ended {
+                Ended::Fatal(why) => {
+                    self.channel.health().failed(PLATFORM, name, &why);
+                    tracing::error!(bot = name, %why, "discord gateway refused the bot; it stays offline until the gateway restarts");
+                    return;
+                }
+                Ended::Again(why) if healthy => {
+                    tracing::info!(bot = name, %why, resumes = session.is_some(), "discord gateway connection ended; connecting again");
+                }
+                Ended::Again(why) => {
+                    failures += 1;
+                    self.channel.health().failed(PLATFORM, name, &why);
+                    if failures == 1 || failures.is_multiple_of(10) {
+                        tracing::warn!(bot = name, failures, %why, "discord gateway failed; reconnecting with back-off");
+                    }
+                    let wait = Duration::from_secs(1u64 << failures.saturating_sub(1).min(5));
+                    clock.sleep(wait.min(MAX_BACKOFF)).await;
+                }
+            }
+        }
+    }
+
+    /// One connection, until it ends, and whether it got as far as a session.
+    async fn connect_once(
+        &self,
+        session: &mut Option<Session>,
+        seq: &mut Option<i64>,
+    ) -> (Ended, bool) {
+        let mut healthy = false;
+        let ended = self.connection(session, seq, &mut healthy).await.unwrap_or_else(|e| e);
+        (ended, healthy)
+    }
+
+    async fn connection(
+        &self,
+        session: &mut Option<Session>,
+        seq: &mut Option<i64>,
+        healthy: &mut bool,
+    ) -> Result<Ended, Ended> {
+        let name = self.channel.name();
+        let base = match session {
+            Some(session) => session.resume_url.clone(),
+            None => self.channel.api().gateway_url().await?,
+        };
+        let url = format!("{}/?v=10&encoding=json", base.trim_end_matches('/'));
+        let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .map_err(|e| Ended::Again(format!("cannot open the gateway: {e}")))?;
+        let hello = match tokio::time::timeout(HELLO_WAIT, socket.next()).await {
+            Ok(Some(Ok(Frame::Text(text)))) => serde_json::from_str::<Value>(text.as_str()).ok(),
+            _ => None,
+        };
+        let interval = hello
+            .filter(|h| h["op"] == 10)
+            .and_then(|h| h["d"]["heartbeat_interval"].as_u64())
+            .ok_or_else(|| Ended::Again("the gateway sent no hello".into()))?;
+        let interval = Duration::from_millis(interval.max(100));
+        let token = self.channel.api().token().to_owned();
+        let opening = match (&*session, *seq) {
+            (Some(s), Some(at)) => {
+                json!({"op": 6, "d": {"token": token, "session_id": s.id, "seq": at}})
+            }
+            _ => json!({"op": 2, "d": {
+                "token": token,
+                "intents": INTENTS,
+                "properties": {"os": std::env::consts::OS, "browser": "clade", "device": "clade"},
+            }}),
+        };
+        send(&mut socket, &opening).await?;
+        let clock = self.channel.store().clock().clone();
+        // The first beat comes half an interval in (Discord asks for a random fraction).
+        let mut next_beat = clock.now().plus(interval / 2);
+        let mut acked = true;
+        loop {
+            let wait = next_beat.as_millis().saturating_sub(clock.now().as_millis()).max(0);
+            let frame = tokio::select! {
+                frame = socket.next() => frame,
+                () = clock.sleep(Duration::from_millis(wait.unsigned_abs())) => {
+                    if !acked {
+                        let _ = socket.close(None).await;
+                        return Ok(Ended::Again("a heartbeat was not acknowledged (a zombie connection)".into()));
+                    }
+                    send(&mut socket, &json!({"op": 1, "d": *seq})).await?;
+                    acked = false;
+                    next_beat = clock.now().plus(interval);
+                    continue;
+                }
+            };
+            let text = match frame {
+                Some(Ok(Frame::Text(text))) => text,
+                Some(Ok(Frame::Close(close))) => {
+                    let (code, reason) = close
+                        .map(|c| (u16::from(c.code), c.reason.to_string()))
+                        .unwrap_or((1000, String::new()));
+                    return Ok(closed(code, &reason, session, seq));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => {
+                    return Ok(Ended::Again(format!("the gateway socket failed: {err}")));
+                }
+                None => return Ok(Ended::Again("the gateway socket closed".into())),
+            };
+            let Ok(payload) = serde_json::from_str::<Value>(text.as_str()) else {
+                self.channel.malformed("a gateway frame that is not JSON");
+                continue;
+            };
+            if let Some(at) = payload["s"].as_i64() {
+                *seq = Some(at);
+            }
+            match payload["op"].as_u64() {
+                Some(0) => match payload["t"].as_str() {
+                    Some("READY") => {
+                        let d = &payload["d"];
+                        let ready = (
+                            d["session_id"].as_str(),
+                            d["resume_gateway_url"].as_str(),
+                            d["user"]["id"].as_str(),
+                        );
+                        let (Some(id), Some(resume_url), Some(user)) = ready else {
+                            return Ok(Ended::Again(
+                                "READY without a session, resume URL or user".into(),
+                            ));
+                        };
+                        *session = Some(Session {
+                            id: id.to_owned(),
+                            resume_url: resume_url.to_owned(),
+                            user: user.to_owned(),
+                        });
+                        *healthy = true;
+                        self.channel.health().ok(PLATFORM, name, clock.now());
+                        tracing::info!(bot = name, "discord gateway ready");
+                    }
+                    Some("RESUMED") => {
+                        *healthy = true;
+                        self.channel.health().ok(PLATFORM, name, clock.now());
+                        tracing::info!(bot = name, "discord gateway session resumed");
+                    }
+                    Some("MESSAGE_CREATE") => {
+                        let Some(user) = session.as_ref().map(|s| s.user.clone()) else { continue };
+                        match read_message(&payload["d"], &user) {
+                            Ok(Some(inbound)) => self.store(inbound).await,
+                            Ok(None) => {}
+                            Err(why) => {
+                                self.channel.malformed(&why);
+                            }
+                        }
+                    }
+                    _ => {}
+                },
+                Some(1) => send(&mut socket, &json!({"op": 1, "d": *seq})).await?,
+                Some(7) => {
+                    let _ = socket.close(None).await;
+                    return Ok(Ended::Again("Discord asked to reconnect".into()));
+                }
+                Some(9) => {
+                    if payload["d"] != true {
+                        *session = None;
+                        *seq = None;
+                    }
+                    let _ = socket.close(None).await;
+                    return Ok(Ended::Again("Discord said the session is invalid".into()));
+                }
+                Some(11) => acked = true,
+                _ => {}
+            }
+        }
+    }
+
+    /// Stores one message, trying again a few times: the gateway will not send it again.
+    async fn store(&self, inbound: Inbound) {
+        let clock = self.channel.store().clock().clone();
+        for attempt in 1..=STORE_TRIES {
+            match self.channel.take(inbound.clone()).await {
+                Ok(_) => return,
+                Err(err) if attempt == STORE_TRIES => {
+                    tracing::error!(bot = %self.channel.name(), message = %inbound.id, error = %err, "a discord message could not be stored and is lost");
+                }
+                Err(err) => {
+                    tracing::warn!(bot = %self.channel.name(), error = %err, "a discord message could not be stored; trying again");
+                    clock.sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn send(socket: &mut Socket, payload: &Value) -> Result<(), Ended> {
+    socket
+        .send(Frame::Text(payload.to_string().into()))
+        .await
+        .map_err(|e| Ended::Again(format!("cannot write to the gateway: {e}")))
+}
+
+/// What a close code means (Discord's gateway close event codes).
+fn closed(code: u16, reason: &str, session: &mut Option<Session>, seq: &mut Option<i64>) -> Ended {
+    let said = format!("closed with {code} {reason}");
+    match code {
+        4004 => Ended::Fatal(format!(
+            "{said}: the token is refused (check the variable token_env names)"
+        )),
+        4013 | 4014 => Ended::Fatal(format!(
+            "{said}: the intents are refused; enable the Message Content intent for the bot in Discord's developer portal"
+        )),
+        // Invalid shard, sharding required, invalid API version.
+        4010..=4012 => Ended::Fatal(said),
+        // An invalid sequence or a session timed out: identify afresh.
+        4007 | 4009 => {
+            *session = None;
+            *seq = None;
+            Ended::Again(said)
+        }
+        _ => Ended::Again(said),
+    }
+}
+
+/// The message a MESSAGE_CREATE carries, if it is one for the bot (`user`): a direct message,
+/// or a guild message that mentions it. `Err` names what is missing.
+fn read_message(d: &Value, user: &str) -> Result<Option<Inbound>, String> {
+    if d["author"]["bot"] == true {
+        return Ok(None);
+    }
+    let field = |name: &str| {
+        d[name].as_str().filter(|v| !v.is_empty()).ok_or(format!("a message without {name}"))
+    };
+    let (id, channel) = (field("id")?, field("channel_id")?);
+    let author = d["author"]["id"].as_str().ok_or("a message without an author")?;
+    let content = d["content"].as_str().unwrap_or_default();
+    let mentions = [format!("<@{user}>"), format!("<@!{user}>")];
+    let direct = d.get("guild_id").is_none_or(Value::is_null);
+    let mentioned = d["mentions"]
+        .as_array()
+        .is_some_and(|list| list.iter().any(|m| m["id"].as_str() == Some(user)))
+        || mentions.iter().any(|m| content.contains(m.as_str()));
+    if !(direct || mentioned) {
+        return Ok(None);
+    }
+    let text = mentions.iter().fold(content.to_owned(), |text, m| text.replace(m.as_str(), ""));
+    let text = text.trim().to_owned();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Inbound {
+        chat: channel.to_owned(),
+        actor: author.to_owned(),
+        text,
+        id: format!("{channel}:{id}"),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_messages_and_mentions_are_taken_the_rest_is_not() {
+        let dm = json!({"id": "10", "channel_id": "D1", "author": {"id": "U1"}, "content": "hi"});
+        let taken = read_message(&dm, "B0").unwrap().unwrap();
+        assert_eq!(
+            (taken.chat.as_str(), taken.actor.as_str(), taken.text.as_str()),
+            ("D1", "U1", "hi")
+        );
+        assert_eq!(taken.id, "D1:10");
+        let mention = json!({"id": "11", "channel_id": "C1", "guild_id": "G1", "author": {"id": "U1"}, "content": "<@!B0> what now?", "mentions": [{"id": "B0"}]});
+        assert_eq!(read_message(&mention, "B0").unwrap().unwrap().text, "what now?");
+        for skipped in [
+            json!({"id": "12", "channel_id": "C1", "guild_id": "G1", "author": {"id": "U1"}, "content": "chatter"}),
+            json!({"id": "13", "channel_id": "D1", "author": {"id": "B9", "bot": true}, "content": "a bot"}),
+            json!({"id": "14", "channel_id": "D1", "author": {"id": "U1"}, "content": "<@B0>"}),
+        ] {
+            assert_eq!(read_message(&skipped, "B0").unwrap(), None, "{skipped}");
+        }
+        let broken = json!({"id": "15", "author": {"id": "U1"}, "content": "no channel"});
+        assert!(read_message(&broken, "B0").unwrap_err().contains("channel_id"));
+    }
+
+    #[test]
+    fn close_codes_say_whether_to_resume_identify_or_stop() {
+        let (mut session, mut seq) = (
+            Some(Session { id: "s".into(), resume_url: "ws://x".into(), user: "B0".into() }),
+            Some(5),
+        );
+        assert!(matches!(closed(4000, "", &mut session, &mut seq), Ended::Again(_)));
+        assert!(session.is_some(), "an unknown error resumes");
+        assert!(matches!(closed(4004, "", &mut session, &mut seq), Ended::Fatal(_)));
+        assert!(
+            matches!(closed(4014, "", &mut session, &mut seq), Ended::Fatal(why) if why.contains("Message Content"))
+        );
+        assert!(matches!(closed(4009, "", &mut session, &mut seq), Ended::Again(_)));
+        assert!(session.is_none() && seq.is_none(), "a timed-out session identifies afresh");
+    }
+}
