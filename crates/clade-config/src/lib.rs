@@ -162,6 +162,11 @@ pub struct MemoryConfig {
     /// About how many tokens the recalled items may take in a turn's context.
     #[serde(default = "default_recall_tokens")]
     pub recall_tokens: u32,
+    /// The most items one agent may hold (1 to 10,000,000): past it, saving a new item is
+    /// refused (`memory_full`) until some are forgotten, so no tenant fills the store. A repeat
+    /// of an item still updates it.
+    #[serde(default = "default_max_items")]
+    pub max_items_per_agent: u64,
     /// Whether completed turns are mined for memories in the background: `heuristic` (the
     /// default) keeps the sentences people state about themselves, their plans and decisions,
     /// numbers and dates; `off` leaves memory to the agents' tools and to compaction.
@@ -186,6 +191,7 @@ impl Default for MemoryConfig {
             isolation: MemoryIsolation::default(),
             recall_items: default_recall_items(),
             recall_tokens: default_recall_tokens(),
+            max_items_per_agent: default_max_items(),
             ingest: MemoryIngest::default(),
         }
     }
@@ -197,6 +203,10 @@ fn default_recall_items() -> u32 {
 
 fn default_recall_tokens() -> u32 {
     400
+}
+
+fn default_max_items() -> u64 {
+    100_000
 }
 
 /// See [`MemoryConfig::isolation`].
@@ -1344,6 +1354,12 @@ impl Config {
                 }
                 Some(_) => {}
             }
+        }
+        if !(1..=10_000_000).contains(&self.memory.max_items_per_agent) {
+            return fail(format!(
+                "memory.max_items_per_agent: {} is out of range; 1 to 10,000,000",
+                self.memory.max_items_per_agent
+            ));
         }
         if self.memory.recall_items > 50 {
             return fail("memory.recall_items: at most 50".into());

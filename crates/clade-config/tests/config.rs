@@ -315,3 +315,15 @@ fn memory_and_compaction_settings_are_checked() {
     let err = check("models:\n  m: { provider: openai, base_url: \"http://127.0.0.1:1/v1\", context_window: 100 }\n").unwrap_err();
     assert!(err.contains("models.m.context_window"), "{err}");
 }
+
+#[test]
+fn the_memory_item_limit_is_checked() {
+    let check =
+        |text: &str| parse(text).unwrap().check(Path::new("clade.yaml")).map_err(|e| e.to_string());
+    assert_eq!(parse("").unwrap().memory.max_items_per_agent, 100_000);
+    check("memory:\n  max_items_per_agent: 5\n").unwrap();
+    for bad in ["0", "10000001"] {
+        let err = check(&format!("memory:\n  max_items_per_agent: {bad}\n")).unwrap_err();
+        assert!(err.contains("memory.max_items_per_agent"), "{bad}: {err}");
+    }
+}

@@ -59,6 +59,7 @@ codes! {
     InvalidConfig => ("invalid_config", UNPROCESSABLE_ENTITY),
     InvalidSetting => ("invalid_setting", UNPROCESSABLE_ENTITY),
     InvalidMemory => ("invalid_memory", UNPROCESSABLE_ENTITY),
+    MemoryFull => ("memory_full", UNPROCESSABLE_ENTITY),
     InvalidLease => ("invalid_lease", UNPROCESSABLE_ENTITY),
     InvalidFork => ("invalid_fork", UNPROCESSABLE_ENTITY),
     PayloadTooLarge => ("payload_too_large", PAYLOAD_TOO_LARGE),
@@ -145,6 +146,7 @@ impl From<clade_store::Error> for ApiError {
             E::InvalidSetting(_) => Code::InvalidSetting,
             E::MemoryNotFound(_) => Code::MemoryNotFound,
             E::InvalidMemory(_) => Code::InvalidMemory,
+            E::MemoryFull { .. } => Code::MemoryFull,
             E::LeaseNotFound(_) => Code::LeaseNotFound,
             // Only a lease names a peer in the API: one not paired cannot be leased to.
             E::InvalidLease(_) | E::PeerNotFound(_) => Code::InvalidLease,
@@ -167,6 +169,9 @@ impl From<clade_store::Error> for ApiError {
                 Some("list an agent's runs with GET /v1/agents/{handle}/runs")
             }
             E::BadToken => Some("send a valid token as `Authorization: Bearer <token>`"),
+            E::MemoryFull { .. } => {
+                Some("forget items with DELETE /v1/agents/{handle}/memories/{id}")
+            }
             _ => None,
         };
         // Internal details stay in the log; the client gets a message it can act on.

@@ -152,6 +152,8 @@ struct Near<'a> {
 pub struct Memory {
     embedder: Option<Arc<dyn Embedder>>,
     isolation: Isolation,
+    /// The most items an agent may hold.
+    max_items: u64,
     /// Whether a failing embedder was reported (once, then at debug level).
     warned: AtomicBool,
     vectors: vectors::VectorCache,
@@ -161,7 +163,20 @@ impl Memory {
     /// Memory with `embedder`, or on full text alone without one (whoever sets it up says why:
     /// `clade-runtime`'s `memory_of` does, once a process).
     pub fn new(embedder: Option<Arc<dyn Embedder>>, isolation: Isolation) -> Self {
-        Self { embedder, isolation, warned: AtomicBool::new(false), vectors: Default::default() }
+        Self {
+            embedder,
+            isolation,
+            max_items: u64::MAX,
+            warned: AtomicBool::new(false),
+            vectors: Default::default(),
+        }
+    }
+
+    /// The same memory, refusing a new item to an agent that holds `max_items` already (a
+    /// repeat that updates an item is still taken).
+    pub fn with_max_items(mut self, max_items: u64) -> Self {
+        self.max_items = max_items;
+        self
     }
 
     /// The embeddings model, if there is one.
@@ -297,13 +312,13 @@ impl Memory {
                 let item = store.update_memory(new.agent, existing.id, update).await?;
                 return Ok(Saved { item, outcome: Outcome::Merged });
             }
-            let item = store.save_memory(new).await?;
+            let item = store.save_memory_within(new, self.max_items).await?;
             store
                 .link_memories(item.agent_id, item.id, existing.id, LinkKind::RelatedTo, 1.0)
                 .await?;
             return Ok(Saved { item, outcome: Outcome::Linked { to: existing.id } });
         }
-        let item = store.save_memory(new).await?;
+        let item = store.save_memory_within(new, self.max_items).await?;
         Ok(Saved { item, outcome: Outcome::Created })
     }
 

@@ -40,7 +40,9 @@ pub fn memory_of(
         MemoryIsolation::Actor => Isolation::Actor,
         MemoryIsolation::Channel => Isolation::Channel,
     };
-    Some(Arc::new(Memory::new(embedder, isolation)))
+    Some(Arc::new(
+        Memory::new(embedder, isolation).with_max_items(config.memory.max_items_per_agent),
+    ))
 }
 
 /// Whether the lack of a local model was said already: it is said once a process.

@@ -31,6 +31,10 @@ pub enum Error {
     IdempotencyConflict(String),
     #[error("{0}")]
     QuotaExceeded(String),
+    #[error(
+        "the agent holds {held} memory items, the most this deployment allows (memory.max_items_per_agent): forget some, or ask the operator to raise the limit"
+    )]
+    MemoryFull { held: u64 },
     #[error("session has {pending} events waiting: retry later")]
     SessionBusy { pending: u64 },
     #[error("session {0} not found")]

@@ -321,6 +321,18 @@ fn bytes<const N: usize>(id: &[u8; N]) -> Vec<u8> {
 impl Store {
     /// Stores an item, audited (`memory.changed`, its id and never its content).
     pub async fn save_memory(&self, tenant: TenantId, new: NewMemory) -> Result<MemoryRow> {
+        self.save_memory_within(tenant, new, u64::MAX).await
+    }
+
+    /// [`Store::save_memory`], refused with [`Error::MemoryFull`] when the agent holds
+    /// `max_items` items already (counted in the same transaction, so concurrent saves cannot
+    /// pass the limit together).
+    pub async fn save_memory_within(
+        &self,
+        tenant: TenantId,
+        new: NewMemory,
+        max_items: u64,
+    ) -> Result<MemoryRow> {
         check_new(&new)?;
         let id = MemoryId::generate(self.now());
         let audit = self.admin_record(
@@ -343,6 +355,20 @@ impl Store {
                         .await?;
                     if owned.is_none() {
                         return Err(Error::AgentNotFound(new.agent.to_string()));
+                    }
+                    if max_items < u64::MAX {
+                        let held: i64 = query(
+                            "SELECT COUNT(*) AS n FROM memories WHERE tenant_id = $1 AND agent_id = $2",
+                        )
+                        .bind(tenant.as_bytes().to_vec())
+                        .bind(agent.clone())
+                        .fetch_one(work.conn())
+                        .await?
+                        .try_get("n")?;
+                        let held = u64::try_from(held).unwrap_or(0);
+                        if held >= max_items {
+                            return Err(Error::MemoryFull { held });
+                        }
                     }
                     let (embedding, model) = match &new.embedding {
                         Some((vector, model)) => (Some(vector_bytes(vector)), Some(model.clone())),

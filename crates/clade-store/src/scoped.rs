@@ -316,6 +316,15 @@ impl TenantStore {
         self.store.save_memory(self.tenant, new).await
     }
 
+    /// Stores an item unless its agent holds `max_items` already ([`crate::Error::MemoryFull`]).
+    pub async fn save_memory_within(
+        &self,
+        new: crate::NewMemory,
+        max_items: u64,
+    ) -> Result<crate::MemoryRow> {
+        self.store.save_memory_within(self.tenant, new, max_items).await
+    }
+
     pub async fn update_memory(
         &self,
         agent: AgentId,

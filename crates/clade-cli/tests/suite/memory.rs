@@ -529,3 +529,35 @@ async fn a_new_embeddings_model_re_embeds_memory_in_the_background() {
     }
     assert_eq!(seen, vec!["local:all-minilm-l6-v2:8"; 3], "not embedded again: {seen:?}");
 }
+
+/// `memory.max_items_per_agent`: past it a new item is refused with `memory_full` (saying what
+/// to do), a repeat still updates its item, and the agent's own tool is told the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_full_of_memories_is_refused_new_ones() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    write(&env.data_dir().join("clade.yaml"), "memory:\n  max_items_per_agent: 2\n  ingest: off\n");
+    let server = env.serve(&[]);
+    let add = |body: Value| server.send("POST", "/v1/agents/ada/memories", None, Some(body));
+    for content in ["Ada's office is in Leeds", "The build runs nightly at two"] {
+        let (status, added) = add(json!({ "content": content, "kind": "fact" })).await;
+        assert_eq!(status, 201, "{added}");
+    }
+    let (status, full) =
+        add(json!({ "content": "Invoices go out on Fridays", "kind": "fact" })).await;
+    assert_eq!((status, full["error"]["code"].as_str()), (422, Some("memory_full")), "{full}");
+    assert!(full["error"]["message"].as_str().unwrap().contains("DELETE /v1/agents/"), "{full}");
+    let (status, again) =
+        add(json!({ "content": "Ada's office is in Leeds.", "kind": "fact" })).await;
+    assert_eq!((status, again["outcome"].as_str()), (200, Some("merged")), "{again}");
+    let listed = server.get_json("/v1/agents/ada/memories").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
+    // The agent's own tool gets the reason, and can act on it.
+    let body = json!({ "agent": "ada", "wait": true,
+        "text": "/tool memory.save {\"content\": \"Lunch is at noon\", \"kind\": \"fact\"}",
+        "source": { "platform": "http", "channel": "c", "actor": "me" } });
+    let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    let reply = answer["reply"]["text"].as_str().unwrap_or_default();
+    assert!(reply.contains("memory items"), "{answer}");
+}

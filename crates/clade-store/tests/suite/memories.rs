@@ -246,3 +246,29 @@ async fn memories_stay_in_their_agent_and_scope() {
         assert_eq!(ours.memory_count(bo.id).await.unwrap(), 1);
     }
 }
+
+/// An agent holds at most as many items as it is allowed, counted in the saving transaction:
+/// past it a new item is refused and nothing is written; another agent is not affected, and
+/// forgetting one makes room.
+#[tokio::test]
+async fn an_agent_holds_no_more_items_than_allowed() {
+    for h in backends().await {
+        let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let (_, bo) = tenant_and_agent(&h.store, &h.agents, "bo").await;
+        let ours = h.store.tenant_scope(tenant.id);
+        let first = ours.save_memory_within(item(ada.id, "", MemoryKind::Fact, "one"), 2).await;
+        let first = first.unwrap();
+        ours.save_memory_within(item(ada.id, "alice", MemoryKind::Fact, "two"), 2).await.unwrap();
+        let refused = ours.save_memory_within(item(ada.id, "", MemoryKind::Fact, "three"), 2).await;
+        assert!(
+            matches!(refused, Err(clade_store::Error::MemoryFull { held: 2 })),
+            "{}: {refused:?}",
+            h.name
+        );
+        let all = MemoryFilter { scope: Some("alice".into()), ..MemoryFilter::default() };
+        assert_eq!(ours.memories(ada.id, &all, None, 10).await.unwrap().len(), 2, "{}", h.name);
+        ours.save_memory_within(item(bo.id, "", MemoryKind::Fact, "bo's own"), 2).await.unwrap();
+        ours.forget_memory(ada.id, first.id).await.unwrap();
+        ours.save_memory_within(item(ada.id, "", MemoryKind::Fact, "three"), 2).await.unwrap();
+    }
+}
