@@ -973,6 +973,11 @@ pub struct Binding {
     /// The agent: `tenant/handle`, or a bare handle in the default tenant. A binding routes
     /// only events of that agent's tenant.
     pub agent: String,
+    /// Whose memory the sessions it matches share, when not `memory.isolation`: `global` (the
+    /// agent's), `actor` (each person's) or `channel` (each conversation's). The first binding
+    /// that matches a session's source decides. Read at start.
+    #[serde(default)]
+    pub isolation: Option<MemoryIsolation>,
 }
 
 fn star() -> String {

@@ -90,6 +90,25 @@ impl Isolation {
     }
 }
 
+/// Sessions whose source matches `platform`, `channel` and `actor` (policy's globs: `*`
+/// matches any run of characters) are isolated as `isolation` says (`None`: the default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsolationRule {
+    pub platform: String,
+    pub channel: String,
+    pub actor: String,
+    pub isolation: Option<Isolation>,
+}
+
+impl IsolationRule {
+    fn matches(&self, source: &Source) -> bool {
+        use clade_tools::pattern::matches;
+        matches(&self.platform, &source.platform)
+            && matches(&self.channel, &source.channel)
+            && matches(&self.actor, &source.actor)
+    }
+}
+
 /// Why an item was recalled.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reason {
@@ -152,6 +171,8 @@ struct Near<'a> {
 pub struct Memory {
     embedder: Option<Arc<dyn Embedder>>,
     isolation: Isolation,
+    /// Sources whose sessions are isolated otherwise, first match first.
+    rules: Vec<IsolationRule>,
     /// The most items an agent may hold.
     max_items: u64,
     /// Whether a failing embedder was reported (once, then at debug level).
@@ -166,6 +187,7 @@ impl Memory {
         Self {
             embedder,
             isolation,
+            rules: Vec::new(),
             max_items: u64::MAX,
             warned: AtomicBool::new(false),
             vectors: Default::default(),
@@ -184,9 +206,23 @@ impl Memory {
         self.embedder.as_deref().map(Embedder::model)
     }
 
-    /// How sessions' isolation keys are chosen.
+    /// The same memory, with sessions from sources that `rules` match (the first that does)
+    /// isolated as it says; `None` in a rule keeps the default.
+    pub fn with_isolation_rules(mut self, rules: Vec<IsolationRule>) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    /// How sessions' isolation keys are chosen when no rule says otherwise.
     pub fn isolation(&self) -> Isolation {
         self.isolation
+    }
+
+    /// The isolation key of a session from `source`: the first rule matching it decides,
+    /// else the default; `None` is the agent's global memory.
+    pub fn isolation_key(&self, source: &Source) -> Option<String> {
+        let rule = self.rules.iter().find(|r| r.matches(source));
+        rule.and_then(|r| r.isolation).unwrap_or(self.isolation).key(source)
     }
 
     /// Embeds `texts`; `None` without an embedder or when it fails (reported once: memory then

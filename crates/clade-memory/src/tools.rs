@@ -39,7 +39,7 @@ impl Tools {
         let key = match caller.session {
             Some(session) => {
                 let row = store.session(session).await.map_err(|e| e.to_string())?;
-                self.memory.isolation().key(&row.source)
+                self.memory.isolation_key(&row.source)
             }
             None => None,
         };

@@ -535,3 +535,34 @@ async fn an_export_imports_exactly_on_both_backends_and_a_bad_one_writes_nothing
         assert_eq!(source.store.memory_count(tenant.id, carl).await.unwrap(), 0, "{name}");
     }
 }
+
+/// A session's isolation key comes from the first binding that matches its source; a binding
+/// that sets none keeps the deployment's default, even when a later one would set another.
+#[test]
+fn the_first_matching_binding_isolates_a_session() {
+    let rule = |platform: &str, channel: &str, isolation| clade_memory::IsolationRule {
+        platform: platform.into(),
+        channel: channel.into(),
+        actor: "*".into(),
+        isolation,
+    };
+    let memory = Memory::new(None, Isolation::Global).with_isolation_rules(vec![
+        rule("telegram", "desk:*", Some(Isolation::Actor)),
+        rule("slack", "team:C*", None),
+        rule("slack", "*", Some(Isolation::Channel)),
+    ]);
+    let source = |platform: &str, channel: &str| clade_store::Source {
+        platform: platform.into(),
+        channel: channel.into(),
+        actor: "u1".into(),
+    };
+    assert_eq!(
+        memory.isolation_key(&source("telegram", "desk:42")).as_deref(),
+        Some("telegram:u1")
+    );
+    assert_eq!(memory.isolation_key(&source("slack", "team:C9")), None);
+    assert_eq!(memory.isolation_key(&source("slack", "team:D9")).as_deref(), Some("slack:team:D9"));
+    assert_eq!(memory.isolation_key(&source("http", "x")), None);
+    let by_actor = Memory::new(None, Isolation::Actor);
+    assert_eq!(by_actor.isolation_key(&source("http", "x")).as_deref(), Some("http:u1"));
+}

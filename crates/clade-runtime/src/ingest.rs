@@ -153,7 +153,7 @@ async fn ingest(store: &Store, memory: &Memory, row: &OutboxRow) -> Result<usize
         return Ok(0);
     }
     let tenant = store.acting_as("memory ingestion").tenant_scope(session.tenant_id);
-    let scope = memory.isolation().key(&session.source).unwrap_or_default();
+    let scope = memory.isolation_key(&session.source).unwrap_or_default();
     let mut saved = 0;
     for item in mined {
         let new = NewMemory {

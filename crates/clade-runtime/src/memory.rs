@@ -35,13 +35,26 @@ pub fn memory_of(
         Some((name, asked)) => local_embedder(models_dir, name, asked),
         None => openai_embedder(config, env),
     };
-    let isolation = match config.memory.isolation {
+    let isolation_of = |isolation: MemoryIsolation| match isolation {
         MemoryIsolation::Global => Isolation::Global,
         MemoryIsolation::Actor => Isolation::Actor,
         MemoryIsolation::Channel => Isolation::Channel,
     };
+    // Every binding, so the first that matches a source decides, as it does its agent.
+    let rules = config
+        .bindings
+        .iter()
+        .map(|b| clade_memory::IsolationRule {
+            platform: b.platform.clone(),
+            channel: b.channel.clone(),
+            actor: b.actor.clone(),
+            isolation: b.isolation.map(isolation_of),
+        })
+        .collect();
     Some(Arc::new(
-        Memory::new(embedder, isolation).with_max_items(config.memory.max_items_per_agent),
+        Memory::new(embedder, isolation_of(config.memory.isolation))
+            .with_isolation_rules(rules)
+            .with_max_items(config.memory.max_items_per_agent),
     ))
 }
 

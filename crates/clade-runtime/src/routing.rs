@@ -57,6 +57,7 @@ mod tests {
             channel: channel.into(),
             actor: "*".into(),
             agent: agent.into(),
+            isolation: None,
         }
     }
 

@@ -561,3 +561,43 @@ async fn an_agent_full_of_memories_is_refused_new_ones() {
     let reply = answer["reply"]["text"].as_str().unwrap_or_default();
     assert!(reply.contains("memory items"), "{answer}");
 }
+
+/// A binding's `isolation` decides its sessions' memory: what a person says in a conversation
+/// its binding isolates by actor stays theirs, while a conversation no binding matches shares
+/// the agent's global memory (`memory.isolation`'s default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bindings_isolation_keeps_its_peoples_memories_apart() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        "bindings:\n  - { platform: http, channel: \"dm-*\", agent: ada, isolation: actor }\ndefault_agent: ada\n",
+    );
+    let server = env.serve(&[]);
+    let say = |actor: &str, channel: &str, text: &str| {
+        json!({ "text": text, "wait": true,
+            "source": { "platform": "http", "channel": channel, "actor": actor } })
+    };
+    for (actor, channel, text) in [
+        ("alice", "dm-1", "My sister's name is Ingrid."),
+        ("carol", "lobby", "My brother's name is Olaf."),
+    ] {
+        let (status, told) =
+            server.send("POST", "/v1/events", None, Some(say(actor, channel, text))).await;
+        assert_eq!(status, 200, "{told}");
+    }
+    let mut alice = Value::Null;
+    let mut global = Value::Null;
+    for _ in 0..100 {
+        alice = server.get_json("/v1/agents/ada/memories?scope=http:alice&limit=100").await;
+        global = server.get_json("/v1/agents/ada/memories?limit=100").await;
+        if alice.to_string().contains("Ingrid") && global.to_string().contains("Olaf") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(alice.to_string().contains("\"scope\":\"http:alice\""), "{alice}");
+    assert!(alice.to_string().contains("Ingrid"), "{alice}");
+    assert!(global.to_string().contains("Olaf"), "{global}");
+    assert!(!global.to_string().contains("Ingrid"), "alice's stays hers: {global}");
+}

@@ -220,7 +220,7 @@ async fn remember(
     let recall = inner.recall.read().unwrap_or_else(|e| e.into_inner()).clone();
     let Some(recall) = recall else { return 0 };
     let store = inner.store.tenant_scope(ctx.tenant.id);
-    let scope = recall.memory.isolation().key(&ctx.session.source).unwrap_or_default();
+    let scope = recall.memory.isolation_key(&ctx.session.source).unwrap_or_default();
     let mut saved = 0;
     for (kind, content, importance, turn) in mined {
         let new = NewMemory {

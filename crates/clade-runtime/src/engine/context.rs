@@ -531,7 +531,7 @@ impl ContextSource for MemoryRecall<'_> {
             let Some(recall) = self.recall.as_ref().filter(|r| r.items > 0) else { return };
             let query = events_text(input.events);
             let filter = clade_store::MemoryFilter {
-                scope: recall.memory.isolation().key(self.source),
+                scope: recall.memory.isolation_key(self.source),
                 ..clade_store::MemoryFilter::default()
             };
             match recall
