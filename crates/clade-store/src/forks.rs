@@ -495,7 +495,7 @@ impl Store {
                         return Ok(None);
                     }
                     let last = query(
-                        "SELECT status, output, error FROM executions WHERE owner_id = $1 \
+                        "SELECT id, status, output, error FROM executions WHERE owner_id = $1 \
                          AND kind = $2 AND tenant_id = $3 ORDER BY created_at DESC, id DESC LIMIT 1",
                     )
                     .bind(b(session.as_bytes()))
@@ -518,7 +518,13 @@ impl Store {
                                     .unwrap_or_else(|| "its turn failed".to_owned()),
                             ),
                         ),
-                        // Yielded (waits to be resumed), or still running elsewhere.
+                        // Its turn yielded: the run waits to be resumed. The parent is told once
+                        // per such turn; the run stays open, and reports when it ends.
+                        ExecutionStatus::Paused => {
+                            let turn: Vec<u8> = last.try_get("id")?;
+                            return paused(work, tenant, &fork, &turn).await;
+                        }
+                        // Still running elsewhere.
                         _ => return Ok(None),
                     };
                     work.executions()
@@ -543,19 +549,9 @@ impl Store {
                     // The message that started it came before the fork was made.
                     let since = u64::try_from(since).unwrap_or(0);
                     let text = report(&fork, output.as_deref(), error.as_deref(), since);
-                    let handle = handle_of(work.conn(), tenant, fork.agent).await?;
                     let key = format!("{KEY_PREFIX}{}:ended", fork.execution);
-                    let delivered = work
-                        .accept(NewEvent {
-                            tenant,
-                            agent: handle,
-                            source: parent_source,
-                            payload_hash: key.clone(),
-                            text,
-                            idempotency_key: Some(key),
-                            max_open_per_session: u64::MAX,
-                        })
-                        .await?;
+                    let delivered =
+                        tell_parent(work, tenant, &fork, parent_source, key, text).await?;
                     let detail = error.clone().or_else(|| output.clone().map(|o| clip(&o, 500)));
                     let ended = LifecycleEvent::ExecutionEnded(fork.data(detail, Some(since)));
                     work.announce(Some(fork.parent_session), &[OutboxEvent::from(&ended)]).await?;
@@ -779,13 +775,68 @@ fn clip(text: &str, most: usize) -> String {
 
 /// The message a fork's outcome is in its parent session: who it is from, its task, what it
 /// concluded or why it failed, and whether the conversation moved on meanwhile.
-fn report(fork: &ForkRow, output: Option<&str>, error: Option<&str>, since: u64) -> String {
+/// Tells the parent of `fork`, whose turn `turn` (an execution id) yielded, that its run waits,
+/// once per such turn (keyed by it), with `execution.progress`.
+async fn paused(
+    work: &mut Work<'_>,
+    tenant: TenantId,
+    fork: &ForkRow,
+    turn: &[u8],
+) -> Result<Option<ForkSettled>> {
+    let Some((_, parent_source, _)) = session_in(work.conn(), tenant, fork.parent_session).await?
+    else {
+        return Ok(None);
+    };
+    let (who, task) = who_and_task(fork);
+    let text = format!(
+        "[{who} paused: its turn used all its iterations without finishing]\nIts task was: {task}\n\nIt waits: an operator can resume it (`clade sessions resume {}`), or stop it with agent.cancel.",
+        fork.session
+    );
+    let key = format!("{KEY_PREFIX}{}:paused:{}", fork.execution, hex::encode(turn));
+    let delivered = tell_parent(work, tenant, fork, parent_source, key, text).await?;
+    if !delivered.duplicate {
+        let detail = Some("paused: its turn yielded; resume its session to go on".to_owned());
+        let progress = LifecycleEvent::ExecutionProgress(fork.data(detail, None));
+        work.announce(Some(fork.parent_session), &[OutboxEvent::from(&progress)]).await?;
+    }
+    Ok(Some(ForkSettled { fork: fork.clone(), delivered: Some(delivered), announced: Vec::new() }))
+}
+
+/// Delivers `text` into `fork`'s parent session (from `source`, the parent's), from its agent,
+/// once per `key`.
+async fn tell_parent(
+    work: &mut Work<'_>,
+    tenant: TenantId,
+    fork: &ForkRow,
+    source: Source,
+    key: String,
+    text: String,
+) -> Result<Accepted> {
+    let agent = handle_of(work.conn(), tenant, fork.agent).await?;
+    let new = NewEvent {
+        tenant,
+        agent,
+        source,
+        payload_hash: key.clone(),
+        text,
+        idempotency_key: Some(key),
+        max_open_per_session: u64::MAX,
+    };
+    work.accept(new).await
+}
+
+/// How a report names `fork` ("Branch …", "Worker …"), and its task on one line: it only
+/// reminds the conversation what was asked.
+fn who_and_task(fork: &ForkRow) -> (String, String) {
     let who = match fork.kind {
         ExecutionKind::Branch => format!("Branch {}", fork.session),
         _ => format!("Worker {}", fork.session),
     };
-    // On one line: it only reminds the conversation what was asked.
-    let task = clip(&fork.task.split_whitespace().collect::<Vec<_>>().join(" "), 200);
+    (who, clip(&fork.task.split_whitespace().collect::<Vec<_>>().join(" "), 200))
+}
+
+fn report(fork: &ForkRow, output: Option<&str>, error: Option<&str>, since: u64) -> String {
+    let (who, task) = who_and_task(fork);
     let mut text = match error {
         Some(error) => format!("[{who} failed: {error}]\nIts task was: {task}"),
         None => format!(

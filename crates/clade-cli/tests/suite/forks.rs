@@ -431,3 +431,33 @@ async fn request_with_key(server: &Server, path: &str, body: &Value, key: &str) 
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
+
+/// A worker whose turn uses all its iterations yields: its parent is told once that it waits
+/// (and how to go on), with `execution.progress`, and the run stays open rather than failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_out_of_iterations_is_reported_paused_once() {
+    let env = Env::new();
+    write(&env.data_dir().join("clade.yaml"), "sessions:\n  workers:\n    max_iterations: 1\n");
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let task = tool("time.now", json!({}));
+    let (session, reply) =
+        say(&server, "ada", &tool("agent.spawn_worker", json!({ "task": task }))).await;
+    let id = started(&reply)["id"].as_str().unwrap().to_owned();
+    let execution = started(&reply)["execution"].as_str().unwrap().to_owned();
+    let paused = format!("[Worker {id} paused:");
+    let replies = replies_until(&server, &session, |r| r.iter().any(|r| r.contains(&paused))).await;
+    let note = replies.iter().find(|r| r.contains(&paused)).expect("the worker's pause");
+    assert!(note.contains(&format!("clade sessions resume {id}")), "{note}");
+    let progress = events_of(&server, &session, "execution.progress").await;
+    assert!(
+        progress.iter().any(|p| p["data"]["detail"].as_str().is_some_and(|d| d.contains("paused"))),
+        "{progress:?}"
+    );
+    let run = server.get_json(&format!("/v1/runs/{execution}")).await;
+    assert_eq!(run["status"], "running", "{run}");
+    // Told once: a later turn of the parent brings no second note.
+    say(&server, "ada", "anything new?").await;
+    let replies = replies_until(&server, &session, |_| true).await;
+    assert_eq!(replies.iter().filter(|r| r.contains(&paused)).count(), 1, "{replies:?}");
+}
