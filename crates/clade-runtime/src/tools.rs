@@ -698,7 +698,7 @@ impl ToolRunner {
         let set = self.tool_set();
         let Some(tool) = set.registry.get_for(name, &tenant, agent.handle.as_str()).cloned() else {
             return CallOutcome {
-                content: self.unknown_tool_in(&set, agent, name, &args, origin).await,
+                content: self.unknown_tool_in(&set, agent, (name, &args), &|_| true, origin).await,
                 is_error: true,
                 decision: PolicyEffect::Deny,
             };
@@ -719,18 +719,23 @@ impl ToolRunner {
         }
     }
 
-    /// The answer to a call of a tool the agent does not have in `set`, audited as a denial.
+    /// The answer to a call of a tool the agent does not have in `set`, audited as a denial;
+    /// it lists the tools the caller is `offered` (a worker's, only those it was given).
     pub async fn unknown_tool_in(
         &self,
         set: &ToolSet,
         agent: &Agent,
-        name: &str,
-        args: &Value,
+        (name, args): (&str, &Value),
+        offered: &(dyn Fn(&str) -> bool + Sync),
         origin: &CallOrigin,
     ) -> String {
         let tenant = self.tenant_name(agent.tenant_id).await;
-        let known: Vec<&str> =
-            set.registry.for_agent(&tenant, agent.handle.as_str()).map(|t| t.name()).collect();
+        let known: Vec<&str> = set
+            .registry
+            .for_agent(&tenant, agent.handle.as_str())
+            .map(|t| t.name())
+            .filter(|name| offered(name))
+            .collect();
         let content = format!("unknown tool {name:?}; available tools: {}", known.join(", "));
         self.write_entry(decision_entry(
             agent,

@@ -164,6 +164,8 @@ async fn a_channel_keeps_answering_while_its_branch_and_worker_run_then_uses_the
         .unwrap_or_else(|| panic!("no report from {narrow_id}: {replies:#?}"));
     assert!(report.contains("read -> ") && report.contains("branch -> "), "{report}");
     assert_eq!(report.matches("unknown tool").count(), 2, "{report}");
+    // What it is told it has is what it was given, not all its agent's tools.
+    assert!(report.contains("time.now") && !report.contains("fs.write"), "{report}");
 
     // Two branches at once is the limit here; a third is refused while they run.
     let slow_task = json!({ "task": "/reply slow thoughts" });

@@ -358,7 +358,10 @@ impl Hands for AgentTools<'_> {
 
     async fn unknown(&self, call: &ToolCall, args: &Value, key: &str, turn: &TurnRow) -> String {
         let origin = Self::origin(call, key, turn);
-        self.runner.unknown_tool_in(&self.set, self.agent, &call.name, args, &origin).await
+        let offered = |name: &str| self.offers(name);
+        self.runner
+            .unknown_tool_in(&self.set, self.agent, (&call.name, args), &offered, &origin)
+            .await
     }
 
     async fn authorize(
