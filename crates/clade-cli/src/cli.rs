@@ -482,6 +482,22 @@ pub(crate) enum RunsCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Pause a run: its running step finishes and nothing new starts in its session (a
+    /// branch's or worker's own; a turn's conversation), durably, until `clade runs resume`
+    Pause {
+        id: String,
+        /// Why, kept with the pause
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Lift a run's pause: what waits in its session runs
+    Resume {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -444,8 +444,42 @@ pub(super) async fn runs(ctx: &Ctx, cmd: RunsCommand) -> Result<()> {
             let (_, value) = client.post(&format!("/v1/runs/{id}/cancel"), json!({})).await?;
             println!("run {id} is {}", value["status"].as_str().unwrap_or("unknown"));
         }
+        RunsCommand::Pause { id, reason, server } => {
+            let client = Client::new(ctx, server.server.as_deref())?;
+            let (id, session) = run_session(&client, &id).await?;
+            client
+                .post(&format!("/v1/sessions/{session}/pause"), json!({ "reason": reason }))
+                .await?;
+            println!(
+                "paused run {id} (session {session}): its running step finishes, nothing new starts until `clade runs resume {id}`"
+            );
+        }
+        RunsCommand::Resume { id, server } => {
+            let client = Client::new(ctx, server.server.as_deref())?;
+            let (id, session) = run_session(&client, &id).await?;
+            let (_, value) =
+                client.post(&format!("/v1/sessions/{session}/resume"), json!({})).await?;
+            let lifted = if value["unpaused"] == json!(true) { "lifted its pause; " } else { "" };
+            println!(
+                "run {id}: {lifted}resumed {} event(s) of session {session}",
+                value["resumed_events"]
+            );
+        }
     }
     Ok(())
+}
+
+/// The run `id` names, and the session its pause acts on: a branch's or worker's own, or the
+/// session a turn belongs to.
+async fn run_session(client: &Client, id: &str) -> Result<(clade_core::ExecutionId, String)> {
+    let id: clade_core::ExecutionId =
+        id.parse().map_err(|_| anyhow::anyhow!("{id:?} is not a run id"))?;
+    let run = client.get(&format!("/v1/runs/{id}")).await?;
+    let session =
+        run["fork"]["id"].as_str().or_else(|| run["session"].as_str()).ok_or_else(|| {
+            anyhow::anyhow!("run {id} belongs to no session: there is nothing to pause")
+        })?;
+    Ok((id, session.to_owned()))
 }
 
 pub(super) async fn deadletters(ctx: &Ctx, cmd: DeadlettersCommand) -> Result<()> {

@@ -341,6 +341,18 @@ async fn runs_are_listed_shown_started_and_cancelled_over_the_api_and_cli() {
         (shown["status"].as_str(), shown["output"].as_str()),
         (Some("completed"), Some("from the api"))
     );
+    // Pausing a run pauses its worker's session (durably, as `clade sessions pause` does);
+    // resuming lifts it.
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let paused = env.run(&["runs", "pause", &run_id, "--server", &server.url]).ok().stdout;
+    assert!(paused.contains(&format!("session {worker}")), "{paused}");
+    let status = server.get_json("/v1/agents/ada/status").await;
+    let theirs =
+        status["sessions"].as_array().unwrap().iter().find(|s| s["session"] == worker.as_str());
+    assert_eq!(theirs.map(|s| s["state"].clone()), Some(json!("paused")), "{status}");
+    let resumed = env.run(&["runs", "resume", &run_id, "--server", &server.url]).ok().stdout;
+    assert!(resumed.contains("lifted its pause"), "{resumed}");
+    env.run(&["runs", "pause", "nope", "--server", &server.url]).fails_with("is not a run id");
 
     let (status, run) = request_with_key(
         &server,
