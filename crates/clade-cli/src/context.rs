@@ -60,11 +60,27 @@ pub(crate) fn location(global: &Global, data_dir: &DataDir, config: &Config) -> 
 #[allow(clippy::disallowed_methods)] // The configuration edge: provider keys come from the environment.
 /// The environment variables `config`'s models may read.
 pub(crate) fn env_hints(config: &Config) -> clade_runtime::EnvHints {
-    let vars = clade_runtime::EnvHints::wanted(config)
-        .into_iter()
-        .filter_map(|name| std::env::var(&name).ok().map(|value| (name, value)))
-        .collect();
+    let mut vars: std::collections::HashMap<String, String> =
+        clade_runtime::EnvHints::wanted(config)
+            .into_iter()
+            .filter_map(|name| std::env::var(&name).ok().map(|value| (name, value)))
+            .collect();
+    // Where local models are installed: not the environment's, the data dir's.
+    if let Some(dir) = MODELS_DIR.get() {
+        vars.insert(
+            clade_runtime::models::MODELS_DIR_HINT.to_owned(),
+            dir.to_string_lossy().into_owned(),
+        );
+    }
     clade_runtime::EnvHints { vars }
+}
+
+/// The data dir's `models` folder, set once the data dir is known.
+static MODELS_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Remembers the data dir's `models` folder for the models this process sets up.
+pub(crate) fn set_models_dir(data_dir: &DataDir) {
+    let _ = MODELS_DIR.set(data_dir.models_dir());
 }
 
 pub(crate) fn models_from(

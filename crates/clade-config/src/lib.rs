@@ -1087,6 +1087,9 @@ pub enum ProviderKind {
     Anthropic,
     /// The offline scripted provider (not a language model).
     Scripted,
+    /// A small chat model run in process (a GGUF file; `model` names its folder under the
+    /// data dir's `models`, as `clade models fetch local` installs it, or is a file's path).
+    Local,
 }
 
 /// OAuth2 credentials: the tokens live in an agent secret (JSON with `access_token`,
@@ -1295,7 +1298,7 @@ impl Config {
         let fail =
             |message: String| Err(Error::InvalidNoLocation { path: path.to_owned(), message });
         for (name, model) in &self.models {
-            if model.provider != ProviderKind::Scripted
+            if !matches!(model.provider, ProviderKind::Scripted | ProviderKind::Local)
                 && model.api_key_env.is_none()
                 && model.api_key_secret.is_none()
                 && model.oauth.is_none()

@@ -327,3 +327,14 @@ fn the_memory_item_limit_is_checked() {
         assert!(err.contains("memory.max_items_per_agent"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn a_local_model_needs_no_key() {
+    let config =
+        parse("models:\n  small:\n    provider: local\n    model: smollm2-135m-instruct\n")
+            .unwrap();
+    config.check(Path::new("clade.yaml")).unwrap();
+    assert_eq!(config.models["small"].provider, clade_config::ProviderKind::Local);
+    let err = parse("models:\n  small:\n    provider: llama\n").unwrap_err().to_string();
+    assert!(err.contains("local"), "{err}");
+}

@@ -13,6 +13,8 @@ pub mod embeddings;
 pub mod error;
 mod http;
 #[cfg(feature = "local-models")]
+pub mod local_chat;
+#[cfg(feature = "local-models")]
 pub mod local_embeddings;
 pub mod oauth;
 pub mod openai;

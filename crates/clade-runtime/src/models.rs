@@ -390,6 +390,9 @@ impl Models {
                 Arc::new(if config.oauth.is_some() { adapter.with_bearer_auth() } else { adapter })
             }
             ProviderKind::Scripted => Arc::new(Scripted),
+            ProviderKind::Local => {
+                local_provider(config.model.as_deref().unwrap_or(name), &self.env)
+            }
         };
         ModelEntry {
             provider,
@@ -482,7 +485,60 @@ pub(crate) fn default_base(provider: ProviderKind) -> &'static str {
     match provider {
         ProviderKind::Openai => "https://api.openai.com/v1",
         ProviderKind::Anthropic => "https://api.anthropic.com",
-        ProviderKind::Scripted => "",
+        ProviderKind::Scripted | ProviderKind::Local => "",
+    }
+}
+
+/// The folder, under the data dir's `models`, that `clade models fetch local` installs the
+/// default chat model into (as `model.gguf`): SmolLM2-135M-Instruct.
+pub const DEFAULT_LOCAL_CHAT: &str = "smollm2-135m-instruct";
+
+/// The hint naming the data dir's `models` folder, where local models are installed.
+pub const MODELS_DIR_HINT: &str = "CLADE_MODELS_DIR";
+
+/// The file of the local model `model`: a path to a `.gguf` file, or a folder under the data
+/// dir's `models` holding `model.gguf`.
+fn local_model_file(model: &str, env: &EnvHints) -> std::path::PathBuf {
+    let path = std::path::Path::new(model);
+    if path.is_absolute() || model.ends_with(".gguf") {
+        return path.to_owned();
+    }
+    let dir = env.get(MODELS_DIR_HINT).unwrap_or("models");
+    std::path::Path::new(dir).join(model).join("model.gguf")
+}
+
+#[cfg(feature = "local-models")]
+fn local_provider(model: &str, env: &EnvHints) -> Arc<dyn Provider> {
+    Arc::new(clade_model::local_chat::LocalProvider::new(local_model_file(model, env)))
+}
+
+#[cfg(not(feature = "local-models"))]
+fn local_provider(model: &str, env: &EnvHints) -> Arc<dyn Provider> {
+    let _ = local_model_file(model, env);
+    Arc::new(NoLocalModels)
+}
+
+/// Stands in for a local model in a build without them.
+#[cfg(not(feature = "local-models"))]
+struct NoLocalModels;
+
+#[cfg(not(feature = "local-models"))]
+impl Provider for NoLocalModels {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    fn stream<'a>(
+        &'a self,
+        _model: &'a str,
+        _request: &'a clade_model::ModelRequest,
+    ) -> futures::future::BoxFuture<'a, Result<clade_model::EventStream, clade_model::Error>> {
+        Box::pin(async {
+            Err(clade_model::Error::InvalidRequest {
+                provider: "local".into(),
+                message: "this build has no local models: build clade with the cargo feature `local-models`".into(),
+            })
+        })
     }
 }
 
@@ -632,6 +688,16 @@ fn resolve(config: &Config, env: &EnvHints) -> (BTreeMap<String, ModelConfig>, R
                     "claude-sonnet-4-5",
                 ),
             );
+        } else if cfg!(feature = "local-models")
+            && local_model_file(DEFAULT_LOCAL_CHAT, env).is_file()
+        {
+            // No key, no configuration: the small model `clade models fetch local` installed.
+            let mut local = quick(ProviderKind::Local, "", "", DEFAULT_LOCAL_CHAT);
+            local.model = Some(DEFAULT_LOCAL_CHAT.to_owned());
+            local.api_key_env = None;
+            local.max_tokens = Some(512);
+            local.context_window = Some(8192);
+            models.insert("local".into(), local);
         }
     }
     if routing.default.is_empty() {

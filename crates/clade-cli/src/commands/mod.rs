@@ -51,6 +51,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         return Ok(clade_stub::standalone::run(args).await?);
     }
     let data_dir = clade_store::DataDir::open(context::data_dir_path(global)?)?;
+    context::set_models_dir(&data_dir);
     let file_config = context::load_config(global, &data_dir)?;
     let format = match global.log_format {
         Some(LogFormatArg::Json) => LogFormat::Json,

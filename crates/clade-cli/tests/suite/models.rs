@@ -1,5 +1,7 @@
 //! `clade models`, `clade usage` and `GET /v1/usage` against clade-stub.
 
+use serde_json::json;
+
 use super::support::{Env, write};
 
 async fn stub() -> clade_stub::Stub {
@@ -104,4 +106,37 @@ async fn an_exhausted_budget_is_a_clear_refusal() {
     // A config naming an undefined model is refused with the field named.
     write(&config, "routing:\n  default: [ghost]\n");
     env.run(&["models", "list"]).fails_with("routing.default");
+}
+
+/// `clade models fetch local` installs a chat model checked by running it (a file that is not
+/// one installs nothing); with no model configured and no key, `clade serve` then answers with
+/// it, in process, and says so. The tiny random-weight llama stands in for SmolLM2 here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetched_local_chat_model_answers_with_no_key() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    let installed = env.data_dir().join("models/smollm2-135m-instruct/model.gguf");
+    let broken = env.data_dir().join("broken.gguf");
+    std::fs::write(&broken, b"GGUF but not really").unwrap();
+    let out = env.run(&["models", "fetch", "local", "--from", broken.to_str().unwrap()]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stderr.contains("broken.gguf"), "{}", out.stderr);
+    assert!(std::fs::metadata(&installed).is_err(), "a failed fetch installed something");
+    let tiny = env.data_dir().join("tiny.gguf");
+    clade_model::local_chat::write_test_model(&tiny).unwrap();
+    let fetched = env.run(&["models", "fetch", "local", "--from", tiny.to_str().unwrap()]).ok();
+    assert!(fetched.stdout.contains("installed smollm2-135m-instruct"), "{}", fetched.stdout);
+    assert!(fetched.stderr.contains("checked: the model answers"), "{}", fetched.stderr);
+    assert!(std::fs::metadata(&installed).is_ok());
+
+    let server = env.serve(&[]);
+    let body = json!({ "agent": "ada", "text": "hello", "wait": true,
+        "source": { "platform": "http", "channel": "c", "actor": "me" } });
+    let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "completed", "{answer}");
+    assert_eq!(answer["reply"]["model"], "local", "{answer}");
+    drop(server);
+    let list = env.run(&["models", "list"]).ok().stdout;
+    assert!(list.contains("local") && list.contains("smollm2-135m-instruct"), "{list}");
 }

@@ -98,7 +98,12 @@ pub(super) async fn run(ctx: &Ctx, cmd: ModelsCommand) -> Result<()> {
                 outcome.cost_micros as f64 / 1e6
             );
         }
-        ModelsCommand::Fetch { from } => fetch::embeddings(ctx, from.as_deref()).await?,
+        ModelsCommand::Fetch { what: crate::cli::FetchWhat::Embeddings, from } => {
+            fetch::embeddings(ctx, from.as_deref()).await?
+        }
+        ModelsCommand::Fetch { what: crate::cli::FetchWhat::Local, from } => {
+            fetch::local_chat(ctx, from.as_deref()).await?
+        }
     }
     Ok(())
 }

@@ -1,0 +1,463 @@
+//! A chat model run in process, with no service and no key: a llama-architecture model in one
+//! GGUF file (by default SmolLM2-135M-Instruct), run with candle on the CPU. Its tokenizer is
+//! built from the file's own metadata (a byte-level BPE), its prompt is ChatML, and its answer
+//! streams token by token until an end token, the request's `max_tokens`, or the context.
+//!
+//! Weights quantized as Q4_1 are requantized to Q8_0 as the file loads: candle has no fast
+//! path for Q4_1, and Q8_0 keeps the model's quality at about twice the memory (270 MB for
+//! SmolLM2-135M).
+
+use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::LogitsProcessor;
+use candle_transformers::models::quantized_llama::ModelWeights;
+use futures::future::BoxFuture;
+use tokenizers::Tokenizer;
+
+use crate::error::Error as ModelError;
+use crate::provider::Provider;
+use crate::types::{EventStream, Message, ModelRequest, StopReason, StreamEvent, Usage};
+
+/// The provider's name in replies' metadata.
+pub const LOCAL_NAME: &str = "local";
+
+/// What can go wrong loading a local chat model.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{}: missing; install the model with `clade models fetch local`", .0.display())]
+    Missing(PathBuf),
+    #[error("{}: {message}; install the model again with `clade models fetch local`", path.display())]
+    Corrupt { path: PathBuf, message: String },
+    #[error("{}: a {arch:?} model; only llama-architecture chat models (such as SmolLM2) run in process", path.display())]
+    Architecture { path: PathBuf, arch: String },
+}
+
+struct Shared {
+    tokenizer: Tokenizer,
+    /// Tokens that end an answer (`<|im_end|>`, the end of text).
+    stops: Vec<u32>,
+    context: usize,
+}
+
+/// A loaded model, shared: one answer is generated at a time, on a blocking thread.
+#[derive(Clone)]
+pub struct LocalChat {
+    name: String,
+    shared: Arc<Shared>,
+    weights: Arc<Mutex<ModelWeights>>,
+}
+
+impl std::fmt::Debug for LocalChat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalChat").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+fn corrupt(path: &Path, message: impl ToString) -> LoadError {
+    LoadError::Corrupt { path: path.to_owned(), message: message.to_string() }
+}
+
+impl LocalChat {
+    /// Loads the model in `path` (a `.gguf` file).
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let mut file =
+            std::fs::File::open(path).map_err(|_| LoadError::Missing(path.to_owned()))?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| corrupt(path, format!("not a GGUF model ({e})")))?;
+        let arch = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        if arch != "llama" {
+            return Err(LoadError::Architecture { path: path.to_owned(), arch });
+        }
+        let (tokenizer, stops) = tokenizer_of(&content).map_err(|e| corrupt(path, e))?;
+        let context = content
+            .metadata
+            .get("llama.context_length")
+            .and_then(|v| v.to_u32().ok())
+            .map_or(2048, |n| n as usize);
+        let weights = weights_of(content, &mut file).map_err(|e| {
+            corrupt(path, format!("its weights cannot be read, the file may be cut short ({e})"))
+        })?;
+        let name = path.file_stem().map_or("local".into(), |s| s.to_string_lossy().into_owned());
+        let shared = Arc::new(Shared { tokenizer, stops, context });
+        Ok(Self { name, shared, weights: Arc::new(Mutex::new(weights)) })
+    }
+
+    /// The longest prompt and answer together, in tokens.
+    pub fn context(&self) -> usize {
+        self.shared.context
+    }
+
+    /// The model's name: its file's, without `.gguf`.
+    pub fn model_name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The model's weights, with Q4_1 tensors requantized to Q8_0.
+fn weights_of<R: Read + Seek>(
+    content: gguf_file::Content,
+    reader: &mut R,
+) -> candle_core::Result<ModelWeights> {
+    let device = Device::Cpu;
+    let slow = content.tensor_infos.values().any(|t| t.ggml_dtype == GgmlDType::Q4_1);
+    if !slow {
+        return ModelWeights::from_gguf(content, reader, &device);
+    }
+    let mut tensors = Vec::with_capacity(content.tensor_infos.len());
+    for name in content.tensor_infos.keys() {
+        let tensor = content.tensor(reader, name, &device)?;
+        let tensor = if tensor.dtype() == GgmlDType::Q4_1 {
+            QTensor::quantize(&tensor.dequantize(&device)?, GgmlDType::Q8_0)?
+        } else {
+            tensor
+        };
+        tensors.push((name.clone(), tensor));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> =
+        content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut buffer = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut buffer, &metadata, &refs)?;
+    drop(refs);
+    drop(tensors);
+    buffer.set_position(0);
+    let content = gguf_file::Content::read(&mut buffer)?;
+    ModelWeights::from_gguf(content, &mut buffer, &device)
+}
+
+/// A byte-level BPE tokenizer from the GGUF metadata (`tokenizer.ggml.*`, as llama.cpp writes
+/// it for GPT-2-style vocabularies), with its control tokens as special tokens; and the ids
+/// that end an answer.
+fn tokenizer_of(content: &gguf_file::Content) -> Result<(Tokenizer, Vec<u32>), String> {
+    use tokenizers::models::bpe::{BPE, Vocab};
+    use tokenizers::{AddedToken, decoders, pre_tokenizers};
+    let md = |key: &str| content.metadata.get(key).ok_or(format!("no {key} in its metadata"));
+    let kind = md("tokenizer.ggml.model")?.to_string().map_err(|e| e.to_string())?;
+    if kind != "gpt2" {
+        return Err(format!("a {kind:?} tokenizer; only byte-level BPE (gpt2) is read"));
+    }
+    let strings = |key: &str| -> Result<Vec<String>, String> {
+        md(key)?
+            .to_vec()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|v| v.to_string().cloned().map_err(|e| e.to_string()))
+            .collect()
+    };
+    let tokens = strings("tokenizer.ggml.tokens")?;
+    let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
+        .into_iter()
+        .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())))
+        .collect();
+    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| format!("its vocabulary does not build a tokenizer ({e})"))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    tokenizer
+        .with_pre_tokenizer(Some(pre_tokenizers::byte_level::ByteLevel::new(false, true, true)));
+    tokenizer.with_decoder(Some(decoders::byte_level::ByteLevel::default()));
+    // Control (3) and user-defined (4) tokens are whole tokens, never split.
+    let types: Vec<u32> = match content.metadata.get("tokenizer.ggml.token_type") {
+        Some(v) => v
+            .to_vec()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|t| t.to_i32().map(|t| t as u32).unwrap_or(1))
+            .collect(),
+        None => Vec::new(),
+    };
+    let specials: Vec<AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .filter(|(_, t)| matches!(t, 3 | 4))
+        .map(|(token, _)| AddedToken::from(token.clone(), true))
+        .collect();
+    tokenizer
+        .add_special_tokens(specials)
+        .map_err(|e| format!("its control tokens cannot be added ({e})"))?;
+    let mut stops: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
+        .iter()
+        .filter_map(|t| tokens.iter().position(|k| k == t).map(|i| i as u32))
+        .collect();
+    if let Some(eos) =
+        content.metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok())
+    {
+        stops.push(eos);
+    }
+    Ok((tokenizer, stops))
+}
+
+/// The conversation in ChatML, ending where the assistant's answer begins. Tool calls and
+/// results are shown as text: this model does not call tools.
+pub fn chatml(messages: &[Message]) -> String {
+    let mut prompt = String::new();
+    for message in messages {
+        let (role, text) = match message {
+            Message::System { text } => ("system", text.clone()),
+            Message::User { text } => ("user", text.clone()),
+            Message::Assistant { text, .. } => ("assistant", text.clone()),
+            Message::Tool { content, .. } => ("user", format!("(tool result) {content}")),
+        };
+        prompt.push_str(&format!("<|im_start|>{role}\n{text}<|im_end|>\n"));
+    }
+    prompt.push_str("<|im_start|>assistant\n");
+    prompt
+}
+
+fn failure(e: &dyn std::fmt::Display) -> ModelError {
+    ModelError::Server { provider: LOCAL_NAME.into(), status: 500, message: e.to_string() }
+}
+
+/// Generates an answer after `prompt` (its tokens) on this thread, passing each new piece of
+/// text to `emit`; the tokens written.
+fn generate(
+    shared: &Shared,
+    weights: &mut ModelWeights,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    temperature: Option<f64>,
+    emit: &mut dyn FnMut(String) -> bool,
+) -> Result<usize, ModelError> {
+    let fail = |e: &dyn std::fmt::Display| failure(e);
+    let mut tokens = prompt;
+    let read = tokens.len();
+    let room = shared.context.saturating_sub(read);
+    let mut sampler =
+        LogitsProcessor::new(299_792_458, temperature.filter(|t| *t > 0.0), Some(0.9));
+    let mut shown = String::new();
+    let mut written = 0;
+    let mut position = 0;
+    let mut input = tokens.clone();
+    while written < max_tokens.min(room) {
+        let tensor = Tensor::new(input.as_slice(), &Device::Cpu)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(|e| fail(&e))?;
+        let logits = weights.forward(&tensor, position).map_err(|e| fail(&e))?;
+        let logits = logits.squeeze(0).map_err(|e| fail(&e))?;
+        position += input.len();
+        let next = sampler.sample(&logits).map_err(|e| fail(&e))?;
+        if shared.stops.contains(&next) {
+            break;
+        }
+        tokens.push(next);
+        written += 1;
+        input = vec![next];
+        let text = shared.tokenizer.decode(&tokens[read..], true).map_err(|e| fail(&e))?;
+        // A piece that ends inside a character waits for the rest of it.
+        if text.len() > shown.len() && !text.ends_with('\u{fffd}') && text.starts_with(&shown) {
+            let piece = text[shown.len()..].to_owned();
+            shown = text;
+            if !emit(piece) {
+                break;
+            }
+        }
+    }
+    Ok(written)
+}
+
+impl Provider for LocalChat {
+    fn name(&self) -> &str {
+        LOCAL_NAME
+    }
+
+    fn stream<'a>(
+        &'a self,
+        _model: &'a str,
+        request: &'a ModelRequest,
+    ) -> BoxFuture<'a, Result<EventStream, ModelError>> {
+        Box::pin(async move {
+            let text = chatml(&request.messages);
+            let encoding = self.shared.tokenizer.encode(text, false).map_err(|e| failure(&e))?;
+            let prompt = encoding.get_ids().to_vec();
+            let read = prompt.len();
+            // Refused before anything streams, so the caller can compact and try again.
+            if read + 1 > self.shared.context {
+                return Err(ModelError::ContextTooLong {
+                    provider: LOCAL_NAME.into(),
+                    message: format!(
+                        "the prompt is {read} tokens; the model's context holds {}",
+                        self.shared.context
+                    ),
+                });
+            }
+            let max_tokens = request.params.max_tokens as usize;
+            let temperature = request.params.temperature.map(f64::from);
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let (shared, weights) = (self.shared.clone(), self.weights.clone());
+            // The model's arithmetic blocks: it runs on a thread of its own, one answer at a time.
+            tokio::task::spawn_blocking(move || {
+                let mut weights = weights.lock().unwrap_or_else(|e| e.into_inner());
+                let mut emit = |piece: String| tx.send(Ok(StreamEvent::TextDelta(piece))).is_ok();
+                let outcome =
+                    generate(&shared, &mut weights, prompt, max_tokens, temperature, &mut emit);
+                match outcome {
+                    Ok(written) => {
+                        let usage = Usage {
+                            input_tokens: read as u64,
+                            output_tokens: written as u64,
+                            ..Usage::default()
+                        };
+                        let stop = if written >= max_tokens {
+                            StopReason::MaxTokens
+                        } else {
+                            StopReason::EndTurn
+                        };
+                        let _ = tx.send(Ok(StreamEvent::Usage(usage)));
+                        let _ = tx.send(Ok(StreamEvent::Stop(stop)));
+                    }
+                    Err(err) => {
+                        let _ = tx.send(Err(err));
+                    }
+                }
+            });
+            let stream = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            });
+            Ok(Box::pin(stream) as EventStream)
+        })
+    }
+}
+
+type Cell = Arc<tokio::sync::OnceCell<Result<LocalChat, String>>>;
+
+/// A local chat model as a provider: its file is loaded on the first call (on a blocking
+/// thread), once a process whatever the number of routers that name it.
+#[derive(Clone)]
+pub struct LocalProvider {
+    path: PathBuf,
+    cell: Cell,
+}
+
+impl std::fmt::Debug for LocalProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalProvider").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl LocalProvider {
+    pub fn new(path: PathBuf) -> Self {
+        static LOADED: std::sync::OnceLock<Mutex<std::collections::HashMap<PathBuf, Cell>>> =
+            std::sync::OnceLock::new();
+        let mut loaded =
+            LOADED.get_or_init(Mutex::default).lock().unwrap_or_else(|e| e.into_inner());
+        let cell = loaded.entry(path.clone()).or_default().clone();
+        Self { path, cell }
+    }
+
+    async fn model(&self) -> Result<LocalChat, ModelError> {
+        let path = self.path.clone();
+        let loaded = self
+            .cell
+            .get_or_init(|| async move {
+                tokio::task::spawn_blocking(move || {
+                    LocalChat::load(&path).map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("loading the local model stopped: {e}")))
+            })
+            .await;
+        loaded
+            .clone()
+            .map_err(|message| ModelError::InvalidRequest { provider: LOCAL_NAME.into(), message })
+    }
+}
+
+impl Provider for LocalProvider {
+    fn name(&self) -> &str {
+        LOCAL_NAME
+    }
+
+    fn stream<'a>(
+        &'a self,
+        model: &'a str,
+        request: &'a ModelRequest,
+    ) -> BoxFuture<'a, Result<EventStream, ModelError>> {
+        Box::pin(async move {
+            let chat = self.model().await?;
+            chat.stream(model, request).await
+        })
+    }
+}
+
+/// Writes a tiny llama to `path` (a GGUF file): two layers of width 64, grouped-query attention,
+/// a byte-level vocabulary of 256 bytes, two merges and ChatML's control tokens, weights drawn
+/// from a fixed seed (the matrices quantized as Q4_1, so loading requantizes them). Tests run
+/// the real loading and generation code on it instead of the 98 MB model.
+pub fn write_test_model(path: &Path) -> Result<(), String> {
+    use gguf_file::Value;
+    let err = |e: candle_core::Error| e.to_string();
+    let mut alphabet: Vec<char> =
+        tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect();
+    alphabet.sort_unstable();
+    let mut tokens: Vec<String> = alphabet.iter().map(char::to_string).collect();
+    tokens.extend(["he", "ll"].map(String::from));
+    let normal = tokens.len();
+    tokens.extend(["<|im_start|>", "<|im_end|>", "<|endoftext|>"].map(String::from));
+    let types: Vec<Value> =
+        (0..tokens.len()).map(|i| Value::I32(if i < normal { 1 } else { 3 })).collect();
+    let strings =
+        |items: &[String]| Value::Array(items.iter().cloned().map(Value::String).collect());
+    let (hidden, heads, kv_heads, layers, ff) = (64usize, 2u32, 1u32, 2u32, 128usize);
+    let head_dim = hidden / heads as usize;
+    let metadata: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.attention.head_count", Value::U32(heads)),
+        ("llama.attention.head_count_kv", Value::U32(kv_heads)),
+        ("llama.block_count", Value::U32(layers)),
+        ("llama.embedding_length", Value::U32(hidden as u32)),
+        ("llama.rope.dimension_count", Value::U32(head_dim as u32)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("llama.context_length", Value::U32(512)),
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.tokens", strings(&tokens)),
+        ("tokenizer.ggml.merges", strings(&["h e".to_owned(), "l l".to_owned()])),
+        ("tokenizer.ggml.token_type", Value::Array(types)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(tokens.len() as u32 - 1)),
+    ];
+    let draws = clade_core::Jitter::seeded(0x11a_a0a);
+    let random = |rows: usize, cols: usize, dtype: GgmlDType| -> Result<QTensor, String> {
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|_| ((draws.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * 0.2)
+            .collect();
+        let tensor = Tensor::from_vec(values, (rows, cols), &Device::Cpu).map_err(err)?;
+        QTensor::quantize(&tensor, dtype).map_err(err)
+    };
+    let ones = |n: usize| -> Result<QTensor, String> {
+        let tensor = Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).map_err(err)?;
+        QTensor::quantize(&tensor, GgmlDType::F32).map_err(err)
+    };
+    let vocab = tokens.len();
+    let kv = kv_heads as usize * head_dim;
+    let mut tensors: Vec<(String, QTensor)> = vec![
+        ("token_embd.weight".into(), random(vocab, hidden, GgmlDType::F32)?),
+        ("output_norm.weight".into(), ones(hidden)?),
+        ("output.weight".into(), random(vocab, hidden, GgmlDType::Q4_1)?),
+    ];
+    for layer in 0..layers {
+        let name = |part: &str| format!("blk.{layer}.{part}.weight");
+        tensors.push((name("attn_norm"), ones(hidden)?));
+        tensors.push((name("ffn_norm"), ones(hidden)?));
+        tensors.push((name("attn_q"), random(hidden, hidden, GgmlDType::Q4_1)?));
+        tensors.push((name("attn_k"), random(kv, hidden, GgmlDType::Q4_1)?));
+        tensors.push((name("attn_v"), random(kv, hidden, GgmlDType::Q4_1)?));
+        tensors.push((name("attn_output"), random(hidden, hidden, GgmlDType::Q4_1)?));
+        tensors.push((name("ffn_gate"), random(ff, hidden, GgmlDType::Q4_1)?));
+        tensors.push((name("ffn_up"), random(ff, hidden, GgmlDType::Q4_1)?));
+        tensors.push((name("ffn_down"), random(hidden, ff, GgmlDType::Q4_1)?));
+    }
+    let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut file = std::fs::File::create(path).map_err(|e| e.to_string())?;
+    gguf_file::write(&mut file, &metadata, &refs).map_err(err)
+}
