@@ -1184,6 +1184,19 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Run the local chat model (`clade models fetch local`) and report time to first token
+    /// (p50, p99) and tokens per second while it writes
+    Local {
+        /// Answers to generate
+        #[arg(long, default_value_t = 10)]
+        answers: u32,
+        /// Tokens each answer may write
+        #[arg(long, default_value_t = 64)]
+        tokens: u32,
+        /// The model's .gguf file [default: the one `clade models fetch local` installed]
+        #[arg(long, value_name = "FILE")]
+        model: Option<std::path::PathBuf>,
+    },
     /// Fill one agent's memory and report ingest rate, recall p50/p99 (hybrid and full text),
     /// disk per item and the memory its kept vectors take, at each size
     Memory {

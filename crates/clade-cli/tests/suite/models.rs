@@ -139,4 +139,8 @@ async fn a_fetched_local_chat_model_answers_with_no_key() {
     drop(server);
     let list = env.run(&["models", "list"]).ok().stdout;
     assert!(list.contains("local") && list.contains("smollm2-135m-instruct"), "{list}");
+    // The benchmark runs the installed model and reports both figures.
+    let bench = env.run(&["bench", "local", "--answers", "2", "--tokens", "4"]).ok().stdout;
+    assert!(bench.contains("time to first token p50") && bench.contains("tokens/s"), "{bench}");
+    env.run(&["bench", "local", "--answers", "0"]).fails_with("at least 1");
 }
