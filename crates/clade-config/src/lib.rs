@@ -775,19 +775,7 @@ impl DiscordConfig {
     /// What types alone cannot say: the name, the token variable, the URL.
     fn check(&self, name: &str) -> Result<(), String> {
         let field = format!("channels.discord.{name}");
-        check_channel_name(&field, name)?;
-        if self.token_env.trim().is_empty() {
-            return Err(format!("{field}.token_env: name the variable holding the bot token"));
-        }
-        if let Some(url) = &self.api_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            return Err(format!("{field}.api_url: {url:?} is not an http(s) URL"));
-        }
-        if self.max_attempts == 0 {
-            return Err(format!("{field}.max_attempts: must be at least 1"));
-        }
-        Ok(())
+        check_channel(&field, name, &self.token_env, &self.api_url, self.max_attempts)
     }
 }
 
@@ -832,20 +820,7 @@ impl SlackConfig {
     /// What types alone cannot say: the name, the variables each mode needs, the URL.
     fn check(&self, name: &str) -> Result<(), String> {
         let field = format!("channels.slack.{name}");
-        check_channel_name(&field, name)?;
-        if self.token_env.trim().is_empty() {
-            return Err(format!(
-                "{field}.token_env: name the variable holding the bot token (xoxb-…)"
-            ));
-        }
-        if let Some(url) = &self.api_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            return Err(format!("{field}.api_url: {url:?} is not an http(s) URL"));
-        }
-        if self.max_attempts == 0 {
-            return Err(format!("{field}.max_attempts: must be at least 1"));
-        }
+        check_channel(&field, name, &self.token_env, &self.api_url, self.max_attempts)?;
         let named = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
         match self.mode {
             SlackMode::Socket if !named(&self.app_token_env) => Err(format!(
@@ -856,6 +831,36 @@ impl SlackConfig {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+/// What every channel's entry must hold: a plain name, a token variable, an http(s) API URL
+/// if any, and at least one delivery attempt.
+fn check_channel(
+    field: &str,
+    name: &str,
+    token_env: &str,
+    api_url: &Option<String>,
+    max_attempts: u32,
+) -> Result<(), String> {
+    check_channel_name(field, name)?;
+    if token_env.trim().is_empty() {
+        return Err(format!("{field}.token_env: name the variable holding the bot's token"));
+    }
+    check_url(&format!("{field}.api_url"), api_url)?;
+    if max_attempts == 0 {
+        return Err(format!("{field}.max_attempts: must be at least 1"));
+    }
+    Ok(())
+}
+
+/// An http(s) URL, if one is given.
+fn check_url(field: &str, url: &Option<String>) -> Result<(), String> {
+    match url {
+        Some(url) if !(url.starts_with("https://") || url.starts_with("http://")) => {
+            Err(format!("{field}: {url:?} is not an http(s) URL"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -922,26 +927,13 @@ impl TelegramConfig {
     /// What types alone cannot say: the name, the variables, the URLs, the timeout.
     fn check(&self, name: &str) -> Result<(), String> {
         let field = format!("channels.telegram.{name}");
-        check_channel_name(&field, name)?;
-        if self.token_env.trim().is_empty() {
-            return Err(format!("{field}.token_env: name the variable holding the bot's token"));
-        }
-        let url = |what: &str, value: &Option<String>| match value {
-            Some(url) if !(url.starts_with("https://") || url.starts_with("http://")) => {
-                Err(format!("{field}.{what}: {url:?} is not an http(s) URL"))
-            }
-            _ => Ok(()),
-        };
-        url("api_url", &self.api_url)?;
-        url("public_url", &self.public_url)?;
+        check_channel(&field, name, &self.token_env, &self.api_url, self.max_attempts)?;
+        check_url(&format!("{field}.public_url"), &self.public_url)?;
         if !(1..=50).contains(&self.poll_timeout_secs) {
             return Err(format!(
                 "{field}.poll_timeout_secs: {} is out of range; Telegram waits 1 to 50 seconds",
                 self.poll_timeout_secs
             ));
-        }
-        if self.max_attempts == 0 {
-            return Err(format!("{field}.max_attempts: must be at least 1"));
         }
         match self.mode {
             TelegramMode::Webhook
