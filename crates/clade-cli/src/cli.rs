@@ -667,6 +667,9 @@ pub(crate) enum MemoryCommand {
         /// The isolation key (e.g. `telegram:alice`) [default: the agent's global memory]
         #[arg(long)]
         scope: Option<String>,
+        /// The items upkeep pruned instead (faded or merged; restorable until purged), latest first
+        #[arg(long, conflicts_with_all = ["scope", "kind"])]
+        pruned: bool,
         /// Only items of this kind (fact, preference, decision, identity, event, observation, goal, todo)
         #[arg(long)]
         kind: Option<String>,
@@ -702,6 +705,18 @@ pub(crate) enum MemoryCommand {
     },
     /// Forget an item for good
     Rm { id: String },
+    /// Bring back an item upkeep pruned (it counts as just used)
+    Restore {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep the agent's memory now, as the gateway does in the background: merge repeats,
+    /// fade unused items, prune the faded, purge the long-pruned (memory.upkeep's policy)
+    Upkeep {
+        #[arg(long)]
+        json: bool,
+    },
     /// Embed the items that have no vector from the current embeddings model (after a change
     /// of model, or while it was unreachable)
     Reembed,

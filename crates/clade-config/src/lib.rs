@@ -138,7 +138,7 @@ pub struct Config {
 pub const LOCAL_PREFIX: &str = "local:";
 
 /// Agents' long-term memory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryConfig {
     /// Whether agents have memory: the `memory.*` tools and recall in each turn's context.
@@ -172,6 +172,60 @@ pub struct MemoryConfig {
     /// numbers and dates; `off` leaves memory to the agents' tools and to compaction.
     #[serde(default)]
     pub ingest: MemoryIngest,
+    /// How the cortex keeps each agent's memory in the background: repeats merged, items
+    /// fading with disuse, the faded pruned (restorable until purged).
+    #[serde(default)]
+    pub upkeep: MemoryUpkeepConfig,
+}
+
+/// See [`MemoryConfig::upkeep`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryUpkeepConfig {
+    /// Whether the cortex keeps memories at all (`clade memory upkeep` still runs by hand).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Days an unused item of importance 0 takes to lose half its strength; one of
+    /// importance 1 takes five times as long, and identity never fades. 0: nothing fades.
+    #[serde(default = "default_half_life_days")]
+    pub half_life_days: f64,
+    /// Strength (0 to 1) under which a faded item is pruned; 0 prunes nothing.
+    #[serde(default = "default_prune_below")]
+    pub prune_below: f64,
+    /// Days a pruned item can be restored before it is deleted for good.
+    #[serde(default = "default_purge_after_days")]
+    pub purge_after_days: f64,
+    /// Seconds after an agent's write before its upkeep runs (later writes join it).
+    #[serde(default = "default_upkeep_settle_secs")]
+    pub settle_secs: u64,
+}
+
+impl Default for MemoryUpkeepConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            half_life_days: default_half_life_days(),
+            prune_below: default_prune_below(),
+            purge_after_days: default_purge_after_days(),
+            settle_secs: default_upkeep_settle_secs(),
+        }
+    }
+}
+
+fn default_half_life_days() -> f64 {
+    30.0
+}
+
+fn default_prune_below() -> f64 {
+    0.05
+}
+
+fn default_purge_after_days() -> f64 {
+    30.0
+}
+
+fn default_upkeep_settle_secs() -> u64 {
+    60
 }
 
 /// How completed turns are mined for memories.
@@ -193,6 +247,7 @@ impl Default for MemoryConfig {
             recall_tokens: default_recall_tokens(),
             max_items_per_agent: default_max_items(),
             ingest: MemoryIngest::default(),
+            upkeep: MemoryUpkeepConfig::default(),
         }
     }
 }
@@ -1363,6 +1418,31 @@ impl Config {
         }
         if self.memory.recall_items > 50 {
             return fail("memory.recall_items: at most 50".into());
+        }
+        let upkeep = &self.memory.upkeep;
+        if !(0.0..=36_500.0).contains(&upkeep.half_life_days) {
+            return fail(format!(
+                "memory.upkeep.half_life_days: {} is out of range; 0 (nothing fades) to 36,500",
+                upkeep.half_life_days
+            ));
+        }
+        if !(0.0..1.0).contains(&upkeep.prune_below) {
+            return fail(format!(
+                "memory.upkeep.prune_below: {} is out of range; 0 (prune nothing) up to, not including, 1",
+                upkeep.prune_below
+            ));
+        }
+        if !(0.0..=36_500.0).contains(&upkeep.purge_after_days) {
+            return fail(format!(
+                "memory.upkeep.purge_after_days: {} is out of range; 0 to 36,500",
+                upkeep.purge_after_days
+            ));
+        }
+        if upkeep.settle_secs > 86_400 {
+            return fail(format!(
+                "memory.upkeep.settle_secs: {} is out of range; 0 to 86,400 (a day)",
+                upkeep.settle_secs
+            ));
         }
         let known = |m: &String| self.models.contains_key(m) || m == "scripted";
         let r = &self.routing;

@@ -16,8 +16,8 @@ use crate::AppState;
 use crate::agents::{JsonBody, checked_limit, query_rejection};
 use crate::api::{
     CreateMemoryParams, LinkMemoryParams, MemoriesQuery, MemoryLinkResponse, MemoryListResponse,
-    MemoryProvenance, MemoryResponse, MemorySearchResponse, RecalledMemory, SavedMemoryResponse,
-    SearchMemoriesParams,
+    MemoryProvenance, MemoryResponse, MemorySearchResponse, MemoryUpkeepResponse, RecalledMemory,
+    SavedMemoryResponse, SearchMemoriesParams,
 };
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
@@ -43,6 +43,8 @@ pub(crate) fn memory_response(row: MemoryRow) -> MemoryResponse {
         created_at: row.created_at.as_millis(),
         updated_at: row.updated_at.as_millis(),
         accessed_at: row.accessed_at.as_millis(),
+        pruned_at: row.pruned.as_ref().map(|p| p.at.as_millis()),
+        pruned_why: row.pruned.map(|p| p.why),
     }
 }
 
@@ -114,6 +116,20 @@ pub(crate) async fn list(
 ) -> Result<axum::Json<MemoryListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
     let limit = checked_limit(query.limit)?;
+    if query.pruned {
+        if query.scope.is_some() || query.kind.is_some() || query.cursor.is_some() {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                "pruned=true lists the pruned items of every scope and kind on one page: leave out scope, kind and cursor",
+            ));
+        }
+        let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
+        let rows = store.pruned_memories(agent.id, limit).await?;
+        return Ok(axum::Json(MemoryListResponse {
+            items: rows.into_iter().map(memory_response).collect(),
+            next_cursor: None,
+        }));
+    }
     let before = query.cursor.as_deref().map(cursor_of).transpose()?;
     let key = checked_scope(query.scope)?;
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
@@ -234,6 +250,48 @@ pub(crate) async fn search(
             })
             .collect(),
         mode: mode.to_owned(),
+    }))
+}
+
+pub(crate) async fn restore(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path((handle, id)): Path<(String, String)>,
+) -> Result<axum::Json<MemoryResponse>, ApiError> {
+    let id = memory_id(&handle, &id)?;
+    let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
+    let row = store.restore_memory(agent.id, id).await.map_err(|e| match e {
+        clade_store::Error::MemoryNotFound(_) => ApiError::new(
+            Code::MemoryNotFound,
+            format!(
+                "agent {handle} has no pruned memory {id}: list them with GET /v1/agents/{handle}/memories?pruned=true"
+            ),
+        ),
+        other => other.into(),
+    })?;
+    Ok(axum::Json(memory_response(row)))
+}
+
+pub(crate) async fn upkeep(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path(handle): Path<String>,
+) -> Result<axum::Json<MemoryUpkeepResponse>, ApiError> {
+    let memory = memory_of(&state)?;
+    let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
+    // The deployment's policy, even where the background upkeep is off.
+    let default = clade_memory::upkeep::Policy::default();
+    let policy = memory.upkeep_policy().unwrap_or(&default).clone();
+    let since = store.memory_upkeep_ran(agent.id).await?;
+    let report =
+        memory.upkeep(&store, agent.id, since, &policy).await.map_err(|e| refusal(&handle, e))?;
+    Ok(axum::Json(MemoryUpkeepResponse {
+        merged: report.merged,
+        faded: report.faded,
+        pruned: report.pruned,
+        purged: report.purged,
+        live: report.live,
+        next_due: report.next_due.map(Timestamp::as_millis),
     }))
 }
 

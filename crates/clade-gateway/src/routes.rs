@@ -702,8 +702,12 @@ pub static OPERATIONS: &[Operation] = &[
         params: &[HANDLE],
         query: Some(fields::<api::MemoriesQuery>),
         responses: &[
-            ok("200", "one page, most recently updated first", of::<api::MemoryListResponse>),
-            error("400", "invalid query"),
+            ok(
+                "200",
+                "one page, most recently updated first (with `pruned=true`: the pruned, latest first)",
+                of::<api::MemoryListResponse>,
+            ),
+            error("400", "invalid query, or `pruned=true` with scope, kind or cursor"),
             error("404", "no such agent"),
         ],
         ..op(
@@ -810,6 +814,35 @@ pub static OPERATIONS: &[Operation] = &[
             &[Operate],
             "Link two items of an agent's memory (recalling one brings the other)",
             || post(memories::link),
+        )
+    },
+    Operation {
+        params: &[HANDLE, MEMORY],
+        responses: &[
+            ok("200", "restored, as if just used", of::<api::MemoryResponse>),
+            error("404", "no such agent or pruned item (`memory_not_found`)"),
+        ],
+        ..op(
+            "POST",
+            "/v1/agents/{handle}/memories/{id}/restore",
+            &[Operate],
+            "Bring back an item the cortex pruned (faded or merged), until it is purged (audited)",
+            || post(memories::restore),
+        )
+    },
+    Operation {
+        params: &[HANDLE],
+        responses: &[
+            ok("200", "what the upkeep did", of::<api::MemoryUpkeepResponse>),
+            error("404", "no such agent"),
+            error("422", "memory is off (`invalid_memory`)"),
+        ],
+        ..op(
+            "POST",
+            "/v1/agents/{handle}/memories/upkeep",
+            &[Operate],
+            "Keep an agent's memory now, as the cortex does in the background: merge repeats, fade unused items, prune the faded, purge the long-pruned (audited)",
+            || post(memories::upkeep),
         )
     },
     Operation {

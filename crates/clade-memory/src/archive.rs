@@ -71,6 +71,11 @@ struct Item {
     by: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     embedding: Option<Embedding>,
+    /// When upkeep pruned it (restorable until purged), and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pruned_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pruned_why: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -134,6 +139,8 @@ fn to_item(record: &MemoryRecord) -> Item {
         tool: row.provenance.tool.clone(),
         by: row.provenance.by.clone(),
         embedding,
+        pruned_at: row.pruned.as_ref().map(|p| p.at.as_millis()),
+        pruned_why: row.pruned.as_ref().map(|p| p.why.clone()),
     }
 }
 
@@ -177,6 +184,14 @@ fn from_item(item: Box<Item>, agent: AgentId, line: usize) -> Result<MemoryRecor
             updated_at: Timestamp::from_millis(item.updated_at),
             accessed_at: Timestamp::from_millis(item.accessed_at),
             embedding_model,
+            pruned: match (item.pruned_at, item.pruned_why) {
+                (Some(at), why) => Some(clade_store::Pruned {
+                    at: Timestamp::from_millis(at),
+                    why: why.unwrap_or_default(),
+                }),
+                (None, None) => None,
+                (None, Some(_)) => return Err(archive(line, "pruned_why without pruned_at")),
+            },
         },
         embedding,
     };

@@ -14,6 +14,7 @@ pub mod embed;
 pub mod mine;
 pub mod search;
 pub mod tools;
+pub mod upkeep;
 mod vectors;
 pub mod working;
 
@@ -159,6 +160,13 @@ pub struct Saved {
     pub outcome: Outcome,
 }
 
+/// What a repeat is looked for by: its words, and its vector with the model that made it.
+#[derive(Clone, Copy)]
+pub(crate) struct Repeat<'a> {
+    pub content: &'a str,
+    pub embedding: Option<&'a (Vec<f32>, String)>,
+}
+
 /// A vector search: the query's vector, the least similarity that counts, how many.
 struct Near<'a> {
     vector: &'a [f32],
@@ -175,6 +183,8 @@ pub struct Memory {
     rules: Vec<IsolationRule>,
     /// The most items an agent may hold.
     max_items: u64,
+    /// How the cortex keeps agents' memories; `None`: it does not.
+    upkeep: Option<upkeep::Policy>,
     /// Whether a failing embedder was reported (once, then at debug level).
     warned: AtomicBool,
     vectors: vectors::VectorCache,
@@ -189,6 +199,7 @@ impl Memory {
             isolation,
             rules: Vec::new(),
             max_items: u64::MAX,
+            upkeep: None,
             warned: AtomicBool::new(false),
             vectors: Default::default(),
         }
@@ -199,6 +210,17 @@ impl Memory {
     pub fn with_max_items(mut self, max_items: u64) -> Self {
         self.max_items = max_items;
         self
+    }
+
+    /// The same memory, kept by the cortex under `policy` (see [`upkeep`]).
+    pub fn with_upkeep(mut self, policy: upkeep::Policy) -> Self {
+        self.upkeep = Some(policy);
+        self
+    }
+
+    /// How the cortex keeps agents' memories, if it does.
+    pub fn upkeep_policy(&self) -> Option<&upkeep::Policy> {
+        self.upkeep.as_ref()
     }
 
     /// The embeddings model, if there is one.
@@ -336,7 +358,10 @@ impl Memory {
             exclude_global: !new.scope.is_empty(),
             ..MemoryFilter::default()
         };
-        if let Some((existing, _)) = self.duplicate_of(store, &new, &own_scope).await? {
+        let repeat = Repeat { content: &new.content, embedding: new.embedding.as_ref() };
+        if let Some((existing, _)) =
+            self.duplicate_of(store, new.agent, repeat, &own_scope, None).await?
+        {
             if existing.kind == new.kind {
                 let update = MemoryUpdate {
                     content: Some(new.content.clone()),
@@ -358,41 +383,69 @@ impl Memory {
         Ok(Saved { item, outcome: Outcome::Created })
     }
 
-    /// The stored item `new` repeats, with how alike they are, if any.
-    async fn duplicate_of(
+    /// The stored item of `agent` that `repeat` repeats, with how alike they are, if any
+    /// (`exclude`: an item that is not a candidate, the repeat itself when it is stored).
+    pub(crate) async fn duplicate_of(
         &self,
         store: &TenantStore,
-        new: &NewMemory,
+        agent: AgentId,
+        repeat: Repeat<'_>,
         filter: &MemoryFilter,
+        exclude: Option<MemoryId>,
     ) -> Result<Option<(MemoryRow, f32)>, Error> {
         let mut candidates: Vec<MemoryId> = store
-            .memories_with_words_of(new.agent, filter, &new.content, 5)
+            .memories_with_words_of(agent, filter, repeat.content, 6)
             .await?
             .into_iter()
             .map(|(id, _)| id)
+            .filter(|id| Some(*id) != exclude)
             .collect();
         let mut cosines: HashMap<MemoryId, f32> = HashMap::new();
-        if let Some((vector, model)) = &new.embedding {
-            let near = Near { vector, floor: DUPLICATE_COSINE, limit: 5 };
-            let near = self.nearest(store, new.agent, filter, model, near).await?;
+        if let Some((vector, model)) = repeat.embedding {
+            let near = Near { vector, floor: DUPLICATE_COSINE, limit: 6 };
+            let near = self.nearest(store, agent, filter, model, near).await?;
             for (id, cos) in near {
+                if Some(id) == exclude {
+                    continue;
+                }
                 cosines.insert(id, cos);
                 if !candidates.contains(&id) {
                     candidates.push(id);
                 }
             }
         }
-        let rows = store.memories_by_id(new.agent, filter, &candidates).await?;
+        let rows = store.memories_by_id(agent, filter, &candidates).await?;
         let best = rows
             .into_iter()
             .filter_map(|row| {
-                let words = search::overlap(&row.content, &new.content);
+                let words = search::overlap(&row.content, repeat.content);
                 let meaning = cosines.get(&row.id).copied().unwrap_or(0.0);
                 (words >= DUPLICATE_OVERLAP || meaning >= DUPLICATE_COSINE)
                     .then_some((row, words.max(meaning)))
             })
             .max_by(|a, b| a.1.total_cmp(&b.1));
         Ok(best)
+    }
+
+    /// The vector this process keeps of a stored item by the current model, if any.
+    pub(crate) async fn kept_vector(
+        &self,
+        store: &TenantStore,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        item: &MemoryRow,
+    ) -> Result<Option<(Vec<f32>, String)>, Error> {
+        let Some(model) = self.embedding_model() else { return Ok(None) };
+        if item.embedding_model.as_deref() != Some(model) {
+            return Ok(None);
+        }
+        for rows in self.vectors_of(store, agent, filter, model).await? {
+            let rows = rows.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(row) = rows.iter().find(|r| r.id == item.id) {
+                return Ok(Some((row.vector.clone(), model.to_owned())));
+            }
+        }
+        Ok(None)
     }
 
     /// The agent's items most relevant to `query` in the filter's scopes, best first, at most
@@ -489,8 +542,9 @@ impl Memory {
             .into_iter()
             .filter_map(|(id, score)| {
                 let item = rows.get(&id)?.clone();
-                // Importance breaks near-ties: a tenth of the score at most.
-                let score = score * (0.9 + 0.1 * item.importance);
+                // Importance breaks near-ties (a tenth of the score at most), and an item that
+                // faded from disuse yields to a fresh one (a twentieth).
+                let score = score * (0.9 + 0.1 * item.importance) * (0.95 + 0.05 * item.strength);
                 Some(Recalled { item, score, reasons: reasons.remove(&id).unwrap_or_default() })
             })
             .collect();

@@ -27,6 +27,10 @@ struct Backend {
 }
 
 async fn backends() -> Vec<Backend> {
+    backends_on(Arc::new(clade_core::SystemClock)).await
+}
+
+async fn backends_on(clock: Arc<dyn clade_core::Clock>) -> Vec<Backend> {
     let mut out = Vec::new();
     for name in ["sqlite", "postgres"] {
         let tmp = tempfile::tempdir().unwrap();
@@ -40,6 +44,7 @@ async fn backends() -> Vec<Backend> {
         };
         let options = StoreOptions {
             migrations: clade_store::Migrations::Apply,
+            clock: clock.clone(),
             ..StoreOptions::new(location, Durability::Normal)
         };
         let store = Store::open(options).await.unwrap();
@@ -565,4 +570,132 @@ fn the_first_matching_binding_isolates_a_session() {
     assert_eq!(memory.isolation_key(&source("http", "x")), None);
     let by_actor = Memory::new(None, Isolation::Actor);
     assert_eq!(by_actor.isolation_key(&source("http", "x")).as_deref(), Some("http:u1"));
+}
+
+#[tokio::test]
+async fn the_cortex_merges_repeats_fades_and_prunes_the_unused_and_purges_in_time() {
+    use clade_memory::upkeep::Policy;
+    use std::time::Duration;
+    const DAY: Duration = Duration::from_secs(86_400);
+    let clock = Arc::new(clade_core::ManualClock::new(clade_core::Timestamp::from_millis(
+        1_800_000_000_000,
+    )));
+    let policy = Policy {
+        half_life_days: 1.0,
+        prune_below: 0.05,
+        purge_after_days: 2.0,
+        settle: Duration::from_secs(60),
+    };
+    let memory = Memory::new(None, Isolation::Global).with_upkeep(policy.clone());
+    for b in backends_on(clock.clone()).await {
+        let name = b.name;
+        let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let rival = b.store.create_tenant("rival").await.unwrap();
+        let ada = agent(&b, &tenant, "ada").await;
+        let idle = agent(&b, &tenant, "idle").await;
+        let store = b.store.tenant_scope(tenant.id);
+        let theirs = b.store.tenant_scope(rival.id);
+        let due = |at: Duration| {
+            let store = b.store.clone();
+            let now =
+                clade_core::Timestamp::from_millis(store.now().as_millis() + at.as_millis() as i64);
+            async move {
+                store
+                    .memory_upkeep_due(now, 60_000, 10)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.agent)
+                    .collect::<Vec<_>>()
+            }
+        };
+
+        // Two writers saved the same fact side by side, past write-time deduplication.
+        let first = store
+            .save_memory(item(ada, "", MemoryKind::Fact, "Ada's locker code is 4417"))
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(1));
+        let repeat = store
+            .save_memory(item(ada, "", MemoryKind::Fact, "ada's locker code is 4417."))
+            .await
+            .unwrap();
+        let gym = store
+            .save_memory(item(ada, "", MemoryKind::Event, "Ada joined the gym on Monday"))
+            .await
+            .unwrap();
+        store.link_memories(ada, gym.id, repeat.id, LinkKind::RelatedTo, 0.7).await.unwrap();
+        let mut passing = item(ada, "", MemoryKind::Observation, "the lobby smelled of paint");
+        passing.importance = 0.0;
+        let passing = store.save_memory(passing).await.unwrap();
+        let mut decided = item(ada, "", MemoryKind::Decision, "Ada chose the blue plan");
+        decided.importance = 1.0;
+        let decided = store.save_memory(decided).await.unwrap();
+        let mut who = item(ada, "", MemoryKind::Identity, "Ada is the night operator");
+        who.importance = 0.0;
+        let who = store.save_memory(who).await.unwrap();
+
+        // Due once the writes settled; an agent without items never is.
+        assert!(due(Duration::ZERO).await.is_empty(), "{name}: due before the writes settled");
+        assert_eq!(due(Duration::from_secs(61)).await, [ada], "{name}");
+        assert!(!due(DAY * 400).await.contains(&idle), "{name}");
+        clock.advance(Duration::from_secs(61));
+
+        let report = memory.upkeep(&store, ada, None, &policy).await.unwrap();
+        assert_eq!(
+            (report.merged, report.pruned, report.purged, report.live),
+            (1, 0, 0, 5),
+            "{name}"
+        );
+        let kept = store.memory(ada, first.id).await.unwrap();
+        assert_eq!(kept.content, "ada's locker code is 4417.", "{name}: the newer wording");
+        assert_eq!(kept.pruned, None);
+        let merged = store.memory(ada, repeat.id).await.unwrap();
+        assert_eq!(merged.pruned.as_ref().unwrap().why, format!("merged into {}", first.id));
+        let links = store.memory_links(ada, &[gym.id]).await.unwrap();
+        assert!(
+            links.iter().any(|l| l.from == gym.id && l.to == first.id && l.weight == 0.7),
+            "{name}: the repeat's link moves to the kept item: {links:?}"
+        );
+        // Recalled once, the gym visit along its link.
+        let hits = recall(&memory, &store, ada, "locker code").await;
+        assert_eq!(hits, ["ada's locker code is 4417.", "Ada joined the gym on Monday"], "{name}");
+        assert_eq!(store.memory_count(ada).await.unwrap(), 5, "{name}: the pruned are not counted");
+        let listed = store.memories(ada, &MemoryFilter::default(), None, 100).await.unwrap();
+        assert!(listed.iter().all(|m| m.id != repeat.id), "{name}");
+        assert_eq!(store.pruned_memories(ada, 10).await.unwrap()[0].id, repeat.id);
+        // Nothing to do until the repeat's purge, two days on (decay reaches the least
+        // important item only after 1 day x log2(20)).
+        assert!(due(Duration::from_secs(60)).await.is_empty(), "{name}");
+        let next = report.next_due.unwrap().as_millis() - b.store.now().as_millis();
+        assert_eq!(next, 2 * 86_400_000, "{name}: next due in {next} ms");
+
+        // Five days unused: the passing observation fades out; the decision fades; identity stays.
+        clock.advance(DAY * 5);
+        assert_eq!(due(Duration::ZERO).await, [ada], "{name}");
+        let since = store.memory_upkeep_ran(ada).await.unwrap();
+        let report = memory.upkeep(&store, ada, since, &policy).await.unwrap();
+        assert_eq!((report.merged, report.pruned, report.purged), (0, 1, 1), "{name}");
+        // The merged repeat was pruned more than two days ago: it is gone for good.
+        assert!(store.memory(ada, repeat.id).await.is_err(), "{name}");
+        assert!(store.memory_links(ada, &[repeat.id]).await.unwrap().is_empty());
+        assert!(recall(&memory, &store, ada, "lobby paint").await.is_empty(), "{name}");
+        let faded = store.memory(ada, decided.id).await.unwrap();
+        assert!((faded.strength - 0.5).abs() < 0.02, "{name}: {}", faded.strength);
+        assert_eq!(store.memory(ada, who.id).await.unwrap().strength, 1.0, "{name}");
+        assert_eq!(store.memory(ada, passing.id).await.unwrap().pruned.unwrap().why, "decayed");
+
+        // Another tenant can neither restore nor prune Ada's items.
+        assert!(theirs.restore_memory(ada, passing.id).await.is_err(), "{name}");
+        assert_eq!(theirs.prune_memories(ada, vec![who.id], "decayed").await.unwrap(), 0);
+        assert!(store.restore_memory(ada, who.id).await.is_err(), "{name}: only the pruned");
+        // Restored, it is recalled again, as if just used.
+        let back = store.restore_memory(ada, passing.id).await.unwrap();
+        assert_eq!((back.pruned, back.strength), (None, 1.0));
+        assert_eq!(
+            recall(&memory, &store, ada, "lobby paint").await,
+            ["the lobby smelled of paint"]
+        );
+        assert!(store.pruned_memories(ada, 10).await.unwrap().is_empty());
+    }
 }

@@ -1023,6 +1023,32 @@ pub struct MemoryResponse {
     pub created_at: i64,
     pub updated_at: i64,
     pub accessed_at: i64,
+    /// When upkeep pruned it (out of recall and listings; restorable until purged); absent
+    /// for a live item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_at: Option<i64>,
+    /// Why it was pruned: `decayed`, or `merged into <id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_why: Option<String>,
+}
+
+/// What `POST /v1/agents/{handle}/memories/upkeep` did.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MemoryUpkeepResponse {
+    /// Repeats merged into the items they repeat.
+    pub merged: u64,
+    /// Items whose strength fell since the last upkeep.
+    pub faded: u64,
+    /// Items pruned for having faded past `memory.upkeep.prune_below`.
+    pub pruned: u64,
+    /// Items pruned long ago, deleted for good.
+    pub purged: u64,
+    /// Live items left.
+    pub live: u64,
+    /// When the next upkeep is due, in milliseconds since the epoch; absent: after the next
+    /// write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_due: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -1306,6 +1332,10 @@ pub struct MemoriesQuery {
     #[serde(default)]
     #[schemars(pattern(r"^[0-9]{1,18}\.[0-9a-f]{32}$"))]
     pub cursor: Option<String>,
+    /// List the items upkeep pruned instead (of every scope and kind, the latest pruned first,
+    /// one page): `scope`, `kind` and `cursor` then stay out.
+    #[serde(default)]
+    pub pruned: bool,
 }
 
 /// `POST /v1/agents/{handle}/memories`.

@@ -10,6 +10,7 @@
 
 pub mod budget;
 pub mod bus;
+pub mod cortex;
 pub mod engine;
 pub mod execution;
 pub mod failpoints;

@@ -51,11 +51,23 @@ pub fn memory_of(
             isolation: b.isolation.map(isolation_of),
         })
         .collect();
-    Some(Arc::new(
-        Memory::new(embedder, isolation_of(config.memory.isolation))
-            .with_isolation_rules(rules)
-            .with_max_items(config.memory.max_items_per_agent),
-    ))
+    let mut memory = Memory::new(embedder, isolation_of(config.memory.isolation))
+        .with_isolation_rules(rules)
+        .with_max_items(config.memory.max_items_per_agent);
+    if config.memory.upkeep.enabled {
+        memory = memory.with_upkeep(upkeep_policy(&config.memory.upkeep));
+    }
+    Some(Arc::new(memory))
+}
+
+/// The cortex's upkeep policy as `memory.upkeep` sets it.
+pub fn upkeep_policy(config: &clade_config::MemoryUpkeepConfig) -> clade_memory::upkeep::Policy {
+    clade_memory::upkeep::Policy {
+        half_life_days: config.half_life_days,
+        prune_below: config.prune_below,
+        purge_after_days: config.purge_after_days,
+        settle: std::time::Duration::from_secs(config.settle_secs),
+    }
 }
 
 /// Whether the lack of a local model was said already: it is said once a process.

@@ -27,6 +27,7 @@ pub mod leases;
 pub mod lineage;
 pub mod memories;
 pub mod memory_transfer;
+pub mod memory_upkeep;
 pub mod messages;
 mod migrate;
 pub mod owner;
@@ -68,6 +69,7 @@ pub use jobs::{
 pub use leases::Lease;
 pub use memories::{LinkRow, MemoryFilter, MemoryRow, MemoryUpdate, NewMemory, Provenance};
 pub use memory_transfer::{Imported, MemoryRecord};
+pub use memory_upkeep::{Pruned, UpkeepDue, Vitals, VitalsPage};
 pub use messages::{AGENT_PLATFORM, Delivered, MessageRow, NewMessage};
 pub use migrate::{MigrationReport, Migrations, SCHEMA_VERSION};
 pub use owner::OwnerLock;

@@ -93,6 +93,9 @@ pub struct MemoryRow {
     pub accessed_at: Timestamp,
     /// The model its embedding was made with, if it has one.
     pub embedding_model: Option<String>,
+    /// Set when upkeep pruned it: it is then out of every search, listing and count until it
+    /// is restored or purged.
+    pub pruned: Option<crate::memory_upkeep::Pruned>,
 }
 
 /// An item to store.
@@ -175,7 +178,7 @@ impl MemoryFilter {
 
 /// The filter's clauses over `m`, binding `$2`…`$7` (tenant, agent, two scopes, kinds, since).
 const FILTERED: &str = "m.tenant_id = $2 AND m.agent_id = $3 AND (m.scope = $4 OR m.scope = $5) \
-     AND ($6 = '' OR $6 LIKE '%,' || m.kind || ',%') AND m.updated_at >= $7";
+     AND ($6 = '' OR $6 LIKE '%,' || m.kind || ',%') AND m.updated_at >= $7 AND m.pruned_at IS NULL";
 
 /// The token naming an agent and scope inside the full-text index: digits only, so no
 /// stemmer changes it, and unique per (agent, scope) up to a 64-bit hash of the scope.
@@ -281,9 +284,9 @@ pub fn vector_of(bytes: &[u8]) -> Result<Vec<f32>> {
     Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
-const COLUMNS: &str = "m.id, m.agent_id, m.scope, m.kind, m.content, m.importance, m.confidence, \
-     m.provenance, m.untrusted, m.strength, m.created_at, m.updated_at, m.accessed_at, \
-     m.embedding_model";
+pub(crate) const COLUMNS: &str = "m.id, m.agent_id, m.scope, m.kind, m.content, m.importance, \
+     m.confidence, m.provenance, m.untrusted, m.strength, m.created_at, m.updated_at, \
+     m.accessed_at, m.embedding_model, m.pruned_at, m.pruned_why";
 
 pub(crate) fn memory_row(row: &Row) -> Result<MemoryRow> {
     Ok(MemoryRow {
@@ -301,6 +304,13 @@ pub(crate) fn memory_row(row: &Row) -> Result<MemoryRow> {
         updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
         accessed_at: Timestamp::from_millis(row.try_get("accessed_at")?),
         embedding_model: row.try_get("embedding_model")?,
+        pruned: match row.try_get::<Option<i64>, _>("pruned_at")? {
+            Some(at) => Some(crate::memory_upkeep::Pruned {
+                at: Timestamp::from_millis(at),
+                why: row.try_get::<Option<String>, _>("pruned_why")?.unwrap_or_default(),
+            }),
+            None => None,
+        },
     })
 }
 
@@ -316,6 +326,68 @@ pub(crate) fn link_row(row: &Row) -> Result<LinkRow> {
 
 fn bytes<const N: usize>(id: &[u8; N]) -> Vec<u8> {
     id.to_vec()
+}
+
+/// Deletes an item of the agent and its links inside a transaction; 1 if it did, 0 if there
+/// was no such item.
+pub(crate) async fn delete_in(
+    conn: &mut crate::db::Tx,
+    tenant: TenantId,
+    agent: AgentId,
+    id: MemoryId,
+) -> Result<u64> {
+    let key = bytes(id.as_bytes());
+    let deleted = query("DELETE FROM memories WHERE id = $1 AND tenant_id = $2 AND agent_id = $3")
+        .bind(key.clone())
+        .bind(tenant.as_bytes().to_vec())
+        .bind(agent.as_bytes().to_vec())
+        .execute(&mut *conn)
+        .await?;
+    if deleted > 0 {
+        query("DELETE FROM memory_links WHERE agent_id = $2 AND (from_id = $1 OR to_id = $1)")
+            .bind(key)
+            .bind(agent.as_bytes().to_vec())
+            .execute(conn)
+            .await?;
+    }
+    Ok(deleted)
+}
+
+/// Applies `update` to an item of the agent inside a transaction (`extra`: more conditions on
+/// the row, as SQL); renews its strength. How many rows changed (0: no such item).
+pub(crate) async fn update_in(
+    conn: &mut crate::db::Tx,
+    tenant: TenantId,
+    agent: AgentId,
+    id: MemoryId,
+    update: &MemoryUpdate,
+    now: Timestamp,
+    extra: &'static str,
+) -> Result<u64> {
+    let (embedding, model) = match &update.embedding {
+        Some((vector, model)) => (Some(vector_bytes(vector)), Some(model.clone())),
+        None => (None, None),
+    };
+    query(format!(
+        "UPDATE memories SET kind = COALESCE($4, kind), content = COALESCE($5, content), \
+         importance = COALESCE($6, importance), confidence = COALESCE($7, confidence), \
+         embedding = CASE WHEN $8 IS NULL THEN embedding ELSE $8 END, \
+         embedding_model = COALESCE($9, embedding_model), \
+         strength = 1.0, updated_at = $10, accessed_at = $10 \
+         WHERE id = $1 AND tenant_id = $2 AND agent_id = $3 {extra}"
+    ))
+    .bind(bytes(id.as_bytes()))
+    .bind(tenant.as_bytes().to_vec())
+    .bind(agent.as_bytes().to_vec())
+    .bind(update.kind.map(MemoryKind::as_str))
+    .bind(update.content.clone())
+    .bind(update.importance)
+    .bind(update.confidence)
+    .bind(embedding)
+    .bind(model)
+    .bind(now.as_millis())
+    .execute(conn)
+    .await
 }
 
 impl Store {
@@ -358,7 +430,8 @@ impl Store {
                     }
                     if max_items < u64::MAX {
                         let held: i64 = query(
-                            "SELECT COUNT(*) AS n FROM memories WHERE tenant_id = $1 AND agent_id = $2",
+                            "SELECT COUNT(*) AS n FROM memories WHERE tenant_id = $1 AND agent_id = $2 \
+                             AND pruned_at IS NULL",
                         )
                         .bind(tenant.as_bytes().to_vec())
                         .bind(agent.clone())
@@ -396,6 +469,7 @@ impl Store {
                     .bind(model.clone())
                     .execute(work.conn())
                     .await?;
+                    crate::memory_upkeep::wrote_memory(work.conn(), tenant, new.agent, now).await?;
                     work.audit(&audit).await?;
                     Ok(MemoryRow {
                         id,
@@ -412,6 +486,7 @@ impl Store {
                         updated_at: now,
                         accessed_at: now,
                         embedding_model: model,
+                        pruned: None,
                     })
                 })
             })
@@ -446,32 +521,12 @@ impl Store {
             let (audit, update) = (audit.clone(), update.clone());
             Box::pin(async move {
                 let now = work.now();
-                let (embedding, model) = match &update.embedding {
-                    Some((vector, model)) => (Some(vector_bytes(vector)), Some(model.clone())),
-                    None => (None, None),
-                };
-                let changed = query(
-                    "UPDATE memories SET kind = COALESCE($4, kind), content = COALESCE($5, content), \
-                     importance = COALESCE($6, importance), confidence = COALESCE($7, confidence), \
-                     embedding = CASE WHEN $8 IS NULL THEN embedding ELSE $8 END, \
-                     embedding_model = COALESCE($9, embedding_model), \
-                     strength = 1.0, updated_at = $10, accessed_at = $10 \
-                     WHERE id = $1 AND tenant_id = $2 AND agent_id = $3",
-                )
-                .bind(bytes(id.as_bytes()))
-                .bind(tenant.as_bytes().to_vec())
-                .bind(agent.as_bytes().to_vec())
-                .bind(update.kind.map(MemoryKind::as_str))
-                .bind(update.content.clone())
-                .bind(update.importance)
-                .bind(update.confidence)
-                .bind(embedding)
-                .bind(model)
-                .bind(now.as_millis())
-                .execute(work.conn())
-                .await?;
-                if changed == 0 {
+                let live = "AND pruned_at IS NULL";
+                if update_in(work.conn(), tenant, agent, id, &update, now, live).await? == 0 {
                     return Err(Error::MemoryNotFound(id.to_string()));
+                }
+                if update.content.is_some() {
+                    crate::memory_upkeep::wrote_memory(work.conn(), tenant, agent, now).await?;
                 }
                 work.audit(&audit).await?;
                 Ok(())
@@ -497,25 +552,9 @@ impl Store {
         self.transact(tenant, move |work| {
             let audit = audit.clone();
             Box::pin(async move {
-                let key = bytes(id.as_bytes());
-                let deleted = query(
-                    "DELETE FROM memories WHERE id = $1 AND tenant_id = $2 AND agent_id = $3",
-                )
-                .bind(key.clone())
-                .bind(tenant.as_bytes().to_vec())
-                .bind(agent.as_bytes().to_vec())
-                .execute(work.conn())
-                .await?;
-                if deleted == 0 {
+                if delete_in(work.conn(), tenant, agent, id).await? == 0 {
                     return Err(Error::MemoryNotFound(id.to_string()));
                 }
-                query(
-                    "DELETE FROM memory_links WHERE agent_id = $2 AND (from_id = $1 OR to_id = $1)",
-                )
-                .bind(key)
-                .bind(agent.as_bytes().to_vec())
-                .execute(work.conn())
-                .await?;
                 work.audit(&audit).await?;
                 Ok(())
             })
@@ -705,13 +744,16 @@ impl Store {
         rows.iter().map(memory_row).collect()
     }
 
-    /// The number of items the agent keeps, over all its scopes.
+    /// The number of live (not pruned) items the agent keeps, over all its scopes.
     pub async fn memory_count(&self, tenant: TenantId, agent: AgentId) -> Result<i64> {
         let rows = self
             .rows(
-                query("SELECT COUNT(*) AS n FROM memories WHERE tenant_id = $1 AND agent_id = $2")
-                    .bind(tenant.as_bytes().to_vec())
-                    .bind(agent.as_bytes().to_vec()),
+                query(
+                    "SELECT COUNT(*) AS n FROM memories WHERE tenant_id = $1 AND agent_id = $2 \
+                     AND pruned_at IS NULL",
+                )
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec()),
             )
             .await?;
         rows.first().map_or(Ok(0), |r| r.try_get("n"))
@@ -887,7 +929,7 @@ impl Store {
                 query(format!(
                     "SELECT {COLUMNS} FROM memories m WHERE m.tenant_id = $1 AND m.agent_id = $2 \
                      AND (m.embedding_model IS NULL OR m.embedding_model <> $3) \
-                     ORDER BY m.n LIMIT $4"
+                     AND m.pruned_at IS NULL ORDER BY m.n LIMIT $4"
                 ))
                 .bind(tenant.as_bytes().to_vec())
                 .bind(agent.as_bytes().to_vec())
@@ -909,7 +951,8 @@ impl Store {
             .rows(
                 query(
                     "SELECT DISTINCT tenant_id, agent_id FROM memories \
-                     WHERE embedding_model IS NULL OR embedding_model <> $1 LIMIT $2",
+                     WHERE (embedding_model IS NULL OR embedding_model <> $1) \
+                     AND pruned_at IS NULL LIMIT $2",
                 )
                 .bind(model.to_owned())
                 .bind(i64::from(limit)),

@@ -38,7 +38,7 @@ pub const MAX_DIMENSIONS: usize = 16 * 1024;
 
 const COLUMNS: &str = "m.id, m.agent_id, m.scope, m.kind, m.content, m.importance, m.confidence, \
      m.provenance, m.untrusted, m.strength, m.created_at, m.updated_at, m.accessed_at, \
-     m.embedding_model, m.embedding";
+     m.embedding_model, m.pruned_at, m.pruned_why, m.embedding";
 
 /// Checks a record before anything of its batch is written: what [`crate::memories::check_new`]
 /// checks, and strength, times and embedding as stored.
@@ -252,9 +252,10 @@ impl Store {
                         query(
                             "INSERT INTO memories (id, tenant_id, agent_id, scope, owner, kind, \
                              content, importance, confidence, provenance, untrusted, strength, \
-                             created_at, updated_at, accessed_at, embedding, embedding_model) \
+                             created_at, updated_at, accessed_at, embedding, embedding_model, \
+                             pruned_at, pruned_why) \
                              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-                             $15, $16, $17)",
+                             $15, $16, $17, $18, $19)",
                         )
                         .bind(id.as_bytes().to_vec())
                         .bind(tenant.as_bytes().to_vec())
@@ -273,9 +274,15 @@ impl Store {
                         .bind(row.accessed_at.as_millis())
                         .bind(record.embedding.as_deref().map(vector_bytes))
                         .bind(row.embedding_model.clone())
+                        .bind(row.pruned.as_ref().map(|p| p.at.as_millis()))
+                        .bind(row.pruned.as_ref().map(|p| p.why.clone()))
                         .execute(work.conn())
                         .await?;
                         imported.written += 1;
+                    }
+                    if imported.written > 0 {
+                        let now = work.now();
+                        crate::memory_upkeep::wrote_memory(work.conn(), tenant, agent, now).await?;
                     }
                     work.audit(&audit).await?;
                     Ok(imported)

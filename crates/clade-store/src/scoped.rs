@@ -442,6 +442,105 @@ impl TenantStore {
         self.store.touch_memories(self.tenant, agent, ids).await
     }
 
+    /// See [`Store::memory_upkeep_ran`].
+    pub async fn memory_upkeep_ran(&self, agent: AgentId) -> Result<Option<Timestamp>> {
+        self.store.memory_upkeep_ran(self.tenant, agent).await
+    }
+
+    /// See [`Store::finish_memory_upkeep`].
+    pub async fn finish_memory_upkeep(
+        &self,
+        agent: AgentId,
+        began: Timestamp,
+        seen: Timestamp,
+        next_due: Option<Timestamp>,
+    ) -> Result<()> {
+        self.store.finish_memory_upkeep(self.tenant, agent, began, seen, next_due).await
+    }
+
+    /// See [`Store::memory_vitals`].
+    pub async fn memory_vitals(
+        &self,
+        agent: AgentId,
+        from: Option<i64>,
+        limit: u32,
+    ) -> Result<crate::VitalsPage> {
+        self.store.memory_vitals(self.tenant, agent, from, limit).await
+    }
+
+    /// See [`Store::memories_written_since`].
+    pub async fn memories_written_since(
+        &self,
+        agent: AgentId,
+        since: Option<Timestamp>,
+        limit: u32,
+    ) -> Result<Vec<crate::MemoryRow>> {
+        self.store.memories_written_since(self.tenant, agent, since, limit).await
+    }
+
+    /// See [`Store::set_memory_strengths`].
+    pub async fn set_memory_strengths(
+        &self,
+        agent: AgentId,
+        strengths: Vec<(clade_core::MemoryId, f64)>,
+    ) -> Result<()> {
+        self.store.set_memory_strengths(self.tenant, agent, strengths).await
+    }
+
+    /// See [`Store::prune_memories`].
+    pub async fn prune_memories(
+        &self,
+        agent: AgentId,
+        ids: Vec<clade_core::MemoryId>,
+        why: &str,
+    ) -> Result<u64> {
+        self.store.prune_memories(self.tenant, agent, ids, why).await
+    }
+
+    /// See [`Store::merge_memories`].
+    pub async fn merge_memories(
+        &self,
+        agent: AgentId,
+        kept: clade_core::MemoryId,
+        repeat: clade_core::MemoryId,
+        update: crate::MemoryUpdate,
+    ) -> Result<crate::MemoryRow> {
+        self.store.merge_memories(self.tenant, agent, kept, repeat, update).await
+    }
+
+    /// See [`Store::restore_memory`].
+    pub async fn restore_memory(
+        &self,
+        agent: AgentId,
+        id: clade_core::MemoryId,
+    ) -> Result<crate::MemoryRow> {
+        self.store.restore_memory(self.tenant, agent, id).await
+    }
+
+    /// See [`Store::purge_pruned_memories`].
+    pub async fn purge_pruned_memories(
+        &self,
+        agent: AgentId,
+        before: Timestamp,
+        limit: u32,
+    ) -> Result<u64> {
+        self.store.purge_pruned_memories(self.tenant, agent, before, limit).await
+    }
+
+    /// See [`Store::pruned_memories`].
+    pub async fn pruned_memories(
+        &self,
+        agent: AgentId,
+        limit: u32,
+    ) -> Result<Vec<crate::MemoryRow>> {
+        self.store.pruned_memories(self.tenant, agent, limit).await
+    }
+
+    /// See [`Store::earliest_pruned_memory`].
+    pub async fn earliest_pruned_memory(&self, agent: AgentId) -> Result<Option<Timestamp>> {
+        self.store.earliest_pruned_memory(self.tenant, agent).await
+    }
+
     pub async fn jobs(&self, agent: AgentId) -> Result<Vec<crate::JobRow>> {
         self.store.jobs(self.tenant, Some(agent)).await
     }

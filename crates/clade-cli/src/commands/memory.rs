@@ -26,7 +26,10 @@ fn row_json(row: &MemoryRow) -> serde_json::Value {
         "untrusted": row.untrusted,
         "by": row.provenance.by,
         "embedding_model": row.embedding_model,
+        "strength": row.strength,
         "updated_at": row.updated_at.to_string(),
+        "pruned_at": row.pruned.as_ref().map(|p| p.at.to_string()),
+        "pruned_why": row.pruned.as_ref().map(|p| p.why.clone()),
     })
 }
 
@@ -69,7 +72,23 @@ pub(super) async fn run(ctx: &Ctx, cmd: MemoryCommand) -> Result<()> {
         Ok::<_, clade_store::Error>(scope)
     };
     match cmd {
-        MemoryCommand::List { scope, kind, limit, json } => {
+        MemoryCommand::List { pruned: true, limit, json, .. } => {
+            let rows = store.pruned_memories(agent.id, limit.clamp(1, 1000)).await?;
+            if json {
+                return output::json(&rows.iter().map(row_json).collect::<Vec<_>>());
+            }
+            let rows: Vec<Vec<String>> = rows
+                .iter()
+                .map(|row| {
+                    let mut cells = row_cells(row);
+                    let pruned = row.pruned.as_ref();
+                    cells.push(pruned.map(|p| p.why.clone()).unwrap_or_default());
+                    cells
+                })
+                .collect();
+            output::table(&["ID", "KIND", "UPDATED", "CONTENT", "PRUNED"], &rows);
+        }
+        MemoryCommand::List { scope, kind, limit, json, pruned: false } => {
             let key = scoped(scope)?;
             let filter = MemoryFilter {
                 exclude_global: key.is_some(),
@@ -162,6 +181,50 @@ pub(super) async fn run(ctx: &Ctx, cmd: MemoryCommand) -> Result<()> {
                 other => other?,
             }
             println!("forgot {id}");
+        }
+        MemoryCommand::Restore { id, json } => {
+            let parsed: MemoryId = id.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "{id:?} is not a memory id: list the pruned with `clade memory list --pruned`"
+                )
+            })?;
+            let row = match store.restore_memory(agent.id, parsed).await {
+                Err(clade_store::Error::MemoryNotFound(_)) => anyhow::bail!(
+                    "agent {} has no pruned memory {id}: list them with `clade memory list --pruned`",
+                    agent.handle
+                ),
+                other => other?,
+            };
+            if json {
+                return output::json(&row_json(&row));
+            }
+            println!("restored {id}");
+        }
+        MemoryCommand::Upkeep { json } => {
+            let memory = memory()?;
+            let policy = clade_runtime::memory::upkeep_policy(&ctx.config.memory.upkeep);
+            let since = store.memory_upkeep_ran(agent.id).await?;
+            let report = memory.upkeep(&store, agent.id, since, &policy).await?;
+            if json {
+                return output::json(&serde_json::json!({
+                    "merged": report.merged, "faded": report.faded, "pruned": report.pruned,
+                    "purged": report.purged, "live": report.live,
+                    "next_due": report.next_due.map(|t| t.to_string()),
+                }));
+            }
+            println!(
+                "agent {}: {} repeats merged, {} items faded, {} pruned, {} purged; {} live",
+                agent.handle,
+                report.merged,
+                report.faded,
+                report.pruned,
+                report.purged,
+                report.live
+            );
+            match report.next_due {
+                Some(at) => println!("next upkeep due at {at}"),
+                None => println!("next upkeep after its next write"),
+            }
         }
         MemoryCommand::Reembed => {
             let memory = memory()?;

@@ -86,6 +86,8 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     // Mines completed turns into memory beside them (memory.ingest; the runtime stops with
     // the process).
     let _ingestion = clade_runtime::ingest::spawn(ctx.store.clone(), engine.clone());
+    // Keeps agents' memories (merge, decay, prune, purge) when memory.upkeep is on.
+    let _cortex = clade_runtime::cortex::spawn(ctx.store.clone(), engine.clone());
     clade_sched::check_config(&ctx.config, ctx.store.now())
         .context("clade.yaml cannot be served: fix it, then start again")?;
     let beats = clade_sched::heartbeats::reconcile(&ctx.store, &ctx.config)

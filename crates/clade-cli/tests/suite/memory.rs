@@ -601,3 +601,79 @@ async fn a_bindings_isolation_keeps_its_peoples_memories_apart() {
     assert!(global.to_string().contains("Olaf"), "{global}");
     assert!(!global.to_string().contains("Ingrid"), "alice's stays hers: {global}");
 }
+
+/// Two writers left the same fact twice (here an import, which writes exactly what it reads):
+/// the gateway's cortex merges them in the background once the writes settle; the operator sees
+/// the merged repeat among the pruned and restores it, after which it stays apart; the CLI runs
+/// an upkeep by hand and lists the pruned; another tenant's admin restores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cortex_merges_a_repeat_in_the_background_and_an_operator_restores_it() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["tenants", "create", "evil"]).ok();
+    env.run(&["--tenant", "evil", "agents", "create", "ada"]).ok();
+    let (evil, _) = token(&env, "evil", &["admin"]);
+    env.run(&["memory", "add", "Ada's locker code is 4417", "--agent", "ada"]).ok();
+    // The same fact, written elsewhere and imported past write-time deduplication.
+    let elsewhere = Env::new();
+    elsewhere.run(&["agents", "create", "ada"]).ok();
+    elsewhere.run(&["memory", "add", "ada's locker code is 4417.", "--agent", "ada"]).ok();
+    let file = elsewhere.data_dir().join("ada.jsonl");
+    elsewhere.run(&["memory", "export", "--agent", "ada", "-o", file.to_str().unwrap()]).ok();
+    env.run(&["memory", "import", file.to_str().unwrap(), "--agent", "ada"]).ok();
+    let listed = env.run(&["memory", "list", "--agent", "ada", "--json"]).ok().stdout;
+    assert_eq!(serde_json::from_str::<Vec<Value>>(&listed).unwrap().len(), 2, "{listed}");
+
+    write(&env.data_dir().join("clade.yaml"), "memory:\n  upkeep:\n    settle_secs: 1\n");
+    let server = env.serve(&[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let live = loop {
+        let (status, page) = server.send("GET", "/v1/agents/ada/memories", None, None).await;
+        assert_eq!(status, 200, "{page}");
+        let items = page["items"].as_array().unwrap().clone();
+        if items.len() == 1 || std::time::Instant::now() > deadline {
+            break items;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(live.len(), 1, "the cortex did not merge the repeat: {live:?}");
+    let kept = live[0]["id"].as_str().unwrap().to_owned();
+    let (_, pruned) = server.send("GET", "/v1/agents/ada/memories?pruned=true", None, None).await;
+    let repeat = pruned["items"][0].clone();
+    assert_eq!(repeat["pruned_why"], format!("merged into {kept}"), "{pruned}");
+    let repeat_id = repeat["id"].as_str().unwrap().to_owned();
+    let cli = env.run(&["memory", "list", "--pruned", "--agent", "ada"]).ok().stdout;
+    assert!(cli.contains(&repeat_id) && cli.contains("merged into"), "{cli}");
+    let (status, bad) =
+        server.send("GET", "/v1/agents/ada/memories?pruned=true&scope=x", None, None).await;
+    assert_eq!(status, 400, "{bad}");
+
+    // Another tenant's admin: its own ada has no such item, and it sees no pruned ones.
+    let restore = format!("/v1/agents/ada/memories/{repeat_id}/restore");
+    let (status, refused) = server.send("POST", &restore, Some(&evil), None).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (404, Some("memory_not_found")));
+    let (_, theirs) =
+        server.send("GET", "/v1/agents/ada/memories?pruned=true", Some(&evil), None).await;
+    assert_eq!(theirs["items"], json!([]), "{theirs}");
+
+    let (status, back) = server.send("POST", &restore, None, None).await;
+    assert_eq!(status, 200, "{back}");
+    assert!(back.get("pruned_at").is_none(), "{back}");
+    let (status, again) = server.send("POST", &restore, None, None).await;
+    assert_eq!(status, 404, "only a pruned item is restored: {again}");
+    // Restored, it is linked to the item it was merged into, and no upkeep merges it again.
+    let upkeep = env.run(&["memory", "upkeep", "--agent", "ada", "--json"]).ok().stdout;
+    let report: Value = serde_json::from_str(&upkeep).unwrap();
+    assert_eq!(
+        (report["merged"].as_u64(), report["live"].as_u64()),
+        (Some(0), Some(2)),
+        "{report}"
+    );
+    let (status, report) = server.send("POST", "/v1/agents/ada/memories/upkeep", None, None).await;
+    assert_eq!((status, report["merged"].as_u64()), (200, Some(0)), "{report}");
+    let (_, page) = server.send("GET", "/v1/agents/ada/memories", None, None).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2, "{page}");
+    let (status, _) =
+        server.send("POST", "/v1/agents/ada/memories/upkeep", Some(&evil), None).await;
+    assert_eq!(status, 200, "its own ada, which has nothing to keep");
+}

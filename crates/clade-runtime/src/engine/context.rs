@@ -512,6 +512,9 @@ impl ContextSource for SessionHistory<'_> {
     }
 }
 
+/// How long a recalled item goes before its use is written again.
+const RENEW_AFTER_MS: i64 = 3_600_000;
+
 /// The agent's memories most relevant to the turn's messages, within the session's isolation
 /// key. A failure to recall leaves them out: memory never fails a turn.
 pub(super) struct MemoryRecall<'a> {
@@ -539,7 +542,25 @@ impl ContextSource for MemoryRecall<'_> {
                 .recall(&self.store, self.agent, &filter, &query, recall.items as usize)
                 .await
             {
-                Ok(hits) => into.recalled = clade_memory::render(&hits, recall.tokens as usize),
+                Ok(hits) => {
+                    into.recalled = clade_memory::render(&hits, recall.tokens as usize);
+                    // Recalled is used: its decay starts again. Only items not renewed within
+                    // the hour are written, after the turn's read, so a turn waits on no write.
+                    let now = self.store.now().as_millis();
+                    let stale: Vec<_> = hits
+                        .iter()
+                        .filter(|hit| now - hit.item.accessed_at.as_millis() > RENEW_AFTER_MS)
+                        .map(|hit| hit.item.id)
+                        .collect();
+                    if !stale.is_empty() {
+                        let (store, agent) = (self.store.clone(), self.agent);
+                        tokio::spawn(async move {
+                            if let Err(err) = store.touch_memories(agent, stale).await {
+                                tracing::debug!(%agent, error = %err, "recalled memories were not marked used");
+                            }
+                        });
+                    }
+                }
                 Err(err) => {
                     tracing::warn!(agent = %self.agent, error = %err, "memory recall failed; the turn goes on without it")
                 }

@@ -1,0 +1,224 @@
+//! The cortex's upkeep of one agent's memory, run in the background (`clade-runtime`'s
+//! `cortex`) or by an operator (`clade memory upkeep`):
+//!
+//! - **merge**: an item written since the last upkeep that repeats another of its scope and
+//!   kind (saved side by side by two writers, imported, embedded late) is merged into the
+//!   older one, which keeps the newer wording and the links of both;
+//! - **decay**: an item's strength halves every half-life it goes unused (recalled or written),
+//!   and the half-life grows with its importance; identity never fades;
+//! - **prune**: an item whose strength fell under the policy's floor is pruned (soft-deleted:
+//!   out of recall and listings, restorable);
+//! - **purge**: an item pruned longer ago than the policy keeps them is deleted for good.
+//!
+//! An upkeep also says when the agent is next due (the first time decay will prune one of its
+//! items, or a purge falls due): an agent nobody talks to is not looked at before then.
+
+use clade_core::{AgentId, MemoryKind, Timestamp};
+use clade_store::{MemoryFilter, MemoryUpdate, TenantStore};
+
+use crate::{Error, Memory};
+
+const DAY_MS: f64 = 86_400_000.0;
+/// Items looked at for repeats in one upkeep; the rest wait for the next (due at once).
+const MERGE_BATCH: u32 = 1_000;
+/// Items read (and strengths written) at a time.
+const PAGE: u32 = 500;
+/// A change of strength smaller than this is not written.
+const STRENGTH_STEP: f64 = 0.01;
+
+/// How fast items fade and what becomes of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// The half-life of an item of importance 0; one of importance 1 lasts five times longer.
+    pub half_life_days: f64,
+    /// Strength under which an item is pruned (0 prunes nothing).
+    pub prune_below: f64,
+    /// How long a pruned item can be restored before it is deleted for good.
+    pub purge_after_days: f64,
+    /// How long after an agent's write its upkeep runs (writes meanwhile wait for the same).
+    pub settle: std::time::Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            half_life_days: 30.0,
+            prune_below: 0.05,
+            purge_after_days: 30.0,
+            settle: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+impl Policy {
+    fn half_life_ms(&self, importance: f64) -> f64 {
+        self.half_life_days * DAY_MS * (1.0 + 4.0 * importance.clamp(0.0, 1.0))
+    }
+
+    /// The strength of an item of `kind` and `importance` last used `idle_ms` ago.
+    pub fn strength(&self, kind: MemoryKind, importance: f64, idle_ms: i64) -> f64 {
+        if kind == MemoryKind::Identity || self.half_life_days <= 0.0 {
+            return 1.0;
+        }
+        let halvings = idle_ms.max(0) as f64 / self.half_life_ms(importance);
+        0.5f64.powf(halvings)
+    }
+
+    /// How long after its last use such an item is pruned; `None`: never.
+    pub fn fades_after_ms(&self, kind: MemoryKind, importance: f64) -> Option<i64> {
+        if kind == MemoryKind::Identity || self.half_life_days <= 0.0 || self.prune_below <= 0.0 {
+            return None;
+        }
+        let halvings = (1.0 / self.prune_below.min(1.0)).log2();
+        Some((self.half_life_ms(importance) * halvings).ceil() as i64)
+    }
+
+    fn purge_after_ms(&self) -> i64 {
+        (self.purge_after_days.max(0.0) * DAY_MS) as i64
+    }
+}
+
+/// What one upkeep did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    /// Repeats merged into the items they repeat.
+    pub merged: u64,
+    /// Items whose stored strength changed.
+    pub faded: u64,
+    /// Items pruned for having faded.
+    pub pruned: u64,
+    /// Pruned items deleted for good.
+    pub purged: u64,
+    /// Live items left.
+    pub live: u64,
+    /// When the agent is next due for upkeep (`None`: only after its next write).
+    pub next_due: Option<Timestamp>,
+}
+
+impl Report {
+    /// Whether it changed anything.
+    pub fn changed(&self) -> bool {
+        self.merged + self.faded + self.pruned + self.purged > 0
+    }
+}
+
+impl Memory {
+    /// Keeps `agent`'s memory (see the module's doc), looking for repeats among the items
+    /// written after `since` (the last upkeep's start; `None`: all of them).
+    pub async fn upkeep(
+        &self,
+        store: &TenantStore,
+        agent: AgentId,
+        since: Option<Timestamp>,
+        policy: &Policy,
+    ) -> Result<Report, Error> {
+        let mut report = Report::default();
+        let now = store.now();
+
+        let written = store.memories_written_since(agent, since, MERGE_BATCH).await?;
+        // A full batch: the next upkeep (due at once) goes on from the last item looked at.
+        let more_to_merge = written.len() == MERGE_BATCH as usize;
+        let seen = match written.last() {
+            Some(last) if more_to_merge => last.updated_at,
+            _ => now,
+        };
+        let mut merged_away = Vec::new();
+        for item in written {
+            if merged_away.contains(&item.id) {
+                continue;
+            }
+            let own_scope = MemoryFilter {
+                scope: (!item.scope.is_empty()).then(|| item.scope.clone()),
+                exclude_global: !item.scope.is_empty(),
+                kinds: vec![item.kind],
+                ..MemoryFilter::default()
+            };
+            let embedding = self.kept_vector(store, agent, &own_scope, &item).await?;
+            let repeat = crate::Repeat { content: &item.content, embedding: embedding.as_ref() };
+            let Some((other, _)) =
+                self.duplicate_of(store, agent, repeat, &own_scope, Some(item.id)).await?
+            else {
+                continue;
+            };
+            // Linked items were told apart (by the agent, an operator, or a restore): they
+            // stay two.
+            let links = store.memory_links(agent, &[item.id]).await?;
+            if links.iter().any(|l| l.from == other.id || l.to == other.id) {
+                continue;
+            }
+            // The first saved stays (what links and people name); it takes the newest wording.
+            let (kept, repeat) =
+                if other.created_at <= item.created_at { (other, item) } else { (item, other) };
+            let newer = if repeat.updated_at >= kept.updated_at { &repeat } else { &kept };
+            let update = MemoryUpdate {
+                content: Some(newer.content.clone()),
+                importance: Some(kept.importance.max(repeat.importance)),
+                confidence: Some(kept.confidence.max(repeat.confidence)),
+                embedding: if newer.id == repeat.id {
+                    self.kept_vector(store, agent, &own_scope, &repeat).await?
+                } else {
+                    None
+                },
+                ..MemoryUpdate::default()
+            };
+            let vector = update.embedding.clone();
+            let item = store.merge_memories(agent, kept.id, repeat.id, update).await?;
+            self.wrote(store, &item, vector.as_ref());
+            merged_away.push(repeat.id);
+            report.merged += 1;
+        }
+
+        let mut next_due: Option<i64> = None;
+        let mut from = None;
+        loop {
+            let page = store.memory_vitals(agent, from, PAGE).await?;
+            let mut faded = Vec::new();
+            let mut pruned = Vec::new();
+            for item in &page.items {
+                let idle = now.as_millis().saturating_sub(item.accessed_at.as_millis());
+                let strength = policy.strength(item.kind, item.importance, idle);
+                if policy.prune_below > 0.0 && strength < policy.prune_below {
+                    pruned.push(item.id);
+                    continue;
+                }
+                report.live += 1;
+                if (strength - item.strength).abs() >= STRENGTH_STEP {
+                    faded.push((item.id, strength));
+                }
+                if let Some(after) = policy.fades_after_ms(item.kind, item.importance) {
+                    let at = item.accessed_at.as_millis().saturating_add(after);
+                    next_due = Some(next_due.map_or(at, |due| due.min(at)));
+                }
+            }
+            report.faded += faded.len() as u64;
+            store.set_memory_strengths(agent, faded).await?;
+            report.pruned += store.prune_memories(agent, pruned, "decayed").await?;
+            match page.next {
+                Some(next) => from = Some(next),
+                None => break,
+            }
+        }
+
+        let purge_before = Timestamp::from_millis(now.as_millis() - policy.purge_after_ms());
+        loop {
+            let purged = store.purge_pruned_memories(agent, purge_before, PAGE).await?;
+            report.purged += purged;
+            if purged < u64::from(PAGE) {
+                break;
+            }
+        }
+        if let Some(first) = store.earliest_pruned_memory(agent).await? {
+            let at = first.as_millis().saturating_add(policy.purge_after_ms());
+            next_due = Some(next_due.map_or(at, |due| due.min(at)));
+        }
+        if more_to_merge {
+            next_due = Some(now.as_millis());
+        }
+        // Never sooner than a second on: a due time in the past would be looked at again and
+        // again.
+        report.next_due =
+            next_due.map(|at| Timestamp::from_millis(at.max(now.as_millis() + 1_000)));
+        store.finish_memory_upkeep(agent, now, seen, report.next_due).await?;
+        Ok(report)
+    }
+}
