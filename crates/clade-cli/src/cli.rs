@@ -1175,6 +1175,10 @@ pub(crate) enum BenchCommand {
         /// of the minute is idle
         #[arg(long, default_value_t = 30)]
         spread: u64,
+        /// Minutes between a job's fires (1 to 30): 100,000 jobs every 2 minutes spread over 50
+        /// seconds are 1,000 fires a second
+        #[arg(long, default_value_t = 1)]
+        every: u64,
         /// Run each fire's turn too (the offline scripted model), as `clade serve` does: the
         /// lateness is then measured under that load
         #[arg(long)]

@@ -45,9 +45,9 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
             let plan = super::bench_openai::Plan { sessions, total, durability, rate };
             super::bench_openai::run(ctx, &plan).await
         }
-        BenchCommand::Sched { jobs, seconds, spread, turns } => {
-            super::bench_sched::run(ctx, &super::bench_sched::Plan { jobs, seconds, spread, turns })
-                .await
+        BenchCommand::Sched { jobs, seconds, spread, every, turns } => {
+            let plan = super::bench_sched::Plan { jobs, seconds, spread, every, turns };
+            super::bench_sched::run(ctx, &plan).await
         }
         BenchCommand::Memory { items, queries, saves, embeddings, eval, distractors } => {
             let plan =

@@ -1,7 +1,9 @@
 //! `clade bench sched`: many jobs in one gateway's scheduler, on a fresh SQLite store.
 //!
-//! Every job fires once a minute, at a second of the minute within the first `spread` seconds;
-//! the rest of each minute nothing is due. The scheduler runs as `clade serve` runs it (its
+//! Every job fires once every `every` minutes (once a minute by default), at a second of the
+//! minute within the first `spread` seconds; the rest of each minute nothing is due. So 100,000
+//! jobs every 2 minutes in the first 50 seconds are 1,000 fires (and, with `--turns`, turns) a
+//! second. The scheduler runs as `clade serve` runs it (its
 //! own loop on the system clock, settling due jobs side by side through the group-commit
 //! writer). Reported: each fire's lateness (from its scheduled time to its commit's start, as
 //! its run records it), CPU while fires are due and while none is (the scheduler then only
@@ -24,6 +26,8 @@ pub(super) struct Plan {
     pub jobs: u64,
     pub seconds: u64,
     pub spread: u64,
+    /// Minutes between a job's fires.
+    pub every: u64,
     /// Run the fired turns too.
     pub turns: bool,
 }
@@ -41,6 +45,9 @@ async fn sleep(duration: Duration) {
 pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
     if plan.jobs == 0 || plan.seconds == 0 || !(1..=59).contains(&plan.spread) {
         bail!("--jobs and --seconds must be at least 1, and --spread between 1 and 59");
+    }
+    if !(1..=30).contains(&plan.every) {
+        bail!("--every must be between 1 and 30 minutes");
     }
     let (dir, data, store) = super::bench::scratch_store(ctx, "bench-sched", plan.jobs).await?;
     let result = measure(&data, store, plan).await;
@@ -71,9 +78,14 @@ async fn measure(data: &DataDir, store: Store, plan: &Plan) -> Result<()> {
     let mut last_report = now();
     while done < plan.jobs {
         while tasks.len() < 64 && next < plan.jobs {
+            // Job after job: the next second of the spread, then the next minute of `every`.
+            let minute = match plan.every {
+                1 => "*".to_owned(),
+                every => format!("{}/{every}", (next / plan.spread) % every),
+            };
             let spec = clade_sched::JobSpec {
                 name: format!("job-{next}"),
-                schedule: format!("{} * * * * *", next % plan.spread),
+                schedule: format!("{} {minute} * * * *", next % plan.spread),
                 prompt: "tick".into(),
                 ..Default::default()
             };
@@ -102,10 +114,10 @@ async fn measure(data: &DataDir, store: Store, plan: &Plan) -> Result<()> {
         None
     };
     let lateness = Arc::new(Mutex::new(Vec::<Duration>::new()));
-    // The fires after the first minute: every session then exists, and every job has fired
-    // once (the first minute also creates a session per job).
+    // The fires after the first round (`every` minutes): every session then exists, and every
+    // job has fired once (the first round also creates a session per job).
     let steady = Arc::new(Mutex::new(Vec::<Duration>::new()));
-    let first_minute_ends = now() + Duration::from_secs(60);
+    let first_minute_ends = now() + Duration::from_secs(60 * plan.every);
     let on_look = {
         let (lateness, steady, engine) = (lateness.clone(), steady.clone(), engine.clone());
         Arc::new(move |look: &Look| {
@@ -134,8 +146,8 @@ async fn measure(data: &DataDir, store: Store, plan: &Plan) -> Result<()> {
     }));
 
     eprintln!(
-        "running the scheduler for {} s: every job fires once a minute, in the first {} s of it",
-        plan.seconds, plan.spread
+        "running the scheduler for {} s: every job fires once every {} minute(s), in the first {} s of a minute",
+        plan.seconds, plan.every, plan.spread
     );
     // CPU per wall-clock second, sorted by whether a job was due in it.
     let (mut busy, mut idle) = ((0u64, 0u64), (0u64, 0u64));
@@ -170,11 +182,16 @@ async fn measure(data: &DataDir, store: Store, plan: &Plan) -> Result<()> {
     let mut lateness = lateness.lock().map(|l| l.clone()).unwrap_or_default();
     lateness.sort();
     let pct = |p: f64| super::bench::percentile_ms(&lateness, p);
-    let expected = plan.jobs * plan.seconds / 60;
+    let expected = plan.jobs * plan.seconds / 60 / plan.every;
     let share = |(micros, seconds): (u64, u64)| micros as f64 / 1e4 / seconds.max(1) as f64;
     println!(
-        "bench sched: {} jobs ({} agents), {} s, fires in the first {} s of each minute",
-        plan.jobs, agents_count, plan.seconds, plan.spread
+        "bench sched: {} jobs ({} agents), {} s, each firing every {} minute(s) in the first {} s of a minute ({} fires a second while due)",
+        plan.jobs,
+        agents_count,
+        plan.seconds,
+        plan.every,
+        plan.spread,
+        plan.jobs / plan.every / plan.spread
     );
     println!("  fires:     {} (about {expected} scheduled in the run)", lateness.len());
     println!(
@@ -188,7 +205,7 @@ async fn measure(data: &DataDir, store: Store, plan: &Plan) -> Result<()> {
     if !steady.is_empty() {
         let pct = |p: f64| super::bench::percentile_ms(&steady, p);
         println!(
-            "             after the first minute ({} fires): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            "             after the first round ({} fires): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             steady.len(),
             pct(0.50),
             pct(0.99),

@@ -404,6 +404,7 @@ fn bench_sched_runs_and_fires_jobs() {
         std::fs::read_dir(env.data_dir().join("bench-sched")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0, "the scratch store was left behind");
     env.run(&["bench", "sched", "--spread", "60"]).fails_with("--spread between 1 and 59");
+    env.run(&["bench", "sched", "--every", "31"]).fails_with("--every must be between 1 and 30");
 }
 
 /// The memory benchmark fills an agent's memory, saves through the service and times recalls
