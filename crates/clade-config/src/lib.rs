@@ -198,6 +198,12 @@ pub struct MemoryUpkeepConfig {
     /// Seconds after an agent's write before its upkeep runs (later writes join it).
     #[serde(default = "default_upkeep_settle_secs")]
     pub settle_secs: u64,
+    /// Passing items (observations, events) of one isolation key that the `cortex` model
+    /// route reads into the lasting items they add up to (facts, preferences, decisions...),
+    /// each passing item then linked `part_of` them. 0 (the default): never, since each
+    /// consolidation is a model call charged to the agent; 20 is a fair start.
+    #[serde(default)]
+    pub consolidate_at: u32,
 }
 
 impl Default for MemoryUpkeepConfig {
@@ -208,6 +214,7 @@ impl Default for MemoryUpkeepConfig {
             prune_below: default_prune_below(),
             purge_after_days: default_purge_after_days(),
             settle_secs: default_upkeep_settle_secs(),
+            consolidate_at: 0,
         }
     }
 }
@@ -1436,6 +1443,12 @@ impl Config {
             return fail(format!(
                 "memory.upkeep.purge_after_days: {} is out of range; 0 to 36,500",
                 upkeep.purge_after_days
+            ));
+        }
+        if upkeep.consolidate_at > 10_000 {
+            return fail(format!(
+                "memory.upkeep.consolidate_at: {} is out of range; 0 (never) to 10,000",
+                upkeep.consolidate_at
             ));
         }
         if upkeep.settle_secs > 86_400 {

@@ -283,13 +283,18 @@ pub(crate) async fn upkeep(
     let default = clade_memory::upkeep::Policy::default();
     let policy = memory.upkeep_policy().unwrap_or(&default).clone();
     let since = store.memory_upkeep_ran(agent.id).await?;
-    let report =
-        memory.upkeep(&store, agent.id, since, &policy).await.map_err(|e| refusal(&handle, e))?;
+    let consolidator = clade_runtime::cortex::ModelConsolidator::new(state.engine.clone());
+    let report = memory
+        .upkeep(&store, agent.id, since, &policy, Some(&consolidator))
+        .await
+        .map_err(|e| refusal(&handle, e))?;
     Ok(axum::Json(MemoryUpkeepResponse {
         merged: report.merged,
         faded: report.faded,
         pruned: report.pruned,
         purged: report.purged,
+        consolidated: report.consolidated,
+        lasting: report.lasting,
         live: report.live,
         next_due: report.next_due.map(Timestamp::as_millis),
     }))

@@ -8,13 +8,17 @@
 //!   and the half-life grows with its importance; identity never fades;
 //! - **prune**: an item whose strength fell under the policy's floor is pruned (soft-deleted:
 //!   out of recall and listings, restorable);
-//! - **purge**: an item pruned longer ago than the policy keeps them is deleted for good.
+//! - **purge**: an item pruned longer ago than the policy keeps them is deleted for good;
+//! - **consolidate** (when the policy asks and a [`Consolidator`] is given): once enough passing
+//!   items (observations, events) gathered in one scope, they are read together and the
+//!   lasting items they add up to are saved (as any save: a repeat merges), each passing item
+//!   linked `part_of` to them, so it is read only once.
 //!
 //! An upkeep also says when the agent is next due (the first time decay will prune one of its
 //! items, or a purge falls due): an agent nobody talks to is not looked at before then.
 
-use clade_core::{AgentId, MemoryKind, Timestamp};
-use clade_store::{MemoryFilter, MemoryUpdate, TenantStore};
+use clade_core::{AgentId, LinkKind, MemoryKind, Timestamp};
+use clade_store::{MemoryFilter, MemoryRow, MemoryUpdate, NewMemory, Provenance, TenantStore};
 
 use crate::{Error, Memory};
 
@@ -25,6 +29,68 @@ const MERGE_BATCH: u32 = 1_000;
 const PAGE: u32 = 500;
 /// A change of strength smaller than this is not written.
 const STRENGTH_STEP: f64 = 0.01;
+/// Passing items read for consolidation in one upkeep.
+const CONSOLIDATE_READ: u32 = 2_000;
+/// Passing items given to a consolidator at once.
+const CONSOLIDATE_BATCH: usize = 50;
+/// Lasting items taken from one consolidation.
+const MAX_CONSOLIDATED: usize = 10;
+
+/// Writes lasting items out of many passing ones: the cortex's model route in the gateway
+/// (`clade-runtime`'s `cortex`), or anything else that can read.
+pub trait Consolidator: Send + Sync {
+    /// The lasting items (kind and content) that `items`, passing observations and events of
+    /// one agent and scope, add up to; none is an answer too.
+    fn consolidate<'a>(
+        &'a self,
+        store: &'a TenantStore,
+        agent: AgentId,
+        items: &'a [MemoryRow],
+    ) -> futures::future::BoxFuture<'a, Result<Vec<(MemoryKind, String)>, String>>;
+}
+
+/// The kinds consolidation reads: what happened and was seen, as against what lasts.
+pub const PASSING: [MemoryKind; 2] = [MemoryKind::Observation, MemoryKind::Event];
+
+/// A model's answer without the code fence it may have put around it, trimmed.
+pub fn unfenced(answer: &str) -> &str {
+    let trimmed = answer.trim();
+    trimmed
+        .strip_prefix("```json")
+        .or_else(|| trimmed.strip_prefix("```"))
+        .and_then(|rest| rest.strip_suffix("```"))
+        .unwrap_or(trimmed)
+        .trim()
+}
+
+/// Reads a consolidator's answer: a JSON array of `{"kind", "content"}` (in a code fence or
+/// not), or lines `kind: content`. Unknown kinds become facts; blank and oversized contents are
+/// left out.
+pub fn parse_consolidated(answer: &str) -> Vec<(MemoryKind, String)> {
+    #[derive(serde::Deserialize)]
+    struct Item {
+        #[serde(default)]
+        kind: String,
+        content: String,
+    }
+    let body = unfenced(answer);
+    let items: Vec<(String, String)> = match serde_json::from_str::<Vec<Item>>(body) {
+        Ok(items) => items.into_iter().map(|i| (i.kind, i.content)).collect(),
+        Err(_) => body
+            .lines()
+            .map(|line| line.trim().trim_start_matches(['-', '*']).trim())
+            .filter_map(|line| line.split_once(':'))
+            .map(|(kind, content)| (kind.trim().to_lowercase(), content.trim().to_owned()))
+            .filter(|(kind, _)| MemoryKind::parse(kind).is_some())
+            .collect(),
+    };
+    items
+        .into_iter()
+        .filter(|(_, content)| clade_store::memories::check_content(content).is_ok())
+        .map(|(kind, content)| (MemoryKind::parse(&kind).unwrap_or(MemoryKind::Fact), content))
+        .take(MAX_CONSOLIDATED)
+        .collect()
+}
 
 /// How fast items fade and what becomes of them.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +103,8 @@ pub struct Policy {
     pub purge_after_days: f64,
     /// How long after an agent's write its upkeep runs (writes meanwhile wait for the same).
     pub settle: std::time::Duration,
+    /// Passing items (observations, events) in one scope that make a consolidation; 0: none.
+    pub consolidate_at: usize,
 }
 
 impl Default for Policy {
@@ -46,6 +114,7 @@ impl Default for Policy {
             prune_below: 0.05,
             purge_after_days: 30.0,
             settle: std::time::Duration::from_secs(60),
+            consolidate_at: 0,
         }
     }
 }
@@ -89,6 +158,10 @@ pub struct Report {
     pub pruned: u64,
     /// Pruned items deleted for good.
     pub purged: u64,
+    /// Passing items read into lasting ones.
+    pub consolidated: u64,
+    /// Lasting items that consolidation saved (new or merged into what was there).
+    pub lasting: u64,
     /// Live items left.
     pub live: u64,
     /// When the agent is next due for upkeep (`None`: only after its next write).
@@ -98,22 +171,27 @@ pub struct Report {
 impl Report {
     /// Whether it changed anything.
     pub fn changed(&self) -> bool {
-        self.merged + self.faded + self.pruned + self.purged > 0
+        self.merged + self.faded + self.pruned + self.purged + self.consolidated > 0
     }
 }
 
 impl Memory {
     /// Keeps `agent`'s memory (see the module's doc), looking for repeats among the items
-    /// written after `since` (the last upkeep's start; `None`: all of them).
+    /// written after `since` (the last upkeep's start; `None`: all of them), and consolidating
+    /// through `consolidator` when the policy asks.
     pub async fn upkeep(
         &self,
         store: &TenantStore,
         agent: AgentId,
         since: Option<Timestamp>,
         policy: &Policy,
+        consolidator: Option<&dyn Consolidator>,
     ) -> Result<Report, Error> {
         let mut report = Report::default();
         let now = store.now();
+        if let Some(consolidator) = consolidator.filter(|_| policy.consolidate_at > 0) {
+            self.consolidate(store, agent, policy, consolidator, &mut report).await?;
+        }
 
         let written = store.memories_written_since(agent, since, MERGE_BATCH).await?;
         // A full batch: the next upkeep (due at once) goes on from the last item looked at.
@@ -220,5 +298,77 @@ impl Memory {
             next_due.map(|at| Timestamp::from_millis(at.max(now.as_millis() + 1_000)));
         store.finish_memory_upkeep(agent, now, seen, report.next_due).await?;
         Ok(report)
+    }
+}
+
+impl Memory {
+    /// Reads the passing items of each scope that gathered `policy.consolidate_at` of them
+    /// into lasting items (see the module's doc). A consolidator that fails leaves them for the
+    /// next upkeep.
+    async fn consolidate(
+        &self,
+        store: &TenantStore,
+        agent: AgentId,
+        policy: &Policy,
+        consolidator: &dyn Consolidator,
+        report: &mut Report,
+    ) -> Result<(), Error> {
+        let passing = store.memories_to_consolidate(agent, &PASSING, CONSOLIDATE_READ).await?;
+        let mut scopes: std::collections::BTreeMap<String, Vec<MemoryRow>> = Default::default();
+        for item in passing {
+            scopes.entry(item.scope.clone()).or_default().push(item);
+        }
+        for (scope, items) in scopes {
+            if items.len() < policy.consolidate_at {
+                continue;
+            }
+            for batch in items.chunks(CONSOLIDATE_BATCH) {
+                let lasting = match consolidator.consolidate(store, agent, batch).await {
+                    Ok(lasting) => lasting,
+                    Err(err) => {
+                        tracing::warn!(%agent, error = %err, "consolidating memories failed; they wait for the next upkeep");
+                        return Ok(());
+                    }
+                };
+                // What nobody vouches for stays so in what it adds up to.
+                let untrusted = batch.iter().any(|item| item.untrusted);
+                let mut saved = Vec::new();
+                for (kind, content) in lasting {
+                    let new = NewMemory {
+                        agent,
+                        scope: scope.clone(),
+                        kind,
+                        content,
+                        importance: 0.7,
+                        confidence: 0.7,
+                        provenance: Provenance { by: "cortex".to_owned(), ..Provenance::default() },
+                        untrusted,
+                        embedding: None,
+                    };
+                    match self.save(store, new).await {
+                        Ok(item) => saved.push(item.item.id),
+                        // A full memory keeps the passing items as they are.
+                        Err(Error::Store(clade_store::Error::MemoryFull { .. })) => return Ok(()),
+                        Err(err) => return Err(err),
+                    }
+                }
+                report.lasting += saved.len() as u64;
+                // Each passing item is joined to what it became (or, when it added up to
+                // nothing, to the first item of its batch), so it is read once.
+                let anchor = saved.first().copied().or_else(|| batch.first().map(|i| i.id));
+                for item in batch {
+                    let targets: Vec<_> = if saved.is_empty() {
+                        anchor.into_iter().filter(|a| *a != item.id).collect()
+                    } else {
+                        saved.clone()
+                    };
+                    for target in targets {
+                        store.link_memories(agent, item.id, target, LinkKind::PartOf, 1.0).await?;
+                    }
+                }
+                report.consolidated += batch.len() as u64;
+            }
+        }
+        Ok(())
     }
 }

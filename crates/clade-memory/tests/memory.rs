@@ -585,6 +585,7 @@ async fn the_cortex_merges_repeats_fades_and_prunes_the_unused_and_purges_in_tim
         prune_below: 0.05,
         purge_after_days: 2.0,
         settle: Duration::from_secs(60),
+        consolidate_at: 0,
     };
     let memory = Memory::new(None, Isolation::Global).with_upkeep(policy.clone());
     for b in backends_on(clock.clone()).await {
@@ -641,7 +642,7 @@ async fn the_cortex_merges_repeats_fades_and_prunes_the_unused_and_purges_in_tim
         assert!(!due(DAY * 400).await.contains(&idle), "{name}");
         clock.advance(Duration::from_secs(61));
 
-        let report = memory.upkeep(&store, ada, None, &policy).await.unwrap();
+        let report = memory.upkeep(&store, ada, None, &policy, None).await.unwrap();
         assert_eq!(
             (report.merged, report.pruned, report.purged, report.live),
             (1, 0, 0, 5),
@@ -674,7 +675,7 @@ async fn the_cortex_merges_repeats_fades_and_prunes_the_unused_and_purges_in_tim
         clock.advance(DAY * 5);
         assert_eq!(due(Duration::ZERO).await, [ada], "{name}");
         let since = store.memory_upkeep_ran(ada).await.unwrap();
-        let report = memory.upkeep(&store, ada, since, &policy).await.unwrap();
+        let report = memory.upkeep(&store, ada, since, &policy, None).await.unwrap();
         assert_eq!((report.merged, report.pruned, report.purged), (0, 1, 1), "{name}");
         // The merged repeat was pruned more than two days ago: it is gone for good.
         assert!(store.memory(ada, repeat.id).await.is_err(), "{name}");
@@ -697,5 +698,97 @@ async fn the_cortex_merges_repeats_fades_and_prunes_the_unused_and_purges_in_tim
             ["the lobby smelled of paint"]
         );
         assert!(store.pruned_memories(ada, 10).await.unwrap().is_empty());
+    }
+}
+
+/// A consolidator that reads as a person might: runs seen on several days add up to a habit.
+struct Habits;
+
+impl clade_memory::upkeep::Consolidator for Habits {
+    fn consolidate<'a>(
+        &'a self,
+        _store: &'a TenantStore,
+        _agent: AgentId,
+        items: &'a [clade_store::MemoryRow],
+    ) -> futures::future::BoxFuture<'a, Result<Vec<(MemoryKind, String)>, String>> {
+        Box::pin(async move {
+            if items.iter().any(|i| i.content.contains("FAIL")) {
+                return Err("the model is down".to_owned());
+            }
+            let runs = items.iter().filter(|i| i.content.contains("ran")).count();
+            let answer = if runs >= 2 {
+                format!(
+                    "```json\n[{{\"kind\": \"preference\", \"content\": \"Ada runs often ({runs} runs seen)\"}}, {{\"kind\": \"rumour\", \"content\": \"Ada trains for a race\"}}, {{\"content\": \"  \"}}]\n```"
+                )
+            } else {
+                "[]".to_owned()
+            };
+            Ok(clade_memory::upkeep::parse_consolidated(&answer))
+        })
+    }
+}
+
+#[tokio::test]
+async fn consolidation_reads_passing_items_once_into_lasting_ones_per_scope() {
+    use clade_memory::upkeep::Policy;
+    let policy = Policy { consolidate_at: 3, ..Policy::default() };
+    let memory = Memory::new(None, Isolation::Global).with_upkeep(policy.clone());
+    for b in backends().await {
+        let name = b.name;
+        let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let ada = agent(&b, &tenant, "ada").await;
+        let store = b.store.tenant_scope(tenant.id);
+        for text in
+            ["Ada ran 5 km on Monday", "Ada ran by the river on Wednesday", "Ada bought new shoes"]
+        {
+            store.save_memory(item(ada, "", MemoryKind::Event, text)).await.unwrap();
+        }
+        // Another person's key gathered too few to read.
+        for text in ["Bob ran once", "Bob ran twice"] {
+            store
+                .save_memory(item(ada, "telegram:bob", MemoryKind::Observation, text))
+                .await
+                .unwrap();
+        }
+        // A lasting kind is never read as passing.
+        store
+            .save_memory(item(ada, "", MemoryKind::Fact, "Ada ran the Paris marathon"))
+            .await
+            .unwrap();
+
+        let report = memory.upkeep(&store, ada, None, &policy, Some(&Habits)).await.unwrap();
+        assert_eq!((report.consolidated, report.lasting), (3, 2), "{name}: {report:?}");
+        let habit = recall(&memory, &store, ada, "runs often").await;
+        assert_eq!(habit[0], "Ada runs often (2 runs seen)", "{name}");
+        let kinds: Vec<_> = store
+            .memories(ada, &MemoryFilter::default(), None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.provenance.by == "cortex")
+            .map(|m| (m.kind, m.content))
+            .collect();
+        assert!(
+            kinds.contains(&(MemoryKind::Fact, "Ada trains for a race".to_owned())),
+            "{name}: an unknown kind is kept as a fact: {kinds:?}"
+        );
+        // Read once: the next upkeep finds nothing new to read, and Bob's key still too little.
+        let again = memory.upkeep(&store, ada, None, &policy, Some(&Habits)).await.unwrap();
+        assert_eq!(again.consolidated, 0, "{name}");
+        let bobs =
+            store.memories_to_consolidate(ada, &clade_memory::upkeep::PASSING, 10).await.unwrap();
+        assert_eq!(bobs.len(), 2, "{name}");
+        // A failing model leaves the passing items for later and fails no upkeep.
+        store.save_memory(item(ada, "telegram:bob", MemoryKind::Event, "FAIL here")).await.unwrap();
+        let failed = memory.upkeep(&store, ada, None, &policy, Some(&Habits)).await.unwrap();
+        assert_eq!(failed.consolidated, 0, "{name}");
+        assert_eq!(
+            store
+                .memories_to_consolidate(ada, &clade_memory::upkeep::PASSING, 10)
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
     }
 }

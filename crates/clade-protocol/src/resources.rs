@@ -1043,6 +1043,10 @@ pub struct MemoryUpkeepResponse {
     pub pruned: u64,
     /// Items pruned long ago, deleted for good.
     pub purged: u64,
+    /// Passing items (observations, events) read into lasting ones by the `cortex` route.
+    pub consolidated: u64,
+    /// Lasting items that consolidation saved.
+    pub lasting: u64,
     /// Live items left.
     pub live: u64,
     /// When the next upkeep is due, in milliseconds since the epoch; absent: after the next

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clade_core::EventKind;
+use clade_core::{AgentId, EventKind};
 use clade_memory::Memory;
 use clade_store::{NewMemory, OutboxRow, Provenance, Store};
 use tokio::sync::Notify;
@@ -76,9 +76,19 @@ async fn pass(store: &Store, engine: &Engine) -> Result<bool, String> {
     let Some(last) = rows.last().map(|r| r.id) else { return Ok(false) };
     if let Some(memory) = engine.ingesting() {
         for row in rows.iter().filter(|r| r.kind == EventKind::TurnFinished) {
-            if let Err(err) = ingest(store, &memory, row).await {
+            match ingest(store, &memory, row).await {
+                Ok(_) => {}
+                Err(Failed::Full { agent, held }) => {
+                    // Said once a process per agent: every later turn would say it again.
+                    let mut warned = FULL_WARNED.lock().unwrap_or_else(|e| e.into_inner());
+                    if warned.insert(agent) {
+                        tracing::warn!(%agent, held, "an agent's memory is full: completed turns are no longer mined into it; forget items (clade memory rm, DELETE /v1/agents/{{handle}}/memories/{{id}}) or raise memory.max_items_per_agent");
+                    }
+                }
                 // One turn that cannot be mined (its session deleted since) holds up no other.
-                tracing::debug!(turn = ?row.turn_id, error = %err, "a completed turn was not mined for memories");
+                Err(Failed::Other(err)) => {
+                    tracing::debug!(turn = ?row.turn_id, error = %err, "a completed turn was not mined for memories")
+                }
             }
         }
     }
@@ -142,12 +152,32 @@ async fn catch_up(
     }
 }
 
+/// The agents told their memory is full.
+static FULL_WARNED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<AgentId>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Why a turn was not mined.
+enum Failed {
+    /// Its agent holds `memory.max_items_per_agent` items.
+    Full {
+        agent: AgentId,
+        held: u64,
+    },
+    Other(String),
+}
+
+impl From<clade_store::Error> for Failed {
+    fn from(err: clade_store::Error) -> Self {
+        Failed::Other(err.to_string())
+    }
+}
+
 /// Saves what the people in `row`'s turn stated; how many items were saved or merged.
-async fn ingest(store: &Store, memory: &Memory, row: &OutboxRow) -> Result<usize, String> {
+async fn ingest(store: &Store, memory: &Memory, row: &OutboxRow) -> Result<usize, Failed> {
     let (Some(session), Some(turn)) = (row.session_id, row.turn_id) else { return Ok(0) };
     let system = store.system();
-    let session = system.session_any_tenant(session).await.map_err(|e| e.to_string())?;
-    let texts = system.turn_texts(turn).await.map_err(|e| e.to_string())?;
+    let session = system.session_any_tenant(session).await?;
+    let texts = system.turn_texts(turn).await?;
     let mined = clade_memory::mine::mine(&texts.join("\n"));
     if mined.is_empty() {
         return Ok(0);
@@ -172,8 +202,13 @@ async fn ingest(store: &Store, memory: &Memory, row: &OutboxRow) -> Result<usize
             untrusted: false,
             embedding: None,
         };
-        memory.save(&tenant, new).await.map_err(|e| e.to_string())?;
-        saved += 1;
+        match memory.save(&tenant, new).await {
+            Ok(_) => saved += 1,
+            Err(clade_memory::Error::Store(clade_store::Error::MemoryFull { held })) => {
+                return Err(Failed::Full { agent: session.agent_id, held });
+            }
+            Err(err) => return Err(Failed::Other(err.to_string())),
+        }
     }
     Ok(saved)
 }

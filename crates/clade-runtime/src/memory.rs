@@ -67,6 +67,7 @@ pub fn upkeep_policy(config: &clade_config::MemoryUpkeepConfig) -> clade_memory:
         prune_below: config.prune_below,
         purge_after_days: config.purge_after_days,
         settle: std::time::Duration::from_secs(config.settle_secs),
+        consolidate_at: config.consolidate_at as usize,
     }
 }
 

@@ -235,6 +235,34 @@ impl Store {
         rows.iter().map(memory_row).collect()
     }
 
+    /// The agent's live items of `kinds` that no `part_of` link joins to a whole yet, in the
+    /// order they were stored, at most `limit`: what consolidation reads.
+    pub async fn memories_to_consolidate(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        kinds: &[MemoryKind],
+        limit: u32,
+    ) -> Result<Vec<MemoryRow>> {
+        let words: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        let rows = self
+            .rows(
+                query(format!(
+                    "SELECT {} FROM memories m WHERE m.tenant_id = $1 AND m.agent_id = $2 \
+                     AND m.pruned_at IS NULL AND $3 LIKE '%,' || m.kind || ',%' \
+                     AND NOT EXISTS (SELECT 1 FROM memory_links l WHERE l.from_id = m.id \
+                     AND l.kind = 'part_of') ORDER BY m.n LIMIT $4",
+                    crate::memories::COLUMNS
+                ))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent_key(agent))
+                .bind(format!(",{},", words.join(",")))
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.iter().map(memory_row).collect()
+    }
+
     /// Sets decayed strengths of the agent's items, unaudited (fading is not a change of what
     /// an item says).
     pub async fn set_memory_strengths(

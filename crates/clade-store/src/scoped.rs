@@ -478,6 +478,16 @@ impl TenantStore {
         self.store.memories_written_since(self.tenant, agent, since, limit).await
     }
 
+    /// See [`Store::memories_to_consolidate`].
+    pub async fn memories_to_consolidate(
+        &self,
+        agent: AgentId,
+        kinds: &[clade_core::MemoryKind],
+        limit: u32,
+    ) -> Result<Vec<crate::MemoryRow>> {
+        self.store.memories_to_consolidate(self.tenant, agent, kinds, limit).await
+    }
+
     /// See [`Store::set_memory_strengths`].
     pub async fn set_memory_strengths(
         &self,

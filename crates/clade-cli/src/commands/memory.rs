@@ -204,7 +204,14 @@ pub(super) async fn run(ctx: &Ctx, cmd: MemoryCommand) -> Result<()> {
             let memory = memory()?;
             let policy = clade_runtime::memory::upkeep_policy(&ctx.config.memory.upkeep);
             let since = store.memory_upkeep_ran(agent.id).await?;
-            let report = memory.upkeep(&store, agent.id, since, &policy).await?;
+            // Consolidating calls the cortex model route, which the gateway runs.
+            let report = memory.upkeep(&store, agent.id, since, &policy, None).await?;
+            if policy.consolidate_at > 0 {
+                eprintln!(
+                    "(consolidation runs in the gateway: POST /v1/agents/{}/memories/upkeep)",
+                    agent.handle
+                );
+            }
             if json {
                 return output::json(&serde_json::json!({
                     "merged": report.merged, "faded": report.faded, "pruned": report.pruned,

@@ -315,7 +315,8 @@ impl Reloader {
         let changed = clade_gateway::config_flow::changed_sections(&before, &config);
         // A changed tool source: its tools are listed again (MCP servers started, hosts
         // reached); otherwise the same tools under the new rules.
-        if changed.iter().any(|(name, _)| *name == "memory") {
+        // Bindings say how their sessions' memory is isolated, so they renew memory too.
+        if changed.iter().any(|(name, _)| *name == "memory" || *name == "bindings") {
             let memory = self.sources.set_memory(&config);
             self.engine.set_recall(clade_runtime::memory::recall_of(&config, memory));
         }

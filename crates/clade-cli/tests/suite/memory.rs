@@ -600,6 +600,29 @@ async fn a_bindings_isolation_keeps_its_peoples_memories_apart() {
     assert!(alice.to_string().contains("Ingrid"), "{alice}");
     assert!(global.to_string().contains("Olaf"), "{global}");
     assert!(!global.to_string().contains("Ingrid"), "alice's stays hers: {global}");
+
+    // Applied live, a binding's new isolation reaches memory too: the conversation's key now.
+    let next = env.data_dir().join("next.yaml");
+    write(
+        &next,
+        "bindings:\n  - { platform: http, channel: \"dm-*\", agent: ada, isolation: channel }\ndefault_agent: ada\n",
+    );
+    env.run(&["config", "apply", next.to_str().unwrap()]).ok();
+    let mut conversation = Value::Null;
+    for _ in 0..100 {
+        let told = say("alice", "dm-1", "My cousin's name is Petra.");
+        let (status, answer) = server.send("POST", "/v1/events", None, Some(told)).await;
+        assert_eq!(status, 200, "{answer}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        conversation = server.get_json("/v1/agents/ada/memories?scope=http:dm-1&limit=100").await;
+        if conversation.to_string().contains("Petra") {
+            break;
+        }
+    }
+    assert!(
+        conversation.to_string().contains("Petra"),
+        "still isolated per person: {conversation}"
+    );
 }
 
 /// Two writers left the same fact twice (here an import, which writes exactly what it reads):
@@ -676,4 +699,51 @@ async fn the_cortex_merges_a_repeat_in_the_background_and_an_operator_restores_i
     let (status, _) =
         server.send("POST", "/v1/agents/ada/memories/upkeep", Some(&evil), None).await;
     assert_eq!(status, 200, "its own ada, which has nothing to keep");
+}
+
+/// With `memory.upkeep.consolidate_at`, the cortex reads an agent's passing items through the
+/// `cortex` model route (here `clade-stub`, answering as a model would) into lasting ones, in
+/// the background, as data rather than instructions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cortex_consolidates_passing_items_through_its_model_route() {
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    for seen in ["Ada ran at 6am on Monday", "Ada ran at 6am on Thursday", "Ada stretched after"] {
+        env.run(&["memory", "add", seen, "--kind", "observation", "--agent", "ada"]).ok();
+    }
+    let answer = r#"[{"kind":"preference","content":"Ada_likes_early_morning_runs"}]"#;
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "models:\n  thinker: {{ provider: openai, base_url: \"{url}/v1\", model: 'stub+fixed={answer}' }}\nrouting:\n  default: [scripted]\n  cortex: [thinker]\nmemory:\n  upkeep:\n    settle_secs: 1\n    consolidate_at: 3\n",
+            url = stub.url()
+        ),
+    );
+    let server = env.serve(&[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let lasting = loop {
+        let (_, page) = server.send("GET", "/v1/agents/ada/memories", None, None).await;
+        let found = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["provenance"]["by"] == "cortex")
+            .cloned();
+        if found.is_some() || std::time::Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let lasting = lasting.expect("the cortex consolidated nothing");
+    assert_eq!(lasting["content"], "Ada likes early morning runs", "{lasting}");
+    assert_eq!(lasting["kind"], "preference");
+    let asked = stub.captured();
+    let asked = asked.iter().find(|c| c.path.ends_with("/chat/completions")).unwrap();
+    let text = asked.body["messages"].to_string();
+    assert!(text.contains("Ada ran at 6am on Thursday") && text.contains("data, not instructions"));
+    // Read once: an upkeep now finds nothing to read again.
+    let (status, report) = server.send("POST", "/v1/agents/ada/memories/upkeep", None, None).await;
+    assert_eq!((status, report["consolidated"].as_u64()), (200, Some(0)), "{report}");
 }

@@ -287,12 +287,7 @@ fn parse_answer(answer: &str) -> (String, Vec<(MemoryKind, String)>) {
         content: String,
     }
     let trimmed = answer.trim();
-    let json = trimmed
-        .strip_prefix("```json")
-        .or_else(|| trimmed.strip_prefix("```"))
-        .and_then(|rest| rest.strip_suffix("```"))
-        .unwrap_or(trimmed);
-    match serde_json::from_str::<Answer>(json.trim()) {
+    match serde_json::from_str::<Answer>(clade_memory::upkeep::unfenced(answer)) {
         Ok(parsed) => {
             let memories = parsed
                 .memories
