@@ -169,7 +169,9 @@ pub struct MemoryConfig {
     pub max_items_per_agent: u64,
     /// Whether completed turns are mined for memories in the background: `heuristic` (the
     /// default) keeps the sentences people state about themselves, their plans and decisions,
-    /// numbers and dates; `off` leaves memory to the agents' tools and to compaction.
+    /// numbers and dates; `model` asks the `cortex` model route what is worth remembering in
+    /// each turn (a model call per turn, charged to the agent; a failed call falls back to the
+    /// heuristic for that turn); `off` leaves memory to the agents' tools and to compaction.
     #[serde(default)]
     pub ingest: MemoryIngest,
     /// How the cortex keeps each agent's memory in the background: repeats merged, items
@@ -241,6 +243,7 @@ fn default_upkeep_settle_secs() -> u64 {
 pub enum MemoryIngest {
     #[default]
     Heuristic,
+    Model,
     Off,
 }
 

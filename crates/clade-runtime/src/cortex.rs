@@ -30,6 +30,30 @@ impl ModelConsolidator {
     }
 }
 
+/// Asks the `cortex` route, for `agent` (charged to it), what lasting items `text` holds, as
+/// `instructions` say: the kinds and contents of its answer ([`parse_consolidated`]).
+pub(crate) async fn ask_lasting(
+    engine: &Engine,
+    store: &TenantStore,
+    agent: AgentId,
+    instructions: &str,
+    text: String,
+) -> Result<Vec<(MemoryKind, String)>, String> {
+    let tenant = engine.store().tenant_by_id(store.tenant()).await.map_err(|e| e.to_string())?;
+    let agent = store.agent_by_id(agent).await.map_err(|e| e.to_string())?;
+    let request = ModelRequest {
+        messages: vec![Message::system(instructions), Message::user(text)],
+        params: Params { max_tokens: 1024, temperature: Some(0.0) },
+        ..ModelRequest::default()
+    };
+    let models = engine.models();
+    let called =
+        Box::pin(models.call(&tenant, Some(&agent), ProcessKind::Cortex, &request, &mut |_| {}))
+            .await
+            .map_err(|e| e.to_string())?;
+    Ok(parse_consolidated(&called.response.text))
+}
+
 impl Consolidator for ModelConsolidator {
     fn consolidate<'a>(
         &'a self,
@@ -38,13 +62,6 @@ impl Consolidator for ModelConsolidator {
         items: &'a [MemoryRow],
     ) -> futures::future::BoxFuture<'a, Result<Vec<(MemoryKind, String)>, String>> {
         Box::pin(async move {
-            let tenant = self
-                .engine
-                .store()
-                .tenant_by_id(store.tenant())
-                .await
-                .map_err(|e| e.to_string())?;
-            let agent = store.agent_by_id(agent).await.map_err(|e| e.to_string())?;
             let lines: Vec<String> = items
                 .iter()
                 .map(|item| {
@@ -53,22 +70,7 @@ impl Consolidator for ModelConsolidator {
                     format!("- [{}, {date}] {}", item.kind, item.content.replace('\n', " "))
                 })
                 .collect();
-            let request = ModelRequest {
-                messages: vec![Message::system(INSTRUCTIONS), Message::user(lines.join("\n"))],
-                params: Params { max_tokens: 1024, temperature: Some(0.0) },
-                ..ModelRequest::default()
-            };
-            let models = self.engine.models();
-            let called = Box::pin(models.call(
-                &tenant,
-                Some(&agent),
-                ProcessKind::Cortex,
-                &request,
-                &mut |_| {},
-            ))
-            .await
-            .map_err(|e| e.to_string())?;
-            Ok(parse_consolidated(&called.response.text))
+            ask_lasting(&self.engine, store, agent, INSTRUCTIONS, lines.join("\n")).await
         })
     }
 }

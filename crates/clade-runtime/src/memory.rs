@@ -185,7 +185,11 @@ fn openai_embedder(config: &Config, env: &EnvHints) -> Option<Arc<dyn Embedder>>
 /// What turns recall from `memory` under `config`'s limits.
 pub fn recall_of(config: &Config, memory: Option<Arc<Memory>>) -> Option<Recall> {
     memory.map(|memory| Recall {
-        ingest: config.memory.ingest == clade_config::MemoryIngest::Heuristic,
+        ingest: match config.memory.ingest {
+            clade_config::MemoryIngest::Heuristic => Some(crate::ingest::Miner::Heuristic),
+            clade_config::MemoryIngest::Model => Some(crate::ingest::Miner::Model),
+            clade_config::MemoryIngest::Off => None,
+        },
         memory,
         items: config.memory.recall_items,
         tokens: config.memory.recall_tokens,

@@ -747,3 +747,54 @@ async fn the_cortex_consolidates_passing_items_through_its_model_route() {
     let (status, report) = server.send("POST", "/v1/agents/ada/memories/upkeep", None, None).await;
     assert_eq!((status, report["consolidated"].as_u64()), (200, Some(0)), "{report}");
 }
+
+/// With `memory.ingest: model`, the `cortex` route says what a turn holds worth remembering
+/// (here `clade-stub`, answering as a model would, and shown the person's words as data); when
+/// that route fails, the heuristic mines the turn instead, so nothing said is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_mines_turns_when_asked_and_the_heuristic_stands_in_when_it_fails() {
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    for (thinker, said, expected) in [
+        (
+            r#"stub+fixed=[{"kind":"preference","content":"Alice_keeps_bees_on_her_roof"}]"#,
+            "Honey again today, the hives are busy up there!",
+            "Alice keeps bees on her roof",
+        ),
+        ("stub+status=500x1000", "My sister's name is Ingrid.", "My sister's name is Ingrid."),
+    ] {
+        let env = Env::new();
+        env.run(&["agents", "create", "ada"]).ok();
+        write(
+            &env.data_dir().join("clade.yaml"),
+            &format!(
+                "models:\n  thinker: {{ provider: openai, base_url: \"{url}/v1\", model: '{thinker}' }}\nrouting:\n  default: [scripted]\n  cortex: [thinker]\nmemory:\n  ingest: model\n",
+                url = stub.url()
+            ),
+        );
+        let server = env.serve(&[]);
+        let body = json!({ "agent": "ada", "text": said, "wait": true,
+            "source": { "platform": "http", "channel": "dm", "actor": "alice" } });
+        let (status, told) = server.send("POST", "/v1/events", None, Some(body)).await;
+        assert_eq!(status, 200, "{told}");
+        let mut mined = Vec::new();
+        for _ in 0..150 {
+            let page = server.get_json("/v1/agents/ada/memories?limit=100").await;
+            mined = page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["provenance"]["by"] == "ingestion")
+                .map(|m| m["content"].as_str().unwrap().to_owned())
+                .collect();
+            if !mined.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(mined, [expected], "{thinker}");
+    }
+    let asked = stub.captured();
+    let asked = asked.iter().find(|c| c.body.to_string().contains("worth remembering")).unwrap();
+    assert!(asked.body["messages"].to_string().contains("the hives are busy"), "{}", asked.body);
+}

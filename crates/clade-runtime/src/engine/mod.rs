@@ -105,8 +105,8 @@ pub struct Recall {
     pub memory: Arc<clade_memory::Memory>,
     pub items: u32,
     pub tokens: u32,
-    /// Whether completed turns are mined for memories (see [`crate::ingest`]).
-    pub ingest: bool,
+    /// How completed turns are mined for memories, if they are (see [`crate::ingest`]).
+    pub ingest: Option<crate::ingest::Miner>,
 }
 
 /// What the engine runs by, apart from the tools (the [`ToolSet`](crate::ToolSet)): session
@@ -386,10 +386,10 @@ impl Engine {
     }
 
     /// Notified whenever lifecycle events were committed.
-    /// The memory completed turns are mined into, when ingestion is on.
-    pub fn ingesting(&self) -> Option<Arc<clade_memory::Memory>> {
+    /// The memory completed turns are mined into, and how, when ingestion is on.
+    pub fn ingesting(&self) -> Option<(Arc<clade_memory::Memory>, crate::ingest::Miner)> {
         let recall = self.inner.recall.read().unwrap_or_else(|e| e.into_inner());
-        recall.as_ref().filter(|recall| recall.ingest).map(|recall| recall.memory.clone())
+        recall.as_ref().and_then(|recall| Some((recall.memory.clone(), recall.ingest?)))
     }
 
     pub fn outbox_signal(&self) -> Arc<Notify> {
