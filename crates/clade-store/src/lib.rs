@@ -13,6 +13,7 @@
 pub mod access;
 pub mod agents;
 pub mod backend;
+pub mod channel_chats;
 pub mod checksums;
 pub mod config_revisions;
 mod crypto;
@@ -52,6 +53,7 @@ pub use access::{
 };
 pub use agents::{Agents, Workspaces};
 pub use backend::{Backend, Durability, Location};
+pub use channel_chats::ChatSeen;
 pub use checksums::{PageChecksums, Rewritten};
 pub use config_revisions::{ConfigRevision, NewConfigRevision};
 pub use crypto::MasterKey;

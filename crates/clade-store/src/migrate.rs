@@ -102,6 +102,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::shared(27, "agent_lineage", include_str!("../migrations/0027_agent_lineage.sql")),
     Migration::shared(28, "forks", include_str!("../migrations/0028_forks.sql")),
     Migration::shared(29, "memory_upkeep", include_str!("../migrations/0029_memory_upkeep.sql")),
+    Migration::shared(30, "channel_chats", include_str!("../migrations/0030_channel_chats.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -111,7 +112,7 @@ pub(crate) fn sqlite_schema() -> String {
 }
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 29;
+pub const SCHEMA_VERSION: i64 = 30;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

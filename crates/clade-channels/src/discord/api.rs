@@ -55,6 +55,22 @@ impl Api {
         })
     }
 
+    /// Up to `limit` (at most 100) messages of `channel` after message `after`, as Discord
+    /// lists them (newest first).
+    pub async fn messages_after(
+        &self,
+        channel: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Value>, PlatformError> {
+        let path = format!("/channels/{channel}/messages?after={after}&limit={}", limit.min(100));
+        let answer = self.call(reqwest::Method::GET, &path, None).await?;
+        match answer {
+            Value::Array(messages) => Ok(messages),
+            _ => Err(PlatformError::Malformed(format!("{path}: not a list of messages"))),
+        }
+    }
+
     /// The gateway's WebSocket URL.
     pub async fn gateway_url(&self) -> Result<String, PlatformError> {
         let answer = self.call(reqwest::Method::GET, "/gateway/bot", None).await?;

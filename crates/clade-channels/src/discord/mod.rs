@@ -6,7 +6,10 @@
 //! message's key is its channel and id, so one the gateway replays after a resume is not a
 //! second event. Replies never ping anyone (`allowed_mentions` empty). A dropped socket resumes
 //! its session where Discord allows it (missed events are replayed); a heartbeat not
-//! acknowledged means a dead connection, closed and resumed.
+//! acknowledged means a dead connection, closed and resumed. A new session (after a restart,
+//! or one Discord would not resume) replays nothing, so the bot then fetches, from the REST
+//! API, the messages sent since the newest it took in each chat it knows
+//! (`clade-store`'s `channel_chats`).
 
 pub mod api;
 
@@ -37,6 +40,10 @@ const HELLO_WAIT: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Tries to store one message before it is given up (the gateway cannot send it again).
 const STORE_TRIES: u32 = 5;
+/// Pages of 100 messages fetched per chat after a new session, at most.
+const CATCH_UP_PAGES: u32 = 10;
+/// Tries to fetch one page before the chat's catch-up is given up.
+const FETCH_TRIES: u32 = 5;
 
 /// One Discord bot: its gateway connection over the shared [`Channel`].
 pub struct Bot {
@@ -101,7 +108,12 @@ impl Bot {
         tokio::spawn(async move { bot.run().await })
     }
 
-    async fn run(&self) {
+    /// The key of this bot's chats in the store.
+    fn chats_key(&self) -> String {
+        format!("{PLATFORM}:{}", self.channel.name())
+    }
+
+    async fn run(self: &Arc<Self>) {
         let name = self.channel.name();
         let clock = self.channel.store().clock().clone();
         let mut session: Option<Session> = None;
@@ -136,7 +148,7 @@ impl Bot {
 
     /// One connection, until it ends, and whether it got as far as a session.
     async fn connect_once(
-        &self,
+        self: &Arc<Self>,
         session: &mut Option<Session>,
         seq: &mut Option<i64>,
     ) -> (Ended, bool) {
@@ -146,7 +158,7 @@ impl Bot {
     }
 
     async fn connection(
-        &self,
+        self: &Arc<Self>,
         session: &mut Option<Session>,
         seq: &mut Option<i64>,
         healthy: &mut bool,
@@ -243,6 +255,10 @@ impl Bot {
                         *healthy = true;
                         self.channel.health().ok(PLATFORM, name, clock.now());
                         tracing::info!(bot = name, "discord gateway ready");
+                        // A new session replays nothing: fetch what was sent meanwhile, beside
+                        // the socket, whose heartbeats must go on.
+                        let (bot, user) = (self.clone(), user.to_owned());
+                        tokio::spawn(async move { bot.catch_up(&user).await });
                     }
                     Some("RESUMED") => {
                         *healthy = true;
@@ -252,7 +268,7 @@ impl Bot {
                     Some("MESSAGE_CREATE") => {
                         let Some(user) = session.as_ref().map(|s| s.user.clone()) else { continue };
                         match read_message(&payload["d"], &user) {
-                            Ok(Some(inbound)) => self.store(inbound).await,
+                            Ok(Some(inbound)) => self.store(inbound, seen_of(&payload["d"])).await,
                             Ok(None) => {}
                             Err(why) => {
                                 self.channel.malformed(&why);
@@ -280,12 +296,24 @@ impl Bot {
         }
     }
 
-    /// Stores one message, trying again a few times: the gateway will not send it again.
-    async fn store(&self, inbound: Inbound) {
+    /// Stores one message, trying again a few times: the gateway will not send it again. Once
+    /// stored, its chat's newest message moves to it (`seen`: its number and the chat's kind).
+    async fn store(&self, inbound: Inbound, seen: Option<(i64, &'static str)>) {
         let clock = self.channel.store().clock().clone();
         for attempt in 1..=STORE_TRIES {
             match self.channel.take(inbound.clone()).await {
-                Ok(_) => return,
+                Ok(_) => {
+                    if let Some((id, kind)) = seen {
+                        let system = self.channel.store().system();
+                        if let Err(err) =
+                            system.saw_in_chat(&self.chats_key(), &inbound.chat, kind, id).await
+                        {
+                            // Only a catch-up after a restart reads it, and fetches more then.
+                            tracing::debug!(bot = %self.channel.name(), error = %err, "the chat's newest message was not noted");
+                        }
+                    }
+                    return;
+                }
                 Err(err) if attempt == STORE_TRIES => {
                     tracing::error!(bot = %self.channel.name(), message = %inbound.id, error = %err, "a discord message could not be stored and is lost");
                 }
@@ -296,6 +324,89 @@ impl Bot {
             }
         }
     }
+}
+
+impl Bot {
+    /// Takes, from the REST API, the messages of the chats this bot knows that were sent after
+    /// the newest it took in each: what a new session does not replay. At most
+    /// [`CATCH_UP_PAGES`] pages a chat, oldest first; a message taken already is no second
+    /// event (its key is its id).
+    async fn catch_up(&self, user: &str) {
+        let name = self.channel.name();
+        let chats = match self.channel.store().system().chats_seen(&self.chats_key()).await {
+            Ok(chats) => chats,
+            Err(err) => {
+                tracing::warn!(bot = name, error = %err, "cannot read the chats to catch up on; messages sent while the bot was away are not fetched");
+                return;
+            }
+        };
+        let clock = self.channel.store().clock().clone();
+        let mut taken = 0usize;
+        for chat in chats {
+            let mut after = chat.last_id;
+            'pages: for _ in 0..CATCH_UP_PAGES {
+                let mut page = Vec::new();
+                for attempt in 1..=FETCH_TRIES {
+                    match self.channel.api().messages_after(&chat.chat, after, 100).await {
+                        Ok(messages) => {
+                            page = messages;
+                            break;
+                        }
+                        Err(PlatformError::RateLimited { retry_after, .. })
+                            if attempt < FETCH_TRIES =>
+                        {
+                            clock.sleep(retry_after).await;
+                        }
+                        Err(err) => {
+                            tracing::warn!(bot = name, chat = %chat.chat, error = %err, "cannot fetch the messages sent while the bot was away in a chat");
+                            break 'pages;
+                        }
+                    }
+                }
+                let full = page.len() >= 100;
+                let mut page: Vec<(i64, Value)> = page
+                    .into_iter()
+                    .filter_map(|m| Some((m["id"].as_str()?.parse::<i64>().ok()?, m)))
+                    .filter(|(id, _)| *id > after)
+                    .collect();
+                page.sort_by_key(|(id, _)| *id);
+                for (id, mut message) in page {
+                    after = after.max(id);
+                    // A message read back from REST names no guild: the chat's kind says.
+                    if chat.kind == "guild" && message.get("guild_id").is_none_or(Value::is_null) {
+                        message["guild_id"] = Value::String("?".into());
+                    }
+                    match read_message(&message, user) {
+                        Ok(Some(inbound)) => {
+                            self.store(inbound, seen_of(&message)).await;
+                            taken += 1;
+                        }
+                        Ok(None) => {}
+                        Err(why) => {
+                            self.channel.malformed(&why);
+                        }
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        if taken > 0 {
+            tracing::info!(
+                bot = name,
+                taken,
+                "discord messages sent while the bot was away were taken"
+            );
+        }
+    }
+}
+
+/// A message's number and its chat's kind (`dm` or `guild`), for the chats' catch-up.
+fn seen_of(d: &Value) -> Option<(i64, &'static str)> {
+    let id = d["id"].as_str()?.parse::<i64>().ok()?;
+    let kind = if d.get("guild_id").is_none_or(Value::is_null) { "dm" } else { "guild" };
+    Some((id, kind))
 }
 
 type Socket =

@@ -1,7 +1,8 @@
 //! Discord: a bot serving two tenants through the bindings, against a fake Discord written
 //! from its documented gateway protocol (hello, identify with intents, heartbeats and their
 //! acknowledgements, dispatches with sequence numbers, resume with missed events replayed) and
-//! REST API (messages created and edited, typing, a 429 with `retry_after`).
+//! REST API (messages created and edited, typing, a 429 with `retry_after`, a channel's
+//! messages after one, newest first); and a bot that was down fetching what it missed.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,12 @@ struct FakeDiscord {
     /// Close the socket with this code.
     close_with: Option<u16>,
     url: String,
+    /// Every user message of every channel, as REST lists them (without `guild_id`).
+    history: Vec<Value>,
+    /// The `after` of each message listing asked for: (channel, after).
+    listed: Vec<(String, String)>,
+    /// Listings to answer with 429 first.
+    list_rate_limit: usize,
 }
 
 type Fake = Arc<Mutex<FakeDiscord>>;
@@ -80,6 +87,38 @@ async fn rest(
             axum::Json(json!({"id": id, "channel_id": channel})).into_response()
         }
         ("POST", ["channels", _, "typing"]) => StatusCode::NO_CONTENT.into_response(),
+        ("GET", ["channels", channel, "messages"]) => {
+            if fake.list_rate_limit > 0 {
+                fake.list_rate_limit -= 1;
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    axum::Json(json!({"message": "You are being rate limited.", "retry_after": 0.2, "global": false})),
+                )
+                    .into_response();
+            }
+            let query: std::collections::HashMap<&str, &str> = uri
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .collect();
+            let after: u64 = query["after"].parse().unwrap();
+            let limit: usize = query["limit"].parse().unwrap();
+            assert!(limit <= 100, "Discord lists at most 100");
+            fake.listed.push(((*channel).to_owned(), after.to_string()));
+            let mut found: Vec<Value> = fake
+                .history
+                .iter()
+                .filter(|m| m["channel_id"] == *channel)
+                .filter(|m| m["id"].as_str().unwrap().parse::<u64>().unwrap() > after)
+                .cloned()
+                .collect();
+            // The oldest after `after` first, cut to `limit`, then newest first, as Discord.
+            found.sort_by_key(|m| m["id"].as_str().unwrap().parse::<u64>().unwrap());
+            found.truncate(limit);
+            found.reverse();
+            axum::Json(Value::Array(found)).into_response()
+        }
         _ => (StatusCode::NOT_FOUND, axum::Json(json!({"message": "404: Not Found", "code": 0})))
             .into_response(),
     }
@@ -154,6 +193,9 @@ async fn serve_gateway(fake: Fake, mut socket: WebSocket) {
             let close = fake.close_with.take();
             let next = if close.is_some() { None } else { fake.outgoing.pop_front() };
             let next = next.map(|d| {
+                let mut listed = d.clone();
+                listed.as_object_mut().unwrap().remove("guild_id");
+                fake.history.push(listed);
                 let seq = fake.dispatched.len() as u64 + 1;
                 let payload = json!({"op": 0, "t": "MESSAGE_CREATE", "s": seq, "d": d});
                 fake.dispatched.push(payload.clone());
@@ -305,4 +347,71 @@ async fn a_discord_bot_serves_two_tenants_and_resumes_its_gateway_session() {
         Some(json!({ "agent": "bob", "text": "x", "source": { "platform": "discord", "channel": "guild:D1", "actor": "U1" } })),
     ).await;
     assert_eq!(code, 400, "a tenant cannot start a Discord conversation");
+}
+
+/// The gateway replays nothing to a new session: a bot that was down fetches, from the REST
+/// API, what was sent since the newest message it took in each chat it knows (a 429 on the way
+/// waited out), answers what is for it and no chatter, and takes nothing twice across restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_bot_fetches_what_was_sent_while_it_was_down() {
+    let fake: Fake = Arc::default();
+    let api = serve_fake(&fake).await;
+    let (env, _rival) = two_tenants_under(
+        &format!(
+            "channels:\n  discord:\n    guild:\n      token_env: DISCORD_TOKEN\n      api_url: {api}\n      stream: false\n\
+             bindings:\n  - {{ platform: discord, channel: \"guild:*\", agent: ada }}\n"
+        ),
+        &[("DISCORD_TOKEN", TOKEN)],
+    );
+    let server = env.serve(&[]);
+    {
+        let mut f = fake.lock().unwrap();
+        f.outgoing.push_back(message("100", "D1", None, "U1", "first"));
+        f.outgoing.push_back(message(
+            "101",
+            "C5",
+            Some("G1"),
+            "U2",
+            &format!("<@{BOT_USER}> hello"),
+        ));
+    }
+    assert!(until(&fake, |f| f.created.len() == 2).await, "no replies");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.kill9();
+
+    // While the bot is down: a direct message, guild chatter and a mention.
+    {
+        let mut f = fake.lock().unwrap();
+        let mut history = vec![
+            message("205", "D1", None, "U1", "while you were away"),
+            message("206", "C5", None, "U2", "just chatting"),
+            message("207", "C5", None, "U2", &format!("<@{BOT_USER}> and you?")),
+        ];
+        f.history.append(&mut history);
+        f.list_rate_limit = 1;
+    }
+    let server = env.serve(&[]);
+    assert!(until(&fake, |f| f.created.len() == 4).await, "what was missed was not answered");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let created = fake.lock().unwrap().created.clone();
+    let replies: Vec<&str> = created.iter().map(|(_, text)| text.as_str()).collect();
+    assert_eq!(replies.len(), 4, "{replies:?}");
+    assert!(replies.contains(&"echo: while you were away"), "{replies:?}");
+    assert!(replies.contains(&"echo: and you?"), "{replies:?}");
+    assert!(!replies.iter().any(|r| r.contains("chatting")), "chatter is not for the bot");
+    let listed = fake.lock().unwrap().listed.clone();
+    assert!(listed.contains(&("D1".to_owned(), "100".to_owned())), "{listed:?}");
+    assert!(listed.contains(&("C5".to_owned(), "101".to_owned())), "{listed:?}");
+
+    // Another restart takes nothing twice: each chat is listed from the newest message taken.
+    server.kill9();
+    let server = env.serve(&[]);
+    assert!(
+        until(&fake, |f| f.listed.iter().any(|(c, after)| c == "D1" && after == "205")).await,
+        "the second catch-up did not start after the message taken"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.lock().unwrap().created.len(), 4, "a message was answered twice");
+    let ours = server.sessions_on("ada", "discord", "guild:D1").await;
+    assert_eq!(server.all_turns(ours[0]["id"].as_str().unwrap()).await.len(), 2);
 }

@@ -1353,6 +1353,8 @@ async fn downgrade_to_version_8(url: &str) {
          data TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (turn_id, step))"
     );
     for sql in [
+        "DROP TABLE channel_chats",
+        "DELETE FROM schema_migrations WHERE version = 30",
         "DROP TABLE memory_upkeep",
         "DELETE FROM schema_migrations WHERE version = 29",
         "DROP TABLE forks",
