@@ -17,6 +17,7 @@ use clade_store::{OutboxRow, Source, Store};
 use futures::future::BoxFuture;
 use serde_json::Value;
 
+use crate::attachments::{Attachment, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, size_text};
 use crate::health::Health;
 use crate::split::split;
 
@@ -78,6 +79,13 @@ pub trait ChatApi: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), PlatformError>>;
     /// Shows that an answer is coming, where the platform can.
     fn typing<'a>(&'a self, chat: &'a str) -> BoxFuture<'a, Result<(), PlatformError>>;
+    /// The bytes of a file sent with a message, at most `max` of them (more is refused with
+    /// [`crate::attachments::too_large`]).
+    fn download<'a>(
+        &'a self,
+        attachment: &'a Attachment,
+        max: u64,
+    ) -> BoxFuture<'a, Result<Vec<u8>, PlatformError>>;
 }
 
 /// What every channel's configuration says besides its platform's own settings.
@@ -138,6 +146,10 @@ impl Endpoint {
 
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// `method <base><path>` with `authorization` (a scheme and a token) and an optional JSON
@@ -207,6 +219,8 @@ pub struct Inbound {
     pub text: String,
     /// The platform's own id of the message, unique in the channel: its idempotency key.
     pub id: String,
+    /// Files sent with it.
+    pub attachments: Vec<Attachment>,
 }
 
 /// A streamed reply being drafted in one message.
@@ -340,6 +354,81 @@ impl<A: ChatApi> Channel<A> {
     /// Routes `message` through the bindings and stores it as an event, keyed by the
     /// platform's id of it. `Err` when it could not be stored now and should come again;
     /// anything that can never be taken is `Skipped`.
+    /// Fetches the files of message `message` (from `chat`) into the workspace of the agent `handle` of `tenant` (see
+    /// [`crate::attachments`]): the lines its text gains, one a file. A file over the limit is
+    /// not fetched, and the chat is told.
+    async fn keep_attachments(
+        &self,
+        tenant: &clade_core::Tenant,
+        handle: &str,
+        message: &str,
+        chat: &str,
+        attachments: &[Attachment],
+    ) -> Result<String, NotTaken> {
+        let agent = match self.store.agent(tenant.id, handle).await {
+            Ok(agent) => agent,
+            // The submission says what is wrong with the binding.
+            Err(err) if err.is_not_found() => return Ok(String::new()),
+            Err(err) => return Err(NotTaken(err.to_string())),
+        };
+        let workspace =
+            self.engine.workspaces().open(&agent).map_err(|e| NotTaken(e.to_string()))?;
+        let platform = self.api.platform();
+        let mut lines = Vec::new();
+        let mut too_large = Vec::new();
+        let mut names: HashSet<String> = HashSet::new();
+        for (n, attachment) in attachments.iter().enumerate() {
+            if n == MAX_ATTACHMENTS {
+                let left = attachments.len() - n;
+                lines.push(format!(
+                    "[{left} more files were not kept: at most {MAX_ATTACHMENTS} a message]"
+                ));
+                break;
+            }
+            let mut name = crate::attachments::safe_name(&attachment.name);
+            if !names.insert(name.clone()) {
+                name = format!("{n}-{name}");
+                names.insert(name.clone());
+            }
+            let over = attachment.size.is_some_and(|size| size > MAX_ATTACHMENT_BYTES);
+            let fetched = if over {
+                Err(crate::attachments::too_large(attachment.size, MAX_ATTACHMENT_BYTES))
+            } else {
+                self.api.download(attachment, MAX_ATTACHMENT_BYTES).await
+            };
+            let line = match fetched {
+                Ok(bytes) => {
+                    let dir = ["inbox", platform, message];
+                    match crate::attachments::keep(&workspace, &dir, &name, &bytes) {
+                        Ok(path) => format!(
+                            "[file sent with this message: {} ({})]",
+                            path.display(),
+                            size_text(bytes.len() as u64)
+                        ),
+                        Err(why) => format!("[file {name} was not kept: {why}]"),
+                    }
+                }
+                Err(PlatformError::Refused(why)) if why.contains("over the") => {
+                    too_large.push(name.clone());
+                    format!("[file {name} was not kept: {why}]")
+                }
+                Err(err) => format!("[file {name} could not be fetched: {err}]"),
+            };
+            lines.push(line);
+        }
+        if !too_large.is_empty() {
+            let notice = format!(
+                "{} is over the {} limit and was not passed on: send a smaller file, or a link to it.",
+                too_large.join(", "),
+                size_text(MAX_ATTACHMENT_BYTES)
+            );
+            if let Err(err) = self.api.send(chat, &notice).await {
+                tracing::debug!(channel = %self.name, error = %err, "the notice of a file too large was not sent");
+            }
+        }
+        Ok(lines.join("\n"))
+    }
+
     pub async fn take(self: &Arc<Self>, message: Inbound) -> Result<Taken, NotTaken> {
         let (name, platform) = (self.name.as_str(), self.api.platform());
         let source = Source {
@@ -360,10 +449,17 @@ impl<A: ChatApi> Channel<A> {
             }
             Err(err) => return Err(NotTaken(err.to_string())),
         };
+        let mut text = message.text;
+        if !message.attachments.is_empty() {
+            let handle = agent.handle.as_str();
+            let (id, chat, files) = (&message.id, &message.chat, &message.attachments);
+            let kept = self.keep_attachments(&tenant, handle, id, chat, files).await?;
+            text = if text.trim().is_empty() { kept } else { format!("{text}\n{kept}") };
+        }
         let envelope = Envelope {
             tenant,
             agent: Some(agent.handle.as_str().to_owned()),
-            text: message.text,
+            text,
             source,
             idempotency_key: Some(format!("{platform}:{name}:{}", message.id)),
         };
@@ -401,6 +497,11 @@ impl<A: ChatApi> Channel<A> {
                 Ok(Taken::Skipped(err.to_string()))
             }
             Err(clade_runtime::engine::Error::NoAgent) => Ok(Taken::Skipped("no agent".into())),
+            // The platform sent the message again and its files read otherwise this time (one
+            // could not be fetched): the first version stands.
+            Err(clade_runtime::engine::Error::Store(clade_store::Error::IdempotencyConflict(
+                _,
+            ))) => Ok(Taken::Skipped("taken already".into())),
             Err(err) => Err(NotTaken(err.to_string())),
         }
     }

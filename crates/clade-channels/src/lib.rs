@@ -13,6 +13,7 @@
 //! Depends on the runtime (the engine, the outbox's dispatch) and below; never on the gateway,
 //! which mounts the webhook routes and calls into this crate.
 
+pub mod attachments;
 pub mod channel;
 pub mod discord;
 pub mod health;

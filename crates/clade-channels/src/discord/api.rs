@@ -125,4 +125,14 @@ impl ChatApi for Api {
             self.call(reqwest::Method::POST, &path, None).await.map(drop)
         })
     }
+
+    /// From the attachment's CDN URL, which needs no token.
+    fn download<'a>(
+        &'a self,
+        attachment: &'a crate::attachments::Attachment,
+        max: u64,
+    ) -> BoxFuture<'a, Result<Vec<u8>, PlatformError>> {
+        let request = self.endpoint.http().get(&attachment.locator);
+        Box::pin(crate::attachments::fetch_capped(request, max))
+    }
 }

@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 
 pub use api::{Api, MESSAGE_LIMIT, PUBLIC_API};
 
+use crate::attachments::Attachment;
 use crate::channel::{Channel, Inbound, PlatformError, Settings};
 use crate::health::Health;
 
@@ -464,7 +465,22 @@ fn read_message(d: &Value, user: &str) -> Result<Option<Inbound>, String> {
     }
     let text = mentions.iter().fold(content.to_owned(), |text, m| text.replace(m.as_str(), ""));
     let text = text.trim().to_owned();
-    if text.is_empty() {
+    let attachments: Vec<Attachment> = d["attachments"]
+        .as_array()
+        .map(|files| {
+            files
+                .iter()
+                .filter_map(|file| {
+                    Some(Attachment {
+                        name: file["filename"].as_str().unwrap_or("file").to_owned(),
+                        size: file["size"].as_u64(),
+                        locator: file["url"].as_str()?.to_owned(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if text.is_empty() && attachments.is_empty() {
         return Ok(None);
     }
     Ok(Some(Inbound {
@@ -472,6 +488,7 @@ fn read_message(d: &Value, user: &str) -> Result<Option<Inbound>, String> {
         actor: author.to_owned(),
         text,
         id: format!("{channel}:{id}"),
+        attachments,
     }))
 }
 
@@ -499,6 +516,18 @@ mod tests {
         }
         let broken = json!({"id": "15", "author": {"id": "U1"}, "content": "no channel"});
         assert!(read_message(&broken, "B0").unwrap_err().contains("channel_id"));
+        // A file alone is a message; its CDN URL is how it is fetched.
+        let file = json!({"id": "16", "channel_id": "D1", "author": {"id": "U1"}, "content": "",
+            "attachments": [{"id": "a1", "filename": "plan.pdf", "size": 2048, "url": "https://cdn.example/plan.pdf"}]});
+        let taken = read_message(&file, "B0").unwrap().unwrap();
+        assert_eq!(
+            taken.attachments,
+            [Attachment {
+                name: "plan.pdf".into(),
+                size: Some(2048),
+                locator: "https://cdn.example/plan.pdf".into()
+            }]
+        );
     }
 
     #[test]

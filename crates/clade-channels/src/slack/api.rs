@@ -158,6 +158,17 @@ impl ChatApi for Api {
     fn typing<'a>(&'a self, _chat: &'a str) -> BoxFuture<'a, Result<(), PlatformError>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// From the file's `url_private_download`, with the bot token (the `files:read` scope).
+    fn download<'a>(
+        &'a self,
+        attachment: &'a crate::attachments::Attachment,
+        max: u64,
+    ) -> BoxFuture<'a, Result<Vec<u8>, PlatformError>> {
+        let request =
+            self.endpoint.http().get(&attachment.locator).bearer_auth(self.endpoint.token());
+        Box::pin(crate::attachments::fetch_capped(request, max))
+    }
 }
 
 #[cfg(test)]

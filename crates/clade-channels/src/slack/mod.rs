@@ -282,8 +282,10 @@ fn read_event(payload: &Value) -> Result<Option<Inbound>, String> {
     if !(direct || kind == "app_mention") {
         return Ok(None);
     }
-    // Edits, deletions, joins and the like; and bots (this app included) never answer bots.
-    if event.get("subtype").is_some_and(|s| !s.is_null())
+    // Edits, deletions, joins and the like (a message with files is `file_share`); and bots
+    // (this app included) never answer bots.
+    let subtype = event.get("subtype").filter(|s| !s.is_null());
+    if subtype.is_some_and(|s| s != "file_share")
         || event.get("bot_id").is_some_and(|b| !b.is_null())
     {
         return Ok(None);
@@ -303,7 +305,24 @@ fn read_event(payload: &Value) -> Result<Option<Inbound>, String> {
         }
         _ => text.trim().to_owned(),
     };
-    if text.is_empty() {
+    let attachments: Vec<crate::attachments::Attachment> = event["files"]
+        .as_array()
+        .map(|files| {
+            files
+                .iter()
+                .filter_map(|file| {
+                    let url =
+                        file["url_private_download"].as_str().or(file["url_private"].as_str());
+                    Some(crate::attachments::Attachment {
+                        name: file["name"].as_str().unwrap_or("file").to_owned(),
+                        size: file["size"].as_u64(),
+                        locator: url?.to_owned(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if text.is_empty() && attachments.is_empty() {
         return Ok(None);
     }
     let thread = event["thread_ts"].as_str();
@@ -312,6 +331,7 @@ fn read_event(payload: &Value) -> Result<Option<Inbound>, String> {
         actor: user.to_owned(),
         text,
         id: format!("{channel}:{ts}"),
+        attachments,
     }))
 }
 
@@ -351,5 +371,14 @@ mod tests {
             json!({"type": "message", "channel_type": "im", "text": "no channel", "ts": "6"}),
         );
         assert!(read_event(&broken).unwrap_err().contains("channel"));
+        // A file shared in a direct message is taken, to be fetched with the bot token.
+        let shared = callback(
+            json!({"type": "message", "subtype": "file_share", "channel_type": "im",
+            "channel": "D1", "user": "U1", "text": "", "ts": "7",
+            "files": [{"id": "F1", "name": "notes.txt", "size": 12, "url_private_download": "https://files.example/F1/notes.txt"}]}),
+        );
+        let taken = read_event(&shared).unwrap().unwrap();
+        assert_eq!(taken.attachments.len(), 1);
+        assert_eq!(taken.attachments[0].locator, "https://files.example/F1/notes.txt");
     }
 }

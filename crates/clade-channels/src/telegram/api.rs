@@ -13,6 +13,7 @@ pub const PUBLIC_API: &str = "https://api.telegram.org";
 /// A message's longest text, in UTF-16 code units.
 pub const MESSAGE_LIMIT: usize = 4096;
 
+pub use crate::attachments::Attachment;
 pub use crate::channel::PlatformError as ApiError;
 
 #[derive(Deserialize)]
@@ -77,22 +78,46 @@ pub struct Message {
 }
 
 impl Message {
-    /// What the person wrote, or what they sent when it has no text.
+    /// What the person wrote (empty when they sent only files), or what they sent when it has
+    /// neither text nor a file.
     pub fn content(&self) -> Option<String> {
         if let Some(text) = self.text.as_deref().or(self.caption.as_deref()) {
             return Some(text.to_owned());
         }
-        let kinds = [
-            ("a photo", &self.photo),
-            ("a file", &self.document),
-            ("a sticker", &self.sticker),
-            ("a voice message", &self.voice),
-            ("a video", &self.video),
-            ("an audio file", &self.audio),
-            ("a location", &self.location),
-        ];
+        if !self.attachments().is_empty() {
+            return Some(String::new());
+        }
+        let kinds = [("a sticker", &self.sticker), ("a location", &self.location)];
         let (what, _) = kinds.into_iter().find(|(_, field)| field.is_some())?;
         Some(format!("[sent {what} without text, which this channel does not pass on]"))
+    }
+
+    /// The files it carries: its largest photo, a document, a voice message, a video or an
+    /// audio file, each by its `file_id`.
+    pub fn attachments(&self) -> Vec<Attachment> {
+        let of = |file: &Value, default: &str| {
+            Some(Attachment {
+                name: file["file_name"].as_str().unwrap_or(default).to_owned(),
+                size: file["file_size"].as_u64(),
+                locator: file["file_id"].as_str()?.to_owned(),
+            })
+        };
+        let mut files = Vec::new();
+        // Telegram sends a photo in several sizes, the largest last.
+        if let Some(largest) = self.photo.as_ref().and_then(|sizes| sizes.as_array()?.last()) {
+            files.extend(of(largest, "photo.jpg"));
+        }
+        for (file, default) in [
+            (&self.document, "document"),
+            (&self.voice, "voice.ogg"),
+            (&self.video, "video.mp4"),
+            (&self.audio, "audio"),
+        ] {
+            if let Some(file) = file {
+                files.extend(of(file, default));
+            }
+        }
+        files
     }
 }
 
@@ -114,6 +139,8 @@ pub struct Api {
     http: reqwest::Client,
     /// `<api>/bot<token>/`: holds the token, so never logged.
     base: String,
+    /// `<api>/file/bot<token>/`, where files are fetched from.
+    files: String,
 }
 
 impl std::fmt::Debug for Api {
@@ -124,7 +151,8 @@ impl std::fmt::Debug for Api {
 
 impl Api {
     pub fn new(http: reqwest::Client, api_url: &str, token: &str) -> Self {
-        Self { http, base: format!("{}/bot{token}/", api_url.trim_end_matches('/')) }
+        let api = api_url.trim_end_matches('/');
+        Self { http, base: format!("{api}/bot{token}/"), files: format!("{api}/file/bot{token}/") }
     }
 
     /// Calls `method`; `timeout` bounds the whole exchange.
@@ -307,6 +335,33 @@ impl crate::channel::ChatApi for Api {
         Box::pin(async move {
             let (id, thread) = parse_chat(chat)?;
             Api::typing(self, id, thread).await
+        })
+    }
+
+    /// `getFile` for the file's path, then the file from `<api>/file/bot<token>/<path>`.
+    fn download<'a>(
+        &'a self,
+        attachment: &'a Attachment,
+        max: u64,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<u8>, ApiError>> {
+        Box::pin(async move {
+            let body = json!({"file_id": attachment.locator});
+            let file = self.call("getFile", &body, CALL_TIMEOUT).await?;
+            let size = file["file_size"].as_u64();
+            if size.is_some_and(|size| size > max) {
+                return Err(crate::attachments::too_large(size, max));
+            }
+            let path = file["file_path"]
+                .as_str()
+                .ok_or_else(|| ApiError::Malformed("getFile gave no file_path".into()))?;
+            let request = self.http.get(format!("{}{path}", self.files));
+            // reqwest's errors would name the URL, which holds the token.
+            crate::attachments::fetch_capped(request, max).await.map_err(|err| match err {
+                ApiError::Unavailable(_) => {
+                    ApiError::Unavailable("the file could not be fetched".into())
+                }
+                other => other,
+            })
         })
     }
 }

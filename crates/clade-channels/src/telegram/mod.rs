@@ -219,6 +219,7 @@ impl Bot {
             chat,
             actor: from.id.to_string(),
             text,
+            attachments: message.attachments(),
         };
         self.channel.take(inbound).await
     }

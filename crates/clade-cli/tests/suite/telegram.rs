@@ -227,6 +227,10 @@ struct FakeTelegram {
     webhook: Option<(String, String)>,
     /// Each message's texts, first as sent, then as edited.
     versions: BTreeMap<i64, Vec<String>>,
+    /// Files by `file_id`: their `file_path` and bytes.
+    files: BTreeMap<String, (String, Vec<u8>)>,
+    /// The `file_id`s asked for with `getFile`.
+    asked_files: Vec<String>,
 }
 
 type Fake = Arc<Mutex<FakeTelegram>>;
@@ -329,6 +333,25 @@ async fn fake_api(
             }
         }
         "sendChatAction" => (StatusCode::OK, axum::Json(json!({"ok": true, "result": true}))),
+        "getFile" => {
+            let mut fake = fake.lock().unwrap();
+            let id = body["file_id"].as_str().unwrap_or_default().to_owned();
+            fake.asked_files.push(id.clone());
+            match fake.files.get(&id) {
+                Some((path, bytes)) => (
+                    StatusCode::OK,
+                    axum::Json(
+                        json!({"ok": true, "result": {"file_id": id, "file_unique_id": "u", "file_size": bytes.len(), "file_path": path}}),
+                    ),
+                ),
+                None => (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(
+                        json!({"ok": false, "error_code": 400, "description": "Bad Request: invalid file_id"}),
+                    ),
+                ),
+            }
+        }
         other => (
             StatusCode::NOT_FOUND,
             axum::Json(
@@ -338,10 +361,26 @@ async fn fake_api(
     }
 }
 
+/// `GET <api>/file/bot<token>/<file_path>`: a file's bytes.
+async fn fake_file(
+    axum::extract::State(fake): axum::extract::State<Fake>,
+    axum::extract::Path((bot, path)): axum::extract::Path<(String, String)>,
+) -> (axum::http::StatusCode, Vec<u8>) {
+    if bot != format!("bot{TOKEN}") {
+        return (axum::http::StatusCode::UNAUTHORIZED, Vec::new());
+    }
+    let fake = fake.lock().unwrap();
+    match fake.files.values().find(|(p, _)| *p == path) {
+        Some((_, bytes)) => (axum::http::StatusCode::OK, bytes.clone()),
+        None => (axum::http::StatusCode::NOT_FOUND, Vec::new()),
+    }
+}
+
 /// Serves `fake` as the Bot API on a free local port; its base URL.
 async fn serve_fake(fake: &Fake) -> String {
     let app = axum::Router::new()
         .route("/{bot}/{method}", axum::routing::post(fake_api))
+        .route("/file/{bot}/{*path}", axum::routing::get(fake_file))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}", listener.local_addr().unwrap());
@@ -598,5 +637,65 @@ async fn a_reply_streams_into_one_message_edited_in_place() {
     }
     // Nothing else went to the chat.
     assert_eq!(fake.lock().unwrap().sent.len(), 1);
+    drop(server);
+}
+
+/// Files sent with messages: a photo (its largest size) is fetched with `getFile`, kept in the
+/// agent's workspace and named in the turn's text under the caption; a document over the
+/// 20 MB limit is not fetched, the chat is told so, and the message is still taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_sent_with_messages_reach_the_agents_workspace_within_a_limit() {
+    let fake: Fake = Arc::default();
+    let api = serve_fake(&fake).await;
+    let env = desk(&api, "poll_timeout_secs: 1", "default_agent: ada\n");
+    {
+        let mut f = fake.lock().unwrap();
+        f.files.insert("big-photo".into(), ("photos/file_7.jpg".into(), b"JPEGDATA".to_vec()));
+        let mut photo = message(1, 42, "ignored");
+        let m = &mut photo["message"];
+        m.as_object_mut().unwrap().remove("text");
+        m["caption"] = json!("what is this?");
+        m["photo"] = json!([
+            {"file_id": "small-photo", "file_unique_id": "a", "width": 90, "height": 90, "file_size": 3},
+            {"file_id": "big-photo", "file_unique_id": "b", "width": 800, "height": 800, "file_size": 8},
+        ]);
+        f.updates.insert(1, photo);
+        let mut huge = message(2, 42, "ignored");
+        let m = &mut huge["message"];
+        m.as_object_mut().unwrap().remove("text");
+        m["document"] = json!({"file_id": "huge", "file_unique_id": "c", "file_name": "../../backup.tar", "file_size": 30 * 1024 * 1024});
+        f.updates.insert(2, huge);
+    }
+    let server = env.serve(&[]);
+    assert!(
+        super::support::until(&fake, |f| f.sent.len() >= 3).await,
+        "the messages were not answered"
+    );
+    let sent: Vec<String> = fake.lock().unwrap().sent.iter().map(|(_, t)| t.clone()).collect();
+    let photo_reply =
+        sent.iter().find(|t| t.contains("what is this?")).expect("no reply to the photo");
+    assert!(
+        photo_reply
+            .contains("[file sent with this message: inbox/telegram/42_10/photo.jpg (8 bytes)]"),
+        "{photo_reply}"
+    );
+    assert!(
+        sent.iter().any(|t| t.starts_with("backup.tar is over the 20.0 MB limit")),
+        "the chat was not told: {sent:?}"
+    );
+    assert!(
+        sent.iter().any(|t| t.contains(
+            "[file backup.tar was not kept: the file is over the 20.0 MB limit (30.0 MB)]"
+        )),
+        "{sent:?}"
+    );
+    assert_eq!(fake.lock().unwrap().asked_files, ["big-photo"], "the oversize file was fetched");
+    let kept: Vec<_> = std::fs::read_dir(env.data_dir().join("agents"))
+        .unwrap()
+        .map(|agent| agent.unwrap().path().join("inbox/telegram/42_10/photo.jpg"))
+        .filter(|path| path.exists())
+        .collect();
+    assert_eq!(kept.len(), 1, "the photo is not in the agent's workspace");
+    assert_eq!(std::fs::read(&kept[0]).unwrap(), b"JPEGDATA");
     drop(server);
 }

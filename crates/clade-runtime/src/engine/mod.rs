@@ -385,6 +385,11 @@ impl Engine {
         &self.inner.store
     }
 
+    /// Where agents' directories are on this machine.
+    pub fn workspaces(&self) -> &Arc<dyn Workspaces> {
+        &self.inner.workspaces
+    }
+
     /// Notified whenever lifecycle events were committed.
     /// The memory completed turns are mined into, and how, when ingestion is on.
     pub fn ingesting(&self) -> Option<(Arc<clade_memory::Memory>, crate::ingest::Miner)> {

@@ -1,0 +1,184 @@
+//! Files people send with their messages: fetched from the platform (at most
+//! [`MAX_ATTACHMENT_BYTES`] each), kept in the receiving agent's workspace under
+//! `inbox/<platform>/<message>/`, and named in the message's text, so the agent reads them with
+//! its file tools. A file over the limit is not fetched, and the chat is told; one that cannot
+//! be fetched is named with the reason. Either way the message itself is taken.
+//!
+//! The workspace is the agent's to write, and its tools could plant a link where a file is
+//! about to go: every directory on the way is checked to be a real directory inside the
+//! workspace, and the file is opened without following a link.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::channel::PlatformError;
+
+/// The largest file taken (Telegram's bots can fetch no more).
+pub const MAX_ATTACHMENT_BYTES: u64 = 20 * 1024 * 1024;
+/// The longest file name kept, in bytes.
+const MAX_NAME: usize = 100;
+/// The most files taken from one message.
+pub const MAX_ATTACHMENTS: usize = 10;
+
+/// A file sent with a message, as the platform describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// Its file name: the platform's, else one for its kind (`photo.jpg`).
+    pub name: String,
+    /// Its size in bytes, when the platform says.
+    pub size: Option<u64>,
+    /// How the platform's API fetches it: a file id, or a URL.
+    pub locator: String,
+}
+
+/// A size for people: bytes, KB or MB.
+pub fn size_text(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} bytes"),
+        1024..1_048_576 => format!("{} KB", bytes.div_ceil(1024)),
+        _ => format!("{:.1} MB", bytes as f64 / 1_048_576.0),
+    }
+}
+
+/// The body of `request`, refused past `max` bytes (whatever the platform declared).
+pub async fn fetch_capped(
+    request: reqwest::RequestBuilder,
+    max: u64,
+) -> Result<Vec<u8>, PlatformError> {
+    let mut response = request
+        .timeout(std::time::Duration::from_secs(120))
+        .send()
+        .await
+        .map_err(|e| PlatformError::Unavailable(format!("cannot fetch the file: {e}")))?;
+    let status = response.status().as_u16();
+    if !(200..300).contains(&status) {
+        return Err(match status {
+            429 | 500.. => PlatformError::Unavailable(format!("fetching the file: HTTP {status}")),
+            _ => PlatformError::Refused(format!("fetching the file: HTTP {status}")),
+        });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| PlatformError::Unavailable(format!("the file stopped coming: {e}")))?
+    {
+        if (body.len() + chunk.len()) as u64 > max {
+            return Err(too_large(None, max));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The refusal of a file over `max` bytes.
+pub fn too_large(size: Option<u64>, max: u64) -> PlatformError {
+    let size = size.map(|s| format!(" ({})", size_text(s))).unwrap_or_default();
+    PlatformError::Refused(format!("the file is over the {} limit{size}", size_text(max)))
+}
+
+/// A file name safe to keep: letters, digits, `.`, `-` and `_` (others become `_`), no leading
+/// dot, at most [`MAX_NAME`] bytes; `file` when nothing is left.
+pub fn safe_name(name: &str) -> String {
+    let kept: String = name
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .collect();
+    let kept = kept.trim_start_matches('.');
+    let mut cut = kept.len().min(MAX_NAME);
+    while !kept.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    match &kept[..cut] {
+        "" => "file".to_owned(),
+        name => name.to_owned(),
+    }
+}
+
+/// Writes `bytes` as `<workspace>/<dir>/<name>` (`dir` relative, each part safe), making the
+/// directories: refused when any part of the way is not a real directory inside the workspace
+/// or the file is a link. The path written, relative to the workspace.
+pub fn keep(workspace: &Path, dir: &[&str], name: &str, bytes: &[u8]) -> Result<PathBuf, String> {
+    let root = workspace
+        .canonicalize()
+        .map_err(|e| format!("the agent's workspace cannot be read: {e}"))?;
+    let mut path = root.clone();
+    let mut relative = PathBuf::new();
+    for part in dir.iter().copied().map(safe_name) {
+        path.push(&part);
+        relative.push(&part);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_dir() => {}
+            Ok(_) => return Err(format!("{} is not a directory", relative.display())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&path)
+                    .map_err(|e| format!("cannot make {}: {e}", relative.display()))?;
+            }
+            Err(err) => return Err(format!("cannot read {}: {err}", relative.display())),
+        }
+    }
+    let name = safe_name(name);
+    path.push(&name);
+    relative.push(&name);
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // O_NOFOLLOW: a link planted where the file goes is refused, not followed.
+        const O_NOFOLLOW: i32 = 0o400000;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| format!("cannot write {}: {e}", relative.display()))?
+    };
+    file.write_all(bytes).map_err(|e| format!("cannot write {}: {e}", relative.display()))?;
+    Ok(relative)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Test code.
+
+    use super::*;
+
+    #[test]
+    fn names_are_kept_safe() {
+        assert_eq!(safe_name("../../etc/passwd"), "passwd");
+        assert_eq!(safe_name("..."), "file");
+        assert_eq!(safe_name(".bashrc"), "bashrc");
+        assert_eq!(safe_name("my report (1).pdf"), "my_report__1_.pdf");
+        assert_eq!(safe_name("ça.txt"), "_a.txt");
+        assert_eq!(safe_name(&"x".repeat(300)).len(), 100);
+        assert_eq!(size_text(10), "10 bytes");
+        assert_eq!(size_text(2048), "2 KB");
+        assert_eq!(size_text(25 * 1024 * 1024), "25.0 MB");
+    }
+
+    #[test]
+    fn a_file_is_kept_inside_the_workspace_and_a_planted_link_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let workspace = tmp.path().join("ws");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&workspace).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let kept = keep(&workspace, &["inbox", "telegram", "1:2"], "a.txt", b"hi").unwrap();
+        assert_eq!(kept, Path::new("inbox/telegram/1_2/a.txt"));
+        assert_eq!(std::fs::read(workspace.join(&kept)).unwrap(), b"hi");
+        // The agent's tools plant a link to outside where the next file goes.
+        std::os::unix::fs::symlink(&outside, workspace.join("inbox/discord")).unwrap();
+        let refused = keep(&workspace, &["inbox", "discord", "3"], "b.txt", b"x").unwrap_err();
+        assert!(refused.contains("not a directory"), "{refused}");
+        std::os::unix::fs::symlink(
+            outside.join("c.txt"),
+            workspace.join("inbox/telegram/1_2/c.txt"),
+        )
+        .unwrap();
+        let refused = keep(&workspace, &["inbox", "telegram", "1:2"], "c.txt", b"x").unwrap_err();
+        assert!(refused.contains("cannot write"), "{refused}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing was written outside");
+    }
+}
