@@ -299,6 +299,11 @@ pub struct SpawnArgs {
     /// Tools it may use that need a grant, each within a grant you hold.
     #[serde(default)]
     pub tools: Vec<ChildTool>,
+    /// Delete the child once it answered (its sessions, memory and workspace with it); what it
+    /// spent stays counted against your budget. Otherwise it stays, and the same name asks it
+    /// again.
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 /// `agent.spawn`: makes a child agent, gives it grants delegated from the caller's own (so it
@@ -348,7 +353,20 @@ impl TypedTool for AgentSpawn {
                 Err(other) => return Err(other.to_string()),
             };
             let answer = ask(&engine, ctx, child.handle.as_str(), args.task, None).await?;
-            Ok(serde_json::json!({ "child": child.handle.as_str(), "answer": answer }).to_string())
+            if args.ephemeral {
+                // Its spending stays in the budget counters of its parent (and its own, kept by
+                // id); only the child and what it held go.
+                self.agents
+                    .delete(caller.tenant, child.handle.as_str())
+                    .await
+                    .map_err(|e| format!("the child answered but could not be deleted: {e}"))?;
+            }
+            Ok(serde_json::json!({
+                "child": child.handle.as_str(),
+                "answer": answer,
+                "deleted": args.ephemeral,
+            })
+            .to_string())
         })
     }
 }

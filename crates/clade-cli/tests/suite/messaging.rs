@@ -293,7 +293,8 @@ async fn a_publication_reaches_the_topics_subscribers_in_the_tenant() {
 
 /// `agent.spawn` makes a child agent whose grants are delegated from its parent's, so asking
 /// for more than the parent holds makes nothing, and the child cannot exceed what it got; the
-/// child's answer returns to the parent, and the same name asks the same child again.
+/// child's answer returns to the parent, and the same name asks the same child again; an
+/// ephemeral child is deleted once it answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_agent_holds_only_what_its_parent_delegated() {
     let env = Env::new();
@@ -338,4 +339,18 @@ async fn a_child_agent_holds_only_what_its_parent_delegated() {
     let listed = env.run(&["agents", "list", "--json"]).ok().stdout;
     let listed: Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+
+    // An ephemeral child answers and is gone, with its sessions; asked again, a new one is made.
+    let once =
+        tool("agent.spawn", json!({ "name": "temp", "task": "count to three", "ephemeral": true }));
+    let answered = say(&server, "ada", &once).await;
+    assert!(answered.contains(r#""answer":"echo: count to three""#), "{answered}");
+    assert!(answered.contains(r#""deleted":true"#), "{answered}");
+    let listed = env.run(&["agents", "list", "--json"]).ok().stdout;
+    assert!(!listed.contains("ada-temp"), "the ephemeral child stayed: {listed}");
+    let (status, _) = server.send("GET", "/v1/agents/ada-temp", None, None).await;
+    assert_eq!(status, 404);
+    let again = tool("agent.spawn", json!({ "name": "temp", "task": "again", "ephemeral": true }));
+    let answered = say(&server, "ada", &again).await;
+    assert!(answered.contains(r#""answer":"echo: again""#), "{answered}");
 }
