@@ -664,6 +664,11 @@ pub struct ForkLimits {
     /// A turn running longer than this fails (1-86400).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// Its share of the agent's spending: the most tokens (input and output) one run spends
+    /// over all its turns; past it, its turn yields until resumed (each resume grants as many
+    /// again). 1,000 to 100,000,000.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
 }
 
 /// [`ForkLimits`] with every default filled in.
@@ -672,6 +677,7 @@ pub struct ForkLimitsResolved {
     pub max_per_session: u32,
     pub max_iterations: u32,
     pub timeout_secs: u64,
+    pub max_tokens: u64,
 }
 
 impl ForkLimits {
@@ -680,6 +686,7 @@ impl ForkLimits {
             max_per_session: self.max_per_session.unwrap_or(defaults.max_per_session),
             max_iterations: self.max_iterations.unwrap_or(defaults.max_iterations),
             timeout_secs: self.timeout_secs.unwrap_or(defaults.timeout_secs),
+            max_tokens: self.max_tokens.unwrap_or(defaults.max_tokens),
         }
     }
 
@@ -692,7 +699,13 @@ impl ForkLimits {
         };
         within("max_per_session", self.max_per_session.map(u64::from), 16)?;
         within("max_iterations", self.max_iterations.map(u64::from), 100)?;
-        within("timeout_secs", self.timeout_secs, 86_400)
+        within("timeout_secs", self.timeout_secs, 86_400)?;
+        match self.max_tokens {
+            Some(v) if !(1_000..=100_000_000).contains(&v) => {
+                Err(format!("sessions.{field}.max_tokens: must be 1,000 to 100,000,000, not {v}"))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -703,6 +716,7 @@ impl SessionsConfig {
             max_per_session: 3,
             max_iterations: 8,
             timeout_secs: 300,
+            max_tokens: 200_000,
         })
     }
 
@@ -712,6 +726,7 @@ impl SessionsConfig {
             max_per_session: 4,
             max_iterations: 30,
             timeout_secs: 1800,
+            max_tokens: 2_000_000,
         })
     }
 }

@@ -329,6 +329,29 @@ fn the_memory_item_limit_is_checked() {
 }
 
 #[test]
+fn the_cortex_and_the_forks_shares_are_checked() {
+    let check =
+        |text: &str| parse(text).unwrap().check(Path::new("clade.yaml")).map_err(|e| e.to_string());
+    let defaults = parse("").unwrap();
+    assert_eq!(defaults.memory.upkeep.consolidate_at, 0, "consolidation costs calls: opt in");
+    assert_eq!(defaults.sessions.worker_limits().max_tokens, 2_000_000);
+    check("memory:\n  ingest: model\n  upkeep: { half_life_days: 0, prune_below: 0, consolidate_at: 20 }\n")
+        .unwrap();
+    for (bad, field) in [
+        ("memory:\n  upkeep: { prune_below: 1 }\n", "memory.upkeep.prune_below"),
+        ("memory:\n  upkeep: { half_life_days: -1 }\n", "memory.upkeep.half_life_days"),
+        ("memory:\n  upkeep: { purge_after_days: 40000 }\n", "memory.upkeep.purge_after_days"),
+        ("memory:\n  upkeep: { settle_secs: 90000 }\n", "memory.upkeep.settle_secs"),
+        ("memory:\n  upkeep: { consolidate_at: 10001 }\n", "memory.upkeep.consolidate_at"),
+        ("sessions:\n  workers: { max_tokens: 999 }\n", "sessions.workers.max_tokens"),
+        ("sessions:\n  branches: { max_tokens: 100000001 }\n", "sessions.branches.max_tokens"),
+    ] {
+        let err = check(bad).unwrap_err();
+        assert!(err.contains(field), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn a_local_model_needs_no_key() {
     let config =
         parse("models:\n  small:\n    provider: local\n    model: smollm2-135m-instruct\n")

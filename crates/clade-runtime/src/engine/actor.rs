@@ -337,6 +337,21 @@ impl TurnContext {
             ),
         }
     }
+
+    /// A branch's or worker's share of the spending: the tokens one run may spend, and the
+    /// setting that says so; `None` for a conversation's own turns (its budgets apply).
+    pub(super) fn token_share(&self) -> Option<(u64, &'static str)> {
+        let sessions = &self.settings.sessions;
+        match self.kind {
+            clade_core::ProcessKind::Branch => {
+                Some((sessions.branch_limits().max_tokens, "sessions.branches.max_tokens"))
+            }
+            clade_core::ProcessKind::Worker => {
+                Some((sessions.worker_limits().max_tokens, "sessions.workers.max_tokens"))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl TurnContext {

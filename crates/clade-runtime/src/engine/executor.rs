@@ -129,6 +129,11 @@ pub(crate) struct TurnPlan<'a> {
     pub events: &'a [EventRow],
     /// Model calls per run; each resume of a yielded turn grants as many again.
     pub max_iterations: u32,
+    /// A fork's share of the spending: the tokens its run may spend over all its turns, and
+    /// the setting that says so; each resume grants as many again.
+    pub max_tokens: Option<(u64, &'static str)>,
+    /// Tokens its session's other turns spent.
+    pub spent_before: u64,
     /// Whether messages arriving mid-turn join it between tool calls.
     pub steer: bool,
     /// What a yielded turn's error says to do.
@@ -249,9 +254,22 @@ pub(crate) async fn execute(
     hands: &impl Hands,
     sources: &mut [&mut dyn ContextSource],
 ) -> Result<(), String> {
-    let TurnPlan { kind, turn, done, events, max_iterations, steer, resume_hint } = plan;
+    let TurnPlan {
+        kind,
+        turn,
+        done,
+        events,
+        max_iterations,
+        max_tokens,
+        spent_before,
+        steer,
+        resume_hint,
+    } = plan;
     let resumes = done.keys().filter(|k| matches!(k, StepKey::Resume { .. })).count() as u32;
     let budget = max_iterations.saturating_mul(resumes + 1);
+    let token_cap =
+        max_tokens.map(|(cap, name)| (cap.saturating_mul(u64::from(resumes) + 1), name));
+    let mut spent = spent_before;
     let tools = hands.specs();
     let mut messages = Vec::new();
     // How many of the messages the context sources composed (the turn's own follow them), and
@@ -278,6 +296,19 @@ pub(crate) async fn execute(
                     )),
                 },
             },
+            State::CallModel { .. } if token_cap.is_some_and(|(cap, _)| spent >= cap) => {
+                let (cap, name) = token_cap.unwrap_or_default();
+                State::Settle {
+                    step: None,
+                    ending: Ending {
+                        status: TurnStatus::Yielded,
+                        reply: None,
+                        error: Some(format!(
+                            "used its share of the spending: {spent} of {cap} tokens ({name} per run); {resume_hint}"
+                        )),
+                    },
+                }
+            }
             State::CallModel { iteration } => {
                 let step = StepKey::Model { iteration };
                 match done.get(&step).and_then(|e| serde_json::from_str::<ModelStep>(&e.data).ok())
@@ -347,6 +378,7 @@ pub(crate) async fn execute(
                             }
                         };
                         let made = model_step(&outcome, &request, hands.specs_digest());
+                        spent = spent.saturating_add(made.input_tokens + made.output_tokens);
                         messages = request.messages;
                         let entry = JournalEntry {
                             step,
@@ -370,6 +402,8 @@ pub(crate) async fn execute(
                         }
                     }
                     Some(replayed) => {
+                        spent =
+                            spent.saturating_add(replayed.input_tokens + replayed.output_tokens);
                         messages.push(assistant(&replayed));
                         last_model = Some(replayed.model.clone());
                         if replayed.tool_calls.is_empty() {
@@ -935,6 +969,8 @@ mod tests {
                 done: HashMap::new(),
                 events: &events,
                 max_iterations: 4,
+                max_tokens: None,
+                spent_before: 0,
                 steer: false,
                 resume_hint: "resume it".into(),
             };
@@ -1093,6 +1129,36 @@ mod tests {
             "{error}"
         );
         assert_eq!(case.journal.writes.last().unwrap().outbox, [EventKind::TurnYielded]);
+    }
+
+    #[tokio::test]
+    async fn a_fork_yields_once_it_spent_its_share_of_tokens() {
+        // Each scripted call spends 5 tokens: 12 allow three calls, the third passing it.
+        let model = Scripted { always_tools: true, ..Scripted::default() };
+        let case =
+            Case::run("loop", ProcessKind::Worker, MemoryJournal::default(), model, |plan| {
+                plan.max_iterations = 10;
+                plan.max_tokens = Some((12, "sessions.workers.max_tokens"));
+            })
+            .await;
+        assert_eq!(case.model.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(case.ending().status, TurnStatus::Yielded);
+        let error = case.ending().error.clone().unwrap();
+        assert!(
+            error.contains("15 of 12 tokens (sessions.workers.max_tokens per run)")
+                && error.contains("resume it"),
+            "{error}"
+        );
+        // What its earlier turns spent counts: past the share, no call is made at all.
+        let model = Scripted { always_tools: true, ..Scripted::default() };
+        let case =
+            Case::run("loop", ProcessKind::Worker, MemoryJournal::default(), model, |plan| {
+                plan.max_tokens = Some((12, "sessions.workers.max_tokens"));
+                plan.spent_before = 20;
+            })
+            .await;
+        assert_eq!(case.model.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(case.ending().status, TurnStatus::Yielded);
     }
 
     #[tokio::test]
