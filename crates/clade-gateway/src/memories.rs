@@ -16,8 +16,8 @@ use crate::AppState;
 use crate::agents::{JsonBody, checked_limit, query_rejection};
 use crate::api::{
     CreateMemoryParams, LinkMemoryParams, MemoriesQuery, MemoryLinkResponse, MemoryListResponse,
-    MemoryProvenance, MemoryResponse, MemorySearchResponse, MemoryUpkeepResponse, RecalledMemory,
-    SavedMemoryResponse, SearchMemoriesParams,
+    MemoryProvenance, MemoryResponse, MemorySearchResponse, MemoryUpkeepResponse,
+    PrunedMemoriesQuery, RecalledMemory, SavedMemoryResponse, SearchMemoriesParams,
 };
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
@@ -116,20 +116,6 @@ pub(crate) async fn list(
 ) -> Result<axum::Json<MemoryListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
     let limit = checked_limit(query.limit)?;
-    if query.pruned {
-        if query.scope.is_some() || query.kind.is_some() || query.cursor.is_some() {
-            return Err(ApiError::new(
-                Code::InvalidRequest,
-                "pruned=true lists the pruned items of every scope and kind on one page: leave out scope, kind and cursor",
-            ));
-        }
-        let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
-        let rows = store.pruned_memories(agent.id, limit).await?;
-        return Ok(axum::Json(MemoryListResponse {
-            items: rows.into_iter().map(memory_response).collect(),
-            next_cursor: None,
-        }));
-    }
     let before = query.cursor.as_deref().map(cursor_of).transpose()?;
     let key = checked_scope(query.scope)?;
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
@@ -253,6 +239,23 @@ pub(crate) async fn search(
     }))
 }
 
+/// The items the cortex pruned (every scope and kind), the latest pruned first.
+pub(crate) async fn pruned(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path(handle): Path<String>,
+    query: Result<Query<PrunedMemoriesQuery>, QueryRejection>,
+) -> Result<axum::Json<MemoryListResponse>, ApiError> {
+    let Query(query) = query.map_err(query_rejection)?;
+    let limit = checked_limit(query.limit)?;
+    let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
+    let rows = store.pruned_memories(agent.id, limit).await?;
+    Ok(axum::Json(MemoryListResponse {
+        items: rows.into_iter().map(memory_response).collect(),
+        next_cursor: None,
+    }))
+}
+
 pub(crate) async fn restore(
     State(state): State<AppState>,
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
@@ -264,7 +267,7 @@ pub(crate) async fn restore(
         clade_store::Error::MemoryNotFound(_) => ApiError::new(
             Code::MemoryNotFound,
             format!(
-                "agent {handle} has no pruned memory {id}: list them with GET /v1/agents/{handle}/memories?pruned=true"
+                "agent {handle} has no pruned memory {id}: list them with GET /v1/agents/{handle}/memories/pruned"
             ),
         ),
         other => other.into(),

@@ -702,12 +702,8 @@ pub static OPERATIONS: &[Operation] = &[
         params: &[HANDLE],
         query: Some(fields::<api::MemoriesQuery>),
         responses: &[
-            ok(
-                "200",
-                "one page, most recently updated first (with `pruned=true`: the pruned, latest first)",
-                of::<api::MemoryListResponse>,
-            ),
-            error("400", "invalid query, or `pruned=true` with scope, kind or cursor"),
+            ok("200", "one page, most recently updated first", of::<api::MemoryListResponse>),
+            error("400", "invalid query"),
             error("404", "no such agent"),
         ],
         ..op(
@@ -814,6 +810,22 @@ pub static OPERATIONS: &[Operation] = &[
             &[Operate],
             "Link two items of an agent's memory (recalling one brings the other)",
             || post(memories::link),
+        )
+    },
+    Operation {
+        params: &[HANDLE],
+        query: Some(fields::<api::PrunedMemoriesQuery>),
+        responses: &[
+            ok("200", "the latest pruned first, one page", of::<api::MemoryListResponse>),
+            error("400", "invalid query"),
+            error("404", "no such agent"),
+        ],
+        ..op(
+            "GET",
+            "/v1/agents/{handle}/memories/pruned",
+            &[Read],
+            "The items of an agent's memory the cortex pruned (faded, or merged into another), restorable until purged",
+            || get(memories::pruned),
         )
     },
     Operation {

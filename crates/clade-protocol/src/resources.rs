@@ -1336,10 +1336,16 @@ pub struct MemoriesQuery {
     #[serde(default)]
     #[schemars(pattern(r"^[0-9]{1,18}\.[0-9a-f]{32}$"))]
     pub cursor: Option<String>,
-    /// List the items upkeep pruned instead (of every scope and kind, the latest pruned first,
-    /// one page): `scope`, `kind` and `cursor` then stay out.
+}
+
+/// Query of `GET /v1/agents/{handle}/memories/pruned`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrunedMemoriesQuery {
+    /// How many, the latest pruned first.
     #[serde(default)]
-    pub pruned: bool,
+    #[schemars(range(min = 1, max = MAX_PAGE), extend("default" = DEFAULT_PAGE))]
+    pub limit: Option<u32>,
 }
 
 /// `POST /v1/agents/{handle}/memories`.

@@ -661,22 +661,21 @@ async fn the_cortex_merges_a_repeat_in_the_background_and_an_operator_restores_i
     };
     assert_eq!(live.len(), 1, "the cortex did not merge the repeat: {live:?}");
     let kept = live[0]["id"].as_str().unwrap().to_owned();
-    let (_, pruned) = server.send("GET", "/v1/agents/ada/memories?pruned=true", None, None).await;
+    let (_, pruned) = server.send("GET", "/v1/agents/ada/memories/pruned", None, None).await;
     let repeat = pruned["items"][0].clone();
     assert_eq!(repeat["pruned_why"], format!("merged into {kept}"), "{pruned}");
     let repeat_id = repeat["id"].as_str().unwrap().to_owned();
     let cli = env.run(&["memory", "list", "--pruned", "--agent", "ada"]).ok().stdout;
     assert!(cli.contains(&repeat_id) && cli.contains("merged into"), "{cli}");
     let (status, bad) =
-        server.send("GET", "/v1/agents/ada/memories?pruned=true&scope=x", None, None).await;
+        server.send("GET", "/v1/agents/ada/memories/pruned?limit=0", None, None).await;
     assert_eq!(status, 400, "{bad}");
 
     // Another tenant's admin: its own ada has no such item, and it sees no pruned ones.
     let restore = format!("/v1/agents/ada/memories/{repeat_id}/restore");
     let (status, refused) = server.send("POST", &restore, Some(&evil), None).await;
     assert_eq!((status, refused["error"]["code"].as_str()), (404, Some("memory_not_found")));
-    let (_, theirs) =
-        server.send("GET", "/v1/agents/ada/memories?pruned=true", Some(&evil), None).await;
+    let (_, theirs) = server.send("GET", "/v1/agents/ada/memories/pruned", Some(&evil), None).await;
     assert_eq!(theirs["items"], json!([]), "{theirs}");
 
     let (status, back) = server.send("POST", &restore, None, None).await;
