@@ -88,6 +88,9 @@ pub trait ChatApi: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<u8>, PlatformError>>;
 }
 
+/// The actor of a shared group chat's conversation.
+pub const GROUP_ACTOR: &str = "group";
+
 /// What every channel's configuration says besides its platform's own settings.
 #[derive(Clone)]
 pub struct Settings {
@@ -101,6 +104,9 @@ pub struct Settings {
     pub stream: bool,
     /// Attempts to deliver a reply before it is dead-lettered.
     pub max_attempts: u32,
+    /// Whether a group chat is one conversation (its messages naming their senders), rather
+    /// than one per sender.
+    pub shared_groups: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -221,6 +227,8 @@ pub struct Inbound {
     pub id: String,
     /// Files sent with it.
     pub attachments: Vec<Attachment>,
+    /// In a group chat, how its sender is named to the others; `None` in a one-to-one chat.
+    pub group: Option<String>,
 }
 
 /// A streamed reply being drafted in one message.
@@ -249,6 +257,7 @@ pub struct Channel<A: ChatApi> {
     store: Store,
     health: Health,
     stream: bool,
+    shared_groups: bool,
     max_attempts: u32,
     /// Drafts of streamed replies, by turn id.
     drafts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Draft>>>>,
@@ -298,6 +307,7 @@ impl<A: ChatApi> Channel<A> {
             engine,
             health,
             stream: settings.stream,
+            shared_groups: settings.shared_groups,
             max_attempts: settings.max_attempts,
             drafts: Mutex::default(),
             progress: Mutex::default(),
@@ -431,10 +441,19 @@ impl<A: ChatApi> Channel<A> {
 
     pub async fn take(self: &Arc<Self>, message: Inbound) -> Result<Taken, NotTaken> {
         let (name, platform) = (self.name.as_str(), self.api.platform());
+        let mut message = message;
+        // A shared group chat is one conversation: its sender is named in the text instead.
+        let actor = match message.group.take() {
+            Some(sender) if self.shared_groups => {
+                message.text = format!("{sender}: {}", message.text);
+                GROUP_ACTOR.to_owned()
+            }
+            _ => std::mem::take(&mut message.actor),
+        };
         let source = Source {
             platform: platform.to_owned(),
             channel: format!("{name}:{}", message.chat),
-            actor: message.actor,
+            actor,
         };
         let Some(agent) = self.engine.route_source(&source) else {
             self.health.update(platform, name, |h| h.unrouted += 1);

@@ -139,7 +139,7 @@ fn channel_settings(
     field: &str,
     name: &str,
     (token_env, api_url, public): (&str, &Option<String>, &str),
-    (stream, max_attempts): (bool, u32),
+    (stream, max_attempts, groups): (bool, u32, clade_config::GroupSessions),
 ) -> std::result::Result<clade_channels::channel::Settings, String> {
     Ok(clade_channels::channel::Settings {
         name: name.to_owned(),
@@ -147,6 +147,7 @@ fn channel_settings(
         token: channel_variable(field, token_env, "the bot's token")?,
         stream,
         max_attempts,
+        shared_groups: groups == clade_config::GroupSessions::Shared,
     })
 }
 
@@ -162,7 +163,7 @@ pub(crate) fn telegram_bots_of(
         .map(|(name, bot)| {
             let field = format!("channels.telegram.{name}");
             let api = (bot.token_env.as_str(), &bot.api_url, clade_channels::telegram::PUBLIC_API);
-            let settings = channel_settings(&field, name, api, (bot.stream, bot.max_attempts))?;
+            let settings = channel_settings(&field, name, api, (bot.stream, bot.max_attempts, bot.group_sessions))?;
             let webhook_secret = match (bot.mode, &bot.webhook_secret_env) {
                 (clade_config::TelegramMode::Webhook, Some(variable)) => {
                     let secret = channel_variable(&field, variable, "the webhook's secret token")?;
@@ -199,7 +200,7 @@ pub(crate) fn discord_bots_of(
         .map(|(name, bot)| {
             let field = format!("channels.discord.{name}");
             let api = (bot.token_env.as_str(), &bot.api_url, clade_channels::discord::PUBLIC_API);
-            channel_settings(&field, name, api, (bot.stream, bot.max_attempts))
+            channel_settings(&field, name, api, (bot.stream, bot.max_attempts, bot.group_sessions))
         })
         .collect()
 }
@@ -216,7 +217,12 @@ pub(crate) fn slack_apps_of(
         .map(|(name, app)| {
             let field = format!("channels.slack.{name}");
             let api = (app.token_env.as_str(), &app.api_url, clade_channels::slack::PUBLIC_API);
-            let settings = channel_settings(&field, name, api, (app.stream, app.max_attempts))?;
+            let settings = channel_settings(
+                &field,
+                name,
+                api,
+                (app.stream, app.max_attempts, app.group_sessions),
+            )?;
             let mode = match (app.mode, &app.app_token_env, &app.signing_secret_env) {
                 (clade_config::SlackMode::Socket, Some(variable), _) => {
                     clade_channels::slack::Mode::Socket {

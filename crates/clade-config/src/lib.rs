@@ -392,7 +392,17 @@ pub struct TenantConfig {
     /// their bodies to an agent of this tenant.
     #[serde(default)]
     pub hooks: BTreeMap<String, HookConfig>,
+    /// Values the tenant's agents' persona files name as `{{name}}`, filled in each time a
+    /// prompt is composed (so a change reaches the next turn), beside the built-in `{{agent}}`
+    /// (its display name), `{{handle}}` and `{{tenant}}`. The entry `"*"` holds those of every
+    /// tenant, which a tenant's own override. Names are 1-64 of a-z, 0-9 and _; values at most
+    /// 4 KiB. A name nobody set stays as written.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
 }
+
+/// The persona variables every agent has: its display name, its handle and its tenant's name.
+pub const BUILTIN_VARIABLES: [&str; 3] = ["agent", "handle", "tenant"];
 
 /// An inbound webhook: another service's requests, signed with a shared secret, become
 /// events of an agent.
@@ -849,6 +859,11 @@ pub struct DiscordConfig {
     /// Attempts to deliver a reply before it is dead-lettered.
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// Group chats (Telegram groups, Discord guild channels, Slack channels): `shared` (the
+    /// default), one conversation per chat in which each message names its sender, as people
+    /// in a group expect; or `per_person`, one per sender in each chat.
+    #[serde(default)]
+    pub group_sessions: GroupSessions,
 }
 
 impl DiscordConfig {
@@ -885,6 +900,11 @@ pub struct SlackConfig {
     /// Attempts to deliver a reply before it is dead-lettered.
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// Group chats (Telegram groups, Discord guild channels, Slack channels): `shared` (the
+    /// default), one conversation per chat in which each message names its sender, as people
+    /// in a group expect; or `per_person`, one per sender in each chat.
+    #[serde(default)]
+    pub group_sessions: GroupSessions,
 }
 
 /// How a Slack app's events arrive.
@@ -988,6 +1008,22 @@ pub struct TelegramConfig {
     /// Attempts to deliver a reply before it is dead-lettered.
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// Group chats (Telegram groups, Discord guild channels, Slack channels): `shared` (the
+    /// default), one conversation per chat in which each message names its sender, as people
+    /// in a group expect; or `per_person`, one per sender in each chat.
+    #[serde(default)]
+    pub group_sessions: GroupSessions,
+}
+
+/// How a chat channel's group chats map to conversations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupSessions {
+    /// One conversation per group chat, each message naming its sender.
+    #[default]
+    Shared,
+    /// One conversation per sender in each group chat.
+    PerPerson,
 }
 
 /// How a Telegram bot's updates arrive.
@@ -1655,6 +1691,27 @@ impl Config {
             }
         }
         for (tenant, config) in &self.tenants {
+            for (name, value) in &config.variables {
+                let field = format!("tenants.{tenant}.variables.{name}");
+                let good_name = (1..=64).contains(&name.len())
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !good_name {
+                    return fail(format!("{field}: a variable's name is 1-64 of a-z, 0-9 and _"));
+                }
+                if BUILTIN_VARIABLES.contains(&name.as_str()) {
+                    return fail(format!(
+                        "{field}: {{{{{name}}}}} is built in (the agent's own); choose another name"
+                    ));
+                }
+                if value.len() > 4096 {
+                    return fail(format!(
+                        "{field}: {} bytes, over the 4,096 a value may hold",
+                        value.len()
+                    ));
+                }
+            }
             for (name, hook) in &config.hooks {
                 let field = format!("tenants.{tenant}.hooks.{name}");
                 if tenant == "*" {

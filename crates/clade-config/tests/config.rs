@@ -352,6 +352,25 @@ fn the_cortex_and_the_forks_shares_are_checked() {
 }
 
 #[test]
+fn persona_variables_are_checked() {
+    let check =
+        |text: &str| parse(text).unwrap().check(Path::new("clade.yaml")).map_err(|e| e.to_string());
+    check("tenants:\n  \"*\":\n    variables: { company: Acme, support_2: x }\n").unwrap();
+    for (bad, says) in [
+        ("{ Company: x }", "1-64 of a-z"),
+        ("{ agent: x }", "built in"),
+        ("{ \"\": x }", "1-64 of a-z"),
+    ] {
+        let err = check(&format!("tenants:\n  default:\n    variables: {bad}\n")).unwrap_err();
+        assert!(err.contains("tenants.default.variables") && err.contains(says), "{bad}: {err}");
+    }
+    let long = "x".repeat(5000);
+    let err =
+        check(&format!("tenants:\n  default:\n    variables: {{ big: {long} }}\n")).unwrap_err();
+    assert!(err.contains("4,096"), "{err}");
+}
+
+#[test]
 fn a_local_model_needs_no_key() {
     let config =
         parse("models:\n  small:\n    provider: local\n    model: smollm2-135m-instruct\n")

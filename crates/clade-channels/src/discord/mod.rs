@@ -489,6 +489,11 @@ fn read_message(d: &Value, user: &str) -> Result<Option<Inbound>, String> {
         text,
         id: format!("{channel}:{id}"),
         attachments,
+        // A guild channel is a group chat: its sender named as the others see them.
+        group: (!direct).then(|| {
+            let author_of = |field: &str| d["author"][field].as_str().filter(|n| !n.is_empty());
+            author_of("global_name").or(author_of("username")).unwrap_or(author).to_owned()
+        }),
     }))
 }
 

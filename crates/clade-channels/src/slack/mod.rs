@@ -332,6 +332,9 @@ fn read_event(payload: &Value) -> Result<Option<Inbound>, String> {
         text,
         id: format!("{channel}:{ts}"),
         attachments,
+        // Outside a direct message, a channel's people share its conversation; Slack shows
+        // `<@U…>` as the person's name.
+        group: (!direct).then(|| format!("<@{user}>")),
     }))
 }
 

@@ -126,11 +126,37 @@ pub struct User {
     pub id: i64,
     #[serde(default)]
     pub is_bot: bool,
+    #[serde(default)]
+    pub first_name: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+}
+
+impl User {
+    /// How the others in a group know them: first name and `@username`, as far as known.
+    pub fn named(&self) -> String {
+        match (self.first_name.as_deref(), self.username.as_deref()) {
+            (Some(first), Some(user)) => format!("{first} (@{user})"),
+            (Some(first), None) => first.to_owned(),
+            (None, Some(user)) => format!("@{user}"),
+            (None, None) => format!("user {}", self.id),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Chat {
     pub id: i64,
+    /// `private`, `group`, `supergroup` or `channel`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+}
+
+impl Chat {
+    /// Whether several people talk in it.
+    pub fn is_group(&self) -> bool {
+        matches!(self.kind.as_deref(), Some("group" | "supergroup"))
+    }
 }
 
 /// A bot's client of the Bot API.

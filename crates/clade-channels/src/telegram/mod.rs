@@ -220,6 +220,7 @@ impl Bot {
             actor: from.id.to_string(),
             text,
             attachments: message.attachments(),
+            group: message.chat.is_group().then(|| from.named()),
         };
         self.channel.take(inbound).await
     }

@@ -287,7 +287,7 @@ async fn a_discord_bot_serves_two_tenants_and_resumes_its_gateway_session() {
         ));
     }
     assert!(until(&fake, |f| f.created.len() == 2).await, "the mention was not answered");
-    assert_eq!(fake.lock().unwrap().created[1], ("C5".to_owned(), "echo: bonjour".to_owned()));
+    assert_eq!(fake.lock().unwrap().created[1], ("C5".to_owned(), "echo: p: bonjour".to_owned()));
     // Heartbeats are sent and acknowledged.
     assert!(until(&fake, |f| f.heartbeats >= 1).await, "no heartbeat");
 
@@ -397,7 +397,7 @@ async fn a_restarted_bot_fetches_what_was_sent_while_it_was_down() {
     let replies: Vec<&str> = created.iter().map(|(_, text)| text.as_str()).collect();
     assert_eq!(replies.len(), 4, "{replies:?}");
     assert!(replies.contains(&"echo: while you were away"), "{replies:?}");
-    assert!(replies.contains(&"echo: and you?"), "{replies:?}");
+    assert!(replies.contains(&"echo: p: and you?"), "{replies:?}");
     assert!(!replies.iter().any(|r| r.contains("chatting")), "chatter is not for the bot");
     let listed = fake.lock().unwrap().listed.clone();
     assert!(listed.contains(&("D1".to_owned(), "100".to_owned())), "{listed:?}");

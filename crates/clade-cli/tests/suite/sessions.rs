@@ -295,19 +295,22 @@ async fn event_send_and_chat_talk_to_the_server() {
     assert_eq!(turns["items"].as_array().unwrap().len(), 2, "{turns}");
 }
 
-/// The model's system prompt is composed in layers: the agent's files, then its platform's,
-/// channel's and actor's files from the workspace, then the runtime's additions (where the
-/// conversation happens, today's date). A layer's edit changes the turn's config revision; a
+/// The model's system prompt is composed in layers: the agent's files (their `{{variables}}`
+/// filled in), then its platform's, channel's and actor's files from the workspace, then the
+/// runtime's additions (where the conversation happens, today's date). A layer's edit changes the turn's config revision; a
 /// name that is no plain file name gets no layer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persona_layers_compose_in_order() {
     let stub = stub().await;
     let env = setup(
-        "models:\n  m:\n    provider: openai\n    model: stub\n    base_url: {stub}/v1\n    api_key_env: STUB_KEY\nrouting:\n  default: [m]\n",
+        "models:\n  m:\n    provider: openai\n    model: stub\n    base_url: {stub}/v1\n    api_key_env: STUB_KEY\nrouting:\n  default: [m]\ntenants:\n  \"*\":\n    variables: { company: Acme, tone: plain }\n  default:\n    variables: { tone: warm }\n",
         &stub,
     );
     let ws = std::path::PathBuf::from(env.run(&["agents", "workspace", "ada"]).ok().stdout.trim());
-    write(&ws.join("SOUL.md"), "AGENT-LAYER");
+    write(
+        &ws.join("SOUL.md"),
+        "AGENT-LAYER: {{handle}} of {{tenant}} works for {{company}}, {{tone}}; {{unset}} stays",
+    );
     write(&ws.join("channels/http.md"), "PLATFORM-LAYER");
     write(&ws.join("channels/http/c.md"), "CHANNEL-LAYER");
     write(&ws.join("actors/http/pat.md"), "ACTOR-LAYER");
@@ -339,6 +342,11 @@ async fn persona_layers_compose_in_order() {
     assert!(at("CHANNEL-LAYER") < at("ACTOR-LAYER"), "{system}");
     assert!(at("ACTOR-LAYER") < at("You are talking on http in channel c with pat."), "{system}");
     assert!(system.contains(" (UTC)."), "{system}");
+    // Variables are filled in as the prompt is composed: built in, the tenant's over "*".
+    assert!(
+        system.contains("AGENT-LAYER: ada of default works for Acme, warm; {{unset}} stays"),
+        "{system}"
+    );
     // Another actor of the same channel: no actor layer, another revision.
     let other = send("sam").await;
     let system = system_of_last();

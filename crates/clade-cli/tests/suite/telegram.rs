@@ -699,3 +699,40 @@ async fn files_sent_with_messages_reach_the_agents_workspace_within_a_limit() {
     assert_eq!(std::fs::read(&kept[0]).unwrap(), b"JPEGDATA");
     drop(server);
 }
+
+/// In a group chat the people share one conversation: each message is named after its sender
+/// (so the agent knows who spoke), all go to one session, and replies go to the group; a
+/// private chat stays a conversation of its own, its text as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_chat_is_one_conversation_naming_each_sender() {
+    let fake: Fake = Arc::default();
+    let api = serve_fake(&fake).await;
+    let env = desk(&api, "poll_timeout_secs: 1", "default_agent: ada\n");
+    let in_group = |update: i64, from: Value, text: &str| {
+        json!({"update_id": update, "message": {
+            "message_id": update * 10, "date": 1_700_000_000, "from": from,
+            "chat": {"id": -500, "type": "supergroup", "title": "team"}, "text": text,
+        }})
+    };
+    {
+        let mut f = fake.lock().unwrap();
+        let ann = json!({"id": 7, "is_bot": false, "first_name": "Ann", "username": "ann"});
+        let bo = json!({"id": 8, "is_bot": false, "first_name": "Bo"});
+        f.updates.insert(1, in_group(1, ann, "shall we ship today?"));
+        f.updates.insert(2, in_group(2, bo, "after lunch"));
+        f.updates.insert(3, message(3, 7, "just me"));
+    }
+    let server = env.serve(&[]);
+    assert!(super::support::until(&fake, |f| f.sent.len() >= 3).await, "no replies");
+    let sent = fake.lock().unwrap().sent.clone();
+    assert!(
+        sent.contains(&(-500, "echo: Ann (@ann): shall we ship today?".to_owned())),
+        "{sent:?}"
+    );
+    assert!(sent.contains(&(-500, "echo: Bo: after lunch".to_owned())), "{sent:?}");
+    assert!(sent.contains(&(7, "echo: just me".to_owned())), "{sent:?}");
+    let group = server.sessions_on("ada", "telegram", "desk:-500").await;
+    assert_eq!(group.len(), 1, "one conversation for the group: {group:?}");
+    assert_eq!(group[0]["actor"], "group", "{group:?}");
+    assert_eq!(server.all_turns(group[0]["id"].as_str().unwrap()).await.len(), 2);
+}

@@ -302,7 +302,11 @@ fn paragraph(system: &mut String, text: &str) {
 }
 
 /// The agent's persona files, in their fixed order.
-pub(super) struct PersonaFiles<'a>(pub(super) &'a Persona);
+pub(super) struct PersonaFiles<'a> {
+    pub(super) persona: &'a Persona,
+    /// `{{name}}`s and their values ([`persona_variables`]).
+    pub(super) variables: &'a [(String, String)],
+}
 
 impl ContextSource for PersonaFiles<'_> {
     fn contribute<'a>(
@@ -310,15 +314,72 @@ impl ContextSource for PersonaFiles<'_> {
         _: &'a TurnInput<'a>,
         into: &'a mut Composed,
     ) -> BoxFuture<'a, ()> {
-        for (_, contents) in &self.0.files {
+        for (_, contents) in &self.persona.files {
             if let Ok(text) = std::str::from_utf8(contents)
                 && !contents.is_empty()
             {
-                paragraph(&mut into.system, text);
+                paragraph(&mut into.system, &render(text, self.variables));
             }
         }
         Box::pin(std::future::ready(()))
     }
+}
+
+/// `text` with each `{{name}}` of `variables` replaced by its value, in one pass (a value is
+/// never read for names itself); a name without a value stays as written.
+pub(super) fn render(text: &str, variables: &[(String, String)]) -> String {
+    if !text.contains("{{") {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let value = after.find("}}").and_then(|end| {
+            let name = &after[..end];
+            let found = variables.iter().find(|(key, _)| key == name);
+            found.map(|(_, value)| (value, end))
+        });
+        match value {
+            Some((value, end)) => {
+                out.push_str(value);
+                rest = &after[end + 2..];
+            }
+            None => {
+                out.push_str("{{");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The variables an agent's persona files may name: the built-in `agent`, `handle` and
+/// `tenant`, then its tenant's `variables` over those of `"*"`.
+pub(super) fn persona_variables(
+    tenants: &std::collections::BTreeMap<String, clade_config::TenantConfig>,
+    tenant: &clade_core::Tenant,
+    agent: &clade_core::Agent,
+) -> Vec<(String, String)> {
+    let shown =
+        if agent.display_name.is_empty() { agent.handle.as_str() } else { &agent.display_name };
+    let mut variables = vec![
+        ("agent".to_owned(), shown.to_owned()),
+        ("handle".to_owned(), agent.handle.as_str().to_owned()),
+        ("tenant".to_owned(), tenant.name.as_str().to_owned()),
+    ];
+    let own = tenants.get(tenant.name.as_str()).map(|t| &t.variables);
+    let every = tenants.get("*").map(|t| &t.variables);
+    for set in [own, every].into_iter().flatten() {
+        for (name, value) in set {
+            if !variables.iter().any(|(key, _)| key == name) {
+                variables.push((name.clone(), value.clone()));
+            }
+        }
+    }
+    variables
 }
 
 /// The session's own persona layers (platform, channel, actor).
@@ -716,5 +777,24 @@ impl ContextSource for WorkUnderWay<'_> {
             }
             into.working.push_str(&block);
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+
+    #[test]
+    fn variables_are_filled_in_once_and_unknown_ones_stay() {
+        let vars = [
+            ("agent".to_owned(), "Ada".to_owned()),
+            ("company".to_owned(), "Acme {{agent}}".to_owned()),
+        ];
+        assert_eq!(
+            render("I am {{agent}} of {{company}}; {{missing}} and {{ stays", &vars),
+            "I am Ada of Acme {{agent}}; {{missing}} and {{ stays"
+        );
+        assert_eq!(render("no variables", &vars), "no variables");
+        assert_eq!(render("{{agent}}{{agent}}}}", &vars), "AdaAda}}");
     }
 }

@@ -135,8 +135,9 @@ pub(super) async fn run_turn(
     let window = super::compaction::Window::of(inner, ctx);
     let Kept { history, layers, compact, working, forks, .. } = kept;
     let recall = inner.recall.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let variables = super::context::persona_variables(&ctx.settings.tenants, tenant, agent);
     let mut sources: [&mut dyn ContextSource; 8] = [
-        &mut PersonaFiles(&persona),
+        &mut PersonaFiles { persona: &persona, variables: &variables },
         &mut SessionLayers(layers),
         &mut Whereabouts { source: &session.source, now: store.now() },
         &mut ForkedFrom { inner, ctx, fork: fork.as_ref() },
