@@ -204,7 +204,10 @@ async fn a_slack_app_serves_two_tenants_over_socket_mode() {
     fake.lock().unwrap().outgoing.push_back(envelope("e5", mention));
     assert!(until(&fake, |f| f.posted.len() == 2).await, "the mention was not answered");
     let posted = fake.lock().unwrap().posted.clone();
-    assert_eq!(posted[1], ("C22".to_owned(), Some("5.0".to_owned()), "echo: <@U9>: bonjour".to_owned()));
+    assert_eq!(
+        posted[1],
+        ("C22".to_owned(), Some("5.0".to_owned()), "echo: <@U9>: bonjour".to_owned())
+    );
     assert_eq!(posted.len(), 2, "{posted:?}");
 
     // Each chat is its tenant's, and the repeat was no second turn.
