@@ -1238,6 +1238,11 @@ pub struct RoutingConfig {
     /// default tenant).
     #[serde(default)]
     pub agents: BTreeMap<String, AgentRouting>,
+    /// Per-template chains, keyed by persona template (`coder`, `researcher`, a folder under
+    /// `<data-dir>/templates/`): the agents made from it use them unless `agents` names their
+    /// own, so a role brings its models (a coder's larger model, a reviewer's careful one).
+    #[serde(default)]
+    pub templates: BTreeMap<String, AgentRouting>,
     /// Retries on one model before falling back (default 2).
     #[serde(default)]
     pub retries: Option<u32>,
@@ -1515,11 +1520,13 @@ impl Config {
         let r = &self.routing;
         let mut chains: Vec<(String, &Vec<String>)> = vec![("routing.default".into(), &r.default)];
         chains.extend(kinds(&r.kinds).map(|(k, v)| (format!("routing.{k}"), v)));
-        for (agent, routes) in &r.agents {
-            chains.push((format!("routing.agents.{agent}.default"), &routes.default));
-            chains.extend(
-                kinds(&routes.kinds).map(|(k, v)| (format!("routing.agents.{agent}.{k}"), v)),
-            );
+        for (section, entries) in [("agents", &r.agents), ("templates", &r.templates)] {
+            for (name, routes) in entries {
+                chains.push((format!("routing.{section}.{name}.default"), &routes.default));
+                chains.extend(
+                    kinds(&routes.kinds).map(|(k, v)| (format!("routing.{section}.{name}.{k}"), v)),
+                );
+            }
         }
         for (field, chain) in chains {
             if let Some(missing) = chain.iter().find(|m| !known(m)) {

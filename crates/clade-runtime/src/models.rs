@@ -97,6 +97,24 @@ type Ancestors = Arc<[(clade_core::AgentId, String)]>;
 /// starts over, which only costs rebuilding them.
 const MAX_ROUTERS: usize = 4096;
 
+/// Who a model call is routed for: the agent's tenant, handle and persona template.
+#[derive(Debug, Clone, Copy)]
+pub struct Routed<'a> {
+    pub tenant: &'a str,
+    pub handle: &'a str,
+    pub template: &'a str,
+}
+
+impl<'a> Routed<'a> {
+    pub fn of(tenant: &'a clade_core::Tenant, agent: &'a Agent) -> Self {
+        Self {
+            tenant: tenant.name.as_str(),
+            handle: agent.handle.as_str(),
+            template: agent.config.template.as_str(),
+        }
+    }
+}
+
 impl Models {
     pub fn new(
         config: &Config,
@@ -159,16 +177,19 @@ impl Models {
         Self { jitter: Some(jitter), ..self }
     }
 
-    /// The fallback chain for a kind of call by an agent, given as (tenant name, handle): the
-    /// agent's own chain for the kind (`routing.agents`, by agent reference), else its default,
-    /// else the deployment's chain for the kind, else the default.
-    pub fn chain(&self, kind: ProcessKind, agent: Option<(&str, &str)>) -> Vec<String> {
-        let own = agent.and_then(|(tenant, handle)| {
-            clade_config::for_agent(&self.routing.agents, tenant, handle)
-        });
+    /// The fallback chain for a kind of call by an agent: the agent's own chain for the kind
+    /// (`routing.agents`, by agent reference), else its own default, else its template's chain
+    /// for the kind (`routing.templates`), else the template's default, else the deployment's
+    /// chain for the kind, else the default.
+    pub fn chain(&self, kind: ProcessKind, agent: Option<Routed<'_>>) -> Vec<String> {
+        let own =
+            agent.and_then(|a| clade_config::for_agent(&self.routing.agents, a.tenant, a.handle));
+        let role = agent.and_then(|a| self.routing.templates.get(a.template));
         [
             own.map(|a| route_of(kind, &a.kinds)),
             own.map(|a| &a.default),
+            role.map(|a| route_of(kind, &a.kinds)),
+            role.map(|a| &a.default),
             Some(route_of(kind, &self.routing.kinds)),
             Some(&self.routing.default),
         ]
@@ -261,7 +282,7 @@ impl Models {
         request: &clade_model::ModelRequest,
         on_event: &mut (dyn FnMut(&clade_model::StreamEvent) + Send),
     ) -> Result<clade_model::CallOutcome, clade_model::CallError> {
-        let chain = self.chain(kind, agent.map(|a| (tenant.name.as_str(), a.handle.as_str())));
+        let chain = self.chain(kind, agent.map(|a| Routed::of(tenant, a)));
         let router = self.router_for(agent);
         let ancestors = match agent {
             Some(agent) => self.ancestors(tenant, agent).await,
@@ -306,9 +327,9 @@ impl Models {
         read
     }
 
-    /// The context window of the first model of `kind`'s chain for `agent` (tenant name,
-    /// handle): what compaction keeps that agent's turns within.
-    pub fn context_window(&self, kind: ProcessKind, agent: Option<(&str, &str)>) -> u32 {
+    /// The context window of the first model of `kind`'s chain for `agent`: what compaction
+    /// keeps that agent's turns within.
+    pub fn context_window(&self, kind: ProcessKind, agent: Option<Routed<'_>>) -> u32 {
         let chain = self.chain(kind, agent);
         chain
             .first()

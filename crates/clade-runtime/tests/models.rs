@@ -182,19 +182,36 @@ async fn oauth_tokens_refresh_and_are_stored_encrypted() {
 }
 
 #[tokio::test]
-async fn routes_follow_process_kind_and_agent_overrides() {
+async fn routes_follow_process_kind_and_agent_and_template_overrides() {
     let s = setup().await;
     let yaml = "models:\n  a:\n    provider: scripted\n  b:\n    provider: scripted\n  c:\n    provider: scripted\nrouting:\n  default: [a]\n  worker: [b]\n  agents:\n    ada:\n      compactor: [c]\n    acme/bob:\n      default: [b]\n";
     let m = models(&s, &config(yaml), EnvHints::default());
     assert_eq!(m.chain(ProcessKind::Channel, None), ["a"]);
     assert_eq!(m.chain(ProcessKind::Worker, None), ["b"]);
-    assert_eq!(m.chain(ProcessKind::Worker, Some(("default", "ada"))), ["b"]);
-    assert_eq!(m.chain(ProcessKind::Compactor, Some(("default", "ada"))), ["c"]);
-    assert_eq!(m.chain(ProcessKind::Compactor, Some(("default", "bob"))), ["a"]);
+    assert_eq!(m.chain(ProcessKind::Worker, Some(routed("default", "ada", "default"))), ["b"]);
+    assert_eq!(m.chain(ProcessKind::Compactor, Some(routed("default", "ada", "default"))), ["c"]);
+    assert_eq!(m.chain(ProcessKind::Compactor, Some(routed("default", "bob", "default"))), ["a"]);
     // An agent reference names one tenant's agent: a bare handle is the default tenant's, and
     // `acme/bob` is not the default tenant's bob.
-    assert_eq!(m.chain(ProcessKind::Compactor, Some(("acme", "ada"))), ["a"]);
-    assert_eq!(m.chain(ProcessKind::Channel, Some(("acme", "bob"))), ["b"]);
+    assert_eq!(m.chain(ProcessKind::Compactor, Some(routed("acme", "ada", "default"))), ["a"]);
+    assert_eq!(m.chain(ProcessKind::Channel, Some(routed("acme", "bob", "default"))), ["b"]);
+
+    // A template's chains come after the agent's own and before the deployment's.
+    let yaml = "models:\n  a:\n    provider: scripted\n  b:\n    provider: scripted\n  c:\n    provider: scripted\nrouting:\n  default: [a]\n  worker: [b]\n  templates:\n    coder:\n      default: [c]\n    reviewer:\n      compactor: [b]\n  agents:\n    ada:\n      default: [a]\n";
+    let m = models(&s, &config(yaml), EnvHints::default());
+    assert_eq!(m.chain(ProcessKind::Worker, Some(routed("default", "cy", "coder"))), ["c"]);
+    assert_eq!(m.chain(ProcessKind::Channel, Some(routed("default", "ada", "coder"))), ["a"]);
+    assert_eq!(m.chain(ProcessKind::Compactor, Some(routed("default", "rex", "reviewer"))), ["b"]);
+    assert_eq!(m.chain(ProcessKind::Channel, Some(routed("default", "rex", "reviewer"))), ["a"]);
+    assert_eq!(m.chain(ProcessKind::Worker, Some(routed("default", "rex", "reviewer"))), ["b"]);
+}
+
+fn routed<'a>(
+    tenant: &'a str,
+    handle: &'a str,
+    template: &'a str,
+) -> clade_runtime::models::Routed<'a> {
+    clade_runtime::models::Routed { tenant, handle, template }
 }
 
 /// A child agent (made by ada) spends out of ada's budget: with no budget of its own, its calls

@@ -38,7 +38,7 @@ impl Window {
         if !c.enabled {
             return None;
         }
-        let agent = (ctx.tenant.name.as_str(), ctx.agent.handle.as_str());
+        let agent = crate::models::Routed::of(&ctx.tenant, &ctx.agent);
         let tokens = inner.models().context_window(ProcessKind::Channel, Some(agent));
         let share = |percent: u8| (u64::from(tokens) * u64::from(percent) / 100) as u32;
         Some(Self {
@@ -126,7 +126,7 @@ pub(super) async fn compact(
         kept_tokens += size;
         kept += 1;
     }
-    let agent = (ctx.tenant.name.as_str(), ctx.agent.handle.as_str());
+    let agent = crate::models::Routed::of(&ctx.tenant, &ctx.agent);
     let models = inner.models();
     // The compactor's prompt must fit its own window, with room for its answer.
     let room = models.context_window(ProcessKind::Compactor, Some(agent)) / 2;

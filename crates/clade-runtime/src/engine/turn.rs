@@ -429,6 +429,7 @@ fn config_revision(
     persona: &Persona,
     layers: &Layers,
 ) -> i64 {
+    let routed = crate::models::Routed::of(tenant, agent);
     let (tenant, handle) = (tenant.name.as_str(), agent.handle.as_str());
     let mut digest = Sha256::new();
     for (file, contents) in &persona.files {
@@ -440,7 +441,7 @@ fn config_revision(
         digest.update(text.as_bytes());
         digest.update([0]);
     }
-    for model in inner.models().chain(kind, Some((tenant, handle))) {
+    for model in inner.models().chain(kind, Some(routed)) {
         digest.update(model.as_bytes());
         digest.update([0]);
     }

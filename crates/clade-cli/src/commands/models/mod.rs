@@ -22,6 +22,11 @@ pub(super) async fn run(ctx: &Ctx, cmd: ModelsCommand) -> Result<()> {
                 models.list().into_iter().map(|(a, b, c, d)| vec![a, b, c, d]).collect();
             output::table(&["NAME", "PROVIDER", "MODEL", "BASE URL"], &rows);
             println!();
+            // With --agent, its routes: its own, its template's, then the deployment's.
+            let routed = match ctx.explicit_agent() {
+                Some(_) => Some((ctx.tenant().await?, ctx.agent(None).await?)),
+                None => None,
+            };
             for (label, kind) in [
                 ("channel", ProcessKind::Channel),
                 ("branch", ProcessKind::Branch),
@@ -32,7 +37,10 @@ pub(super) async fn run(ctx: &Ctx, cmd: ModelsCommand) -> Result<()> {
                 println!(
                     "route {label:<10} {}",
                     models
-                        .chain(kind, ctx.explicit_agent().map(|a| (ctx.tenant_name(), a)))
+                        .chain(
+                            kind,
+                            routed.as_ref().map(|(t, a)| clade_runtime::models::Routed::of(t, a))
+                        )
                         .join(" -> ")
                 );
             }
@@ -60,8 +68,8 @@ pub(super) async fn run(ctx: &Ctx, cmd: ModelsCommand) -> Result<()> {
                 KindArg::Compactor => ProcessKind::Compactor,
                 KindArg::Cortex => ProcessKind::Cortex,
             };
-            let chain = models
-                .chain(kind, agent.as_ref().map(|a| (tenant.name.as_str(), a.handle.as_str())));
+            let routed = agent.as_ref().map(|a| clade_runtime::models::Routed::of(&tenant, a));
+            let chain = models.chain(kind, routed);
             let max_tokens = max_tokens
                 .or_else(|| chain.first().and_then(|m| models.max_tokens(m)))
                 .unwrap_or(1024);
