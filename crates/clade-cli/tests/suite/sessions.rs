@@ -311,6 +311,14 @@ async fn persona_layers_compose_in_order() {
         &ws.join("SOUL.md"),
         "AGENT-LAYER: {{handle}} of {{tenant}} works for {{company}}, {{tone}}; {{unset}} stays",
     );
+    // A persona file linked outside the workspace (the gateway's environment, say) reads as
+    // nothing: persona files are opened as the agent's tools open files.
+    let outside = env.data_dir().join("outside.md");
+    write(&outside, "OUTSIDE-SECRET");
+    std::fs::remove_file(ws.join("IDENTITY.md")).ok();
+    std::os::unix::fs::symlink(&outside, ws.join("IDENTITY.md")).unwrap();
+    std::fs::remove_file(ws.join("USER.md")).ok();
+    std::os::unix::fs::symlink("/proc/self/environ", ws.join("USER.md")).unwrap();
     write(&ws.join("channels/http.md"), "PLATFORM-LAYER");
     write(&ws.join("channels/http/c.md"), "CHANNEL-LAYER");
     write(&ws.join("actors/http/pat.md"), "ACTOR-LAYER");
@@ -342,6 +350,7 @@ async fn persona_layers_compose_in_order() {
     assert!(at("CHANNEL-LAYER") < at("ACTOR-LAYER"), "{system}");
     assert!(at("ACTOR-LAYER") < at("You are talking on http in channel c with pat."), "{system}");
     assert!(system.contains(" (UTC)."), "{system}");
+    assert!(!system.contains("OUTSIDE-SECRET") && !system.contains("sk-stub"), "{system}");
     // Variables are filled in as the prompt is composed: built in, the tenant's over "*".
     assert!(
         system.contains("AGENT-LAYER: ada of default works for Acme, warm; {{unset}} stays"),

@@ -30,6 +30,27 @@ fn stamp(path: &std::path::Path) -> Option<FileStamp> {
     Some((meta.len(), meta.ino(), meta.modified().ok()))
 }
 
+/// The most of one persona file a prompt shows.
+const MAX_PERSONA_FILE: usize = 256 * 1024;
+
+/// The file at `path` inside the agent's workspace `dir`, opened as its tools open files
+/// (`clade_tools::workspace::read`: nothing outside the workspace, whatever link the agent
+/// planted, say to `/proc/self/environ`); empty when it is missing or cannot be read.
+fn read_confined(dir: &std::path::Path, path: &std::path::Path) -> Vec<u8> {
+    let Some(relative) = path.strip_prefix(dir).ok().and_then(|p| p.to_str()) else {
+        return Vec::new();
+    };
+    match clade_tools::workspace::read(dir, relative, MAX_PERSONA_FILE) {
+        Ok((bytes, _)) => bytes,
+        Err(err) => {
+            if path.symlink_metadata().is_ok() {
+                tracing::warn!(file = relative, error = %err, "a persona file was not read");
+            }
+            Vec::new()
+        }
+    }
+}
+
 /// How long persona files stay trusted without a `stat`: an edit made outside Clade (an
 /// operator's editor) applies to turns that start at most this long after it. A tool call in
 /// this process (the agent's own `fs.write`, a shell command) ends the trust at once, so an
@@ -88,7 +109,7 @@ pub(super) fn read_persona(inner: &Inner, agent: &Agent) -> Arc<Persona> {
             let files = clade_store::agents::PERSONA_FILES
                 .into_iter()
                 .zip(&paths)
-                .map(|(file, path)| (file, std::fs::read(path).unwrap_or_default()))
+                .map(|(file, path)| (file, read_confined(&dir, path)))
                 .collect();
             Arc::new(Persona { files, seen })
         }
@@ -128,10 +149,11 @@ impl Layers {
         {
             self.files = paths.into_iter().map(|p| (p, None, String::new())).collect();
         }
+        let dir = inner.workspaces.locate(agent.id);
         for (path, seen, text) in &mut self.files {
             let now = stamp(path);
             if now != *seen {
-                *text = std::fs::read_to_string(&*path).unwrap_or_default();
+                *text = String::from_utf8(read_confined(&dir, path)).unwrap_or_default();
                 *seen = now;
             }
         }
@@ -336,7 +358,9 @@ pub(super) fn render(text: &str, variables: &[(String, String)]) -> String {
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let value = after.find("}}").and_then(|end| {
+        // A name is short: look no further for its end (a text of many `{{` stays linear).
+        let near = &after[..after.char_indices().nth(66).map_or(after.len(), |(i, _)| i)];
+        let value = near.find("}}").and_then(|end| {
             let name = &after[..end];
             let found = variables.iter().find(|(key, _)| key == name);
             found.map(|(_, value)| (value, end))
