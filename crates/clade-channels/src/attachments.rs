@@ -8,7 +8,6 @@
 //! about to go: every directory on the way is checked to be a real directory inside the
 //! workspace, and the file is opened without following a link.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::channel::PlatformError;
@@ -98,44 +97,20 @@ pub fn safe_name(name: &str) -> String {
     }
 }
 
-/// Writes `bytes` as `<workspace>/<dir>/<name>` (`dir` relative, each part safe), making the
-/// directories: refused when any part of the way is not a real directory inside the workspace
-/// or the file is a link. The path written, relative to the workspace.
+/// Writes `bytes` as `<workspace>/<dir>/<name>` (each part made safe), making the
+/// directories, as the agent's own tools write (`clade_tools::workspace::write`: every open
+/// beneath the workspace with `openat2`, so no link, planted before or swapped in during the
+/// write, leads out of it; only a regular file with one link is written, opened without
+/// blocking, so a planted FIFO cannot hang the caller). The path written, relative to the
+/// workspace. Blocking: call it off the async runtime.
 pub fn keep(workspace: &Path, dir: &[&str], name: &str, bytes: &[u8]) -> Result<PathBuf, String> {
-    let root = workspace
-        .canonicalize()
-        .map_err(|e| format!("the agent's workspace cannot be read: {e}"))?;
-    let mut path = root.clone();
     let mut relative = PathBuf::new();
     for part in dir.iter().copied().map(safe_name) {
-        path.push(&part);
-        relative.push(&part);
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_dir() => {}
-            Ok(_) => return Err(format!("{} is not a directory", relative.display())),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir(&path)
-                    .map_err(|e| format!("cannot make {}: {e}", relative.display()))?;
-            }
-            Err(err) => return Err(format!("cannot read {}: {err}", relative.display())),
-        }
+        relative.push(part);
     }
-    let name = safe_name(name);
-    path.push(&name);
-    relative.push(&name);
-    let mut file = {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        // O_NOFOLLOW: a link planted where the file goes is refused, not followed.
-        const O_NOFOLLOW: i32 = 0o400000;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| format!("cannot write {}: {e}", relative.display()))?
-    };
-    file.write_all(bytes).map_err(|e| format!("cannot write {}: {e}", relative.display()))?;
+    relative.push(safe_name(name));
+    let text = relative.to_str().ok_or("the file's path is not text")?;
+    clade_tools::workspace::write(workspace, text, bytes, false)?;
     Ok(relative)
 }
 
@@ -159,7 +134,8 @@ mod tests {
     }
 
     #[test]
-    fn a_file_is_kept_inside_the_workspace_and_a_planted_link_is_refused() {
+    #[allow(clippy::disallowed_methods)] // Test code: `mkfifo` plants the FIFO.
+    fn a_file_is_kept_inside_the_workspace_and_planted_links_and_fifos_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let workspace = tmp.path().join("ws");
         let outside = tmp.path().join("outside");
@@ -168,17 +144,18 @@ mod tests {
         let kept = keep(&workspace, &["inbox", "telegram", "1:2"], "a.txt", b"hi").unwrap();
         assert_eq!(kept, Path::new("inbox/telegram/1_2/a.txt"));
         assert_eq!(std::fs::read(workspace.join(&kept)).unwrap(), b"hi");
-        // The agent's tools plant a link to outside where the next file goes.
+        // The agent's tools plant a directory link to outside where the next file goes.
         std::os::unix::fs::symlink(&outside, workspace.join("inbox/discord")).unwrap();
-        let refused = keep(&workspace, &["inbox", "discord", "3"], "b.txt", b"x").unwrap_err();
-        assert!(refused.contains("not a directory"), "{refused}");
-        std::os::unix::fs::symlink(
-            outside.join("c.txt"),
-            workspace.join("inbox/telegram/1_2/c.txt"),
-        )
-        .unwrap();
-        let refused = keep(&workspace, &["inbox", "telegram", "1:2"], "c.txt", b"x").unwrap_err();
-        assert!(refused.contains("cannot write"), "{refused}");
+        assert!(keep(&workspace, &["inbox", "discord", "3"], "b.txt", b"x").is_err());
+        // And a file link.
+        let link = workspace.join("inbox/telegram/1_2/c.txt");
+        std::os::unix::fs::symlink(outside.join("c.txt"), &link).unwrap();
+        assert!(keep(&workspace, &["inbox", "telegram", "1:2"], "c.txt", b"x").is_err());
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing was written outside");
+        // A FIFO where the file goes is refused at once, not waited on.
+        let fifo = workspace.join("inbox/telegram/1_2/d.txt");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        assert!(keep(&workspace, &["inbox", "telegram", "1:2"], "d.txt", b"x").is_err());
     }
 }

@@ -408,12 +408,21 @@ impl<A: ChatApi> Channel<A> {
             };
             let line = match fetched {
                 Ok(bytes) => {
-                    let dir = ["inbox", platform, message];
-                    match crate::attachments::keep(&workspace, &dir, &name, &bytes) {
+                    let size = bytes.len() as u64;
+                    let (workspace, dir) =
+                        (workspace.clone(), [platform.to_owned(), message.to_owned()]);
+                    let file = name.clone();
+                    let kept = tokio::task::spawn_blocking(move || {
+                        let dir = ["inbox", dir[0].as_str(), dir[1].as_str()];
+                        crate::attachments::keep(&workspace, &dir, &file, &bytes)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the write stopped: {e}")));
+                    match kept {
                         Ok(path) => format!(
                             "[file sent with this message: {} ({})]",
                             path.display(),
-                            size_text(bytes.len() as u64)
+                            size_text(size)
                         ),
                         Err(why) => format!("[file {name} was not kept: {why}]"),
                     }
