@@ -674,9 +674,9 @@ pub struct ForkLimits {
     /// A turn running longer than this fails (1-86400).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
-    /// Its share of the agent's spending: the most tokens (input and output) one run spends
-    /// over all its turns; past it, its turn yields until resumed (each resume grants as many
-    /// again). 1,000 to 100,000,000.
+    /// Its share of the agent's spending: the most tokens (input and output) one of its turns
+    /// spends; past it, the turn yields until resumed (each resume grants as many again).
+    /// 1,000 to 100,000,000.
     #[serde(default)]
     pub max_tokens: Option<u64>,
 }

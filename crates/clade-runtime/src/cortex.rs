@@ -135,10 +135,12 @@ async fn look(store: &Store, engine: &Engine) -> Result<(usize, Duration), Strin
                 // after its next write.
                 tracing::warn!(agent = %agent.agent, error = %err, "memory upkeep of an agent failed; it is tried again in an hour");
                 let now = store.now();
+                // The next try looks again at everything the failed one was to look at.
+                let seen = agent.last_ran.unwrap_or(clade_core::Timestamp::from_millis(0));
                 let retry =
                     clade_core::Timestamp::from_millis(now.as_millis() + RETRY.as_millis() as i64);
                 store
-                    .finish_memory_upkeep(agent.tenant, agent.agent, now, now, Some(retry))
+                    .finish_memory_upkeep(agent.tenant, agent.agent, now, seen, Some(retry))
                     .await
                     .map_err(|e| e.to_string())?;
             }

@@ -352,19 +352,30 @@ impl TypedTool for AgentSpawn {
                 }
                 Err(other) => return Err(other.to_string()),
             };
-            let answer = ask(&engine, ctx, child.handle.as_str(), args.task, None).await?;
-            if args.ephemeral {
-                // Its spending stays in the budget counters of its parent (and its own, kept by
-                // id); only the child and what it held go.
-                self.agents
-                    .delete(caller.tenant, child.handle.as_str())
+            let asked = ask(&engine, ctx, child.handle.as_str(), args.task, None).await;
+            // An ephemeral child goes whether it answered or not: its spending stays in the
+            // budget counters of its parent (and its own, kept by id). One that made agents
+            // of its own stays, so theirs keeps counting against this agent's budget.
+            let deleted = match args.ephemeral {
+                true if store
+                    .children_count(caller.tenant, child.id)
                     .await
-                    .map_err(|e| format!("the child answered but could not be deleted: {e}"))?;
-            }
+                    .map_err(|e| e.to_string())?
+                    == 0 =>
+                {
+                    self.agents
+                        .delete(caller.tenant, child.handle.as_str())
+                        .await
+                        .map_err(|e| format!("the child could not be deleted: {e}"))?;
+                    true
+                }
+                _ => false,
+            };
+            let answer = asked?;
             Ok(serde_json::json!({
                 "child": child.handle.as_str(),
                 "answer": answer,
-                "deleted": args.ephemeral,
+                "deleted": deleted,
             })
             .to_string())
         })

@@ -37,23 +37,26 @@ impl Store {
                 "a child may not make children past depth {MAX_DEPTH}: do the work yourself, or ask your parent"
             )));
         }
-        let children = self
-            .row(
-                query(
-                    "SELECT COUNT(*) AS n FROM agent_lineage WHERE parent_id = $1 \
-                     AND tenant_id = $2",
-                )
-                .bind(b(parent.as_bytes()))
-                .bind(b(tenant.as_bytes())),
-            )
-            .await?
-            .try_get::<i64, _>("n")?;
+        let children = self.children_count(tenant, parent).await?;
         if children >= MAX_CHILDREN {
             return Err(Error::InvalidInput(format!(
                 "you have {children} child agents, the most one may make: ask one you made, or have the operator delete one"
             )));
         }
         Ok(depth)
+    }
+
+    /// How many agents `parent` made that still exist.
+    pub async fn children_count(&self, tenant: TenantId, parent: AgentId) -> Result<i64> {
+        self.row(
+            query(
+                "SELECT COUNT(*) AS n FROM agent_lineage WHERE parent_id = $1 AND tenant_id = $2",
+            )
+            .bind(b(parent.as_bytes()))
+            .bind(b(tenant.as_bytes())),
+        )
+        .await?
+        .try_get::<i64, _>("n")
     }
 
     /// Records `child` as made by `parent`, at `depth` (a repeat changes nothing).

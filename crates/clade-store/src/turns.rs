@@ -1549,26 +1549,6 @@ impl<'c> TurnWrites<'c> {
 
 /// Reads across tenants, for the engine's recovery and delivery (see [`SystemStore`]).
 impl SystemStore {
-    /// Tokens (input and output) the turns of `session` other than `turn` spent: what a
-    /// branch's or worker's earlier turns took of its share.
-    pub async fn session_tokens_besides(&self, session: SessionId, turn: TurnId) -> Result<u64> {
-        let row = self
-            .maybe_row(
-                query(
-                    "SELECT CAST(COALESCE(SUM(input_tokens + output_tokens), 0) AS BIGINT) AS spent FROM executions \
-                     WHERE owner_id = $1 AND kind = 'turn' AND id <> $2",
-                )
-                .bind(session.as_bytes().to_vec())
-                .bind(turn.as_bytes().to_vec()),
-            )
-            .await?;
-        let spent: i64 = match row {
-            Some(row) => row.try_get("spent")?,
-            None => 0,
-        };
-        Ok(u64::try_from(spent).unwrap_or(0))
-    }
-
     /// A session by id across tenants (the engine's own use, never a caller's).
     pub async fn session_any_tenant(&self, id: SessionId) -> Result<SessionRow> {
         let row = self

@@ -129,11 +129,9 @@ pub(crate) struct TurnPlan<'a> {
     pub events: &'a [EventRow],
     /// Model calls per run; each resume of a yielded turn grants as many again.
     pub max_iterations: u32,
-    /// A fork's share of the spending: the tokens its run may spend over all its turns, and
-    /// the setting that says so; each resume grants as many again.
+    /// A fork's share of the spending: the tokens one of its turns may spend, and the setting
+    /// that says so; each resume grants as many again.
     pub max_tokens: Option<(u64, &'static str)>,
-    /// Tokens its session's other turns spent.
-    pub spent_before: u64,
     /// Whether messages arriving mid-turn join it between tool calls.
     pub steer: bool,
     /// What a yielded turn's error says to do.
@@ -254,22 +252,13 @@ pub(crate) async fn execute(
     hands: &impl Hands,
     sources: &mut [&mut dyn ContextSource],
 ) -> Result<(), String> {
-    let TurnPlan {
-        kind,
-        turn,
-        done,
-        events,
-        max_iterations,
-        max_tokens,
-        spent_before,
-        steer,
-        resume_hint,
-    } = plan;
+    let TurnPlan { kind, turn, done, events, max_iterations, max_tokens, steer, resume_hint } =
+        plan;
     let resumes = done.keys().filter(|k| matches!(k, StepKey::Resume { .. })).count() as u32;
     let budget = max_iterations.saturating_mul(resumes + 1);
     let token_cap =
         max_tokens.map(|(cap, name)| (cap.saturating_mul(u64::from(resumes) + 1), name));
-    let mut spent = spent_before;
+    let mut spent = 0u64;
     let tools = hands.specs();
     let mut messages = Vec::new();
     // How many of the messages the context sources composed (the turn's own follow them), and
@@ -304,7 +293,7 @@ pub(crate) async fn execute(
                         status: TurnStatus::Yielded,
                         reply: None,
                         error: Some(format!(
-                            "used its share of the spending: {spent} of {cap} tokens ({name} per run); {resume_hint}"
+                            "used its share of the spending: {spent} of {cap} tokens ({name} per turn); {resume_hint}"
                         )),
                     },
                 }
@@ -970,7 +959,6 @@ mod tests {
                 events: &events,
                 max_iterations: 4,
                 max_tokens: None,
-                spent_before: 0,
                 steer: false,
                 resume_hint: "resume it".into(),
             };
@@ -1145,19 +1133,18 @@ mod tests {
         assert_eq!(case.ending().status, TurnStatus::Yielded);
         let error = case.ending().error.clone().unwrap();
         assert!(
-            error.contains("15 of 12 tokens (sessions.workers.max_tokens per run)")
+            error.contains("15 of 12 tokens (sessions.workers.max_tokens per turn)")
                 && error.contains("resume it"),
             "{error}"
         );
-        // What its earlier turns spent counts: past the share, no call is made at all.
+        // A share smaller than one call: that call is made, and the turn yields after it.
         let model = Scripted { always_tools: true, ..Scripted::default() };
         let case =
             Case::run("loop", ProcessKind::Worker, MemoryJournal::default(), model, |plan| {
-                plan.max_tokens = Some((12, "sessions.workers.max_tokens"));
-                plan.spent_before = 20;
+                plan.max_tokens = Some((4, "sessions.workers.max_tokens"));
             })
             .await;
-        assert_eq!(case.model.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(case.model.calls.load(Ordering::SeqCst), 1);
         assert_eq!(case.ending().status, TurnStatus::Yielded);
     }
 

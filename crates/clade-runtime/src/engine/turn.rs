@@ -109,17 +109,6 @@ pub(super) async fn run_turn(
     // The settings the turn's context was loaded with, however they are reloaded meanwhile.
     let (max_iterations, _, _) = ctx.limits();
     let max_tokens = ctx.token_share();
-    // A fork's earlier turns spent out of the same share.
-    let spent_before = match max_tokens {
-        Some(_) => match inner.store.system().session_tokens_besides(session.id, turn.id).await {
-            Ok(spent) => spent,
-            Err(err) => {
-                tracing::warn!(session = %session.id, error = %err, "cannot read what the fork spent before; its share starts from this turn");
-                0
-            }
-        },
-        None => 0,
-    };
     let plan = TurnPlan {
         kind: ctx.kind,
         turn,
@@ -127,7 +116,6 @@ pub(super) async fn run_turn(
         events,
         max_iterations,
         max_tokens,
-        spent_before,
         steer: ctx.queue_mode == clade_config::QueueMode::Steer,
         resume_hint: format!("resume with `clade sessions resume {}`", session.id),
     };
