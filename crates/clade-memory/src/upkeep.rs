@@ -25,6 +25,8 @@ use crate::{Error, Memory};
 const DAY_MS: f64 = 86_400_000.0;
 /// Items looked at for repeats in one upkeep; the rest wait for the next (due at once).
 const MERGE_BATCH: u32 = 1_000;
+/// How far before an upkeep's start the next looks for repeats again.
+const RESCAN_MS: i64 = 60_000;
 /// Items read (and strengths written) at a time.
 const PAGE: u32 = 500;
 /// A change of strength smaller than this is not written.
@@ -197,8 +199,14 @@ impl Memory {
         // A full batch: the next upkeep (due at once) goes on from the last item looked at.
         let more_to_merge = written.len() == MERGE_BATCH as usize;
         let seen = match written.last() {
+            // A full batch of one millisecond would be read again and again: go past it.
+            Some(last) if more_to_merge && Some(last.updated_at) == since => {
+                Timestamp::from_millis(last.updated_at.as_millis() + 1)
+            }
             Some(last) if more_to_merge => last.updated_at,
-            _ => now,
+            // A write stamped just before this upkeep began may commit after its read: the next
+            // looks a little further back (merging is idempotent).
+            _ => Timestamp::from_millis(now.as_millis().saturating_sub(RESCAN_MS)),
         };
         let mut merged_away = Vec::new();
         for item in written {

@@ -283,6 +283,9 @@ impl Store {
                     if imported.written > 0 {
                         let now = work.now();
                         crate::memory_upkeep::wrote_memory(work.conn(), tenant, agent, now).await?;
+                        // Imported items keep their own write times, older than any upkeep:
+                        // the next one looks at every item for repeats.
+                        crate::memory_upkeep::look_at_everything(work.conn(), agent).await?;
                     }
                     work.audit(&audit).await?;
                     Ok(imported)

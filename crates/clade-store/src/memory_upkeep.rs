@@ -71,6 +71,16 @@ pub(crate) async fn wrote_memory(
     Ok(())
 }
 
+/// Makes the agent's next upkeep look at every item for repeats, not only those written since
+/// the last one (items written with times of their own, as an import keeps them).
+pub(crate) async fn look_at_everything(conn: &mut Tx, agent: AgentId) -> Result<()> {
+    query("UPDATE memory_upkeep SET ran_at = NULL WHERE agent_id = $1")
+        .bind(agent_key(agent))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 fn agent_key(agent: AgentId) -> Vec<u8> {
     agent.as_bytes().to_vec()
 }

@@ -49,6 +49,8 @@ const FETCH_TRIES: u32 = 5;
 /// One Discord bot: its gateway connection over the shared [`Channel`].
 pub struct Bot {
     channel: Arc<Channel<Api>>,
+    /// Whether a catch-up runs: a new session while one does starts no second.
+    catching_up: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Bot {
@@ -91,7 +93,7 @@ impl Bot {
     pub fn new(settings: &Settings, engine: Engine, health: Health) -> Arc<Self> {
         let api = Api::new(reqwest::Client::new(), &settings.api_url, &settings.token);
         let channel = Channel::new(settings, "gateway", api, engine, health);
-        Arc::new(Self { channel })
+        Arc::new(Self { channel, catching_up: std::sync::atomic::AtomicBool::new(false) })
     }
 
     pub fn name(&self) -> &str {
@@ -259,7 +261,12 @@ impl Bot {
                         // A new session replays nothing: fetch what was sent meanwhile, beside
                         // the socket, whose heartbeats must go on.
                         let (bot, user) = (self.clone(), user.to_owned());
-                        tokio::spawn(async move { bot.catch_up(&user).await });
+                        if !self.catching_up.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                            tokio::spawn(async move {
+                                bot.catch_up(&user).await;
+                                bot.catching_up.store(false, std::sync::atomic::Ordering::SeqCst);
+                            });
+                        }
                     }
                     Some("RESUMED") => {
                         *healthy = true;
