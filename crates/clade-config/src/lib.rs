@@ -1325,6 +1325,10 @@ pub struct ServerConfig {
     /// never over HTTP). Default: `admin.sock` in the data dir.
     #[serde(default)]
     pub admin_socket: Option<String>,
+    /// The AgentHub over gRPC (`proto/clade/hub/v1/hub.proto`: Spawn, SendMessage, Trace),
+    /// on a port of its own. Off unless set.
+    #[serde(default)]
+    pub grpc: Option<GrpcConfig>,
 }
 
 impl Default for ServerConfig {
@@ -1335,8 +1339,31 @@ impl Default for ServerConfig {
             max_connections: None,
             header_timeout_secs: default_header_timeout(),
             admin_socket: None,
+            grpc: None,
         }
     }
+}
+
+/// The AgentHub's gRPC server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Address and port to listen on, e.g. `127.0.0.1:7421`. Bind a public address only with
+    /// `tls`.
+    pub listen: String,
+    /// Serve TLS with this certificate and key; without it the server speaks plain HTTP/2.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+/// A TLS identity: PEM files, relative to the configuration file's folder unless absolute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: String,
+    /// The certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
 }
 
 fn default_header_timeout() -> u64 {
@@ -1410,6 +1437,25 @@ impl Config {
     pub fn check(&self, path: &Path) -> Result<(), Error> {
         let fail =
             |message: String| Err(Error::InvalidNoLocation { path: path.to_owned(), message });
+        if let Some(grpc) = &self.server.grpc {
+            if grpc.listen.trim().is_empty() || !grpc.listen.contains(':') {
+                return fail(format!(
+                    "server.grpc.listen: {:?} is not an address and port, such as 127.0.0.1:7421",
+                    grpc.listen
+                ));
+            }
+            if grpc.listen == self.server.listen {
+                return fail(format!(
+                    "server.grpc.listen: {} is server.listen too; give gRPC a port of its own",
+                    grpc.listen
+                ));
+            }
+            if let Some(tls) = &grpc.tls
+                && (tls.cert.trim().is_empty() || tls.key.trim().is_empty())
+            {
+                return fail("server.grpc.tls: name both files, cert and key".into());
+            }
+        }
         for (name, model) in &self.models {
             if !matches!(model.provider, ProviderKind::Scripted | ProviderKind::Local)
                 && model.api_key_env.is_none()

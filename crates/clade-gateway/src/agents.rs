@@ -110,9 +110,20 @@ fn record_agent(handle: &str) {
 
 pub(crate) async fn create(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _, _)): Extension<Caller>,
+    Extension(caller): Extension<Caller>,
     JsonBody(params): JsonBody<CreateAgentParams>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let created = create_agent(&state, &caller, params).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+/// Makes an agent of the caller's tenant and, given a task, sends it as the agent's first
+/// message. `POST /v1/agents` and the AgentHub's `Spawn` are this.
+pub(crate) async fn create_agent(
+    state: &AppState,
+    Caller(tenant, _, _): &Caller,
+    params: CreateAgentParams,
+) -> Result<AgentResponse, ApiError> {
     let handle = Handle::parse(&params.handle)
         .map_err(|e| ApiError::new(Code::InvalidHandle, e.to_string()))?;
     record_agent(handle.as_str());
@@ -125,15 +136,40 @@ pub(crate) async fn create(
         clade_core::agent::validate_display_name(name)
             .map_err(|e| ApiError::new(Code::InvalidRequest, e))?;
     }
+    // Checked before the agent exists: a task refused for its size makes no agent.
+    if let Some(task) = &params.task {
+        crate::events::check_text("task", task)?;
+        state.limits.take_event(tenant)?;
+        state.limits.admit_bytes(&state.store, tenant, task.len() as u64).await?;
+    }
     let new = NewAgent { handle, display_name: params.name, config: AgentConfig { template } };
     let agents = state.agents.acting_as(format!("tenant {} (api)", tenant.name));
-    let agent = match state.limits.max_agents(&tenant) {
+    let agent = match state.limits.max_agents(tenant) {
         Some((max, key)) => agents.create_within(tenant.id, new, max, &key).await?,
         None => agents.create(tenant.id, new).await?,
     };
     tracing::info!(agent_id = %agent.id, "agent created");
-    Ok((StatusCode::CREATED, axum::Json(AgentResponse::from(&agent))))
+    let mut created = AgentResponse::from(&agent);
+    if let Some(text) = params.task {
+        let envelope = clade_runtime::Envelope {
+            tenant: tenant.clone(),
+            agent: Some(agent.handle.to_string()),
+            text,
+            source: clade_store::Source {
+                platform: TASK_SOURCE.0.into(),
+                channel: TASK_SOURCE.1.into(),
+                actor: TASK_SOURCE.2.into(),
+            },
+            idempotency_key: None,
+        };
+        let accepted = state.engine.submit(envelope).await?;
+        created.task = Some(crate::events::accepted_body(&accepted));
+    }
+    Ok(created)
 }
+
+/// Where an agent's task from its creation comes from: platform, channel and actor.
+pub(crate) const TASK_SOURCE: (&str, &str, &str) = ("hub", "spawn", "operator");
 
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -222,4 +258,62 @@ pub(crate) async fn delete(
     let agent = state.agents.acting_as(by).delete(tenant.id, &handle).await?;
     tracing::info!(agent_id = %agent.id, "agent deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/agents/{handle}/events`: Server-Sent Events of everything the agent does (its
+/// sessions' lifecycle events, each as `{"session", "data"}`), from `Last-Event-ID` (or
+/// `?after=`) replayed from the outbox, else from now; with `deltas`, the model's text as it
+/// is written.
+pub(crate) async fn stream(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(handle): Path<String>,
+    headers: axum::http::HeaderMap,
+    query: Result<Query<crate::api::AgentStreamQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(query) = query.map_err(query_rejection)?;
+    let tenant = caller.0.id;
+    let after = crate::live::resume_point(
+        &state.stream_ids,
+        tenant,
+        headers.get("last-event-id"),
+        query.after.as_deref(),
+    )?;
+    let kinds: Vec<clade_core::EventKind> = query.kind.map(|k| k.0).into_iter().collect();
+    let only = crate::live::Only {
+        live_only: query.deltas || kinds.iter().any(|k| k.is_live_only()),
+        kinds,
+    };
+    let start = after.map_or(crate::live::Start::Now, crate::live::Start::After);
+    let events = trace(&state, caller, &handle, query.session.as_deref(), start, only).await?;
+    Ok(crate::live::sse(events, state.stream_ids.clone(), tenant, true))
+}
+
+/// An agent's lifecycle events (or one of its sessions') as the caller may follow them.
+/// `GET /v1/agents/{handle}/events` and the AgentHub's `Trace` are this.
+pub(crate) async fn trace(
+    state: &AppState,
+    caller: Caller,
+    handle: &str,
+    session: Option<&str>,
+    start: crate::live::Start,
+    only: crate::live::Only,
+) -> Result<impl futures::Stream<Item = crate::live::Followed> + Send + use<>, ApiError> {
+    let Caller(tenant, _, reach) = &caller;
+    record_agent(handle);
+    let agent = state.of(tenant).agent(handle).await?;
+    let scope = match session {
+        Some(id) => {
+            let session = crate::sessions::reachable_row(state, tenant, reach, id).await?;
+            if session.agent_id != agent.id {
+                return Err(clade_store::Error::SessionNotFound(id.to_owned()).into());
+            }
+            crate::live::Scope::Session(session.id)
+        }
+        None => {
+            reach.agent(&agent)?;
+            crate::live::Scope::Agent(agent.id)
+        }
+    };
+    crate::live::follow(state, caller, scope, start, only, None).await
 }

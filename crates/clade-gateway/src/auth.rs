@@ -199,19 +199,9 @@ pub(crate) async fn require_token(
     if request.headers().contains_key(PEER_HEADER) {
         return signed_by_peer(state, request, next).await;
     }
-    let Some(header) = request.headers().get(AUTHORIZATION) else {
-        return ApiError::new(
-            Code::MissingToken,
-            "missing Authorization header: send `Authorization: Bearer <token>` (create one with `clade tokens create`)",
-        )
-        .into_response();
-    };
-    let Some(token) = bearer_token(header).map(std::sync::Arc::<str>::from) else {
-        return ApiError::new(
-            Code::InvalidToken,
-            "the Authorization header is not `Bearer <token>`: send the token after the word Bearer and one space",
-        )
-        .into_response();
+    let token = match token_of(request.headers().get(AUTHORIZATION)) {
+        Ok(token) => token,
+        Err(err) => return err.into_response(),
     };
     match state.store.authenticate_scoped(&token).await {
         Ok((tenant, access)) => {
@@ -219,6 +209,73 @@ pub(crate) async fn require_token(
         }
         Err(err) => ApiError::from(err).into_response(),
     }
+}
+
+/// The bearer token an `Authorization` header carries, or the error naming what is wrong.
+fn token_of(header: Option<&axum::http::HeaderValue>) -> Result<std::sync::Arc<str>, ApiError> {
+    let Some(header) = header else {
+        return Err(ApiError::new(
+            Code::MissingToken,
+            "missing Authorization header: send `Authorization: Bearer <token>` (create one with `clade tokens create`)",
+        ));
+    };
+    bearer_token(header).map(std::sync::Arc::<str>::from).ok_or_else(|| {
+        ApiError::new(
+            Code::InvalidToken,
+            "the Authorization header is not `Bearer <token>`: send the token after the word Bearer and one space",
+        )
+    })
+}
+
+/// The caller a bearer token proves, if its scopes allow one of `needed`; `what` names the
+/// call in a refusal. The AgentHub's gRPC calls are checked by this, each needing the scopes
+/// of the `/v1` route it stands for, as [`require_token`] checks the routes.
+pub(crate) async fn bearer_caller(
+    state: &AppState,
+    header: Option<&axum::http::HeaderValue>,
+    needed: Option<&[clade_core::Scope]>,
+    what: &str,
+) -> Result<Caller, ApiError> {
+    let token = token_of(header)?;
+    let (tenant, access) = state.store.authenticate_scoped(&token).await?;
+    let scopes = scopes_of(&access);
+    permitted(&scopes, needed, what)?;
+    Ok(Caller(tenant, Credential::Token(token), Reach::of(access)))
+}
+
+/// The scopes a token's access gives.
+fn scopes_of(access: &clade_store::TokenAccess) -> Vec<clade_core::Scope> {
+    let mut scopes = access.scopes.clone();
+    // The store makes no such token; should one exist, admin (the whole tenant) is not among
+    // what a token limited to some agents may do.
+    if access.agents.is_some() {
+        scopes.retain(|s| *s != clade_core::Scope::Admin);
+    }
+    scopes
+}
+
+/// `Ok` if `scopes` give one of `needed` (none: nothing does), else `forbidden` naming `what`.
+fn permitted(
+    scopes: &[clade_core::Scope],
+    needed: Option<&[clade_core::Scope]>,
+    what: &str,
+) -> Result<(), ApiError> {
+    if needed.is_some_and(|needed| clade_core::Scope::allows(scopes, needed)) {
+        return Ok(());
+    }
+    let needed = needed.map(clade_core::Scope::join).unwrap_or_default();
+    Err(ApiError::new(
+        Code::Forbidden,
+        format!(
+            "this token's scopes ({}) do not allow {what}, which needs {}: create a token with `clade tokens create --scope …`",
+            clade_core::Scope::join(scopes),
+            if needed.is_empty() {
+                "a scope no token has".to_owned()
+            } else {
+                needed.replace(',', " or ")
+            },
+        ),
+    ))
 }
 
 /// Lets an authenticated request through if its scopes allow the route.
@@ -229,12 +286,7 @@ async fn admit(
     access: clade_store::TokenAccess,
     credential: Credential,
 ) -> Response {
-    let mut scopes = access.scopes.clone();
-    // The store makes no such token; should one exist, admin (the whole tenant) is not among
-    // what a token limited to some agents may do.
-    if access.agents.is_some() {
-        scopes.retain(|s| *s != clade_core::Scope::Admin);
-    }
+    let scopes = scopes_of(&access);
     tracing::Span::current().record("tenant", tenant.name.as_str());
     let route = request
         .extensions()
@@ -242,18 +294,9 @@ async fn admit(
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
     let needed = crate::scopes::required(request.method().as_str(), &route);
-    if !needed.is_some_and(|needed| clade_core::Scope::allows(&scopes, needed)) {
-        let needed = needed.map(clade_core::Scope::join).unwrap_or_default();
-        return ApiError::new(
-            Code::Forbidden,
-            format!(
-                "this token's scopes ({}) do not allow {} {route}, which needs {}: create a token with `clade tokens create --scope …`",
-                clade_core::Scope::join(&scopes),
-                request.method(),
-                if needed.is_empty() { "a scope no token has".to_owned() } else { needed.replace(',', " or ") },
-            ),
-        )
-        .into_response();
+    let what = format!("{} {route}", request.method());
+    if let Err(refused) = permitted(&scopes, needed, &what) {
+        return refused.into_response();
     }
     request.extensions_mut().insert(Granted(scopes.into()));
     request.extensions_mut().insert(Caller(tenant, credential, Reach::of(access)));

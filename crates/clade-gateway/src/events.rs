@@ -42,20 +42,47 @@ pub(crate) fn check_field(name: &str, value: &str) -> Result<(), ApiError> {
 
 pub(crate) async fn post(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     JsonBody(params): JsonBody<EventParams>,
 ) -> Result<Response, ApiError> {
-    state.limits.take_event(&tenant)?;
-    if params.text.trim().is_empty() {
-        return Err(ApiError::new(Code::InvalidRequest, "text must not be empty"));
+    let header_key = headers.get("idempotency-key").map(|v| {
+        v.to_str()
+            .map(str::to_owned)
+            .map_err(|_| ApiError::new(Code::InvalidRequest, "Idempotency-Key must be ASCII"))
+    });
+    let wait = params.wait;
+    let envelope = envelope_of(&state, &caller, params, header_key.transpose()?).await?;
+    respond(&state, envelope, wait).await
+}
+
+/// A message's text: not blank, at most [`MAX_TEXT`] characters.
+pub(crate) fn check_text(name: &str, text: &str) -> Result<(), ApiError> {
+    if text.trim().is_empty() {
+        return Err(ApiError::new(Code::InvalidRequest, format!("{name} must not be empty")));
     }
-    if params.text.chars().count() > MAX_TEXT {
+    if text.chars().count() > MAX_TEXT {
         return Err(ApiError::new(
             Code::InvalidRequest,
-            format!("text is longer than {MAX_TEXT} characters"),
+            format!("{name} is longer than {MAX_TEXT} characters"),
         ));
     }
+    Ok(())
+}
+
+/// The envelope an event of `caller`'s becomes, once every check passed: its rate and size
+/// limits, its session or source, its agent (one the caller reaches), and its idempotency key
+/// (`header_key` is the `Idempotency-Key` header's). `POST /v1/events` and the AgentHub's
+/// `SendMessage` are this.
+pub(crate) async fn envelope_of(
+    state: &AppState,
+    Caller(tenant, _, reach): &Caller,
+    params: EventParams,
+    header_key: Option<String>,
+) -> Result<Envelope, ApiError> {
+    let tenant = tenant.clone();
+    state.limits.take_event(&tenant)?;
+    check_text("text", &params.text)?;
     state.limits.admit_bytes(&state.store, &tenant, params.text.len() as u64).await?;
     let session = match &params.session {
         Some(id) => {
@@ -124,12 +151,7 @@ pub(crate) async fn post(
             ),
         ));
     }
-    let header_key = headers.get("idempotency-key").map(|v| {
-        v.to_str()
-            .map(str::to_owned)
-            .map_err(|_| ApiError::new(Code::InvalidRequest, "Idempotency-Key must be ASCII"))
-    });
-    let key = match (params.idempotency_key.clone(), header_key.transpose()?) {
+    let key = match (params.idempotency_key.clone(), header_key) {
         (Some(a), Some(b)) if a != b => {
             return Err(ApiError::new(
                 Code::InvalidRequest,
@@ -171,7 +193,7 @@ pub(crate) async fn post(
         }
         envelope.agent = Some(handle);
     }
-    respond(&state, envelope, params.wait).await
+    Ok(envelope)
 }
 
 /// Submits `envelope` and answers as `POST /v1/events` does: 202 once it is stored, or with
@@ -203,7 +225,7 @@ pub(crate) async fn respond(
 }
 
 /// The answer for an event once stored, before its turn has ended.
-fn accepted_body(accepted: &clade_store::Accepted) -> EventResponse {
+pub(crate) fn accepted_body(accepted: &clade_store::Accepted) -> EventResponse {
     EventResponse {
         event_id: accepted.event_id.to_string(),
         session_id: accepted.session_id.to_string(),

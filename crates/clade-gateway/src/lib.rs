@@ -20,6 +20,8 @@ mod control;
 pub mod error;
 mod events;
 pub mod hooks;
+mod hub;
+pub use hub::{GrpcError, GrpcOptions, serve_grpc};
 mod jobs;
 mod leases;
 

@@ -178,6 +178,185 @@ pub(crate) async fn forward(mut events: CatchingUp, tx: tokio::sync::mpsc::Sende
     }
 }
 
+/// What a long-lived stream passes on.
+pub(crate) enum Followed {
+    Event(LiveEvent),
+    /// The stream's token was revoked, its tenant deleted, or what it reaches narrowed: the
+    /// stream ends here.
+    Revoked,
+}
+
+/// Which events a stream passes on.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Only {
+    /// These kinds alone; every kind when empty.
+    pub(crate) kinds: Vec<EventKind>,
+    /// Whether text deltas and tool progress (live only, never replayed) are passed on.
+    pub(crate) live_only: bool,
+}
+
+impl Only {
+    /// Everything, deltas included.
+    pub(crate) fn everything() -> Self {
+        Self { kinds: Vec::new(), live_only: true }
+    }
+
+    fn passes(&self, kind: EventKind) -> bool {
+        (self.live_only || !kind.is_live_only())
+            && (self.kinds.is_empty() || self.kinds.contains(&kind))
+    }
+}
+
+/// Where a stream starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Start {
+    /// After this outbox position: what was committed since is replayed first.
+    After(i64),
+    /// What happens from now on.
+    Now,
+}
+
+/// A stream's events as its caller may see them: `scope`'s lifecycle events from `start`,
+/// replayed from the outbox and then live, never missing one (a lagging subscriber re-reads
+/// the outbox), filtered by `only`; it ends with [`Followed::Revoked`] once the caller's token
+/// stops reaching what it reached. `guard` is held for as long as the stream is.
+/// The SSE streams and the AgentHub's `Trace` are this.
+pub(crate) async fn follow(
+    state: &crate::AppState,
+    caller: crate::auth::Caller,
+    scope: Scope,
+    start: Start,
+    only: Only,
+    guard: Option<Box<dyn Send + Sync>>,
+) -> Result<impl futures::Stream<Item = Followed> + Send + use<>, crate::ApiError> {
+    let crate::auth::Caller(tenant, credential, reach) = caller;
+    // Where the outbox ends is read before subscribing, and replayed after: what commits
+    // between the two is neither missed nor passed on twice.
+    let after = match start {
+        Start::After(position) => position,
+        Start::Now => state.store.outbox_head().await?,
+    };
+    let receiver = match scope {
+        Scope::Session(id) => state.engine.hub().subscribe(id),
+        Scope::Agent(id) => state.engine.hub().subscribe_agent(id),
+    };
+    let lagged = Lagged::new(&state.store, tenant.id, scope);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(forward(CatchingUp::replaying(receiver, lagged, after), tx));
+    let recheck =
+        clade_core::Interval::new(state.store.clock().clone(), crate::auth::RECHECK_EVERY);
+    let watch = Watch {
+        rx,
+        recheck,
+        store: state.store.clone(),
+        tenant,
+        credential,
+        reach,
+        only,
+        _guard: guard,
+    };
+    Ok(futures::stream::unfold(Some(watch), |watch| async {
+        let mut watch = watch?;
+        loop {
+            tokio::select! {
+                event = watch.rx.recv() => {
+                    let event = event?;
+                    if watch.only.passes(event.kind) {
+                        return Some((Followed::Event(event), Some(watch)));
+                    }
+                }
+                _ = watch.recheck.tick() => {
+                    if !watch.credential.still_valid(&watch.store, &watch.tenant, &watch.reach).await {
+                        return Some((Followed::Revoked, None));
+                    }
+                }
+            }
+        }
+    }))
+}
+
+/// What an open stream watches: its events, and whether its token still holds.
+struct Watch {
+    rx: tokio::sync::mpsc::Receiver<LiveEvent>,
+    recheck: clade_core::Interval,
+    store: clade_store::Store,
+    tenant: clade_core::Tenant,
+    credential: crate::auth::Credential,
+    reach: crate::auth::Reach,
+    only: Only,
+    /// Held for as long as the stream is (a leased operator's chat lease, say).
+    _guard: Option<Box<dyn Send + Sync>>,
+}
+
+/// A followed stream as Server-Sent Events: each event named by its kind, with its stream id
+/// (none for one not stored: a delta, or a turn's start announced before it commits), and an
+/// `error` event when the token stops holding. With `sessions` (a stream of many sessions),
+/// each event's data is `{"session": <id>, "data": <its data>}`.
+pub(crate) fn sse(
+    events: impl futures::Stream<Item = Followed> + Send + 'static,
+    ids: crate::stream_ids::StreamIds,
+    tenant: clade_core::TenantId,
+    sessions: bool,
+) -> axum::response::sse::Sse<
+    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt as _;
+    let events = events.map(move |followed| {
+        Ok(match followed {
+            Followed::Event(event) => {
+                let data = match sessions {
+                    true => serde_json::json!({ "session": event.session.to_string(), "data": event.data }),
+                    false => event.data,
+                };
+                let mut sse = Event::default().event(event.kind.as_str()).data(data.to_string());
+                if let Some(id) = event.id {
+                    sse = sse.id(ids.encode(tenant, id).to_string());
+                }
+                sse
+            }
+            Followed::Revoked => {
+                let body = serde_json::json!(crate::api::ErrorBody {
+                    code: crate::error::Code::InvalidToken.as_str().to_owned(),
+                    message: "the stream's token was revoked or its tenant deleted".to_owned(),
+                });
+                Event::default().event("error").data(body.to_string())
+            }
+        })
+    });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+}
+
+/// The outbox position a stream resumes after, from the `Last-Event-ID` header or the `after`
+/// query (the header wins; both are checked): 0 for the start, none when neither is given.
+pub(crate) fn resume_point(
+    ids: &crate::stream_ids::StreamIds,
+    tenant: clade_core::TenantId,
+    header: Option<&axum::http::HeaderValue>,
+    query: Option<&str>,
+) -> Result<Option<i64>, crate::ApiError> {
+    let parse = |v: &str| {
+        v.trim().parse::<u64>().map_err(|_| {
+            crate::ApiError::new(
+                crate::error::Code::InvalidRequest,
+                "Last-Event-ID (or after) must be the id of an event this stream sent, or 0",
+            )
+        })
+    };
+    let from_query = query.map(parse).transpose()?;
+    let from_header = header.and_then(|v| v.to_str().ok()).map(parse).transpose()?;
+    Ok(from_header.or(from_query).map(|id| stream_position(ids, tenant, id)))
+}
+
+/// The outbox position a stream id stands for (0 is the start).
+pub(crate) fn stream_position(
+    ids: &crate::stream_ids::StreamIds,
+    tenant: clade_core::TenantId,
+    id: u64,
+) -> i64 {
+    if id == 0 { 0 } else { ids.decode(tenant, id) }
+}
+
 #[cfg(test)]
 mod tests {
 

@@ -126,6 +126,14 @@ const JOB: Param = path("name", job_name_schema);
 const REVISION: Param = path("revision", revision_schema);
 const SETTING: Param = path("key", setting_key_schema);
 const MEMORY: Param = path("id", uuid_schema);
+/// Where a stream resumes (Server-Sent Events' own header).
+const LAST_EVENT_ID: Param = Param {
+    name: "Last-Event-ID",
+    location: "header",
+    required: false,
+    description: Some("the id of the last event this stream sent; 0 from the start"),
+    schema: stream_id_schema,
+};
 
 fn setting_key_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({ "type": "string", "pattern": clade_core::SETTING_KEY_PATTERN })
@@ -397,7 +405,13 @@ pub static OPERATIONS: &[Operation] = &[
             error("429", "the tenant has as many agents as its quota allows (`quota_exceeded`)"),
             error("422", "unknown template"),
         ],
-        ..op("POST", "/v1/agents", &[Admin], "Create an agent", || post(agents::create))
+        ..op(
+            "POST",
+            "/v1/agents",
+            &[Admin],
+            "Create an agent; with `task`, send it that as its first message (the AgentHub's Spawn)",
+            || post(agents::create),
+        )
     },
     Operation {
         params: &[HANDLE],
@@ -638,6 +652,27 @@ pub static OPERATIONS: &[Operation] = &[
             &[Read],
             "What an agent runs now: its pause, and its sessions with turns running or events waiting (state, step count, age)",
             || get(control::status),
+        )
+    },
+    Operation {
+        params: &[HANDLE, LAST_EVENT_ID],
+        query: Some(fields::<api::AgentStreamQuery>),
+        responses: &[
+            Reply {
+                status: "200",
+                description: "the stream",
+                body: None,
+                media: Some("text/event-stream"),
+            },
+            error("400", "invalid query"),
+            error("404", "no such agent, or no such session of it"),
+        ],
+        ..op(
+            "GET",
+            "/v1/agents/{handle}/events",
+            &[Read],
+            "Server-Sent Events of everything an agent does (the AgentHub's Trace): its sessions' lifecycle events, each event's data `{\"session\": <id>, \"data\": <the event's fields>}`, replayed after Last-Event-ID (or ?after=) and then live, or from now when neither is given; with deltas=true, the model's text as it is written",
+            || get(agents::stream),
         )
     },
     Operation {
@@ -1284,16 +1319,7 @@ pub static OPERATIONS: &[Operation] = &[
         description: Some(
             "Each event's `event:` is its kind and its `data:` the kind's data (`LifecycleEvent` in the components); `text.delta` events are live only and carry no id, and a turn's `turn.started` is sent live, without an id, as the turn begins (the stored one, with its id, commits with the turn, and a stream resumed from before it replays that one). A stream whose token is revoked ends with an `error` event (`ErrorBody`).",
         ),
-        params: &[
-            SESSION,
-            Param {
-                name: "Last-Event-ID",
-                location: "header",
-                required: false,
-                description: Some("the id of the last event this stream sent; 0 from the start"),
-                schema: stream_id_schema,
-            },
-        ],
+        params: &[SESSION, LAST_EVENT_ID],
         query: Some(fields::<api::StreamQuery>),
         responses: &[
             Reply {

@@ -150,12 +150,37 @@ pub(crate) async fn cancel(
 
 pub(crate) async fn start(
     State(state): State<AppState>,
-    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     JsonBody(params): JsonBody<StartForkParams>,
 ) -> Result<(axum::http::StatusCode, axum::Json<RunResponse>), ApiError> {
-    let session = crate::sessions::reachable_row(&state, &tenant, &reach, &id).await?;
+    let key = match headers.get("idempotency-key") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::new(Code::InvalidRequest, "Idempotency-Key must be ASCII"))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let (run, duplicate) = start_fork(&state, &caller, &id, params, key).await?;
+    let status =
+        if duplicate { axum::http::StatusCode::OK } else { axum::http::StatusCode::CREATED };
+    Ok((status, axum::Json(run)))
+}
+
+/// Starts a branch or worker of the session `id` as its model's tools would; the run, and
+/// whether `key` had started it before. `POST /v1/sessions/{id}/forks` and the AgentHub's
+/// `Spawn` are this.
+pub(crate) async fn start_fork(
+    state: &AppState,
+    Caller(tenant, _, reach): &Caller,
+    id: &str,
+    params: StartForkParams,
+    key: Option<String>,
+) -> Result<(RunResponse, bool), ApiError> {
+    let session = crate::sessions::reachable_row(state, tenant, reach, id).await?;
     let kind = params.kind.0;
     if params.task.trim().is_empty() || params.task.chars().count() > MAX_TASK_CHARS {
         return Err(ApiError::new(
@@ -179,13 +204,7 @@ pub(crate) async fn start(
             "tools: a branch has its agent's tools; only a worker is given some".into(),
         ));
     }
-    let key = match headers.get("idempotency-key") {
-        Some(value) => value
-            .to_str()
-            .map_err(|_| ApiError::new(Code::InvalidRequest, "Idempotency-Key must be ASCII"))?
-            .to_owned(),
-        None => ExecutionId::generate(state.store.now()).to_string(),
-    };
+    let key = key.unwrap_or_else(|| ExecutionId::generate(state.store.now()).to_string());
     crate::events::check_field("Idempotency-Key", &key)?;
     let forked = state
         .engine
@@ -208,11 +227,6 @@ pub(crate) async fn start(
             other => other.into(),
         })?;
     let (row, fork) =
-        reachable_run(&state, &tenant, &reach, &forked.fork.execution.to_string()).await?;
-    let status = if forked.accepted.duplicate {
-        axum::http::StatusCode::OK
-    } else {
-        axum::http::StatusCode::CREATED
-    };
-    Ok((status, axum::Json(run_response(row, fork.as_ref()))))
+        reachable_run(state, tenant, reach, &forked.fork.execution.to_string()).await?;
+    Ok((run_response(row, fork.as_ref()), forked.accepted.duplicate))
 }

@@ -1,16 +1,15 @@
 //! `/v1/sessions`: history, resumable event streams (SSE), resume and cancel.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use clade_core::{SessionId, TurnId};
 use clade_store::{SessionCursor, TurnRecord};
-use futures::{Stream, stream};
+use futures::Stream;
 
 use crate::AppState;
 use crate::agents::{JsonBody, query_rejection};
@@ -22,7 +21,7 @@ use crate::api::{
 };
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
-use crate::live::{CatchingUp, Lagged, Scope};
+use crate::live::Scope;
 
 fn session_id(text: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(text)
@@ -332,94 +331,43 @@ async fn reachable(
 /// replayed from the outbox, then live ones, with text deltas as the model streams them.
 pub(crate) async fn stream(
     State(state): State<AppState>,
-    Extension(Caller(tenant, credential, reach)): Extension<Caller>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
-    let session = state.of(&tenant).session(session_id(&id)?).await?;
+    let Caller(tenant, _, reach) = &caller;
+    let session = state.of(tenant).session(session_id(&id)?).await?;
     reach.session(&session)?;
-    let parse = |v: &str| {
-        v.trim().parse::<u64>().map_err(|_| {
-            ApiError::new(
-                Code::InvalidRequest,
-                "Last-Event-ID (or after) must be the id of an event this stream sent, or 0",
-            )
-        })
-    };
-    // Both are checked when both are sent; the header wins.
-    let from_query = query.after.as_deref().map(parse).transpose()?;
-    let after = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(parse)
-        .transpose()?
-        .or(from_query)
-        .map_or(0, |id| if id == 0 { 0 } else { state.stream_ids.decode(tenant.id, id) });
-    // Subscribed before the replay reads the outbox, so nothing falls between replay and live.
-    let live = state.engine.hub().subscribe(session.id);
-    let lagged = Lagged::new(&state.store, tenant.id, Scope::Session(session.id));
-    let events = CatchingUp::replaying(live, lagged, after);
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(crate::live::forward(events, tx));
-    let recheck =
-        clade_core::Interval::new(state.store.clock().clone(), crate::auth::RECHECK_EVERY);
-    let ids = state.stream_ids.clone();
+    let after = crate::live::resume_point(
+        &state.stream_ids,
+        tenant.id,
+        headers.get("last-event-id"),
+        query.after.as_deref(),
+    )?;
     // A leased operator that reaches this session through a lease of it alone holds the
     // lease for this chat: it ends when the stream does.
     let release = reach.leased_operator().filter(|_| !reach.allows(session.agent_id)).map(|peer| {
-        ReleaseOnClose { store: state.of(&tenant), peer: peer.to_owned(), session: session.id }
+        Box::new(ReleaseOnClose {
+            store: state.of(tenant),
+            peer: peer.to_owned(),
+            session: session.id,
+        }) as Box<dyn Send + Sync>
     });
-    let watch = Some(Watch {
-        rx,
-        recheck,
-        store: state.store.clone(),
-        tenant,
-        credential,
-        reach,
-        ids,
-        _release: release,
-    });
+    let tenant_id = tenant.id;
     // Ends when the session's channel closes, or with an `error` event once the token stops
     // being valid (revoked, or its tenant deleted).
-    let stream = stream::unfold(watch, |watch| async {
-        let mut watch = watch?;
-        loop {
-            tokio::select! {
-                event = watch.rx.recv() => {
-                    let event = event?;
-                    let mut sse = Event::default().event(event.kind.as_str()).data(event.data.to_string());
-                    if let Some(id) = event.id {
-                        sse = sse.id(watch.ids.encode(watch.tenant.id, id).to_string());
-                    }
-                    return Some((Ok(sse), Some(watch)));
-                }
-                _ = watch.recheck.tick() => {
-                    if !watch.credential.still_valid(&watch.store, &watch.tenant, &watch.reach).await {
-                        let body = serde_json::json!(crate::api::ErrorBody {
-                            code: Code::InvalidToken.as_str().to_owned(),
-                            message: "the stream's token was revoked or its tenant deleted".to_owned(),
-                        });
-                        return Some((Ok(Event::default().event("error").data(body.to_string())), None));
-                    }
-                }
-            }
-        }
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
-}
-
-/// What an open SSE stream watches: its events, and whether its token still holds.
-struct Watch {
-    rx: tokio::sync::mpsc::Receiver<clade_runtime::LiveEvent>,
-    recheck: clade_core::Interval,
-    store: clade_store::Store,
-    tenant: clade_core::Tenant,
-    credential: crate::auth::Credential,
-    reach: crate::auth::Reach,
-    ids: crate::stream_ids::StreamIds,
-    _release: Option<ReleaseOnClose>,
+    let events = crate::live::follow(
+        &state,
+        caller,
+        Scope::Session(session.id),
+        crate::live::Start::After(after.unwrap_or(0)),
+        crate::live::Only::everything(),
+        release,
+    )
+    .await?;
+    Ok(crate::live::sse(events, state.stream_ids.clone(), tenant_id, false))
 }
 
 /// Ends a leased operator's leases of one session when its stream of the session closes (the

@@ -21,6 +21,9 @@ pub struct AgentResponse {
     pub created_at: i64,
     /// The persona template the workspace is seeded from.
     pub template: String,
+    /// The first message a creation with `task` sent, once stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<EventResponse>,
 }
 
 impl From<&Agent> for AgentResponse {
@@ -31,6 +34,7 @@ impl From<&Agent> for AgentResponse {
             name: agent.display_name.clone(),
             created_at: agent.created_at.as_millis(),
             template: agent.config.template.to_string(),
+            task: None,
         }
     }
 }
@@ -52,6 +56,11 @@ pub struct CreateAgentParams {
     #[serde(default)]
     #[schemars(pattern(clade_core::HANDLE_PATTERN))]
     pub template: Option<String>,
+    /// A first message, sent to the agent once it exists (from platform `hub`, channel
+    /// `spawn`, actor `operator`): the answer's `task` names its event and session.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 65536), pattern(clade_core::NOT_BLANK_PATTERN))]
+    pub task: Option<String>,
 }
 
 /// One page of agents.
@@ -692,6 +701,28 @@ pub struct StreamQuery {
     #[serde(default)]
     #[schemars(with = "Option<u64>", range(min = 0, max = u64::MAX))]
     pub after: Option<String>,
+}
+
+/// Query of `GET /v1/agents/{handle}/events`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentStreamQuery {
+    /// As `Last-Event-ID`: the id of an event this stream sent (0: from the start). Absent,
+    /// the stream starts with what happens next.
+    #[serde(default)]
+    #[schemars(with = "Option<u64>", range(min = 0, max = u64::MAX))]
+    pub after: Option<String>,
+    /// Only this session's events (one of the agent's).
+    #[serde(default)]
+    #[schemars(extend("format" = "uuid"))]
+    pub session: Option<String>,
+    /// Only events of this type (`turn.finished`, `agent.message.received`, ...).
+    #[serde(default, rename = "type")]
+    pub kind: Option<crate::Spelled<clade_core::EventKind>>,
+    /// Also the model's text as it is written (`text.delta`) and tools' progress, which are
+    /// passed on live and never replayed.
+    #[serde(default)]
+    pub deltas: bool,
 }
 
 /// The longest a grant may be made for: a hundred years, in seconds.

@@ -168,6 +168,10 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         channels,
     };
     let options = ServerOptions { max_body_bytes };
+    let grpc = match &ctx.config.server.grpc {
+        Some(grpc) => Some(start_grpc(ctx, grpc, state.clone(), max_body_bytes).await?),
+        None => None,
+    };
     let app = clade_gateway::router(state, &options);
     tracing::info!(
         address = %address,
@@ -183,6 +187,10 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         ctx.data_dir.token_path().display(),
         models.describe()
     );
+    // After the line above, which scripts read first for the HTTP address.
+    if let Some(grpc) = &grpc {
+        println!("AgentHub (gRPC) listening on {}", grpc.url);
+    }
     let descriptors = raise_descriptor_limit();
     let limits = clade_gateway::ConnectionLimits {
         max_connections: ctx
@@ -204,6 +212,9 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     clade_gateway::serve(listener, app, shutdown_signal(), limits)
         .await
         .context("server failed")?;
+    if let Some(grpc) = grpc {
+        grpc.stop().await;
+    }
     reloader.abort();
     admin.abort();
     let _ = std::fs::remove_file(&admin_path);
@@ -815,6 +826,82 @@ pub(super) async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+/// The AgentHub's gRPC server, running beside the HTTP one.
+struct GrpcServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    /// Where it listens, `http://` or `https://`.
+    url: String,
+}
+
+impl GrpcServer {
+    /// Stops taking calls and gives those in flight a moment; traces, which never end by
+    /// themselves, are then cut.
+    async fn stop(mut self) {
+        let _ = self.stop.send(());
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.task).await.is_err() {
+            self.task.abort();
+        }
+    }
+}
+
+/// Starts `server.grpc`: its listener bound and its TLS files read before `clade serve` says
+/// it listens, so a wrong port or file stops the start with the reason.
+async fn start_grpc(
+    ctx: &Ctx,
+    grpc: &clade_config::GrpcConfig,
+    state: AppState,
+    max_message_bytes: usize,
+) -> Result<GrpcServer> {
+    let base = ctx.config_path.parent().unwrap_or(std::path::Path::new("."));
+    let read = |name: &str, file: &str| {
+        let path = base.join(file);
+        std::fs::read(&path).with_context(|| {
+            format!("cannot read server.grpc.tls.{name} ({}): give the PEM file's path, absolute or relative to clade.yaml", path.display())
+        })
+    };
+    let tls = match &grpc.tls {
+        Some(files) => Some((read("cert", &files.cert)?, read("key", &files.key)?)),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(&grpc.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} for gRPC: set another address in server.grpc.listen",
+            grpc.listen
+        )
+    })?;
+    let address = listener.local_addr()?;
+    if !address.ip().is_loopback() && tls.is_none() {
+        tracing::warn!(
+            address = %address,
+            "the AgentHub's gRPC server listens beyond this machine without TLS (tokens and messages unencrypted); set server.grpc.tls or listen on 127.0.0.1"
+        );
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let options = clade_gateway::GrpcOptions { tls, max_message_bytes };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = clade_gateway::serve_grpc(listener, state, options, async {
+        let _ = stopped.await;
+    });
+    // A TLS identity that does not parse fails here, before the gateway says it is up.
+    let mut serving = Box::pin(serving);
+    let failed = tokio::select! {
+        result = &mut serving => Some(result),
+        () = tokio::task::yield_now() => None,
+    };
+    if let Some(result) = failed {
+        result.context("the AgentHub's gRPC server cannot start: fix server.grpc")?;
+    }
+    let task = tokio::spawn(async move {
+        if let Err(err) = serving.await {
+            tracing::error!(error = %err, "the AgentHub's gRPC server stopped");
+        }
+    });
+    tracing::info!(address = %address, tls = scheme == "https", "AgentHub listening (gRPC)");
+    let url = format!("{scheme}://{address}");
+    Ok(GrpcServer { stop, task, url })
 }
 
 /// Raises this process's soft descriptor limit to its hard limit; the limit in force.

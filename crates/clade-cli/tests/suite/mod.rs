@@ -8,6 +8,7 @@ mod discord;
 mod forks;
 mod hardening;
 mod http;
+mod hub;
 mod matrix;
 mod mcp;
 mod memory;

@@ -1,0 +1,270 @@
+//! The AgentHub: Spawn, SendMessage and Trace over gRPC, driven by gRPC's official Python
+//! packages unchanged (the client made from `proto/` by `grpcio-tools`' own protoc), on plain
+//! HTTP/2 and over TLS; and the same operations over HTTP (`POST /v1/agents` with a task, `GET
+//! /v1/agents/{handle}/events`). Another tenant's token reaches none of it.
+
+use serde_json::Value;
+
+use super::support::{Env, ada_and_rival_bob, python_clients, run_client, token, write};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn proto_dir() -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    dir.canonicalize().unwrap().to_string_lossy().into_owned()
+}
+
+/// The `turn.finished` replies among a trace's events, in order.
+fn replies(events: &Value) -> Vec<String> {
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "turn.finished")
+        .map(|e| e["data"]["reply"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_official_grpc_client_spawns_sends_and_traces() {
+    let Some(python) = python_clients("the AgentHub gRPC test") else { return };
+    let env = Env::new();
+    let rival = ada_and_rival_bob(&env);
+    let (read, _) = token(&env, "default", &["read"]);
+    let port = free_port();
+    let config = format!("server:\n  grpc:\n    listen: 127.0.0.1:{port}\n");
+    write(&env.data_dir().join("clade.yaml"), &config);
+    let server = env.serve(&[]);
+    let address = format!("127.0.0.1:{port}");
+    let got = run_client(
+        &python,
+        "hub_client.py",
+        &["plain", &proto_dir(), &address, &server.token, &rival, &read],
+    );
+
+    let spawned = &got["spawned"];
+    assert_eq!((&spawned["handle"], &spawned["template"]), (&"scout".into(), &"default".into()));
+    assert!(!spawned["agent_id"].as_str().unwrap().is_empty(), "{got}");
+    assert!(!spawned["task_event"].as_str().unwrap().is_empty(), "{got}");
+
+    // Acknowledged once stored; the same key again is the same message, nothing new.
+    let (sent, again) = (&got["sent"], &got["again"]);
+    assert_eq!(sent["duplicate"], false, "{got}");
+    assert_eq!(again["duplicate"], true, "{got}");
+    assert_eq!((&again["event_id"], &again["session"]), (&sent["event_id"], &sent["session"]));
+
+    // The live trace saw the message's turn as it ran, its text as written included.
+    let live = got["live"].as_array().unwrap_or_else(|| panic!("no live trace: {got}"));
+    assert!(live.iter().any(|e| e["kind"] == "turn.started"), "{got}");
+    assert!(live.iter().any(|e| e["kind"] == "text.delta" && e["id"] == 0), "{got}");
+    assert_eq!(replies(&got["live"]).last().unwrap(), "echo: hello over grpc", "{got}");
+    // Stored events carry the id a trace resumes from; a turn's start may be announced before
+    // it commits (id 0), and is then not passed on twice.
+    let stored = live.iter().filter(|e| e["kind"] != "text.delta" && e["kind"] != "turn.started");
+    assert!(stored.clone().count() > 0 && stored.clone().all(|e| e["id"].as_u64() > Some(0)));
+    assert_eq!(live.iter().filter(|e| e["kind"] == "turn.started").count(), 1, "{got}");
+
+    // Replayed from the start: both turns once each, in order, no deltas, ids in order.
+    let replay = got["replay"].as_array().unwrap();
+    assert_eq!(replies(&got["replay"]), ["echo: first task", "echo: hello over grpc"], "{got}");
+    assert!(replay.iter().all(|e| e["kind"] != "text.delta" && e.get("error").is_none()));
+    let ids: Vec<u64> = replay.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert!(ids.iter().all(|id| *id > 0), "{ids:?}");
+    assert_eq!(ids.iter().collect::<std::collections::BTreeSet<_>>().len(), ids.len());
+    // Resumed after its first event: exactly the rest.
+    assert_eq!(got["resumed_after"], replay[0]["id"]);
+    let resumed = got["resumed"].as_array().unwrap();
+    assert_eq!(resumed.as_slice(), &replay[1..], "{got}");
+    // One session's turn.finished alone.
+    let filtered = got["filtered"].as_array().unwrap();
+    assert_eq!(replies(&got["filtered"]), ["echo: hello over grpc"], "{got}");
+    assert!(filtered.iter().all(|e| e["session"] == sent["session"]), "{got}");
+
+    // A worker run on the message's session; its key finds it again.
+    let run = &got["run"];
+    assert_eq!((&run["kind"], &run["duplicate"]), (&"worker".into(), &false.into()), "{got}");
+    assert_eq!(got["run_again"]["execution_id"], run["execution_id"], "{got}");
+    assert_eq!(got["run_again"]["duplicate"], true, "{got}");
+
+    let errors = &got["errors"];
+    for (case, status, code) in [
+        ("no_token", "UNAUTHENTICATED", "missing_token"),
+        ("bad_token", "UNAUTHENTICATED", "invalid_token"),
+        ("read_only_spawn", "PERMISSION_DENIED", "forbidden"),
+        ("read_only_send", "PERMISSION_DENIED", "forbidden"),
+        ("rival_send", "NOT_FOUND", "agent_not_found"),
+        ("rival_into_session", "NOT_FOUND", "session_not_found"),
+        ("rival_trace", "NOT_FOUND", "agent_not_found"),
+        ("rival_run", "NOT_FOUND", "session_not_found"),
+        ("taken_handle", "ALREADY_EXISTS", "handle_taken"),
+        ("bad_handle", "INVALID_ARGUMENT", "invalid_handle"),
+        ("nothing_to_spawn", "INVALID_ARGUMENT", "invalid_request"),
+        ("blank_task", "INVALID_ARGUMENT", "invalid_request"),
+        ("no_kind", "INVALID_ARGUMENT", "invalid_request"),
+        ("empty_text", "INVALID_ARGUMENT", "invalid_request"),
+        ("unknown_kind", "INVALID_ARGUMENT", "invalid_request"),
+        ("unknown_agent", "NOT_FOUND", "agent_not_found"),
+        ("not_a_session", "INVALID_REQUEST_OR_NOT_FOUND", ""),
+    ] {
+        let error = &errors[case];
+        if status == "INVALID_REQUEST_OR_NOT_FOUND" {
+            assert!(
+                error["status"] == "INVALID_ARGUMENT" || error["status"] == "NOT_FOUND",
+                "{case}: {error}"
+            );
+            continue;
+        }
+        assert_eq!((&error["status"], &error["code"]), (&status.into(), &code.into()), "{case}");
+        assert!(!error["message"].as_str().unwrap_or_default().is_empty(), "{case}: {error}");
+    }
+    // Refusals name what is wrong, and which scope a call needs.
+    let forbidden = errors["read_only_spawn"]["message"].as_str().unwrap();
+    assert!(forbidden.contains("Spawn") && forbidden.contains("admin"), "{forbidden}");
+    // A task refused for being blank made no agent.
+    assert_eq!(got["blank_made_no_agent"]["code"], "agent_not_found", "{got}");
+
+    // The rival's own agent is untouched, and scout has its three messages' sessions.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sessions = runtime.block_on(server.get_json("/v1/sessions?agent=scout"));
+    let platforms: Vec<&str> = sessions["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["platform"].as_str().unwrap())
+        .collect();
+    assert!(platforms.contains(&"hub") && platforms.contains(&"grpc"), "{sessions}");
+}
+
+#[test]
+fn the_hub_serves_tls_and_refuses_plain_connections() {
+    let Some(python) = python_clients("the AgentHub TLS test") else { return };
+    let env = Env::new();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (env.tmp.path().join("hub.pem"), env.tmp.path().join("hub.key"));
+    write(&cert, &certified.cert.pem());
+    write(&key, &certified.signing_key.serialize_pem());
+    let port = free_port();
+    let config = format!(
+        "server:\n  grpc:\n    listen: 127.0.0.1:{port}\n    tls:\n      cert: {}\n      key: ../hub.key\n",
+        cert.display()
+    );
+    write(&env.data_dir().join("clade.yaml"), &config);
+    let server = env.serve(&[]);
+    let address = format!("localhost:{port}");
+    let ca = cert.to_string_lossy().into_owned();
+    let got =
+        run_client(&python, "hub_client.py", &["tls", &proto_dir(), &address, &server.token, &ca]);
+    assert_eq!(got["spawned"]["handle"], "sealed", "{got}");
+    assert_eq!(replies(&got["trace"]), ["echo: over tls"], "{got}");
+    assert_eq!(got["plain_to_tls"]["status"], "UNAVAILABLE", "{got}");
+}
+
+/// A key file that is not a key stops `clade serve` at its start, naming the setting; a port
+/// taken too.
+#[test]
+fn a_bad_grpc_setting_stops_the_start_with_the_reason() {
+    let env = Env::new();
+    write(&env.tmp.path().join("bad.pem"), "not a certificate\n");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for (config, expected) in [
+        (
+            "server:\n  grpc:\n    listen: 127.0.0.1:0\n    tls: { cert: ../bad.pem, key: ../bad.pem }\n".to_owned(),
+            "server.grpc",
+        ),
+        (
+            "server:\n  grpc:\n    listen: 127.0.0.1:0\n    tls: { cert: ../missing.pem, key: ../bad.pem }\n".to_owned(),
+            "server.grpc.tls.cert",
+        ),
+        (format!("server:\n  grpc:\n    listen: 127.0.0.1:{port}\n"), "server.grpc.listen"),
+        ("server:\n  grpc:\n    listen: nowhere\n".to_owned(), "server.grpc.listen"),
+    ] {
+        write(&env.data_dir().join("clade.yaml"), &config);
+        let out = env.run(&["serve", "--listen", "127.0.0.1:0"]);
+        assert_ne!(out.code, 0, "{config}");
+        assert!(out.stderr.contains(expected), "{config}: {}", out.stderr);
+    }
+}
+
+/// The same operations over HTTP: an agent made with a task, and its trace as Server-Sent
+/// Events, replayed from the start and filtered; the rival tenant reaches none of it.
+#[test]
+fn the_hub_over_http_spawns_and_traces() {
+    let env = Env::new();
+    let rival = ada_and_rival_bob(&env);
+    let server = env.serve(&[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let created = http
+            .post(format!("{}/v1/agents", server.url))
+            .bearer_auth(&server.token)
+            .json(&serde_json::json!({"handle": "courier", "task": "by http"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        let created: Value = created.json().await.unwrap();
+        let session = created["task"]["session_id"].as_str().unwrap().to_owned();
+        assert!(created["task"]["event_id"].is_string(), "{created}");
+
+        let trace = |query: &str, token: &str| {
+            http.get(format!("{}/v1/agents/courier/events{query}", server.url))
+                .bearer_auth(token)
+                .send()
+        };
+        let stream = trace("?after=0&type=turn.finished", &server.token).await.unwrap();
+        assert_eq!(stream.status(), 200);
+        let text = read_until(stream, "echo: by http").await;
+        assert!(text.contains("event: turn.finished"), "{text}");
+        assert!(!text.contains("event: turn.started"), "filtered out: {text}");
+        // Each event says which of the agent's sessions it is of.
+        let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        let data: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(data["session"], session.as_str(), "{text}");
+        assert_eq!(data["data"]["reply"], "echo: by http", "{text}");
+
+        for (query, token, status) in [
+            ("?after=0", rival.as_str(), 404),
+            ("?type=nope", server.token.as_str(), 400),
+            ("?after=x", server.token.as_str(), 400),
+            ("?session=00000000-0000-7000-8000-000000000000", server.token.as_str(), 404),
+        ] {
+            let refused = trace(query, token).await.unwrap();
+            assert_eq!(refused.status(), status, "{query}");
+        }
+        // A task refused for its size makes no agent.
+        let long = "x".repeat(70_000);
+        let refused = http
+            .post(format!("{}/v1/agents", server.url))
+            .bearer_auth(&server.token)
+            .json(&serde_json::json!({"handle": "wordy", "task": long}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400);
+        let missing =
+            http.get(format!("{}/v1/agents/wordy", server.url)).bearer_auth(&server.token);
+        assert_eq!(missing.send().await.unwrap().status(), 404);
+    });
+}
+
+/// An SSE body read until it holds `needle` (a test fails after 20 s without it).
+async fn read_until(response: reqwest::Response, needle: &str) -> String {
+    use futures::StreamExt as _;
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    let read = async {
+        while !text.contains(needle) {
+            match body.next().await {
+                Some(Ok(chunk)) => text.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), read).await;
+    text
+}
