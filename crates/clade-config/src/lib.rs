@@ -15,7 +15,7 @@ mod tools;
 
 pub use tools::{
     Constraints, GrantCeiling, McpServerConfig, OpenApiConfig, PolicyEffect, PolicyRule,
-    SandboxLimits, SandboxMode, ToolHostConfig, ToolsConfig,
+    SandboxLimits, SandboxMode, ToolHostConfig, ToolsConfig, parse_template_tools,
 };
 
 /// Whether `name` may name a tool source (an MCP server, a tool host, an API): 1-64 of

@@ -162,6 +162,20 @@ fn any() -> String {
     "*".into()
 }
 
+/// Reads a persona template's default tools (its `tools.yaml`): a list of rules as
+/// `tools.policy` writes them. The error names the template and the line.
+pub fn parse_template_tools(text: &str, template: &str) -> Result<Vec<PolicyRule>, String> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_saphyr::from_str::<Vec<PolicyRule>>(text).map_err(|err| {
+        // The first line says where and what; the rest is a snippet of the file.
+        let err = err.to_string();
+        let what = err.lines().next().unwrap_or_default().trim_start_matches("error: ");
+        format!("template {template:?}'s tools.yaml is not a list of rules (effect, tool, resource, constraints): {what}")
+    })
+}
+
 /// The most a tenant's own `allow` grants may give (see `TenantConfig::ceiling`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -142,14 +142,32 @@ pub(crate) async fn create_agent(
         state.limits.take_event(tenant)?;
         state.limits.admit_bytes(&state.store, tenant, task.len() as u64).await?;
     }
+    // Read before the agent exists: a broken tools.yaml makes no agent.
+    let rules =
+        clade_runtime::tools::template_tools(&state.agents, &template).map_err(
+            |err| match err {
+                clade_runtime::tools::AccessError::Invalid(message) => {
+                    ApiError::new(Code::InvalidConfig, message)
+                }
+                other => other.into(),
+            },
+        )?;
     let new = NewAgent { handle, display_name: params.name, config: AgentConfig { template } };
-    let agents = state.agents.acting_as(format!("tenant {} (api)", tenant.name));
+    let by = format!("tenant {} (api)", tenant.name);
+    let agents = state.agents.acting_as(by.clone());
     let agent = match state.limits.max_agents(tenant) {
         Some((max, key)) => agents.create_within(tenant.id, new, max, &key).await?,
         None => agents.create(tenant.id, new).await?,
     };
     tracing::info!(agent_id = %agent.id, "agent created");
     let mut created = AgentResponse::from(&agent);
+    // A tenant's own token gives the template's tools only within the tenant's ceiling.
+    let given = state
+        .engine
+        .tools()
+        .grant_template_tools(&agent, rules, Some(tenant.name.as_str()), &by)
+        .await?;
+    created.tools = template_tools_response(&given);
     if let Some(text) = params.task {
         let envelope = clade_runtime::Envelope {
             tenant: tenant.clone(),
@@ -316,4 +334,20 @@ pub(crate) async fn trace(
         }
     };
     crate::live::follow(state, caller, scope, start, only, None).await
+}
+
+/// What a new agent's template gave it, as a creation's answer (and the CLI's) shows it.
+pub fn template_tools_response(
+    given: &clade_runtime::tools::TemplateGrants,
+) -> Vec<crate::api::TemplateToolResponse> {
+    let shown = |rule: &clade_config::PolicyRule, left_out: Option<&String>| {
+        crate::api::TemplateToolResponse {
+            effect: rule.effect.as_str().to_owned(),
+            tool: rule.tool.clone(),
+            resource: rule.resource.clone(),
+            left_out: left_out.cloned(),
+        }
+    };
+    let granted = given.granted.iter().map(|rule| shown(rule, None));
+    granted.chain(given.left_out.iter().map(|(rule, why)| shown(rule, Some(why)))).collect()
 }

@@ -9,6 +9,7 @@
 //! Start at [`router`], then `agents.rs` for a resource end to end.
 
 mod agents;
+pub use agents::template_tools_response;
 /// The wire types, which `clade-protocol` owns.
 pub use clade_protocol as api;
 mod auth;
@@ -21,7 +22,7 @@ pub mod error;
 mod events;
 pub mod hooks;
 mod hub;
-pub use hub::{GrpcError, GrpcOptions, serve_grpc};
+pub use hub::{GrpcError, GrpcOptions, check_grpc_tls, serve_grpc};
 mod jobs;
 mod leases;
 

@@ -24,6 +24,23 @@ pub struct AgentResponse {
     /// The first message a creation with `task` sent, once stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<EventResponse>,
+    /// A creation's answer: the default tools its template brought, granted or left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<TemplateToolResponse>,
+}
+
+/// A default tool of a new agent's template: a grant made with the agent, or one left out.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TemplateToolResponse {
+    /// `allow` or `ask` (a person approves each call).
+    pub effect: String,
+    /// Tool pattern, such as `fs.*`.
+    pub tool: String,
+    /// Resource pattern (`*`: any).
+    pub resource: String,
+    /// Why it was not granted (beyond what the tenant may grant); absent when granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_out: Option<String>,
 }
 
 impl From<&Agent> for AgentResponse {
@@ -35,6 +52,7 @@ impl From<&Agent> for AgentResponse {
             created_at: agent.created_at.as_millis(),
             template: agent.config.template.to_string(),
             task: None,
+            tools: Vec::new(),
         }
     }
 }

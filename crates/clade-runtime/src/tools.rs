@@ -41,6 +41,25 @@ pub enum AccessError {
     Forbidden(String),
 }
 
+/// What a new agent's template gave it.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateGrants {
+    /// The rules granted.
+    pub granted: Vec<PolicyRule>,
+    /// The rules left out, each with why (beyond what its tenant may grant).
+    pub left_out: Vec<(PolicyRule, String)>,
+}
+
+/// The default tools of `template` (its `tools.yaml`), read before an agent is made of it, so
+/// a broken file stops the creation rather than making an agent without them.
+pub fn template_tools(
+    agents: &clade_store::Agents,
+    template: &clade_core::TemplateName,
+) -> Result<Vec<PolicyRule>, AccessError> {
+    let Some(text) = agents.template_tools(template)? else { return Ok(Vec::new()) };
+    clade_config::parse_template_tools(&text, template.as_str()).map_err(AccessError::Invalid)
+}
+
 /// An operator's (or the clock's) answer to an approval request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -937,6 +956,33 @@ impl ToolRunner {
 
     /// Adds a grant. With `parent`, it is a delegation and must narrow that grant (tool,
     /// resource, constraints, expiry); the child then lives only as long as its parent.
+    /// Grants `agent` its template's default tools (`rules`, from [`template_tools`]). With
+    /// `ceiling_of` (a tenant's own token made the agent), only what that tenant's ceiling
+    /// allows: the rest is left out, each with why, as is a rule a grant cannot hold.
+    pub async fn grant_template_tools(
+        &self,
+        agent: &Agent,
+        rules: Vec<PolicyRule>,
+        ceiling_of: Option<&str>,
+        by: &str,
+    ) -> Result<TemplateGrants, AccessError> {
+        let mut given = TemplateGrants::default();
+        for rule in rules {
+            if let Some(tenant) = ceiling_of
+                && let Err(AccessError::Forbidden(why)) = self.check_ceiling(tenant, &rule)
+            {
+                given.left_out.push((rule, why));
+                continue;
+            }
+            match self.add_grant(agent, rule.clone(), None, None, by).await {
+                Ok(_) => given.granted.push(rule),
+                Err(AccessError::Invalid(why)) => given.left_out.push((rule, why)),
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(given)
+    }
+
     pub async fn add_grant(
         &self,
         agent: &Agent,

@@ -19,8 +19,11 @@ pub const PERSONA_FILES: [&str; 3] = ["SOUL.md", "IDENTITY.md", "USER.md"];
 pub const IMPORTABLE_FILES: [&str; 5] =
     ["SOUL.md", "IDENTITY.md", "USER.md", "AGENTS.md", "MEMORY.md"];
 
-/// A persona template shipped in the binary: its name and its files.
-type BuiltinTemplate = (&'static str, [(&'static str, &'static str); 3]);
+/// A template's default tools: rules, as YAML, given to a new agent as grants.
+pub const TOOLS_FILE: &str = "tools.yaml";
+
+/// A persona template shipped in the binary: its name, its files, and its default tools.
+type BuiltinTemplate = (&'static str, [(&'static str, &'static str); 3], &'static str);
 
 /// Declares a built-in template from `templates/<name>/` (`USER.md` is the default one's).
 macro_rules! builtin {
@@ -32,6 +35,7 @@ macro_rules! builtin {
                 ("IDENTITY.md", include_str!(concat!("../templates/", $name, "/IDENTITY.md"))),
                 ("USER.md", include_str!("../templates/default/USER.md")),
             ],
+            include_str!(concat!("../templates/", $name, "/tools.yaml")),
         )
     };
 }
@@ -49,7 +53,7 @@ const BUILTIN_TEMPLATES: [BuiltinTemplate; 6] = [
 
 /// The names of the templates shipped in the binary.
 pub fn builtin_templates() -> impl Iterator<Item = &'static str> {
-    BUILTIN_TEMPLATES.iter().map(|(name, _)| *name)
+    BUILTIN_TEMPLATES.iter().map(|(name, _, _)| *name)
 }
 
 /// Limits on what an import copies, so a wrong directory cannot fill the disk.
@@ -244,6 +248,25 @@ impl Agents {
     }
 
     /// The files a template seeds, with `{{handle}}` and `{{name}}` filled in.
+    /// The template's default tools, as the YAML text of its `tools.yaml` (none for a folder
+    /// under `<data-dir>/templates/` without one). A folder of the template's name takes
+    /// precedence over the built-in template, as for its persona files.
+    pub fn template_tools(&self, template: &TemplateName) -> Result<Option<String>> {
+        let dir = self.data_dir.templates_dir().join(template.as_str());
+        if dir.is_dir() {
+            let path = dir.join(TOOLS_FILE);
+            return match std::fs::read_to_string(&path) {
+                Ok(text) => Ok(Some(text)),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(Error::Io { action: "read", path, source }),
+            };
+        }
+        match BUILTIN_TEMPLATES.iter().find(|(n, _, _)| *n == template.as_str()) {
+            Some((_, _, tools)) => Ok(Some((*tools).to_owned())),
+            None => Err(Error::TemplateNotFound(template.to_string())),
+        }
+    }
+
     fn template_files(
         &self,
         template: &TemplateName,
@@ -266,7 +289,9 @@ impl Agents {
             }
             return Ok(files);
         }
-        if let Some((_, files)) = BUILTIN_TEMPLATES.iter().find(|(n, _)| *n == template.as_str()) {
+        if let Some((_, files, _)) =
+            BUILTIN_TEMPLATES.iter().find(|(n, _, _)| *n == template.as_str())
+        {
             return Ok(files.iter().map(|(f, t)| ((*f).to_owned(), fill(t))).collect());
         }
         Err(Error::TemplateNotFound(template.to_string()))

@@ -19,6 +19,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: AgentsCommand) -> Result<()> {
                 Some(name) => TemplateName::parse(&name)?,
                 None => TemplateName::builtin_default(),
             };
+            let rules = clade_runtime::tools::template_tools(&ctx.agents, &template)?;
             let agent = ctx
                 .agents
                 .create(
@@ -27,6 +28,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: AgentsCommand) -> Result<()> {
                 )
                 .await?;
             println!("created agent {} ({})", agent.handle, agent.id);
+            give_template_tools(ctx, &agent, rules, "operator (cli)").await?;
         }
         AgentsCommand::List { json } => {
             let tenant = ctx.tenant().await?;
@@ -240,4 +242,28 @@ async fn tell_gateway(ctx: &Ctx, socket: Option<&std::path::Path>) {
             path.display()
         ),
     }
+}
+
+/// Gives a new agent its template's default tools as grants (the operator's CLI: no ceiling
+/// applies) and says which.
+pub(super) async fn give_template_tools(
+    ctx: &Ctx,
+    agent: &clade_core::Agent,
+    rules: Vec<clade_config::PolicyRule>,
+    by: &str,
+) -> Result<()> {
+    if rules.is_empty() {
+        return Ok(());
+    }
+    let given = ctx.tools().await.grant_template_tools(agent, rules, None, by).await?;
+    for tool in clade_gateway::template_tools_response(&given) {
+        match tool.left_out {
+            None => println!(
+                "  {} {} on {} (template {})",
+                tool.effect, tool.tool, tool.resource, agent.config.template
+            ),
+            Some(why) => println!("  left out {} {}: {why}", tool.tool, tool.resource),
+        }
+    }
+    Ok(())
 }

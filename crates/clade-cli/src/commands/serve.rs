@@ -16,6 +16,11 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| {
         format!("cannot listen on {listen}: pass another address with --listen or set server.listen in clade.yaml")
     })?;
+    // Its port bound and its TLS files read before anything starts: a bad setting stops here.
+    let grpc = match &ctx.config.server.grpc {
+        Some(grpc) => Some(prepare_grpc(ctx, grpc).await?),
+        None => None,
+    };
     let address = listener.local_addr()?;
     if !address.ip().is_loopback() {
         tracing::warn!(
@@ -168,10 +173,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         channels,
     };
     let options = ServerOptions { max_body_bytes };
-    let grpc = match &ctx.config.server.grpc {
-        Some(grpc) => Some(start_grpc(ctx, grpc, state.clone(), max_body_bytes).await?),
-        None => None,
-    };
+    let grpc = grpc.map(|prepared| start_grpc(prepared, state.clone(), max_body_bytes));
     let app = clade_gateway::router(state, &options);
     tracing::info!(
         address = %address,
@@ -847,14 +849,15 @@ impl GrpcServer {
     }
 }
 
-/// Starts `server.grpc`: its listener bound and its TLS files read before `clade serve` says
-/// it listens, so a wrong port or file stops the start with the reason.
-async fn start_grpc(
-    ctx: &Ctx,
-    grpc: &clade_config::GrpcConfig,
-    state: AppState,
-    max_message_bytes: usize,
-) -> Result<GrpcServer> {
+/// `server.grpc` made ready to serve: its listener bound, its TLS identity read and checked.
+struct PreparedGrpc {
+    listener: tokio::net::TcpListener,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Binds `server.grpc`'s port and reads its TLS files, so a wrong port or file stops `clade
+/// serve` before it starts anything, with the reason.
+async fn prepare_grpc(ctx: &Ctx, grpc: &clade_config::GrpcConfig) -> Result<PreparedGrpc> {
     let base = ctx.config_path.parent().unwrap_or(std::path::Path::new("."));
     let read = |name: &str, file: &str| {
         let path = base.join(file);
@@ -863,7 +866,13 @@ async fn start_grpc(
         })
     };
     let tls = match &grpc.tls {
-        Some(files) => Some((read("cert", &files.cert)?, read("key", &files.key)?)),
+        Some(files) => {
+            let (cert, key) = (read("cert", &files.cert)?, read("key", &files.key)?);
+            clade_gateway::check_grpc_tls(&cert, &key).context(
+                "server.grpc.tls cannot be served: give a PEM certificate chain and its private key",
+            )?;
+            Some((cert, key))
+        }
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(&grpc.listen).await.with_context(|| {
@@ -872,8 +881,15 @@ async fn start_grpc(
             grpc.listen
         )
     })?;
-    let address = listener.local_addr()?;
-    if !address.ip().is_loopback() && tls.is_none() {
+    Ok(PreparedGrpc { listener, tls })
+}
+
+/// Serves the AgentHub on the prepared listener beside the HTTP server.
+fn start_grpc(prepared: PreparedGrpc, state: AppState, max_message_bytes: usize) -> GrpcServer {
+    let PreparedGrpc { listener, tls } = prepared;
+    let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    if !loopback && tls.is_none() {
         tracing::warn!(
             address = %address,
             "the AgentHub's gRPC server listens beyond this machine without TLS (tokens and messages unencrypted); set server.grpc.tls or listen on 127.0.0.1"
@@ -882,26 +898,16 @@ async fn start_grpc(
     let scheme = if tls.is_some() { "https" } else { "http" };
     let options = clade_gateway::GrpcOptions { tls, max_message_bytes };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = clade_gateway::serve_grpc(listener, state, options, async {
-        let _ = stopped.await;
-    });
-    // A TLS identity that does not parse fails here, before the gateway says it is up.
-    let mut serving = Box::pin(serving);
-    let failed = tokio::select! {
-        result = &mut serving => Some(result),
-        () = tokio::task::yield_now() => None,
-    };
-    if let Some(result) = failed {
-        result.context("the AgentHub's gRPC server cannot start: fix server.grpc")?;
-    }
     let task = tokio::spawn(async move {
-        if let Err(err) = serving.await {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        if let Err(err) = clade_gateway::serve_grpc(listener, state, options, shutdown).await {
             tracing::error!(error = %err, "the AgentHub's gRPC server stopped");
         }
     });
     tracing::info!(address = %address, tls = scheme == "https", "AgentHub listening (gRPC)");
-    let url = format!("{scheme}://{address}");
-    Ok(GrpcServer { stop, task, url })
+    GrpcServer { stop, task, url: format!("{scheme}://{address}") }
 }
 
 /// Raises this process's soft descriptor limit to its hard limit; the limit in force.

@@ -64,6 +64,10 @@ async fn create(ctx: &Ctx, preset: &str, name: &str) -> Result<()> {
         }
         planned.push((role, TemplateName::parse(template)?, handle));
     }
+    let mut rules = Vec::new();
+    for (_, template, _) in &planned {
+        rules.push(clade_runtime::tools::template_tools(&ctx.agents, template)?);
+    }
     let mut made = Vec::new();
     for (role, template, handle) in &planned {
         let spec = NewAgent {
@@ -82,6 +86,11 @@ async fn create(ctx: &Ctx, preset: &str, name: &str) -> Result<()> {
         constraints: Constraints::default(),
     };
     let by = "operator (cli, teams create)";
+    for ((_, agent), rules) in made.iter().zip(rules) {
+        if !rules.is_empty() {
+            tools.grant_template_tools(agent, rules, None, by).await?;
+        }
+    }
     let (coordinator_role, coordinator) = &made[0];
     let mut roster = Vec::new();
     for (role, member) in &made[1..] {

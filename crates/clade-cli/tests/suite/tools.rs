@@ -1234,3 +1234,92 @@ async fn a_drained_gateway_takes_no_new_event_and_lets_running_turns_end() {
     let turns = server.get_json(&format!("/v1/sessions/{session}/turns")).await;
     assert_eq!(turns["items"][0]["status"], "completed", "{turns}");
 }
+
+/// A role template brings its default tools as grants: all of them when the operator (or a
+/// tenant with room under its ceiling) makes the agent, only what the ceiling allows when a
+/// tenant's own token does, the rest named as left out. The grants work as any grant does; a
+/// template whose tools.yaml does not read makes no agent.
+#[tokio::test]
+async fn templates_bring_their_default_tools_within_the_tenants_ceiling() {
+    let env = Env::new();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        "tenants:\n  acme:\n    ceiling: { tools: [\"fs.*\"] }\n",
+    );
+    // The operator's CLI: every default tool of the coder template.
+    let out = env.run(&["agents", "create", "cody", "--template", "coder"]).ok().stdout;
+    assert!(out.contains("allow fs.* on *") && out.contains("allow shell.exec on git **"), "{out}");
+    env.run(&["agents", "create", "plain"]).ok();
+    let grants = env.run(&["--agent", "cody", "grants", "list"]).ok().stdout;
+    assert!(grants.contains("fs.*") && grants.contains("cargo **"), "{grants}");
+    assert!(!env.run(&["--agent", "plain", "grants", "list"]).ok().stdout.contains("fs."));
+
+    env.run(&["tenants", "create", "acme"]).ok();
+    let (acme, _) = super::support::token(&env, "acme", &["admin"]);
+    let server = env.serve(&[]);
+    // The grants work: cody writes into its workspace, an agent of the default template may not.
+    let write_note = |agent: &'static str| {
+        let server = &server;
+        async move {
+            let args = json!({ "path": "note.txt", "content": "from the template" });
+            call(server, agent, "fs.write", args).await
+        }
+    };
+    assert!(!write_note("cody").await.0, "the coder template's fs.* grant did not allow it");
+    assert!(write_note("plain").await.0, "an agent of the default template wrote a file");
+
+    // A tenant's own token: only what its ceiling allows (fs.*); the http.request of the
+    // researcher template is left out, with why.
+    let (status, made) = request(
+        &server.url,
+        &acme,
+        "POST",
+        "/v1/agents",
+        Some(json!({ "handle": "finder", "template": "researcher" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    let tools = made["tools"].as_array().unwrap();
+    let granted: Vec<&str> = tools
+        .iter()
+        .filter(|t| t.get("left_out").is_none())
+        .map(|t| t["tool"].as_str().unwrap())
+        .collect();
+    assert_eq!(granted, ["fs.read", "fs.list", "fs.search", "fs.write"], "{made}");
+    let left_out: Vec<&Value> = tools.iter().filter(|t| t.get("left_out").is_some()).collect();
+    assert_eq!(left_out.len(), 1, "{made}");
+    assert_eq!(left_out[0]["tool"], "http.request");
+    assert!(left_out[0]["left_out"].as_str().unwrap().contains("ceiling"), "{made}");
+    let (_, listed) = request(&server.url, &acme, "GET", "/v1/grants?agent=finder", None).await;
+    assert!(!listed.to_string().contains("http.request"), "{listed}");
+
+    // A template folder of the operator's whose tools.yaml does not read: no agent is made.
+    let broken = env.data_dir().join("templates/broken");
+    write(&broken.join("SOUL.md"), "I am {{name}}.\n");
+    write(&broken.join("tools.yaml"), "- { effect: sometimes, tool: fs.read }\n");
+    let (status, body) = request(
+        &server.url,
+        &server.token,
+        "POST",
+        "/v1/agents",
+        Some(json!({ "handle": "nope", "template": "broken" })),
+    )
+    .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_config")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("tools.yaml"), "{body}");
+    env.run(&["agents", "create", "nope2", "--template", "broken"]).fails_with("tools.yaml");
+    let (status, _) = request(&server.url, &server.token, "GET", "/v1/agents/nope", None).await;
+    assert_eq!(status, 404);
+    // A folder without tools.yaml brings none.
+    std::fs::remove_file(broken.join("tools.yaml")).unwrap();
+    let (status, made) = request(
+        &server.url,
+        &server.token,
+        "POST",
+        "/v1/agents",
+        Some(json!({ "handle": "bare", "template": "broken" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    assert!(made.get("tools").is_none(), "{made}");
+}

@@ -44,6 +44,14 @@ pub enum GrpcError {
     Serve(#[source] tonic::transport::Error),
 }
 
+/// `Ok` if `cert` and `key` (PEM) make a TLS identity the server can serve with: checked
+/// before a gateway starts anything else, so a bad file stops its start at once.
+pub fn check_grpc_tls(cert: &[u8], key: &[u8]) -> Result<(), GrpcError> {
+    let identity = tonic::transport::Identity::from_pem(cert, key);
+    let tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    tonic::transport::Server::builder().tls_config(tls).map(drop).map_err(GrpcError::Tls)
+}
+
 /// Serves the AgentHub on `listener` until `shutdown` resolves, then lets calls in flight end.
 pub async fn serve_grpc(
     listener: tokio::net::TcpListener,
@@ -125,6 +133,16 @@ impl AgentHub for Hub {
                         session_id: task.session_id,
                         duplicate: false,
                     }),
+                    tools: created
+                        .tools
+                        .into_iter()
+                        .map(|tool| pb::TemplateTool {
+                            effect: tool.effect,
+                            tool: tool.tool,
+                            resource: tool.resource,
+                            left_out: tool.left_out,
+                        })
+                        .collect(),
                 })
             }
             Some(spawn_request::What::Run(run)) => {

@@ -48,14 +48,14 @@ pub struct SpawnRun {
     #[prost(string, optional, tag = "5")]
     pub idempotency_key: ::core::option::Option<::prost::alloc::string::String>,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SpawnReply {
     #[prost(oneof = "spawn_reply::What", tags = "1, 2")]
     pub what: ::core::option::Option<spawn_reply::What>,
 }
 /// Nested message and enum types in `SpawnReply`.
 pub mod spawn_reply {
-    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum What {
         #[prost(message, tag = "1")]
         Agent(super::SpawnedAgent),
@@ -63,7 +63,7 @@ pub mod spawn_reply {
         Run(super::SpawnedRun),
     }
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SpawnedAgent {
     #[prost(string, tag = "1")]
     pub agent_id: ::prost::alloc::string::String,
@@ -74,6 +74,24 @@ pub struct SpawnedAgent {
     /// The task's message, when one was given.
     #[prost(message, optional, tag = "4")]
     pub task: ::core::option::Option<Accepted>,
+    /// The default tools its template brought: granted, or left out with why.
+    #[prost(message, repeated, tag = "5")]
+    pub tools: ::prost::alloc::vec::Vec<TemplateTool>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TemplateTool {
+    /// `allow`, or `ask` (a person approves each call).
+    #[prost(string, tag = "1")]
+    pub effect: ::prost::alloc::string::String,
+    /// Tool pattern, such as `fs.*`.
+    #[prost(string, tag = "2")]
+    pub tool: ::prost::alloc::string::String,
+    /// Resource pattern (`*`: any).
+    #[prost(string, tag = "3")]
+    pub resource: ::prost::alloc::string::String,
+    /// Why it was not granted (beyond what the tenant may grant); absent when granted.
+    #[prost(string, optional, tag = "4")]
+    pub left_out: ::core::option::Option<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SpawnedRun {
