@@ -663,6 +663,7 @@ impl ToolSources {
         clade_memory::working::register(&mut tools, self.store.clone());
         clade_runtime::messaging::register(&mut tools, self.postbox.clone(), self.agents.clone());
         clade_runtime::forks::register(&mut tools, self.postbox.clone());
+        clade_runtime::shared::register(&mut tools, self.data_dir.join("shared"));
         if let Some(memory) = self.memory() {
             clade_memory::tools::register(&mut tools, self.store.clone(), memory);
         }

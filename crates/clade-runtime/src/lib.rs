@@ -23,6 +23,7 @@ pub mod models;
 pub mod outbox;
 mod routing;
 pub mod settings;
+pub mod shared;
 pub mod signing;
 pub mod tools;
 

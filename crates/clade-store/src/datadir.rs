@@ -69,6 +69,11 @@ impl DataDir {
         self.root.join("templates")
     }
 
+    /// The folders each tenant's agents share (`shared.*` tools): `<tenant id>/<folder>/`.
+    pub fn shared_dir(&self) -> PathBuf {
+        self.root.join("shared")
+    }
+
     pub fn workspaces_dir(&self) -> PathBuf {
         self.root.join("agents")
     }

@@ -35,7 +35,30 @@ pub fn register_all(registry: &mut Registry, sandbox: Arc<Sandbox>) {
 }
 
 /// Runs blocking file work off the async threads.
-async fn blocking<T: Send + 'static>(
+/// A file's bytes as a tool answers them: text, with a note when cut at `max` bytes.
+pub fn read_as_text(data: &[u8], truncated: bool, max: usize) -> String {
+    let mut text = String::from_utf8_lossy(data).into_owned();
+    if truncated {
+        text.push_str(&format!("\n[truncated at {max} bytes]"));
+    }
+    text
+}
+
+/// A directory's entries as a tool answers them, one a line (`name/` for a directory).
+pub fn listing(entries: &[workspace::Entry]) -> String {
+    entries
+        .iter()
+        .map(|e| match e.kind {
+            "dir" => format!("{}/", e.name),
+            "file" => format!("{} ({} bytes)", e.name, e.size),
+            other => format!("{} ({other})", e.name),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Runs blocking file work off the async runtime.
+pub async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
     tokio::task::spawn_blocking(work).await.map_err(|e| format!("tool task failed: {e}"))?
@@ -179,11 +202,7 @@ impl TypedTool for FsRead {
             let max = args.max_bytes.unwrap_or(256 * 1024).min(4 * 1024 * 1024);
             let (data, truncated) =
                 blocking(move || workspace::read(&root, &args.path, max)).await?;
-            let mut text = String::from_utf8_lossy(&data).into_owned();
-            if truncated {
-                text.push_str(&format!("\n[truncated at {max} bytes]"));
-            }
-            Ok(text)
+            Ok(read_as_text(&data, truncated, max))
         })
     }
 }
@@ -246,15 +265,7 @@ impl TypedTool for FsList {
         Box::pin(async move {
             let root = ctx.workspace()?.clone();
             let entries = blocking(move || workspace::list(&root, &args.path)).await?;
-            Ok(entries
-                .iter()
-                .map(|e| match e.kind {
-                    "dir" => format!("{}/", e.name),
-                    "file" => format!("{} ({} bytes)", e.name, e.size),
-                    other => format!("{} ({other})", e.name),
-                })
-                .collect::<Vec<_>>()
-                .join("\n"))
+            Ok(listing(&entries))
         })
     }
 }

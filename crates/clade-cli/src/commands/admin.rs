@@ -40,8 +40,15 @@ pub(super) async fn tenants(ctx: &Ctx, cmd: TenantsCommand) -> Result<()> {
             if !yes {
                 bail!("refusing to delete tenant {name:?} with all its agents without --yes");
             }
+            let id = ctx.store.tenant(&name).await?.id;
             let agents = ctx.store.delete_tenant(&name).await?;
             ctx.agents.remove_workspaces(&agents);
+            let shared = ctx.data_dir.shared_dir().join(id.to_string());
+            if let Err(err) = std::fs::remove_dir_all(&shared)
+                && err.kind() != std::io::ErrorKind::NotFound
+            {
+                eprintln!("warning: cannot remove {} ({err}): remove it by hand", shared.display());
+            }
             println!("deleted tenant {name} and {} agent(s)", agents.len());
         }
     }

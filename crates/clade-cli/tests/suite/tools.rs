@@ -1323,3 +1323,78 @@ async fn templates_bring_their_default_tools_within_the_tenants_ceiling() {
     assert_eq!(status, 201, "{made}");
     assert!(made.get("tools").is_none(), "{made}");
 }
+
+/// Folders a tenant's agents share: each agent reaches one only through grants naming it,
+/// reading and writing apart; every call is audited; another tenant's agent never sees it, and
+/// a link planted inside leads nowhere outside.
+#[tokio::test]
+async fn shared_folders_are_reached_only_through_grants_naming_them() {
+    let env = Env::new();
+    for agent in ["writer", "reader"] {
+        env.run(&["agents", "create", agent]).ok();
+    }
+    let grant = |agent: &str, tool: &str, resource: &str| {
+        env.run(&["--agent", agent, "grants", "add", "--tool", tool, "--resource", resource]).ok();
+    };
+    grant("writer", "shared.*", "research/*");
+    grant("reader", "shared.read", "research/*");
+    grant("reader", "shared.list", "research");
+    env.run(&["tenants", "create", "rival"]).ok();
+    env.run(&["--tenant", "rival", "agents", "create", "spy"]).ok();
+    env.run(&["--tenant", "rival", "--agent", "spy", "grants", "add", "--tool", "shared.*"]).ok();
+    let (rival, _) = super::support::token(&env, "rival", &["admin"]);
+    let server = env.serve(&[]);
+
+    let note = json!({ "folder": "research", "path": "notes/today.md", "content": "found it" });
+    let (failed, said) = call(&server, "writer", "shared.write", note.clone()).await;
+    assert!(!failed, "{said}");
+    let read = json!({ "folder": "research", "path": "notes/today.md" });
+    assert_eq!(
+        call(&server, "reader", "shared.read", read.clone()).await,
+        (false, "found it".into())
+    );
+    let (failed, listed) =
+        call(&server, "reader", "shared.list", json!({ "folder": "research" })).await;
+    assert!(!failed && listed.contains("notes/"), "{listed}");
+
+    // What no grant names is refused: the reader writing, anyone in another folder.
+    assert!(call(&server, "reader", "shared.write", note.clone()).await.0, "reader wrote");
+    let elsewhere = json!({ "folder": "secret", "path": "x", "content": "y" });
+    assert!(call(&server, "writer", "shared.write", elsewhere).await.0, "wrote outside its grant");
+    let (failed, why) = call(
+        &server,
+        "writer",
+        "shared.read",
+        json!({ "folder": "research", "path": "../secret/x" }),
+    )
+    .await;
+    assert!(failed, "{why}");
+
+    // Another tenant's agent, even granted every shared folder, has only its own tenant's.
+    let (status, body) = request(
+        &server.url,
+        &rival,
+        "POST",
+        "/v1/agents/spy/tools/shared.read/call",
+        Some(json!({ "arguments": read })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["is_error"], true, "{body}");
+    assert!(!body.to_string().contains("found it"), "{body}");
+
+    // A link planted in the folder is not followed out of it.
+    let tenants: Vec<_> = std::fs::read_dir(env.data_dir().join("shared")).unwrap().collect();
+    assert_eq!(tenants.len(), 1, "only the writer's tenant has shared folders");
+    let folder = tenants[0].as_ref().unwrap().path().join("research");
+    std::os::unix::fs::symlink("/etc/hostname", folder.join("leak")).unwrap();
+    let (failed, why) =
+        call(&server, "reader", "shared.read", json!({ "folder": "research", "path": "leak" }))
+            .await;
+    assert!(failed, "a planted link was followed: {why}");
+
+    // Every call is in the tenant's audit log.
+    let (_, audit) = request(&server.url, &server.token, "GET", "/v1/audit?limit=200", None).await;
+    let audit = audit.to_string();
+    assert!(audit.contains("shared.write") && audit.contains("shared.read"), "{audit}");
+}
