@@ -477,8 +477,16 @@ impl<A: ChatApi> Channel<A> {
             }
             Err(err) => return Err(NotTaken(err.to_string())),
         };
+        let key = format!("{platform}:{name}:{}", message.id);
         let mut text = message.text;
         if !message.attachments.is_empty() {
+            // A message the platform sends again was stored with its files the first time:
+            // nothing is fetched or written twice.
+            let seen = self.store.event_of_key(tenant.id, &key).await;
+            if let Some((_, session)) = seen.map_err(|e| NotTaken(e.to_string()))? {
+                lock(&self.chats).insert(session, Some(message.chat.clone()));
+                return Ok(Taken::Event { session, duplicate: true });
+            }
             let handle = agent.handle.as_str();
             let (id, chat, files) = (&message.id, &message.chat, &message.attachments);
             let kept = self.keep_attachments(&tenant, handle, id, chat, files).await?;
@@ -489,7 +497,7 @@ impl<A: ChatApi> Channel<A> {
             agent: Some(agent.handle.as_str().to_owned()),
             text,
             source,
-            idempotency_key: Some(format!("{platform}:{name}:{}", message.id)),
+            idempotency_key: Some(key),
         };
         let chat = message.chat;
         match self.engine.submit_and_watch(envelope).await {

@@ -52,6 +52,24 @@ impl SystemStore {
         .await
     }
 
+    /// Forgets `chat` of `channel` (the platform refuses the bot there now: it left, or the
+    /// chat is gone), so no catch-up asks for it again; a new message there notes it anew.
+    pub async fn forget_chat(&self, channel: &str, chat: &str) -> Result<()> {
+        let (channel, chat) = (channel.to_owned(), chat.to_owned());
+        self.write(move |conn| {
+            let (channel, chat) = (channel.clone(), chat.clone());
+            Box::pin(async move {
+                query("DELETE FROM channel_chats WHERE channel = $1 AND chat = $2")
+                    .bind(channel)
+                    .bind(chat)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     /// The chats `channel` has taken messages in, the most recently active first, at most
     /// [`MAX_CHATS`].
     pub async fn chats_seen(&self, channel: &str) -> Result<Vec<ChatSeen>> {

@@ -459,6 +459,28 @@ impl Store {
     }
 
     /// The event of `tenant` with id `id`.
+    /// The event stored under idempotency `key` in `tenant`, with its session, if one is.
+    pub async fn event_of_key(
+        &self,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<Option<(EventId, SessionId)>> {
+        let row = self
+            .maybe_row(
+                query("SELECT id, session_id FROM events WHERE tenant_id = $1 AND idempotency_key = $2")
+                    .bind(b(tenant.as_bytes()))
+                    .bind(key),
+            )
+            .await?;
+        row.map(|r| {
+            Ok((
+                EventId::from_bytes(id_bytes(&r, "id")?),
+                SessionId::from_bytes(id_bytes(&r, "session_id")?),
+            ))
+        })
+        .transpose()
+    }
+
     pub async fn event(&self, tenant: TenantId, id: EventId) -> Result<EventRow> {
         let row = self
             .maybe_row(

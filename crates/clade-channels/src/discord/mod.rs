@@ -365,6 +365,18 @@ impl Bot {
                         {
                             clock.sleep(retry_after).await;
                         }
+                        // The bot was removed from the chat, or it is gone: it is not asked
+                        // for again until a message there is taken.
+                        Err(PlatformError::Refused(why)) => {
+                            tracing::info!(bot = name, chat = %chat.chat, reason = %why, "a chat refuses the bot now; it is left out of catch-ups");
+                            let system = self.channel.store().system();
+                            if let Err(err) =
+                                system.forget_chat(&self.chats_key(), &chat.chat).await
+                            {
+                                tracing::warn!(bot = name, chat = %chat.chat, error = %err, "cannot forget a chat that refuses the bot");
+                            }
+                            break 'pages;
+                        }
                         Err(err) => {
                             tracing::warn!(bot = name, chat = %chat.chat, error = %err, "cannot fetch the messages sent while the bot was away in a chat");
                             break 'pages;

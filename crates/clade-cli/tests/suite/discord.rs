@@ -39,6 +39,8 @@ struct FakeDiscord {
     listed: Vec<(String, String)>,
     /// Listings to answer with 429 first.
     list_rate_limit: usize,
+    /// Channels the bot was removed from: their listings answer 403.
+    gone: Vec<String>,
 }
 
 type Fake = Arc<Mutex<FakeDiscord>>;
@@ -93,6 +95,14 @@ async fn rest(
                 return (
                     StatusCode::TOO_MANY_REQUESTS,
                     axum::Json(json!({"message": "You are being rate limited.", "retry_after": 0.2, "global": false})),
+                )
+                    .into_response();
+            }
+            if fake.gone.iter().any(|gone| gone == channel) {
+                fake.listed.push(((*channel).to_owned(), "refused".to_owned()));
+                return (
+                    StatusCode::FORBIDDEN,
+                    axum::Json(json!({"message": "Missing Access", "code": 50001})),
                 )
                     .into_response();
             }
@@ -414,4 +424,20 @@ async fn a_restarted_bot_fetches_what_was_sent_while_it_was_down() {
     assert_eq!(fake.lock().unwrap().created.len(), 4, "a message was answered twice");
     let ours = server.sessions_on("ada", "discord", "guild:D1").await;
     assert_eq!(server.all_turns(ours[0]["id"].as_str().unwrap()).await.len(), 2);
+
+    // A chat that refuses the bot now (it was removed: 403) is asked once, then forgotten.
+    fake.lock().unwrap().gone.push("C5".into());
+    server.kill9();
+    let refused =
+        |f: &FakeDiscord| f.listed.iter().filter(|(c, a)| c == "C5" && a == "refused").count();
+    let server = env.serve(&[]);
+    assert!(until(&fake, |f| refused(f) == 1).await, "the removed chat was not asked");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill9();
+    let d1 = |f: &FakeDiscord| f.listed.iter().filter(|(c, _)| c == "D1").count();
+    let before = d1(&fake.lock().unwrap());
+    let _server = env.serve(&[]);
+    assert!(until(&fake, |f| d1(f) > before).await, "no catch-up after the last restart");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(refused(&fake.lock().unwrap()), 1, "a chat that refused the bot was asked again");
 }
