@@ -264,7 +264,8 @@ impl Memory {
                 let idle = now.as_millis().saturating_sub(item.accessed_at.as_millis());
                 let strength = policy.strength(item.kind, item.importance, idle);
                 if policy.prune_below > 0.0 && strength < policy.prune_below {
-                    pruned.push(item.id);
+                    // With the use it was judged by: recalled meanwhile, it stays.
+                    pruned.push((item.id, item.accessed_at));
                     continue;
                 }
                 report.live += 1;

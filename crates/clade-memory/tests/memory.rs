@@ -688,7 +688,15 @@ async fn the_cortex_merges_repeats_fades_and_prunes_the_unused_and_purges_in_tim
 
         // Another tenant can neither restore nor prune Ada's items.
         assert!(theirs.restore_memory(ada, passing.id).await.is_err(), "{name}");
-        assert_eq!(theirs.prune_memories(ada, vec![who.id], "decayed").await.unwrap(), 0);
+        let who_now = store.memory(ada, who.id).await.unwrap();
+        let judged = vec![(who.id, who_now.accessed_at)];
+        assert_eq!(theirs.prune_memories(ada, judged, "decayed").await.unwrap(), 0);
+        // An upkeep that judged an item by an older use prunes nothing once it was used since
+        // (a recall in the same instant as the upkeep's read).
+        let stale = who_now.accessed_at.as_millis() - 1;
+        let stale = vec![(who.id, clade_core::Timestamp::from_millis(stale))];
+        assert_eq!(store.prune_memories(ada, stale, "decayed").await.unwrap(), 0, "{name}");
+        assert!(store.memory(ada, who.id).await.unwrap().pruned.is_none(), "{name}");
         assert!(store.restore_memory(ada, who.id).await.is_err(), "{name}: only the pruned");
         // Restored, it is recalled again, as if just used.
         let back = store.restore_memory(ada, passing.id).await.unwrap();

@@ -306,15 +306,18 @@ impl Store {
         Ok(())
     }
 
-    /// Prunes live items of the agent (`why` says why: `decayed`), audited once with their
-    /// ids; how many were pruned (an id already pruned or not the agent's counts none).
+    /// Prunes live items of the agent (`why` says why: `decayed`), each given with the last
+    /// use its caller judged it by: an item used since (recalled, or repeated by a save) is
+    /// left, as the judgement no longer holds. Audited once with the ids; how many were pruned
+    /// (an id already pruned, used since, or not the agent's counts none).
     pub async fn prune_memories(
         &self,
         tenant: TenantId,
         agent: AgentId,
-        ids: Vec<MemoryId>,
+        items: Vec<(MemoryId, Timestamp)>,
         why: &str,
     ) -> Result<u64> {
+        let ids: Vec<MemoryId> = items.iter().map(|(id, _)| *id).collect();
         if ids.is_empty() {
             return Ok(0);
         }
@@ -331,12 +334,13 @@ impl Store {
         let why = why.to_owned();
         let (pruned, _) = self
             .transact(tenant, move |work| {
-                let (ids, audit, why) = (ids.clone(), audit.clone(), why.clone());
+                let (items, audit, why) = (items.clone(), audit.clone(), why.clone());
                 Box::pin(async move {
                     let now = work.now();
                     let mut pruned = 0;
-                    for id in &ids {
-                        pruned += prune_in(work.conn(), tenant, agent, *id, &why, now).await?;
+                    for (id, used) in &items {
+                        pruned += prune_in(work.conn(), tenant, agent, *id, Some(*used), &why, now)
+                            .await?;
                     }
                     if pruned > 0 {
                         work.audit(&audit).await?;
@@ -375,7 +379,7 @@ impl Store {
             Box::pin(async move {
                 let now = work.now();
                 let why = format!("{MERGED_INTO}{kept}");
-                if prune_in(work.conn(), tenant, agent, repeat, &why, now).await? == 0 {
+                if prune_in(work.conn(), tenant, agent, repeat, None, &why, now).await? == 0 {
                     return Err(Error::MemoryNotFound(repeat.to_string()));
                 }
                 let changed = crate::memories::update_in(
@@ -586,23 +590,27 @@ impl Store {
 
 /// Prunes one live item inside a transaction; 1 if it did, 0 if there was none such. The
 /// write time moves, so every process's kept vectors of its scope are read again.
+/// Prunes one live item; with `used`, only if it was not used after that time.
 async fn prune_in(
     conn: &mut Tx,
     tenant: TenantId,
     agent: AgentId,
     id: MemoryId,
+    used: Option<Timestamp>,
     why: &str,
     now: Timestamp,
 ) -> Result<u64> {
     query(
         "UPDATE memories SET pruned_at = $4, pruned_why = $5, updated_at = $4 \
-         WHERE id = $1 AND tenant_id = $2 AND agent_id = $3 AND pruned_at IS NULL",
+         WHERE id = $1 AND tenant_id = $2 AND agent_id = $3 AND pruned_at IS NULL \
+         AND ($6 IS NULL OR accessed_at <= $6)",
     )
     .bind(id.as_bytes().to_vec())
     .bind(tenant.as_bytes().to_vec())
     .bind(agent_key(agent))
     .bind(now.as_millis())
     .bind(why.to_owned())
+    .bind(used.map(|t| t.as_millis()))
     .execute(conn)
     .await
 }

@@ -501,10 +501,10 @@ impl TenantStore {
     pub async fn prune_memories(
         &self,
         agent: AgentId,
-        ids: Vec<clade_core::MemoryId>,
+        items: Vec<(clade_core::MemoryId, clade_core::Timestamp)>,
         why: &str,
     ) -> Result<u64> {
-        self.store.prune_memories(self.tenant, agent, ids, why).await
+        self.store.prune_memories(self.tenant, agent, items, why).await
     }
 
     /// See [`Store::merge_memories`].
