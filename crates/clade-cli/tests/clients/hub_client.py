@@ -4,6 +4,8 @@ SendMessage and Trace with tenant tokens, over plain HTTP/2 and over TLS.
 
 Usage: hub_client.py plain PROTO_DIR ADDRESS TOKEN RIVAL_TOKEN READ_TOKEN
        hub_client.py tls PROTO_DIR ADDRESS TOKEN CA_CERT
+       hub_client.py revoked PROTO_DIR ADDRESS TOKEN AGENT MARKER
+         (a trace until its token is revoked; MARKER is written once an event arrived)
 Prints one JSON object with what each call returned; the Rust test asserts on it.
 """
 
@@ -255,8 +257,31 @@ def over_tls():
     )
 
 
+def until_revoked():
+    """A live trace held open while the test revokes its token: how it ends."""
+    agent, marker = sys.argv[5:7]
+    stream = hub.Trace(pb.TraceRequest(agent=agent), metadata=auth(token), timeout=60)
+    out["events"] = 0
+    try:
+        for _ in stream:
+            out["events"] += 1
+            if out["events"] == 1:
+                open(marker, "w").close()
+        out["ended"] = {"status": "OK"}
+    except grpc.RpcError as err:
+        trailers = dict(err.trailing_metadata() or ())
+        out["ended"] = {
+            "status": err.code().name,
+            "message": err.details(),
+            "code": trailers.get("clade-error-code"),
+        }
+
+
 if mode == "tls":
     over_tls()
+elif mode == "revoked":
+    hub = rpc.AgentHubStub(grpc.insecure_channel(address))
+    until_revoked()
 else:
     hub = rpc.AgentHubStub(grpc.insecure_channel(address))
     plain()

@@ -138,6 +138,45 @@ fn the_official_grpc_client_spawns_sends_and_traces() {
     assert!(platforms.contains(&"hub") && platforms.contains(&"grpc"), "{sessions}");
 }
 
+/// A trace held open ends, with `UNAUTHENTICATED`, once its token is revoked.
+#[test]
+fn a_trace_ends_when_its_token_is_revoked() {
+    let Some(python) = python_clients("the AgentHub revocation test") else { return };
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    let (watcher, id) = token(&env, "default", &["read"]);
+    let port = free_port();
+    let config = format!("server:\n  grpc:\n    listen: 127.0.0.1:{port}\n");
+    write(&env.data_dir().join("clade.yaml"), &config);
+    let server = env.serve(&[]);
+    let address = format!("127.0.0.1:{port}");
+    let marker = env.tmp.path().join("trace-open");
+    let (proto, client, seen) = (proto_dir(), python.clone(), marker.clone());
+    let tracing = std::thread::spawn(move || {
+        let seen = seen.to_string_lossy().into_owned();
+        run_client(&client, "hub_client.py", &["revoked", &proto, &address, &watcher, "ada", &seen])
+    });
+    // Messages until the trace has shown one: it is open and its token taken.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !marker.exists() && std::time::Instant::now() < deadline {
+        let event = serde_json::json!({"agent": "ada", "text": "hi", "source": {"platform": "t", "channel": "c", "actor": "a"}});
+        runtime.block_on(server.send("POST", "/v1/events", None, Some(event)));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(marker.exists(), "the trace showed nothing");
+    env.run(&["tokens", "revoke", &id]).ok();
+    let got = tracing.join().unwrap();
+    let ended = &got["ended"];
+    assert_eq!(
+        (&ended["status"], &ended["code"]),
+        (&"UNAUTHENTICATED".into(), &"invalid_token".into()),
+        "{got}"
+    );
+    // Ended by the open stream's own check, not refused at its start.
+    assert!(ended["message"].as_str().unwrap().contains("the trace's token"), "{got}");
+}
+
 #[test]
 fn the_hub_serves_tls_and_refuses_plain_connections() {
     let Some(python) = python_clients("the AgentHub TLS test") else { return };
