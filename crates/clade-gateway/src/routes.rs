@@ -126,6 +126,14 @@ const JOB: Param = path("name", job_name_schema);
 const REVISION: Param = path("revision", revision_schema);
 const SETTING: Param = path("key", setting_key_schema);
 const MEMORY: Param = path("id", uuid_schema);
+/// A Server-Sent Events stream's answer.
+const SSE_STREAM: Reply = Reply {
+    status: "200",
+    description: "the stream",
+    body: None,
+    media: Some("text/event-stream"),
+};
+
 /// Where a stream resumes (Server-Sent Events' own header).
 const LAST_EVENT_ID: Param = Param {
     name: "Last-Event-ID",
@@ -658,12 +666,7 @@ pub static OPERATIONS: &[Operation] = &[
         params: &[HANDLE, LAST_EVENT_ID],
         query: Some(fields::<api::AgentStreamQuery>),
         responses: &[
-            Reply {
-                status: "200",
-                description: "the stream",
-                body: None,
-                media: Some("text/event-stream"),
-            },
+            SSE_STREAM,
             error("400", "invalid query"),
             error("404", "no such agent, or no such session of it"),
         ],
@@ -1321,15 +1324,7 @@ pub static OPERATIONS: &[Operation] = &[
         ),
         params: &[SESSION, LAST_EVENT_ID],
         query: Some(fields::<api::StreamQuery>),
-        responses: &[
-            Reply {
-                status: "200",
-                description: "the stream",
-                body: None,
-                media: Some("text/event-stream"),
-            },
-            error("404", "no such session"),
-        ],
+        responses: &[SSE_STREAM, error("404", "no such session")],
         ..op(
             "GET",
             "/v1/sessions/{id}/events",
