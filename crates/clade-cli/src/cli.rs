@@ -315,12 +315,30 @@ pub(crate) enum AgentsCommand {
     },
     /// Make an agent the current one for this data dir
     Switch { handle: String },
-    /// Create an agent from a folder of persona files (SOUL.md, IDENTITY.md, USER.md, ...)
+    /// Bring in an agent: a whole agent from a file `clade agents export` wrote (sessions,
+    /// memory, jobs, grants, secrets; its unfinished work resumes), or a new agent from a
+    /// folder of persona files (SOUL.md, IDENTITY.md, USER.md, ...)
     Import {
-        dir: PathBuf,
-        /// Handle for the new agent [default: the folder's name]
+        path: PathBuf,
+        /// Handle for the agent [default: the archive's, or the folder's name]
         #[arg(long)]
         handle: Option<String>,
+        /// The key the export printed, which opens the archive's secrets
+        #[arg(long, env = "CLADE_ARCHIVE_KEY", hide_env_values = true, value_name = "HEX")]
+        secrets_key: Option<String>,
+        /// Import an archive without its secrets (set them again with `clade secrets set`)
+        #[arg(long)]
+        without_secrets: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write an agent's whole state to one file, to import into another data dir or backend:
+    /// workspace, settings, grants, sessions with their journals, memory, jobs, secrets
+    Export {
+        handle: Option<String>,
+        /// The file to write [default: standard output]
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
     /// Print the agent's workspace directory, creating it on first use
     Workspace { handle: Option<String> },

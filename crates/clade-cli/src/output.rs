@@ -44,3 +44,18 @@ pub(crate) fn clip(text: &str, most: usize) -> String {
         None => line,
     }
 }
+
+/// A size for people: bytes, KiB, MiB or GiB with one decimal.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}

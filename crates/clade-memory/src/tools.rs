@@ -3,6 +3,12 @@
 //! from the arguments) and within its session's isolation key: an agent serving many people
 //! recalls for each only what is global or theirs, and saves only into theirs. Policy decides
 //! each call like any tool's, and the tool path audits it; the store audits every change too.
+//!
+//! Memory shared between a tenant's agents lives in named pools: `shared.remember` writes to
+//! one and `shared.recall` searches one, each allowed only by a grant naming the pool (the
+//! tool's resource), like the shared folders' `shared.read` and `shared.write`. A pool's items
+//! are held under an owner of their own, derived from the tenant and the pool's name (see
+//! [`pool_owner`]), so no agent's own memory tools reach them and no tenant names another's.
 
 use std::sync::Arc;
 
@@ -23,7 +29,9 @@ pub fn register(registry: &mut Registry, store: Store, memory: Arc<Memory>) {
     registry.register(Arc::new(SaveTool(tools.clone())));
     registry.register(Arc::new(RecallTool(tools.clone())));
     registry.register(Arc::new(ForgetTool(tools.clone())));
-    registry.register(Arc::new(LinkTool(tools)));
+    registry.register(Arc::new(LinkTool(tools.clone())));
+    registry.register(Arc::new(SharedRemember(tools.clone())));
+    registry.register(Arc::new(SharedRecall(tools)));
 }
 
 #[derive(Clone)]
@@ -256,6 +264,152 @@ impl TypedTool for LinkTool {
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(format!("linked {from} {kind} {to}"))
+        })
+    }
+}
+
+fn check_pool(name: &str) -> Result<(), String> {
+    clade_tools::check_shared_name("pool", name)
+}
+
+pub use clade_store::memories::pool_owner;
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SharedRememberArgs {
+    /// The shared pool's name.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$"))]
+    pub pool: String,
+    /// What to keep, in one self-contained sentence or a few (at most 4 KiB).
+    pub content: String,
+    /// fact, preference, decision, identity, event, observation, goal or todo (default fact).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// How much it matters, 0 to 1 (default 0.5).
+    #[serde(default)]
+    pub importance: Option<f64>,
+    /// The tool whose output this came from, if any: it is then kept as unverified, quoted
+    /// data.
+    #[serde(default)]
+    pub from_tool: Option<String>,
+}
+
+pub struct SharedRemember(Tools);
+
+impl TypedTool for SharedRemember {
+    type Args = SharedRememberArgs;
+    const NAME: &'static str = "shared.remember";
+    // Reaches beyond the calling agent's own memory: only a grant naming the pool allows it.
+    const NEEDS_GRANT: bool = true;
+    const DESCRIPTION: &'static str = "Keep something in a memory pool your tenant's agents share (a grant names the pools you may write), for any agent allowed to recall from it. Keeping what the pool holds already updates it.";
+    const EFFECT: EffectClass = EffectClass::Idempotent;
+    fn resource(&self, args: &SharedRememberArgs) -> Result<String, String> {
+        check_pool(&args.pool)?;
+        Ok(args.pool.clone())
+    }
+    fn run<'a>(
+        &'a self,
+        args: SharedRememberArgs,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, ToolResult> {
+        Box::pin(async move {
+            check_pool(&args.pool)?;
+            let caller = ctx.caller()?;
+            let kind = kind_of(args.kind.as_deref().unwrap_or(MemoryKind::Fact.as_str()))?;
+            let store = self.0.store.tenant_scope(caller.tenant);
+            let new = NewMemory {
+                agent: pool_owner(caller.tenant, &args.pool),
+                scope: String::new(),
+                kind,
+                content: args.content,
+                importance: args.importance.unwrap_or(0.5),
+                confidence: 0.8,
+                provenance: Provenance {
+                    session: caller.session,
+                    turn: caller.turn,
+                    tool: args.from_tool.clone(),
+                    // Who kept it, for whoever recalls it.
+                    by: format!("agent {}", caller.agent),
+                },
+                untrusted: args.from_tool.is_some(),
+                embedding: None,
+            };
+            let saved = self.0.memory.save(&store, new).await.map_err(|e| e.to_string())?;
+            let said = match saved.outcome {
+                Outcome::Created => "kept",
+                Outcome::Merged => "updated what the pool held already",
+                Outcome::Linked { .. } => "kept, linked to a similar item",
+            };
+            Ok(json!({ "id": saved.item.id.to_string(), "pool": args.pool, "result": said })
+                .to_string())
+        })
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SharedRecallArgs {
+    /// The shared pool's name.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$"))]
+    pub pool: String,
+    /// What to look for, in words.
+    pub query: String,
+    /// Only these kinds (default all).
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// At most this many items, 1 to 20 (default 5).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+pub struct SharedRecall(Tools);
+
+impl TypedTool for SharedRecall {
+    type Args = SharedRecallArgs;
+    const NAME: &'static str = "shared.recall";
+    // Reaches beyond the calling agent's own memory: only a grant naming the pool allows it.
+    const NEEDS_GRANT: bool = true;
+    const DESCRIPTION: &'static str = "Search a memory pool your tenant's agents share (a grant names the pools you may read), by words and meaning; each item says which agent kept it.";
+    const EFFECT: EffectClass = EffectClass::Pure;
+    fn resource(&self, args: &SharedRecallArgs) -> Result<String, String> {
+        check_pool(&args.pool)?;
+        Ok(args.pool.clone())
+    }
+    fn run<'a>(
+        &'a self,
+        args: SharedRecallArgs,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, ToolResult> {
+        Box::pin(async move {
+            check_pool(&args.pool)?;
+            let caller = ctx.caller()?;
+            let kinds = args.kinds.iter().map(|k| kind_of(k)).collect::<Result<Vec<_>, _>>()?;
+            let limit = args.limit.unwrap_or(5).clamp(1, 20) as usize;
+            let store = self.0.store.tenant_scope(caller.tenant);
+            let owner = pool_owner(caller.tenant, &args.pool);
+            let filter = MemoryFilter { kinds, ..MemoryFilter::default() };
+            let hits = self
+                .0
+                .memory
+                .recall(&store, owner, &filter, &args.query, limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            let used = hits.iter().map(|h| h.item.id).collect();
+            if let Err(err) = store.touch_memories(owner, used).await {
+                tracing::debug!(error = %err, "recalled items not marked as used");
+            }
+            if hits.is_empty() {
+                return Ok(format!("nothing in pool {} matches", args.pool));
+            }
+            let items: Vec<Value> = hits
+                .iter()
+                .map(|hit| {
+                    let mut item = describe(hit);
+                    item["kept_by"] = json!(hit.item.provenance.by);
+                    item
+                })
+                .collect();
+            Ok(Value::Array(items).to_string())
         })
     }
 }

@@ -40,7 +40,12 @@ pub(crate) async fn ask_lasting(
     text: String,
 ) -> Result<Vec<(MemoryKind, String)>, String> {
     let tenant = engine.store().tenant_by_id(store.tenant()).await.map_err(|e| e.to_string())?;
-    let agent = store.agent_by_id(agent).await.map_err(|e| e.to_string())?;
+    // A pool the tenant's agents share (`shared.remember`) is no agent: charged to the tenant.
+    let agent = match store.agent_by_id(agent).await {
+        Ok(agent) => Some(agent),
+        Err(clade_store::Error::AgentNotFound(_)) => None,
+        Err(err) => return Err(err.to_string()),
+    };
     let request = ModelRequest {
         messages: vec![Message::system(instructions), Message::user(text)],
         params: Params { max_tokens: 1024, temperature: Some(0.0) },
@@ -48,7 +53,7 @@ pub(crate) async fn ask_lasting(
     };
     let models = engine.models();
     let called =
-        Box::pin(models.call(&tenant, Some(&agent), ProcessKind::Cortex, &request, &mut |_| {}))
+        Box::pin(models.call(&tenant, agent.as_ref(), ProcessKind::Cortex, &request, &mut |_| {}))
             .await
             .map_err(|e| e.to_string())?;
     Ok(parse_consolidated(&called.response.text))

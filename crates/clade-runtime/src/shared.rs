@@ -24,21 +24,8 @@ pub fn register(registry: &mut Registry, root: PathBuf) {
     registry.register(Arc::new(SharedWrite(root)));
 }
 
-/// The pattern a folder's name follows.
-pub const FOLDER_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,63}$";
-
 fn check_folder(name: &str) -> Result<(), String> {
-    let first = name.chars().next();
-    let fits = (1..=64).contains(&name.len())
-        && first.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if fits {
-        Ok(())
-    } else {
-        Err(format!("folder {name:?}: 1-64 of a-z, 0-9, _ and -, starting with a letter or digit"))
-    }
+    clade_tools::check_shared_name("folder", name)
 }
 
 /// What a grant names: `<folder>/<path>` (the folder alone for its root).

@@ -129,6 +129,11 @@ impl Agents {
     }
 
     /// Where the agent's workspace is (whether or not it exists yet).
+    /// The folder holding every agent's workspace.
+    pub(crate) fn workspaces_dir(&self) -> PathBuf {
+        self.data_dir.workspaces_dir()
+    }
+
     pub fn workspace_path(&self, id: AgentId) -> PathBuf {
         self.data_dir.workspaces_dir().join(id.to_string())
     }

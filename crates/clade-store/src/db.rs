@@ -161,6 +161,25 @@ pub(crate) enum Readers {
     Sqlite(Arc<sqlite::Readers>),
 }
 
+impl Readers {
+    /// A read-only transaction on a connection of its own: every query run on it sees the
+    /// store as it was at its first read, whatever commits meanwhile. End it with `COMMIT`.
+    pub(crate) async fn snapshot(&self) -> Result<Tx> {
+        match self {
+            Readers::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
+                Ok(Tx::Postgres(conn))
+            }
+            Readers::Sqlite(readers) => {
+                let conn = readers.open_reader()?;
+                conn.execute_batch("BEGIN")?;
+                Ok(Tx::Sqlite(conn))
+            }
+        }
+    }
+}
+
 /// A result row from either driver.
 pub(crate) enum Row {
     Postgres(PgRow),
@@ -401,17 +420,20 @@ pub(crate) mod sqlite {
             Self { path, settings, idle: std::sync::Mutex::new(Vec::new()) }
         }
 
+        /// A new read-only connection.
+        pub(crate) fn open_reader(&self) -> Result<Connection> {
+            let conn = open(&self.path, self.settings, crate::paced::Writeback::AtOnce)?;
+            // Reads only: a write that strays here fails instead of bypassing the writer.
+            // A small cache: any commit since a reader's last read empties it anyway.
+            conn.execute_batch("PRAGMA query_only = ON; PRAGMA cache_size = -512")?;
+            Ok(conn)
+        }
+
         pub(crate) fn rows(&self, sql: &str, args: &[Value]) -> Result<Vec<Row>> {
             let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let conn = match taken {
                 Some(conn) => conn,
-                None => {
-                    let conn = open(&self.path, self.settings, crate::paced::Writeback::AtOnce)?;
-                    // Reads only: a write that strays here fails instead of bypassing the writer.
-                    // A small cache: any commit since a reader's last read empties it anyway.
-                    conn.execute_batch("PRAGMA query_only = ON; PRAGMA cache_size = -512")?;
-                    conn
-                }
+                None => self.open_reader()?,
             };
             let result = rows(&conn, sql, args);
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());

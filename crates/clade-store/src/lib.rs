@@ -11,6 +11,7 @@
 //! SQLite, which runs without a thread hop per statement).
 
 pub mod access;
+pub mod agent_archive;
 pub mod agents;
 pub mod backend;
 pub mod channel_chats;

@@ -182,6 +182,28 @@ const FILTERED: &str = "m.tenant_id = $2 AND m.agent_id = $3 AND (m.scope = $4 O
 
 /// The token naming an agent and scope inside the full-text index: digits only, so no
 /// stemmer changes it, and unique per (agent, scope) up to a 64-bit hash of the scope.
+/// The owner a tenant's shared memory pool `name` keeps its items under (`shared.remember`):
+/// a digest of the two as a UUID of version 8, which no agent's id (version 7) ever is. Its
+/// rows carry the tenant like any item's, so the pool is that tenant's alone.
+pub fn pool_owner(tenant: TenantId, name: &str) -> AgentId {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"clade shared memory pool\0")
+        .chain_update(tenant.as_bytes())
+        .chain_update(name.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    bytes[6] = 0x80 | (bytes[6] & 0x0f);
+    bytes[8] = 0x80 | (bytes[8] & 0x3f);
+    AgentId::from_bytes(bytes)
+}
+
+/// Whether `id` is a shared pool's owner ([`pool_owner`]), not an agent's.
+pub fn is_pool_owner(id: AgentId) -> bool {
+    id.as_bytes()[6] >> 4 == 8
+}
+
 pub(crate) fn owner_token(agent: AgentId, scope: &str) -> String {
     let digest = sha2::Sha256::digest(scope.as_bytes());
     let mut hash = [0u8; 8];
@@ -425,7 +447,7 @@ impl Store {
                         .bind(tenant.as_bytes().to_vec())
                         .fetch_optional(work.conn())
                         .await?;
-                    if owned.is_none() {
+                    if owned.is_none() && !is_pool_owner(new.agent) {
                         return Err(Error::AgentNotFound(new.agent.to_string()));
                     }
                     if max_items < u64::MAX {

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use clade_core::{Agent, SecretName};
+use clade_core::{Agent, AgentId, SecretName};
 
 use crate::crypto::MasterKey;
 use crate::datadir::write_private_file;
@@ -32,14 +32,26 @@ impl Secrets {
 
     pub async fn set(&self, agent: &Agent, name: &SecretName, value: &[u8]) -> Result<()> {
         let key = self.key(true).await?;
-        let sealed = key.seal(&context(agent, name), value)?;
+        let sealed = key.seal(&context(agent.id, name), value)?;
         self.store.put_sealed(agent.id, name, sealed).await
+    }
+
+    /// `value` sealed for `agent`'s secret `name` under the master key (made if this store has
+    /// none yet), for a caller that writes it with other rows.
+    pub(crate) async fn seal(
+        &self,
+        agent: AgentId,
+        name: &SecretName,
+        value: &[u8],
+    ) -> Result<crate::crypto::Sealed> {
+        let key = self.key(true).await?;
+        key.seal(&context(agent, name), value)
     }
 
     pub async fn get(&self, agent: &Agent, name: &SecretName) -> Result<Vec<u8>> {
         let sealed = self.store.sealed(agent.id, name).await?;
         let key = self.key(false).await?;
-        key.open(&context(agent, name), &sealed, name.as_str())
+        key.open(&context(agent.id, name), &sealed, name.as_str())
     }
 
     pub async fn list(&self, agent: &Agent) -> Result<Vec<SecretInfo>> {
@@ -93,6 +105,6 @@ impl Secrets {
 }
 
 /// Associated data binding a ciphertext to its agent and name.
-fn context(agent: &Agent, name: &SecretName) -> Vec<u8> {
-    format!("{}/{}", agent.id, name).into_bytes()
+fn context(agent: AgentId, name: &SecretName) -> Vec<u8> {
+    format!("{agent}/{name}").into_bytes()
 }

@@ -527,6 +527,12 @@ impl Store {
         Store { reads_wait_durable: false, ..self.clone() }
     }
 
+    /// A read-only transaction on a connection of its own, every read of which sees one
+    /// consistent state of the store; end it with `COMMIT`.
+    pub(crate) async fn read_snapshot(&self) -> Result<Tx> {
+        self.readers.snapshot().await.map_err(|e| self.classify(e))
+    }
+
     /// Runs a read on the pool; errors are classified for the user.
     pub(crate) async fn rows(&self, query: Query) -> Result<Vec<Row>> {
         let rows = query.fetch_all_read(&self.readers).await.map_err(|e| self.classify(e))?;

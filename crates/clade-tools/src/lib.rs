@@ -323,3 +323,22 @@ impl Registry {
         self.tools.is_empty()
     }
 }
+
+/// The pattern the name of something a tenant's agents share follows (a shared folder, a
+/// shared memory pool): 1-64 of a-z, 0-9, `_` and `-`, starting with a letter or digit.
+pub const SHARED_NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,63}$";
+
+/// Checks the name of a shared `what` (`folder`, `pool`) against [`SHARED_NAME_PATTERN`].
+pub fn check_shared_name(what: &str, name: &str) -> Result<(), String> {
+    let first = name.chars().next();
+    let fits = (1..=64).contains(&name.len())
+        && first.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if fits {
+        Ok(())
+    } else {
+        Err(format!("{what} {name:?}: 1-64 of a-z, 0-9, _ and -, starting with a letter or digit"))
+    }
+}

@@ -107,11 +107,24 @@ pub(super) async fn run(ctx: &Ctx, cmd: AgentsCommand) -> Result<()> {
             ctx.data_dir.set_current_agent(ctx.tenant_name(), agent.handle.as_str())?;
             println!("current agent: {}", agent.handle);
         }
-        AgentsCommand::Import { dir, handle } => {
+        AgentsCommand::Import { path, handle, secrets_key, without_secrets, json } => {
             let tenant = ctx.tenant().await?;
             let handle = handle.as_deref().map(Handle::parse).transpose()?;
-            let agent = ctx.agents.import(tenant.id, &dir, handle).await?;
-            println!("imported agent {} ({}) from {}", agent.handle, agent.id, dir.display());
+            if path.is_dir() {
+                let agent = ctx.agents.import(tenant.id, &path, handle).await?;
+                println!("imported agent {} ({}) from {}", agent.handle, agent.id, path.display());
+            } else {
+                let options = clade_store::agent_archive::ImportOptions {
+                    handle,
+                    secrets_key,
+                    without_secrets,
+                };
+                import_archive(ctx, &tenant, &path, options, json).await?;
+            }
+        }
+        AgentsCommand::Export { handle, output } => {
+            let agent = ctx.agent(handle.as_deref()).await?;
+            export_archive(ctx, &agent, output.as_deref()).await?;
         }
         AgentsCommand::Workspace { handle } => {
             let agent = ctx.agent(handle.as_deref()).await?;
@@ -263,6 +276,159 @@ pub(super) async fn give_template_tools(
                 tool.effect, tool.tool, tool.resource, agent.config.template
             ),
             Some(why) => println!("  left out {} {}: {why}", tool.tool, tool.resource),
+        }
+    }
+    Ok(())
+}
+
+/// Says how far a long export or import has come, on standard error.
+fn archive_progress(verb: &'static str) -> impl FnMut(clade_store::agent_archive::Progress) {
+    use clade_store::agent_archive::Progress;
+    let mut shown_bytes = 0u64;
+    move |done| match done {
+        Progress::Files { files, bytes } => {
+            if bytes >= shown_bytes + 64 * 1024 * 1024 {
+                shown_bytes = bytes;
+                eprintln!("{verb} {files} files ({})", output::bytes(bytes));
+            }
+        }
+        // Only what takes a while: a small agent's archive goes by in an instant.
+        Progress::Table { table, rows } if rows >= 10_000 => {
+            eprintln!("{verb} {rows} {table} rows")
+        }
+        Progress::Table { .. } | Progress::Secrets { .. } => {}
+    }
+}
+
+async fn export_archive(
+    ctx: &Ctx,
+    agent: &clade_core::Agent,
+    output: Option<&std::path::Path>,
+) -> Result<()> {
+    use anyhow::Context as _;
+    let secrets = ctx.secrets();
+    let mut show = archive_progress("exported");
+    let report = match output {
+        Some(path) => {
+            // A file only where the whole export was written: a failed one leaves none.
+            let partial = path.with_extension("partial");
+            let file = std::fs::File::create(&partial)
+                .with_context(|| format!("cannot create {}", partial.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            let done = clade_store::agent_archive::export(
+                &ctx.agents,
+                &secrets,
+                agent,
+                &mut out,
+                &mut show,
+            )
+            .await;
+            let flushed = std::io::Write::flush(&mut out);
+            drop(out);
+            match done
+                .map_err(anyhow::Error::from)
+                .and_then(|d| flushed.map(|()| d).map_err(Into::into))
+            {
+                Ok(done) => {
+                    std::fs::rename(&partial, path)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    done
+                }
+                Err(err) => {
+                    std::fs::remove_file(&partial).ok();
+                    return Err(err);
+                }
+            }
+        }
+        None => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            clade_store::agent_archive::export(&ctx.agents, &secrets, agent, &mut out, &mut show)
+                .await?
+        }
+    };
+    let rows: u64 = report.rows.iter().map(|(_, n)| n).sum();
+    let into = output.map(|p| format!(" to {}", p.display())).unwrap_or_default();
+    eprintln!(
+        "exported agent {}{into}: {} files ({}), {rows} rows, {} secrets",
+        report.agent,
+        report.files,
+        output::bytes(report.file_bytes),
+        report.secrets
+    );
+    for link in &report.skipped_links {
+        eprintln!("left out {link}: not a regular file of the workspace");
+    }
+    if let Some(key) = &report.secrets_key {
+        let file = output.map_or_else(|| "<file>".to_owned(), |p| p.display().to_string());
+        eprintln!(
+            "its secrets are sealed with a key made for this file; keep it apart from the file and import with:\n  CLADE_ARCHIVE_KEY={key} clade agents import {file}"
+        );
+    }
+    Ok(())
+}
+
+async fn import_archive(
+    ctx: &Ctx,
+    tenant: &clade_core::Tenant,
+    path: &std::path::Path,
+    options: clade_store::agent_archive::ImportOptions,
+    json: bool,
+) -> Result<()> {
+    use anyhow::Context as _;
+    let file = std::fs::File::open(path).with_context(|| {
+        format!("cannot read {}: name an archive file or a folder of persona files", path.display())
+    })?;
+    let mut input = std::io::BufReader::new(file);
+    let secrets = ctx.secrets();
+    let mut show = archive_progress("read");
+    let report = clade_store::agent_archive::import(
+        &ctx.agents,
+        &secrets,
+        tenant.id,
+        &mut input,
+        options,
+        &mut show,
+    )
+    .await?;
+    let agent = &report.agent;
+    if json {
+        let rows: serde_json::Map<String, serde_json::Value> =
+            report.rows.iter().map(|(t, n)| (t.clone(), (*n).into())).collect();
+        output::json(&serde_json::json!({
+            "agent": AgentResponse::from(agent),
+            "files": report.files,
+            "file_bytes": report.file_bytes,
+            "rows": rows,
+            "secrets": report.secrets,
+            "unfinished": report.unfinished,
+            "grants": report.grants,
+            "orphaned_grants": report.orphaned_grants,
+        }))?;
+    } else {
+        let rows: u64 = report.rows.iter().map(|(_, n)| n).sum();
+        println!(
+            "imported agent {} ({}) into tenant {}: {} files ({}), {rows} rows, {} secrets",
+            agent.handle,
+            agent.id,
+            tenant.name,
+            report.files,
+            output::bytes(report.file_bytes),
+            report.secrets
+        );
+        for grant in &report.grants {
+            println!("grant: {grant}");
+        }
+        if report.orphaned_grants > 0 {
+            println!(
+                "{} of its grants were delegated by an agent that did not come along: they are not in force here until granted again",
+                report.orphaned_grants
+            );
+        }
+        if report.unfinished > 0 {
+            println!(
+                "{} executions had not ended: a gateway serving this data dir resumes them where their journals stop",
+                report.unfinished
+            );
         }
     }
     Ok(())

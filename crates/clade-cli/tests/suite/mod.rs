@@ -25,5 +25,6 @@ mod support;
 mod telegram;
 mod tool_hosts;
 mod tools;
+mod transfer;
 mod turns;
 mod webhooks;

@@ -1324,6 +1324,72 @@ async fn templates_bring_their_default_tools_within_the_tenants_ceiling() {
     assert!(made.get("tools").is_none(), "{made}");
 }
 
+/// A memory pool the tenant's agents share: one agent keeps an item, another granted to read
+/// the pool recalls it with who kept it; neither reaches a pool no grant names, the reader
+/// cannot write, an agent's own memory never holds the pool's items, and another tenant's
+/// agent granted every pool finds none of it. Every call is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_memory_pools_are_reached_only_through_grants_naming_them() {
+    let env = Env::new();
+    for agent in ["writer", "reader"] {
+        env.run(&["agents", "create", agent]).ok();
+    }
+    let grant = |agent: &str, tool: &str, resource: &str| {
+        env.run(&["--agent", agent, "grants", "add", "--tool", tool, "--resource", resource]).ok();
+    };
+    grant("writer", "shared.*", "launch");
+    grant("reader", "shared.recall", "launch");
+    env.run(&["tenants", "create", "rival"]).ok();
+    env.run(&["--tenant", "rival", "agents", "create", "spy"]).ok();
+    env.run(&["--tenant", "rival", "--agent", "spy", "grants", "add", "--tool", "shared.*"]).ok();
+    let (rival, _) = super::support::token(&env, "rival", &["admin"]);
+    let server = env.serve(&[]);
+
+    let keep =
+        json!({ "pool": "launch", "content": "The launch moved to March 14", "kind": "decision" });
+    let (failed, kept) = call(&server, "writer", "shared.remember", keep.clone()).await;
+    assert!(!failed, "{kept}");
+    let ask = json!({ "pool": "launch", "query": "when is the launch" });
+    let (failed, recalled) = call(&server, "reader", "shared.recall", ask.clone()).await;
+    assert!(!failed && recalled.contains("March 14"), "{recalled}");
+    let writer_id = env.run(&["agents", "show", "writer", "--json"]).ok().json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(recalled.contains(&writer_id), "who kept it: {recalled}");
+
+    // What no grant names is refused: the reader keeping, anyone in another pool.
+    assert!(call(&server, "reader", "shared.remember", keep).await.0, "the reader wrote");
+    let elsewhere = json!({ "pool": "payroll", "query": "launch" });
+    assert!(call(&server, "writer", "shared.recall", elsewhere).await.0, "read outside its grant");
+    let (failed, why) =
+        call(&server, "writer", "shared.recall", json!({ "pool": "../x", "query": "a" })).await;
+    assert!(failed && why.contains("pool"), "{why}");
+
+    // The pool is no agent's own memory.
+    let (failed, own) =
+        call(&server, "writer", "memory.recall", json!({ "query": "launch March" })).await;
+    assert!(!own.contains("March 14"), "{failed} {own}");
+    let listed = env.run(&["--agent", "writer", "memory", "list", "--json"]).ok().stdout;
+    assert!(!listed.contains("March 14"), "{listed}");
+
+    // Another tenant's agent, granted every pool, has only its own tenant's.
+    let (status, body) = request(
+        &server.url,
+        &rival,
+        "POST",
+        "/v1/agents/spy/tools/shared.recall/call",
+        Some(json!({ "arguments": ask })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.to_string().contains("March 14"), "{body}");
+
+    let (_, audit) = request(&server.url, &server.token, "GET", "/v1/audit?limit=200", None).await;
+    let audit = audit.to_string();
+    assert!(audit.contains("shared.remember") && audit.contains("shared.recall"), "{audit}");
+}
+
 /// Folders a tenant's agents share: each agent reaches one only through grants naming it,
 /// reading and writing apart; every call is audited; another tenant's agent never sees it, and
 /// a link planted inside leads nowhere outside.
