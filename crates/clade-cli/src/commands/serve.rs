@@ -173,7 +173,19 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         channels,
     };
     let options = ServerOptions { max_body_bytes };
-    let grpc = grpc.map(|prepared| start_grpc(prepared, state.clone(), max_body_bytes));
+    let descriptors = raise_descriptor_limit();
+    let limits = clade_gateway::ConnectionLimits {
+        max_connections: ctx
+            .config
+            .server
+            .max_connections
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or_else(|| default_max_connections(descriptors)),
+        header_timeout: std::time::Duration::from_secs(
+            ctx.config.server.header_timeout_secs.max(1),
+        ),
+    };
+    let grpc = grpc.map(|prepared| start_grpc(prepared, state.clone(), max_body_bytes, limits));
     let app = clade_gateway::router(state, &options);
     tracing::info!(
         address = %address,
@@ -193,18 +205,6 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     if let Some(grpc) = &grpc {
         println!("AgentHub (gRPC) listening on {}", grpc.url);
     }
-    let descriptors = raise_descriptor_limit();
-    let limits = clade_gateway::ConnectionLimits {
-        max_connections: ctx
-            .config
-            .server
-            .max_connections
-            .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or_else(|| default_max_connections(descriptors)),
-        header_timeout: std::time::Duration::from_secs(
-            ctx.config.server.header_timeout_secs.max(1),
-        ),
-    };
     tracing::info!(
         max_connections = limits.max_connections,
         descriptors,
@@ -885,7 +885,12 @@ async fn prepare_grpc(ctx: &Ctx, grpc: &clade_config::GrpcConfig) -> Result<Prep
 }
 
 /// Serves the AgentHub on the prepared listener beside the HTTP server.
-fn start_grpc(prepared: PreparedGrpc, state: AppState, max_message_bytes: usize) -> GrpcServer {
+fn start_grpc(
+    prepared: PreparedGrpc,
+    state: AppState,
+    max_message_bytes: usize,
+    limits: clade_gateway::ConnectionLimits,
+) -> GrpcServer {
     let PreparedGrpc { listener, tls } = prepared;
     let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
@@ -896,7 +901,7 @@ fn start_grpc(prepared: PreparedGrpc, state: AppState, max_message_bytes: usize)
         );
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let options = clade_gateway::GrpcOptions { tls, max_message_bytes };
+    let options = clade_gateway::GrpcOptions { tls, max_message_bytes, limits };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let shutdown = async {

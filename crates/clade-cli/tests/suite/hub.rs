@@ -308,3 +308,69 @@ async fn read_until(response: reqwest::Response, needle: &str) -> String {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(20), read).await;
     text
 }
+
+/// The gRPC server holds at most `server.max_connections` connections: one more is closed at
+/// once, and one that sends nothing is closed after `server.header_timeout_secs`; a place
+/// freed serves again.
+#[test]
+fn the_grpc_server_caps_connections_and_closes_silent_ones() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let env = Env::new();
+    let port = free_port();
+    let config = format!(
+        "server:\n  max_connections: 3\n  header_timeout_secs: 1\n  grpc:\n    listen: 127.0.0.1:{port}\n"
+    );
+    write(&env.data_dir().join("clade.yaml"), &config);
+    let _server = env.serve(&[]);
+    let connect = || {
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        tcp
+    };
+    // The server's first frame once a client's preface arrived: its SETTINGS (type 4).
+    let served = |tcp: &mut std::net::TcpStream| {
+        tcp.write_all(PREFACE).unwrap();
+        let mut frame = [0u8; 9];
+        tcp.read_exact(&mut frame).is_ok() && frame[3] == 4
+    };
+    // How long the server takes to close a connection (reading past what it sends, its own
+    // SETTINGS), if it does within 5 s.
+    let closed_within = |tcp: &mut std::net::TcpStream| {
+        let start = Instant::now();
+        let mut buf = [0u8; 256];
+        while start.elapsed() < Duration::from_secs(5) {
+            match tcp.read(&mut buf) {
+                Ok(0) => return Some(start.elapsed()),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None;
+                }
+                Err(_) => return Some(start.elapsed()),
+            }
+        }
+        None
+    };
+
+    let mut held: Vec<_> = (0..3).map(|_| connect()).collect();
+    for tcp in &mut held {
+        assert!(served(tcp), "a connection within the cap was not served");
+    }
+    let mut over = connect();
+    let closed = closed_within(&mut over).expect("a connection over the cap stayed open");
+    assert!(closed < Duration::from_secs(1), "closed only after {closed:?}");
+
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut silent = connect();
+    let closed = closed_within(&mut silent).expect("a silent connection stayed open");
+    assert!(closed >= Duration::from_millis(500), "closed before its time: {closed:?}");
+    let mut freed = connect();
+    assert!(served(&mut freed), "a freed place did not serve");
+}

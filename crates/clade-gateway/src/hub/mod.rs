@@ -13,6 +13,7 @@
 mod pb;
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
@@ -33,6 +34,9 @@ pub struct GrpcOptions {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     /// The largest request message, in bytes (`server.max_body_bytes`).
     pub max_message_bytes: usize,
+    /// The HTTP server's: at most this many connections at once (one more is closed at
+    /// once), each closed unless its HTTP/2 preface arrives within the header timeout.
+    pub limits: crate::server::ConnectionLimits,
 }
 
 /// Why the gRPC server could not run.
@@ -73,7 +77,7 @@ pub async fn serve_grpc(
         let tls = tonic::transport::ServerTlsConfig::new().identity(identity);
         server = server.tls_config(tls).map_err(GrpcError::Tls)?;
     }
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let incoming = guarded(listener, options.limits);
     server
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
@@ -294,4 +298,124 @@ fn status_of(err: ApiError) -> Status {
         trailers.insert("retry-after", tonic::metadata::MetadataValue::from(seconds));
     }
     status
+}
+
+/// The listener's connections, each holding one of `limits.max_connections` places while it
+/// is open: at the cap a new connection is closed at once (a gRPC client's channel is long
+/// lived, so none is evicted to make room), and one whose first bytes do not arrive in time
+/// is closed, so silent sockets cannot hold the places.
+fn guarded(
+    listener: tokio::net::TcpListener,
+    limits: crate::server::ConnectionLimits,
+) -> impl futures::Stream<Item = std::io::Result<Guarded>> {
+    let places = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    futures::stream::unfold((listener, places), move |(listener, places)| async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "the gRPC server cannot accept a connection");
+                    #[allow(clippy::disallowed_methods)] // Pacing real I/O, not domain time.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(place) = places.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, "gRPC connection refused: at the connection limit");
+                continue;
+            };
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "cannot set TCP_NODELAY on a connection");
+            }
+            #[allow(clippy::disallowed_methods)] // A socket's deadline, not domain time.
+            let first = Box::pin(tokio::time::sleep(limits.header_timeout));
+            let guarded = Guarded { tcp, _place: place, first: Some(first), read: 0 };
+            return Some((Ok(guarded), (listener, places)));
+        }
+    })
+}
+
+/// The bytes a connection must send before the header timeout: HTTP/2's client preface is
+/// 24, a TLS ClientHello more.
+const FIRST_BYTES: usize = 24;
+
+/// A connection of the gRPC server, holding its place until it closes.
+struct Guarded {
+    tcp: tokio::net::TcpStream,
+    _place: tokio::sync::OwnedSemaphorePermit,
+    /// Until its first bytes have arrived: past it, reads fail and the connection closes.
+    first: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    read: usize,
+}
+
+impl tonic::transport::server::Connected for Guarded {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.tcp.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Guarded {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut this.tcp).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.read += buf.filled().len() - before;
+                if this.read >= FIRST_BYTES {
+                    this.first = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                if let Some(first) = this.first.as_mut()
+                    && first.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request before the header timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
 }
