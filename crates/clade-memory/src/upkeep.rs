@@ -31,8 +31,10 @@ const RESCAN_MS: i64 = 60_000;
 const PAGE: u32 = 500;
 /// A change of strength smaller than this is not written.
 const STRENGTH_STEP: f64 = 0.01;
-/// Passing items read for consolidation in one upkeep.
+/// Passing items of one scope read for consolidation in one upkeep.
 const CONSOLIDATE_READ: u32 = 2_000;
+/// Scopes consolidated in one upkeep; the rest wait for the next.
+const CONSOLIDATE_SCOPES: u32 = 100;
 /// Passing items given to a consolidator at once.
 const CONSOLIDATE_BATCH: usize = 50;
 /// Lasting items taken from one consolidation.
@@ -322,15 +324,19 @@ impl Memory {
         consolidator: &dyn Consolidator,
         report: &mut Report,
     ) -> Result<(), Error> {
-        let passing = store.memories_to_consolidate(agent, &PASSING, CONSOLIDATE_READ).await?;
-        let mut scopes: std::collections::BTreeMap<String, Vec<MemoryRow>> = Default::default();
-        for item in passing {
-            scopes.entry(item.scope.clone()).or_default().push(item);
-        }
-        for (scope, items) in scopes {
-            if items.len() < policy.consolidate_at {
-                continue;
-            }
+        // Only the scopes with enough to read: however many hold fewer, they hide none.
+        let scopes = store
+            .scopes_to_consolidate(
+                agent,
+                &PASSING,
+                policy.consolidate_at as u64,
+                CONSOLIDATE_SCOPES,
+            )
+            .await?;
+        for scope in scopes {
+            let items = store
+                .memories_to_consolidate(agent, &PASSING, Some(&scope), CONSOLIDATE_READ)
+                .await?;
             for batch in items.chunks(CONSOLIDATE_BATCH) {
                 let lasting = match consolidator.consolidate(store, agent, batch).await {
                     Ok(lasting) => lasting,

@@ -783,8 +783,10 @@ async fn consolidation_reads_passing_items_once_into_lasting_ones_per_scope() {
         // Read once: the next upkeep finds nothing new to read, and Bob's key still too little.
         let again = memory.upkeep(&store, ada, None, &policy, Some(&Habits)).await.unwrap();
         assert_eq!(again.consolidated, 0, "{name}");
-        let bobs =
-            store.memories_to_consolidate(ada, &clade_memory::upkeep::PASSING, 10).await.unwrap();
+        let bobs = store
+            .memories_to_consolidate(ada, &clade_memory::upkeep::PASSING, None, 10)
+            .await
+            .unwrap();
         assert_eq!(bobs.len(), 2, "{name}");
         // A failing model leaves the passing items for later and fails no upkeep.
         store.save_memory(item(ada, "telegram:bob", MemoryKind::Event, "FAIL here")).await.unwrap();
@@ -792,11 +794,52 @@ async fn consolidation_reads_passing_items_once_into_lasting_ones_per_scope() {
         assert_eq!(failed.consolidated, 0, "{name}");
         assert_eq!(
             store
-                .memories_to_consolidate(ada, &clade_memory::upkeep::PASSING, 10)
+                .memories_to_consolidate(ada, &clade_memory::upkeep::PASSING, None, 10)
                 .await
                 .unwrap()
                 .len(),
             3
         );
+    }
+}
+
+/// Consolidation finds a scope with enough to read however many scopes with too little were
+/// written before it (here more than one upkeep reads of a scope).
+#[tokio::test]
+async fn consolidation_is_not_hidden_by_many_scopes_with_too_little() {
+    use clade_memory::upkeep::Policy;
+    let policy = Policy { consolidate_at: 2, ..Policy::default() };
+    let memory = Memory::new(None, Isolation::Global).with_upkeep(policy.clone());
+    for b in backends().await {
+        let name = b.name;
+        let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let ada = agent(&b, &tenant, "ada").await;
+        let store = b.store.tenant_scope(tenant.id);
+        for n in 0..2_100 {
+            let text = format!("visitor {n} came by");
+            store
+                .save_memory(item(ada, &format!("k{n:04}"), MemoryKind::Event, &text))
+                .await
+                .unwrap();
+        }
+        for text in ["Ada ran at dawn", "Ada ran at dusk"] {
+            store.save_memory(item(ada, "telegram:ada", MemoryKind::Event, text)).await.unwrap();
+        }
+        let report = memory.upkeep(&store, ada, None, &policy, Some(&Habits)).await.unwrap();
+        assert_eq!((report.consolidated, report.lasting), (2, 2), "{name}: {report:?}");
+        let habit: Vec<_> = store
+            .memories(
+                ada,
+                &MemoryFilter { scope: Some("telegram:ada".into()), ..MemoryFilter::default() },
+                None,
+                100,
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.provenance.by == "cortex" && m.content.contains("runs often"))
+            .map(|m| m.content)
+            .collect();
+        assert_eq!(habit, ["Ada runs often (2 runs seen)"], "{name}");
     }
 }

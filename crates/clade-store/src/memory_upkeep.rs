@@ -245,32 +245,65 @@ impl Store {
         rows.iter().map(memory_row).collect()
     }
 
-    /// The agent's live items of `kinds` that no `part_of` link joins to a whole yet, in the
-    /// order they were stored, at most `limit`: what consolidation reads.
+    /// The agent's passing items (of `kinds`) not yet read into a lasting one, oldest first,
+    /// at most `limit`: of one scope when `scope` names it, else of all.
     pub async fn memories_to_consolidate(
         &self,
         tenant: TenantId,
         agent: AgentId,
         kinds: &[MemoryKind],
+        scope: Option<&str>,
         limit: u32,
     ) -> Result<Vec<MemoryRow>> {
         let words: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        let in_scope = if scope.is_some() { "AND m.scope = $5 " } else { "" };
+        let mut q = query(format!(
+            "SELECT {} FROM memories m WHERE m.tenant_id = $1 AND m.agent_id = $2 \
+             AND m.pruned_at IS NULL AND $3 LIKE '%,' || m.kind || ',%' {in_scope}\
+             AND NOT EXISTS (SELECT 1 FROM memory_links l WHERE l.from_id = m.id \
+             AND l.kind = 'part_of') ORDER BY m.n LIMIT $4",
+            crate::memories::COLUMNS
+        ))
+        .bind(tenant.as_bytes().to_vec())
+        .bind(agent_key(agent))
+        .bind(format!(",{},", words.join(",")))
+        .bind(i64::from(limit));
+        if let Some(scope) = scope {
+            q = q.bind(scope);
+        }
+        let rows = self.rows(q).await?;
+        rows.iter().map(memory_row).collect()
+    }
+
+    /// The agent's scopes holding at least `at_least` passing items (of `kinds`) not yet read
+    /// into a lasting one, in scope order, at most `limit`: what consolidation has to read,
+    /// however many scopes hold fewer.
+    pub async fn scopes_to_consolidate(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        kinds: &[MemoryKind],
+        at_least: u64,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        let words: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
         let rows = self
             .rows(
-                query(format!(
-                    "SELECT {} FROM memories m WHERE m.tenant_id = $1 AND m.agent_id = $2 \
+                query(
+                    "SELECT m.scope FROM memories m WHERE m.tenant_id = $1 AND m.agent_id = $2 \
                      AND m.pruned_at IS NULL AND $3 LIKE '%,' || m.kind || ',%' \
                      AND NOT EXISTS (SELECT 1 FROM memory_links l WHERE l.from_id = m.id \
-                     AND l.kind = 'part_of') ORDER BY m.n LIMIT $4",
-                    crate::memories::COLUMNS
-                ))
+                     AND l.kind = 'part_of') GROUP BY m.scope HAVING COUNT(*) >= $4 \
+                     ORDER BY m.scope LIMIT $5",
+                )
                 .bind(tenant.as_bytes().to_vec())
                 .bind(agent_key(agent))
                 .bind(format!(",{},", words.join(",")))
+                .bind(i64::try_from(at_least).unwrap_or(i64::MAX))
                 .bind(i64::from(limit)),
             )
             .await?;
-        rows.iter().map(memory_row).collect()
+        rows.iter().map(|r| r.try_get::<String, _>("scope")).collect()
     }
 
     /// Sets decayed strengths of the agent's items, unaudited (fading is not a change of what

@@ -483,9 +483,21 @@ impl TenantStore {
         &self,
         agent: AgentId,
         kinds: &[clade_core::MemoryKind],
+        scope: Option<&str>,
         limit: u32,
     ) -> Result<Vec<crate::MemoryRow>> {
-        self.store.memories_to_consolidate(self.tenant, agent, kinds, limit).await
+        self.store.memories_to_consolidate(self.tenant, agent, kinds, scope, limit).await
+    }
+
+    /// See [`Store::scopes_to_consolidate`].
+    pub async fn scopes_to_consolidate(
+        &self,
+        agent: AgentId,
+        kinds: &[clade_core::MemoryKind],
+        at_least: u64,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        self.store.scopes_to_consolidate(self.tenant, agent, kinds, at_least, limit).await
     }
 
     /// See [`Store::set_memory_strengths`].
