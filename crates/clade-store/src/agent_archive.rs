@@ -547,6 +547,9 @@ pub struct ImportReport {
     /// Grants it holds through another agent's (delegated), not in force here until granted
     /// again, since that agent did not come along.
     pub orphaned_grants: u64,
+    /// Sessions with messages waiting or a turn under way: a gateway serving this store runs
+    /// them once woken (at its start, or told).
+    pub waiting_sessions: Vec<clade_core::SessionId>,
 }
 
 /// Something to tell the user while a long export or import runs.
@@ -1288,6 +1291,7 @@ async fn write_checked(
     let mut grants = Vec::new();
     let mut delegated = 0u64;
     let mut unfinished = 0u64;
+    let mut waiting = Vec::new();
     for (table, rows) in &rows {
         match table.name {
             "grants" => {
@@ -1312,6 +1316,21 @@ async fn write_checked(
                     ));
                     if blob(&row[parent]).is_some() {
                         delegated += 1;
+                    }
+                }
+            }
+            "events" => {
+                let (session, status) =
+                    (column_index(table, "session_id")?, column_index(table, "status")?);
+                for row in rows {
+                    let open = matches!(&row[status], Value::Text(Some(s)) if s == "pending" || s == "running");
+                    if let (true, Some(bytes)) = (open, blob(&row[session]))
+                        && let Ok(bytes) = <[u8; 16]>::try_from(bytes)
+                    {
+                        let id = clade_core::SessionId::from_bytes(bytes);
+                        if !waiting.contains(&id) {
+                            waiting.push(id);
+                        }
                     }
                 }
             }
@@ -1413,6 +1432,7 @@ async fn write_checked(
         unfinished,
         grants,
         orphaned_grants: delegated,
+        waiting_sessions: waiting,
     };
     Ok((agent, report))
 }

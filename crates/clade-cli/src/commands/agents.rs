@@ -257,6 +257,25 @@ async fn tell_gateway(ctx: &Ctx, socket: Option<&std::path::Path>) {
     }
 }
 
+/// Tells a gateway serving this data dir to run `sessions`' waiting work now; says so when
+/// none runs (one that starts runs it then).
+async fn wake_gateway(ctx: &Ctx, sessions: &[clade_core::SessionId]) {
+    use clade_protocol::admin::{AdminReply, AdminRequest};
+    let path = crate::admin_socket::path(ctx, None);
+    let request =
+        AdminRequest::Wake { sessions: sessions.iter().map(ToString::to_string).collect() };
+    match crate::admin_socket::request(&path, &request).await {
+        Ok(AdminReply::Woken { .. }) => {
+            eprintln!("the gateway at {} runs its waiting work now", path.display())
+        }
+        Ok(other) => eprintln!("the gateway did not take the imported work: {other:?}"),
+        Err(_) => eprintln!(
+            "no gateway answers at {}: one that starts on this data dir runs the imported agent's waiting work",
+            path.display()
+        ),
+    }
+}
+
 /// Gives a new agent its template's default tools as grants (the operator's CLI: no ceiling
 /// applies) and says which.
 pub(super) async fn give_template_tools(
@@ -430,6 +449,9 @@ async fn import_archive(
                 report.unfinished
             );
         }
+    }
+    if !report.waiting_sessions.is_empty() {
+        wake_gateway(ctx, &report.waiting_sessions).await;
     }
     Ok(())
 }

@@ -98,12 +98,9 @@ fn open_secret(lines: &[Value], key: &str, name: &str) -> String {
     String::from_utf8(plain).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_killed_mid_turn_moves_to_postgres_and_its_turn_ends_there_once() {
-    if !clade_runtime::failpoints::ENABLED {
-        assert!(std::env::var("CI").is_err(), "CI builds the suite with failpoints");
-        return;
-    }
+/// An agent with a workspace file, a secret, a memory item and a job, whose second turn died
+/// (a failpoint) once it had journaled that it will call a tool: its data dir and session.
+async fn killed_mid_turn() -> (Env, String) {
     let source = Env::new();
     source.run(&["agents", "create", "ada", "--template", "researcher"]).ok();
     let workspace = source.run(&["agents", "workspace", "ada"]).ok().stdout.trim().to_owned();
@@ -143,6 +140,17 @@ async fn an_agent_killed_mid_turn_moves_to_postgres_and_its_turn_ends_there_once
     say(&server, WRITE_LATE, false).await;
     assert!(server.exits_within(std::time::Duration::from_secs(20)), "the failpoint never fired");
     server.kill9();
+
+    (source, session)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_turn_moves_to_postgres_and_its_turn_ends_there_once() {
+    if !clade_runtime::failpoints::ENABLED {
+        assert!(std::env::var("CI").is_err(), "CI builds the suite with failpoints");
+        return;
+    }
+    let (source, session) = killed_mid_turn().await;
 
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("ada.agent");
@@ -319,4 +327,32 @@ fn a_cut_altered_or_forged_archive_writes_nothing() {
     // The forged owner token is not believed: bo's memory stays empty.
     let none = target.run(&["--agent", "bo", "memory", "search", "tea", "--json"]).ok().json();
     assert!(!none.to_string().contains("tea"), "{none}");
+}
+
+/// Imported into a data dir a gateway serves, the killed turn ends there without a restart:
+/// the import tells the gateway, through its admin socket, which sessions have work waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_into_a_running_gateway_resumes_its_turn_at_once() {
+    if !clade_runtime::failpoints::ENABLED {
+        assert!(std::env::var("CI").is_err(), "CI builds the suite with failpoints");
+        return;
+    }
+    let (source, session) = killed_mid_turn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("ada.agent");
+    source.run(&["agents", "export", "ada", "-o", archive.to_str().unwrap()]).ok();
+
+    let target = Env::new();
+    let server = target.serve(&[]);
+    let imported =
+        target.run(&["agents", "import", archive.to_str().unwrap(), "--without-secrets"]).ok();
+    assert!(imported.stderr.contains("runs its waiting work now"), "{}", imported.stderr);
+    let turns = server
+        .turns_until(&session, |t| t.iter().filter(|t| t["status"] == "completed").count() >= 2)
+        .await;
+    assert_eq!(turns.len(), 2, "{turns:?}");
+    assert!(turns.iter().all(|t| t["status"] == "completed"), "{turns:?}");
+    // Without its secrets, as asked.
+    let secrets = target.run(&["--agent", "ada", "secrets", "list"]).ok().stdout;
+    assert!(!secrets.contains("API_TOKEN"), "{secrets}");
 }
