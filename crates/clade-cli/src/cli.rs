@@ -1230,6 +1230,9 @@ pub(crate) enum BenchCommand {
         /// Tokens each answer may write
         #[arg(long, default_value_t = 64)]
         tokens: u32,
+        /// Answers generated at once (each on its own copy of the model's attention cache)
+        #[arg(long, default_value_t = 1)]
+        concurrent: u32,
         /// The model's .gguf file [default: the one `clade models fetch local` installed]
         #[arg(long, value_name = "FILE")]
         model: Option<std::path::PathBuf>,

@@ -43,12 +43,51 @@ struct Shared {
     context: usize,
 }
 
-/// A loaded model, shared: one answer is generated at a time, on a blocking thread.
+/// A loaded model, shared: answers are generated on blocking threads, up to its concurrency
+/// at once, each on a copy of the weights of its own (the tensors are shared; only the
+/// attention cache is a copy's own), so answers to different sessions do not queue behind
+/// each other.
 #[derive(Clone)]
 pub struct LocalChat {
     name: String,
     shared: Arc<Shared>,
-    weights: Arc<Mutex<ModelWeights>>,
+    pool: Arc<Pool>,
+}
+
+struct Pool {
+    /// What a new copy is cloned from.
+    template: ModelWeights,
+    idle: Mutex<Vec<ModelWeights>>,
+    /// One per answer being generated.
+    places: Arc<tokio::sync::Semaphore>,
+    concurrency: usize,
+}
+
+impl Pool {
+    fn new(template: ModelWeights, concurrency: usize) -> Self {
+        let concurrency = concurrency.max(1);
+        Self {
+            template,
+            idle: Mutex::new(Vec::new()),
+            places: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+            concurrency,
+        }
+    }
+
+    fn take(&self) -> ModelWeights {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        idle.unwrap_or_else(|| self.template.clone())
+    }
+
+    fn give_back(&self, weights: ModelWeights) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(weights);
+    }
+}
+
+/// Answers generated at once by default: one per core, at most 4 (each is mostly matrix
+/// products that use a core).
+fn default_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(4)
 }
 
 impl std::fmt::Debug for LocalChat {
@@ -88,7 +127,20 @@ impl LocalChat {
         })?;
         let name = path.file_stem().map_or("local".into(), |s| s.to_string_lossy().into_owned());
         let shared = Arc::new(Shared { tokenizer, stops, context });
-        Ok(Self { name, shared, weights: Arc::new(Mutex::new(weights)) })
+        let pool = Arc::new(Pool::new(weights, default_concurrency()));
+        Ok(Self { name, shared, pool })
+    }
+
+    /// The same model generating at most `answers` at once (at least 1).
+    #[must_use]
+    pub fn with_concurrency(self, answers: usize) -> Self {
+        let pool = Arc::new(Pool::new(self.pool.template.clone(), answers));
+        Self { pool, ..self }
+    }
+
+    /// How many answers it generates at once.
+    pub fn concurrency(&self) -> usize {
+        self.pool.concurrency
     }
 
     /// The longest prompt and answer together, in tokens.
@@ -294,13 +346,17 @@ impl Provider for LocalChat {
             let max_tokens = request.params.max_tokens as usize;
             let temperature = request.params.temperature.map(f64::from);
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let (shared, weights) = (self.shared.clone(), self.weights.clone());
-            // The model's arithmetic blocks: it runs on a thread of its own, one answer at a time.
+            let (shared, pool) = (self.shared.clone(), self.pool.clone());
+            // Past the concurrency, an answer waits here rather than holding a blocking thread.
+            let place = pool.places.clone().acquire_owned().await.map_err(|e| failure(&e))?;
+            // The model's arithmetic blocks: it runs on a thread of its own.
             tokio::task::spawn_blocking(move || {
-                let mut weights = weights.lock().unwrap_or_else(|e| e.into_inner());
+                let _place = place;
+                let mut weights = pool.take();
                 let mut emit = |piece: String| tx.send(Ok(StreamEvent::TextDelta(piece))).is_ok();
                 let outcome =
                     generate(&shared, &mut weights, prompt, max_tokens, temperature, &mut emit);
+                pool.give_back(weights);
                 match outcome {
                     Ok(written) => {
                         let usage = Usage {

@@ -54,14 +54,14 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
                 super::bench_memory::Plan { items, queries, saves, embeddings, eval, distractors };
             super::bench_memory::run(ctx, &plan).await
         }
-        BenchCommand::Local { answers, tokens, model } => {
+        BenchCommand::Local { answers, tokens, concurrent, model } => {
             let file = model.unwrap_or_else(|| {
                 ctx.data_dir
                     .models_dir()
                     .join(clade_runtime::models::DEFAULT_LOCAL_CHAT)
                     .join("model.gguf")
             });
-            local(&file, answers, tokens).await
+            local(&file, answers, tokens, concurrent).await
         }
         BenchCommand::Neighbours { quota, quiet_tenants, quiet_rate, seconds, rounds } => {
             let plan =
@@ -77,70 +77,91 @@ pub(super) fn now() -> Instant {
 }
 
 /// `clade bench local`: time to first token and tokens per second of the local chat model,
-/// over `answers` prompts of a few lengths, each writing up to `tokens`.
+/// over `answers` prompts of a few lengths, each writing up to `tokens`, `concurrent` at once.
 #[cfg(feature = "local-models")]
-async fn local(file: &std::path::Path, answers: u32, tokens: u32) -> Result<()> {
+async fn local(file: &std::path::Path, answers: u32, tokens: u32, concurrent: u32) -> Result<()> {
     use clade_model::Provider as _;
     use futures::StreamExt as _;
-    if answers == 0 || tokens == 0 {
-        bail!("--answers and --tokens must be at least 1");
+    if answers == 0 || tokens == 0 || concurrent == 0 {
+        bail!("--answers, --tokens and --concurrent must be at least 1");
     }
     let started = now();
-    let model = clade_model::local_chat::LocalChat::load(file)?;
+    let model =
+        clade_model::local_chat::LocalChat::load(file)?.with_concurrency(concurrent as usize);
     eprintln!("loaded {} in {:.2} s", file.display(), started.elapsed().as_secs_f64());
     let prompts = [
         "Say hello.",
         "Write a short story about a lighthouse keeper who finds a message in a bottle.",
         "Explain in a few sentences why the sky is blue, for a ten-year-old.",
     ];
-    let (mut first_tokens, mut rates) = (Vec::new(), Vec::new());
-    for n in 0..answers {
-        let prompt = prompts[n as usize % prompts.len()];
-        let request = clade_model::ModelRequest {
-            messages: vec![
-                clade_model::types::Message::system("You are a helpful assistant."),
-                clade_model::types::Message::user(prompt),
-            ],
-            tools: Vec::new().into(),
-            params: clade_model::types::Params { max_tokens: tokens, temperature: Some(0.7) },
-        };
-        let asked = now();
-        let mut stream = model.stream("local", &request).await?;
-        let mut first: Option<Duration> = None;
-        let mut written = 0;
-        while let Some(event) = stream.next().await {
-            match event? {
-                clade_model::types::StreamEvent::TextDelta(_) if first.is_none() => {
-                    first = Some(asked.elapsed())
+    // One answer: its time to first token, tokens written, and whole time.
+    let one = |n: u32| {
+        let model = model.clone();
+        async move {
+            let prompt = prompts[n as usize % prompts.len()];
+            let request = clade_model::ModelRequest {
+                messages: vec![
+                    clade_model::types::Message::system("You are a helpful assistant."),
+                    clade_model::types::Message::user(prompt),
+                ],
+                tools: Vec::new().into(),
+                params: clade_model::types::Params { max_tokens: tokens, temperature: Some(0.7) },
+            };
+            let asked = now();
+            let mut stream = model.stream("local", &request).await?;
+            let mut first: Option<Duration> = None;
+            let mut written = 0;
+            while let Some(event) = stream.next().await {
+                match event? {
+                    clade_model::types::StreamEvent::TextDelta(_) if first.is_none() => {
+                        first = Some(asked.elapsed())
+                    }
+                    clade_model::types::StreamEvent::Usage(usage) => written = usage.output_tokens,
+                    _ => {}
                 }
-                clade_model::types::StreamEvent::Usage(usage) => written = usage.output_tokens,
-                _ => {}
             }
+            let total = asked.elapsed();
+            Ok::<_, anyhow::Error>((first.unwrap_or(total), written, total))
         }
-        let total = asked.elapsed();
-        let first = first.unwrap_or(total);
+    };
+    let all = now();
+    let mut answered =
+        futures::stream::iter(0..answers).map(one).buffer_unordered(concurrent as usize);
+    let (mut first_tokens, mut rates, mut written_all) = (Vec::new(), Vec::new(), 0u64);
+    let mut done = 0;
+    while let Some(answer) = answered.next().await {
+        let (first, written, total) = answer?;
         // Tokens after the first, over the time after it: the writing speed.
         if written > 1 && total > first {
             rates.push((written - 1) as f64 / (total - first).as_secs_f64());
         }
         first_tokens.push(first);
-        eprint!("\r{}/{answers} answers", n + 1);
+        written_all += written;
+        done += 1;
+        eprint!("\r{done}/{answers} answers");
     }
+    let elapsed = all.elapsed();
     eprintln!();
     first_tokens.sort();
     rates.sort_by(f64::total_cmp);
     let pick = |q: f64| first_tokens[((first_tokens.len() - 1) as f64 * q).round() as usize];
     let median_rate = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
     println!(
-        "local model: time to first token p50 {:.0} ms, p99 {:.0} ms; writing p50 {median_rate:.1} tokens/s ({answers} answers of up to {tokens} tokens)",
+        "local model: time to first token p50 {:.0} ms, p99 {:.0} ms; writing p50 {median_rate:.1} tokens/s an answer, {:.1} tokens/s in all ({answers} answers of up to {tokens} tokens, {concurrent} at once)",
         pick(0.5).as_secs_f64() * 1000.0,
         pick(0.99).as_secs_f64() * 1000.0,
+        written_all as f64 / elapsed.as_secs_f64().max(f64::EPSILON),
     );
     Ok(())
 }
 
 #[cfg(not(feature = "local-models"))]
-async fn local(_file: &std::path::Path, _answers: u32, _tokens: u32) -> Result<()> {
+async fn local(
+    _file: &std::path::Path,
+    _answers: u32,
+    _tokens: u32,
+    _concurrent: u32,
+) -> Result<()> {
     bail!("this build has no local models: build clade with the cargo feature `local-models`")
 }
 

@@ -407,6 +407,37 @@ fn bench_sched_runs_and_fires_jobs() {
     env.run(&["bench", "sched", "--every", "31"]).fails_with("--every must be between 1 and 30");
 }
 
+/// The local model's benchmark answers several prompts at once on a tiny model and reports
+/// each answer's speed and all of them together; zero of anything is refused.
+#[test]
+fn bench_local_answers_at_once_and_reports_both_speeds() {
+    let env = Env::new();
+    let file = env.tmp.path().join("tiny.gguf");
+    clade_model::local_chat::write_test_model(&file).unwrap();
+    let model = file.to_str().unwrap();
+    let out = env
+        .run(&[
+            "bench",
+            "local",
+            "--model",
+            model,
+            "--answers",
+            "4",
+            "--tokens",
+            "8",
+            "--concurrent",
+            "2",
+        ])
+        .ok();
+    assert!(
+        out.stdout.contains("tokens/s in all (4 answers of up to 8 tokens, 2 at once)"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("4/4 answers"), "{}", out.stderr);
+    env.run(&["bench", "local", "--model", model, "--concurrent", "0"]).fails_with("--concurrent");
+}
+
 /// The memory benchmark fills an agent's memory, saves through the service and times recalls
 /// of both kinds, each finding items; bad sizes are refused.
 #[test]

@@ -52,6 +52,30 @@ async fn a_tiny_llama_loads_streams_and_stops() {
     assert!(matches!(refused, clade_model::error::Error::ContextTooLong { .. }), "{refused}");
 }
 
+/// Answers generated at once, each on its own copy of the weights, are the answers generated
+/// one after another: no answer sees another's attention cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_generated_at_once_are_those_generated_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("tiny.gguf");
+    write_test_model(&file).unwrap();
+    let model = LocalChat::load(&file).unwrap().with_concurrency(3);
+    assert_eq!(model.concurrency(), 3);
+    let prompts = ["hello there", "what is the time", "tell me a story", "a b c d e f", "zzz"];
+    let mut alone = Vec::new();
+    for prompt in prompts {
+        alone.push(answer(&model, prompt, 24).await.unwrap().text);
+    }
+    for _ in 0..3 {
+        let together =
+            futures::future::join_all(prompts.iter().map(|prompt| answer(&model, prompt, 24)))
+                .await;
+        let together: Vec<String> = together.into_iter().map(|r| r.unwrap().text).collect();
+        assert_eq!(together, alone);
+    }
+    assert_eq!(LocalChat::load(&file).unwrap().with_concurrency(0).concurrency(), 1);
+}
+
 #[test]
 fn missing_cut_and_foreign_files_are_named() {
     let tmp = tempfile::tempdir().unwrap();
