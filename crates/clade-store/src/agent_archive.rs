@@ -1323,7 +1323,8 @@ async fn write_checked(
                 let (session, status) =
                     (column_index(table, "session_id")?, column_index(table, "status")?);
                 for row in rows {
-                    let open = matches!(&row[status], Value::Text(Some(s)) if s == "pending" || s == "running");
+                    let open = matches!(&row[status], Value::Text(Some(s))
+                        if clade_core::EventStatus::parse(s).is_some_and(|s| s.is_open()));
                     if let (true, Some(bytes)) = (open, blob(&row[session]))
                         && let Ok(bytes) = <[u8; 16]>::try_from(bytes)
                     {
