@@ -84,10 +84,12 @@ impl Pool {
     }
 }
 
-/// Answers generated at once by default: one per core, at most 4 (each is mostly matrix
-/// products that use a core).
+/// Answers generated at once by default: one per two cores, at most 4. candle already spreads
+/// one answer's matrix products over the cores; on 2 cores two answers at once wrote 12 %
+/// fewer tokens a second in all than one at a time (`docs/perf/local-model.md`).
 fn default_concurrency() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()).min(4)
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 2).clamp(1, 4)
 }
 
 impl std::fmt::Debug for LocalChat {
