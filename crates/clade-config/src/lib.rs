@@ -1179,6 +1179,11 @@ pub struct ModelConfig {
     /// offers it (OpenAI and Anthropic do), so this is rarely needed.
     #[serde(default)]
     pub http2: bool,
+    /// `provider: local` only: answers the model generates at once, each on its own copy of
+    /// the attention cache (1 to 16) [default: one per two cores, at most 4].
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 16))]
+    pub concurrency: Option<u32>,
 }
 
 fn default_true() -> bool {
@@ -1457,6 +1462,18 @@ impl Config {
             }
         }
         for (name, model) in &self.models {
+            if let Some(n) = model.concurrency {
+                if model.provider != ProviderKind::Local {
+                    return fail(format!(
+                        "models.{name}.concurrency: only a local model (provider: local) takes it; a remote provider limits its own calls"
+                    ));
+                }
+                if !(1..=16).contains(&n) {
+                    return fail(format!(
+                        "models.{name}.concurrency: {n} answers at once; give 1 to 16"
+                    ));
+                }
+            }
             if !matches!(model.provider, ProviderKind::Scripted | ProviderKind::Local)
                 && model.api_key_env.is_none()
                 && model.api_key_secret.is_none()

@@ -380,3 +380,23 @@ fn a_local_model_needs_no_key() {
     let err = parse("models:\n  small:\n    provider: llama\n").unwrap_err().to_string();
     assert!(err.contains("local"), "{err}");
 }
+
+#[test]
+fn a_local_models_concurrency_is_checked() {
+    let local = |n: &str| {
+        parse(&format!("models:\n  small:\n    provider: local\n    concurrency: {n}\n")).unwrap()
+    };
+    let config = local("2");
+    config.check(Path::new("clade.yaml")).unwrap();
+    assert_eq!(config.models["small"].concurrency, Some(2));
+    for bad in ["0", "17"] {
+        let err = local(bad).check(Path::new("clade.yaml")).unwrap_err().to_string();
+        assert!(err.contains("models.small.concurrency") && err.contains("1 to 16"), "{err}");
+    }
+    let remote = parse(
+        "models:\n  big:\n    provider: openai\n    api_key_env: OPENAI_API_KEY\n    concurrency: 2\n",
+    )
+    .unwrap();
+    let err = remote.check(Path::new("clade.yaml")).unwrap_err().to_string();
+    assert!(err.contains("models.big.concurrency") && err.contains("provider: local"), "{err}");
+}

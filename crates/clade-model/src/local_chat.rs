@@ -394,6 +394,8 @@ type Cell = Arc<tokio::sync::OnceCell<Result<LocalChat, String>>>;
 #[derive(Clone)]
 pub struct LocalProvider {
     path: PathBuf,
+    /// Answers at once, when not the model's default.
+    concurrency: Option<usize>,
     cell: Cell,
 }
 
@@ -404,22 +406,32 @@ impl std::fmt::Debug for LocalProvider {
 }
 
 impl LocalProvider {
-    pub fn new(path: PathBuf) -> Self {
-        static LOADED: std::sync::OnceLock<Mutex<std::collections::HashMap<PathBuf, Cell>>> =
-            std::sync::OnceLock::new();
+    /// The model in `path`, generating `concurrency` answers at once (`None`: its default).
+    pub fn new(path: PathBuf, concurrency: Option<usize>) -> Self {
+        type Loaded = std::collections::HashMap<(PathBuf, Option<usize>), Cell>;
+        static LOADED: std::sync::OnceLock<Mutex<Loaded>> = std::sync::OnceLock::new();
         let mut loaded =
             LOADED.get_or_init(Mutex::default).lock().unwrap_or_else(|e| e.into_inner());
-        let cell = loaded.entry(path.clone()).or_default().clone();
-        Self { path, cell }
+        let cell = loaded.entry((path.clone(), concurrency)).or_default().clone();
+        Self { path, concurrency, cell }
+    }
+
+    /// The loaded model (loading it on the first call).
+    pub async fn loaded(&self) -> Result<LocalChat, ModelError> {
+        self.model().await
     }
 
     async fn model(&self) -> Result<LocalChat, ModelError> {
-        let path = self.path.clone();
+        let (path, concurrency) = (self.path.clone(), self.concurrency);
         let loaded = self
             .cell
             .get_or_init(|| async move {
                 tokio::task::spawn_blocking(move || {
-                    LocalChat::load(&path).map_err(|e| e.to_string())
+                    let chat = LocalChat::load(&path).map_err(|e| e.to_string())?;
+                    Ok(match concurrency {
+                        Some(n) => chat.with_concurrency(n),
+                        None => chat,
+                    })
                 })
                 .await
                 .unwrap_or_else(|e| Err(format!("loading the local model stopped: {e}")))

@@ -411,9 +411,11 @@ impl Models {
                 Arc::new(if config.oauth.is_some() { adapter.with_bearer_auth() } else { adapter })
             }
             ProviderKind::Scripted => Arc::new(Scripted),
-            ProviderKind::Local => {
-                local_provider(config.model.as_deref().unwrap_or(name), &self.env)
-            }
+            ProviderKind::Local => local_provider(
+                config.model.as_deref().unwrap_or(name),
+                config.concurrency,
+                &self.env,
+            ),
         };
         ModelEntry {
             provider,
@@ -529,12 +531,13 @@ fn local_model_file(model: &str, env: &EnvHints) -> std::path::PathBuf {
 }
 
 #[cfg(feature = "local-models")]
-fn local_provider(model: &str, env: &EnvHints) -> Arc<dyn Provider> {
-    Arc::new(clade_model::local_chat::LocalProvider::new(local_model_file(model, env)))
+fn local_provider(model: &str, concurrency: Option<u32>, env: &EnvHints) -> Arc<dyn Provider> {
+    let concurrency = concurrency.map(|n| n as usize);
+    Arc::new(clade_model::local_chat::LocalProvider::new(local_model_file(model, env), concurrency))
 }
 
 #[cfg(not(feature = "local-models"))]
-fn local_provider(model: &str, env: &EnvHints) -> Arc<dyn Provider> {
+fn local_provider(model: &str, _concurrency: Option<u32>, env: &EnvHints) -> Arc<dyn Provider> {
     let _ = local_model_file(model, env);
     Arc::new(NoLocalModels)
 }
@@ -693,6 +696,7 @@ fn resolve(config: &Config, env: &EnvHints) -> (BTreeMap<String, ModelConfig>, R
             max_tokens: None,
             context_window: None,
             http2: false,
+            concurrency: None,
         };
         if env.get("OPENAI_API_KEY").is_some() {
             models.insert(

@@ -437,6 +437,7 @@ impl StubProcess {
             max_tokens: None,
             context_window: None,
             http2,
+            concurrency: None,
         }
     }
 

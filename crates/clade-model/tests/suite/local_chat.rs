@@ -114,3 +114,17 @@ async fn the_real_smollm2_answers_sensibly() {
         tokens as f64 / seconds
     );
 }
+
+/// The provider the configuration makes loads the model once, with the concurrency it was
+/// given, or the model's default.
+#[tokio::test]
+async fn the_provider_loads_the_model_with_its_configured_concurrency() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("tiny.gguf");
+    write_test_model(&file).unwrap();
+    let two = clade_model::local_chat::LocalProvider::new(file.clone(), Some(2));
+    assert_eq!(two.loaded().await.unwrap().concurrency(), 2);
+    let default = clade_model::local_chat::LocalProvider::new(file.clone(), None);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(default.loaded().await.unwrap().concurrency(), (cores / 2).clamp(1, 4));
+}
