@@ -59,3 +59,41 @@ pub(crate) fn bytes(n: u64) -> String {
     }
     format!("{value:.1} {}", UNITS[unit])
 }
+
+/// Runs `write` on the file `output`, or on standard output when there is none. The file
+/// appears only once all of it is written and flushed (it is written beside it, as
+/// `<name>.partial`, then renamed): a failed write leaves no file.
+pub(crate) async fn write_whole<T, E: Into<anyhow::Error>>(
+    output: Option<&std::path::Path>,
+    write: impl AsyncFnOnce(&mut dyn std::io::Write) -> Result<T, E>,
+) -> anyhow::Result<T> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let Some(path) = output else {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let done = write(&mut out).await.map_err(Into::into)?;
+        out.flush().context("cannot write to standard output")?;
+        return Ok(done);
+    };
+    let partial = path.with_extension("partial");
+    let file = std::fs::File::create(&partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let written = match write(&mut out).await {
+        Ok(done) => out
+            .flush()
+            .with_context(|| format!("cannot write {}", partial.display()))
+            .map(|()| done),
+        Err(err) => Err(err.into()),
+    };
+    drop(out);
+    let renamed = written.and_then(|done| {
+        std::fs::rename(&partial, path)
+            .with_context(|| format!("cannot write {}", path.display()))
+            .map(|()| done)
+    });
+    if renamed.is_err() {
+        std::fs::remove_file(&partial).ok();
+    }
+    renamed
+}

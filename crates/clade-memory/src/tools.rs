@@ -41,6 +41,28 @@ struct Tools {
 }
 
 impl Tools {
+    /// The items of `owner` (an agent, or a shared pool) most relevant to `query`, marked as
+    /// used.
+    async fn recall(
+        &self,
+        store: &TenantStore,
+        owner: clade_core::AgentId,
+        filter: &MemoryFilter,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<Recalled>, String> {
+        let hits = self
+            .memory
+            .recall(store, owner, filter, query, limit)
+            .await
+            .map_err(|e| e.to_string())?;
+        let used = hits.iter().map(|h| h.item.id).collect();
+        if let Err(err) = store.touch_memories(owner, used).await {
+            tracing::debug!(error = %err, "recalled items not marked as used");
+        }
+        Ok(hits)
+    }
+
     /// The caller's tenant store and isolation key (`None`: the agent's global memory).
     async fn scope(&self, caller: &Caller) -> Result<(TenantStore, Option<String>), String> {
         let store = self.store.tenant_scope(caller.tenant);
@@ -167,16 +189,7 @@ impl TypedTool for RecallTool {
             let limit = args.limit.unwrap_or(5).clamp(1, 20) as usize;
             let (store, key) = self.0.scope(&caller).await?;
             let filter = MemoryFilter { scope: key, kinds, ..MemoryFilter::default() };
-            let hits = self
-                .0
-                .memory
-                .recall(&store, caller.agent, &filter, &args.query, limit)
-                .await
-                .map_err(|e| e.to_string())?;
-            let used = hits.iter().map(|h| h.item.id).collect();
-            if let Err(err) = store.touch_memories(caller.agent, used).await {
-                tracing::debug!(error = %err, "recalled items not marked as used");
-            }
+            let hits = self.0.recall(&store, caller.agent, &filter, &args.query, limit).await?;
             if hits.is_empty() {
                 return Ok("nothing remembered matches".into());
             }
@@ -388,16 +401,7 @@ impl TypedTool for SharedRecall {
             let store = self.0.store.tenant_scope(caller.tenant);
             let owner = pool_owner(caller.tenant, &args.pool);
             let filter = MemoryFilter { kinds, ..MemoryFilter::default() };
-            let hits = self
-                .0
-                .memory
-                .recall(&store, owner, &filter, &args.query, limit)
-                .await
-                .map_err(|e| e.to_string())?;
-            let used = hits.iter().map(|h| h.item.id).collect();
-            if let Err(err) = store.touch_memories(owner, used).await {
-                tracing::debug!(error = %err, "recalled items not marked as used");
-            }
+            let hits = self.0.recall(&store, owner, &filter, &args.query, limit).await?;
             if hits.is_empty() {
                 return Ok(format!("nothing in pool {} matches", args.pool));
             }

@@ -324,47 +324,12 @@ async fn export_archive(
     agent: &clade_core::Agent,
     output: Option<&std::path::Path>,
 ) -> Result<()> {
-    use anyhow::Context as _;
     let secrets = ctx.secrets();
     let mut show = archive_progress("exported");
-    let report = match output {
-        Some(path) => {
-            // A file only where the whole export was written: a failed one leaves none.
-            let partial = path.with_extension("partial");
-            let file = std::fs::File::create(&partial)
-                .with_context(|| format!("cannot create {}", partial.display()))?;
-            let mut out = std::io::BufWriter::new(file);
-            let done = clade_store::agent_archive::export(
-                &ctx.agents,
-                &secrets,
-                agent,
-                &mut out,
-                &mut show,
-            )
-            .await;
-            let flushed = std::io::Write::flush(&mut out);
-            drop(out);
-            match done
-                .map_err(anyhow::Error::from)
-                .and_then(|d| flushed.map(|()| d).map_err(Into::into))
-            {
-                Ok(done) => {
-                    std::fs::rename(&partial, path)
-                        .with_context(|| format!("cannot write {}", path.display()))?;
-                    done
-                }
-                Err(err) => {
-                    std::fs::remove_file(&partial).ok();
-                    return Err(err);
-                }
-            }
-        }
-        None => {
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            clade_store::agent_archive::export(&ctx.agents, &secrets, agent, &mut out, &mut show)
-                .await?
-        }
-    };
+    let report = output::write_whole(output, async |out| {
+        clade_store::agent_archive::export(&ctx.agents, &secrets, agent, out, &mut show).await
+    })
+    .await?;
     let rows: u64 = report.rows.iter().map(|(_, n)| n).sum();
     let into = output.map(|p| format!(" to {}", p.display())).unwrap_or_default();
     eprintln!(

@@ -254,38 +254,13 @@ pub(super) async fn run(ctx: &Ctx, cmd: MemoryCommand) -> Result<()> {
         MemoryCommand::Export { output } => {
             let handle = agent.handle.to_string();
             let mut show = progress("exported");
-            let done = match &output {
-                Some(path) => {
-                    // A file only where the whole export was written: a failed one leaves none.
-                    let partial = path.with_extension("partial");
-                    let file = std::fs::File::create(&partial)
-                        .with_context(|| format!("cannot create {}", partial.display()))?;
-                    let mut out = std::io::BufWriter::new(file);
-                    let done = clade_memory::archive::export(
-                        &ctx.store, tenant.id, agent.id, &handle, &mut out, &mut show,
-                    )
-                    .await;
-                    drop(out);
-                    match done {
-                        Ok(done) => {
-                            std::fs::rename(&partial, path)
-                                .with_context(|| format!("cannot write {}", path.display()))?;
-                            done
-                        }
-                        Err(err) => {
-                            std::fs::remove_file(&partial).ok();
-                            return Err(err.into());
-                        }
-                    }
-                }
-                None => {
-                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                    clade_memory::archive::export(
-                        &ctx.store, tenant.id, agent.id, &handle, &mut out, &mut show,
-                    )
-                    .await?
-                }
-            };
+            let done = crate::output::write_whole(output.as_deref(), async |out| {
+                clade_memory::archive::export(
+                    &ctx.store, tenant.id, agent.id, &handle, out, &mut show,
+                )
+                .await
+            })
+            .await?;
             eprintln!("exported {} items and {} links of agent {handle}", done.items, done.links);
         }
         MemoryCommand::Import { file, json } => {
