@@ -12,7 +12,7 @@ use clade_core::{
 use sha2::Digest as _;
 
 use crate::backend::Backend;
-use crate::db::{Row, query};
+use crate::db::{Query, Row, query};
 use crate::error::{Error, Result};
 use crate::store::{Store, id_bytes};
 
@@ -179,6 +179,19 @@ impl MemoryFilter {
 /// The filter's clauses over `m`, binding `$2`…`$7` (tenant, agent, two scopes, kinds, since).
 const FILTERED: &str = "m.tenant_id = $2 AND m.agent_id = $3 AND (m.scope = $4 OR m.scope = $5) \
      AND ($6 = '' OR $6 LIKE '%,' || m.kind || ',%') AND m.updated_at >= $7 AND m.pruned_at IS NULL";
+
+/// Which items a full-text search matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Match {
+    /// Those holding every word of the text.
+    All,
+    /// Those holding any word, of which the caller needs the best `needed`.
+    Any { needed: u32 },
+}
+
+/// Items of one owner a word must match to count as common in its memory (see
+/// `match_memory_text`).
+const COMMON_WORD_ITEMS: i64 = 1000;
 
 /// The token naming an agent and scope inside the full-text index: digits only, so no
 /// stemmer changes it, and unique per (agent, scope) up to a 64-bit hash of the scope.
@@ -707,9 +720,14 @@ impl Store {
             let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 8)).collect();
             // The ids are looked up first, by their own index: with the filter beside them, the
             // planner would rather walk the agent's index and test every row against the list.
+            // SQLite's `CROSS JOIN` fixes that order, which PostgreSQL's planner keeps anyway.
+            let join = match self.backend() {
+                Backend::Sqlite => "CROSS JOIN",
+                Backend::Postgres => "JOIN",
+            };
             let mut q = query(format!(
                 "WITH wanted AS MATERIALIZED (SELECT n FROM memories WHERE id IN ({})) \
-                 SELECT {COLUMNS} FROM wanted JOIN memories m ON m.n = wanted.n \
+                 SELECT {COLUMNS} FROM wanted {join} memories m ON m.n = wanted.n \
                  WHERE $1 = $1 AND {FILTERED}",
                 marks.join(", ")
             ))
@@ -792,7 +810,23 @@ impl Store {
         text: &str,
         limit: u32,
     ) -> Result<Vec<(MemoryId, f64)>> {
-        self.match_memory_text(tenant, agent, filter, text, limit, false).await
+        self.match_memory_text(tenant, agent, filter, text, limit, Match::Any { needed: limit })
+            .await
+    }
+
+    /// [`Store::search_memory_text`] for a caller that needs only the best `needed` of the
+    /// `limit`: when the query's rarer words find that many, items holding nothing but its
+    /// common words (which would rank below them) are not searched for.
+    pub async fn search_memory_text_needing(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        text: &str,
+        limit: u32,
+        needed: u32,
+    ) -> Result<Vec<(MemoryId, f64)>> {
+        self.match_memory_text(tenant, agent, filter, text, limit, Match::Any { needed }).await
     }
 
     /// The agent's items holding every word of `text` (repeats of it, worded alike), best
@@ -805,7 +839,7 @@ impl Store {
         text: &str,
         limit: u32,
     ) -> Result<Vec<(MemoryId, f64)>> {
-        self.match_memory_text(tenant, agent, filter, text, limit, true).await
+        self.match_memory_text(tenant, agent, filter, text, limit, Match::All).await
     }
 
     async fn match_memory_text(
@@ -815,49 +849,130 @@ impl Store {
         filter: &MemoryFilter,
         text: &str,
         limit: u32,
-        all: bool,
+        how: Match,
     ) -> Result<Vec<(MemoryId, f64)>> {
+        let all = how == Match::All;
         let words = query_words(text);
         let (and, or) = (" AND ", " OR ");
         if words.is_empty() {
             return Ok(Vec::new());
         }
-        let (first, second, kinds, since) = filter.binds();
-        let q = match self.backend() {
-            Backend::Sqlite => {
-                let owners: Vec<String> = [&first, &second]
-                    .into_iter()
-                    .map(|scope| format!("owner : {}", owner_token(agent, scope)))
-                    .collect();
-                let terms: Vec<String> =
-                    words.iter().map(|w| format!("content : \"{w}\"")).collect();
-                let joined = terms.join(if all { and } else { or });
-                let expression = format!("({}) AND ({joined})", owners.join(" OR "));
-                // The match runs once, materialized (joined directly, the planner may walk the
-                // agent's rows and run it once per row), and ranks inside the index: the owner
-                // token already confines it to the agent and scopes, so only the best rows are
-                // read, not every row a common word matches. A filter by kind or time reads
-                // more of them, since it is applied to the rows.
-                let ranked = if filter.kinds.is_empty() && filter.since.is_none() {
-                    i64::from(limit)
-                } else {
-                    i64::from(limit).saturating_mul(20).max(1000)
-                };
-                query(format!(
-                    "WITH hits AS MATERIALIZED (SELECT rowid AS n, -bm25(memories_fts, 0.0, 1.0) AS score \
-                     FROM memories_fts WHERE memories_fts MATCH $1 ORDER BY score DESC LIMIT {ranked}) \
-                     SELECT m.id, hits.score FROM hits JOIN memories m ON m.n = hits.n \
-                     WHERE {FILTERED} ORDER BY hits.score DESC LIMIT $8"
-                ))
-                .bind(expression)
-            }
-            Backend::Postgres => query(format!(
+        if self.backend() == Backend::Postgres {
+            let q = query(format!(
                 "SELECT m.id, CAST(ts_rank(m.content_tsv, to_tsquery('english', $1)) AS DOUBLE PRECISION) AS score \
                  FROM memories m WHERE m.content_tsv @@ to_tsquery('english', $1) AND {FILTERED} \
                  ORDER BY score DESC LIMIT $8"
             ))
-            .bind(words.join(if all { " & " } else { " | " })),
+            .bind(words.join(if all { " & " } else { " | " }));
+            return self.scored(q, tenant, agent, filter, limit).await;
+        }
+        let (first, second, ..) = filter.binds();
+        // One phrase when both scopes are one: a repeated owner phrase is intersected and
+        // scored twice.
+        let scopes: &[&String] = if first == second { &[&first] } else { &[&first, &second] };
+        let owners: Vec<String> =
+            scopes.iter().map(|scope| format!("owner : {}", owner_token(agent, scope))).collect();
+        let owned = format!("({})", owners.join(or));
+        let terms: Vec<String> = words.iter().map(|w| format!("content : \"{w}\"")).collect();
+        if all {
+            let expression = format!("{owned} AND ({})", terms.join(and));
+            return self.fts_ranked(tenant, agent, filter, &expression, limit).await;
+        }
+        // Words the agent's memory holds often (a name in 8,000 of 100,000 items) cost a score
+        // for every item they match, yet an item with nothing else of the query rarely ranks
+        // among the best. When the query has rarer words, the match asks for one of those and
+        // lets the common ones only score: `R AND (C OR R)` matches what `R` does and scores
+        // the common words too (the rare ones twice, which keeps their order among
+        // themselves; closing the group with the owner phrase instead cost a second pass over
+        // the owner's whole list for its weight). If that finds fewer than the caller needs,
+        // the whole match runs as before. Elasticsearch's "common terms" query does the same.
+        if let Match::Any { needed } = how
+            && terms.len() > 1
+        {
+            let counts = self.fts_counts(&owned, &terms).await?;
+            let (mut rare, mut common) = (Vec::new(), Vec::new());
+            for (term, count) in terms.iter().zip(counts) {
+                match count {
+                    0 => {}
+                    n if n < COMMON_WORD_ITEMS => rare.push(term.as_str()),
+                    _ => common.push(term.as_str()),
+                }
+            }
+            if !rare.is_empty() && !common.is_empty() {
+                let rare = rare.join(or);
+                let expression =
+                    format!("{owned} AND ({rare}) AND ({}{or}{rare})", common.join(or));
+                let hits = self.fts_ranked(tenant, agent, filter, &expression, limit).await?;
+                if hits.len() >= needed.min(limit) as usize {
+                    return Ok(hits);
+                }
+            }
+        }
+        let expression = format!("{owned} AND ({})", terms.join(or));
+        self.fts_ranked(tenant, agent, filter, &expression, limit).await
+    }
+
+    /// How many of the owner's items each term matches, counted up to [`COMMON_WORD_ITEMS`]
+    /// (so a very common word costs no more than that), in one statement.
+    async fn fts_counts(&self, owned: &str, terms: &[String]) -> Result<Vec<i64>> {
+        let counts: Vec<String> = (1..=terms.len())
+            .map(|i| {
+                format!(
+                    "(SELECT count(*) FROM (SELECT 1 FROM memories_fts WHERE memories_fts MATCH ${i} \
+                     LIMIT {COMMON_WORD_ITEMS})) AS c{i}"
+                )
+            })
+            .collect();
+        let mut q = query(format!("SELECT {}", counts.join(", ")));
+        for term in terms {
+            q = q.bind(format!("{owned} AND {term}"));
+        }
+        let rows = self.rows(q).await?;
+        let Some(row) = rows.first() else { return Ok(vec![0; terms.len()]) };
+        (0..terms.len()).map(|i| row.try_get(i)).collect()
+    }
+
+    /// The items an FTS5 `expression` matches, best first by BM25, through the filter.
+    async fn fts_ranked(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        expression: &str,
+        limit: u32,
+    ) -> Result<Vec<(MemoryId, f64)>> {
+        // The match runs once, materialized, and ranks inside the index: the owner token
+        // already confines it to the agent and scopes, so only the best rows are read, not
+        // every row a common word matches. `CROSS JOIN` keeps that order: left to choose, the
+        // planner walks the agent's whole index and probes the hits (200 ms at 100,000 items,
+        // against 30). A filter by kind or time reads more of them, since it is applied to
+        // the rows.
+        let ranked = if filter.kinds.is_empty() && filter.since.is_none() {
+            i64::from(limit)
+        } else {
+            i64::from(limit).saturating_mul(20).max(1000)
         };
+        let q = query(format!(
+            "WITH hits AS MATERIALIZED (SELECT rowid AS n, -bm25(memories_fts, 0.0, 1.0) AS score \
+             FROM memories_fts WHERE memories_fts MATCH $1 ORDER BY score DESC LIMIT {ranked}) \
+             SELECT m.id, hits.score FROM hits CROSS JOIN memories m ON m.n = hits.n \
+             WHERE {FILTERED} ORDER BY hits.score DESC LIMIT $8"
+        ))
+        .bind(expression.to_owned());
+        self.scored(q, tenant, agent, filter, limit).await
+    }
+
+    /// Runs a full-text statement that takes its search as `$1` and [`FILTERED`]'s values
+    /// and the limit after it, and reads its `(id, score)` rows.
+    async fn scored(
+        &self,
+        q: Query,
+        tenant: TenantId,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        limit: u32,
+    ) -> Result<Vec<(MemoryId, f64)>> {
+        let (first, second, kinds, since) = filter.binds();
         let rows = self
             .rows(
                 q.bind(tenant.as_bytes().to_vec())
@@ -909,6 +1024,32 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The stored embedding of one of the agent's items by `model`, if it has one.
+    pub async fn memory_embedding(
+        &self,
+        tenant: TenantId,
+        agent: AgentId,
+        id: MemoryId,
+        model: &str,
+    ) -> Result<Option<Vec<f32>>> {
+        let rows = self
+            .rows(
+                query(
+                    "SELECT embedding FROM memories WHERE id = $1 AND tenant_id = $2 \
+                     AND agent_id = $3 AND embedding_model = $4",
+                )
+                .bind(id.as_bytes().to_vec())
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec())
+                .bind(model.to_owned()),
+            )
+            .await?;
+        match rows.first() {
+            Some(row) => Ok(Some(vector_of(&row.try_get::<Vec<u8>, _>("embedding")?)?)),
+            None => Ok(None),
+        }
     }
 
     /// When an item of the agent's `scope` was last written (`None` when it has none): a

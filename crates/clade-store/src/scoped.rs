@@ -390,6 +390,17 @@ impl TenantStore {
         self.store.search_memory_text(self.tenant, agent, filter, text, limit).await
     }
 
+    pub async fn search_memory_text_needing(
+        &self,
+        agent: AgentId,
+        filter: &crate::MemoryFilter,
+        text: &str,
+        limit: u32,
+        needed: u32,
+    ) -> Result<Vec<(clade_core::MemoryId, f64)>> {
+        self.store.search_memory_text_needing(self.tenant, agent, filter, text, limit, needed).await
+    }
+
     pub async fn memories_with_words_of(
         &self,
         agent: AgentId,
@@ -407,6 +418,15 @@ impl TenantStore {
         model: &str,
     ) -> Result<Vec<crate::memories::VectorRow>> {
         self.store.memory_vectors(self.tenant, agent, filter, model).await
+    }
+
+    pub async fn memory_embedding(
+        &self,
+        agent: AgentId,
+        id: clade_core::MemoryId,
+        model: &str,
+    ) -> Result<Option<Vec<f32>>> {
+        self.store.memory_embedding(self.tenant, agent, id, model).await
     }
 
     pub async fn memory_scope_version(

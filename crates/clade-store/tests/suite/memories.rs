@@ -272,3 +272,55 @@ async fn an_agent_holds_no_more_items_than_allowed() {
         ours.save_memory_within(item(ada.id, "", MemoryKind::Fact, "three"), 2).await.unwrap();
     }
 }
+
+/// A word in more than a thousand of the agent's items only scores beside a rarer one, yet the
+/// results stay what the whole match gives: the rare word's items first, and the common word's
+/// items filling whatever they leave, only ever the agent's own.
+#[tokio::test]
+async fn a_common_word_beside_a_rare_one_still_fills_the_results() {
+    for h in backends().await {
+        let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let (_, bo) = tenant_and_agent(&h.store, &h.agents, "bo").await;
+        let ours = h.store.tenant_scope(tenant.id);
+        let saves = (0..1050).map(|n| {
+            ours.save_memory(item(ada.id, "", MemoryKind::Fact, &format!("ada filed report {n}")))
+        });
+        for saved in futures::future::join_all(saves).await {
+            saved.unwrap();
+        }
+        let mut zebras = Vec::new();
+        for n in 0..3 {
+            let content = format!("ada rode the zebra {n}");
+            zebras.push(
+                ours.save_memory(item(ada.id, "", MemoryKind::Fact, &content)).await.unwrap().id,
+            );
+        }
+        let foreign = ours
+            .save_memory(item(bo.id, "", MemoryKind::Fact, "ada rode the zebra home"))
+            .await
+            .unwrap();
+
+        let hits = ours.search_memory_text(ada.id, &scoped(None), "Ada's zebra", 10).await.unwrap();
+        assert_eq!(hits.len(), 10, "{}: the common word fills the rest: {hits:?}", h.name);
+        let mut first: Vec<_> = hits[..3].iter().map(|(id, _)| *id).collect();
+        first.sort();
+        zebras.sort();
+        assert_eq!(first, zebras, "{}", h.name);
+        let hits = ours.search_memory_text(ada.id, &scoped(None), "Ada's zebra", 2).await.unwrap();
+        assert_eq!(hits.len(), 2, "{}", h.name);
+        assert!(hits.iter().all(|(id, _)| zebras.contains(id)), "{}: {hits:?}", h.name);
+        // A caller needing fewer than it asks for gets the rare word's items alone.
+        let hits = ours
+            .search_memory_text_needing(ada.id, &scoped(None), "Ada's zebra", 50, 3)
+            .await
+            .unwrap();
+        if h.name == "sqlite" {
+            assert_eq!(hits.len(), 3, "{}: {hits:?}", h.name);
+        }
+        assert!(hits.iter().take(3).all(|(id, _)| zebras.contains(id)), "{}", h.name);
+        // A word nothing holds does not narrow the match to nothing.
+        let hits = ours.search_memory_text(ada.id, &scoped(None), "ada unicorn", 10).await.unwrap();
+        assert_eq!(hits.len(), 10, "{}", h.name);
+        assert!(hits.iter().all(|(id, _)| *id != foreign.id), "{}", h.name);
+    }
+}
