@@ -74,6 +74,7 @@ fn refusal(handle: &str, err: clade_memory::Error) -> ApiError {
         other @ (clade_memory::Error::Archive { .. }
         | clade_memory::Error::BadArchive(_)
         | clade_memory::Error::Io(_)) => ApiError::new(Code::InvalidMemory, other.to_string()),
+        other @ clade_memory::Error::Search(_) => ApiError::internal(other),
     }
 }
 

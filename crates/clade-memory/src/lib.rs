@@ -56,6 +56,9 @@ pub enum Error {
     BadArchive(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A search's task ended without an answer (it panicked, or the runtime is shutting down).
+    #[error("a memory search did not finish: {0}")]
+    Search(String),
 }
 
 /// How a search finds items: by every method, fused (what turns and tools use), or by one.
@@ -309,20 +312,16 @@ impl Memory {
     ) -> Result<Vec<(MemoryId, f32)>, Error> {
         let Near { vector: asked, floor, limit } = near;
         let since = filter.since.map_or(i64::MIN, |t| t.as_millis());
-        let mut near: Vec<(MemoryId, f32)> = Vec::new();
-        for rows in self.vectors_of(store, agent, filter, model).await? {
-            let rows = rows.read().unwrap_or_else(|e| e.into_inner());
-            near.extend(
-                rows.iter()
-                    .filter(|r| filter.kinds.is_empty() || filter.kinds.contains(&r.kind))
-                    .filter(|r| r.updated_at.as_millis() >= since)
-                    .map(|r| (r.id, search::cosine(asked, &r.vector)))
-                    .filter(|(_, similarity)| *similarity >= floor),
-            );
+        let asked = vectors::Quantized::new(asked);
+        let mut best = vectors::Best::new(limit);
+        for kept in self.vectors_of(store, agent, filter, model).await? {
+            let kept = kept.read().unwrap_or_else(|e| e.into_inner());
+            let keep = |kind, updated_at| {
+                (filter.kinds.is_empty() || filter.kinds.contains(&kind)) && updated_at >= since
+            };
+            kept.scan(&asked, floor, keep, &mut best);
         }
-        near.sort_by(|a, b| b.1.total_cmp(&a.1));
-        near.truncate(limit);
-        Ok(near)
+        Ok(best.into_hits())
     }
 
     /// Tells the kept vectors about an item this process just wrote.
@@ -338,9 +337,9 @@ impl Memory {
         }
     }
 
-    /// Floats of vectors kept in memory now, over every agent.
-    pub fn kept_floats(&self) -> usize {
-        self.vectors.floats()
+    /// Bytes of vectors kept in memory now, over every agent.
+    pub fn kept_bytes(&self) -> usize {
+        self.vectors.bytes()
     }
 
     /// Saves `new`, unless it repeats an item of its own scope: one of the same kind is then
@@ -427,25 +426,19 @@ impl Memory {
         Ok(best)
     }
 
-    /// The vector this process keeps of a stored item by the current model, if any.
-    pub(crate) async fn kept_vector(
+    /// The stored item's embedding by the current model, if it has one.
+    pub(crate) async fn embedding_of(
         &self,
         store: &TenantStore,
         agent: AgentId,
-        filter: &MemoryFilter,
         item: &MemoryRow,
     ) -> Result<Option<(Vec<f32>, String)>, Error> {
         let Some(model) = self.embedding_model() else { return Ok(None) };
         if item.embedding_model.as_deref() != Some(model) {
             return Ok(None);
         }
-        for rows in self.vectors_of(store, agent, filter, model).await? {
-            let rows = rows.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(row) = rows.iter().find(|r| r.id == item.id) {
-                return Ok(Some((row.vector.clone(), model.to_owned())));
-            }
-        }
-        Ok(None)
+        let vector = store.memory_embedding(agent, item.id, model).await?;
+        Ok(vector.map(|vector| (vector, model.to_owned())))
     }
 
     /// The agent's items most relevant to `query` in the filter's scopes, best first, at most
@@ -477,27 +470,30 @@ impl Memory {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut text: Vec<(MemoryId, f64)> = Vec::new();
-        if mode != Mode::Vectors {
-            text = store.search_memory_text(agent, filter, query, CANDIDATES).await?;
-        }
+        // Both searches at once: SQLite reads run on the thread that asks, so the full-text
+        // match goes to a task of its own while this one embeds the query and scans.
+        let text = (mode != Mode::Vectors).then(|| {
+            let (store, filter, query) = (store.clone(), filter.clone(), query.to_owned());
+            // Candidates beyond the `limit` best only nudge the fusion's scaling: the rarer
+            // words alone may find them.
+            let needed = limit as u32;
+            tokio::spawn(async move {
+                store.search_memory_text_needing(agent, &filter, &query, CANDIDATES, needed).await
+            })
+        });
         let mut vector: Vec<(MemoryId, f32)> = Vec::new();
         if mode != Mode::FullText
             && !query.trim().is_empty()
             && let Some(model) = self.embedding_model()
-            && let Some(mut vectors) = self.embed(&[query.to_owned()]).await
-            && let Some(asked) = vectors.pop()
+            && let Some(asked) = self.embed(&[query.to_owned()]).await.and_then(|mut v| v.pop())
         {
-            vector = self
-                .nearest(
-                    store,
-                    agent,
-                    filter,
-                    model,
-                    Near { vector: &asked, floor: MIN_SIMILARITY, limit: CANDIDATES as usize },
-                )
-                .await?;
+            let near = Near { vector: &asked, floor: MIN_SIMILARITY, limit: CANDIDATES as usize };
+            vector = self.nearest(store, agent, filter, model, near).await?;
         }
+        let text = match text {
+            Some(task) => task.await.map_err(|e| Error::Search(e.to_string()))??,
+            None => Vec::new(),
+        };
         let vector: Vec<(MemoryId, f64)> =
             vector.into_iter().map(|(id, similarity)| (id, f64::from(similarity))).collect();
         let mut fused = search::fuse_scores(&[(&text, TEXT_WEIGHT), (&vector, 1.0 - TEXT_WEIGHT)]);

@@ -221,7 +221,7 @@ impl Memory {
                 kinds: vec![item.kind],
                 ..MemoryFilter::default()
             };
-            let embedding = self.kept_vector(store, agent, &own_scope, &item).await?;
+            let embedding = self.embedding_of(store, agent, &item).await?;
             let repeat = crate::Repeat { content: &item.content, embedding: embedding.as_ref() };
             let Some((other, _)) =
                 self.duplicate_of(store, agent, repeat, &own_scope, Some(item.id)).await?
@@ -243,7 +243,7 @@ impl Memory {
                 importance: Some(kept.importance.max(repeat.importance)),
                 confidence: Some(kept.confidence.max(repeat.confidence)),
                 embedding: if newer.id == repeat.id {
-                    self.kept_vector(store, agent, &own_scope, &repeat).await?
+                    self.embedding_of(store, agent, &repeat).await?
                 } else {
                     None
                 },

@@ -337,7 +337,7 @@ async fn kept_vectors_see_what_another_process_wrote() {
             by_meaning(&gateway, &store, ada, "boats moored").await,
             ["The boat is moored at pier seven"]
         );
-        assert!(gateway.kept_floats() > 0, "{}", b.name);
+        assert!(gateway.kept_bytes() > 0, "{}", b.name);
         let teal = cli
             .save(&store, item(ada, "", MemoryKind::Fact, "Ada's favourite colour is teal"))
             .await

@@ -237,7 +237,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
                 found,
             ));
         }
-        let kept_mib = hybrid.kept_floats() as f64 * 4.0 / 1_048_576.0;
+        let kept_mib = hybrid.kept_bytes() as f64 / 1_048_576.0;
         println!("  {items} items (agent {handle}):");
         println!(
             "    fill:    {:.1} s, {:.0} items/s (embedded in batches of {batch}, stored by concurrent writers)",
