@@ -1387,13 +1387,23 @@ async fn write_checked(
                     )));
                 }
                 for (table, rows) in rows.iter() {
+                    let width = table.columns.len();
                     let columns = table.columns.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ");
-                    let params =
-                        (1..=table.columns.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
-                    let sql = format!("INSERT INTO {} ({columns}) VALUES ({params})", table.name);
-                    for row in rows {
-                        let mut q = query(sql.clone());
-                        for value in row {
+                    // Many rows a statement: a statement each was a round trip each on
+                    // PostgreSQL. At most `MAX_PARAMS` values keep it within both backends'
+                    // limits.
+                    for chunk in rows.chunks((MAX_PARAMS / width.max(1)).max(1)) {
+                        let tuples: Vec<String> = (0..chunk.len())
+                            .map(|r| {
+                                let marks: Vec<String> =
+                                    (1..=width).map(|c| format!("${}", r * width + c)).collect();
+                                format!("({})", marks.join(", "))
+                            })
+                            .collect();
+                        let sql =
+                            format!("INSERT INTO {} ({columns}) VALUES {}", table.name, tuples.join(", "));
+                        let mut q = query(sql);
+                        for value in chunk.iter().flatten() {
                             q = q.bind(value.clone());
                         }
                         q.execute(&mut *conn).await.map_err(|e| match e {
@@ -1437,6 +1447,9 @@ async fn write_checked(
     };
     Ok((agent, report))
 }
+
+/// The most values bound to one insert of an import (SQLite allows 32,766, PostgreSQL 65,535).
+const MAX_PARAMS: usize = 2_000;
 
 fn resealed_len(sealed: &[(SecretName, Sealed)], options: &ImportOptions) -> u64 {
     if options.without_secrets { 0 } else { sealed.len() as u64 }
