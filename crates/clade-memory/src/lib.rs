@@ -41,6 +41,8 @@ const DUPLICATE_COSINE: f32 = 0.95;
 /// The least vector similarity that counts as a match: below it, texts share too little
 /// meaning for their order to mean anything.
 const MIN_SIMILARITY: f32 = 0.2;
+/// Kept vectors from which a scan runs on a blocking thread (20,000 take about a millisecond).
+const BLOCKING_SCAN_ROWS: usize = 20_000;
 /// The most items one recall returns.
 pub const MAX_RECALL: usize = 50;
 
@@ -313,15 +315,27 @@ impl Memory {
         let Near { vector: asked, floor, limit } = near;
         let since = filter.since.map_or(i64::MIN, |t| t.as_millis());
         let asked = vectors::Quantized::new(asked);
-        let mut best = vectors::Best::new(limit);
-        for kept in self.vectors_of(store, agent, filter, model).await? {
-            let kept = kept.read().unwrap_or_else(|e| e.into_inner());
-            let keep = |kind, updated_at| {
-                (filter.kinds.is_empty() || filter.kinds.contains(&kind)) && updated_at >= since
-            };
-            kept.scan(&asked, floor, keep, &mut best);
+        let scopes = self.vectors_of(store, agent, filter, model).await?;
+        let rows: usize =
+            scopes.iter().map(|kept| kept.read().unwrap_or_else(|e| e.into_inner()).len()).sum();
+        let kinds = filter.kinds.clone();
+        let scan = move || {
+            let mut best = vectors::Best::new(limit);
+            for kept in &scopes {
+                let kept = kept.read().unwrap_or_else(|e| e.into_inner());
+                let keep = |kind, updated_at| {
+                    (kinds.is_empty() || kinds.contains(&kind)) && updated_at >= since
+                };
+                kept.scan(&asked, floor, keep, &mut best);
+            }
+            best.into_hits()
+        };
+        // A large scan takes milliseconds (a million vectors, tens of them): on a runtime
+        // worker it would hold up every task queued there, other tenants' included.
+        if rows < BLOCKING_SCAN_ROWS {
+            return Ok(scan());
         }
-        Ok(best.into_hits())
+        tokio::task::spawn_blocking(scan).await.map_err(|e| Error::Search(e.to_string()))
     }
 
     /// Tells the kept vectors about an item this process just wrote.

@@ -184,6 +184,11 @@ impl Kept {
         }
     }
 
+    /// How many vectors it keeps.
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
     /// The bytes it holds (ids, codes and the rest).
     fn bytes(&self) -> usize {
         self.codes.len() + self.ids.len() * (16 + 8 + 4 + 1 + 24)
