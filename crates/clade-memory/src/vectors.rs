@@ -125,7 +125,14 @@ pub(crate) struct Kept {
 
 impl Kept {
     fn new(rows: Vec<VectorRow>) -> Self {
-        let mut kept = Self::default();
+        // The length most rows have: a corrupt row read first must not make the rest
+        // unreadable.
+        let mut lengths: HashMap<usize, usize> = HashMap::new();
+        for row in &rows {
+            *lengths.entry(row.vector.len()).or_default() += 1;
+        }
+        let dims = lengths.into_iter().max_by_key(|(len, n)| (*n, *len)).map_or(0, |(len, _)| len);
+        let mut kept = Self { dims, ..Self::default() };
         kept.take_in(rows);
         kept
     }
@@ -134,7 +141,7 @@ impl Kept {
     /// vector of other dimensions than the rest (a corrupt row) is alike to nothing.
     fn take_in(&mut self, written: impl IntoIterator<Item = VectorRow>) {
         for row in written {
-            if self.ids.is_empty() {
+            if self.dims == 0 {
                 self.dims = row.vector.len();
             }
             let vector = if row.vector.len() == self.dims {
@@ -420,6 +427,13 @@ mod tests {
         kept.scan(&Quantized::new(&all[8]), -1.0, |_, _| true, &mut best);
         let top = best.into_hits()[0];
         assert!(top.0 == ids[7] || top.0 == ids[8], "{top:?}");
+        // A corrupt row read first does not set the length for the rest.
+        let mut rows: Vec<VectorRow> = vec![row(0, vec![1.0; 3])];
+        rows.extend((1..all.len()).map(|i| row(i, all[i].clone())));
+        let mixed = Kept::new(rows);
+        let mut best = Best::new(1);
+        mixed.scan(&query, -1.0, |_, _| true, &mut best);
+        assert_eq!(best.into_hits()[0].0, ids[7]);
         // A corrupt row of other dimensions is kept but alike to nothing.
         kept.take_in([row(9, vec![1.0; 3])]);
         let mut best = Best::new(500);
