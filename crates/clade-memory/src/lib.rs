@@ -492,7 +492,7 @@ impl Memory {
             // words alone may find them.
             let needed = limit as u32;
             tokio::spawn(async move {
-                store.search_memory_text_needing(agent, &filter, &query, CANDIDATES, needed).await
+                store.search_memory_text(agent, &filter, &query, CANDIDATES, needed).await
             })
         });
         let mut vector: Vec<(MemoryId, f32)> = Vec::new();

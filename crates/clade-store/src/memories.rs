@@ -801,23 +801,10 @@ impl Store {
 
     /// The agent's items matching any word of `text` by full text, best first, at most
     /// `limit`: ids with the backend's score (higher is better). A text with no word finds
-    /// nothing.
+    /// nothing. The caller needs only the best `needed` (at most `limit`): when the query's
+    /// rarer words find that many, items holding nothing but its common words (which would
+    /// rank below them) are not searched for; `needed == limit` asks for all of them.
     pub async fn search_memory_text(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        filter: &MemoryFilter,
-        text: &str,
-        limit: u32,
-    ) -> Result<Vec<(MemoryId, f64)>> {
-        self.match_memory_text(tenant, agent, filter, text, limit, Match::Any { needed: limit })
-            .await
-    }
-
-    /// [`Store::search_memory_text`] for a caller that needs only the best `needed` of the
-    /// `limit`: when the query's rarer words find that many, items holding nothing but its
-    /// common words (which would rank below them) are not searched for.
-    pub async fn search_memory_text_needing(
         &self,
         tenant: TenantId,
         agent: AgentId,

@@ -386,19 +386,9 @@ impl TenantStore {
         filter: &crate::MemoryFilter,
         text: &str,
         limit: u32,
-    ) -> Result<Vec<(clade_core::MemoryId, f64)>> {
-        self.store.search_memory_text(self.tenant, agent, filter, text, limit).await
-    }
-
-    pub async fn search_memory_text_needing(
-        &self,
-        agent: AgentId,
-        filter: &crate::MemoryFilter,
-        text: &str,
-        limit: u32,
         needed: u32,
     ) -> Result<Vec<(clade_core::MemoryId, f64)>> {
-        self.store.search_memory_text_needing(self.tenant, agent, filter, text, limit, needed).await
+        self.store.search_memory_text(self.tenant, agent, filter, text, limit, needed).await
     }
 
     pub async fn memories_with_words_of(

@@ -26,24 +26,24 @@ fn scoped(key: Option<&str>) -> MemoryFilter {
     MemoryFilter { scope: key.map(str::to_owned), ..MemoryFilter::default() }
 }
 
+/// Another tenant with an agent of the same handle, `ada`.
+async fn rival_ada(h: &super::harness::Harness) -> (clade_core::Tenant, clade_core::Agent) {
+    let rival = h.store.create_tenant("rival").await.unwrap();
+    let new = clade_store::NewAgent {
+        handle: clade_core::Handle::parse("ada").unwrap(),
+        display_name: None,
+        config: clade_core::AgentConfig::default(),
+    };
+    let agent = h.agents.create(rival.id, new).await.unwrap();
+    (rival, agent)
+}
+
 #[tokio::test]
 async fn memories_stay_in_their_agent_and_scope() {
     for h in backends().await {
         let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
         let (_, bo) = tenant_and_agent(&h.store, &h.agents, "bo").await;
-        let rival = h.store.create_tenant("rival").await.unwrap();
-        let rival_agent = h
-            .agents
-            .create(
-                rival.id,
-                clade_store::NewAgent {
-                    handle: clade_core::Handle::parse("ada").unwrap(),
-                    display_name: None,
-                    config: clade_core::AgentConfig::default(),
-                },
-            )
-            .await
-            .unwrap();
+        let (rival, rival_agent) = rival_ada(&h).await;
         let ours = h.store.tenant_scope(tenant.id);
         let theirs = h.store.tenant_scope(rival.id);
         let fact = "the launch code word is marmalade";
@@ -88,7 +88,7 @@ async fn memories_stay_in_their_agent_and_scope() {
             let ours = ours.clone();
             async move {
                 let hits = ours
-                    .search_memory_text(ada.id, &filter, "what is the code word? Marmalade", 50)
+                    .search_memory_text(ada.id, &filter, "what is the code word? Marmalade", 50, 50)
                     .await
                     .unwrap();
                 hits.into_iter().map(|(id, _)| id).collect::<Vec<_>>()
@@ -104,14 +104,15 @@ async fn memories_stay_in_their_agent_and_scope() {
             MemoryFilter { kinds: vec![MemoryKind::Fact], ..scoped(Some("telegram:alice")) };
         assert_eq!(found(facts).await, [saved.id]);
         // The rival tenant, asking with our agent's id, finds nothing and reads nothing.
-        let hits = theirs.search_memory_text(ada.id, &scoped(None), "marmalade", 50).await.unwrap();
+        let hits =
+            theirs.search_memory_text(ada.id, &scoped(None), "marmalade", 50, 50).await.unwrap();
         assert!(hits.is_empty(), "{}", h.name);
         assert!(theirs.memory(ada.id, saved.id).await.is_err());
         assert!(theirs.forget_memory(ada.id, saved.id).await.is_err());
         assert!(theirs.memories(ada.id, &scoped(None), None, 100).await.unwrap().is_empty());
         // Query syntax is text, not syntax.
         for query in ["\"", "NEAR(", "*", "owner : x", "a | b & !c", ""] {
-            let hits = ours.search_memory_text(ada.id, &scoped(None), query, 50).await.unwrap();
+            let hits = ours.search_memory_text(ada.id, &scoped(None), query, 50, 50).await.unwrap();
             assert!(hits.is_empty(), "{}: {query:?}", h.name);
         }
 
@@ -179,16 +180,22 @@ async fn memories_stay_in_their_agent_and_scope() {
             .unwrap();
         assert_eq!(updated.content, "the code word is now quince");
         assert_eq!(
-            ours.search_memory_text(ada.id, &scoped(None), "quince", 5).await.unwrap().len(),
+            ours.search_memory_text(ada.id, &scoped(None), "quince", 5, 5).await.unwrap().len(),
             1
         );
         assert!(
-            ours.search_memory_text(ada.id, &scoped(None), "launch", 5).await.unwrap().is_empty()
+            ours.search_memory_text(ada.id, &scoped(None), "launch", 5, 5)
+                .await
+                .unwrap()
+                .is_empty()
         );
         ours.forget_memory(ada.id, saved.id).await.unwrap();
         assert!(ours.memory_links(ada.id, &[saved.id]).await.unwrap().is_empty());
         assert!(
-            ours.search_memory_text(ada.id, &scoped(None), "quince", 5).await.unwrap().is_empty()
+            ours.search_memory_text(ada.id, &scoped(None), "quince", 5, 5)
+                .await
+                .unwrap()
+                .is_empty()
         );
         let audit = ours
             .audit_records(&clade_store::AuditFilter {
@@ -299,27 +306,40 @@ async fn a_common_word_beside_a_rare_one_still_fills_the_results() {
             .save_memory(item(bo.id, "", MemoryKind::Fact, "ada rode the zebra home"))
             .await
             .unwrap();
+        // Another tenant holding the rare word often must not change what counts as rare
+        // here, nor show up.
+        let (rival, rival_agent) = rival_ada(&h).await;
+        let theirs = h.store.tenant_scope(rival.id);
+        let saves = (0..1050).map(|n| {
+            theirs.save_memory(item(rival_agent.id, "", MemoryKind::Fact, &format!("zebra {n}")))
+        });
+        let mut rival_ids = Vec::new();
+        for saved in futures::future::join_all(saves).await {
+            rival_ids.push(saved.unwrap().id);
+        }
 
-        let hits = ours.search_memory_text(ada.id, &scoped(None), "Ada's zebra", 10).await.unwrap();
+        let hits =
+            ours.search_memory_text(ada.id, &scoped(None), "Ada's zebra", 10, 10).await.unwrap();
         assert_eq!(hits.len(), 10, "{}: the common word fills the rest: {hits:?}", h.name);
         let mut first: Vec<_> = hits[..3].iter().map(|(id, _)| *id).collect();
         first.sort();
         zebras.sort();
         assert_eq!(first, zebras, "{}", h.name);
-        let hits = ours.search_memory_text(ada.id, &scoped(None), "Ada's zebra", 2).await.unwrap();
+        let hits =
+            ours.search_memory_text(ada.id, &scoped(None), "Ada's zebra", 2, 2).await.unwrap();
         assert_eq!(hits.len(), 2, "{}", h.name);
         assert!(hits.iter().all(|(id, _)| zebras.contains(id)), "{}: {hits:?}", h.name);
         // A caller needing fewer than it asks for gets the rare word's items alone.
-        let hits = ours
-            .search_memory_text_needing(ada.id, &scoped(None), "Ada's zebra", 50, 3)
-            .await
-            .unwrap();
+        let hits =
+            ours.search_memory_text(ada.id, &scoped(None), "Ada's zebra", 50, 3).await.unwrap();
         if h.name == "sqlite" {
             assert_eq!(hits.len(), 3, "{}: {hits:?}", h.name);
         }
         assert!(hits.iter().take(3).all(|(id, _)| zebras.contains(id)), "{}", h.name);
+        assert!(hits.iter().all(|(id, _)| !rival_ids.contains(id)), "{}", h.name);
         // A word nothing holds does not narrow the match to nothing.
-        let hits = ours.search_memory_text(ada.id, &scoped(None), "ada unicorn", 10).await.unwrap();
+        let hits =
+            ours.search_memory_text(ada.id, &scoped(None), "ada unicorn", 10, 10).await.unwrap();
         assert_eq!(hits.len(), 10, "{}", h.name);
         assert!(hits.iter().all(|(id, _)| *id != foreign.id), "{}", h.name);
     }
