@@ -750,6 +750,29 @@ pub(crate) enum MemoryCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Mine completed turns into memory as a process of its own, over the gateway's API (run
+    /// the gateway with `memory.ingest: off`): it follows the tenant's turn.finished events from
+    /// a cursor file, so a restart goes on where it stopped
+    IngestService(IngestServiceArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IngestServiceArgs {
+    #[command(flatten)]
+    pub(crate) server: ServerArgs,
+    /// The tenant token to call the gateway with; it needs the read and operate scopes
+    /// [default: the CLI's own, <data-dir>/token]
+    #[arg(long, env = "CLADE_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Where the position in the event feed is kept [default: ingest.cursor in the data dir]
+    #[arg(long, value_name = "PATH")]
+    pub(crate) cursor_file: Option<std::path::PathBuf>,
+    /// Seconds between looks at the feed while it has nothing new
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub(crate) poll: f64,
+    /// Mine what the feed holds now, then exit, instead of following it
+    #[arg(long)]
+    pub(crate) once: bool,
 }
 
 #[derive(Debug, Args)]

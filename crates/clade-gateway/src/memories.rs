@@ -18,6 +18,7 @@ use crate::api::{
     CreateMemoryParams, LinkMemoryParams, MemoriesQuery, MemoryLinkResponse, MemoryListResponse,
     MemoryProvenance, MemoryResponse, MemorySearchResponse, MemoryUpkeepResponse,
     PrunedMemoriesQuery, RecalledMemory, SavedMemoryResponse, SearchMemoriesParams,
+    SessionMemoryParams,
 };
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
@@ -158,9 +159,7 @@ pub(crate) async fn create(
 ) -> Result<(StatusCode, axum::Json<SavedMemoryResponse>), ApiError> {
     let memory = memory_of(&state)?;
     let key = checked_scope(params.scope)?;
-    if params.source_tool.as_ref().is_some_and(|t| t.is_empty() || t.chars().count() > 128) {
-        return Err(ApiError::new(Code::InvalidRequest, "source_tool: 1 to 128 characters"));
-    }
+    checked_source_tool(params.source_tool.as_deref())?;
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
     let by = format!("tenant {} (api)", tenant.name);
     let new = NewMemory {
@@ -175,19 +174,74 @@ pub(crate) async fn create(
         embedding: None,
     };
     let saved = memory.save(&store, new).await.map_err(|e| refusal(&handle, e))?;
+    Ok(saved_response(saved))
+}
+
+fn checked_source_tool(tool: Option<&str>) -> Result<(), ApiError> {
+    if tool.is_some_and(|t| t.is_empty() || t.chars().count() > 128) {
+        return Err(ApiError::new(Code::InvalidRequest, "source_tool: 1 to 128 characters"));
+    }
+    Ok(())
+}
+
+/// What a save did, as the routes answer it: 201 for a new item, 200 for a merge.
+fn saved_response(saved: clade_memory::Saved) -> (StatusCode, axum::Json<SavedMemoryResponse>) {
     let (outcome, linked_to, status) = match saved.outcome {
         Outcome::Created => ("created", None, StatusCode::CREATED),
         Outcome::Merged => ("merged", None, StatusCode::OK),
         Outcome::Linked { to } => ("linked", Some(to.to_string()), StatusCode::CREATED),
     };
-    Ok((
+    (
         status,
         axum::Json(SavedMemoryResponse {
             memory: memory_response(saved.item),
             outcome: outcome.to_owned(),
             linked_to,
         }),
-    ))
+    )
+}
+
+/// `POST /v1/sessions/{id}/memories`: an item learnt from the session (by a miner running as a
+/// process of its own). The session decides the agent, the isolation key and the provenance,
+/// so a caller cannot file an item under another person's key; the turn named must be the
+/// session's.
+pub(crate) async fn create_in_session(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonBody(params): JsonBody<SessionMemoryParams>,
+) -> Result<(StatusCode, axum::Json<SavedMemoryResponse>), ApiError> {
+    let memory = memory_of(&state)?;
+    checked_source_tool(params.source_tool.as_deref())?;
+    let session = crate::sessions::reachable_row(&state, &tenant, &reach, &id).await?;
+    let store =
+        state.store.acting_as(format!("tenant {} (api)", tenant.name)).tenant_scope(tenant.id);
+    let turn = match params.turn.as_deref() {
+        None => None,
+        Some(text) => {
+            let not_found = || crate::sessions::turn_not_found(&id, text);
+            let turn = text.parse::<clade_core::TurnId>().map_err(|_| not_found())?;
+            match store.turn(session.id, turn).await {
+                Ok(row) => Some(row.id),
+                Err(clade_store::Error::TurnNotFound(_)) => return Err(not_found()),
+                Err(other) => return Err(other.into()),
+            }
+        }
+    };
+    let by = format!("tenant {} (api)", tenant.name);
+    let new = NewMemory {
+        agent: session.agent_id,
+        scope: memory.isolation_key(&session.source).unwrap_or_default(),
+        kind: params.kind.map_or(MemoryKind::Fact, |k| k.0),
+        content: params.content,
+        importance: params.importance.unwrap_or(0.5),
+        confidence: params.confidence.unwrap_or(0.6),
+        untrusted: params.source_tool.is_some(),
+        provenance: Provenance { session: Some(session.id), turn, tool: params.source_tool, by },
+        embedding: None,
+    };
+    let saved = memory.save(&store, new).await.map_err(|e| refusal(&id, e))?;
+    Ok(saved_response(saved))
 }
 
 pub(crate) async fn search(

@@ -87,6 +87,18 @@ const fn error(status: &'static str, description: &'static str) -> Reply {
     Reply { status, description, body: Some(of::<api::ErrorResponse>), media: None }
 }
 
+/// What saving a memory item answers, by whichever route.
+const MEMORY_CREATED: Reply = ok(
+    "201",
+    "stored (`created`, or `linked` to a near-duplicate of another kind)",
+    of::<api::SavedMemoryResponse>,
+);
+const MEMORY_MERGED: Reply = ok(
+    "200",
+    "it repeated an item of the same kind, which now holds this wording (`merged`)",
+    of::<api::SavedMemoryResponse>,
+);
+
 fn handle_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({ "type": "string", "pattern": clade_core::HANDLE_PATTERN, "maxLength": 64 })
 }
@@ -756,16 +768,8 @@ pub static OPERATIONS: &[Operation] = &[
         params: &[HANDLE],
         body: Some(of::<api::CreateMemoryParams>),
         responses: &[
-            ok(
-                "201",
-                "stored (`created`, or `linked` to a near-duplicate of another kind)",
-                of::<api::SavedMemoryResponse>,
-            ),
-            ok(
-                "200",
-                "it repeated an item of the same kind, which now holds this wording (`merged`)",
-                of::<api::SavedMemoryResponse>,
-            ),
+            MEMORY_CREATED,
+            MEMORY_MERGED,
             error("400", "invalid body"),
             error("404", "no such agent"),
             error(
@@ -1300,6 +1304,41 @@ pub static OPERATIONS: &[Operation] = &[
             &[Read],
             "The session's working memory: the values its agent keeps in its scratchpad (scratchpad.set), shown in each turn's context",
             || get(sessions::working),
+        )
+    },
+    Operation {
+        params: &[SESSION, TURN],
+        responses: &[
+            ok("200", "the turn, with its events, usage and step count", of::<api::TurnResponse>),
+            error("404", "no such session, or no such turn in it"),
+        ],
+        ..op(
+            "GET",
+            "/v1/sessions/{id}/turns/{turn}",
+            &[Read],
+            "One turn of a session, as the list gives it: what a feed of `turn.finished` events reads the turn's messages from",
+            || get(sessions::turn),
+        )
+    },
+    Operation {
+        params: &[SESSION],
+        body: Some(of::<api::SessionMemoryParams>),
+        responses: &[
+            MEMORY_CREATED,
+            MEMORY_MERGED,
+            error("400", "invalid body"),
+            error("404", "no such session, or no such turn in it"),
+            error(
+                "422",
+                "content that is not text or over 4 KiB, or memory is off (`invalid_memory`); the agent holds memory.max_items_per_agent items (`memory_full`)",
+            ),
+        ],
+        ..op(
+            "POST",
+            "/v1/sessions/{id}/memories",
+            &[Operate],
+            "Add an item learnt from the session (what a miner running as its own process saves): the session decides the agent, the isolation key and the provenance (a near-duplicate updates or links the item it repeats; audited without the content)",
+            || post(memories::create_in_session),
         )
     },
     Operation {

@@ -159,6 +159,35 @@ pub(crate) async fn turns(
     Ok(axum::Json(TurnListResponse { items, next_cursor }))
 }
 
+/// `GET /v1/sessions/{id}/turns/{turn}`: one turn, as the list gives it (what a feed of
+/// `turn.finished` events reads its messages from).
+pub(crate) async fn turn(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path((id, turn)): Path<(String, String)>,
+) -> Result<axum::Json<TurnResponse>, ApiError> {
+    let session = state.of(&tenant).session(session_id(&id)?).await?;
+    reach.session(&session)?;
+    let not_found = || turn_not_found(&id, &turn);
+    let turn_id = turn.parse::<TurnId>().map_err(|_| not_found())?;
+    // Found through its session, which is the caller's: another session's (or tenant's) turn
+    // reads as missing.
+    match state.of(&tenant).turn_record(session.id, turn_id).await {
+        Ok(record) => Ok(axum::Json(turn_response(record))),
+        Err(clade_store::Error::TurnNotFound(_)) => Err(not_found()),
+        Err(other) => Err(other.into()),
+    }
+}
+
+pub(crate) fn turn_not_found(session: &str, turn: &str) -> ApiError {
+    ApiError::new(
+        Code::TurnNotFound,
+        format!(
+            "turn {turn:?} not found in session {session}; list its turns with GET /v1/sessions/{session}/turns"
+        ),
+    )
+}
+
 fn turn_response(record: TurnRecord) -> TurnResponse {
     let TurnRecord { turn: t, events, usage, steps } = record;
     TurnResponse {
@@ -243,14 +272,7 @@ pub(crate) async fn steps(
     let limit = crate::agents::checked_limit(query.limit)? as usize;
     let session = state.of(&tenant).session(session_id(&id)?).await?;
     reach.session(&session)?;
-    let not_found = || {
-        ApiError::new(
-            Code::TurnNotFound,
-            format!(
-                "turn {turn:?} not found in session {id}; list its turns with GET /v1/sessions/{id}/turns"
-            ),
-        )
-    };
+    let not_found = || turn_not_found(&id, &turn);
     let turn_id = turn.parse::<TurnId>().map_err(|_| not_found())?;
     // Found through its session, which is the caller's: another session's (or tenant's) turn
     // reads as missing.

@@ -90,8 +90,8 @@ impl Error {
     }
 }
 
-/// Parses a `Retry-After` header (seconds; HTTP dates are treated as absent).
-pub(crate) fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+/// Parses a `Retry-After` header (seconds, at most an hour; HTTP dates are treated as absent).
+pub fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     let secs: f64 = value.trim().parse().ok()?;
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))

@@ -1425,6 +1425,35 @@ pub struct CreateMemoryParams {
     pub source_tool: Option<String>,
 }
 
+/// `POST /v1/sessions/{id}/memories`: an item learnt from one of the session's turns (by a
+/// miner running as its own process). The agent, the isolation key and the provenance come
+/// from the session, never from the caller.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionMemoryParams {
+    /// What to remember: text, at most 4 KiB.
+    #[schemars(length(min = 1, max = 4096), pattern(r"\S"))]
+    pub content: String,
+    /// The session's turn it was learnt from (recorded as its provenance).
+    #[serde(default)]
+    pub turn: Option<String>,
+    /// Default `fact`.
+    #[serde(default)]
+    pub kind: Option<Spelled<clade_core::MemoryKind>>,
+    /// 0 to 1, default 0.5.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub importance: Option<f64>,
+    /// 0 to 1, default 0.6 (mined, not stated to the operator).
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub confidence: Option<f64>,
+    /// The tool whose output it came from: the item is then kept as unverified.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 128))]
+    pub source_tool: Option<String>,
+}
+
 /// What saving an item did.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct SavedMemoryResponse {

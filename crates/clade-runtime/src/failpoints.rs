@@ -5,7 +5,8 @@
 //! Names: `after_commit_before_ack`, `after_journal_intent`, `after_tool_effect_before_result`,
 //! `mid_outbox_publish`, `mid_compaction` (memories saved, summary not yet written),
 //! `before_fork_settled` (a branch's or worker's last turn ended, its outcome not yet delivered),
-//! `before_update_confirmed` (a chat platform's update taken, not yet confirmed to it).
+//! `before_update_confirmed` (a chat platform's update taken, not yet confirmed to it),
+//! `mid_ingest` (`clade memory ingest-service`: a turn's items saved, the cursor not yet moved).
 
 #[cfg(feature = "failpoints")]
 mod imp {

@@ -397,12 +397,7 @@ impl Courier {
         if status.is_success() {
             Ok(())
         } else {
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = clade_model::error::parse_retry_after(response.headers());
             Err(Refused {
                 reason: format!("subscriber answered HTTP {}", status.as_u16()),
                 retry_after,

@@ -265,6 +265,11 @@ impl TenantStore {
         self.store.turn_records(self.tenant, session, after, limit).await
     }
 
+    /// One turn of `session`, with its events (see [`Store::turn_record`]).
+    pub async fn turn_record(&self, session: SessionId, turn: TurnId) -> Result<TurnRecord> {
+        self.store.turn_record(self.tenant, session, turn).await
+    }
+
     pub async fn usage(
         &self,
         agent: Option<AgentId>,

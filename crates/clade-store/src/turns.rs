@@ -832,17 +832,44 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<TurnRecord>> {
         let after = after.map_or_else(|| vec![0u8; 16], |id| b(id.as_bytes()));
+        self.records_from(tenant, session, ">", after, limit).await
+    }
+
+    /// One turn of a session, with its events, usage and journal, as [`Store::turn_records`]
+    /// gives them; another session's or tenant's turn is not found.
+    pub async fn turn_record(
+        &self,
+        tenant: TenantId,
+        session: SessionId,
+        turn: TurnId,
+    ) -> Result<TurnRecord> {
+        let mut records = self.records_from(tenant, session, ">=", b(turn.as_bytes()), 1).await?;
+        match records.pop() {
+            Some(record) if record.turn.id == turn => Ok(record),
+            _ => Err(Error::TurnNotFound(turn.to_string())),
+        }
+    }
+
+    /// The session's turns from the id `from` on (`op`: `>` after it, `>=` from it).
+    async fn records_from(
+        &self,
+        tenant: TenantId,
+        session: SessionId,
+        op: &str,
+        from: Vec<u8>,
+        limit: u32,
+    ) -> Result<Vec<TurnRecord>> {
         let turns = self
             .rows(
                 query(format!(
                     "SELECT {TURN_COLUMNS}, model_calls, input_tokens AS usage_input, \
                      output_tokens AS usage_output, cost_micros AS usage_cost \
                      FROM executions WHERE owner_id = $1 AND kind = $5 AND tenant_id = $2 \
-                     AND id > $3 ORDER BY id LIMIT $4"
+                     AND id {op} $3 ORDER BY id LIMIT $4"
                 ))
                 .bind(b(session.as_bytes()))
                 .bind(b(tenant.as_bytes()))
-                .bind(after)
+                .bind(from)
                 .bind(i64::from(limit))
                 .bind(ExecutionKind::Turn.as_str()),
             )

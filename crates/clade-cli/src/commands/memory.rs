@@ -295,6 +295,8 @@ pub(super) async fn run(ctx: &Ctx, cmd: MemoryCommand) -> Result<()> {
                 },
             );
         }
+        // Dispatched before a store is opened (commands/ingest_service.rs).
+        MemoryCommand::IngestService(_) => {}
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ mod bench_turns;
 mod channels;
 mod config;
 mod cron;
+mod ingest_service;
 mod mcp;
 mod memory;
 mod models;
@@ -60,7 +61,10 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
     };
     let default_filter = if matches!(
         cli.command,
-        Command::Serve(_) | Command::CronService(_) | Command::SubscriberService(_)
+        Command::Serve(_)
+            | Command::CronService(_)
+            | Command::SubscriberService(_)
+            | Command::Memory(crate::cli::MemoryCommand::IngestService(_))
     ) {
         "info"
     } else {
@@ -70,6 +74,15 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
     if let Command::SubscriberService(args) = cli.command {
         // A subscriber keeps only its key and peers in the data dir: no store.
         return peers::subscriber_service(&data_dir, args).await;
+    }
+    if let Command::Memory(crate::cli::MemoryCommand::IngestService(args)) = cli.command {
+        // It reaches memory through the gateway's API: no store.
+        let url = args
+            .server
+            .server
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", file_config.server.listen));
+        return ingest_service::run(&data_dir, url, global.agent.clone(), args).await;
     }
     if let Command::Remote(cmd) = cli.command {
         // A remote CLI keeps only its key and profile in the data dir: no store.

@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use super::support::{Env, token, write};
+use super::support::{Env, request, token, write};
 
 /// Everything the model was sent in its last call, as one text.
 fn last_context(stub: &clade_stub::Stub) -> String {
@@ -796,4 +796,194 @@ async fn a_model_mines_turns_when_asked_and_the_heuristic_stands_in_when_it_fail
     let asked = stub.captured();
     let asked = asked.iter().find(|c| c.body.to_string().contains("worth remembering")).unwrap();
     assert!(asked.body["messages"].to_string().contains("the hives are busy"), "{}", asked.body);
+}
+
+/// Ingestion as a process of its own (`clade memory ingest-service`), over the API only,
+/// beside a gateway with `memory.ingest: off`: killed between saving a turn's items and
+/// moving its cursor, then run again, it mines every completed turn exactly once (0 lost, 0
+/// doubled), under the session's isolation key and with the session and turn as provenance;
+/// another tenant's turns are out of its reach, and the session route it saves through lets
+/// no caller pick the key, another session's turn, or another tenant's session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_service_of_its_own_mines_every_turn_once_through_a_crash() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["tenants", "create", "evil"]).ok();
+    env.run(&["--tenant", "evil", "agents", "create", "ada"]).ok();
+    let (evil, _) = token(&env, "evil", &["admin"]);
+    let (reader, _) = token(&env, "default", &["read"]);
+    write(&env.data_dir().join("clade.yaml"), "memory:\n  isolation: actor\n  ingest: off\n");
+    let server = env.serve(&[]);
+    let say = |actor: &str, text: &str| {
+        json!({ "agent": "ada", "text": text, "wait": true,
+            "source": { "platform": "http", "channel": format!("dm-{actor}"), "actor": actor } })
+    };
+    // Each turn states two things of its own: words no other turn shares, so no two merge.
+    let mut told = Vec::new();
+    for i in 0..12 {
+        let actor = if i % 2 == 0 { "alice" } else { "bob" };
+        let text =
+            format!("My code word is kw{i}a kw{i}b. I prefer kw{i}c over kw{i}d. How are you?");
+        let (status, answer) =
+            server.send("POST", "/v1/events", None, Some(say(actor, &text))).await;
+        assert_eq!(status, 200, "{answer}");
+        let (session, turn) =
+            (answer["session_id"].as_str().unwrap(), answer["turn_id"].as_str().unwrap());
+        told.push((i, actor, session.to_owned(), turn.to_owned()));
+    }
+    let (status, answer) = server
+        .send(
+            "POST",
+            "/v1/events",
+            Some(&evil),
+            Some(say("alice", "My code word is evilword. I prefer evilthing over goodthing.")),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let evil_session = answer["session_id"].as_str().unwrap().to_owned();
+    let items = |scope: &'static str| {
+        let server = &server;
+        async move {
+            let page = server
+                .get_json(&format!("/v1/agents/ada/memories?scope=http:{scope}&limit=1000"))
+                .await;
+            page["items"].as_array().unwrap().clone()
+        }
+    };
+    // The gateway mines nothing itself.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(items("alice").await.is_empty() && items("bob").await.is_empty());
+
+    let cursor_file = env.data_dir().join("miner").join("cursor");
+    std::fs::create_dir_all(cursor_file.parent().unwrap()).unwrap();
+    let service = |extra: &[&str], vars: &[(&str, &str)]| {
+        let mut cmd = env.command();
+        cmd.args([
+            "memory",
+            "ingest-service",
+            "--server",
+            &server.url,
+            "--token",
+            &server.token,
+            "--cursor-file",
+        ])
+        .arg(&cursor_file)
+        .args(extra)
+        .envs(vars.iter().copied());
+        cmd
+    };
+    // Dies after saving the fifth turn's items, before moving past it.
+    if clade_runtime::failpoints::ENABLED {
+        let out =
+            service(&["--poll", "0.1"], &[("CLADE_FAILPOINTS", "mid_ingest=5")]).output().unwrap();
+        assert!(!out.status.success(), "the failpoint was never reached");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("failpoint mid_ingest reached"), "{stderr}");
+        let at: i64 = std::fs::read_to_string(&cursor_file).unwrap().trim().parse().unwrap();
+        assert!(at > 0, "the cursor never moved");
+        let saved = items("alice").await.len() + items("bob").await.len();
+        assert_eq!(saved, 10, "five turns' items were saved before the crash");
+    } else {
+        assert!(std::env::var("CI").is_err(), "CI builds the suite with failpoints");
+    }
+    // Run again: it goes on from its cursor, and mines the turn it died in once more.
+    let out = service(&["--once"], &[]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    if clade_runtime::failpoints::ENABLED {
+        assert!(stdout.contains("mined 8 turns into 16 memory items"), "{stdout}");
+    }
+    let (alice, bob) = (items("alice").await, items("bob").await);
+    assert_eq!(alice.len() + bob.len(), 24, "{alice:?} {bob:?}");
+    for (i, actor, session, turn) in &told {
+        let held = if *actor == "alice" { &alice } else { &bob };
+        for word in [format!("kw{i}a"), format!("kw{i}c")] {
+            let found: Vec<&Value> =
+                held.iter().filter(|m| m["content"].as_str().unwrap().contains(&word)).collect();
+            assert_eq!(found.len(), 1, "{word}: {found:?}");
+            let item = found[0];
+            assert_eq!(item["scope"], format!("http:{actor}"));
+            assert_eq!(item["provenance"]["session"], session.as_str());
+            assert_eq!(item["provenance"]["turn"], turn.as_str());
+        }
+    }
+    // Caught up: a third run mines nothing.
+    let out = service(&["--once"], &[]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mined 0 turns"), "{out:?}");
+    // The other tenant's turn was never the service's to mine.
+    let evils =
+        request(&server.url, &evil, "GET", "/v1/agents/ada/memories?scope=http:alice", None)
+            .await
+            .1;
+    assert_eq!(evils["items"].as_array().unwrap().len(), 0, "{evils}");
+
+    // The session route: the session decides, the caller cannot.
+    let (alice_session, alice_turn) = (&told[0].2, &told[0].3);
+    let (bob_turn, bob_session) = (&told[1].3, &told[1].2);
+    let path = format!("/v1/sessions/{alice_session}/memories");
+    let fact = |turn: &str| json!({ "content": "Alice keeps bees on the roof", "turn": turn });
+    for (token, session, body, status, needle) in [
+        // Another tenant's token finds no such session, and may not read its turns either.
+        (evil.as_str(), alice_session.as_str(), fact(alice_turn), 404, "session"),
+        // A read-only token may not write.
+        (reader.as_str(), alice_session.as_str(), fact(alice_turn), 403, "scope"),
+        // Another session's turn is not this session's.
+        (server.token.as_str(), alice_session.as_str(), fact(bob_turn), 404, "turn"),
+        (server.token.as_str(), alice_session.as_str(), fact("not-a-turn"), 404, "turn"),
+        // The key is the session's: a body naming one is refused.
+        (
+            server.token.as_str(),
+            alice_session.as_str(),
+            json!({ "content": "x y z", "scope": "http:bob" }),
+            400,
+            "scope",
+        ),
+        (
+            server.token.as_str(),
+            alice_session.as_str(),
+            json!({ "content": "x y z", "kind": "gossip" }),
+            400,
+            "kind",
+        ),
+        (server.token.as_str(), alice_session.as_str(), json!({ "content": "" }), 422, "content"),
+        (server.token.as_str(), evil_session.as_str(), fact(alice_turn), 404, "session"),
+    ] {
+        let (got, answer) = request(
+            &server.url,
+            token,
+            "POST",
+            &format!("/v1/sessions/{session}/memories"),
+            Some(body),
+        )
+        .await;
+        assert_eq!(got, status, "{answer}");
+        assert!(answer.to_string().to_lowercase().contains(needle), "{needle}: {answer}");
+    }
+    // Reading a turn: through its own session, by its own tenant, only.
+    let turn_of = |session: &str, turn: &str| format!("/v1/sessions/{session}/turns/{turn}");
+    for (token, path, status) in [
+        (evil.as_str(), turn_of(alice_session, alice_turn), 404),
+        (server.token.as_str(), turn_of(alice_session, bob_turn), 404),
+        (server.token.as_str(), turn_of(bob_session, bob_turn), 200),
+    ] {
+        let (got, answer) = request(&server.url, token, "GET", &path, None).await;
+        assert_eq!(got, status, "{path}: {answer}");
+    }
+    let turn = server.get_json(&turn_of(bob_session, bob_turn)).await;
+    assert!(turn["events"][0]["text"].as_str().unwrap().contains("kw1a"), "{turn}");
+    // A good one lands under Alice's key, whatever else the caller knows.
+    let (status, saved) = server.send("POST", &path, None, Some(fact(alice_turn))).await;
+    assert_eq!(status, 201, "{saved}");
+    assert_eq!(saved["memory"]["scope"], "http:alice");
+    assert_eq!(saved["memory"]["provenance"]["turn"], alice_turn.as_str());
+
+    // A cursor file that is not one is refused, and left as it was.
+    std::fs::write(&cursor_file, "yesterday\n").unwrap();
+    let out = service(&["--once"], &[]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not hold a feed position"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&cursor_file).unwrap(), "yesterday\n");
 }

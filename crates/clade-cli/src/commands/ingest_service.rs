@@ -1,0 +1,308 @@
+//! `clade memory ingest-service`: memory ingestion as a process of its own, over the public
+//! protocol. It follows the tenant's `turn.finished` events (`GET /v1/events`), reads each
+//! turn's messages (`GET /v1/sessions/{id}/turns/{turn}`), mines them as the gateway's own
+//! ingestion does ([`clade_memory::mine`]) and saves what it finds under the session
+//! (`POST /v1/sessions/{id}/memories`), which decides the agent, the isolation key and the
+//! provenance: the service cannot file an item under anyone else's key.
+//!
+//! Its position in the feed is a file, replaced atomically after each turn, so a restart goes
+//! on where it stopped. A turn it dies in the middle of is mined again, and what it saved the
+//! first time merges (a repeat updates the item it repeats), so nothing is lost or doubled.
+//! Nothing here opens a store: the gateway may run on another machine.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use crate::cli::IngestServiceArgs;
+
+/// Events read a page at a time.
+const PAGE: u32 = 100;
+/// The longest wait between tries while the gateway fails.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Confidence of a mined item, as the gateway's own ingestion gives it.
+const MINED_CONFIDENCE: f64 = 0.6;
+
+pub(super) async fn run(
+    data_dir: &clade_store::DataDir,
+    url: String,
+    agent: Option<String>,
+    args: IngestServiceArgs,
+) -> Result<()> {
+    let token = match args.token {
+        Some(token) => token,
+        None => data_dir.read_token()?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no token: pass --token (or CLADE_TOKEN) with a tenant token holding the read and operate scopes, or run `clade serve` once to write {}",
+                data_dir.token_path().display()
+            )
+        })?,
+    };
+    if !(args.poll.is_finite() && args.poll > 0.0 && args.poll <= 3600.0) {
+        bail!("--poll {}: give seconds between 0 and 3600", args.poll);
+    }
+    let cursor_file = args.cursor_file.unwrap_or_else(|| data_dir.root().join("ingest.cursor"));
+    let mut service = Service {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .context("cannot make an HTTP client")?,
+        url: url.trim_end_matches('/').to_owned(),
+        token,
+        agent,
+        cursor: read_cursor(&cursor_file)?,
+        cursor_file,
+        full_warned: std::collections::HashSet::new(),
+    };
+    tracing::info!(
+        gateway = %service.url,
+        cursor = service.cursor,
+        file = %service.cursor_file.display(),
+        "memory ingestion following turn.finished events"
+    );
+    let poll = Duration::from_secs_f64(args.poll);
+    let mut backoff = Duration::from_millis(250);
+    let (mut turns, mut saved) = (0u64, 0u64);
+    loop {
+        match service.page().await {
+            Ok(Page { turns: 0, more: false, .. }) => {
+                backoff = Duration::from_millis(250);
+                if args.once {
+                    println!(
+                        "mined {turns} turns into {saved} memory items (cursor {})",
+                        service.cursor
+                    );
+                    return Ok(());
+                }
+                if stopped_within(poll).await {
+                    return Ok(());
+                }
+            }
+            Ok(page) => {
+                backoff = Duration::from_millis(250);
+                turns += page.turns;
+                saved += page.saved;
+                tracing::info!(
+                    turns = page.turns,
+                    saved = page.saved,
+                    cursor = service.cursor,
+                    "mined completed turns into memory"
+                );
+            }
+            Err(Failure::Fatal(err)) => return Err(err),
+            Err(Failure::Retry { why, after }) => {
+                let wait = after.unwrap_or(backoff).min(MAX_BACKOFF);
+                tracing::warn!(error = %why, retry_in_ms = wait.as_millis() as u64, "memory ingestion cannot go on now; it tries again");
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                if stopped_within(wait).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps `wait`, or less when the process is asked to stop; whether it was.
+async fn stopped_within(wait: Duration) -> bool {
+    tokio::select! {
+        () = clade_core::Clock::sleep(&clade_core::SystemClock, wait) => false,
+        _ = tokio::signal::ctrl_c() => true,
+    }
+}
+
+struct Service {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    /// Only this agent's turns (the global `--agent`).
+    agent: Option<String>,
+    /// The last event mined.
+    cursor: i64,
+    cursor_file: PathBuf,
+    /// Sessions whose agent's memory was said to be full.
+    full_warned: std::collections::HashSet<String>,
+}
+
+/// One page of the feed: turns mined, items saved, and whether more wait.
+struct Page {
+    turns: u64,
+    saved: u64,
+    more: bool,
+}
+
+/// Why a call failed: for good (a token that does not reach, a feed refused), or for now.
+enum Failure {
+    Fatal(anyhow::Error),
+    Retry { why: String, after: Option<Duration> },
+}
+
+/// What the gateway answered.
+struct Answer {
+    status: u16,
+    body: Value,
+    retry_after: Option<Duration>,
+}
+
+impl Service {
+    /// Mines the events after the cursor, one page; the cursor moves past each turn once its
+    /// items are saved.
+    async fn page(&mut self) -> Result<Page, Failure> {
+        let mut query = vec![
+            ("type", clade_core::EventKind::TurnFinished.as_str().to_owned()),
+            ("cursor", self.cursor.to_string()),
+            ("limit", PAGE.to_string()),
+        ];
+        if let Some(agent) = &self.agent {
+            query.push(("agent", agent.clone()));
+        }
+        let feed = reqwest::Url::parse_with_params(&format!("{}/v1/events", self.url), &query)
+            .map_err(|e| {
+                Failure::Fatal(anyhow::anyhow!(
+                    "{} is not a gateway URL ({e}): pass --server",
+                    self.url
+                ))
+            })?;
+        let answer = self.call(reqwest::Method::GET, feed.as_str(), None).await?;
+        if answer.status != 200 {
+            return Err(refused("the event feed", &answer));
+        }
+        let items = answer.body["items"].as_array().cloned().unwrap_or_default();
+        let mut page = Page { turns: 0, saved: 0, more: items.len() == PAGE as usize };
+        for item in &items {
+            let Some(seq) = item["seq"].as_i64() else {
+                return Err(Failure::Fatal(anyhow::anyhow!(
+                    "the gateway's event feed gave an item without a seq: {item}"
+                )));
+            };
+            if let (Some(session), Some(turn)) = (item["session"].as_str(), item["turn"].as_str()) {
+                page.saved += self.mine_turn(session, turn).await?;
+                page.turns += 1;
+            }
+            // Dies here, in a crash test: the turn's items saved, the cursor not yet moved.
+            clade_runtime::failpoints::hit("mid_ingest");
+            self.cursor = seq;
+            write_cursor(&self.cursor_file, seq).map_err(Failure::Fatal)?;
+        }
+        Ok(page)
+    }
+
+    /// Saves what the people in one turn stated; how many items were saved or merged.
+    async fn mine_turn(&mut self, session: &str, turn: &str) -> Result<u64, Failure> {
+        let url = format!("{}/v1/sessions/{session}/turns/{turn}", self.url);
+        let answer = self.call(reqwest::Method::GET, &url, None).await?;
+        // Deleted since it finished: nothing to mine, and nothing to hold up the rest.
+        if answer.status == 404 {
+            tracing::debug!(session, turn, "a finished turn is gone; skipped");
+            return Ok(0);
+        }
+        if answer.status != 200 {
+            return Err(refused("a turn", &answer));
+        }
+        let texts: Vec<&str> = answer.body["events"]
+            .as_array()
+            .map(|events| events.iter().filter_map(|e| e["text"].as_str()).collect())
+            .unwrap_or_default();
+        let mut saved = 0;
+        for item in clade_memory::mine::mine(&texts.join("\n")) {
+            let body = json!({
+                "turn": turn,
+                "kind": item.kind.as_str(),
+                "content": item.content,
+                "importance": item.importance,
+                "confidence": MINED_CONFIDENCE,
+            });
+            let url = format!("{}/v1/sessions/{session}/memories", self.url);
+            let answer = self.call(reqwest::Method::POST, &url, Some(&body)).await?;
+            match answer.status {
+                200 | 201 => saved += 1,
+                404 => return Ok(saved),
+                422 if answer.body["error"]["code"] == "memory_full" => {
+                    if self.full_warned.insert(session.to_owned()) {
+                        tracing::warn!(session, error = %message(&answer), "an agent's memory is full: its turns are no longer mined; forget items or raise memory.max_items_per_agent");
+                    }
+                    return Ok(saved);
+                }
+                // One item the gateway will never take holds up no other.
+                422 => {
+                    tracing::warn!(session, turn, error = %message(&answer), "a mined item was refused")
+                }
+                _ => return Err(refused("a save", &answer)),
+            }
+        }
+        Ok(saved)
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, Failure> {
+        let mut request = self.http.request(method, url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| Failure::Retry {
+            why: format!("cannot reach the gateway at {}: {e}", self.url),
+            after: None,
+        })?;
+        let status = response.status().as_u16();
+        let retry_after = clade_model::error::parse_retry_after(response.headers());
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        Ok(Answer { status, body, retry_after })
+    }
+}
+
+fn message(answer: &Answer) -> String {
+    answer.body["error"]["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("HTTP {}", answer.status))
+}
+
+/// A refusal: a token that does not reach (or lacks a scope) ends the service, as does a
+/// request the gateway finds wrong; a busy or failing gateway is tried again.
+fn refused(what: &str, answer: &Answer) -> Failure {
+    let why = format!("the gateway refused {what}: {}", message(answer));
+    match answer.status {
+        401 => Failure::Fatal(anyhow::anyhow!(
+            "{why}: the token is not valid there; pass one with --token (or CLADE_TOKEN)"
+        )),
+        403 => Failure::Fatal(anyhow::anyhow!(
+            "{why}: the token needs the read and operate scopes (clade tokens create --scope read --scope operate)"
+        )),
+        400 | 404 => Failure::Fatal(anyhow::anyhow!("{why}")),
+        _ => Failure::Retry { why, after: answer.retry_after },
+    }
+}
+
+fn read_cursor(path: &Path) -> Result<i64> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().parse::<i64>().ok().filter(|n| *n >= 0).with_context(|| {
+            format!(
+                "{} does not hold a feed position (a whole number): fix it, or delete it to mine the feed from its start (what was mined merges, it is not doubled)",
+                path.display()
+            )
+        }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(err) => Err(err).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Replaces the cursor file whole: a crash leaves the old position or the new, never half.
+fn write_cursor(path: &Path, cursor: i64) -> Result<()> {
+    use std::io::Write as _;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let mut file = std::fs::File::create(&temporary)
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    file.write_all(format!("{cursor}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
