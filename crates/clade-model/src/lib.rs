@@ -23,6 +23,7 @@ pub mod router;
 pub mod script;
 pub mod scripted;
 pub mod sse;
+pub mod text_calls;
 pub mod types;
 
 pub use error::Error;

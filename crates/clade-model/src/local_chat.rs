@@ -20,7 +20,8 @@ use tokenizers::Tokenizer;
 
 use crate::error::Error as ModelError;
 use crate::provider::Provider;
-use crate::types::{EventStream, Message, ModelRequest, StopReason, StreamEvent, Usage};
+use crate::text_calls::{self, CallSplitter};
+use crate::types::{EventStream, Message, ModelRequest, StopReason, StreamEvent, ToolSpec, Usage};
 
 /// The provider's name in replies' metadata.
 pub const LOCAL_NAME: &str = "local";
@@ -252,17 +253,35 @@ fn tokenizer_of(content: &gguf_file::Content) -> Result<(Tokenizer, Vec<u32>), S
     Ok((tokenizer, stops))
 }
 
-/// The conversation in ChatML, ending where the assistant's answer begins. Tool calls and
-/// results are shown as text: this model does not call tools.
-pub fn chatml(messages: &[Message]) -> String {
-    let mut prompt = String::new();
-    for message in messages {
-        let (role, text) = match message {
+/// The conversation in ChatML, ending where the assistant's answer begins. With `tools`, the
+/// system turn lists them and says how to call one, and earlier calls and their results are
+/// shown as the model writes and reads them ([`crate::text_calls`]).
+pub fn chatml(messages: &[Message], tools: &[ToolSpec]) -> String {
+    let mut turns: Vec<(&str, String)> = messages
+        .iter()
+        .map(|message| match message {
             Message::System { text } => ("system", text.clone()),
             Message::User { text } => ("user", text.clone()),
-            Message::Assistant { text, .. } => ("assistant", text.clone()),
-            Message::Tool { content, .. } => ("user", format!("(tool result) {content}")),
-        };
+            Message::Assistant { text, tool_calls } => {
+                ("assistant", text_calls::calls_text(text, tool_calls))
+            }
+            Message::Tool { content, is_error, .. } => {
+                ("user", text_calls::response_text(content, *is_error))
+            }
+        })
+        .collect();
+    if !tools.is_empty() {
+        let listed = text_calls::tools_prompt(tools);
+        match turns.first_mut() {
+            Some(("system", text)) => {
+                text.push_str("\n\n");
+                text.push_str(&listed);
+            }
+            _ => turns.insert(0, ("system", listed)),
+        }
+    }
+    let mut prompt = String::new();
+    for (role, text) in turns {
         prompt.push_str(&format!("<|im_start|>{role}\n{text}<|im_end|>\n"));
     }
     prompt.push_str("<|im_start|>assistant\n");
@@ -331,7 +350,8 @@ impl Provider for LocalChat {
         request: &'a ModelRequest,
     ) -> BoxFuture<'a, Result<EventStream, ModelError>> {
         Box::pin(async move {
-            let text = chatml(&request.messages);
+            let text = chatml(&request.messages, &request.tools);
+            let calling = !request.tools.is_empty();
             let encoding = self.shared.tokenizer.encode(text, false).map_err(|e| failure(&e))?;
             let prompt = encoding.get_ids().to_vec();
             let read = prompt.len();
@@ -355,18 +375,40 @@ impl Provider for LocalChat {
             tokio::task::spawn_blocking(move || {
                 let _place = place;
                 let mut weights = pool.take();
-                let mut emit = |piece: String| tx.send(Ok(StreamEvent::TextDelta(piece))).is_ok();
+                let say = |text: String| {
+                    text.is_empty() || tx.send(Ok(StreamEvent::TextDelta(text))).is_ok()
+                };
+                // With tools, a call's text is held back and read as a call when the answer ends.
+                let mut splitter = calling.then(CallSplitter::default);
+                let mut emit = |piece: String| match splitter.as_mut() {
+                    Some(splitter) => say(splitter.push(&piece)),
+                    None => say(piece),
+                };
                 let outcome =
                     generate(&shared, &mut weights, prompt, max_tokens, temperature, &mut emit);
                 pool.give_back(weights);
+                let (rest, calls) = splitter.map(CallSplitter::finish).unwrap_or_default();
                 match outcome {
                     Ok(written) => {
+                        say(rest);
+                        let made = !calls.is_empty();
+                        for (index, call) in calls.into_iter().enumerate() {
+                            let start =
+                                StreamEvent::ToolCallStart { index, id: call.id, name: call.name };
+                            let _ = tx.send(Ok(start));
+                            let _ = tx.send(Ok(StreamEvent::ToolCallDelta {
+                                index,
+                                arguments: call.arguments,
+                            }));
+                        }
                         let usage = Usage {
                             input_tokens: read as u64,
                             output_tokens: written as u64,
                             ..Usage::default()
                         };
-                        let stop = if written >= max_tokens {
+                        let stop = if made {
+                            StopReason::ToolUse
+                        } else if written >= max_tokens {
                             StopReason::MaxTokens
                         } else {
                             StopReason::EndTurn
@@ -488,7 +530,7 @@ pub fn write_test_model(path: &Path) -> Result<(), String> {
         ("llama.embedding_length", Value::U32(hidden as u32)),
         ("llama.rope.dimension_count", Value::U32(head_dim as u32)),
         ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
-        ("llama.context_length", Value::U32(512)),
+        ("llama.context_length", Value::U32(1024)),
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         ("tokenizer.ggml.tokens", strings(&tokens)),
         ("tokenizer.ggml.merges", strings(&["h e".to_owned(), "l l".to_owned()])),

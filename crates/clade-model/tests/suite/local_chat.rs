@@ -128,3 +128,71 @@ async fn the_provider_loads_the_model_with_its_configured_concurrency() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(default.loaded().await.unwrap().concurrency(), (cores / 2).clamp(1, 4));
 }
+
+/// With tools, the prompt lists them in the system turn and shows an earlier call and its
+/// result as the model writes and reads them (Hermes format); the tiny model's answer still
+/// streams as text, the longer prompt counted.
+#[tokio::test]
+async fn tools_are_offered_in_the_prompt_and_past_calls_shown_as_written() {
+    use clade_model::types::{ToolCall, ToolSpec};
+    let tools: std::sync::Arc<[ToolSpec]> = vec![ToolSpec {
+        name: "clock.now".into(),
+        description: "The current time".into(),
+        input_schema: serde_json::json!({"type": "object", "properties": {"zone": {"type": "string"}}}),
+    }]
+    .into();
+    let messages = vec![
+        Message::system("You are a helpful assistant."),
+        Message::user("What time is it in Oslo?"),
+        Message::Assistant {
+            text: String::new(),
+            tool_calls: vec![ToolCall {
+                id: "call_1".into(),
+                name: "clock.now".into(),
+                arguments: r#"{"zone":"Europe/Oslo"}"#.into(),
+            }],
+        },
+        Message::Tool { call_id: "call_1".into(), content: "12:00".into(), is_error: false },
+    ];
+    let prompt = clade_model::local_chat::chatml(&messages, &tools);
+    let system = prompt.split("<|im_end|>").next().unwrap();
+    assert!(system.starts_with("<|im_start|>system\nYou are a helpful assistant."), "{prompt}");
+    assert!(system.contains("<tools>") && system.contains("\"name\":\"clock.now\""), "{prompt}");
+    assert!(
+        prompt.contains("<|im_start|>assistant\n<tool_call>\n{\"arguments\":{\"zone\":\"Europe/Oslo\"},\"name\":\"clock.now\"}\n</tool_call><|im_end|>")
+            || prompt.contains("<|im_start|>assistant\n<tool_call>\n{\"name\":\"clock.now\",\"arguments\":{\"zone\":\"Europe/Oslo\"}}\n</tool_call><|im_end|>"),
+        "{prompt}"
+    );
+    assert!(
+        prompt.contains("<|im_start|>user\n<tool_response>\n12:00\n</tool_response><|im_end|>")
+    );
+    assert!(prompt.ends_with("<|im_start|>assistant\n"));
+    // Without tools, nothing of them is said.
+    assert!(!clade_model::local_chat::chatml(&messages[..2], &[]).contains("<tools>"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("tiny.gguf");
+    write_test_model(&file).unwrap();
+    let model = LocalChat::load(&file).unwrap();
+    let ask = |tools: std::sync::Arc<[ToolSpec]>| ModelRequest {
+        messages: messages[..2].to_vec(),
+        tools,
+        params: Params { max_tokens: 8, temperature: Some(0.0) },
+    };
+    let collect = |request: ModelRequest| {
+        let model = model.clone();
+        async move {
+            let mut stream = model.stream("local", &request).await.unwrap();
+            let mut response = ModelResponse::default();
+            while let Some(event) = stream.next().await {
+                response.apply(event.unwrap());
+            }
+            response
+        }
+    };
+    let plain = collect(ask(Vec::new().into())).await;
+    let offered = collect(ask(tools.clone())).await;
+    assert!(offered.usage.input_tokens > plain.usage.input_tokens + 20, "{offered:?} {plain:?}");
+    assert!(offered.tool_calls.is_empty(), "{offered:?}");
+    assert!(offered.usage.output_tokens > 0);
+}
