@@ -7,6 +7,10 @@
 //! The workspace is the agent's to write, and its tools could plant a link where a file is
 //! about to go: every directory on the way is checked to be a real directory inside the
 //! workspace, and the file is opened without following a link.
+//!
+//! Files go out too: a reply carries the workspace files its agent attached (`reply.attach`),
+//! read again as they are sent ([`clade_tools::workspace::read_upload`]: no link on the path,
+//! one name, within the limit) and sent as an [`Upload`].
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +32,61 @@ pub struct Attachment {
     pub size: Option<u64>,
     /// How the platform's API fetches it: a file id, or a URL.
     pub locator: String,
+}
+
+/// A file to send into a chat: its name there, its bytes and a line shown with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub name: String,
+    pub bytes: Vec<u8>,
+    pub caption: Option<String>,
+}
+
+/// A `multipart/form-data` body (RFC 7578): the text `fields`, then the file as `file_field`;
+/// and its content type. The boundary occurs in no field and not in the file, so a caption or
+/// a file the agent wrote cannot add a field of its own (another chat, say).
+pub fn multipart(
+    fields: &[(&str, String)],
+    file_field: &str,
+    upload: &Upload,
+) -> (String, Vec<u8>) {
+    use sha2::{Digest, Sha256};
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    let mut boundary = String::new();
+    for n in 0u32.. {
+        let mut hash = Sha256::new();
+        hash.update(&upload.bytes);
+        hash.update(n.to_le_bytes());
+        let digest = hash.finalize();
+        boundary = format!(
+            "clade-{}",
+            digest.iter().take(12).map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let taken = contains(&upload.bytes, boundary.as_bytes())
+            || fields.iter().any(|(_, value)| value.contains(&boundary));
+        if !taken {
+            break;
+        }
+    }
+    let mut body = Vec::with_capacity(upload.bytes.len() + 512);
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{file_field}\"; filename=\"{}\"\r\nContent-Type: application/octet-stream\r\n\r\n",
+            safe_name(&upload.name)
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(&upload.bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
 /// A size for people: bytes, KB or MB.
@@ -117,6 +176,36 @@ pub fn keep(workspace: &Path, dir: &[&str], name: &str, bytes: &[u8]) -> Result<
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // Test code.
+    #[test]
+    fn a_multipart_body_has_its_fields_and_file_and_a_boundary_nothing_holds() {
+        let upload = super::Upload {
+            name: "../re\"port\r\n.csv".into(),
+            bytes: b"a,b\r\n1,2\r\n".to_vec(),
+            caption: None,
+        };
+        let (kind, body) = super::multipart(&[("chat_id", "5".into())], "document", &upload);
+        let boundary = kind.strip_prefix("multipart/form-data; boundary=").unwrap();
+        let text = String::from_utf8(body).unwrap();
+        assert_eq!(text.matches(&format!("--{boundary}\r\n")).count(), 2, "{text}");
+        assert!(text.ends_with(&format!("\r\n--{boundary}--\r\n")));
+        assert!(text.contains("name=\"chat_id\"\r\n\r\n5\r\n"));
+        // The name cannot break out of its quotes or its header line.
+        assert!(text.contains("filename=\"re_port__.csv\""), "{text}");
+        assert!(text.contains("\r\n\r\na,b\r\n1,2\r\n\r\n--"));
+        // A caption that spells the boundary it would get makes the body take another.
+        let (first, _) = super::multipart(&[], "document", &upload);
+        let spelled = first.strip_prefix("multipart/form-data; boundary=").unwrap();
+        let forged = format!(
+            "hi\r\n--{spelled}\r\nContent-Disposition: form-data; name=\"chat_id\"\r\n\r\n666"
+        );
+        let (kind, body) = super::multipart(&[("caption", forged)], "document", &upload);
+        let boundary = kind.strip_prefix("multipart/form-data; boundary=").unwrap();
+        assert_ne!(boundary, spelled);
+        assert_eq!(
+            String::from_utf8(body).unwrap().matches(&format!("--{boundary}\r\n")).count(),
+            2
+        );
+    }
 
     use super::*;
 

@@ -11,13 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clade_core::{EventKind, SessionId};
+use clade_protocol::ReplyFile;
 use clade_runtime::outbox::{Refused, Signing, Sink, Subscriber};
 use clade_runtime::{Engine, Envelope, Subscription};
 use clade_store::{OutboxRow, Source, Store};
+use clade_tools::builtin::{MAX_REPLY_FILE_BYTES, MAX_REPLY_FILES};
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use crate::attachments::{Attachment, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, size_text};
+use crate::attachments::{Attachment, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, Upload, size_text};
 use crate::health::Health;
 use crate::split::split;
 
@@ -86,6 +88,14 @@ pub trait ChatApi: Send + Sync + 'static {
         attachment: &'a Attachment,
         max: u64,
     ) -> BoxFuture<'a, Result<Vec<u8>, PlatformError>>;
+    /// The largest file the platform takes from a bot.
+    fn max_upload(&self) -> u64;
+    /// Sends a file into `chat`, its caption with it.
+    fn send_file<'a>(
+        &'a self,
+        chat: &'a str,
+        file: &'a Upload,
+    ) -> BoxFuture<'a, Result<(), PlatformError>>;
 }
 
 /// The actor of a shared group chat's conversation.
@@ -167,13 +177,30 @@ impl Endpoint {
         authorization: &str,
         body: Option<&Value>,
     ) -> Result<Answer, PlatformError> {
+        let body = body.map(Body::Json);
+        self.exchange_body(method, path, authorization, body, Duration::from_secs(30)).await
+    }
+
+    /// [`Endpoint::exchange`] with a body of any kind, within `timeout`.
+    pub async fn exchange_body(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        authorization: &str,
+        body: Option<Body<'_>>,
+        timeout: Duration,
+    ) -> Result<Answer, PlatformError> {
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.base))
             .header(reqwest::header::AUTHORIZATION, authorization)
-            .timeout(Duration::from_secs(30));
-        if let Some(body) = body {
-            request = request.json(body);
+            .timeout(timeout);
+        match body {
+            Some(Body::Json(body)) => request = request.json(body),
+            Some(Body::Raw { content_type, bytes }) => {
+                request = request.header(reqwest::header::CONTENT_TYPE, content_type).body(bytes);
+            }
+            None => {}
         }
         let response = request
             .send()
@@ -194,6 +221,20 @@ impl Endpoint {
         Ok(Answer { status, retry_after, body })
     }
 }
+
+/// A request's body.
+#[derive(Debug)]
+pub enum Body<'a> {
+    Json(&'a Value),
+    /// Bytes of a content type (a multipart form, a form).
+    Raw {
+        content_type: String,
+        bytes: Vec<u8>,
+    },
+}
+
+/// How long sending a file may take.
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A wait a platform asked for, in seconds, as a duration between 50 ms and an hour.
 pub fn wait_of(seconds: f64) -> Duration {
@@ -680,19 +721,30 @@ impl<A: ChatApi> Channel<A> {
             }
             EventKind::TurnFinished => {
                 let reply = data["reply"].as_str().unwrap_or_default();
-                self.send_reply(&chat, &turn, reply).await
+                // An unreadable list sends the text alone: the files are named nowhere else.
+                let files: Vec<ReplyFile> =
+                    serde_json::from_value(data["files"].clone()).unwrap_or_default();
+                self.send_reply(&chat, row, &turn, reply, &files).await
             }
             EventKind::TurnFailed => {
                 let notice = "Sorry: this message could not be answered. The operator can see why in the session's history; try again later.";
-                self.send_reply(&chat, &turn, notice).await
+                self.send_reply(&chat, row, &turn, notice, &[]).await
             }
             _ => Ok(()),
         }
     }
 
     /// Sends a turn's reply in pieces the platform accepts, the first replacing the turn's
-    /// draft if it had one; a retry goes on from the first piece not sent.
-    async fn send_reply(&self, chat: &str, turn: &str, reply: &str) -> Result<(), Refused> {
+    /// draft if it had one, then the files it carries; a retry goes on from the first piece
+    /// (or file) not sent.
+    async fn send_reply(
+        &self,
+        chat: &str,
+        row: &OutboxRow,
+        turn: &str,
+        reply: &str,
+        files: &[ReplyFile],
+    ) -> Result<(), Refused> {
         let mut progress = lock(&self.progress).get(turn).cloned().unwrap_or_default();
         let draft = lock(&self.drafts).remove(turn);
         if let Some(draft) = draft {
@@ -708,13 +760,16 @@ impl<A: ChatApi> Channel<A> {
             finished.insert(turn.to_owned());
         }
         let mut pieces = split(reply, self.api.limit());
-        if pieces.is_empty() {
-            if progress.draft.is_none() {
-                return Ok(());
-            }
+        if pieces.is_empty() && progress.draft.is_some() {
             pieces.push("(no reply)".to_owned());
         }
-        let result = self.send_pieces(chat, &pieces, &mut progress).await;
+        if pieces.is_empty() && files.is_empty() {
+            return Ok(());
+        }
+        let mut result = self.send_pieces(chat, &pieces, &mut progress).await;
+        if result.is_ok() && !files.is_empty() {
+            result = self.send_files(chat, row, files, pieces.len(), &mut progress).await;
+        }
         let mut saved = lock(&self.progress);
         match &result {
             Ok(()) => {
@@ -755,6 +810,87 @@ impl<A: ChatApi> Channel<A> {
         }
         self.health.ok(self.api.platform(), &self.name, self.store.now());
         Ok(())
+    }
+}
+
+impl<A: ChatApi> Channel<A> {
+    /// Sends the files a reply carries, after its `texts` pieces: each read again from the
+    /// workspace of the session's agent as it goes (no link on its path, one name, within the
+    /// limit). One that cannot be read or that the platform refuses is named in the chat
+    /// instead, and the rest still go; a platform that is busy or down is tried again later,
+    /// from the first file not sent.
+    async fn send_files(
+        &self,
+        chat: &str,
+        row: &OutboxRow,
+        files: &[ReplyFile],
+        texts: usize,
+        progress: &mut Progress,
+    ) -> Result<(), Refused> {
+        let workspace = self.workspace_of(row).await?;
+        let max = MAX_REPLY_FILE_BYTES.min(self.api.max_upload());
+        for file in files.iter().take(MAX_REPLY_FILES).skip(progress.sent.saturating_sub(texts)) {
+            let name = file.path.rsplit('/').next().unwrap_or(&file.path).to_owned();
+            let read = match &workspace {
+                Some(workspace) => {
+                    let (workspace, path) = (workspace.clone(), file.path.clone());
+                    tokio::task::spawn_blocking(move || {
+                        clade_tools::workspace::read_upload(&workspace, &path, max)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the read stopped: {e}")))
+                }
+                None => Err("its agent is gone".to_owned()),
+            };
+            let sent = match read {
+                Ok(bytes) => {
+                    let upload =
+                        Upload { name: name.clone(), bytes, caption: file.caption.clone() };
+                    self.api.send_file(chat, &upload).await
+                }
+                Err(why) => Err(PlatformError::Refused(why)),
+            };
+            match sent {
+                Ok(()) => {
+                    self.health.update(self.api.platform(), &self.name, |h| h.sent += 1);
+                }
+                Err(err) if err.is_transient() => {
+                    self.health.failed(self.api.platform(), &self.name, &err.to_string());
+                    return Err(refusal(err));
+                }
+                Err(err) => {
+                    tracing::info!(channel = %self.name, file = %file.path, error = %err, "a reply's file was not sent");
+                    let notice = format!("[{name} could not be sent: {err}]");
+                    if let Err(err) = self.api.send(chat, &notice).await
+                        && err.is_transient()
+                    {
+                        return Err(refusal(err));
+                    }
+                }
+            }
+            progress.sent += 1;
+        }
+        Ok(())
+    }
+
+    /// The workspace of the agent of `row`'s session; `None` when the agent is gone.
+    async fn workspace_of(&self, row: &OutboxRow) -> Result<Option<std::path::PathBuf>, Refused> {
+        let Some(session) = row.session_id else { return Ok(None) };
+        let found = match self.store.system().session_any_tenant(session).await {
+            Ok(found) => found,
+            Err(err) if err.is_not_found() => return Ok(None),
+            Err(err) => return Err(Refused::transient(err.to_string())),
+        };
+        let agent = match self.store.agent_by_id(found.tenant_id, found.agent_id).await {
+            Ok(agent) => agent,
+            Err(err) if err.is_not_found() => return Ok(None),
+            Err(err) => return Err(Refused::transient(err.to_string())),
+        };
+        self.engine
+            .workspaces()
+            .open(&agent)
+            .map(Some)
+            .map_err(|e| Refused::transient(e.to_string()))
     }
 }
 

@@ -24,8 +24,9 @@ pub use journal::{ModelToolCall, TurnStep, TurnStepPage};
 pub use lifecycle::{
     AgentMessage, ApprovalDecided, ApprovalRequested, CancelResponse, ChannelReadiness,
     ClientFrame, ConfigApplied, ExecutionChanged, HealthResponse, JobDisabled, LifecycleEvent,
-    PauseChanged, ReadinessResponse, ResumeResponse, SandboxReport, ServerFrame, TextDelta,
-    ToolCalled, ToolProgress, ToolReturned, TurnEnded, TurnResumed, TurnStarted, WebhookEvent,
+    PauseChanged, ReadinessResponse, ReplyFile, ResumeResponse, SandboxReport, ServerFrame,
+    TextDelta, ToolCalled, ToolProgress, ToolReturned, TurnEnded, TurnResumed, TurnStarted,
+    WebhookEvent,
 };
 pub use resources::*;
 pub use spelled::Spelled;

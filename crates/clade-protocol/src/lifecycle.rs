@@ -37,6 +37,22 @@ pub struct TurnEnded {
     /// The model that gave the last answer.
     #[serde(default)]
     pub model: Option<String>,
+    /// Files of the agent's workspace the reply carries (`reply.attach`), in the order they
+    /// were attached; a chat channel sends them after the reply's text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ReplyFile>,
+}
+
+/// A workspace file a reply carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReplyFile {
+    /// Relative to the agent's workspace.
+    pub path: String,
+    /// Its size when it was attached.
+    pub bytes: u64,
+    /// A line shown with it, where the platform can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
 }
 
 /// `turn.resumed`: a yielded turn runs on from its journal.

@@ -4,8 +4,9 @@
 //! `ledger.append_idempotent`), which appends to one operator-configured file so crash tests
 //! can count side effects independently of Clade's own records. Touching the host, and so
 //! denied unless a policy rule allows them: `shell.exec` (in the [`crate::sandbox`]),
-//! `fs.read`, `fs.write`, `fs.list`, `fs.search` (confined to the agent's workspace by
-//! [`crate::workspace`]) and `http.request` (behind the [`crate::net`] egress guard).
+//! `fs.read`, `fs.write`, `fs.list`, `fs.search` and `reply.attach` (confined to the agent's
+//! workspace by [`crate::workspace`]) and `http.request` (behind the [`crate::net`] egress
+//! guard).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -31,6 +32,7 @@ pub fn register_all(registry: &mut Registry, sandbox: Arc<Sandbox>) {
     registry.register(Arc::new(FsWrite));
     registry.register(Arc::new(FsList));
     registry.register(Arc::new(FsSearch));
+    registry.register(Arc::new(ReplyAttach));
     registry.register(Arc::new(HttpRequest));
 }
 
@@ -203,6 +205,63 @@ impl TypedTool for FsRead {
             let (data, truncated) =
                 blocking(move || workspace::read(&root, &args.path, max)).await?;
             Ok(read_as_text(&data, truncated, max))
+        })
+    }
+}
+
+/// The largest file a reply carries (what Telegram's bots may send is 50 MB; Discord takes
+/// less, and its channel says so in the chat).
+pub const MAX_REPLY_FILE_BYTES: u64 = 20 * 1024 * 1024;
+/// The tool that attaches a file to a reply: the engine collects its results.
+pub const REPLY_ATTACH: &str = "reply.attach";
+/// The most files one reply carries.
+pub const MAX_REPLY_FILES: usize = 10;
+/// The longest caption, in characters (Telegram's limit, the smallest of the platforms').
+const MAX_CAPTION: usize = 1024;
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachArgs {
+    /// Path of the file, relative to the workspace.
+    pub path: String,
+    /// A line shown with the file, where the platform can.
+    #[serde(default)]
+    pub caption: Option<String>,
+}
+
+/// Attaches a workspace file to the turn's reply: it is checked now (inside the workspace, a
+/// regular file reached through no link, within the size limit) and sent by the chat channel
+/// after the reply's text, when it is checked again. The executor collects the results.
+pub struct ReplyAttach;
+
+impl TypedTool for ReplyAttach {
+    type Args = AttachArgs;
+    const NAME: &'static str = REPLY_ATTACH;
+    const DESCRIPTION: &'static str = "Sends a file of the agent's workspace to the person it talks to, with this turn's reply (chat channels; at most 20 MB and 10 files a reply).";
+    const EFFECT: EffectClass = EffectClass::Pure;
+    const TOUCHES_HOST: bool = true;
+    fn resource(&self, args: &AttachArgs) -> Result<String, String> {
+        path_resource(&args.path)
+    }
+    fn run<'a>(&'a self, args: AttachArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
+        Box::pin(async move {
+            if args.caption.as_ref().is_some_and(|c| c.chars().count() > MAX_CAPTION) {
+                return Err(format!("caption: at most {MAX_CAPTION} characters"));
+            }
+            let root = ctx.workspace()?.clone();
+            let path = workspace::normalize(&args.path).map_err(|e| e.to_string())?;
+            let read = path.clone();
+            let data = blocking(move || workspace::read_upload(&root, &read, MAX_REPLY_FILE_BYTES))
+                .await?;
+            if data.is_empty() {
+                return Err(format!("cannot send {path:?}: it is empty"));
+            }
+            let file = clade_protocol::ReplyFile {
+                path,
+                bytes: data.len() as u64,
+                caption: args.caption.filter(|c| !c.trim().is_empty()),
+            };
+            serde_json::to_string(&file).map_err(|e| e.to_string())
         })
     }
 }

@@ -109,6 +109,44 @@ pub fn read(workspace: &Path, path: &str, max: usize) -> Result<(Vec<u8>, bool),
     Ok((data, truncated))
 }
 
+/// Reads a whole file to send out of the workspace (a reply's attachment), at most `max`
+/// bytes. Stricter than [`read`]: no link anywhere on the path (not even one that stays
+/// inside), a regular file with one name (a hard link the agent planted is refused), and a
+/// file over `max` is refused rather than cut.
+pub fn read_upload(workspace: &Path, path: &str, max: u64) -> Result<Vec<u8>, String> {
+    let rel = normalize(path).map_err(|e| e.to_string())?;
+    let root = root(workspace)?;
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd =
+        rustix::fs::openat2(&root, &rel, flags, Mode::empty(), BENEATH | ResolveFlags::NO_SYMLINKS)
+            .map_err(|e| match e {
+                rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => {
+                    format!("cannot send {rel:?}: a link is on its path; send the file itself")
+                }
+                e => io("send", &rel, e),
+            })?;
+    let stat = rustix::fs::fstat(&fd).map_err(|e| io("send", &rel, e))?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(format!("cannot send {rel:?}: not a regular file"));
+    }
+    if stat.st_nlink > 1 {
+        return Err(format!("cannot send {rel:?}: it has more than one name (a hard link)"));
+    }
+    let size = u64::try_from(stat.st_size).unwrap_or(0);
+    if size > max {
+        return Err(format!("cannot send {rel:?}: {size} bytes, over the {max}-byte limit"));
+    }
+    let mut data = Vec::new();
+    std::fs::File::from(fd)
+        .take(max + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| io("send", &rel, e))?;
+    if data.len() as u64 > max {
+        return Err(format!("cannot send {rel:?}: it grew past the {max}-byte limit"));
+    }
+    Ok(data)
+}
+
 /// Opens (creating as needed) the directory `rel` beneath `root`.
 fn make_dirs(root: &OwnedFd, rel: &str) -> Result<OwnedFd, String> {
     let mut dir = rustix::io::dup(root).map_err(|e| io("open", rel, e))?;
@@ -378,5 +416,39 @@ mod tests {
         assert!(matches!(normalize("a/../../b"), Err(PathError::Escapes(_))));
         assert!(matches!(normalize(".."), Err(PathError::Escapes(_))));
         assert!(matches!(normalize("a\0b"), Err(PathError::Nul(_))));
+    }
+
+    /// What a reply may carry out of the workspace: one plain file inside it, whole.
+    #[test]
+    fn an_upload_is_read_only_from_one_plain_file_inside_the_workspace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = tmp.path().join("ws");
+        std::fs::create_dir_all(ws.join("out/real")).unwrap();
+        let secret = tmp.path().join("secret.txt");
+        std::fs::write(&secret, "SECRET").unwrap();
+        std::fs::write(ws.join("out/report.csv"), "a,b\n").unwrap();
+        assert_eq!(read_upload(&ws, "out/report.csv", 100).unwrap(), b"a,b\n");
+        assert_eq!(read_upload(&ws, "/workspace/out/report.csv", 100).unwrap(), b"a,b\n");
+        std::os::unix::fs::symlink(&secret, ws.join("out/outside")).unwrap();
+        std::os::unix::fs::symlink("report.csv", ws.join("out/inside")).unwrap();
+        std::os::unix::fs::symlink("real", ws.join("out/dir")).unwrap();
+        std::fs::write(ws.join("out/real/x.txt"), "x").unwrap();
+        std::fs::hard_link(&secret, ws.join("out/hard")).unwrap();
+        let big = std::fs::File::create(ws.join("out/big")).unwrap();
+        big.set_len(101).unwrap();
+        for (path, needle) in [
+            ("out/outside", "link"),
+            ("out/inside", "link"),
+            ("out/dir/x.txt", "link"),
+            ("out/hard", "more than one name"),
+            ("out/big", "over the 100-byte limit"),
+            ("out/real", "not a regular file"),
+            ("../secret.txt", "leaves the workspace"),
+            ("/etc/passwd", "absolute"),
+            ("out/none", "no such"),
+        ] {
+            let refused = read_upload(&ws, path, 100).unwrap_err();
+            assert!(refused.to_lowercase().contains(needle), "{path}: {refused}");
+        }
     }
 }

@@ -5,7 +5,8 @@
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use crate::channel::{ChatApi, Endpoint, PlatformError, wait_of};
+use crate::attachments::Upload;
+use crate::channel::{Body, ChatApi, Endpoint, PlatformError, wait_of};
 
 /// Discord's REST API, version 10.
 pub const PUBLIC_API: &str = "https://discord.com/api/v10";
@@ -35,8 +36,21 @@ impl Api {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, PlatformError> {
+        let timeout = std::time::Duration::from_secs(30);
+        self.call_with(method, path, body.map(Body::Json), timeout).await
+    }
+
+    /// [`Api::call`] with a body of any kind (a multipart upload).
+    async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Body<'_>>,
+        timeout: std::time::Duration,
+    ) -> Result<Value, PlatformError> {
         let authorization = format!("Bot {}", self.endpoint.token());
-        let answer = self.endpoint.exchange(method, path, &authorization, body).await?;
+        let answer =
+            self.endpoint.exchange_body(method, path, &authorization, body, timeout).await?;
         if (200..300).contains(&answer.status) {
             return Ok(answer.body);
         }
@@ -134,5 +148,33 @@ impl ChatApi for Api {
     ) -> BoxFuture<'a, Result<Vec<u8>, PlatformError>> {
         let request = self.endpoint.http().get(&attachment.locator);
         Box::pin(crate::attachments::fetch_capped(request, max))
+    }
+
+    /// What a bot may attach without a boosted server.
+    fn max_upload(&self) -> u64 {
+        10 * 1024 * 1024
+    }
+
+    /// A message with the file attached (`payload_json` and `files[0]`), its caption as the
+    /// content, mentioning no one.
+    fn send_file<'a>(
+        &'a self,
+        chat: &'a str,
+        file: &'a Upload,
+    ) -> BoxFuture<'a, Result<(), PlatformError>> {
+        Box::pin(async move {
+            let name = crate::attachments::safe_name(&file.name);
+            let payload = json!({
+                "content": file.caption.clone().unwrap_or_default(),
+                "allowed_mentions": { "parse": [] },
+                "attachments": [{ "id": 0, "filename": name }],
+            });
+            let fields = [("payload_json", payload.to_string())];
+            let (content_type, bytes) = crate::attachments::multipart(&fields, "files[0]", file);
+            let path = format!("/channels/{chat}/messages");
+            let body = Some(Body::Raw { content_type, bytes });
+            let timeout = crate::channel::UPLOAD_TIMEOUT;
+            self.call_with(reqwest::Method::POST, &path, body, timeout).await.map(drop)
+        })
     }
 }

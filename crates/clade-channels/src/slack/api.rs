@@ -7,7 +7,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use crate::channel::{ChatApi, Endpoint, PlatformError, wait_of};
+use crate::attachments::Upload;
+use crate::channel::{Body, ChatApi, Endpoint, PlatformError, wait_of};
 
 /// Slack's Web API.
 pub const PUBLIC_API: &str = "https://slack.com/api";
@@ -34,11 +35,22 @@ impl Api {
         body: &Value,
         token: Option<&str>,
     ) -> Result<Value, PlatformError> {
+        self.call_with(method, Body::Json(body), token).await
+    }
+
+    /// [`Api::call`] with a body of any kind (a form, for the methods that take no JSON).
+    async fn call_with(
+        &self,
+        method: &str,
+        body: Body<'_>,
+        token: Option<&str>,
+    ) -> Result<Value, PlatformError> {
         let authorization = format!("Bearer {}", token.unwrap_or(self.endpoint.token()));
         let path = format!("/{method}");
+        let timeout = Duration::from_secs(30);
         let answer = self
             .endpoint
-            .exchange(reqwest::Method::POST, &path, &authorization, Some(body))
+            .exchange_body(reqwest::Method::POST, &path, &authorization, Some(body), timeout)
             .await?;
         if answer.status == 429 {
             return Err(PlatformError::RateLimited {
@@ -83,6 +95,66 @@ impl Api {
     pub async fn update(&self, channel: &str, ts: &str, text: &str) -> Result<(), PlatformError> {
         let body = json!({"channel": channel, "ts": ts, "text": text});
         self.call("chat.update", &body, None).await.map(drop)
+    }
+
+    /// Shares `file` in `channel` (in `thread` if given), as Slack's upload works: an upload
+    /// URL from `files.getUploadURLExternal` (a form: that method takes no JSON), the bytes
+    /// posted to it, then `files.completeUploadExternal` into the chat.
+    pub async fn upload(
+        &self,
+        channel: &str,
+        thread: Option<&str>,
+        file: &Upload,
+    ) -> Result<(), PlatformError> {
+        let name = crate::attachments::safe_name(&file.name);
+        let form = form_urlencoded::Serializer::new(String::new())
+            .append_pair("filename", &name)
+            .append_pair("length", &file.bytes.len().to_string())
+            .finish();
+        let body = Body::Raw {
+            content_type: "application/x-www-form-urlencoded".to_owned(),
+            bytes: form.into_bytes(),
+        };
+        let answer = self.call_with("files.getUploadURLExternal", body, None).await?;
+        let (Some(url), Some(id)) = (answer["upload_url"].as_str(), answer["file_id"].as_str())
+        else {
+            return Err(PlatformError::Malformed(
+                "files.getUploadURLExternal gave no upload_url or file_id".into(),
+            ));
+        };
+        // Slack's own signed URL: no token goes with it.
+        let response = self
+            .endpoint
+            .http()
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(file.bytes.clone())
+            .timeout(crate::channel::UPLOAD_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| PlatformError::Unavailable(e.without_url().to_string()))?;
+        let status = response.status().as_u16();
+        match status {
+            200..300 => {}
+            429 => {
+                return Err(PlatformError::RateLimited {
+                    retry_after: Duration::from_secs(1),
+                    description: "the file upload is rate limited".into(),
+                });
+            }
+            500.. => {
+                return Err(PlatformError::Unavailable(format!("the file upload: HTTP {status}")));
+            }
+            _ => return Err(PlatformError::Refused(format!("the file upload: HTTP {status}"))),
+        }
+        let mut body = json!({"files": [{"id": id, "title": name}], "channel_id": channel});
+        if let Some(thread) = thread {
+            body["thread_ts"] = json!(thread);
+        }
+        if let Some(caption) = &file.caption {
+            body["initial_comment"] = json!(caption);
+        }
+        self.call("files.completeUploadExternal", &body, None).await.map(drop)
     }
 
     /// A Socket Mode WebSocket URL, asked for with the app-level token.
@@ -168,6 +240,23 @@ impl ChatApi for Api {
         let request =
             self.endpoint.http().get(&attachment.locator).bearer_auth(self.endpoint.token());
         Box::pin(crate::attachments::fetch_capped(request, max))
+    }
+
+    /// Slack takes files up to 1 GB.
+    fn max_upload(&self) -> u64 {
+        1024 * 1024 * 1024
+    }
+
+    /// Needs the `files:write` scope.
+    fn send_file<'a>(
+        &'a self,
+        chat: &'a str,
+        file: &'a Upload,
+    ) -> BoxFuture<'a, Result<(), PlatformError>> {
+        Box::pin(async move {
+            let (channel, thread) = parse_chat(chat);
+            self.upload(channel, thread, file).await
+        })
     }
 }
 

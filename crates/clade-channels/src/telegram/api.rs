@@ -188,10 +188,17 @@ impl Api {
         body: &Value,
         timeout: Duration,
     ) -> Result<Value, ApiError> {
-        let response = self
-            .http
-            .post(format!("{}{method}", self.base))
-            .json(body)
+        self.post(method, |request| request.json(body), timeout).await
+    }
+
+    /// Calls `method` with the body `build` gives the request.
+    async fn post(
+        &self,
+        method: &str,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<Value, ApiError> {
+        let response = build(self.http.post(format!("{}{method}", self.base)))
             .timeout(timeout)
             .send()
             .await
@@ -293,6 +300,28 @@ impl Api {
         self.call("sendChatAction", &body, CALL_TIMEOUT).await.map(drop)
     }
 
+    /// Sends `file` to `chat` (in its thread, if any) as a document (`sendDocument`, a
+    /// multipart upload).
+    pub async fn send_document(
+        &self,
+        chat: i64,
+        thread: Option<i64>,
+        file: &crate::attachments::Upload,
+    ) -> Result<(), ApiError> {
+        let mut fields = vec![("chat_id", chat.to_string())];
+        if let Some(thread) = thread {
+            fields.push(("message_thread_id", thread.to_string()));
+        }
+        if let Some(caption) = &file.caption {
+            fields.push(("caption", caption.clone()));
+        }
+        let (content_type, body) = crate::attachments::multipart(&fields, "document", file);
+        let build = |request: reqwest::RequestBuilder| {
+            request.header(reqwest::header::CONTENT_TYPE, content_type).body(body)
+        };
+        self.post("sendDocument", build, crate::channel::UPLOAD_TIMEOUT).await.map(drop)
+    }
+
     /// Registers `url` for updates, which Telegram posts with `secret` in a header.
     pub async fn set_webhook(&self, url: &str, secret: &str) -> Result<(), ApiError> {
         let body = json!({
@@ -361,6 +390,22 @@ impl crate::channel::ChatApi for Api {
         Box::pin(async move {
             let (id, thread) = parse_chat(chat)?;
             Api::typing(self, id, thread).await
+        })
+    }
+
+    /// What a bot may send through the Bot API.
+    fn max_upload(&self) -> u64 {
+        50 * 1024 * 1024
+    }
+
+    fn send_file<'a>(
+        &'a self,
+        chat: &'a str,
+        file: &'a crate::attachments::Upload,
+    ) -> futures::future::BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            let (id, thread) = parse_chat(chat)?;
+            self.send_document(id, thread, file).await
         })
     }
 

@@ -41,6 +41,8 @@ struct FakeDiscord {
     list_rate_limit: usize,
     /// Channels the bot was removed from: their listings answer 403.
     gone: Vec<String>,
+    /// Messages created with a file: (channel, file name, bytes, content).
+    uploads: Vec<(String, String, Vec<u8>, String)>,
 }
 
 type Fake = Arc<Mutex<FakeDiscord>>;
@@ -77,6 +79,22 @@ async fn rest(
                     axum::Json(json!({"message": "You are being rate limited.", "retry_after": 0.5, "global": false})),
                 )
                     .into_response();
+            }
+            let kind =
+                headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            if kind.starts_with("multipart/form-data") {
+                // A message with files: `payload_json`, and `files[n]` named by its attachments.
+                let parts = super::support::multipart(kind, &body).expect("a multipart body");
+                let payload = parts.iter().find(|p| p.name == "payload_json").unwrap();
+                let payload: Value = serde_json::from_slice(&payload.data).unwrap();
+                assert_eq!(payload["allowed_mentions"]["parse"], json!([]), "files must not ping");
+                let file = parts.iter().find(|p| p.name == "files[0]").expect("files[0]");
+                let name = file.filename.clone().unwrap();
+                assert_eq!(payload["attachments"][0]["filename"], name.as_str());
+                let content = payload["content"].as_str().unwrap_or_default().to_owned();
+                fake.uploads.push(((*channel).to_owned(), name, file.data.clone(), content));
+                let id = format!("{}", 7000 + fake.uploads.len());
+                return axum::Json(json!({"id": id, "channel_id": channel})).into_response();
             }
             let body: Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(body["allowed_mentions"]["parse"], json!([]), "replies must not ping");
@@ -440,4 +458,38 @@ async fn a_restarted_bot_fetches_what_was_sent_while_it_was_down() {
     assert!(until(&fake, |f| d1(f) > before).await, "no catch-up after the last restart");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(refused(&fake.lock().unwrap()), 1, "a chat that refused the bot was asked again");
+}
+
+/// A file the agent attaches comes as a message with the file, its caption as the content;
+/// one over Discord's limit (under the agent's) is named in the chat, not uploaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_sends_a_file_to_a_discord_chat_within_discords_limit() {
+    let fake: Fake = Arc::default();
+    let api = serve_fake(&fake).await;
+    let (env, ws) = super::support::attaching_agent(
+        &format!(
+            "  discord:\n    guild:\n      token_env: DISCORD_TOKEN\n      api_url: {api}\n      stream: false\n"
+        ),
+        &[("DISCORD_TOKEN", TOKEN)],
+        &[("out/plan.md", b"# Plan\n")],
+    );
+    std::fs::File::create(ws.join("out/video.bin")).unwrap().set_len(11 * 1024 * 1024).unwrap();
+    let _server = env.serve(&[]);
+    let text = "/tool reply.attach {\"path\": \"out/plan.md\", \"caption\": \"the plan\"}\n/tool reply.attach {\"path\": \"out/video.bin\"}";
+    fake.lock().unwrap().outgoing.push_back(message("1", "D1", None, "U1", text));
+    assert!(
+        until(&fake, |f| !f.uploads.is_empty() && f.created.len() >= 2).await,
+        "no file, or no notice: {:?}",
+        fake.lock().unwrap().created
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let f = fake.lock().unwrap();
+    assert_eq!(
+        f.uploads,
+        [("D1".to_owned(), "plan.md".to_owned(), b"# Plan\n".to_vec(), "the plan".to_owned())]
+    );
+    // The reply's text, then the notice for the file Discord would not take.
+    assert_eq!(f.created.len(), 2, "{:?}", f.created);
+    assert!(f.created[1].1.starts_with("[video.bin could not be sent:"), "{:?}", f.created);
+    assert!(f.created[1].1.contains("over the"), "{:?}", f.created);
 }

@@ -30,6 +30,21 @@ struct FakeSlack {
     /// Tell the connected socket to go away.
     disconnect: bool,
     url: String,
+    /// Files asked an upload URL for (`files.getUploadURLExternal`), by file id: the name and
+    /// length declared, and the bytes once posted to the URL.
+    uploads: BTreeMap<String, (String, usize, Option<Vec<u8>>)>,
+    /// Files shared (`files.completeUploadExternal`).
+    shared: Vec<SharedFile>,
+}
+
+/// A file shared into a chat.
+#[derive(Debug, PartialEq, Eq)]
+struct SharedFile {
+    channel: String,
+    thread: Option<String>,
+    id: String,
+    title: String,
+    comment: Option<String>,
 }
 
 type Fake = Arc<Mutex<FakeSlack>>;
@@ -41,9 +56,25 @@ async fn web_api(
     axum::extract::State(fake): axum::extract::State<Fake>,
     axum::extract::Path(method): axum::extract::Path<String>,
     headers: axum::http::HeaderMap,
-    axum::Json(body): axum::Json<Value>,
+    raw: axum::body::Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    // JSON, or a form for the methods that take no JSON (as Slack documents each method).
+    let kind = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let body: Value = if kind.starts_with("application/x-www-form-urlencoded") {
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let pairs = text.split('&').filter_map(|pair| pair.split_once('='));
+        Value::Object(pairs.map(|(k, v)| (k.to_owned(), json!(v.replace('+', " ")))).collect())
+    } else if method == "files.getUploadURLExternal" {
+        return axum::Json(json!({"ok": false, "error": "invalid_arguments"})).into_response();
+    } else {
+        match serde_json::from_slice(&raw) {
+            Ok(body) => body,
+            Err(_) => {
+                return axum::Json(json!({"ok": false, "error": "invalid_json"})).into_response();
+            }
+        }
+    };
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
     let mut fake = fake.lock().unwrap();
     let token = if method == "apps.connections.open" { APP_TOKEN } else { BOT_TOKEN };
@@ -86,7 +117,64 @@ async fn web_api(
                 }
             }
         }
+        "files.getUploadURLExternal" => {
+            let (Some(name), Some(length)) = (
+                body["filename"].as_str(),
+                body["length"].as_str().and_then(|l| l.parse::<usize>().ok()),
+            ) else {
+                return axum::Json(json!({"ok": false, "error": "invalid_arguments"}))
+                    .into_response();
+            };
+            let id = format!("F{}", fake.uploads.len() + 1);
+            fake.uploads.insert(id.clone(), (name.to_owned(), length, None));
+            let http = fake.url.replace("ws://", "http://");
+            axum::Json(
+                json!({"ok": true, "upload_url": format!("{http}/upload/{id}"), "file_id": id}),
+            )
+            .into_response()
+        }
+        "files.completeUploadExternal" => {
+            let channel = body["channel_id"].as_str().unwrap_or_default().to_owned();
+            let thread = body["thread_ts"].as_str().map(str::to_owned);
+            let comment = body["initial_comment"].as_str().map(str::to_owned);
+            let Some(file) = body["files"].get(0) else {
+                return axum::Json(json!({"ok": false, "error": "invalid_arguments"}))
+                    .into_response();
+            };
+            let (id, title) = (file["id"].as_str().unwrap_or_default(), file["title"].as_str());
+            // Only a file whose bytes arrived, whole, can be shared.
+            let whole = fake.uploads.get(id).is_some_and(|(_, length, bytes)| {
+                bytes.as_ref().is_some_and(|b| b.len() == *length)
+            });
+            if !whole {
+                return axum::Json(json!({"ok": false, "error": "file_not_found"})).into_response();
+            }
+            let title = title.unwrap_or_default().to_owned();
+            fake.shared.push(SharedFile { channel, thread, id: id.to_owned(), title, comment });
+            axum::Json(json!({"ok": true, "files": [{"id": id}]})).into_response()
+        }
         _ => axum::Json(json!({"ok": false, "error": "unknown_method"})).into_response(),
+    }
+}
+
+/// `POST <upload_url>`: a file's bytes, to the URL `files.getUploadURLExternal` gave.
+async fn upload(
+    axum::extract::State(fake): axum::extract::State<Fake>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::http::StatusCode {
+    let mut fake = fake.lock().unwrap();
+    // The URL is signed: a token sent with it would be one leaked.
+    if headers.contains_key("authorization") {
+        return axum::http::StatusCode::BAD_REQUEST;
+    }
+    match fake.uploads.get_mut(&id) {
+        Some((_, _, bytes)) => {
+            *bytes = Some(body.to_vec());
+            axum::http::StatusCode::OK
+        }
+        None => axum::http::StatusCode::NOT_FOUND,
     }
 }
 
@@ -137,6 +225,7 @@ async fn serve_fake(fake: &Fake) -> String {
     let app = axum::Router::new()
         .route("/api/{method}", axum::routing::post(web_api))
         .route("/socket", axum::routing::get(socket))
+        .route("/upload/{id}", axum::routing::post(upload))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -302,4 +391,42 @@ async fn slack_events_signed_by_slacks_sdk_are_taken_once() {
     );
     let sessions = server.sessions_on("ada", "slack", "team:D7").await;
     assert_eq!(server.all_turns(sessions[0]["id"].as_str().unwrap()).await.len(), 1);
+}
+
+/// A file the agent attaches goes into the thread it was asked in, as Slack uploads work: an
+/// upload URL for the declared name and length, the bytes to it (no token with them), then the
+/// file shared in the channel and thread, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_sends_a_file_into_the_slack_thread_it_was_asked_in() {
+    let fake: Fake = Arc::default();
+    let api = serve_fake(&fake).await;
+    let (env, _) = super::support::attaching_agent(
+        &format!(
+            "  slack:\n    team:\n      token_env: SLACK_TOKEN\n      app_token_env: SLACK_APP\n      api_url: {api}\n      stream: false\n"
+        ),
+        &[("SLACK_TOKEN", BOT_TOKEN), ("SLACK_APP", APP_TOKEN)],
+        &[("out/notes.txt", b"minutes of the meeting\n")],
+    );
+    let _server = env.serve(&[]);
+    let text = r#"/tool reply.attach {"path": "out/notes.txt", "caption": "the notes"}"#;
+    let mut asked = dm("D7", "U9", "5.1", text);
+    asked["thread_ts"] = json!("5.0");
+    fake.lock().unwrap().outgoing.push_back(envelope("e1", asked));
+    assert!(until(&fake, |f| !f.shared.is_empty()).await, "no file was shared");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let f = fake.lock().unwrap();
+    let shared = SharedFile {
+        channel: "D7".to_owned(),
+        thread: Some("5.0".to_owned()),
+        id: "F1".to_owned(),
+        title: "notes.txt".to_owned(),
+        comment: Some("the notes".to_owned()),
+    };
+    assert_eq!(f.shared, [shared]);
+    let (name, length, bytes) = &f.uploads["F1"];
+    assert_eq!((name.as_str(), *length), ("notes.txt", 23));
+    assert_eq!(bytes.as_deref(), Some(b"minutes of the meeting\n".as_slice()));
+    // The reply's text went first, into the same thread.
+    assert_eq!(f.posted.len(), 1, "{:?}", f.posted);
+    assert_eq!(f.posted[0].1.as_deref(), Some("5.0"));
 }

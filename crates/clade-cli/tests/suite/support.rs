@@ -468,3 +468,73 @@ pub fn two_tenants_under(config: &str, vars: &[(&str, &str)]) -> (Env, String) {
     env.vars.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     (env, rival)
 }
+
+/// One part of a `multipart/form-data` body.
+pub struct Part {
+    pub name: String,
+    pub filename: Option<String>,
+    pub data: Vec<u8>,
+}
+
+/// The parts of a `multipart/form-data` body (RFC 7578) of content type `kind`, as a platform's
+/// server reads an upload; `None` when it is not one.
+pub fn multipart(kind: &str, body: &[u8]) -> Option<Vec<Part>> {
+    let boundary = kind.strip_prefix("multipart/form-data; boundary=")?.trim_matches('"');
+    let delimiter = format!("--{boundary}");
+    let find = |hay: &[u8], needle: &[u8], from: usize| {
+        hay.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|i| i + from)
+    };
+    let mut parts = Vec::new();
+    let mut at = find(body, delimiter.as_bytes(), 0)? + delimiter.len();
+    loop {
+        if body.get(at..at + 2)? == b"--" {
+            return Some(parts);
+        }
+        let start = at + 2;
+        let head_end = find(body, b"\r\n\r\n", start)?;
+        let head = std::str::from_utf8(&body[start..head_end]).ok()?;
+        let next = find(body, format!("\r\n{delimiter}").as_bytes(), head_end + 4)?;
+        let disposition =
+            head.lines().find(|l| l.to_ascii_lowercase().starts_with("content-disposition"))?;
+        let field = |key: &str| {
+            // " name=" is not within " filename=".
+            let from = disposition.find(&format!(" {key}=\""))? + key.len() + 3;
+            let to = disposition[from..].find('"')? + from;
+            Some(disposition[from..to].to_owned())
+        };
+        parts.push(Part {
+            name: field("name")?,
+            filename: field("filename"),
+            data: body[head_end + 4..next].to_vec(),
+        });
+        at = next + 2 + delimiter.len();
+    }
+}
+
+/// A data dir whose agent `ada` may attach files to its replies (`reply.attach`), under the
+/// `channels` YAML given (the `channels:` key's lines) with `vars` set; and its workspace, with
+/// `files` (path, bytes) written into it.
+pub fn attaching_agent(
+    channels: &str,
+    vars: &[(&str, &str)],
+    files: &[(&str, &[u8])],
+) -> (Env, PathBuf) {
+    let mut env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "channels:\n{channels}default_agent: ada\ntools:\n  policy:\n    - {{ effect: allow, tool: reply.attach }}\n"
+        ),
+    );
+    for (name, value) in vars {
+        env.vars.push(((*name).to_owned(), (*value).to_owned()));
+    }
+    let ws = PathBuf::from(env.run(&["agents", "workspace", "ada"]).ok().stdout.trim());
+    for (path, bytes) in files {
+        let path = ws.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    (env, ws)
+}

@@ -231,6 +231,21 @@ struct FakeTelegram {
     files: BTreeMap<String, (String, Vec<u8>)>,
     /// The `file_id`s asked for with `getFile`.
     asked_files: Vec<String>,
+    /// Files the bot sent (`sendDocument`).
+    documents: Vec<Document>,
+    /// `sendDocument` calls to answer with 429 before taking one.
+    document_rate_limit: usize,
+}
+
+/// A file the bot sent.
+#[derive(Debug)]
+struct Document {
+    chat: i64,
+    name: String,
+    bytes: Vec<u8>,
+    caption: Option<String>,
+    /// How many messages the bot had sent before it.
+    after_messages: usize,
 }
 
 type Fake = Arc<Mutex<FakeTelegram>>;
@@ -361,6 +376,65 @@ async fn fake_api(
     }
 }
 
+/// `POST <api>/bot<token>/sendDocument`: a multipart upload (Bot API "Sending files"), read
+/// as a form: `chat_id`, an optional `caption`, and the file as `document`.
+async fn fake_document(
+    axum::extract::State(fake): axum::extract::State<Fake>,
+    axum::extract::Path(bot): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> (axum::http::StatusCode, axum::Json<Value>) {
+    use axum::http::StatusCode;
+    if bot != format!("bot{TOKEN}") {
+        return (StatusCode::UNAUTHORIZED, axum::Json(json!({"ok": false, "error_code": 401})));
+    }
+    let kind = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let Some(parts) = super::support::multipart(kind, &body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(
+                json!({"ok": false, "error_code": 400, "description": "Bad Request: not a form"}),
+            ),
+        );
+    };
+    let text = |name: &str| {
+        parts.iter().find(|p| p.name == name).map(|p| String::from_utf8_lossy(&p.data).into_owned())
+    };
+    let (Some(chat), Some(document)) = (
+        text("chat_id").and_then(|c| c.parse::<i64>().ok()),
+        parts.iter().find(|p| p.name == "document"),
+    ) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(
+                json!({"ok": false, "error_code": 400, "description": "Bad Request: chat_id and document are required"}),
+            ),
+        );
+    };
+    let mut fake = fake.lock().unwrap();
+    if fake.document_rate_limit > 0 {
+        fake.document_rate_limit -= 1;
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(
+                json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 1", "parameters": {"retry_after": 1}}),
+            ),
+        );
+    }
+    let before = fake.sent.len();
+    let name = document.filename.clone().unwrap_or_default();
+    let (bytes, caption) = (document.data.clone(), text("caption"));
+    fake.documents.push(Document { chat, name, bytes, caption, after_messages: before });
+    fake.next_message += 1;
+    let id = fake.next_message;
+    (
+        StatusCode::OK,
+        axum::Json(
+            json!({"ok": true, "result": {"message_id": id, "date": 0, "chat": {"id": chat, "type": "private"}}}),
+        ),
+    )
+}
+
 /// `GET <api>/file/bot<token>/<file_path>`: a file's bytes.
 async fn fake_file(
     axum::extract::State(fake): axum::extract::State<Fake>,
@@ -379,6 +453,7 @@ async fn fake_file(
 /// Serves `fake` as the Bot API on a free local port; its base URL.
 async fn serve_fake(fake: &Fake) -> String {
     let app = axum::Router::new()
+        .route("/{bot}/sendDocument", axum::routing::post(fake_document))
         .route("/{bot}/{method}", axum::routing::post(fake_api))
         .route("/file/{bot}/{*path}", axum::routing::get(fake_file))
         .with_state(fake.clone());
@@ -752,4 +827,75 @@ async fn a_group_chat_is_one_conversation_naming_each_sender() {
     assert_eq!(group.len(), 1, "one conversation for the group: {group:?}");
     assert_eq!(group[0]["actor"], "group", "{group:?}");
     assert_eq!(server.all_turns(group[0]["id"].as_str().unwrap()).await.len(), 2);
+}
+
+/// An agent sends files from its workspace with its reply (`reply.attach`): after the reply's
+/// text, once, through a 429; and nothing from outside the workspace, whatever path, link or
+/// hard link the agent tries, nor a file over the limit, each refused to the agent by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_sends_files_from_its_workspace_and_nothing_from_outside_it() {
+    let fake: Fake = Arc::default();
+    fake.lock().unwrap().document_rate_limit = 1;
+    let api = serve_fake(&fake).await;
+    let env = desk(
+        &api,
+        "poll_timeout_secs: 1\n      stream: false",
+        "default_agent: ada\ntools:\n  policy:\n    - { effect: allow, tool: reply.attach }\n",
+    );
+    let ws = std::path::PathBuf::from(env.run(&["agents", "workspace", "ada"]).ok().stdout.trim());
+    let secret = env.data_dir().join("secret.txt");
+    std::fs::write(&secret, "SECRET").unwrap();
+    std::fs::create_dir_all(ws.join("out")).unwrap();
+    std::fs::write(ws.join("out/report.csv"), "a,b\n1,2\n").unwrap();
+    std::os::unix::fs::symlink(&secret, ws.join("out/link.txt")).unwrap();
+    std::fs::hard_link(&secret, ws.join("out/hard.txt")).unwrap();
+    std::fs::File::create(ws.join("out/big.bin")).unwrap().set_len(21 * 1024 * 1024).unwrap();
+    let attach = |path: &str| format!("/tool reply.attach {{\"path\": \"{path}\"}}");
+    let text = [
+        "/tool reply.attach {\"path\": \"out/report.csv\", \"caption\": \"the numbers\"}"
+            .to_owned(),
+        attach("out/link.txt"),
+        attach("../secret.txt"),
+        attach("/etc/passwd"),
+        attach("out/hard.txt"),
+        attach("out/big.bin"),
+    ]
+    .join("\n");
+    fake.lock().unwrap().updates.insert(1, message(1, 7, &text));
+    let server = env.serve(&[]);
+    assert!(
+        super::support::until(&fake, |f| !f.documents.is_empty()).await,
+        "no file was sent: {:?}",
+        fake.lock().unwrap().sent
+    );
+    // Give a second upload, if one were coming, the time to come.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let f = fake.lock().unwrap();
+    assert_eq!(
+        f.documents.len(),
+        1,
+        "{:?}",
+        f.documents.iter().map(|d| &d.name).collect::<Vec<_>>()
+    );
+    let sent = &f.documents[0];
+    assert_eq!((sent.chat, sent.name.as_str()), (7, "report.csv"));
+    assert_eq!(sent.bytes, b"a,b\n1,2\n");
+    assert_eq!(sent.caption.as_deref(), Some("the numbers"));
+    // After the reply's text, which the upload's 429 did not send twice.
+    assert_eq!(sent.after_messages, 1);
+    let replies: Vec<&String> = f.sent.iter().filter(|(c, _)| *c == 7).map(|(_, t)| t).collect();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    let reply = replies[0];
+    for refusal in [
+        "a link is on its path",
+        "leaves the workspace",
+        "absolute",
+        "more than one name",
+        "over the",
+    ] {
+        assert!(reply.contains(refusal), "{refusal}: {reply}");
+    }
+    assert!(!f.documents.iter().any(|d| d.bytes.windows(6).any(|w| w == b"SECRET")));
+    drop(f);
+    drop(server);
 }

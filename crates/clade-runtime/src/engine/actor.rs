@@ -274,6 +274,7 @@ async fn fail_events(
         reply: None,
         error: Some(reason.into()),
         model: None,
+        files: Vec::new(),
     });
     match inner.store.finish_turn(&turn, outcome, vec![OutboxEvent::from(&failed)]).await {
         Ok(rows) => {

@@ -266,6 +266,8 @@ pub(crate) async fn execute(
     let mut composed = 0;
     let mut shrunk = false;
     let mut last_model = None;
+    // Workspace files the reply carries (`reply.attach`): rebuilt from the journal on a resume.
+    let mut files: Vec<clade_protocol::ReplyFile> = Vec::new();
     let mut state = State::Compose;
     loop {
         state = match state {
@@ -408,6 +410,17 @@ pub(crate) async fn execute(
                     let result =
                         Box::pin(dispatch(&turn, &done, journal, hands, iteration, index, call))
                             .await?;
+                    if call.name == clade_tools::builtin::REPLY_ATTACH
+                        && !result.is_error
+                        && let Ok(file) =
+                            serde_json::from_str::<clade_protocol::ReplyFile>(&result.content)
+                    {
+                        // Attached again: once, where it was last attached.
+                        files.retain(|f| f.path != file.path);
+                        if files.len() < clade_tools::builtin::MAX_REPLY_FILES {
+                            files.push(file);
+                        }
+                    }
                     messages.push(Message::Tool {
                         call_id: call.id.clone(),
                         content: result.content,
@@ -430,7 +443,7 @@ pub(crate) async fn execute(
                     step: entry,
                     usage,
                     audit: None,
-                    outbox: vec![outcome_event(&turn, &outcome)],
+                    outbox: vec![outcome_event(&turn, &outcome, std::mem::take(&mut files))],
                     ending: Some(outcome),
                 };
                 let reply = write.ending.as_ref().and_then(|o| o.reply.clone());
@@ -474,13 +487,20 @@ fn model_step(outcome: &CallOutcome, request: &ModelRequest, tools_sha256: &str)
 }
 
 /// The lifecycle event that announces a turn's outcome.
-pub(crate) fn outcome_event(turn: &TurnRow, outcome: &TurnOutcome) -> OutboxEvent {
+/// The outbox event of a turn's end; only a completed turn's reply carries `files`.
+pub(crate) fn outcome_event(
+    turn: &TurnRow,
+    outcome: &TurnOutcome,
+    files: Vec<clade_protocol::ReplyFile>,
+) -> OutboxEvent {
+    let completed = outcome.status == TurnStatus::Completed;
     let ended = clade_protocol::LifecycleEvent::turn_ended(clade_protocol::TurnEnded {
         turn: turn.id.to_string(),
         status: outcome.status.into(),
         reply: outcome.reply.clone(),
         error: outcome.error.clone(),
         model: outcome.model.clone(),
+        files: if completed { files } else { Vec::new() },
     });
     OutboxEvent::from(&ended)
 }
