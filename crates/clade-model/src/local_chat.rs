@@ -350,10 +350,26 @@ impl Provider for LocalChat {
         request: &'a ModelRequest,
     ) -> BoxFuture<'a, Result<EventStream, ModelError>> {
         Box::pin(async move {
-            let text = chatml(&request.messages, &request.tools);
-            let calling = !request.tools.is_empty();
-            let encoding = self.shared.tokenizer.encode(text, false).map_err(|e| failure(&e))?;
-            let prompt = encoding.get_ids().to_vec();
+            let encode = |text: String| -> Result<Vec<u32>, ModelError> {
+                let encoding =
+                    self.shared.tokenizer.encode(text, false).map_err(|e| failure(&e))?;
+                Ok(encoding.get_ids().to_vec())
+            };
+            let mut calling = !request.tools.is_empty();
+            let mut prompt = encode(chatml(&request.messages, &request.tools))?;
+            // A small model's context is soon filled by an agent's tool schemas: they are
+            // offered only when they leave a quarter of it for the answer.
+            if calling && prompt.len() + self.shared.context / 4 > self.shared.context {
+                if !TOOLS_LEFT_OUT.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        tools = request.tools.len(),
+                        context = self.shared.context,
+                        "the agent's tools do not fit the local model's context: it answers without them (give the agent fewer tools, or a model with a longer context)"
+                    );
+                }
+                prompt = encode(chatml(&request.messages, &[]))?;
+                calling = false;
+            }
             let read = prompt.len();
             // Refused before anything streams, so the caller can compact and try again.
             if read + 1 > self.shared.context {
@@ -428,6 +444,9 @@ impl Provider for LocalChat {
         })
     }
 }
+
+/// Whether a request's tools were left out for want of context (said once a process).
+static TOOLS_LEFT_OUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 type Cell = Arc<tokio::sync::OnceCell<Result<LocalChat, String>>>;
 

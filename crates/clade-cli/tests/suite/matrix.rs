@@ -181,7 +181,7 @@ async fn every_route_checks_every_principal() {
             ("POST", "/v1/config") => Some(json!({ "yaml": "sessions:\n  max_queued: 50\n" })),
             ("PUT", "/v1/agents/{handle}/settings/{key}") => Some(json!({ "value": "dry" })),
             ("POST", "/v1/leases") => Some(json!({ "peer": "hooks", "ttl_secs": 60 })),
-            ("POST", "/v1/agents/{handle}/memories") => {
+            ("POST", "/v1/agents/{handle}/memories" | "/v1/sessions/{id}/memories") => {
                 Some(json!({ "content": format!("cell {n}") }))
             }
             ("POST", "/v1/agents/{handle}/memories/search") => Some(json!({ "query": "cell" })),

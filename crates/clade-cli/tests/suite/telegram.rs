@@ -829,6 +829,17 @@ async fn a_group_chat_is_one_conversation_naming_each_sender() {
     assert_eq!(server.all_turns(group[0]["id"].as_str().unwrap()).await.len(), 2);
 }
 
+/// The bot `desk` on `api`, its agent `ada` allowed to attach files; and ada's workspace.
+fn attaching_desk(api: &str) -> (Env, std::path::PathBuf) {
+    let env = desk(
+        api,
+        "poll_timeout_secs: 1\n      stream: false",
+        "default_agent: ada\ntools:\n  policy:\n    - { effect: allow, tool: reply.attach }\n",
+    );
+    let ws = std::path::PathBuf::from(env.run(&["agents", "workspace", "ada"]).ok().stdout.trim());
+    (env, ws)
+}
+
 /// An agent sends files from its workspace with its reply (`reply.attach`): after the reply's
 /// text, once, through a 429; and nothing from outside the workspace, whatever path, link or
 /// hard link the agent tries, nor a file over the limit, each refused to the agent by name.
@@ -837,12 +848,7 @@ async fn an_agent_sends_files_from_its_workspace_and_nothing_from_outside_it() {
     let fake: Fake = Arc::default();
     fake.lock().unwrap().document_rate_limit = 1;
     let api = serve_fake(&fake).await;
-    let env = desk(
-        &api,
-        "poll_timeout_secs: 1\n      stream: false",
-        "default_agent: ada\ntools:\n  policy:\n    - { effect: allow, tool: reply.attach }\n",
-    );
-    let ws = std::path::PathBuf::from(env.run(&["agents", "workspace", "ada"]).ok().stdout.trim());
+    let (env, ws) = attaching_desk(&api);
     let secret = env.data_dir().join("secret.txt");
     std::fs::write(&secret, "SECRET").unwrap();
     std::fs::create_dir_all(ws.join("out")).unwrap();
@@ -898,4 +904,43 @@ async fn an_agent_sends_files_from_its_workspace_and_nothing_from_outside_it() {
     assert!(!f.documents.iter().any(|d| d.bytes.windows(6).any(|w| w == b"SECRET")));
     drop(f);
     drop(server);
+}
+
+/// A gateway killed in the middle of a turn that attaches files (after the first file's call
+/// is journaled, as the second's starts): the resumed turn's reply carries both files, each
+/// sent once, the first taken from the journal rather than run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_attached_before_a_crash_are_sent_once_after_it() {
+    if !clade_runtime::failpoints::ENABLED {
+        assert!(std::env::var("CI").is_err(), "CI builds the suite with failpoints");
+        return;
+    }
+    let fake: Fake = Arc::default();
+    let api = serve_fake(&fake).await;
+    let (env, ws) = attaching_desk(&api);
+    std::fs::create_dir_all(ws.join("out")).unwrap();
+    std::fs::write(ws.join("out/one.txt"), "first").unwrap();
+    std::fs::write(ws.join("out/two.txt"), "second").unwrap();
+    let text = "/tool reply.attach {\"path\": \"out/one.txt\"}\n/tool reply.attach {\"path\": \"out/two.txt\"}";
+    fake.lock().unwrap().updates.insert(1, message(1, 9, text));
+    // The second call's start is journaled, then the process dies.
+    if let Some(mut dying) =
+        env.try_serve_with(&[], &[("CLADE_FAILPOINTS", "after_journal_intent=2")])
+    {
+        assert!(dying.exits_within(Duration::from_secs(30)), "the failpoint was never reached");
+    }
+    assert!(fake.lock().unwrap().documents.is_empty(), "a file went out before the turn ended");
+    let _server = env.serve(&[]);
+    assert!(
+        super::support::until(&fake, |f| f.documents.len() >= 2).await,
+        "the files were not sent after the restart: {:?}",
+        fake.lock().unwrap().sent
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let f = fake.lock().unwrap();
+    let sent: Vec<(&str, &[u8])> =
+        f.documents.iter().map(|d| (d.name.as_str(), d.bytes.as_slice())).collect();
+    assert_eq!(sent, [("one.txt", b"first".as_slice()), ("two.txt", b"second".as_slice())]);
+    let replies = f.sent.iter().filter(|(chat, _)| *chat == 9).count();
+    assert_eq!(replies, 1, "{:?}", f.sent);
 }

@@ -195,4 +195,16 @@ async fn tools_are_offered_in_the_prompt_and_past_calls_shown_as_written() {
     assert!(offered.usage.input_tokens > plain.usage.input_tokens + 20, "{offered:?} {plain:?}");
     assert!(offered.tool_calls.is_empty(), "{offered:?}");
     assert!(offered.usage.output_tokens > 0);
+    // More tools than the context holds: the model answers without them, as it would have.
+    let many: std::sync::Arc<[ToolSpec]> = (0..60)
+        .map(|n| ToolSpec {
+            name: format!("tool.number{n}"),
+            description: "A tool with a long description ".repeat(4),
+            input_schema: serde_json::json!({"type": "object"}),
+        })
+        .collect::<Vec<_>>()
+        .into();
+    let crowded = collect(ask(many)).await;
+    assert_eq!(crowded.usage.input_tokens, plain.usage.input_tokens, "{crowded:?}");
+    assert_eq!(crowded.text, plain.text);
 }
