@@ -1057,6 +1057,15 @@ pub(crate) enum ChannelsCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Run a Telegram bot's listener as a process of its own: it polls Telegram and posts each
+    /// update to the gateway's webhook route for the bot (declare the bot with mode: webhook
+    /// and webhook_secret_env, without public_url); replies still go out from the gateway
+    Listen {
+        /// The bot, as named under channels.telegram in clade.yaml
+        bot: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,6 +6,10 @@
 //! message is `telegram:<bot>:<chat id>:<message id>`, so an update Telegram sends again (after
 //! a crash before it was confirmed, a webhook retried) is never a second event. In polling
 //! mode an update is confirmed (the next `getUpdates`' offset) only after its event is durable.
+//!
+//! The poller can also run as a process of its own ([`Relay`], `clade channels listen`): it
+//! posts each update to the gateway's webhook route, as Telegram would, and confirms it once
+//! the gateway answered that it is stored.
 
 pub mod api;
 
@@ -14,6 +18,7 @@ use std::time::Duration;
 
 use clade_runtime::Engine;
 use clade_runtime::outbox::Subscriber;
+use futures::future::BoxFuture;
 use serde_json::Value;
 
 pub use api::{Api, ApiError, MESSAGE_LIMIT, PUBLIC_API, Update};
@@ -124,61 +129,12 @@ impl Bot {
         }
     }
 
-    /// Long polling: fetch, take each update (trying one that fails again before any later
-    /// one), then confirm them all with the next fetch's offset.
+    /// Long polling, each update taken by this gateway.
     async fn poll(self: &Arc<Self>) {
-        let name = self.options.settings.name.as_str();
         let clock = self.channel.store().clock().clone();
-        let mut offset: Option<i64> = None;
-        let mut failures = 0u32;
-        tracing::info!(bot = name, "telegram bot polling for updates");
-        loop {
-            let asked = clock.now();
-            match self.channel.api().get_updates(offset, self.options.poll_timeout).await {
-                Ok(updates) => {
-                    if failures > 0 {
-                        tracing::info!(bot = name, "telegram reachable again");
-                    }
-                    failures = 0;
-                    self.channel.health().ok(PLATFORM, name, clock.now());
-                    let empty = updates.is_empty();
-                    for raw in &updates {
-                        let mut tries = 0;
-                        while let Err(err) = self.accept(raw).await {
-                            tries += 1;
-                            self.channel.health().failed(PLATFORM, name, &err.0);
-                            tracing::warn!(bot = name, error = %err, "a telegram update could not be stored; trying again");
-                            clock
-                                .sleep(backoff(tries, &ApiError::Unavailable(String::new())))
-                                .await;
-                        }
-                        clade_runtime::failpoints::hit("before_update_confirmed");
-                        if let Some(id) = raw["update_id"].as_i64() {
-                            offset = Some(offset.map_or(id + 1, |o| o.max(id + 1)));
-                        }
-                    }
-                    let took = Duration::from_millis(
-                        clock
-                            .now()
-                            .as_millis()
-                            .saturating_sub(asked.as_millis())
-                            .max(0)
-                            .unsigned_abs(),
-                    );
-                    if empty && took < MIN_POLL {
-                        clock.sleep(MIN_POLL - took).await;
-                    }
-                }
-                Err(err) => {
-                    failures += 1;
-                    self.channel.health().failed(PLATFORM, name, &err.to_string());
-                    if failures == 1 || failures.is_multiple_of(10) {
-                        tracing::warn!(bot = name, failures, error = %err, "telegram polling failed; reconnecting with back-off");
-                    }
-                    clock.sleep(backoff(failures, &err)).await;
-                }
-            }
-        }
+        let options = &self.options;
+        poll(self.channel.api(), &options.settings.name, options.poll_timeout, &*clock, &**self)
+            .await
     }
 
     /// Checks a webhook request's `X-Telegram-Bot-Api-Secret-Token`.
@@ -223,6 +179,132 @@ impl Bot {
             group: message.chat.is_group().then(|| from.named()),
         };
         self.channel.take(inbound).await
+    }
+}
+
+/// Where a poller's updates go, and who hears how polling goes.
+pub trait Updates: Send + Sync {
+    /// Takes one update; `Err` (why) when it should be taken again: no later update is
+    /// confirmed to Telegram before it.
+    fn take<'a>(&'a self, raw: &'a Value) -> BoxFuture<'a, Result<(), String>>;
+    /// Telegram answered a poll.
+    fn reachable(&self, _at: clade_core::Timestamp) {}
+    /// A poll, or taking an update, failed.
+    fn failing(&self, _why: &str) {}
+}
+
+impl Updates for Bot {
+    fn take<'a>(&'a self, raw: &'a Value) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { self.accept(raw).await.map(drop).map_err(|e| e.0) })
+    }
+    fn reachable(&self, at: clade_core::Timestamp) {
+        self.channel.health().ok(PLATFORM, &self.options.settings.name, at);
+    }
+    fn failing(&self, why: &str) {
+        self.channel.health().failed(PLATFORM, &self.options.settings.name, why);
+    }
+}
+
+/// Long polling: fetch, take each update (trying one that fails again before any later one),
+/// then confirm them all with the next fetch's offset. Runs until aborted.
+pub async fn poll(
+    api: &Api,
+    name: &str,
+    wait: Duration,
+    clock: &dyn clade_core::Clock,
+    updates: &dyn Updates,
+) {
+    let mut offset: Option<i64> = None;
+    let mut failures = 0u32;
+    tracing::info!(bot = name, "telegram bot polling for updates");
+    loop {
+        let asked = clock.now();
+        match api.get_updates(offset, wait).await {
+            Ok(polled) => {
+                if failures > 0 {
+                    tracing::info!(bot = name, "telegram reachable again");
+                }
+                failures = 0;
+                updates.reachable(clock.now());
+                let empty = polled.is_empty();
+                for raw in &polled {
+                    let mut tries = 0;
+                    while let Err(why) = updates.take(raw).await {
+                        tries += 1;
+                        updates.failing(&why);
+                        tracing::warn!(bot = name, error = %why, "a telegram update could not be taken; trying again");
+                        clock.sleep(backoff(tries, &ApiError::Unavailable(String::new()))).await;
+                    }
+                    clade_runtime::failpoints::hit("before_update_confirmed");
+                    if let Some(id) = raw["update_id"].as_i64() {
+                        offset = Some(offset.map_or(id + 1, |o| o.max(id + 1)));
+                    }
+                }
+                let took = Duration::from_millis(
+                    clock.now().as_millis().saturating_sub(asked.as_millis()).max(0).unsigned_abs(),
+                );
+                if empty && took < MIN_POLL {
+                    clock.sleep(MIN_POLL - took).await;
+                }
+            }
+            Err(err) => {
+                failures += 1;
+                updates.failing(&err.to_string());
+                if failures == 1 || failures.is_multiple_of(10) {
+                    tracing::warn!(bot = name, failures, error = %err, "telegram polling failed; reconnecting with back-off");
+                }
+                clock.sleep(backoff(failures, &err)).await;
+            }
+        }
+    }
+}
+
+/// A listener of its own (`clade channels listen`): each update polled from Telegram is posted
+/// to the gateway's webhook route for the bot, with the bot's webhook secret, as Telegram would
+/// post it; it is confirmed to Telegram only once the gateway has stored it (any 2xx).
+#[derive(Debug)]
+pub struct Relay {
+    http: reqwest::Client,
+    /// `<gateway>/channels/telegram/<bot>`.
+    target: String,
+    secret: String,
+}
+
+impl Relay {
+    pub fn new(gateway: &str, bot: &str, secret: &str) -> Self {
+        let target = format!("{}/channels/{PLATFORM}/{bot}", gateway.trim_end_matches('/'));
+        Self { http: reqwest::Client::new(), target, secret: secret.to_owned() }
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+}
+
+impl Updates for Relay {
+    fn take<'a>(&'a self, raw: &'a Value) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let response = self
+                .http
+                .post(&self.target)
+                .header("x-telegram-bot-api-secret-token", &self.secret)
+                .json(raw)
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .map_err(|e| format!("cannot reach the gateway at {}: {e}", self.target))?;
+            let status = response.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            let said = response.text().await.unwrap_or_default();
+            Err(match status.as_u16() {
+                401 | 403 => format!(
+                    "the gateway refuses this listener (HTTP {status}): the bot must be in webhook mode there, with the same secret in webhook_secret_env ({said})"
+                ),
+                _ => format!("the gateway answered HTTP {status}: {said}"),
+            })
+        })
     }
 }
 

@@ -65,6 +65,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             | Command::CronService(_)
             | Command::SubscriberService(_)
             | Command::Memory(crate::cli::MemoryCommand::IngestService(_))
+            | Command::Channels(crate::cli::ChannelsCommand::Listen { .. })
     ) {
         "info"
     } else {
@@ -83,6 +84,14 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             .clone()
             .unwrap_or_else(|| format!("http://{}", file_config.server.listen));
         return ingest_service::run(&data_dir, url, global.agent.clone(), args).await;
+    }
+    if let Command::Channels(crate::cli::ChannelsCommand::Listen { bot, server }) = &cli.command {
+        // A listener reaches the gateway over HTTP only: no store.
+        let url = server
+            .server
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", file_config.server.listen));
+        return channels::listen(&file_config, bot, url).await;
     }
     if let Command::Remote(cmd) = cli.command {
         // A remote CLI keeps only its key and profile in the data dir: no store.

@@ -478,6 +478,22 @@ fn desk(api: &str, settings: &str, rest: &str) -> Env {
     env
 }
 
+/// Chat 5 of `desk` is one session of `ada` whose events are `texts`, each once.
+async fn one_event_each(server: &Server, texts: &[String]) {
+    let sessions = server.sessions_on("ada", "telegram", "desk:5").await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let turns = server.all_turns(sessions[0]["id"].as_str().unwrap()).await;
+    let mut events: Vec<String> = turns
+        .iter()
+        .flat_map(|t| t["events"].as_array().unwrap().iter())
+        .map(|e| e["text"].as_str().unwrap().to_owned())
+        .collect();
+    events.sort();
+    let mut expected = texts.to_vec();
+    expected.sort();
+    assert_eq!(events, expected);
+}
+
 fn message(update: i64, chat: i64, text: &str) -> Value {
     json!({
         "update_id": update,
@@ -579,18 +595,7 @@ async fn telegram_updates_are_taken_once_across_a_kill_429s_and_bad_updates() {
         }
     }
     // 0 doubled: each message is one event of one session, whatever Telegram sent again.
-    let sessions = server.sessions_on("ada", "telegram", "desk:5").await;
-    assert_eq!(sessions.len(), 1, "{sessions:?}");
-    let turns = server.all_turns(sessions[0]["id"].as_str().unwrap()).await;
-    let mut events: Vec<String> = turns
-        .iter()
-        .flat_map(|t| t["events"].as_array().unwrap().iter())
-        .map(|e| e["text"].as_str().unwrap().to_owned())
-        .collect();
-    events.sort();
-    let mut expected = texts.clone();
-    expected.sort();
-    assert_eq!(events, expected);
+    one_event_each(&server, &texts).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -943,4 +948,79 @@ async fn files_attached_before_a_crash_are_sent_once_after_it() {
     assert_eq!(sent, [("one.txt", b"first".as_slice()), ("two.txt", b"second".as_slice())]);
     let replies = f.sent.iter().filter(|(chat, _)| *chat == 9).count();
     assert_eq!(replies, 1, "{:?}", f.sent);
+}
+
+/// The bot's listener as a process of its own (`clade channels listen`), the gateway in webhook
+/// mode: killed after taking an update and before confirming it, then started again, it relays
+/// every message once (0 lost, 0 doubled), and the gateway answers each from its outbox. A
+/// listener with the wrong secret is refused by the gateway and confirms nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_of_its_own_relays_every_update_once_through_a_kill() {
+    let fake: Fake = Arc::default();
+    {
+        let mut f = fake.lock().unwrap();
+        for n in 1..=6 {
+            f.updates.insert(n, message(n, 5, &format!("m{n}")));
+        }
+    }
+    let api = serve_fake(&fake).await;
+    let mut env = desk(
+        &api,
+        "mode: webhook\n      webhook_secret_env: DESK_SECRET\n      poll_timeout_secs: 1\n      stream: false",
+        "default_agent: ada\n",
+    );
+    env.vars.push(("DESK_SECRET".into(), "relay-secret_1".into()));
+    let server = env.serve(&[]);
+    let listen = |vars: &[(&str, &str)]| {
+        let mut cmd = env.command();
+        cmd.args(["channels", "listen", "desk", "--server", &server.url])
+            .envs(vars.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    // A listener that does not hold the gateway's secret gets nothing stored or confirmed.
+    let mut wrong = listen(&[("DESK_SECRET", "not-the-secret")]).spawn().unwrap();
+    assert!(super::support::until(&fake, |f| f.handed.contains_key(&1)).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = wrong.kill();
+    let out = wrong.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("the gateway refuses this listener"), "{said}");
+    assert!(fake.lock().unwrap().sent.is_empty());
+    assert_eq!(fake.lock().unwrap().updates.len(), 6, "an update was confirmed");
+
+    // Dies after the third update is stored, before it is confirmed.
+    if clade_runtime::failpoints::ENABLED {
+        let out = listen(&[("CLADE_FAILPOINTS", "before_update_confirmed=3")]).output().unwrap();
+        assert!(!out.status.success(), "the failpoint was never reached");
+    } else {
+        assert!(std::env::var("CI").is_err(), "CI builds the suite with failpoints");
+    }
+    {
+        let mut f = fake.lock().unwrap();
+        for n in 7..=9 {
+            f.updates.insert(n, message(n, 5, &format!("m{n}")));
+        }
+    }
+    let mut listener = listen(&[]).spawn().unwrap();
+    let texts: Vec<String> = (1..=9).map(|n| format!("m{n}")).collect();
+    let answered = |f: &FakeTelegram| {
+        texts.iter().all(|t| f.sent.iter().any(|(_, s)| s.ends_with(&format!(" {t}"))))
+    };
+    let all = super::support::until(&fake, answered).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert!(all, "not every message was answered: {:?}", fake.lock().unwrap().sent);
+    // Once each: one reply a message, one event a message, whatever was relayed twice.
+    let replies = fake.lock().unwrap().sent.clone();
+    assert_eq!(replies.len(), 9, "{replies:?}");
+    if clade_runtime::failpoints::ENABLED {
+        assert!(fake.lock().unwrap().handed[&1] >= 3, "nothing was relayed twice");
+    }
+    one_event_each(&server, &texts).await;
+    let (_, status) = server.send("GET", "/v1/channels", None, None).await;
+    assert_eq!(status["items"][0]["mode"], "webhook", "{status}");
+    assert_eq!(status["items"][0]["received"], 9, "{status}");
 }
