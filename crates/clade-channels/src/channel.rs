@@ -236,6 +236,30 @@ pub enum Body<'a> {
 /// How long sending a file may take.
 pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Sends a listener's message on to the gateway (`request`, to `target`): `Ok` once the gateway
+/// answered that it is stored (any 2xx); else why, with `fix` when the gateway refused the
+/// listener's secret.
+pub async fn relay(
+    request: reqwest::RequestBuilder,
+    target: &str,
+    fix: &str,
+) -> Result<(), String> {
+    let response = request
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the gateway at {target}: {e}"))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let said = response.text().await.unwrap_or_default();
+    Err(match status.as_u16() {
+        401 | 403 => format!("the gateway refuses this listener (HTTP {status}): {fix} ({said})"),
+        _ => format!("the gateway answered HTTP {status}: {said}"),
+    })
+}
+
 /// A wait a platform asked for, in seconds, as a duration between 50 ms and an hour.
 pub fn wait_of(seconds: f64) -> Duration {
     Duration::from_millis((seconds.clamp(0.05, 3600.0) * 1000.0) as u64)

@@ -1057,12 +1057,17 @@ pub(crate) enum ChannelsCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Run a Telegram bot's listener as a process of its own: it polls Telegram and posts each
-    /// update to the gateway's webhook route for the bot (declare the bot with mode: webhook
-    /// and webhook_secret_env, without public_url); replies still go out from the gateway
+    /// Run a channel's listener as a process of its own, which passes each message to the
+    /// gateway as the platform's webhook would: a Telegram bot (polled; the gateway declares it
+    /// mode: webhook with webhook_secret_env, without public_url) or a Slack app (Socket Mode;
+    /// the gateway declares it mode: events with signing_secret_env, and app_token_env for this
+    /// listener). Replies still go out from the gateway
     Listen {
-        /// The bot, as named under channels.telegram in clade.yaml
-        bot: String,
+        /// The bot or app, as named under channels.telegram or channels.slack in clade.yaml
+        name: String,
+        /// Which platform's, when both have one of that name
+        #[arg(long, value_parser = ["telegram", "slack"])]
+        platform: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },

@@ -9,6 +9,10 @@
 //! channel and `ts`, so a redelivery (Socket Mode after a dropped socket, the Events API's
 //! retries) and the `message` and `app_mention` events of one message are one event. A Socket
 //! Mode envelope is acknowledged only once its event is stored.
+//!
+//! Socket Mode can also run as a process of its own ([`Relay`], `clade channels listen`): it
+//! posts each event to the gateway's Events API route, signed as Slack signs it, and
+//! acknowledges it once the gateway answered that it is stored.
 
 pub mod api;
 
@@ -17,6 +21,7 @@ use std::time::Duration;
 
 use clade_runtime::Engine;
 use clade_runtime::outbox::Subscriber;
+use futures::future::BoxFuture;
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -160,113 +165,209 @@ impl App {
         }
     }
 
-    /// Socket Mode: opens a connection, takes its envelopes (acknowledging each once stored),
-    /// and opens another when Slack asks, the socket drops or falls silent.
+    /// Socket Mode, each event taken by this gateway.
     async fn socket(&self, app_token: &str) {
-        let name = self.options.settings.name.as_str();
         let clock = self.channel.store().clock().clone();
-        let mut failures = 0u32;
-        loop {
-            match self.connect_once(app_token).await {
-                Ok(reason) => {
-                    failures = 0;
-                    tracing::info!(app = name, %reason, "slack socket closed; connecting again");
+        let name = &self.options.settings.name;
+        socket_mode(self.channel.api(), name, app_token, &*clock, self).await
+    }
+}
+
+/// Where Socket Mode's events go, and who hears how the connection goes.
+pub trait Events: Send + Sync {
+    /// Takes one `event_callback` payload; `Err` (why) when it should come again: it is not
+    /// acknowledged, and Slack delivers it again.
+    fn take<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, Result<(), String>>;
+    /// Slack said hello, or an event was taken.
+    fn connected(&self, _at: clade_core::Timestamp) {}
+    /// Connecting failed.
+    fn failing(&self, _why: &str) {}
+    /// A frame could not be read.
+    fn malformed(&self, _why: &str) {}
+}
+
+impl Events for App {
+    fn take<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { self.accept(payload).await.map(drop).map_err(|e| e.0) })
+    }
+    fn connected(&self, at: clade_core::Timestamp) {
+        self.channel.health().ok(PLATFORM, &self.options.settings.name, at);
+    }
+    fn failing(&self, why: &str) {
+        self.channel.health().failed(PLATFORM, &self.options.settings.name, why);
+    }
+    fn malformed(&self, why: &str) {
+        self.channel.malformed(why);
+    }
+}
+
+/// Socket Mode: opens a connection, takes its envelopes (acknowledging each once taken), and
+/// opens another when Slack asks, the socket drops or falls silent. Runs until aborted.
+pub async fn socket_mode(
+    api: &Api,
+    name: &str,
+    app_token: &str,
+    clock: &dyn clade_core::Clock,
+    events: &dyn Events,
+) {
+    let mut failures = 0u32;
+    loop {
+        match connect_once(api, name, app_token, clock, events).await {
+            Ok(reason) => {
+                failures = 0;
+                tracing::info!(app = name, %reason, "slack socket closed; connecting again");
+            }
+            Err(err) => {
+                failures += 1;
+                events.failing(&err.to_string());
+                if failures == 1 || failures.is_multiple_of(10) {
+                    tracing::warn!(app = name, failures, error = %err, "slack socket mode failed; reconnecting with back-off");
                 }
-                Err(err) => {
-                    failures += 1;
-                    self.channel.health().failed(PLATFORM, name, &err.to_string());
-                    if failures == 1 || failures.is_multiple_of(10) {
-                        tracing::warn!(app = name, failures, error = %err, "slack socket mode failed; reconnecting with back-off");
-                    }
-                    let wait = match err {
-                        PlatformError::RateLimited { retry_after, .. } => retry_after,
-                        _ => Duration::from_secs(1u64 << failures.saturating_sub(1).min(5))
-                            .min(MAX_BACKOFF),
-                    };
-                    clock.sleep(wait).await;
-                }
+                let wait = match err {
+                    PlatformError::RateLimited { retry_after, .. } => retry_after,
+                    _ => Duration::from_secs(1u64 << failures.saturating_sub(1).min(5))
+                        .min(MAX_BACKOFF),
+                };
+                clock.sleep(wait).await;
             }
         }
     }
+}
 
-    /// One connection, until it ends; why it ended.
-    async fn connect_once(&self, app_token: &str) -> Result<String, PlatformError> {
-        let name = self.options.settings.name.as_str();
-        let url = self.channel.api().open_connection(app_token).await?;
-        let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
-            .await
-            .map_err(|e| PlatformError::Unavailable(format!("cannot open the socket: {e}")))?;
-        let clock = self.channel.store().clock().clone();
-        let mut last_ping = clock.now();
-        loop {
-            // An I/O deadline: a socket that says nothing for this long is dead.
-            let frame = match tokio::time::timeout(PING_EVERY, socket.next()).await {
-                Ok(Some(Ok(frame))) => frame,
-                Ok(Some(Err(err))) => return Err(PlatformError::Unavailable(err.to_string())),
-                Ok(None) => return Ok("the socket closed".into()),
-                Err(_) => {
-                    let silent = clock.now().as_millis() - last_ping.as_millis();
-                    if silent >= SILENCE.as_millis() as i64 {
-                        return Err(PlatformError::Unavailable(
-                            "the socket fell silent (no pong to our pings)".into(),
-                        ));
-                    }
-                    socket
-                        .send(Frame::Ping(Vec::new().into()))
-                        .await
-                        .map_err(|e| PlatformError::Unavailable(e.to_string()))?;
+/// One connection, until it ends; why it ended.
+async fn connect_once(
+    api: &Api,
+    name: &str,
+    app_token: &str,
+    clock: &dyn clade_core::Clock,
+    events: &dyn Events,
+) -> Result<String, PlatformError> {
+    let url = api.open_connection(app_token).await?;
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .map_err(|e| PlatformError::Unavailable(format!("cannot open the socket: {e}")))?;
+    let mut last_ping = clock.now();
+    loop {
+        // An I/O deadline: a socket that says nothing for this long is dead.
+        let frame = match tokio::time::timeout(PING_EVERY, socket.next()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(err))) => return Err(PlatformError::Unavailable(err.to_string())),
+            Ok(None) => return Ok("the socket closed".into()),
+            Err(_) => {
+                let silent = clock.now().as_millis() - last_ping.as_millis();
+                if silent >= SILENCE.as_millis() as i64 {
+                    return Err(PlatformError::Unavailable(
+                        "the socket fell silent (no pong to our pings)".into(),
+                    ));
+                }
+                socket
+                    .send(Frame::Ping(Vec::new().into()))
+                    .await
+                    .map_err(|e| PlatformError::Unavailable(e.to_string()))?;
+                continue;
+            }
+        };
+        last_ping = clock.now();
+        let text = match frame {
+            Frame::Text(text) => text,
+            Frame::Close(_) => return Ok("Slack closed the socket".into()),
+            _ => continue,
+        };
+        let Ok(envelope) = serde_json::from_str::<Value>(text.as_str()) else {
+            events.malformed("a socket frame that is not JSON");
+            continue;
+        };
+        match envelope["type"].as_str() {
+            Some("hello") => {
+                events.connected(clock.now());
+                tracing::info!(app = name, "slack socket mode connected");
+            }
+            Some("disconnect") => {
+                let reason = envelope["reason"].as_str().unwrap_or("no reason");
+                return Ok(format!("Slack asked to reconnect ({reason})"));
+            }
+            Some("events_api") => {
+                let Some(id) = envelope["envelope_id"].as_str() else {
+                    events.malformed("an events_api envelope without envelope_id");
+                    continue;
+                };
+                // Not acknowledged when it could not be taken: Slack sends it again.
+                if let Err(err) = events.take(&envelope["payload"]).await {
+                    tracing::warn!(app = name, error = %err, "a slack event could not be taken; Slack sends it again");
                     continue;
                 }
-            };
-            last_ping = clock.now();
-            let text = match frame {
-                Frame::Text(text) => text,
-                Frame::Close(_) => return Ok("Slack closed the socket".into()),
-                _ => continue,
-            };
-            let Ok(envelope) = serde_json::from_str::<Value>(text.as_str()) else {
-                self.channel.malformed("a socket frame that is not JSON");
-                continue;
-            };
-            match envelope["type"].as_str() {
-                Some("hello") => {
-                    self.channel.health().ok(PLATFORM, name, clock.now());
-                    tracing::info!(app = name, "slack socket mode connected");
-                }
-                Some("disconnect") => {
-                    let reason = envelope["reason"].as_str().unwrap_or("no reason");
-                    return Ok(format!("Slack asked to reconnect ({reason})"));
-                }
-                Some("events_api") => {
-                    let Some(id) = envelope["envelope_id"].as_str() else {
-                        self.channel.malformed("an events_api envelope without envelope_id");
-                        continue;
-                    };
-                    // Not acknowledged when it could not be stored: Slack sends it again.
-                    if let Err(err) = self.accept(&envelope["payload"]).await {
-                        tracing::warn!(app = name, error = %err, "a slack event could not be stored; Slack sends it again");
-                        continue;
-                    }
+                clade_runtime::failpoints::hit("before_update_confirmed");
+                let ack = json!({ "envelope_id": id }).to_string();
+                socket
+                    .send(Frame::Text(ack.into()))
+                    .await
+                    .map_err(|e| PlatformError::Unavailable(e.to_string()))?;
+                events.connected(clock.now());
+            }
+            Some(other) => {
+                // Slash commands and interactivity: acknowledged, not passed on.
+                if let Some(id) = envelope["envelope_id"].as_str() {
                     let ack = json!({ "envelope_id": id }).to_string();
-                    socket
-                        .send(Frame::Text(ack.into()))
-                        .await
-                        .map_err(|e| PlatformError::Unavailable(e.to_string()))?;
-                    self.channel.health().ok(PLATFORM, name, clock.now());
+                    let _ = socket.send(Frame::Text(ack.into())).await;
                 }
-                Some(other) => {
-                    // Slash commands and interactivity: acknowledged, not passed on.
-                    if let Some(id) = envelope["envelope_id"].as_str() {
-                        let ack = json!({ "envelope_id": id }).to_string();
-                        let _ = socket.send(Frame::Text(ack.into())).await;
-                    }
-                    tracing::debug!(app = name, kind = other, "slack envelope not passed on");
-                }
-                None => {
-                    self.channel.malformed("a socket frame without a type");
-                }
+                tracing::debug!(app = name, kind = other, "slack envelope not passed on");
+            }
+            None => {
+                events.malformed("a socket frame without a type");
             }
         }
+    }
+}
+
+/// A listener of its own (`clade channels listen`): each event taken over Socket Mode is posted
+/// to the gateway's Events API route for the app, signed with the app's signing secret as
+/// Slack signs it; it is acknowledged to Slack only once the gateway has stored it (any 2xx).
+pub struct Relay {
+    http: reqwest::Client,
+    /// `<gateway>/channels/slack/<app>`.
+    target: String,
+    signing_secret: String,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    pub fn new(gateway: &str, app: &str, signing_secret: &str) -> Self {
+        let target = format!("{}/channels/{PLATFORM}/{app}", gateway.trim_end_matches('/'));
+        Self { http: reqwest::Client::new(), target, signing_secret: signing_secret.to_owned() }
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+}
+
+impl Events for Relay {
+    fn take<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            use hmac::{KeyInit as _, Mac as _};
+            let body = payload.to_string();
+            let stamp = clade_core::Clock::now(&clade_core::SystemClock).as_millis() / 1000;
+            let mut mac =
+                hmac::Hmac::<sha2::Sha256>::new_from_slice(self.signing_secret.as_bytes())
+                    .map_err(|e| e.to_string())?;
+            mac.update(format!("v0:{stamp}:").as_bytes());
+            mac.update(body.as_bytes());
+            let signature = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
+            let request = self
+                .http
+                .post(&self.target)
+                .header("x-slack-request-timestamp", stamp.to_string())
+                .header("x-slack-signature", signature)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+            let fix = "the app must be in events mode there, with the same signing secret";
+            crate::channel::relay(request, &self.target, fix).await
+        })
     }
 }
 

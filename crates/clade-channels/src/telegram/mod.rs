@@ -283,28 +283,14 @@ impl Relay {
 
 impl Updates for Relay {
     fn take<'a>(&'a self, raw: &'a Value) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            let response = self
-                .http
-                .post(&self.target)
-                .header("x-telegram-bot-api-secret-token", &self.secret)
-                .json(raw)
-                .timeout(Duration::from_secs(60))
-                .send()
-                .await
-                .map_err(|e| format!("cannot reach the gateway at {}: {e}", self.target))?;
-            let status = response.status();
-            if status.is_success() {
-                return Ok(());
-            }
-            let said = response.text().await.unwrap_or_default();
-            Err(match status.as_u16() {
-                401 | 403 => format!(
-                    "the gateway refuses this listener (HTTP {status}): the bot must be in webhook mode there, with the same secret in webhook_secret_env ({said})"
-                ),
-                _ => format!("the gateway answered HTTP {status}: {said}"),
-            })
-        })
+        let request = self
+            .http
+            .post(&self.target)
+            .header("x-telegram-bot-api-secret-token", &self.secret)
+            .json(raw);
+        let fix =
+            "the bot must be in webhook mode there, with the same secret in webhook_secret_env";
+        Box::pin(crate::channel::relay(request, &self.target, fix))
     }
 }
 

@@ -59,22 +59,46 @@ pub(super) async fn run(ctx: &Ctx, cmd: ChannelsCommand) -> Result<()> {
     Ok(())
 }
 
-/// `clade channels listen <bot>`: a Telegram bot's listener as a process of its own. It reads
-/// the bot from clade.yaml (its token, API and webhook secret from the environment), polls
-/// Telegram, and posts each update to the gateway's webhook route, confirming it to Telegram
-/// only once the gateway stored it: killed at any point, it polls the unconfirmed updates
-/// again, and the gateway takes each message once (its key is Telegram's message id).
+/// `clade channels listen <name>`: a channel's listener as a process of its own (Telegram's
+/// poller, Slack's Socket Mode). It reads the channel from clade.yaml (tokens and secrets from
+/// the environment), takes the platform's messages, and posts each to the gateway's webhook
+/// route for the channel as the platform would, confirming it to the platform only once the
+/// gateway stored it: killed at any point, it is sent the unconfirmed messages again, and the
+/// gateway takes each once (its key is the platform's message id).
 pub(super) async fn listen(
+    config: &clade_config::Config,
+    name: &str,
+    platform: Option<&str>,
+    gateway: String,
+) -> Result<()> {
+    let telegram = config.channels.telegram.contains_key(name);
+    let slack = config.channels.slack.contains_key(name);
+    let clock = clade_core::SystemClock;
+    match (platform, telegram, slack) {
+        (None, true, true) => anyhow::bail!(
+            "both channels.telegram.{name} and channels.slack.{name} exist: say which with --platform"
+        ),
+        (Some("telegram") | None, true, _) => listen_telegram(config, name, gateway, &clock).await,
+        (Some("slack") | None, _, true) => listen_slack(config, name, gateway, &clock).await,
+        _ => {
+            let named: Vec<&String> =
+                config.channels.telegram.keys().chain(config.channels.slack.keys()).collect();
+            anyhow::bail!(
+                "no channel {name:?} under channels.telegram or channels.slack in clade.yaml (there are: {named:?})"
+            )
+        }
+    }
+}
+
+async fn listen_telegram(
     config: &clade_config::Config,
     bot: &str,
     gateway: String,
+    clock: &clade_core::SystemClock,
 ) -> Result<()> {
     let bots = crate::context::telegram_bots_of(config).map_err(anyhow::Error::msg)?;
     let Some(options) = bots.into_iter().find(|b| b.settings.name == bot) else {
-        let named: Vec<&String> = config.channels.telegram.keys().collect();
-        anyhow::bail!(
-            "no Telegram bot {bot:?} under channels.telegram in clade.yaml (there are: {named:?})"
-        );
+        anyhow::bail!("no Telegram bot {bot:?} under channels.telegram in clade.yaml");
     };
     let Some(secret) = options.webhook_secret.as_deref() else {
         anyhow::bail!(
@@ -87,11 +111,8 @@ pub(super) async fn listen(
         );
     }
     let settings = &options.settings;
-    let api = clade_channels::telegram::Api::new(
-        reqwest::Client::new(),
-        &settings.api_url,
-        &settings.token,
-    );
+    let http = reqwest::Client::new();
+    let api = clade_channels::telegram::Api::new(http, &settings.api_url, &settings.token);
     let relay = clade_channels::telegram::Relay::new(&gateway, bot, secret);
     tracing::info!(
         bot,
@@ -99,7 +120,42 @@ pub(super) async fn listen(
         "telegram listener relaying updates to the gateway"
     );
     println!("clade channels listen: telegram bot {bot} -> {}", relay.target());
-    let clock = clade_core::SystemClock;
-    clade_channels::telegram::poll(&api, bot, options.poll_timeout, &clock, &relay).await;
+    clade_channels::telegram::poll(&api, bot, options.poll_timeout, clock, &relay).await;
+    Ok(())
+}
+
+async fn listen_slack(
+    config: &clade_config::Config,
+    app: &str,
+    gateway: String,
+    clock: &clade_core::SystemClock,
+) -> Result<()> {
+    let apps = crate::context::slack_apps_of(config).map_err(anyhow::Error::msg)?;
+    let Some(options) = apps.into_iter().find(|a| a.settings.name == app) else {
+        anyhow::bail!("no Slack app {app:?} under channels.slack in clade.yaml");
+    };
+    let clade_channels::slack::Mode::Events { signing_secret } = &options.mode else {
+        anyhow::bail!(
+            "channels.slack.{app} is in socket mode, so the gateway holds the socket itself: set mode: events with signing_secret_env, keeping app_token_env for this listener"
+        );
+    };
+    let entry = config.channels.slack.get(app);
+    let Some(variable) = entry.and_then(|a| a.app_token_env.as_deref()) else {
+        anyhow::bail!(
+            "channels.slack.{app}.app_token_env: the listener connects to Socket Mode with the app-level token (xapp-…); name the variable holding it"
+        );
+    };
+    let Some(app_token) = crate::context::env_value(variable) else {
+        anyhow::bail!(
+            "{variable} is not set: it holds channels.slack.{app}'s app-level token (xapp-…)"
+        );
+    };
+    let settings = &options.settings;
+    let http = reqwest::Client::new();
+    let api = clade_channels::slack::Api::new(http, &settings.api_url, &settings.token);
+    let relay = clade_channels::slack::Relay::new(&gateway, app, signing_secret);
+    tracing::info!(app, target = relay.target(), "slack listener relaying events to the gateway");
+    println!("clade channels listen: slack app {app} -> {}", relay.target());
+    clade_channels::slack::socket_mode(&api, app, &app_token, clock, &relay).await;
     Ok(())
 }

@@ -19,6 +19,8 @@ struct FakeSlack {
     outgoing: VecDeque<Value>,
     /// Envelope ids acknowledged by the app.
     acks: Vec<String>,
+    /// Envelopes sent and not acknowledged: Slack sends them again on the next connection.
+    unacked: Vec<Value>,
     /// Messages posted: (channel, thread_ts, text).
     posted: Vec<(String, Option<String>, String)>,
     /// Each message's texts, first as posted, then as updated, by ts.
@@ -192,6 +194,13 @@ async fn serve_socket(fake: Fake, mut socket: WebSocket) {
     if socket.send(Message::Text(hello.to_string().into())).await.is_err() {
         return;
     }
+    {
+        let mut fake = fake.lock().unwrap();
+        let again = std::mem::take(&mut fake.unacked);
+        for envelope in again.into_iter().rev() {
+            fake.outgoing.push_front(envelope);
+        }
+    }
     loop {
         let (next, leave) = {
             let mut fake = fake.lock().unwrap();
@@ -204,16 +213,19 @@ async fn serve_socket(fake: Fake, mut socket: WebSocket) {
             let _ = socket.send(Message::Close(None)).await;
             return;
         }
-        if let Some(envelope) = next
-            && socket.send(Message::Text(envelope.to_string().into())).await.is_err()
-        {
-            return;
+        if let Some(envelope) = next {
+            fake.lock().unwrap().unacked.push(envelope.clone());
+            if socket.send(Message::Text(envelope.to_string().into())).await.is_err() {
+                return;
+            }
         }
         match tokio::time::timeout(Duration::from_millis(20), socket.recv()).await {
             Ok(Some(Ok(Message::Text(text)))) => {
                 let ack: Value = serde_json::from_str(text.as_str()).unwrap();
                 let id = ack["envelope_id"].as_str().unwrap().to_owned();
-                fake.lock().unwrap().acks.push(id);
+                let mut fake = fake.lock().unwrap();
+                fake.unacked.retain(|e| e["envelope_id"] != id.as_str());
+                fake.acks.push(id);
             }
             Ok(Some(Ok(_))) | Err(_) => {}
             Ok(None) | Ok(Some(Err(_))) => return,
@@ -232,6 +244,21 @@ async fn serve_fake(fake: &Fake) -> String {
     fake.lock().unwrap().url = format!("ws://{address}");
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{address}/api")
+}
+
+/// A data dir with `ada` and the app `team` in events mode on the Web API at `api` (its app
+/// token's variable named too, for a listener of its own).
+fn events_app(api: &str) -> Env {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "channels:\n  slack:\n    team:\n      token_env: SLACK_TOKEN\n      mode: events\n      signing_secret_env: SLACK_SECRET\n      app_token_env: SLACK_APP\n      api_url: {api}\n      stream: false\n\
+             default_agent: ada\n"
+        ),
+    );
+    env
 }
 
 fn envelope(id: &str, event: Value) -> Value {
@@ -322,15 +349,7 @@ async fn slack_events_signed_by_slacks_sdk_are_taken_once() {
     let Some(python) = python_clients("the Slack events test") else { return };
     let fake: Fake = Arc::default();
     let api = serve_fake(&fake).await;
-    let mut env = Env::new();
-    env.run(&["agents", "create", "ada"]).ok();
-    write(
-        &env.data_dir().join("clade.yaml"),
-        &format!(
-            "channels:\n  slack:\n    team:\n      token_env: SLACK_TOKEN\n      mode: events\n      signing_secret_env: SLACK_SECRET\n      api_url: {api}\n      stream: false\n\
-             default_agent: ada\n"
-        ),
-    );
+    let mut env = events_app(&api);
     env.vars.push(("SLACK_TOKEN".into(), BOT_TOKEN.into()));
     let secret = "8f742231b10e8888abcd99yyyzzz85a5";
     env.vars.push(("SLACK_SECRET".into(), secret.into()));
@@ -429,4 +448,78 @@ async fn an_agent_sends_a_file_into_the_slack_thread_it_was_asked_in() {
     // The reply's text went first, into the same thread.
     assert_eq!(f.posted.len(), 1, "{:?}", f.posted);
     assert_eq!(f.posted[0].1.as_deref(), Some("5.0"));
+}
+
+/// The app's Socket Mode listener as a process of its own (`clade channels listen`), the
+/// gateway in events mode: a listener without the signing secret gets nothing stored or
+/// acknowledged; one killed after taking an event and before acknowledging it is sent it again
+/// on the next connection; every message is answered once (0 lost, 0 doubled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slack_listener_of_its_own_relays_every_event_once_through_a_kill() {
+    let fake: Fake = Arc::default();
+    {
+        let mut f = fake.lock().unwrap();
+        for n in 1..=4 {
+            let event = dm("D1", "U1", &format!("1.{n}"), &format!("m{n}"));
+            f.outgoing.push_back(envelope(&format!("e{n}"), event));
+        }
+    }
+    let api = serve_fake(&fake).await;
+    let mut env = events_app(&api);
+    for (name, value) in
+        [("SLACK_TOKEN", BOT_TOKEN), ("SLACK_APP", APP_TOKEN), ("SLACK_SECRET", "signing-secret")]
+    {
+        env.vars.push((name.into(), value.into()));
+    }
+    let server = env.serve(&[]);
+    let listen = |vars: &[(&str, &str)]| {
+        let mut cmd = env.command();
+        cmd.args(["channels", "listen", "team", "--server", &server.url])
+            .envs(vars.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    // Signed with another secret: refused, nothing stored or acknowledged.
+    let mut wrong = listen(&[("SLACK_SECRET", "not-the-secret")]).spawn().unwrap();
+    assert!(until(&fake, |f| f.unacked.len() == 4).await, "the events were not sent");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = wrong.kill();
+    let out = wrong.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("the gateway refuses this listener"), "{said}");
+    assert!(fake.lock().unwrap().acks.is_empty() && fake.lock().unwrap().posted.is_empty());
+
+    // Dies after the second event is stored, before it is acknowledged.
+    if clade_runtime::failpoints::ENABLED {
+        let out = listen(&[("CLADE_FAILPOINTS", "before_update_confirmed=2")]).output().unwrap();
+        assert!(!out.status.success(), "the failpoint was never reached");
+        assert_eq!(fake.lock().unwrap().acks, ["e1"]);
+    } else {
+        assert!(std::env::var("CI").is_err(), "CI builds the suite with failpoints");
+    }
+    {
+        let mut f = fake.lock().unwrap();
+        for n in 5..=6 {
+            let event = dm("D1", "U1", &format!("1.{n}"), &format!("m{n}"));
+            f.outgoing.push_back(envelope(&format!("e{n}"), event));
+        }
+    }
+    let mut listener = listen(&[]).spawn().unwrap();
+    let answered = until(&fake, |f| f.posted.len() >= 6 && f.unacked.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let posted: Vec<String> = fake.lock().unwrap().posted.iter().map(|p| p.2.clone()).collect();
+    assert!(answered, "{posted:?}");
+    let mut expected: Vec<String> = (1..=6).map(|n| format!("echo: m{n}")).collect();
+    let mut got = posted.clone();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected, "each message answered once");
+    let sessions = server.sessions_on("ada", "slack", "team:D1").await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let turns = server.all_turns(sessions[0]["id"].as_str().unwrap()).await;
+    let events: usize = turns.iter().map(|t| t["events"].as_array().unwrap().len()).sum();
+    assert_eq!(events, 6);
 }
