@@ -236,28 +236,50 @@ pub enum Body<'a> {
 /// How long sending a file may take.
 pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Sends a listener's message on to the gateway (`request`, to `target`): `Ok` once the gateway
-/// answered that it is stored (any 2xx); else why, with `fix` when the gateway refused the
-/// listener's secret.
-pub async fn relay(
-    request: reqwest::RequestBuilder,
-    target: &str,
-    fix: &str,
-) -> Result<(), String> {
-    let response = request
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach the gateway at {target}: {e}"))?;
-    let status = response.status();
-    if status.is_success() {
-        return Ok(());
+/// Where a listener of its own sends what it takes: the gateway's route for its channel,
+/// `<gateway>/channels/<platform>/<name>`.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    http: reqwest::Client,
+    target: String,
+}
+
+impl Forward {
+    pub fn new(gateway: &str, platform: &str, name: &str) -> Self {
+        let target = format!("{}/channels/{platform}/{name}", gateway.trim_end_matches('/'));
+        Self { http: reqwest::Client::new(), target }
     }
-    let said = response.text().await.unwrap_or_default();
-    Err(match status.as_u16() {
-        401 | 403 => format!("the gateway refuses this listener (HTTP {status}): {fix} ({said})"),
-        _ => format!("the gateway answered HTTP {status}: {said}"),
-    })
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Sends what `build` makes of a POST to the route: `Ok` once the gateway answered that
+    /// it is stored (any 2xx); else why, with `fix` when the gateway refused the listener's
+    /// secret.
+    pub async fn send(
+        &self,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+        fix: &str,
+    ) -> Result<(), String> {
+        let target = &self.target;
+        let response = build(self.http.post(target))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the gateway at {target}: {e}"))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let said = response.text().await.unwrap_or_default();
+        Err(match status.as_u16() {
+            401 | 403 => {
+                format!("the gateway refuses this listener (HTTP {status}): {fix} ({said})")
+            }
+            _ => format!("the gateway answered HTTP {status}: {said}"),
+        })
+    }
 }
 
 /// A wait a platform asked for, in seconds, as a duration between 50 ms and an hour.

@@ -36,6 +36,7 @@ use std::sync::Arc;
 pub struct Channels {
     telegram: BTreeMap<String, Arc<telegram::Bot>>,
     slack: BTreeMap<String, Arc<slack::App>>,
+    discord: BTreeMap<String, Arc<discord::Bot>>,
     health: Health,
 }
 
@@ -50,10 +51,17 @@ impl Channels {
         health: Health,
         telegram: Vec<Arc<telegram::Bot>>,
         slack: Vec<Arc<slack::App>>,
+        discord: Vec<Arc<discord::Bot>>,
     ) -> Self {
         let telegram = telegram.into_iter().map(|bot| (bot.name().to_owned(), bot)).collect();
         let slack = slack.into_iter().map(|app| (app.name().to_owned(), app)).collect();
-        Self { telegram, slack, health }
+        let discord = discord.into_iter().map(|bot| (bot.name().to_owned(), bot)).collect();
+        Self { telegram, slack, discord, health }
+    }
+
+    /// The Discord bot named `name`, if configured.
+    pub fn discord(&self, name: &str) -> Option<&Arc<discord::Bot>> {
+        self.discord.get(name)
     }
 
     /// The Slack app named `name`, if configured.

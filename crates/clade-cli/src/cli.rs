@@ -1058,15 +1058,17 @@ pub(crate) enum ChannelsCommand {
         server: ServerArgs,
     },
     /// Run a channel's listener as a process of its own, which passes each message to the
-    /// gateway as the platform's webhook would: a Telegram bot (polled; the gateway declares it
-    /// mode: webhook with webhook_secret_env, without public_url) or a Slack app (Socket Mode;
-    /// the gateway declares it mode: events with signing_secret_env, and app_token_env for this
-    /// listener). Replies still go out from the gateway
+    /// gateway: a Telegram bot (polled; the gateway declares it mode: webhook with
+    /// webhook_secret_env, without public_url), a Slack app (Socket Mode; the gateway declares
+    /// it mode: events with signing_secret_env, and app_token_env for this listener) or a
+    /// Discord bot (its gateway socket; the gateway declares it mode: relay with
+    /// relay_secret_env). Replies still go out from the gateway
     Listen {
-        /// The bot or app, as named under channels.telegram or channels.slack in clade.yaml
+        /// The bot or app, as named under channels.telegram, channels.slack or
+        /// channels.discord in clade.yaml
         name: String,
-        /// Which platform's, when both have one of that name
-        #[arg(long, value_parser = ["telegram", "slack"])]
+        /// Which platform's, when several have one of that name
+        #[arg(long, value_parser = ["telegram", "slack", "discord"])]
         platform: Option<String>,
         #[command(flatten)]
         server: ServerArgs,

@@ -192,7 +192,7 @@ pub(crate) fn telegram_bots_of(
 /// an unset variable is an error naming it.
 pub(crate) fn discord_bots_of(
     config: &Config,
-) -> std::result::Result<Vec<clade_channels::channel::Settings>, String> {
+) -> std::result::Result<Vec<clade_channels::discord::BotOptions>, String> {
     config
         .channels
         .discord
@@ -200,7 +200,25 @@ pub(crate) fn discord_bots_of(
         .map(|(name, bot)| {
             let field = format!("channels.discord.{name}");
             let api = (bot.token_env.as_str(), &bot.api_url, clade_channels::discord::PUBLIC_API);
-            channel_settings(&field, name, api, (bot.stream, bot.max_attempts, bot.group_sessions))
+            let settings = channel_settings(
+                &field,
+                name,
+                api,
+                (bot.stream, bot.max_attempts, bot.group_sessions),
+            )?;
+            let relay_secret = match (bot.mode, &bot.relay_secret_env) {
+                (clade_config::DiscordMode::Relay, Some(variable)) => {
+                    let secret = channel_variable(&field, variable, "the relay's secret")?;
+                    if !(16..=256).contains(&secret.len()) {
+                        return Err(format!(
+                            "{field}: the secret in {variable} must be 16 to 256 bytes"
+                        ));
+                    }
+                    Some(secret)
+                }
+                _ => None,
+            };
+            Ok(clade_channels::discord::BotOptions { settings, relay_secret })
         })
         .collect()
 }

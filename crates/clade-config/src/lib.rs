@@ -853,6 +853,15 @@ pub struct DiscordConfig {
     /// comes from it (`GET /gateway/bot`).
     #[serde(default)]
     pub api_url: Option<String>,
+    /// Who holds Discord's gateway socket: `gateway` (this process) or `relay` (a listener of
+    /// its own, `clade channels listen`, which posts each message to
+    /// `POST /channels/discord/<bot>`).
+    #[serde(default)]
+    pub mode: DiscordMode,
+    /// Relay mode: the environment variable holding the secret the listener sends with each
+    /// message (16-256 bytes; the gateway and the listener read the same).
+    #[serde(default)]
+    pub relay_secret_env: Option<String>,
     /// Whether replies stream into one message edited in place.
     #[serde(default = "default_true")]
     pub stream: bool,
@@ -866,11 +875,27 @@ pub struct DiscordConfig {
     pub group_sessions: GroupSessions,
 }
 
+/// Who holds a Discord bot's gateway socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscordMode {
+    #[default]
+    Gateway,
+    Relay,
+}
+
 impl DiscordConfig {
-    /// What types alone cannot say: the name, the token variable, the URL.
+    /// What types alone cannot say: the name, the token variable, the URL, relay's secret.
     fn check(&self, name: &str) -> Result<(), String> {
         let field = format!("channels.discord.{name}");
-        check_channel(&field, name, &self.token_env, &self.api_url, self.max_attempts)
+        check_channel(&field, name, &self.token_env, &self.api_url, self.max_attempts)?;
+        let named = self.relay_secret_env.as_deref().is_some_and(|v| !v.trim().is_empty());
+        if self.mode == DiscordMode::Relay && !named {
+            return Err(format!(
+                "{field}.relay_secret_env: relay mode takes messages from a listener of its own, proved by a secret, or anyone could post messages as Discord; name the variable holding it"
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -242,7 +242,11 @@ fn slack_apps_are_checked() {
         parse(&text).and_then(|c| c.check(Path::new("clade.yaml")).map_err(|e| e.to_string()))
     };
     discord("token_env: T").unwrap();
+    discord("token_env: T, mode: relay, relay_secret_env: R").unwrap();
     for (bot, says) in [
+        ("token_env: T, mode: relay", "relay_secret_env"),
+        ("token_env: T, mode: relay, relay_secret_env: ' '", "relay_secret_env"),
+        ("token_env: T, mode: webhook", "expected one of gateway, relay"),
         ("token_env: ' '", "guild.token_env"),
         ("token_env: T, api_url: discord.example", "api_url"),
         ("token_env: T, max_attempts: 0", "max_attempts"),

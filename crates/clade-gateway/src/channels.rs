@@ -101,6 +101,47 @@ pub(crate) async fn slack(
     }
 }
 
+/// `POST /channels/discord/{bot}`: what a bot's listener of its own relays (relay mode), with
+/// the bot's relay secret: a message, taken once (200) or refused with 503 when it cannot be
+/// stored now, so that the listener sends it again; or a new session's notice, which starts
+/// the catch-up of what was sent meanwhile.
+pub(crate) async fn discord(
+    State(state): State<AppState>,
+    Path(bot_name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let secret = headers
+        .get(clade_channels::discord::RELAY_SECRET_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    // An unknown bot and a wrong secret answer alike: a stranger learns no bot's name.
+    let bot = state.channels.discord(&bot_name).filter(|bot| bot.relay_secret_matches(secret));
+    let Some(bot) = bot else {
+        tracing::info!(bot = %bot_name, "discord relay request refused: no such bot in relay mode, or a wrong secret");
+        return Err(ApiError::new(
+            Code::InvalidSignature,
+            "not a relay of this gateway's: X-Clade-Relay-Secret must be the secret in the bot's relay_secret_env",
+        ));
+    };
+    let relayed: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(relayed) => relayed,
+        Err(err) => {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                format!("a relayed message must be JSON: {err}"),
+            ));
+        }
+    };
+    match bot.relayed(&relayed).await {
+        Ok(()) => Ok(axum::Json(serde_json::json!({"ok": true})).into_response()),
+        Err(err) => Err(ApiError::new(
+            Code::StoreUnavailable,
+            format!("the message could not be stored now ({err}); send it again"),
+        )),
+    }
+}
+
 /// `GET /v1/channels`: every chat channel's health, for the operator.
 pub(crate) async fn list(
     State(state): State<AppState>,

@@ -338,6 +338,37 @@ pub static OPERATIONS: &[Operation] = &[
         )
     },
     Operation {
+        params: &[
+            path("bot", text_schema),
+            Param {
+                name: "X-Clade-Relay-Secret",
+                location: "header",
+                required: false,
+                description: Some("the secret in the bot's `relay_secret_env`"),
+                schema: text_schema,
+            },
+        ],
+        description: Some(
+            "Where a Discord bot's listener of its own (`clade channels listen <bot>`, the bot in `channels.discord.<bot>.mode: relay`) posts what its gateway socket receives: `{\"user\": <the bot's user id>, \"d\": <a MESSAGE_CREATE's data>}`, which becomes an event of the agent the bindings pick for platform `discord`, channel `<bot>:<channel id>`, its channel and message ids the idempotency key, so a message relayed twice runs no second turn; or `{\"ready\": <the bot's user id>}` after a new session, which fetches what was sent meanwhile from the REST API. The reply is sent by the gateway from the outbox.",
+        ),
+        responses: &[
+            empty("200", "taken, or skipped for good"),
+            error("400", "a body that is not JSON"),
+            error(
+                "401",
+                "no bot of that name in relay mode, or a wrong secret (`invalid_signature`: alike)",
+            ),
+            error("503", "the message could not be stored now: send it again"),
+        ],
+        ..op(
+            "POST",
+            "/channels/discord/{bot}",
+            &[],
+            "Discord relay: a message a bot's listener of its own received becomes an event of the agent its bindings pick",
+            || post(channels::discord),
+        )
+    },
+    Operation {
         responses: &[
             ok("200", "every channel", of::<api::ChannelListResponse>),
             error("404", "the caller is not the operator"),

@@ -10,6 +10,10 @@
 //! or one Discord would not resume) replays nothing, so the bot then fetches, from the REST
 //! API, the messages sent since the newest it took in each chat it knows
 //! (`clade-store`'s `channel_chats`).
+//!
+//! The gateway socket can also be held by a listener of its own ([`Relay`], `clade channels
+//! listen`, the bot in `mode: relay`): it posts each message to the gateway, and tells it when
+//! a new session began, so the gateway runs that catch-up.
 
 pub mod api;
 
@@ -18,6 +22,7 @@ use std::time::Duration;
 
 use clade_runtime::Engine;
 use clade_runtime::outbox::Subscriber;
+use futures::future::BoxFuture;
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -46,11 +51,23 @@ const CATCH_UP_PAGES: u32 = 10;
 /// Tries to fetch one page before the chat's catch-up is given up.
 const FETCH_TRIES: u32 = 5;
 
+/// What one bot needs, resolved from `channels.discord.<name>`.
+#[derive(Debug, Clone)]
+pub struct BotOptions {
+    pub settings: Settings,
+    /// Relay mode's secret: a listener of its own holds the gateway socket and posts each
+    /// message with it; `None` when this process holds the socket.
+    pub relay_secret: Option<String>,
+}
+
 /// One Discord bot: its gateway connection over the shared [`Channel`].
 pub struct Bot {
     channel: Arc<Channel<Api>>,
     /// Whether a catch-up runs: a new session while one does starts no second.
     catching_up: std::sync::atomic::AtomicBool,
+    relay_secret: Option<String>,
+    /// Itself, for the catch-up a new session spawns.
+    me: std::sync::Weak<Bot>,
 }
 
 impl std::fmt::Debug for Bot {
@@ -90,10 +107,60 @@ impl From<PlatformError> for Ended {
 
 impl Bot {
     /// A bot from `channels.discord.<name>`.
-    pub fn new(settings: &Settings, engine: Engine, health: Health) -> Arc<Self> {
+    pub fn new(options: &BotOptions, engine: Engine, health: Health) -> Arc<Self> {
+        let settings = &options.settings;
         let api = Api::new(reqwest::Client::new(), &settings.api_url, &settings.token);
-        let channel = Channel::new(settings, "gateway", api, engine, health);
-        Arc::new(Self { channel, catching_up: std::sync::atomic::AtomicBool::new(false) })
+        let mode = if options.relay_secret.is_some() { "relay" } else { "gateway" };
+        let channel = Channel::new(settings, mode, api, engine, health);
+        Arc::new_cyclic(|me| Self {
+            channel,
+            catching_up: std::sync::atomic::AtomicBool::new(false),
+            relay_secret: options.relay_secret.clone(),
+            me: me.clone(),
+        })
+    }
+
+    /// Checks a relayed message's `X-Clade-Relay-Secret`; never in gateway mode.
+    pub fn relay_secret_matches(&self, given: &[u8]) -> bool {
+        use sha2::{Digest, Sha256};
+        let Some(secret) = &self.relay_secret else { return false };
+        // Digests compared, so the time taken says nothing about the secret's bytes.
+        Sha256::digest(given) == Sha256::digest(secret.as_bytes())
+    }
+
+    /// Takes what a listener of its own relayed: `{"user": <the bot's id>, "d": <a
+    /// MESSAGE_CREATE's data>}`, stored once (`Err` when it could not be now: the listener
+    /// sends it again); or `{"ready": <the bot's id>}`, a new session, which starts a catch-up.
+    pub async fn relayed(&self, body: &Value) -> Result<(), crate::channel::NotTaken> {
+        if let Some(user) = body["ready"].as_str() {
+            self.ready(user);
+            return Ok(());
+        }
+        let Some(user) = body["user"].as_str() else {
+            self.channel.malformed("a relayed message without the bot's user id");
+            return Ok(());
+        };
+        match read_message(&body["d"], user) {
+            Ok(Some(inbound)) => self.store_once(inbound, seen_of(&body["d"])).await,
+            Ok(None) => Ok(()),
+            Err(why) => {
+                self.channel.malformed(&why);
+                Ok(())
+            }
+        }
+    }
+
+    /// A new session replays nothing: fetch what was sent meanwhile, beside the socket, whose
+    /// heartbeats must go on.
+    fn ready(&self, user: &str) {
+        let Some(bot) = self.me.upgrade() else { return };
+        if !self.catching_up.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let user = user.to_owned();
+            tokio::spawn(async move {
+                bot.catch_up(&user).await;
+                bot.catching_up.store(false, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -105,10 +172,18 @@ impl Bot {
         self.channel.subscriber().await
     }
 
-    /// Starts the gateway connection. Aborting the handle stops it.
+    /// Starts the gateway connection (in relay mode, a listener of its own holds it).
+    /// Aborting the handle stops it.
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let bot = self.clone();
-        tokio::spawn(async move { bot.run().await })
+        tokio::spawn(async move {
+            if bot.relay_secret.is_none() {
+                let clock = bot.channel.store().clock().clone();
+                run(bot.channel.api(), bot.channel.name(), &*clock, &*bot).await;
+            } else {
+                tracing::info!(bot = %bot.channel.name(), "discord bot in relay mode: run `clade channels listen {}` to hold its gateway socket", bot.channel.name());
+            }
+        })
     }
 
     /// The key of this bot's chats in the store.
@@ -116,212 +191,13 @@ impl Bot {
         format!("{PLATFORM}:{}", self.channel.name())
     }
 
-    async fn run(self: &Arc<Self>) {
-        let name = self.channel.name();
-        let clock = self.channel.store().clock().clone();
-        let mut session: Option<Session> = None;
-        let mut seq: Option<i64> = None;
-        let mut failures = 0u32;
-        loop {
-            let (ended, healthy) = self.connect_once(&mut session, &mut seq).await;
-            if healthy {
-                failures = 0;
-            }
-            match ended {
-                Ended::Fatal(why) => {
-                    self.channel.health().failed(PLATFORM, name, &why);
-                    tracing::error!(bot = name, %why, "discord gateway refused the bot; it stays offline until the gateway restarts");
-                    return;
-                }
-                Ended::Again(why) if healthy => {
-                    tracing::info!(bot = name, %why, resumes = session.is_some(), "discord gateway connection ended; connecting again");
-                }
-                Ended::Again(why) => {
-                    failures += 1;
-                    self.channel.health().failed(PLATFORM, name, &why);
-                    if failures == 1 || failures.is_multiple_of(10) {
-                        tracing::warn!(bot = name, failures, %why, "discord gateway failed; reconnecting with back-off");
-                    }
-                    let wait = Duration::from_secs(1u64 << failures.saturating_sub(1).min(5));
-                    clock.sleep(wait.min(MAX_BACKOFF)).await;
-                }
-            }
-        }
-    }
-
-    /// One connection, until it ends, and whether it got as far as a session.
-    async fn connect_once(
-        self: &Arc<Self>,
-        session: &mut Option<Session>,
-        seq: &mut Option<i64>,
-    ) -> (Ended, bool) {
-        let mut healthy = false;
-        let ended = self.connection(session, seq, &mut healthy).await.unwrap_or_else(|e| e);
-        (ended, healthy)
-    }
-
-    async fn connection(
-        self: &Arc<Self>,
-        session: &mut Option<Session>,
-        seq: &mut Option<i64>,
-        healthy: &mut bool,
-    ) -> Result<Ended, Ended> {
-        let name = self.channel.name();
-        let base = match session {
-            Some(session) => session.resume_url.clone(),
-            None => self.channel.api().gateway_url().await?,
-        };
-        let url = format!("{}/?v=10&encoding=json", base.trim_end_matches('/'));
-        let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
-            .await
-            .map_err(|e| Ended::Again(format!("cannot open the gateway: {e}")))?;
-        let hello = match tokio::time::timeout(HELLO_WAIT, socket.next()).await {
-            Ok(Some(Ok(Frame::Text(text)))) => serde_json::from_str::<Value>(text.as_str()).ok(),
-            _ => None,
-        };
-        let interval = hello
-            .filter(|h| h["op"] == 10)
-            .and_then(|h| h["d"]["heartbeat_interval"].as_u64())
-            .ok_or_else(|| Ended::Again("the gateway sent no hello".into()))?;
-        let interval = Duration::from_millis(interval.max(100));
-        let token = self.channel.api().token().to_owned();
-        let opening = match (&*session, *seq) {
-            (Some(s), Some(at)) => {
-                json!({"op": 6, "d": {"token": token, "session_id": s.id, "seq": at}})
-            }
-            _ => json!({"op": 2, "d": {
-                "token": token,
-                "intents": INTENTS,
-                "properties": {"os": std::env::consts::OS, "browser": "clade", "device": "clade"},
-            }}),
-        };
-        send(&mut socket, &opening).await?;
-        let clock = self.channel.store().clock().clone();
-        // The first beat comes half an interval in (Discord asks for a random fraction).
-        let mut next_beat = clock.now().plus(interval / 2);
-        let mut acked = true;
-        loop {
-            let wait = next_beat.as_millis().saturating_sub(clock.now().as_millis()).max(0);
-            let frame = tokio::select! {
-                frame = socket.next() => frame,
-                () = clock.sleep(Duration::from_millis(wait.unsigned_abs())) => {
-                    if !acked {
-                        let _ = socket.close(None).await;
-                        return Ok(Ended::Again("a heartbeat was not acknowledged (a zombie connection)".into()));
-                    }
-                    send(&mut socket, &json!({"op": 1, "d": *seq})).await?;
-                    acked = false;
-                    next_beat = clock.now().plus(interval);
-                    continue;
-                }
-            };
-            let text = match frame {
-                Some(Ok(Frame::Text(text))) => text,
-                Some(Ok(Frame::Close(close))) => {
-                    let (code, reason) = close
-                        .map(|c| (u16::from(c.code), c.reason.to_string()))
-                        .unwrap_or((1000, String::new()));
-                    return Ok(closed(code, &reason, session, seq));
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(err)) => {
-                    return Ok(Ended::Again(format!("the gateway socket failed: {err}")));
-                }
-                None => return Ok(Ended::Again("the gateway socket closed".into())),
-            };
-            let Ok(payload) = serde_json::from_str::<Value>(text.as_str()) else {
-                self.channel.malformed("a gateway frame that is not JSON");
-                continue;
-            };
-            if let Some(at) = payload["s"].as_i64() {
-                *seq = Some(at);
-            }
-            match payload["op"].as_u64() {
-                Some(0) => match payload["t"].as_str() {
-                    Some("READY") => {
-                        let d = &payload["d"];
-                        let ready = (
-                            d["session_id"].as_str(),
-                            d["resume_gateway_url"].as_str(),
-                            d["user"]["id"].as_str(),
-                        );
-                        let (Some(id), Some(resume_url), Some(user)) = ready else {
-                            return Ok(Ended::Again(
-                                "READY without a session, resume URL or user".into(),
-                            ));
-                        };
-                        *session = Some(Session {
-                            id: id.to_owned(),
-                            resume_url: resume_url.to_owned(),
-                            user: user.to_owned(),
-                        });
-                        *healthy = true;
-                        self.channel.health().ok(PLATFORM, name, clock.now());
-                        tracing::info!(bot = name, "discord gateway ready");
-                        // A new session replays nothing: fetch what was sent meanwhile, beside
-                        // the socket, whose heartbeats must go on.
-                        let (bot, user) = (self.clone(), user.to_owned());
-                        if !self.catching_up.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                            tokio::spawn(async move {
-                                bot.catch_up(&user).await;
-                                bot.catching_up.store(false, std::sync::atomic::Ordering::SeqCst);
-                            });
-                        }
-                    }
-                    Some("RESUMED") => {
-                        *healthy = true;
-                        self.channel.health().ok(PLATFORM, name, clock.now());
-                        tracing::info!(bot = name, "discord gateway session resumed");
-                    }
-                    Some("MESSAGE_CREATE") => {
-                        let Some(user) = session.as_ref().map(|s| s.user.clone()) else { continue };
-                        match read_message(&payload["d"], &user) {
-                            Ok(Some(inbound)) => self.store(inbound, seen_of(&payload["d"])).await,
-                            Ok(None) => {}
-                            Err(why) => {
-                                self.channel.malformed(&why);
-                            }
-                        }
-                    }
-                    _ => {}
-                },
-                Some(1) => send(&mut socket, &json!({"op": 1, "d": *seq})).await?,
-                Some(7) => {
-                    let _ = socket.close(None).await;
-                    return Ok(Ended::Again("Discord asked to reconnect".into()));
-                }
-                Some(9) => {
-                    if payload["d"] != true {
-                        *session = None;
-                        *seq = None;
-                    }
-                    let _ = socket.close(None).await;
-                    return Ok(Ended::Again("Discord said the session is invalid".into()));
-                }
-                Some(11) => acked = true,
-                _ => {}
-            }
-        }
-    }
-
     /// Stores one message, trying again a few times: the gateway will not send it again. Once
     /// stored, its chat's newest message moves to it (`seen`: its number and the chat's kind).
     async fn store(&self, inbound: Inbound, seen: Option<(i64, &'static str)>) {
         let clock = self.channel.store().clock().clone();
         for attempt in 1..=STORE_TRIES {
-            match self.channel.take(inbound.clone()).await {
-                Ok(_) => {
-                    if let Some((id, kind)) = seen {
-                        let system = self.channel.store().system();
-                        if let Err(err) =
-                            system.saw_in_chat(&self.chats_key(), &inbound.chat, kind, id).await
-                        {
-                            // Only a catch-up after a restart reads it, and fetches more then.
-                            tracing::debug!(bot = %self.channel.name(), error = %err, "the chat's newest message was not noted");
-                        }
-                    }
-                    return;
-                }
+            match self.store_once(inbound.clone(), seen).await {
+                Ok(()) => return,
                 Err(err) if attempt == STORE_TRIES => {
                     tracing::error!(bot = %self.channel.name(), message = %inbound.id, error = %err, "a discord message could not be stored and is lost");
                 }
@@ -335,6 +211,23 @@ impl Bot {
 }
 
 impl Bot {
+    /// Stores one message; once stored, its chat's newest message moves to it.
+    async fn store_once(
+        &self,
+        inbound: Inbound,
+        seen: Option<(i64, &'static str)>,
+    ) -> Result<(), crate::channel::NotTaken> {
+        self.channel.take(inbound.clone()).await?;
+        if let Some((id, kind)) = seen {
+            let system = self.channel.store().system();
+            if let Err(err) = system.saw_in_chat(&self.chats_key(), &inbound.chat, kind, id).await {
+                // Only a catch-up after a restart reads it, and fetches more then.
+                tracing::debug!(bot = %self.channel.name(), error = %err, "the chat's newest message was not noted");
+            }
+        }
+        Ok(())
+    }
+
     /// Takes, from the REST API, the messages of the chats this bot knows that were sent after
     /// the newest it took in each: what a new session does not replay. At most
     /// [`CATCH_UP_PAGES`] pages a chat, oldest first; a message taken already is no second
@@ -419,6 +312,282 @@ impl Bot {
                 "discord messages sent while the bot was away were taken"
             );
         }
+    }
+}
+
+/// Where a gateway connection's messages go, and who hears how it goes.
+pub trait Dispatches: Send + Sync {
+    /// A new session began: nothing is replayed, so what was sent meanwhile must be fetched.
+    /// `user` is the bot's own id.
+    fn ready<'a>(&'a self, user: &'a str) -> BoxFuture<'a, ()>;
+    /// One MESSAGE_CREATE's data, in a session of the bot `user`. Discord sends it once: it
+    /// is stored before the next frame is read.
+    fn message<'a>(&'a self, d: &'a Value, user: &'a str) -> BoxFuture<'a, ()>;
+    fn connected(&self, _at: clade_core::Timestamp) {}
+    fn failing(&self, _why: &str) {}
+    fn malformed(&self, _why: &str) {}
+}
+
+impl Dispatches for Bot {
+    fn ready<'a>(&'a self, user: &'a str) -> BoxFuture<'a, ()> {
+        Bot::ready(self, user);
+        Box::pin(async {})
+    }
+    fn message<'a>(&'a self, d: &'a Value, user: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            match read_message(d, user) {
+                Ok(Some(inbound)) => self.store(inbound, seen_of(d)).await,
+                Ok(None) => {}
+                Err(why) => {
+                    self.channel.malformed(&why);
+                }
+            }
+        })
+    }
+    fn connected(&self, at: clade_core::Timestamp) {
+        self.channel.health().ok(PLATFORM, self.channel.name(), at);
+    }
+    fn failing(&self, why: &str) {
+        self.channel.health().failed(PLATFORM, self.channel.name(), why);
+    }
+    fn malformed(&self, why: &str) {
+        self.channel.malformed(why);
+    }
+}
+
+/// Holds the bot's gateway connection: connects, resumes where Discord allows it, identifies
+/// afresh where not, and passes each dispatch to `sink`. Runs until aborted, or until Discord
+/// refuses the bot for good (a bad token, intents not enabled).
+pub async fn run(api: &Api, name: &str, clock: &dyn clade_core::Clock, sink: &dyn Dispatches) {
+    let mut session: Option<Session> = None;
+    let mut seq: Option<i64> = None;
+    let mut failures = 0u32;
+    loop {
+        let mut healthy = false;
+        let ended = connection(api, clock, sink, &mut session, &mut seq, &mut healthy)
+            .await
+            .unwrap_or_else(|e| e);
+        if healthy {
+            failures = 0;
+        }
+        match ended {
+            Ended::Fatal(why) => {
+                sink.failing(&why);
+                tracing::error!(bot = name, %why, "discord gateway refused the bot; it stays offline until restarted");
+                return;
+            }
+            Ended::Again(why) if healthy => {
+                tracing::info!(bot = name, %why, resumes = session.is_some(), "discord gateway connection ended; connecting again");
+            }
+            Ended::Again(why) => {
+                failures += 1;
+                sink.failing(&why);
+                if failures == 1 || failures.is_multiple_of(10) {
+                    tracing::warn!(bot = name, failures, %why, "discord gateway failed; reconnecting with back-off");
+                }
+                let wait = Duration::from_secs(1u64 << failures.saturating_sub(1).min(5));
+                clock.sleep(wait.min(MAX_BACKOFF)).await;
+            }
+        }
+    }
+}
+
+/// One connection, until it ends (and whether it got as far as a session).
+async fn connection(
+    api: &Api,
+    clock: &dyn clade_core::Clock,
+    sink: &dyn Dispatches,
+    session: &mut Option<Session>,
+    seq: &mut Option<i64>,
+    healthy: &mut bool,
+) -> Result<Ended, Ended> {
+    let base = match session {
+        Some(session) => session.resume_url.clone(),
+        None => api.gateway_url().await?,
+    };
+    let url = format!("{}/?v=10&encoding=json", base.trim_end_matches('/'));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .map_err(|e| Ended::Again(format!("cannot open the gateway: {e}")))?;
+    let hello = match tokio::time::timeout(HELLO_WAIT, socket.next()).await {
+        Ok(Some(Ok(Frame::Text(text)))) => serde_json::from_str::<Value>(text.as_str()).ok(),
+        _ => None,
+    };
+    let interval = hello
+        .filter(|h| h["op"] == 10)
+        .and_then(|h| h["d"]["heartbeat_interval"].as_u64())
+        .ok_or_else(|| Ended::Again("the gateway sent no hello".into()))?;
+    let interval = Duration::from_millis(interval.max(100));
+    let token = api.token().to_owned();
+    let opening = match (&*session, *seq) {
+        (Some(s), Some(at)) => {
+            json!({"op": 6, "d": {"token": token, "session_id": s.id, "seq": at}})
+        }
+        _ => json!({"op": 2, "d": {
+            "token": token,
+            "intents": INTENTS,
+            "properties": {"os": std::env::consts::OS, "browser": "clade", "device": "clade"},
+        }}),
+    };
+    send(&mut socket, &opening).await?;
+    // The first beat comes half an interval in (Discord asks for a random fraction).
+    let mut next_beat = clock.now().plus(interval / 2);
+    let mut acked = true;
+    loop {
+        let wait = next_beat.as_millis().saturating_sub(clock.now().as_millis()).max(0);
+        let frame = tokio::select! {
+            frame = socket.next() => frame,
+            () = clock.sleep(Duration::from_millis(wait.unsigned_abs())) => {
+                if !acked {
+                    let _ = socket.close(None).await;
+                    return Ok(Ended::Again("a heartbeat was not acknowledged (a zombie connection)".into()));
+                }
+                send(&mut socket, &json!({"op": 1, "d": *seq})).await?;
+                acked = false;
+                next_beat = clock.now().plus(interval);
+                continue;
+            }
+        };
+        let text = match frame {
+            Some(Ok(Frame::Text(text))) => text,
+            Some(Ok(Frame::Close(close))) => {
+                let (code, reason) = close
+                    .map(|c| (u16::from(c.code), c.reason.to_string()))
+                    .unwrap_or((1000, String::new()));
+                return Ok(closed(code, &reason, session, seq));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => {
+                return Ok(Ended::Again(format!("the gateway socket failed: {err}")));
+            }
+            None => return Ok(Ended::Again("the gateway socket closed".into())),
+        };
+        let Ok(payload) = serde_json::from_str::<Value>(text.as_str()) else {
+            sink.malformed("a gateway frame that is not JSON");
+            continue;
+        };
+        if let Some(at) = payload["s"].as_i64() {
+            *seq = Some(at);
+        }
+        match payload["op"].as_u64() {
+            Some(0) => match payload["t"].as_str() {
+                Some("READY") => {
+                    let d = &payload["d"];
+                    let ready = (
+                        d["session_id"].as_str(),
+                        d["resume_gateway_url"].as_str(),
+                        d["user"]["id"].as_str(),
+                    );
+                    let (Some(id), Some(resume_url), Some(user)) = ready else {
+                        return Ok(Ended::Again(
+                            "READY without a session, resume URL or user".into(),
+                        ));
+                    };
+                    *session = Some(Session {
+                        id: id.to_owned(),
+                        resume_url: resume_url.to_owned(),
+                        user: user.to_owned(),
+                    });
+                    *healthy = true;
+                    sink.connected(clock.now());
+                    tracing::info!("discord gateway ready");
+                    sink.ready(user).await;
+                }
+                Some("RESUMED") => {
+                    *healthy = true;
+                    sink.connected(clock.now());
+                    tracing::info!("discord gateway session resumed");
+                }
+                Some("MESSAGE_CREATE") => {
+                    let Some(user) = session.as_ref().map(|s| s.user.clone()) else { continue };
+                    sink.message(&payload["d"], &user).await;
+                }
+                _ => {}
+            },
+            Some(1) => send(&mut socket, &json!({"op": 1, "d": *seq})).await?,
+            Some(7) => {
+                let _ = socket.close(None).await;
+                return Ok(Ended::Again("Discord asked to reconnect".into()));
+            }
+            Some(9) => {
+                if payload["d"] != true {
+                    *session = None;
+                    *seq = None;
+                }
+                let _ = socket.close(None).await;
+                return Ok(Ended::Again("Discord said the session is invalid".into()));
+            }
+            Some(11) => acked = true,
+            _ => {}
+        }
+    }
+}
+
+/// A listener of its own (`clade channels listen`): it holds the bot's gateway socket and posts
+/// each message to the gateway's relay route for the bot (`POST /channels/discord/<bot>`, with
+/// the relay secret), and says when a new session began, so the gateway fetches what was sent
+/// meanwhile. Discord sends a message once: one that cannot be relayed after a few tries is
+/// left to that catch-up.
+pub struct Relay {
+    forward: crate::channel::Forward,
+    secret: String,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").field("target", &self.target()).finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    pub fn new(gateway: &str, bot: &str, secret: &str) -> Self {
+        let forward = crate::channel::Forward::new(gateway, PLATFORM, bot);
+        Self { forward, secret: secret.to_owned() }
+    }
+
+    pub fn target(&self) -> &str {
+        self.forward.target()
+    }
+
+    /// Posts `body`, a few times until the gateway has stored it; whether it did.
+    async fn post(&self, body: &Value) -> bool {
+        for attempt in 1..=STORE_TRIES {
+            let build = |request: reqwest::RequestBuilder| {
+                request.header(RELAY_SECRET_HEADER, &self.secret).json(body)
+            };
+            let fix = "the bot must be in relay mode there, with the same relay_secret_env";
+            match self.forward.send(build, fix).await {
+                Ok(()) => return true,
+                Err(why) => {
+                    tracing::warn!(error = %why, attempt, "a discord message could not be relayed; trying again");
+                    let wait = Duration::from_millis(200 << attempt);
+                    clade_core::Clock::sleep(&clade_core::SystemClock, wait).await;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// The header a relayed message carries its secret in.
+pub const RELAY_SECRET_HEADER: &str = "x-clade-relay-secret";
+
+impl Dispatches for Relay {
+    fn ready<'a>(&'a self, user: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if !self.post(&json!({ "ready": user })).await {
+                tracing::warn!(
+                    "the gateway was not told of a new discord session: what was sent while the bot was away is fetched at its next one"
+                );
+            }
+        })
+    }
+    fn message<'a>(&'a self, d: &'a Value, user: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if !self.post(&json!({ "user": user, "d": d })).await {
+                tracing::error!(message = ?d["id"].as_str(), "a discord message could not be relayed; the gateway fetches it at the bot's next new session");
+            }
+        })
     }
 }
 

@@ -323,26 +323,24 @@ async fn connect_once(
 /// to the gateway's Events API route for the app, signed with the app's signing secret as
 /// Slack signs it; it is acknowledged to Slack only once the gateway has stored it (any 2xx).
 pub struct Relay {
-    http: reqwest::Client,
-    /// `<gateway>/channels/slack/<app>`.
-    target: String,
+    forward: crate::channel::Forward,
     signing_secret: String,
 }
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").field("target", &self.target).finish_non_exhaustive()
+        f.debug_struct("Relay").field("target", &self.target()).finish_non_exhaustive()
     }
 }
 
 impl Relay {
     pub fn new(gateway: &str, app: &str, signing_secret: &str) -> Self {
-        let target = format!("{}/channels/{PLATFORM}/{app}", gateway.trim_end_matches('/'));
-        Self { http: reqwest::Client::new(), target, signing_secret: signing_secret.to_owned() }
+        let forward = crate::channel::Forward::new(gateway, PLATFORM, app);
+        Self { forward, signing_secret: signing_secret.to_owned() }
     }
 
     pub fn target(&self) -> &str {
-        &self.target
+        self.forward.target()
     }
 }
 
@@ -358,15 +356,15 @@ impl Events for Relay {
             mac.update(format!("v0:{stamp}:").as_bytes());
             mac.update(body.as_bytes());
             let signature = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
-            let request = self
-                .http
-                .post(&self.target)
-                .header("x-slack-request-timestamp", stamp.to_string())
-                .header("x-slack-signature", signature)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
+            let build = |request: reqwest::RequestBuilder| {
+                request
+                    .header("x-slack-request-timestamp", stamp.to_string())
+                    .header("x-slack-signature", signature)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body)
+            };
             let fix = "the app must be in events mode there, with the same signing secret";
-            crate::channel::relay(request, &self.target, fix).await
+            self.forward.send(build, fix).await
         })
     }
 }

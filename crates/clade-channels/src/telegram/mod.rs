@@ -264,33 +264,29 @@ pub async fn poll(
 /// post it; it is confirmed to Telegram only once the gateway has stored it (any 2xx).
 #[derive(Debug)]
 pub struct Relay {
-    http: reqwest::Client,
-    /// `<gateway>/channels/telegram/<bot>`.
-    target: String,
+    forward: crate::channel::Forward,
     secret: String,
 }
 
 impl Relay {
     pub fn new(gateway: &str, bot: &str, secret: &str) -> Self {
-        let target = format!("{}/channels/{PLATFORM}/{bot}", gateway.trim_end_matches('/'));
-        Self { http: reqwest::Client::new(), target, secret: secret.to_owned() }
+        let forward = crate::channel::Forward::new(gateway, PLATFORM, bot);
+        Self { forward, secret: secret.to_owned() }
     }
 
     pub fn target(&self) -> &str {
-        &self.target
+        self.forward.target()
     }
 }
 
 impl Updates for Relay {
     fn take<'a>(&'a self, raw: &'a Value) -> BoxFuture<'a, Result<(), String>> {
-        let request = self
-            .http
-            .post(&self.target)
-            .header("x-telegram-bot-api-secret-token", &self.secret)
-            .json(raw);
+        let build = move |request: reqwest::RequestBuilder| {
+            request.header("x-telegram-bot-api-secret-token", &self.secret).json(raw)
+        };
         let fix =
             "the bot must be in webhook mode there, with the same secret in webhook_secret_env";
-        Box::pin(crate::channel::relay(request, &self.target, fix))
+        Box::pin(self.forward.send(build, fix))
     }
 }
 

@@ -71,23 +71,67 @@ pub(super) async fn listen(
     platform: Option<&str>,
     gateway: String,
 ) -> Result<()> {
-    let telegram = config.channels.telegram.contains_key(name);
-    let slack = config.channels.slack.contains_key(name);
+    let channels = &config.channels;
+    let found: Vec<&str> = [
+        ("telegram", channels.telegram.contains_key(name)),
+        ("slack", channels.slack.contains_key(name)),
+        ("discord", channels.discord.contains_key(name)),
+    ]
+    .into_iter()
+    .filter(|(p, there)| *there && platform.is_none_or(|wanted| wanted == *p))
+    .map(|(p, _)| p)
+    .collect();
     let clock = clade_core::SystemClock;
-    match (platform, telegram, slack) {
-        (None, true, true) => anyhow::bail!(
-            "both channels.telegram.{name} and channels.slack.{name} exist: say which with --platform"
-        ),
-        (Some("telegram") | None, true, _) => listen_telegram(config, name, gateway, &clock).await,
-        (Some("slack") | None, _, true) => listen_slack(config, name, gateway, &clock).await,
-        _ => {
-            let named: Vec<&String> =
-                config.channels.telegram.keys().chain(config.channels.slack.keys()).collect();
+    match found.as_slice() {
+        ["telegram"] => listen_telegram(config, name, gateway, &clock).await,
+        ["slack"] => listen_slack(config, name, gateway, &clock).await,
+        ["discord"] => listen_discord(config, name, gateway, &clock).await,
+        [] => {
+            let named: Vec<&String> = channels
+                .telegram
+                .keys()
+                .chain(channels.slack.keys())
+                .chain(channels.discord.keys())
+                .collect();
             anyhow::bail!(
-                "no channel {name:?} under channels.telegram or channels.slack in clade.yaml (there are: {named:?})"
+                "no channel {name:?} under channels.telegram, channels.slack or channels.discord in clade.yaml (there are: {named:?})"
             )
         }
+        several => anyhow::bail!(
+            "{name:?} names a channel of each of {several:?}: say which with --platform"
+        ),
     }
+}
+
+async fn listen_discord(
+    config: &clade_config::Config,
+    bot: &str,
+    gateway: String,
+    clock: &clade_core::SystemClock,
+) -> Result<()> {
+    let bots = crate::context::discord_bots_of(config).map_err(anyhow::Error::msg)?;
+    let Some(options) = bots.into_iter().find(|b| b.settings.name == bot) else {
+        anyhow::bail!("no Discord bot {bot:?} under channels.discord in clade.yaml");
+    };
+    let Some(secret) = options.relay_secret.as_deref() else {
+        anyhow::bail!(
+            "channels.discord.{bot} is in gateway mode, so the gateway holds Discord's socket itself: set mode: relay and relay_secret_env (the same variable for the gateway and this listener)"
+        );
+    };
+    let settings = &options.settings;
+    let http = reqwest::Client::new();
+    let api = clade_channels::discord::Api::new(http, &settings.api_url, &settings.token);
+    let relay = clade_channels::discord::Relay::new(&gateway, bot, secret);
+    tracing::info!(
+        bot,
+        target = relay.target(),
+        "discord listener relaying messages to the gateway"
+    );
+    println!("clade channels listen: discord bot {bot} -> {}", relay.target());
+    clade_channels::discord::run(&api, bot, clock, &relay).await;
+    anyhow::bail!(
+        "Discord refused the bot (the log says why): fix it, then start the listener again"
+    )
 }
 
 async fn listen_telegram(

@@ -140,7 +140,12 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         .chain(apps.iter().map(|app| AbortOnDrop(app.start())))
         .chain(gateway_bots.iter().map(|bot| AbortOnDrop(bot.start())))
         .collect();
-    let channels = std::sync::Arc::new(clade_channels::Channels::new(channel_health, bots, apps));
+    let channels = std::sync::Arc::new(clade_channels::Channels::new(
+        channel_health,
+        bots,
+        apps,
+        gateway_bots.clone(),
+    ));
     let admin_path = crate::admin_socket::path(ctx, None);
     let admin = crate::admin_socket::serve(
         &admin_path,

@@ -493,3 +493,64 @@ async fn an_agent_sends_a_file_to_a_discord_chat_within_discords_limit() {
     assert!(f.created[1].1.starts_with("[video.bin could not be sent:"), "{:?}", f.created);
     assert!(f.created[1].1.contains("over the"), "{:?}", f.created);
 }
+
+/// The bot's gateway socket held by a listener of its own (`clade channels listen`, the bot in
+/// relay mode): messages it receives are answered by the gateway; killed, and started again,
+/// its new session tells the gateway, which fetches what was sent meanwhile; every message is
+/// answered once. The relay route takes nothing without the bot's relay secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_of_its_own_relays_discord_messages_once_across_a_kill() {
+    let fake: Fake = Arc::default();
+    let api = serve_fake(&fake).await;
+    let secret = "relay-secret-of-16-bytes-at-least";
+    let (env, _) = super::support::attaching_agent(
+        &format!(
+            "  discord:\n    guild:\n      token_env: DISCORD_TOKEN\n      api_url: {api}\n      mode: relay\n      relay_secret_env: DISCORD_RELAY\n      stream: false\n"
+        ),
+        &[("DISCORD_TOKEN", TOKEN), ("DISCORD_RELAY", secret)],
+        &[],
+    );
+    let server = env.serve(&[]);
+    // Without the secret, or with another, nothing is taken.
+    let relayed = json!({"user": BOT_USER, "d": message("50", "D1", None, "U1", "forged")});
+    for given in ["", "not-the-relay-secret"] {
+        let answer = reqwest::Client::new()
+            .post(format!("{}/channels/discord/guild", server.url))
+            .header("x-clade-relay-secret", given)
+            .json(&relayed)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 401);
+    }
+    let listen = || {
+        let mut cmd = env.command();
+        cmd.args(["channels", "listen", "guild", "--server", &server.url])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd.spawn().unwrap()
+    };
+    let mut first = listen();
+    fake.lock().unwrap().outgoing.push_back(message("100", "D1", None, "U1", "m1"));
+    assert!(until(&fake, |f| f.created.len() == 1).await, "the relayed message was not answered");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = first.kill();
+    let _ = first.wait();
+    // While no listener holds the socket.
+    fake.lock().unwrap().history.push(message("205", "D1", None, "U1", "m2"));
+    let mut second = listen();
+    fake.lock().unwrap().outgoing.push_back(message("300", "D1", None, "U1", "m3"));
+    let done = until(&fake, |f| f.created.len() >= 3).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _ = second.kill();
+    let _ = second.wait();
+    let mut replies: Vec<String> =
+        fake.lock().unwrap().created.iter().map(|(_, text)| text.clone()).collect();
+    assert!(done, "{replies:?}");
+    replies.sort();
+    assert_eq!(replies, ["echo: m1", "echo: m2", "echo: m3"]);
+    assert!(!replies.iter().any(|r| r.contains("forged")));
+    assert_eq!(fake.lock().unwrap().openings.len(), 2, "each listener identified once");
+    let (_, status) = server.send("GET", "/v1/channels", None, None).await;
+    assert_eq!(status["items"][0]["mode"], "relay", "{status}");
+}
