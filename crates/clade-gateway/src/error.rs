@@ -60,6 +60,7 @@ codes! {
     InvalidSetting => ("invalid_setting", UNPROCESSABLE_ENTITY),
     InvalidMemory => ("invalid_memory", UNPROCESSABLE_ENTITY),
     MemoryFull => ("memory_full", UNPROCESSABLE_ENTITY),
+    MemoryOff => ("memory_off", UNPROCESSABLE_ENTITY),
     InvalidLease => ("invalid_lease", UNPROCESSABLE_ENTITY),
     InvalidFork => ("invalid_fork", UNPROCESSABLE_ENTITY),
     PayloadTooLarge => ("payload_too_large", PAYLOAD_TOO_LARGE),

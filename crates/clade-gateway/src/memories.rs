@@ -83,7 +83,7 @@ fn refusal(handle: &str, err: clade_memory::Error) -> ApiError {
 fn memory_of(state: &AppState) -> Result<std::sync::Arc<Memory>, ApiError> {
     state.engine.memory().ok_or_else(|| {
         ApiError::new(
-            Code::InvalidMemory,
+            Code::MemoryOff,
             "agents have no memory in this deployment (`memory.enabled: false` in clade.yaml)",
         )
     })
@@ -214,6 +214,11 @@ pub(crate) async fn create_in_session(
     let memory = memory_of(&state)?;
     checked_source_tool(params.source_tool.as_deref())?;
     let session = crate::sessions::reachable_row(&state, &tenant, &reach, &id).await?;
+    // Memory is the agent's, recalled in its other sessions: a token that reaches this session
+    // alone (a session lease) may not write to it.
+    if !reach.allows(session.agent_id) {
+        return Err(clade_store::Error::SessionNotFound(session.id.to_string()).into());
+    }
     let store =
         state.store.acting_as(format!("tenant {} (api)", tenant.name)).tenant_scope(tenant.id);
     let turn = match params.turn.as_deref() {

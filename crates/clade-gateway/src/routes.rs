@@ -805,7 +805,7 @@ pub static OPERATIONS: &[Operation] = &[
             error("404", "no such agent"),
             error(
                 "422",
-                "content that is not text or over 4 KiB, or memory is off (`invalid_memory`)",
+                "content that is not text or over 4 KiB (`invalid_memory`), or memory is off (`memory_off`)",
             ),
         ],
         ..op(
@@ -827,7 +827,7 @@ pub static OPERATIONS: &[Operation] = &[
             ),
             error("400", "invalid body"),
             error("404", "no such agent"),
-            error("422", "memory is off (`invalid_memory`)"),
+            error("422", "memory is off (`memory_off`)"),
         ],
         ..op(
             "POST",
@@ -920,7 +920,7 @@ pub static OPERATIONS: &[Operation] = &[
         responses: &[
             ok("200", "what the upkeep did", of::<api::MemoryUpkeepResponse>),
             error("404", "no such agent"),
-            error("422", "memory is off (`invalid_memory`)"),
+            error("422", "memory is off (`memory_off`)"),
         ],
         ..op(
             "POST",
@@ -1361,7 +1361,7 @@ pub static OPERATIONS: &[Operation] = &[
             error("404", "no such session, or no such turn in it"),
             error(
                 "422",
-                "content that is not text or over 4 KiB, or memory is off (`invalid_memory`); the agent holds memory.max_items_per_agent items (`memory_full`)",
+                "content that is not text or over 4 KiB (`invalid_memory`), memory is off (`memory_off`), or the agent holds memory.max_items_per_agent items (`memory_full`)",
             ),
         ],
         ..op(

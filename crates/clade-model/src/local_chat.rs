@@ -391,8 +391,13 @@ impl Provider for LocalChat {
             tokio::task::spawn_blocking(move || {
                 let _place = place;
                 let mut weights = pool.take();
+                // Nothing to show (a call being written) still stops once the caller is gone.
                 let say = |text: String| {
-                    text.is_empty() || tx.send(Ok(StreamEvent::TextDelta(text))).is_ok()
+                    if text.is_empty() {
+                        !tx.is_closed()
+                    } else {
+                        tx.send(Ok(StreamEvent::TextDelta(text))).is_ok()
+                    }
                 };
                 // With tools, a call's text is held back and read as a call when the answer ends.
                 let mut splitter = calling.then(CallSplitter::default);

@@ -52,12 +52,21 @@ const CATCH_UP_PAGES: u32 = 10;
 const FETCH_TRIES: u32 = 5;
 
 /// What one bot needs, resolved from `channels.discord.<name>`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BotOptions {
     pub settings: Settings,
     /// Relay mode's secret: a listener of its own holds the gateway socket and posts each
     /// message with it; `None` when this process holds the socket.
     pub relay_secret: Option<String>,
+}
+
+impl std::fmt::Debug for BotOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BotOptions")
+            .field("settings", &self.settings)
+            .field("relay", &self.relay_secret.is_some())
+            .finish()
+    }
 }
 
 /// One Discord bot: its gateway connection over the shared [`Channel`].
@@ -364,7 +373,7 @@ pub async fn run(api: &Api, name: &str, clock: &dyn clade_core::Clock, sink: &dy
     let mut failures = 0u32;
     loop {
         let mut healthy = false;
-        let ended = connection(api, clock, sink, &mut session, &mut seq, &mut healthy)
+        let ended = connection(api, name, clock, sink, &mut session, &mut seq, &mut healthy)
             .await
             .unwrap_or_else(|e| e);
         if healthy {
@@ -395,6 +404,7 @@ pub async fn run(api: &Api, name: &str, clock: &dyn clade_core::Clock, sink: &dy
 /// One connection, until it ends (and whether it got as far as a session).
 async fn connection(
     api: &Api,
+    name: &str,
     clock: &dyn clade_core::Clock,
     sink: &dyn Dispatches,
     session: &mut Option<Session>,
@@ -490,13 +500,13 @@ async fn connection(
                     });
                     *healthy = true;
                     sink.connected(clock.now());
-                    tracing::info!("discord gateway ready");
+                    tracing::info!(bot = name, "discord gateway ready");
                     sink.ready(user).await;
                 }
                 Some("RESUMED") => {
                     *healthy = true;
                     sink.connected(clock.now());
-                    tracing::info!("discord gateway session resumed");
+                    tracing::info!(bot = name, "discord gateway session resumed");
                 }
                 Some("MESSAGE_CREATE") => {
                     let Some(user) = session.as_ref().map(|s| s.user.clone()) else { continue };
@@ -526,11 +536,12 @@ async fn connection(
 /// A listener of its own (`clade channels listen`): it holds the bot's gateway socket and posts
 /// each message to the gateway's relay route for the bot (`POST /channels/discord/<bot>`, with
 /// the relay secret), and says when a new session began, so the gateway fetches what was sent
-/// meanwhile. Discord sends a message once: one that cannot be relayed after a few tries is
-/// left to that catch-up.
+/// meanwhile. Discord sends a message once, so posting runs beside the socket (whose heartbeats
+/// must go on), in order, each message tried until the gateway has stored it: a gateway that is
+/// down or restarting loses nothing while the listener runs.
 pub struct Relay {
     forward: crate::channel::Forward,
-    secret: String,
+    queue: tokio::sync::mpsc::UnboundedSender<Value>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -539,55 +550,54 @@ impl std::fmt::Debug for Relay {
     }
 }
 
+/// The header a relayed message carries its secret in.
+pub const RELAY_SECRET_HEADER: &str = "x-clade-relay-secret";
+
 impl Relay {
-    pub fn new(gateway: &str, bot: &str, secret: &str) -> Self {
+    /// The relay, and its sender's task (which runs while the relay lives).
+    pub fn start(gateway: &str, bot: &str, secret: &str) -> Self {
         let forward = crate::channel::Forward::new(gateway, PLATFORM, bot);
-        Self { forward, secret: secret.to_owned() }
+        let (queue, mut waiting) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        let (sender, secret) = (forward.clone(), secret.to_owned());
+        tokio::spawn(async move {
+            let clock = clade_core::SystemClock;
+            while let Some(body) = waiting.recv().await {
+                let mut failures = 0u32;
+                loop {
+                    let build = |request: reqwest::RequestBuilder| {
+                        request.header(RELAY_SECRET_HEADER, &secret).json(&body)
+                    };
+                    let fix = "the bot must be in relay mode there, with the same relay_secret_env";
+                    match sender.send(build, fix).await {
+                        Ok(()) => break,
+                        Err(why) => {
+                            failures += 1;
+                            if failures == 1 || failures.is_multiple_of(10) {
+                                tracing::warn!(error = %why, failures, "a discord message could not be relayed yet; it is tried again, and those after it wait");
+                            }
+                            let wait = Duration::from_millis(200 << failures.min(8));
+                            clade_core::Clock::sleep(&clock, wait.min(MAX_BACKOFF)).await;
+                        }
+                    }
+                }
+            }
+        });
+        Self { forward, queue }
     }
 
     pub fn target(&self) -> &str {
         self.forward.target()
     }
-
-    /// Posts `body`, a few times until the gateway has stored it; whether it did.
-    async fn post(&self, body: &Value) -> bool {
-        for attempt in 1..=STORE_TRIES {
-            let build = |request: reqwest::RequestBuilder| {
-                request.header(RELAY_SECRET_HEADER, &self.secret).json(body)
-            };
-            let fix = "the bot must be in relay mode there, with the same relay_secret_env";
-            match self.forward.send(build, fix).await {
-                Ok(()) => return true,
-                Err(why) => {
-                    tracing::warn!(error = %why, attempt, "a discord message could not be relayed; trying again");
-                    let wait = Duration::from_millis(200 << attempt);
-                    clade_core::Clock::sleep(&clade_core::SystemClock, wait).await;
-                }
-            }
-        }
-        false
-    }
 }
-
-/// The header a relayed message carries its secret in.
-pub const RELAY_SECRET_HEADER: &str = "x-clade-relay-secret";
 
 impl Dispatches for Relay {
     fn ready<'a>(&'a self, user: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            if !self.post(&json!({ "ready": user })).await {
-                tracing::warn!(
-                    "the gateway was not told of a new discord session: what was sent while the bot was away is fetched at its next one"
-                );
-            }
-        })
+        let _ = self.queue.send(json!({ "ready": user }));
+        Box::pin(async {})
     }
     fn message<'a>(&'a self, d: &'a Value, user: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            if !self.post(&json!({ "user": user, "d": d })).await {
-                tracing::error!(message = ?d["id"].as_str(), "a discord message could not be relayed; the gateway fetches it at the bot's next new session");
-            }
-        })
+        let _ = self.queue.send(json!({ "user": user, "d": d }));
+        Box::pin(async {})
     }
 }
 

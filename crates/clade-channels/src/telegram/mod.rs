@@ -262,10 +262,15 @@ pub async fn poll(
 /// A listener of its own (`clade channels listen`): each update polled from Telegram is posted
 /// to the gateway's webhook route for the bot, with the bot's webhook secret, as Telegram would
 /// post it; it is confirmed to Telegram only once the gateway has stored it (any 2xx).
-#[derive(Debug)]
 pub struct Relay {
     forward: crate::channel::Forward,
     secret: String,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").field("target", &self.target()).finish_non_exhaustive()
+    }
 }
 
 impl Relay {

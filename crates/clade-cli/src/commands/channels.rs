@@ -121,7 +121,7 @@ async fn listen_discord(
     let settings = &options.settings;
     let http = reqwest::Client::new();
     let api = clade_channels::discord::Api::new(http, &settings.api_url, &settings.token);
-    let relay = clade_channels::discord::Relay::new(&gateway, bot, secret);
+    let relay = clade_channels::discord::Relay::start(&gateway, bot, secret);
     tracing::info!(
         bot,
         target = relay.target(),

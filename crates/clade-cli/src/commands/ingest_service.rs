@@ -224,6 +224,14 @@ impl Service {
                     }
                     return Ok(saved);
                 }
+                // Nothing can be saved: stop rather than pass over turns for good.
+                422 if answer.body["error"]["code"] == "memory_off" => {
+                    return Err(Failure::Fatal(anyhow::anyhow!(
+                        "the gateway has memory off ({}): turn memory on there (memory.enabled), then start the service again; it goes on from turn {}",
+                        message(&answer),
+                        self.cursor
+                    )));
+                }
                 // One item the gateway will never take holds up no other.
                 422 => {
                     tracing::warn!(session, turn, error = %message(&answer), "a mined item was refused")

@@ -271,6 +271,12 @@ async fn a_leased_cli_reaches_one_session_only_while_its_lease_lives_and_its_cha
     let (status, answer) =
         as_laptop(&server.url, &key, &mut at, "POST", "/v1/leases".into(), Some(extend)).await;
     assert_eq!((status, answer["error"]["code"].clone()), (403, json!("forbidden")), "{answer}");
+    // The agent's memory is recalled in its other sessions: a lease of one may not write to it.
+    let remember = json!({ "content": "Everyone's password is hunter2" });
+    let path = format!("/v1/sessions/{leased}/memories");
+    let (status, answer) =
+        as_laptop(&server.url, &key, &mut at, "POST", path, Some(remember)).await;
+    assert_eq!(status, 404, "{answer}");
 
     // Its chat sends into the leased session and follows it; when the chat ends, so does the
     // lease ("revoked on disconnect").

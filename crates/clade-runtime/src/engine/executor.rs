@@ -407,7 +407,7 @@ pub(crate) async fn execute(
             }
             State::Dispatch { iteration, step, index } => match step.tool_calls.get(index) {
                 Some(call) => {
-                    let result =
+                    let mut result =
                         Box::pin(dispatch(&turn, &done, journal, hands, iteration, index, call))
                             .await?;
                     if call.name == clade_tools::builtin::REPLY_ATTACH
@@ -419,6 +419,14 @@ pub(crate) async fn execute(
                         files.retain(|f| f.path != file.path);
                         if files.len() < clade_tools::builtin::MAX_REPLY_FILES {
                             files.push(file);
+                        } else {
+                            // Decided from the journal's results alone, so a resume says the same.
+                            result.is_error = true;
+                            result.content = format!(
+                                "{} is not sent: a reply carries at most {} files",
+                                file.path,
+                                clade_tools::builtin::MAX_REPLY_FILES
+                            );
                         }
                     }
                     messages.push(Message::Tool {
