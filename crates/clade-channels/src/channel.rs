@@ -237,34 +237,73 @@ pub enum Body<'a> {
 pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where a listener of its own sends what it takes: the gateway's route for its channel,
-/// `<gateway>/channels/<platform>/<name>`.
-#[derive(Debug, Clone)]
+/// `<gateway>/channels/<platform>/<name>`, with the channel's secret, or signed with the key
+/// of a listener paired for the channel (`clade pair listener`).
+#[derive(Clone)]
 pub struct Forward {
     http: reqwest::Client,
     target: String,
+    /// The route's path, as the gateway sees it (what a signature covers).
+    path: String,
+    signer: Option<Arc<clade_tools::remote::identity::Identity>>,
+}
+
+impl std::fmt::Debug for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forward")
+            .field("target", &self.target)
+            .field("signed", &self.signer.is_some())
+            .finish()
+    }
 }
 
 impl Forward {
-    pub fn new(gateway: &str, platform: &str, name: &str) -> Self {
-        let target = format!("{}/channels/{platform}/{name}", gateway.trim_end_matches('/'));
-        Self { http: reqwest::Client::new(), target }
+    pub fn new(
+        gateway: &str,
+        platform: &str,
+        name: &str,
+        signer: Option<Arc<clade_tools::remote::identity::Identity>>,
+    ) -> Self {
+        let path = format!("/channels/{platform}/{name}");
+        let target = format!("{}{path}", gateway.trim_end_matches('/'));
+        Self { http: reqwest::Client::new(), target, path, signer }
     }
 
     pub fn target(&self) -> &str {
         &self.target
     }
 
-    /// Sends what `build` makes of a POST to the route: `Ok` once the gateway answered that
-    /// it is stored (any 2xx); else why, with `fix` when the gateway refused the listener's
-    /// secret.
+    /// Posts `body` (of `content_type`) with `headers` (an empty value is left out): `Ok`
+    /// once the gateway answered that it is stored (any 2xx); else why, with `fix` when the
+    /// gateway refused the listener.
     pub async fn send(
         &self,
-        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+        content_type: &str,
         fix: &str,
     ) -> Result<(), String> {
+        use clade_protocol::remote_tools::{PEER_HEADER, PEER_SIGNATURE_HEADER, PEER_TIME_HEADER};
+        use clade_tools::remote::identity;
         let target = &self.target;
-        let response = build(self.http.post(target))
-            .timeout(Duration::from_secs(60))
+        let mut request = self
+            .http
+            .post(target)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .timeout(Duration::from_secs(60));
+        for (name, value) in headers.iter().filter(|(_, v)| !v.is_empty()) {
+            request = request.header(*name, value);
+        }
+        if let Some(signer) = &self.signer {
+            let time = clade_core::Clock::now(&clade_core::SystemClock).as_millis();
+            let signed = identity::request_text("POST", &self.path, time, &body);
+            request = request
+                .header(PEER_HEADER, signer.public())
+                .header(PEER_TIME_HEADER, time.to_string())
+                .header(PEER_SIGNATURE_HEADER, signer.sign(&[identity::REQUEST, &signed]));
+        }
+        let response = request
+            .body(body)
             .send()
             .await
             .map_err(|e| format!("cannot reach the gateway at {target}: {e}"))?;

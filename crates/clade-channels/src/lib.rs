@@ -28,6 +28,15 @@ pub use health::{ChannelHealth, ChannelState, Health};
 /// own listener may open such a session.
 pub const PLATFORMS: &[&str] = &[telegram::PLATFORM, slack::PLATFORM, discord::PLATFORM];
 
+/// The kind a channel's listener of its own is paired as (`clade pair listener`); its name is
+/// `<platform>-<channel>`. A relayed message signed with its key needs no channel secret.
+pub const LISTENER_PEER_KIND: &str = "listener";
+
+/// The name a channel's paired listener is recorded under.
+pub fn listener_name(platform: &str, channel: &str) -> String {
+    format!("{platform}-{channel}")
+}
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -893,6 +893,24 @@ pub(crate) enum PairCommand {
         #[arg(long, value_name = "PATH")]
         admin_socket: Option<std::path::PathBuf>,
     },
+    /// Pair a channel's listener on another machine (`clade remote listen` there, then `clade
+    /// channels listen <channel> --paired`): it passes the channel's messages to the gateway
+    /// signed with its key, so it holds none of the channel's secrets
+    Listener {
+        /// The waiting listener's URL (`http://relay-host:7432/`)
+        endpoint: String,
+        /// The channel, as named in clade.yaml
+        channel: String,
+        /// Its platform
+        #[arg(long, value_parser = ["telegram", "slack", "discord"])]
+        platform: String,
+        /// Environment variable holding the token the waiting listener printed, which authorizes the pairing
+        #[arg(long, value_name = "VAR", default_value = "CLADE_PAIR_TOKEN")]
+        token_env: String,
+        /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<std::path::PathBuf>,
+    },
     /// The paired components
     List {
         #[arg(long)]
@@ -902,7 +920,7 @@ pub(crate) enum PairCommand {
     /// subscriber is sent nothing more and its leases end
     Remove {
         name: String,
-        /// `tool`, `subscriber` or `operator`, when several kinds have a component of this name
+        /// `tool`, `subscriber`, `operator` or `listener`, when several kinds have a component of this name
         #[arg(long, value_name = "KIND")]
         kind: Option<String>,
     },
@@ -1070,6 +1088,11 @@ pub(crate) enum ChannelsCommand {
         /// Which platform's, when several have one of that name
         #[arg(long, value_parser = ["telegram", "slack", "discord"])]
         platform: Option<String>,
+        /// Prove itself with the key this machine was paired with (`clade remote listen` here,
+        /// `clade pair listener` on the gateway's), not with the channel's secret; the gateway's
+        /// URL is the one it paired from unless --server says otherwise
+        #[arg(long)]
+        paired: bool,
         #[command(flatten)]
         server: ServerArgs,
     },

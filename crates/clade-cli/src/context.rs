@@ -135,7 +135,7 @@ fn channel_variable(
 
 /// What every channel's entry says: its token read from `token_env`, its API's URL (the
 /// platform's own, `public`, when not given).
-fn channel_settings(
+pub(crate) fn channel_settings(
     field: &str,
     name: &str,
     (token_env, api_url, public): (&str, &Option<String>, &str),

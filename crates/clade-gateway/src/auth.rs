@@ -351,6 +351,64 @@ fn refused(message: impl Into<String>) -> Response {
     ApiError::new(Code::InvalidToken, message).into_response()
 }
 
+/// The key, time and signature a signed request's headers carry, its time checked against the
+/// gateway's clock (`now`, Unix milliseconds).
+fn signature_of(
+    headers: &axum::http::HeaderMap,
+    now: i64,
+) -> Result<(String, i64, String), String> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (Some(key), Some(time), Some(signature)) =
+        (text(PEER_HEADER), text(PEER_TIME_HEADER), text(PEER_SIGNATURE_HEADER))
+    else {
+        return Err(format!(
+            "a signed request needs {PEER_HEADER}, {PEER_TIME_HEADER} and {PEER_SIGNATURE_HEADER}"
+        ));
+    };
+    let Ok(time) = time.parse::<i64>() else {
+        return Err(format!("{PEER_TIME_HEADER} must be Unix milliseconds"));
+    };
+    if (now - time).abs() > SIGNED_WITHIN_MS {
+        return Err(format!(
+            "the request was signed {} s from the gateway's clock; at most {} s are taken (set the clock right)",
+            (now - time).abs() / 1000,
+            SIGNED_WITHIN_MS / 1000
+        ));
+    }
+    Ok((key, time, signature))
+}
+
+/// Whether a request carries a paired component's signature (rather than a secret).
+pub(crate) fn is_signed(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key(PEER_HEADER)
+}
+
+/// Checks a signed request to a channel's route (`route`: its path and query, as sent): the
+/// signature over method, route, time and body, made within 5 minutes and not taken before.
+/// The signer's key; who it is paired as is the caller's to check.
+pub(crate) fn verify_signed(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    method: &str,
+    route: &str,
+    body: &[u8],
+) -> Result<String, String> {
+    use clade_tools::remote::identity;
+    let Some(auth) = state.peers.as_ref() else {
+        return Err("this gateway takes no signed requests".into());
+    };
+    let now = state.store.clock().now().as_millis();
+    let (key, time, signature) = signature_of(headers, now)?;
+    let signed = identity::request_text(method, route, time, body);
+    if !identity::verify(&key, &[identity::REQUEST, &signed], &signature) {
+        return Err("the request's signature is not its key's".into());
+    }
+    if !auth.first_use(&signature, time, now) {
+        return Err("this signed request was taken already: sign each request anew".into());
+    }
+    Ok(key)
+}
+
 /// A request signed with a paired operator's key.
 async fn signed_by_peer(state: AppState, request: Request, next: Next) -> Response {
     use clade_tools::remote::identity;
@@ -358,26 +416,12 @@ async fn signed_by_peer(state: AppState, request: Request, next: Next) -> Respon
         return refused("this gateway takes no signed requests: send a bearer token");
     };
     let headers = request.headers().clone();
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let (Some(key), Some(time), Some(signature)) =
-        (text(PEER_HEADER), text(PEER_TIME_HEADER), text(PEER_SIGNATURE_HEADER))
-    else {
-        return refused(format!(
-            "a signed request needs {PEER_HEADER}, {PEER_TIME_HEADER} and {PEER_SIGNATURE_HEADER}"
-        ));
-    };
-    let Ok(time) = time.parse::<i64>() else {
-        return refused(format!("{PEER_TIME_HEADER} must be Unix milliseconds"));
-    };
     let now = state.store.clock().now().as_millis();
-    if (now - time).abs() > SIGNED_WITHIN_MS {
-        return refused(format!(
-            "the request was signed {} s from the gateway's clock; at most {} s are taken (set the clock right)",
-            (now - time).abs() / 1000,
-            SIGNED_WITHIN_MS / 1000
-        ));
-    }
-    let challenge = text(CHALLENGE_HEADER);
+    let (key, time, signature) = match signature_of(&headers, now) {
+        Ok(signed) => signed,
+        Err(why) => return refused(why),
+    };
+    let challenge = headers.get(CHALLENGE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let target = request
         .extensions()
         .get::<axum::extract::OriginalUri>()

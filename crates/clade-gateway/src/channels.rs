@@ -1,10 +1,12 @@
-//! Chat channels' routes: Telegram's webhook (`POST /channels/telegram/{bot}`) and Slack's
-//! Events API (`POST /channels/slack/{app}`), which take no token (the platform's secret or
-//! signature authenticates them), and the operator's `GET /v1/channels`.
+//! Chat channels' routes: Telegram's webhook (`POST /channels/telegram/{bot}`), Slack's
+//! Events API (`POST /channels/slack/{app}`) and Discord's relay (`POST
+//! /channels/discord/{bot}`), which take no token: the channel's secret or signature
+//! authenticates them, or the signature of the listener paired for the channel (`clade pair
+//! listener`); and the operator's `GET /v1/channels`.
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use clade_channels::telegram::Taken;
@@ -14,19 +16,68 @@ use crate::api::{ChannelListResponse, ChannelStatus};
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
 
+/// Whether a request to a channel's route comes from the listener paired for the channel:
+/// `None` when it is not signed (the channel's own secret decides), else whether its signature
+/// is good and its key the one paired as `<platform>-<channel>`. Refusals read alike.
+async fn paired_listener(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    body: &[u8],
+    platform: &str,
+    channel: &str,
+) -> Option<Result<(), ApiError>> {
+    if !crate::auth::is_signed(headers) {
+        return None;
+    }
+    let refused = |why: &str| {
+        tracing::info!(platform, channel, reason = why, "a signed channel request was refused");
+        ApiError::new(
+            Code::InvalidSignature,
+            "not signed by the listener paired for this channel (`clade pair listener`), or no such channel in a mode that takes them (the gateway's log says which)",
+        )
+    };
+    let route = uri.path_and_query().map(|p| p.as_str()).unwrap_or_default();
+    let key = match crate::auth::verify_signed(state, headers, "POST", route, body) {
+        Ok(key) => key,
+        Err(why) => return Some(Err(refused(&why))),
+    };
+    let name = clade_channels::listener_name(platform, channel);
+    let peers = match state.store.peers().await {
+        Ok(peers) => peers,
+        Err(err) => return Some(Err(err.into())),
+    };
+    let paired = peers
+        .iter()
+        .any(|p| p.kind == clade_channels::LISTENER_PEER_KIND && p.name == name && p.key == key);
+    Some(if paired {
+        Ok(())
+    } else {
+        Err(refused("the key is not paired as this channel's listener"))
+    })
+}
+
 /// `POST /channels/telegram/{bot}`: one update, as Telegram's webhook posts it. 200 once it is
 /// stored (or can never be: an update Telegram should not send again); 503 when it could not
 /// be stored now, so Telegram delivers it again.
 pub(crate) async fn telegram(
     State(state): State<AppState>,
     Path(bot_name): Path<String>,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let secret =
         headers.get("x-telegram-bot-api-secret-token").map(|v| v.as_bytes()).unwrap_or_default();
+    let platform = clade_channels::telegram::PLATFORM;
+    let paired = paired_listener(&state, &headers, &uri, &body, platform, &bot_name).await;
+    let bot = state.channels.telegram(&bot_name).filter(|bot| bot.takes_webhooks());
     // An unknown bot and a wrong secret answer alike: a stranger learns no bot's name.
-    let bot = state.channels.telegram(&bot_name).filter(|bot| bot.webhook_secret_matches(secret));
+    let bot = match paired {
+        Some(Err(refused)) => return Err(refused),
+        Some(Ok(())) => bot,
+        None => bot.filter(|bot| bot.webhook_secret_matches(secret)),
+    };
     let Some(bot) = bot else {
         tracing::info!(bot = %bot_name, "telegram webhook request refused: no such bot in webhook mode, or a wrong secret token");
         return Err(ApiError::new(
@@ -63,17 +114,22 @@ pub(crate) async fn telegram(
 pub(crate) async fn slack(
     State(state): State<AppState>,
     Path(app_name): Path<String>,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = state.store.now().as_millis().div_euclid(1000);
-    let app = state.channels.slack(&app_name);
-    let verified = match app {
-        Some(app) => app
+    let platform = clade_channels::slack::PLATFORM;
+    let paired = paired_listener(&state, &headers, &uri, &body, platform, &app_name).await;
+    let app = state.channels.slack(&app_name).filter(|app| app.takes_events());
+    let verified = match (app, paired) {
+        (_, Some(Err(refused))) => return Err(refused),
+        (Some(_), Some(Ok(()))) => Ok(()),
+        (Some(app), None) => app
             .verify(header("x-slack-request-timestamp"), header("x-slack-signature"), &body, now)
             .map_err(|why| why.to_string()),
-        None => Err("no such app".to_owned()),
+        (None, _) => Err("no such app".to_owned()),
     };
     // An unknown app and a bad signature answer alike: a stranger learns no app's name.
     let (Some(app), Ok(())) = (app, verified.as_ref()) else {
@@ -108,6 +164,7 @@ pub(crate) async fn slack(
 pub(crate) async fn discord(
     State(state): State<AppState>,
     Path(bot_name): Path<String>,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -115,8 +172,15 @@ pub(crate) async fn discord(
         .get(clade_channels::discord::RELAY_SECRET_HEADER)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
+    let platform = clade_channels::discord::PLATFORM;
+    let paired = paired_listener(&state, &headers, &uri, &body, platform, &bot_name).await;
+    let bot = state.channels.discord(&bot_name).filter(|bot| bot.is_relayed());
     // An unknown bot and a wrong secret answer alike: a stranger learns no bot's name.
-    let bot = state.channels.discord(&bot_name).filter(|bot| bot.relay_secret_matches(secret));
+    let bot = match paired {
+        Some(Err(refused)) => return Err(refused),
+        Some(Ok(())) => bot,
+        None => bot.filter(|bot| bot.relay_secret_matches(secret)),
+    };
     let Some(bot) = bot else {
         tracing::info!(bot = %bot_name, "discord relay request refused: no such bot in relay mode, or a wrong secret");
         return Err(ApiError::new(

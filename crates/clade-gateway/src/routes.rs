@@ -280,7 +280,7 @@ pub static OPERATIONS: &[Operation] = &[
             },
         ],
         description: Some(
-            "Where Telegram posts a bot's updates in webhook mode (`channels.telegram.<bot>.mode: webhook`). A message becomes an event of the agent the bindings pick for platform `telegram`, channel `<bot>:<chat id>`, actor the sender's user id; its chat and message ids are the idempotency key, so a redelivered update runs no second turn. The reply is sent by the bot from the outbox. Updates that can never be taken (edits, bots' messages, unreadable ones, no binding) are answered 200 so that Telegram does not send them again.",
+            "Where Telegram posts a bot's updates in webhook mode (`channels.telegram.<bot>.mode: webhook`). A message becomes an event of the agent the bindings pick for platform `telegram`, channel `<bot>:<chat id>`, actor the sender's user id; its chat and message ids are the idempotency key, so a redelivered update runs no second turn. The reply is sent by the bot from the outbox. Updates that can never be taken (edits, bots' messages, unreadable ones, no binding) are answered 200 so that Telegram does not send them again. A listener of its own paired for the bot (`clade pair listener`) signs its requests with its key (`clade-peer`, `clade-peer-time` and `clade-peer-signature`, as paired components sign) instead of sending the secret.",
         ),
         responses: &[
             empty("200", "taken, or skipped for good"),
@@ -319,7 +319,7 @@ pub static OPERATIONS: &[Operation] = &[
             },
         ],
         description: Some(
-            "Where Slack's Events API posts an app's events (`channels.slack.<app>.mode: events`). A direct message or a mention of the app becomes an event of the agent the bindings pick for platform `slack`, channel `<app>:<channel id>` (`/<thread ts>` in a thread), actor the user id; its channel and `ts` are the idempotency key, so Slack's retries run no second turn. A `url_verification` request is answered with its challenge. Requests must be signed within 5 minutes.",
+            "Where Slack's Events API posts an app's events (`channels.slack.<app>.mode: events`). A direct message or a mention of the app becomes an event of the agent the bindings pick for platform `slack`, channel `<app>:<channel id>` (`/<thread ts>` in a thread), actor the user id; its channel and `ts` are the idempotency key, so Slack's retries run no second turn. A `url_verification` request is answered with its challenge. Requests must be signed within 5 minutes, with the signing secret or by the listener paired for the app (`clade pair listener`).",
         ),
         responses: &[
             empty("200", "taken, skipped for good, or the URL check's challenge"),
@@ -349,7 +349,7 @@ pub static OPERATIONS: &[Operation] = &[
             },
         ],
         description: Some(
-            "Where a Discord bot's listener of its own (`clade channels listen <bot>`, the bot in `channels.discord.<bot>.mode: relay`) posts what its gateway socket receives: `{\"user\": <the bot's user id>, \"d\": <a MESSAGE_CREATE's data>}`, which becomes an event of the agent the bindings pick for platform `discord`, channel `<bot>:<channel id>`, its channel and message ids the idempotency key, so a message relayed twice runs no second turn; or `{\"ready\": <the bot's user id>}` after a new session, which fetches what was sent meanwhile from the REST API. The reply is sent by the gateway from the outbox.",
+            "Where a Discord bot's listener of its own (`clade channels listen <bot>`, the bot in `channels.discord.<bot>.mode: relay`) posts what its gateway socket receives: `{\"user\": <the bot's user id>, \"d\": <a MESSAGE_CREATE's data>}`, which becomes an event of the agent the bindings pick for platform `discord`, channel `<bot>:<channel id>`, its channel and message ids the idempotency key, so a message relayed twice runs no second turn; or `{\"ready\": <the bot's user id>}` after a new session, which fetches what was sent meanwhile from the REST API. The listener proves itself with the relay secret, or signs with the key it was paired with (`clade pair listener`). The reply is sent by the gateway from the outbox.",
         ),
         responses: &[
             empty("200", "taken, or skipped for good"),

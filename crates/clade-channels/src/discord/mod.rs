@@ -129,6 +129,11 @@ impl Bot {
         })
     }
 
+    /// Whether a listener of its own holds the socket (relay mode).
+    pub fn is_relayed(&self) -> bool {
+        self.relay_secret.is_some()
+    }
+
     /// Checks a relayed message's `X-Clade-Relay-Secret`; never in gateway mode.
     pub fn relay_secret_matches(&self, given: &[u8]) -> bool {
         use sha2::{Digest, Sha256};
@@ -555,8 +560,14 @@ pub const RELAY_SECRET_HEADER: &str = "x-clade-relay-secret";
 
 impl Relay {
     /// The relay, and its sender's task (which runs while the relay lives).
-    pub fn start(gateway: &str, bot: &str, secret: &str) -> Self {
-        let forward = crate::channel::Forward::new(gateway, PLATFORM, bot);
+    /// With the bot's relay secret, or (empty) signed by `signer`, the listener paired for it.
+    pub fn start(
+        gateway: &str,
+        bot: &str,
+        secret: &str,
+        signer: Option<Arc<clade_tools::remote::identity::Identity>>,
+    ) -> Self {
+        let forward = crate::channel::Forward::new(gateway, PLATFORM, bot, signer);
         let (queue, mut waiting) = tokio::sync::mpsc::unbounded_channel::<Value>();
         let (sender, secret) = (forward.clone(), secret.to_owned());
         tokio::spawn(async move {
@@ -564,11 +575,10 @@ impl Relay {
             while let Some(body) = waiting.recv().await {
                 let mut failures = 0u32;
                 loop {
-                    let build = |request: reqwest::RequestBuilder| {
-                        request.header(RELAY_SECRET_HEADER, &secret).json(&body)
-                    };
-                    let fix = "the bot must be in relay mode there, with the same relay_secret_env";
-                    match sender.send(build, fix).await {
+                    let headers = [(RELAY_SECRET_HEADER, secret.clone())];
+                    let fix = "the bot must be in relay mode there, with the same relay_secret_env, or this listener paired for it";
+                    let bytes = body.to_string().into_bytes();
+                    match sender.send(&headers, bytes, "application/json", fix).await {
                         Ok(()) => break,
                         Err(why) => {
                             failures += 1;

@@ -125,6 +125,11 @@ impl App {
         })
     }
 
+    /// Whether events come to the gateway's Events API route (events mode).
+    pub fn takes_events(&self) -> bool {
+        matches!(self.options.mode, Mode::Events { .. })
+    }
+
     /// Checks an Events API request: `v0=` HMAC-SHA256 of `v0:<timestamp>:<body>` under the
     /// signing secret, made within 5 minutes of `now_secs`.
     pub fn verify(
@@ -334,8 +339,14 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    pub fn new(gateway: &str, app: &str, signing_secret: &str) -> Self {
-        let forward = crate::channel::Forward::new(gateway, PLATFORM, app);
+    /// Signed with the app's signing secret, or (empty) by `signer`, the listener paired for it.
+    pub fn new(
+        gateway: &str,
+        app: &str,
+        signing_secret: &str,
+        signer: Option<Arc<clade_tools::remote::identity::Identity>>,
+    ) -> Self {
+        let forward = crate::channel::Forward::new(gateway, PLATFORM, app, signer);
         Self { forward, signing_secret: signing_secret.to_owned() }
     }
 
@@ -349,22 +360,20 @@ impl Events for Relay {
         Box::pin(async move {
             use hmac::{KeyInit as _, Mac as _};
             let body = payload.to_string();
-            let stamp = clade_core::Clock::now(&clade_core::SystemClock).as_millis() / 1000;
-            let mut mac =
-                hmac::Hmac::<sha2::Sha256>::new_from_slice(self.signing_secret.as_bytes())
-                    .map_err(|e| e.to_string())?;
-            mac.update(format!("v0:{stamp}:").as_bytes());
-            mac.update(body.as_bytes());
-            let signature = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
-            let build = |request: reqwest::RequestBuilder| {
-                request
-                    .header("x-slack-request-timestamp", stamp.to_string())
-                    .header("x-slack-signature", signature)
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body)
-            };
-            let fix = "the app must be in events mode there, with the same signing secret";
-            self.forward.send(build, fix).await
+            let mut headers = Vec::new();
+            if !self.signing_secret.is_empty() {
+                let stamp = clade_core::Clock::now(&clade_core::SystemClock).as_millis() / 1000;
+                let mut mac =
+                    hmac::Hmac::<sha2::Sha256>::new_from_slice(self.signing_secret.as_bytes())
+                        .map_err(|e| e.to_string())?;
+                mac.update(format!("v0:{stamp}:").as_bytes());
+                mac.update(body.as_bytes());
+                let signature = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
+                headers.push(("x-slack-request-timestamp", stamp.to_string()));
+                headers.push(("x-slack-signature", signature));
+            }
+            let fix = "the app must be in events mode there, with the same signing secret, or this listener paired for it";
+            self.forward.send(&headers, body.into_bytes(), "application/json", fix).await
         })
     }
 }

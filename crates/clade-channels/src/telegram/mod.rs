@@ -137,6 +137,11 @@ impl Bot {
             .await
     }
 
+    /// Whether updates come to the gateway's webhook route (webhook mode), not from its poller.
+    pub fn takes_webhooks(&self) -> bool {
+        self.options.webhook_secret.is_some()
+    }
+
     /// Checks a webhook request's `X-Telegram-Bot-Api-Secret-Token`.
     pub fn webhook_secret_matches(&self, given: &[u8]) -> bool {
         use sha2::{Digest, Sha256};
@@ -274,8 +279,14 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    pub fn new(gateway: &str, bot: &str, secret: &str) -> Self {
-        let forward = crate::channel::Forward::new(gateway, PLATFORM, bot);
+    /// With the bot's webhook secret, or (empty) signed by `signer`, the listener paired for it.
+    pub fn new(
+        gateway: &str,
+        bot: &str,
+        secret: &str,
+        signer: Option<Arc<clade_tools::remote::identity::Identity>>,
+    ) -> Self {
+        let forward = crate::channel::Forward::new(gateway, PLATFORM, bot, signer);
         Self { forward, secret: secret.to_owned() }
     }
 
@@ -286,12 +297,11 @@ impl Relay {
 
 impl Updates for Relay {
     fn take<'a>(&'a self, raw: &'a Value) -> BoxFuture<'a, Result<(), String>> {
-        let build = move |request: reqwest::RequestBuilder| {
-            request.header("x-telegram-bot-api-secret-token", &self.secret).json(raw)
-        };
-        let fix =
-            "the bot must be in webhook mode there, with the same secret in webhook_secret_env";
-        Box::pin(self.forward.send(build, fix))
+        Box::pin(async move {
+            let headers = [("x-telegram-bot-api-secret-token", self.secret.clone())];
+            let fix = "the bot must be in webhook mode there, with the same secret in webhook_secret_env, or this listener paired for it";
+            self.forward.send(&headers, raw.to_string().into_bytes(), "application/json", fix).await
+        })
     }
 }
 

@@ -60,16 +60,20 @@ pub(super) async fn run(ctx: &Ctx, cmd: ChannelsCommand) -> Result<()> {
 }
 
 /// `clade channels listen <name>`: a channel's listener as a process of its own (Telegram's
-/// poller, Slack's Socket Mode). It reads the channel from clade.yaml (tokens and secrets from
-/// the environment), takes the platform's messages, and posts each to the gateway's webhook
-/// route for the channel as the platform would, confirming it to the platform only once the
-/// gateway stored it: killed at any point, it is sent the unconfirmed messages again, and the
-/// gateway takes each once (its key is the platform's message id).
+/// poller, Slack's Socket Mode, Discord's gateway socket). It reads the channel from clade.yaml
+/// (tokens from the environment), takes the platform's messages, and posts each to the
+/// gateway's route for the channel, confirming it to the platform only once the gateway stored
+/// it: killed at any point, it is sent the unconfirmed messages again, and the gateway takes
+/// each once (its key is the platform's message id). It proves itself with the channel's
+/// secret, or, `paired`, with the key `clade remote listen` keeps once the gateway's operator
+/// paired it (`clade pair listener`): then it holds none of the channel's secrets.
 pub(super) async fn listen(
+    data_dir: &clade_store::DataDir,
     config: &clade_config::Config,
     name: &str,
     platform: Option<&str>,
-    gateway: String,
+    server: Option<String>,
+    paired: bool,
 ) -> Result<()> {
     let channels = &config.channels;
     let found: Vec<&str> = [
@@ -81,11 +85,19 @@ pub(super) async fn listen(
     .filter(|(p, there)| *there && platform.is_none_or(|wanted| wanted == *p))
     .map(|(p, _)| p)
     .collect();
-    let clock = clade_core::SystemClock;
+    let (signer, paired_gateway) = if paired {
+        let (identity, gateway) = super::remote::paired_identity(data_dir)?;
+        (Some(identity), Some(gateway))
+    } else {
+        (None, None)
+    };
+    let gateway =
+        server.or(paired_gateway).unwrap_or_else(|| format!("http://{}", config.server.listen));
+    let listening = Listening { gateway, signer, clock: clade_core::SystemClock };
     match found.as_slice() {
-        ["telegram"] => listen_telegram(config, name, gateway, &clock).await,
-        ["slack"] => listen_slack(config, name, gateway, &clock).await,
-        ["discord"] => listen_discord(config, name, gateway, &clock).await,
+        ["telegram"] => listen_telegram(config, name, &listening).await,
+        ["slack"] => listen_slack(config, name, &listening).await,
+        ["discord"] => listen_discord(config, name, &listening).await,
         [] => {
             let named: Vec<&String> = channels
                 .telegram
@@ -103,103 +115,152 @@ pub(super) async fn listen(
     }
 }
 
-async fn listen_discord(
-    config: &clade_config::Config,
-    bot: &str,
+/// Where a listener sends, and how it proves itself.
+struct Listening {
     gateway: String,
-    clock: &clade_core::SystemClock,
-) -> Result<()> {
-    let bots = crate::context::discord_bots_of(config).map_err(anyhow::Error::msg)?;
-    let Some(options) = bots.into_iter().find(|b| b.settings.name == bot) else {
-        anyhow::bail!("no Discord bot {bot:?} under channels.discord in clade.yaml");
-    };
-    let Some(secret) = options.relay_secret.as_deref() else {
-        anyhow::bail!(
-            "channels.discord.{bot} is in gateway mode, so the gateway holds Discord's socket itself: set mode: relay and relay_secret_env (the same variable for the gateway and this listener)"
-        );
-    };
-    let settings = &options.settings;
-    let http = reqwest::Client::new();
-    let api = clade_channels::discord::Api::new(http, &settings.api_url, &settings.token);
-    let relay = clade_channels::discord::Relay::start(&gateway, bot, secret);
-    tracing::info!(
-        bot,
-        target = relay.target(),
-        "discord listener relaying messages to the gateway"
-    );
-    println!("clade channels listen: discord bot {bot} -> {}", relay.target());
-    clade_channels::discord::run(&api, bot, clock, &relay).await;
-    anyhow::bail!(
-        "Discord refused the bot (the log says why): fix it, then start the listener again"
-    )
+    /// The paired listener's key; `None`: the channel's secret.
+    signer: Option<std::sync::Arc<clade_tools::remote::identity::Identity>>,
+    clock: clade_core::SystemClock,
+}
+
+impl Listening {
+    /// The channel's secret from the environment variable `variable` names, unless paired.
+    fn secret(&self, field: &str, variable: Option<&str>, what: &str) -> Result<String> {
+        if self.signer.is_some() {
+            return Ok(String::new());
+        }
+        let Some(variable) = variable else {
+            anyhow::bail!(
+                "{field}: name the variable holding {what}, or pair this listener (`clade pair listener`) and pass --paired"
+            );
+        };
+        crate::context::env_value(variable).ok_or_else(|| {
+            anyhow::anyhow!("{variable} is not set: it holds {field}'s {what} (or pair this listener and pass --paired)")
+        })
+    }
+}
+
+/// The channel's settings (its token from the environment).
+fn settings_of(
+    field: &str,
+    name: &str,
+    api: (&str, &Option<String>, &str),
+    delivery: (bool, u32, clade_config::GroupSessions),
+) -> Result<clade_channels::channel::Settings> {
+    crate::context::channel_settings(field, name, api, delivery).map_err(anyhow::Error::msg)
 }
 
 async fn listen_telegram(
     config: &clade_config::Config,
     bot: &str,
-    gateway: String,
-    clock: &clade_core::SystemClock,
+    listening: &Listening,
 ) -> Result<()> {
-    let bots = crate::context::telegram_bots_of(config).map_err(anyhow::Error::msg)?;
-    let Some(options) = bots.into_iter().find(|b| b.settings.name == bot) else {
+    let field = format!("channels.telegram.{bot}");
+    let Some(entry) = config.channels.telegram.get(bot) else {
         anyhow::bail!("no Telegram bot {bot:?} under channels.telegram in clade.yaml");
     };
-    let Some(secret) = options.webhook_secret.as_deref() else {
+    if entry.mode != clade_config::TelegramMode::Webhook {
         anyhow::bail!(
-            "channels.telegram.{bot} is in polling mode, so the gateway polls Telegram itself: set mode: webhook and webhook_secret_env (the same variable for the gateway and this listener)"
-        );
-    };
-    if options.public_url.is_some() {
-        anyhow::bail!(
-            "channels.telegram.{bot}.public_url is set, so the gateway registers a webhook with Telegram, which then refuses to be polled: remove public_url to run a listener of its own"
+            "{field} is in polling mode, so the gateway polls Telegram itself: set mode: webhook (with webhook_secret_env) so it takes updates from this listener"
         );
     }
-    let settings = &options.settings;
+    if entry.public_url.is_some() {
+        anyhow::bail!(
+            "{field}.public_url is set, so the gateway registers a webhook with Telegram, which then refuses to be polled: remove public_url to run a listener of its own"
+        );
+    }
+    let api = (entry.token_env.as_str(), &entry.api_url, clade_channels::telegram::PUBLIC_API);
+    let settings =
+        settings_of(&field, bot, api, (entry.stream, entry.max_attempts, entry.group_sessions))?;
+    let secret = listening.secret(&field, entry.webhook_secret_env.as_deref(), "webhook secret")?;
     let http = reqwest::Client::new();
     let api = clade_channels::telegram::Api::new(http, &settings.api_url, &settings.token);
-    let relay = clade_channels::telegram::Relay::new(&gateway, bot, secret);
+    let signer = listening.signer.clone();
+    let relay = clade_channels::telegram::Relay::new(&listening.gateway, bot, &secret, signer);
     tracing::info!(
         bot,
         target = relay.target(),
+        paired = listening.signer.is_some(),
         "telegram listener relaying updates to the gateway"
     );
     println!("clade channels listen: telegram bot {bot} -> {}", relay.target());
-    clade_channels::telegram::poll(&api, bot, options.poll_timeout, clock, &relay).await;
+    let wait = std::time::Duration::from_secs(entry.poll_timeout_secs.into());
+    clade_channels::telegram::poll(&api, bot, wait, &listening.clock, &relay).await;
     Ok(())
 }
 
 async fn listen_slack(
     config: &clade_config::Config,
     app: &str,
-    gateway: String,
-    clock: &clade_core::SystemClock,
+    listening: &Listening,
 ) -> Result<()> {
-    let apps = crate::context::slack_apps_of(config).map_err(anyhow::Error::msg)?;
-    let Some(options) = apps.into_iter().find(|a| a.settings.name == app) else {
+    let field = format!("channels.slack.{app}");
+    let Some(entry) = config.channels.slack.get(app) else {
         anyhow::bail!("no Slack app {app:?} under channels.slack in clade.yaml");
     };
-    let clade_channels::slack::Mode::Events { signing_secret } = &options.mode else {
+    if entry.mode != clade_config::SlackMode::Events {
         anyhow::bail!(
-            "channels.slack.{app} is in socket mode, so the gateway holds the socket itself: set mode: events with signing_secret_env, keeping app_token_env for this listener"
+            "{field} is in socket mode, so the gateway holds the socket itself: set mode: events (with signing_secret_env), keeping app_token_env for this listener"
         );
-    };
-    let entry = config.channels.slack.get(app);
-    let Some(variable) = entry.and_then(|a| a.app_token_env.as_deref()) else {
+    }
+    let Some(variable) = entry.app_token_env.as_deref() else {
         anyhow::bail!(
-            "channels.slack.{app}.app_token_env: the listener connects to Socket Mode with the app-level token (xapp-…); name the variable holding it"
+            "{field}.app_token_env: the listener connects to Socket Mode with the app-level token (xapp-…); name the variable holding it"
         );
     };
     let Some(app_token) = crate::context::env_value(variable) else {
-        anyhow::bail!(
-            "{variable} is not set: it holds channels.slack.{app}'s app-level token (xapp-…)"
-        );
+        anyhow::bail!("{variable} is not set: it holds {field}'s app-level token (xapp-…)");
     };
-    let settings = &options.settings;
+    let api = (entry.token_env.as_str(), &entry.api_url, clade_channels::slack::PUBLIC_API);
+    let settings =
+        settings_of(&field, app, api, (entry.stream, entry.max_attempts, entry.group_sessions))?;
+    let secret = listening.secret(&field, entry.signing_secret_env.as_deref(), "signing secret")?;
     let http = reqwest::Client::new();
     let api = clade_channels::slack::Api::new(http, &settings.api_url, &settings.token);
-    let relay = clade_channels::slack::Relay::new(&gateway, app, signing_secret);
-    tracing::info!(app, target = relay.target(), "slack listener relaying events to the gateway");
+    let signer = listening.signer.clone();
+    let relay = clade_channels::slack::Relay::new(&listening.gateway, app, &secret, signer);
+    tracing::info!(
+        app,
+        target = relay.target(),
+        paired = listening.signer.is_some(),
+        "slack listener relaying events to the gateway"
+    );
     println!("clade channels listen: slack app {app} -> {}", relay.target());
-    clade_channels::slack::socket_mode(&api, app, &app_token, clock, &relay).await;
+    clade_channels::slack::socket_mode(&api, app, &app_token, &listening.clock, &relay).await;
     Ok(())
+}
+
+async fn listen_discord(
+    config: &clade_config::Config,
+    bot: &str,
+    listening: &Listening,
+) -> Result<()> {
+    let field = format!("channels.discord.{bot}");
+    let Some(entry) = config.channels.discord.get(bot) else {
+        anyhow::bail!("no Discord bot {bot:?} under channels.discord in clade.yaml");
+    };
+    if entry.mode != clade_config::DiscordMode::Relay {
+        anyhow::bail!(
+            "{field} is in gateway mode, so the gateway holds Discord's socket itself: set mode: relay (with relay_secret_env) so it takes messages from this listener"
+        );
+    }
+    let api = (entry.token_env.as_str(), &entry.api_url, clade_channels::discord::PUBLIC_API);
+    let settings =
+        settings_of(&field, bot, api, (entry.stream, entry.max_attempts, entry.group_sessions))?;
+    let secret = listening.secret(&field, entry.relay_secret_env.as_deref(), "relay secret")?;
+    let http = reqwest::Client::new();
+    let api = clade_channels::discord::Api::new(http, &settings.api_url, &settings.token);
+    let signer = listening.signer.clone();
+    let relay = clade_channels::discord::Relay::start(&listening.gateway, bot, &secret, signer);
+    tracing::info!(
+        bot,
+        target = relay.target(),
+        paired = listening.signer.is_some(),
+        "discord listener relaying messages to the gateway"
+    );
+    println!("clade channels listen: discord bot {bot} -> {}", relay.target());
+    clade_channels::discord::run(&api, bot, &listening.clock, &relay).await;
+    anyhow::bail!(
+        "Discord refused the bot (the log says why): fix it, then start the listener again"
+    )
 }

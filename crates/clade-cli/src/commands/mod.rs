@@ -85,15 +85,16 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             .unwrap_or_else(|| format!("http://{}", file_config.server.listen));
         return ingest_service::run(&data_dir, url, global.agent.clone(), args).await;
     }
-    if let Command::Channels(crate::cli::ChannelsCommand::Listen { name, platform, server }) =
-        &cli.command
+    if let Command::Channels(crate::cli::ChannelsCommand::Listen {
+        name,
+        platform,
+        server,
+        paired,
+    }) = &cli.command
     {
         // A listener reaches the gateway over HTTP only: no store.
-        let url = server
-            .server
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", file_config.server.listen));
-        return channels::listen(&file_config, name, platform.as_deref(), url).await;
+        let (server, platform) = (server.server.clone(), platform.as_deref());
+        return channels::listen(&data_dir, &file_config, name, platform, server, *paired).await;
     }
     if let Command::Remote(cmd) = cli.command {
         // A remote CLI keeps only its key and profile in the data dir: no store.

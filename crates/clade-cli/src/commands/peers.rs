@@ -88,6 +88,23 @@ pub(super) async fn pair(ctx: &Ctx, cmd: PairCommand) -> Result<()> {
                 );
             }
         }
+        PairCommand::Listener { endpoint, channel, platform, token_env, admin_socket: flag } => {
+            let kind = clade_channels::LISTENER_PEER_KIND;
+            let name = clade_channels::listener_name(&platform, &channel);
+            let asked = Asked {
+                kind,
+                endpoint,
+                name,
+                token_env,
+                agents: Vec::new(),
+                leased: false,
+                scopes: Vec::new(),
+            };
+            let (name, key, _, _) = ask_to_pair(ctx, asked, flag.as_deref()).await?;
+            println!(
+                "paired listener {name} (key {key}); run `clade channels listen {channel} --paired` on its machine"
+            );
+        }
         PairCommand::List { json } => {
             let peers = ctx.store.peers().await?;
             if json {
@@ -132,7 +149,7 @@ pub(super) async fn pair(ctx: &Ctx, cmd: PairCommand) -> Result<()> {
                 ),
                 [one] => *one,
                 _ => bail!(
-                    "several kinds of component are named {name:?}: say which with --kind tool, subscriber or operator"
+                    "several kinds of component are named {name:?}: say which with --kind tool, subscriber, operator or listener"
                 ),
             };
             ctx.store.remove_peer(&peer.kind, &peer.name).await?;
@@ -142,6 +159,9 @@ pub(super) async fn pair(ctx: &Ctx, cmd: PairCommand) -> Result<()> {
                 }
                 clade_store::peers::OPERATOR => {
                     println!("forgot operator {name}; its key is refused from now on")
+                }
+                clade_channels::LISTENER_PEER_KIND => {
+                    println!("forgot listener {name}; what it relays is refused from now on")
                 }
                 _ => println!(
                     "forgot subscriber {name}; it is sent nothing more, and its leases ended"

@@ -52,6 +52,13 @@ fn profile(data_dir: &clade_store::DataDir) -> Result<Profile> {
     })
 }
 
+/// The key this machine was paired with (`clade remote listen`, then `clade pair cli` or
+/// `clade pair listener` on the gateway's), and the gateway's URL.
+pub(super) fn paired_identity(data_dir: &clade_store::DataDir) -> Result<(Arc<Identity>, String)> {
+    let profile = profile(data_dir)?;
+    Ok((identity(data_dir)?, profile.gateway))
+}
+
 pub(super) async fn run(data_dir: &clade_store::DataDir, cmd: RemoteCommand) -> Result<()> {
     match cmd {
         RemoteCommand::Listen { listen, gateway, token_env } => {

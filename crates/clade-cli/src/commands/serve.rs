@@ -668,9 +668,10 @@ async fn pair(
     let Pairing { kind, endpoint, name, token, agents, leased, scopes } = asked;
     let (kind, endpoint, name) = (kind.as_str(), endpoint.as_str(), name.as_str());
     let operator = kind == clade_store::peers::OPERATOR;
-    if kind != "tool" && kind != clade_runtime::outbox::PEER_KIND && !operator {
+    let listener = kind == clade_channels::LISTENER_PEER_KIND;
+    if kind != "tool" && kind != clade_runtime::outbox::PEER_KIND && !operator && !listener {
         return Err(format!(
-            "components of kind {kind:?} cannot be paired: `tool` (a tool host), `subscriber` or `operator` (a CLI)"
+            "components of kind {kind:?} cannot be paired: `tool` (a tool host), `subscriber`, `operator` (a CLI) or `listener` (a channel's listener)"
         ));
     }
     if leased && kind != clade_runtime::outbox::PEER_KIND && !operator {
@@ -726,6 +727,15 @@ async fn pair(
             return Err(err.to_string());
         }
     };
+    if listener {
+        tracing::info!(listener = %name, key = %key, "channel listener paired");
+        return Ok(clade_protocol::admin::AdminReply::Paired {
+            name: name.to_owned(),
+            key,
+            tools: 0,
+            left_out: Vec::new(),
+        });
+    }
     if operator {
         tracing::info!(operator = %name, key = %key, "operator paired");
         return Ok(clade_protocol::admin::AdminReply::Paired {

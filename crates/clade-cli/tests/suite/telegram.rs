@@ -950,16 +950,13 @@ async fn files_attached_before_a_crash_are_sent_once_after_it() {
     assert_eq!(replies, 1, "{:?}", f.sent);
 }
 
-/// The bot's listener as a process of its own (`clade channels listen`), the gateway in webhook
-/// mode: killed after taking an update and before confirming it, then started again, it relays
-/// every message once (0 lost, 0 doubled), and the gateway answers each from its outbox. A
-/// listener with the wrong secret is refused by the gateway and confirms nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listener_of_its_own_relays_every_update_once_through_a_kill() {
+/// The bot `desk` in webhook mode (its secret `secret`) on a fake Bot API holding `updates`
+/// messages of chat 5, and its gateway serving.
+async fn webhook_desk(updates: i64, secret: &str) -> (Fake, Env, Server) {
     let fake: Fake = Arc::default();
     {
         let mut f = fake.lock().unwrap();
-        for n in 1..=6 {
+        for n in 1..=updates {
             f.updates.insert(n, message(n, 5, &format!("m{n}")));
         }
     }
@@ -969,8 +966,18 @@ async fn a_listener_of_its_own_relays_every_update_once_through_a_kill() {
         "mode: webhook\n      webhook_secret_env: DESK_SECRET\n      poll_timeout_secs: 1\n      stream: false",
         "default_agent: ada\n",
     );
-    env.vars.push(("DESK_SECRET".into(), "relay-secret_1".into()));
+    env.vars.push(("DESK_SECRET".into(), secret.into()));
     let server = env.serve(&[]);
+    (fake, env, server)
+}
+
+/// The bot's listener as a process of its own (`clade channels listen`), the gateway in webhook
+/// mode: killed after taking an update and before confirming it, then started again, it relays
+/// every message once (0 lost, 0 doubled), and the gateway answers each from its outbox. A
+/// listener with the wrong secret is refused by the gateway and confirms nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_of_its_own_relays_every_update_once_through_a_kill() {
+    let (fake, env, server) = webhook_desk(6, "relay-secret_1").await;
     let listen = |vars: &[(&str, &str)]| {
         let mut cmd = env.command();
         cmd.args(["channels", "listen", "desk", "--server", &server.url])
@@ -1023,4 +1030,85 @@ async fn a_listener_of_its_own_relays_every_update_once_through_a_kill() {
     let (_, status) = server.send("GET", "/v1/channels", None, None).await;
     assert_eq!(status["items"][0]["mode"], "webhook", "{status}");
     assert_eq!(status["items"][0]["received"], 9, "{status}");
+}
+
+/// A listener paired with the gateway (`clade remote listen` on its machine, `clade pair
+/// listener` on the gateway's) relays with its key and holds none of the channel's secrets;
+/// a request signed by a key paired for nothing, or carrying neither, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paired_listener_relays_without_the_channels_secret() {
+    const PAIR: (&str, &str) = ("CLADE_PAIR_TOKEN", "pairing-secret-0123456789");
+    let (fake, env, server) = webhook_desk(3, "gateway-only-secret").await;
+    // The listener's machine: the same clade.yaml, the bot's token, and no webhook secret.
+    let mut relay_host = Env::new();
+    let yaml = std::fs::read_to_string(env.data_dir().join("clade.yaml")).unwrap();
+    write(&relay_host.data_dir().join("clade.yaml"), &yaml);
+    relay_host.vars.push(("DESK_TOKEN".into(), TOKEN.into()));
+    let unpaired = relay_host
+        .command()
+        .args(["channels", "listen", "desk", "--server", &server.url])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&unpaired.stderr);
+    assert!(!unpaired.status.success() && said.contains("DESK_SECRET is not set"), "{said}");
+
+    let mut waiting = relay_host
+        .spawn_service(
+            &["remote", "listen", "--listen", "127.0.0.1:0", "--gateway", &server.url],
+            &[PAIR],
+        )
+        .expect("clade remote listen printed nothing");
+    let paired = env
+        .command()
+        .env(PAIR.0, PAIR.1)
+        .args(["pair", "listener", &waiting.url, "desk", "--platform", "telegram"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&paired.stdout);
+    assert!(paired.status.success(), "{said}{}", String::from_utf8_lossy(&paired.stderr));
+    assert!(said.contains("paired listener telegram-desk"), "{said}");
+    assert!(waiting.exits_within(Duration::from_secs(10)));
+
+    // Signed by a key paired as nothing: refused, as is a request with neither key nor secret.
+    let stranger = clade_tools::remote::identity::Identity::load_or_create(
+        &env.data_dir().join("stranger.key"),
+    )
+    .unwrap();
+    let body = message(9, 5, "forged").to_string().into_bytes();
+    let time = clade_core::Clock::now(&clade_core::SystemClock).as_millis();
+    let path = "/channels/telegram/desk";
+    let text = clade_tools::remote::identity::request_text("POST", path, time, &body);
+    let signature = stranger.sign(&[clade_tools::remote::identity::REQUEST, &text]);
+    let client = reqwest::Client::new();
+    let forged = client
+        .post(format!("{}{path}", server.url))
+        .header(clade_protocol::remote_tools::PEER_HEADER, stranger.public())
+        .header(clade_protocol::remote_tools::PEER_TIME_HEADER, time.to_string())
+        .header(clade_protocol::remote_tools::PEER_SIGNATURE_HEADER, signature)
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let bare = client.post(format!("{}{path}", server.url)).body(body).send().await.unwrap();
+    assert_eq!(bare.status(), 401);
+
+    let mut listener = relay_host
+        .command()
+        .args(["channels", "listen", "desk", "--paired"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let answered = super::support::until(&fake, |f| f.sent.len() >= 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let sent: Vec<String> = fake.lock().unwrap().sent.iter().map(|(_, t)| t.clone()).collect();
+    assert!(answered, "{sent:?}");
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(!sent.iter().any(|t| t.contains("forged")), "{sent:?}");
+    let listed = env.run(&["pair", "list", "--json"]).json();
+    assert!(listed.to_string().contains("\"kind\":\"listener\""), "{listed}");
 }
