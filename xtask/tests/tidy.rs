@@ -311,6 +311,8 @@ fn the_gateway_never_reads_across_tenants() {
         "authenticate_scoped",
         // A paired operator's key, as a token: it says which tenant a request is.
         "authenticate_peer",
+        // Whether a key is a channel's paired listener: whose key, no tenant's data.
+        "is_paired",
         "clock",
         "clone",
         // The deployment's configuration, which only the operator's token reaches.

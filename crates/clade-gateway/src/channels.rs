@@ -43,13 +43,11 @@ async fn paired_listener(
         Err(why) => return Some(Err(refused(&why))),
     };
     let name = clade_channels::listener_name(platform, channel);
-    let peers = match state.store.peers().await {
-        Ok(peers) => peers,
+    let paired = match state.store.is_paired(clade_channels::LISTENER_PEER_KIND, &name, &key).await
+    {
+        Ok(paired) => paired,
         Err(err) => return Some(Err(err.into())),
     };
-    let paired = peers
-        .iter()
-        .any(|p| p.kind == clade_channels::LISTENER_PEER_KIND && p.name == name && p.key == key);
     Some(if paired {
         Ok(())
     } else {

@@ -137,6 +137,20 @@ impl Store {
         Ok(peer)
     }
 
+    /// Whether `key` is paired as the component of `kind` named `name` (a channel's listener:
+    /// no tenant's data, only whose key it is).
+    pub async fn is_paired(&self, kind: &str, name: &str, key: &str) -> Result<bool> {
+        let row = self
+            .maybe_row(
+                query("SELECT 1 AS one FROM peers WHERE kind = $1 AND name = $2 AND peer_key = $3")
+                    .bind(kind.to_owned())
+                    .bind(name.to_owned())
+                    .bind(key.to_owned()),
+            )
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// The tenant and access of the operator paired with `key` (its token's), or
     /// [`Error::BadToken`] when no operator holds that key or its token was revoked.
     pub async fn authenticate_peer(&self, key: &str) -> Result<(Tenant, crate::TokenAccess)> {

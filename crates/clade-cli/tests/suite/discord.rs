@@ -554,3 +554,35 @@ async fn a_listener_of_its_own_relays_discord_messages_once_across_a_kill() {
     let (_, status) = server.send("GET", "/v1/channels", None, None).await;
     assert_eq!(status["items"][0]["mode"], "relay", "{status}");
 }
+
+/// A gateway-socket listener paired with the gateway (`clade pair listener`) relays messages
+/// signed with its key, on a machine that holds the bot's token but not its relay secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paired_discord_listener_relays_without_the_relay_secret() {
+    let fake: Fake = Arc::default();
+    let api = serve_fake(&fake).await;
+    let (env, _) = super::support::attaching_agent(
+        &format!(
+            "  discord:\n    guild:\n      token_env: DISCORD_TOKEN\n      api_url: {api}\n      mode: relay\n      relay_secret_env: DISCORD_RELAY\n      stream: false\n"
+        ),
+        &[("DISCORD_TOKEN", TOKEN), ("DISCORD_RELAY", "relay-secret-of-16-bytes-at-least")],
+        &[],
+    );
+    let server = env.serve(&[]);
+    let host = super::support::listener_host(&env, &[("DISCORD_TOKEN", TOKEN)]);
+    super::support::pair_listener(&env, &server.url, &host, "guild", "discord");
+    let mut listener = host
+        .command()
+        .args(["channels", "listen", "guild", "--paired"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    fake.lock().unwrap().outgoing.push_back(message("100", "D1", None, "U1", "m1"));
+    let answered = until(&fake, |f| !f.created.is_empty()).await;
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let created = fake.lock().unwrap().created.clone();
+    assert!(answered, "{created:?}");
+    assert_eq!(created, [("D1".to_owned(), "echo: m1".to_owned())]);
+}

@@ -523,3 +523,42 @@ async fn a_slack_listener_of_its_own_relays_every_event_once_through_a_kill() {
     let events: usize = turns.iter().map(|t| t["events"].as_array().unwrap().len()).sum();
     assert_eq!(events, 6);
 }
+
+/// A Socket Mode listener paired with the gateway (`clade pair listener`) relays events signed
+/// with its key, on a machine that holds the app's tokens but not its signing secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paired_slack_listener_relays_without_the_signing_secret() {
+    let fake: Fake = Arc::default();
+    {
+        let mut f = fake.lock().unwrap();
+        for n in 1..=2 {
+            let event = dm("D1", "U1", &format!("1.{n}"), &format!("m{n}"));
+            f.outgoing.push_back(envelope(&format!("e{n}"), event));
+        }
+    }
+    let api = serve_fake(&fake).await;
+    let mut env = events_app(&api);
+    for (name, value) in [("SLACK_TOKEN", BOT_TOKEN), ("SLACK_SECRET", "signing-secret")] {
+        env.vars.push((name.into(), value.into()));
+    }
+    let server = env.serve(&[]);
+    let host = super::support::listener_host(
+        &env,
+        &[("SLACK_TOKEN", BOT_TOKEN), ("SLACK_APP", APP_TOKEN)],
+    );
+    super::support::pair_listener(&env, &server.url, &host, "team", "slack");
+    let mut listener = host
+        .command()
+        .args(["channels", "listen", "team", "--paired"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let answered = until(&fake, |f| f.posted.len() >= 2 && f.unacked.is_empty()).await;
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let mut posted: Vec<String> = fake.lock().unwrap().posted.iter().map(|p| p.2.clone()).collect();
+    assert!(answered, "{posted:?}");
+    posted.sort();
+    assert_eq!(posted, ["echo: m1", "echo: m2"]);
+}

@@ -538,3 +538,35 @@ pub fn attaching_agent(
     }
     (env, ws)
 }
+
+/// Pairs the machine `host` (its own data dir) as the listener of `channel` on `platform` with
+/// the gateway of `gateway` serving at `url`: `clade remote listen` there, `clade pair
+/// listener` on the gateway's side, as an operator would.
+pub fn pair_listener(gateway: &Env, url: &str, host: &Env, channel: &str, platform: &str) {
+    const PAIR: (&str, &str) = ("CLADE_PAIR_TOKEN", "pairing-secret-0123456789");
+    let mut waiting = host
+        .spawn_service(&["remote", "listen", "--listen", "127.0.0.1:0", "--gateway", url], &[PAIR])
+        .expect("clade remote listen printed nothing");
+    let paired = gateway
+        .command()
+        .env(PAIR.0, PAIR.1)
+        .args(["pair", "listener", &waiting.url, channel, "--platform", platform])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&paired.stdout);
+    assert!(paired.status.success(), "{said}{}", String::from_utf8_lossy(&paired.stderr));
+    assert!(said.contains(&format!("paired listener {platform}-{channel}")), "{said}");
+    assert!(waiting.exits_within(std::time::Duration::from_secs(10)));
+}
+
+/// Another machine for a channel's listener: the gateway's clade.yaml, and of the environment
+/// only `vars` (the platform's tokens, none of the channel's secrets).
+pub fn listener_host(gateway: &Env, vars: &[(&str, &str)]) -> Env {
+    let mut host = Env::new();
+    let yaml = std::fs::read_to_string(gateway.data_dir().join("clade.yaml")).unwrap();
+    write(&host.data_dir().join("clade.yaml"), &yaml);
+    for (name, value) in vars {
+        host.vars.push(((*name).to_owned(), (*value).to_owned()));
+    }
+    host
+}

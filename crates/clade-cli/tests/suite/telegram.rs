@@ -1037,13 +1037,9 @@ async fn a_listener_of_its_own_relays_every_update_once_through_a_kill() {
 /// a request signed by a key paired for nothing, or carrying neither, is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paired_listener_relays_without_the_channels_secret() {
-    const PAIR: (&str, &str) = ("CLADE_PAIR_TOKEN", "pairing-secret-0123456789");
     let (fake, env, server) = webhook_desk(3, "gateway-only-secret").await;
     // The listener's machine: the same clade.yaml, the bot's token, and no webhook secret.
-    let mut relay_host = Env::new();
-    let yaml = std::fs::read_to_string(env.data_dir().join("clade.yaml")).unwrap();
-    write(&relay_host.data_dir().join("clade.yaml"), &yaml);
-    relay_host.vars.push(("DESK_TOKEN".into(), TOKEN.into()));
+    let relay_host = super::support::listener_host(&env, &[("DESK_TOKEN", TOKEN)]);
     let unpaired = relay_host
         .command()
         .args(["channels", "listen", "desk", "--server", &server.url])
@@ -1052,22 +1048,7 @@ async fn a_paired_listener_relays_without_the_channels_secret() {
     let said = String::from_utf8_lossy(&unpaired.stderr);
     assert!(!unpaired.status.success() && said.contains("DESK_SECRET is not set"), "{said}");
 
-    let mut waiting = relay_host
-        .spawn_service(
-            &["remote", "listen", "--listen", "127.0.0.1:0", "--gateway", &server.url],
-            &[PAIR],
-        )
-        .expect("clade remote listen printed nothing");
-    let paired = env
-        .command()
-        .env(PAIR.0, PAIR.1)
-        .args(["pair", "listener", &waiting.url, "desk", "--platform", "telegram"])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&paired.stdout);
-    assert!(paired.status.success(), "{said}{}", String::from_utf8_lossy(&paired.stderr));
-    assert!(said.contains("paired listener telegram-desk"), "{said}");
-    assert!(waiting.exits_within(Duration::from_secs(10)));
+    super::support::pair_listener(&env, &server.url, &relay_host, "desk", "telegram");
 
     // Signed by a key paired as nothing: refused, as is a request with neither key nor secret.
     let stranger = clade_tools::remote::identity::Identity::load_or_create(
