@@ -26,7 +26,12 @@ async fn call(
     if let Some(body) = body {
         request = request.json(body);
     }
-    let response = request.send().await.unwrap();
+    // A route that hangs names itself, rather than timing the whole test out.
+    let response = request
+        .timeout(std::time::Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     let status = response.status().as_u16();
     // Streams (SSE) answer with headers at once; their body is not waited for.
     let is_stream = response
