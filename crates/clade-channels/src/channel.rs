@@ -238,13 +238,16 @@ pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where a listener of its own sends what it takes: the gateway's route for its channel,
 /// `<gateway>/channels/<platform>/<name>`, with the channel's secret, or signed with the key
-/// of a listener paired for the channel (`clade pair listener`).
+/// of a listener paired for the channel (`clade pair listener`). Each platform's `Relay` says
+/// how the secret travels.
 #[derive(Clone)]
 pub struct Forward {
     http: reqwest::Client,
     target: String,
     /// The route's path, as the gateway sees it (what a signature covers).
     path: String,
+    /// The channel's secret; empty when paired.
+    secret: String,
     signer: Option<Arc<clade_tools::remote::identity::Identity>>,
 }
 
@@ -262,15 +265,22 @@ impl Forward {
         gateway: &str,
         platform: &str,
         name: &str,
+        secret: &str,
         signer: Option<Arc<clade_tools::remote::identity::Identity>>,
     ) -> Self {
         let path = format!("/channels/{platform}/{name}");
         let target = format!("{}{path}", gateway.trim_end_matches('/'));
-        Self { http: reqwest::Client::new(), target, path, signer }
+        let secret = secret.to_owned();
+        Self { http: reqwest::Client::new(), target, path, secret, signer }
     }
 
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// The channel's secret; empty when the listener is paired.
+    pub fn secret(&self) -> &str {
+        &self.secret
     }
 
     /// Posts `body` (of `content_type`) with `headers` (an empty value is left out): `Ok`

@@ -55,6 +55,23 @@ async fn paired_listener(
     })
 }
 
+/// The channel a request reaches: `found` (if in a mode that takes such requests), when the
+/// request is signed by its paired listener, or, unsigned, when `secret_ok` accepts the
+/// secret it carries. A signature that fails refuses at once.
+async fn admitted<C>(
+    state: &AppState,
+    (headers, uri, body): (&HeaderMap, &axum::http::Uri, &[u8]),
+    (platform, name): (&str, &str),
+    found: Option<C>,
+    secret_ok: impl FnOnce(&C) -> bool,
+) -> Result<Option<C>, ApiError> {
+    match paired_listener(state, headers, uri, body, platform, name).await {
+        Some(Err(refused)) => Err(refused),
+        Some(Ok(())) => Ok(found),
+        None => Ok(found.filter(secret_ok)),
+    }
+}
+
 /// `POST /channels/telegram/{bot}`: one update, as Telegram's webhook posts it. 200 once it is
 /// stored (or can never be: an update Telegram should not send again); 503 when it could not
 /// be stored now, so Telegram delivers it again.
@@ -67,15 +84,12 @@ pub(crate) async fn telegram(
 ) -> Result<Response, ApiError> {
     let secret =
         headers.get("x-telegram-bot-api-secret-token").map(|v| v.as_bytes()).unwrap_or_default();
-    let platform = clade_channels::telegram::PLATFORM;
-    let paired = paired_listener(&state, &headers, &uri, &body, platform, &bot_name).await;
-    let bot = state.channels.telegram(&bot_name).filter(|bot| bot.takes_webhooks());
+    let found = state.channels.telegram(&bot_name).filter(|bot| bot.takes_webhooks());
+    let request = (&headers, &uri, &body[..]);
+    let channel = (clade_channels::telegram::PLATFORM, bot_name.as_str());
     // An unknown bot and a wrong secret answer alike: a stranger learns no bot's name.
-    let bot = match paired {
-        Some(Err(refused)) => return Err(refused),
-        Some(Ok(())) => bot,
-        None => bot.filter(|bot| bot.webhook_secret_matches(secret)),
-    };
+    let bot =
+        admitted(&state, request, channel, found, |bot| bot.webhook_secret_matches(secret)).await?;
     let Some(bot) = bot else {
         tracing::info!(bot = %bot_name, "telegram webhook request refused: no such bot in webhook mode, or a wrong secret token");
         return Err(ApiError::new(
@@ -118,20 +132,19 @@ pub(crate) async fn slack(
 ) -> Result<Response, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = state.store.now().as_millis().div_euclid(1000);
-    let platform = clade_channels::slack::PLATFORM;
-    let paired = paired_listener(&state, &headers, &uri, &body, platform, &app_name).await;
-    let app = state.channels.slack(&app_name).filter(|app| app.takes_events());
-    let verified = match (app, paired) {
-        (_, Some(Err(refused))) => return Err(refused),
-        (Some(_), Some(Ok(()))) => Ok(()),
-        (Some(app), None) => app
-            .verify(header("x-slack-request-timestamp"), header("x-slack-signature"), &body, now)
-            .map_err(|why| why.to_string()),
-        (None, _) => Err("no such app".to_owned()),
+    let found = state.channels.slack(&app_name).filter(|app| app.takes_events());
+    let request = (&headers, &uri, &body[..]);
+    let channel = (clade_channels::slack::PLATFORM, app_name.as_str());
+    let mut why = "no such app in events mode".to_owned();
+    let signed_by_slack = |app: &&std::sync::Arc<clade_channels::slack::App>| {
+        let stamp = header("x-slack-request-timestamp");
+        app.verify(stamp, header("x-slack-signature"), &body, now)
+            .map_err(|refused| why = refused.to_string())
+            .is_ok()
     };
+    let app = admitted(&state, request, channel, found, signed_by_slack).await?;
     // An unknown app and a bad signature answer alike: a stranger learns no app's name.
-    let (Some(app), Ok(())) = (app, verified.as_ref()) else {
-        let why = verified.err().unwrap_or_default();
+    let Some(app) = app else {
         tracing::info!(app = %app_name, reason = %why, "slack events request refused");
         return Err(ApiError::new(
             Code::InvalidSignature,
@@ -170,15 +183,12 @@ pub(crate) async fn discord(
         .get(clade_channels::discord::RELAY_SECRET_HEADER)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    let platform = clade_channels::discord::PLATFORM;
-    let paired = paired_listener(&state, &headers, &uri, &body, platform, &bot_name).await;
-    let bot = state.channels.discord(&bot_name).filter(|bot| bot.is_relayed());
+    let found = state.channels.discord(&bot_name).filter(|bot| bot.is_relayed());
+    let request = (&headers, &uri, &body[..]);
+    let channel = (clade_channels::discord::PLATFORM, bot_name.as_str());
     // An unknown bot and a wrong secret answer alike: a stranger learns no bot's name.
-    let bot = match paired {
-        Some(Err(refused)) => return Err(refused),
-        Some(Ok(())) => bot,
-        None => bot.filter(|bot| bot.relay_secret_matches(secret)),
-    };
+    let bot =
+        admitted(&state, request, channel, found, |bot| bot.relay_secret_matches(secret)).await?;
     let Some(bot) = bot else {
         tracing::info!(bot = %bot_name, "discord relay request refused: no such bot in relay mode, or a wrong secret");
         return Err(ApiError::new(

@@ -560,22 +560,16 @@ pub const RELAY_SECRET_HEADER: &str = "x-clade-relay-secret";
 
 impl Relay {
     /// The relay, and its sender's task (which runs while the relay lives).
-    /// With the bot's relay secret, or (empty) signed by `signer`, the listener paired for it.
-    pub fn start(
-        gateway: &str,
-        bot: &str,
-        secret: &str,
-        signer: Option<Arc<clade_tools::remote::identity::Identity>>,
-    ) -> Self {
-        let forward = crate::channel::Forward::new(gateway, PLATFORM, bot, signer);
+    /// Starts the relay's sender, which runs while the relay lives.
+    pub fn start(forward: crate::channel::Forward) -> Self {
         let (queue, mut waiting) = tokio::sync::mpsc::unbounded_channel::<Value>();
-        let (sender, secret) = (forward.clone(), secret.to_owned());
+        let sender = forward.clone();
         tokio::spawn(async move {
             let clock = clade_core::SystemClock;
             while let Some(body) = waiting.recv().await {
                 let mut failures = 0u32;
                 loop {
-                    let headers = [(RELAY_SECRET_HEADER, secret.clone())];
+                    let headers = [(RELAY_SECRET_HEADER, sender.secret().to_owned())];
                     let fix = "the bot must be in relay mode there, with the same relay_secret_env, or this listener paired for it";
                     let bytes = body.to_string().into_bytes();
                     match sender.send(&headers, bytes, "application/json", fix).await {

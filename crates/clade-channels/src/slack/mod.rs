@@ -327,33 +327,8 @@ async fn connect_once(
 /// A listener of its own (`clade channels listen`): each event taken over Socket Mode is posted
 /// to the gateway's Events API route for the app, signed with the app's signing secret as
 /// Slack signs it; it is acknowledged to Slack only once the gateway has stored it (any 2xx).
-pub struct Relay {
-    forward: crate::channel::Forward,
-    signing_secret: String,
-}
-
-impl std::fmt::Debug for Relay {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").field("target", &self.target()).finish_non_exhaustive()
-    }
-}
-
-impl Relay {
-    /// Signed with the app's signing secret, or (empty) by `signer`, the listener paired for it.
-    pub fn new(
-        gateway: &str,
-        app: &str,
-        signing_secret: &str,
-        signer: Option<Arc<clade_tools::remote::identity::Identity>>,
-    ) -> Self {
-        let forward = crate::channel::Forward::new(gateway, PLATFORM, app, signer);
-        Self { forward, signing_secret: signing_secret.to_owned() }
-    }
-
-    pub fn target(&self) -> &str {
-        self.forward.target()
-    }
-}
+#[derive(Debug)]
+pub struct Relay(pub crate::channel::Forward);
 
 impl Events for Relay {
     fn take<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, Result<(), String>> {
@@ -361,11 +336,11 @@ impl Events for Relay {
             use hmac::{KeyInit as _, Mac as _};
             let body = payload.to_string();
             let mut headers = Vec::new();
-            if !self.signing_secret.is_empty() {
+            let signing_secret = self.0.secret();
+            if !signing_secret.is_empty() {
                 let stamp = clade_core::Clock::now(&clade_core::SystemClock).as_millis() / 1000;
-                let mut mac =
-                    hmac::Hmac::<sha2::Sha256>::new_from_slice(self.signing_secret.as_bytes())
-                        .map_err(|e| e.to_string())?;
+                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(signing_secret.as_bytes())
+                    .map_err(|e| e.to_string())?;
                 mac.update(format!("v0:{stamp}:").as_bytes());
                 mac.update(body.as_bytes());
                 let signature = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
@@ -373,7 +348,7 @@ impl Events for Relay {
                 headers.push(("x-slack-signature", signature));
             }
             let fix = "the app must be in events mode there, with the same signing secret, or this listener paired for it";
-            self.forward.send(&headers, body.into_bytes(), "application/json", fix).await
+            self.0.send(&headers, body.into_bytes(), "application/json", fix).await
         })
     }
 }

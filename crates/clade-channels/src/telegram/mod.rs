@@ -267,40 +267,15 @@ pub async fn poll(
 /// A listener of its own (`clade channels listen`): each update polled from Telegram is posted
 /// to the gateway's webhook route for the bot, with the bot's webhook secret, as Telegram would
 /// post it; it is confirmed to Telegram only once the gateway has stored it (any 2xx).
-pub struct Relay {
-    forward: crate::channel::Forward,
-    secret: String,
-}
-
-impl std::fmt::Debug for Relay {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").field("target", &self.target()).finish_non_exhaustive()
-    }
-}
-
-impl Relay {
-    /// With the bot's webhook secret, or (empty) signed by `signer`, the listener paired for it.
-    pub fn new(
-        gateway: &str,
-        bot: &str,
-        secret: &str,
-        signer: Option<Arc<clade_tools::remote::identity::Identity>>,
-    ) -> Self {
-        let forward = crate::channel::Forward::new(gateway, PLATFORM, bot, signer);
-        Self { forward, secret: secret.to_owned() }
-    }
-
-    pub fn target(&self) -> &str {
-        self.forward.target()
-    }
-}
+#[derive(Debug)]
+pub struct Relay(pub crate::channel::Forward);
 
 impl Updates for Relay {
     fn take<'a>(&'a self, raw: &'a Value) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let headers = [("x-telegram-bot-api-secret-token", self.secret.clone())];
+            let headers = [("x-telegram-bot-api-secret-token", self.0.secret().to_owned())];
             let fix = "the bot must be in webhook mode there, with the same secret in webhook_secret_env, or this listener paired for it";
-            self.forward.send(&headers, raw.to_string().into_bytes(), "application/json", fix).await
+            self.0.send(&headers, raw.to_string().into_bytes(), "application/json", fix).await
         })
     }
 }

@@ -123,7 +123,22 @@ struct Listening {
     clock: clade_core::SystemClock,
 }
 
+const PLATFORM_TELEGRAM: &str = clade_channels::telegram::PLATFORM;
+const PLATFORM_SLACK: &str = clade_channels::slack::PLATFORM;
+const PLATFORM_DISCORD: &str = clade_channels::discord::PLATFORM;
+
 impl Listening {
+    /// Where the channel's messages go, with its `secret` (empty when paired).
+    fn forward(
+        &self,
+        platform: &str,
+        name: &str,
+        secret: &str,
+    ) -> clade_channels::channel::Forward {
+        let signer = self.signer.clone();
+        clade_channels::channel::Forward::new(&self.gateway, platform, name, secret, signer)
+    }
+
     /// The channel's secret from the environment variable `variable` names, unless paired.
     fn secret(&self, field: &str, variable: Option<&str>, what: &str) -> Result<String> {
         if self.signer.is_some() {
@@ -175,15 +190,14 @@ async fn listen_telegram(
     let secret = listening.secret(&field, entry.webhook_secret_env.as_deref(), "webhook secret")?;
     let http = reqwest::Client::new();
     let api = clade_channels::telegram::Api::new(http, &settings.api_url, &settings.token);
-    let signer = listening.signer.clone();
-    let relay = clade_channels::telegram::Relay::new(&listening.gateway, bot, &secret, signer);
+    let relay = clade_channels::telegram::Relay(listening.forward(PLATFORM_TELEGRAM, bot, &secret));
     tracing::info!(
         bot,
-        target = relay.target(),
+        target = relay.0.target(),
         paired = listening.signer.is_some(),
         "telegram listener relaying updates to the gateway"
     );
-    println!("clade channels listen: telegram bot {bot} -> {}", relay.target());
+    println!("clade channels listen: telegram bot {bot} -> {}", relay.0.target());
     let wait = std::time::Duration::from_secs(entry.poll_timeout_secs.into());
     clade_channels::telegram::poll(&api, bot, wait, &listening.clock, &relay).await;
     Ok(())
@@ -217,15 +231,14 @@ async fn listen_slack(
     let secret = listening.secret(&field, entry.signing_secret_env.as_deref(), "signing secret")?;
     let http = reqwest::Client::new();
     let api = clade_channels::slack::Api::new(http, &settings.api_url, &settings.token);
-    let signer = listening.signer.clone();
-    let relay = clade_channels::slack::Relay::new(&listening.gateway, app, &secret, signer);
+    let relay = clade_channels::slack::Relay(listening.forward(PLATFORM_SLACK, app, &secret));
     tracing::info!(
         app,
-        target = relay.target(),
+        target = relay.0.target(),
         paired = listening.signer.is_some(),
         "slack listener relaying events to the gateway"
     );
-    println!("clade channels listen: slack app {app} -> {}", relay.target());
+    println!("clade channels listen: slack app {app} -> {}", relay.0.target());
     clade_channels::slack::socket_mode(&api, app, &app_token, &listening.clock, &relay).await;
     Ok(())
 }
@@ -250,8 +263,8 @@ async fn listen_discord(
     let secret = listening.secret(&field, entry.relay_secret_env.as_deref(), "relay secret")?;
     let http = reqwest::Client::new();
     let api = clade_channels::discord::Api::new(http, &settings.api_url, &settings.token);
-    let signer = listening.signer.clone();
-    let relay = clade_channels::discord::Relay::start(&listening.gateway, bot, &secret, signer);
+    let relay =
+        clade_channels::discord::Relay::start(listening.forward(PLATFORM_DISCORD, bot, &secret));
     tracing::info!(
         bot,
         target = relay.target(),
