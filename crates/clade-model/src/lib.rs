@@ -15,6 +15,8 @@ mod http;
 #[cfg(feature = "local-models")]
 pub mod local_chat;
 #[cfg(feature = "local-models")]
+mod bert;
+#[cfg(feature = "local-models")]
 pub mod local_embeddings;
 pub mod oauth;
 pub mod openai;

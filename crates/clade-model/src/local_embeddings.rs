@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use crate::bert::{Config, Encoder};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
 /// The files a model folder holds.
@@ -29,7 +29,7 @@ pub enum Error {
 }
 
 struct Loaded {
-    model: BertModel,
+    model: Encoder,
     tokenizer: Tokenizer,
     dimensions: usize,
 }
@@ -76,6 +76,7 @@ impl LocalEmbeddings {
         let [config_file, tokenizer_file, weights_file] = FILES.map(|f| dir.join(f));
         let config: Config = serde_json::from_slice(&read(&config_file)?)
             .map_err(|e| corrupt(&config_file, format!("not a BERT configuration: {e}")))?;
+        config.check().map_err(|e| corrupt(&config_file, e))?;
         let mut tokenizer = Tokenizer::from_bytes(read(&tokenizer_file)?)
             .map_err(|e| corrupt(&tokenizer_file, format!("not a tokenizer: {e}")))?;
         tokenizer.with_padding(Some(PaddingParams::default()));
@@ -89,7 +90,7 @@ impl LocalEmbeddings {
         let device = Device::Cpu;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
             .map_err(|e| corrupt(&weights_file, format!("not safetensors: {e}")))?;
-        let model = BertModel::load(vb, &config)
+        let model = Encoder::load(vb, &config)
             .map_err(|e| corrupt(&weights_file, format!("does not match config.json: {e}")))?;
         let loaded = Loaded { model, tokenizer, dimensions: config.hidden_size };
         let (jobs, queue) = std::sync::mpsc::channel();
@@ -188,9 +189,8 @@ fn forward(loaded: &Loaded, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
     };
     let ids = stack(&|e| e.get_ids().to_vec())?;
     let mask = stack(&|e| e.get_attention_mask().to_vec())?;
-    let types = ids.zeros_like().map_err(|e| e.to_string())?;
     let pooled = (|| {
-        let hidden = loaded.model.forward(&ids, &types, Some(&mask))?;
+        let hidden = loaded.model.forward(&ids, &mask)?;
         // The mean over real tokens (padding left out), then unit length.
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
@@ -247,7 +247,7 @@ pub fn write_test_model(dir: &Path, hidden: usize) -> Result<(), String> {
     // and a test's outcome does not depend on the draw.
     let varmap = candle_nn::VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    BertModel::load(vb, &config).map_err(|e| e.to_string())?;
+    Encoder::load(vb, &config).map_err(|e| e.to_string())?;
     let draws = clade_core::Jitter::seeded(0x5eed_cafe);
     let uniform = |bound: f32, n: usize| -> Vec<f32> {
         (0..n)
