@@ -43,6 +43,8 @@ const DUPLICATE_COSINE: f32 = 0.95;
 const MIN_SIMILARITY: f32 = 0.2;
 /// Kept vectors from which a scan runs on a blocking thread (20,000 take about a millisecond).
 const BLOCKING_SCAN_ROWS: usize = 20_000;
+/// Items [`Memory::save_all`] embeds at a time (the local model's batch).
+pub const EMBED_AHEAD: usize = 32;
 /// The most items one recall returns.
 pub const MAX_RECALL: usize = 50;
 
@@ -354,6 +356,64 @@ impl Memory {
     /// Bytes of vectors kept in memory now, over every agent.
     pub fn kept_bytes(&self) -> usize {
         self.vectors.bytes()
+    }
+
+    /// Embeds, in one call to the model, the items that have no vector yet. A caller saving
+    /// many (a page of mined turns) gives the model a few full batches this way, where saving
+    /// them one by one gives it one text at a time. Without an embedder, or when it fails, the
+    /// items stay as they were (and [`Memory::save`] stores them on full text).
+    pub async fn embed_new(&self, items: &mut [NewMemory]) {
+        let missing: Vec<usize> =
+            (0..items.len()).filter(|&n| items[n].embedding.is_none()).collect();
+        let Some(model) = self.embedding_model().map(str::to_owned) else { return };
+        if missing.is_empty() {
+            return;
+        }
+        let texts: Vec<String> = missing.iter().map(|&n| items[n].content.clone()).collect();
+        if let Some(vectors) = self.embed(&texts).await {
+            for (n, vector) in missing.into_iter().zip(vectors) {
+                items[n].embedding = Some((vector, model.clone()));
+            }
+        }
+    }
+
+    /// Saves `items` in order, as [`Memory::save`] each (so a later one that repeats an
+    /// earlier one merges into it); stops at the first that fails. They are embedded
+    /// [`EMBED_AHEAD`] at a time, the next batch while this one's saves wait on the disk.
+    pub async fn save_all(
+        &self,
+        store: &TenantStore,
+        items: Vec<NewMemory>,
+    ) -> Result<Vec<Saved>, Error> {
+        let mut saved = Vec::with_capacity(items.len());
+        let mut batches = Vec::new();
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            batches.push(items.by_ref().take(EMBED_AHEAD).collect::<Vec<_>>());
+        }
+        let mut batches = batches.into_iter();
+        let Some(mut current) = batches.next() else { return Ok(saved) };
+        self.embed_new(&mut current).await;
+        loop {
+            let mut next = batches.next();
+            let save = async {
+                for new in current {
+                    saved.push(self.save(store, new).await?);
+                }
+                Ok::<_, Error>(())
+            };
+            let embed = async {
+                if let Some(next) = next.as_mut() {
+                    self.embed_new(next).await;
+                }
+            };
+            let (saving, ()) = futures::join!(save, embed);
+            saving?;
+            match next {
+                Some(next) => current = next,
+                None => return Ok(saved),
+            }
+        }
     }
 
     /// Saves `new`, unless it repeats an item of its own scope: one of the same kind is then

@@ -843,3 +843,43 @@ async fn consolidation_is_not_hidden_by_many_scopes_with_too_little() {
         assert_eq!(habit, ["Ada runs often (2 runs seen)"], "{name}");
     }
 }
+
+#[tokio::test]
+async fn saving_many_embeds_them_a_batch_at_a_time_saves_in_order_and_stops_at_a_bad_one() {
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let memory = Memory::new(Some(embeddings(stub.url())), Isolation::Global);
+    for b in backends().await {
+        let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let ada = agent(&b, &tenant, "ada").await;
+        let store = b.store.tenant_scope(tenant.id);
+        let asked_before = stub.captured().len();
+        let count = clade_memory::EMBED_AHEAD * 2 + 5;
+        let mut items: Vec<NewMemory> = (0..count)
+            .map(|n| item(ada, "", MemoryKind::Fact, &format!("note {n} about the {n}th crate")))
+            .collect();
+        // The last repeats the first: saved in order, it merges into it.
+        items.push(item(ada, "", MemoryKind::Fact, "Note 0 about the 0th crate."));
+        let saved = memory.save_all(&store, items).await.unwrap();
+        assert_eq!(saved.len(), count + 1, "{}", b.name);
+        assert_eq!(saved[count].outcome, Outcome::Merged, "{}", b.name);
+        assert_eq!(saved[count].item.id, saved[0].item.id);
+        assert!(saved[..count].iter().all(|s| s.outcome == Outcome::Created));
+        assert!(saved.iter().all(|s| s.item.embedding_model.is_some()), "{}", b.name);
+        // Three batches of texts, not one request an item.
+        let asked: Vec<usize> = stub.captured()[asked_before..]
+            .iter()
+            .filter(|c| c.path.ends_with("/embeddings"))
+            .map(|c| c.body["input"].as_array().map_or(1, Vec::len))
+            .collect();
+        assert_eq!(asked, [32, 32, 6], "{}", b.name);
+        assert_eq!(store.memory_count(ada).await.unwrap(), count as i64);
+        // A bad item stops the saving: those before it are saved, none after.
+        let mut bad = item(ada, "", MemoryKind::Fact, "a bad one");
+        bad.importance = -1.0;
+        let after = item(ada, "", MemoryKind::Fact, "never saved at all");
+        let before = item(ada, "", MemoryKind::Fact, "saved before the bad one");
+        assert!(memory.save_all(&store, vec![before, bad, after]).await.is_err());
+        assert_eq!(store.memory_count(ada).await.unwrap(), count as i64 + 1, "{}", b.name);
+    }
+}

@@ -9,13 +9,13 @@
 //! Start at [`types`] for the request and stream shapes, then [`router::Router::call`].
 
 pub mod anthropic;
+#[cfg(feature = "local-models")]
+mod bert;
 pub mod embeddings;
 pub mod error;
 mod http;
 #[cfg(feature = "local-models")]
 pub mod local_chat;
-#[cfg(feature = "local-models")]
-mod bert;
 #[cfg(feature = "local-models")]
 pub mod local_embeddings;
 pub mod oauth;

@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::bert::{Config, Encoder};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use crate::bert::{Config, Encoder};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
 /// The files a model folder holds.

@@ -76,22 +76,18 @@ async fn pass(store: &Store, engine: &Engine) -> Result<bool, String> {
     let rows = system.outbox_after(cursor, PAGE).await.map_err(|e| e.to_string())?;
     let Some(last) = rows.last().map(|r| r.id) else { return Ok(false) };
     if let Some((memory, miner)) = engine.ingesting() {
+        let mut turns = Vec::new();
         for row in rows.iter().filter(|r| r.kind == EventKind::TurnFinished) {
-            match ingest(store, engine, &memory, miner, row).await {
-                Ok(_) => {}
-                Err(Failed::Full { agent, held }) => {
-                    // Said once a process per agent: every later turn would say it again.
-                    let mut warned = FULL_WARNED.lock().unwrap_or_else(|e| e.into_inner());
-                    if warned.insert(agent) {
-                        tracing::warn!(%agent, held, "an agent's memory is full: completed turns are no longer mined into it; forget items (clade memory rm, DELETE /v1/agents/{{handle}}/memories/{{id}}) or raise memory.max_items_per_agent");
-                    }
-                }
+            match mine_turn(store, engine, &memory, miner, row).await {
+                Ok(Some(turn)) => turns.push(turn),
+                Ok(None) => {}
                 // One turn that cannot be mined (its session deleted since) holds up no other.
-                Err(Failed::Other(err)) => {
+                Err(err) => {
                     tracing::debug!(turn = ?row.turn_id, error = %err, "a completed turn was not mined for memories")
                 }
             }
         }
+        save_turns(&memory, turns).await;
     }
     system.set_subscriber_cursor(CURSOR, last, 0, None).await.map_err(|e| e.to_string())?;
     Ok(rows.len() == PAGE as usize)
@@ -157,22 +153,6 @@ async fn catch_up(
 static FULL_WARNED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<AgentId>>> =
     std::sync::LazyLock::new(Default::default);
 
-/// Why a turn was not mined.
-enum Failed {
-    /// Its agent holds `memory.max_items_per_agent` items.
-    Full {
-        agent: AgentId,
-        held: u64,
-    },
-    Other(String),
-}
-
-impl From<clade_store::Error> for Failed {
-    fn from(err: clade_store::Error) -> Self {
-        Failed::Other(err.to_string())
-    }
-}
-
 /// How completed turns are mined (`memory.ingest`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Miner {
@@ -220,27 +200,35 @@ async fn mine(
         .collect()
 }
 
-/// Saves what the people in `row`'s turn stated; how many items were saved or merged.
-async fn ingest(
+/// What one completed turn gave to remember.
+struct MinedTurn {
+    tenant: clade_store::TenantStore,
+    agent: AgentId,
+    turn: clade_core::TurnId,
+    items: Vec<NewMemory>,
+}
+
+/// What the people in `row`'s turn stated, as items of its agent's memory (`None`: nothing).
+async fn mine_turn(
     store: &Store,
     engine: &Engine,
     memory: &Memory,
     miner: Miner,
     row: &OutboxRow,
-) -> Result<usize, Failed> {
-    let (Some(session), Some(turn)) = (row.session_id, row.turn_id) else { return Ok(0) };
+) -> Result<Option<MinedTurn>, clade_store::Error> {
+    let (Some(session), Some(turn)) = (row.session_id, row.turn_id) else { return Ok(None) };
     let system = store.system();
     let session = system.session_any_tenant(session).await?;
     let texts = system.turn_texts(turn).await?;
     let tenant = store.acting_as("memory ingestion").tenant_scope(session.tenant_id);
     let mined = mine(engine, &tenant, session.agent_id, miner, &texts).await;
     if mined.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     let scope = memory.isolation_key(&session.source).unwrap_or_default();
-    let mut saved = 0;
-    for (kind, content, importance) in mined {
-        let new = NewMemory {
+    let items = mined
+        .into_iter()
+        .map(|(kind, content, importance)| NewMemory {
             agent: session.agent_id,
             scope: scope.clone(),
             kind,
@@ -255,14 +243,49 @@ async fn ingest(
             },
             untrusted: false,
             embedding: None,
-        };
-        match memory.save(&tenant, new).await {
-            Ok(_) => saved += 1,
-            Err(clade_memory::Error::Store(clade_store::Error::MemoryFull { held })) => {
-                return Err(Failed::Full { agent: session.agent_id, held });
-            }
-            Err(err) => return Err(Failed::Other(err.to_string())),
+        })
+        .collect();
+    Ok(Some(MinedTurn { tenant, agent: session.agent_id, turn, items }))
+}
+
+/// Agents whose turns are saved at once.
+const AGENTS_AT_ONCE: usize = 16;
+
+/// Saves mined turns: every item embedded in one call to the model first (a few full batches
+/// rather than one text at a time), then each agent's turns in order, agents side by side.
+async fn save_turns(memory: &Memory, mut turns: Vec<MinedTurn>) {
+    use futures::StreamExt as _;
+    let counts: Vec<usize> = turns.iter().map(|t| t.items.len()).collect();
+    let mut items: Vec<NewMemory> =
+        turns.iter_mut().flat_map(|t| std::mem::take(&mut t.items)).collect();
+    memory.embed_new(&mut items).await;
+    let mut items = items.into_iter();
+    let mut by_agent: Vec<(AgentId, Vec<MinedTurn>)> = Vec::new();
+    for (mut turn, count) in turns.into_iter().zip(counts) {
+        // Each turn takes back as many items as it gave.
+        turn.items = items.by_ref().take(count).collect();
+        match by_agent.iter_mut().find(|(agent, _)| *agent == turn.agent) {
+            Some((_, turns)) => turns.push(turn),
+            None => by_agent.push((turn.agent, vec![turn])),
         }
     }
-    Ok(saved)
+    futures::stream::iter(by_agent)
+        .for_each_concurrent(AGENTS_AT_ONCE, |(_, turns)| async move {
+            for turn in turns {
+                match memory.save_all(&turn.tenant, turn.items).await {
+                    Ok(_) => {}
+                    Err(clade_memory::Error::Store(clade_store::Error::MemoryFull { held })) => {
+                        // Said once a process per agent: every later turn would say it again.
+                        let mut warned = FULL_WARNED.lock().unwrap_or_else(|e| e.into_inner());
+                        if warned.insert(turn.agent) {
+                            tracing::warn!(agent = %turn.agent, held, "an agent's memory is full: completed turns are no longer mined into it; forget items (clade memory rm, DELETE /v1/agents/{{handle}}/memories/{{id}}) or raise memory.max_items_per_agent");
+                        }
+                    }
+                    Err(err) => {
+                        tracing::debug!(turn = %turn.turn, error = %err, "a completed turn's memories were not saved")
+                    }
+                }
+            }
+        })
+        .await;
 }

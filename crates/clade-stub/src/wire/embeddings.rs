@@ -49,10 +49,15 @@ pub(crate) fn embed(text: &str, dimensions: usize) -> Vec<f32> {
     vector
 }
 
-pub(crate) async fn handle(body: axum::body::Bytes) -> Response {
+pub(crate) async fn handle(
+    axum::extract::State(shared): axum::extract::State<std::sync::Arc<crate::Shared>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return invalid("the body is not JSON", "body");
     };
+    crate::capture(&shared, "/v1/embeddings", &headers, &request);
     let Some(model) = request.get("model").and_then(Value::as_str) else {
         return invalid("you must provide a model parameter", "model");
     };
