@@ -1323,6 +1323,10 @@ pub(crate) enum BenchCommand {
         /// many that a question is not about
         #[arg(long, default_value_t = 1000)]
         distractors: usize,
+        /// Recall on the full-text index as the writes left it, in many segments, without
+        /// the merge into one that the cortex runs once they pile up
+        #[arg(long)]
+        unmerged: bool,
     },
 }
 

@@ -378,40 +378,39 @@ impl Memory {
     }
 
     /// Saves `items` in order, as [`Memory::save`] each (so a later one that repeats an
-    /// earlier one merges into it); stops at the first that fails. They are embedded
-    /// [`EMBED_AHEAD`] at a time, the next batch while this one's saves wait on the disk.
+    /// earlier one merges into it), and says how each went: one that fails holds up none of
+    /// the others. They are embedded [`EMBED_AHEAD`] at a time, the next batch while this
+    /// one's saves wait on the disk; callers saving at once share the model's batches.
     pub async fn save_all(
         &self,
         store: &TenantStore,
         items: Vec<NewMemory>,
-    ) -> Result<Vec<Saved>, Error> {
-        let mut saved = Vec::with_capacity(items.len());
+    ) -> Vec<Result<Saved, Error>> {
+        let mut outcomes = Vec::with_capacity(items.len());
         let mut batches = Vec::new();
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
             batches.push(items.by_ref().take(EMBED_AHEAD).collect::<Vec<_>>());
         }
         let mut batches = batches.into_iter();
-        let Some(mut current) = batches.next() else { return Ok(saved) };
+        let Some(mut current) = batches.next() else { return outcomes };
         self.embed_new(&mut current).await;
         loop {
             let mut next = batches.next();
             let save = async {
                 for new in current {
-                    saved.push(self.save(store, new).await?);
+                    outcomes.push(self.save(store, new).await);
                 }
-                Ok::<_, Error>(())
             };
             let embed = async {
                 if let Some(next) = next.as_mut() {
                     self.embed_new(next).await;
                 }
             };
-            let (saving, ()) = futures::join!(save, embed);
-            saving?;
+            futures::join!(save, embed);
             match next {
                 Some(next) => current = next,
-                None => return Ok(saved),
+                None => return outcomes,
             }
         }
     }

@@ -845,7 +845,7 @@ async fn consolidation_is_not_hidden_by_many_scopes_with_too_little() {
 }
 
 #[tokio::test]
-async fn saving_many_embeds_them_a_batch_at_a_time_saves_in_order_and_stops_at_a_bad_one() {
+async fn saving_many_embeds_them_a_batch_at_a_time_saves_in_order_and_a_bad_one_fails_alone() {
     let stub =
         clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
     let memory = Memory::new(Some(embeddings(stub.url())), Isolation::Global);
@@ -860,7 +860,8 @@ async fn saving_many_embeds_them_a_batch_at_a_time_saves_in_order_and_stops_at_a
             .collect();
         // The last repeats the first: saved in order, it merges into it.
         items.push(item(ada, "", MemoryKind::Fact, "Note 0 about the 0th crate."));
-        let saved = memory.save_all(&store, items).await.unwrap();
+        let saved: Vec<_> =
+            memory.save_all(&store, items).await.into_iter().map(Result::unwrap).collect();
         assert_eq!(saved.len(), count + 1, "{}", b.name);
         assert_eq!(saved[count].outcome, Outcome::Merged, "{}", b.name);
         assert_eq!(saved[count].item.id, saved[0].item.id);
@@ -874,12 +875,15 @@ async fn saving_many_embeds_them_a_batch_at_a_time_saves_in_order_and_stops_at_a
             .collect();
         assert_eq!(asked, [32, 32, 6], "{}", b.name);
         assert_eq!(store.memory_count(ada).await.unwrap(), count as i64);
-        // A bad item stops the saving: those before it are saved, none after.
+        // A bad item fails alone: those before and after it are saved.
         let mut bad = item(ada, "", MemoryKind::Fact, "a bad one");
         bad.importance = -1.0;
-        let after = item(ada, "", MemoryKind::Fact, "never saved at all");
         let before = item(ada, "", MemoryKind::Fact, "saved before the bad one");
-        assert!(memory.save_all(&store, vec![before, bad, after]).await.is_err());
-        assert_eq!(store.memory_count(ada).await.unwrap(), count as i64 + 1, "{}", b.name);
+        let after = item(ada, "", MemoryKind::Fact, "saved after the bad one too");
+        let outcomes = memory.save_all(&store, vec![before, bad, after]).await;
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{}", b.name);
+        let err = outcomes[1].as_ref().unwrap_err().to_string();
+        assert!(err.contains("importance"), "{err}");
+        assert_eq!(store.memory_count(ada).await.unwrap(), count as i64 + 2, "{}", b.name);
     }
 }

@@ -94,7 +94,18 @@ pub fn spawn(store: Store, engine: Engine) -> tokio::task::JoinHandle<()> {
 }
 
 async fn run(store: Store, engine: Engine) {
+    // A merge begun goes on to one segment, whatever the count meanwhile.
+    let mut merging = false;
     loop {
+        if engine.memory().is_some() {
+            let from = if merging { 2 } else { INDEX_SEGMENTS };
+            match merge_memory_index(&store, from).await {
+                Ok(done) => merging = !done,
+                Err(err) => {
+                    tracing::warn!(error = %err, "merging the memories' full-text index failed; it tries again at the next look")
+                }
+            }
+        }
         let wait = match look(&store, &engine).await {
             // A full batch: more wait.
             Ok((kept, _)) if kept == BATCH as usize => Duration::from_millis(10),
@@ -107,6 +118,32 @@ async fn run(store: Store, engine: Engine) {
         // On the store's clock, so tests that move time move the cortex too.
         store.clock().sleep(wait).await;
     }
+}
+
+/// Segments of the memories' full-text index from which it is merged into one.
+pub const INDEX_SEGMENTS: i64 = 8;
+/// Pages (about 4 KB each) one merge step writes: milliseconds of the writer, so writes go
+/// between the steps.
+const INDEX_MERGE_PAGES: u32 = 256;
+/// Merge steps in one look; a merge not done by then goes on at the next.
+const INDEX_MERGE_STEPS: usize = 64;
+
+/// Merges the memories' full-text index (SQLite) into one segment once writes have split it
+/// into `from_segments` or more ([`INDEX_SEGMENTS`] in the background): a search reads every segment for every word, and merged,
+/// a recall at 100,000 items takes about half the time (`docs/perf/memory.md`). Each write
+/// adds a segment and FTS5 merges them only as they pile up, so a store that took many writes
+/// keeps a dozen or more. Whether the merge is done (`false`: [`INDEX_MERGE_STEPS`] steps ran
+/// and it goes on at the next call, with `from_segments` 2).
+pub async fn merge_memory_index(store: &Store, from_segments: i64) -> Result<bool, String> {
+    if store.memory_index_segments().await.map_err(|e| e.to_string())? < from_segments {
+        return Ok(true);
+    }
+    for _ in 0..INDEX_MERGE_STEPS {
+        if !store.merge_memory_index(INDEX_MERGE_PAGES).await.map_err(|e| e.to_string())? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Keeps the agents due now; how many, and how long a write settles before its upkeep.

@@ -204,7 +204,6 @@ async fn mine(
 struct MinedTurn {
     tenant: clade_store::TenantStore,
     agent: AgentId,
-    turn: clade_core::TurnId,
     items: Vec<NewMemory>,
 }
 
@@ -245,44 +244,37 @@ async fn mine_turn(
             embedding: None,
         })
         .collect();
-    Ok(Some(MinedTurn { tenant, agent: session.agent_id, turn, items }))
+    Ok(Some(MinedTurn { tenant, agent: session.agent_id, items }))
 }
 
 /// Agents whose turns are saved at once.
 const AGENTS_AT_ONCE: usize = 16;
 
-/// Saves mined turns: every item embedded in one call to the model first (a few full batches
-/// rather than one text at a time), then each agent's turns in order, agents side by side.
-async fn save_turns(memory: &Memory, mut turns: Vec<MinedTurn>) {
+/// Saves mined turns: each agent's items in order ([`Memory::save_all`], which embeds a batch
+/// ahead of its saves), agents side by side, so the model takes their texts together.
+async fn save_turns(memory: &Memory, turns: Vec<MinedTurn>) {
     use futures::StreamExt as _;
-    let counts: Vec<usize> = turns.iter().map(|t| t.items.len()).collect();
-    let mut items: Vec<NewMemory> =
-        turns.iter_mut().flat_map(|t| std::mem::take(&mut t.items)).collect();
-    memory.embed_new(&mut items).await;
-    let mut items = items.into_iter();
-    let mut by_agent: Vec<(AgentId, Vec<MinedTurn>)> = Vec::new();
-    for (mut turn, count) in turns.into_iter().zip(counts) {
-        // Each turn takes back as many items as it gave.
-        turn.items = items.by_ref().take(count).collect();
-        match by_agent.iter_mut().find(|(agent, _)| *agent == turn.agent) {
-            Some((_, turns)) => turns.push(turn),
-            None => by_agent.push((turn.agent, vec![turn])),
+    let mut by_agent: Vec<(clade_store::TenantStore, AgentId, Vec<NewMemory>)> = Vec::new();
+    for turn in turns {
+        match by_agent.iter_mut().find(|(_, agent, _)| *agent == turn.agent) {
+            Some((_, _, items)) => items.extend(turn.items),
+            None => by_agent.push((turn.tenant, turn.agent, turn.items)),
         }
     }
     futures::stream::iter(by_agent)
-        .for_each_concurrent(AGENTS_AT_ONCE, |(_, turns)| async move {
-            for turn in turns {
-                match memory.save_all(&turn.tenant, turn.items).await {
+        .for_each_concurrent(AGENTS_AT_ONCE, |(tenant, agent, items)| async move {
+            for outcome in memory.save_all(&tenant, items).await {
+                match outcome {
                     Ok(_) => {}
                     Err(clade_memory::Error::Store(clade_store::Error::MemoryFull { held })) => {
                         // Said once a process per agent: every later turn would say it again.
                         let mut warned = FULL_WARNED.lock().unwrap_or_else(|e| e.into_inner());
-                        if warned.insert(turn.agent) {
-                            tracing::warn!(agent = %turn.agent, held, "an agent's memory is full: completed turns are no longer mined into it; forget items (clade memory rm, DELETE /v1/agents/{{handle}}/memories/{{id}}) or raise memory.max_items_per_agent");
+                        if warned.insert(agent) {
+                            tracing::warn!(%agent, held, "an agent's memory is full: completed turns are no longer mined into it; forget items (clade memory rm, DELETE /v1/agents/{{handle}}/memories/{{id}}) or raise memory.max_items_per_agent");
                         }
                     }
                     Err(err) => {
-                        tracing::debug!(turn = %turn.turn, error = %err, "a completed turn's memories were not saved")
+                        tracing::debug!(%agent, error = %err, "a memory mined from a completed turn was not saved")
                     }
                 }
             }

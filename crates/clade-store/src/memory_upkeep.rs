@@ -86,6 +86,44 @@ fn agent_key(agent: AgentId) -> Vec<u8> {
 }
 
 impl Store {
+    /// How many segments the memories' full-text index is in (SQLite; PostgreSQL's index is
+    /// one structure, and 1 is said). A search reads every segment, so a recall slows as they
+    /// add up between merges (see [`Store::merge_memory_index`]).
+    pub async fn memory_index_segments(&self) -> Result<i64> {
+        if self.backend() != crate::Backend::Sqlite {
+            return Ok(1);
+        }
+        let rows =
+            self.rows(query("SELECT COUNT(DISTINCT segid) AS n FROM memories_fts_idx")).await?;
+        rows.first().map_or(Ok(0), |r| r.try_get("n"))
+    }
+
+    /// One step of merging the memories' full-text index into a single segment, writing
+    /// about `pages` pages (FTS5's `merge` with a negative count, which merges across levels,
+    /// as `optimize` does, but a bounded step at a time so other writes go between the
+    /// steps). Whether there is more to merge. A no-op on PostgreSQL.
+    pub async fn merge_memory_index(&self, pages: u32) -> Result<bool> {
+        if self.backend() != crate::Backend::Sqlite {
+            return Ok(false);
+        }
+        let pages = i64::from(pages.max(1));
+        self.write(move |conn| {
+            Box::pin(async move {
+                let changes = "SELECT total_changes() AS n";
+                let before: i64 = query(changes).fetch_one(&mut *conn).await?.try_get("n")?;
+                query(format!(
+                    "INSERT INTO memories_fts (memories_fts, rank) VALUES ('merge', -{pages})"
+                ))
+                .execute(&mut *conn)
+                .await?;
+                let after: i64 = query(changes).fetch_one(&mut *conn).await?.try_get("n")?;
+                // FTS5 counts a step that merged nothing as fewer than two changes.
+                Ok(after - before >= 2)
+            })
+        })
+        .await
+    }
+
     /// Agents of any tenant whose upkeep is due at `now`: decay prunes or purges one of their
     /// items by then, or they wrote at least `settle_ms` ago and have not been kept since. At
     /// most `limit`, the longest waiting first. Two index range reads, whatever the number of

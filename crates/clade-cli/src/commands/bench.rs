@@ -49,9 +49,16 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
             let plan = super::bench_sched::Plan { jobs, seconds, spread, every, turns };
             super::bench_sched::run(ctx, &plan).await
         }
-        BenchCommand::Memory { items, queries, saves, embeddings, eval, distractors } => {
-            let plan =
-                super::bench_memory::Plan { items, queries, saves, embeddings, eval, distractors };
+        BenchCommand::Memory { items, queries, saves, embeddings, eval, distractors, unmerged } => {
+            let plan = super::bench_memory::Plan {
+                items,
+                queries,
+                saves,
+                embeddings,
+                eval,
+                distractors,
+                unmerged,
+            };
             super::bench_memory::run(ctx, &plan).await
         }
         BenchCommand::Local { answers, tokens, concurrent, model } => {

@@ -33,6 +33,8 @@ pub(super) struct Plan {
     pub(super) eval: Option<std::path::PathBuf>,
     /// Generated notes stored beside an evaluation set's items.
     pub(super) distractors: usize,
+    /// Recall on the full-text index in the segments the writes left, unmerged.
+    pub(super) unmerged: bool,
 }
 
 const NAMES: [&str; 12] =
@@ -220,13 +222,32 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         while next < end {
             let page_end = (next + INGESTION_PAGE).min(end);
             let items = (next..page_end).map(|n| new_item(agent.id, texts.item(n), None)).collect();
-            hybrid.save_all(&store, items).await?;
+            for saved in hybrid.save_all(&store, items).await {
+                saved?;
+            }
             next = page_end;
         }
         let ingestion_rate = plan.saves as f64 / started.elapsed().as_secs_f64().max(1e-9);
 
         let disk_after = ctx.store.disk_bytes().await?;
         let items = store.memory_count(agent.id).await?;
+        // The full-text index as the cortex keeps it: merged into one segment once writes
+        // have split it into many (or left as they split it, to compare).
+        let segments = ctx.store.memory_index_segments().await?;
+        let index = if plan.unmerged {
+            format!("{segments} full-text segments, left unmerged")
+        } else {
+            let started = now();
+            while !clade_runtime::cortex::merge_memory_index(&ctx.store, 2)
+                .await
+                .map_err(anyhow::Error::msg)?
+            {}
+            format!(
+                "{segments} full-text segments merged into {} in {:.1} s, as the cortex merges them",
+                ctx.store.memory_index_segments().await?,
+                started.elapsed().as_secs_f64()
+            )
+        };
         let rss_before_recall = rss_kib();
         let mut rows = Vec::new();
         for (mode, memory) in [("hybrid", &*hybrid), ("full text", &words)] {
@@ -287,6 +308,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
             "    ingestion: {ingestion_rate:.0} items/s as mined turns are saved, {INGESTION_PAGE} embedded together then saved in order ({} saves)",
             plan.saves
         );
+        println!("    index:   {index}");
         for (mode, cold, p50, p99, found, tail) in rows {
             println!(
                 "    recall {mode:<9}: p50 {p50:.2} ms, p99 {p99:.2} ms, first {:.1} ms ({} queries, {:.1} items each); {tail}",

@@ -344,3 +344,36 @@ async fn a_common_word_beside_a_rare_one_still_fills_the_results() {
         assert!(hits.iter().all(|(id, _)| *id != foreign.id), "{}", h.name);
     }
 }
+
+#[tokio::test]
+async fn the_full_text_index_merges_into_one_segment_step_by_step_and_finds_the_same() {
+    for h in backends().await {
+        let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let ours = h.store.tenant_scope(tenant.id);
+        // One write at a time: each adds a segment to SQLite's index.
+        for n in 0..40 {
+            let content = format!("ada filed report {n} about the walrus {}", n % 7);
+            ours.save_memory(item(ada.id, "", MemoryKind::Fact, &content)).await.unwrap();
+        }
+        let everywhere = scoped(None);
+        let search = || ours.search_memory_text(ada.id, &everywhere, "walrus 3", 10, 10);
+        let before = search().await.unwrap();
+        let segments = h.store.memory_index_segments().await.unwrap();
+        if h.name == "postgres" {
+            // One index structure, nothing to merge.
+            assert_eq!(segments, 1);
+            assert!(!h.store.merge_memory_index(8).await.unwrap());
+            continue;
+        }
+        assert!(segments > 1, "{segments} segments after 40 writes");
+        let mut steps = 0;
+        while h.store.merge_memory_index(8).await.unwrap() {
+            steps += 1;
+            assert!(steps < 1000, "the merge never ends");
+        }
+        assert_eq!(h.store.memory_index_segments().await.unwrap(), 1);
+        assert_eq!(search().await.unwrap(), before, "the merge changed what a search finds");
+        // Merged, a step has nothing to do.
+        assert!(!h.store.merge_memory_index(8).await.unwrap());
+    }
+}
