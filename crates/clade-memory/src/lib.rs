@@ -363,8 +363,12 @@ impl Memory {
     /// them one by one gives it one text at a time. Without an embedder, or when it fails, the
     /// items stay as they were (and [`Memory::save`] stores them on full text).
     pub async fn embed_new(&self, items: &mut [NewMemory]) {
-        let missing: Vec<usize> =
-            (0..items.len()).filter(|&n| items[n].embedding.is_none()).collect();
+        // An item `save` refuses is not sent: one bad text must not fail the batch.
+        let missing: Vec<usize> = (0..items.len())
+            .filter(|&n| {
+                items[n].embedding.is_none() && clade_store::memories::check_new(&items[n]).is_ok()
+            })
+            .collect();
         let Some(model) = self.embedding_model().map(str::to_owned) else { return };
         if missing.is_empty() {
             return;

@@ -244,9 +244,9 @@ impl Encoder {
     }
 }
 
-// The element-wise steps are ops of our own: candle's spread a large tensor over a pool of
-// threads that spin between ops, on cores the matrix products need (a fifth of a pass's time
-// on two cores).
+// The element-wise steps are ops of our own: candle's spread a large tensor over a barrier
+// pool of its own whose threads spin between ops, on cores the matrix products need (a fifth
+// of a pass's time on two cores).
 
 fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
@@ -372,22 +372,19 @@ impl candle_core::CustomOp2 for AddPadding {
 const PIECE: usize = 1 << 16;
 
 /// Runs `step(first row, rows)` over `out` (rows of `row` values), split between the cores
-/// when it is large.
+/// on rayon's pool (gemm's own, so nothing is spawned per step) when it is large.
 fn by_rows(out: &mut [f32], row: usize, step: impl Fn(usize, &mut [f32]) + Sync) {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pieces = threads.min(out.len() / PIECE).max(1);
+    use rayon::prelude::*;
+    let pieces = rayon::current_num_threads().min(out.len() / PIECE).max(1);
     let rows = out.len() / row.max(1);
     if pieces == 1 || rows < pieces {
         step(0, out);
         return;
     }
     let rows_a_piece = rows.div_ceil(pieces);
-    let step = &step;
-    std::thread::scope(|scope| {
-        for (n, piece) in out.chunks_mut(rows_a_piece * row).enumerate() {
-            scope.spawn(move || step(n * rows_a_piece, piece));
-        }
-    });
+    out.par_chunks_mut(rows_a_piece * row)
+        .enumerate()
+        .for_each(|(n, piece)| step(n * rows_a_piece, piece));
 }
 
 /// BERT's exact GELU, `x·Φ(x)`, with `erf` as a rational function the compiler vectorizes

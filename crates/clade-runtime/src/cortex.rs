@@ -94,18 +94,9 @@ pub fn spawn(store: Store, engine: Engine) -> tokio::task::JoinHandle<()> {
 }
 
 async fn run(store: Store, engine: Engine) {
-    // A merge begun goes on to one segment, whatever the count meanwhile.
+    // A merge begun goes on at each look until it is done, whatever the count meanwhile.
     let mut merging = false;
     loop {
-        if engine.memory().is_some() {
-            let from = if merging { 2 } else { INDEX_SEGMENTS };
-            match merge_memory_index(&store, from).await {
-                Ok(done) => merging = !done,
-                Err(err) => {
-                    tracing::warn!(error = %err, "merging the memories' full-text index failed; it tries again at the next look")
-                }
-            }
-        }
         let wait = match look(&store, &engine).await {
             // A full batch: more wait.
             Ok((kept, _)) if kept == BATCH as usize => Duration::from_millis(10),
@@ -115,6 +106,15 @@ async fn run(store: Store, engine: Engine) {
                 MAX_WAIT
             }
         };
+        // Not between the quick looks of a backlog, which come every 10 ms.
+        if wait >= Duration::from_secs(1) && engine.memory().is_some() {
+            match merge_memory_index(&store, INDEX_SEGMENTS, merging).await {
+                Ok(done) => merging = !done,
+                Err(err) => {
+                    tracing::warn!(error = %err, "merging the memories' full-text index failed; it tries again at the next look")
+                }
+            }
+        }
         // On the store's clock, so tests that move time move the cortex too.
         store.clock().sleep(wait).await;
     }
@@ -129,17 +129,24 @@ const INDEX_MERGE_PAGES: u32 = 256;
 const INDEX_MERGE_STEPS: usize = 64;
 
 /// Merges the memories' full-text index (SQLite) into one segment once writes have split it
-/// into `from_segments` or more ([`INDEX_SEGMENTS`] in the background): a search reads every segment for every word, and merged,
-/// a recall at 100,000 items takes about half the time (`docs/perf/memory.md`). Each write
-/// adds a segment and FTS5 merges them only as they pile up, so a store that took many writes
-/// keeps a dozen or more. Whether the merge is done (`false`: [`INDEX_MERGE_STEPS`] steps ran
-/// and it goes on at the next call, with `from_segments` 2).
-pub async fn merge_memory_index(store: &Store, from_segments: i64) -> Result<bool, String> {
-    if store.memory_index_segments().await.map_err(|e| e.to_string())? < from_segments {
+/// into `from_segments` or more ([`INDEX_SEGMENTS`] in the background), or goes on with the
+/// merge `begun` earlier. A search reads every segment for every word; each write adds one,
+/// and FTS5 merges them only as they pile up (13 to 21 after the bench's fills). The first step
+/// gathers every segment into one merge and the later ones go on with it, so a write between
+/// steps adds a segment that waits for the next merge instead of starting this one over.
+/// Whether the merge is done (`false`: [`INDEX_MERGE_STEPS`] steps ran; call again with
+/// `begun`).
+pub async fn merge_memory_index(
+    store: &Store,
+    from_segments: i64,
+    begun: bool,
+) -> Result<bool, String> {
+    if !begun && store.memory_index_segments().await.map_err(|e| e.to_string())? < from_segments {
         return Ok(true);
     }
-    for _ in 0..INDEX_MERGE_STEPS {
-        if !store.merge_memory_index(INDEX_MERGE_PAGES).await.map_err(|e| e.to_string())? {
+    for step in 0..INDEX_MERGE_STEPS {
+        let gather = !begun && step == 0;
+        if !store.merge_memory_index(INDEX_MERGE_PAGES, gather).await.map_err(|e| e.to_string())? {
             return Ok(true);
         }
     }

@@ -263,7 +263,8 @@ async fn save_turns(memory: &Memory, turns: Vec<MinedTurn>) {
     }
     futures::stream::iter(by_agent)
         .for_each_concurrent(AGENTS_AT_ONCE, |(tenant, agent, items)| async move {
-            for outcome in memory.save_all(&tenant, items).await {
+            let turns: Vec<_> = items.iter().map(|item| item.provenance.turn).collect();
+            for (outcome, turn) in memory.save_all(&tenant, items).await.into_iter().zip(turns) {
                 match outcome {
                     Ok(_) => {}
                     Err(clade_memory::Error::Store(clade_store::Error::MemoryFull { held })) => {
@@ -274,7 +275,7 @@ async fn save_turns(memory: &Memory, turns: Vec<MinedTurn>) {
                         }
                     }
                     Err(err) => {
-                        tracing::debug!(%agent, error = %err, "a memory mined from a completed turn was not saved")
+                        tracing::debug!(%agent, ?turn, error = %err, "a memory mined from a completed turn was not saved")
                     }
                 }
             }

@@ -99,20 +99,22 @@ impl Store {
     }
 
     /// One step of merging the memories' full-text index into a single segment, writing
-    /// about `pages` pages (FTS5's `merge` with a negative count, which merges across levels,
-    /// as `optimize` does, but a bounded step at a time so other writes go between the
-    /// steps). Whether there is more to merge. A no-op on PostgreSQL.
-    pub async fn merge_memory_index(&self, pages: u32) -> Result<bool> {
+    /// about `pages` pages. With `gather`, the step first gathers every segment into one merge
+    /// (FTS5's `merge` with a negative count, as `optimize` does); without, it goes on with
+    /// the merge begun (a positive count), which a segment written since does not start over.
+    /// Bounded steps, so other writes go between them. Whether there is more to merge. A
+    /// no-op on PostgreSQL.
+    pub async fn merge_memory_index(&self, pages: u32, gather: bool) -> Result<bool> {
         if self.backend() != crate::Backend::Sqlite {
             return Ok(false);
         }
-        let pages = i64::from(pages.max(1));
+        let pages = i64::from(pages.max(1)) * if gather { -1 } else { 1 };
         self.write(move |conn| {
             Box::pin(async move {
                 let changes = "SELECT total_changes() AS n";
                 let before: i64 = query(changes).fetch_one(&mut *conn).await?.try_get("n")?;
                 query(format!(
-                    "INSERT INTO memories_fts (memories_fts, rank) VALUES ('merge', -{pages})"
+                    "INSERT INTO memories_fts (memories_fts, rank) VALUES ('merge', {pages})"
                 ))
                 .execute(&mut *conn)
                 .await?;

@@ -238,10 +238,13 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
             format!("{segments} full-text segments, left unmerged")
         } else {
             let started = now();
-            while !clade_runtime::cortex::merge_memory_index(&ctx.store, 2)
+            let mut begun = false;
+            while !clade_runtime::cortex::merge_memory_index(&ctx.store, 2, begun)
                 .await
                 .map_err(anyhow::Error::msg)?
-            {}
+            {
+                begun = true;
+            }
             format!(
                 "{segments} full-text segments merged into {} in {:.1} s, as the cortex merges them",
                 ctx.store.memory_index_segments().await?,

@@ -351,8 +351,11 @@ async fn the_full_text_index_merges_into_one_segment_step_by_step_and_finds_the_
         let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
         let ours = h.store.tenant_scope(tenant.id);
         // One write at a time: each adds a segment to SQLite's index.
-        for n in 0..40 {
-            let content = format!("ada filed report {n} about the walrus {}", n % 7);
+        for n in 0..200 {
+            // Words of its own, so the index spans many pages and the merge many steps.
+            let own: Vec<String> = (0..30).map(|k| format!("w{n}x{k}")).collect();
+            let content =
+                format!("ada filed report {n} about the walrus {} {}", n % 7, own.join(" "));
             ours.save_memory(item(ada.id, "", MemoryKind::Fact, &content)).await.unwrap();
         }
         let everywhere = scoped(None);
@@ -362,18 +365,42 @@ async fn the_full_text_index_merges_into_one_segment_step_by_step_and_finds_the_
         if h.name == "postgres" {
             // One index structure, nothing to merge.
             assert_eq!(segments, 1);
-            assert!(!h.store.merge_memory_index(8).await.unwrap());
+            assert!(!h.store.merge_memory_index(8, true).await.unwrap());
             continue;
         }
-        assert!(segments > 1, "{segments} segments after 40 writes");
-        let mut steps = 0;
-        while h.store.merge_memory_index(8).await.unwrap() {
+        assert!(segments > 1, "{segments} segments after 200 writes");
+        // Writes between the steps add segments; the merge begun goes on and ends.
+        let (mut steps, mut written) = (0, 0);
+        while h.store.merge_memory_index(1, steps == 0).await.unwrap() {
             steps += 1;
-            assert!(steps < 1000, "the merge never ends");
+            if written < 3 {
+                let content =
+                    format!("a note written mid-merge {}", ["one", "two", "six"][written]);
+                ours.save_memory(item(ada.id, "", MemoryKind::Fact, &content)).await.unwrap();
+                written += 1;
+            }
+            assert!(steps < 100_000, "the merge never ends");
         }
+        assert_eq!(written, 3, "the merge ended before the writes between its steps");
+        let after = h.store.memory_index_segments().await.unwrap();
+        assert!(after <= 4, "{segments} segments, then {after}");
+        // The same items (their scores move with the items written meanwhile).
+        let ids = |hits: Vec<(clade_core::MemoryId, f64)>| -> Vec<_> {
+            hits.into_iter().map(|(id, _)| id).collect()
+        };
+        assert_eq!(
+            ids(search().await.unwrap()),
+            ids(before.clone()),
+            "the merge changed what a search finds"
+        );
+        // The notes written meanwhile are found.
+        let mid = ours.search_memory_text(ada.id, &everywhere, "mid-merge", 10, 10).await.unwrap();
+        assert!(!mid.is_empty(), "{}", h.name);
+        // Gathered again, the index ends in one segment.
+        while h.store.merge_memory_index(8, false).await.unwrap() {}
+        while h.store.merge_memory_index(8, true).await.unwrap() {}
         assert_eq!(h.store.memory_index_segments().await.unwrap(), 1);
-        assert_eq!(search().await.unwrap(), before, "the merge changed what a search finds");
         // Merged, a step has nothing to do.
-        assert!(!h.store.merge_memory_index(8).await.unwrap());
+        assert!(!h.store.merge_memory_index(8, false).await.unwrap());
     }
 }
