@@ -279,21 +279,44 @@ impl candle_core::CustomOp2 for AddBias {
         bias_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, bias) = (contiguous(x, x_layout)?, contiguous(bias, bias_layout)?);
-        if bias.is_empty() || !x.len().is_multiple_of(bias.len()) {
-            return Err(mismatch("add-bias"));
-        }
-        let mut out = vec![0f32; x.len()];
-        by_rows(&mut out, bias.len(), |row, out| {
-            let x = &x[row * bias.len()..][..out.len()];
-            for (out, (x, b)) in out.iter_mut().zip(x.iter().zip(bias.iter().cycle())) {
-                *out = x + b;
-            }
-            if self.gelu {
-                gelu_in_place(out);
-            }
-        });
+        let out = add_bias(self.name(), x, bias, None, self.gelu)?;
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
+}
+
+/// `x + bias` on every row, plus `residual` if given, then GELU if asked: the one loop both
+/// bias ops run.
+fn add_bias(
+    name: &str,
+    x: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    gelu: bool,
+) -> candle_core::Result<Vec<f32>> {
+    if bias.is_empty()
+        || !x.len().is_multiple_of(bias.len())
+        || residual.is_some_and(|r| r.len() != x.len())
+    {
+        return Err(mismatch(name));
+    }
+    let mut out = vec![0f32; x.len()];
+    by_rows(&mut out, bias.len(), |row, out| {
+        let at = row * bias.len();
+        let x = &x[at..][..out.len()];
+        for (out, (x, b)) in out.iter_mut().zip(x.iter().zip(bias.iter().cycle())) {
+            *out = x + b;
+        }
+        if let Some(residual) = residual {
+            let residual = &residual[at..][..out.len()];
+            for (out, r) in out.iter_mut().zip(residual) {
+                *out += r;
+            }
+        }
+        if gelu {
+            gelu_in_place(out);
+        }
+    });
+    Ok(out)
 }
 
 /// `x + bias` on every row, plus `residual`.
@@ -315,18 +338,7 @@ impl candle_core::CustomOp3 for AddBiasAndResidual {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, bias) = (contiguous(x, x_layout)?, contiguous(bias, bias_layout)?);
         let residual = contiguous(residual, residual_layout)?;
-        if bias.is_empty() || !x.len().is_multiple_of(bias.len()) || residual.len() != x.len() {
-            return Err(mismatch("add-bias-and-residual"));
-        }
-        let mut out = vec![0f32; x.len()];
-        by_rows(&mut out, bias.len(), |row, out| {
-            let at = row * bias.len();
-            let (x, residual) = (&x[at..][..out.len()], &residual[at..][..out.len()]);
-            let sources = x.iter().zip(residual).zip(bias.iter().cycle());
-            for (out, ((x, r), b)) in out.iter_mut().zip(sources) {
-                *out = x + b + r;
-            }
-        });
+        let out = add_bias(self.name(), x, bias, Some(residual), false)?;
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 }
