@@ -773,6 +773,17 @@ pub(crate) struct IngestServiceArgs {
     /// Mine what the feed holds now, then exit, instead of following it
     #[arg(long)]
     pub(crate) once: bool,
+    /// How turns are mined: `heuristic` here, without a model, or `model`, the gateway's
+    /// `cortex` route (charged to each turn's agent; the heuristic when it fails)
+    #[arg(long, value_enum, default_value_t = Miner::Heuristic)]
+    pub(crate) miner: Miner,
+}
+
+/// See [`IngestServiceArgs::miner`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Miner {
+    Heuristic,
+    Model,
 }
 
 #[derive(Debug, Args)]
@@ -1331,7 +1342,7 @@ pub(crate) enum BenchCommand {
 }
 
 /// The model `clade bench turns` runs against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BenchModel {
     Stub,
     StubHttp1,

@@ -14,11 +14,14 @@ use clade_store::{MemoryFilter, MemoryRow, NewMemory, Provenance};
 
 use crate::AppState;
 use crate::agents::{JsonBody, checked_limit, query_rejection};
+use clade_runtime::ingest::Miner;
+
 use crate::api::{
-    CreateMemoryParams, LinkMemoryParams, MemoriesQuery, MemoryLinkResponse, MemoryListResponse,
-    MemoryProvenance, MemoryResponse, MemorySearchResponse, MemoryUpkeepResponse,
-    PrunedMemoriesQuery, RecalledMemory, SavedMemoryResponse, SearchMemoriesParams,
-    SessionMemoryParams,
+    CreateMemoryParams, ErrorBody, LinkMemoryParams, MAX_MEMORY_BATCH, MemoriesQuery,
+    MemoryLinkResponse, MemoryListResponse, MemoryProvenance, MemoryResponse, MemorySearchResponse,
+    MemoryUpkeepResponse, MineTurnParams, MinedMemory, MinedTurnResponse, MinerKind,
+    PrunedMemoriesQuery, RecalledMemory, SavedMemoriesResponse, SavedMemoryResponse,
+    SavedMemoryResult, SearchMemoriesParams, SessionMemoriesParams, SessionMemoryParams,
 };
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
@@ -211,42 +214,176 @@ pub(crate) async fn create_in_session(
     Path(id): Path<String>,
     JsonBody(params): JsonBody<SessionMemoryParams>,
 ) -> Result<(StatusCode, axum::Json<SavedMemoryResponse>), ApiError> {
-    let memory = memory_of(&state)?;
-    checked_source_tool(params.source_tool.as_deref())?;
-    let session = crate::sessions::reachable_row(&state, &tenant, &reach, &id).await?;
-    // Memory is the agent's, recalled in its other sessions: a token that reaches this session
-    // alone (a session lease) may not write to it.
+    let (memory, store, mut items) = in_session(&state, &tenant, &reach, &id, vec![params]).await?;
+    let new = items.pop().ok_or_else(|| ApiError::internal("one item in, none out"))?;
+    let saved = memory.save(&store, new).await.map_err(|e| refusal(&id, e))?;
+    Ok(saved_response(saved))
+}
+
+/// `POST /v1/sessions/{id}/memories/batch`: items learnt from the session, as
+/// [`create_in_session`] takes one, saved in order with their texts embedded together
+/// ([`Memory::save_all`]); each answered as that route would, and one refused holds up no
+/// other.
+pub(crate) async fn create_many_in_session(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonBody(params): JsonBody<SessionMemoriesParams>,
+) -> Result<axum::Json<SavedMemoriesResponse>, ApiError> {
+    if params.items.is_empty() || params.items.len() > MAX_MEMORY_BATCH {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!(
+                "items: 1 to {MAX_MEMORY_BATCH} a request, not {}; send the rest in another",
+                params.items.len()
+            ),
+        ));
+    }
+    let (memory, store, items) = in_session(&state, &tenant, &reach, &id, params.items).await?;
+    let results = memory
+        .save_all(&store, items)
+        .await
+        .into_iter()
+        .map(|outcome| match outcome {
+            Ok(saved) => {
+                let (status, axum::Json(saved)) = saved_response(saved);
+                SavedMemoryResult { status: status.as_u16(), saved: Some(saved), error: None }
+            }
+            Err(err) => {
+                let err = refusal(&id, err);
+                SavedMemoryResult {
+                    status: err.code.status().as_u16(),
+                    saved: None,
+                    error: Some(ErrorBody {
+                        code: err.code.as_str().to_owned(),
+                        message: err.message,
+                    }),
+                }
+            }
+        })
+        .collect();
+    Ok(axum::Json(SavedMemoriesResponse { results }))
+}
+
+/// The session `id`'s memory, acted on as the caller, and `params` as items of it: the
+/// session's agent and isolation key, the session and each item's turn (which must be the
+/// session's) as provenance.
+async fn in_session(
+    state: &AppState,
+    tenant: &clade_core::Tenant,
+    reach: &crate::auth::Reach,
+    id: &str,
+    params: Vec<SessionMemoryParams>,
+) -> Result<(std::sync::Arc<Memory>, clade_store::TenantStore, Vec<NewMemory>), ApiError> {
+    let memory = memory_of(state)?;
+    for item in &params {
+        checked_source_tool(item.source_tool.as_deref())?;
+    }
+    let (session, store) = agent_session(state, tenant, reach, id).await?;
+    let mut turns: Vec<(String, clade_core::TurnId)> = Vec::new();
+    let mut items = Vec::with_capacity(params.len());
+    for params in params {
+        let turn = match params.turn {
+            None => None,
+            Some(text) => match turns.iter().find(|(known, _)| *known == text) {
+                Some((_, turn)) => Some(*turn),
+                None => {
+                    let turn = session_turn(&store, &session, id, &text).await?;
+                    turns.push((text, turn));
+                    Some(turn)
+                }
+            },
+        };
+        items.push(NewMemory {
+            agent: session.agent_id,
+            scope: memory.isolation_key(&session.source).unwrap_or_default(),
+            kind: params.kind.map_or(MemoryKind::Fact, |k| k.0),
+            content: params.content,
+            importance: params.importance.unwrap_or(0.5),
+            confidence: params.confidence.unwrap_or(clade_memory::mine::CONFIDENCE),
+            untrusted: params.source_tool.is_some(),
+            provenance: Provenance {
+                session: Some(session.id),
+                turn,
+                tool: params.source_tool,
+                by: format!("tenant {} (api)", tenant.name),
+            },
+            embedding: None,
+        });
+    }
+    Ok((memory, store, items))
+}
+
+/// The session `id`, if the caller reaches its whole agent, and the tenant's store acted on
+/// as the caller. Memory is the agent's, recalled in its other sessions: a token that reaches
+/// this session alone (a session lease) may neither write to it nor spend the agent's budget
+/// mining for it.
+async fn agent_session(
+    state: &AppState,
+    tenant: &clade_core::Tenant,
+    reach: &crate::auth::Reach,
+    id: &str,
+) -> Result<(clade_store::SessionRow, clade_store::TenantStore), ApiError> {
+    let session = crate::sessions::reachable_row(state, tenant, reach, id).await?;
     if !reach.allows(session.agent_id) {
         return Err(clade_store::Error::SessionNotFound(session.id.to_string()).into());
     }
     let store =
         state.store.acting_as(format!("tenant {} (api)", tenant.name)).tenant_scope(tenant.id);
-    let turn = match params.turn.as_deref() {
-        None => None,
-        Some(text) => {
-            let not_found = || crate::sessions::turn_not_found(&id, text);
-            let turn = text.parse::<clade_core::TurnId>().map_err(|_| not_found())?;
-            match store.turn(session.id, turn).await {
-                Ok(row) => Some(row.id),
-                Err(clade_store::Error::TurnNotFound(_)) => return Err(not_found()),
-                Err(other) => return Err(other.into()),
-            }
-        }
+    Ok((session, store))
+}
+
+/// The turn `text` names, if it is `session`'s (`id` as the caller wrote it).
+async fn session_turn(
+    store: &clade_store::TenantStore,
+    session: &clade_store::SessionRow,
+    id: &str,
+    text: &str,
+) -> Result<clade_core::TurnId, ApiError> {
+    let not_found = || crate::sessions::turn_not_found(id, text);
+    let turn = text.parse::<clade_core::TurnId>().map_err(|_| not_found())?;
+    match store.turn(session.id, turn).await {
+        Ok(row) => Ok(row.id),
+        Err(clade_store::Error::TurnNotFound(_)) => Err(not_found()),
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// `POST /v1/sessions/{id}/turns/{turn}/mine`: what the people in one of the session's turns
+/// wrote worth remembering, found as the gateway's own ingestion finds it (the `cortex` model
+/// route, charged to the agent within its budgets, or the heuristic), and not saved: a miner
+/// running as a process of its own saves it with `POST /v1/sessions/{id}/memories/batch`.
+pub(crate) async fn mine_turn(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path((id, turn)): Path<(String, String)>,
+    JsonBody(params): JsonBody<MineTurnParams>,
+) -> Result<axum::Json<MinedTurnResponse>, ApiError> {
+    memory_of(&state)?;
+    let (session, store) = agent_session(&state, &tenant, &reach, &id).await?;
+    let turn = session_turn(&store, &session, &id, &turn).await?;
+    let record = store.turn_record(session.id, turn).await?;
+    let texts: Vec<String> = record.events.into_iter().map(|event| event.text).collect();
+    let miner = match params.miner.unwrap_or(MinerKind::Model) {
+        MinerKind::Model => Miner::Model,
+        MinerKind::Heuristic => Miner::Heuristic,
     };
-    let by = format!("tenant {} (api)", tenant.name);
-    let new = NewMemory {
-        agent: session.agent_id,
-        scope: memory.isolation_key(&session.source).unwrap_or_default(),
-        kind: params.kind.map_or(MemoryKind::Fact, |k| k.0),
-        content: params.content,
-        importance: params.importance.unwrap_or(0.5),
-        confidence: params.confidence.unwrap_or(0.6),
-        untrusted: params.source_tool.is_some(),
-        provenance: Provenance { session: Some(session.id), turn, tool: params.source_tool, by },
-        embedding: None,
-    };
-    let saved = memory.save(&store, new).await.map_err(|e| refusal(&id, e))?;
-    Ok(saved_response(saved))
+    let (items, by) =
+        clade_runtime::ingest::mine(&state.engine, &store, session.agent_id, miner, &texts).await;
+    Ok(axum::Json(MinedTurnResponse {
+        items: items
+            .into_iter()
+            .map(|item| MinedMemory {
+                kind: item.kind.into(),
+                content: item.content,
+                importance: item.importance,
+            })
+            .collect(),
+        miner: match by {
+            Miner::Model => MinerKind::Model,
+            Miner::Heuristic => MinerKind::Heuristic,
+        },
+    }))
 }
 
 pub(crate) async fn search(

@@ -1373,6 +1373,48 @@ pub static OPERATIONS: &[Operation] = &[
         )
     },
     Operation {
+        params: &[SESSION],
+        body: Some(of::<api::SessionMemoriesParams>),
+        responses: &[
+            ok(
+                "200",
+                "each item's outcome in the order sent, with the status `POST /v1/sessions/{id}/memories` would answer it with (201, 200, or 422 for one refused, which holds up no other)",
+                of::<api::SavedMemoriesResponse>,
+            ),
+            error("400", "invalid body, or not 1 to 100 items"),
+            error("404", "no such session, or an item's turn is not one of its"),
+            error("422", "memory is off (`memory_off`)"),
+        ],
+        ..op(
+            "POST",
+            "/v1/sessions/{id}/memories/batch",
+            &[Operate],
+            "Add up to 100 items learnt from the session in one request, as `POST /v1/sessions/{id}/memories` adds one: saved in order, their texts embedded together",
+            || post(memories::create_many_in_session),
+        )
+    },
+    Operation {
+        params: &[SESSION, TURN],
+        body: Some(of::<api::MineTurnParams>),
+        responses: &[
+            ok(
+                "200",
+                "what the turn holds worth remembering, not saved, and the miner that found it",
+                of::<api::MinedTurnResponse>,
+            ),
+            error("400", "invalid body"),
+            error("404", "no such session, or no such turn in it"),
+            error("422", "memory is off (`memory_off`)"),
+        ],
+        ..op(
+            "POST",
+            "/v1/sessions/{id}/turns/{turn}/mine",
+            &[Operate],
+            "Mine one of the session's turns for memories as the gateway's own ingestion does: with the `cortex` model route (charged to the agent, within its budgets; the heuristic when it fails) or the heuristic. Nothing is saved: a miner running as its own process saves the items with `POST /v1/sessions/{id}/memories/batch`",
+            || post(memories::mine_turn),
+        )
+    },
+    Operation {
         params: &[SESSION, TURN],
         query: Some(fields::<api::StepsQuery>),
         responses: &[

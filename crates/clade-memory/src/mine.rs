@@ -13,6 +13,10 @@ pub struct Mined {
     pub importance: f64,
 }
 
+/// Confidence of a mined item, by whichever miner (the heuristic or a model): it was read out
+/// of a conversation, not stated to the operator.
+pub const CONFIDENCE: f64 = 0.6;
+
 /// Shortest and longest sentence kept, in bytes.
 const MIN_BYTES: usize = 12;
 const MAX_BYTES: usize = 600;

@@ -1454,6 +1454,76 @@ pub struct SessionMemoryParams {
     pub source_tool: Option<String>,
 }
 
+/// The most items one `POST /v1/sessions/{id}/memories/batch` saves.
+pub const MAX_MEMORY_BATCH: usize = 100;
+
+/// `POST /v1/sessions/{id}/memories/batch`: items learnt from the session, saved in order in
+/// one request (their texts embedded together).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionMemoriesParams {
+    /// 1 to 100 items, each as `POST /v1/sessions/{id}/memories` takes one.
+    #[schemars(length(min = 1, max = MAX_MEMORY_BATCH))]
+    pub items: Vec<SessionMemoryParams>,
+}
+
+/// What saving one item of a batch did: `saved` for a status under 300, `error` otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SavedMemoryResult {
+    /// As the single-item route would answer it: 201 `created` or `linked`, 200 `merged`,
+    /// 422 refused (`invalid_memory`, `memory_full`).
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved: Option<SavedMemoryResponse>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+/// What saving a batch did, item by item in the order sent. An item refused holds up no
+/// other.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SavedMemoriesResponse {
+    pub results: Vec<SavedMemoryResult>,
+}
+
+/// How a turn is mined for memories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MinerKind {
+    /// The `cortex` model route, asked what is worth remembering (charged to the agent).
+    Model,
+    /// The sentences people state about themselves, their plans, decisions, numbers and
+    /// dates, without a model.
+    Heuristic,
+}
+
+/// `POST /v1/sessions/{id}/turns/{turn}/mine`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MineTurnParams {
+    /// Default `model`.
+    #[serde(default)]
+    pub miner: Option<MinerKind>,
+}
+
+/// One item a turn holds worth remembering, not yet saved.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MinedMemory {
+    pub kind: Spelled<clade_core::MemoryKind>,
+    pub content: String,
+    /// 0 to 1.
+    pub importance: f64,
+}
+
+/// What a turn holds worth remembering, as `POST /v1/sessions/{id}/memories/batch` takes it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MinedTurnResponse {
+    pub items: Vec<MinedMemory>,
+    /// The miner that found them: `heuristic` when `model` was asked and the model failed
+    /// (unreachable, over budget, an answer that is not a list of items).
+    pub miner: MinerKind,
+}
+
 /// What saving an item did.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct SavedMemoryResponse {

@@ -169,21 +169,32 @@ const MODEL_INSTRUCTIONS: &str = "You keep an assistant's long-term memory. Belo
 /// Whether a failing mining model was said (once a process, then at debug level).
 static MODEL_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// What `texts` hold worth remembering, by `miner`: kind, content and importance.
-async fn mine(
+/// What `texts` hold worth remembering, and the miner that found it: `miner`, or the
+/// heuristic when the model was asked and could not answer (the call is charged to `agent`,
+/// within its budgets). The gateway's route that mines a turn for a service of its own uses
+/// this too, so both mine alike.
+pub async fn mine(
     engine: &Engine,
     tenant: &clade_store::TenantStore,
     agent: AgentId,
     miner: Miner,
     texts: &[String],
-) -> Vec<(clade_core::MemoryKind, String, f64)> {
+) -> (Vec<clade_memory::mine::Mined>, Miner) {
     let text = texts.join("\n");
     if miner == Miner::Model && !text.trim().is_empty() {
         match crate::cortex::ask_lasting(engine, tenant, agent, MODEL_INSTRUCTIONS, text.clone())
             .await
         {
             Ok(items) => {
-                return items.into_iter().map(|(kind, content)| (kind, content, 0.6)).collect();
+                let items = items
+                    .into_iter()
+                    .map(|(kind, content)| clade_memory::mine::Mined {
+                        kind,
+                        content,
+                        importance: MODEL_IMPORTANCE,
+                    })
+                    .collect();
+                return (items, Miner::Model);
             }
             Err(err) => {
                 if MODEL_FAILED.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -194,11 +205,11 @@ async fn mine(
             }
         }
     }
-    clade_memory::mine::mine(&text)
-        .into_iter()
-        .map(|item| (item.kind, item.content, item.importance))
-        .collect()
+    (clade_memory::mine::mine(&text), Miner::Heuristic)
 }
+
+/// Importance of an item the model found (it is not asked for one).
+const MODEL_IMPORTANCE: f64 = 0.6;
 
 /// What one completed turn gave to remember.
 struct MinedTurn {
@@ -220,20 +231,20 @@ async fn mine_turn(
     let session = system.session_any_tenant(session).await?;
     let texts = system.turn_texts(turn).await?;
     let tenant = store.acting_as("memory ingestion").tenant_scope(session.tenant_id);
-    let mined = mine(engine, &tenant, session.agent_id, miner, &texts).await;
+    let (mined, _) = mine(engine, &tenant, session.agent_id, miner, &texts).await;
     if mined.is_empty() {
         return Ok(None);
     }
     let scope = memory.isolation_key(&session.source).unwrap_or_default();
     let items = mined
         .into_iter()
-        .map(|(kind, content, importance)| NewMemory {
+        .map(|clade_memory::mine::Mined { kind, content, importance }| NewMemory {
             agent: session.agent_id,
             scope: scope.clone(),
             kind,
             content,
             importance,
-            confidence: 0.6,
+            confidence: clade_memory::mine::CONFIDENCE,
             provenance: Provenance {
                 session: Some(session.id),
                 turn: Some(turn),

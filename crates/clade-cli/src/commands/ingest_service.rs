@@ -16,14 +16,14 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::cli::IngestServiceArgs;
+use crate::cli::{IngestServiceArgs, Miner};
 
 /// Events read a page at a time.
 const PAGE: u32 = 100;
 /// The longest wait between tries while the gateway fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Confidence of a mined item, as the gateway's own ingestion gives it.
-const MINED_CONFIDENCE: f64 = 0.6;
+/// Whether the gateway's mining model was said to fail (once a process).
+static MODEL_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 pub(super) async fn run(
     data_dir: &clade_store::DataDir,
@@ -52,12 +52,14 @@ pub(super) async fn run(
         url: url.trim_end_matches('/').to_owned(),
         token,
         agent,
+        miner: args.miner,
         cursor: read_cursor(&cursor_file)?,
         cursor_file,
         full_warned: std::collections::HashSet::new(),
     };
     tracing::info!(
         gateway = %service.url,
+        miner = ?service.miner,
         cursor = service.cursor,
         file = %service.cursor_file.display(),
         "memory ingestion following turn.finished events"
@@ -118,6 +120,7 @@ struct Service {
     token: String,
     /// Only this agent's turns (the global `--agent`).
     agent: Option<String>,
+    miner: Miner,
     /// The last event mined.
     cursor: i64,
     cursor_file: PathBuf,
@@ -190,12 +193,105 @@ impl Service {
 
     /// Saves what the people in one turn stated; how many items were saved or merged.
     async fn mine_turn(&mut self, session: &str, turn: &str) -> Result<u64, Failure> {
-        let url = format!("{}/v1/sessions/{session}/turns/{turn}", self.url);
-        let answer = self.call(reqwest::Method::GET, &url, None).await?;
-        // Deleted since it finished: nothing to mine, and nothing to hold up the rest.
-        if answer.status == 404 {
+        let Some(items) = self.mined(session, turn).await? else {
+            // Deleted since it finished: nothing to mine, and nothing to hold up the rest.
             tracing::debug!(session, turn, "a finished turn is gone; skipped");
             return Ok(0);
+        };
+        let mut saved = 0;
+        for batch in items.chunks(clade_gateway::api::MAX_MEMORY_BATCH) {
+            let body = json!({ "items": batch });
+            let url = format!("{}/v1/sessions/{session}/memories/batch", self.url);
+            let answer = self.call(reqwest::Method::POST, &url, Some(&body)).await?;
+            match answer.status {
+                200 => {}
+                404 => return Ok(saved),
+                422 => return Err(self.memory_off(&answer)),
+                _ => return Err(refused("a save", &answer)),
+            }
+            let results = answer.body["results"].as_array().cloned().unwrap_or_default();
+            for result in &results {
+                let code = &result["error"]["code"];
+                match result["status"].as_u64() {
+                    Some(200 | 201) => saved += 1,
+                    Some(422) if code == "memory_full" => {
+                        if self.full_warned.insert(session.to_owned()) {
+                            tracing::warn!(session, error = %result["error"]["message"], "an agent's memory is full: its turns are no longer mined; forget items or raise memory.max_items_per_agent");
+                        }
+                    }
+                    // One item the gateway will never take holds up no other.
+                    Some(422) => {
+                        tracing::warn!(session, turn, error = %result["error"]["message"], "a mined item was refused")
+                    }
+                    // A store that failed now: the turn is mined again, and what was saved
+                    // merges.
+                    _ => {
+                        return Err(Failure::Retry {
+                            why: format!(
+                                "the gateway could not save a mined item: {}",
+                                result["error"]["message"]
+                            ),
+                            after: None,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(saved)
+    }
+
+    /// What one turn holds worth remembering, as the batch route takes it; `None` when the
+    /// turn (or its session) is gone. The heuristic runs here; a model runs at the gateway,
+    /// which charges the agent for it.
+    async fn mined(&self, session: &str, turn: &str) -> Result<Option<Vec<Value>>, Failure> {
+        let turn_url = format!("{}/v1/sessions/{session}/turns/{turn}", self.url);
+        let item = |kind: &str, content: &str, importance: f64| {
+            json!({
+                "turn": turn,
+                "kind": kind,
+                "content": content,
+                "importance": importance,
+                "confidence": clade_memory::mine::CONFIDENCE,
+            })
+        };
+        if self.miner == Miner::Model {
+            let url = format!("{turn_url}/mine");
+            let body = json!({ "miner": "model" });
+            let answer = self.call(reqwest::Method::POST, &url, Some(&body)).await?;
+            match answer.status {
+                200 => {}
+                404 => return Ok(None),
+                422 => return Err(self.memory_off(&answer)),
+                _ => return Err(refused("to mine a turn", &answer)),
+            }
+            if answer.body["miner"] != "model" {
+                let warned = MODEL_FAILED.swap(true, std::sync::atomic::Ordering::Relaxed);
+                if !warned {
+                    tracing::warn!(
+                        session,
+                        turn,
+                        "the gateway's cortex route could not mine a turn; its heuristic did (the gateway's log says why)"
+                    );
+                }
+            }
+            let items = answer.body["items"].as_array().cloned().unwrap_or_default();
+            return Ok(Some(
+                items
+                    .iter()
+                    .filter_map(|mined| {
+                        let (Some(kind), Some(content)) =
+                            (mined["kind"].as_str(), mined["content"].as_str())
+                        else {
+                            return None;
+                        };
+                        Some(item(kind, content, mined["importance"].as_f64().unwrap_or(0.5)))
+                    })
+                    .collect(),
+            ));
+        }
+        let answer = self.call(reqwest::Method::GET, &turn_url, None).await?;
+        if answer.status == 404 {
+            return Ok(None);
         }
         if answer.status != 200 {
             return Err(refused("a turn", &answer));
@@ -204,42 +300,25 @@ impl Service {
             .as_array()
             .map(|events| events.iter().filter_map(|e| e["text"].as_str()).collect())
             .unwrap_or_default();
-        let mut saved = 0;
-        for item in clade_memory::mine::mine(&texts.join("\n")) {
-            let body = json!({
-                "turn": turn,
-                "kind": item.kind.as_str(),
-                "content": item.content,
-                "importance": item.importance,
-                "confidence": MINED_CONFIDENCE,
-            });
-            let url = format!("{}/v1/sessions/{session}/memories", self.url);
-            let answer = self.call(reqwest::Method::POST, &url, Some(&body)).await?;
-            match answer.status {
-                200 | 201 => saved += 1,
-                404 => return Ok(saved),
-                422 if answer.body["error"]["code"] == "memory_full" => {
-                    if self.full_warned.insert(session.to_owned()) {
-                        tracing::warn!(session, error = %message(&answer), "an agent's memory is full: its turns are no longer mined; forget items or raise memory.max_items_per_agent");
-                    }
-                    return Ok(saved);
-                }
-                // Nothing can be saved: stop rather than pass over turns for good.
-                422 if answer.body["error"]["code"] == "memory_off" => {
-                    return Err(Failure::Fatal(anyhow::anyhow!(
-                        "the gateway has memory off ({}): turn memory on there (memory.enabled), then start the service again; it goes on from turn {}",
-                        message(&answer),
-                        self.cursor
-                    )));
-                }
-                // One item the gateway will never take holds up no other.
-                422 => {
-                    tracing::warn!(session, turn, error = %message(&answer), "a mined item was refused")
-                }
-                _ => return Err(refused("a save", &answer)),
-            }
+        Ok(Some(
+            clade_memory::mine::mine(&texts.join("\n"))
+                .iter()
+                .map(|mined| item(mined.kind.as_str(), &mined.content, mined.importance))
+                .collect(),
+        ))
+    }
+
+    /// A 422 for the whole request: memory is off at the gateway, so nothing can be saved.
+    /// The service stops rather than pass over turns for good.
+    fn memory_off(&self, answer: &Answer) -> Failure {
+        if answer.body["error"]["code"] != "memory_off" {
+            return refused("a save", answer);
         }
-        Ok(saved)
+        Failure::Fatal(anyhow::anyhow!(
+            "the gateway has memory off ({}): turn memory on there (memory.enabled), then start the service again; it goes on from turn {}",
+            message(answer),
+            self.cursor
+        ))
     }
 
     async fn call(

@@ -189,6 +189,10 @@ async fn every_route_checks_every_principal() {
             ("POST", "/v1/agents/{handle}/memories" | "/v1/sessions/{id}/memories") => {
                 Some(json!({ "content": format!("cell {n}") }))
             }
+            ("POST", "/v1/sessions/{id}/memories/batch") => {
+                Some(json!({ "items": [{ "content": format!("cell {n}"), "turn": turn }] }))
+            }
+            ("POST", "/v1/sessions/{id}/turns/{turn}/mine") => Some(json!({})),
             ("POST", "/v1/agents/{handle}/memories/search") => Some(json!({ "query": "cell" })),
             ("POST", "/v1/agents/{handle}/memories/{id}/links") => {
                 Some(json!({ "to": "01a20a00-0000-7000-8000-000000000001", "kind": "related_to" }))

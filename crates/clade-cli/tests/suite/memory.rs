@@ -747,6 +747,31 @@ async fn the_cortex_consolidates_passing_items_through_its_model_route() {
     assert_eq!((status, report["consolidated"].as_u64()), (200, Some(0)), "{report}");
 }
 
+/// A gateway whose `cortex` route is `clade-stub` answering as `thinker`, with `memory` as its
+/// memory section, once Alice has said `said` to ada (the answer is the third).
+async fn told_ada(
+    stub: &clade_stub::Stub,
+    thinker: &str,
+    memory: &str,
+    said: &str,
+) -> (Env, super::support::Server, Value) {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "models:\n  thinker: {{ provider: openai, base_url: \"{url}/v1\", model: '{thinker}' }}\nrouting:\n  default: [scripted]\n  cortex: [thinker]\nmemory:\n{memory}",
+            url = stub.url()
+        ),
+    );
+    let server = env.serve(&[]);
+    let body = json!({ "agent": "ada", "text": said, "wait": true,
+        "source": { "platform": "http", "channel": "dm", "actor": "alice" } });
+    let (status, told) = server.send("POST", "/v1/events", None, Some(body)).await;
+    assert_eq!(status, 200, "{told}");
+    (env, server, told)
+}
+
 /// With `memory.ingest: model`, the `cortex` route says what a turn holds worth remembering
 /// (here `clade-stub`, answering as a model would, and shown the person's words as data); when
 /// that route fails, the heuristic mines the turn instead, so nothing said is lost.
@@ -762,20 +787,7 @@ async fn a_model_mines_turns_when_asked_and_the_heuristic_stands_in_when_it_fail
         ),
         ("stub+status=500x1000", "My sister's name is Ingrid.", "My sister's name is Ingrid."),
     ] {
-        let env = Env::new();
-        env.run(&["agents", "create", "ada"]).ok();
-        write(
-            &env.data_dir().join("clade.yaml"),
-            &format!(
-                "models:\n  thinker: {{ provider: openai, base_url: \"{url}/v1\", model: '{thinker}' }}\nrouting:\n  default: [scripted]\n  cortex: [thinker]\nmemory:\n  ingest: model\n",
-                url = stub.url()
-            ),
-        );
-        let server = env.serve(&[]);
-        let body = json!({ "agent": "ada", "text": said, "wait": true,
-            "source": { "platform": "http", "channel": "dm", "actor": "alice" } });
-        let (status, told) = server.send("POST", "/v1/events", None, Some(body)).await;
-        assert_eq!(status, 200, "{told}");
+        let (_env, server, _) = told_ada(&stub, thinker, "  ingest: model\n", said).await;
         let mut mined = Vec::new();
         for _ in 0..150 {
             let page = server.get_json("/v1/agents/ada/memories?limit=100").await;
@@ -986,4 +998,198 @@ async fn an_ingest_service_of_its_own_mines_every_turn_once_through_a_crash() {
         "{out:?}"
     );
     assert_eq!(std::fs::read_to_string(&cursor_file).unwrap(), "yesterday\n");
+}
+
+/// `clade memory ingest-service --miner model`: the gateway's `cortex` route mines each turn
+/// (`POST /v1/sessions/{id}/turns/{turn}/mine`, charged to the turn's agent, the person's words
+/// shown as data), and the service saves what it found through the batch route, under the
+/// session's key, with the turn as provenance; when that route fails, the gateway's heuristic
+/// stands in and the service says so. The batch route answers each item as the single-item
+/// route would, a refused one holding up no other, and refuses what no session owns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_service_mines_with_the_gateways_model_and_saves_a_turn_in_one_batch() {
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    for (thinker, said, expected, by_model) in [
+        (
+            r#"stub+fixed=[{"kind":"preference","content":"Alice_keeps_bees_on_her_roof"},{"kind":"goal","content":"Alice_wants_a_third_hive"}]"#,
+            "Honey again today, the hives are busy up there!",
+            vec!["Alice keeps bees on her roof", "Alice wants a third hive"],
+            true,
+        ),
+        (
+            "stub+status=500x1000",
+            "My sister's name is Ingrid.",
+            vec!["My sister's name is Ingrid."],
+            false,
+        ),
+    ] {
+        let (env, server, told) =
+            told_ada(&stub, thinker, "  isolation: actor\n  ingest: off\n", said).await;
+        let (session, turn) =
+            (told["session_id"].as_str().unwrap(), told["turn_id"].as_str().unwrap());
+        let cursor_file = env.data_dir().join("ingest.cursor");
+        let out = env
+            .command()
+            .args(["memory", "ingest-service", "--server", &server.url, "--token", &server.token])
+            .args(["--miner", "model", "--once", "--cursor-file"])
+            .arg(&cursor_file)
+            .output()
+            .unwrap();
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(
+            stdout.contains(&format!("mined 1 turns into {} memory items", expected.len())),
+            "{stdout}"
+        );
+        assert_eq!(stderr.contains("its heuristic did"), !by_model, "{stderr}");
+        let page = server.get_json("/v1/agents/ada/memories?scope=http:alice&limit=100").await;
+        let mut mined: Vec<&str> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap())
+            .collect();
+        mined.sort_unstable();
+        assert_eq!(mined, expected, "{page}");
+        for item in page["items"].as_array().unwrap() {
+            assert_eq!(item["provenance"]["session"], session, "{item}");
+            assert_eq!(item["provenance"]["turn"], turn, "{item}");
+            assert_eq!(item["confidence"], 0.6, "{item}");
+        }
+        // The gateway asked its model, for the agent, with the person's words as data.
+        let asked = stub.captured();
+        let asked = asked
+            .iter()
+            .rev()
+            .find(|c| c.body.to_string().contains("worth remembering"))
+            .expect("the cortex route was never asked");
+        assert!(asked.body["messages"].to_string().contains(said), "{}", asked.body);
+        if by_model {
+            let usage = server.get_json("/v1/usage?agent=ada").await;
+            let charged = usage["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["model"] == "thinker" && i["calls"].as_u64() >= Some(1));
+            assert!(charged, "the mining call was not charged to ada: {usage}");
+        }
+    }
+}
+
+/// The routes a miner of its own uses, against bad input and callers they are not for: a
+/// batch saves in order and answers each item (one refused holds up no other), takes 1 to 100
+/// items, and never an item's turn of another session; another tenant finds neither route's
+/// session, a read-only token may not call them, and a token limited to another agent finds
+/// nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_miners_routes_answer_each_item_and_refuse_what_no_session_owns() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["agents", "create", "cy"]).ok();
+    env.run(&["tenants", "create", "evil"]).ok();
+    env.run(&["--tenant", "evil", "agents", "create", "ada"]).ok();
+    let (evil, _) = token(&env, "evil", &["admin"]);
+    let (reader, _) = token(&env, "default", &["read"]);
+    let cy_only = env
+        .run(&["tokens", "create", "--only-agent", "cy", "--scope", "operate", "--scope", "read"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    write(&env.data_dir().join("clade.yaml"), "memory:\n  isolation: actor\n  ingest: off\n");
+    let server = env.serve(&[]);
+    let mut turns = Vec::new();
+    for actor in ["alice", "bob"] {
+        let body = json!({ "agent": "ada", "text": format!("My name is {actor}. I decided to plant tulips."), "wait": true,
+            "source": { "platform": "http", "channel": format!("dm-{actor}"), "actor": actor } });
+        let (status, told) = server.send("POST", "/v1/events", None, Some(body)).await;
+        assert_eq!(status, 200, "{told}");
+        turns.push((
+            told["session_id"].as_str().unwrap().to_owned(),
+            told["turn_id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let ((alice, alice_turn), (_, bob_turn)) = (&turns[0], &turns[1]);
+    let batch = format!("/v1/sessions/{alice}/memories/batch");
+
+    // In order, each answered: created, refused (empty, too long), merged into the first.
+    let long = "x".repeat(5000);
+    let body = json!({ "items": [
+        { "content": "Alice grows tulips by the shed", "turn": alice_turn, "kind": "fact" },
+        { "content": "   " },
+        { "content": long },
+        { "content": "Alice grows tulips by the shed", "turn": alice_turn, "kind": "fact" },
+        { "content": "Alice wants a greenhouse", "kind": "goal", "importance": 0.9 },
+    ] });
+    let (status, answer) = server.send("POST", &batch, None, Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    let statuses: Vec<u64> = results.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [201, 422, 422, 200, 201], "{answer}");
+    assert_eq!(results[1]["error"]["code"], "invalid_memory", "{answer}");
+    assert_eq!(results[2]["error"]["code"], "invalid_memory", "{answer}");
+    assert_eq!(results[3]["saved"]["outcome"], "merged", "{answer}");
+    assert_eq!(results[3]["saved"]["memory"]["id"], results[0]["saved"]["memory"]["id"]);
+    assert_eq!(results[4]["saved"]["memory"]["scope"], "http:alice", "{answer}");
+    assert_eq!(results[4]["saved"]["memory"]["importance"], 0.9, "{answer}");
+    let page = server.get_json("/v1/agents/ada/memories?scope=http:alice").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2, "{page}");
+
+    // The heuristic at the gateway finds what the CLI's would, and saves nothing.
+    let mine = format!("/v1/sessions/{alice}/turns/{alice_turn}/mine");
+    let (status, mined) =
+        server.send("POST", &mine, None, Some(json!({ "miner": "heuristic" }))).await;
+    assert_eq!(status, 200, "{mined}");
+    assert_eq!(mined["miner"], "heuristic");
+    let contents: Vec<&str> =
+        mined["items"].as_array().unwrap().iter().map(|i| i["content"].as_str().unwrap()).collect();
+    assert_eq!(contents, ["My name is alice.", "I decided to plant tulips."], "{mined}");
+    assert_eq!(mined["items"][1]["kind"], "decision", "{mined}");
+    let page = server.get_json("/v1/agents/ada/memories?scope=http:alice").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2, "mining saved: {page}");
+
+    let item = |turn: &str| json!({ "items": [{ "content": "Alice keeps bees", "turn": turn }] });
+    let too_many: Vec<Value> =
+        (0..101).map(|i| json!({ "content": format!("item number {i}") })).collect();
+    for (token, method_path, body, status, needle) in [
+        // Bad input names what is wrong.
+        (&server.token, batch.clone(), json!({ "items": [] }), 400, "1 to 100"),
+        (&server.token, batch.clone(), json!({ "items": too_many }), 400, "1 to 100"),
+        (&server.token, batch.clone(), json!({ "item": [] }), 400, "item"),
+        (
+            &server.token,
+            batch.clone(),
+            json!({ "items": [{ "content": "a b c", "scope": "http:bob" }] }),
+            400,
+            "scope",
+        ),
+        (&server.token, batch.clone(), item(bob_turn), 404, "turn"),
+        (&server.token, batch.clone(), item("not-a-turn"), 404, "turn"),
+        (&server.token, mine.clone(), json!({ "miner": "oracle" }), 400, "miner"),
+        (
+            &server.token,
+            format!("/v1/sessions/{alice}/turns/{bob_turn}/mine"),
+            json!({}),
+            404,
+            "turn",
+        ),
+        // Callers the routes are not for.
+        (&evil, batch.clone(), item(alice_turn), 404, "session"),
+        (&evil, mine.clone(), json!({}), 404, "session"),
+        (&reader, batch.clone(), item(alice_turn), 403, "scope"),
+        (&reader, mine.clone(), json!({}), 403, "scope"),
+        (&cy_only, batch.clone(), item(alice_turn), 404, "session"),
+        (&cy_only, mine.clone(), json!({}), 404, "session"),
+    ] {
+        let (got, answer) = request(&server.url, token, "POST", &method_path, Some(body)).await;
+        assert_eq!(got, status, "{method_path}: {answer}");
+        assert!(answer.to_string().to_lowercase().contains(needle), "{needle}: {answer}");
+    }
+    // Nothing of the refused calls was saved.
+    let page = server.get_json("/v1/agents/ada/memories?scope=http:alice").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2, "{page}");
+    let page = server.get_json("/v1/agents/ada/memories?scope=http:bob").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
 }
