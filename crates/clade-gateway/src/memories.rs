@@ -251,6 +251,10 @@ pub(crate) async fn create_many_in_session(
             }
             Err(err) => {
                 let err = refusal(&id, err);
+                // As a whole answer would be: a failure of the server's own is logged.
+                if err.code.status().is_server_error() {
+                    tracing::error!(code = err.code.as_str(), message = %err.message, "an item of a batch failed");
+                }
                 SavedMemoryResult {
                     status: err.code.status().as_u16(),
                     saved: None,
@@ -352,7 +356,9 @@ async fn session_turn(
 /// `POST /v1/sessions/{id}/turns/{turn}/mine`: what the people in one of the session's turns
 /// wrote worth remembering, found as the gateway's own ingestion finds it (the `cortex` model
 /// route, charged to the agent within its budgets, or the heuristic), and not saved: a miner
-/// running as a process of its own saves it with `POST /v1/sessions/{id}/memories/batch`.
+/// running as a process of its own saves it with `POST /v1/sessions/{id}/memories/batch`. Any
+/// turn of the session is mined as it stands, finished or not; a miner following
+/// `turn.finished` events asks for finished ones.
 pub(crate) async fn mine_turn(
     State(state): State<AppState>,
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
@@ -362,8 +368,7 @@ pub(crate) async fn mine_turn(
     memory_of(&state)?;
     let (session, store) = agent_session(&state, &tenant, &reach, &id).await?;
     let turn = session_turn(&store, &session, &id, &turn).await?;
-    let record = store.turn_record(session.id, turn).await?;
-    let texts: Vec<String> = record.events.into_iter().map(|event| event.text).collect();
+    let texts = store.turn_texts(session.id, turn).await?;
     let miner = match params.miner.unwrap_or(MinerKind::Model) {
         MinerKind::Model => Miner::Model,
         MinerKind::Heuristic => Miner::Heuristic,

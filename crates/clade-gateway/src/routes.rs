@@ -1378,7 +1378,7 @@ pub static OPERATIONS: &[Operation] = &[
         responses: &[
             ok(
                 "200",
-                "each item's outcome in the order sent, with the status `POST /v1/sessions/{id}/memories` would answer it with (201, 200, or 422 for one refused, which holds up no other)",
+                "each item's outcome in the order sent, with the status `POST /v1/sessions/{id}/memories` would answer it with (201, 200, or 422 for one refused, which holds up no other; 404 or 5xx when the agent was deleted or the store failed meanwhile)",
                 of::<api::SavedMemoriesResponse>,
             ),
             error("400", "invalid body, or not 1 to 100 items"),
@@ -1410,7 +1410,7 @@ pub static OPERATIONS: &[Operation] = &[
             "POST",
             "/v1/sessions/{id}/turns/{turn}/mine",
             &[Operate],
-            "Mine one of the session's turns for memories as the gateway's own ingestion does: with the `cortex` model route (charged to the agent, within its budgets; the heuristic when it fails) or the heuristic. Nothing is saved: a miner running as its own process saves the items with `POST /v1/sessions/{id}/memories/batch`",
+            "Mine one of the session's turns (what people wrote in it, as it stands) for memories as the gateway's own ingestion does: with the `cortex` model route (charged to the agent, within its budgets; the heuristic when it fails) or the heuristic. Nothing is saved: a miner running as its own process saves the items with `POST /v1/sessions/{id}/memories/batch`",
             || post(memories::mine_turn),
         )
     },

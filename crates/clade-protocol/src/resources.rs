@@ -1471,7 +1471,8 @@ pub struct SessionMemoriesParams {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct SavedMemoryResult {
     /// As the single-item route would answer it: 201 `created` or `linked`, 200 `merged`,
-    /// 422 refused (`invalid_memory`, `memory_full`).
+    /// 422 refused (`invalid_memory`, `memory_full`); or, rarely, what that route answers
+    /// when the store fails or the agent is deleted meanwhile (404, 5xx: worth a retry).
     pub status: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saved: Option<SavedMemoryResponse>,
@@ -1515,7 +1516,8 @@ pub struct MinedMemory {
     pub importance: f64,
 }
 
-/// What a turn holds worth remembering, as `POST /v1/sessions/{id}/memories/batch` takes it.
+/// What a turn holds worth remembering. Each item, with the turn's id as its `turn`, is what
+/// `POST /v1/sessions/{id}/memories/batch` takes.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct MinedTurnResponse {
     pub items: Vec<MinedMemory>,

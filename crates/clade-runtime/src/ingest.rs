@@ -181,7 +181,11 @@ pub async fn mine(
     texts: &[String],
 ) -> (Vec<clade_memory::mine::Mined>, Miner) {
     let text = texts.join("\n");
-    if miner == Miner::Model && !text.trim().is_empty() {
+    // Nothing written: nothing to ask the model, and nothing failed.
+    if text.trim().is_empty() {
+        return (Vec::new(), miner);
+    }
+    if miner == Miner::Model {
         match crate::cortex::ask_lasting(engine, tenant, agent, MODEL_INSTRUCTIONS, text.clone())
             .await
         {

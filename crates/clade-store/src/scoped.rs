@@ -270,6 +270,11 @@ impl TenantStore {
         self.store.turn_record(self.tenant, session, turn).await
     }
 
+    /// What people wrote in one turn of `session` (see [`Store::session_turn_texts`]).
+    pub async fn turn_texts(&self, session: SessionId, turn: TurnId) -> Result<Vec<String>> {
+        self.store.session_turn_texts(self.tenant, session, turn).await
+    }
+
     pub async fn usage(
         &self,
         agent: Option<AgentId>,

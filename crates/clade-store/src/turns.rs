@@ -850,6 +850,28 @@ impl Store {
         }
     }
 
+    /// What people wrote in one turn of `session`, a tenant's (as [`Store::turn_texts`] gives
+    /// it, without the turn's journal); none for another session's or tenant's turn.
+    pub async fn session_turn_texts(
+        &self,
+        tenant: TenantId,
+        session: SessionId,
+        turn: TurnId,
+    ) -> Result<Vec<String>> {
+        let rows = self
+            .rows(
+                query(
+                    "SELECT text FROM events WHERE turn_id = $1 AND session_id = $2 \
+                     AND tenant_id = $3 ORDER BY seq",
+                )
+                .bind(b(turn.as_bytes()))
+                .bind(b(session.as_bytes()))
+                .bind(b(tenant.as_bytes())),
+            )
+            .await?;
+        rows.iter().map(|r| r.try_get("text")).collect()
+    }
+
     /// The session's turns from the id `from` on (`op`: `>` after it, `>=` from it).
     async fn records_from(
         &self,

@@ -1,14 +1,20 @@
 //! `clade memory ingest-service`: memory ingestion as a process of its own, over the public
-//! protocol. It follows the tenant's `turn.finished` events (`GET /v1/events`), reads each
-//! turn's messages (`GET /v1/sessions/{id}/turns/{turn}`), mines them as the gateway's own
-//! ingestion does ([`clade_memory::mine`]) and saves what it finds under the session
-//! (`POST /v1/sessions/{id}/memories`), which decides the agent, the isolation key and the
-//! provenance: the service cannot file an item under anyone else's key.
+//! protocol. It follows the tenant's `turn.finished` events (`GET /v1/events`) and mines each
+//! turn as the gateway's own ingestion does: here, reading the turn's messages
+//! (`GET /v1/sessions/{id}/turns/{turn}`) and running the heuristic ([`clade_memory::mine`]);
+//! or, with `--miner model`, asking the gateway to mine it with its `cortex` route
+//! (`POST /v1/sessions/{id}/turns/{turn}/mine`, charged to the turn's agent). It saves a turn's
+//! items in one request under the session (`POST /v1/sessions/{id}/memories/batch`), which
+//! decides the agent, the isolation key and the provenance: the service cannot file an item
+//! under anyone else's key.
 //!
 //! Its position in the feed is a file, replaced atomically after each turn, so a restart goes
 //! on where it stopped. A turn it dies in the middle of is mined again, and what it saved the
-//! first time merges (a repeat updates the item it repeats), so nothing is lost or doubled.
-//! Nothing here opens a store: the gateway may run on another machine.
+//! first time merges (a repeat updates the item it repeats), so nothing is lost or doubled; a
+//! model may word a turn's items differently the second time, so with `--miner model` a near
+//! repeat is merged only as closely as the gateway's duplicate check finds it. A save retried
+//! while the process lives sends the items it mined the first time, so a turn is mined (and
+//! its model paid) once. Nothing here opens a store: the gateway may run on another machine.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,6 +28,11 @@ use crate::cli::{IngestServiceArgs, Miner};
 const PAGE: u32 = 100;
 /// The longest wait between tries while the gateway fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long an ordinary call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the gateway's model may take to mine a turn: its own retries and fallbacks may
+/// outlast an ordinary call, and a call abandoned is still paid for.
+const MINE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Whether the gateway's mining model was said to fail (once a process).
 static MODEL_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -46,13 +57,14 @@ pub(super) async fn run(
     let cursor_file = args.cursor_file.unwrap_or_else(|| data_dir.root().join("ingest.cursor"));
     let mut service = Service {
         http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(10))
             .build()
             .context("cannot make an HTTP client")?,
         url: url.trim_end_matches('/').to_owned(),
         token,
         agent,
         miner: args.miner,
+        mined: None,
         cursor: read_cursor(&cursor_file)?,
         cursor_file,
         full_warned: std::collections::HashSet::new(),
@@ -121,6 +133,9 @@ struct Service {
     /// Only this agent's turns (the global `--agent`).
     agent: Option<String>,
     miner: Miner,
+    /// The turn (session and turn ids) being saved, and what was mined of it: a save retried
+    /// sends these rather than mine the turn again.
+    mined: Option<(String, String, Vec<Value>)>,
     /// The last event mined.
     cursor: i64,
     cursor_file: PathBuf,
@@ -167,7 +182,7 @@ impl Service {
                     self.url
                 ))
             })?;
-        let answer = self.call(reqwest::Method::GET, feed.as_str(), None).await?;
+        let answer = self.call(reqwest::Method::GET, feed.as_str(), None, CALL_TIMEOUT).await?;
         if answer.status != 200 {
             return Err(refused("the event feed", &answer));
         }
@@ -193,19 +208,34 @@ impl Service {
 
     /// Saves what the people in one turn stated; how many items were saved or merged.
     async fn mine_turn(&mut self, session: &str, turn: &str) -> Result<u64, Failure> {
-        let Some(items) = self.mined(session, turn).await? else {
-            // Deleted since it finished: nothing to mine, and nothing to hold up the rest.
-            tracing::debug!(session, turn, "a finished turn is gone; skipped");
-            return Ok(0);
+        let items = match self.mined.take() {
+            Some((s, t, items)) if s == session && t == turn => items,
+            _ => match self.mined(session, turn).await? {
+                Some(items) => items,
+                None => {
+                    // Deleted since it finished: nothing to mine, and nothing to hold up the
+                    // rest.
+                    tracing::debug!(session, turn, "a finished turn is gone; skipped");
+                    return Ok(0);
+                }
+            },
         };
+        self.mined = Some((session.to_owned(), turn.to_owned(), items.clone()));
+        let saved = self.save(session, turn, &items).await?;
+        self.mined = None;
+        Ok(saved)
+    }
+
+    /// Saves one turn's mined items; how many were saved or merged.
+    async fn save(&mut self, session: &str, turn: &str, items: &[Value]) -> Result<u64, Failure> {
         let mut saved = 0;
         for batch in items.chunks(clade_gateway::api::MAX_MEMORY_BATCH) {
             let body = json!({ "items": batch });
             let url = format!("{}/v1/sessions/{session}/memories/batch", self.url);
-            let answer = self.call(reqwest::Method::POST, &url, Some(&body)).await?;
+            let answer = self.call(reqwest::Method::POST, &url, Some(&body), CALL_TIMEOUT).await?;
             match answer.status {
                 200 => {}
-                404 => return Ok(saved),
+                404 if gone(&answer) => return Ok(saved),
                 422 => return Err(self.memory_off(&answer)),
                 _ => return Err(refused("a save", &answer)),
             }
@@ -257,10 +287,10 @@ impl Service {
         if self.miner == Miner::Model {
             let url = format!("{turn_url}/mine");
             let body = json!({ "miner": "model" });
-            let answer = self.call(reqwest::Method::POST, &url, Some(&body)).await?;
+            let answer = self.call(reqwest::Method::POST, &url, Some(&body), MINE_TIMEOUT).await?;
             match answer.status {
                 200 => {}
-                404 => return Ok(None),
+                404 if gone(&answer) => return Ok(None),
                 422 => return Err(self.memory_off(&answer)),
                 _ => return Err(refused("to mine a turn", &answer)),
             }
@@ -289,8 +319,8 @@ impl Service {
                     .collect(),
             ));
         }
-        let answer = self.call(reqwest::Method::GET, &turn_url, None).await?;
-        if answer.status == 404 {
+        let answer = self.call(reqwest::Method::GET, &turn_url, None, CALL_TIMEOUT).await?;
+        if answer.status == 404 && gone(&answer) {
             return Ok(None);
         }
         if answer.status != 200 {
@@ -326,8 +356,9 @@ impl Service {
         method: reqwest::Method,
         url: &str,
         body: Option<&Value>,
+        timeout: Duration,
     ) -> Result<Answer, Failure> {
-        let mut request = self.http.request(method, url).bearer_auth(&self.token);
+        let mut request = self.http.request(method, url).bearer_auth(&self.token).timeout(timeout);
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -340,6 +371,13 @@ impl Service {
         let body = response.json::<Value>().await.unwrap_or(Value::Null);
         Ok(Answer { status, body, retry_after })
     }
+}
+
+/// Whether a 404 says the session or turn is gone (deleted since it finished), rather than that
+/// the gateway does not serve the route.
+fn gone(answer: &Answer) -> bool {
+    let code = &answer.body["error"]["code"];
+    code == "session_not_found" || code == "turn_not_found"
 }
 
 fn message(answer: &Answer) -> String {
@@ -360,7 +398,21 @@ fn refused(what: &str, answer: &Answer) -> Failure {
         403 => Failure::Fatal(anyhow::anyhow!(
             "{why}: the token needs the read and operate scopes (clade tokens create --scope read --scope operate)"
         )),
-        400 | 404 => Failure::Fatal(anyhow::anyhow!("{why}")),
+        404 | 405
+            if matches!(
+                answer.body["error"]["code"].as_str(),
+                Some("route_not_found" | "method_not_allowed")
+            ) =>
+        {
+            Failure::Fatal(anyhow::anyhow!(
+                "{why}: the gateway does not serve it, so it is older than this clade ({}); upgrade the gateway, or run the ingest service of its version",
+                env!("CARGO_PKG_VERSION")
+            ))
+        }
+        413 => Failure::Fatal(anyhow::anyhow!(
+            "{why}: a turn's items are over the gateway's server.max_body_bytes; raise it there (1 MiB, the default, holds any 100 items)"
+        )),
+        400 | 404 | 405 => Failure::Fatal(anyhow::anyhow!("{why}")),
         _ => Failure::Retry { why, after: answer.retry_after },
     }
 }
@@ -392,4 +444,42 @@ fn write_cursor(path: &Path, cursor: i64) -> Result<()> {
     std::fs::rename(&temporary, path)
         .with_context(|| format!("cannot replace {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, code: &str) -> Answer {
+        Answer {
+            status,
+            body: json!({ "error": { "code": code, "message": "no" } }),
+            retry_after: None,
+        }
+    }
+
+    /// A session or turn deleted is passed over; a route the gateway does not serve (an older
+    /// gateway) stops the service instead of passing over every turn for good.
+    #[test]
+    fn only_a_deleted_session_or_turn_is_passed_over() {
+        assert!(gone(&answer(404, "session_not_found")));
+        assert!(gone(&answer(404, "turn_not_found")));
+        for (status, code, says) in [
+            (404, "route_not_found", "upgrade the gateway"),
+            (405, "method_not_allowed", "upgrade the gateway"),
+            (413, "payload_too_large", "max_body_bytes"),
+            (403, "forbidden", "operate"),
+        ] {
+            let refusal = answer(status, code);
+            assert!(!gone(&refusal));
+            match refused("a save", &refusal) {
+                Failure::Fatal(err) => assert!(err.to_string().contains(says), "{err}"),
+                Failure::Retry { why, .. } => panic!("{code} retried: {why}"),
+            }
+        }
+        assert!(matches!(
+            refused("a save", &answer(503, "store_unavailable")),
+            Failure::Retry { .. }
+        ));
+    }
 }

@@ -1065,7 +1065,11 @@ async fn an_ingest_service_mines_with_the_gateways_model_and_saves_a_turn_in_one
             .rev()
             .find(|c| c.body.to_string().contains("worth remembering"))
             .expect("the cortex route was never asked");
-        assert!(asked.body["messages"].to_string().contains(said), "{}", asked.body);
+        let shown = asked.body["messages"].to_string();
+        assert!(shown.contains(said), "{shown}");
+        // What people wrote, never the agent's reply.
+        let reply = told["reply"]["text"].as_str().unwrap();
+        assert!(!reply.is_empty() && !shown.contains(reply), "{reply}: {shown}");
         if by_model {
             let usage = server.get_json("/v1/usage?agent=ada").await;
             let charged = usage["items"]
@@ -1157,7 +1161,7 @@ async fn the_miners_routes_answer_each_item_and_refuse_what_no_session_owns() {
         // Bad input names what is wrong.
         (&server.token, batch.clone(), json!({ "items": [] }), 400, "1 to 100"),
         (&server.token, batch.clone(), json!({ "items": too_many }), 400, "1 to 100"),
-        (&server.token, batch.clone(), json!({ "item": [] }), 400, "item"),
+        (&server.token, batch.clone(), json!({ "item": [] }), 400, "unknown field"),
         (
             &server.token,
             batch.clone(),
@@ -1192,4 +1196,79 @@ async fn the_miners_routes_answer_each_item_and_refuse_what_no_session_owns() {
     assert_eq!(page["items"].as_array().unwrap().len(), 2, "{page}");
     let page = server.get_json("/v1/agents/ada/memories?scope=http:bob").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
+}
+
+/// A save the gateway fails for now (a 503, here from a proxy between the service and the
+/// gateway) is retried with what the service mined the first time: the turn is mined, and
+/// its model paid, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_save_sends_what_was_mined_and_mines_the_turn_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let thinker = r#"stub+fixed=[{"kind":"goal","content":"Alice_wants_a_third_hive"}]"#;
+    let (env, server, _) =
+        told_ada(&stub, thinker, "  isolation: actor\n  ingest: off\n", "Honey again!").await;
+
+    // Forwards every call to the gateway, but answers the first batch save 503.
+    #[derive(Clone)]
+    struct Proxy {
+        gateway: String,
+        mines: Arc<AtomicUsize>,
+        saves: Arc<AtomicUsize>,
+    }
+    async fn forward(
+        axum::extract::State(proxy): axum::extract::State<Proxy>,
+        request: axum::extract::Request,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse as _;
+        let path = request.uri().to_string();
+        if path.ends_with("/mine") {
+            proxy.mines.fetch_add(1, Ordering::SeqCst);
+        }
+        if path.ends_with("/memories/batch") && proxy.saves.fetch_add(1, Ordering::SeqCst) == 0 {
+            let body = json!({ "error": { "code": "store_unavailable", "message": "try later" } });
+            return (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+        }
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        let mut call = reqwest::Client::new()
+            .request(parts.method, format!("{}{path}", proxy.gateway))
+            .body(body.to_vec());
+        for name in ["authorization", "content-type"] {
+            if let Some(value) = parts.headers.get(name) {
+                call = call.header(name, value.to_str().unwrap());
+            }
+        }
+        let answer = call.send().await.unwrap();
+        let status = axum::http::StatusCode::from_u16(answer.status().as_u16()).unwrap();
+        let body = answer.bytes().await.unwrap();
+        (status, [("content-type", "application/json")], body).into_response()
+    }
+    let proxy = Proxy { gateway: server.url.clone(), mines: Arc::default(), saves: Arc::default() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(forward).with_state(proxy.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let out = env
+        .command()
+        .args(["memory", "ingest-service", "--server", &url, "--token", &server.token])
+        .args(["--miner", "model", "--once", "--cursor-file"])
+        .arg(env.data_dir().join("ingest.cursor"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("try later"), "the failed save was not said: {stderr}");
+    assert!(stdout.contains("mined 1 turns into 1 memory items"), "{stdout}");
+    assert_eq!(proxy.saves.load(Ordering::SeqCst), 2, "saved, failed, then saved again");
+    assert_eq!(proxy.mines.load(Ordering::SeqCst), 1, "the turn was mined again for the retry");
+    let asked = stub.captured();
+    let asked = asked.iter().filter(|c| c.body.to_string().contains("worth remembering")).count();
+    assert_eq!(asked, 1, "the model was paid twice for one turn");
+    let page = server.get_json("/v1/agents/ada/memories?scope=http:alice").await;
+    assert_eq!(page["items"][0]["content"], "Alice wants a third hive", "{page}");
 }

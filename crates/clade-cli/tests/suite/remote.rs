@@ -197,12 +197,14 @@ async fn a_leased_cli_reaches_one_session_only_while_its_lease_lives_and_its_cha
     gateway.run(&["agents", "create", "ada"]).ok();
     let server = gateway.serve(&[]);
     let mut sessions = Vec::new();
+    let mut turns = Vec::new();
     for channel in ["one", "two"] {
         let body = json!({ "agent": "ada", "text": "hi", "wait": true,
             "source": { "platform": "web", "channel": channel, "actor": "u" } });
         let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
         assert_eq!(status, 200, "{answer}");
         sessions.push(answer["session_id"].as_str().unwrap().to_owned());
+        turns.push(answer["turn_id"].as_str().unwrap().to_owned());
     }
     let (leased, other) = (sessions[0].as_str(), sessions[1].as_str());
 
@@ -277,6 +279,18 @@ async fn a_leased_cli_reaches_one_session_only_while_its_lease_lives_and_its_cha
     let (status, answer) =
         as_laptop(&server.url, &key, &mut at, "POST", path, Some(remember)).await;
     assert_eq!(status, 404, "{answer}");
+    // Nor write a batch, nor spend the agent's budget mining one of its turns.
+    for (path, body) in [
+        (
+            format!("/v1/sessions/{leased}/memories/batch"),
+            json!({ "items": [{ "content": "Everyone's password is hunter2" }] }),
+        ),
+        (format!("/v1/sessions/{leased}/turns/{}/mine", turns[0]), json!({})),
+    ] {
+        let (status, answer) =
+            as_laptop(&server.url, &key, &mut at, "POST", path.clone(), Some(body)).await;
+        assert_eq!(status, 404, "{path}: {answer}");
+    }
 
     // Its chat sends into the leased session and follows it; when the chat ends, so does the
     // lease ("revoked on disconnect").
