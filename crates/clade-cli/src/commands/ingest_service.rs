@@ -253,8 +253,8 @@ impl Service {
                     Some(422) => {
                         tracing::warn!(session, turn, error = %result["error"]["message"], "a mined item was refused")
                     }
-                    // A store that failed now: the turn is mined again, and what was saved
-                    // merges.
+                    // A store that failed for now: the same items are sent again, and those
+                    // saved already merge.
                     _ => {
                         return Err(Failure::Retry {
                             why: format!(
