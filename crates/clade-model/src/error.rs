@@ -90,6 +90,19 @@ impl Error {
     }
 }
 
+/// The part of a failure's text fit to show a caller: its first line, without a backtrace,
+/// source paths or anything past 300 characters. What providers and libraries put after the
+/// first line (a backtrace, a dump of the request) is for the operator's log.
+pub fn public_text(text: &str) -> String {
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let line = line.split(" at /").next().unwrap_or(line);
+    let mut shown: String = line.chars().take(300).collect();
+    if shown.len() < line.len() {
+        shown.push('…');
+    }
+    shown
+}
+
 /// Parses a `Retry-After` header (seconds, at most an hour; HTTP dates are treated as absent).
 pub fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::LogitsProcessor;
-use candle_transformers::models::quantized_llama::ModelWeights;
+use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
 use futures::future::BoxFuture;
 use tokenizers::Tokenizer;
 
@@ -120,11 +120,14 @@ impl LocalChat {
             return Err(LoadError::Architecture { path: path.to_owned(), arch });
         }
         let (tokenizer, stops) = tokenizer_of(&content).map_err(|e| corrupt(path, e))?;
+        // The file states what the model was trained on; candle's rotary tables stop at
+        // `MAX_SEQ_LEN`, and a position past them fails mid-answer.
         let context = content
             .metadata
             .get("llama.context_length")
             .and_then(|v| v.to_u32().ok())
-            .map_or(2048, |n| n as usize);
+            .map_or(2048, |n| n as usize)
+            .min(MAX_SEQ_LEN);
         let weights = weights_of(content, &mut file).map_err(|e| {
             corrupt(path, format!("its weights cannot be read, the file may be cut short ({e})"))
         })?;
@@ -288,8 +291,17 @@ pub fn chatml(messages: &[Message], tools: &[ToolSpec]) -> String {
     prompt
 }
 
+/// A failure of the model's arithmetic or tokenizer. Its text may carry a backtrace (candle
+/// captures one where `RUST_BACKTRACE` is set): only its first line is kept for the caller, the
+/// whole of it goes to the log.
 fn failure(e: &dyn std::fmt::Display) -> ModelError {
-    ModelError::Server { provider: LOCAL_NAME.into(), status: 500, message: e.to_string() }
+    let full = e.to_string();
+    tracing::error!(error = %full, "the local model failed");
+    ModelError::Server {
+        provider: LOCAL_NAME.into(),
+        status: 500,
+        message: crate::error::public_text(&full),
+    }
 }
 
 /// Generates an answer after `prompt` (its tokens) on this thread, passing each new piece of

@@ -76,6 +76,31 @@ pub enum RouteEvent {
     Succeeded { model: String, usage: Usage, cost_micros: u64 },
 }
 
+/// One line a person reads in a turn's steps (`attempt 1 of gpt-4o`).
+impl std::fmt::Display for RouteEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteEvent::Attempt { model, attempt } => write!(f, "attempt {attempt} of {model}"),
+            RouteEvent::Failed { model, class, message } => {
+                write!(f, "{model} failed ({class}): {}", crate::error::public_text(message))
+            }
+            RouteEvent::Retry { model, after_ms } => {
+                write!(f, "retry {model} after {after_ms} ms")
+            }
+            RouteEvent::CoolingDown { model, remaining_ms } => {
+                write!(f, "{model} is cooling down for {remaining_ms} ms more")
+            }
+            RouteEvent::Fallback { from, to } => write!(f, "fall back from {from} to {to}"),
+            RouteEvent::Succeeded { model, usage, cost_micros } => write!(
+                f,
+                "{model} answered ({} tokens in, {} out, {cost_micros} micro-dollars)",
+                usage.input_tokens + usage.cached_input_tokens,
+                usage.output_tokens
+            ),
+        }
+    }
+}
+
 /// Retry and cooldown settings.
 #[derive(Debug, Clone)]
 pub struct RouterOptions {
