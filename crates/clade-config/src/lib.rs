@@ -1194,10 +1194,16 @@ pub struct ModelConfig {
     /// Longest reply, in tokens.
     #[serde(default)]
     pub max_tokens: Option<u32>,
-    /// The model's context window in tokens (prompt and reply), which compaction keeps a
-    /// session's context within; 128000 when not given.
+    /// The model's context window in tokens (prompt and reply), which a turn's prompt is
+    /// fitted to and compaction keeps a session's context within [default: 4096 for
+    /// `provider: local`, else 128000].
     #[serde(default)]
     pub context_window: Option<u32>,
+    /// The most tokens of tool schemas one call offers: the tools the turn's messages point
+    /// at, ranked, and `tools.find` for the rest [default: an eighth of the window, at most
+    /// 2000].
+    #[serde(default)]
+    pub tool_tokens: Option<u32>,
     /// Speak HTTP/2 to an `http://` base URL from the first byte (h2c with prior knowledge),
     /// for a local server that supports it: concurrent calls then share one connection instead
     /// of holding one each. Over `https://` HTTP/2 is negotiated by itself when the server
@@ -1535,6 +1541,13 @@ impl Config {
             }
             if model.context_window.is_some_and(|w| w < 1024) {
                 return fail(format!("models.{name}.context_window: must be at least 1024 tokens"));
+            }
+            if let (Some(tools), window) = (model.tool_tokens, model.context_window)
+                && tools > window.unwrap_or(u32::MAX) / 2
+            {
+                return fail(format!(
+                    "models.{name}.tool_tokens: {tools} is more than half the context_window; lower it so that the conversation fits"
+                ));
             }
         }
         if let Some(local) =

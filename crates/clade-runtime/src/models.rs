@@ -21,6 +21,21 @@ use futures::future::BoxFuture;
 /// The context window assumed for a model whose entry gives none, in tokens.
 pub const DEFAULT_CONTEXT_WINDOW: u32 = 128_000;
 
+/// The context window of a local model whose entry gives none: the most candle's llama runs
+/// (its rotary tables' length), which SmolLM2's own 8,192 is cut to.
+pub const LOCAL_CONTEXT_WINDOW: u32 = 4096;
+
+/// The most tokens of tool schemas a call offers by default, however large the window.
+pub const DEFAULT_TOOL_TOKENS: u32 = 2000;
+
+/// A model's window: its entry's, else what its provider is known to hold.
+fn window_of(model: &ModelConfig) -> u32 {
+    model.context_window.unwrap_or(match model.provider {
+        ProviderKind::Local => LOCAL_CONTEXT_WINDOW,
+        _ => DEFAULT_CONTEXT_WINDOW,
+    })
+}
+
 /// The name of the built-in offline model, usable in any route.
 pub const SCRIPTED: &str = "scripted";
 
@@ -334,8 +349,31 @@ impl Models {
         chain
             .first()
             .and_then(|name| self.models.get(name))
-            .and_then(|m| m.context_window)
-            .unwrap_or(DEFAULT_CONTEXT_WINDOW)
+            .map_or(DEFAULT_CONTEXT_WINDOW, window_of)
+    }
+
+    /// What a prompt of `kind` for `agent` may fill, in tokens: the first model's window less
+    /// its longest answer (`max_tokens`, else 1024) and its tool schemas' budget.
+    pub fn prompt_room(&self, kind: ProcessKind, agent: Option<Routed<'_>>) -> u32 {
+        let chain = self.chain(kind, agent);
+        let Some(model) = chain.first().and_then(|name| self.models.get(name)) else {
+            return DEFAULT_CONTEXT_WINDOW;
+        };
+        let answer = model.max_tokens.unwrap_or(clade_model::Params::default().max_tokens);
+        let tools = self.tool_tokens(kind, agent);
+        // However small the window, a prompt keeps a quarter of it.
+        let window = window_of(model);
+        window.saturating_sub(answer).saturating_sub(tools).max(window / 4)
+    }
+
+    /// The tokens of tool schemas a call of `kind` for `agent` may offer: the first model's
+    /// `tool_tokens`, else an eighth of its window up to [`DEFAULT_TOOL_TOKENS`].
+    pub fn tool_tokens(&self, kind: ProcessKind, agent: Option<Routed<'_>>) -> u32 {
+        let chain = self.chain(kind, agent);
+        let Some(model) = chain.first().and_then(|name| self.models.get(name)) else {
+            return DEFAULT_TOOL_TOKENS;
+        };
+        model.tool_tokens.unwrap_or_else(|| (window_of(model) / 8).min(DEFAULT_TOOL_TOKENS))
     }
 
     /// Default `max_tokens` of a model, if configured.
@@ -695,6 +733,7 @@ fn resolve(config: &Config, env: &EnvHints) -> (BTreeMap<String, ModelConfig>, R
             price: clade_config::PriceConfig::default(),
             max_tokens: None,
             context_window: None,
+            tool_tokens: None,
             http2: false,
             concurrency: None,
         };
@@ -721,7 +760,7 @@ fn resolve(config: &Config, env: &EnvHints) -> (BTreeMap<String, ModelConfig>, R
             local.model = Some(DEFAULT_LOCAL_CHAT.to_owned());
             local.api_key_env = None;
             local.max_tokens = Some(512);
-            local.context_window = Some(8192);
+            local.context_window = Some(LOCAL_CONTEXT_WINDOW);
             models.insert("local".into(), local);
         }
     }

@@ -455,7 +455,7 @@ impl ToolRunner {
         self.rules_in(&self.tool_set(), agent).await
     }
 
-    async fn rules_in(
+    pub(crate) async fn rules_in(
         &self,
         set: &ToolSet,
         agent: &Agent,

@@ -436,6 +436,7 @@ impl StubProcess {
             price: Default::default(),
             max_tokens: None,
             context_window: None,
+            tool_tokens: None,
             http2,
             concurrency: None,
         }

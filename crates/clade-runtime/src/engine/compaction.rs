@@ -21,7 +21,8 @@ use super::actor::TurnContext;
 /// A session's context limits, in tokens.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Window {
-    /// The channel model's context window.
+    /// What the channel model's prompt may fill: its window less the answer and the tool
+    /// schemas ([`crate::models::Models::prompt_room`]).
     pub(super) tokens: u32,
     /// Past this a compaction starts after the turn.
     pub(super) at: u32,
@@ -39,7 +40,7 @@ impl Window {
             return None;
         }
         let agent = crate::models::Routed::of(&ctx.tenant, &ctx.agent);
-        let tokens = inner.models().context_window(ProcessKind::Channel, Some(agent));
+        let tokens = inner.models().prompt_room(ProcessKind::Channel, Some(agent));
         let share = |percent: u8| (u64::from(tokens) * u64::from(percent) / 100) as u32;
         Some(Self {
             tokens,

@@ -136,6 +136,8 @@ pub(crate) struct TurnPlan<'a> {
     pub steer: bool,
     /// What a yielded turn's error says to do.
     pub resume_hint: String,
+    /// The model's budget for tool schemas, in tokens ([`super::catalogue::offer`]).
+    pub tool_tokens: u32,
 }
 
 /// What a model step produced, as journaled.
@@ -252,8 +254,17 @@ pub(crate) async fn execute(
     hands: &impl Hands,
     sources: &mut [&mut dyn ContextSource],
 ) -> Result<(), String> {
-    let TurnPlan { kind, turn, done, events, max_iterations, max_tokens, steer, resume_hint } =
-        plan;
+    let TurnPlan {
+        kind,
+        turn,
+        done,
+        events,
+        max_iterations,
+        max_tokens,
+        steer,
+        resume_hint,
+        tool_tokens,
+    } = plan;
     let resumes = done.keys().filter(|k| matches!(k, StepKey::Resume { .. })).count() as u32;
     let budget = max_iterations.saturating_mul(resumes + 1);
     let token_cap =
@@ -305,11 +316,15 @@ pub(crate) async fn execute(
                 match done.get(&step).and_then(|e| serde_json::from_str::<ModelStep>(&e.data).ok())
                 {
                     None => {
+                        // The tools this call offers: what the turn's own messages point at.
+                        let own = composed.saturating_sub(events.len()).min(messages.len());
+                        let said = super::catalogue::turn_texts(&messages[own..]);
+                        let offered = super::catalogue::offer(&tools, &said, tool_tokens);
                         let request = ModelRequest {
                             // The context goes into the request and comes back after the call:
                             // it is a turn's largest value, so it is not copied per call.
                             messages: std::mem::take(&mut messages),
-                            tools: tools.clone(),
+                            tools: offered.into(),
                             ..ModelRequest::default()
                         };
                         let turn_id = turn.id.to_string();
@@ -353,7 +368,7 @@ pub(crate) async fn execute(
                                     tracing::info!(turn = %turn.id, "the prompt was too long; retrying once with a compacted context");
                                     state = State::CallModel { iteration };
                                 } else {
-                                    let error = Some(err.error.to_string());
+                                    let error = Some(call_failure(&turn, &err.error));
                                     let ending =
                                         Ending { status: TurnStatus::Failed, reply: None, error };
                                     state = State::Settle { step: None, ending };
@@ -361,7 +376,7 @@ pub(crate) async fn execute(
                                 continue;
                             }
                             Err(err) => {
-                                let error = Some(err.error.to_string());
+                                let error = Some(call_failure(&turn, &err.error));
                                 let ending =
                                     Ending { status: TurnStatus::Failed, reply: None, error };
                                 state = State::Settle { step: None, ending };
@@ -487,7 +502,7 @@ fn model_step(outcome: &CallOutcome, request: &ModelRequest, tools_sha256: &str)
         input_tokens: usage.input_tokens + usage.cached_input_tokens,
         output_tokens: usage.output_tokens,
         cost_micros: outcome.cost_micros,
-        route: outcome.events.iter().map(|e| format!("{e:?}")).collect(),
+        route: outcome.events.iter().map(ToString::to_string).collect(),
         messages: request.messages.len(),
         request_sha256: fingerprint(request, tools_sha256),
         tools: request.tools.iter().map(|t| t.name.clone()).collect(),
@@ -514,6 +529,19 @@ pub(crate) fn outcome_event(
 }
 
 /// About how many tokens `messages` are (one per 4 bytes of text).
+/// What a turn whose model call failed says of it: the error's first line, with what to do
+/// where the error alone does not say it. The whole error goes to the log.
+fn call_failure(turn: &TurnRow, error: &clade_model::Error) -> String {
+    tracing::warn!(turn = %turn.id, session = %turn.session_id, class = error.class(), error = %error, "a turn failed: its model call failed");
+    let text = clade_model::error::public_text(&error.to_string());
+    match error {
+        clade_model::Error::ContextTooLong { .. } => format!(
+            "{text}; even the shortest prompt (the persona, the message and the tools it needs) does not fit: shorten the message or the persona files, or route the agent to a model with a larger context_window"
+        ),
+        _ => text,
+    }
+}
+
 fn prompt_tokens(messages: &[Message]) -> u32 {
     let bytes: usize = messages
         .iter()
@@ -989,6 +1017,7 @@ mod tests {
                 max_tokens: None,
                 steer: false,
                 resume_hint: "resume it".into(),
+                tool_tokens: 2000,
             };
             shape(&mut plan);
             let (tools, mut note) = (Tools::default(), Note("persona", Vec::new()));

@@ -18,6 +18,7 @@ use crate::models::Models;
 use crate::tools::ToolRunner;
 
 mod actor;
+mod catalogue;
 mod compaction;
 mod context;
 mod executor;

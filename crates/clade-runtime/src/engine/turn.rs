@@ -97,8 +97,20 @@ pub(super) async fn run_turn(
         journal.announce = Some(OutboxEvent::from(&started));
     }
     let thinker = AgentModel { inner, tenant, agent };
+    // What the agent may use decides what it is told of; a failed read tells it of everything
+    // (each call is still decided by the policy).
+    let rules = match inner.tools.rules_in(&tools, agent).await {
+        Ok(rules) => Some(rules),
+        Err(err) => {
+            tracing::warn!(agent = %agent.handle, error = %err, "cannot read the agent's grants; its model is offered every tool");
+            None
+        }
+    };
+    let routed = crate::models::Routed::of(tenant, agent);
+    let tool_tokens = inner.models().tool_tokens(ctx.kind, Some(routed));
     let hands = AgentTools {
         runner: &inner.tools,
+        rules,
         set: tools,
         tenant: tenant.name.as_str(),
         agent,
@@ -118,6 +130,7 @@ pub(super) async fn run_turn(
         max_tokens,
         steer: ctx.queue_mode == clade_config::QueueMode::Steer,
         resume_hint: format!("resume with `clade sessions resume {}`", session.id),
+        tool_tokens,
     };
     let steered = plan.steer;
     let window = super::compaction::Window::of(inner, ctx);
@@ -273,6 +286,9 @@ impl Thinker for AgentModel<'_> {
 /// The agent's tools through the tool runner: policy, approval, sandbox, audit.
 struct AgentTools<'a> {
     runner: &'a ToolRunner,
+    /// The operator's rules and the agent's grants when the turn started: a tool that needs a
+    /// grant none of them gives is not offered. `None`: they could not be read.
+    rules: Option<Vec<clade_tools::policy::SourcedRule>>,
     set: Arc<ToolSet>,
     tenant: &'a str,
     agent: &'a Agent,
@@ -299,6 +315,23 @@ impl AgentTools<'_> {
             }
             _ => name != SET_STATUS,
         }
+    }
+
+    /// Whether the model is told of the tool `name`: it is offered, and either needs no grant
+    /// or some rule or grant that is not a denial names it. (A call is decided by the policy
+    /// whatever the model was told.)
+    fn told(&self, name: &str) -> bool {
+        if !self.offers(name) {
+            return false;
+        }
+        let (Some(rules), Some(tool)) = (&self.rules, self.set.registry().get(name)) else {
+            return true;
+        };
+        !tool.needs_grant()
+            || rules.iter().any(|r| {
+                r.rule.effect != clade_config::PolicyEffect::Deny
+                    && clade_tools::pattern::matches(&r.rule.tool, name)
+            })
     }
 }
 
@@ -341,7 +374,7 @@ impl Hands for AgentTools<'_> {
     type Authorized = Authorized;
 
     fn specs(&self) -> Arc<[ToolSpec]> {
-        self.set.specs_offered(self.tenant, self.agent.handle.as_str(), |name| self.offers(name))
+        self.set.specs_offered(self.tenant, self.agent.handle.as_str(), |name| self.told(name))
     }
 
     fn specs_digest(&self) -> &str {
@@ -349,6 +382,9 @@ impl Hands for AgentTools<'_> {
     }
 
     fn find(&self, name: &str) -> Option<Arc<dyn Tool>> {
+        if name == super::catalogue::FIND {
+            return Some(Arc::new(super::catalogue::Finder { specs: self.specs() }));
+        }
         if !self.offers(name) {
             return None;
         }
