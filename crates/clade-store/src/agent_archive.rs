@@ -1386,6 +1386,18 @@ async fn write_checked(
                         "the tenant has an agent {handle:?} already: import with --handle <another>"
                     )));
                 }
+                // A deleted agent's grants stay on record, revoked, under their ids: the same
+                // grants coming back with it take their place.
+                if let Some((table, grants)) = rows.iter().find(|(t, _)| t.name == "grants") {
+                    let id = column_index(table, "id")?;
+                    for grant in grants {
+                        query("DELETE FROM grants WHERE id = $1 AND agent_id = $2 AND revoked_at IS NOT NULL")
+                            .bind(grant[id].clone())
+                            .bind(agent.as_bytes().to_vec())
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                }
                 for (table, rows) in rows.iter() {
                     let width = table.columns.len();
                     let columns = table.columns.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ");

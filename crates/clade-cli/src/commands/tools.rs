@@ -41,6 +41,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: ToolsCommand) -> Result<()> {
                     );
                     vec![
                         t.name().to_owned(),
+                        arguments_of(&t.input_schema()),
                         t.effect().as_str().to_owned(),
                         if t.touches_host() { "yes" } else { "no" }.to_owned(),
                         decision.effect.as_str().to_owned(),
@@ -48,7 +49,10 @@ pub(super) async fn run(ctx: &Ctx, cmd: ToolsCommand) -> Result<()> {
                     ]
                 })
                 .collect();
-            output::table(&["TOOL", "EFFECT", "HOST", "POLICY (*)", "DESCRIPTION"], &rows);
+            output::table(
+                &["TOOL", "ARGUMENTS", "EFFECT", "HOST", "POLICY (*)", "DESCRIPTION"],
+                &rows,
+            );
         }
         ToolsCommand::Call { name, args, json } => {
             let arguments: Value = serde_json::from_str(&args)
@@ -179,7 +183,7 @@ pub(super) async fn grants(ctx: &Ctx, cmd: GrantsCommand) -> Result<()> {
                     .agent_by_id(tenant.id, g.agent_id)
                     .await
                     .map(|a| a.handle.to_string())
-                    .unwrap_or_default();
+                    .unwrap_or_else(|_| "(deleted agent)".to_owned());
                 let state = match (g.revoked_at, g.expires_at) {
                     (Some(_), _) => "revoked".to_owned(),
                     (None, Some(at)) if at <= now => "expired".to_owned(),
@@ -358,4 +362,23 @@ pub(super) async fn settings(ctx: &Ctx, cmd: crate::cli::SettingsCommand) -> Res
         }
     }
     Ok(())
+}
+
+/// A tool's arguments as a person reads them: each name, `?` after an optional one
+/// (`path, content, append?`).
+fn arguments_of(schema: &Value) -> String {
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(properties) = schema["properties"].as_object() else { return String::new() };
+    let mut names: Vec<String> =
+        properties.keys().filter(|name| required.contains(&name.as_str())).cloned().collect();
+    names.extend(
+        properties
+            .keys()
+            .filter(|name| !required.contains(&name.as_str()))
+            .map(|n| format!("{n}?")),
+    );
+    names.join(", ")
 }

@@ -356,3 +356,32 @@ async fn an_import_into_a_running_gateway_resumes_its_turn_at_once() {
     let secrets = target.run(&["--agent", "ada", "secrets", "list"]).ok().stdout;
     assert!(!secrets.contains("API_TOKEN"), "{secrets}");
 }
+
+/// Export, delete, import: the deleted agent's grants stayed on record (revoked), and the same
+/// grants coming back with it take their place, under its handle or another; `grants list`
+/// names a deleted agent's grants as such.
+#[test]
+fn an_agent_exported_deleted_and_imported_comes_back_with_its_grants() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["--agent", "ada", "grants", "add", "--tool", "fs.*"]).ok();
+    let archive = env.data_dir().join("ada.agent");
+    env.run(&["agents", "export", "ada", "-o", archive.to_str().unwrap()]).ok();
+    env.run(&["agents", "delete", "ada", "--yes"]).ok();
+    let listed = env.run(&["grants", "list"]).ok().stdout;
+    assert!(listed.contains("(deleted agent)") && listed.contains("revoked"), "{listed}");
+    env.run(&["agents", "import", archive.to_str().unwrap()]).ok();
+    let listed = env.run(&["--agent", "ada", "grants", "list", "--json"]).ok().json();
+    let live: Vec<&Value> =
+        listed.as_array().unwrap().iter().filter(|g| g["live"] == true).collect();
+    assert_eq!(live.len(), 1, "{listed}");
+    assert_eq!(live[0]["tool"], "fs.*", "{listed}");
+    // Once more, under another handle.
+    env.run(&["agents", "delete", "ada", "--yes"]).ok();
+    env.run(&["agents", "import", archive.to_str().unwrap(), "--handle", "ada9"]).ok();
+    let listed = env.run(&["--agent", "ada9", "grants", "list", "--json"]).ok().json();
+    assert!(
+        listed.as_array().unwrap().iter().any(|g| g["live"] == true && g["tool"] == "fs.*"),
+        "{listed}"
+    );
+}
