@@ -53,6 +53,19 @@ pub(crate) enum LogFormatArg {
 pub(crate) enum Command {
     /// Run the gateway
     Serve(ServeArgs),
+    /// Check what a first start needs (data dir, config, store, token, models, port, sandbox)
+    /// and say what to do about each problem
+    Doctor,
+    /// Print this build's version
+    Version,
+    /// What the running gateway runs (the same as `clade gateway status`)
+    Status {
+        /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Upgrade the store's schema to this version of clade (`serve` also does at start; other
     /// commands refuse a store that needs it), and give a SQLite store page checksums
     Migrate(MigrateArgs),

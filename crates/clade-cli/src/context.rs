@@ -455,27 +455,8 @@ impl Ctx {
     }
 
     /// The sandbox tools run in, as clade.yaml configures it.
-    #[allow(clippy::disallowed_methods)] // The configuration edge: PATH locates bubblewrap.
     pub(crate) fn sandbox(&self) -> clade_tools::sandbox::Sandbox {
-        let tools = &self.config.tools;
-        let path = std::env::var("PATH").ok();
-        let sandbox = clade_tools::sandbox::Sandbox::new(
-            tools.sandbox,
-            tools.bwrap.clone(),
-            path.as_deref(),
-            tools.limits,
-        );
-        // This binary is also the sandbox's init every tool run starts under, and the egress
-        // bridge network-granted commands run beside them.
-        match std::env::current_exe() {
-            Ok(exe) => {
-                let exe = exe.to_string_lossy().into_owned();
-                sandbox
-                    .with_init(vec![exe.clone(), "__sandbox-init".into()])
-                    .with_egress_bridge(vec![exe, "__egress-bridge".into()])
-            }
-            Err(_) => sandbox,
-        }
+        sandbox_of(&self.config)
     }
 
     /// The tool path agents' calls take: built-ins (plus the test ledger when configured) and
@@ -544,8 +525,17 @@ impl Ctx {
     }
 
     /// The running gateway's URL: `url`, else the one `server.listen` names.
+    /// The gateway's URL: `--server`, else the one `clade serve` wrote into this data dir
+    /// (it listens where `--listen` said), else `server.listen`.
     pub(crate) fn server_url(&self, url: Option<&str>) -> String {
-        url.map(str::to_owned).unwrap_or_else(|| format!("http://{}", self.config.server.listen))
+        if let Some(url) = url {
+            return url.to_owned();
+        }
+        std::fs::read_to_string(self.data_dir.gateway_url_path())
+            .ok()
+            .map(|written| written.trim().to_owned())
+            .filter(|written| written.starts_with("http://"))
+            .unwrap_or_else(|| format!("http://{}", self.config.server.listen))
     }
 
     /// The running gateway's URL and the token to call it with.
@@ -583,6 +573,30 @@ impl Ctx {
             .write_token_if_absent(&secret)
             .with_context(|| "cannot write the CLI token file")?;
         Ok(())
+    }
+}
+
+/// The sandbox tools run in, as `config` configures it.
+#[allow(clippy::disallowed_methods)] // The configuration edge: PATH locates bubblewrap.
+pub(crate) fn sandbox_of(config: &Config) -> clade_tools::sandbox::Sandbox {
+    let tools = &config.tools;
+    let path = std::env::var("PATH").ok();
+    let sandbox = clade_tools::sandbox::Sandbox::new(
+        tools.sandbox,
+        tools.bwrap.clone(),
+        path.as_deref(),
+        tools.limits,
+    );
+    // This binary is also the sandbox's init every tool run starts under, and the egress
+    // bridge network-granted commands run beside them.
+    match std::env::current_exe() {
+        Ok(exe) => {
+            let exe = exe.to_string_lossy().into_owned();
+            sandbox
+                .with_init(vec![exe.clone(), "__sandbox-init".into()])
+                .with_egress_bridge(vec![exe, "__egress-bridge".into()])
+        }
+        Err(_) => sandbox,
     }
 }
 

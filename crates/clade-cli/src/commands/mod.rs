@@ -12,6 +12,7 @@ mod bench_turns;
 mod channels;
 mod config;
 mod cron;
+mod doctor;
 mod ingest_service;
 mod mcp;
 mod memory;
@@ -39,6 +40,14 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
     {
         logging::init(LogFormat::Human, None, "warn");
         return config::run(global, cmd);
+    }
+    if let Command::Doctor = &cli.command {
+        logging::init(LogFormat::Human, None, "error");
+        return doctor::run(global).await;
+    }
+    if let Command::Version = &cli.command {
+        println!("clade {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
     }
     if let Command::EgressBridge { listen, socket } = cli.command {
         return Ok(clade_tools::egress::bridge(listen, socket).await?);
@@ -143,10 +152,16 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Mcp(cmd) => mcp::run(&ctx, cmd).await,
         Command::CronService(args) => tool_host::cron_service(&ctx, args).await,
         Command::Gateway(cmd) => tool_host::gateway(&ctx, cmd).await,
+        Command::Status { admin_socket, json } => {
+            tool_host::gateway(&ctx, crate::cli::GatewayCommand::Status { admin_socket, json })
+                .await
+        }
         Command::Pair(cmd) => peers::pair(&ctx, cmd).await,
         Command::Lease(cmd) => peers::lease(&ctx, cmd).await,
         Command::Config(cmd) => config::revisions(&ctx, cmd).await,
         Command::Stub(_)
+        | Command::Doctor
+        | Command::Version
         | Command::EgressBridge { .. }
         | Command::ToolHost(_)
         | Command::SubscriberService(_)

@@ -199,6 +199,11 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         data_dir = %ctx.data_dir.root().display(),
         "clade listening"
     );
+    // The CLI's commands find this gateway here, whatever --listen said.
+    let url_file = ctx.data_dir.gateway_url_path();
+    if let Err(err) = std::fs::write(&url_file, format!("http://{address}\n")) {
+        tracing::warn!(path = %url_file.display(), error = %err, "cannot write the gateway's URL for the CLI; pass it with --server");
+    }
     // A plain line for people and scripts waiting for readiness.
     println!(
         "clade listening on http://{address} (store: {}; CLI token: {}; model: {})",
@@ -225,6 +230,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     reloader.abort();
     admin.abort();
     let _ = std::fs::remove_file(&admin_path);
+    let _ = std::fs::remove_file(&url_file);
     maintenance.stop().await;
     tracing::info!("clade stopped");
     Ok(())

@@ -64,16 +64,24 @@ impl Client {
     }
 }
 
-fn print_reply(value: &Value) {
+/// Prints a turn's reply; a turn that ended without one is an error, so scripts can tell.
+fn print_reply(value: &Value) -> Result<()> {
     match value["status"].as_str() {
         Some(status) if TurnStatus::parse(status) == Some(TurnStatus::Completed) => {
             println!("{}", value["reply"]["text"].as_str().unwrap_or_default())
         }
-        Some(other) => eprintln!("turn {other}: {}", value["error"].as_str().unwrap_or("no reply")),
+        Some(other) => {
+            let session = value["session_id"].as_str().unwrap_or_default();
+            bail!(
+                "turn {other}: {} (session {session}; its steps: `clade sessions show {session}`)",
+                value["error"].as_str().unwrap_or("no reply")
+            )
+        }
         None => {
             println!("accepted: event {} in session {}", value["event_id"], value["session_id"])
         }
     }
+    Ok(())
 }
 
 pub(super) async fn event(ctx: &Ctx, cmd: EventCommand) -> Result<()> {
@@ -89,16 +97,22 @@ pub(super) async fn event(ctx: &Ctx, cmd: EventCommand) -> Result<()> {
         "wait": !no_wait,
     });
     let (_, value) = client.post("/v1/events", body).await?;
-    print_reply(&value);
-    Ok(())
+    print_reply(&value)
 }
 
 pub(super) async fn chat(ctx: &Ctx, args: ChatArgs) -> Result<()> {
     let agent = ctx.agent(None).await?;
     let client = Client::new(ctx, args.server.server.as_deref())?;
     let actor = format!("chat-{}-{}", std::process::id(), ctx.store.now().as_millis());
-    eprintln!("chatting with {} (end with Ctrl-D)", agent.handle);
+    // The gateway is asked before anything is promised.
+    client.get(&format!("/v1/agents/{}", agent.handle)).await?;
+    eprintln!("chatting with {} (/help for commands, /quit or Ctrl-D to end)", agent.handle);
     let stdin = std::io::stdin();
+    let prompt = || {
+        eprint!("> ");
+        let _ = std::io::stderr().flush();
+    };
+    prompt();
     let mut stream: Option<(
         String,
         futures::stream::BoxStream<'static, Result<bytes::Bytes, reqwest::Error>>,
@@ -106,8 +120,20 @@ pub(super) async fn chat(ctx: &Ctx, args: ChatArgs) -> Result<()> {
     let mut parser = clade_model::sse::SseParser::default();
     for line in stdin.lock().lines() {
         let line = line?;
-        if line.trim().is_empty() {
-            continue;
+        match line.trim() {
+            "" => {
+                prompt();
+                continue;
+            }
+            "/quit" | "/exit" => break,
+            "/help" => {
+                eprintln!(
+                    "type a message and press Enter; the reply streams as it is written\n/quit or /exit (or Ctrl-D) ends the chat; /help shows this\nthe offline model also reads /tool <name> {{json}} and /reply <text>"
+                );
+                prompt();
+                continue;
+            }
+            _ => {}
         }
         let body = json!({
             "agent": agent.handle.as_str(),
@@ -155,6 +181,7 @@ pub(super) async fn chat(ctx: &Ctx, args: ChatArgs) -> Result<()> {
                             eprintln!("[{}: {error}]", event.event.unwrap_or_default());
                         }
                         println!();
+                        prompt();
                         break 'read;
                     }
                     _ => {}

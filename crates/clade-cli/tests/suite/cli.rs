@@ -634,3 +634,27 @@ fn bench_memory_runs_on_the_local_model_and_evaluates_recall() {
     );
     assert!(hybrid.1 >= text.1 && hybrid.1 >= vectors.1, "recall@10: {out}");
 }
+
+/// `clade doctor` on a fresh data dir: each check on a line, what is not made yet said as a
+/// warning with what makes it; a broken config fails it (exit 1) with the field named, and the
+/// checks after it are not run on a config it could not read.
+#[test]
+fn doctor_checks_a_first_start_and_says_what_to_do() {
+    let env = Env::new();
+    write(&env.data_dir().join("clade.yaml"), "server:\n  listen: 127.0.0.1:0\n");
+    let out = env.run(&["doctor"]);
+    let stdout = out.stdout.clone();
+    assert_eq!(out.code, 0, "{stdout}{}", out.stderr);
+    for line in ["data dir", "config", "store", "token", "models", "port", "sandbox"] {
+        assert!(stdout.lines().any(|l| l.contains(line)), "no {line} check: {stdout}");
+    }
+    assert!(stdout.contains("`clade serve` makes it"), "{stdout}");
+    assert!(stdout.contains("`clade models fetch local`"), "{stdout}");
+    assert!(stdout.contains("bubblewrap runs commands"), "{stdout}");
+    write(&env.data_dir().join("clade.yaml"), "server:\n  listn: 127.0.0.1:0\n");
+    let out = env.run(&["doctor"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stdout.contains("FAIL") && out.stdout.contains("listn"), "{}", out.stdout);
+    assert!(!out.stdout.contains("port"), "{}", out.stdout);
+    assert!(env.run(&["version"]).ok().stdout.starts_with("clade "));
+}
