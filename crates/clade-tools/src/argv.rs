@@ -16,6 +16,17 @@
 //! - a last word `**` lets the command have more flags and operands than the pattern names;
 //!   without it the command has exactly the flags and operands named.
 //!
+//! Options are read as the program reads them, not as they are spelled:
+//!
+//! - for the programs in [`KNOWN`] (`rm`, `cp`, `mv`, `chmod`, `chown`, `chgrp`, `ln`), a long
+//!   option is resolved as GNU getopt resolves it (any unambiguous prefix: `--rec`,
+//!   `--recursiv`), and then stands for its short flag where it has one (`--recursive` is
+//!   `-r`), and short flags that mean the same are one (`rm -R` is `rm -r`), in commands and
+//!   in patterns alike;
+//! - for any other program, a deny or ask rule's `--name` also matches every abbreviation of
+//!   it (`--na`) and `--name=value`, while an allow rule's matches only what it names: an
+//!   unknown spelling is never allowed by accident, and never slips past a deny.
+//!
 //! The single word `*` matches every command (as `*` does for other tools). A shell line
 //! (`command`) runs as `/bin/sh -c <line>`: its program is `sh`, so no pattern for another
 //! program ever matches it, and only a rule naming `sh` allows one.
@@ -101,15 +112,186 @@ pub fn program_name(argv0: &str) -> &str {
     }
 }
 
+/// A program whose options are known: its long options, each with the short flag it is (if
+/// any), and short flags that mean the same as another (`R` is `r`).
+pub struct Known {
+    pub program: &'static str,
+    pub longs: &'static [(&'static str, Option<char>)],
+    pub same: &'static [(char, char)],
+}
+
+/// The programs whose options a rule reads as the program does (GNU coreutils' spellings).
+pub const KNOWN: &[Known] = &[
+    Known {
+        program: "rm",
+        longs: &[
+            ("force", Some('f')),
+            ("interactive", None),
+            ("one-file-system", None),
+            ("no-preserve-root", None),
+            ("preserve-root", None),
+            ("recursive", Some('r')),
+            ("dir", Some('d')),
+            ("verbose", Some('v')),
+            ("help", None),
+            ("version", None),
+        ],
+        same: &[('R', 'r')],
+    },
+    Known {
+        program: "cp",
+        longs: &[
+            ("archive", Some('a')),
+            ("attributes-only", None),
+            ("backup", None),
+            ("copy-contents", None),
+            ("debug", None),
+            ("dereference", Some('L')),
+            ("force", Some('f')),
+            ("interactive", Some('i')),
+            ("link", Some('l')),
+            ("no-clobber", Some('n')),
+            ("no-dereference", Some('P')),
+            ("no-preserve", None),
+            ("no-target-directory", Some('T')),
+            ("one-file-system", Some('x')),
+            ("parents", None),
+            ("preserve", None),
+            ("recursive", Some('r')),
+            ("reflink", None),
+            ("remove-destination", None),
+            ("sparse", None),
+            ("strip-trailing-slashes", None),
+            ("suffix", Some('S')),
+            ("symbolic-link", Some('s')),
+            ("target-directory", Some('t')),
+            ("update", None),
+            ("verbose", Some('v')),
+            ("help", None),
+            ("version", None),
+        ],
+        same: &[('R', 'r')],
+    },
+    Known {
+        program: "mv",
+        longs: &[
+            ("backup", None),
+            ("debug", None),
+            ("exchange", None),
+            ("force", Some('f')),
+            ("interactive", Some('i')),
+            ("no-clobber", Some('n')),
+            ("no-copy", None),
+            ("no-target-directory", Some('T')),
+            ("strip-trailing-slashes", None),
+            ("suffix", Some('S')),
+            ("target-directory", Some('t')),
+            ("update", None),
+            ("verbose", Some('v')),
+            ("context", Some('Z')),
+            ("help", None),
+            ("version", None),
+        ],
+        same: &[],
+    },
+    Known { program: "chmod", longs: MODE_AND_OWNER, same: &[] },
+    Known { program: "chown", longs: MODE_AND_OWNER, same: &[] },
+    Known { program: "chgrp", longs: MODE_AND_OWNER, same: &[] },
+    Known {
+        program: "ln",
+        longs: &[
+            ("backup", None),
+            ("directory", Some('d')),
+            ("force", Some('f')),
+            ("interactive", Some('i')),
+            ("logical", Some('L')),
+            ("no-dereference", Some('n')),
+            ("no-target-directory", Some('T')),
+            ("physical", Some('P')),
+            ("relative", Some('r')),
+            ("symbolic", Some('s')),
+            ("suffix", Some('S')),
+            ("target-directory", Some('t')),
+            ("verbose", Some('v')),
+            ("help", None),
+            ("version", None),
+        ],
+        same: &[],
+    },
+];
+
+/// The options of `chmod`, `chown` and `chgrp` (one list: each lacks a few of the others', which
+/// it then refuses itself).
+const MODE_AND_OWNER: &[(&str, Option<char>)] = &[
+    ("changes", Some('c')),
+    ("dereference", None),
+    ("no-dereference", Some('h')),
+    ("from", None),
+    ("no-preserve-root", None),
+    ("preserve-root", None),
+    ("quiet", Some('f')),
+    ("silent", Some('f')),
+    ("reference", None),
+    ("recursive", Some('R')),
+    ("verbose", Some('v')),
+    ("help", None),
+    ("version", None),
+];
+
+fn known(program: &str) -> Option<&'static Known> {
+    KNOWN.iter().find(|k| k.program == program)
+}
+
+/// A long option as the program reads it: `--name` or `--name=value` resolved by exact name
+/// or unique prefix, then its short flag where it has one. `None`: the program has no such
+/// option (or the prefix is ambiguous), so it refuses the command.
+enum Resolved {
+    Short(char),
+    Long(String),
+}
+
+fn resolve_long(known: &Known, arg: &str) -> Option<Resolved> {
+    let body = arg.strip_prefix("--")?;
+    let (name, value) = match body.split_once('=') {
+        Some((name, value)) => (name, Some(value)),
+        None => (body, None),
+    };
+    let exact = known.longs.iter().find(|(long, _)| *long == name);
+    let found = exact.or_else(|| {
+        let mut prefixed = known.longs.iter().filter(|(long, _)| long.starts_with(name));
+        let first = prefixed.next()?;
+        // Two names for one flag (`--quiet`, `--silent`) are not an ambiguity.
+        prefixed.all(|other| other.1.is_some() && other.1 == first.1).then_some(first)
+    })?;
+    Some(match (found.1, value) {
+        (Some(short), None) => Resolved::Short(short),
+        (_, Some(value)) => Resolved::Long(format!("--{}={value}", found.0)),
+        (None, None) => Resolved::Long(format!("--{}", found.0)),
+    })
+}
+
+fn same_flag(known: Option<&Known>, flag: char) -> char {
+    known.and_then(|k| k.same.iter().find(|(alias, _)| *alias == flag)).map_or(flag, |(_, f)| *f)
+}
+
 /// A command's arguments, sorted the way patterns see them.
 #[derive(Debug, Default)]
 struct Parsed<'a> {
     short: Vec<char>,
-    long: Vec<&'a str>,
+    long: Vec<std::borrow::Cow<'a, str>>,
     operands: Vec<&'a str>,
 }
 
-fn parse_args(args: &[String]) -> Parsed<'_> {
+impl Parsed<'_> {
+    fn add_short(&mut self, flag: char) {
+        if !self.short.contains(&flag) {
+            self.short.push(flag);
+        }
+    }
+}
+
+fn parse_args<'a>(program: &str, args: &'a [String]) -> Parsed<'a> {
+    let known = known(program);
     let mut parsed = Parsed::default();
     let mut operands_only = false;
     for arg in args {
@@ -118,18 +300,34 @@ fn parse_args(args: &[String]) -> Parsed<'_> {
         } else if arg == "--" {
             operands_only = true;
         } else if arg.starts_with("--") {
-            parsed.long.push(arg);
+            match known.and_then(|k| resolve_long(k, arg)) {
+                Some(Resolved::Short(flag)) => parsed.add_short(same_flag(known, flag)),
+                Some(Resolved::Long(long)) => parsed.long.push(long.into()),
+                None => parsed.long.push(arg.as_str().into()),
+            }
         } else if let Some(cluster) = arg.strip_prefix('-').filter(|c| !c.is_empty()) {
             for flag in cluster.chars() {
-                if !parsed.short.contains(&flag) {
-                    parsed.short.push(flag);
-                }
+                parsed.add_short(same_flag(known, flag));
             }
         } else {
             parsed.operands.push(arg);
         }
     }
     parsed
+}
+
+/// Whether a deny or ask rule's long option `pattern` catches the command's `arg`: as
+/// written, by its name before a `=value`, or as an abbreviation of it.
+fn long_caught(pattern: &Word, arg: &str) -> bool {
+    if word_matches(pattern, arg) {
+        return true;
+    }
+    let name = arg.split_once('=').map_or(arg, |(name, _)| name);
+    if word_matches(pattern, name) {
+        return true;
+    }
+    let plain = pattern.literal || !pattern.text.contains('*');
+    plain && name.len() > 2 && pattern.text.starts_with(name)
 }
 
 /// A parsed argv pattern (see the module documentation).
@@ -176,14 +374,41 @@ impl ArgvPattern {
         }
         let mut words = words.into_iter();
         let program = words.next();
+        // A known program's options are read as it reads them ([`KNOWN`]).
+        let known = program
+            .as_ref()
+            .filter(|p| p.literal || !p.text.contains('*'))
+            .and_then(|p| known(program_name(&p.text)));
         let mut this =
             Self { program, short: Vec::new(), long: Vec::new(), operands: Vec::new(), rest };
+        let add_short = |short: &mut Vec<char>, flag: char| {
+            let flag = same_flag(known, flag);
+            if !short.contains(&flag) {
+                short.push(flag);
+            }
+        };
         for word in words {
             if !word.literal && word.text == "**" {
                 return Err(format!("`**` may only be the last word of {pattern:?}"));
             }
             if word.text.starts_with("--") && !word.literal {
-                this.long.push(word);
+                match known.filter(|_| !word.text.contains('*')) {
+                    Some(k) => match resolve_long(k, &word.text) {
+                        Some(Resolved::Short(flag)) => add_short(&mut this.short, flag),
+                        Some(Resolved::Long(long)) => {
+                            this.long.push(Word { text: long, literal: false })
+                        }
+                        None => {
+                            return Err(format!(
+                                "{} has no option {:?}: its options are --{}",
+                                k.program,
+                                word.text,
+                                k.longs.iter().map(|(l, _)| *l).collect::<Vec<_>>().join(", --")
+                            ));
+                        }
+                    },
+                    None => this.long.push(word),
+                }
             } else if let Some(cluster) =
                 word.text.strip_prefix('-').filter(|c| !c.is_empty() && !word.literal)
             {
@@ -191,9 +416,7 @@ impl ArgvPattern {
                     return Err(format!("short flags {:?} cannot hold `*`", word.text));
                 }
                 for flag in cluster.chars() {
-                    if !this.short.contains(&flag) {
-                        this.short.push(flag);
-                    }
+                    add_short(&mut this.short, flag);
                 }
             } else {
                 this.operands.push(word);
@@ -212,8 +435,19 @@ impl ArgvPattern {
         }
     }
 
-    /// Whether the command `argv` matches.
+    /// Whether the command `argv` matches, as an allow rule reads it: exactly the options it
+    /// names.
     pub fn matches(&self, argv: &[String]) -> bool {
+        self.matches_as(argv, false)
+    }
+
+    /// Whether the command `argv` matches, as a deny or ask rule reads it: an option of an
+    /// unknown program is caught abbreviated or with a value too (see the module doc).
+    pub fn catches(&self, argv: &[String]) -> bool {
+        self.matches_as(argv, true)
+    }
+
+    fn matches_as(&self, argv: &[String], widely: bool) -> bool {
         let Some(program) = &self.program else { return true };
         let Some((argv0, args)) = argv.split_first() else { return false };
         // A program written as a path matches the path run; a bare name, the resolved name.
@@ -221,9 +455,11 @@ impl ArgvPattern {
         if !word_matches(program, name) {
             return false;
         }
-        let parsed = parse_args(args);
+        let parsed = parse_args(program_name(argv0), args);
+        let long_ok =
+            |p: &Word, arg: &str| if widely { long_caught(p, arg) } else { word_matches(p, arg) };
         let shorts_ok = self.short.iter().all(|f| parsed.short.contains(f));
-        let longs_ok = self.long.iter().all(|p| parsed.long.iter().any(|arg| word_matches(p, arg)));
+        let longs_ok = self.long.iter().all(|p| parsed.long.iter().any(|arg| long_ok(p, arg)));
         let operands_ok = parsed.operands.len() >= self.operands.len()
             && self.operands.iter().zip(&parsed.operands).all(|(p, arg)| word_matches(p, arg));
         if !(shorts_ok && longs_ok && operands_ok) {
@@ -231,7 +467,7 @@ impl ArgvPattern {
         }
         self.rest
             || (parsed.short.iter().all(|f| self.short.contains(f))
-                && parsed.long.iter().all(|arg| self.long.iter().any(|p| word_matches(p, arg)))
+                && parsed.long.iter().all(|arg| self.long.iter().any(|p| long_ok(p, arg)))
                 && parsed.operands.len() == self.operands.len())
     }
 
@@ -346,9 +582,57 @@ mod tests {
             let hit = matches("rm -r **", line);
             assert_eq!(hit, !line.ends_with("-- -r"), "{line}");
         }
-        assert!(!matches("rm -r **", "rm -Rf x"), "flags are case-sensitive: deny -R too");
-        assert!(matches("rm -R **", "rm -Rf x"));
+        assert!(!matches("tar -r **", "tar -Rf x"), "flags are case-sensitive: deny -R too");
+        assert!(matches("tar -R **", "tar -Rf x"));
+        assert!(matches("rm -r **", "rm -Rf x"), "rm's -R is its -r");
         assert!(matches("curl --output=* **", "curl --output=/tmp/x http://h"));
+    }
+
+    fn catches(pattern: &str, line: &str) -> bool {
+        ArgvPattern::parse(pattern).unwrap().catches(&argv(line))
+    }
+
+    #[test]
+    fn a_known_programs_options_are_read_as_it_reads_them() {
+        for deny in ["rm -r **", "rm -R **", "rm --recursive **", "rm --rec **"] {
+            for line in [
+                "rm -r victim",
+                "rm -R victim",
+                "rm -fR victim",
+                "rm --recursive victim",
+                "rm --recursiv victim",
+                "rm --rec victim",
+                "rm --r victim",
+                "rm -f --re victim",
+                "/usr/bin/rm --recursive --force victim",
+            ] {
+                assert!(catches(deny, line), "{deny} let {line} through");
+                assert!(matches(deny, line), "{deny} as an allow missed {line}");
+            }
+            assert!(!catches(deny, "rm -f victim"), "{deny}");
+            assert!(!catches(deny, "rm -- --recursive"), "{deny}: an operand after --");
+        }
+        // Two names of one flag are no ambiguity; a prefix of two flags is refused by rm, and
+        // by the pattern parser.
+        assert!(catches("chmod -f **", "chmod --qu 600 x"));
+        assert!(catches("chmod -f **", "chmod --sil 600 x"));
+        assert!(!catches("rm -v **", "rm --ver x"), "--verbose or --version: rm refuses it");
+        let err = ArgvPattern::parse("rm --recurse **").unwrap_err();
+        assert!(err.contains("rm has no option") && err.contains("--recursive"), "{err}");
+        // An allow of a known flag takes its long spelling, and nothing wider.
+        assert!(matches("rm -f *", "rm --force x"));
+        assert!(!matches("rm -f *", "rm --force --recursive x"));
+    }
+
+    #[test]
+    fn an_unknown_programs_long_options_are_caught_abbreviated_by_a_deny_only() {
+        assert!(catches("tool --dangerous **", "tool --dang x"));
+        assert!(catches("tool --dangerous **", "tool --dangerous=yes x"));
+        assert!(catches("tool --dangerous **", "tool --d x"));
+        assert!(!catches("tool --dangerous **", "tool -- --dang"));
+        assert!(!catches("tool --dangerous **", "tool --dangerously x"));
+        assert!(!matches("tool --dangerous **", "tool --dang x"), "an allow names exactly");
+        assert!(!matches("tool --safe", "tool --saf"));
     }
 
     #[test]

@@ -151,8 +151,14 @@ impl TypedTool for ShellExec {
 
     fn run<'a>(&'a self, args: ShellArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(async move {
+            let argv = args.argv()?;
+            // A program allowed by its name starts no other program (a hook, a pager, `sh`);
+            // a shell is allowed to run what it runs.
+            let program = crate::argv::program_name(&argv[0]);
+            let exec_only_itself = !crate::init::SHELLS.contains(&program);
             let exec = Exec {
-                argv: args.argv()?,
+                argv,
+                exec_only_itself,
                 workspace: ctx.workspace()?.clone(),
                 network: ctx.granted.network,
                 egress: crate::egress::EgressRules {

@@ -5,6 +5,9 @@
 //! - it installs the run's seccomp filter with a listener and sends the listener to the gateway
 //!   before anything else starts ([`crate::seccomp`]), so forbidden calls are reported by the
 //!   kernel to the gateway;
+//! - for a program run by its name (not a shell), it lets the command execute only that program
+//!   (Landlock's execute right, [`restrict_exec`]): an allowed `git status` cannot start a
+//!   hook, an fsmonitor, a pager or `sh`, whatever the workspace's configuration says;
 //! - it starts the command (and the egress bridge, for a network grant) under the run's rlimits,
 //!   reaps every process, and when the command ends reports to the gateway how it ended (exit
 //!   code or signal, from `waitpid`) and how many processes were still running (from its own
@@ -42,6 +45,9 @@ pub(crate) struct InitConfig {
     pub(crate) processes: u64,
     /// The egress bridge to start and wait for (it prints `ready`), for a network grant.
     pub(crate) bridge: Option<Vec<String>>,
+    /// The command may execute its own program only ([`restrict_exec`]).
+    #[serde(default)]
+    pub(crate) exec_only_itself: bool,
 }
 
 /// What the init reports when the command ended (or why it could not start it).
@@ -106,6 +112,10 @@ fn run(args: &[OsString], report: BorrowedFd<'_>) -> Result<ExitCode, String> {
         Some(argv) => Some(start_bridge(argv, &limits)?),
         None => None,
     };
+    // After the bridge starts: the restriction holds for the init and all it starts from here.
+    if config.exec_only_itself {
+        restrict_exec(&command[0])?;
+    }
     let main = spawn(command, std::process::Stdio::inherit(), &limits)
         .map_err(|e| format!("cannot start {:?}: {e}", command[0]))?;
     let main_pid = main.id();
@@ -135,6 +145,77 @@ fn run(args: &[OsString], report: BorrowedFd<'_>) -> Result<ExitCode, String> {
         _ => 1,
     };
     Ok(ExitCode::from(code))
+}
+
+/// Programs that run other programs by design: a rule allowing one allows what it runs.
+pub(crate) const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "ash", "busybox", "env"];
+
+/// Dynamic loaders, which the kernel opens for execution with every dynamically linked program.
+const LOADERS: &[&str] = &[
+    "/lib64/ld-linux-x86-64.so.2",
+    "/lib/ld-linux-aarch64.so.1",
+    "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    "/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1",
+];
+
+/// Lets this process and all it starts execute only `program` (found on `PATH` as `exec`
+/// finds it), its script interpreter (`#!`) and the dynamic loader, with Landlock. A kernel
+/// without Landlock fails the run: the restriction is part of what the rule allowed.
+fn restrict_exec(program: &OsString) -> Result<(), String> {
+    use landlock::{
+        AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
+    };
+    let path = locate(program).ok_or_else(|| format!("{program:?} is not a program on PATH"))?;
+    let mut allowed = vec![path.clone()];
+    if let Some(interpreter) = script_interpreter(&path) {
+        allowed.push(interpreter);
+    }
+    allowed.extend(LOADERS.iter().map(std::path::PathBuf::from).filter(|p| p.is_file()));
+    let fail =
+        |e: &dyn std::fmt::Display| format!("cannot confine the command to its program: {e}");
+    let mut ruleset = Ruleset::default()
+        .handle_access(AccessFs::Execute)
+        .and_then(Ruleset::create)
+        .map_err(|e| fail(&e))?;
+    for file in &allowed {
+        let fd = PathFd::new(file).map_err(|e| fail(&e))?;
+        ruleset =
+            ruleset.add_rule(PathBeneath::new(fd, AccessFs::Execute)).map_err(|e| fail(&e))?;
+    }
+    let status = ruleset.restrict_self().map_err(|e| fail(&e))?;
+    if status.ruleset == RulesetStatus::NotEnforced {
+        return Err(fail(
+            &"this kernel has no Landlock (Linux 5.13 or later, with `lsm=landlock`)",
+        ));
+    }
+    Ok(())
+}
+
+/// Where `exec` finds `program`: itself if it names a path, else the first executable file of
+/// that name on `PATH`.
+fn locate(program: &OsString) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = std::path::Path::new(program);
+    if program.to_string_lossy().contains('/') {
+        return Some(name.to_owned());
+    }
+    #[allow(clippy::disallowed_methods)] // The sandbox's own PATH, set by the launcher.
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| {
+        std::fs::metadata(candidate)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// The interpreter a script's `#!` line names.
+fn script_interpreter(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = String::from_utf8_lossy(line);
+    let first = line.lines().next()?.split_whitespace().next()?;
+    Some(std::path::PathBuf::from(first))
 }
 
 /// Starts `argv` under `limits` (set in the child between fork and exec, so the init itself,

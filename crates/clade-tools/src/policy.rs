@@ -32,7 +32,10 @@ fn resource_matches(rule: &PolicyRule, target: Target<'_>) -> bool {
     match target {
         Target::Text(text) => pattern::matches(&rule.resource, text),
         Target::Argv(argv) => match ArgvPattern::parse(&rule.resource) {
-            Ok(pattern) => pattern.matches(argv),
+            // An allow matches exactly what it names; a deny or ask also catches other
+            // spellings of what it names (see `argv`).
+            Ok(pattern) if rule.effect == PolicyEffect::Allow => pattern.matches(argv),
+            Ok(pattern) => pattern.catches(argv),
             // A pattern that cannot be read never allows anything, and a deny still denies.
             Err(_) => rule.effect == PolicyEffect::Deny,
         },

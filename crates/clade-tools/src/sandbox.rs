@@ -50,6 +50,9 @@ pub struct Exec {
     /// Extra environment (granted secrets).
     pub env: Vec<(String, String)>,
     pub stdin: Option<Vec<u8>>,
+    /// The command may execute its own program only: set for a program run by its name (not a
+    /// shell), so that an allowed program cannot start others ([`crate::init`]).
+    pub exec_only_itself: bool,
 }
 
 /// What a command did.
@@ -679,6 +682,7 @@ impl Sandbox {
                 egress: Default::default(),
                 env: Vec::new(),
                 stdin: None,
+                exec_only_itself: false,
             })
             .await?;
         if out.success() {
@@ -776,6 +780,7 @@ impl Sandbox {
             egress: Default::default(),
             env: env.to_vec(),
             stdin: None,
+            exec_only_itself: false,
         };
         let mut command = match self.mode {
             SandboxMode::Bubblewrap => self.bwrap_command(&exec, None, None, None)?,
@@ -921,6 +926,7 @@ impl Sandbox {
                 file_size_bytes: limits.file_size_mib * 1024 * 1024,
                 processes: limits.processes,
                 bridge,
+                exec_only_itself: exec.exec_only_itself,
             };
             let config = serde_json::to_string(&config)
                 .map_err(|e| SandboxError::Spawn(std::io::Error::other(e)))?;

@@ -23,6 +23,7 @@ async fn sh(sandbox: &Sandbox, dir: &std::path::Path, script: &str) -> ExecOutpu
             egress: EgressRules::default(),
             env: vec![("GRANTED".into(), "yes".into())],
             stdin: None,
+            exec_only_itself: false,
         })
         .await
         .expect("bubblewrap must be installed for these tests (apt-get install bubblewrap)")
@@ -214,6 +215,7 @@ async fn a_missing_bubblewrap_fails_closed() {
             egress: EgressRules::default(),
             env: vec![],
             stdin: None,
+            exec_only_itself: false,
         })
         .await
         .unwrap_err();
@@ -255,6 +257,7 @@ async fn networked(script: &str, egress: EgressRules) -> ExecOutput {
             egress,
             env: vec![],
             stdin: None,
+            exec_only_itself: false,
         })
         .await
         .unwrap()
@@ -376,6 +379,7 @@ async fn a_network_grant_without_the_bridge_fails_closed() {
             egress: EgressRules::default(),
             env: vec![],
             stdin: None,
+            exec_only_itself: false,
         })
         .await
         .unwrap_err();
