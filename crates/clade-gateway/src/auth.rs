@@ -298,6 +298,10 @@ async fn admit(
     if let Err(refused) = permitted(&scopes, needed, &what) {
         return refused.into_response();
     }
+    // Its connection keeps its place when strangers fill the gateway's.
+    if let Some(trust) = request.extensions().get::<crate::server::ConnectionTrust>() {
+        trust.set();
+    }
     request.extensions_mut().insert(Granted(scopes.into()));
     request.extensions_mut().insert(Caller(tenant, credential, Reach::of(access)));
     next.run(request).await

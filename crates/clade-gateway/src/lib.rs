@@ -33,6 +33,7 @@ mod memories;
 mod messages;
 mod openai;
 pub mod openapi;
+mod paced;
 pub mod pairing;
 pub mod quotas;
 pub mod routes;

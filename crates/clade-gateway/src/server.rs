@@ -1,10 +1,13 @@
 //! The accept loop: every connection under a cap kept below the descriptor limit, with a
-//! deadline for its first request and for each request's headers, so idle or half-open
-//! sockets cannot starve the clients that do send requests.
+//! deadline for its first request and for each request's headers, and a least rate for each
+//! request's body, so idle, half-open or trickling sockets cannot starve the clients that do
+//! send requests.
 //!
-//! At the cap, the oldest connection that has not sent a request yet is closed to make room
-//! (a flood of silent sockets then only evicts itself); when every connection has sent one,
-//! the new connection is refused.
+//! At the cap, a connection is closed to make room: the oldest that has not sent a request
+//! yet, else the oldest whose requests never passed the token check (a flood of strangers then
+//! only evicts itself); connections that authenticated keep their places, and when every
+//! connection has, the new one is refused. A body declared larger than `max_body_bytes` is
+//! refused (413) before a byte of it is read.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,14 +24,49 @@ use tokio::sync::Notify;
 pub struct ConnectionLimits {
     pub max_connections: usize,
     /// For a connection's first request, and for each request's headers (and so for an idle
-    /// HTTP/1 keep-alive connection).
+    /// HTTP/1 keep-alive connection); also the grace before a body's least rate counts.
     pub header_timeout: Duration,
+    /// A request declaring a longer body (`Content-Length`) is refused at once.
+    pub max_body_bytes: Option<u64>,
+    /// Bytes a second a request's body must average once `header_timeout` has passed: a
+    /// slower one fails (the handler sees a body error) and its connection closes.
+    pub min_body_rate: u64,
+}
+
+impl ConnectionLimits {
+    /// Limits with no body cap of their own and the default least body rate.
+    pub fn new(max_connections: usize, header_timeout: Duration) -> Self {
+        Self { max_connections, header_timeout, max_body_bytes: None, min_body_rate: MIN_BODY_RATE }
+    }
+}
+
+/// The default least rate of a request's body, in bytes a second.
+pub(crate) const MIN_BODY_RATE: u64 = 1024;
+
+/// Marks the connection a request came on as authenticated: its place is kept at the cap.
+/// The token check ([`crate::auth`]) sets it.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionTrust(Arc<AtomicBool>);
+
+impl ConnectionTrust {
+    pub(crate) fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// One open connection, as the accept loop sees it.
 struct Open {
-    /// It has sent a request: never evicted to make room.
-    proven: Arc<AtomicBool>,
+    /// It has sent a request.
+    requested: Arc<AtomicBool>,
+    /// A request on it passed the token check: never evicted to make room.
+    trusted: Arc<AtomicBool>,
+    close: Arc<Notify>,
+}
+
+/// What a connection's task shares with the accept loop.
+struct Standing {
+    requested: Arc<AtomicBool>,
+    trusted: Arc<AtomicBool>,
     close: Arc<Notify>,
 }
 
@@ -65,7 +103,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         while tasks.try_join_next().is_some() {}
-        let Some((id, proven, close)) = admit(&registry, limits.max_connections) else {
+        let Some((id, standing)) = admit(&registry, limits.max_connections) else {
             tracing::debug!(%peer, "connection refused: at the connection limit");
             drop(tcp);
             continue;
@@ -77,7 +115,7 @@ pub async fn serve(
         }
         let (registry, stopping, app) = (registry.clone(), stopping.clone(), app.clone());
         tasks.spawn(async move {
-            serve_connection(tcp, peer, app, &proven, &close, &stopping, limits).await;
+            serve_connection(tcp, peer, app, &standing, &stopping, limits).await;
             if let Ok(mut registry) = registry.lock() {
                 registry.open.remove(&id);
             }
@@ -89,47 +127,85 @@ pub async fn serve(
     Ok(())
 }
 
-/// Takes a place for a new connection, evicting the oldest unproven one at the cap.
-fn admit(registry: &Mutex<Registry>, max: usize) -> Option<(u64, Arc<AtomicBool>, Arc<Notify>)> {
+/// Takes a place for a new connection, at the cap evicting the oldest that sent no request,
+/// else the oldest that never authenticated.
+fn admit(registry: &Mutex<Registry>, max: usize) -> Option<(u64, Standing)> {
     let mut registry = registry.lock().ok()?;
     if registry.open.len() >= max {
-        let oldest = registry
-            .open
-            .iter()
-            .find(|(_, open)| !open.proven.load(Ordering::Relaxed))
-            .map(|(id, _)| *id)?;
+        let silent = registry.open.iter().find(|(_, o)| !o.requested.load(Ordering::Relaxed));
+        let stranger = || registry.open.iter().find(|(_, o)| !o.trusted.load(Ordering::Relaxed));
+        let oldest = silent.or_else(stranger).map(|(id, _)| *id)?;
         if let Some(evicted) = registry.open.remove(&oldest) {
             evicted.close.notify_one();
         }
     }
     let id = registry.next;
     registry.next += 1;
-    let (proven, close) = (Arc::new(AtomicBool::new(false)), Arc::new(Notify::new()));
-    registry.open.insert(id, Open { proven: proven.clone(), close: close.clone() });
-    Some((id, proven, close))
+    let standing = Standing {
+        requested: Arc::new(AtomicBool::new(false)),
+        trusted: Arc::new(AtomicBool::new(false)),
+        close: Arc::new(Notify::new()),
+    };
+    registry.open.insert(
+        id,
+        Open {
+            requested: standing.requested.clone(),
+            trusted: standing.trusted.clone(),
+            close: standing.close.clone(),
+        },
+    );
+    Some((id, standing))
 }
 
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     app: Router,
-    proven: &Arc<AtomicBool>,
-    close: &Notify,
+    standing: &Standing,
     stopping: &Notify,
     limits: ConnectionLimits,
 ) {
-    let seen = proven.clone();
-    let service =
-        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+    let (seen, trust) = (standing.requested.clone(), ConnectionTrust(standing.trusted.clone()));
+    let service = hyper::service::service_fn(
+        move |request: hyper::Request<hyper::body::Incoming>| {
             seen.store(true, Ordering::Relaxed);
             let mut app = app.clone();
-            let mut request = request.map(axum::body::Body::new);
+            let declared = request
+                .headers()
+                .get(axum::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let too_long = limits.max_body_bytes.zip(declared).filter(|(max, len)| len > max);
+            let mut request = request.map(|body| {
+                axum::body::Body::new(crate::paced::Paced::new(
+                    body,
+                    limits.header_timeout,
+                    limits.min_body_rate,
+                ))
+            });
             request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            request.extensions_mut().insert(trust.clone());
             async move {
+                use axum::response::IntoResponse as _;
+                if let Some((max, declared)) = too_long {
+                    let message = format!(
+                        "the request declares a body of {declared} bytes; at most {max} are read (server.max_body_bytes)"
+                    );
+                    let error =
+                        crate::error::ApiError::new(crate::error::Code::PayloadTooLarge, message);
+                    let mut response = error.into_response();
+                    // Its body is never read: the connection cannot carry another request.
+                    response.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                    return Ok(response);
+                }
                 use tower::Service as _;
                 app.call(request).await
             }
-        });
+        },
+    );
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
     builder
@@ -148,13 +224,13 @@ async fn serve_connection(
     // deadline the `if` is checked only when it fires.
     let unproven_deadline = async {
         first_request.as_mut().await;
-        if proven.load(Ordering::Relaxed) {
+        if standing.requested.load(Ordering::Relaxed) {
             std::future::pending::<()>().await;
         }
     };
     tokio::select! {
         _ = connection.as_mut() => {}
-        () = close.notified() => {}
+        () = standing.close.notified() => {}
         () = unproven_deadline => {}
         () = &mut stop => {
             connection.as_mut().graceful_shutdown();

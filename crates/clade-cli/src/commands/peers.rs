@@ -386,10 +386,7 @@ pub(super) async fn subscriber_service(
     } else {
         eprintln!("{banner}");
     }
-    let limits = clade_gateway::ConnectionLimits {
-        max_connections: 1_024,
-        header_timeout: std::time::Duration::from_secs(10),
-    };
+    let limits = clade_gateway::ConnectionLimits::new(1_024, std::time::Duration::from_secs(10));
     clade_gateway::serve(listener, app, super::serve::shutdown_signal(), limits)
         .await
         .context("the subscriber service's server failed")?;

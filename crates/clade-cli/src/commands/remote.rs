@@ -156,10 +156,7 @@ async fn listen_for_pairing(
     })?;
     let address = listener.local_addr()?;
     let app = clade_gateway::pairing::waiting_router(pairing.clone());
-    let limits = clade_gateway::ConnectionLimits {
-        max_connections: 64,
-        header_timeout: Duration::from_secs(10),
-    };
+    let limits = clade_gateway::ConnectionLimits::new(64, Duration::from_secs(10));
     let server = tokio::spawn(async move {
         if let Err(err) = clade_gateway::serve(listener, app, std::future::pending(), limits).await
         {

@@ -180,15 +180,15 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     let options = ServerOptions { max_body_bytes };
     let descriptors = raise_descriptor_limit();
     let limits = clade_gateway::ConnectionLimits {
-        max_connections: ctx
-            .config
-            .server
-            .max_connections
-            .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or_else(|| default_max_connections(descriptors)),
-        header_timeout: std::time::Duration::from_secs(
-            ctx.config.server.header_timeout_secs.max(1),
-        ),
+        max_body_bytes: Some(ctx.config.server.max_body_bytes),
+        ..clade_gateway::ConnectionLimits::new(
+            ctx.config
+                .server
+                .max_connections
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or_else(|| default_max_connections(descriptors)),
+            std::time::Duration::from_secs(ctx.config.server.header_timeout_secs.max(1)),
+        )
     };
     let grpc = grpc.map(|prepared| start_grpc(prepared, state.clone(), max_body_bytes, limits));
     let app = clade_gateway::router(state, &options);

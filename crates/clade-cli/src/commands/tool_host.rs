@@ -93,10 +93,7 @@ pub(super) async fn cron_service(ctx: &Ctx, args: CronServiceArgs) -> Result<()>
         ctx.store.location(),
         socket.display()
     );
-    let limits = clade_gateway::ConnectionLimits {
-        max_connections: 1_024,
-        header_timeout: Duration::from_secs(10),
-    };
+    let limits = clade_gateway::ConnectionLimits::new(1_024, Duration::from_secs(10));
     clade_gateway::serve(listener, app, super::serve::shutdown_signal(), limits)
         .await
         .context("the cron service's server failed")?;
