@@ -185,7 +185,7 @@ async fn a_prompt_the_provider_refuses_as_too_long_is_compacted_and_tried_once_m
 async fn while_a_slow_compactor_works_turns_go_on_within_the_window() {
     let (stub, _env, server) = gateway(|url| {
         format!(
-            "models:\n  main: {{ provider: openai, base_url: \"{url}/v1\", model: stub, context_window: 2048 }}\n  slow: {{ provider: openai, base_url: \"{url}/v1\", model: \"stub+latency=20000\" }}\nrouting:\n  default: [main]\n  compactor: [slow]\nmemory:\n  enabled: false\n"
+            "models:\n  main: {{ provider: openai, base_url: \"{url}/v1\", model: stub, context_window: 4096, max_tokens: 256 }}\n  slow: {{ provider: openai, base_url: \"{url}/v1\", model: \"stub+latency=20000\" }}\nrouting:\n  default: [main]\n  compactor: [slow]\nmemory:\n  enabled: false\n"
         )
     })
     .await;
@@ -194,9 +194,13 @@ async fn while_a_slow_compactor_works_turns_go_on_within_the_window() {
     }
     let calls = calls_to(&stub, "stub");
     assert_eq!(calls.len(), 8);
-    // The history outgrew the window several times over; no call was sent past it.
+    // The history outgrew the window several times over; no call was sent past it, its
+    // answer (max_tokens) included.
     let largest = calls.iter().map(prompt_tokens).max().unwrap();
-    assert!(largest <= 2048, "a prompt of {largest} tokens went to a 2048-token model");
+    assert!(
+        largest + 256 <= 4096,
+        "a prompt of {largest} tokens and 256 of answer went to a 4096-token model"
+    );
     let last = calls.last().unwrap()["messages"].as_array().unwrap().len();
     assert!(last >= 3, "the newest turns were dropped too: {last} messages");
 }

@@ -1481,3 +1481,135 @@ async fn migrations_on_postgres_wait_for_each_other() {
     let to = format!("from version 8 to {}", clade_store::SCHEMA_VERSION);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&to));
 }
+
+/// Strangers cannot starve the gateway's slots by trickling bodies: with every slot held by a
+/// socket that sent a hook's headers and one byte of its body, authenticated requests still get
+/// in (the strangers are evicted first); a trickled body is cut off once it falls below the
+/// least rate; and a body declared longer than `server.max_body_bytes` is refused (413) before
+/// it is read, with or without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_bodies_cannot_starve_authenticated_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut env = configured(
+        "server:\n  max_connections: 40\n  header_timeout_secs: 2\ntenants:\n  acme:\n    hooks:\n      gh: { agent: ada, secret_env: GH_SECRET }\n",
+    );
+    env.vars.push(("GH_SECRET".into(), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()));
+    env.run(&["tenants", "create", "acme"]).ok();
+    env.run(&["--tenant", "acme", "agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let trickle = |length: u64| {
+        let address = address.clone();
+        async move {
+            let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+            let head = format!(
+                "POST /hooks/acme/gh HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{"
+            );
+            socket.write_all(head.as_bytes()).await.unwrap();
+            socket
+        }
+    };
+    let mut flood = Vec::new();
+    for _ in 0..60 {
+        flood.push(trickle(100_000).await);
+    }
+    // Every authenticated request gets an answer while the flood holds its sockets open.
+    for n in 0..30 {
+        let (status, body) = server.send("GET", "/v1/agents", None, None).await;
+        assert_eq!(status, 200, "authenticated request {n} was refused: {body}");
+        for socket in flood.iter_mut().take(3) {
+            let _ = socket.write_all(b" ").await;
+        }
+    }
+    // A trickled body is cut off: its connection answers and closes within the grace and a
+    // little more, however slowly it keeps sending.
+    let mut slow = trickle(100_000).await;
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    loop {
+        let mut chunk = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(500), slow.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&chunk[..n]),
+            Err(_) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "a trickled body was never cut off"
+                );
+                let _ = slow.write_all(b" ").await;
+            }
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{answer}");
+    // A declared length over the limit is refused at once, before its body.
+    for token in [None, Some(server.token.as_str())] {
+        let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let head = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n{{}}"
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 2048];
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut answer))
+            .await
+            .expect("an over-long body was not refused at once")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(
+            answer.contains("payload_too_large") && answer.contains("max_body_bytes"),
+            "{answer}"
+        );
+    }
+}
+
+/// An allow rule for a program is not an allow for every program it can start: with
+/// `git status **` allowed, a repository whose configuration names an fsmonitor command does
+/// not get it run (the run may execute `git` only); nor does an allowed `find` run `-exec`.
+/// A rule allowing a shell still lets the shell run what it runs, which is also what shows
+/// the attack is real: through `sh -c`, the same `git status` runs the fsmonitor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_program_cannot_start_other_programs() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    for rule in ["git init **", "git status **", "find **", "sh -c *"] {
+        env.run(&["--agent", "ada", "grants", "add", "--tool", "shell.exec", "--resource", rule])
+            .ok();
+    }
+    env.run(&["--agent", "ada", "grants", "add", "--tool", "fs.*"]).ok();
+    let ws = env.run(&["agents", "workspace", "ada"]).ok().stdout.trim().to_owned();
+    let ws = std::path::Path::new(&ws);
+    let server = env.serve(&[]);
+    let server = &server;
+    let call = |tool: &str, arguments: Value| {
+        let path = format!("/v1/agents/ada/tools/{tool}/call");
+        let body = json!({ "arguments": arguments });
+        async move { server.send("POST", &path, None, Some(body)).await }
+    };
+    let (status, body) = call("shell.exec", json!({ "argv": ["git", "init", "-q", "."] })).await;
+    assert_eq!(status, 200, "{body}");
+    let config =
+        "[core]\n\trepositoryformatversion = 0\n\tbare = false\n\tfsmonitor = \"id > pwned.txt\"\n";
+    let (status, body) =
+        call("fs.write", json!({ "path": ".git/config", "content": config })).await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = call("shell.exec", json!({ "argv": ["git", "status"] })).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(std::fs::metadata(ws.join("pwned.txt")).is_err(), "git ran its fsmonitor: {body}");
+    let (_, body) = call(
+        "shell.exec",
+        json!({ "argv": ["find", ".", "-maxdepth", "0", "-exec", "sh", "-c", "id > found.txt", ";"] }),
+    )
+    .await;
+    assert!(std::fs::metadata(ws.join("found.txt")).is_err(), "find ran -exec: {body}");
+
+    // The control: a shell may run programs, so the same repository's fsmonitor runs there.
+    let (status, body) = call("shell.exec", json!({ "command": "git status" })).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        std::fs::metadata(ws.join("pwned.txt")).is_ok(),
+        "the attack did not reproduce: {body}"
+    );
+}

@@ -275,3 +275,77 @@ async fn the_real_smollm2_answers_a_default_agent_through_every_ingress() {
     assert!(out.status.success(), "{stderr}");
     drop(server);
 }
+
+/// Every way a provider can fail, on both wire formats (and a provider that cannot be
+/// reached), reaches the API as a plain answer: a failed turn whose error is one line naming
+/// what went wrong, never a backtrace, a source path or a debug dump, and the
+/// OpenAI-compatible route's error body in the documented shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_provider_failure_reaches_the_api_as_a_plain_error() {
+    let stub = stub().await;
+    let env = Env::new();
+    let faults = [
+        "status=500",
+        "status=503",
+        "status=429+retry-after=0",
+        "status=401",
+        "status=400",
+        "malformed",
+        "truncate",
+        "context-too-long",
+    ];
+    let mut yaml = String::from("models:\n");
+    let mut routes = String::from("routing:\n  default: [openai0]\n  retries: 0\n  agents:\n");
+    let mut agents = Vec::new();
+    for (provider, base) in
+        [("openai", format!("{}/v1", stub.url())), ("anthropic", stub.url().to_owned())]
+    {
+        for (i, fault) in faults.iter().enumerate() {
+            let name = format!("{provider}{i}");
+            yaml.push_str(&format!(
+                "  {name}: {{ provider: {provider}, base_url: \"{base}\", model: \"stub+{fault}\" }}\n"
+            ));
+            routes.push_str(&format!("    {name}: {{ default: [{name}] }}\n"));
+            agents.push((name, format!("{provider} {fault}")));
+        }
+    }
+    yaml.push_str("  gone: { provider: openai, base_url: \"http://127.0.0.1:9/v1\", model: m }\n");
+    routes.push_str("    gone: { default: [gone] }\n");
+    agents.push(("gone".into(), "unreachable".into()));
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!("{yaml}{routes}memory:\n  enabled: false\n"),
+    );
+    for (agent, _) in &agents {
+        env.run(&["agents", "create", agent]).ok();
+    }
+    let server = env.serve(&[]);
+    let plain = |text: &str, what: &str| {
+        assert!(!text.is_empty() && text.len() <= 600, "{what}: {text:?}");
+        for internal in ["\n", ".rs:", "backtrace", "Some(", "Err(", "Ok(", "{ "] {
+            assert!(!text.contains(internal), "{what}: {internal:?} in {text:?}");
+        }
+    };
+    for (agent, what) in &agents {
+        let body = json!({ "agent": agent, "text": "hi", "wait": true,
+            "source": { "platform": "http", "channel": "c", "actor": "me" } });
+        let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
+        assert_eq!(status, 200, "{what}: {answer}");
+        assert_eq!(answer["status"], "failed", "{what}: {answer}");
+        plain(answer["error"].as_str().unwrap_or_default(), what);
+        let body = json!({ "model": agent, "messages": [{ "role": "user", "content": "hi" }] });
+        let (status, answer) = server.send("POST", "/v1/chat/completions", None, Some(body)).await;
+        assert!(status >= 400, "{what}: {status} {answer}");
+        let code = answer["error"]["code"].as_str().unwrap_or_default();
+        assert!(!code.is_empty(), "{what}: {answer}");
+        let documented = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/errors.md"),
+        )
+        .unwrap();
+        assert!(
+            documented.contains(&format!("`{code}`")),
+            "{what}: {code} is not in docs/errors.md"
+        );
+        plain(answer["error"]["message"].as_str().unwrap_or_default(), what);
+    }
+}

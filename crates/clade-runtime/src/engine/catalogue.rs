@@ -126,8 +126,8 @@ const STOP: &[&str] = &[
     "where", "which", "with", "this", "that", "these", "those", "from", "they", "them", "then",
     "than", "there", "their", "have", "will", "would", "could", "should", "into", "about", "some",
     "more", "most", "other", "only", "also", "just", "like", "make", "please", "thank", "thanks",
-    "hello", "hey", "yes", "okay", "each", "does", "done", "been", "being", "were", "very", "much",
-    "many", "here", "why", "well", "want", "need", "know", "tell", "give", "call", "tool", "tools",
+    "hello", "hey", "yes", "okay", "each", "does", "been", "being", "were", "very", "much", "many",
+    "here", "why", "well", "want", "need", "know", "tell", "give", "call", "tool", "tools",
     "agent", "its", "it's", "i'm", "don't", "doesn't", "given", "returns", "return", "string",
     "object", "true", "false", "null", "name",
 ];
