@@ -422,6 +422,10 @@ pub(crate) enum TokensCommand {
         /// sessions, approvals or grants, and cannot have the admin scope
         #[arg(long = "only-agent", value_name = "HANDLE")]
         only_agents: Vec<String>,
+        /// Stop working after this long (`8h`, `30d`, `1h 30m`); every request and stream is
+        /// refused from then on [default: never]
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
     },
     /// List tokens (never their values)
     List {

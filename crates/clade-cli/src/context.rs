@@ -568,7 +568,7 @@ impl Ctx {
         let tenant = self.store.tenant(Tenant::DEFAULT_NAME).await?;
         // The operator's own token: everything, deciding approvals included.
         let scopes = [clade_core::Scope::Admin, clade_core::Scope::Approve];
-        let (_, secret) = self.store.create_token(tenant.id, "cli", &scopes, None).await?;
+        let (_, secret) = self.store.create_token(tenant.id, "cli", &scopes, None, None).await?;
         self.data_dir
             .write_token_if_absent(&secret)
             .with_context(|| "cannot write the CLI token file")?;

@@ -103,6 +103,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::shared(28, "forks", include_str!("../migrations/0028_forks.sql")),
     Migration::shared(29, "memory_upkeep", include_str!("../migrations/0029_memory_upkeep.sql")),
     Migration::shared(30, "channel_chats", include_str!("../migrations/0030_channel_chats.sql")),
+    Migration::shared(31, "token_expiry", include_str!("../migrations/0031_token_expiry.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.
@@ -111,8 +112,8 @@ pub(crate) fn sqlite_schema() -> String {
     MIGRATIONS.iter().map(|m| dialect_sql(Backend::Sqlite, m.sql)).collect::<Vec<_>>().join("\n")
 }
 
-/// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 30;
+/// The schema version this binary writes: its newest migration's.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
 
 /// What opening a store may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

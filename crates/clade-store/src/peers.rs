@@ -160,10 +160,12 @@ impl Store {
                     "SELECT t.id, t.name, t.created_at, k.scopes, k.agents, p.name AS peer_name, \
                      p.leased FROM peers p \
                      JOIN api_tokens k ON k.id = p.token_id JOIN tenants t ON t.id = k.tenant_id \
-                     WHERE p.kind = $1 AND p.peer_key = $2 AND k.revoked_at IS NULL",
+                     WHERE p.kind = $1 AND p.peer_key = $2 AND k.revoked_at IS NULL \
+                     AND (k.expires_at IS NULL OR k.expires_at > $3)",
                 )
                 .bind(OPERATOR.to_owned())
-                .bind(key.to_owned()),
+                .bind(key.to_owned())
+                .bind(self.now().as_millis()),
             )
             .await?;
         let Some(row) = row else { return Err(Error::BadToken) };

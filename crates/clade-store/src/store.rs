@@ -93,6 +93,8 @@ pub struct TokenInfo {
     pub agents: Option<Vec<AgentId>>,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
+    /// When it stops working; `None`: never.
+    pub expires_at: Option<Timestamp>,
 }
 
 /// What a live token may do: its scopes, and the agents it may reach.
@@ -356,6 +358,7 @@ fn token_from_row(row: &Row) -> Result<TokenInfo> {
         agents: agents_from_text(row.try_get("agents")?)?,
         created_at: Timestamp::from_millis(row.try_get("created_at")?),
         revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(Timestamp::from_millis),
+        expires_at: row.try_get::<Option<i64>, _>("expires_at")?.map(Timestamp::from_millis),
     })
 }
 
@@ -1011,15 +1014,20 @@ impl Store {
 
     // ---- tokens ----
 
-    /// Creates a token for `tenant`, limited to `agents` if given (each must be the tenant's);
-    /// the returned secret is shown once and never stored.
+    /// Creates a token for `tenant`, limited to `agents` if given (each must be the tenant's)
+    /// and working until `expires_at` if given; the returned secret is shown once and never
+    /// stored.
     pub async fn create_token(
         &self,
         tenant: TenantId,
         name: &str,
         scopes: &[clade_core::Scope],
         agents: Option<&[AgentId]>,
+        expires_at: Option<Timestamp>,
     ) -> Result<(TokenInfo, String)> {
+        if expires_at.is_some_and(|at| at <= self.now()) {
+            return Err(Error::InvalidInput("a token's expiry must be in the future".into()));
+        }
         if scopes.is_empty() {
             return Err(Error::InvalidInput(
                 "a token needs at least one scope: admin, operate, send, read or approve".into(),
@@ -1060,6 +1068,7 @@ impl Store {
             }),
             created_at: now,
             revoked_at: None,
+            expires_at,
         };
         let row = info.clone();
         let hash = hash_token(&secret);
@@ -1072,6 +1081,7 @@ impl Store {
                 "name": info.name,
                 "scopes": clade_core::Scope::join(&info.scopes),
                 "agents": info.agents.as_deref().map(agents_text),
+                "expires_at": info.expires_at.map(|at| at.as_millis()),
             }),
         );
         self.write(move |conn| {
@@ -1091,8 +1101,8 @@ impl Store {
                     }
                 }
                 query(
-                    "INSERT INTO api_tokens (id, tenant_id, name, secret_hash, created_at, scopes, agents) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO api_tokens (id, tenant_id, name, secret_hash, created_at, scopes, agents, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(row.id.as_bytes().to_vec())
                 .bind(row.tenant_id.as_bytes().to_vec())
@@ -1101,6 +1111,7 @@ impl Store {
                 .bind(row.created_at.as_millis())
                 .bind(clade_core::Scope::join(&row.scopes))
                 .bind(row.agents.as_deref().map(agents_text))
+                .bind(row.expires_at.map(|at| at.as_millis()))
                 .execute(&mut *conn)
                 .await?;
                 crate::access::append_audit(conn, &audit, now).await?;
@@ -1115,7 +1126,7 @@ impl Store {
         let rows = self
             .rows(
                 query(
-                    "SELECT id, tenant_id, name, scopes, agents, created_at, revoked_at FROM api_tokens \
+                    "SELECT id, tenant_id, name, scopes, agents, created_at, revoked_at, expires_at FROM api_tokens \
              WHERE tenant_id = $1 ORDER BY created_at, id",
                 )
                 .bind(tenant.as_bytes().to_vec()),
@@ -1155,7 +1166,8 @@ impl Store {
         .await
     }
 
-    /// The tenant a bearer token belongs to; [`Error::BadToken`] if it is unknown or revoked.
+    /// The tenant a bearer token belongs to; [`Error::BadToken`] if it is unknown, revoked or
+    /// expired.
     pub async fn authenticate(&self, secret: &str) -> Result<Tenant> {
         self.authenticate_scoped(secret).await.map(|(tenant, _)| tenant)
     }
@@ -1167,9 +1179,10 @@ impl Store {
         }
         let row = self.maybe_row(query(
             "SELECT t.id, t.name, t.created_at, k.scopes, k.agents FROM api_tokens k JOIN tenants t ON t.id = k.tenant_id \
-             WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
+             WHERE k.secret_hash = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)",
         )
-        .bind(hash_token(secret))).await?;
+        .bind(hash_token(secret))
+        .bind(self.now().as_millis())).await?;
         let Some(row) = row else { return Err(Error::BadToken) };
         token_access_from_row(&row)
     }

@@ -58,7 +58,8 @@ pub(super) async fn tenants(ctx: &Ctx, cmd: TenantsCommand) -> Result<()> {
 pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
     let tenant = ctx.tenant().await?;
     match cmd {
-        TokensCommand::Create { name, scopes, only_agents } => {
+        TokensCommand::Create { name, scopes, only_agents, expires_in } => {
+            let expires_at = expires_in.map(|after| ctx.store.now().plus(after));
             let scopes = match (scopes.is_empty(), only_agents.is_empty()) {
                 (false, _) => {
                     clade_core::Scope::split(&scopes.join(",")).map_err(anyhow::Error::msg)?
@@ -71,7 +72,8 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
                 agents.push(ctx.store.agent(tenant.id, handle).await?.id);
             }
             let agents = (!agents.is_empty()).then_some(agents.as_slice());
-            let (info, secret) = ctx.store.create_token(tenant.id, &name, &scopes, agents).await?;
+            let (info, secret) =
+                ctx.store.create_token(tenant.id, &name, &scopes, agents, expires_at).await?;
             eprintln!(
                 "token {} for tenant {} (shown once; store it safely):",
                 info.id, tenant.name
@@ -80,6 +82,7 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
         }
         TokensCommand::List { json } => {
             let tokens = ctx.store.tokens(tenant.id).await?;
+            let now = ctx.store.now();
             // A limited token's agents by handle; one deleted since shows as such.
             let mut handles = std::collections::HashMap::new();
             for id in tokens.iter().filter_map(|t| t.agents.as_ref()).flatten() {
@@ -108,6 +111,7 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
                             "agents": agents_of(t),
                             "created_at": t.created_at.as_millis(),
                             "revoked_at": t.revoked_at.map(|r| r.as_millis()),
+                            "expires_at": t.expires_at.map(|r| r.as_millis()),
                         })
                     })
                     .collect();
@@ -122,9 +126,12 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
                             clade_core::Scope::join(&t.scopes),
                             agents_of(t).map_or_else(|| "all".to_owned(), |a| a.join(",")),
                             t.created_at.to_string(),
-                            t.revoked_at
-                                .map(|r| format!("revoked {r}"))
-                                .unwrap_or_else(|| "active".into()),
+                            match (t.revoked_at, t.expires_at) {
+                                (Some(at), _) => format!("revoked {at}"),
+                                (None, Some(at)) if at <= now => format!("expired {at}"),
+                                (None, Some(at)) => format!("active until {at}"),
+                                (None, None) => "active".into(),
+                            },
                         ]
                     })
                     .collect();

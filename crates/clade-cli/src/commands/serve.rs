@@ -706,7 +706,7 @@ async fn pair(
     let token = match &access {
         Some((tenant, scopes, only)) => {
             let (info, _) = store
-                .create_token(tenant.id, &format!("peer:{name}"), scopes, only.as_deref())
+                .create_token(tenant.id, &format!("peer:{name}"), scopes, only.as_deref(), None)
                 .await
                 .map_err(|e| format!("paired, but its access cannot be given: {e}"))?;
             Some(info)

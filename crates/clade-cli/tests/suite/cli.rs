@@ -658,3 +658,19 @@ fn doctor_checks_a_first_start_and_says_what_to_do() {
     assert!(!out.stdout.contains("port"), "{}", out.stdout);
     assert!(env.run(&["version"]).ok().stdout.starts_with("clade "));
 }
+
+/// `tokens create --expires-in` takes a duration as people write one, and the list says until
+/// when the token works; a duration that is not one is refused naming the flag.
+#[test]
+fn tokens_can_be_made_to_expire() {
+    let env = Env::new();
+    env.run(&["tokens", "create", "--name", "day", "--expires-in", "8h"]).ok();
+    let listed = env.run(&["tokens", "list"]).ok().stdout;
+    assert!(listed.lines().any(|l| l.contains("day") && l.contains("active until")), "{listed}");
+    let json = env.run(&["tokens", "list", "--json"]).ok().json();
+    let day = json.as_array().unwrap().iter().find(|t| t["name"] == "day").unwrap().clone();
+    assert!(day["expires_at"].as_i64().unwrap() > day["created_at"].as_i64().unwrap(), "{day}");
+    let refused = env.run(&["tokens", "create", "--expires-in", "soon"]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("--expires-in"), "{}", refused.stderr);
+}

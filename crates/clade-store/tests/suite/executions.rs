@@ -425,6 +425,8 @@ async fn downgrade_to_version_12(location: &clade_store::Location) {
     let postgres = matches!(location, clade_store::Location::Postgres(_));
     let blob = if postgres { "BYTEA" } else { "BLOB" };
     let mut statements = vec![
+        "ALTER TABLE api_tokens DROP COLUMN expires_at".to_owned(),
+        "DELETE FROM schema_migrations WHERE version = 31".to_owned(),
         "DROP TABLE channel_chats".to_owned(),
         "DELETE FROM schema_migrations WHERE version = 30".to_owned(),
         "DROP TABLE memory_upkeep".to_owned(),

@@ -47,8 +47,11 @@ async fn deleting_a_tenant_deletes_everything_it_owns() {
         };
         let agent = h.agents.create(acme.id, spec).await.unwrap();
         let ws = h.agents.workspace(&agent).unwrap();
-        let (_, secret) =
-            h.store.create_token(acme.id, "ci", &[clade_core::Scope::Admin], None).await.unwrap();
+        let (_, secret) = h
+            .store
+            .create_token(acme.id, "ci", &[clade_core::Scope::Admin], None, None)
+            .await
+            .unwrap();
         // A running execution of the tenant's, with a step: nothing of it may outlive it.
         let execution = clade_store::NewExecution {
             id: clade_core::ExecutionId::generate(h.store.now()),
@@ -89,7 +92,7 @@ async fn tokens_authenticate_until_revoked() {
         let acme = h.store.create_tenant("acme").await.unwrap();
         let (info, secret) = h
             .store
-            .create_token(acme.id, "deploy", &[clade_core::Scope::Admin], None)
+            .create_token(acme.id, "deploy", &[clade_core::Scope::Admin], None, None)
             .await
             .unwrap();
         assert!(secret.starts_with("clade_") && secret.len() == 70, "{secret}");
@@ -118,13 +121,19 @@ async fn tokens_authenticate_until_revoked() {
             Err(Error::TokenNotFound(_))
         ));
         assert!(
-            h.store.create_token(acme.id, "", &[clade_core::Scope::Admin], None).await.is_err(),
+            h.store
+                .create_token(acme.id, "", &[clade_core::Scope::Admin], None, None)
+                .await
+                .is_err(),
             "{}",
             h.name
         );
         // Scopes are stored and read back with the tenant; a token needs at least one.
-        let (_, sender) =
-            h.store.create_token(acme.id, "send", &[clade_core::Scope::Send], None).await.unwrap();
+        let (_, sender) = h
+            .store
+            .create_token(acme.id, "send", &[clade_core::Scope::Send], None, None)
+            .await
+            .unwrap();
         let (tenant, access) = h.store.authenticate_scoped(&sender).await.unwrap();
         assert_eq!(
             (tenant.id, access.scopes),
@@ -133,7 +142,11 @@ async fn tokens_authenticate_until_revoked() {
             h.name
         );
         assert_eq!(access.agents, None, "{}", h.name);
-        assert!(h.store.create_token(acme.id, "none", &[], None).await.is_err(), "{}", h.name);
+        assert!(
+            h.store.create_token(acme.id, "none", &[], None, None).await.is_err(),
+            "{}",
+            h.name
+        );
     }
 }
 
@@ -154,8 +167,11 @@ async fn a_token_limited_to_agents_reaches_only_those() {
         let bo = h.agents.create(acme.id, spec("bo")).await.unwrap();
         let theirs = h.agents.create(rival.id, spec("ada")).await.unwrap();
 
-        let (info, secret) =
-            h.store.create_token(acme.id, "bot", &[Scope::Operate], Some(&[ada.id])).await.unwrap();
+        let (info, secret) = h
+            .store
+            .create_token(acme.id, "bot", &[Scope::Operate], Some(&[ada.id]), None)
+            .await
+            .unwrap();
         assert_eq!(info.agents, Some(vec![ada.id]), "{}", h.name);
         let (tenant, access) = h.store.authenticate_scoped(&secret).await.unwrap();
         assert_eq!(tenant.id, acme.id, "{}", h.name);
@@ -165,9 +181,9 @@ async fn a_token_limited_to_agents_reaches_only_those() {
 
         // Refused, and nothing stored: another tenant's agent, admin, an empty list.
         let refused = [
-            h.store.create_token(acme.id, "x", &[Scope::Read], Some(&[theirs.id])).await,
-            h.store.create_token(acme.id, "x", &[Scope::Admin], Some(&[ada.id])).await,
-            h.store.create_token(acme.id, "x", &[Scope::Read], Some(&[])).await,
+            h.store.create_token(acme.id, "x", &[Scope::Read], Some(&[theirs.id]), None).await,
+            h.store.create_token(acme.id, "x", &[Scope::Admin], Some(&[ada.id]), None).await,
+            h.store.create_token(acme.id, "x", &[Scope::Read], Some(&[]), None).await,
         ];
         assert!(matches!(refused[0], Err(Error::AgentNotFound(_))), "{}", h.name);
         assert!(matches!(refused[1], Err(Error::InvalidInput(ref m)) if m.contains("admin")));
@@ -179,5 +195,40 @@ async fn a_token_limited_to_agents_reaches_only_those() {
         let again = h.agents.create(acme.id, spec("ada")).await.unwrap();
         let (_, access) = h.store.authenticate_scoped(&secret).await.unwrap();
         assert!(!access.reaches(again.id), "{}", h.name);
+    }
+}
+
+/// A token made to expire works until then and is refused from then on, on both backends; an
+/// expiry in the past is refused when the token is made, and listings show it.
+#[tokio::test]
+async fn a_token_stops_working_when_it_expires() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    for h in backends().await {
+        let clock = Arc::new(clade_core::ManualClock::new(h.store.now()));
+        let options = clade_store::StoreOptions {
+            migrations: clade_store::Migrations::Apply,
+            clock: clock.clone(),
+            ..clade_store::StoreOptions::new(h.location.clone(), clade_store::Durability::Full)
+        };
+        drop(h.store);
+        let store = clade_store::Store::open(options).await.unwrap();
+        let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let soon = store.now().plus(Duration::from_secs(3600));
+        let (info, secret) = store
+            .create_token(tenant.id, "day", &[clade_core::Scope::Read], None, Some(soon))
+            .await
+            .unwrap();
+        assert_eq!(info.expires_at, Some(soon), "{}", h.name);
+        assert!(store.authenticate(&secret).await.is_ok(), "{}", h.name);
+        let listed = store.tokens(tenant.id).await.unwrap();
+        assert_eq!(listed.iter().find(|t| t.id == info.id).unwrap().expires_at, Some(soon));
+        clock.advance(Duration::from_secs(3600));
+        assert!(matches!(store.authenticate(&secret).await, Err(Error::BadToken)), "{}", h.name);
+        let past = store.now();
+        let refused = store
+            .create_token(tenant.id, "old", &[clade_core::Scope::Read], None, Some(past))
+            .await;
+        assert!(matches!(refused, Err(Error::InvalidInput(_))), "{}", h.name);
     }
 }
