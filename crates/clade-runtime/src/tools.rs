@@ -131,6 +131,8 @@ pub struct ToolSet {
     spec_lists: Mutex<HashMap<Vec<bool>, Arc<[clade_model::ToolSpec]>>>,
     /// What each tenant's own token may grant (`tenants.<name>.ceiling` in clade.yaml).
     ceilings: Arc<std::collections::BTreeMap<String, clade_config::GrantCeiling>>,
+    /// Each tool's argument validator, compiled on its first call (`None`: unreadable schema).
+    validators: Mutex<HashMap<String, Option<Arc<jsonschema::Validator>>>>,
 }
 
 impl ToolSet {
@@ -152,6 +154,7 @@ impl ToolSet {
             specs: std::sync::OnceLock::new(),
             spec_lists: Mutex::default(),
             ceilings: Arc::default(),
+            validators: Mutex::default(),
         }
     }
 
@@ -222,6 +225,50 @@ impl ToolSet {
     /// A digest of every tool's name, description and schema.
     pub fn specs_digest(&self) -> &str {
         &self.all_specs().1
+    }
+
+    /// `Err` naming what is wrong when `args` do not fit `tool`'s JSON Schema: what the model
+    /// (or caller) is told, so it can call again. A schema the validator cannot read (a tool
+    /// host's, say) checks nothing; the tool still reads its arguments itself.
+    pub fn check_arguments(
+        &self,
+        tool: &dyn clade_tools::Tool,
+        args: &Value,
+    ) -> Result<(), String> {
+        let validator = {
+            let mut validators = self.validators.lock().unwrap_or_else(|e| e.into_inner());
+            validators
+                .entry(tool.name().to_owned())
+                .or_insert_with(|| {
+                    let schema = tool.input_schema();
+                    match jsonschema::validator_for(&schema) {
+                        Ok(validator) => Some(Arc::new(validator)),
+                        Err(err) => {
+                            tracing::warn!(tool = tool.name(), error = %err, "the tool's argument schema cannot be read; its calls are not checked against it");
+                            None
+                        }
+                    }
+                })
+                .clone()
+        };
+        let Some(validator) = validator else { return Ok(()) };
+        let problems: Vec<String> = validator
+            .iter_errors(args)
+            .take(3)
+            .map(|error| {
+                let at = error.instance_path().to_string();
+                if at.is_empty() { error.to_string() } else { format!("{at}: {error}") }
+            })
+            .collect();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "invalid arguments for {}: {}; its parameters are {}",
+            tool.name(),
+            problems.join("; "),
+            tool.input_schema()
+        ))
     }
 }
 
@@ -436,6 +483,7 @@ impl ToolRunner {
             specs: std::sync::OnceLock::new(),
             spec_lists: Mutex::default(),
             ceilings: current.ceilings.clone(),
+            validators: Mutex::default(),
         };
         *current = Arc::new(next);
         taken
@@ -490,7 +538,8 @@ impl ToolRunner {
         args: &Value,
         origin: &CallOrigin,
     ) -> Result<Authorized, String> {
-        let resource = match tool.resource(args) {
+        let checked = set.check_arguments(tool, args);
+        let resource = match checked.and_then(|()| tool.resource(args)) {
             Ok(resource) => resource,
             Err(why) => {
                 let record =
