@@ -243,6 +243,19 @@ pub(crate) async fn bearer_caller(
     Ok(Caller(tenant, Credential::Token(token), Reach::of(access)))
 }
 
+/// Whether `header` carries the operator's token (an admin token of the default tenant, for
+/// its whole tenant): what the public health routes show in detail only to the operator.
+pub(crate) async fn is_operator(
+    state: &AppState,
+    header: Option<&axum::http::HeaderValue>,
+) -> bool {
+    let admin = [clade_core::Scope::Admin];
+    match bearer_caller(state, header, Some(&admin), "the readiness details").await {
+        Ok(Caller(tenant, _, reach)) => crate::config::operator_only(&tenant, &reach).is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// The scopes a token's access gives.
 fn scopes_of(access: &clade_store::TokenAccess) -> Vec<clade_core::Scope> {
     let mut scopes = access.scopes.clone();

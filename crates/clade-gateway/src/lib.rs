@@ -127,7 +127,13 @@ pub(crate) async fn healthz() -> impl IntoResponse {
     axum::Json(api::HealthResponse { status: "ok".into() })
 }
 
-pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+/// Whether the gateway takes traffic, for anyone; what its sandbox and chat channels are doing
+/// only for the operator's token (a stranger learns no bot's name).
+pub(crate) async fn readyz(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let operator = auth::is_operator(&state, headers.get(axum::http::header::AUTHORIZATION)).await;
     // The sandbox's self-check runs in the background from start: its outcome is reported, and
     // a broken sandbox makes the gateway degraded (tools refused), not unready (chat works).
     let health = state.engine.tools().sandbox_health();
@@ -155,8 +161,8 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let answer = |status: &str, reason: Option<String>| api::ReadinessResponse {
         status: status.to_owned(),
         reason,
-        sandbox: sandbox.clone(),
-        channels: channels.clone(),
+        sandbox: if operator { sandbox.clone() } else { None },
+        channels: if operator { channels.clone() } else { Vec::new() },
     };
     if state.engine.draining() {
         let reason = "draining before it stops: it takes no new events";

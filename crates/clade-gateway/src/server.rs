@@ -193,13 +193,10 @@ async fn serve_connection(
                     );
                     let error =
                         crate::error::ApiError::new(crate::error::Code::PayloadTooLarge, message);
-                    let mut response = error.into_response();
-                    // Its body is never read: the connection cannot carry another request.
-                    response.headers_mut().insert(
-                        axum::http::header::CONNECTION,
-                        axum::http::HeaderValue::from_static("close"),
-                    );
-                    return Ok(response);
+                    // The body is left unread and hyper ends the connection after the answer
+                    // (`Connection: close` here would reset it under a client still sending,
+                    // which then never reads the answer).
+                    return Ok(error.into_response());
                 }
                 use tower::Service as _;
                 app.call(request).await

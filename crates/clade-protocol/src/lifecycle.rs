@@ -423,9 +423,11 @@ pub struct ReadinessResponse {
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// The sandbox's self-check; absent when tools run without one.
+    /// The sandbox's self-check; absent when tools run without one, and for any caller but
+    /// the operator (an admin token of the default tenant).
     pub sandbox: Option<SandboxReport>,
-    /// Each chat channel's connection: a `failing` one makes the status `degraded`.
+    /// Each chat channel's connection: a `failing` one makes the status `degraded`. Shown
+    /// only to the operator.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<ChannelReadiness>,
 }

@@ -252,6 +252,86 @@ mod tests {
         decide(rules, "shell.exec", Target::Argv(&argv(line)), true).effect
     }
 
+    /// The option-spelling corpus: with `rm`, `cp`, `chmod`, `chown` and an unknown program
+    /// allowed and their dangerous options denied (each deny written one way), every other
+    /// spelling of a denied option is denied too; the allowed forms stay allowed.
+    #[test]
+    fn a_deny_holds_however_its_option_is_spelled() {
+        use PolicyEffect::{Allow, Deny};
+        let rules = [
+            rule(Allow, "shell.exec", "rm **"),
+            rule(Deny, "shell.exec", "rm --recursive **"),
+            rule(Allow, "shell.exec", "cp **"),
+            rule(Deny, "shell.exec", "cp -r **"),
+            rule(Allow, "shell.exec", "chmod **"),
+            rule(Deny, "shell.exec", "chmod -R **"),
+            rule(Allow, "shell.exec", "chown **"),
+            rule(Deny, "shell.exec", "chown --recursive **"),
+            rule(Allow, "shell.exec", "ln **"),
+            rule(Deny, "shell.exec", "ln -s **"),
+            rule(Allow, "shell.exec", "tool **"),
+            rule(Deny, "shell.exec", "tool --dangerous **"),
+        ];
+        let denied = [
+            "rm -r victim",
+            "rm -R victim",
+            "rm -rf victim",
+            "rm -fR victim",
+            "rm -f -r victim",
+            "rm --recursive victim",
+            "rm --recursiv victim",
+            "rm --recursi victim",
+            "rm --rec victim",
+            "rm --re victim",
+            "rm --r victim",
+            "rm --force --recursive victim",
+            "rm victim --rec",
+            "/bin/rm --rec victim",
+            "/usr/bin/rm -R victim",
+            "cp -r a b",
+            "cp -R a b",
+            "cp --recursive a b",
+            "cp --rec a b",
+            "cp -aR a b",
+            "chmod -R 777 x",
+            "chmod --recursive 777 x",
+            "chmod --recur 777 x",
+            "chmod -vR 777 x",
+            "chown -R me x",
+            "chown --recursive me x",
+            "chown --rec me x",
+            "chown -hR me x",
+            "ln -s a b",
+            "ln --symbolic a b",
+            "ln --sym a b",
+            "ln -sf a b",
+            "tool --dangerous x",
+            "tool --dangerous=yes x",
+            "tool --dangerou x",
+            "tool --dang x",
+            "tool --d x",
+            "tool x --dang",
+        ];
+        for line in denied {
+            assert_eq!(shell(&rules, line), Deny, "{line} got through");
+        }
+        let allowed = [
+            "rm victim",
+            "rm -f victim",
+            "rm --force victim",
+            "rm -- --recursive",
+            "cp a b",
+            "chmod 600 x",
+            "chown me x",
+            "ln a b",
+            "tool --safe x",
+            "tool -- --dangerous",
+        ];
+        for line in allowed {
+            assert_eq!(shell(&rules, line), Allow, "{line} was refused");
+        }
+    }
+
     #[test]
     fn host_tools_are_denied_without_a_rule() {
         assert_eq!(shell(&[], "ls"), PolicyEffect::Deny);

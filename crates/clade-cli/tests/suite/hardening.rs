@@ -1353,6 +1353,8 @@ async fn downgrade_to_version_8(url: &str) {
          data TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (turn_id, step))"
     );
     for sql in [
+        "ALTER TABLE api_tokens DROP COLUMN expires_at",
+        "DELETE FROM schema_migrations WHERE version = 31",
         "DROP TABLE channel_chats",
         "DELETE FROM schema_migrations WHERE version = 30",
         "DROP TABLE memory_upkeep",
@@ -1612,4 +1614,173 @@ async fn an_allowed_program_cannot_start_other_programs() {
         std::fs::metadata(ws.join("pwned.txt")).is_ok(),
         "the attack did not reproduce: {body}"
     );
+}
+
+/// The class, not the case: programs that start programs, each allowed by its own rule
+/// (`<program> **`) and asked to start `touch` through its own features (`-exec`, `system()`,
+/// checkpoints, pipes to commands, aliases, pagers, `e` commands, wrappers that exist to run
+/// another program). None may: a run executes its own program only. A program this machine
+/// lacks is counted apart; most must be there for the corpus to mean something. The control:
+/// the same attempts through an allowed shell do start `touch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programs_that_start_programs_start_none() {
+    let attempts: Vec<Vec<&str>> = vec![
+        vec!["find", ".", "-maxdepth", "0", "-exec", "touch", "{m}", ";"],
+        vec!["find", ".", "-maxdepth", "0", "-execdir", "touch", "{m}", ";"],
+        vec!["find", ".", "-maxdepth", "0", "-exec", "sh", "-c", "touch {m}", ";"],
+        vec![
+            "tar",
+            "-cf",
+            "/dev/null",
+            "--checkpoint=1",
+            "--checkpoint-action=exec=touch {m}",
+            "/etc/hostname",
+        ],
+        vec!["tar", "-cf", "x.tar", "-I", "touch {m}", "/etc/hostname"],
+        vec!["tar", "-cf", "x.tar", "--use-compress-program=touch {m}", "/etc/hostname"],
+        vec!["awk", "BEGIN{system(\"touch {m}\")}"],
+        vec!["awk", "BEGIN{print \"x\" | \"touch {m}\"}"],
+        vec!["awk", "BEGIN{\"touch {m}\" | getline x}"],
+        vec!["gawk", "BEGIN{system(\"touch {m}\")}"],
+        vec!["mawk", "BEGIN{system(\"touch {m}\")}"],
+        vec!["python3", "-c", "import os; os.system('touch {m}')"],
+        vec!["python3", "-c", "import subprocess; subprocess.run(['touch', '{m}'])"],
+        vec!["python3", "-c", "import os; os.execv('/usr/bin/touch', ['touch', '{m}'])"],
+        vec!["python3", "-c", "import os; os.posix_spawn('/usr/bin/touch', ['touch', '{m}'], {})"],
+        vec!["python3", "-c", "import pty; pty.spawn(['touch', '{m}'])"],
+        vec!["perl", "-e", "system('touch', '{m}')"],
+        vec!["perl", "-e", "exec 'touch', '{m}'"],
+        vec!["perl", "-e", "`touch {m}`"],
+        vec!["perl", "-e", "open(my $f, '|-', 'touch {m}')"],
+        vec!["sed", "-n", "1e touch {m}", "/etc/hostname"],
+        vec!["sed", "s/.*/touch {m}/e", "/etc/hostname"],
+        vec!["git", "-c", "alias.x=!touch {m}", "x"],
+        vec!["git", "-c", "core.pager=touch {m}", "-p", "version"],
+        vec!["git", "-c", "core.fsmonitor=touch {m}", "status"],
+        vec!["timeout", "5", "touch", "{m}"],
+        vec!["nice", "touch", "{m}"],
+        vec!["nohup", "touch", "{m}"],
+        vec!["stdbuf", "-o0", "touch", "{m}"],
+        vec!["flock", "lock", "touch", "{m}"],
+        vec!["setsid", "touch", "{m}"],
+        vec!["ionice", "touch", "{m}"],
+        vec!["taskset", "1", "touch", "{m}"],
+        vec!["unshare", "touch", "{m}"],
+        vec!["strace", "-o", "/dev/null", "touch", "{m}"],
+        vec!["script", "-qc", "touch {m}", "/dev/null"],
+        vec!["vim", "-es", "-c", "!touch {m}", "-c", "q"],
+        vec!["vi", "-es", "-c", "!touch {m}", "-c", "q"],
+        vec!["gdb", "-batch", "-ex", "shell touch {m}"],
+        vec!["node", "-e", "require('child_process').execSync('touch {m}')"],
+        vec!["rsync", "-e", "touch {m}", "a", "host:b"],
+        vec!["ssh", "-o", "ProxyCommand=touch {m}", "host"],
+        vec!["man", "-P", "touch {m}", "ls"],
+        vec!["make", "-f", "/dev/stdin"],
+        vec!["xargs", "touch"],
+        vec!["tclsh"],
+    ];
+    let stdin_of = |program: &str, marker: &str| match program {
+        "make" => Some(format!("all:\n\ttouch {marker}\n")),
+        "xargs" => Some(format!("{marker}\n")),
+        "tclsh" => Some(format!("exec touch {marker}\n")),
+        _ => None,
+    };
+    let mut programs: Vec<&str> = attempts.iter().map(|a| a[0]).collect();
+    programs.dedup();
+    let mut policy = String::from(
+        "tools:\n  policy:\n    - { effect: allow, tool: shell.exec, resource: \"sh -c *\" }\n",
+    );
+    for program in &programs {
+        policy.push_str(&format!(
+            "    - {{ effect: allow, tool: shell.exec, resource: \"{program} **\" }}\n"
+        ));
+    }
+    let env = configured(&policy);
+    env.run(&["agents", "create", "ada"]).ok();
+    let ws = env.run(&["agents", "workspace", "ada"]).ok().stdout.trim().to_owned();
+    let ws = std::path::Path::new(&ws);
+    let server = env.serve(&[]);
+    let server = &server;
+    let run = |arguments: Value| async move {
+        let body = json!({ "arguments": arguments });
+        server.send("POST", "/v1/agents/ada/tools/shell.exec/call", None, Some(body)).await
+    };
+    run(json!({ "argv": ["git", "init", "-q", "."] })).await;
+    let (mut ran, mut missing) = (0, Vec::new());
+    for (n, attempt) in attempts.iter().enumerate() {
+        let marker = format!("pwned-{n}");
+        let argv: Vec<String> = attempt.iter().map(|a| a.replace("{m}", &marker)).collect();
+        let mut arguments = json!({ "argv": argv });
+        if let Some(stdin) = stdin_of(attempt[0], &marker) {
+            arguments["stdin"] = json!(stdin);
+        }
+        let (status, body) = run(arguments).await;
+        assert_eq!(status, 200, "{argv:?}: {body}");
+        if body.to_string().contains("is not a program on PATH") {
+            missing.push(attempt[0]);
+        } else {
+            ran += 1;
+        }
+        assert!(
+            std::fs::metadata(ws.join(&marker)).is_err(),
+            "{argv:?} started another program: {body}"
+        );
+    }
+    assert!(
+        ran >= 30,
+        "only {ran} of {} attempts found their program ({missing:?} missing)",
+        attempts.len()
+    );
+    eprintln!(
+        "programs that start programs: {ran} attempted, all contained; not on this machine: {missing:?}"
+    );
+    // The control: through an allowed shell, the same features do start programs.
+    for (n, line) in [
+        "awk 'BEGIN{system(\"touch ctl-0\")}'",
+        "find . -maxdepth 0 -exec touch ctl-1 ';'",
+        "timeout 5 touch ctl-2",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (status, body) = run(json!({ "command": line })).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            std::fs::metadata(ws.join(format!("ctl-{n}"))).is_ok(),
+            "the control {line} did not run: {body}"
+        );
+    }
+}
+
+/// A call's arguments are checked against its tool's JSON Schema before policy or the tool
+/// sees them, and the caller is told what is wrong and what the parameters are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_arguments_are_checked_against_their_schema() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["--agent", "ada", "grants", "add", "--tool", "fs.*"]).ok();
+    let server = env.serve(&[]);
+    let call = |tool: &'static str, arguments: Value| {
+        let server = &server;
+        async move {
+            let path = format!("/v1/agents/ada/tools/{tool}/call");
+            server.send("POST", &path, None, Some(json!({ "arguments": arguments }))).await
+        }
+    };
+    for (tool, arguments, named) in [
+        ("fs.write", json!({ "path": "a.txt" }), "content"),
+        ("fs.write", json!({ "path": 7, "content": "x" }), "/path"),
+        ("fs.read", json!({ "path": "a.txt", "max_bytes": "many" }), "/max_bytes"),
+    ] {
+        let (status, body) = call(tool, arguments.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["is_error"], true, "{tool} {arguments}: {body}");
+        let content = body["content"].as_str().unwrap();
+        assert!(content.contains("invalid arguments for") && content.contains(named), "{content}");
+        assert!(content.contains("its parameters are"), "{content}");
+    }
+    let ws = env.run(&["agents", "workspace", "ada"]).ok().stdout.trim().to_owned();
+    assert!(std::fs::metadata(std::path::Path::new(&ws).join("a.txt")).is_err());
+    let (_, body) = call("fs.write", json!({ "path": "a.txt", "content": "x" })).await;
+    assert_eq!(body["is_error"], false, "{body}");
 }

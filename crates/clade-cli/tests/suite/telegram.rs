@@ -205,6 +205,14 @@ async fn one_telegram_bot_serves_two_tenants_through_the_emulator() {
     assert_eq!(response.status(), 401);
     let readiness = server.get_json("/readyz").await;
     assert_eq!(readiness["channels"][0]["state"], "connected", "{readiness}");
+    // A stranger, or a tenant's own admin, learns whether the gateway is up, not its bots.
+    let anonymous: serde_json::Value =
+        reqwest::get(format!("{}/readyz", server.url)).await.unwrap().json().await.unwrap();
+    assert_eq!(anonymous["status"], readiness["status"], "{anonymous}");
+    assert!(anonymous.get("channels").is_none() && anonymous["sandbox"].is_null(), "{anonymous}");
+    assert!(!anonymous.to_string().contains("desk"), "{anonymous}");
+    let (_, tenants) = server.send("GET", "/readyz", Some(&rival_admin), None).await;
+    assert!(tenants.get("channels").is_none() && tenants["sandbox"].is_null(), "{tenants}");
 }
 
 /// A fake Bot API that keeps updates until a `getUpdates` offset confirms them, as Telegram
