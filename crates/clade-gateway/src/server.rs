@@ -43,6 +43,22 @@ impl ConnectionLimits {
 /// The default least rate of a request's body, in bytes a second.
 pub(crate) const MIN_BODY_RATE: u64 = 1024;
 
+/// How much more than `max_body_bytes` a refused body may still send while its answer goes out.
+const LINGER_FACTOR: u64 = 4;
+
+/// Reads and drops up to `most` bytes of a refused request's body (paced: a trickle ends it).
+async fn linger(body: axum::body::Body, most: u64) {
+    use futures::StreamExt as _;
+    let mut data = body.into_data_stream();
+    let mut read = 0u64;
+    while read < most {
+        match data.next().await {
+            Some(Ok(chunk)) => read += chunk.len() as u64,
+            _ => break,
+        }
+    }
+}
+
 /// Marks the connection a request came on as authenticated: its place is kept at the cap.
 /// The token check ([`crate::auth`]) sets it.
 #[derive(Debug, Clone)]
@@ -193,9 +209,12 @@ async fn serve_connection(
                     );
                     let error =
                         crate::error::ApiError::new(crate::error::Code::PayloadTooLarge, message);
-                    // The body is left unread and hyper ends the connection after the answer
-                    // (`Connection: close` here would reset it under a client still sending,
-                    // which then never reads the answer).
+                    // A lingering close: what the client goes on sending is read and dropped
+                    // (a bounded amount, at the least rate) while the answer goes out, so a
+                    // client still writing is not reset before it reads the answer. Then the
+                    // body is dropped and hyper closes the connection.
+                    let body = request.into_body();
+                    tokio::spawn(linger(body, max.saturating_mul(LINGER_FACTOR).min(declared)));
                     return Ok(error.into_response());
                 }
                 use tower::Service as _;
