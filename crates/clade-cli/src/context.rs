@@ -531,7 +531,7 @@ impl Ctx {
         if let Some(url) = url {
             return url.to_owned();
         }
-        std::fs::read_to_string(self.data_dir.gateway_url_path())
+        std::fs::read_to_string(gateway_url_file(&self.data_dir))
             .ok()
             .map(|written| written.trim().to_owned())
             .filter(|written| written.starts_with("http://"))
@@ -574,6 +574,12 @@ impl Ctx {
             .with_context(|| "cannot write the CLI token file")?;
         Ok(())
     }
+}
+
+/// Where `clade serve` writes the URL it listens on, so that the CLI finds the gateway of its
+/// data dir whatever `--listen` said.
+pub(crate) fn gateway_url_file(data_dir: &DataDir) -> PathBuf {
+    data_dir.root().join("gateway.url")
 }
 
 /// The sandbox tools run in, as `config` configures it.

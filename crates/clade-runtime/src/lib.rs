@@ -35,4 +35,4 @@ pub use engine::{
 pub use execution::{Durable, DurableError};
 pub use hub::{Hub, LiveEvent, Subscription};
 pub use models::{EnvHints, Models, ProcessKind};
-pub use tools::{CallOrigin, CallOutcome, ToolRunner, ToolSet, Verdict};
+pub use tools::{CallOrigin, CallOutcome, InvalidArguments, ToolRunner, ToolSet, Verdict};

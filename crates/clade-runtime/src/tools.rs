@@ -234,7 +234,7 @@ impl ToolSet {
         &self,
         tool: &dyn clade_tools::Tool,
         args: &Value,
-    ) -> Result<(), String> {
+    ) -> Result<(), InvalidArguments> {
         let validator = {
             let mut validators = self.validators.lock().unwrap_or_else(|e| e.into_inner());
             validators
@@ -263,13 +263,22 @@ impl ToolSet {
         if problems.is_empty() {
             return Ok(());
         }
-        Err(format!(
-            "invalid arguments for {}: {}; its parameters are {}",
-            tool.name(),
-            problems.join("; "),
-            tool.input_schema()
-        ))
+        Err(InvalidArguments {
+            tool: tool.name().to_owned(),
+            problems,
+            parameters: tool.input_schema(),
+        })
     }
+}
+
+/// A call's arguments do not fit its tool's schema: the validator's first problems, and the
+/// parameters the tool takes, which is what the model needs to call again.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid arguments for {tool}: {}; its parameters are {parameters}", problems.join("; "))]
+pub struct InvalidArguments {
+    pub tool: String,
+    pub problems: Vec<String>,
+    pub parameters: Value,
 }
 
 /// Tools, rules and the stores behind decisions; one per process.
@@ -538,7 +547,8 @@ impl ToolRunner {
         args: &Value,
         origin: &CallOrigin,
     ) -> Result<Authorized, String> {
-        let checked = set.check_arguments(tool, args);
+        // What the model is told is the error's text, as for a refused resource.
+        let checked = set.check_arguments(tool, args).map_err(|invalid| format!("{invalid}"));
         let resource = match checked.and_then(|()| tool.resource(args)) {
             Ok(resource) => resource,
             Err(why) => {

@@ -65,12 +65,6 @@ impl DataDir {
         self.root.join("token")
     }
 
-    /// Where `clade serve` writes the URL it listens on, so that the CLI finds the gateway of
-    /// its data dir whatever `--listen` said.
-    pub fn gateway_url_path(&self) -> PathBuf {
-        self.root.join("gateway.url")
-    }
-
     pub fn templates_dir(&self) -> PathBuf {
         self.root.join("templates")
     }

@@ -161,34 +161,51 @@ const LOADERS: &[&str] = &[
 /// Lets this process and all it starts execute only `program` (found on `PATH` as `exec`
 /// finds it), its script interpreter (`#!`) and the dynamic loader, with Landlock. A kernel
 /// without Landlock fails the run: the restriction is part of what the rule allowed.
-fn restrict_exec(program: &OsString) -> Result<(), String> {
+fn restrict_exec(program: &OsString) -> Result<(), ConfineError> {
     use landlock::{
         AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
     };
-    let path = locate(program).ok_or_else(|| format!("{program:?} is not a program on PATH"))?;
+    let path = locate(program).ok_or_else(|| ConfineError::NotFound(program.clone()))?;
     let mut allowed = vec![path.clone()];
     if let Some(interpreter) = script_interpreter(&path) {
         allowed.push(interpreter);
     }
     allowed.extend(LOADERS.iter().map(std::path::PathBuf::from).filter(|p| p.is_file()));
-    let fail =
-        |e: &dyn std::fmt::Display| format!("cannot confine the command to its program: {e}");
+    let landlock = |e: &dyn std::fmt::Display| ConfineError::Landlock(e.to_string());
     let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::Execute)
         .and_then(Ruleset::create)
-        .map_err(|e| fail(&e))?;
+        .map_err(|e| landlock(&e))?;
     for file in &allowed {
-        let fd = PathFd::new(file).map_err(|e| fail(&e))?;
+        let fd = PathFd::new(file).map_err(|e| landlock(&e))?;
         ruleset =
-            ruleset.add_rule(PathBeneath::new(fd, AccessFs::Execute)).map_err(|e| fail(&e))?;
+            ruleset.add_rule(PathBeneath::new(fd, AccessFs::Execute)).map_err(|e| landlock(&e))?;
     }
-    let status = ruleset.restrict_self().map_err(|e| fail(&e))?;
+    let status = ruleset.restrict_self().map_err(|e| landlock(&e))?;
     if status.ruleset == RulesetStatus::NotEnforced {
-        return Err(fail(
-            &"this kernel has no Landlock (Linux 5.13 or later, with `lsm=landlock`)",
-        ));
+        return Err(ConfineError::Unsupported);
     }
     Ok(())
+}
+
+/// Why a command could not be confined to its own program.
+#[derive(Debug, thiserror::Error)]
+enum ConfineError {
+    #[error("{0:?} is not a program on PATH")]
+    NotFound(OsString),
+    #[error("cannot confine the command to its program: {0}")]
+    Landlock(String),
+    #[error(
+        "cannot confine the command to its program: this kernel has no Landlock (Linux 5.13 or later, with `lsm=landlock`)"
+    )]
+    Unsupported,
+}
+
+/// The init reports every failure as text to the gateway.
+impl From<ConfineError> for String {
+    fn from(error: ConfineError) -> Self {
+        error.to_string()
+    }
 }
 
 /// Where `exec` finds `program`: itself if it names a path, else the first executable file of

@@ -200,7 +200,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         "clade listening"
     );
     // The CLI's commands find this gateway here, whatever --listen said.
-    let url_file = ctx.data_dir.gateway_url_path();
+    let url_file = crate::context::gateway_url_file(&ctx.data_dir);
     if let Err(err) = std::fs::write(&url_file, format!("http://{address}\n")) {
         tracing::warn!(path = %url_file.display(), error = %err, "cannot write the gateway's URL for the CLI; pass it with --server");
     }
