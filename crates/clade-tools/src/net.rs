@@ -116,6 +116,30 @@ pub enum EgressError {
     Resolve(String, String),
 }
 
+/// Whether `ip`, or the IPv4 address it carries, is an address of one of this host's
+/// interfaces: only then can a socket be bound to it.
+fn is_this_host(ip: IpAddr) -> bool {
+    let carried = match ip {
+        IpAddr::V4(_) => None,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+            };
+            v6.to_ipv4_mapped().or(match s[0] {
+                0x0064 if s[1] == 0xff9b => Some(embedded(s[6], s[7])),
+                0 if s[1..6] == [0, 0, 0, 0, 0] => Some(embedded(s[6], s[7])),
+                0x2002 => Some(embedded(s[1], s[2])),
+                _ => None,
+            })
+        }
+    };
+    let bindable = |ip: IpAddr| {
+        !ip.is_unspecified() && std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+    };
+    bindable(ip) || carried.is_some_and(|v4| bindable(IpAddr::V4(v4)))
+}
+
 /// Resolves `host` once and returns the address to dial, refusing non-public ones unless
 /// `allow_private`. Every resolved address must pass, so a name with one private answer among
 /// public ones (a rebinding setup) is refused.
@@ -139,6 +163,15 @@ pub async fn resolve_checked(
         .first()
         .ok_or_else(|| EgressError::Resolve(bare.to_owned(), "no addresses".into()))?;
     for addr in &addrs {
+        // The host's own addresses reach what listens on every interface (the gateway, a
+        // database on 0.0.0.0) however public they look; checked now, at connect time.
+        if !allow_private && is_this_host(addr.ip()) {
+            return Err(EgressError::Refused {
+                host: bare.to_owned(),
+                address: addr.ip(),
+                class: "this host's own",
+            });
+        }
         let class = classify(addr.ip());
         let never = class == AddressClass::Metadata;
         if class != AddressClass::Public && (never || !allow_private) {
@@ -290,6 +323,46 @@ pub async fn send(request: Request) -> Result<Response, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This host's address on its first interface that is not loopback: the source address
+    /// of a route out (a UDP "connect" sends nothing).
+    fn an_interface_address() -> IpAddr {
+        for out in ["192.0.2.1:9", "10.0.0.1:9", "172.16.0.1:9", "198.51.100.1:9", "8.8.8.8:9"] {
+            let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") else { continue };
+            if socket.connect(out).is_ok()
+                && let Ok(local) = socket.local_addr()
+                && !local.ip().is_loopback()
+                && !local.ip().is_unspecified()
+            {
+                return local.ip();
+            }
+        }
+        panic!("this machine has no route out of loopback, so no interface address to test");
+    }
+
+    /// Every spelling of the host's own interface address is refused, whatever class it has,
+    /// unless the grant allows private networks; someone else's address is not taken for it.
+    #[tokio::test]
+    async fn the_hosts_own_addresses_are_refused() {
+        let IpAddr::V4(own) = an_interface_address() else { panic!("expected IPv4") };
+        let [a, b, c, d] = own.octets();
+        let spellings = [
+            own.to_string(),
+            format!("[::ffff:{own}]"),
+            format!("[64:ff9b::{:x}{:02x}:{:x}{:02x}]", a, b, c, d),
+            format!("[2002:{:x}{:02x}:{:x}{:02x}::1]", a, b, c, d),
+        ];
+        for host in spellings {
+            match resolve_checked(&host, 80, false).await {
+                Err(EgressError::Refused { class, .. }) => {
+                    assert_eq!(class, "this host's own", "{host}")
+                }
+                other => panic!("{host} was not refused as this host's: {other:?}"),
+            }
+        }
+        assert!(resolve_checked(&own.to_string(), 80, true).await.is_ok());
+        assert!(!is_this_host("198.51.100.77".parse().unwrap()), "TEST-NET-2 is no one's here");
+    }
 
     #[test]
     fn classes() {
