@@ -113,10 +113,13 @@ fn run(args: &[OsString], report: BorrowedFd<'_>) -> Result<ExitCode, String> {
         None => None,
     };
     // After the bridge starts: the restriction holds for the init and all it starts from here.
-    if config.exec_only_itself {
-        restrict_exec(&command[0])?;
-    }
-    let main = spawn(command, std::process::Stdio::inherit(), &limits)
+    let once = if config.exec_only_itself {
+        let path = restrict_exec(&command[0])?;
+        Some(ExecOnce::of(&path, command)?)
+    } else {
+        None
+    };
+    let main = spawn_once(command, &limits, once)
         .map_err(|e| format!("cannot start {:?}: {e}", command[0]))?;
     let main_pid = main.id();
     drop(main);
@@ -161,7 +164,7 @@ const LOADERS: &[&str] = &[
 /// Lets this process and all it starts execute only `program` (found on `PATH` as `exec`
 /// finds it), its script interpreter (`#!`) and the dynamic loader, with Landlock. A kernel
 /// without Landlock fails the run: the restriction is part of what the rule allowed.
-fn restrict_exec(program: &OsString) -> Result<(), ConfineError> {
+fn restrict_exec(program: &OsString) -> Result<std::path::PathBuf, ConfineError> {
     use landlock::{
         AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
     };
@@ -185,7 +188,100 @@ fn restrict_exec(program: &OsString) -> Result<(), ConfineError> {
     if status.ruleset == RulesetStatus::NotEnforced {
         return Err(ConfineError::Unsupported);
     }
-    Ok(())
+    Ok(path)
+}
+
+/// How a confined program is started: executed through a descriptor of its file under a
+/// filter that lets that one `execveat` through and no `execve` after it
+/// ([`crate::seccomp::exec_once`]). Landlock alone lets the dynamic loader run, and the loader
+/// run as a program maps any file it is given: `find -exec /lib64/ld-linux-x86-64.so.2
+/// /usr/bin/touch` would start `touch`.
+struct ExecOnce {
+    program: OwnedFd,
+    /// A script's interpreter reads it through `/dev/fd`, so its descriptor stays open.
+    script: bool,
+    filter: Vec<libc::sock_filter>,
+    argv: Vec<std::ffi::CString>,
+    envp: Vec<std::ffi::CString>,
+}
+
+impl ExecOnce {
+    fn of(path: &std::path::Path, command: &[OsString]) -> Result<Self, ConfineError> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let refused = |e: &dyn std::fmt::Display| ConfineError::Landlock(e.to_string());
+        let program = rustix::fs::open(
+            path,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| refused(&e))?;
+        let filter = crate::seccomp::exec_once()
+            .ok_or_else(|| refused(&"no seccomp filter for this architecture"))?;
+        let cstring = |bytes: &[u8]| std::ffi::CString::new(bytes).map_err(|e| refused(&e));
+        let argv = command.iter().map(|a| cstring(a.as_bytes())).collect::<Result<_, _>>()?;
+        #[allow(clippy::disallowed_methods)] // The environment the launcher gave the run.
+        let envp = std::env::vars_os()
+            .map(|(key, value)| {
+                let mut pair = key.as_bytes().to_vec();
+                pair.push(b'=');
+                pair.extend_from_slice(value.as_bytes());
+                cstring(&pair)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { program, script: script_interpreter(path).is_some(), filter, argv, envp })
+    }
+}
+
+/// Starts the command: as [`spawn`] does, or, confined, through [`ExecOnce`].
+#[allow(clippy::disallowed_methods)] // The init is how a sandboxed run starts its processes.
+fn spawn_once(
+    argv: &[OsString],
+    limits: &[(rustix::process::Resource, u64)],
+    once: Option<ExecOnce>,
+) -> std::io::Result<std::process::Child> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::process::CommandExt;
+    let Some(once) = once else {
+        return spawn(argv, std::process::Stdio::inherit(), limits);
+    };
+    let limits = limits.to_vec();
+    let mut command = std::process::Command::new(&argv[0]);
+    command.args(&argv[1..]);
+    // SAFETY: between fork and exec of this single-threaded process (so no lock is held by
+    // another thread), the closure makes system calls over memory it owns and builds two
+    // pointer arrays; `execveat` does not return when it succeeds.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(move || {
+            let flags = if once.script { 0 } else { libc::O_CLOEXEC };
+            if libc::dup3(once.program.as_raw_fd(), crate::seccomp::EXEC_FD, flags) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for (resource, value) in &limits {
+                let limit =
+                    rustix::process::Rlimit { current: Some(*value), maximum: Some(*value) };
+                rustix::process::setrlimit(*resource, limit)?;
+            }
+            crate::seccomp::install(&once.filter)?;
+            let pointers = |strings: &[std::ffi::CString]| {
+                let mut list: Vec<*const libc::c_char> =
+                    strings.iter().map(|s| s.as_ptr()).collect();
+                list.push(std::ptr::null());
+                list
+            };
+            let (argv, envp) = (pointers(&once.argv), pointers(&once.envp));
+            libc::syscall(
+                libc::SYS_execveat,
+                crate::seccomp::EXEC_FD,
+                c"".as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+            Err(std::io::Error::last_os_error())
+        });
+    }
+    command.spawn()
 }
 
 /// Why a command could not be confined to its own program.

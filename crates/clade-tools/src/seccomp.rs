@@ -10,8 +10,8 @@
 //! The filter is installed by the sandbox's init ([`crate::init`]) inside the sandbox, which
 //! sends the listener descriptor to the gateway before any command starts.
 
-// seccomp(2) with a listener and the notification ioctls have no safe wrapper: the unsafe
-// code is these three calls, each over a buffer this module owns.
+// seccomp(2) with and without a listener and the notification ioctls have no safe wrapper: the
+// unsafe code is these four calls, each over a buffer this module owns.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -146,6 +146,73 @@ pub(crate) fn program(kind: Filter, action: Action) -> Option<Vec<libc::sock_fil
     )
 }
 
+/// The descriptor a confined run's program is executed through ([`exec_once`]).
+pub(crate) const EXEC_FD: i32 = 200;
+
+/// A filter that refuses (`EPERM`) every `execve` and every `execveat` but one of the program
+/// open at [`EXEC_FD`] (`execveat(EXEC_FD, "", …, AT_EMPTY_PATH)`): installed just before the
+/// init executes a confined run's program that way, it lets that program run and start
+/// nothing after, not even through the dynamic loader run as a program (which Landlock, seeing
+/// only the loader executed, would let through).
+pub(crate) fn exec_once() -> Option<Vec<libc::sock_filter>> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    };
+    let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH).ok()?;
+    let not = |arg: u8, value: u64| {
+        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, value)
+            .ok()
+            .and_then(|cond| SeccompRule::new(vec![cond]).ok())
+    };
+    let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> = Default::default();
+    rules.insert(libc::SYS_execve, Vec::new());
+    rules.insert(
+        libc::SYS_execveat,
+        vec![not(0, EXEC_FD as u64)?, not(4, libc::AT_EMPTY_PATH as u64)?],
+    );
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .ok()?;
+    let program: seccompiler::BpfProgram = filter.try_into().ok()?;
+    Some(
+        program
+            .iter()
+            .map(|insn| libc::sock_filter { code: insn.code, jt: insn.jt, jf: insn.jf, k: insn.k })
+            .collect(),
+    )
+}
+
+/// Installs `program` on the calling process, without a listener (`no_new_privs` must be set,
+/// as the init sets it before its first filter). Makes no allocation: fit for between fork
+/// and exec.
+pub(crate) fn install(program: &[libc::sock_filter]) -> std::io::Result<()> {
+    set_filter(program, 0).map(drop)
+}
+
+/// `seccomp(SECCOMP_SET_MODE_FILTER, flags, program)`: what the kernel returned.
+fn set_filter(program: &[libc::sock_filter], flags: libc::c_ulong) -> std::io::Result<i64> {
+    let len = u16::try_from(program.len())
+        .map_err(|_| std::io::Error::other("the seccomp program is too long"))?;
+    let fprog = libc::sock_fprog { len, filter: program.as_ptr().cast_mut() };
+    // SAFETY: `fprog` points at `program`, alive for the call; the kernel copies it.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if done < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(done)
+}
+
 /// The program as bytes, as bubblewrap's `--add-seccomp-fd` reads it.
 pub(crate) fn to_bytes(program: &[libc::sock_filter]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(program.len() * 8);
@@ -163,21 +230,7 @@ pub(crate) fn to_bytes(program: &[libc::sock_filter]) -> Vec<u8> {
 /// requires of a process without `CAP_SYS_ADMIN`.
 pub(crate) fn install_with_listener(program: &[libc::sock_filter]) -> std::io::Result<OwnedFd> {
     rustix::thread::set_no_new_privs(true)?;
-    let len = u16::try_from(program.len())
-        .map_err(|_| std::io::Error::other("the seccomp program is too long"))?;
-    let fprog = libc::sock_fprog { len, filter: program.as_ptr().cast_mut() };
-    // SAFETY: `fprog` points at `program`, alive for the call; the kernel copies it.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            &fprog as *const libc::sock_fprog,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let fd = set_filter(program, libc::SECCOMP_FILTER_FLAG_NEW_LISTENER)?;
     let fd = i32::try_from(fd).map_err(|_| std::io::Error::other("bad listener descriptor"))?;
     // SAFETY: the kernel just returned this new descriptor, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
