@@ -70,6 +70,10 @@ pub struct SandboxLimits {
     /// Largest file a process may write, in MiB.
     #[serde(default = "default_file_size")]
     pub file_size_mib: u64,
+    /// What an agent's workspace may hold, in MiB: a command may grow files only by what is
+    /// left, and `fs.write` refuses what would pass it.
+    #[serde(default = "default_workspace")]
+    pub workspace_mib: u64,
     /// Processes (and threads) the sandbox may hold at once.
     #[serde(default = "default_processes")]
     pub processes: u64,
@@ -85,6 +89,7 @@ impl Default for SandboxLimits {
             cpu_secs: default_cpu(),
             memory_mib: default_memory(),
             file_size_mib: default_file_size(),
+            workspace_mib: default_workspace(),
             processes: default_processes(),
             output_bytes: default_output(),
         }
@@ -102,6 +107,9 @@ fn default_memory() -> u64 {
 }
 fn default_file_size() -> u64 {
     64
+}
+fn default_workspace() -> u64 {
+    1024
 }
 fn default_processes() -> u64 {
     64

@@ -25,15 +25,21 @@ use crate::{CallContext, EffectClass, Registry, Tool, ToolResult, TypedTool, wor
 
 /// Every built-in that needs no operator setting, sharing one sandbox.
 pub fn register_all(registry: &mut Registry, sandbox: Arc<Sandbox>) {
+    let workspace_bytes = sandbox.limits().workspace_mib.saturating_mul(1024 * 1024);
     registry.register(Arc::new(TimeNow));
     registry.register(Arc::new(Echo));
     registry.register(Arc::new(ShellExec { sandbox }));
     registry.register(Arc::new(FsRead));
-    registry.register(Arc::new(FsWrite));
+    registry.register(Arc::new(FsWrite { workspace_bytes }));
     registry.register(Arc::new(FsList));
     registry.register(Arc::new(FsSearch));
     registry.register(Arc::new(ReplyAttach));
     registry.register(Arc::new(HttpRequest));
+}
+
+/// Bytes as MiB with one decimal, for the model.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// Runs blocking file work off the async threads.
@@ -283,7 +289,10 @@ pub struct WriteArgs {
     pub append: bool,
 }
 
-pub struct FsWrite;
+pub struct FsWrite {
+    /// What the workspace may hold (`tools.limits.workspace_mib`).
+    workspace_bytes: u64,
+}
 
 impl TypedTool for FsWrite {
     type Args = WriteArgs;
@@ -298,7 +307,20 @@ impl TypedTool for FsWrite {
         Box::pin(async move {
             let root = ctx.workspace()?.clone();
             let path = args.path.clone();
+            let quota = self.workspace_bytes;
             let n = blocking(move || {
+                // What the write adds, at most: all of it (a replaced file's old bytes are
+                // not subtracted, so a write never passes the quota by a guess).
+                let used = workspace::usage(&root);
+                let adding = args.content.len() as u64;
+                if used.saturating_add(adding) > quota {
+                    return Err(format!(
+                        "the workspace holds {} of its {} quota (tools.limits.workspace_mib), and {} more would pass it: delete files you no longer need first",
+                        mib(used),
+                        mib(quota),
+                        mib(adding)
+                    ));
+                }
                 workspace::write(&root, &args.path, args.content.as_bytes(), args.append)
             })
             .await?;

@@ -79,6 +79,21 @@ pub struct ExecOutput {
     pub setid_cleared: usize,
     /// Destinations the egress proxy refused, each with the reason.
     pub egress_refused: Vec<String>,
+    /// The workspace against its quota, when the quota bound the run: `(bytes used after it,
+    /// bytes the workspace may hold, the largest file the run could write)`.
+    pub workspace: Option<WorkspaceUse>,
+}
+
+/// An agent's workspace against its quota, around one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkspaceUse {
+    /// Bytes the workspace held when the run ended.
+    pub used: u64,
+    /// Bytes it may hold (`tools.limits.workspace_mib`).
+    pub quota: u64,
+    /// The largest file the run could write: what was left of the quota, when less than
+    /// `file_size_mib`.
+    pub file_cap: u64,
 }
 
 /// What the sandbox stopped or refused during a run, as read back from its account
@@ -129,6 +144,9 @@ const FORKS_PREFIX: &str = "sandbox: the process limit ";
 const SETID_PREFIX: &str = "sandbox: removed setuid/setgid bits";
 /// A destination the egress proxy refused.
 const EGRESS_PREFIX: &str = "egress refused: ";
+/// A workspace at or past its quota after the run.
+const WORKSPACE_PREFIX: &str = "sandbox: the workspace is full: ";
+const MIB: f64 = 1024.0 * 1024.0;
 /// Error texts of refused accesses, as libc's `strerror` spells them for EROFS, EACCES, EPERM
 /// and ESRCH (a signal to a process outside the sandbox's pid namespace).
 const DENIAL_TEXTS: [&str; 4] =
@@ -433,6 +451,13 @@ impl ExecOutput {
                 limits.processes, self.forks_refused
             ));
         }
+        if let Some(workspace) = self.workspace.filter(|w| w.used >= w.quota) {
+            text.push_str(&format!(
+                "{WORKSPACE_PREFIX}{:.1} MiB used of its {:.1} MiB quota (tools.limits.workspace_mib): files cannot grow until you delete some\n",
+                workspace.used as f64 / MIB,
+                workspace.quota as f64 / MIB
+            ));
+        }
         if self.setid_cleared > 0 {
             text.push_str(&format!(
                 "{SETID_PREFIX} from {} file(s) in the workspace\n",
@@ -472,10 +497,16 @@ fn signal_line(signal: i32, limits: &SandboxLimits, out: &ExecOutput) -> String 
                 limits.cpu_secs
             )
         }
-        libc::SIGXFSZ => format!(
-            "killed by signal {signal} (SIGXFSZ): file-size limit of {} MiB\n",
-            limits.file_size_mib
-        ),
+        libc::SIGXFSZ => match out.workspace {
+            Some(workspace) => format!(
+                "killed by signal {signal} (SIGXFSZ): the workspace's quota left {:.1} MiB for files to grow (tools.limits.workspace_mib)\n",
+                workspace.file_cap as f64 / MIB
+            ),
+            None => format!(
+                "killed by signal {signal} (SIGXFSZ): file-size limit of {} MiB\n",
+                limits.file_size_mib
+            ),
+        },
         libc::SIGKILL if out.violations.is_empty() => format!(
             "killed by signal {signal} (SIGKILL): CPU-time limit of {} s, or out of memory\n",
             limits.cpu_secs
@@ -724,12 +755,28 @@ impl Sandbox {
                 "tool runs need the sandbox's init (`clade __sandbox-init`), which this process was not given".into(),
             ));
         }
+        // A file may grow by what is left of the workspace's quota (RLIMIT_FSIZE binds each
+        // file, so a full workspace lets commands delete but not write).
+        let quota = self.limits.workspace_mib.saturating_mul(1024 * 1024);
+        let file_size = self.limits.file_size_mib.saturating_mul(1024 * 1024);
+        let used_before = {
+            let workspace = exec.workspace.clone();
+            tokio::task::spawn_blocking(move || crate::workspace::usage(&workspace))
+                .await
+                .unwrap_or(u64::MAX)
+        };
+        let file_cap = file_size.min(quota.saturating_sub(used_before));
         let group = self.pids_cgroup.as_ref().and_then(|parent| self.create_group(parent));
         let (command, report) = match self.mode {
             SandboxMode::Bubblewrap => {
                 let (ours, theirs) = report_socket().map_err(SandboxError::Spawn)?;
-                let command =
-                    self.bwrap_command(&exec, group.as_deref(), Some(&theirs), proxy.as_ref())?;
+                let command = self.bwrap_command(
+                    &exec,
+                    group.as_deref(),
+                    Some(&theirs),
+                    proxy.as_ref(),
+                    file_cap,
+                )?;
                 (command, Some((ours, theirs)))
             }
             SandboxMode::None => (unsandboxed_command(&exec), None),
@@ -749,10 +796,15 @@ impl Sandbox {
             && let Ok(out) = &mut out
         {
             let workspace = exec.workspace.clone();
-            out.setid_cleared =
-                tokio::task::spawn_blocking(move || crate::workspace::strip_setid(&workspace))
-                    .await
-                    .unwrap_or(0);
+            let (cleared, used) = tokio::task::spawn_blocking(move || {
+                (crate::workspace::strip_setid(&workspace), crate::workspace::usage(&workspace))
+            })
+            .await
+            .unwrap_or((0, u64::MAX));
+            out.setid_cleared = cleared;
+            if file_cap < file_size || used >= quota {
+                out.workspace = Some(WorkspaceUse { used, quota, file_cap });
+            }
         }
         out
     }
@@ -783,7 +835,13 @@ impl Sandbox {
             exec_only_itself: false,
         };
         let mut command = match self.mode {
-            SandboxMode::Bubblewrap => self.bwrap_command(&exec, None, None, None)?,
+            SandboxMode::Bubblewrap => self.bwrap_command(
+                &exec,
+                None,
+                None,
+                None,
+                self.limits.file_size_mib.saturating_mul(1024 * 1024),
+            )?,
             SandboxMode::None => unsandboxed_command(&exec),
         };
         command.kill_on_drop(true);
@@ -814,6 +872,7 @@ impl Sandbox {
         group: Option<&Path>,
         report: Option<&rustix::fd::OwnedFd>,
         egress: Option<&crate::egress::EgressProxy>,
+        file_size_bytes: u64,
     ) -> Result<tokio::process::Command, SandboxError> {
         let service = report.is_none();
         let bwrap = self.bwrap.as_ref().filter(|p| p.is_file()).ok_or_else(|| {
@@ -911,7 +970,7 @@ impl Sandbox {
         }
         if service {
             let memory = format!("--as={}", limits.memory_mib * 1024 * 1024);
-            let fsize = format!("--fsize={}", limits.file_size_mib * 1024 * 1024);
+            let fsize = format!("--fsize={file_size_bytes}");
             let nproc = format!("--nproc={}", limits.processes);
             push(&["--", "/usr/bin/prlimit"]);
             push(&[&memory, &fsize, &nproc, "--nofile=256", "--core=0", "--"]);
@@ -923,7 +982,7 @@ impl Sandbox {
                 offline: !exec.network,
                 cpu_secs: Some(limits.cpu_secs),
                 memory_bytes: limits.memory_mib * 1024 * 1024,
-                file_size_bytes: limits.file_size_mib * 1024 * 1024,
+                file_size_bytes,
                 processes: limits.processes,
                 bridge,
                 exec_only_itself: exec.exec_only_itself,

@@ -203,6 +203,34 @@ pub fn write(workspace: &Path, path: &str, content: &[u8], append: bool) -> Resu
     Ok(content.len() as u64)
 }
 
+/// The most entries [`usage`] visits: a workspace past it is counted as full.
+const MAX_USAGE_ENTRIES: usize = 1_000_000;
+
+/// The bytes of disk the files under `workspace` take (their allocated blocks, so a sparse file
+/// counts what it uses), links not followed. A tree of more than [`MAX_USAGE_ENTRIES`] entries
+/// counts as `u64::MAX`: that many files is itself the abuse a quota is for.
+pub fn usage(workspace: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut total = 0u64;
+    let mut seen = 0usize;
+    let mut stack = vec![workspace.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > MAX_USAGE_ENTRIES {
+                return u64::MAX;
+            }
+            let Ok(meta) = entry.path().symlink_metadata() else { continue };
+            total = total.saturating_add(meta.blocks().saturating_mul(512));
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    total
+}
+
 /// One entry of a directory listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
