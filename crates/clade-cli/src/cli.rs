@@ -342,6 +342,13 @@ pub(crate) enum AgentsCommand {
         /// Import an archive without its secrets (set them again with `clade secrets set`)
         #[arg(long)]
         without_secrets: bool,
+        /// A gateway key whose archives are trusted besides this data dir's own (the export
+        /// prints its key); repeat for more
+        #[arg(long, value_name = "KEY")]
+        trust_key: Vec<String>,
+        /// Import an archive whose signature is missing or not trusted, without its allow grants
+        #[arg(long)]
+        unsigned: bool,
         #[arg(long)]
         json: bool,
     },

@@ -607,7 +607,9 @@ pub(crate) fn sandbox_of(config: &Config) -> clade_tools::sandbox::Sandbox {
 }
 
 /// The key pair kept as `identity.key` in `data_dir`.
-fn identity_in(data_dir: &std::path::Path) -> Result<Arc<clade_tools::remote::identity::Identity>> {
+pub(crate) fn identity_in(
+    data_dir: &std::path::Path,
+) -> Result<Arc<clade_tools::remote::identity::Identity>> {
     let path = data_dir.join("identity.key");
     Ok(Arc::new(clade_tools::remote::identity::Identity::load_or_create(&path)?))
 }
@@ -695,7 +697,7 @@ impl ToolSources {
         clade_tools::builtin::register_all(&mut tools, self.sandbox.clone());
         // With the scheduler elsewhere (`clade cron-service`), its host serves the cron tools.
         if config.scheduler.enabled {
-            clade_sched::tools::register(&mut tools, self.store.clone());
+            clade_sched::tools::register(&mut tools, self.store.clone(), config.tenants.clone());
         }
         clade_runtime::settings::register(&mut tools, self.store.clone(), self.settings.clone());
         clade_memory::working::register(&mut tools, self.store.clone());

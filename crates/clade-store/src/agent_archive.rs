@@ -501,8 +501,40 @@ enum Line {
         secrets: u64,
         /// SHA-256 of every line before this one, newlines included.
         sha256: String,
+        /// Who vouches for the archive: a signature of `sha256` (so of everything before).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<ArchiveSignature>,
     },
 }
+
+/// A signature of an archive's checksum, by the key that made it (the exporting gateway's
+/// identity key). What the keys are and how a signature is checked is the caller's: the store
+/// only carries it and asks [`ImportOptions::verify`] before it writes anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveSignature {
+    /// The public key, as its owner spells it.
+    pub key: String,
+    pub value: String,
+}
+
+/// Checks an archive's checksum and signature (none when unsigned) before an import writes
+/// anything; an `Err` refuses the import with its text.
+pub type VerifyArchive = std::sync::Arc<
+    dyn Fn(&str, Option<&ArchiveSignature>) -> std::result::Result<(), String> + Send + Sync,
+>;
+
+/// One grant an archive brings, as an import's [`ImportOptions::admit_grant`] sees it.
+#[derive(Debug, Clone)]
+pub struct ArchivedGrant {
+    pub effect: String,
+    pub tool: String,
+    pub resource: String,
+    /// Its constraints, as stored (JSON).
+    pub constraints: String,
+}
+
+/// Why a grant an archive brings is not imported; `None` admits it.
+pub type AdmitGrant = std::sync::Arc<dyn Fn(&ArchivedGrant) -> Option<String> + Send + Sync>;
 
 /// What an export wrote.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -522,7 +554,7 @@ pub struct ExportReport {
 }
 
 /// How to import.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ImportOptions {
     /// The handle to give it instead of the archive's.
     pub handle: Option<Handle>,
@@ -530,6 +562,23 @@ pub struct ImportOptions {
     pub secrets_key: Option<String>,
     /// Import without the secrets (they must then be set again).
     pub without_secrets: bool,
+    /// Asked, once the archive is read and its checksum holds, whether its signature does.
+    pub verify: Option<VerifyArchive>,
+    /// Asked of each live grant the archive brings; one it refuses stays out, and the report
+    /// says why.
+    pub admit_grant: Option<AdmitGrant>,
+}
+
+impl std::fmt::Debug for ImportOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportOptions")
+            .field("handle", &self.handle)
+            .field("secrets_key", &self.secrets_key.as_ref().map(|_| ".."))
+            .field("without_secrets", &self.without_secrets)
+            .field("verify", &self.verify.is_some())
+            .field("admit_grant", &self.admit_grant.is_some())
+            .finish()
+    }
 }
 
 /// What an import wrote.
@@ -547,6 +596,8 @@ pub struct ImportReport {
     /// Grants it holds through another agent's (delegated), not in force here until granted
     /// again, since that agent did not come along.
     pub orphaned_grants: u64,
+    /// Grants left out ([`ImportOptions::admit_grant`]), as `effect tool resource: why`.
+    pub dropped_grants: Vec<String>,
     /// Sessions with messages waiting or a turn under way: a gateway serving this store runs
     /// them once woken (at its start, or told).
     pub waiting_sessions: Vec<clade_core::SessionId>,
@@ -590,6 +641,7 @@ pub async fn export(
     secrets: &Secrets,
     agent: &Agent,
     out: &mut dyn Write,
+    sign: Option<&(dyn Fn(&str) -> ArchiveSignature + Sync)>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ExportReport> {
     let store = agents.store();
@@ -710,11 +762,13 @@ pub async fn export(
     }
 
     let sha256 = hex::encode(w.digest.clone().finalize());
+    let signature = sign.map(|sign| sign(&sha256));
     w.line(&Line::End {
         files: report.files,
         rows: rows_per_table,
         secrets: report.secrets,
         sha256,
+        signature,
     })?;
     w.out.flush().map_err(|e| Error::Import(format!("cannot write the archive: {e}")))?;
     Ok(report)
@@ -890,7 +944,7 @@ pub async fn import(
     let store = agents.store().clone();
     let staging = agents.workspaces_dir().join(format!(".archive-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
-    let checked = read_archive(input, &staging, progress);
+    let checked = read_archive(input, &staging, options.verify.as_ref(), progress);
     let checked = match checked {
         Ok(checked) => checked,
         Err(err) => {
@@ -921,6 +975,7 @@ pub async fn import(
 fn read_archive(
     input: &mut dyn BufRead,
     staging: &Path,
+    verify: Option<&VerifyArchive>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Checked> {
     let bad = |msg: String| Error::Import(msg);
@@ -1084,10 +1139,19 @@ fn read_archive(
                     Sealed { nonce: decode(&nonce)?, ciphertext: decode(&ciphertext)? },
                 ));
             }
-            Line::End { files: want_files, rows: want_rows, secrets: want_secrets, sha256 } => {
+            Line::End {
+                files: want_files,
+                rows: want_rows,
+                secrets: want_secrets,
+                sha256,
+                signature,
+            } => {
                 let got = hex::encode(digest.clone().finalize());
                 if got != sha256 {
                     return Err(bad("the archive does not match its checksum: it was changed or damaged after it was written".into()));
+                }
+                if let Some(verify) = verify {
+                    verify(&sha256, signature.as_ref()).map_err(bad)?;
                 }
                 let have: BTreeMap<String, u64> = TABLES
                     .iter()
@@ -1288,6 +1352,7 @@ async fn write_checked(
         }
     }
 
+    let dropped_grants = admit_grants(&mut rows, options.admit_grant.as_ref())?;
     let mut grants = Vec::new();
     let mut delegated = 0u64;
     let mut unfinished = 0u64;
@@ -1455,9 +1520,49 @@ async fn write_checked(
         unfinished,
         grants,
         orphaned_grants: delegated,
+        dropped_grants,
         waiting_sessions: waiting,
     };
     Ok((agent, report))
+}
+
+/// Takes out of `rows` the live grants `admit` refuses; each as `effect tool resource: why`.
+fn admit_grants(
+    rows: &mut [(&'static Table, Vec<Vec<Value>>)],
+    admit: Option<&AdmitGrant>,
+) -> Result<Vec<String>> {
+    let Some(admit) = admit else { return Ok(Vec::new()) };
+    let Some((table, grants)) = rows.iter_mut().find(|(t, _)| t.name == "grants") else {
+        return Ok(Vec::new());
+    };
+    let [effect, tool, resource, constraints, revoked] =
+        ["effect", "tool", "resource", "constraints", "revoked_at"].map(|c| column_index(table, c));
+    let (effect, tool, resource, constraints, revoked) =
+        (effect?, tool?, resource?, constraints?, revoked?);
+    let text = |v: &Value| match v {
+        Value::Text(Some(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let mut dropped = Vec::new();
+    grants.retain(|row| {
+        if !matches!(row[revoked], Value::Int(None)) {
+            return true;
+        }
+        let grant = ArchivedGrant {
+            effect: text(&row[effect]),
+            tool: text(&row[tool]),
+            resource: text(&row[resource]),
+            constraints: text(&row[constraints]),
+        };
+        match admit(&grant) {
+            None => true,
+            Some(why) => {
+                dropped.push(format!("{} {} {}: {why}", grant.effect, grant.tool, grant.resource));
+                false
+            }
+        }
+    });
+    Ok(dropped)
 }
 
 /// The most values bound to one insert of an import (SQLite allows 32,766, PostgreSQL 65,535).

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use anyhow::{Result, bail};
 use clade_core::{AgentConfig, Handle, TemplateName};
 use clade_protocol::AgentResponse;
@@ -107,17 +109,28 @@ pub(super) async fn run(ctx: &Ctx, cmd: AgentsCommand) -> Result<()> {
             ctx.data_dir.set_current_agent(ctx.tenant_name(), agent.handle.as_str())?;
             println!("current agent: {}", agent.handle);
         }
-        AgentsCommand::Import { path, handle, secrets_key, without_secrets, json } => {
+        AgentsCommand::Import {
+            path,
+            handle,
+            secrets_key,
+            without_secrets,
+            trust_key,
+            unsigned,
+            json,
+        } => {
             let tenant = ctx.tenant().await?;
             let handle = handle.as_deref().map(Handle::parse).transpose()?;
             if path.is_dir() {
                 let agent = ctx.agents.import(tenant.id, &path, handle).await?;
                 println!("imported agent {} ({}) from {}", agent.handle, agent.id, path.display());
             } else {
+                let (verify, admit_grant) = archive_trust(ctx, &tenant, trust_key, unsigned)?;
                 let options = clade_store::agent_archive::ImportOptions {
                     handle,
                     secrets_key,
                     without_secrets,
+                    verify: Some(verify),
+                    admit_grant: Some(admit_grant),
                 };
                 import_archive(ctx, &tenant, &path, options, json).await?;
             }
@@ -326,8 +339,21 @@ async fn export_archive(
 ) -> Result<()> {
     let secrets = ctx.secrets();
     let mut show = archive_progress("exported");
+    let identity = crate::context::identity_in(ctx.data_dir.root())?;
+    let sign = |sha256: &str| clade_store::agent_archive::ArchiveSignature {
+        key: identity.public(),
+        value: identity.sign(&[ARCHIVE_SIGNED.as_bytes(), sha256.as_bytes()]),
+    };
     let report = output::write_whole(output, async |out| {
-        clade_store::agent_archive::export(&ctx.agents, &secrets, agent, out, &mut show).await
+        clade_store::agent_archive::export(
+            &ctx.agents,
+            &secrets,
+            agent,
+            out,
+            Some(&sign),
+            &mut show,
+        )
+        .await
     })
     .await?;
     let rows: u64 = report.rows.iter().map(|(_, n)| n).sum();
@@ -342,6 +368,11 @@ async fn export_archive(
     for link in &report.skipped_links {
         eprintln!("left out {link}: not a regular file of the workspace");
     }
+    eprintln!(
+        "signed with this data dir's key {}: another data dir imports it with --trust-key {}",
+        identity.fingerprint(),
+        identity.public()
+    );
     if let Some(key) = &report.secrets_key {
         let file = output.map_or_else(|| "<file>".to_owned(), |p| p.display().to_string());
         eprintln!(
@@ -349,6 +380,93 @@ async fn export_archive(
         );
     }
     Ok(())
+}
+
+/// What an archive's signature covers: its checksum, under this purpose.
+const ARCHIVE_SIGNED: &str = "clade.agent archive/";
+
+/// How an import trusts an archive: signed by this data dir's key or one given with
+/// `--trust-key`, or with `--unsigned` not at all, and then without its allow grants; and
+/// never with a grant beyond what the tenant's ceiling lets its own tokens grant.
+fn archive_trust(
+    ctx: &Ctx,
+    tenant: &clade_core::Tenant,
+    mut trusted: Vec<String>,
+    unsigned: bool,
+) -> Result<(clade_store::agent_archive::VerifyArchive, clade_store::agent_archive::AdmitGrant)> {
+    use clade_tools::remote::identity;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    trusted.push(crate::context::identity_in(ctx.data_dir.root())?.public());
+    let vouched = Arc::new(AtomicBool::new(false));
+    let verify = {
+        let vouched = vouched.clone();
+        Arc::new(
+            move |sha256: &str,
+                  signature: Option<&clade_store::agent_archive::ArchiveSignature>| {
+                let Some(signature) = signature else {
+                    return if unsigned {
+                        Ok(())
+                    } else {
+                        Err("the archive is not signed, so anyone could have written its grants: import it with --unsigned to leave its allow grants out".to_owned())
+                    };
+                };
+                if !trusted.contains(&signature.key) {
+                    return if unsigned {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "the archive is signed by key {}, which this data dir does not trust: if that is the exporting gateway's key, pass --trust-key {}; else import it with --unsigned to leave its allow grants out",
+                            identity::fingerprint(&signature.key),
+                            signature.key
+                        ))
+                    };
+                }
+                if !identity::verify(
+                    &signature.key,
+                    &[ARCHIVE_SIGNED.as_bytes(), sha256.as_bytes()],
+                    &signature.value,
+                ) {
+                    return if unsigned {
+                        Ok(())
+                    } else {
+                        Err("the archive's signature does not match it: it was changed after it was signed; import it with --unsigned to leave its allow grants out".to_owned())
+                    };
+                }
+                vouched.store(true, Ordering::Release);
+                Ok(())
+            },
+        ) as clade_store::agent_archive::VerifyArchive
+    };
+    let ceiling = match ctx.config.tenants.get(tenant.name.as_str()).and_then(|t| t.ceiling.clone())
+    {
+        Some(ceiling) => Some(ceiling),
+        None if tenant.name.as_str() == clade_core::Tenant::DEFAULT_NAME => None,
+        None => Some(clade_config::GrantCeiling::default()),
+    };
+    let tenant_name = tenant.name.to_string();
+    let admit = Arc::new(move |grant: &clade_store::agent_archive::ArchivedGrant| {
+        let Some(effect) = clade_config::PolicyEffect::parse(&grant.effect) else {
+            return Some(format!("its effect {:?} is none this build knows", grant.effect));
+        };
+        if effect != clade_config::PolicyEffect::Allow {
+            return None; // A deny or an ask only narrows what the agent may do.
+        }
+        if !vouched.load(Ordering::Acquire) {
+            return Some("the archive's signature was not checked (--unsigned)".to_owned());
+        }
+        let Ok(constraints) = serde_json::from_str(&grant.constraints) else {
+            return Some("its constraints cannot be read".to_owned());
+        };
+        let rule = clade_config::PolicyRule {
+            effect,
+            tool: grant.tool.clone(),
+            resource: grant.resource.clone(),
+            constraints,
+        };
+        let why = clade_tools::policy::ceiling_error(ceiling.as_ref()?, &rule)?;
+        Some(format!("tenant {tenant_name} may not hold it: {why} (tenants.{tenant_name}.ceiling)"))
+    }) as clade_store::agent_archive::AdmitGrant;
+    Ok((verify, admit))
 }
 
 async fn import_archive(
@@ -387,6 +505,7 @@ async fn import_archive(
             "unfinished": report.unfinished,
             "grants": report.grants,
             "orphaned_grants": report.orphaned_grants,
+            "dropped_grants": report.dropped_grants,
         }))?;
     } else {
         let rows: u64 = report.rows.iter().map(|(_, n)| n).sum();
@@ -401,6 +520,9 @@ async fn import_archive(
         );
         for grant in &report.grants {
             println!("grant: {grant}");
+        }
+        for dropped in &report.dropped_grants {
+            println!("left out grant {dropped}");
         }
         if report.orphaned_grants > 0 {
             println!(

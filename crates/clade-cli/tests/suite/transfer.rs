@@ -73,6 +73,12 @@ fn rows_of(lines: &[Value]) -> Vec<(String, Vec<Value>)> {
     rows
 }
 
+/// The key the export says it was signed with, which another data dir trusts with `--trust-key`.
+fn signer_of(stderr: &str) -> String {
+    let at = stderr.find("--trust-key ").expect("the export prints its signing key");
+    stderr[at + "--trust-key ".len()..].split_whitespace().next().unwrap().to_owned()
+}
+
 /// The export's printed key.
 fn key_of(stderr: &str) -> String {
     let at = stderr.find("CLADE_ARCHIVE_KEY=").expect("the export prints the secrets key");
@@ -156,6 +162,7 @@ async fn an_agent_killed_mid_turn_moves_to_postgres_and_its_turn_ends_there_once
     let archive = dir.path().join("ada.agent");
     let exported = source.run(&["agents", "export", "ada", "-o", archive.to_str().unwrap()]).ok();
     let key = key_of(&exported.stderr);
+    let signer = signer_of(&exported.stderr);
     let first_lines = lines(&archive);
     assert_eq!(first_lines[0]["format"], "clade.agent");
     assert_eq!(open_secret(&first_lines, &key, "API_TOKEN"), "s3cret-value");
@@ -172,11 +179,18 @@ async fn an_agent_killed_mid_turn_moves_to_postgres_and_its_turn_ends_there_once
     }
     target.run(&["agents", "create", "bo"]).ok();
     let path = archive.to_str().unwrap();
-    target.run(&["agents", "import", path]).fails_with("CLADE_ARCHIVE_KEY");
+    // Signed by the source's key, which the target does not know until told.
+    target.run(&["agents", "import", path]).fails_with("does not trust");
+    let path_trusted = [path, "--trust-key", signer.as_str()];
+    let import = |extra: &[&str]| {
+        let mut args = vec!["agents", "import"];
+        args.extend(path_trusted);
+        args.extend(extra);
+        target.run(&args)
+    };
+    import(&[]).fails_with("CLADE_ARCHIVE_KEY");
     let wrong = "ab".repeat(32);
-    target
-        .run(&["agents", "import", path, "--secrets-key", &wrong])
-        .fails_with("does not open the archive's secret API_TOKEN");
+    import(&["--secrets-key", &wrong]).fails_with("does not open the archive's secret API_TOKEN");
     target
         .run(&["agents", "list", "--json"])
         .ok()
@@ -185,19 +199,16 @@ async fn an_agent_killed_mid_turn_moves_to_postgres_and_its_turn_ends_there_once
         .unwrap()
         .iter()
         .for_each(|a| assert_ne!(a["handle"], "ada", "a refused import wrote the agent"));
-    let report =
-        target.run(&["agents", "import", path, "--secrets-key", &key, "--json"]).ok().json();
+    let report = import(&["--secrets-key", &key, "--json"]).ok().json();
     assert_eq!(report["agent"]["handle"], "ada", "{report}");
+    assert_eq!(report["dropped_grants"], json!([]), "the default tenant has no ceiling: {report}");
     assert_eq!(report["secrets"], 1, "{report}");
     assert!(report["unfinished"].as_u64().unwrap() >= 1, "the killed turn: {report}");
     assert!(report["rows"]["memories"].as_u64().unwrap() >= 1, "{report}");
     assert_eq!(report["rows"]["jobs"], 1, "{report}");
     assert!(!report["grants"].as_array().unwrap().is_empty(), "the template's grants: {report}");
-    target
-        .run(&["agents", "import", path, "--secrets-key", &key])
-        .fails_with("holds the archive's agent already");
-    target
-        .run(&["agents", "import", path, "--secrets-key", &key, "--handle", "ada2"])
+    import(&["--secrets-key", &key]).fails_with("holds the archive's agent already");
+    import(&["--secrets-key", &key, "--handle", "ada2"])
         .fails_with("holds the archive's agent already");
 
     // Read back: the same rows (only the tenant differs), the same files, the same secret
@@ -253,15 +264,19 @@ fn a_cut_altered_or_forged_archive_writes_nothing() {
     source.run(&["agents", "workspace", "ada"]).ok();
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("ada.agent");
-    source.run(&["agents", "export", "ada", "-o", archive.to_str().unwrap()]).ok();
+    let exported = source.run(&["agents", "export", "ada", "-o", archive.to_str().unwrap()]).ok();
+    let signer = signer_of(&exported.stderr);
     let original = std::fs::read_to_string(&archive).unwrap();
     let target = Env::new();
     let bo = target.run(&["agents", "create", "bo"]).ok();
     let bo_id = bo.stdout.split(['(', ')']).nth(1).unwrap().to_owned();
     let path = dir.path().join("bad.agent");
     let p = path.to_str().unwrap();
-    let refused = |needle: &str| {
-        target.run(&["agents", "import", p]).fails_with(needle);
+    // `--unsigned` where the archive was rewritten: what the import checks beyond the signature.
+    let refused_as = |extra: &[&str], needle: &str| {
+        let mut args = vec!["agents", "import", p, "--trust-key", signer.as_str()];
+        args.extend(extra);
+        target.run(&args).fails_with(needle);
         let list = target.run(&["agents", "list", "--json"]).ok().json();
         assert_eq!(list.as_array().unwrap().len(), 1, "a refused import wrote: {list}");
         let workspaces = std::fs::read_dir(target.data_dir().join("workspaces"))
@@ -272,6 +287,7 @@ fn a_cut_altered_or_forged_archive_writes_nothing() {
             "staging left behind: {workspaces:?}"
         );
     };
+    let refused = |needle: &str| refused_as(&[], needle);
 
     // Cut short.
     let cut: String = original.lines().take(3).map(|l| format!("{l}\n")).collect();
@@ -294,7 +310,8 @@ fn a_cut_altered_or_forged_archive_writes_nothing() {
         }
     }
     rewrite(&path, &forged);
-    refused("row of another agent");
+    refused("signature does not match");
+    refused_as(&["--unsigned"], "row of another agent");
     // A file outside the workspace.
     let mut escaping: Vec<Value> =
         original.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -305,7 +322,7 @@ fn a_cut_altered_or_forged_archive_writes_nothing() {
         }
     }
     rewrite(&path, &escaping);
-    refused("not a plain path inside the workspace");
+    refused_as(&["--unsigned"], "not a plain path inside the workspace");
     assert!(!target.tmp.path().join("escaped.md").exists());
     // Another format, and no file at all.
     std::fs::write(&path, "{\"type\":\"header\",\"format\":\"clade.memory\",\"version\":1,\"agent\":\"ada\",\"exported_at\":0}\n").unwrap();
@@ -317,9 +334,11 @@ fn a_cut_altered_or_forged_archive_writes_nothing() {
     // The untouched archive imports, under another handle when its own is taken.
     std::fs::write(&path, &original).unwrap();
     target.run(&["agents", "create", "ada"]).ok();
-    target.run(&["agents", "import", p]).fails_with("--handle");
-    let report =
-        target.run(&["agents", "import", p, "--handle", "ada-moved", "--json"]).ok().json();
+    target.run(&["agents", "import", p, "--trust-key", &signer]).fails_with("--handle");
+    let report = target
+        .run(&["agents", "import", p, "--trust-key", &signer, "--handle", "ada-moved", "--json"])
+        .ok()
+        .json();
     assert_eq!(report["agent"]["handle"], "ada-moved", "{report}");
     let found =
         target.run(&["--agent", "ada-moved", "memory", "search", "tea", "--json"]).ok().json();
@@ -340,12 +359,14 @@ async fn an_import_into_a_running_gateway_resumes_its_turn_at_once() {
     let (source, session) = killed_mid_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("ada.agent");
-    source.run(&["agents", "export", "ada", "-o", archive.to_str().unwrap()]).ok();
+    let exported = source.run(&["agents", "export", "ada", "-o", archive.to_str().unwrap()]).ok();
 
     let target = Env::new();
     let server = target.serve(&[]);
+    let path = archive.to_str().unwrap();
+    let signer = signer_of(&exported.stderr);
     let imported =
-        target.run(&["agents", "import", archive.to_str().unwrap(), "--without-secrets"]).ok();
+        target.run(&["agents", "import", path, "--without-secrets", "--trust-key", &signer]).ok();
     assert!(imported.stderr.contains("runs its waiting work now"), "{}", imported.stderr);
     let turns = server
         .turns_until(&session, |t| t.iter().filter(|t| t["status"] == "completed").count() >= 2)
@@ -384,4 +405,93 @@ fn an_agent_exported_deleted_and_imported_comes_back_with_its_grants() {
         listed.as_array().unwrap().iter().any(|g| g["live"] == true && g["tool"] == "fs.*"),
         "{listed}"
     );
+}
+
+/// An archive rewritten to grant its agent everything, with the network, does not bring those
+/// grants in: its signature no longer holds, so the import is refused; with `--unsigned` it
+/// comes in without its allow grants; and signed and trusted, it still brings no grant past
+/// the importing tenant's ceiling. Each grant left out is named.
+#[test]
+fn forged_or_over_ceiling_grants_are_not_imported() {
+    let source = Env::new();
+    source.run(&["agents", "create", "ada"]).ok();
+    source.run(&["--agent", "ada", "grants", "add", "--tool", "fs.*"]).ok();
+    source
+        .run(&["--agent", "ada", "grants", "add", "--tool", "shell.exec", "--effect", "deny"])
+        .ok();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("ada.agent");
+    let exported = source.run(&["agents", "export", "ada", "-o", archive.to_str().unwrap()]).ok();
+    let signer = signer_of(&exported.stderr);
+
+    // The grant rows rewritten: everything, with the network.
+    let mut forged = lines(&archive);
+    let columns = forged[0]["tables"]["grants"].as_array().unwrap().clone();
+    let at = |name: &str| columns.iter().position(|c| c == name).unwrap();
+    for line in &mut forged {
+        if line["type"] == "row"
+            && line["table"] == "grants"
+            && line["values"][at("effect")] == "allow"
+        {
+            line["values"][at("tool")] = json!("*");
+            line["values"][at("constraints")] = json!(r#"{"network":true,"private_network":true}"#);
+        }
+    }
+    let bad = dir.path().join("forged.agent");
+    rewrite(&bad, &forged);
+    let target = Env::new();
+    let bad = bad.to_str().unwrap();
+    target
+        .run(&["agents", "import", bad, "--trust-key", &signer])
+        .fails_with("signature does not match");
+    let report = target.run(&["agents", "import", bad, "--unsigned", "--json"]).ok().json();
+    let dropped = report["dropped_grants"].as_array().unwrap();
+    assert_eq!(dropped.len(), 1, "{report}");
+    assert!(
+        dropped[0].as_str().unwrap().starts_with("allow * ")
+            && dropped[0].as_str().unwrap().contains("--unsigned"),
+        "{report}"
+    );
+    let live = |env: &Env, tenant: &str, agent: &str| -> Vec<String> {
+        let listed = env
+            .run(&["--tenant", tenant, "--agent", agent, "grants", "list", "--json"])
+            .ok()
+            .json();
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["live"] == true)
+            .map(|g| {
+                format!(
+                    "{} {}",
+                    g["effect"].as_str().unwrap_or_default(),
+                    g["tool"].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(live(&target, "default", "ada"), ["deny shell.exec"], "only the deny came in");
+
+    // Signed and trusted, into a tenant whose ceiling allows nothing: the allow grant stays out.
+    // (Another data dir: an agent's id is its own in one store, whatever the tenant.)
+    let path = archive.to_str().unwrap();
+    let other = Env::new();
+    other.run(&["tenants", "create", "acme"]).ok();
+    let report = other
+        .run(&["--tenant", "acme", "agents", "import", path, "--trust-key", &signer, "--json"])
+        .ok()
+        .json();
+    let dropped = report["dropped_grants"].as_array().unwrap();
+    assert_eq!(dropped.len(), 1, "{report}");
+    assert!(dropped[0].as_str().unwrap().contains("tenants.acme.ceiling"), "{report}");
+    assert_eq!(live(&other, "acme", "ada"), ["deny shell.exec"]);
+    // An unsigned archive is refused unless told.
+    let mut unsigned = lines(&archive);
+    if let Some(end) = unsigned.iter_mut().find(|l| l["type"] == "end") {
+        end.as_object_mut().unwrap().remove("signature");
+    }
+    let plain = dir.path().join("plain.agent");
+    rewrite(&plain, &unsigned);
+    other.run(&["agents", "import", plain.to_str().unwrap()]).fails_with("not signed");
 }
