@@ -298,8 +298,8 @@ pub struct SettingConfig {
     /// parses as JSON, else text).
     #[serde(default)]
     pub env: Option<String>,
-    /// Whether agents may change their value with `settings.set` and `settings.unset`
-    /// (operators always may).
+    /// Whether agents may change their value with `settings.set` and `settings.unset`, and
+    /// tenants' tokens through the API; when false only the operator may.
     #[serde(default = "default_true")]
     pub agent_writable: bool,
 }
@@ -483,6 +483,21 @@ pub struct Quotas {
     /// every few seconds, with what was accepted since added in between.
     #[serde(default)]
     pub stored_bytes: Option<u64>,
+    /// The shortest time, in seconds, between two fires of a job the tenant's tokens or agents
+    /// make (default 60; the operator's own jobs and heartbeats are not bound).
+    #[serde(default)]
+    pub cron_min_interval_secs: Option<u64>,
+    /// Jobs each of the tenant's agents may have, made through the API or by the agent itself
+    /// (default 100).
+    #[serde(default)]
+    pub cron_jobs_per_agent: Option<u64>,
+    /// Long-lived streams (SSE, WebSocket, gRPC traces) the tenant may hold open at once
+    /// (default 100); more are refused with 429 and `Retry-After`.
+    #[serde(default)]
+    pub streams: Option<u64>,
+    /// Long-lived streams one of the tenant's tokens may hold open at once (default 50).
+    #[serde(default)]
+    pub streams_per_token: Option<u64>,
 }
 
 impl Config {
@@ -1655,6 +1670,7 @@ impl Config {
             ("cpu_secs", limits.cpu_secs),
             ("memory_mib", limits.memory_mib),
             ("file_size_mib", limits.file_size_mib),
+            ("workspace_mib", limits.workspace_mib),
             ("processes", limits.processes),
             ("output_bytes", limits.output_bytes),
         ] {

@@ -153,6 +153,17 @@ impl std::fmt::Debug for Credential {
 }
 
 impl Credential {
+    /// A stable stand-in for the credential, for counting what it holds open without keeping it.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        match self {
+            Self::Token(token) => ("token", token.as_ref()).hash(&mut hasher),
+            Self::Peer(peer) => ("peer", peer.as_ref()).hash(&mut hasher),
+        }
+        hasher.finish()
+    }
+
     /// Whether the token (or the operator's pairing) still authenticates the same tenant, and
     /// reaches all it reached (`reach`): a long-lived stream asks this every [`RECHECK_EVERY`]
     /// and closes once the token is revoked, the operator unpaired or its lease ended, or its

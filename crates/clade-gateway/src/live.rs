@@ -230,6 +230,7 @@ pub(crate) async fn follow(
     guard: Option<Box<dyn Send + Sync>>,
 ) -> Result<impl futures::Stream<Item = Followed> + Send + use<>, crate::ApiError> {
     let crate::auth::Caller(tenant, credential, reach) = caller;
+    let slot = state.limits.open_stream(&tenant, &credential)?;
     // Where the outbox ends is read before subscribing, and replayed after: what commits
     // between the two is neither missed nor passed on twice.
     let after = match start {
@@ -254,6 +255,7 @@ pub(crate) async fn follow(
         reach,
         only,
         _guard: guard,
+        _slot: slot,
     };
     Ok(futures::stream::unfold(Some(watch), |watch| async {
         let mut watch = watch?;
@@ -286,6 +288,8 @@ struct Watch {
     only: Only,
     /// Held for as long as the stream is (a leased operator's chat lease, say).
     _guard: Option<Box<dyn Send + Sync>>,
+    /// The stream's place in its tenant's and token's counts.
+    _slot: crate::quotas::StreamSlot,
 }
 
 /// A followed stream as Server-Sent Events: each event named by its kind, with its stream id

@@ -24,6 +24,8 @@ pub struct TenantLimits {
     stored: Mutex<HashMap<TenantId, Stored>>,
     /// What buckets refill by.
     clock: Arc<dyn Clock>,
+    /// Long-lived streams open now.
+    streams: Mutex<OpenStreams>,
 }
 
 struct Bucket {
@@ -46,6 +48,7 @@ impl TenantLimits {
             buckets: Mutex::default(),
             stored: Mutex::default(),
             clock,
+            streams: Mutex::default(),
         }
     }
 
@@ -62,6 +65,12 @@ impl TenantLimits {
             return Some((quotas, format!("tenants.{name}.quotas")));
         }
         tenants.get("*").and_then(|t| t.quotas).map(|q| (q, "tenants.\"*\".quotas".to_owned()))
+    }
+
+    /// How often and how many jobs `tenant`'s tokens and agents may schedule.
+    pub fn job_limits(&self, tenant: &Tenant) -> clade_sched::JobLimits {
+        let tenants = self.tenants.read().unwrap_or_else(|e| e.into_inner()).clone();
+        clade_sched::JobLimits::of(&tenants, tenant.name.as_str())
     }
 
     /// The most agents `tenant` may have, and where that is set.
@@ -141,6 +150,85 @@ impl TenantLimits {
             ),
         )
         .retry_after(wait))
+    }
+}
+
+/// Streams a tenant may hold open at once (SSE, WebSocket, gRPC traces) when its quotas say
+/// nothing: a fifth of the default connection limit, so no tenant takes every slot.
+pub const DEFAULT_STREAMS: u64 = 100;
+/// Streams one token may hold open at once when its tenant's quotas say nothing.
+pub const DEFAULT_STREAMS_PER_TOKEN: u64 = 50;
+/// What a refused stream is told to wait: slots free as other streams close.
+const STREAM_RETRY: Duration = Duration::from_secs(5);
+
+/// The streams open now, by tenant and by token.
+#[derive(Default)]
+pub(crate) struct OpenStreams {
+    tenants: HashMap<TenantId, u64>,
+    /// By a hash of the token: the map holds no credential.
+    tokens: HashMap<u64, u64>,
+}
+
+/// One open stream's place in its tenant's and token's counts, given back when dropped.
+pub(crate) struct StreamSlot {
+    limits: Arc<TenantLimits>,
+    tenant: TenantId,
+    token: u64,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let Ok(mut open) = self.limits.streams.lock() else { return };
+        let release = |count: Option<&mut u64>| {
+            if let Some(count) = count {
+                *count = count.saturating_sub(1);
+            }
+        };
+        release(open.tenants.get_mut(&self.tenant));
+        release(open.tokens.get_mut(&self.token));
+        open.tenants.retain(|_, n| *n > 0);
+        open.tokens.retain(|_, n| *n > 0);
+    }
+}
+
+impl TenantLimits {
+    /// Takes a slot for one more long-lived stream of `tenant` on `credential`, or refuses it
+    /// (429 with `Retry-After`) when the tenant or the token holds as many as its quotas
+    /// (`streams`, `streams_per_token`) allow: one tenant's streams cannot starve the others.
+    pub(crate) fn open_stream(
+        self: &Arc<Self>,
+        tenant: &Tenant,
+        credential: &crate::auth::Credential,
+    ) -> Result<StreamSlot, ApiError> {
+        let (quotas, key) = self
+            .quotas(tenant)
+            .unwrap_or_else(|| (Quotas::default(), "tenants.<name>.quotas".to_owned()));
+        let per_tenant = quotas.streams.unwrap_or(DEFAULT_STREAMS);
+        let per_token = quotas.streams_per_token.unwrap_or(DEFAULT_STREAMS_PER_TOKEN);
+        let token = credential.fingerprint();
+        let mut open = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let tenant_open = open.tenants.get(&tenant.id).copied().unwrap_or(0);
+        let token_open = open.tokens.get(&token).copied().unwrap_or(0);
+        let refusal = if tenant_open >= per_tenant {
+            Some(format!(
+                "tenant {} holds {tenant_open} streams open, the most it may ({key}.streams): close one, or retry in {} s",
+                tenant.name,
+                STREAM_RETRY.as_secs()
+            ))
+        } else if token_open >= per_token {
+            Some(format!(
+                "this token holds {token_open} streams open, the most one token may ({key}.streams_per_token): close one, or retry in {} s",
+                STREAM_RETRY.as_secs()
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            return Err(ApiError::new(Code::QuotaExceeded, message).retry_after(STREAM_RETRY));
+        }
+        *open.tenants.entry(tenant.id).or_default() += 1;
+        *open.tokens.entry(token).or_default() += 1;
+        Ok(StreamSlot { limits: self.clone(), tenant: tenant.id, token })
     }
 }
 

@@ -537,8 +537,9 @@ pub static OPERATIONS: &[Operation] = &[
             error("409", "the agent has a job of that name"),
             error(
                 "422",
-                "the schedule, time zone, misfire policy, target or prompt cannot be used (`invalid_job`, naming which and why)",
+                "the schedule, time zone, misfire policy, target or prompt cannot be used, or the schedule fires more often than the tenant's `cron_min_interval_secs` allows (`invalid_job`, naming which and why)",
             ),
+            error("429", "the agent has as many jobs as its tenant's `cron_jobs_per_agent` allows"),
         ],
         ..op(
             "POST",
@@ -628,6 +629,10 @@ pub static OPERATIONS: &[Operation] = &[
         responses: &[
             ok("200", "the setting as the agent now reads it", of::<api::SettingResponse>),
             error("400", "invalid body or key"),
+            error(
+                "403",
+                "the operator locked the setting (`agent_writable: false`) and the token is a tenant's",
+            ),
             error("404", "no such agent"),
             error(
                 "422",
@@ -647,6 +652,10 @@ pub static OPERATIONS: &[Operation] = &[
         responses: &[
             empty("204", "removed"),
             error("400", "invalid key"),
+            error(
+                "403",
+                "the operator locked the setting (`agent_writable: false`) and the token is a tenant's",
+            ),
             error("404", "no such agent, or no value stored (`setting_not_found`)"),
         ],
         ..op(
@@ -712,6 +721,10 @@ pub static OPERATIONS: &[Operation] = &[
             SSE_STREAM,
             error("400", "invalid query"),
             error("404", "no such agent, or no such session of it"),
+            error(
+                "429",
+                "the tenant or the token holds as many streams open as its quotas allow (`streams`, `streams_per_token`); `Retry-After` says when to retry",
+            ),
         ],
         ..op(
             "GET",
@@ -1436,7 +1449,14 @@ pub static OPERATIONS: &[Operation] = &[
         ),
         params: &[SESSION, LAST_EVENT_ID],
         query: Some(fields::<api::StreamQuery>),
-        responses: &[SSE_STREAM, error("404", "no such session")],
+        responses: &[
+            SSE_STREAM,
+            error("404", "no such session"),
+            error(
+                "429",
+                "the tenant or the token holds as many streams open as its quotas allow (`streams`, `streams_per_token`); `Retry-After` says when to retry",
+            ),
+        ],
         ..op(
             "GET",
             "/v1/sessions/{id}/events",
@@ -1514,6 +1534,10 @@ pub static OPERATIONS: &[Operation] = &[
         responses: &[
             empty("101", "switching protocols"),
             error("400", "not a WebSocket upgrade request"),
+            error(
+                "429",
+                "the tenant or the token holds as many streams open as its quotas allow (`streams`, `streams_per_token`); `Retry-After` says when to retry",
+            ),
         ],
         ..op("GET", "/v1/ws", &[Read], "WebSocket of live events", || get(ws::upgrade))
     },

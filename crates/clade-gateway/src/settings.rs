@@ -40,6 +40,25 @@ fn checked(key: &str) -> Result<(), ApiError> {
     ))
 }
 
+/// Refuses a tenant's token a setting the operator locked (`agent_writable: false`): a lock
+/// the agent cannot lift with its tools must not give way to its tenant's admin either.
+fn unlocked(
+    state: &AppState,
+    tenant: &clade_core::Tenant,
+    reach: &crate::auth::Reach,
+    key: &str,
+) -> Result<(), ApiError> {
+    if state.settings.agent_writable(key) || crate::config::operator_only(tenant, reach).is_ok() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        Code::Forbidden,
+        format!(
+            "setting {key:?} is locked by the operator (settings.{key}.agent_writable is false in clade.yaml): only the operator can change it"
+        ),
+    ))
+}
+
 fn refusal(handle: &str, err: clade_store::Error) -> ApiError {
     match err {
         clade_store::Error::InvalidSetting(message) => ApiError::new(Code::InvalidSetting, message),
@@ -72,6 +91,7 @@ pub(crate) async fn set(
 ) -> Result<axum::Json<SettingResponse>, ApiError> {
     checked(&key)?;
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
+    unlocked(&state, &tenant, &reach, &key)?;
     store.set_agent_setting(agent.id, &key, params.value).await.map_err(|e| refusal(&handle, e))?;
     let stored = store.agent_settings(agent.id).await?;
     let setting = state
@@ -90,6 +110,7 @@ pub(crate) async fn unset(
 ) -> Result<StatusCode, ApiError> {
     checked(&key)?;
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
+    unlocked(&state, &tenant, &reach, &key)?;
     store.unset_agent_setting(agent.id, &key).await.map_err(|e| refusal(&handle, e))?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -177,6 +177,18 @@ pub(crate) async fn decide(
             )));
         }
     };
+    // "Always" leaves an allow grant behind: one the tenant could not give itself is refused
+    // (approving once stays possible, where the operator's rules ask the tenant).
+    if matches!(verdict, Verdict::ApproveAlways) {
+        let approval = state.of(&tenant).approval(id).await?;
+        let rule = PolicyRule {
+            effect: clade_config::PolicyEffect::Allow,
+            tool: approval.tool,
+            resource: approval.resource,
+            constraints: Default::default(),
+        };
+        state.engine.tools().check_ceiling(tenant.name.as_str(), &rule)?;
+    }
     let row = state
         .engine
         .tools()

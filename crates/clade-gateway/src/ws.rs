@@ -51,9 +51,16 @@ pub(crate) async fn upgrade(
             .into_response();
         }
     };
-    ws.max_message_size(MAX_MESSAGE)
-        .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| serve(socket, state, tenant, credential, reach))
+    let slot = match state.limits.open_stream(&tenant, &credential) {
+        Ok(slot) => slot,
+        Err(refused) => return refused.into_response(),
+    };
+    ws.max_message_size(MAX_MESSAGE).max_frame_size(MAX_MESSAGE).on_upgrade(
+        move |socket| async move {
+            serve(socket, state, tenant, credential, reach).await;
+            drop(slot);
+        },
+    )
 }
 
 fn error(code: &str, message: &str) -> Message {

@@ -240,6 +240,32 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// The shortest time between two fires, looking at the first 512 fires from the
+    /// first after `from`: a calendar's fields repeat the same pattern every day they match, so
+    /// its densest stretch comes within them. `None` if it fires at most once.
+    pub fn shortest_gap(&self, from: Timestamp, zone: &Zone) -> Option<Duration> {
+        if let Kind::Every(period) = &self.kind {
+            return Some(*period);
+        }
+        let first = self.next_after(from, zone)?;
+        let until = Timestamp::from_millis(i64::MAX);
+        let mut previous = first;
+        let mut shortest: Option<Duration> = None;
+        for fire in self.fires_between(first, until, zone, GAP_SAMPLE) {
+            let gap = Duration::from_millis(
+                u64::try_from(fire.as_millis().saturating_sub(previous.as_millis())).unwrap_or(0),
+            );
+            shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
+            previous = fire;
+        }
+        shortest
+    }
+}
+
+/// How many fires [`Schedule::shortest_gap`] looks at.
+const GAP_SAMPLE: usize = 512;
+
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)

@@ -2,6 +2,9 @@
 //! store keeps ([`new_job`]). The API, the CLI and the agents' `cron.*` tools all create jobs
 //! through this, so a job is checked the same way whoever asks.
 
+use std::collections::BTreeMap;
+
+use clade_config::{Quotas, TenantConfig};
 use clade_core::{AgentId, ExecutionId, TenantId, Timestamp};
 use clade_store::{JobTarget, NewJob};
 
@@ -70,6 +73,76 @@ pub enum JobError {
     Prompt(String),
     #[error("jitter of {0} s: at most {MAX_JITTER_SECS} s (an hour)")]
     Jitter(u32),
+    #[error(
+        "schedule {schedule:?} fires {gap} s apart at its closest; jobs of this tenant fire at least {min} s apart ({key}): choose a sparser schedule"
+    )]
+    TooFrequent { schedule: String, gap: u64, min: u64, key: String },
+    #[error("the agent has {have} jobs, the most its tenant allows ({key}): remove one first")]
+    TooMany { have: usize, key: String },
+}
+
+/// The shortest interval a tenant's job may fire at when its quotas say nothing: an agent is
+/// not to wake itself every second.
+pub const DEFAULT_MIN_INTERVAL_SECS: u64 = 60;
+
+/// The most jobs an agent may have when its tenant's quotas say nothing.
+pub const DEFAULT_JOBS_PER_AGENT: u64 = 100;
+
+/// What the operator lets a tenant's jobs ask of the scheduler (`tenants.<name>.quotas`:
+/// `cron_min_interval_secs`, `cron_jobs_per_agent`; `"*"` for every tenant without its own).
+/// They bind jobs the tenant's tokens and agents make; the operator's own are not bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobLimits {
+    pub min_interval_secs: u64,
+    pub jobs_per_agent: u64,
+    /// The clade.yaml key each limit comes from, for the refusal.
+    interval_key: String,
+    count_key: String,
+}
+
+impl JobLimits {
+    /// The limits of the tenant named `tenant` under `tenants` (clade.yaml's `tenants`).
+    pub fn of(tenants: &BTreeMap<String, TenantConfig>, tenant: &str) -> Self {
+        let find = |pick: fn(&Quotas) -> Option<u64>, field: &str, default: u64| {
+            for name in [tenant, "*"] {
+                if let Some(value) =
+                    tenants.get(name).and_then(|t| t.quotas.as_ref()).and_then(pick)
+                {
+                    let shown = if name == "*" { "\"*\"".to_owned() } else { name.to_owned() };
+                    return (value, format!("tenants.{shown}.quotas.{field}"));
+                }
+            }
+            (default, format!("the default; set tenants.{tenant}.quotas.{field} to change it"))
+        };
+        let (min_interval_secs, interval_key) =
+            find(|q| q.cron_min_interval_secs, "cron_min_interval_secs", DEFAULT_MIN_INTERVAL_SECS);
+        let (jobs_per_agent, count_key) =
+            find(|q| q.cron_jobs_per_agent, "cron_jobs_per_agent", DEFAULT_JOBS_PER_AGENT);
+        Self { min_interval_secs, jobs_per_agent, interval_key, count_key }
+    }
+
+    /// Refuses `job` when it would fire more often than the tenant allows, or when its agent
+    /// already has `owned` jobs, as many as the tenant allows.
+    pub fn check(&self, job: &NewJob, owned: usize) -> Result<(), JobError> {
+        if u64::try_from(owned).unwrap_or(u64::MAX) >= self.jobs_per_agent {
+            return Err(JobError::TooMany { have: owned, key: self.count_key.clone() });
+        }
+        // Both parsed when `new_job` made it.
+        let schedule = Schedule::parse(&job.schedule)?;
+        let zone = Zone::parse(&job.zone)?;
+        let from = job.settled_at;
+        if let Some(gap) = schedule.shortest_gap(from, &zone)
+            && gap.as_secs() < self.min_interval_secs
+        {
+            return Err(JobError::TooFrequent {
+                schedule: job.schedule.clone(),
+                gap: gap.as_secs(),
+                min: self.min_interval_secs,
+                key: self.interval_key.clone(),
+            });
+        }
+        Ok(())
+    }
 }
 
 fn valid_name(name: &str) -> bool {

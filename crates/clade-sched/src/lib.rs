@@ -23,7 +23,7 @@ pub mod scheduler;
 pub mod tools;
 
 pub use cron::{Schedule, ScheduleError, Zone, parse_interval};
-pub use jobs::{JobError, JobSpec, new_job};
+pub use jobs::{JobError, JobLimits, JobSpec, new_job};
 
 /// Checks what of a configuration is this crate's to read: every heartbeat as a job, and the
 /// retention sweep's schedule. Errors name the field.

@@ -4,24 +4,24 @@
 //! from the model's arguments); the policy decides each call like any tool's (the job's name
 //! is what a rule's resource pattern matches), and the tool path audits it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use clade_config::TenantConfig;
 use clade_store::{JobRow, JobTarget, Store};
 use clade_tools::{CallContext, EffectClass, Registry, ToolResult, TypedTool};
 use futures::future::BoxFuture;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::jobs::{JobSpec, new_job};
+use crate::jobs::{JobLimits, JobSpec, new_job};
 
-/// The most jobs one agent may give itself through its tools.
-pub const MAX_JOBS_PER_AGENT: usize = 100;
-
-/// Registers the cron tools, acting on `store`.
-pub fn register(registry: &mut Registry, store: Store) {
+/// Registers the cron tools, acting on `store`; `tenants` (clade.yaml's, as applied) says how
+/// often and how many jobs each tenant's agents may give themselves ([`JobLimits`]).
+pub fn register(registry: &mut Registry, store: Store, tenants: BTreeMap<String, TenantConfig>) {
     let store = store.acting_as("agent (cron tools)");
     registry.register(Arc::new(CronList(store.clone())));
-    registry.register(Arc::new(CronCreate(store.clone())));
+    registry.register(Arc::new(CronCreate { store: store.clone(), tenants }));
     registry.register(Arc::new(CronEnable(store.clone())));
     registry.register(Arc::new(CronRemove(store)));
 }
@@ -84,7 +84,10 @@ pub struct CreateArgs {
     pub misfire: Option<String>,
 }
 
-pub struct CronCreate(Store);
+pub struct CronCreate {
+    store: Store,
+    tenants: BTreeMap<String, TenantConfig>,
+}
 
 impl TypedTool for CronCreate {
     type Args = CreateArgs;
@@ -105,14 +108,6 @@ impl TypedTool for CronCreate {
                 },
                 Some(other) => other.to_owned(),
             };
-            let owned =
-                self.0.jobs(caller.tenant, Some(caller.agent)).await.map_err(|e| e.to_string())?;
-            if owned.len() >= MAX_JOBS_PER_AGENT {
-                return Err(format!(
-                    "you have {} jobs, the most an agent may give itself: remove one with cron.remove first",
-                    owned.len()
-                ));
-            }
             let spec = JobSpec {
                 name: args.name,
                 schedule: args.schedule,
@@ -122,9 +117,18 @@ impl TypedTool for CronCreate {
                 jitter_secs: None,
                 prompt: args.prompt,
             };
-            let new = new_job(&spec, caller.tenant, caller.agent, self.0.now())
+            let new = new_job(&spec, caller.tenant, caller.agent, self.store.now())
                 .map_err(|e| e.to_string())?;
-            let job = self.0.create_job(new).await.map_err(|e| match e {
+            let tenant = self.store.tenant_by_id(caller.tenant).await.map_err(|e| e.to_string())?;
+            let owned = self
+                .store
+                .jobs(caller.tenant, Some(caller.agent))
+                .await
+                .map_err(|e| e.to_string())?;
+            JobLimits::of(&self.tenants, tenant.name.as_str())
+                .check(&new, owned.len())
+                .map_err(|e| e.to_string())?;
+            let job = self.store.create_job(new).await.map_err(|e| match e {
                 clade_store::Error::JobExists(name) => format!(
                     "you already have a job named {name:?}: choose another name, or remove it with cron.remove"
                 ),

@@ -320,3 +320,23 @@ fn jitter_spreads_jobs_and_is_the_same_on_every_look() {
     let err = new_job(&spec("wild", MAX_JITTER_SECS + 1), tenant, agent, now).unwrap_err();
     assert!(err.to_string().contains("at most 3600 s"), "{err}");
 }
+
+/// The closest two fires of a schedule come, as the tenants' minimum interval reads it: the
+/// finest field's step, a day's wrap from 23:59 to 00:00, `@every`'s period, and nothing for a
+/// schedule that fires once in the sampled span.
+#[test]
+fn the_shortest_gap_between_fires_is_found() {
+    let zone = Zone::parse("Europe/Berlin").unwrap();
+    let gap =
+        |text: &str| Schedule::parse(text).unwrap().shortest_gap(at("2026-11-20T10:00:07Z"), &zone);
+    assert_eq!(gap("* * * * * *"), Some(Duration::from_secs(1)));
+    assert_eq!(gap("*/15 * * * * *"), Some(Duration::from_secs(15)));
+    assert_eq!(gap("* * * * *"), Some(Duration::from_secs(60)));
+    assert_eq!(gap("0 0,30 9 * * MON"), Some(Duration::from_secs(30 * 60)));
+    assert_eq!(gap("59,0 23,0 * * *"), Some(Duration::from_secs(60)), "23:59 then 00:00");
+    assert_eq!(gap("@every 90s"), Some(Duration::from_secs(90)));
+    assert_eq!(gap("@hourly"), Some(Duration::from_secs(3600)));
+    assert_eq!(gap("@yearly"), Some(Duration::from_secs(365 * 86_400)));
+    // Every second of the 29th of February: dense, but only in leap years.
+    assert_eq!(gap("* * * 29 2 *"), Some(Duration::from_secs(1)));
+}

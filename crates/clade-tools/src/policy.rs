@@ -156,7 +156,9 @@ pub fn decide(
 /// Why a tenant may not give itself `rule`, if it may not: an `allow` beyond the operator's
 /// `ceiling` for that tenant. Deny and ask rules only narrow, and are always within it.
 pub fn ceiling_error(ceiling: &GrantCeiling, rule: &PolicyRule) -> Option<String> {
-    if rule.effect != PolicyEffect::Allow {
+    // A deny only narrows. An ask is an allow with a question, and where nothing else matches
+    // it turns the default deny into one: bounded like an allow.
+    if rule.effect == PolicyEffect::Deny {
         return None;
     }
     if !ceiling.tools.iter().any(|allowed| pattern::covers(allowed, &rule.tool)) {
@@ -457,7 +459,7 @@ mod tests {
     }
 
     #[test]
-    fn a_ceiling_bounds_allow_grants_only() {
+    fn a_ceiling_bounds_allow_and_ask_grants() {
         use PolicyEffect::*;
         let ceiling = GrantCeiling {
             tools: vec!["fs.*".into()],
@@ -472,10 +474,10 @@ mod tests {
         networked.constraints.network = true;
         assert!(ceiling_error(&ceiling, &networked).unwrap().contains("network"));
         assert_eq!(ceiling_error(&GrantCeiling::default(), &rule(Deny, "*", "*").rule), None);
-        assert_eq!(
-            ceiling_error(&GrantCeiling::default(), &rule(Ask, "shell.exec", "*").rule),
-            None
+        assert!(
+            ceiling_error(&GrantCeiling::default(), &rule(Ask, "shell.exec", "*").rule).is_some()
         );
+        assert_eq!(ceiling_error(&ceiling, &rule(Ask, "fs.write", "*").rule), None);
         assert!(
             ceiling_error(&GrantCeiling::default(), &rule(Allow, "fs.read", "*").rule).is_some()
         );

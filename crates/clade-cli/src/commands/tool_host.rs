@@ -29,7 +29,7 @@ pub(super) async fn cron_service(ctx: &Ctx, args: CronServiceArgs) -> Result<()>
     })?;
     let address = listener.local_addr()?;
     let mut registry = clade_tools::Registry::new();
-    clade_sched::tools::register(&mut registry, ctx.store.clone());
+    clade_sched::tools::register(&mut registry, ctx.store.clone(), ctx.config.tenants.clone());
     let app = clade_gateway::tool_host::router(
         registry,
         clade_gateway::tool_host::HostOptions {

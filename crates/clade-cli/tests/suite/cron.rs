@@ -182,6 +182,11 @@ async fn bad_jobs_are_refused_naming_the_problem_and_tenants_reach_only_their_ow
 async fn an_agent_schedules_itself_and_the_job_answers_where_the_user_spoke() {
     let env = Env::new();
     env.run(&["agents", "create", "ada"]).ok();
+    // Fires every second, for the test's pace (the default is at least a minute apart).
+    super::support::write(
+        &env.data_dir().join("clade.yaml"),
+        "tenants:\n  \"*\":\n    quotas: { cron_min_interval_secs: 1 }\n",
+    );
     let server = env.serve(&[]);
     let say = |text: &str| {
         json!({ "agent": "ada", "text": text, "wait": true,
@@ -239,6 +244,83 @@ async fn an_agent_schedules_itself_and_the_job_answers_where_the_user_spoke() {
         audit["items"].as_array().unwrap().iter().filter_map(|r| r["tool"].as_str()).collect();
     let used = ["cron.create", "cron.list", "cron.enable", "cron.remove"];
     assert!(used.iter().all(|t| tools.contains(t)), "{tools:?}");
+}
+
+/// A tenant's jobs keep to its quotas: its tokens and its agents cannot schedule tighter than
+/// `cron_min_interval_secs` (a minute by default) or more than `cron_jobs_per_agent` jobs an
+/// agent; the operator's own jobs are not bound.
+#[tokio::test]
+async fn tenant_jobs_keep_to_the_minimum_interval_and_the_job_cap() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["tenants", "create", "acme"]).ok();
+    env.run(&["--tenant", "acme", "agents", "create", "wile"]).ok();
+    let (acme, _) = token(&env, "acme", &["admin"]);
+    super::support::write(
+        &env.data_dir().join("clade.yaml"),
+        "tenants:\n  acme:\n    quotas: { cron_min_interval_secs: 3600, cron_jobs_per_agent: 1 }\n",
+    );
+    let server = env.serve(&[]);
+    let job = |name: &str, schedule: &str| json!({ "name": name, "schedule": schedule, "prompt": "hello" });
+
+    // The tenant's token: half-hourly is too often for acme; hourly is allowed, once.
+    let (status, refused) = server
+        .send("POST", "/v1/agents/wile/jobs", Some(&acme), Some(job("a", "*/30 * * * *")))
+        .await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (422, Some("invalid_job")),
+        "{refused}"
+    );
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("1800 s apart")
+            && message.contains("tenants.acme.quotas.cron_min_interval_secs"),
+        "{message}"
+    );
+    let (status, made) =
+        server.send("POST", "/v1/agents/wile/jobs", Some(&acme), Some(job("a", "@hourly"))).await;
+    assert_eq!(status, 201, "{made}");
+    let (status, refused) =
+        server.send("POST", "/v1/agents/wile/jobs", Some(&acme), Some(job("b", "@daily"))).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (429, Some("quota_exceeded")),
+        "{refused}"
+    );
+    assert!(
+        refused["error"]["message"].as_str().unwrap().contains("cron_jobs_per_agent"),
+        "{refused}"
+    );
+
+    // An agent of the default tenant, with no quotas set: at least a minute apart.
+    let say = |text: &str| {
+        json!({ "agent": "ada", "text": text, "wait": true,
+            "source": { "platform": "http", "channel": "dm", "actor": "grace" } })
+    };
+    let every_second =
+        r#"/tool cron.create {"name":"spin","schedule":"* * * * * *","prompt":"/reply spin"}"#;
+    let (status, answer) = server.send("POST", "/v1/events", None, Some(say(every_second))).await;
+    assert_eq!(status, 200, "{answer}");
+    let reply = answer["reply"]["text"].as_str().unwrap();
+    assert!(reply.contains("1 s apart") && reply.contains("at least 60 s"), "{reply}");
+    let minutely =
+        r#"/tool cron.create {"name":"tick","schedule":"* * * * *","prompt":"/reply tick"}"#;
+    let (_, answer) = server.send("POST", "/v1/events", None, Some(say(minutely))).await;
+    let reply = answer["reply"]["text"].as_str().unwrap();
+    assert!(reply.contains("\"tick\"") && !reply.contains("error"), "{reply}");
+    let names: Vec<String> = server.get_json("/v1/agents/ada/jobs").await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["tick"]);
+
+    // The operator is not bound.
+    let (status, made) =
+        server.send("POST", "/v1/agents/ada/jobs", None, Some(job("pulse", "* * * * * *"))).await;
+    assert_eq!(status, 201, "{made}");
 }
 
 #[test]

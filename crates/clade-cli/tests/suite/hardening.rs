@@ -553,7 +553,9 @@ async fn a_tenant_grants_only_within_the_operators_ceiling() {
         (acme, json!({ "agent": "ada", "tool": "*", "effect": "deny" }), 201),
         // No ceiling configured: nothing that allows.
         (rival, json!({ "agent": "ada", "tool": "fs.read" }), 403),
-        (rival, json!({ "agent": "ada", "tool": "shell.exec", "effect": "ask" }), 201),
+        // An ask turns the default deny into a question the tenant may answer: bounded too.
+        (rival, json!({ "agent": "ada", "tool": "shell.exec", "effect": "ask" }), 403),
+        (rival, json!({ "agent": "ada", "tool": "shell.exec", "effect": "deny" }), 201),
         // The operator's own tenant.
         (
             &server.token,
@@ -1624,6 +1626,7 @@ async fn an_allowed_program_cannot_start_other_programs() {
 /// the same attempts through an allowed shell do start `touch`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn programs_that_start_programs_start_none() {
+    const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
     let attempts: Vec<Vec<&str>> = vec![
         vec!["find", ".", "-maxdepth", "0", "-exec", "touch", "{m}", ";"],
         vec!["find", ".", "-maxdepth", "0", "-execdir", "touch", "{m}", ";"],
@@ -1678,6 +1681,28 @@ async fn programs_that_start_programs_start_none() {
         vec!["make", "-f", "/dev/stdin"],
         vec!["xargs", "touch"],
         vec!["tclsh"],
+        // The dynamic loader run as a program maps whatever program it is given: Landlock
+        // sees only the loader executed, which every dynamically linked program needs.
+        vec!["find", ".", "-maxdepth", "0", "-exec", LOADER, "/usr/bin/touch", "{m}", ";"],
+        vec!["xargs", LOADER, "/usr/bin/touch"],
+        vec!["timeout", "5", LOADER, "/usr/bin/touch", "{m}"],
+        vec!["python3", "-c", "import os; os.execv('{loader}', ['ld', '/usr/bin/touch', '{m}'])"],
+        vec!["perl", "-e", "exec '{loader}', '/usr/bin/touch', '{m}'"],
+        // A program starting itself again is starting a program too.
+        vec![
+            "find",
+            ".",
+            "-maxdepth",
+            "0",
+            "-exec",
+            "find",
+            ".",
+            "-maxdepth",
+            "0",
+            "-fprint",
+            "{m}",
+            ";",
+        ],
     ];
     let stdin_of = |program: &str, marker: &str| match program {
         "make" => Some(format!("all:\n\ttouch {marker}\n")),
@@ -1709,7 +1734,8 @@ async fn programs_that_start_programs_start_none() {
     let (mut ran, mut missing) = (0, Vec::new());
     for (n, attempt) in attempts.iter().enumerate() {
         let marker = format!("pwned-{n}");
-        let argv: Vec<String> = attempt.iter().map(|a| a.replace("{m}", &marker)).collect();
+        let argv: Vec<String> =
+            attempt.iter().map(|a| a.replace("{m}", &marker).replace("{loader}", LOADER)).collect();
         let mut arguments = json!({ "argv": argv });
         if let Some(stdin) = stdin_of(attempt[0], &marker) {
             arguments["stdin"] = json!(stdin);
@@ -1739,6 +1765,7 @@ async fn programs_that_start_programs_start_none() {
         "awk 'BEGIN{system(\"touch ctl-0\")}'",
         "find . -maxdepth 0 -exec touch ctl-1 ';'",
         "timeout 5 touch ctl-2",
+        "find . -maxdepth 0 -exec /lib64/ld-linux-x86-64.so.2 /usr/bin/touch ctl-3 ';'",
     ]
     .iter()
     .enumerate()
@@ -1783,4 +1810,151 @@ async fn tool_arguments_are_checked_against_their_schema() {
     assert!(std::fs::metadata(std::path::Path::new(&ws).join("a.txt")).is_err());
     let (_, body) = call("fs.write", json!({ "path": "a.txt", "content": "x" })).await;
     assert_eq!(body["is_error"], false, "{body}");
+}
+
+/// One tenant cannot hold every stream slot: its streams (SSE and WebSocket alike) stop at its
+/// `streams` quota and each token's at `streams_per_token`, refused with 429 and `Retry-After`;
+/// a closed stream gives its slot back, and another tenant's streams are never refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_streams_stop_at_its_quota_and_others_still_stream() {
+    let env = configured("tenants:\n  acme:\n    quotas: { streams: 3, streams_per_token: 2 }\n");
+    let tokens = tenants_with_tokens(&env, &["acme", "rival"], Some("ada"));
+    let second = env.run(&["--tenant", "acme", "tokens", "create"]).ok().stdout.trim().to_owned();
+    let server = env.serve(&[]);
+    let (first, rival) = (tokens[0].clone(), tokens[1].clone());
+    let client = reqwest::Client::new();
+    let open = |token: &str| {
+        client.get(format!("{}/v1/agents/ada/events", server.url)).bearer_auth(token).send()
+    };
+    let refused = |response: &reqwest::Response, says: &str| {
+        assert_eq!(response.status(), 429, "{says}");
+        assert!(response.headers().contains_key("retry-after"), "no Retry-After: {says}");
+    };
+
+    let a1 = open(&first).await.unwrap();
+    let a2 = open(&first).await.unwrap();
+    assert_eq!((a1.status().as_u16(), a2.status().as_u16()), (200, 200));
+    let over = open(&first).await.unwrap();
+    refused(&over, "the token's third stream");
+    let message =
+        over.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("streams_per_token"), "{message}");
+    // A WebSocket is a stream like the others.
+    let url = format!("{}/v1/ws", server.url.replace("http://", "ws://"));
+    let mut request = url.as_str().into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {first}").parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 429),
+        other => panic!("a WebSocket past the token's quota was let in: {:?}", other.map(|_| ())),
+    }
+    let b1 = open(&second).await.unwrap();
+    assert_eq!(b1.status(), 200);
+    let over = open(&second).await.unwrap();
+    refused(&over, "the tenant's fourth stream");
+    let message =
+        over.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("tenants.acme.quotas.streams"), "{message}");
+
+    // Another tenant streams as it likes.
+    let mut theirs = Vec::new();
+    for _ in 0..5 {
+        let response = open(&rival).await.unwrap();
+        assert_eq!(response.status(), 200);
+        theirs.push(response);
+    }
+
+    // A stream closed gives its slot back (the server notices the hang-up at its next write
+    // or keep-alive; the first try may come before).
+    drop(a1);
+    let mut reopened = None;
+    for _ in 0..100 {
+        let response = open(&second).await.unwrap();
+        if response.status() == 200 {
+            reopened = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(reopened.is_some(), "a closed stream's slot never came back");
+    drop((a2, b1, theirs));
+}
+
+/// A workspace holds no more than its quota (`tools.limits.workspace_mib`): a command's files
+/// grow only by what is left (the kernel stops the writer, and the model is told why), a full
+/// workspace says so after every run, `fs.write` refuses what would pass it, and deleting
+/// makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_holds_no_more_than_its_quota() {
+    let env = configured("tools:\n  limits:\n    workspace_mib: 2\n");
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["--agent", "ada", "grants", "add", "--tool", "shell.exec"]).ok();
+    env.run(&["--agent", "ada", "grants", "add", "--tool", "fs.*"]).ok();
+    let ws = env.run(&["agents", "workspace", "ada"]).ok().stdout.trim().to_owned();
+    let ws = std::path::Path::new(&ws);
+    let server = env.serve(&[]);
+    let server = &server;
+    let call = |tool: &str, arguments: Value| {
+        let path = format!("/v1/agents/ada/tools/{tool}/call");
+        let body = json!({ "arguments": arguments });
+        async move {
+            let (status, body) = server.send("POST", &path, None, Some(body)).await;
+            assert_eq!(status, 200, "{body}");
+            body["content"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    let fill = json!({ "argv": ["dd", "if=/dev/zero", "of=big", "bs=1M", "count=8"] });
+    let out = call("shell.exec", fill.clone()).await;
+    assert!(out.contains("SIGXFSZ") && out.contains("workspace_mib"), "{out}");
+    let size = std::fs::metadata(ws.join("big")).unwrap().len();
+    assert!(size <= 2 * 1024 * 1024, "the file passed the quota: {size} bytes");
+    assert!(out.contains("the workspace is full"), "{out}");
+
+    // Full: the next write is refused, by a command and by fs.write alike.
+    let out = call(
+        "shell.exec",
+        json!({ "argv": ["dd", "if=/dev/zero", "of=more", "bs=1k", "count=64"] }),
+    )
+    .await;
+    assert!(out.contains("SIGXFSZ"), "{out}");
+    assert!(std::fs::metadata(ws.join("more")).map(|m| m.len()).unwrap_or(0) == 0, "{out}");
+    let out = call("fs.write", json!({ "path": "note.md", "content": "x".repeat(4096) })).await;
+    assert!(out.contains("quota") && out.contains("delete files"), "{out}");
+    assert!(!ws.join("note.md").exists());
+
+    // Deleting makes room.
+    let out = call("shell.exec", json!({ "argv": ["rm", "big", "more"] })).await;
+    assert!(out.contains("exit code 0"), "{out}");
+    let out = call("fs.write", json!({ "path": "note.md", "content": "kept" })).await;
+    assert!(out.contains("wrote 4 bytes"), "{out}");
+}
+
+/// Where the operator's rules ask a tenant about a tool past its ceiling, the tenant may
+/// approve a call once, but not "always": that would leave an allow grant it could not give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_approve_always_past_its_ceiling() {
+    let env = configured(
+        "tools:\n  approval_timeout_secs: 30\n  policy:\n    - { effect: ask, tool: shell.exec }\n",
+    );
+    tenants_with_tokens(&env, &["acme"], Some("ada"));
+    let (acme, _) = super::support::token(&env, "acme", &["admin", "approve"]);
+    let server = env.serve(&[]);
+    let body = json!({ "agent": "ada", "text": "/tool shell.exec {\"argv\":[\"echo\",\"ran\"]}",
+        "source": { "platform": "http", "channel": "c", "actor": "pat" } });
+    let (status, answer) = server.send("POST", "/v1/events", Some(&acme), Some(body)).await;
+    assert_eq!(status, 202, "{answer}");
+    let asked = server.items_as_until(Some(&acme), "/v1/approvals", |a| !a.is_empty()).await;
+    let approval = asked.first().and_then(|a| a["id"].as_str()).map(str::to_owned);
+    let path = format!("/v1/approvals/{}", approval.expect("no approval was asked for"));
+    let decide = |decision: &str| {
+        let (server, path, acme) = (&server, path.clone(), acme.clone());
+        let body = json!({ "decision": decision });
+        async move { server.send("POST", &path, Some(&acme), Some(body)).await }
+    };
+    let (status, refused) = decide("approve_always").await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (403, Some("forbidden")), "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("ceiling"), "{refused}");
+    let (status, decided) = decide("approve").await;
+    assert_eq!(status, 200, "{decided}");
+    let grants = server.send("GET", "/v1/grants", Some(&acme), None).await.1;
+    assert_eq!(grants["items"], json!([]), "no grant was left behind: {grants}");
 }

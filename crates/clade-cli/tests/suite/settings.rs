@@ -85,6 +85,28 @@ async fn settings_resolve_environment_stored_default_and_agents_change_only_thei
     assert_eq!(status, 200, "{theirs}");
     assert_eq!(find(&theirs, "tone")["value"], "plain", "{theirs}");
     assert!(theirs["items"].as_array().unwrap().iter().all(|s| s["stored"].is_null()), "{theirs}");
+    // The operator's lock binds the tenant's admin as it binds its agents; its open keys stay
+    // the tenant's to set.
+    for (method, body) in [("PUT", Some(json!({ "value": "ap" }))), ("DELETE", None)] {
+        let (status, locked) =
+            server.send(method, "/v1/agents/ada/settings/region", Some(&evil), body).await;
+        assert_eq!(
+            (status, locked["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "{locked}"
+        );
+        assert!(
+            locked["error"]["message"].as_str().unwrap().contains("agent_writable"),
+            "{locked}"
+        );
+    }
+    let (status, open) = server
+        .send("PUT", "/v1/agents/ada/settings/tone", Some(&evil), Some(json!({ "value": "wry" })))
+        .await;
+    assert_eq!(status, 200, "{open}");
+    let (status, _) =
+        server.send("DELETE", "/v1/agents/ada/settings/tone", Some(&evil), None).await;
+    assert_eq!(status, 204);
 
     // The CLI, beside the gateway.
     env.run(&["--agent", "ada", "settings", "set", "tone", "warm"]).ok();
@@ -101,5 +123,5 @@ async fn settings_resolve_environment_stored_default_and_agents_change_only_thei
         .iter()
         .filter(|r| r["kind"] == "setting.changed")
         .count();
-    assert_eq!(changes, 5, "{audit}");
+    assert_eq!(changes, 5, "{audit}"); // The operator's tenant only: evil's are its own.
 }

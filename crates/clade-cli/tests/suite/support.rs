@@ -184,9 +184,19 @@ impl Server {
         path: &str,
         done: impl Fn(&[serde_json::Value]) -> bool,
     ) -> Vec<serde_json::Value> {
+        self.items_as_until(None, path, done).await
+    }
+
+    /// [`Server::items_until`], read with `token` (the server's own when `None`).
+    pub async fn items_as_until(
+        &self,
+        token: Option<&str>,
+        path: &str,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            let page = self.get_json(path).await;
+            let page = self.send("GET", path, token, None).await.1;
             let items = page["items"].as_array().cloned().unwrap_or_default();
             if done(&items) || std::time::Instant::now() > deadline {
                 return items;

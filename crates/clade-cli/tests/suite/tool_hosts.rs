@@ -20,6 +20,9 @@ async fn the_cron_service_hosts_the_cron_tools_and_its_fires_run_in_the_gateway(
     env.run(&["tenants", "create", "evil"]).ok();
     env.run(&["--tenant", "evil", "agents", "create", "mallory"]).ok();
     let (evil, _) = token(&env, "evil", &["admin"]);
+    // Jobs that fire every second, for the test's pace: the service reads it at its start.
+    const FAST_JOBS: &str = "tenants:\n  \"*\":\n    quotas: { cron_min_interval_secs: 1 }\n";
+    write(&env.data_dir().join("clade.yaml"), FAST_JOBS);
     let cron = env
         .spawn_service(
             &["cron-service", "--listen", "127.0.0.1:0", "--token-env", "CRON_TOKEN"],
@@ -29,7 +32,7 @@ async fn the_cron_service_hosts_the_cron_tools_and_its_fires_run_in_the_gateway(
     write(
         &env.data_dir().join("clade.yaml"),
         &format!(
-            "scheduler:\n  enabled: false\ntool_hosts:\n  cron:\n    url: {}\n    token_env: CRON_TOKEN\n    agents: ['*']\n",
+            "{FAST_JOBS}scheduler:\n  enabled: false\ntool_hosts:\n  cron:\n    url: {}\n    token_env: CRON_TOKEN\n    agents: ['*']\n",
             cron.url
         ),
     );
