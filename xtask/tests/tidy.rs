@@ -385,3 +385,259 @@ fn the_store_runs_on_native_drivers() {
     assert!(tree.contains("sqlx feature \"postgres\""), "no sqlx in the graph?\n{tree}");
     assert!(!tree.contains("sqlx feature \"any\""), "the binary enables sqlx's Any:\n{tree}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Ratchets: measures of code health that may only go down (`xtask/ratchets.txt`), and the
+// functions allowed to stay over the length limit (`xtask/long-functions.txt`).
+
+/// Non-test source of every workspace crate: `(path, lines)`, each file cut at its first
+/// top-level `#[cfg(test)]` (test modules sit at the end of a file, by convention).
+fn library_sources() -> Vec<(PathBuf, Vec<String>)> {
+    let mut sources = Vec::new();
+    for dir in ["crates", "xtask/src"] {
+        for file in rust_files(Path::new(dir)) {
+            let text = file.to_string_lossy();
+            if text.contains("/tests/") || text.contains("/benches/") || text.contains("/examples/")
+            {
+                continue;
+            }
+            let body = std::fs::read_to_string(root().join(&file)).unwrap();
+            let lines = body
+                .lines()
+                .take_while(|line| *line != "#[cfg(test)]")
+                .map(str::to_owned)
+                .collect();
+            sources.push((file, lines));
+        }
+    }
+    sources
+}
+
+/// Every test source: integration tests under `tests/` and the test modules of library files.
+fn test_sources() -> Vec<(PathBuf, String)> {
+    let mut sources = Vec::new();
+    for file in rust_files(Path::new("crates")).into_iter().chain(rust_files(Path::new("xtask"))) {
+        let body = std::fs::read_to_string(root().join(&file)).unwrap();
+        if file.to_string_lossy().contains("/tests/") {
+            sources.push((file, body));
+        } else if let Some(at) = body.find("\n#[cfg(test)]\n") {
+            sources.push((file, body[at..].to_owned()));
+        }
+    }
+    sources
+}
+
+/// Public methods of the inherent `impl <type_name> { … }` blocks across the store crate.
+fn public_methods(type_name: &str) -> Vec<String> {
+    let opening = format!("impl {type_name} {{");
+    let mut methods = Vec::new();
+    for (file, lines) in library_sources() {
+        if !file.starts_with("crates/clade-store/src") {
+            continue;
+        }
+        let mut inside = false;
+        for line in &lines {
+            if line == &opening {
+                inside = true;
+            } else if inside && line == "}" {
+                inside = false;
+            } else if inside {
+                let trimmed = line.trim_start();
+                let indent = line.len() - trimmed.len();
+                let rest = trimmed
+                    .strip_prefix("pub async fn ")
+                    .or_else(|| trimmed.strip_prefix("pub fn "));
+                if let (4, Some(rest)) = (indent, rest) {
+                    let name: String =
+                        rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                    methods.push(name);
+                }
+            }
+        }
+    }
+    methods.sort();
+    methods
+}
+
+/// `(file::name, lines)` of every function in library code, by rustfmt's layout: a body ends
+/// at the first line holding only `}` at the signature's indentation.
+fn function_lengths() -> Vec<(String, usize)> {
+    let mut lengths = Vec::new();
+    for (file, lines) in library_sources() {
+        let mut at = 0;
+        while at < lines.len() {
+            let line = &lines[at];
+            let trimmed = line.trim_start();
+            let indent = line.len() - trimmed.len();
+            let signature = ["pub(crate) ", "pub(super) ", "pub ", ""].iter().find_map(|vis| {
+                let rest = trimmed.strip_prefix(vis)?;
+                let rest = rest.strip_prefix("const ").unwrap_or(rest);
+                let rest = rest.strip_prefix("async ").unwrap_or(rest);
+                let rest = rest.strip_prefix("unsafe ").unwrap_or(rest);
+                rest.strip_prefix("fn ")
+            });
+            let Some(rest) = signature else {
+                at += 1;
+                continue;
+            };
+            let name: String =
+                rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            // The signature ends at the first line ending in `{` (a body follows) or `;` (a
+            // declaration in a trait); a line ending in `}` first is a one-line function.
+            let opened = lines[at..].iter().position(|l| {
+                let l = l.trim_end();
+                l.ends_with('{') || l.ends_with(';') || l.ends_with('}')
+            });
+            let Some(opened) =
+                opened.map(|n| at + n).filter(|n| lines[*n].trim_end().ends_with('{'))
+            else {
+                at += 1;
+                continue;
+            };
+            let close = format!("{}}}", " ".repeat(indent));
+            if let Some(end) = lines[opened..].iter().position(|l| *l == close) {
+                lengths.push((format!("{}::{name}", file.display()), opened + end - at + 1));
+            }
+            at += 1;
+        }
+    }
+    lengths
+}
+
+fn read_ratchets() -> BTreeMap<String, usize> {
+    let text = std::fs::read_to_string(root().join("xtask/ratchets.txt")).unwrap();
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (name, value) = line.split_once('=').expect("ratchets.txt: `name = count` lines");
+            (name.trim().to_owned(), value.trim().parse().expect("ratchets.txt: a count"))
+        })
+        .collect()
+}
+
+/// What the ratchets measure, now.
+fn measures() -> BTreeMap<String, usize> {
+    let library = library_sources();
+    // An error turned into text where it is mapped: `map_err(|e| e.to_string())` and kin.
+    let errors_to_strings: usize = library
+        .iter()
+        .map(|(_, lines)| {
+            lines.iter().filter(|l| l.contains("map_err(") && l.contains("to_string()")).count()
+        })
+        .sum();
+    let string_results: usize = library
+        .iter()
+        .map(|(_, lines)| {
+            lines.iter().filter(|l| l.contains("Result<") && l.contains(", String>")).count()
+        })
+        .sum();
+    let sleeps: usize = test_sources()
+        .iter()
+        .map(|(_, body)| {
+            body.lines()
+                .filter(|l| l.contains("sleep(") && !l.trim_start().starts_with("//"))
+                .count()
+        })
+        .sum();
+    BTreeMap::from([
+        ("store_public_methods".to_owned(), public_methods("Store").len()),
+        ("tenant_store_public_methods".to_owned(), public_methods("TenantStore").len()),
+        ("system_store_public_methods".to_owned(), public_methods("SystemStore").len()),
+        ("string_results".to_owned(), string_results),
+        ("errors_mapped_to_strings".to_owned(), errors_to_strings),
+        ("sleeps_in_tests".to_owned(), sleeps),
+    ])
+}
+
+/// Code health only goes one way: each measure in `xtask/ratchets.txt` may not rise; when one
+/// falls, lower its line in the same change, so the gain is kept.
+#[test]
+fn code_health_ratchets_only_go_down() {
+    let ratchets = read_ratchets();
+    let mut complaints = Vec::new();
+    for (name, now) in measures() {
+        match ratchets.get(&name) {
+            None => complaints.push(format!("{name} = {now}: add this line to xtask/ratchets.txt")),
+            Some(&limit) if now > limit => complaints.push(format!(
+                "{name} rose to {now} (limit {limit}); use the shape the limit asks for instead"
+            )),
+            Some(&limit) if now < limit => complaints.push(format!(
+                "{name} fell to {now}: lower its line in xtask/ratchets.txt from {limit}"
+            )),
+            Some(_) => {}
+        }
+    }
+    assert!(complaints.is_empty(), "{}", complaints.join("\n"));
+}
+
+/// No function over 100 lines, except those in `xtask/long-functions.txt`, a list that only
+/// shrinks: a listed function that is now short (or gone) must leave the list.
+#[test]
+fn functions_stay_short() {
+    const LIMIT: usize = 100;
+    let listed: std::collections::BTreeSet<String> =
+        std::fs::read_to_string(root().join("xtask/long-functions.txt"))
+            .unwrap()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+            .collect();
+    let long: BTreeMap<String, usize> =
+        function_lengths().into_iter().filter(|(_, lines)| *lines > LIMIT).collect();
+    let mut complaints: Vec<String> = long
+        .iter()
+        .filter(|(name, _)| !listed.contains(*name))
+        .map(|(name, lines)| {
+            format!("{name} has {lines} lines (limit {LIMIT}): split it along its concerns")
+        })
+        .collect();
+    complaints.extend(listed.iter().filter(|name| !long.contains_key(*name)).map(|name| {
+        format!("{name} is short now or gone: remove it from xtask/long-functions.txt")
+    }));
+    assert!(complaints.is_empty(), "{}", complaints.join("\n"));
+}
+
+/// The docs (the README, `docs/`, `docs/internals/`, `docs/perf/`) name the tests behind their
+/// claims as `` `path/to/file.rs::test_name` ``; each such name must exist, so a renamed or
+/// dropped test cannot leave a claim unbacked.
+#[test]
+fn docs_name_tests_that_exist() {
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    let mut docs = vec![PathBuf::from("README.md")];
+    for dir in ["docs", "docs/internals", "docs/perf"] {
+        let Ok(entries) = std::fs::read_dir(root().join(dir)) else { continue };
+        docs.extend(
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "md"))
+                .map(|p| p.strip_prefix(root()).map(Path::to_owned).unwrap_or(p)),
+        );
+    }
+    for doc in docs {
+        let doc = doc.display().to_string();
+        let Ok(text) = std::fs::read_to_string(root().join(&doc)) else {
+            continue;
+        };
+        for quoted in text.split('`').skip(1).step_by(2) {
+            let Some((path, name)) = quoted.split_once(".rs::") else {
+                continue;
+            };
+            let path = format!("{path}.rs");
+            let name = name.trim_end_matches("()");
+            checked += 1;
+            let body = std::fs::read_to_string(root().join(&path)).unwrap_or_default();
+            let defined = [format!("fn {name}("), format!("fn {name}<")]
+                .iter()
+                .any(|d| body.contains(d.as_str()));
+            if !defined {
+                missing.push(format!("{doc}: `{path}::{name}` names no function"));
+            }
+        }
+    }
+    assert!(checked > 0, "the docs name no tests at all");
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
