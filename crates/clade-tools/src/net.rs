@@ -116,6 +116,9 @@ pub enum EgressError {
     Resolve(String, String),
 }
 
+/// What a refusal calls one of this host's own addresses ("a local interface address").
+const LOCAL_INTERFACE: &str = "local interface";
+
 /// Whether `ip`, or the IPv4 address it carries, is an address of one of this host's
 /// interfaces: only then can a socket be bound to it.
 fn is_this_host(ip: IpAddr) -> bool {
@@ -163,16 +166,21 @@ pub async fn resolve_checked(
         .first()
         .ok_or_else(|| EgressError::Resolve(bare.to_owned(), "no addresses".into()))?;
     for addr in &addrs {
+        let class = classify(addr.ip());
         // The host's own addresses reach what listens on every interface (the gateway, a
         // database on 0.0.0.0) however public they look; checked now, at connect time.
-        if !allow_private && is_this_host(addr.ip()) {
+        // (Loopback, metadata and unspecified addresses keep their own names.)
+        let named = matches!(
+            class,
+            AddressClass::Loopback | AddressClass::Metadata | AddressClass::Unspecified
+        );
+        if !allow_private && !named && is_this_host(addr.ip()) {
             return Err(EgressError::Refused {
                 host: bare.to_owned(),
                 address: addr.ip(),
-                class: "this host's own",
+                class: LOCAL_INTERFACE,
             });
         }
-        let class = classify(addr.ip());
         let never = class == AddressClass::Metadata;
         if class != AddressClass::Public && (never || !allow_private) {
             return Err(EgressError::Refused {
@@ -355,7 +363,7 @@ mod tests {
         for host in spellings {
             match resolve_checked(&host, 80, false).await {
                 Err(EgressError::Refused { class, .. }) => {
-                    assert_eq!(class, "this host's own", "{host}")
+                    assert_eq!(class, LOCAL_INTERFACE, "{host}")
                 }
                 other => panic!("{host} was not refused as this host's: {other:?}"),
             }
