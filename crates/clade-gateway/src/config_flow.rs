@@ -78,6 +78,7 @@ const SECTIONS: &[(&str, bool)] = &[
     ("scheduler", true),
     ("heartbeats", true),
     ("memory", true),
+    ("channels", false),
     ("testing", false),
 ];
 
@@ -254,5 +255,23 @@ impl clade_tools::TypedTool for ApplyTool {
                 Err(err) => Err(err.to_string()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every section of the configuration is listed, so `apply` says whether a change to it is
+    /// taken at once or waits for a restart, and none goes unmentioned.
+    #[test]
+    fn every_section_is_listed() {
+        let Ok(serde_json::Value::Object(config)) = serde_json::to_value(Config::default()) else {
+            panic!("the configuration is a map");
+        };
+        let listed: Vec<&str> = SECTIONS.iter().map(|(name, _)| *name).collect();
+        let missing: Vec<&String> =
+            config.keys().filter(|k| !listed.contains(&k.as_str())).collect();
+        assert!(missing.is_empty(), "sections missing from SECTIONS: {missing:?}");
     }
 }
