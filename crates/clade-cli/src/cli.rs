@@ -346,7 +346,7 @@ pub(crate) enum AgentsCommand {
         /// prints its key); repeat for more
         #[arg(long, value_name = "KEY")]
         trust_key: Vec<String>,
-        /// Import an archive whose signature is missing or not trusted, without its allow grants
+        /// Import an archive whose signature is missing or not trusted, without its allow and ask grants
         #[arg(long)]
         unsigned: bool,
         #[arg(long)]

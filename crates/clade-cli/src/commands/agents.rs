@@ -386,8 +386,8 @@ async fn export_archive(
 const ARCHIVE_SIGNED: &str = "clade.agent archive/";
 
 /// How an import trusts an archive: signed by this data dir's key or one given with
-/// `--trust-key`, or with `--unsigned` not at all, and then without its allow grants; and
-/// never with a grant beyond what the tenant's ceiling lets its own tokens grant.
+/// `--trust-key`, or with `--unsigned` not at all, and then without its allow and ask grants;
+/// and never with a grant beyond what the tenant's ceiling lets its own tokens grant.
 fn archive_trust(
     ctx: &Ctx,
     tenant: &clade_core::Tenant,
@@ -448,9 +448,10 @@ fn archive_trust(
         let Some(effect) = clade_config::PolicyEffect::parse(&grant.effect) else {
             return Some(format!("its effect {:?} is none this build knows", grant.effect));
         };
-        if effect != clade_config::PolicyEffect::Allow {
-            return None; // A deny or an ask only narrows what the agent may do.
+        if effect == clade_config::PolicyEffect::Deny {
+            return None; // A deny only narrows what the agent may do.
         }
+        // An ask is an allow with a question (and turns the default deny into one).
         if !vouched.load(Ordering::Acquire) {
             return Some("the archive's signature was not checked (--unsigned)".to_owned());
         }

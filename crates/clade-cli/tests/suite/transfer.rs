@@ -419,6 +419,10 @@ fn forged_or_over_ceiling_grants_are_not_imported() {
     source
         .run(&["--agent", "ada", "grants", "add", "--tool", "shell.exec", "--effect", "deny"])
         .ok();
+    // An ask turns the default deny into a question: it is held to the ceiling like an allow.
+    source
+        .run(&["--agent", "ada", "grants", "add", "--tool", "http.request", "--effect", "ask"])
+        .ok();
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("ada.agent");
     let exported = source.run(&["agents", "export", "ada", "-o", archive.to_str().unwrap()]).ok();
@@ -446,12 +450,9 @@ fn forged_or_over_ceiling_grants_are_not_imported() {
         .fails_with("signature does not match");
     let report = target.run(&["agents", "import", bad, "--unsigned", "--json"]).ok().json();
     let dropped = report["dropped_grants"].as_array().unwrap();
-    assert_eq!(dropped.len(), 1, "{report}");
-    assert!(
-        dropped[0].as_str().unwrap().starts_with("allow * ")
-            && dropped[0].as_str().unwrap().contains("--unsigned"),
-        "{report}"
-    );
+    assert_eq!(dropped.len(), 2, "{report}");
+    assert!(dropped[0].as_str().unwrap().starts_with("allow * "), "{report}");
+    assert!(dropped.iter().all(|d| d.as_str().unwrap().contains("--unsigned")), "{report}");
     let live = |env: &Env, tenant: &str, agent: &str| -> Vec<String> {
         let listed = env
             .run(&["--tenant", tenant, "--agent", agent, "grants", "list", "--json"])
@@ -483,8 +484,12 @@ fn forged_or_over_ceiling_grants_are_not_imported() {
         .ok()
         .json();
     let dropped = report["dropped_grants"].as_array().unwrap();
-    assert_eq!(dropped.len(), 1, "{report}");
-    assert!(dropped[0].as_str().unwrap().contains("tenants.acme.ceiling"), "{report}");
+    assert_eq!(dropped.len(), 2, "{report}");
+    assert!(
+        dropped.iter().all(|d| d.as_str().unwrap().contains("tenants.acme.ceiling")),
+        "{report}"
+    );
+    assert!(dropped[1].as_str().unwrap().starts_with("ask http.request"), "{report}");
     assert_eq!(live(&other, "acme", "ada"), ["deny shell.exec"]);
     // An unsigned archive is refused unless told.
     let mut unsigned = lines(&archive);
