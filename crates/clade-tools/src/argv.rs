@@ -243,14 +243,16 @@ fn known(program: &str) -> Option<&'static Known> {
 }
 
 /// A long option as the program reads it: `--name` or `--name=value` resolved by exact name
-/// or unique prefix, then its short flag where it has one. `None`: the program has no such
+/// or unique prefix, then its short flag where it has one (`--target-directory=DIR` is
+/// `-t DIR`: the flag, then its value as the next word). `None`: the program has no such
 /// option (or the prefix is ambiguous), so it refuses the command.
-enum Resolved {
+enum Resolved<'a> {
     Short(char),
+    ShortWithValue(char, &'a str),
     Long(String),
 }
 
-fn resolve_long(known: &Known, arg: &str) -> Option<Resolved> {
+fn resolve_long<'a>(known: &Known, arg: &'a str) -> Option<Resolved<'a>> {
     let body = arg.strip_prefix("--")?;
     let (name, value) = match body.split_once('=') {
         Some((name, value)) => (name, Some(value)),
@@ -265,7 +267,8 @@ fn resolve_long(known: &Known, arg: &str) -> Option<Resolved> {
     })?;
     Some(match (found.1, value) {
         (Some(short), None) => Resolved::Short(short),
-        (_, Some(value)) => Resolved::Long(format!("--{}={value}", found.0)),
+        (Some(short), Some(value)) => Resolved::ShortWithValue(short, value),
+        (None, Some(value)) => Resolved::Long(format!("--{}={value}", found.0)),
         (None, None) => Resolved::Long(format!("--{}", found.0)),
     })
 }
@@ -302,6 +305,10 @@ fn parse_args<'a>(program: &str, args: &'a [String]) -> Parsed<'a> {
         } else if arg.starts_with("--") {
             match known.and_then(|k| resolve_long(k, arg)) {
                 Some(Resolved::Short(flag)) => parsed.add_short(same_flag(known, flag)),
+                Some(Resolved::ShortWithValue(flag, value)) => {
+                    parsed.add_short(same_flag(known, flag));
+                    parsed.operands.push(value);
+                }
                 Some(Resolved::Long(long)) => parsed.long.push(long.into()),
                 None => parsed.long.push(arg.as_str().into()),
             }
@@ -395,6 +402,10 @@ impl ArgvPattern {
                 match known.filter(|_| !word.text.contains('*')) {
                     Some(k) => match resolve_long(k, &word.text) {
                         Some(Resolved::Short(flag)) => add_short(&mut this.short, flag),
+                        Some(Resolved::ShortWithValue(flag, value)) => {
+                            add_short(&mut this.short, flag);
+                            this.operands.push(Word { text: value.to_owned(), literal: false });
+                        }
                         Some(Resolved::Long(long)) => {
                             this.long.push(Word { text: long, literal: false })
                         }
@@ -619,6 +630,20 @@ mod tests {
         assert!(!catches("rm -v **", "rm --ver x"), "--verbose or --version: rm refuses it");
         let err = ArgvPattern::parse("rm --recurse **").unwrap_err();
         assert!(err.contains("rm has no option") && err.contains("--recursive"), "{err}");
+        // A long option's `=value` is its short flag and then the value, as the program reads
+        // it: a deny of `cp -t` catches `cp --target-directory=DIR` in every spelling.
+        for line in [
+            "cp -t /etc a",
+            "cp --target-directory=/etc a",
+            "cp --target=/etc a",
+            "cp --target-directory /etc a",
+            "cp -rt /etc a",
+        ] {
+            assert!(catches("cp -t **", line), "cp -t ** let {line} through");
+            assert!(catches("cp --target-directory **", line), "{line}");
+            assert!(catches("cp -t /etc **", line), "the value is the flag's operand: {line}");
+        }
+        assert!(!catches("cp -t /etc **", "cp --target-directory=/tmp a"));
         // An allow of a known flag takes its long spelling, and nothing wider.
         assert!(matches("rm -f *", "rm --force x"));
         assert!(!matches("rm -f *", "rm --force --recursive x"));
