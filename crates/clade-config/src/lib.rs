@@ -500,6 +500,17 @@ pub struct Quotas {
     pub streams_per_token: Option<u64>,
 }
 
+/// What is wrong with one section of a configuration, as the check says it.
+struct Invalid(String);
+
+/// One section's check ([`Config::check`] runs them in order).
+type SectionCheck = fn(&Config) -> Result<(), Invalid>;
+
+/// Refuses a section with `message`.
+fn fail(message: String) -> Result<(), Invalid> {
+    Err(Invalid(message))
+}
+
 impl Config {
     /// A per-tenant setting of the tenant named `tenant`: its own, else `"*"`'s, else none.
     fn tenant_setting<T>(
@@ -1486,8 +1497,30 @@ impl Config {
     /// Checks what types alone cannot: every routed model exists, credentials are named
     /// consistently, prices and limits are sane. Errors name the field.
     pub fn check(&self, path: &Path) -> Result<(), Error> {
-        let fail =
-            |message: String| Err(Error::InvalidNoLocation { path: path.to_owned(), message });
+        let sections: [SectionCheck; 11] = [
+            Self::check_server,
+            Self::check_models,
+            Self::check_memory,
+            Self::check_routing,
+            Self::check_budgets,
+            Self::check_tools,
+            Self::check_sessions,
+            Self::check_agent_references,
+            Self::check_tenants,
+            Self::check_subscribers,
+            Self::check_policy,
+        ];
+        for check in sections {
+            check(self).map_err(|Invalid(message)| Error::InvalidNoLocation {
+                path: path.to_owned(),
+                message,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The gRPC listener's address and files.
+    fn check_server(&self) -> Result<(), Invalid> {
         if let Some(grpc) = &self.server.grpc {
             if grpc.listen.trim().is_empty() || !grpc.listen.contains(':') {
                 return fail(format!(
@@ -1507,6 +1540,11 @@ impl Config {
                 return fail("server.grpc.tls: name both files, cert and key".into());
             }
         }
+        Ok(())
+    }
+
+    /// Each model's provider, key, concurrency and the local model's settings.
+    fn check_models(&self) -> Result<(), Invalid> {
         for (name, model) in &self.models {
             if let Some(n) = model.concurrency {
                 if model.provider != ProviderKind::Local {
@@ -1592,6 +1630,11 @@ impl Config {
                 Some(_) => {}
             }
         }
+        Ok(())
+    }
+
+    /// Memory's sizes and its upkeep's rates.
+    fn check_memory(&self) -> Result<(), Invalid> {
         if !(1..=10_000_000).contains(&self.memory.max_items_per_agent) {
             return fail(format!(
                 "memory.max_items_per_agent: {} is out of range; 1 to 10,000,000",
@@ -1632,6 +1675,11 @@ impl Config {
                 upkeep.settle_secs
             ));
         }
+        Ok(())
+    }
+
+    /// Every routing chain names declared models.
+    fn check_routing(&self) -> Result<(), Invalid> {
         let known = |m: &String| self.models.contains_key(m) || m == "scripted";
         let r = &self.routing;
         let mut chains: Vec<(String, &Vec<String>)> = vec![("routing.default".into(), &r.default)];
@@ -1649,6 +1697,11 @@ impl Config {
                 return fail(format!("{field}: model {missing:?} is not defined under models"));
             }
         }
+        Ok(())
+    }
+
+    /// Budget limits are zero or positive.
+    fn check_budgets(&self) -> Result<(), Invalid> {
         for (scope, limits) in self
             .budgets
             .tenants
@@ -1664,6 +1717,11 @@ impl Config {
                 return fail(format!("{scope}: dollar limits must be zero or positive"));
             }
         }
+        Ok(())
+    }
+
+    /// Sandbox limits, MCP servers, OpenAPI documents, settings' keys and tool hosts.
+    fn check_tools(&self) -> Result<(), Invalid> {
         let limits = &self.tools.limits;
         for (field, value) in [
             ("timeout_secs", limits.timeout_secs),
@@ -1735,6 +1793,11 @@ impl Config {
                 return fail(format!("tool_hosts.{name}.timeout_secs: must be at least 1"));
             }
         }
+        Ok(())
+    }
+
+    /// Compaction, messaging and fork limits.
+    fn check_sessions(&self) -> Result<(), Invalid> {
         let c = self.sessions.compaction;
         if !(c.keep_percent >= 1
             && c.keep_percent < c.at_percent
@@ -1766,6 +1829,11 @@ impl Config {
                 return fail(message);
             }
         }
+        Ok(())
+    }
+
+    /// Every reference to an agent (heartbeats, bindings, the default agent, chat bots) names one agent of one tenant.
+    fn check_agent_references(&self) -> Result<(), Invalid> {
         // Every agent reference names one agent of one tenant.
         for result in [
             check_agent_keys("routing.agents", &self.routing.agents),
@@ -1814,6 +1882,11 @@ impl Config {
                 return fail(message);
             }
         }
+        Ok(())
+    }
+
+    /// Each tenant's ceiling, quotas, retention, hooks and variables, and the agent patterns.
+    fn check_tenants(&self) -> Result<(), Invalid> {
         for (tenant, config) in &self.tenants {
             for (name, value) in &config.variables {
                 let field = format!("tenants.{tenant}.variables.{name}");
@@ -1893,6 +1966,11 @@ impl Config {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Webhook subscribers' URLs, secrets and event kinds.
+    fn check_subscribers(&self) -> Result<(), Invalid> {
         // Only what enters the outbox reaches a webhook: not live-only deltas or progress.
         let delivered = || clade_core::EventKind::ALL.iter().filter(|k| !k.is_live_only());
         for (index, subscriber) in self.subscribers.iter().enumerate() {
@@ -1913,6 +1991,11 @@ impl Config {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The tool policy's rules.
+    fn check_policy(&self) -> Result<(), Invalid> {
         for (index, rule) in self.tools.policy.iter().enumerate() {
             if rule.tool.trim().is_empty() || rule.resource.is_empty() {
                 return fail(format!(
