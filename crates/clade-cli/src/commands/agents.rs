@@ -15,78 +15,13 @@ const PAGE: u32 = 1000;
 pub(super) async fn run(ctx: &Ctx, cmd: AgentsCommand) -> Result<()> {
     match cmd {
         AgentsCommand::Create { handle, name, template } => {
-            let tenant = ctx.tenant().await?;
-            let handle = Handle::parse(&handle)?;
-            let template = match template {
-                Some(name) => TemplateName::parse(&name)?,
-                None => TemplateName::builtin_default(),
-            };
-            let rules = clade_runtime::tools::template_tools(&ctx.agents, &template)?;
-            let agent = ctx
-                .agents
-                .create(
-                    tenant.id,
-                    NewAgent { handle, display_name: name, config: AgentConfig { template } },
-                )
-                .await?;
-            println!("created agent {} ({})", agent.handle, agent.id);
-            give_template_tools(ctx, &agent, rules, "operator (cli)").await?;
+            create(ctx, &handle, name, template).await?;
         }
         AgentsCommand::List { json } => {
-            let tenant = ctx.tenant().await?;
-            let mut all = Vec::new();
-            let mut after: Option<String> = None;
-            loop {
-                let page = ctx.store.agents(tenant.id, after.as_deref(), PAGE).await?;
-                let done = page.len() < PAGE as usize;
-                after = page.last().map(|a| a.handle.to_string());
-                all.extend(page);
-                if done {
-                    break;
-                }
-            }
-            if json {
-                output::json(&all.iter().map(AgentResponse::from).collect::<Vec<_>>())?;
-            } else if all.is_empty() {
-                println!(
-                    "no agents in tenant {}: create one with `clade agents create <handle>`",
-                    tenant.name
-                );
-            } else {
-                let current = ctx.data_dir.current_agent()?;
-                let rows: Vec<Vec<String>> = all
-                    .iter()
-                    .map(|a| {
-                        let mark = current.as_ref().is_some_and(|(t, h)| {
-                            t == tenant.name.as_str() && h == a.handle.as_str()
-                        });
-                        vec![
-                            if mark { "*".into() } else { String::new() },
-                            a.handle.to_string(),
-                            a.display_name.clone(),
-                            a.created_at.to_string(),
-                            a.id.to_string(),
-                        ]
-                    })
-                    .collect();
-                output::table(&["", "HANDLE", "NAME", "CREATED", "ID"], &rows);
-            }
+            list(ctx, json).await?;
         }
         AgentsCommand::Show { handle, json } => {
-            let agent = ctx.agent(handle.as_deref()).await?;
-            if json {
-                output::json(&AgentResponse::from(&agent))?;
-            } else {
-                let workspace = ctx.agents.workspace_path(agent.id);
-                println!("handle:    {}", agent.handle);
-                println!("name:      {}", agent.display_name);
-                println!("id:        {}", agent.id);
-                println!("tenant:    {}", ctx.tenant_name());
-                println!("created:   {}", agent.created_at);
-                println!("template:  {}", agent.config.template);
-                let state = if workspace.is_dir() { "" } else { " (created on first use)" };
-                println!("workspace: {}{state}", workspace.display());
-            }
+            show(ctx, handle.as_deref(), json).await?;
         }
         AgentsCommand::Delete { handle, yes } => {
             if !yes {
@@ -165,54 +100,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: AgentsCommand) -> Result<()> {
             messages(ctx, handle.as_deref(), limit, json).await?;
         }
         AgentsCommand::Status { handle, json } => {
-            let agent = ctx.agent(handle.as_deref()).await?;
-            let pauses = ctx.store.pauses_of(agent.tenant_id, agent.id).await?;
-            let own = pauses.iter().find(|p| p.session.is_none());
-            let sessions = ctx.store.agent_status(agent.tenant_id, agent.id, 100).await?;
-            let now = ctx.store.now().as_millis();
-            let age = |s: &clade_store::SessionActivity| {
-                s.turn_started_at.map(|at| (now - at.as_millis()).max(0))
-            };
-            if json {
-                return output::json(&serde_json::json!({
-                    "agent": agent.handle.as_str(),
-                    "paused": own.map(|p| serde_json::json!({
-                        "reason": p.reason, "paused_at": p.created_at.as_millis(),
-                    })),
-                    "sessions": sessions.iter().map(|s| serde_json::json!({
-                        "session": s.session.to_string(), "platform": s.platform,
-                        "channel": s.channel, "actor": s.actor, "state": s.state(),
-                        "open_events": s.open_events, "turn": s.turn.map(|t| t.to_string()),
-                        "turn_age_ms": age(s), "turn_steps": s.turn_steps,
-                    })).collect::<Vec<_>>(),
-                }));
-            }
-            match own {
-                Some(pause) => println!(
-                    "agent {} is paused since {}{}",
-                    agent.handle,
-                    pause.created_at,
-                    pause.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
-                ),
-                None => println!("agent {} runs", agent.handle),
-            }
-            let rows: Vec<Vec<String>> = sessions
-                .iter()
-                .map(|s| {
-                    vec![
-                        s.session.to_string(),
-                        format!("{}/{}/{}", s.platform, s.channel, s.actor),
-                        s.state().to_owned(),
-                        s.open_events.to_string(),
-                        s.turn_steps.to_string(),
-                        age(s).map_or_else(
-                            || "-".to_owned(),
-                            |ms| format!("{:.1}s", ms as f64 / 1000.0),
-                        ),
-                    ]
-                })
-                .collect();
-            output::table(&["SESSION", "SOURCE", "STATE", "WAITING", "STEPS", "AGE"], &rows);
+            status(ctx, handle.as_deref(), json).await?;
         }
     }
     Ok(())
@@ -379,6 +267,145 @@ async fn export_archive(
             "its secrets are sealed with a key made for this file; keep it apart from the file and import with:\n  CLADE_ARCHIVE_KEY={key} clade agents import {file}"
         );
     }
+    Ok(())
+}
+
+/// `clade agents list`: every agent of the tenant, a page at a time, the current one marked.
+async fn list(ctx: &Ctx, json: bool) -> Result<()> {
+    let tenant = ctx.tenant().await?;
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = ctx.store.agents(tenant.id, after.as_deref(), PAGE).await?;
+        let done = page.len() < PAGE as usize;
+        after = page.last().map(|a| a.handle.to_string());
+        all.extend(page);
+        if done {
+            break;
+        }
+    }
+    if json {
+        output::json(&all.iter().map(AgentResponse::from).collect::<Vec<_>>())?;
+    } else if all.is_empty() {
+        println!(
+            "no agents in tenant {}: create one with `clade agents create <handle>`",
+            tenant.name
+        );
+    } else {
+        let current = ctx.data_dir.current_agent()?;
+        let rows: Vec<Vec<String>> = all
+            .iter()
+            .map(|a| {
+                let mark = current
+                    .as_ref()
+                    .is_some_and(|(t, h)| t == tenant.name.as_str() && h == a.handle.as_str());
+                vec![
+                    if mark { "*".into() } else { String::new() },
+                    a.handle.to_string(),
+                    a.display_name.clone(),
+                    a.created_at.to_string(),
+                    a.id.to_string(),
+                ]
+            })
+            .collect();
+        output::table(&["", "HANDLE", "NAME", "CREATED", "ID"], &rows);
+    }
+    Ok(())
+}
+
+/// `clade agents show`.
+async fn show(ctx: &Ctx, handle: Option<&str>, json: bool) -> Result<()> {
+    let agent = ctx.agent(handle).await?;
+    if json {
+        output::json(&AgentResponse::from(&agent))?;
+    } else {
+        let workspace = ctx.agents.workspace_path(agent.id);
+        println!("handle:    {}", agent.handle);
+        println!("name:      {}", agent.display_name);
+        println!("id:        {}", agent.id);
+        println!("tenant:    {}", ctx.tenant_name());
+        println!("created:   {}", agent.created_at);
+        println!("template:  {}", agent.config.template);
+        let state = if workspace.is_dir() { "" } else { " (created on first use)" };
+        println!("workspace: {}{state}", workspace.display());
+    }
+    Ok(())
+}
+
+/// `clade agents create`: the agent, with its template's default tools as grants.
+async fn create(
+    ctx: &Ctx,
+    handle: &str,
+    name: Option<String>,
+    template: Option<String>,
+) -> Result<()> {
+    let tenant = ctx.tenant().await?;
+    let handle = Handle::parse(handle)?;
+    let template = match template {
+        Some(name) => TemplateName::parse(&name)?,
+        None => TemplateName::builtin_default(),
+    };
+    let rules = clade_runtime::tools::template_tools(&ctx.agents, &template)?;
+    let agent = ctx
+        .agents
+        .create(
+            tenant.id,
+            NewAgent { handle, display_name: name, config: AgentConfig { template } },
+        )
+        .await?;
+    println!("created agent {} ({})", agent.handle, agent.id);
+    give_template_tools(ctx, &agent, rules, "operator (cli)").await?;
+    Ok(())
+}
+
+/// `clade agents status`: the agent's pause, and its sessions with turns running or events
+/// waiting.
+async fn status(ctx: &Ctx, handle: Option<&str>, json: bool) -> Result<()> {
+    let agent = ctx.agent(handle).await?;
+    let pauses = ctx.store.pauses_of(agent.tenant_id, agent.id).await?;
+    let own = pauses.iter().find(|p| p.session.is_none());
+    let sessions = ctx.store.agent_status(agent.tenant_id, agent.id, 100).await?;
+    let now = ctx.store.now().as_millis();
+    let age = |s: &clade_store::SessionActivity| {
+        s.turn_started_at.map(|at| (now - at.as_millis()).max(0))
+    };
+    if json {
+        return output::json(&serde_json::json!({
+            "agent": agent.handle.as_str(),
+            "paused": own.map(|p| serde_json::json!({
+                "reason": p.reason, "paused_at": p.created_at.as_millis(),
+            })),
+            "sessions": sessions.iter().map(|s| serde_json::json!({
+                "session": s.session.to_string(), "platform": s.platform,
+                "channel": s.channel, "actor": s.actor, "state": s.state(),
+                "open_events": s.open_events, "turn": s.turn.map(|t| t.to_string()),
+                "turn_age_ms": age(s), "turn_steps": s.turn_steps,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    match own {
+        Some(pause) => println!(
+            "agent {} is paused since {}{}",
+            agent.handle,
+            pause.created_at,
+            pause.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+        ),
+        None => println!("agent {} runs", agent.handle),
+    }
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                s.session.to_string(),
+                format!("{}/{}/{}", s.platform, s.channel, s.actor),
+                s.state().to_owned(),
+                s.open_events.to_string(),
+                s.turn_steps.to_string(),
+                age(s).map_or_else(|| "-".to_owned(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
+            ]
+        })
+        .collect();
+    output::table(&["SESSION", "SOURCE", "STATE", "WAITING", "STEPS", "AGE"], &rows);
     Ok(())
 }
 
