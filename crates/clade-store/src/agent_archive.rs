@@ -517,10 +517,14 @@ pub struct ArchiveSignature {
     pub value: String,
 }
 
+/// Why an import does not trust an archive, as the user is to read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Untrusted(pub String);
+
 /// Checks an archive's checksum and signature (none when unsigned) before an import writes
-/// anything; an `Err` refuses the import with its text.
+/// anything; an `Err` refuses the import with its reason.
 pub type VerifyArchive = std::sync::Arc<
-    dyn Fn(&str, Option<&ArchiveSignature>) -> std::result::Result<(), String> + Send + Sync,
+    dyn Fn(&str, Option<&ArchiveSignature>) -> std::result::Result<(), Untrusted> + Send + Sync,
 >;
 
 /// One grant an archive brings, as an import's [`ImportOptions::admit_grant`] sees it.
@@ -1151,7 +1155,7 @@ fn read_archive(
                     return Err(bad("the archive does not match its checksum: it was changed or damaged after it was written".into()));
                 }
                 if let Some(verify) = verify {
-                    verify(&sha256, signature.as_ref()).map_err(bad)?;
+                    verify(&sha256, signature.as_ref()).map_err(|Untrusted(why)| bad(why))?;
                 }
                 let have: BTreeMap<String, u64> = TABLES
                     .iter()

@@ -421,6 +421,7 @@ fn archive_trust(
     mut trusted: Vec<String>,
     unsigned: bool,
 ) -> Result<(clade_store::agent_archive::VerifyArchive, clade_store::agent_archive::AdmitGrant)> {
+    use clade_store::agent_archive::Untrusted;
     use clade_tools::remote::identity;
     use std::sync::atomic::{AtomicBool, Ordering};
     trusted.push(crate::context::identity_in(ctx.data_dir.root())?.public());
@@ -434,18 +435,18 @@ fn archive_trust(
                     return if unsigned {
                         Ok(())
                     } else {
-                        Err("the archive is not signed, so anyone could have written its grants: import it with --unsigned to leave its allow grants out".to_owned())
+                        Err(Untrusted("the archive is not signed, so anyone could have written its grants: import it with --unsigned to leave its allow and ask grants out".to_owned()))
                     };
                 };
                 if !trusted.contains(&signature.key) {
                     return if unsigned {
                         Ok(())
                     } else {
-                        Err(format!(
-                            "the archive is signed by key {}, which this data dir does not trust: if that is the exporting gateway's key, pass --trust-key {}; else import it with --unsigned to leave its allow grants out",
+                        Err(Untrusted(format!(
+                            "the archive is signed by key {}, which this data dir does not trust: if that is the exporting gateway's key, pass --trust-key {}; else import it with --unsigned to leave its allow and ask grants out",
                             identity::fingerprint(&signature.key),
                             signature.key
-                        ))
+                        )))
                     };
                 }
                 if !identity::verify(
@@ -456,7 +457,7 @@ fn archive_trust(
                     return if unsigned {
                         Ok(())
                     } else {
-                        Err("the archive's signature does not match it: it was changed after it was signed; import it with --unsigned to leave its allow grants out".to_owned())
+                        Err(Untrusted("the archive's signature does not match it: it was changed after it was signed; import it with --unsigned to leave its allow and ask grants out".to_owned()))
                     };
                 }
                 vouched.store(true, Ordering::Release);

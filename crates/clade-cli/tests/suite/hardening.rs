@@ -1586,11 +1586,7 @@ async fn an_allowed_program_cannot_start_other_programs() {
     let ws = std::path::Path::new(&ws);
     let server = env.serve(&[]);
     let server = &server;
-    let call = |tool: &str, arguments: Value| {
-        let path = format!("/v1/agents/ada/tools/{tool}/call");
-        let body = json!({ "arguments": arguments });
-        async move { server.send("POST", &path, None, Some(body)).await }
-    };
+    let call = |tool: &'static str, arguments: Value| call_as_ada(server, tool, arguments);
     let (status, body) = call("shell.exec", json!({ "argv": ["git", "init", "-q", "."] })).await;
     assert_eq!(status, 200, "{body}");
     let config =
@@ -1879,6 +1875,16 @@ async fn a_tenants_streams_stop_at_its_quota_and_others_still_stream() {
     drop((a2, b1, theirs));
 }
 
+/// Calls `tool` as the agent `ada`, with the server's own token: the status and the answer.
+async fn call_as_ada(
+    server: &super::support::Server,
+    tool: &str,
+    arguments: Value,
+) -> (u16, Value) {
+    let body = json!({ "arguments": arguments });
+    server.send("POST", &format!("/v1/agents/ada/tools/{tool}/call"), None, Some(body)).await
+}
+
 /// A workspace holds no more than its quota (`tools.limits.workspace_mib`): a command's files
 /// grow only by what is left (the kernel stops the writer, and the model is told why), a full
 /// workspace says so after every run, `fs.write` refuses what would pass it, and deleting
@@ -1893,14 +1899,10 @@ async fn a_workspace_holds_no_more_than_its_quota() {
     let ws = std::path::Path::new(&ws);
     let server = env.serve(&[]);
     let server = &server;
-    let call = |tool: &str, arguments: Value| {
-        let path = format!("/v1/agents/ada/tools/{tool}/call");
-        let body = json!({ "arguments": arguments });
-        async move {
-            let (status, body) = server.send("POST", &path, None, Some(body)).await;
-            assert_eq!(status, 200, "{body}");
-            body["content"].as_str().unwrap_or_default().to_owned()
-        }
+    let call = |tool: &'static str, arguments: Value| async move {
+        let (status, body) = call_as_ada(server, tool, arguments).await;
+        assert_eq!(status, 200, "{body}");
+        body["content"].as_str().unwrap_or_default().to_owned()
     };
     let fill = json!({ "argv": ["dd", "if=/dev/zero", "of=big", "bs=1M", "count=8"] });
     let out = call("shell.exec", fill.clone()).await;
