@@ -49,10 +49,31 @@ fn for_store(err: &clade_store::Error) -> Option<&'static str> {
 
 /// The one line `clade` prints for a failure: the context chain joined, then the advice.
 pub(crate) fn error_line(err: &anyhow::Error) -> String {
+    let text = chain_text(err);
     match for_error(err) {
-        Some(advice) => format!("error: {err:#}; {advice}"),
-        None => format!("error: {err:#}"),
+        Some(advice) => format!("error: {text}; {advice}"),
+        None => format!("error: {text}"),
     }
+}
+
+/// The context chain joined with `: `, each cause said once: a cause whose text an outer
+/// message already carries (a library error that prints its source) is not repeated, and a
+/// cause's own `error: ` prefix is dropped.
+fn chain_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let said = cause.to_string();
+        let said = said.trim();
+        let said = said.strip_prefix("error: ").unwrap_or(said);
+        if said.is_empty() || text.contains(said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(said);
+    }
+    text
 }
 
 #[cfg(test)]
@@ -78,5 +99,35 @@ mod tests {
             error_line(&through_engine).ends_with("; list sessions with `clade sessions list`")
         );
         assert_eq!(error_line(&anyhow::anyhow!("bad flag")), "error: bad flag");
+    }
+
+    /// A library error that prints its source, under context, says the source once.
+    #[derive(Debug)]
+    struct Unread {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Unread {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot read clade.yaml: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Unread {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_is_said_once_and_without_a_second_error_prefix() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file (os error 2)");
+        let err = anyhow::Error::from(Unread { source: io }).context("config validate");
+        assert_eq!(
+            error_line(&err),
+            "error: config validate: cannot read clade.yaml: No such file (os error 2)"
+        );
+        let prefixed = anyhow::anyhow!("error: line 3 column 3").context("f.yaml:3:3");
+        assert_eq!(error_line(&prefixed), "error: f.yaml:3:3: line 3 column 3");
     }
 }

@@ -18,28 +18,31 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
+/// The heading the options every command takes are listed under, apart from its own.
+const GLOBAL: &str = "Global options";
+
 #[derive(Debug, Args)]
 pub(crate) struct Global {
     /// Where Clade keeps its state [default: ~/.clade]
-    #[arg(long, global = true, env = "CLADE_DATA_DIR", value_name = "DIR")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CLADE_DATA_DIR", value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
     /// Store URL: postgres://user@host/db, or a SQLite path [default: <data-dir>/clade.db]
-    #[arg(long, global = true, env = "CLADE_STORE", value_name = "URL", hide_env_values = true)]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CLADE_STORE", value_name = "URL", hide_env_values = true)]
     pub(crate) store: Option<String>,
     /// Tenant to act on [default: default]
-    #[arg(long, global = true, env = "CLADE_TENANT", value_name = "NAME")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CLADE_TENANT", value_name = "NAME")]
     pub(crate) tenant: Option<String>,
     /// Agent to act on [default: the one chosen with `clade agents switch`]
-    #[arg(long, global = true, env = "CLADE_AGENT", value_name = "HANDLE")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CLADE_AGENT", value_name = "HANDLE")]
     pub(crate) agent: Option<String>,
     /// Configuration file [default: <data-dir>/clade.yaml]
-    #[arg(long, global = true, env = "CLADE_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CLADE_CONFIG", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Log line format [default: from clade.yaml, else human]
-    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_enum, value_name = "FORMAT")]
     pub(crate) log_format: Option<LogFormatArg>,
     /// Secrets master key as 64 hex characters (instead of <data-dir>/master.key)
-    #[arg(long, global = true, env = "CLADE_MASTER_KEY", hide = true, hide_env_values = true)]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CLADE_MASTER_KEY", hide = true, hide_env_values = true)]
     pub(crate) master_key: Option<String>,
 }
 
@@ -63,6 +66,7 @@ pub(crate) enum Command {
         /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
         #[arg(long, value_name = "PATH")]
         admin_socket: Option<std::path::PathBuf>,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -188,6 +192,7 @@ pub(crate) struct MigrateArgs {
 pub(crate) enum ToolsCommand {
     /// List the tools an agent can call
     List {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -198,6 +203,7 @@ pub(crate) enum ToolsCommand {
         /// Arguments as a JSON object
         #[arg(long, default_value = "{}")]
         args: String,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -210,21 +216,26 @@ pub(crate) enum ApprovalsCommand {
         /// pending, approved, denied, expired, cancelled or all
         #[arg(long, default_value = clade_core::ApprovalStatus::Pending.as_str())]
         status: String,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Approve a pending call
     Approve {
+        /// The approval's id (from `clade approvals list`)
         id: String,
         /// Also allow this tool on this resource for the agent from now on
         #[arg(long)]
         always: bool,
+        /// Why, kept with the decision in the audit
         #[arg(long)]
         note: Option<String>,
     },
     /// Deny a pending call
     Deny {
+        /// The approval's id (from `clade approvals list`)
         id: String,
+        /// Why, kept with the decision in the audit
         #[arg(long)]
         note: Option<String>,
     },
@@ -234,6 +245,7 @@ pub(crate) enum ApprovalsCommand {
 pub(crate) enum GrantsCommand {
     /// List grants (of --agent only, when given), revoked ones included
     List {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -264,11 +276,14 @@ pub(crate) enum GrantsCommand {
         #[arg(long)]
         parent: Option<String>,
         /// Expire after this long (30m, 24h, 7d)
-        #[arg(long)]
-        expires_in: Option<String>,
+        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        expires_in: Option<std::time::Duration>,
     },
     /// Revoke a grant (and every grant delegated from it)
-    Revoke { id: String },
+    Revoke {
+        /// The grant's id (from `clade grants list`)
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -285,6 +300,7 @@ pub(crate) struct AuditArgs {
     /// Most records shown
     #[arg(long, default_value_t = 100)]
     pub(crate) limit: u32,
+    /// Print JSON instead of text
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -300,6 +316,7 @@ pub(crate) struct ServeArgs {
 pub(crate) enum AgentsCommand {
     /// Create an agent
     Create {
+        /// The agent's handle
         handle: String,
         /// Display name [default: the handle]
         #[arg(long)]
@@ -310,28 +327,36 @@ pub(crate) enum AgentsCommand {
     },
     /// List agents
     List {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Show one agent
     Show {
+        /// The agent's handle [default: --agent, else the current agent]
         handle: Option<String>,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Delete an agent with its secrets and workspace
     Delete {
+        /// The agent's handle
         handle: String,
         /// Confirm the deletion
         #[arg(long)]
         yes: bool,
     },
     /// Make an agent the current one for this data dir
-    Switch { handle: String },
+    Switch {
+        /// The agent's handle
+        handle: String,
+    },
     /// Bring in an agent: a whole agent from a file `clade agents export` wrote (sessions,
     /// memory, jobs, grants, secrets; its unfinished work resumes), or a new agent from a
     /// folder of persona files (SOUL.md, IDENTITY.md, USER.md, ...)
     Import {
+        /// A file `clade agents export` wrote, or a folder of persona files
         path: PathBuf,
         /// Handle for the agent [default: the archive's, or the folder's name]
         #[arg(long)]
@@ -349,22 +374,28 @@ pub(crate) enum AgentsCommand {
         /// Import an archive whose signature is missing or not trusted, without its allow and ask grants
         #[arg(long)]
         unsigned: bool,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Write an agent's whole state to one file, to import into another data dir or backend:
     /// workspace, settings, grants, sessions with their journals, memory, jobs, secrets
     Export {
+        /// The agent's handle [default: --agent, else the current agent]
         handle: Option<String>,
         /// The file to write [default: standard output]
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
     /// Print the agent's workspace directory, creating it on first use
-    Workspace { handle: Option<String> },
+    Workspace {
+        /// The agent's handle [default: --agent, else the current agent]
+        handle: Option<String>,
+    },
     /// Pause an agent: its running turns finish, no new turn starts, and events sent meanwhile
     /// wait, stored (the pause outlasts restarts)
     Pause {
+        /// The agent's handle [default: --agent, else the current agent]
         handle: Option<String>,
         /// Why, shown by `clade agents status`
         #[arg(long)]
@@ -375,6 +406,7 @@ pub(crate) enum AgentsCommand {
     },
     /// Lift an agent's pause: the events that waited run
     Resume {
+        /// The agent's handle [default: --agent, else the current agent]
         handle: Option<String>,
         /// The running gateway's admin socket [default: server.admin_socket]
         #[arg(long, value_name = "PATH")]
@@ -382,16 +414,41 @@ pub(crate) enum AgentsCommand {
     },
     /// What an agent runs now: its pause, and its sessions with turns running or events waiting
     Status {
+        /// The agent's handle [default: --agent, else the current agent]
         handle: Option<String>,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
+    /// What the agent's model would be sent for a message: the composed prompt, the tools
+    /// offered, its size in bytes and estimated tokens (asks the running gateway; nothing is
+    /// called or written)
+    Prompt {
+        /// The agent's handle [default: --agent, else the current agent]
+        handle: Option<String>,
+        /// The message
+        #[arg(long, default_value = "hi")]
+        text: String,
+        /// Preview it as the next message of this session (its history included)
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+        /// Print only what the provider would be sent: its request body, or a local model's prompt
+        #[arg(long)]
+        body: bool,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// The messages an agent sent to or received from other agents, newest first
     Messages {
+        /// The agent's handle [default: --agent, else the current agent]
         handle: Option<String>,
         /// How many
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -400,15 +457,21 @@ pub(crate) enum AgentsCommand {
 #[derive(Debug, Subcommand)]
 pub(crate) enum TenantsCommand {
     /// Create a tenant
-    Create { name: String },
+    Create {
+        /// The tenant's name
+        name: String,
+    },
     /// List tenants
     List {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Delete a tenant with all its agents, tokens, secrets and workspaces
     Delete {
+        /// The tenant's name
         name: String,
+        /// Confirm the deletion
         #[arg(long)]
         yes: bool,
     },
@@ -418,6 +481,7 @@ pub(crate) enum TenantsCommand {
 pub(crate) enum TokensCommand {
     /// Create a token; it is printed once and stored only as a hash
     Create {
+        /// A name to know it by in `clade tokens list`
         #[arg(long, default_value = "cli")]
         name: String,
         /// What it may do (repeatable): admin (the tenant's agents, grants, audit, …), operate
@@ -431,29 +495,40 @@ pub(crate) enum TokensCommand {
         only_agents: Vec<String>,
         /// Stop working after this long (`8h`, `30d`, `1h 30m`); every request and stream is
         /// refused from then on [default: never]
-        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = duration)]
         expires_in: Option<std::time::Duration>,
     },
     /// List tokens (never their values)
     List {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Revoke a token by id
-    Revoke { id: String },
+    Revoke {
+        /// The token's id (from `clade tokens list`)
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SecretsCommand {
     /// Set a secret; the value is read from standard input
-    Set { name: String },
+    Set {
+        /// The secret's name
+        name: String,
+    },
     /// List secret names and dates (never values)
     List {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Remove a secret
-    Rm { name: String },
+    Rm {
+        /// The secret's name
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -469,6 +544,7 @@ pub(crate) enum ConfigCommand {
     /// gateway takes it within a second (sessions, bindings, tools, tenants, heartbeats; the
     /// rest at its next start)
     Apply {
+        /// The clade.yaml to apply
         file: PathBuf,
         /// Before writing anything, call the new configuration's channel model once with a
         /// short prompt; a failure stops the apply
@@ -477,15 +553,23 @@ pub(crate) enum ConfigCommand {
     },
     /// The configurations applied, newest first
     History {
+        /// How many of the latest revisions
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// What a revision changed, as a diff from the one before
-    Diff { revision: i64 },
+    Diff {
+        /// A revision's number (from `clade config history`)
+        revision: i64,
+    },
     /// Apply an earlier revision's configuration again, as a new revision
-    Revert { revision: i64 },
+    Revert {
+        /// A revision's number (from `clade config history`)
+        revision: i64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -499,6 +583,7 @@ pub(crate) struct ServerArgs {
 pub(crate) enum RunsCommand {
     /// An agent's runs, newest first
     List {
+        /// The agent's handle [default: --agent, else the current agent]
         handle: Option<String>,
         /// Only those under way
         #[arg(long)]
@@ -509,17 +594,21 @@ pub(crate) enum RunsCommand {
         /// How many
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// One run: its kind, state, input and outcome (and its branch or worker)
     Show {
+        /// The run's id (from `clade runs list`)
         id: String,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Cancel a branch's or worker's run: it stops, and nothing it concludes is delivered
     Cancel {
+        /// The run's id (from `clade runs list`)
         id: String,
         #[command(flatten)]
         server: ServerArgs,
@@ -527,6 +616,7 @@ pub(crate) enum RunsCommand {
     /// Pause a run: its running step finishes and nothing new starts in its session (a
     /// branch's or worker's own; a turn's conversation), durably, until `clade runs resume`
     Pause {
+        /// The run's id (from `clade runs list`)
         id: String,
         /// Why, kept with the pause
         #[arg(long)]
@@ -536,6 +626,7 @@ pub(crate) enum RunsCommand {
     },
     /// Lift a run's pause: what waits in its session runs
     Resume {
+        /// The run's id (from `clade runs list`)
         id: String,
         #[command(flatten)]
         server: ServerArgs,
@@ -569,6 +660,7 @@ pub(crate) struct ChatArgs {
 pub(crate) enum EventCommand {
     /// Send one message (a new session per invocation, platform and channel `cli`)
     Send {
+        /// The message
         text: String,
         /// Return as soon as it is stored instead of waiting for the reply
         #[arg(long)]
@@ -582,32 +674,40 @@ pub(crate) enum EventCommand {
 pub(crate) enum SessionsCommand {
     /// List sessions, most recent first
     List {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Show a session's turns
     Show {
+        /// The session's id (from `clade sessions list`)
         id: String,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// What compaction made of a session's older turns, newest first (its turns stay: `show`)
     Summaries {
+        /// The session's id (from `clade sessions list`)
         id: String,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// A session's working memory: the values its agent keeps in its scratchpad
     Working {
+        /// The session's id (from `clade sessions list`)
         id: String,
         /// One name's versions, newest first, with the turn that wrote each
         #[arg(long)]
         name: Option<String>,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Cancel a session's running turn: it ends as failed, with the reason
     Cancel {
+        /// The session's id (from `clade sessions list`)
         id: String,
         #[command(flatten)]
         server: ServerArgs,
@@ -615,6 +715,7 @@ pub(crate) enum SessionsCommand {
     /// Pause a session: its running turn finishes, no new turn starts, events wait (`clade
     /// sessions resume` lifts it)
     Pause {
+        /// The session's id (from `clade sessions list`)
         id: String,
         /// Why, shown by `clade agents status`
         #[arg(long)]
@@ -625,6 +726,7 @@ pub(crate) enum SessionsCommand {
     /// Continue a session's yielded turn where it stopped, with a fresh budget of model calls,
     /// and lift its pause
     Resume {
+        /// The session's id (from `clade sessions list`)
         id: String,
         #[command(flatten)]
         server: ServerArgs,
@@ -632,7 +734,11 @@ pub(crate) enum SessionsCommand {
     /// Set a session's own queue mode for messages that arrive while a turn runs; `agent`
     /// returns it to its agent's mode
     QueueMode {
+        /// The session's id (from `clade sessions list`)
         id: String,
+        /// How messages that arrive during a turn are taken: one turn each (queue), joined into
+        /// the next turn (coalesce), joined into the running turn (steer), or as the agent's
+        /// setting says (agent)
         #[arg(value_parser = ["queue", "coalesce", "steer", "agent"])]
         mode: String,
         #[command(flatten)]
@@ -644,6 +750,7 @@ pub(crate) enum SessionsCommand {
 pub(crate) enum CronCommand {
     /// List jobs (of --agent only, when given) with their next fire
     List {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -666,40 +773,61 @@ pub(crate) enum CronCommand {
         /// [default: session:<job name>]
         #[arg(long)]
         target: Option<String>,
-        /// Up to this many seconds added to each scheduled time, the same for the same time
-        #[arg(long, default_value_t = 0)]
-        jitter: u32,
+        /// Up to this long added to each scheduled time (30s, 5m), the same for the same time
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = duration)]
+        jitter: std::time::Duration,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Remove a job and the record of its runs
-    Remove { name: String },
+    Remove {
+        /// The job's name (from `clade cron list`)
+        name: String,
+    },
     /// A job's latest runs: when each fired, whether it was delivered, its turn's outcome
     Runs {
+        /// The job's name (from `clade cron list`)
         name: String,
         /// How many of the latest runs
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Enable a job; the times it missed follow its misfire policy
-    Enable { name: String },
+    Enable {
+        /// The job's name (from `clade cron list`)
+        name: String,
+    },
     /// Disable a job: it fires no more until enabled
-    Disable { name: String },
+    Disable {
+        /// The job's name (from `clade cron list`)
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SettingsCommand {
     /// The selected agent's (or --agent's) settings, each with where its value comes from
     List {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Store a value for the agent (JSON if it parses as JSON, else text)
-    Set { key: String, value: String },
+    Set {
+        /// The setting's key
+        key: String,
+        /// Its value, as JSON (text that is not JSON is taken as a string)
+        value: String,
+    },
     /// Remove the agent's stored value (it then reads the default, if any)
-    Unset { key: String },
+    Unset {
+        /// The setting's key
+        key: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -715,25 +843,32 @@ pub(crate) enum MemoryCommand {
         /// Only items of this kind (fact, preference, decision, identity, event, observation, goal, todo)
         #[arg(long)]
         kind: Option<String>,
+        /// Most items shown
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Search as the agent recalls: by words, meaning and links, each item with why it matched
     Search {
+        /// What to look for
         query: String,
         /// Search this isolation key beside the global memory
         #[arg(long)]
         scope: Option<String>,
+        /// Most items found
         #[arg(long, default_value_t = 10)]
         limit: u32,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Add an item (a near-duplicate updates or links the item it repeats)
     Add {
+        /// What to remember
         content: String,
+        /// What it is: fact, preference, decision, identity, event, observation, goal or todo
         #[arg(long, default_value = "fact")]
         kind: String,
         /// Keep it under this isolation key [default: the agent's global memory]
@@ -742,20 +877,27 @@ pub(crate) enum MemoryCommand {
         /// 0 to 1
         #[arg(long, default_value_t = 0.5)]
         importance: f64,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Forget an item for good
-    Rm { id: String },
+    Rm {
+        /// The memory item's id (from `clade memory list`)
+        id: String,
+    },
     /// Bring back an item upkeep pruned (it counts as just used)
     Restore {
+        /// The memory item's id (from `clade memory list`)
         id: String,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Keep the agent's memory now, as the gateway does in the background: merge repeats,
     /// fade unused items, prune the faded, purge the long-pruned (memory.upkeep's policy)
     Upkeep {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -770,7 +912,9 @@ pub(crate) enum MemoryCommand {
     },
     /// Read a file written by `export` into the agent's memory, as exported (a wrong file writes nothing)
     Import {
+        /// A file `clade memory export` wrote
         file: std::path::PathBuf,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -838,14 +982,15 @@ pub(crate) enum GatewayCommand {
         /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
         #[arg(long, value_name = "PATH")]
         admin_socket: Option<std::path::PathBuf>,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Take no new events (before stopping it) and wait for the turns under way to end
     Drain {
-        /// Seconds to wait for the running turns
-        #[arg(long, value_name = "SECS", default_value_t = 60)]
-        wait: u64,
+        /// How long to wait for the running turns (30s, 5m)
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+        wait: std::time::Duration,
         /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
         #[arg(long, value_name = "PATH")]
         admin_socket: Option<std::path::PathBuf>,
@@ -948,12 +1093,14 @@ pub(crate) enum PairCommand {
     },
     /// The paired components
     List {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Forget a paired component: a tool host's tools go at the gateway's next start, a
     /// subscriber is sent nothing more and its leases end
     Remove {
+        /// The paired component's name (from `clade pair list`)
         name: String,
         /// `tool`, `subscriber`, `operator` or `listener`, when several kinds have a component of this name
         #[arg(long, value_name = "KIND")]
@@ -979,13 +1126,16 @@ pub(crate) enum RemoteCommand {
     Status,
     /// Send one message to an agent and print its reply
     Send {
+        /// The agent to message (its handle)
         #[arg(long)]
         agent: String,
+        /// The message
         text: String,
     },
     /// Talk to an agent, a line at a time, in one session: --agent's session of this CLI, or
     /// --session (a session leased to this CLI, whose lease ends when the chat does)
     Chat {
+        /// The agent to chat with (its handle)
         #[arg(long, required_unless_present = "session", conflicts_with = "session")]
         agent: Option<String>,
         /// An existing session, by id: the chat sends into it and follows its stream
@@ -1017,11 +1167,15 @@ pub(crate) enum LeaseCommand {
     },
     /// The tenant's leases, newest first, live and ended
     List {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// End a lease now
-    Revoke { id: String },
+    Revoke {
+        /// The lease's id (from `clade lease list`)
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -1062,6 +1216,7 @@ pub(crate) enum ToolHostCommand {
         /// Seconds each request may take
         #[arg(long, value_name = "SECS", default_value_t = 10)]
         timeout_secs: u64,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -1071,6 +1226,7 @@ pub(crate) enum ToolHostCommand {
 pub(crate) enum RetentionCommand {
     /// Sweep now, as the gateway does at `scheduler.retention_schedule`, and print what went
     Sweep {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -1080,11 +1236,17 @@ pub(crate) enum RetentionCommand {
 pub(crate) enum DeadlettersCommand {
     /// List dead-lettered deliveries
     List {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Deliver a dead-lettered event again; it is removed from the list when delivered
-    Retry { subscriber: String, outbox_id: i64 },
+    Retry {
+        /// The subscriber's name
+        subscriber: String,
+        /// The dead letter's outbox id (from `clade deadletters list`)
+        outbox_id: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1092,6 +1254,7 @@ pub(crate) enum HooksCommand {
     /// The hooks clade.yaml declares: each one's URL path, agent, scheme and mode, and whether
     /// its secret's environment variable is set here
     List {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -1105,6 +1268,7 @@ pub(crate) enum ChannelsCommand {
     /// Each channel of the running gateway: its state (starting, connected, failing), when the
     /// platform last answered, its last error, and messages received and replies sent
     Status {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -1139,6 +1303,7 @@ pub(crate) enum ModelsCommand {
     List,
     /// Send one message through the route (budgets and usage apply), streaming the reply
     Call {
+        /// The prompt
         text: String,
         /// Which route to use
         #[arg(long, value_enum, default_value = "channel")]
@@ -1184,6 +1349,7 @@ pub(crate) struct UsageArgs {
     /// Since when: a duration back from now (30m, 24h, 7d) or a date (2026-11-01)
     #[arg(long, default_value = "30d")]
     pub(crate) since: String,
+    /// Print JSON instead of text
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -1207,6 +1373,7 @@ pub(crate) enum TeamsCommand {
 pub(crate) enum BenchCommand {
     /// Create N agents and report creation rate, disk per agent, lookup latency and RSS
     Agents {
+        /// Agents to create
         #[arg(long, default_value_t = 100_000)]
         count: u64,
         /// Agents per create call
@@ -1281,6 +1448,7 @@ pub(crate) enum BenchCommand {
     /// Run many scheduled jobs in one scheduler and report fire lateness (p50, p99), CPU while
     /// fires are due and while none is, and RSS; on a fresh store under the data dir
     Sched {
+        /// Jobs to schedule
         #[arg(long, default_value_t = 100_000)]
         jobs: u64,
         /// How long to run the scheduler
@@ -1328,11 +1496,11 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 64)]
         tokens: u32,
         /// Answers generated at once (each on its own copy of the model's attention cache)
-        #[arg(long, default_value_t = 1)]
-        concurrent: u32,
+        #[arg(long, alias = "concurrent", default_value_t = 1)]
+        concurrency: u32,
         /// The model's .gguf file [default: the one `clade models fetch local` installed]
-        #[arg(long, value_name = "FILE")]
-        model: Option<std::path::PathBuf>,
+        #[arg(long, alias = "model", value_name = "FILE")]
+        model_file: Option<std::path::PathBuf>,
     },
     /// Fill one agent's memory and report ingest rate, recall p50/p99 (hybrid and full text),
     /// disk per item and the memory its kept vectors take, at each size
@@ -1371,4 +1539,21 @@ pub(crate) enum BenchModel {
     Stub,
     StubHttp1,
     Scripted,
+}
+
+/// A duration flag's value, written as everywhere in clade (`90s`, `30m`, `24h`, `7d`,
+/// `1h30m`); a bare number is seconds.
+pub(crate) fn duration(text: &str) -> anyhow::Result<std::time::Duration> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(std::time::Duration::from_secs)
+            .map_err(|_| anyhow::anyhow!("{text:?} is too large"));
+    }
+    humantime::parse_duration(text).map_err(|_| {
+        anyhow::anyhow!(
+            "{text:?} is not a duration: write one such as 90s, 30m, 24h or 7d (a bare number is seconds)"
+        )
+    })
 }

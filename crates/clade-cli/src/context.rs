@@ -11,6 +11,7 @@ use clade_core::{Agent, SystemClock, Tenant};
 use clade_store::{Agents, DataDir, Durability, Location, Secrets, Store, StoreOptions};
 
 use crate::cli::Global;
+use clade_gateway::config_flow::Unmet;
 
 pub(crate) struct Ctx {
     pub(crate) data_dir: DataDir,
@@ -36,6 +37,26 @@ pub(crate) fn data_dir_path(global: &Global) -> Result<PathBuf> {
     match std::env::var_os("HOME") {
         Some(home) => Ok(PathBuf::from(home).join(".clade")),
         None => bail!("no data dir: HOME is not set; pass --data-dir or set CLADE_DATA_DIR"),
+    }
+}
+
+/// A data dir that does not exist is made on first use, but not inside a folder that does not
+/// exist either: that is most often a mistyped `--data-dir`, which would otherwise get a new,
+/// empty store and answer as if everything were gone. `clade serve` and `clade migrate` make
+/// the whole path.
+pub(crate) fn refuse_mistyped_data_dir(path: &std::path::Path) -> Result<()> {
+    // A folder that cannot be looked at is left to the open, which says why.
+    if path.try_exists().unwrap_or(true) {
+        return Ok(());
+    }
+    match path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        Some(parent) if !parent.try_exists().unwrap_or(true) => bail!(
+            "there is no data dir at {} (nor a folder {}): check --data-dir or CLADE_DATA_DIR; `clade serve --data-dir {}` starts a new one there",
+            path.display(),
+            parent.display(),
+            path.display()
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -97,40 +118,50 @@ pub(crate) fn models_from(
     )
 }
 
-/// `config`'s webhook subscribers with their signing secrets read from the environment.
 /// `config`'s inbound webhooks with their signing secrets read from the environment.
 pub(crate) fn hooks_of(
     config: &Config,
 ) -> std::result::Result<
     std::collections::HashMap<(String, String), clade_gateway::hooks::Hook>,
-    String,
+    Unmet,
 > {
     let mut hooks = std::collections::HashMap::new();
     for (tenant, tenant_config) in &config.tenants {
         for (name, hook) in &tenant_config.hooks {
             let field = format!("tenants.{tenant}.hooks.{name}");
             let secret = env_value(&hook.secret_env).ok_or_else(|| {
-                format!(
+                Unmet(format!(
                     "{field}: environment variable {} (its signing secret) is not set",
                     hook.secret_env
-                )
+                ))
             })?;
-            let resolved = clade_gateway::hooks::Hook::new(hook, secret.as_bytes())
-                .map_err(|err| format!("{field}: its secret in {}: {err}", hook.secret_env))?;
+            let resolved =
+                clade_gateway::hooks::Hook::new(hook, secret.as_bytes()).map_err(|err| {
+                    Unmet(format!("{field}: its secret in {}: {err}", hook.secret_env))
+                })?;
             hooks.insert((tenant.clone(), name.clone()), resolved);
         }
     }
     Ok(hooks)
 }
 
+/// What `config` needs from this process's environment, as `clade serve` reads it at start:
+/// the variables its channels, inbound hooks and webhook subscribers name. `Err` names the
+/// first one missing.
+pub(crate) fn environment_check(config: &Config) -> std::result::Result<(), Unmet> {
+    telegram_bots_of(config)?;
+    slack_apps_of(config)?;
+    discord_bots_of(config)?;
+    hooks_of(config)?;
+    subscribers_of(config)?;
+    Ok(())
+}
+
 /// An environment variable a channel needs, or an error naming it and what it holds.
-fn channel_variable(
-    field: &str,
-    variable: &str,
-    what: &str,
-) -> std::result::Result<String, String> {
-    env_value(variable)
-        .ok_or_else(|| format!("{field}: environment variable {variable} ({what}) is not set"))
+fn channel_variable(field: &str, variable: &str, what: &str) -> std::result::Result<String, Unmet> {
+    env_value(variable).ok_or_else(|| {
+        Unmet(format!("{field}: environment variable {variable} ({what}) is not set"))
+    })
 }
 
 /// What every channel's entry says: its token read from `token_env`, its API's URL (the
@@ -140,7 +171,7 @@ pub(crate) fn channel_settings(
     name: &str,
     (token_env, api_url, public): (&str, &Option<String>, &str),
     (stream, max_attempts, groups): (bool, u32, clade_config::GroupSessions),
-) -> std::result::Result<clade_channels::channel::Settings, String> {
+) -> std::result::Result<clade_channels::channel::Settings, Unmet> {
     Ok(clade_channels::channel::Settings {
         name: name.to_owned(),
         api_url: api_url.clone().unwrap_or_else(|| public.to_owned()),
@@ -155,7 +186,7 @@ pub(crate) fn channel_settings(
 /// the environment; an unset variable is an error naming it.
 pub(crate) fn telegram_bots_of(
     config: &Config,
-) -> std::result::Result<Vec<clade_channels::telegram::BotOptions>, String> {
+) -> std::result::Result<Vec<clade_channels::telegram::BotOptions>, Unmet> {
     config
         .channels
         .telegram
@@ -170,9 +201,9 @@ pub(crate) fn telegram_bots_of(
                     let fits = (1..=256).contains(&secret.len())
                         && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
                     if !fits {
-                        return Err(format!(
+                        return Err(Unmet(format!(
                             "{field}: the secret in {variable} must be 1-256 of A-Z, a-z, 0-9, _ and - (Telegram's rule for secret_token)"
-                        ));
+                        )));
                     }
                     Some(secret)
                 }
@@ -192,7 +223,7 @@ pub(crate) fn telegram_bots_of(
 /// an unset variable is an error naming it.
 pub(crate) fn discord_bots_of(
     config: &Config,
-) -> std::result::Result<Vec<clade_channels::discord::BotOptions>, String> {
+) -> std::result::Result<Vec<clade_channels::discord::BotOptions>, Unmet> {
     config
         .channels
         .discord
@@ -210,9 +241,9 @@ pub(crate) fn discord_bots_of(
                 (clade_config::DiscordMode::Relay, Some(variable)) => {
                     let secret = channel_variable(&field, variable, "the relay's secret")?;
                     if !(16..=256).contains(&secret.len()) {
-                        return Err(format!(
+                        return Err(Unmet(format!(
                             "{field}: the secret in {variable} must be 16 to 256 bytes"
-                        ));
+                        )));
                     }
                     Some(secret)
                 }
@@ -227,7 +258,7 @@ pub(crate) fn discord_bots_of(
 /// environment; an unset variable is an error naming it.
 pub(crate) fn slack_apps_of(
     config: &Config,
-) -> std::result::Result<Vec<clade_channels::slack::AppOptions>, String> {
+) -> std::result::Result<Vec<clade_channels::slack::AppOptions>, Unmet> {
     config
         .channels
         .slack
@@ -252,29 +283,30 @@ pub(crate) fn slack_apps_of(
                         signing_secret: channel_variable(&field, variable, "the signing secret")?,
                     }
                 }
-                _ => return Err(format!("{field}: its mode lacks its token or secret")),
+                _ => return Err(Unmet(format!("{field}: its mode lacks its token or secret"))),
             };
             Ok(clade_channels::slack::AppOptions { settings, mode })
         })
         .collect()
 }
 
+/// `config`'s webhook subscribers with their signing secrets read from the environment.
 pub(crate) fn subscribers_of(
     config: &Config,
-) -> std::result::Result<Vec<clade_runtime::outbox::Subscriber>, String> {
+) -> std::result::Result<Vec<clade_runtime::outbox::Subscriber>, Unmet> {
     config
         .subscribers
         .iter()
         .map(|s| {
             let secret = env_value(&s.secret_env).ok_or_else(|| {
-                format!(
+                Unmet(format!(
                     "subscriber {:?}: environment variable {} (its signing secret) is not set",
                     s.name, s.secret_env
-                )
+                ))
             })?;
             // Each delivery is signed as Standard Webhooks too: a `whsec_` secret must decode.
             clade_runtime::signing::StandardKey::new(secret.as_bytes()).map_err(|err| {
-                format!("subscriber {:?}: its secret in {}: {err}", s.name, s.secret_env)
+                Unmet(format!("subscriber {:?}: its secret in {}: {err}", s.name, s.secret_env))
             })?;
             Ok(clade_runtime::outbox::Subscriber {
                 name: s.name.clone(),
@@ -418,6 +450,11 @@ impl Ctx {
         self.tenant.as_deref().unwrap_or(Tenant::DEFAULT_NAME)
     }
 
+    /// Whether `--tenant` (or `CLADE_TENANT`) named a tenant.
+    pub(crate) fn tenant_named(&self) -> bool {
+        self.tenant.is_some()
+    }
+
     pub(crate) async fn tenant(&self) -> Result<Tenant> {
         Ok(self.store.tenant(self.tenant_name()).await?)
     }
@@ -538,12 +575,16 @@ impl Ctx {
             .unwrap_or_else(|| format!("http://{}", self.config.server.listen))
     }
 
-    /// The running gateway's URL and the token to call it with.
+    /// The running gateway's URL and the token to call it with: `CLADE_TOKEN` when set (as
+    /// every command that calls the gateway reads it), else the data dir's token file.
     pub(crate) fn server(&self, url: Option<&str>) -> Result<(String, String)> {
         let url = self.server_url(url);
+        if let Some(token) = env_value("CLADE_TOKEN") {
+            return Ok((url, token));
+        }
         let token = self.data_dir.read_token()?.ok_or_else(|| {
             anyhow::anyhow!(
-                "no token in {}: start the gateway once with `clade serve`, or create one with `clade tokens create`",
+                "no token in {}: start the gateway once with `clade serve`, create one with `clade tokens create`, or set CLADE_TOKEN",
                 self.data_dir.token_path().display()
             )
         })?;
@@ -710,6 +751,7 @@ impl ToolSources {
         tools.register(Arc::new(clade_gateway::config_flow::ApplyTool::new(
             self.store.clone(),
             self.config_path.clone(),
+            Arc::new(environment_check),
         )));
         if let Some(path) = &config.testing.ledger_file {
             tools.register(Arc::new(Ledger::at_most_once(path.clone())));

@@ -106,7 +106,8 @@ async fn run_flow(
             Some(Box::new(move |config: &clade_config::Config| test(config.clone())))
         }
     };
-    match crate::config_flow::apply(&store, path, text, reverts, smoke).await {
+    let trials = crate::config_flow::Trials { environment: state.environment.clone(), smoke };
+    match crate::config_flow::apply(&store, path, path, text, reverts, trials).await {
         Ok(Applied::Unchanged) => Ok(axum::Json(ApplyConfigResponse {
             applied: false,
             revision: None,

@@ -109,6 +109,26 @@ pub fn validate(text: &str, path: &Path, now: clade_core::Timestamp) -> Result<C
 pub type SmokeTest<'a> =
     Box<dyn FnOnce(&Config) -> futures::future::BoxFuture<'a, Result<(), String>> + Send + 'a>;
 
+/// What a configuration needs from the environment of the gateway that runs it and did not
+/// find there: a variable that is not set (a channel's token, a hook's or subscriber's secret),
+/// or a secret that is not one. It names the field and the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unmet(pub String);
+
+/// Checks what a configuration needs from the environment: `Err` names what is missing, which
+/// would keep `clade serve` from starting.
+pub type EnvironmentCheck = std::sync::Arc<dyn Fn(&Config) -> Result<(), Unmet> + Send + Sync>;
+
+/// What applying tries besides parsing and checking the text.
+#[derive(Default)]
+pub struct Trials<'a> {
+    /// The environment the configuration will run in: refused as the next start would be.
+    pub environment: Option<EnvironmentCheck>,
+    /// A call through the new configuration's model.
+    pub smoke: Option<SmokeTest<'a>>,
+}
+
 /// A smoke test a serving gateway can run for a configuration the API applies (owned, as the
 /// gateway keeps it).
 pub type SmokeFn = std::sync::Arc<
@@ -116,17 +136,27 @@ pub type SmokeFn = std::sync::Arc<
 >;
 
 /// Applies `text` as the configuration at `path` (see the module's documentation), recorded
-/// as applied by `store`'s actor; `reverts` names the revision a revert goes back to, and
-/// `smoke`, if given, runs after the check.
+/// as applied by `store`'s actor; `named` is where the text came from, which its errors name
+/// (the file given to `clade config apply`, say); `reverts` names the revision a revert goes
+/// back to; `trials` run after the check.
 pub async fn apply(
     store: &Store,
     path: &Path,
+    named: &Path,
     text: &str,
     reverts: Option<i64>,
-    smoke: Option<SmokeTest<'_>>,
+    trials: Trials<'_>,
 ) -> Result<Applied, ApplyError> {
-    let config = validate(text, path, store.now())?;
-    if let Some(smoke) = smoke {
+    let config = validate(text, named, store.now())?;
+    if let Some(environment) = &trials.environment {
+        environment(&config).map_err(|missing| {
+            failed(Step::Check)(format!(
+                "{}: {missing}; `clade serve` would refuse to start with it: set the variable where the gateway runs, then apply again",
+                named.display()
+            ))
+        })?;
+    }
+    if let Some(smoke) = trials.smoke {
         smoke(&config).await.map_err(failed(Step::Smoke))?;
     }
     let before = match std::fs::read_to_string(path) {
@@ -202,11 +232,14 @@ fn write_staged(staged: &Path, target: &Path, text: &str) -> Result<(), String> 
 pub struct ApplyTool {
     store: Store,
     path: PathBuf,
+    environment: EnvironmentCheck,
 }
 
 impl ApplyTool {
-    pub fn new(store: Store, path: PathBuf) -> Self {
-        Self { store, path }
+    /// Applies to the configuration at `path`, refusing what `environment` says the gateway's
+    /// next start would refuse.
+    pub fn new(store: Store, path: PathBuf, environment: EnvironmentCheck) -> Self {
+        Self { store, path, environment }
     }
 }
 
@@ -239,7 +272,8 @@ impl clade_tools::TypedTool for ApplyTool {
                 Err(_) => format!("agent {}", caller.agent),
             };
             let store = self.store.acting_as(who);
-            match apply(&store, &self.path, &args.yaml, None, None).await {
+            let trials = Trials { environment: Some(self.environment.clone()), smoke: None };
+            match apply(&store, &self.path, &self.path, &args.yaml, None, trials).await {
                 Ok(Applied::Unchanged) => {
                     Ok("nothing applied: the configuration already says this".into())
                 }

@@ -69,6 +69,7 @@ codes! {
     StoreUnavailable => ("store_unavailable", SERVICE_UNAVAILABLE),
     LeaseLost => ("lease_lost", SERVICE_UNAVAILABLE),
     Draining => ("draining", SERVICE_UNAVAILABLE),
+    PromptUnsent => ("prompt_unsent", UNPROCESSABLE_ENTITY),
     TurnFailed => ("turn_failed", BAD_GATEWAY),
     TurnRunning => ("turn_running", GATEWAY_TIMEOUT),
     InvalidSignature => ("invalid_signature", UNAUTHORIZED),
@@ -203,6 +204,9 @@ impl From<clade_runtime::engine::Error> for ApiError {
                 Code::LeaseLost,
                 format!("{err}; send it to the node that holds the sessions now"),
             ),
+            clade_runtime::engine::Error::Unsent(_) => {
+                ApiError::new(Code::PromptUnsent, err.to_string())
+            }
             clade_runtime::engine::Error::Draining => ApiError {
                 retry_after: Some(std::time::Duration::from_secs(5)),
                 ..ApiError::new(

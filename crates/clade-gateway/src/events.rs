@@ -208,8 +208,15 @@ pub(crate) async fn respond(
         let body = accepted_body(&accepted);
         return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());
     }
+    let tenant = envelope.tenant.clone();
+    let handle = state.engine.route(&envelope).ok();
     let (accepted, watch) = state.engine.submit_and_watch(envelope).await?;
     let mut body = accepted_body(&accepted);
+    if let Some(notice) = paused(state, &tenant, handle.as_deref(), accepted.session_id).await {
+        // Its turn starts when the pause is lifted: waiting would only hold the caller.
+        body.paused = Some(notice);
+        return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());
+    }
     match watch.ended(WAIT).await? {
         Some(finished) => {
             body.turn_id = Some(finished.turn_id.to_string());
@@ -224,6 +231,25 @@ pub(crate) async fn respond(
     }
 }
 
+/// What an event's sender is told when its agent (`handle`) or session is paused.
+async fn paused(
+    state: &AppState,
+    tenant: &clade_core::Tenant,
+    handle: Option<&str>,
+    session: clade_core::SessionId,
+) -> Option<String> {
+    if !state.engine.any_paused() {
+        return None;
+    }
+    let agent = state.of(tenant).agent(handle?).await.ok()?;
+    state.engine.is_paused(agent.id, session).then(|| {
+        format!(
+            "agent {} is paused: the event is stored and waits; it runs when the pause is lifted (`clade agents resume {}`)",
+            agent.handle, agent.handle
+        )
+    })
+}
+
 /// The answer for an event once stored, before its turn has ended.
 pub(crate) fn accepted_body(accepted: &clade_store::Accepted) -> EventResponse {
     EventResponse {
@@ -233,6 +259,7 @@ pub(crate) fn accepted_body(accepted: &clade_store::Accepted) -> EventResponse {
         status: None,
         reply: None,
         error: None,
+        paused: None,
     }
 }
 

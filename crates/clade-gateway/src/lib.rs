@@ -35,6 +35,7 @@ mod openai;
 pub mod openapi;
 mod paced;
 pub mod pairing;
+mod prompt;
 pub mod quotas;
 pub mod routes;
 pub mod runs;
@@ -79,6 +80,8 @@ pub struct AppState {
     pub settings: std::sync::Arc<clade_runtime::settings::Catalog>,
     /// What `POST /v1/config` with `smoke: true` runs before writing (none: refused).
     pub smoke: Option<config_flow::SmokeFn>,
+    /// What `POST /v1/config` checks of the gateway's environment before writing.
+    pub environment: Option<config_flow::EnvironmentCheck>,
     /// What checks paired operators' signed requests (none: only bearer tokens are taken).
     pub peers: Option<std::sync::Arc<auth::PeerAuth>>,
     /// The tenants' inbound webhooks (`POST /hooks/{tenant}/{name}`).

@@ -15,7 +15,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::{
     AppState, agents, channels, config, control, events, hooks, jobs, leases, mcp, memories,
-    messages, openai, runs, sessions, settings, tools, usage, ws,
+    messages, openai, prompt, runs, sessions, settings, tools, usage, ws,
 };
 
 /// A schema built by the document's one generator: a `$ref` to a component for a named type.
@@ -495,6 +495,26 @@ pub static OPERATIONS: &[Operation] = &[
             &[Read],
             "The tools an agent can call, with their argument schemas",
             || get(tools::list),
+        )
+    },
+    Operation {
+        params: &[HANDLE],
+        body: Some(of::<api::PromptPreviewParams>),
+        responses: &[
+            ok("200", "what the model would be sent", of::<api::PromptPreviewResponse>),
+            error("400", "invalid body, or blank text"),
+            error("404", "no such agent, or no such session of the agent's"),
+            error(
+                "422",
+                "the turn would end before calling a model, as when even the smallest prompt does not fit the model's context (`prompt_unsent`, saying why)",
+            ),
+        ],
+        ..op(
+            "POST",
+            "/v1/agents/{handle}/prompt",
+            &[Read],
+            "Preview what the agent's model would be sent for a message: the composed messages, the tools offered, the provider's request body and its size; nothing is called or written",
+            || post(prompt::preview),
         )
     },
     Operation {

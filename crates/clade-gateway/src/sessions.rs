@@ -23,7 +23,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, Code};
 use crate::live::Scope;
 
-fn session_id(text: &str) -> Result<SessionId, ApiError> {
+pub(crate) fn session_id(text: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(text)
         .map_err(|_| ApiError::new(Code::SessionNotFound, format!("session {text:?} not found")))
 }

@@ -367,6 +367,11 @@ impl Provider for Anthropic {
         &self.name
     }
 
+    fn body(&self, model: &str, request: &ModelRequest) -> Option<String> {
+        let names = names_of(request);
+        serde_json::to_string(&Body::new(model, request, self.options.stream, &names)).ok()
+    }
+
     fn stream<'a>(
         &'a self,
         model: &'a str,

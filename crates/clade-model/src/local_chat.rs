@@ -356,6 +356,10 @@ impl Provider for LocalChat {
         LOCAL_NAME
     }
 
+    fn body(&self, _model: &str, request: &ModelRequest) -> Option<String> {
+        Some(chatml(&request.messages, &request.tools))
+    }
+
     fn stream<'a>(
         &'a self,
         _model: &'a str,
@@ -524,6 +528,10 @@ impl LocalProvider {
 impl Provider for LocalProvider {
     fn name(&self) -> &str {
         LOCAL_NAME
+    }
+
+    fn body(&self, _model: &str, request: &ModelRequest) -> Option<String> {
+        Some(chatml(&request.messages, &request.tools))
     }
 
     fn stream<'a>(

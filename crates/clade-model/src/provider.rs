@@ -19,6 +19,14 @@ pub trait Provider: Send + Sync {
         model: &'a str,
         request: &'a ModelRequest,
     ) -> BoxFuture<'a, Result<EventStream, Error>>;
+
+    /// What [`Provider::stream`] would send to the model for `request`: the request body, or
+    /// the prompt text a model in process reads. `None` where the provider cannot say. For
+    /// previews (`clade agents prompt`); never on a call's path.
+    fn body(&self, model: &str, request: &ModelRequest) -> Option<String> {
+        let _ = (model, request);
+        None
+    }
 }
 
 /// Supplies the secret an adapter authenticates with.

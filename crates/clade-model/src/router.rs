@@ -386,7 +386,16 @@ struct Attempt {
 /// The most a call to `entry` can spend: the prompt's estimated tokens plus `max_tokens` of
 /// output, priced at the model's rates. Reserved before the call, settled after.
 pub fn estimate(entry: &ModelEntry, request: &ModelRequest) -> Spend {
-    let input: u64 = request
+    let input = input_tokens(request);
+    let output = u64::from(request.params.max_tokens);
+    let usage = Usage { input_tokens: input, output_tokens: output, ..Usage::default() };
+    Spend { tokens: input + output, cost_micros: entry.price.cost_micros(&usage) }
+}
+
+/// The tokens `request`'s messages and tool schemas come to, estimated from their text (no
+/// tokenizer: about four bytes a token).
+pub fn input_tokens(request: &ModelRequest) -> u64 {
+    request
         .messages
         .iter()
         .map(|m| match m {
@@ -402,8 +411,5 @@ pub fn estimate(entry: &ModelEntry, request: &ModelRequest) -> Spend {
             .tools
             .iter()
             .map(|t| script::tokens(&t.input_schema.to_string()) + script::tokens(&t.description))
-            .sum::<u64>();
-    let output = u64::from(request.params.max_tokens);
-    let usage = Usage { input_tokens: input, output_tokens: output, ..Usage::default() };
-    Spend { tokens: input + output, cost_micros: entry.price.cost_micros(&usage) }
+            .sum::<u64>()
 }

@@ -254,6 +254,10 @@ pub struct EventResponse {
     pub reply: Option<ReplyBody>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Set when the agent or the session is paused: the event waits, stored, and its turn
+    /// runs once the pause is lifted (a `wait` does not wait for it). Says how to lift it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -441,6 +445,61 @@ pub struct ToolInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ToolListResponse {
     pub items: Vec<ToolInfo>,
+}
+
+/// Body of `POST /v1/agents/{handle}/prompt`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromptPreviewParams {
+    /// The message whose turn is previewed.
+    #[schemars(length(min = 1, max = 65536))]
+    pub text: String,
+    /// A session of the agent's, to preview the message as its next one (its history and
+    /// working memory included); absent: the first message of a new session.
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+/// What the agent's model would be sent for a message, composed as its turn would compose
+/// it; nothing is called or written.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PromptPreviewResponse {
+    pub agent: String,
+    /// The models the turn would try, in order.
+    pub route: Vec<String>,
+    /// The first model's provider and the model it asks for; absent when the route's first
+    /// model is not configured.
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The composed messages: `role` (`system`, `user`, `assistant`, `tool`) and `content`.
+    pub messages: Vec<PromptMessage>,
+    /// The names of the tools the call offers.
+    pub tools: Vec<String>,
+    /// What the first model's provider would send: the request body, or the prompt text of a
+    /// model in process; absent when it cannot say.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Bytes of `body`, else of the messages and tool schemas.
+    pub bytes: u64,
+    /// The request's tokens, estimated from its text.
+    pub estimated_tokens: u64,
+    /// Whether that fits what the model's window leaves a prompt and its tools; a provider
+    /// refuses a prompt that does not, and the turn fails.
+    pub fits: bool,
+    /// The first model's context window, what a prompt may fill of it, and the tokens of tool
+    /// schemas one call may offer.
+    pub context_window: u32,
+    pub prompt_room: u32,
+    pub tool_tokens: u32,
+}
+
+/// One message of a previewed prompt.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PromptMessage {
+    pub role: String,
+    pub content: String,
 }
 
 /// Body of `POST /v1/agents/{handle}/tools/{name}/call`.

@@ -136,6 +136,7 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
                     })
                     .collect();
                 output::table(&["ID", "NAME", "SCOPES", "AGENTS", "CREATED", "STATE"], &rows);
+                other_tenants_tokens(ctx, &tenant).await?;
             }
         }
         TokensCommand::Revoke { id } => {
@@ -143,6 +144,32 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
             ctx.store.revoke_token(tenant.id, id).await?;
             println!("revoked token {id}");
         }
+    }
+    Ok(())
+}
+
+/// Says on stderr which other tenants have tokens, when `--tenant` named none: a list of the
+/// default tenant's tokens would otherwise hide the ones just made for another.
+async fn other_tenants_tokens(ctx: &Ctx, shown: &clade_core::Tenant) -> Result<()> {
+    if ctx.tenant_named() {
+        return Ok(());
+    }
+    let mut others = Vec::new();
+    for tenant in ctx.store.tenants().await? {
+        if tenant.id == shown.id {
+            continue;
+        }
+        let count = ctx.store.tokens(tenant.id).await?.len();
+        if count > 0 {
+            others.push(format!("{} ({count})", tenant.name));
+        }
+    }
+    if !others.is_empty() {
+        eprintln!(
+            "these are tenant {}'s tokens; other tenants have some too: {} (pass --tenant NAME)",
+            shown.name,
+            others.join(", ")
+        );
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ use anyhow::{Result, bail};
 use clade_core::{AgentConfig, Handle, TemplateName};
 use clade_protocol::AgentResponse;
 use clade_store::NewAgent;
+use serde_json::Value;
 
 use crate::cli::AgentsCommand;
 use crate::context::Ctx;
@@ -96,12 +97,88 @@ pub(super) async fn run(ctx: &Ctx, cmd: AgentsCommand) -> Result<()> {
             }
             tell_gateway(ctx, admin_socket.as_deref()).await;
         }
+        AgentsCommand::Prompt { handle, text, session, body, json, server } => {
+            let asked = PromptAsk { text: &text, session: session.as_deref(), body, json };
+            prompt(ctx, handle.as_deref(), asked, server.server.as_deref()).await?;
+        }
         AgentsCommand::Messages { handle, limit, json } => {
             messages(ctx, handle.as_deref(), limit, json).await?;
         }
         AgentsCommand::Status { handle, json } => {
             status(ctx, handle.as_deref(), json).await?;
         }
+    }
+    Ok(())
+}
+
+/// What `clade agents prompt` is asked to show.
+struct PromptAsk<'a> {
+    text: &'a str,
+    session: Option<&'a str>,
+    /// Only the provider's request body.
+    body: bool,
+    json: bool,
+}
+
+/// `clade agents prompt`: what `handle`'s model would be sent for a message, from the running
+/// gateway (the prompt is composed by the code that runs turns, with its models and tools).
+async fn prompt(
+    ctx: &Ctx,
+    handle: Option<&str>,
+    ask: PromptAsk<'_>,
+    server: Option<&str>,
+) -> Result<()> {
+    let agent = ctx.agent(handle).await?;
+    let client = super::sessions::Client::new(ctx, server)?;
+    let mut request = serde_json::json!({ "text": ask.text });
+    if let Some(session) = ask.session {
+        request["session"] = session.into();
+    }
+    let (_, preview) = client.post(&format!("/v1/agents/{}/prompt", agent.handle), request).await?;
+    if ask.json {
+        return output::json(&preview);
+    }
+    let text = |key: &str| preview[key].as_str().unwrap_or_default().to_owned();
+    let number = |key: &str| preview[key].as_u64().unwrap_or_default();
+    if ask.body {
+        match preview["body"].as_str() {
+            Some(body) => println!("{body}"),
+            None => anyhow::bail!(
+                "the model {} cannot say what it would be sent (a scripted model); drop --body to see the composed prompt",
+                preview["route"][0].as_str().unwrap_or("of this agent")
+            ),
+        }
+        return Ok(());
+    }
+    let route: Vec<&str> =
+        preview["route"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let model = match (preview["provider"].as_str(), preview["model"].as_str()) {
+        (Some(provider), Some(model)) => format!(" ({provider}: {model})"),
+        _ => " (not configured)".to_owned(),
+    };
+    println!("agent {} · route {}{model}", text("agent"), route.join(" → "));
+    println!(
+        "sends {} bytes, about {} tokens; a prompt may fill {} of the model's {} tokens",
+        number("bytes"),
+        number("estimated_tokens"),
+        number("prompt_room"),
+        number("context_window")
+    );
+    if preview["fits"] == false {
+        eprintln!(
+            "warning: this prompt is larger than the model's window leaves it: the model will refuse it; shorten the persona files or route the agent to a model with a larger context_window"
+        );
+    }
+    let tools: Vec<&str> =
+        preview["tools"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    println!(
+        "tools offered ({} tokens of schemas at most): {}",
+        number("tool_tokens"),
+        if tools.is_empty() { "none".to_owned() } else { tools.join(", ") }
+    );
+    for message in preview["messages"].as_array().into_iter().flatten() {
+        println!("\n── {} ──", message["role"].as_str().unwrap_or("?"));
+        println!("{}", message["content"].as_str().unwrap_or_default());
     }
     Ok(())
 }

@@ -61,14 +61,14 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
             };
             super::bench_memory::run(ctx, &plan).await
         }
-        BenchCommand::Local { answers, tokens, concurrent, model } => {
-            let file = model.unwrap_or_else(|| {
+        BenchCommand::Local { answers, tokens, concurrency, model_file } => {
+            let file = model_file.unwrap_or_else(|| {
                 ctx.data_dir
                     .models_dir()
                     .join(clade_runtime::models::DEFAULT_LOCAL_CHAT)
                     .join("model.gguf")
             });
-            local(&file, answers, tokens, concurrent).await
+            local(&file, answers, tokens, concurrency).await
         }
         BenchCommand::Neighbours { quota, quiet_tenants, quiet_rate, seconds, rounds } => {
             let plan =
@@ -90,7 +90,7 @@ async fn local(file: &std::path::Path, answers: u32, tokens: u32, concurrent: u3
     use clade_model::Provider as _;
     use futures::StreamExt as _;
     if answers == 0 || tokens == 0 || concurrent == 0 {
-        bail!("--answers, --tokens and --concurrent must be at least 1");
+        bail!("--answers, --tokens and --concurrency must be at least 1");
     }
     let started = now();
     let model =

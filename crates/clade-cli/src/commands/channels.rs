@@ -17,10 +17,32 @@ pub(super) async fn run(ctx: &Ctx, cmd: ChannelsCommand) -> Result<()> {
     if json {
         return output::json(&list.items);
     }
-    if list.items.is_empty() {
-        println!(
-            "no channels: declare bots under channels in clade.yaml (channels.telegram.<name>)"
+    // Channels are taken at the gateway's start: a bot declared since is not running yet.
+    let declared = &ctx.config.channels;
+    let waiting: Vec<String> = [
+        ("telegram", declared.telegram.keys().collect::<Vec<_>>()),
+        ("slack", declared.slack.keys().collect()),
+        ("discord", declared.discord.keys().collect()),
+    ]
+    .into_iter()
+    .flat_map(|(platform, names)| names.into_iter().map(move |name| (platform, name)))
+    .filter(|(platform, name)| {
+        !list.items.iter().any(|c| c.platform == *platform && &c.name == *name)
+    })
+    .map(|(platform, name)| format!("{platform}:{name}"))
+    .collect();
+    if !waiting.is_empty() {
+        eprintln!(
+            "declared in clade.yaml but not running: {}; the gateway takes channels when it starts: restart `clade serve`",
+            waiting.join(", ")
         );
+    }
+    if list.items.is_empty() {
+        if waiting.is_empty() {
+            println!(
+                "no channels: declare bots under channels in clade.yaml (channels.telegram.<name>)"
+            );
+        }
         return Ok(());
     }
     let now = ctx.store.now().as_millis();

@@ -17,10 +17,17 @@ pub(super) fn run(global: &Global, cmd: &ConfigCommand) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&Config::json_schema())?);
         }
         ConfigCommand::Validate { file } => {
-            let path = match (file, &global.config) {
-                (Some(path), _) | (None, Some(path)) => path.clone(),
-                (None, None) => context::data_dir_path(global)?.join(clade_config::FILE_NAME),
+            let (path, named) = match (file, &global.config) {
+                (Some(path), _) | (None, Some(path)) => (path.clone(), true),
+                (None, None) => {
+                    (context::data_dir_path(global)?.join(clade_config::FILE_NAME), false)
+                }
             };
+            // The data dir's own clade.yaml is optional: without one, the defaults apply.
+            if !named && !path.try_exists().unwrap_or(true) {
+                println!("{}: absent, so the defaults apply: ok", path.display());
+                return Ok(());
+            }
             let config = Config::load(&path)?;
             // Heartbeats are jobs: checked as every job is.
             clade_sched::check_config(&config, clade_core::Clock::now(&clade_core::SystemClock))
@@ -49,7 +56,11 @@ pub(super) async fn revisions(ctx: &Ctx, cmd: ConfigCommand) -> Result<()> {
                         Box::pin(smoke_test(ctx, models))
                     })
                 });
-            let flow = config_flow::apply(&ctx.store, &ctx.config_path, &text, None, smoke);
+            let trials = config_flow::Trials {
+                environment: Some(std::sync::Arc::new(context::environment_check)),
+                smoke,
+            };
+            let flow = config_flow::apply(&ctx.store, &ctx.config_path, &file, &text, None, trials);
             applied(ctx, flow.await?);
         }
         ConfigCommand::Revert { revision } => {
@@ -61,8 +72,17 @@ pub(super) async fn revisions(ctx: &Ctx, cmd: ConfigCommand) -> Result<()> {
                 }
                 other => other?,
             };
-            let flow =
-                config_flow::apply(&ctx.store, &ctx.config_path, &old.yaml, Some(revision), None);
+            let flow = config_flow::apply(
+                &ctx.store,
+                &ctx.config_path,
+                &ctx.config_path,
+                &old.yaml,
+                Some(revision),
+                config_flow::Trials {
+                    environment: Some(std::sync::Arc::new(context::environment_check)),
+                    smoke: None,
+                },
+            );
             applied(ctx, flow.await?);
         }
         ConfigCommand::History { limit, json } => {

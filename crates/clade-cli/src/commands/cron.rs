@@ -46,7 +46,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: CronCommand) -> Result<()> {
                 zone: Some(zone),
                 misfire: Some(misfire),
                 target,
-                jitter_secs: Some(jitter),
+                jitter_secs: Some(u32::try_from(jitter.as_secs()).unwrap_or(u32::MAX)),
                 prompt,
             };
             let new = clade_sched::new_job(&spec, tenant.id, agent.id, ctx.store.now())?;

@@ -27,8 +27,9 @@ fn row_json(row: &MemoryRow) -> serde_json::Value {
         "by": row.provenance.by,
         "embedding_model": row.embedding_model,
         "strength": row.strength,
-        "updated_at": row.updated_at.to_string(),
-        "pruned_at": row.pruned.as_ref().map(|p| p.at.to_string()),
+        // Epoch milliseconds, as every other JSON output and the API write times.
+        "updated_at": row.updated_at.as_millis(),
+        "pruned_at": row.pruned.as_ref().map(|p| p.at.as_millis()),
         "pruned_why": row.pruned.as_ref().map(|p| p.why.clone()),
     })
 }

@@ -60,7 +60,11 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         logging::init(LogFormat::Human, None, "warn");
         return Ok(clade_stub::standalone::run(args).await?);
     }
-    let data_dir = clade_store::DataDir::open(context::data_dir_path(global)?)?;
+    let data_dir_path = context::data_dir_path(global)?;
+    if !matches!(cli.command, Command::Serve(_) | Command::Migrate(_)) {
+        context::refuse_mistyped_data_dir(&data_dir_path)?;
+    }
+    let data_dir = clade_store::DataDir::open(data_dir_path)?;
     context::set_models_dir(&data_dir);
     let file_config = context::load_config(global, &data_dir)?;
     let format = match global.log_format {

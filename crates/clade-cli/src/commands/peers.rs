@@ -42,8 +42,8 @@ pub(super) async fn pair(ctx: &Ctx, cmd: PairCommand) -> Result<()> {
             };
             let (name, key, tools, left_out) = ask_to_pair(ctx, asked, flag.as_deref()).await?;
             println!("paired tool host {name} (key {key}); {tools} tools offered now");
-            if !left_out.is_empty() {
-                println!("left out, their names taken by other tools: {}", left_out.join(", "));
+            if let Some(said) = left_out_note(&left_out) {
+                println!("{said}");
             }
         }
         PairCommand::Subscriber {
@@ -391,4 +391,35 @@ pub(super) async fn subscriber_service(
         .await
         .context("the subscriber service's server failed")?;
     Ok(())
+}
+
+/// What `clade pair tool` says of a host's tools left out because the gateway has tools of
+/// those names already, and how to offer the host's instead.
+fn left_out_note(left_out: &[String]) -> Option<String> {
+    if left_out.is_empty() {
+        return None;
+    }
+    let mut said =
+        format!("left out, their names taken by the gateway's own tools: {}", left_out.join(", "));
+    if left_out.iter().any(|name| name.starts_with("cron.")) {
+        said.push_str(
+            "; the cron.* tools are the built-in scheduler's: to offer the host's instead, turn it off with `scheduler: { enabled: false }` (`clade config apply`), then pair again",
+        );
+    }
+    Some(said)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::left_out_note;
+
+    #[test]
+    fn tools_left_out_are_named_with_how_to_offer_them() {
+        assert_eq!(left_out_note(&[]), None);
+        let said = left_out_note(&["cron.list".to_owned(), "cron.create".to_owned()]).unwrap();
+        assert!(said.contains("cron.list, cron.create"), "{said}");
+        assert!(said.contains("scheduler: { enabled: false }"), "{said}");
+        let said = left_out_note(&["echo".to_owned()]).unwrap();
+        assert!(said.contains("echo") && !said.contains("scheduler"), "{said}");
+    }
 }

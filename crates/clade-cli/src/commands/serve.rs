@@ -173,6 +173,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         config_path: Some(ctx.config_path.clone()),
         settings: ctx.settings.clone(),
         smoke: Some(api_smoke_test(ctx)),
+        environment: Some(std::sync::Arc::new(crate::context::environment_check)),
         peers,
         hooks: hooks.clone(),
         channels,

@@ -29,7 +29,7 @@ impl Client {
         Ok(self.request(reqwest::Method::GET, path, None).await?.1)
     }
 
-    async fn post(&self, path: &str, body: Value) -> Result<(u16, Value)> {
+    pub(super) async fn post(&self, path: &str, body: Value) -> Result<(u16, Value)> {
         self.send(reqwest::Method::POST, path, body).await
     }
 
@@ -78,7 +78,10 @@ fn print_reply(value: &Value) -> Result<()> {
             )
         }
         None => {
-            println!("accepted: event {} in session {}", value["event_id"], value["session_id"])
+            println!("accepted: event {} in session {}", value["event_id"], value["session_id"]);
+            if let Some(paused) = value["paused"].as_str() {
+                eprintln!("{paused}");
+            }
         }
     }
     Ok(())

@@ -132,14 +132,15 @@ pub(super) async fn gateway(ctx: &Ctx, cmd: GatewayCommand) -> Result<()> {
         }
         GatewayCommand::Drain { wait, admin_socket: flag } => {
             let path = admin_socket::path(ctx, flag.as_deref());
-            let request = AdminRequest::Drain { wait_secs: Some(wait) };
-            let within = Duration::from_secs(wait + 10);
+            let request = AdminRequest::Drain { wait_secs: Some(wait.as_secs()) };
+            let within = wait + Duration::from_secs(10);
             match admin_socket::request_within(&path, &request, within).await? {
                 AdminReply::Drained { running_turns: 0 } => {
                     println!("drained: it takes no new events and runs no turn; stop it now");
                 }
                 AdminReply::Drained { running_turns } => bail!(
-                    "draining, but {running_turns} turn(s) still run after {wait} s: drain again to wait longer, or stop it anyway (they resume at its next start)"
+                    "draining, but {running_turns} turn(s) still run after {} s: drain again to wait longer, or stop it anyway (they resume at its next start)",
+                    wait.as_secs()
                 ),
                 AdminReply::Error { message } => bail!("the gateway refused: {message}"),
                 other => bail!("the gateway answered {other:?}"),

@@ -3,13 +3,13 @@
 
 use anyhow::{Result, bail};
 use clade_config::{Constraints, PolicyEffect, PolicyRule};
-use clade_core::{ApprovalId, GrantId, Timestamp};
+use clade_core::{ApprovalId, GrantId};
 use clade_runtime::{CallOrigin, Verdict};
 use clade_store::{ApprovalStatus, AuditFilter};
 use serde_json::{Value, json};
 
 use crate::cli::{ApprovalsCommand, AuditArgs, GrantsCommand, ToolsCommand};
-use crate::commands::models::{parse_since, parse_span_ms};
+use crate::commands::models::parse_since;
 use crate::context::Ctx;
 use crate::output;
 
@@ -221,13 +221,7 @@ pub(super) async fn grants(ctx: &Ctx, cmd: GrantsCommand) -> Result<()> {
                 anyhow::anyhow!("unknown --effect {effect:?}: use allow, ask or deny")
             })?;
             let parent = parent.as_deref().map(GrantId::parse).transpose()?;
-            let expires_at = match expires_in {
-                Some(text) => {
-                    let span = parse_span_ms(&text, "--expires-in")?;
-                    Some(Timestamp::from_millis(ctx.store.now().as_millis().saturating_add(span)))
-                }
-                None => None,
-            };
+            let expires_at = expires_in.map(|after| ctx.store.now().plus(after));
             let rule = PolicyRule {
                 effect,
                 tool,

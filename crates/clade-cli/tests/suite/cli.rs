@@ -165,6 +165,20 @@ fn config_is_validated_with_file_line_and_field() {
     // Every command refuses a broken config rather than ignoring it.
     env.run(&["--config", file.to_str().unwrap(), "agents", "list"]).fails_with("colour");
     env.run(&["--config", "/nonexistent.yaml", "agents", "list"]).fails_with("/nonexistent.yaml");
+    // The data dir's own clade.yaml is optional; a file named outright is not, and its
+    // failure is said once.
+    let fresh = Env::new();
+    let out = fresh.run(&["config", "validate"]).ok();
+    assert!(out.stdout.contains("defaults apply: ok"), "{}", out.stdout);
+    let missing =
+        fresh.run(&["config", "validate", "/nonexistent.yaml"]).fails_with("/nonexistent.yaml");
+    assert_eq!(missing.stderr.matches("os error 2").count(), 1, "{}", missing.stderr);
+    assert_eq!(missing.stderr.matches("error:").count(), 1, "{}", missing.stderr);
+    // `config apply` names the file it was given, not the data dir's clade.yaml.
+    let out = env.run(&["config", "apply", file.to_str().unwrap()]).fails_with("colour");
+    assert!(out.stderr.contains(&file.display().to_string()), "{}", out.stderr);
+    let own = env.data_dir().join("clade.yaml");
+    assert!(!out.stderr.contains(&own.display().to_string()), "{}", out.stderr);
     let schema = env.run(&["config", "schema"]).ok().json();
     assert_eq!(schema["title"], "clade.yaml");
     assert!(schema["properties"]["server"].is_object());
@@ -173,6 +187,11 @@ fn config_is_validated_with_file_line_and_field() {
 #[test]
 fn broken_stores_and_dirs_are_clear_errors() {
     let env = Env::new();
+    // A mistyped --data-dir (its folder missing too) is refused, not made into a new store.
+    let typo = env.tmp.path().join("no-such-folder/data");
+    let typo_arg = typo.to_str().unwrap();
+    env.run(&["--data-dir", typo_arg, "agents", "list"]).fails_with("there is no data dir");
+    assert!(!typo.parent().unwrap().exists(), "a mistyped data dir was created");
     std::fs::create_dir_all(env.data_dir()).unwrap();
     let db = env.data_dir().join("clade.db");
     let garbage = "definitely not sqlite ".repeat(200);
@@ -419,13 +438,13 @@ fn bench_local_answers_at_once_and_reports_both_speeds() {
         .run(&[
             "bench",
             "local",
-            "--model",
+            "--model-file",
             model,
             "--answers",
             "4",
             "--tokens",
             "8",
-            "--concurrent",
+            "--concurrency",
             "2",
         ])
         .ok();
@@ -435,7 +454,8 @@ fn bench_local_answers_at_once_and_reports_both_speeds() {
         out.stdout
     );
     assert!(out.stderr.contains("4/4 answers"), "{}", out.stderr);
-    env.run(&["bench", "local", "--model", model, "--concurrent", "0"]).fails_with("--concurrent");
+    // The old spellings still work.
+    env.run(&["bench", "local", "--model", model, "--concurrent", "0"]).fails_with("--concurrency");
 }
 
 /// The memory benchmark fills an agent's memory, saves through the service and times recalls
@@ -512,6 +532,41 @@ fn every_commands_help_is_as_reviewed() {
         let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
         args.push("--help");
         let help = env.run(&args).ok().stdout;
+        // A command's own options come first; the ones every command takes under a heading
+        // of their own; every flag says what it is.
+        let own = help.split("Global options:").next().unwrap_or_default();
+        assert!(!own.contains("--data-dir"), "global options mixed in:\n{help}");
+        let lines: Vec<&str> = help.lines().collect();
+        for (at, line) in lines.iter().enumerate() {
+            let flag = line.trim_start();
+            // Arguments are listed two spaces in; deeper lines are an option's text.
+            let positional =
+                (flag.starts_with('<') || flag.starts_with('[')) && line.len() - flag.len() == 2;
+            let named =
+                flag.starts_with("--") || flag.starts_with('-') && flag.get(2..4) == Some(", ");
+            if !(positional || named) {
+                continue;
+            }
+            // Described on its line (not only by its default), or (long help) on the next,
+            // indented further.
+            let beside = flag
+                .split("  ")
+                .skip(1)
+                .any(|part| !part.trim().is_empty() && !part.trim().starts_with('['));
+            let indent = line.len() - flag.len();
+            let below = lines.get(at + 1).is_some_and(|next| {
+                let text = next.trim_start();
+                !text.is_empty()
+                    && !text.starts_with('-')
+                    && !text.starts_with('<')
+                    && next.len() - text.len() > indent
+            });
+            assert!(
+                beside || below || flag.starts_with("-h") || flag.starts_with("-V"),
+                "an undescribed flag in `clade {}`: {line}",
+                args.join(" ")
+            );
+        }
         text.push_str(&format!("$ clade {}\n{help}\n", args.join(" ")));
         let listed = help.split("Commands:\n").nth(1).unwrap_or_default();
         let mut children: Vec<Vec<String>> = listed
@@ -673,4 +728,16 @@ fn tokens_can_be_made_to_expire() {
     let refused = env.run(&["tokens", "create", "--expires-in", "soon"]);
     assert_ne!(refused.code, 0);
     assert!(refused.stderr.contains("--expires-in"), "{}", refused.stderr);
+    // Tokens made for another tenant are pointed at from the default tenant's list.
+    assert!(!listed.contains("acme"), "{listed}");
+    env.run(&["tenants", "create", "acme"]).ok();
+    env.run(&["--tenant", "acme", "tokens", "create", "--name", "ci"]).ok();
+    let listed = env.run(&["tokens", "list"]).ok();
+    assert!(
+        listed.stderr.contains("acme (1)") && listed.stderr.contains("--tenant"),
+        "{}",
+        listed.stderr
+    );
+    let theirs = env.run(&["--tenant", "acme", "tokens", "list"]).ok();
+    assert!(theirs.stdout.contains("ci") && theirs.stderr.is_empty(), "{}", theirs.stderr);
 }

@@ -342,3 +342,36 @@ async fn subscribers_follow_the_configuration_without_a_restart() {
     assert!(moved, "the moved subscriber delivered nothing to its new URL");
     assert!(!finished(&first_seen, "two"), "the old URL still received turns");
 }
+
+/// A configuration the next `clade serve` would refuse (a bot whose token's variable is not
+/// set) is refused by `config apply` and `POST /v1/config` alike, naming the variable; with the
+/// variable set it is applied, and `channels status` says the bot waits for a restart.
+#[tokio::test]
+async fn a_configuration_the_next_start_would_refuse_is_not_applied() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let bot = env.data_dir().join("bot.yaml");
+    let text = "channels:\n  telegram:\n    desk:\n      token_env: DESK_BOT_TOKEN\n";
+    write(&bot, text);
+    let refused = env.run(&["config", "apply", bot.to_str().unwrap()]).fails_with("DESK_BOT_TOKEN");
+    assert!(refused.stderr.contains("would refuse to start"), "{}", refused.stderr);
+    assert!(!env.data_dir().join("clade.yaml").exists(), "a refused configuration was written");
+    let (status, answer) =
+        server.send("POST", "/v1/config", None, Some(json!({ "yaml": text }))).await;
+    assert_eq!(status, 422, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("DESK_BOT_TOKEN") && message.contains("not set"), "{answer}");
+
+    let applied = env
+        .command()
+        .env("DESK_BOT_TOKEN", "123:abc")
+        .args(["config", "apply", bot.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let status = env.run(&["channels", "status"]).ok();
+    assert!(status.stderr.contains("not running: telegram:desk"), "{}", status.stderr);
+    assert!(status.stderr.contains("restart"), "{}", status.stderr);
+    assert!(!status.stdout.contains("no channels"), "{}", status.stdout);
+    drop(server);
+}

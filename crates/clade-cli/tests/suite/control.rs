@@ -47,9 +47,13 @@ async fn a_paused_agent_starts_no_turn_until_resumed_even_across_a_restart() {
     assert_eq!(status, 200, "{paused}");
     assert_eq!(paused["reason"], "maintenance");
 
-    let (status, accepted) =
-        server.send("POST", "/v1/events", None, Some(event("ada", "desk", "are you there?"))).await;
+    // Waiting for a paused agent's answer would block the sender: it is told instead.
+    let mut waiting = event("ada", "desk", "are you there?");
+    waiting["wait"] = json!(true);
+    let (status, accepted) = server.send("POST", "/v1/events", None, Some(waiting)).await;
     assert_eq!(status, 202, "{accepted}");
+    let notice = accepted["paused"].as_str().unwrap_or_default();
+    assert!(notice.contains("paused") && notice.contains("clade agents resume ada"), "{accepted}");
     let session = accepted["session_id"].as_str().unwrap().to_owned();
     // Another agent runs on.
     let mut other = event("bo", "desk", "hello");
@@ -117,6 +121,15 @@ async fn a_paused_agent_starts_no_turn_until_resumed_even_across_a_restart() {
     assert_eq!(paused["items"][0]["data"]["reason"], "maintenance", "{paused}");
     let resumed = server.get_json("/v1/events?type=executions.resumed").await;
     assert_eq!(resumed["items"].as_array().unwrap().len(), 2, "{resumed}");
+
+    // The CLI says so too, and does not block; an agent that is not paused gets no notice.
+    let (status, _) = server.send("POST", "/v1/agents/bo/pause", None, Some(json!({}))).await;
+    assert_eq!(status, 200);
+    let (url, _) = server.address();
+    let sent = env.run(&["--agent", "bo", "event", "send", "hi", "--server", &url]).ok();
+    assert!(sent.stderr.contains("agent bo is paused"), "{}", sent.stderr);
+    let sent = env.run(&["--agent", "ada", "event", "send", "hi", "--server", &url]).ok();
+    assert!(!sent.stderr.contains("paused"), "{}", sent.stderr);
 }
 
 /// `GET /v1/events` pages through the tenant's lifecycle events by agent, session, type and

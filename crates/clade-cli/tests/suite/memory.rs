@@ -206,6 +206,8 @@ async fn an_agent_recalls_what_each_person_told_it_and_nothing_of_anyone_else() 
         .ok()
         .json();
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    // Times in epoch milliseconds, as in every other JSON output.
+    assert!(listed[0]["updated_at"].as_i64().is_some_and(|at| at > 1_700_000_000_000), "{listed}");
     let searched =
         env.run(&["--agent", "ada", "memory", "search", "office move", "--json"]).ok().json();
     assert!(

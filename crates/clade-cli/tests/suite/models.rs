@@ -158,6 +158,19 @@ async fn a_fetched_local_chat_model_answers_with_no_key() {
     env.run(&["bench", "local", "--answers", "0"]).fails_with("at least 1");
 }
 
+/// A gateway whose models are OpenAI's, reached at `stub`.
+fn serve_on_stub(env: &Env, stub: &clade_stub::Stub) -> super::support::Server {
+    let base = format!("{}/v1", stub.url());
+    env.serve_with(&[], &[("OPENAI_API_KEY", "sk"), ("OPENAI_BASE_URL", &base)])
+}
+
+/// `text` sent to ada, always from the same place (so into one session), waiting for her turn.
+async fn ada_hears(server: &super::support::Server, text: &str) -> (u16, serde_json::Value) {
+    let body = json!({ "agent": "ada", "text": text, "wait": true,
+        "source": { "platform": "http", "channel": "c", "actor": "me" } });
+    server.send("POST", "/v1/events", None, Some(body)).await
+}
+
 /// What a default agent sends for `hi` is small: its persona, where it is, and of its 37
 /// built-in tools only `tools.find` (nothing in `hi` points at another); the system prompt and
 /// tools it sends stay the same byte for byte from one turn to the next. A message that
@@ -168,13 +181,8 @@ async fn a_default_agent_sends_a_small_stable_prompt_and_tools_by_relevance() {
     let stub = stub().await;
     let env = Env::new();
     env.run(&["agents", "create", "ada"]).ok();
-    let base = format!("{}/v1", stub.url());
-    let server = env.serve_with(&[], &[("OPENAI_API_KEY", "sk"), ("OPENAI_BASE_URL", &base)]);
-    let send = |text: &str| {
-        let body = json!({ "agent": "ada", "text": text, "wait": true,
-            "source": { "platform": "http", "channel": "c", "actor": "me" } });
-        server.send("POST", "/v1/events", None, Some(body))
-    };
+    let server = serve_on_stub(&env, &stub);
+    let send = |text: &str| ada_hears(&server, text);
     for _ in 0..2 {
         let (status, answer) = send("hi").await;
         assert_eq!((status, &answer["status"]), (200, &json!("completed")), "{answer}");
@@ -227,6 +235,110 @@ async fn a_default_agent_sends_a_small_stable_prompt_and_tools_by_relevance() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("turn failed") && stderr.contains("cannot reach"), "{stderr}");
     assert!(!stderr.contains("Some(") && !stderr.contains(".rs:"), "{stderr}");
+    drop(server);
+}
+
+/// `clade agents prompt` and `POST /v1/agents/{handle}/prompt` show what a turn would send:
+/// the body previewed for a session's next `hi` is, byte for byte, the body its next `hi` then
+/// sends; previewing calls no model and writes nothing; another tenant, or another agent of
+/// the same tenant, cannot preview into a session that is not its own; bad input is refused
+/// with a code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_preview_is_what_the_next_turn_sends() {
+    let stub = stub().await;
+    let env = Env::new();
+    let rival = super::support::ada_and_rival_bob(&env);
+    env.run(&["agents", "create", "cy"]).ok();
+    let server = serve_on_stub(&env, &stub);
+    let send = |text: &str| ada_hears(&server, text);
+    let chats = || {
+        stub.captured()
+            .into_iter()
+            .filter(|c| c.path.ends_with("/chat/completions"))
+            .map(|c| c.body)
+            .collect::<Vec<_>>()
+    };
+    send("hi").await;
+    let (status, answer) = send("and again").await;
+    assert_eq!((status, &answer["status"]), (200, &json!("completed")), "{answer}");
+    let session = answer["session_id"].as_str().unwrap().to_owned();
+    let before = chats().len();
+
+    let ask = json!({ "text": "what time is it?", "session": session });
+    let (status, preview) = server.send("POST", "/v1/agents/ada/prompt", None, Some(ask)).await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(chats().len(), before, "a preview called the model");
+    let turns = server.all_turns(&session).await;
+    assert_eq!(turns.len(), 2, "a preview wrote a turn: {turns:?}");
+    let body = preview["body"].as_str().expect("the OpenAI adapter says what it sends");
+    assert_eq!(preview["bytes"], body.len(), "{preview}");
+    assert_eq!(preview["fits"], true, "{preview}");
+    let tools: Vec<_> = preview["tools"].as_array().unwrap().iter().collect();
+    assert!(tools.contains(&&json!("time.now")), "{preview}");
+    let estimated = preview["estimated_tokens"].as_u64().unwrap();
+    assert!(estimated > 0 && estimated < preview["context_window"].as_u64().unwrap());
+    // The session's history is in it.
+    let roles: Vec<_> =
+        preview["messages"].as_array().unwrap().iter().map(|m| &m["role"]).collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user", "assistant", "user"], "{preview}");
+
+    let (status, answer) = send("what time is it?").await;
+    assert_eq!(status, 200, "{answer}");
+    let sent = chats()[before].clone();
+    let previewed: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(previewed, sent, "the preview differs from what the turn sent");
+
+    // The CLI: the summary, and the body alone.
+    let shown = env.run(&["agents", "prompt", "ada"]).ok().stdout;
+    assert!(shown.contains("sends ") && shown.contains("tools offered"), "{shown}");
+    assert!(shown.contains("── user ──\nhi"), "{shown}");
+    let only = env.run(&["agents", "prompt", "ada", "--text", "hello", "--body"]).ok().stdout;
+    let only: serde_json::Value = serde_json::from_str(&only).unwrap();
+    assert_eq!(only["messages"].as_array().unwrap().last().unwrap()["content"], "hello");
+
+    // CLADE_TOKEN is the token the CLI calls with, as for every command that calls the
+    // gateway: another tenant's reaches no ada.
+    let theirs = env
+        .command()
+        .env("CLADE_TOKEN", &rival)
+        .args(["agents", "prompt", "ada"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&theirs.stderr);
+    assert!(!theirs.status.success() && said.contains("404"), "{said}");
+
+    // Others' sessions and agents are out of reach, and bad input is named.
+    let into = |agent: &str| {
+        (format!("/v1/agents/{agent}/prompt"), json!({ "text": "hi", "session": session }))
+    };
+    let (path, ask) = into("bob");
+    let (status, refused) = server.send("POST", &path, Some(&rival), Some(ask)).await;
+    assert_eq!(
+        (status, &refused["error"]["code"]),
+        (404, &json!("session_not_found")),
+        "{refused}"
+    );
+    let (path, ask) = into("ada");
+    let (status, refused) = server.send("POST", &path, Some(&rival), Some(ask)).await;
+    assert_eq!((status, &refused["error"]["code"]), (404, &json!("agent_not_found")), "{refused}");
+    let (path, ask) = into("cy");
+    let (status, refused) = server.send("POST", &path, None, Some(ask)).await;
+    assert_eq!(
+        (status, &refused["error"]["code"]),
+        (404, &json!("session_not_found")),
+        "{refused}"
+    );
+    for (bad, code) in [
+        (json!({ "text": "  " }), "invalid_request"),
+        (json!({ "text": "hi", "session": "nope" }), "session_not_found"),
+        (json!({ "text": "hi", "extra": 1 }), "invalid_request"),
+    ] {
+        let (status, refused) =
+            server.send("POST", "/v1/agents/ada/prompt", None, Some(bad.clone())).await;
+        assert!((400..500).contains(&status), "{bad}: {refused}");
+        assert_eq!(refused["error"]["code"], code, "{bad}: {refused}");
+    }
+    assert_eq!(chats().len(), before + 1, "only the one turn called the model");
     drop(server);
 }
 

@@ -60,6 +60,7 @@ impl Env {
             "CLADE_STORE",
             "CLADE_CONFIG",
             "CLADE_MASTER_KEY",
+            "CLADE_TOKEN",
             "RUST_LOG",
         ] {
             cmd.env_remove(var);

@@ -883,8 +883,23 @@ fn grants_delegate_only_narrower_rights_and_revocation_is_immediate() {
     assert_eq!(read("notes/b.txt").ok().stdout.trim(), "note b");
     std::thread::sleep(Duration::from_millis(1200));
     assert!(read("notes/b.txt").stdout.contains("denied"));
-    env.run(&["--agent", "helper", "grants", "add", "--tool", "fs.read", "--expires-in", "soon"])
-        .fails_with("--expires-in");
+    // A duration flag's bad value is refused as the command line's other bad values are.
+    let refused = env.run(&[
+        "--agent",
+        "helper",
+        "grants",
+        "add",
+        "--tool",
+        "fs.read",
+        "--expires-in",
+        "soon",
+    ]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("--expires-in") && refused.stderr.contains("90s"),
+        "{}",
+        refused.stderr
+    );
     env.run(&["grants", "revoke", "01a20000-0000-7000-8000-000000000000"]).fails_with("not found");
 
     // A secret reaches a command only through a grant naming it, and never comes back out.

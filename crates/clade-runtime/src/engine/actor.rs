@@ -361,17 +361,23 @@ impl TurnContext {
         session_id: SessionId,
         changes: u64,
     ) -> Result<Self, clade_store::Error> {
-        let settings = inner.settings();
         let store = &inner.visible;
         let session = store.session_any_tenant(session_id).await?;
         let tenant = store.tenant_by_id(session.tenant_id).await?;
         let agent = store.agent_by_id(session.tenant_id, session.agent_id).await?;
+        Ok(Self { changes, ..Self::of(inner, tenant, agent, session) })
+    }
+
+    /// The context of `agent`'s turns in `session` under the engine's settings now.
+    pub(super) fn of(inner: &Inner, tenant: Tenant, agent: Agent, session: SessionRow) -> Self {
+        let settings = inner.settings();
         let queue_mode =
             session.queue_mode.as_deref().and_then(QueueMode::parse).unwrap_or_else(|| {
                 settings.sessions.queue_mode_for(tenant.name.as_str(), agent.handle.as_str())
             });
         let kind = super::process_kind_of(&session.source.platform);
-        Ok(Self { session, tenant, agent, queue_mode, settings, changes, kind })
+        let changes = inner.session_changes.load(std::sync::atomic::Ordering::SeqCst);
+        Self { session, tenant, agent, queue_mode, settings, changes, kind }
     }
 }
 

@@ -528,7 +528,6 @@ pub(crate) fn outcome_event(
     OutboxEvent::from(&ended)
 }
 
-/// About how many tokens `messages` are (one per 4 bytes of text).
 /// What a turn whose model call failed says of it: the error's first line, with what to do
 /// where the error alone does not say it. The whole error goes to the log.
 fn call_failure(turn: &TurnRow, error: &clade_model::Error) -> String {
@@ -542,6 +541,7 @@ fn call_failure(turn: &TurnRow, error: &clade_model::Error) -> String {
     }
 }
 
+/// About how many tokens `messages` are (one per 4 bytes of text).
 fn prompt_tokens(messages: &[Message]) -> u32 {
     let bytes: usize = messages
         .iter()

@@ -23,10 +23,12 @@ mod compaction;
 mod context;
 mod executor;
 mod forks;
+mod preview;
 mod turn;
 
 pub use executor::step_view;
 pub(crate) use forks::process_kind_of;
+pub use preview::Preview;
 
 use actor::{actor, publish};
 use context::{Checked, Persona};
@@ -44,6 +46,9 @@ pub enum Error {
     LeaseLost,
     #[error("this gateway is draining before it stops: it takes no new events")]
     Draining,
+    /// A previewed turn ended before it called a model; the reason is the turn's own.
+    #[error("the turn would call no model: {0}")]
+    Unsent(String),
 }
 
 /// An inbound message as the API receives it.
@@ -686,6 +691,12 @@ impl Engine {
     /// Whether `agent`, or its `session`, is paused.
     pub fn is_paused(&self, agent: AgentId, session: SessionId) -> bool {
         self.inner.is_paused(agent, session)
+    }
+
+    /// Whether any agent or session is paused: when none is (the usual case), no event needs
+    /// its agent looked up to tell its sender.
+    pub fn any_paused(&self) -> bool {
+        !self.inner.paused.read().unwrap_or_else(|e| e.into_inner()).is_empty()
     }
 
     /// A handle that does not keep the engine alive.

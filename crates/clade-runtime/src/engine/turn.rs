@@ -22,13 +22,6 @@ use super::executor::{self, Hands, Journal, Thinker, TurnPlan, Write};
 use crate::hub::LiveEvent;
 use crate::tools::{Authorized, CallOrigin, ToolRunner, ToolSet};
 
-/// Runs (or resumes) the turn of `events`. `Err` carries the reason the turn failed before it
-/// could record an outcome itself.
-///
-/// A new turn is committed together with its first model response (and, when that response
-/// ends the turn, with its outcome): a crash before then leaves the events pending and the
-/// turn simply runs again, since nothing irreversible happened. A turn already on disk is
-/// resumed from its journal.
 /// Counts a turn as running while it lives.
 struct Running<'a>(&'a std::sync::atomic::AtomicUsize);
 
@@ -45,6 +38,13 @@ impl Drop for Running<'_> {
     }
 }
 
+/// Runs (or resumes) the turn of `events`. `Err` carries the reason the turn failed before it
+/// could record an outcome itself.
+///
+/// A new turn is committed together with its first model response (and, when that response
+/// ends the turn, with its outcome): a crash before then leaves the events pending and the
+/// turn simply runs again, since nothing irreversible happened. A turn already on disk is
+/// resumed from its journal.
 pub(super) async fn run_turn(
     inner: &Inner,
     ctx: &TurnContext,
@@ -52,6 +52,30 @@ pub(super) async fn run_turn(
     kept: &mut Kept,
 ) -> Result<(), String> {
     let _running = Running::new(&inner.running_turns);
+    let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
+    let mut journal = StoreJournal { inner, events: ids, announce: None, ended_at: None };
+    let thinker = AgentModel { inner, tenant: &ctx.tenant, agent: &ctx.agent };
+    let result = Box::pin(drive(inner, ctx, events, kept, &mut journal, &thinker)).await;
+    kept.ended_at = journal.ended_at;
+    result
+}
+
+/// A turn's journal, told when a new turn opens (a resumed one is already on disk).
+pub(super) trait Opening: Journal {
+    fn opened(&mut self, turn: &TurnRow, started: LifecycleEvent);
+}
+
+/// Runs the turn of `events` with the agent's persona, tools and context sources, writing to
+/// `journal` and calling `thinker`: the store and the agent's models for a real turn, or what
+/// [`super::preview`] puts in their place to see what a turn would send.
+pub(super) async fn drive(
+    inner: &Inner,
+    ctx: &TurnContext,
+    events: &[EventRow],
+    kept: &mut Kept,
+    journal: &mut impl Opening,
+    thinker: &impl Thinker,
+) -> Result<(), String> {
     let store = &inner.visible;
     let (session, tenant, agent) = (&ctx.session, &ctx.tenant, &ctx.agent);
     let persona = read_persona(inner, agent);
@@ -84,40 +108,17 @@ pub(super) async fn run_turn(
             (turn, HashMap::new(), false)
         }
     };
-    let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
-    let mut journal = StoreJournal { inner, events: ids, announce: None, ended_at: None };
     if !resumed {
         let started = LifecycleEvent::from(clade_protocol::TurnStarted {
             turn: turn.id.to_string(),
             agent: agent.handle.as_str().to_owned(),
-            events: journal.events.iter().map(ToString::to_string).collect(),
+            events: events.iter().map(|e| e.id.to_string()).collect(),
         });
-        // Live at once, so streaming clients can follow; the outbox row commits with the turn.
-        journal.live(&turn, &started);
-        journal.announce = Some(OutboxEvent::from(&started));
+        journal.opened(&turn, started);
     }
-    let thinker = AgentModel { inner, tenant, agent };
-    // What the agent may use decides what it is told of; a failed read tells it of everything
-    // (each call is still decided by the policy).
-    let rules = match inner.tools.rules_in(&tools, agent).await {
-        Ok(rules) => Some(rules),
-        Err(err) => {
-            tracing::warn!(agent = %agent.handle, error = %err, "cannot read the agent's grants; its model is offered every tool");
-            None
-        }
-    };
-    let routed = crate::models::Routed::of(tenant, agent);
-    let tool_tokens = inner.models().tool_tokens(ctx.kind, Some(routed));
-    let hands = AgentTools {
-        runner: &inner.tools,
-        rules,
-        set: tools,
-        tenant: tenant.name.as_str(),
-        agent,
-        hub: inner.bus.hub().clone(),
-        kind: ctx.kind,
-        allowed: fork.as_ref().map(|f| f.tools.clone()).unwrap_or_default(),
-    };
+    let hands = AgentTools::of(inner, ctx, tools, fork.as_ref()).await;
+    let tool_tokens =
+        inner.models().tool_tokens(ctx.kind, Some(crate::models::Routed::of(tenant, agent)));
     // The settings the turn's context was loaded with, however they are reloaded meanwhile.
     let (max_iterations, _, _) = ctx.limits();
     let max_tokens = ctx.token_share();
@@ -161,10 +162,7 @@ pub(super) async fn run_turn(
             source: &session.source,
         },
     ];
-    let result =
-        Box::pin(executor::execute(plan, &mut journal, &thinker, &hands, &mut sources)).await;
-    kept.ended_at = journal.ended_at;
-    result
+    Box::pin(executor::execute(plan, journal, thinker, &hands, &mut sources)).await
 }
 
 /// The store as a turn's journal. The turn's first write commits the turn itself, takes its
@@ -178,6 +176,14 @@ struct StoreJournal<'a> {
     /// The time read just before the turn's outcome was written, so before anyone could see
     /// it: the session's idleness counts from here.
     ended_at: Option<Timestamp>,
+}
+
+impl Opening for StoreJournal<'_> {
+    fn opened(&mut self, turn: &TurnRow, started: LifecycleEvent) {
+        // Live at once, so streaming clients can follow; the outbox row commits with the turn.
+        self.live(turn, &started);
+        self.announce = Some(OutboxEvent::from(&started));
+    }
 }
 
 impl Journal for StoreJournal<'_> {
@@ -300,7 +306,36 @@ struct AgentTools<'a> {
     allowed: Vec<String>,
 }
 
-impl AgentTools<'_> {
+impl<'a> AgentTools<'a> {
+    /// The tools of `ctx`'s agent for one turn: `tools` as they are when it starts, told of as
+    /// the agent's rules and grants allow, and only a worker's own when `fork` gave it some.
+    async fn of(
+        inner: &'a Inner,
+        ctx: &'a TurnContext,
+        tools: Arc<ToolSet>,
+        fork: Option<&clade_store::ForkRow>,
+    ) -> Self {
+        let agent = &ctx.agent;
+        // What the agent may use decides what it is told of; a failed read tells it of
+        // everything (each call is still decided by the policy).
+        let rules = match inner.tools.rules_in(&tools, agent).await {
+            Ok(rules) => Some(rules),
+            Err(err) => {
+                tracing::warn!(agent = %agent.handle, error = %err, "cannot read the agent's grants; its model is offered every tool");
+                None
+            }
+        };
+        AgentTools {
+            runner: &inner.tools,
+            rules,
+            set: tools,
+            tenant: ctx.tenant.name.as_str(),
+            agent,
+            hub: inner.bus.hub().clone(),
+            kind: ctx.kind,
+            allowed: fork.map(|f| f.tools.clone()).unwrap_or_default(),
+        }
+    }
     /// Whether the turn is offered the tool `name`: branches and workers start no forks, only
     /// a worker sets a status line, and a worker given tools has only those.
     fn offers(&self, name: &str) -> bool {

@@ -134,21 +134,11 @@ pub(crate) fn parse_since(text: &str, now: Timestamp) -> Result<Timestamp> {
 
 /// A duration such as `90s`, `30m`, `24h` or `7d`, in milliseconds; `flag` names it in errors.
 pub(crate) fn parse_span_ms(text: &str, flag: &str) -> Result<i64> {
-    let bad =
-        || anyhow::anyhow!("invalid {flag} {text:?}: use a duration such as 90s, 30m, 24h or 7d");
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: i64 = number.parse().map_err(|_| bad())?;
-    let ms = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(bad()),
-    };
-    if n <= 0 {
-        return Err(bad());
+    match crate::cli::duration(text) {
+        Ok(span) if !span.is_zero() => Ok(i64::try_from(span.as_millis()).unwrap_or(i64::MAX)),
+        Ok(_) => Err(anyhow::anyhow!("invalid {flag} {text:?}: it must be longer than nothing")),
+        Err(why) => Err(anyhow::anyhow!("invalid {flag}: {why}")),
     }
-    Ok(n.saturating_mul(ms))
 }
 
 pub(super) async fn usage(ctx: &Ctx, args: UsageArgs) -> Result<()> {
