@@ -182,9 +182,8 @@ async fn a_default_agent_sends_a_small_stable_prompt_and_tools_by_relevance() {
     let env = Env::new();
     env.run(&["agents", "create", "ada"]).ok();
     let server = serve_on_stub(&env, &stub);
-    let send = |text: &str| ada_hears(&server, text);
     for _ in 0..2 {
-        let (status, answer) = send("hi").await;
+        let (status, answer) = ada_hears(&server, "hi").await;
         assert_eq!((status, &answer["status"]), (200, &json!("completed")), "{answer}");
     }
     let captured = stub.captured();
@@ -217,7 +216,7 @@ async fn a_default_agent_sends_a_small_stable_prompt_and_tools_by_relevance() {
 
     // A message about a tool's subject offers it; a tool that needs a grant (fs.write) is not
     // offered to an agent that has none, however the message points at it.
-    let (status, answer) = send("what time is it now? and write a file").await;
+    let (status, answer) = ada_hears(&server, "what time is it now? and write a file").await;
     assert_eq!(status, 200, "{answer}");
     let captured = stub.captured();
     let last = &captured.iter().rfind(|c| c.path.ends_with("/chat/completions")).unwrap().body;
@@ -250,7 +249,6 @@ async fn a_prompt_preview_is_what_the_next_turn_sends() {
     let rival = super::support::ada_and_rival_bob(&env);
     env.run(&["agents", "create", "cy"]).ok();
     let server = serve_on_stub(&env, &stub);
-    let send = |text: &str| ada_hears(&server, text);
     let chats = || {
         stub.captured()
             .into_iter()
@@ -258,8 +256,8 @@ async fn a_prompt_preview_is_what_the_next_turn_sends() {
             .map(|c| c.body)
             .collect::<Vec<_>>()
     };
-    send("hi").await;
-    let (status, answer) = send("and again").await;
+    ada_hears(&server, "hi").await;
+    let (status, answer) = ada_hears(&server, "and again").await;
     assert_eq!((status, &answer["status"]), (200, &json!("completed")), "{answer}");
     let session = answer["session_id"].as_str().unwrap().to_owned();
     let before = chats().len();
@@ -282,7 +280,7 @@ async fn a_prompt_preview_is_what_the_next_turn_sends() {
         preview["messages"].as_array().unwrap().iter().map(|m| &m["role"]).collect();
     assert_eq!(roles, ["system", "user", "assistant", "user", "assistant", "user"], "{preview}");
 
-    let (status, answer) = send("what time is it?").await;
+    let (status, answer) = ada_hears(&server, "what time is it?").await;
     assert_eq!(status, 200, "{answer}");
     let sent = chats()[before].clone();
     let previewed: serde_json::Value = serde_json::from_str(body).unwrap();
