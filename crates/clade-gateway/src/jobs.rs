@@ -77,7 +77,7 @@ pub(crate) async fn scope(
 fn declared(name: &str) -> Result<(), ApiError> {
     if name.starts_with('_') {
         return Err(ApiError::new(
-            Code::InvalidJob,
+            Code::JobDeclared,
             format!("job {name:?} is declared in clade.yaml (heartbeats): change it there"),
         ));
     }

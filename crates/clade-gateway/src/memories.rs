@@ -465,15 +465,23 @@ pub(crate) async fn restore(
 ) -> Result<axum::Json<MemoryResponse>, ApiError> {
     let id = memory_id(&handle, &id)?;
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
-    let row = store.restore_memory(agent.id, id).await.map_err(|e| match e {
-        clade_store::Error::MemoryNotFound(_) => ApiError::new(
-            Code::MemoryNotFound,
-            format!(
-                "agent {handle} has no pruned memory {id}: list them with GET /v1/agents/{handle}/memories/pruned"
-            ),
-        ),
-        other => other.into(),
-    })?;
+    let row = match store.restore_memory(agent.id, id).await {
+        Ok(row) => row,
+        // An item that is not pruned is where a restore would put it: restoring is idempotent.
+        Err(clade_store::Error::MemoryNotFound(_)) => match store.memory(agent.id, id).await {
+            Ok(live) => live,
+            Err(clade_store::Error::MemoryNotFound(_)) => {
+                return Err(ApiError::new(
+                    Code::MemoryNotFound,
+                    format!(
+                        "agent {handle} has no memory {id}, pruned or not: list pruned ones with GET /v1/agents/{handle}/memories/pruned"
+                    ),
+                ));
+            }
+            Err(other) => return Err(other.into()),
+        },
+        Err(other) => return Err(other.into()),
+    };
     Ok(axum::Json(memory_response(row)))
 }
 

@@ -98,9 +98,161 @@ fn without_null(schema: &mut Value) {
     }
 }
 
+/// Where an answer's values lead (an OpenAPI link): a reader sees how the resources connect,
+/// and a fuzzer (schemathesis's stateful phase) chains the calls, reaching what a made-up id
+/// never would.
+struct Link {
+    /// The operation, and the statuses whose answers carry the values.
+    from: (&'static str, &'static str),
+    statuses: &'static [&'static str],
+    name: &'static str,
+    to: (&'static str, &'static str),
+    /// The target's parameters, each a runtime expression (`$response.body#/id`).
+    parameters: &'static [(&'static str, &'static str)],
+}
+
+const AGENT: &[(&str, &str)] = &[("handle", "$response.body#/handle")];
+const SESSION: &[(&str, &str)] = &[("id", "$response.body#/session_id")];
+const ID: &[(&str, &str)] = &[("id", "$response.body#/id")];
+
+const LINKS: &[Link] = &[
+    Link {
+        from: ("POST", "/v1/agents"),
+        statuses: &["201"],
+        name: "agent",
+        to: ("GET", "/v1/agents/{handle}"),
+        parameters: AGENT,
+    },
+    Link {
+        from: ("POST", "/v1/agents"),
+        statuses: &["201"],
+        name: "tools",
+        to: ("GET", "/v1/agents/{handle}/tools"),
+        parameters: AGENT,
+    },
+    Link {
+        from: ("POST", "/v1/events"),
+        statuses: &["200", "202"],
+        name: "session",
+        to: ("GET", "/v1/sessions/{id}"),
+        parameters: SESSION,
+    },
+    Link {
+        from: ("POST", "/v1/events"),
+        statuses: &["200", "202"],
+        name: "turns",
+        to: ("GET", "/v1/sessions/{id}/turns"),
+        parameters: SESSION,
+    },
+    Link {
+        from: ("POST", "/v1/events"),
+        statuses: &["200"],
+        name: "steps",
+        to: ("GET", "/v1/sessions/{id}/turns/{turn}/steps"),
+        parameters: &[("id", "$response.body#/session_id"), ("turn", "$response.body#/turn_id")],
+    },
+    Link {
+        from: ("POST", "/v1/events"),
+        statuses: &["200", "202"],
+        name: "cancel",
+        to: ("POST", "/v1/sessions/{id}/cancel"),
+        parameters: SESSION,
+    },
+    Link {
+        from: ("POST", "/v1/agents/{handle}/jobs"),
+        statuses: &["201"],
+        name: "job",
+        to: ("GET", "/v1/agents/{handle}/jobs/{name}"),
+        parameters: &[("handle", "$request.path.handle"), ("name", "$response.body#/name")],
+    },
+    Link {
+        from: ("POST", "/v1/agents/{handle}/memories"),
+        statuses: &["200", "201"],
+        name: "memory",
+        to: ("GET", "/v1/agents/{handle}/memories/{id}"),
+        parameters: &[("handle", "$request.path.handle"), ("id", "$response.body#/memory/id")],
+    },
+    Link {
+        from: ("POST", "/v1/agents/{handle}/memories"),
+        statuses: &["200", "201"],
+        name: "forget",
+        to: ("DELETE", "/v1/agents/{handle}/memories/{id}"),
+        parameters: &[("handle", "$request.path.handle"), ("id", "$response.body#/memory/id")],
+    },
+    Link {
+        from: ("PUT", "/v1/agents/{handle}/settings/{key}"),
+        statuses: &["200"],
+        name: "unset",
+        to: ("DELETE", "/v1/agents/{handle}/settings/{key}"),
+        parameters: &[("handle", "$request.path.handle"), ("key", "$request.path.key")],
+    },
+    Link {
+        from: ("POST", "/v1/grants"),
+        statuses: &["201"],
+        name: "revoke",
+        to: ("DELETE", "/v1/grants/{id}"),
+        parameters: ID,
+    },
+    Link {
+        from: ("POST", "/v1/leases"),
+        statuses: &["201"],
+        name: "revoke",
+        to: ("DELETE", "/v1/leases/{id}"),
+        parameters: ID,
+    },
+    Link {
+        from: ("POST", "/v1/sessions/{id}/forks"),
+        statuses: &["200", "201"],
+        name: "run",
+        to: ("GET", "/v1/runs/{id}"),
+        parameters: ID,
+    },
+    Link {
+        from: ("POST", "/v1/sessions/{id}/forks"),
+        statuses: &["200", "201"],
+        name: "cancel",
+        to: ("POST", "/v1/runs/{id}/cancel"),
+        parameters: ID,
+    },
+];
+
+/// An operation's `operationId`: its method and path, as an identifier.
+fn operation_id(method: &str, path: &str) -> String {
+    let words = path.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty());
+    std::iter::once(method.to_ascii_lowercase().as_str()).chain(words).collect::<Vec<_>>().join("_")
+}
+
+/// Puts each of [`LINKS`] on the answers it starts from.
+fn add_links(paths: &mut Map<String, Value>) {
+    for link in LINKS {
+        let (method, path) = link.from;
+        let parameters: Map<String, Value> = link
+            .parameters
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), json!(value)))
+            .collect();
+        let target = json!({
+            "operationId": operation_id(link.to.0, link.to.1),
+            "parameters": parameters,
+        });
+        for status in link.statuses {
+            if let Some(response) = paths
+                .get_mut(path)
+                .and_then(|item| item.get_mut(method.to_ascii_lowercase()))
+                .and_then(|operation| operation["responses"].get_mut(*status))
+            {
+                response["links"][link.name] = target.clone();
+            }
+        }
+    }
+}
+
 /// One operation's object.
 fn operation(generator: &mut SchemaGenerator, op: &Operation) -> Value {
-    let mut operation = json!({ "summary": op.summary });
+    let mut operation = json!({
+        "operationId": operation_id(op.method, op.path),
+        "summary": op.summary,
+    });
     if let Some(description) = op.description {
         operation["description"] = json!(description);
     }
@@ -184,6 +336,7 @@ pub fn document() -> Value {
         let item = paths.entry(op.path).or_insert_with(|| json!({}));
         item[op.method.to_ascii_lowercase()] = operation(&mut generator, op);
     }
+    add_links(&mut paths);
     // What streams and webhooks carry, which no request or response body names.
     let webhook = generator.subschema_for::<clade_protocol::WebhookEvent>();
     generator.subschema_for::<clade_protocol::LifecycleEvent>();
@@ -216,4 +369,42 @@ pub fn document() -> Value {
             } }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every link starts from an answer the document has and leads to an operation it has,
+    /// naming only parameters that operation takes: a link that points nowhere fails here,
+    /// not in a fuzzer's run.
+    #[test]
+    fn every_link_leads_from_a_documented_answer_to_a_documented_operation() {
+        let document = document();
+        let find = |(method, path): (&str, &str)| {
+            document["paths"][path][method.to_ascii_lowercase()].clone()
+        };
+        for link in LINKS {
+            let from = find(link.from);
+            for status in link.statuses {
+                assert!(
+                    from["responses"][status]["links"][link.name].is_object(),
+                    "{:?} answers no {status} with link {}",
+                    link.from,
+                    link.name
+                );
+            }
+            let to = find(link.to);
+            assert!(to.is_object(), "{:?} is not an operation", link.to);
+            let takes: Vec<&str> = to["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            for (name, _) in link.parameters {
+                assert!(takes.contains(name), "{:?} takes no parameter {name}", link.to);
+            }
+        }
+    }
 }

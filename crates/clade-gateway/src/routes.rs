@@ -453,8 +453,8 @@ pub static OPERATIONS: &[Operation] = &[
             ok("201", "created", of::<api::AgentResponse>),
             error("400", "invalid body or handle"),
             error("409", "handle already taken in this tenant"),
+            error("404", "no such persona template (`template_not_found`)"),
             error("429", "the tenant has as many agents as its quota allows (`quota_exceeded`)"),
-            error("422", "unknown template"),
         ],
         ..op(
             "POST",
@@ -584,7 +584,7 @@ pub static OPERATIONS: &[Operation] = &[
             ok("200", "the job", of::<api::JobResponse>),
             error("400", "invalid body"),
             error("404", "no such agent or job"),
-            error("422", "the job is one clade.yaml declares (`invalid_job`): change it there"),
+            error("409", "the job is one clade.yaml declares (`job_declared`): change it there"),
         ],
         ..op(
             "PATCH",
@@ -599,7 +599,7 @@ pub static OPERATIONS: &[Operation] = &[
         responses: &[
             empty("204", "removed"),
             error("404", "no such agent or job"),
-            error("422", "the job is one clade.yaml declares (`invalid_job`): change it there"),
+            error("409", "the job is one clade.yaml declares (`job_declared`): change it there"),
         ],
         ..op(
             "DELETE",
@@ -785,8 +785,12 @@ pub static OPERATIONS: &[Operation] = &[
         params: &[ID],
         responses: &[
             ok("200", "cancelled (or ended already)", of::<api::RunResponse>),
-            error("400", "not a run id, or a run of a kind cancelled elsewhere"),
+            error("400", "not a run id"),
             error("404", "no such run"),
+            error(
+                "409",
+                "a run of a kind cancelled elsewhere, such as a turn (`run_not_cancellable`, saying where)",
+            ),
         ],
         ..op(
             "POST",
@@ -937,8 +941,12 @@ pub static OPERATIONS: &[Operation] = &[
     Operation {
         params: &[HANDLE, MEMORY],
         responses: &[
-            ok("200", "restored, as if just used", of::<api::MemoryResponse>),
-            error("404", "no such agent or pruned item (`memory_not_found`)"),
+            ok(
+                "200",
+                "restored, as if just used; an item that is not pruned is answered as it is",
+                of::<api::MemoryResponse>,
+            ),
+            error("404", "no such agent or item (`memory_not_found`)"),
         ],
         ..op(
             "POST",
@@ -1108,11 +1116,16 @@ pub static OPERATIONS: &[Operation] = &[
         responses: &[
             ok("201", "granted", of::<api::LeaseResponse>),
             error("400", "invalid body"),
-            error("404", "no such agent or session"),
+            error("403", "asked by an operator paired `leased`, which may not grant leases"),
+            error(
+                "404",
+                "no such agent or session, or no paired component of that name and kind may take these events (`peer_not_found`)",
+            ),
             error(
                 "422",
-                "no paired subscriber of that name may receive these events, a ttl out of range, both an agent and a session, the whole tenant asked by a token limited to some agents, or 100 live leases (`invalid_lease`)",
+                "a ttl out of range, or both an agent and a session (rules the schema states too), or the whole tenant asked for by a token limited to some agents (`invalid_lease`)",
             ),
+            error("429", "the tenant holds 100 live leases (`quota_exceeded`)"),
         ],
         ..op(
             "POST",
@@ -1172,9 +1185,11 @@ pub static OPERATIONS: &[Operation] = &[
             ok("200", "with wait: the finished turn", of::<api::EventResponse>),
             ok("202", "stored; the turn runs", of::<api::EventResponse>),
             error("400", "invalid body"),
-            error("404", "no such agent, or no such session"),
+            error(
+                "404",
+                "no such agent, or no such session; or no agent named and no binding or default agent in clade.yaml matches the source (`no_agent`)",
+            ),
             error("409", "idempotency key reused with another payload"),
-            error("422", "no agent named and no binding matches"),
             error(
                 "429",
                 "the session's queue is full, or the tenant sends events faster than its quota (`rate_limited`; see Retry-After), or the store holds as many bytes for the tenant as its `stored_bytes` quota allows (`quota_exceeded`)",

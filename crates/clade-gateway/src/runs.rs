@@ -134,7 +134,7 @@ pub(crate) async fn cancel(
     let (row, fork) = reachable_run(&state, &tenant, &reach, &id).await?;
     let Some(fork) = fork else {
         return Err(ApiError::new(
-            Code::InvalidRequest,
+            Code::RunNotCancellable,
             format!(
                 "run {id} is a {}: only a branch's or worker's run is cancelled here (a turn with POST /v1/sessions/{{id}}/cancel)",
                 row.kind

@@ -38,19 +38,27 @@ const SLOW_CLIENT: Duration = Duration::from_secs(10);
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     Extension(Caller(tenant, credential, reach)): Extension<Caller>,
+    headers: axum::http::HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     // A request that is not a WebSocket handshake gets the API's JSON error, like any other.
+    let not_a_handshake = |why: String| {
+        crate::error::ApiError::new(
+            crate::error::Code::InvalidRequest,
+            format!("not a WebSocket upgrade request: {why}"),
+        )
+        .into_response()
+    };
     let ws = match ws {
         Ok(ws) => ws,
-        Err(rejection) => {
-            return crate::error::ApiError::new(
-                crate::error::Code::InvalidRequest,
-                format!("not a WebSocket upgrade request: {}", rejection.body_text()),
-            )
-            .into_response();
-        }
+        Err(rejection) => return not_a_handshake(rejection.body_text()),
     };
+    let key = headers.get("sec-websocket-key").map(|key| key.as_bytes()).unwrap_or_default();
+    if !is_handshake_key(key) {
+        return not_a_handshake(
+            "Sec-WebSocket-Key must be 16 random bytes in base64 (24 characters ending in `==`, RFC 6455)".into(),
+        );
+    }
     let slot = match state.limits.open_stream(&tenant, &credential) {
         Ok(slot) => slot,
         Err(refused) => return refused.into_response(),
@@ -61,6 +69,14 @@ pub(crate) async fn upgrade(
             drop(slot);
         },
     )
+}
+
+/// Whether `key` is what RFC 6455 asks of a handshake's `Sec-WebSocket-Key`: 16 bytes in
+/// base64, which is 22 characters of its alphabet and `==` (the OpenAPI document's pattern).
+fn is_handshake_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22].iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/'))
 }
 
 fn error(code: &str, message: &str) -> Message {

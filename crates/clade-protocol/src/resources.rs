@@ -451,8 +451,8 @@ pub struct ToolListResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromptPreviewParams {
-    /// The message whose turn is previewed.
-    #[schemars(length(min = 1, max = 65536))]
+    /// The message whose turn is previewed: up to 65,536 characters, not all whitespace.
+    #[schemars(length(min = 1, max = 65536), pattern(clade_core::NOT_BLANK_PATTERN))]
     pub text: String,
     /// A session of the agent's, to preview the message as its next one (its history and
     /// working memory included); absent: the first message of a new session.
@@ -826,6 +826,11 @@ fn required_whole_number<'de, D: serde::Deserializer<'de>>(input: D) -> Result<u
 
 /// A job name: lowercase letters and digits, then also `_`, `.` and `-`.
 pub const JOB_NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_.-]{0,63}$";
+/// The shape of a schedule: an alias or `@every …`, or a cron expression of 5 or 6 fields.
+/// (What each field may hold is checked by the server: `invalid_job`.)
+pub const SCHEDULE_PATTERN: &str = r"^\s*(@\S+(\s+\S+)*|\S+(\s+\S+){4,5})\s*$";
+/// Text with no control character but line breaks and tabs.
+pub const NO_CONTROL_PATTERN: &str = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$";
 
 /// Body of `POST /v1/agents/{handle}/jobs`: a job the agent runs on a schedule.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -836,7 +841,7 @@ pub struct CreateJobParams {
     pub name: String,
     /// A cron expression (5 fields, or 6 with seconds first; names such as `MON` and `JAN`),
     /// an alias (`@hourly`, `@daily`, …) or `@every 10m`.
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = 256), pattern(SCHEDULE_PATTERN))]
     pub schedule: String,
     /// An IANA time zone the schedule is read in (`Europe/Berlin`); UTC when absent.
     #[serde(default)]
@@ -1017,6 +1022,7 @@ pub struct SetSettingParams {
 /// subscriber for a while; or let an operator paired `leased` act on them for a while.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("not" = { "required": ["agent", "session"] }))]
 pub struct CreateLeaseParams {
     /// The paired component's name (the operator pairs it with `clade pair subscriber`, or
     /// `clade pair cli --leased`).
@@ -1460,8 +1466,12 @@ pub struct PrunedMemoriesQuery {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMemoryParams {
-    /// What to remember: text, at most 4 KiB.
-    #[schemars(length(min = 1, max = 4096), pattern(r"\S"))]
+    /// What to remember: text, at most 4 KiB, no control characters but line breaks and tabs.
+    #[schemars(length(min = 1, max = 4096))]
+    #[schemars(extend("allOf" = [
+        { "pattern": clade_core::NOT_BLANK_PATTERN },
+        { "pattern": NO_CONTROL_PATTERN }
+    ]))]
     pub content: String,
     /// Default `fact`.
     #[serde(default)]
@@ -1490,8 +1500,12 @@ pub struct CreateMemoryParams {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionMemoryParams {
-    /// What to remember: text, at most 4 KiB.
-    #[schemars(length(min = 1, max = 4096), pattern(r"\S"))]
+    /// What to remember: text, at most 4 KiB, no control characters but line breaks and tabs.
+    #[schemars(length(min = 1, max = 4096))]
+    #[schemars(extend("allOf" = [
+        { "pattern": clade_core::NOT_BLANK_PATTERN },
+        { "pattern": NO_CONTROL_PATTERN }
+    ]))]
     pub content: String,
     /// The session's turn it was learnt from (recorded as its provenance).
     #[serde(default)]
@@ -1521,9 +1535,28 @@ pub const MAX_MEMORY_BATCH: usize = 100;
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionMemoriesParams {
-    /// 1 to 100 items, each as `POST /v1/sessions/{id}/memories` takes one.
-    #[schemars(length(min = 1, max = MAX_MEMORY_BATCH))]
+    /// 1 to 100 items, each as `POST /v1/sessions/{id}/memories` takes one. Each is checked
+    /// on its own: one that breaks a rule of that route (its content, importance, confidence)
+    /// is answered in its place (422), and holds up no other; so the items' schema states
+    /// their fields, not those rules.
+    #[schemars(length(min = 1, max = MAX_MEMORY_BATCH), schema_with = "batch_items")]
     pub items: Vec<SessionMemoryParams>,
+}
+
+/// The schema of a batch's items: [`SessionMemoryParams`]' fields, without the value rules
+/// each item is checked against in its own answer.
+fn batch_items(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut item = SessionMemoryParams::json_schema(generator);
+    if let Some(fields) = item.get_mut("properties").and_then(|p| p.as_object_mut()) {
+        for name in ["content", "importance", "confidence"] {
+            if let Some(field) = fields.get_mut(name).and_then(|f| f.as_object_mut()) {
+                for rule in ["minimum", "maximum", "minLength", "maxLength", "allOf"] {
+                    field.remove(rule);
+                }
+            }
+        }
+    }
+    schemars::json_schema!({ "type": "array", "items": item })
 }
 
 /// What saving one item of a batch did: `saved` for a status under 300, `error` otherwise.

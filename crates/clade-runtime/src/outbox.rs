@@ -289,7 +289,7 @@ pub async fn grant_lease(
                 "peer: no operator named {peer:?} is paired `--leased` for {what} (the operator pairs one with `clade pair cli --leased`)"
             )
         };
-        return Err(clade_store::Error::InvalidLease(message));
+        return Err(clade_store::Error::LeaseeNotFound(message));
     }
     store.grant_lease(kind, peer, scope, ttl).await
 }

@@ -64,6 +64,9 @@ pub enum Error {
     ConfigRevisionNotFound(i64),
     #[error("no peer named {0:?} is paired")]
     PeerNotFound(String),
+    /// No paired component of the kind a lease names may take it (the message says which).
+    #[error("{0}")]
+    LeaseeNotFound(String),
     #[error("lease {0} not found")]
     LeaseNotFound(String),
     #[error("invalid lease: {0}")]

@@ -195,7 +195,7 @@ impl Store {
                 .await?;
                 let live: i64 = live.try_get("n")?;
                 if live >= MAX_LIVE_LEASES_PER_TENANT {
-                    return Err(Error::InvalidLease(format!(
+                    return Err(Error::QuotaExceeded(format!(
                         "a tenant holds at most {MAX_LIVE_LEASES_PER_TENANT} live leases; revoke one first"
                     )));
                 }

@@ -468,7 +468,7 @@ async fn a_declared_heartbeat_beats_and_a_bad_one_is_refused() {
         server.send("DELETE", "/v1/agents/ada/jobs/_heartbeat", None, None).await;
     assert_eq!(
         (status, refused["error"]["code"].as_str()),
-        (422, Some("invalid_job")),
+        (409, Some("job_declared")),
         "{refused}"
     );
     let runs = server.get_json("/v1/agents/ada/jobs/_heartbeat/runs").await;

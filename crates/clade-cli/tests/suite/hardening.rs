@@ -325,6 +325,29 @@ async fn bad_websocket_frames_get_close_codes_and_wrong_types_are_named() {
     socket.send(Message::Frame(invalid)).await.unwrap();
     assert_eq!(close_code(&mut socket).await, Some(1007), "invalid UTF-8");
 
+    // A handshake whose key is not 16 bytes of base64 is refused before any upgrade, as the
+    // document's pattern says; a well-formed one is switched.
+    let handshake = |key: &str| {
+        format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n",
+            server.token
+        )
+    };
+    let address = server.url.trim_start_matches("http://").to_owned();
+    for (key, status) in [("not base64 at all!", "400"), ("dGhlIHNhbXBsZSBub25jZQ==", "101")] {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut raw = tokio::net::TcpStream::connect(&address).await.unwrap();
+        raw.write_all(handshake(key).as_bytes()).await.unwrap();
+        let mut head = vec![0; 512];
+        let read = raw.read(&mut head).await.unwrap();
+        let head = String::from_utf8_lossy(&head[..read]);
+        assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{key}: {head}");
+        if status == "400" {
+            assert!(head.contains("Sec-WebSocket-Key"), "{head}");
+        }
+    }
+
     // The server is still fine.
     let (status, _) = server.send("GET", "/v1/agents", None, None).await;
     assert_eq!(status, 200);

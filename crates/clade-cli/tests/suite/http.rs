@@ -205,7 +205,7 @@ async fn bad_requests_get_json_errors() {
     errors.check(
         "POST /v1/agents: an unknown template",
         &api.call("POST", "/v1/agents", t, Some(json!({"handle": "x", "template": "nope"}))).await,
-        422,
+        404,
         "template_not_found",
     );
     errors.check(
@@ -362,8 +362,9 @@ fn schemathesis() -> Option<std::path::PathBuf> {
 
 /// The API does what its OpenAPI document says, as schemathesis (an OpenAPI fuzzer we did
 /// not write, driven only by `/openapi.json`) finds: every status and body documented, every
-/// request the document calls valid accepted, every invalid one refused with a 4xx, and no
-/// 5xx. Its configuration (`tests/schemathesis.toml`) names the few refusals a schema cannot
+/// request the document calls valid accepted, every invalid one refused with a 4xx, no 5xx,
+/// and (its stateful phase, following the document's links) what a call creates found by the
+/// calls that read it. A new seed each run, 100 examples an operation. Its configuration (`tests/schemathesis.toml`) names the few refusals a schema cannot
 /// express, and the test points the routes that name a session or a turn at real ones, so the
 /// fuzzer gets past the 404 into their handlers. The WebSocket route is left out: a handshake
 /// is not a request and response, and `suite::hardening` tests it with a WebSocket client.
@@ -408,12 +409,18 @@ fn the_api_matches_its_openapi_document() {
     let config_file = env.data_dir().join("schemathesis.toml");
     std::fs::write(&config_file, config).unwrap();
     let config = config_file;
+    // Any seed must pass: a new one each run (printed, to replay with CLADE_FUZZ_SEED), and
+    // more examples on demand (CLADE_FUZZ_EXAMPLES).
+    let seed = std::env::var("CLADE_FUZZ_SEED")
+        .unwrap_or_else(|_| rand::random_range(1..1_000_000u32).to_string());
+    let examples = std::env::var("CLADE_FUZZ_EXAMPLES").unwrap_or_else(|_| "100".to_owned());
+    eprintln!("schemathesis: seed {seed}, {examples} examples an operation");
     let out = std::process::Command::new(&fuzzer)
         .arg("--config-file")
         .arg(&config)
         .args(["run", &format!("{}/openapi.json", server.url)])
         .args(["--header", &format!("Authorization: Bearer {}", server.token)])
-        .args(["--checks", "all", "--max-examples", "50", "--seed", "1"])
+        .args(["--checks", "all", "--max-examples", &examples, "--seed", &seed])
         .args(["--exclude-path", "/v1/ws", "--no-color"])
         // Its cache goes beside the test's data, not into the source tree.
         .current_dir(env.data_dir())
@@ -422,7 +429,7 @@ fn the_api_matches_its_openapi_document() {
     let report = String::from_utf8_lossy(&out.stdout).replace(&server.token, "<token>");
     assert!(
         out.status.success(),
-        "schemathesis found mismatches between the API and its document:\n{report}\n{}",
+        "schemathesis (seed {seed}: replay with CLADE_FUZZ_SEED={seed}) found mismatches between the API and its document:\n{report}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     // Every operation but the WebSocket upgrade and the document itself (which schemathesis
@@ -432,4 +439,6 @@ fn the_api_matches_its_openapi_document() {
         report.contains(&format!("Tested: {operations}")),
         "not every operation was tested:\n{report}"
     );
+    // The document's links were followed: calls chained from what others created.
+    assert!(report.contains("✅ Stateful"), "no stateful phase ran:\n{report}");
 }

@@ -177,6 +177,7 @@ async fn every_route_checks_every_principal() {
                 "params": { "name": "ada", "arguments": { "message": format!("cell {n}") } }
             })),
             ("POST", "/v1/agents") => Some(json!({ "handle": format!("made-{n}") })),
+            ("POST", "/v1/agents/{handle}/prompt") => Some(json!({ "text": format!("cell {n}") })),
             ("POST", "/v1/grants") => Some(json!({ "agent": "ada", "tool": "fs.list" })),
             ("POST", "/v1/approvals/{id}") => Some(json!({ "decision": "deny" })),
             ("POST", "/v1/agents/{handle}/jobs") => {

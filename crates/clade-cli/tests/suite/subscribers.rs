@@ -196,7 +196,7 @@ async fn a_leased_subscriber_is_sent_only_what_a_live_lease_covers() {
         .await;
     assert_eq!(
         (status, answer["error"]["code"].clone()),
-        (422, json!("invalid_lease")),
+        (404, json!("peer_not_found")),
         "{answer}"
     );
     let (_, theirs) = server.send("GET", "/v1/leases", Some(&evil), None).await;
@@ -206,7 +206,7 @@ async fn a_leased_subscriber_is_sent_only_what_a_live_lease_covers() {
     assert_eq!((status, answer["error"]["code"].clone()), (404, json!("lease_not_found")));
     // Bad leases are refused, naming the problem.
     for (body, code) in [
-        (json!({ "peer": "nobody", "ttl_secs": 60 }), "invalid_lease"),
+        (json!({ "peer": "nobody", "ttl_secs": 60 }), "peer_not_found"),
         (json!({ "peer": "hooks", "ttl_secs": 0 }), "invalid_lease"),
         (
             json!({ "peer": "hooks", "ttl_secs": 60, "agent": "ada", "session": first }),

@@ -297,7 +297,7 @@ async fn bindings_pick_the_agent() {
     let body =
         json!({ "text": "hi", "source": { "platform": "matrix", "channel": "1", "actor": "u" } });
     let (status, value, _) = post(&server, body).await;
-    assert_eq!(status, 422, "{value}");
+    assert_eq!(status, 404, "{value}");
     assert_eq!(value["error"]["code"], "no_agent");
 }
 
@@ -357,7 +357,7 @@ async fn bad_events_get_clear_json_errors() {
         (br#"{"agent":"ada","text":"hi","source":{"platform":"","channel":"c","actor":"a"}}"#.to_vec(), 400, "invalid_request"),
         (br#"{"agent":"ada","text":"hi","colour":1,"source":{"platform":"p","channel":"c","actor":"a"}}"#.to_vec(), 400, "invalid_request"),
         (br#"{"agent":"ghost","text":"hi","source":{"platform":"p","channel":"c","actor":"a"}}"#.to_vec(), 404, "agent_not_found"),
-        (br#"{"text":"hi","source":{"platform":"p","channel":"c","actor":"a"}}"#.to_vec(), 422, "no_agent"),
+        (br#"{"text":"hi","source":{"platform":"p","channel":"c","actor":"a"}}"#.to_vec(), 404, "no_agent"),
         (json!({ "agent": "ada", "text": "x".repeat(70_000), "source": { "platform": "p", "channel": "c", "actor": "a" } }).to_string().into_bytes(), 400, "invalid_request"),
         (json!({ "agent": "ada", "text": "x".repeat(2_000_000), "source": { "platform": "p", "channel": "c", "actor": "a" } }).to_string().into_bytes(), 413, "payload_too_large"),
     ];
@@ -666,7 +666,7 @@ async fn bindings_and_the_default_agent_route_only_their_tenants_events() {
     // globex has neither a binding nor a default agent, though it has an `ada`.
     for platform in ["irc", "matrix"] {
         let (status, value) = post_as(&tokens[1], platform).await;
-        assert_eq!((status, value["error"]["code"].as_str()), (422, Some("no_agent")), "{value}");
+        assert_eq!((status, value["error"]["code"].as_str()), (404, Some("no_agent")), "{value}");
     }
     assert_eq!(sessions_of("globex").as_array().map(Vec::len), Some(0));
 }

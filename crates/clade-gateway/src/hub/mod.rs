@@ -272,7 +272,9 @@ fn status_of(err: ApiError) -> Status {
     use tonic::Code as Grpc;
     let code = match err.code {
         Code::HandleTaken | Code::JobExists => Grpc::AlreadyExists,
-        Code::IdempotencyConflict | Code::ApprovalDecided => Grpc::FailedPrecondition,
+        Code::IdempotencyConflict | Code::ApprovalDecided | Code::JobDeclared => {
+            Grpc::FailedPrecondition
+        }
         Code::TurnRunning => Grpc::DeadlineExceeded,
         other => match other.status().as_u16() {
             400 | 413 | 415 | 422 => Grpc::InvalidArgument,
