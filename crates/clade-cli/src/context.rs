@@ -561,18 +561,32 @@ impl Ctx {
         subscribers_of(&self.config).map_err(anyhow::Error::msg)
     }
 
-    /// The running gateway's URL: `url`, else the one `server.listen` names.
     /// The gateway's URL: `--server`, else the one `clade serve` wrote into this data dir
-    /// (it listens where `--listen` said), else `server.listen`.
+    /// (it listens where `--listen` said) while something answers there, else `server.listen`.
     pub(crate) fn server_url(&self, url: Option<&str>) -> String {
         if let Some(url) = url {
             return url.to_owned();
         }
-        std::fs::read_to_string(gateway_url_file(&self.data_dir))
+        let listen = format!("http://{}", self.config.server.listen);
+        let file = gateway_url_file(&self.data_dir);
+        let Some(written) = std::fs::read_to_string(&file)
             .ok()
             .map(|written| written.trim().to_owned())
             .filter(|written| written.starts_with("http://"))
-            .unwrap_or_else(|| format!("http://{}", self.config.server.listen))
+        else {
+            return listen;
+        };
+        // A gateway killed outright leaves its file behind: one that no longer answers is not
+        // trusted, so the CLI neither waits on it nor blames the wrong address.
+        if answers(&written) {
+            return written;
+        }
+        tracing::warn!(
+            file = %file.display(),
+            url = %written,
+            "the gateway that wrote this no longer answers (it stopped without removing it); trying server.listen instead"
+        );
+        listen
     }
 
     /// The running gateway's URL and the token to call it with: `CLADE_TOKEN` when set (as
@@ -615,6 +629,17 @@ impl Ctx {
             .with_context(|| "cannot write the CLI token file")?;
         Ok(())
     }
+}
+
+/// Whether something accepts connections at `url`'s address (`http://host:port`), within a
+/// moment.
+fn answers(url: &str) -> bool {
+    use std::net::ToSocketAddrs as _;
+    let address = url.trim_start_matches("http://").trim_end_matches('/');
+    address.to_socket_addrs().ok().and_then(|mut all| all.next()).is_some_and(|address| {
+        std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_millis(300))
+            .is_ok()
+    })
 }
 
 /// Where `clade serve` writes the URL it listens on, so that the CLI finds the gateway of its

@@ -337,7 +337,17 @@ async fn a_prompt_preview_is_what_the_next_turn_sends() {
         assert_eq!(refused["error"]["code"], code, "{bad}: {refused}");
     }
     assert_eq!(chats().len(), before + 1, "only the one turn called the model");
-    drop(server);
+
+    // A gateway killed outright leaves its URL file behind: the CLI says it no longer
+    // answers rather than waiting on it.
+    server.kill9();
+    let stale = env.command().args(["agents", "prompt", "ada"]).output().unwrap();
+    let said = String::from_utf8_lossy(&stale.stderr);
+    assert!(!stale.status.success(), "{said}");
+    assert!(
+        said.contains("no longer answers") && said.contains("is `clade serve` running"),
+        "{said}"
+    );
 }
 
 /// The newcomer's path on the real SmolLM2 (`CLADE_TEST_SMOLLM2`, set by `scripts/test`):
