@@ -61,6 +61,12 @@ pub(crate) enum Command {
     Doctor,
     /// Print this build's version
     Version,
+    /// Print a shell's completion script for clade (bash: `source <(clade completions bash)`;
+    /// zsh, fish, elvish and powershell alike)
+    Completions {
+        /// The shell to complete in
+        shell: clap_complete::Shell,
+    },
     /// What the running gateway runs (the same as `clade gateway status`)
     Status {
         /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]

@@ -49,6 +49,17 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         println!("clade {}", env!("CARGO_PKG_VERSION"));
         return Ok(());
     }
+    if let Command::Completions { shell } = &cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        // Into memory first: the generator panics on a failed write, and a reader that stops
+        // early (`| head`) is no error.
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut command, "clade", &mut script);
+        return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            written => Ok(written?),
+        };
+    }
     if let Command::EgressBridge { listen, socket } = cli.command {
         return Ok(clade_tools::egress::bridge(listen, socket).await?);
     }
@@ -166,6 +177,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Stub(_)
         | Command::Doctor
         | Command::Version
+        | Command::Completions { .. }
         | Command::EgressBridge { .. }
         | Command::ToolHost(_)
         | Command::SubscriberService(_)

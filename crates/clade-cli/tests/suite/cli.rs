@@ -714,6 +714,38 @@ fn doctor_checks_a_first_start_and_says_what_to_do() {
     assert!(env.run(&["version"]).ok().stdout.starts_with("clade "));
 }
 
+/// `clade completions bash` prints a script bash itself loads, which completes clade's
+/// commands and their flags; an unknown shell is refused naming the ones there are.
+#[test]
+fn shell_completions_load_in_bash_and_complete_commands() {
+    let env = Env::new();
+    let script = env.run(&["completions", "bash"]).ok().stdout;
+    let file = env.tmp.path().join("clade.bash");
+    std::fs::write(&file, &script).unwrap();
+    // Bash completes `clade ag` and `clade agents prompt --b` with the script's function.
+    let probe = format!(
+        "source {}; for line in 'clade ag' 'clade agents prompt --b'; do \
+         COMP_WORDS=($line); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); COMP_LINE=\"$line\"; \
+         COMP_POINT=${{#COMP_LINE}}; _clade clade \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"; \
+         echo \"${{COMPREPLY[*]}}\"; done",
+        file.display()
+    );
+    let out = std::process::Command::new("bash").args(["-c", &probe]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 2, "{said}");
+    assert!(lines[0].split_whitespace().any(|w| w == "agents"), "{said}");
+    assert!(lines[1].split_whitespace().any(|w| w == "--body"), "{said}");
+    let refused = env.run(&["completions", "tcsh"]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("bash") && refused.stderr.contains("zsh"),
+        "{}",
+        refused.stderr
+    );
+}
+
 /// `tokens create --expires-in` takes a duration as people write one, and the list says until
 /// when the token works; a duration that is not one is refused naming the flag.
 #[test]
