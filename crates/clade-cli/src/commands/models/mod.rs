@@ -207,7 +207,10 @@ mod tests {
         assert_eq!(parse_since("30m", now).unwrap().as_millis(), 10 * 86_400_000 - 1_800_000);
         assert_eq!(parse_since("1970-01-02", now).unwrap().as_millis(), 86_400_000);
         assert!(parse_since("soon", now).is_err());
-        assert!(parse_since("5y", now).is_err());
+        // Written as every duration flag is (humantime): units combine, unknown ones fail.
+        assert_eq!(parse_since("1h30m", now).unwrap().as_millis(), 10 * 86_400_000 - 5_400_000);
+        assert!(parse_since("5x", now).is_err());
+        assert!(parse_since("0s", now).is_err());
         assert!(parse_since("", now).is_err());
     }
 }
