@@ -15,6 +15,7 @@ mod memory;
 mod messaging;
 mod models;
 mod openai;
+mod readme;
 mod remote;
 mod sdk;
 mod sessions;
