@@ -198,154 +198,11 @@ pub(super) async fn chat(ctx: &Ctx, args: ChatArgs) -> Result<()> {
 pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
     let tenant = ctx.tenant().await?;
     match cmd {
-        SessionsCommand::List { json } => {
-            let agent = match ctx.explicit_agent() {
-                Some(handle) => Some(ctx.store.agent(tenant.id, handle).await?.id),
-                None => None,
-            };
-            let sessions = ctx.store.sessions(tenant.id, agent, 1000).await?;
-            if json {
-                let items: Vec<_> = sessions
-                    .iter()
-                    .map(|s| json!({
-                        "id": s.id.to_string(), "agent_id": s.agent_id.to_string(),
-                        "platform": s.source.platform, "channel": s.source.channel, "actor": s.source.actor,
-                        "last_active_channel": s.last_active_channel, "updated_at": s.updated_at.as_millis(),
-                    }))
-                    .collect();
-                return output::json(&items);
-            }
-            let rows: Vec<_> = sessions
-                .iter()
-                .map(|s| {
-                    vec![
-                        s.id.to_string(),
-                        s.source.platform.clone(),
-                        s.source.channel.clone(),
-                        s.source.actor.clone(),
-                        s.updated_at.to_string(),
-                    ]
-                })
-                .collect();
-            output::table(&["ID", "PLATFORM", "CHANNEL", "ACTOR", "ACTIVE"], &rows);
-        }
-        SessionsCommand::Show { id, json } => {
-            let id = SessionId::parse(&id)?;
-            let session = ctx.store.session(tenant.id, id).await?;
-            let turns =
-                ctx.store.tenant_scope(tenant.id).turn_records(session.id, None, u32::MAX).await?;
-            if json {
-                let mut items = Vec::with_capacity(turns.len());
-                for clade_store::TurnRecord { turn: t, events, usage, steps } in &turns {
-                    // The API's typed view of each step (`GET …/turns/{turn}/steps`).
-                    let steps = steps
-                        .iter()
-                        .map(|e| clade_runtime::step_view(e).map_err(anyhow::Error::msg))
-                        .collect::<Result<Vec<_>>>()?;
-                    items.push(json!({
-                        "steps": steps,
-                        "id": t.id.to_string(), "status": t.status.as_str(), "reply": t.reply, "error": t.error, "model": t.model,
-                        "started_at": t.started_at.as_millis(),
-                        "usage": { "model_calls": usage.model_calls, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens, "cost_micros": usage.cost_micros },
-                        "events": events.iter().map(|e| json!({ "id": e.id.to_string(), "seq": e.seq, "text": e.text })).collect::<Vec<_>>(),
-                    }));
-                }
-                return output::json(&json!({ "session": id.to_string(), "turns": items }));
-            }
-            println!(
-                "session {} ({} / {} / {})",
-                session.id, session.source.platform, session.source.channel, session.source.actor
-            );
-            for clade_store::TurnRecord { turn, events, usage, steps } in turns {
-                for event in events {
-                    println!("> {}", event.text);
-                }
-                for entry in steps {
-                    match clade_runtime::step_view(&entry).map_err(anyhow::Error::msg)? {
-                        TurnStep::ToolStarted { name, arguments, .. } => {
-                            println!("  · {name} {arguments}")
-                        }
-                        TurnStep::ToolResult { content, is_error, .. } => {
-                            let shown: String = content.chars().take(200).collect();
-                            let error = if is_error { " (error)" } else { "" };
-                            println!("    → {shown}{error}");
-                        }
-                        TurnStep::Resumed { .. } => println!("  · resumed"),
-                        TurnStep::ModelResponse { .. } => {}
-                    }
-                }
-                match turn.status {
-                    TurnStatus::Completed => println!("< {}", turn.reply.unwrap_or_default()),
-                    status => println!("< [{status}] {}", turn.error.unwrap_or_default()),
-                }
-                println!(
-                    "  ({} model call(s), {} in / {} out tokens, ${:.6})",
-                    usage.model_calls,
-                    usage.input_tokens,
-                    usage.output_tokens,
-                    usage.cost_micros as f64 / 1e6
-                );
-            }
-        }
-        SessionsCommand::Summaries { id, json } => {
-            let id = SessionId::parse(&id)?;
-            let session = ctx.store.session(tenant.id, id).await?;
-            let summaries = ctx.store.tenant_scope(tenant.id).summaries(session.id, 100).await?;
-            if json {
-                let items: Vec<_> = summaries
-                    .iter()
-                    .map(|s| json!({
-                        "through_turn": s.through.to_string(), "text": s.text, "turns": s.turns,
-                        "model": s.model, "memories": s.memories, "created_at": s.created_at.as_millis(),
-                    }))
-                    .collect();
-                return output::json(&items);
-            }
-            if summaries.is_empty() {
-                println!("session {} has not been compacted", session.id);
-            }
-            for s in summaries {
-                println!(
-                    "through turn {} ({} turns, {} memories saved, by {}, {}):\n{}\n",
-                    s.through,
-                    s.turns,
-                    s.memories,
-                    s.model.as_deref().unwrap_or("no model"),
-                    s.created_at,
-                    s.text
-                );
-            }
-        }
+        SessionsCommand::List { json } => list(ctx, &tenant, json).await?,
+        SessionsCommand::Show { id, json } => show(ctx, &tenant, &id, json).await?,
+        SessionsCommand::Summaries { id, json } => summaries(ctx, &tenant, &id, json).await?,
         SessionsCommand::Working { id, name, json } => {
-            let id = SessionId::parse(&id)?;
-            let session = ctx.store.session(tenant.id, id).await?;
-            let store = ctx.store.tenant_scope(tenant.id);
-            let entries = match &name {
-                Some(name) => store.working_history(session.id, name).await?,
-                None => store.working(session.id).await?,
-            };
-            if json {
-                let items: Vec<_> = entries
-                    .iter()
-                    .map(|e| json!({
-                        "name": e.name, "value": e.value, "version": e.version,
-                        "turn_id": e.turn.map(|t| t.to_string()), "written_at": e.written_at.as_millis(),
-                    }))
-                    .collect();
-                return output::json(&items);
-            }
-            let rows: Vec<Vec<String>> = entries
-                .iter()
-                .map(|e| {
-                    vec![
-                        e.name.clone(),
-                        e.version.to_string(),
-                        e.turn.map_or_else(|| "-".to_owned(), |t| t.to_string()),
-                        e.value.clone().unwrap_or_else(|| "(cleared)".to_owned()),
-                    ]
-                })
-                .collect();
-            output::table(&["NAME", "VERSION", "TURN", "VALUE"], &rows);
+            working(ctx, &tenant, &id, name.as_deref(), json).await?
         }
         SessionsCommand::Resume { id, server } => {
             let id = SessionId::parse(&id)?;
@@ -385,6 +242,172 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// `clade sessions list`: the tenant's sessions (of `--agent` only, when given).
+async fn list(ctx: &Ctx, tenant: &clade_core::Tenant, json: bool) -> Result<()> {
+    let agent = match ctx.explicit_agent() {
+        Some(handle) => Some(ctx.store.agent(tenant.id, handle).await?.id),
+        None => None,
+    };
+    let sessions = ctx.store.sessions(tenant.id, agent, 1000).await?;
+    if json {
+        let items: Vec<_> = sessions
+            .iter()
+            .map(|s| json!({
+                "id": s.id.to_string(), "agent_id": s.agent_id.to_string(),
+                "platform": s.source.platform, "channel": s.source.channel, "actor": s.source.actor,
+                "last_active_channel": s.last_active_channel, "updated_at": s.updated_at.as_millis(),
+            }))
+            .collect();
+        return output::json(&items);
+    }
+    let rows: Vec<_> = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.to_string(),
+                s.source.platform.clone(),
+                s.source.channel.clone(),
+                s.source.actor.clone(),
+                s.updated_at.to_string(),
+            ]
+        })
+        .collect();
+    output::table(&["ID", "PLATFORM", "CHANNEL", "ACTOR", "ACTIVE"], &rows);
+    Ok(())
+}
+
+/// `clade sessions show`: a session's turns, each with its messages, tool calls and usage.
+async fn show(ctx: &Ctx, tenant: &clade_core::Tenant, id: &str, json: bool) -> Result<()> {
+    let id = SessionId::parse(id)?;
+    let session = ctx.store.session(tenant.id, id).await?;
+    let turns = ctx.store.tenant_scope(tenant.id).turn_records(session.id, None, u32::MAX).await?;
+    if json {
+        let mut items = Vec::with_capacity(turns.len());
+        for clade_store::TurnRecord { turn: t, events, usage, steps } in &turns {
+            // The API's typed view of each step (`GET …/turns/{turn}/steps`).
+            let steps = steps
+                .iter()
+                .map(|e| clade_runtime::step_view(e).map_err(anyhow::Error::msg))
+                .collect::<Result<Vec<_>>>()?;
+            items.push(json!({
+                "steps": steps,
+                "id": t.id.to_string(), "status": t.status.as_str(), "reply": t.reply, "error": t.error, "model": t.model,
+                "started_at": t.started_at.as_millis(),
+                "usage": { "model_calls": usage.model_calls, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens, "cost_micros": usage.cost_micros },
+                "events": events.iter().map(|e| json!({ "id": e.id.to_string(), "seq": e.seq, "text": e.text })).collect::<Vec<_>>(),
+            }));
+        }
+        return output::json(&json!({ "session": id.to_string(), "turns": items }));
+    }
+    println!(
+        "session {} ({} / {} / {})",
+        session.id, session.source.platform, session.source.channel, session.source.actor
+    );
+    for clade_store::TurnRecord { turn, events, usage, steps } in turns {
+        for event in events {
+            println!("> {}", event.text);
+        }
+        for entry in steps {
+            match clade_runtime::step_view(&entry).map_err(anyhow::Error::msg)? {
+                TurnStep::ToolStarted { name, arguments, .. } => {
+                    println!("  · {name} {arguments}")
+                }
+                TurnStep::ToolResult { content, is_error, .. } => {
+                    let shown: String = content.chars().take(200).collect();
+                    let error = if is_error { " (error)" } else { "" };
+                    println!("    → {shown}{error}");
+                }
+                TurnStep::Resumed { .. } => println!("  · resumed"),
+                TurnStep::ModelResponse { .. } => {}
+            }
+        }
+        match turn.status {
+            TurnStatus::Completed => println!("< {}", turn.reply.unwrap_or_default()),
+            status => println!("< [{status}] {}", turn.error.unwrap_or_default()),
+        }
+        println!(
+            "  ({} model call(s), {} in / {} out tokens, ${:.6})",
+            usage.model_calls,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cost_micros as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
+/// `clade sessions summaries`: what compaction made of the session's older turns.
+async fn summaries(ctx: &Ctx, tenant: &clade_core::Tenant, id: &str, json: bool) -> Result<()> {
+    let id = SessionId::parse(id)?;
+    let session = ctx.store.session(tenant.id, id).await?;
+    let summaries = ctx.store.tenant_scope(tenant.id).summaries(session.id, 100).await?;
+    if json {
+        let items: Vec<_> = summaries
+            .iter()
+            .map(|s| json!({
+                "through_turn": s.through.to_string(), "text": s.text, "turns": s.turns,
+                "model": s.model, "memories": s.memories, "created_at": s.created_at.as_millis(),
+            }))
+            .collect();
+        return output::json(&items);
+    }
+    if summaries.is_empty() {
+        println!("session {} has not been compacted", session.id);
+    }
+    for s in summaries {
+        println!(
+            "through turn {} ({} turns, {} memories saved, by {}, {}):\n{}\n",
+            s.through,
+            s.turns,
+            s.memories,
+            s.model.as_deref().unwrap_or("no model"),
+            s.created_at,
+            s.text
+        );
+    }
+    Ok(())
+}
+
+/// `clade sessions working`: the session's working memory, or one value's history.
+async fn working(
+    ctx: &Ctx,
+    tenant: &clade_core::Tenant,
+    id: &str,
+    name: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let id = SessionId::parse(id)?;
+    let session = ctx.store.session(tenant.id, id).await?;
+    let store = ctx.store.tenant_scope(tenant.id);
+    let entries = match name {
+        Some(name) => store.working_history(session.id, name).await?,
+        None => store.working(session.id).await?,
+    };
+    if json {
+        let items: Vec<_> = entries
+            .iter()
+            .map(|e| json!({
+                "name": e.name, "value": e.value, "version": e.version,
+                "turn_id": e.turn.map(|t| t.to_string()), "written_at": e.written_at.as_millis(),
+            }))
+            .collect();
+        return output::json(&items);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.name.clone(),
+                e.version.to_string(),
+                e.turn.map_or_else(|| "-".to_owned(), |t| t.to_string()),
+                e.value.clone().unwrap_or_else(|| "(cleared)".to_owned()),
+            ]
+        })
+        .collect();
+    output::table(&["NAME", "VERSION", "TURN", "VALUE"], &rows);
     Ok(())
 }
 
