@@ -324,7 +324,7 @@ async fn admit(
     }
     // Its connection keeps its place when strangers fill the gateway's.
     if let Some(trust) = request.extensions().get::<crate::server::ConnectionTrust>() {
-        trust.set();
+        trust.set(tenant.id);
     }
     request.extensions_mut().insert(Granted(scopes.into()));
     request.extensions_mut().insert(Caller(tenant, credential, Reach::of(access)));

@@ -9,13 +9,14 @@
 //! connection has, the new one is refused. A body declared larger than `max_body_bytes` is
 //! refused (413) before a byte of it is read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
+use clade_core::TenantId;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::Notify;
 
@@ -59,14 +60,20 @@ async fn linger(body: axum::body::Body, most: u64) {
     }
 }
 
-/// Marks the connection a request came on as authenticated: its place is kept at the cap.
-/// The token check ([`crate::auth`]) sets it.
+/// Marks the connection a request came on as authenticated, and by which tenant: at the cap
+/// its place is kept, unless its tenant holds more places than any other. The token check
+/// ([`crate::auth`]) sets it.
 #[derive(Debug, Clone)]
-pub(crate) struct ConnectionTrust(Arc<AtomicBool>);
+pub(crate) struct ConnectionTrust {
+    trusted: Arc<AtomicBool>,
+    tenant: Arc<std::sync::OnceLock<TenantId>>,
+}
 
 impl ConnectionTrust {
-    pub(crate) fn set(&self) {
-        self.0.store(true, Ordering::Relaxed);
+    pub(crate) fn set(&self, tenant: TenantId) {
+        // The first tenant a connection authenticated as is the one it counts for.
+        let _ = self.tenant.set(tenant);
+        self.trusted.store(true, Ordering::Relaxed);
     }
 }
 
@@ -74,8 +81,10 @@ impl ConnectionTrust {
 struct Open {
     /// It has sent a request.
     requested: Arc<AtomicBool>,
-    /// A request on it passed the token check: never evicted to make room.
+    /// A request on it passed the token check: evicted to make room only when its tenant
+    /// holds the most places.
     trusted: Arc<AtomicBool>,
+    tenant: Arc<std::sync::OnceLock<TenantId>>,
     close: Arc<Notify>,
 }
 
@@ -83,6 +92,7 @@ struct Open {
 struct Standing {
     requested: Arc<AtomicBool>,
     trusted: Arc<AtomicBool>,
+    tenant: Arc<std::sync::OnceLock<TenantId>>,
     close: Arc<Notify>,
 }
 
@@ -144,13 +154,16 @@ pub async fn serve(
 }
 
 /// Takes a place for a new connection, at the cap evicting the oldest that sent no request,
-/// else the oldest that never authenticated.
+/// else the oldest that never authenticated, else the oldest of the tenant that holds the
+/// most places: one tenant's connections, however well authenticated, cannot keep every
+/// other tenant out.
 fn admit(registry: &Mutex<Registry>, max: usize) -> Option<(u64, Standing)> {
     let mut registry = registry.lock().ok()?;
     if registry.open.len() >= max {
         let silent = registry.open.iter().find(|(_, o)| !o.requested.load(Ordering::Relaxed));
         let stranger = || registry.open.iter().find(|(_, o)| !o.trusted.load(Ordering::Relaxed));
-        let oldest = silent.or_else(stranger).map(|(id, _)| *id)?;
+        let oldest =
+            silent.or_else(stranger).map(|(id, _)| *id).or_else(|| greediest(&registry))?;
         if let Some(evicted) = registry.open.remove(&oldest) {
             evicted.close.notify_one();
         }
@@ -160,6 +173,7 @@ fn admit(registry: &Mutex<Registry>, max: usize) -> Option<(u64, Standing)> {
     let standing = Standing {
         requested: Arc::new(AtomicBool::new(false)),
         trusted: Arc::new(AtomicBool::new(false)),
+        tenant: Arc::new(std::sync::OnceLock::new()),
         close: Arc::new(Notify::new()),
     };
     registry.open.insert(
@@ -167,10 +181,28 @@ fn admit(registry: &Mutex<Registry>, max: usize) -> Option<(u64, Standing)> {
         Open {
             requested: standing.requested.clone(),
             trusted: standing.trusted.clone(),
+            tenant: standing.tenant.clone(),
             close: standing.close.clone(),
         },
     );
     Some((id, standing))
+}
+
+/// The oldest connection of the tenant that holds the most places (the first such tenant in
+/// accept order on a tie).
+fn greediest(registry: &Registry) -> Option<u64> {
+    let mut held: HashMap<TenantId, usize> = HashMap::new();
+    for open in registry.open.values() {
+        if let Some(tenant) = open.tenant.get() {
+            *held.entry(*tenant).or_default() += 1;
+        }
+    }
+    let most = held.values().copied().max()?;
+    registry
+        .open
+        .iter()
+        .find(|(_, o)| o.tenant.get().is_some_and(|t| held.get(t) == Some(&most)))
+        .map(|(id, _)| *id)
 }
 
 async fn serve_connection(
@@ -181,7 +213,9 @@ async fn serve_connection(
     stopping: &Notify,
     limits: ConnectionLimits,
 ) {
-    let (seen, trust) = (standing.requested.clone(), ConnectionTrust(standing.trusted.clone()));
+    let trust =
+        ConnectionTrust { trusted: standing.trusted.clone(), tenant: standing.tenant.clone() };
+    let seen = standing.requested.clone();
     let service = hyper::service::service_fn(
         move |request: hyper::Request<hyper::body::Incoming>| {
             seen.store(true, Ordering::Relaxed);

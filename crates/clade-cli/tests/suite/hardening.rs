@@ -1983,3 +1983,38 @@ async fn a_tenant_cannot_approve_always_past_its_ceiling() {
     let grants = server.send("GET", "/v1/grants", Some(&acme), None).await.1;
     assert_eq!(grants["items"], json!([]), "no grant was left behind: {grants}");
 }
+
+/// A tenant that fills every connection slot with authenticated, idle keep-alive
+/// connections does not keep the others out: at the cap, a new connection takes the place of
+/// the oldest of the tenant holding the most, so another tenant's request still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_connections_cannot_keep_the_others_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = configured("server:\n  max_connections: 24\n  header_timeout_secs: 30\n");
+    let greedy = tenants_with_tokens(&env, &["greedy"], None).remove(0);
+    let server = env.serve(&[]);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let request = |token: &str| {
+        format!("GET /v1/agents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n")
+    };
+    // Every slot: a connection that authenticated once and now idles, kept alive.
+    let mut held = Vec::new();
+    for _ in 0..24 {
+        let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+        socket.write_all(request(&greedy).as_bytes()).await.unwrap();
+        let mut head = vec![0; 2048];
+        let read = socket.read(&mut head).await.unwrap();
+        assert!(String::from_utf8_lossy(&head[..read]).starts_with("HTTP/1.1 200"));
+        held.push(socket);
+    }
+    // Another tenant (the operator's) is served all the same, on a new connection.
+    let (status, answer) = server.send("GET", "/v1/agents", None, None).await;
+    assert_eq!(status, 200, "{answer}");
+    // The greedy tenant's oldest connection made room: it is closed.
+    let mut oldest = held.remove(0);
+    let mut rest = vec![0; 64];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), oldest.read(&mut rest))
+        .await
+        .expect("the oldest greedy connection was not closed");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+}
