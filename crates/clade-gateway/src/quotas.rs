@@ -127,20 +127,28 @@ impl TenantLimits {
 
     /// Takes one event from the tenant's bucket, or says when to retry.
     pub fn take_event(&self, tenant: &Tenant) -> Result<(), ApiError> {
+        self.take_events(tenant, 1)
+    }
+
+    /// Takes `count` events from the tenant's bucket (at most a burst's worth: more would
+    /// never be admitted), or none and says when to retry. Scheduled fires take theirs here
+    /// too, so jobs send a tenant no more than its API would take.
+    pub fn take_events(&self, tenant: &Tenant, count: usize) -> Result<(), ApiError> {
         let Some((quotas, key)) = self.quotas(tenant) else { return Ok(()) };
         let Some(rate) = quotas.events_per_second.filter(|r| *r > 0.0) else { return Ok(()) };
         let burst = quotas.burst.map_or(rate.max(1.0), |b| b as f64).max(1.0);
+        let need = (count.max(1) as f64).min(burst);
         let now = self.clock.now();
         let Ok(mut buckets) = self.buckets.lock() else { return Ok(()) };
         let bucket = buckets.entry(tenant.id).or_insert(Bucket { tokens: burst, at: now });
         let elapsed = now.as_millis().saturating_sub(bucket.at.as_millis()).max(0) as f64 / 1000.0;
         bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
         bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        if bucket.tokens >= need {
+            bucket.tokens -= need;
             return Ok(());
         }
-        let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / rate);
+        let wait = Duration::from_secs_f64((need - bucket.tokens) / rate);
         Err(ApiError::new(
             Code::RateLimited,
             format!(
@@ -232,6 +240,45 @@ impl TenantLimits {
     }
 }
 
+/// The tenants' event rates as the scheduler's gate: a tenant's scheduled fires take from
+/// the bucket its API events take from (`quotas.events_per_second`), so its jobs cannot send
+/// it more than the API would take. Tenants are looked up once, by id.
+pub struct FireRate {
+    limits: Arc<TenantLimits>,
+    store: Store,
+    known: Mutex<HashMap<TenantId, Tenant>>,
+}
+
+impl FireRate {
+    pub fn new(limits: Arc<TenantLimits>, store: Store) -> Self {
+        Self { limits, store, known: Mutex::default() }
+    }
+
+    async fn tenant(&self, id: TenantId) -> Option<Tenant> {
+        if let Some(known) = self.known.lock().ok().and_then(|known| known.get(&id).cloned()) {
+            return Some(known);
+        }
+        let tenant = self.store.tenant_by_id(id).await.ok()?;
+        if let Ok(mut known) = self.known.lock() {
+            known.insert(id, tenant.clone());
+        }
+        Some(tenant)
+    }
+}
+
+impl clade_sched::scheduler::FireGate for FireRate {
+    fn admit(&self, tenant: TenantId, fires: usize) -> futures::future::BoxFuture<'_, bool> {
+        Box::pin(async move {
+            // A tenant that cannot be read is not held back here: its fires meet the store's
+            // own checks.
+            match self.tenant(tenant).await {
+                Some(tenant) => self.limits.take_events(&tenant, fires).is_ok(),
+                None => true,
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -265,5 +312,9 @@ mod tests {
         clock.advance(Duration::from_millis(1));
         assert!(limits.take_event(&tenant).is_ok(), "not refilled on time");
         assert!(limits.take_event(&tenant).is_err());
+        // Several at once take as many, and never more than a burst's worth is asked.
+        clock.advance(Duration::from_secs(2));
+        assert!(limits.take_events(&tenant, 5).is_ok(), "a burst's worth was not admitted");
+        assert!(limits.take_events(&tenant, 1).is_err(), "more than the burst went out");
     }
 }

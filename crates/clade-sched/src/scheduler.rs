@@ -78,6 +78,18 @@ pub struct Look {
     pub failed: Vec<(ExecutionId, String)>,
     /// For each envelope fired, how long after its scheduled time it was committed.
     pub lateness: Vec<Duration>,
+    /// Due jobs whose fires their tenant's rate did not admit now ([`FireGate`]): they stay
+    /// due, and go out at a later look.
+    pub deferred: usize,
+}
+
+/// Whether a tenant's fires go out now: a tenant's schedules count against the rate its events
+/// do (`quotas.events_per_second`), so its jobs cannot send it more than the API would take.
+/// A fire refused now stays due, and goes out at a later look (late, as its misfire policy
+/// then says).
+pub trait FireGate: Send + Sync {
+    /// Takes `fires` from `tenant`'s allowance, or refuses them all.
+    fn admit(&self, tenant: TenantId, fires: usize) -> futures::future::BoxFuture<'_, bool>;
 }
 
 impl Look {
@@ -123,6 +135,7 @@ impl Look {
         self.disabled.extend(other.disabled);
         self.failed.extend(other.failed);
         self.lateness.extend(other.lateness);
+        self.deferred += other.deferred;
     }
 }
 
@@ -192,6 +205,17 @@ pub async fn look(
     now: Timestamp,
     options: LookOptions,
 ) -> Result<Look, clade_store::Error> {
+    look_gated(store, now, options, None).await
+}
+
+/// [`look`], with each job's fires admitted by `gate` first: a job whose fires its tenant's
+/// rate refuses is left due (counted in [`Look::deferred`]).
+pub async fn look_gated(
+    store: &Store,
+    now: Timestamp,
+    options: LookOptions,
+    gate: Option<&dyn FireGate>,
+) -> Result<Look, clade_store::Error> {
     use futures::StreamExt as _;
     let due = store.system().due_jobs(now, options.limit).await?;
     let mut look = Look { seen: due.len(), ..Look::default() };
@@ -211,6 +235,14 @@ pub async fn look(
         }
         match plan(job, now, options.grace, options.max_queued) {
             Ok(settlement) => {
+                let fires = settlement.fires.len();
+                if let Some(gate) = gate
+                    && fires > 0
+                    && !gate.admit(job.tenant_id, fires).await
+                {
+                    look.deferred += 1;
+                    continue;
+                }
                 by_tenant.entry(job.tenant_id).or_default().push((job.id, settlement))
             }
             // It would be due at every look, and never fire.
@@ -282,6 +314,8 @@ pub struct Scheduler {
     /// The longest it sleeps without looking: jobs created by another process (the CLI beside a
     /// gateway) are found within this.
     poll: Duration,
+    /// What admits each tenant's fires, if anything does.
+    gate: Option<Arc<dyn FireGate>>,
 }
 
 impl Scheduler {
@@ -293,7 +327,14 @@ impl Scheduler {
             on_look,
             poke: Arc::new(Notify::new()),
             poll: Duration::from_secs(1),
+            gate: None,
         }
+    }
+
+    /// Fires go out only as `gate` admits them (a tenant's event rate).
+    pub fn with_gate(mut self, gate: Arc<dyn FireGate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// The longest sleep between looks (one second unless set).
@@ -315,17 +356,20 @@ impl Scheduler {
         let clock = self.store.clock().clone();
         loop {
             let now = clock.now();
-            let wait = match look(&self.store, now, self.options).await {
+            let wait = match look_gated(&self.store, now, self.options, self.gate.as_deref()).await
+            {
                 Ok(look) => {
                     (self.on_look)(&look);
                     report(&look);
-                    if look.seen >= self.options.limit as usize && look.seen > look.failed.len() {
+                    let held = look.failed.len() + look.deferred;
+                    if look.seen >= self.options.limit as usize && look.seen > held {
                         // More are due than one look takes.
                         continue;
                     }
-                    if !look.failed.is_empty() {
-                        // What failed is still due: do not spin on it.
-                        self.poll
+                    if held > 0 {
+                        // What failed or waits for its tenant's rate is still due: do not spin
+                        // on it.
+                        self.poll.min(Duration::from_secs(1))
                     } else {
                         self.until_next(now).await
                     }
@@ -371,5 +415,11 @@ fn report(look: &Look) {
     }
     for (job, why) in &look.failed {
         tracing::warn!(job = %job, error = %why, "job could not be settled; it stays due");
+    }
+    if look.deferred > 0 {
+        tracing::debug!(
+            jobs = look.deferred,
+            "jobs wait for their tenants' event rate (quotas.events_per_second)"
+        );
     }
 }

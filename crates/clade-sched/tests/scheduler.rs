@@ -709,3 +709,69 @@ async fn a_job_whose_target_session_is_deleted_records_refused_fires() {
     );
     store.close().await;
 }
+
+/// A gate admitting one fire at a time (a tenant's event rate, as the gateway's
+/// `quotas::FireRate` is).
+struct OneAtATime(std::sync::atomic::AtomicUsize);
+
+impl clade_sched::scheduler::FireGate for OneAtATime {
+    fn admit(
+        &self,
+        _tenant: clade_core::TenantId,
+        fires: usize,
+    ) -> futures::future::BoxFuture<'_, bool> {
+        let left = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        let admitted = fires <= left;
+        if admitted {
+            self.0.fetch_sub(fires, std::sync::atomic::Ordering::SeqCst);
+        }
+        Box::pin(std::future::ready(admitted))
+    }
+}
+
+/// Fires go out only as their tenant's rate admits them: a job the gate refuses stays due,
+/// nothing of it written, and fires at a later look once admitted; the ones admitted fire
+/// once.
+#[tokio::test]
+async fn fires_wait_for_their_tenants_rate_and_go_out_later() {
+    let (_tmp, _, store, tenant, ids) = with_agents(&["ada"]).await;
+    let now = store.now();
+    let mut jobs = Vec::new();
+    for name in ["one", "two", "three"] {
+        let spec = clade_sched::JobSpec {
+            name: name.into(),
+            schedule: "* * * * *".into(),
+            prompt: "tick".into(),
+            ..Default::default()
+        };
+        let job = clade_sched::new_job(&spec, tenant.id, ids[0], now).unwrap();
+        jobs.push(store.create_job(job).await.unwrap());
+    }
+    let at = Timestamp::from_millis(
+        jobs.iter().map(|j| j.next_at.unwrap().as_millis()).max().unwrap() + 1_000,
+    );
+    let gate = OneAtATime(std::sync::atomic::AtomicUsize::new(1));
+    let looked =
+        clade_sched::scheduler::look_gated(&store, at, LookOptions::default(), Some(&gate))
+            .await
+            .unwrap();
+    assert_eq!((looked.fired, looked.deferred), (1, 2), "{looked:?}");
+    let fired = |runs: &[clade_store::JobRun]| runs.len();
+    let mut counts = Vec::new();
+    for job in &jobs {
+        counts.push(fired(&store.job_runs(tenant.id, job.id, None, 10).await.unwrap()));
+    }
+    counts.sort();
+    assert_eq!(counts, [0, 0, 1], "a deferred job wrote a run");
+    // The rate refills: the two that waited fire now, and the first does not fire again.
+    gate.0.store(2, std::sync::atomic::Ordering::SeqCst);
+    let later = Timestamp::from_millis(at.as_millis() + 1_000);
+    let looked =
+        clade_sched::scheduler::look_gated(&store, later, LookOptions::default(), Some(&gate))
+            .await
+            .unwrap();
+    assert_eq!((looked.fired, looked.deferred), (2, 0), "{looked:?}");
+    for job in &jobs {
+        assert_eq!(fired(&store.job_runs(tenant.id, job.id, None, 10).await.unwrap()), 1);
+    }
+}

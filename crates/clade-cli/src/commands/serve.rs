@@ -111,18 +111,22 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         removed = beats.removed.len(),
         "heartbeats as clade.yaml declares them"
     );
+    let limits = std::sync::Arc::new(clade_gateway::quotas::TenantLimits::new(
+        ctx.config.tenants.clone(),
+        ctx.store.clock().clone(),
+    ));
     let maintenance = std::sync::Arc::new(Maintenance {
         store: ctx.store.clone(),
         engine: engine.clone(),
+        fire_rate: std::sync::Arc::new(clade_gateway::quotas::FireRate::new(
+            limits.clone(),
+            ctx.store.clone(),
+        )),
         running: tokio::sync::Mutex::default(),
     });
     maintenance.start(&ctx.config).await;
     let hooks = std::sync::Arc::new(clade_gateway::hooks::Hooks::new(
         crate::context::hooks_of(&ctx.config).map_err(anyhow::Error::msg)?,
-    ));
-    let limits = std::sync::Arc::new(clade_gateway::quotas::TenantLimits::new(
-        ctx.config.tenants.clone(),
-        ctx.store.clock().clone(),
     ));
     let reloader = Reloader::new(
         ctx,
@@ -524,6 +528,8 @@ impl Drop for AbortOnDrop {
 struct Maintenance {
     store: clade_store::Store,
     engine: clade_runtime::Engine,
+    /// What admits each tenant's fires: its event rate, shared with its API events.
+    fire_rate: std::sync::Arc<clade_gateway::quotas::FireRate>,
     running: tokio::sync::Mutex<Option<Running>>,
 }
 
@@ -553,7 +559,8 @@ impl Maintenance {
                 self.store.acting_as("scheduler"),
                 look_options_of(config),
                 wake,
-            );
+            )
+            .with_gate(self.fire_rate.clone());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(scheduler.run(async {
                 let _ = stopped.await;

@@ -78,11 +78,20 @@ pub(super) async fn cron_service(ctx: &Ctx, args: CronServiceArgs) -> Result<()>
             }
         });
     });
+    // Fires take from each tenant's event rate, as in a gateway (this process's own count).
+    let limits = std::sync::Arc::new(clade_gateway::quotas::TenantLimits::new(
+        ctx.config.tenants.clone(),
+        ctx.store.clock().clone(),
+    ));
     let scheduler = clade_sched::scheduler::Scheduler::new(
         ctx.store.acting_as("cron service"),
         super::serve::look_options(ctx),
         wake,
-    );
+    )
+    .with_gate(std::sync::Arc::new(clade_gateway::quotas::FireRate::new(
+        limits,
+        ctx.store.clone(),
+    )));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let jobs = tokio::spawn(scheduler.run(async {
         let _ = stopped.await;
