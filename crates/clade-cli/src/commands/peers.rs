@@ -105,69 +105,73 @@ pub(super) async fn pair(ctx: &Ctx, cmd: PairCommand) -> Result<()> {
                 "paired listener {name} (key {key}); run `clade channels listen {channel} --paired` on its machine"
             );
         }
-        PairCommand::List { json } => {
-            let peers = ctx.store.peers().await?;
-            if json {
-                let items: Vec<_> = peers
-                    .iter()
-                    .map(|p| {
-                        serde_json::json!({
-                            "kind": p.kind, "name": p.name, "endpoint": p.endpoint, "key": p.key,
-                            "agents": p.agents, "leased": p.leased,
-                            "paired_at": p.paired_at.as_millis(), "paired_by": p.paired_by,
-                        })
-                    })
-                    .collect();
-                return output::json(&items);
-            }
-            let rows: Vec<Vec<String>> = peers
-                .iter()
-                .map(|p| {
-                    let agents = p.agents.join(",");
-                    vec![
-                        p.kind.clone(),
-                        p.name.clone(),
-                        p.endpoint.clone(),
-                        clade_tools::remote::identity::fingerprint(&p.key),
-                        if p.leased { format!("{agents} (leased)") } else { agents },
-                        p.paired_at.to_string(),
-                    ]
+        PairCommand::List { json } => list(ctx, json).await?,
+        PairCommand::Remove { name, kind } => remove(ctx, &name, kind.as_deref()).await?,
+    }
+    Ok(())
+}
+
+/// `clade pair list`: the paired components, with their keys' fingerprints.
+async fn list(ctx: &Ctx, json: bool) -> Result<()> {
+    let peers = ctx.store.peers().await?;
+    if json {
+        let items: Vec<_> = peers
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "kind": p.kind, "name": p.name, "endpoint": p.endpoint, "key": p.key,
+                    "agents": p.agents, "leased": p.leased,
+                    "paired_at": p.paired_at.as_millis(), "paired_by": p.paired_by,
                 })
-                .collect();
-            output::table(&["KIND", "NAME", "ENDPOINT", "KEY", "AGENTS", "PAIRED"], &rows);
+            })
+            .collect();
+        return output::json(&items);
+    }
+    let rows: Vec<Vec<String>> = peers
+        .iter()
+        .map(|p| {
+            let agents = p.agents.join(",");
+            vec![
+                p.kind.clone(),
+                p.name.clone(),
+                p.endpoint.clone(),
+                clade_tools::remote::identity::fingerprint(&p.key),
+                if p.leased { format!("{agents} (leased)") } else { agents },
+                p.paired_at.to_string(),
+            ]
+        })
+        .collect();
+    output::table(&["KIND", "NAME", "ENDPOINT", "KEY", "AGENTS", "PAIRED"], &rows);
+    Ok(())
+}
+
+/// `clade pair remove`: forgets a pairing, of the kind given when several share the name.
+async fn remove(ctx: &Ctx, name: &str, kind: Option<&str>) -> Result<()> {
+    let peers = ctx.store.peers().await?;
+    let named: Vec<_> =
+        peers.iter().filter(|p| p.name == name && kind.is_none_or(|k| k == p.kind)).collect();
+    let peer = match named.as_slice() {
+        [] => bail!(
+            "no component named {name:?}{} is paired: list them with `clade pair list`",
+            kind.map(|k| format!(" of kind {k}")).unwrap_or_default()
+        ),
+        [one] => *one,
+        _ => bail!(
+            "several kinds of component are named {name:?}: say which with --kind tool, subscriber, operator or listener"
+        ),
+    };
+    ctx.store.remove_peer(&peer.kind, &peer.name).await?;
+    match peer.kind.as_str() {
+        "tool" => {
+            println!("forgot tool host {name}; its tools go at the gateway's next start")
         }
-        PairCommand::Remove { name, kind } => {
-            let peers = ctx.store.peers().await?;
-            let named: Vec<_> = peers
-                .iter()
-                .filter(|p| p.name == name && kind.as_ref().is_none_or(|k| *k == p.kind))
-                .collect();
-            let peer = match named.as_slice() {
-                [] => bail!(
-                    "no component named {name:?}{} is paired: list them with `clade pair list`",
-                    kind.map(|k| format!(" of kind {k}")).unwrap_or_default()
-                ),
-                [one] => *one,
-                _ => bail!(
-                    "several kinds of component are named {name:?}: say which with --kind tool, subscriber, operator or listener"
-                ),
-            };
-            ctx.store.remove_peer(&peer.kind, &peer.name).await?;
-            match peer.kind.as_str() {
-                "tool" => {
-                    println!("forgot tool host {name}; its tools go at the gateway's next start")
-                }
-                clade_store::peers::OPERATOR => {
-                    println!("forgot operator {name}; its key is refused from now on")
-                }
-                clade_channels::LISTENER_PEER_KIND => {
-                    println!("forgot listener {name}; what it relays is refused from now on")
-                }
-                _ => println!(
-                    "forgot subscriber {name}; it is sent nothing more, and its leases ended"
-                ),
-            }
+        clade_store::peers::OPERATOR => {
+            println!("forgot operator {name}; its key is refused from now on")
         }
+        clade_channels::LISTENER_PEER_KIND => {
+            println!("forgot listener {name}; what it relays is refused from now on")
+        }
+        _ => println!("forgot subscriber {name}; it is sent nothing more, and its leases ended"),
     }
     Ok(())
 }
