@@ -1424,7 +1424,7 @@ impl JsonSchema for ForkKind {
 pub struct StartForkParams {
     pub kind: ForkKind,
     /// Its task: some text that is not only spaces.
-    #[schemars(length(min = 1, max = 8192), pattern(r"\S"))]
+    #[schemars(length(min = 1, max = 8192), pattern(clade_core::NOT_BLANK_PATTERN))]
     pub task: String,
     /// A worker's tools, by name (all of its agent's when absent).
     #[serde(default)]
