@@ -50,6 +50,14 @@ pub enum AdminRequest {
         #[serde(default)]
         wait_secs: Option<u64>,
     },
+    /// A separate scheduler (`clade cron-service`) asks to fire `events` of a tenant's jobs:
+    /// they take from the bucket the tenant's API events take from in this gateway, so the
+    /// two processes together stay within its `events_per_second`.
+    TakeEvents {
+        /// The tenant's id, as the API writes it.
+        tenant: String,
+        events: u32,
+    },
 }
 
 /// The answer to one [`AdminRequest`].
@@ -81,6 +89,11 @@ pub enum AdminReply {
     /// stopped without cutting one short).
     Drained {
         running_turns: u64,
+    },
+    /// Whether the events asked for in [`AdminRequest::TakeEvents`] were taken (no: the tenant
+    /// is over its rate now; ask again later).
+    Taken {
+        admitted: bool,
     },
     /// The request was refused or failed.
     Error {

@@ -153,7 +153,13 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     let admin_path = crate::admin_socket::path(ctx, None);
     let admin = crate::admin_socket::serve(
         &admin_path,
-        admin_handler(ctx, engine.clone(), reloader.clone(), address),
+        admin_handler(
+            ctx,
+            engine.clone(),
+            reloader.clone(),
+            address,
+            maintenance.fire_rate.clone(),
+        ),
     )?;
     let reloader = reloader.spawn();
     let stream_ids = clade_gateway::stream_ids::StreamIds::load(&ctx.store).await?;
@@ -422,6 +428,7 @@ fn admin_handler(
     engine: clade_runtime::Engine,
     reloader: std::sync::Arc<Reloader>,
     listen: std::net::SocketAddr,
+    fire_rate: std::sync::Arc<clade_gateway::quotas::FireRate>,
 ) -> crate::admin_socket::Handler {
     use clade_protocol::admin::{AdminReply, AdminRequest, AdminStatus};
     let store = ctx.store.location().to_string();
@@ -432,6 +439,7 @@ fn admin_handler(
     std::sync::Arc::new(move |request| {
         let engine = engine.clone();
         let reloader = reloader.clone();
+        let fire_rate = fire_rate.clone();
         let store = store.clone();
         let operator = operator.clone();
         let identity = identity.as_ref().map(Clone::clone).map_err(|e| format!("{e:#}"));
@@ -463,23 +471,7 @@ fn admin_handler(
                     }
                     Err(err) => AdminReply::Error { message: err.to_string() },
                 },
-                AdminRequest::Wake { sessions } => {
-                    let mut woken = 0u32;
-                    for id in &sessions {
-                        match clade_core::SessionId::parse(id) {
-                            Ok(session) => {
-                                engine.wake(session);
-                                woken += 1;
-                            }
-                            Err(e) => {
-                                return AdminReply::Error {
-                                    message: format!("sessions: {id:?} is not a session id: {e}"),
-                                };
-                            }
-                        }
-                    }
-                    AdminReply::Woken { sessions: woken }
-                }
+                AdminRequest::Wake { sessions } => wake(&engine, &sessions),
                 AdminRequest::Drain { wait_secs } => {
                     engine.drain();
                     tracing::warn!(
@@ -491,6 +483,9 @@ fn admin_handler(
                         clock.sleep(std::time::Duration::from_millis(50)).await;
                     }
                     AdminReply::Drained { running_turns: engine.running_turns() as u64 }
+                }
+                AdminRequest::TakeEvents { tenant, events } => {
+                    take_events(&fire_rate, &tenant, events).await
                 }
                 AdminRequest::Identity {} => match identity {
                     Ok(identity) => AdminReply::Identity {
@@ -512,6 +507,43 @@ fn admin_handler(
             }
         })
     })
+}
+
+/// The admin socket's `wake`: runs what another process stored for these sessions.
+fn wake(engine: &clade_runtime::Engine, sessions: &[String]) -> clade_protocol::admin::AdminReply {
+    use clade_protocol::admin::AdminReply;
+    let mut woken = 0u32;
+    for id in sessions {
+        match clade_core::SessionId::parse(id) {
+            Ok(session) => {
+                engine.wake(session);
+                woken += 1;
+            }
+            Err(e) => {
+                return AdminReply::Error {
+                    message: format!("sessions: {id:?} is not a session id: {e}"),
+                };
+            }
+        }
+    }
+    AdminReply::Woken { sessions: woken }
+}
+
+/// The admin socket's `take_events`: a separate scheduler's fires take from the tenant's
+/// bucket here, the one its API events take from.
+async fn take_events(
+    fire_rate: &clade_gateway::quotas::FireRate,
+    tenant: &str,
+    events: u32,
+) -> clade_protocol::admin::AdminReply {
+    use clade_protocol::admin::AdminReply;
+    use clade_sched::scheduler::FireGate as _;
+    match clade_core::TenantId::parse(tenant) {
+        Ok(id) => AdminReply::Taken { admitted: fire_rate.admit(id, events as usize).await },
+        Err(e) => {
+            AdminReply::Error { message: format!("tenant: {tenant:?} is not a tenant id: {e}") }
+        }
+    }
 }
 
 /// Stops a task when the gateway stops.

@@ -78,20 +78,20 @@ pub(super) async fn cron_service(ctx: &Ctx, args: CronServiceArgs) -> Result<()>
             }
         });
     });
-    // Fires take from each tenant's event rate, as in a gateway (this process's own count).
     let limits = std::sync::Arc::new(clade_gateway::quotas::TenantLimits::new(
         ctx.config.tenants.clone(),
         ctx.store.clock().clone(),
     ));
+    let gate = GatewayFireRate {
+        socket: socket.clone(),
+        own: clade_gateway::quotas::FireRate::new(limits, ctx.store.clone()),
+    };
     let scheduler = clade_sched::scheduler::Scheduler::new(
         ctx.store.acting_as("cron service"),
         super::serve::look_options(ctx),
         wake,
     )
-    .with_gate(std::sync::Arc::new(clade_gateway::quotas::FireRate::new(
-        limits,
-        ctx.store.clone(),
-    )));
+    .with_gate(std::sync::Arc::new(gate));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let jobs = tokio::spawn(scheduler.run(async {
         let _ = stopped.await;
@@ -109,6 +109,36 @@ pub(super) async fn cron_service(ctx: &Ctx, args: CronServiceArgs) -> Result<()>
     let _ = stop.send(());
     let _ = jobs.await;
     Ok(())
+}
+
+/// Fires take from each tenant's event rate in the gateway, asked over its admin socket, so
+/// the API and a scheduler in another process together stay within `events_per_second`.
+/// With no gateway to ask (stopped, or one that does not know the request), they take from
+/// this process's own bucket: the gateway takes no API event then either.
+struct GatewayFireRate {
+    socket: std::path::PathBuf,
+    own: clade_gateway::quotas::FireRate,
+}
+
+impl clade_sched::scheduler::FireGate for GatewayFireRate {
+    fn admit(
+        &self,
+        tenant: clade_core::TenantId,
+        fires: usize,
+    ) -> futures::future::BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let events = u32::try_from(fires).unwrap_or(u32::MAX);
+            let asked = AdminRequest::TakeEvents { tenant: tenant.to_string(), events };
+            match admin_socket::request(&self.socket, &asked).await {
+                Ok(AdminReply::Taken { admitted }) => admitted,
+                Ok(other) => {
+                    tracing::debug!(answer = ?other, "the gateway keeps no rate for fires: counted here");
+                    self.own.admit(tenant, fires).await
+                }
+                Err(_) => self.own.admit(tenant, fires).await,
+            }
+        })
+    }
 }
 
 pub(super) async fn gateway(ctx: &Ctx, cmd: GatewayCommand) -> Result<()> {

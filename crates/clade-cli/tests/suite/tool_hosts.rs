@@ -196,6 +196,47 @@ async fn the_admin_socket_answers_the_operator_and_no_one_else() {
     env.run(&["gateway", "status"]).fails_with("is `clade serve` running");
 }
 
+/// A scheduler in another process (`clade cron-service`) takes its fires from the gateway's
+/// bucket of the tenant's events, over the admin socket: the API and the fires together stay
+/// within `events_per_second`, not twice it.
+#[tokio::test]
+async fn a_separate_schedulers_fires_take_from_the_gateways_event_rate() {
+    use std::io::{BufRead as _, Write as _};
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        "tenants:\n  \"*\":\n    quotas: { events_per_second: 0.001, burst: 2 }\n",
+    );
+    let server = env.serve(&[]);
+    let tenants = env.run(&["tenants", "list", "--json"]).ok().json();
+    let tenant = tenants[0]["id"].as_str().unwrap().to_owned();
+    let socket = env.data_dir().join("admin.sock");
+    let take = |tenant: &str| {
+        let mut raw = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let asked = json!({ "action": "take_events", "tenant": tenant, "events": 1 });
+        raw.write_all(format!("{asked}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&raw).read_line(&mut line).unwrap();
+        serde_json::from_str::<Value>(&line).unwrap()
+    };
+    let event = json!({ "agent": "ada", "text": "hi",
+        "source": { "platform": "http", "channel": "dm", "actor": "grace" } });
+
+    // A fire takes one of the two; the API gets the other, and then none.
+    assert_eq!(take(&tenant), json!({ "type": "taken", "admitted": true }));
+    let (status, answer) = server.send("POST", "/v1/events", None, Some(event.clone())).await;
+    assert_eq!(status, 202, "{answer}");
+    let (status, answer) = server.send("POST", "/v1/events", None, Some(event)).await;
+    assert_eq!(status, 429, "{answer}");
+    // And the fires wait too.
+    assert_eq!(take(&tenant), json!({ "type": "taken", "admitted": false }));
+    // A tenant id that is not one is named.
+    let refused = take("acme");
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("not a tenant id"), "{refused}");
+}
+
 /// An OpenAPI document's operations as an agent's tools: denied until a grant allows them,
 /// then each request built from the arguments (path, query, header, JSON body) and sent with
 /// the configured credentials; loopback reached only with `private_network`.
