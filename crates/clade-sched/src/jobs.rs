@@ -124,22 +124,36 @@ impl JobLimits {
     /// Refuses `job` when it would fire more often than the tenant allows, or when its agent
     /// already has `owned` jobs, as many as the tenant allows.
     pub fn check(&self, job: &NewJob, owned: usize) -> Result<(), JobError> {
-        if u64::try_from(owned).unwrap_or(u64::MAX) >= self.jobs_per_agent {
-            return Err(JobError::TooMany { have: owned, key: self.count_key.clone() });
-        }
-        // Both parsed when `new_job` made it.
-        let schedule = Schedule::parse(&job.schedule)?;
-        let zone = Zone::parse(&job.zone)?;
-        let from = job.settled_at;
-        if let Some(gap) = schedule.shortest_gap(from, &zone)
+        self.check_count(owned)?;
+        self.check_schedule(&job.schedule, &job.zone, job.settled_at)
+    }
+
+    /// Refuses a schedule that, in `zone`, would fire more often than the tenant allows (its
+    /// shortest gap counted from `from`), or that cannot be read.
+    pub fn check_schedule(
+        &self,
+        schedule: &str,
+        zone: &str,
+        from: Timestamp,
+    ) -> Result<(), JobError> {
+        let (parsed, zone) = (Schedule::parse(schedule)?, Zone::parse(zone)?);
+        if let Some(gap) = parsed.shortest_gap(from, &zone)
             && gap.as_secs() < self.min_interval_secs
         {
             return Err(JobError::TooFrequent {
-                schedule: job.schedule.clone(),
+                schedule: schedule.to_owned(),
                 gap: gap.as_secs(),
                 min: self.min_interval_secs,
                 key: self.interval_key.clone(),
             });
+        }
+        Ok(())
+    }
+
+    /// Refuses one more job for an agent that has `owned`, as many as the tenant allows.
+    pub fn check_count(&self, owned: usize) -> Result<(), JobError> {
+        if u64::try_from(owned).unwrap_or(u64::MAX) >= self.jobs_per_agent {
+            return Err(JobError::TooMany { have: owned, key: self.count_key.clone() });
         }
         Ok(())
     }

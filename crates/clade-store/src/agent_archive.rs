@@ -527,7 +527,7 @@ pub type VerifyArchive = std::sync::Arc<
     dyn Fn(&str, Option<&ArchiveSignature>) -> std::result::Result<(), Untrusted> + Send + Sync,
 >;
 
-/// One grant an archive brings, as an import's [`ImportOptions::admit_grant`] sees it.
+/// One grant an archive brings, as an import's [`ImportOptions::admit`] sees it.
 #[derive(Debug, Clone)]
 pub struct ArchivedGrant {
     pub effect: String,
@@ -537,8 +537,20 @@ pub struct ArchivedGrant {
     pub constraints: String,
 }
 
-/// Why a grant an archive brings is not imported; `None` admits it.
-pub type AdmitGrant = std::sync::Arc<dyn Fn(&ArchivedGrant) -> Option<String> + Send + Sync>;
+/// A row an archive brings that the importing side polices, as [`ImportOptions::admit`] asks
+/// of it: what an agent holds there that its tenant's limits bound.
+#[derive(Debug, Clone)]
+pub enum Archived<'a> {
+    /// A live grant (revoked ones come in as they are).
+    Grant(&'a ArchivedGrant),
+    /// A job, and how many of the archive's jobs were admitted before it.
+    Job { name: &'a str, schedule: &'a str, zone: &'a str, admitted: usize },
+    /// A stored setting.
+    Setting { key: &'a str },
+}
+
+/// Why a row an archive brings is not imported; `None` admits it.
+pub type Admit = std::sync::Arc<dyn Fn(&Archived<'_>) -> Option<String> + Send + Sync>;
 
 /// What an export wrote.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -568,9 +580,9 @@ pub struct ImportOptions {
     pub without_secrets: bool,
     /// Asked, once the archive is read and its checksum holds, whether its signature does.
     pub verify: Option<VerifyArchive>,
-    /// Asked of each live grant the archive brings; one it refuses stays out, and the report
-    /// says why.
-    pub admit_grant: Option<AdmitGrant>,
+    /// Asked of each live grant, job and setting the archive brings; one it refuses stays out
+    /// (a job with its run history), and the report says why.
+    pub admit: Option<Admit>,
 }
 
 impl std::fmt::Debug for ImportOptions {
@@ -580,7 +592,7 @@ impl std::fmt::Debug for ImportOptions {
             .field("secrets_key", &self.secrets_key.as_ref().map(|_| ".."))
             .field("without_secrets", &self.without_secrets)
             .field("verify", &self.verify.is_some())
-            .field("admit_grant", &self.admit_grant.is_some())
+            .field("admit", &self.admit.is_some())
             .finish()
     }
 }
@@ -600,8 +612,12 @@ pub struct ImportReport {
     /// Grants it holds through another agent's (delegated), not in force here until granted
     /// again, since that agent did not come along.
     pub orphaned_grants: u64,
-    /// Grants left out ([`ImportOptions::admit_grant`]), as `effect tool resource: why`.
+    /// Grants left out ([`ImportOptions::admit`]), as `effect tool resource: why`.
     pub dropped_grants: Vec<String>,
+    /// Jobs left out, as `name: why`.
+    pub dropped_jobs: Vec<String>,
+    /// Stored settings left out, as `key: why`.
+    pub dropped_settings: Vec<String>,
     /// Sessions with messages waiting or a turn under way: a gateway serving this store runs
     /// them once woken (at its start, or told).
     pub waiting_sessions: Vec<clade_core::SessionId>,
@@ -1356,7 +1372,8 @@ async fn write_checked(
         }
     }
 
-    let dropped_grants = admit_grants(&mut rows, options.admit_grant.as_ref())?;
+    let Dropped { grants: dropped_grants, jobs: dropped_jobs, settings: dropped_settings } =
+        admit_rows(&mut rows, options.admit.as_ref())?;
     let mut grants = Vec::new();
     let mut delegated = 0u64;
     let mut unfinished = 0u64;
@@ -1525,47 +1542,101 @@ async fn write_checked(
         grants,
         orphaned_grants: delegated,
         dropped_grants,
+        dropped_jobs,
+        dropped_settings,
         waiting_sessions: waiting,
     };
     Ok((agent, report))
 }
 
-/// Takes out of `rows` the live grants `admit` refuses; each as `effect tool resource: why`.
-fn admit_grants(
+/// What [`admit_rows`] left out, each as `what: why`.
+#[derive(Default)]
+struct Dropped {
+    grants: Vec<String>,
+    jobs: Vec<String>,
+    settings: Vec<String>,
+}
+
+/// Takes out of `rows` the live grants, jobs and settings `admit` refuses, and the run history
+/// of the jobs left out.
+fn admit_rows(
     rows: &mut [(&'static Table, Vec<Vec<Value>>)],
-    admit: Option<&AdmitGrant>,
-) -> Result<Vec<String>> {
-    let Some(admit) = admit else { return Ok(Vec::new()) };
-    let Some((table, grants)) = rows.iter_mut().find(|(t, _)| t.name == "grants") else {
-        return Ok(Vec::new());
-    };
-    let [effect, tool, resource, constraints, revoked] =
-        ["effect", "tool", "resource", "constraints", "revoked_at"].map(|c| column_index(table, c));
-    let (effect, tool, resource, constraints, revoked) =
-        (effect?, tool?, resource?, constraints?, revoked?);
+    admit: Option<&Admit>,
+) -> Result<Dropped> {
+    let Some(admit) = admit else { return Ok(Dropped::default()) };
     let text = |v: &Value| match v {
         Value::Text(Some(s)) => s.clone(),
         _ => String::new(),
     };
-    let mut dropped = Vec::new();
-    grants.retain(|row| {
-        if !matches!(row[revoked], Value::Int(None)) {
-            return true;
-        }
-        let grant = ArchivedGrant {
-            effect: text(&row[effect]),
-            tool: text(&row[tool]),
-            resource: text(&row[resource]),
-            constraints: text(&row[constraints]),
-        };
-        match admit(&grant) {
-            None => true,
-            Some(why) => {
-                dropped.push(format!("{} {} {}: {why}", grant.effect, grant.tool, grant.resource));
-                false
+    let mut dropped = Dropped::default();
+    let mut dropped_job_ids = Vec::new();
+    for (table, rows) in rows.iter_mut() {
+        match table.name {
+            "grants" => {
+                let [effect, tool, resource, constraints, revoked] =
+                    ["effect", "tool", "resource", "constraints", "revoked_at"]
+                        .map(|c| column_index(table, c));
+                let (effect, tool, resource, constraints, revoked) =
+                    (effect?, tool?, resource?, constraints?, revoked?);
+                rows.retain(|row| {
+                    if !matches!(row[revoked], Value::Int(None)) {
+                        return true;
+                    }
+                    let grant = ArchivedGrant {
+                        effect: text(&row[effect]),
+                        tool: text(&row[tool]),
+                        resource: text(&row[resource]),
+                        constraints: text(&row[constraints]),
+                    };
+                    let Some(why) = admit(&Archived::Grant(&grant)) else { return true };
+                    let (effect, tool, resource) = (grant.effect, grant.tool, grant.resource);
+                    dropped.grants.push(format!("{effect} {tool} {resource}: {why}"));
+                    false
+                });
             }
+            "jobs" => {
+                let [id, name, schedule, zone] =
+                    ["id", "name", "schedule", "zone"].map(|c| column_index(table, c));
+                let (id, name, schedule, zone) = (id?, name?, schedule?, zone?);
+                let mut admitted = 0;
+                rows.retain(|row| {
+                    let (job, schedule, zone) =
+                        (text(&row[name]), text(&row[schedule]), text(&row[zone]));
+                    let asked =
+                        Archived::Job { name: &job, schedule: &schedule, zone: &zone, admitted };
+                    match admit(&asked) {
+                        None => {
+                            admitted += 1;
+                            true
+                        }
+                        Some(why) => {
+                            dropped.jobs.push(format!("{job}: {why}"));
+                            dropped_job_ids.extend(blob(&row[id]).map(<[u8]>::to_vec));
+                            false
+                        }
+                    }
+                });
+            }
+            "agent_settings" => {
+                let key = column_index(table, "key")?;
+                rows.retain(|row| {
+                    let key = text(&row[key]);
+                    let Some(why) = admit(&Archived::Setting { key: &key }) else { return true };
+                    dropped.settings.push(format!("{key}: {why}"));
+                    false
+                });
+            }
+            _ => {}
         }
-    });
+    }
+    if !dropped_job_ids.is_empty() {
+        for (table, rows) in rows.iter_mut().filter(|(t, _)| t.name == "job_runs") {
+            let job = column_index(table, "job_id")?;
+            rows.retain(|row| {
+                blob(&row[job]).is_none_or(|id| !dropped_job_ids.iter().any(|d| d == id))
+            });
+        }
+    }
     Ok(dropped)
 }
 

@@ -60,13 +60,13 @@ pub(super) async fn run(ctx: &Ctx, cmd: AgentsCommand) -> Result<()> {
                 let agent = ctx.agents.import(tenant.id, &path, handle).await?;
                 println!("imported agent {} ({}) from {}", agent.handle, agent.id, path.display());
             } else {
-                let (verify, admit_grant) = archive_trust(ctx, &tenant, trust_key, unsigned)?;
+                let (verify, admit) = archive_trust(ctx, &tenant, trust_key, unsigned)?;
                 let options = clade_store::agent_archive::ImportOptions {
                     handle,
                     secrets_key,
                     without_secrets,
                     verify: Some(verify),
-                    admit_grant: Some(admit_grant),
+                    admit: Some(admit),
                 };
                 import_archive(ctx, &tenant, &path, options, json).await?;
             }
@@ -497,7 +497,7 @@ fn archive_trust(
     tenant: &clade_core::Tenant,
     mut trusted: Vec<String>,
     unsigned: bool,
-) -> Result<(clade_store::agent_archive::VerifyArchive, clade_store::agent_archive::AdmitGrant)> {
+) -> Result<(clade_store::agent_archive::VerifyArchive, clade_store::agent_archive::Admit)> {
     use clade_store::agent_archive::Untrusted;
     use clade_tools::remote::identity;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -549,7 +549,7 @@ fn archive_trust(
         None => Some(clade_config::GrantCeiling::default()),
     };
     let tenant_name = tenant.name.to_string();
-    let admit = Arc::new(move |grant: &clade_store::agent_archive::ArchivedGrant| {
+    let admit_grant = move |grant: &clade_store::agent_archive::ArchivedGrant| {
         let Some(effect) = clade_config::PolicyEffect::parse(&grant.effect) else {
             return Some(format!("its effect {:?} is none this build knows", grant.effect));
         };
@@ -571,8 +571,44 @@ fn archive_trust(
         };
         let why = clade_tools::policy::ceiling_error(ceiling.as_ref()?, &rule)?;
         Some(format!("tenant {tenant_name} may not hold it: {why} (tenants.{tenant_name}.ceiling)"))
-    }) as clade_store::agent_archive::AdmitGrant;
-    Ok((verify, admit))
+    };
+    Ok((verify, admit_archived(ctx, tenant, admit_grant)))
+}
+
+/// What an import admits of an archive's rows: grants as `admit_grant` says, and jobs and
+/// settings within the tenant's job limits and this gateway's locked settings, which bind what
+/// an archive brings as they bind what its agents make here.
+fn admit_archived(
+    ctx: &Ctx,
+    tenant: &clade_core::Tenant,
+    admit_grant: impl Fn(&clade_store::agent_archive::ArchivedGrant) -> Option<String>
+    + Send
+    + Sync
+    + 'static,
+) -> clade_store::agent_archive::Admit {
+    let jobs = clade_sched::JobLimits::of(&ctx.config.tenants, tenant.name.as_str());
+    let locked: Vec<String> = ctx
+        .config
+        .settings
+        .iter()
+        .filter(|(_, setting)| !setting.agent_writable)
+        .map(|(key, _)| key.clone())
+        .collect();
+    let now = ctx.store.clock().now();
+    Arc::new(move |row: &clade_store::agent_archive::Archived<'_>| {
+        use clade_store::agent_archive::Archived;
+        match row {
+            Archived::Grant(grant) => admit_grant(grant),
+            Archived::Job { schedule, zone, admitted, .. } => jobs
+                .check_count(*admitted)
+                .and_then(|()| jobs.check_schedule(schedule, zone, now))
+                .err()
+                .map(|e| e.to_string()),
+            Archived::Setting { key } => locked.iter().any(|k| k == key).then(|| {
+                format!("settings.{key} is locked here (agent_writable: false): only the operator sets it (clade settings set)")
+            }),
+        }
+    }) as clade_store::agent_archive::Admit
 }
 
 async fn import_archive(
@@ -612,6 +648,8 @@ async fn import_archive(
             "grants": report.grants,
             "orphaned_grants": report.orphaned_grants,
             "dropped_grants": report.dropped_grants,
+            "dropped_jobs": report.dropped_jobs,
+            "dropped_settings": report.dropped_settings,
         }))?;
     } else {
         let rows: u64 = report.rows.iter().map(|(_, n)| n).sum();
@@ -629,6 +667,12 @@ async fn import_archive(
         }
         for dropped in &report.dropped_grants {
             println!("left out grant {dropped}");
+        }
+        for dropped in &report.dropped_jobs {
+            println!("left out job {dropped}");
+        }
+        for dropped in &report.dropped_settings {
+            println!("left out setting {dropped}");
         }
         if report.orphaned_grants > 0 {
             println!(

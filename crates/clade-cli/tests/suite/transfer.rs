@@ -500,3 +500,62 @@ fn forged_or_over_ceiling_grants_are_not_imported() {
     rewrite(&plain, &unsigned);
     other.run(&["agents", "import", plain.to_str().unwrap()]).fails_with("not signed");
 }
+
+/// An archive's jobs and settings meet the importing tenant's limits as its grants meet the
+/// ceiling: a job firing more often than `cron_min_interval_secs` allows, jobs past
+/// `cron_jobs_per_agent` and a stored value of a setting locked here stay out, each named.
+#[test]
+fn imported_jobs_and_settings_keep_the_importing_sides_limits() {
+    let source = Env::new();
+    source.run(&["agents", "create", "ada"]).ok();
+    // The operator's own jobs are not bound by the tenant's limits; an archive of them may be.
+    for (name, schedule) in
+        [("fast", "* * * * * *"), ("nightly", "0 3 * * *"), ("weekly", "0 4 * * 0")]
+    {
+        source.run(&["--agent", "ada", "cron", "create", name, schedule, "tidy up"]).ok();
+    }
+    source.run(&["--agent", "ada", "settings", "set", "region", "us"]).ok();
+    source.run(&["--agent", "ada", "settings", "set", "tone", "warm"]).ok();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("ada.agent");
+    let exported = source.run(&["agents", "export", "ada", "-o", archive.to_str().unwrap()]).ok();
+    let signer = signer_of(&exported.stderr);
+
+    let target = Env::new();
+    super::support::write(
+        &target.data_dir().join("clade.yaml"),
+        "tenants:\n  \"*\":\n    quotas: { cron_jobs_per_agent: 1 }\nsettings:\n  region: { default: eu, agent_writable: false }\n",
+    );
+    let path = archive.to_str().unwrap();
+    let report =
+        target.run(&["agents", "import", path, "--trust-key", &signer, "--json"]).ok().json();
+    let dropped_jobs: Vec<&str> =
+        report["dropped_jobs"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(dropped_jobs.len(), 2, "{report}");
+    assert!(
+        dropped_jobs[0].starts_with("fast: ") && dropped_jobs[0].contains("cron_min_interval_secs"),
+        "{report}"
+    );
+    assert!(
+        dropped_jobs[1].starts_with("weekly: ") && dropped_jobs[1].contains("cron_jobs_per_agent"),
+        "{report}"
+    );
+    let dropped_settings = report["dropped_settings"].as_array().unwrap();
+    assert_eq!(dropped_settings.len(), 1, "{report}");
+    assert!(dropped_settings[0].as_str().unwrap().starts_with("region: "), "{report}");
+
+    let jobs = target.run(&["--agent", "ada", "cron", "list", "--json"]).ok().json();
+    let names: Vec<&str> =
+        jobs.as_array().unwrap().iter().filter_map(|j| j["name"].as_str()).collect();
+    assert_eq!(names, ["nightly"], "{jobs}");
+    let settings = target.run(&["--agent", "ada", "settings", "list", "--json"]).ok().json();
+    let value = |key: &str| {
+        settings.as_array().unwrap().iter().find(|s| s["key"] == key).map(|s| s["value"].clone())
+    };
+    assert_eq!(
+        value("region"),
+        Some(json!("eu")),
+        "the lock's default, not the archive's: {settings}"
+    );
+    assert_eq!(value("tone"), Some(json!("warm")), "an unlocked setting comes in: {settings}");
+}
