@@ -498,6 +498,12 @@ pub struct Quotas {
     /// Long-lived streams one of the tenant's tokens may hold open at once (default 50).
     #[serde(default)]
     pub streams_per_token: Option<u64>,
+    /// Connections to the API (HTTP and gRPC, each listener counted apart) the tenant's
+    /// tokens may hold at once; a request on one more is refused with 429 and `Retry-After`.
+    /// Default: no cap below `server.max_connections`, at which the tenant holding the most
+    /// gives up its oldest.
+    #[serde(default)]
+    pub connections: Option<u64>,
 }
 
 /// What is wrong with one section of a configuration, as the check says it.

@@ -216,7 +216,7 @@ pub(crate) async fn require_token(
     };
     match state.store.authenticate_scoped(&token).await {
         Ok((tenant, access)) => {
-            admit(request, next, tenant, access, Credential::Token(token)).await
+            admit(request, next, (tenant, &state.limits), access, Credential::Token(token)).await
         }
         Err(err) => ApiError::from(err).into_response(),
     }
@@ -306,7 +306,7 @@ fn permitted(
 async fn admit(
     mut request: Request,
     next: Next,
-    tenant: Tenant,
+    (tenant, limits): (Tenant, &crate::quotas::TenantLimits),
     access: clade_store::TokenAccess,
     credential: Credential,
 ) -> Response {
@@ -322,9 +322,12 @@ async fn admit(
     if let Err(refused) = permitted(&scopes, needed, &what) {
         return refused.into_response();
     }
-    // Its connection keeps its place when strangers fill the gateway's.
-    if let Some(trust) = request.extensions().get::<crate::server::ConnectionTrust>() {
-        trust.set(tenant.id);
+    // Its connection keeps its place when strangers fill the gateway's, within its tenant's
+    // share.
+    if let Some(trust) = request.extensions().get::<crate::server::ConnectionTrust>()
+        && let Err(refused) = limits.trust_connection(trust, &tenant)
+    {
+        return refused.into_response();
     }
     request.extensions_mut().insert(Granted(scopes.into()));
     request.extensions_mut().insert(Caller(tenant, credential, Reach::of(access)));
@@ -477,7 +480,8 @@ async fn signed_by_peer(state: AppState, request: Request, next: Next) -> Respon
         match state.store.authenticate_peer(&key).await {
             Ok((tenant, access)) => {
                 let request = Request::from_parts(parts, axum::body::Body::from(body));
-                admit(request, next, tenant, access, Credential::Peer(key.into())).await
+                admit(request, next, (tenant, &state.limits), access, Credential::Peer(key.into()))
+                    .await
             }
             Err(clade_store::Error::BadToken) => refused(format!(
                 "the key {}… is not paired with this gateway as an operator (or was unpaired): pair it with `clade pair cli`",

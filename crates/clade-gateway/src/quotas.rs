@@ -67,6 +67,32 @@ impl TenantLimits {
         tenants.get("*").and_then(|t| t.quotas).map(|q| (q, "tenants.\"*\".quotas".to_owned()))
     }
 
+    /// Marks the connection `trust` stands for as `tenant`'s, unless the tenant holds as many
+    /// connections as its `connections` quota allows: then 429 with `Retry-After`, and the
+    /// connection stays a stranger's (the first to be closed when places run short).
+    pub(crate) fn trust_connection(
+        &self,
+        trust: &crate::server::ConnectionTrust,
+        tenant: &Tenant,
+    ) -> Result<(), ApiError> {
+        let cap = self.quotas(tenant).and_then(|(quotas, key)| {
+            quotas.connections.map(|cap| (usize::try_from(cap).unwrap_or(usize::MAX), key))
+        });
+        let Err(held) = trust.set(tenant.id, cap.as_ref().map(|(cap, _)| *cap)) else {
+            return Ok(());
+        };
+        let key = cap.map(|(_, key)| key).unwrap_or_default();
+        Err(ApiError::new(
+            Code::QuotaExceeded,
+            format!(
+                "tenant {} holds {held} connections, the most it may ({key}.connections): reuse one (keep-alive), or retry in {} s",
+                tenant.name,
+                CONNECTION_RETRY.as_secs()
+            ),
+        )
+        .retry_after(CONNECTION_RETRY))
+    }
+
     /// How often and how many jobs `tenant`'s tokens and agents may schedule.
     pub fn job_limits(&self, tenant: &Tenant) -> clade_sched::JobLimits {
         let tenants = self.tenants.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -243,6 +269,9 @@ impl TenantLimits {
 /// The tenants' event rates as the scheduler's gate: a tenant's scheduled fires take from
 /// the bucket its API events take from (`quotas.events_per_second`), so its jobs cannot send
 /// it more than the API would take. Tenants are looked up once, by id.
+/// When a tenant at its connection quota is told to retry.
+const CONNECTION_RETRY: Duration = Duration::from_secs(1);
+
 pub struct FireRate {
     limits: Arc<TenantLimits>,
     store: Store,

@@ -63,17 +63,31 @@ async fn linger(body: axum::body::Body, most: u64) {
 /// Marks the connection a request came on as authenticated, and by which tenant: at the cap
 /// its place is kept, unless its tenant holds more places than any other. The token check
 /// ([`crate::auth`]) sets it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct ConnectionTrust {
     trusted: Arc<AtomicBool>,
     tenant: Arc<std::sync::OnceLock<TenantId>>,
+    places: Places,
 }
 
 impl ConnectionTrust {
-    pub(crate) fn set(&self, tenant: TenantId) {
-        // The first tenant a connection authenticated as is the one it counts for.
+    /// Counts the connection as `tenant`'s (the first tenant it authenticated as is the one it
+    /// counts for), unless that tenant already holds `cap` connections of this listener: then
+    /// nothing is marked, and `Err` says how many it holds.
+    pub(crate) fn set(&self, tenant: TenantId, cap: Option<usize>) -> Result<(), usize> {
+        if self.tenant.get().is_some() {
+            return Ok(());
+        }
+        let registry = self.places.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cap) = cap {
+            let held = registry.open.values().filter(|o| o.tenant.get() == Some(&tenant)).count();
+            if held >= cap {
+                return Err(held);
+            }
+        }
         let _ = self.tenant.set(tenant);
         self.trusted.store(true, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -88,19 +102,96 @@ struct Open {
     close: Arc<Notify>,
 }
 
-/// What a connection's task shares with the accept loop.
-struct Standing {
-    requested: Arc<AtomicBool>,
-    trusted: Arc<AtomicBool>,
-    tenant: Arc<std::sync::OnceLock<TenantId>>,
-    close: Arc<Notify>,
-}
-
 #[derive(Default)]
 struct Registry {
     next: u64,
     /// By accept order, oldest first.
     open: BTreeMap<u64, Open>,
+}
+
+/// The places of one listener's connections (the HTTP server's, the gRPC server's), given out
+/// by [`Places::admit`].
+#[derive(Clone, Default)]
+pub(crate) struct Places(Arc<Mutex<Registry>>);
+
+/// One connection's place, given back when dropped. What its connection tells the accept
+/// loop goes through it; [`Place::evicted`] resolves when the place is taken for a newcomer.
+pub(crate) struct Place {
+    id: u64,
+    places: Places,
+    requested: Arc<AtomicBool>,
+    trust: ConnectionTrust,
+    close: Arc<Notify>,
+}
+
+impl Place {
+    /// Its connection has sent a request.
+    pub(crate) fn requested(&self) {
+        self.requested.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn has_requested(&self) -> bool {
+        self.requested.load(Ordering::Relaxed)
+    }
+
+    /// For the token check to mark the connection authenticated.
+    pub(crate) fn trust(&self) -> ConnectionTrust {
+        self.trust.clone()
+    }
+
+    /// Resolves once the place was taken from this connection: close it.
+    pub(crate) fn evicted(&self) -> tokio::sync::futures::OwnedNotified {
+        self.close.clone().notified_owned()
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Ok(mut registry) = self.places.0.lock() {
+            registry.open.remove(&self.id);
+        }
+    }
+}
+
+impl Places {
+    /// Takes a place for a new connection, at the cap `max` evicting the oldest that sent no
+    /// request, else the oldest that never authenticated, else the oldest of the tenant that
+    /// holds the most places: one tenant's connections, however well authenticated, cannot
+    /// keep every other tenant out.
+    pub(crate) fn admit(&self, max: usize) -> Option<Place> {
+        let mut registry = self.0.lock().ok()?;
+        if registry.open.len() >= max {
+            let silent = registry.open.iter().find(|(_, o)| !o.requested.load(Ordering::Relaxed));
+            let stranger =
+                || registry.open.iter().find(|(_, o)| !o.trusted.load(Ordering::Relaxed));
+            let oldest =
+                silent.or_else(stranger).map(|(id, _)| *id).or_else(|| greediest(&registry))?;
+            if let Some(evicted) = registry.open.remove(&oldest) {
+                evicted.close.notify_one();
+            }
+        }
+        let id = registry.next;
+        registry.next += 1;
+        let open = Open {
+            requested: Arc::new(AtomicBool::new(false)),
+            trusted: Arc::new(AtomicBool::new(false)),
+            tenant: Arc::new(std::sync::OnceLock::new()),
+            close: Arc::new(Notify::new()),
+        };
+        let place = Place {
+            id,
+            places: self.clone(),
+            requested: open.requested.clone(),
+            trust: ConnectionTrust {
+                trusted: open.trusted.clone(),
+                tenant: open.tenant.clone(),
+                places: self.clone(),
+            },
+            close: open.close.clone(),
+        };
+        registry.open.insert(id, open);
+        Some(place)
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains in-flight requests.
@@ -110,7 +201,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     limits: ConnectionLimits,
 ) -> std::io::Result<()> {
-    let registry = Arc::new(Mutex::new(Registry::default()));
+    let places = Places::default();
     let stopping = Arc::new(Notify::new());
     tokio::pin!(shutdown);
     let mut tasks = tokio::task::JoinSet::new();
@@ -129,7 +220,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         while tasks.try_join_next().is_some() {}
-        let Some((id, standing)) = admit(&registry, limits.max_connections) else {
+        let Some(place) = places.admit(limits.max_connections) else {
             tracing::debug!(%peer, "connection refused: at the connection limit");
             drop(tcp);
             continue;
@@ -139,53 +230,15 @@ pub async fn serve(
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(error = %err, "cannot set TCP_NODELAY on a connection");
         }
-        let (registry, stopping, app) = (registry.clone(), stopping.clone(), app.clone());
+        let (stopping, app) = (stopping.clone(), app.clone());
         tasks.spawn(async move {
-            serve_connection(tcp, peer, app, &standing, &stopping, limits).await;
-            if let Ok(mut registry) = registry.lock() {
-                registry.open.remove(&id);
-            }
+            serve_connection(tcp, peer, app, &place, &stopping, limits).await;
         });
     }
     // Graceful: no new connections; open ones finish their requests and close.
     stopping.notify_waiters();
     while tasks.join_next().await.is_some() {}
     Ok(())
-}
-
-/// Takes a place for a new connection, at the cap evicting the oldest that sent no request,
-/// else the oldest that never authenticated, else the oldest of the tenant that holds the
-/// most places: one tenant's connections, however well authenticated, cannot keep every
-/// other tenant out.
-fn admit(registry: &Mutex<Registry>, max: usize) -> Option<(u64, Standing)> {
-    let mut registry = registry.lock().ok()?;
-    if registry.open.len() >= max {
-        let silent = registry.open.iter().find(|(_, o)| !o.requested.load(Ordering::Relaxed));
-        let stranger = || registry.open.iter().find(|(_, o)| !o.trusted.load(Ordering::Relaxed));
-        let oldest =
-            silent.or_else(stranger).map(|(id, _)| *id).or_else(|| greediest(&registry))?;
-        if let Some(evicted) = registry.open.remove(&oldest) {
-            evicted.close.notify_one();
-        }
-    }
-    let id = registry.next;
-    registry.next += 1;
-    let standing = Standing {
-        requested: Arc::new(AtomicBool::new(false)),
-        trusted: Arc::new(AtomicBool::new(false)),
-        tenant: Arc::new(std::sync::OnceLock::new()),
-        close: Arc::new(Notify::new()),
-    };
-    registry.open.insert(
-        id,
-        Open {
-            requested: standing.requested.clone(),
-            trusted: standing.trusted.clone(),
-            tenant: standing.tenant.clone(),
-            close: standing.close.clone(),
-        },
-    );
-    Some((id, standing))
 }
 
 /// The oldest connection of the tenant that holds the most places (the first such tenant in
@@ -209,13 +262,12 @@ async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     app: Router,
-    standing: &Standing,
+    place: &Place,
     stopping: &Notify,
     limits: ConnectionLimits,
 ) {
-    let trust =
-        ConnectionTrust { trusted: standing.trusted.clone(), tenant: standing.tenant.clone() };
-    let seen = standing.requested.clone();
+    let trust = place.trust();
+    let seen = place.requested.clone();
     let service = hyper::service::service_fn(
         move |request: hyper::Request<hyper::body::Incoming>| {
             seen.store(true, Ordering::Relaxed);
@@ -274,13 +326,13 @@ async fn serve_connection(
     // deadline the `if` is checked only when it fires.
     let unproven_deadline = async {
         first_request.as_mut().await;
-        if standing.requested.load(Ordering::Relaxed) {
+        if place.has_requested() {
             std::future::pending::<()>().await;
         }
     };
     tokio::select! {
         _ = connection.as_mut() => {}
-        () = standing.close.notified() => {}
+        () = place.evicted() => {}
         () = unproven_deadline => {}
         () = &mut stop => {
             connection.as_mut().graceful_shutdown();

@@ -2018,3 +2018,54 @@ async fn one_tenants_connections_cannot_keep_the_others_out() {
         .expect("the oldest greedy connection was not closed");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
 }
+
+/// A tenant's `connections` quota bounds the connections its tokens hold below the global
+/// cap: a request on one more is refused with 429 and `Retry-After`, other tenants are served,
+/// and a connection closed gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_connections_stay_within_its_quota() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = configured("tenants:\n  acme:\n    quotas: { connections: 2 }\n");
+    let acme = tenants_with_tokens(&env, &["acme"], None).remove(0);
+    let server = env.serve(&[]);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    // A keep-alive connection and the head of its answer to one request.
+    let open = |token: String| {
+        let address = address.clone();
+        async move {
+            let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+            let request = format!(
+                "GET /v1/agents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+            );
+            socket.write_all(request.as_bytes()).await.unwrap();
+            let mut head = vec![0; 4096];
+            let read = socket.read(&mut head).await.unwrap();
+            (socket, String::from_utf8_lossy(&head[..read]).into_owned())
+        }
+    };
+    let (first, answer) = open(acme.clone()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (_second, answer) = open(acme.clone()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (_third, answer) = open(acme.clone()).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains("tenants.acme.quotas.connections"), "{answer}");
+    // Another tenant is not held to acme's share.
+    let (status, body) = server.send("GET", "/v1/agents", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    // A closed connection gives its place back.
+    drop(first);
+    let served = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            let (_socket, answer) = open(acme.clone()).await;
+            if answer.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "acme's closed connection kept its place");
+}

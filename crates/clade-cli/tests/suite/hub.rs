@@ -309,9 +309,10 @@ async fn read_until(response: reqwest::Response, needle: &str) -> String {
     text
 }
 
-/// The gRPC server holds at most `server.max_connections` connections: one more is closed at
-/// once, and one that sends nothing is closed after `server.header_timeout_secs`; a place
-/// freed serves again.
+/// The gRPC server holds at most `server.max_connections` connections, given out as the HTTP
+/// server's are: at the cap a newcomer takes the place of the oldest connection that never
+/// made an authenticated call, while one that did keeps its place; one that sends nothing is
+/// closed after `server.header_timeout_secs`; a place freed serves again.
 #[test]
 fn the_grpc_server_caps_connections_and_closes_silent_ones() {
     use std::io::{Read, Write};
@@ -323,17 +324,35 @@ fn the_grpc_server_caps_connections_and_closes_silent_ones() {
         "server:\n  max_connections: 3\n  header_timeout_secs: 1\n  grpc:\n    listen: 127.0.0.1:{port}\n"
     );
     write(&env.data_dir().join("clade.yaml"), &config);
-    let _server = env.serve(&[]);
+    let server = env.serve(&[]);
     let connect = || {
         let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         tcp
     };
-    // The server's first frame once a client's preface arrived: its SETTINGS (type 4).
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        out.extend([kind, flags]);
+        out.extend(stream.to_be_bytes());
+        out.extend(payload);
+        out
+    };
+    let read_frame = |tcp: &mut std::net::TcpStream| -> Option<(u8, u8, Vec<u8>)> {
+        let mut head = [0u8; 9];
+        tcp.read_exact(&mut head).ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0; len];
+        tcp.read_exact(&mut payload).ok()?;
+        Some((head[3], head[4], payload))
+    };
+    // Served: the server acknowledges a client's SETTINGS (type 4, flag ACK), which it reads
+    // after the preface.
     let served = |tcp: &mut std::net::TcpStream| {
         tcp.write_all(PREFACE).unwrap();
-        let mut frame = [0u8; 9];
-        tcp.read_exact(&mut frame).is_ok() && frame[3] == 4
+        tcp.write_all(&frame(4, 0, 0, &[])).unwrap();
+        std::iter::from_fn(|| read_frame(tcp))
+            .take(5)
+            .any(|(kind, flags, _)| kind == 4 && flags == 1)
     };
     // How long the server takes to close a connection (reading past what it sends, its own
     // SETTINGS), if it does within 5 s.
@@ -357,16 +376,72 @@ fn the_grpc_server_caps_connections_and_closes_silent_ones() {
         }
         None
     };
+    // A connection answering a PING is open.
+    let pings = |tcp: &mut std::net::TcpStream| {
+        tcp.write_all(&frame(6, 0, 0, b"clade!!!")).is_ok()
+            && std::iter::from_fn(|| read_frame(tcp))
+                .take(20)
+                .any(|(kind, flags, payload)| kind == 6 && flags == 1 && payload == b"clade!!!")
+    };
+    // A call with the operator's token, by hand: HPACK literals, no Huffman.
+    let hpack = |headers: &[(&str, &str)]| {
+        let mut block = Vec::new();
+        let string = |block: &mut Vec<u8>, text: &str| {
+            let mut len = text.len();
+            if len < 127 {
+                block.push(len as u8);
+            } else {
+                block.push(127);
+                len -= 127;
+                while len >= 128 {
+                    block.push((len % 128) as u8 | 0x80);
+                    len /= 128;
+                }
+                block.push(len as u8);
+            }
+            block.extend(text.as_bytes());
+        };
+        for (name, value) in headers {
+            block.push(0);
+            string(&mut block, name);
+            string(&mut block, value);
+        }
+        block
+    };
+    let bearer = format!("Bearer {}", server.token);
+    let call = hpack(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/clade.hub.v1.AgentHub/SendMessage"),
+        (":authority", "127.0.0.1"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("authorization", &bearer),
+    ]);
+    let mut trusted = connect();
+    assert!(served(&mut trusted));
+    trusted.write_all(&frame(4, 1, 0, &[])).unwrap();
+    trusted.write_all(&frame(1, 4, 1, &call)).unwrap();
+    trusted.write_all(&frame(0, 1, 1, &[0; 5])).unwrap();
+    // The call is answered (an empty message is refused after the token is checked): its
+    // trailers end the stream.
+    let answered = std::iter::from_fn(|| read_frame(&mut trusted))
+        .take(20)
+        .any(|(kind, flags, _)| kind == 1 && flags & 1 == 1);
+    assert!(answered, "the authenticated call was not answered");
 
-    let mut held: Vec<_> = (0..3).map(|_| connect()).collect();
-    for tcp in &mut held {
+    // Strangers fill the other places and take each other's: the trusted connection stays.
+    let mut strangers: Vec<_> = (0..2).map(|_| connect()).collect();
+    for tcp in &mut strangers {
         assert!(served(tcp), "a connection within the cap was not served");
     }
-    let mut over = connect();
-    let closed = closed_within(&mut over).expect("a connection over the cap stayed open");
+    let mut newcomer = connect();
+    assert!(served(&mut newcomer), "a newcomer at the cap was not served");
+    let closed = closed_within(&mut strangers[0]).expect("the oldest stranger kept its place");
     assert!(closed < Duration::from_secs(1), "closed only after {closed:?}");
+    assert!(pings(&mut trusted), "the authenticated connection lost its place");
 
-    drop(held);
+    drop((strangers, newcomer, trusted));
     std::thread::sleep(Duration::from_millis(200));
     let mut silent = connect();
     let closed = closed_within(&mut silent).expect("a silent connection stayed open");

@@ -13,7 +13,6 @@
 mod pb;
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
@@ -94,7 +93,7 @@ impl Hub {
     /// stands for.
     async fn caller(
         &self,
-        metadata: &tonic::metadata::MetadataMap,
+        (metadata, extensions): (&tonic::metadata::MetadataMap, &tonic::Extensions),
         method: &str,
         path: &str,
         call: &str,
@@ -102,9 +101,15 @@ impl Hub {
         let headers = metadata.clone().into_headers();
         let needed = crate::scopes::required(method, path);
         let what = format!("{call} (as {method} {path})");
-        crate::auth::bearer_caller(&self.state, headers.get("authorization"), needed, &what)
-            .await
-            .map_err(status_of)
+        let caller =
+            crate::auth::bearer_caller(&self.state, headers.get("authorization"), needed, &what)
+                .await
+                .map_err(status_of)?;
+        // Its connection keeps its place when strangers fill the listener's.
+        if let Some(connection) = extensions.get::<ConnectInfo>() {
+            self.state.limits.trust_connection(&connection.trust, &caller.0).map_err(status_of)?;
+        }
+        Ok(caller)
     }
 }
 
@@ -116,10 +121,11 @@ impl AgentHub for Hub {
         &self,
         request: Request<pb::SpawnRequest>,
     ) -> Result<Response<pb::SpawnReply>, Status> {
-        let (metadata, _, spawn) = request.into_parts();
+        let (metadata, extensions, spawn) = request.into_parts();
         let what = match spawn.what {
             Some(spawn_request::What::Agent(agent)) => {
-                let caller = self.caller(&metadata, "POST", "/v1/agents", "Spawn").await?;
+                let caller =
+                    self.caller((&metadata, &extensions), "POST", "/v1/agents", "Spawn").await?;
                 let params = CreateAgentParams {
                     handle: agent.handle,
                     name: agent.name,
@@ -150,8 +156,9 @@ impl AgentHub for Hub {
                 })
             }
             Some(spawn_request::What::Run(run)) => {
-                let caller =
-                    self.caller(&metadata, "POST", "/v1/sessions/{id}/forks", "Spawn").await?;
+                let caller = self
+                    .caller((&metadata, &extensions), "POST", "/v1/sessions/{id}/forks", "Spawn")
+                    .await?;
                 let kind = match pb::RunKind::try_from(run.kind) {
                     Ok(pb::RunKind::Branch) => clade_core::ExecutionKind::Branch,
                     Ok(pb::RunKind::Worker) => clade_core::ExecutionKind::Worker,
@@ -184,8 +191,9 @@ impl AgentHub for Hub {
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageReply>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        let caller = self.caller(&metadata, "POST", "/v1/events", "SendMessage").await?;
+        let (metadata, extensions, message) = request.into_parts();
+        let caller =
+            self.caller((&metadata, &extensions), "POST", "/v1/events", "SendMessage").await?;
         let params = EventParams {
             agent: message.agent,
             text: message.text,
@@ -214,8 +222,10 @@ impl AgentHub for Hub {
     type TraceStream = Events;
 
     async fn trace(&self, request: Request<pb::TraceRequest>) -> Result<Response<Events>, Status> {
-        let (metadata, _, trace) = request.into_parts();
-        let caller = self.caller(&metadata, "GET", "/v1/agents/{handle}/events", "Trace").await?;
+        let (metadata, extensions, trace) = request.into_parts();
+        let caller = self
+            .caller((&metadata, &extensions), "GET", "/v1/agents/{handle}/events", "Trace")
+            .await?;
         let mut kinds = Vec::with_capacity(trace.kinds.len());
         for kind in &trace.kinds {
             let known = clade_core::EventKind::parse(kind).ok_or_else(|| {
@@ -303,14 +313,15 @@ fn status_of(err: ApiError) -> Status {
 }
 
 /// The listener's connections, each holding one of `limits.max_connections` places while it
-/// is open: at the cap a new connection is closed at once (a gRPC client's channel is long
-/// lived, so none is evicted to make room), and one whose first bytes do not arrive in time
-/// is closed, so silent sockets cannot hold the places.
+/// is open, given out as the HTTP server gives its own ([`crate::server::Places`]): at the cap
+/// the oldest connection that sent nothing, else the oldest whose calls never passed the token
+/// check, else the oldest of the tenant holding the most places makes room. One whose first
+/// bytes do not arrive in time is closed, so silent sockets cannot hold the places.
 fn guarded(
     listener: tokio::net::TcpListener,
     limits: crate::server::ConnectionLimits,
 ) -> impl futures::Stream<Item = std::io::Result<Guarded>> {
-    let places = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let places = crate::server::Places::default();
     futures::stream::unfold((listener, places), move |(listener, places)| async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -322,7 +333,7 @@ fn guarded(
                     continue;
                 }
             };
-            let Ok(place) = places.clone().try_acquire_owned() else {
+            let Some(place) = places.admit(limits.max_connections) else {
                 tracing::debug!(%peer, "gRPC connection refused: at the connection limit");
                 continue;
             };
@@ -331,7 +342,8 @@ fn guarded(
             }
             #[allow(clippy::disallowed_methods)] // A socket's deadline, not domain time.
             let first = Box::pin(tokio::time::sleep(limits.header_timeout));
-            let guarded = Guarded { tcp, _place: place, first: Some(first), read: 0 };
+            let evicted = Box::pin(place.evicted());
+            let guarded = Guarded { tcp, place, evicted, first: Some(first), read: 0 };
             return Some((Ok(guarded), (listener, places)));
         }
     })
@@ -344,16 +356,24 @@ const FIRST_BYTES: usize = 24;
 /// A connection of the gRPC server, holding its place until it closes.
 struct Guarded {
     tcp: tokio::net::TcpStream,
-    _place: tokio::sync::OwnedSemaphorePermit,
+    place: crate::server::Place,
+    /// Resolves when a newcomer took the place: reads fail and the connection closes.
+    evicted: std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>,
     /// Until its first bytes have arrived: past it, reads fail and the connection closes.
     first: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     read: usize,
 }
 
+/// What a call knows of its connection: the token check marks it authenticated through it.
+#[derive(Clone)]
+struct ConnectInfo {
+    trust: crate::server::ConnectionTrust,
+}
+
 impl tonic::transport::server::Connected for Guarded {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = ConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.tcp.connect_info()
+        ConnectInfo { trust: self.place.trust() }
     }
 }
 
@@ -365,12 +385,19 @@ impl tokio::io::AsyncRead for Guarded {
     ) -> std::task::Poll<std::io::Result<()>> {
         use std::task::Poll;
         let this = &mut *self;
+        if this.evicted.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "closed to make room for another connection",
+            )));
+        }
         let before = buf.filled().len();
         match std::pin::Pin::new(&mut this.tcp).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 this.read += buf.filled().len() - before;
-                if this.read >= FIRST_BYTES {
+                if this.read >= FIRST_BYTES && this.first.is_some() {
                     this.first = None;
+                    this.place.requested();
                 }
                 Poll::Ready(Ok(()))
             }
