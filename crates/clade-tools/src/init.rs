@@ -262,6 +262,12 @@ fn spawn_once(
                     rustix::process::Rlimit { current: Some(*value), maximum: Some(*value) };
                 rustix::process::setrlimit(*resource, limit)?;
             }
+            // No descriptor can be made at EXEC_FD from here on (one open stays open): the
+            // one `execveat` the filter allows cannot be aimed at another file, such as the
+            // dynamic loader, after the program runs.
+            let below = crate::seccomp::EXEC_FD as u64;
+            let limit = rustix::process::Rlimit { current: Some(below), maximum: Some(below) };
+            rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)?;
             crate::seccomp::install(&once.filter)?;
             let pointers = |strings: &[std::ffi::CString]| {
                 let mut list: Vec<*const libc::c_char> =

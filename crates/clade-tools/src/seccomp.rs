@@ -146,14 +146,19 @@ pub(crate) fn program(kind: Filter, action: Action) -> Option<Vec<libc::sock_fil
     )
 }
 
-/// The descriptor a confined run's program is executed through ([`exec_once`]).
-pub(crate) const EXEC_FD: i32 = 200;
+/// The descriptor a confined run's program is executed through ([`exec_once`]): the highest
+/// a confined run may hold (its `RLIMIT_NOFILE` is this number, soft and hard), so once the
+/// program runs nothing can be put at it again (`open`, `dup2`, `F_DUPFD` and the like never
+/// give a descriptor at or past the limit).
+pub(crate) const EXEC_FD: i32 = 255;
 
 /// A filter that refuses (`EPERM`) every `execve` and every `execveat` but one of the program
 /// open at [`EXEC_FD`] (`execveat(EXEC_FD, "", …, AT_EMPTY_PATH)`): installed just before the
 /// init executes a confined run's program that way, it lets that program run and start
 /// nothing after, not even through the dynamic loader run as a program (which Landlock, seeing
-/// only the loader executed, would let through).
+/// only the loader executed, would let through). The filter cannot count: what makes the
+/// `execveat` it allows a one-time one is that the descriptor is closed on exec and the run's
+/// descriptor limit keeps any other file from taking its number.
 pub(crate) fn exec_once() -> Option<Vec<libc::sock_filter>> {
     use seccompiler::{
         SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,

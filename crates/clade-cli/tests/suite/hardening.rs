@@ -1707,6 +1707,24 @@ async fn programs_that_start_programs_start_none() {
         vec!["timeout", "5", LOADER, "/usr/bin/touch", "{m}"],
         vec!["python3", "-c", "import os; os.execv('{loader}', ['ld', '/usr/bin/touch', '{m}'])"],
         vec!["perl", "-e", "exec '{loader}', '/usr/bin/touch', '{m}'"],
+        // The loader put where the one allowed `execveat` looks for the program (the
+        // descriptor the init executed it through), by `dup2` and by `F_DUPFD`, at both
+        // numbers that descriptor ever had.
+        vec![
+            "python3",
+            "-c",
+            "import os; f = os.open('{loader}', os.O_PATH); os.dup2(f, 200); os.execve(200, ['ld', '/usr/bin/touch', '{m}'], {})",
+        ],
+        vec![
+            "python3",
+            "-c",
+            "import os; f = os.open('{loader}', os.O_PATH); os.dup2(f, 255); os.execve(255, ['ld', '/usr/bin/touch', '{m}'], {})",
+        ],
+        vec![
+            "python3",
+            "-c",
+            "import os, fcntl; f = os.open('{loader}', os.O_PATH); g = fcntl.fcntl(f, fcntl.F_DUPFD, 255); os.execve(g, ['ld', '/usr/bin/touch', '{m}'], {})",
+        ],
         // A program starting itself again is starting a program too.
         vec![
             "find",
