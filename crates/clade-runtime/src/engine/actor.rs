@@ -12,6 +12,7 @@ use futures::FutureExt as _;
 use tokio::sync::{Notify, mpsc};
 
 use super::context::Kept;
+use super::executor::TurnError;
 use super::{Inner, Wake};
 
 /// One session's actor: runs its open events turn by turn, in arrival order, and leaves
@@ -388,12 +389,12 @@ fn until(to: Timestamp, from: Timestamp) -> Duration {
 
 /// Runs a turn until it ends, is cancelled, or has run `timeout` not counting its pauses.
 async fn run_until_deadline(
-    run: impl std::future::Future<Output = Result<(), String>>,
+    run: impl std::future::Future<Output = Result<(), TurnError>>,
     cancelled: &mut std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
     pause: &Pause,
     started: Timestamp,
     (timeout, setting): (Duration, &str),
-) -> Result<(), String> {
+) -> Result<(), TurnError> {
     tokio::pin!(run);
     loop {
         let tick = match pause.deadline(started, timeout) {
@@ -403,14 +404,14 @@ async fn run_until_deadline(
         };
         tokio::select! {
             result = &mut run => return result,
-            () = cancelled.as_mut() => return Err("cancelled by request".to_owned()),
+            () = cancelled.as_mut() => return Err(TurnError::Cancelled),
             () = tick => {
                 let now = pause.clock.now();
                 if pause.deadline(started, timeout).is_some_and(|deadline| deadline <= now) {
-                    return Err(format!(
-                        "the turn did not finish within {} s ({setting}; time waiting for approvals not counted)",
-                        timeout.as_secs()
-                    ));
+                    return Err(TurnError::TimedOut {
+                        secs: timeout.as_secs(),
+                        setting: setting.to_owned(),
+                    });
                 }
             }
         }
@@ -503,6 +504,7 @@ async fn run_events(
     match result {
         Ok(()) => (true, kept),
         Err(reason) => {
+            let reason = reason.to_string();
             tracing::warn!(session = %session_id, reason = %reason, "turn failed");
             // A turn stopped part-way may have recorded its outcome without updating the
             // cache: the next turn reads the history from the store.

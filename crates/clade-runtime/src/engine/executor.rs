@@ -39,6 +39,28 @@ pub(crate) struct Write {
     pub ending: Option<TurnOutcome>,
 }
 
+/// Why a turn stopped before it settled: the events it took are failed with it, and it is
+/// logged. What the model is told (a refused or failed tool call) is a step of the turn, not
+/// this.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TurnError {
+    /// The store could not read or write the turn.
+    #[error(transparent)]
+    Store(#[from] clade_store::Error),
+    /// Something the code holds true did not hold.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+    #[error("cancelled by request")]
+    Cancelled,
+    /// The branch or worker this turn runs was cancelled before it started.
+    #[error("this {kind} was cancelled")]
+    ForkCancelled { kind: String },
+    #[error(
+        "the turn did not finish within {secs} s ({setting}; time waiting for approvals not counted)"
+    )]
+    TimedOut { secs: u64, setting: String },
+}
+
 /// Where a turn's steps are written.
 pub(crate) trait Journal: Send + Sync {
     /// Commits `write` atomically; `Err` names why it could not be.
@@ -46,7 +68,7 @@ pub(crate) trait Journal: Send + Sync {
         &mut self,
         turn: &TurnRow,
         write: Write,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), TurnError>> + Send;
 
     /// Streams an event to live subscribers only (text deltas; the start of a turn that is
     /// not committed yet).
@@ -253,7 +275,7 @@ pub(crate) async fn execute(
     thinker: &impl Thinker,
     hands: &impl Hands,
     sources: &mut [&mut dyn ContextSource],
-) -> Result<(), String> {
+) -> Result<(), TurnError> {
     let TurnPlan {
         kind,
         turn,
@@ -580,6 +602,12 @@ async fn compose(input: &TurnInput<'_>, sources: &mut [&mut dyn ContextSource]) 
     messages
 }
 
+/// A tool call's place in its model call, as a step numbers it.
+fn step_number(index: usize) -> Result<u32, TurnError> {
+    u32::try_from(index)
+        .map_err(|_| TurnError::Internal("more tool calls in one model call than a step numbers"))
+}
+
 /// Runs one tool call, or recovers its journaled outcome. An `AtMostOnce` call that started
 /// but has no result is never run again: the model is told it was interrupted.
 async fn dispatch<H: Hands>(
@@ -590,8 +618,8 @@ async fn dispatch<H: Hands>(
     iteration: u32,
     index: usize,
     call: &ToolCall,
-) -> Result<ToolStep, String> {
-    let index = u32::try_from(index).map_err(|_| format!("tool call {index} of one model call"))?;
+) -> Result<ToolStep, TurnError> {
+    let index = step_number(index)?;
     let result_step = StepKey::ToolResult { iteration, index };
     if let Some(replayed) =
         done.get(&result_step).and_then(|e| serde_json::from_str::<ToolStep>(&e.data).ok())
@@ -803,9 +831,9 @@ mod tests {
     }
 
     impl Journal for MemoryJournal {
-        async fn write(&mut self, _: &TurnRow, write: Write) -> Result<(), String> {
+        async fn write(&mut self, _: &TurnRow, write: Write) -> Result<(), TurnError> {
             if self.fail_at == Some(self.writes.len()) {
-                return Err("disk full".into());
+                return Err(TurnError::Internal("disk full"));
             }
             self.writes.push(Written {
                 step: write.step.map(|e| e.step),
@@ -995,7 +1023,7 @@ mod tests {
         model: Scripted,
         tools: Tools,
         note: Note,
-        result: Result<(), String>,
+        result: Result<(), TurnError>,
     }
 
     impl Case {
@@ -1071,7 +1099,7 @@ mod tests {
     async fn a_turn_calls_the_model_dispatches_its_tools_and_settles() {
         let text = "/tool echo {\"n\":1}\n/tool nope";
         let case = Case::plain(text).await;
-        case.result.clone().unwrap();
+        case.result.as_ref().unwrap();
         assert_eq!(
             case.steps(),
             [
@@ -1212,7 +1240,10 @@ mod tests {
         let case =
             Case::run("/tool echo", ProcessKind::Channel, journal, Scripted::default(), |_| {})
                 .await;
-        assert_eq!(case.result, Err("disk full".to_owned()));
+        assert_eq!(
+            case.result.as_ref().map_err(ToString::to_string),
+            Err("internal error: disk full".to_owned())
+        );
         assert!(case.runs().is_empty(), "a call ran without its audit record");
     }
 

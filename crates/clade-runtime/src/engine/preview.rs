@@ -15,7 +15,7 @@ use clade_store::{EventRow, SessionRow, Source, TurnRow, UsageRecord};
 
 use super::actor::TurnContext;
 use super::context::Kept;
-use super::executor::{Journal, Thinker, Write};
+use super::executor::{Journal, Thinker, TurnError, Write};
 use super::turn::{Opening, drive};
 use super::{Engine, Error};
 use crate::models::Routed;
@@ -147,7 +147,7 @@ impl Engine {
         .await;
         let captured = model.request.into_inner().unwrap_or_else(|e| e.into_inner());
         let Some(request) = captured else {
-            let why = journal.error.or(ran.err());
+            let why = journal.error.or(ran.err().map(|e| e.to_string()));
             return Err(Error::Unsent(
                 why.unwrap_or_else(|| "the turn ended before it called a model".to_owned()),
             ));
@@ -178,7 +178,7 @@ struct Discard {
 }
 
 impl Journal for Discard {
-    async fn write(&mut self, _turn: &TurnRow, write: Write) -> Result<(), String> {
+    async fn write(&mut self, _turn: &TurnRow, write: Write) -> Result<(), TurnError> {
         if let Some(ending) = write.ending {
             self.error = ending.error;
         }

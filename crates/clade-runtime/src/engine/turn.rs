@@ -18,7 +18,7 @@ use super::context::{
     ContextSource, ForkedFrom, Kept, Layers, MemoryRecall, Persona, PersonaFiles, SessionHistory,
     SessionLayers, Whereabouts, WorkUnderWay, WorkingMemory, read_persona,
 };
-use super::executor::{self, Hands, Journal, Thinker, TurnPlan, Write};
+use super::executor::{self, Hands, Journal, Thinker, TurnError, TurnPlan, Write};
 use crate::hub::LiveEvent;
 use crate::tools::{Authorized, CallOrigin, ToolRunner, ToolSet};
 
@@ -50,7 +50,7 @@ pub(super) async fn run_turn(
     ctx: &TurnContext,
     events: &[EventRow],
     kept: &mut Kept,
-) -> Result<(), String> {
+) -> Result<(), TurnError> {
     let _running = Running::new(&inner.running_turns);
     let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
     let mut journal = StoreJournal { inner, events: ids, announce: None, ended_at: None };
@@ -75,7 +75,7 @@ pub(super) async fn drive(
     kept: &mut Kept,
     journal: &mut impl Opening,
     thinker: &impl Thinker,
-) -> Result<(), String> {
+) -> Result<(), TurnError> {
     let store = &inner.visible;
     let (session, tenant, agent) = (&ctx.session, &ctx.tenant, &ctx.agent);
     let persona = read_persona(inner, agent);
@@ -86,9 +86,9 @@ pub(super) async fn drive(
     // A branch or worker: its row says what it may use, and whether it was cancelled.
     let fork = match ctx.kind {
         ProcessKind::Branch | ProcessKind::Worker => {
-            match Box::pin(store.fork(tenant.id, session.id)).await.map_err(|e| e.to_string())? {
+            match Box::pin(store.fork(tenant.id, session.id)).await? {
                 Some(fork) if fork.status == clade_core::ExecutionStatus::Cancelled => {
-                    return Err(format!("this {} was cancelled", fork.kind));
+                    return Err(TurnError::ForkCancelled { kind: fork.kind.to_string() });
                 }
                 fork => fork,
             }
@@ -97,8 +97,8 @@ pub(super) async fn drive(
     };
     let (turn, done, resumed) = match events.first().and_then(|e| e.turn_id) {
         Some(id) => {
-            let turn = Box::pin(store.turn(id)).await.map_err(|e| e.to_string())?;
-            let journal = Box::pin(store.journal(id)).await.map_err(|e| e.to_string())?;
+            let turn = Box::pin(store.turn(id)).await?;
+            let journal = Box::pin(store.journal(id)).await?;
             (turn, journal.into_iter().map(|e| (e.step, e)).collect(), true)
         }
         None => {
@@ -187,7 +187,7 @@ impl Opening for StoreJournal<'_> {
 }
 
 impl Journal for StoreJournal<'_> {
-    async fn write(&mut self, turn: &TurnRow, write: Write) -> Result<(), String> {
+    async fn write(&mut self, turn: &TurnRow, write: Write) -> Result<(), TurnError> {
         let store = &self.inner.store;
         let Write { step, usage, audit, mut outbox, ending } = write;
         if ending.is_some() {
@@ -196,9 +196,9 @@ impl Journal for StoreJournal<'_> {
         let rows = match self.announce.take() {
             Some(announce) => {
                 if audit.is_some() {
-                    return Err(
-                        "internal error: a turn's first write cannot carry an audit record".into(),
-                    );
+                    return Err(TurnError::Internal(
+                        "a turn's first write cannot carry an audit record",
+                    ));
                 }
                 let first = step.map(|entry| (entry, usage));
                 let (announced, ending) = match ending {
@@ -219,16 +219,14 @@ impl Journal for StoreJournal<'_> {
                     if let Some(entry) = step {
                         let rows =
                             Box::pin(store.append_journal(turn, entry, Vec::new(), usage, audit))
-                                .await
-                                .map_err(|e| e.to_string())?;
+                                .await?;
                         publish(self.inner, turn.agent_id, &rows);
                     }
                     Box::pin(store.finish_turn(turn, outcome, outbox)).await
                 }
                 (None, None) => Ok(Vec::new()),
             },
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
         publish(self.inner, turn.agent_id, &rows);
         Ok(())
     }
