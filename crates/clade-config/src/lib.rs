@@ -504,6 +504,12 @@ pub struct Quotas {
     /// gives up its oldest.
     #[serde(default)]
     pub connections: Option<u64>,
+    /// MiB the workspaces of all the tenant's agents may hold together (each is also bound by
+    /// `tools.limits.workspace_mib`). Counted from each workspace's size as this gateway last
+    /// measured it: at a host-touching tool call's start and end, and all of them again at
+    /// most a minute apart.
+    #[serde(default)]
+    pub workspace_mib: Option<u64>,
 }
 
 /// What is wrong with one section of a configuration, as the check says it.

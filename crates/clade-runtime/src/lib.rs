@@ -11,6 +11,7 @@
 pub mod budget;
 pub mod bus;
 pub mod cortex;
+mod disk;
 pub mod engine;
 pub mod execution;
 pub mod failpoints;

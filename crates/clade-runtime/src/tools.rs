@@ -22,7 +22,7 @@ use clade_store::{
 use clade_tools::policy::{self, Decision, SourcedRule};
 use clade_tools::sandbox::Finding;
 pub use clade_tools::sandbox::SandboxHealth;
-use clade_tools::{CallContext, Registry, Tool};
+use clade_tools::{CallContext, Registry, Tool, WorkspaceRoom};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -129,13 +129,22 @@ pub struct ToolSet {
     specs: std::sync::OnceLock<(Arc<[clade_model::ToolSpec]>, String)>,
     /// The tool lists of agents that lack some tools, by which tools they have.
     spec_lists: Mutex<HashMap<Vec<bool>, Arc<[clade_model::ToolSpec]>>>,
-    /// What each tenant's own token may grant (`tenants.<name>.ceiling` in clade.yaml).
-    ceilings: Arc<std::collections::BTreeMap<String, clade_config::GrantCeiling>>,
+    /// The operator's per-tenant settings (`tenants:` in clade.yaml): what each tenant's own
+    /// token may grant (`ceiling`), and what its agents' workspaces may hold together.
+    tenants: Arc<std::collections::BTreeMap<String, clade_config::TenantConfig>>,
     /// Each tool's argument validator, compiled on its first call (`None`: unreadable schema).
     validators: Mutex<HashMap<String, Option<Arc<jsonschema::Validator>>>>,
 }
 
 impl ToolSet {
+    /// The bytes `tenant`'s agents' workspaces may hold together (`quotas.workspace_mib` of
+    /// its own quotas, else of `"*"`'s, as every quota is read), if set.
+    fn workspace_quota(&self, tenant: &str) -> Option<u64> {
+        let quotas = |name: &str| self.tenants.get(name).and_then(|t| t.quotas);
+        let mib = quotas(tenant).or_else(|| quotas("*"))?.workspace_mib?;
+        Some(mib.saturating_mul(1024 * 1024))
+    }
+
     fn new(generation: u64, registry: Registry, config: &ToolsConfig) -> Self {
         let rules = config
             .policy
@@ -153,7 +162,7 @@ impl ToolSet {
             approval_timeout: Duration::from_secs(config.approval_timeout_secs),
             specs: std::sync::OnceLock::new(),
             spec_lists: Mutex::default(),
-            ceilings: Arc::default(),
+            tenants: Arc::default(),
             validators: Mutex::default(),
         }
     }
@@ -299,6 +308,8 @@ pub struct ToolRunner {
     sandbox: Option<Arc<clade_tools::sandbox::Sandbox>>,
     /// Tenant names by id, which configuration names agents by (see [`ToolRunner::tenant_name`]).
     tenant_names: Mutex<HashMap<TenantId, Arc<str>>>,
+    /// What tenants' workspaces hold, for their totals (`quotas.workspace_mib`).
+    disk: crate::disk::DiskLedger,
 }
 
 /// A call policy asked an operator about, and how long the operator has to answer.
@@ -379,6 +390,7 @@ impl ToolRunner {
             runs: std::sync::atomic::AtomicU64::new(0),
             sandbox: None,
             tenant_names: Mutex::default(),
+            disk: crate::disk::DiskLedger::default(),
         }
     }
 
@@ -416,7 +428,7 @@ impl ToolRunner {
     ) -> Self {
         let current = self.current.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some(set) = Arc::get_mut(current) {
-            set.ceilings = Arc::new(ceilings_of(&tenants));
+            set.tenants = Arc::new(tenants);
         }
         self
     }
@@ -425,7 +437,7 @@ impl ToolRunner {
     /// `clade_config::TenantConfig::ceiling`); the operator's CLI does not ask.
     pub fn check_ceiling(&self, tenant: &str, rule: &PolicyRule) -> Result<(), AccessError> {
         let set = self.tool_set();
-        let ceiling = match set.ceilings.get(tenant) {
+        let ceiling = match set.tenants.get(tenant).and_then(|t| t.ceiling.as_ref()) {
             Some(ceiling) => ceiling.clone(),
             None if tenant == clade_core::Tenant::DEFAULT_NAME => return Ok(()),
             None => clade_config::GrantCeiling::default(),
@@ -462,9 +474,9 @@ impl ToolRunner {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         let generation = current.generation + 1;
         let mut next = ToolSet::new(generation, registry, config);
-        next.ceilings = match tenants {
-            Some(tenants) => Arc::new(ceilings_of(tenants)),
-            None => current.ceilings.clone(),
+        next.tenants = match tenants {
+            Some(tenants) => Arc::new(tenants.clone()),
+            None => current.tenants.clone(),
         };
         *current = Arc::new(next);
         generation
@@ -491,7 +503,7 @@ impl ToolRunner {
             approval_timeout: current.approval_timeout,
             specs: std::sync::OnceLock::new(),
             spec_lists: Mutex::default(),
-            ceilings: current.ceilings.clone(),
+            tenants: current.tenants.clone(),
             validators: Mutex::default(),
         };
         *current = Arc::new(next);
@@ -609,9 +621,25 @@ impl ToolRunner {
                 }
             }
         };
-        let context = self.context(agent, origin, &decision.constraints).await?;
+        let mut context = self.context(agent, origin, &decision.constraints).await?;
+        if tool.touches_host() {
+            context.workspace_room = self.workspace_room(set, agent).await;
+        }
         let audit = entry(&decision);
         Ok(Authorized { context, decision, audit })
+    }
+
+    /// What `agent`'s workspace may hold under its tenant's total, if the tenant has one: the
+    /// total less what its other agents' workspaces hold. Unmeasurable, it is none (closed).
+    async fn workspace_room(&self, set: &ToolSet, agent: &Agent) -> Option<WorkspaceRoom> {
+        let name = self.tenant_name(agent.tenant_id).await;
+        let quota = set.workspace_quota(&name)?;
+        let others = self
+            .disk
+            .others((&self.store, &self.workspaces), agent.tenant_id, agent.id)
+            .await
+            .unwrap_or(u64::MAX);
+        Some(WorkspaceRoom { bytes: quota.saturating_sub(others) })
     }
 
     /// Writes the record of an authorized call's decision, for a call that has no journal
@@ -656,6 +684,7 @@ impl ToolRunner {
                 turn: origin.turn,
             }),
             progress: None,
+            workspace_room: None,
         })
     }
 
@@ -681,6 +710,15 @@ impl ToolRunner {
         };
         let result = tool.call(args, &authorized.context).await;
         self.runs.fetch_add(1, std::sync::atomic::Ordering::Release);
+        if let (Some(_), Some(workspace)) =
+            (authorized.context.workspace_room, authorized.context.workspace.clone())
+        {
+            let used =
+                tokio::task::spawn_blocking(move || clade_tools::workspace::usage(&workspace))
+                    .await
+                    .unwrap_or(u64::MAX);
+            self.disk.record(agent.tenant_id, agent.id, used);
+        }
         let secrets = clade_tools::redact::Redactor::new(
             authorized.context.env.iter().map(|(_, v)| v.as_str()),
         );
@@ -1257,14 +1295,4 @@ fn redact(args: &Value) -> Value {
         Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
         other => other.clone(),
     }
-}
-
-/// What each tenant's own token may grant, by tenant name (tenants with a ceiling only).
-fn ceilings_of(
-    tenants: &std::collections::BTreeMap<String, clade_config::TenantConfig>,
-) -> std::collections::BTreeMap<String, clade_config::GrantCeiling> {
-    tenants
-        .iter()
-        .filter_map(|(name, tenant)| Some((name.clone(), tenant.ceiling.clone()?)))
-        .collect()
 }

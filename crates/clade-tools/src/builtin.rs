@@ -173,6 +173,7 @@ impl TypedTool for ShellExec {
                 },
                 env: ctx.env.clone(),
                 stdin: args.stdin.map(String::into_bytes),
+                room: ctx.workspace_room.as_ref().map(|room| room.bytes),
             };
             let out = self.sandbox.run(exec).await.map_err(|e| e.to_string())?;
             let text = out.render(self.sandbox.limits());
@@ -307,7 +308,9 @@ impl TypedTool for FsWrite {
         Box::pin(async move {
             let root = ctx.workspace()?.clone();
             let path = args.path.clone();
-            let quota = self.workspace_bytes;
+            let room = ctx.workspace_room.as_ref().map(|room| room.bytes);
+            let quota = room.map_or(self.workspace_bytes, |room| room.min(self.workspace_bytes));
+            let key = crate::sandbox::quota_key(quota < self.workspace_bytes);
             let n = blocking(move || {
                 // What the write adds, at most: all of it (a replaced file's old bytes are
                 // not subtracted, so a write never passes the quota by a guess).
@@ -315,7 +318,7 @@ impl TypedTool for FsWrite {
                 let adding = args.content.len() as u64;
                 if used.saturating_add(adding) > quota {
                     return Err(format!(
-                        "the workspace holds {} of its {} quota (tools.limits.workspace_mib), and {} more would pass it: delete files you no longer need first",
+                        "the workspace holds {} of its {} quota ({key}), and {} more would pass it: delete files you no longer need first",
                         mib(used),
                         mib(quota),
                         mib(adding)

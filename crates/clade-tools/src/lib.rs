@@ -74,6 +74,16 @@ pub struct CallContext {
     /// Where a long call reports how it is getting on (a remote host's progress frames), to
     /// the session's live subscribers; none outside a turn.
     pub progress: Option<Progress>,
+    /// What the calling agent's workspace may hold under its tenant's total, when that binds
+    /// tighter than `tools.limits.workspace_mib` may.
+    pub workspace_room: Option<WorkspaceRoom>,
+}
+
+/// The most a workspace may hold under its tenant's total: the tenant's quota less what its
+/// other agents' workspaces hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkspaceRoom {
+    pub bytes: u64,
 }
 
 /// Where a running call reports its progress: what it is doing, and how far along it is (0 to

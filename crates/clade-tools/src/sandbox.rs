@@ -53,6 +53,9 @@ pub struct Exec {
     /// The command may execute its own program only: set for a program run by its name (not a
     /// shell), so that an allowed program cannot start others ([`crate::init`]).
     pub exec_only_itself: bool,
+    /// Bytes the workspace may hold under its tenant's total, when that is set
+    /// ([`crate::WorkspaceRoom`]); the lower of this and `tools.limits.workspace_mib` binds.
+    pub room: Option<u64>,
 }
 
 /// What a command did.
@@ -89,11 +92,29 @@ pub struct ExecOutput {
 pub struct WorkspaceUse {
     /// Bytes the workspace held when the run ended.
     pub used: u64,
-    /// Bytes it may hold (`tools.limits.workspace_mib`).
+    /// Bytes it may hold (`tools.limits.workspace_mib`, or less under its tenant's total).
     pub quota: u64,
     /// The largest file the run could write: what was left of the quota, when less than
     /// `file_size_mib`.
     pub file_cap: u64,
+    /// The quota is what the tenant's total left it, not `tools.limits.workspace_mib`.
+    pub by_tenant: bool,
+}
+
+impl WorkspaceUse {
+    /// The setting that sets the quota, as the refusal names it.
+    pub fn quota_key(&self) -> &'static str {
+        quota_key(self.by_tenant)
+    }
+}
+
+/// The setting a workspace's quota comes from: its own, or its tenant's for all its agents.
+pub(crate) fn quota_key(by_tenant: bool) -> &'static str {
+    if by_tenant {
+        "the tenant's quotas.workspace_mib, for all its agents' workspaces together"
+    } else {
+        "tools.limits.workspace_mib"
+    }
 }
 
 /// What the sandbox stopped or refused during a run, as read back from its account
@@ -453,9 +474,10 @@ impl ExecOutput {
         }
         if let Some(workspace) = self.workspace.filter(|w| w.used >= w.quota) {
             text.push_str(&format!(
-                "{WORKSPACE_PREFIX}{:.1} MiB used of its {:.1} MiB quota (tools.limits.workspace_mib): files cannot grow until you delete some\n",
+                "{WORKSPACE_PREFIX}{:.1} MiB used of its {:.1} MiB quota ({}): files cannot grow until you delete some\n",
                 workspace.used as f64 / MIB,
-                workspace.quota as f64 / MIB
+                workspace.quota as f64 / MIB,
+                workspace.quota_key()
             ));
         }
         if self.setid_cleared > 0 {
@@ -499,8 +521,9 @@ fn signal_line(signal: i32, limits: &SandboxLimits, out: &ExecOutput) -> String 
         }
         libc::SIGXFSZ => match out.workspace {
             Some(workspace) => format!(
-                "killed by signal {signal} (SIGXFSZ): the workspace's quota left {:.1} MiB for files to grow (tools.limits.workspace_mib)\n",
-                workspace.file_cap as f64 / MIB
+                "killed by signal {signal} (SIGXFSZ): the workspace's quota left {:.1} MiB for files to grow ({})\n",
+                workspace.file_cap as f64 / MIB,
+                workspace.quota_key()
             ),
             None => format!(
                 "killed by signal {signal} (SIGXFSZ): file-size limit of {} MiB\n",
@@ -714,6 +737,7 @@ impl Sandbox {
                 env: Vec::new(),
                 stdin: None,
                 exec_only_itself: false,
+                room: None,
             })
             .await?;
         if out.success() {
@@ -757,7 +781,9 @@ impl Sandbox {
         }
         // A file may grow by what is left of the workspace's quota (RLIMIT_FSIZE binds each
         // file, so a full workspace lets commands delete but not write).
-        let quota = self.limits.workspace_mib.saturating_mul(1024 * 1024);
+        let own = self.limits.workspace_mib.saturating_mul(1024 * 1024);
+        let quota = exec.room.map_or(own, |room| room.min(own));
+        let by_tenant = quota < own;
         let file_size = self.limits.file_size_mib.saturating_mul(1024 * 1024);
         let used_before = {
             let workspace = exec.workspace.clone();
@@ -803,7 +829,7 @@ impl Sandbox {
             .unwrap_or((0, u64::MAX));
             out.setid_cleared = cleared;
             if file_cap < file_size || used >= quota {
-                out.workspace = Some(WorkspaceUse { used, quota, file_cap });
+                out.workspace = Some(WorkspaceUse { used, quota, file_cap, by_tenant });
             }
         }
         out
@@ -833,6 +859,7 @@ impl Sandbox {
             env: env.to_vec(),
             stdin: None,
             exec_only_itself: false,
+            room: None,
         };
         let mut command = match self.mode {
             SandboxMode::Bubblewrap => self.bwrap_command(

@@ -24,6 +24,7 @@ async fn sh(sandbox: &Sandbox, dir: &std::path::Path, script: &str) -> ExecOutpu
             env: vec![("GRANTED".into(), "yes".into())],
             stdin: None,
             exec_only_itself: false,
+            room: None,
         })
         .await
         .expect("bubblewrap must be installed for these tests (apt-get install bubblewrap)")
@@ -216,6 +217,7 @@ async fn a_missing_bubblewrap_fails_closed() {
             env: vec![],
             stdin: None,
             exec_only_itself: false,
+            room: None,
         })
         .await
         .unwrap_err();
@@ -258,6 +260,7 @@ async fn networked(script: &str, egress: EgressRules) -> ExecOutput {
             env: vec![],
             stdin: None,
             exec_only_itself: false,
+            room: None,
         })
         .await
         .unwrap()
@@ -380,6 +383,7 @@ async fn a_network_grant_without_the_bridge_fails_closed() {
             env: vec![],
             stdin: None,
             exec_only_itself: false,
+            room: None,
         })
         .await
         .unwrap_err();

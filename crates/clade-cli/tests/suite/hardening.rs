@@ -1971,6 +1971,55 @@ async fn a_workspace_holds_no_more_than_its_quota() {
     assert!(out.contains("wrote 4 bytes"), "{out}");
 }
 
+/// A tenant's agents' workspaces together hold no more than its total
+/// (`quotas.workspace_mib`), each also within its own quota: what one agent holds leaves the
+/// others only the rest, to commands and `fs.write` alike, and deleting makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_workspaces_together_hold_no_more_than_its_total() {
+    let env = configured(
+        "tools:\n  limits:\n    workspace_mib: 10\ntenants:\n  default:\n    quotas: { workspace_mib: 3 }\n",
+    );
+    for agent in ["ada", "bob"] {
+        env.run(&["agents", "create", agent]).ok();
+        env.run(&["--agent", agent, "grants", "add", "--tool", "shell.exec"]).ok();
+        env.run(&["--agent", agent, "grants", "add", "--tool", "fs.*"]).ok();
+    }
+    let bob_ws = env.run(&["agents", "workspace", "bob"]).ok().stdout.trim().to_owned();
+    let bob_ws = std::path::Path::new(&bob_ws);
+    let server = env.serve(&[]);
+    let server = &server;
+    let call = |agent: &'static str, tool: &'static str, arguments: Value| async move {
+        let body = json!({ "arguments": arguments });
+        let path = format!("/v1/agents/{agent}/tools/{tool}/call");
+        let (status, body) = server.send("POST", &path, None, Some(body)).await;
+        assert_eq!(status, 200, "{body}");
+        body["content"].as_str().unwrap_or_default().to_owned()
+    };
+    let two_mib = json!({ "argv": ["dd", "if=/dev/zero", "of=big", "bs=1M", "count=2"] });
+    let out = call("ada", "shell.exec", two_mib.clone()).await;
+    assert!(out.contains("exit code 0"), "ada's own 2 MiB fit: {out}");
+    // Bob has what ada left of the 3: about 1 MiB, not his own 10.
+    let out = call("bob", "shell.exec", two_mib).await;
+    assert!(out.contains("SIGXFSZ") && out.contains("the tenant's quotas.workspace_mib"), "{out}");
+    let size = std::fs::metadata(bob_ws.join("big")).unwrap().len();
+    assert!(size <= 1024 * 1024 + 64 * 1024, "bob's file passed the tenant's total: {size} bytes");
+    let out =
+        call("bob", "fs.write", json!({ "path": "note.md", "content": "x".repeat(256 * 1024) }))
+            .await;
+    assert!(
+        out.contains("the tenant's quotas.workspace_mib") && out.contains("delete files"),
+        "{out}"
+    );
+
+    // Ada deleting her file makes room for bob.
+    let out = call("ada", "shell.exec", json!({ "argv": ["rm", "big"] })).await;
+    assert!(out.contains("exit code 0"), "{out}");
+    let out =
+        call("bob", "fs.write", json!({ "path": "note.md", "content": "x".repeat(256 * 1024) }))
+            .await;
+    assert!(out.contains("wrote 262144 bytes"), "{out}");
+}
+
 /// Where the operator's rules ask a tenant about a tool past its ceiling, the tenant may
 /// approve a call once, but not "always": that would leave an allow grant it could not give.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
