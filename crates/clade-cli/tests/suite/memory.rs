@@ -513,22 +513,13 @@ async fn a_new_embeddings_model_re_embeds_memory_in_the_background() {
     clade_model::local_embeddings::write_test_model(&narrow, 8).unwrap();
     env.run(&["models", "fetch", "--from", narrow.to_str().unwrap()]).ok();
     let server = env.serve(&[]);
-    let models = |listed: &Value| -> Vec<String> {
-        listed["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["embedding_model"].as_str().unwrap_or("none").to_owned())
-            .collect()
-    };
-    let mut seen = Vec::new();
-    for _ in 0..100 {
-        seen = models(&server.get_json("/v1/agents/ada/memories?limit=100").await);
-        if seen.iter().all(|m| m == "local:all-minilm-l6-v2:8") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let model_of = |m: &Value| m["embedding_model"].as_str().unwrap_or("none").to_owned();
+    let listed = server
+        .items_until("/v1/agents/ada/memories?limit=100", |items| {
+            items.iter().all(|m| model_of(m) == "local:all-minilm-l6-v2:8")
+        })
+        .await;
+    let seen: Vec<String> = listed.iter().map(model_of).collect();
     assert_eq!(seen, vec!["local:all-minilm-l6-v2:8"; 3], "not embedded again: {seen:?}");
 }
 
@@ -588,16 +579,20 @@ async fn a_bindings_isolation_keeps_its_peoples_memories_apart() {
             server.send("POST", "/v1/events", None, Some(say(actor, channel, text))).await;
         assert_eq!(status, 200, "{told}");
     }
-    let mut alice = Value::Null;
-    let mut global = Value::Null;
-    for _ in 0..100 {
-        alice = server.get_json("/v1/agents/ada/memories?scope=http:alice&limit=100").await;
-        global = server.get_json("/v1/agents/ada/memories?limit=100").await;
-        if alice.to_string().contains("Ingrid") && global.to_string().contains("Olaf") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let alice = Value::from(
+        server
+            .items_until("/v1/agents/ada/memories?scope=http:alice&limit=100", |items| {
+                Value::from(items).to_string().contains("Ingrid")
+            })
+            .await,
+    );
+    let global = Value::from(
+        server
+            .items_until("/v1/agents/ada/memories?limit=100", |items| {
+                Value::from(items).to_string().contains("Olaf")
+            })
+            .await,
+    );
     assert!(alice.to_string().contains("\"scope\":\"http:alice\""), "{alice}");
     assert!(alice.to_string().contains("Ingrid"), "{alice}");
     assert!(global.to_string().contains("Olaf"), "{global}");
@@ -651,16 +646,7 @@ async fn the_cortex_merges_a_repeat_in_the_background_and_an_operator_restores_i
 
     write(&env.data_dir().join("clade.yaml"), "memory:\n  upkeep:\n    settle_secs: 1\n");
     let server = env.serve(&[]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let live = loop {
-        let (status, page) = server.send("GET", "/v1/agents/ada/memories", None, None).await;
-        assert_eq!(status, 200, "{page}");
-        let items = page["items"].as_array().unwrap().clone();
-        if items.len() == 1 || std::time::Instant::now() > deadline {
-            break items;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let live = server.items_until("/v1/agents/ada/memories", |items| items.len() == 1).await;
     assert_eq!(live.len(), 1, "the cortex did not merge the repeat: {live:?}");
     let kept = live[0]["id"].as_str().unwrap().to_owned();
     let (_, pruned) = server.send("GET", "/v1/agents/ada/memories/pruned", None, None).await;
@@ -725,20 +711,13 @@ async fn the_cortex_consolidates_passing_items_through_its_model_route() {
         ),
     );
     let server = env.serve(&[]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let lasting = loop {
-        let (_, page) = server.send("GET", "/v1/agents/ada/memories", None, None).await;
-        let found = page["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["provenance"]["by"] == "cortex")
-            .cloned();
-        if found.is_some() || std::time::Instant::now() > deadline {
-            break found;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let by_cortex = |m: &&Value| m["provenance"]["by"] == "cortex";
+    let lasting = server
+        .items_until("/v1/agents/ada/memories", |items| items.iter().any(|m| by_cortex(&m)))
+        .await
+        .iter()
+        .find(by_cortex)
+        .cloned();
     let lasting = lasting.expect("the cortex consolidated nothing");
     assert_eq!(lasting["content"], "Ada likes early morning runs", "{lasting}");
     assert_eq!(lasting["kind"], "preference");

@@ -165,15 +165,10 @@ async fn one_telegram_bot_serves_two_tenants_through_the_emulator() {
 
     // A chat no binding routes gets nothing, and is counted.
     emulator.say(3, "anyone?").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        let (code, status) = server.send("GET", "/v1/channels", None, None).await;
-        assert_eq!(code, 200, "{status}");
-        if status["items"][0]["unrouted"] == 1 || std::time::Instant::now() > deadline {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let channels = server
+        .items_until("/v1/channels", |items| items.first().is_some_and(|c| c["unrouted"] == 1))
+        .await;
+    let status = json!({ "items": channels });
     let desk = &status["items"][0];
     assert_eq!(desk["name"], "desk", "{status}");
     assert_eq!(desk["state"], "connected", "{status}");
