@@ -140,10 +140,7 @@ async fn idle_sessions_leave_memory_and_come_back() {
         assert_eq!(turn(&engine, &store, &tenant, channel, "hello").await.0, TurnStatus::Completed);
     }
     assert_eq!(engine.active_sessions(), 2, "both actors are still in memory");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while engine.active_sessions() > 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually("idle actors leaving memory", async || engine.active_sessions() == 0).await;
     assert_eq!(engine.active_sessions(), 0, "idle actors left memory");
     let (status, input) = turn(&engine, &store, &tenant, "a", "again").await;
     assert_eq!(status, TurnStatus::Completed);

@@ -43,16 +43,16 @@ async fn send(engine: &Engine, tenant: &Tenant, channel: &str, text: &str) -> Fi
 
 /// The one approval waiting, once there is one.
 async fn next_pending(store: &Store, tenant: &Tenant) -> clade_store::ApprovalRow {
-    for _ in 0..400 {
+    let mut found = None;
+    support::eventually("a call asking for an approval", async || {
         let mut pending =
             store.approvals(tenant.id, None, Some(ApprovalStatus::Pending), 10).await.unwrap();
-        if let Some(approval) = pending.pop() {
-            assert!(pending.is_empty(), "more than one approval waits");
-            return approval;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no call asked for an approval within 10 s");
+        found = pending.pop();
+        assert!(pending.is_empty(), "more than one approval waits");
+        found.is_some()
+    })
+    .await;
+    found.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,11 +228,10 @@ async fn a_node_that_lost_its_lease_leaves_its_sessions_to_the_new_holder() {
         "the tool was started once, by the new holder"
     );
     // The old node gives the session up rather than retrying writes it may not make.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while old.active_sessions() > 0 {
-        assert!(std::time::Instant::now() < deadline, "the old node kept the session's actor");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::eventually("the old node letting the session's actor go", async || {
+        old.active_sessions() == 0
+    })
+    .await;
     // And takes no more events: they would wait for a turn it may not write.
     assert!(old.lease_lost() && !new.lease_lost());
     let refused = old

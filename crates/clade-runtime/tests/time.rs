@@ -11,6 +11,7 @@ use std::time::Duration;
 use clade_core::{ApprovalStatus, ManualClock, Tenant, Timestamp};
 use clade_runtime::{CallOrigin, Envelope, ToolRunner};
 use clade_store::{Agents, DataDir, Source, Store};
+use support::eventually;
 
 const START: Timestamp = Timestamp::from_millis(1_795_338_294_000);
 
@@ -20,18 +21,6 @@ async fn open(dir: &std::path::Path) -> (Arc<ManualClock>, Store, DataDir, Tenan
     let (store, data) = support::sqlite_store_on(dir, clock.clone()).await;
     let tenant = support::create_ada(&store, &data).await;
     (clock, store, data, tenant)
-}
-
-/// Polls (in real time, briefly) until `check` holds: at most 20 s, for a machine loaded by the
-/// rest of the suite.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..800 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{what} did not happen within 20 s of real time");
 }
 
 /// An approval nobody answers expires when the clock passes its timeout, not before, and the

@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, write};
+use super::support::{Env, Server, polled, write};
 
 /// The model calls the stub received for `model` (as named in the request body).
 fn calls_to(stub: &clade_stub::Stub, model: &str) -> Vec<Value> {
@@ -98,14 +98,8 @@ async fn facts_planted_early_survive_two_compactions_that_drop_them_from_the_sum
     }
     // Compactions run beside the session: wait until two have committed.
     let path = format!("/v1/sessions/{session}/summaries");
-    let mut summaries = Value::Null;
-    for _ in 0..100 {
-        summaries = server.get_json(&path).await;
-        if summaries["items"].as_array().is_some_and(|items| items.len() >= 2) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let two = |summaries: &Value| summaries["items"].as_array().is_some_and(|s| s.len() >= 2);
+    let summaries = polled(async || server.get_json(&path).await, two).await;
     let items = summaries["items"].as_array().unwrap().clone();
     if items.len() < 2 {
         panic!("fewer than two compactions: {summaries}\n{}", server.stop());

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, write};
+use super::support::{Env, PATIENCE, Server, eventually, polled_within, write};
 
 /// What the agent's `echo` tool call answers now, as the turn's reply summarises it.
 async fn echo_reply(server: &Server, n: usize) -> String {
@@ -19,14 +19,13 @@ async fn echo_reply(server: &Server, n: usize) -> String {
 
 /// Asks until the echo tool's answer satisfies `done` (the reload takes up to a second).
 async fn until_echo(server: &Server, done: impl Fn(&str) -> bool) -> String {
-    for n in 0..100 {
-        let reply = echo_reply(server, n).await;
-        if done(&reply) {
-            return reply;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the gateway never took the new configuration");
+    // Each look is a turn of its own (a new actor each time).
+    let mut asked = 0..;
+    let ask = async || echo_reply(server, asked.next().unwrap()).await;
+    let every = Duration::from_millis(100);
+    let reply = polled_within(PATIENCE, every, ask, |reply: &String| done(reply)).await;
+    assert!(done(&reply), "the gateway never took the new configuration: {reply}");
+    reply
 }
 
 #[tokio::test]
@@ -194,15 +193,15 @@ async fn an_agent_applies_a_configuration_only_when_policy_allows_it() {
     );
     let (status, _) = server.send("POST", "/v1/config", None, Some(json!({ "yaml": allow }))).await;
     assert_eq!(status, 200);
-    let mut applied = String::new();
-    for n in 2..60 {
-        let (_, answer) = server.send("POST", "/v1/events", None, Some(call(n, wanted))).await;
-        applied = answer["reply"]["text"].as_str().unwrap_or_default().to_owned();
-        if applied.contains("applied revision") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Each look is a call of its own (a new actor each time), until the policy allows it.
+    let mut asked = 2..;
+    let apply = async || {
+        let body = call(asked.next().unwrap(), wanted);
+        let (_, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
+        answer["reply"]["text"].as_str().unwrap_or_default().to_owned()
+    };
+    let took = |reply: &String| reply.contains("applied revision");
+    let applied = polled_within(PATIENCE, Duration::from_millis(100), apply, took).await;
     assert!(applied.contains("applied revision 2"), "{applied}");
     let revision = server.get_json("/v1/config/revisions/2").await;
     assert_eq!(revision["applied_by"], "agent ada", "{revision}");
@@ -318,28 +317,18 @@ async fn subscribers_follow_the_configuration_without_a_restart() {
     assert!(!out.stdout.contains("at the next start: subscribers"), "{}", out.stdout);
     env.run(&["gateway", "reload"]).ok();
     server.send("POST", "/v1/events", None, Some(say("/reply one"))).await;
-    let mut delivered = false;
-    for _ in 0..100 {
-        if finished(&first_seen, "one") {
-            delivered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(delivered, "the subscriber added live got nothing: {:?}", first_seen.lock().unwrap());
+    let delivered = eventually(async || finished(&first_seen, "one").then_some(())).await;
+    assert!(
+        delivered.is_some(),
+        "the subscriber added live got nothing: {:?}",
+        first_seen.lock().unwrap()
+    );
 
     apply(&second);
     env.run(&["gateway", "reload"]).ok();
     server.send("POST", "/v1/events", None, Some(say("/reply two"))).await;
-    let mut moved = false;
-    for _ in 0..100 {
-        if finished(&second_seen, "two") {
-            moved = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(moved, "the moved subscriber delivered nothing to its new URL");
+    let moved = eventually(async || finished(&second_seen, "two").then_some(())).await;
+    assert!(moved.is_some(), "the moved subscriber delivered nothing to its new URL");
     assert!(!finished(&first_seen, "two"), "the old URL still received turns");
 }
 

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use clade_test_support::history::{self, Delivery, Fault, History, Op, OpKind, Turn};
 
-use super::support::{Env, serve_hook, write};
+use super::support::{Env, polled_within, serve_hook, write};
 
 // PR tier of RELIABILITY.md A1: 50 kills (42 at random moments, 8 at failpoints), > 2,000 turns.
 // A soak (`CLADE_SOAK_SCALE`) multiplies the events per session and the random kills.
@@ -323,8 +323,7 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
         .filter_map(|op| serde_json::from_str::<Value>(op.body.as_deref()?).ok())
         .map(|body| body["session_id"].as_str().unwrap().to_owned())
         .collect();
-    let deadline = tokio::time::Instant::now() + patience(90);
-    let turns = loop {
+    let all_turns = async || {
         let mut all = Vec::new();
         for session in &sessions {
             for turn in &server.all_turns(session).await {
@@ -342,13 +341,15 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
                 });
             }
         }
+        all
+    };
+    let all_finished = |all: &Vec<Turn>| {
         let finished: usize =
             all.iter().filter(|t| t.status != "running").map(|t| t.events.len()).sum();
-        if finished >= SESSIONS * events || tokio::time::Instant::now() > deadline {
-            break all;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        finished >= SESSIONS * events
     };
+    let every = Duration::from_millis(200);
+    let turns = polled_within(patience(90), every, all_turns, all_finished).await;
 
     // B2: the same key with another payload is refused and starts nothing.
     let conflict_status = client
@@ -362,14 +363,8 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
         .as_u16();
 
     // C (partial): wait until every finished turn reached the subscriber.
-    let deadline = tokio::time::Instant::now() + patience(120);
-    loop {
-        let missing = history::undelivered(&turns, &deliveries.lock().unwrap().log);
-        if missing == 0 || tokio::time::Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let missing = async || history::undelivered(&turns, &deliveries.lock().unwrap().log);
+    polled_within(patience(120), every, missing, |&missing: &usize| missing == 0).await;
 
     let record = {
         let d = deliveries.lock().unwrap();

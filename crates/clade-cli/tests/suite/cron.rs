@@ -7,18 +7,18 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, token};
+use super::support::{Env, Server, eventually, token};
 
 /// Polls `path` (with the server's token) until `done` holds of its answer, for up to 30 s.
 async fn until(server: &Server, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..300 {
+    let got_there = eventually(async || {
         let answer = server.get_json(path).await;
-        if done(&answer) {
-            return answer;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        done(&answer).then_some(answer)
+    });
+    match got_there.await {
+        Some(answer) => answer,
+        None => panic!("{path} never got there: {}", server.get_json(path).await),
     }
-    panic!("{path} never got there: {}", server.get_json(path).await);
 }
 
 fn completed(runs: &Value) -> bool {
@@ -205,15 +205,8 @@ async fn an_agent_schedules_itself_and_the_job_answers_where_the_user_spoke() {
     let turns = |turns: &[Value]| {
         turns.iter().any(|t| t["reply"] == "time to stretch" && t["status"] == "completed")
     };
-    let mut found = false;
-    for _ in 0..300 {
-        if turns(&server.all_turns(&session).await) {
-            found = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(found, "the job never answered in the origin session");
+    let found = eventually(async || turns(&server.all_turns(&session).await).then_some(()));
+    assert!(found.await.is_some(), "the job never answered in the origin session");
 
     let (_, listed) = server.send("POST", "/v1/events", None, Some(say("/tool cron.list"))).await;
     assert!(listed["reply"]["text"].as_str().unwrap().contains("remind"), "{listed}");
@@ -410,12 +403,8 @@ async fn a_job_whose_turns_keep_failing_is_disabled_and_subscribers_are_told() {
     let runs = server.get_json("/v1/agents/ada/jobs/doomed/runs").await;
     let failed = runs["items"].as_array().unwrap().iter().filter(|r| r["turn_status"] == "failed");
     assert!(failed.count() >= 2, "{runs}");
-    for _ in 0..100 {
-        if bodies.lock().unwrap().iter().any(|b| b["type"] == "job.disabled") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    super::support::until(&bodies, |bodies| bodies.iter().any(|b| b["type"] == "job.disabled"))
+        .await;
     let bodies = bodies.lock().unwrap().clone();
     let told =
         bodies.iter().find(|b| b["type"] == "job.disabled").expect("no job.disabled webhook");
@@ -442,24 +431,17 @@ async fn a_declared_heartbeat_beats_and_a_bad_one_is_refused() {
     env.run(&["config", "validate"]).ok();
     env.run(&["agents", "create", "ada"]).ok();
     let server = env.serve(&[]);
-    let mut beat = None;
-    for _ in 0..300 {
+    let beat = eventually(async || {
         let sessions = server.get_json("/v1/sessions").await;
         let heartbeat = sessions["items"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|s| s["platform"] == "cron" && s["channel"] == "heartbeat");
-        if let Some(session) = heartbeat {
-            let turns = server.all_turns(session["id"].as_str().unwrap()).await;
-            if let Some(turn) = turns.iter().find(|t| t["status"] == "completed") {
-                beat = Some(turn.clone());
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let beat = beat.expect("the heartbeat never beat");
+            .find(|s| s["platform"] == "cron" && s["channel"] == "heartbeat")?;
+        let turns = server.all_turns(heartbeat["id"].as_str().unwrap()).await;
+        turns.into_iter().find(|t| t["status"] == "completed")
+    });
+    let beat = beat.await.expect("the heartbeat never beat");
     assert_eq!(beat["reply"], "beat", "{beat}");
     // The listing shows it; the API cannot remove it (its name is the file's).
     let jobs = server.get_json("/v1/agents/ada/jobs").await;

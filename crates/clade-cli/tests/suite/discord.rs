@@ -358,16 +358,11 @@ async fn a_discord_bot_serves_two_tenants_and_resumes_its_gateway_session() {
 
     // Discord refuses the token: the bot stops trying and says why.
     fake.lock().unwrap().close_with = Some(4004);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        let (_, status) = server.send("GET", "/v1/channels", None, None).await;
-        if status["items"][0]["state"] == "failing" || std::time::Instant::now() > deadline {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let error = status["items"][0]["last_error"].as_str().unwrap_or_default().to_owned();
-    assert!(error.contains("4004") && error.contains("token"), "{status}");
+    let channels = server
+        .items_until("/v1/channels", |items| items.first().is_some_and(|c| c["state"] == "failing"))
+        .await;
+    let error = channels.first().and_then(|c| c["last_error"].as_str()).unwrap_or_default();
+    assert!(error.contains("4004") && error.contains("token"), "{channels:?}");
     let (code, _) = server.send(
         "POST",
         "/v1/events",

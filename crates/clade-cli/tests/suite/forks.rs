@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, token, write};
+use super::support::{Env, Server, eventually, token, write};
 
 fn tool(name: &str, args: Value) -> String {
     format!("/tool {name} {args}")
@@ -271,12 +271,9 @@ async fn a_branch_conclusion_crosses_a_crash_exactly_once() {
         say(&server, "ada", &tool("agent.branch", json!({ "task": "/reply first thought" }))).await;
     let first = started(&reply)["id"].as_str().unwrap().to_owned();
     // The branch's turn ends and the process aborts before settling it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut server = server;
-    while !server.exited() {
-        assert!(std::time::Instant::now() < deadline, "the failpoint was never reached");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let reached = eventually(async || server.exited().then_some(())).await;
+    assert!(reached.is_some(), "the failpoint was never reached");
     server.kill9();
 
     let server = env.serve(&[]);

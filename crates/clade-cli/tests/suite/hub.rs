@@ -5,7 +5,9 @@
 
 use serde_json::Value;
 
-use super::support::{Env, ada_and_rival_bob, python_clients, run_client, token, write};
+use super::support::{
+    Env, PATIENCE, ada_and_rival_bob, polled_blocking, python_clients, run_client, token, write,
+};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -158,12 +160,17 @@ fn a_trace_ends_when_its_token_is_revoked() {
     });
     // Messages until the trace has shown one: it is open and its token taken.
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !marker.exists() && std::time::Instant::now() < deadline {
+    let shown = || {
+        if marker.exists() {
+            return true;
+        }
         let event = serde_json::json!({"agent": "ada", "text": "hi", "source": {"platform": "t", "channel": "c", "actor": "a"}});
         runtime.block_on(server.send("POST", "/v1/events", None, Some(event)));
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
+        false
+    };
+    // One message a look: a trickle the trace can show, not a flood of turns.
+    let every = std::time::Duration::from_millis(300);
+    polled_blocking(PATIENCE, every, shown, |&shown| shown);
     assert!(marker.exists(), "the trace showed nothing");
     env.run(&["tokens", "revoke", &id]).ok();
     let got = tracing.join().unwrap();

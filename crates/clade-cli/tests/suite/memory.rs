@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use super::support::{Env, request, token, write};
+use super::support::{Env, PATIENCE, polled, polled_within, request, token, write};
 
 /// Everything the model was sent in its last call, as one text.
 fn last_context(stub: &clade_stub::Stub) -> String {
@@ -459,14 +459,8 @@ async fn completed_turns_are_mined_into_memory() {
             .collect()
     };
     let path = "/v1/agents/ada/memories?scope=http:alice&limit=100";
-    let mut items = Vec::new();
-    for _ in 0..100 {
-        items = mined(&server.get_json(path).await);
-        if items.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let read = async || mined(&server.get_json(path).await);
+    let items = polled(read, |items: &Vec<Value>| items.len() >= 2).await;
     let contents: Vec<&str> = items.iter().map(|m| m["content"].as_str().unwrap()).collect();
     assert_eq!(items.len(), 2, "{contents:?}");
     assert!(
@@ -605,17 +599,20 @@ async fn a_bindings_isolation_keeps_its_peoples_memories_apart() {
         "bindings:\n  - { platform: http, channel: \"dm-*\", agent: ada, isolation: channel }\ndefault_agent: ada\n",
     );
     env.run(&["config", "apply", next.to_str().unwrap()]).ok();
-    let mut conversation = Value::Null;
-    for _ in 0..100 {
-        let told = say("alice", "dm-1", "My cousin's name is Petra.");
-        let (status, answer) = server.send("POST", "/v1/events", None, Some(told)).await;
-        assert_eq!(status, 200, "{answer}");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        conversation = server.get_json("/v1/agents/ada/memories?scope=http:dm-1&limit=100").await;
-        if conversation.to_string().contains("Petra") {
-            break;
+    let path = "/v1/agents/ada/memories?scope=http:dm-1&limit=100";
+    let knows_petra = |conversation: &Value| conversation.to_string().contains("Petra");
+    // Told again after each look that finds nothing: the new isolation may not have come yet.
+    let retell = async || {
+        let conversation = server.get_json(path).await;
+        if !knows_petra(&conversation) {
+            let told = say("alice", "dm-1", "My cousin's name is Petra.");
+            let (status, answer) = server.send("POST", "/v1/events", None, Some(told)).await;
+            assert_eq!(status, 200, "{answer}");
         }
-    }
+        conversation
+    };
+    let every = std::time::Duration::from_millis(200);
+    let conversation = polled_within(PATIENCE, every, retell, &knows_petra).await;
     assert!(
         conversation.to_string().contains("Petra"),
         "still isolated per person: {conversation}"
@@ -771,21 +768,17 @@ async fn a_model_mines_turns_when_asked_and_the_heuristic_stands_in_when_it_fail
         ("stub+status=500x1000", "My sister's name is Ingrid.", "My sister's name is Ingrid."),
     ] {
         let (_env, server, _) = told_ada(&stub, thinker, "  ingest: model\n", said).await;
-        let mut mined = Vec::new();
-        for _ in 0..150 {
+        let read = async || {
             let page = server.get_json("/v1/agents/ada/memories?limit=100").await;
-            mined = page["items"]
+            page["items"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .filter(|m| m["provenance"]["by"] == "ingestion")
                 .map(|m| m["content"].as_str().unwrap().to_owned())
-                .collect();
-            if !mined.is_empty() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+                .collect::<Vec<String>>()
+        };
+        let mined = polled(read, |mined: &Vec<String>| !mined.is_empty()).await;
         assert_eq!(mined, [expected], "{thinker}");
     }
     let asked = stub.captured();

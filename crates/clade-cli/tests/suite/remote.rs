@@ -11,7 +11,7 @@ use clade_protocol::remote_tools::{PEER_HEADER, PEER_SIGNATURE_HEADER, PEER_TIME
 use clade_tools::remote::identity::{self, Identity};
 use serde_json::{Value, json};
 
-use super::support::Env;
+use super::support::{Env, POLL, polled_blocking};
 
 const PAIR_TOKEN: (&str, &str) = ("CLADE_PAIR_TOKEN", "pairing-secret-0123456789");
 
@@ -180,15 +180,12 @@ fn grant_to_laptop(gateway: &Env, scope: &[&str], ttl: &str) -> String {
 
 /// Waits up to 10 s for `done` to hold of the lease `id` (as `clade lease list --json` shows it).
 fn lease_becomes(gateway: &Env, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let lease = || {
         let leases = gateway.run(&["lease", "list", "--json"]).ok().json();
-        let lease = leases.as_array().unwrap().iter().find(|l| l["id"] == id).unwrap().clone();
-        if done(&lease) || std::time::Instant::now() > deadline {
-            return lease;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        leases.as_array().unwrap().iter().find(|l| l["id"] == id).unwrap().clone()
+    };
+    // Each look runs the CLI: a slower pace than a plain read.
+    polled_blocking(Duration::from_secs(10), Duration::from_millis(100), lease, done)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,11 +319,13 @@ async fn a_leased_cli_reaches_one_session_only_while_its_lease_lives_and_its_cha
     assert!(attached["live"].as_bool().unwrap(), "{attached}");
     std::thread::sleep(Duration::from_millis(500));
     gateway.run(&["lease", "revoke", &lease_id]).ok();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while open_chat.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let Some(exit) = open_chat.try_wait().unwrap() else {
+    let ended = polled_blocking(
+        Duration::from_secs(10),
+        POLL,
+        || open_chat.try_wait().unwrap(),
+        Option::is_some,
+    );
+    let Some(exit) = ended else {
         open_chat.kill().ok();
         panic!("the chat ran on after its lease was revoked");
     };

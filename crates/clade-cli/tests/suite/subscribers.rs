@@ -5,11 +5,10 @@
 //! revoked, expired or unpaired. Another tenant leases nothing of the first's.
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, token};
+use super::support::{Env, Server, eventually, polled, token};
 
 const TOKEN_VAR: (&str, &str) = ("SUB_TOKEN", "subscriber-secret");
 
@@ -29,13 +28,12 @@ fn finished(path: &Path, session: &str) -> usize {
 
 /// Waits until the subscriber wrote `count` finished turns of `session`.
 async fn await_finished(path: &Path, session: &str, count: usize) {
-    for _ in 0..200 {
-        if finished(path, session) >= count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the subscriber did not get {count} finished turns of {session}: {:?}", events(path));
+    let got = eventually(async || (finished(path, session) >= count).then_some(())).await;
+    assert!(
+        got.is_some(),
+        "the subscriber did not get {count} finished turns of {session}: {:?}",
+        events(path)
+    );
 }
 
 /// One turn of `agent` for `actor`; the session id.
@@ -143,16 +141,12 @@ async fn a_paired_subscriber_is_sent_its_agents_events_and_an_impostor_nothing()
     let _impostor =
         subscriber(&env, &format!("127.0.0.1:{port}"), &env.data_dir().join("other.key"), &stolen);
     turn(&server, None, "ada", "grace").await;
-    let mut refused = false;
-    for _ in 0..100 {
+    let refused = eventually(async || {
         let audit = server.get_json("/v1/audit?limit=500").await;
-        refused = audit["items"].as_array().unwrap().iter().any(|r| r["kind"] == "peer.refused");
-        if refused {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(refused, "no peer.refused audit record");
+        let items = audit["items"].as_array().unwrap();
+        items.iter().any(|r| r["kind"] == "peer.refused").then_some(())
+    });
+    assert!(refused.await.is_some(), "no peer.refused audit record");
     assert!(events(&stolen).is_empty(), "{:?}", events(&stolen));
     let logs = server.stop();
     assert!(logs.contains("did not sign the challenge"), "{logs}");
@@ -247,15 +241,12 @@ async fn a_leased_subscriber_is_sent_only_what_a_live_lease_covers() {
     assert_eq!(finished(&out, &first), 2, "{:?}", events(&out));
 
     // Expired: ended, and said so.
-    let mut why = Value::Null;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let ended_why = async || {
         let all = server.get_json("/v1/leases").await;
-        why = all["items"].as_array().unwrap().iter().find(|l| l["id"] == short["id"]).unwrap()["ended_why"].clone();
-        if why == "expired" {
-            break;
-        }
-    }
+        let leases = all["items"].as_array().unwrap();
+        leases.iter().find(|l| l["id"] == short["id"]).unwrap()["ended_why"].clone()
+    };
+    let why = polled(ended_why, |why: &Value| why == "expired").await;
     assert_eq!(why, "expired");
 
     // The CLI grants, lists and refuses the same; unpairing ends every lease.

@@ -169,14 +169,9 @@ pub struct Server {
 impl Server {
     /// Whether the server process ends within `within` (e.g. at a failpoint).
     pub fn exits_within(&mut self, within: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + within;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        false
+        let child = &mut self.child;
+        let every = std::time::Duration::from_millis(20);
+        polled_blocking(within, every, || matches!(child.try_wait(), Ok(Some(_))), |&exited| exited)
     }
 
     /// The items of the page at `path` once `done` holds for them (or 30 s pass).
@@ -195,15 +190,11 @@ impl Server {
         path: &str,
         done: impl Fn(&[serde_json::Value]) -> bool,
     ) -> Vec<serde_json::Value> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
+        let read = async || {
             let page = self.send("GET", path, token, None).await.1;
-            let items = page["items"].as_array().cloned().unwrap_or_default();
-            if done(&items) || std::time::Instant::now() > deadline {
-                return items;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+            page["items"].as_array().cloned().unwrap_or_default()
+        };
+        polled(read, |items: &Vec<serde_json::Value>| done(items)).await
     }
 
     /// A session's first page of turns once `done` holds for them (or 30 s pass).
@@ -458,15 +449,62 @@ pub fn ada_and_rival_bob(env: &Env) -> String {
 /// Waits until `done` holds for what `shared` holds (a fake platform's record), or 30 s pass;
 /// whether it did.
 pub async fn until<T>(shared: &Arc<Mutex<T>>, done: impl Fn(&T) -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // A fake's record is cheap to look at: look often, so a test waits no longer than it must.
+    let every = std::time::Duration::from_millis(20);
+    polled_within(PATIENCE, every, async || done(&shared.lock().unwrap()), |&held| held).await
+}
+
+/// How long a test waits for what it expects: generous, for a machine loaded by the rest of
+/// the suite, and only ever spent by a test that is failing anyway.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How often a waiting test looks again.
+pub const POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// What `probe` answers once it answers `Some`, or `None` once [`PATIENCE`] has passed; it is
+/// asked every [`POLL`]. For a test that waits for a condition rather than for a guessed time.
+pub async fn eventually<T>(probe: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    polled(probe, Option::is_some).await
+}
+
+/// What `read` answers once `done` holds for it, or its last answer once [`PATIENCE`] has
+/// passed (so the assertion after it can show what was seen last); it is asked every [`POLL`].
+pub async fn polled<T>(read: impl AsyncFnMut() -> T, done: impl Fn(&T) -> bool) -> T {
+    polled_within(PATIENCE, POLL, read, done).await
+}
+
+/// [`polled`] with its own patience (`within`) and pace (`every`): longer for what is slow to
+/// come, slower for a `read` that is costly or that acts (sends a message, runs the CLI).
+pub async fn polled_within<T>(
+    within: std::time::Duration,
+    every: std::time::Duration,
+    mut read: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = std::time::Instant::now() + within;
     loop {
-        if done(&shared.lock().unwrap()) {
-            return true;
+        let value = read().await;
+        if done(&value) || std::time::Instant::now() > deadline {
+            return value;
         }
-        if std::time::Instant::now() > deadline {
-            return false;
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// [`polled_within`] for a thread with no runtime to yield to: it sleeps between reads.
+pub fn polled_blocking<T>(
+    within: std::time::Duration,
+    every: std::time::Duration,
+    mut read: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let value = read();
+        if done(&value) || std::time::Instant::now() > deadline {
+            return value;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        std::thread::sleep(every);
     }
 }
 

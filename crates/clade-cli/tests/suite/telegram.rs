@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, required_tool, token, two_tenants_under, write};
+use super::support::{
+    Env, POLL, Server, polled, polled_within, required_tool, token, two_tenants_under, write,
+};
 
 const TOKEN: &str = "123456:test-token";
 
@@ -92,15 +94,10 @@ impl Emulator {
     /// The bot's messages in `chat` once there are at least `count` and none ends in a draft's
     /// mark (or 30 s pass).
     async fn bot_messages_until(&self, chat: i64, count: usize) -> Vec<String> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let messages = self.bot_messages(chat).await;
-            let settled = messages.len() >= count && messages.iter().all(|m| !m.ends_with(" …"));
-            if settled || std::time::Instant::now() > deadline {
-                return messages;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let settled = |messages: &Vec<String>| {
+            messages.len() >= count && messages.iter().all(|m| !m.ends_with(" …"))
+        };
+        polled(async || self.bot_messages(chat).await, settled).await
     }
 }
 
@@ -530,17 +527,6 @@ async fn telegram_updates_are_taken_once_across_a_kill_429s_and_bad_updates() {
     let api = serve_fake(&fake).await;
 
     let env = desk(&api, "poll_timeout_secs: 1\n      stream: false", "default_agent: ada\n");
-    let sent = |fake: &Fake| fake.lock().unwrap().sent.len();
-    let wait_sent = |count: usize| {
-        let fake = fake.clone();
-        async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while sent(&fake) < count && std::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            sent(&fake)
-        }
-    };
 
     // Dies after taking the fifth update, before confirming any: Telegram sends them all again.
     if clade_runtime::failpoints::ENABLED {
@@ -553,7 +539,10 @@ async fn telegram_updates_are_taken_once_across_a_kill_429s_and_bad_updates() {
     }
     let server = env.serve(&[]);
     // The first poll met a 502 and the first reply a 429: both were tried again.
-    assert!(wait_sent(3).await >= 3, "no replies after a 502 and a 429");
+    let sent = async || fake.lock().unwrap().sent.len();
+    let every = Duration::from_millis(20);
+    let replies = polled_within(Duration::from_secs(60), every, sent, |&n: &usize| n >= 3).await;
+    assert!(replies >= 3, "no replies after a 502 and a 429");
     let (_, status) = server.send("GET", "/v1/channels", None, None).await;
     assert_eq!(status["items"][0]["malformed"], 1, "{status}");
     assert_eq!(fake.lock().unwrap().rate_limited, 1);
@@ -568,17 +557,11 @@ async fn telegram_updates_are_taken_once_across_a_kill_429s_and_bad_updates() {
     let server = env.serve(&[]);
     let texts: Vec<String> =
         (1..=20).filter(|n| ![2, 3].contains(n)).map(|n| format!("m{n}")).collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let replied = {
-            let f = fake.lock().unwrap();
-            texts.iter().all(|t| f.sent.iter().any(|(_, s)| s.ends_with(&format!(" {t}"))))
-        };
-        if replied || std::time::Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let replied = async || {
+        let f = fake.lock().unwrap();
+        texts.iter().all(|t| f.sent.iter().any(|(_, s)| s.ends_with(&format!(" {t}"))))
+    };
+    polled_within(Duration::from_secs(60), POLL, replied, |&replied| replied).await;
     // 0 lost: every message was answered in its chat.
     {
         let f = fake.lock().unwrap();
@@ -624,10 +607,7 @@ async fn a_telegram_webhook_takes_updates_signed_with_its_secret_once() {
     env.vars.push(("DESK_SECRET".into(), "s3cret-Token_1".into()));
     let server = env.serve(&[]);
     // The gateway registered its webhook with the secret Telegram is to send.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while fake.lock().unwrap().webhook.is_none() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    super::support::until(&fake, |f| f.webhook.is_some()).await;
     assert_eq!(
         fake.lock().unwrap().webhook,
         Some(("https://clade.example.test/channels/telegram/desk".into(), "s3cret-Token_1".into()))
@@ -665,10 +645,7 @@ async fn a_telegram_webhook_takes_updates_signed_with_its_secret_once() {
         let (status, answer) = hook("desk", Some("s3cret-Token_1"), bad.to_owned()).await;
         assert_eq!(status, 200, "{bad}: {answer}");
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while fake.lock().unwrap().sent.is_empty() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    super::support::until(&fake, |f| !f.sent.is_empty()).await;
     assert_eq!(fake.lock().unwrap().sent, vec![(42, "echo: via webhook".to_owned())]);
     let sessions = server.sessions_on("ada", "telegram", "desk:42").await;
     assert_eq!(sessions.len(), 1, "{sessions:?}");
@@ -699,15 +676,13 @@ async fn a_reply_streams_into_one_message_edited_in_place() {
     let words: Vec<String> = (0..80).map(|i| format!("w{i}")).collect();
     let reply = words.join(" ");
     fake.lock().unwrap().updates.insert(1, message(1, 9, &format!("/reply {reply}")));
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let versions = loop {
-        let versions = fake.lock().unwrap().versions.clone();
-        let done = versions.values().any(|v| v.last() == Some(&reply));
-        if done || std::time::Instant::now() > deadline {
-            break versions;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let versions = polled_within(
+        Duration::from_secs(60),
+        POLL,
+        async || fake.lock().unwrap().versions.clone(),
+        |versions: &BTreeMap<i64, Vec<String>>| versions.values().any(|v| v.last() == Some(&reply)),
+    )
+    .await;
     // One message: drafts that grow, marked as unfinished, then the reply in the same message.
     assert_eq!(versions.len(), 1, "{versions:?}");
     let shown = versions.values().next().unwrap();

@@ -5,11 +5,10 @@
 //! answers the operator's status and reload.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::support::{Env, read, token, write};
+use super::support::{Env, eventually, read, token, write};
 
 const TOKEN_VAR: (&str, &str) = ("CRON_TOKEN", "cron-s3cret");
 
@@ -61,16 +60,12 @@ async fn the_cron_service_hosts_the_cron_tools_and_its_fires_run_in_the_gateway(
     assert_eq!(job["target"], format!("origin:{session}"), "{job}");
 
     // The cron service fires it; the gateway, woken over its admin socket, runs the turn.
-    let mut answered = false;
-    for _ in 0..300 {
+    let answered = eventually(async || {
         let turns = server.all_turns(&session).await;
-        if turns.iter().any(|t| t["reply"] == "time to stretch" && t["status"] == "completed") {
-            answered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(answered, "the job fired by the cron service never ran in the gateway");
+        let stretch = |t: &Value| t["reply"] == "time to stretch" && t["status"] == "completed";
+        turns.iter().any(stretch).then_some(())
+    });
+    assert!(answered.await.is_some(), "the job fired by the cron service never ran in the gateway");
 
     // Another tenant's agent reaches the same host and sees only its own (no) jobs.
     let (status, listed) = server
@@ -136,15 +131,8 @@ async fn a_tool_host_down_at_start_joins_when_it_comes_up() {
             &[TOKEN_VAR],
         )
         .expect("the cron service printed nothing");
-    let mut joined = false;
-    for _ in 0..300 {
-        if has_cron().await {
-            joined = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(joined, "the host's tools were never offered after it came up");
+    let joined = eventually(async || has_cron().await.then_some(())).await;
+    assert!(joined.is_some(), "the host's tools were never offered after it came up");
     let (status, answer) = server
         .send("POST", "/v1/agents/ada/tools/cron.list/call", None, Some(json!({ "arguments": {} })))
         .await;
@@ -296,17 +284,12 @@ components:
     );
     let applied = env.run(&["config", "apply", next.to_str().unwrap()]).ok();
     assert!(!applied.stdout.contains("at the next start: openapi"), "{}", applied.stdout);
-    let mut show = Value::Null;
-    for _ in 0..50 {
+    let show = eventually(async || {
         let tools = server.get_json("/v1/agents/ada/tools").await;
-        if let Some(found) =
-            tools["items"].as_array().unwrap().iter().find(|t| t["name"] == "openapi.pets.showpet")
-        {
-            show = found.clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let tools = tools["items"].as_array().unwrap();
+        tools.iter().find(|t| t["name"] == "openapi.pets.showpet").cloned()
+    });
+    let show = show.await.unwrap_or_default();
     assert!(show.is_object(), "openapi.pets.showpet never came with the new revision");
     assert_eq!(show["input_schema"]["required"], json!(["petId"]), "{show}");
 

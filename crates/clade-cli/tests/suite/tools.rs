@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, request, write};
+use super::support::{Env, Server, eventually, request, write};
 
 const CANARY_SECRET: &str = "canary-secret-7f3a9c1e55";
 const CANARY_ENV: &str = "canary-env-b41d0e9a27";
@@ -581,14 +581,11 @@ fn syscall_number(name: &str) -> libc::c_long {
 
 /// Polls `GET /v1/approvals` until one is pending.
 async fn pending_approval(server: &Server) -> Value {
-    for _ in 0..200 {
+    let pending = eventually(async || {
         let (_, body) = server.send("GET", "/v1/approvals", None, None).await;
-        if let Some(first) = body["items"].as_array().and_then(|a| a.first()) {
-            return first.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no approval became pending");
+        body["items"].as_array().and_then(|a| a.first()).cloned()
+    });
+    pending.await.expect("no approval became pending")
 }
 
 fn spawn_call(server: &Server, command: &str) -> tokio::task::JoinHandle<Value> {
@@ -783,18 +780,10 @@ async fn a_turn_waiting_for_approval_survives_a_restart() {
         .send("POST", &format!("/v1/approvals/{id}"), None, Some(json!({ "decision": "approve" })))
         .await;
     assert_eq!(status, 200);
-    let mut finished = Value::Null;
-    for _ in 0..200 {
-        let (_, turns) =
-            server.send("GET", &format!("/v1/sessions/{session}/turns"), None, None).await;
-        if let Some(turn) =
-            turns["items"].as_array().and_then(|t| t.first()).filter(|t| t["status"] != "running")
-        {
-            finished = turn.clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let turns = server
+        .turns_until(&session, |turns| turns.first().is_some_and(|t| t["status"] != "running"))
+        .await;
+    let finished = turns.into_iter().next().unwrap_or_default();
     assert_eq!(finished["status"], "completed", "{finished}");
     let ws = env.run(&["agents", "workspace", "alice"]).ok().stdout.trim().to_owned();
     assert_eq!(

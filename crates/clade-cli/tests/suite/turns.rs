@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, read, serve_hook, write};
+use super::support::{Env, Server, eventually, polled, read, serve_hook, write};
 
 async fn stub() -> clade_stub::Stub {
     clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap()
@@ -44,15 +44,8 @@ async fn turns(server: &Server, session: &str) -> Vec<Value> {
 
 /// Waits until the session has `n` turns that are no longer running.
 async fn settled(server: &Server, session: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let all = turns(server, session).await;
-        if all.iter().filter(|t| t["status"] != "running").count() >= n || Instant::now() > deadline
-        {
-            return all;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let settled = |all: &[Value]| all.iter().filter(|t| t["status"] != "running").count() >= n;
+    server.turns_until(session, settled).await
 }
 
 /// Reads a session's SSE stream up to the next `turn.finished`: when it came (from `started`),
@@ -230,14 +223,8 @@ async fn max_iterations_yields_and_resume_continues_the_turn() {
 
     let out = env.run(&["sessions", "resume", &session, "--server", &server.url]).ok();
     assert!(out.stdout.contains("resumed 1 event"), "{}", out.stdout);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let all = loop {
-        let all = turns(&server, &session).await;
-        if all.iter().all(|t| t["status"] == "completed") || Instant::now() > deadline {
-            break all;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let all =
+        server.turns_until(&session, |all| all.iter().all(|t| t["status"] == "completed")).await;
     assert_eq!(all.len(), 2, "resume ran the same turn on, not a new one: {all:?}");
     assert_eq!(all[0]["id"], turn, "{all:?}");
     assert_eq!(all[0]["status"], "completed", "{all:?}");
@@ -564,27 +551,16 @@ async fn a_failing_session_holds_back_only_its_own_deliveries() {
     failing.lock().unwrap().push(a.clone());
     send("a", "second of a").await;
     let b = send("b", "only b").await;
-    let delivered_b = async {
-        for _ in 0..100 {
-            if log.lock().unwrap().iter().any(|(s, k, _)| *s == b && k == "turn.finished") {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
-    };
+    let delivered_b = super::support::until(&log, |seen| {
+        seen.iter().any(|(s, k, _)| *s == b && k == "turn.finished")
+    });
     assert!(delivered_b.await, "session b's events were held back by session a's failures");
     // A recovers: its events arrive, in order, none lost.
     failing.lock().unwrap().clear();
-    let mut a_seqs = Vec::new();
-    for _ in 0..200 {
-        a_seqs =
-            log.lock().unwrap().iter().filter(|(s, ..)| *s == a).map(|(.., seq)| *seq).collect();
-        if a_seqs.len() >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let delivered_a = || -> Vec<i64> {
+        log.lock().unwrap().iter().filter(|(s, ..)| *s == a).map(|(.., seq)| *seq).collect()
+    };
+    let a_seqs = polled(async || delivered_a(), |seqs: &Vec<i64>| seqs.len() >= 4).await;
     assert!(a_seqs.len() >= 4, "session a's events were not all delivered: {a_seqs:?}");
     assert!(a_seqs.windows(2).all(|w| w[0] < w[1]), "session a's events out of order: {a_seqs:?}");
 }
@@ -729,15 +705,11 @@ async fn every_lifecycle_event_reads_as_the_protocol_says() {
         .unwrap();
 
     // Approve the call, then resume the turn once it yielded.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let approval = loop {
-        let pending = server.get_json("/v1/approvals").await;
-        if let Some(id) = pending["items"][0]["id"].as_str() {
-            break id.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no approval was asked for");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let approval = eventually(async || {
+        server.get_json("/v1/approvals").await["items"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await
+    .expect("no approval was asked for");
     let decision = json!({ "decision": "approve" });
     let (status, body) =
         server.send("POST", &format!("/v1/approvals/{approval}"), None, Some(decision)).await;
@@ -796,9 +768,8 @@ async fn every_lifecycle_event_reads_as_the_protocol_says() {
     }
 
     // The webhook, once every committed kind arrived.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let delivered = loop {
-        let delivered: Vec<WebhookEvent> = bodies
+    let delivered_now = || -> Vec<WebhookEvent> {
+        bodies
             .lock()
             .unwrap()
             .iter()
@@ -810,14 +781,17 @@ async fn every_lifecycle_event_reads_as_the_protocol_says() {
                     )
                 })
             })
-            .collect();
-        let kinds: Vec<EventKind> = delivered.iter().map(|d| d.event.kind()).collect();
-        if committed.iter().all(|k| kinds.contains(k)) {
-            break delivered;
-        }
-        assert!(Instant::now() < deadline, "the webhook got only {kinds:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+            .collect()
     };
+    let kinds_of = |delivered: &[WebhookEvent]| -> Vec<EventKind> {
+        delivered.iter().map(|d| d.event.kind()).collect()
+    };
+    let all_came = |delivered: &Vec<WebhookEvent>| {
+        let kinds = kinds_of(delivered);
+        committed.iter().all(|k| kinds.contains(k))
+    };
+    let delivered = polled(async || delivered_now(), &all_came).await;
+    assert!(all_came(&delivered), "the webhook got only {:?}", kinds_of(&delivered));
     assert!(delivered.iter().all(|d| d.session.as_deref() == Some(session.as_str())));
     let requested = delivered.iter().find_map(|d| match &d.event {
         LifecycleEvent::ApprovalRequested(requested) => Some(requested.clone()),

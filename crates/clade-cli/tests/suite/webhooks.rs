@@ -2,11 +2,10 @@
 //! specification's own library (`standardwebhooks`, PyPI), unchanged.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::support::{Env, python_clients, run_client, serve_hook, write};
+use super::support::{Env, eventually, python_clients, run_client, serve_hook, write};
 
 /// A receiver that records every delivery's body and signature headers.
 async fn recorder(log: Arc<Mutex<Vec<(Value, String)>>>) -> String {
@@ -51,12 +50,11 @@ async fn deliveries_verify_with_the_standard_webhooks_library() {
     let event = json!({ "agent": "ada", "text": "hi", "source": { "platform": "http", "channel": "c", "actor": "me" }, "wait": true });
     let (status, answer) = server.send("POST", "/v1/events", None, Some(event)).await;
     assert_eq!(status, 200, "{answer}");
-    for _ in 0..200 {
-        if !standard_log.lock().unwrap().is_empty() && !plain_log.lock().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let both_delivered = async || {
+        let standard = !standard_log.lock().unwrap().is_empty();
+        (standard && !plain_log.lock().unwrap().is_empty()).then_some(())
+    };
+    eventually(both_delivered).await;
     let mut deliveries = Vec::new();
     for (log, secret, raw) in
         [(&standard_log, standard_secret, false), (&plain_log, "s3cret", true)]

@@ -3,6 +3,18 @@
 
 use clade_store::{DataDir, Durability, Location, Store, StoreOptions};
 
+/// Polls (in real time, briefly) until `check` holds: at most 20 s, for a machine loaded by the
+/// rest of the suite.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..800 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{what} did not happen within 20 s of real time");
+}
+
 /// A data dir at `dir` and its SQLite store (`durability: normal`: tests need no fsync).
 pub async fn sqlite_store(dir: &std::path::Path) -> (Store, DataDir) {
     sqlite_store_on(dir, std::sync::Arc::new(clade_core::SystemClock)).await

@@ -1,9 +1,11 @@
 //! Bad databases and unreachable servers: one clear error, no partial state.
 
+use std::time::Duration;
+
 use clade_store::{DataDir, Error, Location, SCHEMA_VERSION};
 use sqlx::Executor;
 
-use super::harness::{backends, open};
+use super::harness::{backends, eventually, open};
 
 #[tokio::test]
 async fn newer_schema_is_refused() {
@@ -82,14 +84,8 @@ async fn the_wal_is_checkpointed_beside_the_writer() {
     for n in 0..300 {
         store.create_tenant(&format!("tenant-{n}")).await.unwrap();
     }
-    let mut grown = false;
-    for _ in 0..50 {
-        if pages() > before {
-            grown = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let (within, every) = (Duration::from_secs(5), Duration::from_millis(100));
+    let grown = eventually(within, every, async || pages() > before).await;
     assert!(grown, "the database file never received the WAL's pages ({before} pages)");
     assert!(store.tenant("tenant-299").await.is_ok());
 }
@@ -180,15 +176,10 @@ async fn an_idle_store_cuts_its_wal_back() {
     let wal = tmp.path().join("clade.db-wal");
     let largest = write_hard(&store, &wal, "burst", 16, 50).await;
     assert!(largest > 4 << 20, "the burst left only {largest} bytes of WAL: nothing to cut");
-    let waited = std::time::Instant::now();
-    while std::fs::metadata(&wal).map_or(0, |m| m.len()) > 0 {
-        assert!(
-            waited.elapsed() < std::time::Duration::from_secs(10),
-            "the WAL is still {} bytes after 10 s idle",
-            std::fs::metadata(&wal).map_or(0, |m| m.len())
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let wal_bytes = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    let (within, every) = (Duration::from_secs(10), Duration::from_millis(100));
+    let cut = eventually(within, every, async || wal_bytes() == 0).await;
+    assert!(cut, "the WAL is still {} bytes after 10 s idle", wal_bytes());
     write_hard(&store, &wal, "after", 1, 1).await;
     let tenant = store.tenant(clade_core::Tenant::DEFAULT_NAME).await.unwrap();
     let sessions = store.sessions(tenant.id, None, 2000).await.unwrap();

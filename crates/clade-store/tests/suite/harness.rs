@@ -32,6 +32,25 @@ pub async fn open(location: Location) -> Result<Store, clade_store::Error> {
     Store::open(options).await
 }
 
+/// Polls `check` every `every`, in real time, until it holds or `within` has passed: whether it
+/// held.
+pub async fn eventually(
+    within: std::time::Duration,
+    every: std::time::Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// One harness per available backend.
 pub async fn backends() -> Vec<Harness> {
     let mut out = Vec::new();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::{Connection, Executor, Row};
 
-use super::harness::{accept, backends, tenant_and_agent};
+use super::harness::{accept, backends, eventually, tenant_and_agent};
 
 /// What every write on PostgreSQL takes first (`turns::WRITERS_LOCK_POSTGRES`).
 const WRITERS_LOCK: &str =
@@ -120,8 +120,7 @@ async fn only_the_aborted_write_of_a_batch_runs_again() {
 
 /// Waits until some backend waits for a lock `holder` holds.
 async fn wait_until_blocked_by(holder: &mut sqlx::PgConnection) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let blocked = async || {
         let blocked: i64 = sqlx::query(
             "SELECT COUNT(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))",
         )
@@ -129,10 +128,8 @@ async fn wait_until_blocked_by(holder: &mut sqlx::PgConnection) {
         .await
         .unwrap()
         .get(0);
-        if blocked > 0 {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "the store's write never waited");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        blocked > 0
+    };
+    let waited = eventually(Duration::from_secs(30), Duration::from_millis(10), blocked).await;
+    assert!(waited, "the store's write never waited");
 }
