@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 
-use super::support::Env;
+use super::support::{Env, eventually};
 
 /// A data dir whose clade.yaml is `yaml`.
 fn configured(yaml: &str) -> Env {
@@ -227,6 +227,50 @@ where
     }
 }
 
+/// A WebSocket of `token`'s, once subscribed to `what` (`{"session": id}` or `{"agent": h}`).
+async fn subscribed(
+    server: &super::support::Server,
+    token: &str,
+    what: Value,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let mut socket = websocket(server, token).await;
+    let mut subscribe = json!({ "type": "subscribe" });
+    subscribe.as_object_mut().unwrap().extend(what.as_object().unwrap().clone());
+    socket.send(Message::Text(subscribe.to_string().into())).await.unwrap();
+    assert!(
+        matches!(next_frame(&mut socket).await, Some(Message::Text(t)) if t.contains("subscribed"))
+    );
+    socket
+}
+
+/// The SSE stream at `path`, opened with `token`.
+async fn event_stream(
+    server: &super::support::Server,
+    token: &str,
+    path: &str,
+) -> impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin + use<> {
+    let sse = reqwest::Client::new()
+        .get(format!("{}{path}", server.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    sse.bytes_stream()
+}
+
+/// What an SSE stream sends until it ends, or is silent for `silence`.
+async fn rest_of<S>(sse: &mut S, silence: Duration) -> String
+where
+    S: futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+{
+    let mut tail = String::new();
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(silence, sse.next()).await {
+        tail.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    tail
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_close_within_a_second_of_their_token_being_revoked_or_tenant_deleted() {
     let env = Env::new();
@@ -243,22 +287,8 @@ async fn streams_close_within_a_second_of_their_token_being_revoked_or_tenant_de
     assert_eq!(status, 200, "{body}");
     let session = body["session_id"].as_str().or(body["sessionId"].as_str()).unwrap().to_owned();
 
-    let mut socket = websocket(&server, &token).await;
-    socket
-        .send(Message::Text(json!({ "type": "subscribe", "session": session }).to_string().into()))
-        .await
-        .unwrap();
-    assert!(
-        matches!(next_frame(&mut socket).await, Some(Message::Text(t)) if t.contains("subscribed"))
-    );
-    let sse = reqwest::Client::new()
-        .get(format!("{}/v1/sessions/{session}/events", server.url))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sse.status(), 200);
-    let mut sse = sse.bytes_stream();
+    let mut socket = subscribed(&server, &token, json!({ "session": session })).await;
+    let mut sse = event_stream(&server, &token, &format!("/v1/sessions/{session}/events")).await;
     // The replay of the turn's events comes first.
     let mut seen = String::new();
     while !seen.contains("turn.finished") {
@@ -277,10 +307,7 @@ async fn streams_close_within_a_second_of_their_token_being_revoked_or_tenant_de
         Some(1008),
         "the WebSocket closes as a policy violation"
     );
-    let mut tail = String::new();
-    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(5), sse.next()).await {
-        tail.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let tail = rest_of(&mut sse, Duration::from_secs(5)).await;
     assert!(tail.contains("event: error") && tail.contains("invalid_token"), "{tail}");
     assert!(revoked.elapsed() < Duration::from_secs(3), "closed after {:?}", revoked.elapsed());
 
@@ -288,16 +315,36 @@ async fn streams_close_within_a_second_of_their_token_being_revoked_or_tenant_de
     env.run(&["tenants", "create", "brief"]).ok();
     env.run(&["--tenant", "brief", "agents", "create", "bo"]).ok();
     let brief = env.run(&["--tenant", "brief", "tokens", "create"]).ok().stdout.trim().to_owned();
-    let mut socket = websocket(&server, &brief).await;
-    socket
-        .send(Message::Text(json!({ "type": "subscribe", "agent": "bo" }).to_string().into()))
-        .await
-        .unwrap();
-    assert!(
-        matches!(next_frame(&mut socket).await, Some(Message::Text(t)) if t.contains("subscribed"))
-    );
+    let mut socket = subscribed(&server, &brief, json!({ "agent": "bo" })).await;
     env.run(&["tenants", "delete", "brief", "--yes"]).ok();
     assert_eq!(close_code(&mut socket).await, Some(1008));
+}
+
+/// A token made with `--expires-in` works until then; at expiry its open streams end as a
+/// revoked token's do, and its next request is refused as invalid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_tokens_streams_end_and_its_requests_are_refused() {
+    let env = Env::new();
+    acme(&env);
+    let made = env.run(&["--tenant", "acme", "tokens", "create", "--expires-in", "4s"]).ok();
+    let made_at = Instant::now();
+    let token = made.stdout.trim().to_owned();
+    let server = env.serve(&[]);
+    let (status, body) =
+        super::support::request(&server.url, &token, "GET", "/v1/agents", None).await;
+    assert_eq!(status, 200, "the token works before it expires: {body}");
+    let mut socket = subscribed(&server, &token, json!({ "agent": "ada" })).await;
+    let mut sse = event_stream(&server, &token, "/v1/agents/ada/events").await;
+    assert!(made_at.elapsed() < Duration::from_secs(4), "too slow to test before expiry");
+
+    assert_eq!(close_code(&mut socket).await, Some(1008), "the WebSocket closes at expiry");
+    let tail = rest_of(&mut sse, Duration::from_secs(10)).await;
+    assert!(tail.contains("event: error") && tail.contains("invalid_token"), "{tail}");
+    assert!(made_at.elapsed() >= Duration::from_secs(4), "closed before expiry");
+    let (status, body) =
+        super::support::request(&server.url, &token, "GET", "/v1/agents", None).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_token", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -621,15 +668,12 @@ async fn a_deleted_agent_leaves_no_live_grant_or_approval_behind() {
         )
         .await
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let approval = loop {
+    let approval = eventually(async || {
         let pending = server.get_json("/v1/approvals").await;
-        if let Some(first) = pending["items"].as_array().and_then(|a| a.first()) {
-            break first["id"].as_str().unwrap().to_owned();
-        }
-        assert!(Instant::now() < deadline, "no approval was asked for");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        let first = pending["items"].as_array().and_then(|a| a.first())?;
+        Some(first["id"].as_str().unwrap().to_owned())
+    });
+    let approval = approval.await.expect("no approval was asked for");
     let (status, _) = server.send("DELETE", "/v1/agents/ada", None, None).await;
     assert_eq!(status, 204);
     let (status, answer) =
@@ -681,29 +725,21 @@ async fn an_approval_pauses_its_turn_and_ends_with_it() {
             answer["session_id"].as_str().unwrap().to_owned()
         }
     };
-    let pending = || async {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+    let pending = async || {
+        let asked = eventually(async || {
             let list = server.get_json("/v1/approvals").await;
-            if let Some(first) = list["items"].as_array().and_then(|a| a.first()) {
-                return first["id"].as_str().unwrap().to_owned();
-            }
-            assert!(Instant::now() < deadline, "no approval was asked for");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            let first = list["items"].as_array().and_then(|a| a.first())?;
+            Some(first["id"].as_str().unwrap().to_owned())
+        });
+        asked.await.expect("no approval was asked for")
     };
     let server = &server;
-    let turns = |session: String| async move {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let turns = server.get_json(&format!("/v1/sessions/{session}/turns")).await;
-            let first = turns["items"][0].clone();
-            if first["status"].as_str().is_some_and(|s| s != "running") || Instant::now() > deadline
-            {
-                return first;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let turns = async |session: String| {
+        let ended = |turns: &[Value]| {
+            turns.first().is_some_and(|t| t["status"].as_str().is_some_and(|s| s != "running"))
+        };
+        let turns = server.turns_until(&session, ended).await;
+        turns.into_iter().next().unwrap_or_default()
     };
 
     // Approved after three times the turn timeout: the turn still completes, and the tool ran.
@@ -730,17 +766,14 @@ async fn an_approval_pauses_its_turn_and_ends_with_it() {
     assert!(status < 300, "{status}");
     let turn = turns(session).await;
     assert_eq!(turn["status"], "failed", "{turn}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let cancelled = server.get_json("/v1/approvals?status=cancelled").await;
-        if cancelled["items"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|x| x["id"] == approval.as_str()))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the approval outlived its turn: {cancelled}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let cancelled = async || server.get_json("/v1/approvals?status=cancelled").await;
+    let ended = eventually(async || {
+        let cancelled = cancelled().await;
+        let items = cancelled["items"].as_array()?;
+        items.iter().any(|x| x["id"] == approval.as_str()).then_some(())
+    });
+    if ended.await.is_none() {
+        panic!("the approval outlived its turn: {}", cancelled().await);
     }
     let (status, answer) = server
         .send(
@@ -1313,15 +1346,7 @@ async fn a_broken_sandbox_is_reported_by_readyz_and_refuses_tools() {
     let server = env.serve(&[]);
     let first = server.get_json("/readyz").await;
     assert!(["ready", "degraded"].contains(&first["status"].as_str().unwrap()), "{first}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let ready = loop {
-        let ready = server.get_json("/readyz").await;
-        if ready["sandbox"]["status"] != "checking" {
-            break ready;
-        }
-        assert!(Instant::now() < deadline, "the self-check never finished: {ready}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let ready = self_checked(&server).await;
     assert_eq!(ready["status"], "degraded", "{ready}");
     assert_eq!(ready["sandbox"]["status"], "broken", "{ready}");
     let reason = ready["sandbox"]["reason"].as_str().unwrap();
@@ -1339,21 +1364,41 @@ async fn a_broken_sandbox_is_reported_by_readyz_and_refuses_tools() {
     assert!(body["content"].as_str().unwrap().contains("self-check"), "{body}");
 }
 
-/// A working sandbox passes its self-check, and `/readyz` says so.
+/// A working sandbox passes its self-check, and `/readyz` says so to the operator; a caller
+/// without a token, and a tenant's admin, learn only whether the gateway is ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_working_sandbox_passes_its_self_check() {
     let env = Env::new();
+    let (_, tenant_admin) = acme(&env);
     let server = env.serve(&[]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let ready = self_checked(&server).await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["sandbox"]["status"], "ready", "{ready}");
+    let stranger: Value =
+        reqwest::get(format!("{}/readyz", server.url)).await.unwrap().json().await.unwrap();
+    let (_, tenant) = server.send("GET", "/readyz", Some(&tenant_admin), None).await;
+    for (who, answer) in [("no token", stranger), ("a tenant's token", tenant)] {
+        assert_eq!(answer["status"], "ready", "{who}: {answer}");
+        let told: Vec<&String> = answer
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, value)| !value.is_null() && value.as_array().is_none_or(|a| !a.is_empty()))
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(told, ["status"], "{who} is told more than whether it is ready: {answer}");
+    }
+}
+
+/// `/readyz` once the sandbox's self-check has finished.
+async fn self_checked(server: &super::support::Server) -> Value {
+    let checked = eventually(async || {
         let ready = server.get_json("/readyz").await;
-        if ready["sandbox"]["status"] != "checking" {
-            assert_eq!(ready["status"], "ready", "{ready}");
-            assert_eq!(ready["sandbox"]["status"], "ready", "{ready}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the self-check never finished: {ready}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        (ready["sandbox"]["status"] != "checking").then_some(ready)
+    });
+    match checked.await {
+        Some(ready) => ready,
+        None => panic!("the self-check never finished: {}", server.get_json("/readyz").await),
     }
 }
 
@@ -1491,16 +1536,15 @@ async fn migrations_on_postgres_wait_for_each_other() {
     let waiters = "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
          AND ((classid::bigint << 32) | objid::bigint) \
              = hashtextextended('clade migrate ' || current_schema(), 0)";
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let asked = eventually(async || {
         let row = sqlx::query(waiters).fetch_one(&mut holder).await.unwrap();
         if sqlx::Row::get::<i64, _>(&row, 0) >= 1 {
-            break;
+            return Some(());
         }
         assert!(waiting.try_wait().unwrap().is_none(), "migrate did not wait for the lock");
-        assert!(Instant::now() < deadline, "migrate never asked for the lock");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        None
+    });
+    asked.await.expect("migrate never asked for the lock");
     assert!(waiting.try_wait().unwrap().is_none(), "migrate ran while another held the lock");
     drop(holder);
     let out = waiting.wait_with_output().unwrap();
@@ -1679,6 +1723,32 @@ async fn programs_that_start_programs_start_none() {
         vec!["git", "-c", "alias.x=!touch {m}", "x"],
         vec!["git", "-c", "core.pager=touch {m}", "-p", "version"],
         vec!["git", "-c", "core.fsmonitor=touch {m}", "status"],
+        // Configuration that names a program to run, on the command line.
+        vec![
+            "git",
+            "-c",
+            "diff.external=touch {m}",
+            "diff",
+            "--ext-diff",
+            "--no-index",
+            "/etc/hostname",
+            "/etc/hosts",
+        ],
+        vec!["git", "-c", "core.sshCommand=touch {m}", "ls-remote", "ssh://host/repo"],
+        vec!["git", "-c", "protocol.ext.allow=always", "ls-remote", "ext::touch {m}"],
+        vec![
+            "git",
+            "-c",
+            "user.name=a",
+            "-c",
+            "user.email=a@b",
+            "-c",
+            "core.editor=touch {m}",
+            "commit",
+            "--allow-empty",
+        ],
+        vec!["tar", "-xf", "a.tar", "--to-command=touch {m}"],
+        vec!["flock", "-c", "touch {m}", "lock"],
         vec!["timeout", "5", "touch", "{m}"],
         vec!["nice", "touch", "{m}"],
         vec!["nohup", "touch", "{m}"],
@@ -1768,6 +1838,7 @@ async fn programs_that_start_programs_start_none() {
         server.send("POST", "/v1/agents/ada/tools/shell.exec/call", None, Some(body)).await
     };
     run(json!({ "argv": ["git", "init", "-q", "."] })).await;
+    run(json!({ "argv": ["tar", "-cf", "a.tar", "-C", "/etc", "hostname"] })).await;
     let (mut ran, mut missing) = (0, Vec::new());
     for (n, attempt) in attempts.iter().enumerate() {
         let marker = format!("pwned-{n}");
@@ -1797,6 +1868,19 @@ async fn programs_that_start_programs_start_none() {
     eprintln!(
         "programs that start programs: {ran} attempted, all contained; not on this machine: {missing:?}"
     );
+    // A hook the agent wrote into the repository (as `fs.write` would) runs no more than
+    // configuration does; through a shell (the control below) it does run.
+    let hook = ws.join(".git/hooks/pre-commit");
+    super::support::write(&hook, "#!/bin/sh\ntouch hooked\n");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let commit = "git -c user.name=a -c user.email=a@b commit -q --allow-empty -m x";
+    let argv: Vec<&str> = commit.split(' ').collect();
+    let (status, body) = run(json!({ "argv": argv })).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(std::fs::metadata(ws.join("hooked")).is_err(), "git ran the agent's hook: {body}");
+    let (status, body) = run(json!({ "command": commit })).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(std::fs::metadata(ws.join("hooked")).is_ok(), "the hook control did not run: {body}");
     // The control: through an allowed shell, the same features do start programs.
     for (n, line) in [
         "awk 'BEGIN{system(\"touch ctl-0\")}'",
@@ -1903,15 +1987,11 @@ async fn a_tenants_streams_stop_at_its_quota_and_others_still_stream() {
     // A stream closed gives its slot back (the server notices the hang-up at its next write
     // or keep-alive; the first try may come before).
     drop(a1);
-    let mut reopened = None;
-    for _ in 0..100 {
+    let reopened = eventually(async || {
         let response = open(&second).await.unwrap();
-        if response.status() == 200 {
-            reopened = Some(response);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (response.status() == 200).then_some(response)
+    })
+    .await;
     assert!(reopened.is_some(), "a closed stream's slot never came back");
     drop((a2, b1, theirs));
 }
