@@ -61,17 +61,32 @@ pub(crate) fn offer(all: &[ToolSpec], said: &[&str], budget: u32) -> Vec<ToolSpe
 }
 
 /// How much `said` points at `spec`: 100 when its name is written out, 3 for each word of its
-/// name, 1 for each word of its description.
+/// name, 1 for each other word of its description. `words` are `said`'s.
+///
+/// Every model call ranks every tool, so this builds no word set of its own: it looks each of
+/// the spec's words up in the turn's, and keeps only those found.
 fn relevance(spec: &ToolSpec, words: &Words, said: &[&str]) -> u32 {
     let mut score = 0;
     if said.iter().any(|text| names(text, &spec.name)) {
         score += 100;
     }
-    let name = Words::of([spec.name.as_str()]);
-    score += 3 * name.0.intersection(&words.0).count() as u32;
-    let described = Words::of([spec.description.as_str()]);
-    score += described.0.difference(&name.0).filter(|w| words.0.contains(*w)).count() as u32;
-    score
+    if words.0.is_empty() {
+        return score;
+    }
+    let mut in_name: Vec<String> = Vec::new();
+    each_stem(&spec.name, |stem| {
+        if words.0.contains(stem) && !in_name.iter().any(|seen| seen == stem) {
+            in_name.push(stem.to_owned());
+        }
+    });
+    let mut in_description: Vec<String> = Vec::new();
+    each_stem(&spec.description, |stem| {
+        if words.0.contains(stem) && !in_name.iter().chain(&in_description).any(|seen| seen == stem)
+        {
+            in_description.push(stem.to_owned());
+        }
+    });
+    3 * in_name.len() as u32 + in_description.len() as u32 + score
 }
 
 /// Whether `text` names the tool `name` as a whole (not as a part of a longer name).
@@ -91,18 +106,30 @@ impl Words {
     fn of<'a>(texts: impl IntoIterator<Item = &'a str>) -> Self {
         let mut set = BTreeSet::new();
         for text in texts {
-            for word in text.split(|c: char| !c.is_alphanumeric()) {
-                if word.len() < 3 {
-                    continue;
+            each_stem(text, |stem| {
+                if !set.contains(stem) {
+                    set.insert(stem.to_owned());
                 }
-                let word = word.to_lowercase();
-                if STOP.contains(&word.as_str()) {
-                    continue;
-                }
-                set.insert(stem(&word).to_owned());
-            }
+            });
         }
         Self(set)
+    }
+}
+
+/// Calls `found` with the stem of each word of `text` that can say which tool is meant: at
+/// least 3 bytes, lowercased, not a [`STOP`] word.
+fn each_stem(text: &str, mut found: impl FnMut(&str)) {
+    let mut lower = String::new();
+    for word in text.split(|c: char| !c.is_alphanumeric()) {
+        if word.len() < 3 {
+            continue;
+        }
+        lower.clear();
+        lower.extend(word.chars().flat_map(char::to_lowercase));
+        if STOP_SET.contains(lower.as_str()) {
+            continue;
+        }
+        found(stem(&lower));
     }
 }
 
@@ -117,6 +144,10 @@ fn stem(word: &str) -> &str {
     }
     word
 }
+
+/// [`STOP`], looked up once per word of every tool's description on every model call.
+static STOP_SET: std::sync::LazyLock<std::collections::HashSet<&'static str>> =
+    std::sync::LazyLock::new(|| STOP.iter().copied().collect());
 
 /// Words too common to say which tool a turn needs.
 const STOP: &[&str] = &[
@@ -267,6 +298,19 @@ mod tests {
             names_of(&offer(&all, &["what time is it", "call time.now"], 2000)),
             [FIND, "time.now", "time.nowish"]
         );
+    }
+
+    #[test]
+    fn a_word_counts_once_and_most_in_the_name() {
+        let timer = spec("time.now", "The current time; times in UTC, timed to the second.");
+        let score = |said: &str| relevance(&timer, &Words::of([said]), &[said]);
+        // In the name and the description: counted once, as the name's.
+        assert_eq!(score("time"), 3);
+        assert_eq!(score("the current second"), 2);
+        // "times", "timed" and "timing" share a stem, counted once.
+        assert_eq!(score("times and timing"), 1);
+        assert_eq!(score("hi"), 0);
+        assert_eq!(score("run time.now"), 100 + 3);
     }
 
     #[test]
