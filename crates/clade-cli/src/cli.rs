@@ -1451,6 +1451,23 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         rate: Option<f64>,
     },
+    /// A default agent through a real gateway's `POST /v1/events` (`clade serve` in a process
+    /// of its own, this one the client): the gateway's idle RSS, and its turns/s, latency and CPU
+    /// per turn with many sessions and with one
+    Gateway {
+        /// Sessions at once in the concurrent row
+        #[arg(long, default_value_t = 100)]
+        sessions: usize,
+        /// Turns each of those sessions sends, each when its previous one ended
+        #[arg(long, default_value_t = 5)]
+        turns: usize,
+        /// Turns of the second row: one session, one after another
+        #[arg(long, default_value_t = 50)]
+        sequential: usize,
+        /// How long the gateway idles after it answers, before its RSS is read
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+        settle: std::time::Duration,
+    },
     /// Run many scheduled jobs in one scheduler and report fire lateness (p50, p99), CPU while
     /// fires are due and while none is, and RSS; on a fresh store under the data dir
     Sched {

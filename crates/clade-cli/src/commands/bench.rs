@@ -45,6 +45,10 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
             let plan = super::bench_openai::Plan { sessions, total, durability, rate };
             super::bench_openai::run(ctx, &plan).await
         }
+        BenchCommand::Gateway { sessions, turns, sequential, settle } => {
+            let plan = super::bench_gateway::Plan { sessions, turns, sequential, settle };
+            super::bench_gateway::run(ctx, &plan).await
+        }
         BenchCommand::Sched { jobs, seconds, spread, every, turns } => {
             let plan = super::bench_sched::Plan { jobs, seconds, spread, every, turns };
             super::bench_sched::run(ctx, &plan).await
@@ -297,7 +301,12 @@ pub(super) fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
 /// A number from one of this process's `/proc/self` files (`status`, `io`): the first word
 /// after `field`, or 0 where the kernel does not provide it.
 pub(super) fn proc_self_number(file: &str, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/self/{file}"))
+    proc_number("self", file, field)
+}
+
+/// [`proc_self_number`] of process `pid` (or `self`).
+pub(super) fn proc_number(pid: &str, file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .ok()
         .and_then(|s| {
             s.lines()

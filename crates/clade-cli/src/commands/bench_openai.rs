@@ -134,20 +134,7 @@ async fn over_http(
     std::fs::write(dir.join("clade.yaml"), config)
         .context("cannot write the gateway's clade.yaml")?;
     let gateway = GatewayProcess::start(dir).await?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(load.sessions.max(1))
-        .build()
-        .context("cannot build the HTTP client")?;
-    let created = http
-        .post(format!("{}/v1/agents", gateway.url))
-        .bearer_auth(&gateway.token)
-        .json(&json!({ "handle": "bench" }))
-        .send()
-        .await
-        .context("the gateway did not answer")?;
-    if !created.status().is_success() {
-        bail!("the gateway did not create the agent: {}", created.text().await.unwrap_or_default());
-    }
+    let http = gateway.client_with_agent(load.sessions).await?;
     let turn: TurnFn = {
         let (http, url, token) = (http.clone(), gateway.url.clone(), gateway.token.clone());
         Arc::new(move |channel, i| {

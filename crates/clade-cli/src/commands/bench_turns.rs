@@ -495,6 +495,27 @@ impl GatewayProcess {
             .to_owned();
         Ok(Self { url, token, pid, _child: child })
     }
+
+    /// An HTTP client keeping up to `connections` connections to this gateway, once it has
+    /// made the agent `bench` with its defaults.
+    pub(super) async fn client_with_agent(&self, connections: usize) -> Result<reqwest::Client> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections.max(1))
+            .build()
+            .context("cannot build the HTTP client")?;
+        let created = http
+            .post(format!("{}/v1/agents", self.url))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({ "handle": "bench" }))
+            .send()
+            .await
+            .context("the gateway did not answer")?;
+        if !created.status().is_success() {
+            let answer = created.text().await.unwrap_or_default();
+            bail!("the gateway did not create the agent: {answer}");
+        }
+        Ok(http)
+    }
 }
 
 /// The first line a child benchmark process (`what`) prints on its piped stdout, where it

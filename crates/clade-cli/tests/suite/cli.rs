@@ -339,6 +339,16 @@ fn bench_turns_runs_the_stub_in_a_process_of_its_own() {
     env.run(&["bench", "turns", "--durability", "sometimes"]).fails_with("unknown durability");
 }
 
+/// A bench table's rows (the lines that start with a number), as their words without the
+/// column bars.
+fn table_rows(stdout: &str) -> Vec<Vec<&str>> {
+    stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .map(|l| l.split_whitespace().filter(|w| *w != "|").collect())
+        .collect()
+}
+
 /// The OpenAI bench runs each row in process and through a gateway of its own, and leaves
 /// neither that gateway nor its data dir behind.
 #[test]
@@ -347,12 +357,7 @@ fn bench_openai_compares_the_engine_with_its_http_api() {
     let out = env
         .run(&["bench", "openai", "--turns", "20", "--sessions", "1,2", "--durability", "normal"])
         .ok();
-    let rows: Vec<Vec<&str>> = out
-        .stdout
-        .lines()
-        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
-        .map(|l| l.split_whitespace().filter(|w| *w != "|").collect())
-        .collect();
+    let rows = table_rows(&out.stdout);
     assert_eq!(rows.len(), 2, "{}", out.stdout);
     for (row, sessions) in rows.iter().zip(["1", "2"]) {
         assert_eq!(row[0], sessions, "{row:?}");
@@ -370,6 +375,55 @@ fn bench_openai_compares_the_engine_with_its_http_api() {
     env.run(&["bench", "openai", "--turns", "0"]).fails_with("at least 1");
     env.run(&["bench", "openai", "--rate=-1"]).fails_with("positive number");
     env.run(&["bench", "openai", "--durability", "often"]).fails_with("unknown durability");
+}
+
+/// The gateway bench runs a default agent's turns through a gateway of its own, reports its
+/// idle RSS and both rows with every figure measured, and leaves no data dir behind.
+#[test]
+fn bench_gateway_measures_a_default_agent_through_http() {
+    let env = Env::new();
+    let out = env
+        .run(&[
+            "bench",
+            "gateway",
+            "--sessions",
+            "3",
+            "--turns",
+            "2",
+            "--sequential",
+            "10",
+            "--settle",
+            "0s",
+        ])
+        .ok();
+    let mib = |prefix: &str| -> f64 {
+        let line = out.stdout.lines().find(|l| l.starts_with(prefix)).unwrap_or_default();
+        line.trim_start_matches(prefix)
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .parse()
+            .unwrap_or(0.0)
+    };
+    assert!(mib("idle RSS:") > 1.0, "{}", out.stdout);
+    assert!(mib("RSS after the rows:") > 1.0, "{}", out.stdout);
+    let rows = table_rows(&out.stdout);
+    assert_eq!(rows.len(), 2, "{}", out.stdout);
+    for (row, shape) in rows.iter().zip(["3×2", "1×10"]) {
+        assert_eq!(row[0], shape, "{row:?}");
+        // turns/s, p50, p99 and the gateway's CPU: all measured (the stub's may round to 0).
+        for value in &row[1..5] {
+            assert!(value.parse::<f64>().unwrap() > 0.0, "{row:?}");
+        }
+        assert!(row[5].parse::<f64>().unwrap() >= 0.0, "{row:?}");
+    }
+    let scratch = env.data_dir().join("bench-gateway");
+    assert!(std::fs::metadata(&scratch).is_err(), "the bench left {}", scratch.display());
+
+    env.run(&["bench", "gateway", "--sequential", "0"]).fails_with("at least 1");
+    let refused = env.run(&["bench", "gateway", "--settle", "soon"]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("is not a duration"), "{}", refused.stderr);
 }
 
 /// The noisy-neighbour benchmark runs a gateway of its own: the noisy tenant is limited at ten
