@@ -504,6 +504,11 @@ pub struct Quotas {
     /// gives up its oldest.
     #[serde(default)]
     pub connections: Option<u64>,
+    /// Connections one of the tenant's tokens may hold at once, within `connections` (each
+    /// listener counted apart); a request on one more is refused with 429 and `Retry-After`.
+    /// Default: no cap of its own.
+    #[serde(default)]
+    pub connections_per_token: Option<u64>,
     /// MiB the workspaces of all the tenant's agents may hold together (each is also bound by
     /// `tools.limits.workspace_mib`). Counted from each workspace's size as this gateway last
     /// measured it: at a host-touching tool call's start and end, and all of them again at

@@ -325,7 +325,7 @@ async fn admit(
     // Its connection keeps its place when strangers fill the gateway's, within its tenant's
     // share.
     if let Some(trust) = request.extensions().get::<crate::server::ConnectionTrust>()
-        && let Err(refused) = limits.trust_connection(trust, &tenant)
+        && let Err(refused) = limits.trust_connection(trust, &tenant, &credential)
     {
         return refused.into_response();
     }

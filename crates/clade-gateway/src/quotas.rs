@@ -74,23 +74,34 @@ impl TenantLimits {
         &self,
         trust: &crate::server::ConnectionTrust,
         tenant: &Tenant,
+        credential: &crate::auth::Credential,
     ) -> Result<(), ApiError> {
-        let cap = self.quotas(tenant).and_then(|(quotas, key)| {
-            quotas.connections.map(|cap| (usize::try_from(cap).unwrap_or(usize::MAX), key))
-        });
-        let Err(held) = trust.set(tenant.id, cap.as_ref().map(|(cap, _)| *cap)) else {
-            return Ok(());
+        use crate::server::{ConnectionCaps, Holder, OverCap};
+        let quotas = self.quotas(tenant);
+        let cap = |of: fn(&Quotas) -> Option<u64>| {
+            quotas
+                .as_ref()
+                .and_then(|(q, _)| of(q))
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
         };
-        let key = cap.map(|(_, key)| key).unwrap_or_default();
-        Err(ApiError::new(
-            Code::QuotaExceeded,
-            format!(
-                "tenant {} holds {held} connections, the most it may ({key}.connections): reuse one (keep-alive), or retry in {} s",
-                tenant.name,
-                CONNECTION_RETRY.as_secs()
+        let caps = ConnectionCaps {
+            tenant: cap(|q| q.connections),
+            credential: cap(|q| q.connections_per_token),
+        };
+        let holder = Holder { tenant: tenant.id, credential: credential.fingerprint() };
+        let key = quotas.map(|(_, key)| key).unwrap_or_default();
+        let retry = CONNECTION_RETRY.as_secs();
+        let message = match trust.set(holder, caps) {
+            Ok(()) => return Ok(()),
+            Err(OverCap::Tenant(held)) => format!(
+                "tenant {} holds {held} connections, the most it may ({key}.connections): reuse one (keep-alive), or retry in {retry} s",
+                tenant.name
             ),
-        )
-        .retry_after(CONNECTION_RETRY))
+            Err(OverCap::Credential(held)) => format!(
+                "this token holds {held} connections, the most one token may ({key}.connections_per_token): reuse one (keep-alive), or retry in {retry} s"
+            ),
+        };
+        Err(ApiError::new(Code::QuotaExceeded, message).retry_after(CONNECTION_RETRY))
     }
 
     /// How often and how many jobs `tenant`'s tokens and agents may schedule.

@@ -66,26 +66,57 @@ async fn linger(body: axum::body::Body, most: u64) {
 #[derive(Clone)]
 pub(crate) struct ConnectionTrust {
     trusted: Arc<AtomicBool>,
-    tenant: Arc<std::sync::OnceLock<TenantId>>,
+    holder: Arc<std::sync::OnceLock<Holder>>,
     places: Places,
 }
 
+/// Whose a connection is: the tenant and the credential (its fingerprint) of the first request
+/// on it that passed the token check.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Holder {
+    pub(crate) tenant: TenantId,
+    pub(crate) credential: u64,
+}
+
+/// The most connections of one listener a tenant, and one of its credentials, may hold.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct ConnectionCaps {
+    pub(crate) tenant: Option<usize>,
+    pub(crate) credential: Option<usize>,
+}
+
+/// Which cap a connection would pass, and how many the tenant or credential holds.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum OverCap {
+    Tenant(usize),
+    Credential(usize),
+}
+
 impl ConnectionTrust {
-    /// Counts the connection as `tenant`'s (the first tenant it authenticated as is the one it
-    /// counts for), unless that tenant already holds `cap` connections of this listener: then
-    /// nothing is marked, and `Err` says how many it holds.
-    pub(crate) fn set(&self, tenant: TenantId, cap: Option<usize>) -> Result<(), usize> {
-        if self.tenant.get().is_some() {
+    /// Counts the connection as `holder`'s (the first to authenticate on it is the one it
+    /// counts for), unless its tenant or its credential already holds as many connections of
+    /// this listener as `caps` allow: then nothing is marked.
+    pub(crate) fn set(&self, holder: Holder, caps: ConnectionCaps) -> Result<(), OverCap> {
+        if self.holder.get().is_some() {
             return Ok(());
         }
         let registry = self.places.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(cap) = cap {
-            let held = registry.open.values().filter(|o| o.tenant.get() == Some(&tenant)).count();
+        let held = |counts: &dyn Fn(&Holder) -> bool| {
+            registry.open.values().filter(|o| o.holder.get().is_some_and(counts)).count()
+        };
+        if let Some(cap) = caps.tenant {
+            let held = held(&|h| h.tenant == holder.tenant);
             if held >= cap {
-                return Err(held);
+                return Err(OverCap::Tenant(held));
             }
         }
-        let _ = self.tenant.set(tenant);
+        if let Some(cap) = caps.credential {
+            let held = held(&|h| *h == holder);
+            if held >= cap {
+                return Err(OverCap::Credential(held));
+            }
+        }
+        let _ = self.holder.set(holder);
         self.trusted.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -98,7 +129,7 @@ struct Open {
     /// A request on it passed the token check: evicted to make room only when its tenant
     /// holds the most places.
     trusted: Arc<AtomicBool>,
-    tenant: Arc<std::sync::OnceLock<TenantId>>,
+    holder: Arc<std::sync::OnceLock<Holder>>,
     close: Arc<Notify>,
 }
 
@@ -175,7 +206,7 @@ impl Places {
         let open = Open {
             requested: Arc::new(AtomicBool::new(false)),
             trusted: Arc::new(AtomicBool::new(false)),
-            tenant: Arc::new(std::sync::OnceLock::new()),
+            holder: Arc::new(std::sync::OnceLock::new()),
             close: Arc::new(Notify::new()),
         };
         let place = Place {
@@ -184,7 +215,7 @@ impl Places {
             requested: open.requested.clone(),
             trust: ConnectionTrust {
                 trusted: open.trusted.clone(),
-                tenant: open.tenant.clone(),
+                holder: open.holder.clone(),
                 places: self.clone(),
             },
             close: open.close.clone(),
@@ -246,15 +277,15 @@ pub async fn serve(
 fn greediest(registry: &Registry) -> Option<u64> {
     let mut held: HashMap<TenantId, usize> = HashMap::new();
     for open in registry.open.values() {
-        if let Some(tenant) = open.tenant.get() {
-            *held.entry(*tenant).or_default() += 1;
+        if let Some(holder) = open.holder.get() {
+            *held.entry(holder.tenant).or_default() += 1;
         }
     }
     let most = held.values().copied().max()?;
     registry
         .open
         .iter()
-        .find(|(_, o)| o.tenant.get().is_some_and(|t| held.get(t) == Some(&most)))
+        .find(|(_, o)| o.holder.get().is_some_and(|h| held.get(&h.tenant) == Some(&most)))
         .map(|(id, _)| *id)
 }
 

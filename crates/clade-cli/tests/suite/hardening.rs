@@ -2166,30 +2166,51 @@ async fn one_tenants_connections_cannot_keep_the_others_out() {
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
 }
 
+/// A keep-alive connection to `server` and the head of its answer to one request of `token`'s.
+async fn keep_alive(
+    server: &super::support::Server,
+    token: String,
+) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = server.url.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request =
+        format!("GET /v1/agents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut head = vec![0; 4096];
+    let read = socket.read(&mut head).await.unwrap();
+    (socket, String::from_utf8_lossy(&head[..read]).into_owned())
+}
+
+/// One token holds no more connections than `connections_per_token`; the tenant's other
+/// tokens still connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokens_connections_stay_within_its_quota() {
+    let env = configured("tenants:\n  acme:\n    quotas: { connections_per_token: 2 }\n");
+    let first = tenants_with_tokens(&env, &["acme"], None).remove(0);
+    let second = env.run(&["--tenant", "acme", "tokens", "create"]).ok().stdout.trim().to_owned();
+    let server = env.serve(&[]);
+    let (_a, answer) = keep_alive(&server, first.clone()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (_b, answer) = keep_alive(&server, first.clone()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (_c, answer) = keep_alive(&server, first.clone()).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains("tenants.acme.quotas.connections_per_token"), "{answer}");
+    let (_d, answer) = keep_alive(&server, second).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "the tenant's other token: {answer}");
+}
+
 /// A tenant's `connections` quota bounds the connections its tokens hold below the global
 /// cap: a request on one more is refused with 429 and `Retry-After`, other tenants are served,
 /// and a connection closed gives its place back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_connections_stay_within_its_quota() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let env = configured("tenants:\n  acme:\n    quotas: { connections: 2 }\n");
     let acme = tenants_with_tokens(&env, &["acme"], None).remove(0);
     let server = env.serve(&[]);
-    let address = server.url.trim_start_matches("http://").to_owned();
-    // A keep-alive connection and the head of its answer to one request.
-    let open = |token: String| {
-        let address = address.clone();
-        async move {
-            let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
-            let request = format!(
-                "GET /v1/agents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
-            );
-            socket.write_all(request.as_bytes()).await.unwrap();
-            let mut head = vec![0; 4096];
-            let read = socket.read(&mut head).await.unwrap();
-            (socket, String::from_utf8_lossy(&head[..read]).into_owned())
-        }
-    };
+    let open = |token: String| keep_alive(&server, token);
     let (first, answer) = open(acme.clone()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let (_second, answer) = open(acme.clone()).await;

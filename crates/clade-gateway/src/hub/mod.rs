@@ -107,7 +107,8 @@ impl Hub {
                 .map_err(status_of)?;
         // Its connection keeps its place when strangers fill the listener's.
         if let Some(connection) = extensions.get::<ConnectInfo>() {
-            self.state.limits.trust_connection(&connection.trust, &caller.0).map_err(status_of)?;
+            let limits = &self.state.limits;
+            limits.trust_connection(&connection.trust, &caller.0, &caller.1).map_err(status_of)?;
         }
         Ok(caller)
     }
