@@ -87,6 +87,13 @@ pub(super) fn now() -> Instant {
     Instant::now()
 }
 
+/// Waits `duration` of wall-clock time: a benchmark samples and paces real load in real time,
+/// not on the engine's clock.
+#[allow(clippy::disallowed_methods)]
+pub(super) async fn wall_sleep(duration: Duration) {
+    tokio::time::sleep(duration).await;
+}
+
 /// `clade bench local`: time to first token and tokens per second of the local chat model,
 /// over `answers` prompts of a few lengths, each writing up to `tokens`, `concurrent` at once.
 #[cfg(feature = "local-models")]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use serde_json::json;
 
-use super::bench::{percentile_ms, proc_number};
+use super::bench::{percentile_ms, proc_number, wall_sleep};
 use super::bench_turns::{GatewayProcess, StubProcess, TurnFn, closed_loop, cpu_micros, now};
 use crate::context::Ctx;
 
@@ -98,7 +98,7 @@ async fn measure(dir: &std::path::Path, stub: &StubProcess, plan: &Plan) -> Resu
         .context("cannot write the gateway's clade.yaml")?;
     let gateway = GatewayProcess::start(dir).await?;
     let pid = gateway.pid.to_string();
-    tokio::time::sleep(plan.settle).await;
+    wall_sleep(plan.settle).await;
     let idle_rss_kib = proc_number(&pid, "status", "VmRSS:");
 
     let http = gateway.client_with_agent(plan.sessions).await?;

@@ -37,11 +37,6 @@ fn now() -> Instant {
     Instant::now()
 }
 
-#[allow(clippy::disallowed_methods)] // A benchmark samples on the wall clock.
-async fn sleep(duration: Duration) {
-    tokio::time::sleep(duration).await;
-}
-
 pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
     if plan.jobs == 0 || plan.seconds == 0 || !(1..=59).contains(&plan.spread) {
         bail!("--jobs and --seconds must be at least 1, and --spread between 1 and 59");
@@ -155,7 +150,7 @@ async fn measure(data: &DataDir, store: Store, plan: &Plan) -> Result<()> {
     let mut rss_max = 0;
     let end = now() + Duration::from_secs(plan.seconds);
     while now() < end {
-        sleep(Duration::from_secs(1)).await;
+        super::bench::wall_sleep(Duration::from_secs(1)).await;
         let second = (store.now().as_millis() / 1_000).rem_euclid(60) as u64;
         let used = super::bench_turns::cpu_micros("self");
         let delta = used.saturating_sub(cpu);
