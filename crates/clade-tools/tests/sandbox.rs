@@ -228,7 +228,12 @@ async fn a_missing_bubblewrap_fails_closed() {
 
 /// A local HTTP server answering every request with `hello <port>`; its port.
 fn http_server() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    http_server_on("127.0.0.1")
+}
+
+/// [`http_server`] listening on `ip` (`0.0.0.0`: every interface).
+fn http_server_on(ip: &str) -> u16 {
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
@@ -318,6 +323,36 @@ for port in ({port}, 5432):
     assert!(out.egress_refused.len() >= urls.len(), "{:?}", out.egress_refused);
     assert!(out.egress_refused.iter().any(|r| r.contains("loopback")), "{:?}", out.egress_refused);
     assert!(out.egress_refused.iter().any(|r| r.contains("metadata")), "{:?}", out.egress_refused);
+}
+
+/// A server listening on every interface is not reached through the host's own interface
+/// address, however public that address looks: the proxy refuses it as a local interface.
+#[tokio::test]
+async fn the_hosts_own_interface_address_is_refused_through_the_proxy() {
+    // The address this host would send from: one of its own interfaces (no packet is sent).
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let own = match probe.connect("203.0.113.1:9").and_then(|()| probe.local_addr()) {
+        Ok(addr) if !addr.ip().is_loopback() => addr.ip(),
+        other => {
+            let ci = std::env::var("CI").as_deref() == Ok("true");
+            assert!(!ci, "no interface but loopback: {other:?}");
+            eprintln!("skipped: this host has no interface but loopback ({other:?})");
+            return;
+        }
+    };
+    let port = http_server_on("0.0.0.0");
+    let url = format!("http://{own}:{port}/");
+    let script = format!("URLS = [{url:?}]\n{FETCH}");
+    let out = networked(&script, EgressRules::default()).await;
+    let stdout = text(&out.stdout);
+    let line = stdout.lines().find(|l| l.starts_with(url.as_str())).unwrap_or_default();
+    assert!(line.contains(" 403 clade egress:"), "{url} must be refused: {line:?}\n{out:?}");
+    assert!(!stdout.contains(&format!("hello {port}")), "{stdout}");
+    assert!(
+        out.egress_refused.iter().any(|r| r.contains("local interface")),
+        "refused as this host's own address: {:?}",
+        out.egress_refused
+    );
 }
 
 #[tokio::test]
