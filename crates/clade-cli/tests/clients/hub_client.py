@@ -6,6 +6,8 @@ Usage: hub_client.py plain PROTO_DIR ADDRESS TOKEN RIVAL_TOKEN READ_TOKEN
        hub_client.py tls PROTO_DIR ADDRESS TOKEN CA_CERT
        hub_client.py revoked PROTO_DIR ADDRESS TOKEN AGENT MARKER
          (a trace until its token is revoked; MARKER is written once an event arrived)
+       hub_client.py crowded PROTO_DIR ADDRESS TOKEN AGENT
+         (a second trace while one is open, then another once that one is cancelled)
 Prints one JSON object with what each call returned; the Rust test asserts on it.
 """
 
@@ -277,11 +279,46 @@ def until_revoked():
         }
 
 
+def crowded():
+    """Traces past the token's stream quota: refused while one is open, taken once it closed.
+    A trace that was taken and shows nothing ends at its deadline (DEADLINE_EXCEEDED)."""
+    agent = sys.argv[5]
+
+    def status_of(seconds):
+        call = hub.Trace(pb.TraceRequest(agent=agent), metadata=auth(token), timeout=seconds)
+        try:
+            next(call)
+            return {"status": "OK"}
+        except grpc.RpcError as err:
+            trailers = dict(err.trailing_metadata() or ())
+            return {
+                "status": err.code().name,
+                "message": err.details(),
+                "code": trailers.get("clade-error-code"),
+                "retry_after": trailers.get("retry-after"),
+            }
+
+    first = hub.Trace(pb.TraceRequest(agent=agent), metadata=auth(token), timeout=60)
+    # The server takes the first trace's slot as the call arrives; give it that long.
+    time.sleep(1)
+    out["second"] = status_of(5)
+    first.cancel()
+    # The slot comes back when the server sees the cancel: ask again for a while.
+    for _ in range(20):
+        out["after_close"] = status_of(1)["status"]
+        if out["after_close"] == "DEADLINE_EXCEEDED":
+            break
+        time.sleep(0.2)
+
+
 if mode == "tls":
     over_tls()
 elif mode == "revoked":
     hub = rpc.AgentHubStub(grpc.insecure_channel(address))
     until_revoked()
+elif mode == "crowded":
+    hub = rpc.AgentHubStub(grpc.insecure_channel(address))
+    crowded()
 else:
     hub = rpc.AgentHubStub(grpc.insecure_channel(address))
     plain()

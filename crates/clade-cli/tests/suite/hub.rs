@@ -184,6 +184,33 @@ fn a_trace_ends_when_its_token_is_revoked() {
     assert!(ended["message"].as_str().unwrap().contains("the trace's token"), "{got}");
 }
 
+/// A token's traces count against its `streams_per_token`: one more is refused with
+/// RESOURCE_EXHAUSTED and a `retry-after` trailer, and a closed trace gives its slot back.
+#[test]
+fn a_tokens_traces_stay_within_its_stream_quota() {
+    let Some(python) = python_clients("the AgentHub stream quota test") else { return };
+    let env = Env::new();
+    env.run(&["tenants", "create", "acme"]).ok();
+    env.run(&["--tenant", "acme", "agents", "create", "ada"]).ok();
+    let (watcher, _) = token(&env, "acme", &["read"]);
+    let port = free_port();
+    let config = format!(
+        "server:\n  grpc:\n    listen: 127.0.0.1:{port}\ntenants:\n  acme:\n    quotas: {{ streams_per_token: 1 }}\n"
+    );
+    write(&env.data_dir().join("clade.yaml"), &config);
+    let _server = env.serve(&[]);
+    let address = format!("127.0.0.1:{port}");
+    let got =
+        run_client(&python, "hub_client.py", &["crowded", &proto_dir(), &address, &watcher, "ada"]);
+    let second = &got["second"];
+    assert_eq!(second["status"], "RESOURCE_EXHAUSTED", "{got}");
+    assert_eq!(second["code"], "quota_exceeded", "{got}");
+    assert!(second["message"].as_str().unwrap().contains("streams_per_token"), "{got}");
+    assert!(second["retry_after"].as_str().is_some_and(|s| !s.is_empty()), "{got}");
+    // Taken, it shows nothing and runs to its deadline: not refused.
+    assert_eq!(got["after_close"], "DEADLINE_EXCEEDED", "a closed trace kept its slot: {got}");
+}
+
 #[test]
 fn the_hub_serves_tls_and_refuses_plain_connections() {
     let Some(python) = python_clients("the AgentHub TLS test") else { return };
