@@ -51,7 +51,8 @@ def auth(with_token):
 
 
 def error_of(call):
-    """The status a failing call ends with: its code, message and Clade's error code."""
+    """The status a failing call ends with: its code, message, Clade's error code and when to
+    retry; None when it succeeds."""
     try:
         call()
     except grpc.RpcError as err:
@@ -60,6 +61,7 @@ def error_of(call):
             "status": err.code().name,
             "message": err.details(),
             "code": trailers.get("clade-error-code"),
+            "retry_after": trailers.get("retry-after"),
         }
     return None
 
@@ -286,17 +288,7 @@ def crowded():
 
     def status_of(seconds):
         call = hub.Trace(pb.TraceRequest(agent=agent), metadata=auth(token), timeout=seconds)
-        try:
-            next(call)
-            return {"status": "OK"}
-        except grpc.RpcError as err:
-            trailers = dict(err.trailing_metadata() or ())
-            return {
-                "status": err.code().name,
-                "message": err.details(),
-                "code": trailers.get("clade-error-code"),
-                "retry_after": trailers.get("retry-after"),
-            }
+        return error_of(lambda: next(call)) or {"status": "OK"}
 
     first = hub.Trace(pb.TraceRequest(agent=agent), metadata=auth(token), timeout=60)
     # The server takes the first trace's slot as the call arrives; give it that long.
