@@ -55,9 +55,15 @@ impl DiskLedger {
                 disk.measured_at = Some(now);
             });
         }
-        Ok(self.with(tenant, |disk| {
-            disk.agents.iter().filter(|(id, _)| **id != agent).map(|(_, bytes)| *bytes).sum()
-        }))
+        Ok(self.others_now(tenant, agent))
+    }
+
+    /// Bytes the workspaces of `tenant`'s agents other than `agent` hold, as last recorded.
+    fn others_now(&self, tenant: TenantId, agent: AgentId) -> u64 {
+        self.with(tenant, |disk| {
+            let others = disk.agents.iter().filter(|(id, _)| **id != agent);
+            others.fold(0u64, |sum, (_, bytes)| sum.saturating_add(*bytes))
+        })
     }
 
     /// Records what `agent`'s workspace holds now.
@@ -71,6 +77,38 @@ impl DiskLedger {
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         act(tenants.entry(tenant).or_default())
     }
+}
+
+/// One agent's share of its tenant's total, as its runs see it while they write: the total less
+/// what the tenant's other workspaces hold now, including what their own runs record as they
+/// write.
+pub(crate) struct AgentDisk {
+    pub(crate) ledger: Arc<DiskLedger>,
+    pub(crate) tenant: TenantId,
+    pub(crate) agent: AgentId,
+    /// The tenant's total, in bytes.
+    pub(crate) total: u64,
+}
+
+impl clade_tools::TenantDisk for AgentDisk {
+    fn room(&self) -> u64 {
+        self.total.saturating_sub(self.ledger.others_now(self.tenant, self.agent))
+    }
+
+    fn record(&self, used: u64) {
+        self.ledger.record(self.tenant, self.agent, used);
+    }
+}
+
+/// No room at all: the tenant's other workspaces could not be measured (closed, not open).
+pub(crate) struct NoRoom;
+
+impl clade_tools::TenantDisk for NoRoom {
+    fn room(&self) -> u64 {
+        0
+    }
+
+    fn record(&self, _: u64) {}
 }
 
 /// The size of the workspace of each of `tenant`'s agents that has one.

@@ -309,7 +309,7 @@ pub struct ToolRunner {
     /// Tenant names by id, which configuration names agents by (see [`ToolRunner::tenant_name`]).
     tenant_names: Mutex<HashMap<TenantId, Arc<str>>>,
     /// What tenants' workspaces hold, for their totals (`quotas.workspace_mib`).
-    disk: crate::disk::DiskLedger,
+    disk: Arc<crate::disk::DiskLedger>,
 }
 
 /// A call policy asked an operator about, and how long the operator has to answer.
@@ -390,7 +390,7 @@ impl ToolRunner {
             runs: std::sync::atomic::AtomicU64::new(0),
             sandbox: None,
             tenant_names: Mutex::default(),
-            disk: crate::disk::DiskLedger::default(),
+            disk: Arc::default(),
         }
     }
 
@@ -630,16 +630,23 @@ impl ToolRunner {
     }
 
     /// What `agent`'s workspace may hold under its tenant's total, if the tenant has one: the
-    /// total less what its other agents' workspaces hold. Unmeasurable, it is none (closed).
+    /// total less what its other agents' workspaces hold, kept current while runs write.
+    /// Unmeasurable, it is none (closed).
     async fn workspace_room(&self, set: &ToolSet, agent: &Agent) -> Option<WorkspaceRoom> {
         let name = self.tenant_name(agent.tenant_id).await;
-        let quota = set.workspace_quota(&name)?;
-        let others = self
-            .disk
-            .others((&self.store, &self.workspaces), agent.tenant_id, agent.id)
-            .await
-            .unwrap_or(u64::MAX);
-        Some(WorkspaceRoom { bytes: quota.saturating_sub(others) })
+        let total = set.workspace_quota(&name)?;
+        let measured =
+            self.disk.others((&self.store, &self.workspaces), agent.tenant_id, agent.id).await;
+        let disk: Arc<dyn clade_tools::TenantDisk> = match measured {
+            Ok(_) => Arc::new(crate::disk::AgentDisk {
+                ledger: self.disk.clone(),
+                tenant: agent.tenant_id,
+                agent: agent.id,
+                total,
+            }),
+            Err(_) => Arc::new(crate::disk::NoRoom),
+        };
+        Some(WorkspaceRoom::new(disk))
     }
 
     /// Writes the record of an authorized call's decision, for a call that has no journal
@@ -711,7 +718,7 @@ impl ToolRunner {
         let result = tool.call(args, &authorized.context).await;
         self.runs.fetch_add(1, std::sync::atomic::Ordering::Release);
         if let (Some(_), Some(workspace)) =
-            (authorized.context.workspace_room, authorized.context.workspace.clone())
+            (&authorized.context.workspace_room, authorized.context.workspace.clone())
         {
             let used =
                 tokio::task::spawn_blocking(move || clade_tools::workspace::usage(&workspace))

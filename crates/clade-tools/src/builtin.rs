@@ -173,7 +173,7 @@ impl TypedTool for ShellExec {
                 },
                 env: ctx.env.clone(),
                 stdin: args.stdin.map(String::into_bytes),
-                room: ctx.workspace_room.as_ref().map(|room| room.bytes),
+                room: ctx.workspace_room.clone(),
             };
             let out = self.sandbox.run(exec).await.map_err(|e| e.to_string())?;
             let text = out.render(self.sandbox.limits());
@@ -308,7 +308,7 @@ impl TypedTool for FsWrite {
         Box::pin(async move {
             let root = ctx.workspace()?.clone();
             let path = args.path.clone();
-            let room = ctx.workspace_room.as_ref().map(|room| room.bytes);
+            let room = ctx.workspace_room.as_ref().map(crate::WorkspaceRoom::bytes);
             let quota = room.map_or(self.workspace_bytes, |room| room.min(self.workspace_bytes));
             let key = crate::sandbox::quota_key(quota < self.workspace_bytes);
             let n = blocking(move || {

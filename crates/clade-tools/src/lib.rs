@@ -13,6 +13,7 @@ pub mod builtin;
 pub mod egress;
 pub mod init;
 pub mod mcp;
+mod meter;
 pub mod net;
 pub mod openapi;
 pub mod pattern;
@@ -79,11 +80,40 @@ pub struct CallContext {
     pub workspace_room: Option<WorkspaceRoom>,
 }
 
-/// The most a workspace may hold under its tenant's total: the tenant's quota less what its
-/// other agents' workspaces hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WorkspaceRoom {
-    pub bytes: u64,
+/// A tenant's total for all its agents' workspaces, as one agent's calls see it. The runtime's
+/// ledger implements it; a run reports what its workspace holds as it writes, so the tenant's
+/// other runs have that much less room at once, not only after it ends.
+pub trait TenantDisk: Send + Sync {
+    /// Bytes this agent's workspace may hold now: the total less what the others hold.
+    fn room(&self) -> u64;
+    /// Records what this agent's workspace holds now.
+    fn record(&self, used: u64);
+}
+
+/// The most a workspace may hold under its tenant's total, kept current while runs write.
+#[derive(Clone)]
+pub struct WorkspaceRoom(Arc<dyn TenantDisk>);
+
+impl WorkspaceRoom {
+    pub fn new(disk: Arc<dyn TenantDisk>) -> Self {
+        Self(disk)
+    }
+
+    /// Bytes the workspace may hold now.
+    pub fn bytes(&self) -> u64 {
+        self.0.room()
+    }
+
+    /// Records what the workspace holds now.
+    pub fn record(&self, used: u64) {
+        self.0.record(used);
+    }
+}
+
+impl std::fmt::Debug for WorkspaceRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("WorkspaceRoom").field(&self.bytes()).finish()
+    }
 }
 
 /// Where a running call reports its progress: what it is doing, and how far along it is (0 to

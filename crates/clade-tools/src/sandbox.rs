@@ -53,9 +53,9 @@ pub struct Exec {
     /// The command may execute its own program only: set for a program run by its name (not a
     /// shell), so that an allowed program cannot start others ([`crate::init`]).
     pub exec_only_itself: bool,
-    /// Bytes the workspace may hold under its tenant's total, when that is set
-    /// ([`crate::WorkspaceRoom`]); the lower of this and `tools.limits.workspace_mib` binds.
-    pub room: Option<u64>,
+    /// What the workspace may hold under its tenant's total, when that is set; the lower of
+    /// this and `tools.limits.workspace_mib` binds, checked again as the run writes.
+    pub room: Option<crate::WorkspaceRoom>,
 }
 
 /// What a command did.
@@ -69,6 +69,9 @@ pub struct ExecOutput {
     pub timed_out: bool,
     /// Killed because its output passed the cap.
     pub output_capped: bool,
+    /// Killed because the workspace passed its quota while it ran ([`crate::meter`]): the
+    /// bytes it held then.
+    pub over_quota: Option<u64>,
     /// Forbidden system calls processes of the command made (each process was killed), as the
     /// kernel reported them to the gateway: the call and the process.
     pub violations: Vec<String>,
@@ -445,21 +448,7 @@ impl ExecOutput {
         for call in &self.violations {
             text.push_str(&format!("{VIOLATION_PREFIX}{call}; that process was killed\n"));
         }
-        match (self.timed_out, self.output_capped, self.code, self.signal) {
-            (true, _, _, _) => text.push_str(&format!(
-                "killed: wall-clock limit of {} s reached (every process of the command was stopped)\n",
-                limits.timeout_secs
-            )),
-            (_, true, _, _) => text.push_str(&format!(
-                "killed: output passed the limit of {} bytes\n",
-                limits.output_bytes
-            )),
-            (_, _, _, Some(signal)) => text.push_str(&signal_line(signal, limits, self)),
-            (_, _, Some(code), None) => text.push_str(&format!("exit code {code}\n")),
-            (_, _, None, None) => {
-                text.push_str("killed by a signal (a resource limit may have been reached)\n")
-            }
-        }
+        text.push_str(&self.status_line(limits));
         if self.left_running > 0 {
             text.push_str(&format!(
                 "{LEFT_RUNNING_PREFIX}{} process(es) still running when the command ended\n",
@@ -505,8 +494,39 @@ impl ExecOutput {
         text
     }
 
+    /// How the command ended, as the account's first line after any violations.
+    fn status_line(&self, limits: &SandboxLimits) -> String {
+        if let (Some(used), Some(workspace)) = (self.over_quota, self.workspace) {
+            return format!(
+                "killed: the workspace passed its {:.1} MiB quota while the command ran ({:.1} MiB; {}); every process of the command was stopped. Delete files to make room\n",
+                workspace.quota as f64 / MIB,
+                used as f64 / MIB,
+                workspace.quota_key()
+            );
+        }
+        match (self.timed_out, self.output_capped, self.code, self.signal) {
+            (true, _, _, _) => format!(
+                "killed: wall-clock limit of {} s reached (every process of the command was stopped)\n",
+                limits.timeout_secs
+            ),
+            (_, true, _, _) => {
+                format!("killed: output passed the limit of {} bytes\n", limits.output_bytes)
+            }
+            (_, _, _, Some(signal)) => signal_line(signal, limits, self),
+            (_, _, Some(code), None) => format!("exit code {code}\n"),
+            (_, _, None, None) => {
+                "killed by a signal (a resource limit may have been reached)\n".to_owned()
+            }
+        }
+    }
+
     pub fn success(&self) -> bool {
-        self.code == Some(0) && !self.timed_out && !self.output_capped
+        self.code == Some(0) && !self.stopped()
+    }
+
+    /// Whether the sandbox killed it: at its deadline, past its output cap or its quota.
+    fn stopped(&self) -> bool {
+        self.timed_out || self.output_capped || self.over_quota.is_some()
     }
 }
 
@@ -782,16 +802,19 @@ impl Sandbox {
         // A file may grow by what is left of the workspace's quota (RLIMIT_FSIZE binds each
         // file, so a full workspace lets commands delete but not write).
         let own = self.limits.workspace_mib.saturating_mul(1024 * 1024);
-        let quota = exec.room.map_or(own, |room| room.min(own));
+        let quota = exec.room.as_ref().map_or(own, |room| room.bytes().min(own));
         let by_tenant = quota < own;
         let file_size = self.limits.file_size_mib.saturating_mul(1024 * 1024);
-        let used_before = {
+        // Counting starts before the run, so none of its writes goes unseen.
+        let meter = {
             let workspace = exec.workspace.clone();
-            tokio::task::spawn_blocking(move || crate::workspace::usage(&workspace))
-                .await
-                .unwrap_or(u64::MAX)
+            tokio::task::spawn_blocking(move || crate::meter::Meter::start(&workspace)).await.ok()
         };
+        let used_before = meter.as_ref().map_or(u64::MAX, crate::meter::Meter::used);
         let file_cap = file_size.min(quota.saturating_sub(used_before));
+        let watching = meter
+            .filter(|_| self.mode == SandboxMode::Bubblewrap)
+            .map(|meter| crate::meter::Watching::spawn(meter, own, exec.room.clone()));
         let group = self.pids_cgroup.as_ref().and_then(|parent| self.create_group(parent));
         let (command, report) = match self.mode {
             SandboxMode::Bubblewrap => {
@@ -807,7 +830,9 @@ impl Sandbox {
             }
             SandboxMode::None => (unsandboxed_command(&exec), None),
         };
-        let mut out = self.supervise(command, exec.stdin, report).await;
+        let (watching, over) = watching.unzip();
+        let mut out = self.supervise(command, exec.stdin, report, over).await;
+        drop(watching);
         if let (Ok(out), Some(proxy)) = (&mut out, &proxy) {
             out.egress_refused = proxy.refusals();
         }
@@ -828,7 +853,7 @@ impl Sandbox {
             .await
             .unwrap_or((0, u64::MAX));
             out.setid_cleared = cleared;
-            if file_cap < file_size || used >= quota {
+            if file_cap < file_size || used >= quota || out.over_quota.is_some() {
                 out.workspace = Some(WorkspaceUse { used, quota, file_cap, by_tenant });
             }
         }
@@ -1051,6 +1076,7 @@ impl Sandbox {
         mut command: tokio::process::Command,
         stdin: Option<Vec<u8>>,
         report: Option<(rustix::fd::OwnedFd, rustix::fd::OwnedFd)>,
+        over_quota: Option<tokio::sync::oneshot::Receiver<u64>>,
     ) -> Result<ExecOutput, SandboxError> {
         command
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -1081,7 +1107,23 @@ impl Sandbox {
             (a, b)
         };
         tokio::pin!(collect);
-        let finished = tokio::time::timeout(deadline, &mut collect).await;
+        let quota_passed = async move {
+            match over_quota {
+                Some(over) => match over.await {
+                    Ok(used) => used,
+                    Err(_) => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        let finished = tokio::select! {
+            finished = tokio::time::timeout(deadline, &mut collect) => finished,
+            used = quota_passed => {
+                out.over_quota = Some(used);
+                let _ = child.start_kill();
+                tokio::time::timeout(deadline, &mut collect).await
+            }
+        };
         match finished {
             Ok(((stdout, over_a), (stderr, over_b))) => {
                 out.stdout = stdout;
@@ -1091,7 +1133,7 @@ impl Sandbox {
                     let _ = child.start_kill();
                 }
                 match tokio::time::timeout(deadline, child.wait()).await {
-                    Ok(Ok(status)) if !out.output_capped => out.code = status.code(),
+                    Ok(Ok(status)) if !out.stopped() => out.code = status.code(),
                     Ok(_) => {}
                     Err(_) => {
                         out.timed_out = true;
@@ -1118,12 +1160,12 @@ impl Sandbox {
                     "the sandbox's init failed: {error}"
                 )));
             }
-            if !out.timed_out && !out.output_capped {
+            if !out.stopped() {
                 out.code = report.exit;
                 out.signal = report.signal;
             }
             out.left_running = report.left_running;
-        } else if !watched.listener && !out.timed_out && !out.output_capped {
+        } else if !watched.listener && !out.stopped() {
             // The init never started the command: bubblewrap could not set the sandbox up.
             return Ok(out);
         }

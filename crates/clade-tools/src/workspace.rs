@@ -212,6 +212,19 @@ const MAX_USAGE_ENTRIES: usize = 1_000_000;
 pub fn usage(workspace: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
     let mut total = 0u64;
+    let complete = visit_tree(workspace, |_, meta| {
+        total = total.saturating_add(meta.blocks().saturating_mul(512));
+    });
+    if complete { total } else { u64::MAX }
+}
+
+/// Visits every entry under `workspace` (links not followed) with its metadata, directories
+/// before what they hold; `false` when the tree has more than [`MAX_USAGE_ENTRIES`] entries,
+/// where it stops.
+pub(crate) fn visit_tree(
+    workspace: &Path,
+    mut visit: impl FnMut(&Path, &std::fs::Metadata),
+) -> bool {
     let mut seen = 0usize;
     let mut stack = vec![workspace.to_owned()];
     while let Some(dir) = stack.pop() {
@@ -219,16 +232,17 @@ pub fn usage(workspace: &Path) -> u64 {
         for entry in entries.flatten() {
             seen += 1;
             if seen > MAX_USAGE_ENTRIES {
-                return u64::MAX;
+                return false;
             }
-            let Ok(meta) = entry.path().symlink_metadata() else { continue };
-            total = total.saturating_add(meta.blocks().saturating_mul(512));
+            let path = entry.path();
+            let Ok(meta) = path.symlink_metadata() else { continue };
+            visit(&path, &meta);
             if meta.is_dir() {
-                stack.push(entry.path());
+                stack.push(path);
             }
         }
     }
-    total
+    true
 }
 
 /// One entry of a directory listing.

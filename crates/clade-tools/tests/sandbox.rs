@@ -168,6 +168,49 @@ async fn limits_contain_bombs_and_kill_the_whole_tree() {
     assert_eq!(flood.stdout.len(), 4096);
 }
 
+/// `RLIMIT_FSIZE` bounds each file; a run writing many files, each within it, is stopped when
+/// the workspace passes its quota, not at its deadline after writing twenty times as much.
+#[tokio::test]
+async fn a_run_writing_many_files_is_stopped_at_the_workspace_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = SandboxLimits {
+        workspace_mib: 4,
+        file_size_mib: 1,
+        timeout_secs: 30,
+        ..SandboxLimits::default()
+    };
+    let sb = sandbox(limits);
+    let script = "i=0; while [ $i -lt 160 ]; do head -c 524288 /dev/zero > f$i; i=$((i+1)); done; echo finished";
+    let out = sh(&sb, dir.path(), script).await;
+    let used = clade_tools::workspace::usage(dir.path());
+    assert!(!text(&out.stdout).contains("finished"), "the run wrote all 80 MiB: {used} bytes");
+    let over = out.over_quota.expect("the run is stopped at the quota");
+    assert!(over > 4 * 1024 * 1024, "{over}");
+    // Stopped within moments of passing it: a few files' worth over, not dozens.
+    assert!(used < 12 * 1024 * 1024, "{used} bytes after the run");
+    assert!(!out.timed_out && !out.success());
+    let account = out.render(&limits);
+    assert!(
+        account.starts_with("killed: the workspace passed its 4.0 MiB quota while the command ran"),
+        "{account}"
+    );
+    assert!(account.contains("tools.limits.workspace_mib") && account.contains("Delete files"));
+    let found = findings(&account, &RunFacts::default());
+    assert!(
+        matches!(&found[..], [Finding::Limit(line), ..] if line.contains("quota")),
+        "{found:?}"
+    );
+
+    // Full now: the next run may not grow a file at all, and deleting makes room again.
+    let out = sh(&sb, dir.path(), "head -c 4096 /dev/zero > more; echo $?").await;
+    // 128 + SIGXFSZ: the kernel stopped the writer.
+    assert_eq!(text(&out.stdout), "153\n", "{}", out.render(&limits));
+    let out = sh(&sb, dir.path(), "rm -f f* more").await;
+    assert!(out.success(), "{}", out.render(&limits));
+    let out = sh(&sb, dir.path(), "head -c 524288 /dev/zero > fresh && echo ok").await;
+    assert_eq!(text(&out.stdout), "ok\n", "{}", out.render(&limits));
+}
+
 #[tokio::test]
 async fn processes_left_running_are_stopped_and_reported() {
     let dir = tempfile::tempdir().unwrap();
