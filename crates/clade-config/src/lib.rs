@@ -399,6 +399,33 @@ pub struct TenantConfig {
     /// 4 KiB. A name nobody set stays as written.
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
+    /// What one agent of this tenant, by handle, has apart from the others: its `quotas`
+    /// replace the tenant's for it.
+    #[serde(default)]
+    pub agents: BTreeMap<String, TenantAgentConfig>,
+}
+
+/// One agent of a tenant, as the operator sets it apart (`tenants.<name>.agents.<handle>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantAgentConfig {
+    #[serde(default)]
+    pub quotas: AgentQuotas,
+}
+
+/// Limits of one agent that replace its tenant's `quotas` for it, tighter or looser: an agent
+/// that may watch a feed every ten seconds while the others keep to a minute, or one that may
+/// make no jobs at all. Unset, the tenant's apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentQuotas {
+    /// The shortest time, in seconds, between two fires of a job this agent has (made by the
+    /// tenant's tokens or by the agent itself).
+    #[serde(default)]
+    pub cron_min_interval_secs: Option<u64>,
+    /// Jobs this agent may have (0: none).
+    #[serde(default)]
+    pub cron_jobs: Option<u64>,
 }
 
 /// The persona variables every agent has: its display name, its handle and its tenant's name.
@@ -515,6 +542,22 @@ pub struct Quotas {
     /// most a minute apart.
     #[serde(default)]
     pub workspace_mib: Option<u64>,
+}
+
+/// The agents a tenant sets apart: named by handle, under a tenant of its own.
+fn check_tenant_agents(tenant: &str, config: &TenantConfig) -> Result<(), Invalid> {
+    for handle in config.agents.keys() {
+        let field = format!("tenants.{tenant}.agents.{handle}");
+        if tenant == "*" {
+            return fail(format!(
+                "{field}: an agent belongs to one tenant, not to \"*\": declare it under that tenant"
+            ));
+        }
+        if let Err(e) = clade_core::Handle::parse(handle) {
+            return fail(format!("{field}: {handle:?} is not an agent handle: {e}"));
+        }
+    }
+    Ok(())
 }
 
 /// What is wrong with one section of a configuration, as the check says it.
@@ -1926,6 +1969,7 @@ impl Config {
                     ));
                 }
             }
+            check_tenant_agents(tenant, config)?;
             for (name, hook) in &config.hooks {
                 let field = format!("tenants.{tenant}.hooks.{name}");
                 if tenant == "*" {

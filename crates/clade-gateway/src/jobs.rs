@@ -131,12 +131,14 @@ pub(crate) async fn create(
     // The operator schedules as it likes; a tenant's tokens within its quotas.
     if crate::config::operator_only(&tenant, &reach).is_err() {
         let owned = store.jobs(agent.id).await?.len();
-        state.limits.job_limits(&tenant).check(&new, owned).map_err(|e| match e {
-            clade_sched::JobError::TooMany { .. } => {
-                ApiError::new(Code::QuotaExceeded, e.to_string())
-            }
-            _ => ApiError::new(Code::InvalidJob, e.to_string()),
-        })?;
+        state.limits.job_limits(&tenant, agent.handle.as_str()).check(&new, owned).map_err(
+            |e| match e {
+                clade_sched::JobError::TooMany { .. } => {
+                    ApiError::new(Code::QuotaExceeded, e.to_string())
+                }
+                _ => ApiError::new(Code::InvalidJob, e.to_string()),
+            },
+        )?;
     }
     let job = store.create_job(new).await.map_err(|err| match err {
         clade_store::Error::JobExists(name) => ApiError::new(

@@ -104,10 +104,10 @@ impl TenantLimits {
         Err(ApiError::new(Code::QuotaExceeded, message).retry_after(CONNECTION_RETRY))
     }
 
-    /// How often and how many jobs `tenant`'s tokens and agents may schedule.
-    pub fn job_limits(&self, tenant: &Tenant) -> clade_sched::JobLimits {
-        let tenants = self.tenants.read().unwrap_or_else(|e| e.into_inner()).clone();
-        clade_sched::JobLimits::of(&tenants, tenant.name.as_str())
+    /// How often and how many jobs `tenant`'s tokens may schedule for its agent `handle`.
+    pub fn job_limits(&self, tenant: &Tenant, handle: &str) -> clade_sched::JobLimits {
+        let tenants = self.tenants.read().unwrap_or_else(|e| e.into_inner());
+        clade_sched::JobLimits::of(&tenants, tenant.name.as_str(), handle)
     }
 
     /// The most agents `tenant` may have, and where that is set.

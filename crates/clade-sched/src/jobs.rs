@@ -74,11 +74,13 @@ pub enum JobError {
     #[error("jitter of {0} s: at most {MAX_JITTER_SECS} s (an hour)")]
     Jitter(u32),
     #[error(
-        "schedule {schedule:?} fires {gap} s apart at its closest; jobs of this tenant fire at least {min} s apart ({key}): choose a sparser schedule"
+        "schedule {schedule:?} fires {gap} s apart at its closest; this agent's jobs fire at least {min} s apart ({key}): choose a sparser schedule"
     )]
     TooFrequent { schedule: String, gap: u64, min: u64, key: String },
-    #[error("the agent has {have} jobs, the most its tenant allows ({key}): remove one first")]
-    TooMany { have: usize, key: String },
+    #[error(
+        "the agent has {have} jobs and may have {most} ({key}): remove one first, or ask the operator for more"
+    )]
+    TooMany { have: usize, most: u64, key: String },
 }
 
 /// The shortest interval a tenant's job may fire at when its quotas say nothing: an agent is
@@ -89,7 +91,8 @@ pub const DEFAULT_MIN_INTERVAL_SECS: u64 = 60;
 pub const DEFAULT_JOBS_PER_AGENT: u64 = 100;
 
 /// What the operator lets a tenant's jobs ask of the scheduler (`tenants.<name>.quotas`:
-/// `cron_min_interval_secs`, `cron_jobs_per_agent`; `"*"` for every tenant without its own).
+/// `cron_min_interval_secs`, `cron_jobs_per_agent`; `"*"` for every tenant without its own;
+/// `tenants.<name>.agents.<handle>.quotas` for one agent apart).
 /// They bind jobs the tenant's tokens and agents make; the operator's own are not bound.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobLimits {
@@ -101,8 +104,11 @@ pub struct JobLimits {
 }
 
 impl JobLimits {
-    /// The limits of the tenant named `tenant` under `tenants` (clade.yaml's `tenants`).
-    pub fn of(tenants: &BTreeMap<String, TenantConfig>, tenant: &str) -> Self {
+    /// The limits of the agent `handle` of the tenant named `tenant` under `tenants`
+    /// (clade.yaml's `tenants`): the agent's own (`tenants.<name>.agents.<handle>.quotas`),
+    /// else its tenant's, else `"*"`'s, else the defaults.
+    pub fn of(tenants: &BTreeMap<String, TenantConfig>, tenant: &str, handle: &str) -> Self {
+        let own = tenants.get(tenant).and_then(|t| t.agents.get(handle)).map(|a| a.quotas);
         let find = |pick: fn(&Quotas) -> Option<u64>, field: &str, default: u64| {
             for name in [tenant, "*"] {
                 if let Some(value) =
@@ -114,10 +120,19 @@ impl JobLimits {
             }
             (default, format!("the default; set tenants.{tenant}.quotas.{field} to change it"))
         };
-        let (min_interval_secs, interval_key) =
-            find(|q| q.cron_min_interval_secs, "cron_min_interval_secs", DEFAULT_MIN_INTERVAL_SECS);
-        let (jobs_per_agent, count_key) =
-            find(|q| q.cron_jobs_per_agent, "cron_jobs_per_agent", DEFAULT_JOBS_PER_AGENT);
+        let agents = |field: &str| format!("tenants.{tenant}.agents.{handle}.quotas.{field}");
+        let (min_interval_secs, interval_key) = match own.and_then(|q| q.cron_min_interval_secs) {
+            Some(secs) => (secs, agents("cron_min_interval_secs")),
+            None => find(
+                |q| q.cron_min_interval_secs,
+                "cron_min_interval_secs",
+                DEFAULT_MIN_INTERVAL_SECS,
+            ),
+        };
+        let (jobs_per_agent, count_key) = match own.and_then(|q| q.cron_jobs) {
+            Some(jobs) => (jobs, agents("cron_jobs")),
+            None => find(|q| q.cron_jobs_per_agent, "cron_jobs_per_agent", DEFAULT_JOBS_PER_AGENT),
+        };
         Self { min_interval_secs, jobs_per_agent, interval_key, count_key }
     }
 
@@ -153,7 +168,11 @@ impl JobLimits {
     /// Refuses one more job for an agent that has `owned`, as many as the tenant allows.
     pub fn check_count(&self, owned: usize) -> Result<(), JobError> {
         if u64::try_from(owned).unwrap_or(u64::MAX) >= self.jobs_per_agent {
-            return Err(JobError::TooMany { have: owned, key: self.count_key.clone() });
+            return Err(JobError::TooMany {
+                have: owned,
+                most: self.jobs_per_agent,
+                key: self.count_key.clone(),
+            });
         }
         Ok(())
     }

@@ -119,13 +119,14 @@ impl TypedTool for CronCreate {
             };
             let new = new_job(&spec, caller.tenant, caller.agent, self.store.now())
                 .map_err(|e| e.to_string())?;
-            let tenant = self.store.tenant_by_id(caller.tenant).await.map_err(|e| e.to_string())?;
-            let owned = self
-                .store
-                .jobs(caller.tenant, Some(caller.agent))
-                .await
-                .map_err(|e| e.to_string())?;
-            JobLimits::of(&self.tenants, tenant.name.as_str())
+            let found = async {
+                let tenant = self.store.tenant_by_id(caller.tenant).await?;
+                let agent = self.store.agent_by_id(caller.tenant, caller.agent).await?;
+                let owned = self.store.jobs(caller.tenant, Some(caller.agent)).await?;
+                Ok::<_, clade_store::Error>((tenant, agent, owned))
+            };
+            let (tenant, agent, owned) = found.await.map_err(|e| e.to_string())?;
+            JobLimits::of(&self.tenants, tenant.name.as_str(), agent.handle.as_str())
                 .check(&new, owned.len())
                 .map_err(|e| e.to_string())?;
             let job = self.store.create_job(new).await.map_err(|e| match e {

@@ -543,8 +543,9 @@ pub struct ArchivedGrant {
 pub enum Archived<'a> {
     /// A live grant (revoked ones come in as they are).
     Grant(&'a ArchivedGrant),
-    /// A job, and how many of the archive's jobs were admitted before it.
-    Job { name: &'a str, schedule: &'a str, zone: &'a str, admitted: usize },
+    /// A job of the agent imported as `handle`, and how many of the archive's jobs were
+    /// admitted before it.
+    Job { handle: &'a str, name: &'a str, schedule: &'a str, zone: &'a str, admitted: usize },
     /// A stored setting.
     Setting { key: &'a str },
 }
@@ -1373,7 +1374,7 @@ async fn write_checked(
     }
 
     let Dropped { grants: dropped_grants, jobs: dropped_jobs, settings: dropped_settings } =
-        admit_rows(&mut rows, options.admit.as_ref())?;
+        admit_rows(&mut rows, &handle, options.admit.as_ref())?;
     let mut grants = Vec::new();
     let mut delegated = 0u64;
     let mut unfinished = 0u64;
@@ -1561,6 +1562,7 @@ struct Dropped {
 /// of the jobs left out.
 fn admit_rows(
     rows: &mut [(&'static Table, Vec<Vec<Value>>)],
+    handle: &Handle,
     admit: Option<&Admit>,
 ) -> Result<Dropped> {
     let Some(admit) = admit else { return Ok(Dropped::default()) };
@@ -1602,8 +1604,13 @@ fn admit_rows(
                 rows.retain(|row| {
                     let (job, schedule, zone) =
                         (text(&row[name]), text(&row[schedule]), text(&row[zone]));
-                    let asked =
-                        Archived::Job { name: &job, schedule: &schedule, zone: &zone, admitted };
+                    let asked = Archived::Job {
+                        handle: handle.as_str(),
+                        name: &job,
+                        schedule: &schedule,
+                        zone: &zone,
+                        admitted,
+                    };
                     match admit(&asked) {
                         None => {
                             admitted += 1;

@@ -586,7 +586,8 @@ fn admit_archived(
     + Sync
     + 'static,
 ) -> clade_store::agent_archive::Admit {
-    let jobs = clade_sched::JobLimits::of(&ctx.config.tenants, tenant.name.as_str());
+    let tenants = ctx.config.tenants.clone();
+    let tenant_name = tenant.name.to_string();
     let locked: Vec<String> = ctx
         .config
         .settings
@@ -599,11 +600,11 @@ fn admit_archived(
         use clade_store::agent_archive::Archived;
         match row {
             Archived::Grant(grant) => admit_grant(grant),
-            Archived::Job { schedule, zone, admitted, .. } => jobs
-                .check_count(*admitted)
-                .and_then(|()| jobs.check_schedule(schedule, zone, now))
-                .err()
-                .map(|e| e.to_string()),
+            Archived::Job { handle, schedule, zone, admitted, .. } => {
+                let jobs = clade_sched::JobLimits::of(&tenants, &tenant_name, handle);
+                let checked = jobs.check_count(*admitted);
+                checked.and_then(|()| jobs.check_schedule(schedule, zone, now)).err().map(|e| e.to_string())
+            }
             Archived::Setting { key } => locked.iter().any(|k| k == key).then(|| {
                 format!("settings.{key} is locked here (agent_writable: false): only the operator sets it (clade settings set)")
             }),

@@ -316,6 +316,110 @@ async fn tenant_jobs_keep_to_the_minimum_interval_and_the_job_cap() {
     assert_eq!(status, 201, "{made}");
 }
 
+/// The operator sets one agent apart (`tenants.<name>.agents.<handle>.quotas`): its own
+/// minimum interval and job cap replace its tenant's, looser or tighter, for its tenant's
+/// tokens and for the agent itself; the tenant's other agents keep the tenant's; and a
+/// configuration naming an agent badly is refused.
+#[tokio::test]
+async fn one_agent_keeps_to_limits_of_its_own() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["tenants", "create", "acme"]).ok();
+    for agent in ["feed", "quiet", "wile"] {
+        env.run(&["--tenant", "acme", "agents", "create", agent]).ok();
+    }
+    let (acme, _) = token(&env, "acme", &["admin"]);
+    let config = env.data_dir().join("clade.yaml");
+    // A handle is never shared across tenants, and "*" has no agents.
+    for (bad, named) in [
+        (
+            "tenants:\n  \"*\":\n    agents: { feed: { quotas: { cron_jobs: 1 } } }\n",
+            "not to \"*\"",
+        ),
+        (
+            "tenants:\n  acme:\n    agents: { Feed!: { quotas: { cron_jobs: 1 } } }\n",
+            "not an agent handle",
+        ),
+        ("tenants:\n  acme:\n    agents: { feed: { quotas: { cron_every: 1 } } }\n", "cron_every"),
+    ] {
+        super::support::write(&config, bad);
+        env.run(&["config", "validate", config.to_str().unwrap()]).fails_with(named);
+    }
+    super::support::write(
+        &config,
+        "tenants:\n  default:\n    agents: { ada: { quotas: { cron_min_interval_secs: 10 } } }\n  acme:\n    quotas: { cron_min_interval_secs: 3600, cron_jobs_per_agent: 1 }\n    agents:\n      feed: { quotas: { cron_min_interval_secs: 300, cron_jobs: 2 } }\n      quiet: { quotas: { cron_jobs: 0 } }\n",
+    );
+    let server = env.serve(&[]);
+    let job = |name: &str, schedule: &str| json!({ "name": name, "schedule": schedule, "prompt": "hello" });
+    let create = |agent: &str, body: Value| {
+        let path = format!("/v1/agents/{agent}/jobs");
+        let server = &server;
+        let acme = acme.clone();
+        async move { server.send("POST", &path, Some(&acme), Some(body)).await }
+    };
+
+    // feed may fire every five minutes, which its tenant refuses, but not every minute.
+    let (status, made) = create("feed", job("a", "*/5 * * * *")).await;
+    assert_eq!(status, 201, "{made}");
+    let (status, refused) = create("feed", job("b", "* * * * *")).await;
+    assert_eq!(status, 422, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("60 s apart")
+            && message.contains("at least 300 s")
+            && message.contains("tenants.acme.agents.feed.quotas.cron_min_interval_secs"),
+        "{message}"
+    );
+    // Two jobs, past its tenant's one; not three.
+    let (status, made) = create("feed", job("b", "@daily")).await;
+    assert_eq!(status, 201, "{made}");
+    let (status, refused) = create("feed", job("c", "@daily")).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (429, Some("quota_exceeded")));
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("may have 2")
+            && message.contains("tenants.acme.agents.feed.quotas.cron_jobs"),
+        "{message}"
+    );
+    // quiet may have none at all.
+    let (status, refused) = create("quiet", job("a", "@daily")).await;
+    assert_eq!(status, 429, "{refused}");
+    assert!(
+        refused["error"]["message"].as_str().unwrap().contains("agents.quiet.quotas.cron_jobs"),
+        "{refused}"
+    );
+    // wile has nothing of its own: its tenant's hour holds.
+    let (status, refused) = create("wile", job("a", "*/5 * * * *")).await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tenants.acme.quotas.cron_min_interval_secs"),
+        "{refused}"
+    );
+
+    // The agent itself, through its cron tool: ada may schedule every ten seconds, not five.
+    let say = |text: &str| {
+        json!({ "agent": "ada", "text": text, "wait": true,
+            "source": { "platform": "http", "channel": "dm", "actor": "grace" } })
+    };
+    let every = |secs: u32| {
+        format!(
+            r#"/tool cron.create {{"name":"every{secs}","schedule":"*/{secs} * * * * *","prompt":"/reply hi"}}"#
+        )
+    };
+    let (_, answer) = server.send("POST", "/v1/events", None, Some(say(&every(5)))).await;
+    let reply = answer["reply"]["text"].as_str().unwrap();
+    assert!(
+        reply.contains("at least 10 s") && reply.contains("tenants.default.agents.ada.quotas"),
+        "{reply}"
+    );
+    let (_, answer) = server.send("POST", "/v1/events", None, Some(say(&every(10)))).await;
+    let reply = answer["reply"]["text"].as_str().unwrap();
+    assert!(reply.contains("\"every10\"") && !reply.contains("error"), "{reply}");
+}
+
 #[test]
 fn the_cli_manages_jobs_and_names_bad_ones() {
     let env = Env::new();
