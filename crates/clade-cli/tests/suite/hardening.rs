@@ -1635,6 +1635,54 @@ async fn trickled_bodies_cannot_starve_authenticated_clients() {
     }
 }
 
+/// The README's policy through the real binary and the real `rm`: with `rm **` allowed and
+/// `rm --recursive **` denied, every spelling GNU `rm` reads as recursive (abbreviated long
+/// options, `-R`, bundled flags, the option after the operand) is denied and the directory
+/// stays; a plain `rm` of a file, which the allow covers, still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_holds_through_the_binary_however_rm_is_spelled() {
+    let env = Env::new();
+    env.run(&["agents", "create", "ada"]).ok();
+    for (rule, effect) in [("rm **", "allow"), ("rm --recursive **", "deny"), ("mkdir **", "allow")]
+    {
+        let grant = ["--agent", "ada", "grants", "add", "--tool", "shell.exec", "--resource", rule];
+        env.run(&[&grant[..], &["--effect", effect]].concat()).ok();
+    }
+    let ws = env.run(&["agents", "workspace", "ada"]).ok().stdout.trim().to_owned();
+    let victim = std::path::Path::new(&ws).join("victim");
+    let server = env.serve(&[]);
+    let exec = |argv: &[&str]| call_as_ada(&server, "shell.exec", json!({ "argv": argv }));
+    let (status, body) = exec(&["mkdir", "-p", "victim/inner"]).await;
+    assert_eq!((status, body["decision"].as_str()), (200, Some("allow")), "{body}");
+    std::fs::write(victim.join("inner/keep"), "kept").unwrap();
+    std::fs::write(victim.join("loose"), "x").unwrap();
+    let spellings: [&[&str]; 12] = [
+        &["rm", "--recursive", "victim"],
+        &["rm", "--recursiv", "victim"],
+        &["rm", "--rec", "victim"],
+        &["rm", "--r", "victim"],
+        &["rm", "-r", "victim"],
+        &["rm", "-R", "victim"],
+        &["rm", "-rf", "victim"],
+        &["rm", "-fR", "victim"],
+        &["rm", "-f", "-r", "victim"],
+        &["rm", "victim", "--rec"],
+        &["rm", "--force", "--recursive", "victim"],
+        &["/usr/bin/rm", "-R", "victim"],
+    ];
+    for argv in spellings {
+        let (status, body) = exec(argv).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["decision"], "deny", "{argv:?} was not denied: {body}");
+        assert!(victim.join("inner/keep").is_file(), "{argv:?} removed the directory: {body}");
+    }
+    // The control: what the allow covers runs.
+    let (_, body) = exec(&["rm", "victim/loose"]).await;
+    assert_eq!(body["decision"], "allow", "{body}");
+    let gone = std::fs::metadata(victim.join("loose")).is_err();
+    assert!(gone && victim.join("inner/keep").is_file(), "{body}");
+}
+
 /// An allow rule for a program is not an allow for every program it can start: with
 /// `git status **` allowed, a repository whose configuration names an fsmonitor command does
 /// not get it run (the run may execute `git` only); nor does an allowed `find` run `-exec`.

@@ -55,6 +55,11 @@ async fn the_cron_service_hosts_the_cron_tools_and_its_fires_run_in_the_gateway(
     let session = answer["session_id"].as_str().unwrap().to_owned();
     let reply = answer["reply"]["text"].as_str().unwrap();
     assert!(reply.contains("\"remind\"") && !reply.contains("error"), "{reply}");
+    // Arguments its manifest's schema refuses are refused here, before the host is asked.
+    let bad = r#"/tool cron.create {"name":"bad","schedule":5,"prompt":"x"}"#;
+    let (_, answer) = server.send("POST", "/v1/events", None, Some(say("ada", bad))).await;
+    let reply = answer["reply"]["text"].as_str().unwrap();
+    assert!(reply.contains("invalid arguments for") && reply.contains("/schedule"), "{reply}");
     // The host acted for the calling agent and session: the job is ada's, aimed at her chat.
     let job = server.get_json("/v1/agents/ada/jobs/remind").await;
     assert_eq!(job["target"], format!("origin:{session}"), "{job}");
@@ -330,6 +335,14 @@ components:
         updated["content"].as_str().unwrap_or_default().contains(r#"{\"name\":\"Rex\"}"#),
         "{updated}"
     );
+    // Arguments of the wrong type, or missing, are refused against the document's schemas.
+    for (arguments, named) in
+        [(json!({ "petId": "1", "verbose": "loud" }), "/verbose"), (json!({}), "petId")]
+    {
+        let (_, refused) = call("openapi.pets.showpet", arguments).await;
+        let content = refused["content"].as_str().unwrap_or_default();
+        assert!(content.contains("invalid arguments for") && content.contains(named), "{refused}");
+    }
     // Arguments the document does not have are refused before any request.
     let (_, refused) = call("openapi.pets.showpet", json!({ "petId": "1", "host": "evil" })).await;
     assert!(refused.to_string().contains("unknown argument"), "{refused}");

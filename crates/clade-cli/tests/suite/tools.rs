@@ -1001,6 +1001,11 @@ async fn mcp_tools_are_per_agent_and_policy_gated() {
     env.run(&["--agent", "alice", "grants", "add", "--tool", "mcp.fixture.*"]).ok();
     let (is_error, out) = call(&server, "alice", "mcp.fixture.echo", json!({ "text": "hi" })).await;
     assert!(!is_error && out.starts_with("hi (pid "), "{out}");
+    // Arguments the server's schema refuses are refused by the gateway's own check.
+    for (arguments, named) in [(json!({ "text": 7 }), "/text"), (json!({}), "text")] {
+        let (is_error, out) = call(&server, "alice", "mcp.fixture.echo", arguments).await;
+        assert!(is_error && out.contains("invalid arguments for") && out.contains(named), "{out}");
+    }
     let (status, body) = server
         .send(
             "POST",
