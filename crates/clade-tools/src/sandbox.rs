@@ -747,11 +747,15 @@ impl Sandbox {
                 }
             }
         }
-        let dir = std::env::temp_dir();
+        // A workspace of its own: the shared temporary directory changes under other programs'
+        // writes, which the run's meter would count against the quota.
+        let n = RUNS.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("clade-probe-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(SandboxError::Spawn)?;
         let out = self
             .run(Exec {
                 argv: vec!["true".into()],
-                workspace: dir,
+                workspace: dir.clone(),
                 network: false,
                 egress: Default::default(),
                 env: Vec::new(),
@@ -759,7 +763,9 @@ impl Sandbox {
                 exec_only_itself: false,
                 room: None,
             })
-            .await?;
+            .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = out?;
         if out.success() {
             Ok(())
         } else {
