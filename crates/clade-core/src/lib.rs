@@ -11,6 +11,7 @@
 pub mod agent;
 #[cfg(feature = "clock")]
 pub mod clock;
+pub mod fault;
 pub mod id;
 pub mod lifecycle;
 pub mod name;
@@ -21,6 +22,7 @@ pub mod time;
 pub use agent::{Agent, AgentConfig, AgentRef, Tenant};
 #[cfg(feature = "clock")]
 pub use clock::{Clock, Interval, ManualClock, Sleep, SystemClock};
+pub use fault::Fault;
 pub use id::{
     AgentId, ApprovalId, EventId, ExecutionId, GrantId, LeaseId, MemoryId, MessageId, SessionId,
     TenantId, TokenId, TurnId,

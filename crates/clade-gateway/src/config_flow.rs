@@ -265,7 +265,9 @@ impl clade_tools::TypedTool for ApplyTool {
             // Whatever a tenant may grant its agents, the deployment is the operator's.
             let operator = self.store.tenant(clade_core::Tenant::DEFAULT_NAME).await;
             if operator.map(|t| t.id).ok() != Some(caller.tenant) {
-                return Err("config.apply is the operator's: only agents of the default tenant may apply the deployment's configuration".into());
+                return Err(clade_tools::Error::failed(
+                    "config.apply is the operator's: only agents of the default tenant may apply the deployment's configuration",
+                ));
             }
             let who = match self.store.agent_by_id(caller.tenant, caller.agent).await {
                 Ok(agent) => format!("agent {}", agent.handle),
@@ -286,7 +288,7 @@ impl clade_tools::TypedTool for ApplyTool {
                         format!("; at the next start: {}", at_restart.join(", "))
                     }
                 )),
-                Err(err) => Err(err.to_string()),
+                Err(err) => Err(clade_tools::Error::Failed(err.to_string())),
             }
         })
     }

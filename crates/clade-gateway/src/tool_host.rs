@@ -298,11 +298,16 @@ impl Call {
         tokio::spawn(async move {
             let frame = match tool.call(arguments, &ctx).await {
                 Ok(content) => CallFrame::Result { content },
-                Err(message) => CallFrame::Error(CallError {
-                    code: ErrorCode::ToolFailed,
-                    message,
-                    retryable: false,
-                }),
+                Err(error) => {
+                    if let Some(detail) = error.detail() {
+                        tracing::warn!(%error, detail, "a hosted tool failed on this host's side");
+                    }
+                    CallFrame::Error(CallError {
+                        code: ErrorCode::ToolFailed,
+                        message: error.to_string(),
+                        retryable: false,
+                    })
+                }
             };
             if let Some(store) = &self.host.options.memory {
                 let kept = clade_store::host_calls::HostCall {

@@ -202,11 +202,12 @@ async fn tools_at(name: &str, url: String) -> Vec<Arc<dyn Tool>> {
     Host::connect(spec).await.unwrap().1
 }
 
-async fn call_work(url: String) -> ToolResult {
+/// The call's outcome, its error as the model reads it.
+async fn call_work(url: String) -> Result<String, String> {
     let tools = tools_at("scripted", url).await;
     let ctx =
         CallContext { idempotency_key: "k".into(), call_id: "c".into(), ..Default::default() };
-    tools[0].call(json!({}), &ctx).await
+    tools[0].call(json!({}), &ctx).await.map_err(|e| e.to_string())
 }
 
 #[tokio::test]
@@ -352,7 +353,7 @@ async fn a_repeated_key_runs_the_tool_once_and_answers_the_first_outcome() {
         assert_eq!(answer, &Ok("run 1 of \"x\"".into()));
     }
     // The key with other arguments is a conflict, not a run.
-    let conflict = count.call(json!({ "label": "y" }), &ctx).await.unwrap_err();
+    let conflict = count.call(json!({ "label": "y" }), &ctx).await.unwrap_err().to_string();
     assert!(conflict.contains("idempotency_conflict"), "{conflict}");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     // Another key runs again; a failure is remembered too.
@@ -424,7 +425,7 @@ async fn a_host_with_a_store_remembers_keys_across_a_restart() {
     let restarted = host(runs.clone()).await;
     assert_eq!(call(restarted.clone(), "x").await, Ok("run 1 of \"x\"".into()));
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the tool ran again after the restart");
-    let conflict = call(restarted, "y").await.unwrap_err();
+    let conflict = call(restarted, "y").await.unwrap_err().to_string();
     assert!(conflict.contains("idempotency_conflict"), "{conflict}");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }

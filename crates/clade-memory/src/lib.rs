@@ -65,6 +65,16 @@ pub enum Error {
     Search(String),
 }
 
+impl clade_core::Fault for Error {
+    fn is_internal(&self) -> bool {
+        match self {
+            Error::Store(store) => clade_core::Fault::is_internal(store),
+            Error::Io(_) | Error::Search(_) => true,
+            Error::Archive { .. } | Error::BadArchive(_) => false,
+        }
+    }
+}
+
 /// How a search finds items: by every method, fused (what turns and tools use), or by one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

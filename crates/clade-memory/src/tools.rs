@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use clade_core::{LinkKind, MemoryId, MemoryKind};
 use clade_store::{MemoryFilter, NewMemory, Provenance, Store, TenantStore};
-use clade_tools::{CallContext, Caller, EffectClass, Registry, ToolResult, TypedTool};
+use clade_tools::{CallContext, Caller, EffectClass, Error, Registry, ToolResult, TypedTool};
 use futures::future::BoxFuture;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -50,12 +50,9 @@ impl Tools {
         filter: &MemoryFilter,
         query: &str,
         limit: usize,
-    ) -> Result<Vec<Recalled>, String> {
-        let hits = self
-            .memory
-            .recall(store, owner, filter, query, limit)
-            .await
-            .map_err(|e| e.to_string())?;
+    ) -> Result<Vec<Recalled>, Error> {
+        let hits =
+            self.memory.recall(store, owner, filter, query, limit).await.map_err(Error::relied)?;
         let used = hits.iter().map(|h| h.item.id).collect();
         if let Err(err) = store.touch_memories(owner, used).await {
             tracing::debug!(error = %err, "recalled items not marked as used");
@@ -64,11 +61,11 @@ impl Tools {
     }
 
     /// The caller's tenant store and isolation key (`None`: the agent's global memory).
-    async fn scope(&self, caller: &Caller) -> Result<(TenantStore, Option<String>), String> {
+    async fn scope(&self, caller: &Caller) -> Result<(TenantStore, Option<String>), Error> {
         let store = self.store.tenant_scope(caller.tenant);
         let key = match caller.session {
             Some(session) => {
-                let row = store.session(session).await.map_err(|e| e.to_string())?;
+                let row = store.session(session).await.map_err(Error::relied)?;
                 self.memory.isolation_key(&row.source)
             }
             None => None,
@@ -77,13 +74,15 @@ impl Tools {
     }
 }
 
-fn kind_of(text: &str) -> Result<MemoryKind, String> {
+fn kind_of(text: &str) -> Result<MemoryKind, Error> {
     MemoryKind::parse(text)
-        .ok_or_else(|| format!("unknown kind {text:?}: use one of {}", kinds_list()))
+        .ok_or_else(|| Error::Failed(format!("unknown kind {text:?}: use one of {}", kinds_list())))
 }
 
-fn id_of(text: &str) -> Result<MemoryId, String> {
-    text.parse().map_err(|_| format!("{text:?} is not a memory id: memory.recall gives them"))
+fn id_of(text: &str) -> Result<MemoryId, Error> {
+    text.parse().map_err(|_| {
+        Error::Failed(format!("{text:?} is not a memory id: memory.recall gives them"))
+    })
 }
 
 fn describe(hit: &Recalled) -> Value {
@@ -127,7 +126,7 @@ impl TypedTool for SaveTool {
     const DESCRIPTION: &'static str = "Remember something for later conversations: a fact, a preference, a decision, who someone is, an event, an observation, a goal or a todo. Saving what you already remember updates it instead of adding a copy.";
     const EFFECT: EffectClass = EffectClass::Idempotent;
     const RESOURCE_ARGUMENT: Option<&'static str> = Some("kind");
-    fn resource(&self, args: &SaveArgs) -> Result<String, String> {
+    fn resource(&self, args: &SaveArgs) -> Result<String, Error> {
         Ok(args.kind.clone().unwrap_or_else(|| MemoryKind::Fact.as_str().to_owned()))
     }
     fn run<'a>(&'a self, args: SaveArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
@@ -151,7 +150,7 @@ impl TypedTool for SaveTool {
                 untrusted: args.from_tool.is_some(),
                 embedding: None,
             };
-            let saved = self.0.memory.save(&store, new).await.map_err(|e| e.to_string())?;
+            let saved = self.0.memory.save(&store, new).await.map_err(Error::relied)?;
             let said = match saved.outcome {
                 Outcome::Created => "saved".to_owned(),
                 Outcome::Merged => "updated what you already remembered".to_owned(),
@@ -223,12 +222,12 @@ impl TypedTool for ForgetTool {
             if store
                 .memories_by_id(caller.agent, &filter, &[id])
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(Error::relied)?
                 .is_empty()
             {
                 return Ok(format!("nothing remembered has id {id}: it may be forgotten already"));
             }
-            store.forget_memory(caller.agent, id).await.map_err(|e| e.to_string())?;
+            store.forget_memory(caller.agent, id).await.map_err(Error::relied)?;
             Ok(format!("forgot {id}"))
         })
     }
@@ -266,23 +265,25 @@ impl TypedTool for LinkTool {
             let found = store
                 .memories_by_id(caller.agent, &filter, &[from, to])
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(Error::relied)?;
             for id in [from, to] {
                 if !found.iter().any(|row| row.id == id) {
-                    return Err(format!("nothing remembered has id {id}: memory.recall gives ids"));
+                    return Err(Error::Failed(format!(
+                        "nothing remembered has id {id}: memory.recall gives ids"
+                    )));
                 }
             }
             store
                 .link_memories(caller.agent, from, to, kind, args.weight.unwrap_or(1.0))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(Error::relied)?;
             Ok(format!("linked {from} {kind} {to}"))
         })
     }
 }
 
-fn check_pool(name: &str) -> Result<(), String> {
-    clade_tools::check_shared_name("pool", name)
+fn check_pool(name: &str) -> Result<(), Error> {
+    Ok(clade_tools::check_shared_name("pool", name)?)
 }
 
 pub use clade_store::memories::pool_owner;
@@ -316,7 +317,7 @@ impl TypedTool for SharedRemember {
     const NEEDS_GRANT: bool = true;
     const DESCRIPTION: &'static str = "Keep something in a memory pool your tenant's agents share (a grant names the pools you may write), for any agent allowed to recall from it. Keeping what the pool holds already updates it.";
     const EFFECT: EffectClass = EffectClass::Idempotent;
-    fn resource(&self, args: &SharedRememberArgs) -> Result<String, String> {
+    fn resource(&self, args: &SharedRememberArgs) -> Result<String, Error> {
         check_pool(&args.pool)?;
         Ok(args.pool.clone())
     }
@@ -347,7 +348,7 @@ impl TypedTool for SharedRemember {
                 untrusted: args.from_tool.is_some(),
                 embedding: None,
             };
-            let saved = self.0.memory.save(&store, new).await.map_err(|e| e.to_string())?;
+            let saved = self.0.memory.save(&store, new).await.map_err(Error::relied)?;
             let said = match saved.outcome {
                 Outcome::Created => "kept",
                 Outcome::Merged => "updated what the pool held already",
@@ -384,7 +385,7 @@ impl TypedTool for SharedRecall {
     const NEEDS_GRANT: bool = true;
     const DESCRIPTION: &'static str = "Search a memory pool your tenant's agents share (a grant names the pools you may read), by words and meaning; each item says which agent kept it.";
     const EFFECT: EffectClass = EffectClass::Pure;
-    fn resource(&self, args: &SharedRecallArgs) -> Result<String, String> {
+    fn resource(&self, args: &SharedRecallArgs) -> Result<String, Error> {
         check_pool(&args.pool)?;
         Ok(args.pool.clone())
     }

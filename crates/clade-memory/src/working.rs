@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use clade_store::{Store, WorkingEntry};
-use clade_tools::{CallContext, Caller, EffectClass, Registry, ToolResult, TypedTool};
+use clade_tools::{CallContext, Caller, EffectClass, Error, Registry, ToolResult, TypedTool};
 use futures::future::BoxFuture;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -35,9 +35,9 @@ pub fn render(entries: &[WorkingEntry]) -> String {
     text
 }
 
-fn session_of(caller: &Caller) -> Result<clade_core::SessionId, String> {
+fn session_of(caller: &Caller) -> Result<clade_core::SessionId, Error> {
     caller.session.ok_or_else(|| {
-        "working memory belongs to a conversation, and this call has none".to_owned()
+        Error::failed("working memory belongs to a conversation, and this call has none")
     })
 }
 
@@ -68,7 +68,7 @@ impl TypedTool for SetTool {
     const DESCRIPTION: &'static str = "Keep a small named value (a plan, the current step, a running total) in this conversation's working memory: it is shown to you in every later turn until you clear it. At most 32 names of 2 KiB each.";
     const EFFECT: EffectClass = EffectClass::Idempotent;
     const RESOURCE_ARGUMENT: Option<&'static str> = Some("name");
-    fn resource(&self, args: &SetArgs) -> Result<String, String> {
+    fn resource(&self, args: &SetArgs) -> Result<String, Error> {
         Ok(args.name.clone())
     }
     fn run<'a>(&'a self, args: SetArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
@@ -80,7 +80,7 @@ impl TypedTool for SetTool {
                 .tenant_scope(caller.tenant)
                 .write_working(session, &args.name, Some(args.value), caller.turn)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(Error::relied)?;
             Ok(json!({ "result": "kept", "name": entry.name, "version": entry.version })
                 .to_string())
         })
@@ -103,7 +103,7 @@ impl TypedTool for ClearTool {
         "Remove a named value from this conversation's working memory once you no longer need it.";
     const EFFECT: EffectClass = EffectClass::Idempotent;
     const RESOURCE_ARGUMENT: Option<&'static str> = Some("name");
-    fn resource(&self, args: &ClearArgs) -> Result<String, String> {
+    fn resource(&self, args: &ClearArgs) -> Result<String, Error> {
         Ok(args.name.clone())
     }
     fn run<'a>(&'a self, args: ClearArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
@@ -115,7 +115,7 @@ impl TypedTool for ClearTool {
                 .tenant_scope(caller.tenant)
                 .write_working(session, &args.name, None, caller.turn)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(Error::relied)?;
             let result = if entry.version == 0 { "it held nothing" } else { "cleared" };
             Ok(json!({ "result": result, "name": entry.name }).to_string())
         })
@@ -146,7 +146,7 @@ impl TypedTool for ReadTool {
                 Some(name) => store.working_history(session, name).await,
                 None => store.working(session).await,
             }
-            .map_err(|e| e.to_string())?;
+            .map_err(Error::relied)?;
             Ok(json!({ "items": entries.iter().map(describe).collect::<Vec<_>>() }).to_string())
         })
     }

@@ -10,7 +10,7 @@
 
 use clade_core::{ExecutionId, ExecutionKind, SessionId};
 use clade_store::{ForkRow, NewFork};
-use clade_tools::{CallContext, EffectClass, Registry, ToolResult, TypedTool};
+use clade_tools::{CallContext, EffectClass, Error, Registry, ToolResult, TypedTool};
 use futures::future::BoxFuture;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -78,7 +78,7 @@ fn started(fork: &ForkRow, note: &str) -> String {
 }
 
 /// The calling session, and that it may start forks: a turn's, of a channel.
-fn parent_session(ctx: &CallContext) -> Result<(clade_tools::Caller, SessionId), String> {
+fn parent_session(ctx: &CallContext) -> Result<(clade_tools::Caller, SessionId), Error> {
     let caller = ctx.caller()?;
     let session = caller.session.ok_or_else(|| {
         "branches and workers belong to a conversation, and this call comes from none".to_owned()
@@ -155,7 +155,9 @@ impl TypedTool for AgentSpawnWorker {
             let (caller, session) = parent_session(ctx)?;
             if let Some(worker) = &args.worker {
                 if args.tools.is_some() {
-                    return Err("tools: a worker keeps the tools it started with; leave `tools` out when telling it more".into());
+                    return Err(Error::failed(
+                        "tools: a worker keeps the tools it started with; leave `tools` out when telling it more",
+                    ));
                 }
                 let fork: SessionId = worker
                     .trim()
@@ -200,12 +202,12 @@ impl TypedTool for AgentCancel {
                 .parse()
                 .map_err(|_| format!("id: {:?} is not a branch's or worker's id", args.id))?;
             let store = engine.store();
-            let fork = match store.fork(caller.tenant, id).await.map_err(|e| e.to_string())? {
+            let fork = match store.fork(caller.tenant, id).await.map_err(Error::relied)? {
                 Some(fork) => Some(fork),
                 None => store
                     .fork_of_execution(caller.tenant, ExecutionId::from_bytes(*id.as_bytes()))
                     .await
-                    .map_err(|e| e.to_string())?,
+                    .map_err(Error::relied)?,
             };
             // Another agent's fork reads as a missing one.
             let fork = fork

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use clade_core::{MessageKind, TurnStatus};
 use clade_store::{AGENT_PLATFORM, Delivered, NewMessage, Source};
-use clade_tools::{CallContext, EffectClass, Registry, ToolResult, TypedTool};
+use clade_tools::{CallContext, EffectClass, Error, Registry, ToolResult, TypedTool};
 use futures::future::BoxFuture;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -42,10 +42,11 @@ impl Postbox {
         let _ = self.0.set(engine.downgrade());
     }
 
-    pub(crate) fn engine(&self) -> Result<Engine, String> {
+    pub(crate) fn engine(&self) -> Result<Engine, Error> {
         self.0.get().and_then(WeakEngine::upgrade).ok_or_else(|| {
-            "agents message each other only through a serving gateway, and none runs here"
-                .to_owned()
+            Error::failed(
+                "agents message each other only through a serving gateway, and none runs here",
+            )
         })
     }
 }
@@ -92,19 +93,19 @@ impl TypedTool for AgentPublish {
     const EFFECT: EffectClass = EffectClass::Idempotent;
     const NEEDS_GRANT: bool = true;
     const RESOURCE_ARGUMENT: Option<&'static str> = Some("topic");
-    fn resource(&self, args: &PublishArgs) -> Result<String, String> {
+    fn resource(&self, args: &PublishArgs) -> Result<String, Error> {
         Ok(args.topic.clone())
     }
     fn run<'a>(&'a self, args: PublishArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(async move {
             let engine = self.0.engine()?;
             let caller = ctx.caller()?;
-            clade_store::messages::check_topic(&args.topic).map_err(|e| e.to_string())?;
+            clade_store::messages::check_topic(&args.topic).map_err(Error::relied)?;
             let subscribers = engine
                 .store()
                 .subscribers(caller.tenant, &args.topic)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(Error::relied)?;
             let mut delivered = Vec::new();
             let mut refused = Vec::new();
             for (agent, handle) in subscribers.into_iter().filter(|(a, _)| *a != caller.agent) {
@@ -139,7 +140,7 @@ impl TypedTool for AgentSubscribe {
     const EFFECT: EffectClass = EffectClass::Idempotent;
     const NEEDS_GRANT: bool = true;
     const RESOURCE_ARGUMENT: Option<&'static str> = Some("topic");
-    fn resource(&self, args: &SubscribeArgs) -> Result<String, String> {
+    fn resource(&self, args: &SubscribeArgs) -> Result<String, Error> {
         Ok(args.topic.clone())
     }
     fn run<'a>(&'a self, args: SubscribeArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
@@ -151,17 +152,15 @@ impl TypedTool for AgentSubscribe {
                 store
                     .subscribe(caller.tenant, caller.agent, &args.topic)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(Error::relied)?;
             } else {
                 store
                     .unsubscribe(caller.tenant, caller.agent, &args.topic)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(Error::relied)?;
             }
-            let topics = store
-                .subscriptions(caller.tenant, caller.agent)
-                .await
-                .map_err(|e| e.to_string())?;
+            let topics =
+                store.subscriptions(caller.tenant, caller.agent).await.map_err(Error::relied)?;
             let verb = if args.subscribed { "subscribed to" } else { "unsubscribed from" };
             Ok(format!("{verb} {:?}; your topics now: {}", args.topic, topics.join(", ")))
         })
@@ -198,7 +197,7 @@ impl TypedTool for AgentSend {
     const EFFECT: EffectClass = EffectClass::Idempotent;
     const NEEDS_GRANT: bool = true;
     const RESOURCE_ARGUMENT: Option<&'static str> = Some("to");
-    fn resource(&self, args: &SendArgs) -> Result<String, String> {
+    fn resource(&self, args: &SendArgs) -> Result<String, Error> {
         Ok(args.to.clone())
     }
     fn run<'a>(&'a self, args: SendArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
@@ -227,7 +226,7 @@ impl TypedTool for AgentAsk {
     const EFFECT: EffectClass = EffectClass::Idempotent;
     const NEEDS_GRANT: bool = true;
     const RESOURCE_ARGUMENT: Option<&'static str> = Some("to");
-    fn resource(&self, args: &AskArgs) -> Result<String, String> {
+    fn resource(&self, args: &AskArgs) -> Result<String, Error> {
         Ok(args.to.clone())
     }
     fn run<'a>(&'a self, args: AskArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
@@ -256,22 +255,22 @@ async fn ask(
     let ended = engine
         .wait(message.tenant, message.event, message.to_session, Duration::from_secs(wait))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(Error::relied)?;
     match ended {
         Some(turn) if turn.status == TurnStatus::Completed => Ok(turn.reply.unwrap_or_default()),
-        Some(turn) if turn.status == TurnStatus::Yielded => Err(format!(
+        Some(turn) if turn.status == TurnStatus::Yielded => Err(Error::Failed(format!(
             "{to} stopped before answering: its turn used its most model calls and waits to be resumed (message {})",
             message.id
-        )),
-        Some(turn) => Err(format!(
+        ))),
+        Some(turn) => Err(Error::Failed(format!(
             "{to} could not answer: {} (message {})",
             turn.error.as_deref().unwrap_or("its turn failed"),
             message.id
-        )),
-        None => Err(format!(
+        ))),
+        None => Err(Error::Failed(format!(
             "{to} did not answer within {wait} s; its turn goes on, and its answer stays in its conversation with you (message {})",
             message.id
-        )),
+        ))),
     }
 }
 
@@ -320,7 +319,7 @@ impl TypedTool for AgentSpawn {
     const EFFECT: EffectClass = EffectClass::Idempotent;
     const NEEDS_GRANT: bool = true;
     const RESOURCE_ARGUMENT: Option<&'static str> = Some("name");
-    fn resource(&self, args: &SpawnArgs) -> Result<String, String> {
+    fn resource(&self, args: &SpawnArgs) -> Result<String, Error> {
         Ok(args.name.clone())
     }
     fn run<'a>(&'a self, args: SpawnArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
@@ -329,28 +328,26 @@ impl TypedTool for AgentSpawn {
             let caller = ctx.caller()?;
             let store = engine.store();
             let parent =
-                store.agent_by_id(caller.tenant, caller.agent).await.map_err(|e| e.to_string())?;
+                store.agent_by_id(caller.tenant, caller.agent).await.map_err(Error::relied)?;
             let handle = clade_core::Handle::parse(&format!("{}-{}", parent.handle, args.name))
                 .map_err(|e| format!("name: {e}"))?;
             let child = match store.agent(caller.tenant, handle.as_str()).await {
                 // Made before (a call run again, or a new task for the same child): only the
                 // caller's own child is taken.
                 Ok(existing) => {
-                    let made_by = store
-                        .parent_of(caller.tenant, existing.id)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let made_by =
+                        store.parent_of(caller.tenant, existing.id).await.map_err(Error::relied)?;
                     if made_by != Some(caller.agent) {
-                        return Err(format!(
+                        return Err(Error::Failed(format!(
                             "an agent {handle} exists already and is not your child: choose another name"
-                        ));
+                        )));
                     }
                     existing
                 }
                 Err(clade_store::Error::AgentNotFound(_)) => {
                     self.make_child(&engine, &parent, handle, &args).await?
                 }
-                Err(other) => return Err(other.to_string()),
+                Err(other) => return Err(Error::relied(other)),
             };
             let asked = ask(&engine, ctx, child.handle.as_str(), args.task, None).await;
             // An ephemeral child goes whether it answered or not: its spending stays in the
@@ -360,7 +357,7 @@ impl TypedTool for AgentSpawn {
                 true if store
                     .children_count(caller.tenant, child.id)
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(Error::relied)?
                     == 0 =>
                 {
                     self.agents
@@ -390,14 +387,13 @@ impl AgentSpawn {
         parent: &clade_core::Agent,
         handle: clade_core::Handle,
         args: &SpawnArgs,
-    ) -> Result<clade_core::Agent, String> {
+    ) -> Result<clade_core::Agent, Error> {
         let store = engine.store();
         let depth =
-            store.next_child_depth(parent.tenant_id, parent.id).await.map_err(|e| e.to_string())?;
+            store.next_child_depth(parent.tenant_id, parent.id).await.map_err(Error::relied)?;
         // Every tool asked for lies within a live grant of the parent's, which it is delegated
         // from; one that does not refuses the whole child, before anything is made.
-        let held =
-            store.grants(parent.tenant_id, Some(parent.id)).await.map_err(|e| e.to_string())?;
+        let held = store.grants(parent.tenant_id, Some(parent.id)).await.map_err(Error::relied)?;
         let now = store.now();
         let mut delegated = Vec::new();
         for wanted in &args.tools {
@@ -414,10 +410,10 @@ impl AgentSpawn {
             match from {
                 Some(grant) => delegated.push((rule, grant.id)),
                 None => {
-                    return Err(format!(
+                    return Err(Error::Failed(format!(
                         "you hold no grant that covers {} on {:?}: a child gets only what you hold",
                         rule.tool, rule.resource
-                    ));
+                    )));
                 }
             }
         }
@@ -432,18 +428,18 @@ impl AgentSpawn {
             display_name: None,
             config: clade_core::AgentConfig { template },
         };
-        let child = self.agents.create(parent.tenant_id, spec).await.map_err(|e| e.to_string())?;
+        let child = self.agents.create(parent.tenant_id, spec).await.map_err(Error::relied)?;
         store
             .record_child(parent.tenant_id, parent.id, child.id, depth)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(Error::relied)?;
         let by = format!("agent {} (agent.spawn)", parent.handle);
         for (rule, from) in delegated {
             engine
                 .tools()
                 .add_grant(&child, rule, Some(from), None, &by)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(Error::relied)?;
         }
         Ok(child)
     }
@@ -471,34 +467,32 @@ async fn deliver(
     engine: &Engine,
     ctx: &CallContext,
     outgoing: Outgoing<'_>,
-) -> Result<Delivered, String> {
+) -> Result<Delivered, Error> {
     let Outgoing { to, text, kind, topic, key } = outgoing;
     let caller = ctx.caller()?;
     clade_core::Handle::parse(to).map_err(|e| format!("to: {e}"))?;
     if text.trim().is_empty() {
-        return Err("message: empty; say something".into());
+        return Err(Error::failed("message: empty; say something"));
     }
     if text.len() > MAX_MESSAGE_BYTES {
-        return Err(format!(
+        return Err(Error::Failed(format!(
             "message: {} bytes, over the {MAX_MESSAGE_BYTES} a message may hold; send less, or put it in a file",
             text.len()
-        ));
+        )));
     }
     let settings = engine.settings();
     let limits = settings.sessions.messaging;
     let store = engine.store();
     let parents = match caller.turn {
-        Some(turn) => {
-            store.messages_of_turn(caller.tenant, turn).await.map_err(|e| e.to_string())?
-        }
+        Some(turn) => store.messages_of_turn(caller.tenant, turn).await.map_err(Error::relied)?,
         None => Vec::new(),
     };
     let depth = parents.iter().map(|m| m.depth).max().unwrap_or(0) + 1;
     if depth > limits.max_depth {
-        return Err(format!(
+        return Err(Error::Failed(format!(
             "this message would be number {depth} in a chain of messages between agents, and a chain stops at {}: answer with what you have instead",
             limits.max_depth
-        ));
+        )));
     }
     let mut chain: Vec<String> = Vec::new();
     for parent in parents.iter().filter(|m| m.kind == MessageKind::Ask) {
@@ -530,11 +524,11 @@ async fn deliver(
     };
     engine.deliver(message).await.map_err(|e| match e {
         crate::engine::Error::Store(clade_store::Error::AgentNotFound(name)) => {
-            format!("there is no agent {name:?} in your tenant: check the handle")
+            Error::Failed(format!("there is no agent {name:?} in your tenant: check the handle"))
         }
-        crate::engine::Error::Store(clade_store::Error::SessionBusy { pending }) => format!(
+        crate::engine::Error::Store(clade_store::Error::SessionBusy { pending }) => Error::Failed(format!(
             "{to} has {pending} messages waiting in its conversation with you: wait for it to catch up"
-        ),
-        other => other.to_string(),
+        )),
+        other => Error::relied(other),
     })
 }

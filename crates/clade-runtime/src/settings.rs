@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use clade_core::{AgentId, TenantId};
 use clade_store::{SettingRow, Store};
-use clade_tools::{CallContext, EffectClass, Registry, ToolResult, TypedTool};
+use clade_tools::{CallContext, EffectClass, Error, Registry, ToolResult, TypedTool};
 use futures::future::BoxFuture;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -180,22 +180,21 @@ impl TypedTool for SettingsGet {
     const DESCRIPTION: &'static str = "Your settings: each key's value and where it comes from (the environment, your stored value, or the default), with what it is for.";
     const EFFECT: EffectClass = EffectClass::Pure;
     const RESOURCE_ARGUMENT: Option<&'static str> = Some("key");
-    fn resource(&self, args: &GetArgs) -> Result<String, String> {
+    fn resource(&self, args: &GetArgs) -> Result<String, Error> {
         Ok(args.key.clone().unwrap_or_default())
     }
     fn run<'a>(&'a self, args: GetArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(async move {
             let caller = ctx.caller()?;
-            let all = self
-                .1
-                .read(&self.0, caller.tenant, caller.agent)
-                .await
-                .map_err(|e| e.to_string())?;
+            let all =
+                self.1.read(&self.0, caller.tenant, caller.agent).await.map_err(Error::relied)?;
             match args.key {
                 None => Ok(Value::Array(all.iter().map(describe).collect()).to_string()),
                 Some(key) => match all.iter().find(|s| s.key == key) {
                     Some(setting) => Ok(describe(setting).to_string()),
-                    None => Err(format!("you have no setting {key:?}: settings.get lists yours")),
+                    None => Err(Error::Failed(format!(
+                        "you have no setting {key:?}: settings.get lists yours"
+                    ))),
                 },
             }
         })
@@ -220,19 +219,19 @@ impl TypedTool for SettingsSet {
         "Store a value for one of your settings (kept across conversations and restarts).";
     const EFFECT: EffectClass = EffectClass::Idempotent;
     const RESOURCE_ARGUMENT: Option<&'static str> = Some("key");
-    fn resource(&self, args: &SetArgs) -> Result<String, String> {
+    fn resource(&self, args: &SetArgs) -> Result<String, Error> {
         Ok(args.key.clone())
     }
     fn run<'a>(&'a self, args: SetArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(async move {
             let caller = ctx.caller()?;
             if !self.1.agent_writable(&args.key) {
-                return Err(format!("{} is set by the operator only", args.key));
+                return Err(Error::Failed(format!("{} is set by the operator only", args.key)));
             }
             self.0
                 .set_agent_setting(caller.tenant, caller.agent, &args.key, args.value)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(Error::relied)?;
             Ok(match self.1.overridden_by(&args.key) {
                 Some(var) => format!(
                     "stored {}, but the environment variable {var} overrides it: you read that value while it is set",
@@ -259,14 +258,14 @@ impl TypedTool for SettingsUnset {
         "Remove your stored value of a setting (you then read its default, if it has one).";
     const EFFECT: EffectClass = EffectClass::Idempotent;
     const RESOURCE_ARGUMENT: Option<&'static str> = Some("key");
-    fn resource(&self, args: &UnsetArgs) -> Result<String, String> {
+    fn resource(&self, args: &UnsetArgs) -> Result<String, Error> {
         Ok(args.key.clone())
     }
     fn run<'a>(&'a self, args: UnsetArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(async move {
             let caller = ctx.caller()?;
             if !self.1.agent_writable(&args.key) {
-                return Err(format!("{} is set by the operator only", args.key));
+                return Err(Error::Failed(format!("{} is set by the operator only", args.key)));
             }
             match self.0.unset_agent_setting(caller.tenant, caller.agent, &args.key).await {
                 Ok(()) => Ok(format!("removed {}", args.key)),
@@ -274,7 +273,7 @@ impl TypedTool for SettingsUnset {
                 Err(clade_store::Error::SettingNotFound(_)) => {
                     Ok(format!("{} has no stored value", args.key))
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(Error::relied(e)),
             }
         })
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clade_tools::builtin::{self, blocking};
-use clade_tools::{CallContext, EffectClass, Registry, ToolResult, TypedTool, workspace};
+use clade_tools::{CallContext, EffectClass, Error, Registry, ToolResult, TypedTool, workspace};
 use futures::future::BoxFuture;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -24,31 +24,33 @@ pub fn register(registry: &mut Registry, root: PathBuf) {
     registry.register(Arc::new(SharedWrite(root)));
 }
 
-fn check_folder(name: &str) -> Result<(), String> {
-    clade_tools::check_shared_name("folder", name)
+fn check_folder(name: &str) -> Result<(), Error> {
+    Ok(clade_tools::check_shared_name("folder", name)?)
 }
 
 /// What a grant names: `<folder>/<path>` (the folder alone for its root).
-fn resource(folder: &str, path: &str) -> Result<String, String> {
+fn resource(folder: &str, path: &str) -> Result<String, Error> {
     check_folder(folder)?;
-    let path = workspace::normalize(path).map_err(|e| e.to_string())?;
+    let path = workspace::normalize(path)?;
     Ok(if path.is_empty() || path == "." { folder.to_owned() } else { format!("{folder}/{path}") })
 }
 
 /// The caller's tenant's folder `name`, which may not exist yet.
-fn folder(root: &Path, ctx: &CallContext, name: &str) -> Result<PathBuf, String> {
+fn folder(root: &Path, ctx: &CallContext, name: &str) -> Result<PathBuf, Error> {
     check_folder(name)?;
     let caller = ctx.caller()?;
     Ok(root.join(caller.tenant.to_string()).join(name))
 }
 
 /// The folder `name` for reading: an error naming it when nothing was written there yet.
-fn existing(root: &Path, ctx: &CallContext, name: &str) -> Result<PathBuf, String> {
+fn existing(root: &Path, ctx: &CallContext, name: &str) -> Result<PathBuf, Error> {
     let dir = folder(root, ctx, name)?;
     if dir.is_dir() {
         Ok(dir)
     } else {
-        Err(format!("no shared folder {name:?} yet: shared.write makes it with its first file"))
+        Err(Error::Failed(format!(
+            "no shared folder {name:?} yet: shared.write makes it with its first file"
+        )))
     }
 }
 
@@ -73,7 +75,7 @@ impl TypedTool for SharedRead {
     const DESCRIPTION: &'static str = "Reads a text file of a folder your tenant's agents share (a grant names the folders you may read).";
     const EFFECT: EffectClass = EffectClass::Pure;
     const TOUCHES_HOST: bool = true;
-    fn resource(&self, args: &ReadArgs) -> Result<String, String> {
+    fn resource(&self, args: &ReadArgs) -> Result<String, Error> {
         resource(&args.folder, &args.path)
     }
     fn run<'a>(&'a self, args: ReadArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
@@ -106,7 +108,7 @@ impl TypedTool for SharedList {
     const DESCRIPTION: &'static str = "Lists a directory of a folder your tenant's agents share.";
     const EFFECT: EffectClass = EffectClass::Pure;
     const TOUCHES_HOST: bool = true;
-    fn resource(&self, args: &ListArgs) -> Result<String, String> {
+    fn resource(&self, args: &ListArgs) -> Result<String, Error> {
         resource(&args.folder, args.path.as_deref().unwrap_or("."))
     }
     fn run<'a>(&'a self, args: ListArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
@@ -144,7 +146,7 @@ impl TypedTool for SharedWrite {
     const DESCRIPTION: &'static str = "Writes (or appends to) a file of a folder your tenant's agents share (a grant names the folders you may write).";
     const EFFECT: EffectClass = EffectClass::AtMostOnce;
     const TOUCHES_HOST: bool = true;
-    fn resource(&self, args: &WriteArgs) -> Result<String, String> {
+    fn resource(&self, args: &WriteArgs) -> Result<String, Error> {
         resource(&args.folder, &args.path)
     }
     fn run<'a>(&'a self, args: WriteArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {

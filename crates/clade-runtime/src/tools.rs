@@ -41,6 +41,15 @@ pub enum AccessError {
     Forbidden(String),
 }
 
+impl clade_core::Fault for AccessError {
+    fn is_internal(&self) -> bool {
+        match self {
+            AccessError::Store(store) => clade_core::Fault::is_internal(store),
+            AccessError::Invalid(_) | AccessError::Forbidden(_) => false,
+        }
+    }
+}
+
 /// What a new agent's template gave it.
 #[derive(Debug, Clone, Default)]
 pub struct TemplateGrants {
@@ -561,7 +570,8 @@ impl ToolRunner {
     ) -> Result<Authorized, String> {
         // What the model is told is the error's text, as for a refused resource.
         let checked = set.check_arguments(tool, args).map_err(|invalid| format!("{invalid}"));
-        let resource = match checked.and_then(|()| tool.resource(args)) {
+        let resource = checked.and_then(|()| tool.resource(args).map_err(|e| for_model(tool, e)));
+        let resource = match resource {
             Ok(resource) => resource,
             Err(why) => {
                 let record =
@@ -715,7 +725,7 @@ impl ToolRunner {
         } else {
             String::new()
         };
-        let result = tool.call(args, &authorized.context).await;
+        let result = tool.call(args, &authorized.context).await.map_err(|e| for_model(tool, e));
         self.runs.fetch_add(1, std::sync::atomic::Ordering::Release);
         if let (Some(_), Some(workspace)) =
             (&authorized.context.workspace_room, authorized.context.workspace.clone())
@@ -1302,4 +1312,13 @@ fn redact(args: &Value) -> Value {
         Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
         other => other.clone(),
     }
+}
+
+/// What the model is told of a tool's failure; the cause the model is not told (a store
+/// failure's, say) goes to the operator's log.
+fn for_model(tool: &dyn Tool, error: clade_tools::Error) -> String {
+    if let Some(detail) = error.detail() {
+        tracing::warn!(tool = tool.name(), %error, detail, "a tool call failed on the gateway's side");
+    }
+    error.to_string()
 }

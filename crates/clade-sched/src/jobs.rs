@@ -83,6 +83,13 @@ pub enum JobError {
     TooMany { have: usize, most: u64, key: String },
 }
 
+/// Every job error is the caller's to act on: a schedule, name or limit it can change.
+impl clade_core::Fault for JobError {
+    fn is_internal(&self) -> bool {
+        false
+    }
+}
+
 /// The shortest interval a tenant's job may fire at when its quotas say nothing: an agent is
 /// not to wake itself every second.
 pub const DEFAULT_MIN_INTERVAL_SECS: u64 = 60;

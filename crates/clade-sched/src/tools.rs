@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use clade_config::TenantConfig;
 use clade_store::{JobRow, JobTarget, Store};
-use clade_tools::{CallContext, EffectClass, Registry, ToolResult, TypedTool};
+use clade_tools::{CallContext, EffectClass, Error, Registry, ToolResult, TypedTool};
 use futures::future::BoxFuture;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -55,7 +55,7 @@ impl TypedTool for CronList {
         Box::pin(async move {
             let caller = ctx.caller()?;
             let jobs =
-                self.0.jobs(caller.tenant, Some(caller.agent)).await.map_err(|e| e.to_string())?;
+                self.0.jobs(caller.tenant, Some(caller.agent)).await.map_err(Error::relied)?;
             Ok(serde_json::Value::Array(jobs.iter().map(describe).collect()).to_string())
         })
     }
@@ -94,7 +94,7 @@ impl TypedTool for CronCreate {
     const NAME: &'static str = "cron.create";
     const DESCRIPTION: &'static str = "Schedule a job for yourself: at each time its schedule gives, you are sent its prompt. By default it answers where the user you are talking to last spoke.";
     const RESOURCE_ARGUMENT: Option<&'static str> = Some("name");
-    fn resource(&self, args: &CreateArgs) -> Result<String, String> {
+    fn resource(&self, args: &CreateArgs) -> Result<String, Error> {
         Ok(args.name.clone())
     }
     fn run<'a>(&'a self, args: CreateArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
@@ -118,17 +118,17 @@ impl TypedTool for CronCreate {
                 prompt: args.prompt,
             };
             let new = new_job(&spec, caller.tenant, caller.agent, self.store.now())
-                .map_err(|e| e.to_string())?;
+                .map_err(Error::relied)?;
             let found = async {
                 let tenant = self.store.tenant_by_id(caller.tenant).await?;
                 let agent = self.store.agent_by_id(caller.tenant, caller.agent).await?;
                 let owned = self.store.jobs(caller.tenant, Some(caller.agent)).await?;
                 Ok::<_, clade_store::Error>((tenant, agent, owned))
             };
-            let (tenant, agent, owned) = found.await.map_err(|e| e.to_string())?;
+            let (tenant, agent, owned) = found.await.map_err(Error::relied)?;
             JobLimits::of(&self.tenants, tenant.name.as_str(), agent.handle.as_str())
                 .check(&new, owned.len())
-                .map_err(|e| e.to_string())?;
+                .map_err(Error::relied)?;
             let job = self.store.create_job(new).await.map_err(|e| match e {
                 clade_store::Error::JobExists(name) => format!(
                     "you already have a job named {name:?}: choose another name, or remove it with cron.remove"
@@ -155,14 +155,16 @@ impl TypedTool for CronRemove {
     const DESCRIPTION: &'static str = "Remove one of your scheduled jobs by name.";
     const EFFECT: EffectClass = EffectClass::Idempotent;
     const RESOURCE_ARGUMENT: Option<&'static str> = Some("name");
-    fn resource(&self, args: &RemoveArgs) -> Result<String, String> {
+    fn resource(&self, args: &RemoveArgs) -> Result<String, Error> {
         Ok(args.name.clone())
     }
     fn run<'a>(&'a self, args: RemoveArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(async move {
             let caller = ctx.caller()?;
             if args.name == crate::heartbeats::HEARTBEAT_JOB {
-                return Err("your heartbeat is the operator's (clade.yaml's `heartbeats`): it cannot be removed from here".into());
+                return Err(Error::failed(
+                    "your heartbeat is the operator's (clade.yaml's `heartbeats`): it cannot be removed from here",
+                ));
             }
             let job = match self.0.job_named(caller.tenant, caller.agent, &args.name).await {
                 Ok(job) => job,
@@ -170,9 +172,9 @@ impl TypedTool for CronRemove {
                 Err(clade_store::Error::JobNotFound(_)) => {
                     return Ok(format!("you have no job named {:?}", args.name));
                 }
-                Err(other) => return Err(other.to_string()),
+                Err(other) => return Err(Error::relied(other)),
             };
-            self.0.delete_job(caller.tenant, job.id).await.map_err(|e| e.to_string())?;
+            self.0.delete_job(caller.tenant, job.id).await.map_err(Error::relied)?;
             Ok(format!("removed job {:?}", job.name))
         })
     }
@@ -201,14 +203,16 @@ impl TypedTool for CronEnable {
     const DESCRIPTION: &'static str = "Enable one of your jobs again (after it was paused, or disabled for failing runs), or pause it with enabled=false.";
     const EFFECT: EffectClass = EffectClass::Idempotent;
     const RESOURCE_ARGUMENT: Option<&'static str> = Some("name");
-    fn resource(&self, args: &EnableArgs) -> Result<String, String> {
+    fn resource(&self, args: &EnableArgs) -> Result<String, Error> {
         Ok(args.name.clone())
     }
     fn run<'a>(&'a self, args: EnableArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(async move {
             let caller = ctx.caller()?;
             if args.name == crate::heartbeats::HEARTBEAT_JOB {
-                return Err("your heartbeat is the operator's (clade.yaml's `heartbeats`)".into());
+                return Err(Error::failed(
+                    "your heartbeat is the operator's (clade.yaml's `heartbeats`)",
+                ));
             }
             let job = self.0.job_named(caller.tenant, caller.agent, &args.name).await.map_err(
                 |e| match e {
@@ -222,7 +226,7 @@ impl TypedTool for CronEnable {
                 .0
                 .set_job_enabled(caller.tenant, job.id, args.enabled, None)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(Error::relied)?;
             Ok(describe(&job).to_string())
         })
     }

@@ -179,6 +179,40 @@ pub enum Error {
     BadRow(String),
 }
 
+impl clade_core::Fault for Error {
+    /// The store's own failures: its database, disk, keys and rows. The rest (not found,
+    /// already exists, invalid input, limits, conflicts) are the caller's to act on.
+    fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            Error::Fenced { .. }
+                | Error::StepDiverged { .. }
+                | Error::NewerSchema { .. }
+                | Error::NeedsMigration { .. }
+                | Error::Corrupt { .. }
+                | Error::Unreachable { .. }
+                | Error::Durability { .. }
+                | Error::InUse { .. }
+                | Error::EmptyDatabase { .. }
+                | Error::ChecksumsInterrupted { .. }
+                | Error::ChecksumMismatch { .. }
+                | Error::CannotOpen { .. }
+                | Error::BadUrl(_)
+                | Error::DataDir { .. }
+                | Error::Io { .. }
+                | Error::MasterKeyMissing { .. }
+                | Error::WrongMasterKey { .. }
+                | Error::BadMasterKey(_)
+                | Error::Decrypt(_)
+                | Error::CommitFailed(_)
+                | Error::WriterGone
+                | Error::Database(_)
+                | Error::Sqlite(_)
+                | Error::BadRow(_)
+        )
+    }
+}
+
 impl Error {
     /// Whether the database aborted the transaction this came from without changing anything,
     /// so that running it again may succeed: PostgreSQL's serialization failure (`40001`) and

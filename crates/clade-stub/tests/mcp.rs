@@ -61,11 +61,12 @@ async fn tools_are_discovered_namespaced_called_and_restarted() {
     assert!(tool("mcp.fixture.add").call(json!({ "a": "x" }), &ctx).await.is_err());
 
     // Time limit.
-    let slow = tool("mcp.fixture.slow").call(json!({ "secs": 10 }), &ctx).await.unwrap_err();
+    let slow =
+        tool("mcp.fixture.slow").call(json!({ "secs": 10 }), &ctx).await.unwrap_err().to_string();
     assert!(slow.contains("did not answer"), "{slow}");
 
     // A crash mid-call is reported, and the next call runs on a new server process.
-    let crashed = tool("mcp.fixture.crash").call(json!({}), &ctx).await.unwrap_err();
+    let crashed = tool("mcp.fixture.crash").call(json!({}), &ctx).await.unwrap_err().to_string();
     assert!(crashed.contains("restarted"), "{crashed}");
     let again = echo.call(json!({ "text": "back" }), &ctx).await.unwrap();
     assert!(again.starts_with("back (pid "), "{again}");

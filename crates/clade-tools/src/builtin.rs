@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::sandbox::{Exec, Sandbox};
-use crate::{CallContext, EffectClass, Registry, Tool, ToolResult, TypedTool, workspace};
+use crate::{CallContext, EffectClass, Error, Registry, Tool, ToolResult, TypedTool, workspace};
 
 /// Every built-in that needs no operator setting, sharing one sandbox.
 pub fn register_all(registry: &mut Registry, sandbox: Arc<Sandbox>) {
@@ -66,10 +66,13 @@ pub fn listing(entries: &[workspace::Entry]) -> String {
 }
 
 /// Runs blocking file work off the async runtime.
-pub async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| format!("tool task failed: {e}"))?
+pub async fn blocking<T: Send + 'static, E: Into<Error> + Send + 'static>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, Error> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done.map_err(Into::into),
+        Err(e) => Err(Error::internal("the tool's work stopped unfinished: try again", e)),
+    }
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -121,15 +124,15 @@ pub struct ShellArgs {
 }
 
 impl ShellArgs {
-    fn argv(&self) -> Result<Vec<String>, String> {
+    fn argv(&self) -> Result<Vec<String>, Error> {
         match (&self.argv, &self.command) {
             (Some(argv), None) if !argv.is_empty() => Ok(argv.clone()),
             (None, Some(command)) if !command.trim().is_empty() => {
                 Ok(vec!["/bin/sh".into(), "-c".into(), command.clone()])
             }
-            _ => {
-                Err("shell.exec needs exactly one of `argv` (a non-empty list) or `command`".into())
-            }
+            _ => Err(Error::failed(
+                "shell.exec needs exactly one of `argv` (a non-empty list) or `command`",
+            )),
         }
     }
 }
@@ -147,7 +150,7 @@ impl TypedTool for ShellExec {
     const RUNS_IN_SANDBOX: bool = true;
     /// The argument list, quoted (`/bin/sh -c '<line>'` for a shell line): what approvals and
     /// the audit log show.
-    fn resource(&self, args: &ShellArgs) -> Result<String, String> {
+    fn resource(&self, args: &ShellArgs) -> Result<String, crate::Error> {
         Ok(crate::argv::quote(&args.argv()?))
     }
 
@@ -175,15 +178,15 @@ impl TypedTool for ShellExec {
                 stdin: args.stdin.map(String::into_bytes),
                 room: ctx.workspace_room.clone(),
             };
-            let out = self.sandbox.run(exec).await.map_err(|e| e.to_string())?;
+            let out = self.sandbox.run(exec).await?;
             let text = out.render(self.sandbox.limits());
-            if out.success() { Ok(text) } else { Err(text) }
+            if out.success() { Ok(text) } else { Err(Error::Failed(text)) }
         })
     }
 }
 
-fn path_resource(path: &str) -> Result<String, String> {
-    workspace::normalize(path).map_err(|e| e.to_string())
+fn path_resource(path: &str) -> Result<String, Error> {
+    Ok(workspace::normalize(path)?)
 }
 
 fn default_dot() -> String {
@@ -208,7 +211,7 @@ impl TypedTool for FsRead {
     const DESCRIPTION: &'static str = "Reads a text file of the agent's workspace.";
     const EFFECT: EffectClass = EffectClass::Pure;
     const TOUCHES_HOST: bool = true;
-    fn resource(&self, args: &ReadArgs) -> Result<String, String> {
+    fn resource(&self, args: &ReadArgs) -> Result<String, crate::Error> {
         path_resource(&args.path)
     }
     fn run<'a>(&'a self, args: ReadArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
@@ -253,28 +256,29 @@ impl TypedTool for ReplyAttach {
     const DESCRIPTION: &'static str = "Sends a file of the agent's workspace to the person it talks to, with this turn's reply (chat channels; at most 20 MB and 10 files a reply).";
     const EFFECT: EffectClass = EffectClass::Pure;
     const TOUCHES_HOST: bool = true;
-    fn resource(&self, args: &AttachArgs) -> Result<String, String> {
+    fn resource(&self, args: &AttachArgs) -> Result<String, crate::Error> {
         path_resource(&args.path)
     }
     fn run<'a>(&'a self, args: AttachArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(async move {
             if args.caption.as_ref().is_some_and(|c| c.chars().count() > MAX_CAPTION) {
-                return Err(format!("caption: at most {MAX_CAPTION} characters"));
+                return Err(format!("caption: at most {MAX_CAPTION} characters").into());
             }
             let root = ctx.workspace()?.clone();
-            let path = workspace::normalize(&args.path).map_err(|e| e.to_string())?;
+            let path = workspace::normalize(&args.path)?;
             let read = path.clone();
             let data = blocking(move || workspace::read_upload(&root, &read, MAX_REPLY_FILE_BYTES))
                 .await?;
             if data.is_empty() {
-                return Err(format!("cannot send {path:?}: it is empty"));
+                return Err(format!("cannot send {path:?}: it is empty").into());
             }
             let file = clade_protocol::ReplyFile {
                 path,
                 bytes: data.len() as u64,
                 caption: args.caption.filter(|c| !c.trim().is_empty()),
             };
-            serde_json::to_string(&file).map_err(|e| e.to_string())
+            serde_json::to_string(&file)
+                .map_err(|e| Error::internal("the attachment could not be described", e))
         })
     }
 }
@@ -301,7 +305,7 @@ impl TypedTool for FsWrite {
     const DESCRIPTION: &'static str = "Writes (or appends to) a file of the agent's workspace.";
     const EFFECT: EffectClass = EffectClass::AtMostOnce;
     const TOUCHES_HOST: bool = true;
-    fn resource(&self, args: &WriteArgs) -> Result<String, String> {
+    fn resource(&self, args: &WriteArgs) -> Result<String, crate::Error> {
         path_resource(&args.path)
     }
     fn run<'a>(&'a self, args: WriteArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
@@ -348,7 +352,7 @@ impl TypedTool for FsList {
     const DESCRIPTION: &'static str = "Lists a directory of the agent's workspace.";
     const EFFECT: EffectClass = EffectClass::Pure;
     const TOUCHES_HOST: bool = true;
-    fn resource(&self, args: &ListArgs) -> Result<String, String> {
+    fn resource(&self, args: &ListArgs) -> Result<String, crate::Error> {
         path_resource(&args.path)
     }
     fn run<'a>(&'a self, args: ListArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
@@ -382,7 +386,7 @@ impl TypedTool for FsSearch {
         "Finds lines containing a text in the files of the agent's workspace.";
     const EFFECT: EffectClass = EffectClass::Pure;
     const TOUCHES_HOST: bool = true;
-    fn resource(&self, args: &SearchArgs) -> Result<String, String> {
+    fn resource(&self, args: &SearchArgs) -> Result<String, crate::Error> {
         path_resource(&args.path)
     }
     fn run<'a>(&'a self, args: SearchArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
@@ -424,13 +428,14 @@ impl TypedTool for HttpRequest {
     const NAME: &'static str = "http.request";
     const DESCRIPTION: &'static str = "Sends an HTTP request to a public address and returns the status and body (up to 1 MiB, 30 s).";
     const TOUCHES_HOST: bool = true;
-    fn resource(&self, args: &HttpArgs) -> Result<String, String> {
+    fn resource(&self, args: &HttpArgs) -> Result<String, crate::Error> {
         let url =
             url::Url::parse(&args.url).map_err(|e| format!("invalid URL {:?}: {e}", args.url))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(crate::net::EgressError::Scheme(url.scheme().to_owned()).to_string());
+            return Err(crate::net::EgressError::Scheme(url.scheme().to_owned()).into());
         }
-        url.host_str().map(str::to_owned).ok_or_else(|| format!("URL {:?} has no host", args.url))
+        let host = url.host_str().map(str::to_owned);
+        host.ok_or_else(|| format!("URL {:?} has no host", args.url).into())
     }
     fn run<'a>(&'a self, args: HttpArgs, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult> {
         Box::pin(async move {

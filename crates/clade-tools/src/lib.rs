@@ -11,6 +11,7 @@
 pub mod argv;
 pub mod builtin;
 pub mod egress;
+mod error;
 pub mod init;
 pub mod mcp;
 mod meter;
@@ -33,6 +34,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use clade_config::Constraints;
+pub use error::Error;
 
 /// What happens if a call is repeated — decides what crash recovery may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,13 +154,13 @@ pub struct Caller {
 
 impl CallContext {
     /// The caller, or the error a tool that acts for an agent returns without one.
-    pub fn caller(&self) -> Result<Caller, String> {
-        self.caller.ok_or_else(|| "this tool acts for an agent, and none called it".to_owned())
+    pub fn caller(&self) -> Result<Caller, Error> {
+        self.caller.ok_or_else(|| Error::failed("this tool acts for an agent, and none called it"))
     }
 
     /// The workspace, or the error a host-touching tool returns without one.
-    pub fn workspace(&self) -> Result<&PathBuf, String> {
-        self.workspace.as_ref().ok_or_else(|| "this tool needs an agent workspace".to_owned())
+    pub fn workspace(&self) -> Result<&PathBuf, Error> {
+        self.workspace.as_ref().ok_or_else(|| Error::failed("this tool needs an agent workspace"))
     }
 }
 
@@ -199,8 +201,8 @@ macro_rules! listed {
 }
 pub(crate) use listed;
 
-/// A tool's result: text for the model, or an error text for the model.
-pub type ToolResult = Result<String, String>;
+/// A tool's result: text for the model, or why it failed ([`Error`]).
+pub type ToolResult = Result<String, Error>;
 
 /// A function an agent may call.
 pub trait Tool: Send + Sync {
@@ -228,7 +230,7 @@ pub trait Tool: Send + Sync {
     }
     /// What policy patterns match besides the tool's name (a path, a host, a command line);
     /// an error rejects the arguments before any decision.
-    fn resource(&self, _args: &Value) -> Result<String, String> {
+    fn resource(&self, _args: &Value) -> Result<String, Error> {
         Ok(String::new())
     }
     /// The top-level string argument [`Tool::resource`] is, when it is one (a remote tool
@@ -262,7 +264,7 @@ pub trait TypedTool: Send + Sync {
     const RUNS_IN_SANDBOX: bool = false;
     /// The argument [`TypedTool::resource`] returns, when it returns one argument as it is.
     const RESOURCE_ARGUMENT: Option<&'static str> = None;
-    fn resource(&self, _args: &Self::Args) -> Result<String, String> {
+    fn resource(&self, _args: &Self::Args) -> Result<String, Error> {
         Ok(String::new())
     }
     fn argv(&self, _args: &Self::Args) -> Option<Vec<String>> {
@@ -271,8 +273,9 @@ pub trait TypedTool: Send + Sync {
     fn run<'a>(&'a self, args: Self::Args, ctx: &'a CallContext) -> BoxFuture<'a, ToolResult>;
 }
 
-fn parse_args<A: DeserializeOwned>(name: &str, args: Value) -> Result<A, String> {
-    serde_json::from_value(args).map_err(|e| format!("invalid arguments for {name}: {e}"))
+fn parse_args<A: DeserializeOwned>(name: &str, args: Value) -> Result<A, Error> {
+    serde_json::from_value(args)
+        .map_err(|e| Error::InvalidArguments { tool: name.to_owned(), reason: e.to_string() })
 }
 
 impl<T: TypedTool> Tool for T {
@@ -303,7 +306,7 @@ impl<T: TypedTool> Tool for T {
     fn runs_in_sandbox(&self) -> bool {
         T::RUNS_IN_SANDBOX
     }
-    fn resource(&self, args: &Value) -> Result<String, String> {
+    fn resource(&self, args: &Value) -> Result<String, Error> {
         let typed: T::Args = parse_args(T::NAME, args.clone())?;
         TypedTool::resource(self, &typed)
     }

@@ -17,7 +17,7 @@ use rmcp::{RoleClient, ServiceExt};
 use serde_json::Value;
 
 use crate::sandbox::Sandbox;
-use crate::{CallContext, EffectClass, Listing, Tool, ToolResult};
+use crate::{CallContext, EffectClass, Error, Listing, Tool, ToolResult};
 
 /// How to reach a server.
 #[derive(Debug, Clone)]
@@ -134,41 +134,41 @@ impl Server {
         let peer = {
             let mut client = self.client.lock().await;
             if client.as_ref().is_none_or(|c| c.is_closed()) {
-                *client = Some(self.start().await.map_err(|e| e.to_string())?);
+                *client = Some(self.start().await.map_err(|e| Error::failed(e.to_string()))?);
             }
             match client.as_ref() {
                 Some(c) => c.peer().clone(),
-                None => return Err(self.error("not connected").to_string()),
+                None => return Err(Error::failed(self.error("not connected").to_string())),
             }
         };
         let mut params = CallToolRequestParams::new(tool.to_owned());
         params.arguments = match args {
             Value::Object(map) => Some(map),
             Value::Null => None,
-            _ => return Err("MCP tool arguments must be a JSON object".into()),
+            _ => return Err(Error::failed("MCP tool arguments must be a JSON object")),
         };
         let answer = tokio::time::timeout(self.spec.timeout, peer.call_tool_once(params)).await;
         let result = match answer {
             Err(_) => {
-                return Err(format!(
+                return Err(Error::Failed(format!(
                     "MCP server {} did not answer {tool} within {} s",
                     self.spec.name,
                     self.spec.timeout.as_secs()
-                ));
+                )));
             }
             Ok(Err(e)) => {
                 // The connection may be gone (the server crashed): start afresh next time.
                 *self.client.lock().await = None;
-                return Err(format!(
+                return Err(Error::Failed(format!(
                     "MCP server {} failed during {tool} ({e}); it will be restarted on the next call",
                     self.spec.name
-                ));
+                )));
             }
             Ok(Ok(CallToolResponse::Complete(result))) => result,
             Ok(Ok(_)) => {
-                return Err(format!(
+                return Err(Error::Failed(format!(
                     "MCP tool {tool} asked for input, which Clade does not provide"
-                ));
+                )));
             }
         };
         let text: Vec<String> = result
@@ -180,7 +180,7 @@ impl Server {
             })
             .collect();
         let text = text.join("\n");
-        if result.is_error == Some(true) { Err(text) } else { Ok(text) }
+        if result.is_error == Some(true) { Err(Error::Failed(text)) } else { Ok(text) }
     }
 }
 

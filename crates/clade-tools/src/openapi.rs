@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
-use crate::{CallContext, EffectClass, Listing, Tool, ToolResult};
+use crate::{CallContext, EffectClass, Error, Listing, Tool, ToolResult};
 
 /// The longest response body returned to the model.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -309,10 +309,10 @@ fn text_of(value: &Value) -> String {
 
 impl Operation {
     /// The request the arguments make: the URL (path filled in, query added) and headers.
-    fn request(&self, args: &Value) -> Result<crate::net::Request, String> {
-        let args = args
-            .as_object()
-            .ok_or_else(|| format!("invalid arguments for {}: not an object", self.listing.name))?;
+    fn request(&self, args: &Value) -> Result<crate::net::Request, Error> {
+        let invalid =
+            |reason: String| Error::InvalidArguments { tool: self.listing.name.clone(), reason };
+        let args = args.as_object().ok_or_else(|| invalid("not an object".to_owned()))?;
         let known: Vec<&str> = self
             .parameters
             .iter()
@@ -320,10 +320,7 @@ impl Operation {
             .chain(self.has_body.then_some("body"))
             .collect();
         if let Some(unknown) = args.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(format!(
-                "invalid arguments for {}: unknown argument {unknown:?}; it takes {known:?}",
-                self.listing.name
-            ));
+            return Err(invalid(format!("unknown argument {unknown:?}; it takes {known:?}")));
         }
         let mut path = self.path.clone();
         let mut query = Vec::new();
@@ -331,10 +328,7 @@ impl Operation {
         for parameter in &self.parameters {
             let Some(value) = args.get(&parameter.name).filter(|v| !v.is_null()) else {
                 if parameter.place == Place::Path {
-                    return Err(format!(
-                        "invalid arguments for {}: {} is required",
-                        self.listing.name, parameter.name
-                    ));
+                    return Err(invalid(format!("{} is required", parameter.name)));
                 }
                 continue;
             };
@@ -358,10 +352,7 @@ impl Operation {
                 Place::Header => {
                     let text = text_of(value);
                     if text.contains(['\r', '\n']) {
-                        return Err(format!(
-                            "invalid arguments for {}: header {} has a line break",
-                            self.listing.name, parameter.name
-                        ));
+                        return Err(invalid(format!("header {} has a line break", parameter.name)));
                     }
                     headers.push((parameter.name.clone(), text));
                 }
@@ -404,7 +395,7 @@ impl Tool for Operation {
     fn touches_host(&self) -> bool {
         true
     }
-    fn resource(&self, args: &Value) -> Result<String, String> {
+    fn resource(&self, args: &Value) -> Result<String, crate::Error> {
         self.request(args)?;
         Ok(self.api.base.host_str().unwrap_or_default().to_owned())
     }
@@ -512,8 +503,11 @@ components:
         let show = find(&tools, "openapi.pets.showpetbyid");
         assert_eq!(show.resource(&json!({ "petId": "a b/c" })), Ok("pets.example".into()));
         let err = show.resource(&json!({})).unwrap_err();
-        assert!(err.contains("petId is required"), "{err}");
-        let err = show.resource(&json!({ "petId": "1", "evil": 1 })).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArguments { reason, .. } if reason == "petId is required"),
+            "{err}"
+        );
+        let err = show.resource(&json!({ "petId": "1", "evil": 1 })).unwrap_err().to_string();
         assert!(err.contains("unknown argument \"evil\""), "{err}");
     }
 

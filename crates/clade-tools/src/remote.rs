@@ -22,7 +22,7 @@ use clade_protocol::remote_tools::{
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use crate::{CallContext, EffectClass, Listing, Tool, ToolResult};
+use crate::{CallContext, EffectClass, Error, Listing, Tool, ToolResult};
 
 /// The longest frame (one line of a call's answer) read.
 pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
@@ -496,23 +496,29 @@ impl Host {
             let mut frames = self.client.call(&request, self.spec.timeout).await.map_err(
                 |failure| match failure {
                     CallFailure::Refused { error, .. } if error.code == ErrorCode::ToolFailed => {
-                        error.message
+                        Error::Failed(error.message)
                     }
-                    other => self.error(format!("{tool}: {other}")).to_string(),
+                    other => self.failed(format!("{tool}: {other}")),
                 },
             )?;
             match frames.outcome_reporting(self.idle, ctx.progress.as_ref()).await {
                 Ok(Ok(content)) => Ok(content),
-                Ok(Err(error)) if error.code == ErrorCode::ToolFailed => Err(error.message),
-                Ok(Err(error)) => Err(self.error(format!("{tool}: {error}")).to_string()),
-                Err(message) => Err(self.error(format!("{tool}: {message}")).to_string()),
+                Ok(Err(error)) if error.code == ErrorCode::ToolFailed => {
+                    Err(Error::Failed(error.message))
+                }
+                Ok(Err(error)) => Err(self.failed(format!("{tool}: {error}"))),
+                Err(message) => Err(self.failed(format!("{tool}: {message}"))),
             }
         };
         tokio::time::timeout(self.spec.timeout, whole).await.unwrap_or_else(|_| {
-            Err(self
-                .error(format!("{tool} did not finish within {} s", self.spec.timeout.as_secs()))
-                .to_string())
+            let secs = self.spec.timeout.as_secs();
+            Err(self.failed(format!("{tool} did not finish within {secs} s")))
         })
+    }
+
+    /// What the model is told of a failure of the host itself (not of the tool's work).
+    fn failed(&self, message: String) -> Error {
+        Error::Failed(self.error(message).to_string())
     }
 }
 
@@ -533,15 +539,15 @@ impl Tool for RemoteTool {
     fn touches_host(&self) -> bool {
         self.touches_host
     }
-    fn resource(&self, args: &Value) -> Result<String, String> {
+    fn resource(&self, args: &Value) -> Result<String, crate::Error> {
         let Some(field) = &self.resource_argument else { return Ok(String::new()) };
         match args.get(field) {
             Some(Value::String(value)) => Ok(value.clone()),
             None | Some(Value::Null) => Ok(String::new()),
-            Some(_) => Err(format!(
-                "invalid arguments for {}: {field} must be a string",
-                self.listing.name
-            )),
+            Some(_) => Err(Error::InvalidArguments {
+                tool: self.listing.name.clone(),
+                reason: format!("{field} must be a string"),
+            }),
         }
     }
     fn resource_argument(&self) -> Option<&str> {

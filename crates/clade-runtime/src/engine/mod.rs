@@ -51,6 +51,16 @@ pub enum Error {
     Unsent(String),
 }
 
+impl clade_core::Fault for Error {
+    fn is_internal(&self) -> bool {
+        match self {
+            Error::Store(store) => clade_core::Fault::is_internal(store),
+            Error::LeaseLost => true,
+            Error::NoAgent | Error::Draining | Error::Unsent(_) => false,
+        }
+    }
+}
+
 /// An inbound message as the API receives it.
 #[derive(Debug, Clone)]
 pub struct Envelope {
