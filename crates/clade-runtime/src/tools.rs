@@ -554,7 +554,7 @@ impl ToolRunner {
         tool: &dyn Tool,
         args: &Value,
         origin: &CallOrigin,
-    ) -> Result<Authorized, String> {
+    ) -> Result<Authorized, clade_tools::Error> {
         self.authorize_in(&self.tool_set(), agent, tool, args, origin).await
     }
 
@@ -567,23 +567,29 @@ impl ToolRunner {
         tool: &dyn Tool,
         args: &Value,
         origin: &CallOrigin,
-    ) -> Result<Authorized, String> {
+    ) -> Result<Authorized, clade_tools::Error> {
         // What the model is told is the error's text, as for a refused resource.
-        let checked = set.check_arguments(tool, args).map_err(|invalid| format!("{invalid}"));
-        let resource = checked.and_then(|()| tool.resource(args).map_err(|e| for_model(tool, e)));
-        let resource = match resource {
+        let checked = set.check_arguments(tool, args).map_err(clade_tools::Error::from);
+        let resource = match checked.and_then(|()| tool.resource(args)) {
             Ok(resource) => resource,
             Err(why) => {
-                let record =
-                    decision_entry(agent, tool.name(), "", PolicyEffect::Deny, &why, args, origin);
+                let why_text = why.told(tool.name());
+                let record = decision_entry(
+                    agent,
+                    tool.name(),
+                    "",
+                    PolicyEffect::Deny,
+                    &why_text,
+                    args,
+                    origin,
+                );
                 self.write_entry(record).await;
                 return Err(why);
             }
         };
-        let rules = self
-            .rules_in(set, agent)
-            .await
-            .map_err(|e| format!("cannot load the agent's policy: {e}"))?;
+        let rules = self.rules_in(set, agent).await.map_err(|e| {
+            clade_tools::Error::internal("not run: the agent's policy could not be read", e)
+        })?;
         let argv = tool.argv(args);
         let target = match &argv {
             Some(argv) => policy::Target::Argv(argv),
@@ -604,14 +610,12 @@ impl ToolRunner {
         let decision = match decision.effect {
             PolicyEffect::Deny => {
                 self.write_entry(entry(&decision)).await;
-                return Err(format!("denied: {}", decision.reason));
+                return Err(clade_tools::Error::Denied { reason: decision.reason });
             }
             PolicyEffect::Allow => decision,
             PolicyEffect::Ask => {
                 // An operator is asked only once the question is on record.
-                self.store.audit(entry(&decision)).await.map_err(|e| {
-                    format!("not run: the decision could not be recorded in the audit log ({e})")
-                })?;
+                self.store.audit(entry(&decision)).await.map_err(unrecorded)?;
                 let asked = Asked {
                     tool: tool.name(),
                     resource: &resource,
@@ -661,10 +665,8 @@ impl ToolRunner {
 
     /// Writes the record of an authorized call's decision, for a call that has no journal
     /// step to write it with; `Err` (the call must not run) if it cannot be written.
-    pub async fn record_decision(&self, authorized: &Authorized) -> Result<(), String> {
-        self.store.audit(authorized.audit.clone()).await.map_err(|e| {
-            format!("not run: the decision could not be recorded in the audit log ({e})")
-        })
+    pub async fn record_decision(&self, authorized: &Authorized) -> Result<(), clade_tools::Error> {
+        self.store.audit(authorized.audit.clone()).await.map_err(unrecorded)
     }
 
     async fn context(
@@ -712,7 +714,7 @@ impl ToolRunner {
         tool: &dyn Tool,
         args: Value,
         authorized: &Authorized,
-    ) -> Result<String, String> {
+    ) -> Result<String, clade_tools::Error> {
         #[allow(clippy::disallowed_methods)] // Measures how long the tool really ran.
         let started = tokio::time::Instant::now();
         // The command line, for what the sandbox hid from it (see `sandbox::findings`).
@@ -725,7 +727,8 @@ impl ToolRunner {
         } else {
             String::new()
         };
-        let result = tool.call(args, &authorized.context).await.map_err(|e| for_model(tool, e));
+        let result = tool.call(args, &authorized.context).await;
+        let told = result.as_ref().map_err(|e| e.told(tool.name()));
         self.runs.fetch_add(1, std::sync::atomic::Ordering::Release);
         if let (Some(_), Some(workspace)) =
             (&authorized.context.workspace_room, authorized.context.workspace.clone())
@@ -739,9 +742,9 @@ impl ToolRunner {
         let secrets = clade_tools::redact::Redactor::new(
             authorized.context.env.iter().map(|(_, v)| v.as_str()),
         );
-        let (ok, text) = match &result {
-            Ok(text) => (true, text),
-            Err(text) => (false, text),
+        let (ok, text) = match &told {
+            Ok(text) => (true, text.as_str()),
+            Err(text) => (false, text.as_str()),
         };
         let detail = json!({
             "call": authorized.context.call_id,
@@ -816,7 +819,7 @@ impl ToolRunner {
             .await;
         }
         // A secret the command printed must not reach the model either.
-        result.map(|t| secrets.redact(&t)).map_err(|t| secrets.redact(&t))
+        result.map(|t| secrets.redact(&t)).map_err(|e| e.redacted(|t| secrets.redact(t)))
     }
 
     /// One whole call (the operator's path and the one tests use): authorize, then execute.
@@ -836,18 +839,25 @@ impl ToolRunner {
                 decision: PolicyEffect::Deny,
             };
         };
+        let denied = |error: clade_tools::Error| CallOutcome {
+            content: error.to_string(),
+            is_error: true,
+            decision: PolicyEffect::Deny,
+        };
         match self.authorize_in(&set, agent, tool.as_ref(), &args, origin).await {
-            Err(content) => CallOutcome { content, is_error: true, decision: PolicyEffect::Deny },
-            Ok(authorized) if let Err(content) = self.record_decision(&authorized).await => {
-                CallOutcome { content, is_error: true, decision: PolicyEffect::Deny }
+            Err(error) => denied(error),
+            Ok(authorized) if let Err(error) = self.record_decision(&authorized).await => {
+                denied(error)
             }
             Ok(authorized) => match self.execute(agent, tool.as_ref(), args, &authorized).await {
                 Ok(content) => {
                     CallOutcome { content, is_error: false, decision: PolicyEffect::Allow }
                 }
-                Err(content) => {
-                    CallOutcome { content, is_error: true, decision: PolicyEffect::Allow }
-                }
+                Err(error) => CallOutcome {
+                    content: error.to_string(),
+                    is_error: true,
+                    decision: PolicyEffect::Allow,
+                },
             },
         }
     }
@@ -1314,11 +1324,18 @@ fn redact(args: &Value) -> Value {
     }
 }
 
-/// What the model is told of a tool's failure; the cause the model is not told (a store
-/// failure's, say) goes to the operator's log.
-fn for_model(tool: &dyn Tool, error: clade_tools::Error) -> String {
-    if let Some(detail) = error.detail() {
-        tracing::warn!(tool = tool.name(), %error, detail, "a tool call failed on the gateway's side");
+/// A call refused because its decision could not be put on record: it must not run.
+fn unrecorded(error: clade_store::Error) -> clade_tools::Error {
+    clade_tools::Error::internal(
+        "not run: the decision could not be recorded in the audit log",
+        error,
+    )
+}
+
+impl From<InvalidArguments> for clade_tools::Error {
+    fn from(invalid: InvalidArguments) -> Self {
+        let reason =
+            format!("{}; its parameters are {}", invalid.problems.join("; "), invalid.parameters);
+        clade_tools::Error::InvalidArguments { tool: invalid.tool, reason }
     }
-    error.to_string()
 }

@@ -44,7 +44,9 @@ async fn an_unanswered_approval_expires_when_the_clock_passes_its_timeout() {
         let (runner, agent, origin) = (runner.clone(), agent.clone(), CallOrigin::operator(START));
         tokio::spawn(async move {
             let tool = runner.tool_set().registry().get("noop").unwrap().clone();
-            runner.authorize(&agent, tool.as_ref(), &serde_json::json!({}), &origin).await.err()
+            let args = serde_json::json!({});
+            let refused = runner.authorize(&agent, tool.as_ref(), &args, &origin).await;
+            refused.err().map(|e| e.to_string())
         })
     };
     let pending = async || {

@@ -8,6 +8,9 @@ pub enum Error {
     /// The arguments do not fit the tool: its schema, or a rule of its own.
     #[error("invalid arguments for {tool}: {reason}")]
     InvalidArguments { tool: String, reason: String },
+    /// The policy, or an operator asked, refused the call.
+    #[error("denied: {reason}")]
+    Denied { reason: String },
     /// The tool could not do what was asked, for a reason the model can act on: a file that
     /// does not exist, a name already taken, a limit reached, a command that failed.
     #[error("{0}")]
@@ -39,6 +42,30 @@ impl Error {
             )
         } else {
             Self::Failed(error.to_string())
+        }
+    }
+
+    /// What the model is told of a call of `tool` that failed so; a cause it is not told goes
+    /// to the operator's log.
+    pub fn told(&self, tool: &str) -> String {
+        if let Some(detail) = self.detail() {
+            tracing::warn!(tool, error = %self, detail, "a tool call failed on the gateway's side");
+        }
+        self.to_string()
+    }
+
+    /// The same error with each of its texts passed through `redact` (the secrets a call was
+    /// granted, taken out of what it says).
+    pub fn redacted(self, redact: impl Fn(&str) -> String) -> Self {
+        match self {
+            Self::InvalidArguments { tool, reason } => {
+                Self::InvalidArguments { tool, reason: redact(&reason) }
+            }
+            Self::Denied { reason } => Self::Denied { reason: redact(&reason) },
+            Self::Failed(text) => Self::Failed(redact(&text)),
+            Self::Internal { told, detail } => {
+                Self::Internal { told: redact(&told), detail: redact(&detail) }
+            }
         }
     }
 
@@ -98,6 +125,12 @@ mod tests {
         );
         assert!(!internal.to_string().contains("clade.db"), "{internal}");
         assert_eq!(internal.detail(), Some("database is locked (code 5) at /srv/clade/clade.db"));
+        let hidden = Error::internal("told pw-123", "cause pw-123")
+            .redacted(|t| t.replace("pw-123", "[redacted]"));
+        assert_eq!(
+            (hidden.to_string().as_str(), hidden.detail()),
+            ("told [redacted]", Some("cause [redacted]"))
+        );
         let invalid = Error::InvalidArguments {
             tool: "fs.read".into(),
             reason: "missing field `path`".into(),

@@ -122,7 +122,7 @@ pub(crate) trait Hands: Sync {
         args: &Value,
         key: &str,
         turn: &TurnRow,
-    ) -> impl Future<Output = Result<Self::Authorized, String>> + Send;
+    ) -> impl Future<Output = Result<Self::Authorized, clade_tools::Error>> + Send;
 
     /// The decision's audit record, written with the call's start.
     fn audit(&self, authorized: &Self::Authorized) -> AuditEntry;
@@ -131,14 +131,14 @@ pub(crate) trait Hands: Sync {
     fn record_decision(
         &self,
         authorized: &Self::Authorized,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), clade_tools::Error>> + Send;
 
     fn execute(
         &self,
         tool: &Self::Tool,
         args: Value,
         authorized: &Self::Authorized,
-    ) -> impl Future<Output = Result<String, String>> + Send;
+    ) -> impl Future<Output = Result<String, clade_tools::Error>> + Send;
 }
 
 /// What a turn runs on and how far it may go.
@@ -189,6 +189,13 @@ pub(crate) struct ModelStep {
 pub(crate) struct ToolStep {
     pub content: String,
     pub is_error: bool,
+}
+
+impl ToolStep {
+    /// A call that failed or was refused, as its model is told.
+    fn failed(call: &ToolCall, error: &clade_tools::Error) -> Self {
+        Self { content: error.told(&call.name), is_error: true }
+    }
 }
 
 /// A journal step as the API shows it: the typed view of the engine's own encoding. An entry
@@ -647,7 +654,7 @@ async fn dispatch<H: Hands>(
                 }
             } else {
                 match hands.authorize(&tool, call, &args, &key, turn).await {
-                    Err(content) => ToolStep { content, is_error: true },
+                    Err(error) => ToolStep::failed(call, &error),
                     Ok(authorized) => {
                         // The decision's audit record commits with the call's start, or the
                         // call does not run (a resumed idempotent call writes it alone).
@@ -677,11 +684,11 @@ async fn dispatch<H: Hands>(
                             Ok(())
                         };
                         match recorded {
-                            Err(content) => ToolStep { content, is_error: true },
+                            Err(error) => ToolStep::failed(call, &error),
                             Ok(()) => {
                                 let result = match hands.execute(&tool, args, &authorized).await {
                                     Ok(content) => ToolStep { content, is_error: false },
-                                    Err(content) => ToolStep { content, is_error: true },
+                                    Err(error) => ToolStep::failed(call, &error),
                                 };
                                 crate::failpoints::hit("after_tool_effect_before_result");
                                 result
@@ -949,8 +956,12 @@ mod tests {
             _: &Value,
             _: &str,
             _: &TurnRow,
-        ) -> Result<(), String> {
-            if *tool == "forbidden" { Err("denied by policy".into()) } else { Ok(()) }
+        ) -> Result<(), clade_tools::Error> {
+            if *tool == "forbidden" {
+                Err(clade_tools::Error::Denied { reason: "by policy".into() })
+            } else {
+                Ok(())
+            }
         }
         fn audit(&self, _: &()) -> AuditEntry {
             AuditEntry {
@@ -962,7 +973,7 @@ mod tests {
                 detail: "{}".into(),
             }
         }
-        async fn record_decision(&self, _: &()) -> Result<(), String> {
+        async fn record_decision(&self, _: &()) -> Result<(), clade_tools::Error> {
             self.decisions_alone.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
@@ -971,7 +982,7 @@ mod tests {
             tool: &&'static str,
             args: Value,
             _: &(),
-        ) -> Result<String, String> {
+        ) -> Result<String, clade_tools::Error> {
             self.runs.lock().unwrap().push((*tool).to_owned());
             Ok(format!("ran {tool} with {args}"))
         }
@@ -1251,7 +1262,7 @@ mod tests {
     async fn a_refused_call_tells_the_model_and_runs_nothing() {
         let case = Case::plain("/tool forbidden").await;
         assert!(case.runs().is_empty());
-        assert!(case.ending().reply.as_deref().unwrap().contains("denied by policy"));
+        assert!(case.ending().reply.as_deref().unwrap().contains("denied: by policy"));
         assert!(!case.steps().contains(&Some(StepKey::ToolStart { iteration: 0, index: 0 })));
     }
 

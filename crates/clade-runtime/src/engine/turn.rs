@@ -443,7 +443,7 @@ impl Hands for AgentTools<'_> {
         args: &Value,
         key: &str,
         turn: &TurnRow,
-    ) -> Result<Authorized, String> {
+    ) -> Result<Authorized, clade_tools::Error> {
         let origin = Self::origin(call, key, turn);
         // Waiting for an approval is not the turn's time (see the actor's `Pause`).
         let paused = TURN_PAUSE.try_with(|pause| pause.begin()).ok();
@@ -460,7 +460,7 @@ impl Hands for AgentTools<'_> {
         authorized.audit.clone()
     }
 
-    async fn record_decision(&self, authorized: &Authorized) -> Result<(), String> {
+    async fn record_decision(&self, authorized: &Authorized) -> Result<(), clade_tools::Error> {
         self.runner.record_decision(authorized).await
     }
 
@@ -469,7 +469,7 @@ impl Hands for AgentTools<'_> {
         tool: &Arc<dyn Tool>,
         args: Value,
         authorized: &Authorized,
-    ) -> Result<String, String> {
+    ) -> Result<String, clade_tools::Error> {
         self.runner.execute(self.agent, tool.as_ref(), args, authorized).await
     }
 }
