@@ -374,8 +374,9 @@ pub(crate) enum AgentsCommand {
         #[arg(long)]
         without_secrets: bool,
         /// A gateway key whose archives are trusted besides this data dir's own (the export
-        /// prints its key); repeat for more
-        #[arg(long, value_name = "KEY")]
+        /// prints its key); repeat for more. A key may begin with `-` (its alphabet is
+        /// URL-safe base64), so the value is taken whatever it starts with.
+        #[arg(long, value_name = "KEY", allow_hyphen_values = true)]
         trust_key: Vec<String>,
         /// Import an archive whose signature is missing or not trusted, without its allow and ask grants
         #[arg(long)]
@@ -1579,4 +1580,26 @@ pub(crate) fn duration(text: &str) -> anyhow::Result<std::time::Duration> {
             "{text:?} is not a duration: write one such as 90s, 30m, 24h or 7d (a bare number is seconds)"
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{AgentsCommand, Cli, Command};
+
+    /// A gateway key is URL-safe base64, so one in 64 begins with `-`; the export prints it
+    /// after `--trust-key ` and pasting that line must work whatever the key starts with.
+    #[test]
+    fn a_trusted_key_may_begin_with_a_dash() {
+        let key = "-sQ1vXc2b8mB0zZ7eN4pXo3f5r9tYkLw6uHjGq2aD0";
+        let cli =
+            Cli::try_parse_from(["clade", "agents", "import", "ada.agent", "--trust-key", key])
+                .map_err(|error| error.to_string());
+        let Ok(Cli { command: Command::Agents(AgentsCommand::Import { trust_key, .. }), .. }) = cli
+        else {
+            panic!("the key was refused: {cli:?}");
+        };
+        assert_eq!(trust_key, [key]);
+    }
 }
