@@ -474,7 +474,7 @@ impl<A: ChatApi> Channel<A> {
     /// nothing old.
     pub async fn subscriber(self: &Arc<Self>) -> Result<Subscriber, clade_store::Error> {
         let name = format!("channel:{}:{}", self.api.platform(), self.name);
-        self.store.system().start_subscriber_at_head(&name).await?;
+        self.store.system().deliveries().start_at_head(&name).await?;
         let sink: Arc<dyn Sink> = self.clone();
         Ok(Subscriber {
             name,
@@ -511,7 +511,7 @@ impl<A: ChatApi> Channel<A> {
         chat: &str,
         attachments: &[Attachment],
     ) -> Result<String, NotTaken> {
-        let agent = match self.store.agent(tenant.id, handle).await {
+        let agent = match self.store.agents(tenant.id).get(handle).await {
             Ok(agent) => agent,
             // The submission says what is wrong with the binding.
             Err(err) if err.is_not_found() => return Ok(String::new()),
@@ -605,7 +605,7 @@ impl<A: ChatApi> Channel<A> {
             tracing::info!(channel = name, platform, chat = %source.channel, "a message matches no binding and there is no default agent: add a binding for its platform");
             return Ok(Taken::Skipped("no binding".into()));
         };
-        let tenant = match self.store.tenant(agent.tenant.as_str()).await {
+        let tenant = match self.store.tenants().named(agent.tenant.as_str()).await {
             Ok(tenant) => tenant,
             Err(err) if err.is_not_found() => {
                 tracing::warn!(channel = name, agent = %agent, "a binding names a tenant that does not exist; the message is dropped");
@@ -618,7 +618,7 @@ impl<A: ChatApi> Channel<A> {
         if !message.attachments.is_empty() {
             // A message the platform sends again was stored with its files the first time:
             // nothing is fetched or written twice.
-            let seen = self.store.event_of_key(tenant.id, &key).await;
+            let seen = self.store.sessions(tenant.id).event_of_key(&key).await;
             if let Some((_, session)) = seen.map_err(|e| NotTaken(e.to_string()))? {
                 lock(&self.chats).insert(session, Some(message.chat.clone()));
                 return Ok(Taken::Event { session, duplicate: true });
@@ -783,7 +783,7 @@ impl<A: ChatApi> Channel<A> {
             && let Some(ours) = chat_of_channel(&self.name, &found.source.channel)
         {
             let routed = match self.engine.route_source(&found.source) {
-                Some(agent) => match self.store.tenant(agent.tenant.as_str()).await {
+                Some(agent) => match self.store.tenants().named(agent.tenant.as_str()).await {
                     Ok(tenant) => tenant.id == found.tenant_id,
                     Err(err) if err.is_not_found() => false,
                     Err(err) => return Err(Refused::transient(err.to_string())),
@@ -976,7 +976,7 @@ impl<A: ChatApi> Channel<A> {
             Err(err) if err.is_not_found() => return Ok(None),
             Err(err) => return Err(Refused::transient(err.to_string())),
         };
-        let agent = match self.store.agent_by_id(found.tenant_id, found.agent_id).await {
+        let agent = match self.store.agents(found.tenant_id).by_id(found.agent_id).await {
             Ok(agent) => agent,
             Err(err) if err.is_not_found() => return Ok(None),
             Err(err) => return Err(Refused::transient(err.to_string())),

@@ -359,7 +359,7 @@ pub(crate) async fn paired_subscribers(
     store: &Store,
     identity: Arc<clade_tools::remote::identity::Identity>,
 ) -> clade_store::Result<Vec<clade_runtime::outbox::Subscriber>> {
-    let peers = store.peers().await?;
+    let peers = store.peers().list().await?;
     Ok(peers
         .into_iter()
         .filter(|peer| peer.kind == clade_runtime::outbox::PEER_KIND)
@@ -399,7 +399,7 @@ pub(crate) async fn connect_peer(
         Err(err) => {
             if err.key_changed
                 && let Err(audit) =
-                    store.audit_peer_refused(&peer.kind, &peer.name, &err.message).await
+                    store.peers().audit_refused(&peer.kind, &peer.name, &err.message).await
             {
                 tracing::warn!(error = %audit, "the refusal of a peer could not be audited");
             }
@@ -456,7 +456,7 @@ impl Ctx {
     }
 
     pub(crate) async fn tenant(&self) -> Result<Tenant> {
-        Ok(self.store.tenant(self.tenant_name()).await?)
+        Ok(self.store.tenants().named(self.tenant_name()).await?)
     }
 
     /// The agent named on the command line, else `--agent`, else the current one.
@@ -471,7 +471,7 @@ impl Ctx {
                 ),
             },
         };
-        Ok(self.store.agent(tenant.id, &handle).await?)
+        Ok(self.store.agents(tenant.id).get(&handle).await?)
     }
 
     /// `--agent` as given (not the current agent), for commands where it narrows a listing.
@@ -620,10 +620,10 @@ impl Ctx {
             }
             return Ok(());
         }
-        let tenant = self.store.tenant(Tenant::DEFAULT_NAME).await?;
+        let tenant = self.store.tenants().named(Tenant::DEFAULT_NAME).await?;
         // The operator's own token: everything, deciding approvals included.
         let scopes = [clade_core::Scope::Admin, clade_core::Scope::Approve];
-        let (_, secret) = self.store.create_token(tenant.id, "cli", &scopes, None, None).await?;
+        let (_, secret) = self.store.tokens(tenant.id).create("cli", &scopes, None, None).await?;
         self.data_dir
             .write_token_if_absent(&secret)
             .with_context(|| "cannot write the CLI token file")?;
@@ -867,7 +867,7 @@ impl ToolSources {
                 }
             }
         }
-        let peers = match self.store.peers().await {
+        let peers = match self.store.peers().list().await {
             Ok(peers) => peers,
             Err(err) => {
                 tracing::warn!(error = %err, "the paired components cannot be read: their tools are left out");

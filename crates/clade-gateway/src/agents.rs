@@ -227,8 +227,8 @@ pub(crate) async fn reachable_page(
     let mut agents = Vec::new();
     for agent in reach.listing(None)? {
         match agent {
-            None => agents = state.of(tenant).agents(cursor, limit + 1).await?,
-            Some(id) => match state.of(tenant).agent_by_id(id).await {
+            None => agents = state.of(tenant).agents().list(cursor, limit + 1).await?,
+            Some(id) => match state.of(tenant).agents().by_id(id).await {
                 Ok(agent) => {
                     if cursor.is_none_or(|after| agent.handle.as_str() > after) {
                         agents.push(agent);
@@ -257,7 +257,7 @@ pub(crate) async fn show(
     Path(handle): Path<String>,
 ) -> Result<axum::Json<AgentResponse>, ApiError> {
     record_agent(&handle);
-    let agent = state.of(&tenant).agent(&handle).await?;
+    let agent = state.of(&tenant).agents().get(&handle).await?;
     reach.agent(&agent)?;
     Ok(axum::Json(AgentResponse::from(&agent)))
 }
@@ -319,7 +319,7 @@ pub(crate) async fn trace(
 ) -> Result<impl futures::Stream<Item = crate::live::Followed> + Send + use<>, ApiError> {
     let Caller(tenant, _, reach) = &caller;
     record_agent(handle);
-    let agent = state.of(tenant).agent(handle).await?;
+    let agent = state.of(tenant).agents().get(handle).await?;
     let scope = match session {
         Some(id) => {
             let session = crate::sessions::reachable_row(state, tenant, reach, id).await?;

@@ -176,7 +176,7 @@ impl Credential {
     ) -> bool {
         let current = match self {
             Credential::Token(token) => store.authenticate_scoped(token).await,
-            Credential::Peer(key) => store.authenticate_peer(key).await,
+            Credential::Peer(key) => store.peers().authenticate(key).await,
         };
         match current {
             Ok((current, access)) => current.id == tenant.id && Reach::of(access).covers(reach),
@@ -477,7 +477,7 @@ async fn signed_by_peer(state: AppState, request: Request, next: Next) -> Respon
     let mut response = if !auth.first_use(&signature, time, now) {
         refused("this signed request was taken already: sign each request anew")
     } else {
-        match state.store.authenticate_peer(&key).await {
+        match state.store.peers().authenticate(&key).await {
             Ok((tenant, access)) => {
                 let request = Request::from_parts(parts, axum::body::Body::from(body));
                 admit(request, next, (tenant, &state.limits), access, Credential::Peer(key.into()))

@@ -43,7 +43,11 @@ async fn paired_listener(
         Err(why) => return Some(Err(refused(&why))),
     };
     let name = clade_channels::listener_name(platform, channel);
-    let paired = match state.store.is_paired(clade_channels::LISTENER_PEER_KIND, &name, &key).await
+    let paired = match state
+        .store
+        .peers()
+        .is_paired(clade_channels::LISTENER_PEER_KIND, &name, &key)
+        .await
     {
         Ok(paired) => paired,
         Err(err) => return Some(Err(err.into())),

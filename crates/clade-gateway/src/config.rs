@@ -45,7 +45,7 @@ pub(crate) async fn list(
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
 ) -> Result<axum::Json<ConfigRevisionListResponse>, ApiError> {
     operator_only(&tenant, &reach)?;
-    let revisions = state.store.config_revisions(crate::api::MAX_PAGE).await?;
+    let revisions = state.store.config_revisions().list(crate::api::MAX_PAGE).await?;
     Ok(axum::Json(ConfigRevisionListResponse {
         items: revisions.into_iter().map(revision_response).collect(),
     }))
@@ -59,7 +59,7 @@ async fn revision(state: &AppState, text: &str) -> Result<ConfigRevision, ApiErr
             format!("revision {text:?} is not a whole number from 1"),
         )
     })?;
-    state.store.config_revision(revision).await.map_err(|err| match err {
+    state.store.config_revisions().get(revision).await.map_err(|err| match err {
         clade_store::Error::ConfigRevisionNotFound(n) => ApiError::new(
             Code::RevisionNotFound,
             format!(

@@ -176,7 +176,7 @@ pub async fn apply(
         .map(|(name, _)| name)
         .collect();
     let latest =
-        store.latest_config_revision().await.map_err(|e| failed(Step::Record)(e.to_string()))?;
+        store.config_revisions().latest().await.map_err(|e| failed(Step::Record)(e.to_string()))?;
     let diff = similar::TextDiff::from_lines(before.as_str(), text)
         .unified_diff()
         .context_radius(3)
@@ -184,8 +184,10 @@ pub async fn apply(
         .to_string();
     let staged = staged_path(path);
     write_staged(&staged, path, text).map_err(failed(Step::Write))?;
-    let recorded =
-        store.record_config(NewConfigRevision { yaml: text.to_owned(), diff, reverts }).await;
+    let recorded = store
+        .config_revisions()
+        .record(NewConfigRevision { yaml: text.to_owned(), diff, reverts })
+        .await;
     let revision = match recorded {
         Ok(revision) => revision,
         Err(err) => {
@@ -263,13 +265,13 @@ impl clade_tools::TypedTool for ApplyTool {
         Box::pin(async move {
             let caller = ctx.caller()?;
             // Whatever a tenant may grant its agents, the deployment is the operator's.
-            let operator = self.store.tenant(clade_core::Tenant::DEFAULT_NAME).await;
+            let operator = self.store.tenants().named(clade_core::Tenant::DEFAULT_NAME).await;
             if operator.map(|t| t.id).ok() != Some(caller.tenant) {
                 return Err(clade_tools::Error::failed(
                     "config.apply is the operator's: only agents of the default tenant may apply the deployment's configuration",
                 ));
             }
-            let who = match self.store.agent_by_id(caller.tenant, caller.agent).await {
+            let who = match self.store.agents(caller.tenant).by_id(caller.agent).await {
                 Ok(agent) => format!("agent {}", agent.handle),
                 Err(_) => format!("agent {}", caller.agent),
             };

@@ -50,7 +50,7 @@ pub(crate) async fn pause_agent(
     JsonBody(params): JsonBody<PauseParams>,
 ) -> Result<axum::Json<PauseResponse>, ApiError> {
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
-    let row = store.pause(agent.id, None, params.reason).await?;
+    let row = store.pauses().pause(agent.id, None, params.reason).await?;
     state.engine.paused(&row);
     Ok(axum::Json(pause_response(&row)))
 }
@@ -61,7 +61,7 @@ pub(crate) async fn resume_agent(
     Path(handle): Path<String>,
 ) -> Result<axum::Json<UnpauseResponse>, ApiError> {
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
-    let unpaused = store.unpause(agent.id, None).await?;
+    let unpaused = store.pauses().unpause(agent.id, None).await?;
     state.engine.unpaused(tenant.id, agent.id, None).await?;
     Ok(axum::Json(UnpauseResponse { unpaused }))
 }
@@ -75,7 +75,7 @@ pub(crate) async fn pause_session(
     let session = crate::sessions::reachable_row(&state, &tenant, &reach, &id).await?;
     let store =
         state.store.acting_as(format!("tenant {} (api)", tenant.name)).tenant_scope(tenant.id);
-    let row = store.pause(session.agent_id, Some(session.id), params.reason).await?;
+    let row = store.pauses().pause(session.agent_id, Some(session.id), params.reason).await?;
     state.engine.paused(&row);
     Ok(axum::Json(pause_response(&row)))
 }
@@ -86,8 +86,8 @@ pub(crate) async fn status(
     Path(handle): Path<String>,
 ) -> Result<axum::Json<AgentStatusResponse>, ApiError> {
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
-    let pauses = store.pauses_of(agent.id).await?;
-    let sessions = store.agent_status(agent.id, STATUS_SESSIONS).await?;
+    let pauses = store.pauses().of_agent(agent.id).await?;
+    let sessions = store.pauses().agent_status(agent.id, STATUS_SESSIONS).await?;
     let now = state.store.now();
     Ok(axum::Json(AgentStatusResponse {
         agent: agent.handle.to_string(),

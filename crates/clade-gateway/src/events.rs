@@ -88,7 +88,7 @@ pub(crate) async fn envelope_of(
         Some(id) => {
             let id = clade_core::SessionId::parse(id)
                 .map_err(|e| ApiError::new(Code::InvalidRequest, format!("session: {e}")))?;
-            let session = state.of(&tenant).session(id).await?;
+            let session = state.of(&tenant).sessions().get(id).await?;
             reach.session(&session)?;
             Some(session)
         }
@@ -166,7 +166,8 @@ pub(crate) async fn envelope_of(
     }
     let agent = match &session {
         Some(session) => {
-            let handle = state.of(&tenant).agent_by_id(session.agent_id).await?.handle.to_string();
+            let handle =
+                state.of(&tenant).agents().by_id(session.agent_id).await?.handle.to_string();
             if params.agent.as_ref().is_some_and(|named| *named != handle) {
                 return Err(ApiError::new(
                     Code::InvalidRequest,
@@ -187,7 +188,7 @@ pub(crate) async fn envelope_of(
     // also send into a session it was leased: the event's agent and source are that session's.
     if !reach.is_whole_tenant() && session.is_none() {
         let handle = state.engine.route(&envelope)?;
-        let agent = state.of(&tenant).agent(&handle).await?;
+        let agent = state.of(&tenant).agents().get(&handle).await?;
         if reach.leased_session_for(agent.id, &envelope.source).is_none() {
             reach.agent(&agent)?;
         }
@@ -241,7 +242,7 @@ async fn paused(
     if !state.engine.any_paused() {
         return None;
     }
-    let agent = state.of(tenant).agent(handle?).await.ok()?;
+    let agent = state.of(tenant).agents().get(handle?).await.ok()?;
     state.engine.is_paused(agent.id, session).then(|| {
         format!(
             "agent {} is paused: the event is stored and waits; it runs when the pause is lifted (`clade agents resume {}`)",
@@ -283,7 +284,7 @@ pub(crate) async fn history(
     }
     let store = state.of(&tenant);
     let named = match &query.agent {
-        Some(handle) => Some(store.agent(handle).await?),
+        Some(handle) => Some(store.agents().get(handle).await?),
         None => None,
     };
     // The agents the token reaches (none listed: all of the tenant's), or the one named.
@@ -305,7 +306,7 @@ pub(crate) async fn history(
         kind: query.kind.map(|k| k.0),
         since: query.since.map(clade_core::Timestamp::from_millis),
     };
-    let rows = store.event_history(&filter, query.cursor.unwrap_or(0), limit).await?;
+    let rows = store.sessions().event_history(&filter, query.cursor.unwrap_or(0), limit).await?;
     let next_cursor = rows.last().map(|r| r.id);
     let mut items = Vec::with_capacity(rows.len());
     for row in rows {

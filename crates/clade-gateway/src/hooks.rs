@@ -133,7 +133,7 @@ pub(crate) async fn receive(
         return Err(refused(&why));
     }
     // Only a caller holding the secret gets here: the tenant is read now, not before.
-    let tenant = match state.store.tenant(&tenant_name).await {
+    let tenant = match state.store.tenants().named(&tenant_name).await {
         Ok(tenant) => tenant,
         Err(clade_store::Error::TenantNotFound(_)) => {
             return Err(refused(&"the tenant does not exist"));

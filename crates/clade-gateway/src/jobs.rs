@@ -68,7 +68,7 @@ pub(crate) async fn scope(
 ) -> Result<(TenantStore, clade_core::Agent), ApiError> {
     let store =
         state.store.acting_as(format!("tenant {} (api)", tenant.name)).tenant_scope(tenant.id);
-    let agent = store.agent(handle).await?;
+    let agent = store.agents().get(handle).await?;
     reach.agent(&agent)?;
     Ok((store, agent))
 }
@@ -97,7 +97,7 @@ pub(crate) async fn list(
     Path(handle): Path<String>,
 ) -> Result<axum::Json<JobListResponse>, ApiError> {
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
-    let items = store.jobs(agent.id).await?.into_iter().map(job_response).collect();
+    let items = store.jobs().list(Some(agent.id)).await?.into_iter().map(job_response).collect();
     Ok(axum::Json(JobListResponse { items }))
 }
 
@@ -130,7 +130,7 @@ pub(crate) async fn create(
         )?;
     // The operator schedules as it likes; a tenant's tokens within its quotas.
     if crate::config::operator_only(&tenant, &reach).is_err() {
-        let owned = store.jobs(agent.id).await?.len();
+        let owned = store.jobs().list(Some(agent.id)).await?.len();
         state.limits.job_limits(&tenant, agent.handle.as_str()).check(&new, owned).map_err(
             |e| match e {
                 clade_sched::JobError::TooMany { .. } => {
@@ -171,7 +171,7 @@ async fn named(
     handle: &str,
     name: &str,
 ) -> Result<JobRow, ApiError> {
-    store.job_named(agent.id, name).await.map_err(|err| match err {
+    store.jobs().named(agent.id, name).await.map_err(|err| match err {
         clade_store::Error::JobNotFound(_) => job_not_found(handle, name),
         other => other.into(),
     })
@@ -186,7 +186,7 @@ pub(crate) async fn update(
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
     let job = named(&store, &agent, &handle, &name).await?;
     declared(&name)?;
-    let job = store.set_job_enabled(job.id, params.enabled).await?;
+    let job = store.jobs().set_enabled(job.id, params.enabled, None).await?;
     Ok(axum::Json(job_response(job)))
 }
 
@@ -198,7 +198,7 @@ pub(crate) async fn delete(
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
     let job = named(&store, &agent, &handle, &name).await?;
     declared(&name)?;
-    store.delete_job(job.id).await?;
+    store.jobs().delete(job.id).await?;
     tracing::info!(job_id = %job.id, "job removed");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -213,6 +213,7 @@ pub(crate) async fn runs(
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
     let job = named(&store, &agent, &handle, &name).await?;
     let limit = checked_limit(query.limit)?;
-    let items = store.job_runs(job.id, limit).await?.into_iter().map(run_response).collect();
+    let items =
+        store.jobs().runs(job.id, None, limit).await?.into_iter().map(run_response).collect();
     Ok(axum::Json(JobRunListResponse { items }))
 }

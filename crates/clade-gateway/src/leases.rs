@@ -57,7 +57,7 @@ async fn agent_of(
         LeaseScope::Tenant if reach.is_whole_tenant() => return Ok(None),
         LeaseScope::Tenant => return Err(hidden()),
         LeaseScope::Agent(id) => id,
-        LeaseScope::Session(id) => match state.of(tenant).session(id).await {
+        LeaseScope::Session(id) => match state.of(tenant).sessions().get(id).await {
             Ok(session) => session.agent_id,
             Err(clade_store::Error::SessionNotFound(_)) if reach.is_whole_tenant() => {
                 return Ok(None);
@@ -69,7 +69,7 @@ async fn agent_of(
     if !reach.allows(agent) {
         return Err(hidden());
     }
-    match state.of(tenant).agent_by_id(agent).await {
+    match state.of(tenant).agents().by_id(agent).await {
         Ok(agent) => Ok(Some(agent.handle.to_string())),
         Err(clade_store::Error::AgentNotFound(_)) if reach.is_whole_tenant() => Ok(None),
         Err(clade_store::Error::AgentNotFound(_)) => Err(hidden()),
@@ -83,7 +83,7 @@ pub(crate) async fn list(
 ) -> Result<axum::Json<LeaseListResponse>, ApiError> {
     let now = state.of(&tenant).now();
     let mut items = Vec::new();
-    for lease in state.of(&tenant).leases(LISTED).await? {
+    for lease in state.of(&tenant).leases().list(LISTED).await? {
         match agent_of(&state, &tenant, &reach, &lease).await {
             Ok(agent) => items.push(lease_response(lease, agent, now)),
             Err(err) if err.code == Code::LeaseNotFound => {}
@@ -112,14 +112,14 @@ pub(crate) async fn create(
             ));
         }
         (Some(handle), None) => {
-            let agent = state.of(&tenant).agent(handle).await?;
+            let agent = state.of(&tenant).agents().get(handle).await?;
             reach.agent(&agent)?;
             LeaseScope::Agent(agent.id)
         }
         (None, Some(id)) => {
             let id = SessionId::parse(id)
                 .map_err(|e| ApiError::new(Code::InvalidRequest, format!("session: {e}")))?;
-            let session = state.of(&tenant).session(id).await?;
+            let session = state.of(&tenant).sessions().get(id).await?;
             reach.session(&session)?;
             LeaseScope::Session(id)
         }
@@ -153,10 +153,10 @@ pub(crate) async fn revoke(
     Path(id): Path<String>,
 ) -> Result<axum::Json<LeaseResponse>, ApiError> {
     let id = LeaseId::parse(&id).map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;
-    let lease = state.of(&tenant).lease(id).await?;
+    let lease = state.of(&tenant).leases().get(id).await?;
     let agent = agent_of(&state, &tenant, &reach, &lease).await?;
     let store =
         state.store.acting_as(format!("tenant {} (api)", tenant.name)).tenant_scope(tenant.id);
-    let lease = store.end_lease(id, "revoked").await?;
+    let lease = store.leases().end(id, "revoked").await?;
     Ok(axum::Json(lease_response(lease, agent, store.now())))
 }

@@ -48,8 +48,8 @@ impl Lagged {
     pub(crate) async fn outbox_after(&self, after: i64) -> Vec<clade_store::OutboxRow> {
         let (store, tenant) = (&self.store, self.tenant);
         let rows = match self.scope {
-            Scope::Session(id) => store.session_outbox(tenant, id, after, CATCH_UP_ROWS).await,
-            Scope::Agent(id) => store.agent_outbox(tenant, id, after, CATCH_UP_ROWS).await,
+            Scope::Session(id) => store.sessions(tenant).outbox(id, after, CATCH_UP_ROWS).await,
+            Scope::Agent(id) => store.sessions(tenant).agent_outbox(id, after, CATCH_UP_ROWS).await,
         };
         rows.unwrap_or_else(|err| {
             tracing::warn!(scope = ?self.scope, error = %err, "cannot re-read missed events");
@@ -376,7 +376,8 @@ mod tests {
         agent: &clade_core::Agent,
     ) -> (clade_store::SessionRow, clade_core::EventId) {
         let accepted = store
-            .accept_event(NewEvent {
+            .turns()
+            .accept(NewEvent {
                 tenant: tenant.id,
                 agent: agent.handle.to_string(),
                 source: Source { platform: "t".into(), channel: "c".into(), actor: "a".into() },
@@ -387,7 +388,7 @@ mod tests {
             })
             .await
             .unwrap();
-        (store.session(tenant.id, accepted.session_id).await.unwrap(), accepted.event_id)
+        (store.sessions(tenant.id).get(accepted.session_id).await.unwrap(), accepted.event_id)
     }
 
     /// A store in `dir` with agents of these handles in the default tenant.
@@ -401,13 +402,13 @@ mod tests {
             ..StoreOptions::new(location, clade_store::Durability::Normal)
         };
         let store = Store::open(options).await.unwrap();
-        let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let tenant = store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
         let new = handles.iter().map(|handle| NewAgent {
             handle: Handle::parse(handle).unwrap(),
             display_name: None,
             config: AgentConfig::default(),
         });
-        let agents = store.create_agents(tenant.id, new.collect()).await.unwrap();
+        let agents = store.agents(tenant.id).create_many(new.collect()).await.unwrap();
         (store, tenant, agents)
     }
 
@@ -441,7 +442,8 @@ mod tests {
                 };
                 let outbox =
                     kinds.into_iter().map(|kind| OutboxEvent { kind, data: "{}".into() }).collect();
-                let (_, rows) = store.start_turn(session, vec![*event], 0, outbox).await.unwrap();
+                let (_, rows) =
+                    store.turns().start(session, vec![*event], 0, outbox).await.unwrap();
                 for row in rows.iter().filter(|_| n == 0) {
                     let id = Some(row.id);
                     let event = LiveEvent { session: ada, id, kind: row.kind, data: Value::Null };
@@ -485,7 +487,7 @@ mod tests {
         let (session, event) = session_with_event(&store, &tenant, &agent).await;
         let kinds: Vec<EventKind> = EventKind::ALL.iter().copied().cycle().take(8).collect();
         let outbox = kinds.iter().map(|&kind| OutboxEvent { kind, data: "{}".into() }).collect();
-        let (_, rows) = store.start_turn(&session, vec![event], 0, outbox).await.unwrap();
+        let (_, rows) = store.turns().start(&session, vec![event], 0, outbox).await.unwrap();
         let (live, _) = broadcast::channel(16);
         let receiver = Subscription::detached(&live);
         // Published live too (as the engine does): the replay must not pass these on twice.

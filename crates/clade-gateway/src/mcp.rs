@@ -97,7 +97,7 @@ pub(crate) async fn serve_agent(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let agent = match state.of(&tenant).agent(&handle).await {
+    let agent = match state.of(&tenant).agents().get(&handle).await {
         Ok(agent) if reach.allows(agent.id) => agent,
         Ok(_) | Err(clade_store::Error::AgentNotFound(_)) => {
             let id = serde_json::from_slice::<Value>(&body).ok().and_then(|v| id_of(&v));
@@ -345,7 +345,7 @@ async fn called(
         Some(_) => return Err(unknown()),
         None => {
             let Ok(handle) = Handle::parse(name) else { return Err(unknown()) };
-            match ctx.state.of(&ctx.tenant).agent(handle.as_str()).await {
+            match ctx.state.of(&ctx.tenant).agents().get(handle.as_str()).await {
                 Ok(agent) if ctx.reach.allows(agent.id) => agent,
                 Ok(_) | Err(clade_store::Error::AgentNotFound(_)) => return Err(unknown()),
                 Err(err) => return Err(err.into()),
@@ -562,7 +562,7 @@ async fn resources(ctx: &Ctx, params: &serde_json::Map<String, Value>) -> Result
         let handle = match handles.get(&row.agent_id) {
             Some(handle) => handle.clone(),
             None => {
-                let handle = store.agent_by_id(row.agent_id).await?.handle.to_string();
+                let handle = store.agents().by_id(row.agent_id).await?.handle.to_string();
                 handles.insert(row.agent_id, handle.clone());
                 handle
             }
@@ -622,7 +622,7 @@ async fn read(ctx: &Ctx, params: &serde_json::Map<String, Value>) -> Result<Valu
     let id = uri.strip_prefix(SESSION_URI).ok_or_else(not_found)?;
     let id = SessionId::parse(id).map_err(|_| not_found())?;
     let store = ctx.state.of(&ctx.tenant);
-    let session = match store.session(id).await {
+    let session = match store.sessions().get(id).await {
         Ok(session) => session,
         Err(clade_store::Error::SessionNotFound(_)) => return Err(not_found()),
         Err(err) => return Err(err.into()),
@@ -632,7 +632,7 @@ async fn read(ctx: &Ctx, params: &serde_json::Map<String, Value>) -> Result<Valu
     if !reached {
         return Err(not_found());
     }
-    let agent = store.agent_by_id(session.agent_id).await?;
+    let agent = store.agents().by_id(session.agent_id).await?;
     // Every turn is read, a page at a time, and only the newest that fit in the transcript's
     // bytes are kept: memory is bounded by the transcript, not by the session.
     let section = |n: usize, record: &clade_store::TurnRecord| {
@@ -652,7 +652,7 @@ async fn read(ctx: &Ctx, params: &serde_json::Map<String, Value>) -> Result<Valu
     let mut sections = std::collections::VecDeque::new();
     let (mut bytes, mut total, mut after) = (0usize, 0usize, None);
     while total < TRANSCRIPT_TURNS {
-        let page = store.turn_records(session.id, after, 100).await?;
+        let page = store.sessions().turn_records(session.id, after, 100).await?;
         let full = page.len() == 100;
         after = page.last().map(|record| record.turn.id);
         for record in &page {
@@ -706,7 +706,7 @@ async fn memories(ctx: &Ctx, uri: &str, handle: &str) -> Result<Option<Value>, R
         Some(_) => return Ok(None),
         None => {
             let Ok(handle) = Handle::parse(handle) else { return Ok(None) };
-            match ctx.state.of(&ctx.tenant).agent(handle.as_str()).await {
+            match ctx.state.of(&ctx.tenant).agents().get(handle.as_str()).await {
                 Ok(agent) if ctx.reach.allows(agent.id) => agent,
                 Ok(_) | Err(clade_store::Error::AgentNotFound(_)) => return Ok(None),
                 Err(err) => return Err(err.into()),
@@ -715,7 +715,7 @@ async fn memories(ctx: &Ctx, uri: &str, handle: &str) -> Result<Option<Value>, R
     };
     let filter = clade_store::MemoryFilter::default();
     let store = ctx.state.of(&ctx.tenant);
-    let items = store.memories(agent.id, &filter, None, MEMORY_ITEMS).await?;
+    let items = store.memories().list(agent.id, &filter, None, MEMORY_ITEMS).await?;
     let mut text = format!(
         "# Memory of `{}`\n\n{} item{} of its global memory, newest first{}.\n\n",
         agent.handle,

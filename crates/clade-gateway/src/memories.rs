@@ -130,7 +130,7 @@ pub(crate) async fn list(
         kinds: query.kind.map(|k| vec![k.0]).unwrap_or_default(),
         since: None,
     };
-    let rows = store.memories(agent.id, &filter, before, limit + 1).await?;
+    let rows = store.memories().list(agent.id, &filter, before, limit + 1).await?;
     let more = rows.len() > limit as usize;
     let rows: Vec<MemoryRow> = rows.into_iter().take(limit as usize).collect();
     let next_cursor = if more { rows.last().map(cursor_after) } else { None };
@@ -148,7 +148,8 @@ pub(crate) async fn show(
     let id = memory_id(&handle, &id)?;
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
     let row = store
-        .memory(agent.id, id)
+        .memories()
+        .get(agent.id, id)
         .await
         .map_err(|e| refusal(&handle, clade_memory::Error::Store(e)))?;
     Ok(axum::Json(memory_response(row)))
@@ -451,7 +452,7 @@ pub(crate) async fn pruned(
     let Query(query) = query.map_err(query_rejection)?;
     let limit = checked_limit(query.limit)?;
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
-    let rows = store.pruned_memories(agent.id, limit).await?;
+    let rows = store.memories().pruned(agent.id, limit).await?;
     Ok(axum::Json(MemoryListResponse {
         items: rows.into_iter().map(memory_response).collect(),
         next_cursor: None,
@@ -465,21 +466,23 @@ pub(crate) async fn restore(
 ) -> Result<axum::Json<MemoryResponse>, ApiError> {
     let id = memory_id(&handle, &id)?;
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
-    let row = match store.restore_memory(agent.id, id).await {
+    let row = match store.memories().restore(agent.id, id).await {
         Ok(row) => row,
         // An item that is not pruned is where a restore would put it: restoring is idempotent.
-        Err(clade_store::Error::MemoryNotFound(_)) => match store.memory(agent.id, id).await {
-            Ok(live) => live,
-            Err(clade_store::Error::MemoryNotFound(_)) => {
-                return Err(ApiError::new(
-                    Code::MemoryNotFound,
-                    format!(
-                        "agent {handle} has no memory {id}, pruned or not: list pruned ones with GET /v1/agents/{handle}/memories/pruned"
-                    ),
-                ));
+        Err(clade_store::Error::MemoryNotFound(_)) => {
+            match store.memories().get(agent.id, id).await {
+                Ok(live) => live,
+                Err(clade_store::Error::MemoryNotFound(_)) => {
+                    return Err(ApiError::new(
+                        Code::MemoryNotFound,
+                        format!(
+                            "agent {handle} has no memory {id}, pruned or not: list pruned ones with GET /v1/agents/{handle}/memories/pruned"
+                        ),
+                    ));
+                }
+                Err(other) => return Err(other.into()),
             }
-            Err(other) => return Err(other.into()),
-        },
+        }
         Err(other) => return Err(other.into()),
     };
     Ok(axum::Json(memory_response(row)))
@@ -495,7 +498,7 @@ pub(crate) async fn upkeep(
     // The deployment's policy, even where the background upkeep is off.
     let default = clade_memory::upkeep::Policy::default();
     let policy = memory.upkeep_policy().unwrap_or(&default).clone();
-    let since = store.memory_upkeep_ran(agent.id).await?;
+    let since = store.memories().upkeep_ran(agent.id).await?;
     let consolidator = clade_runtime::cortex::ModelConsolidator::new(state.engine.clone());
     let report = memory
         .upkeep(&store, agent.id, since, &policy, Some(&consolidator))
@@ -523,7 +526,8 @@ pub(crate) async fn link(
     let to = memory_id(&handle, &params.to)?;
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
     let link = store
-        .link_memories(agent.id, from, to, params.kind.0, params.weight.unwrap_or(1.0))
+        .memories()
+        .link(agent.id, from, to, params.kind.0, params.weight.unwrap_or(1.0))
         .await
         .map_err(|e| refusal(&handle, clade_memory::Error::Store(e)))?;
     Ok((
@@ -546,7 +550,8 @@ pub(crate) async fn forget(
     let id = memory_id(&handle, &id)?;
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
     store
-        .forget_memory(agent.id, id)
+        .memories()
+        .forget(agent.id, id)
         .await
         .map_err(|e| refusal(&handle, clade_memory::Error::Store(e)))?;
     Ok(StatusCode::NO_CONTENT)

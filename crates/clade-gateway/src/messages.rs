@@ -52,7 +52,7 @@ pub(crate) async fn list(
         })
         .transpose()?;
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
-    let rows = store.agent_messages(agent.id, before, limit + 1).await?;
+    let rows = store.messages().of_agent(agent.id, before, limit + 1).await?;
     let more = rows.len() > limit as usize;
     let rows: Vec<MessageRow> = rows.into_iter().take(limit as usize).collect();
     let next_cursor = if more { rows.last().map(|r| r.id.to_string()) } else { None };

@@ -315,7 +315,7 @@ async fn model_agent(
             if !operator {
                 return Err(not_found());
             }
-            match state.store.tenant(name).await {
+            match state.store.tenants().named(name).await {
                 Ok(tenant) => (tenant, handle),
                 Err(clade_store::Error::TenantNotFound(_)) => return Err(not_found()),
                 Err(err) => return Err(err.into()),
@@ -324,7 +324,7 @@ async fn model_agent(
     };
     let handle = Handle::parse(handle).map_err(|_| not_found())?;
     if tenant.id == caller.id && !reach.is_whole_tenant() {
-        match state.of(&tenant).agent(handle.as_str()).await {
+        match state.of(&tenant).agents().get(handle.as_str()).await {
             Ok(agent) if reach.allows(agent.id) => {}
             Ok(_) | Err(clade_store::Error::AgentNotFound(_)) => return Err(not_found()),
             Err(err) => return Err(err.into()),

@@ -17,7 +17,7 @@ pub(crate) async fn preview(
     JsonBody(params): JsonBody<PromptPreviewParams>,
 ) -> Result<axum::Json<PromptPreviewResponse>, ApiError> {
     crate::events::check_text("text", &params.text)?;
-    let agent = state.of(&tenant).agent(&handle).await?;
+    let agent = state.of(&tenant).agents().get(&handle).await?;
     reach.agent(&agent)?;
     let session = params.session.as_deref().map(crate::sessions::session_id).transpose()?;
     let preview = state.engine.preview(&tenant, &agent, &params.text, session).await?;

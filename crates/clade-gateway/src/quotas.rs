@@ -138,7 +138,7 @@ impl TenantLimits {
         let bytes = match known {
             Some(bytes) => bytes,
             None => {
-                let bytes = store.stored_bytes(tenant.id).await?;
+                let bytes = store.usage(tenant.id).stored_bytes().await?;
                 if let Ok(mut stored) = self.stored.lock() {
                     stored.insert(tenant.id, Stored { bytes, measured_at: now });
                 }
@@ -298,7 +298,7 @@ impl FireRate {
         if let Some(known) = self.known.lock().ok().and_then(|known| known.get(&id).cloned()) {
             return Some(known);
         }
-        let tenant = self.store.tenant_by_id(id).await.ok()?;
+        let tenant = self.store.tenants().by_id(id).await.ok()?;
         if let Ok(mut known) = self.known.lock() {
             known.insert(id, tenant.clone());
         }

@@ -68,7 +68,7 @@ async fn reachable_run(
     id: &str,
 ) -> Result<(ExecutionRow, Option<ForkRow>), ApiError> {
     let store = state.of(tenant);
-    let row = store.execution(run_id(id)?).await?;
+    let row = store.executions().get(run_id(id)?).await?;
     let reached = match row.owner {
         ExecutionOwner::Session(session) => reach.allows_session(session, row.agent_id),
         _ => reach.allows(row.agent_id),
@@ -77,7 +77,7 @@ async fn reachable_run(
         return Err(clade_store::Error::ExecutionNotFound(id.to_owned()).into());
     }
     let fork = match row.kind {
-        ExecutionKind::Branch | ExecutionKind::Worker => store.fork_of_execution(row.id).await?,
+        ExecutionKind::Branch | ExecutionKind::Worker => store.forks().of_execution(row.id).await?,
         _ => None,
     };
     Ok((row, fork))
@@ -98,7 +98,7 @@ pub(crate) async fn list(
         open_only: query.open.unwrap_or(false),
         limit,
     };
-    let rows = store.runs(&filter).await?;
+    let rows = store.forks().runs(&filter).await?;
     let mut items = Vec::with_capacity(rows.len());
     for row in rows {
         if let ExecutionOwner::Session(session) = row.owner
@@ -108,7 +108,7 @@ pub(crate) async fn list(
         }
         let fork = match row.kind {
             ExecutionKind::Branch | ExecutionKind::Worker => {
-                store.fork_of_execution(row.id).await?
+                store.forks().of_execution(row.id).await?
             }
             _ => None,
         };

@@ -56,7 +56,7 @@ pub(crate) async fn list(
     let Query(query) = query.map_err(query_rejection)?;
     let limit = crate::agents::checked_limit(query.limit)?;
     let agent = match &query.agent {
-        Some(handle) => Some(state.of(&tenant).agent(handle).await?),
+        Some(handle) => Some(state.of(&tenant).agents().get(handle).await?),
         None => None,
     };
     let (rows, next_cursor) =
@@ -89,7 +89,7 @@ pub(crate) async fn page(
     let mut rows = Vec::new();
     // One extra row tells whether another page exists.
     for agent in reach.listing(agent)? {
-        rows.extend(state.of(tenant).sessions_before(agent, before, limit + 1).await?);
+        rows.extend(state.of(tenant).sessions().list_before(agent, before, limit + 1).await?);
     }
     // Several agents' reads merge in the store's order: the most recently active first.
     rows.sort_by_key(|s| std::cmp::Reverse((s.updated_at, s.id)));
@@ -107,7 +107,7 @@ pub(crate) async fn show(
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<SessionResponse>, ApiError> {
-    let row = state.of(&tenant).session(session_id(&id)?).await?;
+    let row = state.of(&tenant).sessions().get(session_id(&id)?).await?;
     reach.session(&row)?;
     Ok(axum::Json(session_response(row)))
 }
@@ -145,10 +145,11 @@ pub(crate) async fn turns(
             )
         })?),
     };
-    let session = state.of(&tenant).session(session_id(&id)?).await?;
+    let session = state.of(&tenant).sessions().get(session_id(&id)?).await?;
     reach.session(&session)?;
     // Fetch one extra turn to learn whether another page exists.
-    let mut records = state.of(&tenant).turn_records(session.id, after, limit + 1).await?;
+    let mut records =
+        state.of(&tenant).sessions().turn_records(session.id, after, limit + 1).await?;
     let next_cursor = if records.len() > limit as usize {
         records.truncate(limit as usize);
         records.last().map(|r| r.turn.id.to_string())
@@ -166,13 +167,13 @@ pub(crate) async fn turn(
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path((id, turn)): Path<(String, String)>,
 ) -> Result<axum::Json<TurnResponse>, ApiError> {
-    let session = state.of(&tenant).session(session_id(&id)?).await?;
+    let session = state.of(&tenant).sessions().get(session_id(&id)?).await?;
     reach.session(&session)?;
     let not_found = || turn_not_found(&id, &turn);
     let turn_id = turn.parse::<TurnId>().map_err(|_| not_found())?;
     // Found through its session, which is the caller's: another session's (or tenant's) turn
     // reads as missing.
-    match state.of(&tenant).turn_record(session.id, turn_id).await {
+    match state.of(&tenant).sessions().turn_record(session.id, turn_id).await {
         Ok(record) => Ok(axum::Json(turn_response(record))),
         Err(clade_store::Error::TurnNotFound(_)) => Err(not_found()),
         Err(other) => Err(other.into()),
@@ -219,9 +220,9 @@ pub(crate) async fn summaries(
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<SummaryListResponse>, ApiError> {
-    let session = state.of(&tenant).session(session_id(&id)?).await?;
+    let session = state.of(&tenant).sessions().get(session_id(&id)?).await?;
     reach.session(&session)?;
-    let rows = state.of(&tenant).summaries(session.id, 100).await?;
+    let rows = state.of(&tenant).sessions().summaries(session.id, 100).await?;
     let items = rows
         .into_iter()
         .map(|s| SummaryResponse {
@@ -242,9 +243,9 @@ pub(crate) async fn working(
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<WorkingListResponse>, ApiError> {
-    let session = state.of(&tenant).session(session_id(&id)?).await?;
+    let session = state.of(&tenant).sessions().get(session_id(&id)?).await?;
     reach.session(&session)?;
-    let entries = state.of(&tenant).working(session.id).await?;
+    let entries = state.of(&tenant).working().list(session.id).await?;
     let items = entries
         .into_iter()
         .filter_map(|e| {
@@ -270,7 +271,7 @@ pub(crate) async fn steps(
 ) -> Result<axum::Json<TurnStepPage>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
     let limit = crate::agents::checked_limit(query.limit)? as usize;
-    let session = state.of(&tenant).session(session_id(&id)?).await?;
+    let session = state.of(&tenant).sessions().get(session_id(&id)?).await?;
     reach.session(&session)?;
     let not_found = || turn_not_found(&id, &turn);
     let turn_id = turn.parse::<TurnId>().map_err(|_| not_found())?;
@@ -302,7 +303,7 @@ pub(crate) async fn resume(
     // Resuming a paused session lets it run again.
     let store =
         state.store.acting_as(format!("tenant {} (api)", tenant.name)).tenant_scope(tenant.id);
-    let unpaused = store.unpause(session.agent_id, Some(session.id)).await?;
+    let unpaused = store.pauses().unpause(session.agent_id, Some(session.id)).await?;
     if unpaused {
         state.engine.unpaused(tenant.id, session.agent_id, Some(session.id)).await?;
     }
@@ -328,7 +329,7 @@ pub(crate) async fn reachable_row(
     reach: &crate::auth::Reach,
     id: &str,
 ) -> Result<clade_store::SessionRow, ApiError> {
-    let session = state.of(tenant).session(session_id(id)?).await?;
+    let session = state.of(tenant).sessions().get(session_id(id)?).await?;
     reach.session(&session)?;
     Ok(session)
 }
@@ -344,7 +345,7 @@ async fn reachable(
 ) -> Result<SessionId, ApiError> {
     let id = session_id(id)?;
     if !reach.is_whole_tenant() {
-        reach.session(&state.of(tenant).session(id).await?)?;
+        reach.session(&state.of(tenant).sessions().get(id).await?)?;
     }
     Ok(id)
 }
@@ -360,7 +361,7 @@ pub(crate) async fn stream(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
     let Caller(tenant, _, reach) = &caller;
-    let session = state.of(tenant).session(session_id(&id)?).await?;
+    let session = state.of(tenant).sessions().get(session_id(&id)?).await?;
     reach.session(&session)?;
     let after = crate::live::resume_point(
         &state.stream_ids,
@@ -405,7 +406,7 @@ impl Drop for ReleaseOnClose {
         let (store, peer, session) = (self.store.clone(), self.peer.clone(), self.session);
         tokio::spawn(async move {
             let kind = clade_store::peers::OPERATOR;
-            match store.end_peer_session_leases(kind, &peer, session, "disconnected").await {
+            match store.leases().end_for_session(kind, &peer, session, "disconnected").await {
                 Ok(ended) if ended > 0 => {
                     tracing::info!(operator = %peer, %session, ended, "the chat's stream closed: its session leases ended");
                 }

@@ -78,7 +78,7 @@ pub(crate) async fn list(
     Path(handle): Path<String>,
 ) -> Result<axum::Json<SettingListResponse>, ApiError> {
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
-    let stored = store.agent_settings(agent.id).await?;
+    let stored = store.settings().list(agent.id).await?;
     let items = state.settings.resolve(stored).into_iter().map(setting_response).collect();
     Ok(axum::Json(SettingListResponse { items }))
 }
@@ -92,8 +92,8 @@ pub(crate) async fn set(
     checked(&key)?;
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
     unlocked(&state, &tenant, &reach, &key)?;
-    store.set_agent_setting(agent.id, &key, params.value).await.map_err(|e| refusal(&handle, e))?;
-    let stored = store.agent_settings(agent.id).await?;
+    store.settings().set(agent.id, &key, params.value).await.map_err(|e| refusal(&handle, e))?;
+    let stored = store.settings().list(agent.id).await?;
     let setting = state
         .settings
         .resolve(stored)
@@ -111,6 +111,6 @@ pub(crate) async fn unset(
     checked(&key)?;
     let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
     unlocked(&state, &tenant, &reach, &key)?;
-    store.unset_agent_setting(agent.id, &key).await.map_err(|e| refusal(&handle, e))?;
+    store.settings().unset(agent.id, &key).await.map_err(|e| refusal(&handle, e))?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -26,14 +26,14 @@ impl StreamIds {
 
     /// The store's key, made on first use.
     pub async fn load(store: &clade_store::Store) -> clade_store::Result<Self> {
-        let existing = store.meta(META_KEY).await?;
+        let existing = store.meta().get(META_KEY).await?;
         let decoded = existing.as_deref().and_then(|text| hex::decode(text).ok());
         let key = match decoded.and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()) {
             Some(key) => key,
             None => {
                 #[allow(clippy::disallowed_methods)] // A secret key: the OS's generator.
                 let key: [u8; 32] = rand::random();
-                store.set_meta(META_KEY, &hex::encode(key)).await?;
+                store.meta().set(META_KEY, &hex::encode(key)).await?;
                 key
             }
         };

@@ -248,7 +248,7 @@ impl Host {
     /// `key`, if any.
     async fn memory(&self, key: &str) -> Result<Option<([u8; 32], CallFrame)>, String> {
         let Some(store) = &self.options.memory else { return Ok(None) };
-        let found = store.host_call(&self.options.name, key).await.map_err(|e| {
+        let found = store.host_calls().get(&self.options.name, key).await.map_err(|e| {
             format!("cannot read this host's memory of idempotency keys: {e}; try again")
         })?;
         Ok(found.and_then(|call| {
@@ -315,7 +315,7 @@ impl Call {
                     frame: serde_json::to_string(&frame).unwrap_or_default(),
                 };
                 if let Err(err) =
-                    store.remember_host_call(&self.host.options.name, &self.key, kept).await
+                    store.host_calls().remember(&self.host.options.name, &self.key, kept).await
                 {
                     tracing::warn!(key = %self.key, error = %err, "cannot keep a call's outcome: a repeat after a restart would run it again");
                 }

@@ -32,7 +32,7 @@ pub(crate) async fn list(
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(handle): Path<String>,
 ) -> Result<axum::Json<ToolListResponse>, ApiError> {
-    let agent = state.of(&tenant).agent(&handle).await?;
+    let agent = state.of(&tenant).agents().get(&handle).await?;
     reach.agent(&agent)?;
     let tools = state.engine.tools().tool_set();
     let items = tools
@@ -55,7 +55,7 @@ pub(crate) async fn call(
     Path((handle, name)): Path<(String, String)>,
     JsonBody(params): JsonBody<ToolCallParams>,
 ) -> Result<axum::Json<ToolCallResponse>, ApiError> {
-    let agent = state.of(&tenant).agent(&handle).await?;
+    let agent = state.of(&tenant).agents().get(&handle).await?;
     reach.agent(&agent)?;
     let runner = state.engine.tools();
     let tools = runner.tool_set();
@@ -93,7 +93,7 @@ impl<'a> Handles<'a> {
         if let Some(handle) = self.known.get(&id) {
             return handle.clone();
         }
-        let handle = match self.state.of(self.tenant).agent_by_id(id).await {
+        let handle = match self.state.of(self.tenant).agents().by_id(id).await {
             Ok(agent) => agent.handle.to_string(),
             Err(_) => format!("(deleted agent {id})"),
         };
@@ -139,7 +139,7 @@ pub(crate) async fn approvals(
     let limit = crate::agents::checked_limit(query.limit)?;
     let mut rows = Vec::new();
     for agent in reach.listing(None)? {
-        rows.extend(state.of(&tenant).approvals(agent, status, limit).await?);
+        rows.extend(state.of(&tenant).access().approvals(agent, status, limit).await?);
     }
     // Several agents' reads merge in the store's order: newest first.
     rows.sort_by_key(|a| std::cmp::Reverse(a.id));
@@ -162,7 +162,7 @@ pub(crate) async fn decide(
     let id = ApprovalId::parse(&id).map_err(|e| invalid(e.to_string()))?;
     // A token limited to some agents decides only their approvals (another's is not found).
     if !reach.is_whole_tenant() {
-        let approval = state.of(&tenant).approval(id).await?;
+        let approval = state.of(&tenant).access().approval(id).await?;
         if !reach.allows(approval.agent_id) {
             return Err(clade_store::Error::ApprovalNotFound(id.to_string()).into());
         }
@@ -180,7 +180,7 @@ pub(crate) async fn decide(
     // "Always" leaves an allow grant behind: one the tenant could not give itself is refused
     // (approving once stays possible, where the operator's rules ask the tenant).
     if matches!(verdict, Verdict::ApproveAlways) {
-        let approval = state.of(&tenant).approval(id).await?;
+        let approval = state.of(&tenant).access().approval(id).await?;
         let rule = PolicyRule {
             effect: clade_config::PolicyEffect::Allow,
             tool: approval.tool,
@@ -221,13 +221,13 @@ pub(crate) async fn grants(
 ) -> Result<axum::Json<GrantListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
     let agent = match &query.agent {
-        Some(handle) => Some(state.of(&tenant).agent(handle).await?),
+        Some(handle) => Some(state.of(&tenant).agents().get(handle).await?),
         None => None,
     };
     let reads = reach.listing(agent.as_ref())?;
     let mut rows = Vec::new();
     for agent in reads {
-        rows.extend(state.of(&tenant).grants(agent).await?);
+        rows.extend(state.of(&tenant).access().grants(agent).await?);
     }
     rows.sort_by_key(|g| g.id);
     let mut handles = Handles::new(&state, &tenant);
@@ -244,7 +244,7 @@ pub(crate) async fn add_grant(
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
     JsonBody(params): JsonBody<CreateGrantParams>,
 ) -> Result<(StatusCode, axum::Json<GrantResponse>), ApiError> {
-    let agent = state.of(&tenant).agent(&params.agent).await?;
+    let agent = state.of(&tenant).agents().get(&params.agent).await?;
     reach.agent(&agent)?;
     let effect = match params.effect.as_deref() {
         None => PolicyEffect::Allow,
@@ -314,12 +314,12 @@ pub(crate) async fn audit(
     }
     // Checked whatever else is asked: a bad parameter is refused, not ignored.
     let agent = match &query.agent {
-        Some(handle) => Some(state.of(&tenant).agent(handle).await?.id),
+        Some(handle) => Some(state.of(&tenant).agents().get(handle).await?.id),
         None => None,
     };
     let limit = crate::agents::checked_limit(query.limit)?;
     if query.verify == Some(true) {
-        let result = state.of(&tenant).verify_audit().await?;
+        let result = state.of(&tenant).access().verify_audit().await?;
         let body = crate::api::AuditVerifyResponse {
             records: result.records,
             ok: result.broken.is_none(),
@@ -336,7 +336,7 @@ pub(crate) async fn audit(
         after: query.after,
         limit,
     };
-    let rows = state.of(&tenant).audit_records(&filter).await?;
+    let rows = state.of(&tenant).access().audit_records(&filter).await?;
     let next_after = (rows.len() == limit as usize).then(|| rows.last().map(|r| r.seq)).flatten();
     let items = rows
         .into_iter()

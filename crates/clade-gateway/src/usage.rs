@@ -21,14 +21,14 @@ pub(crate) async fn get(
     let Query(query) = query.map_err(query_rejection)?;
     let since = query.since.unwrap_or_else(|| state.store.now().as_millis() - DEFAULT_WINDOW_MS);
     let agent = match &query.agent {
-        Some(handle) => Some(state.of(&tenant).agent(handle).await?),
+        Some(handle) => Some(state.of(&tenant).agents().get(handle).await?),
         None => None,
     };
     let reads = reach.listing(agent.as_ref())?;
     // Rows are per agent and model, so several agents' reads simply add up.
     let mut rows = Vec::new();
     for agent in reads {
-        rows.extend(state.of(&tenant).usage(agent, Timestamp::from_millis(since)).await?);
+        rows.extend(state.of(&tenant).usage().summary(agent, Timestamp::from_millis(since)).await?);
     }
     let items = rows
         .into_iter()

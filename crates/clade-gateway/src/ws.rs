@@ -212,7 +212,7 @@ async fn subscribe(
         let id = SessionId::parse(session).map_err(|_| not_found())?;
         // Another tenant's session, or one of an agent the token does not reach, is reported
         // exactly like a missing one.
-        let found = state.of(tenant).session(id).await.map_err(|_| not_found())?;
+        let found = state.of(tenant).sessions().get(id).await.map_err(|_| not_found())?;
         if !reach.allows_session(found.id, found.agent_id) {
             return Err(not_found());
         }
@@ -226,7 +226,8 @@ async fn subscribe(
     } else if let Some(handle) = agent.as_deref() {
         let agent = state
             .store
-            .agent(tenant.id, handle)
+            .agents(tenant.id)
+            .get(handle)
             .await
             .ok()
             .filter(|agent| reach.allows(agent.id))

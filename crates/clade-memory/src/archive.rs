@@ -252,7 +252,7 @@ pub async fn export(
     let mut done = Progress::default();
     let mut after = None;
     loop {
-        let page = store.memory_records(tenant, agent, after, BATCH).await?;
+        let page = store.memories(tenant).records(agent, after, BATCH).await?;
         for record in &page {
             write_line(out, &Line::Item(Box::new(to_item(record))))?;
         }
@@ -265,7 +265,7 @@ pub async fn export(
     }
     let mut after: Option<LinkRow> = None;
     loop {
-        let page = store.memory_link_page(tenant, agent, after.as_ref(), BATCH).await?;
+        let page = store.memories(tenant).link_page(agent, after.as_ref(), BATCH).await?;
         for link in &page {
             let line = Line::Link {
                 from: link.from.to_string(),
@@ -424,7 +424,7 @@ pub async fn import(
                 links.push(link);
                 if links.len() >= BATCH as usize {
                     let batch = std::mem::take(&mut links);
-                    report.links += store.import_memory_links(tenant, agent, batch).await?;
+                    report.links += store.memories(tenant).import_links(agent, batch).await?;
                     done.links = report.links;
                     progress(done);
                 }
@@ -433,7 +433,7 @@ pub async fn import(
         }
     }
     flush_items(store, tenant, agent, &mut items, &mut report, &mut renamed).await?;
-    report.links += store.import_memory_links(tenant, agent, links).await?;
+    report.links += store.memories(tenant).import_links(agent, links).await?;
     done = Progress { items: report.items + report.present, links: report.links };
     progress(done);
     Ok(report)
@@ -450,7 +450,7 @@ async fn flush_items(
     if items.is_empty() {
         return Ok(());
     }
-    let imported = store.import_memories(tenant, agent, std::mem::take(items)).await?;
+    let imported = store.memories(tenant).import(agent, std::mem::take(items)).await?;
     report.items += imported.written;
     report.present += imported.present;
     report.renamed += imported.renamed.len() as u64;

@@ -456,16 +456,17 @@ impl Memory {
                     embedding: new.embedding.clone(),
                     ..MemoryUpdate::default()
                 };
-                let item = store.update_memory(new.agent, existing.id, update).await?;
+                let item = store.memories().update(new.agent, existing.id, update).await?;
                 return Ok(Saved { item, outcome: Outcome::Merged });
             }
-            let item = store.save_memory_within(new, self.max_items).await?;
+            let item = store.memories().save_within(new, self.max_items).await?;
             store
-                .link_memories(item.agent_id, item.id, existing.id, LinkKind::RelatedTo, 1.0)
+                .memories()
+                .link(item.agent_id, item.id, existing.id, LinkKind::RelatedTo, 1.0)
                 .await?;
             return Ok(Saved { item, outcome: Outcome::Linked { to: existing.id } });
         }
-        let item = store.save_memory_within(new, self.max_items).await?;
+        let item = store.memories().save_within(new, self.max_items).await?;
         Ok(Saved { item, outcome: Outcome::Created })
     }
 
@@ -480,7 +481,8 @@ impl Memory {
         exclude: Option<MemoryId>,
     ) -> Result<Option<(MemoryRow, f32)>, Error> {
         let mut candidates: Vec<MemoryId> = store
-            .memories_with_words_of(agent, filter, repeat.content, 6)
+            .memories()
+            .with_words_of(agent, filter, repeat.content, 6)
             .await?
             .into_iter()
             .map(|(id, _)| id)
@@ -500,7 +502,7 @@ impl Memory {
                 }
             }
         }
-        let rows = store.memories_by_id(agent, filter, &candidates).await?;
+        let rows = store.memories().by_id(agent, filter, &candidates).await?;
         let best = rows
             .into_iter()
             .filter_map(|row| {
@@ -524,7 +526,7 @@ impl Memory {
         if item.embedding_model.as_deref() != Some(model) {
             return Ok(None);
         }
-        let vector = store.memory_embedding(agent, item.id, model).await?;
+        let vector = store.memories().embedding(agent, item.id, model).await?;
         Ok(vector.map(|vector| (vector, model.to_owned())))
     }
 
@@ -565,7 +567,7 @@ impl Memory {
             // words alone may find them.
             let needed = limit as u32;
             tokio::spawn(async move {
-                store.search_memory_text(agent, &filter, &query, CANDIDATES, needed).await
+                store.memories().search_text(agent, &filter, &query, CANDIDATES, needed).await
             })
         });
         let mut vector: Vec<(MemoryId, f32)> = Vec::new();
@@ -600,7 +602,7 @@ impl Memory {
         let best: Vec<(MemoryId, f64)> = fused.iter().take(expanded).copied().collect();
         if !best.is_empty() {
             let ids: Vec<MemoryId> = best.iter().map(|(id, _)| *id).collect();
-            for link in store.memory_links(agent, &ids).await? {
+            for link in store.memories().links(agent, &ids).await? {
                 for (hit, other) in [(link.from, link.to), (link.to, link.from)] {
                     let Some((_, score)) = best.iter().find(|(id, _)| *id == hit) else {
                         continue;
@@ -616,7 +618,8 @@ impl Memory {
         // Read in the filter's scopes: a linked item outside them never comes back.
         let ids: Vec<MemoryId> = fused.iter().map(|(id, _)| *id).collect();
         let rows: HashMap<MemoryId, MemoryRow> = store
-            .memories_by_id(agent, filter, &ids)
+            .memories()
+            .by_id(agent, filter, &ids)
             .await?
             .into_iter()
             .map(|row| (row.id, row))
@@ -645,7 +648,7 @@ impl Memory {
         limit: u32,
     ) -> Result<usize, Error> {
         let Some(model) = self.embedding_model() else { return Ok(0) };
-        let pending = store.memories_to_embed(agent, model, limit).await?;
+        let pending = store.memories().to_embed(agent, model, limit).await?;
         if pending.is_empty() {
             return Ok(0);
         }
@@ -656,7 +659,7 @@ impl Memory {
             let embedding = (vector, model.to_owned());
             let update =
                 MemoryUpdate { embedding: Some(embedding.clone()), ..MemoryUpdate::default() };
-            let item = store.update_memory(agent, row.id, update).await?;
+            let item = store.memories().update(agent, row.id, update).await?;
             self.wrote(store, &item, Some(&embedding));
             done += 1;
         }

@@ -54,7 +54,7 @@ impl Tools {
         let hits =
             self.memory.recall(store, owner, filter, query, limit).await.map_err(Error::relied)?;
         let used = hits.iter().map(|h| h.item.id).collect();
-        if let Err(err) = store.touch_memories(owner, used).await {
+        if let Err(err) = store.memories().touch(owner, used).await {
             tracing::debug!(error = %err, "recalled items not marked as used");
         }
         Ok(hits)
@@ -65,7 +65,7 @@ impl Tools {
         let store = self.store.tenant_scope(caller.tenant);
         let key = match caller.session {
             Some(session) => {
-                let row = store.session(session).await.map_err(Error::relied)?;
+                let row = store.sessions().get(session).await.map_err(Error::relied)?;
                 self.memory.isolation_key(&row.source)
             }
             None => None,
@@ -220,14 +220,15 @@ impl TypedTool for ForgetTool {
             // Only items the caller could recall: its isolation key's, or global ones.
             let filter = MemoryFilter { scope: key, ..MemoryFilter::default() };
             if store
-                .memories_by_id(caller.agent, &filter, &[id])
+                .memories()
+                .by_id(caller.agent, &filter, &[id])
                 .await
                 .map_err(Error::relied)?
                 .is_empty()
             {
                 return Ok(format!("nothing remembered has id {id}: it may be forgotten already"));
             }
-            store.forget_memory(caller.agent, id).await.map_err(Error::relied)?;
+            store.memories().forget(caller.agent, id).await.map_err(Error::relied)?;
             Ok(format!("forgot {id}"))
         })
     }
@@ -263,7 +264,8 @@ impl TypedTool for LinkTool {
             let (store, key) = self.0.scope(&caller).await?;
             let filter = MemoryFilter { scope: key, ..MemoryFilter::default() };
             let found = store
-                .memories_by_id(caller.agent, &filter, &[from, to])
+                .memories()
+                .by_id(caller.agent, &filter, &[from, to])
                 .await
                 .map_err(Error::relied)?;
             for id in [from, to] {
@@ -274,7 +276,8 @@ impl TypedTool for LinkTool {
                 }
             }
             store
-                .link_memories(caller.agent, from, to, kind, args.weight.unwrap_or(1.0))
+                .memories()
+                .link(caller.agent, from, to, kind, args.weight.unwrap_or(1.0))
                 .await
                 .map_err(Error::relied)?;
             Ok(format!("linked {from} {kind} {to}"))

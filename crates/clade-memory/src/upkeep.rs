@@ -197,7 +197,7 @@ impl Memory {
             self.consolidate(store, agent, policy, consolidator, &mut report).await?;
         }
 
-        let written = store.memories_written_since(agent, since, MERGE_BATCH).await?;
+        let written = store.memories().written_since(agent, since, MERGE_BATCH).await?;
         // A full batch: the next upkeep (due at once) goes on from the last item looked at.
         let more_to_merge = written.len() == MERGE_BATCH as usize;
         let seen = match written.last() {
@@ -230,7 +230,7 @@ impl Memory {
             };
             // Linked items were told apart (by the agent, an operator, or a restore): they
             // stay two.
-            let links = store.memory_links(agent, &[item.id]).await?;
+            let links = store.memories().links(agent, &[item.id]).await?;
             if links.iter().any(|l| l.from == other.id || l.to == other.id) {
                 continue;
             }
@@ -250,7 +250,7 @@ impl Memory {
                 ..MemoryUpdate::default()
             };
             let vector = update.embedding.clone();
-            let item = store.merge_memories(agent, kept.id, repeat.id, update).await?;
+            let item = store.memories().merge(agent, kept.id, repeat.id, update).await?;
             self.wrote(store, &item, vector.as_ref());
             merged_away.push(repeat.id);
             report.merged += 1;
@@ -259,7 +259,7 @@ impl Memory {
         let mut next_due: Option<i64> = None;
         let mut from = None;
         loop {
-            let page = store.memory_vitals(agent, from, PAGE).await?;
+            let page = store.memories().vitals(agent, from, PAGE).await?;
             let mut faded = Vec::new();
             let mut pruned = Vec::new();
             for item in &page.items {
@@ -280,8 +280,8 @@ impl Memory {
                 }
             }
             report.faded += faded.len() as u64;
-            store.set_memory_strengths(agent, faded).await?;
-            report.pruned += store.prune_memories(agent, pruned, "decayed").await?;
+            store.memories().set_strengths(agent, faded).await?;
+            report.pruned += store.memories().prune(agent, pruned, "decayed").await?;
             match page.next {
                 Some(next) => from = Some(next),
                 None => break,
@@ -290,13 +290,13 @@ impl Memory {
 
         let purge_before = Timestamp::from_millis(now.as_millis() - policy.purge_after_ms());
         loop {
-            let purged = store.purge_pruned_memories(agent, purge_before, PAGE).await?;
+            let purged = store.memories().purge_pruned(agent, purge_before, PAGE).await?;
             report.purged += purged;
             if purged < u64::from(PAGE) {
                 break;
             }
         }
-        if let Some(first) = store.earliest_pruned_memory(agent).await? {
+        if let Some(first) = store.memories().earliest_pruned(agent).await? {
             let at = first.as_millis().saturating_add(policy.purge_after_ms());
             next_due = Some(next_due.map_or(at, |due| due.min(at)));
         }
@@ -307,7 +307,7 @@ impl Memory {
         // again.
         report.next_due =
             next_due.map(|at| Timestamp::from_millis(at.max(now.as_millis() + 1_000)));
-        store.finish_memory_upkeep(agent, now, seen, report.next_due).await?;
+        store.memories().finish_upkeep(agent, now, seen, report.next_due).await?;
         Ok(report)
     }
 }
@@ -326,6 +326,7 @@ impl Memory {
     ) -> Result<(), Error> {
         // Only the scopes with enough to read: however many hold fewer, they hide none.
         let scopes = store
+            .memories()
             .scopes_to_consolidate(
                 agent,
                 &PASSING,
@@ -335,7 +336,8 @@ impl Memory {
             .await?;
         for scope in scopes {
             let items = store
-                .memories_to_consolidate(agent, &PASSING, Some(&scope), CONSOLIDATE_READ)
+                .memories()
+                .to_consolidate(agent, &PASSING, Some(&scope), CONSOLIDATE_READ)
                 .await?;
             for batch in items.chunks(CONSOLIDATE_BATCH) {
                 let lasting = match consolidator.consolidate(store, agent, batch).await {
@@ -378,7 +380,10 @@ impl Memory {
                         saved.clone()
                     };
                     for target in targets {
-                        store.link_memories(agent, item.id, target, LinkKind::PartOf, 1.0).await?;
+                        store
+                            .memories()
+                            .link(agent, item.id, target, LinkKind::PartOf, 1.0)
+                            .await?;
                     }
                 }
                 report.consolidated += batch.len() as u64;

@@ -243,7 +243,7 @@ impl VectorCache {
     ) -> Result<Shared, Error> {
         let key = (store.tenant(), agent, scope.to_owned());
         let now = store.now().as_millis();
-        let version = store.memory_scope_version(agent, scope).await?.map(|t| t.as_millis());
+        let version = store.memories().scope_version(agent, scope).await?.map(|t| t.as_millis());
         let filter = MemoryFilter {
             scope: (!scope.is_empty()).then(|| scope.to_owned()),
             exclude_global: !scope.is_empty(),
@@ -275,7 +275,7 @@ impl VectorCache {
                 since: Some(clade_core::Timestamp::from_millis(since)),
                 ..filter.clone()
             };
-            let fresh = store.memory_vectors(agent, &since, model).await?;
+            let fresh = store.memories().vectors(agent, &since, model).await?;
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(entry) = entries.get_mut(&key).filter(|e| e.model == model) {
                 entry.take_in(fresh);
@@ -288,7 +288,7 @@ impl VectorCache {
                 return Ok(entry.kept.clone());
             }
         }
-        let kept = Kept::new(store.memory_vectors(agent, &filter, model).await?);
+        let kept = Kept::new(store.memories().vectors(agent, &filter, model).await?);
         let bytes = kept.bytes();
         let kept: Shared = Arc::new(RwLock::new(kept));
         let entry = Entry {

@@ -78,7 +78,8 @@ impl TypedTool for SetTool {
             let entry = self
                 .0
                 .tenant_scope(caller.tenant)
-                .write_working(session, &args.name, Some(args.value), caller.turn)
+                .working()
+                .write(session, &args.name, Some(args.value), caller.turn)
                 .await
                 .map_err(Error::relied)?;
             Ok(json!({ "result": "kept", "name": entry.name, "version": entry.version })
@@ -113,7 +114,8 @@ impl TypedTool for ClearTool {
             let entry = self
                 .0
                 .tenant_scope(caller.tenant)
-                .write_working(session, &args.name, None, caller.turn)
+                .working()
+                .write(session, &args.name, None, caller.turn)
                 .await
                 .map_err(Error::relied)?;
             let result = if entry.version == 0 { "it held nothing" } else { "cleared" };
@@ -143,8 +145,8 @@ impl TypedTool for ReadTool {
             let session = session_of(&caller)?;
             let store = self.0.tenant_scope(caller.tenant);
             let entries = match &args.name {
-                Some(name) => store.working_history(session, name).await,
-                None => store.working(session).await,
+                Some(name) => store.working().history(session, name).await,
+                None => store.working().list(session).await,
             }
             .map_err(Error::relied)?;
             Ok(json!({ "items": entries.iter().map(describe).collect::<Vec<_>>() }).to_string())

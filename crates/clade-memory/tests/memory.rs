@@ -100,7 +100,7 @@ async fn hybrid_recall_finds_what_neither_search_finds_alone_and_follows_links()
     let memory = Memory::new(Some(embeddings(stub.url())), Isolation::Global);
     let words_only = Memory::new(None, Isolation::Global);
     for b in backends().await {
-        let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let tenant = b.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
         let ada = agent(&b, &tenant, "ada").await;
         let store = b.store.tenant_scope(tenant.id);
         let colour = memory
@@ -122,7 +122,8 @@ async fn hybrid_recall_finds_what_neither_search_finds_alone_and_follows_links()
             .await
             .unwrap();
         store
-            .link_memories(ada, logo.item.id, colour.item.id, LinkKind::CausedBy, 0.9)
+            .memories()
+            .link(ada, logo.item.id, colour.item.id, LinkKind::CausedBy, 0.9)
             .await
             .unwrap();
         memory
@@ -170,7 +171,7 @@ async fn a_near_duplicate_updates_or_links_instead_of_copying() {
         Memory::new(None, Isolation::Global),
     ] {
         for b in backends().await {
-            let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+            let tenant = b.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
             let ada = agent(&b, &tenant, "ada").await;
             let store = b.store.tenant_scope(tenant.id);
             let first = memory
@@ -198,12 +199,12 @@ async fn a_near_duplicate_updates_or_links_instead_of_copying() {
                 .await
                 .unwrap();
             assert_eq!(theirs.outcome, Outcome::Created);
-            assert_eq!(store.memory_count(ada).await.unwrap(), 3, "{}", b.name);
+            assert_eq!(store.memories().count(ada).await.unwrap(), 3, "{}", b.name);
             // A bad repeat is refused, not merged into the item it repeats.
             let mut bad = item(ada, "", MemoryKind::Preference, "Bob likes green tea");
             bad.importance = -1.0;
             assert!(memory.save(&store, bad).await.is_err());
-            assert_eq!(store.memory(ada, first.item.id).await.unwrap().importance, 0.9);
+            assert_eq!(store.memories().get(ada, first.item.id).await.unwrap().importance, 0.9);
         }
     }
 }
@@ -219,7 +220,7 @@ async fn an_unreachable_embedder_loses_no_item_and_they_are_embedded_once_it_ans
     let broken = Memory::new(Some(embeddings(&dead)), Isolation::Global);
     let working = Memory::new(Some(embeddings(stub.url())), Isolation::Global);
     for b in backends().await {
-        let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let tenant = b.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
         let ada = agent(&b, &tenant, "ada").await;
         let store = b.store.tenant_scope(tenant.id);
         let saved = broken
@@ -232,12 +233,21 @@ async fn an_unreachable_embedder_loses_no_item_and_they_are_embedded_once_it_ans
             ["renew the passport before March"]
         );
         // The gateway's catch-up finds the agent that has items to embed, and then none.
-        let waiting = b.store.agents_to_embed("hash", 10).await.unwrap();
+        let waiting = b.store.memory_upkeep().agents_to_embed("hash", 10).await.unwrap();
         assert_eq!(waiting, [(tenant.id, ada)], "{}", b.name);
         assert_eq!(working.reembed(&store, ada, 100).await.unwrap(), 1, "{}", b.name);
         assert_eq!(working.reembed(&store, ada, 100).await.unwrap(), 0);
-        assert!(b.store.agents_to_embed("hash", 10).await.unwrap().is_empty(), "{}", b.name);
-        assert_eq!(b.store.agents_to_embed("another", 10).await.unwrap().len(), 1, "{}", b.name);
+        assert!(
+            b.store.memory_upkeep().agents_to_embed("hash", 10).await.unwrap().is_empty(),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            b.store.memory_upkeep().agents_to_embed("another", 10).await.unwrap().len(),
+            1,
+            "{}",
+            b.name
+        );
         let hits =
             working.recall(&store, ada, &MemoryFilter::default(), "passports", 5).await.unwrap();
         assert!(hits[0].reasons.iter().any(|r| matches!(r, Reason::Vector { .. })), "{}", b.name);
@@ -264,8 +274,8 @@ async fn ten_thousand_recalls_return_no_foreign_item() {
         "garden",
     ];
     for b in backends().await {
-        let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
-        let rival = b.store.create_tenant("rival").await.unwrap();
+        let tenant = b.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
+        let rival = b.store.tenants().create("rival").await.unwrap();
         let ada = agent(&b, &tenant, "ada").await;
         let bo = agent(&b, &tenant, "bo").await;
         let rival_ada = agent(&b, &rival, "ada").await;
@@ -326,7 +336,7 @@ async fn kept_vectors_see_what_another_process_wrote() {
     let gateway = Memory::new(Some(embeddings(stub.url())), Isolation::Global);
     let cli = Memory::new(Some(embeddings(stub.url())), Isolation::Global);
     for b in backends().await {
-        let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let tenant = b.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
         let ada = agent(&b, &tenant, "ada").await;
         let store = b.store.tenant_scope(tenant.id);
         gateway
@@ -349,7 +359,7 @@ async fn kept_vectors_see_what_another_process_wrote() {
             b.name
         );
         // Forgotten by the other process: its kept vector may stay, but it is never recalled.
-        store.forget_memory(ada, teal.item.id).await.unwrap();
+        store.memories().forget(ada, teal.item.id).await.unwrap();
         assert!(by_meaning(&gateway, &store, ada, "favorite color").await.is_empty(), "{}", b.name);
         // Written by the other process after a write of this one's: both are seen.
         gateway
@@ -418,7 +428,7 @@ async fn an_export_imports_exactly_on_both_backends_and_a_bad_one_writes_nothing
     let memory = Memory::new(Some(embeddings(stub.url())), Isolation::Actor);
     let backends = backends().await;
     let source = &backends[0];
-    let tenant = source.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+    let tenant = source.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
     let ada = agent(source, &tenant, "ada").await;
     let store = source.store.tenant_scope(tenant.id);
     let teal = memory
@@ -435,7 +445,8 @@ async fn an_export_imports_exactly_on_both_backends_and_a_bad_one_writes_nothing
     };
     let quoted = memory.save(&store, quoted).await.unwrap();
     store
-        .link_memories(ada, quoted.item.id, teal.item.id, LinkKind::Contradicts, 0.25)
+        .memories()
+        .link(ada, quoted.item.id, teal.item.id, LinkKind::Contradicts, 0.25)
         .await
         .unwrap();
     let plain = Memory::new(None, Isolation::Actor);
@@ -449,7 +460,7 @@ async fn an_export_imports_exactly_on_both_backends_and_a_bad_one_writes_nothing
     std::fs::write(&file, &exported).unwrap();
 
     for target in &backends {
-        let other = target.store.create_tenant("other").await.unwrap();
+        let other = target.store.tenants().create("other").await.unwrap();
         let bo = agent(target, &other, "bo").await;
         let report = import(&target.store, other.id, bo, &file, &mut |_| {}).await.unwrap();
         let again = export_of(&target.store, &other, bo).await;
@@ -537,7 +548,7 @@ async fn an_export_imports_exactly_on_both_backends_and_a_bad_one_writes_nothing
         std::fs::write(&bad, bytes).unwrap();
         let err = import(&source.store, tenant.id, carl, &bad, &mut |_| {}).await.unwrap_err();
         assert!(err.to_string().contains(expected), "{name}: {err}");
-        assert_eq!(source.store.memory_count(tenant.id, carl).await.unwrap(), 0, "{name}");
+        assert_eq!(source.store.memories(tenant.id).count(carl).await.unwrap(), 0, "{name}");
     }
 }
 
@@ -590,8 +601,8 @@ async fn the_cortex_merges_repeats_fades_and_prunes_the_unused_and_purges_in_tim
     let memory = Memory::new(None, Isolation::Global).with_upkeep(policy.clone());
     for b in backends_on(clock.clone()).await {
         let name = b.name;
-        let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
-        let rival = b.store.create_tenant("rival").await.unwrap();
+        let tenant = b.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
+        let rival = b.store.tenants().create("rival").await.unwrap();
         let ada = agent(&b, &tenant, "ada").await;
         let idle = agent(&b, &tenant, "idle").await;
         let store = b.store.tenant_scope(tenant.id);
@@ -602,7 +613,8 @@ async fn the_cortex_merges_repeats_fades_and_prunes_the_unused_and_purges_in_tim
                 clade_core::Timestamp::from_millis(store.now().as_millis() + at.as_millis() as i64);
             async move {
                 store
-                    .memory_upkeep_due(now, 60_000, 10)
+                    .memory_upkeep()
+                    .due(now, 60_000, 10)
                     .await
                     .unwrap()
                     .iter()
@@ -613,28 +625,31 @@ async fn the_cortex_merges_repeats_fades_and_prunes_the_unused_and_purges_in_tim
 
         // Two writers saved the same fact side by side, past write-time deduplication.
         let first = store
-            .save_memory(item(ada, "", MemoryKind::Fact, "Ada's locker code is 4417"))
+            .memories()
+            .save(item(ada, "", MemoryKind::Fact, "Ada's locker code is 4417"))
             .await
             .unwrap();
         clock.advance(Duration::from_secs(1));
         let repeat = store
-            .save_memory(item(ada, "", MemoryKind::Fact, "ada's locker code is 4417."))
+            .memories()
+            .save(item(ada, "", MemoryKind::Fact, "ada's locker code is 4417."))
             .await
             .unwrap();
         let gym = store
-            .save_memory(item(ada, "", MemoryKind::Event, "Ada joined the gym on Monday"))
+            .memories()
+            .save(item(ada, "", MemoryKind::Event, "Ada joined the gym on Monday"))
             .await
             .unwrap();
-        store.link_memories(ada, gym.id, repeat.id, LinkKind::RelatedTo, 0.7).await.unwrap();
+        store.memories().link(ada, gym.id, repeat.id, LinkKind::RelatedTo, 0.7).await.unwrap();
         let mut passing = item(ada, "", MemoryKind::Observation, "the lobby smelled of paint");
         passing.importance = 0.0;
-        let passing = store.save_memory(passing).await.unwrap();
+        let passing = store.memories().save(passing).await.unwrap();
         let mut decided = item(ada, "", MemoryKind::Decision, "Ada chose the blue plan");
         decided.importance = 1.0;
-        let decided = store.save_memory(decided).await.unwrap();
+        let decided = store.memories().save(decided).await.unwrap();
         let mut who = item(ada, "", MemoryKind::Identity, "Ada is the night operator");
         who.importance = 0.0;
-        let who = store.save_memory(who).await.unwrap();
+        let who = store.memories().save(who).await.unwrap();
 
         // Due once the writes settled; an agent without items never is.
         assert!(due(Duration::ZERO).await.is_empty(), "{name}: due before the writes settled");
@@ -648,12 +663,12 @@ async fn the_cortex_merges_repeats_fades_and_prunes_the_unused_and_purges_in_tim
             (1, 0, 0, 5),
             "{name}"
         );
-        let kept = store.memory(ada, first.id).await.unwrap();
+        let kept = store.memories().get(ada, first.id).await.unwrap();
         assert_eq!(kept.content, "ada's locker code is 4417.", "{name}: the newer wording");
         assert_eq!(kept.pruned, None);
-        let merged = store.memory(ada, repeat.id).await.unwrap();
+        let merged = store.memories().get(ada, repeat.id).await.unwrap();
         assert_eq!(merged.pruned.as_ref().unwrap().why, format!("merged into {}", first.id));
-        let links = store.memory_links(ada, &[gym.id]).await.unwrap();
+        let links = store.memories().links(ada, &[gym.id]).await.unwrap();
         assert!(
             links.iter().any(|l| l.from == gym.id && l.to == first.id && l.weight == 0.7),
             "{name}: the repeat's link moves to the kept item: {links:?}"
@@ -661,10 +676,14 @@ async fn the_cortex_merges_repeats_fades_and_prunes_the_unused_and_purges_in_tim
         // Recalled once, the gym visit along its link.
         let hits = recall(&memory, &store, ada, "locker code").await;
         assert_eq!(hits, ["ada's locker code is 4417.", "Ada joined the gym on Monday"], "{name}");
-        assert_eq!(store.memory_count(ada).await.unwrap(), 5, "{name}: the pruned are not counted");
-        let listed = store.memories(ada, &MemoryFilter::default(), None, 100).await.unwrap();
+        assert_eq!(
+            store.memories().count(ada).await.unwrap(),
+            5,
+            "{name}: the pruned are not counted"
+        );
+        let listed = store.memories().list(ada, &MemoryFilter::default(), None, 100).await.unwrap();
         assert!(listed.iter().all(|m| m.id != repeat.id), "{name}");
-        assert_eq!(store.pruned_memories(ada, 10).await.unwrap()[0].id, repeat.id);
+        assert_eq!(store.memories().pruned(ada, 10).await.unwrap()[0].id, repeat.id);
         // Nothing to do until the repeat's purge, two days on (decay reaches the least
         // important item only after 1 day x log2(20)).
         assert!(due(Duration::from_secs(60)).await.is_empty(), "{name}");
@@ -674,38 +693,41 @@ async fn the_cortex_merges_repeats_fades_and_prunes_the_unused_and_purges_in_tim
         // Five days unused: the passing observation fades out; the decision fades; identity stays.
         clock.advance(DAY * 5);
         assert_eq!(due(Duration::ZERO).await, [ada], "{name}");
-        let since = store.memory_upkeep_ran(ada).await.unwrap();
+        let since = store.memories().upkeep_ran(ada).await.unwrap();
         let report = memory.upkeep(&store, ada, since, &policy, None).await.unwrap();
         assert_eq!((report.merged, report.pruned, report.purged), (0, 1, 1), "{name}");
         // The merged repeat was pruned more than two days ago: it is gone for good.
-        assert!(store.memory(ada, repeat.id).await.is_err(), "{name}");
-        assert!(store.memory_links(ada, &[repeat.id]).await.unwrap().is_empty());
+        assert!(store.memories().get(ada, repeat.id).await.is_err(), "{name}");
+        assert!(store.memories().links(ada, &[repeat.id]).await.unwrap().is_empty());
         assert!(recall(&memory, &store, ada, "lobby paint").await.is_empty(), "{name}");
-        let faded = store.memory(ada, decided.id).await.unwrap();
+        let faded = store.memories().get(ada, decided.id).await.unwrap();
         assert!((faded.strength - 0.5).abs() < 0.02, "{name}: {}", faded.strength);
-        assert_eq!(store.memory(ada, who.id).await.unwrap().strength, 1.0, "{name}");
-        assert_eq!(store.memory(ada, passing.id).await.unwrap().pruned.unwrap().why, "decayed");
+        assert_eq!(store.memories().get(ada, who.id).await.unwrap().strength, 1.0, "{name}");
+        assert_eq!(
+            store.memories().get(ada, passing.id).await.unwrap().pruned.unwrap().why,
+            "decayed"
+        );
 
         // Another tenant can neither restore nor prune Ada's items.
-        assert!(theirs.restore_memory(ada, passing.id).await.is_err(), "{name}");
-        let who_now = store.memory(ada, who.id).await.unwrap();
+        assert!(theirs.memories().restore(ada, passing.id).await.is_err(), "{name}");
+        let who_now = store.memories().get(ada, who.id).await.unwrap();
         let judged = vec![(who.id, who_now.accessed_at)];
-        assert_eq!(theirs.prune_memories(ada, judged, "decayed").await.unwrap(), 0);
+        assert_eq!(theirs.memories().prune(ada, judged, "decayed").await.unwrap(), 0);
         // An upkeep that judged an item by an older use prunes nothing once it was used since
         // (a recall in the same instant as the upkeep's read).
         let stale = who_now.accessed_at.as_millis() - 1;
         let stale = vec![(who.id, clade_core::Timestamp::from_millis(stale))];
-        assert_eq!(store.prune_memories(ada, stale, "decayed").await.unwrap(), 0, "{name}");
-        assert!(store.memory(ada, who.id).await.unwrap().pruned.is_none(), "{name}");
-        assert!(store.restore_memory(ada, who.id).await.is_err(), "{name}: only the pruned");
+        assert_eq!(store.memories().prune(ada, stale, "decayed").await.unwrap(), 0, "{name}");
+        assert!(store.memories().get(ada, who.id).await.unwrap().pruned.is_none(), "{name}");
+        assert!(store.memories().restore(ada, who.id).await.is_err(), "{name}: only the pruned");
         // Restored, it is recalled again, as if just used.
-        let back = store.restore_memory(ada, passing.id).await.unwrap();
+        let back = store.memories().restore(ada, passing.id).await.unwrap();
         assert_eq!((back.pruned, back.strength), (None, 1.0));
         assert_eq!(
             recall(&memory, &store, ada, "lobby paint").await,
             ["the lobby smelled of paint"]
         );
-        assert!(store.pruned_memories(ada, 10).await.unwrap().is_empty());
+        assert!(store.memories().pruned(ada, 10).await.unwrap().is_empty());
     }
 }
 
@@ -743,24 +765,26 @@ async fn consolidation_reads_passing_items_once_into_lasting_ones_per_scope() {
     let memory = Memory::new(None, Isolation::Global).with_upkeep(policy.clone());
     for b in backends().await {
         let name = b.name;
-        let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let tenant = b.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
         let ada = agent(&b, &tenant, "ada").await;
         let store = b.store.tenant_scope(tenant.id);
         for text in
             ["Ada ran 5 km on Monday", "Ada ran by the river on Wednesday", "Ada bought new shoes"]
         {
-            store.save_memory(item(ada, "", MemoryKind::Event, text)).await.unwrap();
+            store.memories().save(item(ada, "", MemoryKind::Event, text)).await.unwrap();
         }
         // Another person's key gathered too few to read.
         for text in ["Bob ran once", "Bob ran twice"] {
             store
-                .save_memory(item(ada, "telegram:bob", MemoryKind::Observation, text))
+                .memories()
+                .save(item(ada, "telegram:bob", MemoryKind::Observation, text))
                 .await
                 .unwrap();
         }
         // A lasting kind is never read as passing.
         store
-            .save_memory(item(ada, "", MemoryKind::Fact, "Ada ran the Paris marathon"))
+            .memories()
+            .save(item(ada, "", MemoryKind::Fact, "Ada ran the Paris marathon"))
             .await
             .unwrap();
 
@@ -769,7 +793,8 @@ async fn consolidation_reads_passing_items_once_into_lasting_ones_per_scope() {
         let habit = recall(&memory, &store, ada, "runs often").await;
         assert_eq!(habit[0], "Ada runs often (2 runs seen)", "{name}");
         let kinds: Vec<_> = store
-            .memories(ada, &MemoryFilter::default(), None, 100)
+            .memories()
+            .list(ada, &MemoryFilter::default(), None, 100)
             .await
             .unwrap()
             .into_iter()
@@ -784,17 +809,23 @@ async fn consolidation_reads_passing_items_once_into_lasting_ones_per_scope() {
         let again = memory.upkeep(&store, ada, None, &policy, Some(&Habits)).await.unwrap();
         assert_eq!(again.consolidated, 0, "{name}");
         let bobs = store
-            .memories_to_consolidate(ada, &clade_memory::upkeep::PASSING, None, 10)
+            .memories()
+            .to_consolidate(ada, &clade_memory::upkeep::PASSING, None, 10)
             .await
             .unwrap();
         assert_eq!(bobs.len(), 2, "{name}");
         // A failing model leaves the passing items for later and fails no upkeep.
-        store.save_memory(item(ada, "telegram:bob", MemoryKind::Event, "FAIL here")).await.unwrap();
+        store
+            .memories()
+            .save(item(ada, "telegram:bob", MemoryKind::Event, "FAIL here"))
+            .await
+            .unwrap();
         let failed = memory.upkeep(&store, ada, None, &policy, Some(&Habits)).await.unwrap();
         assert_eq!(failed.consolidated, 0, "{name}");
         assert_eq!(
             store
-                .memories_to_consolidate(ada, &clade_memory::upkeep::PASSING, None, 10)
+                .memories()
+                .to_consolidate(ada, &clade_memory::upkeep::PASSING, None, 10)
                 .await
                 .unwrap()
                 .len(),
@@ -812,23 +843,29 @@ async fn consolidation_is_not_hidden_by_many_scopes_with_too_little() {
     let memory = Memory::new(None, Isolation::Global).with_upkeep(policy.clone());
     for b in backends().await {
         let name = b.name;
-        let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let tenant = b.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
         let ada = agent(&b, &tenant, "ada").await;
         let store = b.store.tenant_scope(tenant.id);
         for n in 0..2_100 {
             let text = format!("visitor {n} came by");
             store
-                .save_memory(item(ada, &format!("k{n:04}"), MemoryKind::Event, &text))
+                .memories()
+                .save(item(ada, &format!("k{n:04}"), MemoryKind::Event, &text))
                 .await
                 .unwrap();
         }
         for text in ["Ada ran at dawn", "Ada ran at dusk"] {
-            store.save_memory(item(ada, "telegram:ada", MemoryKind::Event, text)).await.unwrap();
+            store
+                .memories()
+                .save(item(ada, "telegram:ada", MemoryKind::Event, text))
+                .await
+                .unwrap();
         }
         let report = memory.upkeep(&store, ada, None, &policy, Some(&Habits)).await.unwrap();
         assert_eq!((report.consolidated, report.lasting), (2, 2), "{name}: {report:?}");
         let habit: Vec<_> = store
-            .memories(
+            .memories()
+            .list(
                 ada,
                 &MemoryFilter { scope: Some("telegram:ada".into()), ..MemoryFilter::default() },
                 None,
@@ -850,7 +887,7 @@ async fn saving_many_embeds_them_a_batch_at_a_time_saves_in_order_and_a_bad_one_
         clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
     let memory = Memory::new(Some(embeddings(stub.url())), Isolation::Global);
     for b in backends().await {
-        let tenant = b.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let tenant = b.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
         let ada = agent(&b, &tenant, "ada").await;
         let store = b.store.tenant_scope(tenant.id);
         let asked_before = stub.captured().len();
@@ -874,7 +911,7 @@ async fn saving_many_embeds_them_a_batch_at_a_time_saves_in_order_and_a_bad_one_
             .map(|c| c.body["input"].as_array().map_or(1, Vec::len))
             .collect();
         assert_eq!(asked, [32, 32, 6], "{}", b.name);
-        assert_eq!(store.memory_count(ada).await.unwrap(), count as i64);
+        assert_eq!(store.memories().count(ada).await.unwrap(), count as i64);
         // A bad item fails alone: those before and after it are saved.
         let mut bad = item(ada, "", MemoryKind::Fact, "a bad one");
         bad.importance = -1.0;
@@ -884,6 +921,6 @@ async fn saving_many_embeds_them_a_batch_at_a_time_saves_in_order_and_a_bad_one_
         assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{}", b.name);
         let err = outcomes[1].as_ref().unwrap_err().to_string();
         assert!(err.contains("importance"), "{err}");
-        assert_eq!(store.memory_count(ada).await.unwrap(), count as i64 + 2, "{}", b.name);
+        assert_eq!(store.memories().count(ada).await.unwrap(), count as i64 + 2, "{}", b.name);
     }
 }

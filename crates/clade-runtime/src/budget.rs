@@ -141,7 +141,7 @@ impl Budget for StoreBudget {
                     label,
                 })
                 .collect();
-            match self.store.reserve_budget(counters).await {
+            match self.store.budgets().reserve(counters).await {
                 Ok(()) => Ok(Reservation { id: now.as_millis().to_string(), reserved: estimate }),
                 Err(clade_store::Error::BudgetExceeded(message)) => {
                     Err(Error::BudgetExceeded(message))
@@ -172,7 +172,7 @@ impl Budget for StoreBudget {
                     unit: unit.to_owned(),
                 })
                 .collect();
-            if let Err(err) = self.store.settle_budget(settlements).await {
+            if let Err(err) = self.store.budgets().settle(settlements).await {
                 tracing::error!(error = %err, "could not settle a budget reservation; the reserved amount stays booked");
             }
         })

@@ -39,9 +39,9 @@ pub(crate) async fn ask_lasting(
     instructions: &str,
     text: String,
 ) -> Result<Vec<(MemoryKind, String)>, String> {
-    let tenant = engine.store().tenant_by_id(store.tenant()).await.map_err(|e| e.to_string())?;
+    let tenant = engine.store().tenants().by_id(store.tenant()).await.map_err(|e| e.to_string())?;
     // A pool the tenant's agents share (`shared.remember`) is no agent: charged to the tenant.
-    let agent = match store.agent_by_id(agent).await {
+    let agent = match store.agents().by_id(agent).await {
         Ok(agent) => Some(agent),
         Err(clade_store::Error::AgentNotFound(_)) => None,
         Err(err) => return Err(err.to_string()),
@@ -141,12 +141,19 @@ pub async fn merge_memory_index(
     from_segments: i64,
     begun: bool,
 ) -> Result<bool, String> {
-    if !begun && store.memory_index_segments().await.map_err(|e| e.to_string())? < from_segments {
+    if !begun
+        && store.memory_upkeep().index_segments().await.map_err(|e| e.to_string())? < from_segments
+    {
         return Ok(true);
     }
     for step in 0..INDEX_MERGE_STEPS {
         let gather = !begun && step == 0;
-        if !store.merge_memory_index(INDEX_MERGE_PAGES, gather).await.map_err(|e| e.to_string())? {
+        if !store
+            .memory_upkeep()
+            .merge_index(INDEX_MERGE_PAGES, gather)
+            .await
+            .map_err(|e| e.to_string())?
+        {
             return Ok(true);
         }
     }
@@ -159,7 +166,8 @@ async fn look(store: &Store, engine: &Engine) -> Result<(usize, Duration), Strin
     let Some(policy) = memory.upkeep_policy().cloned() else { return Ok((0, MAX_WAIT)) };
     let settle = policy.settle;
     let due = store
-        .memory_upkeep_due(store.now(), settle.as_millis() as i64, BATCH)
+        .memory_upkeep()
+        .due(store.now(), settle.as_millis() as i64, BATCH)
         .await
         .map_err(|e| e.to_string())?;
     for agent in &due {
@@ -189,7 +197,8 @@ async fn look(store: &Store, engine: &Engine) -> Result<(usize, Duration), Strin
                 let retry =
                     clade_core::Timestamp::from_millis(now.as_millis() + RETRY.as_millis() as i64);
                 store
-                    .finish_memory_upkeep(agent.tenant, agent.agent, now, seen, Some(retry))
+                    .memories(agent.tenant)
+                    .finish_upkeep(agent.agent, now, seen, Some(retry))
                     .await
                     .map_err(|e| e.to_string())?;
             }

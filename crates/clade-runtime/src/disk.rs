@@ -120,7 +120,7 @@ async fn measure_all(
     let mut paths = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = store.agents(tenant, after.as_deref(), PAGE).await?;
+        let page = store.agents(tenant).list(after.as_deref(), PAGE).await?;
         paths.extend(page.iter().map(|agent| (agent.id, workspaces.locate(agent.id))));
         match page.last() {
             Some(last) if page.len() == PAGE as usize => after = Some(last.handle.to_string()),

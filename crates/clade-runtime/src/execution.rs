@@ -45,7 +45,8 @@ impl Durable {
             ExecutionStatus::Paused => return Err(DurableError::Paused(id)),
             ExecutionStatus::Pending => {
                 row = store
-                    .set_execution_status(tenant, id, ExecutionStatus::Running, None, None)
+                    .executions(tenant)
+                    .set_status(id, ExecutionStatus::Running, None, None)
                     .await?;
             }
             status if status.is_final() => {
@@ -55,7 +56,7 @@ impl Durable {
             }
             _ => {}
         }
-        let recorded = store.execution_steps(tenant, id).await?;
+        let recorded = store.executions(tenant).steps(id).await?;
         Ok(Self { store, row, recorded, next: 1 })
     }
 
@@ -108,7 +109,7 @@ impl Durable {
             detail: e.to_string(),
         })?;
         let step = ExecutionStep { seq, key: key.to_owned(), data };
-        self.store.append_execution_step(self.row.tenant_id, id, step).await?;
+        self.store.executions(self.row.tenant_id).append_step(id, step).await?;
         self.next += 1;
         Ok(value)
     }
@@ -123,7 +124,7 @@ impl Durable {
         })?;
         let (tenant, id) = (self.row.tenant_id, self.row.id);
         let status = ExecutionStatus::Completed;
-        Ok(self.store.set_execution_status(tenant, id, status, Some(output), None).await?)
+        Ok(self.store.executions(tenant).set_status(id, status, Some(output), None).await?)
     }
 
     /// Ends the execution as failed, saying why.
@@ -132,7 +133,8 @@ impl Durable {
         let status = ExecutionStatus::Failed;
         Ok(self
             .store
-            .set_execution_status(tenant, id, status, None, Some(reason.to_owned()))
+            .executions(tenant)
+            .set_status(id, status, None, Some(reason.to_owned()))
             .await?)
     }
 }

@@ -202,10 +202,11 @@ impl TypedTool for AgentCancel {
                 .parse()
                 .map_err(|_| format!("id: {:?} is not a branch's or worker's id", args.id))?;
             let store = engine.store();
-            let fork = match store.fork(caller.tenant, id).await.map_err(Error::relied)? {
+            let fork = match store.forks(caller.tenant).get(id).await.map_err(Error::relied)? {
                 Some(fork) => Some(fork),
                 None => store
-                    .fork_of_execution(caller.tenant, ExecutionId::from_bytes(*id.as_bytes()))
+                    .forks(caller.tenant)
+                    .of_execution(ExecutionId::from_bytes(*id.as_bytes()))
                     .await
                     .map_err(Error::relied)?,
             };

@@ -72,7 +72,7 @@ async fn run(store: Store, engine: Engine) {
 /// Mines one page of the outbox past the cursor; `true` when the page was full (more wait).
 async fn pass(store: &Store, engine: &Engine) -> Result<bool, String> {
     let system = store.system();
-    let (cursor, _) = system.subscriber_cursor(CURSOR).await.map_err(|e| e.to_string())?;
+    let (cursor, _) = system.deliveries().cursor(CURSOR).await.map_err(|e| e.to_string())?;
     let rows = system.outbox_after(cursor, PAGE).await.map_err(|e| e.to_string())?;
     let Some(last) = rows.last().map(|r| r.id) else { return Ok(false) };
     if let Some((memory, miner)) = engine.ingesting() {
@@ -89,7 +89,7 @@ async fn pass(store: &Store, engine: &Engine) -> Result<bool, String> {
         }
         save_turns(&memory, turns).await;
     }
-    system.set_subscriber_cursor(CURSOR, last, 0, None).await.map_err(|e| e.to_string())?;
+    system.deliveries().set_cursor(CURSOR, last, 0, None).await.map_err(|e| e.to_string())?;
     Ok(rows.len() == PAGE as usize)
 }
 
@@ -118,7 +118,8 @@ async fn catch_up(
     let news = signal.notified();
     tokio::pin!(news);
     loop {
-        let agents = store.agents_to_embed(model, 100).await.map_err(|e| e.to_string())?;
+        let agents =
+            store.memory_upkeep().agents_to_embed(model, 100).await.map_err(|e| e.to_string())?;
         if agents.is_empty() {
             return Ok(CatchUp::Done);
         }

@@ -103,7 +103,8 @@ impl TypedTool for AgentPublish {
             clade_store::messages::check_topic(&args.topic).map_err(Error::relied)?;
             let subscribers = engine
                 .store()
-                .subscribers(caller.tenant, &args.topic)
+                .messages(caller.tenant)
+                .subscribers(&args.topic)
                 .await
                 .map_err(Error::relied)?;
             let mut delivered = Vec::new();
@@ -150,17 +151,22 @@ impl TypedTool for AgentSubscribe {
             let store = engine.store();
             if args.subscribed {
                 store
-                    .subscribe(caller.tenant, caller.agent, &args.topic)
+                    .messages(caller.tenant)
+                    .subscribe(caller.agent, &args.topic)
                     .await
                     .map_err(Error::relied)?;
             } else {
                 store
-                    .unsubscribe(caller.tenant, caller.agent, &args.topic)
+                    .messages(caller.tenant)
+                    .unsubscribe(caller.agent, &args.topic)
                     .await
                     .map_err(Error::relied)?;
             }
-            let topics =
-                store.subscriptions(caller.tenant, caller.agent).await.map_err(Error::relied)?;
+            let topics = store
+                .messages(caller.tenant)
+                .subscriptions(caller.agent)
+                .await
+                .map_err(Error::relied)?;
             let verb = if args.subscribed { "subscribed to" } else { "unsubscribed from" };
             Ok(format!("{verb} {:?}; your topics now: {}", args.topic, topics.join(", ")))
         })
@@ -328,15 +334,18 @@ impl TypedTool for AgentSpawn {
             let caller = ctx.caller()?;
             let store = engine.store();
             let parent =
-                store.agent_by_id(caller.tenant, caller.agent).await.map_err(Error::relied)?;
+                store.agents(caller.tenant).by_id(caller.agent).await.map_err(Error::relied)?;
             let handle = clade_core::Handle::parse(&format!("{}-{}", parent.handle, args.name))
                 .map_err(|e| format!("name: {e}"))?;
-            let child = match store.agent(caller.tenant, handle.as_str()).await {
+            let child = match store.agents(caller.tenant).get(handle.as_str()).await {
                 // Made before (a call run again, or a new task for the same child): only the
                 // caller's own child is taken.
                 Ok(existing) => {
-                    let made_by =
-                        store.parent_of(caller.tenant, existing.id).await.map_err(Error::relied)?;
+                    let made_by = store
+                        .lineage(caller.tenant)
+                        .parent_of(existing.id)
+                        .await
+                        .map_err(Error::relied)?;
                     if made_by != Some(caller.agent) {
                         return Err(Error::Failed(format!(
                             "an agent {handle} exists already and is not your child: choose another name"
@@ -355,7 +364,8 @@ impl TypedTool for AgentSpawn {
             // of its own stays, so theirs keeps counting against this agent's budget.
             let deleted = match args.ephemeral {
                 true if store
-                    .children_count(caller.tenant, child.id)
+                    .lineage(caller.tenant)
+                    .children_count(child.id)
                     .await
                     .map_err(Error::relied)?
                     == 0 =>
@@ -389,11 +399,15 @@ impl AgentSpawn {
         args: &SpawnArgs,
     ) -> Result<clade_core::Agent, Error> {
         let store = engine.store();
-        let depth =
-            store.next_child_depth(parent.tenant_id, parent.id).await.map_err(Error::relied)?;
+        let depth = store
+            .lineage(parent.tenant_id)
+            .next_child_depth(parent.id)
+            .await
+            .map_err(Error::relied)?;
         // Every tool asked for lies within a live grant of the parent's, which it is delegated
         // from; one that does not refuses the whole child, before anything is made.
-        let held = store.grants(parent.tenant_id, Some(parent.id)).await.map_err(Error::relied)?;
+        let held =
+            store.access(parent.tenant_id).grants(Some(parent.id)).await.map_err(Error::relied)?;
         let now = store.now();
         let mut delegated = Vec::new();
         for wanted in &args.tools {
@@ -430,7 +444,8 @@ impl AgentSpawn {
         };
         let child = self.agents.create(parent.tenant_id, spec).await.map_err(Error::relied)?;
         store
-            .record_child(parent.tenant_id, parent.id, child.id, depth)
+            .lineage(parent.tenant_id)
+            .record_child(parent.id, child.id, depth)
             .await
             .map_err(Error::relied)?;
         let by = format!("agent {} (agent.spawn)", parent.handle);
@@ -484,7 +499,7 @@ async fn deliver(
     let limits = settings.sessions.messaging;
     let store = engine.store();
     let parents = match caller.turn {
-        Some(turn) => store.messages_of_turn(caller.tenant, turn).await.map_err(Error::relied)?,
+        Some(turn) => store.messages(caller.tenant).of_turn(turn).await.map_err(Error::relied)?,
         None => Vec::new(),
     };
     let depth = parents.iter().map(|m| m.depth).max().unwrap_or(0) + 1;

@@ -325,7 +325,7 @@ impl Models {
         if let Some(known) = self.ancestors.lock().ok().and_then(|m| m.get(&agent.id).cloned()) {
             return known;
         }
-        let read = match self.store.ancestors_of(tenant.id, agent.id).await {
+        let read = match self.store.lineage(tenant.id).ancestors_of(agent.id).await {
             Ok(read) => Arc::<[_]>::from(read),
             Err(err) => {
                 // Not kept: the next call reads again.

@@ -168,7 +168,7 @@ impl Audience {
             }
         }
         if let Some(peer) = &self.leased {
-            self.leases = store.peer_leases(PEER_KIND, peer).await?;
+            self.leases = store.peers().leases_of(PEER_KIND, peer).await?;
         }
         Ok(true)
     }
@@ -179,7 +179,7 @@ impl Audience {
         let tenant = match self.tenants.get(&row.tenant_id) {
             Some(name) => name.clone(),
             None => {
-                let name = match store.tenant_by_id(row.tenant_id).await {
+                let name = match store.tenants().by_id(row.tenant_id).await {
                     Ok(t) => Some(t.name.as_str().to_owned()),
                     Err(clade_store::Error::TenantNotFound(_)) => None,
                     Err(err) => return Err(err),
@@ -219,8 +219,8 @@ impl Audience {
         if let Some(known) = self.sessions.get(&session) {
             return Ok(known.clone());
         }
-        let agent = match store.session(row.tenant_id, session).await {
-            Ok(found) => match store.agent_by_id(row.tenant_id, found.agent_id).await {
+        let agent = match store.sessions(row.tenant_id).get(session).await {
+            Ok(found) => match store.agents(row.tenant_id).by_id(found.agent_id).await {
                 Ok(agent) => Some((agent.id, agent.handle.as_str().to_owned())),
                 Err(clade_store::Error::AgentNotFound(_)) => None,
                 Err(err) => return Err(err),
@@ -257,10 +257,10 @@ pub async fn grant_lease(
     let name = tenant.name.as_str();
     let handle = match scope {
         LeaseScope::Tenant => None,
-        LeaseScope::Agent(id) => Some(store.agent_by_id(id).await?.handle),
+        LeaseScope::Agent(id) => Some(store.agents().by_id(id).await?.handle),
         LeaseScope::Session(id) => {
-            let session = store.session(id).await?;
-            Some(store.agent_by_id(session.agent_id).await?.handle)
+            let session = store.sessions().get(id).await?;
+            Some(store.agents().by_id(session.agent_id).await?.handle)
         }
     };
     let leasable = |paired: &clade_store::PeerRow| {
@@ -291,7 +291,7 @@ pub async fn grant_lease(
         };
         return Err(clade_store::Error::LeaseeNotFound(message));
     }
-    store.grant_lease(kind, peer, scope, ttl).await
+    store.leases().grant(kind, peer, scope, ttl).await
 }
 
 /// The body a subscriber receives for an outbox row: a `clade_protocol::WebhookEvent` (the
@@ -527,7 +527,7 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
         }
         // Proved once a pass, before the pass's first delivery.
         let mut proof: Option<Result<(), String>> = None;
-        let (mut cursor, saved_attempts) = match store.subscriber_cursor(&subscriber.name).await {
+        let (mut cursor, saved_attempts) = match store.deliveries().cursor(&subscriber.name).await {
             Ok(c) => c,
             Err(err) => {
                 tracing::error!(subscriber = %subscriber.name, error = %err, "cannot read the delivery cursor");
@@ -600,7 +600,8 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
                         tracing::warn!(subscriber = %subscriber.name, "paired subscriber {KEY_NOT_PROVED}: nothing is sent to it");
                         if let Signing::Paired { peer, .. } = &subscriber.signing {
                             refusal_audited = store
-                                .audit_peer_refused(PEER_KIND, peer, KEY_NOT_PROVED)
+                                .peers()
+                                .audit_refused(PEER_KIND, peer, KEY_NOT_PROVED)
                                 .await
                                 .is_ok();
                         }
@@ -632,7 +633,8 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
                     if permanent || attempts >= i64::from(subscriber.max_attempts) {
                         tracing::warn!(subscriber = %subscriber.name, outbox = row.id, %reason, "dead-lettering event");
                         let dead = Some(GivenUp { outbox_id: row.id, reason, attempts });
-                        match store.set_subscriber_cursor(&subscriber.name, cursor, 0, dead).await {
+                        match store.deliveries().set_cursor(&subscriber.name, cursor, 0, dead).await
+                        {
                             Ok(()) => {
                                 delivered_beyond.insert(row.id);
                                 blocked.remove(&row.session_id);
@@ -671,7 +673,7 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
             .and_then(|r| blocked.get(&r.session_id).filter(|b| b.row == r.id))
             .map_or(0, |b| b.attempts);
         if let Err(err) =
-            store.set_subscriber_cursor(&subscriber.name, cursor, head_attempts, None).await
+            store.deliveries().set_cursor(&subscriber.name, cursor, head_attempts, None).await
         {
             tracing::error!(subscriber = %subscriber.name, error = %err, "cannot save the delivery cursor");
         }
@@ -692,7 +694,8 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
 async fn end_leases(store: &Store, subscriber: &Subscriber) {
     if let Signing::Paired { peer, .. } = &subscriber.signing {
         match store
-            .end_peer_leases(PEER_KIND, peer, "disconnected: its deliveries were given up")
+            .peers()
+            .end_leases_of(PEER_KIND, peer, "disconnected: its deliveries were given up")
             .await
         {
             Ok(0) => {}

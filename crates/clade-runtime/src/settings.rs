@@ -142,7 +142,7 @@ impl Catalog {
         tenant: TenantId,
         agent: AgentId,
     ) -> Result<Vec<Resolved>, clade_store::Error> {
-        Ok(self.resolve(store.agent_settings(tenant, agent).await?))
+        Ok(self.resolve(store.settings(tenant).list(agent).await?))
     }
 }
 
@@ -229,7 +229,8 @@ impl TypedTool for SettingsSet {
                 return Err(Error::Failed(format!("{} is set by the operator only", args.key)));
             }
             self.0
-                .set_agent_setting(caller.tenant, caller.agent, &args.key, args.value)
+                .settings(caller.tenant)
+                .set(caller.agent, &args.key, args.value)
                 .await
                 .map_err(Error::relied)?;
             Ok(match self.1.overridden_by(&args.key) {
@@ -267,7 +268,7 @@ impl TypedTool for SettingsUnset {
             if !self.1.agent_writable(&args.key) {
                 return Err(Error::Failed(format!("{} is set by the operator only", args.key)));
             }
-            match self.0.unset_agent_setting(caller.tenant, caller.agent, &args.key).await {
+            match self.0.settings(caller.tenant).unset(caller.agent, &args.key).await {
                 Ok(()) => Ok(format!("removed {}", args.key)),
                 // A repeat of a removal that happened: the same state, said plainly.
                 Err(clade_store::Error::SettingNotFound(_)) => {

@@ -370,7 +370,7 @@ impl Drop for CancelOnDrop {
             };
             // Decided meanwhile: that decision stands.
             if let (Ok((_, announced)), Some(hub)) =
-                (store.decide_approval(tenant, id, decision).await, hub)
+                (store.access(tenant).decide_approval(id, decision).await, hub)
             {
                 hub.publish_aside(agent, &announced);
             }
@@ -411,7 +411,7 @@ impl ToolRunner {
         if let Some(name) = cached {
             return name;
         }
-        let Ok(tenant) = self.store.tenant_by_id(id).await else { return Arc::from("") };
+        let Ok(tenant) = self.store.tenants().by_id(id).await else { return Arc::from("") };
         let name: Arc<str> = Arc::from(tenant.name.as_str());
         self.tenant_names.lock().unwrap_or_else(|e| e.into_inner()).insert(id, name.clone());
         name
@@ -539,7 +539,7 @@ impl ToolRunner {
         agent: &Agent,
     ) -> Result<Vec<SourcedRule>, clade_store::Error> {
         let mut rules = set.rules.clone();
-        for grant in self.store.effective_grants(agent.tenant_id, agent.id).await? {
+        for grant in self.store.access(agent.tenant_id).effective_grants(agent.id).await? {
             if let Some(rule) = rule_of(&grant) {
                 rules.push(SourcedRule { rule, source: format!("grant {}", grant.id) });
             }
@@ -954,7 +954,7 @@ impl ToolRunner {
             armed: true,
         };
         let result = loop {
-            let current = match self.store.approval(agent.tenant_id, approval.id).await {
+            let current = match self.store.access(agent.tenant_id).approval(approval.id).await {
                 Ok(row) => row,
                 Err(e) => break Err(format!("cannot read approval {}: {e}", approval.id)),
             };
@@ -1030,7 +1030,7 @@ impl ToolRunner {
             Verdict::Deny => (ApprovalStatus::Denied, false),
             Verdict::Expire => (ApprovalStatus::Expired, false),
         };
-        let pending = self.store.approval(tenant, id).await?;
+        let pending = self.store.access(tenant).approval(id).await?;
         let grant = if always {
             // An argv tool's resource is quoted: a `*` in it is literal, and the grant exact.
             if pending.resource.contains('*')
@@ -1067,7 +1067,7 @@ impl ToolRunner {
             audits.push(grant_audit(grant, AuditKind::GrantAdded, by));
         }
         let decision = ApprovalDecision { status, decided_by: by.to_owned(), note, grant, audits };
-        let (row, announced) = self.store.decide_approval(tenant, id, decision).await?;
+        let (row, announced) = self.store.access(tenant).decide_approval(id, decision).await?;
         if let Some(hub) = self.hub.get() {
             hub.publish_aside(row.agent_id, &announced);
         }
@@ -1131,7 +1131,7 @@ impl ToolRunner {
         }
         let mut expires_at = expires_at;
         if let Some(parent_id) = parent {
-            let parent = self.store.grant(agent.tenant_id, parent_id).await?;
+            let parent = self.store.access(agent.tenant_id).grant(parent_id).await?;
             let now = self.store.now();
             if !parent.is_live(now) {
                 return Err(AccessError::Invalid(format!(
@@ -1176,7 +1176,7 @@ impl ToolRunner {
         id: GrantId,
         by: &str,
     ) -> Result<(), AccessError> {
-        let grant = self.store.grant(tenant, id).await?;
+        let grant = self.store.access(tenant).grant(id).await?;
         let audit = AuditEntry {
             tenant,
             agent: Some(grant.agent_id),
@@ -1186,7 +1186,7 @@ impl ToolRunner {
             detail: json!({ "grant": id.to_string(), "by": by, "resource": grant.resource })
                 .to_string(),
         };
-        Ok(self.store.revoke_grant(tenant, id, audit).await?)
+        Ok(self.store.access(tenant).revoke_grant(id, audit).await?)
     }
 
     #[allow(clippy::too_many_arguments)]

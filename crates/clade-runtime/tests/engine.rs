@@ -86,7 +86,7 @@ async fn turn(
     text: &str,
 ) -> (TurnStatus, u64) {
     let (session, finished) = send(engine, tenant, channel, text).await;
-    let turns = store.turn_records(tenant.id, session, None, 1000).await.unwrap();
+    let turns = store.sessions(tenant.id).turn_records(session, None, 1000).await.unwrap();
     let record = turns.iter().find(|r| r.turn.id == finished.turn_id).unwrap();
     (finished.status, record.usage.input_tokens)
 }
@@ -202,9 +202,9 @@ async fn a_panicking_turn_fails_alone_and_the_session_goes_on() {
     let engine = start_with_tools(&store, &data, registry, |_| {}).await;
     let (status, _) = turn(&engine, &store, &tenant, "c1", "/tool bug.panic {}").await;
     assert_eq!(status, TurnStatus::Failed);
-    let sessions = store.sessions(tenant.id, None, 10).await.unwrap();
+    let sessions = store.sessions(tenant.id).list(None, 10).await.unwrap();
     let session = sessions.first().expect("a session");
-    let turns = store.turn_records(tenant.id, session.id, None, 1000).await.unwrap();
+    let turns = store.sessions(tenant.id).turn_records(session.id, None, 1000).await.unwrap();
     let failed = &turns.first().unwrap().turn;
     assert_eq!(failed.error.as_deref(), Some("internal error while running the turn"));
     assert_eq!(turn(&engine, &store, &tenant, "c1", "after").await.0, TurnStatus::Completed);

@@ -19,7 +19,7 @@ async fn ada_and(
 ) -> (Store, NewExecution) {
     let (store, data) = support::sqlite_store(dir).await;
     let tenant = support::create_ada(&store, &data).await;
-    let agent = store.agent(tenant.id, "ada").await.unwrap();
+    let agent = store.agents(tenant.id).get("ada").await.unwrap();
     let new = NewExecution {
         id: ExecutionId::generate(store.now()),
         tenant: tenant.id,
@@ -78,7 +78,7 @@ async fn a_stopped_run_resumes_from_its_journal_and_redoes_nothing_it_recorded()
     assert_eq!(done.status, ExecutionStatus::Completed);
     // Replayed steps return what they returned the first time: their idempotency keys.
     let keys: Vec<String> = serde_json::from_str(done.output.as_deref().unwrap()).unwrap();
-    let steps = store.execution_steps(tenant, new.id).await.unwrap();
+    let steps = store.executions(tenant).steps(new.id).await.unwrap();
     let recorded: Vec<String> =
         steps.iter().map(|s| serde_json::from_str(&s.data).unwrap()).collect();
     assert_eq!(keys, recorded);
@@ -124,5 +124,5 @@ async fn a_run_that_does_not_replay_as_it_ran_is_refused() {
     assert!(matches!(failed, Err(DurableError::Step { .. })), "{failed:?}");
     let ended = third.fail("no route").await.unwrap();
     assert_eq!((ended.status, ended.error.as_deref()), (ExecutionStatus::Failed, Some("no route")));
-    assert_eq!(store.execution_steps(tenant, ended.id).await.unwrap().len(), 1);
+    assert_eq!(store.executions(tenant).steps(ended.id).await.unwrap().len(), 1);
 }

@@ -27,7 +27,7 @@ struct Setup {
 async fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let (store, data) = support::sqlite_store(&tmp.path().join("data")).await;
-    let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+    let tenant = store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
     let agents = Agents::new(store.clone(), data.clone());
     let agent = agents
         .create(
@@ -234,9 +234,9 @@ async fn a_child_agent_spends_out_of_its_parents_budget() {
     };
     let kid = agents.create(s.tenant.id, made("ada-kid")).await.unwrap();
     let solo = agents.create(s.tenant.id, made("solo")).await.unwrap();
-    s.store.record_child(s.tenant.id, s.agent.id, kid.id, 1).await.unwrap();
+    s.store.lineage(s.tenant.id).record_child(s.agent.id, kid.id, 1).await.unwrap();
     assert_eq!(
-        s.store.ancestors_of(s.tenant.id, kid.id).await.unwrap(),
+        s.store.lineage(s.tenant.id).ancestors_of(kid.id).await.unwrap(),
         [(s.agent.id, "ada".to_owned())]
     );
     let mut request = hello();
@@ -297,8 +297,12 @@ async fn budgets_hold_under_concurrent_calls_and_usage_is_recorded() {
     }
     // Each call reserves 1 + 100 tokens at most: 10 + 3000 micro-USD, so 3 fit under 10,000.
     assert_eq!(ok, 3, "reservations admit exactly what fits");
-    let usage =
-        s.store.usage(s.tenant.id, Some(s.agent.id), Timestamp::from_millis(0)).await.unwrap();
+    let usage = s
+        .store
+        .usage(s.tenant.id)
+        .summary(Some(s.agent.id), Timestamp::from_millis(0))
+        .await
+        .unwrap();
     assert_eq!(usage.len(), 1);
     assert_eq!(usage[0].calls, 3);
     assert!(usage[0].cost_micros > 0 && usage[0].cost_micros <= 10_000, "{:?}", usage[0]);

@@ -45,8 +45,11 @@ async fn send(engine: &Engine, tenant: &Tenant, channel: &str, text: &str) -> Fi
 async fn next_pending(store: &Store, tenant: &Tenant) -> clade_store::ApprovalRow {
     let mut found = None;
     support::eventually("a call asking for an approval", async || {
-        let mut pending =
-            store.approvals(tenant.id, None, Some(ApprovalStatus::Pending), 10).await.unwrap();
+        let mut pending = store
+            .access(tenant.id)
+            .approvals(None, Some(ApprovalStatus::Pending), 10)
+            .await
+            .unwrap();
         found = pending.pop();
         assert!(pending.is_empty(), "more than one approval waits");
         found.is_some()
@@ -183,7 +186,7 @@ async fn a_node_that_lost_its_lease_leaves_its_sessions_to_the_new_holder() {
     let sessions = clade_config::SessionsConfig::default;
     let old =
         support::engine_with(&store, &data, registry(&["slow.tool"]), &rules, sessions()).await;
-    assert!(store.fence().is_some(), "an engine takes the lease when it starts");
+    assert!(store.shard_leases().fence().is_some(), "an engine takes the lease when it starts");
 
     // A turn on the old node calls a tool and waits for its approval.
     let envelope = Envelope {
@@ -202,7 +205,7 @@ async fn a_node_that_lost_its_lease_leaves_its_sessions_to_the_new_holder() {
     let new =
         support::engine_with(&taken_over, &data, registry(&["slow.tool"]), &rules, sessions())
             .await;
-    assert!(!store.holds_leases().await.unwrap(), "the old node still holds the lease");
+    assert!(!store.shard_leases().held().await.unwrap(), "the old node still holds the lease");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(next_pending(&store, &tenant).await.id, asked.id, "a second approval was asked");
 
@@ -214,7 +217,8 @@ async fn a_node_that_lost_its_lease_leaves_its_sessions_to_the_new_holder() {
         .unwrap()
         .expect("the turn ended");
     assert_eq!(finished.status, TurnStatus::Completed, "{finished:?}");
-    let turns = store.turn_records(tenant.id, accepted.session_id, None, 10).await.unwrap();
+    let turns =
+        store.sessions(tenant.id).turn_records(accepted.session_id, None, 10).await.unwrap();
     assert_eq!(turns.len(), 1, "one turn, not one per node");
     let kinds: Vec<clade_core::StepKind> = turns[0].steps.iter().map(|s| s.step.kind()).collect();
     assert_eq!(
@@ -287,7 +291,8 @@ async fn wake_ups_and_cancels_reach_the_session_over_the_bus() {
 
     // An event stored by another node (straight into the store): nothing here runs it yet.
     let accepted = store
-        .accept_event(clade_store::NewEvent {
+        .turns()
+        .accept(clade_store::NewEvent {
             tenant: tenant.id,
             agent: "ada".into(),
             source: Source { platform: "test".into(), channel: "c1".into(), actor: "u".into() },
@@ -389,7 +394,7 @@ async fn agents_files_are_where_the_workspaces_keep_them() {
     .await;
     let finished = send(&engine, &tenant, "c1", "/tool where.am_i").await;
     assert_eq!(finished.status, TurnStatus::Completed, "{finished:?}");
-    let ada = store.agent(tenant.id, "ada").await.unwrap();
+    let ada = store.agents(tenant.id).get("ada").await.unwrap();
     let kept = elsewhere.locate(ada.id);
     let reply = finished.reply.unwrap_or_default();
     assert!(reply.contains(&kept.display().to_string()), "{reply}");

@@ -38,7 +38,7 @@ async fn an_unanswered_approval_expires_when_the_clock_passes_its_timeout() {
     registry.register(Arc::new(support::TestTool::answering("noop")));
     let agents = Agents::new(store.clone(), data.clone());
     let runner = Arc::new(ToolRunner::new(registry, store.clone(), agents, None, &config));
-    let agent = store.agent(tenant.id, "ada").await.unwrap();
+    let agent = store.agents(tenant.id).get("ada").await.unwrap();
 
     let call = {
         let (runner, agent, origin) = (runner.clone(), agent.clone(), CallOrigin::operator(START));
@@ -50,7 +50,12 @@ async fn an_unanswered_approval_expires_when_the_clock_passes_its_timeout() {
         })
     };
     let pending = async || {
-        store.approvals(tenant.id, None, Some(ApprovalStatus::Pending), 10).await.unwrap().len()
+        store
+            .access(tenant.id)
+            .approvals(None, Some(ApprovalStatus::Pending), 10)
+            .await
+            .unwrap()
+            .len()
             == 1
     };
     eventually("the approval request", pending).await;
@@ -64,7 +69,7 @@ async fn an_unanswered_approval_expires_when_the_clock_passes_its_timeout() {
     let refused = tokio::time::timeout(Duration::from_secs(5), call).await.unwrap().unwrap();
     assert!(refused.unwrap_or_default().contains("not given before its timeout"));
     let expired =
-        store.approvals(tenant.id, None, Some(ApprovalStatus::Expired), 10).await.unwrap();
+        store.access(tenant.id).approvals(None, Some(ApprovalStatus::Expired), 10).await.unwrap();
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].decided_at, Some(START.plus(Duration::from_secs(3600))));
 }
@@ -213,7 +218,7 @@ async fn budget_periods_turn_with_the_clock() {
     let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_795_996_799_500)));
     let (store, data) = support::sqlite_store_on(dir.path(), clock.clone()).await;
     let tenant = support::create_ada(&store, &data).await;
-    let ada = store.agent(tenant.id, "ada").await.unwrap();
+    let ada = store.agents(tenant.id).get("ada").await.unwrap();
     let budgets: clade_config::BudgetsConfig = serde_json::from_value(serde_json::json!({
         "agents": { "ada": { "tokens_per_day": 100, "tokens_per_month": 150 } }
     }))

@@ -94,7 +94,7 @@ pub async fn reconcile(store: &Store, config: &Config) -> Result<Reconciled, Hea
     for (key, beat) in &config.heartbeats {
         let reference = AgentRef::parse(key)
             .map_err(|e| HeartbeatError::Invalid { agent: key.clone(), problem: e.to_string() })?;
-        let tenant = match store.tenant(reference.tenant.as_str()).await {
+        let tenant = match store.tenants().named(reference.tenant.as_str()).await {
             Ok(tenant) => tenant,
             Err(clade_store::Error::TenantNotFound(_)) => {
                 done.missing.push(key.clone());
@@ -102,7 +102,7 @@ pub async fn reconcile(store: &Store, config: &Config) -> Result<Reconciled, Hea
             }
             Err(err) => return Err(err.into()),
         };
-        let agent = match store.agent(tenant.id, reference.handle.as_str()).await {
+        let agent = match store.agents(tenant.id).get(reference.handle.as_str()).await {
             Ok(agent) => agent,
             Err(clade_store::Error::AgentNotFound(_)) => {
                 done.missing.push(key.clone());
@@ -112,10 +112,10 @@ pub async fn reconcile(store: &Store, config: &Config) -> Result<Reconciled, Hea
         };
         declared.insert((tenant.id, agent.id));
         let wanted = job_of(key, beat, tenant.id, agent.id, store.now())?;
-        match store.job_named(tenant.id, agent.id, HEARTBEAT_JOB).await {
+        match store.jobs(tenant.id).named(agent.id, HEARTBEAT_JOB).await {
             Ok(stored) if same(&stored, &wanted) => done.kept.push(key.clone()),
             Ok(stored) => {
-                store.delete_job(tenant.id, stored.id).await?;
+                store.jobs(tenant.id).delete(stored.id).await?;
                 store.create_job(wanted).await?;
                 done.replaced.push(key.clone());
             }
@@ -128,7 +128,7 @@ pub async fn reconcile(store: &Store, config: &Config) -> Result<Reconciled, Hea
     }
     for job in store.system().jobs_named(HEARTBEAT_JOB).await? {
         if !declared.contains(&(job.tenant_id, job.agent_id)) {
-            store.delete_job(job.tenant_id, job.id).await?;
+            store.jobs(job.tenant_id).delete(job.id).await?;
             done.removed.push(job.agent.clone());
         }
     }

@@ -38,7 +38,7 @@ pub async fn sweep_all(
 ) -> Result<Vec<(String, Swept)>, clade_store::Error> {
     let now = store.now();
     let mut swept = Vec::new();
-    for tenant in store.tenants().await? {
+    for tenant in store.tenants().list().await? {
         let name = tenant.name.as_str();
         let Some(policy) = Config::retention_of(tenants, name) else { continue };
         swept.push((name.to_owned(), store.sweep(tenant.id, cutoffs(policy, now)).await?));

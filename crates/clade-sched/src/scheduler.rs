@@ -277,14 +277,14 @@ async fn take(store: &Store, step: Step) -> Look {
     let mut look = Look::default();
     match step {
         Step::Disable(tenant, job, why) => {
-            match store.set_job_enabled(tenant, job, false, Some(why.clone())).await {
+            match store.jobs(tenant).set_enabled(job, false, Some(why.clone())).await {
                 Ok(_) => look.disabled.push((job, why)),
                 Err(err) => look.failed.push((job, err.to_string())),
             }
         }
         Step::Settle(tenant, settlements) => {
             let skipped: Vec<_> = settlements.iter().map(|(id, s)| (*id, s.skipped)).collect();
-            match store.settle_jobs(tenant, settlements).await {
+            match store.jobs(tenant).settle_many(settlements).await {
                 Ok(outcomes) => {
                     for ((job, skipped), outcome) in skipped.into_iter().zip(outcomes) {
                         look.count(job, skipped, outcome);

@@ -55,7 +55,7 @@ impl TypedTool for CronList {
         Box::pin(async move {
             let caller = ctx.caller()?;
             let jobs =
-                self.0.jobs(caller.tenant, Some(caller.agent)).await.map_err(Error::relied)?;
+                self.0.jobs(caller.tenant).list(Some(caller.agent)).await.map_err(Error::relied)?;
             Ok(serde_json::Value::Array(jobs.iter().map(describe).collect()).to_string())
         })
     }
@@ -120,9 +120,9 @@ impl TypedTool for CronCreate {
             let new = new_job(&spec, caller.tenant, caller.agent, self.store.now())
                 .map_err(Error::relied)?;
             let found = async {
-                let tenant = self.store.tenant_by_id(caller.tenant).await?;
-                let agent = self.store.agent_by_id(caller.tenant, caller.agent).await?;
-                let owned = self.store.jobs(caller.tenant, Some(caller.agent)).await?;
+                let tenant = self.store.tenants().by_id(caller.tenant).await?;
+                let agent = self.store.agents(caller.tenant).by_id(caller.agent).await?;
+                let owned = self.store.jobs(caller.tenant).list(Some(caller.agent)).await?;
                 Ok::<_, clade_store::Error>((tenant, agent, owned))
             };
             let (tenant, agent, owned) = found.await.map_err(Error::relied)?;
@@ -166,7 +166,7 @@ impl TypedTool for CronRemove {
                     "your heartbeat is the operator's (clade.yaml's `heartbeats`): it cannot be removed from here",
                 ));
             }
-            let job = match self.0.job_named(caller.tenant, caller.agent, &args.name).await {
+            let job = match self.0.jobs(caller.tenant).named(caller.agent, &args.name).await {
                 Ok(job) => job,
                 // Removed already (a retried call): the outcome asked for holds.
                 Err(clade_store::Error::JobNotFound(_)) => {
@@ -174,7 +174,7 @@ impl TypedTool for CronRemove {
                 }
                 Err(other) => return Err(Error::relied(other)),
             };
-            self.0.delete_job(caller.tenant, job.id).await.map_err(Error::relied)?;
+            self.0.jobs(caller.tenant).delete(job.id).await.map_err(Error::relied)?;
             Ok(format!("removed job {:?}", job.name))
         })
     }
@@ -214,17 +214,19 @@ impl TypedTool for CronEnable {
                     "your heartbeat is the operator's (clade.yaml's `heartbeats`)",
                 ));
             }
-            let job = self.0.job_named(caller.tenant, caller.agent, &args.name).await.map_err(
-                |e| match e {
-                    clade_store::Error::JobNotFound(_) => {
-                        format!("you have no job named {:?}: cron.list shows yours", args.name)
+            let job =
+                self.0.jobs(caller.tenant).named(caller.agent, &args.name).await.map_err(|e| {
+                    match e {
+                        clade_store::Error::JobNotFound(_) => {
+                            format!("you have no job named {:?}: cron.list shows yours", args.name)
+                        }
+                        other => other.to_string(),
                     }
-                    other => other.to_string(),
-                },
-            )?;
+                })?;
             let job = self
                 .0
-                .set_job_enabled(caller.tenant, job.id, args.enabled, None)
+                .jobs(caller.tenant)
+                .set_enabled(job.id, args.enabled, None)
                 .await
                 .map_err(Error::relied)?;
             Ok(describe(&job).to_string())

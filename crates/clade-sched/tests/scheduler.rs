@@ -32,7 +32,7 @@ async fn with_agents(
     let data_dir = DataDir::open(tmp.path().join("data")).unwrap();
     let location = Location::Sqlite(data_dir.sqlite_path());
     let store = open(&location).await;
-    let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+    let tenant = store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
     let agents = Agents::new(store.clone(), data_dir);
     let mut ids = Vec::new();
     for handle in handles {
@@ -80,7 +80,7 @@ async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races
     }
     for (name, location) in locations {
         let mut store = open(&location).await;
-        let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let tenant = store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
         let agents = Agents::new(store.clone(), data_dir.clone());
         let spec = NewAgent {
             handle: Handle::parse(&format!("ada-{name}")).unwrap(),
@@ -176,7 +176,7 @@ async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races
         assert!(races > 0, "{name}: no two looks ever raced");
         assert_eq!(disabled, [broken], "{name}");
 
-        let jobs = store.jobs(tenant.id, None).await.unwrap();
+        let jobs = store.jobs(tenant.id).list(None).await.unwrap();
         let mut envelopes = 0;
         for (i, id) in ids.iter().enumerate() {
             let (schedule, zone, _) = JOBS[i];
@@ -184,7 +184,7 @@ async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races
             let schedule = Schedule::parse(schedule).unwrap();
             let all =
                 schedule.fires_between(start, job.settled_at, &Zone::parse(zone).unwrap(), 100_000);
-            let runs = store.job_runs(tenant.id, *id, None, 100_000).await.unwrap();
+            let runs = store.jobs(tenant.id).runs(*id, None, 100_000).await.unwrap();
             assert!(
                 runs.windows(2).all(|w| w[0].scheduled_at > w[1].scheduled_at),
                 "{name}: job {i} fired a time twice"
@@ -202,7 +202,7 @@ async fn every_scheduled_time_fires_or_is_skipped_once_across_restarts_and_races
             envelopes += runs.len();
         }
         // Each fire's envelope is stored once: nothing ran them, so all are still pending.
-        let sessions = store.sessions(tenant.id, Some(agent.id), 100).await.unwrap();
+        let sessions = store.sessions(tenant.id).list(Some(agent.id), 100).await.unwrap();
         let mut pending = 0;
         for session in sessions {
             pending += store.system().pending_events(session.id).await.unwrap().len();
@@ -226,9 +226,9 @@ async fn one_jobs_failure_holds_up_no_other_tenants_job() {
     let first = Timestamp::from_millis(start.as_millis() + 60_000);
     let mut jobs = Vec::new();
     for tenant_name in ["mallory", "default"] {
-        let tenant = match store.tenant(tenant_name).await {
+        let tenant = match store.tenants().named(tenant_name).await {
             Ok(tenant) => tenant,
-            Err(_) => store.create_tenant(tenant_name).await.unwrap(),
+            Err(_) => store.tenants().create(tenant_name).await.unwrap(),
         };
         let spec = NewAgent {
             handle: Handle::parse("ada").unwrap(),
@@ -255,7 +255,8 @@ async fn one_jobs_failure_holds_up_no_other_tenants_job() {
     drop(agents);
     let (mallory, stalled) = &jobs[0];
     store
-        .accept_event(clade_store::NewEvent {
+        .turns()
+        .accept(clade_store::NewEvent {
             tenant: mallory.id,
             agent: "ada".into(),
             source: clade_store::Source {
@@ -276,8 +277,8 @@ async fn one_jobs_failure_holds_up_no_other_tenants_job() {
     assert!(looked.failed.is_empty(), "{looked:?}");
     assert_eq!((looked.fired, looked.refused, looked.settled), (1, 1, 2), "{looked:?}");
     let (default, fired) = &jobs[1];
-    assert_eq!(store.job_runs(default.id, *fired, None, 10).await.unwrap().len(), 1);
-    let runs = store.job_runs(mallory.id, *stalled, None, 10).await.unwrap();
+    assert_eq!(store.jobs(default.id).runs(*fired, None, 10).await.unwrap().len(), 1);
+    let runs = store.jobs(mallory.id).runs(*stalled, None, 10).await.unwrap();
     assert_eq!(runs.len(), 1);
     assert!(
         matches!(&runs[0].outcome, RunOutcome::Refused(why) if why.contains("idempotency")),
@@ -318,7 +319,7 @@ async fn the_scheduler_fires_on_its_clock_and_disables_a_job_that_keeps_failing(
         ..StoreOptions::new(Location::Sqlite(data_dir.sqlite_path()), Durability::Normal)
     };
     let store = Store::open(options).await.unwrap();
-    let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+    let tenant = store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
     let agents = Agents::new(store.clone(), data_dir.clone());
     let spec = NewAgent {
         handle: Handle::parse("ada").unwrap(),
@@ -360,7 +361,7 @@ async fn the_scheduler_fires_on_its_clock_and_disables_a_job_that_keeps_failing(
     let task = tokio::spawn(scheduler.run(async {
         let _ = stopped.await;
     }));
-    let runs = || async { store.job_runs(tenant.id, job.id, None, 100).await.unwrap() };
+    let runs = || async { store.jobs(tenant.id).runs(job.id, None, 100).await.unwrap() };
 
     clock.advance(Duration::from_secs(59));
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -369,7 +370,8 @@ async fn the_scheduler_fires_on_its_clock_and_disables_a_job_that_keeps_failing(
     eventually("the first fire", || async { runs().await.len() == 1 }).await;
     let first = runs().await;
     assert_eq!(first[0].outcome, RunOutcome::Waiting);
-    let session = store.event(tenant.id, first[0].event_id.unwrap()).await.unwrap().session_id;
+    let session =
+        store.sessions(tenant.id).event(first[0].event_id.unwrap()).await.unwrap().session_id;
     eventually("the wake-up", || async { woken.lock().unwrap().contains(&session) }).await;
 
     // Nothing runs the first envelope: every later one finds the session full.
@@ -380,14 +382,14 @@ async fn the_scheduler_fires_on_its_clock_and_disables_a_job_that_keeps_failing(
     let refused = runs().await;
     assert!(refused[..3].iter().all(|r| r.outcome.is_failure()), "{refused:?}");
     clock.advance(Duration::from_secs(60));
-    let enabled = || async { store.jobs(tenant.id, None).await.unwrap()[0].enabled };
+    let enabled = || async { store.jobs(tenant.id).list(None).await.unwrap()[0].enabled };
     eventually("the breaker", || async { !enabled().await }).await;
-    let disabled = store.jobs(tenant.id, None).await.unwrap().remove(0);
+    let disabled = store.jobs(tenant.id).list(None).await.unwrap().remove(0);
     let reason = disabled.disabled_reason.unwrap();
     assert!(reason.contains("last 3 runs failed"), "{reason}");
     assert_eq!(runs().await.len(), 4, "a tripped job fired again");
     let filter = clade_store::AuditFilter { limit: 100, ..Default::default() };
-    let audit = store.audit_records(tenant.id, &filter).await.unwrap();
+    let audit = store.access(tenant.id).audit_records(&filter).await.unwrap();
     let record = audit.iter().find(|r| r.kind == "job.disabled").expect("no audit record");
     assert!(record.detail.contains("last 3 runs failed"), "{}", record.detail);
     // Subscribers are told, in the same transaction: a lifecycle event of no session.
@@ -399,7 +401,7 @@ async fn the_scheduler_fires_on_its_clock_and_disables_a_job_that_keeps_failing(
 
     // Enabled again, the minute that passed fires (run once) and is refused: one failure, not
     // three in a row, so the job stays enabled.
-    store.set_job_enabled(tenant.id, job.id, true, None).await.unwrap();
+    store.jobs(tenant.id).set_enabled(job.id, true, None).await.unwrap();
     poke.notify_one();
     eventually("the fire after enabling", || async { runs().await.len() == 5 }).await;
     clock.advance(Duration::from_secs(60));
@@ -431,21 +433,21 @@ async fn heartbeats_are_kept_as_the_configuration_declares() {
     let first = reconcile(&store, &both).await.unwrap();
     assert_eq!(first.created, ["ada", "bo"]);
     assert_eq!(first.missing, ["ghost"]);
-    let ada = store.job_named(tenant.id, ids[0], HEARTBEAT_JOB).await.unwrap();
+    let ada = store.jobs(tenant.id).named(ids[0], HEARTBEAT_JOB).await.unwrap();
     assert_eq!((ada.schedule.as_str(), ada.prompt.as_str()), ("@every 30m", "check the inbox"));
     assert_eq!(ada.target, JobTarget::Session("heartbeat".into()));
 
     let again = reconcile(&store, &both).await.unwrap();
     assert_eq!(again.kept, ["ada", "bo"]);
-    assert_eq!(store.job_named(tenant.id, ids[0], HEARTBEAT_JOB).await.unwrap().id, ada.id);
+    assert_eq!(store.jobs(tenant.id).named(ids[0], HEARTBEAT_JOB).await.unwrap().id, ada.id);
 
     let changed =
         config("heartbeats:\n  ada: { schedule: \"@hourly\", prompt: \"check the inbox\" }\n");
     let third = reconcile(&store, &changed).await.unwrap();
     assert_eq!((third.replaced, third.removed), (vec!["ada".to_owned()], vec!["bo".to_owned()]));
-    let ada = store.job_named(tenant.id, ids[0], HEARTBEAT_JOB).await.unwrap();
+    let ada = store.jobs(tenant.id).named(ids[0], HEARTBEAT_JOB).await.unwrap();
     assert_eq!(ada.schedule, "@hourly");
-    assert!(store.job_named(tenant.id, ids[1], HEARTBEAT_JOB).await.is_err());
+    assert!(store.jobs(tenant.id).named(ids[1], HEARTBEAT_JOB).await.is_err());
 
     for (yaml, says) in [
         (
@@ -465,7 +467,7 @@ async fn heartbeats_are_kept_as_the_configuration_declares() {
         assert!(err.contains(says), "{yaml}: {err}");
     }
     // The refused files changed nothing.
-    let kept = store.job_named(tenant.id, ids[0], HEARTBEAT_JOB).await.unwrap();
+    let kept = store.jobs(tenant.id).named(ids[0], HEARTBEAT_JOB).await.unwrap();
     assert_eq!(kept.id, ada.id);
     // An empty prompt is the configuration's own check.
     let empty = clade_config::Config::parse(
@@ -586,14 +588,14 @@ async fn ten_thousand_jobs_fire_once_over_thirty_days_and_a_hundred_restarts() {
     assert_eq!(restarts, 100, "the month had {restarts} restarts");
     assert!(races > 0, "no two looks ever raced");
 
-    let jobs = store.jobs(tenant.id, None).await.unwrap();
+    let jobs = store.jobs(tenant.id).list(None).await.unwrap();
     assert_eq!(jobs.len(), JOBS);
     let (mut runs_total, mut skipped_total) = (0u64, 0u64);
     for job in &jobs {
         let schedule = Schedule::parse(&job.schedule).unwrap();
         let zone = Zone::parse(&job.zone).unwrap();
         let all = schedule.fires_between(start, job.settled_at, &zone, 100_000);
-        let runs = store.job_runs(tenant.id, job.id, None, 100_000).await.unwrap();
+        let runs = store.jobs(tenant.id).runs(job.id, None, 100_000).await.unwrap();
         // Newest first, each time once.
         assert!(
             runs.windows(2).all(|w| w[0].scheduled_at > w[1].scheduled_at),
@@ -637,7 +639,8 @@ async fn a_job_whose_target_session_is_deleted_records_refused_fires() {
     let (_tmp, _, store, tenant, ids) = with_agents(&["ada"]).await;
     let agent_id = ids[0];
     let origin = store
-        .accept_event(clade_store::NewEvent {
+        .turns()
+        .accept(clade_store::NewEvent {
             tenant: tenant.id,
             agent: "ada".into(),
             source: clade_store::Source {
@@ -683,26 +686,26 @@ async fn a_job_whose_target_session_is_deleted_records_refused_fires() {
         started_at: now,
         finished_at: None,
     };
-    store.begin_turn(&turn, vec![origin.event_id], Vec::new(), None, None).await.unwrap();
+    store.turns().begin(&turn, vec![origin.event_id], Vec::new(), None, None).await.unwrap();
     let outcome = clade_store::TurnOutcome {
         status: clade_core::TurnStatus::Completed,
         reply: Some("sure".into()),
         error: None,
         model: None,
     };
-    store.finish_turn(&turn, outcome, Vec::new()).await.unwrap();
+    store.turns().finish(&turn, outcome, Vec::new()).await.unwrap();
     assert_eq!(store.sweep(tenant.id, cutoffs).await.unwrap().sessions, 1);
 
     let at = Timestamp::from_millis(job.next_at.unwrap().as_millis() + 1_000);
     let looked = look(&store, at, LookOptions::default()).await.unwrap();
     assert_eq!((looked.fired, looked.refused), (0, 1), "{looked:?}");
-    let runs = store.job_runs(tenant.id, job.id, None, 10).await.unwrap();
+    let runs = store.jobs(tenant.id).runs(job.id, None, 10).await.unwrap();
     let refused = match &runs[0].outcome {
         RunOutcome::Refused(why) => why.clone(),
         other => panic!("{other:?}"),
     };
     assert!(refused.contains(&origin.session_id.to_string()), "{refused}");
-    let job = store.job_named(tenant.id, agent_id, "remind").await.unwrap();
+    let job = store.jobs(tenant.id).named(agent_id, "remind").await.unwrap();
     assert!(
         job.settled_at >= Timestamp::from_millis(at.as_millis() - 60_000),
         "the job did not move on"
@@ -759,7 +762,7 @@ async fn fires_wait_for_their_tenants_rate_and_go_out_later() {
     let fired = |runs: &[clade_store::JobRun]| runs.len();
     let mut counts = Vec::new();
     for job in &jobs {
-        counts.push(fired(&store.job_runs(tenant.id, job.id, None, 10).await.unwrap()));
+        counts.push(fired(&store.jobs(tenant.id).runs(job.id, None, 10).await.unwrap()));
     }
     counts.sort();
     assert_eq!(counts, [0, 0, 1], "a deferred job wrote a run");
@@ -772,6 +775,6 @@ async fn fires_wait_for_their_tenants_rate_and_go_out_later() {
             .unwrap();
     assert_eq!((looked.fired, looked.deferred), (2, 0), "{looked:?}");
     for job in &jobs {
-        assert_eq!(fired(&store.job_runs(tenant.id, job.id, None, 10).await.unwrap()), 1);
+        assert_eq!(fired(&store.jobs(tenant.id).runs(job.id, None, 10).await.unwrap()), 1);
     }
 }

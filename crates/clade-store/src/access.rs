@@ -354,103 +354,6 @@ impl Store {
         Ok(row)
     }
 
-    /// Revokes a grant; its delegated children stop counting with it.
-    pub async fn revoke_grant(
-        &self,
-        tenant: TenantId,
-        id: GrantId,
-        audit: AuditEntry,
-    ) -> Result<()> {
-        let now = self.now();
-        self.write(move |conn| {
-            let audit = audit.clone();
-            Box::pin(async move {
-                let done = query(
-                    "UPDATE grants SET revoked_at = $1 WHERE id = $2 AND tenant_id = $3 AND revoked_at IS NULL",
-                )
-                .bind(now.as_millis())
-                .bind(id.as_bytes().to_vec())
-                .bind(tenant.as_bytes().to_vec())
-                .execute(&mut *conn)
-                .await?;
-                if done == 0 {
-                    return Err(Error::GrantNotFound(id.to_string()));
-                }
-                append_audit(conn, &audit, now).await
-            })
-        })
-        .await
-    }
-
-    pub async fn grant(&self, tenant: TenantId, id: GrantId) -> Result<GrantRow> {
-        self.one(
-            query(format!("SELECT {GRANT_COLUMNS} FROM grants WHERE tenant_id = $1 AND id = $2"))
-                .bind(tenant.as_bytes().to_vec())
-                .bind(id.as_bytes().to_vec()),
-            grant_from_row,
-            || Error::GrantNotFound(id.to_string()),
-        )
-        .await
-    }
-
-    /// Every grant of a tenant (or of one agent), revoked ones included, oldest first.
-    pub async fn grants(&self, tenant: TenantId, agent: Option<AgentId>) -> Result<Vec<GrantRow>> {
-        let rows = match agent {
-            Some(agent) => {
-                self.rows(
-                    query(format!(
-                        "SELECT {GRANT_COLUMNS} FROM grants WHERE tenant_id = $1 AND agent_id = $2 ORDER BY id"
-                    ))
-                    .bind(tenant.as_bytes().to_vec())
-                    .bind(agent.as_bytes().to_vec()),
-                )
-                .await?
-            }
-            None => {
-                self.rows(
-                    query(format!(
-                        "SELECT {GRANT_COLUMNS} FROM grants WHERE tenant_id = $1 ORDER BY id"
-                    ))
-                    .bind(tenant.as_bytes().to_vec()),
-                )
-                .await?
-            }
-        };
-        rows.iter().map(grant_from_row).collect()
-    }
-
-    /// The grants in force for `agent` now: live, with every ancestor live. Ancestors may belong
-    /// to other agents (delegation).
-    pub async fn effective_grants(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-    ) -> Result<Vec<GrantRow>> {
-        let now = self.now();
-        let own = self.grants(tenant, Some(agent)).await?;
-        let mut live = Vec::new();
-        'grants: for grant in own {
-            let mut current = grant.clone();
-            for _ in 0..32 {
-                if !current.is_live(now) {
-                    continue 'grants;
-                }
-                match current.parent_id {
-                    None => {
-                        live.push(grant);
-                        continue 'grants;
-                    }
-                    Some(parent) => match self.grant(tenant, parent).await {
-                        Ok(p) => current = p,
-                        Err(Error::GrantNotFound(_)) => continue 'grants,
-                        Err(e) => return Err(e),
-                    },
-                }
-            }
-        }
-        Ok(live)
-    }
-
     /// Records a request for approval, or returns the one this call made before (same key);
     /// with the `approval.requested` it announced (none for a request made before), to publish.
     pub async fn request_approval(
@@ -514,11 +417,152 @@ impl Store {
             })
         })
         .await?;
-        Ok((self.approval_by_call(tenant, &key).await?, announced))
+        Ok((self.access(tenant).approval_by_call(&key).await?, announced))
     }
 
-    pub async fn approval_by_call(&self, tenant: TenantId, call_key: &str) -> Result<ApprovalRow> {
-        self.one(
+    /// Appends one audit record on its own.
+    pub async fn audit(&self, entry: AuditEntry) -> Result<()> {
+        let now = self.now();
+        self.write(move |conn| {
+            let entry = entry.clone();
+            Box::pin(async move { append_audit(conn, &entry, now).await })
+        })
+        .await
+    }
+}
+
+/// Adds `"key": value` to a JSON object text (used to name an id created in the transaction).
+fn merge_id(detail: &str, key: &str, value: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(detail) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.insert(key.to_owned(), serde_json::Value::String(value.to_owned()));
+            serde_json::Value::Object(map).to_string()
+        }
+        _ => detail.to_owned(),
+    }
+}
+
+/// One tenant's grants, approvals and audit trail: every read filters by the tenant it was
+/// made for, whatever ids it is handed.
+#[derive(Clone, Copy)]
+pub struct Access<'s> {
+    pub(crate) store: &'s Store,
+    pub(crate) tenant: TenantId,
+}
+
+impl Store {
+    /// `tenant`'s grants, approvals and audit records.
+    pub fn access(&self, tenant: TenantId) -> Access<'_> {
+        Access { store: self, tenant }
+    }
+}
+
+impl crate::TenantStore {
+    /// This tenant's grants, approvals and audit records.
+    pub fn access(&self) -> Access<'_> {
+        self.store().access(self.tenant())
+    }
+}
+
+impl Access<'_> {
+    /// Revokes a grant; its delegated children stop counting with it.
+    pub async fn revoke_grant(self, id: GrantId, audit: AuditEntry) -> Result<()> {
+        let tenant = self.tenant;
+        let now = self.store.now();
+        self.store.write(move |conn| {
+            let audit = audit.clone();
+            Box::pin(async move {
+                let done = query(
+                    "UPDATE grants SET revoked_at = $1 WHERE id = $2 AND tenant_id = $3 AND revoked_at IS NULL",
+                )
+                .bind(now.as_millis())
+                .bind(id.as_bytes().to_vec())
+                .bind(tenant.as_bytes().to_vec())
+                .execute(&mut *conn)
+                .await?;
+                if done == 0 {
+                    return Err(Error::GrantNotFound(id.to_string()));
+                }
+                append_audit(conn, &audit, now).await
+            })
+        })
+        .await
+    }
+
+    pub async fn grant(self, id: GrantId) -> Result<GrantRow> {
+        let tenant = self.tenant;
+        self.store
+            .one(
+                query(format!(
+                    "SELECT {GRANT_COLUMNS} FROM grants WHERE tenant_id = $1 AND id = $2"
+                ))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(id.as_bytes().to_vec()),
+                grant_from_row,
+                || Error::GrantNotFound(id.to_string()),
+            )
+            .await
+    }
+
+    /// Every grant of a tenant (or of one agent), revoked ones included, oldest first.
+    pub async fn grants(self, agent: Option<AgentId>) -> Result<Vec<GrantRow>> {
+        let tenant = self.tenant;
+        let rows = match agent {
+            Some(agent) => {
+                self.store.rows(
+                    query(format!(
+                        "SELECT {GRANT_COLUMNS} FROM grants WHERE tenant_id = $1 AND agent_id = $2 ORDER BY id"
+                    ))
+                    .bind(tenant.as_bytes().to_vec())
+                    .bind(agent.as_bytes().to_vec()),
+                )
+                .await?
+            }
+            None => {
+                self.store.rows(
+                    query(format!(
+                        "SELECT {GRANT_COLUMNS} FROM grants WHERE tenant_id = $1 ORDER BY id"
+                    ))
+                    .bind(tenant.as_bytes().to_vec()),
+                )
+                .await?
+            }
+        };
+        rows.iter().map(grant_from_row).collect()
+    }
+
+    /// The grants in force for `agent` now: live, with every ancestor live. Ancestors may belong
+    /// to other agents (delegation).
+    pub async fn effective_grants(self, agent: AgentId) -> Result<Vec<GrantRow>> {
+        let tenant = self.tenant;
+        let now = self.store.now();
+        let own = self.store.access(tenant).grants(Some(agent)).await?;
+        let mut live = Vec::new();
+        'grants: for grant in own {
+            let mut current = grant.clone();
+            for _ in 0..32 {
+                if !current.is_live(now) {
+                    continue 'grants;
+                }
+                match current.parent_id {
+                    None => {
+                        live.push(grant);
+                        continue 'grants;
+                    }
+                    Some(parent) => match self.store.access(tenant).grant(parent).await {
+                        Ok(p) => current = p,
+                        Err(Error::GrantNotFound(_)) => continue 'grants,
+                        Err(e) => return Err(e),
+                    },
+                }
+            }
+        }
+        Ok(live)
+    }
+
+    pub async fn approval_by_call(self, call_key: &str) -> Result<ApprovalRow> {
+        let tenant = self.tenant;
+        self.store.one(
             query(format!(
                 "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant_id = $1 AND call_key = $2"
             ))
@@ -530,29 +574,32 @@ impl Store {
         .await
     }
 
-    pub async fn approval(&self, tenant: TenantId, id: ApprovalId) -> Result<ApprovalRow> {
-        self.one(
-            query(format!(
-                "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant_id = $1 AND id = $2"
-            ))
-            .bind(tenant.as_bytes().to_vec())
-            .bind(id.as_bytes().to_vec()),
-            approval_from_row,
-            || Error::ApprovalNotFound(id.to_string()),
-        )
-        .await
+    pub async fn approval(self, id: ApprovalId) -> Result<ApprovalRow> {
+        let tenant = self.tenant;
+        self.store
+            .one(
+                query(format!(
+                    "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant_id = $1 AND id = $2"
+                ))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(id.as_bytes().to_vec()),
+                approval_from_row,
+                || Error::ApprovalNotFound(id.to_string()),
+            )
+            .await
     }
 
     /// A tenant's approvals, newest first; only those with `status` when given.
     pub async fn approvals(
-        &self,
-        tenant: TenantId,
+        self,
         agent: Option<AgentId>,
         status: Option<ApprovalStatus>,
         limit: u32,
     ) -> Result<Vec<ApprovalRow>> {
+        let tenant = self.tenant;
         // An empty blob stands for "any agent": no id is empty.
         let rows = self
+            .store
             .rows(
                 query(format!(
                     "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant_id = $1 \
@@ -571,15 +618,16 @@ impl Store {
     /// Decides a pending approval, with an optional grant (approve-always) in the same commit.
     /// A decided approval is never changed again.
     pub async fn decide_approval(
-        &self,
-        tenant: TenantId,
+        self,
         id: ApprovalId,
         decision: ApprovalDecision,
     ) -> Result<(ApprovalRow, Vec<OutboxRow>)> {
-        let now = self.now();
+        let tenant = self.tenant;
+        let now = self.store.now();
         let ApprovalDecision { status, decided_by, note, grant, audits } = decision;
-        let grant = grant.map(|g| self.grant_row(g));
+        let grant = grant.map(|g| self.store.grant_row(g));
         let announced = self
+            .store
             .write(move |conn| {
                 let audits = audits.clone();
                 let decided_by = decided_by.clone();
@@ -639,26 +687,13 @@ impl Store {
                 })
             })
             .await?;
-        Ok((self.approval(tenant, id).await?, announced))
-    }
-
-    /// Appends one audit record on its own.
-    pub async fn audit(&self, entry: AuditEntry) -> Result<()> {
-        let now = self.now();
-        self.write(move |conn| {
-            let entry = entry.clone();
-            Box::pin(async move { append_audit(conn, &entry, now).await })
-        })
-        .await
+        Ok((self.store.access(tenant).approval(id).await?, announced))
     }
 
     /// A tenant's audit records in order, filtered.
-    pub async fn audit_records(
-        &self,
-        tenant: TenantId,
-        filter: &AuditFilter,
-    ) -> Result<Vec<AuditRow>> {
-        let rows = self
+    pub async fn audit_records(self, filter: &AuditFilter) -> Result<Vec<AuditRow>> {
+        let tenant = self.tenant;
+        let rows = self.store
             .rows(
                 query(
                     "SELECT seq, at, agent_id, kind, tool, decision, detail, prev_hash, hash FROM audit_log \
@@ -681,20 +716,20 @@ impl Store {
 
     /// Recomputes a tenant's whole chain: every record must hash to its stored hash and link to
     /// its predecessor, with no gap in sequence numbers.
-    pub async fn verify_audit(&self, tenant: TenantId) -> Result<AuditVerification> {
+    pub async fn verify_audit(self) -> Result<AuditVerification> {
+        let tenant = self.tenant;
         let mut prev = GENESIS.to_owned();
         let mut expected_seq = 1;
         let mut records = 0;
         loop {
             let page = self
-                .audit_records(
-                    tenant,
-                    &AuditFilter {
-                        after: Some(expected_seq - 1),
-                        limit: 1000,
-                        ..AuditFilter::default()
-                    },
-                )
+                .store
+                .access(tenant)
+                .audit_records(&AuditFilter {
+                    after: Some(expected_seq - 1),
+                    limit: 1000,
+                    ..AuditFilter::default()
+                })
                 .await?;
             if page.is_empty() {
                 return Ok(AuditVerification { records, broken: None });
@@ -721,16 +756,5 @@ impl Store {
                 records += 1;
             }
         }
-    }
-}
-
-/// Adds `"key": value` to a JSON object text (used to name an id created in the transaction).
-fn merge_id(detail: &str, key: &str, value: &str) -> String {
-    match serde_json::from_str::<serde_json::Value>(detail) {
-        Ok(serde_json::Value::Object(mut map)) => {
-            map.insert(key.to_owned(), serde_json::Value::String(value.to_owned()));
-            serde_json::Value::Object(map).to_string()
-        }
-        _ => detail.to_owned(),
     }
 }

@@ -667,7 +667,7 @@ pub async fn export(
 ) -> Result<ExportReport> {
     let store = agents.store();
     let mut report = ExportReport { agent: agent.handle.to_string(), ..ExportReport::default() };
-    let tenant_name = store.tenant_by_id(agent.tenant_id).await?.name.to_string();
+    let tenant_name = store.tenants().by_id(agent.tenant_id).await?.name.to_string();
     let mut w = Hashing { out, digest: Sha256::new() };
     w.line(&Line::Header {
         format: FORMAT.into(),
@@ -987,7 +987,7 @@ pub async fn import(
     {
         let _ = std::fs::remove_dir_all(&staging);
         let agent = report.agent.handle.to_string();
-        let _ = store.delete_agent(tenant, &agent).await;
+        let _ = store.agents(tenant).delete(&agent).await;
         return Err(Error::Io { action: "create workspace", path: workspace, source });
     }
     Ok(report)
@@ -1532,7 +1532,7 @@ async fn write_checked(
             })
         })
         .await?;
-    let imported = store.agent_by_id(tenant, agent).await?;
+    let imported = store.agents(tenant).by_id(agent).await?;
     let report = ImportReport {
         agent: imported,
         files,

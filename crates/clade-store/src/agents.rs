@@ -84,7 +84,7 @@ impl Agents {
     /// Creates an agent after checking its template exists. No directory is created yet.
     pub async fn create(&self, tenant: TenantId, agent: NewAgent) -> Result<Agent> {
         self.template_files(&agent.config.template, &agent.handle, &agent.handle.to_string())?;
-        self.store.create_agent(tenant, agent).await
+        self.store.agents(tenant).create(agent).await
     }
 
     /// Like [`Agents::create`], refused ([`crate::Error::QuotaExceeded`], naming `key`, where the
@@ -100,7 +100,8 @@ impl Agents {
         self.template_files(&agent.config.template, &agent.handle, &agent.handle.to_string())?;
         let mut created = self
             .store
-            .create_agents_limited(tenant, vec![agent], Some((max, key.to_owned())))
+            .agents(tenant)
+            .create_many_within(vec![agent], Some((max, key.to_owned())))
             .await?;
         created.pop().ok_or_else(|| crate::Error::BadRow("no agent created".into()))
     }
@@ -141,7 +142,7 @@ impl Agents {
     /// Deletes the agent's row, its secrets and its workspace, all or nothing: the workspace is
     /// first moved to the trash, and moved back if the row cannot be deleted.
     pub async fn delete(&self, tenant: TenantId, handle: &str) -> Result<Agent> {
-        let agent = self.store.agent(tenant, handle).await?;
+        let agent = self.store.agents(tenant).get(handle).await?;
         let workspace = self.workspace_path(agent.id);
         let trashed = self.data_dir.trash_dir().join(agent.id.to_string());
         let moved = if workspace.is_dir() {
@@ -156,7 +157,7 @@ impl Agents {
         } else {
             false
         };
-        match self.store.delete_agent(tenant, handle).await {
+        match self.store.agents(tenant).delete(handle).await {
             Ok(agent) => {
                 if moved {
                     remove_dir_logged(&trashed);
@@ -225,7 +226,7 @@ impl Agents {
             return Err(err);
         }
         let new = NewAgent { handle, display_name, config: AgentConfig::default() };
-        let agent = match self.store.create_agent(tenant, new).await {
+        let agent = match self.store.agents(tenant).create(new).await {
             Ok(agent) => agent,
             Err(err) => {
                 let _ = std::fs::remove_dir_all(&staging);
@@ -234,7 +235,7 @@ impl Agents {
         };
         if let Err(err) = self.publish(&staging, &self.workspace_path(agent.id)) {
             let _ = std::fs::remove_dir_all(&staging);
-            let _ = self.store.delete_agent(tenant, agent.handle.as_str()).await;
+            let _ = self.store.agents(tenant).delete(agent.handle.as_str()).await;
             return Err(err);
         }
         Ok(agent)

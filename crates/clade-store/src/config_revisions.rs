@@ -46,21 +46,35 @@ fn revision_row(row: &Row) -> Result<ConfigRevision> {
     })
 }
 
+/// The deployment's configuration revisions, each recorded with its audit record and
+/// `config.applied` event.
+#[derive(Clone, Copy)]
+pub struct ConfigRevisions<'s> {
+    pub(crate) store: &'s Store,
+}
+
 impl Store {
+    /// The deployment's configuration revisions.
+    pub fn config_revisions(&self) -> ConfigRevisions<'_> {
+        ConfigRevisions { store: self }
+    }
+}
+
+impl ConfigRevisions<'_> {
     /// Records `new` as the next revision, applied by this store's actor, with its audit
     /// record and `config.applied` event in the same transaction.
-    pub async fn record_config(&self, new: NewConfigRevision) -> Result<ConfigRevision> {
+    pub async fn record(self, new: NewConfigRevision) -> Result<ConfigRevision> {
         use sha2::Digest as _;
-        let operator = self.tenant(Tenant::DEFAULT_NAME).await?;
+        let operator = self.store.tenants().named(Tenant::DEFAULT_NAME).await?;
         let sha256 = hex::encode(sha2::Sha256::digest(new.yaml.as_bytes()));
-        let by = self.actor().to_owned();
-        let audit = self.admin_record(
+        let by = self.store.actor().to_owned();
+        let audit = self.store.admin_record(
             operator.id,
             None,
             AuditKind::ConfigApplied,
             serde_json::json!({ "sha256": sha256, "reverts": new.reverts }),
         );
-        let (revision, _) = self
+        let (revision, _) = self.store
             .transact(operator.id, move |work| {
                 let (new, audit, sha256, by) =
                     (new.clone(), audit.clone(), sha256.clone(), by.clone());
@@ -113,8 +127,9 @@ impl Store {
     }
 
     /// The newest revisions first, at most `limit`.
-    pub async fn config_revisions(&self, limit: u32) -> Result<Vec<ConfigRevision>> {
+    pub async fn list(self, limit: u32) -> Result<Vec<ConfigRevision>> {
         let rows = self
+            .store
             .rows(
                 query(format!(
                     "SELECT {COLUMNS} FROM config_revisions ORDER BY revision DESC LIMIT $1"
@@ -125,8 +140,9 @@ impl Store {
         rows.iter().map(revision_row).collect()
     }
 
-    pub async fn config_revision(&self, revision: i64) -> Result<ConfigRevision> {
+    pub async fn get(self, revision: i64) -> Result<ConfigRevision> {
         let row = self
+            .store
             .maybe_row(
                 query(format!("SELECT {COLUMNS} FROM config_revisions WHERE revision = $1"))
                     .bind(revision),
@@ -140,8 +156,9 @@ impl Store {
 
     /// The newest revision's number (0 before any was applied): what a gateway compares with
     /// the one it runs.
-    pub async fn latest_config_revision(&self) -> Result<i64> {
+    pub async fn latest(self) -> Result<i64> {
         let row = self
+            .store
             .maybe_row(query("SELECT COALESCE(MAX(revision), 0) AS latest FROM config_revisions"))
             .await?;
         Ok(row.map(|row| row.try_get("latest")).transpose()?.unwrap_or(0))

@@ -333,84 +333,6 @@ impl Store {
             .await?;
         Ok(row)
     }
-
-    pub async fn execution(&self, tenant: TenantId, id: ExecutionId) -> Result<ExecutionRow> {
-        let row = self.maybe_row(select_one(tenant, id)).await?;
-        row.as_ref()
-            .map(execution_row)
-            .transpose()?
-            .ok_or_else(|| Error::ExecutionNotFound(id.to_string()))
-    }
-
-    /// An execution's steps, in order.
-    pub async fn execution_steps(
-        &self,
-        tenant: TenantId,
-        id: ExecutionId,
-    ) -> Result<Vec<ExecutionStep>> {
-        self.execution(tenant, id).await?;
-        let rows = self
-            .rows(
-                query(
-                    "SELECT seq, step_key, data FROM execution_steps WHERE execution_id = $1 \
-                     ORDER BY seq",
-                )
-                .bind(id.as_bytes().to_vec()),
-            )
-            .await?;
-        rows.iter().map(step_row).collect()
-    }
-
-    /// [`ExecutionWrites::append_step`] as a unit of work of its own.
-    pub async fn append_execution_step(
-        &self,
-        tenant: TenantId,
-        id: ExecutionId,
-        step: ExecutionStep,
-    ) -> Result<bool> {
-        let (appended, _) = self
-            .transact(tenant, move |work| {
-                let step = step.clone();
-                Box::pin(async move { work.executions().append_step(id, step).await })
-            })
-            .await?;
-        Ok(appended)
-    }
-
-    /// [`ExecutionWrites::set_status`] as a unit of work of its own.
-    pub async fn set_execution_status(
-        &self,
-        tenant: TenantId,
-        id: ExecutionId,
-        status: ExecutionStatus,
-        output: Option<String>,
-        error: Option<String>,
-    ) -> Result<ExecutionRow> {
-        let (row, _) = self
-            .transact(tenant, move |work| {
-                let (output, error) = (output.clone(), error.clone());
-                Box::pin(
-                    async move { work.executions().set_status(id, status, output, error).await },
-                )
-            })
-            .await?;
-        Ok(row)
-    }
-
-    /// A tenant's executions other than turns (a session lists its own), newest first.
-    pub async fn executions(&self, tenant: TenantId, limit: u32) -> Result<Vec<ExecutionRow>> {
-        let rows = self
-            .rows(
-                query(format!(
-                    "SELECT {COLUMNS} FROM executions WHERE tenant_id = $1 AND kind <> 'turn' \
-                     ORDER BY created_at DESC, id DESC LIMIT $2"
-                ))
-                .bind(tenant.as_bytes().to_vec())
-                .bind(i64::from(limit)),
-            )
-            .await?;
-        rows.iter().map(execution_row).collect()
-    }
 }
 
 /// Reads across tenants, for the engine's recovery (see [`SystemStore`]).
@@ -425,6 +347,107 @@ impl SystemStore {
                     "SELECT {COLUMNS} FROM executions WHERE finished_at IS NULL AND kind <> 'turn' \
                      ORDER BY created_at, id LIMIT $1"
                 ))
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.iter().map(execution_row).collect()
+    }
+}
+
+/// One tenant's durable executions and their steps, read and changed one at a time (a
+/// unit of work's [`ExecutionWrites`] writes them together with other rows).
+#[derive(Clone, Copy)]
+pub struct Executions<'s> {
+    pub(crate) store: &'s Store,
+    pub(crate) tenant: TenantId,
+}
+
+impl Store {
+    /// `tenant`'s durable executions.
+    pub fn executions(&self, tenant: TenantId) -> Executions<'_> {
+        Executions { store: self, tenant }
+    }
+}
+
+impl crate::TenantStore {
+    /// This tenant's durable executions.
+    pub fn executions(&self) -> Executions<'_> {
+        self.store().executions(self.tenant())
+    }
+}
+
+impl Executions<'_> {
+    pub async fn get(self, id: ExecutionId) -> Result<ExecutionRow> {
+        let tenant = self.tenant;
+        let row = self.store.maybe_row(select_one(tenant, id)).await?;
+        row.as_ref()
+            .map(execution_row)
+            .transpose()?
+            .ok_or_else(|| Error::ExecutionNotFound(id.to_string()))
+    }
+
+    /// An execution's steps, in order.
+    pub async fn steps(self, id: ExecutionId) -> Result<Vec<ExecutionStep>> {
+        let tenant = self.tenant;
+        self.store.executions(tenant).get(id).await?;
+        let rows = self
+            .store
+            .rows(
+                query(
+                    "SELECT seq, step_key, data FROM execution_steps WHERE execution_id = $1 \
+                     ORDER BY seq",
+                )
+                .bind(id.as_bytes().to_vec()),
+            )
+            .await?;
+        rows.iter().map(step_row).collect()
+    }
+
+    /// [`ExecutionWrites::append_step`] as a unit of work of its own.
+    pub async fn append_step(self, id: ExecutionId, step: ExecutionStep) -> Result<bool> {
+        let tenant = self.tenant;
+        let (appended, _) = self
+            .store
+            .transact(tenant, move |work| {
+                let step = step.clone();
+                Box::pin(async move { work.executions().append_step(id, step).await })
+            })
+            .await?;
+        Ok(appended)
+    }
+
+    /// [`ExecutionWrites::set_status`] as a unit of work of its own.
+    pub async fn set_status(
+        self,
+        id: ExecutionId,
+        status: ExecutionStatus,
+        output: Option<String>,
+        error: Option<String>,
+    ) -> Result<ExecutionRow> {
+        let tenant = self.tenant;
+        let (row, _) = self
+            .store
+            .transact(tenant, move |work| {
+                let (output, error) = (output.clone(), error.clone());
+                Box::pin(
+                    async move { work.executions().set_status(id, status, output, error).await },
+                )
+            })
+            .await?;
+        Ok(row)
+    }
+
+    /// A tenant's executions other than turns (a session lists its own), newest first.
+    pub async fn list(self, limit: u32) -> Result<Vec<ExecutionRow>> {
+        let tenant = self.tenant;
+        let rows = self
+            .store
+            .rows(
+                query(format!(
+                    "SELECT {COLUMNS} FROM executions WHERE tenant_id = $1 AND kind <> 'turn' \
+                     ORDER BY created_at DESC, id DESC LIMIT $2"
+                ))
+                .bind(tenant.as_bytes().to_vec())
                 .bind(i64::from(limit)),
             )
             .await?;

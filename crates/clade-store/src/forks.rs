@@ -6,7 +6,7 @@
 //!
 //! Starting one commits its task (an event of its own session), its execution and its row in one
 //! transaction, keyed by the starting tool call's key, so a call run again finds what it started.
-//! When its session has nothing left to run, [`Store::settle_fork`] ends the execution and
+//! When its session has nothing left to run, [`crate::Forks::settle`] ends the execution and
 //! delivers its conclusion (or failure) into the parent session as an event, in one transaction
 //! keyed by the execution: it arrives once, however often settling is tried.
 
@@ -377,376 +377,9 @@ impl Store {
             .await?;
         Ok(Forked { announced, ..forked })
     }
-
-    /// Tells the worker `fork` (started from `parent_session`) more: a follow-up it takes in the
-    /// same context. A worker whose run ended runs anew (a new execution, `execution.started`);
-    /// one still running takes the message after what it is doing. A key seen before returns
-    /// what it sent.
-    pub async fn continue_worker(
-        &self,
-        tenant: TenantId,
-        fork: SessionId,
-        parent_session: SessionId,
-        message: String,
-        key: String,
-    ) -> Result<Forked> {
-        check_text("message", &message, MAX_TASK_BYTES)?;
-        let (forked, announced) = self
-            .transact(tenant, move |work| {
-                let (message, key) = (message.clone(), format!("{KEY_PREFIX}{key}"));
-                Box::pin(async move {
-                    if let Some(found) = fork_of_key(work.conn(), tenant, &key).await? {
-                        let accepted = Accepted {
-                            event_id: event_of_key(work.conn(), tenant, &key).await?,
-                            session_id: found.session,
-                            duplicate: true,
-                        };
-                        return Ok(Forked { fork: found, accepted, announced: Vec::new() });
-                    }
-                    let current = fork_in(work.conn(), tenant, fork)
-                        .await?
-                        .filter(|f| {
-                            f.kind == ExecutionKind::Worker && f.parent_session == parent_session
-                        })
-                        .ok_or_else(|| {
-                            Error::InvalidInput(format!(
-                                "this conversation started no worker {fork}: start one with agent.spawn_worker, without `worker`"
-                            ))
-                        })?;
-                    let (_, source, _) = session_in(work.conn(), tenant, fork)
-                        .await?
-                        .ok_or_else(|| Error::SessionNotFound(fork.to_string()))?;
-                    let (_, _, parent_next) = session_in(work.conn(), tenant, parent_session)
-                        .await?
-                        .ok_or_else(|| Error::SessionNotFound(parent_session.to_string()))?;
-                    let handle = handle_of(work.conn(), tenant, current.agent).await?;
-                    let accepted =
-                        accept_into_fork(work, handle, fork, source, message.clone(), key).await?;
-                    if current.status.is_final() {
-                        let execution = ExecutionId::generate(work.now());
-                        work.executions()
-                            .start(NewExecution {
-                                id: execution,
-                                tenant,
-                                agent: current.agent,
-                                kind: ExecutionKind::Worker,
-                                owner: ExecutionOwner::Session(parent_session),
-                                status: ExecutionStatus::Running,
-                                input: message.clone(),
-                            })
-                            .await?;
-                        query(
-                            "UPDATE forks SET execution_id = $1, forked_seq = $2, progress = NULL, \
-                             progress_at = NULL WHERE session_id = $3 AND tenant_id = $4",
-                        )
-                        .bind(b(execution.as_bytes()))
-                        .bind(parent_next - 1)
-                        .bind(b(fork.as_bytes()))
-                        .bind(b(tenant.as_bytes()))
-                        .execute(work.conn())
-                        .await?;
-                        let fork = fork_in(work.conn(), tenant, fork).await?.ok_or_else(|| {
-                            Error::BadRow("a fork just updated cannot be read".into())
-                        })?;
-                        let started =
-                            LifecycleEvent::ExecutionStarted(fork.data(Some(message), None));
-                        work.announce(Some(parent_session), &[OutboxEvent::from(&started)])
-                            .await?;
-                        return Ok(Forked { fork, accepted, announced: Vec::new() });
-                    }
-                    Ok(Forked { fork: current, accepted, announced: Vec::new() })
-                })
-            })
-            .await?;
-        Ok(Forked { announced, ..forked })
-    }
-
-    /// Ends the current run of the fork whose session is `session` once that session has
-    /// nothing left to run: its execution completes with the last turn's reply (or fails with
-    /// its error), and the outcome arrives in the parent session as an event, with
-    /// `execution.ended`, in one transaction. `None` when there is nothing to settle: no such
-    /// fork, a run already ended (settled, or cancelled), events still open, or a last turn
-    /// that waits to be resumed.
-    pub async fn settle_fork(
-        &self,
-        tenant: TenantId,
-        session: SessionId,
-    ) -> Result<Option<ForkSettled>> {
-        let (settled, announced) = self
-            .transact(tenant, move |work| {
-                Box::pin(async move {
-                    let Some(fork) = fork_in(work.conn(), tenant, session).await? else {
-                        return Ok(None);
-                    };
-                    if fork.status.is_final() {
-                        return Ok(None);
-                    }
-                    let open: i64 = query(
-                        "SELECT COUNT(*) AS n FROM events WHERE session_id = $1 \
-                         AND status IN ($2, $3)",
-                    )
-                    .bind(b(session.as_bytes()))
-                    .bind(EventStatus::Pending.as_str())
-                    .bind(EventStatus::Running.as_str())
-                    .fetch_one(work.conn())
-                    .await?
-                    .try_get("n")?;
-                    if open > 0 {
-                        return Ok(None);
-                    }
-                    let last = query(
-                        "SELECT id, status, output, error FROM executions WHERE owner_id = $1 \
-                         AND kind = $2 AND tenant_id = $3 ORDER BY created_at DESC, id DESC LIMIT 1",
-                    )
-                    .bind(b(session.as_bytes()))
-                    .bind(ExecutionKind::Turn.as_str())
-                    .bind(b(tenant.as_bytes()))
-                    .fetch_optional(work.conn())
-                    .await?;
-                    let Some(last) = last else { return Ok(None) };
-                    let (status, output, error) = match last.word("status", ExecutionStatus::parse)? {
-                        ExecutionStatus::Completed => (
-                            ExecutionStatus::Completed,
-                            Some(last.try_get::<Option<String>, _>("output")?.unwrap_or_default()),
-                            None,
-                        ),
-                        ExecutionStatus::Failed | ExecutionStatus::Cancelled => (
-                            ExecutionStatus::Failed,
-                            None,
-                            Some(
-                                last.try_get::<Option<String>, _>("error")?
-                                    .unwrap_or_else(|| "its turn failed".to_owned()),
-                            ),
-                        ),
-                        // Its turn yielded: the run waits to be resumed. The parent is told once
-                        // per such turn; the run stays open, and reports when it ends.
-                        ExecutionStatus::Paused => {
-                            let turn: Vec<u8> = last.try_get("id")?;
-                            return paused(work, tenant, &fork, &turn).await;
-                        }
-                        // Still running elsewhere.
-                        _ => return Ok(None),
-                    };
-                    work.executions()
-                        .set_status(fork.execution, status, output.clone(), error.clone())
-                        .await?;
-                    let fork = fork_in(work.conn(), tenant, session)
-                        .await?
-                        .ok_or_else(|| Error::BadRow("a fork just settled cannot be read".into()))?;
-                    let parent = session_in(work.conn(), tenant, fork.parent_session).await?;
-                    let Some((_, parent_source, _)) = parent else {
-                        return Ok(Some(ForkSettled { fork, delivered: None, announced: Vec::new() }));
-                    };
-                    let since: i64 = query(format!(
-                        "SELECT COUNT(*) AS n FROM events WHERE session_id = $1 AND seq > $2 \
-                         AND idempotency_key NOT LIKE '{KEY_PREFIX}%'"
-                    ))
-                    .bind(b(fork.parent_session.as_bytes()))
-                    .bind(fork.forked_seq)
-                    .fetch_one(work.conn())
-                    .await?
-                    .try_get("n")?;
-                    // The message that started it came before the fork was made.
-                    let since = u64::try_from(since).unwrap_or(0);
-                    let text = report(&fork, output.as_deref(), error.as_deref(), since);
-                    let key = format!("{KEY_PREFIX}{}:ended", fork.execution);
-                    let delivered =
-                        tell_parent(work, tenant, &fork, parent_source, key, text).await?;
-                    let detail = error.clone().or_else(|| output.clone().map(|o| clip(&o, 500)));
-                    let ended = LifecycleEvent::ExecutionEnded(fork.data(detail, Some(since)));
-                    work.announce(Some(fork.parent_session), &[OutboxEvent::from(&ended)]).await?;
-                    Ok(Some(ForkSettled { fork, delivered: Some(delivered), announced: Vec::new() }))
-                })
-            })
-            .await?;
-        Ok(settled.map(|s| ForkSettled { announced, ..s }))
-    }
-
-    /// Cancels the run `id` names (an execution, or a fork by its session's id): its execution
-    /// ends `cancelled`, with `execution.ended` in the parent session, and nothing it concludes
-    /// afterwards is delivered. Returns the fork, whether this call ended it (`false`: it had
-    /// ended already), and the lifecycle events to publish.
-    pub async fn cancel_fork(
-        &self,
-        tenant: TenantId,
-        id: [u8; 16],
-    ) -> Result<(ForkRow, bool, Vec<OutboxRow>)> {
-        let ((fork, changed), announced) = self
-            .transact(tenant, move |work| {
-                Box::pin(async move {
-                    let row = query(format!(
-                        "SELECT {COLUMNS} {JOIN} WHERE f.tenant_id = $1 \
-                         AND (f.session_id = $2 OR f.execution_id = $2)"
-                    ))
-                    .bind(b(tenant.as_bytes()))
-                    .bind(id.to_vec())
-                    .fetch_optional(work.conn())
-                    .await?;
-                    let fork = row.as_ref().map(fork_row).transpose()?.ok_or_else(|| {
-                        Error::ExecutionNotFound(ExecutionId::from_bytes(id).to_string())
-                    })?;
-                    if fork.status.is_final() {
-                        return Ok((fork, false));
-                    }
-                    work.executions()
-                        .set_status(
-                            fork.execution,
-                            ExecutionStatus::Cancelled,
-                            None,
-                            Some("cancelled by request".into()),
-                        )
-                        .await?;
-                    let fork =
-                        fork_in(work.conn(), tenant, fork.session).await?.ok_or_else(|| {
-                            Error::BadRow("a fork just cancelled cannot be read".into())
-                        })?;
-                    let ended = LifecycleEvent::ExecutionEnded(fork.data(None, None));
-                    work.announce(Some(fork.parent_session), &[OutboxEvent::from(&ended)]).await?;
-                    Ok((fork, true))
-                })
-            })
-            .await?;
-        Ok((fork, changed, announced))
-    }
-
-    /// Sets a running worker's status line (what its parent's context shows), with
-    /// `execution.progress` in the parent session.
-    pub async fn set_fork_progress(
-        &self,
-        tenant: TenantId,
-        session: SessionId,
-        text: String,
-    ) -> Result<(ForkRow, Vec<OutboxRow>)> {
-        check_text("status", &text, MAX_PROGRESS_BYTES)?;
-        self.transact(tenant, move |work| {
-            let text = text.clone();
-            Box::pin(async move {
-                let fork = fork_in(work.conn(), tenant, session)
-                    .await?
-                    .filter(|f| f.kind == ExecutionKind::Worker)
-                    .ok_or_else(|| {
-                        Error::InvalidInput(
-                            "only a worker sets a status line, and this conversation is none"
-                                .into(),
-                        )
-                    })?;
-                if fork.status.is_final() {
-                    return Err(Error::ExecutionEnded {
-                        id: fork.execution.to_string(),
-                        status: fork.status,
-                    });
-                }
-                query(
-                    "UPDATE forks SET progress = $1, progress_at = $2 \
-                     WHERE session_id = $3 AND tenant_id = $4",
-                )
-                .bind(text.clone())
-                .bind(work.now().as_millis())
-                .bind(b(session.as_bytes()))
-                .bind(b(tenant.as_bytes()))
-                .execute(work.conn())
-                .await?;
-                let fork = fork_in(work.conn(), tenant, session)
-                    .await?
-                    .ok_or_else(|| Error::BadRow("a fork just updated cannot be read".into()))?;
-                let progress = LifecycleEvent::ExecutionProgress(fork.data(Some(text), None));
-                work.announce(Some(fork.parent_session), &[OutboxEvent::from(&progress)]).await?;
-                Ok(fork)
-            })
-        })
-        .await
-    }
-
-    /// The fork whose session is `session`, if it is one.
-    pub async fn fork(&self, tenant: TenantId, session: SessionId) -> Result<Option<ForkRow>> {
-        let row = self
-            .maybe_row(
-                query(format!(
-                    "SELECT {COLUMNS} {JOIN} WHERE f.session_id = $1 AND f.tenant_id = $2"
-                ))
-                .bind(b(session.as_bytes()))
-                .bind(b(tenant.as_bytes())),
-            )
-            .await?;
-        row.as_ref().map(fork_row).transpose()
-    }
-
-    /// The fork an execution is a run of, if it is one.
-    pub async fn fork_of_execution(
-        &self,
-        tenant: TenantId,
-        execution: ExecutionId,
-    ) -> Result<Option<ForkRow>> {
-        let row = self
-            .maybe_row(
-                query(format!(
-                    "SELECT {COLUMNS} {JOIN} WHERE f.execution_id = $1 AND f.tenant_id = $2"
-                ))
-                .bind(b(execution.as_bytes()))
-                .bind(b(tenant.as_bytes())),
-            )
-            .await?;
-        row.as_ref().map(fork_row).transpose()
-    }
-
-    /// The branches and workers `parent` started, oldest first: only those running when
-    /// `running_only`.
-    pub async fn forks_of(
-        &self,
-        tenant: TenantId,
-        parent: SessionId,
-        running_only: bool,
-    ) -> Result<Vec<ForkRow>> {
-        let open = if running_only { " AND e.finished_at IS NULL" } else { "" };
-        let rows = self
-            .rows(
-                query(format!(
-                    "SELECT {COLUMNS} {JOIN} WHERE f.parent_session = $1 AND f.tenant_id = $2{open} \
-                     ORDER BY f.created_at, f.session_id LIMIT 100"
-                ))
-                .bind(b(parent.as_bytes()))
-                .bind(b(tenant.as_bytes())),
-            )
-            .await?;
-        rows.iter().map(fork_row).collect()
-    }
-
-    /// A tenant's runs (executions), newest first: of one agent, one kind, or only those that
-    /// have not ended, as `filter` says. Turns are runs only when asked for by kind.
-    pub async fn runs(&self, tenant: TenantId, filter: &RunFilter) -> Result<Vec<ExecutionRow>> {
-        let mut sql =
-            format!("SELECT {} FROM executions WHERE tenant_id = $1", crate::executions::COLUMNS);
-        let mut n = 1;
-        let mut next = || {
-            n += 1;
-            n
-        };
-        let agent = filter.agent.map(|_| next());
-        let kind = next();
-        if let Some(i) = agent {
-            sql.push_str(&format!(" AND agent_id = ${i}"));
-        }
-        match filter.kind {
-            Some(_) => sql.push_str(&format!(" AND kind = ${kind}")),
-            None => sql.push_str(&format!(" AND kind <> ${kind}")),
-        }
-        if filter.open_only {
-            sql.push_str(" AND finished_at IS NULL");
-        }
-        let limit = next();
-        sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT ${limit}"));
-        let mut q = query(sql).bind(b(tenant.as_bytes()));
-        if let Some(agent) = filter.agent {
-            q = q.bind(b(agent.as_bytes()));
-        }
-        q = q.bind(filter.kind.unwrap_or(ExecutionKind::Turn).as_str());
-        q = q.bind(i64::from(filter.limit.clamp(1, 1000)));
-        let rows = self.rows(q).await?;
-        rows.iter().map(crate::executions::execution_row).collect()
-    }
 }
 
-/// Which runs [`Store::runs`] lists.
+/// Which runs [`crate::Forks::runs`] lists.
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
     pub agent: Option<AgentId>,
@@ -877,5 +510,389 @@ impl SystemStore {
                 ))
             })
             .collect()
+    }
+}
+
+/// One tenant's forks: branches, workers and sub-agent runs, and the runs listed with them.
+#[derive(Clone, Copy)]
+pub struct Forks<'s> {
+    pub(crate) store: &'s Store,
+    pub(crate) tenant: TenantId,
+}
+
+impl Store {
+    /// `tenant`'s forks (branches, workers and sub-agent runs).
+    pub fn forks(&self, tenant: TenantId) -> Forks<'_> {
+        Forks { store: self, tenant }
+    }
+}
+
+impl crate::TenantStore {
+    /// This tenant's forks (branches, workers and sub-agent runs).
+    pub fn forks(&self) -> Forks<'_> {
+        self.store().forks(self.tenant())
+    }
+}
+
+impl Forks<'_> {
+    /// Tells the worker `fork` (started from `parent_session`) more: a follow-up it takes in the
+    /// same context. A worker whose run ended runs anew (a new execution, `execution.started`);
+    /// one still running takes the message after what it is doing. A key seen before returns
+    /// what it sent.
+    pub async fn continue_worker(
+        self,
+        fork: SessionId,
+        parent_session: SessionId,
+        message: String,
+        key: String,
+    ) -> Result<Forked> {
+        let tenant = self.tenant;
+        check_text("message", &message, MAX_TASK_BYTES)?;
+        let (forked, announced) = self.store
+            .transact(tenant, move |work| {
+                let (message, key) = (message.clone(), format!("{KEY_PREFIX}{key}"));
+                Box::pin(async move {
+                    if let Some(found) = fork_of_key(work.conn(), tenant, &key).await? {
+                        let accepted = Accepted {
+                            event_id: event_of_key(work.conn(), tenant, &key).await?,
+                            session_id: found.session,
+                            duplicate: true,
+                        };
+                        return Ok(Forked { fork: found, accepted, announced: Vec::new() });
+                    }
+                    let current = fork_in(work.conn(), tenant, fork)
+                        .await?
+                        .filter(|f| {
+                            f.kind == ExecutionKind::Worker && f.parent_session == parent_session
+                        })
+                        .ok_or_else(|| {
+                            Error::InvalidInput(format!(
+                                "this conversation started no worker {fork}: start one with agent.spawn_worker, without `worker`"
+                            ))
+                        })?;
+                    let (_, source, _) = session_in(work.conn(), tenant, fork)
+                        .await?
+                        .ok_or_else(|| Error::SessionNotFound(fork.to_string()))?;
+                    let (_, _, parent_next) = session_in(work.conn(), tenant, parent_session)
+                        .await?
+                        .ok_or_else(|| Error::SessionNotFound(parent_session.to_string()))?;
+                    let handle = handle_of(work.conn(), tenant, current.agent).await?;
+                    let accepted =
+                        accept_into_fork(work, handle, fork, source, message.clone(), key).await?;
+                    if current.status.is_final() {
+                        let execution = ExecutionId::generate(work.now());
+                        work.executions()
+                            .start(NewExecution {
+                                id: execution,
+                                tenant,
+                                agent: current.agent,
+                                kind: ExecutionKind::Worker,
+                                owner: ExecutionOwner::Session(parent_session),
+                                status: ExecutionStatus::Running,
+                                input: message.clone(),
+                            })
+                            .await?;
+                        query(
+                            "UPDATE forks SET execution_id = $1, forked_seq = $2, progress = NULL, \
+                             progress_at = NULL WHERE session_id = $3 AND tenant_id = $4",
+                        )
+                        .bind(b(execution.as_bytes()))
+                        .bind(parent_next - 1)
+                        .bind(b(fork.as_bytes()))
+                        .bind(b(tenant.as_bytes()))
+                        .execute(work.conn())
+                        .await?;
+                        let fork = fork_in(work.conn(), tenant, fork).await?.ok_or_else(|| {
+                            Error::BadRow("a fork just updated cannot be read".into())
+                        })?;
+                        let started =
+                            LifecycleEvent::ExecutionStarted(fork.data(Some(message), None));
+                        work.announce(Some(parent_session), &[OutboxEvent::from(&started)])
+                            .await?;
+                        return Ok(Forked { fork, accepted, announced: Vec::new() });
+                    }
+                    Ok(Forked { fork: current, accepted, announced: Vec::new() })
+                })
+            })
+            .await?;
+        Ok(Forked { announced, ..forked })
+    }
+
+    /// Ends the current run of the fork whose session is `session` once that session has
+    /// nothing left to run: its execution completes with the last turn's reply (or fails with
+    /// its error), and the outcome arrives in the parent session as an event, with
+    /// `execution.ended`, in one transaction. `None` when there is nothing to settle: no such
+    /// fork, a run already ended (settled, or cancelled), events still open, or a last turn
+    /// that waits to be resumed.
+    pub async fn settle(self, session: SessionId) -> Result<Option<ForkSettled>> {
+        let tenant = self.tenant;
+        let (settled, announced) = self.store
+            .transact(tenant, move |work| {
+                Box::pin(async move {
+                    let Some(fork) = fork_in(work.conn(), tenant, session).await? else {
+                        return Ok(None);
+                    };
+                    if fork.status.is_final() {
+                        return Ok(None);
+                    }
+                    let open: i64 = query(
+                        "SELECT COUNT(*) AS n FROM events WHERE session_id = $1 \
+                         AND status IN ($2, $3)",
+                    )
+                    .bind(b(session.as_bytes()))
+                    .bind(EventStatus::Pending.as_str())
+                    .bind(EventStatus::Running.as_str())
+                    .fetch_one(work.conn())
+                    .await?
+                    .try_get("n")?;
+                    if open > 0 {
+                        return Ok(None);
+                    }
+                    let last = query(
+                        "SELECT id, status, output, error FROM executions WHERE owner_id = $1 \
+                         AND kind = $2 AND tenant_id = $3 ORDER BY created_at DESC, id DESC LIMIT 1",
+                    )
+                    .bind(b(session.as_bytes()))
+                    .bind(ExecutionKind::Turn.as_str())
+                    .bind(b(tenant.as_bytes()))
+                    .fetch_optional(work.conn())
+                    .await?;
+                    let Some(last) = last else { return Ok(None) };
+                    let (status, output, error) = match last.word("status", ExecutionStatus::parse)? {
+                        ExecutionStatus::Completed => (
+                            ExecutionStatus::Completed,
+                            Some(last.try_get::<Option<String>, _>("output")?.unwrap_or_default()),
+                            None,
+                        ),
+                        ExecutionStatus::Failed | ExecutionStatus::Cancelled => (
+                            ExecutionStatus::Failed,
+                            None,
+                            Some(
+                                last.try_get::<Option<String>, _>("error")?
+                                    .unwrap_or_else(|| "its turn failed".to_owned()),
+                            ),
+                        ),
+                        // Its turn yielded: the run waits to be resumed. The parent is told once
+                        // per such turn; the run stays open, and reports when it ends.
+                        ExecutionStatus::Paused => {
+                            let turn: Vec<u8> = last.try_get("id")?;
+                            return paused(work, tenant, &fork, &turn).await;
+                        }
+                        // Still running elsewhere.
+                        _ => return Ok(None),
+                    };
+                    work.executions()
+                        .set_status(fork.execution, status, output.clone(), error.clone())
+                        .await?;
+                    let fork = fork_in(work.conn(), tenant, session)
+                        .await?
+                        .ok_or_else(|| Error::BadRow("a fork just settled cannot be read".into()))?;
+                    let parent = session_in(work.conn(), tenant, fork.parent_session).await?;
+                    let Some((_, parent_source, _)) = parent else {
+                        return Ok(Some(ForkSettled { fork, delivered: None, announced: Vec::new() }));
+                    };
+                    let since: i64 = query(format!(
+                        "SELECT COUNT(*) AS n FROM events WHERE session_id = $1 AND seq > $2 \
+                         AND idempotency_key NOT LIKE '{KEY_PREFIX}%'"
+                    ))
+                    .bind(b(fork.parent_session.as_bytes()))
+                    .bind(fork.forked_seq)
+                    .fetch_one(work.conn())
+                    .await?
+                    .try_get("n")?;
+                    // The message that started it came before the fork was made.
+                    let since = u64::try_from(since).unwrap_or(0);
+                    let text = report(&fork, output.as_deref(), error.as_deref(), since);
+                    let key = format!("{KEY_PREFIX}{}:ended", fork.execution);
+                    let delivered =
+                        tell_parent(work, tenant, &fork, parent_source, key, text).await?;
+                    let detail = error.clone().or_else(|| output.clone().map(|o| clip(&o, 500)));
+                    let ended = LifecycleEvent::ExecutionEnded(fork.data(detail, Some(since)));
+                    work.announce(Some(fork.parent_session), &[OutboxEvent::from(&ended)]).await?;
+                    Ok(Some(ForkSettled { fork, delivered: Some(delivered), announced: Vec::new() }))
+                })
+            })
+            .await?;
+        Ok(settled.map(|s| ForkSettled { announced, ..s }))
+    }
+
+    /// Cancels the run `id` names (an execution, or a fork by its session's id): its execution
+    /// ends `cancelled`, with `execution.ended` in the parent session, and nothing it concludes
+    /// afterwards is delivered. Returns the fork, whether this call ended it (`false`: it had
+    /// ended already), and the lifecycle events to publish.
+    pub async fn cancel(self, id: [u8; 16]) -> Result<(ForkRow, bool, Vec<OutboxRow>)> {
+        let tenant = self.tenant;
+        let ((fork, changed), announced) = self
+            .store
+            .transact(tenant, move |work| {
+                Box::pin(async move {
+                    let row = query(format!(
+                        "SELECT {COLUMNS} {JOIN} WHERE f.tenant_id = $1 \
+                         AND (f.session_id = $2 OR f.execution_id = $2)"
+                    ))
+                    .bind(b(tenant.as_bytes()))
+                    .bind(id.to_vec())
+                    .fetch_optional(work.conn())
+                    .await?;
+                    let fork = row.as_ref().map(fork_row).transpose()?.ok_or_else(|| {
+                        Error::ExecutionNotFound(ExecutionId::from_bytes(id).to_string())
+                    })?;
+                    if fork.status.is_final() {
+                        return Ok((fork, false));
+                    }
+                    work.executions()
+                        .set_status(
+                            fork.execution,
+                            ExecutionStatus::Cancelled,
+                            None,
+                            Some("cancelled by request".into()),
+                        )
+                        .await?;
+                    let fork =
+                        fork_in(work.conn(), tenant, fork.session).await?.ok_or_else(|| {
+                            Error::BadRow("a fork just cancelled cannot be read".into())
+                        })?;
+                    let ended = LifecycleEvent::ExecutionEnded(fork.data(None, None));
+                    work.announce(Some(fork.parent_session), &[OutboxEvent::from(&ended)]).await?;
+                    Ok((fork, true))
+                })
+            })
+            .await?;
+        Ok((fork, changed, announced))
+    }
+
+    /// Sets a running worker's status line (what its parent's context shows), with
+    /// `execution.progress` in the parent session.
+    pub async fn set_progress(
+        self,
+        session: SessionId,
+        text: String,
+    ) -> Result<(ForkRow, Vec<OutboxRow>)> {
+        let tenant = self.tenant;
+        check_text("status", &text, MAX_PROGRESS_BYTES)?;
+        self.store
+            .transact(tenant, move |work| {
+                let text = text.clone();
+                Box::pin(async move {
+                    let fork = fork_in(work.conn(), tenant, session)
+                        .await?
+                        .filter(|f| f.kind == ExecutionKind::Worker)
+                        .ok_or_else(|| {
+                            Error::InvalidInput(
+                                "only a worker sets a status line, and this conversation is none"
+                                    .into(),
+                            )
+                        })?;
+                    if fork.status.is_final() {
+                        return Err(Error::ExecutionEnded {
+                            id: fork.execution.to_string(),
+                            status: fork.status,
+                        });
+                    }
+                    query(
+                        "UPDATE forks SET progress = $1, progress_at = $2 \
+                     WHERE session_id = $3 AND tenant_id = $4",
+                    )
+                    .bind(text.clone())
+                    .bind(work.now().as_millis())
+                    .bind(b(session.as_bytes()))
+                    .bind(b(tenant.as_bytes()))
+                    .execute(work.conn())
+                    .await?;
+                    let fork = fork_in(work.conn(), tenant, session).await?.ok_or_else(|| {
+                        Error::BadRow("a fork just updated cannot be read".into())
+                    })?;
+                    let progress = LifecycleEvent::ExecutionProgress(fork.data(Some(text), None));
+                    work.announce(Some(fork.parent_session), &[OutboxEvent::from(&progress)])
+                        .await?;
+                    Ok(fork)
+                })
+            })
+            .await
+    }
+
+    /// The fork whose session is `session`, if it is one.
+    pub async fn get(self, session: SessionId) -> Result<Option<ForkRow>> {
+        let tenant = self.tenant;
+        let row = self
+            .store
+            .maybe_row(
+                query(format!(
+                    "SELECT {COLUMNS} {JOIN} WHERE f.session_id = $1 AND f.tenant_id = $2"
+                ))
+                .bind(b(session.as_bytes()))
+                .bind(b(tenant.as_bytes())),
+            )
+            .await?;
+        row.as_ref().map(fork_row).transpose()
+    }
+
+    /// The fork an execution is a run of, if it is one.
+    pub async fn of_execution(self, execution: ExecutionId) -> Result<Option<ForkRow>> {
+        let tenant = self.tenant;
+        let row = self
+            .store
+            .maybe_row(
+                query(format!(
+                    "SELECT {COLUMNS} {JOIN} WHERE f.execution_id = $1 AND f.tenant_id = $2"
+                ))
+                .bind(b(execution.as_bytes()))
+                .bind(b(tenant.as_bytes())),
+            )
+            .await?;
+        row.as_ref().map(fork_row).transpose()
+    }
+
+    /// The branches and workers `parent` started, oldest first: only those running when
+    /// `running_only`.
+    pub async fn of_parent(self, parent: SessionId, running_only: bool) -> Result<Vec<ForkRow>> {
+        let tenant = self.tenant;
+        let open = if running_only { " AND e.finished_at IS NULL" } else { "" };
+        let rows = self.store
+            .rows(
+                query(format!(
+                    "SELECT {COLUMNS} {JOIN} WHERE f.parent_session = $1 AND f.tenant_id = $2{open} \
+                     ORDER BY f.created_at, f.session_id LIMIT 100"
+                ))
+                .bind(b(parent.as_bytes()))
+                .bind(b(tenant.as_bytes())),
+            )
+            .await?;
+        rows.iter().map(fork_row).collect()
+    }
+
+    /// A tenant's runs (executions), newest first: of one agent, one kind, or only those that
+    /// have not ended, as `filter` says. Turns are runs only when asked for by kind.
+    pub async fn runs(self, filter: &RunFilter) -> Result<Vec<ExecutionRow>> {
+        let tenant = self.tenant;
+        let mut sql =
+            format!("SELECT {} FROM executions WHERE tenant_id = $1", crate::executions::COLUMNS);
+        let mut n = 1;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        let agent = filter.agent.map(|_| next());
+        let kind = next();
+        if let Some(i) = agent {
+            sql.push_str(&format!(" AND agent_id = ${i}"));
+        }
+        match filter.kind {
+            Some(_) => sql.push_str(&format!(" AND kind = ${kind}")),
+            None => sql.push_str(&format!(" AND kind <> ${kind}")),
+        }
+        if filter.open_only {
+            sql.push_str(" AND finished_at IS NULL");
+        }
+        let limit = next();
+        sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT ${limit}"));
+        let mut q = query(sql).bind(b(tenant.as_bytes()));
+        if let Some(agent) = filter.agent {
+            q = q.bind(b(agent.as_bytes()));
+        }
+        q = q.bind(filter.kind.unwrap_or(ExecutionKind::Turn).as_str());
+        q = q.bind(i64::from(filter.limit.clamp(1, 1000)));
+        let rows = self.store.rows(q).await?;
+        rows.iter().map(crate::executions::execution_row).collect()
     }
 }

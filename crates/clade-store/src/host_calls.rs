@@ -21,11 +21,26 @@ pub struct HostCall {
     pub frame: String,
 }
 
+/// The calls tool hosts (`clade tool-host`) have answered, remembered so that a call retried
+/// under the same key is answered as it was the first time.
+#[derive(Clone, Copy)]
+pub struct HostCalls<'s> {
+    pub(crate) store: &'s Store,
+}
+
 impl Store {
+    /// The calls tool hosts have answered, kept so a retried call is answered the same.
+    pub fn host_calls(&self) -> HostCalls<'_> {
+        HostCalls { store: self }
+    }
+}
+
+impl HostCalls<'_> {
     /// What the host `host` answered `key` with, if it is remembered.
-    pub async fn host_call(&self, host: &str, key: &str) -> Result<Option<HostCall>> {
-        let since = self.now().as_millis() - REMEMBERED_FOR.as_millis() as i64;
+    pub async fn get(self, host: &str, key: &str) -> Result<Option<HostCall>> {
+        let since = self.store.now().as_millis() - REMEMBERED_FOR.as_millis() as i64;
         let row = self
+            .store
             .maybe_row(
                 query(
                     "SELECT fingerprint, frame FROM host_calls \
@@ -44,11 +59,11 @@ impl Store {
 
     /// Remembers that the host `host` answered `key` with `call` (the first answer stays), and
     /// forgets its keys older than [`REMEMBERED_FOR`].
-    pub async fn remember_host_call(&self, host: &str, key: &str, call: HostCall) -> Result<()> {
+    pub async fn remember(self, host: &str, key: &str, call: HostCall) -> Result<()> {
         // The operator's, as every write outside a tenant's is.
-        let operator = self.tenant(Tenant::DEFAULT_NAME).await?;
+        let operator = self.store.tenants().named(Tenant::DEFAULT_NAME).await?;
         let (host, key) = (host.to_owned(), key.to_owned());
-        self.transact(operator.id, move |work| {
+        self.store.transact(operator.id, move |work| {
             let (host, key, call) = (host.clone(), key.clone(), call.clone());
             Box::pin(async move {
                 let now = work.now().as_millis();

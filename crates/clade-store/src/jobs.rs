@@ -164,7 +164,7 @@ pub struct JobRun {
     pub outcome: RunOutcome,
 }
 
-/// What settling one job among several ([`Store::settle_jobs`]) did.
+/// What settling one job among several ([`crate::Jobs::settle_many`]) did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
     /// Its fires committed, each with the envelope it produced.
@@ -552,29 +552,6 @@ impl JobWrites<'_> {
 }
 
 impl Store {
-    /// Settles several jobs of `tenant` in one transaction (one commit, and one wait in the
-    /// writer's queue, for all of them), each apart from the others
-    /// ([`JobWrites::settle_apart`]): the outcomes come back in the order given.
-    pub async fn settle_jobs(
-        &self,
-        tenant: TenantId,
-        settlements: Vec<(ExecutionId, Settlement)>,
-    ) -> Result<Vec<Result<Settled>>> {
-        let (outcomes, _) = self
-            .transact(tenant, move |work| {
-                let settlements = settlements.clone();
-                Box::pin(async move {
-                    let mut outcomes = Vec::with_capacity(settlements.len());
-                    for (id, settlement) in settlements {
-                        outcomes.push(work.jobs().settle_apart(id, settlement).await?);
-                    }
-                    Ok(outcomes)
-                })
-            })
-            .await?;
-        Ok(outcomes)
-    }
-
     /// [`JobWrites::create`] as a unit of work of its own, audited.
     pub async fn create_job(&self, new: NewJob) -> Result<JobRow> {
         let audit = self.admin_record(
@@ -602,157 +579,6 @@ impl Store {
             })
             .await?;
         Ok(row)
-    }
-
-    /// [`JobWrites::delete`] as a unit of work of its own, audited.
-    pub async fn delete_job(&self, tenant: TenantId, id: ExecutionId) -> Result<JobRow> {
-        let by = self.admin_record(tenant, None, AuditKind::JobRemoved, serde_json::json!({}));
-        let (row, _) = self
-            .transact(tenant, move |work| {
-                let mut audit = by.clone();
-                Box::pin(async move {
-                    let row = work.jobs().delete(id).await?;
-                    audit.agent = Some(row.agent_id);
-                    audit.detail = job_detail(&audit.detail, &row, None);
-                    work.audit(&audit).await?;
-                    Ok(row)
-                })
-            })
-            .await?;
-        Ok(row)
-    }
-
-    /// [`JobWrites::settle`] as a unit of work of its own.
-    pub async fn settle_job(
-        &self,
-        tenant: TenantId,
-        id: ExecutionId,
-        settlement: Settlement,
-    ) -> Result<Option<Vec<(JobRun, Accepted)>>> {
-        let (runs, _) = self
-            .transact(tenant, move |work| {
-                let settlement = settlement.clone();
-                Box::pin(async move { work.jobs().settle(id, settlement).await })
-            })
-            .await?;
-        Ok(runs)
-    }
-
-    /// [`JobWrites::settle_refused`] as a unit of work of its own.
-    pub async fn settle_job_refused(
-        &self,
-        tenant: TenantId,
-        id: ExecutionId,
-        settlement: Settlement,
-        error: String,
-    ) -> Result<Option<Vec<JobRun>>> {
-        let (runs, _) = self
-            .transact(tenant, move |work| {
-                let settlement = settlement.clone();
-                let error = error.clone();
-                Box::pin(async move { work.jobs().settle_refused(id, settlement, &error).await })
-            })
-            .await?;
-        Ok(runs)
-    }
-
-    /// [`JobWrites::set_enabled`] as a unit of work of its own, audited; `reason` says why a
-    /// job is disabled when no person disabled it.
-    pub async fn set_job_enabled(
-        &self,
-        tenant: TenantId,
-        id: ExecutionId,
-        enabled: bool,
-        reason: Option<String>,
-    ) -> Result<JobRow> {
-        let kind = if enabled { AuditKind::JobEnabled } else { AuditKind::JobDisabled };
-        let by = self.admin_record(tenant, None, kind, serde_json::json!({}));
-        let (row, _) = self
-            .transact(tenant, move |work| {
-                let mut audit = by.clone();
-                let reason = reason.clone();
-                Box::pin(async move {
-                    let row = work.jobs().set_enabled(id, enabled, reason.clone()).await?;
-                    audit.agent = Some(row.agent_id);
-                    audit.detail = job_detail(&audit.detail, &row, reason.as_deref());
-                    work.audit(&audit).await?;
-                    // Disabled by the scheduler, not a person: subscribers are told why.
-                    if let (false, Some(reason)) = (enabled, reason) {
-                        let event =
-                            clade_protocol::LifecycleEvent::from(clade_protocol::JobDisabled {
-                                job_id: row.id.to_string(),
-                                agent_id: row.agent_id.to_string(),
-                                name: row.name.clone(),
-                                reason,
-                            });
-                        work.announce(None, &[crate::turns::OutboxEvent::from(&event)]).await?;
-                    }
-                    Ok(row)
-                })
-            })
-            .await?;
-        Ok(row)
-    }
-
-    /// A tenant's jobs, of one agent or of all, by agent and name.
-    pub async fn jobs(&self, tenant: TenantId, agent: Option<AgentId>) -> Result<Vec<JobRow>> {
-        let rows = self
-            .rows(
-                query(format!(
-                    "SELECT {COLUMNS} FROM {FROM} WHERE j.tenant_id = $1 \
-                     AND ($2 = 0 OR j.agent_id = $3) ORDER BY a.handle, j.name, j.id"
-                ))
-                .bind(tenant.as_bytes().to_vec())
-                .bind(i64::from(agent.is_some()))
-                .bind(agent.map(|a| a.as_bytes().to_vec()).unwrap_or_default()),
-            )
-            .await?;
-        rows.iter().map(job_row).collect()
-    }
-
-    /// The job of `agent` named `name`.
-    pub async fn job_named(&self, tenant: TenantId, agent: AgentId, name: &str) -> Result<JobRow> {
-        let row = self
-            .maybe_row(
-                query(format!(
-                    "SELECT {COLUMNS} FROM {FROM} WHERE j.tenant_id = $1 AND j.agent_id = $2 \
-                     AND j.name = $3"
-                ))
-                .bind(tenant.as_bytes().to_vec())
-                .bind(agent.as_bytes().to_vec())
-                .bind(name.to_owned()),
-            )
-            .await?;
-        row.as_ref().map(job_row).transpose()?.ok_or_else(|| Error::JobNotFound(name.to_owned()))
-    }
-
-    /// A job's fires, newest first: at most `limit`, and only those fired at or after `since`
-    /// when given.
-    pub async fn job_runs(
-        &self,
-        tenant: TenantId,
-        id: ExecutionId,
-        since: Option<Timestamp>,
-        limit: u32,
-    ) -> Result<Vec<JobRun>> {
-        let rows = self
-            .rows(
-                query(
-                    "SELECT r.scheduled_at, r.fired_at, r.event_id, r.error, e.id AS delivered, \
-                     e.turn_id, x.status AS turn_status FROM job_runs r \
-                     JOIN jobs j ON j.id = r.job_id \
-                     LEFT JOIN events e ON e.id = r.event_id AND e.tenant_id = j.tenant_id \
-                     LEFT JOIN executions x ON x.id = e.turn_id AND x.tenant_id = j.tenant_id \
-                     WHERE r.job_id = $1 AND j.tenant_id = $2 AND r.fired_at >= $3 \
-                     ORDER BY r.scheduled_at DESC LIMIT $4",
-                )
-                .bind(id.as_bytes().to_vec())
-                .bind(tenant.as_bytes().to_vec())
-                .bind(since.map(|t| t.as_millis()).unwrap_or(i64::MIN))
-                .bind(i64::from(limit.max(1))),
-            )
-            .await?;
-        rows.iter().map(run_row).collect()
     }
 }
 
@@ -867,5 +693,214 @@ impl SystemStore {
             ))
             .await?;
         row.map(|row| Ok(Timestamp::from_millis(row.try_get("next_at")?))).transpose()
+    }
+}
+
+/// One tenant's scheduled jobs and their runs; no id handed to it reaches another tenant's.
+#[derive(Clone, Copy)]
+pub struct Jobs<'s> {
+    pub(crate) store: &'s Store,
+    pub(crate) tenant: TenantId,
+}
+
+impl Store {
+    /// `tenant`'s scheduled jobs.
+    pub fn jobs(&self, tenant: TenantId) -> Jobs<'_> {
+        Jobs { store: self, tenant }
+    }
+}
+
+impl crate::TenantStore {
+    /// This tenant's scheduled jobs.
+    pub fn jobs(&self) -> Jobs<'_> {
+        self.store().jobs(self.tenant())
+    }
+}
+
+impl Jobs<'_> {
+    /// Settles several jobs of `tenant` in one transaction (one commit, and one wait in the
+    /// writer's queue, for all of them), each apart from the others
+    /// ([`JobWrites::settle_apart`]): the outcomes come back in the order given.
+    pub async fn settle_many(
+        self,
+        settlements: Vec<(ExecutionId, Settlement)>,
+    ) -> Result<Vec<Result<Settled>>> {
+        let tenant = self.tenant;
+        let (outcomes, _) = self
+            .store
+            .transact(tenant, move |work| {
+                let settlements = settlements.clone();
+                Box::pin(async move {
+                    let mut outcomes = Vec::with_capacity(settlements.len());
+                    for (id, settlement) in settlements {
+                        outcomes.push(work.jobs().settle_apart(id, settlement).await?);
+                    }
+                    Ok(outcomes)
+                })
+            })
+            .await?;
+        Ok(outcomes)
+    }
+
+    /// [`JobWrites::delete`] as a unit of work of its own, audited.
+    pub async fn delete(self, id: ExecutionId) -> Result<JobRow> {
+        let tenant = self.tenant;
+        let by =
+            self.store.admin_record(tenant, None, AuditKind::JobRemoved, serde_json::json!({}));
+        let (row, _) = self
+            .store
+            .transact(tenant, move |work| {
+                let mut audit = by.clone();
+                Box::pin(async move {
+                    let row = work.jobs().delete(id).await?;
+                    audit.agent = Some(row.agent_id);
+                    audit.detail = job_detail(&audit.detail, &row, None);
+                    work.audit(&audit).await?;
+                    Ok(row)
+                })
+            })
+            .await?;
+        Ok(row)
+    }
+
+    /// [`JobWrites::settle`] as a unit of work of its own.
+    pub async fn settle(
+        self,
+        id: ExecutionId,
+        settlement: Settlement,
+    ) -> Result<Option<Vec<(JobRun, Accepted)>>> {
+        let tenant = self.tenant;
+        let (runs, _) = self
+            .store
+            .transact(tenant, move |work| {
+                let settlement = settlement.clone();
+                Box::pin(async move { work.jobs().settle(id, settlement).await })
+            })
+            .await?;
+        Ok(runs)
+    }
+
+    /// [`JobWrites::settle_refused`] as a unit of work of its own.
+    pub async fn settle_refused(
+        self,
+        id: ExecutionId,
+        settlement: Settlement,
+        error: String,
+    ) -> Result<Option<Vec<JobRun>>> {
+        let tenant = self.tenant;
+        let (runs, _) = self
+            .store
+            .transact(tenant, move |work| {
+                let settlement = settlement.clone();
+                let error = error.clone();
+                Box::pin(async move { work.jobs().settle_refused(id, settlement, &error).await })
+            })
+            .await?;
+        Ok(runs)
+    }
+
+    /// [`JobWrites::set_enabled`] as a unit of work of its own, audited; `reason` says why a
+    /// job is disabled when no person disabled it.
+    pub async fn set_enabled(
+        self,
+        id: ExecutionId,
+        enabled: bool,
+        reason: Option<String>,
+    ) -> Result<JobRow> {
+        let tenant = self.tenant;
+        let kind = if enabled { AuditKind::JobEnabled } else { AuditKind::JobDisabled };
+        let by = self.store.admin_record(tenant, None, kind, serde_json::json!({}));
+        let (row, _) = self
+            .store
+            .transact(tenant, move |work| {
+                let mut audit = by.clone();
+                let reason = reason.clone();
+                Box::pin(async move {
+                    let row = work.jobs().set_enabled(id, enabled, reason.clone()).await?;
+                    audit.agent = Some(row.agent_id);
+                    audit.detail = job_detail(&audit.detail, &row, reason.as_deref());
+                    work.audit(&audit).await?;
+                    // Disabled by the scheduler, not a person: subscribers are told why.
+                    if let (false, Some(reason)) = (enabled, reason) {
+                        let event =
+                            clade_protocol::LifecycleEvent::from(clade_protocol::JobDisabled {
+                                job_id: row.id.to_string(),
+                                agent_id: row.agent_id.to_string(),
+                                name: row.name.clone(),
+                                reason,
+                            });
+                        work.announce(None, &[crate::turns::OutboxEvent::from(&event)]).await?;
+                    }
+                    Ok(row)
+                })
+            })
+            .await?;
+        Ok(row)
+    }
+
+    /// A tenant's jobs, of one agent or of all, by agent and name.
+    pub async fn list(self, agent: Option<AgentId>) -> Result<Vec<JobRow>> {
+        let tenant = self.tenant;
+        let rows = self
+            .store
+            .rows(
+                query(format!(
+                    "SELECT {COLUMNS} FROM {FROM} WHERE j.tenant_id = $1 \
+                     AND ($2 = 0 OR j.agent_id = $3) ORDER BY a.handle, j.name, j.id"
+                ))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(i64::from(agent.is_some()))
+                .bind(agent.map(|a| a.as_bytes().to_vec()).unwrap_or_default()),
+            )
+            .await?;
+        rows.iter().map(job_row).collect()
+    }
+
+    /// The job of `agent` named `name`.
+    pub async fn named(self, agent: AgentId, name: &str) -> Result<JobRow> {
+        let tenant = self.tenant;
+        let row = self
+            .store
+            .maybe_row(
+                query(format!(
+                    "SELECT {COLUMNS} FROM {FROM} WHERE j.tenant_id = $1 AND j.agent_id = $2 \
+                     AND j.name = $3"
+                ))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec())
+                .bind(name.to_owned()),
+            )
+            .await?;
+        row.as_ref().map(job_row).transpose()?.ok_or_else(|| Error::JobNotFound(name.to_owned()))
+    }
+
+    /// A job's fires, newest first: at most `limit`, and only those fired at or after `since`
+    /// when given.
+    pub async fn runs(
+        self,
+        id: ExecutionId,
+        since: Option<Timestamp>,
+        limit: u32,
+    ) -> Result<Vec<JobRun>> {
+        let tenant = self.tenant;
+        let rows = self
+            .store
+            .rows(
+                query(
+                    "SELECT r.scheduled_at, r.fired_at, r.event_id, r.error, e.id AS delivered, \
+                     e.turn_id, x.status AS turn_status FROM job_runs r \
+                     JOIN jobs j ON j.id = r.job_id \
+                     LEFT JOIN events e ON e.id = r.event_id AND e.tenant_id = j.tenant_id \
+                     LEFT JOIN executions x ON x.id = e.turn_id AND x.tenant_id = j.tenant_id \
+                     WHERE r.job_id = $1 AND j.tenant_id = $2 AND r.fired_at >= $3 \
+                     ORDER BY r.scheduled_at DESC LIMIT $4",
+                )
+                .bind(id.as_bytes().to_vec())
+                .bind(tenant.as_bytes().to_vec())
+                .bind(since.map(|t| t.as_millis()).unwrap_or(i64::MIN))
+                .bind(i64::from(limit.max(1))),
+            )
+            .await?;
+        rows.iter().map(run_row).collect()
     }
 }

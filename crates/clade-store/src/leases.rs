@@ -1,7 +1,7 @@
 //! Leases with a fencing epoch: who may write a session's turns.
 //!
 //! Sessions map to shards; today there is one, [`SHARD`], so a node takes them all. Taking a
-//! lease bumps its epoch and records it in the store handle ([`Store::take_leases`]); from then
+//! lease bumps its epoch and records it in the store handle ([`crate::ShardLeases::take`]); from then
 //! on every turn and journal write through that handle (and its clones) checks, inside its own
 //! transaction, that the row still carries that epoch, and fails with [`Error::Fenced`] once
 //! another node has taken the lease. A handle that holds no lease (an operator's command)
@@ -25,13 +25,43 @@ pub struct Lease {
     pub holder: String,
 }
 
+/// Inside a write's transaction: refuses it unless the lease still carries `epoch`.
+pub(crate) async fn check(conn: &mut Tx, epoch: Option<i64>) -> Result<()> {
+    let Some(epoch) = epoch else { return Ok(()) };
+    let row =
+        query("SELECT epoch FROM leases WHERE shard = $1").bind(SHARD).fetch_optional(conn).await?;
+    let current = row.map(|row| row.try_get::<i64, _>("epoch")).transpose()?;
+    if current != Some(epoch) {
+        return Err(Error::Fenced { held: epoch, current: current.unwrap_or(0) });
+    }
+    Ok(())
+}
+
+/// The shard a session maps to.
+pub fn shard_of(_session: clade_core::SessionId) -> i64 {
+    SHARD
+}
+
+/// The leases of session shards this node holds, and the fencing epoch its turn writes carry.
+#[derive(Clone, Copy)]
+pub struct ShardLeases<'s> {
+    pub(crate) store: &'s Store,
+}
+
 impl Store {
+    /// The leases of session shards this node holds.
+    pub fn shard_leases(&self) -> ShardLeases<'_> {
+        ShardLeases { store: self }
+    }
+}
+
+impl ShardLeases<'_> {
     /// Takes the lease of every shard for `holder` (a node's name): whoever held it is fenced
     /// off from the next write it tries. The epoch applies to this handle and its clones.
-    pub async fn take_leases(&self, holder: &str) -> Result<Vec<Lease>> {
-        let now = self.now();
+    pub async fn take(self, holder: &str) -> Result<Vec<Lease>> {
+        let now = self.store.now();
         let holder = holder.to_owned();
-        let lease = self
+        let lease = self.store
             .write(move |conn| {
                 let holder = holder.clone();
                 Box::pin(async move {
@@ -50,37 +80,22 @@ impl Store {
                 })
             })
             .await?;
-        self.fence.store(lease.epoch, Ordering::SeqCst);
+        self.store.fence.store(lease.epoch, Ordering::SeqCst);
         Ok(vec![lease])
     }
 
     /// Whether this handle still holds the leases it took (true if it took none).
-    pub async fn holds_leases(&self) -> Result<bool> {
-        let Some(epoch) = self.fence() else { return Ok(true) };
-        let row =
-            self.maybe_row(query("SELECT epoch FROM leases WHERE shard = $1").bind(SHARD)).await?;
+    pub async fn held(self) -> Result<bool> {
+        let Some(epoch) = self.store.shard_leases().fence() else { return Ok(true) };
+        let row = self
+            .store
+            .maybe_row(query("SELECT epoch FROM leases WHERE shard = $1").bind(SHARD))
+            .await?;
         Ok(row.map(|row| row.try_get::<i64, _>("epoch")).transpose()? == Some(epoch))
     }
 
     /// The epoch this handle's turn writes are fenced by, if it took a lease.
-    pub fn fence(&self) -> Option<i64> {
-        Some(self.fence.load(Ordering::SeqCst)).filter(|epoch| *epoch > 0)
+    pub fn fence(self) -> Option<i64> {
+        Some(self.store.fence.load(Ordering::SeqCst)).filter(|epoch| *epoch > 0)
     }
-}
-
-/// Inside a write's transaction: refuses it unless the lease still carries `epoch`.
-pub(crate) async fn check(conn: &mut Tx, epoch: Option<i64>) -> Result<()> {
-    let Some(epoch) = epoch else { return Ok(()) };
-    let row =
-        query("SELECT epoch FROM leases WHERE shard = $1").bind(SHARD).fetch_optional(conn).await?;
-    let current = row.map(|row| row.try_get::<i64, _>("epoch")).transpose()?;
-    if current != Some(epoch) {
-        return Err(Error::Fenced { held: epoch, current: current.unwrap_or(0) });
-    }
-    Ok(())
-}
-
-/// The shard a session maps to.
-pub fn shard_of(_session: clade_core::SessionId) -> i64 {
-    SHARD
 }

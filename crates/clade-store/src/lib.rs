@@ -48,6 +48,7 @@ pub mod work;
 pub mod working;
 pub mod writer;
 
+pub use access::Access;
 pub use access::{
     ApprovalDecision, ApprovalRow, ApprovalStatus, AuditEntry, AuditFilter, AuditRow,
     AuditVerification, GrantRow, NewApproval, NewGrant,
@@ -56,41 +57,58 @@ pub use agents::{Agents, Workspaces};
 pub use backend::{Backend, Durability, Location};
 pub use channel_chats::ChatSeen;
 pub use checksums::{PageChecksums, Rewritten};
+pub use config_revisions::ConfigRevisions;
 pub use config_revisions::{ConfigRevision, NewConfigRevision};
 pub use crypto::MasterKey;
 pub use datadir::DataDir;
 pub use error::{Error, Result};
+pub use executions::Executions;
 pub use executions::{ExecutionOwner, ExecutionRow, ExecutionStep, ExecutionWrites, NewExecution};
+pub use forks::Forks;
 pub use forks::{
     BRANCH_PLATFORM, ForkRow, ForkSettled, Forked, NewFork, RunFilter, WORKER_PLATFORM,
     fork_kind_of,
 };
+pub use host_calls::HostCalls;
+pub use jobs::Jobs;
 pub use jobs::{
     CRON_PLATFORM, JobRow, JobRun, JobTarget, JobWrites, NewJob, RunOutcome, Settled, Settlement,
     refuses_envelope,
 };
-pub use leases::Lease;
-pub use memories::{LinkRow, MemoryFilter, MemoryRow, MemoryUpdate, NewMemory, Provenance};
+pub use leases::{Lease, ShardLeases};
+pub use lineage::Lineage;
+pub use memories::{
+    LinkRow, Memories, MemoryFilter, MemoryRow, MemoryUpdate, NewMemory, Provenance,
+};
 pub use memory_transfer::{Imported, MemoryRecord};
+pub use memory_upkeep::MemoryUpkeep;
 pub use memory_upkeep::{Pruned, UpkeepDue, Vitals, VitalsPage};
+pub use messages::Messages;
 pub use messages::{AGENT_PLATFORM, Delivered, MessageRow, NewMessage};
 pub use migrate::{MigrationReport, Migrations, SCHEMA_VERSION};
 pub use owner::OwnerLock;
+pub use pauses::Pauses;
 pub use pauses::{PauseRow, SessionActivity};
+pub use peer_leases::PeerLeases;
+pub use peers::Peers;
 pub use peers::{NewPeer, PeerRow};
 pub use scoped::{SystemStore, TenantStore};
 pub use secrets::Secrets;
+pub use settings::AgentSettings;
 pub use settings::SettingRow;
 pub use store::{
     BudgetCounter, BudgetSettlement, LeasedSession, NewAgent, SecretInfo, Store, StoreOptions,
     TOKEN_PREFIX, TokenAccess, TokenInfo, UsageRecord, UsageSummary,
 };
+pub use store::{Budgets, Meta, SecretRows, TenantAgents, Tenants, Tokens, Usage};
 pub use summaries::{NewSummary, PastTurn, SessionSummary};
 pub use turns::{
     Accepted, DeadLetter, EventRow, GivenUp, HistoryFilter, JournalEntry, NewEvent, OpenEvents,
     OutboxEvent, OutboxRow, SessionCursor, SessionRow, Source, TurnOutcome, TurnRecord, TurnRow,
     TurnUsage, TurnWrites,
 };
+pub use turns::{Deliveries, Sessions, Turns};
 pub use work::Work;
+pub use working::Working;
 pub use working::WorkingEntry;
 pub use writer::{DiskFaults, Durations, SyncHold, WriteStats};

@@ -17,11 +17,34 @@ fn b(bytes: &[u8; 16]) -> Vec<u8> {
     bytes.to_vec()
 }
 
+/// One tenant's agent lineage: which agent created which, and how deep.
+#[derive(Clone, Copy)]
+pub struct Lineage<'s> {
+    pub(crate) store: &'s Store,
+    pub(crate) tenant: TenantId,
+}
+
 impl Store {
+    /// `tenant`'s agent lineage (which agent made which).
+    pub fn lineage(&self, tenant: TenantId) -> Lineage<'_> {
+        Lineage { store: self, tenant }
+    }
+}
+
+impl crate::TenantStore {
+    /// This tenant's agent lineage (which agent made which).
+    pub fn lineage(&self) -> Lineage<'_> {
+        self.store().lineage(self.tenant())
+    }
+}
+
+impl Lineage<'_> {
     /// The depth a new child of `parent` would have; refused past [`MAX_DEPTH`] or
     /// [`MAX_CHILDREN`].
-    pub async fn next_child_depth(&self, tenant: TenantId, parent: AgentId) -> Result<i64> {
+    pub async fn next_child_depth(self, parent: AgentId) -> Result<i64> {
+        let tenant = self.tenant;
         let own = self
+            .store
             .maybe_row(
                 query("SELECT depth FROM agent_lineage WHERE child_id = $1 AND tenant_id = $2")
                     .bind(b(parent.as_bytes()))
@@ -37,7 +60,7 @@ impl Store {
                 "a child may not make children past depth {MAX_DEPTH}: do the work yourself, or ask your parent"
             )));
         }
-        let children = self.children_count(tenant, parent).await?;
+        let children = self.store.lineage(tenant).children_count(parent).await?;
         if children >= MAX_CHILDREN {
             return Err(Error::InvalidInput(format!(
                 "you have {children} child agents, the most one may make: ask one you made, or have the operator delete one"
@@ -47,8 +70,9 @@ impl Store {
     }
 
     /// How many agents `parent` made that still exist.
-    pub async fn children_count(&self, tenant: TenantId, parent: AgentId) -> Result<i64> {
-        self.row(
+    pub async fn children_count(self, parent: AgentId) -> Result<i64> {
+        let tenant = self.tenant;
+        self.store.row(
             query(
                 "SELECT COUNT(*) AS n FROM agent_lineage WHERE parent_id = $1 AND tenant_id = $2",
             )
@@ -60,17 +84,13 @@ impl Store {
     }
 
     /// Records `child` as made by `parent`, at `depth` (a repeat changes nothing).
-    pub async fn record_child(
-        &self,
-        tenant: TenantId,
-        parent: AgentId,
-        child: AgentId,
-        depth: i64,
-    ) -> Result<()> {
-        self.transact(tenant, move |work| {
-            Box::pin(async move {
-                let now = work.now().as_millis();
-                query(
+    pub async fn record_child(self, parent: AgentId, child: AgentId, depth: i64) -> Result<()> {
+        let tenant = self.tenant;
+        self.store
+            .transact(tenant, move |work| {
+                Box::pin(async move {
+                    let now = work.now().as_millis();
+                    query(
                     "INSERT INTO agent_lineage (child_id, parent_id, tenant_id, depth, created_at) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (child_id) DO NOTHING",
                 )
@@ -81,25 +101,23 @@ impl Store {
                 .bind(now)
                 .execute(work.conn())
                 .await?;
-                Ok(())
+                    Ok(())
+                })
             })
-        })
-        .await?;
+            .await?;
         Ok(())
     }
 
     /// The agents that made `agent`, nearest first (its parent, then its parent's, …), with
     /// their handles: whose budgets its spending also comes out of.
-    pub async fn ancestors_of(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-    ) -> Result<Vec<(AgentId, String)>> {
+    pub async fn ancestors_of(self, agent: AgentId) -> Result<Vec<(AgentId, String)>> {
+        let tenant = self.tenant;
         let mut ancestors: Vec<(AgentId, String)> = Vec::new();
         let mut child = agent;
         // Depth is bounded when children are made; the bound here guards a corrupt row.
         for _ in 0..16 {
             let row = self
+                .store
                 .maybe_row(
                     query(
                         "SELECT l.parent_id, a.handle FROM agent_lineage l \
@@ -122,8 +140,10 @@ impl Store {
     }
 
     /// The agent that made `child`, if an agent did.
-    pub async fn parent_of(&self, tenant: TenantId, child: AgentId) -> Result<Option<AgentId>> {
+    pub async fn parent_of(self, child: AgentId) -> Result<Option<AgentId>> {
+        let tenant = self.tenant;
         let row = self
+            .store
             .maybe_row(
                 query("SELECT parent_id FROM agent_lineage WHERE child_id = $1 AND tenant_id = $2")
                     .bind(b(child.as_bytes()))

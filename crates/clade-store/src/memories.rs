@@ -72,7 +72,7 @@ impl Provenance {
     }
 }
 
-/// One stored item (its embedding is read only by [`Store::memory_vectors`]).
+/// One stored item (its embedding is read only by [`crate::Memories::vectors`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemoryRow {
     pub id: MemoryId,
@@ -426,409 +426,6 @@ pub(crate) async fn update_in(
 }
 
 impl Store {
-    /// Stores an item, audited (`memory.changed`, its id and never its content).
-    pub async fn save_memory(&self, tenant: TenantId, new: NewMemory) -> Result<MemoryRow> {
-        self.save_memory_within(tenant, new, u64::MAX).await
-    }
-
-    /// [`Store::save_memory`], refused with [`Error::MemoryFull`] when the agent holds
-    /// `max_items` items already (counted in the same transaction, so concurrent saves cannot
-    /// pass the limit together).
-    pub async fn save_memory_within(
-        &self,
-        tenant: TenantId,
-        new: NewMemory,
-        max_items: u64,
-    ) -> Result<MemoryRow> {
-        check_new(&new)?;
-        let id = MemoryId::generate(self.now());
-        let audit = self.admin_record(
-            tenant,
-            Some(new.agent),
-            AuditKind::MemoryChanged,
-            serde_json::json!({ "memory": id.to_string(), "change": "saved" }),
-        );
-        let (row, _) = self
-            .transact(tenant, move |work| {
-                let (audit, new) = (audit.clone(), new.clone());
-                Box::pin(async move {
-                    let now = work.now();
-                    let agent = new.agent.as_bytes().to_vec();
-                    // An id from anywhere but this tenant's agents stores nothing.
-                    let owned = query("SELECT 1 AS one FROM agents WHERE id = $1 AND tenant_id = $2")
-                        .bind(agent.clone())
-                        .bind(tenant.as_bytes().to_vec())
-                        .fetch_optional(work.conn())
-                        .await?;
-                    if owned.is_none() && !is_pool_owner(new.agent) {
-                        return Err(Error::AgentNotFound(new.agent.to_string()));
-                    }
-                    if max_items < u64::MAX {
-                        let held: i64 = query(
-                            "SELECT COUNT(*) AS n FROM memories WHERE tenant_id = $1 AND agent_id = $2 \
-                             AND pruned_at IS NULL",
-                        )
-                        .bind(tenant.as_bytes().to_vec())
-                        .bind(agent.clone())
-                        .fetch_one(work.conn())
-                        .await?
-                        .try_get("n")?;
-                        let held = u64::try_from(held).unwrap_or(0);
-                        if held >= max_items {
-                            return Err(Error::MemoryFull { held });
-                        }
-                    }
-                    let (embedding, model) = match &new.embedding {
-                        Some((vector, model)) => (Some(vector_bytes(vector)), Some(model.clone())),
-                        None => (None, None),
-                    };
-                    query(
-                        "INSERT INTO memories (id, tenant_id, agent_id, scope, owner, kind, content, \
-                         importance, confidence, provenance, untrusted, strength, created_at, \
-                         updated_at, accessed_at, embedding, embedding_model) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1.0, $12, $12, $12, $13, $14)",
-                    )
-                    .bind(bytes(id.as_bytes()))
-                    .bind(tenant.as_bytes().to_vec())
-                    .bind(agent)
-                    .bind(new.scope.clone())
-                    .bind(owner_token(new.agent, &new.scope))
-                    .bind(new.kind.as_str())
-                    .bind(new.content.clone())
-                    .bind(new.importance)
-                    .bind(new.confidence)
-                    .bind(new.provenance.encode())
-                    .bind(new.untrusted)
-                    .bind(now.as_millis())
-                    .bind(embedding)
-                    .bind(model.clone())
-                    .execute(work.conn())
-                    .await?;
-                    crate::memory_upkeep::wrote_memory(work.conn(), tenant, new.agent, now).await?;
-                    work.audit(&audit).await?;
-                    Ok(MemoryRow {
-                        id,
-                        agent_id: new.agent,
-                        scope: new.scope,
-                        kind: new.kind,
-                        content: new.content,
-                        importance: new.importance,
-                        confidence: new.confidence,
-                        provenance: new.provenance,
-                        untrusted: new.untrusted,
-                        strength: 1.0,
-                        created_at: now,
-                        updated_at: now,
-                        accessed_at: now,
-                        embedding_model: model,
-                        pruned: None,
-                    })
-                })
-            })
-            .await?;
-        Ok(row)
-    }
-
-    /// Changes an item of the agent's, audited; its strength is renewed.
-    pub async fn update_memory(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        id: MemoryId,
-        update: MemoryUpdate,
-    ) -> Result<MemoryRow> {
-        if let Some(content) = &update.content {
-            check_content(content)?;
-        }
-        if let Some(importance) = update.importance {
-            check_unit("importance", importance)?;
-        }
-        if let Some(confidence) = update.confidence {
-            check_unit("confidence", confidence)?;
-        }
-        let audit = self.admin_record(
-            tenant,
-            Some(agent),
-            AuditKind::MemoryChanged,
-            serde_json::json!({ "memory": id.to_string(), "change": "updated" }),
-        );
-        self.transact(tenant, move |work| {
-            let (audit, update) = (audit.clone(), update.clone());
-            Box::pin(async move {
-                let now = work.now();
-                let live = "AND pruned_at IS NULL";
-                if update_in(work.conn(), tenant, agent, id, &update, now, live).await? == 0 {
-                    return Err(Error::MemoryNotFound(id.to_string()));
-                }
-                if update.content.is_some() {
-                    crate::memory_upkeep::wrote_memory(work.conn(), tenant, agent, now).await?;
-                }
-                work.audit(&audit).await?;
-                Ok(())
-            })
-        })
-        .await?;
-        self.memory(tenant, agent, id).await
-    }
-
-    /// Removes an item and its links, audited.
-    pub async fn forget_memory(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        id: MemoryId,
-    ) -> Result<()> {
-        let audit = self.admin_record(
-            tenant,
-            Some(agent),
-            AuditKind::MemoryChanged,
-            serde_json::json!({ "memory": id.to_string(), "change": "forgotten" }),
-        );
-        self.transact(tenant, move |work| {
-            let audit = audit.clone();
-            Box::pin(async move {
-                if delete_in(work.conn(), tenant, agent, id).await? == 0 {
-                    return Err(Error::MemoryNotFound(id.to_string()));
-                }
-                work.audit(&audit).await?;
-                Ok(())
-            })
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Links two items of one agent (replacing the weight of the same link), audited. Both
-    /// must be the agent's; they may be in different scopes only if one of them is global.
-    pub async fn link_memories(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        from: MemoryId,
-        to: MemoryId,
-        kind: LinkKind,
-        weight: f64,
-    ) -> Result<LinkRow> {
-        check_unit("weight", weight)?;
-        if from == to {
-            return Err(Error::InvalidMemory("an item cannot be linked to itself".into()));
-        }
-        let audit = self.admin_record(
-            tenant,
-            Some(agent),
-            AuditKind::MemoryChanged,
-            serde_json::json!({
-                "memory": from.to_string(), "change": "linked", "to": to.to_string(), "link": kind.as_str()
-            }),
-        );
-        let (row, _) = self
-            .transact(tenant, move |work| {
-                let audit = audit.clone();
-                Box::pin(async move {
-                    let now = work.now();
-                    let ends = query(
-                        "SELECT id, scope FROM memories WHERE tenant_id = $1 AND agent_id = $2 \
-                         AND (id = $3 OR id = $4)",
-                    )
-                    .bind(tenant.as_bytes().to_vec())
-                    .bind(agent.as_bytes().to_vec())
-                    .bind(bytes(from.as_bytes()))
-                    .bind(bytes(to.as_bytes()))
-                    .fetch_all(work.conn())
-                    .await?;
-                    for end in [from, to] {
-                        if !ends.iter().any(|r| id_bytes(r, "id").is_ok_and(|b| b == *end.as_bytes())) {
-                            return Err(Error::MemoryNotFound(end.to_string()));
-                        }
-                    }
-                    let scopes: Vec<String> =
-                        ends.iter().map(|r| r.try_get("scope")).collect::<Result<_>>()?;
-                    if scopes.iter().all(|s| !s.is_empty()) && scopes.windows(2).any(|w| w[0] != w[1]) {
-                        return Err(Error::InvalidMemory(
-                            "the two items are in different isolation scopes: a link would carry one into the other".into(),
-                        ));
-                    }
-                    let links = query(
-                        "SELECT COUNT(*) AS n FROM memory_links WHERE agent_id = $1 AND from_id = $2",
-                    )
-                    .bind(agent.as_bytes().to_vec())
-                    .bind(bytes(from.as_bytes()))
-                    .fetch_one(work.conn())
-                    .await?;
-                    if links.try_get::<i64, _>("n")? >= MAX_LINKS_PER_MEMORY {
-                        return Err(Error::InvalidMemory(format!(
-                            "an item keeps at most {MAX_LINKS_PER_MEMORY} links"
-                        )));
-                    }
-                    query(
-                        "INSERT INTO memory_links (tenant_id, agent_id, from_id, to_id, kind, weight, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (from_id, to_id, kind) \
-                         DO UPDATE SET weight = excluded.weight",
-                    )
-                    .bind(tenant.as_bytes().to_vec())
-                    .bind(agent.as_bytes().to_vec())
-                    .bind(bytes(from.as_bytes()))
-                    .bind(bytes(to.as_bytes()))
-                    .bind(kind.as_str())
-                    .bind(weight)
-                    .bind(now.as_millis())
-                    .execute(work.conn())
-                    .await?;
-                    work.audit(&audit).await?;
-                    Ok(LinkRow { from, to, kind, weight, created_at: now })
-                })
-            })
-            .await?;
-        Ok(row)
-    }
-
-    /// One item of the agent's, in any of its scopes.
-    pub async fn memory(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        id: MemoryId,
-    ) -> Result<MemoryRow> {
-        let rows = self
-            .rows(
-                query(format!(
-                    "SELECT {COLUMNS} FROM memories m WHERE m.id = $1 AND m.tenant_id = $2 AND m.agent_id = $3"
-                ))
-                .bind(bytes(id.as_bytes()))
-                .bind(tenant.as_bytes().to_vec())
-                .bind(agent.as_bytes().to_vec()),
-            )
-            .await?;
-        rows.first()
-            .map(memory_row)
-            .transpose()?
-            .ok_or_else(|| Error::MemoryNotFound(id.to_string()))
-    }
-
-    /// Several items of the agent's by id, in the filter's scopes; missing ones are left out.
-    pub async fn memories_by_id(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        filter: &MemoryFilter,
-        ids: &[MemoryId],
-    ) -> Result<Vec<MemoryRow>> {
-        let mut found = Vec::with_capacity(ids.len());
-        // A statement per hundred ids keeps the parameter count portable.
-        for chunk in ids.chunks(100) {
-            let (first, second, kinds, since) = filter.binds();
-            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 8)).collect();
-            // The ids are looked up first, by their own index: with the filter beside them, the
-            // planner would rather walk the agent's index and test every row against the list.
-            // SQLite's `CROSS JOIN` fixes that order, which PostgreSQL's planner keeps anyway.
-            let join = match self.backend() {
-                Backend::Sqlite => "CROSS JOIN",
-                Backend::Postgres => "JOIN",
-            };
-            let mut q = query(format!(
-                "WITH wanted AS MATERIALIZED (SELECT n FROM memories WHERE id IN ({})) \
-                 SELECT {COLUMNS} FROM wanted {join} memories m ON m.n = wanted.n \
-                 WHERE $1 = $1 AND {FILTERED}",
-                marks.join(", ")
-            ))
-            .bind(0i64)
-            .bind(tenant.as_bytes().to_vec())
-            .bind(agent.as_bytes().to_vec())
-            .bind(first)
-            .bind(second)
-            .bind(kinds)
-            .bind(since);
-            for id in chunk {
-                q = q.bind(bytes(id.as_bytes()));
-            }
-            for row in self.rows(q).await? {
-                found.push(memory_row(&row)?);
-            }
-        }
-        Ok(found)
-    }
-
-    /// The agent's items in the filter's scopes, most recently updated first, after `before`
-    /// (an item's `(updated_at, id)`, as the last page ended).
-    pub async fn memories(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        filter: &MemoryFilter,
-        before: Option<(Timestamp, MemoryId)>,
-        limit: u32,
-    ) -> Result<Vec<MemoryRow>> {
-        let (first, second, kinds, since) = filter.binds();
-        let (at, id) = before.map_or((i64::MAX, vec![0xff; 16]), |(at, id)| {
-            (at.as_millis(), id.as_bytes().to_vec())
-        });
-        let rows = self
-            .rows(
-                query(format!(
-                    "SELECT {COLUMNS} FROM memories m WHERE {FILTERED} \
-                     AND (m.updated_at < $8 OR (m.updated_at = $8 AND m.id < $9)) \
-                     AND $1 = $1 ORDER BY m.updated_at DESC, m.id DESC LIMIT $10"
-                ))
-                .bind(0i64)
-                .bind(tenant.as_bytes().to_vec())
-                .bind(agent.as_bytes().to_vec())
-                .bind(first)
-                .bind(second)
-                .bind(kinds)
-                .bind(since)
-                .bind(at)
-                .bind(id)
-                .bind(i64::from(limit)),
-            )
-            .await?;
-        rows.iter().map(memory_row).collect()
-    }
-
-    /// The number of live (not pruned) items the agent keeps, over all its scopes.
-    pub async fn memory_count(&self, tenant: TenantId, agent: AgentId) -> Result<i64> {
-        let rows = self
-            .rows(
-                query(
-                    "SELECT COUNT(*) AS n FROM memories WHERE tenant_id = $1 AND agent_id = $2 \
-                     AND pruned_at IS NULL",
-                )
-                .bind(tenant.as_bytes().to_vec())
-                .bind(agent.as_bytes().to_vec()),
-            )
-            .await?;
-        rows.first().map_or(Ok(0), |r| r.try_get("n"))
-    }
-
-    /// The agent's items matching any word of `text` by full text, best first, at most
-    /// `limit`: ids with the backend's score (higher is better). A text with no word finds
-    /// nothing. The caller needs only the best `needed` (at most `limit`): when the query's
-    /// rarer words find that many, items holding nothing but its common words (which would
-    /// rank below them) are not searched for; `needed == limit` asks for all of them.
-    pub async fn search_memory_text(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        filter: &MemoryFilter,
-        text: &str,
-        limit: u32,
-        needed: u32,
-    ) -> Result<Vec<(MemoryId, f64)>> {
-        self.match_memory_text(tenant, agent, filter, text, limit, Match::Any { needed }).await
-    }
-
-    /// The agent's items holding every word of `text` (repeats of it, worded alike), best
-    /// first, at most `limit`. Cheap however large the memory: the index intersects.
-    pub async fn memories_with_words_of(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        filter: &MemoryFilter,
-        text: &str,
-        limit: u32,
-    ) -> Result<Vec<(MemoryId, f64)>> {
-        self.match_memory_text(tenant, agent, filter, text, limit, Match::All).await
-    }
-
     async fn match_memory_text(
         &self,
         tenant: TenantId,
@@ -975,211 +572,6 @@ impl Store {
             .map(|r| Ok((MemoryId::from_bytes(id_bytes(r, "id")?), r.try_get("score")?)))
             .collect()
     }
-
-    /// Every embedding made by `model` of the agent's items in the filter's scopes, with each
-    /// item's kind and update time, for the caller to rank (and keep).
-    pub async fn memory_vectors(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        filter: &MemoryFilter,
-        model: &str,
-    ) -> Result<Vec<VectorRow>> {
-        let (first, second, kinds, since) = filter.binds();
-        let rows = self
-            .rows(
-                query(format!(
-                    "SELECT m.id, m.kind, m.updated_at, m.embedding FROM memories m \
-                     WHERE m.embedding_model = $1 AND {FILTERED}"
-                ))
-                .bind(model.to_owned())
-                .bind(tenant.as_bytes().to_vec())
-                .bind(agent.as_bytes().to_vec())
-                .bind(first)
-                .bind(second)
-                .bind(kinds)
-                .bind(since),
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(VectorRow {
-                    id: MemoryId::from_bytes(id_bytes(r, "id")?),
-                    kind: r.word("kind", MemoryKind::parse)?,
-                    updated_at: Timestamp::from_millis(r.try_get("updated_at")?),
-                    vector: vector_of(&r.try_get::<Vec<u8>, _>("embedding")?)?,
-                })
-            })
-            .collect()
-    }
-
-    /// The stored embedding of one of the agent's items by `model`, if it has one.
-    pub async fn memory_embedding(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        id: MemoryId,
-        model: &str,
-    ) -> Result<Option<Vec<f32>>> {
-        let rows = self
-            .rows(
-                query(
-                    "SELECT embedding FROM memories WHERE id = $1 AND tenant_id = $2 \
-                     AND agent_id = $3 AND embedding_model = $4",
-                )
-                .bind(id.as_bytes().to_vec())
-                .bind(tenant.as_bytes().to_vec())
-                .bind(agent.as_bytes().to_vec())
-                .bind(model.to_owned()),
-            )
-            .await?;
-        match rows.first() {
-            Some(row) => Ok(Some(vector_of(&row.try_get::<Vec<u8>, _>("embedding")?)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// When an item of the agent's `scope` was last written (`None` when it has none): a
-    /// cache of the scope's vectors is current while this is unchanged. One index seek.
-    pub async fn memory_scope_version(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        scope: &str,
-    ) -> Result<Option<Timestamp>> {
-        let rows = self
-            .rows(
-                query(
-                    "SELECT MAX(updated_at) AS u FROM memories \
-                     WHERE tenant_id = $1 AND agent_id = $2 AND scope = $3",
-                )
-                .bind(tenant.as_bytes().to_vec())
-                .bind(agent.as_bytes().to_vec())
-                .bind(scope.to_owned()),
-            )
-            .await?;
-        let latest: Option<i64> = match rows.first() {
-            Some(row) => row.try_get("u")?,
-            None => None,
-        };
-        Ok(latest.map(Timestamp::from_millis))
-    }
-
-    /// The agent's items without an embedding by `model` (made before it, or while it could
-    /// not be reached), oldest first, at most `limit`.
-    pub async fn memories_to_embed(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        model: &str,
-        limit: u32,
-    ) -> Result<Vec<MemoryRow>> {
-        let rows = self
-            .rows(
-                query(format!(
-                    "SELECT {COLUMNS} FROM memories m WHERE m.tenant_id = $1 AND m.agent_id = $2 \
-                     AND (m.embedding_model IS NULL OR m.embedding_model <> $3) \
-                     AND m.pruned_at IS NULL ORDER BY m.n LIMIT $4"
-                ))
-                .bind(tenant.as_bytes().to_vec())
-                .bind(agent.as_bytes().to_vec())
-                .bind(model.to_owned())
-                .bind(i64::from(limit)),
-            )
-            .await?;
-        rows.iter().map(memory_row).collect()
-    }
-
-    /// Agents, of any tenant, holding items with no vector by `model` (at most `limit`): what
-    /// a change of embeddings model leaves to embed again. One pass over the items.
-    pub async fn agents_to_embed(
-        &self,
-        model: &str,
-        limit: u32,
-    ) -> Result<Vec<(TenantId, AgentId)>> {
-        let rows = self
-            .rows(
-                query(
-                    "SELECT DISTINCT tenant_id, agent_id FROM memories \
-                     WHERE (embedding_model IS NULL OR embedding_model <> $1) \
-                     AND pruned_at IS NULL LIMIT $2",
-                )
-                .bind(model.to_owned())
-                .bind(i64::from(limit)),
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    TenantId::from_bytes(id_bytes(r, "tenant_id")?),
-                    AgentId::from_bytes(id_bytes(r, "agent_id")?),
-                ))
-            })
-            .collect()
-    }
-
-    /// The links from or to any of `ids` among the agent's items.
-    pub async fn memory_links(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        ids: &[MemoryId],
-    ) -> Result<Vec<LinkRow>> {
-        let mut links = Vec::new();
-        for chunk in ids.chunks(100) {
-            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
-            let marks = marks.join(", ");
-            let mut q = query(format!(
-                "SELECT from_id, to_id, kind, weight, created_at FROM memory_links \
-                 WHERE tenant_id = $1 AND agent_id = $2 AND (from_id IN ({marks}) OR to_id IN ({marks}))"
-            ))
-            .bind(tenant.as_bytes().to_vec())
-            .bind(agent.as_bytes().to_vec());
-            for id in chunk {
-                q = q.bind(bytes(id.as_bytes()));
-            }
-            for row in self.rows(q).await? {
-                let link = link_row(&row)?;
-                if !links.contains(&link) {
-                    links.push(link);
-                }
-            }
-        }
-        Ok(links)
-    }
-
-    /// Marks items as used now (their strength renewed), unaudited: reading is not a change.
-    pub async fn touch_memories(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        ids: Vec<MemoryId>,
-    ) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        self.transact(tenant, move |work| {
-            let ids = ids.clone();
-            Box::pin(async move {
-                let now = work.now();
-                for id in &ids {
-                    query(
-                        "UPDATE memories SET accessed_at = $4, strength = 1.0 \
-                         WHERE id = $1 AND tenant_id = $2 AND agent_id = $3",
-                    )
-                    .bind(bytes(id.as_bytes()))
-                    .bind(tenant.as_bytes().to_vec())
-                    .bind(agent.as_bytes().to_vec())
-                    .bind(now.as_millis())
-                    .execute(work.conn())
-                    .await?;
-                }
-                Ok(())
-            })
-        })
-        .await?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -1212,5 +604,624 @@ mod tests {
         assert!(check_content("two\nlines\tok").is_ok());
         assert_eq!(vector_of(&vector_bytes(&[1.5, -2.0])).unwrap(), [1.5, -2.0]);
         assert!(vector_of(&[0, 1, 2]).is_err());
+    }
+}
+
+/// One tenant's memory items, with their links, upkeep and transfer. Whatever ids it is
+/// handed, it reads and writes only the rows of the tenant it was made for.
+#[derive(Clone, Copy)]
+pub struct Memories<'s> {
+    pub(crate) store: &'s Store,
+    pub(crate) tenant: TenantId,
+}
+
+impl Store {
+    /// `tenant`'s memory items.
+    pub fn memories(&self, tenant: TenantId) -> Memories<'_> {
+        Memories { store: self, tenant }
+    }
+}
+
+impl crate::TenantStore {
+    /// This tenant's memory items.
+    pub fn memories(&self) -> Memories<'_> {
+        self.store().memories(self.tenant())
+    }
+}
+
+impl Memories<'_> {
+    /// Stores an item, audited (`memory.changed`, its id and never its content).
+    pub async fn save(self, new: NewMemory) -> Result<MemoryRow> {
+        let tenant = self.tenant;
+        self.store.memories(tenant).save_within(new, u64::MAX).await
+    }
+
+    /// [`crate::Memories::save`], refused with [`Error::MemoryFull`] when the agent holds
+    /// `max_items` items already (counted in the same transaction, so concurrent saves cannot
+    /// pass the limit together).
+    pub async fn save_within(self, new: NewMemory, max_items: u64) -> Result<MemoryRow> {
+        let tenant = self.tenant;
+        check_new(&new)?;
+        let id = MemoryId::generate(self.store.now());
+        let audit = self.store.admin_record(
+            tenant,
+            Some(new.agent),
+            AuditKind::MemoryChanged,
+            serde_json::json!({ "memory": id.to_string(), "change": "saved" }),
+        );
+        let (row, _) = self.store
+            .transact(tenant, move |work| {
+                let (audit, new) = (audit.clone(), new.clone());
+                Box::pin(async move {
+                    let now = work.now();
+                    let agent = new.agent.as_bytes().to_vec();
+                    // An id from anywhere but this tenant's agents stores nothing.
+                    let owned = query("SELECT 1 AS one FROM agents WHERE id = $1 AND tenant_id = $2")
+                        .bind(agent.clone())
+                        .bind(tenant.as_bytes().to_vec())
+                        .fetch_optional(work.conn())
+                        .await?;
+                    if owned.is_none() && !is_pool_owner(new.agent) {
+                        return Err(Error::AgentNotFound(new.agent.to_string()));
+                    }
+                    if max_items < u64::MAX {
+                        let held: i64 = query(
+                            "SELECT COUNT(*) AS n FROM memories WHERE tenant_id = $1 AND agent_id = $2 \
+                             AND pruned_at IS NULL",
+                        )
+                        .bind(tenant.as_bytes().to_vec())
+                        .bind(agent.clone())
+                        .fetch_one(work.conn())
+                        .await?
+                        .try_get("n")?;
+                        let held = u64::try_from(held).unwrap_or(0);
+                        if held >= max_items {
+                            return Err(Error::MemoryFull { held });
+                        }
+                    }
+                    let (embedding, model) = match &new.embedding {
+                        Some((vector, model)) => (Some(vector_bytes(vector)), Some(model.clone())),
+                        None => (None, None),
+                    };
+                    query(
+                        "INSERT INTO memories (id, tenant_id, agent_id, scope, owner, kind, content, \
+                         importance, confidence, provenance, untrusted, strength, created_at, \
+                         updated_at, accessed_at, embedding, embedding_model) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1.0, $12, $12, $12, $13, $14)",
+                    )
+                    .bind(bytes(id.as_bytes()))
+                    .bind(tenant.as_bytes().to_vec())
+                    .bind(agent)
+                    .bind(new.scope.clone())
+                    .bind(owner_token(new.agent, &new.scope))
+                    .bind(new.kind.as_str())
+                    .bind(new.content.clone())
+                    .bind(new.importance)
+                    .bind(new.confidence)
+                    .bind(new.provenance.encode())
+                    .bind(new.untrusted)
+                    .bind(now.as_millis())
+                    .bind(embedding)
+                    .bind(model.clone())
+                    .execute(work.conn())
+                    .await?;
+                    crate::memory_upkeep::wrote_memory(work.conn(), tenant, new.agent, now).await?;
+                    work.audit(&audit).await?;
+                    Ok(MemoryRow {
+                        id,
+                        agent_id: new.agent,
+                        scope: new.scope,
+                        kind: new.kind,
+                        content: new.content,
+                        importance: new.importance,
+                        confidence: new.confidence,
+                        provenance: new.provenance,
+                        untrusted: new.untrusted,
+                        strength: 1.0,
+                        created_at: now,
+                        updated_at: now,
+                        accessed_at: now,
+                        embedding_model: model,
+                        pruned: None,
+                    })
+                })
+            })
+            .await?;
+        Ok(row)
+    }
+
+    /// Changes an item of the agent's, audited; its strength is renewed.
+    pub async fn update(
+        self,
+        agent: AgentId,
+        id: MemoryId,
+        update: MemoryUpdate,
+    ) -> Result<MemoryRow> {
+        let tenant = self.tenant;
+        if let Some(content) = &update.content {
+            check_content(content)?;
+        }
+        if let Some(importance) = update.importance {
+            check_unit("importance", importance)?;
+        }
+        if let Some(confidence) = update.confidence {
+            check_unit("confidence", confidence)?;
+        }
+        let audit = self.store.admin_record(
+            tenant,
+            Some(agent),
+            AuditKind::MemoryChanged,
+            serde_json::json!({ "memory": id.to_string(), "change": "updated" }),
+        );
+        self.store
+            .transact(tenant, move |work| {
+                let (audit, update) = (audit.clone(), update.clone());
+                Box::pin(async move {
+                    let now = work.now();
+                    let live = "AND pruned_at IS NULL";
+                    if update_in(work.conn(), tenant, agent, id, &update, now, live).await? == 0 {
+                        return Err(Error::MemoryNotFound(id.to_string()));
+                    }
+                    if update.content.is_some() {
+                        crate::memory_upkeep::wrote_memory(work.conn(), tenant, agent, now).await?;
+                    }
+                    work.audit(&audit).await?;
+                    Ok(())
+                })
+            })
+            .await?;
+        self.store.memories(tenant).get(agent, id).await
+    }
+
+    /// Removes an item and its links, audited.
+    pub async fn forget(self, agent: AgentId, id: MemoryId) -> Result<()> {
+        let tenant = self.tenant;
+        let audit = self.store.admin_record(
+            tenant,
+            Some(agent),
+            AuditKind::MemoryChanged,
+            serde_json::json!({ "memory": id.to_string(), "change": "forgotten" }),
+        );
+        self.store
+            .transact(tenant, move |work| {
+                let audit = audit.clone();
+                Box::pin(async move {
+                    if delete_in(work.conn(), tenant, agent, id).await? == 0 {
+                        return Err(Error::MemoryNotFound(id.to_string()));
+                    }
+                    work.audit(&audit).await?;
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Links two items of one agent (replacing the weight of the same link), audited. Both
+    /// must be the agent's; they may be in different scopes only if one of them is global.
+    pub async fn link(
+        self,
+        agent: AgentId,
+        from: MemoryId,
+        to: MemoryId,
+        kind: LinkKind,
+        weight: f64,
+    ) -> Result<LinkRow> {
+        let tenant = self.tenant;
+        check_unit("weight", weight)?;
+        if from == to {
+            return Err(Error::InvalidMemory("an item cannot be linked to itself".into()));
+        }
+        let audit = self.store.admin_record(
+            tenant,
+            Some(agent),
+            AuditKind::MemoryChanged,
+            serde_json::json!({
+                "memory": from.to_string(), "change": "linked", "to": to.to_string(), "link": kind.as_str()
+            }),
+        );
+        let (row, _) = self.store
+            .transact(tenant, move |work| {
+                let audit = audit.clone();
+                Box::pin(async move {
+                    let now = work.now();
+                    let ends = query(
+                        "SELECT id, scope FROM memories WHERE tenant_id = $1 AND agent_id = $2 \
+                         AND (id = $3 OR id = $4)",
+                    )
+                    .bind(tenant.as_bytes().to_vec())
+                    .bind(agent.as_bytes().to_vec())
+                    .bind(bytes(from.as_bytes()))
+                    .bind(bytes(to.as_bytes()))
+                    .fetch_all(work.conn())
+                    .await?;
+                    for end in [from, to] {
+                        if !ends.iter().any(|r| id_bytes(r, "id").is_ok_and(|b| b == *end.as_bytes())) {
+                            return Err(Error::MemoryNotFound(end.to_string()));
+                        }
+                    }
+                    let scopes: Vec<String> =
+                        ends.iter().map(|r| r.try_get("scope")).collect::<Result<_>>()?;
+                    if scopes.iter().all(|s| !s.is_empty()) && scopes.windows(2).any(|w| w[0] != w[1]) {
+                        return Err(Error::InvalidMemory(
+                            "the two items are in different isolation scopes: a link would carry one into the other".into(),
+                        ));
+                    }
+                    let links = query(
+                        "SELECT COUNT(*) AS n FROM memory_links WHERE agent_id = $1 AND from_id = $2",
+                    )
+                    .bind(agent.as_bytes().to_vec())
+                    .bind(bytes(from.as_bytes()))
+                    .fetch_one(work.conn())
+                    .await?;
+                    if links.try_get::<i64, _>("n")? >= MAX_LINKS_PER_MEMORY {
+                        return Err(Error::InvalidMemory(format!(
+                            "an item keeps at most {MAX_LINKS_PER_MEMORY} links"
+                        )));
+                    }
+                    query(
+                        "INSERT INTO memory_links (tenant_id, agent_id, from_id, to_id, kind, weight, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (from_id, to_id, kind) \
+                         DO UPDATE SET weight = excluded.weight",
+                    )
+                    .bind(tenant.as_bytes().to_vec())
+                    .bind(agent.as_bytes().to_vec())
+                    .bind(bytes(from.as_bytes()))
+                    .bind(bytes(to.as_bytes()))
+                    .bind(kind.as_str())
+                    .bind(weight)
+                    .bind(now.as_millis())
+                    .execute(work.conn())
+                    .await?;
+                    work.audit(&audit).await?;
+                    Ok(LinkRow { from, to, kind, weight, created_at: now })
+                })
+            })
+            .await?;
+        Ok(row)
+    }
+
+    /// One item of the agent's, in any of its scopes.
+    pub async fn get(self, agent: AgentId, id: MemoryId) -> Result<MemoryRow> {
+        let tenant = self.tenant;
+        let rows = self.store
+            .rows(
+                query(format!(
+                    "SELECT {COLUMNS} FROM memories m WHERE m.id = $1 AND m.tenant_id = $2 AND m.agent_id = $3"
+                ))
+                .bind(bytes(id.as_bytes()))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec()),
+            )
+            .await?;
+        rows.first()
+            .map(memory_row)
+            .transpose()?
+            .ok_or_else(|| Error::MemoryNotFound(id.to_string()))
+    }
+
+    /// Several items of the agent's by id, in the filter's scopes; missing ones are left out.
+    pub async fn by_id(
+        self,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        ids: &[MemoryId],
+    ) -> Result<Vec<MemoryRow>> {
+        let tenant = self.tenant;
+        let mut found = Vec::with_capacity(ids.len());
+        // A statement per hundred ids keeps the parameter count portable.
+        for chunk in ids.chunks(100) {
+            let (first, second, kinds, since) = filter.binds();
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 8)).collect();
+            // The ids are looked up first, by their own index: with the filter beside them, the
+            // planner would rather walk the agent's index and test every row against the list.
+            // SQLite's `CROSS JOIN` fixes that order, which PostgreSQL's planner keeps anyway.
+            let join = match self.store.backend() {
+                Backend::Sqlite => "CROSS JOIN",
+                Backend::Postgres => "JOIN",
+            };
+            let mut q = query(format!(
+                "WITH wanted AS MATERIALIZED (SELECT n FROM memories WHERE id IN ({})) \
+                 SELECT {COLUMNS} FROM wanted {join} memories m ON m.n = wanted.n \
+                 WHERE $1 = $1 AND {FILTERED}",
+                marks.join(", ")
+            ))
+            .bind(0i64)
+            .bind(tenant.as_bytes().to_vec())
+            .bind(agent.as_bytes().to_vec())
+            .bind(first)
+            .bind(second)
+            .bind(kinds)
+            .bind(since);
+            for id in chunk {
+                q = q.bind(bytes(id.as_bytes()));
+            }
+            for row in self.store.rows(q).await? {
+                found.push(memory_row(&row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The agent's items in the filter's scopes, most recently updated first, after `before`
+    /// (an item's `(updated_at, id)`, as the last page ended).
+    pub async fn list(
+        self,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        before: Option<(Timestamp, MemoryId)>,
+        limit: u32,
+    ) -> Result<Vec<MemoryRow>> {
+        let tenant = self.tenant;
+        let (first, second, kinds, since) = filter.binds();
+        let (at, id) = before.map_or((i64::MAX, vec![0xff; 16]), |(at, id)| {
+            (at.as_millis(), id.as_bytes().to_vec())
+        });
+        let rows = self
+            .store
+            .rows(
+                query(format!(
+                    "SELECT {COLUMNS} FROM memories m WHERE {FILTERED} \
+                     AND (m.updated_at < $8 OR (m.updated_at = $8 AND m.id < $9)) \
+                     AND $1 = $1 ORDER BY m.updated_at DESC, m.id DESC LIMIT $10"
+                ))
+                .bind(0i64)
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec())
+                .bind(first)
+                .bind(second)
+                .bind(kinds)
+                .bind(since)
+                .bind(at)
+                .bind(id)
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.iter().map(memory_row).collect()
+    }
+
+    /// The number of live (not pruned) items the agent keeps, over all its scopes.
+    pub async fn count(self, agent: AgentId) -> Result<i64> {
+        let tenant = self.tenant;
+        let rows = self
+            .store
+            .rows(
+                query(
+                    "SELECT COUNT(*) AS n FROM memories WHERE tenant_id = $1 AND agent_id = $2 \
+                     AND pruned_at IS NULL",
+                )
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec()),
+            )
+            .await?;
+        rows.first().map_or(Ok(0), |r| r.try_get("n"))
+    }
+
+    /// The agent's items matching any word of `text` by full text, best first, at most
+    /// `limit`: ids with the backend's score (higher is better). A text with no word finds
+    /// nothing. The caller needs only the best `needed` (at most `limit`): when the query's
+    /// rarer words find that many, items holding nothing but its common words (which would
+    /// rank below them) are not searched for; `needed == limit` asks for all of them.
+    pub async fn search_text(
+        self,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        text: &str,
+        limit: u32,
+        needed: u32,
+    ) -> Result<Vec<(MemoryId, f64)>> {
+        let tenant = self.tenant;
+        self.store
+            .match_memory_text(tenant, agent, filter, text, limit, Match::Any { needed })
+            .await
+    }
+
+    /// The agent's items holding every word of `text` (repeats of it, worded alike), best
+    /// first, at most `limit`. Cheap however large the memory: the index intersects.
+    pub async fn with_words_of(
+        self,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        text: &str,
+        limit: u32,
+    ) -> Result<Vec<(MemoryId, f64)>> {
+        let tenant = self.tenant;
+        self.store.match_memory_text(tenant, agent, filter, text, limit, Match::All).await
+    }
+
+    /// Every embedding made by `model` of the agent's items in the filter's scopes, with each
+    /// item's kind and update time, for the caller to rank (and keep).
+    pub async fn vectors(
+        self,
+        agent: AgentId,
+        filter: &MemoryFilter,
+        model: &str,
+    ) -> Result<Vec<VectorRow>> {
+        let tenant = self.tenant;
+        let (first, second, kinds, since) = filter.binds();
+        let rows = self
+            .store
+            .rows(
+                query(format!(
+                    "SELECT m.id, m.kind, m.updated_at, m.embedding FROM memories m \
+                     WHERE m.embedding_model = $1 AND {FILTERED}"
+                ))
+                .bind(model.to_owned())
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec())
+                .bind(first)
+                .bind(second)
+                .bind(kinds)
+                .bind(since),
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(VectorRow {
+                    id: MemoryId::from_bytes(id_bytes(r, "id")?),
+                    kind: r.word("kind", MemoryKind::parse)?,
+                    updated_at: Timestamp::from_millis(r.try_get("updated_at")?),
+                    vector: vector_of(&r.try_get::<Vec<u8>, _>("embedding")?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The stored embedding of one of the agent's items by `model`, if it has one.
+    pub async fn embedding(
+        self,
+        agent: AgentId,
+        id: MemoryId,
+        model: &str,
+    ) -> Result<Option<Vec<f32>>> {
+        let tenant = self.tenant;
+        let rows = self
+            .store
+            .rows(
+                query(
+                    "SELECT embedding FROM memories WHERE id = $1 AND tenant_id = $2 \
+                     AND agent_id = $3 AND embedding_model = $4",
+                )
+                .bind(id.as_bytes().to_vec())
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec())
+                .bind(model.to_owned()),
+            )
+            .await?;
+        match rows.first() {
+            Some(row) => Ok(Some(vector_of(&row.try_get::<Vec<u8>, _>("embedding")?)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// When an item of the agent's `scope` was last written (`None` when it has none): a
+    /// cache of the scope's vectors is current while this is unchanged. One index seek.
+    pub async fn scope_version(self, agent: AgentId, scope: &str) -> Result<Option<Timestamp>> {
+        let tenant = self.tenant;
+        let rows = self
+            .store
+            .rows(
+                query(
+                    "SELECT MAX(updated_at) AS u FROM memories \
+                     WHERE tenant_id = $1 AND agent_id = $2 AND scope = $3",
+                )
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec())
+                .bind(scope.to_owned()),
+            )
+            .await?;
+        let latest: Option<i64> = match rows.first() {
+            Some(row) => row.try_get("u")?,
+            None => None,
+        };
+        Ok(latest.map(Timestamp::from_millis))
+    }
+
+    /// The agent's items without an embedding by `model` (made before it, or while it could
+    /// not be reached), oldest first, at most `limit`.
+    pub async fn to_embed(self, agent: AgentId, model: &str, limit: u32) -> Result<Vec<MemoryRow>> {
+        let tenant = self.tenant;
+        let rows = self
+            .store
+            .rows(
+                query(format!(
+                    "SELECT {COLUMNS} FROM memories m WHERE m.tenant_id = $1 AND m.agent_id = $2 \
+                     AND (m.embedding_model IS NULL OR m.embedding_model <> $3) \
+                     AND m.pruned_at IS NULL ORDER BY m.n LIMIT $4"
+                ))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(agent.as_bytes().to_vec())
+                .bind(model.to_owned())
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.iter().map(memory_row).collect()
+    }
+
+    /// The links from or to any of `ids` among the agent's items.
+    pub async fn links(self, agent: AgentId, ids: &[MemoryId]) -> Result<Vec<LinkRow>> {
+        let tenant = self.tenant;
+        let mut links = Vec::new();
+        for chunk in ids.chunks(100) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let marks = marks.join(", ");
+            let mut q = query(format!(
+                "SELECT from_id, to_id, kind, weight, created_at FROM memory_links \
+                 WHERE tenant_id = $1 AND agent_id = $2 AND (from_id IN ({marks}) OR to_id IN ({marks}))"
+            ))
+            .bind(tenant.as_bytes().to_vec())
+            .bind(agent.as_bytes().to_vec());
+            for id in chunk {
+                q = q.bind(bytes(id.as_bytes()));
+            }
+            for row in self.store.rows(q).await? {
+                let link = link_row(&row)?;
+                if !links.contains(&link) {
+                    links.push(link);
+                }
+            }
+        }
+        Ok(links)
+    }
+
+    /// Marks items as used now (their strength renewed), unaudited: reading is not a change.
+    pub async fn touch(self, agent: AgentId, ids: Vec<MemoryId>) -> Result<()> {
+        let tenant = self.tenant;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .transact(tenant, move |work| {
+                let ids = ids.clone();
+                Box::pin(async move {
+                    let now = work.now();
+                    for id in &ids {
+                        query(
+                            "UPDATE memories SET accessed_at = $4, strength = 1.0 \
+                         WHERE id = $1 AND tenant_id = $2 AND agent_id = $3",
+                        )
+                        .bind(bytes(id.as_bytes()))
+                        .bind(tenant.as_bytes().to_vec())
+                        .bind(agent.as_bytes().to_vec())
+                        .bind(now.as_millis())
+                        .execute(work.conn())
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+impl crate::MemoryUpkeep<'_> {
+    /// Agents, of any tenant, holding items with no vector by `model` (at most `limit`): what
+    /// a change of embeddings model leaves to embed again. One pass over the items.
+    pub async fn agents_to_embed(
+        self,
+        model: &str,
+        limit: u32,
+    ) -> Result<Vec<(TenantId, AgentId)>> {
+        let rows = self
+            .store
+            .rows(
+                query(
+                    "SELECT DISTINCT tenant_id, agent_id FROM memories \
+                     WHERE (embedding_model IS NULL OR embedding_model <> $1) \
+                     AND pruned_at IS NULL LIMIT $2",
+                )
+                .bind(model.to_owned())
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    TenantId::from_bytes(id_bytes(r, "tenant_id")?),
+                    AgentId::from_bytes(id_bytes(r, "agent_id")?),
+                ))
+            })
+            .collect()
     }
 }

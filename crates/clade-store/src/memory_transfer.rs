@@ -10,7 +10,7 @@ use crate::memories::{
     LinkRow, MAX_LINKS_PER_MEMORY, MemoryRow, check_content, check_scope, link_row, memory_row,
     owner_token, vector_bytes, vector_of,
 };
-use crate::store::{Store, id_bytes};
+use crate::store::id_bytes;
 
 /// An item as an export holds it: the row and its embedding (made by the row's
 /// `embedding_model`).
@@ -20,7 +20,7 @@ pub struct MemoryRecord {
     pub embedding: Option<Vec<f32>>,
 }
 
-/// What [`Store::import_memories`] did with a batch.
+/// What [`crate::Memories::import`] did with a batch.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Imported {
     /// Items written under their own ids.
@@ -116,17 +116,18 @@ pub fn renamed_id(id: MemoryId, tenant: TenantId, agent: AgentId) -> MemoryId {
     MemoryId::from_bytes(bytes)
 }
 
-impl Store {
+impl crate::Memories<'_> {
     /// A page of the agent's items in id order after `after`, each with its embedding.
-    pub async fn memory_records(
-        &self,
-        tenant: TenantId,
+    pub async fn records(
+        self,
         agent: AgentId,
         after: Option<MemoryId>,
         limit: u32,
     ) -> Result<Vec<MemoryRecord>> {
+        let tenant = self.tenant;
         let after = after.map_or_else(|| vec![0u8; 16], |id| id.as_bytes().to_vec());
         let rows = self
+            .store
             .rows(
                 query(format!(
                     "SELECT {COLUMNS} FROM memories m WHERE m.tenant_id = $1 AND m.agent_id = $2 \
@@ -150,18 +151,19 @@ impl Store {
     }
 
     /// A page of the agent's links in `(from, to, kind)` order after `after`.
-    pub async fn memory_link_page(
-        &self,
-        tenant: TenantId,
+    pub async fn link_page(
+        self,
         agent: AgentId,
         after: Option<&LinkRow>,
         limit: u32,
     ) -> Result<Vec<LinkRow>> {
+        let tenant = self.tenant;
         let (from, to, kind) = after.map_or_else(
             || (vec![0u8; 16], vec![0u8; 16], String::new()),
             |l| (l.from.as_bytes().to_vec(), l.to.as_bytes().to_vec(), l.kind.as_str().to_owned()),
         );
         let rows = self
+            .store
             .rows(
                 query(
                     "SELECT from_id, to_id, kind, weight, created_at FROM memory_links \
@@ -184,22 +186,18 @@ impl Store {
     /// strength, provenance, embeddings), in one transaction, audited once. An item the agent
     /// holds already is left as it is; one whose id another agent holds gets a new id (see
     /// [`Imported::renamed`]). A record that fails [`check_record`] writes nothing of the batch.
-    pub async fn import_memories(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        records: Vec<MemoryRecord>,
-    ) -> Result<Imported> {
+    pub async fn import(self, agent: AgentId, records: Vec<MemoryRecord>) -> Result<Imported> {
+        let tenant = self.tenant;
         for record in &records {
             check_record(record)?;
         }
-        let audit = self.admin_record(
+        let audit = self.store.admin_record(
             tenant,
             Some(agent),
             AuditKind::MemoryChanged,
             serde_json::json!({ "change": "imported", "items": records.len() }),
         );
-        let (imported, _) = self
+        let (imported, _) = self.store
             .transact(tenant, move |work| {
                 let (audit, records) = (audit.clone(), records.clone());
                 Box::pin(async move {
@@ -298,12 +296,8 @@ impl Store {
     /// Writes links read from an export between items of `agent`'s, as they were. A link whose
     /// ends are not both the agent's items is refused and nothing of the batch is written; one
     /// the agent has already is left as it is. Returns how many were written.
-    pub async fn import_memory_links(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        links: Vec<LinkRow>,
-    ) -> Result<u64> {
+    pub async fn import_links(self, agent: AgentId, links: Vec<LinkRow>) -> Result<u64> {
+        let tenant = self.tenant;
         for link in &links {
             if !(0.0..=1.0).contains(&link.weight) {
                 return Err(Error::InvalidMemory(format!(
@@ -316,6 +310,7 @@ impl Store {
             }
         }
         let (written, _) = self
+            .store
             .transact(tenant, move |work| {
                 let links = links.clone();
                 Box::pin(async move {

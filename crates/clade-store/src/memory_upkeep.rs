@@ -50,7 +50,7 @@ pub struct UpkeepDue {
 }
 
 /// Notes, inside a writing transaction, that `agent` wrote to its memory at `now`: its upkeep
-/// is asked for (see [`Store::memory_upkeep_due`]).
+/// is asked for (see [`crate::MemoryUpkeep::due`]).
 pub(crate) async fn wrote_memory(
     conn: &mut Tx,
     tenant: TenantId,
@@ -85,94 +85,39 @@ fn agent_key(agent: AgentId) -> Vec<u8> {
     agent.as_bytes().to_vec()
 }
 
-impl Store {
-    /// How many segments the memories' full-text index is in (SQLite; PostgreSQL's index is
-    /// one structure, and 1 is said). A search reads every segment, so a recall slows as they
-    /// add up between merges (see [`Store::merge_memory_index`]).
-    pub async fn memory_index_segments(&self) -> Result<i64> {
-        if self.backend() != crate::Backend::Sqlite {
-            return Ok(1);
-        }
-        let rows =
-            self.rows(query("SELECT COUNT(DISTINCT segid) AS n FROM memories_fts_idx")).await?;
-        rows.first().map_or(Ok(0), |r| r.try_get("n"))
-    }
+/// Prunes one live item inside a transaction; 1 if it did, 0 if there was none such. The
+/// write time moves, so every process's kept vectors of its scope are read again.
+/// Prunes one live item; with `used`, only if it was not used after that time.
+async fn prune_in(
+    conn: &mut Tx,
+    tenant: TenantId,
+    agent: AgentId,
+    id: MemoryId,
+    used: Option<Timestamp>,
+    why: &str,
+    now: Timestamp,
+) -> Result<u64> {
+    query(
+        "UPDATE memories SET pruned_at = $4, pruned_why = $5, updated_at = $4 \
+         WHERE id = $1 AND tenant_id = $2 AND agent_id = $3 AND pruned_at IS NULL \
+         AND ($6 IS NULL OR accessed_at <= $6)",
+    )
+    .bind(id.as_bytes().to_vec())
+    .bind(tenant.as_bytes().to_vec())
+    .bind(agent_key(agent))
+    .bind(now.as_millis())
+    .bind(why.to_owned())
+    .bind(used.map(|t| t.as_millis()))
+    .execute(conn)
+    .await
+}
 
-    /// One step of merging the memories' full-text index into a single segment, writing
-    /// about `pages` pages. With `gather`, the step first gathers every segment into one merge
-    /// (FTS5's `merge` with a negative count, as `optimize` does); without, it goes on with
-    /// the merge begun (a positive count), which a segment written since does not start over.
-    /// Bounded steps, so other writes go between them. Whether there is more to merge. A
-    /// no-op on PostgreSQL.
-    pub async fn merge_memory_index(&self, pages: u32, gather: bool) -> Result<bool> {
-        if self.backend() != crate::Backend::Sqlite {
-            return Ok(false);
-        }
-        let pages = i64::from(pages.max(1)) * if gather { -1 } else { 1 };
-        self.write(move |conn| {
-            Box::pin(async move {
-                let changes = "SELECT total_changes() AS n";
-                let before: i64 = query(changes).fetch_one(&mut *conn).await?.try_get("n")?;
-                query(format!(
-                    "INSERT INTO memories_fts (memories_fts, rank) VALUES ('merge', {pages})"
-                ))
-                .execute(&mut *conn)
-                .await?;
-                let after: i64 = query(changes).fetch_one(&mut *conn).await?.try_get("n")?;
-                // FTS5 counts a step that merged nothing as fewer than two changes.
-                Ok(after - before >= 2)
-            })
-        })
-        .await
-    }
-
-    /// Agents of any tenant whose upkeep is due at `now`: decay prunes or purges one of their
-    /// items by then, or they wrote at least `settle_ms` ago and have not been kept since. At
-    /// most `limit`, the longest waiting first. Two index range reads, whatever the number of
-    /// idle agents.
-    pub async fn memory_upkeep_due(
-        &self,
-        now: Timestamp,
-        settle_ms: i64,
-        limit: u32,
-    ) -> Result<Vec<UpkeepDue>> {
-        let mut due: Vec<UpkeepDue> = Vec::new();
-        for (column, until) in
-            [("due_at", now.as_millis()), ("written_at", now.as_millis().saturating_sub(settle_ms))]
-        {
-            let rows = self
-                .rows(
-                    query(format!(
-                        "SELECT agent_id, tenant_id, ran_at FROM memory_upkeep \
-                         WHERE {column} IS NOT NULL AND {column} <= $1 ORDER BY {column} LIMIT $2"
-                    ))
-                    .bind(until)
-                    .bind(i64::from(limit)),
-                )
-                .await?;
-            for row in rows {
-                let agent = AgentId::from_bytes(id_bytes(&row, "agent_id")?);
-                if due.iter().any(|d| d.agent == agent) || due.len() >= limit as usize {
-                    continue;
-                }
-                let ran: Option<i64> = row.try_get("ran_at")?;
-                due.push(UpkeepDue {
-                    tenant: TenantId::from_bytes(id_bytes(&row, "tenant_id")?),
-                    agent,
-                    last_ran: ran.map(Timestamp::from_millis),
-                });
-            }
-        }
-        Ok(due)
-    }
-
+impl crate::Memories<'_> {
     /// When the agent's last upkeep began (`None`: never, or it holds no items).
-    pub async fn memory_upkeep_ran(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-    ) -> Result<Option<Timestamp>> {
+    pub async fn upkeep_ran(self, agent: AgentId) -> Result<Option<Timestamp>> {
+        let tenant = self.tenant;
         let rows = self
+            .store
             .rows(
                 query("SELECT ran_at FROM memory_upkeep WHERE agent_id = $1 AND tenant_id = $2")
                     .bind(agent_key(agent))
@@ -189,47 +134,44 @@ impl Store {
     /// Records an upkeep of the agent that began at `began` and looked at the items written
     /// up to `seen` (the next looks from there): it is next due at `next_due` (`None`: only
     /// after its next write), and writes made since it began still ask for another.
-    pub async fn finish_memory_upkeep(
-        &self,
-        tenant: TenantId,
+    pub async fn finish_upkeep(
+        self,
         agent: AgentId,
         began: Timestamp,
         seen: Timestamp,
         next_due: Option<Timestamp>,
     ) -> Result<()> {
-        self.transact(tenant, move |work| {
-            Box::pin(async move {
-                query(
-                    "INSERT INTO memory_upkeep (agent_id, tenant_id, due_at, ran_at) \
+        let tenant = self.tenant;
+        self.store
+            .transact(tenant, move |work| {
+                Box::pin(async move {
+                    query(
+                        "INSERT INTO memory_upkeep (agent_id, tenant_id, due_at, ran_at) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT (agent_id) DO UPDATE SET \
                      due_at = excluded.due_at, ran_at = excluded.ran_at, \
                      written_at = CASE WHEN memory_upkeep.last_write_at >= $5 \
                      THEN memory_upkeep.last_write_at ELSE NULL END",
-                )
-                .bind(agent_key(agent))
-                .bind(tenant.as_bytes().to_vec())
-                .bind(next_due.map(Timestamp::as_millis))
-                .bind(seen.as_millis())
-                .bind(began.as_millis())
-                .execute(work.conn())
-                .await?;
-                Ok(())
+                    )
+                    .bind(agent_key(agent))
+                    .bind(tenant.as_bytes().to_vec())
+                    .bind(next_due.map(Timestamp::as_millis))
+                    .bind(seen.as_millis())
+                    .bind(began.as_millis())
+                    .execute(work.conn())
+                    .await?;
+                    Ok(())
+                })
             })
-        })
-        .await?;
+            .await?;
         Ok(())
     }
 
     /// A page of the vitals of the agent's live items, in storage order from `from` (`None`:
     /// the first page).
-    pub async fn memory_vitals(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        from: Option<i64>,
-        limit: u32,
-    ) -> Result<VitalsPage> {
+    pub async fn vitals(self, agent: AgentId, from: Option<i64>, limit: u32) -> Result<VitalsPage> {
+        let tenant = self.tenant;
         let rows = self
+            .store
             .rows(
                 query(
                     "SELECT n, id, kind, importance, strength, accessed_at FROM memories \
@@ -261,14 +203,15 @@ impl Store {
 
     /// The agent's live items written at or after `since` (all of them for `None`), oldest
     /// write first, at most `limit`: what an upkeep looks for repeats among.
-    pub async fn memories_written_since(
-        &self,
-        tenant: TenantId,
+    pub async fn written_since(
+        self,
         agent: AgentId,
         since: Option<Timestamp>,
         limit: u32,
     ) -> Result<Vec<MemoryRow>> {
+        let tenant = self.tenant;
         let rows = self
+            .store
             .rows(
                 query(format!(
                     "SELECT {} FROM memories m WHERE m.tenant_id = $1 AND m.agent_id = $2 \
@@ -287,14 +230,14 @@ impl Store {
 
     /// The agent's passing items (of `kinds`) not yet read into a lasting one, oldest first,
     /// at most `limit`: of one scope when `scope` names it, else of all.
-    pub async fn memories_to_consolidate(
-        &self,
-        tenant: TenantId,
+    pub async fn to_consolidate(
+        self,
         agent: AgentId,
         kinds: &[MemoryKind],
         scope: Option<&str>,
         limit: u32,
     ) -> Result<Vec<MemoryRow>> {
+        let tenant = self.tenant;
         let words: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
         let in_scope = if scope.is_some() { "AND m.scope = $5 " } else { "" };
         let mut q = query(format!(
@@ -311,7 +254,7 @@ impl Store {
         if let Some(scope) = scope {
             q = q.bind(scope);
         }
-        let rows = self.rows(q).await?;
+        let rows = self.store.rows(q).await?;
         rows.iter().map(memory_row).collect()
     }
 
@@ -319,15 +262,16 @@ impl Store {
     /// into a lasting one, in scope order, at most `limit`: what consolidation has to read,
     /// however many scopes hold fewer.
     pub async fn scopes_to_consolidate(
-        &self,
-        tenant: TenantId,
+        self,
         agent: AgentId,
         kinds: &[MemoryKind],
         at_least: u64,
         limit: u32,
     ) -> Result<Vec<String>> {
+        let tenant = self.tenant;
         let words: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
         let rows = self
+            .store
             .rows(
                 query(
                     "SELECT m.scope FROM memories m WHERE m.tenant_id = $1 AND m.agent_id = $2 \
@@ -348,34 +292,35 @@ impl Store {
 
     /// Sets decayed strengths of the agent's items, unaudited (fading is not a change of what
     /// an item says).
-    pub async fn set_memory_strengths(
-        &self,
-        tenant: TenantId,
+    pub async fn set_strengths(
+        self,
         agent: AgentId,
         strengths: Vec<(MemoryId, f64)>,
     ) -> Result<()> {
+        let tenant = self.tenant;
         if strengths.is_empty() {
             return Ok(());
         }
-        self.transact(tenant, move |work| {
-            let strengths = strengths.clone();
-            Box::pin(async move {
-                for (id, strength) in &strengths {
-                    query(
-                        "UPDATE memories SET strength = $4 \
+        self.store
+            .transact(tenant, move |work| {
+                let strengths = strengths.clone();
+                Box::pin(async move {
+                    for (id, strength) in &strengths {
+                        query(
+                            "UPDATE memories SET strength = $4 \
                          WHERE id = $1 AND tenant_id = $2 AND agent_id = $3",
-                    )
-                    .bind(id.as_bytes().to_vec())
-                    .bind(tenant.as_bytes().to_vec())
-                    .bind(agent_key(agent))
-                    .bind(strength.clamp(0.0, 1.0))
-                    .execute(work.conn())
-                    .await?;
-                }
-                Ok(())
+                        )
+                        .bind(id.as_bytes().to_vec())
+                        .bind(tenant.as_bytes().to_vec())
+                        .bind(agent_key(agent))
+                        .bind(strength.clamp(0.0, 1.0))
+                        .execute(work.conn())
+                        .await?;
+                    }
+                    Ok(())
+                })
             })
-        })
-        .await?;
+            .await?;
         Ok(())
     }
 
@@ -383,18 +328,18 @@ impl Store {
     /// use its caller judged it by: an item used since (recalled, or repeated by a save) is
     /// left, as the judgement no longer holds. Audited once with the ids; how many were pruned
     /// (an id already pruned, used since, or not the agent's counts none).
-    pub async fn prune_memories(
-        &self,
-        tenant: TenantId,
+    pub async fn prune(
+        self,
         agent: AgentId,
         items: Vec<(MemoryId, Timestamp)>,
         why: &str,
     ) -> Result<u64> {
+        let tenant = self.tenant;
         let ids: Vec<MemoryId> = items.iter().map(|(id, _)| *id).collect();
         if ids.is_empty() {
             return Ok(0);
         }
-        let audit = self.admin_record(
+        let audit = self.store.admin_record(
             tenant,
             Some(agent),
             AuditKind::MemoryChanged,
@@ -406,6 +351,7 @@ impl Store {
         );
         let why = why.to_owned();
         let (pruned, _) = self
+            .store
             .transact(tenant, move |work| {
                 let (items, audit, why) = (items.clone(), audit.clone(), why.clone());
                 Box::pin(async move {
@@ -428,18 +374,18 @@ impl Store {
     /// Merges `repeat` into `kept`, two live items of the agent saying the same: `kept` takes
     /// `update` (the newer wording, the higher importance and confidence), the links of
     /// `repeat` (as links of `kept`), and `repeat` is pruned as merged into it. Audited.
-    pub async fn merge_memories(
-        &self,
-        tenant: TenantId,
+    pub async fn merge(
+        self,
         agent: AgentId,
         kept: MemoryId,
         repeat: MemoryId,
         update: MemoryUpdate,
     ) -> Result<MemoryRow> {
+        let tenant = self.tenant;
         if kept == repeat {
             return Err(Error::InvalidMemory("an item cannot be merged into itself".into()));
         }
-        let audit = self.admin_record(
+        let audit = self.store.admin_record(
             tenant,
             Some(agent),
             AuditKind::MemoryChanged,
@@ -447,7 +393,7 @@ impl Store {
                 "memory": kept.to_string(), "change": "merged", "from": repeat.to_string(),
             }),
         );
-        self.transact(tenant, move |work| {
+        self.store.transact(tenant, move |work| {
             let (audit, update) = (audit.clone(), update.clone());
             Box::pin(async move {
                 let now = work.now();
@@ -494,25 +440,21 @@ impl Store {
             })
         })
         .await?;
-        self.memory(tenant, agent, kept).await
+        self.store.memories(tenant).get(agent, kept).await
     }
 
     /// Brings a pruned item of the agent back, as if just used (strength 1), audited. A repeat
     /// that was merged comes back linked (`related_to`) to the item it was merged into, which
     /// keeps upkeep from merging the two again.
-    pub async fn restore_memory(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        id: MemoryId,
-    ) -> Result<MemoryRow> {
-        let audit = self.admin_record(
+    pub async fn restore(self, agent: AgentId, id: MemoryId) -> Result<MemoryRow> {
+        let tenant = self.tenant;
+        let audit = self.store.admin_record(
             tenant,
             Some(agent),
             AuditKind::MemoryChanged,
             serde_json::json!({ "memory": id.to_string(), "change": "restored" }),
         );
-        self.transact(tenant, move |work| {
+        self.store.transact(tenant, move |work| {
             let audit = audit.clone();
             Box::pin(async move {
                 let now = work.now();
@@ -565,25 +507,21 @@ impl Store {
             })
         })
         .await?;
-        self.memory(tenant, agent, id).await
+        self.store.memories(tenant).get(agent, id).await
     }
 
     /// Deletes for good, with their links, the agent's items pruned before `before`, at most
     /// `limit` of them; how many. Audited when it deletes any.
-    pub async fn purge_pruned_memories(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        before: Timestamp,
-        limit: u32,
-    ) -> Result<u64> {
-        let audit = self.admin_record(
+    pub async fn purge_pruned(self, agent: AgentId, before: Timestamp, limit: u32) -> Result<u64> {
+        let tenant = self.tenant;
+        let audit = self.store.admin_record(
             tenant,
             Some(agent),
             AuditKind::MemoryChanged,
             serde_json::json!({ "change": "purged" }),
         );
         let (purged, _) = self
+            .store
             .transact(tenant, move |work| {
                 let mut audit = audit.clone();
                 Box::pin(async move {
@@ -616,13 +554,10 @@ impl Store {
     }
 
     /// The agent's pruned items, the latest pruned first, at most `limit`.
-    pub async fn pruned_memories(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        limit: u32,
-    ) -> Result<Vec<MemoryRow>> {
+    pub async fn pruned(self, agent: AgentId, limit: u32) -> Result<Vec<MemoryRow>> {
+        let tenant = self.tenant;
         let rows = self
+            .store
             .rows(
                 query(format!(
                     "SELECT {} FROM memories m WHERE m.tenant_id = $1 AND m.agent_id = $2 \
@@ -638,12 +573,10 @@ impl Store {
     }
 
     /// When the agent's earliest pruned item was pruned (`None`: it has none).
-    pub async fn earliest_pruned_memory(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-    ) -> Result<Option<Timestamp>> {
+    pub async fn earliest_pruned(self, agent: AgentId) -> Result<Option<Timestamp>> {
+        let tenant = self.tenant;
         let rows = self
+            .store
             .rows(
                 query(
                     "SELECT MIN(pruned_at) AS at FROM memories WHERE tenant_id = $1 \
@@ -661,29 +594,97 @@ impl Store {
     }
 }
 
-/// Prunes one live item inside a transaction; 1 if it did, 0 if there was none such. The
-/// write time moves, so every process's kept vectors of its scope are read again.
-/// Prunes one live item; with `used`, only if it was not used after that time.
-async fn prune_in(
-    conn: &mut Tx,
-    tenant: TenantId,
-    agent: AgentId,
-    id: MemoryId,
-    used: Option<Timestamp>,
-    why: &str,
-    now: Timestamp,
-) -> Result<u64> {
-    query(
-        "UPDATE memories SET pruned_at = $4, pruned_why = $5, updated_at = $4 \
-         WHERE id = $1 AND tenant_id = $2 AND agent_id = $3 AND pruned_at IS NULL \
-         AND ($6 IS NULL OR accessed_at <= $6)",
-    )
-    .bind(id.as_bytes().to_vec())
-    .bind(tenant.as_bytes().to_vec())
-    .bind(agent_key(agent))
-    .bind(now.as_millis())
-    .bind(why.to_owned())
-    .bind(used.map(|t| t.as_millis()))
-    .execute(conn)
-    .await
+/// What the cortex's upkeep reads across agents and tenants: who is due, who has items to
+/// embed, and the full-text index's merging.
+#[derive(Clone, Copy)]
+pub struct MemoryUpkeep<'s> {
+    pub(crate) store: &'s Store,
+}
+
+impl Store {
+    /// The memory upkeep's reads across agents.
+    pub fn memory_upkeep(&self) -> MemoryUpkeep<'_> {
+        MemoryUpkeep { store: self }
+    }
+}
+
+impl MemoryUpkeep<'_> {
+    /// How many segments the memories' full-text index is in (SQLite; PostgreSQL's index is
+    /// one structure, and 1 is said). A search reads every segment, so a recall slows as they
+    /// add up between merges (see [`crate::MemoryUpkeep::merge_index`]).
+    pub async fn index_segments(self) -> Result<i64> {
+        if self.store.backend() != crate::Backend::Sqlite {
+            return Ok(1);
+        }
+        let rows = self
+            .store
+            .rows(query("SELECT COUNT(DISTINCT segid) AS n FROM memories_fts_idx"))
+            .await?;
+        rows.first().map_or(Ok(0), |r| r.try_get("n"))
+    }
+
+    /// One step of merging the memories' full-text index into a single segment, writing
+    /// about `pages` pages. With `gather`, the step first gathers every segment into one merge
+    /// (FTS5's `merge` with a negative count, as `optimize` does); without, it goes on with
+    /// the merge begun (a positive count), which a segment written since does not start over.
+    /// Bounded steps, so other writes go between them. Whether there is more to merge. A
+    /// no-op on PostgreSQL.
+    pub async fn merge_index(self, pages: u32, gather: bool) -> Result<bool> {
+        if self.store.backend() != crate::Backend::Sqlite {
+            return Ok(false);
+        }
+        let pages = i64::from(pages.max(1)) * if gather { -1 } else { 1 };
+        self.store
+            .write(move |conn| {
+                Box::pin(async move {
+                    let changes = "SELECT total_changes() AS n";
+                    let before: i64 = query(changes).fetch_one(&mut *conn).await?.try_get("n")?;
+                    query(format!(
+                        "INSERT INTO memories_fts (memories_fts, rank) VALUES ('merge', {pages})"
+                    ))
+                    .execute(&mut *conn)
+                    .await?;
+                    let after: i64 = query(changes).fetch_one(&mut *conn).await?.try_get("n")?;
+                    // FTS5 counts a step that merged nothing as fewer than two changes.
+                    Ok(after - before >= 2)
+                })
+            })
+            .await
+    }
+
+    /// Agents of any tenant whose upkeep is due at `now`: decay prunes or purges one of their
+    /// items by then, or they wrote at least `settle_ms` ago and have not been kept since. At
+    /// most `limit`, the longest waiting first. Two index range reads, whatever the number of
+    /// idle agents.
+    pub async fn due(self, now: Timestamp, settle_ms: i64, limit: u32) -> Result<Vec<UpkeepDue>> {
+        let mut due: Vec<UpkeepDue> = Vec::new();
+        for (column, until) in
+            [("due_at", now.as_millis()), ("written_at", now.as_millis().saturating_sub(settle_ms))]
+        {
+            let rows = self
+                .store
+                .rows(
+                    query(format!(
+                        "SELECT agent_id, tenant_id, ran_at FROM memory_upkeep \
+                         WHERE {column} IS NOT NULL AND {column} <= $1 ORDER BY {column} LIMIT $2"
+                    ))
+                    .bind(until)
+                    .bind(i64::from(limit)),
+                )
+                .await?;
+            for row in rows {
+                let agent = AgentId::from_bytes(id_bytes(&row, "agent_id")?);
+                if due.iter().any(|d| d.agent == agent) || due.len() >= limit as usize {
+                    continue;
+                }
+                let ran: Option<i64> = row.try_get("ran_at")?;
+                due.push(UpkeepDue {
+                    tenant: TenantId::from_bytes(id_bytes(&row, "tenant_id")?),
+                    agent,
+                    last_ran: ran.map(Timestamp::from_millis),
+                });
+            }
+        }
+        Ok(due)
+    }
 }

@@ -281,13 +281,37 @@ impl Store {
             .await?;
         Ok(Delivered { announced, ..delivered })
     }
+}
 
+/// One tenant's agent-to-agent mail: topic subscriptions and the messages sent.
+#[derive(Clone, Copy)]
+pub struct Messages<'s> {
+    pub(crate) store: &'s Store,
+    pub(crate) tenant: TenantId,
+}
+
+impl Store {
+    /// `tenant`'s agent-to-agent messages and topic subscriptions.
+    pub fn messages(&self, tenant: TenantId) -> Messages<'_> {
+        Messages { store: self, tenant }
+    }
+}
+
+impl crate::TenantStore {
+    /// This tenant's agent-to-agent messages and topic subscriptions.
+    pub fn messages(&self) -> Messages<'_> {
+        self.store().messages(self.tenant())
+    }
+}
+
+impl Messages<'_> {
     /// Subscribes `tenant`'s agent to `topic` (again: nothing changes); past
     /// [`MAX_SUBSCRIPTIONS`] it is refused.
-    pub async fn subscribe(&self, tenant: TenantId, agent: AgentId, topic: &str) -> Result<()> {
+    pub async fn subscribe(self, agent: AgentId, topic: &str) -> Result<()> {
+        let tenant = self.tenant;
         check_topic(topic)?;
         let topic = topic.to_owned();
-        self.transact(tenant, move |work| {
+        self.store.transact(tenant, move |work| {
             let topic = topic.clone();
             Box::pin(async move {
                 let held = query(
@@ -340,10 +364,12 @@ impl Store {
     }
 
     /// Ends `tenant`'s agent's subscription to `topic`; whether it had one.
-    pub async fn unsubscribe(&self, tenant: TenantId, agent: AgentId, topic: &str) -> Result<bool> {
+    pub async fn unsubscribe(self, agent: AgentId, topic: &str) -> Result<bool> {
+        let tenant = self.tenant;
         check_topic(topic)?;
         let topic = topic.to_owned();
         let (gone, _) = self
+            .store
             .transact(tenant, move |work| {
                 let topic = topic.clone();
                 Box::pin(async move {
@@ -364,13 +390,11 @@ impl Store {
     }
 
     /// The agents of `tenant` subscribed to `topic`, by handle (at most [`MAX_SUBSCRIPTIONS`]).
-    pub async fn subscribers(
-        &self,
-        tenant: TenantId,
-        topic: &str,
-    ) -> Result<Vec<(AgentId, String)>> {
+    pub async fn subscribers(self, topic: &str) -> Result<Vec<(AgentId, String)>> {
+        let tenant = self.tenant;
         check_topic(topic)?;
         let rows = self
+            .store
             .rows(
                 query(
                     "SELECT a.id, a.handle FROM topic_subscriptions t JOIN agents a \
@@ -388,8 +412,10 @@ impl Store {
     }
 
     /// The topics `tenant`'s agent subscribes to, by name.
-    pub async fn subscriptions(&self, tenant: TenantId, agent: AgentId) -> Result<Vec<String>> {
+    pub async fn subscriptions(self, agent: AgentId) -> Result<Vec<String>> {
+        let tenant = self.tenant;
         let rows = self
+            .store
             .rows(
                 query(
                     "SELECT topic FROM topic_subscriptions WHERE agent_id = $1 AND tenant_id = $2 \
@@ -403,12 +429,10 @@ impl Store {
     }
 
     /// The messages that brought the events `turn` answers (none when people sent them).
-    pub async fn messages_of_turn(
-        &self,
-        tenant: TenantId,
-        turn: TurnId,
-    ) -> Result<Vec<MessageRow>> {
+    pub async fn of_turn(self, turn: TurnId) -> Result<Vec<MessageRow>> {
+        let tenant = self.tenant;
         let rows = self
+            .store
             .rows(
                 query(format!(
                     "SELECT {COLUMNS} {JOINS} WHERE e.turn_id = $1 AND m.tenant_id = $2 \
@@ -422,12 +446,10 @@ impl Store {
     }
 
     /// The message an event of `tenant` holds, if an agent sent it.
-    pub async fn message_of_event(
-        &self,
-        tenant: TenantId,
-        event: EventId,
-    ) -> Result<Option<MessageRow>> {
+    pub async fn of_event(self, event: EventId) -> Result<Option<MessageRow>> {
+        let tenant = self.tenant;
         let row = self
+            .store
             .maybe_row(
                 query(format!(
                     "SELECT {COLUMNS} {JOINS} WHERE m.event_id = $1 AND m.tenant_id = $2"
@@ -441,16 +463,17 @@ impl Store {
 
     /// Up to `limit` messages `agent` of `tenant` sent or received, newest first, those before
     /// `before` when given.
-    pub async fn agent_messages(
-        &self,
-        tenant: TenantId,
+    pub async fn of_agent(
+        self,
         agent: AgentId,
         before: Option<MessageId>,
         limit: u32,
     ) -> Result<Vec<MessageRow>> {
+        let tenant = self.tenant;
         // The newest possible id: a page without `before` starts at the top.
         let before = before.map_or_else(|| vec![0xff; 16], |id| b(id.as_bytes()));
         let rows = self
+            .store
             .rows(
                 query(format!(
                     "SELECT {COLUMNS} {JOINS} WHERE m.tenant_id = $1 \

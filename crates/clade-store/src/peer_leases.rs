@@ -106,25 +106,96 @@ fn scope_detail(scope: LeaseScope) -> serde_json::Value {
 }
 
 impl Store {
+    async fn open_leases(&self, peer_kind: &str, peer_name: &str) -> Result<Vec<LeaseRow>> {
+        let rows = self
+            .rows(
+                query(format!(
+                    "SELECT {COLUMNS} FROM peer_leases WHERE peer_kind = $1 AND peer_name = $2 \
+                     AND ended_at IS NULL ORDER BY granted_at"
+                ))
+                .bind(peer_kind.to_owned())
+                .bind(peer_name.to_owned()),
+            )
+            .await?;
+        rows.iter().map(lease_row).collect()
+    }
+
+    /// Ends each lease (a lease another writer ended first is left alone), with an audit
+    /// record in its tenant.
+    async fn end_leases(&self, leases: Vec<LeaseRow>, why: &str) -> Result<()> {
+        for lease in leases {
+            let mut detail = scope_detail(lease.scope);
+            detail["lease"] = lease.id.to_string().into();
+            detail["peer"] = format!("{}/{}", lease.peer_kind, lease.peer_name).into();
+            detail["why"] = why.into();
+            let audit = self.admin_record(lease.tenant_id, None, AuditKind::LeaseEnded, detail);
+            let (id, why) = (lease.id, why.to_owned());
+            self.transact(lease.tenant_id, move |work| {
+                let (audit, why) = (audit.clone(), why.clone());
+                Box::pin(async move {
+                    let now = work.now();
+                    let ended = query(
+                        "UPDATE peer_leases SET ended_at = $2, ended_why = $3 \
+                         WHERE id = $1 AND ended_at IS NULL",
+                    )
+                    .bind(id.as_bytes().to_vec())
+                    .bind(now.as_millis())
+                    .bind(why)
+                    .execute(work.conn())
+                    .await?;
+                    if ended > 0 {
+                        work.audit(&audit).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// One tenant's leases to paired components.
+#[derive(Clone, Copy)]
+pub struct PeerLeases<'s> {
+    pub(crate) store: &'s Store,
+    pub(crate) tenant: TenantId,
+}
+
+impl Store {
+    /// `tenant`'s leases to paired components.
+    pub fn leases(&self, tenant: TenantId) -> PeerLeases<'_> {
+        PeerLeases { store: self, tenant }
+    }
+}
+
+impl crate::TenantStore {
+    /// This tenant's leases to paired components.
+    pub fn leases(&self) -> PeerLeases<'_> {
+        self.store().leases(self.tenant())
+    }
+}
+
+impl PeerLeases<'_> {
     /// Leases `scope` of `tenant` to the paired component `peer_kind`/`peer_name` for `ttl`,
     /// audited. Refuses a component that is not paired, an agent or session of another
     /// tenant, a `ttl` of zero or over [`MAX_LEASE`], and a tenant at
     /// [`MAX_LIVE_LEASES_PER_TENANT`].
-    pub async fn grant_lease(
-        &self,
-        tenant: TenantId,
+    pub async fn grant(
+        self,
         peer_kind: &str,
         peer_name: &str,
         scope: LeaseScope,
         ttl: Duration,
     ) -> Result<LeaseRow> {
+        let tenant = self.tenant;
         if ttl.is_zero() || ttl > MAX_LEASE {
             return Err(Error::InvalidLease(format!(
                 "ttl_secs: a lease runs 1 s to {} days",
                 MAX_LEASE.as_secs() / 86_400
             )));
         }
-        let now = self.now();
+        let now = self.store.now();
         let lease = LeaseRow {
             id: LeaseId::generate(now),
             tenant_id: tenant,
@@ -133,7 +204,7 @@ impl Store {
             scope,
             granted_at: now,
             expires_at: now.plus(ttl),
-            granted_by: self.actor().to_owned(),
+            granted_by: self.store.actor().to_owned(),
             ended_at: None,
             ended_why: None,
         };
@@ -145,9 +216,9 @@ impl Store {
             LeaseScope::Agent(id) => Some(id),
             _ => None,
         };
-        let audit = self.admin_record(tenant, agent, AuditKind::LeaseGranted, detail);
+        let audit = self.store.admin_record(tenant, agent, AuditKind::LeaseGranted, detail);
         let row = lease.clone();
-        self.transact(tenant, move |work| {
+        self.store.transact(tenant, move |work| {
             let (lease, audit) = (row.clone(), audit.clone());
             Box::pin(async move {
                 let paired = query("SELECT 1 AS one FROM peers WHERE kind = $1 AND name = $2")
@@ -222,8 +293,10 @@ impl Store {
     }
 
     /// A tenant's leases, newest first: live and ended.
-    pub async fn leases(&self, tenant: TenantId, limit: u32) -> Result<Vec<LeaseRow>> {
+    pub async fn list(self, limit: u32) -> Result<Vec<LeaseRow>> {
+        let tenant = self.tenant;
         let rows = self
+            .store
             .rows(
                 query(format!(
                     "SELECT {COLUMNS} FROM peer_leases WHERE tenant_id = $1 \
@@ -237,8 +310,10 @@ impl Store {
     }
 
     /// One of a tenant's leases; another tenant's is not found.
-    pub async fn lease(&self, tenant: TenantId, id: LeaseId) -> Result<LeaseRow> {
+    pub async fn get(self, id: LeaseId) -> Result<LeaseRow> {
+        let tenant = self.tenant;
         let rows = self
+            .store
             .rows(
                 query(format!(
                     "SELECT {COLUMNS} FROM peer_leases WHERE id = $1 AND tenant_id = $2"
@@ -255,51 +330,28 @@ impl Store {
 
     /// Ends one of a tenant's leases now, saying `why`, audited; one already ended is left as
     /// it was.
-    pub async fn end_lease(&self, tenant: TenantId, id: LeaseId, why: &str) -> Result<LeaseRow> {
-        let lease = self.lease(tenant, id).await?;
+    pub async fn end(self, id: LeaseId, why: &str) -> Result<LeaseRow> {
+        let tenant = self.tenant;
+        let lease = self.store.leases(tenant).get(id).await?;
         if lease.ended_at.is_some() {
             return Ok(lease);
         }
-        self.end_leases(vec![lease], why).await?;
-        self.lease(tenant, id).await
-    }
-
-    /// The live leases to a component, after ending (and auditing) those found expired.
-    pub async fn peer_leases(&self, peer_kind: &str, peer_name: &str) -> Result<Vec<LeaseRow>> {
-        let leases = self.open_leases(peer_kind, peer_name).await?;
-        let now = self.now();
-        let (live, expired): (Vec<_>, Vec<_>) = leases.into_iter().partition(|l| l.live(now));
-        if !expired.is_empty() {
-            self.end_leases(expired, "expired").await?;
-        }
-        Ok(live)
-    }
-
-    /// Ends every open lease to a component (it stopped answering, or was unpaired), saying
-    /// `why`, audited; how many ended.
-    pub async fn end_peer_leases(
-        &self,
-        peer_kind: &str,
-        peer_name: &str,
-        why: &str,
-    ) -> Result<usize> {
-        let open = self.open_leases(peer_kind, peer_name).await?;
-        let count = open.len();
-        self.end_leases(open, why).await?;
-        Ok(count)
+        self.store.end_leases(vec![lease], why).await?;
+        self.store.leases(tenant).get(id).await
     }
 
     /// Ends the open leases of one session to a component (a leased CLI's chat on it closed),
     /// saying `why`, audited; how many ended.
-    pub async fn end_peer_session_leases(
-        &self,
-        tenant: TenantId,
+    pub async fn end_for_session(
+        self,
         peer_kind: &str,
         peer_name: &str,
         session: SessionId,
         why: &str,
     ) -> Result<usize> {
+        let tenant = self.tenant;
         let open: Vec<_> = self
+            .store
             .open_leases(peer_kind, peer_name)
             .await?
             .into_iter()
@@ -308,55 +360,29 @@ impl Store {
             })
             .collect();
         let count = open.len();
-        self.end_leases(open, why).await?;
+        self.store.end_leases(open, why).await?;
         Ok(count)
     }
+}
 
-    async fn open_leases(&self, peer_kind: &str, peer_name: &str) -> Result<Vec<LeaseRow>> {
-        let rows = self
-            .rows(
-                query(format!(
-                    "SELECT {COLUMNS} FROM peer_leases WHERE peer_kind = $1 AND peer_name = $2 \
-                     AND ended_at IS NULL ORDER BY granted_at"
-                ))
-                .bind(peer_kind.to_owned())
-                .bind(peer_name.to_owned()),
-            )
-            .await?;
-        rows.iter().map(lease_row).collect()
+impl crate::Peers<'_> {
+    /// The live leases to a component, after ending (and auditing) those found expired.
+    pub async fn leases_of(self, peer_kind: &str, peer_name: &str) -> Result<Vec<LeaseRow>> {
+        let leases = self.store.open_leases(peer_kind, peer_name).await?;
+        let now = self.store.now();
+        let (live, expired): (Vec<_>, Vec<_>) = leases.into_iter().partition(|l| l.live(now));
+        if !expired.is_empty() {
+            self.store.end_leases(expired, "expired").await?;
+        }
+        Ok(live)
     }
 
-    /// Ends each lease (a lease another writer ended first is left alone), with an audit
-    /// record in its tenant.
-    async fn end_leases(&self, leases: Vec<LeaseRow>, why: &str) -> Result<()> {
-        for lease in leases {
-            let mut detail = scope_detail(lease.scope);
-            detail["lease"] = lease.id.to_string().into();
-            detail["peer"] = format!("{}/{}", lease.peer_kind, lease.peer_name).into();
-            detail["why"] = why.into();
-            let audit = self.admin_record(lease.tenant_id, None, AuditKind::LeaseEnded, detail);
-            let (id, why) = (lease.id, why.to_owned());
-            self.transact(lease.tenant_id, move |work| {
-                let (audit, why) = (audit.clone(), why.clone());
-                Box::pin(async move {
-                    let now = work.now();
-                    let ended = query(
-                        "UPDATE peer_leases SET ended_at = $2, ended_why = $3 \
-                         WHERE id = $1 AND ended_at IS NULL",
-                    )
-                    .bind(id.as_bytes().to_vec())
-                    .bind(now.as_millis())
-                    .bind(why)
-                    .execute(work.conn())
-                    .await?;
-                    if ended > 0 {
-                        work.audit(&audit).await?;
-                    }
-                    Ok(())
-                })
-            })
-            .await?;
-        }
-        Ok(())
+    /// Ends every open lease to a component (it stopped answering, or was unpaired), saying
+    /// `why`, audited; how many ended.
+    pub async fn end_leases_of(self, peer_kind: &str, peer_name: &str, why: &str) -> Result<usize> {
+        let open = self.store.open_leases(peer_kind, peer_name).await?;
+        let count = open.len();
+        self.store.end_leases(open, why).await?;
+        Ok(count)
     }
 }

@@ -55,17 +55,17 @@ impl Secrets {
     }
 
     pub async fn list(&self, agent: &Agent) -> Result<Vec<SecretInfo>> {
-        self.store.secrets(agent.id).await
+        self.store.secret_rows().of_agent(agent.id).await
     }
 
     pub async fn remove(&self, agent: &Agent, name: &SecretName) -> Result<()> {
-        self.store.delete_secret(agent.id, name).await
+        self.store.secret_rows().delete(agent.id, name).await
     }
 
     /// Fails if secrets exist but the key to read them is missing or wrong; run at start-up so
     /// the problem is reported before anyone needs a secret.
     pub async fn check(&self) -> Result<()> {
-        if self.store.count_secrets().await? > 0 {
+        if self.store.secret_rows().count().await? > 0 {
             self.key(false).await?;
         }
         Ok(())
@@ -82,7 +82,7 @@ impl Secrets {
                 }
             },
         };
-        let secrets = self.store.count_secrets().await?;
+        let secrets = self.store.secret_rows().count().await?;
         let key = match existing {
             Some(key) => key,
             None if secrets == 0 && create => {
@@ -94,11 +94,13 @@ impl Secrets {
         };
         let fingerprint = key.fingerprint();
         if secrets > 0 {
-            if self.store.meta(FINGERPRINT_KEY).await?.as_deref() != Some(fingerprint.as_str()) {
+            if self.store.meta().get(FINGERPRINT_KEY).await?.as_deref()
+                != Some(fingerprint.as_str())
+            {
                 return Err(Error::WrongMasterKey { path: self.key_file.clone() });
             }
         } else if create {
-            self.store.set_meta(FINGERPRINT_KEY, &fingerprint).await?;
+            self.store.meta().set(FINGERPRINT_KEY, &fingerprint).await?;
         }
         Ok(key)
     }

@@ -47,14 +47,33 @@ fn setting_row(row: &Row) -> Result<SettingRow> {
     })
 }
 
+/// One tenant's agents' stored settings.
+#[derive(Clone, Copy)]
+pub struct AgentSettings<'s> {
+    pub(crate) store: &'s Store,
+    pub(crate) tenant: TenantId,
+}
+
 impl Store {
+    /// `tenant`'s agents' stored settings.
+    pub fn settings(&self, tenant: TenantId) -> AgentSettings<'_> {
+        AgentSettings { store: self, tenant }
+    }
+}
+
+impl crate::TenantStore {
+    /// This tenant's agents' stored settings.
+    pub fn settings(&self) -> AgentSettings<'_> {
+        self.store().settings(self.tenant())
+    }
+}
+
+impl AgentSettings<'_> {
     /// An agent's stored settings, by key.
-    pub async fn agent_settings(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-    ) -> Result<Vec<SettingRow>> {
+    pub async fn list(self, agent: AgentId) -> Result<Vec<SettingRow>> {
+        let tenant = self.tenant;
         let rows = self
+            .store
             .rows(
                 query(
                     "SELECT key, value, updated_at, updated_by FROM agent_settings \
@@ -68,13 +87,13 @@ impl Store {
     }
 
     /// Stores `value` under `key` for the agent (replacing what was there), audited.
-    pub async fn set_agent_setting(
-        &self,
-        tenant: TenantId,
+    pub async fn set(
+        self,
         agent: AgentId,
         key: &str,
         value: serde_json::Value,
     ) -> Result<SettingRow> {
+        let tenant = self.tenant;
         check_key(key)?;
         let text = value.to_string();
         if text.len() > MAX_SETTING_BYTES {
@@ -83,15 +102,15 @@ impl Store {
                 text.len()
             )));
         }
-        let audit = self.admin_record(
+        let audit = self.store.admin_record(
             tenant,
             Some(agent),
             AuditKind::SettingChanged,
             serde_json::json!({ "key": key, "change": "set" }),
         );
-        let by = self.actor().to_owned();
+        let by = self.store.actor().to_owned();
         let key = key.to_owned();
-        let (row, _) = self
+        let (row, _) = self.store
             .transact(tenant, move |work| {
                 let (audit, by, key, text, value) =
                     (audit.clone(), by.clone(), key.clone(), text.clone(), value.clone());
@@ -145,21 +164,17 @@ impl Store {
     }
 
     /// Removes the agent's `key`, audited; [`Error::SettingNotFound`] if none was stored.
-    pub async fn unset_agent_setting(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        key: &str,
-    ) -> Result<()> {
+    pub async fn unset(self, agent: AgentId, key: &str) -> Result<()> {
+        let tenant = self.tenant;
         check_key(key)?;
-        let audit = self.admin_record(
+        let audit = self.store.admin_record(
             tenant,
             Some(agent),
             AuditKind::SettingChanged,
             serde_json::json!({ "key": key, "change": "unset" }),
         );
         let key = key.to_owned();
-        self.transact(tenant, move |work| {
+        self.store.transact(tenant, move |work| {
             let (audit, key) = (audit.clone(), key.clone());
             Box::pin(async move {
                 let deleted = query(

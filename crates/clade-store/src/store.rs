@@ -69,7 +69,7 @@ pub struct Store {
     /// Whether a SQLite file's pages carry checksums, and whether opening added them.
     page_checksums: Option<crate::checksums::PageChecksums>,
     /// The lease epoch this store's turn writes are fenced by, 0 while it holds none (see
-    /// [`Store::take_leases`]); shared by every clone.
+    /// [`crate::ShardLeases::take`]); shared by every clone.
     pub(crate) fence: Arc<std::sync::atomic::AtomicI64>,
 }
 
@@ -601,10 +601,10 @@ impl Store {
     // ---- tenants ----
 
     async fn ensure_tenant(&self, name: &str) -> Result<Tenant> {
-        match self.tenant(name).await {
+        match self.tenants().named(name).await {
             Ok(tenant) => Ok(tenant),
-            Err(Error::TenantNotFound(_)) => match self.create_tenant(name).await {
-                Err(Error::TenantExists(_)) => self.tenant(name).await,
+            Err(Error::TenantNotFound(_)) => match self.tenants().create(name).await {
+                Err(Error::TenantExists(_)) => self.tenants().named(name).await,
                 other => other,
             },
             Err(err) => Err(err),
@@ -648,522 +648,6 @@ impl Store {
             decision: None,
             detail: detail.to_string(),
         }
-    }
-
-    pub async fn create_tenant(&self, name: &str) -> Result<Tenant> {
-        let name = Handle::parse(name).map_err(|e| Error::InvalidInput(e.to_string()))?;
-        let now = self.now();
-        let tenant = Tenant { id: TenantId::generate(now), name, created_at: now };
-        let row = tenant.clone();
-        let audit = self.admin_record(
-            tenant.id,
-            None,
-            AuditKind::TenantCreated,
-            serde_json::json!({ "tenant": tenant.name.as_str() }),
-        );
-        self.write(move |conn| {
-            let audit = audit.clone();
-            let row = row.clone();
-            Box::pin(async move {
-                query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
-                    .bind(row.id.as_bytes().to_vec())
-                    .bind(row.name.to_string())
-                    .bind(row.created_at.as_millis())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(|e| {
-                        if e.is_unique_violation() {
-                            Error::TenantExists(row.name.to_string())
-                        } else {
-                            e
-                        }
-                    })?;
-                crate::access::append_audit(conn, &audit, now).await?;
-                Ok(())
-            })
-        })
-        .await?;
-        Ok(tenant)
-    }
-
-    pub async fn tenant(&self, name: &str) -> Result<Tenant> {
-        let row = self
-            .maybe_row(query("SELECT id, name, created_at FROM tenants WHERE name = $1").bind(name))
-            .await?;
-        row.as_ref()
-            .map(tenant_from_row)
-            .transpose()?
-            .ok_or_else(|| Error::TenantNotFound(name.into()))
-    }
-
-    pub async fn tenant_by_id(&self, id: TenantId) -> Result<Tenant> {
-        let row = self
-            .maybe_row(
-                query("SELECT id, name, created_at FROM tenants WHERE id = $1")
-                    .bind(id.as_bytes().to_vec()),
-            )
-            .await?;
-        row.as_ref()
-            .map(tenant_from_row)
-            .transpose()?
-            .ok_or_else(|| Error::TenantNotFound(id.to_string()))
-    }
-
-    pub async fn tenants(&self) -> Result<Vec<Tenant>> {
-        let rows =
-            self.rows(query("SELECT id, name, created_at FROM tenants ORDER BY name")).await?;
-        rows.iter().map(tenant_from_row).collect()
-    }
-
-    /// Deletes a tenant with all its agents, tokens and secrets; returns the ids of the deleted
-    /// agents so their workspaces can be removed.
-    pub async fn delete_tenant(&self, name: &str) -> Result<Vec<AgentId>> {
-        if name == Tenant::DEFAULT_NAME {
-            return Err(Error::DefaultTenant);
-        }
-        let tenant = self.tenant(name).await?;
-        // The tenant's own chain goes with it: the operator's (the default tenant's) keeps it.
-        let operator = self.tenant(Tenant::DEFAULT_NAME).await?;
-        let audit = self.admin_record(
-            operator.id,
-            None,
-            AuditKind::TenantDeleted,
-            serde_json::json!({ "tenant": tenant.name.as_str(), "id": tenant.id.to_string() }),
-        );
-        let now = self.now();
-        self.write(move |conn| {
-            let audit = audit.clone();
-            Box::pin(async move {
-                crate::access::append_audit(conn, &audit, now).await?;
-                let id = tenant.id.as_bytes().to_vec();
-                let rows = query("SELECT id FROM agents WHERE tenant_id = $1")
-                    .bind(id.clone())
-                    .fetch_all(&mut *conn)
-                    .await?;
-                let agents = rows
-                    .iter()
-                    .map(|r| id_bytes(r, "id").map(AgentId::from_bytes))
-                    .collect::<Result<Vec<_>>>()?;
-                // Explicit deletes rather than relying on ON DELETE CASCADE, which SQLite only
-                // honours when foreign keys are enabled on that connection.
-                query(crate::turns::REMEMBER_OUTBOX_IDS).execute(&mut *conn).await?;
-                for table in [
-                    "DELETE FROM model_usage WHERE tenant_id = $1",
-                    "DELETE FROM job_runs WHERE job_id IN (SELECT id FROM jobs WHERE tenant_id = $1)",
-                    "DELETE FROM jobs WHERE tenant_id = $1",
-                    "DELETE FROM agent_settings WHERE tenant_id = $1",
-                    "DELETE FROM memory_links WHERE tenant_id = $1",
-                    "DELETE FROM memories WHERE tenant_id = $1",
-                    "DELETE FROM memory_upkeep WHERE tenant_id = $1",
-                    "DELETE FROM session_summaries WHERE tenant_id = $1",
-                    "DELETE FROM working_memory WHERE tenant_id = $1",
-                    "DELETE FROM agent_messages WHERE tenant_id = $1",
-                    "DELETE FROM pauses WHERE tenant_id = $1",
-                    "DELETE FROM topic_subscriptions WHERE tenant_id = $1",
-                    "DELETE FROM agent_lineage WHERE tenant_id = $1",
-                    "DELETE FROM forks WHERE tenant_id = $1",
-                    "DELETE FROM peer_leases WHERE tenant_id = $1",
-                    "DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM executions WHERE tenant_id = $1)",
-                    "DELETE FROM executions WHERE tenant_id = $1",
-                    "DELETE FROM outbox WHERE tenant_id = $1",
-                    "DELETE FROM events WHERE tenant_id = $1",
-                    "DELETE FROM sessions WHERE tenant_id = $1",
-                    "DELETE FROM secrets WHERE agent_id IN (SELECT id FROM agents WHERE tenant_id = $1)",
-                    "DELETE FROM agents WHERE tenant_id = $1",
-                    "DELETE FROM api_tokens WHERE tenant_id = $1",
-                    "DELETE FROM tenants WHERE id = $1",
-                ] {
-                    query(table).bind(id.clone()).execute(&mut *conn).await?;
-                }
-                Ok(agents)
-            })
-        })
-        .await
-    }
-
-    // ---- agents ----
-
-    pub async fn create_agent(&self, tenant: TenantId, agent: NewAgent) -> Result<Agent> {
-        let mut created = self.create_agents(tenant, vec![agent]).await?;
-        created.pop().ok_or_else(|| Error::BadRow("no agent created".into()))
-    }
-
-    /// Creates all of `agents` in one transaction, or none of them.
-    pub async fn create_agents(
-        &self,
-        tenant: TenantId,
-        agents: Vec<NewAgent>,
-    ) -> Result<Vec<Agent>> {
-        self.create_agents_limited(tenant, agents, None).await
-    }
-
-    /// Like [`Store::create_agents`], but the tenant may have at most `limit.0` agents
-    /// afterwards (counted in the transaction); `limit.1` names where the quota is set.
-    pub async fn create_agents_limited(
-        &self,
-        tenant: TenantId,
-        agents: Vec<NewAgent>,
-        limit: Option<(u64, String)>,
-    ) -> Result<Vec<Agent>> {
-        for agent in &agents {
-            if let Some(name) = &agent.display_name {
-                clade_core::agent::validate_display_name(name).map_err(Error::InvalidInput)?;
-            }
-        }
-        let now = self.now();
-        let agents: Vec<Agent> = agents
-            .into_iter()
-            .map(|new| Agent {
-                id: AgentId::generate(now),
-                tenant_id: tenant,
-                display_name: new.display_name.unwrap_or_else(|| new.handle.to_string()),
-                handle: new.handle,
-                created_at: now,
-                config: new.config,
-            })
-            .collect();
-        let rows = agents.clone();
-        // One record per call: a bulk creation (`clade bench agents`) names its first handles.
-        let handles: Vec<&str> = agents.iter().take(20).map(|a| a.handle.as_str()).collect();
-        let audit = self.admin_record(
-            tenant,
-            (agents.len() == 1).then(|| agents[0].id),
-            AuditKind::AgentCreated,
-            serde_json::json!({ "handles": handles, "count": agents.len() }),
-        );
-        self.write(move |conn| {
-            let audit = audit.clone();
-            let limit = limit.clone();
-            let rows = rows.clone();
-            Box::pin(async move {
-                if let Some((max, key)) = &limit {
-                    let row = query("SELECT COUNT(*) AS n FROM agents WHERE tenant_id = $1")
-                        .bind(tenant.as_bytes().to_vec())
-                        .fetch_one(&mut *conn)
-                        .await?;
-                    let have = u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
-                    if have + rows.len() as u64 > *max {
-                        return Err(Error::QuotaExceeded(format!(
-                            "the tenant has {have} agents and may have {max} ({key}): delete some, or ask the operator to raise the quota"
-                        )));
-                    }
-                }
-                for chunk in rows.chunks(INSERT_CHUNK) {
-                    insert_agents(conn, chunk).await?;
-                }
-                crate::access::append_audit(conn, &audit, now).await?;
-                Ok(())
-            })
-        })
-        .await?;
-        Ok(agents)
-    }
-
-    pub async fn agent(&self, tenant: TenantId, handle: &str) -> Result<Agent> {
-        let row = self
-            .maybe_row(
-                query(format!(
-                    "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND handle = $2"
-                ))
-                .bind(tenant.as_bytes().to_vec())
-                .bind(handle),
-            )
-            .await?;
-        row.as_ref()
-            .map(agent_from_row)
-            .transpose()?
-            .ok_or_else(|| Error::AgentNotFound(handle.into()))
-    }
-
-    pub async fn agent_by_id(&self, tenant: TenantId, id: AgentId) -> Result<Agent> {
-        let row = self
-            .maybe_row(
-                query(format!(
-                    "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND id = $2"
-                ))
-                .bind(tenant.as_bytes().to_vec())
-                .bind(id.as_bytes().to_vec()),
-            )
-            .await?;
-        row.as_ref()
-            .map(agent_from_row)
-            .transpose()?
-            .ok_or_else(|| Error::AgentNotFound(id.to_string()))
-    }
-
-    /// Agents of a tenant ordered by handle, `limit` at a time, starting after `after`.
-    pub async fn agents(
-        &self,
-        tenant: TenantId,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<Agent>> {
-        let rows = self
-            .rows(
-                query(format!(
-                    "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND handle > $2 \
-             ORDER BY handle LIMIT $3"
-                ))
-                .bind(tenant.as_bytes().to_vec())
-                .bind(after.unwrap_or(""))
-                .bind(i64::from(limit)),
-            )
-            .await?;
-        rows.iter().map(agent_from_row).collect()
-    }
-
-    pub async fn count_agents(&self, tenant: TenantId) -> Result<i64> {
-        let row = self
-            .row(
-                query("SELECT COUNT(*) FROM agents WHERE tenant_id = $1")
-                    .bind(tenant.as_bytes().to_vec()),
-            )
-            .await?;
-        row.try_get(0)
-    }
-
-    /// Deletes an agent's row and everything stored under it; returns what was deleted.
-    pub async fn delete_agent(&self, tenant: TenantId, handle: &str) -> Result<Agent> {
-        let agent = self.agent(tenant, handle).await?;
-        let id = agent.id;
-        let handle = handle.to_owned();
-        let now = self.now().as_millis();
-        let audit = self.admin_record(
-            tenant,
-            Some(id),
-            AuditKind::AgentDeleted,
-            serde_json::json!({ "handle": handle }),
-        );
-        let at = self.now();
-        self.write(move |conn| {
-            let audit = audit.clone();
-            let handle = handle.clone();
-            Box::pin(async move {
-                crate::access::append_audit(conn, &audit, at).await?;
-                let id = id.as_bytes().to_vec();
-                // Its grants and pending approvals stay on record (the audit chain names them)
-                // but are dead: a new agent with the same handle inherits nothing, and a grant
-                // delegated from one of them dies with it.
-                query(
-                    "UPDATE grants SET revoked_at = $2 WHERE tenant_id = $3 AND agent_id = $1 \
-                     AND revoked_at IS NULL",
-                )
-                .bind(id.clone())
-                .bind(now)
-                .bind(tenant.as_bytes().to_vec())
-                .execute(&mut *conn)
-                .await?;
-                query(
-                    "UPDATE approvals SET status = 'cancelled', decided_at = $2, \
-                     decided_by = 'agent deleted', note = 'its agent was deleted' \
-                     WHERE tenant_id = $3 AND agent_id = $1 AND status = 'pending'",
-                )
-                .bind(id.clone())
-                .bind(now)
-                .bind(tenant.as_bytes().to_vec())
-                .execute(&mut *conn)
-                .await?;
-                // Leases of the agent, or of one of its sessions, end with it.
-                query(
-                    "UPDATE peer_leases SET ended_at = $2, ended_why = 'agent deleted' \
-                     WHERE ended_at IS NULL AND (agent_id = $1 OR session_id IN \
-                     (SELECT id FROM sessions WHERE agent_id = $1))",
-                )
-                .bind(id.clone())
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-                query(crate::turns::REMEMBER_OUTBOX_IDS).execute(&mut *conn).await?;
-                for table in [
-                    "DELETE FROM secrets WHERE agent_id = $1",
-                    "DELETE FROM model_usage WHERE agent_id = $1",
-                    "DELETE FROM job_runs WHERE job_id IN (SELECT id FROM jobs WHERE agent_id = $1)",
-                    "DELETE FROM jobs WHERE agent_id = $1",
-                    "DELETE FROM agent_settings WHERE agent_id = $1",
-                    "DELETE FROM memory_links WHERE agent_id = $1",
-                    "DELETE FROM memories WHERE agent_id = $1",
-                    "DELETE FROM memory_upkeep WHERE agent_id = $1",
-                    "DELETE FROM session_summaries WHERE agent_id = $1",
-                    "DELETE FROM working_memory WHERE agent_id = $1",
-                    "DELETE FROM agent_messages WHERE from_agent = $1 OR to_agent = $1",
-                    "DELETE FROM pauses WHERE agent_id = $1",
-                    "DELETE FROM topic_subscriptions WHERE agent_id = $1",
-                    "DELETE FROM agent_lineage WHERE child_id = $1 OR parent_id = $1",
-                    "DELETE FROM forks WHERE agent_id = $1",
-                    "DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM executions WHERE agent_id = $1)",
-                    "DELETE FROM executions WHERE agent_id = $1",
-                    "DELETE FROM outbox WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = $1)",
-                    "DELETE FROM events WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = $1)",
-                    "DELETE FROM sessions WHERE agent_id = $1",
-                ] {
-                    query(table).bind(id.clone()).execute(&mut *conn).await?;
-                }
-                let deleted = query("DELETE FROM agents WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await?;
-                if deleted == 0 {
-                    return Err(Error::AgentNotFound(handle));
-                }
-                Ok(())
-            })
-        })
-        .await?;
-        Ok(agent)
-    }
-
-    // ---- tokens ----
-
-    /// Creates a token for `tenant`, limited to `agents` if given (each must be the tenant's)
-    /// and working until `expires_at` if given; the returned secret is shown once and never
-    /// stored.
-    pub async fn create_token(
-        &self,
-        tenant: TenantId,
-        name: &str,
-        scopes: &[clade_core::Scope],
-        agents: Option<&[AgentId]>,
-        expires_at: Option<Timestamp>,
-    ) -> Result<(TokenInfo, String)> {
-        if expires_at.is_some_and(|at| at <= self.now()) {
-            return Err(Error::InvalidInput("a token's expiry must be in the future".into()));
-        }
-        if scopes.is_empty() {
-            return Err(Error::InvalidInput(
-                "a token needs at least one scope: admin, operate, send, read or approve".into(),
-            ));
-        }
-        if let Some(agents) = agents {
-            if agents.is_empty() {
-                return Err(Error::InvalidInput(
-                    "a token limited to agents needs at least one agent".into(),
-                ));
-            }
-            if scopes.contains(&clade_core::Scope::Admin) {
-                return Err(Error::InvalidInput(
-                    "a token limited to some agents cannot have the admin scope, which covers the whole tenant (its agents, tokens, grants and audit log)".into(),
-                ));
-            }
-        }
-        if name.is_empty() || name.len() > 100 || name.chars().any(clade_core::is_spoofing_char) {
-            return Err(Error::InvalidInput(
-                "token name must be 1-100 characters without control, bidirectional-override or zero-width characters".into(),
-            ));
-        }
-        let mut raw = [0u8; 32];
-        #[allow(clippy::disallowed_methods)] // A secret: the OS's generator, never a seed.
-        rand::rng().fill_bytes(&mut raw);
-        let secret = format!("{TOKEN_PREFIX}{}", hex::encode(raw));
-        let now = self.now();
-        let info = TokenInfo {
-            id: TokenId::generate(now),
-            tenant_id: tenant,
-            name: name.to_owned(),
-            scopes: scopes.to_vec(),
-            agents: agents.map(|a| {
-                let mut agents = a.to_vec();
-                agents.sort();
-                agents.dedup();
-                agents
-            }),
-            created_at: now,
-            revoked_at: None,
-            expires_at,
-        };
-        let row = info.clone();
-        let hash = hash_token(&secret);
-        let audit = self.admin_record(
-            tenant,
-            None,
-            AuditKind::TokenCreated,
-            serde_json::json!({
-                "token": info.id.to_string(),
-                "name": info.name,
-                "scopes": clade_core::Scope::join(&info.scopes),
-                "agents": info.agents.as_deref().map(agents_text),
-                "expires_at": info.expires_at.map(|at| at.as_millis()),
-            }),
-        );
-        self.write(move |conn| {
-            let audit = audit.clone();
-            let hash = hash.clone();
-            let row = row.clone();
-            Box::pin(async move {
-                // The agents are the tenant's, checked in the same transaction.
-                for agent in row.agents.iter().flatten() {
-                    let found = query("SELECT 1 FROM agents WHERE id = $1 AND tenant_id = $2")
-                        .bind(agent.as_bytes().to_vec())
-                        .bind(row.tenant_id.as_bytes().to_vec())
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                    if found.is_none() {
-                        return Err(Error::AgentNotFound(agent.to_string()));
-                    }
-                }
-                query(
-                    "INSERT INTO api_tokens (id, tenant_id, name, secret_hash, created_at, scopes, agents, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(row.id.as_bytes().to_vec())
-                .bind(row.tenant_id.as_bytes().to_vec())
-                .bind(row.name)
-                .bind(hash)
-                .bind(row.created_at.as_millis())
-                .bind(clade_core::Scope::join(&row.scopes))
-                .bind(row.agents.as_deref().map(agents_text))
-                .bind(row.expires_at.map(|at| at.as_millis()))
-                .execute(&mut *conn)
-                .await?;
-                crate::access::append_audit(conn, &audit, now).await?;
-                Ok(())
-            })
-        })
-        .await?;
-        Ok((info, secret))
-    }
-
-    pub async fn tokens(&self, tenant: TenantId) -> Result<Vec<TokenInfo>> {
-        let rows = self
-            .rows(
-                query(
-                    "SELECT id, tenant_id, name, scopes, agents, created_at, revoked_at, expires_at FROM api_tokens \
-             WHERE tenant_id = $1 ORDER BY created_at, id",
-                )
-                .bind(tenant.as_bytes().to_vec()),
-            )
-            .await?;
-        rows.iter().map(token_from_row).collect()
-    }
-
-    pub async fn revoke_token(&self, tenant: TenantId, id: TokenId) -> Result<()> {
-        let at = self.now();
-        let now = at.as_millis();
-        let audit = self.admin_record(
-            tenant,
-            None,
-            AuditKind::TokenRevoked,
-            serde_json::json!({ "token": id.to_string() }),
-        );
-        self.write(move |conn| {
-            let audit = audit.clone();
-            Box::pin(async move {
-                let done = query(
-                    "UPDATE api_tokens SET revoked_at = $1 \
-                     WHERE id = $2 AND tenant_id = $3 AND revoked_at IS NULL",
-                )
-                .bind(now)
-                .bind(id.as_bytes().to_vec())
-                .bind(tenant.as_bytes().to_vec())
-                .execute(&mut *conn)
-                .await?;
-                if done == 0 {
-                    return Err(Error::TokenNotFound(id.to_string()));
-                }
-                crate::access::append_audit(conn, &audit, at).await?;
-                Ok(())
-            })
-        })
-        .await
     }
 
     /// The tenant a bearer token belongs to; [`Error::BadToken`] if it is unknown, revoked or
@@ -1248,51 +732,6 @@ impl Store {
         Ok(Sealed { nonce: row.try_get("nonce")?, ciphertext: row.try_get("ciphertext")? })
     }
 
-    pub async fn secrets(&self, agent: AgentId) -> Result<Vec<SecretInfo>> {
-        let rows = self.rows(query(
-            "SELECT name, created_at, updated_at FROM secrets WHERE agent_id = $1 ORDER BY name",
-        )
-        .bind(agent.as_bytes().to_vec())).await?;
-        rows.iter()
-            .map(|row| {
-                let name: String = row.try_get("name")?;
-                Ok(SecretInfo {
-                    name: SecretName::parse(&name).map_err(|e| Error::BadRow(e.to_string()))?,
-                    created_at: Timestamp::from_millis(row.try_get("created_at")?),
-                    updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
-                })
-            })
-            .collect()
-    }
-
-    pub async fn delete_secret(&self, agent: AgentId, name: &SecretName) -> Result<()> {
-        let name = name.to_string();
-        let (actor, at) = (self.actor.clone(), self.now());
-        self.write(move |conn| {
-            let actor = actor.clone();
-            let name = name.clone();
-            Box::pin(async move {
-                secret_audit(conn, &actor, agent, AuditKind::SecretRemoved, &name, at).await?;
-                let done = query("DELETE FROM secrets WHERE agent_id = $1 AND name = $2")
-                    .bind(agent.as_bytes().to_vec())
-                    .bind(name.clone())
-                    .execute(&mut *conn)
-                    .await?;
-                if done == 0 {
-                    return Err(Error::SecretNotFound(name));
-                }
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    /// Number of stored secrets across all tenants (to detect a lost master key).
-    pub async fn count_secrets(&self) -> Result<i64> {
-        let row = self.row(query("SELECT COUNT(*) FROM secrets")).await?;
-        row.try_get(0)
-    }
-
     // ---- model usage and budgets ----
 
     /// Records one model call's usage.
@@ -1301,162 +740,6 @@ impl Store {
         self.write(move |conn| {
             let usage = usage.clone();
             Box::pin(async move { insert_usage(conn, &usage, now, true).await })
-        })
-        .await
-    }
-
-    /// Bytes of conversation the store holds for `tenant`: event texts, lifecycle events, and
-    /// executions (turns among them) with their inputs, outputs, errors and steps (the
-    /// payloads, not the indexes or row overhead). Reads every such row of the tenant: meant for a quota
-    /// check every few seconds, not for every request.
-    pub async fn stored_bytes(&self, tenant: TenantId) -> Result<u64> {
-        let rows = self.rows(query(STORED_BYTES).bind(tenant.as_bytes().to_vec())).await?;
-        let bytes = match rows.first() {
-            Some(row) => row.try_get::<i64, _>(0)?,
-            None => 0,
-        };
-        Ok(u64::try_from(bytes).unwrap_or(0))
-    }
-
-    /// Usage of a tenant since `since`, summed per agent and model ([`USAGE_SUMMARY`]).
-    pub async fn usage(
-        &self,
-        tenant: TenantId,
-        agent: Option<AgentId>,
-        since: Timestamp,
-    ) -> Result<Vec<UsageSummary>> {
-        let rows = self
-            .rows(
-                query(USAGE_SUMMARY)
-                    .bind(tenant.as_bytes().to_vec())
-                    .bind(since.as_millis())
-                    .bind(agent.map(|a| a.as_bytes().to_vec())),
-            )
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let sum =
-                    |col: &str| row.try_get::<i64, _>(col).map(|v| u64::try_from(v).unwrap_or(0));
-                Ok(UsageSummary {
-                    agent: row.try_get::<Option<String>, _>("handle")?,
-                    model: row.try_get("model")?,
-                    calls: sum("calls")?,
-                    input_tokens: sum("input")?,
-                    output_tokens: sum("output")?,
-                    cached_tokens: sum("cached")?,
-                    cache_write_tokens: sum("cache_write")?,
-                    cost_micros: sum("cost")?,
-                })
-            })
-            .collect()
-    }
-
-    /// Reserves `amount` on every counter, all or none: a counter that would go over its limit
-    /// refuses the whole reservation with [`Error::BudgetExceeded`] naming it.
-    pub async fn reserve_budget(&self, counters: Vec<BudgetCounter>) -> Result<()> {
-        self.write(move |conn| {
-            let counters = counters.clone();
-            Box::pin(async move {
-                for c in &counters {
-                    query(
-                        "INSERT INTO budget_counters (scope, period, unit, spent, reserved) VALUES ($1, $2, $3, 0, 0) \
-                         ON CONFLICT (scope, period, unit) DO NOTHING",
-                    )
-                    .bind(c.scope.clone())
-                    .bind(c.period.clone())
-                    .bind(c.unit.clone())
-                    .execute(&mut *conn)
-                    .await?;
-                    let done = query(
-                        "UPDATE budget_counters SET reserved = reserved + $4 \
-                         WHERE scope = $1 AND period = $2 AND unit = $3 AND spent + reserved + $4 <= $5",
-                    )
-                    .bind(c.scope.clone())
-                    .bind(c.period.clone())
-                    .bind(c.unit.clone())
-                    .bind(to_i64(c.amount))
-                    .bind(to_i64(c.limit))
-                    .execute(&mut *conn)
-                    .await?;
-                    if done == 0 {
-                        // The savepoint of this write rolls back the counters already raised.
-                        return Err(Error::BudgetExceeded(c.label.clone()));
-                    }
-                }
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    /// Releases reservations and adds what was really spent.
-    pub async fn settle_budget(&self, settlements: Vec<BudgetSettlement>) -> Result<()> {
-        self.write(move |conn| {
-            let settlements = settlements.clone();
-            Box::pin(async move {
-                for s in &settlements {
-                    query(
-                        "UPDATE budget_counters SET reserved = CASE WHEN reserved >= $4 THEN reserved - $4 ELSE 0 END, \
-                         spent = spent + $5 WHERE scope = $1 AND period = $2 AND unit = $3",
-                    )
-                    .bind(s.scope.clone())
-                    .bind(s.period.clone())
-                    .bind(s.unit.clone())
-                    .bind(to_i64(s.reserved))
-                    .bind(to_i64(s.spent))
-                    .execute(&mut *conn)
-                    .await?;
-                }
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    /// `(spent, reserved)` of one counter.
-    pub async fn budget_counter(
-        &self,
-        scope: &str,
-        period: &str,
-        unit: &str,
-    ) -> Result<(u64, u64)> {
-        let row = self.maybe_row(query("SELECT spent, reserved FROM budget_counters WHERE scope = $1 AND period = $2 AND unit = $3")
-            .bind(scope)
-            .bind(period)
-            .bind(unit)).await?;
-        Ok(match row {
-            Some(row) => (
-                u64::try_from(row.try_get::<i64, _>("spent")?).unwrap_or(0),
-                u64::try_from(row.try_get::<i64, _>("reserved")?).unwrap_or(0),
-            ),
-            None => (0, 0),
-        })
-    }
-
-    // ---- metadata ----
-
-    pub async fn meta(&self, key: &str) -> Result<Option<String>> {
-        let row = self.maybe_row(query("SELECT value FROM meta WHERE key = $1").bind(key)).await?;
-        row.map(|r| r.try_get::<String, _>("value")).transpose()
-    }
-
-    /// Sets `key` to `value`, replacing any previous value.
-    pub async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        let (key, value) = (key.to_owned(), value.to_owned());
-        self.write(move |conn| {
-            let key = key.clone();
-            let value = value.clone();
-            Box::pin(async move {
-                query(
-                    "INSERT INTO meta (key, value) VALUES ($1, $2) \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                )
-                .bind(key)
-                .bind(value)
-                .execute(&mut *conn)
-                .await?;
-                Ok(())
-            })
         })
         .await
     }
@@ -1512,7 +795,7 @@ async fn insert_agents(conn: &mut Tx, agents: &[Agent]) -> Result<()> {
     Ok(())
 }
 
-/// The payload bytes of one tenant's conversations (see [`Store::stored_bytes`]).
+/// The payload bytes of one tenant's conversations (see [`crate::Usage::stored_bytes`]).
 const STORED_BYTES: &str = "SELECT CAST(\
     (SELECT COALESCE(SUM(OCTET_LENGTH(text)), 0) FROM events WHERE tenant_id = $1) \
   + (SELECT COALESCE(SUM(OCTET_LENGTH(data)), 0) FROM outbox WHERE tenant_id = $1) \
@@ -1530,3 +813,861 @@ pub(crate) const USAGE_SUMMARY: &str = "SELECT a.handle AS handle, u.model AS mo
              FROM model_usage u LEFT JOIN agents a ON a.id = u.agent_id \
              WHERE u.tenant_id = $1 AND u.created_at >= $2 AND ($3 IS NULL OR u.agent_id = $3) \
              GROUP BY a.handle, u.model ORDER BY a.handle, u.model";
+
+/// One tenant's API tokens: created (the secret shown once), listed and revoked, each audited.
+#[derive(Clone, Copy)]
+pub struct Tokens<'s> {
+    pub(crate) store: &'s Store,
+    pub(crate) tenant: TenantId,
+}
+
+impl Store {
+    /// `tenant`'s API tokens.
+    pub fn tokens(&self, tenant: TenantId) -> Tokens<'_> {
+        Tokens { store: self, tenant }
+    }
+}
+
+impl crate::TenantStore {
+    /// This tenant's API tokens.
+    pub fn tokens(&self) -> Tokens<'_> {
+        self.store().tokens(self.tenant())
+    }
+}
+
+impl Tokens<'_> {
+    // ---- tokens ----
+
+    /// Creates a token for `tenant`, limited to `agents` if given (each must be the tenant's)
+    /// and working until `expires_at` if given; the returned secret is shown once and never
+    /// stored.
+    pub async fn create(
+        self,
+        name: &str,
+        scopes: &[clade_core::Scope],
+        agents: Option<&[AgentId]>,
+        expires_at: Option<Timestamp>,
+    ) -> Result<(TokenInfo, String)> {
+        let tenant = self.tenant;
+        if expires_at.is_some_and(|at| at <= self.store.now()) {
+            return Err(Error::InvalidInput("a token's expiry must be in the future".into()));
+        }
+        if scopes.is_empty() {
+            return Err(Error::InvalidInput(
+                "a token needs at least one scope: admin, operate, send, read or approve".into(),
+            ));
+        }
+        if let Some(agents) = agents {
+            if agents.is_empty() {
+                return Err(Error::InvalidInput(
+                    "a token limited to agents needs at least one agent".into(),
+                ));
+            }
+            if scopes.contains(&clade_core::Scope::Admin) {
+                return Err(Error::InvalidInput(
+                    "a token limited to some agents cannot have the admin scope, which covers the whole tenant (its agents, tokens, grants and audit log)".into(),
+                ));
+            }
+        }
+        if name.is_empty() || name.len() > 100 || name.chars().any(clade_core::is_spoofing_char) {
+            return Err(Error::InvalidInput(
+                "token name must be 1-100 characters without control, bidirectional-override or zero-width characters".into(),
+            ));
+        }
+        let mut raw = [0u8; 32];
+        #[allow(clippy::disallowed_methods)] // A secret: the OS's generator, never a seed.
+        rand::rng().fill_bytes(&mut raw);
+        let secret = format!("{TOKEN_PREFIX}{}", hex::encode(raw));
+        let now = self.store.now();
+        let info = TokenInfo {
+            id: TokenId::generate(now),
+            tenant_id: tenant,
+            name: name.to_owned(),
+            scopes: scopes.to_vec(),
+            agents: agents.map(|a| {
+                let mut agents = a.to_vec();
+                agents.sort();
+                agents.dedup();
+                agents
+            }),
+            created_at: now,
+            revoked_at: None,
+            expires_at,
+        };
+        let row = info.clone();
+        let hash = hash_token(&secret);
+        let audit = self.store.admin_record(
+            tenant,
+            None,
+            AuditKind::TokenCreated,
+            serde_json::json!({
+                "token": info.id.to_string(),
+                "name": info.name,
+                "scopes": clade_core::Scope::join(&info.scopes),
+                "agents": info.agents.as_deref().map(agents_text),
+                "expires_at": info.expires_at.map(|at| at.as_millis()),
+            }),
+        );
+        self.store.write(move |conn| {
+            let audit = audit.clone();
+            let hash = hash.clone();
+            let row = row.clone();
+            Box::pin(async move {
+                // The agents are the tenant's, checked in the same transaction.
+                for agent in row.agents.iter().flatten() {
+                    let found = query("SELECT 1 FROM agents WHERE id = $1 AND tenant_id = $2")
+                        .bind(agent.as_bytes().to_vec())
+                        .bind(row.tenant_id.as_bytes().to_vec())
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    if found.is_none() {
+                        return Err(Error::AgentNotFound(agent.to_string()));
+                    }
+                }
+                query(
+                    "INSERT INTO api_tokens (id, tenant_id, name, secret_hash, created_at, scopes, agents, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(row.id.as_bytes().to_vec())
+                .bind(row.tenant_id.as_bytes().to_vec())
+                .bind(row.name)
+                .bind(hash)
+                .bind(row.created_at.as_millis())
+                .bind(clade_core::Scope::join(&row.scopes))
+                .bind(row.agents.as_deref().map(agents_text))
+                .bind(row.expires_at.map(|at| at.as_millis()))
+                .execute(&mut *conn)
+                .await?;
+                crate::access::append_audit(conn, &audit, now).await?;
+                Ok(())
+            })
+        })
+        .await?;
+        Ok((info, secret))
+    }
+
+    pub async fn list(self) -> Result<Vec<TokenInfo>> {
+        let tenant = self.tenant;
+        let rows = self.store
+            .rows(
+                query(
+                    "SELECT id, tenant_id, name, scopes, agents, created_at, revoked_at, expires_at FROM api_tokens \
+             WHERE tenant_id = $1 ORDER BY created_at, id",
+                )
+                .bind(tenant.as_bytes().to_vec()),
+            )
+            .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    pub async fn revoke(self, id: TokenId) -> Result<()> {
+        let tenant = self.tenant;
+        let at = self.store.now();
+        let now = at.as_millis();
+        let audit = self.store.admin_record(
+            tenant,
+            None,
+            AuditKind::TokenRevoked,
+            serde_json::json!({ "token": id.to_string() }),
+        );
+        self.store
+            .write(move |conn| {
+                let audit = audit.clone();
+                Box::pin(async move {
+                    let done = query(
+                        "UPDATE api_tokens SET revoked_at = $1 \
+                     WHERE id = $2 AND tenant_id = $3 AND revoked_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(id.as_bytes().to_vec())
+                    .bind(tenant.as_bytes().to_vec())
+                    .execute(&mut *conn)
+                    .await?;
+                    if done == 0 {
+                        return Err(Error::TokenNotFound(id.to_string()));
+                    }
+                    crate::access::append_audit(conn, &audit, at).await?;
+                    Ok(())
+                })
+            })
+            .await
+    }
+}
+
+/// One tenant's agents' rows (their workspaces are [`crate::Agents`]'): created, read, counted
+/// and deleted, each change audited.
+#[derive(Clone, Copy)]
+pub struct TenantAgents<'s> {
+    pub(crate) store: &'s Store,
+    pub(crate) tenant: TenantId,
+}
+
+impl Store {
+    /// `tenant`'s agents.
+    pub fn agents(&self, tenant: TenantId) -> TenantAgents<'_> {
+        TenantAgents { store: self, tenant }
+    }
+}
+
+impl crate::TenantStore {
+    /// This tenant's agents.
+    pub fn agents(&self) -> TenantAgents<'_> {
+        self.store().agents(self.tenant())
+    }
+}
+
+impl TenantAgents<'_> {
+    // ---- agents ----
+
+    pub async fn create(self, agent: NewAgent) -> Result<Agent> {
+        let tenant = self.tenant;
+        let mut created = self.store.agents(tenant).create_many(vec![agent]).await?;
+        created.pop().ok_or_else(|| Error::BadRow("no agent created".into()))
+    }
+
+    /// Creates all of `agents` in one transaction, or none of them.
+    pub async fn create_many(self, agents: Vec<NewAgent>) -> Result<Vec<Agent>> {
+        let tenant = self.tenant;
+        self.store.agents(tenant).create_many_within(agents, None).await
+    }
+
+    /// Like [`crate::TenantAgents::create_many`], but the tenant may have at most `limit.0` agents
+    /// afterwards (counted in the transaction); `limit.1` names where the quota is set.
+    pub async fn create_many_within(
+        self,
+        agents: Vec<NewAgent>,
+        limit: Option<(u64, String)>,
+    ) -> Result<Vec<Agent>> {
+        let tenant = self.tenant;
+        for agent in &agents {
+            if let Some(name) = &agent.display_name {
+                clade_core::agent::validate_display_name(name).map_err(Error::InvalidInput)?;
+            }
+        }
+        let now = self.store.now();
+        let agents: Vec<Agent> = agents
+            .into_iter()
+            .map(|new| Agent {
+                id: AgentId::generate(now),
+                tenant_id: tenant,
+                display_name: new.display_name.unwrap_or_else(|| new.handle.to_string()),
+                handle: new.handle,
+                created_at: now,
+                config: new.config,
+            })
+            .collect();
+        let rows = agents.clone();
+        // One record per call: a bulk creation (`clade bench agents`) names its first handles.
+        let handles: Vec<&str> = agents.iter().take(20).map(|a| a.handle.as_str()).collect();
+        let audit = self.store.admin_record(
+            tenant,
+            (agents.len() == 1).then(|| agents[0].id),
+            AuditKind::AgentCreated,
+            serde_json::json!({ "handles": handles, "count": agents.len() }),
+        );
+        self.store.write(move |conn| {
+            let audit = audit.clone();
+            let limit = limit.clone();
+            let rows = rows.clone();
+            Box::pin(async move {
+                if let Some((max, key)) = &limit {
+                    let row = query("SELECT COUNT(*) AS n FROM agents WHERE tenant_id = $1")
+                        .bind(tenant.as_bytes().to_vec())
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    let have = u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
+                    if have + rows.len() as u64 > *max {
+                        return Err(Error::QuotaExceeded(format!(
+                            "the tenant has {have} agents and may have {max} ({key}): delete some, or ask the operator to raise the quota"
+                        )));
+                    }
+                }
+                for chunk in rows.chunks(INSERT_CHUNK) {
+                    insert_agents(conn, chunk).await?;
+                }
+                crate::access::append_audit(conn, &audit, now).await?;
+                Ok(())
+            })
+        })
+        .await?;
+        Ok(agents)
+    }
+
+    pub async fn get(self, handle: &str) -> Result<Agent> {
+        let tenant = self.tenant;
+        let row = self
+            .store
+            .maybe_row(
+                query(format!(
+                    "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND handle = $2"
+                ))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(handle),
+            )
+            .await?;
+        row.as_ref()
+            .map(agent_from_row)
+            .transpose()?
+            .ok_or_else(|| Error::AgentNotFound(handle.into()))
+    }
+
+    pub async fn by_id(self, id: AgentId) -> Result<Agent> {
+        let tenant = self.tenant;
+        let row = self
+            .store
+            .maybe_row(
+                query(format!(
+                    "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND id = $2"
+                ))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(id.as_bytes().to_vec()),
+            )
+            .await?;
+        row.as_ref()
+            .map(agent_from_row)
+            .transpose()?
+            .ok_or_else(|| Error::AgentNotFound(id.to_string()))
+    }
+
+    /// Agents of a tenant ordered by handle, `limit` at a time, starting after `after`.
+    pub async fn list(self, after: Option<&str>, limit: u32) -> Result<Vec<Agent>> {
+        let tenant = self.tenant;
+        let rows = self
+            .store
+            .rows(
+                query(format!(
+                    "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND handle > $2 \
+             ORDER BY handle LIMIT $3"
+                ))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(after.unwrap_or(""))
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    pub async fn count(self) -> Result<i64> {
+        let tenant = self.tenant;
+        let row = self
+            .store
+            .row(
+                query("SELECT COUNT(*) FROM agents WHERE tenant_id = $1")
+                    .bind(tenant.as_bytes().to_vec()),
+            )
+            .await?;
+        row.try_get(0)
+    }
+
+    /// Deletes an agent's row and everything stored under it; returns what was deleted.
+    pub async fn delete(self, handle: &str) -> Result<Agent> {
+        let tenant = self.tenant;
+        let agent = self.store.agents(tenant).get(handle).await?;
+        let id = agent.id;
+        let handle = handle.to_owned();
+        let now = self.store.now().as_millis();
+        let audit = self.store.admin_record(
+            tenant,
+            Some(id),
+            AuditKind::AgentDeleted,
+            serde_json::json!({ "handle": handle }),
+        );
+        let at = self.store.now();
+        self.store.write(move |conn| {
+            let audit = audit.clone();
+            let handle = handle.clone();
+            Box::pin(async move {
+                crate::access::append_audit(conn, &audit, at).await?;
+                let id = id.as_bytes().to_vec();
+                // Its grants and pending approvals stay on record (the audit chain names them)
+                // but are dead: a new agent with the same handle inherits nothing, and a grant
+                // delegated from one of them dies with it.
+                query(
+                    "UPDATE grants SET revoked_at = $2 WHERE tenant_id = $3 AND agent_id = $1 \
+                     AND revoked_at IS NULL",
+                )
+                .bind(id.clone())
+                .bind(now)
+                .bind(tenant.as_bytes().to_vec())
+                .execute(&mut *conn)
+                .await?;
+                query(
+                    "UPDATE approvals SET status = 'cancelled', decided_at = $2, \
+                     decided_by = 'agent deleted', note = 'its agent was deleted' \
+                     WHERE tenant_id = $3 AND agent_id = $1 AND status = 'pending'",
+                )
+                .bind(id.clone())
+                .bind(now)
+                .bind(tenant.as_bytes().to_vec())
+                .execute(&mut *conn)
+                .await?;
+                // Leases of the agent, or of one of its sessions, end with it.
+                query(
+                    "UPDATE peer_leases SET ended_at = $2, ended_why = 'agent deleted' \
+                     WHERE ended_at IS NULL AND (agent_id = $1 OR session_id IN \
+                     (SELECT id FROM sessions WHERE agent_id = $1))",
+                )
+                .bind(id.clone())
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                query(crate::turns::REMEMBER_OUTBOX_IDS).execute(&mut *conn).await?;
+                for table in [
+                    "DELETE FROM secrets WHERE agent_id = $1",
+                    "DELETE FROM model_usage WHERE agent_id = $1",
+                    "DELETE FROM job_runs WHERE job_id IN (SELECT id FROM jobs WHERE agent_id = $1)",
+                    "DELETE FROM jobs WHERE agent_id = $1",
+                    "DELETE FROM agent_settings WHERE agent_id = $1",
+                    "DELETE FROM memory_links WHERE agent_id = $1",
+                    "DELETE FROM memories WHERE agent_id = $1",
+                    "DELETE FROM memory_upkeep WHERE agent_id = $1",
+                    "DELETE FROM session_summaries WHERE agent_id = $1",
+                    "DELETE FROM working_memory WHERE agent_id = $1",
+                    "DELETE FROM agent_messages WHERE from_agent = $1 OR to_agent = $1",
+                    "DELETE FROM pauses WHERE agent_id = $1",
+                    "DELETE FROM topic_subscriptions WHERE agent_id = $1",
+                    "DELETE FROM agent_lineage WHERE child_id = $1 OR parent_id = $1",
+                    "DELETE FROM forks WHERE agent_id = $1",
+                    "DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM executions WHERE agent_id = $1)",
+                    "DELETE FROM executions WHERE agent_id = $1",
+                    "DELETE FROM outbox WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = $1)",
+                    "DELETE FROM events WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = $1)",
+                    "DELETE FROM sessions WHERE agent_id = $1",
+                ] {
+                    query(table).bind(id.clone()).execute(&mut *conn).await?;
+                }
+                let deleted = query("DELETE FROM agents WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+                if deleted == 0 {
+                    return Err(Error::AgentNotFound(handle));
+                }
+                Ok(())
+            })
+        })
+        .await?;
+        Ok(agent)
+    }
+}
+
+/// The gateway's tenants: created, read and deleted with everything they own.
+#[derive(Clone, Copy)]
+pub struct Tenants<'s> {
+    pub(crate) store: &'s Store,
+}
+
+impl Store {
+    /// The tenants.
+    pub fn tenants(&self) -> Tenants<'_> {
+        Tenants { store: self }
+    }
+}
+
+impl Tenants<'_> {
+    pub async fn create(self, name: &str) -> Result<Tenant> {
+        let name = Handle::parse(name).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let now = self.store.now();
+        let tenant = Tenant { id: TenantId::generate(now), name, created_at: now };
+        let row = tenant.clone();
+        let audit = self.store.admin_record(
+            tenant.id,
+            None,
+            AuditKind::TenantCreated,
+            serde_json::json!({ "tenant": tenant.name.as_str() }),
+        );
+        self.store
+            .write(move |conn| {
+                let audit = audit.clone();
+                let row = row.clone();
+                Box::pin(async move {
+                    query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
+                        .bind(row.id.as_bytes().to_vec())
+                        .bind(row.name.to_string())
+                        .bind(row.created_at.as_millis())
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(|e| {
+                            if e.is_unique_violation() {
+                                Error::TenantExists(row.name.to_string())
+                            } else {
+                                e
+                            }
+                        })?;
+                    crate::access::append_audit(conn, &audit, now).await?;
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok(tenant)
+    }
+
+    pub async fn named(self, name: &str) -> Result<Tenant> {
+        let row = self
+            .store
+            .maybe_row(query("SELECT id, name, created_at FROM tenants WHERE name = $1").bind(name))
+            .await?;
+        row.as_ref()
+            .map(tenant_from_row)
+            .transpose()?
+            .ok_or_else(|| Error::TenantNotFound(name.into()))
+    }
+
+    pub async fn by_id(self, id: TenantId) -> Result<Tenant> {
+        let row = self
+            .store
+            .maybe_row(
+                query("SELECT id, name, created_at FROM tenants WHERE id = $1")
+                    .bind(id.as_bytes().to_vec()),
+            )
+            .await?;
+        row.as_ref()
+            .map(tenant_from_row)
+            .transpose()?
+            .ok_or_else(|| Error::TenantNotFound(id.to_string()))
+    }
+
+    pub async fn list(self) -> Result<Vec<Tenant>> {
+        let rows = self
+            .store
+            .rows(query("SELECT id, name, created_at FROM tenants ORDER BY name"))
+            .await?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    /// Deletes a tenant with all its agents, tokens and secrets; returns the ids of the deleted
+    /// agents so their workspaces can be removed.
+    pub async fn delete(self, name: &str) -> Result<Vec<AgentId>> {
+        if name == Tenant::DEFAULT_NAME {
+            return Err(Error::DefaultTenant);
+        }
+        let tenant = self.store.tenants().named(name).await?;
+        // The tenant's own chain goes with it: the operator's (the default tenant's) keeps it.
+        let operator = self.store.tenants().named(Tenant::DEFAULT_NAME).await?;
+        let audit = self.store.admin_record(
+            operator.id,
+            None,
+            AuditKind::TenantDeleted,
+            serde_json::json!({ "tenant": tenant.name.as_str(), "id": tenant.id.to_string() }),
+        );
+        let now = self.store.now();
+        self.store.write(move |conn| {
+            let audit = audit.clone();
+            Box::pin(async move {
+                crate::access::append_audit(conn, &audit, now).await?;
+                let id = tenant.id.as_bytes().to_vec();
+                let rows = query("SELECT id FROM agents WHERE tenant_id = $1")
+                    .bind(id.clone())
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let agents = rows
+                    .iter()
+                    .map(|r| id_bytes(r, "id").map(AgentId::from_bytes))
+                    .collect::<Result<Vec<_>>>()?;
+                // Explicit deletes rather than relying on ON DELETE CASCADE, which SQLite only
+                // honours when foreign keys are enabled on that connection.
+                query(crate::turns::REMEMBER_OUTBOX_IDS).execute(&mut *conn).await?;
+                for table in [
+                    "DELETE FROM model_usage WHERE tenant_id = $1",
+                    "DELETE FROM job_runs WHERE job_id IN (SELECT id FROM jobs WHERE tenant_id = $1)",
+                    "DELETE FROM jobs WHERE tenant_id = $1",
+                    "DELETE FROM agent_settings WHERE tenant_id = $1",
+                    "DELETE FROM memory_links WHERE tenant_id = $1",
+                    "DELETE FROM memories WHERE tenant_id = $1",
+                    "DELETE FROM memory_upkeep WHERE tenant_id = $1",
+                    "DELETE FROM session_summaries WHERE tenant_id = $1",
+                    "DELETE FROM working_memory WHERE tenant_id = $1",
+                    "DELETE FROM agent_messages WHERE tenant_id = $1",
+                    "DELETE FROM pauses WHERE tenant_id = $1",
+                    "DELETE FROM topic_subscriptions WHERE tenant_id = $1",
+                    "DELETE FROM agent_lineage WHERE tenant_id = $1",
+                    "DELETE FROM forks WHERE tenant_id = $1",
+                    "DELETE FROM peer_leases WHERE tenant_id = $1",
+                    "DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM executions WHERE tenant_id = $1)",
+                    "DELETE FROM executions WHERE tenant_id = $1",
+                    "DELETE FROM outbox WHERE tenant_id = $1",
+                    "DELETE FROM events WHERE tenant_id = $1",
+                    "DELETE FROM sessions WHERE tenant_id = $1",
+                    "DELETE FROM secrets WHERE agent_id IN (SELECT id FROM agents WHERE tenant_id = $1)",
+                    "DELETE FROM agents WHERE tenant_id = $1",
+                    "DELETE FROM api_tokens WHERE tenant_id = $1",
+                    "DELETE FROM tenants WHERE id = $1",
+                ] {
+                    query(table).bind(id.clone()).execute(&mut *conn).await?;
+                }
+                Ok(agents)
+            })
+        })
+        .await
+    }
+}
+
+/// Budget counters, one per (scope, period, unit): reserved all-or-nothing, then settled.
+#[derive(Clone, Copy)]
+pub struct Budgets<'s> {
+    pub(crate) store: &'s Store,
+}
+
+impl Store {
+    /// The budget counters.
+    pub fn budgets(&self) -> Budgets<'_> {
+        Budgets { store: self }
+    }
+}
+
+impl Budgets<'_> {
+    /// Reserves `amount` on every counter, all or none: a counter that would go over its limit
+    /// refuses the whole reservation with [`Error::BudgetExceeded`] naming it.
+    pub async fn reserve(self, counters: Vec<BudgetCounter>) -> Result<()> {
+        self.store.write(move |conn| {
+            let counters = counters.clone();
+            Box::pin(async move {
+                for c in &counters {
+                    query(
+                        "INSERT INTO budget_counters (scope, period, unit, spent, reserved) VALUES ($1, $2, $3, 0, 0) \
+                         ON CONFLICT (scope, period, unit) DO NOTHING",
+                    )
+                    .bind(c.scope.clone())
+                    .bind(c.period.clone())
+                    .bind(c.unit.clone())
+                    .execute(&mut *conn)
+                    .await?;
+                    let done = query(
+                        "UPDATE budget_counters SET reserved = reserved + $4 \
+                         WHERE scope = $1 AND period = $2 AND unit = $3 AND spent + reserved + $4 <= $5",
+                    )
+                    .bind(c.scope.clone())
+                    .bind(c.period.clone())
+                    .bind(c.unit.clone())
+                    .bind(to_i64(c.amount))
+                    .bind(to_i64(c.limit))
+                    .execute(&mut *conn)
+                    .await?;
+                    if done == 0 {
+                        // The savepoint of this write rolls back the counters already raised.
+                        return Err(Error::BudgetExceeded(c.label.clone()));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Releases reservations and adds what was really spent.
+    pub async fn settle(self, settlements: Vec<BudgetSettlement>) -> Result<()> {
+        self.store.write(move |conn| {
+            let settlements = settlements.clone();
+            Box::pin(async move {
+                for s in &settlements {
+                    query(
+                        "UPDATE budget_counters SET reserved = CASE WHEN reserved >= $4 THEN reserved - $4 ELSE 0 END, \
+                         spent = spent + $5 WHERE scope = $1 AND period = $2 AND unit = $3",
+                    )
+                    .bind(s.scope.clone())
+                    .bind(s.period.clone())
+                    .bind(s.unit.clone())
+                    .bind(to_i64(s.reserved))
+                    .bind(to_i64(s.spent))
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// `(spent, reserved)` of one counter.
+    pub async fn counter(self, scope: &str, period: &str, unit: &str) -> Result<(u64, u64)> {
+        let row = self.store.maybe_row(query("SELECT spent, reserved FROM budget_counters WHERE scope = $1 AND period = $2 AND unit = $3")
+            .bind(scope)
+            .bind(period)
+            .bind(unit)).await?;
+        Ok(match row {
+            Some(row) => (
+                u64::try_from(row.try_get::<i64, _>("spent")?).unwrap_or(0),
+                u64::try_from(row.try_get::<i64, _>("reserved")?).unwrap_or(0),
+            ),
+            None => (0, 0),
+        })
+    }
+}
+
+/// The store's own key-value metadata (the master key's fingerprint, markers of one-time work).
+#[derive(Clone, Copy)]
+pub struct Meta<'s> {
+    pub(crate) store: &'s Store,
+}
+
+impl Store {
+    /// The store's own key-value metadata.
+    pub fn meta(&self) -> Meta<'_> {
+        Meta { store: self }
+    }
+}
+
+impl Meta<'_> {
+    // ---- metadata ----
+
+    pub async fn get(self, key: &str) -> Result<Option<String>> {
+        let row =
+            self.store.maybe_row(query("SELECT value FROM meta WHERE key = $1").bind(key)).await?;
+        row.map(|r| r.try_get::<String, _>("value")).transpose()
+    }
+
+    /// Sets `key` to `value`, replacing any previous value.
+    pub async fn set(self, key: &str, value: &str) -> Result<()> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.store
+            .write(move |conn| {
+                let key = key.clone();
+                let value = value.clone();
+                Box::pin(async move {
+                    query(
+                        "INSERT INTO meta (key, value) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    )
+                    .bind(key)
+                    .bind(value)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
+    }
+}
+
+/// Agents' stored secrets as rows, already encrypted: listed by name, removed and counted.
+/// [`crate::Secrets`] seals and opens their values.
+#[derive(Clone, Copy)]
+pub struct SecretRows<'s> {
+    pub(crate) store: &'s Store,
+}
+
+impl Store {
+    /// The stored secrets' rows, already encrypted ([`crate::Secrets`] encrypts and opens them).
+    pub fn secret_rows(&self) -> SecretRows<'_> {
+        SecretRows { store: self }
+    }
+}
+
+impl SecretRows<'_> {
+    pub async fn of_agent(self, agent: AgentId) -> Result<Vec<SecretInfo>> {
+        let rows = self.store.rows(query(
+            "SELECT name, created_at, updated_at FROM secrets WHERE agent_id = $1 ORDER BY name",
+        )
+        .bind(agent.as_bytes().to_vec())).await?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.try_get("name")?;
+                Ok(SecretInfo {
+                    name: SecretName::parse(&name).map_err(|e| Error::BadRow(e.to_string()))?,
+                    created_at: Timestamp::from_millis(row.try_get("created_at")?),
+                    updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
+                })
+            })
+            .collect()
+    }
+
+    pub async fn delete(self, agent: AgentId, name: &SecretName) -> Result<()> {
+        let name = name.to_string();
+        let (actor, at) = (self.store.actor.clone(), self.store.now());
+        self.store
+            .write(move |conn| {
+                let actor = actor.clone();
+                let name = name.clone();
+                Box::pin(async move {
+                    secret_audit(conn, &actor, agent, AuditKind::SecretRemoved, &name, at).await?;
+                    let done = query("DELETE FROM secrets WHERE agent_id = $1 AND name = $2")
+                        .bind(agent.as_bytes().to_vec())
+                        .bind(name.clone())
+                        .execute(&mut *conn)
+                        .await?;
+                    if done == 0 {
+                        return Err(Error::SecretNotFound(name));
+                    }
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    /// Number of stored secrets across all tenants (to detect a lost master key).
+    pub async fn count(self) -> Result<i64> {
+        let row = self.store.row(query("SELECT COUNT(*) FROM secrets")).await?;
+        row.try_get(0)
+    }
+}
+
+/// One tenant's model usage, summed, and the bytes its rows hold.
+#[derive(Clone, Copy)]
+pub struct Usage<'s> {
+    pub(crate) store: &'s Store,
+    pub(crate) tenant: TenantId,
+}
+
+impl Store {
+    /// `tenant`'s model usage and stored bytes.
+    pub fn usage(&self, tenant: TenantId) -> Usage<'_> {
+        Usage { store: self, tenant }
+    }
+}
+
+impl crate::TenantStore {
+    /// This tenant's model usage and stored bytes.
+    pub fn usage(&self) -> Usage<'_> {
+        self.store().usage(self.tenant())
+    }
+}
+
+impl Usage<'_> {
+    /// Bytes of conversation the store holds for `tenant`: event texts, lifecycle events, and
+    /// executions (turns among them) with their inputs, outputs, errors and steps (the
+    /// payloads, not the indexes or row overhead). Reads every such row of the tenant: meant for a quota
+    /// check every few seconds, not for every request.
+    pub async fn stored_bytes(self) -> Result<u64> {
+        let tenant = self.tenant;
+        let rows = self.store.rows(query(STORED_BYTES).bind(tenant.as_bytes().to_vec())).await?;
+        let bytes = match rows.first() {
+            Some(row) => row.try_get::<i64, _>(0)?,
+            None => 0,
+        };
+        Ok(u64::try_from(bytes).unwrap_or(0))
+    }
+
+    /// Usage of a tenant since `since`, summed per agent and model ([`USAGE_SUMMARY`]).
+    pub async fn summary(
+        self,
+        agent: Option<AgentId>,
+        since: Timestamp,
+    ) -> Result<Vec<UsageSummary>> {
+        let tenant = self.tenant;
+        let rows = self
+            .store
+            .rows(
+                query(USAGE_SUMMARY)
+                    .bind(tenant.as_bytes().to_vec())
+                    .bind(since.as_millis())
+                    .bind(agent.map(|a| a.as_bytes().to_vec())),
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let sum =
+                    |col: &str| row.try_get::<i64, _>(col).map(|v| u64::try_from(v).unwrap_or(0));
+                Ok(UsageSummary {
+                    agent: row.try_get::<Option<String>, _>("handle")?,
+                    model: row.try_get("model")?,
+                    calls: sum("calls")?,
+                    input_tokens: sum("input")?,
+                    output_tokens: sum("output")?,
+                    cached_tokens: sum("cached")?,
+                    cache_write_tokens: sum("cache_write")?,
+                    cost_micros: sum("cost")?,
+                })
+            })
+            .collect()
+    }
+}

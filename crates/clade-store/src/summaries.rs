@@ -144,27 +144,6 @@ impl Store {
             .await?;
         Ok(summary)
     }
-
-    /// `tenant`'s session's summaries, newest first, at most `limit`.
-    pub async fn summaries(
-        &self,
-        tenant: TenantId,
-        session: SessionId,
-        limit: u32,
-    ) -> Result<Vec<SessionSummary>> {
-        let rows = self
-            .rows(
-                query(format!(
-                    "SELECT {COLUMNS} FROM session_summaries WHERE session_id = $1 \
-                     AND tenant_id = $2 ORDER BY through_turn DESC LIMIT $3"
-                ))
-                .bind(session.as_bytes().to_vec())
-                .bind(tenant.as_bytes().to_vec())
-                .bind(i64::from(limit)),
-            )
-            .await?;
-        rows.iter().map(summary_row).collect()
-    }
 }
 
 impl SystemStore {
@@ -187,5 +166,25 @@ impl SystemStore {
             )
             .await?;
         row.as_ref().map(summary_row).transpose()
+    }
+}
+
+impl crate::Sessions<'_> {
+    /// `tenant`'s session's summaries, newest first, at most `limit`.
+    pub async fn summaries(self, session: SessionId, limit: u32) -> Result<Vec<SessionSummary>> {
+        let tenant = self.tenant;
+        let rows = self
+            .store
+            .rows(
+                query(format!(
+                    "SELECT {COLUMNS} FROM session_summaries WHERE session_id = $1 \
+                     AND tenant_id = $2 ORDER BY through_turn DESC LIMIT $3"
+                ))
+                .bind(session.as_bytes().to_vec())
+                .bind(tenant.as_bytes().to_vec())
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.iter().map(summary_row).collect()
     }
 }

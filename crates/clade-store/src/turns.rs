@@ -105,7 +105,7 @@ pub struct SessionRow {
     pub agent_id: AgentId,
     pub source: Source,
     pub last_active_channel: String,
-    /// The session's own queue mode, if one was set (see [`Store::set_session_queue_mode`]).
+    /// The session's own queue mode, if one was set (see [`crate::Sessions::set_queue_mode`]).
     pub queue_mode: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -308,7 +308,7 @@ fn b(id: &[u8; 16]) -> Vec<u8> {
     id.to_vec()
 }
 
-/// Which lifecycle events [`Store::event_history`] returns.
+/// Which lifecycle events [`crate::Sessions::event_history`] returns.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryFilter {
     /// Only the events of these agents' sessions; every agent's when empty.
@@ -430,448 +430,6 @@ const HISTORY_OLDEST: &str = "SELECT t.id AS id, t.output AS reply, e.text AS te
 const TURN_EVENTS_STATUS: &str = "UPDATE events SET status = $2 WHERE turn_id = $1";
 
 impl Store {
-    /// Stores an inbound event (or finds the original for a repeated idempotency key). When
-    /// this returns, the event is durable.
-    pub async fn accept_event(&self, event: NewEvent) -> Result<Accepted> {
-        self.accept_event_announced(event, |_, _| {}).await
-    }
-
-    /// As [`Store::accept_event`], and `on_visible` is told as soon as the event is committed,
-    /// which can be before it is durable: its turn can start then (see
-    /// [`Store::visible_reads`]). It gets the new event's row as stored (`None` for a
-    /// duplicate), so whoever runs it need not read it back. Runs on the writer's thread, in
-    /// commit order, so it must only hand the values on.
-    pub async fn accept_event_announced(
-        &self,
-        event: NewEvent,
-        on_visible: impl FnOnce(&Accepted, Option<&EventRow>) + Send + 'static,
-    ) -> Result<Accepted> {
-        let now = self.now();
-        let announce: crate::writer::Announce<(Accepted, Option<EventRow>)> =
-            Box::new(move |(accepted, row)| on_visible(accepted, row.as_ref()));
-        let (accepted, _) = self
-            .write_announced(Some(announce), move |conn| {
-                let event = event.clone();
-                Box::pin(async move { accept_in(conn, now, event).await })
-            })
-            .await?;
-        Ok(accepted)
-    }
-
-    /// The event of `tenant` with id `id`.
-    /// The event stored under idempotency `key` in `tenant`, with its session, if one is.
-    pub async fn event_of_key(
-        &self,
-        tenant: TenantId,
-        key: &str,
-    ) -> Result<Option<(EventId, SessionId)>> {
-        let row = self
-            .maybe_row(
-                query("SELECT id, session_id FROM events WHERE tenant_id = $1 AND idempotency_key = $2")
-                    .bind(b(tenant.as_bytes()))
-                    .bind(key),
-            )
-            .await?;
-        row.map(|r| {
-            Ok((
-                EventId::from_bytes(id_bytes(&r, "id")?),
-                SessionId::from_bytes(id_bytes(&r, "session_id")?),
-            ))
-        })
-        .transpose()
-    }
-
-    pub async fn event(&self, tenant: TenantId, id: EventId) -> Result<EventRow> {
-        let row = self
-            .maybe_row(
-                query(format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE id = $1 AND tenant_id = $2"
-                ))
-                .bind(b(id.as_bytes()))
-                .bind(b(tenant.as_bytes())),
-            )
-            .await?;
-        row.as_ref().map(event_row).transpose()?.ok_or_else(|| Error::EventNotFound(id.to_string()))
-    }
-
-    /// The turn that ended `event` (done, failed or yielded), once it has ended: one read
-    /// where [`Store::event`] and [`Store::turn`] would be two.
-    pub async fn ended_turn_of(&self, tenant: TenantId, event: EventId) -> Result<Option<TurnRow>> {
-        let row = self
-            .maybe_row(
-                query(ENDED_TURN_OF_EVENT).bind(b(event.as_bytes())).bind(b(tenant.as_bytes())),
-            )
-            .await?;
-        row.as_ref().map(turn_row).transpose()
-    }
-
-    /// Starts a turn for `events` (or returns the turn they already belong to), writing
-    /// `outbox` in the same transaction.
-    pub async fn start_turn(
-        &self,
-        session: &SessionRow,
-        events: Vec<EventId>,
-        config_revision: i64,
-        outbox: Vec<OutboxEvent>,
-    ) -> Result<(TurnRow, Vec<OutboxRow>)> {
-        let (now, fence) = (self.now(), self.fence());
-        let session = session.clone();
-        self.write(move |conn| {
-            let events = events.clone();
-            let outbox = outbox.clone();
-            let session = session.clone();
-            Box::pin(async move {
-                crate::leases::check(conn, fence).await?;
-                let first = events.first().ok_or_else(|| Error::InvalidInput("a turn needs an event".into()))?;
-                let existing: Option<Vec<u8>> = query("SELECT turn_id FROM events WHERE id = $1")
-                    .bind(b(first.as_bytes()))
-                    .fetch_one(&mut *conn)
-                    .await?
-                    .try_get("turn_id")?;
-                if let Some(turn) = existing {
-                    let row = query(format!("SELECT {TURN_COLUMNS} FROM executions WHERE id = $1"))
-                        .bind(turn)
-                        .fetch_one(&mut *conn)
-                        .await?;
-                    return Ok((turn_row(&row)?, Vec::new()));
-                }
-                let turn = TurnRow::starting(&session, config_revision, now);
-                insert_turn(conn, &turn, None, TurnUsage::default()).await?;
-                for event in &events {
-                    query("UPDATE events SET status = 'running', turn_id = $1 WHERE id = $2 AND status = 'pending'")
-                        .bind(b(turn.id.as_bytes()))
-                        .bind(b(event.as_bytes()))
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                let rows = insert_outbox(conn, now, session.tenant_id, Some(session.id), Some(turn.id), &outbox).await?;
-                Ok((turn, rows))
-            })
-        })
-        .await
-    }
-
-    /// Starts a turn whose id the caller chose, for pending `events`, together with its first
-    /// journal entry (and that call's usage) and, for a turn that ended at its first step, its
-    /// outcome: one transaction instead of three. Fails if an event is no longer pending.
-    pub async fn begin_turn(
-        &self,
-        turn: &TurnRow,
-        events: Vec<EventId>,
-        outbox: Vec<OutboxEvent>,
-        first_step: Option<(JournalEntry, Option<UsageRecord>)>,
-        finish: Option<(TurnOutcome, Vec<OutboxEvent>)>,
-    ) -> Result<Vec<OutboxRow>> {
-        let (now, fence) = (self.now(), self.fence());
-        let turn = turn.clone();
-        self.write(move |conn| {
-            let events = events.clone();
-            let finish = finish.clone();
-            let first_step = first_step.clone();
-            let outbox = outbox.clone();
-            let turn = turn.clone();
-            Box::pin(async move {
-                let mut rows = Vec::new();
-                TurnWrites::new(conn, turn.tenant_id, now, &mut rows, fence)
-                    .begin(&turn, &events, outbox, first_step, finish)
-                    .await?;
-                Ok(rows)
-            })
-        })
-        .await
-    }
-
-    /// Adds events to a running turn (steering): they become part of it.
-    pub async fn join_turn(&self, turn: TurnId, events: Vec<EventId>) -> Result<()> {
-        let fence = self.fence();
-        self.write(move |conn| {
-            let events = events.clone();
-            Box::pin(async move {
-                crate::leases::check(conn, fence).await?;
-                for event in &events {
-                    query("UPDATE events SET status = 'running', turn_id = $1 WHERE id = $2 AND status = 'pending'")
-                        .bind(b(turn.as_bytes()))
-                        .bind(b(event.as_bytes()))
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    /// Journals one step (with its outbox events, usage and audit record) in one transaction.
-    /// A step already journaled is left as it was.
-    pub async fn append_journal(
-        &self,
-        turn: &TurnRow,
-        entry: JournalEntry,
-        outbox: Vec<OutboxEvent>,
-        usage: Option<UsageRecord>,
-        audit: Option<crate::access::AuditEntry>,
-    ) -> Result<Vec<OutboxRow>> {
-        let (now, fence) = (self.now(), self.fence());
-        let turn = turn.clone();
-        self.write(move |conn| {
-            let audit = audit.clone();
-            let entry = entry.clone();
-            let outbox = outbox.clone();
-            let turn = turn.clone();
-            let usage = usage.clone();
-            Box::pin(async move {
-                let mut rows = Vec::new();
-                TurnWrites::new(conn, turn.tenant_id, now, &mut rows, fence)
-                    .append(&turn, entry, &outbox, usage.as_ref(), audit.as_ref())
-                    .await?;
-                Ok(rows)
-            })
-        })
-        .await
-    }
-
-    /// Ends a turn: its status, reply or error, its events' status, and its outbox events, in
-    /// one transaction.
-    pub async fn finish_turn(
-        &self,
-        turn: &TurnRow,
-        outcome: TurnOutcome,
-        outbox: Vec<OutboxEvent>,
-    ) -> Result<Vec<OutboxRow>> {
-        let (now, fence) = (self.now(), self.fence());
-        let turn = turn.clone();
-        self.write(move |conn| {
-            let outbox = outbox.clone();
-            let outcome = outcome.clone();
-            let turn = turn.clone();
-            Box::pin(async move {
-                let mut rows = Vec::new();
-                TurnWrites::new(conn, turn.tenant_id, now, &mut rows, fence)
-                    .finish(&turn, &outcome, &outbox)
-                    .await?;
-                Ok(rows)
-            })
-        })
-        .await
-    }
-
-    /// Resumes the session's yielded turns: each runs on from its journal, with a fresh budget
-    /// of model calls, and nothing it already did (a tool call, a model call) runs again. Each
-    /// resumed turn gets a `resumed` journal step and a `turn.resumed` outbox event in the same
-    /// transaction. Returns how many events went back to running, and the outbox rows.
-    pub async fn resume_session(
-        &self,
-        tenant: TenantId,
-        session: SessionId,
-    ) -> Result<(u64, Vec<OutboxRow>)> {
-        let (now, fence) = (self.now(), self.fence());
-        self.write(move |conn| {
-            Box::pin(async move {
-                crate::leases::check(conn, fence).await?;
-                let yielded = query(
-                    "SELECT id FROM executions WHERE owner_id = $1 AND kind = $2 \
-                     AND tenant_id = $3 AND status = $4",
-                )
-                .bind(b(session.as_bytes()))
-                .bind(ExecutionKind::Turn.as_str())
-                .bind(b(tenant.as_bytes()))
-                .bind(TurnStatus::Yielded.execution_status().as_str())
-                .fetch_all(&mut *conn)
-                .await?;
-                let (mut events, mut rows) = (0, Vec::new());
-                for row in &yielded {
-                    let turn = TurnId::from_bytes(id_bytes(row, "id")?);
-                    let resumes: i64 = query(
-                        "SELECT COUNT(*) AS n FROM execution_steps WHERE execution_id = $1 \
-                         AND step_key LIKE 'resume/%'",
-                    )
-                    .bind(b(turn.as_bytes()))
-                    .fetch_one(&mut *conn)
-                    .await?
-                    .try_get("n")?;
-                    let n = u32::try_from(resumes).map_err(|_| {
-                        Error::BadRow(format!("turn {turn} was resumed {resumes} times"))
-                    })?;
-                    let entry = JournalEntry { step: StepKey::Resume { n }, data: "{}".into() };
-                    journal_in(conn, tenant, turn, entry, now).await?;
-                    query(
-                        "UPDATE executions SET status = $2, error = NULL, updated_at = $3, \
-                         finished_at = NULL WHERE id = $1",
-                    )
-                    .bind(b(turn.as_bytes()))
-                    .bind(TurnStatus::Running.execution_status().as_str())
-                    .bind(now.as_millis())
-                    .execute(&mut *conn)
-                    .await?;
-                    events += query(TURN_EVENTS_STATUS)
-                        .bind(b(turn.as_bytes()))
-                        .bind(EventStatus::Running.as_str())
-                        .execute(&mut *conn)
-                        .await?;
-                    let resumed =
-                        clade_protocol::LifecycleEvent::from(clade_protocol::TurnResumed {
-                            turn: turn.to_string(),
-                            resumes: u64::from(n) + 1,
-                        });
-                    let outbox = [OutboxEvent::from(&resumed)];
-                    rows.extend(
-                        insert_outbox(conn, now, tenant, Some(session), Some(turn), &outbox)
-                            .await?,
-                    );
-                }
-                Ok((events, rows))
-            })
-        })
-        .await
-    }
-
-    pub async fn session(&self, tenant: TenantId, id: SessionId) -> Result<SessionRow> {
-        let row = self
-            .maybe_row(
-                query(format!(
-                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1 AND tenant_id = $2"
-                ))
-                .bind(b(id.as_bytes()))
-                .bind(b(tenant.as_bytes())),
-            )
-            .await?;
-        row.as_ref()
-            .map(session_row)
-            .transpose()?
-            .ok_or_else(|| Error::SessionNotFound(id.to_string()))
-    }
-
-    /// Sets (or, with `None`, clears) a session's own queue mode; the caller checks the value.
-    pub async fn set_session_queue_mode(
-        &self,
-        tenant: TenantId,
-        session: SessionId,
-        mode: Option<String>,
-    ) -> Result<SessionRow> {
-        let now = self.now();
-        self.write(move |conn| {
-            let mode = mode.clone();
-            Box::pin(async move {
-                let updated = query(
-                    "UPDATE sessions SET queue_mode = $3, updated_at = $4 WHERE id = $1 AND tenant_id = $2",
-                )
-                .bind(b(session.as_bytes()))
-                .bind(b(tenant.as_bytes()))
-                .bind(mode)
-                .bind(now.as_millis())
-                .execute(&mut *conn)
-                .await?;
-                if updated == 0 {
-                    return Err(Error::SessionNotFound(session.to_string()));
-                }
-                let row = query(format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
-                    .bind(b(session.as_bytes()))
-                    .fetch_one(&mut *conn)
-                    .await?;
-                session_row(&row)
-            })
-        })
-        .await
-    }
-
-    /// A tenant's sessions, most recently active first.
-    pub async fn sessions(
-        &self,
-        tenant: TenantId,
-        agent: Option<AgentId>,
-        limit: u32,
-    ) -> Result<Vec<SessionRow>> {
-        self.sessions_before(tenant, agent, None, limit).await
-    }
-
-    /// A page of a tenant's sessions, most recently active first (ties by id): those after
-    /// `before` in that order, at most `limit`. A session active again while pages are read
-    /// moves to the front, so a listing that pages on may miss it or show it twice.
-    pub async fn sessions_before(
-        &self,
-        tenant: TenantId,
-        agent: Option<AgentId>,
-        before: Option<SessionCursor>,
-        limit: u32,
-    ) -> Result<Vec<SessionRow>> {
-        // With no cursor, a position after every session: the newest time there is.
-        let (at, id) =
-            before.map_or((i64::MAX, vec![0xff; 16]), |c| (c.updated_at, b(c.id.as_bytes())));
-        let page = "(updated_at < $2 OR (updated_at = $2 AND id < $3))";
-        let query = match agent {
-            Some(agent) => query(format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 AND {page} AND agent_id = $4 \
-                 ORDER BY updated_at DESC, id DESC LIMIT $5"
-            ))
-            .bind(b(tenant.as_bytes()))
-            .bind(at)
-            .bind(id)
-            .bind(b(agent.as_bytes()))
-            .bind(i64::from(limit)),
-            None => query(format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 AND {page} \
-                 ORDER BY updated_at DESC, id DESC LIMIT $4"
-            ))
-            .bind(b(tenant.as_bytes()))
-            .bind(at)
-            .bind(id)
-            .bind(i64::from(limit)),
-        };
-        self.rows(query).await?.iter().map(session_row).collect()
-    }
-
-    /// A page of a session's turns, oldest first: those after the turn `after` (from the
-    /// first without it), at most `limit`, each with its events, its usage and its journal
-    /// (steps in the order they were written). Three reads, whatever the page's size; none
-    /// for a session of another tenant.
-    pub async fn turn_records(
-        &self,
-        tenant: TenantId,
-        session: SessionId,
-        after: Option<TurnId>,
-        limit: u32,
-    ) -> Result<Vec<TurnRecord>> {
-        let after = after.map_or_else(|| vec![0u8; 16], |id| b(id.as_bytes()));
-        self.records_from(tenant, session, ">", after, limit).await
-    }
-
-    /// One turn of a session, with its events, usage and journal, as [`Store::turn_records`]
-    /// gives them; another session's or tenant's turn is not found.
-    pub async fn turn_record(
-        &self,
-        tenant: TenantId,
-        session: SessionId,
-        turn: TurnId,
-    ) -> Result<TurnRecord> {
-        let mut records = self.records_from(tenant, session, ">=", b(turn.as_bytes()), 1).await?;
-        match records.pop() {
-            Some(record) if record.turn.id == turn => Ok(record),
-            _ => Err(Error::TurnNotFound(turn.to_string())),
-        }
-    }
-
-    /// What people wrote in one turn of `session`, a tenant's (as [`Store::turn_texts`] gives
-    /// it, without the turn's journal); none for another session's or tenant's turn.
-    pub async fn session_turn_texts(
-        &self,
-        tenant: TenantId,
-        session: SessionId,
-        turn: TurnId,
-    ) -> Result<Vec<String>> {
-        let rows = self
-            .rows(
-                query(
-                    "SELECT text FROM events WHERE turn_id = $1 AND session_id = $2 \
-                     AND tenant_id = $3 ORDER BY seq",
-                )
-                .bind(b(turn.as_bytes()))
-                .bind(b(session.as_bytes()))
-                .bind(b(tenant.as_bytes())),
-            )
-            .await?;
-        rows.iter().map(|r| r.try_get("text")).collect()
-    }
-
     /// The session's turns from the id `from` on (`op`: `>` after it, `>=` from it).
     async fn records_from(
         &self,
@@ -959,197 +517,6 @@ impl Store {
     pub async fn outbox_head(&self) -> Result<i64> {
         let row = self.row(query("SELECT COALESCE(MAX(id), 0) AS head FROM outbox")).await?;
         row.try_get("head")
-    }
-
-    /// A session's outbox rows after `after` (for resumable streams).
-    pub async fn session_outbox(
-        &self,
-        tenant: TenantId,
-        session: SessionId,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<OutboxRow>> {
-        let rows = self.rows(query(format!(
-            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE session_id = $1 AND tenant_id = $2 AND id > $3 ORDER BY id LIMIT $4"
-        ))
-        .bind(b(session.as_bytes()))
-        .bind(b(tenant.as_bytes()))
-        .bind(after)
-        .bind(i64::from(limit))).await?;
-        rows.iter().map(outbox_row).collect()
-    }
-
-    /// The outbox rows after `after` of every session of one agent (for an agent-wide stream
-    /// that fell behind). It walks the outbox from `after` on, so it is meant for the short
-    /// gaps a lagging stream leaves.
-    pub async fn agent_outbox(
-        &self,
-        tenant: TenantId,
-        agent: AgentId,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<OutboxRow>> {
-        let columns = OUTBOX_COLUMNS.split(", ").map(|c| format!("o.{c}")).collect::<Vec<_>>();
-        let rows = self
-            .rows(
-                query(format!(
-                    "SELECT {} FROM outbox o JOIN sessions s ON s.id = o.session_id \
-             WHERE o.id > $1 AND o.tenant_id = $2 AND s.agent_id = $3 ORDER BY o.id LIMIT $4",
-                    columns.join(", ")
-                ))
-                .bind(after)
-                .bind(b(tenant.as_bytes()))
-                .bind(b(agent.as_bytes()))
-                .bind(i64::from(limit)),
-            )
-            .await?;
-        rows.iter().map(outbox_row).collect()
-    }
-
-    /// A tenant's lifecycle events after outbox position `after`, oldest first, filtered as
-    /// `filter` says: the history `GET /v1/events` pages through.
-    pub async fn event_history(
-        &self,
-        tenant: TenantId,
-        filter: &HistoryFilter,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<OutboxRow>> {
-        let columns = OUTBOX_COLUMNS.split(", ").map(|c| format!("o.{c}")).collect::<Vec<_>>();
-        // Conditions are added only when asked for, so a session's history walks its index.
-        let mut sql = format!(
-            "SELECT {} FROM outbox o WHERE o.tenant_id = $1 AND o.id > $2 AND o.created_at >= $3",
-            columns.join(", ")
-        );
-        let mut n = 4;
-        if filter.session.is_some() {
-            sql.push_str(&format!(" AND o.session_id = ${n}"));
-            n += 1;
-        }
-        if !filter.agents.is_empty() {
-            let marks: Vec<String> =
-                (0..filter.agents.len()).map(|i| format!("${}", n + i)).collect();
-            sql.push_str(&format!(
-                " AND o.session_id IN (SELECT id FROM sessions WHERE agent_id IN ({}))",
-                marks.join(", ")
-            ));
-            n += filter.agents.len();
-        }
-        if filter.kind.is_some() {
-            sql.push_str(&format!(" AND o.kind = ${n}"));
-            n += 1;
-        }
-        sql.push_str(&format!(" ORDER BY o.id LIMIT ${n}"));
-        let mut q = query(sql)
-            .bind(b(tenant.as_bytes()))
-            .bind(after)
-            .bind(filter.since.map_or(i64::MIN, |t| t.as_millis()));
-        if let Some(session) = filter.session {
-            q = q.bind(b(session.as_bytes()));
-        }
-        for agent in &filter.agents {
-            q = q.bind(b(agent.as_bytes()));
-        }
-        if let Some(kind) = filter.kind {
-            q = q.bind(kind.as_str());
-        }
-        let rows = self.rows(q.bind(i64::from(limit))).await?;
-        rows.iter().map(outbox_row).collect()
-    }
-
-    /// `(last delivered outbox id, attempts on the next one)` of a subscriber.
-    pub async fn subscriber_cursor(&self, subscriber: &str) -> Result<(i64, i64)> {
-        let row = self
-            .maybe_row(
-                query("SELECT last_id, attempts FROM subscriber_cursors WHERE subscriber = $1")
-                    .bind(subscriber),
-            )
-            .await?;
-        Ok(match row {
-            Some(row) => (row.try_get("last_id")?, row.try_get("attempts")?),
-            None => (0, 0),
-        })
-    }
-
-    /// Gives a subscriber seen for the first time a cursor at the outbox's head, in one
-    /// statement, so it is sent only what comes after; one that has a cursor keeps it.
-    pub async fn start_subscriber_at_head(&self, subscriber: &str) -> Result<()> {
-        let subscriber = subscriber.to_owned();
-        self.write(move |conn| {
-            let subscriber = subscriber.clone();
-            Box::pin(async move {
-                // `WHERE true` keeps SQLite from reading ON CONFLICT as part of the SELECT.
-                query(
-                    "INSERT INTO subscriber_cursors (subscriber, last_id, attempts) \
-                     SELECT $1, COALESCE(MAX(id), 0), 0 FROM outbox WHERE true \
-                     ON CONFLICT (subscriber) DO NOTHING",
-                )
-                .bind(subscriber)
-                .execute(&mut *conn)
-                .await?;
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    /// Moves a subscriber's cursor (`attempts`: failed deliveries of the row after it); with
-    /// `dead` a row given up on is dead-lettered in the same transaction.
-    pub async fn set_subscriber_cursor(
-        &self,
-        subscriber: &str,
-        last_id: i64,
-        attempts: i64,
-        dead: Option<GivenUp>,
-    ) -> Result<()> {
-        let now = self.now();
-        let subscriber = subscriber.to_owned();
-        self.write(move |conn| {
-            let dead = dead.clone();
-            let subscriber = subscriber.clone();
-            Box::pin(async move {
-                query(
-                    "INSERT INTO subscriber_cursors (subscriber, last_id, attempts) VALUES ($1, $2, $3) \
-                     ON CONFLICT (subscriber) DO UPDATE SET last_id = excluded.last_id, attempts = excluded.attempts",
-                )
-                .bind(subscriber.clone())
-                .bind(last_id)
-                .bind(attempts)
-                .execute(&mut *conn)
-                .await?;
-                if let Some(GivenUp { outbox_id, reason, attempts }) = dead {
-                    query(
-                        "INSERT INTO dead_letters (subscriber, outbox_id, reason, attempts, created_at) \
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subscriber, outbox_id) DO NOTHING",
-                    )
-                    .bind(subscriber)
-                    .bind(outbox_id)
-                    .bind(reason)
-                    .bind(attempts)
-                    .bind(now.as_millis())
-                    .execute(&mut *conn)
-                    .await?;
-                }
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    pub async fn delete_dead_letter(&self, subscriber: &str, outbox_id: i64) -> Result<()> {
-        let subscriber = subscriber.to_owned();
-        self.write(move |conn| {
-            let subscriber = subscriber.clone();
-            Box::pin(async move {
-                query("DELETE FROM dead_letters WHERE subscriber = $1 AND outbox_id = $2")
-                    .bind(subscriber)
-                    .bind(outbox_id)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
-            })
-        })
-        .await
     }
 
     /// Integrity check of the whole database file (SQLite); used after crash recovery.
@@ -1888,5 +1255,694 @@ mod tests {
             let scans = plan.lines().any(|l| l.contains("SCAN") && !l.contains("CONSTANT ROW"));
             assert!(!scans, "{name} scans a table:\n{plan}");
         }
+    }
+}
+
+/// One tenant's sessions as the API and the operator read them: a session, its events,
+/// turns, summaries and outbox, and its queue mode. The engine's turn path writes through
+/// [`crate::Work::turns`] and the store's turn methods instead.
+#[derive(Clone, Copy)]
+pub struct Sessions<'s> {
+    pub(crate) store: &'s Store,
+    pub(crate) tenant: TenantId,
+}
+
+impl Store {
+    /// `tenant`'s sessions, their events, turns and outbox.
+    pub fn sessions(&self, tenant: TenantId) -> Sessions<'_> {
+        Sessions { store: self, tenant }
+    }
+}
+
+impl crate::TenantStore {
+    /// This tenant's sessions, their events, turns and outbox.
+    pub fn sessions(&self) -> Sessions<'_> {
+        self.store().sessions(self.tenant())
+    }
+}
+
+impl Sessions<'_> {
+    /// The event of `tenant` with id `id`.
+    /// The event stored under idempotency `key` in `tenant`, with its session, if one is.
+    pub async fn event_of_key(self, key: &str) -> Result<Option<(EventId, SessionId)>> {
+        let tenant = self.tenant;
+        let row = self.store
+            .maybe_row(
+                query("SELECT id, session_id FROM events WHERE tenant_id = $1 AND idempotency_key = $2")
+                    .bind(b(tenant.as_bytes()))
+                    .bind(key),
+            )
+            .await?;
+        row.map(|r| {
+            Ok((
+                EventId::from_bytes(id_bytes(&r, "id")?),
+                SessionId::from_bytes(id_bytes(&r, "session_id")?),
+            ))
+        })
+        .transpose()
+    }
+
+    pub async fn event(self, id: EventId) -> Result<EventRow> {
+        let tenant = self.tenant;
+        let row = self
+            .store
+            .maybe_row(
+                query(format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE id = $1 AND tenant_id = $2"
+                ))
+                .bind(b(id.as_bytes()))
+                .bind(b(tenant.as_bytes())),
+            )
+            .await?;
+        row.as_ref().map(event_row).transpose()?.ok_or_else(|| Error::EventNotFound(id.to_string()))
+    }
+
+    /// The turn that ended `event` (done, failed or yielded), once it has ended: one read
+    /// where [`crate::Sessions::event`] and [`Store::turn`] would be two.
+    pub async fn ended_turn_of(self, event: EventId) -> Result<Option<TurnRow>> {
+        let tenant = self.tenant;
+        let row = self
+            .store
+            .maybe_row(
+                query(ENDED_TURN_OF_EVENT).bind(b(event.as_bytes())).bind(b(tenant.as_bytes())),
+            )
+            .await?;
+        row.as_ref().map(turn_row).transpose()
+    }
+
+    /// Resumes the session's yielded turns: each runs on from its journal, with a fresh budget
+    /// of model calls, and nothing it already did (a tool call, a model call) runs again. Each
+    /// resumed turn gets a `resumed` journal step and a `turn.resumed` outbox event in the same
+    /// transaction. Returns how many events went back to running, and the outbox rows.
+    pub async fn resume(self, session: SessionId) -> Result<(u64, Vec<OutboxRow>)> {
+        let tenant = self.tenant;
+        let (now, fence) = (self.store.now(), self.store.shard_leases().fence());
+        self.store
+            .write(move |conn| {
+                Box::pin(async move {
+                    crate::leases::check(conn, fence).await?;
+                    let yielded = query(
+                        "SELECT id FROM executions WHERE owner_id = $1 AND kind = $2 \
+                     AND tenant_id = $3 AND status = $4",
+                    )
+                    .bind(b(session.as_bytes()))
+                    .bind(ExecutionKind::Turn.as_str())
+                    .bind(b(tenant.as_bytes()))
+                    .bind(TurnStatus::Yielded.execution_status().as_str())
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    let (mut events, mut rows) = (0, Vec::new());
+                    for row in &yielded {
+                        let turn = TurnId::from_bytes(id_bytes(row, "id")?);
+                        let resumes: i64 = query(
+                            "SELECT COUNT(*) AS n FROM execution_steps WHERE execution_id = $1 \
+                         AND step_key LIKE 'resume/%'",
+                        )
+                        .bind(b(turn.as_bytes()))
+                        .fetch_one(&mut *conn)
+                        .await?
+                        .try_get("n")?;
+                        let n = u32::try_from(resumes).map_err(|_| {
+                            Error::BadRow(format!("turn {turn} was resumed {resumes} times"))
+                        })?;
+                        let entry = JournalEntry { step: StepKey::Resume { n }, data: "{}".into() };
+                        journal_in(conn, tenant, turn, entry, now).await?;
+                        query(
+                            "UPDATE executions SET status = $2, error = NULL, updated_at = $3, \
+                         finished_at = NULL WHERE id = $1",
+                        )
+                        .bind(b(turn.as_bytes()))
+                        .bind(TurnStatus::Running.execution_status().as_str())
+                        .bind(now.as_millis())
+                        .execute(&mut *conn)
+                        .await?;
+                        events += query(TURN_EVENTS_STATUS)
+                            .bind(b(turn.as_bytes()))
+                            .bind(EventStatus::Running.as_str())
+                            .execute(&mut *conn)
+                            .await?;
+                        let resumed =
+                            clade_protocol::LifecycleEvent::from(clade_protocol::TurnResumed {
+                                turn: turn.to_string(),
+                                resumes: u64::from(n) + 1,
+                            });
+                        let outbox = [OutboxEvent::from(&resumed)];
+                        rows.extend(
+                            insert_outbox(conn, now, tenant, Some(session), Some(turn), &outbox)
+                                .await?,
+                        );
+                    }
+                    Ok((events, rows))
+                })
+            })
+            .await
+    }
+
+    pub async fn get(self, id: SessionId) -> Result<SessionRow> {
+        let tenant = self.tenant;
+        let row = self
+            .store
+            .maybe_row(
+                query(format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1 AND tenant_id = $2"
+                ))
+                .bind(b(id.as_bytes()))
+                .bind(b(tenant.as_bytes())),
+            )
+            .await?;
+        row.as_ref()
+            .map(session_row)
+            .transpose()?
+            .ok_or_else(|| Error::SessionNotFound(id.to_string()))
+    }
+
+    /// Sets (or, with `None`, clears) a session's own queue mode; the caller checks the value.
+    pub async fn set_queue_mode(
+        self,
+        session: SessionId,
+        mode: Option<String>,
+    ) -> Result<SessionRow> {
+        let tenant = self.tenant;
+        let now = self.store.now();
+        self.store.write(move |conn| {
+            let mode = mode.clone();
+            Box::pin(async move {
+                let updated = query(
+                    "UPDATE sessions SET queue_mode = $3, updated_at = $4 WHERE id = $1 AND tenant_id = $2",
+                )
+                .bind(b(session.as_bytes()))
+                .bind(b(tenant.as_bytes()))
+                .bind(mode)
+                .bind(now.as_millis())
+                .execute(&mut *conn)
+                .await?;
+                if updated == 0 {
+                    return Err(Error::SessionNotFound(session.to_string()));
+                }
+                let row = query(format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
+                    .bind(b(session.as_bytes()))
+                    .fetch_one(&mut *conn)
+                    .await?;
+                session_row(&row)
+            })
+        })
+        .await
+    }
+
+    /// A tenant's sessions, most recently active first.
+    pub async fn list(self, agent: Option<AgentId>, limit: u32) -> Result<Vec<SessionRow>> {
+        let tenant = self.tenant;
+        self.store.sessions(tenant).list_before(agent, None, limit).await
+    }
+
+    /// A page of a tenant's sessions, most recently active first (ties by id): those after
+    /// `before` in that order, at most `limit`. A session active again while pages are read
+    /// moves to the front, so a listing that pages on may miss it or show it twice.
+    pub async fn list_before(
+        self,
+        agent: Option<AgentId>,
+        before: Option<SessionCursor>,
+        limit: u32,
+    ) -> Result<Vec<SessionRow>> {
+        let tenant = self.tenant;
+        // With no cursor, a position after every session: the newest time there is.
+        let (at, id) =
+            before.map_or((i64::MAX, vec![0xff; 16]), |c| (c.updated_at, b(c.id.as_bytes())));
+        let page = "(updated_at < $2 OR (updated_at = $2 AND id < $3))";
+        let query = match agent {
+            Some(agent) => query(format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 AND {page} AND agent_id = $4 \
+                 ORDER BY updated_at DESC, id DESC LIMIT $5"
+            ))
+            .bind(b(tenant.as_bytes()))
+            .bind(at)
+            .bind(id)
+            .bind(b(agent.as_bytes()))
+            .bind(i64::from(limit)),
+            None => query(format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 AND {page} \
+                 ORDER BY updated_at DESC, id DESC LIMIT $4"
+            ))
+            .bind(b(tenant.as_bytes()))
+            .bind(at)
+            .bind(id)
+            .bind(i64::from(limit)),
+        };
+        self.store.rows(query).await?.iter().map(session_row).collect()
+    }
+
+    /// A page of a session's turns, oldest first: those after the turn `after` (from the
+    /// first without it), at most `limit`, each with its events, its usage and its journal
+    /// (steps in the order they were written). Three reads, whatever the page's size; none
+    /// for a session of another tenant.
+    pub async fn turn_records(
+        self,
+        session: SessionId,
+        after: Option<TurnId>,
+        limit: u32,
+    ) -> Result<Vec<TurnRecord>> {
+        let tenant = self.tenant;
+        let after = after.map_or_else(|| vec![0u8; 16], |id| b(id.as_bytes()));
+        self.store.records_from(tenant, session, ">", after, limit).await
+    }
+
+    /// One turn of a session, with its events, usage and journal, as [`crate::Sessions::turn_records`]
+    /// gives them; another session's or tenant's turn is not found.
+    pub async fn turn_record(self, session: SessionId, turn: TurnId) -> Result<TurnRecord> {
+        let tenant = self.tenant;
+        let mut records =
+            self.store.records_from(tenant, session, ">=", b(turn.as_bytes()), 1).await?;
+        match records.pop() {
+            Some(record) if record.turn.id == turn => Ok(record),
+            _ => Err(Error::TurnNotFound(turn.to_string())),
+        }
+    }
+
+    /// What people wrote in one turn of `session`, a tenant's (as [`Store::turn_texts`] gives
+    /// it, without the turn's journal); none for another session's or tenant's turn.
+    pub async fn turn_texts(self, session: SessionId, turn: TurnId) -> Result<Vec<String>> {
+        let tenant = self.tenant;
+        let rows = self
+            .store
+            .rows(
+                query(
+                    "SELECT text FROM events WHERE turn_id = $1 AND session_id = $2 \
+                     AND tenant_id = $3 ORDER BY seq",
+                )
+                .bind(b(turn.as_bytes()))
+                .bind(b(session.as_bytes()))
+                .bind(b(tenant.as_bytes())),
+            )
+            .await?;
+        rows.iter().map(|r| r.try_get("text")).collect()
+    }
+
+    /// A session's outbox rows after `after` (for resumable streams).
+    pub async fn outbox(
+        self,
+        session: SessionId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>> {
+        let tenant = self.tenant;
+        let rows = self.store.rows(query(format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE session_id = $1 AND tenant_id = $2 AND id > $3 ORDER BY id LIMIT $4"
+        ))
+        .bind(b(session.as_bytes()))
+        .bind(b(tenant.as_bytes()))
+        .bind(after)
+        .bind(i64::from(limit))).await?;
+        rows.iter().map(outbox_row).collect()
+    }
+
+    /// The outbox rows after `after` of every session of one agent (for an agent-wide stream
+    /// that fell behind). It walks the outbox from `after` on, so it is meant for the short
+    /// gaps a lagging stream leaves.
+    pub async fn agent_outbox(
+        self,
+        agent: AgentId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>> {
+        let tenant = self.tenant;
+        let columns = OUTBOX_COLUMNS.split(", ").map(|c| format!("o.{c}")).collect::<Vec<_>>();
+        let rows = self
+            .store
+            .rows(
+                query(format!(
+                    "SELECT {} FROM outbox o JOIN sessions s ON s.id = o.session_id \
+             WHERE o.id > $1 AND o.tenant_id = $2 AND s.agent_id = $3 ORDER BY o.id LIMIT $4",
+                    columns.join(", ")
+                ))
+                .bind(after)
+                .bind(b(tenant.as_bytes()))
+                .bind(b(agent.as_bytes()))
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.iter().map(outbox_row).collect()
+    }
+
+    /// A tenant's lifecycle events after outbox position `after`, oldest first, filtered as
+    /// `filter` says: the history `GET /v1/events` pages through.
+    pub async fn event_history(
+        self,
+        filter: &HistoryFilter,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>> {
+        let tenant = self.tenant;
+        let columns = OUTBOX_COLUMNS.split(", ").map(|c| format!("o.{c}")).collect::<Vec<_>>();
+        // Conditions are added only when asked for, so a session's history walks its index.
+        let mut sql = format!(
+            "SELECT {} FROM outbox o WHERE o.tenant_id = $1 AND o.id > $2 AND o.created_at >= $3",
+            columns.join(", ")
+        );
+        let mut n = 4;
+        if filter.session.is_some() {
+            sql.push_str(&format!(" AND o.session_id = ${n}"));
+            n += 1;
+        }
+        if !filter.agents.is_empty() {
+            let marks: Vec<String> =
+                (0..filter.agents.len()).map(|i| format!("${}", n + i)).collect();
+            sql.push_str(&format!(
+                " AND o.session_id IN (SELECT id FROM sessions WHERE agent_id IN ({}))",
+                marks.join(", ")
+            ));
+            n += filter.agents.len();
+        }
+        if filter.kind.is_some() {
+            sql.push_str(&format!(" AND o.kind = ${n}"));
+            n += 1;
+        }
+        sql.push_str(&format!(" ORDER BY o.id LIMIT ${n}"));
+        let mut q = query(sql)
+            .bind(b(tenant.as_bytes()))
+            .bind(after)
+            .bind(filter.since.map_or(i64::MIN, |t| t.as_millis()));
+        if let Some(session) = filter.session {
+            q = q.bind(b(session.as_bytes()));
+        }
+        for agent in &filter.agents {
+            q = q.bind(b(agent.as_bytes()));
+        }
+        if let Some(kind) = filter.kind {
+            q = q.bind(kind.as_str());
+        }
+        let rows = self.store.rows(q.bind(i64::from(limit))).await?;
+        rows.iter().map(outbox_row).collect()
+    }
+}
+
+/// Where each outbox subscriber (a webhook) has got to, and the dead letters it gave up on.
+#[derive(Clone, Copy)]
+pub struct Deliveries<'s> {
+    pub(crate) store: &'s Store,
+}
+
+impl Store {
+    /// The webhook subscribers' delivery cursors and dead letters.
+    pub fn deliveries(&self) -> Deliveries<'_> {
+        Deliveries { store: self }
+    }
+}
+
+impl Deliveries<'_> {
+    /// `(last delivered outbox id, attempts on the next one)` of a subscriber.
+    pub async fn cursor(self, subscriber: &str) -> Result<(i64, i64)> {
+        let row = self
+            .store
+            .maybe_row(
+                query("SELECT last_id, attempts FROM subscriber_cursors WHERE subscriber = $1")
+                    .bind(subscriber),
+            )
+            .await?;
+        Ok(match row {
+            Some(row) => (row.try_get("last_id")?, row.try_get("attempts")?),
+            None => (0, 0),
+        })
+    }
+
+    /// Gives a subscriber seen for the first time a cursor at the outbox's head, in one
+    /// statement, so it is sent only what comes after; one that has a cursor keeps it.
+    pub async fn start_at_head(self, subscriber: &str) -> Result<()> {
+        let subscriber = subscriber.to_owned();
+        self.store
+            .write(move |conn| {
+                let subscriber = subscriber.clone();
+                Box::pin(async move {
+                    // `WHERE true` keeps SQLite from reading ON CONFLICT as part of the SELECT.
+                    query(
+                        "INSERT INTO subscriber_cursors (subscriber, last_id, attempts) \
+                     SELECT $1, COALESCE(MAX(id), 0), 0 FROM outbox WHERE true \
+                     ON CONFLICT (subscriber) DO NOTHING",
+                    )
+                    .bind(subscriber)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    /// Moves a subscriber's cursor (`attempts`: failed deliveries of the row after it); with
+    /// `dead` a row given up on is dead-lettered in the same transaction.
+    pub async fn set_cursor(
+        self,
+        subscriber: &str,
+        last_id: i64,
+        attempts: i64,
+        dead: Option<GivenUp>,
+    ) -> Result<()> {
+        let now = self.store.now();
+        let subscriber = subscriber.to_owned();
+        self.store.write(move |conn| {
+            let dead = dead.clone();
+            let subscriber = subscriber.clone();
+            Box::pin(async move {
+                query(
+                    "INSERT INTO subscriber_cursors (subscriber, last_id, attempts) VALUES ($1, $2, $3) \
+                     ON CONFLICT (subscriber) DO UPDATE SET last_id = excluded.last_id, attempts = excluded.attempts",
+                )
+                .bind(subscriber.clone())
+                .bind(last_id)
+                .bind(attempts)
+                .execute(&mut *conn)
+                .await?;
+                if let Some(GivenUp { outbox_id, reason, attempts }) = dead {
+                    query(
+                        "INSERT INTO dead_letters (subscriber, outbox_id, reason, attempts, created_at) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subscriber, outbox_id) DO NOTHING",
+                    )
+                    .bind(subscriber)
+                    .bind(outbox_id)
+                    .bind(reason)
+                    .bind(attempts)
+                    .bind(now.as_millis())
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    pub async fn delete_dead_letter(self, subscriber: &str, outbox_id: i64) -> Result<()> {
+        let subscriber = subscriber.to_owned();
+        self.store
+            .write(move |conn| {
+                let subscriber = subscriber.clone();
+                Box::pin(async move {
+                    query("DELETE FROM dead_letters WHERE subscriber = $1 AND outbox_id = $2")
+                        .bind(subscriber)
+                        .bind(outbox_id)
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .await
+    }
+}
+
+/// The engine's turn path, each call a unit of work of its own: events accepted, turns
+/// started, begun, joined, journaled and finished (a unit of work composes the same writes
+/// through [`crate::Work::turns`]).
+#[derive(Clone, Copy)]
+pub struct Turns<'s> {
+    pub(crate) store: &'s Store,
+}
+
+impl Store {
+    /// The turn path: events accepted, turns begun, journaled and finished.
+    pub fn turns(&self) -> Turns<'_> {
+        Turns { store: self }
+    }
+}
+
+impl Turns<'_> {
+    /// Stores an inbound event (or finds the original for a repeated idempotency key). When
+    /// this returns, the event is durable.
+    pub async fn accept(self, event: NewEvent) -> Result<Accepted> {
+        self.accept_announced(event, |_, _| {}).await
+    }
+
+    /// As [`crate::Turns::accept`], and `on_visible` is told as soon as the event is committed,
+    /// which can be before it is durable: its turn can start then (see
+    /// [`Store::visible_reads`]). It gets the new event's row as stored (`None` for a
+    /// duplicate), so whoever runs it need not read it back. Runs on the writer's thread, in
+    /// commit order, so it must only hand the values on.
+    pub async fn accept_announced(
+        self,
+        event: NewEvent,
+        on_visible: impl FnOnce(&Accepted, Option<&EventRow>) + Send + 'static,
+    ) -> Result<Accepted> {
+        let now = self.store.now();
+        let announce: crate::writer::Announce<(Accepted, Option<EventRow>)> =
+            Box::new(move |(accepted, row)| on_visible(accepted, row.as_ref()));
+        let (accepted, _) = self
+            .store
+            .write_announced(Some(announce), move |conn| {
+                let event = event.clone();
+                Box::pin(async move { accept_in(conn, now, event).await })
+            })
+            .await?;
+        Ok(accepted)
+    }
+
+    /// Starts a turn for `events` (or returns the turn they already belong to), writing
+    /// `outbox` in the same transaction.
+    pub async fn start(
+        self,
+        session: &SessionRow,
+        events: Vec<EventId>,
+        config_revision: i64,
+        outbox: Vec<OutboxEvent>,
+    ) -> Result<(TurnRow, Vec<OutboxRow>)> {
+        let (now, fence) = (self.store.now(), self.store.shard_leases().fence());
+        let session = session.clone();
+        self.store.write(move |conn| {
+            let events = events.clone();
+            let outbox = outbox.clone();
+            let session = session.clone();
+            Box::pin(async move {
+                crate::leases::check(conn, fence).await?;
+                let first = events.first().ok_or_else(|| Error::InvalidInput("a turn needs an event".into()))?;
+                let existing: Option<Vec<u8>> = query("SELECT turn_id FROM events WHERE id = $1")
+                    .bind(b(first.as_bytes()))
+                    .fetch_one(&mut *conn)
+                    .await?
+                    .try_get("turn_id")?;
+                if let Some(turn) = existing {
+                    let row = query(format!("SELECT {TURN_COLUMNS} FROM executions WHERE id = $1"))
+                        .bind(turn)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    return Ok((turn_row(&row)?, Vec::new()));
+                }
+                let turn = TurnRow::starting(&session, config_revision, now);
+                insert_turn(conn, &turn, None, TurnUsage::default()).await?;
+                for event in &events {
+                    query("UPDATE events SET status = 'running', turn_id = $1 WHERE id = $2 AND status = 'pending'")
+                        .bind(b(turn.id.as_bytes()))
+                        .bind(b(event.as_bytes()))
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                let rows = insert_outbox(conn, now, session.tenant_id, Some(session.id), Some(turn.id), &outbox).await?;
+                Ok((turn, rows))
+            })
+        })
+        .await
+    }
+
+    /// Starts a turn whose id the caller chose, for pending `events`, together with its first
+    /// journal entry (and that call's usage) and, for a turn that ended at its first step, its
+    /// outcome: one transaction instead of three. Fails if an event is no longer pending.
+    pub async fn begin(
+        self,
+        turn: &TurnRow,
+        events: Vec<EventId>,
+        outbox: Vec<OutboxEvent>,
+        first_step: Option<(JournalEntry, Option<UsageRecord>)>,
+        finish: Option<(TurnOutcome, Vec<OutboxEvent>)>,
+    ) -> Result<Vec<OutboxRow>> {
+        let (now, fence) = (self.store.now(), self.store.shard_leases().fence());
+        let turn = turn.clone();
+        self.store
+            .write(move |conn| {
+                let events = events.clone();
+                let finish = finish.clone();
+                let first_step = first_step.clone();
+                let outbox = outbox.clone();
+                let turn = turn.clone();
+                Box::pin(async move {
+                    let mut rows = Vec::new();
+                    TurnWrites::new(conn, turn.tenant_id, now, &mut rows, fence)
+                        .begin(&turn, &events, outbox, first_step, finish)
+                        .await?;
+                    Ok(rows)
+                })
+            })
+            .await
+    }
+
+    /// Adds events to a running turn (steering): they become part of it.
+    pub async fn join(self, turn: TurnId, events: Vec<EventId>) -> Result<()> {
+        let fence = self.store.shard_leases().fence();
+        self.store.write(move |conn| {
+            let events = events.clone();
+            Box::pin(async move {
+                crate::leases::check(conn, fence).await?;
+                for event in &events {
+                    query("UPDATE events SET status = 'running', turn_id = $1 WHERE id = $2 AND status = 'pending'")
+                        .bind(b(turn.as_bytes()))
+                        .bind(b(event.as_bytes()))
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Journals one step (with its outbox events, usage and audit record) in one transaction.
+    /// A step already journaled is left as it was.
+    pub async fn append_journal(
+        self,
+        turn: &TurnRow,
+        entry: JournalEntry,
+        outbox: Vec<OutboxEvent>,
+        usage: Option<UsageRecord>,
+        audit: Option<crate::access::AuditEntry>,
+    ) -> Result<Vec<OutboxRow>> {
+        let (now, fence) = (self.store.now(), self.store.shard_leases().fence());
+        let turn = turn.clone();
+        self.store
+            .write(move |conn| {
+                let audit = audit.clone();
+                let entry = entry.clone();
+                let outbox = outbox.clone();
+                let turn = turn.clone();
+                let usage = usage.clone();
+                Box::pin(async move {
+                    let mut rows = Vec::new();
+                    TurnWrites::new(conn, turn.tenant_id, now, &mut rows, fence)
+                        .append(&turn, entry, &outbox, usage.as_ref(), audit.as_ref())
+                        .await?;
+                    Ok(rows)
+                })
+            })
+            .await
+    }
+
+    /// Ends a turn: its status, reply or error, its events' status, and its outbox events, in
+    /// one transaction.
+    pub async fn finish(
+        self,
+        turn: &TurnRow,
+        outcome: TurnOutcome,
+        outbox: Vec<OutboxEvent>,
+    ) -> Result<Vec<OutboxRow>> {
+        let (now, fence) = (self.store.now(), self.store.shard_leases().fence());
+        let turn = turn.clone();
+        self.store
+            .write(move |conn| {
+                let outbox = outbox.clone();
+                let outcome = outcome.clone();
+                let turn = turn.clone();
+                Box::pin(async move {
+                    let mut rows = Vec::new();
+                    TurnWrites::new(conn, turn.tenant_id, now, &mut rows, fence)
+                        .finish(&turn, &outcome, &outbox)
+                        .await?;
+                    Ok(rows)
+                })
+            })
+            .await
     }
 }

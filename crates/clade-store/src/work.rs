@@ -54,7 +54,7 @@ impl Work<'_> {
         crate::jobs::JobWrites::new(self.conn, self.tenant, self.now)
     }
 
-    /// Accepts an inbound event of this unit of work's tenant, as `Store::accept_event` does.
+    /// Accepts an inbound event of this unit of work's tenant, as `crate::Turns::accept` does.
     pub async fn accept(&mut self, event: NewEvent) -> Result<Accepted> {
         if event.tenant != self.tenant {
             return Err(Error::InvalidInput("an event goes to its unit of work's tenant".into()));
@@ -109,7 +109,7 @@ impl Store {
         T: Send + 'static,
         F: for<'w, 'c> Fn(&'w mut Work<'c>) -> BoxFuture<'w, Result<T>> + Send + Sync + 'static,
     {
-        let (now, fence) = (self.now(), self.fence());
+        let (now, fence) = (self.now(), self.shard_leases().fence());
         let work = std::sync::Arc::new(work);
         self.write(move |conn| {
             let work = work.clone();

@@ -85,24 +85,45 @@ const COLUMNS: &str = "w.name, w.value, w.version, w.turn_id, w.created_at";
 const NEWEST: &str = "w.session_id = $1 AND w.version = (SELECT MAX(x.version) \
      FROM working_memory x WHERE x.session_id = w.session_id AND x.name = w.name)";
 
+/// One tenant's working memory: the named notes a session keeps while it runs.
+#[derive(Clone, Copy)]
+pub struct Working<'s> {
+    pub(crate) store: &'s Store,
+    pub(crate) tenant: TenantId,
+}
+
 impl Store {
+    /// `tenant`'s working memory of sessions.
+    pub fn working(&self, tenant: TenantId) -> Working<'_> {
+        Working { store: self, tenant }
+    }
+}
+
+impl crate::TenantStore {
+    /// This tenant's working memory of sessions.
+    pub fn working(&self) -> Working<'_> {
+        self.store().working(self.tenant())
+    }
+}
+
+impl Working<'_> {
     /// Sets (`Some`) or clears (`None`) `name` in `tenant`'s session's working memory, written by
     /// `turn`. The value the name holds already is not written again: the entry that holds it
     /// is returned. A new name past [`MAX_WORKING_NAMES`] is refused.
-    pub async fn write_working(
-        &self,
-        tenant: TenantId,
+    pub async fn write(
+        self,
         session: SessionId,
         name: &str,
         value: Option<String>,
         turn: Option<TurnId>,
     ) -> Result<WorkingEntry> {
+        let tenant = self.tenant;
         check_working_name(name)?;
         if let Some(value) = &value {
             check_working_value(value)?;
         }
         let name = name.to_owned();
-        let (written, _) = self
+        let (written, _) = self.store
             .transact(tenant, move |work| {
                 let (name, value) = (name.clone(), value.clone());
                 Box::pin(async move {
@@ -188,8 +209,10 @@ impl Store {
     }
 
     /// The values `tenant`'s session holds now, by name; none for another tenant's session.
-    pub async fn working(&self, tenant: TenantId, session: SessionId) -> Result<Vec<WorkingEntry>> {
+    pub async fn list(self, session: SessionId) -> Result<Vec<WorkingEntry>> {
+        let tenant = self.tenant;
         let rows = self
+            .store
             .rows(
                 query(format!(
                     "SELECT {COLUMNS} FROM working_memory w WHERE {NEWEST} AND w.tenant_id = $2 \
@@ -203,14 +226,11 @@ impl Store {
     }
 
     /// The versions kept of `name` in `tenant`'s session, newest first.
-    pub async fn working_history(
-        &self,
-        tenant: TenantId,
-        session: SessionId,
-        name: &str,
-    ) -> Result<Vec<WorkingEntry>> {
+    pub async fn history(self, session: SessionId, name: &str) -> Result<Vec<WorkingEntry>> {
+        let tenant = self.tenant;
         check_working_name(name)?;
         let rows = self
+            .store
             .rows(
                 query(format!(
                     "SELECT {COLUMNS} FROM working_memory w WHERE w.session_id = $1 \

@@ -1076,7 +1076,7 @@ pub(crate) mod tests {
             };
             let store = Store::open(options).await.unwrap();
             for n in 0..3 {
-                store.create_tenant(&format!("flush-{n}")).await.unwrap();
+                store.tenants().create(&format!("flush-{n}")).await.unwrap();
                 tokio::time::sleep(A_WHILE / 10).await;
             }
             tokio::time::sleep(A_WHILE).await;
@@ -1098,14 +1098,17 @@ pub(crate) mod tests {
         let mut write = set(&store, "k", announced);
         tokio::time::timeout(Duration::from_secs(10), visible).await.unwrap().unwrap();
         // Committed: the engine's own reads see it...
-        assert_eq!(store.visible_reads().meta("k").await.unwrap().as_deref(), Some("v"));
+        assert_eq!(store.visible_reads().meta().get("k").await.unwrap().as_deref(), Some("v"));
         // ...but neither its writer nor any other reader hears of it before the fsync.
         assert!(tokio::time::timeout(A_WHILE, &mut write).await.is_err(), "answered unsynced");
-        assert!(tokio::time::timeout(A_WHILE, store.meta("k")).await.is_err(), "read unsynced");
+        assert!(
+            tokio::time::timeout(A_WHILE, store.meta().get("k")).await.is_err(),
+            "read unsynced"
+        );
         assert_eq!(store.write_stats().syncs, syncs);
         drop(gate);
         write.await.unwrap().unwrap();
-        assert_eq!(store.meta("k").await.unwrap().as_deref(), Some("v"));
+        assert_eq!(store.meta().get("k").await.unwrap().as_deref(), Some("v"));
         assert_eq!(store.write_stats().syncs, syncs + 1);
     }
 
@@ -1149,7 +1152,7 @@ pub(crate) mod tests {
         // page's content from before it.
         let before = "a".repeat(1000);
         for n in 0..300 {
-            store.set_meta(&format!("big-{n}"), &before).await.unwrap();
+            store.meta().set(&format!("big-{n}"), &before).await.unwrap();
         }
         let large = |store: Store| {
             tokio::spawn(async move {
@@ -1168,7 +1171,7 @@ pub(crate) mod tests {
         };
         let unchanged = |store: Store, before: String| async move {
             for n in [0, 150, 299] {
-                let value = store.meta(&format!("big-{n}")).await.unwrap();
+                let value = store.meta().get(&format!("big-{n}")).await.unwrap();
                 assert_eq!(value.as_deref(), Some(before.as_str()), "big-{n} kept a failed change");
             }
         };
@@ -1188,7 +1191,7 @@ pub(crate) mod tests {
             write.await.unwrap().unwrap();
         }
         for key in ["s1", "s2", "s3", "s4"] {
-            assert_eq!(store.meta(key).await.unwrap().as_deref(), Some("v"), "{key}");
+            assert_eq!(store.meta().get(key).await.unwrap().as_deref(), Some("v"), "{key}");
         }
         unchanged(store.clone(), before).await;
         assert_eq!(store.integrity_check().await.unwrap(), "ok");
@@ -1204,7 +1207,7 @@ pub(crate) mod tests {
         let (announced, visible) = tokio::sync::oneshot::channel();
         let mut write = set(&held, "k", announced);
         tokio::time::timeout(Duration::from_secs(10), visible).await.unwrap().unwrap();
-        tokio::time::timeout(Duration::from_secs(10), other.set_meta("k", "v"))
+        tokio::time::timeout(Duration::from_secs(10), other.meta().set("k", "v"))
             .await
             .expect("another store's write waited for this store's held fsync")
             .unwrap();
@@ -1212,8 +1215,8 @@ pub(crate) mod tests {
         drop(gate);
         write.await.unwrap().unwrap();
         faults.fail_syncs(true);
-        other.set_meta("k2", "v").await.expect("another store's fsync failed");
-        assert!(held.set_meta("k2", "v").await.is_err(), "this store's fsync did not fail");
+        other.meta().set("k2", "v").await.expect("another store's fsync failed");
+        assert!(held.meta().set("k2", "v").await.is_err(), "this store's fsync did not fail");
     }
 
     #[tokio::test]
@@ -1227,9 +1230,9 @@ pub(crate) mod tests {
         let err = failed.expect_err("a write whose fsync failed was acknowledged").to_string();
         assert!(err.contains("failed to sync") && err.contains("restart"), "{err}");
         // The disk may be fine again; what it holds is not known, so writes stay refused.
-        let err = store.set_meta("other", "v").await.expect_err("written after a failed fsync");
+        let err = store.meta().set("other", "v").await.expect_err("written after a failed fsync");
         assert!(err.to_string().contains("failed to sync"), "{err}");
         // Reads still answer (no wait for a durable point that cannot come).
-        assert_eq!(store.meta("other").await.unwrap(), None);
+        assert_eq!(store.meta().get("other").await.unwrap(), None);
     }
 }

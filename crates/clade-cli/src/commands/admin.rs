@@ -16,12 +16,12 @@ const MAX_SECRET_BYTES: u64 = 64 * 1024;
 pub(super) async fn tenants(ctx: &Ctx, cmd: TenantsCommand) -> Result<()> {
     match cmd {
         TenantsCommand::Create { name } => {
-            let tenant = ctx.store.create_tenant(&name).await?;
+            let tenant = ctx.store.tenants().create(&name).await?;
             println!("created tenant {} ({})", tenant.name, tenant.id);
             println!("give it an API token with `clade tokens create --tenant {}`", tenant.name);
         }
         TenantsCommand::List { json } => {
-            let tenants = ctx.store.tenants().await?;
+            let tenants = ctx.store.tenants().list().await?;
             if json {
                 let items: Vec<_> = tenants
                     .iter()
@@ -40,8 +40,8 @@ pub(super) async fn tenants(ctx: &Ctx, cmd: TenantsCommand) -> Result<()> {
             if !yes {
                 bail!("refusing to delete tenant {name:?} with all its agents without --yes");
             }
-            let id = ctx.store.tenant(&name).await?.id;
-            let agents = ctx.store.delete_tenant(&name).await?;
+            let id = ctx.store.tenants().named(&name).await?.id;
+            let agents = ctx.store.tenants().delete(&name).await?;
             ctx.agents.remove_workspaces(&agents);
             let shared = ctx.data_dir.shared_dir().join(id.to_string());
             if let Err(err) = std::fs::remove_dir_all(&shared)
@@ -69,11 +69,11 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
             };
             let mut agents = Vec::new();
             for handle in &only_agents {
-                agents.push(ctx.store.agent(tenant.id, handle).await?.id);
+                agents.push(ctx.store.agents(tenant.id).get(handle).await?.id);
             }
             let agents = (!agents.is_empty()).then_some(agents.as_slice());
             let (info, secret) =
-                ctx.store.create_token(tenant.id, &name, &scopes, agents, expires_at).await?;
+                ctx.store.tokens(tenant.id).create(&name, &scopes, agents, expires_at).await?;
             eprintln!(
                 "token {} for tenant {} (shown once; store it safely):",
                 info.id, tenant.name
@@ -81,13 +81,13 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
             println!("{secret}");
         }
         TokensCommand::List { json } => {
-            let tokens = ctx.store.tokens(tenant.id).await?;
+            let tokens = ctx.store.tokens(tenant.id).list().await?;
             let now = ctx.store.now();
             // A limited token's agents by handle; one deleted since shows as such.
             let mut handles = std::collections::HashMap::new();
             for id in tokens.iter().filter_map(|t| t.agents.as_ref()).flatten() {
                 if !handles.contains_key(id) {
-                    let handle = match ctx.store.agent_by_id(tenant.id, *id).await {
+                    let handle = match ctx.store.agents(tenant.id).by_id(*id).await {
                         Ok(agent) => agent.handle.to_string(),
                         Err(clade_store::Error::AgentNotFound(_)) => format!("(deleted {id})"),
                         Err(err) => return Err(err.into()),
@@ -141,7 +141,7 @@ pub(super) async fn tokens(ctx: &Ctx, cmd: TokensCommand) -> Result<()> {
         }
         TokensCommand::Revoke { id } => {
             let id = TokenId::parse(&id)?;
-            ctx.store.revoke_token(tenant.id, id).await?;
+            ctx.store.tokens(tenant.id).revoke(id).await?;
             println!("revoked token {id}");
         }
     }
@@ -155,11 +155,11 @@ async fn other_tenants_tokens(ctx: &Ctx, shown: &clade_core::Tenant) -> Result<(
         return Ok(());
     }
     let mut others = Vec::new();
-    for tenant in ctx.store.tenants().await? {
+    for tenant in ctx.store.tenants().list().await? {
         if tenant.id == shown.id {
             continue;
         }
-        let count = ctx.store.tokens(tenant.id).await?.len();
+        let count = ctx.store.tokens(tenant.id).list().await?.len();
         if count > 0 {
             others.push(format!("{} ({count})", tenant.name));
         }

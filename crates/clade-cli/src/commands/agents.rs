@@ -81,7 +81,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: AgentsCommand) -> Result<()> {
         }
         AgentsCommand::Pause { handle, reason, admin_socket } => {
             let agent = ctx.agent(handle.as_deref()).await?;
-            ctx.store.pause(agent.tenant_id, agent.id, None, reason).await?;
+            ctx.store.pauses(agent.tenant_id).pause(agent.id, None, reason).await?;
             println!(
                 "paused agent {}: no new turn starts until `clade agents resume`",
                 agent.handle
@@ -90,7 +90,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: AgentsCommand) -> Result<()> {
         }
         AgentsCommand::Resume { handle, admin_socket } => {
             let agent = ctx.agent(handle.as_deref()).await?;
-            if ctx.store.unpause(agent.tenant_id, agent.id, None).await? {
+            if ctx.store.pauses(agent.tenant_id).unpause(agent.id, None).await? {
                 println!("resumed agent {}", agent.handle);
             } else {
                 println!("agent {} was not paused", agent.handle);
@@ -187,7 +187,7 @@ async fn prompt(
 async fn messages(ctx: &Ctx, handle: Option<&str>, limit: u32, json: bool) -> Result<()> {
     let agent = ctx.agent(handle).await?;
     let rows =
-        ctx.store.agent_messages(agent.tenant_id, agent.id, None, limit.clamp(1, 1000)).await?;
+        ctx.store.messages(agent.tenant_id).of_agent(agent.id, None, limit.clamp(1, 1000)).await?;
     if json {
         let items: Vec<serde_json::Value> = rows
             .iter()
@@ -353,7 +353,7 @@ async fn list(ctx: &Ctx, json: bool) -> Result<()> {
     let mut all = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = ctx.store.agents(tenant.id, after.as_deref(), PAGE).await?;
+        let page = ctx.store.agents(tenant.id).list(after.as_deref(), PAGE).await?;
         let done = page.len() < PAGE as usize;
         after = page.last().map(|a| a.handle.to_string());
         all.extend(page);
@@ -439,9 +439,9 @@ async fn create(
 /// waiting.
 async fn status(ctx: &Ctx, handle: Option<&str>, json: bool) -> Result<()> {
     let agent = ctx.agent(handle).await?;
-    let pauses = ctx.store.pauses_of(agent.tenant_id, agent.id).await?;
+    let pauses = ctx.store.pauses(agent.tenant_id).of_agent(agent.id).await?;
     let own = pauses.iter().find(|p| p.session.is_none());
-    let sessions = ctx.store.agent_status(agent.tenant_id, agent.id, 100).await?;
+    let sessions = ctx.store.pauses(agent.tenant_id).agent_status(agent.id, 100).await?;
     let now = ctx.store.now().as_millis();
     let age = |s: &clade_store::SessionActivity| {
         s.turn_started_at.map(|at| (now - at.as_millis()).max(0))

@@ -223,7 +223,7 @@ async fn agents(
             let store = ctx.store.clone();
             let tenant_id = tenant.id;
             tasks.spawn(async move {
-                store.create_agents(tenant_id, agents).await.map(|a| a.len() as u64)
+                store.agents(tenant_id).create_many(agents).await.map(|a| a.len() as u64)
             });
             next = end;
         }
@@ -257,7 +257,7 @@ async fn agents(
     for _ in 0..lookups {
         let h = handle(rng.random_range(0..count));
         let t = now();
-        ctx.store.agent(tenant.id, &h).await?;
+        ctx.store.agents(tenant.id).get(&h).await?;
         latencies.push(t.elapsed());
     }
     latencies.sort();

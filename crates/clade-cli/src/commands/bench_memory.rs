@@ -171,7 +171,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
                     for (content, vector) in contents.into_iter().zip(vectors) {
                         let (store, vector) = (store.clone(), Some((vector, model.clone())));
                         saves.spawn(async move {
-                            store.save_memory(new_item(agent_id, content, vector)).await
+                            store.memories().save(new_item(agent_id, content, vector)).await
                         });
                     }
                     let mut n = 0;
@@ -230,10 +230,10 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         let ingestion_rate = plan.saves as f64 / started.elapsed().as_secs_f64().max(1e-9);
 
         let disk_after = ctx.store.disk_bytes().await?;
-        let items = store.memory_count(agent.id).await?;
+        let items = store.memories().count(agent.id).await?;
         // The full-text index as the cortex keeps it: merged into one segment once writes
         // have split it into many (or left as they split it, to compare).
-        let segments = ctx.store.memory_index_segments().await?;
+        let segments = ctx.store.memory_upkeep().index_segments().await?;
         let index = if plan.unmerged {
             format!("{segments} full-text segments, left unmerged")
         } else {
@@ -247,7 +247,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
             }
             format!(
                 "{segments} full-text segments merged into {} in {:.1} s, as the cortex merges them",
-                ctx.store.memory_index_segments().await?,
+                ctx.store.memory_upkeep().index_segments().await?,
                 started.elapsed().as_secs_f64()
             )
         };
@@ -428,7 +428,7 @@ async fn evaluate(
         let vectors = embedder.embed(chunk).await.map_err(anyhow::Error::msg)?;
         for (text, vector) in chunk.iter().zip(vectors) {
             let embedding = Some((vector, embedder.model().to_owned()));
-            store.save_memory(new_item(agent.id, text.clone(), embedding)).await?;
+            store.memories().save(new_item(agent.id, text.clone(), embedding)).await?;
         }
         eprint!("\r  {}/{distractors} notes", (n * 64 + chunk.len()));
     }
@@ -438,7 +438,8 @@ async fn evaluate(
         let vectors = embedder.embed(&texts).await.map_err(anyhow::Error::msg)?;
         for (turn, vector) in chunk.iter().zip(vectors) {
             let embedding = Some((vector, embedder.model().to_owned()));
-            let row = store.save_memory(new_item(agent.id, turn.text.clone(), embedding)).await?;
+            let row =
+                store.memories().save(new_item(agent.id, turn.text.clone(), embedding)).await?;
             ids.insert(row.id, turn.id.as_str());
         }
     }

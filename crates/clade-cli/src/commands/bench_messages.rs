@@ -49,7 +49,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
 }
 
 async fn measure(data: &DataDir, store: Store, plan: &Plan) -> Result<()> {
-    let tenant = store.tenant(Tenant::DEFAULT_NAME).await?;
+    let tenant = store.tenants().named(Tenant::DEFAULT_NAME).await?;
     eprintln!("creating {} agents ({})", plan.pairs * 2, store.location());
     let mut askers = Vec::new();
     for start in (0..plan.pairs).step_by(500) {
@@ -64,7 +64,7 @@ async fn measure(data: &DataDir, store: Store, plan: &Plan) -> Result<()> {
                 });
             }
         }
-        let made = store.create_agents(tenant.id, specs).await?;
+        let made = store.agents(tenant.id).create_many(specs).await?;
         askers.extend(made.chunks(2).map(|pair| (pair[0].id, pair[1].handle.to_string())));
     }
     let finished = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -187,7 +187,7 @@ async fn spawns(
             config: AgentConfig::default(),
         };
         let child = agents.create(tenant, spec).await?;
-        store.record_child(tenant, *parent, child.id, 1).await?;
+        store.lineage(tenant).record_child(*parent, child.id, 1).await?;
         made.push(t0.elapsed());
         let message = NewMessage {
             tenant,

@@ -51,7 +51,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
 }
 
 async fn measure(data: &DataDir, store: Store, plan: &Plan) -> Result<()> {
-    let tenant = store.tenant(Tenant::DEFAULT_NAME).await?;
+    let tenant = store.tenants().named(Tenant::DEFAULT_NAME).await?;
     // A thousand jobs per agent, as a busy deployment might have.
     let agents_count = plan.jobs.div_ceil(1_000);
     let specs = (0..agents_count)
@@ -64,7 +64,7 @@ async fn measure(data: &DataDir, store: Store, plan: &Plan) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let agent_ids: Vec<_> =
-        store.create_agents(tenant.id, specs).await?.iter().map(|a| a.id).collect();
+        store.agents(tenant.id).create_many(specs).await?.iter().map(|a| a.id).collect();
 
     eprintln!("creating {} jobs for {agents_count} agents ({})", plan.jobs, store.location());
     let started = now();

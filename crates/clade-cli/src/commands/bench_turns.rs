@@ -252,7 +252,7 @@ pub(super) async fn measure(
     };
     let store = Store::open(options).await?;
     let agents = Agents::new(store.clone(), data.clone());
-    let tenant = store.tenant(clade_core::Tenant::DEFAULT_NAME).await?;
+    let tenant = store.tenants().named(clade_core::Tenant::DEFAULT_NAME).await?;
     let agent = agents
         .create(
             tenant.id,

@@ -64,7 +64,7 @@ pub(super) async fn revisions(ctx: &Ctx, cmd: ConfigCommand) -> Result<()> {
             applied(ctx, flow.await?);
         }
         ConfigCommand::Revert { revision } => {
-            let old = match ctx.store.config_revision(revision).await {
+            let old = match ctx.store.config_revisions().get(revision).await {
                 Err(clade_store::Error::ConfigRevisionNotFound(n)) => {
                     bail!(
                         "there is no configuration revision {n}: list them with `clade config history`"
@@ -86,7 +86,7 @@ pub(super) async fn revisions(ctx: &Ctx, cmd: ConfigCommand) -> Result<()> {
             applied(ctx, flow.await?);
         }
         ConfigCommand::History { limit, json } => {
-            let revisions = ctx.store.config_revisions(limit).await?;
+            let revisions = ctx.store.config_revisions().list(limit).await?;
             if json {
                 let items: Vec<_> = revisions
                     .iter()
@@ -112,14 +112,16 @@ pub(super) async fn revisions(ctx: &Ctx, cmd: ConfigCommand) -> Result<()> {
                 .collect();
             output::table(&["REVISION", "APPLIED", "BY", "SHA256", "NOTE"], &rows);
         }
-        ConfigCommand::Diff { revision } => match ctx.store.config_revision(revision).await {
-            Err(clade_store::Error::ConfigRevisionNotFound(n)) => {
-                bail!(
-                    "there is no configuration revision {n}: list them with `clade config history`"
-                )
+        ConfigCommand::Diff { revision } => {
+            match ctx.store.config_revisions().get(revision).await {
+                Err(clade_store::Error::ConfigRevisionNotFound(n)) => {
+                    bail!(
+                        "there is no configuration revision {n}: list them with `clade config history`"
+                    )
+                }
+                other => print!("{}", other?.diff),
             }
-            other => print!("{}", other?.diff),
-        },
+        }
         ConfigCommand::Schema | ConfigCommand::Validate { .. } => {}
     }
     Ok(())

@@ -14,10 +14,10 @@ pub(super) async fn run(ctx: &Ctx, cmd: CronCommand) -> Result<()> {
     match cmd {
         CronCommand::List { json } => {
             let agent = match ctx.explicit_agent() {
-                Some(handle) => Some(ctx.store.agent(tenant.id, handle).await?.id),
+                Some(handle) => Some(ctx.store.agents(tenant.id).get(handle).await?.id),
                 None => None,
             };
-            let jobs = ctx.store.jobs(tenant.id, agent).await?;
+            let jobs = ctx.store.jobs(tenant.id).list(agent).await?;
             if json {
                 let items: Vec<_> = jobs.into_iter().map(clade_gateway::job_response).collect();
                 return output::json(&items);
@@ -69,14 +69,14 @@ pub(super) async fn run(ctx: &Ctx, cmd: CronCommand) -> Result<()> {
         }
         CronCommand::Remove { name } => {
             let job = named(ctx, &name).await?;
-            ctx.store.delete_job(tenant.id, job.id).await?;
+            ctx.store.jobs(tenant.id).delete(job.id).await?;
             println!("removed job {} of {}", job.name, job.agent);
         }
         CronCommand::Enable { name } => enable(ctx, &name, true).await?,
         CronCommand::Disable { name } => enable(ctx, &name, false).await?,
         CronCommand::Runs { name, limit, json } => {
             let job = named(ctx, &name).await?;
-            let runs = ctx.store.job_runs(tenant.id, job.id, None, limit.max(1)).await?;
+            let runs = ctx.store.jobs(tenant.id).runs(job.id, None, limit.max(1)).await?;
             if json {
                 let items: Vec<_> = runs.into_iter().map(clade_gateway::run_response).collect();
                 return output::json(&items);
@@ -105,7 +105,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: CronCommand) -> Result<()> {
 async fn named(ctx: &Ctx, name: &str) -> Result<JobRow> {
     let tenant = ctx.tenant().await?;
     let agent = ctx.agent(None).await?;
-    match ctx.store.job_named(tenant.id, agent.id, name).await {
+    match ctx.store.jobs(tenant.id).named(agent.id, name).await {
         Err(clade_store::Error::JobNotFound(_)) => bail!(
             "agent {} has no job {name:?}: list its jobs with `clade cron list --agent {}`",
             agent.handle,
@@ -118,7 +118,7 @@ async fn named(ctx: &Ctx, name: &str) -> Result<JobRow> {
 async fn enable(ctx: &Ctx, name: &str, enabled: bool) -> Result<()> {
     let tenant = ctx.tenant().await?;
     let job = named(ctx, name).await?;
-    let job = ctx.store.set_job_enabled(tenant.id, job.id, enabled, None).await?;
+    let job = ctx.store.jobs(tenant.id).set_enabled(job.id, enabled, None).await?;
     println!("job {} of {} is {}", job.name, job.agent, state(&job));
     Ok(())
 }

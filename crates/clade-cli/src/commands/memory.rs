@@ -121,7 +121,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: MemoryCommand) -> Result<()> {
 
 /// `clade memory list --pruned`: the items upkeep pruned, with why.
 async fn list_pruned(mind: &Mind<'_>, limit: u32, json: bool) -> Result<()> {
-    let rows = mind.store.pruned_memories(mind.agent.id, limit.clamp(1, 1000)).await?;
+    let rows = mind.store.memories().pruned(mind.agent.id, limit.clamp(1, 1000)).await?;
     if json {
         return output::json(&rows.iter().map(row_json).collect::<Vec<_>>());
     }
@@ -153,7 +153,8 @@ async fn list(
         kinds: kind.as_deref().map(kind_of).transpose()?.into_iter().collect(),
         since: None,
     };
-    let rows = mind.store.memories(mind.agent.id, &filter, None, limit.clamp(1, 1000)).await?;
+    let rows =
+        mind.store.memories().list(mind.agent.id, &filter, None, limit.clamp(1, 1000)).await?;
     if json {
         return output::json(&rows.iter().map(row_json).collect::<Vec<_>>());
     }
@@ -243,7 +244,7 @@ async fn add(
 /// `clade memory rm`.
 async fn forget(mind: &Mind<'_>, id: &str) -> Result<()> {
     let parsed = memory_id(id, "clade memory list")?;
-    match mind.store.forget_memory(mind.agent.id, parsed).await {
+    match mind.store.memories().forget(mind.agent.id, parsed).await {
         Err(clade_store::Error::MemoryNotFound(_)) => anyhow::bail!(
             "agent {} has no memory {id}: list them with `clade memory list`",
             mind.agent.handle
@@ -259,14 +260,16 @@ async fn forget(mind: &Mind<'_>, id: &str) -> Result<()> {
 async fn restore(mind: &Mind<'_>, id: &str, json: bool) -> Result<()> {
     let parsed = memory_id(id, "clade memory list --pruned")?;
     let (agent, store) = (&mind.agent, &mind.store);
-    let row = match store.restore_memory(agent.id, parsed).await {
-        Err(clade_store::Error::MemoryNotFound(_)) => match store.memory(agent.id, parsed).await {
-            Err(clade_store::Error::MemoryNotFound(_)) => anyhow::bail!(
-                "agent {} has no memory {id}, pruned or not: list the pruned with `clade memory list --pruned`",
-                agent.handle
-            ),
-            other => other?,
-        },
+    let row = match store.memories().restore(agent.id, parsed).await {
+        Err(clade_store::Error::MemoryNotFound(_)) => {
+            match store.memories().get(agent.id, parsed).await {
+                Err(clade_store::Error::MemoryNotFound(_)) => anyhow::bail!(
+                    "agent {} has no memory {id}, pruned or not: list the pruned with `clade memory list --pruned`",
+                    agent.handle
+                ),
+                other => other?,
+            }
+        }
         other => other?,
     };
     if json {
@@ -281,7 +284,7 @@ async fn upkeep(mind: &Mind<'_>, json: bool) -> Result<()> {
     let memory = mind.memory()?;
     let policy = clade_runtime::memory::upkeep_policy(&mind.ctx.config.memory.upkeep);
     let agent = &mind.agent;
-    let since = mind.store.memory_upkeep_ran(agent.id).await?;
+    let since = mind.store.memories().upkeep_ran(agent.id).await?;
     // Consolidating calls the cortex model route, which the gateway runs.
     let report = memory.upkeep(&mind.store, agent.id, since, &policy, None).await?;
     if policy.consolidate_at > 0 {

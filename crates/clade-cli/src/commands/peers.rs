@@ -113,7 +113,7 @@ pub(super) async fn pair(ctx: &Ctx, cmd: PairCommand) -> Result<()> {
 
 /// `clade pair list`: the paired components, with their keys' fingerprints.
 async fn list(ctx: &Ctx, json: bool) -> Result<()> {
-    let peers = ctx.store.peers().await?;
+    let peers = ctx.store.peers().list().await?;
     if json {
         let items: Vec<_> = peers
             .iter()
@@ -147,7 +147,7 @@ async fn list(ctx: &Ctx, json: bool) -> Result<()> {
 
 /// `clade pair remove`: forgets a pairing, of the kind given when several share the name.
 async fn remove(ctx: &Ctx, name: &str, kind: Option<&str>) -> Result<()> {
-    let peers = ctx.store.peers().await?;
+    let peers = ctx.store.peers().list().await?;
     let named: Vec<_> =
         peers.iter().filter(|p| p.name == name && kind.is_none_or(|k| k == p.kind)).collect();
     let peer = match named.as_slice() {
@@ -160,7 +160,7 @@ async fn remove(ctx: &Ctx, name: &str, kind: Option<&str>) -> Result<()> {
             "several kinds of component are named {name:?}: say which with --kind tool, subscriber, operator or listener"
         ),
     };
-    ctx.store.remove_peer(&peer.kind, &peer.name).await?;
+    ctx.store.peers().remove(&peer.kind, &peer.name).await?;
     match peer.kind.as_str() {
         "tool" => {
             println!("forgot tool host {name}; its tools go at the gateway's next start")
@@ -259,7 +259,7 @@ pub(super) async fn lease(ctx: &Ctx, cmd: LeaseCommand) -> Result<()> {
             );
         }
         LeaseCommand::List { json } => {
-            let leases = ctx.store.leases(tenant.id, 200).await?;
+            let leases = ctx.store.leases(tenant.id).list(200).await?;
             let now = ctx.store.now();
             if json {
                 let items: Vec<_> = leases.iter().map(|l| lease_json(l, now)).collect();
@@ -286,7 +286,7 @@ pub(super) async fn lease(ctx: &Ctx, cmd: LeaseCommand) -> Result<()> {
         }
         LeaseCommand::Revoke { id } => {
             let id = clade_core::LeaseId::parse(&id).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let lease = ctx.store.end_lease(tenant.id, id, "revoked").await?;
+            let lease = ctx.store.leases(tenant.id).end(id, "revoked").await?;
             println!(
                 "lease {} ended ({})",
                 lease.id,

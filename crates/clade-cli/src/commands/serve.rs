@@ -284,7 +284,7 @@ impl Reloader {
         maintenance: std::sync::Arc<Maintenance>,
     ) -> Result<std::sync::Arc<Self>> {
         let store = ctx.store.acting_as("gateway (configuration reload)");
-        let running = tokio::sync::Mutex::new(store.latest_config_revision().await?);
+        let running = tokio::sync::Mutex::new(store.config_revisions().latest().await?);
         Ok(std::sync::Arc::new(Self {
             store,
             path: ctx.config_path.clone(),
@@ -315,7 +315,7 @@ impl Reloader {
     /// Takes the newest revision if it is newer than the one in force; the one in force after.
     async fn take_newest(&self) -> i64 {
         let mut running = self.running.lock().await;
-        let latest = match self.store.latest_config_revision().await {
+        let latest = match self.store.config_revisions().latest().await {
             Ok(latest) if latest > *running => latest,
             Ok(_) => return *running,
             Err(err) => {
@@ -326,7 +326,8 @@ impl Reloader {
         *running = latest;
         let config = match self
             .store
-            .config_revision(latest)
+            .config_revisions()
+            .get(latest)
             .await
             .map_err(|e| e.to_string())
             .and_then(|revision| {
@@ -408,8 +409,11 @@ fn api_smoke_test(ctx: &Ctx) -> clade_gateway::config_flow::SmokeFn {
     std::sync::Arc::new(move |config: clade_config::Config| {
         let (store, secrets) = (store.clone(), secrets.clone());
         Box::pin(async move {
-            let tenant =
-                store.tenant(clade_core::Tenant::DEFAULT_NAME).await.map_err(|e| e.to_string())?;
+            let tenant = store
+                .tenants()
+                .named(clade_core::Tenant::DEFAULT_NAME)
+                .await
+                .map_err(|e| e.to_string())?;
             let models = crate::context::models_from(&config, &store, secrets);
             super::config::smoke_call(&tenant, models).await
         })
@@ -490,7 +494,7 @@ fn admin_handler(
                 AdminRequest::Identity {} => match identity {
                     Ok(identity) => AdminReply::Identity {
                         key: identity.public(),
-                        peers: operator.peers().await.map(|p| p.len() as u32).unwrap_or(0),
+                        peers: operator.peers().list().await.map(|p| p.len() as u32).unwrap_or(0),
                     },
                     Err(message) => AdminReply::Error { message },
                 },
@@ -687,7 +691,8 @@ async fn operator_access(
         }
     }
     let tenant = store
-        .tenant(tenant_name.as_deref().unwrap_or(clade_core::Tenant::DEFAULT_NAME))
+        .tenants()
+        .named(tenant_name.as_deref().unwrap_or(clade_core::Tenant::DEFAULT_NAME))
         .await
         .map_err(|e| e.to_string())?;
     let only = if whole {
@@ -695,7 +700,7 @@ async fn operator_access(
     } else {
         let mut ids = Vec::new();
         for handle in &handles {
-            ids.push(store.agent(tenant.id, handle).await.map_err(|e| e.to_string())?.id);
+            ids.push(store.agents(tenant.id).get(handle).await.map_err(|e| e.to_string())?.id);
         }
         Some(ids)
     };
@@ -746,7 +751,8 @@ async fn pair(
     let token = match &access {
         Some((tenant, scopes, only)) => {
             let (info, _) = store
-                .create_token(tenant.id, &format!("peer:{name}"), scopes, only.as_deref(), None)
+                .tokens(tenant.id)
+                .create(&format!("peer:{name}"), scopes, only.as_deref(), None)
                 .await
                 .map_err(|e| format!("paired, but its access cannot be given: {e}"))?;
             Some(info)
@@ -754,7 +760,8 @@ async fn pair(
         None => None,
     };
     let recorded = store
-        .record_peer(clade_store::NewPeer {
+        .peers()
+        .record(clade_store::NewPeer {
             kind: kind.to_owned(),
             name: name.to_owned(),
             endpoint: endpoint.to_owned(),
@@ -768,7 +775,7 @@ async fn pair(
         Ok(peer) => peer,
         Err(err) => {
             if let Some(token) = &token {
-                let _ = store.revoke_token(token.tenant_id, token.id).await;
+                let _ = store.tokens(token.tenant_id).revoke(token.id).await;
             }
             return Err(err.to_string());
         }

@@ -248,10 +248,10 @@ pub(super) async fn run(ctx: &Ctx, cmd: SessionsCommand) -> Result<()> {
 /// `clade sessions list`: the tenant's sessions (of `--agent` only, when given).
 async fn list(ctx: &Ctx, tenant: &clade_core::Tenant, json: bool) -> Result<()> {
     let agent = match ctx.explicit_agent() {
-        Some(handle) => Some(ctx.store.agent(tenant.id, handle).await?.id),
+        Some(handle) => Some(ctx.store.agents(tenant.id).get(handle).await?.id),
         None => None,
     };
-    let sessions = ctx.store.sessions(tenant.id, agent, 1000).await?;
+    let sessions = ctx.store.sessions(tenant.id).list(agent, 1000).await?;
     if json {
         let items: Vec<_> = sessions
             .iter()
@@ -282,8 +282,13 @@ async fn list(ctx: &Ctx, tenant: &clade_core::Tenant, json: bool) -> Result<()> 
 /// `clade sessions show`: a session's turns, each with its messages, tool calls and usage.
 async fn show(ctx: &Ctx, tenant: &clade_core::Tenant, id: &str, json: bool) -> Result<()> {
     let id = SessionId::parse(id)?;
-    let session = ctx.store.session(tenant.id, id).await?;
-    let turns = ctx.store.tenant_scope(tenant.id).turn_records(session.id, None, u32::MAX).await?;
+    let session = ctx.store.sessions(tenant.id).get(id).await?;
+    let turns = ctx
+        .store
+        .tenant_scope(tenant.id)
+        .sessions()
+        .turn_records(session.id, None, u32::MAX)
+        .await?;
     if json {
         let mut items = Vec::with_capacity(turns.len());
         for clade_store::TurnRecord { turn: t, events, usage, steps } in &turns {
@@ -342,8 +347,8 @@ async fn show(ctx: &Ctx, tenant: &clade_core::Tenant, id: &str, json: bool) -> R
 /// `clade sessions summaries`: what compaction made of the session's older turns.
 async fn summaries(ctx: &Ctx, tenant: &clade_core::Tenant, id: &str, json: bool) -> Result<()> {
     let id = SessionId::parse(id)?;
-    let session = ctx.store.session(tenant.id, id).await?;
-    let summaries = ctx.store.tenant_scope(tenant.id).summaries(session.id, 100).await?;
+    let session = ctx.store.sessions(tenant.id).get(id).await?;
+    let summaries = ctx.store.tenant_scope(tenant.id).sessions().summaries(session.id, 100).await?;
     if json {
         let items: Vec<_> = summaries
             .iter()
@@ -380,11 +385,11 @@ async fn working(
     json: bool,
 ) -> Result<()> {
     let id = SessionId::parse(id)?;
-    let session = ctx.store.session(tenant.id, id).await?;
+    let session = ctx.store.sessions(tenant.id).get(id).await?;
     let store = ctx.store.tenant_scope(tenant.id);
     let entries = match name {
-        Some(name) => store.working_history(session.id, name).await?,
-        None => store.working(session.id).await?,
+        Some(name) => store.working().history(session.id, name).await?,
+        None => store.working().list(session.id).await?,
     };
     if json {
         let items: Vec<_> = entries
@@ -431,8 +436,8 @@ pub(super) async fn runs(ctx: &Ctx, cmd: RunsCommand) -> Result<()> {
                 clade_store::RunFilter { agent: Some(agent.id), kind, open_only: open, limit };
             let store = ctx.store.tenant_scope(agent.tenant_id);
             let mut runs = Vec::new();
-            for row in store.runs(&filter).await? {
-                let fork = store.fork_of_execution(row.id).await?;
+            for row in store.forks().runs(&filter).await? {
+                let fork = store.forks().of_execution(row.id).await?;
                 runs.push(clade_gateway::runs::run_response(row, fork.as_ref()));
             }
             if json {
@@ -467,8 +472,8 @@ pub(super) async fn runs(ctx: &Ctx, cmd: RunsCommand) -> Result<()> {
             let id: ExecutionId =
                 id.parse().map_err(|_| anyhow::anyhow!("{id:?} is not a run id"))?;
             let store = ctx.store.tenant_scope(tenant.id);
-            let row = store.execution(id).await?;
-            let fork = store.fork_of_execution(row.id).await?;
+            let row = store.executions().get(id).await?;
+            let fork = store.forks().of_execution(row.id).await?;
             let run = clade_gateway::runs::run_response(row, fork.as_ref());
             if json {
                 return output::json(&run);
@@ -581,7 +586,7 @@ pub(super) async fn deadletters(ctx: &Ctx, cmd: DeadlettersCommand) -> Result<()
             clade_runtime::outbox::deliver(&reqwest::Client::new(), &target, &row, ctx.store.now())
                 .await
                 .map_err(|reason| anyhow::anyhow!("delivery failed again: {reason}"))?;
-            ctx.store.delete_dead_letter(&subscriber, outbox_id).await?;
+            ctx.store.deliveries().delete_dead_letter(&subscriber, outbox_id).await?;
             println!("delivered outbox event {outbox_id} to {subscriber}");
         }
     }

@@ -55,7 +55,7 @@ async fn create(ctx: &Ctx, preset: &str, name: &str) -> Result<()> {
         let handle = Handle::parse(&format!("{name}-{role}")).map_err(|e| {
             anyhow::anyhow!("--name {name:?} makes a bad handle for its {role}: {e}")
         })?;
-        match ctx.store.agent(tenant.id, handle.as_str()).await {
+        match ctx.store.agents(tenant.id).get(handle.as_str()).await {
             Err(clade_store::Error::AgentNotFound(_)) => {}
             Ok(_) => bail!(
                 "agent {handle} exists already: choose another --name, or delete it with `clade agents delete {handle} --yes`"

@@ -94,7 +94,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: ToolsCommand) -> Result<()> {
 async fn announce_wait(store: clade_store::Store, tenant: clade_core::TenantId, key: String) {
     for _ in 0..600 {
         store.clock().sleep(std::time::Duration::from_millis(200)).await;
-        if let Ok(approval) = store.approval_by_call(tenant, &key).await {
+        if let Ok(approval) = store.access(tenant).approval_by_call(&key).await {
             eprintln!(
                 "waiting for approval {}: run `clade approvals approve {}` (or `deny`) in another terminal",
                 approval.id, approval.id
@@ -117,7 +117,7 @@ pub(super) async fn approvals(ctx: &Ctx, cmd: ApprovalsCommand) -> Result<()> {
                     )
                 })?),
             };
-            let rows = ctx.store.approvals(tenant.id, None, filter, 1000).await?;
+            let rows = ctx.store.access(tenant.id).approvals(None, filter, 1000).await?;
             if json {
                 let items: Vec<Value> = rows
                     .iter()
@@ -164,10 +164,10 @@ pub(super) async fn grants(ctx: &Ctx, cmd: GrantsCommand) -> Result<()> {
     match cmd {
         GrantsCommand::List { json } => {
             let agent = match ctx.explicit_agent() {
-                Some(handle) => Some(ctx.store.agent(tenant.id, handle).await?.id),
+                Some(handle) => Some(ctx.store.agents(tenant.id).get(handle).await?.id),
                 None => None,
             };
-            let rows = ctx.store.grants(tenant.id, agent).await?;
+            let rows = ctx.store.access(tenant.id).grants(agent).await?;
             let now = ctx.store.now();
             if json {
                 let items: Vec<Value> = rows
@@ -180,7 +180,8 @@ pub(super) async fn grants(ctx: &Ctx, cmd: GrantsCommand) -> Result<()> {
             for g in &rows {
                 let agent = ctx
                     .store
-                    .agent_by_id(tenant.id, g.agent_id)
+                    .agents(tenant.id)
+                    .by_id(g.agent_id)
                     .await
                     .map(|a| a.handle.to_string())
                     .unwrap_or_else(|_| "(deleted agent)".to_owned());
@@ -250,7 +251,7 @@ pub(super) async fn grants(ctx: &Ctx, cmd: GrantsCommand) -> Result<()> {
 pub(super) async fn audit(ctx: &Ctx, args: AuditArgs) -> Result<()> {
     let tenant = ctx.tenant().await?;
     if args.verify {
-        let result = ctx.store.verify_audit(tenant.id).await?;
+        let result = ctx.store.access(tenant.id).verify_audit().await?;
         return match result.broken {
             None => {
                 println!(
@@ -267,13 +268,13 @@ pub(super) async fn audit(ctx: &Ctx, args: AuditArgs) -> Result<()> {
         };
     }
     let agent = match ctx.explicit_agent() {
-        Some(handle) => Some(ctx.store.agent(tenant.id, handle).await?.id),
+        Some(handle) => Some(ctx.store.agents(tenant.id).get(handle).await?.id),
         None => None,
     };
     let since = args.since.as_deref().map(|s| parse_since(s, ctx.store.now())).transpose()?;
     let filter =
         AuditFilter { agent, tool: args.tool, since, until: None, after: None, limit: args.limit };
-    let rows = ctx.store.audit_records(tenant.id, &filter).await?;
+    let rows = ctx.store.access(tenant.id).audit_records(&filter).await?;
     if args.json {
         let items: Vec<Value> = rows
             .iter()
@@ -335,7 +336,7 @@ pub(super) async fn settings(ctx: &Ctx, cmd: crate::cli::SettingsCommand) -> Res
         }
         SettingsCommand::Set { key, value } => {
             let value = clade_runtime::settings::env_value(&value);
-            ctx.store.set_agent_setting(tenant.id, agent.id, &key, value).await?;
+            ctx.store.settings(tenant.id).set(agent.id, &key, value).await?;
             match ctx.settings.overridden_by(&key) {
                 Some(var) => println!(
                     "stored {key} for {}; {var} is set, and agents read its value while it is",
@@ -345,7 +346,7 @@ pub(super) async fn settings(ctx: &Ctx, cmd: crate::cli::SettingsCommand) -> Res
             }
         }
         SettingsCommand::Unset { key } => {
-            match ctx.store.unset_agent_setting(tenant.id, agent.id, &key).await {
+            match ctx.store.settings(tenant.id).unset(agent.id, &key).await {
                 Err(clade_store::Error::SettingNotFound(_)) => anyhow::bail!(
                     "agent {} has no stored value of {key:?}: list its settings with `clade settings list`",
                     agent.handle

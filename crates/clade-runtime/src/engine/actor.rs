@@ -165,7 +165,7 @@ pub(super) async fn actor(
         }
         // Another node took this one's lease: its writes are refused from now on, and the
         // session's events are the new holder's to run.
-        if !settled && matches!(inner.store.holds_leases().await, Ok(false)) {
+        if !settled && matches!(inner.store.shard_leases().held().await, Ok(false)) {
             tracing::error!(session = %session_id, "this node lost its lease; the session is left to its new holder");
             inner.lease_lost.store(true, std::sync::atomic::Ordering::SeqCst);
             inner.actors.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_id);
@@ -259,7 +259,7 @@ async fn fail_events(
 ) -> bool {
     let Ok(session) = inner.visible.session_any_tenant(session_id).await else { return false };
     let ids = events.iter().map(|e| e.id).collect();
-    let Ok((turn, rows)) = inner.store.start_turn(&session, ids, 0, Vec::new()).await else {
+    let Ok((turn, rows)) = inner.store.turns().start(&session, ids, 0, Vec::new()).await else {
         return false;
     };
     publish(inner, session.agent_id, &rows);
@@ -277,7 +277,7 @@ async fn fail_events(
         model: None,
         files: Vec::new(),
     });
-    match inner.store.finish_turn(&turn, outcome, vec![OutboxEvent::from(&failed)]).await {
+    match inner.store.turns().finish(&turn, outcome, vec![OutboxEvent::from(&failed)]).await {
         Ok(rows) => {
             publish(inner, turn.agent_id, &rows);
             true
@@ -364,8 +364,8 @@ impl TurnContext {
     ) -> Result<Self, clade_store::Error> {
         let store = &inner.visible;
         let session = store.session_any_tenant(session_id).await?;
-        let tenant = store.tenant_by_id(session.tenant_id).await?;
-        let agent = store.agent_by_id(session.tenant_id, session.agent_id).await?;
+        let tenant = store.tenants().by_id(session.tenant_id).await?;
+        let agent = store.agents(session.tenant_id).by_id(session.agent_id).await?;
         Ok(Self { changes, ..Self::of(inner, tenant, agent, session) })
     }
 

@@ -640,7 +640,7 @@ impl ContextSource for MemoryRecall<'_> {
                     if !stale.is_empty() {
                         let (store, agent) = (self.store.clone(), self.agent);
                         tokio::spawn(async move {
-                            if let Err(err) = store.touch_memories(agent, stale).await {
+                            if let Err(err) = store.memories().touch(agent, stale).await {
                                 tracing::debug!(%agent, error = %err, "recalled memories were not marked used");
                             }
                         });
@@ -673,7 +673,14 @@ impl ContextSource for WorkingMemory<'_> {
         Box::pin(async move {
             let runs = self.inner.tools.runs();
             if self.kept.as_ref().is_none_or(|(_, seen)| *seen != runs) {
-                match self.inner.visible.tenant_scope(self.tenant).working(self.session).await {
+                match self
+                    .inner
+                    .visible
+                    .tenant_scope(self.tenant)
+                    .working()
+                    .list(self.session)
+                    .await
+                {
                     Ok(entries) => *self.kept = Some((entries, runs)),
                     Err(err) => {
                         *self.kept = None;
@@ -757,7 +764,7 @@ impl ContextSource for WorkUnderWay<'_> {
             let changes = self.inner.fork_changes.load(std::sync::atomic::Ordering::SeqCst);
             if self.kept.as_ref().is_none_or(|(_, seen)| *seen != changes) {
                 let (tenant, session) = (self.ctx.tenant.id, self.ctx.session.id);
-                match self.inner.visible.forks_of(tenant, session, true).await {
+                match self.inner.visible.forks(tenant).of_parent(session, true).await {
                     Ok(forks) => *self.kept = Some((forks, changes)),
                     Err(err) => {
                         *self.kept = None;

@@ -38,7 +38,7 @@ impl Inner {
     /// tried again after the fork's next turn, and at the next start.
     pub(super) async fn settle_fork(self: &Arc<Self>, tenant: TenantId, session: SessionId) {
         crate::failpoints::hit("before_fork_settled");
-        match self.store.settle_fork(tenant, session).await {
+        match self.store.forks(tenant).settle(session).await {
             Ok(Some(settled)) => {
                 self.announce_forks(settled.fork.agent, &settled.announced);
                 if let Some(delivered) = settled.delivered
@@ -62,8 +62,8 @@ impl Engine {
         self.check_accepting()?;
         if !new.tools.is_empty() {
             let store = &self.inner.store;
-            let agent = store.agent_by_id(new.tenant, new.agent).await?;
-            let tenant = store.tenant_by_id(new.tenant).await?;
+            let agent = store.agents(new.tenant).by_id(new.agent).await?;
+            let tenant = store.tenants().by_id(new.tenant).await?;
             let set = self.inner.tools.tool_set();
             for name in &new.tools {
                 let known =
@@ -83,7 +83,7 @@ impl Engine {
         Ok(forked)
     }
 
-    /// Tells a worker more ([`clade_store::Store::continue_worker`]) and wakes its session.
+    /// Tells a worker more ([`clade_store::Forks::continue_worker`]) and wakes its session.
     pub async fn continue_worker(
         &self,
         tenant: TenantId,
@@ -93,7 +93,8 @@ impl Engine {
         key: String,
     ) -> Result<Forked, Error> {
         self.check_accepting()?;
-        let forked = self.inner.store.continue_worker(tenant, fork, parent, message, key).await?;
+        let forked =
+            self.inner.store.forks(tenant).continue_worker(fork, parent, message, key).await?;
         self.started(&forked);
         Ok(forked)
     }
@@ -113,7 +114,7 @@ impl Engine {
         tenant: TenantId,
         id: [u8; 16],
     ) -> Result<(ForkRow, bool), Error> {
-        let (fork, changed, announced) = self.inner.store.cancel_fork(tenant, id).await?;
+        let (fork, changed, announced) = self.inner.store.forks(tenant).cancel(id).await?;
         self.inner.announce_forks(fork.agent, &announced);
         if changed {
             self.inner.bus.signal(Signal::Cancel(fork.session));
@@ -128,7 +129,7 @@ impl Engine {
         session: SessionId,
         text: String,
     ) -> Result<ForkRow, Error> {
-        let (fork, announced) = self.inner.store.set_fork_progress(tenant, session, text).await?;
+        let (fork, announced) = self.inner.store.forks(tenant).set_progress(session, text).await?;
         self.inner.announce_forks(fork.agent, &announced);
         Ok(fork)
     }

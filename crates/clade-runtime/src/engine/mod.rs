@@ -330,7 +330,7 @@ impl Engine {
         // This node owns the sessions of the shards whose leases it takes (every shard, for
         // now): whoever held them before can no longer write their turns.
         engine.load_pauses().await?;
-        let leases = engine.inner.store.take_leases(&node_name()).await?;
+        let leases = engine.inner.store.shard_leases().take(&node_name()).await?;
         let held: Vec<i64> = leases.iter().map(|lease| lease.shard).collect();
         let open = engine.inner.store.system().sessions_with_open_events().await?;
         let open: Vec<SessionId> = open
@@ -498,7 +498,8 @@ impl Engine {
         let accepted = self
             .inner
             .store
-            .accept_event_announced(
+            .turns()
+            .accept_announced(
                 NewEvent {
                     tenant: envelope.tenant.id,
                     payload_hash: payload_hash(&agent, &envelope.source, &envelope.text),
@@ -536,7 +537,7 @@ impl Engine {
         let live = self.inner.bus.hub().subscribe(session);
         // The turn may have ended before this subscription: the store says so, and that the
         // event exists at all.
-        self.inner.store.event(tenant, event).await?;
+        self.inner.store.sessions(tenant).event(event).await?;
         self.wait_live(tenant, event, live, timeout, true, &mut |_| {}).await
     }
 
@@ -562,7 +563,9 @@ impl Engine {
         let mut ours: Option<String> = None;
         let mut check = check_first;
         loop {
-            if check && let Some(turn) = self.inner.store.ended_turn_of(tenant, event).await? {
+            if check
+                && let Some(turn) = self.inner.store.sessions(tenant).ended_turn_of(event).await?
+            {
                 return Ok(Some(Finished::of(turn)));
             }
             check = true;
@@ -608,11 +611,11 @@ impl Engine {
         }
     }
 
-    /// Resumes a session's yielded turns where they stopped (see [`Store::resume_session`]);
+    /// Resumes a session's yielded turns where they stopped (see [`clade_store::Sessions::resume`]);
     /// returns how many events they hold.
     pub async fn resume(&self, tenant: TenantId, session: SessionId) -> Result<u64, Error> {
-        let row = self.inner.store.session(tenant, session).await?;
-        let (n, rows) = self.inner.store.resume_session(tenant, session).await?;
+        let row = self.inner.store.sessions(tenant).get(session).await?;
+        let (n, rows) = self.inner.store.sessions(tenant).resume(session).await?;
         publish(&self.inner, row.agent_id, &rows);
         self.inner.bus.signal(Signal::Wake(session));
         Ok(n)
@@ -627,7 +630,7 @@ impl Engine {
         mode: Option<QueueMode>,
     ) -> Result<SessionRow, Error> {
         let name = mode.map(|mode| mode.as_str().to_owned());
-        let row = self.inner.store.set_session_queue_mode(tenant, session, name).await?;
+        let row = self.inner.store.sessions(tenant).set_queue_mode(session, name).await?;
         self.inner.session_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(row)
     }
@@ -635,14 +638,14 @@ impl Engine {
     /// Cancels the session's running turn, if any, over the bus (to the node that runs it);
     /// whether this node was running one.
     pub async fn cancel(&self, tenant: TenantId, session: SessionId) -> Result<bool, Error> {
-        self.inner.store.session(tenant, session).await?;
+        self.inner.store.sessions(tenant).get(session).await?;
         let running =
             self.inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&session);
         self.inner.bus.signal(Signal::Cancel(session));
         Ok(running)
     }
 
-    /// Holds back what `pause` names, just stored (`clade_store::Store::pause`, by whoever
+    /// Holds back what `pause` names, just stored (`clade_store::Pauses::pause`, by whoever
     /// paused it, for the audit log): the turns running finish, no new one starts, and events
     /// sent meanwhile wait, stored, until [`Engine::unpaused`]. A restarted engine reads the
     /// pauses from the store.
@@ -684,7 +687,8 @@ impl Engine {
             Some((tenant, agent)) => self
                 .inner
                 .store
-                .agent_status(tenant, agent, u32::MAX)
+                .pauses(tenant)
+                .agent_status(agent, u32::MAX)
                 .await?
                 .into_iter()
                 .filter(|s| s.open_events > 0)

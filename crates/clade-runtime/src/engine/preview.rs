@@ -100,7 +100,7 @@ impl Engine {
         let now = inner.store.now();
         let session = match session {
             Some(id) => {
-                let row = inner.visible.session(tenant.id, id).await?;
+                let row = inner.visible.sessions(tenant.id).get(id).await?;
                 if row.agent_id != agent.id {
                     return Err(clade_store::Error::SessionNotFound(id.to_string()).into());
                 }

@@ -86,7 +86,7 @@ pub(super) async fn drive(
     // A branch or worker: its row says what it may use, and whether it was cancelled.
     let fork = match ctx.kind {
         ProcessKind::Branch | ProcessKind::Worker => {
-            match Box::pin(store.fork(tenant.id, session.id)).await? {
+            match Box::pin(store.forks(tenant.id).get(session.id)).await? {
                 Some(fork) if fork.status == clade_core::ExecutionStatus::Cancelled => {
                     return Err(TurnError::ForkCancelled { kind: fork.kind.to_string() });
                 }
@@ -209,20 +209,25 @@ impl Journal for StoreJournal<'_> {
                     }
                 };
                 let events = std::mem::take(&mut self.events);
-                Box::pin(store.begin_turn(turn, events, announced, first, ending)).await
+                Box::pin(store.turns().begin(turn, events, announced, first, ending)).await
             }
             None => match (step, ending) {
                 (Some(entry), None) => {
-                    Box::pin(store.append_journal(turn, entry, outbox, usage, audit)).await
+                    Box::pin(store.turns().append_journal(turn, entry, outbox, usage, audit)).await
                 }
                 (step, Some(outcome)) => {
                     if let Some(entry) = step {
-                        let rows =
-                            Box::pin(store.append_journal(turn, entry, Vec::new(), usage, audit))
-                                .await?;
+                        let rows = Box::pin(store.turns().append_journal(
+                            turn,
+                            entry,
+                            Vec::new(),
+                            usage,
+                            audit,
+                        ))
+                        .await?;
                         publish(self.inner, turn.agent_id, &rows);
                     }
-                    Box::pin(store.finish_turn(turn, outcome, outbox)).await
+                    Box::pin(store.turns().finish(turn, outcome, outbox)).await
                 }
                 (None, None) => Ok(Vec::new()),
             },
@@ -249,7 +254,8 @@ impl Journal for StoreJournal<'_> {
             || self
                 .inner
                 .store
-                .join_turn(turn.id, pending.iter().map(|e| e.id).collect())
+                .turns()
+                .join(turn.id, pending.iter().map(|e| e.id).collect())
                 .await
                 .is_err()
         {

@@ -148,7 +148,7 @@ pub async fn engine_on(
 
 /// Creates the agent `ada` in the default tenant, which it returns.
 pub async fn create_ada(store: &Store, data: &DataDir) -> clade_core::Tenant {
-    let tenant = store.tenant(clade_core::Tenant::DEFAULT_NAME).await.unwrap();
+    let tenant = store.tenants().named(clade_core::Tenant::DEFAULT_NAME).await.unwrap();
     let new = clade_store::NewAgent {
         handle: clade_core::Handle::parse("ada").unwrap(),
         display_name: None,

@@ -14,7 +14,7 @@ fn new(handle: &str) -> NewAgent {
 #[tokio::test]
 async fn create_show_list_delete() {
     for h in backends().await {
-        let tenant = h.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let tenant = h.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
         let mut spec = new("ada");
         spec.display_name = Some("Ada L.".into());
         let ada = h.agents.create(tenant.id, spec).await.unwrap();
@@ -23,11 +23,11 @@ async fn create_show_list_delete() {
         assert_eq!(bob.display_name, "bob", "display name defaults to the handle ({})", h.name);
         assert!(ada.id < bob.id, "ids are time-ordered ({})", h.name);
 
-        let shown = h.store.agent(tenant.id, "ada").await.unwrap();
+        let shown = h.store.agents(tenant.id).get("ada").await.unwrap();
         assert_eq!(shown, ada, "{}", h.name);
 
-        let page1 = h.store.agents(tenant.id, None, 1).await.unwrap();
-        let page2 = h.store.agents(tenant.id, Some("ada"), 10).await.unwrap();
+        let page1 = h.store.agents(tenant.id).list(None, 1).await.unwrap();
+        let page2 = h.store.agents(tenant.id).list(Some("ada"), 10).await.unwrap();
         assert_eq!(
             page1.iter().map(|a| a.handle.as_str()).collect::<Vec<_>>(),
             ["ada"],
@@ -44,7 +44,7 @@ async fn create_show_list_delete() {
         let deleted = h.agents.delete(tenant.id, "ada").await.unwrap();
         assert_eq!(deleted.id, ada.id);
         assert!(
-            matches!(h.store.agent(tenant.id, "ada").await, Err(Error::AgentNotFound(_))),
+            matches!(h.store.agents(tenant.id).get("ada").await, Err(Error::AgentNotFound(_))),
             "{}",
             h.name
         );
@@ -53,60 +53,63 @@ async fn create_show_list_delete() {
             "{}",
             h.name
         );
-        assert_eq!(h.store.count_agents(tenant.id).await.unwrap(), 1, "{}", h.name);
+        assert_eq!(h.store.agents(tenant.id).count().await.unwrap(), 1, "{}", h.name);
     }
 }
 
 #[tokio::test]
 async fn duplicate_handle_is_refused_per_tenant_only() {
     for h in backends().await {
-        let default = h.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
-        let other = h.store.create_tenant("other").await.unwrap();
+        let default = h.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
+        let other = h.store.tenants().create("other").await.unwrap();
         h.agents.create(default.id, new("same")).await.unwrap();
         let err = h.agents.create(default.id, new("same")).await.unwrap_err();
         assert!(matches!(err, Error::HandleTaken(_)), "{}: {err}", h.name);
         // The same handle in another tenant is a different agent.
         let theirs = h.agents.create(other.id, new("same")).await.unwrap();
-        let ours = h.store.agent(default.id, "same").await.unwrap();
+        let ours = h.store.agents(default.id).get("same").await.unwrap();
         assert_ne!(theirs.id, ours.id, "{}", h.name);
         // Tenants never see each other's agents.
         assert!(matches!(
-            h.store.agent(other.id, "only-default").await,
+            h.store.agents(other.id).get("only-default").await,
             Err(Error::AgentNotFound(_))
         ));
         h.agents.create(default.id, new("only-default")).await.unwrap();
         assert!(
-            matches!(h.store.agent(other.id, "only-default").await, Err(Error::AgentNotFound(_))),
+            matches!(
+                h.store.agents(other.id).get("only-default").await,
+                Err(Error::AgentNotFound(_))
+            ),
             "{}",
             h.name
         );
-        assert_eq!(h.store.agents(other.id, None, 100).await.unwrap().len(), 1, "{}", h.name);
+        assert_eq!(h.store.agents(other.id).list(None, 100).await.unwrap().len(), 1, "{}", h.name);
     }
 }
 
 #[tokio::test]
 async fn bulk_create_is_all_or_nothing() {
     for h in backends().await {
-        let tenant = h.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let tenant = h.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
         h.agents.create(tenant.id, new("taken")).await.unwrap();
         let batch = (0..1200).map(|i| new(&format!("bulk-{i}"))).chain([new("taken")]).collect();
-        assert!(h.store.create_agents(tenant.id, batch).await.is_err(), "{}", h.name);
+        assert!(h.store.agents(tenant.id).create_many(batch).await.is_err(), "{}", h.name);
         assert_eq!(
-            h.store.count_agents(tenant.id).await.unwrap(),
+            h.store.agents(tenant.id).count().await.unwrap(),
             1,
             "{}: nothing partial",
             h.name
         );
         let batch = (0..1200).map(|i| new(&format!("bulk-{i}"))).collect();
-        assert_eq!(h.store.create_agents(tenant.id, batch).await.unwrap().len(), 1200);
-        assert_eq!(h.store.count_agents(tenant.id).await.unwrap(), 1201, "{}", h.name);
+        assert_eq!(h.store.agents(tenant.id).create_many(batch).await.unwrap().len(), 1200);
+        assert_eq!(h.store.agents(tenant.id).count().await.unwrap(), 1201, "{}", h.name);
     }
 }
 
 #[tokio::test]
 async fn concurrent_writers_share_commits_and_fail_alone() {
     for h in backends().await {
-        let tenant = h.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let tenant = h.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
         let before = h.store.write_stats();
         let mut tasks = Vec::new();
         for i in 0..300 {
@@ -126,7 +129,7 @@ async fn concurrent_writers_share_commits_and_fail_alone() {
         }
         assert_eq!(ok, 200, "{}", h.name);
         assert_eq!(taken, 100, "{}", h.name);
-        assert_eq!(h.store.count_agents(tenant.id).await.unwrap(), 200, "{}", h.name);
+        assert_eq!(h.store.agents(tenant.id).count().await.unwrap(), 200, "{}", h.name);
         // Concurrent writers shared commits: far fewer transactions than writes.
         let after = h.store.write_stats();
         let (commits, writes) = (after.commits - before.commits, after.writes - before.writes);
@@ -138,7 +141,7 @@ async fn concurrent_writers_share_commits_and_fail_alone() {
 #[tokio::test]
 async fn workspace_is_lazy_seeded_and_removed_with_the_agent() {
     for h in backends().await {
-        let tenant = h.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let tenant = h.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
         let agent = h.agents.create(tenant.id, new("lazy")).await.unwrap();
         let path = h.agents.workspace_path(agent.id);
         assert!(!path.exists(), "{}: no directory before first use", h.name);
@@ -157,7 +160,7 @@ async fn workspace_is_lazy_seeded_and_removed_with_the_agent() {
 #[tokio::test]
 async fn named_templates_must_exist() {
     for h in backends().await {
-        let tenant = h.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let tenant = h.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
         let mut spec = new("templated");
         spec.config.template = TemplateName::parse("pirate").unwrap();
         let err = h.agents.create(tenant.id, spec.clone()).await.unwrap_err();
@@ -167,7 +170,7 @@ async fn named_templates_must_exist() {
         std::fs::write(dir.join("SOUL.md"), "Arr, I be {{name}}.").unwrap();
         let agent = h.agents.create(tenant.id, spec).await.unwrap();
         assert_eq!(agent.config.template.as_str(), "pirate");
-        let reloaded = h.store.agent(tenant.id, "templated").await.unwrap();
+        let reloaded = h.store.agents(tenant.id).get("templated").await.unwrap();
         assert_eq!(reloaded.config, agent.config, "{}: config round-trips", h.name);
         let ws = h.agents.workspace(&reloaded).unwrap();
         assert_eq!(std::fs::read_to_string(ws.join("SOUL.md")).unwrap(), "Arr, I be templated.");
@@ -177,7 +180,7 @@ async fn named_templates_must_exist() {
 #[tokio::test]
 async fn import_copies_persona_files_or_creates_nothing() {
     for h in backends().await {
-        let tenant = h.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let tenant = h.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
         let src = tempfile::tempdir().unwrap();
         let dir = src.path().join("molty");
         std::fs::create_dir_all(dir.join("memory")).unwrap();
@@ -205,6 +208,6 @@ async fn import_copies_persona_files_or_creates_nothing() {
         std::fs::create_dir_all(&empty).unwrap();
         let err = h.agents.import(tenant.id, &empty, None).await.unwrap_err().to_string();
         assert!(err.contains("SOUL.md"), "{err}");
-        assert!(h.store.agent(tenant.id, "empty").await.is_err());
+        assert!(h.store.agents(tenant.id).get("empty").await.is_err());
     }
 }

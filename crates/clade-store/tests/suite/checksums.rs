@@ -22,7 +22,7 @@ fn marked_name() -> String {
 
 /// Creates the marked tenant and folds the WAL into the database file, where it is to be found.
 async fn store_with_marked_tenant(store: &Store) {
-    store.create_tenant(&marked_name()).await.unwrap();
+    store.tenants().create(&marked_name()).await.unwrap();
     store.disk_bytes().await.unwrap();
 }
 
@@ -67,7 +67,7 @@ async fn fifty_changed_bytes_inside_a_page_are_refused() {
     let err = match open(Location::Sqlite(path.clone())).await {
         Ok(store) => {
             let check = store.quick_check().await.expect_err("quick_check must fail");
-            let read = store.tenant(&marked_name()).await.err();
+            let read = store.tenants().named(&marked_name()).await.err();
             assert!(
                 read.as_ref().is_some_and(|e| matches!(e, Error::ChecksumMismatch { .. })),
                 "reading the changed page: {read:?}"
@@ -101,7 +101,7 @@ async fn a_store_made_before_checksums_gains_them_when_upgraded() {
     let upgraded = open_with(&path, Migrations::Apply).await.unwrap();
     assert_eq!(upgraded.page_checksums(), Some(PageChecksums::Added));
     assert_eq!(reserved_bytes(&path), 8);
-    assert!(upgraded.tenant(&marked_name()).await.is_ok(), "the data survives");
+    assert!(upgraded.tenants().named(&marked_name()).await.is_ok(), "the data survives");
     upgraded.quick_check().await.unwrap();
     upgraded.disk_bytes().await.unwrap();
     upgraded.close().await;
@@ -132,7 +132,7 @@ async fn a_file_changed_on_purpose_is_accepted_by_rewriting_its_checksums() {
     assert!(!done.added && done.rewritten >= 1 && done.rewritten < done.pages, "{done:?}");
     let store = open(Location::Sqlite(path.clone())).await.unwrap();
     store.quick_check().await.unwrap();
-    assert!(store.tenant("renamed").await.is_ok());
+    assert!(store.tenants().named("renamed").await.is_ok());
     // Refused while a store is served: rewriting under a server would race its writes.
     let _owner = clade_store::OwnerLock::acquire(&Location::Sqlite(path.clone())).await.unwrap();
     let busy = clade_store::checksums::rewrite(&path).unwrap_err();
@@ -154,6 +154,6 @@ async fn an_interrupted_conversion_is_finished_by_the_next_upgrade_and_refused_b
     let store = open_with(&path, Migrations::Apply).await.unwrap();
     assert_eq!(store.page_checksums(), Some(PageChecksums::Added));
     store.quick_check().await.unwrap();
-    assert!(store.tenant("during").await.is_ok());
+    assert!(store.tenants().named("during").await.is_ok());
     assert!(!tmp.path().join("clade.db.sealing").exists());
 }

@@ -55,47 +55,45 @@ async fn an_execution_journals_dense_steps_once_and_ends_for_good() {
         // A retried start finds the same execution and changes nothing.
         assert_eq!(h.store.start_execution(new.clone()).await.unwrap(), started, "{}", h.name);
 
-        assert!(h.store.append_execution_step(tenant.id, id, step(1, "fetch")).await.unwrap());
-        assert!(h.store.append_execution_step(tenant.id, id, step(2, "summarise")).await.unwrap());
+        assert!(h.store.executions(tenant.id).append_step(id, step(1, "fetch")).await.unwrap());
+        assert!(h.store.executions(tenant.id).append_step(id, step(2, "summarise")).await.unwrap());
         // The same step again is a retried write: kept as first written.
         let again = ExecutionStep { data: "{}".into(), ..step(2, "summarise") };
-        assert!(!h.store.append_execution_step(tenant.id, id, again).await.unwrap());
+        assert!(!h.store.executions(tenant.id).append_step(id, again).await.unwrap());
         // Another key at a recorded number: the execution did not replay as it ran.
-        let diverged = h.store.append_execution_step(tenant.id, id, step(2, "send")).await;
+        let diverged = h.store.executions(tenant.id).append_step(id, step(2, "send")).await;
         assert!(
             matches!(diverged, Err(Error::StepDiverged { seq: 2, .. })),
             "{}: {diverged:?}",
             h.name
         );
         // A gap is refused.
-        let gap = h.store.append_execution_step(tenant.id, id, step(4, "send")).await;
+        let gap = h.store.executions(tenant.id).append_step(id, step(4, "send")).await;
         assert!(matches!(gap, Err(Error::InvalidInput(_))), "{}: {gap:?}", h.name);
 
-        let steps = h.store.execution_steps(tenant.id, id).await.unwrap();
+        let steps = h.store.executions(tenant.id).steps(id).await.unwrap();
         assert_eq!(steps, [step(1, "fetch"), step(2, "summarise")], "{}", h.name);
         assert_eq!(h.store.system().open_executions(10).await.unwrap().len(), 1, "{}", h.name);
 
         // Paused and running again, then completed: an ended execution never changes again.
         for status in [ExecutionStatus::Paused, ExecutionStatus::Running] {
-            h.store.set_execution_status(tenant.id, id, status, None, None).await.unwrap();
+            h.store.executions(tenant.id).set_status(id, status, None, None).await.unwrap();
         }
         let done = h
             .store
-            .set_execution_status(
-                tenant.id,
-                id,
-                ExecutionStatus::Completed,
-                Some("\"ok\"".into()),
-                None,
-            )
+            .executions(tenant.id)
+            .set_status(id, ExecutionStatus::Completed, Some("\"ok\"".into()), None)
             .await
             .unwrap();
         assert_eq!(done.output.as_deref(), Some("\"ok\""));
         assert!(done.finished_at.is_some());
-        let reopened =
-            h.store.set_execution_status(tenant.id, id, ExecutionStatus::Running, None, None).await;
+        let reopened = h
+            .store
+            .executions(tenant.id)
+            .set_status(id, ExecutionStatus::Running, None, None)
+            .await;
         assert!(matches!(reopened, Err(Error::ExecutionEnded { .. })), "{}: {reopened:?}", h.name);
-        let late = h.store.append_execution_step(tenant.id, id, step(3, "send")).await;
+        let late = h.store.executions(tenant.id).append_step(id, step(3, "send")).await;
         assert!(matches!(late, Err(Error::ExecutionEnded { .. })), "{}: {late:?}", h.name);
         assert!(h.store.system().open_executions(10).await.unwrap().is_empty(), "{}", h.name);
 
@@ -115,7 +113,7 @@ async fn an_execution_journals_dense_steps_once_and_ends_for_good() {
 async fn another_tenants_execution_is_not_found() {
     for h in backends().await {
         let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
-        let other = h.store.create_tenant("other").await.unwrap();
+        let other = h.store.tenants().create("other").await.unwrap();
         let id = ExecutionId::generate(h.store.now());
         let new = NewExecution {
             id,
@@ -127,28 +125,29 @@ async fn another_tenants_execution_is_not_found() {
             input: "{}".into(),
         };
         h.store.start_execution(new.clone()).await.unwrap();
-        h.store.append_execution_step(tenant.id, id, step(1, "think")).await.unwrap();
+        h.store.executions(tenant.id).append_step(id, step(1, "think")).await.unwrap();
 
         let missing = |r: Result<_, Error>| matches!(r, Err(Error::ExecutionNotFound(_)));
-        assert!(missing(h.store.execution(other.id, id).await.map(|_| ())), "{}", h.name);
-        assert!(missing(h.store.execution_steps(other.id, id).await.map(|_| ())), "{}", h.name);
+        assert!(missing(h.store.executions(other.id).get(id).await.map(|_| ())), "{}", h.name);
+        assert!(missing(h.store.executions(other.id).steps(id).await.map(|_| ())), "{}", h.name);
         assert!(missing(
-            h.store.append_execution_step(other.id, id, step(2, "x")).await.map(|_| ())
+            h.store.executions(other.id).append_step(id, step(2, "x")).await.map(|_| ())
         ));
         let cancel = h
             .store
-            .set_execution_status(other.id, id, ExecutionStatus::Cancelled, None, None)
+            .executions(other.id)
+            .set_status(id, ExecutionStatus::Cancelled, None, None)
             .await;
         assert!(missing(cancel.map(|_| ())), "{}", h.name);
         let taken = NewExecution { tenant: other.id, ..new };
         assert!(missing(h.store.start_execution(taken).await.map(|_| ())), "{}", h.name);
-        assert!(h.store.executions(other.id, 10).await.unwrap().is_empty(), "{}", h.name);
+        assert!(h.store.executions(other.id).list(10).await.unwrap().is_empty(), "{}", h.name);
 
         // Its own tenant still sees it as it was.
-        let own = h.store.execution(tenant.id, id).await.unwrap();
+        let own = h.store.executions(tenant.id).get(id).await.unwrap();
         assert_eq!(own.status, ExecutionStatus::Pending);
-        assert_eq!(h.store.executions(tenant.id, 10).await.unwrap().len(), 1);
-        assert_eq!(h.store.execution_steps(tenant.id, id).await.unwrap().len(), 1);
+        assert_eq!(h.store.executions(tenant.id).list(10).await.unwrap().len(), 1);
+        assert_eq!(h.store.executions(tenant.id).steps(id).await.unwrap().len(), 1);
     }
 }
 
@@ -179,11 +178,11 @@ fn fire<'w>(
 async fn a_unit_of_work_commits_all_its_writes_or_none() {
     for h in backends().await {
         let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
-        let other = h.store.create_tenant("other").await.unwrap();
+        let other = h.store.tenants().create("other").await.unwrap();
         let head = |rows: Vec<OutboxRow>| rows.last().map_or(0, |r| r.id);
         let outbox_before = head(h.store.system().outbox_after(0, 10_000).await.unwrap());
-        let audited_before = h.store.verify_audit(tenant.id).await.unwrap().records;
-        let other_before = h.store.verify_audit(other.id).await.unwrap().records;
+        let audited_before = h.store.access(tenant.id).verify_audit().await.unwrap().records;
+        let other_before = h.store.access(other.id).verify_audit().await.unwrap().records;
         let planned = |audit_tenant| {
             let new = running(
                 &h.store,
@@ -220,7 +219,7 @@ async fn a_unit_of_work_commits_all_its_writes_or_none() {
             .await;
         assert!(matches!(refused, Err(Error::InvalidInput(_))), "{}: {refused:?}", h.name);
         for id in [failed_id, crossed_id] {
-            let gone = h.store.execution(tenant.id, id).await;
+            let gone = h.store.executions(tenant.id).get(id).await;
             assert!(matches!(gone, Err(Error::ExecutionNotFound(_))), "{}: {gone:?}", h.name);
         }
         assert_eq!(
@@ -229,8 +228,8 @@ async fn a_unit_of_work_commits_all_its_writes_or_none() {
             "{}",
             h.name
         );
-        assert_eq!(h.store.verify_audit(tenant.id).await.unwrap().records, audited_before);
-        assert_eq!(h.store.verify_audit(other.id).await.unwrap().records, other_before);
+        assert_eq!(h.store.access(tenant.id).verify_audit().await.unwrap().records, audited_before);
+        assert_eq!(h.store.access(other.id).verify_audit().await.unwrap().records, other_before);
 
         // Succeeds: every write is there, and the outbox row comes back to publish.
         let (fired, audit) = planned(tenant.id);
@@ -242,9 +241,12 @@ async fn a_unit_of_work_commits_all_its_writes_or_none() {
             .unwrap();
         assert_eq!(id, fired_id);
         assert_eq!(announced.len(), 1, "{}", h.name);
-        assert_eq!(h.store.execution_steps(tenant.id, fired_id).await.unwrap(), [step(1, "fired")]);
+        assert_eq!(
+            h.store.executions(tenant.id).steps(fired_id).await.unwrap(),
+            [step(1, "fired")]
+        );
         assert_eq!(head(h.store.system().outbox_after(0, 10_000).await.unwrap()), announced[0].id);
-        let audit = h.store.verify_audit(tenant.id).await.unwrap();
+        let audit = h.store.access(tenant.id).verify_audit().await.unwrap();
         assert_eq!((audit.records, audit.broken), (audited_before + 1, None), "{}", h.name);
     }
 }
@@ -298,11 +300,11 @@ async fn a_turn_and_the_branch_it_starts_commit_together_or_not_at_all() {
         assert!(h.store.system().journal(turn.id).await.unwrap().is_empty(), "{}", h.name);
         let pending = h.store.system().pending_events(accepted.session_id).await.unwrap();
         assert_eq!(pending.len(), 1, "{}: the event was taken", h.name);
-        let gone = h.store.execution(tenant.id, branch.id).await;
+        let gone = h.store.executions(tenant.id).get(branch.id).await;
         assert!(matches!(gone, Err(Error::ExecutionNotFound(_))), "{}: {gone:?}", h.name);
 
         // A turn of another tenant is refused by the repository itself.
-        let other = h.store.create_tenant("other").await.unwrap();
+        let other = h.store.tenants().create("other").await.unwrap();
         let (t, b) = plan.clone();
         let crossed = h
             .store
@@ -321,7 +323,7 @@ async fn a_turn_and_the_branch_it_starts_commit_together_or_not_at_all() {
         assert_eq!(announced[0].turn_id, Some(turn.id), "{}", h.name);
         assert_eq!(h.store.system().turn(turn.id).await.unwrap().id, turn.id, "{}", h.name);
         assert_eq!(h.store.system().journal(turn.id).await.unwrap().len(), 1, "{}", h.name);
-        let started = h.store.execution(tenant.id, branch.id).await.unwrap();
+        let started = h.store.executions(tenant.id).get(branch.id).await.unwrap();
         assert_eq!(started.kind, ExecutionKind::Branch, "{}", h.name);
         assert!(h.store.system().pending_events(accepted.session_id).await.unwrap().is_empty());
     }
@@ -342,10 +344,11 @@ async fn a_turn_is_an_execution_of_its_session_with_numbered_steps() {
         let entry = |step: StepKey| JournalEntry { step, data: format!("\"{step}\"") };
         let first = entry(StepKey::Model { iteration: 0 });
         h.store
-            .begin_turn(&turn, vec![accepted.event_id], Vec::new(), Some((first, None)), None)
+            .turns()
+            .begin(&turn, vec![accepted.event_id], Vec::new(), Some((first, None)), None)
             .await
             .unwrap();
-        let execution = h.store.execution(tenant.id, turn.id.into()).await.unwrap();
+        let execution = h.store.executions(tenant.id).get(turn.id.into()).await.unwrap();
         assert_eq!(execution.kind, ExecutionKind::Turn, "{}", h.name);
         assert_eq!(execution.owner, ExecutionOwner::Session(accepted.session_id), "{}", h.name);
         assert_eq!(execution.status, ExecutionStatus::Running, "{}", h.name);
@@ -360,7 +363,11 @@ async fn a_turn_is_an_execution_of_its_session_with_numbered_steps() {
             StepKey::Model { iteration: 1 },
         ];
         for step in later {
-            h.store.append_journal(&turn, entry(step), Vec::new(), None, None).await.unwrap();
+            h.store
+                .turns()
+                .append_journal(&turn, entry(step), Vec::new(), None, None)
+                .await
+                .unwrap();
         }
         let outcome = clade_store::TurnOutcome {
             status: clade_core::TurnStatus::Completed,
@@ -368,9 +375,9 @@ async fn a_turn_is_an_execution_of_its_session_with_numbered_steps() {
             error: None,
             model: Some("m".into()),
         };
-        h.store.finish_turn(&turn, outcome, Vec::new()).await.unwrap();
+        h.store.turns().finish(&turn, outcome, Vec::new()).await.unwrap();
 
-        let steps = h.store.execution_steps(tenant.id, turn.id.into()).await.unwrap();
+        let steps = h.store.executions(tenant.id).steps(turn.id.into()).await.unwrap();
         let keys: Vec<(u32, &str)> = steps.iter().map(|s| (s.seq, s.key.as_str())).collect();
         assert_eq!(
             keys,
@@ -382,18 +389,19 @@ async fn a_turn_is_an_execution_of_its_session_with_numbered_steps() {
         let journaled: Vec<String> = journal.iter().map(|e| e.step.to_string()).collect();
         let numbered: Vec<String> = steps.iter().map(|s| s.key.clone()).collect();
         assert_eq!(journaled, numbered, "{}: the journal is the execution's steps", h.name);
-        let ended = h.store.execution(tenant.id, turn.id.into()).await.unwrap();
+        let ended = h.store.executions(tenant.id).get(turn.id.into()).await.unwrap();
         assert_eq!(ended.status, ExecutionStatus::Completed, "{}", h.name);
         assert_eq!(ended.output.as_deref(), Some("done"), "{}", h.name);
         assert!(ended.finished_at.is_some(), "{}", h.name);
 
         // Its steps and status belong to its own repository.
         let id = turn.id.into();
-        let appended = h.store.append_execution_step(tenant.id, id, step(5, "more")).await;
+        let appended = h.store.executions(tenant.id).append_step(id, step(5, "more")).await;
         assert!(matches!(appended, Err(Error::InvalidInput(_))), "{}: {appended:?}", h.name);
         let cancelled = h
             .store
-            .set_execution_status(tenant.id, id, ExecutionStatus::Cancelled, None, None)
+            .executions(tenant.id)
+            .set_status(id, ExecutionStatus::Cancelled, None, None)
             .await;
         assert!(matches!(cancelled, Err(Error::InvalidInput(_))), "{}: {cancelled:?}", h.name);
         let bare = running(
@@ -405,12 +413,12 @@ async fn a_turn_is_an_execution_of_its_session_with_numbered_steps() {
         );
         let started = h.store.start_execution(bare).await;
         assert!(matches!(started, Err(Error::InvalidInput(_))), "{}: {started:?}", h.name);
-        assert!(h.store.executions(tenant.id, 10).await.unwrap().is_empty(), "{}", h.name);
+        assert!(h.store.executions(tenant.id).list(10).await.unwrap().is_empty(), "{}", h.name);
 
-        let other = h.store.create_tenant("rival").await.unwrap();
-        let foreign = h.store.execution(other.id, id).await;
+        let other = h.store.tenants().create("rival").await.unwrap();
+        let foreign = h.store.executions(other.id).get(id).await;
         assert!(matches!(foreign, Err(Error::ExecutionNotFound(_))), "{}: {foreign:?}", h.name);
-        let foreign = h.store.execution_steps(other.id, id).await;
+        let foreign = h.store.executions(other.id).steps(id).await;
         assert!(matches!(foreign, Err(Error::ExecutionNotFound(_))), "{}: {foreign:?}", h.name);
     }
 }
@@ -533,7 +541,8 @@ async fn an_upgrade_keeps_every_turn_and_the_order_of_its_steps() {
             };
             let first = (entry(StepKey::Model { iteration: 0 }), Some(usage));
             h.store
-                .begin_turn(&turn, vec![accepted.event_id], Vec::new(), Some(first), None)
+                .turns()
+                .begin(&turn, vec![accepted.event_id], Vec::new(), Some(first), None)
                 .await
                 .unwrap();
             for step in [
@@ -543,7 +552,11 @@ async fn an_upgrade_keeps_every_turn_and_the_order_of_its_steps() {
                 StepKey::ToolResult { iteration: 0, index: 1 },
                 StepKey::Model { iteration: 1 },
             ] {
-                h.store.append_journal(&turn, entry(step), Vec::new(), None, None).await.unwrap();
+                h.store
+                    .turns()
+                    .append_journal(&turn, entry(step), Vec::new(), None, None)
+                    .await
+                    .unwrap();
             }
             let outcome = clade_store::TurnOutcome {
                 status,
@@ -551,13 +564,15 @@ async fn an_upgrade_keeps_every_turn_and_the_order_of_its_steps() {
                 error: (status == clade_core::TurnStatus::Yielded).then(|| "budget".into()),
                 model: Some("m".into()),
             };
-            h.store.finish_turn(&turn, outcome, Vec::new()).await.unwrap();
+            h.store.turns().finish(&turn, outcome, Vec::new()).await.unwrap();
             turns.push(accepted.session_id);
         }
         let before: Vec<_> = {
             let mut all = Vec::new();
             for session in &turns {
-                all.extend(h.store.turn_records(tenant.id, *session, None, 10).await.unwrap());
+                all.extend(
+                    h.store.sessions(tenant.id).turn_records(*session, None, 10).await.unwrap(),
+                );
             }
             all
         };
@@ -569,7 +584,7 @@ async fn an_upgrade_keeps_every_turn_and_the_order_of_its_steps() {
         let store = super::harness::open(location).await.unwrap();
         let mut after = Vec::new();
         for session in &turns {
-            after.extend(store.turn_records(tenant.id, *session, None, 10).await.unwrap());
+            after.extend(store.sessions(tenant.id).turn_records(*session, None, 10).await.unwrap());
         }
         assert_eq!(after, before, "{}", name);
         // The engine writes a tool call's start before its result, and calls in call order.
@@ -587,11 +602,11 @@ async fn an_upgrade_keeps_every_turn_and_the_order_of_its_steps() {
             "{}",
             name
         );
-        let execution = store.execution(tenant.id, after[1].turn.id.into()).await.unwrap();
+        let execution = store.executions(tenant.id).get(after[1].turn.id.into()).await.unwrap();
         assert_eq!(execution.status, ExecutionStatus::Paused, "{}", name);
-        let (resumed, _) = store.resume_session(tenant.id, turns[1]).await.unwrap();
+        let (resumed, _) = store.sessions(tenant.id).resume(turns[1]).await.unwrap();
         assert_eq!(resumed, 1, "{}: the yielded turn could not be resumed", name);
-        let steps = store.execution_steps(tenant.id, after[1].turn.id.into()).await.unwrap();
+        let steps = store.executions(tenant.id).steps(after[1].turn.id.into()).await.unwrap();
         assert_eq!(
             steps.last().map(|s| (s.seq, s.key.as_str())),
             Some((7, "resume/0")),
@@ -611,7 +626,8 @@ async fn a_turn_write_reaches_no_other_tenants_execution() {
         let turn = new_turn(&h.store, &accepted, &owner, &agent);
         let first = JournalEntry { step: StepKey::Model { iteration: 0 }, data: "{}".into() };
         h.store
-            .begin_turn(&turn, vec![accepted.event_id], Vec::new(), Some((first, None)), None)
+            .turns()
+            .begin(&turn, vec![accepted.event_id], Vec::new(), Some((first, None)), None)
             .await
             .unwrap();
         let cron = running(
@@ -623,12 +639,13 @@ async fn a_turn_write_reaches_no_other_tenants_execution() {
         );
         h.store.start_execution(cron.clone()).await.unwrap();
 
-        let rival = h.store.create_tenant("rival").await.unwrap();
+        let rival = h.store.tenants().create("rival").await.unwrap();
         for target in [turn.id, clade_core::TurnId::from_bytes(*cron.id.as_bytes())] {
             let forged = TurnRow { tenant_id: rival.id, ..turn.clone() };
             let forged = TurnRow { id: target, ..forged };
             let step = JournalEntry { step: StepKey::Model { iteration: 1 }, data: "{}".into() };
-            let appended = h.store.append_journal(&forged, step, Vec::new(), None, None).await;
+            let appended =
+                h.store.turns().append_journal(&forged, step, Vec::new(), None, None).await;
             assert!(matches!(appended, Err(Error::TurnNotFound(_))), "{}: {appended:?}", h.name);
             let outcome = clade_store::TurnOutcome {
                 status: clade_core::TurnStatus::Failed,
@@ -636,14 +653,14 @@ async fn a_turn_write_reaches_no_other_tenants_execution() {
                 error: Some("forged".into()),
                 model: None,
             };
-            let ended = h.store.finish_turn(&forged, outcome, Vec::new()).await;
+            let ended = h.store.turns().finish(&forged, outcome, Vec::new()).await;
             assert!(matches!(ended, Err(Error::TurnNotFound(_))), "{}: {ended:?}", h.name);
         }
         // The owner's own handle cannot treat its cron execution as a turn either.
         let as_turn =
             TurnRow { id: clade_core::TurnId::from_bytes(*cron.id.as_bytes()), ..turn.clone() };
         let step = JournalEntry { step: StepKey::Model { iteration: 1 }, data: "{}".into() };
-        let appended = h.store.append_journal(&as_turn, step, Vec::new(), None, None).await;
+        let appended = h.store.turns().append_journal(&as_turn, step, Vec::new(), None, None).await;
         assert!(matches!(appended, Err(Error::TurnNotFound(_))), "{}: {appended:?}", h.name);
         // Usage recorded by the rival, naming the owner's turn, stays the rival's.
         let usage = clade_store::UsageRecord {
@@ -659,14 +676,15 @@ async fn a_turn_write_reaches_no_other_tenants_execution() {
         };
         h.store.record_usage(usage).await.unwrap();
 
-        let records = h.store.turn_records(owner.id, accepted.session_id, None, 10).await.unwrap();
+        let records =
+            h.store.sessions(owner.id).turn_records(accepted.session_id, None, 10).await.unwrap();
         assert_eq!(records.len(), 1, "{}", h.name);
         assert_eq!(records[0].turn.status, clade_core::TurnStatus::Running, "{}", h.name);
         assert_eq!(records[0].steps.len(), 1, "{}", h.name);
         assert_eq!(records[0].usage.model_calls, 0, "{}: the rival's usage counted", h.name);
-        let untouched = h.store.execution(owner.id, cron.id).await.unwrap();
+        let untouched = h.store.executions(owner.id).get(cron.id).await.unwrap();
         assert_eq!(untouched.status, ExecutionStatus::Running, "{}", h.name);
-        assert!(h.store.execution_steps(owner.id, cron.id).await.unwrap().is_empty());
+        assert!(h.store.executions(owner.id).steps(cron.id).await.unwrap().is_empty());
         // A start retried under the turn's id, as another kind, is refused.
         let clash = NewExecution { id: turn.id.into(), ..cron.clone() };
         let started = h.store.start_execution(clash).await;

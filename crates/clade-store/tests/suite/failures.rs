@@ -30,9 +30,9 @@ async fn newer_schema_is_refused() {
 #[tokio::test]
 async fn data_survives_reopen() {
     for h in backends().await {
-        h.store.create_tenant("kept").await.unwrap();
+        h.store.tenants().create("kept").await.unwrap();
         let again = h.reopen().await.unwrap();
-        assert!(again.tenant("kept").await.is_ok(), "{}", h.name);
+        assert!(again.tenants().named("kept").await.is_ok(), "{}", h.name);
     }
 }
 
@@ -82,12 +82,12 @@ async fn the_wal_is_checkpointed_beside_the_writer() {
     };
     let before = pages();
     for n in 0..300 {
-        store.create_tenant(&format!("tenant-{n}")).await.unwrap();
+        store.tenants().create(&format!("tenant-{n}")).await.unwrap();
     }
     let (within, every) = (Duration::from_secs(5), Duration::from_millis(100));
     let grown = eventually(within, every, async || pages() > before).await;
     assert!(grown, "the database file never received the WAL's pages ({before} pages)");
-    assert!(store.tenant("tenant-299").await.is_ok());
+    assert!(store.tenants().named("tenant-299").await.is_ok());
 }
 
 /// Runs `writers` tasks that each accept `events` events of 16 KiB back to back, each in a
@@ -100,15 +100,15 @@ async fn write_hard(
     writers: usize,
     events: usize,
 ) -> u64 {
-    let tenant = store.tenant(clade_core::Tenant::DEFAULT_NAME).await.unwrap();
+    let tenant = store.tenants().named(clade_core::Tenant::DEFAULT_NAME).await.unwrap();
     let new = clade_store::NewAgent {
         handle: clade_core::Handle::parse("wal").unwrap(),
         display_name: None,
         config: clade_core::AgentConfig::default(),
     };
-    let agent = match store.create_agents(tenant.id, vec![new]).await {
+    let agent = match store.agents(tenant.id).create_many(vec![new]).await {
         Ok(mut created) => created.remove(0),
-        Err(_) => store.agent(tenant.id, "wal").await.unwrap(),
+        Err(_) => store.agents(tenant.id).get("wal").await.unwrap(),
     };
     let text = "x".repeat(16 * 1024);
     let largest = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -137,7 +137,7 @@ async fn write_hard(
                     payload_hash: String::new(),
                     max_open_per_session: 1000,
                 };
-                store.accept_event(event).await.unwrap();
+                store.turns().accept(event).await.unwrap();
                 let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
                 largest.fetch_max(size, std::sync::atomic::Ordering::Relaxed);
             }
@@ -181,7 +181,7 @@ async fn an_idle_store_cuts_its_wal_back() {
     let cut = eventually(within, every, async || wal_bytes() == 0).await;
     assert!(cut, "the WAL is still {} bytes after 10 s idle", wal_bytes());
     write_hard(&store, &wal, "after", 1, 1).await;
-    let tenant = store.tenant(clade_core::Tenant::DEFAULT_NAME).await.unwrap();
-    let sessions = store.sessions(tenant.id, None, 2000).await.unwrap();
+    let tenant = store.tenants().named(clade_core::Tenant::DEFAULT_NAME).await.unwrap();
+    let sessions = store.sessions(tenant.id).list(None, 2000).await.unwrap();
     assert_eq!(sessions.len(), 16 * 50 + 1, "every event's session is still there");
 }

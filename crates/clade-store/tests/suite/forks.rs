@@ -36,16 +36,16 @@ async fn run_turn(
     status: TurnStatus,
     reply: &str,
 ) {
-    let session = store.session(tenant.id, forked.fork.session).await.unwrap();
+    let session = store.sessions(tenant.id).get(forked.fork.session).await.unwrap();
     let (turn, _) =
-        store.start_turn(&session, vec![forked.accepted.event_id], 0, Vec::new()).await.unwrap();
+        store.turns().start(&session, vec![forked.accepted.event_id], 0, Vec::new()).await.unwrap();
     let outcome = TurnOutcome {
         status,
         reply: (status == TurnStatus::Completed).then(|| reply.to_owned()),
         error: (status == TurnStatus::Failed).then(|| reply.to_owned()),
         model: None,
     };
-    store.finish_turn(&turn, outcome, Vec::new()).await.unwrap();
+    store.turns().finish(&turn, outcome, Vec::new()).await.unwrap();
 }
 
 #[tokio::test]
@@ -53,7 +53,7 @@ async fn a_fork_starts_once_settles_once_and_reports_into_its_parent() {
     for h in backends().await {
         let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
         let (_, bo) = tenant_and_agent(&h.store, &h.agents, "bo").await;
-        let rival = h.store.create_tenant("rival").await.unwrap();
+        let rival = h.store.tenants().create("rival").await.unwrap();
         let desk = accept(&h.store, &tenant, &ada, "desk").await.session_id;
 
         let started = h
@@ -64,7 +64,7 @@ async fn a_fork_starts_once_settles_once_and_reports_into_its_parent() {
         assert!(!started.accepted.duplicate, "{}", h.name);
         let kinds: Vec<_> = started.announced.iter().map(|r| (r.kind, r.session_id)).collect();
         assert_eq!(kinds, [(EventKind::ExecutionStarted, Some(desk))], "{}", h.name);
-        let session = h.store.session(tenant.id, started.fork.session).await.unwrap();
+        let session = h.store.sessions(tenant.id).get(started.fork.session).await.unwrap();
         assert_eq!(session.source.platform, clade_store::BRANCH_PLATFORM, "{}", h.name);
         assert_eq!(started.fork.status, ExecutionStatus::Running, "{}", h.name);
         // The same key: the same fork, nothing new.
@@ -78,7 +78,7 @@ async fn a_fork_starts_once_settles_once_and_reports_into_its_parent() {
 
         // Not done yet: nothing to settle.
         assert!(
-            h.store.settle_fork(tenant.id, started.fork.session).await.unwrap().is_none(),
+            h.store.forks(tenant.id).settle(started.fork.session).await.unwrap().is_none(),
             "{}",
             h.name
         );
@@ -114,19 +114,24 @@ async fn a_fork_starts_once_settles_once_and_reports_into_its_parent() {
             "{}",
             h.name
         );
-        assert_eq!(h.store.fork(rival.id, started.fork.session).await.unwrap(), None, "{}", h.name);
+        assert_eq!(
+            h.store.forks(rival.id).get(started.fork.session).await.unwrap(),
+            None,
+            "{}",
+            h.name
+        );
 
         // Its turn ends: settled once, the outcome an event of the parent.
         run_turn(&h.store, &tenant, &started, TurnStatus::Completed, "forty-two").await;
         let settled =
-            h.store.settle_fork(tenant.id, started.fork.session).await.unwrap().expect("settled");
+            h.store.forks(tenant.id).settle(started.fork.session).await.unwrap().expect("settled");
         assert_eq!(settled.fork.status, ExecutionStatus::Completed, "{}", h.name);
         assert_eq!(settled.fork.output.as_deref(), Some("forty-two"), "{}", h.name);
         let delivered = settled.delivered.expect("delivered");
         assert_eq!(delivered.session_id, desk, "{}", h.name);
         let kinds: Vec<_> = settled.announced.iter().map(|r| r.kind).collect();
         assert_eq!(kinds, [EventKind::ExecutionEnded], "{}", h.name);
-        let event = h.store.event(tenant.id, delivered.event_id).await.unwrap();
+        let event = h.store.sessions(tenant.id).event(delivered.event_id).await.unwrap();
         assert!(
             event.text.contains("concluded") && event.text.ends_with("forty-two"),
             "{}: {}",
@@ -134,54 +139,59 @@ async fn a_fork_starts_once_settles_once_and_reports_into_its_parent() {
             event.text
         );
         assert!(
-            h.store.settle_fork(tenant.id, started.fork.session).await.unwrap().is_none(),
+            h.store.forks(tenant.id).settle(started.fork.session).await.unwrap().is_none(),
             "{}",
             h.name
         );
 
         // A cancelled worker settles to nothing; continued, it runs anew and reports.
         let (cancelled, changed, _) =
-            h.store.cancel_fork(tenant.id, *worker.fork.session.as_bytes()).await.unwrap();
+            h.store.forks(tenant.id).cancel(*worker.fork.session.as_bytes()).await.unwrap();
         assert!(changed && cancelled.status == ExecutionStatus::Cancelled, "{}", h.name);
         run_turn(&h.store, &tenant, &worker, TurnStatus::Failed, "cancelled by request").await;
         assert!(
-            h.store.settle_fork(tenant.id, worker.fork.session).await.unwrap().is_none(),
+            h.store.forks(tenant.id).settle(worker.fork.session).await.unwrap().is_none(),
             "{}",
             h.name
         );
         let (_, again, _) =
-            h.store.cancel_fork(tenant.id, *worker.fork.execution.as_bytes()).await.unwrap();
+            h.store.forks(tenant.id).cancel(*worker.fork.execution.as_bytes()).await.unwrap();
         assert!(!again, "{}", h.name);
         let more = h
             .store
-            .continue_worker(tenant.id, worker.fork.session, desk, "go on".into(), "c1".into())
+            .forks(tenant.id)
+            .continue_worker(worker.fork.session, desk, "go on".into(), "c1".into())
             .await
             .unwrap();
         assert_ne!(more.fork.execution, worker.fork.execution, "{}", h.name);
         assert_eq!(more.fork.status, ExecutionStatus::Running, "{}", h.name);
         let progress = h
             .store
-            .set_fork_progress(tenant.id, worker.fork.session, "half".into())
+            .forks(tenant.id)
+            .set_progress(worker.fork.session, "half".into())
             .await
             .unwrap()
             .0;
         assert_eq!(progress.progress.as_deref(), Some("half"), "{}", h.name);
         run_turn(&h.store, &tenant, &more, TurnStatus::Failed, "no luck").await;
         let failed =
-            h.store.settle_fork(tenant.id, worker.fork.session).await.unwrap().expect("settled");
+            h.store.forks(tenant.id).settle(worker.fork.session).await.unwrap().expect("settled");
         assert_eq!(failed.fork.status, ExecutionStatus::Failed, "{}", h.name);
-        let event = h.store.event(tenant.id, failed.delivered.unwrap().event_id).await.unwrap();
+        let event =
+            h.store.sessions(tenant.id).event(failed.delivered.unwrap().event_id).await.unwrap();
         assert!(event.text.contains("failed: no luck"), "{}: {}", h.name, event.text);
         // A branch is no worker to continue.
         let wrong = h
             .store
-            .continue_worker(tenant.id, started.fork.session, desk, "x".into(), "c2".into())
+            .forks(tenant.id)
+            .continue_worker(started.fork.session, desk, "x".into(), "c2".into())
             .await;
         assert!(matches!(wrong, Err(Error::InvalidInput(_))), "{}", h.name);
 
         let runs = h
             .store
-            .runs(tenant.id, &RunFilter { agent: Some(ada.id), limit: 10, ..RunFilter::default() })
+            .forks(tenant.id)
+            .runs(&RunFilter { agent: Some(ada.id), limit: 10, ..RunFilter::default() })
             .await
             .unwrap();
         // (Runs started in one millisecond may list in either order.)
@@ -200,10 +210,11 @@ async fn a_fork_starts_once_settles_once_and_reports_into_its_parent() {
         );
         let open =
             RunFilter { agent: Some(ada.id), open_only: true, limit: 10, ..RunFilter::default() };
-        assert_eq!(h.store.runs(tenant.id, &open).await.unwrap().len(), 1, "{}", h.name);
+        assert_eq!(h.store.forks(tenant.id).runs(&open).await.unwrap().len(), 1, "{}", h.name);
         assert!(
             h.store
-                .runs(rival.id, &RunFilter { limit: 10, ..RunFilter::default() })
+                .forks(rival.id)
+                .runs(&RunFilter { limit: 10, ..RunFilter::default() })
                 .await
                 .unwrap()
                 .is_empty(),

@@ -73,7 +73,7 @@ pub async fn backends() -> Vec<Harness> {
 
 /// The default tenant, with agent `handle` created in it.
 pub async fn tenant_and_agent(store: &Store, agents: &Agents, handle: &str) -> (Tenant, Agent) {
-    let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+    let tenant = store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
     let spec = NewAgent {
         handle: Handle::parse(handle).unwrap(),
         display_name: None,
@@ -86,7 +86,8 @@ pub async fn tenant_and_agent(store: &Store, agents: &Agents, handle: &str) -> (
 /// Accepts a message for `agent` from `channel` (a session per channel).
 pub async fn accept(store: &Store, tenant: &Tenant, agent: &Agent, channel: &str) -> Accepted {
     store
-        .accept_event(NewEvent {
+        .turns()
+        .accept(NewEvent {
             tenant: tenant.id,
             agent: agent.handle.to_string(),
             source: Source { platform: "test".into(), channel: channel.into(), actor: "a".into() },

@@ -33,7 +33,7 @@ fn job(
 
 /// Tenant `rival`, with an agent `ada` of its own.
 async fn rival_ada(h: &super::harness::Harness) -> (clade_core::Tenant, clade_core::Agent) {
-    let rival = h.store.create_tenant("rival").await.unwrap();
+    let rival = h.store.tenants().create("rival").await.unwrap();
     let spec = NewAgent {
         handle: Handle::parse("ada").unwrap(),
         display_name: None,
@@ -77,8 +77,8 @@ async fn a_scheduled_time_fires_once_with_its_envelope() {
         // Two schedulers (two handles on the store) settle the same look at once.
         let other = h.reopen().await.unwrap();
         let (first, second) = tokio::join!(
-            h.store.settle_job(tenant.id, job.id, settlement.clone()),
-            other.settle_job(tenant.id, job.id, settlement.clone()),
+            h.store.jobs(tenant.id).settle(job.id, settlement.clone()),
+            other.jobs(tenant.id).settle(job.id, settlement.clone()),
         );
         let (first, second) = (first.unwrap(), second.unwrap());
         assert!(first.is_some() != second.is_some(), "{}: {first:?} {second:?}", h.name);
@@ -93,15 +93,15 @@ async fn a_scheduled_time_fires_once_with_its_envelope() {
         assert_eq!(pending[0].id, accepted.event_id, "{}", h.name);
 
         // A late look from the old state writes nothing.
-        let late = h.store.settle_job(tenant.id, job.id, settlement.clone()).await.unwrap();
+        let late = h.store.jobs(tenant.id).settle(job.id, settlement.clone()).await.unwrap();
         assert!(late.is_none(), "{}", h.name);
         assert_eq!(
-            h.store.job_runs(tenant.id, job.id, None, 100).await.unwrap().len(),
+            h.store.jobs(tenant.id).runs(job.id, None, 100).await.unwrap().len(),
             1,
             "{}",
             h.name
         );
-        let stored = &h.store.jobs(tenant.id, None).await.unwrap()[0];
+        let stored = &h.store.jobs(tenant.id).list(None).await.unwrap()[0];
         assert_eq!(
             (stored.settled_at, stored.next_at, stored.skipped),
             (minute(30), Some(minute(40)), 2),
@@ -110,17 +110,17 @@ async fn a_scheduled_time_fires_once_with_its_envelope() {
         );
         assert_eq!(h.store.system().pending_events(accepted.session_id).await.unwrap().len(), 1);
 
-        let rival = h.store.create_tenant("rival").await.unwrap();
+        let rival = h.store.tenants().create("rival").await.unwrap();
         // The rival sees none of it, and cannot settle it.
-        assert!(h.store.jobs(rival.id, None).await.unwrap().is_empty(), "{}", h.name);
+        assert!(h.store.jobs(rival.id).list(None).await.unwrap().is_empty(), "{}", h.name);
         assert!(
-            h.store.job_runs(rival.id, job.id, None, 100).await.unwrap().is_empty(),
+            h.store.jobs(rival.id).runs(job.id, None, 100).await.unwrap().is_empty(),
             "{}",
             h.name
         );
         let foreign =
             Settlement { from: minute(30), fires: vec![minute(40)], ..settlement.clone() };
-        let taken = h.store.settle_job(rival.id, job.id, foreign).await;
+        let taken = h.store.jobs(rival.id).settle(job.id, foreign).await;
         assert!(matches!(taken, Err(Error::JobNotFound(_))), "{}: {taken:?}", h.name);
         // Nor create a job for the owner's agent.
         let borrowed =
@@ -133,7 +133,7 @@ async fn a_scheduled_time_fires_once_with_its_envelope() {
 #[tokio::test]
 async fn deleting_a_tenant_or_agent_deletes_its_jobs() {
     for h in backends().await {
-        let acme = h.store.create_tenant("acme").await.unwrap();
+        let acme = h.store.tenants().create("acme").await.unwrap();
         let mut ids = Vec::new();
         for handle in ["a1", "a2"] {
             let spec = NewAgent {
@@ -146,10 +146,10 @@ async fn deleting_a_tenant_or_agent_deletes_its_jobs() {
             ids.push(h.store.create_job(job).await.unwrap().id);
         }
         assert_eq!(h.store.system().due_jobs(minute(5), 10).await.unwrap().len(), 2);
-        h.store.delete_agent(acme.id, "a1").await.unwrap();
+        h.store.agents(acme.id).delete("a1").await.unwrap();
         let due = h.store.system().due_jobs(minute(5), 10).await.unwrap();
         assert_eq!(due.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[1]], "{}", h.name);
-        h.store.delete_tenant("acme").await.unwrap();
+        h.store.tenants().delete("acme").await.unwrap();
         assert!(h.store.system().due_jobs(minute(5), 10).await.unwrap().is_empty(), "{}", h.name);
     }
 }
@@ -190,47 +190,48 @@ async fn fires_go_to_their_targets_and_refused_fires_are_runs() {
         let sessions = |runs: Vec<(clade_store::JobRun, clade_store::Accepted)>| {
             runs.into_iter().map(|(_, a)| a.session_id).collect::<Vec<_>>()
         };
-        let fired = h.store.settle_job(tenant.id, each.id, look(0, &[10, 20], 100)).await;
+        let fired = h.store.jobs(tenant.id).settle(each.id, look(0, &[10, 20], 100)).await;
         let fired = sessions(fired.unwrap().unwrap());
         assert_ne!(fired[0], fired[1], "{}: `new` reused a session", h.name);
-        let fired = h.store.settle_job(tenant.id, shared.id, look(0, &[10, 20], 100)).await;
+        let fired = h.store.jobs(tenant.id).settle(shared.id, look(0, &[10, 20], 100)).await;
         let fired = sessions(fired.unwrap().unwrap());
         assert_eq!(fired[0], fired[1], "{}", h.name);
-        let session = h.store.session(tenant.id, fired[0]).await.unwrap();
+        let session = h.store.sessions(tenant.id).get(fired[0]).await.unwrap();
         assert_eq!(
             (session.source.platform.as_str(), session.source.channel.as_str()),
             ("cron", "standup"),
             "{}",
             h.name
         );
-        let fired = h.store.settle_job(tenant.id, reply.id, look(0, &[10], 100)).await;
+        let fired = h.store.jobs(tenant.id).settle(reply.id, look(0, &[10], 100)).await;
         assert_eq!(sessions(fired.unwrap().unwrap()), [origin.session_id], "{}", h.name);
-        let runs = h.store.job_runs(tenant.id, shared.id, None, 10).await.unwrap();
+        let runs = h.store.jobs(tenant.id).runs(shared.id, None, 10).await.unwrap();
         assert_eq!(runs.len(), 2, "{}", h.name);
         assert_eq!(runs[0].scheduled_at, minute(20), "{}: newest first", h.name);
         assert!(runs.iter().all(|r| r.outcome == RunOutcome::Waiting), "{}: {runs:?}", h.name);
 
         // Back-pressure: the named session takes one waiting event at most, and it has two.
-        let refused = h.store.settle_job(tenant.id, shared.id, look(20, &[30], 1)).await;
+        let refused = h.store.jobs(tenant.id).settle(shared.id, look(20, &[30], 1)).await;
         assert!(matches!(refused, Err(Error::SessionBusy { .. })), "{}: {refused:?}", h.name);
-        let stored = h.store.job_named(tenant.id, agent.id, "shared").await.unwrap();
+        let stored = h.store.jobs(tenant.id).named(agent.id, "shared").await.unwrap();
         assert_eq!(stored.settled_at, minute(20), "{}: half a settlement was kept", h.name);
         let why = refused.unwrap_err().to_string();
         let runs = h
             .store
-            .settle_job_refused(tenant.id, shared.id, look(20, &[30], 1), why.clone())
+            .jobs(tenant.id)
+            .settle_refused(shared.id, look(20, &[30], 1), why.clone())
             .await
             .unwrap()
             .unwrap();
         assert_eq!(runs.len(), 1, "{}", h.name);
         let again =
-            h.store.settle_job_refused(tenant.id, shared.id, look(20, &[30], 1), why.clone());
+            h.store.jobs(tenant.id).settle_refused(shared.id, look(20, &[30], 1), why.clone());
         assert!(again.await.unwrap().is_none(), "{}: a refused time settled twice", h.name);
-        let runs = h.store.job_runs(tenant.id, shared.id, None, 10).await.unwrap();
+        let runs = h.store.jobs(tenant.id).runs(shared.id, None, 10).await.unwrap();
         assert_eq!(runs.len(), 3, "{}", h.name);
         assert_eq!(runs[0].outcome, RunOutcome::Refused(why), "{}", h.name);
         assert!(runs[0].outcome.is_failure() && runs[0].event_id.is_none(), "{}", h.name);
-        let stored = h.store.job_named(tenant.id, agent.id, "shared").await.unwrap();
+        let stored = h.store.jobs(tenant.id).named(agent.id, "shared").await.unwrap();
         assert_eq!(stored.settled_at, minute(30), "{}", h.name);
 
         // An origin must be a session of the job's own agent, in its own tenant.
@@ -249,11 +250,11 @@ async fn fires_go_to_their_targets_and_refused_fires_are_runs() {
         assert!(matches!(stolen, Err(Error::SessionNotFound(_))), "{}: {stolen:?}", h.name);
 
         // Deleting a job deletes its runs, in its tenant only.
-        let gone = h.store.delete_job(rival.id, shared.id).await;
+        let gone = h.store.jobs(rival.id).delete(shared.id).await;
         assert!(matches!(gone, Err(Error::JobNotFound(_))), "{}", h.name);
-        let deleted = h.store.delete_job(tenant.id, shared.id).await.unwrap();
+        let deleted = h.store.jobs(tenant.id).delete(shared.id).await.unwrap();
         assert_eq!(deleted.name, "shared", "{}", h.name);
-        let runs = h.store.job_runs(tenant.id, shared.id, None, 10).await.unwrap();
+        let runs = h.store.jobs(tenant.id).runs(shared.id, None, 10).await.unwrap();
         assert!(runs.is_empty(), "{}", h.name);
     }
 }
@@ -298,20 +299,18 @@ async fn jobs_settled_together_keep_apart_and_their_newest_runs_read_back() {
         };
         let foreign = h.store.create_job(foreign).await.unwrap();
         // `busy` fills its session's queue first, so its next fire is refused.
-        h.store.settle_job(tenant.id, busy.id, look(0, &[10], 100)).await.unwrap().unwrap();
-        h.store.settle_job(tenant.id, moved.id, look(0, &[10], 100)).await.unwrap().unwrap();
+        h.store.jobs(tenant.id).settle(busy.id, look(0, &[10], 100)).await.unwrap().unwrap();
+        h.store.jobs(tenant.id).settle(moved.id, look(0, &[10], 100)).await.unwrap().unwrap();
 
         let outcomes = h
             .store
-            .settle_jobs(
-                tenant.id,
-                vec![
-                    (fires.id, look(0, &[10, 20], 100)),
-                    (busy.id, look(10, &[20], 1)),
-                    (moved.id, look(0, &[10], 100)),
-                    (foreign.id, look(0, &[10], 100)),
-                ],
-            )
+            .jobs(tenant.id)
+            .settle_many(vec![
+                (fires.id, look(0, &[10, 20], 100)),
+                (busy.id, look(10, &[20], 1)),
+                (moved.id, look(0, &[10], 100)),
+                (foreign.id, look(0, &[10], 100)),
+            ])
             .await
             .unwrap();
         assert_eq!(outcomes.len(), 4, "{}", h.name);
@@ -330,11 +329,11 @@ async fn jobs_settled_together_keep_apart_and_their_newest_runs_read_back() {
         assert_eq!(outcomes[2].as_ref().ok(), Some(&Settled::Raced), "{}", h.name);
         assert!(matches!(outcomes[3], Err(Error::JobNotFound(_))), "{}: {:?}", h.name, outcomes[3]);
 
-        let stored = h.store.job_named(tenant.id, agent.id, "fires").await.unwrap();
+        let stored = h.store.jobs(tenant.id).named(agent.id, "fires").await.unwrap();
         assert_eq!(stored.settled_at, minute(20), "{}: the fires did not commit", h.name);
-        let stored = h.store.job_named(tenant.id, agent.id, "busy").await.unwrap();
+        let stored = h.store.jobs(tenant.id).named(agent.id, "busy").await.unwrap();
         assert_eq!(stored.settled_at, minute(20), "{}: the refusal did not settle", h.name);
-        let stored = h.store.job_named(rival.id, rivals.id, "foreign").await.unwrap();
+        let stored = h.store.jobs(rival.id).named(rivals.id, "foreign").await.unwrap();
         assert_eq!(stored.settled_at, minute(0), "{}: another tenant's job moved", h.name);
 
         // The newest runs, at most two of each, newest first; a job without runs is absent.
@@ -357,8 +356,8 @@ async fn jobs_settled_together_keep_apart_and_their_newest_runs_read_back() {
 
         // Runs from before the job was last enabled no longer count.
         h.store.clock().sleep(std::time::Duration::from_millis(5)).await;
-        h.store.set_job_enabled(tenant.id, busy.id, false, None).await.unwrap();
-        h.store.set_job_enabled(tenant.id, busy.id, true, None).await.unwrap();
+        h.store.jobs(tenant.id).set_enabled(busy.id, false, None).await.unwrap();
+        h.store.jobs(tenant.id).set_enabled(busy.id, true, None).await.unwrap();
         let recent = h.store.system().recent_job_runs(&[busy.id], 5).await.unwrap();
         assert!(!recent.contains_key(&busy.id), "{}: {recent:?}", h.name);
     }

@@ -59,7 +59,7 @@ async fn writes_that_go_first_commit_ahead_of_those_queued_before_them() {
         // The writer takes this one and waits behind the lock with it.
         let blocked = tokio::spawn({
             let store = h.store.clone();
-            async move { store.create_tenant("blocked").await.unwrap() }
+            async move { store.tenants().create("blocked").await.unwrap() }
         });
         h.store.clock().sleep(std::time::Duration::from_millis(200)).await;
 
@@ -69,7 +69,7 @@ async fn writes_that_go_first_commit_ahead_of_those_queued_before_them() {
             let (store, done, started) = (h.store.clone(), done.clone(), started.clone());
             tasks.push(tokio::spawn(async move {
                 *started.lock().unwrap() += 1;
-                store.create_tenant(&format!("queued-{i}")).await.unwrap();
+                store.tenants().create(&format!("queued-{i}")).await.unwrap();
                 *done.lock().unwrap() += 1;
             }));
         }
@@ -78,7 +78,7 @@ async fn writes_that_go_first_commit_ahead_of_those_queued_before_them() {
             let (store, done, started) = (h.store.writes_first(), done.clone(), started.clone());
             async move {
                 *started.lock().unwrap() += 1;
-                store.create_tenant("first").await.unwrap();
+                store.tenants().create("first").await.unwrap();
                 *done.lock().unwrap()
             }
         });
@@ -95,6 +95,6 @@ async fn writes_that_go_first_commit_ahead_of_those_queued_before_them() {
             task.await.unwrap();
         }
         assert_eq!(*done.lock().unwrap(), QUEUED, "{}", h.name);
-        assert!(h.store.tenant("first").await.is_ok(), "{}", h.name);
+        assert!(h.store.tenants().named("first").await.is_ok(), "{}", h.name);
     }
 }

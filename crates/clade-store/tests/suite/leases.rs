@@ -16,24 +16,30 @@ async fn a_node_whose_lease_was_taken_writes_no_more_turns() {
         let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
         let first = h.reopen().await.unwrap();
         let second = h.reopen().await.unwrap();
-        assert_eq!(first.fence(), None, "{}: a handle holds no lease until it takes one", h.name);
+        assert_eq!(
+            first.shard_leases().fence(),
+            None,
+            "{}: a handle holds no lease until it takes one",
+            h.name
+        );
 
         // The first node takes the lease and starts a turn.
-        let taken = first.take_leases("first").await.unwrap();
-        assert_eq!(first.fence(), Some(taken[0].epoch), "{}", h.name);
-        assert!(first.holds_leases().await.unwrap(), "{}", h.name);
+        let taken = first.shard_leases().take("first").await.unwrap();
+        assert_eq!(first.shard_leases().fence(), Some(taken[0].epoch), "{}", h.name);
+        assert!(first.shard_leases().held().await.unwrap(), "{}", h.name);
         let accepted = accept(&first, &tenant, &agent, "c").await;
         let turn = new_turn(&first, &accepted, &tenant, &agent);
         first
-            .begin_turn(&turn, vec![accepted.event_id], Vec::new(), Some((step(0), None)), None)
+            .turns()
+            .begin(&turn, vec![accepted.event_id], Vec::new(), Some((step(0), None)), None)
             .await
             .unwrap();
 
         // The second takes it over: a higher epoch, and the first is fenced off.
-        let over = second.take_leases("second").await.unwrap();
+        let over = second.shard_leases().take("second").await.unwrap();
         assert!(over[0].epoch > taken[0].epoch, "{}: {over:?} after {taken:?}", h.name);
-        assert!(!first.holds_leases().await.unwrap(), "{}", h.name);
-        let fenced = first.append_journal(&turn, step(1), Vec::new(), None, None).await;
+        assert!(!first.shard_leases().held().await.unwrap(), "{}", h.name);
+        let fenced = first.turns().append_journal(&turn, step(1), Vec::new(), None, None).await;
         assert!(matches!(fenced, Err(Error::Fenced { .. })), "{}: {fenced:?}", h.name);
         let outcome = TurnOutcome {
             status: TurnStatus::Completed,
@@ -41,11 +47,12 @@ async fn a_node_whose_lease_was_taken_writes_no_more_turns() {
             error: None,
             model: None,
         };
-        let fenced = first.finish_turn(&turn, outcome.clone(), Vec::new()).await;
+        let fenced = first.turns().finish(&turn, outcome.clone(), Vec::new()).await;
         assert!(matches!(fenced, Err(Error::Fenced { .. })), "{}: {fenced:?}", h.name);
         let later = accept(&first, &tenant, &agent, "d").await;
         let fenced = first
-            .begin_turn(
+            .turns()
+            .begin(
                 &new_turn(&first, &later, &tenant, &agent),
                 vec![later.event_id],
                 Vec::new(),
@@ -61,10 +68,10 @@ async fn a_node_whose_lease_was_taken_writes_no_more_turns() {
 
         // The new holder writes on; a handle that took no lease (an operator's command) is not
         // fenced, and the old node still reads.
-        second.append_journal(&turn, step(1), Vec::new(), None, None).await.unwrap();
-        second.finish_turn(&turn, outcome, Vec::new()).await.unwrap();
+        second.turns().append_journal(&turn, step(1), Vec::new(), None, None).await.unwrap();
+        second.turns().finish(&turn, outcome, Vec::new()).await.unwrap();
         let done = first.system().turn(turn.id).await.unwrap();
         assert_eq!(done.status, TurnStatus::Completed, "{}", h.name);
-        assert!(h.store.holds_leases().await.unwrap(), "{}", h.name);
+        assert!(h.store.shard_leases().held().await.unwrap(), "{}", h.name);
     }
 }

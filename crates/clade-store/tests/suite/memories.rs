@@ -28,7 +28,7 @@ fn scoped(key: Option<&str>) -> MemoryFilter {
 
 /// Another tenant with an agent of the same handle, `ada`.
 async fn rival_ada(h: &super::harness::Harness) -> (clade_core::Tenant, clade_core::Agent) {
-    let rival = h.store.create_tenant("rival").await.unwrap();
+    let rival = h.store.tenants().create("rival").await.unwrap();
     let new = clade_store::NewAgent {
         handle: clade_core::Handle::parse("ada").unwrap(),
         display_name: None,
@@ -47,9 +47,10 @@ async fn memories_stay_in_their_agent_and_scope() {
         let ours = h.store.tenant_scope(tenant.id);
         let theirs = h.store.tenant_scope(rival.id);
         let fact = "the launch code word is marmalade";
-        let saved = ours.save_memory(item(ada.id, "", MemoryKind::Fact, fact)).await.unwrap();
+        let saved = ours.memories().save(item(ada.id, "", MemoryKind::Fact, fact)).await.unwrap();
         let alice = ours
-            .save_memory(item(
+            .memories()
+            .save(item(
                 ada.id,
                 "telegram:alice",
                 MemoryKind::Preference,
@@ -58,24 +59,22 @@ async fn memories_stay_in_their_agent_and_scope() {
             .await
             .unwrap();
         // Near-duplicates everywhere else.
-        ours.save_memory(item(
-            ada.id,
-            "telegram:bob",
-            MemoryKind::Fact,
-            "the launch code word is marmalade too",
-        ))
-        .await
-        .unwrap();
-        ours.save_memory(item(
-            bo.id,
-            "",
-            MemoryKind::Fact,
-            "the launch code word is marmalade, bo says",
-        ))
-        .await
-        .unwrap();
+        ours.memories()
+            .save(item(
+                ada.id,
+                "telegram:bob",
+                MemoryKind::Fact,
+                "the launch code word is marmalade too",
+            ))
+            .await
+            .unwrap();
+        ours.memories()
+            .save(item(bo.id, "", MemoryKind::Fact, "the launch code word is marmalade, bo says"))
+            .await
+            .unwrap();
         theirs
-            .save_memory(item(
+            .memories()
+            .save(item(
                 rival_agent.id,
                 "",
                 MemoryKind::Fact,
@@ -88,7 +87,8 @@ async fn memories_stay_in_their_agent_and_scope() {
             let ours = ours.clone();
             async move {
                 let hits = ours
-                    .search_memory_text(ada.id, &filter, "what is the code word? Marmalade", 50, 50)
+                    .memories()
+                    .search_text(ada.id, &filter, "what is the code word? Marmalade", 50, 50)
                     .await
                     .unwrap();
                 hits.into_iter().map(|(id, _)| id).collect::<Vec<_>>()
@@ -104,23 +104,29 @@ async fn memories_stay_in_their_agent_and_scope() {
             MemoryFilter { kinds: vec![MemoryKind::Fact], ..scoped(Some("telegram:alice")) };
         assert_eq!(found(facts).await, [saved.id]);
         // The rival tenant, asking with our agent's id, finds nothing and reads nothing.
-        let hits =
-            theirs.search_memory_text(ada.id, &scoped(None), "marmalade", 50, 50).await.unwrap();
+        let hits = theirs
+            .memories()
+            .search_text(ada.id, &scoped(None), "marmalade", 50, 50)
+            .await
+            .unwrap();
         assert!(hits.is_empty(), "{}", h.name);
-        assert!(theirs.memory(ada.id, saved.id).await.is_err());
-        assert!(theirs.forget_memory(ada.id, saved.id).await.is_err());
-        assert!(theirs.memories(ada.id, &scoped(None), None, 100).await.unwrap().is_empty());
+        assert!(theirs.memories().get(ada.id, saved.id).await.is_err());
+        assert!(theirs.memories().forget(ada.id, saved.id).await.is_err());
+        assert!(theirs.memories().list(ada.id, &scoped(None), None, 100).await.unwrap().is_empty());
         // Query syntax is text, not syntax.
         for query in ["\"", "NEAR(", "*", "owner : x", "a | b & !c", ""] {
-            let hits = ours.search_memory_text(ada.id, &scoped(None), query, 50, 50).await.unwrap();
+            let hits =
+                ours.memories().search_text(ada.id, &scoped(None), query, 50, 50).await.unwrap();
             assert!(hits.is_empty(), "{}: {query:?}", h.name);
         }
 
         // Listing pages newest first.
-        let listed = ours.memories(ada.id, &scoped(Some("telegram:alice")), None, 1).await.unwrap();
+        let listed =
+            ours.memories().list(ada.id, &scoped(Some("telegram:alice")), None, 1).await.unwrap();
         assert_eq!(listed.len(), 1);
         let rest = ours
-            .memories(
+            .memories()
+            .list(
                 ada.id,
                 &scoped(Some("telegram:alice")),
                 Some((listed[0].updated_at, listed[0].id)),
@@ -129,17 +135,19 @@ async fn memories_stay_in_their_agent_and_scope() {
             .await
             .unwrap();
         assert_eq!(listed.len() + rest.len(), 2);
-        assert_eq!(ours.memory_count(ada.id).await.unwrap(), 3);
+        assert_eq!(ours.memories().count(ada.id).await.unwrap(), 3);
 
         // Links stay within the agent, and within one isolation key or the global scope.
         let other = ours
-            .save_memory(item(ada.id, "", MemoryKind::Decision, "use marmalade as code word"))
+            .memories()
+            .save(item(ada.id, "", MemoryKind::Decision, "use marmalade as code word"))
             .await
             .unwrap();
-        ours.link_memories(ada.id, other.id, saved.id, LinkKind::CausedBy, 0.8).await.unwrap();
-        ours.link_memories(ada.id, alice.id, saved.id, LinkKind::RelatedTo, 0.5).await.unwrap();
+        ours.memories().link(ada.id, other.id, saved.id, LinkKind::CausedBy, 0.8).await.unwrap();
+        ours.memories().link(ada.id, alice.id, saved.id, LinkKind::RelatedTo, 0.5).await.unwrap();
         let bob_item = ours
-            .memories(
+            .memories()
+            .list(
                 ada.id,
                 &MemoryFilter { exclude_global: true, ..scoped(Some("telegram:bob")) },
                 None,
@@ -148,27 +156,30 @@ async fn memories_stay_in_their_agent_and_scope() {
             .await
             .unwrap();
         let err = ours
-            .link_memories(ada.id, bob_item[0].id, alice.id, LinkKind::RelatedTo, 0.5)
+            .memories()
+            .link(ada.id, bob_item[0].id, alice.id, LinkKind::RelatedTo, 0.5)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("different isolation scopes"), "{err}");
         let err = theirs
-            .link_memories(ada.id, other.id, saved.id, LinkKind::Updates, 0.5)
+            .memories()
+            .link(ada.id, other.id, saved.id, LinkKind::Updates, 0.5)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
         assert!(
-            ours.link_memories(ada.id, saved.id, saved.id, LinkKind::Updates, 0.5).await.is_err()
+            ours.memories().link(ada.id, saved.id, saved.id, LinkKind::Updates, 0.5).await.is_err()
         );
         assert!(
-            ours.link_memories(ada.id, other.id, saved.id, LinkKind::Updates, 1.5).await.is_err()
+            ours.memories().link(ada.id, other.id, saved.id, LinkKind::Updates, 1.5).await.is_err()
         );
-        let links = ours.memory_links(ada.id, &[saved.id]).await.unwrap();
+        let links = ours.memories().links(ada.id, &[saved.id]).await.unwrap();
         assert_eq!(links.len(), 2, "{}", h.name);
 
         // Changes: the content is searchable as changed; the audit names the id only.
         let updated = ours
-            .update_memory(
+            .memories()
+            .update(
                 ada.id,
                 saved.id,
                 MemoryUpdate {
@@ -180,24 +191,27 @@ async fn memories_stay_in_their_agent_and_scope() {
             .unwrap();
         assert_eq!(updated.content, "the code word is now quince");
         assert_eq!(
-            ours.search_memory_text(ada.id, &scoped(None), "quince", 5, 5).await.unwrap().len(),
+            ours.memories().search_text(ada.id, &scoped(None), "quince", 5, 5).await.unwrap().len(),
             1
         );
         assert!(
-            ours.search_memory_text(ada.id, &scoped(None), "launch", 5, 5)
+            ours.memories()
+                .search_text(ada.id, &scoped(None), "launch", 5, 5)
                 .await
                 .unwrap()
                 .is_empty()
         );
-        ours.forget_memory(ada.id, saved.id).await.unwrap();
-        assert!(ours.memory_links(ada.id, &[saved.id]).await.unwrap().is_empty());
+        ours.memories().forget(ada.id, saved.id).await.unwrap();
+        assert!(ours.memories().links(ada.id, &[saved.id]).await.unwrap().is_empty());
         assert!(
-            ours.search_memory_text(ada.id, &scoped(None), "quince", 5, 5)
+            ours.memories()
+                .search_text(ada.id, &scoped(None), "quince", 5, 5)
                 .await
                 .unwrap()
                 .is_empty()
         );
         let audit = ours
+            .access()
             .audit_records(&clade_store::AuditFilter {
                 limit: 1000,
                 ..clade_store::AuditFilter::default()
@@ -212,45 +226,53 @@ async fn memories_stay_in_their_agent_and_scope() {
         );
 
         // Bad input writes nothing.
-        let before = ours.memory_count(ada.id).await.unwrap();
+        let before = ours.memories().count(ada.id).await.unwrap();
         for (content, expected) in
             [("  ", "empty"), (&"x".repeat(5000)[..], "over 4096"), ("nul\0", "control")]
         {
-            let err =
-                ours.save_memory(item(ada.id, "", MemoryKind::Fact, content)).await.unwrap_err();
+            let err = ours
+                .memories()
+                .save(item(ada.id, "", MemoryKind::Fact, content))
+                .await
+                .unwrap_err();
             assert!(err.to_string().contains(expected), "{err}");
         }
         let mut bad = item(ada.id, "", MemoryKind::Fact, "fine");
         bad.importance = 2.0;
-        assert!(ours.save_memory(bad).await.unwrap_err().to_string().contains("between 0 and 1"));
-        let err =
-            ours.save_memory(item(rival_agent.id, "", MemoryKind::Fact, "x")).await.unwrap_err();
+        assert!(
+            ours.memories().save(bad).await.unwrap_err().to_string().contains("between 0 and 1")
+        );
+        let err = ours
+            .memories()
+            .save(item(rival_agent.id, "", MemoryKind::Fact, "x"))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("not found"), "{err}");
-        assert_eq!(ours.memory_count(ada.id).await.unwrap(), before);
+        assert_eq!(ours.memories().count(ada.id).await.unwrap(), before);
 
         // Vectors: only the model asked for, only the scope asked for.
         let mut with_vector = item(ada.id, "", MemoryKind::Fact, "vectors");
         with_vector.embedding = Some((vec![0.6, 0.8], "m1".into()));
-        ours.save_memory(with_vector).await.unwrap();
+        ours.memories().save(with_vector).await.unwrap();
         let mut elsewhere = item(ada.id, "k", MemoryKind::Fact, "vectors elsewhere");
         elsewhere.embedding = Some((vec![0.6, 0.8], "m1".into()));
-        ours.save_memory(elsewhere).await.unwrap();
-        let vectors = ours.memory_vectors(ada.id, &scoped(None), "m1").await.unwrap();
+        ours.memories().save(elsewhere).await.unwrap();
+        let vectors = ours.memories().vectors(ada.id, &scoped(None), "m1").await.unwrap();
         assert_eq!(vectors.len(), 1);
         assert_eq!(vectors[0].vector, [0.6, 0.8]);
         assert_eq!(
-            ours.memory_scope_version(ada.id, "").await.unwrap(),
+            ours.memories().scope_version(ada.id, "").await.unwrap(),
             Some(vectors[0].updated_at)
         );
-        assert_eq!(ours.memory_scope_version(ada.id, "nobody").await.unwrap(), None);
-        assert!(ours.memory_vectors(ada.id, &scoped(None), "m2").await.unwrap().is_empty());
-        assert_eq!(ours.memories_to_embed(ada.id, "m1", 100).await.unwrap().len(), 3);
+        assert_eq!(ours.memories().scope_version(ada.id, "nobody").await.unwrap(), None);
+        assert!(ours.memories().vectors(ada.id, &scoped(None), "m2").await.unwrap().is_empty());
+        assert_eq!(ours.memories().to_embed(ada.id, "m1", 100).await.unwrap().len(), 3);
 
         // A deleted agent's memories and links go with it; the other agent's stay.
-        h.store.delete_agent(tenant.id, "ada").await.unwrap();
-        assert_eq!(ours.memory_count(ada.id).await.unwrap(), 0);
-        assert!(ours.memory_links(ada.id, &[other.id]).await.unwrap().is_empty());
-        assert_eq!(ours.memory_count(bo.id).await.unwrap(), 1);
+        h.store.agents(tenant.id).delete("ada").await.unwrap();
+        assert_eq!(ours.memories().count(ada.id).await.unwrap(), 0);
+        assert!(ours.memories().links(ada.id, &[other.id]).await.unwrap().is_empty());
+        assert_eq!(ours.memories().count(bo.id).await.unwrap(), 1);
     }
 }
 
@@ -263,20 +285,32 @@ async fn an_agent_holds_no_more_items_than_allowed() {
         let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
         let (_, bo) = tenant_and_agent(&h.store, &h.agents, "bo").await;
         let ours = h.store.tenant_scope(tenant.id);
-        let first = ours.save_memory_within(item(ada.id, "", MemoryKind::Fact, "one"), 2).await;
+        let first = ours.memories().save_within(item(ada.id, "", MemoryKind::Fact, "one"), 2).await;
         let first = first.unwrap();
-        ours.save_memory_within(item(ada.id, "alice", MemoryKind::Fact, "two"), 2).await.unwrap();
-        let refused = ours.save_memory_within(item(ada.id, "", MemoryKind::Fact, "three"), 2).await;
+        ours.memories()
+            .save_within(item(ada.id, "alice", MemoryKind::Fact, "two"), 2)
+            .await
+            .unwrap();
+        let refused =
+            ours.memories().save_within(item(ada.id, "", MemoryKind::Fact, "three"), 2).await;
         assert!(
             matches!(refused, Err(clade_store::Error::MemoryFull { held: 2 })),
             "{}: {refused:?}",
             h.name
         );
         let all = MemoryFilter { scope: Some("alice".into()), ..MemoryFilter::default() };
-        assert_eq!(ours.memories(ada.id, &all, None, 10).await.unwrap().len(), 2, "{}", h.name);
-        ours.save_memory_within(item(bo.id, "", MemoryKind::Fact, "bo's own"), 2).await.unwrap();
-        ours.forget_memory(ada.id, first.id).await.unwrap();
-        ours.save_memory_within(item(ada.id, "", MemoryKind::Fact, "three"), 2).await.unwrap();
+        assert_eq!(
+            ours.memories().list(ada.id, &all, None, 10).await.unwrap().len(),
+            2,
+            "{}",
+            h.name
+        );
+        ours.memories()
+            .save_within(item(bo.id, "", MemoryKind::Fact, "bo's own"), 2)
+            .await
+            .unwrap();
+        ours.memories().forget(ada.id, first.id).await.unwrap();
+        ours.memories().save_within(item(ada.id, "", MemoryKind::Fact, "three"), 2).await.unwrap();
     }
 }
 
@@ -290,7 +324,12 @@ async fn a_common_word_beside_a_rare_one_still_fills_the_results() {
         let (_, bo) = tenant_and_agent(&h.store, &h.agents, "bo").await;
         let ours = h.store.tenant_scope(tenant.id);
         let saves = (0..1050).map(|n| {
-            ours.save_memory(item(ada.id, "", MemoryKind::Fact, &format!("ada filed report {n}")))
+            ours.memories().save(item(
+                ada.id,
+                "",
+                MemoryKind::Fact,
+                &format!("ada filed report {n}"),
+            ))
         });
         for saved in futures::future::join_all(saves).await {
             saved.unwrap();
@@ -299,11 +338,16 @@ async fn a_common_word_beside_a_rare_one_still_fills_the_results() {
         for n in 0..3 {
             let content = format!("ada rode the zebra {n}");
             zebras.push(
-                ours.save_memory(item(ada.id, "", MemoryKind::Fact, &content)).await.unwrap().id,
+                ours.memories()
+                    .save(item(ada.id, "", MemoryKind::Fact, &content))
+                    .await
+                    .unwrap()
+                    .id,
             );
         }
         let foreign = ours
-            .save_memory(item(bo.id, "", MemoryKind::Fact, "ada rode the zebra home"))
+            .memories()
+            .save(item(bo.id, "", MemoryKind::Fact, "ada rode the zebra home"))
             .await
             .unwrap();
         // Another tenant holding the rare word often must not change what counts as rare
@@ -311,35 +355,46 @@ async fn a_common_word_beside_a_rare_one_still_fills_the_results() {
         let (rival, rival_agent) = rival_ada(&h).await;
         let theirs = h.store.tenant_scope(rival.id);
         let saves = (0..1050).map(|n| {
-            theirs.save_memory(item(rival_agent.id, "", MemoryKind::Fact, &format!("zebra {n}")))
+            theirs.memories().save(item(
+                rival_agent.id,
+                "",
+                MemoryKind::Fact,
+                &format!("zebra {n}"),
+            ))
         });
         let mut rival_ids = Vec::new();
         for saved in futures::future::join_all(saves).await {
             rival_ids.push(saved.unwrap().id);
         }
 
-        let hits =
-            ours.search_memory_text(ada.id, &scoped(None), "Ada's zebra", 10, 10).await.unwrap();
+        let hits = ours
+            .memories()
+            .search_text(ada.id, &scoped(None), "Ada's zebra", 10, 10)
+            .await
+            .unwrap();
         assert_eq!(hits.len(), 10, "{}: the common word fills the rest: {hits:?}", h.name);
         let mut first: Vec<_> = hits[..3].iter().map(|(id, _)| *id).collect();
         first.sort();
         zebras.sort();
         assert_eq!(first, zebras, "{}", h.name);
         let hits =
-            ours.search_memory_text(ada.id, &scoped(None), "Ada's zebra", 2, 2).await.unwrap();
+            ours.memories().search_text(ada.id, &scoped(None), "Ada's zebra", 2, 2).await.unwrap();
         assert_eq!(hits.len(), 2, "{}", h.name);
         assert!(hits.iter().all(|(id, _)| zebras.contains(id)), "{}: {hits:?}", h.name);
         // A caller needing fewer than it asks for gets the rare word's items alone.
         let hits =
-            ours.search_memory_text(ada.id, &scoped(None), "Ada's zebra", 50, 3).await.unwrap();
+            ours.memories().search_text(ada.id, &scoped(None), "Ada's zebra", 50, 3).await.unwrap();
         if h.name == "sqlite" {
             assert_eq!(hits.len(), 3, "{}: {hits:?}", h.name);
         }
         assert!(hits.iter().take(3).all(|(id, _)| zebras.contains(id)), "{}", h.name);
         assert!(hits.iter().all(|(id, _)| !rival_ids.contains(id)), "{}", h.name);
         // A word nothing holds does not narrow the match to nothing.
-        let hits =
-            ours.search_memory_text(ada.id, &scoped(None), "ada unicorn", 10, 10).await.unwrap();
+        let hits = ours
+            .memories()
+            .search_text(ada.id, &scoped(None), "ada unicorn", 10, 10)
+            .await
+            .unwrap();
         assert_eq!(hits.len(), 10, "{}", h.name);
         assert!(hits.iter().all(|(id, _)| *id != foreign.id), "{}", h.name);
     }
@@ -356,33 +411,33 @@ async fn the_full_text_index_merges_into_one_segment_step_by_step_and_finds_the_
             let own: Vec<String> = (0..30).map(|k| format!("w{n}x{k}")).collect();
             let content =
                 format!("ada filed report {n} about the walrus {} {}", n % 7, own.join(" "));
-            ours.save_memory(item(ada.id, "", MemoryKind::Fact, &content)).await.unwrap();
+            ours.memories().save(item(ada.id, "", MemoryKind::Fact, &content)).await.unwrap();
         }
         let everywhere = scoped(None);
-        let search = || ours.search_memory_text(ada.id, &everywhere, "walrus 3", 10, 10);
+        let search = || ours.memories().search_text(ada.id, &everywhere, "walrus 3", 10, 10);
         let before = search().await.unwrap();
-        let segments = h.store.memory_index_segments().await.unwrap();
+        let segments = h.store.memory_upkeep().index_segments().await.unwrap();
         if h.name == "postgres" {
             // One index structure, nothing to merge.
             assert_eq!(segments, 1);
-            assert!(!h.store.merge_memory_index(8, true).await.unwrap());
+            assert!(!h.store.memory_upkeep().merge_index(8, true).await.unwrap());
             continue;
         }
         assert!(segments > 1, "{segments} segments after 200 writes");
         // Writes between the steps add segments; the merge begun goes on and ends.
         let (mut steps, mut written) = (0, 0);
-        while h.store.merge_memory_index(1, steps == 0).await.unwrap() {
+        while h.store.memory_upkeep().merge_index(1, steps == 0).await.unwrap() {
             steps += 1;
             if written < 3 {
                 let content =
                     format!("a note written mid-merge {}", ["one", "two", "six"][written]);
-                ours.save_memory(item(ada.id, "", MemoryKind::Fact, &content)).await.unwrap();
+                ours.memories().save(item(ada.id, "", MemoryKind::Fact, &content)).await.unwrap();
                 written += 1;
             }
             assert!(steps < 100_000, "the merge never ends");
         }
         assert_eq!(written, 3, "the merge ended before the writes between its steps");
-        let after = h.store.memory_index_segments().await.unwrap();
+        let after = h.store.memory_upkeep().index_segments().await.unwrap();
         assert!(after <= 4, "{segments} segments, then {after}");
         // The same items (their scores move with the items written meanwhile).
         let ids = |hits: Vec<(clade_core::MemoryId, f64)>| -> Vec<_> {
@@ -394,13 +449,14 @@ async fn the_full_text_index_merges_into_one_segment_step_by_step_and_finds_the_
             "the merge changed what a search finds"
         );
         // The notes written meanwhile are found.
-        let mid = ours.search_memory_text(ada.id, &everywhere, "mid-merge", 10, 10).await.unwrap();
+        let mid =
+            ours.memories().search_text(ada.id, &everywhere, "mid-merge", 10, 10).await.unwrap();
         assert!(!mid.is_empty(), "{}", h.name);
         // Gathered again, the index ends in one segment.
-        while h.store.merge_memory_index(8, false).await.unwrap() {}
-        while h.store.merge_memory_index(8, true).await.unwrap() {}
-        assert_eq!(h.store.memory_index_segments().await.unwrap(), 1);
+        while h.store.memory_upkeep().merge_index(8, false).await.unwrap() {}
+        while h.store.memory_upkeep().merge_index(8, true).await.unwrap() {}
+        assert_eq!(h.store.memory_upkeep().index_segments().await.unwrap(), 1);
         // Merged, a step has nothing to do.
-        assert!(!h.store.merge_memory_index(8, false).await.unwrap());
+        assert!(!h.store.memory_upkeep().merge_index(8, false).await.unwrap());
     }
 }

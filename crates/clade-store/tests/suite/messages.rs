@@ -31,7 +31,7 @@ async fn messages_are_delivered_once_within_their_tenant_and_listed_on_both_side
     for h in backends().await {
         let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
         let (_, bo) = tenant_and_agent(&h.store, &h.agents, "bo").await;
-        let rival = h.store.create_tenant("rival").await.unwrap();
+        let rival = h.store.tenants().create("rival").await.unwrap();
         let spec = NewAgent {
             handle: Handle::parse("bo").unwrap(),
             display_name: None,
@@ -57,7 +57,7 @@ async fn messages_are_delivered_once_within_their_tenant_and_listed_on_both_side
             "{}",
             h.name
         );
-        let session = h.store.session(tenant.id, sent.message.to_session).await.unwrap();
+        let session = h.store.sessions(tenant.id).get(sent.message.to_session).await.unwrap();
         assert_eq!(
             (session.agent_id, session.source.platform.as_str(), session.source.actor.as_str()),
             (bo.id, clade_store::AGENT_PLATFORM, "ada"),
@@ -95,20 +95,24 @@ async fn messages_are_delivered_once_within_their_tenant_and_listed_on_both_side
         }
 
         let ours = h.store.tenant_scope(tenant.id);
-        let listed = ours.agent_messages(bo.id, None, 10).await.unwrap();
+        let listed = ours.messages().of_agent(bo.id, None, 10).await.unwrap();
         assert_eq!(listed.len(), 3, "{}", h.name);
         assert_eq!(listed[2].id, sent.message.id, "{}: newest first", h.name);
         assert_eq!(listed[2].text.as_deref(), Some("hello bo"), "{}", h.name);
-        let page = ours.agent_messages(bo.id, Some(listed[0].id), 1).await.unwrap();
+        let page = ours.messages().of_agent(bo.id, Some(listed[0].id), 1).await.unwrap();
         assert_eq!(page[0].id, listed[1].id, "{}", h.name);
-        assert_eq!(ours.agent_messages(ada.id, None, 10).await.unwrap().len(), 3);
+        assert_eq!(ours.messages().of_agent(ada.id, None, 10).await.unwrap().len(), 3);
         let theirs = h.store.tenant_scope(rival.id);
-        assert!(theirs.agent_messages(rival_bo.id, None, 10).await.unwrap().is_empty());
-        assert!(theirs.agent_messages(bo.id, None, 10).await.unwrap().is_empty(), "{}", h.name);
+        assert!(theirs.messages().of_agent(rival_bo.id, None, 10).await.unwrap().is_empty());
+        assert!(
+            theirs.messages().of_agent(bo.id, None, 10).await.unwrap().is_empty(),
+            "{}",
+            h.name
+        );
 
         // Gone with either agent.
         h.agents.delete(tenant.id, "ada").await.unwrap();
-        assert!(ours.agent_messages(bo.id, None, 10).await.unwrap().is_empty(), "{}", h.name);
+        assert!(ours.messages().of_agent(bo.id, None, 10).await.unwrap().is_empty(), "{}", h.name);
     }
 }
 
@@ -117,29 +121,45 @@ async fn subscriptions_are_per_agent_per_tenant_bounded_and_checked() {
     for h in backends().await {
         let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
         let (_, bo) = tenant_and_agent(&h.store, &h.agents, "bo").await;
-        let rival = h.store.create_tenant("rival").await.unwrap();
-        h.store.subscribe(tenant.id, ada.id, "news").await.unwrap();
-        h.store.subscribe(tenant.id, ada.id, "news").await.unwrap();
-        h.store.subscribe(tenant.id, bo.id, "news").await.unwrap();
-        let subscribers = h.store.subscribers(tenant.id, "news").await.unwrap();
+        let rival = h.store.tenants().create("rival").await.unwrap();
+        h.store.messages(tenant.id).subscribe(ada.id, "news").await.unwrap();
+        h.store.messages(tenant.id).subscribe(ada.id, "news").await.unwrap();
+        h.store.messages(tenant.id).subscribe(bo.id, "news").await.unwrap();
+        let subscribers = h.store.messages(tenant.id).subscribers("news").await.unwrap();
         let handles: Vec<&str> = subscribers.iter().map(|(_, h)| h.as_str()).collect();
         assert_eq!(handles, ["ada", "bo"], "{}", h.name);
-        assert!(h.store.subscribers(rival.id, "news").await.unwrap().is_empty(), "{}", h.name);
-        let err = h.store.subscribe(rival.id, ada.id, "news").await.unwrap_err();
+        assert!(
+            h.store.messages(rival.id).subscribers("news").await.unwrap().is_empty(),
+            "{}",
+            h.name
+        );
+        let err = h.store.messages(rival.id).subscribe(ada.id, "news").await.unwrap_err();
         assert!(matches!(err, clade_store::Error::AgentNotFound(_)), "{}: {err}", h.name);
         for bad in ["", "News", "a b", &"x".repeat(65)] {
-            let err = h.store.subscribe(tenant.id, ada.id, bad).await.unwrap_err();
+            let err = h.store.messages(tenant.id).subscribe(ada.id, bad).await.unwrap_err();
             assert!(err.to_string().contains("1 to 64"), "{}: {err}", h.name);
         }
         for n in 1..clade_store::messages::MAX_SUBSCRIPTIONS {
-            h.store.subscribe(tenant.id, ada.id, &format!("t{n}")).await.unwrap();
+            h.store.messages(tenant.id).subscribe(ada.id, &format!("t{n}")).await.unwrap();
         }
-        let full = h.store.subscribe(tenant.id, ada.id, "one-more").await.unwrap_err();
+        let full = h.store.messages(tenant.id).subscribe(ada.id, "one-more").await.unwrap_err();
         assert!(full.to_string().contains("at most"), "{}: {full}", h.name);
-        assert!(h.store.unsubscribe(tenant.id, bo.id, "news").await.unwrap(), "{}", h.name);
-        assert!(!h.store.unsubscribe(tenant.id, bo.id, "news").await.unwrap(), "{}", h.name);
+        assert!(
+            h.store.messages(tenant.id).unsubscribe(bo.id, "news").await.unwrap(),
+            "{}",
+            h.name
+        );
+        assert!(
+            !h.store.messages(tenant.id).unsubscribe(bo.id, "news").await.unwrap(),
+            "{}",
+            h.name
+        );
         h.agents.delete(tenant.id, "ada").await.unwrap();
-        assert!(h.store.subscribers(tenant.id, "news").await.unwrap().is_empty(), "{}", h.name);
+        assert!(
+            h.store.messages(tenant.id).subscribers("news").await.unwrap().is_empty(),
+            "{}",
+            h.name
+        );
     }
 }
 
@@ -150,23 +170,33 @@ async fn children_are_bounded_in_depth_and_number() {
         let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
         let mut parent = ada.id;
         for depth in 1..=MAX_DEPTH {
-            assert_eq!(h.store.next_child_depth(tenant.id, parent).await.unwrap(), depth);
+            assert_eq!(h.store.lineage(tenant.id).next_child_depth(parent).await.unwrap(), depth);
             let child = AgentId::generate(h.store.now());
-            h.store.record_child(tenant.id, parent, child, depth).await.unwrap();
-            assert_eq!(h.store.parent_of(tenant.id, child).await.unwrap(), Some(parent));
+            h.store.lineage(tenant.id).record_child(parent, child, depth).await.unwrap();
+            assert_eq!(h.store.lineage(tenant.id).parent_of(child).await.unwrap(), Some(parent));
             parent = child;
         }
-        let deep = h.store.next_child_depth(tenant.id, parent).await.unwrap_err();
+        let deep = h.store.lineage(tenant.id).next_child_depth(parent).await.unwrap_err();
         assert!(deep.to_string().contains("past depth"), "{}: {deep}", h.name);
         for _ in 1..MAX_CHILDREN {
             let child = AgentId::generate(h.store.now());
-            h.store.record_child(tenant.id, ada.id, child, 1).await.unwrap();
+            h.store.lineage(tenant.id).record_child(ada.id, child, 1).await.unwrap();
         }
-        let many = h.store.next_child_depth(tenant.id, ada.id).await.unwrap_err();
+        let many = h.store.lineage(tenant.id).next_child_depth(ada.id).await.unwrap_err();
         assert!(many.to_string().contains("the most one may make"), "{}: {many}", h.name);
-        let rival = h.store.create_tenant("rival").await.unwrap();
-        assert_eq!(h.store.next_child_depth(rival.id, ada.id).await.unwrap(), 1, "{}", h.name);
+        let rival = h.store.tenants().create("rival").await.unwrap();
+        assert_eq!(
+            h.store.lineage(rival.id).next_child_depth(ada.id).await.unwrap(),
+            1,
+            "{}",
+            h.name
+        );
         h.agents.delete(tenant.id, "ada").await.unwrap();
-        assert_eq!(h.store.next_child_depth(tenant.id, ada.id).await.unwrap(), 1, "{}", h.name);
+        assert_eq!(
+            h.store.lineage(tenant.id).next_child_depth(ada.id).await.unwrap(),
+            1,
+            "{}",
+            h.name
+        );
     }
 }

@@ -10,7 +10,7 @@ async fn started(store: &Store, tenant: &Tenant, agent: &Agent, channel: &str) -
     let accepted = accept(store, tenant, agent, channel).await;
     let turn = new_turn(store, &accepted, tenant, agent);
     let outbox = vec![OutboxEvent { kind: clade_core::EventKind::TurnStarted, data: "{}".into() }];
-    let rows = store.begin_turn(&turn, vec![accepted.event_id], outbox, None, None).await;
+    let rows = store.turns().begin(&turn, vec![accepted.event_id], outbox, None, None).await;
     rows.unwrap()[0].id
 }
 
@@ -24,15 +24,15 @@ async fn outbox_ids_are_never_issued_twice_even_after_deletes() {
         let (_, gone) = tenant_and_agent(&h.store, &h.agents, "gone").await;
         let newest = started(&h.store, &tenant, &gone, "b").await;
         assert!(newest > first, "{}", h.name);
-        h.store.delete_agent(tenant.id, "gone").await.unwrap();
+        h.store.agents(tenant.id).delete("gone").await.unwrap();
         // A later delete sees a lower highest id left, and must not lower the mark.
         tenant_and_agent(&h.store, &h.agents, "idle").await;
-        h.store.delete_agent(tenant.id, "idle").await.unwrap();
+        h.store.agents(tenant.id).delete("idle").await.unwrap();
 
         let next = started(&h.store, &tenant, &kept, "c").await;
         assert!(next > newest, "{}: outbox id {next} issued again (newest was {newest})", h.name);
         let again = h.reopen().await.unwrap();
-        let (tenant, kept) = (again.tenant(Tenant::DEFAULT_NAME).await.unwrap(), kept);
+        let (tenant, kept) = (again.tenants().named(Tenant::DEFAULT_NAME).await.unwrap(), kept);
         let after_restart = started(&again, &tenant, &kept, "d").await;
         assert!(after_restart > next, "{}: {after_restart} after a restart", h.name);
     }
@@ -57,7 +57,7 @@ async fn a_follower_never_passes_a_row_another_writer_commits_later() {
     use tokio::sync::oneshot;
     for h in backends().await {
         let other = h.reopen().await.unwrap();
-        let tenant = h.store.tenant(Tenant::DEFAULT_NAME).await.unwrap().id;
+        let tenant = h.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap().id;
         let event =
             || vec![OutboxEvent { kind: clade_core::EventKind::TurnStarted, data: "{}".into() }];
         let mut cursor = h.store.outbox_head().await.unwrap();
@@ -134,17 +134,17 @@ async fn a_new_subscriber_starts_at_the_head_and_keeps_its_cursor_after() {
         let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
         let system = h.store.system();
         // An empty outbox: the cursor starts at 0.
-        system.start_subscriber_at_head("fresh").await.unwrap();
-        assert_eq!(system.subscriber_cursor("fresh").await.unwrap(), (0, 0), "{}", h.name);
+        system.deliveries().start_at_head("fresh").await.unwrap();
+        assert_eq!(system.deliveries().cursor("fresh").await.unwrap(), (0, 0), "{}", h.name);
         let first = started(&h.store, &tenant, &agent, "a").await;
-        system.start_subscriber_at_head("fresh").await.unwrap();
-        assert_eq!(system.subscriber_cursor("fresh").await.unwrap(), (0, 0), "{}: kept", h.name);
+        system.deliveries().start_at_head("fresh").await.unwrap();
+        assert_eq!(system.deliveries().cursor("fresh").await.unwrap(), (0, 0), "{}: kept", h.name);
         // One seen first now starts past the row already there.
-        system.start_subscriber_at_head("late").await.unwrap();
-        assert_eq!(system.subscriber_cursor("late").await.unwrap(), (first, 0), "{}", h.name);
-        system.set_subscriber_cursor("late", first, 2, None).await.unwrap();
+        system.deliveries().start_at_head("late").await.unwrap();
+        assert_eq!(system.deliveries().cursor("late").await.unwrap(), (first, 0), "{}", h.name);
+        system.deliveries().set_cursor("late", first, 2, None).await.unwrap();
         started(&h.store, &tenant, &agent, "b").await;
-        system.start_subscriber_at_head("late").await.unwrap();
-        assert_eq!(system.subscriber_cursor("late").await.unwrap(), (first, 2), "{}", h.name);
+        system.deliveries().start_at_head("late").await.unwrap();
+        assert_eq!(system.deliveries().cursor("late").await.unwrap(), (first, 2), "{}", h.name);
     }
 }

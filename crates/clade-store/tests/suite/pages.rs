@@ -38,7 +38,8 @@ async fn one_turn(store: &Store, tenant: &Tenant, agent: &Agent, channel: &str) 
         model: Some("offline".into()),
     };
     store
-        .begin_turn(
+        .turns()
+        .begin(
             &turn,
             vec![accepted.event_id],
             vec![outbox(EventKind::TurnStarted)],

@@ -18,9 +18,10 @@ async fn leases_are_granted_within_a_tenant_and_end_for_every_stated_reason() {
         let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
         let (_, bo) = tenant_and_agent(&h.store, &h.agents, "bo").await;
         let store = h.store.acting_as("test operator");
-        let rival = store.create_tenant("rival").await.unwrap();
+        let rival = store.tenants().create("rival").await.unwrap();
         store
-            .record_peer(clade_store::NewPeer {
+            .peers()
+            .record(clade_store::NewPeer {
                 kind: "subscriber".into(),
                 name: "hooks".into(),
                 endpoint: "http://127.0.0.1:1/".into(),
@@ -35,16 +36,19 @@ async fn leases_are_granted_within_a_tenant_and_end_for_every_stated_reason() {
         let other = accept(&store, &tenant, &ada, "c2").await.session_id;
 
         let on_session = store
-            .grant_lease(tenant.id, "subscriber", "hooks", LeaseScope::Session(session), DAY)
+            .leases(tenant.id)
+            .grant("subscriber", "hooks", LeaseScope::Session(session), DAY)
             .await
             .unwrap();
         assert_eq!(on_session.granted_by, "test operator");
         let on_bo = store
-            .grant_lease(tenant.id, "subscriber", "hooks", LeaseScope::Agent(bo.id), DAY)
+            .leases(tenant.id)
+            .grant("subscriber", "hooks", LeaseScope::Agent(bo.id), DAY)
             .await
             .unwrap();
         let whole = store
-            .grant_lease(tenant.id, "subscriber", "hooks", LeaseScope::Tenant, DAY)
+            .leases(tenant.id)
+            .grant("subscriber", "hooks", LeaseScope::Tenant, DAY)
             .await
             .unwrap();
 
@@ -62,46 +66,44 @@ async fn leases_are_granted_within_a_tenant_and_end_for_every_stated_reason() {
         // Bad leases change nothing.
         for ttl in [Duration::ZERO, Duration::from_secs(31 * 86_400)] {
             let err =
-                store.grant_lease(tenant.id, "subscriber", "hooks", LeaseScope::Tenant, ttl).await;
+                store.leases(tenant.id).grant("subscriber", "hooks", LeaseScope::Tenant, ttl).await;
             assert!(matches!(err, Err(Error::InvalidLease(_))), "{}: {err:?}", h.name);
         }
         let err =
-            store.grant_lease(tenant.id, "subscriber", "nobody", LeaseScope::Tenant, DAY).await;
+            store.leases(tenant.id).grant("subscriber", "nobody", LeaseScope::Tenant, DAY).await;
         assert!(matches!(err, Err(Error::PeerNotFound(_))), "{}: {err:?}", h.name);
         let err = store
-            .grant_lease(rival.id, "subscriber", "hooks", LeaseScope::Agent(ada.id), DAY)
+            .leases(rival.id)
+            .grant("subscriber", "hooks", LeaseScope::Agent(ada.id), DAY)
             .await;
         assert!(matches!(err, Err(Error::AgentNotFound(_))), "{}: {err:?}", h.name);
         let err = store
-            .grant_lease(rival.id, "subscriber", "hooks", LeaseScope::Session(session), DAY)
+            .leases(rival.id)
+            .grant("subscriber", "hooks", LeaseScope::Session(session), DAY)
             .await;
         assert!(matches!(err, Err(Error::SessionNotFound(_))), "{}: {err:?}", h.name);
-        assert_eq!(store.leases(tenant.id, 100).await.unwrap().len(), 3, "{}", h.name);
-        assert!(store.leases(rival.id, 100).await.unwrap().is_empty(), "{}", h.name);
-        let err = store.lease(rival.id, whole.id).await;
+        assert_eq!(store.leases(tenant.id).list(100).await.unwrap().len(), 3, "{}", h.name);
+        assert!(store.leases(rival.id).list(100).await.unwrap().is_empty(), "{}", h.name);
+        let err = store.leases(rival.id).get(whole.id).await;
         assert!(matches!(err, Err(Error::LeaseNotFound(_))), "{}: {err:?}", h.name);
-        let err = store.end_lease(rival.id, whole.id, "revoked").await;
+        let err = store.leases(rival.id).end(whole.id, "revoked").await;
         assert!(matches!(err, Err(Error::LeaseNotFound(_))), "{}: {err:?}", h.name);
 
         // Revoked, expired, its agent deleted, its component unpaired.
-        let ended = store.end_lease(tenant.id, whole.id, "revoked").await.unwrap();
+        let ended = store.leases(tenant.id).end(whole.id, "revoked").await.unwrap();
         assert_eq!(ended.ended_why.as_deref(), Some("revoked"));
         assert!(!ended.live(store.now()));
-        let again = store.end_lease(tenant.id, whole.id, "something else").await.unwrap();
+        let again = store.leases(tenant.id).end(whole.id, "something else").await.unwrap();
         assert_eq!(again, ended, "{}", h.name);
         let short = store
-            .grant_lease(
-                tenant.id,
-                "subscriber",
-                "hooks",
-                LeaseScope::Tenant,
-                Duration::from_secs(1),
-            )
+            .leases(tenant.id)
+            .grant("subscriber", "hooks", LeaseScope::Tenant, Duration::from_secs(1))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(1_100)).await;
         let live: Vec<_> = store
-            .peer_leases("subscriber", "hooks")
+            .peers()
+            .leases_of("subscriber", "hooks")
             .await
             .unwrap()
             .into_iter()
@@ -109,24 +111,24 @@ async fn leases_are_granted_within_a_tenant_and_end_for_every_stated_reason() {
             .collect();
         assert_eq!(live, [on_session.id, on_bo.id], "{}", h.name);
         assert_eq!(
-            store.lease(tenant.id, short.id).await.unwrap().ended_why.as_deref(),
+            store.leases(tenant.id).get(short.id).await.unwrap().ended_why.as_deref(),
             Some("expired")
         );
         h.agents.delete(tenant.id, "bo").await.unwrap();
         assert_eq!(
-            store.lease(tenant.id, on_bo.id).await.unwrap().ended_why.as_deref(),
+            store.leases(tenant.id).get(on_bo.id).await.unwrap().ended_why.as_deref(),
             Some("agent deleted")
         );
-        store.remove_peer("subscriber", "hooks").await.unwrap();
+        store.peers().remove("subscriber", "hooks").await.unwrap();
         assert_eq!(
-            store.lease(tenant.id, on_session.id).await.unwrap().ended_why.as_deref(),
+            store.leases(tenant.id).get(on_session.id).await.unwrap().ended_why.as_deref(),
             Some("unpaired")
         );
-        assert!(store.peer_leases("subscriber", "hooks").await.unwrap().is_empty());
+        assert!(store.peers().leases_of("subscriber", "hooks").await.unwrap().is_empty());
 
         // Each grant audited, and each end that was not part of a deletion.
         let filter = clade_store::access::AuditFilter { limit: 1000, ..Default::default() };
-        let audit = store.audit_records(tenant.id, &filter).await.unwrap();
+        let audit = store.access(tenant.id).audit_records(&filter).await.unwrap();
         let count = |kind: AuditKind| audit.iter().filter(|r| r.kind == kind.as_str()).count();
         assert_eq!(count(AuditKind::LeaseGranted), 4, "{}", h.name);
         assert_eq!(count(AuditKind::LeaseEnded), 2, "{}", h.name);

@@ -38,7 +38,7 @@ async fn a_write_postgres_aborts_as_a_deadlock_victim_runs_again() {
         let store = h.store.clone();
         let (tenant_id, session) = (tenant.id, accepted.session_id);
         let write = tokio::spawn(async move {
-            store.set_session_queue_mode(tenant_id, session, Some("steer".into())).await
+            store.sessions(tenant_id).set_queue_mode(session, Some("steer".into())).await
         });
         wait_until_blocked_by(&mut other).await;
 
@@ -49,7 +49,7 @@ async fn a_write_postgres_aborts_as_a_deadlock_victim_runs_again() {
 
         let row = write.await.unwrap().unwrap_or_else(|err| panic!("the write failed: {err}"));
         assert_eq!(row.queue_mode.as_deref(), Some("steer"));
-        let stored = h.store.session(tenant.id, session).await.unwrap();
+        let stored = h.store.sessions(tenant.id).get(session).await.unwrap();
         assert_eq!(stored.queue_mode.as_deref(), Some("steer"), "the write was not stored");
         assert!(h.store.write_stats().retries > retried_before, "nothing was run again");
     }
@@ -88,14 +88,14 @@ async fn only_the_aborted_write_of_a_batch_runs_again() {
         let mut other = hold(victim).await;
         let store = h.store.clone();
         let first = tokio::spawn(async move {
-            store.set_session_queue_mode(tenant.id, stalled, Some("steer".into())).await
+            store.sessions(tenant.id).set_queue_mode(stalled, Some("steer".into())).await
         });
         wait_until_blocked_by(&mut staller).await;
         let store = h.store.clone();
         let batch = tokio::spawn(async move {
-            let one = store.create_tenant("one");
-            let aborted = store.set_session_queue_mode(tenant.id, victim, Some("steer".into()));
-            let three = store.create_tenant("three");
+            let one = store.tenants().create("one");
+            let aborted = store.sessions(tenant.id).set_queue_mode(victim, Some("steer".into()));
+            let three = store.tenants().create("three");
             tokio::join!(one, aborted, three)
         });
         // Give the three writes time to reach the writer's queue behind the first.
@@ -112,7 +112,7 @@ async fn only_the_aborted_write_of_a_batch_runs_again() {
         let row = aborted.unwrap_or_else(|err| panic!("the aborted write failed: {err}"));
         assert_eq!(row.queue_mode.as_deref(), Some("steer"));
         let names: Vec<String> =
-            h.store.tenants().await.unwrap().iter().map(|t| t.name.to_string()).collect();
+            h.store.tenants().list().await.unwrap().iter().map(|t| t.name.to_string()).collect();
         assert!(names.contains(&"one".into()) && names.contains(&"three".into()), "{names:?}");
         assert!(h.store.write_stats().retries > retried_before, "nothing was run again");
     }

@@ -6,7 +6,7 @@ use super::harness::backends;
 #[tokio::test]
 async fn secrets_are_encrypted_listed_without_values_and_removed() {
     for h in backends().await {
-        let tenant = h.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let tenant = h.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
         let spec = NewAgent {
             handle: Handle::parse("s").unwrap(),
             display_name: None,
@@ -53,7 +53,7 @@ async fn secrets_are_encrypted_listed_without_values_and_removed() {
 #[tokio::test]
 async fn missing_or_wrong_master_key_is_refused() {
     for h in backends().await {
-        let tenant = h.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let tenant = h.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
         let spec = NewAgent {
             handle: Handle::parse("k").unwrap(),
             display_name: None,

@@ -14,13 +14,14 @@ async fn pages_of_sessions_join_into_the_whole_list() {
             accept(&h.store, &tenant, &ada, &format!("c{n}")).await;
         }
         accept(&h.store, &tenant, &bob, "b").await;
-        let rival = h.store.create_tenant("rival").await.unwrap();
-        let whole = h.store.sessions(tenant.id, Some(ada.id), 100).await.unwrap();
+        let rival = h.store.tenants().create("rival").await.unwrap();
+        let whole = h.store.sessions(tenant.id).list(Some(ada.id), 100).await.unwrap();
         assert_eq!(whole.len(), 7, "{}", h.name);
         let mut paged = Vec::new();
         let mut cursor = None;
         loop {
-            let page = h.store.sessions_before(tenant.id, Some(ada.id), cursor, 2).await.unwrap();
+            let page =
+                h.store.sessions(tenant.id).list_before(Some(ada.id), cursor, 2).await.unwrap();
             assert!(page.len() <= 2, "{}", h.name);
             let Some(last) = page.last() else { break };
             // Through its text, as a client sends it back.
@@ -31,12 +32,13 @@ async fn pages_of_sessions_join_into_the_whole_list() {
         let ids = |rows: &[clade_store::SessionRow]| rows.iter().map(|s| s.id).collect::<Vec<_>>();
         assert_eq!(ids(&paged), ids(&whole), "{}: pages in the whole list's order", h.name);
         // Without an agent: ada's and bob's, and none of rival's (which has none to show).
-        let all = h.store.sessions_before(tenant.id, None, None, 100).await.unwrap();
+        let all = h.store.sessions(tenant.id).list_before(None, None, 100).await.unwrap();
         assert_eq!(all.len(), 8, "{}", h.name);
-        let rivals = h.store.sessions_before(rival.id, None, None, 100).await.unwrap();
+        let rivals = h.store.sessions(rival.id).list_before(None, None, 100).await.unwrap();
         assert!(rivals.is_empty(), "{}", h.name);
         let after_all = SessionCursor::after(all.last().unwrap());
-        let none = h.store.sessions_before(tenant.id, None, Some(after_all), 100).await.unwrap();
+        let none =
+            h.store.sessions(tenant.id).list_before(None, Some(after_all), 100).await.unwrap();
         assert!(none.is_empty(), "{}", h.name);
     }
     for garbage in [

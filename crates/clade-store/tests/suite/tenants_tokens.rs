@@ -6,40 +6,47 @@ use super::harness::backends;
 #[tokio::test]
 async fn default_tenant_exists_and_tenants_are_managed() {
     for h in backends().await {
-        let names: Vec<_> =
-            h.store.tenants().await.unwrap().into_iter().map(|t| t.name.to_string()).collect();
+        let names: Vec<_> = h
+            .store
+            .tenants()
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
         assert_eq!(names, ["default"], "{}", h.name);
-        h.store.create_tenant("acme").await.unwrap();
+        h.store.tenants().create("acme").await.unwrap();
         assert!(
-            matches!(h.store.create_tenant("acme").await, Err(Error::TenantExists(_))),
+            matches!(h.store.tenants().create("acme").await, Err(Error::TenantExists(_))),
             "{}",
             h.name
         );
         assert!(
-            matches!(h.store.create_tenant("Bad Name").await, Err(Error::InvalidInput(_))),
+            matches!(h.store.tenants().create("Bad Name").await, Err(Error::InvalidInput(_))),
             "{}",
             h.name
         );
         assert!(
-            matches!(h.store.tenant("nope").await, Err(Error::TenantNotFound(_))),
+            matches!(h.store.tenants().named("nope").await, Err(Error::TenantNotFound(_))),
             "{}",
             h.name
         );
         assert!(
-            matches!(h.store.delete_tenant("default").await, Err(Error::DefaultTenant)),
+            matches!(h.store.tenants().delete("default").await, Err(Error::DefaultTenant)),
             "{}",
             h.name
         );
         // Reopening does not create a second default tenant.
         let again = h.reopen().await.unwrap();
-        assert_eq!(again.tenants().await.unwrap().len(), 2, "{}", h.name);
+        assert_eq!(again.tenants().list().await.unwrap().len(), 2, "{}", h.name);
     }
 }
 
 #[tokio::test]
 async fn deleting_a_tenant_deletes_everything_it_owns() {
     for h in backends().await {
-        let acme = h.store.create_tenant("acme").await.unwrap();
+        let acme = h.store.tenants().create("acme").await.unwrap();
         let spec = NewAgent {
             handle: Handle::parse("a1").unwrap(),
             display_name: None,
@@ -49,7 +56,8 @@ async fn deleting_a_tenant_deletes_everything_it_owns() {
         let ws = h.agents.workspace(&agent).unwrap();
         let (_, secret) = h
             .store
-            .create_token(acme.id, "ci", &[clade_core::Scope::Admin], None, None)
+            .tokens(acme.id)
+            .create("ci", &[clade_core::Scope::Admin], None, None)
             .await
             .unwrap();
         // A running execution of the tenant's, with a step: nothing of it may outlive it.
@@ -64,21 +72,21 @@ async fn deleting_a_tenant_deletes_everything_it_owns() {
         };
         h.store.start_execution(execution.clone()).await.unwrap();
         let step = clade_store::ExecutionStep { seq: 1, key: "fired".into(), data: "{}".into() };
-        h.store.append_execution_step(acme.id, execution.id, step).await.unwrap();
-        let ids = h.store.delete_tenant("acme").await.unwrap();
+        h.store.executions(acme.id).append_step(execution.id, step).await.unwrap();
+        let ids = h.store.tenants().delete("acme").await.unwrap();
         assert!(h.store.system().open_executions(10).await.unwrap().is_empty(), "{}", h.name);
-        assert_eq!(h.store.stored_bytes(acme.id).await.unwrap(), 0, "{}", h.name);
+        assert_eq!(h.store.usage(acme.id).stored_bytes().await.unwrap(), 0, "{}", h.name);
         h.agents.remove_workspaces(&ids);
         assert_eq!(ids, vec![agent.id], "{}", h.name);
         assert!(!ws.exists(), "{}", h.name);
         assert!(matches!(h.store.authenticate(&secret).await, Err(Error::BadToken)), "{}", h.name);
         assert!(
-            matches!(h.store.tenant("acme").await, Err(Error::TenantNotFound(_))),
+            matches!(h.store.tenants().named("acme").await, Err(Error::TenantNotFound(_))),
             "{}",
             h.name
         );
         assert!(
-            matches!(h.store.delete_tenant("acme").await, Err(Error::TenantNotFound(_))),
+            matches!(h.store.tenants().delete("acme").await, Err(Error::TenantNotFound(_))),
             "{}",
             h.name
         );
@@ -88,11 +96,12 @@ async fn deleting_a_tenant_deletes_everything_it_owns() {
 #[tokio::test]
 async fn tokens_authenticate_until_revoked() {
     for h in backends().await {
-        let default = h.store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
-        let acme = h.store.create_tenant("acme").await.unwrap();
+        let default = h.store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
+        let acme = h.store.tenants().create("acme").await.unwrap();
         let (info, secret) = h
             .store
-            .create_token(acme.id, "deploy", &[clade_core::Scope::Admin], None, None)
+            .tokens(acme.id)
+            .create("deploy", &[clade_core::Scope::Admin], None, None)
             .await
             .unwrap();
         assert!(secret.starts_with("clade_") && secret.len() == 70, "{secret}");
@@ -105,24 +114,29 @@ async fn tokens_authenticate_until_revoked() {
             );
         }
         // Listing is per tenant and never shows the secret.
-        assert!(h.store.tokens(default.id).await.unwrap().is_empty(), "{}", h.name);
-        let listed = h.store.tokens(acme.id).await.unwrap();
+        assert!(h.store.tokens(default.id).list().await.unwrap().is_empty(), "{}", h.name);
+        let listed = h.store.tokens(acme.id).list().await.unwrap();
         assert_eq!(listed, vec![info.clone()], "{}", h.name);
         // Another tenant cannot revoke it.
         assert!(matches!(
-            h.store.revoke_token(default.id, info.id).await,
+            h.store.tokens(default.id).revoke(info.id).await,
             Err(Error::TokenNotFound(_))
         ));
-        h.store.revoke_token(acme.id, info.id).await.unwrap();
+        h.store.tokens(acme.id).revoke(info.id).await.unwrap();
         assert!(matches!(h.store.authenticate(&secret).await, Err(Error::BadToken)), "{}", h.name);
-        assert!(h.store.tokens(acme.id).await.unwrap()[0].revoked_at.is_some(), "{}", h.name);
+        assert!(
+            h.store.tokens(acme.id).list().await.unwrap()[0].revoked_at.is_some(),
+            "{}",
+            h.name
+        );
         assert!(matches!(
-            h.store.revoke_token(acme.id, info.id).await,
+            h.store.tokens(acme.id).revoke(info.id).await,
             Err(Error::TokenNotFound(_))
         ));
         assert!(
             h.store
-                .create_token(acme.id, "", &[clade_core::Scope::Admin], None, None)
+                .tokens(acme.id)
+                .create("", &[clade_core::Scope::Admin], None, None)
                 .await
                 .is_err(),
             "{}",
@@ -131,7 +145,8 @@ async fn tokens_authenticate_until_revoked() {
         // Scopes are stored and read back with the tenant; a token needs at least one.
         let (_, sender) = h
             .store
-            .create_token(acme.id, "send", &[clade_core::Scope::Send], None, None)
+            .tokens(acme.id)
+            .create("send", &[clade_core::Scope::Send], None, None)
             .await
             .unwrap();
         let (tenant, access) = h.store.authenticate_scoped(&sender).await.unwrap();
@@ -143,7 +158,7 @@ async fn tokens_authenticate_until_revoked() {
         );
         assert_eq!(access.agents, None, "{}", h.name);
         assert!(
-            h.store.create_token(acme.id, "none", &[], None, None).await.is_err(),
+            h.store.tokens(acme.id).create("none", &[], None, None).await.is_err(),
             "{}",
             h.name
         );
@@ -156,8 +171,8 @@ async fn tokens_authenticate_until_revoked() {
 async fn a_token_limited_to_agents_reaches_only_those() {
     use clade_core::Scope;
     for h in backends().await {
-        let acme = h.store.create_tenant("acme").await.unwrap();
-        let rival = h.store.create_tenant("rival").await.unwrap();
+        let acme = h.store.tenants().create("acme").await.unwrap();
+        let rival = h.store.tenants().create("rival").await.unwrap();
         let spec = |handle: &str| NewAgent {
             handle: Handle::parse(handle).unwrap(),
             display_name: None,
@@ -169,7 +184,8 @@ async fn a_token_limited_to_agents_reaches_only_those() {
 
         let (info, secret) = h
             .store
-            .create_token(acme.id, "bot", &[Scope::Operate], Some(&[ada.id]), None)
+            .tokens(acme.id)
+            .create("bot", &[Scope::Operate], Some(&[ada.id]), None)
             .await
             .unwrap();
         assert_eq!(info.agents, Some(vec![ada.id]), "{}", h.name);
@@ -177,18 +193,18 @@ async fn a_token_limited_to_agents_reaches_only_those() {
         assert_eq!(tenant.id, acme.id, "{}", h.name);
         assert!(access.reaches(ada.id) && !access.reaches(bo.id), "{}", h.name);
         assert!(!access.whole_tenant(), "{}", h.name);
-        assert_eq!(h.store.tokens(acme.id).await.unwrap()[0].agents, Some(vec![ada.id]));
+        assert_eq!(h.store.tokens(acme.id).list().await.unwrap()[0].agents, Some(vec![ada.id]));
 
         // Refused, and nothing stored: another tenant's agent, admin, an empty list.
         let refused = [
-            h.store.create_token(acme.id, "x", &[Scope::Read], Some(&[theirs.id]), None).await,
-            h.store.create_token(acme.id, "x", &[Scope::Admin], Some(&[ada.id]), None).await,
-            h.store.create_token(acme.id, "x", &[Scope::Read], Some(&[]), None).await,
+            h.store.tokens(acme.id).create("x", &[Scope::Read], Some(&[theirs.id]), None).await,
+            h.store.tokens(acme.id).create("x", &[Scope::Admin], Some(&[ada.id]), None).await,
+            h.store.tokens(acme.id).create("x", &[Scope::Read], Some(&[]), None).await,
         ];
         assert!(matches!(refused[0], Err(Error::AgentNotFound(_))), "{}", h.name);
         assert!(matches!(refused[1], Err(Error::InvalidInput(ref m)) if m.contains("admin")));
         assert!(matches!(refused[2], Err(Error::InvalidInput(_))), "{}", h.name);
-        assert_eq!(h.store.tokens(acme.id).await.unwrap().len(), 1, "{}", h.name);
+        assert_eq!(h.store.tokens(acme.id).list().await.unwrap().len(), 1, "{}", h.name);
 
         // A new agent under a deleted one's handle is not reached.
         h.agents.delete(acme.id, "ada").await.unwrap();
@@ -213,21 +229,23 @@ async fn a_token_stops_working_when_it_expires() {
         };
         drop(h.store);
         let store = clade_store::Store::open(options).await.unwrap();
-        let tenant = store.tenant(Tenant::DEFAULT_NAME).await.unwrap();
+        let tenant = store.tenants().named(Tenant::DEFAULT_NAME).await.unwrap();
         let soon = store.now().plus(Duration::from_secs(3600));
         let (info, secret) = store
-            .create_token(tenant.id, "day", &[clade_core::Scope::Read], None, Some(soon))
+            .tokens(tenant.id)
+            .create("day", &[clade_core::Scope::Read], None, Some(soon))
             .await
             .unwrap();
         assert_eq!(info.expires_at, Some(soon), "{}", h.name);
         assert!(store.authenticate(&secret).await.is_ok(), "{}", h.name);
-        let listed = store.tokens(tenant.id).await.unwrap();
+        let listed = store.tokens(tenant.id).list().await.unwrap();
         assert_eq!(listed.iter().find(|t| t.id == info.id).unwrap().expires_at, Some(soon));
         clock.advance(Duration::from_secs(3600));
         assert!(matches!(store.authenticate(&secret).await, Err(Error::BadToken)), "{}", h.name);
         let past = store.now();
         let refused = store
-            .create_token(tenant.id, "old", &[clade_core::Scope::Read], None, Some(past))
+            .tokens(tenant.id)
+            .create("old", &[clade_core::Scope::Read], None, Some(past))
             .await;
         assert!(matches!(refused, Err(Error::InvalidInput(_))), "{}", h.name);
     }

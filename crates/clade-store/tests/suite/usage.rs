@@ -32,7 +32,7 @@ async fn usage_is_recorded_and_summed_per_agent_and_model() {
         h.store.record_usage(record(Some(ada.id), "fast", 100)).await.unwrap();
         h.store.record_usage(record(Some(ada.id), "fast", 50)).await.unwrap();
         h.store.record_usage(record(None, "smart", 7)).await.unwrap();
-        let all = h.store.usage(tenant.id, None, Timestamp::from_millis(0)).await.unwrap();
+        let all = h.store.usage(tenant.id).summary(None, Timestamp::from_millis(0)).await.unwrap();
         assert_eq!(all.len(), 2, "{}: {all:?}", h.name);
         let ada_fast = all.iter().find(|u| u.agent.as_deref() == Some("ada")).unwrap();
         assert_eq!(
@@ -41,19 +41,34 @@ async fn usage_is_recorded_and_summed_per_agent_and_model() {
             "{}",
             h.name
         );
-        let only_ada =
-            h.store.usage(tenant.id, Some(ada.id), Timestamp::from_millis(0)).await.unwrap();
+        let only_ada = h
+            .store
+            .usage(tenant.id)
+            .summary(Some(ada.id), Timestamp::from_millis(0))
+            .await
+            .unwrap();
         assert_eq!(only_ada.len(), 1, "{}", h.name);
-        let future =
-            h.store.usage(tenant.id, None, Timestamp::from_millis(i64::MAX / 2)).await.unwrap();
+        let future = h
+            .store
+            .usage(tenant.id)
+            .summary(None, Timestamp::from_millis(i64::MAX / 2))
+            .await
+            .unwrap();
         assert!(future.is_empty(), "{}", h.name);
         // Other tenants see none of it.
-        let other = h.store.create_tenant("other").await.unwrap();
-        assert!(h.store.usage(other.id, None, Timestamp::from_millis(0)).await.unwrap().is_empty());
+        let other = h.store.tenants().create("other").await.unwrap();
+        assert!(
+            h.store
+                .usage(other.id)
+                .summary(None, Timestamp::from_millis(0))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         // Deleting the agent deletes its usage.
         h.agents.delete(tenant.id, "ada").await.unwrap();
         assert_eq!(
-            h.store.usage(tenant.id, None, Timestamp::from_millis(0)).await.unwrap().len(),
+            h.store.usage(tenant.id).summary(None, Timestamp::from_millis(0)).await.unwrap().len(),
             1,
             "{}",
             h.name
@@ -64,25 +79,26 @@ async fn usage_is_recorded_and_summed_per_agent_and_model() {
 #[tokio::test]
 async fn budget_reservations_are_atomic_and_never_overspend() {
     for h in backends().await {
-        h.store.reserve_budget(vec![counter(60, 100)]).await.unwrap();
-        let err = h.store.reserve_budget(vec![counter(60, 100)]).await.unwrap_err();
+        h.store.budgets().reserve(vec![counter(60, 100)]).await.unwrap();
+        let err = h.store.budgets().reserve(vec![counter(60, 100)]).await.unwrap_err();
         assert!(
             matches!(err, Error::BudgetExceeded(ref m) if m.contains("100 tokens per day")),
             "{}: {err}",
             h.name
         );
         assert_eq!(
-            h.store.budget_counter("tenant:t", "d2026-11-22", "tokens").await.unwrap(),
+            h.store.budgets().counter("tenant:t", "d2026-11-22", "tokens").await.unwrap(),
             (0, 60)
         );
 
         // All-or-nothing across counters: the second refuses, the first is not left raised.
         let mut other = counter(10, 1000);
         other.scope = "agent:a".into();
-        let err = h.store.reserve_budget(vec![other.clone(), counter(50, 100)]).await.unwrap_err();
+        let err =
+            h.store.budgets().reserve(vec![other.clone(), counter(50, 100)]).await.unwrap_err();
         assert!(matches!(err, Error::BudgetExceeded(_)), "{err}");
         assert_eq!(
-            h.store.budget_counter("agent:a", "d2026-11-22", "tokens").await.unwrap(),
+            h.store.budgets().counter("agent:a", "d2026-11-22", "tokens").await.unwrap(),
             (0, 0),
             "{}",
             h.name
@@ -96,9 +112,9 @@ async fn budget_reservations_are_atomic_and_never_overspend() {
             reserved: 60,
             spent: 25,
         };
-        h.store.settle_budget(vec![settle]).await.unwrap();
+        h.store.budgets().settle(vec![settle]).await.unwrap();
         assert_eq!(
-            h.store.budget_counter("tenant:t", "d2026-11-22", "tokens").await.unwrap(),
+            h.store.budgets().counter("tenant:t", "d2026-11-22", "tokens").await.unwrap(),
             (25, 0),
             "{}",
             h.name
@@ -108,9 +124,9 @@ async fn budget_reservations_are_atomic_and_never_overspend() {
         let mut tasks = Vec::new();
         for _ in 0..40 {
             let store = h.store.clone();
-            tasks.push(tokio::spawn(
-                async move { store.reserve_budget(vec![counter(10, 100)]).await },
-            ));
+            tasks.push(tokio::spawn(async move {
+                store.budgets().reserve(vec![counter(10, 100)]).await
+            }));
         }
         let mut ok = 0;
         for t in tasks {
@@ -120,7 +136,7 @@ async fn budget_reservations_are_atomic_and_never_overspend() {
         }
         assert_eq!(ok, 7, "{}: 25 spent + 7 x 10 reserved fits under 100", h.name);
         let (spent, reserved) =
-            h.store.budget_counter("tenant:t", "d2026-11-22", "tokens").await.unwrap();
+            h.store.budgets().counter("tenant:t", "d2026-11-22", "tokens").await.unwrap();
         assert!(spent + reserved <= 100, "{}", h.name);
     }
 }
@@ -149,7 +165,8 @@ async fn a_turn_sums_the_usage_of_its_model_calls() {
             data: "{}".into(),
         };
         h.store
-            .begin_turn(
+            .turns()
+            .begin(
                 &turn,
                 vec![accepted.event_id],
                 Vec::new(),
@@ -159,16 +176,23 @@ async fn a_turn_sums_the_usage_of_its_model_calls() {
             .await
             .unwrap();
         h.store
+            .turns()
             .append_journal(&turn, step(1), Vec::new(), Some(usage(20, 0, 5, 11)), None)
             .await
             .unwrap();
         // A step journaled again (a resumed turn) is not counted twice.
         h.store
+            .turns()
             .append_journal(&turn, step(1), Vec::new(), Some(usage(20, 0, 5, 11)), None)
             .await
             .unwrap();
 
-        let turns = h.store.turn_records(tenant.id, accepted.session_id, None, 1000).await.unwrap();
+        let turns = h
+            .store
+            .sessions(tenant.id)
+            .turn_records(accepted.session_id, None, 1000)
+            .await
+            .unwrap();
         assert_eq!(turns.len(), 1, "{}", h.name);
         let spent = turns[0].usage;
         assert_eq!(spent.model_calls, 2, "{}", h.name);
@@ -191,7 +215,11 @@ async fn a_journal_step_and_its_audit_record_commit_together() {
         let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
         let accepted = accept(&h.store, &tenant, &ada, "c").await;
         let turn = new_turn(&h.store, &accepted, &tenant, &ada);
-        h.store.begin_turn(&turn, vec![accepted.event_id], Vec::new(), None, None).await.unwrap();
+        h.store
+            .turns()
+            .begin(&turn, vec![accepted.event_id], Vec::new(), None, None)
+            .await
+            .unwrap();
         let start = clade_core::StepKey::ToolStart { iteration: 0, index: 0 };
         let step = || clade_store::JournalEntry { step: start, data: "{}".into() };
         let audit = |tenant_id| clade_store::AuditEntry {
@@ -204,8 +232,11 @@ async fn a_journal_step_and_its_audit_record_commit_together() {
         };
         // A record for a tenant that does not exist cannot be written.
         let nobody = clade_core::TenantId::generate(h.store.now());
-        let failed =
-            h.store.append_journal(&turn, step(), Vec::new(), None, Some(audit(nobody))).await;
+        let failed = h
+            .store
+            .turns()
+            .append_journal(&turn, step(), Vec::new(), None, Some(audit(nobody)))
+            .await;
         assert!(failed.is_err(), "{}", h.name);
         assert!(
             h.store.system().journal(turn.id).await.unwrap().iter().all(|e| e.step != start),
@@ -214,6 +245,7 @@ async fn a_journal_step_and_its_audit_record_commit_together() {
         );
         // A good one commits with its step.
         h.store
+            .turns()
             .append_journal(&turn, step(), Vec::new(), None, Some(audit(tenant.id)))
             .await
             .unwrap();
@@ -224,10 +256,8 @@ async fn a_journal_step_and_its_audit_record_commit_together() {
         );
         let records = h
             .store
-            .audit_records(
-                tenant.id,
-                &clade_store::AuditFilter { limit: 1000, ..Default::default() },
-            )
+            .access(tenant.id)
+            .audit_records(&clade_store::AuditFilter { limit: 1000, ..Default::default() })
             .await
             .unwrap();
         assert!(records.iter().any(|r| r.kind == "tool.decision"), "{}", h.name);
@@ -251,10 +281,11 @@ async fn turn_records_page_through_one_sessions_turns() {
                 data: format!("{{\"turn\":\"{}\"}}", turn.id),
             };
             h.store
-                .begin_turn(&turn, vec![accepted.event_id], Vec::new(), Some((step(0), None)), None)
+                .turns()
+                .begin(&turn, vec![accepted.event_id], Vec::new(), Some((step(0), None)), None)
                 .await
                 .unwrap();
-            h.store.append_journal(&turn, step(1), Vec::new(), None, None).await.unwrap();
+            h.store.turns().append_journal(&turn, step(1), Vec::new(), None, None).await.unwrap();
             if channel == "c" {
                 ours.push((turn.id, accepted.event_id));
                 session = Some(accepted.session_id);
@@ -264,7 +295,7 @@ async fn turn_records_page_through_one_sessions_turns() {
         let mut seen = Vec::new();
         let mut after = None;
         loop {
-            let page = h.store.turn_records(tenant.id, session, after, 2).await.unwrap();
+            let page = h.store.sessions(tenant.id).turn_records(session, after, 2).await.unwrap();
             if page.is_empty() {
                 break;
             }
@@ -297,13 +328,14 @@ async fn a_tenant_scope_reads_only_its_own_tenants_turns() {
     use clade_core::StepKey;
     for h in backends().await {
         let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
-        let rival = h.store.create_tenant("rival").await.unwrap();
+        let rival = h.store.tenants().create("rival").await.unwrap();
         let accepted = accept(&h.store, &tenant, &ada, "c").await;
         let turn = new_turn(&h.store, &accepted, &tenant, &ada);
         let step =
             clade_store::JournalEntry { step: StepKey::Model { iteration: 0 }, data: "{}".into() };
         h.store
-            .begin_turn(&turn, vec![accepted.event_id], Vec::new(), Some((step, None)), None)
+            .turns()
+            .begin(&turn, vec![accepted.event_id], Vec::new(), Some((step, None)), None)
             .await
             .unwrap();
         let other = accept(&h.store, &tenant, &ada, "other").await;
@@ -312,7 +344,12 @@ async fn a_tenant_scope_reads_only_its_own_tenants_turns() {
         let own = h.store.tenant_scope(tenant.id);
         assert_eq!(own.turn(session, id).await.unwrap().id, id, "{}", h.name);
         assert_eq!(own.journal(session, id).await.unwrap().len(), 1, "{}", h.name);
-        assert_eq!(own.turn_records(session, None, 10).await.unwrap().len(), 1, "{}", h.name);
+        assert_eq!(
+            own.sessions().turn_records(session, None, 10).await.unwrap().len(),
+            1,
+            "{}",
+            h.name
+        );
         let wrong_session = own.turn(other.session_id, id).await.unwrap_err();
         assert!(matches!(wrong_session, clade_store::Error::TurnNotFound(_)), "{}", h.name);
 
@@ -320,11 +357,15 @@ async fn a_tenant_scope_reads_only_its_own_tenants_turns() {
         for err in [
             theirs.turn(session, id).await.unwrap_err(),
             theirs.journal(session, id).await.unwrap_err(),
-            theirs.session(session).await.unwrap_err(),
+            theirs.sessions().get(session).await.unwrap_err(),
         ] {
             assert!(err.is_not_found(), "{}: {err}", h.name);
         }
-        assert!(theirs.turn_records(session, None, 10).await.unwrap().is_empty(), "{}", h.name);
+        assert!(
+            theirs.sessions().turn_records(session, None, 10).await.unwrap().is_empty(),
+            "{}",
+            h.name
+        );
     }
 }
 
@@ -334,14 +375,14 @@ async fn a_tenant_scope_reads_only_its_own_tenants_turns() {
 async fn stored_bytes_are_counted_per_tenant() {
     for h in backends().await {
         let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
-        let other = h.store.create_tenant("other").await.unwrap();
-        let before = h.store.stored_bytes(tenant.id).await.unwrap();
+        let other = h.store.tenants().create("other").await.unwrap();
+        let before = h.store.usage(tenant.id).stored_bytes().await.unwrap();
         for channel in ["a", "b", "c"] {
             accept(&h.store, &tenant, &ada, channel).await;
         }
-        let after = h.store.stored_bytes(tenant.id).await.unwrap();
+        let after = h.store.usage(tenant.id).stored_bytes().await.unwrap();
         // Three texts of five bytes, plus the lifecycle events their acceptance wrote.
         assert!(after >= before + 15, "{}: {before} then {after}", h.name);
-        assert_eq!(h.store.stored_bytes(other.id).await.unwrap(), 0, "{}", h.name);
+        assert_eq!(h.store.usage(other.id).stored_bytes().await.unwrap(), 0, "{}", h.name);
     }
 }

@@ -16,35 +16,35 @@ async fn working_memory_keeps_versions_within_its_limits_and_its_session() {
         let other = accept(&h.store, &tenant, &ada, "c2").await.session_id;
         let ours = h.store.tenant_scope(tenant.id);
         let turn = TurnId::generate(h.store.now());
-        let first = ours.write_working(session, "plan", Some("1. book".into()), Some(turn)).await;
+        let first = ours.working().write(session, "plan", Some("1. book".into()), Some(turn)).await;
         let first = first.unwrap();
         assert_eq!((first.version, first.turn), (1, Some(turn)), "{}", h.name);
         // The same value again adds no version: a retried tool call changes nothing.
-        let again = ours.write_working(session, "plan", Some("1. book".into()), None).await;
+        let again = ours.working().write(session, "plan", Some("1. book".into()), None).await;
         assert_eq!(again.unwrap(), first, "{}", h.name);
-        let second = ours.write_working(session, "plan", Some("2. pack".into()), None).await;
+        let second = ours.working().write(session, "plan", Some("2. pack".into()), None).await;
         assert_eq!(second.unwrap().version, 2, "{}", h.name);
-        ours.write_working(session, "step", Some("3".into()), None).await.unwrap();
-        let now = ours.working(session).await.unwrap();
+        ours.working().write(session, "step", Some("3".into()), None).await.unwrap();
+        let now = ours.working().list(session).await.unwrap();
         let held: Vec<(&str, Option<&str>)> =
             now.iter().map(|e| (e.name.as_str(), e.value.as_deref())).collect();
         assert_eq!(held, [("plan", Some("2. pack")), ("step", Some("3"))], "{}", h.name);
-        assert!(ours.working(other).await.unwrap().is_empty(), "{}", h.name);
+        assert!(ours.working().list(other).await.unwrap().is_empty(), "{}", h.name);
 
         // Cleared: gone from what it holds, kept in its history.
-        let cleared = ours.write_working(session, "step", None, None).await.unwrap();
+        let cleared = ours.working().write(session, "step", None, None).await.unwrap();
         assert_eq!((cleared.version, cleared.value), (2, None), "{}", h.name);
-        let nothing = ours.write_working(session, "never", None, None).await.unwrap();
+        let nothing = ours.working().write(session, "never", None, None).await.unwrap();
         assert_eq!(nothing.version, 0, "{}", h.name);
-        assert_eq!(ours.working(session).await.unwrap().len(), 1, "{}", h.name);
-        let history = ours.working_history(session, "step").await.unwrap();
+        assert_eq!(ours.working().list(session).await.unwrap().len(), 1, "{}", h.name);
+        let history = ours.working().history(session, "step").await.unwrap();
         assert_eq!(history.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 1], "{}", h.name);
 
         // Only the newest versions stay.
         for n in 0..40 {
-            ours.write_working(session, "counter", Some(n.to_string()), None).await.unwrap();
+            ours.working().write(session, "counter", Some(n.to_string()), None).await.unwrap();
         }
-        let history = ours.working_history(session, "counter").await.unwrap();
+        let history = ours.working().history(session, "counter").await.unwrap();
         assert_eq!(history.len() as i64, WORKING_VERSIONS_KEPT, "{}", h.name);
         assert_eq!(history[0].value.as_deref(), Some("39"), "{}", h.name);
 
@@ -55,30 +55,33 @@ async fn working_memory_keeps_versions_within_its_limits_and_its_session() {
             ("plan", "x".repeat(2049), "2048 bytes"),
             ("plan", "bell\u{7}".to_owned(), "control characters"),
         ] {
-            let err = ours.write_working(session, name, Some(value), None).await.unwrap_err();
+            let err = ours.working().write(session, name, Some(value), None).await.unwrap_err();
             assert!(err.to_string().contains(expected), "{}: {err}", h.name);
         }
-        assert_eq!(ours.working(session).await.unwrap()[1].value.as_deref(), Some("2. pack"));
+        assert_eq!(
+            ours.working().list(session).await.unwrap()[1].value.as_deref(),
+            Some("2. pack")
+        );
         for n in 0..(MAX_WORKING_NAMES - 2) {
-            ours.write_working(session, &format!("n{n}"), Some("v".into()), None).await.unwrap();
+            ours.working().write(session, &format!("n{n}"), Some("v".into()), None).await.unwrap();
         }
-        let full = ours.write_working(session, "one-more", Some("v".into()), None).await;
+        let full = ours.working().write(session, "one-more", Some("v".into()), None).await;
         assert!(full.unwrap_err().to_string().contains("clear one"), "{}", h.name);
         // Changing a name it holds is still fine when full.
-        ours.write_working(session, "plan", Some("3. go".into()), None).await.unwrap();
+        ours.working().write(session, "plan", Some("3. go".into()), None).await.unwrap();
 
         // Another tenant reaches nothing of it.
-        let rival = h.store.create_tenant("rival").await.unwrap();
+        let rival = h.store.tenants().create("rival").await.unwrap();
         let theirs = h.store.tenant_scope(rival.id);
-        assert!(theirs.working(session).await.unwrap().is_empty(), "{}", h.name);
-        assert!(theirs.working_history(session, "plan").await.unwrap().is_empty(), "{}", h.name);
-        let err = theirs.write_working(session, "plan", Some("mine".into()), None).await;
+        assert!(theirs.working().list(session).await.unwrap().is_empty(), "{}", h.name);
+        assert!(theirs.working().history(session, "plan").await.unwrap().is_empty(), "{}", h.name);
+        let err = theirs.working().write(session, "plan", Some("mine".into()), None).await;
         assert!(matches!(err, Err(clade_store::Error::SessionNotFound(_))), "{}", h.name);
-        let plan = ours.working(session).await.unwrap();
+        let plan = ours.working().list(session).await.unwrap();
         assert!(plan.iter().any(|e| e.value.as_deref() == Some("3. go")), "{}", h.name);
 
         // Gone with the agent.
         h.agents.delete(tenant.id, "ada").await.unwrap();
-        assert!(ours.working(session).await.unwrap().is_empty(), "{}", h.name);
+        assert!(ours.working().list(session).await.unwrap().is_empty(), "{}", h.name);
     }
 }

@@ -148,7 +148,7 @@ pub(super) async fn usage(ctx: &Ctx, args: UsageArgs) -> Result<()> {
         Some(handle) => Some(ctx.agent(Some(handle)).await?.id),
         None => None,
     };
-    let rows = ctx.store.usage(tenant.id, agent, since).await?;
+    let rows = ctx.store.usage(tenant.id).summary(agent, since).await?;
     if args.json {
         let items: Vec<_> = rows
             .iter()
