@@ -14,6 +14,8 @@
 
 use std::path::{Path, PathBuf};
 
+use clade_tools::workspace::FileError;
+
 use crate::channel::PlatformError;
 
 /// The largest file taken (Telegram's bots can fetch no more).
@@ -162,13 +164,13 @@ pub fn safe_name(name: &str) -> String {
 /// write, leads out of it; only a regular file with one link is written, opened without
 /// blocking, so a planted FIFO cannot hang the caller). The path written, relative to the
 /// workspace. Blocking: call it off the async runtime.
-pub fn keep(workspace: &Path, dir: &[&str], name: &str, bytes: &[u8]) -> Result<PathBuf, String> {
+pub fn keep(workspace: &Path, dir: &[&str], name: &str, bytes: &[u8]) -> Result<PathBuf, FileError> {
     let mut relative = PathBuf::new();
     for part in dir.iter().copied().map(safe_name) {
         relative.push(part);
     }
     relative.push(safe_name(name));
-    let text = relative.to_str().ok_or("the file's path is not text")?;
+    let text = relative.to_str().ok_or(FileError::Invalid("the file's path is not text"))?;
     clade_tools::workspace::write(workspace, text, bytes, false)?;
     Ok(relative)
 }

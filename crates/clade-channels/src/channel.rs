@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clade_core::{EventKind, SessionId};
-use clade_protocol::ReplyFile;
+use clade_protocol::{LifecycleEvent, ReplyFile};
 use clade_runtime::outbox::{Refused, Signing, Sink, Subscriber};
-use clade_runtime::{Engine, Envelope, Subscription};
+use clade_runtime::{Engine, Envelope, LiveEvent, Subscription};
 use clade_store::{OutboxRow, Source, Store};
 use clade_tools::builtin::{MAX_REPLY_FILE_BYTES, MAX_REPLY_FILES};
 use futures::future::BoxFuture;
@@ -552,15 +552,15 @@ impl<A: ChatApi> Channel<A> {
                         let dir = ["inbox", dir[0].as_str(), dir[1].as_str()];
                         crate::attachments::keep(&workspace, &dir, &file, &bytes)
                     })
-                    .await
-                    .unwrap_or_else(|e| Err(format!("the write stopped: {e}")));
+                    .await;
                     match kept {
-                        Ok(path) => format!(
+                        Ok(Ok(path)) => format!(
                             "[file sent with this message: {} ({})]",
                             path.display(),
                             size_text(size)
                         ),
-                        Err(why) => format!("[file {name} was not kept: {why}]"),
+                        Ok(Err(why)) => format!("[file {name} was not kept: {why}]"),
+                        Err(stopped) => format!("[file {name} was not kept: the write stopped: {stopped}]"),
                     }
                 }
                 Err(PlatformError::Refused(why)) if why.contains("over the") => {
@@ -694,31 +694,28 @@ impl<A: ChatApi> Channel<A> {
                 () = clock.sleep(wait) => None,
             };
             match next {
-                Some(Ok(event)) if event.kind == EventKind::TurnStarted => {
-                    let Some(turn) = event.data["turn"].as_str() else { continue };
+                Some(Ok(LiveEvent { event: LifecycleEvent::TurnStarted(started), .. })) => {
+                    let turn = started.turn;
                     // Announced twice: live as the turn begins, again once its row commits.
-                    let known = current.as_ref().is_some_and(|(t, _)| t == turn)
-                        || lock(&self.drafts).contains_key(turn);
-                    if known || lock(&self.finished).contains(turn) {
+                    let known = current.as_ref().is_some_and(|(t, _)| *t == turn)
+                        || lock(&self.drafts).contains_key(&turn);
+                    if known || lock(&self.finished).contains(&turn) {
                         continue;
                     }
                     let draft = Arc::new(tokio::sync::Mutex::new(Draft::default()));
-                    lock(&self.drafts).insert(turn.to_owned(), draft.clone());
-                    current = Some((turn.to_owned(), draft));
+                    lock(&self.drafts).insert(turn.clone(), draft.clone());
+                    current = Some((turn, draft));
                     dirty = false;
                 }
-                Some(Ok(event)) if event.kind == EventKind::TextDelta => {
-                    let (Some((turn, draft)), Some(text)) = (&current, event.data["text"].as_str())
-                    else {
-                        continue;
-                    };
-                    if event.data["turn"].as_str() != Some(turn.as_str()) {
+                Some(Ok(LiveEvent { event: LifecycleEvent::TextDelta(delta), .. })) => {
+                    let Some((turn, draft)) = &current else { continue };
+                    if delta.turn != *turn {
                         continue;
                     }
-                    draft.lock().await.text.push_str(text);
+                    draft.lock().await.text.push_str(&delta.text);
                     dirty = true;
                 }
-                Some(Ok(event)) if event.kind.ends_turn() => {
+                Some(Ok(event)) if event.kind().ends_turn() => {
                     // The reply's delivery takes the draft from here.
                     current = None;
                     dirty = false;
@@ -807,23 +804,27 @@ impl<A: ChatApi> Channel<A> {
     async fn deliver_row(&self, row: &OutboxRow) -> Result<(), Refused> {
         let Some(chat) = self.chat_of(row).await? else { return Ok(()) };
         let data: Value = serde_json::from_str(&row.data).unwrap_or(Value::Null);
-        let turn = data["turn"].as_str().unwrap_or_default().to_owned();
-        match row.kind {
-            EventKind::TurnStarted => {
+        let event = match LifecycleEvent::from_parts(row.kind, data) {
+            Ok(event) => event,
+            Err(error) => {
+                // Only a damaged store holds such a row: the outbox is written from these types.
+                tracing::warn!(channel = %self.name, outbox = row.id, %error, "an outbox row does not read as its kind; nothing is sent for it");
+                return Ok(());
+            }
+        };
+        match event {
+            LifecycleEvent::TurnStarted(_) => {
                 // Only a hint: a failure is not worth holding the reply back for.
                 let _ = self.api.typing(&chat).await;
                 Ok(())
             }
-            EventKind::TurnFinished => {
-                let reply = data["reply"].as_str().unwrap_or_default();
-                // An unreadable list sends the text alone: the files are named nowhere else.
-                let files: Vec<ReplyFile> =
-                    serde_json::from_value(data["files"].clone()).unwrap_or_default();
-                self.send_reply(&chat, row, &turn, reply, &files).await
+            LifecycleEvent::TurnFinished(ended) => {
+                let reply = ended.reply.as_deref().unwrap_or_default();
+                self.send_reply(&chat, row, &ended.turn, reply, &ended.files).await
             }
-            EventKind::TurnFailed => {
+            LifecycleEvent::TurnFailed(ended) => {
                 let notice = "Sorry: this message could not be answered. The operator can see why in the session's history; try again later.";
-                self.send_reply(&chat, row, &turn, notice, &[]).await
+                self.send_reply(&chat, row, &ended.turn, notice, &[]).await
             }
             _ => Ok(()),
         }
@@ -929,11 +930,14 @@ impl<A: ChatApi> Channel<A> {
             let read = match &workspace {
                 Some(workspace) => {
                     let (workspace, path) = (workspace.clone(), file.path.clone());
-                    tokio::task::spawn_blocking(move || {
+                    match tokio::task::spawn_blocking(move || {
                         clade_tools::workspace::read_upload(&workspace, &path, max)
                     })
                     .await
-                    .unwrap_or_else(|e| Err(format!("the read stopped: {e}")))
+                    {
+                        Ok(read) => read.map_err(|why| why.to_string()),
+                        Err(stopped) => Err(format!("the read stopped: {stopped}")),
+                    }
                 }
                 None => Err("its agent is gone".to_owned()),
             };

@@ -374,8 +374,9 @@ pub(crate) enum AgentsCommand {
         #[arg(long)]
         without_secrets: bool,
         /// A gateway key whose archives are trusted besides this data dir's own (the export
-        /// prints its key); repeat for more. A key may begin with `-` (its alphabet is
-        /// URL-safe base64), so the value is taken whatever it starts with.
+        /// prints its key); repeat for more
+        // A key may begin with `-` (its alphabet is URL-safe base64): the value is taken
+        // whatever it starts with.
         #[arg(long, value_name = "KEY", allow_hyphen_values = true)]
         trust_key: Vec<String>,
         /// Import an archive whose signature is missing or not trusted, without its allow and ask grants

@@ -680,16 +680,16 @@ pub fn agent_pattern_covers(pattern: &str, tenant: &str, handle: &str) -> bool {
 }
 
 /// Checks the keys of a map keyed by agent reference: each parses, and no two name one agent.
-fn check_agent_keys<T>(field: &str, map: &BTreeMap<String, T>) -> Result<(), String> {
+fn check_agent_keys<T>(field: &str, map: &BTreeMap<String, T>) -> Result<(), Invalid> {
     let mut seen: BTreeMap<clade_core::AgentRef, &str> = BTreeMap::new();
     for key in map.keys() {
         let agent = clade_core::AgentRef::parse(key).map_err(|e| {
-            format!("{field}.{key}: {e}; name an agent as tenant/handle, or a bare handle in the default tenant")
+            Invalid(format!("{field}.{key}: {e}; name an agent as tenant/handle, or a bare handle in the default tenant"))
         })?;
         if let Some(other) = seen.insert(agent.clone(), key) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "{field}: {other:?} and {key:?} both name the agent {agent}; keep one"
-            ));
+            )));
         }
     }
     Ok(())
@@ -786,10 +786,10 @@ impl ForkLimits {
         }
     }
 
-    fn check(self, field: &str) -> Result<(), String> {
+    fn check(self, field: &str) -> Result<(), Invalid> {
         let within = |name: &str, value: Option<u64>, most: u64| match value {
             Some(v) if !(1..=most).contains(&v) => {
-                Err(format!("sessions.{field}.{name}: must be 1 to {most}, not {v}"))
+                Err(Invalid(format!("sessions.{field}.{name}: must be 1 to {most}, not {v}")))
             }
             _ => Ok(()),
         };
@@ -798,7 +798,7 @@ impl ForkLimits {
         within("timeout_secs", self.timeout_secs, 86_400)?;
         match self.max_tokens {
             Some(v) if !(1_000..=100_000_000).contains(&v) => {
-                Err(format!("sessions.{field}.max_tokens: must be 1,000 to 100,000,000, not {v}"))
+                Err(Invalid(format!("sessions.{field}.max_tokens: must be 1,000 to 100,000,000, not {v}")))
             }
             _ => Ok(()),
         }
@@ -972,14 +972,14 @@ pub enum DiscordMode {
 
 impl DiscordConfig {
     /// What types alone cannot say: the name, the token variable, the URL, relay's secret.
-    fn check(&self, name: &str) -> Result<(), String> {
+    fn check(&self, name: &str) -> Result<(), Invalid> {
         let field = format!("channels.discord.{name}");
         check_channel(&field, name, &self.token_env, &self.api_url, self.max_attempts)?;
         let named = self.relay_secret_env.as_deref().is_some_and(|v| !v.trim().is_empty());
         if self.mode == DiscordMode::Relay && !named {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "{field}.relay_secret_env: relay mode takes messages from a listener of its own, proved by a secret, or anyone could post messages as Discord; name the variable holding it"
-            ));
+            )));
         }
         Ok(())
     }
@@ -1029,17 +1029,17 @@ pub enum SlackMode {
 
 impl SlackConfig {
     /// What types alone cannot say: the name, the variables each mode needs, the URL.
-    fn check(&self, name: &str) -> Result<(), String> {
+    fn check(&self, name: &str) -> Result<(), Invalid> {
         let field = format!("channels.slack.{name}");
         check_channel(&field, name, &self.token_env, &self.api_url, self.max_attempts)?;
         let named = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
         match self.mode {
-            SlackMode::Socket if !named(&self.app_token_env) => Err(format!(
+            SlackMode::Socket if !named(&self.app_token_env) => Err(Invalid(format!(
                 "{field}.app_token_env: Socket Mode connects with an app-level token (xapp-…); name the variable holding it, or use mode: events"
-            )),
-            SlackMode::Events if !named(&self.signing_secret_env) => Err(format!(
+            ))),
+            SlackMode::Events if !named(&self.signing_secret_env) => Err(Invalid(format!(
                 "{field}.signing_secret_env: the Events API is checked against the app's signing secret, or anyone could post events as Slack; name the variable holding it"
-            )),
+            ))),
             _ => Ok(()),
         }
     }
@@ -1053,36 +1053,36 @@ fn check_channel(
     token_env: &str,
     api_url: &Option<String>,
     max_attempts: u32,
-) -> Result<(), String> {
+) -> Result<(), Invalid> {
     check_channel_name(field, name)?;
     if token_env.trim().is_empty() {
-        return Err(format!("{field}.token_env: name the variable holding the bot's token"));
+        return Err(Invalid(format!("{field}.token_env: name the variable holding the bot's token")));
     }
     check_url(&format!("{field}.api_url"), api_url)?;
     if max_attempts == 0 {
-        return Err(format!("{field}.max_attempts: must be at least 1"));
+        return Err(Invalid(format!("{field}.max_attempts: must be at least 1")));
     }
     Ok(())
 }
 
 /// An http(s) URL, if one is given.
-fn check_url(field: &str, url: &Option<String>) -> Result<(), String> {
+fn check_url(field: &str, url: &Option<String>) -> Result<(), Invalid> {
     match url {
         Some(url) if !(url.starts_with("https://") || url.starts_with("http://")) => {
-            Err(format!("{field}: {url:?} is not an http(s) URL"))
+            Err(Invalid(format!("{field}: {url:?} is not an http(s) URL")))
         }
         _ => Ok(()),
     }
 }
 
 /// A channel's name: what its sessions' channels start with.
-fn check_channel_name(field: &str, name: &str) -> Result<(), String> {
+fn check_channel_name(field: &str, name: &str) -> Result<(), Invalid> {
     let good = !name.is_empty()
         && name.len() <= 32
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if good { Ok(()) } else { Err(format!("{field}: a name is 1-32 of a-z, 0-9, - and _")) }
+    if good { Ok(()) } else { Err(Invalid(format!("{field}: a name is 1-32 of a-z, 0-9, - and _"))) }
 }
 
 /// One Telegram bot, through the Bot API.
@@ -1152,27 +1152,27 @@ fn default_poll_timeout() -> u32 {
 
 impl TelegramConfig {
     /// What types alone cannot say: the name, the variables, the URLs, the timeout.
-    fn check(&self, name: &str) -> Result<(), String> {
+    fn check(&self, name: &str) -> Result<(), Invalid> {
         let field = format!("channels.telegram.{name}");
         check_channel(&field, name, &self.token_env, &self.api_url, self.max_attempts)?;
         check_url(&format!("{field}.public_url"), &self.public_url)?;
         if !(1..=50).contains(&self.poll_timeout_secs) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "{field}.poll_timeout_secs: {} is out of range; Telegram waits 1 to 50 seconds",
                 self.poll_timeout_secs
-            ));
+            )));
         }
         match self.mode {
             TelegramMode::Webhook
                 if self.webhook_secret_env.as_deref().is_none_or(|v| v.trim().is_empty()) =>
             {
-                Err(format!(
+                Err(Invalid(format!(
                     "{field}.webhook_secret_env: webhook mode needs a secret, or anyone could post updates as Telegram; name the variable holding it"
-                ))
+                )))
             }
-            TelegramMode::Polling if self.public_url.is_some() => Err(format!(
+            TelegramMode::Polling if self.public_url.is_some() => Err(Invalid(format!(
                 "{field}.public_url: only webhook mode registers a URL; set mode: webhook, or remove it"
-            )),
+            ))),
             _ => Ok(()),
         }
     }
@@ -1885,9 +1885,7 @@ impl Config {
         for (field, limits) in
             [("branches", self.sessions.branches), ("workers", self.sessions.workers)]
         {
-            if let Err(message) = limits.check(field) {
-                return fail(message);
-            }
+            limits.check(field)?;
         }
         Ok(())
     }
@@ -1901,9 +1899,7 @@ impl Config {
             check_agent_keys("budgets.agents", &self.budgets.agents),
             check_agent_keys("heartbeats", &self.heartbeats),
         ] {
-            if let Err(message) = result {
-                return fail(message);
-            }
+            result?;
         }
         for (agent, heartbeat) in &self.heartbeats {
             if heartbeat.prompt.trim().is_empty() {
@@ -1928,19 +1924,13 @@ impl Config {
             return fail(message);
         }
         for (name, bot) in &self.channels.telegram {
-            if let Err(message) = bot.check(name) {
-                return fail(message);
-            }
+            bot.check(name)?;
         }
         for (name, app) in &self.channels.slack {
-            if let Err(message) = app.check(name) {
-                return fail(message);
-            }
+            app.check(name)?;
         }
         for (name, bot) in &self.channels.discord {
-            if let Err(message) = bot.check(name) {
-                return fail(message);
-            }
+            bot.check(name)?;
         }
         Ok(())
     }

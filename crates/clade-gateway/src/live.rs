@@ -7,9 +7,8 @@
 
 use std::collections::VecDeque;
 
-use clade_core::EventKind;
+use clade_protocol::LifecycleEvent;
 use clade_runtime::{LiveEvent, Subscription};
-use serde_json::Value;
 use tokio::sync::broadcast;
 
 /// What a lagging stream (SSE or WebSocket) needs to catch up from the outbox.
@@ -70,7 +69,7 @@ pub(crate) struct CatchingUp {
     behind: bool,
     /// Turns whose `turn.started` was passed on live, before it committed (so that streaming
     /// clients see it before the text): its committed copy is not passed on again.
-    announced: VecDeque<Value>,
+    announced: VecDeque<String>,
 }
 
 /// Live-only `turn.started` announcements remembered (one per turn in flight per subscription).
@@ -108,14 +107,7 @@ impl CatchingUp {
                 let rows = self.lagged.outbox_after(self.last).await;
                 // A full page may have more behind it: read on once it has been passed on.
                 self.behind = rows.len() >= CATCH_UP_ROWS as usize;
-                self.missed.extend(rows.into_iter().filter_map(|row| {
-                    Some(LiveEvent {
-                        session: row.session_id?,
-                        id: Some(row.id),
-                        data: serde_json::from_str(&row.data).unwrap_or(Value::Null),
-                        kind: row.kind,
-                    })
-                }));
+                self.missed.extend(rows.iter().filter_map(|row| LiveEvent::of_row(row, true)));
                 continue;
             }
             match self.receiver.recv().await {
@@ -134,10 +126,8 @@ impl CatchingUp {
     /// Whether `event` is the committed `turn.started` of a turn announced live before; the
     /// live announcement is remembered here.
     fn already_announced(&mut self, event: &LiveEvent) -> bool {
-        if event.kind != EventKind::TurnStarted {
-            return false;
-        }
-        let turn = &event.data["turn"];
+        let LifecycleEvent::TurnStarted(started) = &event.event else { return false };
+        let turn = &started.turn;
         if event.id.is_none() {
             if self.announced.len() >= ANNOUNCED {
                 self.announced.pop_front();
@@ -263,7 +253,7 @@ pub(crate) async fn follow(
             tokio::select! {
                 event = watch.rx.recv() => {
                     let event = event?;
-                    if watch.only.passes(event.kind) {
+                    if watch.only.passes(event.kind()) {
                         return Some((Followed::Event(event), Some(watch)));
                     }
                 }
@@ -310,10 +300,10 @@ pub(crate) fn sse(
         Ok(match followed {
             Followed::Event(event) => {
                 let data = match sessions {
-                    true => serde_json::json!({ "session": event.session.to_string(), "data": event.data }),
-                    false => event.data,
+                    true => serde_json::json!({ "session": event.session.to_string(), "data": event.data() }),
+                    false => event.data(),
                 };
-                let mut sse = Event::default().event(event.kind.as_str()).data(data.to_string());
+                let mut sse = Event::default().event(event.kind().as_str()).data(data.to_string());
                 if let Some(id) = event.id {
                     sse = sse.id(ids.encode(tenant, id).to_string());
                 }
@@ -367,7 +357,49 @@ mod tests {
     use clade_core::{AgentConfig, Handle, Tenant};
     use clade_store::{Location, NewAgent, NewEvent, OutboxEvent, Source, Store, StoreOptions};
 
+    use clade_core::EventKind;
+    use clade_protocol::{Spelled, TurnEnded};
+
     use super::*;
+
+    /// An event of `kind` with data that fits it (for the kinds these tests write).
+    fn example(kind: EventKind) -> LifecycleEvent {
+        let turn = "t".to_owned();
+        match kind {
+            EventKind::TurnStarted => {
+                clade_protocol::TurnStarted { turn, agent: "ada".into(), events: Vec::new() }.into()
+            }
+            EventKind::TurnResumed => clade_protocol::TurnResumed { turn, resumes: 1 }.into(),
+            EventKind::TextDelta => clade_protocol::TextDelta { turn, text: "x".into() }.into(),
+            EventKind::ToolCalled => clade_protocol::ToolCalled {
+                call: "c".into(),
+                name: "echo".into(),
+                arguments: serde_json::Value::Null,
+                effect: "pure".into(),
+                key: "k".into(),
+            }
+            .into(),
+            EventKind::ToolResult => clade_protocol::ToolReturned {
+                call: "c".into(),
+                name: "echo".into(),
+                content: String::new(),
+                is_error: false,
+            }
+            .into(),
+            _ => LifecycleEvent::turn_ended(TurnEnded {
+                turn,
+                status: Spelled(clade_core::TurnStatus::Completed),
+                reply: None,
+                error: None,
+                model: None,
+                files: Vec::new(),
+            }),
+        }
+    }
+
+    fn outboxed(kind: EventKind) -> OutboxEvent {
+        OutboxEvent::from(&example(kind))
+    }
 
     /// A new session of `agent` with one pending event.
     async fn session_with_event(
@@ -440,19 +472,16 @@ mod tests {
                 } else {
                     vec![EventKind::TurnStarted]
                 };
-                let outbox =
-                    kinds.into_iter().map(|kind| OutboxEvent { kind, data: "{}".into() }).collect();
+                let outbox = kinds.into_iter().map(outboxed).collect();
                 let (_, rows) =
                     store.turns().start(session, vec![*event], 0, outbox).await.unwrap();
                 for row in rows.iter().filter(|_| n == 0) {
-                    let id = Some(row.id);
-                    let event = LiveEvent { session: ada, id, kind: row.kind, data: Value::Null };
-                    live.send(event).unwrap();
+                    live.send(LiveEvent::of_row(row, true).unwrap()).unwrap();
                 }
             }
             for _ in 0..5 {
-                let kind = EventKind::TextDelta;
-                live.send(LiveEvent { session: ada, id: None, kind, data: Value::Null }).unwrap();
+                let event = example(EventKind::TextDelta);
+                live.send(LiveEvent { session: ada, id: None, event }).unwrap();
             }
             let mut events = CatchingUp::new(receiver, lagged, head);
             let mut seen = Vec::new();
@@ -460,7 +489,7 @@ mod tests {
                 tokio::time::timeout(std::time::Duration::from_millis(500), events.next()).await
             {
                 assert_eq!(event.session, ada, "another session's event reached the subscriber");
-                seen.push(event.kind);
+                seen.push(event.kind());
             }
             let by = if by_agent { "agent" } else { "session" };
             assert_eq!(
@@ -485,28 +514,26 @@ mod tests {
         let agent = agents.remove(0);
         let head = store.outbox_head().await.unwrap();
         let (session, event) = session_with_event(&store, &tenant, &agent).await;
-        let kinds: Vec<EventKind> = EventKind::ALL.iter().copied().cycle().take(8).collect();
-        let outbox = kinds.iter().map(|&kind| OutboxEvent { kind, data: "{}".into() }).collect();
+        let kinds = [
+            EventKind::TurnStarted,
+            EventKind::ToolCalled,
+            EventKind::ToolResult,
+            EventKind::TurnResumed,
+            EventKind::ToolCalled,
+            EventKind::ToolResult,
+            EventKind::TurnFinished,
+            EventKind::TurnStarted,
+        ];
+        let outbox = kinds.iter().map(|&kind| outboxed(kind)).collect();
         let (_, rows) = store.turns().start(&session, vec![event], 0, outbox).await.unwrap();
         let (live, _) = broadcast::channel(16);
         let receiver = Subscription::detached(&live);
         // Published live too (as the engine does): the replay must not pass these on twice.
         for row in &rows {
-            let event = LiveEvent {
-                session: session.id,
-                id: Some(row.id),
-                kind: row.kind,
-                data: Value::Null,
-            };
-            live.send(event).unwrap();
+            live.send(LiveEvent::of_row(row, true).unwrap()).unwrap();
         }
-        live.send(LiveEvent {
-            session: session.id,
-            id: None,
-            kind: EventKind::TextDelta,
-            data: Value::Null,
-        })
-        .unwrap();
+        let event = example(EventKind::TextDelta);
+        live.send(LiveEvent { session: session.id, id: None, event }).unwrap();
         // A client that already has the first event replays from there.
         let lagged = Lagged::new(&store, tenant.id, Scope::Session(session.id));
         let mut events = CatchingUp::replaying(receiver, lagged, rows[0].id);
@@ -514,7 +541,7 @@ mod tests {
         while let Ok(Some(event)) =
             tokio::time::timeout(std::time::Duration::from_millis(300), events.next()).await
         {
-            seen.push(event.kind);
+            seen.push(event.kind());
         }
         let mut expected: Vec<EventKind> = kinds[1..].to_vec();
         expected.push(EventKind::TextDelta);

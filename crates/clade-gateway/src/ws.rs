@@ -157,8 +157,8 @@ async fn serve(
                 frame(&ServerFrame::Event {
                     session: event.session.to_string(),
                     id,
-                    kind: event.kind.into(),
-                    data: event.data,
+                    kind: event.kind().into(),
+                    data: event.data(),
                 })
             }
             _ = recheck.tick() => {

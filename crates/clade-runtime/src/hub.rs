@@ -6,17 +6,46 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use clade_core::{AgentId, EventKind, SessionId};
+use clade_protocol::LifecycleEvent;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-/// One live event.
+/// One live event: a typed [`LifecycleEvent`] (or text delta), encoded only at the edge that
+/// sends it (SSE, WebSocket, MCP, gRPC, webhook).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveEvent {
     pub session: SessionId,
-    /// The outbox position for lifecycle events (resumable), `None` for deltas.
+    /// The outbox position of a committed event (a stream resumes after it); `None` for a
+    /// delta, or an event passed on before its position may be.
     pub id: Option<i64>,
-    pub kind: EventKind,
-    pub data: Value,
+    pub event: LifecycleEvent,
+}
+
+impl LiveEvent {
+    /// Its kind.
+    pub fn kind(&self) -> EventKind {
+        self.event.kind()
+    }
+
+    /// Its data as JSON, as the edges send it.
+    pub fn data(&self) -> Value {
+        self.event.data()
+    }
+
+    /// The committed outbox `row` as the event it records, at its position when `positioned`.
+    /// A row of no session, or whose data does not fit its kind (only a damaged store holds
+    /// one: the outbox is written from these types), is `None`, and the second is logged.
+    pub fn of_row(row: &clade_store::OutboxRow, positioned: bool) -> Option<Self> {
+        let session = row.session_id?;
+        let data = serde_json::from_str(&row.data).unwrap_or(Value::Null);
+        match LifecycleEvent::from_parts(row.kind, data) {
+            Ok(event) => Some(Self { session, id: positioned.then_some(row.id), event }),
+            Err(error) => {
+                tracing::warn!(outbox = row.id, kind = %row.kind.as_str(), %error, "an outbox row does not read as its kind; it is not streamed");
+                None
+            }
+        }
+    }
 }
 
 /// Events a session subscriber may fall behind by before it misses some. Small, because every
@@ -152,12 +181,7 @@ impl Hub {
     fn publish_rows(&self, agent: AgentId, rows: &[clade_store::OutboxRow], positioned: bool) {
         for row in rows {
             if let Some(session) = row.session_id {
-                self.publish_with(agent, session, || LiveEvent {
-                    session,
-                    id: positioned.then_some(row.id),
-                    kind: row.kind,
-                    data: serde_json::from_str(&row.data).unwrap_or(Value::Null),
-                });
+                self.publish_with(agent, session, || LiveEvent::of_row(row, positioned));
             }
         }
     }
@@ -173,23 +197,24 @@ impl Hub {
     }
 
     pub fn publish(&self, agent: AgentId, event: LiveEvent) {
-        self.publish_with(agent, event.session, || event);
+        self.publish_with(agent, event.session, || Some(event));
     }
 
-    /// Publishes the event `make` builds to the session's and the agent's subscribers; when
-    /// neither has any, `make` is not called, so an event no one watches costs nothing to build.
+    /// Publishes the event `make` builds (if it builds one) to the session's and the agent's
+    /// subscribers; when neither has any, `make` is not called, so an event no one watches
+    /// costs nothing to build.
     pub fn publish_with(
         &self,
         agent: AgentId,
         session: SessionId,
-        make: impl FnOnce() -> LiveEvent,
+        make: impl FnOnce() -> Option<LiveEvent>,
     ) {
         let to_agent = sender(&self.agents, &agent);
         let to_session = sender(&self.sessions, &session);
         if to_agent.is_none() && to_session.is_none() {
             return;
         }
-        let event = make();
+        let Some(event) = make() else { return };
         match (to_agent, to_session) {
             (Some(to_agent), Some(to_session)) => {
                 send(&self.agents, &agent, &to_agent, event.clone());
@@ -207,7 +232,8 @@ mod tests {
     use super::*;
 
     fn event(session: SessionId, n: i64) -> LiveEvent {
-        LiveEvent { session, id: Some(n), kind: EventKind::TurnFinished, data: Value::Null }
+        let event = clade_protocol::TextDelta { turn: n.to_string(), text: "x".into() }.into();
+        LiveEvent { session, id: Some(n), event }
     }
 
     fn channels(hub: &Hub) -> (usize, usize) {

@@ -341,7 +341,8 @@ impl Courier {
         let paired = match &subscriber.signing {
             Signing::Secret(_) | Signing::Sink(_) => None,
             Signing::Paired { keys, .. } => Some(
-                clade_tools::remote::Client::new(&subscriber.url, None)?
+                clade_tools::remote::Client::new(&subscriber.url, None)
+                    .map_err(|e| e.to_string())?
                     .with_peer(Some(keys.clone())),
             ),
         };
@@ -352,7 +353,7 @@ impl Courier {
     /// it is sent anything: an impostor at its address receives nothing.
     async fn prove(&self) -> Result<(), String> {
         let Some(client) = &self.paired else { return Ok(()) };
-        match client.health_proved(self.subscriber.timeout).await? {
+        match client.health_proved(self.subscriber.timeout).await.map_err(|e| e.to_string())? {
             true => Ok(()),
             false => Err(KEY_NOT_PROVED.into()),
         }

@@ -104,6 +104,19 @@ impl From<crate::workspace::PathError> for Error {
     }
 }
 
+impl From<crate::workspace::FileError> for Error {
+    fn from(error: crate::workspace::FileError) -> Self {
+        match error {
+            // The workspace's own directory is the gateway's to keep: its path and cause are
+            // the operator's.
+            crate::workspace::FileError::Workspace(cause) => {
+                Self::internal("the workspace could not be opened: try again later", cause)
+            }
+            other => Self::Failed(other.to_string()),
+        }
+    }
+}
+
 impl From<crate::net::EgressError> for Error {
     fn from(error: crate::net::EgressError) -> Self {
         Self::Failed(error.to_string())

@@ -64,6 +64,25 @@ pub struct Peer {
     pub host_key: String,
 }
 
+/// Why a host gave no usable answer. Each says what the host did, in words its operator (or
+/// a model, for a call) can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The host's address, or a request to it, cannot be made.
+    #[error("{0}")]
+    Address(String),
+    /// The host could not be reached, or did not answer in time.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The host refused: `what` was answered `status`, for the reason it gave.
+    #[error("{what} was answered {status}: {why}")]
+    Refused { what: String, status: reqwest::StatusCode, why: String },
+    /// The host answered outside the protocol: a body too long, a line that is no frame, a
+    /// manifest this gateway cannot offer.
+    #[error("{0}")]
+    Protocol(String),
+}
+
 /// An HTTP client of one host's routes.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -75,17 +94,18 @@ pub struct Client {
 
 impl Client {
     /// A client of the host at `url` (a trailing `/` is added when missing).
-    pub fn new(url: &str, token: Option<String>) -> Result<Self, String> {
+    pub fn new(url: &str, token: Option<String>) -> Result<Self, ClientError> {
         let with_slash = if url.ends_with('/') { url.to_owned() } else { format!("{url}/") };
         let base =
-            url::Url::parse(&with_slash).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+            url::Url::parse(&with_slash)
+            .map_err(|e| ClientError::Address(format!("{url:?} is not a URL: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") {
-            return Err(format!("{url:?} is not an http:// or https:// URL"));
+            return Err(ClientError::Address(format!("{url:?} is not an http:// or https:// URL")));
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+            .map_err(|e| ClientError::Address(format!("cannot build an HTTP client: {e}")))?;
         Ok(Self { http, base, token, peer: None })
     }
 
@@ -101,7 +121,7 @@ impl Client {
         method: reqwest::Method,
         route: &str,
         body: Vec<u8>,
-    ) -> Result<reqwest::RequestBuilder, String> {
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
         let mut request = self.request(method.clone(), route)?;
         if let Some(peer) = &self.peer {
             let time = clade_core::SystemClock.now().as_millis();
@@ -117,8 +137,10 @@ impl Client {
         Ok(request)
     }
 
-    fn route(&self, route: &str) -> Result<url::Url, String> {
-        self.base.join(route).map_err(|e| format!("cannot form the {route} URL: {e}"))
+    fn route(&self, route: &str) -> Result<url::Url, ClientError> {
+        self.base
+            .join(route)
+            .map_err(|e| ClientError::Address(format!("cannot form the {route} URL: {e}")))
     }
 
     /// A request to `route` with the version header and the token, if any.
@@ -126,7 +148,7 @@ impl Client {
         &self,
         method: reqwest::Method,
         route: &str,
-    ) -> Result<reqwest::RequestBuilder, String> {
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
         let request = self.http.request(method, self.route(route)?).header(VERSION_HEADER, VERSION);
         Ok(match &self.token {
             Some(token) => request.bearer_auth(token),
@@ -135,13 +157,16 @@ impl Client {
     }
 
     /// `GET manifest`, checked ([`check_manifest`]).
-    pub async fn manifest(&self, timeout: Duration) -> Result<Manifest, String> {
+    pub async fn manifest(&self, timeout: Duration) -> Result<Manifest, ClientError> {
         self.manifest_proved(timeout).await.map(|(manifest, _)| manifest)
     }
 
     /// `GET manifest` with a fresh challenge when paired; the manifest, and whether the
     /// answer was signed with the paired host's key (always true when not paired).
-    pub async fn manifest_proved(&self, timeout: Duration) -> Result<(Manifest, bool), String> {
+    pub async fn manifest_proved(
+        &self,
+        timeout: Duration,
+    ) -> Result<(Manifest, bool), ClientError> {
         let challenge = identity::challenge();
         let mut request = self.signed(reqwest::Method::GET, "manifest", Vec::new())?;
         if self.peer.is_some() {
@@ -149,16 +174,20 @@ impl Client {
         }
         let response = tokio::time::timeout(timeout, request.send())
             .await
-            .map_err(|_| format!("no manifest within {} s", timeout.as_secs()))?
-            .map_err(|e| format!("cannot fetch the manifest: {e}"))?;
+            .map_err(|_| {
+                ClientError::Unreachable(format!("no manifest within {} s", timeout.as_secs()))
+            })?
+            .map_err(|e| ClientError::Unreachable(format!("cannot fetch the manifest: {e}")))?;
         let proved = self.proves(&response, &challenge);
         let status = response.status();
         let body = read_capped(response, MAX_BODY_BYTES).await?;
         if !status.is_success() {
-            return Err(format!("the manifest request was answered {status}: {}", refusal(&body)));
+            return Err(refused("the manifest request", status, &body));
         }
         let manifest: Manifest = serde_json::from_slice(&body)
-            .map_err(|e| format!("the manifest is not a manifest of this protocol: {e}"))?;
+            .map_err(|e| {
+                ClientError::Protocol(format!("the manifest is not a manifest of this protocol: {e}"))
+            })?;
         check_manifest(&manifest)?;
         Ok((manifest, proved))
     }
@@ -184,7 +213,7 @@ impl Client {
 
     /// `GET health` with a fresh challenge: `Ok(true)` when the component answered and, when
     /// paired, signed the challenge with the key it was paired with.
-    pub async fn health_proved(&self, timeout: Duration) -> Result<bool, String> {
+    pub async fn health_proved(&self, timeout: Duration) -> Result<bool, ClientError> {
         let challenge = identity::challenge();
         let mut request = self.signed(reqwest::Method::GET, "health", Vec::new())?;
         if self.peer.is_some() {
@@ -192,13 +221,18 @@ impl Client {
         }
         let response = tokio::time::timeout(timeout, request.send())
             .await
-            .map_err(|_| format!("no answer to health within {} s", timeout.as_secs()))?
-            .map_err(|e| format!("cannot reach it: {e}"))?;
+            .map_err(|_| {
+                ClientError::Unreachable(format!(
+                    "no answer to health within {} s",
+                    timeout.as_secs()
+                ))
+            })?
+            .map_err(|e| ClientError::Unreachable(format!("cannot reach it: {e}")))?;
         let proved = self.proves(&response, &challenge);
         let status = response.status();
         if !status.is_success() {
             let body = read_capped(response, MAX_BODY_BYTES).await.unwrap_or_default();
-            return Err(format!("health was answered {status}: {}", refusal(&body)));
+            return Err(refused("health", status, &body));
         }
         Ok(proved)
     }
@@ -209,18 +243,22 @@ impl Client {
         request: &CallRequest,
         timeout: Duration,
     ) -> Result<Frames, CallFailure> {
-        let body =
-            serde_json::to_vec(request).map_err(|e| CallFailure::Transport(e.to_string()))?;
-        let send = self
-            .signed(reqwest::Method::POST, "calls", body)
-            .map_err(CallFailure::Transport)?
-            .send();
+        let body = serde_json::to_vec(request).map_err(|e| {
+            CallFailure::Transport(ClientError::Address(format!("cannot encode the call: {e}")))
+        })?;
+        let send =
+            self.signed(reqwest::Method::POST, "calls", body).map_err(CallFailure::Transport)?.send();
         let response = tokio::time::timeout(timeout, send)
             .await
             .map_err(|_| {
-                CallFailure::Transport(format!("no answer within {} s", timeout.as_secs()))
+                CallFailure::Transport(ClientError::Unreachable(format!(
+                    "no answer within {} s",
+                    timeout.as_secs()
+                )))
             })?
-            .map_err(|e| CallFailure::Transport(format!("cannot reach it: {e}")))?;
+            .map_err(|e| {
+                CallFailure::Transport(ClientError::Unreachable(format!("cannot reach it: {e}")))
+            })?;
         let status = response.status();
         if status.is_success() {
             return Ok(Frames { response, buffer: Vec::new(), line: 0 });
@@ -242,7 +280,7 @@ impl Client {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallFailure {
     /// The host could not be reached, or did not answer in time.
-    Transport(String),
+    Transport(ClientError),
     /// The host refused the request with a protocol error.
     Refused { status: u16, error: CallError },
     /// The host answered something that is not the protocol.
@@ -252,7 +290,8 @@ pub enum CallFailure {
 impl std::fmt::Display for CallFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CallFailure::Transport(message) | CallFailure::Garbage(message) => f.write_str(message),
+            CallFailure::Transport(error) => write!(f, "{error}"),
+            CallFailure::Garbage(message) => f.write_str(message),
             CallFailure::Refused { status, error } => {
                 write!(f, "refused the call ({status}, {error})")
             }
@@ -279,7 +318,7 @@ impl Frames {
 
     /// The next frame; `Ok(None)` when the answer ended. An error says what the host did:
     /// stayed silent longer than `idle`, sent a line that is not a frame, or one too long.
-    pub async fn next(&mut self, idle: Duration) -> Result<Option<CallFrame>, String> {
+    pub async fn next(&mut self, idle: Duration) -> Result<Option<CallFrame>, ClientError> {
         loop {
             if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buffer.drain(..=end).collect();
@@ -289,37 +328,45 @@ impl Frames {
                     continue;
                 }
                 return serde_json::from_slice(text).map(Some).map_err(|e| {
-                    format!(
+                    ClientError::Protocol(format!(
                         "line {} of its answer is not a call frame ({e}): {}",
                         self.line,
                         snippet(text)
-                    )
+                    ))
                 });
             }
             if self.buffer.len() > MAX_FRAME_BYTES {
-                return Err(format!("sent a frame over {MAX_FRAME_BYTES} bytes"));
+                return Err(ClientError::Protocol(format!(
+                    "sent a frame over {MAX_FRAME_BYTES} bytes"
+                )));
             }
             let chunk = tokio::time::timeout(idle, self.response.chunk())
                 .await
                 .map_err(|_| {
-                    format!("stayed silent for {} s, sending not even a heartbeat", idle.as_secs())
+                    ClientError::Unreachable(format!(
+                        "stayed silent for {} s, sending not even a heartbeat",
+                        idle.as_secs()
+                    ))
                 })?
-                .map_err(|e| format!("broke off its answer: {e}"))?;
+                .map_err(|e| ClientError::Unreachable(format!("broke off its answer: {e}")))?;
             match chunk {
                 Some(bytes) => self.buffer.extend_from_slice(&bytes),
                 None if self.buffer.iter().all(u8::is_ascii_whitespace) => return Ok(None),
                 None => {
-                    return Err(format!(
+                    return Err(ClientError::Protocol(format!(
                         "ended its answer inside a frame: {}",
                         snippet(&self.buffer)
-                    ));
+                    )));
                 }
             }
         }
     }
 
     /// Reads frames until the last: `Ok` with the result or error frame's content.
-    pub async fn outcome(&mut self, idle: Duration) -> Result<Result<String, CallError>, String> {
+    pub async fn outcome(
+        &mut self,
+        idle: Duration,
+    ) -> Result<Result<String, CallError>, ClientError> {
         self.outcome_reporting(idle, None).await
     }
 
@@ -328,7 +375,7 @@ impl Frames {
         &mut self,
         idle: Duration,
         progress: Option<&crate::Progress>,
-    ) -> Result<Result<String, CallError>, String> {
+    ) -> Result<Result<String, CallError>, ClientError> {
         while let Some(frame) = self.next(idle).await? {
             match frame {
                 CallFrame::Progress { message, fraction } => {
@@ -342,40 +389,44 @@ impl Frames {
                 CallFrame::Error(error) => return Ok(Err(error)),
             }
         }
-        Err("ended its answer without a result or an error frame".into())
+        Err(ClientError::Protocol("ended its answer without a result or an error frame".into()))
     }
 }
 
 /// The checks a gateway makes of a manifest before it offers a host's tools.
-pub fn check_manifest(manifest: &Manifest) -> Result<(), String> {
+pub fn check_manifest(manifest: &Manifest) -> Result<(), ClientError> {
+    manifest_fault(manifest).map_or(Ok(()), |fault| Err(ClientError::Protocol(fault)))
+}
+
+fn manifest_fault(manifest: &Manifest) -> Option<String> {
     if manifest.protocol != PROTOCOL {
-        return Err(format!(
+        return Some(format!(
             "the host speaks {:?}, and this gateway {PROTOCOL:?}",
             manifest.protocol
         ));
     }
     if manifest.heartbeat_secs == 0 || manifest.heartbeat_secs > 300 {
-        return Err(format!("heartbeat_secs is {}: it must be 1 to 300", manifest.heartbeat_secs));
+        return Some(format!("heartbeat_secs is {}: it must be 1 to 300", manifest.heartbeat_secs));
     }
     let mut seen = std::collections::BTreeSet::new();
     for tool in &manifest.tools {
         if !valid_tool_name(&tool.name) {
-            return Err(format!(
+            return Some(format!(
                 "tool name {:?}: names use 1-64 of a-z, 0-9, ., _ and -, starting with a letter",
                 tool.name
             ));
         }
         if !seen.insert(tool.name.as_str()) {
-            return Err(format!("tool {:?} is listed twice", tool.name));
+            return Some(format!("tool {:?} is listed twice", tool.name));
         }
         if tool.input_schema.get("type").and_then(Value::as_str) != Some("object") {
-            return Err(format!(
+            return Some(format!(
                 "tool {:?}: input_schema must be a JSON Schema of type object",
                 tool.name
             ));
         }
     }
-    Ok(())
+    None
 }
 
 fn valid_tool_name(name: &str) -> bool {
@@ -386,17 +437,28 @@ fn valid_tool_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
 }
 
-async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<Vec<u8>, ClientError> {
     let mut body = Vec::new();
     while let Some(chunk) =
-        response.chunk().await.map_err(|e| format!("broke off its answer: {e}"))?
+        response
+            .chunk()
+            .await
+            .map_err(|e| ClientError::Unreachable(format!("broke off its answer: {e}")))?
     {
         if body.len() + chunk.len() > cap {
-            return Err(format!("answered with a body over {cap} bytes"));
+            return Err(ClientError::Protocol(format!("answered with a body over {cap} bytes")));
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// `what` answered `status` with `body`: the host's own refusal.
+fn refused(what: &str, status: reqwest::StatusCode, body: &[u8]) -> ClientError {
+    ClientError::Refused { what: what.to_owned(), status, why: refusal(body) }
 }
 
 /// A protocol error body's words, or the start of whatever came instead.
@@ -435,8 +497,11 @@ impl Host {
 
     /// Fetches the host's manifest and makes a tool of each of its tools.
     pub async fn connect(spec: HostSpec) -> Result<(Arc<Self>, Vec<Arc<dyn Tool>>), RemoteError> {
-        let fail =
-            |message: String| RemoteError { host: spec.name.clone(), message, key_changed: false };
+        let fail = |error: ClientError| RemoteError {
+            host: spec.name.clone(),
+            message: error.to_string(),
+            key_changed: false,
+        };
         let client =
             Client::new(&spec.url, spec.token.clone()).map_err(fail)?.with_peer(spec.peer.clone());
         let (manifest, proved) = client.manifest_proved(spec.timeout).await.map_err(fail)?;
@@ -568,7 +633,11 @@ pub async fn pair(
     identity: &identity::Identity,
     timeout: Duration,
 ) -> Result<String, RemoteError> {
-    let fail = |message: String| RemoteError { host: name.to_owned(), message, key_changed: false };
+    let fail = |error: ClientError| RemoteError {
+        host: name.to_owned(),
+        message: error.to_string(),
+        key_changed: false,
+    };
     let client = Client::new(url, Some(token.to_owned())).map_err(fail)?;
     let challenge = identity::challenge();
     let asked = PairRequest { gateway_key: identity.public(), name: name.to_owned(), challenge };
@@ -578,10 +647,10 @@ pub async fn pair(
     if identity::key_bytes(&answer.host_key).is_none()
         || !identity::verify(&answer.host_key, &signed, &answer.signature)
     {
-        return Err(fail(
+        return Err(fail(ClientError::Protocol(
             "answered the pairing challenge without a valid signature of its own key: not paired"
                 .into(),
-        ));
+        )));
     }
     let confirm = PairConfirm {
         gateway_key: identity.public(),
@@ -603,18 +672,25 @@ async fn exchange<T: serde::de::DeserializeOwned>(
     route: &str,
     body: &impl serde::Serialize,
     timeout: Duration,
-) -> Result<T, String> {
-    let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+) -> Result<T, ClientError> {
+    let body = serde_json::to_vec(body)
+        .map_err(|e| ClientError::Address(format!("cannot encode the {route} request: {e}")))?;
     let send = client.signed(reqwest::Method::POST, route, body)?.send();
     let response = tokio::time::timeout(timeout, send)
         .await
-        .map_err(|_| format!("no answer to {route} within {} s", timeout.as_secs()))?
-        .map_err(|e| format!("cannot reach it: {e}"))?;
+        .map_err(|_| {
+            ClientError::Unreachable(format!("no answer to {route} within {} s", timeout.as_secs()))
+        })?
+        .map_err(|e| ClientError::Unreachable(format!("cannot reach it: {e}")))?;
     let status = response.status();
     let body = read_capped(response, MAX_BODY_BYTES).await?;
     if !status.is_success() {
-        return Err(format!("{route} was answered {status}: {}", refusal(&body)));
+        return Err(refused(route, status, &body));
     }
-    serde_json::from_slice(&body)
-        .map_err(|e| format!("{route} was answered with something else ({e}): {}", snippet(&body)))
+    serde_json::from_slice(&body).map_err(|e| {
+        ClientError::Protocol(format!(
+            "{route} was answered with something else ({e}): {}",
+            snippet(&body)
+        ))
+    })
 }

@@ -60,24 +60,53 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
     Ok(if parts.is_empty() { ".".to_owned() } else { parts.join("/") })
 }
 
-fn io(context: &str, path: &str, err: impl Into<std::io::Error>) -> String {
-    let err: std::io::Error = err.into();
-    let why = match err.raw_os_error() {
+/// Why a file of the workspace was not read, written, listed or searched. Its text is what the
+/// agent reads: the action, the path as the workspace names it, and why; never a host path.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// The workspace's own directory could not be opened.
+    #[error("cannot open the workspace: {}", why_io(.0))]
+    Workspace(#[source] std::io::Error),
+    /// The system refused `action` on `path`.
+    #[error("cannot {action} {path:?}: {}", why_io(.source))]
+    Io { action: &'static str, path: String, source: std::io::Error },
+    /// `path` is not a file this action takes: a directory, a hard link, too large, …
+    #[error("cannot {action} {path:?}: {why}")]
+    Refused { action: &'static str, path: String, why: String },
+    /// The request itself names nothing to do.
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+impl FileError {
+    fn refused(action: &'static str, path: &str, why: impl Into<String>) -> Self {
+        Self::Refused { action, path: path.to_owned(), why: why.into() }
+    }
+}
+
+/// What the agent is told of a refused open: the kernel's refusals of a way out in words.
+fn why_io(err: &std::io::Error) -> String {
+    match err.raw_os_error() {
         Some(18) => {
             "it leaves the workspace (EXDEV: a symlink, `..` or mount point points outside)"
                 .to_owned()
         }
         Some(40) => "it is a symbolic link, which is not followed here".to_owned(),
         _ => err.to_string(),
-    };
-    format!("cannot {context} {path:?}: {why}")
+    }
+}
+
+fn io(action: &'static str, path: &str, err: impl Into<std::io::Error>) -> FileError {
+    FileError::Io { action, path: path.to_owned(), source: err.into() }
 }
 
 const BENEATH: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
 
-fn root(workspace: &Path) -> Result<OwnedFd, String> {
+fn root(workspace: &Path) -> Result<OwnedFd, FileError> {
     rustix::fs::open(workspace, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| io("open the workspace", &workspace.display().to_string(), e))
+        .map_err(|e| FileError::Workspace(e.into()))
 }
 
 fn open_beneath(
@@ -90,14 +119,14 @@ fn open_beneath(
 }
 
 /// Reads up to `max` bytes of a regular file.
-pub fn read(workspace: &Path, path: &str, max: usize) -> Result<(Vec<u8>, bool), String> {
-    let rel = normalize(path).map_err(|e| e.to_string())?;
+pub fn read(workspace: &Path, path: &str, max: usize) -> Result<(Vec<u8>, bool), FileError> {
+    let rel = normalize(path)?;
     let root = root(workspace)?;
     let fd = open_beneath(&root, &rel, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())
         .map_err(|e| io("read", &rel, e))?;
     let stat = rustix::fs::fstat(&fd).map_err(|e| io("read", &rel, e))?;
     if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
-        return Err(format!("cannot read {rel:?}: not a regular file"));
+        return Err(FileError::refused("read", &rel, "not a regular file"));
     }
     let mut data = Vec::new();
     std::fs::File::from(fd)
@@ -113,28 +142,34 @@ pub fn read(workspace: &Path, path: &str, max: usize) -> Result<(Vec<u8>, bool),
 /// bytes. Stricter than [`read`]: no link anywhere on the path (not even one that stays
 /// inside), a regular file with one name (a hard link the agent planted is refused), and a
 /// file over `max` is refused rather than cut.
-pub fn read_upload(workspace: &Path, path: &str, max: u64) -> Result<Vec<u8>, String> {
-    let rel = normalize(path).map_err(|e| e.to_string())?;
+pub fn read_upload(workspace: &Path, path: &str, max: u64) -> Result<Vec<u8>, FileError> {
+    let rel = normalize(path)?;
     let root = root(workspace)?;
     let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd =
         rustix::fs::openat2(&root, &rel, flags, Mode::empty(), BENEATH | ResolveFlags::NO_SYMLINKS)
             .map_err(|e| match e {
-                rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => {
-                    format!("cannot send {rel:?}: a link is on its path; send the file itself")
-                }
+                rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => FileError::refused(
+                    "send",
+                    &rel,
+                    "a link is on its path; send the file itself",
+                ),
                 e => io("send", &rel, e),
             })?;
     let stat = rustix::fs::fstat(&fd).map_err(|e| io("send", &rel, e))?;
     if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
-        return Err(format!("cannot send {rel:?}: not a regular file"));
+        return Err(FileError::refused("send", &rel, "not a regular file"));
     }
     if stat.st_nlink > 1 {
-        return Err(format!("cannot send {rel:?}: it has more than one name (a hard link)"));
+        return Err(FileError::refused("send", &rel, "it has more than one name (a hard link)"));
     }
     let size = u64::try_from(stat.st_size).unwrap_or(0);
     if size > max {
-        return Err(format!("cannot send {rel:?}: {size} bytes, over the {max}-byte limit"));
+        return Err(FileError::refused(
+            "send",
+            &rel,
+            format!("{size} bytes, over the {max}-byte limit"),
+        ));
     }
     let mut data = Vec::new();
     std::fs::File::from(fd)
@@ -142,13 +177,17 @@ pub fn read_upload(workspace: &Path, path: &str, max: u64) -> Result<Vec<u8>, St
         .read_to_end(&mut data)
         .map_err(|e| io("send", &rel, e))?;
     if data.len() as u64 > max {
-        return Err(format!("cannot send {rel:?}: it grew past the {max}-byte limit"));
+        return Err(FileError::refused(
+            "send",
+            &rel,
+            format!("it grew past the {max}-byte limit"),
+        ));
     }
     Ok(data)
 }
 
 /// Opens (creating as needed) the directory `rel` beneath `root`.
-fn make_dirs(root: &OwnedFd, rel: &str) -> Result<OwnedFd, String> {
+fn make_dirs(root: &OwnedFd, rel: &str) -> Result<OwnedFd, FileError> {
     let mut dir = rustix::io::dup(root).map_err(|e| io("open", rel, e))?;
     if rel == "." {
         return Ok(dir);
@@ -173,14 +212,14 @@ fn make_dirs(root: &OwnedFd, rel: &str) -> Result<OwnedFd, String> {
 
 /// Writes (or appends) a regular file, creating parent directories. Refuses symlinks and
 /// files with more than one link, so a hard link planted in the workspace cannot redirect it.
-pub fn write(workspace: &Path, path: &str, content: &[u8], append: bool) -> Result<u64, String> {
-    let rel = normalize(path).map_err(|e| e.to_string())?;
+pub fn write(workspace: &Path, path: &str, content: &[u8], append: bool) -> Result<u64, FileError> {
+    let rel = normalize(path)?;
     let (parent, name) = match rel.rsplit_once('/') {
         Some((parent, name)) => (parent, name),
         None => (".", rel.as_str()),
     };
     if name == "." {
-        return Err("cannot write the workspace itself; name a file".into());
+        return Err(FileError::Invalid("cannot write the workspace itself; name a file"));
     }
     let root = root(workspace)?;
     let dir = make_dirs(&root, parent)?;
@@ -190,10 +229,14 @@ pub fn write(workspace: &Path, path: &str, content: &[u8], append: bool) -> Resu
         .map_err(|e| io("write", &rel, e))?;
     let stat = rustix::fs::fstat(&fd).map_err(|e| io("write", &rel, e))?;
     if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
-        return Err(format!("cannot write {rel:?}: not a regular file"));
+        return Err(FileError::refused("write", &rel, "not a regular file"));
     }
     if stat.st_nlink > 1 {
-        return Err(format!("cannot write {rel:?}: it has {} hard links", stat.st_nlink));
+        return Err(FileError::refused(
+            "write",
+            &rel,
+            format!("it has {} hard links", stat.st_nlink),
+        ));
     }
     if !append {
         rustix::fs::ftruncate(&fd, 0).map_err(|e| io("write", &rel, e))?;
@@ -262,7 +305,7 @@ fn kind_of(file_type: rustix::fs::FileType) -> &'static str {
     }
 }
 
-fn entries(dir: &OwnedFd) -> Result<Vec<Entry>, String> {
+fn entries(dir: &OwnedFd) -> Result<Vec<Entry>, FileError> {
     let mut out = Vec::new();
     let reader = rustix::fs::Dir::read_from(dir).map_err(|e| io("list", ".", e))?;
     for entry in reader {
@@ -284,8 +327,8 @@ fn entries(dir: &OwnedFd) -> Result<Vec<Entry>, String> {
 }
 
 /// The entries of a directory, sorted by name.
-pub fn list(workspace: &Path, path: &str) -> Result<Vec<Entry>, String> {
-    let rel = normalize(path).map_err(|e| e.to_string())?;
+pub fn list(workspace: &Path, path: &str) -> Result<Vec<Entry>, FileError> {
+    let rel = normalize(path)?;
     let root = root(workspace)?;
     let dir = open_beneath(&root, &rel, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
         .map_err(|e| io("list", &rel, e))?;
@@ -311,11 +354,11 @@ pub fn search(
     path: &str,
     needle: &str,
     max_hits: usize,
-) -> Result<Vec<Hit>, String> {
+) -> Result<Vec<Hit>, FileError> {
     if needle.is_empty() {
-        return Err("the search text must not be empty".into());
+        return Err(FileError::Invalid("the search text must not be empty"));
     }
-    let rel = normalize(path).map_err(|e| e.to_string())?;
+    let rel = normalize(path)?;
     let root = root(workspace)?;
     let dir = open_beneath(&root, &rel, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
         .map_err(|e| io("search", &rel, e))?;
@@ -334,7 +377,7 @@ fn walk(
     depth: usize,
     files: &mut usize,
     hits: &mut Vec<Hit>,
-) -> Result<(), String> {
+) -> Result<(), FileError> {
     for entry in entries(dir)? {
         if hits.len() >= max_hits || *files >= MAX_FILES {
             return Ok(());
@@ -489,8 +532,35 @@ mod tests {
             ("/etc/passwd", "absolute"),
             ("out/none", "no such"),
         ] {
-            let refused = read_upload(&ws, path, 100).unwrap_err();
+            let refused = read_upload(&ws, path, 100).unwrap_err().to_string();
             assert!(refused.to_lowercase().contains(needle), "{path}: {refused}");
         }
+    }
+
+    /// The agent reads what it named and why; where its workspace lives on the host is the
+    /// operator's to know, and a workspace that cannot be opened is the gateway's failure.
+    #[test]
+    fn an_unopenable_workspace_names_no_host_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let gone = tmp.path().join("gone");
+        let host = tmp.path().to_string_lossy().into_owned();
+        for error in [
+            read(&gone, "notes.md", 10).unwrap_err(),
+            write(&gone, "notes.md", b"x", false).unwrap_err(),
+            list(&gone, ".").unwrap_err(),
+            search(&gone, ".", "x", 10).unwrap_err(),
+        ] {
+            assert!(matches!(error, FileError::Workspace(_)), "{error}");
+            assert!(!error.to_string().contains(&host), "{error}");
+            let told = crate::Error::from(error);
+            assert!(told.detail().is_some(), "the gateway's failure, not the agent's: {told}");
+            assert!(!told.to_string().contains(&host), "{told}");
+        }
+        let missing = read(tmp.path(), "notes.md", 10).unwrap_err();
+        assert!(matches!(missing, FileError::Io { action: "read", .. }), "{missing}");
+        assert_eq!(
+            crate::Error::from(missing).to_string(),
+            "cannot read \"notes.md\": No such file or directory (os error 2)"
+        );
     }
 }

@@ -263,7 +263,7 @@ pub(super) async fn start_engine(
         tokio::spawn(async move {
             loop {
                 match live.recv().await {
-                    Ok(event) if event.kind == clade_core::EventKind::TurnFinished => {
+                    Ok(event) if event.kind() == clade_core::EventKind::TurnFinished => {
                         finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

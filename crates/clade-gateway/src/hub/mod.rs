@@ -260,8 +260,8 @@ impl AgentHub for Hub {
             Followed::Event(event) => Ok(pb::TraceEvent {
                 id: event.id.map_or(0, |id| ids.encode(tenant, id)),
                 session_id: event.session.to_string(),
-                kind: event.kind.as_str().to_owned(),
-                data_json: event.data.to_string(),
+                kind: event.kind().as_str().to_owned(),
+                data_json: event.data().to_string(),
             }),
             Followed::Revoked => Err(status_of(ApiError::new(
                 Code::InvalidToken,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clade_config::{Binding, QueueMode, SessionsConfig};
 use clade_core::{AgentId, EventId, EventKind, SessionId, Tenant, TenantId, TurnId, TurnStatus};
+use clade_protocol::LifecycleEvent;
 use clade_store::{Accepted, EventRow, NewEvent, SessionRow, Source, Store, TurnRow, Workspaces};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -91,14 +92,13 @@ impl Finished {
     }
 
     /// From the lifecycle event that ended the turn (see [`outcome_of`]).
-    fn from_live(data: &Value) -> Option<Self> {
-        let text = |key: &str| data[key].as_str().map(str::to_owned);
+    fn from_ended(ended: clade_protocol::TurnEnded) -> Option<Self> {
         Some(Self {
-            turn_id: data["turn"].as_str()?.parse().ok()?,
-            status: data["status"].as_str().and_then(TurnStatus::parse)?,
-            reply: text("reply"),
-            error: text("error"),
-            model: text("model"),
+            turn_id: ended.turn.parse().ok()?,
+            status: ended.status.0,
+            reply: ended.reply,
+            error: ended.error,
+            model: ended.model,
         })
     }
 }
@@ -578,24 +578,24 @@ impl Engine {
             let turn_ended = async {
                 loop {
                     let Ok(live) = live.recv().await else { return None };
-                    if live.kind == EventKind::TurnStarted {
-                        let takes_ours = live.data["events"]
-                            .as_array()
-                            .is_some_and(|ids| ids.iter().any(|id| id == event_text.as_str()));
-                        if takes_ours && let Some(turn) = live.data["turn"].as_str() {
-                            ours = Some(turn.to_owned());
+                    match live.event {
+                        LifecycleEvent::TurnStarted(started) => {
+                            if started.events.iter().any(|id| *id == event_text) {
+                                ours = Some(started.turn);
+                            }
                         }
-                    } else if live.kind == EventKind::TextDelta {
-                        if ours.is_some()
-                            && live.data["turn"].as_str() == ours.as_deref()
-                            && let Some(text) = live.data["text"].as_str()
-                        {
-                            on_text(text);
+                        LifecycleEvent::TextDelta(delta) => {
+                            if ours.as_deref() == Some(delta.turn.as_str()) {
+                                on_text(&delta.text);
+                            }
                         }
-                    } else if live.kind.ends_turn() {
-                        let is_ours =
-                            ours.is_some() && live.data["turn"].as_str() == ours.as_deref();
-                        return if is_ours { Finished::from_live(&live.data) } else { None };
+                        LifecycleEvent::TurnFinished(ended)
+                        | LifecycleEvent::TurnFailed(ended)
+                        | LifecycleEvent::TurnYielded(ended) => {
+                            let is_ours = ours.as_deref() == Some(ended.turn.as_str());
+                            return if is_ours { Finished::from_ended(ended) } else { None };
+                        }
+                        _ => {}
                     }
                 }
             };

@@ -238,11 +238,8 @@ impl Journal for StoreJournal<'_> {
 
     fn live(&self, turn: &TurnRow, event: &LifecycleEvent) {
         let session = turn.session_id;
-        self.inner.bus.hub().publish_with(turn.agent_id, session, || LiveEvent {
-            session,
-            id: None,
-            kind: event.kind(),
-            data: event.data(),
+        self.inner.bus.hub().publish_with(turn.agent_id, session, || {
+            Some(LiveEvent { session, id: None, event: event.clone() })
         });
     }
 
@@ -388,12 +385,7 @@ impl AgentTools<'_> {
                 message: message.to_owned(),
                 fraction,
             });
-            hub.publish_with(agent, session, || LiveEvent {
-                session,
-                id: None,
-                kind: event.kind(),
-                data: event.data(),
-            });
+            hub.publish_with(agent, session, || Some(LiveEvent { session, id: None, event }));
         })
     }
 

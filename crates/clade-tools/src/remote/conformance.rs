@@ -14,7 +14,7 @@ use clade_protocol::remote_tools::{
 };
 use serde_json::Value;
 
-use super::{CallFailure, Client};
+use super::{CallFailure, Client, ClientError};
 
 /// What to check a host with.
 #[derive(Debug, Clone)]
@@ -34,7 +34,7 @@ pub struct Check {
     pub name: &'static str,
     /// What the protocol asks, in a line.
     pub what: &'static str,
-    pub outcome: Result<(), String>,
+    pub outcome: Result<(), ClientError>,
 }
 
 /// Runs every check against `target`, in order; a check whose premise failed (no manifest)
@@ -153,7 +153,7 @@ pub async fn run(target: &Target) -> Vec<Check> {
         name: "invalid_arguments",
         what: "arguments that are not an object are refused 422 invalid_arguments",
         outcome: match &first_tool {
-            None => Err("the manifest lists no tool to call".into()),
+            None => Err(ClientError::Protocol("the manifest lists no tool to call".into())),
             Some(tool) => {
                 refused(
                     &client,
@@ -179,8 +179,8 @@ pub async fn run(target: &Target) -> Vec<Check> {
             what: "the same idempotency key again answers the first outcome",
             outcome: match (&outcome, replay) {
                 (Ok(a), Ok(b)) if *a == b => Ok(()),
-                (Ok(a), Ok(b)) => Err(format!("the first call ended {a:?}, its repeat {b:?}")),
-                (Err(_), _) => Err("the first call failed".into()),
+                (Ok(a), Ok(b)) => Err(ClientError::Protocol(format!("the first call ended {a:?}, its repeat {b:?}"))),
+                (Err(_), _) => Err(ClientError::Protocol("the first call failed".into())),
                 (_, Err(e)) => Err(e),
             },
         });
@@ -206,30 +206,30 @@ async fn health(
     client: &Client,
     manifest: Option<&Manifest>,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ClientError> {
     let send = client.request(reqwest::Method::GET, "health")?.send();
     let response = tokio::time::timeout(timeout, send)
         .await
-        .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
-        .map_err(|e| format!("cannot reach it: {e}"))?;
+        .map_err(|_| ClientError::Unreachable(format!("no answer within {} s", timeout.as_secs())))?
+        .map_err(|e| ClientError::Unreachable(format!("cannot reach it: {e}")))?;
     let status = response.status();
     let body = super::read_capped(response, super::MAX_BODY_BYTES).await?;
     if !status.is_success() {
-        return Err(format!("answered {status}: {}", super::snippet(&body)));
+        return Err(ClientError::Protocol(format!("answered {status}: {}", super::snippet(&body))));
     }
     let health: Health = serde_json::from_slice(&body)
-        .map_err(|e| format!("not a health answer ({e}): {}", super::snippet(&body)))?;
+        .map_err(|e| ClientError::Protocol(format!("not a health answer ({e}): {}", super::snippet(&body))))?;
     if health.status != "ok" || health.protocol != PROTOCOL {
-        return Err(format!("status {:?}, protocol {:?}", health.status, health.protocol));
+        return Err(ClientError::Protocol(format!("status {:?}, protocol {:?}", health.status, health.protocol)));
     }
     if let Some(manifest) = manifest
         && usize::try_from(health.tools).ok() != Some(manifest.tools.len())
     {
-        return Err(format!(
+        return Err(ClientError::Protocol(format!(
             "says {} tools where the manifest lists {}",
             health.tools,
             manifest.tools.len()
-        ));
+        )));
     }
     Ok(())
 }
@@ -240,15 +240,15 @@ async fn refused(
     request: &CallRequest,
     code: ErrorCode,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ClientError> {
     match client.call(request, timeout).await {
         Ok(mut frames) => match frames.outcome(timeout).await {
-            Ok(Err(error)) if error.code == code => Err(format!(
+            Ok(Err(error)) if error.code == code => Err(ClientError::Protocol(format!(
                 "answered 200 with an error frame ({error}); a refusal before the call starts is a {} status",
                 code.status()
-            )),
+            ))),
             other => {
-                Err(format!("answered 200 where {} {code:?} was due: {other:?}", code.status()))
+                Err(ClientError::Protocol(format!("answered 200 where {} {code:?} was due: {other:?}", code.status())))
             }
         },
         Err(CallFailure::Refused { status, error })
@@ -256,7 +256,7 @@ async fn refused(
         {
             Ok(())
         }
-        Err(other) => Err(format!("expected {} {code:?}; {other}", code.status())),
+        Err(other) => Err(ClientError::Protocol(format!("expected {} {code:?}; {other}", code.status()))),
     }
 }
 
@@ -268,7 +268,7 @@ async fn refused_raw(
     body: Vec<u8>,
     code: ErrorCode,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ClientError> {
     let mut request = client
         .http
         .post(client.route("calls")?)
@@ -280,20 +280,20 @@ async fn refused_raw(
     }
     let response = tokio::time::timeout(timeout, request.send())
         .await
-        .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
-        .map_err(|e| format!("cannot reach it: {e}"))?;
+        .map_err(|_| ClientError::Unreachable(format!("no answer within {} s", timeout.as_secs())))?
+        .map_err(|e| ClientError::Unreachable(format!("cannot reach it: {e}")))?;
     let status = response.status().as_u16();
     let body = super::read_capped(response, super::MAX_BODY_BYTES).await?;
     match serde_json::from_slice::<ErrorBody>(&body) {
         Ok(refused) if refused.error.code == code && status == code.status() => Ok(()),
         Ok(refused) => {
-            Err(format!("expected {} {code:?}; answered {status} {}", code.status(), refused.error))
+            Err(ClientError::Protocol(format!("expected {} {code:?}; answered {status} {}", code.status(), refused.error)))
         }
-        Err(_) => Err(format!(
+        Err(_) => Err(ClientError::Protocol(format!(
             "expected {} {code:?}; answered {status} without an error body: {}",
             code.status(),
             super::snippet(&body)
-        )),
+        ))),
     }
 }
 
@@ -303,25 +303,31 @@ async fn call_outcome(
     request: &CallRequest,
     timeout: Duration,
     manifest: Option<&Manifest>,
-) -> Result<String, String> {
+) -> Result<String, ClientError> {
     let idle = manifest.map_or(timeout, |m| Duration::from_secs(u64::from(m.heartbeat_secs) * 3));
-    let mut frames = client.call(request, timeout).await.map_err(|e| e.to_string())?;
+    let mut frames = client.call(request, timeout).await.map_err(|failure| match failure {
+        CallFailure::Transport(error) => error,
+        other => ClientError::Protocol(other.to_string()),
+    })?;
     let content_type = frames.content_type().unwrap_or_default();
     if !content_type.starts_with(FRAMES_CONTENT_TYPE) {
-        return Err(format!("content type {content_type:?}, not {FRAMES_CONTENT_TYPE}"));
+        return Err(ClientError::Protocol(format!("content type {content_type:?}, not {FRAMES_CONTENT_TYPE}")));
     }
     let mut last = None;
     while let Some(frame) = frames.next(idle).await? {
         if last.is_some() {
-            return Err(format!("sent a frame after its last: {frame:?}"));
+            return Err(ClientError::Protocol(format!("sent a frame after its last: {frame:?}")));
         }
         match frame {
             CallFrame::Progress { .. } | CallFrame::Heartbeat {} => {}
             final_frame => last = Some(final_frame),
         }
     }
-    let last = last.ok_or("ended its answer without a result or an error frame")?;
-    serde_json::to_string(&last).map_err(|e| e.to_string())
+    let last = last.ok_or_else(|| {
+        ClientError::Protocol("ended its answer without a result or an error frame".into())
+    })?;
+    serde_json::to_string(&last)
+        .map_err(|e| ClientError::Protocol(format!("its last frame is not JSON: {e}")))
 }
 
 /// A value no earlier run used: idempotency keys and names must not collide with a past run's.
