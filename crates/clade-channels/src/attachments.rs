@@ -164,7 +164,12 @@ pub fn safe_name(name: &str) -> String {
 /// write, leads out of it; only a regular file with one link is written, opened without
 /// blocking, so a planted FIFO cannot hang the caller). The path written, relative to the
 /// workspace. Blocking: call it off the async runtime.
-pub fn keep(workspace: &Path, dir: &[&str], name: &str, bytes: &[u8]) -> Result<PathBuf, FileError> {
+pub fn keep(
+    workspace: &Path,
+    dir: &[&str],
+    name: &str,
+    bytes: &[u8],
+) -> Result<PathBuf, FileError> {
     let mut relative = PathBuf::new();
     for part in dir.iter().copied().map(safe_name) {
         relative.push(part);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clade_core::{EventKind, SessionId};
 use clade_protocol::{LifecycleEvent, ReplyFile};
 use clade_runtime::outbox::{Refused, Signing, Sink, Subscriber};
-use clade_runtime::{Engine, Envelope, LiveEvent, Subscription};
+use clade_runtime::{Engine, Envelope, Subscription};
 use clade_store::{OutboxRow, Source, Store};
 use clade_tools::builtin::{MAX_REPLY_FILE_BYTES, MAX_REPLY_FILES};
 use futures::future::BoxFuture;
@@ -560,7 +560,9 @@ impl<A: ChatApi> Channel<A> {
                             size_text(size)
                         ),
                         Ok(Err(why)) => format!("[file {name} was not kept: {why}]"),
-                        Err(stopped) => format!("[file {name} was not kept: the write stopped: {stopped}]"),
+                        Err(stopped) => {
+                            format!("[file {name} was not kept: the write stopped: {stopped}]")
+                        }
                     }
                 }
                 Err(PlatformError::Refused(why)) if why.contains("over the") => {
@@ -694,33 +696,35 @@ impl<A: ChatApi> Channel<A> {
                 () = clock.sleep(wait) => None,
             };
             match next {
-                Some(Ok(LiveEvent { event: LifecycleEvent::TurnStarted(started), .. })) => {
-                    let turn = started.turn;
-                    // Announced twice: live as the turn begins, again once its row commits.
-                    let known = current.as_ref().is_some_and(|(t, _)| *t == turn)
-                        || lock(&self.drafts).contains_key(&turn);
-                    if known || lock(&self.finished).contains(&turn) {
-                        continue;
+                Some(Ok(live)) => match &*live.event {
+                    LifecycleEvent::TurnStarted(started) => {
+                        let turn = &started.turn;
+                        // Announced twice: live as the turn begins, again once its row commits.
+                        let known = current.as_ref().is_some_and(|(t, _)| t == turn)
+                            || lock(&self.drafts).contains_key(turn);
+                        if known || lock(&self.finished).contains(turn) {
+                            continue;
+                        }
+                        let draft = Arc::new(tokio::sync::Mutex::new(Draft::default()));
+                        lock(&self.drafts).insert(turn.clone(), draft.clone());
+                        current = Some((turn.clone(), draft));
+                        dirty = false;
                     }
-                    let draft = Arc::new(tokio::sync::Mutex::new(Draft::default()));
-                    lock(&self.drafts).insert(turn.clone(), draft.clone());
-                    current = Some((turn, draft));
-                    dirty = false;
-                }
-                Some(Ok(LiveEvent { event: LifecycleEvent::TextDelta(delta), .. })) => {
-                    let Some((turn, draft)) = &current else { continue };
-                    if delta.turn != *turn {
-                        continue;
+                    LifecycleEvent::TextDelta(delta) => {
+                        let Some((turn, draft)) = &current else { continue };
+                        if delta.turn != *turn {
+                            continue;
+                        }
+                        draft.lock().await.text.push_str(&delta.text);
+                        dirty = true;
                     }
-                    draft.lock().await.text.push_str(&delta.text);
-                    dirty = true;
-                }
-                Some(Ok(event)) if event.kind().ends_turn() => {
-                    // The reply's delivery takes the draft from here.
-                    current = None;
-                    dirty = false;
-                }
-                Some(Ok(_)) => {}
+                    event if event.kind().ends_turn() => {
+                        // The reply's delivery takes the draft from here.
+                        current = None;
+                        dirty = false;
+                    }
+                    _ => {}
+                },
                 // Deltas were lost: the draft would show a gap, so stop drafting this turn; its
                 // reply still arrives whole.
                 Some(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {

@@ -797,9 +797,9 @@ impl ForkLimits {
         within("max_iterations", self.max_iterations.map(u64::from), 100)?;
         within("timeout_secs", self.timeout_secs, 86_400)?;
         match self.max_tokens {
-            Some(v) if !(1_000..=100_000_000).contains(&v) => {
-                Err(Invalid(format!("sessions.{field}.max_tokens: must be 1,000 to 100,000,000, not {v}")))
-            }
+            Some(v) if !(1_000..=100_000_000).contains(&v) => Err(Invalid(format!(
+                "sessions.{field}.max_tokens: must be 1,000 to 100,000,000, not {v}"
+            ))),
             _ => Ok(()),
         }
     }
@@ -1056,7 +1056,9 @@ fn check_channel(
 ) -> Result<(), Invalid> {
     check_channel_name(field, name)?;
     if token_env.trim().is_empty() {
-        return Err(Invalid(format!("{field}.token_env: name the variable holding the bot's token")));
+        return Err(Invalid(format!(
+            "{field}.token_env: name the variable holding the bot's token"
+        )));
     }
     check_url(&format!("{field}.api_url"), api_url)?;
     if max_attempts == 0 {
@@ -1082,7 +1084,11 @@ fn check_channel_name(field: &str, name: &str) -> Result<(), Invalid> {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if good { Ok(()) } else { Err(Invalid(format!("{field}: a name is 1-32 of a-z, 0-9, - and _"))) }
+    if good {
+        Ok(())
+    } else {
+        Err(Invalid(format!("{field}: a name is 1-32 of a-z, 0-9, - and _")))
+    }
 }
 
 /// One Telegram bot, through the Bot API.

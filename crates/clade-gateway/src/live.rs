@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 
+use clade_core::EventKind;
 use clade_protocol::LifecycleEvent;
 use clade_runtime::{LiveEvent, Subscription};
 use tokio::sync::broadcast;
@@ -126,7 +127,7 @@ impl CatchingUp {
     /// Whether `event` is the committed `turn.started` of a turn announced live before; the
     /// live announcement is remembered here.
     fn already_announced(&mut self, event: &LiveEvent) -> bool {
-        let LifecycleEvent::TurnStarted(started) = &event.event else { return false };
+        let LifecycleEvent::TurnStarted(started) = &*event.event else { return false };
         let turn = &started.turn;
         if event.id.is_none() {
             if self.announced.len() >= ANNOUNCED {
@@ -357,7 +358,6 @@ mod tests {
     use clade_core::{AgentConfig, Handle, Tenant};
     use clade_store::{Location, NewAgent, NewEvent, OutboxEvent, Source, Store, StoreOptions};
 
-    use clade_core::EventKind;
     use clade_protocol::{Spelled, TurnEnded};
 
     use super::*;
@@ -480,7 +480,7 @@ mod tests {
                 }
             }
             for _ in 0..5 {
-                let event = example(EventKind::TextDelta);
+                let event = std::sync::Arc::new(example(EventKind::TextDelta));
                 live.send(LiveEvent { session: ada, id: None, event }).unwrap();
             }
             let mut events = CatchingUp::new(receiver, lagged, head);
@@ -532,7 +532,7 @@ mod tests {
         for row in &rows {
             live.send(LiveEvent::of_row(row, true).unwrap()).unwrap();
         }
-        let event = example(EventKind::TextDelta);
+        let event = std::sync::Arc::new(example(EventKind::TextDelta));
         live.send(LiveEvent { session: session.id, id: None, event }).unwrap();
         // A client that already has the first event replays from there.
         let lagged = Lagged::new(&store, tenant.id, Scope::Session(session.id));

@@ -18,7 +18,8 @@ pub struct LiveEvent {
     /// The outbox position of a committed event (a stream resumes after it); `None` for a
     /// delta, or an event passed on before its position may be.
     pub id: Option<i64>,
-    pub event: LifecycleEvent,
+    /// Shared: every subscriber's copy is the same event.
+    pub event: Arc<LifecycleEvent>,
 }
 
 impl LiveEvent {
@@ -39,7 +40,9 @@ impl LiveEvent {
         let session = row.session_id?;
         let data = serde_json::from_str(&row.data).unwrap_or(Value::Null);
         match LifecycleEvent::from_parts(row.kind, data) {
-            Ok(event) => Some(Self { session, id: positioned.then_some(row.id), event }),
+            Ok(event) => {
+                Some(Self { session, id: positioned.then_some(row.id), event: Arc::new(event) })
+            }
             Err(error) => {
                 tracing::warn!(outbox = row.id, kind = %row.kind.as_str(), %error, "an outbox row does not read as its kind; it is not streamed");
                 None
@@ -233,7 +236,7 @@ mod tests {
 
     fn event(session: SessionId, n: i64) -> LiveEvent {
         let event = clade_protocol::TextDelta { turn: n.to_string(), text: "x".into() }.into();
-        LiveEvent { session, id: Some(n), event }
+        LiveEvent { session, id: Some(n), event: Arc::new(event) }
     }
 
     fn channels(hub: &Hub) -> (usize, usize) {
@@ -274,7 +277,7 @@ mod tests {
         let built = std::cell::Cell::new(0);
         let make = |n| {
             built.set(built.get() + 1);
-            event(session, n)
+            Some(event(session, n))
         };
         hub.publish_with(agent, session, || make(0));
         assert_eq!(built.get(), 0, "built with no subscriber");

@@ -379,9 +379,9 @@ impl Courier {
                     .header("webhook-signature", standard)
                     .body(payload)
             }
-            (Signing::Paired { .. }, Some(client)) => {
-                client.signed(reqwest::Method::POST, "events", payload.into_bytes())?
-            }
+            (Signing::Paired { .. }, Some(client)) => client
+                .signed(reqwest::Method::POST, "events", payload.into_bytes())
+                .map_err(|e| Refused::transient(e.to_string()))?,
             (Signing::Paired { .. }, None) => {
                 return Err(Refused::transient("no client for a paired subscriber"));
             }

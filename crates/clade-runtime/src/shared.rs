@@ -155,9 +155,15 @@ impl TypedTool for SharedWrite {
             let (folder, path) = (args.folder.clone(), args.path.clone());
             let written = blocking(move || {
                 // Ours alone: `<root>/<tenant id>/<folder>`, names checked above.
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| format!("cannot make shared folder {:?}: {e}", args.folder))?;
-                workspace::write(&dir, &args.path, args.content.as_bytes(), args.append)
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    Error::failed(format!("cannot make shared folder {:?}: {e}", args.folder))
+                })?;
+                Ok::<_, Error>(workspace::write(
+                    &dir,
+                    &args.path,
+                    args.content.as_bytes(),
+                    args.append,
+                )?)
             })
             .await?;
             Ok(format!("wrote {written} bytes to {path} in shared folder {folder}"))

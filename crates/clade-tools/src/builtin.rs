@@ -321,14 +321,14 @@ impl TypedTool for FsWrite {
                 let used = workspace::usage(&root);
                 let adding = args.content.len() as u64;
                 if used.saturating_add(adding) > quota {
-                    return Err(format!(
+                    return Err(crate::Error::failed(format!(
                         "the workspace holds {} of its {} quota ({key}), and {} more would pass it: delete files you no longer need first",
                         mib(used),
                         mib(quota),
                         mib(adding)
-                    ));
+                    )));
                 }
-                workspace::write(&root, &args.path, args.content.as_bytes(), args.append)
+                Ok(workspace::write(&root, &args.path, args.content.as_bytes(), args.append)?)
             })
             .await?;
             Ok(format!("wrote {n} bytes to {path}"))

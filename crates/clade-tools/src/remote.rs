@@ -96,8 +96,7 @@ impl Client {
     /// A client of the host at `url` (a trailing `/` is added when missing).
     pub fn new(url: &str, token: Option<String>) -> Result<Self, ClientError> {
         let with_slash = if url.ends_with('/') { url.to_owned() } else { format!("{url}/") };
-        let base =
-            url::Url::parse(&with_slash)
+        let base = url::Url::parse(&with_slash)
             .map_err(|e| ClientError::Address(format!("{url:?} is not a URL: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(ClientError::Address(format!("{url:?} is not an http:// or https:// URL")));
@@ -184,10 +183,9 @@ impl Client {
         if !status.is_success() {
             return Err(refused("the manifest request", status, &body));
         }
-        let manifest: Manifest = serde_json::from_slice(&body)
-            .map_err(|e| {
-                ClientError::Protocol(format!("the manifest is not a manifest of this protocol: {e}"))
-            })?;
+        let manifest: Manifest = serde_json::from_slice(&body).map_err(|e| {
+            ClientError::Protocol(format!("the manifest is not a manifest of this protocol: {e}"))
+        })?;
         check_manifest(&manifest)?;
         Ok((manifest, proved))
     }
@@ -246,8 +244,10 @@ impl Client {
         let body = serde_json::to_vec(request).map_err(|e| {
             CallFailure::Transport(ClientError::Address(format!("cannot encode the call: {e}")))
         })?;
-        let send =
-            self.signed(reqwest::Method::POST, "calls", body).map_err(CallFailure::Transport)?.send();
+        let send = self
+            .signed(reqwest::Method::POST, "calls", body)
+            .map_err(CallFailure::Transport)?
+            .send();
         let response = tokio::time::timeout(timeout, send)
             .await
             .map_err(|_| {
@@ -437,16 +437,12 @@ fn valid_tool_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
 }
 
-async fn read_capped(
-    mut response: reqwest::Response,
-    cap: usize,
-) -> Result<Vec<u8>, ClientError> {
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, ClientError> {
     let mut body = Vec::new();
-    while let Some(chunk) =
-        response
-            .chunk()
-            .await
-            .map_err(|e| ClientError::Unreachable(format!("broke off its answer: {e}")))?
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| ClientError::Unreachable(format!("broke off its answer: {e}")))?
     {
         if body.len() + chunk.len() > cap {
             return Err(ClientError::Protocol(format!("answered with a body over {cap} bytes")));

@@ -149,11 +149,9 @@ pub fn read_upload(workspace: &Path, path: &str, max: u64) -> Result<Vec<u8>, Fi
     let fd =
         rustix::fs::openat2(&root, &rel, flags, Mode::empty(), BENEATH | ResolveFlags::NO_SYMLINKS)
             .map_err(|e| match e {
-                rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => FileError::refused(
-                    "send",
-                    &rel,
-                    "a link is on its path; send the file itself",
-                ),
+                rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => {
+                    FileError::refused("send", &rel, "a link is on its path; send the file itself")
+                }
                 e => io("send", &rel, e),
             })?;
     let stat = rustix::fs::fstat(&fd).map_err(|e| io("send", &rel, e))?;
@@ -177,11 +175,7 @@ pub fn read_upload(workspace: &Path, path: &str, max: u64) -> Result<Vec<u8>, Fi
         .read_to_end(&mut data)
         .map_err(|e| io("send", &rel, e))?;
     if data.len() as u64 > max {
-        return Err(FileError::refused(
-            "send",
-            &rel,
-            format!("it grew past the {max}-byte limit"),
-        ));
+        return Err(FileError::refused("send", &rel, format!("it grew past the {max}-byte limit")));
     }
     Ok(data)
 }

@@ -246,7 +246,7 @@ pub(super) async fn run(cmd: ToolHostCommand) -> Result<()> {
                     "check": c.name,
                     "what": c.what,
                     "passed": c.outcome.is_ok(),
-                    "error": c.outcome.as_ref().err(),
+                    "error": c.outcome.as_ref().err().map(ToString::to_string),
                 })
             })
             .collect();

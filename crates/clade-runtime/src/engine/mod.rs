@@ -6,10 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clade_config::{Binding, QueueMode, SessionsConfig};
-use clade_core::{AgentId, EventId, EventKind, SessionId, Tenant, TenantId, TurnId, TurnStatus};
+use clade_core::{AgentId, EventId, SessionId, Tenant, TenantId, TurnId, TurnStatus};
 use clade_protocol::LifecycleEvent;
 use clade_store::{Accepted, EventRow, NewEvent, SessionRow, Source, Store, TurnRow, Workspaces};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc};
 
@@ -578,22 +577,26 @@ impl Engine {
             let turn_ended = async {
                 loop {
                     let Ok(live) = live.recv().await else { return None };
-                    match live.event {
-                        LifecycleEvent::TurnStarted(started) => {
-                            if started.events.iter().any(|id| *id == event_text) {
-                                ours = Some(started.turn);
-                            }
+                    match &*live.event {
+                        LifecycleEvent::TurnStarted(started)
+                            if started.events.contains(&event_text) =>
+                        {
+                            ours = Some(started.turn.clone());
                         }
-                        LifecycleEvent::TextDelta(delta) => {
-                            if ours.as_deref() == Some(delta.turn.as_str()) {
-                                on_text(&delta.text);
-                            }
+                        LifecycleEvent::TextDelta(delta)
+                            if ours.as_deref() == Some(delta.turn.as_str()) =>
+                        {
+                            on_text(&delta.text);
                         }
                         LifecycleEvent::TurnFinished(ended)
                         | LifecycleEvent::TurnFailed(ended)
                         | LifecycleEvent::TurnYielded(ended) => {
                             let is_ours = ours.as_deref() == Some(ended.turn.as_str());
-                            return if is_ours { Finished::from_ended(ended) } else { None };
+                            return if is_ours {
+                                Finished::from_ended(ended.clone())
+                            } else {
+                                None
+                            };
                         }
                         _ => {}
                     }

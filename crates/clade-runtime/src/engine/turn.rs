@@ -239,7 +239,7 @@ impl Journal for StoreJournal<'_> {
     fn live(&self, turn: &TurnRow, event: &LifecycleEvent) {
         let session = turn.session_id;
         self.inner.bus.hub().publish_with(turn.agent_id, session, || {
-            Some(LiveEvent { session, id: None, event: event.clone() })
+            Some(LiveEvent { session, id: None, event: std::sync::Arc::new(event.clone()) })
         });
     }
 
@@ -385,7 +385,9 @@ impl AgentTools<'_> {
                 message: message.to_owned(),
                 fraction,
             });
-            hub.publish_with(agent, session, || Some(LiveEvent { session, id: None, event }));
+            hub.publish_with(agent, session, || {
+                Some(LiveEvent { session, id: None, event: std::sync::Arc::new(event) })
+            });
         })
     }
 

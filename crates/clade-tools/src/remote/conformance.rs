@@ -179,7 +179,9 @@ pub async fn run(target: &Target) -> Vec<Check> {
             what: "the same idempotency key again answers the first outcome",
             outcome: match (&outcome, replay) {
                 (Ok(a), Ok(b)) if *a == b => Ok(()),
-                (Ok(a), Ok(b)) => Err(ClientError::Protocol(format!("the first call ended {a:?}, its repeat {b:?}"))),
+                (Ok(a), Ok(b)) => Err(ClientError::Protocol(format!(
+                    "the first call ended {a:?}, its repeat {b:?}"
+                ))),
                 (Err(_), _) => Err(ClientError::Protocol("the first call failed".into())),
                 (_, Err(e)) => Err(e),
             },
@@ -217,10 +219,14 @@ async fn health(
     if !status.is_success() {
         return Err(ClientError::Protocol(format!("answered {status}: {}", super::snippet(&body))));
     }
-    let health: Health = serde_json::from_slice(&body)
-        .map_err(|e| ClientError::Protocol(format!("not a health answer ({e}): {}", super::snippet(&body))))?;
+    let health: Health = serde_json::from_slice(&body).map_err(|e| {
+        ClientError::Protocol(format!("not a health answer ({e}): {}", super::snippet(&body)))
+    })?;
     if health.status != "ok" || health.protocol != PROTOCOL {
-        return Err(ClientError::Protocol(format!("status {:?}, protocol {:?}", health.status, health.protocol)));
+        return Err(ClientError::Protocol(format!(
+            "status {:?}, protocol {:?}",
+            health.status, health.protocol
+        )));
     }
     if let Some(manifest) = manifest
         && usize::try_from(health.tools).ok() != Some(manifest.tools.len())
@@ -247,16 +253,19 @@ async fn refused(
                 "answered 200 with an error frame ({error}); a refusal before the call starts is a {} status",
                 code.status()
             ))),
-            other => {
-                Err(ClientError::Protocol(format!("answered 200 where {} {code:?} was due: {other:?}", code.status())))
-            }
+            other => Err(ClientError::Protocol(format!(
+                "answered 200 where {} {code:?} was due: {other:?}",
+                code.status()
+            ))),
         },
         Err(CallFailure::Refused { status, error })
             if error.code == code && status == code.status() =>
         {
             Ok(())
         }
-        Err(other) => Err(ClientError::Protocol(format!("expected {} {code:?}; {other}", code.status()))),
+        Err(other) => {
+            Err(ClientError::Protocol(format!("expected {} {code:?}; {other}", code.status())))
+        }
     }
 }
 
@@ -286,9 +295,11 @@ async fn refused_raw(
     let body = super::read_capped(response, super::MAX_BODY_BYTES).await?;
     match serde_json::from_slice::<ErrorBody>(&body) {
         Ok(refused) if refused.error.code == code && status == code.status() => Ok(()),
-        Ok(refused) => {
-            Err(ClientError::Protocol(format!("expected {} {code:?}; answered {status} {}", code.status(), refused.error)))
-        }
+        Ok(refused) => Err(ClientError::Protocol(format!(
+            "expected {} {code:?}; answered {status} {}",
+            code.status(),
+            refused.error
+        ))),
         Err(_) => Err(ClientError::Protocol(format!(
             "expected {} {code:?}; answered {status} without an error body: {}",
             code.status(),
@@ -311,7 +322,9 @@ async fn call_outcome(
     })?;
     let content_type = frames.content_type().unwrap_or_default();
     if !content_type.starts_with(FRAMES_CONTENT_TYPE) {
-        return Err(ClientError::Protocol(format!("content type {content_type:?}, not {FRAMES_CONTENT_TYPE}")));
+        return Err(ClientError::Protocol(format!(
+            "content type {content_type:?}, not {FRAMES_CONTENT_TYPE}"
+        )));
     }
     let mut last = None;
     while let Some(frame) = frames.next(idle).await? {
