@@ -4,12 +4,14 @@
 
 use futures::future::BoxFuture;
 
+use crate::BoxError;
+
 /// Turns texts into vectors.
 pub trait Embedder: Send + Sync {
     /// The model, as stored beside each vector.
     fn model(&self) -> &str;
     /// One vector per text, in order.
-    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>>;
+    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, BoxError>>;
 }
 
 impl Embedder for clade_model::embeddings::OpenAiEmbeddings {
@@ -17,11 +19,9 @@ impl Embedder for clade_model::embeddings::OpenAiEmbeddings {
         clade_model::embeddings::OpenAiEmbeddings::model(self)
     }
 
-    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
-        Box::pin(async move {
-            clade_model::embeddings::OpenAiEmbeddings::embed(self, texts)
-                .await
-                .map_err(|e| e.to_string())
-        })
+    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, BoxError>> {
+        Box::pin(
+            async move { Ok(clade_model::embeddings::OpenAiEmbeddings::embed(self, texts).await?) },
+        )
     }
 }

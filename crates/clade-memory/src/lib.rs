@@ -27,6 +27,11 @@ use clade_store::{MemoryFilter, MemoryRow, MemoryUpdate, NewMemory, Source, Tena
 
 pub use embed::Embedder;
 
+/// What a pluggable part (an [`Embedder`], an [`upkeep::Consolidator`]) failed with: its own
+/// error, whatever its type (a remote endpoint's, a local model's, the store's), with its
+/// causes.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// How many hits each search contributes before fusion.
 const CANDIDATES: u32 = 50;
 /// Fused hits whose links are followed.
@@ -275,7 +280,7 @@ impl Memory {
                 None
             }
             Err(err) => {
-                self.degraded(&err);
+                self.degraded(&err.to_string());
                 None
             }
         }

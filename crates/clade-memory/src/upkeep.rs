@@ -50,7 +50,7 @@ pub trait Consolidator: Send + Sync {
         store: &'a TenantStore,
         agent: AgentId,
         items: &'a [MemoryRow],
-    ) -> futures::future::BoxFuture<'a, Result<Vec<(MemoryKind, String)>, String>>;
+    ) -> futures::future::BoxFuture<'a, Result<Vec<(MemoryKind, String)>, crate::BoxError>>;
 }
 
 /// The kinds consolidation reads: what happened and was seen, as against what lasts.

@@ -740,10 +740,11 @@ impl clade_memory::upkeep::Consolidator for Habits {
         _store: &'a TenantStore,
         _agent: AgentId,
         items: &'a [clade_store::MemoryRow],
-    ) -> futures::future::BoxFuture<'a, Result<Vec<(MemoryKind, String)>, String>> {
+    ) -> futures::future::BoxFuture<'a, Result<Vec<(MemoryKind, String)>, clade_memory::BoxError>>
+    {
         Box::pin(async move {
             if items.iter().any(|i| i.content.contains("FAIL")) {
-                return Err("the model is down".to_owned());
+                return Err("the model is down".into());
             }
             let runs = items.iter().filter(|i| i.content.contains("ran")).count();
             let answer = if runs >= 2 {

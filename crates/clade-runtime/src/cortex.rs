@@ -38,13 +38,13 @@ pub(crate) async fn ask_lasting(
     agent: AgentId,
     instructions: &str,
     text: String,
-) -> Result<Vec<(MemoryKind, String)>, String> {
-    let tenant = engine.store().tenants().by_id(store.tenant()).await.map_err(|e| e.to_string())?;
+) -> Result<Vec<(MemoryKind, String)>, clade_memory::BoxError> {
+    let tenant = engine.store().tenants().by_id(store.tenant()).await?;
     // A pool the tenant's agents share (`shared.remember`) is no agent: charged to the tenant.
     let agent = match store.agents().by_id(agent).await {
         Ok(agent) => Some(agent),
         Err(clade_store::Error::AgentNotFound(_)) => None,
-        Err(err) => return Err(err.to_string()),
+        Err(err) => return Err(err.into()),
     };
     let request = ModelRequest {
         messages: vec![Message::system(instructions), Message::user(text)],
@@ -54,8 +54,7 @@ pub(crate) async fn ask_lasting(
     let models = engine.models();
     let called =
         Box::pin(models.call(&tenant, agent.as_ref(), ProcessKind::Cortex, &request, &mut |_| {}))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
     Ok(parse_consolidated(&called.response.text))
 }
 
@@ -65,7 +64,8 @@ impl Consolidator for ModelConsolidator {
         store: &'a TenantStore,
         agent: AgentId,
         items: &'a [MemoryRow],
-    ) -> futures::future::BoxFuture<'a, Result<Vec<(MemoryKind, String)>, String>> {
+    ) -> futures::future::BoxFuture<'a, Result<Vec<(MemoryKind, String)>, clade_memory::BoxError>>
+    {
         Box::pin(async move {
             let lines: Vec<String> = items
                 .iter()
@@ -140,20 +140,13 @@ pub async fn merge_memory_index(
     store: &Store,
     from_segments: i64,
     begun: bool,
-) -> Result<bool, String> {
-    if !begun
-        && store.memory_upkeep().index_segments().await.map_err(|e| e.to_string())? < from_segments
-    {
+) -> clade_store::Result<bool> {
+    if !begun && store.memory_upkeep().index_segments().await? < from_segments {
         return Ok(true);
     }
     for step in 0..INDEX_MERGE_STEPS {
         let gather = !begun && step == 0;
-        if !store
-            .memory_upkeep()
-            .merge_index(INDEX_MERGE_PAGES, gather)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        if !store.memory_upkeep().merge_index(INDEX_MERGE_PAGES, gather).await? {
             return Ok(true);
         }
     }
@@ -161,15 +154,11 @@ pub async fn merge_memory_index(
 }
 
 /// Keeps the agents due now; how many, and how long a write settles before its upkeep.
-async fn look(store: &Store, engine: &Engine) -> Result<(usize, Duration), String> {
+async fn look(store: &Store, engine: &Engine) -> clade_store::Result<(usize, Duration)> {
     let Some(memory) = engine.memory() else { return Ok((0, MAX_WAIT)) };
     let Some(policy) = memory.upkeep_policy().cloned() else { return Ok((0, MAX_WAIT)) };
     let settle = policy.settle;
-    let due = store
-        .memory_upkeep()
-        .due(store.now(), settle.as_millis() as i64, BATCH)
-        .await
-        .map_err(|e| e.to_string())?;
+    let due = store.memory_upkeep().due(store.now(), settle.as_millis() as i64, BATCH).await?;
     for agent in &due {
         let scope = store.acting_as("memory upkeep").tenant_scope(agent.tenant);
         let consolidator = ModelConsolidator::new(engine.clone());
@@ -199,8 +188,7 @@ async fn look(store: &Store, engine: &Engine) -> Result<(usize, Duration), Strin
                 store
                     .memories(agent.tenant)
                     .finish_upkeep(agent.agent, now, seen, Some(retry))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
             }
         }
     }

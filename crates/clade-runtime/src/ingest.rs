@@ -70,10 +70,10 @@ async fn run(store: Store, engine: Engine) {
 }
 
 /// Mines one page of the outbox past the cursor; `true` when the page was full (more wait).
-async fn pass(store: &Store, engine: &Engine) -> Result<bool, String> {
+async fn pass(store: &Store, engine: &Engine) -> clade_store::Result<bool> {
     let system = store.system();
-    let (cursor, _) = system.deliveries().cursor(CURSOR).await.map_err(|e| e.to_string())?;
-    let rows = system.outbox_after(cursor, PAGE).await.map_err(|e| e.to_string())?;
+    let (cursor, _) = system.deliveries().cursor(CURSOR).await?;
+    let rows = system.outbox_after(cursor, PAGE).await?;
     let Some(last) = rows.last().map(|r| r.id) else { return Ok(false) };
     if let Some((memory, miner)) = engine.ingesting() {
         let mut turns = Vec::new();
@@ -89,7 +89,7 @@ async fn pass(store: &Store, engine: &Engine) -> Result<bool, String> {
         }
         save_turns(&memory, turns).await;
     }
-    system.deliveries().set_cursor(CURSOR, last, 0, None).await.map_err(|e| e.to_string())?;
+    system.deliveries().set_cursor(CURSOR, last, 0, None).await?;
     Ok(rows.len() == PAGE as usize)
 }
 
@@ -112,14 +112,13 @@ async fn catch_up(
     memory: &Memory,
     model: &str,
     signal: &Notify,
-) -> Result<CatchUp, String> {
+) -> Result<CatchUp, clade_memory::Error> {
     use futures::FutureExt as _;
     // Completes once the outbox has news (a turn committed) after this pass began.
     let news = signal.notified();
     tokio::pin!(news);
     loop {
-        let agents =
-            store.memory_upkeep().agents_to_embed(model, 100).await.map_err(|e| e.to_string())?;
+        let agents = store.memory_upkeep().agents_to_embed(model, 100).await?;
         if agents.is_empty() {
             return Ok(CatchUp::Done);
         }
@@ -127,8 +126,7 @@ async fn catch_up(
             let scope = store.acting_as("memory ingestion").tenant_scope(tenant);
             let mut done = 0;
             loop {
-                let step =
-                    memory.reembed(&scope, agent, REEMBED_STEP).await.map_err(|e| e.to_string())?;
+                let step = memory.reembed(&scope, agent, REEMBED_STEP).await?;
                 if step == 0 {
                     break;
                 }

@@ -150,8 +150,8 @@ impl Embedder for LocalEmbedder {
     fn embed<'a>(
         &'a self,
         texts: &'a [String],
-    ) -> futures::future::BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
-        Box::pin(async move { self.model.embed(texts).await.map_err(|e| e.to_string()) })
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Vec<f32>>, clade_memory::BoxError>> {
+        Box::pin(async move { Ok(self.model.embed(texts).await?) })
     }
 }
 

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clade_store::{GivenUp, OutboxRow, Store};
-use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 /// A subscriber with its credentials resolved.
@@ -294,20 +293,27 @@ pub async fn grant_lease(
     store.leases().grant(kind, peer, scope, ttl).await
 }
 
-/// The body a subscriber receives for an outbox row: a `clade_protocol::WebhookEvent` (the
-/// envelope, the event's `type` and its `data`). Rows are written through
-/// `clade_protocol::LifecycleEvent`, so their data is already the typed data; it is passed on
-/// as stored rather than read and written again.
-pub fn body(row: &OutboxRow) -> Value {
-    json!({
-        "id": row.event_id,
-        "seq": row.id,
-        "type": row.kind.as_str(),
-        "tenant": row.tenant_id.to_string(),
-        "session": row.session_id.map(|s| s.to_string()),
-        "turn": row.turn_id.map(|t| t.to_string()),
-        "created_at": row.created_at.as_millis(),
-        "data": serde_json::from_str::<Value>(&row.data).unwrap_or(Value::Null),
+/// The body a subscriber receives for an outbox row: the protocol's
+/// [`clade_protocol::WebhookEvent`] (the envelope, the event's `type` and its `data`), its data
+/// read as the event's own type. A row whose data does not read so (only a damaged store
+/// holds one: the outbox is written from these types) is an error no retry can mend.
+pub fn body(row: &OutboxRow) -> Result<clade_protocol::WebhookEvent, Refused> {
+    let unreadable = |e: serde_json::Error| {
+        Refused::permanent(format!(
+            "outbox row {} does not read as a {} event: {e}",
+            row.id,
+            row.kind.as_str()
+        ))
+    };
+    let data = serde_json::from_str(&row.data).map_err(unreadable)?;
+    Ok(clade_protocol::WebhookEvent {
+        id: row.event_id.clone(),
+        seq: row.id,
+        tenant: row.tenant_id.to_string(),
+        session: row.session_id.map(|s| s.to_string()),
+        turn: row.turn_id.map(|t| t.to_string()),
+        created_at: row.created_at.as_millis(),
+        event: clade_protocol::LifecycleEvent::from_parts(row.kind, data).map_err(unreadable)?,
     })
 }
 
@@ -362,7 +368,8 @@ impl Courier {
     /// Posts `row`, signed as of `now`: a retry is signed anew, so its Standard Webhooks
     /// timestamp is never stale.
     async fn deliver(&self, row: &OutboxRow, now: clade_core::Timestamp) -> Result<(), Refused> {
-        let payload = body(row).to_string();
+        let payload = serde_json::to_string(&body(row)?)
+            .map_err(|e| Refused::permanent(format!("cannot write outbox row {}: {e}", row.id)))?;
         let request = match (&self.subscriber.signing, &self.paired) {
             (Signing::Sink(sink), _) => return sink.deliver(row).await,
             (Signing::Secret(secret), _) => {
@@ -725,5 +732,47 @@ async fn nap(clock: &dyn clade_core::Clock, wait: Duration, notified: impl Futur
     tokio::select! {
         () = notified => {}
         () = clock.sleep(wait) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clade_core::{EventKind, SessionId, TenantId, Timestamp};
+    use clade_store::OutboxRow;
+
+    use super::body;
+
+    fn row(kind: EventKind, data: &str) -> OutboxRow {
+        let now = Timestamp::from_millis(1_700_000_000_000);
+        OutboxRow {
+            id: 7,
+            event_id: "evt_7".into(),
+            tenant_id: TenantId::generate(now),
+            session_id: Some(SessionId::generate(now)),
+            turn_id: None,
+            kind,
+            data: data.into(),
+            created_at: now,
+        }
+    }
+
+    /// A subscriber reads the protocol's webhook event; a row whose data does not fit its kind
+    /// (only a damaged store holds one) is refused for good, naming the row, not sent as null.
+    #[test]
+    fn a_body_is_the_protocols_webhook_event_and_a_damaged_row_is_refused() {
+        let good = row(EventKind::TextDelta, r#"{"turn":"t","text":"hi"}"#);
+        let sent = serde_json::to_value(body(&good).unwrap()).unwrap();
+        assert_eq!(sent["type"], EventKind::TextDelta.as_str(), "{sent}");
+        assert_eq!(sent["data"]["text"], "hi", "{sent}");
+        assert_eq!((sent["id"].as_str(), sent["seq"].as_i64()), (Some("evt_7"), Some(7)));
+        let read: clade_protocol::WebhookEvent = serde_json::from_value(sent).unwrap();
+        assert_eq!(read.event.kind(), EventKind::TextDelta);
+
+        for data in ["{}", "not json", r#"{"turn":"t"}"#] {
+            let refused = body(&row(EventKind::TextDelta, data)).unwrap_err();
+            assert!(refused.permanent, "{data}: {refused:?}");
+            assert!(refused.reason.contains("outbox row 7"), "{data}: {refused:?}");
+            assert!(refused.reason.contains(EventKind::TextDelta.as_str()), "{data}: {refused:?}");
+        }
     }
 }

@@ -156,8 +156,15 @@ async fn webhook_retries_back_off_on_the_clock_and_dead_letter_after_the_last() 
                 .await;
         }
     });
-    let event =
-        clade_store::OutboxEvent { kind: clade_core::EventKind::TurnFinished, data: "{}".into() };
+    let ended = clade_protocol::LifecycleEvent::turn_ended(clade_protocol::TurnEnded {
+        turn: "t".into(),
+        status: clade_protocol::Spelled(clade_core::TurnStatus::Completed),
+        reply: Some("done".into()),
+        error: None,
+        model: None,
+        files: Vec::new(),
+    });
+    let event = clade_store::OutboxEvent::from(&ended);
     store
         .transact(tenant.id, move |work| {
             let event = event.clone();

@@ -163,7 +163,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
             while next < size && tasks.len() < 8 {
                 let end = (next + batch).min(size);
                 let contents: Vec<String> = (next..end).map(|n| texts.item(n)).collect();
-                let vectors = embedder.embed(&contents).await.map_err(anyhow::Error::msg)?;
+                let vectors = embedder.embed(&contents).await.map_err(|e| anyhow::anyhow!(e))?;
                 let (store, agent_id) = (store.clone(), agent.id);
                 let model = embedder.model().to_owned();
                 tasks.spawn(async move {
@@ -239,10 +239,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         } else {
             let started = now();
             let mut begun = false;
-            while !clade_runtime::cortex::merge_memory_index(&ctx.store, 2, begun)
-                .await
-                .map_err(anyhow::Error::msg)?
-            {
+            while !clade_runtime::cortex::merge_memory_index(&ctx.store, 2, begun).await? {
                 begun = true;
             }
             format!(
@@ -425,7 +422,7 @@ async fn evaluate(
     let mut generated = Texts(0x5eed);
     let notes: Vec<String> = (0..distractors).map(|n| generated.item(n)).collect();
     for (n, chunk) in notes.chunks(64).enumerate() {
-        let vectors = embedder.embed(chunk).await.map_err(anyhow::Error::msg)?;
+        let vectors = embedder.embed(chunk).await.map_err(|e| anyhow::anyhow!(e))?;
         for (text, vector) in chunk.iter().zip(vectors) {
             let embedding = Some((vector, embedder.model().to_owned()));
             store.memories().save(new_item(agent.id, text.clone(), embedding)).await?;
@@ -435,7 +432,7 @@ async fn evaluate(
     let mut ids = HashMap::new();
     for chunk in turns.chunks(64) {
         let texts: Vec<String> = chunk.iter().map(|t| t.text.clone()).collect();
-        let vectors = embedder.embed(&texts).await.map_err(anyhow::Error::msg)?;
+        let vectors = embedder.embed(&texts).await.map_err(|e| anyhow::anyhow!(e))?;
         for (turn, vector) in chunk.iter().zip(vectors) {
             let embedding = Some((vector, embedder.model().to_owned()));
             let row =
