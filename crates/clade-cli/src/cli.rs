@@ -1511,6 +1511,30 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Strangers hold every connection slot with trickled webhook bodies (a slowloris) while a
+    /// tenant's client keeps asking on new connections: report its p50/p99 with the siege and
+    /// without it (goal: p99 under 100 ms, none refused), on a fresh gateway
+    Siege {
+        /// Sockets the strangers hold open at once, reconnecting when dropped
+        #[arg(long, default_value_t = 550)]
+        strangers: usize,
+        /// The gateway's `server.max_connections`
+        #[arg(long, default_value_t = 500)]
+        max_connections: u64,
+        /// Requests per second the tenant's client sends, each on a new connection
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Seconds per phase: calm, then under siege
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// How often each stranger sends one more byte of its body
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+        trickle: std::time::Duration,
+        /// The address the strangers connect from, as from another host (the client connects
+        /// from 127.0.0.1); 127.0.0.1 makes them share the client's
+        #[arg(long, default_value = "127.0.0.2")]
+        stranger_address: std::net::IpAddr,
+    },
     /// Run the local chat model (`clade models fetch local`) and report time to first token
     /// (p50, p99) and tokens per second while it writes
     Local {

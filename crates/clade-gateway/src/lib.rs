@@ -62,7 +62,7 @@ use clade_store::{Agents, Store};
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub use error::ApiError;
-pub use server::{ConnectionLimits, serve};
+pub use server::{ConnectionLimits, bind, serve};
 
 /// Everything a request handler may use; cheap to clone.
 #[derive(Clone)]

@@ -3,14 +3,16 @@
 //! request's body, so idle, half-open or trickling sockets cannot starve the clients that do
 //! send requests.
 //!
-//! At the cap, a connection is closed to make room: the oldest that has not sent a request
-//! yet, else the oldest whose requests never passed the token check (a flood of strangers then
-//! only evicts itself); connections that authenticated keep their places, and when every
-//! connection has, the new one is refused. A body declared larger than `max_body_bytes` is
+//! At the cap, a connection is closed to make room: the oldest that has sent no request for
+//! [`SILENT_GRACE`] since it connected, else the oldest stranger (a connection whose requests
+//! never passed the token check) of the source address holding the most strangers' places, so
+//! a flood of strangers evicts itself and not a client arriving from elsewhere, however fast it
+//! reconnects; connections that authenticated keep their places unless one tenant holds the
+//! most of them. A body declared larger than `max_body_bytes` is
 //! refused (413) before a byte of it is read.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,6 +46,10 @@ impl ConnectionLimits {
 /// The default least rate of a request's body, in bytes a second.
 pub(crate) const MIN_BODY_RATE: u64 = 1024;
 
+/// How long a connection may stay silent after it connects before it is the first to make room
+/// at the cap: a client sends its request at once, an idle socket never does.
+pub(crate) const SILENT_GRACE: Duration = Duration::from_secs(1);
+
 /// How much more than `max_body_bytes` a refused body may still send while its answer goes out.
 const LINGER_FACTOR: u64 = 4;
 
@@ -66,6 +72,7 @@ async fn linger(body: axum::body::Body, most: u64) {
 #[derive(Clone)]
 pub(crate) struct ConnectionTrust {
     trusted: Arc<AtomicBool>,
+    source: IpAddr,
     holder: Arc<std::sync::OnceLock<Holder>>,
     places: Places,
 }
@@ -100,7 +107,7 @@ impl ConnectionTrust {
         if self.holder.get().is_some() {
             return Ok(());
         }
-        let registry = self.places.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut registry = self.places.0.lock().unwrap_or_else(|e| e.into_inner());
         let held = |counts: &dyn Fn(&Holder) -> bool| {
             registry.open.values().filter(|o| o.holder.get().is_some_and(counts)).count()
         };
@@ -117,13 +124,18 @@ impl ConnectionTrust {
             }
         }
         let _ = self.holder.set(holder);
-        self.trusted.store(true, Ordering::Relaxed);
+        if !self.trusted.swap(true, Ordering::Relaxed) {
+            registry.strangers.remove(self.source);
+        }
         Ok(())
     }
 }
 
 /// One open connection, as the accept loop sees it.
 struct Open {
+    accepted: tokio::time::Instant,
+    /// Where it came from ([`source_of`]).
+    source: IpAddr,
     /// It has sent a request.
     requested: Arc<AtomicBool>,
     /// A request on it passed the token check: evicted to make room only when its tenant
@@ -138,6 +150,63 @@ struct Registry {
     next: u64,
     /// By accept order, oldest first.
     open: BTreeMap<u64, Open>,
+    strangers: Strangers,
+}
+
+impl Registry {
+    /// Closes connection `id`, if it is still open.
+    fn evict(&mut self, id: u64) {
+        if let Some(evicted) = self.open.remove(&id) {
+            if !evicted.trusted.load(Ordering::Relaxed) {
+                self.strangers.remove(evicted.source);
+            }
+            evicted.close.notify_one();
+        }
+    }
+
+    /// The oldest stranger of the source holding the most strangers' places.
+    fn greediest_stranger(&self) -> Option<u64> {
+        let source = self.strangers.greediest()?;
+        self.open
+            .iter()
+            .find(|(_, o)| o.source == source && !o.trusted.load(Ordering::Relaxed))
+            .map(|(id, _)| *id)
+    }
+}
+
+/// How many places the strangers of each source address hold.
+#[derive(Default)]
+struct Strangers(HashMap<IpAddr, usize>);
+
+impl Strangers {
+    fn add(&mut self, source: IpAddr) {
+        *self.0.entry(source).or_default() += 1;
+    }
+
+    fn remove(&mut self, source: IpAddr) {
+        if let Some(held) = self.0.get_mut(&source) {
+            *held -= 1;
+            if *held == 0 {
+                self.0.remove(&source);
+            }
+        }
+    }
+
+    fn greediest(&self) -> Option<IpAddr> {
+        self.0.iter().max_by_key(|(_, held)| **held).map(|(source, _)| *source)
+    }
+}
+
+/// The address a connection is counted under: an IPv4 address (also written as IPv6), or an
+/// IPv6 address's /64, which one host or site usually holds whole.
+fn source_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
 }
 
 /// The places of one listener's connections (the HTTP server's, the gRPC server's), given out
@@ -178,32 +247,46 @@ impl Place {
 
 impl Drop for Place {
     fn drop(&mut self) {
-        if let Ok(mut registry) = self.places.0.lock() {
-            registry.open.remove(&self.id);
+        if let Ok(mut registry) = self.places.0.lock()
+            && let Some(open) = registry.open.remove(&self.id)
+            && !open.trusted.load(Ordering::Relaxed)
+        {
+            registry.strangers.remove(open.source);
         }
     }
 }
 
 impl Places {
-    /// Takes a place for a new connection, at the cap `max` evicting the oldest that sent no
-    /// request, else the oldest that never authenticated, else the oldest of the tenant that
+    /// Takes a place for a connection from `peer` accepted `now`. At the cap `max` it evicts
+    /// the oldest that has been silent for [`SILENT_GRACE`], else the oldest stranger of the
+    /// source holding the most strangers' places (a client arriving from elsewhere, about to
+    /// send its token, is not the one to go), else the oldest connection of the tenant that
     /// holds the most places: one tenant's connections, however well authenticated, cannot
     /// keep every other tenant out.
-    pub(crate) fn admit(&self, max: usize) -> Option<Place> {
+    pub(crate) fn admit(
+        &self,
+        max: usize,
+        now: tokio::time::Instant,
+        peer: IpAddr,
+    ) -> Option<Place> {
         let mut registry = self.0.lock().ok()?;
         if registry.open.len() >= max {
-            let silent = registry.open.iter().find(|(_, o)| !o.requested.load(Ordering::Relaxed));
-            let stranger =
-                || registry.open.iter().find(|(_, o)| !o.trusted.load(Ordering::Relaxed));
-            let oldest =
-                silent.or_else(stranger).map(|(id, _)| *id).or_else(|| greediest(&registry))?;
-            if let Some(evicted) = registry.open.remove(&oldest) {
-                evicted.close.notify_one();
-            }
+            let idle = registry.open.iter().find(|(_, o)| {
+                !o.requested.load(Ordering::Relaxed)
+                    && now.saturating_duration_since(o.accepted) >= SILENT_GRACE
+            });
+            let oldest = idle
+                .map(|(id, _)| *id)
+                .or_else(|| registry.greediest_stranger())
+                .or_else(|| greediest(&registry))?;
+            registry.evict(oldest);
         }
+        let source = source_of(peer);
         let id = registry.next;
         registry.next += 1;
         let open = Open {
+            accepted: now,
+            source,
             requested: Arc::new(AtomicBool::new(false)),
             trusted: Arc::new(AtomicBool::new(false)),
             holder: Arc::new(std::sync::OnceLock::new()),
@@ -215,14 +298,41 @@ impl Places {
             requested: open.requested.clone(),
             trust: ConnectionTrust {
                 trusted: open.trusted.clone(),
+                source,
                 holder: open.holder.clone(),
                 places: self.clone(),
             },
             close: open.close.clone(),
         };
         registry.open.insert(id, open);
+        registry.strangers.add(source);
         Some(place)
     }
+}
+
+/// Connections the kernel holds for the accept loop: when strangers reconnect faster than it
+/// takes them, a short queue drops the SYNs of everyone alike (a client then waits a second to
+/// retry); the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `address` (`host:port`), with a queue of [`LISTEN_BACKLOG`] connections.
+pub async fn bind(address: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut failed = None;
+    for address in tokio::net::lookup_host(address).await? {
+        let socket = match address {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // As `TcpListener::bind` does: a restarted server may take its port back at once.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(address).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(err) => failed = Some(err),
+        }
+    }
+    Err(failed.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "the address names no host")
+    }))
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains in-flight requests.
@@ -251,7 +361,10 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         while tasks.try_join_next().is_some() {}
-        let Some(place) = places.admit(limits.max_connections) else {
+        #[allow(clippy::disallowed_methods)] // How long a socket has been silent: real I/O time.
+        let Some(place) =
+            places.admit(limits.max_connections, tokio::time::Instant::now(), peer.ip())
+        else {
             tracing::debug!(%peer, "connection refused: at the connection limit");
             drop(tcp);
             continue;
@@ -369,5 +482,84 @@ async fn serve_connection(
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(30), connection.as_mut()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(tenant: u8) -> Holder {
+        Holder { tenant: TenantId::from_bytes([tenant; 16]), credential: 1 }
+    }
+
+    fn evicted(place: &Place) -> bool {
+        use futures::FutureExt as _;
+        place.evicted().now_or_never().is_some()
+    }
+
+    /// Who makes room at the cap: a socket silent past the grace first; then the oldest
+    /// stranger of the address holding the most strangers' places, so that strangers
+    /// reconnecting as fast as they can evict each other and not a client arriving from
+    /// elsewhere; then the greediest tenant's oldest.
+    #[test]
+    fn at_the_cap_idle_sockets_go_first_then_the_greediest_sources_strangers_then_tenants() {
+        #[allow(clippy::disallowed_methods)] // A fixed origin for instants the test makes up.
+        let start = tokio::time::Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let (attacker, client, other) = (
+            IpAddr::from([192, 0, 2, 1]),
+            IpAddr::from([198, 51, 100, 7]),
+            IpAddr::from([203, 0, 113, 9]),
+        );
+        let places = Places::default();
+        let open = |ms, from| places.admit(4, at(ms), from).unwrap();
+        let theirs = open(0, client);
+        theirs.requested();
+        let trickling = [open(1, attacker), open(2, attacker)];
+        trickling.iter().for_each(Place::requested);
+        let idle = open(3, other);
+
+        // Within the grace a silent socket may be a client about to speak; the older stranger
+        // of the address holding two places goes, not the client's older one.
+        let next = open(500, attacker);
+        assert!(evicted(&trickling[0]) && !evicted(&theirs) && !evicted(&idle));
+        assert!(!evicted(&trickling[1]));
+        next.requested();
+        // However fast the attacker reconnects, it evicts its own.
+        let again = open(600, attacker);
+        assert!(evicted(&trickling[1]) && !evicted(&theirs) && !evicted(&idle));
+        again.requested();
+        // Past the grace the idle socket goes first, though others are older.
+        let _late = open(3 + SILENT_GRACE.as_millis() as u64, attacker);
+        assert!(evicted(&idle) && !evicted(&theirs) && !evicted(&next));
+
+        // An IPv6 /64 counts as one source, and a v4-mapped address as its IPv4 address.
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        assert_eq!(source_of(one), source_of("2001:db8:1:2:ffff::9".parse().unwrap()));
+        assert_ne!(source_of(one), source_of("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(source_of("::ffff:192.0.2.1".parse().unwrap()), attacker);
+    }
+
+    /// Authenticated connections keep their places from strangers; among tenants, the one
+    /// holding the most gives up its oldest; a connection that authenticated no longer counts
+    /// as its address's stranger.
+    #[test]
+    fn authenticated_connections_give_way_only_to_the_greediest_tenant() {
+        #[allow(clippy::disallowed_methods)] // A fixed origin for instants the test makes up.
+        let start = tokio::time::Instant::now();
+        let places = Places::default();
+        let from = IpAddr::from([192, 0, 2, 1]);
+        let open = |ms| places.admit(3, start + Duration::from_millis(ms), from).unwrap();
+        let mine = [open(0), open(1)];
+        let theirs = open(2);
+        for (place, tenant) in mine.iter().map(|p| (p, 1)).chain([(&theirs, 2)]) {
+            place.requested();
+            place.trust().set(holder(tenant), ConnectionCaps::default()).unwrap();
+        }
+        assert!(places.0.lock().unwrap().strangers.0.is_empty());
+        let _stranger = open(3);
+        assert!(evicted(&mine[0]) && !evicted(&mine[1]) && !evicted(&theirs));
+        assert_eq!(places.0.lock().unwrap().strangers.0.get(&from), Some(&1));
     }
 }

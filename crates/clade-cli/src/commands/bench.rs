@@ -79,6 +79,24 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
                 super::bench_neighbours::Plan { quota, quiet_tenants, quiet_rate, seconds, rounds };
             super::bench_neighbours::run(ctx, &plan).await
         }
+        BenchCommand::Siege {
+            strangers,
+            max_connections,
+            rate,
+            seconds,
+            trickle,
+            stranger_address,
+        } => {
+            let plan = super::bench_siege::Plan {
+                strangers,
+                max_connections,
+                rate,
+                seconds,
+                trickle,
+                stranger_address,
+            };
+            super::bench_siege::run(ctx, &plan).await
+        }
     }
 }
 

@@ -32,23 +32,44 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
     if plan.quota <= 0.0 || plan.quiet_rate <= 0.0 || plan.quiet_tenants == 0 || plan.rounds == 0 {
         bail!("--quota, --quiet-rate, --quiet-tenants and --rounds must be above 0");
     }
-    let dir = ctx.data_dir.root().join(format!("bench-neighbours-{}", std::process::id()));
-    let outcome = measure(&dir, plan).await;
+    let config = format!(
+        "tenants:\n  noisy:\n    quotas: {{ events_per_second: {q}, burst: {b} }}\n",
+        q = plan.quota,
+        b = plan.quota.ceil().max(1.0)
+    );
+    in_scratch_dir(ctx, "bench-neighbours", &config, |dir| async move { measure(&dir, plan).await })
+        .await
+}
+
+/// Runs `measure` on a fresh data dir `<data-dir>/<name>-<pid>` whose clade.yaml is `config`,
+/// removed afterwards however `measure` ends.
+pub(super) async fn in_scratch_dir<F, Fut>(
+    ctx: &Ctx,
+    name: &str,
+    config: &str,
+    measure: F,
+) -> Result<()>
+where
+    F: FnOnce(std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let dir = ctx.data_dir.root().join(format!("{name}-{}", std::process::id()));
+    let prepared = std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+        .and_then(|()| {
+            std::fs::write(dir.join("clade.yaml"), config)
+                .context("cannot write the gateway's clade.yaml")
+        });
+    let outcome = match prepared {
+        Ok(()) => measure(dir.clone()).await,
+        Err(err) => Err(err),
+    };
     let _ = std::fs::remove_dir_all(&dir);
     outcome
 }
 
 async fn measure(dir: &Path, plan: &Plan) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find this binary to start the gateway")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::write(
-        dir.join("clade.yaml"),
-        format!(
-            "tenants:\n  noisy:\n    quotas: {{ events_per_second: {q}, burst: {b} }}\n",
-            q = plan.quota,
-            b = plan.quota.ceil().max(1.0)
-        ),
-    )?;
     eprintln!(
         "setting up {} quiet tenants and a noisy one in {}",
         plan.quiet_tenants,
@@ -197,7 +218,7 @@ fn median(values: &mut [f64]) -> f64 {
 
 /// Runs `clade --data-dir dir args…` and returns what it printed (trimmed).
 #[allow(clippy::disallowed_methods)] // This binary, to set up the benchmark's own data dir.
-async fn clade(exe: &Path, dir: &Path, args: &[&str]) -> Result<String> {
+pub(super) async fn clade(exe: &Path, dir: &Path, args: &[&str]) -> Result<String> {
     let out = tokio::process::Command::new(exe)
         .arg("--data-dir")
         .arg(dir)

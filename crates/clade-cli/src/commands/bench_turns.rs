@@ -460,6 +460,12 @@ impl GatewayProcess {
     // This binary itself as the gateway under measurement, not an agent's tool.
     #[allow(clippy::disallowed_methods)]
     pub(super) async fn start(dir: &std::path::Path) -> Result<Self> {
+        Self::start_with(dir, &[]).await
+    }
+
+    /// [`Self::start`] with `env` set in the gateway's environment besides this one's.
+    #[allow(clippy::disallowed_methods)]
+    pub(super) async fn start_with(dir: &std::path::Path, env: &[(&str, &str)]) -> Result<Self> {
         let exe = std::env::current_exe().context("cannot find this binary to start a gateway")?;
         let mut command = tokio::process::Command::new(exe);
         for var in
@@ -467,6 +473,7 @@ impl GatewayProcess {
         {
             command.env_remove(var);
         }
+        command.envs(env.iter().copied());
         let mut child = command
             .env("RUST_LOG", "warn")
             .arg("--data-dir")

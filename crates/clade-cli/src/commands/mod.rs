@@ -9,6 +9,7 @@ mod bench_messages;
 mod bench_neighbours;
 mod bench_openai;
 mod bench_sched;
+mod bench_siege;
 mod bench_turns;
 mod channels;
 mod config;

@@ -13,7 +13,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     ctx.ensure_cli_token().await?;
 
     let listen = args.listen.unwrap_or_else(|| ctx.config.server.listen.clone());
-    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| {
+    let listener = clade_gateway::bind(&listen).await.with_context(|| {
         format!("cannot listen on {listen}: pass another address with --listen or set server.listen in clade.yaml")
     })?;
     // Its port bound and its TLS files read before anything starts: a bad setting stops here.
@@ -943,7 +943,7 @@ async fn prepare_grpc(ctx: &Ctx, grpc: &clade_config::GrpcConfig) -> Result<Prep
         }
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(&grpc.listen).await.with_context(|| {
+    let listener = clade_gateway::bind(&grpc.listen).await.with_context(|| {
         format!(
             "cannot listen on {} for gRPC: set another address in server.grpc.listen",
             grpc.listen

@@ -457,6 +457,50 @@ fn bench_neighbours_limits_only_the_noisy_tenant() {
     env.run(&["bench", "neighbours", "--rounds", "0"]).fails_with("must be above 0");
 }
 
+/// The siege benchmark holds every slot with strangers trickling a hook's body, and the tenant's
+/// client, asking on new connections all the while, loses no request; the strangers were really
+/// there (they held places and the gateway cut them off), and the scratch data dir is gone.
+#[test]
+fn bench_siege_keeps_the_tenants_requests_answered() {
+    let env = Env::new();
+    let out = env
+        .run(&[
+            "bench",
+            "siege",
+            "--strangers",
+            "60",
+            "--max-connections",
+            "40",
+            "--rate",
+            "20",
+            "--seconds",
+            "2",
+            "--trickle",
+            "500ms",
+        ])
+        .ok();
+    let row = |phase: &str| -> Vec<String> {
+        let line = out.stdout.lines().find(|l| l.trim_start().starts_with(phase));
+        let line = line.unwrap_or_else(|| panic!("no {phase} row: {}", out.stdout));
+        line.split_whitespace().filter(|w| *w != "|").map(str::to_owned).collect()
+    };
+    // phase, asked, p50, p99, max, failed, held, dropped, CPU, RSS
+    let (calm, siege) = (row("calm"), row("siege"));
+    assert_eq!((calm[1].as_str(), calm[5].as_str()), ("40", "0"), "{}", out.stdout);
+    assert_eq!((siege[1].as_str(), siege[5].as_str()), ("40", "0"), "{}", out.stdout);
+    let number = |word: &str| word.parse::<u64>().unwrap();
+    assert!(number(&siege[6]) >= 30, "the strangers held few places: {}", out.stdout);
+    assert!(number(&siege[7]) >= 20, "the gateway cut no stranger off: {}", out.stdout);
+    assert!(out.stdout.contains("(goal: under 100 ms, none failed)"), "{}", out.stdout);
+    let left: Vec<_> = std::fs::read_dir(env.data_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("bench-siege"))
+        .collect();
+    assert!(left.is_empty(), "the scratch data dir was left behind");
+    env.run(&["bench", "siege", "--strangers", "0"]).fails_with("must each be above 0");
+}
+
 /// The scheduler benchmark fires jobs on the system clock and reports their lateness, CPU and
 /// RSS; its scratch store is gone afterwards.
 #[test]

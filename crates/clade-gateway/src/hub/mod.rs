@@ -334,7 +334,10 @@ fn guarded(
                     continue;
                 }
             };
-            let Some(place) = places.admit(limits.max_connections) else {
+            #[allow(clippy::disallowed_methods)] // How long a socket has been silent: real I/O.
+            let Some(place) =
+                places.admit(limits.max_connections, tokio::time::Instant::now(), peer.ip())
+            else {
                 tracing::debug!(%peer, "gRPC connection refused: at the connection limit");
                 continue;
             };
