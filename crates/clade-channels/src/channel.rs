@@ -292,7 +292,7 @@ impl Forward {
         body: Vec<u8>,
         content_type: &str,
         fix: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), NotTaken> {
         use clade_protocol::remote_tools::{PEER_HEADER, PEER_SIGNATURE_HEADER, PEER_TIME_HEADER};
         use clade_tools::remote::identity;
         let target = &self.target;
@@ -316,18 +316,18 @@ impl Forward {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("cannot reach the gateway at {target}: {e}"))?;
+            .map_err(|e| NotTaken(format!("cannot reach the gateway at {target}: {e}")))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
         }
         let said = response.text().await.unwrap_or_default();
-        Err(match status.as_u16() {
+        Err(NotTaken(match status.as_u16() {
             401 | 403 => {
                 format!("the gateway refuses this listener (HTTP {status}): {fix} ({said})")
             }
             _ => format!("the gateway answered HTTP {status}: {said}"),
-        })
+        }))
     }
 }
 
@@ -350,6 +350,12 @@ pub enum Taken {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct NotTaken(pub String);
+
+/// A platform's payload that does not read as what it claims to be: what is missing or wrong.
+/// It is skipped (counted as malformed), never tried again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub String);
 
 /// A message as a platform's inbound side read it.
 #[derive(Debug, Clone, PartialEq, Eq)]

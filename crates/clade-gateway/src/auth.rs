@@ -382,29 +382,44 @@ fn refused(message: impl Into<String>) -> Response {
     ApiError::new(Code::InvalidToken, message).into_response()
 }
 
+/// Why a signed request was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BadSignature {
+    #[error("a signed request needs {PEER_HEADER}, {PEER_TIME_HEADER} and {PEER_SIGNATURE_HEADER}")]
+    Headers,
+    #[error("{PEER_TIME_HEADER} must be Unix milliseconds")]
+    Time,
+    #[error(
+        "the request was signed {} s from the gateway's clock; at most {} s are taken (set the clock right)",
+        .off_ms / 1000,
+        SIGNED_WITHIN_MS / 1000
+    )]
+    Skewed { off_ms: i64 },
+    #[error("this gateway takes no signed requests")]
+    NotTaken,
+    #[error("the request's signature is not its key's")]
+    NotItsKey,
+    #[error("this signed request was taken already: sign each request anew")]
+    Replayed,
+}
+
 /// The key, time and signature a signed request's headers carry, its time checked against the
 /// gateway's clock (`now`, Unix milliseconds).
 fn signature_of(
     headers: &axum::http::HeaderMap,
     now: i64,
-) -> Result<(String, i64, String), String> {
+) -> Result<(String, i64, String), BadSignature> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let (Some(key), Some(time), Some(signature)) =
         (text(PEER_HEADER), text(PEER_TIME_HEADER), text(PEER_SIGNATURE_HEADER))
     else {
-        return Err(format!(
-            "a signed request needs {PEER_HEADER}, {PEER_TIME_HEADER} and {PEER_SIGNATURE_HEADER}"
-        ));
+        return Err(BadSignature::Headers);
     };
     let Ok(time) = time.parse::<i64>() else {
-        return Err(format!("{PEER_TIME_HEADER} must be Unix milliseconds"));
+        return Err(BadSignature::Time);
     };
     if (now - time).abs() > SIGNED_WITHIN_MS {
-        return Err(format!(
-            "the request was signed {} s from the gateway's clock; at most {} s are taken (set the clock right)",
-            (now - time).abs() / 1000,
-            SIGNED_WITHIN_MS / 1000
-        ));
+        return Err(BadSignature::Skewed { off_ms: (now - time).abs() });
     }
     Ok((key, time, signature))
 }
@@ -423,19 +438,19 @@ pub(crate) fn verify_signed(
     method: &str,
     route: &str,
     body: &[u8],
-) -> Result<String, String> {
+) -> Result<String, BadSignature> {
     use clade_tools::remote::identity;
     let Some(auth) = state.peers.as_ref() else {
-        return Err("this gateway takes no signed requests".into());
+        return Err(BadSignature::NotTaken);
     };
     let now = state.store.clock().now().as_millis();
     let (key, time, signature) = signature_of(headers, now)?;
     let signed = identity::request_text(method, route, time, body);
     if !identity::verify(&key, &[identity::REQUEST, &signed], &signature) {
-        return Err("the request's signature is not its key's".into());
+        return Err(BadSignature::NotItsKey);
     }
     if !auth.first_use(&signature, time, now) {
-        return Err("this signed request was taken already: sign each request anew".into());
+        return Err(BadSignature::Replayed);
     }
     Ok(key)
 }
@@ -450,7 +465,7 @@ async fn signed_by_peer(state: AppState, request: Request, next: Next) -> Respon
     let now = state.store.clock().now().as_millis();
     let (key, time, signature) = match signature_of(&headers, now) {
         Ok(signed) => signed,
-        Err(why) => return refused(why),
+        Err(why) => return refused(why.to_string()),
     };
     let challenge = headers.get(CHALLENGE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let target = request

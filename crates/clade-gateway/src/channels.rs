@@ -40,7 +40,7 @@ async fn paired_listener(
     let route = uri.path_and_query().map(|p| p.as_str()).unwrap_or_default();
     let key = match crate::auth::verify_signed(state, headers, "POST", route, body) {
         Ok(key) => key,
-        Err(why) => return Some(Err(refused(&why))),
+        Err(why) => return Some(Err(refused(&why.to_string()))),
     };
     let name = clade_channels::listener_name(platform, channel);
     let paired = match state

@@ -104,10 +104,13 @@ pub fn validate(text: &str, path: &Path, now: clade_core::Timestamp) -> Result<C
     Ok(config)
 }
 
+/// Why a trial of a new configuration failed (its smoke test's own error).
+pub type TrialError = Box<dyn std::error::Error + Send + Sync>;
+
 /// An optional step between check and write: tries the new configuration (say, one call to
 /// its model) and says why it will not do.
 pub type SmokeTest<'a> =
-    Box<dyn FnOnce(&Config) -> futures::future::BoxFuture<'a, Result<(), String>> + Send + 'a>;
+    Box<dyn FnOnce(&Config) -> futures::future::BoxFuture<'a, Result<(), TrialError>> + Send + 'a>;
 
 /// What a configuration needs from the environment of the gateway that runs it and did not
 /// find there: a variable that is not set (a channel's token, a hook's or subscriber's secret),
@@ -132,7 +135,7 @@ pub struct Trials<'a> {
 /// A smoke test a serving gateway can run for a configuration the API applies (owned, as the
 /// gateway keeps it).
 pub type SmokeFn = std::sync::Arc<
-    dyn Fn(Config) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync,
+    dyn Fn(Config) -> futures::future::BoxFuture<'static, Result<(), TrialError>> + Send + Sync,
 >;
 
 /// Applies `text` as the configuration at `path` (see the module's documentation), recorded
@@ -157,7 +160,7 @@ pub async fn apply(
         })?;
     }
     if let Some(smoke) = trials.smoke {
-        smoke(&config).await.map_err(failed(Step::Smoke))?;
+        smoke(&config).await.map_err(|e| failed(Step::Smoke)(e.to_string()))?;
     }
     let before = match std::fs::read_to_string(path) {
         Ok(before) => before,
@@ -183,7 +186,13 @@ pub async fn apply(
         .header(&format!("revision {latest}"), &format!("revision {}", latest + 1))
         .to_string();
     let staged = staged_path(path);
-    write_staged(&staged, path, text).map_err(failed(Step::Write))?;
+    write_staged(&staged, text).map_err(|e| {
+        failed(Step::Write)(format!(
+            "cannot write {} beside {}: {e}",
+            staged.display(),
+            path.display()
+        ))
+    })?;
     let recorded = store
         .config_revisions()
         .record(NewConfigRevision { yaml: text.to_owned(), diff, reverts })
@@ -211,8 +220,8 @@ fn staged_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.applying"))
 }
 
-/// Writes `text` beside `target`, durable, private like the data dir.
-fn write_staged(staged: &Path, target: &Path, text: &str) -> Result<(), String> {
+/// Writes `text` to `staged`, durable, private like the data dir.
+fn write_staged(staged: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut file = std::fs::OpenOptions::new()
@@ -220,11 +229,9 @@ fn write_staged(staged: &Path, target: &Path, text: &str) -> Result<(), String> 
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(staged)
-        .map_err(|e| format!("cannot write beside {}: {e}", target.display()))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", staged.display()))
+        .open(staged)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
 }
 
 /// `config.apply`: an agent applies a whole configuration through this same flow. It touches

@@ -46,13 +46,14 @@ pub struct Hook {
 
 impl Hook {
     /// A hook of `config` signed with `secret`; `Err` if the secret cannot be a key.
-    pub fn new(config: &clade_config::HookConfig, secret: &[u8]) -> Result<Self, String> {
+    pub fn new(
+        config: &clade_config::HookConfig,
+        secret: &[u8],
+    ) -> Result<Self, clade_runtime::signing::SignatureError> {
         let key = match config.scheme {
-            clade_config::HookScheme::Standard => {
-                HookKey::Standard(StandardKey::new(secret).map_err(|err| err.to_string())?)
-            }
+            clade_config::HookScheme::Standard => HookKey::Standard(StandardKey::new(secret)?),
             clade_config::HookScheme::Clade if secret.is_empty() => {
-                return Err("the secret is empty".into());
+                return Err(clade_runtime::signing::SignatureError::BadSecret);
             }
             clade_config::HookScheme::Clade => HookKey::Clade(secret.to_vec()),
         };

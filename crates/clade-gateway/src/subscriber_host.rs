@@ -37,8 +37,9 @@ pub struct SubscriberOptions {
     pub remembered: usize,
 }
 
-/// Where events go: `Err` makes the gateway deliver the event again later.
-pub type Sink = Arc<dyn Fn(Value) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+/// Where events go (a file, standard output): `Err` makes the gateway deliver the event again
+/// later.
+pub type Sink = Arc<dyn Fn(Value) -> BoxFuture<'static, std::io::Result<()>> + Send + Sync>;
 
 struct Subscriber {
     options: SubscriberOptions,

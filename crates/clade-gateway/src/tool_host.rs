@@ -158,7 +158,7 @@ async fn call(State(host): State<Arc<Host>>, headers: HeaderMap, body: Bytes) ->
     }
     let caller = match request.caller.as_ref().map(parse_caller).transpose() {
         Ok(caller) => caller,
-        Err(message) => return refuse(ErrorCode::BadRequest, message),
+        Err(bad) => return refuse(ErrorCode::BadRequest, bad.to_string()),
     };
     let fingerprint = {
         let mut hasher = Sha256::new();
@@ -177,7 +177,11 @@ async fn call(State(host): State<Arc<Host>>, headers: HeaderMap, body: Bytes) ->
     // A key this process has not seen may still be one the host answered before it restarted.
     let earlier = match host.memory(&key).await {
         Ok(earlier) => earlier,
-        Err(message) => return refuse(ErrorCode::Unavailable, message),
+        Err(err) => {
+            let message =
+                format!("cannot read this host's memory of idempotency keys: {err}; try again");
+            return refuse(ErrorCode::Unavailable, message);
+        }
     };
     let outcome = {
         let mut calls = host.calls.lock().unwrap_or_else(|e| e.into_inner());
@@ -246,11 +250,9 @@ async fn call(State(host): State<Arc<Host>>, headers: HeaderMap, body: Bytes) ->
 impl Host {
     /// The fingerprint and outcome the host's durable memory (`HostOptions::memory`) holds for
     /// `key`, if any.
-    async fn memory(&self, key: &str) -> Result<Option<([u8; 32], CallFrame)>, String> {
+    async fn memory(&self, key: &str) -> Result<Option<([u8; 32], CallFrame)>, clade_store::Error> {
         let Some(store) = &self.options.memory else { return Ok(None) };
-        let found = store.host_calls().get(&self.options.name, key).await.map_err(|e| {
-            format!("cannot read this host's memory of idempotency keys: {e}; try again")
-        })?;
+        let found = store.host_calls().get(&self.options.name, key).await?;
         Ok(found.and_then(|call| {
             let fingerprint = <[u8; 32]>::try_from(call.fingerprint.as_slice()).ok()?;
             let frame = serde_json::from_str(&call.frame).ok()?;
@@ -336,18 +338,25 @@ fn line(frame: &CallFrame) -> Result<Bytes, std::convert::Infallible> {
     Ok(Bytes::from(text))
 }
 
+/// A field of a call's `caller` that does not read as its id.
+#[derive(Debug, thiserror::Error)]
+#[error("caller.{field}: {source}")]
+struct BadCaller {
+    field: &'static str,
+    source: clade_core::id::Error,
+}
+
 fn parse_caller(
     caller: &clade_protocol::remote_tools::Caller,
-) -> Result<clade_tools::Caller, String> {
-    let tenant =
-        clade_core::TenantId::parse(&caller.tenant).map_err(|e| format!("caller.tenant: {e}"))?;
-    let agent =
-        clade_core::AgentId::parse(&caller.agent).map_err(|e| format!("caller.agent: {e}"))?;
+) -> Result<clade_tools::Caller, BadCaller> {
+    let bad = |field| move |source| BadCaller { field, source };
+    let tenant = clade_core::TenantId::parse(&caller.tenant).map_err(bad("tenant"))?;
+    let agent = clade_core::AgentId::parse(&caller.agent).map_err(bad("agent"))?;
     let session = caller
         .session
         .as_deref()
         .map(clade_core::SessionId::parse)
         .transpose()
-        .map_err(|e| format!("caller.session: {e}"))?;
+        .map_err(bad("session"))?;
     Ok(clade_tools::Caller { tenant, agent, session, turn: None })
 }

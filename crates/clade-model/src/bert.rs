@@ -40,20 +40,27 @@ fn default_position_embedding_type() -> String {
     "absolute".into()
 }
 
+/// A configuration this encoder cannot run, said so a model's maker can tell what to change.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Unsupported {
+    #[error("hidden_act `{0}` is not supported (BERT's exact `gelu` is)")]
+    Activation(String),
+    #[error("position_embedding_type `{0}` is not supported (`absolute` is)")]
+    PositionEmbedding(String),
+    #[error("{0} is 0")]
+    Empty(&'static str),
+    #[error("hidden_size {hidden} is not a multiple of num_attention_heads {heads}")]
+    Heads { hidden: usize, heads: usize },
+}
+
 impl Config {
-    /// What this encoder cannot run, said so a model's maker can tell what to change.
-    pub(crate) fn check(&self) -> Result<(), String> {
+    /// What this encoder cannot run.
+    pub(crate) fn check(&self) -> Result<(), Unsupported> {
         if self.hidden_act != "gelu" {
-            return Err(format!(
-                "hidden_act `{}` is not supported (BERT's exact `gelu` is)",
-                self.hidden_act
-            ));
+            return Err(Unsupported::Activation(self.hidden_act.clone()));
         }
         if self.position_embedding_type != "absolute" {
-            return Err(format!(
-                "position_embedding_type `{}` is not supported (`absolute` is)",
-                self.position_embedding_type
-            ));
+            return Err(Unsupported::PositionEmbedding(self.position_embedding_type.clone()));
         }
         let sizes = [
             ("vocab_size", self.vocab_size),
@@ -65,13 +72,13 @@ impl Config {
             ("type_vocab_size", self.type_vocab_size),
         ];
         if let Some((name, _)) = sizes.iter().find(|(_, size)| *size == 0) {
-            return Err(format!("{name} is 0"));
+            return Err(Unsupported::Empty(name));
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
+            return Err(Unsupported::Heads {
+                hidden: self.hidden_size,
+                heads: self.num_attention_heads,
+            });
         }
         Ok(())
     }
@@ -148,7 +155,7 @@ impl Encoder {
     /// The encoder whose weights `vb` holds, under Hugging Face's names (with or without the
     /// `bert.` prefix of a checkpoint saved with its task head).
     pub(crate) fn load(vb: VarBuilder, config: &Config) -> candle_core::Result<Self> {
-        config.check().map_err(candle_core::Error::Msg)?;
+        config.check().map_err(candle_core::Error::wrap)?;
         let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
             vb.pp("bert")
         } else {
@@ -490,7 +497,7 @@ mod tests {
                 "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 8,
             });
             edit(&mut json);
-            serde_json::from_value::<Config>(json).unwrap().check()
+            serde_json::from_value::<Config>(json).unwrap().check().map_err(|e| e.to_string())
         };
         assert!(config(&|_| {}).is_ok());
         let err = config(&|j| j["hidden_act"] = "swish".into()).unwrap_err();

@@ -27,7 +27,7 @@ use crate::types::{EventStream, Message, ModelRequest, StopReason, StreamEvent, 
 pub const LOCAL_NAME: &str = "local";
 
 /// What can go wrong loading a local chat model.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LoadError {
     #[error("{}: missing; install the model with `clade models fetch local`", .0.display())]
     Missing(PathBuf),
@@ -35,6 +35,8 @@ pub enum LoadError {
     Corrupt { path: PathBuf, message: String },
     #[error("{}: a {arch:?} model; only llama-architecture chat models (such as SmolLM2) run in process", path.display())]
     Architecture { path: PathBuf, arch: String },
+    #[error("{}: loading stopped before it ended ({message}); try again", path.display())]
+    Interrupted { path: PathBuf, message: String },
 }
 
 struct Shared {
@@ -119,7 +121,7 @@ impl LocalChat {
         if arch != "llama" {
             return Err(LoadError::Architecture { path: path.to_owned(), arch });
         }
-        let (tokenizer, stops) = tokenizer_of(&content).map_err(|e| corrupt(path, e))?;
+        let (tokenizer, stops) = tokenizer_of(path, &content)?;
         // The file states what the model was trained on; candle's rotary tables stop at
         // `MAX_SEQ_LEN`, and a position past them fails mid-answer.
         let context = content
@@ -195,20 +197,26 @@ fn weights_of<R: Read + Seek>(
 /// A byte-level BPE tokenizer from the GGUF metadata (`tokenizer.ggml.*`, as llama.cpp writes
 /// it for GPT-2-style vocabularies), with its control tokens as special tokens; and the ids
 /// that end an answer.
-fn tokenizer_of(content: &gguf_file::Content) -> Result<(Tokenizer, Vec<u32>), String> {
+fn tokenizer_of(
+    path: &Path,
+    content: &gguf_file::Content,
+) -> Result<(Tokenizer, Vec<u32>), LoadError> {
     use tokenizers::models::bpe::{BPE, Vocab};
     use tokenizers::{AddedToken, decoders, pre_tokenizers};
-    let md = |key: &str| content.metadata.get(key).ok_or(format!("no {key} in its metadata"));
-    let kind = md("tokenizer.ggml.model")?.to_string().map_err(|e| e.to_string())?;
+    let md = |key: &str| {
+        content.metadata.get(key).ok_or_else(|| corrupt(path, format!("no {key} in its metadata")))
+    };
+    let kind = md("tokenizer.ggml.model")?.to_string().map_err(|e| corrupt(path, e))?;
     if kind != "gpt2" {
-        return Err(format!("a {kind:?} tokenizer; only byte-level BPE (gpt2) is read"));
+        let message = format!("a {kind:?} tokenizer; only byte-level BPE (gpt2) is read");
+        return Err(corrupt(path, message));
     }
-    let strings = |key: &str| -> Result<Vec<String>, String> {
+    let strings = |key: &str| -> Result<Vec<String>, LoadError> {
         md(key)?
             .to_vec()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| corrupt(path, e))?
             .iter()
-            .map(|v| v.to_string().cloned().map_err(|e| e.to_string()))
+            .map(|v| v.to_string().cloned().map_err(|e| corrupt(path, e)))
             .collect()
     };
     let tokens = strings("tokenizer.ggml.tokens")?;
@@ -220,7 +228,7 @@ fn tokenizer_of(content: &gguf_file::Content) -> Result<(Tokenizer, Vec<u32>), S
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .build()
-        .map_err(|e| format!("its vocabulary does not build a tokenizer ({e})"))?;
+        .map_err(|e| corrupt(path, format!("its vocabulary does not build a tokenizer ({e})")))?;
     let mut tokenizer = Tokenizer::new(bpe);
     tokenizer
         .with_pre_tokenizer(Some(pre_tokenizers::byte_level::ByteLevel::new(false, true, true)));
@@ -229,7 +237,7 @@ fn tokenizer_of(content: &gguf_file::Content) -> Result<(Tokenizer, Vec<u32>), S
     let types: Vec<u32> = match content.metadata.get("tokenizer.ggml.token_type") {
         Some(v) => v
             .to_vec()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| corrupt(path, e))?
             .iter()
             .map(|t| t.to_i32().map(|t| t as u32).unwrap_or(1))
             .collect(),
@@ -243,7 +251,7 @@ fn tokenizer_of(content: &gguf_file::Content) -> Result<(Tokenizer, Vec<u32>), S
         .collect();
     tokenizer
         .add_special_tokens(specials)
-        .map_err(|e| format!("its control tokens cannot be added ({e})"))?;
+        .map_err(|e| corrupt(path, format!("its control tokens cannot be added ({e})")))?;
     let mut stops: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
         .iter()
         .filter_map(|t| tokens.iter().position(|k| k == t).map(|i| i as u32))
@@ -469,7 +477,7 @@ impl Provider for LocalChat {
 /// Whether a request's tools were left out for want of context (said once a process).
 static TOOLS_LEFT_OUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-type Cell = Arc<tokio::sync::OnceCell<Result<LocalChat, String>>>;
+type Cell = Arc<tokio::sync::OnceCell<Result<LocalChat, LoadError>>>;
 
 /// A local chat model as a provider: its file is loaded on the first call (on a blocking
 /// thread), once a process whatever the number of routers that name it.
@@ -508,20 +516,24 @@ impl LocalProvider {
         let loaded = self
             .cell
             .get_or_init(|| async move {
+                let interrupted = path.clone();
                 tokio::task::spawn_blocking(move || {
-                    let chat = LocalChat::load(&path).map_err(|e| e.to_string())?;
+                    let chat = LocalChat::load(&path)?;
                     Ok(match concurrency {
                         Some(n) => chat.with_concurrency(n),
                         None => chat,
                     })
                 })
                 .await
-                .unwrap_or_else(|e| Err(format!("loading the local model stopped: {e}")))
+                .unwrap_or_else(|e| {
+                    Err(LoadError::Interrupted { path: interrupted, message: e.to_string() })
+                })
             })
             .await;
-        loaded
-            .clone()
-            .map_err(|message| ModelError::InvalidRequest { provider: LOCAL_NAME.into(), message })
+        loaded.clone().map_err(|e| ModelError::InvalidRequest {
+            provider: LOCAL_NAME.into(),
+            message: e.to_string(),
+        })
     }
 }
 
@@ -550,9 +562,8 @@ impl Provider for LocalProvider {
 /// a byte-level vocabulary of 256 bytes, two merges and ChatML's control tokens, weights drawn
 /// from a fixed seed (the matrices quantized as Q4_1, so loading requantizes them). Tests run
 /// the real loading and generation code on it instead of the 98 MB model.
-pub fn write_test_model(path: &Path) -> Result<(), String> {
+pub fn write_test_model(path: &Path) -> candle_core::Result<()> {
     use gguf_file::Value;
-    let err = |e: candle_core::Error| e.to_string();
     let mut alphabet: Vec<char> =
         tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect();
     alphabet.sort_unstable();
@@ -582,16 +593,16 @@ pub fn write_test_model(path: &Path) -> Result<(), String> {
         ("tokenizer.ggml.eos_token_id", Value::U32(tokens.len() as u32 - 1)),
     ];
     let draws = clade_core::Jitter::seeded(0x11a_a0a);
-    let random = |rows: usize, cols: usize, dtype: GgmlDType| -> Result<QTensor, String> {
+    let random = |rows: usize, cols: usize, dtype: GgmlDType| -> candle_core::Result<QTensor> {
         let values: Vec<f32> = (0..rows * cols)
             .map(|_| ((draws.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * 0.2)
             .collect();
-        let tensor = Tensor::from_vec(values, (rows, cols), &Device::Cpu).map_err(err)?;
-        QTensor::quantize(&tensor, dtype).map_err(err)
+        let tensor = Tensor::from_vec(values, (rows, cols), &Device::Cpu)?;
+        QTensor::quantize(&tensor, dtype)
     };
-    let ones = |n: usize| -> Result<QTensor, String> {
-        let tensor = Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).map_err(err)?;
-        QTensor::quantize(&tensor, GgmlDType::F32).map_err(err)
+    let ones = |n: usize| -> candle_core::Result<QTensor> {
+        let tensor = Tensor::ones(n, candle_core::DType::F32, &Device::Cpu)?;
+        QTensor::quantize(&tensor, GgmlDType::F32)
     };
     let vocab = tokens.len();
     let kv = kv_heads as usize * head_dim;
@@ -614,6 +625,6 @@ pub fn write_test_model(path: &Path) -> Result<(), String> {
     }
     let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut file = std::fs::File::create(path).map_err(|e| e.to_string())?;
-    gguf_file::write(&mut file, &metadata, &refs).map_err(err)
+    let mut file = std::fs::File::create(path)?;
+    gguf_file::write(&mut file, &metadata, &refs)
 }

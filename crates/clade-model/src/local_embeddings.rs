@@ -4,6 +4,7 @@
 //! `tokenizer.json`, `model.safetensors`) sit in one folder; nothing is fetched at run time.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::bert::{Config, Encoder};
 use candle_core::{DType, Device, Tensor};
@@ -25,7 +26,20 @@ pub enum Error {
     #[error("{}: {message}; install the model again with `clade models fetch`", path.display())]
     Corrupt { path: PathBuf, message: String },
     #[error("the local embeddings model failed: {0}")]
-    Run(String),
+    Run(#[source] Arc<Failure>),
+    #[error("cannot start the local embeddings model's thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("the local embeddings model's thread has stopped; restart the process")]
+    Stopped,
+}
+
+/// What failed in a forward pass: shared by every caller whose texts were in it.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("tokenizing: {0}")]
+    Tokenize(#[source] tokenizers::Error),
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
 }
 
 struct Loaded {
@@ -37,7 +51,7 @@ struct Loaded {
 /// Texts to embed and where their vectors go.
 struct Job {
     texts: Vec<String>,
-    reply: tokio::sync::oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Vec<f32>>, Arc<Failure>>>,
 }
 
 /// A sentence encoder loaded from a folder, shared by every caller. One thread of its own runs
@@ -98,7 +112,7 @@ impl LocalEmbeddings {
         std::thread::Builder::new()
             .name(format!("embed-{name}"))
             .spawn(move || work(&loaded, &queue))
-            .map_err(|e| Error::Run(format!("cannot start the model's thread: {e}")))?;
+            .map_err(Error::Thread)?;
         Ok(Self { name: name.to_owned(), dimensions, jobs })
     }
 
@@ -118,13 +132,8 @@ impl LocalEmbeddings {
             return Ok(Vec::new());
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.jobs
-            .send(Job { texts: texts.to_vec(), reply })
-            .map_err(|_| Error::Run("the model's thread has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| Error::Run("the model's thread has stopped".into()))?
-            .map_err(Error::Run)
+        self.jobs.send(Job { texts: texts.to_vec(), reply }).map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)?.map_err(Error::Run)
     }
 }
 
@@ -158,7 +167,7 @@ fn work(loaded: &Loaded, queue: &std::sync::mpsc::Receiver<Job>) {
                     }
                 }
                 Err(err) => {
-                    failed = Some(err);
+                    failed = Some(Arc::new(err));
                     break;
                 }
             }
@@ -175,42 +184,41 @@ fn work(loaded: &Loaded, queue: &std::sync::mpsc::Receiver<Job>) {
     }
 }
 
-fn forward(loaded: &Loaded, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
+fn forward(loaded: &Loaded, texts: &[String]) -> Result<Vec<Vec<f32>>, Failure> {
     let encodings =
-        loaded.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| e.to_string())?;
+        loaded.tokenizer.encode_batch(texts.to_vec(), true).map_err(Failure::Tokenize)?;
     let device = Device::Cpu;
-    let stack = |pick: &dyn Fn(&tokenizers::Encoding) -> Vec<u32>| -> Result<Tensor, String> {
+    let stack = |pick: &dyn Fn(&tokenizers::Encoding) -> Vec<u32>| {
         let rows = encodings
             .iter()
             .map(|e| Tensor::new(pick(e).as_slice(), &device))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        Tensor::stack(&rows, 0).map_err(|e| e.to_string())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::stack(&rows, 0)
     };
     let ids = stack(&|e| e.get_ids().to_vec())?;
     let mask = stack(&|e| e.get_attention_mask().to_vec())?;
-    let pooled = (|| {
-        let hidden = loaded.model.forward(&ids, &mask)?;
-        // The mean over real tokens (padding left out), then unit length.
-        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-        let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
-        let mean = sum.broadcast_div(&mask.sum(1)?)?;
-        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
-        mean.broadcast_div(&norm)?.to_vec2::<f32>()
-    })();
-    pooled.map_err(|e: candle_core::Error| e.to_string())
+    let hidden = loaded.model.forward(&ids, &mask)?;
+    // The mean over real tokens (padding left out), then unit length.
+    let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+    let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
+    let mean = sum.broadcast_div(&mask.sum(1)?)?;
+    let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
+    Ok(mean.broadcast_div(&norm)?.to_vec2::<f32>()?)
 }
 
 /// Writes a tiny BERT with random weights and a small word-piece vocabulary into `dir`, in
 /// the layout [`LocalEmbeddings::load`] reads: for tests, which need the real loading and
 /// inference code without a 90 MB download.
-pub fn write_test_model(dir: &Path, hidden: usize) -> Result<(), String> {
+pub fn write_test_model(
+    dir: &Path,
+    hidden: usize,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     use tokenizers::models::wordpiece::WordPiece;
     use tokenizers::normalizers::bert::BertNormalizer;
     use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
     use tokenizers::processors::bert::BertProcessing;
 
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir)?;
     let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"].map(String::from).to_vec();
     for c in ('a'..='z').chain('0'..='9') {
         vocab.push(c.to_string());
@@ -221,17 +229,15 @@ pub fn write_test_model(dir: &Path, hidden: usize) -> Result<(), String> {
     }
     // The vocabulary as BERT ships it: a token a line, its id the line's number.
     let vocab_file = dir.join("vocab.txt");
-    std::fs::write(&vocab_file, vocab.join("\n")).map_err(|e| e.to_string())?;
-    let wordpiece = WordPiece::from_file(&vocab_file.to_string_lossy())
-        .unk_token("[UNK]".into())
-        .build()
-        .map_err(|e| e.to_string())?;
+    std::fs::write(&vocab_file, vocab.join("\n"))?;
+    let wordpiece =
+        WordPiece::from_file(&vocab_file.to_string_lossy()).unk_token("[UNK]".into()).build()?;
     let mut tokenizer = Tokenizer::new(wordpiece);
-    tokenizer.with_normalizer(Some(BertNormalizer::default())).map_err(|e| e.to_string())?;
+    tokenizer.with_normalizer(Some(BertNormalizer::default()))?;
     tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
     tokenizer
         .with_post_processor(Some(BertProcessing::new(("[SEP]".into(), 3), ("[CLS]".into(), 2))));
-    tokenizer.save(dir.join("tokenizer.json"), false).map_err(|e| e.to_string())?;
+    tokenizer.save(dir.join("tokenizer.json"), false)?;
 
     let config = serde_json::json!({
         "vocab_size": vocab.len(), "hidden_size": hidden, "num_hidden_layers": 2,
@@ -240,14 +246,14 @@ pub fn write_test_model(dir: &Path, hidden: usize) -> Result<(), String> {
         "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
         "model_type": "bert",
     });
-    std::fs::write(dir.join("config.json"), config.to_string()).map_err(|e| e.to_string())?;
-    let config: Config = serde_json::from_value(config).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("config.json"), config.to_string())?;
+    let config: Config = serde_json::from_value(config)?;
     // A model built on an empty variable map makes every weight under the names loading
     // looks for; they are then drawn again from a fixed seed, so every test model is the same
     // and a test's outcome does not depend on the draw.
     let varmap = candle_nn::VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    Encoder::load(vb, &config).map_err(|e| e.to_string())?;
+    Encoder::load(vb, &config)?;
     let draws = clade_core::Jitter::seeded(0x5eed_cafe);
     let uniform = |bound: f32, n: usize| -> Vec<f32> {
         (0..n)
@@ -257,7 +263,7 @@ pub fn write_test_model(dir: &Path, hidden: usize) -> Result<(), String> {
             })
             .collect()
     };
-    let vars = varmap.data().lock().map_err(|e| e.to_string())?;
+    let vars = varmap.data().lock().map_err(|_| "the variable map's lock is poisoned")?;
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
     for name in names {
@@ -273,9 +279,9 @@ pub fn write_test_model(dir: &Path, hidden: usize) -> Result<(), String> {
             let fan_in = dims.last().copied().unwrap_or(1).max(1) as f32;
             uniform(1.0 / fan_in.sqrt(), n)
         };
-        let tensor = Tensor::from_vec(values, dims, &Device::Cpu).map_err(|e| e.to_string())?;
-        var.set(&tensor).map_err(|e| e.to_string())?;
+        let tensor = Tensor::from_vec(values, dims, &Device::Cpu)?;
+        var.set(&tensor)?;
     }
     drop(vars);
-    varmap.save(dir.join("model.safetensors")).map_err(|e| e.to_string())
+    Ok(varmap.save(dir.join("model.safetensors"))?)
 }

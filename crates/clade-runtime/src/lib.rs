@@ -31,8 +31,8 @@ pub mod tools;
 pub use budget::StoreBudget;
 pub use bus::{Bus, LocalBus, Signal};
 pub use engine::{
-    Engine, EngineOptions, Envelope, Finished, Preview, Recall, Settings, TurnWatch, WeakEngine,
-    step_view,
+    Engine, EngineOptions, Envelope, Finished, Preview, Recall, Settings, TurnWatch,
+    UnreadableStep, WeakEngine, step_view,
 };
 pub use execution::{Durable, DurableError};
 pub use hub::{Hub, LiveEvent, Subscription};

@@ -95,12 +95,22 @@ fn local_embedder(
     loaded.ok()
 }
 
+/// Why no local embeddings model is there.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalModelError {
+    #[cfg(feature = "local-models")]
+    #[error(transparent)]
+    Load(#[from] clade_model::local_embeddings::Error),
+    #[error("this build has no local models (cargo feature `local-models`)")]
+    NotBuilt,
+}
+
 /// The local model `name` from `models_dir` as memory's embedder, loaded once a process.
 #[cfg(feature = "local-models")]
 pub fn local_embeddings(
     models_dir: &std::path::Path,
     name: &str,
-) -> Result<Arc<dyn Embedder>, String> {
+) -> Result<Arc<dyn Embedder>, LocalModelError> {
     let dir = &models_dir.join(name);
     use std::collections::HashMap;
     use std::sync::Mutex;
@@ -112,8 +122,7 @@ pub fn local_embeddings(
     let model = match cache.get(dir) {
         Some(model) => model.clone(),
         None => {
-            let model = clade_model::local_embeddings::LocalEmbeddings::load(dir, name)
-                .map_err(|e| e.to_string())?;
+            let model = clade_model::local_embeddings::LocalEmbeddings::load(dir, name)?;
             tracing::info!(model = %name, dimensions = model.dimensions(), "memory: embeddings made in process");
             cache.insert(dir.to_owned(), model.clone());
             model
@@ -130,8 +139,8 @@ pub fn local_embeddings(
 pub fn local_embeddings(
     _models_dir: &std::path::Path,
     _name: &str,
-) -> Result<Arc<dyn Embedder>, String> {
-    Err("this build has no local models (cargo feature `local-models`)".into())
+) -> Result<Arc<dyn Embedder>, LocalModelError> {
+    Err(LocalModelError::NotBuilt)
 }
 
 /// A local model as memory's embedder, under the name its vectors are stored with.

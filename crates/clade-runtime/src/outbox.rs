@@ -90,7 +90,8 @@ pub trait Sink: Send + Sync {
 }
 
 /// Why a delivery did not go through, and what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
 pub struct Refused {
     pub reason: String,
     /// Wait at least this long before trying again (a `Retry-After`, Telegram's `retry_after`).
@@ -114,6 +115,12 @@ impl Refused {
 impl From<String> for Refused {
     fn from(reason: String) -> Self {
         Self::transient(reason)
+    }
+}
+
+impl From<clade_tools::remote::ClientError> for Refused {
+    fn from(err: clade_tools::remote::ClientError) -> Self {
+        Self::transient(err.to_string())
     }
 }
 
@@ -328,10 +335,10 @@ pub async fn deliver(
     subscriber: &Subscriber,
     row: &OutboxRow,
     now: clade_core::Timestamp,
-) -> Result<(), String> {
+) -> Result<(), Refused> {
     let courier = Courier::new(subscriber.clone(), client.clone())?;
     courier.prove().await?;
-    courier.deliver(row, now).await.map_err(|refused| refused.reason)
+    courier.deliver(row, now).await
 }
 
 /// How deliveries reach one subscriber.
@@ -343,12 +350,11 @@ struct Courier {
 }
 
 impl Courier {
-    fn new(subscriber: Subscriber, http: reqwest::Client) -> Result<Self, String> {
+    fn new(subscriber: Subscriber, http: reqwest::Client) -> Result<Self, Refused> {
         let paired = match &subscriber.signing {
             Signing::Secret(_) | Signing::Sink(_) => None,
             Signing::Paired { keys, .. } => Some(
-                clade_tools::remote::Client::new(&subscriber.url, None)
-                    .map_err(|e| e.to_string())?
+                clade_tools::remote::Client::new(&subscriber.url, None)?
                     .with_peer(Some(keys.clone())),
             ),
         };
@@ -357,11 +363,11 @@ impl Courier {
 
     /// A paired subscriber must sign a fresh challenge with the key it was paired with before
     /// it is sent anything: an impostor at its address receives nothing.
-    async fn prove(&self) -> Result<(), String> {
+    async fn prove(&self) -> Result<(), Refused> {
         let Some(client) = &self.paired else { return Ok(()) };
-        match client.health_proved(self.subscriber.timeout).await.map_err(|e| e.to_string())? {
+        match client.health_proved(self.subscriber.timeout).await? {
             true => Ok(()),
-            false => Err(KEY_NOT_PROVED.into()),
+            false => Err(Refused::transient(KEY_NOT_PROVED)),
         }
     }
 
@@ -534,7 +540,7 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
             }
         }
         // Proved once a pass, before the pass's first delivery.
-        let mut proof: Option<Result<(), String>> = None;
+        let mut proof: Option<Result<(), Refused>> = None;
         let (mut cursor, saved_attempts) = match store.deliveries().cursor(&subscriber.name).await {
             Ok(c) => c,
             Err(err) => {
@@ -604,7 +610,7 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
             if proof.is_none() {
                 let proved = courier.prove().await;
                 match &proved {
-                    Err(reason) if reason == KEY_NOT_PROVED && !refusal_audited => {
+                    Err(refused) if refused.reason == KEY_NOT_PROVED && !refusal_audited => {
                         tracing::warn!(subscriber = %subscriber.name, "paired subscriber {KEY_NOT_PROVED}: nothing is sent to it");
                         if let Signing::Paired { peer, .. } = &subscriber.signing {
                             refusal_audited = store
@@ -620,7 +626,7 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
                 proof = Some(proved);
             }
             let sent = match &proof {
-                Some(Err(reason)) => Err(Refused::transient(reason.clone())),
+                Some(Err(refused)) => Err(refused.clone()),
                 _ => courier.deliver(row, clock.now()).await,
             };
             match sent {

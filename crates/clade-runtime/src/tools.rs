@@ -674,20 +674,18 @@ impl ToolRunner {
         agent: &Agent,
         origin: &CallOrigin,
         granted: &Constraints,
-    ) -> Result<CallContext, String> {
-        let workspace = self
-            .workspaces
-            .open(agent)
-            .map_err(|e| format!("cannot prepare the agent's workspace: {e}"))?;
+    ) -> Result<CallContext, clade_tools::Error> {
+        let workspace = self.workspaces.open(agent).map_err(|e| {
+            clade_tools::Error::internal("cannot prepare the agent's workspace: try again later", e)
+        })?;
         let mut env = Vec::new();
         for name in &granted.env {
             let (Some(secrets), Ok(secret)) = (&self.secrets, SecretName::parse(name)) else {
-                return Err(format!("granted secret {name:?} is not available"));
+                return Err(format!("granted secret {name:?} is not available").into());
             };
-            let value = secrets
-                .get(agent, &secret)
-                .await
-                .map_err(|e| format!("granted secret {name}: {e}"))?;
+            let value = secrets.get(agent, &secret).await.map_err(|e| {
+                clade_tools::Error::internal(format!("granted secret {name} cannot be read"), e)
+            })?;
             env.push((name.clone(), String::from_utf8_lossy(&value).into_owned()));
         }
         Ok(CallContext {
@@ -898,7 +896,7 @@ impl ToolRunner {
         agent: &Agent,
         asked: Asked<'_>,
         origin: &CallOrigin,
-    ) -> Result<(), String> {
+    ) -> Result<(), clade_tools::Error> {
         let Asked { tool, resource, args, decision, timeout } = asked;
         let arguments = args.to_string();
         let hash = arguments_hash(tool, args);
@@ -936,7 +934,12 @@ impl ToolRunner {
                 audit,
             )
             .await
-            .map_err(|e| format!("cannot record the approval request: {e}"))?;
+            .map_err(|e| {
+                clade_tools::Error::internal(
+                    "cannot record the approval request: try again later",
+                    e,
+                )
+            })?;
         tracing::info!(approval = %approval.id, agent = %agent.handle, tool, "tool call waits for approval");
         if let Some(hub) = self.hub.get() {
             hub.publish_aside(agent.id, &announced);
@@ -956,27 +959,31 @@ impl ToolRunner {
         let result = loop {
             let current = match self.store.access(agent.tenant_id).approval(approval.id).await {
                 Ok(row) => row,
-                Err(e) => break Err(format!("cannot read approval {}: {e}", approval.id)),
+                Err(e) => {
+                    let told = format!("cannot read approval {}: try again later", approval.id);
+                    break Err(clade_tools::Error::internal(told, e));
+                }
             };
             match current.status {
                 ApprovalStatus::Approved if current.arguments_hash == hash => break Ok(()),
                 ApprovalStatus::Approved => {
-                    break Err(format!(
+                    break Err(clade_tools::Error::failed(format!(
                         "approval {} was for other arguments; not run",
                         approval.id
-                    ));
+                    )));
                 }
                 ApprovalStatus::Denied => {
                     let note = current.note.map(|n| format!(": {n}")).unwrap_or_default();
-                    break Err(format!("denied by an operator (approval {}){note}", approval.id));
+                    let denied = format!("denied by an operator (approval {}){note}", approval.id);
+                    break Err(clade_tools::Error::failed(denied));
                 }
-                ApprovalStatus::Expired => break Err(expired_text(&current)),
+                ApprovalStatus::Expired => break Err(expired_text(&current).into()),
                 ApprovalStatus::Cancelled => {
-                    break Err(format!(
+                    break Err(clade_tools::Error::failed(format!(
                         "approval {} was cancelled: {}",
                         approval.id,
                         current.note.unwrap_or_default()
-                    ));
+                    )));
                 }
                 ApprovalStatus::Pending if self.store.now() >= current.expires_at => {
                     match self
@@ -984,7 +991,7 @@ impl ToolRunner {
                         .await
                     {
                         Ok(row) if row.status == ApprovalStatus::Approved => break Ok(()),
-                        _ => break Err(expired_text(&current)),
+                        _ => break Err(expired_text(&current).into()),
                     }
                 }
                 ApprovalStatus::Pending => {

@@ -31,6 +31,23 @@
 //! (`command`) runs as `/bin/sh -c <line>`: its program is `sh`, so no pattern for another
 //! program ever matches it, and only a rule naming `sh` allows one.
 
+/// A pattern or quoted line that does not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgvError {
+    #[error("unclosed {quote} in {text:?}")]
+    Unclosed { quote: char, text: String },
+    #[error("trailing \\ in {0:?}")]
+    TrailingEscape(String),
+    #[error("an argv pattern needs at least a program (or `*` for any command)")]
+    Empty,
+    #[error("`**` may only be the last word of {0:?}")]
+    RestNotLast(String),
+    #[error("{program} has no option {option:?}: its options are --{options}")]
+    UnknownOption { program: &'static str, option: String, options: String },
+    #[error("short flags {0:?} cannot hold `*`")]
+    WildShort(String),
+}
+
 /// One word of a pattern or command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Word {
@@ -41,7 +58,7 @@ struct Word {
 
 /// Splits `text` into words the way a pattern is read: spaces separate, `'…'` and `"…"` quote
 /// (no escapes inside single quotes; `\` escapes one character elsewhere).
-fn words(text: &str) -> Result<Vec<Word>, String> {
+fn words(text: &str) -> Result<Vec<Word>, ArgvError> {
     let mut out = Vec::new();
     let mut current: Option<Word> = None;
     let mut chars = text.chars();
@@ -60,10 +77,10 @@ fn words(text: &str) -> Result<Vec<Word>, String> {
                         Some(q) if q == c => break,
                         Some('\\') if c == '"' => match chars.next() {
                             Some(escaped) => word.text.push(escaped),
-                            None => return Err(format!("unclosed {c} in {text:?}")),
+                            None => return Err(unclosed(c, text)),
                         },
                         Some(other) => word.text.push(other),
-                        None => return Err(format!("unclosed {c} in {text:?}")),
+                        None => return Err(unclosed(c, text)),
                     }
                 }
             }
@@ -72,7 +89,7 @@ fn words(text: &str) -> Result<Vec<Word>, String> {
                 word.literal = true;
                 match chars.next() {
                     Some(escaped) => word.text.push(escaped),
-                    None => return Err(format!("trailing \\ in {text:?}")),
+                    None => return Err(ArgvError::TrailingEscape(text.to_owned())),
                 }
             }
             other => {
@@ -82,6 +99,10 @@ fn words(text: &str) -> Result<Vec<Word>, String> {
     }
     out.extend(current);
     Ok(out)
+}
+
+fn unclosed(quote: char, text: &str) -> ArgvError {
+    ArgvError::Unclosed { quote, text: text.to_owned() }
 }
 
 /// The argument list as one line that [`split`] reads back exactly: the form in which an
@@ -96,7 +117,7 @@ pub fn quote(argv: &[String]) -> String {
 }
 
 /// Reads a line made by [`quote`] back into its arguments.
-pub fn split(line: &str) -> Result<Vec<String>, String> {
+pub fn split(line: &str) -> Result<Vec<String>, ArgvError> {
     Ok(words(line)?.into_iter().map(|w| w.text).collect())
 }
 
@@ -367,10 +388,10 @@ fn word_covers(wider: &Word, narrower: &Word) -> bool {
 }
 
 impl ArgvPattern {
-    pub fn parse(pattern: &str) -> Result<Self, String> {
+    pub fn parse(pattern: &str) -> Result<Self, ArgvError> {
         let mut words = words(pattern)?;
         if words.is_empty() {
-            return Err("an argv pattern needs at least a program (or `*` for any command)".into());
+            return Err(ArgvError::Empty);
         }
         if words.len() == 1 && words[0] == (Word { text: "*".into(), literal: false }) {
             return Ok(Self::any());
@@ -396,7 +417,7 @@ impl ArgvPattern {
         };
         for word in words {
             if !word.literal && word.text == "**" {
-                return Err(format!("`**` may only be the last word of {pattern:?}"));
+                return Err(ArgvError::RestNotLast(pattern.to_owned()));
             }
             if word.text.starts_with("--") && !word.literal {
                 match known.filter(|_| !word.text.contains('*')) {
@@ -410,12 +431,16 @@ impl ArgvPattern {
                             this.long.push(Word { text: long, literal: false })
                         }
                         None => {
-                            return Err(format!(
-                                "{} has no option {:?}: its options are --{}",
-                                k.program,
-                                word.text,
-                                k.longs.iter().map(|(l, _)| *l).collect::<Vec<_>>().join(", --")
-                            ));
+                            return Err(ArgvError::UnknownOption {
+                                program: k.program,
+                                option: word.text.clone(),
+                                options: k
+                                    .longs
+                                    .iter()
+                                    .map(|(l, _)| *l)
+                                    .collect::<Vec<_>>()
+                                    .join(", --"),
+                            });
                         }
                     },
                     None => this.long.push(word),
@@ -424,7 +449,7 @@ impl ArgvPattern {
                 word.text.strip_prefix('-').filter(|c| !c.is_empty() && !word.literal)
             {
                 if cluster.contains('*') {
-                    return Err(format!("short flags {:?} cannot hold `*`", word.text));
+                    return Err(ArgvError::WildShort(word.text.clone()));
                 }
                 for flag in cluster.chars() {
                     add_short(&mut this.short, flag);
@@ -628,7 +653,7 @@ mod tests {
         assert!(catches("chmod -f **", "chmod --qu 600 x"));
         assert!(catches("chmod -f **", "chmod --sil 600 x"));
         assert!(!catches("rm -v **", "rm --ver x"), "--verbose or --version: rm refuses it");
-        let err = ArgvPattern::parse("rm --recurse **").unwrap_err();
+        let err = ArgvPattern::parse("rm --recurse **").unwrap_err().to_string();
         assert!(err.contains("rm has no option") && err.contains("--recursive"), "{err}");
         // A long option's `=value` is its short flag and then the value, as the program reads
         // it: a deny of `cp -t` catches `cp --target-directory=DIR` in every spelling.

@@ -88,7 +88,7 @@ impl EgressProxy {
                         && let Ok(mut seen) = seen.lock()
                         && seen.len() < 64
                     {
-                        seen.push(refusal);
+                        seen.push(refusal.to_string());
                     }
                 });
             }
@@ -114,6 +114,36 @@ impl Drop for EgressProxy {
     }
 }
 
+/// Why the proxy turned a connection away: answered to the command (400 or 403) and kept for
+/// the run's account.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum Refusal {
+    #[error("request head is not UTF-8")]
+    NotText,
+    #[error("not an HTTP proxy request: {0:?}")]
+    NotProxy(String),
+    #[error("{0:?} is not an absolute http:// URL (use CONNECT for https)")]
+    NotAbsolute(String),
+    #[error("bad address {0:?}")]
+    Address(String),
+    #[error("bad port in {0:?}")]
+    Port(String),
+    #[error("{0:?} names no port")]
+    NoPort(String),
+    #[error("{0:?} names no host")]
+    NoHost(String),
+    #[error("cannot read the request head: {0}")]
+    Read(String),
+    #[error("connection closed before the request head ended")]
+    Closed,
+    #[error("request head longer than {MAX_HEAD} bytes")]
+    TooLong,
+    #[error("{host}:{port} is not among the hosts this command was granted")]
+    NotGranted { host: String, port: u16 },
+    #[error(transparent)]
+    Destination(#[from] crate::net::EgressError),
+}
+
 /// A request head the proxy understood.
 #[derive(Debug, PartialEq, Eq)]
 enum Target {
@@ -124,21 +154,21 @@ enum Target {
 }
 
 /// Reads one request head and says where it goes, or why not.
-fn parse_head(head: &[u8]) -> Result<Target, String> {
-    let text = std::str::from_utf8(head).map_err(|_| "request head is not UTF-8".to_owned())?;
+fn parse_head(head: &[u8]) -> Result<Target, Refusal> {
+    let text = std::str::from_utf8(head).map_err(|_| Refusal::NotText)?;
     let mut lines = text.split("\r\n");
     let first = lines.next().unwrap_or_default();
     let mut parts = first.split(' ');
     let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
     else {
-        return Err(format!("not an HTTP proxy request: {first:?}"));
+        return Err(Refusal::NotProxy(first.to_owned()));
     };
     if method.eq_ignore_ascii_case("CONNECT") {
         let (host, port) = split_host_port(target, None)?;
         return Ok(Target::Tunnel { host, port });
     }
     let Some(rest) = target.strip_prefix("http://") else {
-        return Err(format!("{target:?} is not an absolute http:// URL (use CONNECT for https)"));
+        return Err(Refusal::NotAbsolute(target.to_owned()));
     };
     let (authority, path) = match rest.find('/') {
         Some(at) => (&rest[..at], &rest[at..]),
@@ -160,11 +190,11 @@ fn parse_head(head: &[u8]) -> Result<Target, String> {
     Ok(Target::Forward { host, port, head: out.into_bytes() })
 }
 
-fn split_host_port(authority: &str, default: Option<u16>) -> Result<(String, u16), String> {
+fn split_host_port(authority: &str, default: Option<u16>) -> Result<(String, u16), Refusal> {
     let authority = authority.rsplit('@').next().unwrap_or_default();
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (host, rest) =
-            v6.split_once(']').ok_or_else(|| format!("bad address {authority:?}"))?;
+            v6.split_once(']').ok_or_else(|| Refusal::Address(authority.to_owned()))?;
         (host, rest.strip_prefix(':'))
     } else {
         match authority.rsplit_once(':') {
@@ -173,18 +203,18 @@ fn split_host_port(authority: &str, default: Option<u16>) -> Result<(String, u16
         }
     };
     let port = match (port, default) {
-        (Some(port), _) => port.parse().map_err(|_| format!("bad port in {authority:?}"))?,
+        (Some(port), _) => port.parse().map_err(|_| Refusal::Port(authority.to_owned()))?,
         (None, Some(default)) => default,
-        (None, None) => return Err(format!("{authority:?} names no port")),
+        (None, None) => return Err(Refusal::NoPort(authority.to_owned())),
     };
     if host.is_empty() {
-        return Err(format!("{authority:?} names no host"));
+        return Err(Refusal::NoHost(authority.to_owned()));
     }
     Ok((host.to_ascii_lowercase(), port))
 }
 
 /// Serves one client connection; `Err` is a refusal, already answered with a 403.
-async fn serve(mut client: tokio::net::UnixStream, rules: &EgressRules) -> Result<(), String> {
+async fn serve(mut client: tokio::net::UnixStream, rules: &EgressRules) -> Result<(), Refusal> {
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client)).await {
         Ok(Ok(head)) => head,
         Ok(Err(why)) => return refuse(&mut client, 400, why).await,
@@ -199,22 +229,21 @@ async fn serve(mut client: tokio::net::UnixStream, rules: &EgressRules) -> Resul
         Target::Tunnel { host, port } | Target::Forward { host, port, .. } => (host.clone(), *port),
     };
     if !rules.names(&host, port) {
-        let why = format!("{host}:{port} is not among the hosts this command was granted");
-        return refuse(&mut client, 403, why).await;
+        return refuse(&mut client, 403, Refusal::NotGranted { host, port }).await;
     }
     let addr = match crate::net::resolve_checked(&host, port, rules.private_network).await {
         Ok(addr) => addr,
-        Err(err) => return refuse(&mut client, 403, err.to_string()).await,
+        Err(err) => return refuse(&mut client, 403, err.into()).await,
     };
     let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, dial(addr)).await {
         Ok(Ok(stream)) => stream,
         // The destination was allowed; it just did not answer: not a refusal.
         Ok(Err(err)) => {
-            let _ = refuse(&mut client, 502, format!("{host}:{port}: {err}")).await;
+            answer(&mut client, 502, &format!("{host}:{port}: {err}")).await;
             return Ok(());
         }
         Err(_) => {
-            let _ = refuse(&mut client, 504, format!("{host}:{port} did not answer")).await;
+            answer(&mut client, 504, &format!("{host}:{port} did not answer")).await;
             return Ok(());
         }
     };
@@ -244,13 +273,13 @@ async fn dial(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
 }
 
 /// Reads up to the end of the head; returns it and whatever came after it.
-async fn read_head(client: &mut tokio::net::UnixStream) -> Result<(Vec<u8>, Vec<u8>), String> {
+async fn read_head(client: &mut tokio::net::UnixStream) -> Result<(Vec<u8>, Vec<u8>), Refusal> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     loop {
-        let n = client.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        let n = client.read(&mut chunk).await.map_err(|e| Refusal::Read(e.to_string()))?;
         if n == 0 {
-            return Err("connection closed before the request head ended".into());
+            return Err(Refusal::Closed);
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -258,16 +287,23 @@ async fn read_head(client: &mut tokio::net::UnixStream) -> Result<(Vec<u8>, Vec<
             return Ok((buf, rest));
         }
         if buf.len() > MAX_HEAD {
-            return Err(format!("request head longer than {MAX_HEAD} bytes"));
+            return Err(Refusal::TooLong);
         }
     }
 }
 
+/// Answers `status` with `why`, and ends the connection with it as the refusal.
 async fn refuse(
     client: &mut tokio::net::UnixStream,
     status: u16,
-    why: String,
-) -> Result<(), String> {
+    why: Refusal,
+) -> Result<(), Refusal> {
+    answer(client, status, &why.to_string()).await;
+    Err(why)
+}
+
+/// Answers `status` with `why` as a plain-text body, and closes.
+async fn answer(client: &mut tokio::net::UnixStream, status: u16, why: &str) {
     let reason = match status {
         400 => "Bad Request",
         403 => "Forbidden",
@@ -275,13 +311,12 @@ async fn refuse(
         _ => "Gateway Timeout",
     };
     let body = format!("clade egress: {why}\n");
-    let answer = format!(
+    let response = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = client.write_all(answer.as_bytes()).await;
+    let _ = client.write_all(response.as_bytes()).await;
     let _ = client.shutdown().await;
-    Err(why)
 }
 
 /// The bridge inside the sandbox: accepts on `listen` and carries each connection to the

@@ -123,6 +123,12 @@ impl From<crate::net::EgressError> for Error {
     }
 }
 
+impl From<crate::net::SendError> for Error {
+    fn from(error: crate::net::SendError) -> Self {
+        Self::Failed(error.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -371,17 +371,27 @@ impl Registry {
 /// shared memory pool): 1-64 of a-z, 0-9, `_` and `-`, starting with a letter or digit.
 pub const SHARED_NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,63}$";
 
+/// A shared folder's or pool's name that does not follow [`SHARED_NAME_PATTERN`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {name:?}: 1-64 of a-z, 0-9, _ and -, starting with a letter or digit")]
+pub struct BadSharedName {
+    pub what: &'static str,
+    pub name: String,
+}
+
+impl From<BadSharedName> for Error {
+    fn from(bad: BadSharedName) -> Self {
+        Self::Failed(bad.to_string())
+    }
+}
+
 /// Checks the name of a shared `what` (`folder`, `pool`) against [`SHARED_NAME_PATTERN`].
-pub fn check_shared_name(what: &str, name: &str) -> Result<(), String> {
+pub fn check_shared_name(what: &'static str, name: &str) -> Result<(), BadSharedName> {
     let first = name.chars().next();
     let fits = (1..=64).contains(&name.len())
         && first.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if fits {
-        Ok(())
-    } else {
-        Err(format!("{what} {name:?}: 1-64 of a-z, 0-9, _ and -, starting with a letter or digit"))
-    }
+    if fits { Ok(()) } else { Err(BadSharedName { what, name: name.to_owned() }) }
 }

@@ -241,29 +241,53 @@ fn bytes_text(n: usize) -> String {
 
 const MAX_REDIRECTS: usize = 5;
 
+/// Why a request was not sent, or its answer not read.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("invalid HTTP method {0:?}")]
+    Method(String),
+    #[error(transparent)]
+    Egress(#[from] EgressError),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error("request to {host} failed: {source}")]
+    Request { host: String, source: reqwest::Error },
+    #[error("redirect with an invalid Location header")]
+    Location,
+    #[error("invalid redirect {location:?}: {source}")]
+    Redirect { location: String, source: url::ParseError },
+    #[error(
+        "{host} redirected ({status}) to another host, {to}; not followed: request that URL in a new call"
+    )]
+    OtherHost { host: String, status: u16, to: String },
+    #[error("reading the response failed: {0}")]
+    Read(#[source] reqwest::Error),
+    #[error("more than {MAX_REDIRECTS} redirects")]
+    Redirects,
+}
+
 /// Sends `request`, following up to five redirects on the same host, every hop checked and
 /// pinned.
-pub async fn send(request: Request) -> Result<Response, String> {
+pub async fn send(request: Request) -> Result<Response, SendError> {
     let method = reqwest::Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| format!("invalid HTTP method {:?}", request.method))?;
+        .map_err(|_| SendError::Method(request.method.clone()))?;
     let mut url = request.url.clone();
     let mut method = method;
     let mut body = request.body.clone();
     #[allow(clippy::disallowed_methods)] // The request's I/O deadline, not domain time.
     let started = tokio::time::Instant::now();
     for _ in 0..=MAX_REDIRECTS {
-        let parsed = url::Url::parse(&url)
-            .map_err(|e| EgressError::Url(url.clone(), e.to_string()).to_string())?;
+        let parsed =
+            url::Url::parse(&url).map_err(|e| EgressError::Url(url.clone(), e.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(EgressError::Scheme(parsed.scheme().to_owned()).to_string());
+            return Err(EgressError::Scheme(parsed.scheme().to_owned()).into());
         }
         let host = parsed
             .host_str()
-            .ok_or_else(|| EgressError::Url(url.clone(), "no host".into()).to_string())?
+            .ok_or_else(|| EgressError::Url(url.clone(), "no host".into()))?
             .to_owned();
         let port = parsed.port_or_known_default().unwrap_or(80);
-        let addr =
-            resolve_checked(&host, port, request.allow_private).await.map_err(|e| e.to_string())?;
+        let addr = resolve_checked(&host, port, request.allow_private).await?;
         let remaining = request.timeout.saturating_sub(started.elapsed());
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -271,7 +295,7 @@ pub async fn send(request: Request) -> Result<Response, String> {
             .resolve(host.trim_start_matches('[').trim_end_matches(']'), addr)
             .timeout(remaining)
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(SendError::Client)?;
         let mut builder = client.request(method.clone(), parsed.clone());
         for (name, value) in &request.headers {
             builder = builder.header(name, value);
@@ -279,25 +303,26 @@ pub async fn send(request: Request) -> Result<Response, String> {
         if let Some(text) = &body {
             builder = builder.body(text.clone());
         }
-        let mut response =
-            builder.send().await.map_err(|e| format!("request to {host} failed: {e}"))?;
+        let mut response = builder
+            .send()
+            .await
+            .map_err(|source| SendError::Request { host: host.clone(), source })?;
         let status = response.status();
         if let Some(location) =
             response.headers().get(reqwest::header::LOCATION).filter(|_| status.is_redirection())
         {
-            let location = location
-                .to_str()
-                .map_err(|_| "redirect with an invalid Location header".to_owned())?;
-            let next =
-                parsed.join(location).map_err(|e| format!("invalid redirect {location:?}: {e}"))?;
+            let location = location.to_str().map_err(|_| SendError::Location)?;
+            let next = parsed
+                .join(location)
+                .map_err(|source| SendError::Redirect { location: location.to_owned(), source })?;
             // The policy allowed this host, not the one a redirect names: another host needs
             // a call of its own, which the policy decides again.
             if next.host_str() != parsed.host_str() {
-                return Err(format!(
-                    "{host} redirected ({}) to another host, {}; not followed: request that URL in a new call",
-                    status.as_u16(),
-                    next.host_str().unwrap_or("?")
-                ));
+                return Err(SendError::OtherHost {
+                    host,
+                    status: status.as_u16(),
+                    to: next.host_str().unwrap_or("?").to_owned(),
+                });
             }
             url = next.to_string();
             if status == reqwest::StatusCode::SEE_OTHER {
@@ -313,9 +338,7 @@ pub async fn send(request: Request) -> Result<Response, String> {
             .map(str::to_owned);
         let mut data = Vec::new();
         let mut truncated = false;
-        while let Some(chunk) =
-            response.chunk().await.map_err(|e| format!("reading the response failed: {e}"))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(SendError::Read)? {
             let room = request.max_bytes.saturating_sub(data.len());
             data.extend_from_slice(&chunk[..chunk.len().min(room)]);
             if chunk.len() > room {
@@ -325,7 +348,7 @@ pub async fn send(request: Request) -> Result<Response, String> {
         }
         return Ok(Response { status: status.as_u16(), url, content_type, body: data, truncated });
     }
-    Err(format!("more than {MAX_REDIRECTS} redirects"))
+    Err(SendError::Redirects)
 }
 
 #[cfg(test)]

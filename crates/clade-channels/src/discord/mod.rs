@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 pub use api::{Api, MESSAGE_LIMIT, PUBLIC_API};
 
 use crate::attachments::Attachment;
-use crate::channel::{Channel, Inbound, PlatformError, Settings};
+use crate::channel::{Channel, Inbound, Malformed, PlatformError, Settings};
 use crate::health::Health;
 
 /// The platform of Discord's sessions.
@@ -158,7 +158,7 @@ impl Bot {
             Ok(Some(inbound)) => self.store_once(inbound, seen_of(&body["d"])).await,
             Ok(None) => Ok(()),
             Err(why) => {
-                self.channel.malformed(&why);
+                self.channel.malformed(&why.0);
                 Ok(())
             }
         }
@@ -310,7 +310,7 @@ impl Bot {
                         }
                         Ok(None) => {}
                         Err(why) => {
-                            self.channel.malformed(&why);
+                            self.channel.malformed(&why.0);
                         }
                     }
                 }
@@ -353,7 +353,7 @@ impl Dispatches for Bot {
                 Ok(Some(inbound)) => self.store(inbound, seen_of(d)).await,
                 Ok(None) => {}
                 Err(why) => {
-                    self.channel.malformed(&why);
+                    self.channel.malformed(&why.0);
                 }
             }
         })
@@ -646,15 +646,20 @@ fn closed(code: u16, reason: &str, session: &mut Option<Session>, seq: &mut Opti
 
 /// The message a MESSAGE_CREATE carries, if it is one for the bot (`user`): a direct message,
 /// or a guild message that mentions it. `Err` names what is missing.
-fn read_message(d: &Value, user: &str) -> Result<Option<Inbound>, String> {
+fn read_message(d: &Value, user: &str) -> Result<Option<Inbound>, Malformed> {
     if d["author"]["bot"] == true {
         return Ok(None);
     }
     let field = |name: &str| {
-        d[name].as_str().filter(|v| !v.is_empty()).ok_or(format!("a message without {name}"))
+        d[name]
+            .as_str()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| Malformed(format!("a message without {name}")))
     };
     let (id, channel) = (field("id")?, field("channel_id")?);
-    let author = d["author"]["id"].as_str().ok_or("a message without an author")?;
+    let author = d["author"]["id"]
+        .as_str()
+        .ok_or_else(|| Malformed("a message without an author".into()))?;
     let content = d["content"].as_str().unwrap_or_default();
     let mentions = [format!("<@{user}>"), format!("<@!{user}>")];
     let direct = d.get("guild_id").is_none_or(Value::is_null);
@@ -722,7 +727,7 @@ mod tests {
             assert_eq!(read_message(&skipped, "B0").unwrap(), None, "{skipped}");
         }
         let broken = json!({"id": "15", "author": {"id": "U1"}, "content": "no channel"});
-        assert!(read_message(&broken, "B0").unwrap_err().contains("channel_id"));
+        assert!(read_message(&broken, "B0").unwrap_err().0.contains("channel_id"));
         // A file alone is a message; its CDN URL is how it is fetched.
         let file = json!({"id": "16", "channel_id": "D1", "author": {"id": "U1"}, "content": "",
             "attachments": [{"id": "a1", "filename": "plan.pdf", "size": 2048, "url": "https://cdn.example/plan.pdf"}]});

@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 
 pub use api::{Api, MESSAGE_LIMIT, PUBLIC_API};
 
-use crate::channel::{Channel, Inbound, NotTaken, PlatformError, Settings, Taken};
+use crate::channel::{Channel, Inbound, Malformed, NotTaken, PlatformError, Settings, Taken};
 use crate::health::Health;
 
 /// The platform of Slack's sessions.
@@ -166,7 +166,7 @@ impl App {
         match read_event(payload) {
             Ok(Some(inbound)) => self.channel.take(inbound).await,
             Ok(None) => Ok(Taken::Skipped("not a message for the app".into())),
-            Err(why) => Ok(self.channel.malformed(&why)),
+            Err(why) => Ok(self.channel.malformed(&why.0)),
         }
     }
 
@@ -182,7 +182,7 @@ impl App {
 pub trait Events: Send + Sync {
     /// Takes one `event_callback` payload; `Err` (why) when it should come again: it is not
     /// acknowledged, and Slack delivers it again.
-    fn take<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, Result<(), String>>;
+    fn take<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, Result<(), NotTaken>>;
     /// Slack said hello, or an event was taken.
     fn connected(&self, _at: clade_core::Timestamp) {}
     /// Connecting failed.
@@ -192,8 +192,8 @@ pub trait Events: Send + Sync {
 }
 
 impl Events for App {
-    fn take<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move { self.accept(payload).await.map(drop).map_err(|e| e.0) })
+    fn take<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, Result<(), NotTaken>> {
+        Box::pin(async move { self.accept(payload).await.map(drop) })
     }
     fn connected(&self, at: clade_core::Timestamp) {
         self.channel.health().ok(PLATFORM, &self.options.settings.name, at);
@@ -331,7 +331,7 @@ async fn connect_once(
 pub struct Relay(pub crate::channel::Forward);
 
 impl Events for Relay {
-    fn take<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, Result<(), String>> {
+    fn take<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, Result<(), NotTaken>> {
         Box::pin(async move {
             use hmac::{KeyInit as _, Mac as _};
             let body = payload.to_string();
@@ -340,7 +340,7 @@ impl Events for Relay {
             if !signing_secret.is_empty() {
                 let stamp = clade_core::Clock::now(&clade_core::SystemClock).as_millis() / 1000;
                 let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(signing_secret.as_bytes())
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| NotTaken(e.to_string()))?;
                 mac.update(format!("v0:{stamp}:").as_bytes());
                 mac.update(body.as_bytes());
                 let signature = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
@@ -355,12 +355,12 @@ impl Events for Relay {
 
 /// The message an `event_callback` payload carries, if it is one for the app: a direct
 /// message, or a mention. `Err` names what is missing.
-fn read_event(payload: &Value) -> Result<Option<Inbound>, String> {
+fn read_event(payload: &Value) -> Result<Option<Inbound>, Malformed> {
     if payload["type"] != "event_callback" {
         return Ok(None);
     }
     let event = &payload["event"];
-    let kind = event["type"].as_str().ok_or("an event without a type")?;
+    let kind = event["type"].as_str().ok_or_else(|| Malformed("an event without a type".into()))?;
     let direct = kind == "message" && event["channel_type"] == "im";
     if !(direct || kind == "app_mention") {
         return Ok(None);
@@ -377,7 +377,7 @@ fn read_event(payload: &Value) -> Result<Option<Inbound>, String> {
         event[name]
             .as_str()
             .filter(|v| !v.is_empty())
-            .ok_or(format!("a {kind} event without {name}"))
+            .ok_or_else(|| Malformed(format!("a {kind} event without {name}")))
     };
     let (channel, user, ts) = (field("channel")?, field("user")?, field("ts")?);
     let text = event["text"].as_str().unwrap_or_default();
@@ -456,7 +456,7 @@ mod tests {
         let broken = callback(
             json!({"type": "message", "channel_type": "im", "text": "no channel", "ts": "6"}),
         );
-        assert!(read_event(&broken).unwrap_err().contains("channel"));
+        assert!(read_event(&broken).unwrap_err().0.contains("channel"));
         // A file shared in a direct message is taken, to be fetched with the bot token.
         let shared = callback(
             json!({"type": "message", "subtype": "file_share", "channel_type": "im",

@@ -452,6 +452,7 @@ fn describe(err: reqwest::Error) -> String {
 }
 
 /// Reads one update; an error names what is missing or wrong.
-pub fn parse_update(raw: &Value) -> Result<Update, String> {
-    serde_json::from_value(raw.clone()).map_err(|err| format!("not a Telegram update: {err}"))
+pub fn parse_update(raw: &Value) -> Result<Update, crate::channel::Malformed> {
+    serde_json::from_value(raw.clone())
+        .map_err(|err| crate::channel::Malformed(format!("not a Telegram update: {err}")))
 }

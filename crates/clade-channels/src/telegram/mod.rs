@@ -155,7 +155,7 @@ impl Bot {
     pub async fn accept(&self, raw: &Value) -> Result<Taken, NotTaken> {
         let update = match api::parse_update(raw) {
             Ok(update) => update,
-            Err(why) => return Ok(self.channel.malformed(&why)),
+            Err(why) => return Ok(self.channel.malformed(&why.0)),
         };
         let Some(message) = update.message else {
             let why = if update.edited_message.is_some() {
@@ -191,7 +191,7 @@ impl Bot {
 pub trait Updates: Send + Sync {
     /// Takes one update; `Err` (why) when it should be taken again: no later update is
     /// confirmed to Telegram before it.
-    fn take<'a>(&'a self, raw: &'a Value) -> BoxFuture<'a, Result<(), String>>;
+    fn take<'a>(&'a self, raw: &'a Value) -> BoxFuture<'a, Result<(), NotTaken>>;
     /// Telegram answered a poll.
     fn reachable(&self, _at: clade_core::Timestamp) {}
     /// A poll, or taking an update, failed.
@@ -199,8 +199,8 @@ pub trait Updates: Send + Sync {
 }
 
 impl Updates for Bot {
-    fn take<'a>(&'a self, raw: &'a Value) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move { self.accept(raw).await.map(drop).map_err(|e| e.0) })
+    fn take<'a>(&'a self, raw: &'a Value) -> BoxFuture<'a, Result<(), NotTaken>> {
+        Box::pin(async move { self.accept(raw).await.map(drop) })
     }
     fn reachable(&self, at: clade_core::Timestamp) {
         self.channel.health().ok(PLATFORM, &self.options.settings.name, at);
@@ -236,7 +236,7 @@ pub async fn poll(
                     let mut tries = 0;
                     while let Err(why) = updates.take(raw).await {
                         tries += 1;
-                        updates.failing(&why);
+                        updates.failing(&why.0);
                         tracing::warn!(bot = name, error = %why, "a telegram update could not be taken; trying again");
                         clock.sleep(backoff(tries, &ApiError::Unavailable(String::new()))).await;
                     }
@@ -271,7 +271,7 @@ pub async fn poll(
 pub struct Relay(pub crate::channel::Forward);
 
 impl Updates for Relay {
-    fn take<'a>(&'a self, raw: &'a Value) -> BoxFuture<'a, Result<(), String>> {
+    fn take<'a>(&'a self, raw: &'a Value) -> BoxFuture<'a, Result<(), NotTaken>> {
         Box::pin(async move {
             let headers = [("x-telegram-bot-api-secret-token", self.0.secret().to_owned())];
             let fix = "the bot must be in webhook mode there, with the same secret in webhook_secret_env, or this listener paired for it";

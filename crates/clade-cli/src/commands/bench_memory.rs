@@ -132,8 +132,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         }
         "local" => {
             let name = clade_runtime::memory::DEFAULT_LOCAL_EMBEDDINGS;
-            let local = clade_runtime::memory::local_embeddings(&ctx.data_dir.models_dir(), name)
-                .map_err(anyhow::Error::msg)?;
+            let local = clade_runtime::memory::local_embeddings(&ctx.data_dir.models_dir(), name)?;
             let from = format!("{} in process", local.model());
             (local, from)
         }

@@ -53,7 +53,7 @@ pub(super) async fn revisions(ctx: &Ctx, cmd: ConfigCommand) -> Result<()> {
                 smoke.then(|| -> config_flow::SmokeTest<'_> {
                     Box::new(move |config: &Config| {
                         let models = ctx.models_of(config);
-                        Box::pin(smoke_test(ctx, models))
+                        Box::pin(async move { Ok(smoke_test(ctx, models).await?) })
                     })
                 });
             let trials = config_flow::Trials {
@@ -128,8 +128,8 @@ pub(super) async fn revisions(ctx: &Ctx, cmd: ConfigCommand) -> Result<()> {
 }
 
 /// One short call through the new configuration's channel route, for the operator's tenant.
-async fn smoke_test(ctx: &Ctx, models: clade_runtime::Models) -> Result<(), String> {
-    let tenant = ctx.tenant().await.map_err(|e| e.to_string())?;
+async fn smoke_test(ctx: &Ctx, models: clade_runtime::Models) -> Result<()> {
+    let tenant = ctx.tenant().await?;
     smoke_call(&tenant, models).await
 }
 
@@ -137,7 +137,7 @@ async fn smoke_test(ctx: &Ctx, models: clade_runtime::Models) -> Result<(), Stri
 pub(crate) async fn smoke_call(
     tenant: &clade_core::Tenant,
     models: clade_runtime::Models,
-) -> Result<(), String> {
+) -> Result<()> {
     use clade_model::{Message, ModelRequest, Params};
     let request = ModelRequest {
         messages: vec![Message::user("Reply with the word ok.")],
@@ -150,7 +150,7 @@ pub(crate) async fn smoke_call(
         .call_unrecorded(tenant, None, kind, &request, &mut ignore)
         .await
         .map(|_| ())
-        .map_err(|e| format!("the channel model did not answer: {e}"))
+        .map_err(|e| anyhow::anyhow!("the channel model did not answer: {e}"))
 }
 
 fn applied(ctx: &Ctx, applied: Applied) {

@@ -360,7 +360,7 @@ pub(super) async fn subscriber_service(
             let mut line = event.to_string();
             line.push('\n');
             let mut out = out.lock().await;
-            out.write_all(line.as_bytes()).and_then(|()| out.flush()).map_err(|e| e.to_string())
+            out.write_all(line.as_bytes()).and_then(|()| out.flush())
         })
     });
     let app = clade_gateway::subscriber_host::router(

@@ -409,13 +409,9 @@ fn api_smoke_test(ctx: &Ctx) -> clade_gateway::config_flow::SmokeFn {
     std::sync::Arc::new(move |config: clade_config::Config| {
         let (store, secrets) = (store.clone(), secrets.clone());
         Box::pin(async move {
-            let tenant = store
-                .tenants()
-                .named(clade_core::Tenant::DEFAULT_NAME)
-                .await
-                .map_err(|e| e.to_string())?;
+            let tenant = store.tenants().named(clade_core::Tenant::DEFAULT_NAME).await?;
             let models = crate::context::models_from(&config, &store, secrets);
-            super::config::smoke_call(&tenant, models).await
+            Ok(super::config::smoke_call(&tenant, models).await?)
         })
     })
 }

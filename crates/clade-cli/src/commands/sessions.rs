@@ -295,7 +295,7 @@ async fn show(ctx: &Ctx, tenant: &clade_core::Tenant, id: &str, json: bool) -> R
             // The API's typed view of each step (`GET …/turns/{turn}/steps`).
             let steps = steps
                 .iter()
-                .map(|e| clade_runtime::step_view(e).map_err(anyhow::Error::msg))
+                .map(|e| clade_runtime::step_view(e).map_err(anyhow::Error::from))
                 .collect::<Result<Vec<_>>>()?;
             items.push(json!({
                 "steps": steps,
@@ -316,7 +316,7 @@ async fn show(ctx: &Ctx, tenant: &clade_core::Tenant, id: &str, json: bool) -> R
             println!("> {}", event.text);
         }
         for entry in steps {
-            match clade_runtime::step_view(&entry).map_err(anyhow::Error::msg)? {
+            match clade_runtime::step_view(&entry)? {
                 TurnStep::ToolStarted { name, arguments, .. } => {
                     println!("  · {name} {arguments}")
                 }

@@ -102,20 +102,19 @@ pub(super) async fn compact(
     inner: &Inner,
     ctx: &TurnContext,
     limits: Limits,
-) -> Result<Option<SessionSummary>, String> {
+) -> Result<Option<SessionSummary>, clade_store::Error> {
     let Limits { keep_tokens, keep_turns, .. } = limits;
     let session = ctx.session.id;
     let store = &inner.visible;
     let last = TurnId::from_bytes([0xff; 16]);
-    let previous = store.summary_before(session, last).await.map_err(|e| e.to_string())?;
+    let previous = store.summary_before(session, last).await?;
     let through = previous.as_ref().map(|s| s.through);
-    let mut turns =
-        store.history(session, through, last, MAX_READ + 1).await.map_err(|e| e.to_string())?;
+    let mut turns = store.history(session, through, last, MAX_READ + 1).await?;
     // More wait than one compaction reads: the oldest are folded first (none kept), and the
     // next compaction goes on from them, so no turn is ever skipped.
     let backlog = turns.len() > MAX_READ as usize;
     if backlog {
-        turns = store.oldest_turns(session, through, MAX_READ).await.map_err(|e| e.to_string())?;
+        turns = store.oldest_turns(session, through, MAX_READ).await?;
     }
     let mut kept = 0;
     let mut kept_tokens = 0u32;
@@ -203,8 +202,7 @@ pub(super) async fn compact(
             model,
             memories: saved,
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     inner.compactions.fetch_add(1, Ordering::SeqCst);
     tracing::info!(session = %session, folded = fold.len(), kept, memories = saved, "session compacted");
     Ok(Some(summary))

@@ -198,12 +198,19 @@ impl ToolStep {
     }
 }
 
-/// A journal step as the API shows it: the typed view of the engine's own encoding. An entry
-/// that does not read as its kind says why (a damaged or foreign row).
-pub fn step_view(entry: &JournalEntry) -> Result<clade_protocol::TurnStep, String> {
+/// A journal entry that does not read as its kind (a damaged or foreign row).
+#[derive(Debug, thiserror::Error)]
+#[error("journal step {step} does not read: {source}")]
+pub struct UnreadableStep {
+    pub step: StepKey,
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// A journal step as the API shows it: the typed view of the engine's own encoding.
+pub fn step_view(entry: &JournalEntry) -> Result<clade_protocol::TurnStep, UnreadableStep> {
     use clade_protocol::TurnStep;
-    let unreadable =
-        |e: serde_json::Error| format!("journal step {} does not read: {e}", entry.step);
+    let unreadable = |source: serde_json::Error| UnreadableStep { step: entry.step, source };
     let step = entry.step.to_string();
     Ok(match entry.step {
         StepKey::Model { iteration } => {

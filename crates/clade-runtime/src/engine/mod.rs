@@ -26,7 +26,7 @@ mod forks;
 mod preview;
 mod turn;
 
-pub use executor::step_view;
+pub use executor::{UnreadableStep, step_view};
 pub(crate) use forks::process_kind_of;
 pub use preview::Preview;
 
