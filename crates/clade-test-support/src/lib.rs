@@ -5,6 +5,8 @@
 //! gets `None` and a loud warning, except under `CI=true`, where that is a failure: CI must never
 //! skip the PostgreSQL half silently.
 //!
+//! [`nats_url`] does the same for the NATS server of the cluster tests (`CLADE_TEST_NATS`).
+//!
 //! Also owns [`history`]: the record of a crash run and the checker of the reliability contract
 //! over it, shared by the crash test and `cargo xtask check-history`; and [`soak_scale`], how
 //! much work the soak tests do.
@@ -21,6 +23,35 @@ pub const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 pub fn pg_admin_url() -> String {
     std::env::var("CLADE_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_PG.to_owned())
 }
+
+/// The NATS server the cluster tests use (`CLADE_TEST_NATS`, default `nats://127.0.0.1:4222`),
+/// or `None` with a loud warning when nothing answers there, except under `CI=true`, where
+/// that is a failure: CI must never skip the cluster tests silently.
+///
+/// # Panics
+/// Under `CI=true` when the server is unreachable.
+pub fn nats_url() -> Option<String> {
+    let url = std::env::var("CLADE_TEST_NATS").unwrap_or_else(|_| DEFAULT_NATS.to_owned());
+    let address = url.trim_start_matches("nats://").to_owned();
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&address)
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .is_some_and(|address| {
+            std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(2))
+                .is_ok()
+        });
+    if reachable {
+        return Some(url);
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "NATS at {url} is unreachable under CI=true: scripts/test starts it"
+    );
+    eprintln!("WARNING: skipping a cluster test: no NATS server answers at {url}");
+    None
+}
+
+pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
 
 /// How many times their bounded size the soak tests run (`CLADE_SOAK_SCALE`, default 1, at
 /// most 1,000): the crash test's kills and events, the WAL bound's writes. The size CI runs is

@@ -1,0 +1,307 @@
+//! The engine's bus over NATS. Each shard has a subject, `clade.<cluster>.signal.<shard>`; the
+//! node holding a shard subscribes to it, and a wake-up or cancel for a session is published
+//! to its shard's subject (or handed straight to this node's engine when it holds the shard).
+//! Core NATS, not JetStream: a signal is a hint, and one lost (no holder at that moment, NATS
+//! down) is made good by the holder's scan of the store. Live events stay on this node's
+//! [`Hub`] for now.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clade_core::SessionId;
+use clade_runtime::{Bus, Hub, Signal};
+use futures::StreamExt as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::shard::{Shard, ShardMap};
+
+/// Where and how a node reaches NATS. The credentials are the node's own (from its
+/// environment), never a tenant's.
+#[derive(Clone)]
+pub struct NatsOptions {
+    /// The server, `nats://host:port` (or `host:port`).
+    pub url: String,
+    /// This node's name, as the server's monitoring shows the connection.
+    pub node: String,
+    /// The cluster's name: every subject starts with `clade.<cluster>.`, so clusters sharing a
+    /// NATS server never hear each other.
+    pub cluster: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// How long the first connection may take.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for NatsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsOptions")
+            .field("url", &self.url)
+            .field("node", &self.node)
+            .field("cluster", &self.cluster)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the bus could not start, or take a shard.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error(
+        "the cluster name {0:?} cannot be part of a NATS subject: use 1 to 64 of a-z, 0-9, _ and -"
+    )]
+    ClusterName(String),
+    #[error(
+        "NATS at {url} refused this node's credentials ({source}): check the user and password the node is given"
+    )]
+    Credentials {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot connect to NATS at {url}: {source}; is the server running there?")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot subscribe to {subject}: {source}")]
+    Subscribe {
+        subject: String,
+        #[source]
+        source: async_nats::SubscribeError,
+    },
+    #[error("NATS did not confirm the subscription to {subject}: {source}")]
+    Flush {
+        subject: String,
+        #[source]
+        source: async_nats::client::FlushError,
+    },
+}
+
+/// A signal as it travels: the session, and what to do with it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "signal", rename_all = "snake_case")]
+enum Wire {
+    Wake { session: String },
+    Cancel { session: String },
+}
+
+impl Wire {
+    fn of(signal: Signal) -> Self {
+        match signal {
+            Signal::Wake(session) => Wire::Wake { session: session.to_string() },
+            Signal::Cancel(session) => Wire::Cancel { session: session.to_string() },
+        }
+    }
+
+    fn signal(self) -> Option<Signal> {
+        match self {
+            Wire::Wake { session } => SessionId::parse(&session).ok().map(Signal::Wake),
+            Wire::Cancel { session } => SessionId::parse(&session).ok().map(Signal::Cancel),
+        }
+    }
+}
+
+/// What the bus has seen, for a node's status.
+#[derive(Debug, Default)]
+pub struct BusCounts {
+    /// Signals published for other nodes.
+    pub sent: AtomicU64,
+    /// Signals received for the shards this node holds.
+    pub received: AtomicU64,
+    /// Messages on a shard's subject that were not a signal (ignored).
+    pub malformed: AtomicU64,
+    /// Signals that could not be published (NATS gone): the holder's scan makes them good.
+    pub unsent: AtomicU64,
+}
+
+/// The bus of a cluster node (see the module's documentation).
+pub struct NatsBus {
+    hub: Hub,
+    client: async_nats::Client,
+    map: ShardMap,
+    prefix: String,
+    /// To the publisher task, which keeps signals in the order they were given.
+    outgoing: mpsc::UnboundedSender<(String, Bytes)>,
+    publisher: JoinHandle<()>,
+    /// Signals for this node's engine.
+    tx: mpsc::UnboundedSender<Signal>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Signal>>>,
+    /// The shards this node holds, each with the task reading its subject.
+    held: Mutex<HashMap<Shard, JoinHandle<()>>>,
+    counts: Arc<BusCounts>,
+}
+
+impl NatsBus {
+    /// Connects to NATS as `options` say, for a cluster whose sessions `map` spreads. The bus
+    /// holds no shard until [`NatsBus::hold`] gives it some.
+    pub async fn connect(options: &NatsOptions, map: ShardMap) -> Result<Self, BusError> {
+        let cluster = &options.cluster;
+        let fits = (1..=64).contains(&cluster.len())
+            && cluster
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !fits {
+            return Err(BusError::ClusterName(cluster.clone()));
+        }
+        let mut connect = async_nats::ConnectOptions::new()
+            .name(format!("clade {} ({cluster})", options.node))
+            .connection_timeout(options.connect_timeout);
+        if let (Some(user), Some(password)) = (&options.user, &options.password) {
+            connect = connect.user_and_password(user.clone(), password.clone());
+        }
+        let url = options.url.clone();
+        let client = connect.connect(url.as_str()).await.map_err(|source| {
+            use async_nats::ConnectErrorKind as Kind;
+            match source.kind() {
+                Kind::Authentication | Kind::AuthorizationViolation => {
+                    BusError::Credentials { url: url.clone(), source }
+                }
+                _ => BusError::Connect { url: url.clone(), source },
+            }
+        })?;
+        let counts = Arc::new(BusCounts::default());
+        let (outgoing, queue) = mpsc::unbounded_channel();
+        let publisher = tokio::spawn(publish(client.clone(), queue, counts.clone()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(Self {
+            hub: Hub::default(),
+            client,
+            map,
+            prefix: format!("clade.{cluster}"),
+            outgoing,
+            publisher,
+            tx,
+            rx: Mutex::new(Some(rx)),
+            held: Mutex::new(HashMap::new()),
+            counts,
+        })
+    }
+
+    /// The subject of `shard`'s signals.
+    pub fn subject(&self, shard: Shard) -> String {
+        format!("{}.signal.{shard}", self.prefix)
+    }
+
+    pub fn map(&self) -> ShardMap {
+        self.map
+    }
+
+    pub fn counts(&self) -> &BusCounts {
+        &self.counts
+    }
+
+    /// The shards this node holds, in order.
+    pub fn held(&self) -> Vec<Shard> {
+        let mut held: Vec<Shard> = self.lock_held().keys().copied().collect();
+        held.sort();
+        held
+    }
+
+    /// Takes `shard`'s signals from now on: returns once NATS has the subscription, so a
+    /// signal published after it reaches this node.
+    pub async fn hold(&self, shard: Shard) -> Result<(), BusError> {
+        if self.lock_held().contains_key(&shard) {
+            return Ok(());
+        }
+        let subject = self.subject(shard);
+        let mut subscriber = self
+            .client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|source| BusError::Subscribe { subject: subject.clone(), source })?;
+        self.client.flush().await.map_err(|source| BusError::Flush { subject, source })?;
+        let (tx, counts) = (self.tx.clone(), self.counts.clone());
+        let reader = tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                let signal =
+                    serde_json::from_slice::<Wire>(&message.payload).ok().and_then(Wire::signal);
+                match signal {
+                    Some(signal) => {
+                        counts.received.fetch_add(1, Ordering::Relaxed);
+                        let _ = tx.send(signal);
+                    }
+                    None => {
+                        counts.malformed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(subject = %message.subject, "a message on a shard's subject is not a signal; ignored");
+                    }
+                }
+            }
+        });
+        if let Some(raced) = self.lock_held().insert(shard, reader) {
+            raced.abort();
+        }
+        Ok(())
+    }
+
+    /// Stops taking `shard`'s signals (another node is to hold it).
+    pub fn release(&self, shard: Shard) {
+        if let Some(reader) = self.lock_held().remove(&shard) {
+            // Its subscriber is dropped with the task, which unsubscribes.
+            reader.abort();
+        }
+    }
+
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, HashMap<Shard, JoinHandle<()>>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Publishes what `queue` gives, in order, until the bus is dropped.
+async fn publish(
+    client: async_nats::Client,
+    mut queue: mpsc::UnboundedReceiver<(String, Bytes)>,
+    counts: Arc<BusCounts>,
+) {
+    while let Some((subject, payload)) = queue.recv().await {
+        match client.publish(subject, payload).await {
+            Ok(()) => {
+                counts.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err) => {
+                counts.unsent.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %err, "a signal could not be published; the holder's scan of the store finds its work");
+            }
+        }
+    }
+}
+
+impl Bus for NatsBus {
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn signal(&self, signal: Signal) {
+        let session = match signal {
+            Signal::Wake(session) | Signal::Cancel(session) => session,
+        };
+        let shard = self.map.shard_of(session);
+        if self.lock_held().contains_key(&shard) {
+            let _ = self.tx.send(signal);
+            return;
+        }
+        let payload = match serde_json::to_vec(&Wire::of(signal)) {
+            Ok(payload) => Bytes::from(payload),
+            Err(_) => return,
+        };
+        // Closed only once the bus is dropped, when there is no one left to tell.
+        let _ = self.outgoing.send((self.subject(shard), payload));
+    }
+
+    fn take_signals(&self) -> Option<mpsc::UnboundedReceiver<Signal>> {
+        self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Drop for NatsBus {
+    fn drop(&mut self) {
+        self.publisher.abort();
+        for (_, reader) in self.lock_held().drain() {
+            reader.abort();
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Clade's cluster side: what lets several `clade serve` nodes share one store. It owns the
+//! map of sessions to shards ([`ShardMap`], a stable hash every node computes alike) and the
+//! engine's [`clade_runtime::Bus`] over NATS ([`NatsBus`]): a wake-up or cancel for a session
+//! goes to the subject of its shard, which only the node holding that shard listens to.
+//!
+//! What it must not do: hold state of its own that the store does not (a lost signal delays
+//! work, never loses it: the holder's own scan of the store finds what was stored), carry a
+//! tenant's credential to NATS, or depend on the gateway or the CLI.
+//!
+//! Not here yet: live events across nodes, shard leases and their hand-over (the store's
+//! `shard_leases`), node membership. See `docs/internals/cluster.md`.
+
+mod bus;
+mod shard;
+
+pub use bus::{BusCounts, BusError, NatsBus, NatsOptions};
+pub use shard::{Shard, ShardMap};
