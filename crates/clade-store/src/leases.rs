@@ -6,9 +6,17 @@
 //! transaction, that the row still carries that epoch, and fails with [`Error::Fenced`] once
 //! another node has taken the lease. A handle that holds no lease (an operator's command)
 //! writes no turns and is not checked.
+//!
+//! In a cluster, nodes hold shards for a time instead ([`ShardLeases::acquire`], `renew`,
+//! `release`), timed by the database's clock, never a node's: a node whose clock is off
+//! cannot keep a lease past its time, nor take one early.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use clade_core::Timestamp;
+
+use crate::backend::Backend;
 use crate::db::{Tx, query};
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -23,6 +31,38 @@ pub struct Lease {
     /// Bumped by every taking: a write under a lower epoch is refused.
     pub epoch: i64,
     pub holder: String,
+}
+
+/// A shard's lease as the table holds it, read at the database's time `now`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub shard: i64,
+    pub holder: String,
+    pub epoch: i64,
+    pub acquired_at: Timestamp,
+    /// `None`: never (a single node's lease of every shard).
+    pub expires_at: Option<Timestamp>,
+    /// The database's clock when this was read.
+    pub now: Timestamp,
+}
+
+impl LeaseRow {
+    /// Whether the lease still holds at the time it was read.
+    pub fn is_live(&self) -> bool {
+        self.expires_at.is_none_or(|at| at > self.now)
+    }
+}
+
+/// The database's clock in Unix milliseconds, as SQL of `backend`.
+fn database_now(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    }
+}
+
+fn millis(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
 /// Inside a write's transaction: refuses it unless the lease still carries `epoch`.
@@ -97,5 +137,104 @@ impl ShardLeases<'_> {
     /// The epoch this handle's turn writes are fenced by, if it took a lease.
     pub fn fence(self) -> Option<i64> {
         Some(self.store.fence.load(Ordering::SeqCst)).filter(|epoch| *epoch > 0)
+    }
+
+    /// Takes `shard` for `holder` for `ttl` of the database's time, if it is free, expired, or
+    /// `holder`'s already; `None` while another holder's lease lives. Taken anew (from
+    /// another holder, or after it expired) its epoch goes up, fencing off the writes of
+    /// whoever held it; `holder`'s own live lease keeps its epoch and gains time.
+    pub async fn acquire(self, holder: &str, shard: i64, ttl: Duration) -> Result<Option<Lease>> {
+        let now = database_now(self.store.backend());
+        let sql = format!(
+            "INSERT INTO leases (shard, holder, epoch, acquired_at, expires_at) \
+             VALUES ($1, $2, 1, {now}, {now} + $3) \
+             ON CONFLICT (shard) DO UPDATE SET \
+             epoch = CASE WHEN leases.holder = excluded.holder AND leases.expires_at > {now} \
+                 THEN leases.epoch ELSE leases.epoch + 1 END, \
+             acquired_at = CASE WHEN leases.holder = excluded.holder AND leases.expires_at > {now} \
+                 THEN leases.acquired_at ELSE excluded.acquired_at END, \
+             holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder \
+                 OR (leases.expires_at IS NOT NULL AND leases.expires_at <= {now}) \
+             RETURNING epoch"
+        );
+        let (holder, ttl) = (holder.to_owned(), millis(ttl));
+        self.store
+            .write(move |conn| {
+                let (sql, holder) = (sql.clone(), holder.clone());
+                Box::pin(async move {
+                    let row = query(sql)
+                        .bind(shard)
+                        .bind(holder.clone())
+                        .bind(ttl)
+                        .fetch_optional(conn)
+                        .await?;
+                    let epoch = row.map(|row| row.try_get::<i64, _>("epoch")).transpose()?;
+                    Ok(epoch.map(|epoch| Lease { shard, epoch, holder }))
+                })
+            })
+            .await
+    }
+
+    /// Extends `lease` by `ttl` of the database's time; `false` when it is no longer held
+    /// (expired, or taken by another node): its holder must stop writing for the shard.
+    pub async fn renew(self, lease: &Lease, ttl: Duration) -> Result<bool> {
+        Ok(self.set_expiry(lease, millis(ttl), true).await? == 1)
+    }
+
+    /// Gives `lease` up at once (a node handing its shards over as it drains): the next node
+    /// to ask takes it without waiting for it to expire.
+    pub async fn release(self, lease: &Lease) -> Result<()> {
+        self.set_expiry(lease, 0, false).await.map(drop)
+    }
+
+    /// Sets `lease`'s expiry `after` ms past the database's time, if it is still that
+    /// holder's under that epoch (and still live, when `live`); the rows changed.
+    async fn set_expiry(self, lease: &Lease, after: i64, live: bool) -> Result<u64> {
+        let now = database_now(self.store.backend());
+        let live = if live { format!(" AND expires_at > {now}") } else { String::new() };
+        let sql = format!(
+            "UPDATE leases SET expires_at = {now} + $4 \
+             WHERE shard = $1 AND holder = $2 AND epoch = $3{live}"
+        );
+        let lease = lease.clone();
+        self.store
+            .write(move |conn| {
+                let (sql, lease) = (sql.clone(), lease.clone());
+                Box::pin(async move {
+                    query(sql)
+                        .bind(lease.shard)
+                        .bind(lease.holder)
+                        .bind(lease.epoch)
+                        .bind(after)
+                        .execute(conn)
+                        .await
+                })
+            })
+            .await
+    }
+
+    /// Every shard's lease, in shard order, read at the database's time.
+    pub async fn list(self) -> Result<Vec<LeaseRow>> {
+        let now = database_now(self.store.backend());
+        let sql = format!(
+            "SELECT shard, holder, epoch, acquired_at, expires_at, {now} AS now \
+             FROM leases ORDER BY shard"
+        );
+        let rows = self.store.rows(query(sql)).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LeaseRow {
+                    shard: row.try_get("shard")?,
+                    holder: row.try_get("holder")?,
+                    epoch: row.try_get("epoch")?,
+                    acquired_at: Timestamp::from_millis(row.try_get("acquired_at")?),
+                    expires_at: row
+                        .try_get::<Option<i64>, _>("expires_at")?
+                        .map(Timestamp::from_millis),
+                    now: Timestamp::from_millis(row.try_get("now")?),
+                })
+            })
+            .collect()
     }
 }

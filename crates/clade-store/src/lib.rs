@@ -75,7 +75,7 @@ pub use jobs::{
     CRON_PLATFORM, JobRow, JobRun, JobTarget, JobWrites, NewJob, RunOutcome, Settled, Settlement,
     refuses_envelope,
 };
-pub use leases::{Lease, ShardLeases};
+pub use leases::{Lease, LeaseRow, ShardLeases};
 pub use lineage::Lineage;
 pub use memories::{
     LinkRow, Memories, MemoryFilter, MemoryRow, MemoryUpdate, NewMemory, Provenance,

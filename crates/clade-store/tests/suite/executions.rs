@@ -433,6 +433,8 @@ async fn downgrade_to_version_12(location: &clade_store::Location) {
     let postgres = matches!(location, clade_store::Location::Postgres(_));
     let blob = if postgres { "BYTEA" } else { "BLOB" };
     let mut statements = vec![
+        "ALTER TABLE leases DROP COLUMN expires_at".to_owned(),
+        "DELETE FROM schema_migrations WHERE version = 32".to_owned(),
         "ALTER TABLE api_tokens DROP COLUMN expires_at".to_owned(),
         "DELETE FROM schema_migrations WHERE version = 31".to_owned(),
         "DROP TABLE channel_chats".to_owned(),

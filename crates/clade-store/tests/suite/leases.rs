@@ -75,3 +75,79 @@ async fn a_node_whose_lease_was_taken_writes_no_more_turns() {
         assert!(h.store.shard_leases().held().await.unwrap(), "{}", h.name);
     }
 }
+
+/// Cluster leases: one node holds a shard until its lease expires or it lets go; its own
+/// lease it keeps (same epoch) by asking again or renewing; taken by another, the epoch goes
+/// up and the old holder can no longer renew.
+#[tokio::test]
+async fn a_shard_is_one_nodes_until_it_expires_or_is_released() {
+    use std::time::Duration;
+    let minute = Duration::from_secs(60);
+    for h in backends().await {
+        let (a, b) = (h.reopen().await.unwrap(), h.reopen().await.unwrap());
+        let (a, b) = (a.shard_leases(), b.shard_leases());
+        let mine = a.acquire("a", 5, minute).await.unwrap().expect("a free shard");
+        assert_eq!((mine.shard, mine.holder.as_str()), (5, "a"), "{}", h.name);
+        assert_eq!(b.acquire("b", 5, minute).await.unwrap(), None, "{}: taken while live", h.name);
+        // Asking again, or renewing, keeps the epoch.
+        assert_eq!(a.acquire("a", 5, minute).await.unwrap().as_ref(), Some(&mine), "{}", h.name);
+        assert!(a.renew(&mine, minute).await.unwrap(), "{}", h.name);
+        // Another shard is another lease.
+        assert!(b.acquire("b", 6, minute).await.unwrap().is_some(), "{}", h.name);
+
+        // Handed over: the next node takes it at once, under a higher epoch.
+        a.release(&mine).await.unwrap();
+        let theirs = b.acquire("b", 5, minute).await.unwrap().expect("a released shard");
+        assert!(theirs.epoch > mine.epoch, "{}: {theirs:?} after {mine:?}", h.name);
+        assert!(!a.renew(&mine, minute).await.unwrap(), "{}: renewed a lost lease", h.name);
+        assert_eq!(a.acquire("a", 5, minute).await.unwrap(), None, "{}", h.name);
+
+        let listed = a.list().await.unwrap();
+        let five = listed.iter().find(|l| l.shard == 5).expect("shard 5 listed");
+        assert_eq!((five.holder.as_str(), five.epoch), ("b", theirs.epoch), "{}", h.name);
+        assert!(five.is_live() && five.expires_at.is_some(), "{}: {five:?}", h.name);
+    }
+}
+
+/// A lease expires by the database's clock, not the nodes': node `a`'s clock is stopped a
+/// year in the past, yet its short lease runs out and the next node takes the shard, fencing
+/// `a`. A single node's lease of every shard (`take`) never expires, and no cluster node can
+/// take it.
+#[tokio::test]
+async fn leases_expire_by_the_databases_clock_and_a_single_nodes_never() {
+    use std::time::Duration;
+    for h in backends().await {
+        let year_ago = clade_core::Timestamp::from_millis(1_764_000_000_000 - 31_536_000_000);
+        let stopped = std::sync::Arc::new(clade_core::ManualClock::new(year_ago));
+        let options = clade_store::StoreOptions {
+            migrations: clade_store::Migrations::Apply,
+            clock: stopped,
+            ..clade_store::StoreOptions::new(h.location.clone(), clade_store::Durability::Full)
+        };
+        let a = clade_store::Store::open(options).await.unwrap();
+        let b = h.reopen().await.unwrap();
+        let short = a.shard_leases().acquire("a", 7, Duration::from_millis(1)).await.unwrap();
+        let short = short.expect("a free shard");
+        let mut taken = None;
+        for _ in 0..10_000 {
+            taken = b.shard_leases().acquire("b", 7, Duration::from_secs(60)).await.unwrap();
+            if taken.is_some() {
+                break;
+            }
+        }
+        let taken = taken.expect("a 1 ms lease never expired");
+        assert!(taken.epoch > short.epoch, "{}", h.name);
+        assert!(!a.shard_leases().renew(&short, Duration::from_secs(60)).await.unwrap());
+        let seen_by_a = a.shard_leases().list().await.unwrap();
+        let row = seen_by_a.iter().find(|l| l.shard == 7).unwrap();
+        assert!(row.now.as_millis() > year_ago.as_millis() + 300 * 86_400_000, "{}", h.name);
+        assert_eq!(a.now(), year_ago, "{}: the stopped clock moved", h.name);
+
+        let solo = h.store.shard_leases().take("solo").await.unwrap();
+        let everything = b.shard_leases().acquire("b", solo[0].shard, Duration::from_secs(60));
+        assert_eq!(everything.await.unwrap(), None, "{}: a single node's lease was taken", h.name);
+        let listed = b.shard_leases().list().await.unwrap();
+        let row = listed.iter().find(|l| l.shard == solo[0].shard).unwrap();
+        assert!(row.expires_at.is_none() && row.is_live(), "{}: {row:?}", h.name);
+    }
+}
