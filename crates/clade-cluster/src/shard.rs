@@ -47,15 +47,10 @@ impl ShardMap {
         (0..self.shards).map(Shard)
     }
 
-    /// The shard `session` belongs to: FNV-1a (64 bits) of its 16 bytes, modulo the shard
-    /// count. Written out here, not taken from a hasher whose output may change between
-    /// versions: nodes of two versions must agree during a rolling upgrade.
+    /// The shard `session` belongs to ([`clade_core::shard::shard_of`], which the store's
+    /// fencing uses too).
     pub fn shard_of(&self, session: SessionId) -> Shard {
-        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-        const PRIME: u64 = 0x0000_0100_0000_01b3;
-        let hash =
-            session.as_bytes().iter().fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME));
-        Shard((hash % u64::from(self.shards)) as u32)
+        Shard(clade_core::shard::shard_of(session.as_bytes(), self.shards))
     }
 }
 

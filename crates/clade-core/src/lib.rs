@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod name;
 pub mod random;
 pub mod scope;
+pub mod shard;
 pub mod time;
 
 pub use agent::{Agent, AgentConfig, AgentRef, Tenant};

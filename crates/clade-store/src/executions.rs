@@ -140,8 +140,9 @@ pub struct ExecutionWrites<'w> {
     conn: &'w mut Tx,
     tenant: TenantId,
     now: Timestamp,
-    /// The lease epoch its writes are fenced by (`crate::leases`), if the store holds one.
-    fence: Option<i64>,
+    /// What its writes are fenced by (`crate::leases`): an execution falls under the shard of
+    /// its id.
+    fence: crate::leases::Fence,
 }
 
 impl<'w> ExecutionWrites<'w> {
@@ -149,7 +150,7 @@ impl<'w> ExecutionWrites<'w> {
         conn: &'w mut Tx,
         tenant: TenantId,
         now: Timestamp,
-        fence: Option<i64>,
+        fence: crate::leases::Fence,
     ) -> Self {
         Self { conn, tenant, now, fence }
     }
@@ -177,7 +178,7 @@ impl<'w> ExecutionWrites<'w> {
     /// Starts an execution, or returns the one already stored under its id (a retried start).
     /// An id taken by another tenant's execution is not found, never shown.
     pub async fn start(&mut self, new: NewExecution) -> Result<ExecutionRow> {
-        crate::leases::check(self.conn, self.fence).await?;
+        crate::leases::check(self.conn, self.fence.of(new.id.as_bytes())).await?;
         if new.tenant != self.tenant {
             return Err(Error::InvalidInput(
                 "an execution starts in its unit of work's tenant".into(),
@@ -228,7 +229,7 @@ impl<'w> ExecutionWrites<'w> {
     /// (`false`: a retried write), and one with another key is refused (the execution did not
     /// replay the way it first ran). An ended execution takes no more steps.
     pub async fn append_step(&mut self, id: ExecutionId, step: ExecutionStep) -> Result<bool> {
-        crate::leases::check(self.conn, self.fence).await?;
+        crate::leases::check(self.conn, self.fence.of(id.as_bytes())).await?;
         let execution = self.not_a_turn(id).await?;
         if execution.status.is_final() {
             return Err(Error::ExecutionEnded { id: id.to_string(), status: execution.status });
@@ -295,7 +296,7 @@ impl<'w> ExecutionWrites<'w> {
         output: Option<String>,
         error: Option<String>,
     ) -> Result<ExecutionRow> {
-        crate::leases::check(self.conn, self.fence).await?;
+        crate::leases::check(self.conn, self.fence.of(id.as_bytes())).await?;
         let current = self.not_a_turn(id).await?;
         if !current.status.can_become(status) {
             return Err(Error::ExecutionEnded { id: id.to_string(), status: current.status });

@@ -11,7 +11,8 @@
 //! `release`), timed by the database's clock, never a node's: a node whose clock is off
 //! cannot keep a lease past its time, nor take one early.
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clade_core::Timestamp;
@@ -65,21 +66,56 @@ fn millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
-/// Inside a write's transaction: refuses it unless the lease still carries `epoch`.
-pub(crate) async fn check(conn: &mut Tx, epoch: Option<i64>) -> Result<()> {
-    let Some(epoch) = epoch else { return Ok(()) };
+/// The lease a session falls under when a single node holds every shard ([`ShardLeases::take`]).
+pub fn shard_of(_session: clade_core::SessionId) -> i64 {
+    SHARD
+}
+
+/// What a store handle's turn and execution writes are fenced by, shared by its clones.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Fence {
+    /// Nothing: a handle that took no lease (an operator's command) writes no turns and is not
+    /// checked.
+    #[default]
+    Open,
+    /// The lease of every shard, which a single node takes as it starts.
+    Whole(i64),
+    /// The shards of `count` this cluster node holds, each with its epoch: a write for a shard
+    /// it does not hold is refused.
+    Shards { count: u32, held: Arc<HashMap<i64, i64>> },
+}
+
+impl Fence {
+    /// The lease (its shard) and the epoch a write for `owner` (a session's id, or an
+    /// execution's) must find; `None` when it is not checked.
+    pub(crate) fn of(&self, owner: &[u8; 16]) -> Option<(i64, i64)> {
+        match self {
+            Fence::Open => None,
+            Fence::Whole(epoch) => Some((SHARD, *epoch)),
+            Fence::Shards { count, held } => {
+                let shard = i64::from(clade_core::shard::shard_of(owner, *count));
+                Some((shard, held.get(&shard).copied().unwrap_or(0)))
+            }
+        }
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        matches!(self, Fence::Open)
+    }
+}
+
+/// Inside a write's transaction: refuses it unless `lease`'s row (its shard) still carries
+/// its epoch. (On PostgreSQL, every write of the store holds the writers' lock, so no lease
+/// can be taken between this read and the commit.)
+pub(crate) async fn check(conn: &mut Tx, lease: Option<(i64, i64)>) -> Result<()> {
+    let Some((shard, epoch)) = lease else { return Ok(()) };
     let row =
-        query("SELECT epoch FROM leases WHERE shard = $1").bind(SHARD).fetch_optional(conn).await?;
+        query("SELECT epoch FROM leases WHERE shard = $1").bind(shard).fetch_optional(conn).await?;
     let current = row.map(|row| row.try_get::<i64, _>("epoch")).transpose()?;
-    if current != Some(epoch) {
+    if epoch == 0 || current != Some(epoch) {
         return Err(Error::Fenced { held: epoch, current: current.unwrap_or(0) });
     }
     Ok(())
-}
-
-/// The shard a session maps to.
-pub fn shard_of(_session: clade_core::SessionId) -> i64 {
-    SHARD
 }
 
 /// The leases of session shards this node holds, and the fencing epoch its turn writes carry.
@@ -120,23 +156,65 @@ impl ShardLeases<'_> {
                 })
             })
             .await?;
-        self.store.fence.store(lease.epoch, Ordering::SeqCst);
+        self.set_fence(Fence::Whole(lease.epoch));
         Ok(vec![lease])
     }
 
-    /// Whether this handle still holds the leases it took (true if it took none).
+    /// Whether this handle still holds the leases it took (true if it took none): each lease
+    /// row still carries the epoch it took.
     pub async fn held(self) -> Result<bool> {
-        let Some(epoch) = self.store.shard_leases().fence() else { return Ok(true) };
-        let row = self
-            .store
-            .maybe_row(query("SELECT epoch FROM leases WHERE shard = $1").bind(SHARD))
-            .await?;
-        Ok(row.map(|row| row.try_get::<i64, _>("epoch")).transpose()? == Some(epoch))
+        let taken: Vec<(i64, i64)> = match self.fencing() {
+            Fence::Open => return Ok(true),
+            Fence::Whole(epoch) => vec![(SHARD, epoch)],
+            Fence::Shards { held, .. } => held.iter().map(|(s, e)| (*s, *e)).collect(),
+        };
+        for (shard, epoch) in taken {
+            let row = self
+                .store
+                .maybe_row(query("SELECT epoch FROM leases WHERE shard = $1").bind(shard))
+                .await?;
+            if row.map(|row| row.try_get::<i64, _>("epoch")).transpose()? != Some(epoch) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
-    /// The epoch this handle's turn writes are fenced by, if it took a lease.
+    /// The epoch this handle's turn writes are fenced by, if it took the lease of every shard.
     pub fn fence(self) -> Option<i64> {
-        Some(self.store.fence.load(Ordering::SeqCst)).filter(|epoch| *epoch > 0)
+        match self.fencing() {
+            Fence::Whole(epoch) => Some(epoch),
+            Fence::Open | Fence::Shards { .. } => None,
+        }
+    }
+
+    /// Fences this handle's turn and execution writes (and its clones') by the shards, of
+    /// `count`, that it acquires from now on: a write for a session (or an execution) of a
+    /// shard it does not hold is refused with [`Error::Fenced`]. A cluster node calls it once,
+    /// before it acquires any.
+    pub fn fence_by_shards(self, count: u32) {
+        self.set_fence(Fence::Shards { count: count.max(1), held: Arc::default() });
+    }
+
+    pub(crate) fn fencing(self) -> Fence {
+        self.store.fence.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_fence(self, fence: Fence) {
+        *self.store.fence.write().unwrap_or_else(|e| e.into_inner()) = fence;
+    }
+
+    /// Records (`Some`) or forgets (`None`) the epoch this handle holds `shard` under, when it
+    /// is fenced by shards.
+    fn hold(self, shard: i64, epoch: Option<i64>) {
+        let mut fence = self.store.fence.write().unwrap_or_else(|e| e.into_inner());
+        if let Fence::Shards { held, .. } = &mut *fence {
+            let held = Arc::make_mut(held);
+            match epoch {
+                Some(epoch) => held.insert(shard, epoch),
+                None => held.remove(&shard),
+            };
+        }
     }
 
     /// Takes `shard` for `holder` for `ttl` of the database's time, if it is free, expired, or
@@ -159,7 +237,8 @@ impl ShardLeases<'_> {
              RETURNING epoch"
         );
         let (holder, ttl) = (holder.to_owned(), millis(ttl));
-        self.store
+        let lease = self
+            .store
             .write(move |conn| {
                 let (sql, holder) = (sql.clone(), holder.clone());
                 Box::pin(async move {
@@ -173,18 +252,28 @@ impl ShardLeases<'_> {
                     Ok(epoch.map(|epoch| Lease { shard, epoch, holder }))
                 })
             })
-            .await
+            .await?;
+        if let Some(lease) = &lease {
+            self.hold(shard, Some(lease.epoch));
+        }
+        Ok(lease)
     }
 
     /// Extends `lease` by `ttl` of the database's time; `false` when it is no longer held
     /// (expired, or taken by another node): its holder must stop writing for the shard.
     pub async fn renew(self, lease: &Lease, ttl: Duration) -> Result<bool> {
-        Ok(self.set_expiry(lease, millis(ttl), true).await? == 1)
+        let renewed = self.set_expiry(lease, millis(ttl), true).await? == 1;
+        if !renewed {
+            self.hold(lease.shard, None);
+        }
+        Ok(renewed)
     }
 
     /// Gives `lease` up at once (a node handing its shards over as it drains): the next node
     /// to ask takes it without waiting for it to expire.
     pub async fn release(self, lease: &Lease) -> Result<()> {
+        // Its writes stop before its successor's may start.
+        self.hold(lease.shard, None);
         self.set_expiry(lease, 0, false).await.map(drop)
     }
 

@@ -68,9 +68,9 @@ pub struct Store {
     migrated: MigrationReport,
     /// Whether a SQLite file's pages carry checksums, and whether opening added them.
     page_checksums: Option<crate::checksums::PageChecksums>,
-    /// The lease epoch this store's turn writes are fenced by, 0 while it holds none (see
-    /// [`crate::ShardLeases::take`]); shared by every clone.
-    pub(crate) fence: Arc<std::sync::atomic::AtomicI64>,
+    /// What this store's turn writes are fenced by (see [`crate::ShardLeases`]); shared by
+    /// every clone.
+    pub(crate) fence: Arc<std::sync::RwLock<crate::leases::Fence>>,
 }
 
 /// What is needed to create an agent.

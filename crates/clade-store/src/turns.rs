@@ -835,8 +835,8 @@ pub struct TurnWrites<'c> {
     tenant: TenantId,
     now: Timestamp,
     announced: &'c mut Vec<OutboxRow>,
-    /// The lease epoch the writes are fenced by (`crate::leases`), if the store holds one.
-    fence: Option<i64>,
+    /// What the writes are fenced by (`crate::leases`).
+    fence: crate::leases::Fence,
 }
 
 impl<'c> TurnWrites<'c> {
@@ -845,7 +845,7 @@ impl<'c> TurnWrites<'c> {
         tenant: TenantId,
         now: Timestamp,
         announced: &'c mut Vec<OutboxRow>,
-        fence: Option<i64>,
+        fence: crate::leases::Fence,
     ) -> Self {
         Self { conn, tenant, now, announced, fence }
     }
@@ -858,7 +858,7 @@ impl<'c> TurnWrites<'c> {
                 turn.id
             )));
         }
-        crate::leases::check(self.conn, self.fence).await
+        crate::leases::check(self.conn, self.fence.of(turn.session_id.as_bytes())).await
     }
 
     /// Writes a new turn, takes its events (each must still be pending), journals its first
@@ -1336,7 +1336,8 @@ impl Sessions<'_> {
     /// transaction. Returns how many events went back to running, and the outbox rows.
     pub async fn resume(self, session: SessionId) -> Result<(u64, Vec<OutboxRow>)> {
         let tenant = self.tenant;
-        let (now, fence) = (self.store.now(), self.store.shard_leases().fence());
+        let now = self.store.now();
+        let fence = self.store.shard_leases().fencing().of(session.as_bytes());
         self.store
             .write(move |conn| {
                 Box::pin(async move {
@@ -1802,7 +1803,8 @@ impl Turns<'_> {
         config_revision: i64,
         outbox: Vec<OutboxEvent>,
     ) -> Result<(TurnRow, Vec<OutboxRow>)> {
-        let (now, fence) = (self.store.now(), self.store.shard_leases().fence());
+        let now = self.store.now();
+        let fence = self.store.shard_leases().fencing().of(session.id.as_bytes());
         let session = session.clone();
         self.store.write(move |conn| {
             let events = events.clone();
@@ -1850,7 +1852,7 @@ impl Turns<'_> {
         first_step: Option<(JournalEntry, Option<UsageRecord>)>,
         finish: Option<(TurnOutcome, Vec<OutboxEvent>)>,
     ) -> Result<Vec<OutboxRow>> {
-        let (now, fence) = (self.store.now(), self.store.shard_leases().fence());
+        let (now, fence) = (self.store.now(), self.store.shard_leases().fencing());
         let turn = turn.clone();
         self.store
             .write(move |conn| {
@@ -1859,6 +1861,7 @@ impl Turns<'_> {
                 let first_step = first_step.clone();
                 let outbox = outbox.clone();
                 let turn = turn.clone();
+                let fence = fence.clone();
                 Box::pin(async move {
                     let mut rows = Vec::new();
                     TurnWrites::new(conn, turn.tenant_id, now, &mut rows, fence)
@@ -1872,11 +1875,20 @@ impl Turns<'_> {
 
     /// Adds events to a running turn (steering): they become part of it.
     pub async fn join(self, turn: TurnId, events: Vec<EventId>) -> Result<()> {
-        let fence = self.store.shard_leases().fence();
+        let fence = self.store.shard_leases().fencing();
         self.store.write(move |conn| {
-            let events = events.clone();
+            let (events, fence) = (events.clone(), fence.clone());
             Box::pin(async move {
-                crate::leases::check(conn, fence).await?;
+                if !fence.is_open() {
+                    let owner: Vec<u8> = query("SELECT owner_id FROM executions WHERE id = $1")
+                        .bind(b(turn.as_bytes()))
+                        .fetch_one(&mut *conn)
+                        .await?
+                        .try_get("owner_id")?;
+                    let owner = <[u8; 16]>::try_from(owner.as_slice())
+                        .map_err(|_| Error::BadRow(format!("turn {turn} has no session")))?;
+                    crate::leases::check(conn, fence.of(&owner)).await?;
+                }
                 for event in &events {
                     query("UPDATE events SET status = 'running', turn_id = $1 WHERE id = $2 AND status = 'pending'")
                         .bind(b(turn.as_bytes()))
@@ -1900,7 +1912,7 @@ impl Turns<'_> {
         usage: Option<UsageRecord>,
         audit: Option<crate::access::AuditEntry>,
     ) -> Result<Vec<OutboxRow>> {
-        let (now, fence) = (self.store.now(), self.store.shard_leases().fence());
+        let (now, fence) = (self.store.now(), self.store.shard_leases().fencing());
         let turn = turn.clone();
         self.store
             .write(move |conn| {
@@ -1909,6 +1921,7 @@ impl Turns<'_> {
                 let outbox = outbox.clone();
                 let turn = turn.clone();
                 let usage = usage.clone();
+                let fence = fence.clone();
                 Box::pin(async move {
                     let mut rows = Vec::new();
                     TurnWrites::new(conn, turn.tenant_id, now, &mut rows, fence)
@@ -1928,13 +1941,14 @@ impl Turns<'_> {
         outcome: TurnOutcome,
         outbox: Vec<OutboxEvent>,
     ) -> Result<Vec<OutboxRow>> {
-        let (now, fence) = (self.store.now(), self.store.shard_leases().fence());
+        let (now, fence) = (self.store.now(), self.store.shard_leases().fencing());
         let turn = turn.clone();
         self.store
             .write(move |conn| {
                 let outbox = outbox.clone();
                 let outcome = outcome.clone();
                 let turn = turn.clone();
+                let fence = fence.clone();
                 Box::pin(async move {
                     let mut rows = Vec::new();
                     TurnWrites::new(conn, turn.tenant_id, now, &mut rows, fence)

@@ -24,8 +24,8 @@ pub struct Work<'c> {
     now: Timestamp,
     /// Lifecycle events announced so far, returned once committed.
     announced: Vec<OutboxRow>,
-    /// The lease epoch its turn writes are fenced by.
-    fence: Option<i64>,
+    /// What its turn and execution writes are fenced by.
+    fence: crate::leases::Fence,
 }
 
 impl Work<'_> {
@@ -46,7 +46,7 @@ impl Work<'_> {
 
     /// Durable executions and their steps.
     pub fn executions(&mut self) -> ExecutionWrites<'_> {
-        ExecutionWrites::new(self.conn, self.tenant, self.now, self.fence)
+        ExecutionWrites::new(self.conn, self.tenant, self.now, self.fence.clone())
     }
 
     /// Scheduled jobs: create, settle a look at one (its fires commit with it).
@@ -70,7 +70,7 @@ impl Work<'_> {
             self.tenant,
             self.now,
             &mut self.announced,
-            self.fence,
+            self.fence.clone(),
         )
     }
 
@@ -109,10 +109,10 @@ impl Store {
         T: Send + 'static,
         F: for<'w, 'c> Fn(&'w mut Work<'c>) -> BoxFuture<'w, Result<T>> + Send + Sync + 'static,
     {
-        let (now, fence) = (self.now(), self.shard_leases().fence());
+        let (now, fence) = (self.now(), self.shard_leases().fencing());
         let work = std::sync::Arc::new(work);
         self.write(move |conn| {
-            let work = work.clone();
+            let (work, fence) = (work.clone(), fence.clone());
             Box::pin(async move {
                 let mut unit = Work { conn, tenant, now, announced: Vec::new(), fence };
                 let value = work(&mut unit).await?;

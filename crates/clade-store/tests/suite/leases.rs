@@ -151,3 +151,58 @@ async fn leases_expire_by_the_databases_clock_and_a_single_nodes_never() {
         assert!(row.expires_at.is_none() && row.is_live(), "{}: {row:?}", h.name);
     }
 }
+
+/// Fenced by shards (a cluster node): a node writes the turns of the sessions whose shard it
+/// holds and no other's; once it hands a shard over, its successor writes on the turn it began
+/// and it can no longer.
+#[tokio::test]
+async fn a_cluster_node_writes_only_the_turns_of_the_shards_it_holds() {
+    use std::time::Duration;
+    let minute = Duration::from_secs(60);
+    for h in backends().await {
+        let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let (a, b) = (h.reopen().await.unwrap(), h.reopen().await.unwrap());
+        a.shard_leases().fence_by_shards(4);
+        b.shard_leases().fence_by_shards(4);
+        let shard =
+            |s: clade_core::SessionId| i64::from(clade_core::shard::shard_of(s.as_bytes(), 4));
+        // Two sessions of different shards.
+        let first = accept(&a, &tenant, &agent, "c0").await;
+        let mut second = None;
+        for n in 1..200 {
+            let other = accept(&a, &tenant, &agent, &format!("c{n}")).await;
+            if shard(other.session_id) != shard(first.session_id) {
+                second = Some(other);
+                break;
+            }
+        }
+        let second = second.expect("200 sessions in one shard of 4");
+        let (mine, theirs) = (shard(first.session_id), shard(second.session_id));
+        let held = a.shard_leases().acquire("a", mine, minute).await.unwrap().unwrap();
+        b.shard_leases().acquire("b", theirs, minute).await.unwrap().unwrap();
+
+        let turn = new_turn(&a, &first, &tenant, &agent);
+        let begin = |store: &clade_store::Store, turn: &clade_store::TurnRow, event| {
+            let (store, turn) = (store.clone(), turn.clone());
+            async move {
+                store
+                    .turns()
+                    .begin(&turn, vec![event], Vec::new(), Some((step(0), None)), None)
+                    .await
+            }
+        };
+        begin(&a, &turn, first.event_id).await.unwrap();
+        let elsewhere = new_turn(&a, &second, &tenant, &agent);
+        let refused = begin(&a, &elsewhere, second.event_id).await;
+        assert!(matches!(refused, Err(Error::Fenced { .. })), "{}: {refused:?}", h.name);
+        begin(&b, &elsewhere, second.event_id).await.unwrap();
+
+        // Handed over: b takes a's shard and writes on the turn a began; a is fenced off.
+        a.shard_leases().release(&held).await.unwrap();
+        b.shard_leases().acquire("b", mine, minute).await.unwrap().expect("a released shard");
+        b.turns().append_journal(&turn, step(1), Vec::new(), None, None).await.unwrap();
+        let late = a.turns().append_journal(&turn, step(2), Vec::new(), None, None).await;
+        assert!(matches!(late, Err(Error::Fenced { .. })), "{}: {late:?}", h.name);
+        assert_eq!(b.system().journal(turn.id).await.unwrap().len(), 2, "{}", h.name);
+    }
+}
