@@ -295,6 +295,10 @@ impl Bus for NatsBus {
     fn take_signals(&self) -> Option<mpsc::UnboundedReceiver<Signal>> {
         self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
+
+    fn runs_here(&self, session: SessionId) -> bool {
+        self.lock_held().contains_key(&self.map.shard_of(session))
+    }
 }
 
 impl Drop for NatsBus {

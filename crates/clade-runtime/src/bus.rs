@@ -6,10 +6,10 @@
 //! One node: [`LocalBus`], everything in process. A cluster carries the same over NATS
 //! JetStream to the holder of the session's lease; the engine does not change.
 //!
-//! Not yet over the bus: the wake-up the store's writer thread sends as an event commits
-//! (`Wake::Event`, which carries the event's row so the actor need not read it back). It stays
-//! in process on purpose, being the turn path's fastest step; a cluster sends an event to the
-//! node that holds its session before storing it.
+//! The wake-up the store's writer thread sends as an event commits (`Wake::Event`, which
+//! carries the event's row so the actor need not read it back) stays in process, being the
+//! turn path's fastest step, when this node runs the session ([`Bus::runs_here`]); otherwise
+//! it goes over the bus to the node that does, which reads the event from the store.
 
 use std::sync::Mutex;
 
@@ -38,6 +38,11 @@ pub trait Bus: Send + Sync + 'static {
 
     /// The signals meant for this node; the engine takes them once, when it starts.
     fn take_signals(&self) -> Option<mpsc::UnboundedReceiver<Signal>>;
+
+    /// Whether this node runs `session` (holds its shard). One node runs every session.
+    fn runs_here(&self, _session: SessionId) -> bool {
+        true
+    }
 }
 
 /// The bus of one node: live events through its [`Hub`], signals to its own engine.

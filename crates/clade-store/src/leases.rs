@@ -66,11 +66,6 @@ fn millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
-/// The lease a session falls under when a single node holds every shard ([`ShardLeases::take`]).
-pub fn shard_of(_session: clade_core::SessionId) -> i64 {
-    SHARD
-}
-
 /// What a store handle's turn and execution writes are fenced by, shared by its clones.
 #[derive(Debug, Clone, Default)]
 pub(crate) enum Fence {
@@ -178,6 +173,26 @@ impl ShardLeases<'_> {
             }
         }
         Ok(true)
+    }
+
+    /// Whether this handle still holds the lease `session`'s writes are fenced by (true when
+    /// they are not fenced).
+    pub async fn holds(self, session: clade_core::SessionId) -> Result<bool> {
+        let Some((shard, epoch)) = self.fencing().of(session.as_bytes()) else { return Ok(true) };
+        if epoch == 0 {
+            return Ok(false);
+        }
+        let row = self
+            .store
+            .maybe_row(query("SELECT epoch FROM leases WHERE shard = $1").bind(shard))
+            .await?;
+        Ok(row.map(|row| row.try_get::<i64, _>("epoch")).transpose()? == Some(epoch))
+    }
+
+    /// Whether this handle is fenced by shards ([`ShardLeases::fence_by_shards`]): a cluster
+    /// node's.
+    pub fn by_shards(self) -> bool {
+        matches!(self.fencing(), Fence::Shards { .. })
     }
 
     /// The epoch this handle's turn writes are fenced by, if it took the lease of every shard.

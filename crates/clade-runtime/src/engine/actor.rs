@@ -163,11 +163,15 @@ pub(super) async fn actor(
         if forked && settled {
             inner.settle_fork(tenant_id, session_id).await;
         }
-        // Another node took this one's lease: its writes are refused from now on, and the
-        // session's events are the new holder's to run.
-        if !settled && matches!(inner.store.shard_leases().held().await, Ok(false)) {
+        // Another node took the lease of this session's shard: this node's writes for it are
+        // refused from now on, and its events are the new holder's to run. A single node that
+        // lost its lease of every shard takes no more events at all.
+        let leases = inner.store.shard_leases();
+        if !settled && matches!(leases.holds(session_id).await, Ok(false)) {
             tracing::error!(session = %session_id, "this node lost its lease; the session is left to its new holder");
-            inner.lease_lost.store(true, std::sync::atomic::Ordering::SeqCst);
+            if leases.fence().is_some() {
+                inner.lease_lost.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             inner.actors.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_id);
             return;
         }

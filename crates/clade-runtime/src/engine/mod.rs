@@ -326,24 +326,32 @@ impl Engine {
                 }
             });
         }
-        // This node owns the sessions of the shards whose leases it takes (every shard, for
-        // now): whoever held them before can no longer write their turns.
+        // A single node owns every session: it takes the lease of every shard, and whoever
+        // held them before can no longer write their turns. A cluster node's store is fenced
+        // by shards, which it acquires as it runs ([`Engine::resume_held`] once it has).
         engine.load_pauses().await?;
-        let leases = engine.inner.store.shard_leases().take(&node_name()).await?;
-        let held: Vec<i64> = leases.iter().map(|lease| lease.shard).collect();
-        let open = engine.inner.store.system().sessions_with_open_events().await?;
-        let open: Vec<SessionId> = open
-            .into_iter()
-            .filter(|session| held.contains(&clade_store::leases::shard_of(*session)))
-            .collect();
+        if !engine.inner.store.shard_leases().by_shards() {
+            engine.inner.store.shard_leases().take(&node_name()).await?;
+        }
+        engine.resume_held().await?;
+        Ok(engine)
+    }
+
+    /// Runs what is open in the sessions this node runs ([`Bus::runs_here`]): the unfinished
+    /// turns and pending events of a node that stopped, or of shards this node just took.
+    /// Returns how many sessions it woke.
+    pub async fn resume_held(&self) -> Result<usize, Error> {
+        let open = self.inner.store.system().sessions_with_open_events().await?;
+        let open: Vec<SessionId> =
+            open.into_iter().filter(|session| self.inner.bus.runs_here(*session)).collect();
         if !open.is_empty() {
             tracing::info!(sessions = open.len(), "resuming sessions with unfinished turns");
         }
         for session in &open {
-            engine.inner.wake(*session, Wake::Work);
+            self.inner.wake(*session, Wake::Work);
         }
-        engine.settle_after_restart(&open).await?;
-        Ok(engine)
+        self.settle_after_restart(&open).await?;
+        Ok(open.len())
     }
 
     pub fn hub(&self) -> &Hub {
@@ -845,6 +853,11 @@ impl Inner {
 
     /// Hands `wake` to the session's actor, starting one if none is in memory.
     fn wake(self: &Arc<Self>, session: SessionId, wake: Wake) {
+        // Another node runs it (a cluster): the event is stored, that node is told.
+        if !self.bus.runs_here(session) {
+            self.bus.signal(Signal::Wake(session));
+            return;
+        }
         let mut actors = self.actors.lock().unwrap_or_else(|e| e.into_inner());
         let wake = match actors.get(&session) {
             // A closed queue means the actor is exiting: a new one takes over.

@@ -1,0 +1,235 @@
+//! Two nodes on one PostgreSQL store and one NATS server, each holding half the shards: an
+//! event accepted by either node runs on the node holding its session's shard (stored first,
+//! then signalled); a signal lost is made good by the holder's scan; and a shard handed over
+//! carries its sessions to the new holder.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, unreachable_pub)] // Test code.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clade_cluster::{NatsBus, NatsOptions, Shard, ShardMap};
+use clade_runtime::{Engine, Envelope};
+use clade_store::{DataDir, Durability, Lease, Location, Store, StoreOptions};
+
+const SHARDS: u32 = 4;
+const TTL: Duration = Duration::from_secs(60);
+
+struct Node {
+    name: &'static str,
+    store: Store,
+    bus: Arc<NatsBus>,
+    engine: Engine,
+    _data: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start(pg: &str, nats: &str, cluster: &str, name: &'static str) -> Self {
+        let options = StoreOptions {
+            migrations: clade_store::Migrations::Apply,
+            ..StoreOptions::new(Location::Postgres(pg.to_owned()), Durability::Full)
+        };
+        let store = Store::open(options).await.unwrap();
+        store.shard_leases().fence_by_shards(SHARDS);
+        let nats = NatsOptions {
+            url: nats.to_owned(),
+            node: name.to_owned(),
+            cluster: cluster.to_owned(),
+            user: None,
+            password: None,
+            connect_timeout: Duration::from_secs(5),
+        };
+        let map = ShardMap::new(SHARDS).unwrap();
+        let bus = Arc::new(NatsBus::connect(&nats, map).await.unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        let workspaces = clade_store::Agents::new(store.clone(), data.clone());
+        let config = clade_config::Config::default();
+        let secrets = clade_store::Secrets::new(store.clone(), data.master_key_path(), None);
+        let models = clade_runtime::Models::new(
+            &config,
+            clade_runtime::EnvHints::default(),
+            store.clone(),
+            secrets,
+            store.clock().clone(),
+        );
+        let tools = Arc::new(clade_runtime::ToolRunner::new(
+            clade_tools::Registry::default(),
+            store.clone(),
+            workspaces.clone(),
+            None,
+            &clade_config::ToolsConfig::default(),
+        ));
+        let options = clade_runtime::EngineOptions {
+            sessions: clade_config::SessionsConfig::default(),
+            bindings: Vec::new(),
+            default_agent: None,
+            tools,
+            tenants: Default::default(),
+        };
+        let on_bus: Arc<dyn clade_runtime::Bus> = bus.clone();
+        let engine =
+            Engine::start_on(store.clone(), workspaces, models, options, on_bus).await.unwrap();
+        Self { name, store, bus, engine, _data: dir }
+    }
+
+    /// Takes `shard`: its lease in the store, then its subject on the bus.
+    async fn take(&self, shard: u32) -> Lease {
+        let lease = self.store.shard_leases().acquire(self.name, i64::from(shard), TTL).await;
+        let lease =
+            lease.unwrap().unwrap_or_else(|| panic!("{} could not take {shard}", self.name));
+        self.bus.hold(Shard(shard)).await.unwrap();
+        lease
+    }
+
+    /// Hands `shard` over: off the bus, then its lease released.
+    async fn give_up(&self, lease: &Lease) {
+        self.bus.release(Shard(u32::try_from(lease.shard).unwrap()));
+        self.store.shard_leases().release(lease).await.unwrap();
+    }
+
+    /// Sends `text` on `channel` through this node and waits for its turn to end.
+    async fn ask(
+        &self,
+        tenant: &clade_core::Tenant,
+        channel: &str,
+        text: &str,
+    ) -> (clade_core::SessionId, clade_runtime::Finished) {
+        let (accepted, watch) =
+            self.engine.submit_and_watch(envelope(tenant, channel, text)).await.unwrap();
+        let finished = watch.ended(Duration::from_secs(30)).await.unwrap();
+        (accepted.session_id, finished.expect("the turn did not end within 30 s"))
+    }
+}
+
+/// `text` from someone on `channel`, to `ada`.
+fn envelope(tenant: &clade_core::Tenant, channel: &str, text: &str) -> Envelope {
+    Envelope {
+        tenant: tenant.clone(),
+        agent: Some("ada".into()),
+        text: text.into(),
+        source: clade_store::Source {
+            platform: "test".into(),
+            channel: channel.into(),
+            actor: "someone".into(),
+        },
+        idempotency_key: None,
+    }
+}
+
+fn cluster_name() -> String {
+    let nanos = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos());
+    format!("two-{}-{nanos}", std::process::id())
+}
+
+async fn ada(store: &Store, dir: &std::path::Path) -> clade_core::Tenant {
+    let tenant = store.tenants().named(clade_core::Tenant::DEFAULT_NAME).await.unwrap();
+    let data = DataDir::open(dir).unwrap();
+    let new = clade_store::NewAgent {
+        handle: clade_core::Handle::parse("ada").unwrap(),
+        display_name: None,
+        config: clade_core::AgentConfig::default(),
+    };
+    clade_store::Agents::new(store.clone(), data).create(tenant.id, new).await.unwrap();
+    tenant
+}
+
+/// Two nodes of one cluster on a fresh schema, and the tenant whose agent `ada` they run.
+struct Pair {
+    a: Node,
+    b: Node,
+    tenant: clade_core::Tenant,
+    _schema: clade_test_support::PgSchema,
+    _scratch: tempfile::TempDir,
+}
+
+impl Pair {
+    /// `None` (outside CI) when PostgreSQL or NATS is not there.
+    async fn start() -> Option<Self> {
+        let schema = clade_test_support::PgSchema::create().await?;
+        let nats = clade_test_support::nats_url()?;
+        let name = cluster_name();
+        let a = Node::start(schema.url(), &nats, &name, "a").await;
+        let b = Node::start(schema.url(), &nats, &name, "b").await;
+        let scratch = tempfile::tempdir().unwrap();
+        let tenant = ada(&a.store, scratch.path()).await;
+        Some(Self { a, b, tenant, _schema: schema, _scratch: scratch })
+    }
+}
+
+fn shard(session: clade_core::SessionId) -> u32 {
+    clade_core::shard::shard_of(session.as_bytes(), SHARDS)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_runs_on_the_node_holding_its_shard_whichever_node_took_it() {
+    let Some(Pair { a, b, tenant, _schema, _scratch }) = Pair::start().await else { return };
+    for shard in [0, 1] {
+        a.take(shard).await;
+    }
+    let mut b_leases = Vec::new();
+    for shard in [2, 3] {
+        b_leases.push(b.take(shard).await);
+    }
+
+    // Events through node a, on sessions of both halves: each is answered, a's by a and b's
+    // by b, to which a can write nothing (its store is fenced off b's shards).
+    let mut on_b = None;
+    for n in 0..40 {
+        let (session, finished) = a.ask(&tenant, &format!("c{n}"), &format!("hello {n}")).await;
+        assert_eq!(finished.status, clade_core::TurnStatus::Completed, "{finished:?}");
+        assert!(finished.reply.as_deref().unwrap_or_default().contains(&format!("hello {n}")));
+        if shard(session) >= 2 {
+            on_b = Some((n, session));
+            break;
+        }
+    }
+    let (n, session) = on_b.expect("40 sessions, none in b's shards");
+    assert!(a.bus.counts().sent.load(Ordering::Relaxed) >= 1, "a told b nothing");
+    assert!(b.bus.counts().received.load(Ordering::Relaxed) >= 1, "b heard nothing");
+
+    // The same session again, through b this time: b runs it itself.
+    let (again, finished) = b.ask(&tenant, &format!("c{n}"), "and again").await;
+    assert_eq!((again, finished.status), (session, clade_core::TurnStatus::Completed));
+
+    // b hands the session's shard to a; the next event, taken by b, runs on a.
+    let moving = b_leases.iter().find(|l| l.shard == i64::from(shard(session))).unwrap();
+    b.give_up(moving).await;
+    a.take(shard(session)).await;
+    let received = a.bus.counts().received.load(Ordering::Relaxed);
+    let (after, finished) = b.ask(&tenant, &format!("c{n}"), "after the hand-over").await;
+    assert_eq!((after, finished.status), (session, clade_core::TurnStatus::Completed));
+    assert!(a.bus.counts().received.load(Ordering::Relaxed) > received, "a was not told");
+}
+
+/// A signal that reaches no one (the holder has the lease but is not yet listening, as if
+/// NATS had dropped it) loses nothing: the event is stored, and the holder's scan of the store
+/// runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_signal_is_made_good_by_the_holders_scan() {
+    let Some(Pair { a, b, tenant, _schema, _scratch }) = Pair::start().await else { return };
+    // a holds nothing; b holds every lease but listens to no subject yet.
+    let mut leases = Vec::new();
+    for shard in 0..SHARDS {
+        leases.push(b.store.shard_leases().acquire("b", i64::from(shard), TTL).await.unwrap());
+    }
+    let envelope = envelope(&tenant, "x", "anyone there?");
+    let (accepted, watch) = a.engine.submit_and_watch(envelope).await.unwrap();
+    // Stored, not run: no one heard the signal.
+    let waited = a.engine.wait(
+        tenant.id,
+        accepted.event_id,
+        accepted.session_id,
+        Duration::from_millis(1500),
+    );
+    assert!(waited.await.unwrap().is_none(), "a turn ran with no node listening");
+    // b listens now and scans: the event runs.
+    for shard in 0..SHARDS {
+        b.bus.hold(Shard(shard)).await.unwrap();
+    }
+    assert_eq!(b.engine.resume_held().await.unwrap(), 1);
+    let finished = watch.ended(Duration::from_secs(30)).await.unwrap().expect("never ran");
+    assert_eq!(finished.status, clade_core::TurnStatus::Completed);
+    assert!(leases.iter().all(Option::is_some));
+}
