@@ -74,13 +74,14 @@ pub enum BusError {
         #[source]
         source: async_nats::SubscribeError,
     },
-    #[error("NATS did not confirm the subscription to {subject}: {source}")]
-    Flush {
-        subject: String,
-        #[source]
-        source: async_nats::client::FlushError,
-    },
+    #[error(
+        "NATS did not confirm the subscription to {subject} within {CONFIRM_WITHIN:?}; is it overloaded?"
+    )]
+    Unconfirmed { subject: String },
 }
+
+/// How long a subscription may take to be confirmed by a round trip through the server.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(10);
 
 /// A signal as it travels: the session, and what to do with it.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -203,7 +204,7 @@ impl NatsBus {
     }
 
     /// Takes `shard`'s signals from now on: returns once NATS has the subscription, so a
-    /// signal published after it reaches this node.
+    /// signal published after it, from any connection, reaches this node.
     pub async fn hold(&self, shard: Shard) -> Result<(), BusError> {
         if self.lock_held().contains_key(&shard) {
             return Ok(());
@@ -214,7 +215,7 @@ impl NatsBus {
             .subscribe(subject.clone())
             .await
             .map_err(|source| BusError::Subscribe { subject: subject.clone(), source })?;
-        self.client.flush().await.map_err(|source| BusError::Flush { subject, source })?;
+        self.confirm(&subject).await?;
         let (tx, counts) = (self.tx.clone(), self.counts.clone());
         let reader = tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
@@ -236,6 +237,24 @@ impl NatsBus {
             raced.abort();
         }
         Ok(())
+    }
+
+    /// Returns once the server has processed everything this connection sent before: a
+    /// message to an inbox of its own comes back only after them (a flush writes them out but
+    /// does not wait for the server, which may still take another connection's publish first).
+    async fn confirm(&self, subject: &str) -> Result<(), BusError> {
+        let unconfirmed = || BusError::Unconfirmed { subject: subject.to_owned() };
+        let inbox = self.client.new_inbox();
+        let mut echo = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|source| BusError::Subscribe { subject: inbox.clone(), source })?;
+        self.client.publish(inbox, Bytes::new()).await.map_err(|_| unconfirmed())?;
+        match tokio::time::timeout(CONFIRM_WITHIN, echo.next()).await {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(unconfirmed()),
+        }
     }
 
     /// Stops taking `shard`'s signals (another node is to hold it).
