@@ -188,6 +188,16 @@ impl NatsBus {
         format!("{}.signal.{shard}", self.prefix)
     }
 
+    /// The subject the cluster's nodes announce themselves on.
+    pub(crate) fn presence_subject(&self) -> String {
+        format!("{}.nodes", self.prefix)
+    }
+
+    /// The connection, for the cluster's own subjects beside the signals.
+    pub(crate) fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     pub fn map(&self) -> ShardMap {
         self.map
     }

@@ -7,11 +7,17 @@
 //! work, never loses it: the holder's own scan of the store finds what was stored), carry a
 //! tenant's credential to NATS, or depend on the gateway or the CLI.
 //!
-//! Not here yet: live events across nodes, shard leases and their hand-over (the store's
-//! `shard_leases`), node membership. See `docs/internals/cluster.md`.
+//! [`Keeper`] holds this node's share of the shards as nodes come and go: it renews its
+//! leases, announces the node, spreads the shards evenly over the nodes it hears, hands over
+//! what is no longer its share and takes over what a node that left or died held.
+//!
+//! Not here yet: live events across nodes, bin-packing by load. See
+//! `docs/internals/cluster.md`.
 
 mod bus;
+mod keeper;
 mod shard;
 
 pub use bus::{BusCounts, BusError, NatsBus, NatsOptions};
+pub use keeper::{Keeper, KeeperOptions};
 pub use shard::{Shard, ShardMap};

@@ -140,6 +140,9 @@ struct Pair {
     a: Node,
     b: Node,
     tenant: clade_core::Tenant,
+    /// Where a third node of the same cluster starts.
+    nats: String,
+    cluster: String,
     _schema: clade_test_support::PgSchema,
     _scratch: tempfile::TempDir,
 }
@@ -154,7 +157,7 @@ impl Pair {
         let b = Node::start(schema.url(), &nats, &name, "b").await;
         let scratch = tempfile::tempdir().unwrap();
         let tenant = ada(&a.store, scratch.path()).await;
-        Some(Self { a, b, tenant, _schema: schema, _scratch: scratch })
+        Some(Self { a, b, tenant, nats, cluster: name, _schema: schema, _scratch: scratch })
     }
 }
 
@@ -164,7 +167,7 @@ fn shard(session: clade_core::SessionId) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_runs_on_the_node_holding_its_shard_whichever_node_took_it() {
-    let Some(Pair { a, b, tenant, _schema, _scratch }) = Pair::start().await else { return };
+    let Some(Pair { a, b, tenant, _schema, _scratch, .. }) = Pair::start().await else { return };
     for shard in [0, 1] {
         a.take(shard).await;
     }
@@ -208,7 +211,7 @@ async fn an_event_runs_on_the_node_holding_its_shard_whichever_node_took_it() {
 /// runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_signal_is_made_good_by_the_holders_scan() {
-    let Some(Pair { a, b, tenant, _schema, _scratch }) = Pair::start().await else { return };
+    let Some(Pair { a, b, tenant, _schema, _scratch, .. }) = Pair::start().await else { return };
     // a holds nothing; b holds every lease but listens to no subject yet.
     let mut leases = Vec::new();
     for shard in 0..SHARDS {
@@ -232,4 +235,64 @@ async fn a_lost_signal_is_made_good_by_the_holders_scan() {
     let finished = watch.ended(Duration::from_secs(30)).await.unwrap().expect("never ran");
     assert_eq!(finished.status, clade_core::TurnStatus::Completed);
     assert!(leases.iter().all(Option::is_some));
+}
+
+/// Waits until `shards` (a keeper's) reads `want`.
+async fn until(node: &str, shards: &mut tokio::sync::watch::Receiver<Vec<u32>>, want: &[u32]) {
+    let reached = tokio::time::timeout(Duration::from_secs(30), shards.wait_for(|s| s == want));
+    let held = matches!(reached.await, Ok(Ok(_)));
+    assert!(held, "{node} never held {want:?}: it holds {:?}", shards.borrow().clone());
+}
+
+/// Keepers spread the shards over the nodes they hear, every `s mod n`-th to the `n`-th in
+/// name order; a node that joins takes its share from the others (handed over), one that
+/// drains hands its shards back at once, and one that dies (stops renewing and announcing)
+/// loses them when its leases expire, to the node left, which then answers its sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_follow_the_nodes_as_they_join_drain_and_die() {
+    use clade_cluster::{Keeper, KeeperOptions};
+    let Some(Pair { a, b, tenant, nats, cluster, _schema, _scratch }) = Pair::start().await else {
+        return;
+    };
+    let ttl = Duration::from_millis(1500);
+    let keep = |node: &Node| {
+        let options = KeeperOptions { node: node.name.to_owned(), ttl };
+        Keeper::start(node.store.clone(), node.bus.clone(), node.engine.clone(), options)
+    };
+    let keeper_a = keep(&a).await.unwrap();
+    let keeper_b = keep(&b).await.unwrap();
+    let (mut on_a, mut on_b) = (keeper_a.shards(), keeper_b.shards());
+    until("a", &mut on_a, &[0, 2]).await;
+    until("b", &mut on_b, &[1, 3]).await;
+
+    // A third node joins: the shards spread over three.
+    let c = Node::start(_schema.url(), &nats, &cluster, "c").await;
+    let keeper_c = keep(&c).await.unwrap();
+    let mut on_c = keeper_c.shards();
+    until("a", &mut on_a, &[0, 3]).await;
+    until("b", &mut on_b, &[1]).await;
+    until("c", &mut on_c, &[2]).await;
+
+    // It drains: back to two.
+    keeper_c.drain().await;
+    until("a", &mut on_a, &[0, 2]).await;
+    until("b", &mut on_b, &[1, 3]).await;
+
+    // b dies, engine, bus and all: its leases run out, and a takes every shard and answers
+    // b's sessions.
+    drop(keeper_b);
+    drop(b);
+    until("a", &mut on_a, &[0, 1, 2, 3]).await;
+    let mut answered_for_b = false;
+    for n in 0..40 {
+        let (session, finished) = a.ask(&tenant, &format!("d{n}"), "still there?").await;
+        assert_eq!(finished.status, clade_core::TurnStatus::Completed, "{finished:?}");
+        if [1, 3].contains(&shard(session)) {
+            answered_for_b = true;
+            break;
+        }
+    }
+    assert!(answered_for_b, "no session of b's shards in 40");
+    let leases = a.store.shard_leases().list().await.unwrap();
+    assert!(leases.iter().all(|l| l.holder == "a" && l.is_live()), "{leases:?}");
 }

@@ -1,0 +1,257 @@
+//! The shard keeper: which shards this node holds, kept as nodes come and go.
+//!
+//! Every tick (a third of the lease's time) a node's keeper announces the node on
+//! `clade.<cluster>.nodes`, renews its leases (a lease it lost is off its bus at once), and
+//! spreads the shards over the nodes it has heard from lately: shard `s` is the share of the
+//! `s mod n`-th of the `n` nodes, in name order. It hands over what is no longer its share
+//! (off the bus, lease released, so the next node takes it at once) and acquires its share
+//! as it comes free; a node that stopped announcing itself drops out of the count, and its
+//! leases expire (by the database's clock) for the others to take. Whatever it gained, it runs
+//! what is open in those sessions ([`Engine::resume_held`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clade_core::Timestamp;
+use clade_runtime::Engine;
+use clade_store::{Lease, Store};
+use futures::StreamExt as _;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::bus::NatsBus;
+use crate::shard::Shard;
+
+/// How a keeper runs.
+#[derive(Debug, Clone)]
+pub struct KeeperOptions {
+    /// This node's name: its leases' holder, unique in the cluster.
+    pub node: String,
+    /// How long a lease lasts unrenewed: a node that dies loses its shards after this.
+    pub ttl: Duration,
+}
+
+impl KeeperOptions {
+    /// How often the keeper renews, announces and rebalances.
+    pub fn tick(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(50))
+    }
+}
+
+/// A node's announcement.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Presence {
+    node: String,
+    /// It is draining: count it out now.
+    leaving: bool,
+}
+
+/// A running keeper; dropping it stops it without releasing anything (as a crash would: the
+/// leases expire). [`Keeper::drain`] hands the shards over first.
+pub struct Keeper {
+    state: Arc<State>,
+    ticker: JoinHandle<()>,
+    listener: JoinHandle<()>,
+}
+
+struct State {
+    store: Store,
+    bus: Arc<NatsBus>,
+    engine: Engine,
+    options: KeeperOptions,
+    held: Mutex<BTreeMap<u32, Lease>>,
+    /// Nodes heard from, and when (by the store's clock).
+    heard: Mutex<HashMap<String, Timestamp>>,
+    shards: watch::Sender<Vec<u32>>,
+    /// Shards were taken whose sessions are not yet resumed.
+    to_resume: std::sync::atomic::AtomicBool,
+}
+
+impl Keeper {
+    /// Starts keeping `engine`'s node's share of the shards. Its store must be fenced by the
+    /// bus's shards (`ShardLeases::fence_by_shards`).
+    pub async fn start(
+        store: Store,
+        bus: Arc<NatsBus>,
+        engine: Engine,
+        options: KeeperOptions,
+    ) -> Result<Self, crate::BusError> {
+        let mut presence =
+            bus.client().subscribe(bus.presence_subject()).await.map_err(|source| {
+                crate::BusError::Subscribe { subject: bus.presence_subject(), source }
+            })?;
+        let state = Arc::new(State {
+            store,
+            bus,
+            engine,
+            options,
+            held: Mutex::default(),
+            heard: Mutex::default(),
+            shards: watch::Sender::new(Vec::new()),
+            to_resume: std::sync::atomic::AtomicBool::new(false),
+        });
+        let heard = state.clone();
+        let listener = tokio::spawn(async move {
+            while let Some(message) = presence.next().await {
+                let Ok(presence) = serde_json::from_slice::<Presence>(&message.payload) else {
+                    continue;
+                };
+                let mut nodes = heard.heard.lock().unwrap_or_else(|e| e.into_inner());
+                if presence.leaving {
+                    nodes.remove(&presence.node);
+                } else {
+                    nodes.insert(presence.node, heard.store.now());
+                }
+            }
+        });
+        let ticking = state.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                ticking.tick().await;
+                ticking.store.clock().sleep(ticking.options.tick()).await;
+            }
+        });
+        Ok(Self { state, ticker, listener })
+    }
+
+    /// The shards this node holds, as they change.
+    pub fn shards(&self) -> watch::Receiver<Vec<u32>> {
+        self.state.shards.subscribe()
+    }
+
+    /// Hands every shard over and stops: the node announces it is leaving, so the others
+    /// count it out at once, and releases its leases, so they take the shards without waiting
+    /// for them to expire.
+    pub async fn drain(self) {
+        self.ticker.abort();
+        self.state.announce(true).await;
+        let held = std::mem::take(&mut *self.state.lock_held());
+        for (shard, lease) in held {
+            self.state.bus.release(Shard(shard));
+            if let Err(err) = self.state.store.shard_leases().release(&lease).await {
+                tracing::warn!(shard, error = %err, "a shard's lease could not be released; it expires");
+            }
+        }
+        self.state.shards.send_replace(Vec::new());
+        self.listener.abort();
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.ticker.abort();
+        self.listener.abort();
+    }
+}
+
+impl State {
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Lease>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn announce(&self, leaving: bool) {
+        let presence = Presence { node: self.options.node.clone(), leaving };
+        let Ok(payload) = serde_json::to_vec(&presence) else { return };
+        let client = self.bus.client();
+        if client.publish(self.bus.presence_subject(), payload.into()).await.is_err() {
+            tracing::warn!("this node could not announce itself; its shards stay until it can");
+        }
+    }
+
+    /// The nodes heard from within three ticks, this one included, in name order.
+    fn members(&self) -> Vec<String> {
+        let now = self.store.now().as_millis();
+        let within = i64::try_from(self.options.tick().as_millis() * 3).unwrap_or(i64::MAX);
+        let mut nodes: Vec<String> = self
+            .heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, at)| now.saturating_sub(at.as_millis()) <= within)
+            .map(|(node, _)| node.clone())
+            .collect();
+        if !nodes.contains(&self.options.node) {
+            nodes.push(self.options.node.clone());
+        }
+        nodes.sort();
+        nodes
+    }
+
+    async fn tick(&self) {
+        self.announce(false).await;
+        let leases = self.store.shard_leases();
+        let ttl = self.options.ttl;
+        // Renew; a lease lost is off the bus at once.
+        let held: Vec<(u32, Lease)> =
+            self.lock_held().iter().map(|(s, l)| (*s, l.clone())).collect();
+        for (shard, lease) in &held {
+            match leases.renew(lease, ttl).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(shard, "this node lost a shard's lease");
+                    self.bus.release(Shard(*shard));
+                    self.lock_held().remove(shard);
+                }
+                Err(err) => {
+                    tracing::warn!(shard, error = %err, "a shard's lease could not be renewed")
+                }
+            }
+        }
+        // This node's share: every n-th shard.
+        let members = self.members();
+        let index = members.iter().position(|n| *n == self.options.node).unwrap_or(0);
+        let count = members.len().max(1);
+        let share: Vec<u32> =
+            self.bus.map().all().map(|s| s.0).filter(|s| *s as usize % count == index).collect();
+        // Hand over what is no longer ours.
+        let surplus: Vec<(u32, Lease)> = self
+            .lock_held()
+            .iter()
+            .filter(|(s, _)| !share.contains(s))
+            .map(|(s, l)| (*s, l.clone()))
+            .collect();
+        for (shard, lease) in surplus {
+            self.bus.release(Shard(shard));
+            self.lock_held().remove(&shard);
+            if let Err(err) = leases.release(&lease).await {
+                tracing::warn!(shard, error = %err, "a shard's lease could not be released; it expires");
+            }
+        }
+        // Take what is ours as it comes free.
+        use std::sync::atomic::Ordering;
+        for shard in share {
+            if self.lock_held().contains_key(&shard) {
+                continue;
+            }
+            match leases.acquire(&self.options.node, i64::from(shard), ttl).await {
+                Ok(Some(lease)) => match self.bus.hold(Shard(shard)).await {
+                    Ok(()) => {
+                        self.lock_held().insert(shard, lease);
+                        self.to_resume.store(true, Ordering::SeqCst);
+                    }
+                    Err(err) => {
+                        tracing::warn!(shard, error = %err, "a shard taken could not be listened to; it is given back");
+                        let _ = leases.release(&lease).await;
+                    }
+                },
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(shard, error = %err, "a shard's lease could not be taken")
+                }
+            }
+        }
+        if self.to_resume.swap(false, Ordering::SeqCst)
+            && let Err(err) = self.engine.resume_held().await
+        {
+            self.to_resume.store(true, Ordering::SeqCst);
+            tracing::warn!(error = %err, "the sessions of the shards taken could not be resumed; the next tick tries again");
+        }
+        let now: Vec<u32> = self.lock_held().keys().copied().collect();
+        self.shards.send_if_modified(|shards| {
+            let changed = *shards != now;
+            *shards = now;
+            changed
+        });
+    }
+}
