@@ -10,6 +10,7 @@
 //! what is open in those sessions ([`Engine::resume_held`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +40,37 @@ impl KeeperOptions {
     }
 }
 
+/// Work a cluster does once, on one node at a time. Each is a lease of its own in the store,
+/// numbered below the shards (`-1` and down), and spread over the nodes as the shards are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Singleton {
+    /// Delivering the outbox to subscribers and channels.
+    Outbox,
+    /// Firing scheduled jobs and heartbeats.
+    Scheduler,
+    /// The retention sweep.
+    Retention,
+    /// Memory upkeep (consolidation, merges).
+    MemoryUpkeep,
+    /// Chat platforms' listeners (polling, sockets).
+    ChannelListeners,
+}
+
+impl Singleton {
+    pub const ALL: [Singleton; 5] = [
+        Singleton::Outbox,
+        Singleton::Scheduler,
+        Singleton::Retention,
+        Singleton::MemoryUpkeep,
+        Singleton::ChannelListeners,
+    ];
+
+    /// Its lease's number in the store: below every shard's.
+    pub fn lease(self) -> i64 {
+        -1 - Self::ALL.iter().position(|s| *s == self).map_or(0, |p| p as i64)
+    }
+}
+
 /// A node's announcement.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Presence {
@@ -64,8 +96,10 @@ struct State {
     /// Nodes heard from, and when (by the store's clock).
     heard: Mutex<HashMap<String, Timestamp>>,
     shards: watch::Sender<Vec<u32>>,
+    held_singletons: Mutex<BTreeMap<Singleton, Lease>>,
+    singletons: watch::Sender<Vec<Singleton>>,
     /// Shards were taken whose sessions are not yet resumed.
-    to_resume: std::sync::atomic::AtomicBool,
+    to_resume: AtomicBool,
 }
 
 impl Keeper {
@@ -89,7 +123,9 @@ impl Keeper {
             held: Mutex::default(),
             heard: Mutex::default(),
             shards: watch::Sender::new(Vec::new()),
-            to_resume: std::sync::atomic::AtomicBool::new(false),
+            held_singletons: Mutex::default(),
+            singletons: watch::Sender::new(Vec::new()),
+            to_resume: AtomicBool::new(false),
         });
         let heard = state.clone();
         let listener = tokio::spawn(async move {
@@ -120,6 +156,16 @@ impl Keeper {
         self.state.shards.subscribe()
     }
 
+    /// The once-per-cluster work this node runs, as it changes.
+    pub fn singletons(&self) -> watch::Receiver<Vec<Singleton>> {
+        self.state.singletons.subscribe()
+    }
+
+    /// Whether this node runs `singleton` now.
+    pub fn runs(&self, singleton: Singleton) -> bool {
+        self.state.lock_singletons().contains_key(&singleton)
+    }
+
     /// Hands every shard over and stops: the node announces it is leaving, so the others
     /// count it out at once, and releases its leases, so they take the shards without waiting
     /// for them to expire.
@@ -134,6 +180,11 @@ impl Keeper {
             }
         }
         self.state.shards.send_replace(Vec::new());
+        let singletons = std::mem::take(&mut *self.state.lock_singletons());
+        for (_, lease) in singletons {
+            let _ = self.state.store.shard_leases().release(&lease).await;
+        }
+        self.state.singletons.send_replace(Vec::new());
         self.listener.abort();
     }
 }
@@ -180,13 +231,43 @@ impl State {
 
     async fn tick(&self) {
         self.announce(false).await;
+        self.renew_held().await;
+        // This node's share: every n-th shard, and every n-th singleton.
+        let members = self.members();
+        let index = members.iter().position(|n| *n == self.options.node).unwrap_or(0);
+        let count = members.len().max(1);
+        let share: Vec<u32> =
+            self.bus.map().all().map(|s| s.0).filter(|s| *s as usize % count == index).collect();
+        self.hand_over(&share).await;
+        self.take_share(share).await;
+        let singletons: Vec<Singleton> = Singleton::ALL
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| k % count == index)
+            .map(|(_, singleton)| singleton)
+            .collect();
+        self.keep_singletons(&singletons).await;
+        if self.to_resume.swap(false, Ordering::SeqCst)
+            && let Err(err) = self.engine.resume_held().await
+        {
+            self.to_resume.store(true, Ordering::SeqCst);
+            tracing::warn!(error = %err, "the sessions of the shards taken could not be resumed; the next tick tries again");
+        }
+        let now: Vec<u32> = self.lock_held().keys().copied().collect();
+        self.shards.send_if_modified(|shards| {
+            let changed = *shards != now;
+            *shards = now;
+            changed
+        });
+    }
+
+    /// Renews the shards' leases; one lost is off the bus at once.
+    async fn renew_held(&self) {
         let leases = self.store.shard_leases();
-        let ttl = self.options.ttl;
-        // Renew; a lease lost is off the bus at once.
         let held: Vec<(u32, Lease)> =
             self.lock_held().iter().map(|(s, l)| (*s, l.clone())).collect();
         for (shard, lease) in &held {
-            match leases.renew(lease, ttl).await {
+            match leases.renew(lease, self.options.ttl).await {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(shard, "this node lost a shard's lease");
@@ -198,13 +279,10 @@ impl State {
                 }
             }
         }
-        // This node's share: every n-th shard.
-        let members = self.members();
-        let index = members.iter().position(|n| *n == self.options.node).unwrap_or(0);
-        let count = members.len().max(1);
-        let share: Vec<u32> =
-            self.bus.map().all().map(|s| s.0).filter(|s| *s as usize % count == index).collect();
-        // Hand over what is no longer ours.
+    }
+
+    /// Hands over the shards held that are not in `share`: off the bus, lease released.
+    async fn hand_over(&self, share: &[u32]) {
         let surplus: Vec<(u32, Lease)> = self
             .lock_held()
             .iter()
@@ -214,17 +292,20 @@ impl State {
         for (shard, lease) in surplus {
             self.bus.release(Shard(shard));
             self.lock_held().remove(&shard);
-            if let Err(err) = leases.release(&lease).await {
+            if let Err(err) = self.store.shard_leases().release(&lease).await {
                 tracing::warn!(shard, error = %err, "a shard's lease could not be released; it expires");
             }
         }
-        // Take what is ours as it comes free.
-        use std::sync::atomic::Ordering;
+    }
+
+    /// Takes the shards of `share` that come free: lease, then bus.
+    async fn take_share(&self, share: Vec<u32>) {
+        let leases = self.store.shard_leases();
         for shard in share {
             if self.lock_held().contains_key(&shard) {
                 continue;
             }
-            match leases.acquire(&self.options.node, i64::from(shard), ttl).await {
+            match leases.acquire(&self.options.node, i64::from(shard), self.options.ttl).await {
                 Ok(Some(lease)) => match self.bus.hold(Shard(shard)).await {
                     Ok(()) => {
                         self.lock_held().insert(shard, lease);
@@ -241,17 +322,43 @@ impl State {
                 }
             }
         }
-        if self.to_resume.swap(false, Ordering::SeqCst)
-            && let Err(err) = self.engine.resume_held().await
-        {
-            self.to_resume.store(true, Ordering::SeqCst);
-            tracing::warn!(error = %err, "the sessions of the shards taken could not be resumed; the next tick tries again");
+    }
+
+    /// Renews the singletons held, gives up those not in `share` and takes those of `share`
+    /// that come free.
+    async fn keep_singletons(&self, share: &[Singleton]) {
+        let leases = self.store.shard_leases();
+        let held: Vec<(Singleton, Lease)> =
+            self.lock_singletons().iter().map(|(s, l)| (*s, l.clone())).collect();
+        for (singleton, lease) in held {
+            let kept = if share.contains(&singleton) {
+                matches!(leases.renew(&lease, self.options.ttl).await, Ok(true))
+            } else {
+                let _ = leases.release(&lease).await;
+                false
+            };
+            if !kept {
+                self.lock_singletons().remove(&singleton);
+            }
         }
-        let now: Vec<u32> = self.lock_held().keys().copied().collect();
-        self.shards.send_if_modified(|shards| {
-            let changed = *shards != now;
-            *shards = now;
+        for singleton in share {
+            if self.lock_singletons().contains_key(singleton) {
+                continue;
+            }
+            let taken = leases.acquire(&self.options.node, singleton.lease(), self.options.ttl);
+            if let Ok(Some(lease)) = taken.await {
+                self.lock_singletons().insert(*singleton, lease);
+            }
+        }
+        let now: Vec<Singleton> = self.lock_singletons().keys().copied().collect();
+        self.singletons.send_if_modified(|singletons| {
+            let changed = *singletons != now;
+            *singletons = now;
             changed
         });
+    }
+
+    fn lock_singletons(&self) -> std::sync::MutexGuard<'_, BTreeMap<Singleton, Lease>> {
+        self.held_singletons.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -9,7 +9,9 @@
 //!
 //! [`Keeper`] holds this node's share of the shards as nodes come and go: it renews its
 //! leases, announces the node, spreads the shards evenly over the nodes it hears, hands over
-//! what is no longer its share and takes over what a node that left or died held.
+//! what is no longer its share and takes over what a node that left or died held; and it
+//! spreads the work a cluster does once ([`Singleton`]: outbox delivery, the scheduler, …)
+//! the same way.
 //!
 //! Not here yet: live events across nodes, bin-packing by load. See
 //! `docs/internals/cluster.md`.
@@ -19,5 +21,5 @@ mod keeper;
 mod shard;
 
 pub use bus::{BusCounts, BusError, NatsBus, NatsOptions};
-pub use keeper::{Keeper, KeeperOptions};
+pub use keeper::{Keeper, KeeperOptions, Singleton};
 pub use shard::{Shard, ShardMap};

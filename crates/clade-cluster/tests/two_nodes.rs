@@ -83,6 +83,22 @@ impl Node {
         lease
     }
 
+    /// A keeper for this node, on leases of 1.5 s.
+    async fn keep(&self) -> clade_cluster::Keeper {
+        let options = clade_cluster::KeeperOptions {
+            node: self.name.to_owned(),
+            ttl: Duration::from_millis(1500),
+        };
+        clade_cluster::Keeper::start(
+            self.store.clone(),
+            self.bus.clone(),
+            self.engine.clone(),
+            options,
+        )
+        .await
+        .unwrap()
+    }
+
     /// Hands `shard` over: off the bus, then its lease released.
     async fn give_up(&self, lease: &Lease) {
         self.bus.release(Shard(u32::try_from(lease.shard).unwrap()));
@@ -237,11 +253,15 @@ async fn a_lost_signal_is_made_good_by_the_holders_scan() {
     assert!(leases.iter().all(Option::is_some));
 }
 
-/// Waits until `shards` (a keeper's) reads `want`.
-async fn until(node: &str, shards: &mut tokio::sync::watch::Receiver<Vec<u32>>, want: &[u32]) {
-    let reached = tokio::time::timeout(Duration::from_secs(30), shards.wait_for(|s| s == want));
-    let held = matches!(reached.await, Ok(Ok(_)));
-    assert!(held, "{node} never held {want:?}: it holds {:?}", shards.borrow().clone());
+/// Waits until `held` (a keeper's watch) reads `want`.
+async fn until<T: PartialEq + Clone + std::fmt::Debug>(
+    node: &str,
+    held: &mut tokio::sync::watch::Receiver<Vec<T>>,
+    want: &[T],
+) {
+    let reached = tokio::time::timeout(Duration::from_secs(30), held.wait_for(|s| s == want));
+    let reached = matches!(reached.await, Ok(Ok(_)));
+    assert!(reached, "{node} never held {want:?}: it holds {:?}", held.borrow().clone());
 }
 
 /// Keepers spread the shards over the nodes they hear, every `s mod n`-th to the `n`-th in
@@ -250,24 +270,18 @@ async fn until(node: &str, shards: &mut tokio::sync::watch::Receiver<Vec<u32>>, 
 /// loses them when its leases expire, to the node left, which then answers its sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_follow_the_nodes_as_they_join_drain_and_die() {
-    use clade_cluster::{Keeper, KeeperOptions};
     let Some(Pair { a, b, tenant, nats, cluster, _schema, _scratch }) = Pair::start().await else {
         return;
     };
-    let ttl = Duration::from_millis(1500);
-    let keep = |node: &Node| {
-        let options = KeeperOptions { node: node.name.to_owned(), ttl };
-        Keeper::start(node.store.clone(), node.bus.clone(), node.engine.clone(), options)
-    };
-    let keeper_a = keep(&a).await.unwrap();
-    let keeper_b = keep(&b).await.unwrap();
+    let keeper_a = a.keep().await;
+    let keeper_b = b.keep().await;
     let (mut on_a, mut on_b) = (keeper_a.shards(), keeper_b.shards());
     until("a", &mut on_a, &[0, 2]).await;
     until("b", &mut on_b, &[1, 3]).await;
 
     // A third node joins: the shards spread over three.
     let c = Node::start(_schema.url(), &nats, &cluster, "c").await;
-    let keeper_c = keep(&c).await.unwrap();
+    let keeper_c = c.keep().await;
     let mut on_c = keeper_c.shards();
     until("a", &mut on_a, &[0, 3]).await;
     until("b", &mut on_b, &[1]).await;
@@ -295,4 +309,30 @@ async fn shards_follow_the_nodes_as_they_join_drain_and_die() {
     assert!(answered_for_b, "no session of b's shards in 40");
     let leases = a.store.shard_leases().list().await.unwrap();
     assert!(leases.iter().all(|l| l.holder == "a" && l.is_live()), "{leases:?}");
+}
+
+/// Once-per-cluster work is a lease of its own, spread like the shards: each singleton runs
+/// on exactly one of two nodes, and all of them on the one left when the other dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_per_cluster_work_runs_on_one_node_and_moves_when_it_dies() {
+    use clade_cluster::Singleton;
+    let Some(Pair { a, b, _schema, _scratch, .. }) = Pair::start().await else { return };
+    let keeper_a = a.keep().await;
+    let keeper_b = b.keep().await;
+    let (mut on_a, mut on_b) = (keeper_a.singletons(), keeper_b.singletons());
+    use Singleton::{ChannelListeners, MemoryUpkeep, Outbox, Retention, Scheduler};
+    until("a", &mut on_a, &[Outbox, Retention, ChannelListeners]).await;
+    until("b", &mut on_b, &[Scheduler, MemoryUpkeep]).await;
+    for singleton in Singleton::ALL {
+        let (on_a, on_b) = (keeper_a.runs(singleton), keeper_b.runs(singleton));
+        assert!(on_a != on_b, "{singleton:?} on both or neither");
+    }
+
+    drop(keeper_b);
+    until("a", &mut on_a, &Singleton::ALL).await;
+    let leases = a.store.shard_leases().list().await.unwrap();
+    for singleton in Singleton::ALL {
+        let lease = leases.iter().find(|l| l.shard == singleton.lease()).unwrap();
+        assert_eq!(lease.holder, "a", "{singleton:?}: {lease:?}");
+    }
 }
