@@ -161,6 +161,10 @@ pub(crate) enum Command {
     /// subscriber for a while
     #[command(subcommand)]
     Lease(LeaseCommand),
+    /// A cluster's nodes (`cluster:` in clade.yaml): which shards and once-per-cluster work
+    /// each holds, read from the shared store
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Receive a gateway's lifecycle events as a paired subscriber (`clade pair subscriber`),
     /// writing each as a JSON line to standard output or a file
     SubscriberService(SubscriberServiceArgs),
@@ -1149,6 +1153,17 @@ pub(crate) enum RemoteCommand {
         /// An existing session, by id: the chat sends into it and follows its stream
         #[arg(long, value_name = "ID")]
         session: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeCommand {
+    /// Each node holding a lease: its shards, its once-per-cluster work, and how soon its
+    /// leases expire unless it renews them
+    List {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
     },
 }
 

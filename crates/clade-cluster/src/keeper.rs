@@ -69,7 +69,27 @@ impl Singleton {
     pub fn lease(self) -> i64 {
         -1 - Self::ALL.iter().position(|s| *s == self).map_or(0, |p| p as i64)
     }
+
+    /// The singleton whose lease is numbered `lease`.
+    pub fn of_lease(lease: i64) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.lease() == lease)
+    }
+
+    /// Its name, as `clade node list` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Singleton::Outbox => "outbox",
+            Singleton::Scheduler => "scheduler",
+            Singleton::Retention => "retention",
+            Singleton::MemoryUpkeep => "memory_upkeep",
+            Singleton::ChannelListeners => "channel_listeners",
+        }
+    }
 }
+
+/// How much longer than a tick a starting node listens, so a running node's next
+/// announcement reaches it.
+const LISTEN_MARGIN: Duration = Duration::from_millis(250);
 
 /// A node's announcement.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -77,6 +97,35 @@ struct Presence {
     node: String,
     /// It is draining: count it out now.
     leaving: bool,
+    /// Which process announces: two of one name are two nodes claiming one name.
+    #[serde(default)]
+    instance: u64,
+    /// Its shard count: nodes that disagree map a session to different shards.
+    #[serde(default)]
+    shards: u32,
+}
+
+/// Why a node may not join its cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum KeeperError {
+    #[error(transparent)]
+    Bus(#[from] crate::BusError),
+    #[error(
+        "another node of this cluster is named {node:?} and running: give each node a name of its own (cluster.node or CLADE_NODE)"
+    )]
+    NameTaken { node: String },
+    #[error(
+        "node {node:?} runs this cluster with {theirs} shards and this node is configured with {ours}: every node must say the same cluster.shards; to change it, stop every node, change it on all, and start them again"
+    )]
+    ShardCount { node: String, ours: u32, theirs: u32 },
+}
+
+/// This process, as its announcements tell it from another of the same name.
+fn instance_id() -> u64 {
+    let nanos = std::time::SystemTime::UNIX_EPOCH
+        .elapsed()
+        .map_or(0, |d| u64::try_from(d.as_nanos() & u128::from(u64::MAX)).unwrap_or(0));
+    nanos ^ (u64::from(std::process::id()) << 32)
 }
 
 /// A running keeper; dropping it stops it without releasing anything (as a crash would: the
@@ -100,17 +149,24 @@ struct State {
     singletons: watch::Sender<Vec<Singleton>>,
     /// Shards were taken whose sessions are not yet resumed.
     to_resume: AtomicBool,
+    /// This process's id in its announcements.
+    instance: u64,
+    /// What the listener heard that forbids this node to run: the first conflict.
+    conflict: Mutex<Option<KeeperError>>,
 }
 
 impl Keeper {
     /// Starts keeping `engine`'s node's share of the shards. Its store must be fenced by the
     /// bus's shards (`ShardLeases::fence_by_shards`).
+    ///
+    /// It first listens for a tick, taking nothing: a running node of the same name, or one
+    /// with another shard count, refuses this one (each would run sessions the other runs).
     pub async fn start(
         store: Store,
         bus: Arc<NatsBus>,
         engine: Engine,
         options: KeeperOptions,
-    ) -> Result<Self, crate::BusError> {
+    ) -> Result<Self, KeeperError> {
         let mut presence =
             bus.client().subscribe(bus.presence_subject()).await.map_err(|source| {
                 crate::BusError::Subscribe { subject: bus.presence_subject(), source }
@@ -126,6 +182,8 @@ impl Keeper {
             held_singletons: Mutex::default(),
             singletons: watch::Sender::new(Vec::new()),
             to_resume: AtomicBool::new(false),
+            instance: instance_id(),
+            conflict: Mutex::default(),
         });
         let heard = state.clone();
         let listener = tokio::spawn(async move {
@@ -133,14 +191,15 @@ impl Keeper {
                 let Ok(presence) = serde_json::from_slice::<Presence>(&message.payload) else {
                     continue;
                 };
-                let mut nodes = heard.heard.lock().unwrap_or_else(|e| e.into_inner());
-                if presence.leaving {
-                    nodes.remove(&presence.node);
-                } else {
-                    nodes.insert(presence.node, heard.store.now());
-                }
+                heard.hear(presence);
             }
         });
+        let listened = state.store.clock().sleep(state.options.tick() + LISTEN_MARGIN);
+        listened.await;
+        if let Some(conflict) = state.lock_conflict().take() {
+            listener.abort();
+            return Err(conflict);
+        }
         let ticking = state.clone();
         let ticker = tokio::spawn(async move {
             loop {
@@ -201,8 +260,45 @@ impl State {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Takes in another node's (or this one's) announcement.
+    fn hear(&self, presence: Presence) {
+        let ours = self.bus.map().shards();
+        let conflict = if presence.node == self.options.node && presence.instance != self.instance {
+            Some(KeeperError::NameTaken { node: presence.node.clone() })
+        } else if presence.shards != 0 && presence.shards != ours && !presence.leaving {
+            Some(KeeperError::ShardCount {
+                node: presence.node.clone(),
+                ours,
+                theirs: presence.shards,
+            })
+        } else {
+            None
+        };
+        if let Some(conflict) = conflict {
+            // A running node keeps running; the newcomer reads this at its start and stops.
+            tracing::error!(error = %conflict, "a node of this cluster conflicts with this one");
+            self.lock_conflict().get_or_insert(conflict);
+            return;
+        }
+        let mut nodes = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        if presence.leaving {
+            nodes.remove(&presence.node);
+        } else {
+            nodes.insert(presence.node, self.store.now());
+        }
+    }
+
+    fn lock_conflict(&self) -> std::sync::MutexGuard<'_, Option<KeeperError>> {
+        self.conflict.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn announce(&self, leaving: bool) {
-        let presence = Presence { node: self.options.node.clone(), leaving };
+        let presence = Presence {
+            node: self.options.node.clone(),
+            leaving,
+            instance: self.instance,
+            shards: self.bus.map().shards(),
+        };
         let Ok(payload) = serde_json::to_vec(&presence) else { return };
         let client = self.bus.client();
         if client.publish(self.bus.presence_subject(), payload.into()).await.is_err() {

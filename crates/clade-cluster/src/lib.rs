@@ -21,5 +21,5 @@ mod keeper;
 mod shard;
 
 pub use bus::{BusCounts, BusError, NatsBus, NatsOptions};
-pub use keeper::{Keeper, KeeperOptions, Singleton};
+pub use keeper::{Keeper, KeeperError, KeeperOptions, Singleton};
 pub use shard::{Shard, ShardMap};

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod cluster;
 mod tools;
+
+pub use cluster::{ClusterConfig, NODE_ENV, NodeNameError};
 
 pub use tools::{
     Constraints, GrantCeiling, McpServerConfig, OpenApiConfig, PolicyEffect, PolicyRule,
@@ -129,6 +132,10 @@ pub struct Config {
     /// bot serves many tenants.
     #[serde(default)]
     pub channels: ChannelsConfig,
+    /// This gateway as a node of a cluster on one PostgreSQL store (signals over NATS).
+    /// Absent: a single gateway running every session itself.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     /// Test-harness settings; never needed in production.
     #[serde(default)]
     pub testing: TestingConfig,
@@ -1563,8 +1570,9 @@ impl Config {
     /// Checks what types alone cannot: every routed model exists, credentials are named
     /// consistently, prices and limits are sane. Errors name the field.
     pub fn check(&self, path: &Path) -> Result<(), Error> {
-        let sections: [SectionCheck; 11] = [
+        let sections: [SectionCheck; 12] = [
             Self::check_server,
+            Self::check_cluster,
             Self::check_models,
             Self::check_memory,
             Self::check_routing,
@@ -1583,6 +1591,14 @@ impl Config {
             })?;
         }
         Ok(())
+    }
+
+    /// The cluster's names, NATS address, shards and leases.
+    fn check_cluster(&self) -> Result<(), Invalid> {
+        match self.cluster.as_ref().and_then(ClusterConfig::problem) {
+            Some(problem) => fail(problem),
+            None => Ok(()),
+        }
     }
 
     /// The gRPC listener's address and files.

@@ -404,3 +404,36 @@ fn a_local_models_concurrency_is_checked() {
     let err = remote.check(Path::new("clade.yaml")).unwrap_err().to_string();
     assert!(err.contains("models.big.concurrency") && err.contains("provider: local"), "{err}");
 }
+
+#[test]
+fn the_cluster_section_is_checked() {
+    let check =
+        |text: &str| parse(text).unwrap().check(Path::new("clade.yaml")).map_err(|e| e.to_string());
+    let ok = parse("cluster:\n  node: node-1.eu\n").unwrap();
+    ok.check(Path::new("clade.yaml")).unwrap();
+    let cluster = ok.cluster.unwrap();
+    assert_eq!((cluster.shards, cluster.lease_ttl_secs), (256, 5));
+    assert_eq!(cluster.nats_url, "nats://127.0.0.1:4222");
+    assert_eq!(cluster.node_name(None).unwrap(), "node-1.eu");
+    assert_eq!(cluster.node_name(Some("pod-3".into())).unwrap(), "pod-3", "CLADE_NODE first");
+    let nameless = clade_config::ClusterConfig::default();
+    assert!(nameless.node_name(None).unwrap_err().to_string().contains("CLADE_NODE"));
+    let err = nameless.node_name(Some("Pod 3".into())).unwrap_err().to_string();
+    assert!(err.contains("not a node name"), "{err}");
+    for (bad, field) in [
+        ("{ name: \"a.b\" }", "cluster.name"),
+        ("{ name: \"\" }", "cluster.name"),
+        ("{ node: \"Upper\" }", "cluster.node"),
+        ("{ nats_url: \"http://127.0.0.1:4222\" }", "cluster.nats_url"),
+        ("{ nats_url: \"127.0.0.1:4222\" }", "cluster.nats_url"),
+        ("{ shards: 0 }", "cluster.shards"),
+        ("{ shards: 65537 }", "cluster.shards"),
+        ("{ lease_ttl_secs: 0 }", "cluster.lease_ttl_secs"),
+        ("{ lease_ttl_secs: 301 }", "cluster.lease_ttl_secs"),
+        ("{ nats_password_env: \"A=B\" }", "cluster.nats_password_env"),
+    ] {
+        let err = check(&format!("cluster: {bad}\n")).unwrap_err();
+        assert!(err.contains(field), "{bad}: {err}");
+    }
+    assert!(parse("cluster:\n  nodes: 3\n").unwrap_err().contains("nodes"));
+}

@@ -79,6 +79,7 @@ const SECTIONS: &[(&str, bool)] = &[
     ("heartbeats", true),
     ("memory", true),
     ("channels", false),
+    ("cluster", false),
     ("testing", false),
 ];
 

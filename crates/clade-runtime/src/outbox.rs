@@ -427,14 +427,13 @@ const KEY_NOT_PROVED: &str = "did not sign the challenge with the key it was pai
 /// Starts one delivery task per subscriber.
 #[must_use = "dropping the dispatchers stops them"]
 pub fn spawn(store: Store, subscribers: Vec<Subscriber>, signal: Arc<Notify>) -> Dispatchers {
-    let dispatchers = Dispatchers {
-        store,
-        signal,
-        client: reqwest::Client::new(),
-        running: std::sync::Mutex::default(),
-    };
-    dispatchers.replace(|_| true, subscribers);
-    dispatchers
+    Dispatchers::new(store, subscribers, signal, true)
+}
+
+/// The dispatchers of `subscribers`, delivering nothing until [`Dispatchers::deliver`] says so.
+#[must_use = "dropping the dispatchers stops them"]
+pub fn idle(store: Store, subscribers: Vec<Subscriber>, signal: Arc<Notify>) -> Dispatchers {
+    Dispatchers::new(store, subscribers, signal, false)
 }
 
 /// The running dispatchers, one per subscriber, which a new configuration replaces.
@@ -442,10 +441,33 @@ pub struct Dispatchers {
     store: Store,
     signal: Arc<Notify>,
     client: reqwest::Client,
-    running: std::sync::Mutex<Vec<(Subscriber, tokio::task::JoinHandle<()>)>>,
+    running: std::sync::Mutex<Running>,
+}
+
+/// The subscribers, and each one's task while this process delivers.
+struct Running {
+    /// Whether this process delivers now (a cluster's node delivers while it holds the outbox).
+    delivering: bool,
+    tasks: Vec<(Subscriber, Option<tokio::task::JoinHandle<()>>)>,
 }
 
 impl Dispatchers {
+    fn new(
+        store: Store,
+        subscribers: Vec<Subscriber>,
+        signal: Arc<Notify>,
+        delivering: bool,
+    ) -> Self {
+        let dispatchers = Dispatchers {
+            store,
+            signal,
+            client: reqwest::Client::new(),
+            running: std::sync::Mutex::new(Running { delivering, tasks: Vec::new() }),
+        };
+        dispatchers.replace(|_| true, subscribers);
+        dispatchers
+    }
+
     /// Makes the configured webhooks' dispatchers `subscribers`: an unchanged one keeps
     /// running, a changed or removed one stops (delivery is at least once from its durable
     /// cursor, so what it was sending is sent again by its successor), and a new or changed one
@@ -459,35 +481,65 @@ impl Dispatchers {
         self.replace(|s| matches!(s.signing, Signing::Paired { .. }), subscribers);
     }
 
+    /// Starts or stops delivering to every subscriber, keeping them: a cluster's node delivers
+    /// only while it holds the outbox, and each subscriber's durable cursor carries delivery
+    /// over from one node to the next (at least once).
+    pub fn deliver(&self, delivering: bool) {
+        let mut running = self.lock();
+        running.delivering = delivering;
+        for (subscriber, task) in &mut running.tasks {
+            match (delivering, task.take()) {
+                (true, Some(alive)) if !alive.is_finished() => *task = Some(alive),
+                (true, _) => *task = Some(self.start(subscriber)),
+                (false, Some(stopped)) => stopped.abort(),
+                (false, None) => {}
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn start(&self, subscriber: &Subscriber) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(run(
+            self.store.clone(),
+            self.client.clone(),
+            subscriber.clone(),
+            self.signal.clone(),
+        ))
+    }
+
     fn replace(&self, in_group: impl Fn(&Subscriber) -> bool, subscribers: Vec<Subscriber>) {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let (kept, stopped): (Vec<_>, Vec<_>) = running.drain(..).partition(|(old, task)| {
-            !in_group(old) || (subscribers.contains(old) && !task.is_finished())
+        let mut running = self.lock();
+        let delivering = running.delivering;
+        let (kept, stopped): (Vec<_>, Vec<_>) = running.tasks.drain(..).partition(|(old, task)| {
+            let alive = task.as_ref().is_some_and(|t| !t.is_finished()) || !delivering;
+            !in_group(old) || (subscribers.contains(old) && alive)
         });
         for (old, task) in stopped {
-            task.abort();
+            if let Some(task) = task {
+                task.abort();
+            }
             tracing::info!(subscriber = %old.name, "subscriber stopped: its configuration or pairing changed");
         }
-        *running = kept;
+        running.tasks = kept;
         for subscriber in subscribers {
-            if running.iter().any(|(old, _)| *old == subscriber) {
+            if running.tasks.iter().any(|(old, _)| *old == subscriber) {
                 continue;
             }
-            let task = tokio::spawn(run(
-                self.store.clone(),
-                self.client.clone(),
-                subscriber.clone(),
-                self.signal.clone(),
-            ));
-            running.push((subscriber, task));
+            let task = delivering.then(|| self.start(&subscriber));
+            running.tasks.push((subscriber, task));
         }
     }
 }
 
 impl Drop for Dispatchers {
     fn drop(&mut self) {
-        for (_, task) in self.running.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-            task.abort();
+        for (_, task) in self.lock().tasks.drain(..) {
+            if let Some(task) = task {
+                task.abort();
+            }
         }
     }
 }

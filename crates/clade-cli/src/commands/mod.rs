@@ -19,9 +19,11 @@ mod ingest_service;
 mod mcp;
 mod memory;
 mod models;
+mod node;
 mod peers;
 mod remote;
 mod serve;
+mod serve_node;
 mod sessions;
 mod teams;
 mod tool_host;
@@ -175,6 +177,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         }
         Command::Pair(cmd) => peers::pair(&ctx, cmd).await,
         Command::Lease(cmd) => peers::lease(&ctx, cmd).await,
+        Command::Node(cmd) => node::run(&ctx, cmd).await,
         Command::Config(cmd) => config::revisions(&ctx, cmd).await,
         Command::Stub(_)
         | Command::Doctor

@@ -1,12 +1,13 @@
 use anyhow::{Context as _, Result};
 use clade_gateway::{AppState, ServerOptions};
 
+use clade_cluster::Singleton;
+
 use crate::cli::ServeArgs;
 use crate::context::Ctx;
 
 pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
-    // One server per store, for this process's whole life: two would run the same turns.
-    let _owner = clade_store::OwnerLock::acquire(&ctx.location).await?;
+    let role = super::serve_node::Role::of(ctx).await?;
     // Refuse to serve from a damaged store or with secrets we could not read.
     ctx.store.quick_check().await?;
     ctx.secrets().check().await?;
@@ -52,13 +53,9 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         tools: ctx.tools_from(&sources, sandbox.clone()).await,
         tenants: ctx.config.tenants.clone(),
     };
-    let engine = clade_runtime::Engine::start(
-        ctx.store.clone(),
-        ctx.agents.clone(),
-        models.clone(),
-        options,
-    )
-    .await?;
+    let (store, agents) = (ctx.store.clone(), ctx.agents.clone());
+    let engine =
+        clade_runtime::Engine::start_on(store, agents, models.clone(), options, role.bus()).await?;
     sources.attach(&engine);
     engine.set_recall(clade_runtime::memory::recall_of(&ctx.config, sources.memory()));
     // Chat channels: each bot's replies go out through a sink of the outbox's dispatch.
@@ -83,16 +80,15 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         subscribers.push(app.subscriber().await?);
         apps.push(app);
     }
-    let dispatchers = std::sync::Arc::new(clade_runtime::outbox::spawn(
+    // Alone, at once; on a cluster's node, after a tick listening for the other nodes.
+    let joined = role.join(&engine).await?;
+    let dispatchers = std::sync::Arc::new(clade_runtime::outbox::idle(
         ctx.store.clone(),
         subscribers,
         engine.outbox_signal(),
     ));
-    // Mines completed turns into memory beside them (memory.ingest; the runtime stops with
-    // the process).
-    let _ingestion = clade_runtime::ingest::spawn(ctx.store.clone(), engine.clone());
-    // Keeps agents' memories (merge, decay, prune, purge) when memory.upkeep is on.
-    let _cortex = clade_runtime::cortex::spawn(ctx.store.clone(), engine.clone());
+    let listeners = (bots.clone(), apps.clone(), gateway_bots.clone());
+    let _duties = joined.duties.start(ctx, &engine, dispatchers.clone(), listeners);
     clade_sched::check_config(&ctx.config, ctx.store.now())
         .context("clade.yaml cannot be served: fix it, then start again")?;
     let beats = clade_sched::heartbeats::reconcile(&ctx.store, &ctx.config)
@@ -116,6 +112,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         ctx.store.clock().clone(),
     ));
     let maintenance = std::sync::Arc::new(Maintenance {
+        duties: joined.duties.clone(),
         store: ctx.store.clone(),
         engine: engine.clone(),
         fire_rate: std::sync::Arc::new(clade_gateway::quotas::FireRate::new(
@@ -123,8 +120,10 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             ctx.store.clone(),
         )),
         running: tokio::sync::Mutex::default(),
+        config: tokio::sync::Mutex::new(ctx.config.clone()),
     });
     maintenance.start(&ctx.config).await;
+    let _maintenance_duties = maintenance.clone().follow_duties();
     let hooks = std::sync::Arc::new(clade_gateway::hooks::Hooks::new(
         crate::context::hooks_of(&ctx.config).map_err(anyhow::Error::msg)?,
     ));
@@ -138,12 +137,6 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     )
     .await?;
     let _rejoin = AbortOnDrop(sources.rejoin(engine.clone()));
-    let _listeners: Vec<AbortOnDrop> = bots
-        .iter()
-        .map(|bot| AbortOnDrop(bot.start()))
-        .chain(apps.iter().map(|app| AbortOnDrop(app.start())))
-        .chain(gateway_bots.iter().map(|bot| AbortOnDrop(bot.start())))
-        .collect();
     let channels = std::sync::Arc::new(clade_channels::Channels::new(
         channel_health,
         bots,
@@ -243,6 +236,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     let _ = std::fs::remove_file(&admin_path);
     let _ = std::fs::remove_file(&url_file);
     maintenance.stop().await;
+    joined.leave().await;
     tracing::info!("clade stopped");
     Ok(())
 }
@@ -547,7 +541,7 @@ async fn take_events(
 }
 
 /// Stops a task when the gateway stops.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -558,18 +552,23 @@ impl Drop for AbortOnDrop {
 /// The gateway's scheduler (agents' jobs) and retention sweeps, as `scheduler.*` says: started
 /// at the gateway's start and again with each configuration revision that changes it.
 struct Maintenance {
+    /// Which of the scheduler and the sweeps this gateway runs (on a cluster's node, what the
+    /// keeper gave it).
+    duties: super::serve_node::Duties,
     store: clade_store::Store,
     engine: clade_runtime::Engine,
     /// What admits each tenant's fires: its event rate, shared with its API events.
     fire_rate: std::sync::Arc<clade_gateway::quotas::FireRate>,
     running: tokio::sync::Mutex<Option<Running>>,
+    /// The configuration it runs by, to start again when its duties change.
+    config: tokio::sync::Mutex<clade_config::Config>,
 }
 
 /// What [`Maintenance`] runs now.
 struct Running {
     /// Stops the scheduler; with its task, which ends once a look under way is settled.
     scheduler: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
-    sweeps: tokio::task::JoinHandle<()>,
+    sweeps: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Maintenance {
@@ -580,7 +579,10 @@ impl Maintenance {
         if let Some(before) = running.take() {
             stop(before).await;
         }
-        let scheduler = if config.scheduler.enabled {
+        *self.config.lock().await = config.clone();
+        let scheduler = if !self.duties.runs(Singleton::Scheduler) {
+            None
+        } else if config.scheduler.enabled {
             let waker = self.engine.clone();
             let wake = std::sync::Arc::new(move |look: &clade_sched::scheduler::Look| {
                 for session in &look.sessions {
@@ -605,6 +607,10 @@ impl Maintenance {
             );
             None
         };
+        if !self.duties.runs(Singleton::Retention) {
+            *running = Some(Running { scheduler, sweeps: None });
+            return;
+        }
         let settings = self.engine.clone();
         let tenants: clade_sched::retention::TenantsNow =
             std::sync::Arc::new(move || settings.settings().tenants.clone());
@@ -617,7 +623,27 @@ impl Maintenance {
                 tracing::error!(error = %err, "scheduler.retention_schedule cannot be read: no retention sweep runs");
             }
         });
-        *running = Some(Running { scheduler, sweeps });
+        *running = Some(Running { scheduler, sweeps: Some(sweeps) });
+    }
+
+    /// Starts again, on the configuration in force, each time the scheduler or the sweeps
+    /// come to this gateway or leave it.
+    fn follow_duties(self: std::sync::Arc<Self>) -> AbortOnDrop {
+        let mut duties = self.duties.watch();
+        let ours = |duties: &[Singleton]| {
+            (duties.contains(&Singleton::Scheduler), duties.contains(&Singleton::Retention))
+        };
+        AbortOnDrop(tokio::spawn(async move {
+            let mut before = ours(&duties.borrow_and_update());
+            while duties.changed().await.is_ok() {
+                let now = ours(&duties.borrow_and_update());
+                if now != before {
+                    before = now;
+                    let config = self.config.lock().await.clone();
+                    self.start(&config).await;
+                }
+            }
+        }))
     }
 
     async fn stop(&self) {
@@ -629,7 +655,9 @@ impl Maintenance {
 
 async fn stop(running: Running) {
     // A sweep is one transaction: stopping between them loses nothing.
-    running.sweeps.abort();
+    if let Some(sweeps) = running.sweeps {
+        sweeps.abort();
+    }
     if let Some((stop, task)) = running.scheduler {
         let _ = stop.send(());
         let _ = task.await;

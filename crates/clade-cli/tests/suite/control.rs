@@ -60,7 +60,7 @@ async fn a_paused_agent_starts_no_turn_until_resumed_even_across_a_restart() {
     other["wait"] = json!(true);
     let (status, answer) = server.send("POST", "/v1/events", None, Some(other)).await;
     assert_eq!((status, answer["reply"]["text"].as_str()), (200, Some("echo: hello")));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Sent before bo's, which has ended: had ada's run, it would have begun by now.
     assert_eq!(turns_now(&server, &session).await.len(), 0, "a paused agent ran");
 
     let status_of = server.get_json("/v1/agents/ada/status").await;

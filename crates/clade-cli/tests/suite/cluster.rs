@@ -1,0 +1,193 @@
+//! `clade serve` as a cluster's node (`cluster:` in clade.yaml): several gateways on one
+//! PostgreSQL store and one NATS server, each running its share of the sessions, any of them
+//! taking any event, and the survivors carrying on a dead node's sessions.
+
+use serde_json::json;
+
+use std::sync::{Arc, Mutex};
+
+use super::support::{Env, Server, polled_within, serve_hook, write};
+
+/// A node's data dir with a clade.yaml joining `cluster` as `node`.
+fn node(store: &str, nats: &str, cluster: &str, node: &str, shards: u32) -> Env {
+    node_with(store, nats, cluster, node, shards, "")
+}
+
+/// [`node`] with more of clade.yaml.
+fn node_with(store: &str, nats: &str, cluster: &str, node: &str, shards: u32, more: &str) -> Env {
+    let mut env = Env::new();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "store:\n  url: \"{store}\"\ncluster:\n  name: {cluster}\n  node: {node}\n  nats_url: {nats}\n  shards: {shards}\n  lease_ttl_secs: 2\n{more}"
+        ),
+    );
+    env.vars.push(("HOOK_SECRET".into(), "s3cret".into()));
+    env
+}
+
+/// A slow webhook receiver: the ids of the `turn.finished` events it was sent, in order.
+async fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let finished = Arc::new(Mutex::new(Vec::new()));
+    let log = finished.clone();
+    let url = serve_hook(move |body: axum::body::Bytes| {
+        let log = log.clone();
+        async move {
+            let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            if event["type"] == "turn.finished" {
+                log.lock().unwrap().push(event["id"].as_str().unwrap_or_default().to_owned());
+            }
+            // Slow, so that a second node delivering too would read the cursor before this
+            // delivery moved it, and send the same event again.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            axum::http::StatusCode::OK
+        }
+    })
+    .await;
+    (url, finished)
+}
+
+fn cluster_name() -> String {
+    let nanos = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos());
+    format!("e2e-{}-{nanos}", std::process::id())
+}
+
+/// `clade node list --json` through `env`: each node's name, shard count and duties.
+fn nodes(env: &Env) -> Vec<(String, usize, usize)> {
+    let list = env.run(&["node", "list", "--json"]).ok().json();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|node| {
+            (
+                node["node"].as_str().unwrap().to_owned(),
+                node["shards"].as_array().unwrap().len(),
+                node["duties"].as_array().unwrap().len(),
+            )
+        })
+        .collect()
+}
+
+/// Sends `text` on `channel` through `server` and waits for the turn: its session and status.
+async fn ask(server: &Server, channel: &str, text: &str) -> (String, String) {
+    let body = json!({ "agent": "ada", "text": text, "wait": true,
+        "source": { "platform": "http", "channel": channel, "actor": "someone" } });
+    let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    let session = answer["session_id"].as_str().unwrap().to_owned();
+    (session, answer["status"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_on_one_store_split_the_sessions_and_carry_on_a_dead_nodes() {
+    let Some(schema) = clade_test_support::PgSchema::create().await else { return };
+    let Some(nats) = clade_test_support::nats_url() else { return };
+    let cluster = cluster_name();
+    // Both nodes name one subscriber: one node at a time delivers to it.
+    let (hook, finished) = receiver().await;
+    let more =
+        format!("subscribers:\n  - name: hook\n    url: {hook}\n    secret_env: HOOK_SECRET\n");
+    let a = node_with(schema.url(), &nats, &cluster, "a", 8, &more);
+    let b = node_with(schema.url(), &nats, &cluster, "b", 8, &more);
+    a.run(&["agents", "create", "ada"]).ok();
+    let on_a = a.serve(&[]);
+    let on_b = b.serve(&[]);
+    let every = std::time::Duration::from_millis(100);
+    let split = polled_within(
+        std::time::Duration::from_secs(20),
+        every,
+        async || nodes(&a),
+        |n| n.len() == 2 && n.iter().all(|(_, shards, _)| *shards == 4),
+    )
+    .await;
+    assert_eq!(split.len(), 2, "two nodes, four shards each: {split:?}");
+    assert_eq!(split.iter().map(|(_, _, duties)| duties).sum::<usize>(), 5, "{split:?}");
+    // Sessions on both nodes' shards, each event taken by one node or the other.
+    let mut sessions = Vec::new();
+    for n in 0..8 {
+        let through = if n % 2 == 0 { &on_a } else { &on_b };
+        let (session, status) = ask(through, &format!("c{n}"), "hello").await;
+        assert_eq!(status, "completed", "session {session} through node {}", n % 2);
+        sessions.push(session);
+    }
+    let read = async || finished.lock().unwrap().clone();
+    polled_within(std::time::Duration::from_secs(20), every, read, |ids| ids.len() >= 8).await;
+    // Had both nodes delivered, the repeats would come within their next look (a second).
+    let delivered =
+        polled_within(std::time::Duration::from_secs(3), every, read, |ids| ids.len() > 8).await;
+    let mut unique = delivered.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        (delivered.len(), unique.len()),
+        (8, 8),
+        "each turn's end delivered once: {delivered:?}"
+    );
+    // Node a dies; b takes its shards when their leases expire, and answers every session.
+    on_a.kill9();
+    let alone = polled_within(
+        std::time::Duration::from_secs(20),
+        every,
+        async || nodes(&b),
+        |n| n.len() == 1 && n[0].1 == 8,
+    )
+    .await;
+    assert_eq!(alone, vec![("b".to_owned(), 8, 5)], "b holds everything");
+    for (n, before) in sessions.iter().enumerate() {
+        let (session, status) = ask(&on_b, &format!("c{n}"), "again").await;
+        assert_eq!(&session, before, "the same session");
+        assert_eq!(status, "completed");
+        let turns = on_b.all_turns(&session).await;
+        assert_eq!(turns.len(), 2, "each event ran once: {turns:?}");
+    }
+    drop(on_b);
+    drop(schema);
+}
+
+#[tokio::test]
+async fn a_node_is_refused_a_sqlite_store_a_taken_name_or_another_shard_count() {
+    let Some(schema) = clade_test_support::PgSchema::create().await else { return };
+    let Some(nats) = clade_test_support::nats_url() else { return };
+    let cluster = cluster_name();
+    // On SQLite: a cluster's nodes must share one store.
+    let alone = Env::new();
+    write(
+        &alone.data_dir().join("clade.yaml"),
+        &format!("cluster:\n  name: {cluster}\n  node: a\n  nats_url: {nats}\n"),
+    );
+    let out = alone.run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("needs a PostgreSQL store"), "{}", out.stderr);
+    // No name.
+    let nameless = Env::new();
+    write(
+        &nameless.data_dir().join("clade.yaml"),
+        &format!(
+            "store:\n  url: \"{}\"\ncluster:\n  name: {cluster}\n  nats_url: {nats}\n",
+            schema.url()
+        ),
+    );
+    let out = nameless.run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert!(out.stderr.contains("this node has no name"), "{}", out.stderr);
+    // No NATS there.
+    let deaf = node(schema.url(), "nats://127.0.0.1:1", &cluster, "a", 8);
+    let out = deaf.run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert!(out.stderr.contains("cannot connect to NATS at nats://127.0.0.1:1"), "{}", out.stderr);
+    let first = node(schema.url(), &nats, &cluster, "a", 8);
+    let running = first.serve(&[]);
+    // Its name taken by a running node.
+    let twin = node(schema.url(), &nats, &cluster, "a", 8);
+    let out = twin.run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("another node of this cluster is named \"a\""), "{}", out.stderr);
+    // Another shard count than the running node's.
+    let other = node(schema.url(), &nats, &cluster, "b", 16);
+    let out = other.run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("runs this cluster with 8 shards and this node is configured with 16"),
+        "{}",
+        out.stderr
+    );
+    drop(running);
+}
