@@ -1165,6 +1165,16 @@ pub(crate) enum NodeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Hand this node's shards and duties to the other nodes (over its admin socket): it
+    /// takes no new events, lets its turns end, then holds nothing; stop it after
+    Drain {
+        /// How long to wait for the running turns (30s, 5m)
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+        wait: std::time::Duration,
+        /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

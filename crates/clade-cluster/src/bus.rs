@@ -2,8 +2,8 @@
 //! node holding a shard subscribes to it, and a wake-up or cancel for a session is published
 //! to its shard's subject (or handed straight to this node's engine when it holds the shard).
 //! Core NATS, not JetStream: a signal is a hint, and one lost (no holder at that moment, NATS
-//! down) is made good by the holder's scan of the store. Live events stay on this node's
-//! [`Hub`] for now.
+//! down) is made good by the holder's scan of the store. Live events go to the nodes that
+//! stream them through the hub's relay (`live.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -135,6 +135,8 @@ pub struct NatsBus {
     /// The shards this node holds, each with the task reading its subject.
     held: Mutex<HashMap<Shard, JoinHandle<()>>>,
     counts: Arc<BusCounts>,
+    live: Arc<crate::live::LiveCounts>,
+    _relay: crate::live::RelayTasks,
 }
 
 impl NatsBus {
@@ -169,17 +171,24 @@ impl NatsBus {
         let (outgoing, queue) = mpsc::unbounded_channel();
         let publisher = tokio::spawn(publish(client.clone(), queue, counts.clone()));
         let (tx, rx) = mpsc::unbounded_channel();
+        let hub = Hub::default();
+        let prefix = format!("clade.{cluster}");
+        let (relay, live, relay_tasks) =
+            crate::live::start(&client, &hub, &options.node, &prefix).await?;
+        hub.relay_through(relay);
         Ok(Self {
-            hub: Hub::default(),
+            hub,
             client,
             map,
-            prefix: format!("clade.{cluster}"),
+            prefix,
             outgoing,
             publisher,
             tx,
             rx: Mutex::new(Some(rx)),
             held: Mutex::new(HashMap::new()),
             counts,
+            live,
+            _relay: relay_tasks,
         })
     }
 
@@ -204,6 +213,11 @@ impl NatsBus {
 
     pub fn counts(&self) -> &BusCounts {
         &self.counts
+    }
+
+    /// The live events that crossed nodes through this one.
+    pub fn live_counts(&self) -> &crate::live::LiveCounts {
+        &self.live
     }
 
     /// The shards this node holds, in order.

@@ -91,6 +91,13 @@ impl Singleton {
 /// announcement reaches it.
 const LISTEN_MARGIN: Duration = Duration::from_millis(250);
 
+/// Empties a watched list; whether it held anything.
+fn emptied<T>(list: &mut Vec<T>) -> bool {
+    let held = !list.is_empty();
+    list.clear();
+    held
+}
+
 /// A node's announcement.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Presence {
@@ -153,6 +160,8 @@ struct State {
     instance: u64,
     /// What the listener heard that forbids this node to run: the first conflict.
     conflict: Mutex<Option<KeeperError>>,
+    /// The node stepped down: it holds nothing and takes nothing.
+    leaving: AtomicBool,
 }
 
 impl Keeper {
@@ -184,6 +193,7 @@ impl Keeper {
             to_resume: AtomicBool::new(false),
             instance: instance_id(),
             conflict: Mutex::default(),
+            leaving: AtomicBool::new(false),
         });
         let heard = state.clone();
         let listener = tokio::spawn(async move {
@@ -225,25 +235,26 @@ impl Keeper {
         self.state.lock_singletons().contains_key(&singleton)
     }
 
-    /// Hands every shard over and stops: the node announces it is leaving, so the others
-    /// count it out at once, and releases its leases, so they take the shards without waiting
-    /// for them to expire.
+    /// Hands every shard and singleton over and takes none again: the node announces it is
+    /// leaving (now and at every tick), so the others count it out at once, and releases its
+    /// leases, so they take the shards without waiting for them to expire. The node goes on
+    /// taking events and signalling them to the shards' new holders.
+    pub async fn step_down(&self) {
+        self.state.leaving.store(true, Ordering::SeqCst);
+        // A tick under way may take a shard after this: the next one gives it back.
+        self.state.give_everything_up().await;
+    }
+
+    /// Whether [`Keeper::step_down`] was called.
+    pub fn stepped_down(&self) -> bool {
+        self.state.leaving.load(Ordering::SeqCst)
+    }
+
+    /// Hands every shard over ([`Keeper::step_down`]) and stops.
     pub async fn drain(self) {
         self.ticker.abort();
-        self.state.announce(true).await;
-        let held = std::mem::take(&mut *self.state.lock_held());
-        for (shard, lease) in held {
-            self.state.bus.release(Shard(shard));
-            if let Err(err) = self.state.store.shard_leases().release(&lease).await {
-                tracing::warn!(shard, error = %err, "a shard's lease could not be released; it expires");
-            }
-        }
-        self.state.shards.send_replace(Vec::new());
-        let singletons = std::mem::take(&mut *self.state.lock_singletons());
-        for (_, lease) in singletons {
-            let _ = self.state.store.shard_leases().release(&lease).await;
-        }
-        self.state.singletons.send_replace(Vec::new());
+        self.state.leaving.store(true, Ordering::SeqCst);
+        self.state.give_everything_up().await;
         self.listener.abort();
     }
 }
@@ -258,6 +269,24 @@ impl Drop for Keeper {
 impl State {
     fn lock_held(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Lease>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Announces the node as leaving and releases every lease it holds.
+    async fn give_everything_up(&self) {
+        self.announce(true).await;
+        let held = std::mem::take(&mut *self.lock_held());
+        for (shard, lease) in held {
+            self.bus.release(Shard(shard));
+            if let Err(err) = self.store.shard_leases().release(&lease).await {
+                tracing::warn!(shard, error = %err, "a shard's lease could not be released; it expires");
+            }
+        }
+        self.shards.send_if_modified(emptied);
+        let singletons = std::mem::take(&mut *self.lock_singletons());
+        for (_, lease) in singletons {
+            let _ = self.store.shard_leases().release(&lease).await;
+        }
+        self.singletons.send_if_modified(emptied);
     }
 
     /// Takes in another node's (or this one's) announcement.
@@ -326,6 +355,10 @@ impl State {
     }
 
     async fn tick(&self) {
+        if self.leaving.load(Ordering::SeqCst) {
+            self.give_everything_up().await;
+            return;
+        }
         self.announce(false).await;
         self.renew_held().await;
         // This node's share: every n-th shard, and every n-th singleton.

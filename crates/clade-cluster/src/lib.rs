@@ -13,13 +13,18 @@
 //! spreads the work a cluster does once ([`Singleton`]: outbox delivery, the scheduler, …)
 //! the same way.
 //!
-//! Not here yet: live events across nodes, bin-packing by load. See
-//! `docs/internals/cluster.md`.
+//! Live events cross nodes through the hub's relay (`live.rs`): a node streaming a session
+//! announces it, and the node running it publishes its events while someone elsewhere
+//! watches.
+//!
+//! Not here yet: bin-packing by load. See `docs/internals/cluster.md`.
 
 mod bus;
 mod keeper;
+mod live;
 mod shard;
 
 pub use bus::{BusCounts, BusError, NatsBus, NatsOptions};
 pub use keeper::{Keeper, KeeperError, KeeperOptions, Singleton};
+pub use live::LiveCounts;
 pub use shard::{Shard, ShardMap};

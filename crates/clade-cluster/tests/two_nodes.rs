@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clade_cluster::{NatsBus, NatsOptions, Shard, ShardMap};
-use clade_runtime::{Engine, Envelope};
+use clade_runtime::{Bus as _, Engine, Envelope};
 use clade_store::{DataDir, Durability, Lease, Location, Store, StoreOptions};
 
 const SHARDS: u32 = 4;
@@ -220,6 +220,68 @@ async fn an_event_runs_on_the_node_holding_its_shard_whichever_node_took_it() {
     let (after, finished) = b.ask(&tenant, &format!("c{n}"), "after the hand-over").await;
     assert_eq!((after, finished.status), (session, clade_core::TurnStatus::Completed));
     assert!(a.bus.counts().received.load(Ordering::Relaxed) > received, "a was not told");
+}
+
+/// A stream on node a follows a session node b runs: a announces that it watches the
+/// session, and b sends it the session's events as they happen, lifecycle events with their
+/// outbox positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_one_node_follows_a_session_the_other_runs() {
+    let Some(Pair { a, b, tenant, _schema, _scratch, .. }) = Pair::start().await else { return };
+    for shard in [0, 1] {
+        a.take(shard).await;
+    }
+    for shard in [2, 3] {
+        b.take(shard).await;
+    }
+    let mut on_b = None;
+    for n in 0..40 {
+        let (session, _) = b.ask(&tenant, &format!("c{n}"), "hello").await;
+        if shard(session) >= 2 {
+            on_b = Some((n, session));
+            break;
+        }
+    }
+    let (n, session) = on_b.expect("40 sessions, none in b's shards");
+    assert_eq!(b.bus.live_counts().sent.load(Ordering::Relaxed), 0, "sent with no one watching");
+    let mut live = a.bus.hub().subscribe(session);
+    let heard = async {
+        while b.bus.live_counts().watched_elsewhere.load(Ordering::Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), heard).await.expect("b never heard a watch");
+    let (again, finished) = b.ask(&tenant, &format!("c{n}"), "followed from a").await;
+    assert_eq!(again, session);
+    let mut kinds = Vec::new();
+    let end = async {
+        loop {
+            let event = live.recv().await.unwrap();
+            assert_eq!(event.session, session);
+            kinds.push(event.kind());
+            if event.kind() == clade_core::EventKind::TurnFinished {
+                return event;
+            }
+        }
+    };
+    let end = tokio::time::timeout(Duration::from_secs(10), end).await.expect("no end on a");
+    assert!(end.id.is_some(), "a lifecycle event crosses with its outbox position");
+    assert!(
+        end.data()["reply"].as_str().unwrap_or_default().contains("followed from a"),
+        "{:?}",
+        end.data()
+    );
+    assert!(kinds.contains(&clade_core::EventKind::TurnStarted), "{kinds:?}");
+    assert!(a.bus.live_counts().received.load(Ordering::Relaxed) >= 2);
+    assert_eq!(finished.status, clade_core::TurnStatus::Completed);
+    // b relays nothing to itself: its own subscribers hear each event once.
+    let mut here = b.bus.hub().subscribe(session);
+    let _ = b.ask(&tenant, &format!("c{n}"), "once").await;
+    let mut finishes = 0;
+    while let Ok(Ok(event)) = tokio::time::timeout(Duration::from_millis(500), here.recv()).await {
+        finishes += usize::from(event.kind() == clade_core::EventKind::TurnFinished);
+    }
+    assert_eq!(finishes, 1);
 }
 
 /// A signal that reaches no one (the holder has the lease but is not yet listening, as if

@@ -62,10 +62,34 @@ const AGENT_CAPACITY: usize = 1024;
 
 /// Channels per session and per agent, created when someone subscribes and dropped when the
 /// last [`Subscription`] ends, so sessions no one watches cost nothing here.
+///
+/// On a cluster's node a [`Relay`] carries events across nodes: the events of a session this
+/// node runs go to the nodes that stream it, and those of sessions other nodes run come in
+/// through [`Hub::publish_here`].
 #[derive(Clone, Default)]
 pub struct Hub {
     sessions: Arc<Mutex<HashMap<SessionId, broadcast::Sender<LiveEvent>>>>,
     agents: Arc<Mutex<HashMap<AgentId, broadcast::Sender<LiveEvent>>>>,
+    relay: Arc<std::sync::OnceLock<Arc<dyn Relay>>>,
+}
+
+/// What a node streams: one session's events, or every session's of one agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Watch {
+    Session(SessionId),
+    Agent(AgentId),
+}
+
+/// Carries live events between a cluster's nodes. Its calls must not block: they are made
+/// on the turn's path.
+pub trait Relay: Send + Sync + 'static {
+    /// Whether another node streams `session`, or `agent`'s sessions, now.
+    fn wanted(&self, agent: AgentId, session: SessionId) -> bool;
+    /// Sends `event`, of a session of `agent`, to the nodes that stream it.
+    fn forward(&self, agent: AgentId, event: &LiveEvent);
+    /// This node began streaming `watch` (its first subscriber came), or stopped (its last
+    /// one went).
+    fn watch(&self, watch: Watch, streaming: bool);
 }
 
 /// The channel of `key` (created if none) and a receiver on it, made under the map's lock: a
@@ -75,10 +99,14 @@ fn subscribe<K: std::hash::Hash + Eq>(
     map: &Mutex<HashMap<K, broadcast::Sender<LiveEvent>>>,
     key: K,
     capacity: usize,
-) -> (broadcast::Sender<LiveEvent>, broadcast::Receiver<LiveEvent>) {
+) -> (broadcast::Sender<LiveEvent>, broadcast::Receiver<LiveEvent>, bool) {
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-    let sender = map.entry(key).or_insert_with(|| broadcast::channel(capacity).0);
-    (sender.clone(), sender.subscribe())
+    let mut created = false;
+    let sender = map.entry(key).or_insert_with(|| {
+        created = true;
+        broadcast::channel(capacity).0
+    });
+    (sender.clone(), sender.subscribe(), created)
 }
 
 /// The channel of `key`, if anyone subscribed to it.
@@ -105,12 +133,12 @@ fn send<K: std::hash::Hash + Eq>(
     }
 }
 
-/// Drops `ours` from `map` if no one else listens on it.
+/// Drops `ours` from `map` if no one else listens on it; whether it did.
 fn forget<K: std::hash::Hash + Eq>(
     map: &Mutex<HashMap<K, broadcast::Sender<LiveEvent>>>,
     key: &K,
     ours: &broadcast::Sender<LiveEvent>,
-) {
+) -> bool {
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
     // The ending subscription's own receiver still counts.
     if let Some(tx) = map.get(key)
@@ -118,13 +146,9 @@ fn forget<K: std::hash::Hash + Eq>(
         && tx.receiver_count() <= 1
     {
         map.remove(key);
+        return true;
     }
-}
-
-/// Which of the hub's channels a subscription listens on.
-enum Channel {
-    Session(SessionId),
-    Agent(AgentId),
+    false
 }
 
 /// A subscription to live events. When the last one to a session (or agent) ends, the hub
@@ -133,16 +157,19 @@ enum Channel {
 pub struct Subscription {
     receiver: broadcast::Receiver<LiveEvent>,
     sender: broadcast::Sender<LiveEvent>,
-    hub: Option<(Hub, Channel)>,
+    hub: Option<(Hub, Watch)>,
 }
 
 impl Subscription {
-    fn new(hub: &Hub, channel: Channel) -> Self {
-        let (sender, receiver) = match &channel {
-            Channel::Session(id) => subscribe(&hub.sessions, *id, SESSION_CAPACITY),
-            Channel::Agent(id) => subscribe(&hub.agents, *id, AGENT_CAPACITY),
+    fn new(hub: &Hub, watch: Watch) -> Self {
+        let (sender, receiver, created) = match &watch {
+            Watch::Session(id) => subscribe(&hub.sessions, *id, SESSION_CAPACITY),
+            Watch::Agent(id) => subscribe(&hub.agents, *id, AGENT_CAPACITY),
         };
-        Self { receiver, sender, hub: Some((hub.clone(), channel)) }
+        if created && let Some(relay) = hub.relay.get() {
+            relay.watch(watch, true);
+        }
+        Self { receiver, sender, hub: Some((hub.clone(), watch)) }
     }
 
     /// A subscription to a channel outside any hub (for tests of what reads live events).
@@ -158,15 +185,37 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        match &self.hub {
-            Some((hub, Channel::Session(id))) => forget(&hub.sessions, id, &self.sender),
-            Some((hub, Channel::Agent(id))) => forget(&hub.agents, id, &self.sender),
-            None => {}
+        let Some((hub, watch)) = &self.hub else { return };
+        let forgotten = match watch {
+            Watch::Session(id) => forget(&hub.sessions, id, &self.sender),
+            Watch::Agent(id) => forget(&hub.agents, id, &self.sender),
+        };
+        if forgotten && let Some(relay) = hub.relay.get() {
+            relay.watch(*watch, false);
         }
     }
 }
 
 impl Hub {
+    /// Carries this hub's events to and from other nodes through `relay` from now on. A hub
+    /// takes one relay; a second is refused (`false`).
+    pub fn relay_through(&self, relay: Arc<dyn Relay>) -> bool {
+        self.relay.set(relay).is_ok()
+    }
+
+    /// What this node streams now.
+    pub fn watched(&self) -> Vec<Watch> {
+        let sessions: Vec<Watch> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .map(|id| Watch::Session(*id))
+            .collect();
+        let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.into_iter().chain(agents.keys().map(|id| Watch::Agent(*id))).collect()
+    }
+
     /// Passes committed outbox rows of `agent`'s sessions to their subscribers, each with its
     /// outbox position (so a stream can resume after it).
     pub fn publish_committed(&self, agent: AgentId, rows: &[clade_store::OutboxRow]) {
@@ -191,33 +240,53 @@ impl Hub {
 
     /// Live events of one session.
     pub fn subscribe(&self, session: SessionId) -> Subscription {
-        Subscription::new(self, Channel::Session(session))
+        Subscription::new(self, Watch::Session(session))
     }
 
     /// Live events of every session of one agent.
     pub fn subscribe_agent(&self, agent: AgentId) -> Subscription {
-        Subscription::new(self, Channel::Agent(agent))
+        Subscription::new(self, Watch::Agent(agent))
     }
 
     pub fn publish(&self, agent: AgentId, event: LiveEvent) {
         self.publish_with(agent, event.session, || Some(event));
     }
 
+    /// Publishes an event another node relayed (of a session it runs) to this node's
+    /// subscribers only.
+    pub fn publish_here(&self, agent: AgentId, event: LiveEvent) {
+        self.publish_to(agent, event.session, false, || Some(event));
+    }
+
     /// Publishes the event `make` builds (if it builds one) to the session's and the agent's
-    /// subscribers; when neither has any, `make` is not called, so an event no one watches
-    /// costs nothing to build.
+    /// subscribers, here and (through the relay) on other nodes; when none has any, `make` is
+    /// not called, so an event no one watches costs nothing to build.
     pub fn publish_with(
         &self,
         agent: AgentId,
         session: SessionId,
         make: impl FnOnce() -> Option<LiveEvent>,
     ) {
+        self.publish_to(agent, session, true, make);
+    }
+
+    fn publish_to(
+        &self,
+        agent: AgentId,
+        session: SessionId,
+        relayed: bool,
+        make: impl FnOnce() -> Option<LiveEvent>,
+    ) {
         let to_agent = sender(&self.agents, &agent);
         let to_session = sender(&self.sessions, &session);
-        if to_agent.is_none() && to_session.is_none() {
+        let relay = self.relay.get().filter(|relay| relayed && relay.wanted(agent, session));
+        if to_agent.is_none() && to_session.is_none() && relay.is_none() {
             return;
         }
         let Some(event) = make() else { return };
+        if let Some(relay) = relay {
+            relay.forward(agent, &event);
+        }
         match (to_agent, to_session) {
             (Some(to_agent), Some(to_session)) => {
                 send(&self.agents, &agent, &to_agent, event.clone());

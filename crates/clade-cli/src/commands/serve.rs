@@ -152,6 +152,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             reloader.clone(),
             address,
             maintenance.fire_rate.clone(),
+            joined.keeper(),
         ),
     )?;
     let reloader = reloader.spawn();
@@ -167,6 +168,8 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         }
     };
     // A write through the gateway that names no caller is not the CLI's operator.
+    // What a leaving node drains once the server stops.
+    let drained = engine.clone();
     let state = AppState {
         store: ctx.store.acting_as("gateway"),
         agents: ctx.agents.acting_as("gateway"),
@@ -236,7 +239,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     let _ = std::fs::remove_file(&admin_path);
     let _ = std::fs::remove_file(&url_file);
     maintenance.stop().await;
-    joined.leave().await;
+    joined.leave(&drained).await;
     tracing::info!("clade stopped");
     Ok(())
 }
@@ -423,6 +426,7 @@ fn admin_handler(
     reloader: std::sync::Arc<Reloader>,
     listen: std::net::SocketAddr,
     fire_rate: std::sync::Arc<clade_gateway::quotas::FireRate>,
+    keeper: Option<std::sync::Arc<clade_cluster::Keeper>>,
 ) -> crate::admin_socket::Handler {
     use clade_protocol::admin::{AdminReply, AdminRequest, AdminStatus};
     let store = ctx.store.location().to_string();
@@ -434,6 +438,7 @@ fn admin_handler(
         let engine = engine.clone();
         let reloader = reloader.clone();
         let fire_rate = fire_rate.clone();
+        let keeper = keeper.clone();
         let store = store.clone();
         let operator = operator.clone();
         let identity = identity.as_ref().map(Clone::clone).map_err(|e| format!("{e:#}"));
@@ -476,7 +481,13 @@ fn admin_handler(
                     while engine.running_turns() > 0 && clock.now() < deadline {
                         clock.sleep(std::time::Duration::from_millis(50)).await;
                     }
-                    AdminReply::Drained { running_turns: engine.running_turns() as u64 }
+                    let running_turns = engine.running_turns() as u64;
+                    // A cluster's node hands its shards over once its turns have ended.
+                    if let Some(keeper) = keeper.filter(|_| running_turns == 0) {
+                        keeper.step_down().await;
+                        tracing::warn!("drained: this node's shards and duties went to the other nodes");
+                    }
+                    AdminReply::Drained { running_turns }
                 }
                 AdminRequest::TakeEvents { tenant, events } => {
                     take_events(&fire_rate, &tenant, events).await

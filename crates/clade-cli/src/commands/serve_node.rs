@@ -20,6 +20,10 @@ pub(super) type Listeners = (
     Vec<Arc<clade_channels::discord::Bot>>,
 );
 
+/// How long a leaving node waits for its running turns to end before it hands their shards
+/// over anyway (a turn waiting for an approval may wait for hours).
+const HAND_OVER_WAIT: Duration = Duration::from_secs(10);
+
 /// How this gateway runs its store's sessions.
 pub(super) enum Role {
     /// Every session and every service here; the lock keeps a second server off the store.
@@ -78,7 +82,7 @@ impl Role {
                     .await
                     .with_context(|| format!("node {name} cannot join its cluster"))?;
                 let duties = Duties(keeper.singletons());
-                Ok(Joined { duties, keeper: Some(keeper), _owner: None })
+                Ok(Joined { duties, keeper: Some(Arc::new(keeper)), _owner: None })
             }
         }
     }
@@ -110,18 +114,39 @@ fn nats_options(cluster: &ClusterConfig, node: &str) -> Result<NatsOptions> {
 /// A gateway running its share.
 pub(super) struct Joined {
     pub(super) duties: Duties,
-    keeper: Option<Keeper>,
+    keeper: Option<Arc<Keeper>>,
     _owner: Option<clade_store::OwnerLock>,
 }
 
 impl Joined {
-    /// Leaves the cluster (a node hands its shards and duties over at once); alone, lets the
+    /// Leaves the cluster: takes no new event, lets the turns under way end (for
+    /// [`HAND_OVER_WAIT`] at most), then hands the shards and duties over. Alone, lets the
     /// store go.
-    pub(super) async fn leave(self) {
-        if let Some(keeper) = self.keeper {
-            keeper.drain().await;
-            tracing::info!("left the cluster: its shards and duties went to the other nodes");
+    pub(super) async fn leave(self, engine: &clade_runtime::Engine) {
+        let Some(keeper) = self.keeper else { return };
+        engine.drain();
+        let clock = engine.store().clock().clone();
+        let every = Duration::from_millis(100);
+        for _ in 0..HAND_OVER_WAIT.as_millis() / every.as_millis() {
+            if engine.running_turns() == 0 {
+                break;
+            }
+            clock.sleep(every).await;
         }
+        let running = engine.running_turns();
+        if running > 0 {
+            tracing::warn!(
+                running,
+                "turns still running as this node leaves: the next holder of their shards resumes them from their journals"
+            );
+        }
+        keeper.step_down().await;
+        tracing::info!("left the cluster: its shards and duties went to the other nodes");
+    }
+
+    /// The node's keeper (`None` alone), for the admin socket's drain.
+    pub(super) fn keeper(&self) -> Option<Arc<Keeper>> {
+        self.keeper.clone()
     }
 }
 

@@ -170,20 +170,8 @@ pub(super) async fn gateway(ctx: &Ctx, cmd: GatewayCommand) -> Result<()> {
             }
         }
         GatewayCommand::Drain { wait, admin_socket: flag } => {
-            let path = admin_socket::path(ctx, flag.as_deref());
-            let request = AdminRequest::Drain { wait_secs: Some(wait.as_secs()) };
-            let within = wait + Duration::from_secs(10);
-            match admin_socket::request_within(&path, &request, within).await? {
-                AdminReply::Drained { running_turns: 0 } => {
-                    println!("drained: it takes no new events and runs no turn; stop it now");
-                }
-                AdminReply::Drained { running_turns } => bail!(
-                    "draining, but {running_turns} turn(s) still run after {} s: drain again to wait longer, or stop it anyway (they resume at its next start)",
-                    wait.as_secs()
-                ),
-                AdminReply::Error { message } => bail!("the gateway refused: {message}"),
-                other => bail!("the gateway answered {other:?}"),
-            }
+            drain(ctx, wait, flag.as_deref()).await?;
+            println!("drained: it takes no new events and runs no turn; stop it now");
         }
         GatewayCommand::Reload { admin_socket: flag } => {
             let path = admin_socket::path(ctx, flag.as_deref());
@@ -266,4 +254,21 @@ pub(super) async fn run(cmd: ToolHostCommand) -> Result<()> {
         println!("{url} passed all {} conformance checks", checks.len());
     }
     Ok(())
+}
+
+/// Drains the gateway answering on the admin socket (`flag`, else this data dir's): it takes
+/// no new events, its turns end within `wait`, and a cluster's node hands its shards over.
+pub(super) async fn drain(ctx: &Ctx, wait: Duration, flag: Option<&std::path::Path>) -> Result<()> {
+    let path = admin_socket::path(ctx, flag);
+    let request = AdminRequest::Drain { wait_secs: Some(wait.as_secs()) };
+    let within = wait + Duration::from_secs(10);
+    match admin_socket::request_within(&path, &request, within).await? {
+        AdminReply::Drained { running_turns: 0 } => Ok(()),
+        AdminReply::Drained { running_turns } => bail!(
+            "draining, but {running_turns} turn(s) still run after {} s: drain again to wait longer, or stop it anyway (they resume at its next start, or on another node)",
+            wait.as_secs()
+        ),
+        AdminReply::Error { message } => bail!("the gateway refused: {message}"),
+        other => bail!("the gateway answered {other:?}"),
+    }
 }

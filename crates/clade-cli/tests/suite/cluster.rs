@@ -15,11 +15,16 @@ fn node(store: &str, nats: &str, cluster: &str, node: &str, shards: u32) -> Env 
 
 /// [`node`] with more of clade.yaml.
 fn node_with(store: &str, nats: &str, cluster: &str, node: &str, shards: u32, more: &str) -> Env {
+    let more = if more.contains("lease_ttl_secs") {
+        more.to_owned()
+    } else {
+        format!("  lease_ttl_secs: 2\n{more}")
+    };
     let mut env = Env::new();
     write(
         &env.data_dir().join("clade.yaml"),
         &format!(
-            "store:\n  url: \"{store}\"\ncluster:\n  name: {cluster}\n  node: {node}\n  nats_url: {nats}\n  shards: {shards}\n  lease_ttl_secs: 2\n{more}"
+            "store:\n  url: \"{store}\"\ncluster:\n  name: {cluster}\n  node: {node}\n  nats_url: {nats}\n  shards: {shards}\n{more}"
         ),
     );
     env.vars.push(("HOOK_SECRET".into(), "s3cret".into()));
@@ -190,4 +195,43 @@ async fn a_node_is_refused_a_sqlite_store_a_taken_name_or_another_shard_count() 
         out.stderr
     );
     drop(running);
+}
+
+/// `clade node drain` hands a node's shards and duties over at once, without waiting for its
+/// leases (of 9 s here) to expire, and the other node answers every session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_its_shards_over_without_waiting_for_its_leases() {
+    let Some(schema) = clade_test_support::PgSchema::create().await else { return };
+    let Some(nats) = clade_test_support::nats_url() else { return };
+    let cluster = cluster_name();
+    let slow = "  lease_ttl_secs: 9\n";
+    let a = node_with(schema.url(), &nats, &cluster, "a", 8, slow);
+    let b = node_with(schema.url(), &nats, &cluster, "b", 8, slow);
+    a.run(&["agents", "create", "ada"]).ok();
+    let on_a = a.serve(&[]);
+    let on_b = b.serve(&[]);
+    let every = std::time::Duration::from_millis(100);
+    let within = std::time::Duration::from_secs(30);
+    let split = polled_within(within, every, async || nodes(&a), |n| n.len() == 2).await;
+    assert_eq!(split.len(), 2, "{split:?}");
+    let mut sessions = Vec::new();
+    for n in 0..6 {
+        sessions.push(ask(&on_a, &format!("c{n}"), "hello").await.0);
+    }
+    let drained = a.run(&["node", "drain", "--wait", "10s"]).ok().stdout;
+    assert!(drained.contains("went to the other nodes"), "{drained}");
+    let left = nodes(&a);
+    assert!(left.iter().all(|(node, _, _)| node == "b"), "a still holds leases: {left:?}");
+    // b takes them at its next tick (3 s with these leases), not when they would expire.
+    let alone = polled_within(within, every, async || nodes(&b), |n| n.len() == 1 && n[0].1 == 8).await;
+    assert_eq!(alone, vec![("b".to_owned(), 8, 5)]);
+    // a drained takes no event; b answers them all.
+    let body = json!({ "agent": "ada", "text": "anyone?", "source": { "platform": "http", "channel": "c0", "actor": "x" } });
+    let (status, _) = on_a.send("POST", "/v1/events", None, Some(body)).await;
+    assert_eq!(status, 503, "a drained node took an event");
+    for (n, before) in sessions.iter().enumerate() {
+        let (session, status) = ask(&on_b, &format!("c{n}"), "again").await;
+        assert_eq!((&session, status.as_str()), (before, "completed"));
+    }
+    drop(on_a);
 }

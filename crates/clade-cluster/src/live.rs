@@ -1,0 +1,263 @@
+//! Live events across nodes: a stream on one node (SSE, WebSocket, MCP, gRPC, a waiting
+//! request) follows a session another node runs.
+//!
+//! A node streaming a session or an agent announces it on `clade.<cluster>.watch` when its
+//! first subscriber comes, and again every second while it has one; the others remember each
+//! announcement for three seconds. The node running a session publishes its events, only
+//! while someone elsewhere watches, on `clade.<cluster>.live.<agent>.<session>`, in order from
+//! one publisher; every node reads `clade.<cluster>.live.>` and passes what it did not send
+//! itself to its own hub's subscribers. Core NATS: an event lost here (NATS down, a watch not
+//! yet heard) is a lost text delta at worst, since streams catch up on lifecycle events from
+//! the store by their outbox position.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clade_core::{AgentId, EventKind, SessionId};
+use clade_runtime::{Hub, LiveEvent, Relay, Watch};
+use futures::StreamExt as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::BusError;
+
+/// How often a node announces what it streams.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+/// Announcements a watch outlives unrenewed: a node that stopped streaming (or died) is sent
+/// events for at most this many seconds more.
+const ROUNDS_KEPT: u64 = 3;
+
+/// A live event as it travels.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct LiveWire {
+    /// The node that sent it, which drops its own.
+    node: String,
+    agent: String,
+    session: String,
+    /// Its outbox position, when it has one.
+    #[serde(default)]
+    id: Option<i64>,
+    kind: String,
+    data: serde_json::Value,
+}
+
+/// What a node streams.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct WatchWire {
+    node: String,
+    #[serde(default)]
+    sessions: Vec<String>,
+    #[serde(default)]
+    agents: Vec<String>,
+}
+
+impl WatchWire {
+    fn of(node: &str, watches: &[Watch]) -> Self {
+        let mut wire = WatchWire { node: node.to_owned(), ..WatchWire::default() };
+        for watch in watches {
+            match watch {
+                Watch::Session(id) => wire.sessions.push(id.to_string()),
+                Watch::Agent(id) => wire.agents.push(id.to_string()),
+            }
+        }
+        wire
+    }
+
+    fn watches(&self) -> impl Iterator<Item = Watch> + '_ {
+        let sessions = self.sessions.iter().filter_map(|id| SessionId::parse(id).ok());
+        let agents = self.agents.iter().filter_map(|id| AgentId::parse(id).ok());
+        sessions.map(Watch::Session).chain(agents.map(Watch::Agent))
+    }
+}
+
+/// What crossed nodes, for a node's status and the tests.
+#[derive(Debug, Default)]
+pub struct LiveCounts {
+    /// Events this node sent to nodes streaming them.
+    pub sent: AtomicU64,
+    /// Events other nodes sent that this node passed to its subscribers.
+    pub received: AtomicU64,
+    /// Sessions and agents other nodes stream now, as this node last heard.
+    pub watched_elsewhere: AtomicU64,
+}
+
+/// The node's [`Relay`] over NATS.
+pub(crate) struct NatsRelay {
+    node: String,
+    prefix: String,
+    /// Other nodes' watches, each with the round it was last announced in.
+    wanted: Mutex<HashMap<Watch, u64>>,
+    round: AtomicU64,
+    /// To the publisher task, which keeps this node's events in order.
+    outgoing: mpsc::UnboundedSender<(String, Bytes)>,
+    counts: Arc<LiveCounts>,
+}
+
+/// The relay's tasks; aborted when the bus goes.
+pub(crate) struct RelayTasks(Vec<JoinHandle<()>>);
+
+impl Drop for RelayTasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Starts relaying `hub`'s events as `node` of the cluster whose subjects start with
+/// `prefix`.
+pub(crate) async fn start(
+    client: &async_nats::Client,
+    hub: &Hub,
+    node: &str,
+    prefix: &str,
+) -> Result<(Arc<NatsRelay>, Arc<LiveCounts>, RelayTasks), BusError> {
+    let subscribe = async |subject: String| {
+        client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|source| BusError::Subscribe { subject, source })
+    };
+    let mut events = subscribe(format!("{prefix}.live.>")).await?;
+    let mut watches = subscribe(format!("{prefix}.watch")).await?;
+    let (outgoing, queue) = mpsc::unbounded_channel();
+    let counts = Arc::new(LiveCounts::default());
+    let relay = Arc::new(NatsRelay {
+        node: node.to_owned(),
+        prefix: prefix.to_owned(),
+        wanted: Mutex::default(),
+        round: AtomicU64::new(0),
+        outgoing,
+        counts: counts.clone(),
+    });
+    let publisher = tokio::spawn(publish(client.clone(), queue));
+    let (listening, into) = (relay.clone(), hub.clone());
+    let listener = tokio::spawn(async move {
+        while let Some(message) = events.next().await {
+            listening.take_in(&into, &message.payload);
+        }
+    });
+    let hearing = relay.clone();
+    let watcher = tokio::spawn(async move {
+        while let Some(message) = watches.next().await {
+            hearing.hear(&message.payload);
+        }
+    });
+    let (ticking, watched) = (relay.clone(), hub.clone());
+    let announcer = tokio::spawn(async move {
+        // Real time: announcements pace NATS traffic, which no test clock moves.
+        let mut every =
+            clade_core::Interval::new(Arc::new(clade_core::SystemClock), ANNOUNCE_EVERY);
+        loop {
+            every.tick().await;
+            ticking.next_round(&watched.watched());
+        }
+    });
+    Ok((relay, counts, RelayTasks(vec![publisher, listener, watcher, announcer])))
+}
+
+impl NatsRelay {
+    fn lock_wanted(&self) -> std::sync::MutexGuard<'_, HashMap<Watch, u64>> {
+        self.wanted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Passes an event another node sent to this node's subscribers.
+    fn take_in(&self, hub: &Hub, payload: &[u8]) {
+        let Ok(wire) = serde_json::from_slice::<LiveWire>(payload) else {
+            tracing::warn!("a message on the live subjects is not a live event; ignored");
+            return;
+        };
+        if wire.node == self.node {
+            return;
+        }
+        let (Ok(agent), Ok(session), Some(kind)) = (
+            AgentId::parse(&wire.agent),
+            SessionId::parse(&wire.session),
+            EventKind::parse(&wire.kind),
+        ) else {
+            tracing::warn!(kind = %wire.kind, "a live event names no agent, session or kind this node knows; ignored");
+            return;
+        };
+        let Ok(event) = clade_protocol::LifecycleEvent::from_parts(kind, wire.data) else {
+            tracing::warn!(kind = %wire.kind, "a live event's data does not fit its kind; ignored");
+            return;
+        };
+        self.counts.received.fetch_add(1, Ordering::Relaxed);
+        hub.publish_here(agent, LiveEvent { session, id: wire.id, event: Arc::new(event) });
+    }
+
+    /// Remembers another node's watches for this round and the next few.
+    fn hear(&self, payload: &[u8]) {
+        let Ok(wire) = serde_json::from_slice::<WatchWire>(payload) else { return };
+        if wire.node == self.node {
+            return;
+        }
+        let round = self.round.load(Ordering::Relaxed);
+        let mut wanted = self.lock_wanted();
+        for watch in wire.watches() {
+            wanted.insert(watch, round);
+        }
+        self.counts.watched_elsewhere.store(wanted.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Forgets the watches not announced lately, and announces this node's own.
+    fn next_round(&self, ours: &[Watch]) {
+        let round = self.round.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut wanted = self.lock_wanted();
+        wanted.retain(|_, heard| round - *heard <= ROUNDS_KEPT);
+        self.counts.watched_elsewhere.store(wanted.len() as u64, Ordering::Relaxed);
+        drop(wanted);
+        if !ours.is_empty() {
+            self.announce(ours);
+        }
+    }
+
+    fn announce(&self, watches: &[Watch]) {
+        let Ok(payload) = serde_json::to_vec(&WatchWire::of(&self.node, watches)) else { return };
+        let _ = self.outgoing.send((format!("{}.watch", self.prefix), Bytes::from(payload)));
+    }
+}
+
+impl Relay for NatsRelay {
+    fn wanted(&self, agent: AgentId, session: SessionId) -> bool {
+        let wanted = self.lock_wanted();
+        !wanted.is_empty()
+            && (wanted.contains_key(&Watch::Session(session))
+                || wanted.contains_key(&Watch::Agent(agent)))
+    }
+
+    fn forward(&self, agent: AgentId, event: &LiveEvent) {
+        let wire = LiveWire {
+            node: self.node.clone(),
+            agent: agent.to_string(),
+            session: event.session.to_string(),
+            id: event.id,
+            kind: event.kind().as_str().to_owned(),
+            data: event.data(),
+        };
+        let Ok(payload) = serde_json::to_vec(&wire) else { return };
+        let subject = format!("{}.live.{agent}.{}", self.prefix, event.session);
+        if self.outgoing.send((subject, Bytes::from(payload))).is_ok() {
+            self.counts.sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn watch(&self, watch: Watch, streaming: bool) {
+        // A watch ended is left to expire: another subscriber may come back to it at once.
+        if streaming {
+            self.announce(&[watch]);
+        }
+    }
+}
+
+/// Publishes what `queue` gives, in order, until the relay goes.
+async fn publish(client: async_nats::Client, mut queue: mpsc::UnboundedReceiver<(String, Bytes)>) {
+    while let Some((subject, payload)) = queue.recv().await {
+        if let Err(err) = client.publish(subject, payload).await {
+            tracing::debug!(error = %err, "a live event could not be published; streams catch up from the store");
+        }
+    }
+}
