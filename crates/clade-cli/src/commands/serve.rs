@@ -485,7 +485,9 @@ fn admin_handler(
                     // A cluster's node hands its shards over once its turns have ended.
                     if let Some(keeper) = keeper.filter(|_| running_turns == 0) {
                         keeper.step_down().await;
-                        tracing::warn!("drained: this node's shards and duties went to the other nodes");
+                        tracing::warn!(
+                            "drained: this node's shards and duties went to the other nodes"
+                        );
                     }
                     AdminReply::Drained { running_turns }
                 }

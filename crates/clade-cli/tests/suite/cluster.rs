@@ -223,7 +223,8 @@ async fn a_drained_node_hands_its_shards_over_without_waiting_for_its_leases() {
     let left = nodes(&a);
     assert!(left.iter().all(|(node, _, _)| node == "b"), "a still holds leases: {left:?}");
     // b takes them at its next tick (3 s with these leases), not when they would expire.
-    let alone = polled_within(within, every, async || nodes(&b), |n| n.len() == 1 && n[0].1 == 8).await;
+    let alone =
+        polled_within(within, every, async || nodes(&b), |n| n.len() == 1 && n[0].1 == 8).await;
     assert_eq!(alone, vec![("b".to_owned(), 8, 5)]);
     // a drained takes no event; b answers them all.
     let body = json!({ "agent": "ada", "text": "anyone?", "source": { "platform": "http", "channel": "c0", "actor": "x" } });
