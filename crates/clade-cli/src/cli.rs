@@ -1560,6 +1560,35 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value = "127.0.0.2")]
         stranger_address: std::net::IpAddr,
     },
+    /// 1, 2 and 3 `clade serve` nodes of one cluster on this machine (PostgreSQL and NATS,
+    /// the offline model): turns/s, CPU per turn per node, database commits, rows and WAL
+    /// per turn, takeover time after a node is killed, and cross-node stream latency
+    Cluster {
+        /// The PostgreSQL database; the bench makes a schema of its own in it and drops it
+        #[arg(long, value_name = "URL")]
+        database: String,
+        /// The NATS server
+        #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        /// The cluster sizes to measure
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        nodes: Vec<usize>,
+        /// Sessions the events go to
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+        /// Seconds of load per size
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Events waiting for their turns at once
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// The cluster's shard count
+        #[arg(long, default_value_t = 64)]
+        shards: u32,
+        /// The nodes' lease time, in seconds (a killed node's sessions move after it)
+        #[arg(long, default_value_t = 5)]
+        lease_ttl_secs: u64,
+    },
     /// Run the local chat model (`clade models fetch local`) and report time to first token
     /// (p50, p99) and tokens per second while it writes
     Local {

@@ -3,6 +3,7 @@
 mod admin;
 mod agents;
 mod bench;
+mod bench_cluster;
 mod bench_gateway;
 mod bench_memory;
 mod bench_messages;
