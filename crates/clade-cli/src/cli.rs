@@ -1156,6 +1156,39 @@ pub(crate) enum RemoteCommand {
     },
 }
 
+/// `clade bench cluster`'s settings.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchClusterArgs {
+    /// The PostgreSQL database; the bench makes a schema of its own in it and drops it
+    #[arg(long, value_name = "URL")]
+    pub(crate) database: String,
+    /// The NATS server
+    #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
+    pub(crate) nats: String,
+    /// The cluster sizes to measure
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    pub(crate) nodes: Vec<usize>,
+    /// Sessions the events go to
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) sessions: usize,
+    /// Seconds of load per size
+    #[arg(long, default_value_t = 10)]
+    pub(crate) seconds: u64,
+    /// Events waiting for their turns at once
+    #[arg(long, default_value_t = 32)]
+    pub(crate) concurrency: usize,
+    /// The cluster's shard count
+    #[arg(long, default_value_t = 64)]
+    pub(crate) shards: u32,
+    /// The nodes' lease time, in seconds (a killed node's sessions move after it)
+    #[arg(long, default_value_t = 5)]
+    pub(crate) lease_ttl_secs: u64,
+    /// Send each session's events to the node running it (as a shard-aware load
+    /// balancer would), not to the nodes in turn
+    #[arg(long)]
+    pub(crate) to_holder: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum NodeCommand {
     /// Each node holding a lease: its shards, its once-per-cluster work, and how soon its
@@ -1563,32 +1596,7 @@ pub(crate) enum BenchCommand {
     /// 1, 2 and 3 `clade serve` nodes of one cluster on this machine (PostgreSQL and NATS,
     /// the offline model): turns/s, CPU per turn per node, database commits, rows and WAL
     /// per turn, takeover time after a node is killed, and cross-node stream latency
-    Cluster {
-        /// The PostgreSQL database; the bench makes a schema of its own in it and drops it
-        #[arg(long, value_name = "URL")]
-        database: String,
-        /// The NATS server
-        #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
-        nats: String,
-        /// The cluster sizes to measure
-        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
-        nodes: Vec<usize>,
-        /// Sessions the events go to
-        #[arg(long, default_value_t = 1000)]
-        sessions: usize,
-        /// Seconds of load per size
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Events waiting for their turns at once
-        #[arg(long, default_value_t = 32)]
-        concurrency: usize,
-        /// The cluster's shard count
-        #[arg(long, default_value_t = 64)]
-        shards: u32,
-        /// The nodes' lease time, in seconds (a killed node's sessions move after it)
-        #[arg(long, default_value_t = 5)]
-        lease_ttl_secs: u64,
-    },
+    Cluster(BenchClusterArgs),
     /// Run the local chat model (`clade models fetch local`) and report time to first token
     /// (p50, p99) and tokens per second while it writes
     Local {

@@ -1,12 +1,13 @@
 //! Live events across nodes: a stream on one node (SSE, WebSocket, MCP, gRPC, a waiting
 //! request) follows a session another node runs.
 //!
-//! A node streaming a session or an agent announces it on `clade.<cluster>.watch` when its
-//! first subscriber comes, and again every second while it has one; the others remember each
-//! announcement for three seconds. The node running a session publishes its events, only
-//! while someone elsewhere watches, on `clade.<cluster>.live.<agent>.<session>`, in order from
-//! one publisher; every node reads `clade.<cluster>.live.>` and passes what it did not send
-//! itself to its own hub's subscribers. Core NATS: an event lost here (NATS down, a watch not
+//! A node streaming a session or an agent subscribes to its subject
+//! (`clade.<cluster>.live.*.<session>`, or `clade.<cluster>.live.<agent>.*`) when its first
+//! subscriber comes, then announces it on `clade.<cluster>.watch`, and again every second
+//! while it has one; the others remember each announcement for three seconds. The node
+//! running a session publishes its events, only while someone elsewhere watches, on
+//! `clade.<cluster>.live.<agent>.<session>`, in order from one publisher, so only the nodes
+//! streaming it receive them, and each passes them to its own hub's subscribers. Core NATS: an event lost here (NATS down, a watch not
 //! yet heard) is a lost text delta at worst, since streams catch up on lifecycle events from
 //! the store by their outbox position.
 
@@ -93,6 +94,11 @@ pub(crate) struct NatsRelay {
     round: AtomicU64,
     /// To the publisher task, which keeps this node's events in order.
     outgoing: mpsc::UnboundedSender<(String, Bytes)>,
+    /// To the task that subscribes to this node's watches' subjects, in the order asked.
+    subscriptions: mpsc::UnboundedSender<(Watch, bool)>,
+    /// The agents this node streams whole: their sessions' events come on the agent's
+    /// subscription, and a session's own subscription leaves them to it.
+    agents_here: Mutex<std::collections::HashSet<AgentId>>,
     counts: Arc<LiveCounts>,
 }
 
@@ -121,9 +127,9 @@ pub(crate) async fn start(
             .await
             .map_err(|source| BusError::Subscribe { subject, source })
     };
-    let mut events = subscribe(format!("{prefix}.live.>")).await?;
     let mut watches = subscribe(format!("{prefix}.watch")).await?;
     let (outgoing, queue) = mpsc::unbounded_channel();
+    let (subscriptions, asked) = mpsc::unbounded_channel();
     let counts = Arc::new(LiveCounts::default());
     let relay = Arc::new(NatsRelay {
         node: node.to_owned(),
@@ -131,15 +137,13 @@ pub(crate) async fn start(
         wanted: Mutex::default(),
         round: AtomicU64::new(0),
         outgoing,
+        subscriptions,
+        agents_here: Mutex::default(),
         counts: counts.clone(),
     });
     let publisher = tokio::spawn(publish(client.clone(), queue));
-    let (listening, into) = (relay.clone(), hub.clone());
-    let listener = tokio::spawn(async move {
-        while let Some(message) = events.next().await {
-            listening.take_in(&into, &message.payload);
-        }
-    });
+    let listener =
+        tokio::spawn(keep_subscriptions(client.clone(), relay.clone(), hub.clone(), asked));
     let hearing = relay.clone();
     let watcher = tokio::spawn(async move {
         while let Some(message) = watches.next().await {
@@ -164,8 +168,21 @@ impl NatsRelay {
         self.wanted.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Passes an event another node sent to this node's subscribers.
-    fn take_in(&self, hub: &Hub, payload: &[u8]) {
+    /// The subject of `watch`'s events.
+    fn subject_of(&self, watch: Watch) -> String {
+        match watch {
+            Watch::Session(session) => format!("{}.live.*.{session}", self.prefix),
+            Watch::Agent(agent) => format!("{}.live.{agent}.*", self.prefix),
+        }
+    }
+
+    fn lock_agents_here(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<AgentId>> {
+        self.agents_here.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Passes an event another node sent (heard on `via`'s subscription) to this node's
+    /// subscribers.
+    fn take_in(&self, hub: &Hub, payload: &[u8], via: Watch) {
         let Ok(wire) = serde_json::from_slice::<LiveWire>(payload) else {
             tracing::warn!("a message on the live subjects is not a live event; ignored");
             return;
@@ -181,6 +198,10 @@ impl NatsRelay {
             tracing::warn!(kind = %wire.kind, "a live event names no agent, session or kind this node knows; ignored");
             return;
         };
+        if matches!(via, Watch::Session(_)) && self.lock_agents_here().contains(&agent) {
+            // Heard on the agent's subscription too, which passes it on.
+            return;
+        }
         let Ok(event) = clade_protocol::LifecycleEvent::from_parts(kind, wire.data) else {
             tracing::warn!(kind = %wire.kind, "a live event's data does not fit its kind; ignored");
             return;
@@ -246,10 +267,52 @@ impl Relay for NatsRelay {
     }
 
     fn watch(&self, watch: Watch, streaming: bool) {
-        // A watch ended is left to expire: another subscriber may come back to it at once.
-        if streaming {
-            self.announce(&[watch]);
+        // Subscribed (then announced) or unsubscribed by the task that keeps the
+        // subscriptions; the others forget an ended watch when its announcements stop.
+        let _ = self.subscriptions.send((watch, streaming));
+    }
+}
+
+/// Subscribes to the subject of each watch asked for and announces it (NATS takes the
+/// subscription before the announcement, so the first events sent after it arrive), and
+/// unsubscribes from those ended, in the order asked.
+async fn keep_subscriptions(
+    client: async_nats::Client,
+    relay: Arc<NatsRelay>,
+    hub: Hub,
+    mut asked: mpsc::UnboundedReceiver<(Watch, bool)>,
+) {
+    // Each reader is aborted when it is dropped: taken out, or with this task.
+    let mut readers: HashMap<Watch, RelayTasks> = HashMap::new();
+    while let Some((watch, streaming)) = asked.recv().await {
+        if !streaming {
+            readers.remove(&watch);
+            if let Watch::Agent(agent) = watch {
+                relay.lock_agents_here().remove(&agent);
+            }
+            continue;
         }
+        if readers.contains_key(&watch) {
+            continue;
+        }
+        let mut subscriber = match client.subscribe(relay.subject_of(watch)).await {
+            Ok(subscriber) => subscriber,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot follow a stream's events from other nodes; it catches up from the store");
+                continue;
+            }
+        };
+        if let Watch::Agent(agent) = watch {
+            relay.lock_agents_here().insert(agent);
+        }
+        let (reading, into) = (relay.clone(), hub.clone());
+        let reader = tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                reading.take_in(&into, &message.payload, watch);
+            }
+        });
+        readers.insert(watch, RelayTasks(vec![reader]));
+        relay.announce(&[watch]);
     }
 }
 

@@ -227,7 +227,19 @@ async fn an_event_runs_on_the_node_holding_its_shard_whichever_node_took_it() {
 /// outbox positions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_on_one_node_follows_a_session_the_other_runs() {
-    let Some(Pair { a, b, tenant, _schema, _scratch, .. }) = Pair::start().await else { return };
+    let Some(Pair { a, b, tenant, nats, cluster, _schema, _scratch }) = Pair::start().await else {
+        return;
+    };
+    // A third node of the cluster that streams nothing: it is sent nothing.
+    let bystander = NatsOptions {
+        url: nats,
+        node: "c".into(),
+        cluster,
+        user: None,
+        password: None,
+        connect_timeout: Duration::from_secs(5),
+    };
+    let c = NatsBus::connect(&bystander, ShardMap::new(SHARDS).unwrap()).await.unwrap();
     for shard in [0, 1] {
         a.take(shard).await;
     }
@@ -282,6 +294,7 @@ async fn a_stream_on_one_node_follows_a_session_the_other_runs() {
         finishes += usize::from(event.kind() == clade_core::EventKind::TurnFinished);
     }
     assert_eq!(finishes, 1);
+    assert_eq!(c.live_counts().received.load(Ordering::Relaxed), 0, "c was sent events");
 }
 
 /// A signal that reaches no one (the holder has the lease but is not yet listening, as if

@@ -79,28 +79,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
                 super::bench_neighbours::Plan { quota, quiet_tenants, quiet_rate, seconds, rounds };
             super::bench_neighbours::run(ctx, &plan).await
         }
-        BenchCommand::Cluster {
-            database,
-            nats,
-            nodes,
-            sessions,
-            seconds,
-            concurrency,
-            shards,
-            lease_ttl_secs,
-        } => {
-            let plan = super::bench_cluster::Plan {
-                store: database,
-                nats,
-                nodes,
-                sessions,
-                seconds,
-                concurrency,
-                shards,
-                lease_ttl_secs,
-            };
-            super::bench_cluster::run(ctx, &plan).await
-        }
+        BenchCommand::Cluster(args) => super::bench_cluster::run(ctx, &args).await,
         BenchCommand::Siege {
             strangers,
             max_connections,

@@ -22,23 +22,10 @@ use super::bench_turns::{GatewayProcess, cpu_micros};
 use crate::context::Ctx;
 
 /// What to run.
-pub(crate) struct Plan {
-    /// The PostgreSQL database (a schema of the bench's own is made in it and dropped after).
-    pub(crate) store: String,
-    pub(crate) nats: String,
-    /// The cluster sizes to measure, in order.
-    pub(crate) nodes: Vec<usize>,
-    pub(crate) sessions: usize,
-    /// Seconds of load per size.
-    pub(crate) seconds: u64,
-    /// Events waiting for their turns at once.
-    pub(crate) concurrency: usize,
-    pub(crate) shards: u32,
-    pub(crate) lease_ttl_secs: u64,
-}
+pub(crate) type Plan = crate::cli::BenchClusterArgs;
 
 pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
-    if !plan.store.starts_with("postgres://") && !plan.store.starts_with("postgresql://") {
+    if !plan.database.starts_with("postgres://") && !plan.database.starts_with("postgresql://") {
         bail!("--database: a cluster's nodes share a PostgreSQL database; give postgres://…");
     }
     if plan.nodes.is_empty() || plan.nodes.iter().any(|n| !(1..=8).contains(n)) {
@@ -48,13 +35,14 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         bail!("--sessions, --seconds and --concurrency must each be above 0");
     }
     println!(
-        "bench cluster: {} sessions, {} events waiting at once, {} s per size, {} shards, leases of {} s; the offline model; PostgreSQL {}; NATS {}",
+        "bench cluster: {} sessions, {} events waiting at once (sent to {}), {} s per size, {} shards, leases of {} s; the offline model; PostgreSQL {}; NATS {}",
         plan.sessions,
+        if plan.to_holder { "the node running the session" } else { "the nodes in turn" },
         plan.concurrency,
         plan.seconds,
         plan.shards,
         plan.lease_ttl_secs,
-        redacted(&plan.store),
+        redacted(&plan.database),
         plan.nats
     );
     println!(
@@ -73,7 +61,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
     for &nodes in &plan.nodes {
         let scratch =
             ctx.data_dir.root().join(format!("bench-cluster-{}-{nodes}", std::process::id()));
-        let schema = Schema::create(&plan.store, nodes).await?;
+        let schema = Schema::create(&plan.database, nodes).await?;
         let outcome = one_size(&scratch, &schema, plan, nodes).await;
         schema.drop_it().await;
         let _ = std::fs::remove_dir_all(&scratch);
@@ -220,17 +208,21 @@ async fn one_size(scratch: &Path, schema: &Schema, plan: &Plan, nodes: usize) ->
     let client = reqwest::Client::builder().pool_max_idle_per_host(plan.concurrency).build()?;
     eprintln!("{nodes} node(s): a first event on each of {} sessions", plan.sessions);
     let sessions = warm_up(&client, &running, plan).await?;
-    let cpu_before: Vec<u64> = running.iter().map(|n| cpu_micros(&n.process.pid.to_string())).collect();
+    let cpu_before: Vec<u64> =
+        running.iter().map(|n| cpu_micros(&n.process.pid.to_string())).collect();
     let counters_before = schema.counters().await?;
     eprintln!("{nodes} node(s): {} s of load", plan.seconds);
-    let (turns, elapsed) = load(&client, &running, plan).await;
+    let route = routes(&running, &sessions, &held, plan);
+    let (turns, elapsed) = load(&client, &running, &route, plan).await;
     // Backends report their statistics within a second of their last transaction.
     wall_sleep(Duration::from_millis(1500)).await;
     let counters_after = schema.counters().await?;
     let cpu_per_turn = running
         .iter()
         .zip(&cpu_before)
-        .map(|(n, before)| cpu_micros(&n.process.pid.to_string()).saturating_sub(*before) / turns.max(1) as u64)
+        .map(|(n, before)| {
+            cpu_micros(&n.process.pid.to_string()).saturating_sub(*before) / turns.max(1) as u64
+        })
         .collect();
     let per_turn = |after: i64, before: i64| (after - before) as f64 / turns.max(1) as f64;
     let cross_node = if nodes > 1 {
@@ -300,7 +292,9 @@ async fn ask(client: &reqwest::Client, node: &Node, k: usize, text: &str) -> Res
         .await?;
     let status = response.status();
     let answer: serde_json::Value = response.json().await.unwrap_or_default();
-    if status != reqwest::StatusCode::OK || answer["status"] != "completed" {
+    if status != reqwest::StatusCode::OK
+        || answer["status"] != clade_core::TurnStatus::Completed.as_str()
+    {
         bail!("node {} answered {status}: {answer}", node.name);
     }
     Ok(answer["session_id"].as_str().unwrap_or_default().to_owned())
@@ -322,7 +316,34 @@ async fn warm_up(client: &reqwest::Client, nodes: &[Node], plan: &Plan) -> Resul
 
 /// `concurrency` workers, each sending its next event (to the next session, through the next
 /// node) as soon as its last one's turn ended, for `seconds`: turns completed, and the time.
-async fn load(client: &reqwest::Client, nodes: &[Node], plan: &Plan) -> (usize, Duration) {
+/// Which node each session's events go to: the nodes in turn, or (`--to-holder`) the one
+/// running the session, as a load balancer aware of the shards would send them.
+fn routes(
+    nodes: &[Node],
+    sessions: &[String],
+    held: &HashMap<String, Vec<u32>>,
+    plan: &Plan,
+) -> Vec<usize> {
+    (0..sessions.len())
+        .map(|k| {
+            let holder = nodes.iter().position(|node| {
+                let shards = held.get(&node.name).map_or(&[][..], Vec::as_slice);
+                in_shards(&sessions[k], shards, plan.shards)
+            });
+            match holder {
+                Some(holder) if plan.to_holder => holder,
+                _ => k % nodes.len(),
+            }
+        })
+        .collect()
+}
+
+async fn load(
+    client: &reqwest::Client,
+    nodes: &[Node],
+    route: &[usize],
+    plan: &Plan,
+) -> (usize, Duration) {
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let started = now();
@@ -331,7 +352,8 @@ async fn load(client: &reqwest::Client, nodes: &[Node], plan: &Plan) -> (usize, 
         while now() < until {
             let k = next.fetch_add(1, Ordering::Relaxed);
             let session = k % plan.sessions;
-            if ask(client, &nodes[k % nodes.len()], session, "go on").await.is_ok() {
+            let node = &nodes[route.get(session).copied().unwrap_or(0) % nodes.len()];
+            if ask(client, node, session, "go on").await.is_ok() {
                 done.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -447,6 +469,7 @@ async fn takeover(
     plan: &Plan,
 ) -> Result<(f64, f64)> {
     let Some(victim) = nodes.pop() else { bail!("no node to kill") };
+    // The orphans ask the survivors in turn, whatever `--to-holder` says: none holds them yet.
     let theirs = held.get(&victim.name).cloned().unwrap_or_default();
     let orphans: Vec<usize> = (0..sessions.len())
         .filter(|k| in_shards(&sessions[*k], &theirs, plan.shards))

@@ -102,7 +102,11 @@ async fn gateways_on_one_store_split_the_sessions_and_carry_on_a_dead_nodes() {
         std::time::Duration::from_secs(20),
         every,
         async || nodes(&a),
-        |n| n.len() == 2 && n.iter().all(|(_, shards, _)| *shards == 4),
+        |n| {
+            n.len() == 2
+                && n.iter().all(|(_, shards, _)| *shards == 4)
+                && n.iter().map(|(_, _, duties)| duties).sum::<usize>() == 5
+        },
     )
     .await;
     assert_eq!(split.len(), 2, "two nodes, four shards each: {split:?}");
@@ -134,7 +138,7 @@ async fn gateways_on_one_store_split_the_sessions_and_carry_on_a_dead_nodes() {
         std::time::Duration::from_secs(20),
         every,
         async || nodes(&b),
-        |n| n.len() == 1 && n[0].1 == 8,
+        |n| n.len() == 1 && n[0].1 == 8 && n[0].2 == 5,
     )
     .await;
     assert_eq!(alone, vec![("b".to_owned(), 8, 5)], "b holds everything");
@@ -223,8 +227,13 @@ async fn a_drained_node_hands_its_shards_over_without_waiting_for_its_leases() {
     let left = nodes(&a);
     assert!(left.iter().all(|(node, _, _)| node == "b"), "a still holds leases: {left:?}");
     // b takes them at its next tick (3 s with these leases), not when they would expire.
-    let alone =
-        polled_within(within, every, async || nodes(&b), |n| n.len() == 1 && n[0].1 == 8).await;
+    let alone = polled_within(
+        within,
+        every,
+        async || nodes(&b),
+        |n| n.len() == 1 && n[0].1 == 8 && n[0].2 == 5,
+    )
+    .await;
     assert_eq!(alone, vec![("b".to_owned(), 8, 5)]);
     // a drained takes no event; b answers them all.
     let body = json!({ "agent": "ada", "text": "anyone?", "source": { "platform": "http", "channel": "c0", "actor": "x" } });
@@ -235,4 +244,62 @@ async fn a_drained_node_hands_its_shards_over_without_waiting_for_its_leases() {
         assert_eq!((&session, status.as_str()), (before, "completed"));
     }
     drop(on_a);
+}
+
+/// `clade bench cluster` runs one node and two on a schema of its own, reports turns for each
+/// size and, for two, a takeover and cross-node latency, and leaves no schema behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_cluster_measures_each_size_and_cleans_up() {
+    let Some(schema) = clade_test_support::PgSchema::create().await else { return };
+    let Some(nats) = clade_test_support::nats_url() else { return };
+    let env = Env::new();
+    let admin = clade_test_support::pg_admin_url();
+    let args = [
+        "bench",
+        "cluster",
+        "--database",
+        &admin,
+        "--nats",
+        &nats,
+        "--nodes",
+        "1,2",
+        "--sessions",
+        "20",
+        "--seconds",
+        "1",
+        "--concurrency",
+        "4",
+        "--shards",
+        "8",
+        "--lease-ttl-secs",
+        "2",
+    ];
+    let out = env.run(&args).ok();
+    let row = |nodes: &str| -> Vec<String> {
+        let line = out.stdout.lines().find(|l| l.split_whitespace().next() == Some(nodes));
+        let line = line.unwrap_or_else(|| panic!("no row for {nodes}: {}", out.stdout));
+        line.split_whitespace().filter(|w| *w != "|").map(str::to_owned).collect()
+    };
+    let (one, two) = (row("1"), row("2"));
+    assert!(one[1].parse::<u64>().unwrap() > 0, "no turns on one node: {}", out.stdout);
+    assert!(two[1].parse::<u64>().unwrap() > 0, "no turns on two nodes: {}", out.stdout);
+    assert!(two.iter().any(|w| w.contains('/')), "no takeover figure: {}", out.stdout);
+    assert!(out.stdout.contains("2 nodes deliver"), "{}", out.stdout);
+    // Its schemas are gone.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
+    let (left,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name LIKE 'clade_bench_%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "the bench left its schemas");
+    drop(schema);
+    let bad = env.run(&["bench", "cluster", "--database", "/tmp/x.db"]);
+    assert!(
+        bad.stderr.contains("--database: a cluster's nodes share a PostgreSQL database"),
+        "{}",
+        bad.stderr
+    );
 }
