@@ -39,29 +39,29 @@ const FAILPOINTS: [&str; 4] = [
     "after_tool_effect_before_result",
     "mid_outbox_publish",
 ];
-const SECRET: &str = "crash-test-secret";
+pub(super) const SECRET: &str = "crash-test-secret";
 
 #[derive(Default)]
-struct Deliveries {
+pub(super) struct Deliveries {
     /// In arrival order.
-    log: Vec<Delivery>,
-    bad_signatures: usize,
+    pub(super) log: Vec<Delivery>,
+    pub(super) bad_signatures: usize,
     served: usize,
 }
 
 /// The client-side record of the run: every request and every fault window.
-struct Recorder {
-    start: tokio::time::Instant,
-    ops: Mutex<Vec<Op>>,
-    faults: Mutex<Vec<Fault>>,
+pub(super) struct Recorder {
+    pub(super) start: tokio::time::Instant,
+    pub(super) ops: Mutex<Vec<Op>>,
+    pub(super) faults: Mutex<Vec<Fault>>,
 }
 
 impl Recorder {
-    fn ms(&self) -> u64 {
+    pub(super) fn ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
 
-    fn fault(&self, kind: &str, start_ms: u64) {
+    pub(super) fn fault(&self, kind: &str, start_ms: u64) {
         let end_ms = self.ms();
         self.faults.lock().unwrap().push(Fault { kind: kind.into(), start_ms, end_ms });
     }
@@ -69,13 +69,13 @@ impl Recorder {
 
 /// Which envelope a request carries.
 #[derive(Clone, Copy)]
-struct Envelope {
-    session: usize,
-    position: usize,
-    kind: OpKind,
+pub(super) struct Envelope {
+    pub(super) session: usize,
+    pub(super) position: usize,
+    pub(super) kind: OpKind,
 }
 
-async fn receiver(state: Arc<Mutex<Deliveries>>) -> String {
+pub(super) async fn receiver(state: Arc<Mutex<Deliveries>>) -> String {
     serve_hook(move |headers: HeaderMap, body: Bytes| {
         let state = state.clone();
         async move {
@@ -138,9 +138,19 @@ async fn send(
     recorder: &Recorder,
     envelope: Envelope,
 ) -> String {
+    send_to(client, &|_| url.read().unwrap().clone(), recorder, envelope).await
+}
+
+/// [`send`] to the server `pick` names for each attempt (0, 1, …): its URL and token.
+pub(super) async fn send_to(
+    client: &reqwest::Client,
+    pick: &(dyn Fn(usize) -> (String, String) + Sync),
+    recorder: &Recorder,
+    envelope: Envelope,
+) -> String {
     let body = body_for(envelope.session, envelope.position);
-    loop {
-        let (base, token) = url.read().unwrap().clone();
+    for attempt in 0.. {
+        let (base, token) = pick(attempt);
         let start_ms = recorder.ms();
         let sent = client
             .post(format!("{base}/v1/events"))
@@ -173,13 +183,14 @@ async fn send(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    unreachable!("attempts are endless")
 }
 
 /// The seed of the fault plan (which failpoint hit kills, how long between random kills):
 /// `CLADE_CRASH_SEED` when set, else a fresh one. It is printed, so a failing run's plan can
 /// be replayed; the threads' timing is the machine's, so a replay reproduces the plan, not
 /// every interleaving.
-fn crash_seed() -> u64 {
+pub(super) fn crash_seed() -> u64 {
     match std::env::var("CLADE_CRASH_SEED") {
         Ok(seed) => seed.trim().parse().unwrap_or_else(|_| {
             panic!("CLADE_CRASH_SEED={seed:?} is not a number: give the seed a run printed")
@@ -313,104 +324,135 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
         }
     }
 
-    // Wait until every acknowledged event's turn has ended.
-    let sessions: HashSet<String> = recorder
-        .ops
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|op| op.status == Some(202))
-        .filter_map(|op| serde_json::from_str::<Value>(op.body.as_deref()?).ok())
-        .map(|body| body["session_id"].as_str().unwrap().to_owned())
-        .collect();
-    let all_turns = async || {
-        let mut all = Vec::new();
-        for session in &sessions {
-            for turn in &server.all_turns(session).await {
-                all.push(Turn {
-                    session: session.clone(),
-                    id: turn["id"].as_str().unwrap().to_owned(),
-                    status: turn["status"].as_str().unwrap().to_owned(),
-                    reply: turn["reply"].as_str().map(str::to_owned),
-                    events: turn["events"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|e| e["id"].as_str().unwrap().to_owned())
-                        .collect(),
-                });
-            }
-        }
-        all
-    };
-    let all_finished = |all: &Vec<Turn>| {
-        let finished: usize =
-            all.iter().filter(|t| t.status != "running").map(|t| t.events.len()).sum();
-        finished >= SESSIONS * events
-    };
-    let every = Duration::from_millis(200);
-    let turns = polled_within(patience(90), every, all_turns, all_finished).await;
-
-    // B2: the same key with another payload is refused and starts nothing.
-    let conflict_status = client
-        .post(format!("{}/v1/events", server.url))
-        .bearer_auth(&server.token)
-        .json(&json!({ "agent": "crash", "text": "something else", "source": { "platform": "test", "channel": "c0", "actor": "driver" }, "idempotency_key": "s0-e0" }))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16();
-
-    // C (partial): wait until every finished turn reached the subscriber.
-    let missing = async || history::undelivered(&turns, &deliveries.lock().unwrap().log);
-    polled_within(patience(120), every, missing, |&missing: &usize| missing == 0).await;
-
-    let record = {
-        let d = deliveries.lock().unwrap();
-        History {
-            ops: recorder.ops.lock().unwrap().clone(),
-            faults: recorder.faults.lock().unwrap().clone(),
-            turns,
-            deliveries: d.log.clone(),
-            bad_signatures: d.bad_signatures,
-            ledger: std::fs::read_to_string(&ledger).unwrap_or_default(),
-            conflict_status,
-        }
-    };
-    let saved = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("crash-history.json");
-    record.save(&saved).unwrap();
-    let report = history::check(&record);
-    println!(
-        "crash test: {kills} random kills + {failpoint_hits} failpoint deaths; {report}\n\
-         history: {} (re-check with `cargo xtask check-history {}`)",
-        saved.display(),
-        saved.display()
-    );
-    assert_eq!(report.violations(), Vec::<String>::new(), "seed {seed}");
-    assert_eq!(report.acknowledged, SESSIONS * events);
-    // Every completed turn made its tool calls: each idempotent call under one key however
-    // often it ran, each at-most-once call at most once, and one that may not have run was
-    // reported to the model as interrupted.
-    let calls_of = |residues: [usize; 2]| {
-        SESSIONS * (0..events).filter(|j| residues.contains(&(j % 4))).count()
-    };
-    assert_eq!(report.idempotent_keys, calls_of([2, 3]), "idempotent calls, one key each");
-    let at_most_once = calls_of([1, 3]);
-    assert!(
-        report.at_most_once_effects <= at_most_once,
-        "{} effects of {at_most_once} calls",
-        report.at_most_once_effects
-    );
-    // (A record a kill cut short inside its key is an effect too, just not countable by key.)
-    assert!(
-        report.at_most_once_effects + report.interrupted + report.torn_records >= at_most_once,
-        "{} at-most-once effects + {} interrupted + {} cut short < {at_most_once} calls",
-        report.at_most_once_effects,
-        report.interrupted,
-        report.torn_records
-    );
+    println!("crash test: {kills} random kills + {failpoint_hits} failpoint deaths");
+    let judged = Judged { sessions: SESSIONS, events, seed, patience: patience(1) };
+    judged.judge(&server, &client, &recorder, &deliveries, &ledger, "crash").await;
     // A2: the store survived every kill: serving again ran the integrity check.
     let log = server.stop();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// What a crash run is judged on.
+pub(super) struct Judged {
+    pub(super) sessions: usize,
+    pub(super) events: usize,
+    pub(super) seed: u64,
+    /// How much longer than at the smallest size waits may take.
+    pub(super) patience: Duration,
+}
+
+impl Judged {
+    /// Waits until every acknowledged event's turn has ended and reached the subscriber,
+    /// saves the history as `<name>-history.json` and checks it: nothing lost, nothing twice,
+    /// order kept, at-most-once effects at most once.
+    #[allow(clippy::print_stdout)] // The report, and where the history is kept for a re-check.
+    pub(super) async fn judge(
+        &self,
+        server: &super::support::Server,
+        client: &reqwest::Client,
+        recorder: &Recorder,
+        deliveries: &Mutex<Deliveries>,
+        ledger: &std::path::Path,
+        name: &str,
+    ) {
+        let Judged { sessions: session_count, events, seed, patience } = *self;
+        let patience = |secs: u64| patience * u32::try_from(secs).unwrap();
+        // Wait until every acknowledged event's turn has ended.
+        let sessions: HashSet<String> = recorder
+            .ops
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|op| op.status == Some(202))
+            .filter_map(|op| serde_json::from_str::<Value>(op.body.as_deref()?).ok())
+            .map(|body| body["session_id"].as_str().unwrap().to_owned())
+            .collect();
+        let all_turns = async || {
+            let mut all = Vec::new();
+            for session in &sessions {
+                for turn in &server.all_turns(session).await {
+                    all.push(Turn {
+                        session: session.clone(),
+                        id: turn["id"].as_str().unwrap().to_owned(),
+                        status: turn["status"].as_str().unwrap().to_owned(),
+                        reply: turn["reply"].as_str().map(str::to_owned),
+                        events: turn["events"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|e| e["id"].as_str().unwrap().to_owned())
+                            .collect(),
+                    });
+                }
+            }
+            all
+        };
+        let all_finished = |all: &Vec<Turn>| {
+            let finished: usize =
+                all.iter().filter(|t| t.status != "running").map(|t| t.events.len()).sum();
+            finished >= session_count * events
+        };
+        let every = Duration::from_millis(200);
+        let turns = polled_within(patience(90), every, all_turns, all_finished).await;
+
+        // B2: the same key with another payload is refused and starts nothing.
+        let conflict_status = client
+            .post(format!("{}/v1/events", server.url))
+            .bearer_auth(&server.token)
+            .json(&json!({ "agent": "crash", "text": "something else", "source": { "platform": "test", "channel": "c0", "actor": "driver" }, "idempotency_key": "s0-e0" }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+
+        // C (partial): wait until every finished turn reached the subscriber.
+        let missing = async || history::undelivered(&turns, &deliveries.lock().unwrap().log);
+        polled_within(patience(120), every, missing, |&missing: &usize| missing == 0).await;
+
+        let record = {
+            let d = deliveries.lock().unwrap();
+            History {
+                ops: recorder.ops.lock().unwrap().clone(),
+                faults: recorder.faults.lock().unwrap().clone(),
+                turns,
+                deliveries: d.log.clone(),
+                bad_signatures: d.bad_signatures,
+                ledger: std::fs::read_to_string(ledger).unwrap_or_default(),
+                conflict_status,
+            }
+        };
+        let saved =
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-history.json"));
+        record.save(&saved).unwrap();
+        let report = history::check(&record);
+        println!(
+            "{name} test: {report}\nhistory: {} (re-check with `cargo xtask check-history {}`)",
+            saved.display(),
+            saved.display()
+        );
+        assert_eq!(report.violations(), Vec::<String>::new(), "seed {seed}");
+        assert_eq!(report.acknowledged, session_count * events);
+        // Every completed turn made its tool calls: each idempotent call under one key however
+        // often it ran, each at-most-once call at most once, and one that may not have run was
+        // reported to the model as interrupted.
+        let calls_of = |residues: [usize; 2]| {
+            session_count * (0..events).filter(|j| residues.contains(&(j % 4))).count()
+        };
+        assert_eq!(report.idempotent_keys, calls_of([2, 3]), "idempotent calls, one key each");
+        let at_most_once = calls_of([1, 3]);
+        assert!(
+            report.at_most_once_effects <= at_most_once,
+            "{} effects of {at_most_once} calls",
+            report.at_most_once_effects
+        );
+        // (A record a kill cut short inside its key is an effect too, just not countable by key.)
+        assert!(
+            report.at_most_once_effects + report.interrupted + report.torn_records >= at_most_once,
+            "{} at-most-once effects + {} interrupted + {} cut short < {at_most_once} calls",
+            report.at_most_once_effects,
+            report.interrupted,
+            report.torn_records
+        );
+    }
 }
