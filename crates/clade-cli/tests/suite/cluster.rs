@@ -316,8 +316,9 @@ async fn cluster_kill9_under_load_loses_nothing_and_repeats_nothing() {
     use rand::{Rng as _, SeedableRng as _};
     use std::sync::RwLock;
 
-    use super::crash::{Deliveries, Envelope, Judged, Recorder, SECRET, receiver, send_to};
-    use clade_test_support::history::OpKind;
+    use super::crash::{
+        Deliveries, Judged, Pick, Recorder, SECRET, before_next_kill, drive, receiver, resend_all,
+    };
 
     const NODES: usize = 3;
     const SESSIONS: usize = 24;
@@ -359,37 +360,16 @@ async fn cluster_kill9_under_load_loses_nothing_and_repeats_nothing() {
         faults: Mutex::default(),
     });
 
-    // Drivers: one per session, events in order, each acknowledged (by any node) before the
-    // next is sent; every third also sent at once by a second client.
-    let mut drivers = Vec::new();
-    for s in 0..SESSIONS {
-        let (client, urls, recorder) = (client.clone(), urls.clone(), recorder.clone());
-        drivers.push(tokio::spawn(async move {
-            let pick = |attempt: usize| urls.read().unwrap()[(s + attempt) % NODES].clone();
-            for j in 0..events {
-                let first = Envelope { session: s, position: j, kind: OpKind::First };
-                let twin = (j % 3 == 0).then(|| {
-                    let (client, urls, recorder) = (client.clone(), urls.clone(), recorder.clone());
-                    let twin = Envelope { kind: OpKind::Twin, ..first };
-                    tokio::spawn(async move {
-                        let pick = |attempt: usize| {
-                            urls.read().unwrap()[(s + attempt + 1) % NODES].clone()
-                        };
-                        send_to(&client, &pick, &recorder, twin).await
-                    })
-                });
-                send_to(&client, &pick, &recorder, first).await;
-                if let Some(twin) = twin {
-                    twin.await.unwrap();
-                }
-            }
-        }));
-    }
+    // Drivers: each session's events to node s first, then the next node on each failure.
+    let to_any_node: Pick = {
+        let urls = urls.clone();
+        Arc::new(move |s, n| urls.read().unwrap()[(s + n) % NODES].clone())
+    };
+    let drivers = drive(SESSIONS, events, &client, &recorder, &to_any_node);
 
     // The killer: a node at random, SIGKILL, started again under its name.
     for _ in 0..kills {
-        let pause = plan.random_range(100..800);
-        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        before_next_kill(&mut plan, 100..800).await;
         let victim = plan.random_range(0..NODES);
         let start_ms = recorder.ms();
         let (env, dead) = (envs[victim].clone(), servers[victim].take().unwrap());
@@ -406,13 +386,7 @@ async fn cluster_kill9_under_load_loses_nothing_and_repeats_nothing() {
     for driver in drivers {
         driver.await.unwrap();
     }
-    for s in 0..SESSIONS {
-        let pick = |attempt: usize| urls.read().unwrap()[(s + attempt) % NODES].clone();
-        for j in 0..events {
-            let resend = Envelope { session: s, position: j, kind: OpKind::Resend };
-            send_to(&client, &pick, &recorder, resend).await;
-        }
-    }
+    resend_all(SESSIONS, events, &client, &recorder, &to_any_node).await;
     println!("cluster crash test: {kills} kills of {NODES} nodes");
     let judged = Judged {
         sessions: SESSIONS,

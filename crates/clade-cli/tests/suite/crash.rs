@@ -130,18 +130,64 @@ fn body_for(s: usize, j: usize) -> Value {
     })
 }
 
-/// Sends until acknowledged (the server may be down), recording every attempt; returns the
-/// raw 202 body.
-async fn send(
+/// Where a driver sends: the URL and token of the server for session `s`'s attempt `n`.
+pub(super) type Pick = Arc<dyn Fn(usize, usize) -> (String, String) + Send + Sync>;
+
+/// One driver per session: its events in order, each acknowledged before the next is sent,
+/// every third also sent at once by a second client (B1), which starts one server further.
+pub(super) fn drive(
+    sessions: usize,
+    events: usize,
     client: &reqwest::Client,
-    url: &RwLock<(String, String)>,
-    recorder: &Recorder,
-    envelope: Envelope,
-) -> String {
-    send_to(client, &|_| url.read().unwrap().clone(), recorder, envelope).await
+    recorder: &Arc<Recorder>,
+    pick: &Pick,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let driver = |s: usize| {
+        let (client, recorder, pick) = (client.clone(), recorder.clone(), pick.clone());
+        tokio::spawn(async move {
+            for j in 0..events {
+                let first = Envelope { session: s, position: j, kind: OpKind::First };
+                let twin = (j % 3 == 0).then(|| {
+                    let (client, recorder, pick) = (client.clone(), recorder.clone(), pick.clone());
+                    let twin = Envelope { kind: OpKind::Twin, ..first };
+                    tokio::spawn(async move {
+                        send_to(&client, &|n| pick(s, n + 1), &recorder, twin).await
+                    })
+                });
+                send_to(&client, &|n| pick(s, n), &recorder, first).await;
+                if let Some(twin) = twin {
+                    twin.await.unwrap();
+                }
+            }
+        })
+    };
+    (0..sessions).map(driver).collect()
 }
 
-/// [`send`] to the server `pick` names for each attempt (0, 1, …): its URL and token.
+/// Sends every event once more after the crashes: all must deduplicate.
+pub(super) async fn resend_all(
+    sessions: usize,
+    events: usize,
+    client: &reqwest::Client,
+    recorder: &Recorder,
+    pick: &Pick,
+) {
+    for s in 0..sessions {
+        for j in 0..events {
+            let resend = Envelope { session: s, position: j, kind: OpKind::Resend };
+            send_to(client, &|n| pick(s, n), recorder, resend).await;
+        }
+    }
+}
+
+/// Waits as long as the fault plan says (a number of ms from `range`) before the next kill.
+pub(super) async fn before_next_kill(plan: &mut rand::rngs::StdRng, range: std::ops::Range<u64>) {
+    let pause = plan.random_range(range);
+    tokio::time::sleep(Duration::from_millis(pause)).await;
+}
+
+/// Sends until acknowledged by the server `pick` names for each attempt (0, 1, …; it may be
+/// down), recording every attempt; returns the raw 202 body.
 pub(super) async fn send_to(
     client: &reqwest::Client,
     pick: &(dyn Fn(usize) -> (String, String) + Sync),
@@ -231,25 +277,11 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
         ops: Mutex::default(),
         faults: Mutex::default(),
     });
-    let mut drivers = Vec::new();
-    for s in 0..SESSIONS {
-        let (client, url, recorder) = (client.clone(), url.clone(), recorder.clone());
-        drivers.push(tokio::spawn(async move {
-            for j in 0..events {
-                let first = Envelope { session: s, position: j, kind: OpKind::First };
-                // Every third event is also sent concurrently by a second client (B1).
-                let twin = (j % 3 == 0).then(|| {
-                    let (client, url, recorder) = (client.clone(), url.clone(), recorder.clone());
-                    let twin = Envelope { kind: OpKind::Twin, ..first };
-                    tokio::spawn(async move { send(&client, &url, &recorder, twin).await })
-                });
-                send(&client, &url, &recorder, first).await;
-                if let Some(twin) = twin {
-                    twin.await.unwrap();
-                }
-            }
-        }));
-    }
+    let to_the_server: Pick = {
+        let url = url.clone();
+        Arc::new(move |_, _| url.read().unwrap().clone())
+    };
+    let drivers = drive(SESSIONS, events, &client, &recorder, &to_the_server);
 
     // The killer: death at armed failpoints while the load is heaviest, then SIGKILL at random
     // moments, restarting each time.
@@ -304,8 +336,7 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
         );
     }
     for _ in 0..kills {
-        let pause = plan.random_range(50..400);
-        tokio::time::sleep(Duration::from_millis(pause)).await;
+        before_next_kill(&mut plan, 50..400).await;
         let start_ms = recorder.ms();
         server.kill9();
         let env = env.clone();
@@ -316,13 +347,7 @@ async fn kill9_under_load_loses_nothing_and_repeats_nothing() {
     for driver in drivers {
         driver.await.unwrap();
     }
-    // Resend every event once more after the crashes: all must deduplicate.
-    for s in 0..SESSIONS {
-        for j in 0..events {
-            let resend = Envelope { session: s, position: j, kind: OpKind::Resend };
-            send(&client, &url, &recorder, resend).await;
-        }
-    }
+    resend_all(SESSIONS, events, &client, &recorder, &to_the_server).await;
 
     println!("crash test: {kills} random kills + {failpoint_hits} failpoint deaths");
     let judged = Judged { sessions: SESSIONS, events, seed, patience: patience(1) };
