@@ -91,6 +91,10 @@ impl Singleton {
 /// announcement reaches it.
 const LISTEN_MARGIN: Duration = Duration::from_millis(250);
 
+/// How many ticks apart the keeper scans the store for events whose signal was lost: three,
+/// so such an event waits about one lease's time (5 s by default) at most.
+const SCAN_EVERY_TICKS: u64 = 3;
+
 /// Empties a watched list; whether it held anything.
 fn emptied<T>(list: &mut Vec<T>) -> bool {
     let held = !list.is_empty();
@@ -162,6 +166,8 @@ struct State {
     conflict: Mutex<Option<KeeperError>>,
     /// The node stepped down: it holds nothing and takes nothing.
     leaving: AtomicBool,
+    /// Ticks so far, to scan the store every few.
+    ticks: std::sync::atomic::AtomicU64,
 }
 
 impl Keeper {
@@ -194,6 +200,7 @@ impl Keeper {
             instance: instance_id(),
             conflict: Mutex::default(),
             leaving: AtomicBool::new(false),
+            ticks: std::sync::atomic::AtomicU64::new(0),
         });
         let heard = state.clone();
         let listener = tokio::spawn(async move {
@@ -381,6 +388,18 @@ impl State {
         {
             self.to_resume.store(true, Ordering::SeqCst);
             tracing::warn!(error = %err, "the sessions of the shards taken could not be resumed; the next tick tries again");
+        }
+        // Every third tick (the lease's time): events whose signal was lost run all the same.
+        if self.ticks.fetch_add(1, Ordering::Relaxed) % SCAN_EVERY_TICKS == SCAN_EVERY_TICKS - 1 {
+            match self.engine.wake_held().await {
+                Ok(0) => {}
+                Ok(woken) => {
+                    tracing::debug!(woken, "sessions with waiting events woken by the scan")
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "the scan for waiting events failed; the next one tries again")
+                }
+            }
         }
         let now: Vec<u32> = self.lock_held().keys().copied().collect();
         self.shards.send_if_modified(|shards| {

@@ -150,52 +150,6 @@ async fn a_message_that_is_not_a_signal_is_counted_and_ignored() {
     assert_eq!(a.counts().malformed.load(std::sync::atomic::Ordering::Relaxed), 3);
 }
 
-/// A NATS server of this test's own, on a free port, that takes only `user`/`password`.
-struct GuardedServer {
-    url: String,
-    child: std::process::Child,
-}
-
-impl GuardedServer {
-    // The real nats-server, as an operator runs it.
-    fn start(user: &str, password: &str) -> Option<Self> {
-        let binary =
-            ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
-                .into_iter()
-                .find(|path| std::path::Path::new(path).is_file());
-        let Some(binary) = binary else {
-            assert!(
-                std::env::var("CI").map_or(true, |v| v != "true"),
-                "nats-server is not installed under CI=true: scripts/test installs it"
-            );
-            eprintln!("WARNING: skipping the credentials test: nats-server is not installed");
-            return None;
-        };
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut child = std::process::Command::new(binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "--user", user, "--pass", password])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // It says so on its log (standard error) once it takes connections.
-        use std::io::BufRead as _;
-        let log = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut lines = log.lines();
-        let ready = lines.by_ref().map_while(Result::ok).any(|l| l.contains("Server is ready"));
-        assert!(ready, "the guarded nats-server on port {port} ended before it was ready");
-        std::thread::spawn(move || lines.for_each(drop));
-        Some(Self { url: format!("nats://127.0.0.1:{port}"), child })
-    }
-}
-
-impl Drop for GuardedServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_server_that_is_not_there_or_refuses_the_node_is_named() {
     let map = ShardMap::default();
@@ -213,7 +167,8 @@ async fn a_server_that_is_not_there_or_refuses_the_node_is_named() {
     let err = NatsBus::connect(&bad_name, map).await.err().expect("a bad cluster name");
     assert!(matches!(err, BusError::ClusterName(_)) && err.to_string().contains("Has.Dots"));
 
-    let Some(server) = GuardedServer::start("node", "right") else { return };
+    let guard = ["--user", "node", "--pass", "right"];
+    let Some(server) = clade_test_support::NatsServer::start(&guard) else { return };
     let mut wrong = options(&server.url, "a", "c");
     wrong.user = Some("node".into());
     wrong.password = Some("wrong".into());

@@ -53,6 +53,60 @@ pub fn nats_url() -> Option<String> {
 
 pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
 
+/// A `nats-server` of the test's own, on a free port, killed when dropped: for a test that
+/// takes NATS down, or guards it with a password, without touching the shared one.
+pub struct NatsServer {
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl NatsServer {
+    /// Starts the real `nats-server` with `args` besides its address and port, and waits until
+    /// it takes connections; `None` (outside CI, with a warning) when it is not installed.
+    ///
+    /// # Panics
+    /// Under `CI=true` when it is not installed, or when it ends before it is ready.
+    pub fn start(args: &[&str]) -> Option<Self> {
+        let binary =
+            ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
+                .into_iter()
+                .find(|path| std::path::Path::new(path).is_file());
+        let Some(binary) = binary else {
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "nats-server is not installed under CI=true: scripts/test installs it"
+            );
+            eprintln!(
+                "WARNING: skipping a test of its own NATS server: nats-server is not installed"
+            );
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let mut child = std::process::Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        // It says so on its log (standard error) once it takes connections.
+        use std::io::BufRead as _;
+        let log = std::io::BufReader::new(child.stderr.take()?);
+        let mut lines = log.lines();
+        let ready = lines.by_ref().map_while(Result::ok).any(|l| l.contains("Server is ready"));
+        assert!(ready, "the test's nats-server on port {port} ended before it was ready");
+        std::thread::spawn(move || lines.for_each(drop));
+        Some(Self { url: format!("nats://127.0.0.1:{port}"), child })
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// How many times their bounded size the soak tests run (`CLADE_SOAK_SCALE`, default 1, at
 /// most 1,000): the crash test's kills and events, the WAL bound's writes. The size CI runs is
 /// 1; a longer soak is `CLADE_SOAK_SCALE=20 cargo nextest run --profile soak`.

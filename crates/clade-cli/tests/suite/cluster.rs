@@ -336,9 +336,11 @@ async fn cluster_kill9_under_load_loses_nothing_and_repeats_nothing() {
     let scratch = tempfile::tempdir().unwrap();
     let ledger = scratch.path().join("ledger.txt");
     let more = format!(
-        "testing:\n  ledger_file: {}\nsubscribers:\n  - name: hook\n    url: {hook}\n    secret_env: HOOK_SECRET\n    max_attempts: 100000\nsessions:\n  idle_secs: 2\n",
+        "testing:\n  ledger_file: {}\nsubscribers:\n  - name: hook\n    url: {hook}\n    secret_env: HOOK_SECRET\n    max_attempts: 100000\nsessions:\n  idle_secs: 2\n  max_queued: 100000\n",
         ledger.display()
     );
+    // (The drivers wait for acknowledgements, not turns: at soak length a session's queue
+    // outgrows the default 64 while its node restarts, and 429s are pacing, not loss.)
     let cluster = cluster_name();
     let envs: Vec<Arc<Env>> = (0..NODES)
         .map(|i| {
@@ -401,4 +403,52 @@ async fn cluster_kill9_under_load_loses_nothing_and_repeats_nothing() {
         assert!(!log.contains("panicked"), "{log}");
     }
     drop(schema);
+}
+
+/// NATS down delays work and loses none: an event taken by one node for a session another
+/// runs loses its signal, and the holder's scan of the store (every lease's time) runs it;
+/// the nodes keep their shards meanwhile (their leases are the database's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_outage_delays_work_and_loses_none() {
+    let Some(schema) = clade_test_support::PgSchema::create().await else { return };
+    let Some(nats) = clade_test_support::NatsServer::start(&[]) else { return };
+    let cluster = cluster_name();
+    let a = node(schema.url(), &nats.url, &cluster, "a", 8);
+    let b = node(schema.url(), &nats.url, &cluster, "b", 8);
+    a.run(&["agents", "create", "ada"]).ok();
+    let on_a = a.serve(&[]);
+    let on_b = b.serve(&[]);
+    let every = std::time::Duration::from_millis(100);
+    let within = std::time::Duration::from_secs(20);
+    polled_within(within, every, async || nodes(&a), |n| n.len() == 2).await;
+    let list = a.run(&["node", "list", "--json"]).ok().json();
+    let of_b: Vec<u32> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|node| node["node"] == "b")
+        .flat_map(|node| node["shards"].as_array().unwrap().iter())
+        .map(|shard| u32::try_from(shard.as_u64().unwrap()).unwrap())
+        .collect();
+    // A session b runs.
+    let mut on_bs = None;
+    for n in 0..40 {
+        let (session, _) = ask(&on_b, &format!("c{n}"), "hello").await;
+        let id = clade_core::SessionId::parse(&session).unwrap();
+        if of_b.contains(&clade_core::shard::shard_of(id.as_bytes(), 8)) {
+            on_bs = Some(n);
+            break;
+        }
+    }
+    let n = on_bs.expect("40 sessions, none of b's");
+    drop(nats);
+    // Through a, which stores the event and cannot tell b; b's scan finds it within about a
+    // lease's time (2 s here).
+    let asked = std::time::Instant::now();
+    let (_, status) = ask(&on_a, &format!("c{n}"), "are you there?").await;
+    assert_eq!(status, "completed");
+    assert!(asked.elapsed() < std::time::Duration::from_secs(15), "{:?}", asked.elapsed());
+    let both = nodes(&a);
+    assert_eq!(both.len(), 2, "a node lost its shards while NATS was down: {both:?}");
+    drop((on_a, on_b));
 }

@@ -341,9 +341,7 @@ impl Engine {
     /// turns and pending events of a node that stopped, or of shards this node just took.
     /// Returns how many sessions it woke.
     pub async fn resume_held(&self) -> Result<usize, Error> {
-        let open = self.inner.store.system().sessions_with_open_events().await?;
-        let open: Vec<SessionId> =
-            open.into_iter().filter(|session| self.inner.bus.runs_here(*session)).collect();
+        let open = self.open_held().await?;
         if !open.is_empty() {
             tracing::info!(sessions = open.len(), "resuming sessions with unfinished turns");
         }
@@ -352,6 +350,24 @@ impl Engine {
         }
         self.settle_after_restart(&open).await?;
         Ok(open.len())
+    }
+
+    /// Wakes the sessions this node runs that have events waiting: a cluster's node does so
+    /// now and then, so an event whose signal was lost (NATS down) runs all the same. A
+    /// session already running reads the store after its turn, as for any signal. Returns how
+    /// many sessions it woke.
+    pub async fn wake_held(&self) -> Result<usize, Error> {
+        let open = self.open_held().await?;
+        for session in &open {
+            self.inner.wake(*session, Wake::Work);
+        }
+        Ok(open.len())
+    }
+
+    /// The sessions with open events that this node runs ([`Bus::runs_here`]).
+    async fn open_held(&self) -> Result<Vec<SessionId>, Error> {
+        let open = self.inner.store.system().sessions_with_open_events().await?;
+        Ok(open.into_iter().filter(|session| self.inner.bus.runs_here(*session)).collect())
     }
 
     pub fn hub(&self) -> &Hub {
