@@ -22,9 +22,11 @@
 mod bus;
 mod keeper;
 mod live;
+mod nodes;
 mod shard;
 
 pub use bus::{BusCounts, BusError, NatsBus, NatsOptions};
 pub use keeper::{Keeper, KeeperError, KeeperOptions, Singleton};
 pub use live::LiveCounts;
+pub use nodes::nodes_of;
 pub use shard::{Shard, ShardMap};

@@ -15,6 +15,7 @@ pub use clade_protocol as api;
 mod auth;
 mod channels;
 pub use auth::PeerAuth;
+mod cluster;
 mod config;
 pub mod config_flow;
 mod control;

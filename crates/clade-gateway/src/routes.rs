@@ -14,8 +14,8 @@ use clade_protocol as api;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::{
-    AppState, agents, channels, config, control, events, hooks, jobs, leases, mcp, memories,
-    messages, openai, prompt, runs, sessions, settings, tools, usage, ws,
+    AppState, agents, channels, cluster, config, control, events, hooks, jobs, leases, mcp,
+    memories, messages, openai, prompt, runs, sessions, settings, tools, usage, ws,
 };
 
 /// A schema built by the document's one generator: a `$ref` to a component for a named type.
@@ -969,6 +969,23 @@ pub static OPERATIONS: &[Operation] = &[
             &[Operate],
             "Keep an agent's memory now, as the cortex does in the background: merge repeats, fade unused items, prune the faded, purge the long-pruned (audited)",
             || post(memories::upkeep),
+        )
+    },
+    Operation {
+        responses: &[
+            ok(
+                "200",
+                "the nodes holding leases, in name order",
+                of::<api::ClusterNodeListResponse>,
+            ),
+            error("404", "the caller is not the operator (an admin token of the default tenant)"),
+        ],
+        ..op(
+            "GET",
+            "/v1/cluster/nodes",
+            &[Admin],
+            "The cluster's nodes: each one's shards, once-per-cluster work and lease expiry, from the store (the operator's only; a gateway alone is one node whose lease never expires)",
+            || get(cluster::nodes),
         )
     },
     Operation {

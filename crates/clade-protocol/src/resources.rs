@@ -980,6 +980,28 @@ pub struct ConfigRevisionResponse {
     pub yaml: String,
 }
 
+/// A node of the cluster, as its live leases in the store show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ClusterNodeResponse {
+    /// Its name (`cluster.node`), its leases' holder.
+    pub node: String,
+    /// The shards it holds, in order.
+    pub shards: Vec<i64>,
+    /// The once-per-cluster work it runs: `outbox`, `scheduler`, `retention`,
+    /// `memory_upkeep`, `channel_listeners`.
+    pub duties: Vec<String>,
+    /// How soon its first lease expires unless renewed, in ms; absent for a gateway running
+    /// alone, whose lease never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<i64>,
+}
+
+/// The nodes holding leases, in name order.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ClusterNodeListResponse {
+    pub items: Vec<ClusterNodeResponse>,
+}
+
 /// The newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ConfigRevisionListResponse {

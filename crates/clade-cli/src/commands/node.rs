@@ -1,10 +1,6 @@
 //! `clade node`: a cluster's nodes as the shared store's leases show them.
 
-use std::collections::BTreeMap;
-
 use anyhow::Result;
-use clade_cluster::Singleton;
-use clade_store::LeaseRow;
 
 use crate::cli::NodeCommand;
 use crate::context::Ctx;
@@ -13,7 +9,7 @@ use crate::output;
 pub(super) async fn run(ctx: &Ctx, cmd: NodeCommand) -> Result<()> {
     match cmd {
         NodeCommand::List { json } => {
-            let nodes = nodes_of(ctx.store.shard_leases().list().await?);
+            let nodes = clade_cluster::nodes_of(ctx.store.shard_leases().list().await?);
             if json {
                 return output::json(&nodes);
             }
@@ -49,40 +45,6 @@ pub(super) async fn run(ctx: &Ctx, cmd: NodeCommand) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// One node as its live leases show it.
-#[derive(Debug, serde::Serialize)]
-struct Node {
-    node: String,
-    shards: Vec<i64>,
-    /// The once-per-cluster work it runs (`outbox`, `scheduler`, …).
-    duties: Vec<&'static str>,
-    /// How soon its first lease expires unless renewed; `None` for a gateway alone, whose
-    /// leases never expire.
-    expires_in_ms: Option<i64>,
-}
-
-/// The live leases grouped by holder, in name order.
-fn nodes_of(leases: Vec<LeaseRow>) -> Vec<Node> {
-    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
-    for lease in leases.into_iter().filter(LeaseRow::is_live) {
-        let node = nodes.entry(lease.holder.clone()).or_insert_with(|| Node {
-            node: lease.holder.clone(),
-            shards: Vec::new(),
-            duties: Vec::new(),
-            expires_in_ms: None,
-        });
-        match Singleton::of_lease(lease.shard) {
-            Some(duty) => node.duties.push(duty.name()),
-            None => node.shards.push(lease.shard),
-        }
-        if let Some(at) = lease.expires_at {
-            let left = at.as_millis().saturating_sub(lease.now.as_millis());
-            node.expires_in_ms = Some(node.expires_in_ms.map_or(left, |ms| ms.min(left)));
-        }
-    }
-    nodes.into_values().collect()
 }
 
 /// `0-3,8,10-11`: sorted shard numbers, runs folded.

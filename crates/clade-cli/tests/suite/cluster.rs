@@ -452,3 +452,37 @@ async fn a_nats_outage_delays_work_and_loses_none() {
     assert_eq!(both.len(), 2, "a node lost its shards while NATS was down: {both:?}");
     drop((on_a, on_b));
 }
+
+/// `GET /v1/cluster/nodes` shows the operator each node's shards and duties; to another
+/// tenant's admin the route does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_sees_the_nodes_over_the_api_and_no_tenant_does() {
+    let Some(schema) = clade_test_support::PgSchema::create().await else { return };
+    let Some(nats) = clade_test_support::nats_url() else { return };
+    let cluster = cluster_name();
+    let a = node(schema.url(), &nats, &cluster, "a", 8);
+    let b = node(schema.url(), &nats, &cluster, "b", 8);
+    a.run(&["tenants", "create", "acme"]).ok();
+    let (acme_admin, _) = super::support::token(&a, "acme", &["admin"]);
+    let on_a = a.serve(&[]);
+    let _on_b = b.serve(&[]);
+    let every = std::time::Duration::from_millis(100);
+    let read = async || on_a.get_json("/v1/cluster/nodes").await;
+    let spread = |list: &serde_json::Value| {
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        items.len() == 2 && items.iter().all(|n| n["shards"].as_array().map(Vec::len) == Some(4))
+    };
+    let list = polled_within(std::time::Duration::from_secs(20), every, read, spread).await;
+    assert!(spread(&list), "{list}");
+    assert_eq!(
+        (list["items"][0]["node"].as_str(), list["items"][1]["node"].as_str()),
+        (Some("a"), Some("b"))
+    );
+    assert!(
+        list["items"][0]["expires_in_ms"].as_i64().is_some_and(|ms| ms > 0 && ms <= 2_000),
+        "{list}"
+    );
+    let (status, answer) = on_a.send("GET", "/v1/cluster/nodes", Some(&acme_admin), None).await;
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer.to_string().contains("no such route"), "{answer}");
+}
