@@ -318,6 +318,9 @@ fn the_gateway_never_reads_across_tenants() {
         // The deployment's configuration, which only the operator's token reaches.
         "config_revisions().get",
         "config_revisions().list",
+        // The cluster's leases: node names and shard numbers, no tenant's data (the
+        // operator's token only, too).
+        "shard_leases().list",
         "now",
         "outbox_head",
         "ping",
