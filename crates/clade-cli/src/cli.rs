@@ -999,14 +999,7 @@ pub(crate) enum GatewayCommand {
         json: bool,
     },
     /// Take no new events (before stopping it) and wait for the turns under way to end
-    Drain {
-        /// How long to wait for the running turns (30s, 5m)
-        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
-        wait: std::time::Duration,
-        /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
-        #[arg(long, value_name = "PATH")]
-        admin_socket: Option<std::path::PathBuf>,
-    },
+    Drain(DrainArgs),
     /// Take the newest configuration revision now (the gateway also looks each second)
     Reload {
         /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
@@ -1156,6 +1149,17 @@ pub(crate) enum RemoteCommand {
     },
 }
 
+/// How `clade gateway drain` and `clade node drain` reach the gateway and how long they wait.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DrainArgs {
+    /// How long to wait for the running turns (30s, 5m)
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    pub(crate) wait: std::time::Duration,
+    /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
+    #[arg(long, value_name = "PATH")]
+    pub(crate) admin_socket: Option<std::path::PathBuf>,
+}
+
 /// `clade bench cluster`'s settings.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchClusterArgs {
@@ -1200,14 +1204,7 @@ pub(crate) enum NodeCommand {
     },
     /// Hand this node's shards and duties to the other nodes (over its admin socket): it
     /// takes no new events, lets its turns end, then holds nothing; stop it after
-    Drain {
-        /// How long to wait for the running turns (30s, 5m)
-        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
-        wait: std::time::Duration,
-        /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
-        #[arg(long, value_name = "PATH")]
-        admin_socket: Option<std::path::PathBuf>,
-    },
+    Drain(DrainArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -37,8 +37,8 @@ pub(super) async fn run(ctx: &Ctx, cmd: NodeCommand) -> Result<()> {
             output::table(&["NODE", "SHARDS", "WHICH", "DUTIES", "EXPIRES IN"], &rows);
             Ok(())
         }
-        NodeCommand::Drain { wait, admin_socket } => {
-            super::tool_host::drain(ctx, wait, admin_socket.as_deref()).await?;
+        NodeCommand::Drain(args) => {
+            super::tool_host::drain(ctx, &args).await?;
             println!(
                 "drained: this node runs no turn and its shards and duties went to the other nodes (`clade node list`); stop it now"
             );

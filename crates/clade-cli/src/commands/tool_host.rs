@@ -169,8 +169,8 @@ pub(super) async fn gateway(ctx: &Ctx, cmd: GatewayCommand) -> Result<()> {
                 other => bail!("the gateway answered {other:?}"),
             }
         }
-        GatewayCommand::Drain { wait, admin_socket: flag } => {
-            drain(ctx, wait, flag.as_deref()).await?;
+        GatewayCommand::Drain(args) => {
+            drain(ctx, &args).await?;
             println!("drained: it takes no new events and runs no turn; stop it now");
         }
         GatewayCommand::Reload { admin_socket: flag } => {
@@ -256,10 +256,10 @@ pub(super) async fn run(cmd: ToolHostCommand) -> Result<()> {
     Ok(())
 }
 
-/// Drains the gateway answering on the admin socket (`flag`, else this data dir's): it takes
-/// no new events, its turns end within `wait`, and a cluster's node hands its shards over.
-pub(super) async fn drain(ctx: &Ctx, wait: Duration, flag: Option<&std::path::Path>) -> Result<()> {
-    let path = admin_socket::path(ctx, flag);
+/// Drains the gateway answering on the admin socket (`--admin-socket`, else this data dir's):
+/// it takes no new events, its turns end within `--wait`, and a cluster's node hands its shards over.
+pub(super) async fn drain(ctx: &Ctx, args: &crate::cli::DrainArgs) -> Result<()> {
+    let (wait, path) = (args.wait, admin_socket::path(ctx, args.admin_socket.as_deref()));
     let request = AdminRequest::Drain { wait_secs: Some(wait.as_secs()) };
     let within = wait + Duration::from_secs(10);
     match admin_socket::request_within(&path, &request, within).await? {
