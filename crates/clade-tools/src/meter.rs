@@ -394,7 +394,9 @@ mod tests {
                 .await
                 .expect("the second run passes what the first left")
                 .unwrap();
-            assert!(used >= 640 * 1024, "{used}");
+            // Stopped as soon as the two together pass the total, which may be mid-write:
+            // b's own share then need only pass what a left.
+            assert!(used > 1024 * 1024 - 640 * 1024, "{used}");
         });
     }
 }
