@@ -182,6 +182,8 @@ fn record_hash(prev: &str, tenant: &TenantId, row: &AuditRow) -> String {
 /// Appends one record inside the caller's transaction.
 pub(crate) async fn append_audit(conn: &mut Tx, entry: &AuditEntry, now: Timestamp) -> Result<()> {
     let tenant = entry.tenant.as_bytes().to_vec();
+    // Each record chains to the one before: two nodes appending for a tenant take turns.
+    conn.serialize(&format!("audit {}", entry.tenant)).await?;
     let last =
         query("SELECT seq, hash FROM audit_log WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1")
             .bind(tenant.clone())

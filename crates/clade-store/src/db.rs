@@ -82,6 +82,24 @@ impl Tx {
     }
 }
 
+impl Tx {
+    /// Makes writes about `what` (a key such as `session <id>`) take turns across processes
+    /// until this transaction ends: a transaction-scoped advisory lock on PostgreSQL, keyed
+    /// within the schema. Nothing on SQLite, whose writer holds the one write lock. For the
+    /// read-then-write steps that a row lock cannot guard: numbering, find-or-create.
+    pub(crate) async fn serialize(&mut self, what: &str) -> Result<()> {
+        if let Tx::Postgres(_) = self {
+            query(
+                "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ' ' || $1, 0))",
+            )
+            .bind(what.to_owned())
+            .execute(self)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
 impl Query {
     pub(crate) fn bind(mut self, value: impl Into<Value>) -> Self {
         self.args.push(value.into());

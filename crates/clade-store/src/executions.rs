@@ -297,6 +297,8 @@ impl<'w> ExecutionWrites<'w> {
         error: Option<String>,
     ) -> Result<ExecutionRow> {
         crate::leases::check(self.conn, self.fence.of(id.as_bytes())).await?;
+        // A cancel from any node and the settling of its holder decide one after the other.
+        self.conn.serialize(&format!("execution {id}")).await?;
         let current = self.not_a_turn(id).await?;
         if !current.status.can_become(status) {
             return Err(Error::ExecutionEnded { id: id.to_string(), status: current.status });

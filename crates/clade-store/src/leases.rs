@@ -100,12 +100,16 @@ impl Fence {
 }
 
 /// Inside a write's transaction: refuses it unless `lease`'s row (its shard) still carries
-/// its epoch. (On PostgreSQL, every write of the store holds the writers' lock, so no lease
-/// can be taken between this read and the commit.)
+/// its epoch. On PostgreSQL the row is read `FOR SHARE`, so no lease can be taken between this
+/// read and the commit: a taker's update waits for it, and a write that comes after the taker
+/// finds the new epoch. (SQLite's writer holds the one write lock throughout.)
 pub(crate) async fn check(conn: &mut Tx, lease: Option<(i64, i64)>) -> Result<()> {
     let Some((shard, epoch)) = lease else { return Ok(()) };
-    let row =
-        query("SELECT epoch FROM leases WHERE shard = $1").bind(shard).fetch_optional(conn).await?;
+    let sql = match conn {
+        Tx::Postgres(_) => "SELECT epoch FROM leases WHERE shard = $1 FOR SHARE",
+        Tx::Sqlite(_) => "SELECT epoch FROM leases WHERE shard = $1",
+    };
+    let row = query(sql).bind(shard).fetch_optional(conn).await?;
     let current = row.map(|row| row.try_get::<i64, _>("epoch")).transpose()?;
     if epoch == 0 || current != Some(epoch) {
         return Err(Error::Fenced { held: epoch, current: current.unwrap_or(0) });

@@ -23,6 +23,7 @@ mod db;
 pub mod error;
 pub mod executions;
 pub mod forks;
+mod horizon;
 pub mod host_calls;
 pub mod jobs;
 pub mod leases;

@@ -213,15 +213,6 @@ const OUTBOX_COLUMNS: &str = "id, event_id, tenant_id, session_id, turn_id, kind
 const OUTBOX_INSERT: &str = "INSERT INTO outbox (event_id, tenant_id, session_id, turn_id, kind, data, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
 
-/// Taken on PostgreSQL by every write transaction, first, and held until it commits or rolls
-/// back (`writer::run_batch`): the writers of one store (two nodes, or the CLI beside a server)
-/// commit one at a time, as SQLite's write lock makes them. A subscriber follows the outbox by
-/// id, so ids must be issued in commit order, which an identity column alone does not give: a
-/// later id could commit first, and a subscriber that read it would pass the earlier one for
-/// good. Taken first, before any row lock, it also keeps two writers from deadlocking.
-pub(crate) const WRITERS_LOCK_POSTGRES: &str =
-    "SELECT pg_advisory_xact_lock(hashtextextended('clade writers ' || current_schema(), 0))";
-
 /// An outbox row on SQLite, numbered by the store from [`NEXT_OUTBOX_ID_SQLITE`].
 const OUTBOX_INSERT_SQLITE: &str = "INSERT INTO outbox (event_id, tenant_id, session_id, turn_id, kind, data, created_at, id) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
@@ -344,6 +335,10 @@ pub(crate) async fn insert_outbox(
         Tx::Sqlite(_) if !events.is_empty() => Some(
             query(NEXT_OUTBOX_ID_SQLITE).fetch_one(&mut *conn).await?.try_get::<i64, _>("next")?,
         ),
+        Tx::Postgres(_) if !events.is_empty() => {
+            crate::horizon::register(conn).await?;
+            None
+        }
         _ => None,
     };
     for event in events {
@@ -512,11 +507,13 @@ impl Store {
         Ok(records)
     }
 
-    /// The newest outbox position (0 when empty): a live subscriber that starts now has seen
-    /// nothing after it.
+    /// The newest outbox position a follower may start after (0 when empty): a live
+    /// subscriber that starts now has seen nothing after it. Below a row still committing
+    /// ([`crate::horizon`]), so a subscriber starting here is sent that row.
     pub async fn outbox_head(&self) -> Result<i64> {
-        let row = self.row(query("SELECT COALESCE(MAX(id), 0) AS head FROM outbox")).await?;
-        row.try_get("head")
+        let horizon = self.outbox_horizon().await?;
+        let head = query("SELECT COALESCE(MAX(id), 0) AS head FROM outbox WHERE id <= $1");
+        self.row(head.bind(horizon)).await?.try_get("head")
     }
 
     /// Integrity check of the whole database file (SQLite); used after crash recovery.
@@ -618,13 +615,19 @@ pub(crate) async fn accept_in(
     let agent = AgentId::from_bytes(id_bytes(&agent, "id")?);
     let event_id = EventId::generate(now);
     let key = event.idempotency_key.clone().unwrap_or_else(|| event_id.to_string());
-    // A key of our own (the new event's id) cannot have been seen before.
-    if event.idempotency_key.is_some()
-        && let Some(existing) = find_by_key(conn, event.tenant, &key).await?
-    {
-        return Ok((check_duplicate(existing, &event.payload_hash, &key)?, None));
+    // A key of our own (the new event's id) cannot have been seen before. One given by the
+    // caller may come to two nodes at once (a retried webhook): they take turns.
+    if event.idempotency_key.is_some() {
+        conn.serialize(&format!("event key {} {key}", event.tenant)).await?;
+        if let Some(existing) = find_by_key(conn, event.tenant, &key).await? {
+            return Ok((check_duplicate(existing, &event.payload_hash, &key)?, None));
+        }
     }
     let s = &event.source;
+    // Nodes accepting for one session take turns, so it is made once and its positions are
+    // handed out once each.
+    let sides = (&s.platform, &s.channel, &s.actor);
+    conn.serialize(&format!("session {} {agent} {sides:?}", event.tenant)).await?;
     // One round trip: the session, its next position and how many events wait.
     let session = query(SESSION_FOR_EVENT)
         .bind(b(event.tenant.as_bytes()))
@@ -1164,12 +1167,15 @@ impl SystemStore {
 
     /// Outbox rows after `after`, all tenants (for the dispatcher).
     pub async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<OutboxRow>> {
+        let horizon = self.outbox_horizon().await?;
         let rows = self
             .rows(
                 query(format!(
-                    "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id > $1 ORDER BY id LIMIT $2"
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id > $1 AND id <= $2 \
+                     ORDER BY id LIMIT $3"
                 ))
                 .bind(after)
+                .bind(horizon)
                 .bind(i64::from(limit)),
             )
             .await?;
@@ -1545,13 +1551,15 @@ impl Sessions<'_> {
         after: i64,
         limit: u32,
     ) -> Result<Vec<OutboxRow>> {
-        let tenant = self.tenant;
+        let (tenant, horizon) = (self.tenant, self.store.outbox_horizon().await?);
         let rows = self.store.rows(query(format!(
-            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE session_id = $1 AND tenant_id = $2 AND id > $3 ORDER BY id LIMIT $4"
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE session_id = $1 AND tenant_id = $2 AND id > $3 \
+             AND id <= $4 ORDER BY id LIMIT $5"
         ))
         .bind(b(session.as_bytes()))
         .bind(b(tenant.as_bytes()))
         .bind(after)
+        .bind(horizon)
         .bind(i64::from(limit))).await?;
         rows.iter().map(outbox_row).collect()
     }
@@ -1565,17 +1573,19 @@ impl Sessions<'_> {
         after: i64,
         limit: u32,
     ) -> Result<Vec<OutboxRow>> {
-        let tenant = self.tenant;
+        let (tenant, horizon) = (self.tenant, self.store.outbox_horizon().await?);
         let columns = OUTBOX_COLUMNS.split(", ").map(|c| format!("o.{c}")).collect::<Vec<_>>();
         let rows = self
             .store
             .rows(
                 query(format!(
                     "SELECT {} FROM outbox o JOIN sessions s ON s.id = o.session_id \
-             WHERE o.id > $1 AND o.tenant_id = $2 AND s.agent_id = $3 ORDER BY o.id LIMIT $4",
+             WHERE o.id > $1 AND o.id <= $2 AND o.tenant_id = $3 AND s.agent_id = $4 \
+             ORDER BY o.id LIMIT $5",
                     columns.join(", ")
                 ))
                 .bind(after)
+                .bind(horizon)
                 .bind(b(tenant.as_bytes()))
                 .bind(b(agent.as_bytes()))
                 .bind(i64::from(limit)),
@@ -1592,14 +1602,15 @@ impl Sessions<'_> {
         after: i64,
         limit: u32,
     ) -> Result<Vec<OutboxRow>> {
-        let tenant = self.tenant;
+        let (tenant, horizon) = (self.tenant, self.store.outbox_horizon().await?);
         let columns = OUTBOX_COLUMNS.split(", ").map(|c| format!("o.{c}")).collect::<Vec<_>>();
         // Conditions are added only when asked for, so a session's history walks its index.
         let mut sql = format!(
-            "SELECT {} FROM outbox o WHERE o.tenant_id = $1 AND o.id > $2 AND o.created_at >= $3",
+            "SELECT {} FROM outbox o WHERE o.tenant_id = $1 AND o.id > $2 AND o.id <= $3 \
+             AND o.created_at >= $4",
             columns.join(", ")
         );
-        let mut n = 4;
+        let mut n = 5;
         if filter.session.is_some() {
             sql.push_str(&format!(" AND o.session_id = ${n}"));
             n += 1;
@@ -1621,6 +1632,7 @@ impl Sessions<'_> {
         let mut q = query(sql)
             .bind(b(tenant.as_bytes()))
             .bind(after)
+            .bind(horizon)
             .bind(filter.since.map_or(i64::MIN, |t| t.as_millis()));
         if let Some(session) = filter.session {
             q = q.bind(b(session.as_bytes()));
@@ -1669,17 +1681,20 @@ impl Deliveries<'_> {
     /// statement, so it is sent only what comes after; one that has a cursor keeps it.
     pub async fn start_at_head(self, subscriber: &str) -> Result<()> {
         let subscriber = subscriber.to_owned();
+        let horizon = self.store.outbox_horizon().await?;
         self.store
             .write(move |conn| {
                 let subscriber = subscriber.clone();
                 Box::pin(async move {
-                    // `WHERE true` keeps SQLite from reading ON CONFLICT as part of the SELECT.
+                    // The `WHERE` also keeps SQLite from reading ON CONFLICT as part of the
+                    // SELECT.
                     query(
                         "INSERT INTO subscriber_cursors (subscriber, last_id, attempts) \
-                     SELECT $1, COALESCE(MAX(id), 0), 0 FROM outbox WHERE true \
+                     SELECT $1, COALESCE(MAX(id), 0), 0 FROM outbox WHERE id <= $2 \
                      ON CONFLICT (subscriber) DO NOTHING",
                     )
                     .bind(subscriber)
+                    .bind(horizon)
                     .execute(&mut *conn)
                     .await?;
                     Ok(())
@@ -1705,7 +1720,8 @@ impl Deliveries<'_> {
             Box::pin(async move {
                 query(
                     "INSERT INTO subscriber_cursors (subscriber, last_id, attempts) VALUES ($1, $2, $3) \
-                     ON CONFLICT (subscriber) DO UPDATE SET last_id = excluded.last_id, attempts = excluded.attempts",
+                     ON CONFLICT (subscriber) DO UPDATE SET last_id = excluded.last_id, attempts = excluded.attempts \
+                     WHERE subscriber_cursors.last_id <= excluded.last_id",
                 )
                 .bind(subscriber.clone())
                 .bind(last_id)

@@ -956,13 +956,10 @@ async fn run_batch(conn: &mut Tx, backend: Backend, batch: &mut [Box<dyn Job>]) 
         Backend::Sqlite => "BEGIN IMMEDIATE",
         Backend::Postgres => "BEGIN",
     };
+    // PostgreSQL writers (the nodes of a cluster) commit side by side: what they must not
+    // interleave is guarded row by row (fencing, numbering), and outbox readers stay below
+    // rows still committing (`crate::horizon`).
     conn.batch(begin).await?;
-    if backend == Backend::Postgres
-        && let Err(err) = conn.batch(crate::turns::WRITERS_LOCK_POSTGRES).await
-    {
-        let _ = conn.batch("ROLLBACK").await;
-        return Err(err);
-    }
     let result = async {
         // A write alone in its batch needs no savepoint: if it fails, the whole transaction
         // rolls back. (Under light load nearly every batch is one write.)

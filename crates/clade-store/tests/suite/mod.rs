@@ -19,6 +19,7 @@ mod retries;
 mod secrets;
 mod sessions;
 mod settings;
+mod side_by_side;
 mod tenants_tokens;
 mod usage;
 mod working;

@@ -50,7 +50,9 @@ async fn follow(store: &Store, cursor: &mut i64, seen: &mut Vec<i64>) {
 /// Outbox ids follow commit order even with two writers on one store (two nodes, or the CLI
 /// beside a server): a subscriber following the outbox by id never passes a row that another
 /// writer commits later. One writer takes an id and holds its transaction open while a second
-/// store handle writes a row of its own; the follower, reading all along, must see both.
+/// store handle writes a row of its own; the follower, reading all along, must see both. On
+/// PostgreSQL the second writer commits while the first is still open: writers do not take
+/// turns, the follower waits instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_never_passes_a_row_another_writer_commits_later() {
     use std::sync::{Arc, Mutex};
@@ -100,8 +102,19 @@ async fn a_follower_never_passes_a_row_another_writer_commits_later() {
         });
         // Time enough for the second writer to commit, if nothing holds it back; the follower
         // reads meanwhile.
-        let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut second).await;
+        let early = tokio::time::timeout(std::time::Duration::from_secs(20), &mut second);
+        let early = if h.name == "postgres" {
+            Ok(early.await.expect("the second writer waited for the first to commit"))
+        } else {
+            // SQLite has one writer at a time: the second waits for the first.
+            tokio::time::timeout(std::time::Duration::from_millis(300), &mut second).await
+        };
         follow(&h.store, &mut cursor, &mut seen).await;
+        assert!(
+            seen.is_empty(),
+            "{}: the follower read {seen:?} before the first committed",
+            h.name
+        );
         let _ = release.send(());
         first.await.unwrap().unwrap();
         match early {

@@ -8,9 +8,50 @@ use sqlx::{Connection, Executor, Row};
 
 use super::harness::{accept, backends, eventually, tenant_and_agent};
 
-/// What every write on PostgreSQL takes first (`turns::WRITERS_LOCK_POSTGRES`).
-const WRITERS_LOCK: &str =
-    "SELECT pg_advisory_xact_lock(hashtextextended('clade writers ' || current_schema(), 0))";
+/// What an audit record's append takes first on PostgreSQL, so that two nodes appending to
+/// one tenant's chain take turns (`Tx::serialize`, keyed `audit <tenant>`).
+const AUDIT_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ' ' || $1, 0))";
+
+/// Opens a transaction on another connection that writes `tenant`'s next audit record and
+/// would wait a minute before looking for a deadlock, so that in one it is the store's
+/// transaction PostgreSQL aborts.
+async fn hold_next_audit_record(url: &str, tenant: clade_core::TenantId) -> sqlx::PgConnection {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    conn.execute("BEGIN").await.unwrap();
+    conn.execute("SET LOCAL deadlock_timeout = '60s'").await.unwrap();
+    sqlx::query(
+        "INSERT INTO audit_log (tenant_id, seq, at, agent_id, kind, tool, decision, detail, \
+         prev_hash, hash) SELECT $1, COALESCE(MAX(seq), 0) + 1, 0, NULL, 'tool_decision', NULL, \
+         NULL, '{}', '', '' FROM audit_log WHERE tenant_id = $1",
+    )
+    .bind(tenant.as_bytes().to_vec())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn
+}
+
+fn audit_entry(tenant: clade_core::TenantId) -> clade_store::access::AuditEntry {
+    clade_store::access::AuditEntry {
+        tenant,
+        agent: None,
+        kind: clade_core::AuditKind::ToolDecision,
+        tool: Some("search".into()),
+        decision: Some("allow".into()),
+        detail: "{}".into(),
+    }
+}
+
+/// Audit records this store holds for `tenant` from `tool`.
+async fn audited(store: &clade_store::Store, tenant: clade_core::TenantId) -> usize {
+    let all = store
+        .access(tenant)
+        .audit_records(&clade_store::access::AuditFilter { limit: 100, ..Default::default() })
+        .await
+        .unwrap();
+    all.iter().filter(|r| r.tool.as_deref() == Some("search")).count()
+}
 
 #[tokio::test]
 async fn a_write_postgres_aborts_as_a_deadlock_victim_runs_again() {
@@ -18,39 +59,25 @@ async fn a_write_postgres_aborts_as_a_deadlock_victim_runs_again() {
         if h.name != "postgres" {
             continue;
         }
-        let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
-        let accepted = accept(&h.store, &tenant, &agent, "c").await;
+        let tenant = h.store.tenants().named(clade_core::Tenant::DEFAULT_NAME).await.unwrap().id;
         let retried_before = h.store.write_stats().retries;
 
-        // Another client holds the session's row, and would wait a minute before looking for
-        // a deadlock: the store's transaction is the one PostgreSQL aborts.
+        // Another client writes the tenant's next audit record and keeps its transaction open.
         let url = h.location.connect_url().unwrap();
-        let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
-        other.execute("BEGIN").await.unwrap();
-        other.execute("SET LOCAL deadlock_timeout = '60s'").await.unwrap();
-        sqlx::query("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE")
-            .bind(accepted.session_id.as_bytes().to_vec())
-            .fetch_one(&mut other)
-            .await
-            .unwrap();
+        let mut other = hold_next_audit_record(&url, tenant).await;
 
-        // The store's write takes the writers' lock, then waits for the row.
+        // The store's append takes the chain's lock, then waits for the other's record.
         let store = h.store.clone();
-        let (tenant_id, session) = (tenant.id, accepted.session_id);
-        let write = tokio::spawn(async move {
-            store.sessions(tenant_id).set_queue_mode(session, Some("steer".into())).await
-        });
+        let write = tokio::spawn(async move { store.audit(audit_entry(tenant)).await });
         wait_until_blocked_by(&mut other).await;
 
-        // Now the other client waits for the writers' lock: a deadlock, broken by aborting the
+        // Now the other client waits for the chain's lock: a deadlock, broken by aborting the
         // store's transaction, which released the lock.
-        sqlx::query(WRITERS_LOCK).execute(&mut other).await.unwrap();
+        sqlx::query(AUDIT_LOCK).bind(format!("audit {tenant}")).execute(&mut other).await.unwrap();
         other.execute("COMMIT").await.unwrap();
 
-        let row = write.await.unwrap().unwrap_or_else(|err| panic!("the write failed: {err}"));
-        assert_eq!(row.queue_mode.as_deref(), Some("steer"));
-        let stored = h.store.sessions(tenant.id).get(session).await.unwrap();
-        assert_eq!(stored.queue_mode.as_deref(), Some("steer"), "the write was not stored");
+        write.await.unwrap().unwrap_or_else(|err| panic!("the write failed: {err}"));
+        assert_eq!(audited(&h.store, tenant).await, 1, "the write was not stored once");
         assert!(h.store.write_stats().retries > retried_before, "nothing was run again");
     }
 }
@@ -65,7 +92,6 @@ async fn only_the_aborted_write_of_a_batch_runs_again() {
         }
         let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
         let stalled = accept(&h.store, &tenant, &agent, "stalled").await.session_id;
-        let victim = accept(&h.store, &tenant, &agent, "victim").await.session_id;
         let retried_before = h.store.write_stats().retries;
         let url = h.location.connect_url().unwrap();
         let hold = |session: clade_core::SessionId| {
@@ -85,7 +111,7 @@ async fn only_the_aborted_write_of_a_batch_runs_again() {
         // One client keeps the writer busy on a first write, so the next ones queue up and
         // go into one batch; another holds the row one of those will wait for.
         let mut staller = hold(stalled).await;
-        let mut other = hold(victim).await;
+        let mut other = hold_next_audit_record(&url, tenant.id).await;
         let store = h.store.clone();
         let first = tokio::spawn(async move {
             store.sessions(tenant.id).set_queue_mode(stalled, Some("steer".into())).await
@@ -94,7 +120,7 @@ async fn only_the_aborted_write_of_a_batch_runs_again() {
         let store = h.store.clone();
         let batch = tokio::spawn(async move {
             let one = store.tenants().create("one");
-            let aborted = store.sessions(tenant.id).set_queue_mode(victim, Some("steer".into()));
+            let aborted = store.audit(audit_entry(tenant.id));
             let three = store.tenants().create("three");
             tokio::join!(one, aborted, three)
         });
@@ -103,14 +129,15 @@ async fn only_the_aborted_write_of_a_batch_runs_again() {
         staller.execute("COMMIT").await.unwrap();
         first.await.unwrap().unwrap();
         wait_until_blocked_by(&mut other).await;
-        sqlx::query(WRITERS_LOCK).execute(&mut other).await.unwrap();
+        let key = format!("audit {}", tenant.id);
+        sqlx::query(AUDIT_LOCK).bind(key).execute(&mut other).await.unwrap();
         other.execute("COMMIT").await.unwrap();
 
         let (one, aborted, three) = batch.await.unwrap();
         one.unwrap_or_else(|err| panic!("the first write of the batch failed: {err}"));
         three.unwrap_or_else(|err| panic!("the last write of the batch failed: {err}"));
-        let row = aborted.unwrap_or_else(|err| panic!("the aborted write failed: {err}"));
-        assert_eq!(row.queue_mode.as_deref(), Some("steer"));
+        aborted.unwrap_or_else(|err| panic!("the aborted write failed: {err}"));
+        assert_eq!(audited(&h.store, tenant.id).await, 1, "the aborted write was not stored once");
         let names: Vec<String> =
             h.store.tenants().list().await.unwrap().iter().map(|t| t.name.to_string()).collect();
         assert!(names.contains(&"one".into()) && names.contains(&"three".into()), "{names:?}");
