@@ -108,10 +108,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        // Back-pressure: the session's queue is full; a second is a fair first wait.
+        // Back-pressure: the session's queue is full; a second is a fair first wait. A store
+        // out of reach (a database restarting, failing over) is back within seconds or not
+        // soon: a client retrying every two seconds finds out.
         let retry = match (self.code, self.retry_after) {
             (_, Some(wait)) => Some(wait.as_secs_f64().ceil().max(1.0) as u64),
             (Code::SessionBusy, None) => Some(1),
+            (Code::StoreUnavailable, None) => Some(2),
             _ => None,
         };
         if self.code.status().is_server_error() {

@@ -16,6 +16,9 @@
 use sqlx::Executor;
 
 pub mod history;
+mod proxy;
+
+pub use proxy::Proxy;
 
 pub const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 

@@ -486,3 +486,70 @@ async fn the_operator_sees_the_nodes_over_the_api_and_no_tenant_does() {
     assert_eq!(status, 404, "{answer}");
     assert!(answer.to_string().contains("no such route"), "{answer}");
 }
+
+/// A PostgreSQL outage (the database restarting, failing over, out of reach): requests get a
+/// 503 naming the store, with `Retry-After`, in bounded time, and the gateway is not ready;
+/// nothing is half-written, so the same event sent again once the database is back is stored
+/// once, and the conversation carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_answers_503_with_retry_after_and_half_writes_nothing() {
+    let Some(schema) = clade_test_support::PgSchema::create().await else { return };
+    let admin = clade_test_support::pg_admin_url();
+    let server_addr = admin.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap();
+    let target = std::net::ToSocketAddrs::to_socket_addrs(server_addr).unwrap().next().unwrap();
+    let proxy = clade_test_support::Proxy::start(target).unwrap();
+    let store = schema.url().replace(server_addr, &proxy.addr().to_string());
+    let env = Env::new();
+    write(&env.data_dir().join("clade.yaml"), &format!("store:\n  url: \"{store}\"\n"));
+    env.run(&["agents", "create", "ada"]).ok();
+    let server = env.serve(&[]);
+    let (session, status) = ask(&server, "c", "first").await;
+    assert_eq!(status, "completed");
+
+    proxy.cut();
+    let body = json!({ "agent": "ada", "text": "second", "idempotency_key": "second",
+        "source": { "platform": "http", "channel": "c", "actor": "someone" } });
+    let client = reqwest::Client::new();
+    let post = || {
+        client
+            .post(format!("{}/v1/events", server.url))
+            .bearer_auth(&server.token)
+            .json(&body)
+            .timeout(std::time::Duration::from_secs(60))
+            .send()
+    };
+    let asked = std::time::Instant::now();
+    let refused = post().await.unwrap();
+    let waited = asked.elapsed();
+    assert_eq!(refused.status(), 503, "{:?}", refused.text().await);
+    let retry = refused.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    assert!(retry.is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1)), "no Retry-After");
+    let answer: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "store_unavailable", "{answer}");
+    assert!(waited < std::time::Duration::from_secs(15), "the 503 took {waited:?}");
+    let ready = client.get(format!("{}/readyz", server.url)).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "ready without its store");
+
+    proxy.restore();
+    let every = std::time::Duration::from_millis(200);
+    let within = std::time::Duration::from_secs(30);
+    let answer = async || {
+        let response = post().await.ok()?;
+        response.status().is_success().then_some(())?;
+        response.json::<serde_json::Value>().await.ok()
+    };
+    let stored = polled_within(within, every, answer, Option::is_some).await;
+    let stored = stored.expect("not stored once the store was back");
+    let again = answer().await.expect("sent again");
+    assert_eq!(again["event_id"], stored["event_id"], "stored twice: {stored} {again}");
+    let (_, status) = ask(&server, "c", "third").await;
+    assert_eq!(status, "completed");
+    let turns = server.all_turns(&session).await;
+    let mut texts: Vec<String> = turns
+        .iter()
+        .flat_map(|t| t["events"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["text"].as_str().map(str::to_owned))
+        .collect();
+    texts.sort();
+    assert_eq!(texts, ["first", "second", "third"], "each event once: {turns:?}");
+}
