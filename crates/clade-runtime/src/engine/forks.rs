@@ -145,10 +145,12 @@ impl Engine {
     }
 
     /// Settles the forks a crash left between their last turn and their report: those whose
-    /// sessions have nothing left to run (the others settle after their next turn).
+    /// sessions this node runs (a cluster's other nodes settle theirs) and have nothing left
+    /// to run (the others settle after their next turn).
     pub(super) async fn settle_after_restart(&self, open: &[SessionId]) -> Result<(), Error> {
         let unsettled = self.inner.store.system().unsettled_forks(10_000).await?;
-        for (tenant, session) in unsettled.into_iter().filter(|(_, s)| !open.contains(s)) {
+        let ours = |s: &SessionId| self.inner.bus.runs_here(*s) && !open.contains(s);
+        for (tenant, session) in unsettled.into_iter().filter(|(_, s)| ours(s)) {
             self.inner.settle_fork(tenant, session).await;
         }
         Ok(())
