@@ -5,6 +5,7 @@ mod config_apply;
 mod control;
 mod crash;
 mod cron;
+mod deploy;
 mod discord;
 mod forks;
 mod hardening;
