@@ -64,7 +64,7 @@ pub enum OpKind {
 /// A fault window: the server was killed at `start_ms` and answered again at `end_ms`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Fault {
-    /// `kill9` or the failpoint's name.
+    /// `kill9`, `partition-postgres`, `partition-nats` or the failpoint's name.
     pub kind: String,
     pub start_ms: u64,
     pub end_ms: u64,

@@ -52,6 +52,16 @@ async fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
     (url, finished)
 }
 
+/// The `host:port` in `url` (`postgres://user@host:port/db`, `nats://host:port`) and the
+/// address it resolves to: what a [`clade_test_support::Proxy`] stands in for.
+fn server_of(url: &str) -> (String, std::net::SocketAddr) {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let rest = rest.rsplit('@').next().unwrap_or(rest);
+    let host_port = rest.split(['/', '?']).next().unwrap_or(rest).to_owned();
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&host_port).unwrap().next().unwrap();
+    (host_port, addr)
+}
+
 fn cluster_name() -> String {
     let nanos = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos());
     format!("e2e-{}-{nanos}", std::process::id())
@@ -307,10 +317,14 @@ async fn bench_cluster_measures_each_size_and_cleans_up() {
 /// The crash test (`crash.rs`) on a cluster: three nodes on one PostgreSQL store, events sent
 /// to any of them, and nodes killed with SIGKILL at random and started again while many
 /// sessions send events whose turns call an at-most-once and an idempotent ledger tool (one
-/// ledger for all the nodes). Judged as on one node: every acknowledged event has exactly one
-/// completed turn, no at-most-once call ran twice, per-session order held, every turn's event
-/// reached the subscriber (delivered from whichever node holds the outbox), and repeated
-/// idempotency keys got the original answer.
+/// ledger for all the nodes). Between kills, at random, a node is cut off from PostgreSQL or
+/// from NATS (each node reaches both through a proxy of its own) for up to twice its lease's
+/// time: cut from the database that long, it loses its shards to the others while its turns
+/// are still running, and every write it then tries must be refused by the fence. Judged as
+/// on one node: every acknowledged event has exactly one completed turn, no at-most-once call
+/// ran twice, per-session order held, every turn's event reached the subscriber (delivered
+/// from whichever node holds the outbox), and repeated idempotency keys got the original
+/// answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_kill9_under_load_loses_nothing_and_repeats_nothing() {
     use rand::{Rng as _, SeedableRng as _};
@@ -342,9 +356,21 @@ async fn cluster_kill9_under_load_loses_nothing_and_repeats_nothing() {
     // (The drivers wait for acknowledgements, not turns: at soak length a session's queue
     // outgrows the default 64 while its node restarts, and 429s are pacing, not loss.)
     let cluster = cluster_name();
+    let (pg_server, pg) = server_of(&clade_test_support::pg_admin_url());
+    let (nats_server, nats_addr) = server_of(&nats);
+    // Each node reaches PostgreSQL and NATS through links the test cuts.
+    let links: Vec<[clade_test_support::Proxy; 2]> = (0..NODES)
+        .map(|_| {
+            let start = |addr| clade_test_support::Proxy::start(addr).unwrap();
+            [start(pg), start(nats_addr)]
+        })
+        .collect();
     let envs: Vec<Arc<Env>> = (0..NODES)
         .map(|i| {
-            let mut env = node_with(schema.url(), &nats, &cluster, &format!("n{i}"), 16, &more);
+            let [to_pg, to_nats] = &links[i];
+            let store = schema.url().replace(&pg_server, &to_pg.addr().to_string());
+            let nats = nats.replace(&nats_server, &to_nats.addr().to_string());
+            let mut env = node_with(&store, &nats, &cluster, &format!("n{i}"), 16, &more);
             env.vars.retain(|(name, _)| name != "HOOK_SECRET");
             env.vars.push(("HOOK_SECRET".into(), SECRET.into()));
             Arc::new(env)
@@ -369,9 +395,18 @@ async fn cluster_kill9_under_load_loses_nothing_and_repeats_nothing() {
     };
     let drivers = drive(SESSIONS, events, &client, &recorder, &to_any_node);
 
-    // The killer: a node at random, SIGKILL, started again under its name.
+    // The killer: a node at random, SIGKILL, started again under its name; and, before half
+    // of the kills, a node cut off from PostgreSQL or NATS for 0.5 to 4 s (leases of 2 s).
     for _ in 0..kills {
         before_next_kill(&mut plan, 100..800).await;
+        if plan.random_bool(0.5) {
+            let (victim, link) = (plan.random_range(0..NODES), plan.random_range(0..2));
+            let start_ms = recorder.ms();
+            links[victim][link].cut();
+            before_next_kill(&mut plan, 500..4_000).await;
+            links[victim][link].restore();
+            recorder.fault(["partition-postgres", "partition-nats"][link], start_ms);
+        }
         let victim = plan.random_range(0..NODES);
         let start_ms = recorder.ms();
         let (env, dead) = (envs[victim].clone(), servers[victim].take().unwrap());
@@ -389,7 +424,9 @@ async fn cluster_kill9_under_load_loses_nothing_and_repeats_nothing() {
         driver.await.unwrap();
     }
     resend_all(SESSIONS, events, &client, &recorder, &to_any_node).await;
-    println!("cluster crash test: {kills} kills of {NODES} nodes");
+    let partitions =
+        recorder.faults.lock().unwrap().iter().filter(|f| f.kind.starts_with("partition")).count();
+    println!("cluster crash test: {kills} kills of {NODES} nodes, {partitions} partitions");
     let judged = Judged {
         sessions: SESSIONS,
         events,
@@ -402,7 +439,7 @@ async fn cluster_kill9_under_load_loses_nothing_and_repeats_nothing() {
         let log = server.stop();
         assert!(!log.contains("panicked"), "{log}");
     }
-    drop(schema);
+    drop((schema, links));
 }
 
 /// NATS down delays work and loses none: an event taken by one node for a session another
@@ -494,11 +531,9 @@ async fn the_operator_sees_the_nodes_over_the_api_and_no_tenant_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_outage_answers_503_with_retry_after_and_half_writes_nothing() {
     let Some(schema) = clade_test_support::PgSchema::create().await else { return };
-    let admin = clade_test_support::pg_admin_url();
-    let server_addr = admin.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap();
-    let target = std::net::ToSocketAddrs::to_socket_addrs(server_addr).unwrap().next().unwrap();
+    let (server, target) = server_of(&clade_test_support::pg_admin_url());
     let proxy = clade_test_support::Proxy::start(target).unwrap();
-    let store = schema.url().replace(server_addr, &proxy.addr().to_string());
+    let store = schema.url().replace(&server, &proxy.addr().to_string());
     let env = Env::new();
     write(&env.data_dir().join("clade.yaml"), &format!("store:\n  url: \"{store}\"\n"));
     env.run(&["agents", "create", "ada"]).ok();
