@@ -181,6 +181,9 @@ pub(crate) enum Command {
     /// Measure Clade on this machine
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Watch Clade work on this machine
+    #[command(subcommand)]
+    Demo(DemoCommand),
     /// Serve clade-stub, the offline model server (OpenAI and Anthropic wire protocols,
     /// scripted by directives such as `fixed=TEXT`, `latency=MS`, `tps=N`, `status=429x2`)
     Stub(clade_stub::standalone::StubArgs),
@@ -1158,6 +1161,28 @@ pub(crate) struct DrainArgs {
     /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
     #[arg(long, value_name = "PATH")]
     pub(crate) admin_socket: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DemoCommand {
+    /// Three nodes of one cluster on this machine (PostgreSQL and NATS, the offline model):
+    /// people talk to an agent through any node, it messages another, then the node running
+    /// most conversations is killed (SIGKILL) and they carry on through the others
+    Cloud(DemoCloudArgs),
+}
+
+/// `clade demo cloud`'s settings.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoCloudArgs {
+    /// The PostgreSQL database; the demo makes a schema of its own in it and drops it
+    #[arg(long, value_name = "URL")]
+    pub(crate) database: String,
+    /// The NATS server
+    #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
+    pub(crate) nats: String,
+    /// The nodes' lease time, in seconds (a killed node's sessions move after it)
+    #[arg(long, default_value_t = 3)]
+    pub(crate) lease_ttl_secs: u64,
 }
 
 /// `clade bench cluster`'s settings.

@@ -61,7 +61,8 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
     for &nodes in &plan.nodes {
         let scratch =
             ctx.data_dir.root().join(format!("bench-cluster-{}-{nodes}", std::process::id()));
-        let schema = Schema::create(&plan.database, nodes).await?;
+        let name = format!("clade_bench_{}_{nodes}", std::process::id());
+        let schema = Schema::create(&plan.database, &name).await?;
         let outcome = one_size(&scratch, &schema, plan, nodes).await;
         schema.drop_it().await;
         let _ = std::fs::remove_dir_all(&scratch);
@@ -84,7 +85,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
 }
 
 /// The store's URL without its password.
-fn redacted(url: &str) -> String {
+pub(super) fn redacted(url: &str) -> String {
     match url.split_once('@') {
         Some((left, right)) if left.matches(':').count() > 1 => {
             let user = left.rsplit_once(':').map_or(left, |(user, _)| user);
@@ -126,16 +127,16 @@ impl Size {
     }
 }
 
-/// A schema of the bench's own in the given database.
-struct Schema {
+/// A schema of the bench's (or the demo's) own in the given database.
+pub(super) struct Schema {
     admin: String,
     name: String,
-    url: String,
+    pub(super) url: String,
 }
 
 impl Schema {
-    async fn create(admin: &str, nodes: usize) -> Result<Self> {
-        let name = format!("clade_bench_{}_{nodes}", std::process::id());
+    pub(super) async fn create(admin: &str, name: &str) -> Result<Self> {
+        let name = name.to_owned();
         let pool = sqlx::PgPool::connect(admin)
             .await
             .with_context(|| format!("cannot reach PostgreSQL at {}", redacted(admin)))?;
@@ -149,7 +150,7 @@ impl Schema {
         Ok(Self { admin: admin.to_owned(), name, url })
     }
 
-    async fn drop_it(&self) {
+    pub(super) async fn drop_it(&self) {
         if let Ok(pool) = sqlx::PgPool::connect(&self.admin).await {
             let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
             let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
@@ -175,6 +176,35 @@ impl Schema {
     }
 }
 
+/// The data dirs of a cluster's nodes on this machine, each with a clade.yaml joining it.
+pub(super) struct NodeDirs<'a> {
+    pub(super) cluster: &'a str,
+    pub(super) store: &'a str,
+    pub(super) nats: &'a str,
+    pub(super) shards: u32,
+    pub(super) lease_ttl_secs: u64,
+}
+
+impl NodeDirs<'_> {
+    /// `n0`, `n1`, … under `scratch`, one per node.
+    pub(super) fn make(&self, scratch: &Path, nodes: usize) -> Result<Vec<std::path::PathBuf>> {
+        let mut dirs = Vec::new();
+        for i in 0..nodes {
+            let dir = scratch.join(format!("n{i}"));
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let config = format!(
+                "store:\n  url: \"{}\"\ncluster:\n  name: {}\n  node: n{i}\n  nats_url: {}\n  shards: {}\n  lease_ttl_secs: {}\n",
+                self.store, self.cluster, self.nats, self.shards, self.lease_ttl_secs
+            );
+            std::fs::write(dir.join("clade.yaml"), config)
+                .context("cannot write a node's clade.yaml")?;
+            dirs.push(dir);
+        }
+        Ok(dirs)
+    }
+}
+
 /// One node: its process and where it answers.
 struct Node {
     name: String,
@@ -183,20 +213,14 @@ struct Node {
 
 async fn one_size(scratch: &Path, schema: &Schema, plan: &Plan, nodes: usize) -> Result<Size> {
     let exe = std::env::current_exe().context("cannot find this binary to start the nodes")?;
-    let cluster = format!("bench-{}-{nodes}", std::process::id());
-    let mut dirs = Vec::new();
-    for i in 0..nodes {
-        let dir = scratch.join(format!("n{i}"));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        let config = format!(
-            "store:\n  url: \"{}\"\ncluster:\n  name: {cluster}\n  node: n{i}\n  nats_url: {}\n  shards: {}\n  lease_ttl_secs: {}\n",
-            schema.url, plan.nats, plan.shards, plan.lease_ttl_secs
-        );
-        std::fs::write(dir.join("clade.yaml"), config)
-            .context("cannot write a node's clade.yaml")?;
-        dirs.push(dir);
-    }
+    let cluster = NodeDirs {
+        cluster: &format!("bench-{}-{nodes}", std::process::id()),
+        store: &schema.url,
+        nats: &plan.nats,
+        shards: plan.shards,
+        lease_ttl_secs: plan.lease_ttl_secs,
+    };
+    let dirs = cluster.make(scratch, nodes)?;
     eprintln!("{nodes} node(s): creating the agent, starting the nodes");
     clade(&exe, &dirs[0], &["agents", "create", "bench"]).await?;
     let mut running = Vec::new();
@@ -248,7 +272,7 @@ async fn one_size(scratch: &Path, schema: &Schema, plan: &Plan, nodes: usize) ->
 }
 
 /// Waits until `nodes` nodes hold every shard between them; the shards each holds, by name.
-async fn until_spread(
+pub(super) async fn until_spread(
     exe: &Path,
     dir: &Path,
     nodes: usize,
@@ -282,11 +306,26 @@ async fn until_spread(
 /// Sends `text` on session `k` through `node` and waits for its turn: the session's id, once
 /// the turn completed.
 async fn ask(client: &reqwest::Client, node: &Node, k: usize, text: &str) -> Result<String> {
-    let body = json!({ "agent": "bench", "text": text, "wait": true,
-        "source": { "platform": "bench", "channel": format!("s{k}"), "actor": "u" } });
+    let channel = format!("s{k}");
+    let answer = ask_as(client, &node.process, "bench", &channel, text).await;
+    let answer = answer.with_context(|| format!("node {}", node.name))?;
+    Ok(answer["session_id"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Sends `text` to `agent` from `channel` through `gateway` and waits for the turn: the
+/// answer, once the turn completed.
+pub(super) async fn ask_as(
+    client: &reqwest::Client,
+    gateway: &GatewayProcess,
+    agent: &str,
+    channel: &str,
+    text: &str,
+) -> Result<serde_json::Value> {
+    let body = json!({ "agent": agent, "text": text, "wait": true,
+        "source": { "platform": "bench", "channel": channel, "actor": "u" } });
     let response = client
-        .post(format!("{}/v1/events", node.process.url))
-        .bearer_auth(&node.process.token)
+        .post(format!("{}/v1/events", gateway.url))
+        .bearer_auth(&gateway.token)
         .json(&body)
         .send()
         .await?;
@@ -295,9 +334,9 @@ async fn ask(client: &reqwest::Client, node: &Node, k: usize, text: &str) -> Res
     if status != reqwest::StatusCode::OK
         || answer["status"] != clade_core::TurnStatus::Completed.as_str()
     {
-        bail!("node {} answered {status}: {answer}", node.name);
+        bail!("answered {status}: {answer}");
     }
-    Ok(answer["session_id"].as_str().unwrap_or_default().to_owned())
+    Ok(answer)
 }
 
 /// One event on each session, `concurrency` at a time: the sessions' ids, by number.
@@ -363,7 +402,7 @@ async fn load(
 }
 
 /// Whether session `id` lies in one of `shards` of `count`.
-fn in_shards(id: &str, shards: &[u32], count: u32) -> bool {
+pub(super) fn in_shards(id: &str, shards: &[u32], count: u32) -> bool {
     clade_core::SessionId::parse(id)
         .is_ok_and(|id| shards.contains(&clade_core::shard::shard_of(id.as_bytes(), count)))
 }

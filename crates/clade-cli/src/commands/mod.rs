@@ -15,6 +15,7 @@ mod bench_turns;
 mod channels;
 mod config;
 mod cron;
+mod demo_cloud;
 mod doctor;
 mod ingest_service;
 mod mcp;
@@ -169,6 +170,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Settings(cmd) => tools::settings(&ctx, cmd).await,
         Command::Memory(cmd) => memory::run(&ctx, cmd).await,
         Command::Bench(cmd) => bench::run(&ctx, cmd).await,
+        Command::Demo(cmd) => demo_cloud::run(&ctx, cmd).await,
         Command::Mcp(cmd) => mcp::run(&ctx, cmd).await,
         Command::CronService(args) => tool_host::cron_service(&ctx, args).await,
         Command::Gateway(cmd) => tool_host::gateway(&ctx, cmd).await,

@@ -588,3 +588,35 @@ async fn a_postgres_outage_answers_503_with_retry_after_and_half_writes_nothing(
     texts.sort();
     assert_eq!(texts, ["first", "second", "third"], "each event once: {turns:?}");
 }
+
+/// `clade demo cloud` (what `scripts/demo-cloud` runs): three nodes come up, people's
+/// conversations and an agent's message to another run through any node, a node is killed
+/// and every conversation it ran answers again through the others; the schema it made is
+/// gone afterwards. A store that is not PostgreSQL is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_cloud_carries_a_killed_nodes_conversations_on() {
+    let Some(nats) = clade_test_support::nats_url() else { return };
+    let database = clade_test_support::pg_admin_url();
+    let env = Env::new();
+    let demo = env.run(&["demo", "cloud", "--database", &database, "--nats", &nats]).ok();
+    let out = &demo.stdout;
+    assert!(out.contains("shards spread over the nodes: n0 4, n1 4, n2 4"), "{out}");
+    assert_eq!(out.matches("-> ada: \"hello from desk").count(), 6, "{out}");
+    assert!(out.contains("[ada -> bo]") && out.contains("bo's turn ran"), "{out}");
+    let killed = out.lines().find(|l| l.starts_with("killing n")).unwrap_or_default();
+    let orphans = killed.matches("desk-").count();
+    assert!(orphans > 0, "{out}");
+    assert_eq!(out.matches("\"are you still there?\"; ada, now on").count(), orphans, "{out}");
+    assert!(out.contains("every conversation carried on"), "{out}");
+    let ours = out.split("(schema ").nth(1).and_then(|s| s.split(')').next()).expect("a schema");
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&database).await.unwrap();
+    let left: Vec<(String,)> =
+        sqlx::query_as("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'clade_demo_%'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(!left.iter().any(|(name,)| name == ours), "schema {ours} left behind");
+
+    env.run(&["demo", "cloud", "--database", "/tmp/clade.db"]).fails_with("PostgreSQL");
+}
