@@ -507,6 +507,16 @@ async fn run_events(
     }
     match result {
         Ok(()) => (true, kept),
+        Err(TurnError::Store(clade_store::Error::Fenced { held, current })) => {
+            // The lease of the session's shard was not this node's when the turn wrote: taken
+            // by another node (this one cut off a while), perhaps given back since. Failing the
+            // events would then be the one write that lands; they stay open instead, for
+            // whoever holds the shard now, this node included, which resumes the turn from its
+            // journal.
+            tracing::warn!(session = %session_id, held, current, "the turn lost its lease part-way; its events stay open for the shard's holder");
+            kept.history = None;
+            (false, kept)
+        }
         Err(reason) => {
             let reason = reason.to_string();
             tracing::warn!(session = %session_id, reason = %reason, "turn failed");
