@@ -170,48 +170,45 @@ fn short(text: &serde_json::Value) -> String {
     }
 }
 
-/// Asks again on `channel` until a survivor answers (each try waits for the turn); 30 s at
-/// most.
+/// Asks again on `channel` until a survivor answers (each try waits for the turn).
 async fn carried_on(
     client: &reqwest::Client,
     via: &GatewayProcess,
     channel: &str,
 ) -> Result<serde_json::Value> {
-    let started = now();
-    loop {
-        match ask_as(client, via, "ada", channel, "are you still there?").await {
-            Ok(answer) => return Ok(answer),
-            Err(err) if started.elapsed() > Duration::from_secs(30) => {
-                return Err(err.context(format!("{channel} did not carry on within 30 s")));
-            }
-            Err(_) => wall_sleep(Duration::from_millis(250)).await,
-        }
-    }
+    within_30s(&format!("{channel} did not carry on"), async || {
+        ask_as(client, via, "ada", channel, "are you still there?").await.ok()
+    })
+    .await
 }
 
-/// The reply of `agent`'s first turn for a message from another agent, once it ended (30 s at
-/// most), read through `via`.
+/// The reply of `agent`'s first turn for a message from another agent, once it ended, read
+/// through `via`.
 async fn heard_by(
     client: &reqwest::Client,
     via: &GatewayProcess,
     agent: &str,
 ) -> Result<serde_json::Value> {
+    within_30s(&format!("{agent} got no message from another agent"), async || {
+        let sessions = get(client, via, &format!("/v1/sessions?agent={agent}")).await.ok()?;
+        let id = sessions["items"].as_array()?.first()?["id"].as_str()?.to_owned();
+        let turns = get(client, via, &format!("/v1/sessions/{id}/turns")).await.ok()?;
+        let turn = turns["items"].as_array()?.first()?.clone();
+        (turn["status"].as_str() != Some(clade_core::TurnStatus::Running.as_str()))
+            .then(|| turn["reply"].clone())
+    })
+    .await
+}
+
+/// Tries `attempt` until it gives something, 30 s at most; past that, fails saying `what`.
+async fn within_30s<T>(what: &str, mut attempt: impl AsyncFnMut() -> Option<T>) -> Result<T> {
     let started = now();
     loop {
-        let sessions = get(client, via, &format!("/v1/sessions?agent={agent}")).await?;
-        if let Some(session) = sessions["items"].as_array().and_then(|s| s.first()) {
-            let id = session["id"].as_str().unwrap_or_default();
-            let turns = get(client, via, &format!("/v1/sessions/{id}/turns")).await?;
-            let ended = turns["items"]
-                .as_array()
-                .and_then(|t| t.first())
-                .filter(|t| t["status"].as_str() != Some(clade_core::TurnStatus::Running.as_str()));
-            if let Some(turn) = ended {
-                return Ok(turn["reply"].clone());
-            }
+        if let Some(found) = attempt().await {
+            return Ok(found);
         }
         if started.elapsed() > Duration::from_secs(30) {
-            bail!("{agent} got no message from another agent within 30 s");
+            bail!("{what} within 30 s");
         }
         wall_sleep(Duration::from_millis(200)).await;
     }

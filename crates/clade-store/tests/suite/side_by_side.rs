@@ -25,21 +25,24 @@ fn event(tenant: &Tenant, agent: &str, key: Option<String>) -> NewEvent {
     }
 }
 
-/// Accepts `EACH` events on each of two handles at once; every result, in no order.
+/// Accepts `EACH` events on each of two handles at once; each accepted, or the test fails
+/// naming `backend`.
 async fn accept_on_both(
+    backend: &str,
     stores: [&Store; 2],
     make: impl Fn(usize) -> NewEvent,
-) -> Vec<Result<Accepted, clade_store::Error>> {
+) -> Vec<Accepted> {
     let mut tasks = Vec::new();
     for i in 0..EACH * 2 {
         let (store, event) = (stores[i % 2].clone(), make(i));
         tasks.push(tokio::spawn(async move { store.turns().accept(event).await }));
     }
-    let mut results = Vec::new();
+    let mut accepted = Vec::new();
     for task in tasks {
-        results.push(task.await.unwrap());
+        let result = task.await.unwrap();
+        accepted.push(result.unwrap_or_else(|e| panic!("{backend}: an accept failed: {e}")));
     }
-    results
+    accepted
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,11 +51,8 @@ async fn two_writers_make_a_new_session_once_and_number_each_event_once() {
         let other = h.reopen().await.unwrap();
         let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
         let handle = agent.handle.to_string();
-        let results = accept_on_both([&h.store, &other], |_| event(&tenant, &handle, None)).await;
-        let accepted: Vec<Accepted> = results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|e| panic!("{}: an accept failed: {e}", h.name)))
-            .collect();
+        let accepted =
+            accept_on_both(h.name, [&h.store, &other], |_| event(&tenant, &handle, None)).await;
         let sessions: BTreeSet<_> = accepted.iter().map(|a| a.session_id).collect();
         assert_eq!(sessions.len(), 1, "{}: one conversation became {sessions:?}", h.name);
         let session = accepted[0].session_id;
@@ -69,11 +69,8 @@ async fn one_idempotency_key_sent_to_two_writers_at_once_is_one_event() {
         let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
         let handle = agent.handle.to_string();
         let key = |i: usize| Some(format!("retry-{}", i % 3));
-        let results = accept_on_both([&h.store, &other], |i| event(&tenant, &handle, key(i))).await;
-        let accepted: Vec<Accepted> = results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|e| panic!("{}: an accept failed: {e}", h.name)))
-            .collect();
+        let accepted =
+            accept_on_both(h.name, [&h.store, &other], |i| event(&tenant, &handle, key(i))).await;
         let events: BTreeSet<_> = accepted.iter().map(|a| a.event_id).collect();
         assert_eq!(events.len(), 3, "{}: three keys made {} events", h.name, events.len());
         let fresh = accepted.iter().filter(|a| !a.duplicate).count();
