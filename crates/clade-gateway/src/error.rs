@@ -186,6 +186,11 @@ impl From<clade_store::Error> for ApiError {
         let message = if code == Code::Internal {
             tracing::error!(error = %err, "internal error");
             "internal error; the server log has details".to_owned()
+        } else if code == Code::StoreUnavailable {
+            // The store's error names the database's host, user and name: the operator's to
+            // read in the log, not any caller's.
+            tracing::error!(error = %err, "the store is unavailable");
+            "the store is unavailable for now; try again after Retry-After".to_owned()
         } else if let Some(advice) = advice {
             format!("{err}; {advice}")
         } else {

@@ -62,6 +62,11 @@ fn server_of(url: &str) -> (String, std::net::SocketAddr) {
     (host_port, addr)
 }
 
+/// The schema a [`clade_test_support::PgSchema`]'s URL selects.
+fn schema_name(schema: &clade_test_support::PgSchema) -> String {
+    schema.url().rsplit("search_path%3D").next().unwrap_or_default().to_owned()
+}
+
 fn cluster_name() -> String {
     let nanos = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos());
     format!("e2e-{}-{nanos}", std::process::id())
@@ -561,6 +566,11 @@ async fn a_postgres_outage_answers_503_with_retry_after_and_half_writes_nothing(
     assert!(retry.is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1)), "no Retry-After");
     let answer: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(answer["error"]["code"], "store_unavailable", "{answer}");
+    // Where the database is stays the operator's: no host, port, user or schema to a caller.
+    let said = answer.to_string();
+    for secret in [proxy.addr().port().to_string(), "postgres".into(), schema_name(&schema)] {
+        assert!(!said.contains(&secret), "the 503 names {secret}: {said}");
+    }
     assert!(waited < std::time::Duration::from_secs(15), "the 503 took {waited:?}");
     let ready = client.get(format!("{}/readyz", server.url)).send().await.unwrap();
     assert_eq!(ready.status(), 503, "ready without its store");
