@@ -13,6 +13,33 @@ pub struct Env {
     pub vars: Vec<(String, String)>,
 }
 
+/// How long a one-shot command may run.
+const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(150);
+
+/// Where each thread of process `pid` is: gdb's backtraces where gdb is installed, and the
+/// kernel's view of each thread (its name, what it waits in, its kernel stack where readable).
+fn thread_stacks(pid: u32) -> String {
+    let mut report = String::new();
+    if let Ok(out) = Command::new("gdb")
+        .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt 30"])
+        .output()
+    {
+        report.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    for task in tasks {
+        let read = |file: &str| std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
+        report.push_str(&format!(
+            "task {:?} {} wchan={}\n{}",
+            task.file_name(),
+            read("comm").trim(),
+            read("wchan"),
+            read("stack")
+        ));
+    }
+    report
+}
+
 pub struct Output {
     pub code: i32,
     pub stdout: String,
@@ -87,7 +114,28 @@ impl Env {
             .spawn()
             .unwrap();
         child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        // A command that hangs is killed before the test's own limit, with its threads'
+        // stacks, so a rare hang in CI says where it was.
+        let pid = child.id();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || match finished.recv_timeout(RUN_LIMIT) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let stacks = thread_stacks(pid);
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                Some(stacks)
+            }
+            _ => None,
+        });
         let out = child.wait_with_output().unwrap();
+        let _ = done.send(());
+        if let Some(stacks) = watchdog.join().unwrap() {
+            panic!(
+                "`clade {}` ran over {RUN_LIMIT:?} and was killed\n--- stdout\n{}\n--- stderr\n{}\n--- its threads\n{stacks}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+        }
         Output {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
