@@ -134,6 +134,8 @@ pub struct NatsBus {
     rx: Mutex<Option<mpsc::UnboundedReceiver<Signal>>>,
     /// The shards this node holds, each with the task reading its subject.
     held: Mutex<HashMap<Shard, JoinHandle<()>>>,
+    /// Wake-ups by shard since the keeper last looked: the shards' load.
+    wakes: Arc<Mutex<HashMap<u32, u64>>>,
     counts: Arc<BusCounts>,
     live: Arc<crate::live::LiveCounts>,
     _relay: crate::live::RelayTasks,
@@ -186,6 +188,7 @@ impl NatsBus {
             tx,
             rx: Mutex::new(Some(rx)),
             held: Mutex::new(HashMap::new()),
+            wakes: Arc::default(),
             counts,
             live,
             _relay: relay_tasks,
@@ -240,7 +243,7 @@ impl NatsBus {
             .await
             .map_err(|source| BusError::Subscribe { subject: subject.clone(), source })?;
         self.confirm(&subject).await?;
-        let (tx, counts) = (self.tx.clone(), self.counts.clone());
+        let (tx, counts, wakes) = (self.tx.clone(), self.counts.clone(), self.wakes.clone());
         let reader = tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
                 let signal =
@@ -248,6 +251,7 @@ impl NatsBus {
                 match signal {
                     Some(signal) => {
                         counts.received.fetch_add(1, Ordering::Relaxed);
+                        count_wake(&wakes, shard, signal);
                         let _ = tx.send(signal);
                     }
                     None => {
@@ -292,6 +296,19 @@ impl NatsBus {
     fn lock_held(&self) -> std::sync::MutexGuard<'_, HashMap<Shard, JoinHandle<()>>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// The wake-ups for each shard held since the last call: what the keeper weighs the
+    /// shards by.
+    pub(crate) fn take_wakes(&self) -> HashMap<u32, u64> {
+        std::mem::take(&mut *self.wakes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Counts a wake-up for `shard` (a cancel is not work).
+fn count_wake(wakes: &Mutex<HashMap<u32, u64>>, shard: Shard, signal: Signal) {
+    if matches!(signal, Signal::Wake(_)) {
+        *wakes.lock().unwrap_or_else(|e| e.into_inner()).entry(shard.0).or_default() += 1;
+    }
 }
 
 /// Publishes what `queue` gives, in order, until the bus is dropped.
@@ -324,6 +341,7 @@ impl Bus for NatsBus {
         };
         let shard = self.map.shard_of(session);
         if self.lock_held().contains_key(&shard) {
+            count_wake(&self.wakes, shard, signal);
             let _ = self.tx.send(signal);
             return;
         }

@@ -1,9 +1,10 @@
 //! The shard keeper: which shards this node holds, kept as nodes come and go.
 //!
 //! Every tick (a third of the lease's time) a node's keeper announces the node on
-//! `clade.<cluster>.nodes`, renews its leases (a lease it lost is off its bus at once), and
-//! spreads the shards over the nodes it has heard from lately: shard `s` is the share of the
-//! `s mod n`-th of the `n` nodes, in name order. It hands over what is no longer its share
+//! `clade.<cluster>.nodes` (with the shards it holds and their load), renews its leases (a
+//! lease it lost is off its bus at once), and spreads the shards over the nodes it has heard
+//! from lately by the cluster's [`Assignment`] (every `n`-th shard to each, or bin-packed by
+//! load: `assign.rs`); singletons go every `n`-th to each. It hands over what is no longer its share
 //! (off the bus, lease released, so the next node takes it at once) and acquires its share
 //! as it comes free; a node that stopped announcing itself drops out of the count, and its
 //! leases expire (by the database's clock) for the others to take. Whatever it gained, it runs
@@ -21,6 +22,7 @@ use futures::StreamExt as _;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::assign::{Assignment, Loads, View};
 use crate::bus::NatsBus;
 use crate::shard::Shard;
 
@@ -31,6 +33,8 @@ pub struct KeeperOptions {
     pub node: String,
     /// How long a lease lasts unrenewed: a node that dies loses its shards after this.
     pub ttl: Duration,
+    /// How the shards are spread over the nodes; every node of a cluster uses the same.
+    pub assignment: Arc<dyn Assignment>,
 }
 
 impl KeeperOptions {
@@ -114,6 +118,23 @@ struct Presence {
     /// Its shard count: nodes that disagree map a session to different shards.
     #[serde(default)]
     shards: u32,
+    /// The shards it holds.
+    #[serde(default)]
+    held: Vec<u32>,
+    /// The load of those that are not idle, in turns a minute.
+    #[serde(default)]
+    load: BTreeMap<u32, f64>,
+    /// How it assigns the shards: nodes that disagree would hand shards back and forth.
+    #[serde(default)]
+    assignment: String,
+}
+
+/// A node as last heard.
+#[derive(Debug)]
+struct Heard {
+    at: Timestamp,
+    held: Vec<u32>,
+    load: BTreeMap<u32, f64>,
 }
 
 /// Why a node may not join its cluster.
@@ -129,6 +150,10 @@ pub enum KeeperError {
         "node {node:?} runs this cluster with {theirs} shards and this node is configured with {ours}: every node must say the same cluster.shards; to change it, stop every node, change it on all, and start them again"
     )]
     ShardCount { node: String, ours: u32, theirs: u32 },
+    #[error(
+        "node {node:?} assigns this cluster's shards by {theirs:?} and this node by {ours:?}: every node must say the same cluster.assignment; change it on all of them"
+    )]
+    Assignment { node: String, ours: &'static str, theirs: String },
 }
 
 /// This process, as its announcements tell it from another of the same name.
@@ -153,8 +178,10 @@ struct State {
     engine: Engine,
     options: KeeperOptions,
     held: Mutex<BTreeMap<u32, Lease>>,
-    /// Nodes heard from, and when (by the store's clock).
-    heard: Mutex<HashMap<String, Timestamp>>,
+    /// Nodes heard from: when (by the store's clock), what they hold and its load.
+    heard: Mutex<HashMap<String, Heard>>,
+    /// The load of the shards this node holds.
+    loads: Mutex<Loads>,
     shards: watch::Sender<Vec<u32>>,
     held_singletons: Mutex<BTreeMap<Singleton, Lease>>,
     singletons: watch::Sender<Vec<Singleton>>,
@@ -193,6 +220,7 @@ impl Keeper {
             options,
             held: Mutex::default(),
             heard: Mutex::default(),
+            loads: Mutex::default(),
             shards: watch::Sender::new(Vec::new()),
             held_singletons: Mutex::default(),
             singletons: watch::Sender::new(Vec::new()),
@@ -307,6 +335,15 @@ impl State {
                 ours,
                 theirs: presence.shards,
             })
+        } else if !presence.assignment.is_empty()
+            && presence.assignment != self.options.assignment.name()
+            && !presence.leaving
+        {
+            Some(KeeperError::Assignment {
+                node: presence.node.clone(),
+                ours: self.options.assignment.name(),
+                theirs: presence.assignment.clone(),
+            })
         } else {
             None
         };
@@ -316,11 +353,12 @@ impl State {
             self.lock_conflict().get_or_insert(conflict);
             return;
         }
-        let mut nodes = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        let mut nodes = self.lock_heard();
         if presence.leaving {
             nodes.remove(&presence.node);
         } else {
-            nodes.insert(presence.node, self.store.now());
+            let heard = Heard { at: self.store.now(), held: presence.held, load: presence.load };
+            nodes.insert(presence.node, heard);
         }
     }
 
@@ -328,12 +366,28 @@ impl State {
         self.conflict.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_heard(&self) -> std::sync::MutexGuard<'_, HashMap<String, Heard>> {
+        self.heard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_loads(&self) -> std::sync::MutexGuard<'_, Loads> {
+        self.loads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn announce(&self, leaving: bool) {
+        let (held, load) = if leaving {
+            (Vec::new(), BTreeMap::new())
+        } else {
+            (self.lock_held().keys().copied().collect(), self.lock_loads().announced())
+        };
         let presence = Presence {
             node: self.options.node.clone(),
             leaving,
             instance: self.instance,
             shards: self.bus.map().shards(),
+            held,
+            load,
+            assignment: self.options.assignment.name().to_owned(),
         };
         let Ok(payload) = serde_json::to_vec(&presence) else { return };
         let client = self.bus.client();
@@ -347,11 +401,9 @@ impl State {
         let now = self.store.now().as_millis();
         let within = i64::try_from(self.options.tick().as_millis() * 3).unwrap_or(i64::MAX);
         let mut nodes: Vec<String> = self
-            .heard
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_heard()
             .iter()
-            .filter(|(_, at)| now.saturating_sub(at.as_millis()) <= within)
+            .filter(|(_, heard)| now.saturating_sub(heard.at.as_millis()) <= within)
             .map(|(node, _)| node.clone())
             .collect();
         if !nodes.contains(&self.options.node) {
@@ -366,14 +418,16 @@ impl State {
             self.give_everything_up().await;
             return;
         }
+        let held: Vec<u32> = self.lock_held().keys().copied().collect();
+        let wakes = self.bus.take_wakes();
+        self.lock_loads().add(&wakes, self.options.tick().as_secs_f64(), &held);
         self.announce(false).await;
         self.renew_held().await;
-        // This node's share: every n-th shard, and every n-th singleton.
+        // This node's share of the shards, by the assignment, and every n-th singleton.
         let members = self.members();
         let index = members.iter().position(|n| *n == self.options.node).unwrap_or(0);
         let count = members.len().max(1);
-        let share: Vec<u32> =
-            self.bus.map().all().map(|s| s.0).filter(|s| *s as usize % count == index).collect();
+        let share = self.share(&members, index);
         self.hand_over(&share).await;
         self.take_share(share).await;
         let singletons: Vec<Singleton> = Singleton::ALL
@@ -407,6 +461,34 @@ impl State {
             *shards = now;
             changed
         });
+    }
+
+    /// This node's share of the shards, the `index`-th of `members`, as the assignment spreads
+    /// them over what every node announced.
+    fn share(&self, members: &[String], index: usize) -> Vec<u32> {
+        let (mut holders, mut load) = (HashMap::new(), HashMap::new());
+        {
+            let heard = self.lock_heard();
+            let mut nodes: Vec<(&String, &Heard)> =
+                heard.iter().filter(|(node, _)| members.contains(node)).collect();
+            nodes.sort_by(|a, b| a.0.cmp(b.0));
+            // A shard claimed by two (one handing it to the other) stays with the first by name.
+            for (node, heard) in nodes {
+                for shard in &heard.held {
+                    holders.entry(*shard).or_insert_with(|| node.clone());
+                }
+                load.extend(heard.load.iter().map(|(shard, l)| (*shard, *l)));
+            }
+        }
+        let view =
+            View { members, shards: self.bus.map().shards(), holders: &holders, load: &load };
+        self.options.assignment.assign(&view).into_iter().nth(index).unwrap_or_default()
+    }
+
+    /// The load `shard` had at its last holder, as announced: where this node's count of it
+    /// starts.
+    fn last_load(&self, shard: u32) -> Option<f64> {
+        self.lock_heard().values().find_map(|heard| heard.load.get(&shard).copied())
     }
 
     /// Renews the shards' leases; one lost is off the bus at once.
@@ -456,6 +538,9 @@ impl State {
             match leases.acquire(&self.options.node, i64::from(shard), self.options.ttl).await {
                 Ok(Some(lease)) => match self.bus.hold(Shard(shard)).await {
                     Ok(()) => {
+                        if let Some(load) = self.last_load(shard) {
+                            self.lock_loads().seed(shard, load);
+                        }
                         self.lock_held().insert(shard, lease);
                         self.to_resume.store(true, Ordering::SeqCst);
                     }

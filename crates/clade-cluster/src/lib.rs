@@ -8,7 +8,8 @@
 //! tenant's credential to NATS, or depend on the gateway or the CLI.
 //!
 //! [`Keeper`] holds this node's share of the shards as nodes come and go: it renews its
-//! leases, announces the node, spreads the shards evenly over the nodes it hears, hands over
+//! leases, announces the node, spreads the shards over the nodes it hears by a pluggable
+//! [`Assignment`] ([`EvenSpread`], or [`BinPack`] by load), hands over
 //! what is no longer its share and takes over what a node that left or died held; and it
 //! spreads the work a cluster does once ([`Singleton`]: outbox delivery, the scheduler, …)
 //! the same way.
@@ -17,14 +18,16 @@
 //! announces it, and the node running it publishes its events while someone elsewhere
 //! watches.
 //!
-//! Not here yet: bin-packing by load. See `docs/internals/cluster.md`.
+//! See `docs/internals/cluster.md`.
 
+mod assign;
 mod bus;
 mod keeper;
 mod live;
 mod nodes;
 mod shard;
 
+pub use assign::{Assignment, BinPack, EvenSpread, View};
 pub use bus::{BusCounts, BusError, NatsBus, NatsOptions};
 pub use keeper::{Keeper, KeeperError, KeeperOptions, Singleton};
 pub use live::LiveCounts;

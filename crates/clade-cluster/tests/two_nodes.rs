@@ -83,11 +83,20 @@ impl Node {
         lease
     }
 
-    /// A keeper for this node, on leases of 1.5 s.
+    /// A keeper for this node, on leases of 1.5 s, spreading the shards evenly.
     async fn keep(&self) -> clade_cluster::Keeper {
+        self.keep_by(Arc::new(clade_cluster::EvenSpread)).await
+    }
+
+    /// A keeper for this node, on leases of 1.5 s, assigning the shards by `assignment`.
+    async fn keep_by(
+        &self,
+        assignment: Arc<dyn clade_cluster::Assignment>,
+    ) -> clade_cluster::Keeper {
         let options = clade_cluster::KeeperOptions {
             node: self.name.to_owned(),
             ttl: Duration::from_millis(1500),
+            assignment,
         };
         clade_cluster::Keeper::start(
             self.store.clone(),
@@ -410,4 +419,86 @@ async fn once_per_cluster_work_runs_on_one_node_and_moves_when_it_dies() {
         let lease = leases.iter().find(|l| l.shard == singleton.lease()).unwrap();
         assert_eq!(lease.holder, "a", "{singleton:?}: {lease:?}");
     }
+}
+
+/// Waits until `held` (a keeper's watch) satisfies `want`; what it holds then.
+async fn until_holds(
+    node: &str,
+    held: &mut tokio::sync::watch::Receiver<Vec<u32>>,
+    want: impl Fn(&[u32]) -> bool,
+) -> Vec<u32> {
+    let reached = tokio::time::timeout(Duration::from_secs(30), held.wait_for(|s| want(s)));
+    let reached = matches!(reached.await, Ok(Ok(_)));
+    let now = held.borrow().clone();
+    assert!(reached, "{node} never held what was wanted: it holds {now:?}");
+    now
+}
+
+/// Bin-packing weighs a shard by the turns run in it lately: two busy shards (0 and 2 of 4,
+/// which even spread gives to one node of two) end on different nodes once a second node
+/// joins, each node then carrying about half the work; and they stay there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bin_packing_splits_two_busy_shards_that_even_spread_keeps_together() {
+    let Some(Pair { a, b, tenant, _schema, _scratch, .. }) = Pair::start().await else { return };
+    let by_load =
+        || -> Arc<dyn clade_cluster::Assignment> { Arc::new(clade_cluster::BinPack::default()) };
+    let keeper_a = a.keep_by(by_load()).await;
+    let mut on_a = keeper_a.shards();
+    until("a", &mut on_a, &[0, 1, 2, 3]).await;
+
+    // A session in shard 0 and one in shard 2, each asked many times.
+    let mut busy: Vec<(u32, String)> = Vec::new();
+    for n in 0..200 {
+        let channel = format!("c{n}");
+        let (session, _) = a.ask(&tenant, &channel, "hello").await;
+        let s = shard(session);
+        if [0, 2].contains(&s) && !busy.iter().any(|(taken, _)| *taken == s) {
+            busy.push((s, channel));
+        }
+        if busy.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(busy.len(), 2, "no sessions in both shard 0 and shard 2 in 200");
+    for _ in 0..20 {
+        for (_, channel) in &busy {
+            a.ask(&tenant, channel, "again").await;
+        }
+    }
+
+    let keeper_b = b.keep_by(by_load()).await;
+    let mut on_b = keeper_b.shards();
+    let one_busy = |held: &[u32]| held.contains(&0) != held.contains(&2);
+    let held_a = until_holds("a", &mut on_a, one_busy).await;
+    let held_b = until_holds("b", &mut on_b, |held| one_busy(held) && !held.is_empty()).await;
+    assert!(held_a.iter().all(|s| !held_b.contains(s)), "a {held_a:?}, b {held_b:?}");
+
+    // Settled: two more leases' time moves nothing.
+    let moved = tokio::time::timeout(Duration::from_secs(3), async {
+        tokio::select! { _ = on_a.changed() => "a", _ = on_b.changed() => "b" }
+    });
+    if let Ok(node) = moved.await {
+        panic!("{node}'s shards moved again: a {:?}, b {:?}", on_a.borrow(), on_b.borrow());
+    }
+    drop(keeper_b);
+}
+
+/// Nodes that assign the shards differently would hand them back and forth: the second is
+/// refused at its start, naming both assignments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_assigning_shards_differently_is_refused() {
+    let Some(Pair { a, b, _schema, _scratch, .. }) = Pair::start().await else { return };
+    let _keeper_a = a.keep().await;
+    let options = clade_cluster::KeeperOptions {
+        node: "b".into(),
+        ttl: Duration::from_millis(1500),
+        assignment: Arc::new(clade_cluster::BinPack::default()),
+    };
+    let refused =
+        clade_cluster::Keeper::start(b.store.clone(), b.bus.clone(), b.engine.clone(), options)
+            .await;
+    let Err(err) = refused else { panic!("b joined with another assignment") };
+    let text = err.to_string();
+    assert!(text.contains("\"even\"") && text.contains("\"bin_pack\""), "{text}");
+    assert!(text.contains("cluster.assignment"), "{text}");
 }

@@ -35,6 +35,21 @@ pub struct ClusterConfig {
     /// and its sessions run on the others, this long after its last renewal.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl_secs: u64,
+    /// How the shards are spread over the nodes; every node of a cluster must say the same.
+    #[serde(default)]
+    pub assignment: ShardAssignment,
+}
+
+/// How a cluster spreads its shards over its nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardAssignment {
+    /// Every `n`-th shard to each of `n` nodes, whatever runs in them.
+    #[default]
+    Even,
+    /// By load: each shard weighs the turns its sessions ran lately, and the nodes carry about
+    /// the same weight; shards move only when the nodes are more than 10 % apart.
+    BinPack,
 }
 
 impl Default for ClusterConfig {
@@ -47,6 +62,7 @@ impl Default for ClusterConfig {
             nats_password_env: None,
             shards: default_shards(),
             lease_ttl_secs: default_lease_ttl(),
+            assignment: ShardAssignment::default(),
         }
     }
 }

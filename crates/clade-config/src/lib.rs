@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 mod cluster;
 mod tools;
 
-pub use cluster::{ClusterConfig, NODE_ENV, NodeNameError};
+pub use cluster::{ClusterConfig, NODE_ENV, NodeNameError, ShardAssignment};
 
 pub use tools::{
     Constraints, GrantCeiling, McpServerConfig, OpenApiConfig, PolicyEffect, PolicyRule,

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use clade_cluster::{Keeper, KeeperOptions, NatsBus, NatsOptions, ShardMap, Singleton};
+use clade_cluster::{
+    Assignment, BinPack, EvenSpread, Keeper, KeeperOptions, NatsBus, NatsOptions, ShardMap,
+    Singleton,
+};
 use clade_config::ClusterConfig;
 use tokio::sync::watch;
 
@@ -29,7 +32,7 @@ pub(super) enum Role {
     /// Every session and every service here; the lock keeps a second server off the store.
     Alone { _owner: clade_store::OwnerLock },
     /// A cluster's node, before [`Role::join`] started its keeper.
-    Node { name: String, bus: Arc<NatsBus>, ttl: Duration },
+    Node { bus: Arc<NatsBus>, options: KeeperOptions },
 }
 
 impl Role {
@@ -54,11 +57,13 @@ impl Role {
             .await
             .with_context(|| format!("node {name} cannot join cluster {:?}", cluster.name))?;
         tracing::info!(node = %name, cluster = %cluster.name, nats = %cluster.nats_url, shards = cluster.shards, "joining the cluster");
-        Ok(Role::Node {
-            name,
-            bus: Arc::new(bus),
-            ttl: Duration::from_secs(cluster.lease_ttl_secs),
-        })
+        let assignment: Arc<dyn Assignment> = match cluster.assignment {
+            clade_config::ShardAssignment::Even => Arc::new(EvenSpread),
+            clade_config::ShardAssignment::BinPack => Arc::new(BinPack::default()),
+        };
+        let ttl = Duration::from_secs(cluster.lease_ttl_secs);
+        let options = KeeperOptions { node: name, ttl, assignment };
+        Ok(Role::Node { bus: Arc::new(bus), options })
     }
 
     /// The bus the engine takes its signals from: NATS on a node, its own process alone.
@@ -76,8 +81,8 @@ impl Role {
             Role::Alone { _owner } => {
                 Ok(Joined { duties: Duties::all(), keeper: None, _owner: Some(_owner) })
             }
-            Role::Node { name, bus, ttl } => {
-                let options = KeeperOptions { node: name.clone(), ttl };
+            Role::Node { bus, options } => {
+                let name = options.node.clone();
                 let keeper = Keeper::start(engine.store().clone(), bus, engine.clone(), options)
                     .await
                     .with_context(|| format!("node {name} cannot join its cluster"))?;
