@@ -206,8 +206,11 @@ async fn a_node_that_lost_its_lease_leaves_its_sessions_to_the_new_holder() {
         support::engine_with(&taken_over, &data, registry(&["slow.tool"]), &rules, sessions())
             .await;
     assert!(!store.shard_leases().held().await.unwrap(), "the old node still holds the lease");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(next_pending(&store, &tenant).await.id, asked.id, "a second approval was asked");
+    let asked_again = "a second approval was asked";
+    support::holds_for(asked_again, Duration::from_millis(300), async || {
+        next_pending(&store, &tenant).await.id == asked.id
+    })
+    .await;
 
     // Approved: both nodes' turns go on; only the new holder's may write.
     new.tools().decide(tenant.id, asked.id, Verdict::Approve, "operator", None).await.unwrap();
@@ -303,9 +306,12 @@ async fn wake_ups_and_cancels_reach_the_session_over_the_bus() {
         })
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let waiting = store.system().pending_events(accepted.session_id).await.unwrap();
-    assert_eq!(waiting.len(), 1, "the event ran before any wake-up");
+    support::holds_for(
+        "the event ran before any wake-up",
+        Duration::from_millis(300),
+        async || store.system().pending_events(accepted.session_id).await.unwrap().len() == 1,
+    )
+    .await;
 
     // The wake-up that node sends over the bus runs it.
     bus.signal(Signal::Wake(accepted.session_id));

@@ -61,9 +61,13 @@ async fn an_unanswered_approval_expires_when_the_clock_passes_its_timeout() {
     eventually("the approval request", pending).await;
 
     clock.advance(Duration::from_secs(3599));
-    tokio::time::sleep(Duration::from_millis(800)).await; // More than a poll of real time.
-    assert!(!call.is_finished(), "the approval expired before its time");
-    assert!(pending().await);
+    // More than a poll of real time.
+    support::holds_for(
+        "the approval expired before its time",
+        Duration::from_millis(800),
+        async || !call.is_finished() && pending().await,
+    )
+    .await;
 
     clock.advance(Duration::from_secs(1));
     let refused = tokio::time::timeout(Duration::from_secs(5), call).await.unwrap().unwrap();
@@ -96,8 +100,10 @@ async fn an_idle_session_leaves_memory_when_the_clock_passes_its_idle_time() {
     assert_eq!(engine.active_sessions(), 1);
 
     clock.advance(Duration::from_secs(599));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(engine.active_sessions(), 1, "the session left memory early");
+    support::holds_for("the session left memory early", Duration::from_millis(300), async || {
+        engine.active_sessions() == 1
+    })
+    .await;
 
     // The actor arms its idle timer once it has finished the turn, which on a loaded machine
     // may be after the clock first moved: its 600 s run from then, so the clock moves on a
@@ -191,8 +197,8 @@ async fn webhook_retries_back_off_on_the_clock_and_dead_letter_after_the_last() 
     // Attempt n failed: the next waits 100 ms × 2^n on the clock.
     for (attempt, backoff_ms) in [(1, 200), (2, 400), (3, 800)] {
         clock.advance(Duration::from_millis(backoff_ms - 1));
-        tokio::time::sleep(Duration::from_millis(300)).await; // Real time: nothing may come.
-        assert_eq!(arrived(), attempt, "retry {attempt} came before its back-off");
+        let early = format!("retry {attempt} came before its back-off");
+        support::holds_for(&early, Duration::from_millis(300), async || arrived() == attempt).await;
         clock.advance(Duration::from_millis(1));
         eventually(&format!("retry {attempt}"), async || arrived() == attempt + 1).await;
     }
@@ -211,8 +217,8 @@ async fn webhook_retries_back_off_on_the_clock_and_dead_letter_after_the_last() 
     })
     .await;
     clock.advance(Duration::from_secs(3600));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(arrived(), 4, "delivered again after dead-lettering");
+    let again = "delivered again after dead-lettering";
+    support::holds_for(again, Duration::from_millis(300), async || arrived() == 4).await;
 }
 
 /// Budgets count per UTC day and month of the clock: a day's limit reached just before

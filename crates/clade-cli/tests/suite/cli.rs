@@ -1,6 +1,6 @@
 //! The command line, good and bad input.
 
-use super::support::{Env, write};
+use super::support::{Env, polled_blocking, write};
 
 #[test]
 fn agents_lifecycle() {
@@ -270,16 +270,12 @@ fn a_closed_stdout_stops_the_command_quietly() {
 
 /// Whether process `pid` has gone (or is only a zombie waiting to be reaped), polling up to 10 s.
 fn process_ends(pid: u32) -> bool {
-    for _ in 0..100 {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => return true,
-            Ok(stat) if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')) => {
-                return true;
-            }
-            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
-        }
-    }
-    false
+    let gone = || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+    };
+    let every = std::time::Duration::from_millis(100);
+    polled_blocking(std::time::Duration::from_secs(10), every, gone, |gone| *gone)
 }
 
 #[test]

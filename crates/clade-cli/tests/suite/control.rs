@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::support::{Server, token};
+use super::support::{Server, holds_for, token};
 
 fn event(agent: &str, channel: &str, text: &str) -> Value {
     json!({ "agent": agent, "text": text,
@@ -76,8 +76,14 @@ async fn a_paused_agent_starts_no_turn_until_resumed_even_across_a_restart() {
     // The pause outlasts a crash of the gateway.
     server.kill9();
     let server = env.serve(&[]);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(turns_now(&server, &session).await.len(), 0, "ran after a restart");
+    let ran = "ran after a restart";
+    holds_for(
+        Duration::from_millis(800),
+        ran,
+        async || turns_now(&server, &session).await,
+        |t| t.is_empty(),
+    )
+    .await;
 
     // Lifted from the CLI: the store, then the gateway told over its admin socket.
     let resumed = env.run(&["agents", "resume", "ada"]).ok().stdout;
@@ -102,8 +108,14 @@ async fn a_paused_agent_starts_no_turn_until_resumed_even_across_a_restart() {
     elsewhere["wait"] = json!(true);
     let (status, answer) = server.send("POST", "/v1/events", None, Some(elsewhere)).await;
     assert_eq!((status, answer["reply"]["text"].as_str()), (200, Some("echo: elsewhere")));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(turns_now(&server, &session).await.len(), 1, "a paused session ran");
+    let ran = "a paused session ran";
+    holds_for(
+        Duration::from_millis(500),
+        ran,
+        async || turns_now(&server, &session).await,
+        |t| t.len() == 1,
+    )
+    .await;
     let status_of = server.get_json("/v1/agents/ada/status").await;
     assert_eq!(status_of["sessions"][0]["state"], "paused", "{status_of}");
     let (url, _) = server.address();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, eventually, token};
+use super::support::{Env, Server, eventually, holds_for, token};
 
 /// Polls `path` (with the server's token) until `done` holds of its answer, for up to 30 s.
 async fn until(server: &Server, path: &str, done: impl Fn(&Value) -> bool) -> Value {
@@ -67,16 +67,12 @@ async fn a_job_fires_into_its_session_and_records_its_runs() {
         .send("PATCH", "/v1/agents/ada/jobs/pulse", None, Some(json!({ "enabled": false })))
         .await;
     assert_eq!((status, &disabled["enabled"]), (200, &json!(false)), "{disabled}");
-    let before = server.get_json("/v1/agents/ada/jobs/pulse/runs?limit=1000").await["items"]
-        .as_array()
-        .unwrap()
-        .len();
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let after = server.get_json("/v1/agents/ada/jobs/pulse/runs?limit=1000").await["items"]
-        .as_array()
-        .unwrap()
-        .len();
-    assert_eq!(before, after, "a disabled job fired");
+    let runs = async || {
+        let page = server.get_json("/v1/agents/ada/jobs/pulse/runs?limit=1000").await;
+        page["items"].as_array().unwrap().len()
+    };
+    let before = runs().await;
+    holds_for(Duration::from_millis(2_500), "a disabled job fired", runs, |n| *n == before).await;
 
     // Each change is in the audit log.
     let audit = server.get_json("/v1/audit?limit=1000").await;
@@ -591,7 +587,6 @@ async fn retention_sweeps_delete_only_what_a_policy_names() {
     assert_eq!(env.run(&["sessions", "list", "--json"]).ok().json().as_array().unwrap().len(), 1);
 
     super::support::write(&yaml, "tenants:\n  \"*\":\n    retention: { sessions_days: 0 }\n");
-    tokio::time::sleep(Duration::from_millis(20)).await;
     let swept = env.run(&["retention", "sweep", "--json"]).ok().json();
     assert_eq!(swept[0]["tenant"], "default", "{swept}");
     assert_eq!(
@@ -629,8 +624,8 @@ async fn the_scheduler_follows_the_configuration_without_a_restart() {
         let tools = server.get_json("/v1/agents/ada/tools").await;
         tools["items"].as_array().unwrap().iter().any(|t| t["name"] == "cron.list")
     };
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(runs().await, 0, "a job fired from a gateway whose scheduler is off");
+    let fired = "a job fired from a gateway whose scheduler is off";
+    holds_for(Duration::from_millis(1_500), fired, async || runs().await, |n| *n == 0).await;
     assert!(!offered().await);
 
     let on = file("on.yaml", true);
@@ -643,7 +638,7 @@ async fn the_scheduler_follows_the_configuration_without_a_restart() {
     env.run(&["gateway", "reload"]).ok();
     // The scheduler stopped before the reload answered: nothing fires after.
     let before = runs().await;
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    assert_eq!(runs().await, before, "a job fired after the scheduler was turned off");
+    let fired = "a job fired after the scheduler was turned off";
+    holds_for(Duration::from_millis(2_500), fired, async || runs().await, |n| *n == before).await;
     assert!(!offered().await);
 }

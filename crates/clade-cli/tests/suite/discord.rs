@@ -330,7 +330,9 @@ async fn a_discord_bot_serves_two_tenants_and_resumes_its_gateway_session() {
     assert_eq!(resume["op"], 6, "a resume, not a new identify: {resume}");
     fake.lock().unwrap().outgoing.push_back(message("5", "D1", None, "U1", "after the drop"));
     assert!(until(&fake, |f| f.created.len() == 3).await, "no reply after resuming");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let created = async || fake.lock().unwrap().created.len();
+    super::support::holds_for(Duration::from_millis(300), "answered twice", created, |n| *n == 3)
+        .await;
     let created = fake.lock().unwrap().created.clone();
     assert_eq!(created.len(), 3, "{created:?}");
     assert_eq!(created[2], ("D1".to_owned(), "echo: after the drop".to_owned()));
@@ -415,7 +417,9 @@ async fn a_restarted_bot_fetches_what_was_sent_while_it_was_down() {
     }
     let server = env.serve(&[]);
     assert!(until(&fake, |f| f.created.len() == 4).await, "what was missed was not answered");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let created = async || fake.lock().unwrap().created.len();
+    super::support::holds_for(Duration::from_millis(500), "answered twice", created, |n| *n == 4)
+        .await;
     let created = fake.lock().unwrap().created.clone();
     let replies: Vec<&str> = created.iter().map(|(_, text)| text.as_str()).collect();
     assert_eq!(replies.len(), 4, "{replies:?}");
@@ -433,8 +437,14 @@ async fn a_restarted_bot_fetches_what_was_sent_while_it_was_down() {
         until(&fake, |f| f.listed.iter().any(|(c, after)| c == "D1" && after == "205")).await,
         "the second catch-up did not start after the message taken"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(fake.lock().unwrap().created.len(), 4, "a message was answered twice");
+    let created = async || fake.lock().unwrap().created.len();
+    super::support::holds_for(
+        Duration::from_millis(500),
+        "a message was answered twice",
+        created,
+        |n| *n == 4,
+    )
+    .await;
     let ours = server.sessions_on("ada", "discord", "guild:D1").await;
     assert_eq!(server.all_turns(ours[0]["id"].as_str().unwrap()).await.len(), 2);
 
@@ -451,8 +461,9 @@ async fn a_restarted_bot_fetches_what_was_sent_while_it_was_down() {
     let before = d1(&fake.lock().unwrap());
     let _server = env.serve(&[]);
     assert!(until(&fake, |f| d1(f) > before).await, "no catch-up after the last restart");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(refused(&fake.lock().unwrap()), 1, "a chat that refused the bot was asked again");
+    let asked = async || refused(&fake.lock().unwrap());
+    let again = "a chat that refused the bot was asked again";
+    super::support::holds_for(Duration::from_millis(500), again, asked, |n| *n == 1).await;
 }
 
 /// A file the agent attaches comes as a message with the file, its caption as the content;
@@ -477,7 +488,15 @@ async fn an_agent_sends_a_file_to_a_discord_chat_within_discords_limit() {
         "no file, or no notice: {:?}",
         fake.lock().unwrap().created
     );
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let sent = async || {
+        let f = fake.lock().unwrap();
+        (f.uploads.len(), f.created.len())
+    };
+    let reached = sent().await;
+    super::support::holds_for(Duration::from_millis(1000), "sent twice", sent, |now| {
+        *now == reached
+    })
+    .await;
     let f = fake.lock().unwrap();
     assert_eq!(
         f.uploads,
@@ -536,7 +555,9 @@ async fn a_listener_of_its_own_relays_discord_messages_once_across_a_kill() {
     let mut second = listen();
     fake.lock().unwrap().outgoing.push_back(message("300", "D1", None, "U1", "m3"));
     let done = until(&fake, |f| f.created.len() >= 3).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let created = async || fake.lock().unwrap().created.len();
+    super::support::holds_for(Duration::from_millis(800), "answered twice", created, |n| *n <= 3)
+        .await;
     let _ = second.kill();
     let _ = second.wait();
     let mut replies: Vec<String> =

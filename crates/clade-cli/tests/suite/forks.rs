@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, eventually, token, write};
+use super::support::{Env, Server, eventually, holds_for, token, write};
 
 fn tool(name: &str, args: Value) -> String {
     format!("/tool {name} {args}")
@@ -193,9 +193,11 @@ async fn a_channel_keeps_answering_while_its_branch_and_worker_run_then_uses_the
         .await;
     let end = ended.iter().find(|e| e["data"]["fork"] == doomed.as_str()).unwrap();
     assert_eq!(end["data"]["status"], "cancelled", "{end}");
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let replies = replies_until(&server, &session, |_| true).await;
-    assert!(!replies.iter().any(|r| r.contains(&format!("Worker {doomed}"))), "{replies:?}");
+    let reported = format!("Worker {doomed}");
+    let span = std::time::Duration::from_millis(2500);
+    let replies = async || replies_until(&server, &session, |_| true).await;
+    let never = |replies: &Vec<String>| !replies.iter().any(|r| r.contains(&reported));
+    holds_for(span, "a cancelled worker reported back", replies, never).await;
 
     // Bad input: each a clear refusal.
     for (args, expected) in [
@@ -382,9 +384,10 @@ async fn runs_are_listed_shown_started_and_cancelled_over_the_api_and_cli() {
     assert_eq!((status, cancelled["status"].as_str()), (200, Some("cancelled")), "{cancelled}");
     let (status, again) = server.send("POST", &format!("/v1/runs/{id}/cancel"), None, None).await;
     assert_eq!((status, again["status"].as_str()), (200, Some("cancelled")), "{again}");
-    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
-    let replies = replies_until(&server, &session, |_| true).await;
-    assert!(!replies.iter().any(|r| r.contains("too slow")), "{replies:?}");
+    let span = std::time::Duration::from_millis(2000);
+    let replies = async || replies_until(&server, &session, |_| true).await;
+    let never = |replies: &Vec<String>| !replies.iter().any(|r| r.contains("too slow"));
+    holds_for(span, "a cancelled run reported back", replies, never).await;
 
     let listed = env.run(&["runs", "list", "ada", "--json"]).ok().stdout;
     let listed: Value = serde_json::from_str(&listed).unwrap();

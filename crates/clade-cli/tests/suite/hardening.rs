@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 
-use super::support::{Env, eventually};
+use super::support::{Env, eventually, holds_for, polled_within};
 
 /// A data dir whose clade.yaml is `yaml`.
 fn configured(yaml: &str) -> Env {
@@ -1089,8 +1089,9 @@ async fn tenant_quotas_and_rate_limits_answer_429_and_stay_per_tenant() {
             server.send("POST", "/v1/events", Some(&rival), Some(event(&rival_agent, n))).await;
         assert_eq!(status, 202, "another tenant is not limited by acme's bucket: {body}");
     }
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (status, _) = server.send("POST", "/v1/events", Some(&acme), Some(event("a0", 99))).await;
+    let send = async || server.send("POST", "/v1/events", Some(&acme), Some(event("a0", 99))).await;
+    let every = Duration::from_millis(100);
+    let (status, _) = polled_within(Duration::from_secs(5), every, send, |a| a.0 == 202).await;
     assert_eq!(status, 202, "the bucket refills");
 }
 
@@ -1131,9 +1132,9 @@ async fn a_tenant_at_its_stored_bytes_quota_is_refused_and_others_are_not() {
         assert_eq!(status, 202, "another tenant is not bound by acme's quota: {body}");
     }
     // Still refused after the measure is renewed: the store holds what it held.
-    tokio::time::sleep(clade_gateway::quotas::STORED_BYTES_EVERY).await;
-    let (status, _) = server.send("POST", "/v1/events", Some(&acme), Some(event(99))).await;
-    assert_eq!(status, 429);
+    let span = clade_gateway::quotas::STORED_BYTES_EVERY + Duration::from_millis(500);
+    let send = async || server.send("POST", "/v1/events", Some(&acme), Some(event(99))).await.0;
+    holds_for(span, "accepted past the quota", send, |status| *status == 429).await;
 }
 
 /// Listening beyond loopback is said out loud: other machines can reach the gateway, in plain

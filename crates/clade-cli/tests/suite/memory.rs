@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use super::support::{Env, PATIENCE, polled, polled_within, request, token, write};
+use super::support::{Env, PATIENCE, holds_for, polled, polled_within, request, token, write};
 
 /// Everything the model was sent in its last call, as one text.
 fn last_context(stub: &clade_stub::Stub) -> String {
@@ -478,8 +478,9 @@ async fn completed_turns_are_mined_into_memory() {
     server.stop();
     let server = env.serve(&[]);
     server.send("POST", "/v1/events", None, Some(say("bob", "dm-2", "hello there"))).await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(mined(&server.get_json(path).await).len(), 2);
+    let span = std::time::Duration::from_millis(500);
+    let read = async || mined(&server.get_json(path).await);
+    holds_for(span, "mined again after a restart", read, |items| items.len() == 2).await;
     // Bob's conversations never see Alice's.
     let bobs = server.get_json("/v1/agents/ada/memories?scope=http:bob&limit=100").await;
     assert!(!bobs.to_string().contains("Ingrid"), "{bobs}");
@@ -839,8 +840,9 @@ async fn an_ingest_service_of_its_own_mines_every_turn_once_through_a_crash() {
         }
     };
     // The gateway mines nothing itself.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(items("alice").await.is_empty() && items("bob").await.is_empty());
+    let span = std::time::Duration::from_millis(300);
+    let both = async || (items("alice").await, items("bob").await);
+    holds_for(span, "the gateway mined", both, |(a, b)| a.is_empty() && b.is_empty()).await;
 
     let cursor_file = env.data_dir().join("miner").join("cursor");
     std::fs::create_dir_all(cursor_file.parent().unwrap()).unwrap();

@@ -11,7 +11,7 @@ use clade_protocol::remote_tools::{PEER_HEADER, PEER_SIGNATURE_HEADER, PEER_TIME
 use clade_tools::remote::identity::{self, Identity};
 use serde_json::{Value, json};
 
-use super::support::{Env, POLL, polled_blocking};
+use super::support::{Env, POLL, polled_blocking, polled_within};
 
 const PAIR_TOKEN: (&str, &str) = ("CLADE_PAIR_TOKEN", "pairing-secret-0123456789");
 
@@ -339,9 +339,17 @@ async fn a_leased_cli_reaches_one_session_only_while_its_lease_lives_and_its_cha
     let (status, _) =
         as_laptop(&server.url, &key, &mut at, "GET", format!("/v1/sessions/{other}"), None).await;
     assert_eq!(status, 200, "an agent's lease reaches all its sessions");
-    std::thread::sleep(Duration::from_millis(2500));
-    let (status, _) =
-        as_laptop(&server.url, &key, &mut at, "GET", format!("/v1/sessions/{other}"), None).await;
+    let every = Duration::from_millis(200);
+    let (status, _) = polled_within(
+        Duration::from_secs(10),
+        every,
+        async || {
+            as_laptop(&server.url, &key, &mut at, "GET", format!("/v1/sessions/{other}"), None)
+                .await
+        },
+        |(status, _)| *status == 404,
+    )
+    .await;
     assert_eq!(status, 404, "an expired lease still counted");
     let expired = lease_becomes(&gateway, &lease_id, |l| !l["ended_why"].is_null());
     assert_eq!(expired["ended_why"], "expired", "{expired}");

@@ -165,10 +165,7 @@ async fn receiver(
             match answer {
                 Answer::Ok => axum::http::StatusCode::OK,
                 Answer::Fail => axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                Answer::Hang => {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                    axum::http::StatusCode::OK
-                }
+                Answer::Hang => std::future::pending().await,
             }
         }
     })
@@ -357,9 +354,15 @@ async fn persona_layers_compose_in_order() {
     // An edit of pat's layer reaches pat's next turn and its revision.
     write(&ws.join("actors/http/pat.md"), "ACTOR-LAYER-EDITED");
     // An edit from outside Clade applies to turns starting up to a second later.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let edited = send("pat").await;
-    assert!(system_of_last().contains("ACTOR-LAYER-EDITED"));
+    let every = std::time::Duration::from_millis(250);
+    let (edited, system) = polled_within(
+        std::time::Duration::from_secs(5),
+        every,
+        async || (send("pat").await, system_of_last()),
+        |(_, system)| system.contains("ACTOR-LAYER-EDITED"),
+    )
+    .await;
+    assert!(system.contains("ACTOR-LAYER-EDITED"), "{system}");
     assert_ne!(first, edited);
     // A channel name that is no plain file name reads nothing outside the layers.
     write(&ws.join("secret.md"), "OUTSIDE");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use serde_json::{Value, json};
 
-use super::support::{Env, python_clients, run_client, two_tenants_under, until, write};
+use super::support::{Env, holds_for, python_clients, run_client, two_tenants_under, until, write};
 
 /// What the fake Slack saw and is to do.
 #[derive(Default)]
@@ -403,11 +403,9 @@ async fn slack_events_signed_by_slacks_sdk_are_taken_once() {
         assert_eq!(status, 200, "{answer}");
     }
     assert!(until(&fake, |f| !f.posted.is_empty()).await, "no reply");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        fake.lock().unwrap().posted,
-        vec![("D7".to_owned(), None, "echo: from events".to_owned())]
-    );
+    let posted = async || fake.lock().unwrap().posted.clone();
+    let once = vec![("D7".to_owned(), None, "echo: from events".to_owned())];
+    holds_for(Duration::from_millis(300), "a retried event", posted, |p| *p == once).await;
     let sessions = server.sessions_on("ada", "slack", "team:D7").await;
     assert_eq!(server.all_turns(sessions[0]["id"].as_str().unwrap()).await.len(), 1);
 }
@@ -432,7 +430,12 @@ async fn an_agent_sends_a_file_into_the_slack_thread_it_was_asked_in() {
     asked["thread_ts"] = json!("5.0");
     fake.lock().unwrap().outgoing.push_back(envelope("e1", asked));
     assert!(until(&fake, |f| !f.shared.is_empty()).await, "no file was shared");
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let sent = async || {
+        let f = fake.lock().unwrap();
+        (f.shared.len(), f.posted.len())
+    };
+    let once = |sent: &(usize, usize)| *sent == (1, 1);
+    holds_for(Duration::from_millis(1000), "a file or reply sent twice", sent, once).await;
     let f = fake.lock().unwrap();
     let shared = SharedFile {
         channel: "D7".to_owned(),
@@ -507,7 +510,8 @@ async fn a_slack_listener_of_its_own_relays_every_event_once_through_a_kill() {
     }
     let mut listener = listen(&[]).spawn().unwrap();
     let answered = until(&fake, |f| f.posted.len() >= 6 && f.unacked.is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let posted = async || fake.lock().unwrap().posted.len();
+    holds_for(Duration::from_millis(800), "answered twice", posted, |n| *n <= 6).await;
     let _ = listener.kill();
     let _ = listener.wait();
     let posted: Vec<String> = fake.lock().unwrap().posted.iter().map(|p| p.2.clone()).collect();

@@ -539,6 +539,27 @@ pub async fn polled_within<T>(
     }
 }
 
+/// Asserts that what `read` answers passes `holds` throughout `span` of real time, looking
+/// every [`POLL`]: for what must not happen (a disabled job firing, a paused session running),
+/// which no event announces, so only time can show it. Looking throughout, not once at the
+/// end, catches what happens and is undone in between.
+pub async fn holds_for<T: std::fmt::Debug>(
+    span: std::time::Duration,
+    what: &str,
+    mut read: impl AsyncFnMut() -> T,
+    holds: impl Fn(&T) -> bool,
+) {
+    let until = std::time::Instant::now() + span;
+    let broken = polled_within(
+        span,
+        POLL,
+        async || (read().await, std::time::Instant::now()),
+        |(value, at)| !holds(value) || *at > until,
+    )
+    .await;
+    assert!(holds(&broken.0), "{what}: {:?}", broken.0);
+}
+
 /// [`polled_within`] for a thread with no runtime to yield to: it sleeps between reads.
 pub fn polled_blocking<T>(
     within: std::time::Duration,

@@ -863,7 +863,9 @@ async fn an_agent_sends_files_from_its_workspace_and_nothing_from_outside_it() {
         fake.lock().unwrap().sent
     );
     // Give a second upload, if one were coming, the time to come.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let documents = async || fake.lock().unwrap().documents.len();
+    let uploaded = "a file uploaded twice";
+    super::support::holds_for(Duration::from_millis(1500), uploaded, documents, |n| *n == 1).await;
     let f = fake.lock().unwrap();
     assert_eq!(
         f.documents.len(),
@@ -924,7 +926,9 @@ async fn files_attached_before_a_crash_are_sent_once_after_it() {
         "the files were not sent after the restart: {:?}",
         fake.lock().unwrap().sent
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let documents = async || fake.lock().unwrap().documents.len();
+    let uploaded = "a file uploaded twice";
+    super::support::holds_for(Duration::from_millis(1500), uploaded, documents, |n| *n == 2).await;
     let f = fake.lock().unwrap();
     let sent: Vec<(&str, &[u8])> =
         f.documents.iter().map(|d| (d.name.as_str(), d.bytes.as_slice())).collect();
@@ -999,7 +1003,9 @@ async fn a_listener_of_its_own_relays_every_update_once_through_a_kill() {
         texts.iter().all(|t| f.sent.iter().any(|(_, s)| s.ends_with(&format!(" {t}"))))
     };
     let all = super::support::until(&fake, answered).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let sent = async || fake.lock().unwrap().sent.len();
+    super::support::holds_for(Duration::from_millis(1000), "answered twice", sent, |n| *n <= 9)
+        .await;
     let _ = listener.kill();
     let _ = listener.wait();
     assert!(all, "not every message was answered: {:?}", fake.lock().unwrap().sent);
@@ -1066,7 +1072,9 @@ async fn a_paired_listener_relays_without_the_channels_secret() {
         .spawn()
         .unwrap();
     let answered = super::support::until(&fake, |f| f.sent.len() >= 3).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = async || fake.lock().unwrap().sent.len();
+    super::support::holds_for(Duration::from_millis(500), "answered twice", sent, |n| *n <= 3)
+        .await;
     let _ = listener.kill();
     let _ = listener.wait();
     let sent: Vec<String> = fake.lock().unwrap().sent.iter().map(|(_, t)| t.clone()).collect();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, eventually, request, write};
+use super::support::{Env, PATIENCE, Server, eventually, polled_blocking, request, write};
 
 const CANARY_SECRET: &str = "canary-secret-7f3a9c1e55";
 const CANARY_ENV: &str = "canary-env-b41d0e9a27";
@@ -870,8 +870,14 @@ fn grants_delegate_only_narrower_rights_and_revocation_is_immediate() {
     env.run(&["--agent", "helper", "grants", "add", "--tool", "fs.read", "--expires-in", "1s"])
         .ok();
     assert_eq!(read("notes/b.txt").ok().stdout.trim(), "note b");
-    std::thread::sleep(Duration::from_millis(1200));
-    assert!(read("notes/b.txt").stdout.contains("denied"));
+    let every = Duration::from_millis(200);
+    let expired = polled_blocking(
+        PATIENCE,
+        every,
+        || read("notes/b.txt"),
+        |out| out.stdout.contains("denied"),
+    );
+    assert!(expired.stdout.contains("denied"), "{}", expired.stdout);
     // A duration flag's bad value is refused as the command line's other bad values are.
     let refused = env.run(&[
         "--agent",

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, eventually, polled, read, serve_hook, write};
+use super::support::{Env, Server, eventually, polled, polled_within, read, serve_hook, write};
 
 async fn stub() -> clade_stub::Stub {
     clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap()
@@ -471,13 +471,25 @@ async fn each_turn_records_the_config_revision_it_ran_with() {
     let server = env.serve(&[]);
     let mut revisions = Vec::new();
     let ws = env.run(&["agents", "workspace", "ada"]).ok().stdout.trim().to_owned();
+    // Turns made so far: polling for an edit may make more than one.
+    let mut made = 0;
     for (n, edit) in [None, Some("You are terse."), None].into_iter().enumerate() {
-        if let Some(text) = edit {
-            write(&std::path::Path::new(&ws).join("SOUL.md"), text);
-            // An edit from outside Clade applies to turns starting up to a second later.
-            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-        }
-        revisions.push(nth_turn_revision(&server, &format!("turn {n}"), "rev", n).await);
+        let mut next = async || {
+            made += 1;
+            nth_turn_revision(&server, &format!("turn {n}"), "rev", made - 1).await
+        };
+        let revision = match edit {
+            Some(text) => {
+                write(&std::path::Path::new(&ws).join("SOUL.md"), text);
+                // An edit from outside Clade applies to turns starting up to a second later.
+                let last = revisions.last().cloned().unwrap_or_default();
+                let every = std::time::Duration::from_millis(250);
+                let within = std::time::Duration::from_secs(5);
+                polled_within(within, every, async || next().await, |r| *r != last).await
+            }
+            None => next().await,
+        };
+        revisions.push(revision);
     }
     assert_eq!(revisions[0].len(), 16);
     assert_ne!(revisions[0], revisions[1], "editing SOUL.md must change the revision");

@@ -3,16 +3,42 @@
 
 use clade_store::{DataDir, Durability, Location, Store, StoreOptions};
 
+/// How often the polls below look, in real time.
+const TICK: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// Runs `step` every [`TICK`] until it answers true, at most 800 times (20 s): whether it did.
+async fn ticks(mut step: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..800 {
+        if step().await {
+            return true;
+        }
+        tokio::time::sleep(TICK).await;
+    }
+    false
+}
+
 /// Polls (in real time, briefly) until `check` holds: at most 20 s, for a machine loaded by the
 /// rest of the suite.
-pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..800 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("{what} did not happen within 20 s of real time");
+pub async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
+    assert!(ticks(check).await, "{what} did not happen within 20 s of real time");
+}
+
+/// Asserts `check` holds throughout `span` of real time, looking every [`TICK`]: for what must
+/// not happen (the manual clock stopped short of a deadline, no wake-up sent), which no event
+/// announces, so only real time can show it.
+pub async fn holds_for(
+    what: &str,
+    span: std::time::Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) {
+    let looks = span.as_millis() / TICK.as_millis() + 1;
+    let mut looked = 0;
+    ticks(async || {
+        assert!(check().await, "{what}");
+        looked += 1;
+        looked >= looks
+    })
+    .await;
 }
 
 /// A data dir at `dir` and its SQLite store (`durability: normal`: tests need no fsync).

@@ -53,16 +53,16 @@ async fn one_turn(store: &Store, tenant: &Tenant, agent: &Agent, channel: &str) 
 /// Frames (one page each) in the WAL. Run while a reader holds an older snapshot, so the WAL
 /// cannot start over and the count only grows.
 async fn wal_frames(conn: &mut sqlx::SqliteConnection) -> i64 {
-    loop {
+    let mut frames = None;
+    let every = std::time::Duration::from_millis(5);
+    let read = super::harness::eventually(std::time::Duration::from_secs(30), every, async || {
         let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut *conn).await;
         // The store's own checkpointer may hold the checkpoint lock for a moment.
-        if let Ok(row) = row
-            && row.get::<i64, _>(0) == 0
-        {
-            return row.get(1);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+        frames = row.ok().filter(|row| row.get::<i64, _>(0) == 0).map(|row| row.get(1));
+        frames.is_some()
+    });
+    assert!(read.await, "the WAL stayed locked for 30 s");
+    frames.unwrap_or_default()
 }
 
 /// A turn whose commits each stand alone (a quiet deployment, or turns too far apart to share
