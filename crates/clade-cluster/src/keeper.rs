@@ -127,6 +127,9 @@ struct Presence {
     /// How it assigns the shards: nodes that disagree would hand shards back and forth.
     #[serde(default)]
     assignment: String,
+    /// The version of Clade it runs.
+    #[serde(default)]
+    version: String,
 }
 
 /// A node as last heard.
@@ -135,6 +138,19 @@ struct Heard {
     at: Timestamp,
     held: Vec<u32>,
     load: BTreeMap<u32, f64>,
+    version: String,
+}
+
+/// A node as this one last heard it announce itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeHeard {
+    pub node: String,
+    /// The load of the shards it holds, in turns a minute.
+    pub load: f64,
+    /// The version of Clade it runs.
+    pub version: String,
+    /// How long ago it was heard, by the store's clock.
+    pub heard_ms_ago: i64,
 }
 
 /// Why a node may not join its cluster.
@@ -280,6 +296,26 @@ impl Keeper {
         self.state.give_everything_up().await;
     }
 
+    /// The nodes this one counts as members (heard within three ticks, itself included), in
+    /// name order: their load and version, for `clade node list`.
+    pub fn heard(&self) -> Vec<NodeHeard> {
+        let now = self.state.store.now().as_millis();
+        let members = self.state.members();
+        let heard = self.state.lock_heard();
+        let mut nodes: Vec<NodeHeard> = heard
+            .iter()
+            .filter(|(node, _)| members.contains(node))
+            .map(|(node, heard)| NodeHeard {
+                node: node.clone(),
+                load: (heard.load.values().sum::<f64>() * 10.0).round() / 10.0,
+                version: heard.version.clone(),
+                heard_ms_ago: now.saturating_sub(heard.at.as_millis()).max(0),
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        nodes
+    }
+
     /// Whether [`Keeper::step_down`] was called.
     pub fn stepped_down(&self) -> bool {
         self.state.leaving.load(Ordering::SeqCst)
@@ -357,7 +393,12 @@ impl State {
         if presence.leaving {
             nodes.remove(&presence.node);
         } else {
-            let heard = Heard { at: self.store.now(), held: presence.held, load: presence.load };
+            let heard = Heard {
+                at: self.store.now(),
+                held: presence.held,
+                load: presence.load,
+                version: presence.version,
+            };
             nodes.insert(presence.node, heard);
         }
     }
@@ -388,6 +429,7 @@ impl State {
             held,
             load,
             assignment: self.options.assignment.name().to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let Ok(payload) = serde_json::to_vec(&presence) else { return };
         let client = self.bus.client();

@@ -29,7 +29,7 @@ mod shard;
 
 pub use assign::{Assignment, BinPack, EvenSpread, View};
 pub use bus::{BusCounts, BusError, NatsBus, NatsOptions};
-pub use keeper::{Keeper, KeeperError, KeeperOptions, Singleton};
+pub use keeper::{Keeper, KeeperError, KeeperOptions, NodeHeard, Singleton};
 pub use live::LiveCounts;
 pub use nodes::nodes_of;
 pub use shard::{Shard, ShardMap};

@@ -1,4 +1,5 @@
-//! `/v1/cluster/nodes`: the cluster's nodes as the store's live leases show them, the
+//! `/v1/cluster/nodes`: the cluster's nodes as the store's live leases show them (with their
+//! load and version, as this node's keeper heard them), the
 //! operator's only; to any other tenant the route does not exist.
 
 use axum::Extension;
@@ -15,5 +16,6 @@ pub(crate) async fn nodes(
 ) -> Result<axum::Json<ClusterNodeListResponse>, ApiError> {
     crate::config::operator_only(&tenant, &reach)?;
     let leases = state.store.shard_leases().list().await?;
-    Ok(axum::Json(ClusterNodeListResponse { items: clade_cluster::nodes_of(leases) }))
+    let heard = state.keeper.as_ref().map(|keeper| keeper.heard()).unwrap_or_default();
+    Ok(axum::Json(ClusterNodeListResponse { items: clade_cluster::nodes_of(leases, &heard) }))
 }

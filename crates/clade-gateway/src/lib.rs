@@ -89,6 +89,9 @@ pub struct AppState {
     pub hooks: std::sync::Arc<hooks::Hooks>,
     /// The chat channels (Telegram's webhook, `GET /v1/channels`, `/readyz`).
     pub channels: std::sync::Arc<clade_channels::Channels>,
+    /// This node's shard keeper, on a cluster's node (`GET /v1/cluster/nodes` shows what it
+    /// heard of the nodes); `None` for a gateway alone.
+    pub keeper: Option<std::sync::Arc<clade_cluster::Keeper>>,
 }
 
 impl AppState {

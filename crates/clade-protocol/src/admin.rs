@@ -58,6 +58,8 @@ pub enum AdminRequest {
         tenant: String,
         events: u32,
     },
+    /// The cluster's nodes, as `GET /v1/cluster/nodes` shows them.
+    Nodes {},
 }
 
 /// The answer to one [`AdminRequest`].
@@ -94,6 +96,9 @@ pub enum AdminReply {
     /// is over its rate now; ask again later).
     Taken {
         admitted: bool,
+    },
+    Nodes {
+        items: Vec<crate::ClusterNodeResponse>,
     },
     /// The request was refused or failed.
     Error {

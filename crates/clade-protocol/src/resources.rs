@@ -981,7 +981,7 @@ pub struct ConfigRevisionResponse {
 }
 
 /// A node of the cluster, as its live leases in the store show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ClusterNodeResponse {
     /// Its name (`cluster.node`), its leases' holder.
     pub node: String,
@@ -994,6 +994,16 @@ pub struct ClusterNodeResponse {
     /// alone, whose lease never expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_ms: Option<i64>,
+    /// The turns a minute its shards ran lately (decayed over a minute), as it announces it;
+    /// absent where no running node heard it (`clade node list` without a gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<f64>,
+    /// The version of Clade it runs, as it announces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// How long ago it last announced itself, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard_ms_ago: Option<i64>,
 }
 
 /// The nodes holding leases, in name order.

@@ -282,6 +282,7 @@ pub(super) async fn until_spread(
     loop {
         let list: serde_json::Value =
             serde_json::from_str(&clade(exe, dir, &["node", "list", "--json"]).await?)?;
+        // A node heard but holding nothing yet is not one of them.
         let held: HashMap<String, Vec<u32>> = list
             .as_array()
             .into_iter()
@@ -289,8 +290,9 @@ pub(super) async fn until_spread(
             .map(|node| {
                 let shards = node["shards"].as_array().into_iter().flatten();
                 let shards = shards.filter_map(|s| s.as_u64().and_then(|s| u32::try_from(s).ok()));
-                (node["node"].as_str().unwrap_or_default().to_owned(), shards.collect())
+                (node["node"].as_str().unwrap_or_default().to_owned(), shards.collect::<Vec<_>>())
             })
+            .filter(|(_, shards)| !shards.is_empty())
             .collect();
         let total: usize = held.values().map(Vec::len).sum();
         if held.len() == nodes && total == shards as usize {

@@ -9,7 +9,7 @@ use crate::output;
 pub(super) async fn run(ctx: &Ctx, cmd: NodeCommand) -> Result<()> {
     match cmd {
         NodeCommand::List { json } => {
-            let nodes = clade_cluster::nodes_of(ctx.store.shard_leases().list().await?);
+            let nodes = nodes(ctx).await?;
             if json {
                 return output::json(&nodes);
             }
@@ -31,10 +31,13 @@ pub(super) async fn run(ctx: &Ctx, cmd: NodeCommand) -> Result<()> {
                             || "never (one gateway alone)".into(),
                             |ms| format!("{ms} ms"),
                         ),
+                        node.load.map_or_else(|| "-".into(), |load| format!("{load:.1}/min")),
+                        node.version.clone().unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
-            output::table(&["NODE", "SHARDS", "WHICH", "DUTIES", "EXPIRES IN"], &rows);
+            let header = ["NODE", "SHARDS", "WHICH", "DUTIES", "EXPIRES IN", "LOAD", "VERSION"];
+            output::table(&header, &rows);
             Ok(())
         }
         NodeCommand::Drain(args) => {
@@ -67,4 +70,17 @@ fn ranges(shards: &[i64]) -> String {
 
 fn range((start, end): (i64, i64)) -> String {
     if start == end { start.to_string() } else { format!("{start}-{end}") }
+}
+
+/// The nodes as this data dir's running gateway sees them (its keeper heard their load and
+/// version), or, with no gateway running here, as the store's leases show them.
+async fn nodes(ctx: &Ctx) -> Result<Vec<clade_protocol::ClusterNodeResponse>> {
+    use clade_protocol::admin::{AdminReply, AdminRequest};
+    let path = crate::admin_socket::path(ctx, None);
+    if let Ok(AdminReply::Nodes { items }) =
+        crate::admin_socket::request(&path, &AdminRequest::Nodes {}).await
+    {
+        return Ok(items);
+    }
+    Ok(clade_cluster::nodes_of(ctx.store.shard_leases().list().await?, &[]))
 }

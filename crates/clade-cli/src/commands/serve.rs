@@ -183,6 +183,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         peers,
         hooks: hooks.clone(),
         channels,
+        keeper: joined.keeper(),
     };
     let options = ServerOptions { max_body_bytes };
     let descriptors = raise_descriptor_limit();
@@ -494,6 +495,7 @@ fn admin_handler(
                 AdminRequest::TakeEvents { tenant, events } => {
                     take_events(&fire_rate, &tenant, events).await
                 }
+                AdminRequest::Nodes {} => nodes(&operator, keeper).await,
                 AdminRequest::Identity {} => match identity {
                     Ok(identity) => AdminReply::Identity {
                         key: identity.public(),
@@ -514,6 +516,21 @@ fn admin_handler(
             }
         })
     })
+}
+
+/// The cluster's nodes for the admin socket, as `GET /v1/cluster/nodes` shows them.
+async fn nodes(
+    store: &clade_store::Store,
+    keeper: Option<std::sync::Arc<clade_cluster::Keeper>>,
+) -> clade_protocol::admin::AdminReply {
+    use clade_protocol::admin::AdminReply;
+    match store.shard_leases().list().await {
+        Ok(leases) => {
+            let heard = keeper.map(|keeper| keeper.heard()).unwrap_or_default();
+            AdminReply::Nodes { items: clade_cluster::nodes_of(leases, &heard) }
+        }
+        Err(err) => AdminReply::Error { message: err.to_string() },
+    }
 }
 
 /// The admin socket's `wake`: runs what another process stored for these sessions.

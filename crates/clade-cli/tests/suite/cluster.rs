@@ -2,7 +2,7 @@
 //! PostgreSQL store and one NATS server, each running its share of the sessions, any of them
 //! taking any event, and the survivors carrying on a dead node's sessions.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use std::sync::{Arc, Mutex};
 
@@ -72,7 +72,8 @@ fn cluster_name() -> String {
     format!("e2e-{}-{nanos}", std::process::id())
 }
 
-/// `clade node list --json` through `env`: each node's name, shard count and duties.
+/// `clade node list --json` through `env`: each node's name, shard count and duties, for the
+/// nodes that hold something (a node heard but holding nothing yet is listed too).
 fn nodes(env: &Env) -> Vec<(String, usize, usize)> {
     let list = env.run(&["node", "list", "--json"]).ok().json();
     list.as_array()
@@ -85,6 +86,7 @@ fn nodes(env: &Env) -> Vec<(String, usize, usize)> {
                 node["duties"].as_array().unwrap().len(),
             )
         })
+        .filter(|(_, shards, duties)| shards + duties > 0)
         .collect()
 }
 
@@ -134,6 +136,26 @@ async fn gateways_on_one_store_split_the_sessions_and_carry_on_a_dead_nodes() {
         assert_eq!(status, "completed", "session {session} through node {}", n % 2);
         sessions.push(session);
     }
+    // Each node announces its load and version; the node list shows them through a's running
+    // gateway (its admin socket), and the API through b.
+    let announced = |list: &Value| {
+        let items = list.as_array().cloned().unwrap_or_default();
+        items.len() == 2
+            && items.iter().all(|n| n["version"] == env!("CARGO_PKG_VERSION"))
+            && items.iter().filter_map(|n| n["load"].as_f64()).sum::<f64>() > 0.0
+    };
+    let listed = polled_within(
+        std::time::Duration::from_secs(20),
+        every,
+        async || a.run(&["node", "list", "--json"]).ok().json(),
+        announced,
+    )
+    .await;
+    assert!(announced(&listed), "{listed}");
+    let table = a.run(&["node", "list"]).ok().stdout;
+    assert!(table.contains("LOAD") && table.contains("/min"), "{table}");
+    let api = on_b.get_json("/v1/cluster/nodes").await;
+    assert!(announced(&api["items"]), "{api}");
     let read = async || finished.lock().unwrap().clone();
     polled_within(std::time::Duration::from_secs(20), every, read, |ids| ids.len() >= 8).await;
     // Had both nodes delivered, the repeats would come within their next look (a second).
