@@ -322,6 +322,15 @@ impl ShardLeases<'_> {
             .await
     }
 
+    /// The database's time now: what leases are timed by, for a node to compare its own clock
+    /// with.
+    pub async fn database_time(self) -> Result<Timestamp> {
+        let now = database_now(self.store.backend());
+        let rows = self.store.rows(query(format!("SELECT {now} AS now"))).await?;
+        let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
+        Ok(Timestamp::from_millis(row.try_get("now")?))
+    }
+
     /// Every shard's lease, in shard order, read at the database's time.
     pub async fn list(self) -> Result<Vec<LeaseRow>> {
         let now = database_now(self.store.backend());

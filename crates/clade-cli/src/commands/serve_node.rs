@@ -35,6 +35,30 @@ pub(super) enum Role {
     Node { bus: Arc<NatsBus>, options: KeeperOptions },
 }
 
+/// How far a node's clock may be from the database's. Leases are timed by the database, but
+/// schedules fire, budgets roll over and turns are stamped by the clock of the node that runs
+/// them: nodes whose clocks disagree would fire a job early on one and late on another.
+const MAX_CLOCK_SKEW_MS: i64 = 2_000;
+
+/// Refuses a node whose clock is more than [`MAX_CLOCK_SKEW_MS`] from the database's, naming
+/// by how much and what to do.
+async fn clock_agrees_with_the_database(store: &clade_store::Store) -> Result<()> {
+    let before = store.now().as_millis();
+    let database = store.shard_leases().database_time().await?.as_millis();
+    let after = store.now().as_millis();
+    // The database read its clock somewhere between the two reads of ours.
+    let skew = (before + after) / 2 - database;
+    if skew.abs() > MAX_CLOCK_SKEW_MS {
+        let way = if skew > 0 { "ahead of" } else { "behind" };
+        bail!(
+            "this node's clock is {:.1} s {way} the database's (at most {} s is allowed): a cluster's nodes fire schedules and time turns by their own clocks, so they must agree; sync this machine's clock (NTP: chrony or systemd-timesyncd) and start the node again",
+            skew.abs() as f64 / 1000.0,
+            MAX_CLOCK_SKEW_MS / 1000
+        );
+    }
+    Ok(())
+}
+
 impl Role {
     /// Takes the store alone, or (with `cluster:`) fences it by shards and connects to NATS.
     pub(super) async fn of(ctx: &Ctx) -> Result<Self> {
@@ -50,6 +74,7 @@ impl Role {
             );
         }
         let name = cluster.node_name(env_value(clade_config::NODE_ENV))?;
+        clock_agrees_with_the_database(&ctx.store).await?;
         let map = ShardMap::new(cluster.shards).context("cluster.shards")?;
         ctx.store.shard_leases().fence_by_shards(cluster.shards);
         let options = nats_options(cluster, &name)?;

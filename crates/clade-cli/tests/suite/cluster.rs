@@ -190,6 +190,42 @@ async fn gateways_on_one_store_split_the_sessions_and_carry_on_a_dead_nodes() {
     drop(schema);
 }
 
+/// libfaketime, which shifts a process's clock (the `faketime` package).
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// A node whose clock is minutes off the database's would fire schedules early or late: it is
+/// refused at its start, saying by how much and what to do, whichever way it is off.
+#[tokio::test]
+async fn a_node_whose_clock_is_minutes_off_is_refused() {
+    let Some(schema) = clade_test_support::PgSchema::create().await else { return };
+    let Some(nats) = clade_test_support::nats_url() else { return };
+    if !std::path::Path::new(FAKETIME).exists() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(!ci, "{FAKETIME} is missing: scripts/test installs the faketime package");
+        eprintln!("SKIPPED: {FAKETIME} is missing (install the faketime package)");
+        return;
+    }
+    let cluster = cluster_name();
+    for (offset, secs, way) in [("+5m", 300.0, "s ahead of"), ("-3m", 180.0, "s behind")] {
+        let mut skewed = node(schema.url(), &nats, &cluster, "skewed", 8);
+        skewed.vars.extend(
+            [("LD_PRELOAD", FAKETIME), ("FAKETIME", offset), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        let out = skewed.run(&["serve", "--listen", "127.0.0.1:0"]);
+        assert_ne!(out.code, 0, "a node {offset} off started");
+        assert!(out.stderr.contains(&format!("{way} the database's")), "{}", out.stderr);
+        let said = out.stderr.split("clock is ").nth(1).and_then(|rest| rest.split(' ').next());
+        let off: f64 = said.and_then(|n| n.parse().ok()).unwrap_or_default();
+        assert!((off - secs).abs() < 5.0, "{offset}: {}", out.stderr);
+        assert!(out.stderr.contains("sync this machine's clock"), "{}", out.stderr);
+    }
+    // The same node with the machine's clock joins.
+    let on_time = node(schema.url(), &nats, &cluster, "on-time", 8);
+    let server = on_time.serve(&[]);
+    assert_eq!(server.send("GET", "/healthz", None, None).await.0, 200);
+}
+
 #[tokio::test]
 async fn a_node_is_refused_a_sqlite_store_a_taken_name_or_another_shard_count() {
     let Some(schema) = clade_test_support::PgSchema::create().await else { return };
