@@ -9,7 +9,8 @@
 //!
 //! Also owns [`history`]: the record of a crash run and the checker of the reliability contract
 //! over it, shared by the crash test and `cargo xtask check-history`; and [`soak_scale`], how
-//! much work the soak tests do.
+//! much work the soak tests do; and [`Watchdog`], which turns a hang into a report of every
+//! thread's stack.
 
 #![allow(clippy::disallowed_methods, clippy::print_stderr)] // Test support reads env and warns.
 
@@ -17,8 +18,10 @@ use sqlx::Executor;
 
 pub mod history;
 mod proxy;
+mod watchdog;
 
 pub use proxy::Proxy;
+pub use watchdog::Watchdog;
 
 pub const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
