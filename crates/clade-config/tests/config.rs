@@ -436,4 +436,10 @@ fn the_cluster_section_is_checked() {
         assert!(err.contains(field), "{bad}: {err}");
     }
     assert!(parse("cluster:\n  nodes: 3\n").unwrap_err().contains("nodes"));
+    // The assignment: even by default, bin_pack by choice, anything else refused by name.
+    assert_eq!(cluster.assignment, clade_config::ShardAssignment::Even);
+    let packed = parse("cluster:\n  assignment: bin_pack\n").unwrap().cluster.unwrap();
+    assert_eq!(packed.assignment, clade_config::ShardAssignment::BinPack);
+    let err = parse("cluster:\n  assignment: round_robin\n").unwrap_err();
+    assert!(err.contains("round_robin") && err.contains("bin_pack"), "{err}");
 }

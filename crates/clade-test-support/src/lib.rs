@@ -21,7 +21,7 @@ mod proxy;
 mod watchdog;
 
 pub use proxy::Proxy;
-pub use watchdog::Watchdog;
+pub use watchdog::{Watchdog, thread_stacks};
 
 pub const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 

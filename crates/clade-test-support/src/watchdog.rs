@@ -18,17 +18,35 @@ impl Watchdog {
         std::thread::spawn(move || {
             if let Err(mpsc::RecvTimeoutError::Timeout) = disarmed.recv_timeout(limit) {
                 eprintln!("{what} ran over {limit:?}; its threads:");
-                let pid = std::process::id().to_string();
-                let stacks = std::process::Command::new("gdb")
-                    .args(["-p", &pid, "-batch", "-ex", "thread apply all bt 30"])
-                    .output();
-                match stacks {
-                    Ok(out) => eprintln!("{}", String::from_utf8_lossy(&out.stdout)),
-                    Err(err) => eprintln!("(no stacks: gdb could not run: {err})"),
-                }
+                eprintln!("{}", thread_stacks(std::process::id()));
                 std::process::abort();
             }
         });
         Self { _disarm: disarm }
     }
+}
+
+/// Where each thread of process `pid` is: gdb's backtraces where gdb is installed, and the
+/// kernel's view of each thread (its name, what it waits in, its kernel stack where readable).
+pub fn thread_stacks(pid: u32) -> String {
+    let mut report = String::new();
+    match std::process::Command::new("gdb")
+        .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt 30"])
+        .output()
+    {
+        Ok(out) => report.push_str(&String::from_utf8_lossy(&out.stdout)),
+        Err(err) => report.push_str(&format!("(no backtraces: gdb could not run: {err})\n")),
+    }
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    for task in tasks {
+        let read = |file: &str| std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
+        report.push_str(&format!(
+            "task {:?} {} wchan={}\n{}",
+            task.file_name(),
+            read("comm").trim(),
+            read("wchan"),
+            read("stack")
+        ));
+    }
+    report
 }

@@ -16,30 +16,6 @@ pub struct Env {
 /// How long a one-shot command may run.
 const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(150);
 
-/// Where each thread of process `pid` is: gdb's backtraces where gdb is installed, and the
-/// kernel's view of each thread (its name, what it waits in, its kernel stack where readable).
-fn thread_stacks(pid: u32) -> String {
-    let mut report = String::new();
-    if let Ok(out) = Command::new("gdb")
-        .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt 30"])
-        .output()
-    {
-        report.push_str(&String::from_utf8_lossy(&out.stdout));
-    }
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
-    for task in tasks {
-        let read = |file: &str| std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
-        report.push_str(&format!(
-            "task {:?} {} wchan={}\n{}",
-            task.file_name(),
-            read("comm").trim(),
-            read("wchan"),
-            read("stack")
-        ));
-    }
-    report
-}
-
 pub struct Output {
     pub code: i32,
     pub stdout: String,
@@ -120,7 +96,7 @@ impl Env {
         let (done, finished) = std::sync::mpsc::channel::<()>();
         let watchdog = std::thread::spawn(move || match finished.recv_timeout(RUN_LIMIT) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                let stacks = thread_stacks(pid);
+                let stacks = clade_test_support::thread_stacks(pid);
                 let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
                 Some(stacks)
             }
