@@ -22,7 +22,9 @@ mod control;
 pub mod error;
 mod events;
 pub mod hooks;
+#[cfg(feature = "grpc")]
 mod hub;
+#[cfg(feature = "grpc")]
 pub use hub::{GrpcError, GrpcOptions, check_grpc_tls, serve_grpc};
 mod jobs;
 mod leases;

@@ -225,7 +225,8 @@ pub(crate) struct Place {
 }
 
 impl Place {
-    /// Its connection has sent a request.
+    /// Its connection has sent a request (gRPC's connections say so; HTTP's are read here).
+    #[cfg(any(feature = "grpc", test))]
     pub(crate) fn requested(&self) {
         self.requested.store(true, Ordering::Relaxed);
     }

@@ -15,6 +15,8 @@ pub mod embeddings;
 pub mod error;
 mod http;
 #[cfg(feature = "local-models")]
+mod llama;
+#[cfg(feature = "local-models")]
 pub mod local_chat;
 #[cfg(feature = "local-models")]
 pub mod local_embeddings;

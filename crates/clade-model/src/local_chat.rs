@@ -1,24 +1,19 @@
 //! A chat model run in process, with no service and no key: a llama-architecture model in one
 //! GGUF file (by default SmolLM2-135M-Instruct), run with candle on the CPU. Its tokenizer is
 //! built from the file's own metadata (a byte-level BPE), its prompt is ChatML, and its answer
-//! streams token by token until an end token, the request's `max_tokens`, or the context.
-//!
-//! Weights quantized as Q4_1 are requantized to Q8_0 as the file loads: candle has no fast
-//! path for Q4_1, and Q8_0 keeps the model's quality at about twice the memory (270 MB for
-//! SmolLM2-135M).
+//! streams token by token until an end token, the request's `max_tokens`, or the context. The
+//! network itself is [`crate::llama`] (its Q4_1 weights held as Q8_0: 270 MB for SmolLM2-135M).
 
-use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
-use candle_transformers::generation::LogitsProcessor;
-use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
 use futures::future::BoxFuture;
 use tokenizers::Tokenizer;
 
 use crate::error::Error as ModelError;
+use crate::llama::{Llama, MAX_CONTEXT, Sampler};
 use crate::provider::Provider;
 use crate::text_calls::{self, CallSplitter};
 use crate::types::{EventStream, Message, ModelRequest, StopReason, StreamEvent, ToolSpec, Usage};
@@ -59,15 +54,15 @@ pub struct LocalChat {
 
 struct Pool {
     /// What a new copy is cloned from.
-    template: ModelWeights,
-    idle: Mutex<Vec<ModelWeights>>,
+    template: Llama,
+    idle: Mutex<Vec<Llama>>,
     /// One per answer being generated.
     places: Arc<tokio::sync::Semaphore>,
     concurrency: usize,
 }
 
 impl Pool {
-    fn new(template: ModelWeights, concurrency: usize) -> Self {
+    fn new(template: Llama, concurrency: usize) -> Self {
         let concurrency = concurrency.max(1);
         Self {
             template,
@@ -77,12 +72,12 @@ impl Pool {
         }
     }
 
-    fn take(&self) -> ModelWeights {
+    fn take(&self) -> Llama {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         idle.unwrap_or_else(|| self.template.clone())
     }
 
-    fn give_back(&self, weights: ModelWeights) {
+    fn give_back(&self, weights: Llama) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(weights);
     }
 }
@@ -122,15 +117,15 @@ impl LocalChat {
             return Err(LoadError::Architecture { path: path.to_owned(), arch });
         }
         let (tokenizer, stops) = tokenizer_of(path, &content)?;
-        // The file states what the model was trained on; candle's rotary tables stop at
-        // `MAX_SEQ_LEN`, and a position past them fails mid-answer.
+        // The file states what the model was trained on; the rotary tables stop at
+        // `MAX_CONTEXT`, and a position past them fails mid-answer.
         let context = content
             .metadata
             .get("llama.context_length")
             .and_then(|v| v.to_u32().ok())
             .map_or(2048, |n| n as usize)
-            .min(MAX_SEQ_LEN);
-        let weights = weights_of(content, &mut file).map_err(|e| {
+            .min(MAX_CONTEXT);
+        let weights = Llama::load(&content, &mut file).map_err(|e| {
             corrupt(path, format!("its weights cannot be read, the file may be cut short ({e})"))
         })?;
         let name = path.file_stem().map_or("local".into(), |s| s.to_string_lossy().into_owned());
@@ -160,38 +155,6 @@ impl LocalChat {
     pub fn model_name(&self) -> &str {
         &self.name
     }
-}
-
-/// The model's weights, with Q4_1 tensors requantized to Q8_0.
-fn weights_of<R: Read + Seek>(
-    content: gguf_file::Content,
-    reader: &mut R,
-) -> candle_core::Result<ModelWeights> {
-    let device = Device::Cpu;
-    let slow = content.tensor_infos.values().any(|t| t.ggml_dtype == GgmlDType::Q4_1);
-    if !slow {
-        return ModelWeights::from_gguf(content, reader, &device);
-    }
-    let mut tensors = Vec::with_capacity(content.tensor_infos.len());
-    for name in content.tensor_infos.keys() {
-        let tensor = content.tensor(reader, name, &device)?;
-        let tensor = if tensor.dtype() == GgmlDType::Q4_1 {
-            QTensor::quantize(&tensor.dequantize(&device)?, GgmlDType::Q8_0)?
-        } else {
-            tensor
-        };
-        tensors.push((name.clone(), tensor));
-    }
-    let metadata: Vec<(&str, &gguf_file::Value)> =
-        content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut buffer = std::io::Cursor::new(Vec::new());
-    gguf_file::write(&mut buffer, &metadata, &refs)?;
-    drop(refs);
-    drop(tensors);
-    buffer.set_position(0);
-    let content = gguf_file::Content::read(&mut buffer)?;
-    ModelWeights::from_gguf(content, &mut buffer, &device)
 }
 
 /// A byte-level BPE tokenizer from the GGUF metadata (`tokenizer.ggml.*`, as llama.cpp writes
@@ -316,7 +279,7 @@ fn failure(e: &dyn std::fmt::Display) -> ModelError {
 /// text to `emit`; the tokens written.
 fn generate(
     shared: &Shared,
-    weights: &mut ModelWeights,
+    weights: &mut Llama,
     prompt: Vec<u32>,
     max_tokens: usize,
     temperature: Option<f64>,
@@ -326,8 +289,7 @@ fn generate(
     let mut tokens = prompt;
     let read = tokens.len();
     let room = shared.context.saturating_sub(read);
-    let mut sampler =
-        LogitsProcessor::new(299_792_458, temperature.filter(|t| *t > 0.0), Some(0.9));
+    let mut sampler = Sampler::new(299_792_458, temperature, 0.9);
     let mut shown = String::new();
     let mut written = 0;
     let mut position = 0;

@@ -25,6 +25,7 @@ mod node;
 mod peers;
 mod remote;
 mod serve;
+mod serve_grpc;
 mod serve_node;
 mod sessions;
 mod teams;

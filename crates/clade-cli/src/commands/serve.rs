@@ -19,7 +19,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     })?;
     // Its port bound and its TLS files read before anything starts: a bad setting stops here.
     let grpc = match &ctx.config.server.grpc {
-        Some(grpc) => Some(prepare_grpc(ctx, grpc).await?),
+        Some(grpc) => Some(super::serve_grpc::prepare(ctx, grpc).await?),
         None => None,
     };
     let address = listener.local_addr()?;
@@ -198,7 +198,8 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             std::time::Duration::from_secs(ctx.config.server.header_timeout_secs.max(1)),
         )
     };
-    let grpc = grpc.map(|prepared| start_grpc(prepared, state.clone(), max_body_bytes, limits));
+    let grpc = grpc
+        .map(|prepared| super::serve_grpc::start(prepared, state.clone(), max_body_bytes, limits));
     let app = clade_gateway::router(state, &options);
     tracing::info!(
         address = %address,
@@ -221,7 +222,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     );
     // After the line above, which scripts read first for the HTTP address.
     if let Some(grpc) = &grpc {
-        println!("AgentHub (gRPC) listening on {}", grpc.url);
+        println!("AgentHub (gRPC) listening on {}", grpc.url());
     }
     tracing::info!(
         max_connections = limits.max_connections,
@@ -950,91 +951,6 @@ pub(super) async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down");
-}
-
-/// The AgentHub's gRPC server, running beside the HTTP one.
-struct GrpcServer {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-    /// Where it listens, `http://` or `https://`.
-    url: String,
-}
-
-impl GrpcServer {
-    /// Stops taking calls and gives those in flight a moment; traces, which never end by
-    /// themselves, are then cut.
-    async fn stop(mut self) {
-        let _ = self.stop.send(());
-        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.task).await.is_err() {
-            self.task.abort();
-        }
-    }
-}
-
-/// `server.grpc` made ready to serve: its listener bound, its TLS identity read and checked.
-struct PreparedGrpc {
-    listener: tokio::net::TcpListener,
-    tls: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-/// Binds `server.grpc`'s port and reads its TLS files, so a wrong port or file stops `clade
-/// serve` before it starts anything, with the reason.
-async fn prepare_grpc(ctx: &Ctx, grpc: &clade_config::GrpcConfig) -> Result<PreparedGrpc> {
-    let base = ctx.config_path.parent().unwrap_or(std::path::Path::new("."));
-    let read = |name: &str, file: &str| {
-        let path = base.join(file);
-        std::fs::read(&path).with_context(|| {
-            format!("cannot read server.grpc.tls.{name} ({}): give the PEM file's path, absolute or relative to clade.yaml", path.display())
-        })
-    };
-    let tls = match &grpc.tls {
-        Some(files) => {
-            let (cert, key) = (read("cert", &files.cert)?, read("key", &files.key)?);
-            clade_gateway::check_grpc_tls(&cert, &key).context(
-                "server.grpc.tls cannot be served: give a PEM certificate chain and its private key",
-            )?;
-            Some((cert, key))
-        }
-        None => None,
-    };
-    let listener = clade_gateway::bind(&grpc.listen).await.with_context(|| {
-        format!(
-            "cannot listen on {} for gRPC: set another address in server.grpc.listen",
-            grpc.listen
-        )
-    })?;
-    Ok(PreparedGrpc { listener, tls })
-}
-
-/// Serves the AgentHub on the prepared listener beside the HTTP server.
-fn start_grpc(
-    prepared: PreparedGrpc,
-    state: AppState,
-    max_message_bytes: usize,
-    limits: clade_gateway::ConnectionLimits,
-) -> GrpcServer {
-    let PreparedGrpc { listener, tls } = prepared;
-    let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
-    if !loopback && tls.is_none() {
-        tracing::warn!(
-            address = %address,
-            "the AgentHub's gRPC server listens beyond this machine without TLS (tokens and messages unencrypted); set server.grpc.tls or listen on 127.0.0.1"
-        );
-    }
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let options = clade_gateway::GrpcOptions { tls, max_message_bytes, limits };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        if let Err(err) = clade_gateway::serve_grpc(listener, state, options, shutdown).await {
-            tracing::error!(error = %err, "the AgentHub's gRPC server stopped");
-        }
-    });
-    tracing::info!(address = %address, tls = scheme == "https", "AgentHub listening (gRPC)");
-    GrpcServer { stop, task, url: format!("{scheme}://{address}") }
 }
 
 /// Raises this process's soft descriptor limit to its hard limit; the limit in force.
