@@ -97,3 +97,22 @@ pub(crate) async fn write_whole<T, E: Into<anyhow::Error>>(
     }
     renamed
 }
+
+/// One line of a long operation's progress on standard error: redrawn in place on a terminal,
+/// written as a line of its own elsewhere (a log, a pipe), where `\r` would run them together.
+pub(crate) fn progress(text: &str) {
+    use std::io::IsTerminal as _;
+    if std::io::stderr().is_terminal() {
+        eprint!("\r{text}\x1b[K");
+    } else {
+        eprintln!("{text}");
+    }
+}
+
+/// Ends the lines [`progress`] redrew on a terminal.
+pub(crate) fn progress_end() {
+    use std::io::IsTerminal as _;
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+}

@@ -1,6 +1,5 @@
 //! `clade bench agents`: creation rate, bytes on disk per agent, handle lookup latency, RSS.
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -175,10 +174,10 @@ async fn local(file: &std::path::Path, answers: u32, tokens: u32, concurrent: u3
         first_tokens.push(first);
         written_all += written;
         done += 1;
-        eprint!("\r{done}/{answers} answers");
+        crate::output::progress(&format!("{done}/{answers} answers"));
     }
     let elapsed = all.elapsed();
-    eprintln!();
+    crate::output::progress_end();
     first_tokens.sort();
     rates.sort_by(f64::total_cmp);
     let pick = |q: f64| first_tokens[((first_tokens.len() - 1) as f64 * q).round() as usize];
@@ -251,18 +250,17 @@ async fn agents(
         }
         if last_report.elapsed() >= Duration::from_secs(2) || done == count {
             let rate = done as f64 / started.elapsed().as_secs_f64();
-            eprint!(
-                "\r  {done}/{count} created ({:.0}%, {rate:.0}/s)   ",
-                done as f64 * 100.0 / count as f64
-            );
-            let _ = std::io::stderr().flush();
+            let share = done as f64 * 100.0 / count as f64;
+            crate::output::progress(&format!(
+                "  {done}/{count} created ({share:.0}%, {rate:.0}/s)"
+            ));
             last_report = now();
             if done >= count / 2 && rss_mid == rss_start {
                 rss_mid = rss_kib();
             }
         }
     }
-    eprintln!();
+    crate::output::progress_end();
     let create_secs = started.elapsed().as_secs_f64();
     let stats = ctx.store.write_stats();
     let commits = stats.commits - stats_before.commits;

@@ -5,7 +5,6 @@
 //! come from `clade-stub` in process over OpenAI's wire format (feature hashes, 256
 //! dimensions), so the figures are the store's and the ranking's, not a model's.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,14 +183,11 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
             }
             if let Some(done) = tasks.join_next().await {
                 written += done??;
-                eprint!(
-                    "\r  {written}/{size} ({:.0}/s)   ",
-                    written as f64 / started.elapsed().as_secs_f64()
-                );
-                let _ = std::io::stderr().flush();
+                let rate = written as f64 / started.elapsed().as_secs_f64();
+                crate::output::progress(&format!("  {written}/{size} ({rate:.0}/s)"));
             }
         }
-        eprintln!();
+        crate::output::progress_end();
         let fill_secs = started.elapsed().as_secs_f64();
 
         // Ingest through the service, 16 saves at a time (as many sessions' turns are mined
@@ -426,7 +422,7 @@ async fn evaluate(
             let embedding = Some((vector, embedder.model().to_owned()));
             store.memories().save(new_item(agent.id, text.clone(), embedding)).await?;
         }
-        eprint!("\r  {}/{distractors} notes", (n * 64 + chunk.len()));
+        crate::output::progress(&format!("  {}/{distractors} notes", n * 64 + chunk.len()));
     }
     let mut ids = HashMap::new();
     for chunk in turns.chunks(64) {
@@ -440,7 +436,7 @@ async fn evaluate(
         }
     }
     let memory = Memory::new(Some(embedder), Isolation::Global);
-    eprintln!();
+    crate::output::progress_end();
     println!(
         "  {} questions over {} items and {distractors} generated notes ({})",
         set.questions.len(),

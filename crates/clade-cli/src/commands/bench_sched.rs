@@ -96,11 +96,11 @@ async fn measure(data: &DataDir, store: Store, plan: &Plan) -> Result<()> {
         }
         if last_report.elapsed() >= Duration::from_secs(2) || done == plan.jobs {
             let rate = done as f64 / started.elapsed().as_secs_f64();
-            eprint!("\r  {done}/{} created ({rate:.0}/s)   ", plan.jobs);
+            crate::output::progress(&format!("  {done}/{} created ({rate:.0}/s)", plan.jobs));
             last_report = now();
         }
     }
-    eprintln!();
+    crate::output::progress_end();
 
     let finished = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let engine = if plan.turns {
@@ -165,12 +165,12 @@ async fn measure(data: &DataDir, store: Store, plan: &Plan) -> Result<()> {
         let fired = lateness.lock().map(|l| l.len()).unwrap_or(0);
         let turns = finished.load(std::sync::atomic::Ordering::Relaxed);
         if plan.turns {
-            eprint!("\r  {fired} fires, {turns} turns finished   ");
+            crate::output::progress(&format!("  {fired} fires, {turns} turns finished"));
         } else {
-            eprint!("\r  {fired} fires   ");
+            crate::output::progress(&format!("  {fired} fires"));
         }
     }
-    eprintln!();
+    crate::output::progress_end();
     let _ = stop.send(());
     let _ = task.await;
 
