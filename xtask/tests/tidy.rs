@@ -429,7 +429,9 @@ fn test_sources() -> Vec<(PathBuf, String)> {
     let mut sources = Vec::new();
     for file in rust_files(Path::new("crates")).into_iter().chain(rust_files(Path::new("xtask"))) {
         let body = std::fs::read_to_string(root().join(&file)).unwrap();
-        if file.to_string_lossy().contains("/tests/") {
+        // Test support is test code wherever it lives.
+        let path = file.to_string_lossy();
+        if path.contains("/tests/") || path.starts_with("crates/clade-test-support/") {
             sources.push((file, body));
         } else if let Some(at) = body.find("\n#[cfg(test)]\n") {
             sources.push((file, body[at..].to_owned()));

@@ -14,6 +14,7 @@ use clade_store::{
     Agents, DataDir, Durability, JobTarget, Location, NewAgent, NewJob, RunOutcome, Store,
     StoreOptions,
 };
+use clade_test_support::wait::{holds_for, polled_within};
 
 async fn open(location: &Location) -> Store {
     let options = StoreOptions {
@@ -293,13 +294,9 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..1_000 {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{what} never happened");
+    let (within, every) = (Duration::from_secs(10), Duration::from_millis(10));
+    let happened = polled_within(within, every, async || done().await, |&held| held).await;
+    assert!(happened, "{what} never happened");
 }
 
 /// The scheduler as a service, on a manual clock: it fires a job when the clock reaches its
@@ -364,8 +361,8 @@ async fn the_scheduler_fires_on_its_clock_and_disables_a_job_that_keeps_failing(
     let runs = || async { store.jobs(tenant.id).runs(job.id, None, 100).await.unwrap() };
 
     clock.advance(Duration::from_secs(59));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(runs().await.is_empty(), "fired before its time");
+    let early = Duration::from_millis(200);
+    holds_for(early, "fired before its time", async || runs().await, |r| r.is_empty()).await;
     clock.advance(Duration::from_secs(1));
     eventually("the first fire", || async { runs().await.len() == 1 }).await;
     let first = runs().await;

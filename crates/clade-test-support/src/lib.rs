@@ -9,8 +9,8 @@
 //!
 //! Also owns [`history`]: the record of a crash run and the checker of the reliability contract
 //! over it, shared by the crash test and `cargo xtask check-history`; and [`soak_scale`], how
-//! much work the soak tests do; and [`Watchdog`], which turns a hang into a report of every
-//! thread's stack.
+//! much work the soak tests do; [`Watchdog`], which turns a hang into a report of every
+//! thread's stack; and [`wait`], the suites' one way to wait for a condition on real time.
 
 #![allow(clippy::disallowed_methods, clippy::print_stderr)] // Test support reads env and warns.
 
@@ -18,6 +18,7 @@ use sqlx::Executor;
 
 pub mod history;
 mod proxy;
+pub mod wait;
 mod watchdog;
 
 pub use proxy::Proxy;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clade_config::{SandboxLimits, SandboxMode};
+use clade_test_support::wait::{POLL, holds_for, polled_within};
 use clade_tools::egress::EgressRules;
 use clade_tools::sandbox::{Exec, ExecOutput, Finding, RunFacts, Sandbox, SandboxError, findings};
 
@@ -106,16 +107,17 @@ async fn limits_contain_bombs_and_kill_the_whole_tree() {
     // Fork bomb: contained by the process limit (a pids cgroup, or RLIMIT_NPROC for a
     // non-root daemon) and killed with its pid namespace at the deadline.
     let baseline = host_processes();
-    let sampler = tokio::spawn(async {
+    // The most host processes seen over the bomb's first two seconds.
+    let sampled = async {
         let mut peak = 0;
-        for _ in 0..40 {
+        let look = async || {
             peak = peak.max(host_processes());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        peak
-    });
-    let bomb = sh(&sb, dir.path(), "b() { b | b & }; b; sleep 1; echo survived").await;
-    let peak = sampler.await.unwrap();
+            peak
+        };
+        polled_within(Duration::from_secs(2), POLL, look, |_| false).await
+    };
+    let bomb = sh(&sb, dir.path(), "b() { b | b & }; b; sleep 1; echo survived");
+    let (bomb, peak) = tokio::join!(bomb, sampled);
     let is_root = std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
@@ -154,14 +156,20 @@ async fn limits_contain_bombs_and_kill_the_whole_tree() {
     .await;
     assert!(spin.timed_out);
     assert!(started.elapsed() < Duration::from_secs(8));
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let before = std::fs::read_to_string(&marker).unwrap_or_default();
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        before,
-        std::fs::read_to_string(&marker).unwrap_or_default(),
-        "a child survived the deadline"
-    );
+    // Gone when the command returns: the marker (its text and time) never changes after.
+    let marker_now = || {
+        let text = std::fs::read_to_string(&marker).unwrap_or_default();
+        (text, std::fs::metadata(&marker).and_then(|m| m.modified()).ok())
+    };
+    let before = marker_now();
+    let still = |now: &_| *now == before;
+    holds_for(
+        Duration::from_millis(1400),
+        "a child survived the deadline",
+        async || marker_now(),
+        still,
+    )
+    .await;
     // Gigabytes of output: killed at the cap.
     let flood = sh(&sb, dir.path(), "yes AAAAAAAAAAAAAAAA").await;
     assert!(flood.output_capped);
@@ -235,8 +243,9 @@ async fn processes_left_running_are_stopped_and_reported() {
         matches!(&findings[..], [Finding::Limit(line)] if matches!(stopped(line), Some(1..=2))),
         "{findings:?} in {account}"
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!dir.path().join("late").exists(), "the daemonised child outlived its command");
+    let late = dir.path().join("late");
+    let outlived = "the daemonised child outlived its command";
+    holds_for(Duration::from_millis(1500), outlived, async || late.exists(), |&seen| !seen).await;
     // A command that leaves nothing behind gets no note, and keeps its exit status.
     let clean = sh(&sb, dir.path(), "sleep 0.1 & wait; exit 3").await;
     assert_eq!(clean.code, Some(3));

@@ -167,19 +167,21 @@ impl Env {
         let logs = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = logs.clone();
+        let (read_all, logs_read) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut logs = sink.lock().unwrap();
                 logs.push_str(&line);
                 logs.push('\n');
             }
+            let _ = read_all.send(());
         });
         // The CLI token `serve` writes at its first start (none before one ran).
         let token = std::fs::read_to_string(self.data_dir().join("token"))
             .unwrap_or_default()
             .trim()
             .to_owned();
-        Some(Server { child, url, token, logs })
+        Some(Server { child, url, token, logs, logs_read })
     }
 }
 
@@ -188,6 +190,8 @@ pub struct Server {
     pub url: String,
     pub token: String,
     logs: Arc<Mutex<String>>,
+    /// Told when the server's standard error has ended and every line of it is in `logs`.
+    logs_read: std::sync::mpsc::Receiver<()>,
 }
 
 impl Server {
@@ -309,8 +313,9 @@ impl Server {
     /// Stops the server and returns what it logged.
     pub fn stop(mut self) -> String {
         unsafe_free_kill(&mut self.child);
-        // Give the reader thread a moment to take the last lines.
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        // Until the reader thread has taken the last lines (bounded: a process the server
+        // started may still hold the pipe).
+        let _ = self.logs_read.recv_timeout(std::time::Duration::from_secs(2));
         self.logs.lock().unwrap().clone()
     }
 }
@@ -478,80 +483,9 @@ pub async fn until<T>(shared: &Arc<Mutex<T>>, done: impl Fn(&T) -> bool) -> bool
     polled_within(PATIENCE, every, async || done(&shared.lock().unwrap()), |&held| held).await
 }
 
-/// How long a test waits for what it expects: generous, for a machine loaded by the rest of
-/// the suite, and only ever spent by a test that is failing anyway.
-pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// How often a waiting test looks again.
-pub const POLL: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// What `probe` answers once it answers `Some`, or `None` once [`PATIENCE`] has passed; it is
-/// asked every [`POLL`]. For a test that waits for a condition rather than for a guessed time.
-pub async fn eventually<T>(probe: impl AsyncFnMut() -> Option<T>) -> Option<T> {
-    polled(probe, Option::is_some).await
-}
-
-/// What `read` answers once `done` holds for it, or its last answer once [`PATIENCE`] has
-/// passed (so the assertion after it can show what was seen last); it is asked every [`POLL`].
-pub async fn polled<T>(read: impl AsyncFnMut() -> T, done: impl Fn(&T) -> bool) -> T {
-    polled_within(PATIENCE, POLL, read, done).await
-}
-
-/// [`polled`] with its own patience (`within`) and pace (`every`): longer for what is slow to
-/// come, slower for a `read` that is costly or that acts (sends a message, runs the CLI).
-pub async fn polled_within<T>(
-    within: std::time::Duration,
-    every: std::time::Duration,
-    mut read: impl AsyncFnMut() -> T,
-    done: impl Fn(&T) -> bool,
-) -> T {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let value = read().await;
-        if done(&value) || std::time::Instant::now() > deadline {
-            return value;
-        }
-        tokio::time::sleep(every).await;
-    }
-}
-
-/// Asserts that what `read` answers passes `holds` throughout `span` of real time, looking
-/// every [`POLL`]: for what must not happen (a disabled job firing, a paused session running),
-/// which no event announces, so only time can show it. Looking throughout, not once at the
-/// end, catches what happens and is undone in between.
-pub async fn holds_for<T: std::fmt::Debug>(
-    span: std::time::Duration,
-    what: &str,
-    mut read: impl AsyncFnMut() -> T,
-    holds: impl Fn(&T) -> bool,
-) {
-    let until = std::time::Instant::now() + span;
-    let broken = polled_within(
-        span,
-        POLL,
-        async || (read().await, std::time::Instant::now()),
-        |(value, at)| !holds(value) || *at > until,
-    )
-    .await;
-    assert!(holds(&broken.0), "{what}: {:?}", broken.0);
-}
-
-/// [`polled_within`] for a thread with no runtime to yield to: it sleeps between reads.
-pub fn polled_blocking<T>(
-    within: std::time::Duration,
-    every: std::time::Duration,
-    mut read: impl FnMut() -> T,
-    done: impl Fn(&T) -> bool,
-) -> T {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let value = read();
-        if done(&value) || std::time::Instant::now() > deadline {
-            return value;
-        }
-        std::thread::sleep(every);
-    }
-}
+pub use clade_test_support::wait::{
+    PATIENCE, POLL, eventually, holds_for, polled, polled_blocking, polled_within,
+};
 
 /// A data dir with `ada` and the rival tenant's `bob` (see [`ada_and_rival_bob`]) under
 /// `config` (clade.yaml), with `vars` set for every command; and the rival's token.

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::support::{Env, PATIENCE, Server, eventually, polled_blocking, request, write};
+use super::support::{
+    Env, PATIENCE, POLL, Server, eventually, polled_blocking, polled_within, request, write,
+};
 
 const CANARY_SECRET: &str = "canary-secret-7f3a9c1e55";
 const CANARY_ENV: &str = "canary-env-b41d0e9a27";
@@ -383,13 +385,12 @@ async fn attack_corpus_is_blocked_or_contained() {
         CANARY_TENANT_B
     );
     assert_eq!(server.send("GET", "/healthz", None, None).await.0, 200);
-    // The daemonised child of "escape the deadline" would have written this 3 s after its start.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    corpus.record(
-        "daemonised child outlived its command",
-        !Path::new(&alice_ws).join("late").exists(),
-        "late",
-    );
+    // The daemonised child of "escape the deadline" would have written this 3 s after its
+    // start: watched until then, it never appears.
+    let late = Path::new(&alice_ws).join("late");
+    let appeared =
+        polled_within(Duration::from_secs(2), POLL, async || late.exists(), |&seen| seen).await;
+    corpus.record("daemonised child outlived its command", !appeared, "late");
 
     // Last, as it empties the agent's own workspace: the host and tenant B stay intact.
     let out = shell(&server, "rm -rf --no-preserve-root / 2>/dev/null; echo done").await;

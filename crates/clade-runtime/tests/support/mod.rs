@@ -6,15 +6,10 @@ use clade_store::{DataDir, Durability, Location, Store, StoreOptions};
 /// How often the polls below look, in real time.
 const TICK: std::time::Duration = std::time::Duration::from_millis(25);
 
-/// Runs `step` every [`TICK`] until it answers true, at most 800 times (20 s): whether it did.
-async fn ticks(mut step: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..800 {
-        if step().await {
-            return true;
-        }
-        tokio::time::sleep(TICK).await;
-    }
-    false
+/// Runs `step` every [`TICK`] until it answers true, for at most 20 s: whether it did.
+async fn ticks(step: impl AsyncFnMut() -> bool) -> bool {
+    let limit = std::time::Duration::from_secs(20);
+    clade_test_support::wait::polled_within(limit, TICK, step, |&done| done).await
 }
 
 /// Polls (in real time, briefly) until `check` holds: at most 20 s, for a machine loaded by the

@@ -37,18 +37,9 @@ pub async fn open(location: Location) -> Result<Store, clade_store::Error> {
 pub async fn eventually(
     within: std::time::Duration,
     every: std::time::Duration,
-    mut check: impl AsyncFnMut() -> bool,
+    check: impl AsyncFnMut() -> bool,
 ) -> bool {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(every).await;
-    }
+    clade_test_support::wait::polled_within(within, every, check, |&held| held).await
 }
 
 /// One harness per available backend.
