@@ -11,7 +11,7 @@ use clade_protocol::remote_tools::{PEER_HEADER, PEER_SIGNATURE_HEADER, PEER_TIME
 use clade_tools::remote::identity::{self, Identity};
 use serde_json::{Value, json};
 
-use super::support::{Env, POLL, polled_blocking, polled_within};
+use super::support::{Env, PATIENCE, POLL, gathered, polled_blocking, polled_within};
 
 const PAIR_TOKEN: (&str, &str) = ("CLADE_PAIR_TOKEN", "pairing-secret-0123456789");
 
@@ -315,9 +315,12 @@ async fn a_leased_cli_reaches_one_session_only_while_its_lease_lives_and_its_cha
         .spawn()
         .unwrap();
     let _stdin = open_chat.stdin.take();
+    let (said, all_said) = gathered(open_chat.stderr.take().unwrap());
     let attached = lease_becomes(&gateway, &lease_id, |_| true);
     assert!(attached["live"].as_bool().unwrap(), "{attached}");
-    std::thread::sleep(Duration::from_millis(500));
+    // Revoked once the chat follows its session, which it says as it starts.
+    let chatting = || said.lock().unwrap().contains("chatting with");
+    assert!(polled_blocking(PATIENCE, POLL, chatting, |&c| c), "{}", said.lock().unwrap());
     gateway.run(&["lease", "revoke", &lease_id]).ok();
     let ended = polled_blocking(
         Duration::from_secs(10),
@@ -329,9 +332,9 @@ async fn a_leased_cli_reaches_one_session_only_while_its_lease_lives_and_its_cha
         open_chat.kill().ok();
         panic!("the chat ran on after its lease was revoked");
     };
-    let output = open_chat.wait_with_output().unwrap();
     assert!(!exit.success());
-    let said = String::from_utf8_lossy(&output.stderr);
+    let _ = all_said.recv_timeout(PATIENCE);
+    let said = said.lock().unwrap().clone();
     assert!(said.contains("the gateway ended this chat"), "{said}");
 
     // A lease that runs out ends by itself.

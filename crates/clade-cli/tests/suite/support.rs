@@ -164,18 +164,7 @@ impl Env {
             .to_owned();
         // Keep draining both pipes so the server never blocks on a full one.
         std::thread::spawn(move || for _ in lines {});
-        let logs = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        let (read_all, logs_read) = std::sync::mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut logs = sink.lock().unwrap();
-                logs.push_str(&line);
-                logs.push('\n');
-            }
-            let _ = read_all.send(());
-        });
+        let (logs, logs_read) = gathered(child.stderr.take().unwrap());
         // The CLI token `serve` writes at its first start (none before one ran).
         let token = std::fs::read_to_string(self.data_dir().join("token"))
             .unwrap_or_default()
@@ -331,6 +320,25 @@ impl Drop for Server {
 fn unsafe_free_kill(child: &mut Child) {
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let _ = child.wait();
+}
+
+/// What `pipe` says, gathered line by line by a thread of its own as it comes; the receiver is
+/// told once the pipe has ended and every line is in.
+pub fn gathered(
+    pipe: impl std::io::Read + Send + 'static,
+) -> (Arc<Mutex<String>>, std::sync::mpsc::Receiver<()>) {
+    let said = Arc::new(Mutex::new(String::new()));
+    let sink = said.clone();
+    let (ended, end) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut said = sink.lock().unwrap();
+            said.push_str(&line);
+            said.push('\n');
+        }
+        let _ = ended.send(());
+    });
+    (said, end)
 }
 
 /// `method url+path` with a bearer token and an optional JSON body: status and JSON answer.
