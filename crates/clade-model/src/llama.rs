@@ -337,20 +337,21 @@ fn likeliest(logits: &[f32]) -> u32 {
 mod tests {
     use super::*;
 
-    fn tiny() -> (tempfile::TempDir, std::path::PathBuf) {
+    /// The tiny test model's file, open past its header, and the header read.
+    fn tiny() -> (tempfile::TempDir, std::fs::File, gguf_file::Content) {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("tiny.gguf");
         crate::local_chat::write_test_model(&file).unwrap();
-        (tmp, file)
+        let mut reader = std::fs::File::open(&file).unwrap();
+        let content = gguf_file::Content::read(&mut reader).unwrap();
+        (tmp, reader, content)
     }
 
     /// The same file through candle-transformers' `quantized_llama` gives the same logits,
     /// over a prompt and then token by token from its cache.
     #[test]
     fn logits_match_candle_transformers_quantized_llama() {
-        let (_tmp, file) = tiny();
-        let mut reader = std::fs::File::open(&file).unwrap();
-        let content = gguf_file::Content::read(&mut reader).unwrap();
+        let (_tmp, mut reader, content) = tiny();
         let mut ours = Llama::load(&content, &mut reader).unwrap();
         // Theirs reads the requantized weights ours holds: written back into a file of Q8_0.
         let mut tensors = Vec::new();
@@ -397,13 +398,40 @@ mod tests {
 
     #[test]
     fn a_position_past_the_context_is_an_error_not_a_panic() {
-        let (_tmp, file) = tiny();
-        let mut reader = std::fs::File::open(&file).unwrap();
-        let content = gguf_file::Content::read(&mut reader).unwrap();
+        let (_tmp, mut reader, content) = tiny();
         let mut model = Llama::load(&content, &mut reader).unwrap();
         let token = Tensor::new(&[[3u32]], &Device::Cpu).unwrap();
         let err = model.forward(&token, MAX_CONTEXT).err().unwrap().to_string();
         assert!(err.contains("past the 4096"), "{err}");
+    }
+
+    /// Metadata that cannot describe a dense llama is an error naming what is wrong, not a
+    /// panic in the middle of an answer.
+    #[test]
+    fn shapes_it_cannot_run_are_named() {
+        let (_tmp, mut reader, mut content) = tiny();
+        // The load's error with `key` set to `value` (or removed), the file's own value put back.
+        let mut refused = |key: &str, value: Option<gguf_file::Value>| {
+            let own = match value {
+                Some(value) => content.metadata.insert(key.to_owned(), value),
+                None => content.metadata.remove(key),
+            };
+            let err = Llama::load(&content, &mut reader).err().unwrap().to_string();
+            match own {
+                Some(own) => content.metadata.insert(key.to_owned(), own),
+                None => content.metadata.remove(key),
+            };
+            err
+        };
+        use gguf_file::Value::U32;
+        let err = refused("llama.attention.head_count", Some(U32(3)));
+        assert!(err.contains("3 heads") && err.contains("width of 64"), "{err}");
+        let err = refused("llama.attention.head_count_kv", Some(U32(0)));
+        assert!(err.contains("(0 for keys and values)"), "{err}");
+        let err = refused("llama.expert_count", Some(U32(8)));
+        assert!(err.contains("mixture of experts"), "{err}");
+        let err = refused("llama.block_count", None);
+        assert!(err.contains("no llama.block_count"), "{err}");
     }
 
     #[test]

@@ -126,7 +126,7 @@ impl LocalChat {
             .map_or(2048, |n| n as usize)
             .min(MAX_CONTEXT);
         let weights = Llama::load(&content, &mut file).map_err(|e| {
-            corrupt(path, format!("its weights cannot be read, the file may be cut short ({e})"))
+            corrupt(path, format!("its weights cannot be loaded ({e}): the file may be cut short or not describe a model this runs"))
         })?;
         let name = path.file_stem().map_or("local".into(), |s| s.to_string_lossy().into_owned());
         let shared = Arc::new(Shared { tokenizer, stops, context });
