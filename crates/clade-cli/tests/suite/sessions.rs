@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::support::{Env, PATIENCE, Server, eventually, polled_within, serve_hook, write};
+use super::support::{
+    Env, PATIENCE, Server, eventually, model_called, model_calls, polled_within, serve_hook, write,
+};
 
 async fn stub() -> clade_stub::Stub {
     clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap()
@@ -56,7 +58,7 @@ async fn steer_injects_a_message_into_the_running_turn() {
         sessions.push(first["session_id"].as_str().unwrap().to_owned());
     }
     // While the first model calls run.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    model_called(&stub, 2).await;
     for agent in ["ada", "bob"] {
         assert_eq!(post(&server, event(agent, "and also this", "steer")).await.0, 202);
     }
@@ -86,7 +88,7 @@ async fn cancel_and_timeout_end_the_running_turn_with_the_reason() {
     // Nothing runs yet: nothing to cancel.
     let (_, first) = post(&server, event("ada", "one", "cancel")).await;
     let session = first["session_id"].as_str().unwrap().to_owned();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    model_called(&stub, 1).await;
     let started = Instant::now();
     let (status, answer) =
         server.send("POST", &format!("/v1/sessions/{session}/cancel"), None, None).await;
@@ -123,7 +125,7 @@ async fn a_slow_session_does_not_hold_back_another() {
     let server = env.serve(&[]);
     let (status, _) = post(&server, event("bob", "slow one", "x")).await;
     assert_eq!(status, 202);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    model_called(&stub, 1).await;
     let mut body = event("ada", "fast one", "y");
     body["wait"] = json!(true);
     let started = Instant::now();
@@ -426,8 +428,9 @@ async fn a_sessions_own_queue_mode_overrides_its_agents() {
             assert_eq!(answer["queue_mode"], mode, "{answer}");
         }
         assert_eq!(server.get_json(&path).await.get("queue_mode").unwrap_or(&Value::Null), &mode);
+        let calls = model_calls(&stub);
         post(&server, event("ada", "/tool time.now", "own")).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        model_called(&stub, calls + 1).await;
         post(&server, event("ada", "and this", "own")).await;
         expected_turns += turns_added;
         let all = server

@@ -491,6 +491,19 @@ pub async fn until<T>(shared: &Arc<Mutex<T>>, done: impl Fn(&T) -> bool) -> bool
     polled_within(PATIENCE, every, async || done(&shared.lock().unwrap()), |&held| held).await
 }
 
+/// Chat completions `stub` has been asked for so far.
+pub fn model_calls(stub: &clade_stub::Stub) -> usize {
+    stub.captured().iter().filter(|c| c.path == "/v1/chat/completions").count()
+}
+
+/// Waits until `stub` has been asked for `n` chat completions in all, so that a test can act
+/// while a turn's model call is under way (a turn is stored only with its first step, after
+/// that call answers, so the gateway cannot show it sooner).
+pub async fn model_called(stub: &clade_stub::Stub, n: usize) {
+    let seen = polled(async || model_calls(stub), |&seen| seen >= n).await;
+    assert!(seen >= n, "the model was asked {seen} times, not {n}");
+}
+
 pub use clade_test_support::wait::{
     PATIENCE, POLL, eventually, holds_for, polled, polled_blocking, polled_within,
 };

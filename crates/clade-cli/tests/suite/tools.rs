@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::support::{
-    Env, PATIENCE, POLL, Server, eventually, polled_blocking, polled_within, request, write,
+    Env, PATIENCE, POLL, Server, eventually, polled, polled_blocking, polled_within, request, write,
 };
 
 const CANARY_SECRET: &str = "canary-secret-7f3a9c1e55";
@@ -257,7 +257,14 @@ async fn attack_corpus_is_blocked_or_contained() {
             reqwest::Client::new().post(url).bearer_auth(token).json(&body).send().await.unwrap()
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Measure once the attack's loops spin (its shell's forks carry its command line).
+    let spinning = || {
+        let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+        procs.filter_map(|p| std::fs::read(p.path().join("cmdline")).ok()).any(|line| {
+            line.windows(b"while :; do :; done".len()).any(|w| w == b"while :; do :; done")
+        })
+    };
+    assert!(polled(async || spinning(), |&spins| spins).await, "the attack never started");
     let mut loaded = Vec::new();
     for _ in 0..100 {
         let started = std::time::Instant::now();

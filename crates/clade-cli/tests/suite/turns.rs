@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, eventually, polled, polled_within, read, serve_hook, write};
+use super::support::{
+    Env, Server, eventually, model_called, polled, polled_within, read, serve_hook, write,
+};
 
 async fn stub() -> clade_stub::Stub {
     clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap()
@@ -175,7 +177,7 @@ async fn coalesce_folds_a_burst_and_full_queues_push_back() {
     let (_, first, _) = post(&server, event("first", "burst")).await;
     let session = first["session_id"].as_str().unwrap().to_owned();
     // Send the burst while the first turn's model call (1.5 s) is under way.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    model_called(&stub, 1).await;
     for text in ["second", "third"] {
         assert_eq!(post(&server, event(text, "burst")).await.0, 202);
     }

@@ -355,7 +355,9 @@ async fn jobs_settled_together_keep_apart_and_their_newest_runs_read_back() {
         assert_eq!(one[&fires.id].len(), 1, "{}", h.name);
 
         // Runs from before the job was last enabled no longer count.
-        h.store.clock().sleep(std::time::Duration::from_millis(5)).await;
+        // Enabled again only once the store's clock has moved past those runs.
+        let ran = h.store.now();
+        clade_test_support::wait::polled(async || h.store.now(), |now| *now > ran).await;
         h.store.jobs(tenant.id).set_enabled(busy.id, false, None).await.unwrap();
         h.store.jobs(tenant.id).set_enabled(busy.id, true, None).await.unwrap();
         let recent = h.store.system().recent_job_runs(&[busy.id], 5).await.unwrap();
