@@ -604,7 +604,7 @@ impl<A: ChatApi> Channel<A> {
             _ => std::mem::take(&mut message.actor),
         };
         let source = Source {
-            platform: platform.to_owned(),
+            platform: platform.into(),
             channel: format!("{name}:{}", message.chat),
             actor,
         };
@@ -786,7 +786,7 @@ impl<A: ChatApi> Channel<A> {
             Err(err) => return Err(Refused::transient(err.to_string())),
         };
         let mut chat = None;
-        if found.source.platform == self.api.platform()
+        if found.source.platform.as_str() == self.api.platform()
             && let Some(ours) = chat_of_channel(&self.name, &found.source.channel)
         {
             let routed = match self.engine.route_source(&found.source) {

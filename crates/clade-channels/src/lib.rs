@@ -23,11 +23,6 @@ pub mod telegram;
 
 pub use health::{ChannelHealth, ChannelState, Health};
 
-/// The platforms the channels speak for. No client of the API may start a conversation on one
-/// of them: a reply there goes to a chat through the operator's bot, so only the platform's
-/// own listener may open such a session.
-pub const PLATFORMS: &[&str] = &[telegram::PLATFORM, slack::PLATFORM, discord::PLATFORM];
-
 /// The kind a channel's listener of its own is paired as (`clade pair listener`); its name is
 /// `<platform>-<channel>`. A relayed message signed with its key needs no channel secret.
 pub const LISTENER_PEER_KIND: &str = "listener";

@@ -15,6 +15,7 @@ pub mod fault;
 pub mod id;
 pub mod lifecycle;
 pub mod name;
+pub mod origin;
 pub mod random;
 pub mod scope;
 pub mod shard;
@@ -36,6 +37,7 @@ pub use name::{
     DISPLAY_NAME_PATTERN, HANDLE_PATTERN, Handle, LABEL_PATTERN, NOT_BLANK_PATTERN,
     SETTING_KEY_PATTERN, SecretName, TemplateName, is_setting_key, is_spoofing_char,
 };
+pub use origin::{ChatPlatform, Origin};
 pub use random::Jitter;
 pub use scope::Scope;
 pub use time::Timestamp;

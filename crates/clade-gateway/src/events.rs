@@ -6,6 +6,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use clade_core::Origin;
 use clade_runtime::Envelope;
 use clade_store::Source;
 
@@ -96,7 +97,7 @@ pub(crate) async fn envelope_of(
     };
     let source = match (params.source, &session) {
         (Some(given), Some(session))
-            if given.platform != session.source.platform
+            if given.platform != session.source.platform.as_str()
                 || given.channel != session.source.channel
                 || given.actor != session.source.actor =>
         {
@@ -110,7 +111,7 @@ pub(crate) async fn envelope_of(
             check_field("source.platform", &given.platform)?;
             check_field("source.channel", &given.channel)?;
             check_field("source.actor", &given.actor)?;
-            Source { platform: given.platform, channel: given.channel, actor: given.actor }
+            Source { platform: given.platform.into(), channel: given.channel, actor: given.actor }
         }
         (None, None) => {
             return Err(ApiError::new(
@@ -133,7 +134,7 @@ pub(crate) async fn envelope_of(
     // A chat platform's session is opened only by its listener: a reply there goes to a chat
     // through the operator's bot, so a client naming one could message any chat. Sending into
     // an existing session of the tenant's own (which the bindings gave it) is allowed.
-    if session.is_none() && clade_channels::PLATFORMS.contains(&source.platform.as_str()) {
+    if session.is_none() && matches!(source.platform, Origin::Chat(_)) {
         return Err(ApiError::new(
             Code::InvalidRequest,
             format!(
@@ -142,12 +143,12 @@ pub(crate) async fn envelope_of(
             ),
         ));
     }
-    if source.platform == clade_store::AGENT_PLATFORM {
+    if source.platform == Origin::Agent {
         return Err(ApiError::new(
             Code::InvalidRequest,
             format!(
                 "platform {:?} is kept for agents' messages to each other (the agent.send and agent.ask tools): send on another platform",
-                clade_store::AGENT_PLATFORM
+                Origin::Agent.as_str()
             ),
         ));
     }

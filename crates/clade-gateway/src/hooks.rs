@@ -178,7 +178,7 @@ pub(crate) async fn receive(
         tenant,
         agent: Some(hook.agent.clone()),
         text: text.to_owned(),
-        source: Source { platform: PLATFORM.to_owned(), channel, actor: name.clone() },
+        source: Source { platform: PLATFORM.into(), channel, actor: name.clone() },
         idempotency_key: key,
     };
     crate::events::respond(&state, envelope, hook.wait).await

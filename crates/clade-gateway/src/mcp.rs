@@ -419,7 +419,7 @@ async fn ask(
         agent: Some(agent.handle.to_string()),
         text: arguments.message,
         source: Source {
-            platform: PLATFORM.to_owned(),
+            platform: PLATFORM.into(),
             channel: arguments.session.unwrap_or_else(|| DEFAULT_SESSION.to_owned()),
             actor: "mcp".to_owned(),
         },

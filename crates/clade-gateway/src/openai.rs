@@ -376,7 +376,7 @@ fn source_of(
         (None, None) => fingerprint(&request.messages),
     };
     let actor = request.user.clone().unwrap_or_else(|| "client".to_owned());
-    Ok(Source { platform: PLATFORM.to_owned(), channel, actor })
+    Ok(Source { platform: PLATFORM.into(), channel, actor })
 }
 
 /// Names a conversation by its opening: its messages up to and including the first user

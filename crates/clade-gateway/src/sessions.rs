@@ -38,7 +38,7 @@ fn session_response(s: clade_store::SessionRow) -> SessionResponse {
     SessionResponse {
         id: s.id.to_string(),
         agent_id: s.agent_id.to_string(),
-        platform: s.source.platform,
+        platform: s.source.platform.to_string(),
         channel: s.source.channel,
         actor: s.source.actor,
         last_active_channel: s.last_active_channel,

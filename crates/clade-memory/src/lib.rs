@@ -126,7 +126,7 @@ pub struct IsolationRule {
 impl IsolationRule {
     fn matches(&self, source: &Source) -> bool {
         use clade_tools::pattern::matches;
-        matches(&self.platform, &source.platform)
+        matches(&self.platform, source.platform.as_str())
             && matches(&self.channel, &source.channel)
             && matches(&self.actor, &source.actor)
     }

@@ -15,8 +15,8 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use clade_core::{MessageKind, TurnStatus};
-use clade_store::{AGENT_PLATFORM, Delivered, NewMessage, Source};
+use clade_core::{MessageKind, Origin, TurnStatus};
+use clade_store::{Delivered, NewMessage, Source};
 use clade_tools::{CallContext, EffectClass, Error, Registry, ToolResult, TypedTool};
 use futures::future::BoxFuture;
 use schemars::JsonSchema;
@@ -518,7 +518,7 @@ async fn deliver(
         }
     }
     let source = Source {
-        platform: AGENT_PLATFORM.to_owned(),
+        platform: Origin::Agent,
         channel: caller.agent.to_string(),
         actor: kind.as_str().to_owned(),
     };

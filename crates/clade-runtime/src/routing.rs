@@ -41,7 +41,7 @@ pub(crate) fn route_any(
 /// The bindings whose platform, channel and actor patterns all match `source`, in order.
 fn matching<'a>(bindings: &'a [Binding], source: &'a Source) -> impl Iterator<Item = &'a Binding> {
     bindings.iter().filter(|b| {
-        matches(&b.platform, &source.platform)
+        matches(&b.platform, source.platform.as_str())
             && matches(&b.channel, &source.channel)
             && matches(&b.actor, &source.actor)
     })

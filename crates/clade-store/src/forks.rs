@@ -11,7 +11,7 @@
 //! keyed by the execution: it arrives once, however often settling is tried.
 
 use clade_core::{
-    AgentId, EventStatus, ExecutionId, ExecutionKind, ExecutionStatus, SessionId, TenantId,
+    AgentId, EventStatus, ExecutionId, ExecutionKind, ExecutionStatus, Origin, SessionId, TenantId,
     Timestamp, TurnId,
 };
 use clade_protocol::{ExecutionChanged, LifecycleEvent, Spelled};
@@ -24,10 +24,6 @@ use crate::store::{Store, id_bytes, opt_id};
 use crate::turns::{Accepted, NewEvent, OutboxEvent, OutboxRow, Source};
 use crate::work::Work;
 
-/// The platform of a branch's session.
-pub const BRANCH_PLATFORM: &str = "branch";
-/// The platform of a worker's session.
-pub const WORKER_PLATFORM: &str = "worker";
 /// Events a fork's machinery writes carry keys under this prefix (never a caller's).
 const KEY_PREFIX: &str = "fork:";
 /// The longest task or follow-up, in bytes.
@@ -36,18 +32,18 @@ pub const MAX_TASK_BYTES: usize = 32 * 1024;
 pub const MAX_PROGRESS_BYTES: usize = 512;
 
 /// The execution kind a session's platform runs as: a branch, a worker, or neither.
-pub fn fork_kind_of(platform: &str) -> Option<ExecutionKind> {
-    match platform {
-        BRANCH_PLATFORM => Some(ExecutionKind::Branch),
-        WORKER_PLATFORM => Some(ExecutionKind::Worker),
+pub fn fork_kind_of(origin: &Origin) -> Option<ExecutionKind> {
+    match origin {
+        Origin::Branch => Some(ExecutionKind::Branch),
+        Origin::Worker => Some(ExecutionKind::Worker),
         _ => None,
     }
 }
 
-fn platform_of(kind: ExecutionKind) -> Result<&'static str> {
+fn origin_of(kind: ExecutionKind) -> Result<Origin> {
     match kind {
-        ExecutionKind::Branch => Ok(BRANCH_PLATFORM),
-        ExecutionKind::Worker => Ok(WORKER_PLATFORM),
+        ExecutionKind::Branch => Ok(Origin::Branch),
+        ExecutionKind::Worker => Ok(Origin::Worker),
         other => Err(Error::InvalidInput(format!("a fork is a branch or a worker, not a {other}"))),
     }
 }
@@ -201,7 +197,7 @@ async fn session_in(
         Ok((
             AgentId::from_bytes(id_bytes(&row, "agent_id")?),
             Source {
-                platform: row.try_get("platform")?,
+                platform: Origin::from(row.try_get::<String, _>("platform")?),
                 channel: row.try_get("channel")?,
                 actor: row.try_get("actor")?,
             },
@@ -271,11 +267,11 @@ impl Store {
     /// `max_running` of this kind running already.
     pub async fn start_fork(&self, new: NewFork) -> Result<Forked> {
         check_text("task", &new.task, MAX_TASK_BYTES)?;
-        let platform = platform_of(new.kind)?;
+        let origin = origin_of(new.kind)?;
         let tenant = new.tenant;
         let (forked, announced) = self
             .transact(tenant, move |work| {
-                let new = new.clone();
+                let (new, origin) = (new.clone(), origin.clone());
                 Box::pin(async move {
                     let key = format!("{KEY_PREFIX}{}", new.key);
                     if let Some(fork) = fork_of_key(work.conn(), tenant, &key).await? {
@@ -319,7 +315,7 @@ impl Store {
                     let handle = handle_of(work.conn(), tenant, new.agent).await?;
                     let execution = ExecutionId::generate(work.now());
                     let source = Source {
-                        platform: platform.to_owned(),
+                        platform: origin,
                         channel: execution.to_string(),
                         actor: new.parent_session.to_string(),
                     };

@@ -37,9 +37,6 @@ pub enum JobTarget {
     Origin(SessionId),
 }
 
-/// The platform of every envelope a job fires.
-pub const CRON_PLATFORM: &str = "cron";
-
 /// A session name's longest form.
 const MAX_SESSION_NAME: usize = 128;
 
@@ -363,7 +360,7 @@ impl<'w> JobWrites<'w> {
             .await?
             .ok_or_else(|| Error::SessionNotFound(session.to_string()))?;
         Ok(Source {
-            platform: row.try_get("platform")?,
+            platform: clade_core::Origin::from(row.try_get::<String, _>("platform")?),
             channel: row.try_get("last_active_channel")?,
             actor: row.try_get("actor")?,
         })
@@ -444,12 +441,12 @@ impl<'w> JobWrites<'w> {
             let source = match (&job.target, &origin) {
                 (_, Some(source)) => source.clone(),
                 (JobTarget::New, _) => Source {
-                    platform: CRON_PLATFORM.into(),
+                    platform: clade_core::Origin::Cron,
                     channel: job.name.clone(),
                     actor: format!("fire:{millis}"),
                 },
                 (JobTarget::Session(name), _) => Source {
-                    platform: CRON_PLATFORM.into(),
+                    platform: clade_core::Origin::Cron,
                     channel: name.clone(),
                     actor: "scheduler".into(),
                 },

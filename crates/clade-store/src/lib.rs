@@ -66,15 +66,11 @@ pub use error::{Error, Result};
 pub use executions::Executions;
 pub use executions::{ExecutionOwner, ExecutionRow, ExecutionStep, ExecutionWrites, NewExecution};
 pub use forks::Forks;
-pub use forks::{
-    BRANCH_PLATFORM, ForkRow, ForkSettled, Forked, NewFork, RunFilter, WORKER_PLATFORM,
-    fork_kind_of,
-};
+pub use forks::{ForkRow, ForkSettled, Forked, NewFork, RunFilter, fork_kind_of};
 pub use host_calls::HostCalls;
 pub use jobs::Jobs;
 pub use jobs::{
-    CRON_PLATFORM, JobRow, JobRun, JobTarget, JobWrites, NewJob, RunOutcome, Settled, Settlement,
-    refuses_envelope,
+    JobRow, JobRun, JobTarget, JobWrites, NewJob, RunOutcome, Settled, Settlement, refuses_envelope,
 };
 pub use leases::{Lease, LeaseRow, ShardLeases};
 pub use lineage::Lineage;
@@ -85,7 +81,7 @@ pub use memory_transfer::{Imported, MemoryRecord};
 pub use memory_upkeep::MemoryUpkeep;
 pub use memory_upkeep::{Pruned, UpkeepDue, Vitals, VitalsPage};
 pub use messages::Messages;
-pub use messages::{AGENT_PLATFORM, Delivered, MessageRow, NewMessage};
+pub use messages::{Delivered, MessageRow, NewMessage};
 pub use migrate::{MigrationReport, Migrations, SCHEMA_VERSION};
 pub use owner::OwnerLock;
 pub use pauses::Pauses;

@@ -1,12 +1,12 @@
 //! Messages between agents of one tenant (migration 24, `agent_messages`). A message is
 //! delivered as an event of the receiver, in its session with the sender (platform
-//! [`AGENT_PLATFORM`], channel and actor the sender's handle), and its row, the event and the
+//! `Origin::Agent`, channel and actor the sender's handle), and its row, the event and the
 //! `agent.message.sent`/`received` lifecycle events commit in one transaction. The event's
 //! idempotency key makes a repeated send (a retried tool call) find the first message instead
 //! of delivering another.
 
 use clade_core::{
-    AgentId, EventId, MessageId, MessageKind, SessionId, TenantId, Timestamp, TurnId,
+    AgentId, EventId, MessageId, MessageKind, Origin, SessionId, TenantId, Timestamp, TurnId,
 };
 use clade_protocol::{AgentMessage, LifecycleEvent, Spelled};
 
@@ -14,10 +14,6 @@ use crate::db::{Row, query};
 use crate::error::{Error, Result};
 use crate::store::{Store, id_bytes, opt_id};
 use crate::turns::{Accepted, NewEvent, OutboxEvent, OutboxRow, Source};
-
-/// The platform of the sessions agents' messages arrive in. No other way in may use it: a
-/// message on it claims to come from the agent its actor names.
-pub const AGENT_PLATFORM: &str = "agent";
 
 /// How the channel of a session of published messages starts: `topic:<topic>`.
 pub const TOPIC_CHANNEL: &str = "topic:";
@@ -202,7 +198,7 @@ impl Store {
                             tenant: message.tenant,
                             agent: message.to.clone(),
                             source: Source {
-                                platform: AGENT_PLATFORM.to_owned(),
+                                platform: Origin::Agent,
                                 channel: match &message.topic {
                                     Some(topic) => format!("{TOPIC_CHANNEL}{topic}"),
                                     None => from_handle.clone(),

@@ -7,8 +7,8 @@
 
 use crate::db::{Query, Row, Tx, query};
 use clade_core::{
-    AgentId, EventId, EventKind, EventStatus, ExecutionKind, ExecutionStatus, SessionId, StepKey,
-    TenantId, Timestamp, TurnId, TurnStatus,
+    AgentId, EventId, EventKind, EventStatus, ExecutionKind, ExecutionStatus, Origin, SessionId,
+    StepKey, TenantId, Timestamp, TurnId, TurnStatus,
 };
 
 use crate::error::{Error, Result};
@@ -18,7 +18,7 @@ use crate::store::{Store, UsageRecord, id_bytes, insert_usage, opt_id};
 /// Where an event came from; with tenant and agent it keys the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
-    pub platform: String,
+    pub platform: Origin,
     pub channel: String,
     pub actor: String,
 }
@@ -254,7 +254,7 @@ fn session_row(row: &Row) -> Result<SessionRow> {
         tenant_id: TenantId::from_bytes(id_bytes(row, "tenant_id")?),
         agent_id: AgentId::from_bytes(id_bytes(row, "agent_id")?),
         source: Source {
-            platform: row.try_get("platform")?,
+            platform: Origin::from(row.try_get::<String, _>("platform")?),
             channel: row.try_get("channel")?,
             actor: row.try_get("actor")?,
         },
@@ -626,13 +626,13 @@ pub(crate) async fn accept_in(
     let s = &event.source;
     // Nodes accepting for one session take turns, so it is made once and its positions are
     // handed out once each.
-    let sides = (&s.platform, &s.channel, &s.actor);
+    let sides = (s.platform.as_str(), &s.channel, &s.actor);
     conn.serialize(&format!("session {} {agent} {sides:?}", event.tenant)).await?;
     // One round trip: the session, its next position and how many events wait.
     let session = query(SESSION_FOR_EVENT)
         .bind(b(event.tenant.as_bytes()))
         .bind(b(agent.as_bytes()))
-        .bind(s.platform.clone())
+        .bind(s.platform.as_str().to_owned())
         .bind(s.channel.clone())
         .bind(s.actor.clone())
         .fetch_optional(&mut *conn)
@@ -653,7 +653,7 @@ pub(crate) async fn accept_in(
             .bind(b(id.as_bytes()))
             .bind(b(event.tenant.as_bytes()))
             .bind(b(agent.as_bytes()))
-            .bind(s.platform.clone())
+            .bind(s.platform.as_str().to_owned())
             .bind(s.channel.clone())
             .bind(s.actor.clone())
             .bind(now.as_millis())

@@ -34,7 +34,7 @@ use crate::channel::{Channel, Inbound, Malformed, PlatformError, Settings};
 use crate::health::Health;
 
 /// The platform of Discord's sessions.
-pub const PLATFORM: &str = "discord";
+pub const PLATFORM: &str = clade_core::ChatPlatform::Discord.as_str();
 
 /// GUILD_MESSAGES, DIRECT_MESSAGES and MESSAGE_CONTENT (privileged: enable it in the
 /// developer portal).

@@ -32,7 +32,7 @@ use crate::channel::{Channel, Inbound, Malformed, NotTaken, PlatformError, Setti
 use crate::health::Health;
 
 /// The platform of Slack's sessions.
-pub const PLATFORM: &str = "slack";
+pub const PLATFORM: &str = clade_core::ChatPlatform::Slack.as_str();
 
 /// How old a signed Events API request may be (Slack's advice: 5 minutes).
 const MAX_SKEW_SECS: i64 = 300;

@@ -28,7 +28,7 @@ pub use crate::channel::{NotTaken, Taken};
 use crate::health::Health;
 
 /// The platform of Telegram's sessions.
-pub const PLATFORM: &str = "telegram";
+pub const PLATFORM: &str = clade_core::ChatPlatform::Telegram.as_str();
 
 /// Polls that come back empty sooner than this (a server that does not hold long polls) wait
 /// out the rest, so an idle bot does not spin.

@@ -257,7 +257,7 @@ async fn list(ctx: &Ctx, tenant: &clade_core::Tenant, json: bool) -> Result<()> 
             .iter()
             .map(|s| json!({
                 "id": s.id.to_string(), "agent_id": s.agent_id.to_string(),
-                "platform": s.source.platform, "channel": s.source.channel, "actor": s.source.actor,
+                "platform": s.source.platform.as_str(), "channel": s.source.channel, "actor": s.source.actor,
                 "last_active_channel": s.last_active_channel, "updated_at": s.updated_at.as_millis(),
             }))
             .collect();
@@ -268,7 +268,7 @@ async fn list(ctx: &Ctx, tenant: &clade_core::Tenant, json: bool) -> Result<()> 
         .map(|s| {
             vec![
                 s.id.to_string(),
-                s.source.platform.clone(),
+                s.source.platform.to_string(),
                 s.source.channel.clone(),
                 s.source.actor.clone(),
                 s.updated_at.to_string(),

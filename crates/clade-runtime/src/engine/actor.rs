@@ -121,7 +121,7 @@ pub(super) async fn actor(
             continue;
         }
         active_at = inner.store.clock().now();
-        let forked = ctx.kind != clade_core::ProcessKind::Channel;
+        let forked = ctx.profile.forked();
         let tenant_id = ctx.tenant.id;
         let cancel = Arc::new(Notify::new());
         inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).insert(session_id, cancel.clone());
@@ -310,53 +310,25 @@ pub(super) struct TurnContext {
     pub(super) settings: Arc<super::Settings>,
     /// The engine's count of settings changes this was loaded at.
     changes: u64,
-    /// What its turns run as: a channel, or a branch or worker (by the session's platform).
-    pub(super) kind: clade_core::ProcessKind,
+    /// What its turns run as: a conversation's, a branch's or a worker's (by the session's
+    /// origin).
+    pub(super) profile: &'static dyn super::profile::Profile,
 }
 
 impl TurnContext {
-    /// The most model calls a turn of this session makes before it yields, and how long it
-    /// may run: its process kind's, with the setting that says so.
-    pub(super) fn limits(&self) -> (u32, Duration, &'static str) {
-        let sessions = &self.settings.sessions;
-        match self.kind {
-            clade_core::ProcessKind::Branch => {
-                let l = sessions.branch_limits();
-                (
-                    l.max_iterations,
-                    Duration::from_secs(l.timeout_secs),
-                    "sessions.branches.timeout_secs",
-                )
-            }
-            clade_core::ProcessKind::Worker => {
-                let l = sessions.worker_limits();
-                (
-                    l.max_iterations,
-                    Duration::from_secs(l.timeout_secs),
-                    "sessions.workers.timeout_secs",
-                )
-            }
-            _ => (
-                sessions.max_iterations,
-                Duration::from_secs(sessions.turn_timeout_secs),
-                "sessions.turn_timeout_secs",
-            ),
-        }
+    /// The kind its model calls run as.
+    pub(super) fn kind(&self) -> clade_core::ProcessKind {
+        self.profile.kind()
     }
 
-    /// A branch's or worker's share of the spending: the tokens one run may spend, and the
-    /// setting that says so; `None` for a conversation's own turns (its budgets apply).
+    /// How far a turn of this session may go: its profile's, with the settings loaded.
+    pub(super) fn limits(&self) -> super::profile::Limits {
+        self.profile.limits(&self.settings.sessions)
+    }
+
+    /// A branch's or worker's share of the spending (see [`super::profile::Profile`]).
     pub(super) fn token_share(&self) -> Option<(u64, &'static str)> {
-        let sessions = &self.settings.sessions;
-        match self.kind {
-            clade_core::ProcessKind::Branch => {
-                Some((sessions.branch_limits().max_tokens, "sessions.branches.max_tokens"))
-            }
-            clade_core::ProcessKind::Worker => {
-                Some((sessions.worker_limits().max_tokens, "sessions.workers.max_tokens"))
-            }
-            _ => None,
-        }
+        self.profile.token_share(&self.settings.sessions)
     }
 }
 
@@ -380,9 +352,9 @@ impl TurnContext {
             session.queue_mode.as_deref().and_then(QueueMode::parse).unwrap_or_else(|| {
                 settings.sessions.queue_mode_for(tenant.name.as_str(), agent.handle.as_str())
             });
-        let kind = super::process_kind_of(&session.source.platform);
+        let profile = super::profile::of(&session.source.platform);
         let changes = inner.session_changes.load(std::sync::atomic::Ordering::SeqCst);
-        Self { session, tenant, agent, queue_mode, settings, changes, kind }
+        Self { session, tenant, agent, queue_mode, settings, changes, profile }
     }
 }
 
@@ -492,7 +464,7 @@ async fn run_events(
         Some(slots) => slots.acquire_owned().await.ok(),
         None => None,
     };
-    let (_, timeout, setting) = ctx.limits();
+    let super::profile::Limits { timeout, timeout_setting: setting, .. } = ctx.limits();
     // The turn's clock stops while it waits for an operator's approval (see `Pause`).
     let clock = inner.store.clock().clone();
     let started = clock.now();

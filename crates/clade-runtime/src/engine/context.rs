@@ -172,7 +172,7 @@ fn layer_paths(dir: &std::path::Path, source: &Source) -> Vec<std::path::PathBuf
             && name.chars().all(|c| c.is_ascii_alphanumeric() || "._@+-".contains(c));
         ok.then_some(name)
     }
-    let Some(platform) = plain(&source.platform) else { return Vec::new() };
+    let Some(platform) = plain(source.platform.as_str()) else { return Vec::new() };
     let mut paths = vec![dir.join("channels").join(format!("{platform}.md"))];
     if let Some(channel) = plain(&source.channel) {
         paths.push(dir.join("channels").join(platform).join(format!("{channel}.md")));
@@ -425,6 +425,8 @@ impl ContextSource for SessionLayers<'_> {
 /// Where the conversation happens, and the date (not the time, so the prompt stays the same,
 /// and a provider's prompt cache warm, for a whole day).
 pub(super) struct Whereabouts<'a> {
+    /// What the session runs as: it says where the model is.
+    pub(super) profile: &'a dyn super::profile::Profile,
     pub(super) source: &'a Source,
     pub(super) now: clade_core::Timestamp,
 }
@@ -437,36 +439,7 @@ impl ContextSource for Whereabouts<'_> {
     ) -> BoxFuture<'a, ()> {
         let today = self.now.to_string();
         let today = today.get(..10).unwrap_or(&today);
-        let source = self.source;
-        let topic = source.channel.strip_prefix(clade_store::messages::TOPIC_CHANNEL);
-        let text = if let (true, Some(topic)) =
-            (source.platform == clade_store::AGENT_PLATFORM, topic)
-        {
-            format!(
-                "You receive what the agent {}, another agent of your team, publishes on the topic {topic:?}, which you subscribed to. Today is {today} (UTC).",
-                source.actor
-            )
-        } else if source.platform == clade_store::BRANCH_PLATFORM {
-            format!(
-                "You are a branch of your conversation {}: a parallel line of thought about the one task below, while the conversation goes on without you. You see the conversation up to where you were started. Think the task through and end with your conclusion: your reply goes back into the conversation as a message. Today is {today} (UTC).",
-                source.actor
-            )
-        } else if source.platform == clade_store::WORKER_PLATFORM {
-            format!(
-                "You are a worker started by your conversation {}: carry out the task below with the tools you have. Say how it is getting on with worker.set_status as you go; your reply is your report, which goes back into the conversation as a message. Today is {today} (UTC).",
-                source.actor
-            )
-        } else if source.platform == clade_store::AGENT_PLATFORM {
-            format!(
-                "You are talking with the agent {}, another agent of your team, which messages you with agent.send and agent.ask; when it asks, your reply is its answer. Today is {today} (UTC).",
-                source.actor
-            )
-        } else {
-            format!(
-                "You are talking on {} in channel {} with {}. Today is {today} (UTC).",
-                source.platform, source.channel, source.actor
-            )
-        };
+        let text = self.profile.whereabouts(self.source, today);
         into.system.push_str(&text);
         Box::pin(std::future::ready(()))
     }
@@ -711,8 +684,7 @@ impl ContextSource for ForkedFrom<'_> {
         into: &'a mut Composed,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let Some(fork) = self.fork.filter(|f| f.kind == clade_core::ExecutionKind::Branch)
-            else {
+            let Some(fork) = self.fork.filter(|_| self.ctx.profile.sees_its_parent()) else {
                 return;
             };
             let Some(turn) = fork.parent_turn else { return };
@@ -758,7 +730,7 @@ impl ContextSource for WorkUnderWay<'_> {
         into: &'a mut Composed,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            if self.ctx.kind != clade_core::ProcessKind::Channel {
+            if !self.ctx.profile.shows_work_under_way() {
                 return;
             }
             let changes = self.inner.fork_changes.load(std::sync::atomic::Ordering::SeqCst);

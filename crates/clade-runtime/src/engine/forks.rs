@@ -6,21 +6,11 @@
 
 use std::sync::Arc;
 
-use clade_core::{ExecutionKind, ProcessKind, SessionId, TenantId};
+use clade_core::{SessionId, TenantId};
 use clade_store::{ForkRow, Forked, NewFork, OutboxRow};
 
 use super::{Engine, Error, Inner};
 use crate::bus::Signal;
-
-/// The process kind a session's turns run as: its platform says whether it is a branch or a
-/// worker; every other session is a channel.
-pub(crate) fn process_kind_of(platform: &str) -> ProcessKind {
-    match clade_store::fork_kind_of(platform) {
-        Some(ExecutionKind::Branch) => ProcessKind::Branch,
-        Some(ExecutionKind::Worker) => ProcessKind::Worker,
-        _ => ProcessKind::Channel,
-    }
-}
 
 impl Inner {
     /// Publishes rows announced outside a session's actor, and counts a change to forks (which

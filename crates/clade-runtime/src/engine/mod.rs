@@ -24,10 +24,10 @@ mod context;
 mod executor;
 mod forks;
 mod preview;
+mod profile;
 mod turn;
 
 pub use executor::{UnreadableStep, step_view};
-pub(crate) use forks::process_kind_of;
 pub use preview::Preview;
 
 use actor::{actor, publish};
@@ -244,7 +244,7 @@ pub(crate) fn payload_hash(agent: &str, source: &Source, text: &str) -> String {
     let digest = Sha256::new()
         .chain_update(agent.as_bytes())
         .chain_update([0])
-        .chain_update(source.platform.as_bytes())
+        .chain_update(source.platform.as_str().as_bytes())
         .chain_update([0])
         .chain_update(source.channel.as_bytes())
         .chain_update([0])

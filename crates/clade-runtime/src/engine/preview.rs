@@ -111,7 +111,7 @@ impl Engine {
                 tenant_id: tenant.id,
                 agent_id: agent.id,
                 source: Source {
-                    platform: "http".to_owned(),
+                    platform: "http".into(),
                     channel: PREVIEW_CHANNEL.to_owned(),
                     actor: "operator".to_owned(),
                 },
@@ -154,7 +154,7 @@ impl Engine {
         };
         let models = inner.models();
         let routed = Some(Routed::of(tenant, agent));
-        let route = models.chain(ctx.kind, routed);
+        let route = models.chain(ctx.kind(), routed);
         let router = models.router_for(Some(agent));
         let first = route.first().and_then(|name| router.model(name));
         Ok(Preview {
@@ -162,9 +162,9 @@ impl Engine {
             model: first.map(|entry| entry.model.clone()),
             body: first.and_then(|entry| entry.provider.body(&entry.model, &request)),
             estimated_tokens: clade_model::router::input_tokens(&request),
-            context_window: models.context_window(ctx.kind, routed),
-            prompt_room: models.prompt_room(ctx.kind, routed),
-            tool_tokens: models.tool_tokens(ctx.kind, routed),
+            context_window: models.context_window(ctx.kind(), routed),
+            prompt_room: models.prompt_room(ctx.kind(), routed),
+            tool_tokens: models.tool_tokens(ctx.kind(), routed),
             route,
             request,
         })

@@ -84,16 +84,15 @@ pub(super) async fn drive(
     // The tools and rules this turn runs with, however they are reloaded meanwhile.
     let tools = inner.tools.tool_set();
     // A branch or worker: its row says what it may use, and whether it was cancelled.
-    let fork = match ctx.kind {
-        ProcessKind::Branch | ProcessKind::Worker => {
-            match Box::pin(store.forks(tenant.id).get(session.id)).await? {
-                Some(fork) if fork.status == clade_core::ExecutionStatus::Cancelled => {
-                    return Err(TurnError::ForkCancelled { kind: fork.kind.to_string() });
-                }
-                fork => fork,
+    let fork = if ctx.profile.forked() {
+        match Box::pin(store.forks(tenant.id).get(session.id)).await? {
+            Some(fork) if fork.status == clade_core::ExecutionStatus::Cancelled => {
+                return Err(TurnError::ForkCancelled { kind: fork.kind.to_string() });
             }
+            fork => fork,
         }
-        _ => None,
+    } else {
+        None
     };
     let (turn, done, resumed) = match events.first().and_then(|e| e.turn_id) {
         Some(id) => {
@@ -103,7 +102,7 @@ pub(super) async fn drive(
         }
         None => {
             let revision =
-                config_revision(inner, ctx.kind, &tools, tenant, agent, &persona, &kept.layers);
+                config_revision(inner, ctx.kind(), &tools, tenant, agent, &persona, &kept.layers);
             let turn = TurnRow::starting(session, revision, store.now());
             (turn, HashMap::new(), false)
         }
@@ -118,12 +117,12 @@ pub(super) async fn drive(
     }
     let hands = AgentTools::of(inner, ctx, tools, fork.as_ref()).await;
     let tool_tokens =
-        inner.models().tool_tokens(ctx.kind, Some(crate::models::Routed::of(tenant, agent)));
+        inner.models().tool_tokens(ctx.kind(), Some(crate::models::Routed::of(tenant, agent)));
     // The settings the turn's context was loaded with, however they are reloaded meanwhile.
-    let (max_iterations, _, _) = ctx.limits();
+    let max_iterations = ctx.limits().max_iterations;
     let max_tokens = ctx.token_share();
     let plan = TurnPlan {
-        kind: ctx.kind,
+        kind: ctx.kind(),
         turn,
         done,
         events,
@@ -141,7 +140,7 @@ pub(super) async fn drive(
     let mut sources: [&mut dyn ContextSource; 8] = [
         &mut PersonaFiles { persona: &persona, variables: &variables },
         &mut SessionLayers(layers),
-        &mut Whereabouts { source: &session.source, now: store.now() },
+        &mut Whereabouts { profile: ctx.profile, source: &session.source, now: store.now() },
         &mut ForkedFrom { inner, ctx, fork: fork.as_ref() },
         &mut SessionHistory {
             kept: history,
@@ -302,7 +301,7 @@ struct AgentTools<'a> {
     /// Where a call's progress goes: the session's live subscribers.
     hub: crate::hub::Hub,
     /// What the turn runs as: a branch or worker is offered fewer tools.
-    kind: ProcessKind,
+    profile: &'static dyn super::profile::Profile,
     /// A worker's tools, when it was given some; empty: all of its agent's.
     allowed: Vec<String>,
 }
@@ -333,24 +332,13 @@ impl<'a> AgentTools<'a> {
             tenant: ctx.tenant.name.as_str(),
             agent,
             hub: inner.bus.hub().clone(),
-            kind: ctx.kind,
+            profile: ctx.profile,
             allowed: fork.map(|f| f.tools.clone()).unwrap_or_default(),
         }
     }
-    /// Whether the turn is offered the tool `name`: branches and workers start no forks, only
-    /// a worker sets a status line, and a worker given tools has only those.
+    /// Whether the turn is offered the tool `name`: as its profile says.
     fn offers(&self, name: &str) -> bool {
-        use crate::forks::{SET_STATUS, STARTERS};
-        match self.kind {
-            ProcessKind::Branch => !STARTERS.contains(&name) && name != SET_STATUS,
-            ProcessKind::Worker => {
-                !STARTERS.contains(&name)
-                    && (name == SET_STATUS
-                        || self.allowed.is_empty()
-                        || self.allowed.iter().any(|a| a == name))
-            }
-            _ => name != SET_STATUS,
-        }
+        self.profile.offers(name, &self.allowed)
     }
 
     /// Whether the model is told of the tool `name`: it is offered, and either needs no grant

@@ -65,7 +65,7 @@ async fn a_fork_starts_once_settles_once_and_reports_into_its_parent() {
         let kinds: Vec<_> = started.announced.iter().map(|r| (r.kind, r.session_id)).collect();
         assert_eq!(kinds, [(EventKind::ExecutionStarted, Some(desk))], "{}", h.name);
         let session = h.store.sessions(tenant.id).get(started.fork.session).await.unwrap();
-        assert_eq!(session.source.platform, clade_store::BRANCH_PLATFORM, "{}", h.name);
+        assert_eq!(session.source.platform, clade_core::Origin::Branch, "{}", h.name);
         assert_eq!(started.fork.status, ExecutionStatus::Running, "{}", h.name);
         // The same key: the same fork, nothing new.
         let again = h

@@ -59,8 +59,8 @@ async fn messages_are_delivered_once_within_their_tenant_and_listed_on_both_side
         );
         let session = h.store.sessions(tenant.id).get(sent.message.to_session).await.unwrap();
         assert_eq!(
-            (session.agent_id, session.source.platform.as_str(), session.source.actor.as_str()),
-            (bo.id, clade_store::AGENT_PLATFORM, "ada"),
+            (session.agent_id, &session.source.platform, session.source.actor.as_str()),
+            (bo.id, &clade_core::Origin::Agent, "ada"),
             "{}",
             h.name
         );
