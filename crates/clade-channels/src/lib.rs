@@ -23,6 +23,10 @@ pub mod telegram;
 
 pub use health::{ChannelHealth, ChannelState, Health};
 
+/// The waits between a listener's attempts to reach its platform: doubling from 1 s to 30 s.
+pub(crate) const RECONNECT: clade_core::Backoff =
+    clade_core::Backoff::new(std::time::Duration::from_secs(1), std::time::Duration::from_secs(30));
+
 /// The kind a channel's listener of its own is paired as (`clade pair listener`); its name is
 /// `<platform>-<channel>`. A relayed message signed with its key needs no channel secret.
 pub const LISTENER_PEER_KIND: &str = "listener";

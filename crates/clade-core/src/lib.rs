@@ -9,6 +9,7 @@
 //! Start at [`agent`], then [`name`] for the validation rules every user-chosen name follows.
 
 pub mod agent;
+pub mod backoff;
 #[cfg(feature = "clock")]
 pub mod clock;
 pub mod fault;
@@ -22,6 +23,7 @@ pub mod shard;
 pub mod time;
 
 pub use agent::{Agent, AgentConfig, AgentRef, Tenant};
+pub use backoff::Backoff;
 #[cfg(feature = "clock")]
 pub use clock::{Clock, Interval, ManualClock, Sleep, SystemClock};
 pub use fault::Fault;

@@ -357,8 +357,8 @@ impl Router {
         if let Some(after) = retry_after {
             return after.min(self.options.max_backoff);
         }
-        let exp = self.options.base_backoff.saturating_mul(1 << attempt.min(16).saturating_sub(1));
-        let capped = exp.min(self.options.max_backoff);
+        let capped = clade_core::Backoff::new(self.options.base_backoff, self.options.max_backoff)
+            .after(attempt);
         // Full jitter: spread retries of many callers over the whole window.
         let jitter = self.jitter.between(0.5, 1.0);
         capped.mul_f64(jitter)

@@ -125,7 +125,10 @@ impl From<clade_tools::remote::ClientError> for Refused {
 }
 
 const BATCH: u32 = 200;
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The waits before a failed delivery is tried again: from 200 ms after the first failure,
+/// doubling to a minute, or longer when the receiver asked (`Retry-After`).
+const RETRY: clade_core::Backoff =
+    clade_core::Backoff::new(Duration::from_millis(100), Duration::from_secs(60));
 
 /// The most sessions whose agent is remembered before the memory starts afresh.
 const REMEMBERED_SESSIONS: usize = 10_000;
@@ -712,11 +715,9 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
                             }
                         }
                     } else {
-                        let backoff = Duration::from_millis(
-                            100u64.saturating_mul(1 << attempts.clamp(0, 16)),
-                        )
-                        .min(MAX_BACKOFF)
-                        .max(retry_after.unwrap_or_default());
+                        let failures =
+                            u32::try_from(attempts.saturating_add(1)).unwrap_or(u32::MAX);
+                        let backoff = RETRY.after(failures).max(retry_after.unwrap_or_default());
                         tracing::debug!(subscriber = %subscriber.name, attempts, ?backoff, %reason, "delivery failed; backing off");
                         blocked.insert(
                             row.session_id,

@@ -42,10 +42,14 @@ pub const INTENTS: u64 = (1 << 9) | (1 << 12) | (1 << 15);
 
 /// How long to wait for the gateway's hello.
 const HELLO_WAIT: Duration = Duration::from_secs(30);
-/// The longest wait between attempts to connect.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Tries to store one message before it is given up (the gateway cannot send it again).
 const STORE_TRIES: u32 = 5;
+/// The waits between those tries: 400 ms doubling.
+const STORE_RETRY: clade_core::Backoff =
+    clade_core::Backoff::new(Duration::from_millis(400), Duration::from_millis(6400));
+/// The waits between attempts to relay a message to the gateway: 400 ms doubling to 30 s.
+const RELAY_RETRY: clade_core::Backoff =
+    clade_core::Backoff::new(Duration::from_millis(400), Duration::from_secs(30));
 /// Pages of 100 messages fetched per chat after a new session, at most.
 const CATCH_UP_PAGES: u32 = 10;
 /// Tries to fetch one page before the chat's catch-up is given up.
@@ -217,7 +221,7 @@ impl Bot {
                 }
                 Err(err) => {
                     tracing::warn!(bot = %self.channel.name(), error = %err, "a discord message could not be stored; trying again");
-                    clock.sleep(Duration::from_millis(200 << attempt)).await;
+                    clock.sleep(STORE_RETRY.after(attempt)).await;
                 }
             }
         }
@@ -399,8 +403,7 @@ pub async fn run(api: &Api, name: &str, clock: &dyn clade_core::Clock, sink: &dy
                 if failures == 1 || failures.is_multiple_of(10) {
                     tracing::warn!(bot = name, failures, %why, "discord gateway failed; reconnecting with back-off");
                 }
-                let wait = Duration::from_secs(1u64 << failures.saturating_sub(1).min(5));
-                clock.sleep(wait.min(MAX_BACKOFF)).await;
+                clock.sleep(crate::RECONNECT.after(failures)).await;
             }
         }
     }
@@ -579,8 +582,8 @@ impl Relay {
                             if failures == 1 || failures.is_multiple_of(10) {
                                 tracing::warn!(error = %why, failures, "a discord message could not be relayed yet; it is tried again, and those after it wait");
                             }
-                            let wait = Duration::from_millis(200 << failures.min(8));
-                            clade_core::Clock::sleep(&clock, wait.min(MAX_BACKOFF)).await;
+                            let wait = RELAY_RETRY.after(failures);
+                            clade_core::Clock::sleep(&clock, wait).await;
                         }
                     }
                 }

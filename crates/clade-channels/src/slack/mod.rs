@@ -40,8 +40,6 @@ const MAX_SKEW_SECS: i64 = 300;
 const SILENCE: Duration = Duration::from_secs(90);
 /// How often the gateway pings its socket.
 const PING_EVERY: Duration = Duration::from_secs(30);
-/// The longest wait between attempts to connect.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// How an app's events arrive.
 #[derive(Clone)]
@@ -230,8 +228,7 @@ pub async fn socket_mode(
                 }
                 let wait = match err {
                     PlatformError::RateLimited { retry_after, .. } => retry_after,
-                    _ => Duration::from_secs(1u64 << failures.saturating_sub(1).min(5))
-                        .min(MAX_BACKOFF),
+                    _ => crate::RECONNECT.after(failures),
                 };
                 clock.sleep(wait).await;
             }

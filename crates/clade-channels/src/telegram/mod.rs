@@ -33,8 +33,6 @@ pub const PLATFORM: &str = clade_core::ChatPlatform::Telegram.as_str();
 /// Polls that come back empty sooner than this (a server that does not hold long polls) wait
 /// out the rest, so an idle bot does not spin.
 const MIN_POLL: Duration = Duration::from_millis(500);
-/// The longest wait between attempts after failures.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What one bot needs, resolved from `channels.telegram.<name>`.
 #[derive(Debug, Clone)]
@@ -282,10 +280,9 @@ impl Updates for Relay {
 
 /// The wait before attempt `failures + 1`: doubling from 1 s to 30 s, or what Telegram asked.
 fn backoff(failures: u32, err: &ApiError) -> Duration {
-    let doubling = Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(MAX_BACKOFF);
     match err {
         ApiError::RateLimited { retry_after, .. } => *retry_after,
-        _ => doubling,
+        _ => crate::RECONNECT.after(failures),
     }
 }
 
@@ -304,7 +301,7 @@ mod tests {
         let down = ApiError::Unavailable("x".into());
         assert_eq!(backoff(1, &down), Duration::from_secs(1));
         assert_eq!(backoff(3, &down), Duration::from_secs(4));
-        assert_eq!(backoff(40, &down), MAX_BACKOFF);
+        assert_eq!(backoff(40, &down), Duration::from_secs(30));
         let limited =
             ApiError::RateLimited { retry_after: Duration::from_secs(7), description: "x".into() };
         assert_eq!(backoff(1, &limited), Duration::from_secs(7));

@@ -26,8 +26,9 @@ use crate::cli::{IngestServiceArgs, Miner};
 
 /// Events read a page at a time.
 const PAGE: u32 = 100;
-/// The longest wait between tries while the gateway fails.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The waits between tries while the gateway fails: 250 ms doubling to 30 s.
+const RETRY: clade_core::Backoff =
+    clade_core::Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
 /// How long an ordinary call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the gateway's model may take to mine a turn: its own retries and fallbacks may
@@ -77,12 +78,12 @@ pub(super) async fn run(
         "memory ingestion following turn.finished events"
     );
     let poll = Duration::from_secs_f64(args.poll);
-    let mut backoff = Duration::from_millis(250);
+    let mut failures = 0u32;
     let (mut turns, mut saved) = (0u64, 0u64);
     loop {
         match service.page().await {
             Ok(Page { turns: 0, more: false, .. }) => {
-                backoff = Duration::from_millis(250);
+                failures = 0;
                 if args.once {
                     println!(
                         "mined {turns} turns into {saved} memory items (cursor {})",
@@ -95,7 +96,7 @@ pub(super) async fn run(
                 }
             }
             Ok(page) => {
-                backoff = Duration::from_millis(250);
+                failures = 0;
                 turns += page.turns;
                 saved += page.saved;
                 tracing::info!(
@@ -107,9 +108,9 @@ pub(super) async fn run(
             }
             Err(Failure::Fatal(err)) => return Err(err),
             Err(Failure::Retry { why, after }) => {
-                let wait = after.unwrap_or(backoff).min(MAX_BACKOFF);
+                failures = failures.saturating_add(1);
+                let wait = after.unwrap_or(RETRY.after(failures)).min(RETRY.max());
                 tracing::warn!(error = %why, retry_in_ms = wait.as_millis() as u64, "memory ingestion cannot go on now; it tries again");
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 if stopped_within(wait).await {
                     return Ok(());
                 }

@@ -183,17 +183,17 @@ pub(super) async fn actor(
         } else {
             unsettled += 1;
             if unsettled > 1 {
-                let wait = UNSETTLED_BACKOFF.saturating_mul(1 << (unsettled - 2).min(6));
-                inner.store.clock().sleep(wait.min(Duration::from_secs(5))).await;
+                inner.store.clock().sleep(UNSETTLED.after(unsettled - 1)).await;
             }
         }
         inbox.read_store = store_has_more || !settled;
     }
 }
 
-/// The first wait before running again a turn whose outcome could not be recorded twice in a
-/// row; it doubles with each further failure, up to 5 s.
-const UNSETTLED_BACKOFF: Duration = Duration::from_millis(100);
+/// The waits before running again a turn whose outcome could not be recorded twice in a row:
+/// 100 ms, doubling with each further failure, up to 5 s.
+const UNSETTLED: clade_core::Backoff =
+    clade_core::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// The events an actor was handed as they committed, and whether it must ask the store.
 ///
