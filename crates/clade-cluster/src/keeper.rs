@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::assign::{Assignment, Loads, View};
 use crate::bus::NatsBus;
+use crate::clock::ClockSkew;
 use crate::shard::Shard;
 
 /// How a keeper runs.
@@ -211,6 +212,8 @@ struct State {
     leaving: AtomicBool,
     /// Ticks so far, to scan the store every few.
     ticks: std::sync::atomic::AtomicU64,
+    /// How far this node's clock was from the database's when last measured (every few ticks).
+    skew_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Keeper {
@@ -245,6 +248,7 @@ impl Keeper {
             conflict: Mutex::default(),
             leaving: AtomicBool::new(false),
             ticks: std::sync::atomic::AtomicU64::new(0),
+            skew_ms: std::sync::atomic::AtomicI64::new(0),
         });
         let heard = state.clone();
         let listener = tokio::spawn(async move {
@@ -314,6 +318,13 @@ impl Keeper {
             .collect();
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
         nodes
+    }
+
+    /// This node's clock against the database's, when it was last measured too far off (the
+    /// keeper measures every lease period): the node runs on, degraded, until it agrees again.
+    pub fn clock_off(&self) -> Option<ClockSkew> {
+        let skew = ClockSkew { ms: self.state.skew_ms.load(Ordering::Relaxed) };
+        skew.too_far().then_some(skew)
     }
 
     /// Whether [`Keeper::step_down`] was called.
@@ -485,8 +496,10 @@ impl State {
             self.to_resume.store(true, Ordering::SeqCst);
             tracing::warn!(error = %err, "the sessions of the shards taken could not be resumed; the next tick tries again");
         }
-        // Every third tick (the lease's time): events whose signal was lost run all the same.
+        // Every third tick (the lease's time): events whose signal was lost run all the same, and
+        // the clock is compared with the database's again.
         if self.ticks.fetch_add(1, Ordering::Relaxed) % SCAN_EVERY_TICKS == SCAN_EVERY_TICKS - 1 {
+            self.check_clock().await;
             match self.engine.wake_held().await {
                 Ok(0) => {}
                 Ok(woken) => {
@@ -534,6 +547,27 @@ impl State {
     }
 
     /// Renews the shards' leases; one lost is off the bus at once.
+    /// Measures the clock against the database's, and says so when it goes off or comes back.
+    async fn check_clock(&self) {
+        let skew = match ClockSkew::measure(&self.store).await {
+            Ok(skew) => skew,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the database's clock; the next check tries again");
+                return;
+            }
+        };
+        let was = ClockSkew { ms: self.skew_ms.swap(skew.ms, Ordering::Relaxed) };
+        match (was.too_far(), skew.too_far()) {
+            (false, true) => {
+                tracing::error!(node = %self.options.node, skew_ms = skew.ms, "{skew}: this node is degraded until its clock agrees again; sync this machine's clock (NTP: chrony or systemd-timesyncd)")
+            }
+            (true, false) => {
+                tracing::info!(node = %self.options.node, skew_ms = skew.ms, "this node's clock agrees with the database's again")
+            }
+            _ => {}
+        }
+    }
+
     async fn renew_held(&self) {
         let leases = self.store.shard_leases();
         let held: Vec<(u32, Lease)> =

@@ -22,6 +22,7 @@
 
 mod assign;
 mod bus;
+mod clock;
 mod keeper;
 mod live;
 mod nodes;
@@ -29,6 +30,7 @@ mod shard;
 
 pub use assign::{Assignment, BinPack, EvenSpread, View};
 pub use bus::{BusCounts, BusError, NatsBus, NatsOptions};
+pub use clock::{ClockSkew, MAX_CLOCK_SKEW_MS};
 pub use keeper::{Keeper, KeeperError, KeeperOptions, NodeHeard, Singleton};
 pub use live::LiveCounts;
 pub use nodes::nodes_of;

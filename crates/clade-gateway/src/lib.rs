@@ -183,10 +183,14 @@ pub(crate) async fn readyz(
         let body = answer("unavailable", Some(reason.into()));
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
     }
+    // A node whose clock drifted from the database's runs on, and says so.
+    let clock = state.keeper.as_ref().and_then(|k| k.clock_off()).map(|skew| {
+        format!("{skew}: sync this machine's clock (NTP: chrony or systemd-timesyncd)")
+    });
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => {
-            let status = if broken || failing { "degraded" } else { "ready" };
-            axum::Json(answer(status, None)).into_response()
+            let status = if broken || failing || clock.is_some() { "degraded" } else { "ready" };
+            axum::Json(answer(status, clock)).into_response()
         }
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "readiness check failed");

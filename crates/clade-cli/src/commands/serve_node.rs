@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clade_cluster::{
-    Assignment, BinPack, EvenSpread, Keeper, KeeperOptions, NatsBus, NatsOptions, ShardMap,
-    Singleton,
+    Assignment, BinPack, ClockSkew, EvenSpread, Keeper, KeeperOptions, NatsBus, NatsOptions,
+    ShardMap, Singleton,
 };
 use clade_config::ClusterConfig;
 use tokio::sync::watch;
@@ -35,25 +35,13 @@ pub(super) enum Role {
     Node { bus: Arc<NatsBus>, options: KeeperOptions },
 }
 
-/// How far a node's clock may be from the database's. Leases are timed by the database, but
-/// schedules fire, budgets roll over and turns are stamped by the clock of the node that runs
-/// them: nodes whose clocks disagree would fire a job early on one and late on another.
-const MAX_CLOCK_SKEW_MS: i64 = 2_000;
-
-/// Refuses a node whose clock is more than [`MAX_CLOCK_SKEW_MS`] from the database's, naming
-/// by how much and what to do.
+/// Refuses a node whose clock is too far from the database's (`clade_cluster::ClockSkew`),
+/// naming by how much and what to do.
 async fn clock_agrees_with_the_database(store: &clade_store::Store) -> Result<()> {
-    let before = store.now().as_millis();
-    let database = store.shard_leases().database_time().await?.as_millis();
-    let after = store.now().as_millis();
-    // The database read its clock somewhere between the two reads of ours.
-    let skew = (before + after) / 2 - database;
-    if skew.abs() > MAX_CLOCK_SKEW_MS {
-        let way = if skew > 0 { "ahead of" } else { "behind" };
+    let skew = ClockSkew::measure(store).await?;
+    if skew.too_far() {
         bail!(
-            "this node's clock is {:.1} s {way} the database's (at most {} s is allowed): a cluster's nodes fire schedules and time turns by their own clocks, so they must agree; sync this machine's clock (NTP: chrony or systemd-timesyncd) and start the node again",
-            skew.abs() as f64 / 1000.0,
-            MAX_CLOCK_SKEW_MS / 1000
+            "{skew}: a cluster's nodes fire schedules and time turns by their own clocks, so they must agree; sync this machine's clock (NTP: chrony or systemd-timesyncd) and start the node again"
         );
     }
     Ok(())

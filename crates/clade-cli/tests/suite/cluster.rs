@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use std::sync::{Arc, Mutex};
 
-use super::support::{Env, Server, polled_within, serve_hook, write};
+use super::support::{Env, Server, polled, polled_within, serve_hook, write};
 
 /// A node's data dir with a clade.yaml joining `cluster` as `node`.
 fn node(store: &str, nats: &str, cluster: &str, node: &str, shards: u32) -> Env {
@@ -220,10 +220,33 @@ async fn a_node_whose_clock_is_minutes_off_is_refused() {
         assert!((off - secs).abs() < 5.0, "{offset}: {}", out.stderr);
         assert!(out.stderr.contains("sync this machine's clock"), "{}", out.stderr);
     }
-    // The same node with the machine's clock joins.
-    let on_time = node(schema.url(), &nats, &cluster, "on-time", 8);
+    // The same node with the machine's clock joins. When its clock drifts later (libfaketime
+    // reads the offset from a file each second), it runs on, degraded, and says why; once the
+    // clock agrees again, it is ready again.
+    let mut on_time = node(schema.url(), &nats, &cluster, "on-time", 8);
+    let offset = on_time.data_dir().join("clock-offset");
+    write(&offset, "+0\n");
+    on_time.vars.extend(
+        [
+            ("LD_PRELOAD", FAKETIME),
+            ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
+            ("FAKETIME_CACHE_DURATION", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
     let server = on_time.serve(&[]);
-    assert_eq!(server.send("GET", "/healthz", None, None).await.0, 200);
+    let readiness = async || server.send("GET", "/readyz", None, None).await;
+    assert_eq!(readiness().await.1["status"], "ready");
+    write(&offset, "+5m\n");
+    let (status, drifted) = polled(readiness, |(_, r)| r["status"] == "degraded").await;
+    assert_eq!((status, &drifted["status"]), (200, &json!("degraded")), "{drifted}");
+    let reason = drifted["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("s ahead of the database's"), "{drifted}");
+    assert!(reason.contains("sync this machine's clock"), "{drifted}");
+    write(&offset, "+0\n");
+    let (_, again) = polled(readiness, |(_, r)| r["status"] == "ready").await;
+    assert_eq!(again["status"], "ready", "{again}");
 }
 
 #[tokio::test]
