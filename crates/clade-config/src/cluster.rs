@@ -3,6 +3,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::{Invalid, fail};
+
 /// This gateway as a node of a cluster: several `clade serve` on one PostgreSQL store, each
 /// running the sessions of its share of the shards, and signalling the others over NATS.
 /// Without this section a gateway runs every session itself, on SQLite or PostgreSQL.
@@ -161,4 +163,14 @@ fn default_shards() -> u32 {
 
 fn default_lease_ttl() -> u64 {
     5
+}
+
+impl crate::Config {
+    /// The cluster's names, NATS address, shards and leases.
+    pub(crate) fn check_cluster(&self) -> Result<(), Invalid> {
+        match self.cluster.as_ref().and_then(ClusterConfig::problem) {
+            Some(problem) => fail(problem),
+            None => Ok(()),
+        }
+    }
 }

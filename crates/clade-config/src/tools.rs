@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::{Invalid, fail, source_name};
+
 /// How agents' tools run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -317,4 +319,94 @@ fn default_tenant_agents() -> Vec<String> {
 
 fn default_mcp_timeout() -> u64 {
     60
+}
+
+impl crate::Config {
+    /// Sandbox limits, MCP servers, OpenAPI documents, settings' keys and tool hosts.
+    pub(crate) fn check_tools(&self) -> Result<(), Invalid> {
+        let limits = &self.tools.limits;
+        for (field, value) in [
+            ("timeout_secs", limits.timeout_secs),
+            ("cpu_secs", limits.cpu_secs),
+            ("memory_mib", limits.memory_mib),
+            ("file_size_mib", limits.file_size_mib),
+            ("workspace_mib", limits.workspace_mib),
+            ("processes", limits.processes),
+            ("output_bytes", limits.output_bytes),
+        ] {
+            if value == 0 {
+                return fail(format!("tools.limits.{field}: must be at least 1"));
+            }
+        }
+        for (name, server) in &self.mcp {
+            if !source_name(name) {
+                return fail(format!("mcp.{name}: server names use 1-64 of a-z, 0-9, - and _"));
+            }
+            if server.command.is_empty() == server.url.is_none() {
+                return fail(format!(
+                    "mcp.{name}: give exactly one of `command` (stdio) or `url` (streamable HTTP)"
+                ));
+            }
+            if server.timeout_secs == 0 {
+                return fail(format!("mcp.{name}.timeout_secs: must be at least 1"));
+            }
+        }
+        for (name, api) in &self.openapi {
+            if !source_name(name) {
+                return fail(format!("openapi.{name}: API names use 1-64 of a-z, 0-9, - and _"));
+            }
+            if let Some(url) = &api.base_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return fail(format!(
+                    "openapi.{name}.base_url: {url:?} is not an http:// or https:// URL"
+                ));
+            }
+            if api.timeout_secs == 0 {
+                return fail(format!("openapi.{name}.timeout_secs: must be at least 1"));
+            }
+            if let Some(header) = api.headers_env.keys().find(|h| {
+                h.is_empty()
+                    || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            }) {
+                return fail(format!(
+                    "openapi.{name}.headers_env: {header:?} is not a header name"
+                ));
+            }
+        }
+        if let Some(key) = self.settings.keys().find(|k| !clade_core::is_setting_key(k)) {
+            return fail(format!(
+                "settings.{key}: keys use 1-64 of a-z, 0-9, ., _ and -, starting with a letter"
+            ));
+        }
+        for (name, host) in &self.tool_hosts {
+            if !source_name(name) {
+                return fail(format!(
+                    "tool_hosts.{name}: host names use 1-64 of a-z, 0-9, - and _"
+                ));
+            }
+            if !(host.url.starts_with("http://") || host.url.starts_with("https://")) {
+                return fail(format!(
+                    "tool_hosts.{name}.url: {:?} is not an http:// or https:// URL",
+                    host.url
+                ));
+            }
+            if host.timeout_secs == 0 {
+                return fail(format!("tool_hosts.{name}.timeout_secs: must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tool policy's rules.
+    pub(crate) fn check_policy(&self) -> Result<(), Invalid> {
+        for (index, rule) in self.tools.policy.iter().enumerate() {
+            if rule.tool.trim().is_empty() || rule.resource.is_empty() {
+                return fail(format!(
+                    "tools.policy[{index}]: `tool` and `resource` must not be empty (use \"*\" for any)"
+                ));
+            }
+        }
+        Ok(())
+    }
 }

@@ -1,0 +1,164 @@
+//! The gateway's own process: its HTTP and gRPC listeners (`server`), store (`store`), log (`log`) and test harness (`testing`).
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+// The other sections' types and the checks they share.
+use crate::*;
+
+/// Test-harness settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestingConfig {
+    /// Enables the `ledger.append` and `ledger.append_idempotent` tools, which append to this
+    /// file, so crash tests can count side effects independently of Clade's records.
+    #[serde(default)]
+    pub ledger_file: Option<PathBuf>,
+}
+
+/// The HTTP server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address and port to listen on. Loopback by default; bind a public address only behind TLS.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Largest accepted request body, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// Open connections at most; at the limit, the oldest connection that has not sent a
+    /// request yet makes room for a new one. Default: the descriptor limit less 512.
+    #[serde(default)]
+    pub max_connections: Option<u64>,
+    /// Seconds a connection may take to send a request's headers, and stay idle between
+    /// requests.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// The admin socket's path (pairing, reload, wake-ups, status; the operator's user only,
+    /// never over HTTP). Default: `admin.sock` in the data dir.
+    #[serde(default)]
+    pub admin_socket: Option<String>,
+    /// The AgentHub over gRPC (`proto/clade/hub/v1/hub.proto`: Spawn, SendMessage, Trace),
+    /// on a port of its own. Off unless set.
+    #[serde(default)]
+    pub grpc: Option<GrpcConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+            max_connections: None,
+            header_timeout_secs: default_header_timeout(),
+            admin_socket: None,
+            grpc: None,
+        }
+    }
+}
+
+/// The AgentHub's gRPC server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Address and port to listen on, e.g. `127.0.0.1:7421`. Bind a public address only with
+    /// `tls`.
+    pub listen: String,
+    /// Serve TLS with this certificate and key; without it the server speaks plain HTTP/2.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+/// A TLS identity: PEM files, relative to the configuration file's folder unless absolute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: String,
+    /// The certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+fn default_header_timeout() -> u64 {
+    10
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7420".into()
+}
+
+fn default_max_body() -> u64 {
+    1024 * 1024
+}
+
+/// Where state is kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgres://user@host/db` for PostgreSQL; absent means SQLite in the data dir
+    /// (`<data-dir>/clade.db`). `--store` and `CLADE_STORE` override it.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `full` (the default) syncs every commit to disk before acknowledging it; `normal` may lose
+    /// the last commits on power loss (never on a process crash) in exchange for speed.
+    #[serde(default)]
+    pub durability: Durability,
+}
+
+/// How hard a commit is pushed to disk before it is acknowledged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    #[default]
+    Full,
+    Normal,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` (default) or `json`. `--log-format` overrides it.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `RUST_LOG`-style filter such as `info,clade_store=debug`. `RUST_LOG` overrides it.
+    #[serde(default)]
+    pub filter: Option<String>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+impl Config {
+    /// The gRPC listener's address and files.
+    pub(crate) fn check_server(&self) -> Result<(), Invalid> {
+        if let Some(grpc) = &self.server.grpc {
+            if grpc.listen.trim().is_empty() || !grpc.listen.contains(':') {
+                return fail(format!(
+                    "server.grpc.listen: {:?} is not an address and port, such as 127.0.0.1:7421",
+                    grpc.listen
+                ));
+            }
+            if grpc.listen == self.server.listen {
+                return fail(format!(
+                    "server.grpc.listen: {} is server.listen too; give gRPC a port of its own",
+                    grpc.listen
+                ));
+            }
+            if let Some(tls) = &grpc.tls
+                && (tls.cert.trim().is_empty() || tls.key.trim().is_empty())
+            {
+                return fail("server.grpc.tls: name both files, cert and key".into());
+            }
+        }
+        Ok(())
+    }
+}
