@@ -413,15 +413,42 @@ fn library_sources() -> Vec<(PathBuf, Vec<String>)> {
                 continue;
             }
             let body = std::fs::read_to_string(root().join(&file)).unwrap();
-            let lines = body
-                .lines()
-                .take_while(|line| *line != "#[cfg(test)]")
-                .map(str::to_owned)
-                .collect();
-            sources.push((file, lines));
+            sources.push((file, split_tests(&body).0));
         }
     }
     sources
+}
+
+/// A library file's lines split into library code and test code: an item under a top-level
+/// `#[cfg(test)]` (a `mod tests { … }`, wherever it stands in the file) is test code, and
+/// everything else, before it or after it, is library code.
+fn split_tests(body: &str) -> (Vec<String>, Vec<String>) {
+    let (mut library, mut tests) = (Vec::new(), Vec::new());
+    let mut lines = body.lines();
+    while let Some(line) = lines.next() {
+        if line != "#[cfg(test)]" {
+            library.push(line.to_owned());
+            continue;
+        }
+        tests.push(line.to_owned());
+        // Its other attributes, then the item: one line, or a block to its closing brace.
+        while let Some(line) = lines.next() {
+            tests.push(line.to_owned());
+            if line.starts_with("#[") {
+                continue;
+            }
+            if line.ends_with('{') {
+                for line in lines.by_ref() {
+                    tests.push(line.to_owned());
+                    if line == "}" {
+                        break;
+                    }
+                }
+            }
+            break;
+        }
+    }
+    (library, tests)
 }
 
 /// Every test source: integration tests under `tests/` and the test modules of library files.
@@ -433,8 +460,11 @@ fn test_sources() -> Vec<(PathBuf, String)> {
         let path = file.to_string_lossy();
         if path.contains("/tests/") || path.starts_with("crates/clade-test-support/") {
             sources.push((file, body));
-        } else if let Some(at) = body.find("\n#[cfg(test)]\n") {
-            sources.push((file, body[at..].to_owned()));
+        } else {
+            let tests = split_tests(&body).1;
+            if !tests.is_empty() {
+                sources.push((file, tests.join("\n")));
+            }
         }
     }
     sources

@@ -20,6 +20,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// The longest wait at exit for the runtime's threads to finish what they are polling.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn main() -> ExitCode {
     // The sandbox's init (pid 1 of a tool run): before any thread or runtime exists, since it
     // forks the command.
@@ -44,7 +47,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::run(cli)) {
+    let outcome = runtime.block_on(commands::run(cli));
+    // The command is done: what it awaited has finished. A library's background task that does
+    // not stop when the runtime does (sqlx's pool upkeep was once seen spinning through the
+    // timer's shutdown, a worker thread never coming back) must not keep the process alive
+    // after its answer, so the wait for the runtime's threads is bounded.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line: the context chain joined, as the user needs to read it.

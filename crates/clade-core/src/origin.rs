@@ -7,7 +7,7 @@
 use std::fmt;
 
 /// Where an event came from; with tenant, agent, channel and actor it keys a session.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub enum Origin {
     /// Another agent of the tenant (`agent.send`, `agent.ask`, a topic it publishes on).
     Agent,
@@ -86,6 +86,13 @@ impl From<String> for Origin {
     }
 }
 
+/// As its name, quoted: a message that shows an origin with `{:?}` shows what the user wrote.
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -114,5 +121,7 @@ mod tests {
             assert_eq!(Origin::parse(origin.as_str()), origin, "{origin}");
         }
         assert_eq!(Origin::parse("AGENT"), Origin::Client("AGENT".into()), "names are exact");
+        let chat = Origin::parse("telegram");
+        assert_eq!(format!("{chat:?} {chat}"), "\"telegram\" telegram", "no Rust names shown");
     }
 }

@@ -127,7 +127,7 @@ pub(crate) async fn envelope_of(
             Code::InvalidRequest,
             format!(
                 "platform {:?} is kept for branches and workers (the agent.branch and agent.spawn_worker tools): send on another platform",
-                source.platform
+                source.platform.as_str()
             ),
         ));
     }
@@ -139,7 +139,7 @@ pub(crate) async fn envelope_of(
             Code::InvalidRequest,
             format!(
                 "platform {:?} is kept for its chat channel's listener, which opens its conversations: send on another platform, or into one of its sessions by id",
-                source.platform
+                source.platform.as_str()
             ),
         ));
     }

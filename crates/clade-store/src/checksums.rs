@@ -323,7 +323,7 @@ fn vfs(path: &Path) -> Result<&'static std::ffi::CStr> {
     paced::vfs(Writeback::AtOnce).map_err(|detail| io(path, "open", detail))
 }
 
-fn io(path: &Path, action: &'static str, detail: String) -> Error {
+fn io(path: &Path, action: &'static str, detail: paced::ShimError) -> Error {
     Error::Io { action, path: path.to_owned(), source: std::io::Error::other(detail) }
 }
 

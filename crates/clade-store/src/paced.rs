@@ -90,10 +90,23 @@ fn rounds() -> u64 {
     ROUNDS.get()
 }
 
+/// Why SQLite would not take our VFS, or a connection's reserved bytes.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum ShimError {
+    #[error("SQLite has no default VFS")]
+    NoDefaultVfs,
+    #[error("{0} does not fit SQLite's int")]
+    TooLarge(&'static str),
+    #[error("SQLite refused the VFS {name:?} (code {code})")]
+    Refused { name: &'static CStr, code: c_int },
+    #[error("SQLite refused to reserve {bytes} bytes per page (code {code})")]
+    Reserve { bytes: u8, code: c_int },
+}
+
 /// Registers both VFSes with SQLite (once per process) and returns the name of the one for
 /// `writeback`.
-pub(crate) fn vfs(writeback: Writeback) -> Result<&'static CStr, String> {
-    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+pub(crate) fn vfs(writeback: Writeback) -> Result<&'static CStr, ShimError> {
+    static REGISTERED: OnceLock<Result<(), ShimError>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| [Writeback::Paced, Writeback::AtOnce].into_iter().try_for_each(register))
         .clone()
@@ -107,7 +120,7 @@ pub(crate) const CHECKSUMS_PRAGMA: &str = "clade_page_checksums";
 
 /// Sets how many bytes at the end of each page SQLite leaves to us (`SQLITE_FCNTL_RESERVE_BYTES`):
 /// a new database gets them with its first write, an existing one with its next `VACUUM`.
-pub(crate) fn reserve_bytes(conn: &rusqlite::Connection, bytes: u8) -> Result<(), String> {
+pub(crate) fn reserve_bytes(conn: &rusqlite::Connection, bytes: u8) -> Result<(), ShimError> {
     let mut value = c_int::from(bytes);
     // SAFETY: the handle is live for the borrow of `conn`; the call reads and writes an int.
     let rc = unsafe {
@@ -120,7 +133,7 @@ pub(crate) fn reserve_bytes(conn: &rusqlite::Connection, bytes: u8) -> Result<()
     };
     match rc {
         ffi::SQLITE_OK => Ok(()),
-        code => Err(format!("SQLite refused to reserve {bytes} bytes per page (code {code})")),
+        code => Err(ShimError::Reserve { bytes, code }),
     }
 }
 
@@ -139,18 +152,19 @@ struct Shim {
     writeback: Writeback,
 }
 
-fn register(writeback: Writeback) -> Result<(), String> {
+fn register(writeback: Writeback) -> Result<(), ShimError> {
     // SAFETY: `sqlite3_vfs_find(NULL)` returns the default VFS, which SQLite keeps for the life
     // of the process; copying it by value reads a plain C struct.
     let base = unsafe { ffi::sqlite3_vfs_find(std::ptr::null()) };
     if base.is_null() {
-        return Err("SQLite has no default VFS".into());
+        return Err(ShimError::NoDefaultVfs);
     }
     // SAFETY: `base` is non-null and points to a live `sqlite3_vfs`.
     let mut ours = unsafe { *base };
-    let size = usize::try_from(ours.szOsFile).map_err(|_| "the default VFS's file size")?;
+    let size = usize::try_from(ours.szOsFile)
+        .map_err(|_| ShimError::TooLarge("the default VFS's file size"))?;
     ours.szOsFile = c_int::try_from(std::mem::size_of::<PacedFile>() + size)
-        .map_err(|_| "the paced VFS's file size does not fit an int")?;
+        .map_err(|_| ShimError::TooLarge("the paced VFS's file size"))?;
     ours.zName = writeback.vfs_name().as_ptr();
     ours.pNext = std::ptr::null_mut();
     // Leaked on purpose, like the VFS itself: SQLite keeps a registered VFS for the life of the
@@ -161,7 +175,7 @@ fn register(writeback: Writeback) -> Result<(), String> {
     // SAFETY: `ours` lives forever; registering does not make it the default.
     match unsafe { ffi::sqlite3_vfs_register(ours, 0) } {
         ffi::SQLITE_OK => Ok(()),
-        code => Err(format!("SQLite refused the VFS {:?} (code {code})", writeback.vfs_name())),
+        code => Err(ShimError::Refused { name: writeback.vfs_name(), code }),
     }
 }
 
