@@ -1548,7 +1548,7 @@ pub struct SecretRows<'s> {
 
 impl Store {
     /// The stored secrets' rows, already encrypted ([`crate::Secrets`] encrypts and opens them).
-    pub fn secret_rows(&self) -> SecretRows<'_> {
+    pub(crate) fn secret_rows(&self) -> SecretRows<'_> {
         SecretRows { store: self }
     }
 }
