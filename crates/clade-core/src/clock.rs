@@ -53,11 +53,26 @@ impl Clock for SystemClock {
 #[derive(Debug)]
 pub struct ManualClock {
     now: tokio::sync::watch::Sender<i64>,
+    /// The times its sleepers wait for (a count per time), so a simulator can move it to the
+    /// next one ([`ManualClock::next_wake`]).
+    sleepers: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<i64, usize>>>,
 }
 
 impl ManualClock {
     pub fn new(at: Timestamp) -> Self {
-        Self { now: tokio::sync::watch::Sender::new(at.as_millis()) }
+        Self { now: tokio::sync::watch::Sender::new(at.as_millis()), sleepers: Default::default() }
+    }
+
+    /// The earliest time a sleeper still waits for, if any: where a simulator moves the clock
+    /// when nothing else is left to do.
+    pub fn next_wake(&self) -> Option<Timestamp> {
+        let sleepers = self.sleepers.lock().unwrap_or_else(|e| e.into_inner());
+        sleepers.keys().next().map(|at| Timestamp::from_millis(*at))
+    }
+
+    /// Moves the clock forward to `at` (never back) and wakes whoever slept until then.
+    pub fn advance_to(&self, at: Timestamp) {
+        self.now.send_modify(|now| *now = (*now).max(at.as_millis()));
     }
 
     /// Moves the clock `by` forward and wakes whoever slept until then.
@@ -80,7 +95,9 @@ impl Clock for ManualClock {
     fn sleep_until(&self, at: Timestamp) -> Sleep {
         let mut now = self.now.subscribe();
         let until = at.as_millis();
+        let waiting = Waiting::new(self.sleepers.clone(), until);
         Box::pin(async move {
+            let _waiting = waiting;
             while *now.borrow_and_update() < until {
                 if now.changed().await.is_err() {
                     // The clock is gone: it will never get there.
@@ -88,6 +105,34 @@ impl Clock for ManualClock {
                 }
             }
         })
+    }
+}
+
+/// A sleeper's time in [`ManualClock`]'s list for as long as it sleeps.
+struct Waiting {
+    sleepers: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<i64, usize>>>,
+    until: i64,
+}
+
+impl Waiting {
+    fn new(
+        sleepers: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<i64, usize>>>,
+        until: i64,
+    ) -> Self {
+        *sleepers.lock().unwrap_or_else(|e| e.into_inner()).entry(until).or_insert(0) += 1;
+        Self { sleepers, until }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut sleepers = self.sleepers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = sleepers.get_mut(&self.until) {
+            *count -= 1;
+            if *count == 0 {
+                sleepers.remove(&self.until);
+            }
+        }
     }
 }
 
@@ -128,6 +173,22 @@ mod tests {
         clock.advance(Duration::from_secs(1));
         tokio::time::timeout(Duration::from_secs(5), sleeper).await.unwrap().unwrap();
         assert_eq!(clock.now(), Timestamp::from_millis(61_000));
+    }
+
+    #[tokio::test]
+    async fn a_manual_clock_knows_the_next_time_a_sleeper_waits_for() {
+        let clock = std::sync::Arc::new(ManualClock::new(Timestamp::from_millis(0)));
+        assert_eq!(clock.next_wake(), None);
+        let late = clock.sleep(Duration::from_secs(90));
+        let early = tokio::spawn(clock.sleep(Duration::from_secs(30)));
+        assert_eq!(clock.next_wake(), Some(Timestamp::from_millis(30_000)));
+        clock.advance_to(Timestamp::from_millis(30_000));
+        tokio::time::timeout(Duration::from_secs(5), early).await.unwrap().unwrap();
+        assert_eq!(clock.next_wake(), Some(Timestamp::from_millis(90_000)));
+        drop(late);
+        assert_eq!(clock.next_wake(), None, "a dropped sleeper waits for nothing");
+        clock.advance_to(Timestamp::from_millis(10));
+        assert_eq!(clock.now(), Timestamp::from_millis(30_000), "never moves back");
     }
 
     #[tokio::test]
