@@ -67,6 +67,7 @@ impl Node {
             default_agent: None,
             tools,
             tenants: Default::default(),
+            failpoints: clade_runtime::Failpoints::none(),
         };
         let on_bus: Arc<dyn clade_runtime::Bus> = bus.clone();
         let engine =

@@ -35,6 +35,7 @@ pub use engine::{
     UnreadableStep, WeakEngine, step_view,
 };
 pub use execution::{Durable, DurableError};
+pub use failpoints::Failpoints;
 pub use hub::{Hub, LiveEvent, Relay, Subscription, Watch};
 pub use models::{EnvHints, Models, ProcessKind};
 pub use tools::{CallOrigin, CallOutcome, InvalidArguments, ToolRunner, ToolSet, Verdict};

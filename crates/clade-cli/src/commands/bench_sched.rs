@@ -255,6 +255,7 @@ pub(super) async fn start_engine(
             &config.tools,
         )),
         tenants: Default::default(),
+        failpoints: clade_runtime::Failpoints::none(),
     };
     let engine = clade_runtime::Engine::start(store.clone(), registry, models, options).await?;
     for agent in agents {

@@ -290,6 +290,7 @@ pub(super) async fn measure(
             &clade_config::ToolsConfig::default(),
         )),
         tenants: Default::default(),
+        failpoints: clade_runtime::Failpoints::none(),
     };
     let engine = Engine::start(store.clone(), agents, models, options).await?;
     // Hot reloads while the load runs: what a new configuration revision swaps in.

@@ -52,6 +52,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         default_agent: ctx.config.default_agent.clone(),
         tools: ctx.tools_from(&sources, sandbox.clone()).await,
         tenants: ctx.config.tenants.clone(),
+        failpoints: clade_runtime::Failpoints::process(),
     };
     let (store, agents) = (ctx.store.clone(), ctx.agents.clone());
     let engine =

@@ -190,7 +190,7 @@ pub(super) async fn compact(
     let text = cut(text.trim(), summary_tokens as usize * 4);
 
     let saved = Box::pin(remember(inner, ctx, &mined)).await;
-    crate::failpoints::hit("mid_compaction");
+    inner.failpoints.hit("mid_compaction");
     let summary = store
         .save_summary(NewSummary {
             tenant: ctx.tenant.id,

@@ -139,6 +139,9 @@ pub(crate) trait Hands: Sync {
         args: Value,
         authorized: &Self::Authorized,
     ) -> impl Future<Output = Result<String, clade_tools::Error>> + Send;
+
+    /// Reaches the failpoint `name` (see [`crate::failpoints`]): the engine's own.
+    fn reached(&self, _name: &str) {}
 }
 
 /// What a turn runs on and how far it may go.
@@ -687,7 +690,7 @@ async fn dispatch<H: Hands>(
                                 ..Write::default()
                             };
                             journal.write(turn, write).await?;
-                            crate::failpoints::hit("after_journal_intent");
+                            hands.reached("after_journal_intent");
                             Ok(())
                         };
                         match recorded {
@@ -697,7 +700,7 @@ async fn dispatch<H: Hands>(
                                     Ok(content) => ToolStep { content, is_error: false },
                                     Err(error) => ToolStep::failed(call, &error),
                                 };
-                                crate::failpoints::hit("after_tool_effect_before_result");
+                                hands.reached("after_tool_effect_before_result");
                                 result
                             }
                         }

@@ -27,7 +27,7 @@ impl Inner {
     /// and wakes its parent for the outcome delivered there. A failure is logged: settling is
     /// tried again after the fork's next turn, and at the next start.
     pub(super) async fn settle_fork(self: &Arc<Self>, tenant: TenantId, session: SessionId) {
-        crate::failpoints::hit("before_fork_settled");
+        self.failpoints.hit("before_fork_settled");
         match self.store.forks(tenant).settle(session).await {
             Ok(Some(settled)) => {
                 self.announce_forks(settled.fork.agent, &settled.announced);

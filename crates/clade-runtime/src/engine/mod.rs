@@ -112,6 +112,8 @@ pub struct EngineOptions {
     pub tools: Arc<ToolRunner>,
     /// Per-tenant settings: `quotas.concurrent_turns` bounds a tenant's running turns.
     pub tenants: std::collections::BTreeMap<String, clade_config::TenantConfig>,
+    /// Where this engine stops on purpose, for crash tests ([`crate::failpoints`]).
+    pub failpoints: crate::Failpoints,
 }
 
 /// What a turn's context recalls from its agent's memory: up to `items` items relevant to the
@@ -209,6 +211,7 @@ struct Inner {
     /// Changes to branches and workers in this process (started, progress, settled,
     /// cancelled): a channel's status block is read again only after one.
     fork_changes: std::sync::atomic::AtomicU64,
+    failpoints: crate::Failpoints,
 }
 
 /// What wakes a session's actor. The queue holds at most one `Event` per open event of the
@@ -283,7 +286,8 @@ impl Engine {
         options: EngineOptions,
         bus: Arc<dyn Bus>,
     ) -> Result<Self, Error> {
-        let EngineOptions { sessions, bindings, default_agent, tools, tenants } = options;
+        let EngineOptions { sessions, bindings, default_agent, tools, tenants, failpoints } =
+            options;
         let settings = Settings::new(sessions, bindings, default_agent, tenants);
         let inner = Arc::new(Inner {
             visible: store.visible_reads().system(),
@@ -308,6 +312,7 @@ impl Engine {
             compactions: std::sync::atomic::AtomicU64::new(0),
             paused: std::sync::RwLock::default(),
             fork_changes: std::sync::atomic::AtomicU64::new(0),
+            failpoints,
         });
         let engine = Self { inner };
         engine.inner.tools.attach_hub(engine.inner.bus.hub().clone());
@@ -535,7 +540,7 @@ impl Engine {
                 on_visible,
             )
             .await?;
-        crate::failpoints::hit("after_commit_before_ack");
+        self.inner.failpoints.hit("after_commit_before_ack");
         // The announcement comes before the result of the same write.
         let live = match told.await {
             Ok(live) => live,

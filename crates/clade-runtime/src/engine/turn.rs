@@ -304,6 +304,7 @@ struct AgentTools<'a> {
     profile: &'static dyn super::profile::Profile,
     /// A worker's tools, when it was given some; empty: all of its agent's.
     allowed: Vec<String>,
+    failpoints: &'a crate::Failpoints,
 }
 
 impl<'a> AgentTools<'a> {
@@ -334,6 +335,7 @@ impl<'a> AgentTools<'a> {
             hub: inner.bus.hub().clone(),
             profile: ctx.profile,
             allowed: fork.map(|f| f.tools.clone()).unwrap_or_default(),
+            failpoints: &inner.failpoints,
         }
     }
     /// Whether the turn is offered the tool `name`: as its profile says.
@@ -393,6 +395,10 @@ impl AgentTools<'_> {
 impl Hands for AgentTools<'_> {
     type Tool = Arc<dyn Tool>;
     type Authorized = Authorized;
+
+    fn reached(&self, name: &str) {
+        self.failpoints.hit(name);
+    }
 
     fn specs(&self) -> Arc<[ToolSpec]> {
         self.set.specs_offered(self.tenant, self.agent.handle.as_str(), |name| self.told(name))

@@ -163,6 +163,7 @@ pub async fn engine_on(
         default_agent: None,
         tools,
         tenants: Default::default(),
+        failpoints: clade_runtime::Failpoints::none(),
     };
     clade_runtime::Engine::start_on(store.clone(), workspaces, models, options, bus).await.unwrap()
 }
