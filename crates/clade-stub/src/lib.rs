@@ -35,12 +35,27 @@ pub struct StubOptions {
     /// Requests kept for [`Stub::captured`], the latest ones; 0 keeps none (a benchmark, where
     /// copying every request would be the stub's own cost, not the client's).
     pub capture: usize,
+    /// Failures drawn from a seed, beside the ones directives ask for: the simulator's model
+    /// faults.
+    pub faults: Option<SeededFaults>,
 }
 
 impl Default for StubOptions {
     fn default() -> Self {
-        Self { defaults: Behaviour::default(), oauth_expires_in: 3600, capture: 1000 }
+        Self { defaults: Behaviour::default(), oauth_expires_in: 3600, capture: 1000, faults: None }
     }
+}
+
+/// Which requests fail, drawn from a seed: the `n`-th time a request body is sent, it fails
+/// with `status` when the seed's draw for (body, `n`) falls under `per_mille` / 1000. The draw
+/// depends on what is asked and how often, never on when or in which order, so one seed fails
+/// the same calls in every run however their tasks interleave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeededFaults {
+    pub seed: u64,
+    pub per_mille: u32,
+    /// The status failed requests get: 429 (rate limited), or a server error (500, 503, 529).
+    pub status: u16,
 }
 
 /// A request the stub received, for tests to assert on.
@@ -57,6 +72,8 @@ pub(crate) struct Shared {
     pub(crate) captured: Mutex<std::collections::VecDeque<Captured>>,
     /// Failures already served per directive string, for `status=<code>x<n>`.
     pub(crate) failures: Mutex<HashMap<String, u32>>,
+    /// Times each request body was seen, for [`SeededFaults`].
+    pub(crate) bodies_seen: Mutex<HashMap<u64, u32>>,
     /// Prompt prefixes seen with `cache_control`, to answer cache reads the second time.
     pub(crate) cached_prefixes: Mutex<HashSet<u64>>,
     /// Access tokens issued by `/oauth/token`, with their expiry.

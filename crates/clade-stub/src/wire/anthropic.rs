@@ -115,9 +115,9 @@ fn cacheable_prefix(body: &Value) -> Option<(u64, u64)> {
 pub(crate) async fn handle(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    body: Bytes,
+    raw: Bytes,
 ) -> Response {
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(body) = serde_json::from_slice::<Value>(&raw) else {
         return invalid("There was an issue with the JSON body of your request.");
     };
     capture(&shared, "/v1/messages", &headers, &body);
@@ -135,9 +135,12 @@ pub(crate) async fn handle(
     if behaviour.oauth && !token_is_valid(&shared, &headers) {
         return error(401, "authentication_error", "invalid x-api-key", None);
     }
-    if let Some((status, retry)) =
-        failure(&shared, &behaviour, &format!("anthropic|{model}|{}", header.unwrap_or_default()))
-    {
+    if let Some((status, retry)) = failure(
+        &shared,
+        &behaviour,
+        &format!("anthropic|{model}|{}", header.unwrap_or_default()),
+        &raw,
+    ) {
         return match status {
             429 => error(
                 429,

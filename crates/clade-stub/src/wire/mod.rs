@@ -80,8 +80,43 @@ pub(crate) fn split_arguments(args: &str) -> Vec<String> {
     chars.chunks(8).map(|c| c.iter().collect()).collect()
 }
 
-/// The failure this request must get, if any: (status, retry-after seconds).
+/// The failure this request must get, if any: (status, retry-after seconds). Its directives
+/// first, then the server's [`crate::SeededFaults`] drawn for its `body`.
 pub(crate) fn failure(
+    shared: &Shared,
+    behaviour: &Behaviour,
+    key: &str,
+    body: &[u8],
+) -> Option<(u16, Option<f64>)> {
+    directed_failure(shared, behaviour, key).or_else(|| seeded_failure(shared, body))
+}
+
+fn seeded_failure(shared: &Shared, body: &[u8]) -> Option<(u16, Option<f64>)> {
+    let faults = shared.options.faults?;
+    // FNV-1a: stable across runs and builds, unlike the standard library's hasher's seeds.
+    let fnv = |bytes: &[u8], start: u64| {
+        bytes.iter().fold(start, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+    };
+    let body_hash = fnv(body, 0xcbf2_9ce4_8422_2325);
+    let nth = {
+        let Ok(mut seen) = shared.bodies_seen.lock() else { return None };
+        let n = seen.entry(body_hash).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let draw = mix(faults.seed ^ mix(body_hash ^ mix(u64::from(nth))));
+    (draw % 1000 < u64::from(faults.per_mille)).then_some((faults.status, None))
+}
+
+/// SplitMix64's finaliser: spreads every input bit over the output.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn directed_failure(
     shared: &Shared,
     behaviour: &Behaviour,
     key: &str,

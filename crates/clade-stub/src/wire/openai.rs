@@ -327,9 +327,12 @@ pub(crate) async fn handle(
             None,
         );
     }
-    if let Some((status, retry)) =
-        failure(&shared, &behaviour, &format!("openai|{model}|{}", header.unwrap_or_default()))
-    {
+    if let Some((status, retry)) = failure(
+        &shared,
+        &behaviour,
+        &format!("openai|{model}|{}", header.unwrap_or_default()),
+        &body,
+    ) {
         return match status {
             429 => error(
                 429,
