@@ -16,7 +16,7 @@ fn layer(name: &str) -> Option<u8> {
         "clade-memory" => 3,
         "clade-runtime" => 4,
         "clade-flow" | "clade-sched" | "clade-channels" | "clade-cluster" => 5,
-        "clade-gateway" => 6,
+        "clade-gateway" | "clade-sim" => 6,
         "clade-cli" => 7,
         _ => return None,
     })
@@ -85,6 +85,18 @@ fn every_crate_opens_with_a_doc_saying_what_it_owns() {
         let doc: String = text.lines().take_while(|l| l.starts_with("//!")).collect();
         assert!(doc.to_lowercase().contains("own"), "{name}: the crate doc must say what it owns");
     }
+}
+
+/// The architecture page is a map a newcomer reads in one sitting: inventories and figures
+/// belong in `docs/internals/` and `docs/perf/`.
+#[test]
+fn architecture_doc_stays_a_map() {
+    let doc = std::fs::read_to_string(root().join("docs/ARCHITECTURE.md")).unwrap();
+    assert!(
+        doc.len() <= 40_000,
+        "docs/ARCHITECTURE.md is {} bytes, over 40,000: move detail to docs/internals/",
+        doc.len()
+    );
 }
 
 #[test]

@@ -172,69 +172,6 @@ async fn bad_jobs_are_refused_naming_the_problem_and_tenants_reach_only_their_ow
     assert_eq!(job["enabled"], true, "{job}");
 }
 
-/// An agent schedules itself with `cron.create` in a conversation; the job answers in that
-/// conversation's session (its origin), and the agent lists and removes it with its tools.
-#[tokio::test]
-async fn an_agent_schedules_itself_and_the_job_answers_where_the_user_spoke() {
-    let env = Env::new();
-    env.run(&["agents", "create", "ada"]).ok();
-    // Fires every second, for the test's pace (the default is at least a minute apart).
-    super::support::write(
-        &env.data_dir().join("clade.yaml"),
-        "tenants:\n  \"*\":\n    quotas: { cron_min_interval_secs: 1 }\n",
-    );
-    let server = env.serve(&[]);
-    let say = |text: &str| {
-        json!({ "agent": "ada", "text": text, "wait": true,
-            "source": { "platform": "http", "channel": "dm", "actor": "grace" } })
-    };
-    let create = r#"/tool cron.create {"name":"remind","schedule":"* * * * * *","prompt":"/reply time to stretch"}"#;
-    let (status, answer) = server.send("POST", "/v1/events", None, Some(say(create))).await;
-    assert_eq!(status, 200, "{answer}");
-    let session = answer["session_id"].as_str().unwrap().to_owned();
-    let reply = answer["reply"]["text"].as_str().unwrap();
-    assert!(reply.contains("\"remind\"") && !reply.contains("error"), "{reply}");
-    let job = server.get_json("/v1/agents/ada/jobs/remind").await;
-    assert_eq!(job["target"], format!("origin:{session}"), "{job}");
-
-    // It fires into the conversation it was made in.
-    let turns = |turns: &[Value]| {
-        turns.iter().any(|t| t["reply"] == "time to stretch" && t["status"] == "completed")
-    };
-    let found = eventually(async || turns(&server.all_turns(&session).await).then_some(()));
-    assert!(found.await.is_some(), "the job never answered in the origin session");
-
-    let (_, listed) = server.send("POST", "/v1/events", None, Some(say("/tool cron.list"))).await;
-    assert!(listed["reply"]["text"].as_str().unwrap().contains("remind"), "{listed}");
-    // The agent pauses its job and starts it again.
-    let (_, paused) = server
-        .send(
-            "POST",
-            "/v1/events",
-            None,
-            Some(say(r#"/tool cron.enable {"name":"remind","enabled":false}"#)),
-        )
-        .await;
-    assert!(paused["reply"]["text"].as_str().unwrap().contains("\"enabled\":false"), "{paused}");
-    assert_eq!(server.get_json("/v1/agents/ada/jobs/remind").await["enabled"], false);
-    let (_, resumed) = server
-        .send("POST", "/v1/events", None, Some(say(r#"/tool cron.enable {"name":"remind"}"#)))
-        .await;
-    assert!(resumed["reply"]["text"].as_str().unwrap().contains("\"enabled\":true"), "{resumed}");
-    let (_, removed) = server
-        .send("POST", "/v1/events", None, Some(say(r#"/tool cron.remove {"name":"remind"}"#)))
-        .await;
-    assert!(removed["reply"]["text"].as_str().unwrap().contains("removed"), "{removed}");
-    let (status, _) = server.send("GET", "/v1/agents/ada/jobs/remind", None, None).await;
-    assert_eq!(status, 404);
-    // The tool calls went the tool path: each has its decision in the audit log.
-    let audit = server.get_json("/v1/audit?limit=1000").await;
-    let tools: Vec<&str> =
-        audit["items"].as_array().unwrap().iter().filter_map(|r| r["tool"].as_str()).collect();
-    let used = ["cron.create", "cron.list", "cron.enable", "cron.remove"];
-    assert!(used.iter().all(|t| tools.contains(t)), "{tools:?}");
-}
-
 /// A tenant's jobs keep to its quotas: its tokens and its agents cannot schedule tighter than
 /// `cron_min_interval_secs` (a minute by default) or more than `cron_jobs_per_agent` jobs an
 /// agent; the operator's own jobs are not bound.

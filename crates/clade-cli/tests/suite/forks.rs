@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, eventually, holds_for, token, write};
+use super::support::{Env, Server, holds_for, token, write};
 
 fn tool(name: &str, args: Value) -> String {
     format!("/tool {name} {args}")
@@ -232,76 +232,6 @@ async fn a_channel_keeps_answering_while_its_branch_and_worker_run_then_uses_the
     assert_eq!(status, 400, "{answer}");
 }
 
-/// A worker whose turn outlasts `sessions.workers.timeout_secs` fails, and its failure arrives
-/// in the conversation naming the setting.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_that_never_ends_times_out_and_says_so() {
-    let stub =
-        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
-    let mut env = Env::new();
-    slow_routes(&mut env, &stub, "sessions:\n  workers:\n    timeout_secs: 1\n");
-    env.run(&["agents", "create", "ada"]).ok();
-    let server = env.serve(&[]);
-    let (session, reply) =
-        say(&server, "ada", &tool("agent.spawn_worker", json!({ "task": "/reply too late" })))
-            .await;
-    let id = started(&reply)["id"].as_str().unwrap().to_owned();
-    let failed = format!("[Worker {id} failed:");
-    let replies = replies_until(&server, &session, |r| r.iter().any(|r| r.contains(&failed))).await;
-    let failure = replies.iter().find(|r| r.contains(&failed)).expect("the worker's failure");
-    assert!(failure.contains("sessions.workers.timeout_secs"), "{failure}");
-    let ended = events_of(&server, &session, "execution.ended").await;
-    assert_eq!(ended[0]["data"]["status"], "failed", "{ended:?}");
-}
-
-/// The gateway dies just after a branch's turn ended and before its conclusion was delivered;
-/// started again, it delivers the conclusion once. Killed again while another branch's model
-/// call runs, that branch runs again after the restart and concludes once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_branch_conclusion_crosses_a_crash_exactly_once() {
-    if !clade_runtime::failpoints::ENABLED {
-        assert!(std::env::var("CI").is_err(), "CI builds the suite with failpoints");
-        return;
-    }
-    let stub =
-        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
-    let mut env = Env::new();
-    slow_routes(&mut env, &stub, "");
-    env.run(&["agents", "create", "ada"]).ok();
-    let server = env.serve_with(&[], &[("CLADE_FAILPOINTS", "before_fork_settled=1")]);
-    let (session, reply) =
-        say(&server, "ada", &tool("agent.branch", json!({ "task": "/reply first thought" }))).await;
-    let first = started(&reply)["id"].as_str().unwrap().to_owned();
-    // The branch's turn ends and the process aborts before settling it.
-    let mut server = server;
-    let reached = eventually(async || server.exited().then_some(())).await;
-    assert!(reached.is_some(), "the failpoint was never reached");
-    server.kill9();
-
-    let server = env.serve(&[]);
-    let concluded = format!("[Branch {first} concluded]");
-    let replies =
-        replies_until(&server, &session, |r| r.iter().any(|r| r.contains(&concluded))).await;
-    assert_eq!(replies.iter().filter(|r| r.contains(&concluded)).count(), 1, "{replies:?}");
-
-    let (_, reply) =
-        say(&server, "ada", &tool("agent.branch", json!({ "task": "/reply second thought" })))
-            .await;
-    let second = started(&reply)["id"].as_str().unwrap().to_owned();
-    server.kill9();
-    let server = env.serve(&[]);
-    let concluded = format!("[Branch {second} concluded]");
-    let replies =
-        replies_until(&server, &session, |r| r.iter().any(|r| r.contains(&concluded))).await;
-    assert_eq!(replies.iter().filter(|r| r.contains(&concluded)).count(), 1, "{replies:?}");
-    let conclusion = replies.iter().find(|r| r.contains(&concluded)).unwrap();
-    assert!(conclusion.ends_with("second thought"), "{conclusion}");
-    let turns = server.turns_until(&second, |_| true).await;
-    assert_eq!(turns.len(), 1, "{turns:?}");
-    let ended = events_of(&server, &session, "execution.ended").await;
-    assert_eq!(ended.len(), 2, "{ended:?}");
-}
-
 /// The API and the CLI see and steer the same runs: a worker started over the API (once per
 /// Idempotency-Key) is listed among the agent's open runs, shown with its task, cancelled over
 /// the API (its outcome never delivered), and listed by `clade runs`; another tenant finds
@@ -444,34 +374,4 @@ async fn request_with_key(server: &Server, path: &str, body: &Value, key: &str) 
         .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
-}
-
-/// A worker whose turn uses all its iterations yields: its parent is told once that it waits
-/// (and how to go on), with `execution.progress`, and the run stays open rather than failed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_out_of_iterations_is_reported_paused_once() {
-    let env = Env::new();
-    write(&env.data_dir().join("clade.yaml"), "sessions:\n  workers:\n    max_iterations: 1\n");
-    env.run(&["agents", "create", "ada"]).ok();
-    let server = env.serve(&[]);
-    let task = tool("time.now", json!({}));
-    let (session, reply) =
-        say(&server, "ada", &tool("agent.spawn_worker", json!({ "task": task }))).await;
-    let id = started(&reply)["id"].as_str().unwrap().to_owned();
-    let execution = started(&reply)["execution"].as_str().unwrap().to_owned();
-    let paused = format!("[Worker {id} paused:");
-    let replies = replies_until(&server, &session, |r| r.iter().any(|r| r.contains(&paused))).await;
-    let note = replies.iter().find(|r| r.contains(&paused)).expect("the worker's pause");
-    assert!(note.contains(&format!("clade sessions resume {id}")), "{note}");
-    let progress = events_of(&server, &session, "execution.progress").await;
-    assert!(
-        progress.iter().any(|p| p["data"]["detail"].as_str().is_some_and(|d| d.contains("paused"))),
-        "{progress:?}"
-    );
-    let run = server.get_json(&format!("/v1/runs/{execution}")).await;
-    assert_eq!(run["status"], "running", "{run}");
-    // Told once: a later turn of the parent brings no second note.
-    say(&server, "ada", "anything new?").await;
-    let replies = replies_until(&server, &session, |_| true).await;
-    assert_eq!(replies.iter().filter(|r| r.contains(&paused)).count(), 1, "{replies:?}");
 }

@@ -285,11 +285,6 @@ impl Server {
         (self.url.clone(), self.token.clone())
     }
 
-    /// Whether the server's process has exited (a failpoint, a crash).
-    pub fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-
     /// Kills the server with SIGKILL: no chance to flush or clean up.
     pub fn kill9(mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {

@@ -39,11 +39,6 @@ fn event(text: &str, actor: &str) -> Value {
     json!({ "agent": "ada", "text": text, "source": { "platform": "http", "channel": "c", "actor": actor } })
 }
 
-async fn turns(server: &Server, session: &str) -> Vec<Value> {
-    let value = server.get_json(&format!("/v1/sessions/{session}/turns")).await;
-    value["items"].as_array().cloned().unwrap_or_default()
-}
-
 /// Waits until the session has `n` turns that are no longer running.
 async fn settled(server: &Server, session: &str, n: usize) -> Vec<Value> {
     let settled = |all: &[Value]| all.iter().filter(|t| t["status"] != "running").count() >= n;
@@ -134,36 +129,6 @@ async fn deltas_reach_an_sse_client_before_the_turn_finishes() {
     // Each turn reports what its model calls consumed.
     assert_eq!(all[0]["usage"]["model_calls"], 1, "{}", all[0]);
     assert!(all[0]["usage"]["input_tokens"].as_u64().unwrap() > 0, "{}", all[0]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn model_mistakes_continue_the_turn_and_garbage_fails_it() {
-    let stub = stub().await;
-    let env = setup(
-        "models:\n  broken:\n    provider: openai\n    model: stub+malformed\n    base_url: {stub}/v1\n    api_key_env: STUB_KEY\nrouting:\n  default: [scripted]\n  agents:\n    bob: { default: [broken] }\n",
-        Some(&stub),
-    );
-    env.run(&["agents", "create", "bob"]).ok();
-    let server = env.serve(&[]);
-    // Unknown tool and invalid JSON arguments: the model gets a tool error and answers.
-    for (text, needle) in
-        [("/tool no_such_tool {}", "unknown tool"), ("/tool echo {not json", "not valid JSON")]
-    {
-        let mut body = event(text, "mistakes");
-        body["wait"] = json!(true);
-        let (status, value, _) = post(&server, body).await;
-        assert_eq!(status, 200, "{value}");
-        assert_eq!(value["status"], "completed", "{value}");
-        assert!(value["reply"]["text"].as_str().unwrap().contains(needle), "{value}");
-    }
-    // A garbage model reply fails the turn with the reason; the session stays usable.
-    let mut body = json!({ "agent": "bob", "text": "hi", "source": { "platform": "http", "channel": "c", "actor": "garbage" }, "wait": true });
-    let (_, value, _) = post(&server, body.clone()).await;
-    assert_eq!(value["status"], "failed", "{value}");
-    assert!(value["error"].as_str().unwrap().contains("malformed"), "{value}");
-    body["text"] = json!("again");
-    let (_, value, _) = post(&server, body).await;
-    assert_eq!(value["status"], "failed", "the session is not stuck: {value}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,39 +542,6 @@ async fn a_failing_session_holds_back_only_its_own_deliveries() {
     let a_seqs = polled(async || delivered_a(), |seqs: &Vec<i64>| seqs.len() >= 4).await;
     assert!(a_seqs.len() >= 4, "session a's events were not all delivered: {a_seqs:?}");
     assert!(a_seqs.windows(2).all(|w| w[0] < w[1]), "session a's events out of order: {a_seqs:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_waiting_event_gets_its_own_turn_and_a_repeated_key_the_same_answer() {
-    let stub = stub().await;
-    let env = setup(
-        "models:\n  slow:\n    provider: openai\n    model: stub+latency=400\n    base_url: {stub}/v1\n    api_key_env: STUB_KEY\n",
-        Some(&stub),
-    );
-    let server = env.serve(&[]);
-    // A slow turn first; the waiting event queues behind it in the same session, so the first
-    // turn to end there is not its own.
-    let (status, first, _) = post(&server, event("/reply first", "u")).await;
-    assert_eq!(status, 202, "{first}");
-    let mut waiting = event("/reply second", "u");
-    waiting["wait"] = json!(true);
-    waiting["idempotency_key"] = json!("k-second");
-    let (status, answer, _) = post(&server, waiting.clone()).await;
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["session_id"], first["session_id"]);
-    assert_eq!(answer["reply"]["text"], "second", "{answer}");
-    assert_eq!(answer["status"], "completed");
-    let session = answer["session_id"].as_str().unwrap();
-    let all = turns(&server, session).await;
-    assert_eq!(all.len(), 2, "{all:?}");
-    let own = all.iter().find(|t| t["id"] == answer["turn_id"]).expect("the answer names its turn");
-    assert_eq!(own["reply"], "second");
-
-    // The same key again: the same answer, from the store, and no new turn.
-    let (status, again, _) = post(&server, waiting).await;
-    assert_eq!(status, 200, "{again}");
-    assert_eq!(again, answer);
-    assert_eq!(turns(&server, session).await.len(), 2);
 }
 
 /// Configuration names agents as `tenant/handle` (a bare handle is the default tenant's): a

@@ -1,0 +1,61 @@
+//! Turns: what the engine does with a model's mistakes.
+
+use clade_core::TurnStatus;
+use clade_sim::Sim;
+
+/// An unknown tool or arguments that are not JSON are the model's mistakes: it is told, and the
+/// turn goes on to an answer. A reply that is not the provider's protocol fails the turn with
+/// the reason, and the session stays usable.
+#[tokio::test]
+async fn model_mistakes_continue_the_turn_and_garbage_fails_it() {
+    let sim = Sim::builder("model_mistakes_continue_the_turn_and_garbage_fails_it")
+        .config(
+            "models:\n  broken:\n    provider: openai\n    model: stub+malformed\n    base_url: {stub}/v1\n    api_key_env: STUB_KEY\nrouting:\n  default: [scripted]\n  agents:\n    bob: { default: [broken] }\n",
+        )
+        .start()
+        .await;
+    sim.create_agent("ada").await;
+    sim.create_agent("bob").await;
+    for (text, needle) in
+        [("/tool no_such_tool {}", "unknown tool"), ("/tool echo {not json", "not valid JSON")]
+    {
+        let (_, finished) = sim.say("ada", "mistakes", text).await;
+        assert_eq!(finished.status, TurnStatus::Completed, "{finished:?}");
+        assert!(finished.reply.as_deref().unwrap_or_default().contains(needle), "{finished:?}");
+    }
+    let (_, finished) = sim.say("bob", "garbage", "hi").await;
+    assert_eq!(finished.status, TurnStatus::Failed, "{finished:?}");
+    assert!(finished.error.as_deref().unwrap_or_default().contains("malformed"), "{finished:?}");
+    let (_, again) = sim.say("bob", "garbage", "again").await;
+    assert_eq!(again.status, TurnStatus::Failed, "the session is not stuck: {again:?}");
+}
+
+/// An event waited for gets its own turn's answer, though another turn of its session ended
+/// first; the same idempotency key again gets the same answer from the store, and no new turn.
+#[tokio::test]
+async fn a_waiting_event_gets_its_own_turn_and_a_repeated_key_the_same_answer() {
+    let sim = Sim::builder("a_waiting_event_gets_its_own_turn_and_a_repeated_key_the_same_answer")
+        .config(&super::slow_model(400))
+        .start()
+        .await;
+    sim.create_agent("ada").await;
+    // A slow turn first; the waited event queues behind it in the same session, so the first
+    // turn to end there is not its own.
+    let first = sim.submit(sim.envelope("ada", "c", "u", "/reply first").await).await.unwrap();
+    let mut waiting = sim.envelope("ada", "c", "u", "/reply second").await;
+    waiting.idempotency_key = Some("k-second".into());
+    let accepted = sim.submit(waiting.clone()).await.unwrap();
+    assert_eq!(accepted.session_id, first.session_id);
+    let answer = sim.finished(&accepted).await;
+    assert_eq!((answer.status, answer.reply.as_deref()), (TurnStatus::Completed, Some("second")));
+    let turns = sim.turns(accepted.session_id).await;
+    assert_eq!(turns.len(), 2, "{turns:#?}");
+    let own = turns.iter().find(|t| t.turn.id == answer.turn_id).expect("the answer's turn");
+    assert_eq!(own.turn.reply.as_deref(), Some("second"));
+
+    let again = sim.submit(waiting).await.unwrap();
+    assert!(again.duplicate, "the key was seen before");
+    assert_eq!(again.event_id, accepted.event_id);
+    assert_eq!(sim.finished(&again).await, answer);
+    assert_eq!(sim.turns(accepted.session_id).await.len(), 2, "no new turn");
+}
