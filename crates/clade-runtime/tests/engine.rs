@@ -24,7 +24,7 @@ async fn start(store: &Store, data: &DataDir) -> Engine {
     start_with(store, data, |sessions| {
         // A short window, so the test sees turns leave it; one model call per turn, so a turn
         // that calls a tool yields instead of completing. Compaction is off: turns leave the
-        // window without being folded into a summary (`clade-cli` `suite::compaction` tests it).
+        // window without being folded into a summary (`clade-sim` `suite::compaction` tests it).
         sessions.history_turns = 3;
         sessions.compaction.enabled = false;
         sessions.max_iterations = 1;

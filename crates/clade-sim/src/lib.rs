@@ -408,6 +408,25 @@ impl Sim {
             .unwrap_or_else(|e| panic!("the session's outbox: {e}"))
     }
 
+    /// The memory items of the agent `handle` (default tenant), newest first: those under the
+    /// isolation key `scope` alone, or with `None` those of the global scope.
+    pub async fn memories(&self, handle: &str, scope: Option<&str>) -> Vec<clade_store::MemoryRow> {
+        let (store, tenant) = (self.store(), self.tenant().await.id);
+        let (handle, scope) = (handle.to_owned(), scope.map(str::to_owned));
+        self.on_node(async move |_| {
+            let agent = store.agents(tenant).get(&handle).await?;
+            let filter = clade_store::MemoryFilter {
+                exclude_global: scope.is_some(),
+                scope,
+                kinds: Vec::new(),
+                since: None,
+            };
+            store.memories(tenant).list(agent.id, &filter, None, 1000).await
+        })
+        .await
+        .unwrap_or_else(|e| panic!("the agent's memories: {e}"))
+    }
+
     /// The simulated clock.
     pub fn clock(&self) -> &Arc<ManualClock> {
         &self.parts.clock
@@ -496,6 +515,33 @@ impl Sim {
 }
 
 impl Parts {
+    /// The tools an agent has in `clade serve` that touch nothing on the host: the built-ins
+    /// the simulation gives, branches and workers, messages between agents, its own cron jobs,
+    /// and memory.
+    fn registry(
+        &self,
+        store: &Store,
+        agents: &clade_store::Agents,
+        postbox: &clade_runtime::messaging::Postbox,
+        memory: Option<&Arc<clade_memory::Memory>>,
+    ) -> clade_tools::Registry {
+        let mut registry = clade_tools::Registry::new();
+        for tool in self.tools.iter() {
+            registry.register(tool.clone());
+        }
+        clade_runtime::forks::register(&mut registry, postbox.clone());
+        clade_runtime::messaging::register(&mut registry, postbox.clone(), agents.clone());
+        if self.config.scheduler.enabled {
+            let tenants = self.config.tenants.clone();
+            clade_sched::tools::register(&mut registry, store.clone(), tenants);
+        }
+        if let Some(memory) = memory {
+            clade_memory::tools::register(&mut registry, store.clone(), memory.clone());
+        }
+        clade_memory::working::register(&mut registry, store.clone());
+        registry
+    }
+
     /// Opens the store and starts the engine and the scheduler, as `clade serve` does.
     async fn start(
         self,
@@ -514,23 +560,14 @@ impl Parts {
         let hints = clade_runtime::EnvHints {
             vars: [("STUB_KEY".to_owned(), "sk-stub".to_owned())].into(),
         };
+        // Memory as `clade.yaml` says (its own embeddings: no model file is fetched here).
+        let memory =
+            clade_runtime::memory::memory_of(&self.config, &hints, &self.data.models_dir());
         let clock: Arc<dyn clade_core::Clock> = self.clock.clone();
         let models = clade_runtime::Models::new(&self.config, hints, store.clone(), secrets, clock)
             .with_jitter(self.jitter.clone());
-        // The tools an agent has in `clade serve` that touch nothing on the host: the
-        // built-ins the simulation gives, branches and workers, messages between agents and
-        // its own cron jobs.
-        let mut registry = clade_tools::Registry::new();
-        for tool in self.tools.iter() {
-            registry.register(tool.clone());
-        }
         let postbox = clade_runtime::messaging::Postbox::new();
-        clade_runtime::forks::register(&mut registry, postbox.clone());
-        clade_runtime::messaging::register(&mut registry, postbox.clone(), agents.clone());
-        if self.config.scheduler.enabled {
-            let tenants = self.config.tenants.clone();
-            clade_sched::tools::register(&mut registry, store.clone(), tenants);
-        }
+        let registry = self.registry(&store, &agents, &postbox, memory.as_ref());
         let tools = Arc::new(clade_runtime::ToolRunner::new(
             registry,
             store.clone(),
@@ -551,6 +588,9 @@ impl Parts {
             .await
             .unwrap_or_else(|e| panic!("the engine: {e}"));
         postbox.attach(&engine);
+        engine.set_recall(clade_runtime::memory::recall_of(&self.config, memory));
+        // Completed turns are mined into memory beside them, as `memory.ingest` says.
+        drop(clade_runtime::ingest::spawn(store.clone(), engine.clone()));
         let waker = engine.clone();
         let wake = Arc::new(move |look: &clade_sched::scheduler::Look| {
             for session in &look.sessions {

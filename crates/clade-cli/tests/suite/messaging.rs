@@ -146,63 +146,6 @@ async fn agents_message_each_other_within_their_grants_and_tenant() {
     assert_eq!(theirs["items"], json!([]), "{theirs}");
 }
 
-/// ada asks bo, whose model is slow; the gateway is killed while ada waits and started again.
-/// bo's turn resumes and ada's ask, run again, finds the message it delivered: one message,
-/// one turn of bo's, one answer in ada's turn.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ask_across_a_kill_is_delivered_and_answered_once() {
-    let stub =
-        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
-    let mut env = Env::new();
-    env.vars.push(("STUB_KEY".into(), "sk-stub".into()));
-    write(
-        &env.data_dir().join("clade.yaml"),
-        &format!(
-            "models:\n  slow:\n    provider: openai\n    model: stub+latency=2500\n    base_url: {}/v1\n    api_key_env: STUB_KEY\nrouting:\n  default: [scripted]\n  agents:\n    bo: {{ default: [slow] }}\n",
-            stub.url()
-        ),
-    );
-    env.run(&["agents", "create", "ada"]).ok();
-    env.run(&["agents", "create", "bo"]).ok();
-    grant(&env, "ada", "agent.ask", "bo");
-    let server = env.serve(&[]);
-    let body = json!({ "agent": "ada",
-        "text": tool("agent.ask", json!({ "to": "bo", "message": "what is the plan?" })),
-        "source": { "platform": "http", "channel": "desk", "actor": "pat" } });
-    let (status, accepted) = server.send("POST", "/v1/events", None, Some(body)).await;
-    assert_eq!(status, 202, "{accepted}");
-    let ada_session = accepted["session_id"].as_str().unwrap().to_owned();
-    let delivered = messages_until(&server, "bo", |m| !m.is_empty()).await;
-    assert_eq!(delivered.len(), 1, "{delivered:?}");
-    let bo_session = delivered[0]["to_session"].as_str().unwrap().to_owned();
-    assert_eq!(
-        server.get_json(&format!("/v1/sessions/{bo_session}/turns")).await["items"],
-        json!([]),
-        "bo answered before the kill"
-    );
-    server.kill9();
-
-    let server = env.serve(&[]);
-    let ada_turns = server
-        .turns_until(&ada_session, |t| t.first().is_some_and(|t| t["status"] == "completed"))
-        .await;
-    assert_eq!(ada_turns.len(), 1, "{ada_turns:?}");
-    assert_eq!(
-        ada_turns[0]["reply"], "tool results: agent.ask -> echo: what is the plan?",
-        "{ada_turns:?}"
-    );
-    let bo_turns = server.turns_until(&bo_session, ended).await;
-    assert_eq!(bo_turns.len(), 1, "{bo_turns:?}");
-    assert_eq!(messages_until(&server, "bo", |_| true).await.len(), 1);
-    assert_eq!(bo_turns[0]["events"].as_array().unwrap().len(), 1, "{bo_turns:?}");
-    assert_eq!(bo_turns[0]["status"], "completed", "{bo_turns:?}");
-    let turn = ada_turns[0]["id"].as_str().unwrap();
-    let steps = server.get_json(&format!("/v1/sessions/{ada_session}/turns/{turn}/steps")).await;
-    let results =
-        steps["items"].as_array().unwrap().iter().filter(|s| s["kind"] == "tool_result").count();
-    assert_eq!(results, 1, "{steps}");
-}
-
 /// `clade teams create` makes a preset's agents from their roles' templates, with grants that
 /// let the coordinator ask its members and the members only tell it; a name taken or a preset
 /// unknown makes nothing.

@@ -1,6 +1,5 @@
 mod cli;
 mod cluster;
-mod compaction;
 mod config_apply;
 mod control;
 mod crash;

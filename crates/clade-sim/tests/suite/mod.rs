@@ -1,7 +1,11 @@
+mod approvals;
+mod compaction;
 mod crash;
 mod cron;
 mod faults;
 mod forks;
+mod memory;
+mod messaging;
 mod sessions;
 mod turns;
 

@@ -59,3 +59,25 @@ async fn a_waiting_event_gets_its_own_turn_and_a_repeated_key_the_same_answer() 
     assert_eq!(sim.finished(&again).await, answer);
     assert_eq!(sim.turns(accepted.session_id).await.len(), 2, "no new turn");
 }
+
+/// Each turn records the configuration revision it ran with: editing the agent's `SOUL.md`
+/// changes it (once the engine's one-second trust in its last look has passed on the clock),
+/// and an unchanged configuration keeps it.
+#[tokio::test]
+async fn each_turn_records_the_config_revision_it_ran_with() {
+    let sim = Sim::builder("each_turn_records_the_config_revision_it_ran_with").start().await;
+    sim.create_agent("ada").await;
+    let ws = sim.workspace("ada").await;
+    let mut revisions = Vec::new();
+    for (n, edit) in [None, Some("You are terse."), None].into_iter().enumerate() {
+        if let Some(text) = edit {
+            std::fs::write(ws.join("SOUL.md"), text).unwrap();
+            sim.advance(std::time::Duration::from_millis(1_001));
+        }
+        let (accepted, _) = sim.say("ada", "rev", &format!("turn {n}")).await;
+        let turns = sim.turns(accepted.session_id).await;
+        revisions.push(turns.last().unwrap().turn.config_revision);
+    }
+    assert_ne!(revisions[0], revisions[1], "editing SOUL.md must change the revision");
+    assert_eq!(revisions[1], revisions[2], "an unchanged config keeps its revision");
+}
