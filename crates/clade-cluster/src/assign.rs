@@ -144,12 +144,19 @@ fn heaviest(shares: &[BTreeMap<u32, f64>], total: impl Fn(&BTreeMap<u32, f64>) -
     weights.min_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))).map_or(0, |(i, _)| i)
 }
 
-/// A shard's recent load, in turns a minute: the signals to run its sessions, decayed over
-/// about a minute.
+/// A shard's load, in turns a minute: the signals to run its sessions, decayed over about a
+/// minute, plus the executions its sessions have open (branches, workers, sub-agent runs),
+/// each weighing [`OPEN_EXECUTION_WEIGHT`], as last counted.
 #[derive(Debug, Default)]
 pub(crate) struct Loads {
     by_shard: HashMap<u32, f64>,
+    open: HashMap<u32, u32>,
 }
+
+/// What an execution left open in a shard weighs, in turns a minute: it runs turns of its own
+/// while open (a worker's steps, a branch's thinking), which its session's signals do not
+/// count until they come.
+pub(crate) const OPEN_EXECUTION_WEIGHT: f64 = 1.0;
 
 /// Over how long a shard's load is averaged.
 const LOAD_WINDOW_SECS: f64 = 60.0;
@@ -163,6 +170,7 @@ impl Loads {
     pub(crate) fn add(&mut self, counts: &HashMap<u32, u64>, tick_secs: f64, held: &[u32]) {
         let decay = (-tick_secs / LOAD_WINDOW_SECS).exp();
         self.by_shard.retain(|shard, _| held.contains(shard));
+        self.open.retain(|shard, _| held.contains(shard));
         for shard in held {
             let count = counts.get(shard).copied().unwrap_or(0) as f64;
             let load = self.by_shard.entry(*shard).or_default();
@@ -179,9 +187,19 @@ impl Loads {
         }
     }
 
+    /// Sets the executions open in each shard held, as counted now.
+    pub(crate) fn set_open(&mut self, open: HashMap<u32, u32>) {
+        self.open = open;
+    }
+
     /// The loads, rounded to a tenth, as the node announces them.
     pub(crate) fn announced(&self) -> BTreeMap<u32, f64> {
-        self.by_shard.iter().map(|(shard, load)| (*shard, (load * 10.0).round() / 10.0)).collect()
+        let mut loads: BTreeMap<u32, f64> =
+            self.by_shard.iter().map(|(shard, load)| (*shard, *load)).collect();
+        for (shard, open) in &self.open {
+            *loads.entry(*shard).or_default() += f64::from(*open) * OPEN_EXECUTION_WEIGHT;
+        }
+        loads.into_iter().map(|(shard, load)| (shard, (load * 10.0).round() / 10.0)).collect()
     }
 }
 
@@ -195,6 +213,21 @@ mod tests {
 
     fn held(pairs: &[(u32, &str)]) -> HashMap<u32, String> {
         pairs.iter().map(|(s, n)| (*s, (*n).to_owned())).collect()
+    }
+
+    #[test]
+    fn open_executions_weigh_in_a_held_shards_load_and_leave_with_it() {
+        let mut loads = Loads::default();
+        loads.add(&HashMap::from([(1, 6)]), 6.0, &[1, 2, 3]);
+        let turns = loads.announced()[&1];
+        loads.set_open(HashMap::from([(1, 2), (3, 4)]));
+        let announced = loads.announced();
+        assert_eq!(announced[&1], turns + 2.0 * OPEN_EXECUTION_WEIGHT, "{announced:?}");
+        assert_eq!(announced[&3], 4.0 * OPEN_EXECUTION_WEIGHT, "an idle shard with open work");
+        assert!(!announced.contains_key(&2), "an idle shard with nothing open weighs nothing");
+        // Shard 3 handed over: its open executions are the new holder's to count.
+        loads.add(&HashMap::new(), 6.0, &[1, 2]);
+        assert!(!loads.announced().contains_key(&3), "{:?}", loads.announced());
     }
 
     fn weights(shares: &[Vec<u32>], load: &HashMap<u32, f64>) -> Vec<f64> {

@@ -4,7 +4,7 @@
 //! `clade.<cluster>.nodes` (with the shards it holds and their load), renews its leases (a
 //! lease it lost is off its bus at once), and spreads the shards over the nodes it has heard
 //! from lately by the cluster's [`Assignment`] (every `n`-th shard to each, or bin-packed by
-//! load: `assign.rs`); singletons go every `n`-th to each. It hands over what is no longer its share
+//! load, its turns and, counted every scan, its open executions: `assign.rs`); singletons go every `n`-th to each. It hands over what is no longer its share
 //! (off the bus, lease released, so the next node takes it at once) and acquires its share
 //! as it comes free; a node that stopped announcing itself drops out of the count, and its
 //! leases expire (by the database's clock) for the others to take. Whatever it gained, it runs
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use clade_core::Timestamp;
 use clade_runtime::Engine;
-use clade_store::{Lease, Store};
+use clade_store::{ExecutionOwner, Lease, Store};
 use futures::StreamExt as _;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -99,6 +99,9 @@ const LISTEN_MARGIN: Duration = Duration::from_millis(250);
 /// How many ticks apart the keeper scans the store for events whose signal was lost: three,
 /// so such an event waits about one lease's time (5 s by default) at most.
 const SCAN_EVERY_TICKS: u64 = 3;
+
+/// The most open executions a scan counts for the shards' load: past it, the oldest count.
+const OPEN_READ: u32 = 10_000;
 
 /// Empties a watched list; whether it held anything.
 fn emptied<T>(list: &mut Vec<T>) -> bool {
@@ -500,6 +503,7 @@ impl State {
         // the clock is compared with the database's again.
         if self.ticks.fetch_add(1, Ordering::Relaxed) % SCAN_EVERY_TICKS == SCAN_EVERY_TICKS - 1 {
             self.check_clock().await;
+            self.count_open().await;
             match self.engine.wake_held().await {
                 Ok(0) => {}
                 Ok(woken) => {
@@ -546,7 +550,6 @@ impl State {
         self.lock_heard().values().find_map(|heard| heard.load.get(&shard).copied())
     }
 
-    /// Renews the shards' leases; one lost is off the bus at once.
     /// Measures the clock against the database's, and says so when it goes off or comes back.
     async fn check_clock(&self) {
         let skew = match ClockSkew::measure(&self.store).await {
@@ -568,6 +571,31 @@ impl State {
         }
     }
 
+    /// Counts the executions open in the sessions of the shards held, for their load (the
+    /// store's read across tenants, at most [`OPEN_READ`] of them, oldest first).
+    async fn count_open(&self) {
+        let open = match self.store.system().open_executions(OPEN_READ).await {
+            Ok(open) => open,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot count the open executions; the shards' load leaves them out until the next scan");
+                return;
+            }
+        };
+        let held: Vec<u32> = self.lock_held().keys().copied().collect();
+        let map = self.bus.map();
+        let mut counts: HashMap<u32, u32> = HashMap::new();
+        for execution in open {
+            if let ExecutionOwner::Session(session) = execution.owner {
+                let Shard(shard) = map.shard_of(session);
+                if held.contains(&shard) {
+                    *counts.entry(shard).or_default() += 1;
+                }
+            }
+        }
+        self.lock_loads().set_open(counts);
+    }
+
+    /// Renews the shards' leases; one lost is off the bus at once.
     async fn renew_held(&self) {
         let leases = self.store.shard_leases();
         let held: Vec<(u32, Lease)> =

@@ -484,6 +484,56 @@ async fn bin_packing_splits_two_busy_shards_that_even_spread_keeps_together() {
     drop(keeper_b);
 }
 
+/// Bin-packing weighs a shard by the executions its sessions hold open too, not only by the
+/// turns run lately: with no turn run anywhere, two shards carrying open work (0 and 2 of 4,
+/// which even spread gives to one node of two) end on different nodes once a second node
+/// joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bin_packing_weighs_the_executions_a_shard_holds_open() {
+    let Some(Pair { a, b, tenant, _schema, _scratch, .. }) = Pair::start().await else { return };
+    let by_load =
+        || -> Arc<dyn clade_cluster::Assignment> { Arc::new(clade_cluster::BinPack::default()) };
+    let keeper_a = a.keep_by(by_load()).await;
+    let mut on_a = keeper_a.shards();
+    until("a", &mut on_a, &[0, 1, 2, 3]).await;
+
+    // Open executions owned by a session of shard 0 and one of shard 2 (never run: no turn
+    // and no signal adds to the load).
+    let ada = a.store.agents(tenant.id).get("ada").await.unwrap();
+    let now = a.store.now();
+    for wanted in [0, 2] {
+        let session = std::iter::repeat_with(|| clade_core::SessionId::generate(now))
+            .find(|session| shard(*session) == wanted)
+            .unwrap();
+        for _ in 0..8 {
+            let open = clade_store::NewExecution {
+                id: clade_core::ExecutionId::generate(now),
+                tenant: tenant.id,
+                agent: ada.id,
+                kind: clade_core::ExecutionKind::FlowStep,
+                owner: clade_store::ExecutionOwner::Session(session),
+                status: clade_core::ExecutionStatus::Running,
+                input: "{}".into(),
+            };
+            a.store.start_execution(open).await.unwrap();
+        }
+    }
+
+    let keeper_b = b.keep_by(by_load()).await;
+    let mut on_b = keeper_b.shards();
+    let one_busy = |held: &[u32]| held.contains(&0) != held.contains(&2);
+    let held_a = until_holds("a", &mut on_a, one_busy).await;
+    let held_b = until_holds("b", &mut on_b, |held| one_busy(held) && !held.is_empty()).await;
+    assert!(held_a.iter().all(|s| !held_b.contains(s)), "a {held_a:?}, b {held_b:?}");
+    // Each holder announces its shards' open executions in their load.
+    let carried = |nodes: &Vec<clade_cluster::NodeHeard>| {
+        nodes.len() == 2 && nodes.iter().all(|node| node.load >= 8.0)
+    };
+    let nodes = clade_test_support::wait::polled(async || keeper_b.heard(), carried).await;
+    assert!(carried(&nodes), "the open executions are not in the load announced: {nodes:?}");
+    drop(keeper_b);
+}
+
 /// Nodes that assign the shards differently would hand them back and forth: the second is
 /// refused at its start, naming both assignments.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
