@@ -2,11 +2,12 @@
 //! request) follows a session another node runs.
 //!
 //! A node streaming a session or an agent subscribes to its subject
-//! (`clade.<cluster>.live.*.<session>`, or `clade.<cluster>.live.<agent>.*`) when its first
+//! (`clade.<cluster>.live.*.*.<session>`, or `clade.<cluster>.live.*.<agent>.*`) when its first
 //! subscriber comes, then announces it on `clade.<cluster>.watch`, and again every second
 //! while it has one; the others remember each announcement for three seconds. The node
 //! running a session publishes its events, only while someone elsewhere watches, on
-//! `clade.<cluster>.live.<agent>.<session>`, in order from one publisher, so only the nodes
+//! `clade.<cluster>.live.<tenant>.<agent>.<session>` (ids, never a credential: a NATS account
+//! can be limited to one tenant's subjects), in order from one publisher, so only the nodes
 //! streaming it receive them, and each passes them to its own hub's subscribers. Core NATS: an event lost here (NATS down, a watch not
 //! yet heard) is a lost text delta at worst, since streams catch up on lifecycle events from
 //! the store by their outbox position.
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use clade_core::{AgentId, EventKind, SessionId};
+use clade_core::{AgentId, EventKind, SessionId, TenantId};
 use clade_runtime::{Hub, LiveEvent, Relay, Watch};
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
@@ -36,6 +37,7 @@ const ROUNDS_KEPT: u64 = 3;
 struct LiveWire {
     /// The node that sent it, which drops its own.
     node: String,
+    tenant: String,
     agent: String,
     session: String,
     /// Its outbox position, when it has one.
@@ -171,8 +173,8 @@ impl NatsRelay {
     /// The subject of `watch`'s events.
     fn subject_of(&self, watch: Watch) -> String {
         match watch {
-            Watch::Session(session) => format!("{}.live.*.{session}", self.prefix),
-            Watch::Agent(agent) => format!("{}.live.{agent}.*", self.prefix),
+            Watch::Session(session) => format!("{}.live.*.*.{session}", self.prefix),
+            Watch::Agent(agent) => format!("{}.live.*.{agent}.*", self.prefix),
         }
     }
 
@@ -190,12 +192,13 @@ impl NatsRelay {
         if wire.node == self.node {
             return;
         }
-        let (Ok(agent), Ok(session), Some(kind)) = (
+        let (Ok(tenant), Ok(agent), Ok(session), Some(kind)) = (
+            TenantId::parse(&wire.tenant),
             AgentId::parse(&wire.agent),
             SessionId::parse(&wire.session),
             EventKind::parse(&wire.kind),
         ) else {
-            tracing::warn!(kind = %wire.kind, "a live event names no agent, session or kind this node knows; ignored");
+            tracing::warn!(kind = %wire.kind, "a live event names no tenant, agent, session or kind this node knows; ignored");
             return;
         };
         if matches!(via, Watch::Session(_)) && self.lock_agents_here().contains(&agent) {
@@ -207,7 +210,8 @@ impl NatsRelay {
             return;
         };
         self.counts.received.fetch_add(1, Ordering::Relaxed);
-        hub.publish_here(agent, LiveEvent { session, id: wire.id, event: Arc::new(event) });
+        let event = LiveEvent { tenant, session, id: wire.id, event: Arc::new(event) };
+        hub.publish_here(agent, event);
     }
 
     /// Remembers another node's watches for this round and the next few.
@@ -253,6 +257,7 @@ impl Relay for NatsRelay {
     fn forward(&self, agent: AgentId, event: &LiveEvent) {
         let wire = LiveWire {
             node: self.node.clone(),
+            tenant: event.tenant.to_string(),
             agent: agent.to_string(),
             session: event.session.to_string(),
             id: event.id,
@@ -260,7 +265,7 @@ impl Relay for NatsRelay {
             data: event.data(),
         };
         let Ok(payload) = serde_json::to_vec(&wire) else { return };
-        let subject = format!("{}.live.{agent}.{}", self.prefix, event.session);
+        let subject = format!("{}.live.{}.{agent}.{}", self.prefix, event.tenant, event.session);
         if self.outgoing.send((subject, Bytes::from(payload))).is_ok() {
             self.counts.sent.fetch_add(1, Ordering::Relaxed);
         }

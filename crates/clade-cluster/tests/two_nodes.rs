@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clade_cluster::{NatsBus, NatsOptions, Shard, ShardMap};
+use futures::StreamExt as _;
 use clade_runtime::{Bus as _, Engine, Envelope};
 use clade_store::{DataDir, Durability, Lease, Location, Store, StoreOptions};
 
@@ -242,9 +243,9 @@ async fn a_stream_on_one_node_follows_a_session_the_other_runs() {
     };
     // A third node of the cluster that streams nothing: it is sent nothing.
     let bystander = NatsOptions {
-        url: nats,
+        url: nats.clone(),
         node: "c".into(),
-        cluster,
+        cluster: cluster.clone(),
         user: None,
         password: None,
         connect_timeout: Duration::from_secs(5),
@@ -266,6 +267,14 @@ async fn a_stream_on_one_node_follows_a_session_the_other_runs() {
     }
     let (n, session) = on_b.expect("40 sessions, none in b's shards");
     assert_eq!(b.bus.live_counts().sent.load(Ordering::Relaxed), 0, "sent with no one watching");
+    // What crosses names the tenant in its subject: listening on the tenant's subjects alone
+    // hears it, and on another tenant's nothing.
+    let raw = async_nats::connect(nats.as_str()).await.unwrap();
+    let ours = format!("clade.{cluster}.live.{}.>", tenant.id);
+    let theirs = format!("clade.{cluster}.live.{}.>", clade_core::TenantId::from_bytes([9; 16]));
+    let mut ours = raw.subscribe(ours).await.unwrap();
+    let mut theirs = raw.subscribe(theirs).await.unwrap();
+    raw.flush().await.unwrap();
     let mut live = a.bus.hub().subscribe(session);
     let heard = async {
         while b.bus.live_counts().watched_elsewhere.load(Ordering::Relaxed) == 0 {
@@ -295,6 +304,11 @@ async fn a_stream_on_one_node_follows_a_session_the_other_runs() {
     );
     assert!(kinds.contains(&clade_core::EventKind::TurnStarted), "{kinds:?}");
     assert!(a.bus.live_counts().received.load(Ordering::Relaxed) >= 2);
+    let heard = tokio::time::timeout(Duration::from_secs(5), ours.next()).await;
+    let heard = heard.expect("nothing on the tenant's live subjects").unwrap();
+    assert!(heard.subject.ends_with(&format!(".{session}")), "{}", heard.subject);
+    let stray = tokio::time::timeout(Duration::from_millis(300), theirs.next()).await;
+    assert!(stray.is_err(), "another tenant's subjects carried this tenant's events");
     assert_eq!(finished.status, clade_core::TurnStatus::Completed);
     // b relays nothing to itself: its own subscribers hear each event once.
     let mut here = b.bus.hub().subscribe(session);

@@ -481,7 +481,7 @@ mod tests {
             }
             for _ in 0..5 {
                 let event = std::sync::Arc::new(example(EventKind::TextDelta));
-                live.send(LiveEvent { session: ada, id: None, event }).unwrap();
+                live.send(LiveEvent { tenant: tenant.id, session: ada, id: None, event }).unwrap();
             }
             let mut events = CatchingUp::new(receiver, lagged, head);
             let mut seen = Vec::new();
@@ -533,7 +533,7 @@ mod tests {
             live.send(LiveEvent::of_row(row, true).unwrap()).unwrap();
         }
         let event = std::sync::Arc::new(example(EventKind::TextDelta));
-        live.send(LiveEvent { session: session.id, id: None, event }).unwrap();
+        live.send(LiveEvent { tenant: tenant.id, session: session.id, id: None, event }).unwrap();
         // A client that already has the first event replays from there.
         let lagged = Lagged::new(&store, tenant.id, Scope::Session(session.id));
         let mut events = CatchingUp::replaying(receiver, lagged, rows[0].id);

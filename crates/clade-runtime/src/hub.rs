@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use clade_core::{AgentId, EventKind, SessionId};
+use clade_core::{AgentId, EventKind, SessionId, TenantId};
 use clade_protocol::LifecycleEvent;
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -14,6 +14,8 @@ use tokio::sync::broadcast;
 /// sends it (SSE, WebSocket, MCP, gRPC, webhook).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveEvent {
+    /// Whose session it is: a cluster's relay names the tenant in the event's subject.
+    pub tenant: TenantId,
     pub session: SessionId,
     /// The outbox position of a committed event (a stream resumes after it); `None` for a
     /// delta, or an event passed on before its position may be.
@@ -41,7 +43,8 @@ impl LiveEvent {
         let data = serde_json::from_str(&row.data).unwrap_or(Value::Null);
         match LifecycleEvent::from_parts(row.kind, data) {
             Ok(event) => {
-                Some(Self { session, id: positioned.then_some(row.id), event: Arc::new(event) })
+                let id = positioned.then_some(row.id);
+                Some(Self { tenant: row.tenant_id, session, id, event: Arc::new(event) })
             }
             Err(error) => {
                 tracing::warn!(outbox = row.id, kind = %row.kind.as_str(), %error, "an outbox row does not read as its kind; it is not streamed");
@@ -305,7 +308,7 @@ mod tests {
 
     fn event(session: SessionId, n: i64) -> LiveEvent {
         let event = clade_protocol::TextDelta { turn: n.to_string(), text: "x".into() }.into();
-        LiveEvent { session, id: Some(n), event: Arc::new(event) }
+        LiveEvent { tenant: TenantId::from_bytes([7; 16]), session, id: Some(n), event: Arc::new(event) }
     }
 
     fn channels(hub: &Hub) -> (usize, usize) {

@@ -236,9 +236,10 @@ impl Journal for StoreJournal<'_> {
     }
 
     fn live(&self, turn: &TurnRow, event: &LifecycleEvent) {
-        let session = turn.session_id;
+        let (tenant, session) = (turn.tenant_id, turn.session_id);
         self.inner.bus.hub().publish_with(turn.agent_id, session, || {
-            Some(LiveEvent { session, id: None, event: std::sync::Arc::new(event.clone()) })
+            let event = std::sync::Arc::new(event.clone());
+            Some(LiveEvent { tenant, session, id: None, event })
         });
     }
 
@@ -365,7 +366,7 @@ impl AgentTools<'_> {
     /// Passes a call's progress to the session's live subscribers as `tool.progress`.
     fn progress(&self, call: &ToolCall, turn: &TurnRow) -> clade_tools::Progress {
         let hub = self.hub.clone();
-        let (agent, session) = (turn.agent_id, turn.session_id);
+        let (tenant, agent, session) = (turn.tenant_id, turn.agent_id, turn.session_id);
         let (turn, id, name) = (turn.id.to_string(), call.id.clone(), call.name.clone());
         clade_tools::Progress::new(move |message, fraction| {
             let event = LifecycleEvent::from(clade_protocol::ToolProgress {
@@ -376,7 +377,7 @@ impl AgentTools<'_> {
                 fraction,
             });
             hub.publish_with(agent, session, || {
-                Some(LiveEvent { session, id: None, event: std::sync::Arc::new(event) })
+                Some(LiveEvent { tenant, session, id: None, event: std::sync::Arc::new(event) })
             });
         })
     }
