@@ -129,28 +129,6 @@ async fn a_kept_history_matches_the_stored_one() {
     assert!(tokens[6] < tokens[5], "the long reply must have left the window: {tokens:?}");
 }
 
-/// A session's actor stays in memory while it has work and leaves after `idle_secs` without
-/// any; the next message brings it back, and the session goes on where it was.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_sessions_leave_memory_and_come_back() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (store, data, tenant) = open(tmp.path()).await;
-    let engine = start_with(&store, &data, |sessions| sessions.idle_secs = 1).await;
-    for channel in ["a", "b"] {
-        assert_eq!(turn(&engine, &store, &tenant, channel, "hello").await.0, TurnStatus::Completed);
-    }
-    assert_eq!(engine.active_sessions(), 2, "both actors are still in memory");
-    support::eventually("idle actors leaving memory", async || engine.active_sessions() == 0).await;
-    assert_eq!(engine.active_sessions(), 0, "idle actors left memory");
-    let (status, input) = turn(&engine, &store, &tenant, "a", "again").await;
-    assert_eq!(status, TurnStatus::Completed);
-    assert_eq!(engine.active_sessions(), 1, "the session's actor came back");
-    // The returning actor read the session's history from the store: its context holds the
-    // first turn too, so it is larger than the first turn's.
-    let (_, first) = turn(&engine, &store, &tenant, "c", "again").await;
-    assert!(input > first, "{input} input tokens with history, {first} without");
-}
-
 /// A tool every agent has, or (with an `owner`) only that agent, as an MCP server configured
 /// for one agent gives.
 /// Each agent is offered exactly its own tools, and agents with the same tools share one list,
@@ -186,29 +164,6 @@ async fn each_agent_is_offered_its_own_tools_from_a_shared_list() {
         &runner.tool_set().specs_for("default", "alice"),
         &runner.tool_set().specs_for("default", "bob")
     ));
-}
-
-/// A panic inside a turn fails that turn only: its event is answered as failed, the actor
-/// stays, and the session's next message runs as usual.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_turn_fails_alone_and_the_session_goes_on() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (store, data, tenant) = open(tmp.path()).await;
-    let mut registry = clade_tools::Registry::new();
-    registry.register(Arc::new(TestTool {
-        run: || panic!("a bug in a tool"),
-        ..TestTool::answering("bug.panic")
-    }));
-    let engine = start_with_tools(&store, &data, registry, |_| {}).await;
-    let (status, _) = turn(&engine, &store, &tenant, "c1", "/tool bug.panic {}").await;
-    assert_eq!(status, TurnStatus::Failed);
-    let sessions = store.sessions(tenant.id).list(None, 10).await.unwrap();
-    let session = sessions.first().expect("a session");
-    let turns = store.sessions(tenant.id).turn_records(session.id, None, 1000).await.unwrap();
-    let failed = &turns.first().unwrap().turn;
-    assert_eq!(failed.error.as_deref(), Some("internal error while running the turn"));
-    assert_eq!(turn(&engine, &store, &tenant, "c1", "after").await.0, TurnStatus::Completed);
-    assert_eq!(turn(&engine, &store, &tenant, "c2", "elsewhere").await.0, TurnStatus::Completed);
 }
 
 /// What compaction reads when more turns wait than it reads at once: the oldest first, from

@@ -78,47 +78,6 @@ async fn an_unanswered_approval_expires_when_the_clock_passes_its_timeout() {
     assert_eq!(expired[0].decided_at, Some(START.plus(Duration::from_secs(3600))));
 }
 
-/// A session's actor leaves memory once the clock has passed `sessions.idle_secs` without a
-/// message for it, and not before.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_session_leaves_memory_when_the_clock_passes_its_idle_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let (clock, store, data, tenant) = open(dir.path()).await;
-    let sessions = clade_config::SessionsConfig { idle_secs: 600, ..Default::default() };
-    let engine = support::engine(&store, &data, clade_tools::Registry::new(), sessions).await;
-    let envelope = Envelope {
-        tenant: tenant.clone(),
-        agent: Some("ada".into()),
-        text: "hello".into(),
-        source: Source { platform: "test".into(), channel: "c".into(), actor: "u".into() },
-        idempotency_key: None,
-    };
-    let (_, watch) = engine.submit_and_watch(envelope).await.unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(30), watch.ended(Duration::from_secs(30)));
-    let finished = ended.await.unwrap().unwrap().unwrap();
-    assert_eq!(finished.reply.as_deref(), Some("echo: hello"));
-    assert_eq!(engine.active_sessions(), 1);
-
-    clock.advance(Duration::from_secs(599));
-    support::holds_for("the session left memory early", Duration::from_millis(300), async || {
-        engine.active_sessions() == 1
-    })
-    .await;
-
-    // The actor arms its idle timer once it has finished the turn, which on a loaded machine
-    // may be after the clock first moved: its 600 s run from then, so the clock moves on a
-    // second at a time until they have passed.
-    let mut moved = 0;
-    eventually("the idle exit", async || {
-        if moved < 120 {
-            clock.advance(Duration::from_secs(1));
-            moved += 1;
-        }
-        engine.active_sessions() == 0
-    })
-    .await;
-}
-
 /// A webhook subscriber that keeps failing is retried on the clock's schedule (100 ms doubling
 /// per attempt), not before, and dead-lettered after its last attempt: the whole schedule runs
 /// by moving a manual clock, with no wait for the back-off itself.

@@ -6,6 +6,7 @@ mod faults;
 mod forks;
 mod memory;
 mod messaging;
+mod reload;
 mod sessions;
 mod turns;
 
@@ -38,4 +39,63 @@ pub async fn model_called(sim: &clade_sim::Sim, n: usize) {
 /// The texts of a turn's events, in the order they were accepted.
 pub fn texts(turn: &clade_store::TurnRecord) -> Vec<&str> {
     turn.events.iter().map(|e| e.text.as_str()).collect()
+}
+
+/// A tool for tests: `run` decides what a call returns (or panics, for a buggy tool).
+pub struct TestTool {
+    pub name: &'static str,
+    pub run: fn() -> clade_tools::ToolResult,
+}
+
+impl TestTool {
+    pub fn answering(name: &'static str) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self { name, run: || Ok("done".to_owned()) })
+    }
+}
+
+impl clade_tools::Tool for TestTool {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn description(&self) -> &str {
+        "a tool for tests"
+    }
+    fn input_schema(&self) -> serde_json::Value {
+        serde_json::json!({ "type": "object" })
+    }
+    fn call<'a>(
+        &'a self,
+        _args: serde_json::Value,
+        _ctx: &'a clade_tools::CallContext,
+    ) -> futures::future::BoxFuture<'a, clade_tools::ToolResult> {
+        let run = self.run;
+        Box::pin(async move { run() })
+    }
+}
+
+/// The approvals of the default tenant waiting for an operator, once there is one.
+pub async fn pending_approvals(sim: &clade_sim::Sim) -> Vec<clade_store::ApprovalRow> {
+    let (store, tenant) = (sim.store(), sim.tenant().await.id);
+    let read = async || {
+        let store = store.clone();
+        sim.on_node(async move |_| {
+            let pending = Some(clade_core::ApprovalStatus::Pending);
+            store.access(tenant).approvals(None, pending, 10).await
+        })
+        .await
+        .unwrap()
+    };
+    clade_test_support::wait::polled(read, |rows| !rows.is_empty()).await
+}
+
+/// Decides the approval `id` of the default tenant as the operator would.
+pub async fn decide(sim: &clade_sim::Sim, id: clade_core::ApprovalId) {
+    let tenant = sim.tenant().await.id;
+    let decided = sim
+        .on_node(async move |engine| {
+            let verdict = clade_runtime::Verdict::Approve;
+            engine.tools().decide(tenant, id, verdict, "operator", None).await
+        })
+        .await;
+    decided.unwrap();
 }

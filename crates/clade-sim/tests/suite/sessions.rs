@@ -225,3 +225,46 @@ async fn a_sessions_own_queue_mode_overrides_its_agents() {
         assert_eq!(all.len(), expected_turns, "mode {mode:?}");
     }
 }
+
+/// A session's actor stays in memory while it has work and leaves once the clock has passed
+/// `sessions.idle_secs` without a message for it, and not before; the next message brings it
+/// back, reading the session's history from the store, and the session goes on where it was.
+#[tokio::test]
+async fn an_idle_session_leaves_memory_when_the_clock_passes_its_idle_time_and_comes_back() {
+    let sim = Sim::builder(
+        "an_idle_session_leaves_memory_when_the_clock_passes_its_idle_time_and_comes_back",
+    )
+    .config("sessions:\n  idle_secs: 600\n")
+    .start()
+    .await;
+    sim.create_agent("ada").await;
+    for channel in ["a", "b"] {
+        let (_, finished) = sim.say("ada", channel, "hello").await;
+        assert_eq!(finished.reply.as_deref(), Some("echo: hello"));
+    }
+    let active = async || sim.on_node(async |engine| engine.active_sessions()).await;
+    assert_eq!(active().await, 2, "both actors are still in memory");
+    sim.advance(Duration::from_secs(599));
+    clade_test_support::wait::holds_for(
+        Duration::from_millis(300),
+        "the sessions left memory early",
+        active,
+        |n| *n == 2,
+    )
+    .await;
+    // Each actor arms its idle timer once its turn is done, which may be after the clock
+    // first moved: time runs on until they have all passed.
+    sim.run_for(Duration::from_secs(601)).await;
+    let idle = clade_test_support::wait::polled(active, |n| *n == 0).await;
+    assert_eq!(idle, 0, "idle actors left memory");
+
+    let (again, _) = sim.say("ada", "a", "again").await;
+    assert_eq!(active().await, 1, "the session's actor came back");
+    // The returning actor read the session's history from the store: its context holds the
+    // first turn too, so it is larger than a first turn's.
+    let input = |turns: Vec<clade_store::TurnRecord>| turns.last().unwrap().usage.input_tokens;
+    let with_history = input(sim.turns(again.session_id).await);
+    let (fresh, _) = sim.say("ada", "c", "again").await;
+    let without = input(sim.turns(fresh.session_id).await);
+    assert!(with_history > without, "{with_history} input tokens with history, {without} without");
+}

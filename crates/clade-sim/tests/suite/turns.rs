@@ -81,3 +81,21 @@ async fn each_turn_records_the_config_revision_it_ran_with() {
     assert_ne!(revisions[0], revisions[1], "editing SOUL.md must change the revision");
     assert_eq!(revisions[1], revisions[2], "an unchanged config keeps its revision");
 }
+
+/// A panic inside a turn fails that turn only: its event is answered as failed, the actor
+/// stays, and the session's next message runs as usual.
+#[tokio::test]
+async fn a_panicking_turn_fails_alone_and_the_session_goes_on() {
+    let sim = Sim::builder("a_panicking_turn_fails_alone_and_the_session_goes_on")
+        .tool(std::sync::Arc::new(super::TestTool { name: "bug.panic", run: || panic!("a bug in a tool") }))
+        .start()
+        .await;
+    sim.create_agent("ada").await;
+    let (accepted, failed) = sim.say("ada", "c1", "/tool bug.panic {}").await;
+    assert_eq!(failed.status, TurnStatus::Failed);
+    assert_eq!(failed.error.as_deref(), Some("internal error while running the turn"));
+    let turns = sim.turns(accepted.session_id).await;
+    assert_eq!(turns[0].turn.error.as_deref(), Some("internal error while running the turn"));
+    assert_eq!(sim.say("ada", "c1", "after").await.1.status, TurnStatus::Completed);
+    assert_eq!(sim.say("ada", "c2", "elsewhere").await.1.status, TurnStatus::Completed);
+}
