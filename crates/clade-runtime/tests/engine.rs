@@ -91,44 +91,6 @@ async fn turn(
     (finished.status, record.usage.input_tokens)
 }
 
-/// A session's actor keeps its history between turns instead of reading it each time. Its
-/// turns must see exactly what a fresh actor, reading the store, would: the same messages give
-/// the same context size in a session whose actor stays and in one whose turns each run on
-/// a new engine (and, on the way, a turn that does not complete stays out of both).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kept_history_matches_the_stored_one() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (store, data, tenant) = open(tmp.path()).await;
-    let engine = start(&store, &data).await;
-    let script = [
-        "hello",
-        "/reply a much longer answer than the others",
-        "/tool none.such {}",
-        "three",
-        "four",
-        "five",
-        "six",
-    ];
-    let mut kept = Vec::new();
-    let mut fresh = Vec::new();
-    for text in script {
-        kept.push(turn(&engine, &store, &tenant, "c1", text).await);
-        // A new engine, whose actor for the session starts from the store.
-        fresh.push(turn(&start(&store, &data).await, &store, &tenant, "c2", text).await);
-    }
-    assert_eq!(kept[2].0, TurnStatus::Yielded, "{kept:?}");
-    assert!(
-        kept.iter().enumerate().all(|(n, t)| n == 2 || t.0 == TurnStatus::Completed),
-        "{kept:?}"
-    );
-    assert_eq!(kept, fresh, "a kept history differs from the stored one");
-    // The window is full by the fifth turn: the context stops growing with the session, but
-    // changes as the long reply leaves it.
-    let tokens: Vec<u64> = kept.iter().map(|t| t.1).collect();
-    assert!(tokens[1] < tokens[3], "{tokens:?}");
-    assert!(tokens[6] < tokens[5], "the long reply must have left the window: {tokens:?}");
-}
-
 /// A tool every agent has, or (with an `owner`) only that agent, as an MCP server configured
 /// for one agent gives.
 /// Each agent is offered exactly its own tools, and agents with the same tools share one list,

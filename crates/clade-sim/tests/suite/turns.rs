@@ -99,3 +99,55 @@ async fn a_panicking_turn_fails_alone_and_the_session_goes_on() {
     assert_eq!(sim.say("ada", "c1", "after").await.1.status, TurnStatus::Completed);
     assert_eq!(sim.say("ada", "c2", "elsewhere").await.1.status, TurnStatus::Completed);
 }
+
+/// A session's actor keeps its history between turns instead of reading it each time. Its
+/// turns must see exactly what a fresh actor, reading the store, would: the same messages give
+/// the same context size in a session whose actor stays and in one whose every turn runs on a
+/// node started afresh (and, on the way, a turn that does not complete stays out of both).
+#[tokio::test]
+async fn a_kept_history_matches_the_stored_one() {
+    // A short window, so turns leave it; one model call per turn, so a turn that calls a tool
+    // yields instead of completing; no compaction (`suite::compaction` has it) and no memory,
+    // whose recall would differ between the two sessions.
+    let mut sim = Sim::builder("a_kept_history_matches_the_stored_one")
+        .config("sessions:\n  history_turns: 3\n  max_iterations: 1\n  compaction:\n    enabled: false\nmemory:\n  enabled: false\n")
+        .start()
+        .await;
+    sim.create_agent("ada").await;
+    let script = [
+        "hello",
+        "/reply a much longer answer than the others",
+        "/tool none.such {}",
+        "three",
+        "four",
+        "five",
+        "six",
+    ];
+    async fn turn(sim: &Sim, channel: &str, text: &str) -> (TurnStatus, u64) {
+        let (accepted, finished) = sim.say("ada", channel, text).await;
+        let turns = sim.turns(accepted.session_id).await;
+        let record = turns.iter().find(|r| r.turn.id == finished.turn_id).unwrap();
+        (finished.status, record.usage.input_tokens)
+    }
+    let mut kept = Vec::new();
+    for text in script {
+        kept.push(turn(&sim, "c1", text).await);
+    }
+    let mut fresh = Vec::new();
+    for text in script {
+        // A new node, whose actor for the session starts from the store.
+        sim.restart().await;
+        fresh.push(turn(&sim, "c2", text).await);
+    }
+    assert_eq!(kept[2].0, TurnStatus::Yielded, "{kept:?}");
+    assert!(
+        kept.iter().enumerate().all(|(n, t)| n == 2 || t.0 == TurnStatus::Completed),
+        "{kept:?}"
+    );
+    assert_eq!(kept, fresh, "a kept history differs from the stored one");
+    // The window is full by the fifth turn: the context stops growing with the session, but
+    // changes as the long reply leaves it.
+    let tokens: Vec<u64> = kept.iter().map(|t| t.1).collect();
+    assert!(tokens[1] < tokens[3], "{tokens:?}");
+    assert!(tokens[6] < tokens[5], "the long reply must have left the window: {tokens:?}");
+}
