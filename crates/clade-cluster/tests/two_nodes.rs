@@ -10,9 +10,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clade_cluster::{NatsBus, NatsOptions, Shard, ShardMap};
-use futures::StreamExt as _;
 use clade_runtime::{Bus as _, Engine, Envelope};
 use clade_store::{DataDir, Durability, Lease, Location, Store, StoreOptions};
+use futures::StreamExt as _;
 
 const SHARDS: u32 = 4;
 const TTL: Duration = Duration::from_secs(60);

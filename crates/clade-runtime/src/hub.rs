@@ -308,7 +308,12 @@ mod tests {
 
     fn event(session: SessionId, n: i64) -> LiveEvent {
         let event = clade_protocol::TextDelta { turn: n.to_string(), text: "x".into() }.into();
-        LiveEvent { tenant: TenantId::from_bytes([7; 16]), session, id: Some(n), event: Arc::new(event) }
+        LiveEvent {
+            tenant: TenantId::from_bytes([7; 16]),
+            session,
+            id: Some(n),
+            event: Arc::new(event),
+        }
     }
 
     fn channels(hub: &Hub) -> (usize, usize) {

@@ -9,7 +9,7 @@ use support::TestTool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clade_core::{Tenant, TurnStatus};
+use clade_core::Tenant;
 use clade_runtime::{Engine, Envelope, ToolRunner};
 use clade_store::{Agents, DataDir, Source, Store};
 
@@ -75,20 +75,6 @@ async fn send(
         .unwrap()
         .expect("the turn ended");
     (accepted.session_id, finished)
-}
-
-/// Sends `text` on `channel` and returns (status, input tokens) of its turn.
-async fn turn(
-    engine: &Engine,
-    store: &Store,
-    tenant: &Tenant,
-    channel: &str,
-    text: &str,
-) -> (TurnStatus, u64) {
-    let (session, finished) = send(engine, tenant, channel, text).await;
-    let turns = store.sessions(tenant.id).turn_records(session, None, 1000).await.unwrap();
-    let record = turns.iter().find(|r| r.turn.id == finished.turn_id).unwrap();
-    (finished.status, record.usage.input_tokens)
 }
 
 /// A tool every agent has, or (with an `owner`) only that agent, as an MCP server configured

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clade_core::{ApprovalStatus, ManualClock, Tenant, Timestamp};
-use clade_runtime::{CallOrigin, Envelope, ToolRunner};
-use clade_store::{Agents, DataDir, Source, Store};
+use clade_runtime::{CallOrigin, ToolRunner};
+use clade_store::{Agents, DataDir, Store};
 use support::eventually;
 
 const START: Timestamp = Timestamp::from_millis(1_795_338_294_000);

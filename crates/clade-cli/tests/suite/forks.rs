@@ -48,12 +48,6 @@ async fn replies_until(
     replies(&turns)
 }
 
-/// The session's lifecycle events of `kind`, from the history.
-async fn events_of(server: &Server, session: &str, kind: &str) -> Vec<Value> {
-    let page = server.get_json(&format!("/v1/events?session={session}&type={kind}")).await;
-    page["items"].as_array().cloned().unwrap_or_default()
-}
-
 fn slow_routes(env: &mut Env, stub: &clade_stub::Stub, extra: &str) {
     env.vars.push(("STUB_KEY".into(), "sk-stub".into()));
     write(

@@ -207,10 +207,8 @@ async fn a_channel_keeps_answering_while_its_branch_and_worker_run_then_uses_the
     assert_eq!(branch_turns.len(), 1, "{branch_turns:?}");
     assert_eq!(branch_turns[0].turn.reply.as_deref(), Some("the answer is 42"));
     let (store, tenant) = (sim.store(), sim.tenant().await.id);
-    let fork = sim
-        .on_node(async move |_| store.sessions(tenant).get(branch_session).await)
-        .await
-        .unwrap();
+    let fork =
+        sim.on_node(async move |_| store.sessions(tenant).get(branch_session).await).await.unwrap();
     assert_eq!(fork.source.platform, clade_core::Origin::Branch, "{fork:?}");
 
     // A follow-up continues the same worker, in the same session, as a new run.
@@ -223,7 +221,10 @@ async fn a_channel_keeps_answering_while_its_branch_and_worker_run_then_uses_the
     };
     let turns = sim.turns_until(session, twice).await;
     assert!(
-        turns.iter().filter_map(|t| t.turn.reply.as_deref()).any(|r| r.contains(&reported) && r.ends_with("all done")),
+        turns
+            .iter()
+            .filter_map(|t| t.turn.reply.as_deref())
+            .any(|r| r.contains(&reported) && r.ends_with("all done")),
         "{turns:#?}"
     );
     let worker_session: clade_core::SessionId = worker_id.parse().unwrap();
@@ -271,7 +272,9 @@ async fn a_channel_keeps_answering_while_its_branch_and_worker_run_then_uses_the
         std::time::Duration::from_millis(2500),
         "a cancelled worker reported back",
         async || sim.turns(session).await,
-        |turns| !turns.iter().filter_map(|t| t.turn.reply.as_deref()).any(|r| r.contains(&reported)),
+        |turns| {
+            !turns.iter().filter_map(|t| t.turn.reply.as_deref()).any(|r| r.contains(&reported))
+        },
     )
     .await;
 

@@ -31,11 +31,15 @@ async fn next_pending(sim: &Sim) -> clade_store::ApprovalRow {
 #[tokio::test]
 async fn a_reload_reaches_new_turns_while_a_running_turn_keeps_its_tools_and_rules() {
     // Generation 1: `old.tool` needs an operator's approval.
-    let sim = Sim::builder("a_reload_reaches_new_turns_while_a_running_turn_keeps_its_tools_and_rules")
-        .config("tools:\n  approval_timeout_secs: 600\n  policy:\n    - { effect: ask, tool: old.tool }\n")
-        .tool(TestTool::answering("old.tool"))
-        .start()
-        .await;
+    let sim = Sim::builder(
+        "a_reload_reaches_new_turns_while_a_running_turn_keeps_its_tools_and_rules",
+    )
+    .config(
+        "tools:\n  approval_timeout_secs: 600\n  policy:\n    - { effect: ask, tool: old.tool }\n",
+    )
+    .tool(TestTool::answering("old.tool"))
+    .start()
+    .await;
     sim.create_agent("ada").await;
     let generation = sim.on_node(async |engine| engine.tools().tool_set().generation()).await;
     assert_eq!(generation, 1);
@@ -49,7 +53,8 @@ async fn a_reload_reaches_new_turns_while_a_running_turn_keeps_its_tools_and_rul
     let reloaded = sim
         .on_node(async |engine| {
             let runner = engine.tools().clone();
-            let second = tools_config(serde_json::json!([{ "effect": "deny", "tool": "new.tool" }]));
+            let second =
+                tools_config(serde_json::json!([{ "effect": "deny", "tool": "new.tool" }]));
             let taken = runner.tool_set();
             let generation = runner.reload(registry(&["new.tool"]), &second, None);
             (
@@ -89,11 +94,15 @@ async fn a_reload_reaches_new_turns_while_a_running_turn_keeps_its_tools_and_rul
 /// after it, while a running turn finishes under the settings it started with.
 #[tokio::test]
 async fn a_settings_reload_reaches_new_turns_while_a_running_turn_keeps_its_own() {
-    let sim = Sim::builder("a_settings_reload_reaches_new_turns_while_a_running_turn_keeps_its_own")
-        .config("tools:\n  approval_timeout_secs: 600\n  policy:\n    - { effect: ask, tool: slow.tool }\n")
-        .tool(TestTool::answering("slow.tool"))
-        .start()
-        .await;
+    let sim = Sim::builder(
+        "a_settings_reload_reaches_new_turns_while_a_running_turn_keeps_its_own",
+    )
+    .config(
+        "tools:\n  approval_timeout_secs: 600\n  policy:\n    - { effect: ask, tool: slow.tool }\n",
+    )
+    .tool(TestTool::answering("slow.tool"))
+    .start()
+    .await;
     sim.create_agent("ada").await;
     let first = sim.on_node(async |engine| engine.settings()).await;
     assert_eq!(first.generation(), 1);

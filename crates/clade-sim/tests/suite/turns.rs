@@ -87,7 +87,10 @@ async fn each_turn_records_the_config_revision_it_ran_with() {
 #[tokio::test]
 async fn a_panicking_turn_fails_alone_and_the_session_goes_on() {
     let sim = Sim::builder("a_panicking_turn_fails_alone_and_the_session_goes_on")
-        .tool(std::sync::Arc::new(super::TestTool { name: "bug.panic", run: || panic!("a bug in a tool") }))
+        .tool(std::sync::Arc::new(super::TestTool {
+            name: "bug.panic",
+            run: || panic!("a bug in a tool"),
+        }))
         .start()
         .await;
     sim.create_agent("ada").await;
