@@ -289,12 +289,11 @@ fn memory_exports_and_imports_between_data_dirs() {
     assert_eq!(serde_json::from_str::<Value>(&none).unwrap(), json!([]));
 }
 
-/// An agent keeps values in its conversation's working memory with the scratchpad tools; every
-/// later turn of that conversation, and of no other, shows them to the model; the API and the
-/// CLI show each value with the turn that wrote it; a value over the limit is the tool's error;
-/// another tenant reads nothing.
+/// The API and the CLI show each working-memory value of a conversation with the turn that
+/// wrote it, and a value's history after it was cleared; another tenant reads nothing. (What
+/// the model is shown of it, turn after turn, is `clade-sim`'s `suite::memory`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn working_memory_carries_values_between_the_turns_of_one_conversation() {
+async fn working_memory_is_shown_over_the_api_and_the_cli_to_its_tenant_only() {
     let stub =
         clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
     let env = Env::new();
@@ -309,40 +308,21 @@ async fn working_memory_carries_values_between_the_turns_of_one_conversation() {
         ),
     );
     let server = env.serve(&[]);
-    let turn = |channel: &'static str, text: String| {
+    let turn = |text: &str| {
         let server = &server;
         let body = json!({ "agent": "ada", "text": text, "wait": true,
-            "source": { "platform": "http", "channel": channel, "actor": "alice" } });
+            "source": { "platform": "http", "channel": "trip", "actor": "alice" } });
         async move {
             let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
             assert_eq!(status, 200, "{answer}");
             answer
         }
     };
-    let set = turn(
-        "trip",
-        r#"/tool scratchpad.set {"name":"plan","value":"1. book flights\n2. pack"}"#.into(),
-    )
-    .await;
+    let set = turn(r#"/tool scratchpad.set {"name":"plan","value":"1. book flights\n2. pack"}"#)
+        .await;
     assert!(set["reply"]["text"].as_str().unwrap().contains("kept"), "{set}");
     let session = set["session_id"].as_str().unwrap().to_owned();
     let writer = set["turn_id"].as_str().unwrap().to_owned();
-    turn("trip", "what next?".into()).await;
-    let context = last_context(&stub);
-    // The history shows the tool call too: the block is what says the value is held.
-    assert!(
-        context.contains("Your working memory") && context.contains("- plan: 1. book flights"),
-        "{context}"
-    );
-    // After the history, just before this turn's message.
-    let captured = stub.captured();
-    let last = captured.iter().rev().find(|c| c.path.ends_with("/chat/completions")).unwrap();
-    let messages = last.body["messages"].as_array().unwrap();
-    assert_eq!(messages[messages.len() - 1]["content"], "what next?");
-    let block = messages[messages.len() - 2]["content"].as_str().unwrap();
-    assert!(block.starts_with("Your working memory"), "{block}");
-    turn("elsewhere", "what next?".into()).await;
-    assert!(!last_context(&stub).contains("book flights"), "another conversation saw it");
 
     let listed = server.get_json(&format!("/v1/sessions/{session}/working")).await;
     assert_eq!(listed["items"][0]["name"], "plan", "{listed}");
@@ -351,13 +331,8 @@ async fn working_memory_carries_values_between_the_turns_of_one_conversation() {
     let cli = env.run(&["sessions", "working", &session, "--json"]).ok().stdout;
     assert!(cli.contains("1. book flights") && cli.contains(&writer), "{cli}");
 
-    let big = format!(r#"/tool scratchpad.set {{"name":"notes","value":"{}"}}"#, "x".repeat(3000));
-    let refused = turn("trip", big).await;
-    assert!(refused["reply"]["text"].as_str().unwrap().contains("2048 bytes"), "{refused}");
-    let cleared = turn("trip", r#"/tool scratchpad.clear {"name":"plan"}"#.into()).await;
+    let cleared = turn(r#"/tool scratchpad.clear {"name":"plan"}"#).await;
     assert!(cleared["reply"]["text"].as_str().unwrap().contains("cleared"), "{cleared}");
-    turn("trip", "and now?".into()).await;
-    assert!(!last_context(&stub).contains("- plan: "), "a cleared value is still shown");
     let history = env.run(&["sessions", "working", &session, "--name", "plan", "--json"]).ok();
     let history: Value = serde_json::from_str(&history.stdout).unwrap();
     assert_eq!(history.as_array().unwrap().len(), 2, "{history}");

@@ -1,4 +1,5 @@
 mod approvals;
+mod bindings;
 mod compaction;
 mod crash;
 mod cron;
