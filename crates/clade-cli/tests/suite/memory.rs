@@ -318,8 +318,8 @@ async fn working_memory_is_shown_over_the_api_and_the_cli_to_its_tenant_only() {
             answer
         }
     };
-    let set = turn(r#"/tool scratchpad.set {"name":"plan","value":"1. book flights\n2. pack"}"#)
-        .await;
+    let set =
+        turn(r#"/tool scratchpad.set {"name":"plan","value":"1. book flights\n2. pack"}"#).await;
     assert!(set["reply"]["text"].as_str().unwrap().contains("kept"), "{set}");
     let session = set["session_id"].as_str().unwrap().to_owned();
     let writer = set["turn_id"].as_str().unwrap().to_owned();

@@ -76,7 +76,9 @@ async fn working_memory_carries_values_between_the_turns_of_one_conversation() {
         let (_, finished) = sim.say("ada", channel, text).await;
         finished.reply.unwrap_or_default()
     };
-    let set = say("trip", r#"/tool scratchpad.set {"name":"plan","value":"1. book flights\n2. pack"}"#).await;
+    let set =
+        say("trip", r#"/tool scratchpad.set {"name":"plan","value":"1. book flights\n2. pack"}"#)
+            .await;
     assert!(set.contains("kept"), "{set}");
     say("trip", "what next?").await;
     let messages = last_call(&sim);
