@@ -3,7 +3,9 @@
 //! to its shard's subject (or handed straight to this node's engine when it holds the shard).
 //! Core NATS, not JetStream: a signal is a hint, and one lost (no holder at that moment, NATS
 //! down) is made good by the holder's scan of the store. Live events go to the nodes that
-//! stream them through the hub's relay (`live.rs`).
+//! stream them through the hub's relay (`live.rs`). A node that commits outbox rows nudges
+//! the others on `clade.<cluster>.outbox` (an empty message, one per burst), so the node
+//! delivering the outbox starts at once rather than at its next look.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +16,7 @@ use bytes::Bytes;
 use clade_core::SessionId;
 use clade_runtime::{Bus, Hub, Signal};
 use futures::StreamExt as _;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::shard::{Shard, ShardMap};
@@ -139,6 +141,12 @@ pub struct NatsBus {
     counts: Arc<BusCounts>,
     live: Arc<crate::live::LiveCounts>,
     _relay: crate::live::RelayTasks,
+    /// Outbox commits here, to tell the other nodes of (one nudge per burst).
+    committed: Arc<Notify>,
+    /// Where the other nodes' nudges go: this node's dispatchers' signal, once the engine
+    /// hands it over.
+    dispatchers: Arc<std::sync::OnceLock<Arc<Notify>>>,
+    _nudges: crate::live::RelayTasks,
 }
 
 impl NatsBus {
@@ -178,6 +186,9 @@ impl NatsBus {
         let (relay, live, relay_tasks) =
             crate::live::start(&client, &hub, &options.node, &prefix).await?;
         hub.relay_through(relay);
+        let committed = Arc::new(Notify::new());
+        let dispatchers = Arc::new(std::sync::OnceLock::new());
+        let nudges = nudge_tasks(&client, &prefix, committed.clone(), dispatchers.clone()).await?;
         Ok(Self {
             hub,
             client,
@@ -192,6 +203,9 @@ impl NatsBus {
             counts,
             live,
             _relay: relay_tasks,
+            committed,
+            dispatchers,
+            _nudges: nudges,
         })
     }
 
@@ -304,6 +318,40 @@ impl NatsBus {
     }
 }
 
+/// The two tasks of outbox nudges: one publishes a nudge for each burst of commits here
+/// (`committed` keeps one permit however many commits come while a publish is under way), the
+/// other passes the nudges heard (this node's own included, which costs one look) to
+/// `dispatchers`.
+async fn nudge_tasks(
+    client: &async_nats::Client,
+    prefix: &str,
+    committed: Arc<Notify>,
+    dispatchers: Arc<std::sync::OnceLock<Arc<Notify>>>,
+) -> Result<crate::live::RelayTasks, BusError> {
+    let subject = format!("{prefix}.outbox");
+    let mut heard = client
+        .subscribe(subject.clone())
+        .await
+        .map_err(|source| BusError::Subscribe { subject: subject.clone(), source })?;
+    let listener = tokio::spawn(async move {
+        while heard.next().await.is_some() {
+            if let Some(signal) = dispatchers.get() {
+                signal.notify_waiters();
+            }
+        }
+    });
+    let publisher = client.clone();
+    let nudger = tokio::spawn(async move {
+        loop {
+            committed.notified().await;
+            if let Err(err) = publisher.publish(subject.clone(), Bytes::new()).await {
+                tracing::debug!(error = %err, "an outbox nudge could not be published; the deliverer's next look finds the rows");
+            }
+        }
+    });
+    Ok(crate::live::RelayTasks(vec![listener, nudger]))
+}
+
 /// Counts a wake-up for `shard` (a cancel is not work).
 fn count_wake(wakes: &Mutex<HashMap<u32, u64>>, shard: Shard, signal: Signal) {
     if matches!(signal, Signal::Wake(_)) {
@@ -355,6 +403,14 @@ impl Bus for NatsBus {
 
     fn take_signals(&self) -> Option<mpsc::UnboundedReceiver<Signal>> {
         self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn outbox_committed(&self) {
+        self.committed.notify_one();
+    }
+
+    fn on_outbox_commits(&self, signal: Arc<Notify>) {
+        let _ = self.dispatchers.set(signal);
     }
 
     fn runs_here(&self, session: SessionId) -> bool {

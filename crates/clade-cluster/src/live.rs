@@ -104,8 +104,8 @@ pub(crate) struct NatsRelay {
     counts: Arc<LiveCounts>,
 }
 
-/// The relay's tasks; aborted when the bus goes.
-pub(crate) struct RelayTasks(Vec<JoinHandle<()>>);
+/// Tasks of the bus's own (the relay's, the outbox nudges'); aborted when the bus goes.
+pub(crate) struct RelayTasks(pub(crate) Vec<JoinHandle<()>>);
 
 impl Drop for RelayTasks {
     fn drop(&mut self) {

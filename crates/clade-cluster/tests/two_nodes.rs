@@ -321,6 +321,25 @@ async fn a_stream_on_one_node_follows_a_session_the_other_runs() {
     assert_eq!(c.live_counts().received.load(Ordering::Relaxed), 0, "c was sent events");
 }
 
+/// Rows committed to the outbox on one node reach the dispatchers of the others at once (the
+/// one delivering the outbox may be any node), not at their next look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_commit_on_one_node_wakes_the_other_nodes_dispatchers() {
+    let Some(Pair { a, b, tenant, _schema, _scratch, .. }) = Pair::start().await else { return };
+    for shard in 0..SHARDS {
+        a.take(shard).await;
+    }
+    let signal = b.engine.outbox_signal();
+    let nudged = signal.notified();
+    tokio::pin!(nudged);
+    nudged.as_mut().enable();
+    // b commits nothing itself: only a's commits can wake its dispatchers.
+    let (_, finished) = a.ask(&tenant, "c", "hello").await;
+    assert_eq!(finished.status, clade_core::TurnStatus::Completed);
+    let told = tokio::time::timeout(Duration::from_secs(5), nudged).await;
+    assert!(told.is_ok(), "b's dispatchers never heard of a's outbox rows");
+}
+
 /// A signal that reaches no one (the holder has the lease but is not yet listening, as if
 /// NATS had dropped it) loses nothing: the event is stored, and the holder's scan of the store
 /// runs it.

@@ -10,11 +10,15 @@
 //! carries the event's row so the actor need not read it back) stays in process, being the
 //! turn path's fastest step, when this node runs the session ([`Bus::runs_here`]); otherwise
 //! it goes over the bus to the node that does, which reads the event from the store.
+//!
+//! Rows committed to the outbox wake its dispatchers at once: in process through the engine's
+//! outbox signal, and on a cluster's other nodes, one of which delivers the outbox, through
+//! [`Bus::outbox_committed`] (without it they find the rows at their next look).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use clade_core::SessionId;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::hub::Hub;
 
@@ -43,6 +47,14 @@ pub trait Bus: Send + Sync + 'static {
     fn runs_here(&self, _session: SessionId) -> bool {
         true
     }
+
+    /// Rows were committed to the outbox on this node: tells the other nodes, one of which may
+    /// deliver it. One node has nothing to tell: its dispatchers share the engine's signal.
+    fn outbox_committed(&self) {}
+
+    /// Where the other nodes' outbox commits are told ([`Bus::outbox_committed`]): the signal
+    /// this node's dispatchers wait on. The engine hands it over when it starts.
+    fn on_outbox_commits(&self, _signal: Arc<Notify>) {}
 }
 
 /// The bus of one node: live events through its [`Hub`], signals to its own engine.

@@ -293,7 +293,7 @@ async fn fail_events(
 pub(super) fn publish(inner: &Inner, agent: AgentId, rows: &[OutboxRow]) {
     inner.bus.hub().publish_committed(agent, rows);
     if !rows.is_empty() {
-        inner.outbox.notify_waiters();
+        inner.outbox_written();
     }
 }
 

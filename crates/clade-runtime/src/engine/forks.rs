@@ -18,7 +18,7 @@ impl Inner {
     fn announce_forks(&self, agent: clade_core::AgentId, rows: &[OutboxRow]) {
         self.bus.hub().publish_aside(agent, rows);
         if !rows.is_empty() {
-            self.outbox.notify_waiters();
+            self.outbox_written();
         }
         self.fork_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }

@@ -316,6 +316,7 @@ impl Engine {
         });
         let engine = Self { inner };
         engine.inner.tools.attach_hub(engine.inner.bus.hub().clone());
+        engine.inner.bus.on_outbox_commits(engine.inner.outbox.clone());
         // The signals meant for this node: wake-ups and cancels of the sessions it runs.
         if let Some(mut signals) = engine.inner.bus.take_signals() {
             let inner = Arc::downgrade(&engine.inner);
@@ -774,7 +775,7 @@ impl Engine {
         hub.publish_aside(row.from_agent, &sent);
         hub.publish_aside(row.to_agent, &received);
         if !delivered.announced.is_empty() {
-            self.inner.outbox.notify_waiters();
+            self.inner.outbox_written();
         }
         if !delivered.accepted.duplicate {
             self.inner.bus.signal(Signal::Wake(row.to_session));
@@ -864,6 +865,13 @@ impl Inner {
     /// The current settings (a clone of an `Arc`).
     fn settings(&self) -> Arc<Settings> {
         self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Rows were committed to the outbox: its dispatchers here, and (a cluster) the other
+    /// nodes, are told at once.
+    fn outbox_written(&self) {
+        self.outbox.notify_waiters();
+        self.bus.outbox_committed();
     }
 
     /// Cancels the session's running turn on this node; whether there was one.
