@@ -1,6 +1,9 @@
-//! The engine's bus over NATS. Each shard has a subject, `clade.<cluster>.signal.<shard>`; the
-//! node holding a shard subscribes to it, and a wake-up or cancel for a session is published
-//! to its shard's subject (or handed straight to this node's engine when it holds the shard).
+//! The engine's bus over NATS. Each shard has its subjects, `clade.<cluster>.signal.<shard>.
+//! <tenant>`; the node holding a shard subscribes to them all (`signal.<shard>.*`), and a
+//! wake-up or cancel for a session is published to its shard's subject of the session's tenant
+//! (or handed straight to this node's engine when it holds the shard). Subjects name tenants by
+//! id, never by a credential, so a NATS server's permissions and monitoring can tell tenants'
+//! traffic apart.
 //! Core NATS, not JetStream: a signal is a hint, and one lost (no holder at that moment, NATS
 //! down) is made good by the holder's scan of the store. Live events go to the nodes that
 //! stream them through the hub's relay (`live.rs`). A node that commits outbox rows nudges
@@ -13,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use clade_core::SessionId;
-use clade_runtime::{Bus, Hub, Signal};
+use clade_core::{SessionId, TenantId};
+use clade_runtime::{Addressed, Bus, Hub, Signal};
 use futures::StreamExt as _;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
@@ -85,27 +88,29 @@ pub enum BusError {
 /// How long a subscription may take to be confirmed by a round trip through the server.
 const CONFIRM_WITHIN: Duration = Duration::from_secs(10);
 
-/// A signal as it travels: the session, and what to do with it.
+/// A signal as it travels: the session and its tenant, and what to do with it.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "signal", rename_all = "snake_case")]
 enum Wire {
-    Wake { session: String },
-    Cancel { session: String },
+    Wake { tenant: String, session: String },
+    Cancel { tenant: String, session: String },
 }
 
 impl Wire {
-    fn of(signal: Signal) -> Self {
+    fn of(tenant: TenantId, signal: Signal) -> Self {
+        let (tenant, session) = (tenant.to_string(), signal.session().to_string());
         match signal {
-            Signal::Wake(session) => Wire::Wake { session: session.to_string() },
-            Signal::Cancel(session) => Wire::Cancel { session: session.to_string() },
+            Signal::Wake(_) => Wire::Wake { tenant, session },
+            Signal::Cancel(_) => Wire::Cancel { tenant, session },
         }
     }
 
-    fn signal(self) -> Option<Signal> {
-        match self {
-            Wire::Wake { session } => SessionId::parse(&session).ok().map(Signal::Wake),
-            Wire::Cancel { session } => SessionId::parse(&session).ok().map(Signal::Cancel),
-        }
+    fn addressed(self) -> Option<Addressed> {
+        let (tenant, session, signal): (_, _, fn(SessionId) -> Signal) = match self {
+            Wire::Wake { tenant, session } => (tenant, session, Signal::Wake),
+            Wire::Cancel { tenant, session } => (tenant, session, Signal::Cancel),
+        };
+        Some((TenantId::parse(&tenant).ok()?, signal(SessionId::parse(&session).ok()?)))
     }
 }
 
@@ -132,8 +137,8 @@ pub struct NatsBus {
     outgoing: mpsc::UnboundedSender<(String, Bytes)>,
     publisher: JoinHandle<()>,
     /// Signals for this node's engine.
-    tx: mpsc::UnboundedSender<Signal>,
-    rx: Mutex<Option<mpsc::UnboundedReceiver<Signal>>>,
+    tx: mpsc::UnboundedSender<Addressed>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Addressed>>>,
     /// The shards this node holds, each with the task reading its subject.
     held: Mutex<HashMap<Shard, JoinHandle<()>>>,
     /// Wake-ups by shard since the keeper last looked: the shards' load.
@@ -209,9 +214,14 @@ impl NatsBus {
         })
     }
 
-    /// The subject of `shard`'s signals.
-    pub fn subject(&self, shard: Shard) -> String {
-        format!("{}.signal.{shard}", self.prefix)
+    /// The subject of `shard`'s signals for sessions of `tenant`.
+    pub fn subject(&self, shard: Shard, tenant: TenantId) -> String {
+        format!("{}.signal.{shard}.{tenant}", self.prefix)
+    }
+
+    /// The subjects of all of `shard`'s signals, every tenant's: what its holder listens to.
+    fn shard_subjects(&self, shard: Shard) -> String {
+        format!("{}.signal.{shard}.*", self.prefix)
     }
 
     /// The subject the cluster's nodes announce themselves on.
@@ -250,7 +260,7 @@ impl NatsBus {
         if self.lock_held().contains_key(&shard) {
             return Ok(());
         }
-        let subject = self.subject(shard);
+        let subject = self.shard_subjects(shard);
         let mut subscriber = self
             .client
             .subscribe(subject.clone())
@@ -260,13 +270,16 @@ impl NatsBus {
         let (tx, counts, wakes) = (self.tx.clone(), self.counts.clone(), self.wakes.clone());
         let reader = tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
-                let signal =
-                    serde_json::from_slice::<Wire>(&message.payload).ok().and_then(Wire::signal);
-                match signal {
-                    Some(signal) => {
+                let addressed = serde_json::from_slice::<Wire>(&message.payload)
+                    .ok()
+                    .and_then(Wire::addressed)
+                    // The subject names the tenant the payload does, or it is not a signal.
+                    .filter(|(tenant, _)| message.subject.ends_with(&format!(".{tenant}")));
+                match addressed {
+                    Some((tenant, signal)) => {
                         counts.received.fetch_add(1, Ordering::Relaxed);
                         count_wake(&wakes, shard, signal);
-                        let _ = tx.send(signal);
+                        let _ = tx.send((tenant, signal));
                     }
                     None => {
                         counts.malformed.fetch_add(1, Ordering::Relaxed);
@@ -383,25 +396,22 @@ impl Bus for NatsBus {
         &self.hub
     }
 
-    fn signal(&self, signal: Signal) {
-        let session = match signal {
-            Signal::Wake(session) | Signal::Cancel(session) => session,
-        };
-        let shard = self.map.shard_of(session);
+    fn signal(&self, tenant: TenantId, signal: Signal) {
+        let shard = self.map.shard_of(signal.session());
         if self.lock_held().contains_key(&shard) {
             count_wake(&self.wakes, shard, signal);
-            let _ = self.tx.send(signal);
+            let _ = self.tx.send((tenant, signal));
             return;
         }
-        let payload = match serde_json::to_vec(&Wire::of(signal)) {
+        let payload = match serde_json::to_vec(&Wire::of(tenant, signal)) {
             Ok(payload) => Bytes::from(payload),
             Err(_) => return,
         };
         // Closed only once the bus is dropped, when there is no one left to tell.
-        let _ = self.outgoing.send((self.subject(shard), payload));
+        let _ = self.outgoing.send((self.subject(shard, tenant), payload));
     }
 
-    fn take_signals(&self) -> Option<mpsc::UnboundedReceiver<Signal>> {
+    fn take_signals(&self) -> Option<mpsc::UnboundedReceiver<Addressed>> {
         self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 

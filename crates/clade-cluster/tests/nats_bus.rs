@@ -8,9 +8,12 @@
 use std::time::Duration;
 
 use clade_cluster::{BusError, NatsBus, NatsOptions, Shard, ShardMap};
-use clade_core::SessionId;
-use clade_runtime::{Bus, Signal};
+use clade_core::{SessionId, TenantId};
+use clade_runtime::{Addressed, Bus, Signal};
 use tokio::sync::mpsc::UnboundedReceiver;
+
+/// The tenant whose sessions the signals are for (every test's).
+static T: std::sync::LazyLock<TenantId> = std::sync::LazyLock::new(|| TenantId::from_bytes([3; 16]));
 
 /// A cluster name no other test run uses, so runs sharing the server never hear each other.
 fn cluster(tag: &str) -> String {
@@ -36,7 +39,7 @@ async fn node(
     cluster: &str,
     map: ShardMap,
     shards: &[u32],
-) -> (NatsBus, UnboundedReceiver<Signal>) {
+) -> (NatsBus, UnboundedReceiver<Addressed>) {
     let bus = NatsBus::connect(&options(url, name, cluster), map).await.unwrap();
     for shard in shards {
         bus.hold(Shard(*shard)).await.unwrap();
@@ -57,7 +60,7 @@ fn session_in(map: ShardMap, shard: u32) -> SessionId {
         .unwrap()
 }
 
-async fn next(signals: &mut UnboundedReceiver<Signal>) -> Signal {
+async fn next(signals: &mut UnboundedReceiver<Addressed>) -> Addressed {
     tokio::time::timeout(Duration::from_secs(10), signals.recv())
         .await
         .expect("no signal within 10 s")
@@ -72,16 +75,23 @@ async fn a_signal_reaches_the_node_holding_its_shard_and_no_other() {
     let (b, mut to_b) = node(&url, "b", &name, map, &[2, 3]).await;
     let (on_a, on_b) = (session_in(map, 1), session_in(map, 2));
 
-    a.signal(Signal::Wake(on_b));
-    assert_eq!(next(&mut to_b).await, Signal::Wake(on_b));
-    b.signal(Signal::Cancel(on_a));
-    assert_eq!(next(&mut to_a).await, Signal::Cancel(on_a));
+    // The subject names the session's tenant: listening on that tenant's subjects of the
+    // shard alone hears it.
+    let raw = async_nats::connect(url.as_str()).await.unwrap();
+    let mut tenants = raw.subscribe(format!("clade.{name}.signal.2.{}", *T)).await.unwrap();
+    raw.flush().await.unwrap();
+    a.signal(*T, Signal::Wake(on_b));
+    assert_eq!(next(&mut to_b).await, (*T, Signal::Wake(on_b)));
+    let heard = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut tenants));
+    assert!(heard.await.is_ok_and(|m| m.is_some()), "nothing on the tenant's subject");
+    b.signal(*T, Signal::Cancel(on_a));
+    assert_eq!(next(&mut to_a).await, (*T, Signal::Cancel(on_a)));
     // Nothing else came to either: each got only its own.
     assert!(to_a.try_recv().is_err() && to_b.try_recv().is_err());
     // A signal for a shard this node holds goes straight to its engine, not through NATS.
     let sent = a.counts().sent.load(std::sync::atomic::Ordering::Relaxed);
-    a.signal(Signal::Wake(on_a));
-    assert_eq!(next(&mut to_a).await, Signal::Wake(on_a));
+    a.signal(*T, Signal::Wake(on_a));
+    assert_eq!(next(&mut to_a).await, (*T, Signal::Wake(on_a)));
     assert_eq!(a.counts().sent.load(std::sync::atomic::Ordering::Relaxed), sent);
     assert_eq!(a.held(), vec![Shard(0), Shard(1)]);
 }
@@ -95,18 +105,18 @@ async fn a_released_shard_is_heard_by_its_new_holder_only() {
     let (sender, _) = node(&url, "c", &name, map, &[]).await;
     let moving = session_in(map, 3);
 
-    sender.signal(Signal::Wake(moving));
-    assert_eq!(next(&mut to_b).await, Signal::Wake(moving));
+    sender.signal(*T, Signal::Wake(moving));
+    assert_eq!(next(&mut to_b).await, (*T, Signal::Wake(moving)));
     // Shard 3 changes hands: b lets go, then a takes it.
     b.release(Shard(3));
     a.hold(Shard(3)).await.unwrap();
-    sender.signal(Signal::Cancel(moving));
-    assert_eq!(next(&mut to_a).await, Signal::Cancel(moving));
+    sender.signal(*T, Signal::Cancel(moving));
+    assert_eq!(next(&mut to_a).await, (*T, Signal::Cancel(moving)));
     // b still hears the shard it kept, and did not hear the one it released: the signal for
     // shard 2 sent after the cancel arrives first.
     let kept = session_in(map, 2);
-    sender.signal(Signal::Wake(kept));
-    assert_eq!(next(&mut to_b).await, Signal::Wake(kept));
+    sender.signal(*T, Signal::Wake(kept));
+    assert_eq!(next(&mut to_b).await, (*T, Signal::Wake(kept)));
     assert_eq!(b.held(), vec![Shard(2)]);
 }
 
@@ -121,12 +131,12 @@ async fn clusters_sharing_a_server_do_not_hear_each_other() {
     let (our_sender, _) = node(&url, "w", &ours, map, &[]).await;
     let (session, marker) = (session_in(map, 0), session_in(map, 1));
 
-    their_sender.signal(Signal::Wake(session));
-    assert_eq!(next(&mut to_y).await, Signal::Wake(session));
+    their_sender.signal(*T, Signal::Wake(session));
+    assert_eq!(next(&mut to_y).await, (*T, Signal::Wake(session)));
     // Had their signal reached x, the server would have queued it to x before the marker,
     // which is published only now: x's first signal is the marker.
-    our_sender.signal(Signal::Wake(marker));
-    assert_eq!(next(&mut to_x).await, Signal::Wake(marker));
+    our_sender.signal(*T, Signal::Wake(marker));
+    assert_eq!(next(&mut to_x).await, (*T, Signal::Wake(marker)));
     assert!(to_x.try_recv().is_err());
 }
 
@@ -136,18 +146,25 @@ async fn a_message_that_is_not_a_signal_is_counted_and_ignored() {
     let (map, name) = (ShardMap::new(1).unwrap(), cluster("garbage"));
     let (a, mut to_a) = node(&url, "a", &name, map, &[0]).await;
     let raw = async_nats::connect(url.as_str()).await.unwrap();
-    let subject = a.subject(Shard(0));
-    for garbage in
-        [&b"not json"[..], br#"{"signal":"wake","session":"nope"}"#, br#"{"signal":"reboot"}"#]
-    {
+    let subject = a.subject(Shard(0), *T);
+    let session = session_in(map, 0);
+    // Another tenant's signal on this tenant's subject: the subject and the payload disagree.
+    let other = TenantId::from_bytes([4; 16]);
+    let astray = format!(r#"{{"signal":"wake","tenant":"{other}","session":"{session}"}}"#);
+    for garbage in [
+        &b"not json"[..],
+        br#"{"signal":"wake","tenant":"x","session":"nope"}"#,
+        br#"{"signal":"reboot"}"#,
+        astray.as_bytes(),
+    ] {
         raw.publish(subject.clone(), bytes::Bytes::copy_from_slice(garbage)).await.unwrap();
     }
-    let session = session_in(map, 0);
-    let good = format!(r#"{{"signal":"cancel","session":"{session}"}}"#);
+    let tenant = *T;
+    let good = format!(r#"{{"signal":"cancel","tenant":"{tenant}","session":"{session}"}}"#);
     raw.publish(subject, good.into()).await.unwrap();
     raw.flush().await.unwrap();
-    assert_eq!(next(&mut to_a).await, Signal::Cancel(session));
-    assert_eq!(a.counts().malformed.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(next(&mut to_a).await, (*T, Signal::Cancel(session)));
+    assert_eq!(a.counts().malformed.load(std::sync::atomic::Ordering::Relaxed), 4);
 }
 
 #[tokio::test]

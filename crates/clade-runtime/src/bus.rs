@@ -17,7 +17,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use clade_core::SessionId;
+use clade_core::{SessionId, TenantId};
 use tokio::sync::{Notify, mpsc};
 
 use crate::hub::Hub;
@@ -32,16 +32,29 @@ pub enum Signal {
     Cancel(SessionId),
 }
 
+impl Signal {
+    /// The session it is for.
+    pub fn session(self) -> SessionId {
+        match self {
+            Signal::Wake(session) | Signal::Cancel(session) => session,
+        }
+    }
+}
+
+/// A signal with the tenant whose session it is for: what travels (a cluster's subjects name
+/// the tenant) and what the node running the session takes.
+pub type Addressed = (TenantId, Signal);
+
 /// Carries live events and signals (see the module's documentation).
 pub trait Bus: Send + Sync + 'static {
     /// Live events to the streams that subscribe to a session or an agent.
     fn hub(&self) -> &Hub;
 
-    /// Sends `signal` to the node that runs its session.
-    fn signal(&self, signal: Signal);
+    /// Sends `signal`, for a session of `tenant`, to the node that runs the session.
+    fn signal(&self, tenant: TenantId, signal: Signal);
 
     /// The signals meant for this node; the engine takes them once, when it starts.
-    fn take_signals(&self) -> Option<mpsc::UnboundedReceiver<Signal>>;
+    fn take_signals(&self) -> Option<mpsc::UnboundedReceiver<Addressed>>;
 
     /// Whether this node runs `session` (holds its shard). One node runs every session.
     fn runs_here(&self, _session: SessionId) -> bool {
@@ -60,8 +73,8 @@ pub trait Bus: Send + Sync + 'static {
 /// The bus of one node: live events through its [`Hub`], signals to its own engine.
 pub struct LocalBus {
     hub: Hub,
-    tx: mpsc::UnboundedSender<Signal>,
-    rx: Mutex<Option<mpsc::UnboundedReceiver<Signal>>>,
+    tx: mpsc::UnboundedSender<Addressed>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Addressed>>>,
 }
 
 impl Default for LocalBus {
@@ -76,12 +89,12 @@ impl Bus for LocalBus {
         &self.hub
     }
 
-    fn signal(&self, signal: Signal) {
+    fn signal(&self, tenant: TenantId, signal: Signal) {
         // Closed only once the engine has gone, when there is no one left to tell.
-        let _ = self.tx.send(signal);
+        let _ = self.tx.send((tenant, signal));
     }
 
-    fn take_signals(&self) -> Option<mpsc::UnboundedReceiver<Signal>> {
+    fn take_signals(&self) -> Option<mpsc::UnboundedReceiver<Addressed>> {
         self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }

@@ -29,7 +29,7 @@ pub mod signing;
 pub mod tools;
 
 pub use budget::StoreBudget;
-pub use bus::{Bus, LocalBus, Signal};
+pub use bus::{Addressed, Bus, LocalBus, Signal};
 pub use engine::{
     Engine, EngineOptions, Envelope, Finished, Preview, Recall, Settings, TurnWatch,
     UnreadableStep, WeakEngine, step_view,

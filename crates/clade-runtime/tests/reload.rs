@@ -140,18 +140,20 @@ async fn a_node_that_lost_its_lease_leaves_its_sessions_to_the_new_holder() {
 #[derive(Default)]
 struct RecordingBus {
     local: clade_runtime::LocalBus,
-    sent: std::sync::Mutex<Vec<clade_runtime::Signal>>,
+    sent: std::sync::Mutex<Vec<clade_runtime::Addressed>>,
 }
 
 impl clade_runtime::Bus for RecordingBus {
     fn hub(&self) -> &clade_runtime::Hub {
         self.local.hub()
     }
-    fn signal(&self, signal: clade_runtime::Signal) {
-        self.sent.lock().unwrap().push(signal);
-        self.local.signal(signal);
+    fn signal(&self, tenant: clade_core::TenantId, signal: clade_runtime::Signal) {
+        self.sent.lock().unwrap().push((tenant, signal));
+        self.local.signal(tenant, signal);
     }
-    fn take_signals(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<clade_runtime::Signal>> {
+    fn take_signals(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<clade_runtime::Addressed>> {
         self.local.take_signals()
     }
 }
@@ -197,7 +199,7 @@ async fn wake_ups_and_cancels_reach_the_session_over_the_bus() {
     .await;
 
     // The wake-up that node sends over the bus runs it.
-    bus.signal(Signal::Wake(accepted.session_id));
+    bus.signal(tenant.id, Signal::Wake(accepted.session_id));
     let finished = engine
         .wait(tenant.id, accepted.event_id, accepted.session_id, Duration::from_secs(20))
         .await
@@ -211,7 +213,10 @@ async fn wake_ups_and_cancels_reach_the_session_over_the_bus() {
     engine.cancel(tenant.id, accepted.session_id).await.unwrap();
     assert_eq!(
         *bus.sent.lock().unwrap(),
-        [Signal::Wake(accepted.session_id), Signal::Cancel(accepted.session_id)]
+        [
+            (tenant.id, Signal::Wake(accepted.session_id)),
+            (tenant.id, Signal::Cancel(accepted.session_id))
+        ]
     );
 }
 

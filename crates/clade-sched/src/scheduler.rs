@@ -70,7 +70,7 @@ pub struct Look {
     /// Jobs another look had settled first.
     pub raced: usize,
     /// Sessions that received envelopes, to wake.
-    pub sessions: Vec<SessionId>,
+    pub sessions: Vec<(TenantId, SessionId)>,
     /// Jobs it disabled (a schedule it could not read, too many failures in a row), with why.
     pub disabled: Vec<(ExecutionId, String)>,
     /// Jobs it could not settle (the store failed), with why: they stay due, and one job's
@@ -93,9 +93,10 @@ pub trait FireGate: Send + Sync {
 }
 
 impl Look {
-    /// Counts what settling `job` did.
+    /// Counts what settling `job`, of `tenant`, did.
     fn count(
         &mut self,
+        tenant: TenantId,
         job: ExecutionId,
         skipped: u64,
         outcome: Result<Settled, clade_store::Error>,
@@ -108,7 +109,7 @@ impl Look {
                         run.fired_at.as_millis().saturating_sub(run.scheduled_at.as_millis());
                     Duration::from_millis(late.max(0).unsigned_abs())
                 }));
-                self.sessions.extend(runs.iter().map(|(_, accepted)| accepted.session_id));
+                self.sessions.extend(runs.iter().map(|(_, accepted)| (tenant, accepted.session_id)));
             }
             Ok(Settled::Refused { runs, .. }) => self.refused += runs.len(),
             Ok(Settled::Raced) => {
@@ -287,7 +288,7 @@ async fn take(store: &Store, step: Step) -> Look {
             match store.jobs(tenant).settle_many(settlements).await {
                 Ok(outcomes) => {
                     for ((job, skipped), outcome) in skipped.into_iter().zip(outcomes) {
-                        look.count(job, skipped, outcome);
+                        look.count(tenant, job, skipped, outcome);
                     }
                 }
                 Err(err) => {

@@ -369,7 +369,8 @@ async fn the_scheduler_fires_on_its_clock_and_disables_a_job_that_keeps_failing(
     assert_eq!(first[0].outcome, RunOutcome::Waiting);
     let session =
         store.sessions(tenant.id).event(first[0].event_id.unwrap()).await.unwrap().session_id;
-    eventually("the wake-up", || async { woken.lock().unwrap().contains(&session) }).await;
+    let addressed = (tenant.id, session);
+    eventually("the wake-up", || async { woken.lock().unwrap().contains(&addressed) }).await;
 
     // Nothing runs the first envelope: every later one finds the session full.
     for n in 2..=4 {

@@ -593,8 +593,8 @@ impl Parts {
         drop(clade_runtime::ingest::spawn(store.clone(), engine.clone()));
         let waker = engine.clone();
         let wake = Arc::new(move |look: &clade_sched::scheduler::Look| {
-            for session in &look.sessions {
-                waker.wake(*session);
+            for (tenant, session) in &look.sessions {
+                waker.wake(*tenant, *session);
             }
         });
         let scheduler = clade_sched::scheduler::Scheduler::new(

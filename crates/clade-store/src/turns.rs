@@ -1016,13 +1016,18 @@ impl SystemStore {
     }
 
     /// Sessions that have open events (to resume at start-up).
-    pub async fn sessions_with_open_events(&self) -> Result<Vec<SessionId>> {
+    pub async fn sessions_with_open_events(&self) -> Result<Vec<(TenantId, SessionId)>> {
         let rows = self
             .rows(query(
-                "SELECT DISTINCT session_id FROM events WHERE status IN ('pending', 'running')",
+                "SELECT DISTINCT tenant_id, session_id FROM events WHERE status IN ('pending', 'running')",
             ))
             .await?;
-        rows.iter().map(|r| Ok(SessionId::from_bytes(id_bytes(r, "session_id")?))).collect()
+        rows.iter()
+            .map(|r| {
+                let tenant = TenantId::from_bytes(id_bytes(r, "tenant_id")?);
+                Ok((tenant, SessionId::from_bytes(id_bytes(r, "session_id")?)))
+            })
+            .collect()
     }
 
     /// The session's open events, oldest first: those of the running turn if there is one,

@@ -125,8 +125,8 @@ async fn measure(data: &DataDir, store: Store, plan: &Plan) -> Result<()> {
                 later.extend_from_slice(&look.lateness);
             }
             if let Some(engine) = &engine {
-                for session in &look.sessions {
-                    engine.wake(*session);
+                for (tenant, session) in &look.sessions {
+                    engine.wake(*tenant, *session);
                 }
             }
         })

@@ -473,7 +473,7 @@ fn admin_handler(
                     }
                     Err(err) => AdminReply::Error { message: err.to_string() },
                 },
-                AdminRequest::Wake { sessions } => wake(&engine, &sessions),
+                AdminRequest::Wake { sessions } => wake(&engine, &sessions).await,
                 AdminRequest::Drain { wait_secs } => {
                     engine.drain();
                     tracing::warn!(
@@ -535,20 +535,30 @@ async fn nodes(
     }
 }
 
-/// The admin socket's `wake`: runs what another process stored for these sessions.
-fn wake(engine: &clade_runtime::Engine, sessions: &[String]) -> clade_protocol::admin::AdminReply {
+/// The admin socket's `wake`: runs what another process stored for these sessions (each of
+/// its own tenant, which the signal names).
+async fn wake(
+    engine: &clade_runtime::Engine,
+    sessions: &[String],
+) -> clade_protocol::admin::AdminReply {
     use clade_protocol::admin::AdminReply;
     let mut woken = 0u32;
     for id in sessions {
-        match clade_core::SessionId::parse(id) {
-            Ok(session) => {
-                engine.wake(session);
-                woken += 1;
-            }
+        let session = match clade_core::SessionId::parse(id) {
+            Ok(session) => session,
             Err(e) => {
                 return AdminReply::Error {
                     message: format!("sessions: {id:?} is not a session id: {e}"),
                 };
+            }
+        };
+        match engine.store().system().session_any_tenant(session).await {
+            Ok(row) => {
+                engine.wake(row.tenant_id, session);
+                woken += 1;
+            }
+            Err(err) => {
+                return AdminReply::Error { message: format!("sessions: {id}: {err}") };
             }
         }
     }
@@ -617,8 +627,8 @@ impl Maintenance {
         } else if config.scheduler.enabled {
             let waker = self.engine.clone();
             let wake = std::sync::Arc::new(move |look: &clade_sched::scheduler::Look| {
-                for session in &look.sessions {
-                    waker.wake(*session);
+                for (tenant, session) in &look.sessions {
+                    waker.wake(*tenant, *session);
                 }
             });
             let scheduler = clade_sched::scheduler::Scheduler::new(

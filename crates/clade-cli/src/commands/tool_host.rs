@@ -63,7 +63,7 @@ pub(super) async fn cron_service(ctx: &Ctx, args: CronServiceArgs) -> Result<()>
         if look.sessions.is_empty() {
             return;
         }
-        let sessions = look.sessions.iter().map(ToString::to_string).collect();
+        let sessions = look.sessions.iter().map(|(_, session)| session.to_string()).collect();
         let path = wake_path.clone();
         tokio::spawn(async move {
             match admin_socket::request(&path, &AdminRequest::Wake { sessions }).await {

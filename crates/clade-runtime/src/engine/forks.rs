@@ -34,7 +34,7 @@ impl Inner {
                 if let Some(delivered) = settled.delivered
                     && !delivered.duplicate
                 {
-                    self.bus.signal(Signal::Wake(delivered.session_id));
+                    self.bus.signal(tenant, Signal::Wake(delivered.session_id));
                 }
             }
             Ok(None) => {}
@@ -92,7 +92,7 @@ impl Engine {
     fn started(&self, forked: &Forked) {
         self.inner.announce_forks(forked.fork.agent, &forked.announced);
         if !forked.accepted.duplicate {
-            self.inner.bus.signal(Signal::Wake(forked.fork.session));
+            self.inner.bus.signal(forked.fork.tenant, Signal::Wake(forked.fork.session));
         }
     }
 
@@ -107,7 +107,7 @@ impl Engine {
         let (fork, changed, announced) = self.inner.store.forks(tenant).cancel(id).await?;
         self.inner.announce_forks(fork.agent, &announced);
         if changed {
-            self.inner.bus.signal(Signal::Cancel(fork.session));
+            self.inner.bus.signal(tenant, Signal::Cancel(fork.session));
         }
         Ok((fork, changed))
     }

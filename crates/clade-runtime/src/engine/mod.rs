@@ -321,10 +321,10 @@ impl Engine {
         if let Some(mut signals) = engine.inner.bus.take_signals() {
             let inner = Arc::downgrade(&engine.inner);
             tokio::spawn(async move {
-                while let Some(signal) = signals.recv().await {
+                while let Some((tenant, signal)) = signals.recv().await {
                     let Some(inner) = inner.upgrade() else { return };
                     match signal {
-                        Signal::Wake(session) => inner.wake(session, Wake::Work),
+                        Signal::Wake(session) => inner.wake(tenant, session, Wake::Work),
                         Signal::Cancel(session) => {
                             inner.cancel_running(session);
                         }
@@ -351,10 +351,11 @@ impl Engine {
         if !open.is_empty() {
             tracing::info!(sessions = open.len(), "resuming sessions with unfinished turns");
         }
-        for session in &open {
-            self.inner.wake(*session, Wake::Work);
+        for (tenant, session) in &open {
+            self.inner.wake(*tenant, *session, Wake::Work);
         }
-        self.settle_after_restart(&open).await?;
+        let sessions: Vec<SessionId> = open.iter().map(|(_, session)| *session).collect();
+        self.settle_after_restart(&sessions).await?;
         Ok(open.len())
     }
 
@@ -364,16 +365,16 @@ impl Engine {
     /// many sessions it woke.
     pub async fn wake_held(&self) -> Result<usize, Error> {
         let open = self.open_held().await?;
-        for session in &open {
-            self.inner.wake(*session, Wake::Work);
+        for (tenant, session) in &open {
+            self.inner.wake(*tenant, *session, Wake::Work);
         }
         Ok(open.len())
     }
 
     /// The sessions with open events that this node runs ([`Bus::runs_here`]).
-    async fn open_held(&self) -> Result<Vec<SessionId>, Error> {
+    async fn open_held(&self) -> Result<Vec<(TenantId, SessionId)>, Error> {
         let open = self.inner.store.system().sessions_with_open_events().await?;
-        Ok(open.into_iter().filter(|session| self.inner.bus.runs_here(*session)).collect())
+        Ok(open.into_iter().filter(|(_, session)| self.inner.bus.runs_here(*session)).collect())
     }
 
     pub fn hub(&self) -> &Hub {
@@ -515,13 +516,13 @@ impl Engine {
         }
         let agent = self.route(&envelope)?;
         let (tell, told) = tokio::sync::oneshot::channel::<Option<Subscription>>();
-        let inner = self.inner.clone();
+        let (inner, tenant) = (self.inner.clone(), envelope.tenant.id);
         // On the writer's thread as the event commits, so wake-ups reach an actor in the
         // order its session's events were stored.
         let on_visible = move |accepted: &Accepted, event: Option<&EventRow>| {
             let Some(event) = event else { return };
             let live = watch.then(|| inner.bus.hub().subscribe(accepted.session_id));
-            inner.wake(accepted.session_id, Wake::Event(Box::new(event.clone())));
+            inner.wake(tenant, accepted.session_id, Wake::Event(Box::new(event.clone())));
             let _ = tell.send(live);
         };
         let accepted = self
@@ -548,7 +549,7 @@ impl Engine {
             Err(_) if accepted.duplicate => None,
             Err(_) => {
                 let live = watch.then(|| self.inner.bus.hub().subscribe(accepted.session_id));
-                self.inner.wake(accepted.session_id, Wake::Work);
+                self.inner.wake(tenant, accepted.session_id, Wake::Work);
                 live
             }
         };
@@ -650,7 +651,7 @@ impl Engine {
         let row = self.inner.store.sessions(tenant).get(session).await?;
         let (n, rows) = self.inner.store.sessions(tenant).resume(session).await?;
         publish(&self.inner, row.agent_id, &rows);
-        self.inner.bus.signal(Signal::Wake(session));
+        self.inner.bus.signal(tenant, Signal::Wake(session));
         Ok(n)
     }
 
@@ -674,7 +675,7 @@ impl Engine {
         self.inner.store.sessions(tenant).get(session).await?;
         let running =
             self.inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&session);
-        self.inner.bus.signal(Signal::Cancel(session));
+        self.inner.bus.signal(tenant, Signal::Cancel(session));
         Ok(running)
     }
 
@@ -725,12 +726,12 @@ impl Engine {
                 .await?
                 .into_iter()
                 .filter(|s| s.open_events > 0)
-                .map(|s| s.session)
+                .map(|s| (tenant, s.session))
                 .collect(),
             None => self.inner.store.system().sessions_with_open_events().await?,
         };
-        for session in &sessions {
-            self.inner.bus.signal(Signal::Wake(*session));
+        for (tenant, session) in &sessions {
+            self.inner.bus.signal(*tenant, Signal::Wake(*session));
         }
         Ok(sessions.len())
     }
@@ -778,15 +779,15 @@ impl Engine {
             self.inner.outbox_written();
         }
         if !delivered.accepted.duplicate {
-            self.inner.bus.signal(Signal::Wake(row.to_session));
+            self.inner.bus.signal(row.tenant, Signal::Wake(row.to_session));
         }
         Ok(delivered)
     }
 
-    /// Tells the node that runs `session` that work for it was stored by someone else (the
-    /// scheduler's envelopes): it reads the session and runs what is open.
-    pub fn wake(&self, session: SessionId) {
-        self.inner.bus.signal(Signal::Wake(session));
+    /// Tells the node that runs `session`, of `tenant`, that work for it was stored by someone
+    /// else (the scheduler's envelopes): it reads the session and runs what is open.
+    pub fn wake(&self, tenant: TenantId, session: SessionId) {
+        self.inner.bus.signal(tenant, Signal::Wake(session));
     }
 
     /// Swaps in `models` (a new configuration's models, routing and budgets): calls from then
@@ -881,10 +882,10 @@ impl Inner {
     }
 
     /// Hands `wake` to the session's actor, starting one if none is in memory.
-    fn wake(self: &Arc<Self>, session: SessionId, wake: Wake) {
+    fn wake(self: &Arc<Self>, tenant: TenantId, session: SessionId, wake: Wake) {
         // Another node runs it (a cluster): the event is stored, that node is told.
         if !self.bus.runs_here(session) {
-            self.bus.signal(Signal::Wake(session));
+            self.bus.signal(tenant, Signal::Wake(session));
             return;
         }
         let mut actors = self.actors.lock().unwrap_or_else(|e| e.into_inner());
