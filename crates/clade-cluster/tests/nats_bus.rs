@@ -13,7 +13,8 @@ use clade_runtime::{Addressed, Bus, Signal};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// The tenant whose sessions the signals are for (every test's).
-static T: std::sync::LazyLock<TenantId> = std::sync::LazyLock::new(|| TenantId::from_bytes([3; 16]));
+static T: std::sync::LazyLock<TenantId> =
+    std::sync::LazyLock::new(|| TenantId::from_bytes([3; 16]));
 
 /// A cluster name no other test run uses, so runs sharing the server never hear each other.
 fn cluster(tag: &str) -> String {
@@ -82,7 +83,8 @@ async fn a_signal_reaches_the_node_holding_its_shard_and_no_other() {
     raw.flush().await.unwrap();
     a.signal(*T, Signal::Wake(on_b));
     assert_eq!(next(&mut to_b).await, (*T, Signal::Wake(on_b)));
-    let heard = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut tenants));
+    let heard =
+        tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut tenants));
     assert!(heard.await.is_ok_and(|m| m.is_some()), "nothing on the tenant's subject");
     b.signal(*T, Signal::Cancel(on_a));
     assert_eq!(next(&mut to_a).await, (*T, Signal::Cancel(on_a)));

@@ -109,7 +109,8 @@ impl Look {
                         run.fired_at.as_millis().saturating_sub(run.scheduled_at.as_millis());
                     Duration::from_millis(late.max(0).unsigned_abs())
                 }));
-                self.sessions.extend(runs.iter().map(|(_, accepted)| (tenant, accepted.session_id)));
+                self.sessions
+                    .extend(runs.iter().map(|(_, accepted)| (tenant, accepted.session_id)));
             }
             Ok(Settled::Refused { runs, .. }) => self.refused += runs.len(),
             Ok(Settled::Raced) => {
