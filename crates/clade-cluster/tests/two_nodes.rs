@@ -468,17 +468,40 @@ async fn until_holds(
     now
 }
 
+/// A bin-packing keeper for `node`, once it holds all four shards, and its watch of them.
+async fn bin_packed_holding_all(
+    node: &Node,
+) -> (clade_cluster::Keeper, tokio::sync::watch::Receiver<Vec<u32>>) {
+    let keeper = node.keep_by(Arc::new(clade_cluster::BinPack::default())).await;
+    let mut held = keeper.shards();
+    until(node.name, &mut held, &[0, 1, 2, 3]).await;
+    (keeper, held)
+}
+
+/// Starts a bin-packing keeper for `joining` and waits until the busy shards 0 and 2 are
+/// split between it and the node whose watch is `on_a`: each holds one, and none holds the
+/// other's shards. The joiner's keeper and its watch.
+async fn joins_and_splits_shards_0_and_2(
+    joining: &Node,
+    on_a: &mut tokio::sync::watch::Receiver<Vec<u32>>,
+) -> (clade_cluster::Keeper, tokio::sync::watch::Receiver<Vec<u32>>) {
+    let keeper_b = joining.keep_by(Arc::new(clade_cluster::BinPack::default())).await;
+    let mut on_b = keeper_b.shards();
+    let one_busy = |held: &[u32]| held.contains(&0) != held.contains(&2);
+    let held_a = until_holds("a", on_a, one_busy).await;
+    let held_b =
+        until_holds(joining.name, &mut on_b, |held| one_busy(held) && !held.is_empty()).await;
+    assert!(held_a.iter().all(|s| !held_b.contains(s)), "a {held_a:?}, b {held_b:?}");
+    (keeper_b, on_b)
+}
+
 /// Bin-packing weighs a shard by the turns run in it lately: two busy shards (0 and 2 of 4,
 /// which even spread gives to one node of two) end on different nodes once a second node
 /// joins, each node then carrying about half the work; and they stay there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bin_packing_splits_two_busy_shards_that_even_spread_keeps_together() {
     let Some(Pair { a, b, tenant, _schema, _scratch, .. }) = Pair::start().await else { return };
-    let by_load =
-        || -> Arc<dyn clade_cluster::Assignment> { Arc::new(clade_cluster::BinPack::default()) };
-    let keeper_a = a.keep_by(by_load()).await;
-    let mut on_a = keeper_a.shards();
-    until("a", &mut on_a, &[0, 1, 2, 3]).await;
+    let (_keeper_a, mut on_a) = bin_packed_holding_all(&a).await;
 
     // A session in shard 0 and one in shard 2, each asked many times.
     let mut busy: Vec<(u32, String)> = Vec::new();
@@ -500,12 +523,7 @@ async fn bin_packing_splits_two_busy_shards_that_even_spread_keeps_together() {
         }
     }
 
-    let keeper_b = b.keep_by(by_load()).await;
-    let mut on_b = keeper_b.shards();
-    let one_busy = |held: &[u32]| held.contains(&0) != held.contains(&2);
-    let held_a = until_holds("a", &mut on_a, one_busy).await;
-    let held_b = until_holds("b", &mut on_b, |held| one_busy(held) && !held.is_empty()).await;
-    assert!(held_a.iter().all(|s| !held_b.contains(s)), "a {held_a:?}, b {held_b:?}");
+    let (keeper_b, mut on_b) = joins_and_splits_shards_0_and_2(&b, &mut on_a).await;
 
     // Settled: two more leases' time moves nothing.
     let moved = tokio::time::timeout(Duration::from_secs(3), async {
@@ -524,11 +542,7 @@ async fn bin_packing_splits_two_busy_shards_that_even_spread_keeps_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bin_packing_weighs_the_executions_a_shard_holds_open() {
     let Some(Pair { a, b, tenant, _schema, _scratch, .. }) = Pair::start().await else { return };
-    let by_load =
-        || -> Arc<dyn clade_cluster::Assignment> { Arc::new(clade_cluster::BinPack::default()) };
-    let keeper_a = a.keep_by(by_load()).await;
-    let mut on_a = keeper_a.shards();
-    until("a", &mut on_a, &[0, 1, 2, 3]).await;
+    let (_keeper_a, mut on_a) = bin_packed_holding_all(&a).await;
 
     // Open executions owned by a session of shard 0 and one of shard 2 (never run: no turn
     // and no signal adds to the load).
@@ -552,12 +566,7 @@ async fn bin_packing_weighs_the_executions_a_shard_holds_open() {
         }
     }
 
-    let keeper_b = b.keep_by(by_load()).await;
-    let mut on_b = keeper_b.shards();
-    let one_busy = |held: &[u32]| held.contains(&0) != held.contains(&2);
-    let held_a = until_holds("a", &mut on_a, one_busy).await;
-    let held_b = until_holds("b", &mut on_b, |held| one_busy(held) && !held.is_empty()).await;
-    assert!(held_a.iter().all(|s| !held_b.contains(s)), "a {held_a:?}, b {held_b:?}");
+    let (keeper_b, _on_b) = joins_and_splits_shards_0_and_2(&b, &mut on_a).await;
     // Each holder announces its shards' open executions in their load.
     let carried = |nodes: &Vec<clade_cluster::NodeHeard>| {
         nodes.len() == 2 && nodes.iter().all(|node| node.load >= 8.0)
