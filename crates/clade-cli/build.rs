@@ -4,8 +4,12 @@
 //! - `-z pack-relative-relocs` stores the position-independent binary's relocations in a
 //!   compact table (RELR) a tenth the size, read at every start. Only where the building
 //!   machine's C library (glibc 2.36 or later) can load such a binary.
+//! - `--symbol-ordering-file=startup-order.txt` lays out together the functions `clade serve`
+//!   runs from start to idle (`cargo xtask startup-order` writes the list): the kernel maps
+//!   code 64 KB around each page touched, and those functions, spread over all of `.text`,
+//!   had the idle gateway map most of it. Names the binary lacks are skipped.
 //!
-//! `CLADE_PLAIN_LINK=1` turns both off (another linker, or a binary for an older glibc).
+//! `CLADE_PLAIN_LINK=1` turns them all off (another linker, or a binary for an older glibc).
 
 // A build script's inputs are cargo's environment, and asking the C library's version means
 // running `getconf`: the workspace's rules for the gateway's own code do not apply here.
@@ -16,6 +20,7 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CLADE_PLAIN_LINK");
+    println!("cargo:rerun-if-changed=startup-order.txt");
     let release = std::env::var("PROFILE").as_deref() == Ok("release");
     let target = std::env::var("TARGET").unwrap_or_default();
     let host = std::env::var("HOST").unwrap_or_default();
@@ -26,6 +31,12 @@ fn main() {
         return;
     }
     println!("cargo:rustc-link-arg-bin=clade=-Wl,--icf=all");
+    let order = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("startup-order.txt");
+    if order.is_file() {
+        println!("cargo:rustc-link-arg-bin=clade=-Wl,--symbol-ordering-file={}", order.display());
+        // Names of another build (hashes move with dependency versions) are expected.
+        println!("cargo:rustc-link-arg-bin=clade=-Wl,--no-warn-symbol-ordering");
+    }
     if host == target && glibc_at_least(2, 36) {
         println!("cargo:rustc-link-arg-bin=clade=-Wl,-z,pack-relative-relocs");
     }

@@ -5,6 +5,8 @@
 //!   protobuf compiler written in Rust: no `protoc` needed, and the gateway's build runs none).
 //! - `check-history <file>`: check a crash run's saved history against the reliability
 //!   contract (the crash test saves one on every run and prints where).
+//! - `startup-order [binary]`: the functions `clade serve` runs from start to idle, as the
+//!   linker's symbol ordering file ([`startup_order`]).
 //!
 //! The tidy checks (dependency direction, crate docs) live in `xtask/tests/tidy.rs` so that
 //! `cargo test` runs them.
@@ -12,6 +14,8 @@
 #![allow(clippy::disallowed_methods, clippy::print_stderr)] // A developer tool: it runs cargo.
 
 use std::process::Command;
+
+mod startup_order;
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -54,8 +58,11 @@ fn main() -> anyhow::Result<()> {
             eprintln!("contract held");
             Ok(())
         }
+        "startup-order" => startup_order::run(std::env::args().nth(2)),
         _ => {
-            eprintln!("usage: cargo xtask codegen | check-history <history.json>");
+            eprintln!(
+                "usage: cargo xtask codegen | check-history <history.json> | startup-order [binary]"
+            );
             std::process::exit(2);
         }
     }
