@@ -9,7 +9,7 @@
 
 use clade_core::{AuditKind, EventStatus, ExecutionKind, TenantId, Timestamp};
 
-use crate::db::query;
+use crate::db::{Tx, query};
 use crate::error::Result;
 use crate::store::{Store, id_bytes};
 
@@ -52,105 +52,7 @@ impl Store {
                     let now = work.now().as_millis();
                     let conn = work.conn();
                     if let Some(cutoff) = cutoffs.sessions {
-                        let rows = query(
-                            "SELECT id FROM sessions s WHERE s.tenant_id = $1 AND s.updated_at < $2 \
-                             AND NOT EXISTS (SELECT 1 FROM events e WHERE e.session_id = s.id \
-                             AND e.status IN ($3, $4))",
-                        )
-                        .bind(id.clone())
-                        .bind(cutoff.as_millis())
-                        .bind(EventStatus::Pending.as_str())
-                        .bind(EventStatus::Running.as_str())
-                        .fetch_all(&mut *conn)
-                        .await?;
-                        let turn = ExecutionKind::Turn.as_str();
-                        for row in rows {
-                            let session = id_bytes(&row, "id")?.to_vec();
-                            swept.steps += query(
-                                "DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM \
-                                 executions WHERE owner_id = $1 AND kind = $2 AND tenant_id = $3)",
-                            )
-                            .bind(session.clone())
-                            .bind(turn)
-                            .bind(id.clone())
-                            .execute(&mut *conn)
-                            .await?;
-                            swept.turns += query(
-                                "DELETE FROM executions WHERE owner_id = $1 AND kind = $2 \
-                                 AND tenant_id = $3",
-                            )
-                            .bind(session.clone())
-                            .bind(turn)
-                            .bind(id.clone())
-                            .execute(&mut *conn)
-                            .await?;
-                            // Leases of the session end with it.
-                            query(
-                                "UPDATE peer_leases SET ended_at = $3, \
-                                 ended_why = 'session deleted' WHERE session_id = $1 \
-                                 AND tenant_id = $2 AND ended_at IS NULL",
-                            )
-                            .bind(session.clone())
-                            .bind(id.clone())
-                            .bind(now)
-                            .execute(&mut *conn)
-                            .await?;
-                            for table in ["session_summaries", "working_memory"] {
-                                query(format!(
-                                    "DELETE FROM {table} WHERE session_id = $1 AND tenant_id = $2"
-                                ))
-                                .bind(session.clone())
-                                .bind(id.clone())
-                                .execute(&mut *conn)
-                                .await?;
-                            }
-                            // A branch or worker goes with its own session; one whose parent
-                            // goes stays a session of its own, reporting to no one.
-                            query(
-                                "DELETE FROM forks WHERE (session_id = $1 \
-                                 OR parent_session = $1) AND tenant_id = $2",
-                            )
-                            .bind(session.clone())
-                            .bind(id.clone())
-                            .execute(&mut *conn)
-                            .await?;
-                            query("DELETE FROM pauses WHERE target = $1 AND tenant_id = $2")
-                                .bind(session.clone())
-                                .bind(id.clone())
-                                .execute(&mut *conn)
-                                .await?;
-                            // A message goes with the conversation it was delivered into.
-                            query(
-                                "DELETE FROM agent_messages WHERE to_session = $1 \
-                                 AND tenant_id = $2",
-                            )
-                            .bind(session.clone())
-                            .bind(id.clone())
-                            .execute(&mut *conn)
-                            .await?;
-                            query(crate::turns::REMEMBER_OUTBOX_IDS).execute(&mut *conn).await?;
-                            swept.outbox += query(
-                                "DELETE FROM outbox WHERE session_id = $1 AND tenant_id = $2",
-                            )
-                            .bind(session.clone())
-                            .bind(id.clone())
-                            .execute(&mut *conn)
-                            .await?;
-                            swept.events += query(
-                                "DELETE FROM events WHERE session_id = $1 AND tenant_id = $2",
-                            )
-                            .bind(session.clone())
-                            .bind(id.clone())
-                            .execute(&mut *conn)
-                            .await?;
-                            swept.sessions += query(
-                                "DELETE FROM sessions WHERE id = $1 AND tenant_id = $2",
-                            )
-                            .bind(session)
-                            .bind(id.clone())
-                            .execute(&mut *conn)
-                            .await?;
-                        }
+                        sweep_sessions(conn, tenant, cutoff, now, &mut swept).await?;
                     }
                     if let Some(cutoff) = cutoffs.dead_letters {
                         swept.dead_letters += query(
@@ -193,4 +95,141 @@ impl Store {
             .await?;
         Ok(swept)
     }
+}
+
+/// Deletes `tenant`'s sessions idle since before `cutoff` with everything they own. On
+/// PostgreSQL another node may be accepting an event into one of them: each chosen session's
+/// row is locked, as an accept locks it when it reads it (`SESSION_FOR_EVENT`), and checked
+/// again once locked, so a session revived meanwhile stays with its event, and an accept that
+/// comes after waits and then finds it gone and starts a new one. Row locks, not advisory
+/// ones: a sweep may hold thousands, and those would fill PostgreSQL's shared lock table.
+async fn sweep_sessions(
+    conn: &mut Tx,
+    tenant: TenantId,
+    cutoff: Timestamp,
+    now: i64,
+    swept: &mut Swept,
+) -> Result<()> {
+    let id = tenant.as_bytes().to_vec();
+    let idle = |sql: String| {
+        query(sql)
+            .bind(id.clone())
+            .bind(cutoff.as_millis())
+            .bind(EventStatus::Pending.as_str())
+            .bind(EventStatus::Running.as_str())
+    };
+    let rows = idle(format!("SELECT id FROM sessions s {IDLE_SINCE} ORDER BY s.id"))
+        .fetch_all(&mut *conn)
+        .await?;
+    for row in rows {
+        let session = id_bytes(&row, "id")?.to_vec();
+        if let Tx::Postgres(_) = conn {
+            query("SELECT id FROM sessions WHERE id = $1 AND tenant_id = $2 FOR UPDATE")
+                .bind(session.clone())
+                .bind(id.clone())
+                .fetch_optional(&mut *conn)
+                .await?;
+        }
+        let still_idle = idle(format!("SELECT id FROM sessions s {IDLE_SINCE} AND s.id = $5"))
+            .bind(session.clone())
+            .fetch_optional(&mut *conn)
+            .await?;
+        if still_idle.is_some() {
+            delete_session(conn, id.clone(), session, now, swept).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A tenant's sessions idle since before `$2`, with no event of theirs waiting or running
+/// (`$3`, `$4`).
+const IDLE_SINCE: &str = "WHERE s.tenant_id = $1 AND s.updated_at < $2 \
+     AND NOT EXISTS (SELECT 1 FROM events e WHERE e.session_id = s.id AND e.status IN ($3, $4))";
+
+/// Deletes one session with everything it owns.
+async fn delete_session(
+    conn: &mut Tx,
+    tenant: Vec<u8>,
+    session: Vec<u8>,
+    now: i64,
+    swept: &mut Swept,
+) -> Result<()> {
+    let turn = ExecutionKind::Turn.as_str();
+    swept.steps += query(
+        "DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM \
+         executions WHERE owner_id = $1 AND kind = $2 AND tenant_id = $3)",
+    )
+    .bind(session.clone())
+    .bind(turn)
+    .bind(tenant.clone())
+    .execute(&mut *conn)
+    .await?;
+    swept.turns += query(
+        "DELETE FROM executions WHERE owner_id = $1 AND kind = $2 \
+         AND tenant_id = $3",
+    )
+    .bind(session.clone())
+    .bind(turn)
+    .bind(tenant.clone())
+    .execute(&mut *conn)
+    .await?;
+    // Leases of the session end with it.
+    query(
+        "UPDATE peer_leases SET ended_at = $3, \
+         ended_why = 'session deleted' WHERE session_id = $1 \
+         AND tenant_id = $2 AND ended_at IS NULL",
+    )
+    .bind(session.clone())
+    .bind(tenant.clone())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    for table in ["session_summaries", "working_memory"] {
+        query(format!("DELETE FROM {table} WHERE session_id = $1 AND tenant_id = $2"))
+            .bind(session.clone())
+            .bind(tenant.clone())
+            .execute(&mut *conn)
+            .await?;
+    }
+    // A branch or worker goes with its own session; one whose parent
+    // goes stays a session of its own, reporting to no one.
+    query(
+        "DELETE FROM forks WHERE (session_id = $1 \
+         OR parent_session = $1) AND tenant_id = $2",
+    )
+    .bind(session.clone())
+    .bind(tenant.clone())
+    .execute(&mut *conn)
+    .await?;
+    query("DELETE FROM pauses WHERE target = $1 AND tenant_id = $2")
+        .bind(session.clone())
+        .bind(tenant.clone())
+        .execute(&mut *conn)
+        .await?;
+    // A message goes with the conversation it was delivered into.
+    query(
+        "DELETE FROM agent_messages WHERE to_session = $1 \
+         AND tenant_id = $2",
+    )
+    .bind(session.clone())
+    .bind(tenant.clone())
+    .execute(&mut *conn)
+    .await?;
+    query(crate::turns::REMEMBER_OUTBOX_IDS).execute(&mut *conn).await?;
+    swept.outbox += query("DELETE FROM outbox WHERE session_id = $1 AND tenant_id = $2")
+        .bind(session.clone())
+        .bind(tenant.clone())
+        .execute(&mut *conn)
+        .await?;
+    swept.events += query("DELETE FROM events WHERE session_id = $1 AND tenant_id = $2")
+        .bind(session.clone())
+        .bind(tenant.clone())
+        .execute(&mut *conn)
+        .await?;
+    swept.sessions += query("DELETE FROM sessions WHERE id = $1 AND tenant_id = $2")
+        .bind(session)
+        .bind(tenant.clone())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }

@@ -163,31 +163,7 @@ impl Tokens<'_> {
         expires_at: Option<Timestamp>,
     ) -> Result<(TokenInfo, String)> {
         let tenant = self.tenant;
-        if expires_at.is_some_and(|at| at <= self.store.now()) {
-            return Err(Error::InvalidInput("a token's expiry must be in the future".into()));
-        }
-        if scopes.is_empty() {
-            return Err(Error::InvalidInput(
-                "a token needs at least one scope: admin, operate, send, read or approve".into(),
-            ));
-        }
-        if let Some(agents) = agents {
-            if agents.is_empty() {
-                return Err(Error::InvalidInput(
-                    "a token limited to agents needs at least one agent".into(),
-                ));
-            }
-            if scopes.contains(&clade_core::Scope::Admin) {
-                return Err(Error::InvalidInput(
-                    "a token limited to some agents cannot have the admin scope, which covers the whole tenant (its agents, tokens, grants and audit log)".into(),
-                ));
-            }
-        }
-        if name.is_empty() || name.len() > 100 || name.chars().any(clade_core::is_spoofing_char) {
-            return Err(Error::InvalidInput(
-                "token name must be 1-100 characters without control, bidirectional-override or zero-width characters".into(),
-            ));
-        }
+        check_new_token(name, scopes, agents, expires_at, self.store.now())?;
         let mut raw = [0u8; 32];
         #[allow(clippy::disallowed_methods)] // A secret: the OS's generator, never a seed.
         rand::rng().fill_bytes(&mut raw);
@@ -306,4 +282,40 @@ impl Tokens<'_> {
             })
             .await
     }
+}
+
+/// Refuses a token that could not be used as asked, saying why.
+fn check_new_token(
+    name: &str,
+    scopes: &[clade_core::Scope],
+    agents: Option<&[AgentId]>,
+    expires_at: Option<Timestamp>,
+    now: Timestamp,
+) -> Result<()> {
+    if expires_at.is_some_and(|at| at <= now) {
+        return Err(Error::InvalidInput("a token's expiry must be in the future".into()));
+    }
+    if scopes.is_empty() {
+        return Err(Error::InvalidInput(
+            "a token needs at least one scope: admin, operate, send, read or approve".into(),
+        ));
+    }
+    if let Some(agents) = agents {
+        if agents.is_empty() {
+            return Err(Error::InvalidInput(
+                "a token limited to agents needs at least one agent".into(),
+            ));
+        }
+        if scopes.contains(&clade_core::Scope::Admin) {
+            return Err(Error::InvalidInput(
+                "a token limited to some agents cannot have the admin scope, which covers the whole tenant (its agents, tokens, grants and audit log)".into(),
+            ));
+        }
+    }
+    if name.is_empty() || name.len() > 100 || name.chars().any(clade_core::is_spoofing_char) {
+        return Err(Error::InvalidInput(
+            "token name must be 1-100 characters without control, bidirectional-override or zero-width characters".into(),
+        ));
+    }
+    Ok(())
 }

@@ -309,6 +309,18 @@ fn outbox_row(row: &Row) -> Result<OutboxRow> {
     })
 }
 
+/// What nodes accepting events for one session take turns under (`Tx::serialize`), keyed by
+/// what finds the session: it is made once, and its positions are handed out once each.
+pub(crate) fn session_lock(
+    tenant: TenantId,
+    agent: AgentId,
+    platform: &str,
+    channel: &str,
+    actor: &str,
+) -> String {
+    format!("session {tenant} {agent} {platform:?} {channel:?} {actor:?}")
+}
+
 fn b(id: &[u8; 16]) -> Vec<u8> {
     id.to_vec()
 }

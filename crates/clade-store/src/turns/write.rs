@@ -1,6 +1,8 @@
 //! The turn's write path: an event accepted once per idempotency key, a turn begun, its steps
 //! journaled and its end recorded, with the outbox rows each change causes, in one transaction.
 
+use std::borrow::Cow;
+
 use crate::db::{Tx, query};
 use clade_core::{
     AgentId, EventId, EventStatus, ExecutionKind, SessionId, TenantId, Timestamp, TurnId,
@@ -130,45 +132,8 @@ pub(crate) async fn accept_in(
             return Ok((check_duplicate(existing, &event.payload_hash, &key)?, None));
         }
     }
-    let s = &event.source;
-    // Nodes accepting for one session take turns, so it is made once and its positions are
-    // handed out once each.
-    let sides = (s.platform.as_str(), &s.channel, &s.actor);
-    conn.serialize(&format!("session {} {agent} {sides:?}", event.tenant)).await?;
-    // One round trip: the session, its next position and how many events wait.
-    let session = query(SESSION_FOR_EVENT)
-        .bind(b(event.tenant.as_bytes()))
-        .bind(b(agent.as_bytes()))
-        .bind(s.platform.as_str().to_owned())
-        .bind(s.channel.clone())
-        .bind(s.actor.clone())
-        .fetch_optional(&mut *conn)
-        .await?;
-    let (session_id, seq, open) = match session {
-        Some(row) => (
-            SessionId::from_bytes(id_bytes(&row, "id")?),
-            row.try_get::<i64, _>("next_seq")?,
-            row.try_get::<i64, _>("open")?,
-        ),
-        None => {
-            let id = SessionId::generate(now);
-            query(
-                "INSERT INTO sessions (id, tenant_id, agent_id, platform, channel, actor, \
-                 last_active_channel, next_seq, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $5, 0, $7, $7)",
-            )
-            .bind(b(id.as_bytes()))
-            .bind(b(event.tenant.as_bytes()))
-            .bind(b(agent.as_bytes()))
-            .bind(s.platform.as_str().to_owned())
-            .bind(s.channel.clone())
-            .bind(s.actor.clone())
-            .bind(now.as_millis())
-            .execute(&mut *conn)
-            .await?;
-            (id, 0, 0)
-        }
-    };
+    let (session_id, seq, open) =
+        session_for(conn, event.tenant, agent, &event.source, now).await?;
     if open as u64 >= event.max_open_per_session {
         return Err(Error::SessionBusy { pending: open as u64 });
     }
@@ -200,7 +165,7 @@ pub(crate) async fn accept_in(
          WHERE id = $1",
     )
     .bind(b(session_id.as_bytes()))
-    .bind(s.channel.clone())
+    .bind(event.source.channel.clone())
     .bind(now.as_millis())
     .execute(&mut *conn)
     .await?;
@@ -217,6 +182,59 @@ pub(crate) async fn accept_in(
         created_at: Timestamp::from_millis(now.as_millis()),
     };
     Ok((Accepted { event_id, session_id, duplicate: false }, Some(row)))
+}
+
+/// The session an event from `s` to `agent` goes to, made if it is new: its id, the position
+/// its next event takes and how many of its events wait. Nodes accepting for one session take
+/// turns ([`session_lock`]), so it is made once and its positions are handed out once each.
+async fn session_for(
+    conn: &mut Tx,
+    tenant: TenantId,
+    agent: AgentId,
+    s: &Source,
+    now: Timestamp,
+) -> Result<(SessionId, i64, i64)> {
+    conn.serialize(&session_lock(tenant, agent, s.platform.as_str(), &s.channel, &s.actor)).await?;
+    // One round trip: the session, its next position and how many events wait. On PostgreSQL
+    // its row is locked too, as a retention sweep locks it before deleting it: an accept and a
+    // sweep of one session take turns (`retention::sweep_sessions`).
+    let sql = match conn {
+        Tx::Postgres(_) => Cow::Owned(format!("{SESSION_FOR_EVENT} FOR UPDATE OF s")),
+        Tx::Sqlite(_) => Cow::Borrowed(SESSION_FOR_EVENT),
+    };
+    let session = query(sql)
+        .bind(b(tenant.as_bytes()))
+        .bind(b(agent.as_bytes()))
+        .bind(s.platform.as_str().to_owned())
+        .bind(s.channel.clone())
+        .bind(s.actor.clone())
+        .fetch_optional(&mut *conn)
+        .await?;
+    match session {
+        Some(row) => Ok((
+            SessionId::from_bytes(id_bytes(&row, "id")?),
+            row.try_get::<i64, _>("next_seq")?,
+            row.try_get::<i64, _>("open")?,
+        )),
+        None => {
+            let id = SessionId::generate(now);
+            query(
+                "INSERT INTO sessions (id, tenant_id, agent_id, platform, channel, actor, \
+                 last_active_channel, next_seq, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $5, 0, $7, $7)",
+            )
+            .bind(b(id.as_bytes()))
+            .bind(b(tenant.as_bytes()))
+            .bind(b(agent.as_bytes()))
+            .bind(s.platform.as_str().to_owned())
+            .bind(s.channel.clone())
+            .bind(s.actor.clone())
+            .bind(now.as_millis())
+            .execute(&mut *conn)
+            .await?;
+            Ok((id, 0, 0))
+        }
+    }
 }
 
 /// Appends a step to a turn's execution inside the caller's transaction, numbered after the

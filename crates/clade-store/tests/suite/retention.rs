@@ -34,12 +34,7 @@ async fn a_sweep_deletes_old_idle_sessions_with_all_they_own_and_nothing_else() 
             .await
             .unwrap();
         h.store.turns().append_journal(&turn, step(1), Vec::new(), None, None).await.unwrap();
-        let outcome = clade_store::TurnOutcome {
-            status: TurnStatus::Completed,
-            reply: Some("bye".into()),
-            error: None,
-            model: None,
-        };
+        let outcome = completed();
         h.store.turns().finish(&turn, outcome, Vec::new()).await.unwrap();
         // A conversation whose event still waits: kept, however old.
         let open = accept(&h.store, &tenant, &ada, "open").await;
@@ -119,5 +114,99 @@ async fn a_sweep_deletes_old_idle_sessions_with_all_they_own_and_nothing_else() 
         let again =
             h.store.sweep(tenant.id, Cutoffs { sessions: Some(later), ..Cutoffs::default() });
         assert!(again.await.unwrap().is_empty(), "{}", h.name);
+    }
+}
+
+/// On PostgreSQL, a sweep on one node and an accept on another can overlap. The sweep locks
+/// each session it chose, as an accept locks the session it reads, and checks again once it
+/// holds the lock: an event accepted into the session meanwhile keeps the session, and the
+/// event, which was acknowledged.
+#[tokio::test]
+async fn a_session_revived_while_a_sweep_chose_it_is_kept_with_its_event() {
+    use sqlx::{Connection, Executor, Row};
+    for h in backends().await {
+        if h.name != "postgres" {
+            continue;
+        }
+        let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        // An idle conversation: its one event answered.
+        let done = accept(&h.store, &tenant, &ada, "old").await;
+        let turn = new_turn(&h.store, &done, &tenant, &ada);
+        h.store.turns().begin(&turn, vec![done.event_id], Vec::new(), None, None).await.unwrap();
+        let outcome = completed();
+        h.store.turns().finish(&turn, outcome, Vec::new()).await.unwrap();
+
+        // Another node, between reading the session and committing an event into it.
+        let url = match &h.location {
+            clade_store::Location::Postgres(url) => url.clone(),
+            clade_store::Location::Sqlite(_) => unreachable!(),
+        };
+        let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+        other.execute("BEGIN").await.unwrap();
+        sqlx::query("SELECT id FROM sessions WHERE id = $1 FOR UPDATE")
+            .bind(done.session_id.as_bytes().to_vec())
+            .execute(&mut other)
+            .await
+            .unwrap();
+
+        let later = clade_core::Timestamp::from_millis(h.store.now().as_millis() + 86_400_000);
+        let store = h.store.clone();
+        let sweep = tokio::spawn(async move {
+            store.sweep(tenant.id, Cutoffs { sessions: Some(later), ..Cutoffs::default() }).await
+        });
+        // The sweep chose the session and waits for its lock.
+        let mut watch = sqlx::PgConnection::connect(&url).await.unwrap();
+        let waiting = super::harness::eventually(
+            clade_test_support::wait::PATIENCE,
+            clade_test_support::wait::POLL,
+            async || {
+                let row = sqlx::query("SELECT COUNT(*) FROM pg_locks WHERE NOT granted")
+                    .fetch_one(&mut watch)
+                    .await
+                    .unwrap();
+                row.get::<i64, _>(0) > 0
+            },
+        )
+        .await;
+        assert!(waiting, "the sweep deleted without waiting for the session's lock");
+
+        // The other node's event commits.
+        let event = clade_core::EventId::generate(h.store.now());
+        sqlx::query(
+            "INSERT INTO events (id, tenant_id, session_id, seq, idempotency_key, payload_hash, \
+             text, status, created_at) VALUES ($1, $2, $3, 1, $4, 'h', 'back again', 'pending', $5)",
+        )
+        .bind(event.as_bytes().to_vec())
+        .bind(tenant.id.as_bytes().to_vec())
+        .bind(done.session_id.as_bytes().to_vec())
+        .bind(event.to_string())
+        .bind(h.store.now().as_millis())
+        .execute(&mut other)
+        .await
+        .unwrap();
+        sqlx::query("UPDATE sessions SET next_seq = 2, updated_at = $2 WHERE id = $1")
+            .bind(done.session_id.as_bytes().to_vec())
+            .bind(h.store.now().as_millis())
+            .execute(&mut other)
+            .await
+            .unwrap();
+        other.execute("COMMIT").await.unwrap();
+
+        let swept = sweep.await.unwrap().unwrap();
+        assert_eq!(swept.sessions, 0, "{swept:?}");
+        let sessions = h.store.sessions(tenant.id);
+        assert!(sessions.get(done.session_id).await.is_ok(), "the revived session was deleted");
+        assert_eq!(sessions.event(event).await.unwrap().text, "back again");
+        assert_eq!(sessions.event(done.event_id).await.unwrap().text, "hello");
+    }
+}
+
+/// A turn's end: completed, with a reply.
+fn completed() -> clade_store::TurnOutcome {
+    clade_store::TurnOutcome {
+        status: TurnStatus::Completed,
+        reply: Some("bye".into()),
+        error: None,
+        model: None,
     }
 }
