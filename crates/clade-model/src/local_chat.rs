@@ -307,6 +307,11 @@ fn generate(
         }
         tokens.push(next);
         written += 1;
+        // A small model that starts repeating itself would otherwise write until max_tokens
+        // (minutes on a CPU); the repeats already written end the answer.
+        if looping(&tokens[read..]) {
+            break;
+        }
         input = vec![next];
         let text = shared.tokenizer.decode(&tokens[read..], true).map_err(|e| fail(&e))?;
         // A piece that ends inside a character waits for the rest of it.
@@ -319,6 +324,25 @@ fn generate(
         }
     }
     Ok(written)
+}
+
+/// The shortest run of repeats that counts as a loop, in tokens: a period of 1 to 16 tokens
+/// must fill this many, a longer one repeat [`LOOP_REPEATS`] times.
+const LOOP_SPAN: usize = 48;
+const LOOP_REPEATS: usize = 3;
+/// The longest period (in tokens) looked for: a loop of whole sentences.
+const LOOP_PERIOD: usize = 64;
+
+/// Whether `answer` ends in the same tokens written again and again: a period of up to
+/// [`LOOP_PERIOD`] tokens repeated over at least [`LOOP_SPAN`] tokens and [`LOOP_REPEATS`] times.
+fn looping(answer: &[u32]) -> bool {
+    (1..=LOOP_PERIOD).any(|period| {
+        let span = (period * LOOP_REPEATS).max(LOOP_SPAN);
+        answer.len() >= span && {
+            let tail = &answer[answer.len() - span..];
+            tail[period..].iter().zip(tail).all(|(later, earlier)| later == earlier)
+        }
+    })
 }
 
 impl Provider for LocalChat {
@@ -589,4 +613,28 @@ pub fn write_test_model(path: &Path) -> candle_core::Result<()> {
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut file = std::fs::File::create(path)?;
     gguf_file::write(&mut file, &metadata, &refs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looping;
+
+    #[test]
+    fn an_answer_loops_once_a_period_fills_the_span_or_repeats_three_times() {
+        let word = vec![7; 47];
+        assert!(!looping(&word), "47 tokens are short of the span");
+        assert!(looping(&[word.as_slice(), &[7]].concat()));
+        // A sentence of 20 tokens, twice, is not yet a loop; a third time it is.
+        let sentence: Vec<u32> = (100..120).collect();
+        let twice = [sentence.clone(), sentence.clone()].concat();
+        assert!(!looping(&[&[1, 2, 3][..], &twice].concat()));
+        assert!(looping(&[twice.clone(), sentence.clone()].concat()));
+        // A list whose items differ never loops, however long.
+        let counting: Vec<u32> = (0..40).flat_map(|n| [5, 1000 + n, 6]).collect();
+        assert!(!looping(&counting));
+        // What came before the repeats does not matter, only how the answer ends.
+        let mut ends_apart = [twice, sentence].concat();
+        ends_apart.push(9);
+        assert!(!looping(&ends_apart));
+    }
 }

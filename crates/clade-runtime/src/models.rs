@@ -353,13 +353,13 @@ impl Models {
     }
 
     /// What a prompt of `kind` for `agent` may fill, in tokens: the first model's window less
-    /// its longest answer (`max_tokens`, else 1024) and its tool schemas' budget.
+    /// its longest answer ([`Models::answer_tokens`]) and its tool schemas' budget.
     pub fn prompt_room(&self, kind: ProcessKind, agent: Option<Routed<'_>>) -> u32 {
         let chain = self.chain(kind, agent);
         let Some(model) = chain.first().and_then(|name| self.models.get(name)) else {
             return DEFAULT_CONTEXT_WINDOW;
         };
-        let answer = model.max_tokens.unwrap_or(clade_model::Params::default().max_tokens);
+        let answer = self.answer_tokens(kind, agent);
         let tools = self.tool_tokens(kind, agent);
         // However small the window, a prompt keeps a quarter of it.
         let window = window_of(model);
@@ -376,9 +376,15 @@ impl Models {
         model.tool_tokens.unwrap_or_else(|| (window_of(model) / 8).min(DEFAULT_TOOL_TOKENS))
     }
 
-    /// Default `max_tokens` of a model, if configured.
-    pub fn max_tokens(&self, name: &str) -> Option<u32> {
-        self.models.get(name).and_then(|m| m.max_tokens)
+    /// The longest answer a turn's call of `kind` for `agent` asks for: the first model's
+    /// `max_tokens`, else 1024.
+    pub fn answer_tokens(&self, kind: ProcessKind, agent: Option<Routed<'_>>) -> u32 {
+        let chain = self.chain(kind, agent);
+        chain
+            .first()
+            .and_then(|name| self.models.get(name))
+            .and_then(|model| model.max_tokens)
+            .unwrap_or(clade_model::Params::default().max_tokens)
     }
 
     /// The router whose providers carry `agent`'s credentials: one for the whole deployment

@@ -237,6 +237,37 @@ async fn a_default_agent_sends_a_small_stable_prompt_and_tools_by_relevance() {
     drop(server);
 }
 
+/// A model's `max_tokens` is the longest answer a turn asks it for (1024 when not set), and
+/// the preview says what the turn then sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_asks_for_at_most_its_models_max_tokens() {
+    let stub = stub().await;
+    let env = Env::new();
+    let base = format!("{}/v1", stub.url());
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "models:\n  short: {{ provider: openai, base_url: \"{base}\", model: stub, max_tokens: 77 }}\n  long: {{ provider: openai, base_url: \"{base}\", model: stub }}\nrouting:\n  default: [long]\n  agents:\n    ada: {{ default: [short] }}\nmemory:\n  enabled: false\n"
+        ),
+    );
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["agents", "create", "bob"]).ok();
+    let server = env.serve(&[]);
+    for (agent, asked) in [("ada", 77), ("bob", 1024)] {
+        let body = json!({ "agent": agent, "text": "hi", "wait": true,
+            "source": { "platform": "http", "channel": "c", "actor": "me" } });
+        let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
+        assert_eq!((status, &answer["status"]), (200, &json!("completed")), "{answer}");
+        let sent = stub.captured().last().unwrap().body.clone();
+        assert_eq!(sent["max_tokens"], asked, "{agent}: {sent}");
+        let path = format!("/v1/agents/{agent}/prompt");
+        let (_, preview) = server.send("POST", &path, None, Some(json!({ "text": "hi" }))).await;
+        let previewed: serde_json::Value =
+            serde_json::from_str(preview["body"].as_str().unwrap()).unwrap();
+        assert_eq!(previewed["max_tokens"], asked, "{agent}: {preview}");
+    }
+}
+
 /// `clade agents prompt` and `POST /v1/agents/{handle}/prompt` show what a turn would send:
 /// the body previewed for a session's next `hi` is, byte for byte, the body its next `hi` then
 /// sends; previewing calls no model and writes nothing; another tenant, or another agent of
@@ -350,8 +381,8 @@ async fn a_prompt_preview_is_what_the_next_turn_sends() {
     );
 }
 
-/// How the turn that took the event `accepted` (a 202 answer) ended, read from its session's
-/// turns until it has; `Null` if it did not end within ten minutes.
+/// The turn that took the event `accepted` (a 202 answer), read from its session's turns
+/// until it has ended; `Null` if it did not end within ten minutes.
 async fn turn_end(
     server: &super::support::Server,
     accepted: &serde_json::Value,
@@ -364,8 +395,7 @@ async fn turn_end(
     let ended = |turns: &serde_json::Value| {
         turns["items"].as_array().and_then(|items| items.iter().find(|t| took_it(t))).and_then(
             |turn| {
-                (!matches!(turn["status"].as_str(), Some("running") | None))
-                    .then(|| turn["status"].clone())
+                (!matches!(turn["status"].as_str(), Some("running") | None)).then(|| turn.clone())
             },
         )
     };
@@ -420,6 +450,7 @@ async fn the_real_smollm2_answers_a_default_agent_through_every_ingress() {
     );
 
     for turn in 1..=10 {
+        let asked = std::time::Instant::now();
         let (status, answer) =
             send(&format!("In one short sentence, what comes after the number {turn}?"), "talker")
                 .await;
@@ -428,10 +459,11 @@ async fn the_real_smollm2_answers_a_default_agent_through_every_ingress() {
         // turn to its end instead.
         let ended = match status {
             202 => turn_end(&server, &answer).await,
-            _ => answer["status"].clone(),
+            _ => answer.clone(),
         };
         assert!(matches!(status, 200 | 202), "turn {turn}: {answer}");
-        assert_eq!(ended, json!("completed"), "turn {turn}: {answer}");
+        let took = asked.elapsed();
+        assert_eq!(ended["status"], json!("completed"), "turn {turn}, after {took:?}: {ended}");
     }
     let out =
         env.command().args(["event", "send", "hi", "--server", &server.url]).output().unwrap();

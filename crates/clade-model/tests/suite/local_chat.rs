@@ -6,7 +6,7 @@
 
 use clade_model::local_chat::{LoadError, LocalChat, write_test_model};
 use clade_model::provider::Provider;
-use clade_model::types::{Message, ModelRequest, ModelResponse, Params};
+use clade_model::types::{Message, ModelRequest, ModelResponse, Params, StopReason};
 use futures::StreamExt;
 
 async fn answer(
@@ -113,6 +113,12 @@ async fn the_real_smollm2_answers_sensibly() {
         "SmolLM2: {tokens} tokens in {seconds:.2} s ({:.1} tokens/s)",
         tokens as f64 / seconds
     );
+    // Fallen into a loop ("A: A: A: …"), it stops once the repeats show, long before
+    // max_tokens.
+    let looped = answer(&model, "Write the letter a two hundred times.", 400).await.unwrap();
+    eprintln!("SmolLM2, asked to loop: {:?}", looped.text);
+    assert!(looped.usage.output_tokens < 100, "{looped:?}");
+    assert_eq!(looped.stop_reason, Some(StopReason::EndTurn), "{looped:?}");
 }
 
 /// The provider the configuration makes loads the model once, with the concurrency it was

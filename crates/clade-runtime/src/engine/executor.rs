@@ -163,6 +163,8 @@ pub(crate) struct TurnPlan<'a> {
     pub resume_hint: String,
     /// The model's budget for tool schemas, in tokens ([`super::catalogue::offer`]).
     pub tool_tokens: u32,
+    /// The longest answer a call asks for (the model's `max_tokens`).
+    pub answer_tokens: u32,
 }
 
 /// What a model step produced, as journaled.
@@ -303,6 +305,7 @@ pub(crate) async fn execute(
         steer,
         resume_hint,
         tool_tokens,
+        answer_tokens,
     } = plan;
     let resumes = done.keys().filter(|k| matches!(k, StepKey::Resume { .. })).count() as u32;
     let budget = max_iterations.saturating_mul(resumes + 1);
@@ -364,7 +367,10 @@ pub(crate) async fn execute(
                             // it is a turn's largest value, so it is not copied per call.
                             messages: std::mem::take(&mut messages),
                             tools: offered.into(),
-                            ..ModelRequest::default()
+                            params: clade_model::Params {
+                                max_tokens: answer_tokens,
+                                ..clade_model::Params::default()
+                            },
                         };
                         let turn_id = turn.id.to_string();
                         let mut on_event = |event: &StreamEvent| {
@@ -1067,6 +1073,7 @@ mod tests {
                 steer: false,
                 resume_hint: "resume it".into(),
                 tool_tokens: 2000,
+                answer_tokens: 1024,
             };
             shape(&mut plan);
             let (tools, mut note) = (Tools::default(), Note("persona", Vec::new()));

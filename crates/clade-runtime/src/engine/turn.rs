@@ -116,8 +116,11 @@ pub(super) async fn drive(
         journal.opened(&turn, started);
     }
     let hands = AgentTools::of(inner, ctx, tools, fork.as_ref()).await;
-    let tool_tokens =
-        inner.models().tool_tokens(ctx.kind(), Some(crate::models::Routed::of(tenant, agent)));
+    let routed = Some(crate::models::Routed::of(tenant, agent));
+    let (tool_tokens, answer_tokens) = {
+        let models = inner.models();
+        (models.tool_tokens(ctx.kind(), routed), models.answer_tokens(ctx.kind(), routed))
+    };
     // The settings the turn's context was loaded with, however they are reloaded meanwhile.
     let max_iterations = ctx.limits().max_iterations;
     let max_tokens = ctx.token_share();
@@ -131,6 +134,7 @@ pub(super) async fn drive(
         steer: ctx.queue_mode == clade_config::QueueMode::Steer,
         resume_hint: format!("resume with `clade sessions resume {}`", session.id),
         tool_tokens,
+        answer_tokens,
     };
     let steered = plan.steer;
     let window = super::compaction::Window::of(inner, ctx);

@@ -72,10 +72,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: ModelsCommand) -> Result<()> {
                 KindArg::Cortex => ProcessKind::Cortex,
             };
             let routed = agent.as_ref().map(|a| clade_runtime::models::Routed::of(&tenant, a));
-            let chain = models.chain(kind, routed);
-            let max_tokens = max_tokens
-                .or_else(|| chain.first().and_then(|m| models.max_tokens(m)))
-                .unwrap_or(1024);
+            let max_tokens = max_tokens.unwrap_or_else(|| models.answer_tokens(kind, routed));
             if max_tokens == 0 {
                 bail!("--max-tokens must be at least 1");
             }
