@@ -158,8 +158,9 @@ impl Llama {
         })
     }
 
-    /// The logits of the token after `tokens` (shape `(1, n)`), which follow the `position`
-    /// tokens this copy has already seen: `(1, vocabulary)`.
+    /// The logits of the token after `tokens` (shape `(1, n)`), which follow the first
+    /// `position` tokens this copy has seen (what it saw after them is forgotten):
+    /// `(1, vocabulary)`.
     pub(crate) fn forward(
         &mut self,
         tokens: &Tensor,
@@ -217,12 +218,19 @@ impl Block {
         let value = split(self.value.forward(input)?, self.kv_heads)?;
         let query = candle_nn::rotary_emb::rope_i(&query, cos, sin)?;
         let key = candle_nn::rotary_emb::rope_i(&key, cos, sin)?;
-        let (key, value) = match self.cache.take() {
+        let (key, value) = match (self.cache.take(), position) {
             // At position 0 a new answer begins: the last one's cache is dropped.
-            Some((keys, values)) if position > 0 => {
+            (_, 0) => (key, value),
+            // Past it, the cache holds at least the `position` tokens before (an answer whose
+            // prompt begins as the last one's did keeps that much of it).
+            (Some((keys, values)), _) if keys.dim(2)? >= position => {
+                let (keys, values) = (keys.narrow(2, 0, position)?, values.narrow(2, 0, position)?);
                 (Tensor::cat(&[&keys, &key], 2)?, Tensor::cat(&[&values, &value], 2)?)
             }
-            _ => (key, value),
+            (cache, _) => {
+                let cached = cache.map_or(Ok(0), |(keys, _)| keys.dim(2))?;
+                return Err(invalid(format!("position {position} follows {cached} cached tokens")));
+            }
         };
         self.cache = Some((key.clone(), value.clone()));
         let group = self.heads / self.kv_heads;
@@ -403,6 +411,30 @@ mod tests {
         let token = Tensor::new(&[[3u32]], &Device::Cpu).unwrap();
         let err = model.forward(&token, MAX_CONTEXT).err().unwrap().to_string();
         assert!(err.contains("past the 4096"), "{err}");
+    }
+
+    /// A prompt read from where it parts from the last one (the cache cut back to the part
+    /// they share) gives the logits of the whole prompt read afresh; a position past what the
+    /// cache holds is an error.
+    #[test]
+    fn a_cache_cut_back_to_a_shared_beginning_reads_on_as_a_fresh_copy() {
+        let (_tmp, mut reader, content) = tiny();
+        let fresh = Llama::load(&content, &mut reader).unwrap();
+        let mut reused = fresh.clone();
+        let tokens = |ids: &[u32]| Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        reused.forward(&tokens(&[3, 40, 41, 42, 7, 9, 100, 5, 60]), 0).unwrap();
+        reused.forward(&tokens(&[61]), 9).unwrap();
+        // The next prompt shares the first five tokens.
+        let next = [3, 40, 41, 42, 7, 11, 12, 13];
+        let a = reused.forward(&tokens(&next[5..]), 5).unwrap();
+        let b = fresh.clone().forward(&tokens(&next), 0).unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+        let worst = diff.max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(worst < 1e-4, "largest difference {worst}");
+        let err = reused.forward(&tokens(&[1]), 30).err().unwrap().to_string();
+        assert!(err.contains("position 30 follows 8 cached tokens"), "{err}");
+        let err = fresh.clone().forward(&tokens(&[1]), 2).err().unwrap().to_string();
+        assert!(err.contains("position 2 follows 0 cached tokens"), "{err}");
     }
 
     /// Metadata that cannot describe a dense llama is an error naming what is wrong, not a

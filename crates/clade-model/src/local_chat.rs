@@ -44,7 +44,9 @@ struct Shared {
 /// A loaded model, shared: answers are generated on blocking threads, up to its concurrency
 /// at once, each on a copy of the weights of its own (the tensors are shared; only the
 /// attention cache is a copy's own), so answers to different sessions do not queue behind
-/// each other.
+/// each other. A copy's cache outlives its answer: the next prompt that begins the same way
+/// (a session's next turn, or any turn of an agent with the same system prompt) is read from
+/// where they part, not from its first token.
 #[derive(Clone)]
 pub struct LocalChat {
     name: String,
@@ -55,7 +57,7 @@ pub struct LocalChat {
 struct Pool {
     /// What a new copy is cloned from.
     template: Llama,
-    idle: Mutex<Vec<Llama>>,
+    idle: Mutex<Vec<Copy>>,
     /// One per answer being generated.
     places: Arc<tokio::sync::Semaphore>,
     concurrency: usize,
@@ -72,14 +74,30 @@ impl Pool {
         }
     }
 
-    fn take(&self) -> Llama {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        idle.unwrap_or_else(|| self.template.clone())
+    /// The idle copy whose cache shares the longest beginning with `prompt`, else a new one.
+    fn take(&self, prompt: &[u32]) -> Copy {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let best = (0..idle.len()).max_by_key(|&i| shared_prefix(&idle[i].seen, prompt));
+        match best {
+            Some(i) => idle.swap_remove(i),
+            None => Copy { weights: self.template.clone(), seen: Vec::new() },
+        }
     }
 
-    fn give_back(&self, weights: Llama) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(weights);
+    fn give_back(&self, copy: Copy) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(copy);
     }
+}
+
+/// A copy of the weights and the tokens its attention cache holds, in order.
+struct Copy {
+    weights: Llama,
+    seen: Vec<u32>,
+}
+
+/// How many tokens `a` and `b` begin with alike.
+fn shared_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// Answers generated at once by default: one per two cores, at most 4. candle already spreads
@@ -275,32 +293,44 @@ fn failure(e: &dyn std::fmt::Display) -> ModelError {
     }
 }
 
-/// Generates an answer after `prompt` (its tokens) on this thread, passing each new piece of
-/// text to `emit`; the tokens written.
+/// Generates an answer after `prompt` (its tokens) on this thread with `copy`, passing each
+/// new piece of text to `emit`; the tokens written. The prompt is read from where it parts
+/// from what the copy's cache holds.
 fn generate(
     shared: &Shared,
-    weights: &mut Llama,
+    copy: &mut Copy,
     prompt: Vec<u32>,
     max_tokens: usize,
     temperature: Option<f64>,
     emit: &mut dyn FnMut(String) -> bool,
 ) -> Result<usize, ModelError> {
     let fail = |e: &dyn std::fmt::Display| failure(e);
+    // At least the prompt's last token is read again: its logits give the first of the answer.
+    let mut position = shared_prefix(&copy.seen, &prompt).min(prompt.len().saturating_sub(1));
+    // Until the answer ends, the cache holds no more than what both agree on.
+    copy.seen.truncate(position);
+    let mut input = prompt[position..].to_vec();
     let mut tokens = prompt;
     let read = tokens.len();
     let room = shared.context.saturating_sub(read);
     let mut sampler = Sampler::new(299_792_458, temperature, 0.9);
     let mut shown = String::new();
     let mut written = 0;
-    let mut position = 0;
-    let mut input = tokens.clone();
     while written < max_tokens.min(room) {
         let tensor = Tensor::new(input.as_slice(), &Device::Cpu)
             .and_then(|t| t.unsqueeze(0))
             .map_err(|e| fail(&e))?;
-        let logits = weights.forward(&tensor, position).map_err(|e| fail(&e))?;
+        let logits = match copy.weights.forward(&tensor, position) {
+            Ok(logits) => logits,
+            Err(err) => {
+                // A block's cache may be half written: the next answer starts afresh.
+                copy.seen.clear();
+                return Err(fail(&err));
+            }
+        };
         let logits = logits.squeeze(0).map_err(|e| fail(&e))?;
         position += input.len();
+        copy.seen.extend_from_slice(&input);
         let next = sampler.sample(&logits).map_err(|e| fail(&e))?;
         if shared.stops.contains(&next) {
             break;
@@ -400,7 +430,7 @@ impl Provider for LocalChat {
             // The model's arithmetic blocks: it runs on a thread of its own.
             tokio::task::spawn_blocking(move || {
                 let _place = place;
-                let mut weights = pool.take();
+                let mut copy = pool.take(&prompt);
                 // Nothing to show (a call being written) still stops once the caller is gone.
                 let say = |text: String| {
                     if text.is_empty() {
@@ -416,8 +446,8 @@ impl Provider for LocalChat {
                     None => say(piece),
                 };
                 let outcome =
-                    generate(&shared, &mut weights, prompt, max_tokens, temperature, &mut emit);
-                pool.give_back(weights);
+                    generate(&shared, &mut copy, prompt, max_tokens, temperature, &mut emit);
+                pool.give_back(copy);
                 let (rest, calls) = splitter.map(CallSplitter::finish).unwrap_or_default();
                 match outcome {
                     Ok(written) => {

@@ -14,8 +14,18 @@ async fn answer(
     text: &str,
     max_tokens: u32,
 ) -> Result<ModelResponse, clade_model::error::Error> {
+    let messages = vec![Message::system("You are a helpful assistant."), Message::user(text)];
+    answer_to(model, messages, max_tokens).await
+}
+
+/// The model's answer after `messages`.
+async fn answer_to(
+    model: &LocalChat,
+    messages: Vec<Message>,
+    max_tokens: u32,
+) -> Result<ModelResponse, clade_model::error::Error> {
     let request = ModelRequest {
-        messages: vec![Message::system("You are a helpful assistant."), Message::user(text)],
+        messages,
         tools: Vec::new().into(),
         params: Params { max_tokens, temperature: Some(0.0) },
     };
@@ -76,6 +86,31 @@ async fn answers_generated_at_once_are_those_generated_alone() {
     assert_eq!(LocalChat::load(&file).unwrap().with_concurrency(0).concurrency(), 1);
 }
 
+/// A conversation's next prompt, read on the copy whose cache holds its beginning (and
+/// prompts that part from it early, on the same copy), gets the answers a fresh copy gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_kept_between_answers_changes_no_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("tiny.gguf");
+    write_test_model(&file).unwrap();
+    let kept = LocalChat::load(&file).unwrap().with_concurrency(1);
+    let fresh = || async { LocalChat::load(&file).unwrap().with_concurrency(1) };
+    let mut messages = vec![Message::system("You are a helpful assistant.")];
+    for (turn, said) in ["hello there", "tell me a story", "a b c d e f", "zzz"].iter().enumerate()
+    {
+        messages.push(Message::user(*said));
+        let reused = answer_to(&kept, messages.clone(), 24).await.unwrap();
+        let afresh = answer_to(&fresh().await, messages.clone(), 24).await.unwrap();
+        assert_eq!(reused.text, afresh.text, "turn {turn}");
+        assert_eq!(reused.usage, afresh.usage, "turn {turn}");
+        // A prompt that parts from the conversation at its first message, in between.
+        let other = vec![Message::system("Another persona."), Message::user(*said)];
+        let reused = answer_to(&kept, other.clone(), 8).await.unwrap();
+        assert_eq!(reused.text, answer_to(&fresh().await, other, 8).await.unwrap().text);
+        messages.push(Message::Assistant { text: afresh.text, tool_calls: Vec::new() });
+    }
+}
+
 #[test]
 fn missing_cut_and_foreign_files_are_named() {
     let tmp = tempfile::tempdir().unwrap();
@@ -119,6 +154,32 @@ async fn the_real_smollm2_answers_sensibly() {
     eprintln!("SmolLM2, asked to loop: {:?}", looped.text);
     assert!(looped.usage.output_tokens < 100, "{looped:?}");
     assert_eq!(looped.stop_reason, Some(StopReason::EndTurn), "{looped:?}");
+    // A conversation's next turn reads only what follows the last answer (its beginning is in
+    // the cache): the figure, against the same prompt read afresh.
+    let mut messages = vec![
+        Message::system("You are a helpful assistant."),
+        Message::user("Write a short story about a lighthouse."),
+        Message::Assistant { text: long.text.clone(), tool_calls: Vec::new() },
+    ];
+    for n in 1..=12 {
+        messages.push(Message::user(format!("What comes after the number {n}?")));
+        messages.push(Message::Assistant { text: format!("{}.", n + 1), tool_calls: Vec::new() });
+    }
+    messages.push(Message::user("And after that?"));
+    let mut next = messages.clone();
+    next.push(Message::Assistant { text: "14.".into(), tool_calls: Vec::new() });
+    next.push(Message::user("And then?"));
+    let timed = async |model: &LocalChat, messages: &[Message]| {
+        let started = std::time::Instant::now();
+        let response = answer_to(model, messages.to_vec(), 1).await.unwrap();
+        (started.elapsed().as_secs_f64(), response.usage.input_tokens)
+    };
+    let (afresh, prompt) = timed(&LocalChat::load(&file).unwrap(), &next).await;
+    timed(&model, &messages).await;
+    let (kept, _) = timed(&model, &next).await;
+    eprintln!(
+        "SmolLM2: a {prompt}-token prompt's first token in {afresh:.2} s read afresh, {kept:.2} s after the same conversation's last turn"
+    );
 }
 
 /// The provider the configuration makes loads the model once, with the concurrency it was
