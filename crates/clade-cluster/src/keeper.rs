@@ -323,6 +323,12 @@ impl Keeper {
         nodes
     }
 
+    /// How many nodes this one counts as members ([`Keeper::heard`]'s count, without copying
+    /// them): what the tenants' quotas are shared among.
+    pub fn member_count(&self) -> usize {
+        self.state.member_count()
+    }
+
     /// This node's clock against the database's, when it was last measured too far off (the
     /// keeper measures every lease period): the node runs on, degraded, until it agrees again.
     pub fn clock_off(&self) -> Option<ClockSkew> {
@@ -452,14 +458,29 @@ impl State {
         }
     }
 
-    /// The nodes heard from within three ticks, this one included, in name order.
-    fn members(&self) -> Vec<String> {
+    /// Whether a node last heard `at` is a member now: heard within three ticks.
+    fn recent(&self) -> impl Fn(&Heard) -> bool {
         let now = self.store.now().as_millis();
         let within = i64::try_from(self.options.tick().as_millis() * 3).unwrap_or(i64::MAX);
+        move |heard| now.saturating_sub(heard.at.as_millis()) <= within
+    }
+
+    /// How many nodes [`State::members`] lists.
+    fn member_count(&self) -> usize {
+        let recent = self.recent();
+        let heard = self.lock_heard();
+        let others =
+            heard.iter().filter(|(node, h)| **node != self.options.node && recent(h)).count();
+        others + 1
+    }
+
+    /// The nodes heard from within three ticks, this one included, in name order.
+    fn members(&self) -> Vec<String> {
+        let recent = self.recent();
         let mut nodes: Vec<String> = self
             .lock_heard()
             .iter()
-            .filter(|(_, heard)| now.saturating_sub(heard.at.as_millis()) <= within)
+            .filter(|(_, heard)| recent(heard))
             .map(|(node, _)| node.clone())
             .collect();
         if !nodes.contains(&self.options.node) {

@@ -26,7 +26,13 @@ pub struct TenantLimits {
     clock: Arc<dyn Clock>,
     /// Long-lived streams open now.
     streams: Mutex<OpenStreams>,
+    /// Counts the cluster's nodes as this one sees them (none alone: 1): each node holds its
+    /// share of the rates, streams and connections, so a tenant spread over them gets no
+    /// more in all.
+    nodes: std::sync::OnceLock<NodeCount>,
 }
+
+type NodeCount = Box<dyn Fn() -> usize + Send + Sync>;
 
 struct Bucket {
     tokens: f64,
@@ -49,6 +55,37 @@ impl TenantLimits {
             stored: Mutex::default(),
             clock,
             streams: Mutex::default(),
+            nodes: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Shares the rates, streams and connections of every tenant among the nodes `count`
+    /// counts at each check (a cluster's members, as nodes join and leave); set once, at
+    /// start. The agents and stored bytes quotas are counted in the store, for the whole
+    /// cluster already.
+    pub fn share_among(&self, count: impl Fn() -> usize + Send + Sync + 'static) {
+        if self.nodes.set(Box::new(count)).is_err() {
+            tracing::warn!("the tenants' quotas are already shared among the cluster's nodes");
+        }
+    }
+
+    /// The nodes the quotas are shared among now (1 alone).
+    fn nodes(&self) -> usize {
+        self.nodes.get().map_or(1, |count| count().max(1))
+    }
+
+    /// This node's share of a count a tenant's quotas allow: rounded up, so a quota above 0
+    /// leaves every node at least 1.
+    fn share(&self, allowed: u64) -> u64 {
+        allowed.div_ceil(self.nodes() as u64)
+    }
+
+    /// How a refusal names the setting `key` that allows `allowed`: alone as it is, in a
+    /// cluster with the split.
+    fn named(&self, key: String, allowed: impl std::fmt::Display) -> String {
+        match self.nodes() {
+            1 => key,
+            nodes => format!("this node's share of {key}: {allowed} over {nodes} nodes"),
         }
     }
 
@@ -78,27 +115,27 @@ impl TenantLimits {
     ) -> Result<(), ApiError> {
         use crate::server::{ConnectionCaps, Holder, OverCap};
         let quotas = self.quotas(tenant);
-        let cap = |of: fn(&Quotas) -> Option<u64>| {
-            quotas
-                .as_ref()
-                .and_then(|(q, _)| of(q))
-                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-        };
-        let caps = ConnectionCaps {
-            tenant: cap(|q| q.connections),
-            credential: cap(|q| q.connections_per_token),
-        };
+        let allowed = |of: fn(&Quotas) -> Option<u64>| quotas.as_ref().and_then(|(q, _)| of(q));
+        let (per_tenant, per_token) =
+            (allowed(|q| q.connections), allowed(|q| q.connections_per_token));
+        let cap = |n: u64| usize::try_from(self.share(n)).unwrap_or(usize::MAX);
+        let caps = ConnectionCaps { tenant: per_tenant.map(cap), credential: per_token.map(cap) };
         let holder = Holder { tenant: tenant.id, credential: credential.fingerprint() };
         let key = quotas.map(|(_, key)| key).unwrap_or_default();
+        let setting = |name: &str, allowed: Option<u64>| {
+            self.named(format!("{key}.{name}"), allowed.unwrap_or_default())
+        };
         let retry = CONNECTION_RETRY.as_secs();
         let message = match trust.set(holder, caps) {
             Ok(()) => return Ok(()),
             Err(OverCap::Tenant(held)) => format!(
-                "tenant {} holds {held} connections, the most it may ({key}.connections): reuse one (keep-alive), or retry in {retry} s",
-                tenant.name
+                "tenant {} holds {held} connections, the most it may ({}): reuse one (keep-alive), or retry in {retry} s",
+                tenant.name,
+                setting("connections", per_tenant)
             ),
             Err(OverCap::Credential(held)) => format!(
-                "this token holds {held} connections, the most one token may ({key}.connections_per_token): reuse one (keep-alive), or retry in {retry} s"
+                "this token holds {held} connections, the most one token may ({}): reuse one (keep-alive), or retry in {retry} s",
+                setting("connections_per_token", per_token)
             ),
         };
         Err(ApiError::new(Code::QuotaExceeded, message).retry_after(CONNECTION_RETRY))
@@ -174,6 +211,9 @@ impl TenantLimits {
         let Some((quotas, key)) = self.quotas(tenant) else { return Ok(()) };
         let Some(rate) = quotas.events_per_second.filter(|r| *r > 0.0) else { return Ok(()) };
         let burst = quotas.burst.map_or(rate.max(1.0), |b| b as f64).max(1.0);
+        // In a cluster each node refills its bucket at its share of the rate.
+        let (allowed, nodes) = (rate, self.nodes() as f64);
+        let (rate, burst) = (rate / nodes, (burst / nodes).ceil().max(1.0));
         let need = (count.max(1) as f64).min(burst);
         let now = self.clock.now();
         let Ok(mut buckets) = self.buckets.lock() else { return Ok(()) };
@@ -189,8 +229,9 @@ impl TenantLimits {
         Err(ApiError::new(
             Code::RateLimited,
             format!(
-                "tenant {} sends more than {rate} events per second ({key}.events_per_second): retry in {} ms",
+                "tenant {} sends more than {rate} events per second ({}): retry in {} ms",
                 tenant.name,
+                self.named(format!("{key}.events_per_second"), allowed),
                 wait.as_millis().max(1)
             ),
         )
@@ -248,21 +289,24 @@ impl TenantLimits {
         let (quotas, key) = self
             .quotas(tenant)
             .unwrap_or_else(|| (Quotas::default(), "tenants.<name>.quotas".to_owned()));
-        let per_tenant = quotas.streams.unwrap_or(DEFAULT_STREAMS);
-        let per_token = quotas.streams_per_token.unwrap_or(DEFAULT_STREAMS_PER_TOKEN);
+        let allowed_tenant = quotas.streams.unwrap_or(DEFAULT_STREAMS);
+        let allowed_token = quotas.streams_per_token.unwrap_or(DEFAULT_STREAMS_PER_TOKEN);
+        let (per_tenant, per_token) = (self.share(allowed_tenant), self.share(allowed_token));
         let token = credential.fingerprint();
         let mut open = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         let tenant_open = open.tenants.get(&tenant.id).copied().unwrap_or(0);
         let token_open = open.tokens.get(&token).copied().unwrap_or(0);
         let refusal = if tenant_open >= per_tenant {
             Some(format!(
-                "tenant {} holds {tenant_open} streams open, the most it may ({key}.streams): close one, or retry in {} s",
+                "tenant {} holds {tenant_open} streams open, the most it may ({}): close one, or retry in {} s",
                 tenant.name,
+                self.named(format!("{key}.streams"), allowed_tenant),
                 STREAM_RETRY.as_secs()
             ))
         } else if token_open >= per_token {
             Some(format!(
-                "this token holds {token_open} streams open, the most one token may ({key}.streams_per_token): close one, or retry in {} s",
+                "this token holds {token_open} streams open, the most one token may ({}): close one, or retry in {} s",
+                self.named(format!("{key}.streams_per_token"), allowed_token),
                 STREAM_RETRY.as_secs()
             ))
         } else {
@@ -338,6 +382,9 @@ mod tests {
         .unwrap();
         let limits =
             TenantLimits::new(BTreeMap::from([("acme".to_owned(), config)]), clock.clone());
+        let nodes = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let counted = nodes.clone();
+        limits.share_among(move || counted.load(std::sync::atomic::Ordering::Relaxed));
         let tenant = Tenant {
             id: TenantId::generate(clock.now()),
             name: Handle::parse("acme").unwrap(),
@@ -356,5 +403,39 @@ mod tests {
         clock.advance(Duration::from_secs(2));
         assert!(limits.take_events(&tenant, 5).is_ok(), "a burst's worth was not admitted");
         assert!(limits.take_events(&tenant, 1).is_err(), "more than the burst went out");
+        // One node of two holds half the burst and refills at half the rate, and says so.
+        nodes.store(2, std::sync::atomic::Ordering::Relaxed);
+        clock.advance(Duration::from_secs(10));
+        assert!(limits.take_event(&tenant).is_ok());
+        let refused = limits.take_event(&tenant).unwrap_err();
+        assert!(
+            refused.message.contains("retry in 2000 ms")
+                && refused.message.contains(
+                    "this node's share of tenants.acme.quotas.events_per_second: 1 over 2 nodes"
+                ),
+            "{}",
+            refused.message
+        );
+        clock.advance(Duration::from_millis(1999));
+        assert!(limits.take_event(&tenant).is_err(), "refilled at more than its share");
+        // Alone again, the whole rate.
+        nodes.store(0, std::sync::atomic::Ordering::Relaxed);
+        clock.advance(Duration::from_secs(10));
+        assert!(limits.take_events(&tenant, 2).is_ok());
+    }
+
+    /// A node's share of a count is the count over the nodes, rounded up: 0 only for 0.
+    #[test]
+    fn each_node_holds_its_share_of_a_count() {
+        let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_795_338_294_000)));
+        let limits = TenantLimits::new(BTreeMap::new(), clock);
+        assert_eq!((limits.share(5), limits.named("k".into(), 5)), (5, "k".into()));
+        let nodes = Arc::new(std::sync::atomic::AtomicUsize::new(2));
+        let counted = nodes.clone();
+        limits.share_among(move || counted.load(std::sync::atomic::Ordering::Relaxed));
+        assert_eq!(limits.share(5), 3);
+        assert_eq!(limits.named("k".into(), 5), "this node's share of k: 5 over 2 nodes");
+        nodes.store(8, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!((limits.share(5), limits.share(0)), (1, 0));
     }
 }

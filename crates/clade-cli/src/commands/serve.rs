@@ -112,6 +112,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         ctx.config.tenants.clone(),
         ctx.store.clock().clone(),
     ));
+    joined.share_quotas(&limits);
     let maintenance = std::sync::Arc::new(Maintenance {
         duties: joined.duties.clone(),
         store: ctx.store.clone(),

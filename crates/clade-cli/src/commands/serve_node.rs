@@ -166,6 +166,14 @@ impl Joined {
     pub(super) fn keeper(&self) -> Option<Arc<Keeper>> {
         self.keeper.clone()
     }
+
+    /// Shares the tenants' rates, streams and connections among the nodes this one counts
+    /// as members, as they join and leave (alone: nothing to share).
+    pub(super) fn share_quotas(&self, limits: &clade_gateway::quotas::TenantLimits) {
+        if let Some(keeper) = self.keeper.clone() {
+            limits.share_among(move || keeper.member_count());
+        }
+    }
 }
 
 /// The once-per-cluster work this gateway runs now: all of it when it runs alone.

@@ -193,6 +193,53 @@ async fn gateways_on_one_store_split_the_sessions_and_carry_on_a_dead_nodes() {
 /// libfaketime, which shifts a process's clock (the `faketime` package).
 const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
+/// A tenant's event rate is shared among the nodes that count each other as members: with
+/// two, each node lets through half the burst and its refusal says why, so a tenant spread
+/// over both gets no more in all than one node would let through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_event_rate_is_shared_among_the_nodes() {
+    let Some(schema) = clade_test_support::PgSchema::create().await else { return };
+    let Some(nats) = clade_test_support::nats_url() else { return };
+    let cluster = cluster_name();
+    let more = "tenants:\n  \"*\":\n    quotas: { events_per_second: 0.001, burst: 4 }\n";
+    let a = node_with(schema.url(), &nats, &cluster, "a", 4, more);
+    let b = node_with(schema.url(), &nats, &cluster, "b", 4, more);
+    a.run(&["agents", "create", "ada"]).ok();
+    let servers = [a.serve(&[]), b.serve(&[])];
+    let members = |nodes: &Value| {
+        nodes["items"]
+            .as_array()
+            .map_or(0, |items| items.iter().filter(|node| !node["heard_ms_ago"].is_null()).count())
+    };
+    for server in &servers {
+        let nodes = polled_within(
+            std::time::Duration::from_secs(20),
+            std::time::Duration::from_millis(100),
+            async || server.get_json("/v1/cluster/nodes").await,
+            |nodes| members(nodes) == 2,
+        )
+        .await;
+        assert_eq!(members(&nodes), 2, "{nodes}");
+    }
+    for server in &servers {
+        for n in 0..3 {
+            let body = json!({ "agent": "ada", "text": format!("hello {n}"),
+                "source": { "platform": "http", "channel": "c", "actor": "someone" } });
+            let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
+            if n < 2 {
+                assert!(status < 300, "event {n} through {}: {answer}", server.url);
+                continue;
+            }
+            assert_eq!(status, 429, "a node let more than its half of the burst through: {answer}");
+            let said = answer["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                said.contains("this node's share of tenants.\"*\".quotas.events_per_second: 0.001 over 2 nodes"),
+                "{answer}"
+            );
+        }
+    }
+}
+
 /// A node whose clock is minutes off the database's would fire schedules early or late: it is
 /// refused at its start, saying by how much and what to do, whichever way it is off.
 #[tokio::test]
