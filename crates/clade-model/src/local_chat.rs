@@ -356,18 +356,18 @@ fn generate(
     Ok(written)
 }
 
-/// The shortest run of repeats that counts as a loop, in tokens: a period of 1 to 16 tokens
-/// must fill this many, a longer one repeat [`LOOP_REPEATS`] times.
+/// The shortest run of repeats that counts as a loop, in tokens.
 const LOOP_SPAN: usize = 48;
-const LOOP_REPEATS: usize = 3;
-/// The longest period (in tokens) looked for: a loop of whole sentences.
-const LOOP_PERIOD: usize = 64;
+/// The longest period (in tokens) looked for: a loop of a whole paragraph.
+const LOOP_PERIOD: usize = 192;
 
-/// Whether `answer` ends in the same tokens written again and again: a period of up to
-/// [`LOOP_PERIOD`] tokens repeated over at least [`LOOP_SPAN`] tokens and [`LOOP_REPEATS`] times.
+/// Whether `answer` ends in the same tokens written again and again: over at least
+/// [`LOOP_SPAN`] tokens, a period of up to 47 tokens three times, or a longer one (up to
+/// [`LOOP_PERIOD`]) twice in full.
 fn looping(answer: &[u32]) -> bool {
     (1..=LOOP_PERIOD).any(|period| {
-        let span = (period * LOOP_REPEATS).max(LOOP_SPAN);
+        let repeats = if period < LOOP_SPAN { 3 } else { 2 };
+        let span = (period * repeats).max(LOOP_SPAN);
         answer.len() >= span && {
             let tail = &answer[answer.len() - span..];
             tail[period..].iter().zip(tail).all(|(later, earlier)| later == earlier)
@@ -650,7 +650,7 @@ mod tests {
     use super::looping;
 
     #[test]
-    fn an_answer_loops_once_a_period_fills_the_span_or_repeats_three_times() {
+    fn an_answer_loops_once_its_tail_repeats() {
         let word = vec![7; 47];
         assert!(!looping(&word), "47 tokens are short of the span");
         assert!(looping(&[word.as_slice(), &[7]].concat()));
@@ -659,6 +659,10 @@ mod tests {
         let twice = [sentence.clone(), sentence.clone()].concat();
         assert!(!looping(&[&[1, 2, 3][..], &twice].concat()));
         assert!(looping(&[twice.clone(), sentence.clone()].concat()));
+        // A paragraph of 78 tokens written twice in full is a loop; once and a half is not.
+        let paragraph: Vec<u32> = (200..278).collect();
+        assert!(!looping(&[paragraph.clone(), paragraph[..40].to_vec()].concat()));
+        assert!(looping(&[paragraph.clone(), paragraph.clone()].concat()));
         // A list whose items differ never loops, however long.
         let counting: Vec<u32> = (0..40).flat_map(|n| [5, 1000 + n, 6]).collect();
         assert!(!looping(&counting));
