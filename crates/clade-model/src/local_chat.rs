@@ -74,14 +74,23 @@ impl Pool {
         }
     }
 
-    /// The idle copy whose cache shares the longest beginning with `prompt`, else a new one.
-    fn take(&self, prompt: &[u32]) -> Copy {
+    /// The idle copy of `scope` whose cache shares the longest beginning with `prompt`; else
+    /// another idle copy or a new one, holding nothing (what it held was another scope's).
+    fn take(&self, prompt: &[u32], scope: Option<&str>) -> Copy {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let best = (0..idle.len()).max_by_key(|&i| shared_prefix(&idle[i].seen, prompt));
-        match best {
+        let ours = |copy: &Copy| scope.is_some() && copy.scope.as_deref() == scope;
+        let best = (0..idle.len())
+            .filter(|&i| ours(&idle[i]))
+            .max_by_key(|&i| shared_prefix(&idle[i].seen, prompt));
+        let mut copy = match best.or_else(|| idle.len().checked_sub(1)) {
             Some(i) => idle.swap_remove(i),
-            None => Copy { weights: self.template.clone(), seen: Vec::new() },
+            None => Copy { weights: self.template.clone(), seen: Vec::new(), scope: None },
+        };
+        if !ours(&copy) {
+            copy.seen.clear();
         }
+        copy.scope = scope.map(str::to_owned);
+        copy
     }
 
     fn give_back(&self, copy: Copy) {
@@ -93,6 +102,8 @@ impl Pool {
 struct Copy {
     weights: Llama,
     seen: Vec<u32>,
+    /// Whose prompts `seen` holds ([`ModelRequest::cache_scope`]).
+    scope: Option<String>,
 }
 
 /// How many tokens `a` and `b` begin with alike.
@@ -425,12 +436,13 @@ impl Provider for LocalChat {
             let temperature = request.params.temperature.map(f64::from);
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let (shared, pool) = (self.shared.clone(), self.pool.clone());
+            let scope = request.cache_scope.clone();
             // Past the concurrency, an answer waits here rather than holding a blocking thread.
             let place = pool.places.clone().acquire_owned().await.map_err(|e| failure(&e))?;
             // The model's arithmetic blocks: it runs on a thread of its own.
             tokio::task::spawn_blocking(move || {
                 let _place = place;
-                let mut copy = pool.take(&prompt);
+                let mut copy = pool.take(&prompt, scope.as_deref());
                 // Nothing to show (a call being written) still stops once the caller is gone.
                 let say = |text: String| {
                     if text.is_empty() {
@@ -670,5 +682,31 @@ mod tests {
         let mut ends_apart = [twice, sentence].concat();
         ends_apart.push(9);
         assert!(!looping(&ends_apart));
+    }
+
+    /// A copy's cache serves the next prompt of its own scope only: another tenant's, or a
+    /// prompt of no scope, starts from nothing, so no tenant can time another's prompts.
+    #[test]
+    fn a_copy_keeps_its_cache_for_its_own_scope_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("tiny.gguf");
+        super::write_test_model(&file).unwrap();
+        let model = super::LocalChat::load(&file).unwrap().with_concurrency(1);
+        let pool = &model.pool;
+        let prompt = [1, 2, 3, 4];
+        let answered = |scope: Option<&str>| {
+            let mut copy = pool.take(&prompt, scope);
+            copy.seen = prompt.to_vec();
+            pool.give_back(copy);
+        };
+        answered(Some("a"));
+        assert_eq!(pool.take(&prompt, Some("a")).seen, prompt, "its own scope lost its cache");
+        answered(Some("a"));
+        let other = pool.take(&prompt, Some("b"));
+        assert!(other.seen.is_empty() && other.scope.as_deref() == Some("b"));
+        pool.give_back(other);
+        assert!(pool.take(&prompt, Some("a")).seen.is_empty(), "b's cache served a");
+        answered(None);
+        assert!(pool.take(&prompt, None).seen.is_empty(), "a prompt of no scope was cached");
     }
 }

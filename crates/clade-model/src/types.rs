@@ -97,6 +97,11 @@ pub struct ModelRequest {
     pub tools: std::sync::Arc<[ToolSpec]>,
     #[serde(default)]
     pub params: Params,
+    /// Whose prompts this one may share what a provider keeps between calls with (the local
+    /// model's attention cache): reused only within one scope, so no tenant can time another's
+    /// prompts. The engine sets the tenant; `None` is never reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_scope: Option<String>,
 }
 
 /// Token counts of one call.

@@ -49,6 +49,7 @@ pub(crate) async fn ask_lasting(
     let request = ModelRequest {
         messages: vec![Message::system(instructions), Message::user(text)],
         params: Params { max_tokens: 1024, temperature: Some(0.0) },
+        cache_scope: Some(tenant.id.to_string()),
         ..ModelRequest::default()
     };
     let models = engine.models();

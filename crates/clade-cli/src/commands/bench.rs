@@ -142,6 +142,8 @@ async fn local(file: &std::path::Path, answers: u32, tokens: u32, concurrent: u3
                 ],
                 tools: Vec::new().into(),
                 params: clade_model::types::Params { max_tokens: tokens, temperature: Some(0.7) },
+                // Every answer reads its whole prompt: the figures are of a first turn.
+                cache_scope: None,
             };
             let asked = now();
             let mut stream = model.stream("local", &request).await?;

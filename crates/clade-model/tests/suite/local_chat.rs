@@ -18,6 +18,14 @@ async fn answer(
     answer_to(model, messages, max_tokens).await
 }
 
+/// The tiny test model's file, in a folder that lasts as long as the first value.
+fn tiny_model() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("tiny.gguf");
+    write_test_model(&file).unwrap();
+    (tmp, file)
+}
+
 /// The model's answer after `messages`.
 async fn answer_to(
     model: &LocalChat,
@@ -28,6 +36,7 @@ async fn answer_to(
         messages,
         tools: Vec::new().into(),
         params: Params { max_tokens, temperature: Some(0.0) },
+        cache_scope: Some("one tenant".into()),
     };
     let mut stream = model.stream("local", &request).await?;
     let mut response = ModelResponse::default();
@@ -45,9 +54,7 @@ async fn answer_to(
 
 #[tokio::test]
 async fn a_tiny_llama_loads_streams_and_stops() {
-    let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("tiny.gguf");
-    write_test_model(&file).unwrap();
+    let (_tmp, file) = tiny_model();
     let model = LocalChat::load(&file).unwrap();
     assert_eq!(model.model_name(), "tiny");
     let response = answer(&model, "hello there", 12).await.unwrap();
@@ -66,9 +73,7 @@ async fn a_tiny_llama_loads_streams_and_stops() {
 /// one after another: no answer sees another's attention cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_generated_at_once_are_those_generated_alone() {
-    let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("tiny.gguf");
-    write_test_model(&file).unwrap();
+    let (_tmp, file) = tiny_model();
     let model = LocalChat::load(&file).unwrap().with_concurrency(3);
     assert_eq!(model.concurrency(), 3);
     let prompts = ["hello there", "what is the time", "tell me a story", "a b c d e f", "zzz"];
@@ -90,9 +95,7 @@ async fn answers_generated_at_once_are_those_generated_alone() {
 /// prompts that part from it early, on the same copy), gets the answers a fresh copy gives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_kept_between_answers_changes_no_answer() {
-    let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("tiny.gguf");
-    write_test_model(&file).unwrap();
+    let (_tmp, file) = tiny_model();
     let kept = LocalChat::load(&file).unwrap().with_concurrency(1);
     let fresh = || async { LocalChat::load(&file).unwrap().with_concurrency(1) };
     let mut messages = vec![Message::system("You are a helpful assistant.")];
@@ -186,9 +189,7 @@ async fn the_real_smollm2_answers_sensibly() {
 /// given, or the model's default.
 #[tokio::test]
 async fn the_provider_loads_the_model_with_its_configured_concurrency() {
-    let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("tiny.gguf");
-    write_test_model(&file).unwrap();
+    let (_tmp, file) = tiny_model();
     let two = clade_model::local_chat::LocalProvider::new(file.clone(), Some(2));
     assert_eq!(two.loaded().await.unwrap().concurrency(), 2);
     let default = clade_model::local_chat::LocalProvider::new(file.clone(), None);
@@ -237,14 +238,13 @@ async fn tools_are_offered_in_the_prompt_and_past_calls_shown_as_written() {
     // Without tools, nothing of them is said.
     assert!(!clade_model::local_chat::chatml(&messages[..2], &[]).contains("<tools>"));
 
-    let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("tiny.gguf");
-    write_test_model(&file).unwrap();
+    let (_tmp, file) = tiny_model();
     let model = LocalChat::load(&file).unwrap();
     let ask = |tools: std::sync::Arc<[ToolSpec]>| ModelRequest {
         messages: messages[..2].to_vec(),
         tools,
         params: Params { max_tokens: 8, temperature: Some(0.0) },
+        cache_scope: None,
     };
     let collect = |request: ModelRequest| {
         let model = model.clone();

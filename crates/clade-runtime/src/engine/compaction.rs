@@ -161,6 +161,7 @@ pub(super) async fn compact(
             )),
         ],
         params: Params { max_tokens: summary_tokens * 2, temperature: Some(0.0) },
+        cache_scope: Some(ctx.tenant.id.to_string()),
         ..ModelRequest::default()
     };
     let called = Box::pin(models.call(

@@ -371,6 +371,7 @@ pub(crate) async fn execute(
                                 max_tokens: answer_tokens,
                                 ..clade_model::Params::default()
                             },
+                            cache_scope: Some(turn.tenant_id.to_string()),
                         };
                         let turn_id = turn.id.to_string();
                         let mut on_event = |event: &StreamEvent| {

@@ -73,6 +73,7 @@ async fn check_chat(file: &Path) -> Result<()> {
         messages: vec![clade_model::types::Message::user("Say hello.")],
         tools: Vec::new().into(),
         params: clade_model::types::Params { max_tokens: 8, temperature: Some(0.0) },
+        cache_scope: None,
     };
     let mut stream = model.stream("local", &request).await?;
     let mut answer = clade_model::ModelResponse::default();
