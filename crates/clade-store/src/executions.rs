@@ -141,8 +141,10 @@ pub struct ExecutionWrites<'w> {
     tenant: TenantId,
     now: Timestamp,
     /// What its writes are fenced by (`crate::leases`): an execution falls under the shard of
-    /// its id.
+    /// the session it belongs to, whose turn runs it ([`Self::fence_key`]).
     fence: crate::leases::Fence,
+    /// The session the writes are made for, when it is not the owner's ([`Self::acting_for`]).
+    acting_for: Option<SessionId>,
 }
 
 impl<'w> ExecutionWrites<'w> {
@@ -152,7 +154,43 @@ impl<'w> ExecutionWrites<'w> {
         now: Timestamp,
         fence: crate::leases::Fence,
     ) -> Self {
-        Self { conn, tenant, now, fence }
+        Self { conn, tenant, now, fence, acting_for: None }
+    }
+
+    /// Writes made by `session`'s turn rather than its owner's: a fork's own session settles
+    /// the fork, on the node holding that session.
+    pub fn acting_for(mut self, session: SessionId) -> Self {
+        self.acting_for = Some(session);
+        self
+    }
+
+    /// What an execution owned by `owner` is fenced by: the session whose turn runs it (a
+    /// branch, a worker or a sub-agent run belongs to the session that started it, written by
+    /// the node holding that session), not the shard its own id would fall in, which another
+    /// node may hold. An execution started by an execution falls under its starter's session;
+    /// one owned by an agent alone, under the agent.
+    async fn fence_key(&mut self, owner: ExecutionOwner) -> Result<[u8; 16]> {
+        if let Some(session) = self.acting_for {
+            return Ok(*session.as_bytes());
+        }
+        let mut owner = owner;
+        // A chain of executions is short; a cycle cannot be stored, but is cut all the same.
+        for _ in 0..8 {
+            match owner {
+                ExecutionOwner::Execution(parent) => owner = self.current(parent).await?.owner,
+                other => return Ok(other.id()),
+            }
+        }
+        Ok(owner.id())
+    }
+
+    /// Refuses a write for an execution owned by `owner` unless this node holds its session.
+    async fn check_fence(&mut self, owner: ExecutionOwner) -> Result<()> {
+        if self.fence.is_open() {
+            return Ok(());
+        }
+        let key = self.fence_key(owner).await?;
+        crate::leases::check(self.conn, self.fence.of(&key)).await
     }
 
     async fn current(&mut self, id: ExecutionId) -> Result<ExecutionRow> {
@@ -178,7 +216,6 @@ impl<'w> ExecutionWrites<'w> {
     /// Starts an execution, or returns the one already stored under its id (a retried start).
     /// An id taken by another tenant's execution is not found, never shown.
     pub async fn start(&mut self, new: NewExecution) -> Result<ExecutionRow> {
-        crate::leases::check(self.conn, self.fence.of(new.id.as_bytes())).await?;
         if new.tenant != self.tenant {
             return Err(Error::InvalidInput(
                 "an execution starts in its unit of work's tenant".into(),
@@ -196,6 +233,7 @@ impl<'w> ExecutionWrites<'w> {
                 new.status
             )));
         }
+        self.check_fence(new.owner).await?;
         let inserted = query(
             "INSERT INTO executions (id, tenant_id, agent_id, kind, owner_kind, owner_id, \
              status, input, created_at, updated_at) \
@@ -229,8 +267,8 @@ impl<'w> ExecutionWrites<'w> {
     /// (`false`: a retried write), and one with another key is refused (the execution did not
     /// replay the way it first ran). An ended execution takes no more steps.
     pub async fn append_step(&mut self, id: ExecutionId, step: ExecutionStep) -> Result<bool> {
-        crate::leases::check(self.conn, self.fence.of(id.as_bytes())).await?;
         let execution = self.not_a_turn(id).await?;
+        self.check_fence(execution.owner).await?;
         if execution.status.is_final() {
             return Err(Error::ExecutionEnded { id: id.to_string(), status: execution.status });
         }
@@ -296,10 +334,14 @@ impl<'w> ExecutionWrites<'w> {
         output: Option<String>,
         error: Option<String>,
     ) -> Result<ExecutionRow> {
-        crate::leases::check(self.conn, self.fence.of(id.as_bytes())).await?;
         // A cancel from any node and the settling of its holder decide one after the other.
         self.conn.serialize(&format!("execution {id}")).await?;
         let current = self.not_a_turn(id).await?;
+        // A cancel is asked of whichever node took the request: it only ends the execution,
+        // and its holder then finds it ended. Everything else is its session's holder's.
+        if status != ExecutionStatus::Cancelled {
+            self.check_fence(current.owner).await?;
+        }
         if !current.status.can_become(status) {
             return Err(Error::ExecutionEnded { id: id.to_string(), status: current.status });
         }

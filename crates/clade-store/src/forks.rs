@@ -677,7 +677,9 @@ impl Forks<'_> {
                         // Still running elsewhere.
                         _ => return Ok(None),
                     };
+                    // Settled by the fork's own session's turn, on the node holding it.
                     work.executions()
+                        .acting_for(session)
                         .set_status(fork.execution, status, output.clone(), error.clone())
                         .await?;
                     let fork = fork_in(work.conn(), tenant, session)

@@ -206,3 +206,119 @@ async fn a_cluster_node_writes_only_the_turns_of_the_shards_it_holds() {
         assert_eq!(b.system().journal(turn.id).await.unwrap().len(), 2, "{}", h.name);
     }
 }
+
+/// An execution is written by the node holding the session it belongs to, whatever shard its
+/// own id would fall in: a branch's, a worker's or a sub-agent run's steps and status are
+/// written by the turn that runs it. A node holding another shard is fenced off from them, but
+/// a cancel, which any node may be asked for, goes through.
+#[tokio::test]
+async fn a_cluster_node_writes_the_executions_of_the_sessions_it_holds() {
+    use clade_core::{ExecutionId, ExecutionKind, ExecutionStatus};
+    use clade_store::{ExecutionOwner, ExecutionStep, NewExecution};
+    use std::time::Duration;
+    let minute = Duration::from_secs(60);
+    for h in backends().await {
+        let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let (a, b) = (h.reopen().await.unwrap(), h.reopen().await.unwrap());
+        a.shard_leases().fence_by_shards(4);
+        b.shard_leases().fence_by_shards(4);
+        let session = accept(&a, &tenant, &agent, "c0").await.session_id;
+        let mine = i64::from(clade_core::shard::shard_of(session.as_bytes(), 4));
+        a.shard_leases().acquire("a", mine, minute).await.unwrap().unwrap();
+        b.shard_leases().acquire("b", (mine + 1) % 4, minute).await.unwrap().unwrap();
+
+        // Sixteen ids fall in every shard of four; each execution is its session's holder's.
+        for n in 0..16 {
+            let new = NewExecution {
+                id: ExecutionId::generate(a.now()),
+                tenant: tenant.id,
+                agent: agent.id,
+                kind: ExecutionKind::SubAgent,
+                owner: ExecutionOwner::Session(session),
+                status: ExecutionStatus::Running,
+                input: "{}".into(),
+            };
+            let refused = b.start_execution(new.clone()).await;
+            assert!(matches!(refused, Err(Error::Fenced { .. })), "{}: {refused:?}", h.name);
+            let row = a.start_execution(new).await.unwrap();
+            let step = ExecutionStep { seq: 1, key: "ask".into(), data: "1".into() };
+            let refused = b.executions(tenant.id).append_step(row.id, step.clone()).await;
+            assert!(matches!(refused, Err(Error::Fenced { .. })), "{}: {refused:?}", h.name);
+            a.executions(tenant.id).append_step(row.id, step).await.unwrap();
+            let done = ExecutionStatus::Completed;
+            let refused = b.executions(tenant.id).set_status(row.id, done, None, None).await;
+            assert!(matches!(refused, Err(Error::Fenced { .. })), "{}: {refused:?}", h.name);
+            if n % 2 == 0 {
+                a.executions(tenant.id).set_status(row.id, done, None, None).await.unwrap();
+            } else {
+                // Cancelled from the other node: its holder then finds it ended.
+                let cancel = ExecutionStatus::Cancelled;
+                b.executions(tenant.id).set_status(row.id, cancel, None, None).await.unwrap();
+                let late = a.executions(tenant.id).set_status(row.id, done, None, None).await;
+                assert!(matches!(late, Err(Error::ExecutionEnded { .. })), "{}: {late:?}", h.name);
+            }
+        }
+    }
+}
+
+/// A worker is started by its parent's turn, on the node holding the parent's session, and
+/// settled by its own session's last turn, on the node holding that session: each node writes
+/// the fork's execution for the session it holds, wherever the other lives.
+#[tokio::test]
+async fn a_fork_started_on_one_node_settles_on_the_node_holding_its_own_session() {
+    use clade_core::{ExecutionKind, ExecutionStatus};
+    use clade_store::NewFork;
+    use std::time::Duration;
+    let minute = Duration::from_secs(60);
+    let shard = |s: clade_core::SessionId| i64::from(clade_core::shard::shard_of(s.as_bytes(), 4));
+    for h in backends().await {
+        let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let (a, b) = (h.reopen().await.unwrap(), h.reopen().await.unwrap());
+        a.shard_leases().fence_by_shards(4);
+        b.shard_leases().fence_by_shards(4);
+        let parent = accept(&a, &tenant, &agent, "c0").await.session_id;
+        a.shard_leases().acquire("a", shard(parent), minute).await.unwrap().unwrap();
+        // Workers until one's session falls in another shard, which b holds.
+        let mut theirs = None;
+        for n in 0..40 {
+            let forked = a
+                .start_fork(NewFork {
+                    tenant: tenant.id,
+                    agent: agent.id,
+                    kind: ExecutionKind::Worker,
+                    parent_session: parent,
+                    parent_turn: None,
+                    task: format!("task {n}"),
+                    tools: Vec::new(),
+                    key: format!("k{n}"),
+                    max_running: 100,
+                })
+                .await
+                .unwrap();
+            if shard(forked.fork.session) != shard(parent) {
+                theirs = Some(forked);
+                break;
+            }
+        }
+        let forked = theirs.expect("40 workers in their parent's shard of 4");
+        let session = forked.fork.session;
+        b.shard_leases().acquire("b", shard(session), minute).await.unwrap().unwrap();
+
+        let turn = new_turn(&b, &forked.accepted, &tenant, &agent);
+        b.turns()
+            .begin(&turn, vec![forked.accepted.event_id], Vec::new(), None, None)
+            .await
+            .unwrap();
+        let outcome = TurnOutcome {
+            status: TurnStatus::Completed,
+            reply: Some("found it".into()),
+            error: None,
+            model: None,
+        };
+        b.turns().finish(&turn, outcome, Vec::new()).await.unwrap();
+        let refused = a.forks(tenant.id).settle(session).await;
+        assert!(matches!(refused, Err(Error::Fenced { .. })), "{}: {refused:?}", h.name);
+        let settled = b.forks(tenant.id).settle(session).await.unwrap().expect("settled");
+        assert_eq!(settled.fork.status, ExecutionStatus::Completed, "{}", h.name);
+    }
+}
