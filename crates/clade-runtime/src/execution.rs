@@ -21,8 +21,17 @@ pub enum DurableError {
     Paused(ExecutionId),
     #[error("execution {id}'s step {seq} ({key}) cannot be read back: {detail}")]
     Unreadable { id: ExecutionId, seq: u32, key: String, detail: String },
-    #[error("step {key} of execution {id} failed: {reason}")]
-    Step { id: ExecutionId, key: String, reason: String },
+}
+
+impl clade_core::Fault for DurableError {
+    /// All the journal's: a paused run is the one thing its caller can act on.
+    fn is_internal(&self) -> bool {
+        match self {
+            Self::Store(store) => clade_core::Fault::is_internal(store),
+            Self::Paused(_) => false,
+            Self::Unreadable { .. } => true,
+        }
+    }
 }
 
 /// A running execution: steps are replayed while the journal has them, then run and recorded.
@@ -60,6 +69,23 @@ impl Durable {
         Ok(Self { store, row, recorded, next: 1 })
     }
 
+    /// [`Self::start_or_resume`], or, for an execution that has ended already, its row: a
+    /// caller run again after a crash (its execution's end recorded, what it did with it not)
+    /// answers with what the execution ended with, and runs nothing again.
+    pub async fn start_or_ended(
+        store: Store,
+        new: NewExecution,
+    ) -> Result<Result<Self, ExecutionRow>, DurableError> {
+        let (tenant, id) = (new.tenant, new.id);
+        match Self::start_or_resume(store.clone(), new).await {
+            Ok(run) => Ok(Ok(run)),
+            Err(DurableError::Store(clade_store::Error::ExecutionEnded { .. })) => {
+                Ok(Err(store.executions(tenant).get(id).await?))
+            }
+            Err(other) => Err(other),
+        }
+    }
+
     pub fn id(&self) -> ExecutionId {
         self.row.id
     }
@@ -73,11 +99,19 @@ impl Durable {
     /// reach the same key at the same number, or the run is refused as diverged), otherwise
     /// `run`'s, recorded before it is returned. `run` gets the step's idempotency key, the same
     /// on every attempt of this step.
-    pub async fn step<T, F, Fut>(&mut self, key: &str, run: F) -> Result<T, DurableError>
+    ///
+    /// `Ok(Err(e))` is the step's own failure: nothing is recorded, so a run resumed later tries
+    /// the step again (record a failure the model should keep by returning it as a value). The
+    /// outer error is the journal's.
+    pub async fn step<T, E, F, Fut>(
+        &mut self,
+        key: &str,
+        run: F,
+    ) -> Result<Result<T, E>, DurableError>
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce(String) -> Fut,
-        Fut: Future<Output = Result<T, String>>,
+        Fut: Future<Output = Result<T, E>>,
     {
         let seq = self.next;
         let id = self.row.id;
@@ -95,13 +129,12 @@ impl Durable {
                 DurableError::Unreadable { id, seq, key: key.to_owned(), detail: e.to_string() }
             })?;
             self.next += 1;
-            return Ok(value);
+            return Ok(Ok(value));
         }
-        let value = run(step_key(id, seq, key)).await.map_err(|reason| DurableError::Step {
-            id,
-            key: key.to_owned(),
-            reason,
-        })?;
+        let value = match run(step_key(id, seq, key)).await {
+            Ok(value) => value,
+            Err(failed) => return Ok(Err(failed)),
+        };
         let data = serde_json::to_string(&value).map_err(|e| DurableError::Unreadable {
             id,
             seq,
@@ -111,7 +144,7 @@ impl Durable {
         let step = ExecutionStep { seq, key: key.to_owned(), data };
         self.store.executions(self.row.tenant_id).append_step(id, step).await?;
         self.next += 1;
-        Ok(value)
+        Ok(Ok(value))
     }
 
     /// Ends the execution as completed with `output`.

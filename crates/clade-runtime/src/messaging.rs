@@ -15,14 +15,15 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use clade_core::{MessageKind, Origin, TurnStatus};
-use clade_store::{Delivered, NewMessage, Source};
+use clade_core::{ExecutionId, ExecutionKind, ExecutionStatus, MessageKind, Origin, TurnStatus};
+use clade_store::{Delivered, ExecutionOwner, NewExecution, NewMessage, Source};
 use clade_tools::{CallContext, EffectClass, Error, Registry, ToolResult, TypedTool};
 use futures::future::BoxFuture;
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, WeakEngine};
+use crate::execution::Durable;
 
 /// The longest message, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
@@ -313,9 +314,28 @@ pub struct SpawnArgs {
 
 /// `agent.spawn`: makes a child agent, gives it grants delegated from the caller's own (so it
 /// never holds more than its parent), and asks it the task.
+///
+/// Each call is a durable execution of kind `subagent` ([`Durable`]), owned by the calling
+/// session, under an id derived from the call's idempotency key: making (or finding) the child,
+/// its answer and an ephemeral child's deletion are recorded as steps. A call run again after a
+/// crash replays them: an answered ephemeral child is not made and asked a second time, and a
+/// run that ended answers as it ended.
 pub struct AgentSpawn {
     postbox: Postbox,
     agents: clade_store::Agents,
+}
+
+/// The child a run asks, as its first step records it.
+#[derive(Serialize, Deserialize)]
+struct Child {
+    handle: String,
+}
+
+/// What the child answered, or why it did not: recorded, so a replay tells the model the same.
+#[derive(Serialize, Deserialize)]
+struct Asked {
+    answer: Option<String>,
+    error: Option<String>,
 }
 
 impl TypedTool for AgentSpawn {
@@ -337,59 +357,171 @@ impl TypedTool for AgentSpawn {
                 store.agents(caller.tenant).by_id(caller.agent).await.map_err(Error::relied)?;
             let handle = clade_core::Handle::parse(&format!("{}-{}", parent.handle, args.name))
                 .map_err(|e| format!("name: {e}"))?;
-            let child = match store.agents(caller.tenant).get(handle.as_str()).await {
-                // Made before (a call run again, or a new task for the same child): only the
-                // caller's own child is taken.
-                Ok(existing) => {
-                    let made_by = store
-                        .lineage(caller.tenant)
-                        .parent_of(existing.id)
-                        .await
-                        .map_err(Error::relied)?;
-                    if made_by != Some(caller.agent) {
-                        return Err(Error::Failed(format!(
-                            "an agent {handle} exists already and is not your child: choose another name"
-                        )));
-                    }
-                    existing
-                }
-                Err(clade_store::Error::AgentNotFound(_)) => {
-                    self.make_child(&engine, &parent, handle, &args).await?
-                }
-                Err(other) => return Err(Error::relied(other)),
+            let new = NewExecution {
+                id: run_id(caller.tenant, &ctx.idempotency_key),
+                tenant: caller.tenant,
+                agent: caller.agent,
+                kind: ExecutionKind::SubAgent,
+                owner: caller
+                    .session
+                    .map_or(ExecutionOwner::Agent(caller.agent), ExecutionOwner::Session),
+                status: ExecutionStatus::Running,
+                input: serde_json::json!({
+                    "child": handle.as_str(),
+                    "task": &args.task,
+                    "ephemeral": args.ephemeral,
+                })
+                .to_string(),
             };
-            let asked = ask(&engine, ctx, child.handle.as_str(), args.task, None).await;
-            // An ephemeral child goes whether it answered or not: its spending stays in the
-            // budget counters of its parent (and its own, kept by id). One that made agents
-            // of its own stays, so theirs keeps counting against this agent's budget.
-            let deleted = match args.ephemeral {
-                true if store
-                    .lineage(caller.tenant)
-                    .children_count(child.id)
-                    .await
-                    .map_err(Error::relied)?
-                    == 0 =>
-                {
-                    self.agents
-                        .delete(caller.tenant, child.handle.as_str())
-                        .await
-                        .map_err(|e| format!("the child could not be deleted: {e}"))?;
-                    true
-                }
-                _ => false,
+            let mut run =
+                match Durable::start_or_ended(store.clone(), new).await.map_err(Error::relied)? {
+                    Ok(run) => run,
+                    Err(ended) => return ended_as(ended),
+                };
+            let ran = self.spawn_steps(&engine, &mut run, &parent, handle, args, ctx).await;
+            let ended = match &ran {
+                Ok(output) => run.complete(output).await.map(drop),
+                Err(failed) => run.fail(&failed.to_string()).await.map(drop),
             };
-            let answer = asked?;
-            Ok(serde_json::json!({
-                "child": child.handle.as_str(),
-                "answer": answer,
-                "deleted": deleted,
-            })
-            .to_string())
+            if let Err(err) = ended {
+                tracing::warn!(error = %err, "a sub-agent run's end could not be recorded");
+            }
+            ran.map(|output| output.to_string())
         })
     }
 }
 
+/// A sub-agent run's id: the same for every attempt of one tool call, and another tenant's
+/// call can never name it.
+fn run_id(tenant: clade_core::TenantId, call_key: &str) -> ExecutionId {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"subagent")
+        .chain_update(tenant.as_bytes())
+        .chain_update(call_key.as_bytes())
+        .finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    ExecutionId::from_bytes(id)
+}
+
+/// What a call run again answers for a run that ended already.
+fn ended_as(row: clade_store::ExecutionRow) -> ToolResult {
+    match row.status {
+        ExecutionStatus::Completed => Ok(row
+            .output
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .map(|output| output.to_string())
+            .unwrap_or_default()),
+        status => Err(Error::Failed(
+            row.error.unwrap_or_else(|| format!("this child's run ended {status}")),
+        )),
+    }
+}
+
 impl AgentSpawn {
+    /// The run's steps: the child, its answer, an ephemeral child's deletion. A step's own
+    /// failure is returned, not recorded (the run ends failed with it).
+    async fn spawn_steps(
+        &self,
+        engine: &Engine,
+        run: &mut Durable,
+        parent: &clade_core::Agent,
+        handle: clade_core::Handle,
+        args: SpawnArgs,
+        ctx: &CallContext,
+    ) -> Result<serde_json::Value, Error> {
+        let store = engine.store();
+        let tenant = parent.tenant_id;
+        let child: Child = run
+            .step("child", |_| async {
+                let child = self.child_named(engine, parent, handle, &args).await?;
+                Ok::<_, Error>(Child { handle: child.handle.as_str().to_owned() })
+            })
+            .await
+            .map_err(Error::relied)??;
+        let asked: Asked = run
+            .step("ask", |_| async {
+                match ask(engine, ctx, &child.handle, args.task.clone(), None).await {
+                    Ok(answer) => Ok(Asked { answer: Some(answer), error: None }),
+                    // What the model is told stays as it was; a failure of the gateway's own is
+                    // tried again by a resumed run.
+                    Err(Error::Failed(why)) => Ok(Asked { answer: None, error: Some(why) }),
+                    Err(other) => Err(other),
+                }
+            })
+            .await
+            .map_err(Error::relied)??;
+        // An ephemeral child goes whether it answered or not: its spending stays in the budget
+        // counters of its parent (and its own, kept by id). One that made agents of its own
+        // stays, so theirs keeps counting against this agent's budget.
+        let deleted: bool = match args.ephemeral {
+            true => run
+                .step("delete", |_| async {
+                    let child = match store.agents(tenant).get(&child.handle).await {
+                        Ok(child) => child,
+                        // Deleted by the attempt that did not live to record it.
+                        Err(clade_store::Error::AgentNotFound(_)) => return Ok(true),
+                        Err(other) => return Err(Error::relied(other)),
+                    };
+                    let children = store
+                        .lineage(tenant)
+                        .children_count(child.id)
+                        .await
+                        .map_err(Error::relied)?;
+                    if children > 0 {
+                        return Ok(false);
+                    }
+                    self.agents.delete(tenant, child.handle.as_str()).await.map_err(|e| {
+                        Error::Failed(format!("the child could not be deleted: {e}"))
+                    })?;
+                    Ok(true)
+                })
+                .await
+                .map_err(Error::relied)??,
+            false => false,
+        };
+        match asked {
+            Asked { answer: Some(answer), .. } => Ok(serde_json::json!({
+                "child": child.handle,
+                "answer": answer,
+                "deleted": deleted,
+            })),
+            Asked { error, .. } => {
+                Err(Error::Failed(error.unwrap_or_else(|| "the child did not answer".to_owned())))
+            }
+        }
+    }
+
+    /// The caller's child under `handle`: the one it made before (a new task for the same
+    /// child), or a new one. An agent of that name that is not the caller's child is refused.
+    async fn child_named(
+        &self,
+        engine: &Engine,
+        parent: &clade_core::Agent,
+        handle: clade_core::Handle,
+        args: &SpawnArgs,
+    ) -> Result<clade_core::Agent, Error> {
+        let store = engine.store();
+        let tenant = parent.tenant_id;
+        match store.agents(tenant).get(handle.as_str()).await {
+            Ok(existing) => {
+                let made_by =
+                    store.lineage(tenant).parent_of(existing.id).await.map_err(Error::relied)?;
+                if made_by != Some(parent.id) {
+                    return Err(Error::Failed(format!(
+                        "an agent {handle} exists already and is not your child: choose another name"
+                    )));
+                }
+                Ok(existing)
+            }
+            Err(clade_store::Error::AgentNotFound(_)) => {
+                self.make_child(engine, parent, handle, args).await
+            }
+            Err(other) => Err(Error::relied(other)),
+        }
+    }
+
     /// Checks the limits and the grants asked for, then makes the child with them.
     async fn make_child(
         &self,

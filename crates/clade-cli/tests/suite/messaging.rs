@@ -296,4 +296,17 @@ async fn a_child_agent_holds_only_what_its_parent_delegated() {
     let again = tool("agent.spawn", json!({ "name": "temp", "task": "again", "ephemeral": true }));
     let answered = say(&server, "ada", &again).await;
     assert!(answered.contains(r#""answer":"echo: again""#), "{answered}");
+
+    // Each spawn that ran is a sub-agent run of ada's: the two asking for more than she holds
+    // failed, saying why; the four others completed with the answer.
+    let runs = env.run(&["runs", "list", "ada", "--kind", "subagent", "--json"]).ok().stdout;
+    let runs: Value = serde_json::from_str(&runs).unwrap();
+    let runs = runs.as_array().unwrap();
+    let status = |s: &str| runs.iter().filter(|r| r["status"] == s).count();
+    assert_eq!((status("completed"), status("failed"), runs.len()), (4, 2, 6), "{runs:#?}");
+    let newest = &runs[0];
+    assert!(newest["output"].as_str().unwrap().contains("echo: again"), "{newest}");
+    assert!(newest["input"].as_str().unwrap().contains(r#""child":"ada-temp""#), "{newest}");
+    let failed = runs.iter().find(|r| r["status"] == "failed").unwrap();
+    assert!(failed["error"].as_str().unwrap().contains("you hold no grant"), "{failed}");
 }

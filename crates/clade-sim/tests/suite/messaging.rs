@@ -68,3 +68,95 @@ async fn an_ask_across_a_kill_is_delivered_and_answered_once() {
         .count();
     assert_eq!(results, 1, "{:?}", ada_turns[0].steps);
 }
+
+/// ada spawns an ephemeral child, which answers and is deleted; the node dies before ada's turn
+/// records the call's result. Run again, the call finds its sub-agent run ended and answers as
+/// it did: the child is not made and asked a second time.
+#[tokio::test]
+async fn an_ephemeral_childs_answer_is_kept_across_a_kill_and_not_asked_again() {
+    let mut sim = Sim::builder(
+        "an_ephemeral_childs_answer_is_kept_across_a_kill_and_not_asked_again",
+    )
+    .config(
+        &(super::slow_model_for("ada-temp", 1)
+            + "tools:\n  policy:\n    - { effect: allow, tool: agent.spawn, resource: temp }\n"),
+    )
+    .start()
+    .await;
+    sim.create_agent("ada").await;
+    sim.arm("after_tool_effect_before_result", 1);
+    let spawn = r#"/tool agent.spawn {"name":"temp","task":"count to three","ephemeral":true}"#;
+    let accepted = sim.submit(sim.envelope("ada", "desk", "pat", spawn).await).await.unwrap();
+    assert_eq!(sim.crashed().await, "after_tool_effect_before_result");
+    assert_eq!(super::model_calls(&sim), 1, "the child was asked once before the kill");
+    sim.restart().await;
+
+    let ended = |turns: &[clade_store::TurnRecord]| {
+        turns.first().is_some_and(|t| t.turn.status != TurnStatus::Running)
+    };
+    let turns = sim.turns_until(accepted.session_id, ended).await;
+    assert_eq!(turns[0].turn.status, TurnStatus::Completed, "{turns:#?}");
+    let reply = turns[0].turn.reply.clone().unwrap_or_default();
+    assert!(
+        reply.contains(r#""child":"ada-temp""#) && reply.contains(r#""deleted":true"#),
+        "{reply}"
+    );
+    assert_eq!(super::model_calls(&sim), 1, "the child was made and asked again");
+
+    let (store, tenant) = (sim.store(), sim.tenant().await.id);
+    let (runs, steps) = sim
+        .on_node(async move |_| {
+            let runs = store.executions(tenant).list(10).await?;
+            let mut steps = Vec::new();
+            for run in &runs {
+                steps.push(store.executions(tenant).steps(run.id).await?);
+            }
+            Ok::<_, clade_store::Error>((runs, steps))
+        })
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(
+        (runs[0].kind, runs[0].status),
+        (clade_core::ExecutionKind::SubAgent, clade_core::ExecutionStatus::Completed)
+    );
+    let keys: Vec<&str> = steps[0].iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys, ["child", "ask", "delete"]);
+    assert_eq!(runs[0].owner, clade_store::ExecutionOwner::Session(accepted.session_id));
+}
+
+/// ada's turn is cancelled while the child it spawned still thinks: the sub-agent run, which
+/// nothing is left to finish, ends cancelled with the turn.
+#[tokio::test]
+async fn a_sub_agent_run_ends_with_the_turn_that_started_it() {
+    let sim = Sim::builder("a_sub_agent_run_ends_with_the_turn_that_started_it")
+        .config(
+            &(super::slow_model_for("ada-slow", 4000)
+                + "tools:\n  policy:\n    - { effect: allow, tool: agent.spawn, resource: slow }\n"),
+        )
+        .start()
+        .await;
+    sim.create_agent("ada").await;
+    let spawn = r#"/tool agent.spawn {"name":"slow","task":"think hard"}"#;
+    let accepted = sim.submit(sim.envelope("ada", "desk", "pat", spawn).await).await.unwrap();
+    super::model_called(&sim, 1).await;
+    let (store, tenant, session) = (sim.store(), sim.tenant().await.id, accepted.session_id);
+    let runs = {
+        let store = store.clone();
+        move || {
+            let store = store.clone();
+            async move { store.executions(tenant).list(10).await }
+        }
+    };
+    let read = runs.clone();
+    let open = sim.on_node(async move |_| read().await).await.unwrap();
+    assert_eq!(open.len(), 1, "{open:#?}");
+    assert_eq!(open[0].status, clade_core::ExecutionStatus::Running);
+
+    let cancelled = sim.on_node(async move |engine| engine.cancel(tenant, session).await).await;
+    assert!(cancelled.unwrap(), "ada's turn was cancelled");
+    assert_eq!(sim.finished(&accepted).await.status, TurnStatus::Failed);
+    let ended = sim.on_node(async move |_| runs().await).await.unwrap();
+    assert_eq!(ended[0].status, clade_core::ExecutionStatus::Cancelled, "{ended:#?}");
+    assert_eq!(ended[0].error.as_deref(), Some("the turn that started it ended first"));
+}

@@ -5,8 +5,8 @@ use std::borrow::Cow;
 
 use crate::db::{Tx, query};
 use clade_core::{
-    AgentId, EventId, EventStatus, ExecutionKind, SessionId, TenantId, Timestamp, TurnId,
-    TurnStatus,
+    AgentId, EventId, EventStatus, ExecutionKind, ExecutionStatus, SessionId, TenantId, Timestamp,
+    TurnId, TurnStatus,
 };
 
 use crate::error::{Error, Result};
@@ -301,7 +301,30 @@ async fn finish_in(
         .bind(outcome.status.event_status().as_str())
         .execute(&mut *conn)
         .await?;
+    if outcome.status.execution_status().is_final() {
+        end_subagent_runs(conn, turn, now).await?;
+    }
     insert_outbox(conn, now, turn.tenant_id, Some(turn.session_id), Some(turn.id), outbox).await
+}
+
+/// A sub-agent run lives inside the tool call of its session's turn (`agent.spawn`): one still
+/// open when that turn ends for good (cancelled, timed out, failed while it waited) has no one
+/// left to finish it, and is cancelled with it. A session runs one turn at a time, so its open
+/// runs are this turn's. A turn that only stopped (yielded) keeps them for its resumption, as a
+/// crash does.
+async fn end_subagent_runs(conn: &mut Tx, turn: &TurnRow, now: Timestamp) -> Result<()> {
+    query(
+        "UPDATE executions SET status = $1, error = $2, updated_at = $3, finished_at = $3          WHERE tenant_id = $4 AND owner_kind = 'session' AND owner_id = $5 AND kind = $6          AND finished_at IS NULL",
+    )
+    .bind(ExecutionStatus::Cancelled.as_str())
+    .bind("the turn that started it ended first")
+    .bind(now.as_millis())
+    .bind(b(turn.tenant_id.as_bytes()))
+    .bind(b(turn.session_id.as_bytes()))
+    .bind(ExecutionKind::SubAgent.as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 async fn find_by_key(
