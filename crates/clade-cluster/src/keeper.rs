@@ -96,6 +96,13 @@ impl Singleton {
 /// announcement reaches it.
 const LISTEN_MARGIN: Duration = Duration::from_millis(250);
 
+/// The longest a shard on its way to another node waits for its turns under way to end before
+/// its lease is released all the same (the next holder resumes them from their journals).
+pub const HAND_OVER_WAIT: Duration = Duration::from_secs(10);
+
+/// How often a node stepping down looks whether its shards' turns have ended.
+const HAND_OVER_POLL: Duration = Duration::from_millis(100);
+
 /// How many ticks apart the keeper scans the store for events whose signal was lost: three,
 /// so such an event waits about one lease's time (5 s by default) at most.
 const SCAN_EVERY_TICKS: u64 = 3;
@@ -198,6 +205,9 @@ struct State {
     engine: Engine,
     options: KeeperOptions,
     held: Mutex<BTreeMap<u32, Lease>>,
+    /// Held shards on their way to another node: off the bus (no new turn starts here), their
+    /// leases kept until their running turns end or the deadline passes ([`State::hand_over`]).
+    releasing: Mutex<BTreeMap<u32, Timestamp>>,
     /// Nodes heard from: when (by the store's clock), what they hold and its load.
     heard: Mutex<HashMap<String, Heard>>,
     /// The load of the shards this node holds.
@@ -241,6 +251,7 @@ impl Keeper {
             engine,
             options,
             held: Mutex::default(),
+            releasing: Mutex::default(),
             heard: Mutex::default(),
             loads: Mutex::default(),
             shards: watch::Sender::new(Vec::new()),
@@ -294,13 +305,24 @@ impl Keeper {
     }
 
     /// Hands every shard and singleton over and takes none again: the node announces it is
-    /// leaving (now and at every tick), so the others count it out at once, and releases its
-    /// leases, so they take the shards without waiting for them to expire. The node goes on
-    /// taking events and signalling them to the shards' new holders.
-    pub async fn step_down(&self) {
+    /// leaving (now and at every tick), so the others count it out at once, and releases each
+    /// shard's lease as soon as its turns under way have ended (a turn still running after
+    /// `wait` is left to the next holder, which resumes it from its journal), so the others
+    /// take the shards at their next tick without waiting for them to expire. No new turn
+    /// starts here meanwhile. Returns once every shard is released. The node goes on taking
+    /// events and signalling them to the shards' new holders.
+    pub async fn step_down(&self, wait: Duration) {
         self.state.leaving.store(true, Ordering::SeqCst);
-        // A tick under way may take a shard after this: the next one gives it back.
-        self.state.give_everything_up().await;
+        self.state.announce(true).await;
+        self.state.give_up_singletons().await;
+        let deadline = self.state.store.now().plus(wait);
+        self.state.hand_over_by(&[], deadline).await;
+        let clock = self.state.store.clock().clone();
+        while !self.state.lock_held().is_empty() {
+            clock.sleep(HAND_OVER_POLL).await;
+            self.state.release_ended().await;
+        }
+        self.state.shards.send_if_modified(emptied);
     }
 
     /// The nodes this one counts as members (heard within three ticks, itself included), in
@@ -366,6 +388,7 @@ impl State {
     async fn give_everything_up(&self) {
         self.announce(true).await;
         let held = std::mem::take(&mut *self.lock_held());
+        self.lock_releasing().clear();
         for (shard, lease) in held {
             self.bus.release(Shard(shard));
             if let Err(err) = self.store.shard_leases().release(&lease).await {
@@ -373,11 +396,19 @@ impl State {
             }
         }
         self.shards.send_if_modified(emptied);
+        self.give_up_singletons().await;
+    }
+
+    async fn give_up_singletons(&self) {
         let singletons = std::mem::take(&mut *self.lock_singletons());
         for (_, lease) in singletons {
             let _ = self.store.shard_leases().release(&lease).await;
         }
         self.singletons.send_if_modified(emptied);
+    }
+
+    fn lock_releasing(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Timestamp>> {
+        self.releasing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes in another node's (or this one's) announcement.
@@ -492,7 +523,11 @@ impl State {
 
     async fn tick(&self) {
         if self.leaving.load(Ordering::SeqCst) {
-            self.give_everything_up().await;
+            // Stepping down: what is still held goes as its turns end (`Keeper::step_down`);
+            // the leases stay renewed meanwhile.
+            self.announce(true).await;
+            self.renew_held().await;
+            self.release_ended().await;
             return;
         }
         let held: Vec<u32> = self.lock_held().keys().copied().collect();
@@ -636,21 +671,74 @@ impl State {
         }
     }
 
-    /// Hands over the shards held that are not in `share`: off the bus, lease released.
+    /// Hands over the shards held that are not in `share`, each once its turns have ended
+    /// (at most [`HAND_OVER_WAIT`] from now).
     async fn hand_over(&self, share: &[u32]) {
-        let surplus: Vec<(u32, Lease)> = self
-            .lock_held()
-            .iter()
-            .filter(|(s, _)| !share.contains(s))
-            .map(|(s, l)| (*s, l.clone()))
-            .collect();
-        for (shard, lease) in surplus {
-            self.bus.release(Shard(shard));
-            self.lock_held().remove(&shard);
+        self.hand_over_by(share, self.store.now().plus(HAND_OVER_WAIT)).await;
+    }
+
+    /// Hands over the shards held that are not in `share`: off the bus at once, so no new turn
+    /// starts here and new signals go unheard (the next holder runs what is open as it takes
+    /// the shard), and their leases released as soon as no turn of theirs runs here, or at
+    /// `deadline` all the same. A shard on its way that is back in `share` stays.
+    async fn hand_over_by(&self, share: &[u32], deadline: Timestamp) {
+        let held: Vec<u32> = self.lock_held().keys().copied().collect();
+        for shard in held {
+            let leaving = !share.contains(&shard);
+            let on_its_way = self.lock_releasing().contains_key(&shard);
+            if leaving && !on_its_way {
+                self.bus.release(Shard(shard));
+                self.lock_releasing().insert(shard, deadline);
+            } else if !leaving && on_its_way {
+                match self.bus.hold(Shard(shard)).await {
+                    Ok(()) => {
+                        self.lock_releasing().remove(&shard);
+                        self.to_resume.store(true, Ordering::SeqCst);
+                    }
+                    Err(err) => {
+                        tracing::warn!(shard, error = %err, "a shard kept could not be listened to again; it goes on its way")
+                    }
+                }
+            }
+        }
+        self.release_ended().await;
+    }
+
+    /// Releases the leases of the shards on their way whose turns have ended here, or whose
+    /// deadline passed (a turn still running is resumed by the next holder from its journal).
+    async fn release_ended(&self) {
+        let on_the_way: Vec<(u32, Timestamp)> =
+            self.lock_releasing().iter().map(|(s, d)| (*s, *d)).collect();
+        if on_the_way.is_empty() {
+            return;
+        }
+        let map = self.bus.map();
+        let busy: std::collections::BTreeSet<u32> =
+            self.engine.busy_sessions().into_iter().map(|s| map.shard_of(s).0).collect();
+        let now = self.store.now();
+        for (shard, deadline) in on_the_way {
+            let running = busy.contains(&shard);
+            if running && now < deadline {
+                continue;
+            }
+            if running {
+                tracing::warn!(
+                    shard,
+                    "a turn still runs as its shard is handed over: the next holder resumes it from its journal"
+                );
+            }
+            self.lock_releasing().remove(&shard);
+            let Some(lease) = self.lock_held().remove(&shard) else { continue };
             if let Err(err) = self.store.shard_leases().release(&lease).await {
                 tracing::warn!(shard, error = %err, "a shard's lease could not be released; it expires");
             }
         }
+        let now: Vec<u32> = self.lock_held().keys().copied().collect();
+        self.shards.send_if_modified(|shards| {
+            let changed = *shards != now;
+            *shards = now;
+            changed
+        });
     }
 
     /// Takes the shards of `share` that come free: lease, then bus.

@@ -31,7 +31,7 @@ mod shard;
 pub use assign::{Assignment, BinPack, EvenSpread, View};
 pub use bus::{BusCounts, BusError, NatsBus, NatsOptions};
 pub use clock::{ClockSkew, MAX_CLOCK_SKEW_MS};
-pub use keeper::{Keeper, KeeperError, KeeperOptions, NodeHeard, Singleton};
+pub use keeper::{HAND_OVER_WAIT, Keeper, KeeperError, KeeperOptions, NodeHeard, Singleton};
 pub use live::LiveCounts;
 pub use nodes::nodes_of;
 pub use shard::{Shard, ShardMap};

@@ -447,7 +447,6 @@ fn admin_handler(
         let operator = operator.clone();
         let identity = identity.as_ref().map(Clone::clone).map_err(|e| format!("{e:#}"));
         let uptime = clock.now().as_millis().saturating_sub(started.as_millis()) / 1000;
-        let clock = clock.clone();
         Box::pin(async move {
             match request {
                 AdminRequest::Status {} => {
@@ -476,24 +475,13 @@ fn admin_handler(
                 },
                 AdminRequest::Wake { sessions } => wake(&engine, &sessions).await,
                 AdminRequest::Drain { wait_secs } => {
-                    engine.drain();
                     tracing::warn!(
                         "draining: no new event is taken; stop the gateway once its turns have ended"
                     );
                     let wait = std::time::Duration::from_secs(wait_secs.unwrap_or(60).min(3_600));
-                    let deadline = clock.now().plus(wait);
-                    while engine.running_turns() > 0 && clock.now() < deadline {
-                        clock.sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                    let running_turns = engine.running_turns() as u64;
-                    // A cluster's node hands its shards over once its turns have ended.
-                    if let Some(keeper) = keeper.filter(|_| running_turns == 0) {
-                        keeper.step_down().await;
-                        tracing::warn!(
-                            "drained: this node's shards and duties went to the other nodes"
-                        );
-                    }
-                    AdminReply::Drained { running_turns }
+                    let running =
+                        super::serve_node::hand_over(&engine, keeper.as_deref(), wait).await;
+                    AdminReply::Drained { running_turns: running as u64 }
                 }
                 AdminRequest::TakeEvents { tenant, events } => {
                     take_events(&fire_rate, &tenant, events).await

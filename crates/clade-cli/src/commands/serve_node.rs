@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clade_cluster::{
-    Assignment, BinPack, ClockSkew, EvenSpread, Keeper, KeeperOptions, NatsBus, NatsOptions,
-    ShardMap, Singleton,
+    Assignment, BinPack, ClockSkew, EvenSpread, HAND_OVER_WAIT, Keeper, KeeperOptions, NatsBus,
+    NatsOptions, ShardMap, Singleton,
 };
 use clade_config::ClusterConfig;
 use tokio::sync::watch;
@@ -22,10 +22,6 @@ pub(super) type Listeners = (
     Vec<Arc<clade_channels::slack::App>>,
     Vec<Arc<clade_channels::discord::Bot>>,
 );
-
-/// How long a leaving node waits for its running turns to end before it hands their shards
-/// over anyway (a turn waiting for an approval may wait for hours).
-const HAND_OVER_WAIT: Duration = Duration::from_secs(10);
 
 /// How this gateway runs its store's sessions.
 pub(super) enum Role {
@@ -137,29 +133,12 @@ pub(super) struct Joined {
 }
 
 impl Joined {
-    /// Leaves the cluster: takes no new event, lets the turns under way end (for
-    /// [`HAND_OVER_WAIT`] at most), then hands the shards and duties over. Alone, lets the
-    /// store go.
+    /// Leaves the cluster at SIGTERM: takes no new event and hands each shard over as its
+    /// turns end ([`hand_over`], for [`HAND_OVER_WAIT`] at most: a turn waiting for an approval
+    /// may wait for hours, and its next holder resumes it). Alone, lets the store go.
     pub(super) async fn leave(self, engine: &clade_runtime::Engine) {
         let Some(keeper) = self.keeper else { return };
-        engine.drain();
-        let clock = engine.store().clock().clone();
-        let every = Duration::from_millis(100);
-        for _ in 0..HAND_OVER_WAIT.as_millis() / every.as_millis() {
-            if engine.running_turns() == 0 {
-                break;
-            }
-            clock.sleep(every).await;
-        }
-        let running = engine.running_turns();
-        if running > 0 {
-            tracing::warn!(
-                running,
-                "turns still running as this node leaves: the next holder of their shards resumes them from their journals"
-            );
-        }
-        keeper.step_down().await;
-        tracing::info!("left the cluster: its shards and duties went to the other nodes");
+        hand_over(engine, Some(&keeper), HAND_OVER_WAIT).await;
     }
 
     /// The node's keeper (`None` alone), for the admin socket's drain.
@@ -174,6 +153,40 @@ impl Joined {
             limits.share_among(move || keeper.member_count());
         }
     }
+}
+
+/// Takes no new event and hands this gateway's work over: a cluster node releases each of its
+/// shards as soon as that shard's turns have ended, so the other nodes take it at their next
+/// tick (a turn still running after `wait` goes to the next holder, which resumes it from its
+/// journal), and its duties at once; a gateway alone waits up to `wait` for its turns under
+/// way. Returns how many turns still run here.
+pub(super) async fn hand_over(
+    engine: &clade_runtime::Engine,
+    keeper: Option<&Keeper>,
+    wait: Duration,
+) -> usize {
+    engine.drain();
+    match keeper {
+        Some(keeper) => {
+            keeper.step_down(wait).await;
+            tracing::info!("left the cluster: its shards and duties went to the other nodes");
+        }
+        None => {
+            let clock = engine.store().clock().clone();
+            let deadline = clock.now().plus(wait);
+            while engine.running_turns() > 0 && clock.now() < deadline {
+                clock.sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let running = engine.running_turns();
+    if running > 0 {
+        tracing::warn!(
+            running,
+            "turns still run as this gateway hands over: a cluster's next holders resume them from their journals, and a gateway alone resumes them at its next start"
+        );
+    }
+    running
 }
 
 /// The once-per-cluster work this gateway runs now: all of it when it runs alone.

@@ -389,6 +389,115 @@ async fn a_drained_node_hands_its_shards_over_without_waiting_for_its_leases() {
     drop(on_a);
 }
 
+/// The shards `node` holds, as `clade node list` reads them.
+fn shards_of(env: &Env, node: &str) -> Vec<u32> {
+    let list = env.run(&["node", "list", "--json"]).ok().json();
+    let held = list.as_array().unwrap().iter().find(|n| n["node"] == node);
+    held.map(|n| n["shards"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap() as u32))
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+fn shard_of(session: &str, shards: u32) -> u32 {
+    let id: clade_core::SessionId = session.parse().unwrap();
+    clade_core::shard::shard_of(id.as_bytes(), shards)
+}
+
+/// A drain hands each shard over as its own turns end: a conversation idle on the drained
+/// node is answered by the other node while a long turn still runs on the drained one, and
+/// that turn runs to its end there, once, instead of being cut off and run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_hands_each_shard_over_as_its_own_turns_end() {
+    let Some(schema) = clade_test_support::PgSchema::create().await else { return };
+    let Some(nats) = clade_test_support::nats_url() else { return };
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let cluster = cluster_name();
+    let more = format!(
+        "  lease_ttl_secs: 6\nmodels:\n  slow:\n    provider: openai\n    model: stub+latency=12000\n    base_url: {}/v1\n    api_key_env: STUB_KEY\nrouting:\n  default: [scripted]\n  agents:\n    bo: {{ default: [slow] }}\n",
+        stub.url()
+    );
+    let mut a = node_with(schema.url(), &nats, &cluster, "a", 8, &more);
+    let mut b = node_with(schema.url(), &nats, &cluster, "b", 8, &more);
+    for env in [&mut a, &mut b] {
+        env.vars.push(("STUB_KEY".into(), "sk-stub".into()));
+    }
+    a.run(&["agents", "create", "ada"]).ok();
+    a.run(&["agents", "create", "bo"]).ok();
+    let on_a = a.serve(&[]);
+    let on_b = b.serve(&[]);
+    let every = std::time::Duration::from_millis(100);
+    let within = std::time::Duration::from_secs(30);
+    let split = polled_within(
+        within,
+        every,
+        async || nodes(&a),
+        |n| n.len() == 2 && n.iter().all(|(_, shards, _)| *shards == 4),
+    )
+    .await;
+    assert_eq!(split.len(), 2, "{split:?}");
+    let on_a_shards = shards_of(&a, "a");
+    // bo's slow turn runs on a, in one of a's shards.
+    let mut slow = None;
+    for n in 0..40 {
+        let body = json!({ "agent": "bo", "text": "think", "source": { "platform": "http", "channel": format!("s{n}"), "actor": "x" } });
+        let (status, accepted) = on_a.send("POST", "/v1/events", None, Some(body)).await;
+        assert_eq!(status, 202, "{accepted}");
+        let session = accepted["session_id"].as_str().unwrap().to_owned();
+        if on_a_shards.contains(&shard_of(&session, 8)) {
+            slow = Some(session);
+            break;
+        }
+    }
+    let slow = slow.expect("40 sessions and none in a's shards");
+    // An idle conversation of ada's in another of a's shards.
+    let mut idle = None;
+    for n in 0..40 {
+        let channel = format!("c{n}");
+        let (session, status) = ask(&on_a, &channel, "hello").await;
+        assert_eq!(status, "completed");
+        let shard = shard_of(&session, 8);
+        if on_a_shards.contains(&shard) && shard != shard_of(&slow, 8) {
+            idle = Some((channel, session));
+            break;
+        }
+    }
+    let (channel, idle) = idle.expect("40 sessions and none in another of a's shards");
+    // bo's model call is under way (a turn is stored only with its first step).
+    let called =
+        async || stub.captured().iter().filter(|c| c.path.ends_with("/chat/completions")).count();
+    assert!(
+        polled_within(within, every, called, |n| *n >= 1).await >= 1,
+        "bo's model was never called"
+    );
+
+    let drain = std::thread::spawn(move || {
+        let out = a.run(&["node", "drain", "--wait", "30s"]).ok().stdout;
+        (a, out)
+    });
+    // Once a takes no more events, it is handing over.
+    let probe = json!({ "agent": "ada", "text": "probe", "source": { "platform": "http", "channel": "probe", "actor": "x" } });
+    let refusing = async || on_a.send("POST", "/v1/events", None, Some(probe.clone())).await.0;
+    assert_eq!(polled_within(within, every, refusing, |status| *status == 503).await, 503);
+    // b answers ada's conversation once a has handed its shard over, without waiting for bo's turn.
+    let (session, status) = ask(&on_b, &channel, "again").await;
+    assert_eq!((session.as_str(), status.as_str()), (idle.as_str(), "completed"));
+    let bo = on_b.get_json(&format!("/v1/sessions/{slow}/turns")).await;
+    let unfinished = bo["items"].as_array().unwrap().iter().all(|t| t["status"] == "running");
+    assert!(unfinished, "bo's turn ended before ada was answered: {bo}");
+
+    let (a, drained) = drain.join().unwrap();
+    assert!(drained.contains("went to the other nodes"), "{drained}");
+    let ended = |turns: &[Value]| turns.first().is_some_and(|t| t["status"] != "running");
+    let turns = on_b.turns_until(&slow, ended).await;
+    assert_eq!(turns.len(), 1, "bo's turn ran again: {turns:#?}");
+    assert_eq!(turns[0]["status"], "completed", "{turns:#?}");
+    let left = nodes(&a);
+    assert!(left.iter().all(|(node, _, _)| node == "b"), "a still holds leases: {left:?}");
+    drop(on_a);
+}
+
 /// `clade bench cluster` runs one node and two on a schema of its own, reports turns for each
 /// size and, for two, a takeover and cross-node latency, and leaves no schema behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,6 +93,13 @@ pub(super) async fn actor(
             inbox.read_store = false;
             continue;
         }
+        // Its shard is on its way to another node (a cluster's drain or rebalance): the events
+        // stay stored, and the next holder runs them as it takes the shard.
+        if !inner.bus.runs_here(session_id) {
+            inbox.events.clear();
+            inbox.read_store = false;
+            continue;
+        }
         let coalesce = ctx.queue_mode == QueueMode::Coalesce;
         // Steering joins events into the running turn behind the inbox's back: such a session
         // always asks the store.

@@ -817,6 +817,12 @@ impl Engine {
         self.inner.running_turns.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// The sessions whose turn runs on this node now: what a cluster node handing a shard
+    /// over waits for.
+    pub fn busy_sessions(&self) -> Vec<SessionId> {
+        self.inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect()
+    }
+
     /// Number of sessions with an actor in memory.
     pub fn active_sessions(&self) -> usize {
         self.inner.actors.lock().map(|a| a.len()).unwrap_or(0)
