@@ -132,6 +132,8 @@ async fn the_helm_chart_renders_manifests_kubernetes_accepts() {
     for kind in ["StatefulSet", "Service", "ConfigMap", "Secret", "PodDisruptionBudget"] {
         assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
     }
+    assert!(!kinds.contains(&"HorizontalPodAutoscaler"), "autoscaling is off by default");
+    check_autoscaling(&helm, &validate, chart, tmp.path());
 
     // The configuration it mounts is one clade accepts, a cluster node's.
     let config = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap()["data"]["clade.yaml"]
@@ -143,10 +145,20 @@ async fn the_helm_chart_renders_manifests_kubernetes_accepts() {
     std::fs::write(&file, &config).unwrap();
     Env::new().run(&["config", "validate", file.to_str().unwrap()]).ok();
 
+    assert!(config.contains("metrics:") && config.contains("0.0.0.0:9464"), "{config}");
+
     // Its probes ask routes a running gateway answers without a token, and its node name
-    // comes from the pod.
+    // comes from the pod; the metrics port a scraper is pointed at is the one it exposes.
     let set = docs.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
+    assert_eq!(set["spec"]["replicas"], 3, "{set}");
     let container = &set["spec"]["template"]["spec"]["containers"][0];
+    let annotations = &set["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/port"], "9464", "{annotations}");
+    let ports = container["ports"].as_array().unwrap();
+    assert!(
+        ports.iter().any(|p| p["name"] == "metrics" && p["containerPort"] == 9464),
+        "{ports:?}"
+    );
     let env = Env::new();
     let server = env.serve(&[]);
     for probe in ["livenessProbe", "readinessProbe"] {
@@ -160,4 +172,28 @@ async fn the_helm_chart_renders_manifests_kubernetes_accepts() {
         Some(&serde_json::json!("metadata.name")),
         "{container}"
     );
+}
+
+/// With `autoscaling.enabled`, the chart renders a HorizontalPodAutoscaler on the per-pod
+/// queue-wait metric, aimed at the nodes' StatefulSet, which then leaves its replicas to it;
+/// Kubernetes' schemas accept it.
+fn check_autoscaling(helm: &Path, validate: &Path, chart: &str, tmp: &Path) {
+    let on = ["--set", "autoscaling.enabled=true", "--set", "autoscaling.maxReplicas=7"];
+    let (ok, rendered, err) = run(helm, &[&["template", "demo", chart], VALUES, &on].concat());
+    assert!(ok, "helm template with autoscaling: {err}");
+    let manifests = tmp.join("autoscaled.yaml");
+    std::fs::write(&manifests, &rendered).unwrap();
+    let (ok, out, err) = run(validate, &["--strict", "--quiet", manifests.to_str().unwrap()]);
+    assert!(ok, "the autoscaled manifests do not match the Kubernetes schemas:\n{out}{err}");
+    let docs: Vec<serde_json::Value> = rendered
+        .split("\n---")
+        .filter_map(|doc| serde_saphyr::from_str::<Option<serde_json::Value>>(doc).unwrap())
+        .collect();
+    let hpa = docs.iter().find(|d| d["kind"] == "HorizontalPodAutoscaler").expect("no autoscaler");
+    let set = docs.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], set["metadata"]["name"], "{hpa}");
+    assert_eq!(hpa["spec"]["maxReplicas"], 7, "{hpa}");
+    let metric = &hpa["spec"]["metrics"][0]["pods"]["metric"]["name"];
+    assert_eq!(metric, "clade_queue_wait_seconds_p90", "{hpa}");
+    assert!(set["spec"].get("replicas").is_none(), "replicas fight the autoscaler: {set}");
 }
