@@ -44,6 +44,10 @@ pub struct ServerConfig {
     /// on a port of its own. Off unless set.
     #[serde(default)]
     pub grpc: Option<GrpcConfig>,
+    /// Prometheus metrics (`GET /metrics`, the text format) on a listener of their own, for the
+    /// operator's scraper only: never on the public port. Off unless set.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +59,7 @@ impl Default for ServerConfig {
             header_timeout_secs: default_header_timeout(),
             admin_socket: None,
             grpc: None,
+            metrics: None,
         }
     }
 }
@@ -69,6 +74,25 @@ pub struct GrpcConfig {
     /// Serve TLS with this certificate and key; without it the server speaks plain HTTP/2.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+}
+
+/// Where the gateway's metrics are scraped, and how many tenants they name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address and port to listen on, e.g. `127.0.0.1:9464`. Loopback, or a network only the
+    /// scraper reaches: the figures name tenants.
+    pub listen: String,
+    /// The most tenants named in labels; the rest are counted as `other`, and
+    /// `clade_metric_labels_capped_total` says how often (a million tenants cannot blow up a
+    /// scrape).
+    #[serde(default = "default_metric_tenants")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_tenants: u32,
+}
+
+fn default_metric_tenants() -> u32 {
+    1_000
 }
 
 /// A TLS identity: PEM files, relative to the configuration file's folder unless absolute.
@@ -157,6 +181,27 @@ impl Config {
                 && (tls.cert.trim().is_empty() || tls.key.trim().is_empty())
             {
                 return fail("server.grpc.tls: name both files, cert and key".into());
+            }
+        }
+        if let Some(metrics) = &self.server.metrics {
+            if metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+                return fail(format!(
+                    "server.metrics.listen: {:?} is not an address and port, such as 127.0.0.1:9464",
+                    metrics.listen
+                ));
+            }
+            let taken = [Some(&self.server.listen), self.server.grpc.as_ref().map(|g| &g.listen)];
+            if taken.into_iter().flatten().any(|listen| *listen == metrics.listen) {
+                return fail(format!(
+                    "server.metrics.listen: {} is another server's listener too; give metrics a port of its own",
+                    metrics.listen
+                ));
+            }
+            if !(1..=100_000).contains(&metrics.max_tenants) {
+                return fail(format!(
+                    "server.metrics.max_tenants: {} is not 1 to 100000",
+                    metrics.max_tenants
+                ));
             }
         }
         Ok(())

@@ -34,6 +34,7 @@ mod live;
 mod mcp;
 mod memories;
 mod messages;
+pub mod metrics;
 mod openai;
 pub mod openapi;
 mod paced;

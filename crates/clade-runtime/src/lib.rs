@@ -26,6 +26,7 @@ mod routing;
 pub mod settings;
 pub mod shared;
 pub mod signing;
+pub mod telemetry;
 pub mod tools;
 
 pub use budget::StoreBudget;

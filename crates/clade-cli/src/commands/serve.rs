@@ -202,6 +202,17 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     };
     let grpc = grpc
         .map(|prepared| super::serve_grpc::start(prepared, state.clone(), max_body_bytes, limits));
+    let metrics = match &ctx.config.server.metrics {
+        Some(metrics) => Some(
+            clade_gateway::metrics::serve(
+                &metrics.listen,
+                metrics.max_tenants,
+                state.engine.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let app = clade_gateway::router(state, &options);
     tracing::info!(
         address = %address,
@@ -226,6 +237,9 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     if let Some(grpc) = &grpc {
         println!("AgentHub (gRPC) listening on {}", grpc.url());
     }
+    if let Some(metrics) = &metrics {
+        println!("metrics (Prometheus) listening on {}", metrics.url());
+    }
     tracing::info!(
         max_connections = limits.max_connections,
         descriptors,
@@ -238,6 +252,7 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     if let Some(grpc) = grpc {
         grpc.stop().await;
     }
+    drop(metrics);
     reloader.abort();
     admin.abort();
     let _ = std::fs::remove_file(&admin_path);

@@ -6,12 +6,9 @@
 use serde_json::Value;
 
 use super::support::{
-    Env, PATIENCE, ada_and_rival_bob, polled_blocking, python_clients, run_client, token, write,
+    Env, PATIENCE, ada_and_rival_bob, free_port, polled_blocking, python_clients, run_client,
+    token, write,
 };
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn proto_dir() -> String {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");

@@ -14,6 +14,7 @@ mod matrix;
 mod mcp;
 mod memory;
 mod messaging;
+mod metrics;
 mod models;
 mod openai;
 mod readme;

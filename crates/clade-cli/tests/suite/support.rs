@@ -458,6 +458,11 @@ pub fn python_clients(test: &str) -> Option<std::path::PathBuf> {
     )
 }
 
+/// A free local port (bound, then let go).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// Runs a client script of `tests/clients` with `python` and `args`; what it printed, as JSON.
 pub fn run_client(python: &std::path::Path, script: &str, args: &[&str]) -> serde_json::Value {
     let script =

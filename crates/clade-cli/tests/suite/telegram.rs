@@ -11,15 +11,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::support::{
-    Env, POLL, Server, polled, polled_within, required_tool, token, two_tenants_under, write,
+    Env, POLL, Server, free_port, polled, polled_within, required_tool, token, two_tenants_under,
+    write,
 };
 
 const TOKEN: &str = "123456:test-token";
-
-/// A free local port (bound, then let go).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// The emulator, running until dropped.
 struct Emulator {

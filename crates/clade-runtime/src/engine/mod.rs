@@ -823,6 +823,19 @@ impl Engine {
         self.inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect()
     }
 
+    /// How many executions of each kind are open in the whole store (every tenant's, at most
+    /// `limit` read, oldest first): an operator's figure, for metrics.
+    pub async fn open_executions(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<(clade_core::ExecutionKind, usize)>, Error> {
+        let open = self.inner.store.system().open_executions(limit).await?;
+        Ok(clade_core::ExecutionKind::ALL
+            .iter()
+            .map(|kind| (*kind, open.iter().filter(|row| row.kind == *kind).count()))
+            .collect())
+    }
+
     /// Number of sessions with an actor in memory.
     pub fn active_sessions(&self) -> usize {
         self.inner.actors.lock().map(|a| a.len()).unwrap_or(0)

@@ -53,7 +53,13 @@ pub(super) async fn run_turn(
 ) -> Result<(), TurnError> {
     let _running = Running::new(&inner.running_turns);
     let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
-    let mut journal = StoreJournal { inner, events: ids, announce: None, ended_at: None };
+    let tenant = crate::telemetry::tenant_label(ctx.tenant.id, ctx.tenant.name.as_str());
+    if let Some(oldest) = events.iter().map(|e| e.created_at).min() {
+        let waited = inner.store.now().as_millis().saturating_sub(oldest.as_millis());
+        let waited = std::time::Duration::from_millis(waited.max(0).unsigned_abs());
+        crate::telemetry::queue_waited(&tenant, waited);
+    }
+    let mut journal = StoreJournal { inner, events: ids, announce: None, ended_at: None, tenant };
     let thinker = AgentModel { inner, tenant: &ctx.tenant, agent: &ctx.agent };
     let result = Box::pin(drive(inner, ctx, events, kept, &mut journal, &thinker)).await;
     kept.ended_at = journal.ended_at;
@@ -179,6 +185,8 @@ struct StoreJournal<'a> {
     /// The time read just before the turn's outcome was written, so before anyone could see
     /// it: the session's idleness counts from here.
     ended_at: Option<Timestamp>,
+    /// The turn's tenant as metrics name it ([`crate::telemetry::tenant_label`]).
+    tenant: String,
 }
 
 impl Opening for StoreJournal<'_> {
@@ -196,6 +204,8 @@ impl Journal for StoreJournal<'_> {
         if ending.is_some() {
             self.ended_at = Some(store.now());
         }
+        // Counted once the write commits.
+        let counted = (usage.clone(), ending.as_ref().map(|outcome| outcome.status));
         let rows = match self.announce.take() {
             Some(announce) => {
                 if audit.is_some() {
@@ -236,6 +246,14 @@ impl Journal for StoreJournal<'_> {
             },
         }?;
         publish(self.inner, turn.agent_id, &rows);
+        if let Some(usage) = &counted.0 {
+            crate::telemetry::model_answered(&self.tenant, usage);
+        }
+        if let Some(status) = counted.1 {
+            let took = store.now().as_millis().saturating_sub(turn.started_at.as_millis());
+            let took = std::time::Duration::from_millis(took.max(0).unsigned_abs());
+            crate::telemetry::turn_ended(&self.tenant, status, took);
+        }
         Ok(())
     }
 

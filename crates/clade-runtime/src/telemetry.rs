@@ -1,0 +1,75 @@
+//! What the runtime records for metrics, through the `metrics` facade: nothing until a
+//! recorder is installed (the gateway's, with `server.metrics`), and then a few atomic adds a
+//! turn. Names are `clade_*`; labels are bounded: a tenant is named by its name for the first
+//! [`cap_tenants`] tenants a process sees, and counted as `other` after that
+//! (`clade_metric_labels_capped_total` says how often), so a million tenants cannot blow up a
+//! scrape. Agents are not labels at all, for the same reason.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use clade_core::{TenantId, TurnStatus};
+use clade_store::UsageRecord;
+
+/// The label value of tenants past the cap.
+pub const OTHER: &str = "other";
+
+static MAX_TENANTS: AtomicUsize = AtomicUsize::new(1_000);
+
+fn named() -> &'static Mutex<HashSet<TenantId>> {
+    static NAMED: OnceLock<Mutex<HashSet<TenantId>>> = OnceLock::new();
+    NAMED.get_or_init(Mutex::default)
+}
+
+/// Names at most `max` tenants in labels from now on (the tenants named so far stay named).
+pub fn cap_tenants(max: usize) {
+    MAX_TENANTS.store(max.max(1), Ordering::Relaxed);
+}
+
+/// `name`, while `tenant` is among the first tenants named, else [`OTHER`].
+pub fn tenant_label(tenant: TenantId, name: &str) -> String {
+    let mut named = named().lock().unwrap_or_else(|e| e.into_inner());
+    if named.contains(&tenant) {
+        return name.to_owned();
+    }
+    if named.len() < MAX_TENANTS.load(Ordering::Relaxed) {
+        named.insert(tenant);
+        return name.to_owned();
+    }
+    drop(named);
+    metrics::counter!("clade_metric_labels_capped_total", "label" => "tenant").increment(1);
+    OTHER.to_owned()
+}
+
+/// A turn ended with `status`, `took` after it started.
+pub(crate) fn turn_ended(tenant: &str, status: TurnStatus, took: Duration) {
+    let labels = [("tenant", tenant.to_owned()), ("status", status.as_str().to_owned())];
+    metrics::counter!("clade_turns_total", &labels).increment(1);
+    metrics::histogram!("clade_turn_seconds", "tenant" => tenant.to_owned())
+        .record(took.as_secs_f64());
+}
+
+/// A turn started on events the oldest of which waited `waited` since it was stored.
+pub(crate) fn queue_waited(tenant: &str, waited: Duration) {
+    metrics::histogram!("clade_queue_wait_seconds", "tenant" => tenant.to_owned())
+        .record(waited.as_secs_f64());
+}
+
+/// A turn's model call answered, as its usage was recorded.
+pub(crate) fn model_answered(tenant: &str, usage: &UsageRecord) {
+    let model = usage.model.clone();
+    let by = [("tenant", tenant.to_owned()), ("model", model.clone())];
+    metrics::counter!("clade_model_calls_total", &by).increment(1);
+    for (kind, tokens) in [
+        ("input", usage.input_tokens),
+        ("output", usage.output_tokens),
+        ("cached", usage.cached_tokens),
+    ] {
+        let labels =
+            [("tenant", tenant.to_owned()), ("model", model.clone()), ("kind", kind.to_owned())];
+        metrics::counter!("clade_model_tokens_total", &labels).increment(tokens);
+    }
+    metrics::counter!("clade_model_cost_micros_total", &by).increment(usage.cost_micros);
+}
