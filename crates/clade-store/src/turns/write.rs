@@ -301,16 +301,19 @@ async fn finish_in(
         .bind(outcome.status.event_status().as_str())
         .execute(&mut *conn)
         .await?;
-    if outcome.status.execution_status().is_final() {
+    // A completed turn saw each of its calls return, and each `agent.spawn` end its run: only
+    // a failed one (cancelled, timed out, broken off) can leave a run open, so the turns of the
+    // common path pay nothing for this.
+    if outcome.status == TurnStatus::Failed {
         end_subagent_runs(conn, turn, now).await?;
     }
     insert_outbox(conn, now, turn.tenant_id, Some(turn.session_id), Some(turn.id), outbox).await
 }
 
 /// A sub-agent run lives inside the tool call of its session's turn (`agent.spawn`): one still
-/// open when that turn ends for good (cancelled, timed out, failed while it waited) has no one
-/// left to finish it, and is cancelled with it. A session runs one turn at a time, so its open
-/// runs are this turn's. A turn that only stopped (yielded) keeps them for its resumption, as a
+/// open when that turn fails (cancelled, timed out, broken off while it waited) has no one left
+/// to finish it, and is cancelled with it. A session runs one turn at a time, so its open runs
+/// are this turn's. A turn that only stopped (yielded) keeps them for its resumption, as a
 /// crash does.
 async fn end_subagent_runs(conn: &mut Tx, turn: &TurnRow, now: Timestamp) -> Result<()> {
     query(
