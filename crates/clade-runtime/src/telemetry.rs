@@ -3,7 +3,8 @@
 //! turn. Names are `clade_*`; labels are bounded: a tenant is named by its name for the first
 //! [`cap_tenants`] tenants a process sees, and counted as `other` after that
 //! (`clade_metric_labels_capped_total` says how often), so a million tenants cannot blow up a
-//! scrape. Agents are not labels at all, for the same reason.
+//! scrape. Tool names, which a tenant's paired tool host chooses, are capped the same way
+//! ([`MAX_TOOLS`]). Agents are not labels at all, for the same reason.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,6 +42,36 @@ pub fn tenant_label(tenant: TenantId, name: &str) -> String {
     drop(named);
     metrics::counter!("clade_metric_labels_capped_total", "label" => "tenant").increment(1);
     OTHER.to_owned()
+}
+
+/// The most tool names labels carry; the rest are counted as [`OTHER`].
+pub const MAX_TOOLS: usize = 500;
+
+/// `name`, while it is among the first [`MAX_TOOLS`] tool names seen, else [`OTHER`].
+fn tool_label(name: &str) -> String {
+    static NAMED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let mut named = NAMED.get_or_init(Mutex::default).lock().unwrap_or_else(|e| e.into_inner());
+    if named.contains(name) {
+        return name.to_owned();
+    }
+    if named.len() < MAX_TOOLS {
+        named.insert(name.to_owned());
+        return name.to_owned();
+    }
+    drop(named);
+    metrics::counter!("clade_metric_labels_capped_total", "label" => "tool").increment(1);
+    OTHER.to_owned()
+}
+
+/// A turn's tool call returned (`is_error`: the model was told it failed).
+pub(crate) fn tool_returned(tenant: &str, tool: &str, is_error: bool) {
+    let outcome = if is_error { "error" } else { "ok" };
+    let labels = [
+        ("tenant", tenant.to_owned()),
+        ("tool", tool_label(tool)),
+        ("outcome", outcome.to_owned()),
+    ];
+    metrics::counter!("clade_tool_calls_total", &labels).increment(1);
 }
 
 /// A turn ended with `status`, `took` after it started.

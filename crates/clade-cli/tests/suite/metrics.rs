@@ -25,15 +25,18 @@ async fn turns_are_counted_by_tenant_within_a_cap_on_a_listener_of_their_own() {
     let config = format!("server:\n  metrics:\n    listen: 127.0.0.1:{port}\n    max_tenants: 1\n");
     write(&env.data_dir().join("clade.yaml"), &config);
     let server = env.serve(&[]);
-    let event = |agent: &str| {
-        json!({ "agent": agent, "text": "hi", "wait": true,
+    let event = |agent: &str, text: &str| {
+        json!({ "agent": agent, "text": text, "wait": true,
             "source": { "platform": "http", "channel": "c", "actor": "someone" } })
     };
-    for _ in 0..2 {
-        let (status, body) = server.send("POST", "/v1/events", None, Some(event("ada"))).await;
+    // Two turns of ada's: one finds tools, one calls a tool that does not exist.
+    for text in [r#"/tool tools.find {"query":"memory"}"#, "/tool nope.tool {}"] {
+        let (status, body) =
+            server.send("POST", "/v1/events", None, Some(event("ada", text))).await;
         assert_eq!(status, 200, "{body}");
     }
-    let (status, body) = server.send("POST", "/v1/events", Some(&rival), Some(event("bob"))).await;
+    let bob = event("bob", "hi");
+    let (status, body) = server.send("POST", "/v1/events", Some(&rival), Some(bob)).await;
     assert_eq!(status, 200, "{body}");
 
     let url = format!("http://127.0.0.1:{port}/metrics");
@@ -53,13 +56,22 @@ async fn turns_are_counted_by_tenant_within_a_cap_on_a_listener_of_their_own() {
         sample(&scraped, "clade_queue_wait_seconds_count", &[("tenant", "default")]),
         Some(2.0)
     );
+    // Each of ada's turns called the model twice: for the tool call, and after its result.
     let calls = sample(&scraped, "clade_model_calls_total", &[("tenant", "default")]);
-    assert_eq!(calls, Some(2.0), "{scraped}");
+    assert_eq!(calls, Some(4.0), "{scraped}");
+    let tool = |name, outcome| {
+        let labels = [("tenant", "default"), ("tool", name), ("outcome", outcome)];
+        sample(&scraped, "clade_tool_calls_total", &labels)
+    };
+    assert_eq!(tool("tools.find", "ok"), Some(1.0), "{scraped}");
+    assert_eq!(tool("nope.tool", "error"), Some(1.0), "{scraped}");
     assert_eq!(sample(&scraped, "clade_turns_running", &[]), Some(0.0));
     assert!(sample(&scraped, "clade_sessions_active", &[]).unwrap() >= 1.0);
     assert!(sample(&scraped, "clade_store_commits_total", &[]).unwrap() > 0.0);
     assert!(sample(&scraped, "clade_process_resident_bytes", &[]).unwrap() > 1e6);
     assert_eq!(sample(&scraped, "clade_executions_open", &[("kind", "subagent")]), Some(0.0));
+    // Turns are counted running, not as open executions.
+    assert_eq!(sample(&scraped, "clade_executions_open", &[("kind", "turn")]), None);
 
     // The public port has no metrics, for any caller.
     let (status, _) = server.send("GET", "/metrics", None, None).await;

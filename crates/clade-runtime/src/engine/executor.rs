@@ -99,6 +99,8 @@ pub(crate) trait Hands: Sync {
 
     /// Every tool the agent has, as offered to the model, and a digest of all tools' schemas.
     fn specs(&self) -> Arc<[ToolSpec]>;
+    /// A call returned `is_error` (counted for metrics; replayed results are not).
+    fn returned(&self, _name: &str, _is_error: bool) {}
     fn specs_digest(&self) -> &str;
 
     /// The agent's tool of that name.
@@ -716,6 +718,7 @@ async fn dispatch<H: Hands>(
             }
         }
     };
+    hands.returned(&call.name, result.is_error);
     let returned = LifecycleEvent::from(clade_protocol::ToolReturned {
         call: call.id.clone(),
         name: call.name.clone(),

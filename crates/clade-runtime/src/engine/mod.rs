@@ -830,8 +830,10 @@ impl Engine {
         limit: u32,
     ) -> Result<Vec<(clade_core::ExecutionKind, usize)>, Error> {
         let open = self.inner.store.system().open_executions(limit).await?;
+        // Turns are not among them (`Engine::running_turns` counts those).
         Ok(clade_core::ExecutionKind::ALL
             .iter()
+            .filter(|kind| **kind != clade_core::ExecutionKind::Turn)
             .map(|kind| (*kind, open.iter().filter(|row| row.kind == *kind).count()))
             .collect())
     }

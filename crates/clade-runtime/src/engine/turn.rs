@@ -320,6 +320,8 @@ struct AgentTools<'a> {
     rules: Option<Vec<clade_tools::policy::SourcedRule>>,
     set: Arc<ToolSet>,
     tenant: &'a str,
+    /// The tenant as metrics name it ([`crate::telemetry::tenant_label`]).
+    label: String,
     agent: &'a Agent,
     /// Where a call's progress goes: the session's live subscribers.
     hub: crate::hub::Hub,
@@ -354,6 +356,7 @@ impl<'a> AgentTools<'a> {
             rules,
             set: tools,
             tenant: ctx.tenant.name.as_str(),
+            label: crate::telemetry::tenant_label(ctx.tenant.id, ctx.tenant.name.as_str()),
             agent,
             hub: inner.bus.hub().clone(),
             profile: ctx.profile,
@@ -421,6 +424,10 @@ impl Hands for AgentTools<'_> {
 
     fn reached(&self, name: &str) {
         self.failpoints.hit(name);
+    }
+
+    fn returned(&self, name: &str, is_error: bool) {
+        crate::telemetry::tool_returned(&self.label, name, is_error);
     }
 
     fn specs(&self) -> Arc<[ToolSpec]> {
