@@ -68,6 +68,12 @@ async fn next(signals: &mut UnboundedReceiver<Addressed>) -> Addressed {
         .expect("the bus is gone")
 }
 
+/// The next message on `subscriber`, if one comes within 5 s.
+async fn heard(subscriber: &mut async_nats::Subscriber) -> Option<async_nats::Message> {
+    let next = futures::StreamExt::next(subscriber);
+    tokio::time::timeout(Duration::from_secs(5), next).await.ok().flatten()
+}
+
 #[tokio::test]
 async fn a_signal_reaches_the_node_holding_its_shard_and_no_other() {
     let Some(url) = clade_test_support::nats_url() else { return };
@@ -79,13 +85,17 @@ async fn a_signal_reaches_the_node_holding_its_shard_and_no_other() {
     // The subject names the session's tenant: listening on that tenant's subjects of the
     // shard alone hears it.
     let raw = async_nats::connect(url.as_str()).await.unwrap();
-    let mut tenants = raw.subscribe(format!("clade.{name}.signal.2.{}", *T)).await.unwrap();
-    raw.flush().await.unwrap();
+    let subject = format!("clade.{name}.signal.2.{}", *T);
+    let mut tenants = raw.subscribe(subject.clone()).await.unwrap();
+    // Its own message back proves the server holds the subscription (a flush only sends it),
+    // before another connection publishes.
+    raw.publish(subject, "probe".into()).await.unwrap();
+    let probe = heard(&mut tenants).await.expect("the probe never came back");
+    assert_eq!(&probe.payload[..], b"probe");
     a.signal(*T, Signal::Wake(on_b));
     assert_eq!(next(&mut to_b).await, (*T, Signal::Wake(on_b)));
-    let heard =
-        tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut tenants));
-    assert!(heard.await.is_ok_and(|m| m.is_some()), "nothing on the tenant's subject");
+    let signal = heard(&mut tenants).await;
+    assert!(signal.is_some_and(|m| &m.payload[..] != b"probe"), "nothing on the tenant's subject");
     b.signal(*T, Signal::Cancel(on_a));
     assert_eq!(next(&mut to_a).await, (*T, Signal::Cancel(on_a)));
     // Nothing else came to either: each got only its own.
