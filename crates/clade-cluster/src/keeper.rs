@@ -320,7 +320,9 @@ impl Keeper {
         let clock = self.state.store.clock().clone();
         while !self.state.lock_held().is_empty() {
             clock.sleep(HAND_OVER_POLL).await;
-            self.state.release_ended().await;
+            // Again with every shard held: one a tick under way took after the first call is
+            // put on its way too.
+            self.state.hand_over_by(&[], deadline).await;
         }
         self.state.shards.send_if_modified(emptied);
     }
@@ -527,7 +529,7 @@ impl State {
             // the leases stay renewed meanwhile.
             self.announce(true).await;
             self.renew_held().await;
-            self.release_ended().await;
+            self.hand_over(&[]).await;
             return;
         }
         let held: Vec<u32> = self.lock_held().keys().copied().collect();
