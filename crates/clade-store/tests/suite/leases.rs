@@ -6,6 +6,19 @@ use clade_store::{Error, JournalEntry, TurnOutcome};
 
 use super::harness::{accept, backends, new_turn, tenant_and_agent};
 
+/// Two cluster nodes' handles on `h`'s store, fenced by four shards, holding none yet.
+async fn two_nodes(h: &super::harness::Harness) -> (clade_store::Store, clade_store::Store) {
+    let (a, b) = (h.reopen().await.unwrap(), h.reopen().await.unwrap());
+    a.shard_leases().fence_by_shards(4);
+    b.shard_leases().fence_by_shards(4);
+    (a, b)
+}
+
+/// The shard of four `session` falls in.
+fn shard(session: clade_core::SessionId) -> i64 {
+    i64::from(clade_core::shard::shard_of(session.as_bytes(), 4))
+}
+
 fn step(iteration: u32) -> JournalEntry {
     JournalEntry { step: StepKey::Model { iteration }, data: "{}".into() }
 }
@@ -161,11 +174,7 @@ async fn a_cluster_node_writes_only_the_turns_of_the_shards_it_holds() {
     let minute = Duration::from_secs(60);
     for h in backends().await {
         let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
-        let (a, b) = (h.reopen().await.unwrap(), h.reopen().await.unwrap());
-        a.shard_leases().fence_by_shards(4);
-        b.shard_leases().fence_by_shards(4);
-        let shard =
-            |s: clade_core::SessionId| i64::from(clade_core::shard::shard_of(s.as_bytes(), 4));
+        let (a, b) = two_nodes(&h).await;
         // Two sessions of different shards.
         let first = accept(&a, &tenant, &agent, "c0").await;
         let mut second = None;
@@ -219,11 +228,9 @@ async fn a_cluster_node_writes_the_executions_of_the_sessions_it_holds() {
     let minute = Duration::from_secs(60);
     for h in backends().await {
         let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
-        let (a, b) = (h.reopen().await.unwrap(), h.reopen().await.unwrap());
-        a.shard_leases().fence_by_shards(4);
-        b.shard_leases().fence_by_shards(4);
+        let (a, b) = two_nodes(&h).await;
         let session = accept(&a, &tenant, &agent, "c0").await.session_id;
-        let mine = i64::from(clade_core::shard::shard_of(session.as_bytes(), 4));
+        let mine = shard(session);
         a.shard_leases().acquire("a", mine, minute).await.unwrap().unwrap();
         b.shard_leases().acquire("b", (mine + 1) % 4, minute).await.unwrap().unwrap();
 
@@ -270,12 +277,9 @@ async fn a_fork_started_on_one_node_settles_on_the_node_holding_its_own_session(
     use clade_store::NewFork;
     use std::time::Duration;
     let minute = Duration::from_secs(60);
-    let shard = |s: clade_core::SessionId| i64::from(clade_core::shard::shard_of(s.as_bytes(), 4));
     for h in backends().await {
         let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
-        let (a, b) = (h.reopen().await.unwrap(), h.reopen().await.unwrap());
-        a.shard_leases().fence_by_shards(4);
-        b.shard_leases().fence_by_shards(4);
+        let (a, b) = two_nodes(&h).await;
         let parent = accept(&a, &tenant, &agent, "c0").await.session_id;
         a.shard_leases().acquire("a", shard(parent), minute).await.unwrap().unwrap();
         // Workers until one's session falls in another shard, which b holds.
