@@ -234,22 +234,7 @@ impl<'w> ExecutionWrites<'w> {
             )));
         }
         self.check_fence(new.owner).await?;
-        let inserted = query(
-            "INSERT INTO executions (id, tenant_id, agent_id, kind, owner_kind, owner_id, \
-             status, input, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(new.id.as_bytes().to_vec())
-        .bind(new.tenant.as_bytes().to_vec())
-        .bind(new.agent.as_bytes().to_vec())
-        .bind(new.kind.as_str())
-        .bind(new.owner.kind())
-        .bind(new.owner.id().to_vec())
-        .bind(new.status.as_str())
-        .bind(new.input.clone())
-        .bind(self.now.as_millis())
-        .execute(&mut *self.conn)
-        .await?;
+        let inserted = self.insert(&new, new.status, None, None).await?;
         match self.current(new.id).await {
             Err(Error::ExecutionNotFound(_)) if inserted > 0 => {
                 Err(Error::BadRow("an execution just stored cannot be read".into()))
@@ -260,6 +245,60 @@ impl<'w> ExecutionWrites<'w> {
             )),
             other => other,
         }
+    }
+
+    /// Inserts `new` as `status` (ended, with its outcome, when that is final), unless its id
+    /// is taken: how many rows it wrote.
+    async fn insert(
+        &mut self,
+        new: &NewExecution,
+        status: ExecutionStatus,
+        output: Option<String>,
+        error: Option<String>,
+    ) -> Result<u64> {
+        let finished = status.is_final().then_some(self.now.as_millis());
+        query(
+            "INSERT INTO executions (id, tenant_id, agent_id, kind, owner_kind, owner_id, \
+             status, input, output, error, created_at, updated_at, finished_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(new.id.as_bytes().to_vec())
+        .bind(new.tenant.as_bytes().to_vec())
+        .bind(new.agent.as_bytes().to_vec())
+        .bind(new.kind.as_str())
+        .bind(new.owner.kind())
+        .bind(new.owner.id().to_vec())
+        .bind(status.as_str())
+        .bind(new.input.clone())
+        .bind(output)
+        .bind(error)
+        .bind(self.now.as_millis())
+        .bind(finished)
+        .execute(&mut *self.conn)
+        .await
+    }
+
+    /// Stores an execution that started and ended within this unit of work, in one write: a
+    /// cron fire, whose one effect commits with it, so there is nothing to journal or resume.
+    /// Its outcome is its `output` (or `error`); `status` is where it ended. A retried write
+    /// leaves the one stored.
+    pub async fn record_ended(
+        &mut self,
+        new: NewExecution,
+        status: ExecutionStatus,
+        output: Option<String>,
+        error: Option<String>,
+    ) -> Result<()> {
+        if new.tenant != self.tenant || new.kind == ExecutionKind::Turn || !status.is_final() {
+            return Err(Error::InvalidInput(format!(
+                "execution {}: only an ended {} of this unit's tenant is recorded whole",
+                new.id, new.kind
+            )));
+        }
+        self.check_fence(new.owner).await?;
+        self.insert(&new, status, output, error).await?;
+        Ok(())
     }
 
     /// Records step `step.seq` of an execution. Steps are numbered densely from 1, so a gap is

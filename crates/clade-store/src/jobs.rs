@@ -9,17 +9,27 @@
 //! is settled as a run with its error ([`JobWrites::settle_refused`]): every scheduled time is
 //! accounted for.
 //!
+//! Each fire is also an execution of kind [`ExecutionKind::CronFire`] ([`fire_execution_id`]),
+//! recorded ended, with the envelope it delivered as its output, in the transaction that
+//! commits that envelope ([`crate::executions::ExecutionWrites::record_ended`]): its one effect
+//! and its record commit together, so there is nothing to journal or resume after a crash. It
+//! belongs to the session it fired into, whose turn then runs as an execution of its own; a
+//! refused fire belongs to the job's agent and ends failed, saying why.
+//!
 //! Every read and write names the tenant; only [`SystemStore::due_jobs`] and
 //! [`SystemStore::next_due`], what the scheduler looks at, read across tenants.
 
 use std::fmt;
 
 use clade_core::{
-    AgentId, AuditKind, EventId, ExecutionId, SessionId, TenantId, Timestamp, TurnId, TurnStatus,
+    AgentId, AuditKind, EventId, ExecutionId, ExecutionKind, ExecutionStatus, SessionId, TenantId,
+    Timestamp, TurnId, TurnStatus,
 };
+use sha2::{Digest, Sha256};
 
 use crate::db::{Row, Tx, query};
 use crate::error::{Error, Result};
+use crate::executions::{ExecutionOwner, ExecutionWrites, NewExecution};
 use crate::scoped::SystemStore;
 use crate::store::{Store, id_bytes, opt_id};
 use crate::turns::{Accepted, NewEvent, Source};
@@ -186,6 +196,22 @@ pub fn refuses_envelope(err: &Error) -> bool {
     )
 }
 
+/// The execution of `job`'s fire at `scheduled_at`: the same for the same scheduled time, as the
+/// fire itself is.
+pub fn fire_execution_id(job: ExecutionId, scheduled_at: Timestamp) -> ExecutionId {
+    let digest = Sha256::new()
+        .chain_update(b"cron_fire")
+        .chain_update(job.as_bytes())
+        .chain_update(scheduled_at.as_millis().to_be_bytes())
+        .finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    ExecutionId::from_bytes(id)
+}
+
+/// The most ids bound to one delete of a job's fire executions.
+const FIRES_PER_DELETE: usize = 500;
+
 /// What one look at a job settles: the scheduled times to fire (oldest first), how many were
 /// skipped, and where the job then stands.
 #[derive(Debug, Clone)]
@@ -339,6 +365,7 @@ impl<'w> JobWrites<'w> {
     /// Deletes a job and the record of its fires (not the envelopes and turns they made).
     pub async fn delete(&mut self, id: ExecutionId) -> Result<JobRow> {
         let job = self.get(id).await?;
+        self.delete_fire_executions(id).await?;
         query("DELETE FROM job_runs WHERE job_id = $1")
             .bind(id.as_bytes().to_vec())
             .execute(&mut *self.conn)
@@ -349,6 +376,86 @@ impl<'w> JobWrites<'w> {
             .execute(&mut *self.conn)
             .await?;
         Ok(job)
+    }
+
+    /// Deletes the executions of `job`'s fires, found by the scheduled times of its runs.
+    async fn delete_fire_executions(&mut self, job: ExecutionId) -> Result<()> {
+        let rows = query("SELECT scheduled_at FROM job_runs WHERE job_id = $1")
+            .bind(job.as_bytes().to_vec())
+            .fetch_all(&mut *self.conn)
+            .await?;
+        let ids = rows
+            .iter()
+            .map(|row| {
+                let at = Timestamp::from_millis(row.try_get("scheduled_at")?);
+                Ok(fire_execution_id(job, at).as_bytes().to_vec())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for chunk in ids.chunks(FIRES_PER_DELETE) {
+            let list = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect::<Vec<_>>();
+            let list = list.join(", ");
+            for sql in [
+                format!(
+                    "DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM executions \
+                     WHERE tenant_id = $1 AND kind = $2 AND id IN ({list}))"
+                ),
+                format!(
+                    "DELETE FROM executions WHERE tenant_id = $1 AND kind = $2 AND id IN ({list})"
+                ),
+            ] {
+                let mut delete = query(sql)
+                    .bind(self.tenant.as_bytes().to_vec())
+                    .bind(ExecutionKind::CronFire.as_str());
+                for id in chunk {
+                    delete = delete.bind(id.clone());
+                }
+                delete.execute(&mut *self.conn).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the execution of `job`'s fire at `scheduled_at`, in this transaction:
+    /// completed with the envelope it delivered (its output), or failed with why the store
+    /// refused it. Unfenced: a fire is the scheduler's, on whichever node looked (the job's
+    /// settled time is what keeps it once), and its envelope is accepted as any event is.
+    async fn record_fire_execution(
+        &mut self,
+        job: &JobRow,
+        scheduled_at: Timestamp,
+        delivered: std::result::Result<&Accepted, &str>,
+    ) -> Result<()> {
+        let (owner, status, output, error) = match delivered {
+            Ok(accepted) => {
+                let envelope = serde_json::json!({
+                    "event": accepted.event_id.to_string(),
+                    "session": accepted.session_id.to_string(),
+                });
+                let owner = ExecutionOwner::Session(accepted.session_id);
+                (owner, ExecutionStatus::Completed, Some(envelope.to_string()), None)
+            }
+            Err(why) => {
+                let owner = ExecutionOwner::Agent(job.agent_id);
+                (owner, ExecutionStatus::Failed, None, Some(why.to_owned()))
+            }
+        };
+        let input = serde_json::json!({
+            "job": job.id.to_string(),
+            "name": job.name,
+            "scheduled_at": scheduled_at.as_millis(),
+        });
+        let new = NewExecution {
+            id: fire_execution_id(job.id, scheduled_at),
+            tenant: self.tenant,
+            agent: job.agent_id,
+            kind: ExecutionKind::CronFire,
+            owner,
+            status: ExecutionStatus::Running,
+            input: input.to_string(),
+        };
+        ExecutionWrites::new(self.conn, self.tenant, self.now, crate::leases::Fence::Open)
+            .record_ended(new, status, output, error)
+            .await
     }
 
     async fn origin_source(&mut self, session: SessionId, agent: AgentId) -> Result<Source> {
@@ -466,6 +573,7 @@ impl<'w> JobWrites<'w> {
             };
             let (accepted, _) = crate::turns::accept_in(self.conn, self.now, event).await?;
             self.record(id, scheduled_at, Some(accepted.event_id), None).await?;
+            self.record_fire_execution(&job, scheduled_at, Ok(&accepted)).await?;
             let run = JobRun {
                 scheduled_at,
                 fired_at: self.now,
@@ -493,6 +601,7 @@ impl<'w> JobWrites<'w> {
         let mut runs = Vec::with_capacity(settlement.fires.len());
         for scheduled_at in settlement.fires {
             self.record(id, scheduled_at, None, Some(error)).await?;
+            self.record_fire_execution(&job, scheduled_at, Err(error)).await?;
             runs.push(JobRun {
                 scheduled_at,
                 fired_at: self.now,

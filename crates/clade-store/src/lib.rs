@@ -70,7 +70,8 @@ pub use forks::{ForkRow, ForkSettled, Forked, NewFork, RunFilter, fork_kind_of};
 pub use host_calls::HostCalls;
 pub use jobs::Jobs;
 pub use jobs::{
-    JobRow, JobRun, JobTarget, JobWrites, NewJob, RunOutcome, Settled, Settlement, refuses_envelope,
+    JobRow, JobRun, JobTarget, JobWrites, NewJob, RunOutcome, Settled, Settlement,
+    fire_execution_id, refuses_envelope,
 };
 pub use leases::{Lease, LeaseRow, ShardLeases};
 pub use lineage::Lineage;

@@ -2,8 +2,9 @@
 //! tenant is one transaction, with an audit record of what it deleted.
 //!
 //! - Sessions idle since before a cutoff go with everything they own (events, turns and their
-//!   journals, lifecycle events), unless an event of theirs waits or runs. Job runs that
-//!   delivered into them stay, and read as gone with their session.
+//!   journals, lifecycle events, and the ended runs they own: branches, workers, sub-agent
+//!   runs, cron fires), unless an event of theirs waits or runs. A run still under way stays. Job runs that delivered into them stay, and read as gone with their
+//!   session.
 //! - Lifecycle events older than a cutoff go once every subscriber has been sent them.
 //! - Dead letters older than a cutoff go.
 
@@ -27,6 +28,8 @@ pub struct Swept {
     pub sessions: u64,
     pub events: u64,
     pub turns: u64,
+    /// Ended runs other than turns.
+    pub runs: u64,
     pub steps: u64,
     pub outbox: u64,
     pub dead_letters: u64,
@@ -83,6 +86,7 @@ impl Store {
                         detail["sessions"] = swept.sessions.into();
                         detail["events"] = swept.events.into();
                         detail["turns"] = swept.turns.into();
+                        detail["runs"] = swept.runs.into();
                         detail["steps"] = swept.steps.into();
                         detail["outbox"] = swept.outbox.into();
                         detail["dead_letters"] = swept.dead_letters.into();
@@ -146,6 +150,37 @@ async fn sweep_sessions(
 const IDLE_SINCE: &str = "WHERE s.tenant_id = $1 AND s.updated_at < $2 \
      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.session_id = s.id AND e.status IN ($3, $4))";
 
+/// Deletes the executions a session owns, with their steps: its ended runs (branches, workers,
+/// sub-agent runs, cron fires), then its turns, so nothing is left naming what is gone. A run
+/// still under way stays, to end where it runs.
+async fn delete_executions(
+    conn: &mut Tx,
+    tenant: &[u8],
+    session: &[u8],
+    swept: &mut Swept,
+) -> Result<()> {
+    let owned = "tenant_id = $3 AND owner_id = $1";
+    let runs = format!("{owned} AND kind <> $2 AND finished_at IS NOT NULL");
+    let turns = format!("{owned} AND kind = $2");
+    for (which, count) in [(runs, &mut swept.runs), (turns, &mut swept.turns)] {
+        let bound = |sql: String| {
+            query(sql)
+                .bind(session.to_vec())
+                .bind(ExecutionKind::Turn.as_str())
+                .bind(tenant.to_vec())
+        };
+        swept.steps += bound(format!(
+            "DELETE FROM execution_steps WHERE execution_id IN \
+             (SELECT id FROM executions WHERE {which})"
+        ))
+        .execute(&mut *conn)
+        .await?;
+        *count +=
+            bound(format!("DELETE FROM executions WHERE {which}")).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Deletes one session with everything it owns.
 async fn delete_session(
     conn: &mut Tx,
@@ -154,25 +189,7 @@ async fn delete_session(
     now: i64,
     swept: &mut Swept,
 ) -> Result<()> {
-    let turn = ExecutionKind::Turn.as_str();
-    swept.steps += query(
-        "DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM \
-         executions WHERE owner_id = $1 AND kind = $2 AND tenant_id = $3)",
-    )
-    .bind(session.clone())
-    .bind(turn)
-    .bind(tenant.clone())
-    .execute(&mut *conn)
-    .await?;
-    swept.turns += query(
-        "DELETE FROM executions WHERE owner_id = $1 AND kind = $2 \
-         AND tenant_id = $3",
-    )
-    .bind(session.clone())
-    .bind(turn)
-    .bind(tenant.clone())
-    .execute(&mut *conn)
-    .await?;
+    delete_executions(conn, &tenant, &session, swept).await?;
     // Leases of the session end with it.
     query(
         "UPDATE peer_leases SET ended_at = $3, \

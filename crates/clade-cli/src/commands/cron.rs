@@ -141,7 +141,7 @@ pub(super) async fn retention(ctx: &Ctx, cmd: RetentionCommand) -> Result<()> {
             .iter()
             .map(|(tenant, s)| {
                 serde_json::json!({ "tenant": tenant, "sessions": s.sessions, "events": s.events,
-                    "turns": s.turns, "steps": s.steps, "outbox": s.outbox,
+                    "turns": s.turns, "runs": s.runs, "steps": s.steps, "outbox": s.outbox,
                     "dead_letters": s.dead_letters })
             })
             .collect();
@@ -156,7 +156,7 @@ pub(super) async fn retention(ctx: &Ctx, cmd: RetentionCommand) -> Result<()> {
     let rows: Vec<Vec<String>> = swept
         .iter()
         .map(|(tenant, s)| {
-            [s.sessions, s.events, s.turns, s.steps, s.outbox, s.dead_letters]
+            [s.sessions, s.events, s.turns, s.runs, s.steps, s.outbox, s.dead_letters]
                 .iter()
                 .map(u64::to_string)
                 .fold(vec![tenant.clone()], |mut row, n| {
@@ -166,7 +166,7 @@ pub(super) async fn retention(ctx: &Ctx, cmd: RetentionCommand) -> Result<()> {
         })
         .collect();
     output::table(
-        &["TENANT", "SESSIONS", "EVENTS", "TURNS", "STEPS", "OUTBOX", "DEAD LETTERS"],
+        &["TENANT", "SESSIONS", "EVENTS", "TURNS", "RUNS", "STEPS", "OUTBOX", "DEAD LETTERS"],
         &rows,
     );
     Ok(())

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use clade_core::TurnStatus;
+use clade_core::{ExecutionKind, ExecutionStatus, TurnStatus};
 use clade_sim::Sim;
+use clade_store::ExecutionOwner;
 
 /// An agent schedules itself with `cron.create` in a conversation; the job answers in that
 /// conversation's session (its origin) when the clock reaches its time, and the agent lists,
@@ -42,6 +43,27 @@ async fn an_agent_schedules_itself_and_the_job_answers_where_the_user_spoke() {
     assert!(!stretched(&sim.turns(session).await), "fired before its time");
     sim.run_for(Duration::from_secs(2)).await;
     sim.turns_until(session, stretched).await;
+    // Each fire ran as an execution of its own, ended with the envelope it delivered into the
+    // conversation.
+    let fires = move |store: clade_store::Store| async move {
+        let runs = store.executions(tenant).list(1000).await?;
+        let fires = runs.into_iter().filter(|run| run.kind == ExecutionKind::CronFire);
+        Ok::<_, clade_store::Error>(fires.collect::<Vec<_>>())
+    };
+    let fired = sim.on_node({
+        let store = store.clone();
+        async move |_| fires(store).await
+    });
+    let fired = fired.await.unwrap();
+    assert!(!fired.is_empty(), "no fire's execution");
+    for run in &fired {
+        assert_eq!(
+            (run.status, run.owner),
+            (ExecutionStatus::Completed, ExecutionOwner::Session(session)),
+            "{run:?}"
+        );
+        assert!(run.output.as_deref().unwrap_or_default().contains(&session.to_string()));
+    }
 
     let (_, listed) = sim.say("ada", "dm", "/tool cron.list").await;
     assert!(listed.reply.unwrap_or_default().contains("remind"));
@@ -62,6 +84,9 @@ async fn an_agent_schedules_itself_and_the_job_answers_where_the_user_spoke() {
         .await
         .unwrap();
     assert!(!audit.0, "the removed job is gone");
+    let store = sim.store();
+    let left = sim.on_node(async move |_| fires(store).await).await.unwrap();
+    assert!(left.is_empty(), "its fires' executions outlived the job: {left:?}");
     let tools: Vec<&str> = audit.1.iter().filter_map(|r| r.tool.as_deref()).collect();
     let used = ["cron.create", "cron.list", "cron.enable", "cron.remove"];
     assert!(used.iter().all(|t| tools.contains(t)), "{tools:?}");

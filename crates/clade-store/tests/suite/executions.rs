@@ -109,6 +109,49 @@ async fn an_execution_journals_dense_steps_once_and_ends_for_good() {
 
 /// Another tenant's execution is not found, whatever the call: reading it, its steps, adding
 /// a step, changing its status, or starting one under its id.
+/// An execution that starts and ends in one unit of work (a cron fire) is one write: stored
+/// ended with its outcome, kept as first written when the write is retried, and refused when
+/// it is not ended, is a turn, or is another tenant's.
+#[tokio::test]
+async fn an_execution_recorded_ended_is_stored_whole_once() {
+    for h in backends().await {
+        let (tenant, agent) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let owner = ExecutionOwner::Agent(agent.id);
+        let new = running(&h.store, tenant.id, agent.id, ExecutionKind::CronFire, owner);
+        let record = |new: NewExecution, status, output: &'static str| {
+            h.store.transact(tenant.id, move |work| {
+                let new = new.clone();
+                Box::pin(async move {
+                    let output = Some(output.to_owned());
+                    work.executions().record_ended(new, status, output, None).await
+                })
+            })
+        };
+        record(new.clone(), ExecutionStatus::Completed, "first").await.unwrap();
+        record(new.clone(), ExecutionStatus::Completed, "second").await.unwrap();
+        let stored = h.store.executions(tenant.id).get(new.id).await.unwrap();
+        assert_eq!(
+            (stored.status, stored.output.as_deref()),
+            (ExecutionStatus::Completed, Some("first")),
+            "{}",
+            h.name
+        );
+        assert!(stored.finished_at.is_some(), "{}", h.name);
+        assert!(h.store.system().open_executions(10).await.unwrap().is_empty(), "{}", h.name);
+
+        let fresh = || running(&h.store, tenant.id, agent.id, ExecutionKind::CronFire, owner);
+        let open = record(fresh(), ExecutionStatus::Running, "open").await;
+        assert!(matches!(open, Err(Error::InvalidInput(_))), "{}: {open:?}", h.name);
+        let turn = NewExecution { kind: ExecutionKind::Turn, ..fresh() };
+        let turn = record(turn, ExecutionStatus::Completed, "turn").await;
+        assert!(matches!(turn, Err(Error::InvalidInput(_))), "{}: {turn:?}", h.name);
+        let other = h.store.tenants().create("other").await.unwrap();
+        let foreign = NewExecution { tenant: other.id, ..fresh() };
+        let foreign = record(foreign, ExecutionStatus::Completed, "foreign").await;
+        assert!(matches!(foreign, Err(Error::InvalidInput(_))), "{}: {foreign:?}", h.name);
+    }
+}
+
 #[tokio::test]
 async fn another_tenants_execution_is_not_found() {
     for h in backends().await {

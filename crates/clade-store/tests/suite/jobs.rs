@@ -2,8 +2,10 @@
 //! transaction, however many schedulers look at the job; nothing of one tenant's is reachable
 //! from another.
 
-use clade_core::{ExecutionId, Handle, Timestamp};
-use clade_store::{Error, JobTarget, NewAgent, NewJob, RunOutcome, Settlement};
+use clade_core::{ExecutionId, ExecutionKind, ExecutionStatus, Handle, Timestamp};
+use clade_store::{
+    Error, ExecutionOwner, JobTarget, NewAgent, NewJob, RunOutcome, Settlement, fire_execution_id,
+};
 
 use super::harness::{backends, tenant_and_agent};
 
@@ -196,7 +198,8 @@ async fn fires_go_to_their_targets_and_refused_fires_are_runs() {
         let fired = h.store.jobs(tenant.id).settle(shared.id, look(0, &[10, 20], 100)).await;
         let fired = sessions(fired.unwrap().unwrap());
         assert_eq!(fired[0], fired[1], "{}", h.name);
-        let session = h.store.sessions(tenant.id).get(fired[0]).await.unwrap();
+        let standup = fired[0];
+        let session = h.store.sessions(tenant.id).get(standup).await.unwrap();
         assert_eq!(
             (session.source.platform.as_str(), session.source.channel.as_str()),
             ("cron", "standup"),
@@ -229,10 +232,37 @@ async fn fires_go_to_their_targets_and_refused_fires_are_runs() {
         assert!(again.await.unwrap().is_none(), "{}: a refused time settled twice", h.name);
         let runs = h.store.jobs(tenant.id).runs(shared.id, None, 10).await.unwrap();
         assert_eq!(runs.len(), 3, "{}", h.name);
-        assert_eq!(runs[0].outcome, RunOutcome::Refused(why), "{}", h.name);
+        assert_eq!(runs[0].outcome, RunOutcome::Refused(why.clone()), "{}", h.name);
         assert!(runs[0].outcome.is_failure() && runs[0].event_id.is_none(), "{}", h.name);
         let stored = h.store.jobs(tenant.id).named(agent.id, "shared").await.unwrap();
         assert_eq!(stored.settled_at, minute(30), "{}", h.name);
+
+        // Each fire is an execution, ended with the fire: a delivered one in the session it
+        // went to, with its envelope as its output; a refused one failed, saying why.
+        let executions = h.store.executions(tenant.id);
+        let delivered = fire_execution_id(shared.id, minute(20));
+        let run = executions.get(delivered).await.unwrap();
+        assert_eq!(
+            (run.kind, run.status, run.owner),
+            (ExecutionKind::CronFire, ExecutionStatus::Completed, ExecutionOwner::Session(standup)),
+            "{}",
+            h.name
+        );
+        let event = runs[1].event_id.unwrap().to_string();
+        assert!(run.output.unwrap().contains(&event), "{}", h.name);
+        assert!(run.finished_at.is_some(), "{}", h.name);
+        assert!(run.input.unwrap().contains("\"scheduled_at\""), "{}", h.name);
+        let refused = fire_execution_id(shared.id, minute(30));
+        let run = h.store.executions(tenant.id).get(refused).await.unwrap();
+        assert_eq!(
+            (run.status, run.owner, run.error.as_deref()),
+            (ExecutionStatus::Failed, ExecutionOwner::Agent(agent.id), Some(why.as_str())),
+            "{}",
+            h.name
+        );
+        let listed = h.store.executions(tenant.id).list(100).await.unwrap();
+        let fires = listed.iter().filter(|run| run.kind == ExecutionKind::CronFire).count();
+        assert_eq!(fires, 6, "{}: each's two, shared's two and one refused, reply's one", h.name);
 
         // An origin must be a session of the job's own agent, in its own tenant.
         let (_, other) = tenant_and_agent(&h.store, &h.agents, "bob").await;
@@ -256,6 +286,15 @@ async fn fires_go_to_their_targets_and_refused_fires_are_runs() {
         assert_eq!(deleted.name, "shared", "{}", h.name);
         let runs = h.store.jobs(tenant.id).runs(shared.id, None, 10).await.unwrap();
         assert!(runs.is_empty(), "{}", h.name);
+        // With their executions; another tenant's look for them finds nothing either way.
+        for id in [delivered, refused] {
+            let gone = h.store.executions(tenant.id).get(id).await;
+            assert!(matches!(gone, Err(Error::ExecutionNotFound(_))), "{}: {gone:?}", h.name);
+        }
+        let kept = fire_execution_id(each.id, minute(10));
+        assert!(h.store.executions(tenant.id).get(kept).await.is_ok(), "{}", h.name);
+        let hidden = h.store.executions(rival.id).get(kept).await;
+        assert!(matches!(hidden, Err(Error::ExecutionNotFound(_))), "{}: {hidden:?}", h.name);
     }
 }
 

@@ -1,8 +1,9 @@
 //! Retention sweeps on both backends: old idle sessions go with everything they own, an open
 //! one stays, what a policy does not name stays, and another tenant's records are untouched.
 
-use clade_core::{StepKey, TurnStatus};
+use clade_core::{ExecutionId, ExecutionKind, ExecutionStatus, StepKey, TurnStatus};
 use clade_store::retention::Cutoffs;
+use clade_store::{ExecutionOwner, ExecutionStep, NewExecution};
 
 use super::harness::{accept, backends, new_turn, tenant_and_agent};
 
@@ -36,6 +37,25 @@ async fn a_sweep_deletes_old_idle_sessions_with_all_they_own_and_nothing_else() 
         h.store.turns().append_journal(&turn, step(1), Vec::new(), None, None).await.unwrap();
         let outcome = completed();
         h.store.turns().finish(&turn, outcome, Vec::new()).await.unwrap();
+        // Runs the conversation owns: a worker's, ended with a step, and a branch's still
+        // under way.
+        let run = |kind| NewExecution {
+            id: ExecutionId::generate(h.store.now()),
+            tenant: tenant.id,
+            agent: ada.id,
+            kind,
+            owner: ExecutionOwner::Session(done.session_id),
+            status: ExecutionStatus::Running,
+            input: "{}".into(),
+        };
+        let (worker, branch) = (run(ExecutionKind::Worker), run(ExecutionKind::Branch));
+        for new in [&worker, &branch] {
+            h.store.start_execution(new.clone()).await.unwrap();
+        }
+        let executions = || h.store.executions(tenant.id);
+        let step = ExecutionStep { seq: 1, key: "task".into(), data: "{}".into() };
+        executions().append_step(worker.id, step).await.unwrap();
+        executions().set_status(worker.id, ExecutionStatus::Completed, None, None).await.unwrap();
         // A conversation whose event still waits: kept, however old.
         let open = accept(&h.store, &tenant, &ada, "open").await;
         // Another tenant's finished-or-not records: never touched.
@@ -81,11 +101,15 @@ async fn a_sweep_deletes_old_idle_sessions_with_all_they_own_and_nothing_else() 
         let ended = h.store.leases(tenant.id).get(lease.id).await.unwrap();
         assert_eq!(ended.ended_why.as_deref(), Some("session deleted"), "{}", h.name);
         assert_eq!(
-            (swept.sessions, swept.events, swept.turns, swept.steps),
-            (1, 1, 1, 2),
+            (swept.sessions, swept.events, swept.turns, swept.runs, swept.steps),
+            (1, 1, 1, 1, 3),
             "{}: {swept:?}",
             h.name
         );
+        let gone = executions().get(worker.id).await;
+        assert!(matches!(gone, Err(clade_store::Error::ExecutionNotFound(_))), "{}", h.name);
+        let kept = executions().get(branch.id).await.unwrap();
+        assert_eq!(kept.status, ExecutionStatus::Running, "{}: a run under way went", h.name);
         assert_eq!(swept.outbox, 1, "{}: {swept:?}", h.name);
         let gone = h.store.sessions(tenant.id).get(done.session_id).await;
         assert!(matches!(gone, Err(clade_store::Error::SessionNotFound(_))), "{}", h.name);
