@@ -15,10 +15,14 @@
 //!
 //! Engine behaviour is tested here; the binary's suite keeps what only the binary can show
 //! (the CLI, the HTTP surface, processes that crash). Depends on the runtime, the scheduler,
-//! the store and the stub; nothing depends on it.
+//! the store and the stub; only tests depend on it (the runtime's use its [`TestTool`]).
 
 // Test support: a set-up that fails is a failed test, said where it failed.
 #![allow(clippy::expect_used)]
+
+mod test_tool;
+
+pub use test_tool::TestTool;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -57,42 +57,9 @@ pub async fn sqlite_store_on(
     (store, data)
 }
 
-/// A tool for tests: `run` decides what a call returns (or panics, for a buggy tool), and
-/// `owner`, when set, is the only agent handle it is available to.
-pub struct TestTool {
-    pub name: &'static str,
-    pub owner: Option<&'static str>,
-    pub run: fn() -> clade_tools::ToolResult,
-}
-
-impl TestTool {
-    pub fn answering(name: &'static str) -> Self {
-        Self { name, owner: None, run: || Ok("done".to_owned()) }
-    }
-}
-
-impl clade_tools::Tool for TestTool {
-    fn name(&self) -> &str {
-        self.name
-    }
-    fn description(&self) -> &str {
-        "a tool for tests"
-    }
-    fn input_schema(&self) -> serde_json::Value {
-        serde_json::json!({ "type": "object" })
-    }
-    fn available_to(&self, _tenant: &str, handle: &str) -> bool {
-        self.owner.is_none_or(|owner| owner == handle)
-    }
-    fn call<'a>(
-        &'a self,
-        _args: serde_json::Value,
-        _ctx: &'a clade_tools::CallContext,
-    ) -> futures::future::BoxFuture<'a, clade_tools::ToolResult> {
-        let run = self.run;
-        Box::pin(async move { run() })
-    }
-}
+// Not every test binary sharing this module uses it.
+#[allow(unused_imports)]
+pub use clade_sim::TestTool;
 
 /// An engine on `store` with the offline model, the tools of `registry` under the default
 /// tools settings, and `sessions`, everything on the store's clock.

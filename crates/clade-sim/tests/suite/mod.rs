@@ -42,37 +42,7 @@ pub fn texts(turn: &clade_store::TurnRecord) -> Vec<&str> {
     turn.events.iter().map(|e| e.text.as_str()).collect()
 }
 
-/// A tool for tests: `run` decides what a call returns (or panics, for a buggy tool).
-pub struct TestTool {
-    pub name: &'static str,
-    pub run: fn() -> clade_tools::ToolResult,
-}
-
-impl TestTool {
-    pub fn answering(name: &'static str) -> std::sync::Arc<Self> {
-        std::sync::Arc::new(Self { name, run: || Ok("done".to_owned()) })
-    }
-}
-
-impl clade_tools::Tool for TestTool {
-    fn name(&self) -> &str {
-        self.name
-    }
-    fn description(&self) -> &str {
-        "a tool for tests"
-    }
-    fn input_schema(&self) -> serde_json::Value {
-        serde_json::json!({ "type": "object" })
-    }
-    fn call<'a>(
-        &'a self,
-        _args: serde_json::Value,
-        _ctx: &'a clade_tools::CallContext,
-    ) -> futures::future::BoxFuture<'a, clade_tools::ToolResult> {
-        let run = self.run;
-        Box::pin(async move { run() })
-    }
-}
+pub use clade_sim::TestTool;
 
 /// The approvals of the default tenant waiting for an operator, once there is one.
 pub async fn pending_approvals(sim: &clade_sim::Sim) -> Vec<clade_store::ApprovalRow> {

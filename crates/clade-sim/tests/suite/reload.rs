@@ -10,7 +10,7 @@ use super::{TestTool, decide, pending_approvals};
 fn registry(names: &[&'static str]) -> clade_tools::Registry {
     let mut registry = clade_tools::Registry::new();
     for name in names {
-        registry.register(TestTool::answering(name));
+        registry.register(std::sync::Arc::new(TestTool::answering(name)));
     }
     registry
 }
@@ -37,7 +37,7 @@ async fn a_reload_reaches_new_turns_while_a_running_turn_keeps_its_tools_and_rul
     .config(
         "tools:\n  approval_timeout_secs: 600\n  policy:\n    - { effect: ask, tool: old.tool }\n",
     )
-    .tool(TestTool::answering("old.tool"))
+    .tool(std::sync::Arc::new(TestTool::answering("old.tool")))
     .start()
     .await;
     sim.create_agent("ada").await;
@@ -80,7 +80,7 @@ async fn a_reload_reaches_new_turns_while_a_running_turn_keeps_its_tools_and_rul
     let finished = sim.finished(&running).await;
     assert_eq!(finished.status, TurnStatus::Completed);
     let reply = finished.reply.unwrap_or_default();
-    assert_eq!(reply.matches("old.tool -> done").count(), 2, "{reply}");
+    assert_eq!(reply.matches("old.tool -> it ran").count(), 2, "{reply}");
 
     // New turns get generation 2: the old tool is gone, the new one is denied by the new rule.
     let (_, gone) = sim.say("ada", "c2", "/tool old.tool").await;
@@ -100,7 +100,7 @@ async fn a_settings_reload_reaches_new_turns_while_a_running_turn_keeps_its_own(
     .config(
         "tools:\n  approval_timeout_secs: 600\n  policy:\n    - { effect: ask, tool: slow.tool }\n",
     )
-    .tool(TestTool::answering("slow.tool"))
+    .tool(std::sync::Arc::new(TestTool::answering("slow.tool")))
     .start()
     .await;
     sim.create_agent("ada").await;

@@ -88,8 +88,8 @@ async fn each_turn_records_the_config_revision_it_ran_with() {
 async fn a_panicking_turn_fails_alone_and_the_session_goes_on() {
     let sim = Sim::builder("a_panicking_turn_fails_alone_and_the_session_goes_on")
         .tool(std::sync::Arc::new(super::TestTool {
-            name: "bug.panic",
             run: || panic!("a bug in a tool"),
+            ..super::TestTool::answering("bug.panic")
         }))
         .start()
         .await;
