@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::future::BoxFuture;
+use hdrhistogram::Histogram;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -230,70 +231,69 @@ pub struct WriteStats {
     pub retries: u64,
 }
 
-/// Counts of durations (of fsyncs, of commits) in 50 µs buckets up to 20 ms, and one bucket
-/// for longer ones.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Durations {
-    counts: Vec<u64>,
+/// How long things took (fsyncs, commits): an HDR histogram (`hdrhistogram`) of microseconds,
+/// from 1 µs to a minute at three significant digits; a longer one counts as a minute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Durations(Histogram<u64>);
+
+// Counts compared count by count: equality is an equivalence.
+impl Eq for Durations {}
+
+impl Default for Durations {
+    fn default() -> Self {
+        match Histogram::new_with_bounds(1, Self::LONGEST_MICROS, 3) {
+            Ok(histogram) => Durations(histogram),
+            Err(err) => unreachable!("constant bounds are valid: {err:?}"),
+        }
+    }
 }
 
 impl Durations {
-    const BUCKET_MICROS: u64 = 50;
-    const BUCKETS: usize = 401;
+    const LONGEST_MICROS: u64 = 60_000_000;
 
-    fn bucket(micros: u64) -> usize {
-        usize::try_from(micros / Self::BUCKET_MICROS)
-            .map_or(Self::BUCKETS - 1, |b| b.min(Self::BUCKETS - 1))
+    fn record(&mut self, micros: u64) {
+        self.0.saturating_record(micros.clamp(1, Self::LONGEST_MICROS));
     }
 
     /// What was counted here and not in `earlier` (an older reading of the same counter).
     pub fn since(&self, earlier: &Durations) -> Durations {
-        let counts = self
-            .counts
-            .iter()
-            .enumerate()
-            .map(|(i, n)| n.saturating_sub(earlier.counts.get(i).copied().unwrap_or(0)))
-            .collect();
-        Durations { counts }
+        let mut since = self.0.clone();
+        match since.subtract(&earlier.0) {
+            Ok(()) => Durations(since),
+            // Not an older reading of this counter: all of this one.
+            Err(_) => self.clone(),
+        }
     }
 
-    /// The duration that a fraction `q` (0 to 1) of the counted took at most, to the 50 µs
-    /// above; `None` when nothing was counted, and 20 ms or more for the longest bucket.
+    /// The duration that a fraction `q` (0 to 1) of the counted took at most, to three
+    /// significant digits; `None` when nothing was counted.
     pub fn quantile(&self, q: f64) -> Option<std::time::Duration> {
-        let total: u64 = self.counts.iter().sum();
-        if total == 0 {
+        if self.0.is_empty() {
             return None;
         }
-        let rank = ((total as f64 * q.clamp(0.0, 1.0)).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (i, n) in self.counts.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some(std::time::Duration::from_micros(
-                    (i as u64 + 1) * Self::BUCKET_MICROS,
-                ));
-            }
-        }
-        None
+        let micros = self.0.value_at_quantile(q.clamp(0.0, 1.0));
+        Some(std::time::Duration::from_micros(micros))
+    }
+
+    /// How many were counted.
+    pub fn count(&self) -> u64 {
+        self.0.len()
     }
 }
 
-/// The live counts behind [`Durations`].
-struct DurationBuckets(Box<[AtomicU64]>);
+/// The live counts behind [`Durations`], added to by the writer's and the syncer's threads.
+#[derive(Default)]
+struct DurationCounts(std::sync::Mutex<Durations>);
 
-impl DurationBuckets {
+impl DurationCounts {
     fn add(&self, micros: u64) {
-        self.0[Durations::bucket(micros)].fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut durations) = self.0.lock() {
+            durations.record(micros);
+        }
     }
 
     fn read(&self) -> Durations {
-        Durations { counts: self.0.iter().map(|n| n.load(Ordering::Relaxed)).collect() }
-    }
-}
-
-impl Default for DurationBuckets {
-    fn default() -> Self {
-        DurationBuckets((0..Durations::BUCKETS).map(|_| AtomicU64::new(0)).collect())
+        self.0.lock().map(|durations| durations.clone()).unwrap_or_default()
     }
 }
 
@@ -305,8 +305,8 @@ struct Counters {
     syncs: AtomicU64,
     slow_syncs: AtomicU64,
     slowest_sync_micros: AtomicU64,
-    sync_buckets: DurationBuckets,
-    commit_buckets: DurationBuckets,
+    sync_buckets: DurationCounts,
+    commit_buckets: DurationCounts,
     catch_ups: AtomicU64,
     slowest_catch_up_micros: AtomicU64,
     flushes: AtomicU64,
@@ -1043,21 +1043,27 @@ pub(crate) mod tests {
     const A_WHILE: Duration = Duration::from_millis(300);
 
     #[test]
-    fn sync_times_answer_quantiles_to_the_bucket_above() {
-        let mut times = super::Durations { counts: vec![0; super::Durations::BUCKETS] };
+    fn sync_times_answer_quantiles_to_three_significant_digits() {
+        let mut times = super::Durations::default();
         assert_eq!(times.quantile(0.5), None, "no fsyncs, no median");
-        for micros in [10, 120, 130, 140, 4_990, 30_000_000] {
-            times.counts[super::Durations::bucket(micros)] += 1;
+        for micros in [10, 120, 130, 140, 4_990, 30_000_000, 90_000_000] {
+            times.record(micros);
         }
-        let ms = |q| times.quantile(q).unwrap().as_micros();
-        assert_eq!(ms(0.0), 50, "the fastest, in the first bucket");
-        assert_eq!(ms(0.5), 150, "the 3rd of 6: 130 µs, in 100..150");
-        assert_eq!(ms(0.8), 5_000, "the 5th of 6: 4.99 ms");
-        assert_eq!(ms(1.0), 20_050, "30 s lands in the last bucket, past 20 ms");
+        let near = |q, micros: u64| {
+            let got = times.quantile(q).unwrap().as_micros() as f64;
+            assert!((got / micros as f64 - 1.0).abs() < 1e-3, "q {q}: {got} µs, not {micros}");
+        };
+        near(0.0, 10);
+        near(0.5, 140);
+        near(0.7, 4_990);
+        near(0.8, 30_000_000);
+        near(1.0, 60_000_000);
         let earlier = times.clone();
-        times.counts[super::Durations::bucket(700)] += 1;
+        times.record(700);
         let since = times.since(&earlier);
-        assert_eq!(since.quantile(0.5).map(|d| d.as_micros()), Some(750), "only the new one");
+        assert_eq!(since.count(), 1, "only the new one");
+        assert_eq!(since.quantile(0.5).map(|d| d.as_micros()), Some(700));
+        assert_eq!(earlier.since(&times).count(), 7, "not an older reading: all of it");
     }
 
     /// With `durability: normal` the WAL is flushed in the background while writes come, and
