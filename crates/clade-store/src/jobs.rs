@@ -391,26 +391,19 @@ impl<'w> JobWrites<'w> {
                 Ok(fire_execution_id(job, at).as_bytes().to_vec())
             })
             .collect::<Result<Vec<_>>>()?;
+        // A fire's execution is recorded ended, with no steps: its row is all there is.
         for chunk in ids.chunks(FIRES_PER_DELETE) {
             let list = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect::<Vec<_>>();
-            let list = list.join(", ");
-            for sql in [
-                format!(
-                    "DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM executions \
-                     WHERE tenant_id = $1 AND kind = $2 AND id IN ({list}))"
-                ),
-                format!(
-                    "DELETE FROM executions WHERE tenant_id = $1 AND kind = $2 AND id IN ({list})"
-                ),
-            ] {
-                let mut delete = query(sql)
-                    .bind(self.tenant.as_bytes().to_vec())
-                    .bind(ExecutionKind::CronFire.as_str());
-                for id in chunk {
-                    delete = delete.bind(id.clone());
-                }
-                delete.execute(&mut *self.conn).await?;
+            let mut delete = query(format!(
+                "DELETE FROM executions WHERE tenant_id = $1 AND kind = $2 AND id IN ({})",
+                list.join(", ")
+            ))
+            .bind(self.tenant.as_bytes().to_vec())
+            .bind(ExecutionKind::CronFire.as_str());
+            for id in chunk {
+                delete = delete.bind(id.clone());
             }
+            delete.execute(&mut *self.conn).await?;
         }
         Ok(())
     }
