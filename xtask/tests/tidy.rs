@@ -190,6 +190,37 @@ fn protocol_words_are_spelled_only_in_the_vocabulary() {
     );
 }
 
+/// Libraries say what went wrong; the CLI's `advice` module says which command fixes it, and
+/// the gateway says it in HTTP terms. A command line quoted in a library's code (an error, a
+/// message to a model) would tell an API caller or a model to run a program it cannot.
+#[test]
+fn command_lines_are_advised_only_at_the_edges() {
+    // The binary's crate and the gateway (whose route descriptions and auth refusals speak to
+    // the operator of this very binary) are the edges; logs speak to the operator too.
+    let edges = ["crates/clade-cli/", "crates/clade-gateway/", "xtask/"];
+    let mut offenders = Vec::new();
+    for (file, lines) in library_sources() {
+        let name = file.to_string_lossy().replace('\\', "/");
+        if edges.iter().any(|edge| name.starts_with(edge)) {
+            continue;
+        }
+        for (n, line) in lines.iter().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            let logged = ["tracing::", "info!(", "warn!(", "error!(", "debug!("]
+                .iter()
+                .any(|log| code.contains(log));
+            if code.contains("`clade ") && !logged {
+                offenders.push(format!("{name}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "a library quotes a command line; return a typed error and advise in clade-cli's advice module:\n{}",
+        offenders.join("\n")
+    );
+}
+
 /// The `[licenses]`, `[bans]` and `[sources]` of `deny.toml`, checked offline against the
 /// resolved dependency graph, so the policy holds on every `cargo test` even where cargo-deny
 /// (and the network its advisories check needs) is absent.

@@ -4,14 +4,50 @@
 /// The advice for the first failure in `err`'s chain that the CLI has advice for.
 pub(crate) fn for_error(err: &anyhow::Error) -> Option<&'static str> {
     err.chain().find_map(|cause| {
-        let store = cause.downcast_ref::<clade_store::Error>().or_else(|| {
-            match cause.downcast_ref::<clade_runtime::engine::Error>() {
+        let store =
+            cause.downcast_ref::<clade_store::Error>().or_else(|| match cause
+                .downcast_ref::<clade_runtime::engine::Error>(
+            ) {
                 Some(clade_runtime::engine::Error::Store(store)) => Some(store),
                 _ => None,
-            }
-        })?;
-        for_store(store)
+            });
+        match store {
+            Some(store) => for_store(store),
+            None => for_local_model(cause),
+        }
     })
+}
+
+/// A local model that is missing or damaged is installed (again) by `clade models fetch`.
+#[cfg(feature = "local-models")]
+pub(crate) fn for_local_model(cause: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    use clade_model::local_chat::LoadError;
+    use clade_model::local_embeddings::Error as Embeddings;
+    use clade_runtime::memory::LocalModelError;
+    if let Some(err) = cause.downcast_ref::<LoadError>() {
+        return match err {
+            LoadError::Missing(_) => Some("install it with `clade models fetch local`"),
+            LoadError::Corrupt { .. } => Some("install it again with `clade models fetch local`"),
+            _ => None,
+        };
+    }
+    let embeddings = cause.downcast_ref::<Embeddings>().or_else(|| {
+        match cause.downcast_ref::<LocalModelError>() {
+            Some(LocalModelError::Load(err)) => Some(err),
+            _ => None,
+        }
+    })?;
+    match embeddings {
+        Embeddings::Missing(_) | Embeddings::Corrupt { .. } => {
+            Some("install the embeddings model (again) with `clade models fetch <name>`")
+        }
+        _ => None,
+    }
+}
+
+#[cfg(not(feature = "local-models"))]
+pub(crate) fn for_local_model(_cause: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    None
 }
 
 fn for_store(err: &clade_store::Error) -> Option<&'static str> {
@@ -43,6 +79,16 @@ fn for_store(err: &clade_store::Error) -> Option<&'static str> {
              accept the change with `clade migrate --rewrite-checksums` (no server running)"
         }
         E::ChecksumsInterrupted { .. } => "run `clade migrate` with no server running to finish it",
+        E::NotAnAgentArchive { format } if format == clade_memory::archive::FORMAT => {
+            "it is a memory export: read it with `clade memory import`"
+        }
+        E::ArchivedAgentHeld { .. } => {
+            "delete that agent first (`clade agents delete`) to bring it back from the archive"
+        }
+        E::LeaseeNotFound { kind, .. } if kind == clade_store::peers::SUBSCRIBER => {
+            "pair the subscriber first with `clade pair subscriber`"
+        }
+        E::LeaseeNotFound { .. } => "pair the operator for leases with `clade pair cli --leased`",
         _ => return None,
     })
 }
@@ -99,6 +145,36 @@ mod tests {
             error_line(&through_engine).ends_with("; list sessions with `clade sessions list`")
         );
         assert_eq!(error_line(&anyhow::anyhow!("bad flag")), "error: bad flag");
+        let memory_export = anyhow::Error::from(clade_store::Error::NotAnAgentArchive {
+            format: clade_memory::archive::FORMAT.into(),
+        });
+        assert!(error_line(&memory_export).ends_with("`clade memory import`"));
+        let other =
+            anyhow::Error::from(clade_store::Error::NotAnAgentArchive { format: "zip".into() });
+        assert_eq!(
+            error_line(&other),
+            "error: this is not an agent archive (format \"zip\", not \"clade.agent\")"
+        );
+        let subscriber = anyhow::Error::from(clade_store::Error::LeaseeNotFound {
+            kind: clade_store::peers::SUBSCRIBER.into(),
+            peer: "laptop".into(),
+            what: "this tenant's events".into(),
+        });
+        assert!(error_line(&subscriber).ends_with("`clade pair subscriber`"));
+    }
+
+    #[cfg(feature = "local-models")]
+    #[test]
+    fn a_missing_or_damaged_local_model_is_fetched_again() {
+        let missing = clade_model::local_chat::LoadError::Missing("m.gguf".into());
+        let line = error_line(&anyhow::Error::from(missing).context("cannot load the model"));
+        assert!(line.ends_with("install it with `clade models fetch local`"), "{line}");
+        let tmp = tempfile::tempdir().unwrap();
+        let Err(err) = clade_runtime::memory::local_embeddings(tmp.path(), "none") else {
+            panic!("no embeddings model is there");
+        };
+        let line = error_line(&anyhow::Error::from(err));
+        assert!(line.contains("not installed") && line.contains("clade models fetch"), "{line}");
     }
 
     /// A library error that prints its source, under context, says the source once.

@@ -157,7 +157,7 @@ impl From<clade_store::Error> for ApiError {
             E::MemoryFull { .. } => Code::MemoryFull,
             E::LeaseNotFound(_) => Code::LeaseNotFound,
             E::InvalidLease(_) => Code::InvalidLease,
-            E::PeerNotFound(_) | E::LeaseeNotFound(_) => Code::PeerNotFound,
+            E::PeerNotFound(_) | E::LeaseeNotFound { .. } => Code::PeerNotFound,
             E::TemplateNotFound(_) => Code::TemplateNotFound,
             E::ExecutionNotFound(_) => Code::RunNotFound,
             E::InvalidInput(_) => Code::InvalidRequest,
@@ -179,6 +179,9 @@ impl From<clade_store::Error> for ApiError {
             E::BadToken => Some("send a valid token as `Authorization: Bearer <token>`"),
             E::MemoryFull { .. } => {
                 Some("forget items with DELETE /v1/agents/{handle}/memories/{id}")
+            }
+            E::LeaseeNotFound { .. } => {
+                Some("the gateway's operator pairs the components that lease")
             }
             _ => None,
         };

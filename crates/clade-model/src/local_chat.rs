@@ -24,9 +24,9 @@ pub const LOCAL_NAME: &str = "local";
 /// What can go wrong loading a local chat model.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LoadError {
-    #[error("{}: missing; install the model with `clade models fetch local`", .0.display())]
+    #[error("{}: missing: the local chat model is not installed", .0.display())]
     Missing(PathBuf),
-    #[error("{}: {message}; install the model again with `clade models fetch local`", path.display())]
+    #[error("{}: {message}: the local chat model's file is damaged", path.display())]
     Corrupt { path: PathBuf, message: String },
     #[error("{}: a {arch:?} model; only llama-architecture chat models (such as SmolLM2) run in process", path.display())]
     Architecture { path: PathBuf, arch: String },

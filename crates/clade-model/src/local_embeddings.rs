@@ -21,9 +21,9 @@ const BATCH: usize = 32;
 /// What can go wrong loading or running a local model.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: missing; install the model's files with `clade models fetch`", .0.display())]
+    #[error("{}: missing: the local embeddings model is not installed", .0.display())]
     Missing(PathBuf),
-    #[error("{}: {message}; install the model again with `clade models fetch`", path.display())]
+    #[error("{}: {message}: the local embeddings model's files are damaged", path.display())]
     Corrupt { path: PathBuf, message: String },
     #[error("the local embeddings model failed: {0}")]
     Run(#[source] Arc<Failure>),

@@ -246,7 +246,7 @@ impl Audience {
 }
 
 /// The kind of peer a paired subscriber is, as the store keeps it.
-pub const PEER_KIND: &str = "subscriber";
+pub const PEER_KIND: &str = clade_store::peers::SUBSCRIBER;
 
 /// Leases `scope` of `tenant` to the paired component `kind`/`peer` for `ttl` (see
 /// `clade_store::peer_leases`): a subscriber ([`PEER_KIND`]) is sent the scope's events; an
@@ -289,16 +289,11 @@ pub async fn grant_lease(
                 format!("agent {}'s events", handle.map(|h| h.to_string()).unwrap_or_default())
             }
         };
-        let message = if kind == PEER_KIND {
-            format!(
-                "peer: no paired subscriber named {peer:?} may receive {what} (the operator pairs subscribers with `clade pair subscriber`)"
-            )
-        } else {
-            format!(
-                "peer: no operator named {peer:?} is paired `--leased` for {what} (the operator pairs one with `clade pair cli --leased`)"
-            )
-        };
-        return Err(clade_store::Error::LeaseeNotFound(message));
+        return Err(clade_store::Error::LeaseeNotFound {
+            kind: kind.to_owned(),
+            peer: peer.to_owned(),
+            what,
+        });
     }
     store.leases().grant(kind, peer, scope, ttl).await
 }

@@ -64,9 +64,13 @@ pub enum Error {
     ConfigRevisionNotFound(i64),
     #[error("no peer named {0:?} is paired")]
     PeerNotFound(String),
-    /// No paired component of the kind a lease names may take it (the message says which).
-    #[error("{0}")]
-    LeaseeNotFound(String),
+    /// No paired component of the kind a lease names (`subscriber`, or an operator paired
+    /// for leases) may take it for `what` (a tenant's or an agent's events).
+    #[error(
+        "peer: no {} named {peer:?} may receive {what}",
+        if kind == crate::peers::SUBSCRIBER { "paired subscriber" } else { "operator paired for leases" }
+    )]
+    LeaseeNotFound { kind: String, peer: String, what: String },
     #[error("lease {0} not found")]
     LeaseNotFound(String),
     #[error("invalid lease: {0}")]
@@ -146,6 +150,18 @@ pub enum Error {
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Import(String),
+    /// An archive's header names another format (`clade.memory` is a memory export).
+    #[error(
+        "this is not an agent archive (format {format:?}, not {:?})",
+        crate::agent_archive::FORMAT
+    )]
+    NotAnAgentArchive { format: String },
+    /// The store holds the archive's agent already, under `held`.
+    #[error(
+        "this store holds the archive's agent already (as {held:?}, id {agent}): an archive \
+         brings an agent to a store without it"
+    )]
+    ArchivedAgentHeld { held: String, agent: String },
     #[error(
         "template {0:?} not found: use the built-in \"default\" template or create \
          <data-dir>/templates/{0}/ with SOUL.md, IDENTITY.md and USER.md"

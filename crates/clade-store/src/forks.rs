@@ -418,7 +418,7 @@ async fn paused(
     };
     let (who, task) = who_and_task(fork);
     let text = format!(
-        "[{who} paused: its turn used all its iterations without finishing]\nIts task was: {task}\n\nIt waits: an operator can resume it (`clade sessions resume {}`), or stop it with agent.cancel.",
+        "[{who} paused: its turn used all its iterations without finishing]\nIts task was: {task}\n\nIt waits: an operator can resume session {}, or stop it with agent.cancel.",
         fork.session
     );
     let key = format!("{KEY_PREFIX}{}:paused:{}", fork.execution, hex::encode(turn));

@@ -111,7 +111,7 @@ async fn advisory_lock(location: &Location, url: &str) -> Result<sqlx::PgConnect
     if !got {
         return Err(Error::InUse {
             location: format!("{shown} (schema {schema})"),
-            holder: "another `clade serve`".to_owned(),
+            holder: "another clade serve process".to_owned(),
         });
     }
     Ok(conn)

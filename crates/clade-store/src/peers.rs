@@ -10,6 +10,8 @@ use crate::store::{Store, opt_id};
 
 /// The kind of a paired operator (`clade pair cli`): a CLI that calls the API with its key.
 pub const OPERATOR: &str = "operator";
+/// The kind of a paired subscriber (`clade pair subscriber`): it is sent the events it leases.
+pub const SUBSCRIBER: &str = "subscriber";
 
 /// A pairing to record.
 #[derive(Debug, Clone)]

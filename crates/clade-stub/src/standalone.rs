@@ -7,7 +7,7 @@ use crate::{Behaviour, StubOptions};
 /// Why the stub could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
 pub enum StandaloneError {
-    #[error("unknown directive {0:?} in --defaults (see `clade stub --help`)")]
+    #[error("unknown directive {0:?} in --defaults (see --help)")]
     UnknownDirective(String),
     #[error("cannot listen on {address}: {source} (is another server on that port?)")]
     Listen { address: String, source: std::io::Error },

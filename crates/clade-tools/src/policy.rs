@@ -99,7 +99,7 @@ pub fn decide(
         None if needs_grant => Decision {
             effect: PolicyEffect::Deny,
             reason: format!(
-                "{tool} needs a rule or grant that allows it, and none allows it on {resource:?}; an operator can allow it with `clade grants add --agent <handle> --tool {tool}`"
+                "{tool} needs a rule or grant that allows it, and none allows it on {resource:?}; an operator can allow it with a grant of {tool} to this agent"
             ),
             constraints: Constraints::default(),
         },

@@ -802,7 +802,7 @@ impl Sandbox {
         };
         if self.mode == SandboxMode::Bubblewrap && self.init.is_none() {
             return Err(SandboxError::Unavailable(
-                "tool runs need the sandbox's init (`clade __sandbox-init`), which this process was not given".into(),
+                "tool runs need the sandbox's init (the binary's __sandbox-init entry), which this process was not given".into(),
             ));
         }
         // A file may grow by what is left of the workspace's quota (RLIMIT_FSIZE binds each

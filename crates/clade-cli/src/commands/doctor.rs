@@ -191,7 +191,10 @@ fn local_model_check(file: &Path) -> Check {
                 model.context()
             ),
         ),
-        Err(err) => check("models", Outcome::Fail, err.to_string()),
+        Err(err) => {
+            let advice = crate::advice::for_local_model(&err).unwrap_or("");
+            check("models", Outcome::Fail, format!("{err}; {advice}").trim_end_matches("; "))
+        }
     }
 }
 

@@ -67,7 +67,8 @@ async fn a_second_server_on_one_postgres_store_refuses_to_start() {
     assert_ne!(second.code, 0);
     let last = second.stderr.trim().lines().last().unwrap_or_default();
     assert!(
-        last.starts_with("error: ") && last.contains("already served by another `clade serve`"),
+        last.starts_with("error: ")
+            && last.contains("already served by another clade serve process"),
         "{}",
         second.stderr
     );

@@ -176,7 +176,14 @@ async fn max_iterations_yields_and_resume_continues_the_turn() {
     body["wait"] = json!(true);
     let (_, value, _) = post(&server, body).await;
     assert_eq!(value["status"], "yielded", "{value}");
-    assert!(value["error"].as_str().unwrap().contains("clade sessions resume"), "{value}");
+    let waits = value["error"].as_str().unwrap();
+    assert!(
+        waits.contains(&format!(
+            "session {} waits to be resumed",
+            value["session_id"].as_str().unwrap()
+        )),
+        "{value}"
+    );
     let (session, turn) =
         (value["session_id"].as_str().unwrap().to_owned(), value["turn_id"].clone());
     let lines = || std::fs::read_to_string(&ledger).unwrap_or_default().lines().count();

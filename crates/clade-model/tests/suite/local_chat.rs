@@ -125,7 +125,7 @@ fn missing_cut_and_foreign_files_are_named() {
     let cut = tmp.path().join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let err = LocalChat::load(&cut).unwrap_err().to_string();
-    assert!(err.contains("cut.gguf") && err.contains("clade models fetch local"), "{err}");
+    assert!(err.contains("cut.gguf") && err.contains("damaged"), "{err}");
     let text = tmp.path().join("text.gguf");
     std::fs::write(&text, "not a model").unwrap();
     assert!(LocalChat::load(&text).unwrap_err().to_string().contains("not a GGUF model"));

@@ -60,9 +60,7 @@ fn missing_and_corrupt_files_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let err = LocalEmbeddings::load(tmp.path(), "none").unwrap_err();
     assert!(matches!(err, Error::Missing(_)), "{err}");
-    assert!(
-        err.to_string().contains("config.json") && err.to_string().contains("clade models fetch")
-    );
+    assert!(err.to_string().contains("config.json") && err.to_string().contains("not installed"));
     write_test_model(tmp.path(), 16).unwrap();
     std::fs::write(tmp.path().join("model.safetensors"), b"not weights").unwrap();
     let err = LocalEmbeddings::load(tmp.path(), "bad").unwrap_err();

@@ -138,7 +138,7 @@ pub(super) async fn drive(
         max_iterations,
         max_tokens,
         steer: ctx.queue_mode == clade_config::QueueMode::Steer,
-        resume_hint: format!("resume with `clade sessions resume {}`", session.id),
+        resume_hint: format!("session {} waits to be resumed", session.id),
         tool_tokens,
         answer_tokens,
     };

@@ -261,7 +261,7 @@ impl ToolRunner {
                 && !policy::ARGV_TOOLS.contains(&pending.tool.as_str())
             {
                 return Err(AccessError::Invalid(format!(
-                    "cannot approve always: the resource {:?} contains `*`, which a rule would read as a wildcard; approve once, or add a grant with `clade grants add`",
+                    "cannot approve always: the resource {:?} contains `*`, which a rule would read as a wildcard; approve once, or add a grant instead",
                     pending.resource
                 )));
             }

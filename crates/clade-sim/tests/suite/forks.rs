@@ -127,7 +127,7 @@ async fn a_worker_out_of_iterations_is_reported_paused_once() {
     let paused = format!("[Worker {id} paused:");
     let replies = replies_with(&sim, session, &paused).await;
     let note = replies.iter().find(|r| r.contains(&paused)).expect("the worker's pause");
-    assert!(note.contains(&format!("clade sessions resume {id}")), "{note}");
+    assert!(note.contains(&format!("resume session {id}")), "{note}");
     let progress = events_of(&sim, session, "execution.progress").await;
     assert!(
         progress.iter().any(|p| p["detail"].as_str().is_some_and(|d| d.contains("paused"))),

@@ -325,11 +325,7 @@ fn check_format(line: &[u8]) -> Result<()> {
     })?;
     let format = header["format"].as_str().unwrap_or_default();
     if header["type"] != "header" || format != FORMAT {
-        let hint =
-            if format == "clade.memory" { ": read it with `clade memory import`" } else { "" };
-        return Err(bad(format!(
-            "this is not an agent archive (format {format:?}, not {FORMAT:?}){hint}"
-        )));
+        return Err(Error::NotAnAgentArchive { format: format.to_owned() });
     }
     let version = header["version"].as_u64().unwrap_or_default();
     if version != u64::from(VERSION) {
@@ -568,9 +564,7 @@ async fn write_checked(
                     .await?;
                 if let Some(row) = held {
                     let held: String = row.try_get("handle")?;
-                    return Err(Error::Import(format!(
-                        "this store holds the archive's agent already (as {held:?}, id {agent}): an archive brings an agent to a store without it; delete that one first (clade agents delete) to bring it back"
-                    )));
+                    return Err(Error::ArchivedAgentHeld { held, agent: agent.to_string() });
                 }
                 let taken = query("SELECT 1 AS one FROM agents WHERE tenant_id = $1 AND handle = $2")
                     .bind(tenant.as_bytes().to_vec())
