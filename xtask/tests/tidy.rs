@@ -358,9 +358,13 @@ fn the_gateway_never_reads_across_tenants() {
         "peers().is_paired",
         "clock",
         "clone",
-        // The deployment's configuration, which only the operator's token reaches.
+        // The deployment's configuration, which only the operator's token reaches (and a
+        // worker node paired by the operator, to join).
         "config_revisions().get",
+        "config_revisions().latest",
         "config_revisions().list",
+        // Where the store is, without its password: for a paired worker node to join.
+        "location",
         // The cluster's leases: node names and shard numbers, no tenant's data (the
         // operator's token only, too).
         "shard_leases().list",

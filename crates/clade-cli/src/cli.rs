@@ -21,7 +21,7 @@ pub(crate) struct Cli {
 /// The heading the options every command takes are listed under, apart from its own.
 const GLOBAL: &str = "Global options";
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct Global {
     /// Where Clade keeps its state [default: ~/.clade]
     #[arg(long, global = true, help_heading = GLOBAL, env = "CLADE_DATA_DIR", value_name = "DIR")]
@@ -1081,6 +1081,20 @@ pub(crate) enum PairCommand {
         #[arg(long, value_name = "PATH")]
         admin_socket: Option<std::path::PathBuf>,
     },
+    /// Pair a worker node waiting on another machine (`clade node join --hub` there): it is
+    /// given this cluster's configuration and store, and runs its share of the sessions
+    Node {
+        /// The waiting node's URL (`http://worker-1:7432/`)
+        endpoint: String,
+        /// Its name in the cluster, its leases' holder: 1-64 of a-z, 0-9, - and _
+        name: String,
+        /// Environment variable holding the token the waiting node printed, which authorizes the pairing
+        #[arg(long, value_name = "VAR", default_value = "CLADE_PAIR_TOKEN")]
+        token_env: String,
+        /// The admin socket [default: server.admin_socket in clade.yaml, else admin.sock in the data dir]
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<std::path::PathBuf>,
+    },
     /// Pair a channel's listener on another machine (`clade remote listen` there, then `clade
     /// channels listen <channel> --paired`): it passes the channel's messages to the gateway
     /// signed with its key, so it holds none of the channel's secrets
@@ -1110,7 +1124,7 @@ pub(crate) enum PairCommand {
     Remove {
         /// The paired component's name (from `clade pair list`)
         name: String,
-        /// `tool`, `subscriber`, `operator` or `listener`, when several kinds have a component of this name
+        /// `tool`, `subscriber`, `operator`, `listener` or `node`, when several kinds have a component of this name
         #[arg(long, value_name = "KIND")]
         kind: Option<String>,
     },
@@ -1230,6 +1244,23 @@ pub(crate) enum NodeCommand {
     /// Hand this node's shards and duties to the other nodes (over its admin socket): it
     /// takes no new events, lets its turns end, then holds nothing; stop it after
     Drain(DrainArgs),
+    /// Run this machine as a worker node of the cluster whose gateway is at --hub (no API)
+    ///
+    /// The first time, it waits to be paired (`clade pair node` on the gateway's machine);
+    /// then it takes the cluster's configuration and store from the gateway and runs a share
+    /// of the sessions, serving no API. The store's password (PGPASSWORD, or CLADE_STORE
+    /// whole), NATS's credentials and CLADE_MASTER_KEY come from this machine's environment
+    Join {
+        /// The cluster's gateway (`http://gateway:7420`)
+        #[arg(long, value_name = "URL")]
+        hub: String,
+        /// Address the gateway reaches this node at while pairing, the first time
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7432")]
+        listen: String,
+        /// Environment variable holding the one-time pairing token (unset: one is made and shown)
+        #[arg(long, value_name = "VAR", default_value = "CLADE_PAIR_TOKEN")]
+        token_env: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

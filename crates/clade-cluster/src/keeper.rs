@@ -36,6 +36,27 @@ pub struct KeeperOptions {
     pub ttl: Duration,
     /// How the shards are spread over the nodes; every node of a cluster uses the same.
     pub assignment: Arc<dyn Assignment>,
+    /// What the node is besides a runner of sessions, as it announces itself.
+    pub role: NodeRole,
+}
+
+/// What a node is, as `clade node list` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeRole {
+    /// A gateway: it serves the API and runs its share of the sessions.
+    #[default]
+    Gateway,
+    /// A worker (`clade node join --hub`): it runs its share of the sessions and serves no API.
+    Worker,
+}
+
+impl NodeRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Gateway => "gateway",
+            NodeRole::Worker => "worker",
+        }
+    }
 }
 
 impl KeeperOptions {
@@ -141,6 +162,9 @@ struct Presence {
     /// The version of Clade it runs.
     #[serde(default)]
     version: String,
+    /// `gateway` or `worker` ([`NodeRole`]).
+    #[serde(default)]
+    role: String,
 }
 
 /// A node as last heard.
@@ -150,6 +174,7 @@ struct Heard {
     held: Vec<u32>,
     load: BTreeMap<u32, f64>,
     version: String,
+    role: String,
 }
 
 /// A node as this one last heard it announce itself.
@@ -160,6 +185,8 @@ pub struct NodeHeard {
     pub load: f64,
     /// The version of Clade it runs.
     pub version: String,
+    /// `gateway` or `worker` ([`NodeRole`]); empty from a node of an older version.
+    pub role: String,
     /// How long ago it was heard, by the store's clock.
     pub heard_ms_ago: i64,
 }
@@ -340,6 +367,7 @@ impl Keeper {
                 node: node.clone(),
                 load: (heard.load.values().sum::<f64>() * 10.0).round() / 10.0,
                 version: heard.version.clone(),
+                role: heard.role.clone(),
                 heard_ms_ago: now.saturating_sub(heard.at.as_millis()).max(0),
             })
             .collect();
@@ -451,6 +479,7 @@ impl State {
                 held: presence.held,
                 load: presence.load,
                 version: presence.version,
+                role: presence.role,
             };
             nodes.insert(presence.node, heard);
         }
@@ -483,6 +512,7 @@ impl State {
             load,
             assignment: self.options.assignment.name().to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            role: self.options.role.as_str().to_owned(),
         };
         let Ok(payload) = serde_json::to_vec(&presence) else { return };
         let client = self.bus.client();

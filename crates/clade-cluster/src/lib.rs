@@ -31,7 +31,13 @@ mod shard;
 pub use assign::{Assignment, BinPack, EvenSpread, View};
 pub use bus::{BusCounts, BusError, NatsBus, NatsOptions};
 pub use clock::{ClockSkew, MAX_CLOCK_SKEW_MS};
-pub use keeper::{HAND_OVER_WAIT, Keeper, KeeperError, KeeperOptions, NodeHeard, Singleton};
+/// The kind a worker node is paired as (`clade pair node`): it may fetch the cluster's
+/// configuration from a gateway (`clade node join --hub`).
+pub const NODE_PEER_KIND: &str = "node";
+
+pub use keeper::{
+    HAND_OVER_WAIT, Keeper, KeeperError, KeeperOptions, NodeHeard, NodeRole, Singleton,
+};
 pub use live::LiveCounts;
 pub use nodes::nodes_of;
 pub use shard::{Shard, ShardMap};

@@ -18,6 +18,7 @@ fn named(node: &str) -> ClusterNodeResponse {
         expires_in_ms: None,
         load: None,
         version: None,
+        role: None,
         heard_ms_ago: None,
     }
 }
@@ -44,6 +45,7 @@ pub fn nodes_of(leases: Vec<LeaseRow>, heard: &[NodeHeard]) -> Vec<ClusterNodeRe
         node.load = Some(seen.load);
         node.version = (!seen.version.is_empty()).then(|| seen.version.clone());
         node.heard_ms_ago = Some(seen.heard_ms_ago);
+        node.role = (!seen.role.is_empty()).then(|| seen.role.clone());
     }
     nodes.into_values().collect()
 }

@@ -99,6 +99,7 @@ impl Node {
             node: self.name.to_owned(),
             ttl: Duration::from_millis(1500),
             assignment,
+            role: clade_cluster::NodeRole::Gateway,
         };
         clade_cluster::Keeper::start(
             self.store.clone(),
@@ -586,6 +587,7 @@ async fn a_node_assigning_shards_differently_is_refused() {
         node: "b".into(),
         ttl: Duration::from_millis(1500),
         assignment: Arc::new(clade_cluster::BinPack::default()),
+        role: clade_cluster::NodeRole::Worker,
     };
     let refused =
         clade_cluster::Keeper::start(b.store.clone(), b.bus.clone(), b.engine.clone(), options)

@@ -467,7 +467,6 @@ async fn signed_by_peer(state: AppState, request: Request, next: Next) -> Respon
         Ok(signed) => signed,
         Err(why) => return refused(why.to_string()),
     };
-    let challenge = headers.get(CHALLENGE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let target = request
         .extensions()
         .get::<axum::extract::OriginalUri>()
@@ -505,13 +504,22 @@ async fn signed_by_peer(state: AppState, request: Request, next: Next) -> Respon
             Err(err) => ApiError::from(err).into_response(),
         }
     };
-    if let Some(challenge) = challenge {
-        let proof = auth.identity.sign(&[identity::HOST_PROOF, challenge.as_bytes()]);
-        if let Ok(value) = axum::http::HeaderValue::from_str(&proof) {
-            response.headers_mut().insert(HOST_SIGNATURE_HEADER, value);
-        }
-    }
+    prove(&state, &headers, &mut response);
     response
+}
+
+/// Signs the request's challenge, if it sent one, into the answer: the caller can tell this
+/// gateway (the key it paired with) from any other.
+pub(crate) fn prove(state: &AppState, headers: &axum::http::HeaderMap, response: &mut Response) {
+    use clade_tools::remote::identity;
+    let Some(auth) = state.peers.as_ref() else { return };
+    let Some(challenge) = headers.get(CHALLENGE_HEADER).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let proof = auth.identity.sign(&[identity::HOST_PROOF, challenge.as_bytes()]);
+    if let Ok(value) = axum::http::HeaderValue::from_str(&proof) {
+        response.headers_mut().insert(HOST_SIGNATURE_HEADER, value);
+    }
 }
 
 #[cfg(test)]

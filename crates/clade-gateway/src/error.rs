@@ -76,6 +76,7 @@ codes! {
     TurnFailed => ("turn_failed", BAD_GATEWAY),
     TurnRunning => ("turn_running", GATEWAY_TIMEOUT),
     InvalidSignature => ("invalid_signature", UNAUTHORIZED),
+    NotACluster => ("not_a_cluster", CONFLICT),
     Internal => ("internal", INTERNAL_SERVER_ERROR),
 }
 

@@ -989,6 +989,27 @@ pub static OPERATIONS: &[Operation] = &[
         )
     },
     Operation {
+        params: &[path("node", text_schema)],
+        description: Some(
+            "Where a worker node waiting on another machine (`clade node join --hub`), once paired as `<node>` (`clade pair node`), asks what it needs to join the cluster: the configuration the cluster runs (its newest revision) and the store's URL without its password; the worker's own environment gives the credentials. The request is signed with the node's key (`clade-peer`, `clade-peer-time` and `clade-peer-signature`, as paired components sign) and may send `clade-challenge`, which the answer signs with the gateway's key. No token is taken.",
+        ),
+        responses: &[
+            ok("200", "what the node needs to join", of::<api::ClusterJoinResponse>),
+            error(
+                "401",
+                "not signed by a worker node paired under that name (`invalid_signature`; every reason alike)",
+            ),
+            error("409", "this gateway runs alone, not as a cluster's node (`not_a_cluster`)"),
+        ],
+        ..op(
+            "GET",
+            "/cluster/join/{node}",
+            &[],
+            "A paired worker node's settings: the cluster's configuration and store",
+            || get(cluster::join),
+        )
+    },
+    Operation {
         responses: &[
             ok("200", "the revisions, newest first", of::<api::ConfigRevisionListResponse>),
             error("404", "the caller is not the operator (an admin token of the default tenant)"),

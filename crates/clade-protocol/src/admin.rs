@@ -112,7 +112,7 @@ pub struct AdminStatus {
     pub version: String,
     /// The process id.
     pub pid: u32,
-    /// The HTTP address it listens on.
+    /// The HTTP address it listens on (`none (a worker node)` for a worker).
     pub listen: String,
     pub store: String,
     /// Sessions with an actor in memory.

@@ -1004,6 +1004,23 @@ pub struct ClusterNodeResponse {
     /// How long ago it last announced itself, in ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heard_ms_ago: Option<i64>,
+    /// `gateway` (serves the API) or `worker` (`clade node join`: runs sessions only), as it
+    /// announces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// What a worker node paired with a cluster's gateway (`clade node join --hub`) is given to
+/// join: the configuration the cluster runs and where its store is. Credentials stay out: the
+/// store's password and NATS's come from the worker's own environment.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ClusterJoinResponse {
+    /// The name the worker was paired as: its leases' holder.
+    pub node: String,
+    /// The cluster's clade.yaml, as the gateway runs it (its newest revision).
+    pub config: String,
+    /// The shared PostgreSQL store's URL, without its password.
+    pub store: String,
 }
 
 /// The nodes holding leases, in name order.

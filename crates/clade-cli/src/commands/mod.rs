@@ -22,6 +22,7 @@ mod mcp;
 mod memory;
 mod models;
 mod node;
+mod node_join;
 mod peers;
 mod remote;
 mod serve;
@@ -97,6 +98,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             | Command::SubscriberService(_)
             | Command::Memory(crate::cli::MemoryCommand::IngestService(_))
             | Command::Channels(crate::cli::ChannelsCommand::Listen { .. })
+            | Command::Node(crate::cli::NodeCommand::Join { .. })
     ) {
         "info"
     } else {
@@ -127,6 +129,10 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         let (server, platform) = (server.server.clone(), platform.as_deref());
         return channels::listen(&data_dir, &file_config, name, platform, server, *paired).await;
     }
+    if let Command::Node(crate::cli::NodeCommand::Join { hub, listen, token_env }) = &cli.command {
+        // The store and configuration are the cluster's, which the gateway names once paired.
+        return node_join::run(global, &data_dir, (hub, listen, token_env)).await;
+    }
     if let Command::Remote(cmd) = cli.command {
         // A remote CLI keeps only its key and profile in the data dir: no store.
         return remote::run(&data_dir, cmd).await;
@@ -146,7 +152,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
     };
     let ctx = Ctx::open(global, migrations).await?;
     match cli.command {
-        Command::Serve(args) => serve::run(&ctx, args).await,
+        Command::Serve(args) => serve::run(&ctx, serve::Front::Api(args)).await,
         Command::Migrate(_) => admin::migrate(&ctx),
         Command::Agents(cmd) => agents::run(&ctx, cmd).await,
         Command::Teams(cmd) => teams::run(&ctx, cmd).await,

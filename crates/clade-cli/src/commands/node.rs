@@ -24,6 +24,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: NodeCommand) -> Result<()> {
                 .map(|node| {
                     vec![
                         node.node.clone(),
+                        node.role.clone().unwrap_or_else(|| "-".into()),
                         node.shards.len().to_string(),
                         ranges(&node.shards),
                         node.duties.join(","),
@@ -36,10 +37,13 @@ pub(super) async fn run(ctx: &Ctx, cmd: NodeCommand) -> Result<()> {
                     ]
                 })
                 .collect();
-            let header = ["NODE", "SHARDS", "WHICH", "DUTIES", "EXPIRES IN", "LOAD", "VERSION"];
+            let header =
+                ["NODE", "ROLE", "SHARDS", "WHICH", "DUTIES", "EXPIRES IN", "LOAD", "VERSION"];
             output::table(&header, &rows);
             Ok(())
         }
+        // Run before any store is opened (`commands::run`): its store is the cluster's.
+        NodeCommand::Join { .. } => Ok(()),
         NodeCommand::Drain(args) => {
             super::tool_host::drain(ctx, &args).await?;
             println!(

@@ -31,15 +31,7 @@ pub(super) async fn pair(ctx: &Ctx, cmd: PairCommand) -> Result<()> {
             }
         }
         PairCommand::Tool { endpoint, name, token_env, agents, admin_socket: flag } => {
-            let asked = Asked {
-                kind: "tool",
-                endpoint,
-                name,
-                token_env,
-                agents,
-                leased: false,
-                scopes: Vec::new(),
-            };
+            let asked = Asked { agents, ..Asked::keyed("tool", endpoint, name, token_env) };
             let (name, key, tools, left_out) = ask_to_pair(ctx, asked, flag.as_deref()).await?;
             println!("paired tool host {name} (key {key}); {tools} tools offered now");
             if let Some(said) = left_out_note(&left_out) {
@@ -88,18 +80,17 @@ pub(super) async fn pair(ctx: &Ctx, cmd: PairCommand) -> Result<()> {
                 );
             }
         }
+        PairCommand::Node { endpoint, name, token_env, admin_socket: flag } => {
+            let asked = Asked::keyed(clade_cluster::NODE_PEER_KIND, endpoint, name, token_env);
+            let (name, key, _, _) = ask_to_pair(ctx, asked, flag.as_deref()).await?;
+            println!(
+                "paired worker node {name} (key {key}); it joins the cluster now (`clade node list`)"
+            );
+        }
         PairCommand::Listener { endpoint, channel, platform, token_env, admin_socket: flag } => {
-            let kind = clade_channels::LISTENER_PEER_KIND;
             let name = clade_channels::listener_name(&platform, &channel);
-            let asked = Asked {
-                kind,
-                endpoint,
-                name,
-                token_env,
-                agents: Vec::new(),
-                leased: false,
-                scopes: Vec::new(),
-            };
+            let kind = clade_channels::LISTENER_PEER_KIND;
+            let asked = Asked::keyed(kind, endpoint, name, token_env);
             let (name, key, _, _) = ask_to_pair(ctx, asked, flag.as_deref()).await?;
             println!(
                 "paired listener {name} (key {key}); run `clade channels listen {channel} --paired` on its machine"
@@ -185,6 +176,21 @@ struct Asked {
     agents: Vec<String>,
     leased: bool,
     scopes: Vec<String>,
+}
+
+impl Asked {
+    /// A component known by its key alone: no agents named, not leased, no scopes.
+    fn keyed(kind: &'static str, endpoint: String, name: String, token_env: String) -> Self {
+        Self {
+            kind,
+            endpoint,
+            name,
+            token_env,
+            agents: Vec::new(),
+            leased: false,
+            scopes: Vec::new(),
+        }
+    }
 }
 
 /// Asks the gateway over its socket to pair: the component's name, key, tools offered and

@@ -62,7 +62,9 @@ pub(super) fn paired_identity(data_dir: &clade_store::DataDir) -> Result<(Arc<Id
 pub(super) async fn run(data_dir: &clade_store::DataDir, cmd: RemoteCommand) -> Result<()> {
     match cmd {
         RemoteCommand::Listen { listen, gateway, token_env } => {
-            listen_for_pairing(data_dir, &listen, &gateway, &token_env).await
+            listen_for_pairing(data_dir, (&listen, &gateway, &token_env), "cli").await?;
+            println!("try `clade remote status`");
+            Ok(())
         }
         RemoteCommand::Status => {
             let client = Remote::open(data_dir)?;
@@ -130,13 +132,13 @@ pub(super) async fn run(data_dir: &clade_store::DataDir, cmd: RemoteCommand) -> 
     }
 }
 
-/// Serves the pairing routes until a gateway pairs, then keeps its URL and key.
-async fn listen_for_pairing(
+/// Serves the pairing routes until a gateway pairs this machine as a component of `kind`
+/// (`clade pair <kind>` there), then keeps its URL and key; the name it was paired as.
+pub(super) async fn listen_for_pairing(
     data_dir: &clade_store::DataDir,
-    listen: &str,
-    gateway: &str,
-    token_env: &str,
-) -> Result<()> {
+    (listen, gateway, token_env): (&str, &str, &str),
+    kind: &str,
+) -> Result<String> {
     let gateway = gateway.trim_end_matches('/').to_owned();
     if !(gateway.starts_with("http://") || gateway.starts_with("https://")) {
         bail!("--gateway {gateway:?} is not an http:// or https:// URL");
@@ -163,9 +165,12 @@ async fn listen_for_pairing(
             tracing::warn!(error = %err, "the pairing listener stopped");
         }
     });
-    println!("waiting to be paired at http://{address}/ (this CLI's key {})", identity.public());
     println!(
-        "on the gateway's machine run: {token_env}={token} clade pair cli http://{address}/ <name>"
+        "waiting to be paired at http://{address}/ (this machine's key {})",
+        identity.public()
+    );
+    println!(
+        "on the gateway's machine run: {token_env}={token} clade pair {kind} http://{address}/ <name>"
     );
     let (key, name) = loop {
         if let Some(first) = pairing.paired().into_iter().next() {
@@ -185,11 +190,25 @@ async fn listen_for_pairing(
     write_private(&path, &serde_json::to_vec_pretty(&profile)?)
         .with_context(|| format!("cannot keep the pairing in {}", path.display()))?;
     println!(
-        "paired as {} with the gateway at {gateway} (its key {}…); try `clade remote status`",
+        "paired as {} with the gateway at {gateway} (its key {}…)",
         profile.name,
         identity::fingerprint(&key)
     );
-    Ok(())
+    Ok(profile.name)
+}
+
+/// The name this machine was paired as with the gateway at `gateway`, if it was.
+pub(super) fn paired_with(data_dir: &clade_store::DataDir, gateway: &str) -> Option<String> {
+    profile(data_dir).ok().filter(|p| p.gateway == gateway).map(|p| p.name)
+}
+
+/// A signed request to the paired gateway, which must prove its key: the JSON answer.
+pub(super) async fn call_paired(
+    data_dir: &clade_store::DataDir,
+    method: reqwest::Method,
+    path: &str,
+) -> Result<Value> {
+    Remote::open(data_dir)?.call(method, path, None).await
 }
 
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -6,24 +6,42 @@ use clade_cluster::Singleton;
 use crate::cli::ServeArgs;
 use crate::context::Ctx;
 
-pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
-    let role = super::serve_node::Role::of(ctx).await?;
+/// What a server offers besides running sessions.
+pub(super) enum Front {
+    /// The API (HTTP, and gRPC if configured): `clade serve`.
+    Api(ServeArgs),
+    /// Nothing: a cluster's worker node (`clade node join`), which only runs its shards.
+    Worker,
+}
+
+pub(super) async fn run(ctx: &Ctx, front: Front) -> Result<()> {
+    let (args, node_role) = match front {
+        Front::Api(args) => (Some(args), clade_cluster::NodeRole::Gateway),
+        Front::Worker => (None, clade_cluster::NodeRole::Worker),
+    };
+    let role = super::serve_node::Role::of(ctx, node_role).await?;
     // Refuse to serve from a damaged store or with secrets we could not read.
     ctx.store.quick_check().await?;
     ctx.secrets().check().await?;
-    ctx.ensure_cli_token().await?;
-
-    let listen = args.listen.unwrap_or_else(|| ctx.config.server.listen.clone());
-    let listener = clade_gateway::bind(&listen).await.with_context(|| {
-        format!("cannot listen on {listen}: pass another address with --listen or set server.listen in clade.yaml")
-    })?;
-    // Its port bound and its TLS files read before anything starts: a bad setting stops here.
-    let grpc = match &ctx.config.server.grpc {
-        Some(grpc) => Some(super::serve_grpc::prepare(ctx, grpc).await?),
+    let listener = match args {
+        Some(args) => {
+            ctx.ensure_cli_token().await?;
+            let listen = args.listen.unwrap_or_else(|| ctx.config.server.listen.clone());
+            Some(clade_gateway::bind(&listen).await.with_context(|| {
+                format!("cannot listen on {listen}: pass another address with --listen or set server.listen in clade.yaml")
+            })?)
+        }
         None => None,
     };
-    let address = listener.local_addr()?;
-    if !address.ip().is_loopback() {
+    // Its port bound and its TLS files read before anything starts: a bad setting stops here.
+    let grpc = match (&listener, &ctx.config.server.grpc) {
+        (Some(_), Some(grpc)) => Some(super::serve_grpc::prepare(ctx, grpc).await?),
+        _ => None,
+    };
+    let address = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    if let Some(address) = address
+        && !address.ip().is_loopback()
+    {
         tracing::warn!(
             address = %address,
             "the gateway listens beyond this machine: other machines can reach it, and it speaks plain HTTP (tokens and messages unencrypted); put a TLS proxy in front or listen on 127.0.0.1"
@@ -214,6 +232,17 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         None => None,
     };
     let app = clade_gateway::router(state, &options);
+    let url_file = crate::context::gateway_url_file(&ctx.data_dir);
+    let Some((listener, address)) = listener.zip(address) else {
+        // A worker: no API, only its share of the sessions until it is stopped.
+        println!(
+            "clade worker node running its share of the sessions (store: {}; model: {}; no API)",
+            ctx.store.location(),
+            models.describe()
+        );
+        shutdown_signal().await;
+        return stopped(maintenance, joined, &drained, (reloader, admin, &admin_path)).await;
+    };
     tracing::info!(
         address = %address,
         admin_socket = %admin_path.display(),
@@ -222,7 +251,6 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         "clade listening"
     );
     // The CLI's commands find this gateway here, whatever --listen said.
-    let url_file = crate::context::gateway_url_file(&ctx.data_dir);
     if let Err(err) = std::fs::write(&url_file, format!("http://{address}\n")) {
         tracing::warn!(path = %url_file.display(), error = %err, "cannot write the gateway's URL for the CLI; pass it with --server");
     }
@@ -253,12 +281,27 @@ pub(super) async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         grpc.stop().await;
     }
     drop(metrics);
+    let _ = std::fs::remove_file(&url_file);
+    stopped(maintenance, joined, &drained, (reloader, admin, &admin_path)).await
+}
+
+/// What a server does once it stops taking requests: its background work ends and, on a
+/// cluster's node, its shards go to the other nodes.
+async fn stopped(
+    maintenance: std::sync::Arc<Maintenance>,
+    joined: super::serve_node::Joined,
+    drained: &clade_runtime::Engine,
+    (reloader, admin, admin_path): (
+        tokio::task::JoinHandle<()>,
+        tokio::task::JoinHandle<()>,
+        &std::path::Path,
+    ),
+) -> Result<()> {
     reloader.abort();
     admin.abort();
-    let _ = std::fs::remove_file(&admin_path);
-    let _ = std::fs::remove_file(&url_file);
+    let _ = std::fs::remove_file(admin_path);
     maintenance.stop().await;
-    joined.leave(&drained).await;
+    joined.leave(drained).await;
     tracing::info!("clade stopped");
     Ok(())
 }
@@ -443,7 +486,7 @@ fn admin_handler(
     ctx: &Ctx,
     engine: clade_runtime::Engine,
     reloader: std::sync::Arc<Reloader>,
-    listen: std::net::SocketAddr,
+    listen: Option<std::net::SocketAddr>,
     fire_rate: std::sync::Arc<clade_gateway::quotas::FireRate>,
     keeper: Option<std::sync::Arc<clade_cluster::Keeper>>,
 ) -> crate::admin_socket::Handler {
@@ -469,7 +512,8 @@ fn admin_handler(
                     AdminReply::Status(AdminStatus {
                         version: env!("CARGO_PKG_VERSION").into(),
                         pid: std::process::id(),
-                        listen: listen.to_string(),
+                        listen: listen
+                            .map_or_else(|| "none (a worker node)".into(), |a| a.to_string()),
                         store,
                         active_sessions: engine.active_sessions() as u64,
                         config_revision: (revision > 0).then_some(revision),
@@ -789,10 +833,12 @@ async fn pair(
     let Pairing { kind, endpoint, name, token, agents, leased, scopes } = asked;
     let (kind, endpoint, name) = (kind.as_str(), endpoint.as_str(), name.as_str());
     let operator = kind == clade_store::peers::OPERATOR;
-    let listener = kind == clade_channels::LISTENER_PEER_KIND;
+    // A listener and a worker node are known by their key alone: they reach no agent.
+    let listener =
+        kind == clade_channels::LISTENER_PEER_KIND || kind == clade_cluster::NODE_PEER_KIND;
     if kind != "tool" && kind != clade_runtime::outbox::PEER_KIND && !operator && !listener {
         return Err(format!(
-            "components of kind {kind:?} cannot be paired: `tool` (a tool host), `subscriber`, `operator` (a CLI) or `listener` (a channel's listener)"
+            "components of kind {kind:?} cannot be paired: `tool` (a tool host), `subscriber`, `operator` (a CLI), `listener` (a channel's listener) or `node` (a cluster's worker)"
         ));
     }
     if leased && kind != clade_runtime::outbox::PEER_KIND && !operator {
@@ -851,7 +897,7 @@ async fn pair(
         }
     };
     if listener {
-        tracing::info!(listener = %name, key = %key, "channel listener paired");
+        tracing::info!(kind, name = %name, key = %key, "component paired");
         return Ok(clade_protocol::admin::AdminReply::Paired {
             name: name.to_owned(),
             key,

@@ -44,8 +44,9 @@ async fn clock_agrees_with_the_database(store: &clade_store::Store) -> Result<()
 }
 
 impl Role {
-    /// Takes the store alone, or (with `cluster:`) fences it by shards and connects to NATS.
-    pub(super) async fn of(ctx: &Ctx) -> Result<Self> {
+    /// Takes the store alone, or (with `cluster:`) fences it by shards and connects to NATS as
+    /// a node of `role`.
+    pub(super) async fn of(ctx: &Ctx, role: clade_cluster::NodeRole) -> Result<Self> {
         let Some(cluster) = &ctx.config.cluster else {
             // One server per store, for this process's whole life: two would run the same turns.
             let owner = clade_store::OwnerLock::acquire(&ctx.location).await?;
@@ -71,7 +72,7 @@ impl Role {
             clade_config::ShardAssignment::BinPack => Arc::new(BinPack::default()),
         };
         let ttl = Duration::from_secs(cluster.lease_ttl_secs);
-        let options = KeeperOptions { node: name, ttl, assignment };
+        let options = KeeperOptions { node: name, ttl, assignment, role };
         Ok(Role::Node { bus: Arc::new(bus), options })
     }
 

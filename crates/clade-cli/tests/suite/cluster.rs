@@ -867,3 +867,87 @@ async fn demo_cloud_carries_a_killed_nodes_conversations_on() {
 
     env.run(&["demo", "cloud", "--database", "/tmp/clade.db"]).fails_with("PostgreSQL");
 }
+
+/// `clade node join --hub`: a worker waits to be paired, the operator pairs it from the
+/// gateway (`clade pair node`), and it takes the cluster's configuration and store from the
+/// gateway and runs its share of the sessions with no API of its own; `clade node list` shows
+/// it a worker. The join route answers only the key paired under the name asked: not a
+/// tenant's token, not another key, not the worker's key under another name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_joins_through_its_gateway_and_runs_sessions_without_an_api() {
+    use super::remote::{PAIR_TOKEN, signed};
+    let Some(schema) = clade_test_support::PgSchema::create().await else { return };
+    let Some(nats) = clade_test_support::nats_url() else { return };
+    let cluster = cluster_name();
+    let hub = node(schema.url(), &nats, &cluster, "hub", 8);
+    hub.run(&["agents", "create", "ada"]).ok();
+    let on_hub = hub.serve(&[]);
+    let (status, _) = on_hub.send("GET", "/cluster/join/w1", Some(&on_hub.token), None).await;
+    assert_eq!(status, 401, "a token is no node's key");
+
+    let worker = Env::new();
+    let args = ["node", "join", "--hub", &on_hub.url, "--listen", "127.0.0.1:0"];
+    let waiting = worker.spawn_service(&args, &[PAIR_TOKEN]).expect("the worker printed nothing");
+    let paired = hub
+        .command()
+        .env(PAIR_TOKEN.0, PAIR_TOKEN.1)
+        .args(["pair", "node", &waiting.url, "w1"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&paired.stdout);
+    assert!(paired.status.success(), "{said}{}", String::from_utf8_lossy(&paired.stderr));
+    assert!(said.contains("paired worker node w1"), "{said}");
+
+    let every = std::time::Duration::from_millis(100);
+    let within = std::time::Duration::from_secs(30);
+    let split = polled_within(within, every, async || nodes(&hub), |n| n.len() == 2).await;
+    assert_eq!(split.iter().map(|n| n.0.as_str()).collect::<Vec<_>>(), ["hub", "w1"]);
+    let listed = hub.run(&["node", "list", "--json"]).ok().json();
+    let roles: Vec<(&str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap(), n["role"].as_str().unwrap_or("-")))
+        .collect();
+    assert_eq!(roles, [("hub", "gateway"), ("w1", "worker")]);
+    // Its pairing listener is gone, and it serves nothing else.
+    assert!(reqwest::get(&waiting.url).await.is_err(), "the worker still listens");
+    assert!(!worker.data_dir().join("gateway.url").exists());
+
+    // The hub answers every event; a session in a shard the worker holds ran there (the hub is
+    // fenced off it), so its turn completing shows the worker ran it.
+    let on_worker = shards_of(&hub, "w1");
+    assert!(!on_worker.is_empty(), "{listed}");
+    let mut ran_on_worker = 0;
+    for n in 0..24 {
+        let (session, status) = ask(&on_hub, &format!("c{n}"), "hello").await;
+        assert_eq!(status, "completed", "{session}");
+        if on_worker.contains(&shard_of(&session, 8)) {
+            ran_on_worker += 1;
+        }
+        if ran_on_worker == 2 {
+            break;
+        }
+    }
+    assert_eq!(ran_on_worker, 2, "no session fell in the worker's shards {on_worker:?}");
+
+    // Its key under another name, and a key never paired, are refused alike.
+    let key = clade_tools::remote::identity::Identity::load_or_create(
+        &worker.data_dir().join("remote.key"),
+    )
+    .unwrap();
+    let now = clade_core::Clock::now(&clade_core::SystemClock).as_millis();
+    let (status, _) = signed(&on_hub.url, &key, "GET", "/cluster/join/hub", None, now).await;
+    assert_eq!(status, 401, "the worker's key under another node's name");
+    let (status, joined) =
+        signed(&on_hub.url, &key, "GET", "/cluster/join/w1", None, now + 1).await;
+    assert_eq!(status, 200, "{joined}");
+    assert!(joined["config"].as_str().unwrap().contains(&cluster), "{joined}");
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger =
+        clade_tools::remote::identity::Identity::load_or_create(&stranger_dir.path().join("k"))
+            .unwrap();
+    let (status, _) = signed(&on_hub.url, &stranger, "GET", "/cluster/join/w1", None, now).await;
+    assert_eq!(status, 401, "a key never paired");
+    drop(waiting);
+}

@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 
 use super::support::{Env, PATIENCE, POLL, gathered, polled_blocking, polled_within};
 
-const PAIR_TOKEN: (&str, &str) = ("CLADE_PAIR_TOKEN", "pairing-secret-0123456789");
+pub(super) const PAIR_TOKEN: (&str, &str) = ("CLADE_PAIR_TOKEN", "pairing-secret-0123456789");
 
 /// A request signed with `key` at `time`: its status and JSON answer.
-async fn signed(
+pub(super) async fn signed(
     url: &str,
     key: &Identity,
     method: &str,
