@@ -1541,6 +1541,10 @@ pub(crate) enum BenchCommand {
         /// or `scripted` (the offline model in-process, no HTTP)
         #[arg(long, default_value = "stub")]
         model: BenchModel,
+        /// Record metrics as `clade serve` does (its Prometheus recorder installed), to measure
+        /// what they cost a turn against a run without
+        #[arg(long)]
+        metrics: bool,
         /// Swap in new settings, tools and models (a configuration revision's hot reload) this
         /// often while turns run, and report how many swaps there were and the slowest turn
         #[arg(long, value_name = "MS")]

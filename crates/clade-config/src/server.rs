@@ -45,7 +45,9 @@ pub struct ServerConfig {
     #[serde(default)]
     pub grpc: Option<GrpcConfig>,
     /// Prometheus metrics (`GET /metrics`, the text format) on a listener of their own, for the
-    /// operator's scraper only: never on the public port. Off unless set.
+    /// operator's scraper only: never on the public port. On by default at `127.0.0.1:9464`
+    /// (a gateway that finds that port taken, by another gateway on the machine, runs without
+    /// and says so); `enabled: false` turns them off.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
 }
@@ -80,8 +82,12 @@ pub struct GrpcConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Address and port to listen on, e.g. `127.0.0.1:9464`. Loopback, or a network only the
-    /// scraper reaches: the figures name tenants.
+    /// Whether metrics are served at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address and port to listen on. Loopback, or a network only the scraper reaches: the
+    /// figures name tenants.
+    #[serde(default = "default_metrics_listen")]
     pub listen: String,
     /// The most tenants named in labels; the rest are counted as `other`, and
     /// `clade_metric_labels_capped_total` says how often (a million tenants cannot blow up a
@@ -93,6 +99,43 @@ pub struct MetricsConfig {
 
 fn default_metric_tenants() -> u32 {
     1_000
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_metrics_listen(),
+            max_tenants: default_metric_tenants(),
+        }
+    }
+}
+
+/// The metrics listener a gateway starts ([`ServerConfig::metrics_listener`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsListener {
+    pub config: MetricsConfig,
+    /// Configured: a port that cannot be had stops the gateway. By default: it runs without.
+    pub required: bool,
+}
+
+impl ServerConfig {
+    /// The metrics listener in force: as configured, or the default one; none when turned off.
+    pub fn metrics_listener(&self) -> Option<MetricsListener> {
+        match &self.metrics {
+            Some(config) if !config.enabled => None,
+            Some(config) => Some(MetricsListener { config: config.clone(), required: true }),
+            None => Some(MetricsListener { config: MetricsConfig::default(), required: false }),
+        }
+    }
 }
 
 /// A TLS identity: PEM files, relative to the configuration file's folder unless absolute.
@@ -183,7 +226,7 @@ impl Config {
                 return fail("server.grpc.tls: name both files, cert and key".into());
             }
         }
-        if let Some(metrics) = &self.server.metrics {
+        if let Some(metrics) = self.server.metrics.as_ref().filter(|m| m.enabled) {
             if metrics.listen.parse::<std::net::SocketAddr>().is_err() {
                 return fail(format!(
                     "server.metrics.listen: {:?} is not an address and port, such as 127.0.0.1:9464",

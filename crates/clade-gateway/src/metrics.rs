@@ -6,7 +6,10 @@
 //! waits, model calls, tokens and cost, by tenant within a cap) is recorded through the
 //! `metrics` facade into the process's one recorder, installed here. At each scrape the
 //! engine's and the store's own figures are read as well: sessions active, turns running,
-//! executions open by kind, the store's commits, writes and fsyncs, and resident memory.
+//! executions open by kind, the store's commits, writes and fsyncs (and the quantiles of their
+//! times), the async runtime's live tasks, and resident memory. Latency histograms besides the
+//! turn's: a model's time to first token, a tool's run, memory recall, outbox delivery lag and
+//! schedule lateness.
 
 use std::net::SocketAddr;
 
@@ -69,8 +72,7 @@ pub async fn serve(
     let bind = |source| MetricsError::Bind { listen: listen.to_owned(), source };
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind)?;
     let address = listener.local_addr().map_err(bind)?;
-    let handle = PrometheusBuilder::new().set_buckets(&BUCKETS)?.install_recorder()?;
-    clade_runtime::telemetry::cap_tenants(usize::try_from(max_tenants).unwrap_or(usize::MAX));
+    let handle = install(max_tenants)?;
     let app = Router::new().route("/metrics", get(scrape)).with_state(Scrape { handle, engine });
     let task = tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {
@@ -78,6 +80,14 @@ pub async fn serve(
         }
     });
     Ok(MetricsServer { address, task })
+}
+
+/// Installs the process's recorder, naming at most `max_tenants` tenants in labels: from here
+/// on what the runtime counts is kept (`clade bench turns --metrics` measures what that costs).
+pub fn install(max_tenants: u32) -> Result<PrometheusHandle, MetricsError> {
+    let handle = PrometheusBuilder::new().set_buckets(&BUCKETS)?.install_recorder()?;
+    clade_runtime::telemetry::cap_tenants(usize::try_from(max_tenants).unwrap_or(usize::MAX));
+    Ok(handle)
 }
 
 async fn scrape(State(scrape): State<Scrape>) -> impl IntoResponse {
@@ -96,6 +106,20 @@ async fn read_now(scrape: &Scrape) {
     metrics::counter!("clade_store_writes_total").absolute(stats.writes);
     metrics::counter!("clade_store_fsyncs_total").absolute(stats.syncs);
     metrics::counter!("clade_store_slow_fsyncs_total").absolute(stats.slow_syncs);
+    // The store keeps its fsync and commit times as histograms of its own (since its start):
+    // their quantiles, as a summary would give them.
+    for (name, times) in [
+        ("clade_store_fsync_seconds", &stats.sync_times),
+        ("clade_store_commit_seconds", &stats.commit_times),
+    ] {
+        for q in ["0.5", "0.99"] {
+            let at = times.quantile(q.parse().unwrap_or(0.5));
+            let seconds = at.map_or(0.0, |d| d.as_secs_f64());
+            metrics::gauge!(name, "quantile" => q).set(seconds);
+        }
+    }
+    let runtime = tokio::runtime::Handle::current().metrics();
+    metrics::gauge!("clade_runtime_tasks_alive").set(runtime.num_alive_tasks() as f64);
     match engine.open_executions(OPEN_READ).await {
         Ok(open) => {
             for (kind, count) in open {

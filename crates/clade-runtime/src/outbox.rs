@@ -682,6 +682,8 @@ async fn run(store: Store, client: reqwest::Client, subscriber: Subscriber, sign
             match sent {
                 Ok(()) => {
                     crate::failpoints::hit("mid_outbox_publish");
+                    let lag = crate::telemetry::between(row.created_at, clock.now());
+                    crate::telemetry::outbox_delivered(&subscriber.name, lag);
                     delivered_beyond.insert(row.id);
                     blocked.remove(&row.session_id);
                     progressed = true;

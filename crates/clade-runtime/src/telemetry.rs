@@ -104,3 +104,37 @@ pub(crate) fn model_answered(tenant: &str, usage: &UsageRecord) {
     }
     metrics::counter!("clade_model_cost_micros_total", &by).increment(usage.cost_micros);
 }
+
+/// How long from `from` to `to` (the store clock's milliseconds), never negative.
+pub fn between(from: clade_core::Timestamp, to: clade_core::Timestamp) -> Duration {
+    Duration::from_millis(to.as_millis().saturating_sub(from.as_millis()).max(0).unsigned_abs())
+}
+
+/// A model call's first streamed output (text or a tool call) came `took` after it was made.
+pub(crate) fn model_first_token(tenant: &str, model: &str, took: Duration) {
+    let labels = [("tenant", tenant.to_owned()), ("model", model.to_owned())];
+    metrics::histogram!("clade_model_first_token_seconds", &labels).record(took.as_secs_f64());
+}
+
+/// A tool ran for `took` (its effect only: policy, approval and journal writes are not in it).
+pub(crate) fn tool_ran(tenant: &str, tool: &str, took: Duration) {
+    let labels = [("tenant", tenant.to_owned()), ("tool", tool_label(tool))];
+    metrics::histogram!("clade_tool_run_seconds", &labels).record(took.as_secs_f64());
+}
+
+/// An outbox row reached the subscriber `subscriber` (a webhook, a paired subscriber or a
+/// chat bot, all named by the operator: a bounded label) `lag` after it was committed.
+pub(crate) fn outbox_delivered(subscriber: &str, lag: Duration) {
+    metrics::histogram!("clade_outbox_delivery_lag_seconds", "subscriber" => subscriber.to_owned())
+        .record(lag.as_secs_f64());
+}
+
+/// Memory recall for a turn took `took` (search and ranking; a failed one too).
+pub(crate) fn recalled(took: Duration) {
+    metrics::histogram!("clade_memory_recall_seconds").record(took.as_secs_f64());
+}
+
+/// A session's actor was evicted from memory after standing idle.
+pub(crate) fn session_evicted() {
+    metrics::counter!("clade_sessions_evicted_total").increment(1);
+}

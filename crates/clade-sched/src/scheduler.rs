@@ -107,7 +107,10 @@ impl Look {
                 self.lateness.extend(runs.iter().map(|(run, _)| {
                     let late =
                         run.fired_at.as_millis().saturating_sub(run.scheduled_at.as_millis());
-                    Duration::from_millis(late.max(0).unsigned_abs())
+                    let late = Duration::from_millis(late.max(0).unsigned_abs());
+                    metrics::histogram!("clade_schedule_lateness_seconds")
+                        .record(late.as_secs_f64());
+                    late
                 }));
                 self.sessions
                     .extend(runs.iter().map(|(_, accepted)| (tenant, accepted.session_id)));

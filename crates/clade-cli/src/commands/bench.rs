@@ -27,8 +27,14 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
             rate,
             keep,
             model,
+            metrics,
             reload_every_ms,
         } => {
+            if metrics {
+                // Installed for the process's life: every row below records.
+                clade_gateway::metrics::install(1_000)?;
+                println!("metrics: recorded, as by clade serve (Prometheus recorder installed)");
+            }
             let plan = super::bench_turns::Plan {
                 sessions,
                 total,

@@ -220,17 +220,7 @@ pub(super) async fn run(ctx: &Ctx, front: Front) -> Result<()> {
     };
     let grpc = grpc
         .map(|prepared| super::serve_grpc::start(prepared, state.clone(), max_body_bytes, limits));
-    let metrics = match &ctx.config.server.metrics {
-        Some(metrics) => Some(
-            clade_gateway::metrics::serve(
-                &metrics.listen,
-                metrics.max_tenants,
-                state.engine.clone(),
-            )
-            .await?,
-        ),
-        None => None,
-    };
+    let metrics = start_metrics(ctx, &state.engine).await?;
     let app = clade_gateway::router(state, &options);
     let url_file = crate::context::gateway_url_file(&ctx.data_dir);
     let Some((listener, address)) = listener.zip(address) else {
@@ -283,6 +273,24 @@ pub(super) async fn run(ctx: &Ctx, front: Front) -> Result<()> {
     drop(metrics);
     let _ = std::fs::remove_file(&url_file);
     stopped(maintenance, joined, &drained, (reloader, admin, &admin_path)).await
+}
+
+/// The metrics listener: as configured (a port that cannot be had stops the server), or the
+/// default one, which a gateway whose port another process holds runs without, saying so.
+async fn start_metrics(
+    ctx: &Ctx,
+    engine: &clade_runtime::Engine,
+) -> Result<Option<clade_gateway::metrics::MetricsServer>> {
+    let Some(metrics) = ctx.config.server.metrics_listener() else { return Ok(None) };
+    let (config, engine) = (metrics.config, engine.clone());
+    match clade_gateway::metrics::serve(&config.listen, config.max_tenants, engine).await {
+        Ok(server) => Ok(Some(server)),
+        Err(err) if !metrics.required => {
+            tracing::warn!(error = %err, "no metrics: the default port is taken (another gateway on this machine?); set server.metrics.listen to a free port, or server.metrics.enabled: false");
+            Ok(None)
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// What a server does once it stops taking requests: its background work ends and, on a

@@ -51,6 +51,7 @@ pub(super) async fn actor(
                     let mut actors = inner.actors.lock().unwrap_or_else(|e| e.into_inner());
                     if wake.is_empty() {
                         actors.remove(&session_id);
+                        crate::telemetry::session_evicted();
                         return;
                     }
                 }

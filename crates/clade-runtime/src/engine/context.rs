@@ -595,11 +595,13 @@ impl ContextSource for MemoryRecall<'_> {
                 scope: recall.memory.isolation_key(self.source),
                 ..clade_store::MemoryFilter::default()
             };
-            match recall
+            let started = self.store.now();
+            let recalled = recall
                 .memory
                 .recall(&self.store, self.agent, &filter, &query, recall.items as usize)
-                .await
-            {
+                .await;
+            crate::telemetry::recalled(crate::telemetry::between(started, self.store.now()));
+            match recalled {
                 Ok(hits) => {
                     into.recalled = clade_memory::render(&hits, recall.tokens as usize);
                     // Recalled is used: its decay starts again. Only items not renewed within

@@ -301,10 +301,27 @@ impl Thinker for AgentModel<'_> {
         // Boxed: the call's state (router, adapter, HTTP client) is the largest part of a
         // turn's, and a turn spends most of its life awaiting other things.
         let models = self.inner.models();
-        Box::pin(async move {
-            models.call_unrecorded(self.tenant, Some(self.agent), kind, request, on_event).await
+        let clock = self.inner.visible.clock().clone();
+        let started = clock.now();
+        let mut first = None;
+        let mut timed = |event: &StreamEvent| {
+            if first.is_none()
+                && matches!(event, StreamEvent::TextDelta(_) | StreamEvent::ToolCallStart { .. })
+            {
+                first = Some(clock.now());
+            }
+            on_event(event);
+        };
+        let called = Box::pin(async move {
+            models.call_unrecorded(self.tenant, Some(self.agent), kind, request, &mut timed).await
         })
-        .await
+        .await;
+        if let (Ok(outcome), Some(first)) = (&called, first) {
+            let tenant = crate::telemetry::tenant_label(self.tenant.id, self.tenant.name.as_str());
+            let took = crate::telemetry::between(started, first);
+            crate::telemetry::model_first_token(&tenant, &outcome.model, took);
+        }
+        called
     }
 
     fn usage(&self, turn: &TurnRow, outcome: &CallOutcome) -> UsageRecord {
@@ -494,7 +511,12 @@ impl Hands for AgentTools<'_> {
         args: Value,
         authorized: &Authorized,
     ) -> Result<String, clade_tools::Error> {
-        self.runner.execute(self.agent, tool.as_ref(), args, authorized).await
+        let clock = self.runner.store().clock();
+        let started = clock.now();
+        let ran = self.runner.execute(self.agent, tool.as_ref(), args, authorized).await;
+        let took = crate::telemetry::between(started, clock.now());
+        crate::telemetry::tool_ran(&self.label, tool.name(), took);
+        ran
     }
 }
 
