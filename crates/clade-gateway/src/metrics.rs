@@ -86,7 +86,7 @@ pub async fn serve(
 /// on what the runtime counts is kept (`clade bench turns --metrics` measures what that costs).
 pub fn install(max_tenants: u32) -> Result<PrometheusHandle, MetricsError> {
     let handle = PrometheusBuilder::new().set_buckets(&BUCKETS)?.install_recorder()?;
-    clade_runtime::telemetry::cap_tenants(usize::try_from(max_tenants).unwrap_or(usize::MAX));
+    clade_runtime::telemetry::start_recording(usize::try_from(max_tenants).unwrap_or(usize::MAX));
     Ok(handle)
 }
 

@@ -39,8 +39,13 @@ fn identity(data_dir: &clade_store::DataDir) -> Result<Arc<Identity>> {
     ))
 }
 
+/// Where the pairing is kept: the gateway's URL and key, and the name it gave.
+pub(super) fn profile_path(data_dir: &clade_store::DataDir) -> std::path::PathBuf {
+    data_dir.root().join(PROFILE)
+}
+
 fn profile(data_dir: &clade_store::DataDir) -> Result<Profile> {
-    let path = data_dir.root().join(PROFILE);
+    let path = profile_path(data_dir);
     let text = std::fs::read(&path).map_err(|e| {
         anyhow::anyhow!(
             "{} cannot be read ({e}): pair this CLI first with `clade remote listen`",
@@ -186,7 +191,7 @@ pub(super) async fn listen_for_pairing(
     };
     server.abort();
     let profile = Profile { gateway: gateway.clone(), gateway_key: key.clone(), name };
-    let path = data_dir.root().join(PROFILE);
+    let path = profile_path(data_dir);
     write_private(&path, &serde_json::to_vec_pretty(&profile)?)
         .with_context(|| format!("cannot keep the pairing in {}", path.display()))?;
     println!(

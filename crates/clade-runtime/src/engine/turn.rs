@@ -53,14 +53,20 @@ pub(super) async fn run_turn(
 ) -> Result<(), TurnError> {
     let _running = Running::new(&inner.running_turns);
     let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
-    let tenant = crate::telemetry::tenant_label(ctx.tenant.id, ctx.tenant.name.as_str());
-    if let Some(oldest) = events.iter().map(|e| e.created_at).min() {
-        let waited = inner.store.now().as_millis().saturating_sub(oldest.as_millis());
-        let waited = std::time::Duration::from_millis(waited.max(0).unsigned_abs());
-        crate::telemetry::queue_waited(&tenant, waited);
+    let metrics = crate::telemetry::tenant(ctx.tenant.id, ctx.tenant.name.as_str());
+    if let Some(metrics) = &metrics
+        && let Some(oldest) = events.iter().map(|e| e.created_at).min()
+    {
+        metrics.queue_waited(crate::telemetry::between(oldest, inner.store.now()));
     }
-    let mut journal = StoreJournal { inner, events: ids, announce: None, ended_at: None, tenant };
-    let thinker = AgentModel { inner, tenant: &ctx.tenant, agent: &ctx.agent };
+    let mut journal = StoreJournal {
+        inner,
+        events: ids,
+        announce: None,
+        ended_at: None,
+        metrics: metrics.clone(),
+    };
+    let thinker = AgentModel { inner, tenant: &ctx.tenant, agent: &ctx.agent, metrics };
     let result = Box::pin(drive(inner, ctx, events, kept, &mut journal, &thinker)).await;
     kept.ended_at = journal.ended_at;
     result
@@ -185,8 +191,8 @@ struct StoreJournal<'a> {
     /// The time read just before the turn's outcome was written, so before anyone could see
     /// it: the session's idleness counts from here.
     ended_at: Option<Timestamp>,
-    /// The turn's tenant as metrics name it ([`crate::telemetry::tenant_label`]).
-    tenant: String,
+    /// The turn's tenant's metrics, while a recorder records.
+    metrics: Option<Arc<crate::telemetry::TenantMetrics>>,
 }
 
 impl Opening for StoreJournal<'_> {
@@ -246,13 +252,13 @@ impl Journal for StoreJournal<'_> {
             },
         }?;
         publish(self.inner, turn.agent_id, &rows);
-        if let Some(usage) = &counted.0 {
-            crate::telemetry::model_answered(&self.tenant, usage);
-        }
-        if let Some(status) = counted.1 {
-            let took = store.now().as_millis().saturating_sub(turn.started_at.as_millis());
-            let took = std::time::Duration::from_millis(took.max(0).unsigned_abs());
-            crate::telemetry::turn_ended(&self.tenant, status, took);
+        if let Some(metrics) = &self.metrics {
+            if let Some(usage) = &counted.0 {
+                metrics.model_answered(usage);
+            }
+            if let Some(status) = counted.1 {
+                metrics.turn_ended(status, crate::telemetry::between(turn.started_at, store.now()));
+            }
         }
         Ok(())
     }
@@ -289,6 +295,8 @@ struct AgentModel<'a> {
     inner: &'a Inner,
     tenant: &'a Tenant,
     agent: &'a Agent,
+    /// The tenant's metrics, while a recorder records: each call's time to its first output.
+    metrics: Option<Arc<crate::telemetry::TenantMetrics>>,
 }
 
 impl Thinker for AgentModel<'_> {
@@ -316,10 +324,8 @@ impl Thinker for AgentModel<'_> {
             models.call_unrecorded(self.tenant, Some(self.agent), kind, request, &mut timed).await
         })
         .await;
-        if let (Ok(outcome), Some(first)) = (&called, first) {
-            let tenant = crate::telemetry::tenant_label(self.tenant.id, self.tenant.name.as_str());
-            let took = crate::telemetry::between(started, first);
-            crate::telemetry::model_first_token(&tenant, &outcome.model, took);
+        if let (Ok(outcome), Some(first), Some(metrics)) = (&called, first, &self.metrics) {
+            metrics.model_first_token(&outcome.model, crate::telemetry::between(started, first));
         }
         called
     }
@@ -337,8 +343,8 @@ struct AgentTools<'a> {
     rules: Option<Vec<clade_tools::policy::SourcedRule>>,
     set: Arc<ToolSet>,
     tenant: &'a str,
-    /// The tenant as metrics name it ([`crate::telemetry::tenant_label`]).
-    label: String,
+    /// The tenant's metrics, while a recorder records.
+    metrics: Option<Arc<crate::telemetry::TenantMetrics>>,
     agent: &'a Agent,
     /// Where a call's progress goes: the session's live subscribers.
     hub: crate::hub::Hub,
@@ -373,7 +379,7 @@ impl<'a> AgentTools<'a> {
             rules,
             set: tools,
             tenant: ctx.tenant.name.as_str(),
-            label: crate::telemetry::tenant_label(ctx.tenant.id, ctx.tenant.name.as_str()),
+            metrics: crate::telemetry::tenant(ctx.tenant.id, ctx.tenant.name.as_str()),
             agent,
             hub: inner.bus.hub().clone(),
             profile: ctx.profile,
@@ -444,7 +450,9 @@ impl Hands for AgentTools<'_> {
     }
 
     fn returned(&self, name: &str, is_error: bool) {
-        crate::telemetry::tool_returned(&self.label, name, is_error);
+        if let Some(metrics) = &self.metrics {
+            metrics.tool_returned(name, is_error);
+        }
     }
 
     fn specs(&self) -> Arc<[ToolSpec]> {
@@ -511,11 +519,13 @@ impl Hands for AgentTools<'_> {
         args: Value,
         authorized: &Authorized,
     ) -> Result<String, clade_tools::Error> {
+        let Some(metrics) = &self.metrics else {
+            return self.runner.execute(self.agent, tool.as_ref(), args, authorized).await;
+        };
         let clock = self.runner.store().clock();
         let started = clock.now();
         let ran = self.runner.execute(self.agent, tool.as_ref(), args, authorized).await;
-        let took = crate::telemetry::between(started, clock.now());
-        crate::telemetry::tool_ran(&self.label, tool.name(), took);
+        metrics.tool_ran(tool.name(), crate::telemetry::between(started, clock.now()));
         ran
     }
 }
