@@ -44,6 +44,10 @@ pub enum Backend {
 /// the suite can be slow.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// How long PostgreSQL lets a simulated node's transaction stand idle before it ends it (a
+/// halted node's would stand for ever).
+const FROZEN_TRANSACTION_MS: u32 = 5_000;
+
 /// Sets a simulation up; [`SimBuilder::start`] starts it.
 pub struct SimBuilder {
     name: String,
@@ -102,7 +106,16 @@ impl SimBuilder {
             Backend::Sqlite => (Location::Sqlite(data.sqlite_path()), None),
             Backend::Postgres => {
                 let schema = clade_test_support::PgSchema::create().await?;
-                (Location::Postgres(schema.url().to_owned()), Some(schema))
+                // A halted node's thread is parked, not gone: its connections stay open, where
+                // a crashed process's would close and the server would roll back what they had
+                // begun. The server ends a transaction left idle this long instead, so a
+                // transaction the halt froze cannot hold its locks against the next node.
+                let url = format!(
+                    "{}%20-c%20idle_in_transaction_session_timeout%3D{}",
+                    schema.url(),
+                    FROZEN_TRANSACTION_MS
+                );
+                (Location::Postgres(url), Some(schema))
             }
         };
         let options = clade_stub::StubOptions { faults: self.faults, ..Default::default() };
