@@ -63,9 +63,13 @@ async fn joined(
     let config = if latest > 0 {
         state.store.config_revisions().get(latest).await?.yaml
     } else {
-        match &state.config_path {
-            Some(path) => std::fs::read_to_string(path).map_err(ApiError::internal)?,
-            None => String::new(),
+        // A gateway started with no clade.yaml runs the defaults: alone.
+        match state.config_path.as_ref().map(std::fs::read_to_string) {
+            Some(Ok(text)) => text,
+            Some(Err(err)) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ApiError::internal(err));
+            }
+            _ => String::new(),
         }
     };
     let path = state.config_path.clone().unwrap_or_default();

@@ -84,46 +84,37 @@ impl TenantMetrics {
     }
 
     fn model(&self, model: &str) -> Arc<ModelMetrics> {
-        let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(kept) = models.get(model) {
-            return kept.clone();
-        }
         // Models are the operator's configuration: a bounded label.
-        let by = [("tenant", self.label.clone()), ("model", model.to_owned())];
-        let tokens = |kind: &str| {
-            let labels = [by[0].clone(), by[1].clone(), ("kind", kind.to_owned())];
-            metrics::counter!("clade_model_tokens_total", &labels)
-        };
-        let made = Arc::new(ModelMetrics {
-            calls: metrics::counter!("clade_model_calls_total", &by),
-            input: tokens("input"),
-            output: tokens("output"),
-            cached: tokens("cached"),
-            cost: metrics::counter!("clade_model_cost_micros_total", &by),
-            first_token: metrics::histogram!("clade_model_first_token_seconds", &by),
-        });
-        models.insert(model.to_owned(), made.clone());
-        made
+        kept(&self.models, model, |model| {
+            let by = [("tenant", self.label.clone()), ("model", model.to_owned())];
+            let tokens = |kind: &str| {
+                let labels = [by[0].clone(), by[1].clone(), ("kind", kind.to_owned())];
+                metrics::counter!("clade_model_tokens_total", &labels)
+            };
+            ModelMetrics {
+                calls: metrics::counter!("clade_model_calls_total", &by),
+                input: tokens("input"),
+                output: tokens("output"),
+                cached: tokens("cached"),
+                cost: metrics::counter!("clade_model_cost_micros_total", &by),
+                first_token: metrics::histogram!("clade_model_first_token_seconds", &by),
+            }
+        })
     }
 
     fn tool(&self, tool: &str) -> Arc<ToolMetrics> {
-        let name = tool_label(tool);
-        let mut tools = self.tools.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(kept) = tools.get(&name) {
-            return kept.clone();
-        }
-        let by = [("tenant", self.label.clone()), ("tool", name.clone())];
-        let outcome = |outcome: &str| {
-            let labels = [by[0].clone(), by[1].clone(), ("outcome", outcome.to_owned())];
-            metrics::counter!("clade_tool_calls_total", &labels)
-        };
-        let made = Arc::new(ToolMetrics {
-            ok: outcome("ok"),
-            error: outcome("error"),
-            run: metrics::histogram!("clade_tool_run_seconds", &by),
-        });
-        tools.insert(name, made.clone());
-        made
+        kept(&self.tools, &tool_label(tool), |tool| {
+            let by = [("tenant", self.label.clone()), ("tool", tool.to_owned())];
+            let outcome = |outcome: &str| {
+                let labels = [by[0].clone(), by[1].clone(), ("outcome", outcome.to_owned())];
+                metrics::counter!("clade_tool_calls_total", &labels)
+            };
+            ToolMetrics {
+                ok: outcome("ok"),
+                error: outcome("error"),
+                run: metrics::histogram!("clade_tool_run_seconds", &by),
+            }
+        })
     }
 
     /// A turn started on events the oldest of which waited `waited` since it was stored.
@@ -170,6 +161,21 @@ impl TenantMetrics {
 
 /// The tenants named so far, and the one set of handles every tenant past the cap shares.
 type Kept = (HashMap<TenantId, Arc<TenantMetrics>>, Option<Arc<TenantMetrics>>);
+
+/// The handles kept under `key` in `map`, made by `make` the first time.
+fn kept<T>(
+    map: &Mutex<HashMap<String, Arc<T>>>,
+    key: &str,
+    make: impl FnOnce(&str) -> T,
+) -> Arc<T> {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(kept) = map.get(key) {
+        return kept.clone();
+    }
+    let made = Arc::new(make(key));
+    map.insert(key.to_owned(), made.clone());
+    made
+}
 
 /// The metric handles of `tenant` (named `name` while it is among the first tenants seen, else
 /// counted as [`OTHER`]); `None` while nothing records.

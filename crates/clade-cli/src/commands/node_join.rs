@@ -30,15 +30,18 @@ pub(super) async fn run(
             .context("this node is not paired with the cluster yet")?,
     };
     let route = format!("/cluster/join/{name}");
-    let answer =
-        super::remote::call_paired(data_dir, reqwest::Method::GET, &route).await.with_context(
-            || {
-                format!(
-                    "the gateway at {hub} did not let node {name} join: if this machine was paired as something else, or unpaired, delete {} and run this again to pair it as a node",
-                    super::remote::profile_path(data_dir).display()
-                )
-            },
-        )?;
+    let (status, answer) =
+        super::remote::ask_paired(data_dir, reqwest::Method::GET, &route).await?;
+    let refused = answer["error"]["message"].as_str().unwrap_or("no reason given");
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        bail!(
+            "the gateway at {hub} does not know this machine as node {name} ({refused}): if it was paired as something else, or unpaired, delete {} and run this again to pair it as a node",
+            super::remote::profile_path(data_dir).display()
+        );
+    }
+    if !status.is_success() {
+        bail!("the gateway at {hub} did not let node {name} join: {refused} (HTTP {status})");
+    }
     let joined: ClusterJoinResponse = serde_json::from_value(answer).with_context(|| {
         format!("the gateway at {hub} answered what is not a cluster's settings")
     })?;

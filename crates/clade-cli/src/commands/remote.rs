@@ -207,13 +207,19 @@ pub(super) fn paired_with(data_dir: &clade_store::DataDir, gateway: &str) -> Opt
     profile(data_dir).ok().filter(|p| p.gateway == gateway).map(|p| p.name)
 }
 
-/// A signed request to the paired gateway, which must prove its key: the JSON answer.
-pub(super) async fn call_paired(
+/// A signed request to the paired gateway, which must prove its key: its status and JSON
+/// answer, refusals included.
+pub(super) async fn ask_paired(
     data_dir: &clade_store::DataDir,
     method: reqwest::Method,
     path: &str,
-) -> Result<Value> {
-    Remote::open(data_dir)?.call(method, path, None).await
+) -> Result<(reqwest::StatusCode, Value)> {
+    let remote = Remote::open(data_dir)?;
+    let (status, answer, proved) = remote.exchange(method, path, None).await?;
+    if !proved {
+        return Err(remote.not_proved());
+    }
+    Ok((status, answer))
 }
 
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {

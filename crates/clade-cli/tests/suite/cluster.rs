@@ -868,6 +868,20 @@ async fn demo_cloud_carries_a_killed_nodes_conversations_on() {
     env.run(&["demo", "cloud", "--database", "/tmp/clade.db"]).fails_with("PostgreSQL");
 }
 
+/// `clade pair node` on the gateway's machine (`hub`'s data dir) for the worker waiting at
+/// `url`: what it printed.
+fn pair_node(hub: &Env, url: &str, name: &str) -> String {
+    let paired = hub
+        .command()
+        .env(super::remote::PAIR_TOKEN.0, super::remote::PAIR_TOKEN.1)
+        .args(["pair", "node", url, name])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&paired.stdout).into_owned();
+    assert!(paired.status.success(), "{said}{}", String::from_utf8_lossy(&paired.stderr));
+    said
+}
+
 /// `clade node join --hub`: a worker waits to be paired, the operator pairs it from the
 /// gateway (`clade pair node`), and it takes the cluster's configuration and store from the
 /// gateway and runs its share of the sessions with no API of its own; `clade node list` shows
@@ -888,14 +902,7 @@ async fn a_worker_joins_through_its_gateway_and_runs_sessions_without_an_api() {
     let worker = Env::new();
     let args = ["node", "join", "--hub", &on_hub.url, "--listen", "127.0.0.1:0"];
     let waiting = worker.spawn_service(&args, &[PAIR_TOKEN]).expect("the worker printed nothing");
-    let paired = hub
-        .command()
-        .env(PAIR_TOKEN.0, PAIR_TOKEN.1)
-        .args(["pair", "node", &waiting.url, "w1"])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&paired.stdout);
-    assert!(paired.status.success(), "{said}{}", String::from_utf8_lossy(&paired.stderr));
+    let said = pair_node(&hub, &waiting.url, "w1");
     assert!(said.contains("paired worker node w1"), "{said}");
 
     let every = std::time::Duration::from_millis(100);
@@ -950,4 +957,23 @@ async fn a_worker_joins_through_its_gateway_and_runs_sessions_without_an_api() {
     let (status, _) = signed(&on_hub.url, &stranger, "GET", "/cluster/join/w1", None, now).await;
     assert_eq!(status, 401, "a key never paired");
     drop(waiting);
+}
+
+/// A worker pointed at what is not a URL is refused at once; paired with a gateway that runs
+/// alone (no `cluster:`), it is told so and stops, naming the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_of_a_gateway_running_alone_is_told_so_and_stops() {
+    use super::remote::PAIR_TOKEN;
+    let worker = Env::new();
+    worker.run(&["node", "join", "--hub", "gateway:7420"]).fails_with("is not an http://");
+    let alone = Env::new();
+    let gateway = alone.serve(&[]);
+    let args = ["node", "join", "--hub", &gateway.url, "--listen", "127.0.0.1:0"];
+    let mut waiting =
+        worker.spawn_service(&args, &[PAIR_TOKEN]).expect("the worker printed nothing");
+    pair_node(&alone, &waiting.url, "w1");
+    assert!(waiting.exits_within(std::time::Duration::from_secs(30)), "the worker ran on");
+    let said = waiting.stop();
+    assert!(said.contains("runs alone") && said.contains("409"), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
 }
