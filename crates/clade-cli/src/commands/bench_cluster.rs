@@ -37,8 +37,8 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
     println!(
         "bench cluster: {} sessions, {} events waiting at once (sent to {}), {} s per size, {} shards, leases of {} s; the offline model; PostgreSQL {}; NATS {}",
         plan.sessions,
-        if plan.to_holder { "the node running the session" } else { "the nodes in turn" },
         plan.concurrency,
+        if plan.to_holder { "the node running the session" } else { "the nodes in turn" },
         plan.seconds,
         plan.shards,
         plan.lease_ttl_secs,
@@ -46,11 +46,13 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         plan.nats
     );
     println!(
-        "{:>5} | {:>9} {:>9} | {:>22} | {:>9} {:>8} {:>9} | {:>17} | {:>17}",
+        "{:>5} | {:>9} {:>9} | {:>17} | {:>22} | {:>17} | {:>9} {:>8} {:>9} | {:>17} | {:>17}",
         "nodes",
         "turns",
         "turns/s",
+        "answer p50/p99",
         "CPU µs/turn per node",
+        "PG, NATS, client",
         "commits",
         "rows",
         "WAL B",
@@ -79,7 +81,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         );
     }
     println!(
-        "(per turn: database commits, rows written and WAL bytes per turn, from pg_stat_database and pg_stat_wal, the whole database's; takeover: from SIGKILL of the last node to each of its sessions answering through another, goal p99 within the lease's time + 2 s; cross-node: a stream on another node sees each event this much after a stream on the node running it, goal p99 under 10 ms)"
+        "(answer: from sending an event to its turn's answer, under load; CPU per turn of each node, then of PostgreSQL's processes, the NATS server and this load generator; per turn: database commits, rows written and WAL bytes per turn, from pg_stat_database and pg_stat_wal, the whole database's; takeover: from SIGKILL of the last node to each of its sessions answering through another, goal p99 within the lease's time + 2 s; cross-node: a stream on another node sees each event this much after a stream on the node running it, goal p99 under 10 ms)"
     );
     Ok(())
 }
@@ -99,7 +101,11 @@ pub(super) fn redacted(url: &str) -> String {
 struct Size {
     turns: usize,
     turns_per_second: f64,
+    /// From sending an event to its turn's answer, p50 and p99 in ms.
+    answer: (f64, f64),
     cpu_per_turn: Vec<u64>,
+    /// CPU µs per turn of PostgreSQL's processes, the NATS server's and the load generator's.
+    others_per_turn: [u64; 3],
     commits: f64,
     rows: f64,
     wal_bytes: f64,
@@ -114,10 +120,12 @@ impl Size {
             p.map_or_else(|| "-".to_owned(), |(p50, p99)| format!("{p50:.1}/{p99:.1} ms"))
         };
         println!(
-            "{nodes:>5} | {:>9} {:>9.0} | {:>22} | {:>9.2} {:>8.1} {:>9.0} | {:>17} | {:>17}",
+            "{nodes:>5} | {:>9} {:>9.0} | {:>17} | {:>22} | {:>17} | {:>9.2} {:>8.1} {:>9.0} | {:>17} | {:>17}",
             self.turns,
             self.turns_per_second,
+            pair(Some(self.answer)),
             cpu.join(" "),
+            self.others_per_turn.map(|n| n.to_string()).join(" "),
             self.commits,
             self.rows,
             self.wal_bytes,
@@ -235,9 +243,15 @@ async fn one_size(scratch: &Path, schema: &Schema, plan: &Plan, nodes: usize) ->
     let cpu_before: Vec<u64> =
         running.iter().map(|n| cpu_micros(&n.process.pid.to_string())).collect();
     let counters_before = schema.counters().await?;
+    let others_before = others_cpu_micros();
     eprintln!("{nodes} node(s): {} s of load", plan.seconds);
     let route = routes(&running, &sessions, &held, plan);
-    let (turns, elapsed) = load(&client, &running, &route, plan).await;
+    let (answers, elapsed) = load(&client, &running, &route, plan).await;
+    let turns = answers.len();
+    let others_after = others_cpu_micros();
+    let others_per_turn = std::array::from_fn(|i| {
+        others_after[i].saturating_sub(others_before[i]) / turns.max(1) as u64
+    });
     // Backends report their statistics within a second of their last transaction.
     wall_sleep(Duration::from_millis(1500)).await;
     let counters_after = schema.counters().await?;
@@ -262,13 +276,33 @@ async fn one_size(scratch: &Path, schema: &Schema, plan: &Plan, nodes: usize) ->
     Ok(Size {
         turns,
         turns_per_second: turns as f64 / elapsed.as_secs_f64().max(1e-9),
+        answer: (percentile_ms(&answers, 0.5), percentile_ms(&answers, 0.99)),
         cpu_per_turn,
+        others_per_turn,
         commits: per_turn(counters_after.0, counters_before.0),
         rows: per_turn(counters_after.1, counters_before.1),
         wal_bytes: per_turn(counters_after.2, counters_before.2),
         takeover,
         cross_node,
     })
+}
+
+/// CPU µs so far of PostgreSQL's processes, of the NATS server and of this process: what
+/// else on the machine works for the nodes' turns.
+fn others_cpu_micros() -> [u64; 3] {
+    let (mut postgres, mut nats) = (0, 0);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        match std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default().trim() {
+            "postgres" => postgres += cpu_micros(&pid),
+            "nats-server" => nats += cpu_micros(&pid),
+            _ => {}
+        }
+    }
+    [postgres, nats, cpu_micros("self")]
 }
 
 /// Waits until `nodes` nodes hold every shard between them; the shards each holds, by name.
@@ -356,7 +390,8 @@ async fn warm_up(client: &reqwest::Client, nodes: &[Node], plan: &Plan) -> Resul
 }
 
 /// `concurrency` workers, each sending its next event (to the next session, through the next
-/// node) as soon as its last one's turn ended, for `seconds`: turns completed, and the time.
+/// node) as soon as its last one's turn ended, for `seconds`: how long each completed turn
+/// took to answer (sorted), and the time.
 /// Which node each session's events go to: the nodes in turn, or (`--to-holder`) the one
 /// running the session, as a load balancer aware of the shards would send them.
 fn routes(
@@ -384,9 +419,9 @@ async fn load(
     nodes: &[Node],
     route: &[usize],
     plan: &Plan,
-) -> (usize, Duration) {
+) -> (Vec<Duration>, Duration) {
     let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
+    let answers = std::sync::Mutex::new(Vec::new());
     let started = now();
     let until = started + Duration::from_secs(plan.seconds);
     let worker = async || {
@@ -394,13 +429,17 @@ async fn load(
             let k = next.fetch_add(1, Ordering::Relaxed);
             let session = k % plan.sessions;
             let node = &nodes[route.get(session).copied().unwrap_or(0) % nodes.len()];
+            let sent = now();
             if ask(client, node, session, "go on").await.is_ok() {
-                done.fetch_add(1, Ordering::Relaxed);
+                answers.lock().unwrap_or_else(|e| e.into_inner()).push(sent.elapsed());
             }
         }
     };
     futures::future::join_all((0..plan.concurrency).map(|_| worker())).await;
-    (done.load(Ordering::Relaxed), started.elapsed())
+    let elapsed = started.elapsed();
+    let mut answers = answers.into_inner().unwrap_or_else(|e| e.into_inner());
+    answers.sort();
+    (answers, elapsed)
 }
 
 /// Whether session `id` lies in one of `shards` of `count`.
