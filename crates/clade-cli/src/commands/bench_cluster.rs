@@ -464,7 +464,14 @@ async fn follow(
     tokio::spawn(async move {
         let mut body = response.bytes_stream();
         let mut pending = String::new();
-        while let Some(Ok(chunk)) = body.next().await {
+        // The stream closes as soon as no one reads it: a node counts its open streams
+        // against the token's quota.
+        loop {
+            let chunk = tokio::select! {
+                chunk = body.next() => chunk,
+                () = tx.closed() => return,
+            };
+            let Some(Ok(chunk)) = chunk else { return };
             let at = now();
             pending.push_str(&String::from_utf8_lossy(&chunk));
             while let Some(end) = pending.find("\n\n") {
