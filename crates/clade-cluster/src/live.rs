@@ -4,13 +4,16 @@
 //! A node streaming a session or an agent subscribes to its subject
 //! (`clade.<cluster>.live.*.*.<session>`, or `clade.<cluster>.live.*.<agent>.*`) when its first
 //! subscriber comes, then announces it on `clade.<cluster>.watch`, and again every second
-//! while it has one; the others remember each announcement for three seconds. The node
-//! running a session publishes its events, only while someone elsewhere watches, on
+//! while it has one; the others remember each announcement for three seconds. The last
+//! subscriber gone, the node keeps the NATS subscription for [`LINGER`] more and announces the
+//! watch again if a subscriber comes back meanwhile: a conversation's requests waiting on
+//! another node then cost no subscribe and unsubscribe each. The node running a session
+//! publishes its events, only while someone elsewhere watches, on
 //! `clade.<cluster>.live.<tenant>.<agent>.<session>` (ids, never a credential: a NATS account
 //! can be limited to one tenant's subjects), in order from one publisher, so only the nodes
-//! streaming it receive them, and each passes them to its own hub's subscribers. Core NATS: an event lost here (NATS down, a watch not
-//! yet heard) is a lost text delta at worst, since streams catch up on lifecycle events from
-//! the store by their outbox position.
+//! streaming it receive them, and each passes them to its own hub's subscribers. Core NATS:
+//! an event lost here (NATS down, a watch not yet heard) is a lost text delta at worst, since
+//! streams catch up on lifecycle events from the store by their outbox position.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,6 +88,9 @@ pub struct LiveCounts {
     pub received: AtomicU64,
     /// Sessions and agents other nodes stream now, as this node last heard.
     pub watched_elsewhere: AtomicU64,
+    /// NATS subscriptions this node made to follow its streams' subjects; one kept through a
+    /// pause between a session's requests is made once.
+    pub subscriptions: AtomicU64,
 }
 
 /// The node's [`Relay`] over NATS.
@@ -278,9 +284,21 @@ impl Relay for NatsRelay {
     }
 }
 
+/// How long a node keeps its subscription to a watch's subject after the watch's last
+/// subscriber went: a conversation's next event usually comes within it, and a subscription
+/// kept costs nothing while a NATS subscribe and unsubscribe per waiting request (each a
+/// change to the server's wildcard index, and an announcement to every node) add up.
+const LINGER: Duration = Duration::from_secs(10);
+
+/// A subscription to one watch's subject, and since when no one on this node follows it.
+struct Reader {
+    _task: RelayTasks,
+    idle_since: Option<clade_core::Timestamp>,
+}
+
 /// Subscribes to the subject of each watch asked for and announces it (NATS takes the
 /// subscription before the announcement, so the first events sent after it arrive), and
-/// unsubscribes from those ended, in the order asked.
+/// unsubscribes from those ended once they stayed unwatched for [`LINGER`], in the order asked.
 async fn keep_subscriptions(
     client: async_nats::Client,
     relay: Arc<NatsRelay>,
@@ -288,16 +306,40 @@ async fn keep_subscriptions(
     mut asked: mpsc::UnboundedReceiver<(Watch, bool)>,
 ) {
     // Each reader is aborted when it is dropped: taken out, or with this task.
-    let mut readers: HashMap<Watch, RelayTasks> = HashMap::new();
-    while let Some((watch, streaming)) = asked.recv().await {
+    let mut readers: HashMap<Watch, Reader> = HashMap::new();
+    // Real time, as the announcements': NATS traffic, which no test clock moves.
+    let clock: Arc<dyn clade_core::Clock> = Arc::new(clade_core::SystemClock);
+    let mut sweep = clade_core::Interval::new(clock.clone(), LINGER / 2);
+    loop {
+        let (watch, streaming) = tokio::select! {
+            asked = asked.recv() => match asked {
+                Some(asked) => asked,
+                None => return,
+            },
+            _ = sweep.tick() => {
+                let forget_before = clock.now().as_millis() - LINGER.as_millis() as i64;
+                readers.retain(|watch, reader| {
+                    let keep =
+                        reader.idle_since.is_none_or(|since| since.as_millis() > forget_before);
+                    if !keep && let Watch::Agent(agent) = watch {
+                        relay.lock_agents_here().remove(agent);
+                    }
+                    keep
+                });
+                continue;
+            }
+        };
         if !streaming {
-            readers.remove(&watch);
-            if let Watch::Agent(agent) = watch {
-                relay.lock_agents_here().remove(&agent);
+            if let Some(reader) = readers.get_mut(&watch) {
+                reader.idle_since = Some(clock.now());
             }
             continue;
         }
-        if readers.contains_key(&watch) {
+        if let Some(reader) = readers.get_mut(&watch) {
+            // Still subscribed: only the others may have forgotten the watch meanwhile.
+            if reader.idle_since.take().is_some() {
+                relay.announce(&[watch]);
+            }
             continue;
         }
         let mut subscriber = match client.subscribe(relay.subject_of(watch)).await {
@@ -307,6 +349,7 @@ async fn keep_subscriptions(
                 continue;
             }
         };
+        relay.counts.subscriptions.fetch_add(1, Ordering::Relaxed);
         if let Watch::Agent(agent) = watch {
             relay.lock_agents_here().insert(agent);
         }
@@ -316,7 +359,7 @@ async fn keep_subscriptions(
                 reading.take_in(&into, &message.payload, watch);
             }
         });
-        readers.insert(watch, RelayTasks(vec![reader]));
+        readers.insert(watch, Reader { _task: RelayTasks(vec![reader]), idle_since: None });
         relay.announce(&[watch]);
     }
 }

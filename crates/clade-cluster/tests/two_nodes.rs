@@ -252,21 +252,7 @@ async fn a_stream_on_one_node_follows_a_session_the_other_runs() {
         connect_timeout: Duration::from_secs(5),
     };
     let c = NatsBus::connect(&bystander, ShardMap::new(SHARDS).unwrap()).await.unwrap();
-    for shard in [0, 1] {
-        a.take(shard).await;
-    }
-    for shard in [2, 3] {
-        b.take(shard).await;
-    }
-    let mut on_b = None;
-    for n in 0..40 {
-        let (session, _) = b.ask(&tenant, &format!("c{n}"), "hello").await;
-        if shard(session) >= 2 {
-            on_b = Some((n, session));
-            break;
-        }
-    }
-    let (n, session) = on_b.expect("40 sessions, none in b's shards");
+    let (n, session) = split_and_find_on_b(&a, &b, &tenant, "c").await;
     assert_eq!(b.bus.live_counts().sent.load(Ordering::Relaxed), 0, "sent with no one watching");
     // What crosses names the tenant in its subject: listening on the tenant's subjects alone
     // hears it, and on another tenant's nothing.
@@ -320,6 +306,79 @@ async fn a_stream_on_one_node_follows_a_session_the_other_runs() {
     }
     assert_eq!(finishes, 1);
     assert_eq!(c.live_counts().received.load(Ordering::Relaxed), 0, "c was sent events");
+}
+
+/// Requests waiting on one node for a session another runs share one NATS subscription: kept
+/// a while after each request ends, and announced again when a request comes back after the
+/// runner forgot the watch, so its events still cross.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_requests_for_a_session_run_elsewhere_share_one_subscription() {
+    let Some(Pair { a, b, tenant, _schema, _scratch, .. }) = Pair::start().await else { return };
+    let (n, session) = split_and_find_on_b(&a, &b, &tenant, "w").await;
+    let channel = format!("w{n}");
+    let subscriptions = || a.bus.live_counts().subscriptions.load(Ordering::Relaxed);
+    let before = subscriptions();
+    for n in 0..3 {
+        let (_, finished) = a.ask(&tenant, &channel, &format!("waited on a, {n}")).await;
+        assert_eq!(finished.status, clade_core::TurnStatus::Completed);
+    }
+    assert_eq!(subscriptions() - before, 1, "one subscription for the three requests");
+    // b forgets the watch once a stops announcing it (no request waits on a now)...
+    let watched = || b.bus.live_counts().watched_elsewhere.load(Ordering::Relaxed);
+    until_true(|| watched() == 0, "b forgot a's watch").await;
+    // ...and hears it again from the kept subscription when a request comes back.
+    let received = a.bus.live_counts().received.load(Ordering::Relaxed);
+    let mut live = a.bus.hub().subscribe(session);
+    until_true(|| watched() > 0, "a announced the watch again").await;
+    let (_, finished) = b.ask(&tenant, &channel, "crosses again").await;
+    assert_eq!(finished.status, clade_core::TurnStatus::Completed);
+    let end = async {
+        loop {
+            if live.recv().await.unwrap().kind() == clade_core::EventKind::TurnFinished {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), end)
+        .await
+        .expect("the turn's end never reached a");
+    assert!(a.bus.live_counts().received.load(Ordering::Relaxed) > received);
+    assert_eq!(subscriptions() - before, 1, "the kept subscription served again");
+}
+
+/// Gives shards 0 and 1 to `a`, 2 and 3 to `b`, and asks `b` on channels `<prefix>0`,
+/// `<prefix>1`, … until one's session falls in `b`'s shards: that channel's number, and the
+/// session.
+async fn split_and_find_on_b(
+    a: &Node,
+    b: &Node,
+    tenant: &clade_core::Tenant,
+    prefix: &str,
+) -> (usize, clade_core::SessionId) {
+    for shard in [0, 1] {
+        a.take(shard).await;
+    }
+    for shard in [2, 3] {
+        b.take(shard).await;
+    }
+    for n in 0..40 {
+        let (session, _) = b.ask(tenant, &format!("{prefix}{n}"), "hello").await;
+        if shard(session) >= 2 {
+            return (n, session);
+        }
+    }
+    panic!("40 sessions, none in b's shards");
+}
+
+/// Waits (checking every 20 ms, for 10 s at most) until `done`.
+async fn until_true(done: impl Fn() -> bool, what: &str) {
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        while !done() {
+            every.tick().await;
+        }
+    });
+    assert!(waited.await.is_ok(), "not within 10 s: {what}");
 }
 
 /// Rows committed to the outbox on one node reach the dispatchers of the others at once (the
