@@ -121,7 +121,7 @@ pub(crate) enum Command {
     /// List the configured models, or call one
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Model usage and cost per agent and model
+    /// Model usage and cost per agent, model and day; `estimate` prices a session on other models
     Usage(UsageArgs),
     /// List an agent's tools, or run one call through the model's path (policy, approval, sandbox, audit)
     #[command(subcommand)]
@@ -1464,13 +1464,39 @@ pub(crate) enum KindArg {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct UsageArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<UsageCommand>,
     /// Since when: a duration back from now (30m, 24h, 7d) or a date (2026-11-01)
     #[arg(long, default_value = "30d")]
     pub(crate) since: String,
+    /// Also per day (UTC)
+    #[arg(long)]
+    pub(crate) by_day: bool,
+    /// Every tenant's usage, one after the other (the operator's view of this data dir)
+    #[arg(long)]
+    pub(crate) all_tenants: bool,
     /// Print JSON instead of text
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum UsageCommand {
+    /// What a session's model calls cost, and what they would cost on other models
+    Estimate {
+        /// The session's id (`clade sessions list`)
+        #[arg(long)]
+        session: String,
+        /// A model of clade.yaml to price the calls on (repeat it); default: every model with a
+        /// price
+        #[arg(long = "model", value_name = "NAME")]
+        models: Vec<String>,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -40,6 +40,14 @@ impl Timestamp {
 }
 
 impl Timestamp {
+    /// Its day in UTC, `YYYY-MM-DD` (as its milliseconds outside the calendar's range).
+    pub fn date(self) -> String {
+        match jiff::Timestamp::from_millisecond(self.0) {
+            Ok(at) => at.strftime("%Y-%m-%d").to_string(),
+            Err(_) => format!("{}ms", self.0),
+        }
+    }
+
     /// `self` moved `by` forward (saturating).
     pub fn plus(self, by: Duration) -> Self {
         Self(self.0.saturating_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX)))
@@ -77,5 +85,7 @@ mod tests {
         assert_eq!(Timestamp::from_millis(951_782_400_000).to_string(), "2000-02-29T00:00:00.000Z");
         assert_eq!(Timestamp::from_millis(-1).to_string(), "1969-12-31T23:59:59.999Z");
         assert_eq!(Timestamp::from_millis(i64::MAX).to_string(), format!("{}ms", i64::MAX));
+        assert_eq!(Timestamp::from_millis(1_795_338_294_123).date(), "2026-11-22");
+        assert_eq!(Timestamp::from_millis(-1).date(), "1969-12-31");
     }
 }

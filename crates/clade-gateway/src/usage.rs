@@ -28,11 +28,13 @@ pub(crate) async fn get(
     // Rows are per agent and model, so several agents' reads simply add up.
     let mut rows = Vec::new();
     for agent in reads {
-        rows.extend(state.of(&tenant).usage().summary(agent, Timestamp::from_millis(since)).await?);
+        let since = Timestamp::from_millis(since);
+        rows.extend(state.of(&tenant).usage().summary(agent, since, query.by_day).await?);
     }
     let items = rows
         .into_iter()
         .map(|u| UsageItem {
+            day: u.day,
             agent: u.agent,
             model: u.model,
             calls: u.calls,

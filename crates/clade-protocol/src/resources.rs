@@ -165,9 +165,12 @@ pub struct UsageQuery {
     #[serde(default)]
     #[schemars(range(min = i64::MIN, max = i64::MAX))]
     pub since: Option<i64>,
+    /// Also per day (UTC): each item then names its `day`.
+    #[serde(default)]
+    pub by_day: bool,
 }
 
-/// Model usage summed per agent and model.
+/// Model usage summed per agent and model (and day, with `by_day`).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct UsageResponse {
@@ -178,6 +181,9 @@ pub struct UsageResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct UsageItem {
+    /// The day (UTC, `YYYY-MM-DD`), in a report by day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<String>,
     /// Agent handle; absent for calls made for the tenant itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,

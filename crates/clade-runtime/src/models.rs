@@ -434,13 +434,7 @@ impl Models {
     }
 
     fn entry(&self, name: &str, config: &ModelConfig, agent: Option<&Agent>) -> ModelEntry {
-        let p = config.price;
-        let price = Price {
-            input: p.input_per_mtok,
-            output: p.output_per_mtok,
-            cached_input: p.cached_input_per_mtok,
-            cache_write: p.cache_write_per_mtok,
-        };
+        let price = price_of(&config.price);
         let mut options = HttpOptions::new(
             config.base_url.clone().unwrap_or_else(|| default_base(config.provider).to_owned()),
         );
@@ -775,4 +769,14 @@ fn resolve(config: &Config, env: &EnvHints) -> (BTreeMap<String, ModelConfig>, R
             vec![models.keys().next().cloned().unwrap_or_else(|| SCRIPTED.to_owned())];
     }
     (models, routing)
+}
+
+/// The price a model's configuration states, as calls are charged.
+pub fn price_of(price: &clade_config::PriceConfig) -> Price {
+    Price {
+        input: price.input_per_mtok,
+        output: price.output_per_mtok,
+        cached_input: price.cached_input_per_mtok,
+        cache_write: price.cache_write_per_mtok,
+    }
 }

@@ -32,6 +32,7 @@ mod sessions;
 mod teams;
 mod tool_host;
 mod tools;
+mod usage;
 
 use anyhow::Result;
 use clade_config::LogFormat;
@@ -167,7 +168,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Hooks(cmd) => config::hooks(&ctx, cmd),
         Command::Channels(cmd) => channels::run(&ctx, cmd).await,
         Command::Models(cmd) => models::run(&ctx, cmd).await,
-        Command::Usage(args) => models::usage(&ctx, args).await,
+        Command::Usage(args) => usage::run(&ctx, args).await,
         Command::Tools(cmd) => tools::run(&ctx, cmd).await,
         Command::Approvals(cmd) => tools::approvals(&ctx, cmd).await,
         Command::Grants(cmd) => tools::grants(&ctx, cmd).await,

@@ -546,3 +546,68 @@ async fn every_provider_failure_reaches_the_api_as_a_plain_error() {
         plain(answer["error"]["message"].as_str().unwrap_or_default(), what);
     }
 }
+
+/// `clade usage estimate` prices a session's model calls on the models of clade.yaml (the
+/// recorded cost is the priced one's); `clade usage --by-day` and `/v1/usage?by_day=true`
+/// name each item's day; `--all-tenants` names each item's tenant. Another tenant's session,
+/// a session id that is no id and a model clade.yaml lacks are refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_cost_is_estimated_on_other_models_and_usage_reads_by_day() {
+    let stub = stub().await;
+    let mut env = Env::new();
+    env.vars.push(("STUB_KEY".into(), "sk-stub".into()));
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "models:\n  paid:\n    provider: openai\n    base_url: {url}/v1\n    api_key_env: STUB_KEY\n    price: {{ input_per_mtok: 2, output_per_mtok: 8 }}\n  cheap:\n    provider: openai\n    base_url: {url}/v1\n    api_key_env: STUB_KEY\n    price: {{ input_per_mtok: 0.1, output_per_mtok: 0.4 }}\nrouting:\n  default: [paid]\n",
+            url = stub.url()
+        ),
+    );
+    env.run(&["agents", "create", "ada"]).ok();
+    env.run(&["tenants", "create", "rival"]).ok();
+    let server = env.serve(&[]);
+    let mut session = String::new();
+    for text in ["hello", "how much do I cost?"] {
+        let body = json!({ "agent": "ada", "text": text, "wait": true,
+            "source": { "platform": "test", "channel": "c", "actor": "u" } });
+        let (status, answer) = server.send("POST", "/v1/events", None, Some(body)).await;
+        assert_eq!(status, 200, "{answer}");
+        session = answer["session_id"].as_str().unwrap().to_owned();
+    }
+    let daily = server.get_json("/v1/usage?by_day=true").await;
+    let day = daily["items"][0]["day"].as_str().unwrap_or_default().to_owned();
+    assert!(day.len() == 10 && day.as_bytes()[4] == b'-', "{daily}");
+    drop(server);
+
+    let estimate = env.run(&["usage", "estimate", "--session", &session, "--json"]).ok().json();
+    assert_eq!(estimate["calls"], 2, "{estimate}");
+    assert_eq!(estimate["models_used"], json!(["paid"]), "{estimate}");
+    let (input, output) =
+        (estimate["input_tokens"].as_f64().unwrap(), estimate["output_tokens"].as_f64().unwrap());
+    assert!(input > 0.0 && output > 0.0, "{estimate}");
+    let on = |model: &str| {
+        estimate["on"].as_array().unwrap().iter().find(|o| o["model"] == model).unwrap()["cost_usd"]
+            .as_f64()
+            .unwrap()
+    };
+    let expected = |per_in: f64, per_out: f64| (input * per_in + output * per_out) / 1e6;
+    assert!((on("paid") - expected(2.0, 8.0)).abs() < 2e-6, "{estimate}");
+    assert!((on("cheap") - expected(0.1, 0.4)).abs() < 2e-6, "{estimate}");
+    let recorded = estimate["recorded_cost_usd"].as_f64().unwrap();
+    assert!((recorded - on("paid")).abs() <= 2e-6, "recorded at paid's price: {estimate}");
+    let text = env.run(&["usage", "estimate", "--session", &session, "--model", "cheap"]).ok();
+    assert!(text.stdout.contains("cheap") && text.stdout.contains("0.05x"), "{}", text.stdout);
+
+    let by_day = env.run(&["usage", "--by-day", "--json"]).ok().json();
+    assert_eq!(by_day["items"][0]["day"], day.as_str(), "{by_day}");
+    let everyone = env.run(&["usage", "--all-tenants", "--json"]).ok().json();
+    assert!(everyone["items"].as_array().unwrap().iter().all(|i| i["tenant"] == "default"));
+    assert!(env.run(&["usage", "--all-tenants"]).ok().stdout.contains("TENANT"));
+
+    env.run(&["--tenant", "rival", "usage", "estimate", "--session", &session])
+        .fails_with("no session");
+    env.run(&["usage", "estimate", "--session", "nonsense"]).fails_with("is not a session id");
+    env.run(&["usage", "estimate", "--session", &session, "--model", "ghost"])
+        .fails_with("no model \"ghost\" in clade.yaml");
+    env.run(&["--agent", "ada", "usage", "--all-tenants"]).fails_with("--all-tenants");
+}

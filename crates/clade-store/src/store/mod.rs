@@ -26,9 +26,9 @@ pub use secret_rows::{SecretInfo, SecretRows};
 pub use tenancy::{NewAgent, TenantAgents, Tenants};
 pub(crate) use tokens::token_access_from_row;
 pub use tokens::{LeasedSession, TOKEN_PREFIX, TokenAccess, TokenInfo, Tokens};
-#[cfg(test)]
-pub(crate) use usage::USAGE_SUMMARY;
 pub(crate) use usage::insert_usage;
+#[cfg(test)]
+pub(crate) use usage::usage_summary_sql;
 pub use usage::{BudgetCounter, BudgetSettlement, Budgets, Usage, UsageRecord, UsageSummary};
 
 /// How to open a store.

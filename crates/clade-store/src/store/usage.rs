@@ -35,9 +35,11 @@ impl UsageRecord {
     }
 }
 
-/// Usage summed per agent and model.
+/// Usage summed per agent and model (and day).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageSummary {
+    /// The day (UTC, `YYYY-MM-DD`) of a report by day.
+    pub day: Option<String>,
     /// The agent's handle; `None` for calls made for the tenant, not an agent.
     pub agent: Option<String>,
     pub model: String,
@@ -142,12 +144,36 @@ const STORED_BYTES: &str = "SELECT CAST(\
 
 /// A tenant's usage since a time, per agent and model: one range of `model_usage`'s primary key
 /// (tenant, time), whatever other tenants used.
-pub(crate) const USAGE_SUMMARY: &str = "SELECT a.handle AS handle, u.model AS model, COUNT(*) AS calls, CAST(SUM(u.input_tokens) AS BIGINT) AS input, \
-             CAST(SUM(u.output_tokens) AS BIGINT) AS output, CAST(SUM(u.cached_tokens) AS BIGINT) AS cached, \
-             CAST(SUM(u.cache_write_tokens) AS BIGINT) AS cache_write, CAST(SUM(u.cost_micros) AS BIGINT) AS cost \
-             FROM model_usage u LEFT JOIN agents a ON a.id = u.agent_id \
-             WHERE u.tenant_id = $1 AND u.created_at >= $2 AND ($3 IS NULL OR u.agent_id = $3) \
-             GROUP BY a.handle, u.model ORDER BY a.handle, u.model";
+/// What every usage report sums, per group.
+const USAGE_SUMS: &str = "COUNT(*) AS calls, CAST(SUM(u.input_tokens) AS BIGINT) AS input, \
+     CAST(SUM(u.output_tokens) AS BIGINT) AS output, CAST(SUM(u.cached_tokens) AS BIGINT) AS cached, \
+     CAST(SUM(u.cache_write_tokens) AS BIGINT) AS cache_write, CAST(SUM(u.cost_micros) AS BIGINT) AS cost";
+
+/// A tenant's usage since a time ($2), of one agent ($3) or all, per agent and model, and per
+/// day (UTC days since the epoch, integer division on both backends) when `by_day`.
+pub(crate) fn usage_summary_sql(by_day: bool) -> String {
+    // A literal in GROUP BY would name a column by position: no day is no group.
+    let (day, by) =
+        if by_day { ("u.created_at / 86400000", "u.created_at / 86400000, ") } else { ("0", "") };
+    format!(
+        "SELECT {day} AS day, a.handle AS handle, u.model AS model, {USAGE_SUMS} \
+         FROM model_usage u LEFT JOIN agents a ON a.id = u.agent_id \
+         WHERE u.tenant_id = $1 AND u.created_at >= $2 AND ($3 IS NULL OR u.agent_id = $3) \
+         GROUP BY {by}a.handle, u.model ORDER BY {by}a.handle, u.model"
+    )
+}
+
+/// A tenant's ($1) usage by one session's ($2) work: the executions it owns (its turns, and
+/// the branches and workers it started), per agent and model.
+fn session_usage_sql() -> String {
+    format!(
+        "SELECT 0 AS day, a.handle AS handle, u.model AS model, {USAGE_SUMS} \
+         FROM model_usage u JOIN executions t ON t.id = u.turn_id \
+         LEFT JOIN agents a ON a.id = u.agent_id \
+         WHERE u.tenant_id = $1 AND t.tenant_id = $1 AND t.owner_id = $2 \
+         GROUP BY a.handle, u.model ORDER BY a.handle, u.model"
+    )
+}
 
 /// Budget counters, one per (scope, period, unit): reserved all-or-nothing, then settled.
 #[derive(Clone, Copy)]
@@ -277,37 +303,61 @@ impl Usage<'_> {
         Ok(u64::try_from(bytes).unwrap_or(0))
     }
 
-    /// Usage of a tenant since `since`, summed per agent and model ([`USAGE_SUMMARY`]).
+    /// Usage of a tenant since `since`, summed per agent and model, and per day (UTC) when
+    /// `by_day` ([`usage_summary_sql`]).
     pub async fn summary(
         self,
         agent: Option<AgentId>,
         since: Timestamp,
+        by_day: bool,
     ) -> Result<Vec<UsageSummary>> {
         let tenant = self.tenant;
         let rows = self
             .store
             .rows(
-                query(USAGE_SUMMARY)
+                query(usage_summary_sql(by_day))
                     .bind(tenant.as_bytes().to_vec())
                     .bind(since.as_millis())
                     .bind(agent.map(|a| a.as_bytes().to_vec())),
             )
             .await?;
-        rows.iter()
-            .map(|row| {
-                let sum =
-                    |col: &str| row.try_get::<i64, _>(col).map(|v| u64::try_from(v).unwrap_or(0));
-                Ok(UsageSummary {
-                    agent: row.try_get::<Option<String>, _>("handle")?,
-                    model: row.try_get("model")?,
-                    calls: sum("calls")?,
-                    input_tokens: sum("input")?,
-                    output_tokens: sum("output")?,
-                    cached_tokens: sum("cached")?,
-                    cache_write_tokens: sum("cache_write")?,
-                    cost_micros: sum("cost")?,
-                })
-            })
-            .collect()
+        rows.iter().map(|row| summary_of(row, by_day)).collect()
     }
+
+    /// What one of the tenant's sessions has used, per agent and model: the model calls of
+    /// the executions it owns (its turns, branches and workers). Another tenant's session
+    /// reads as one with no usage.
+    pub async fn of_session(self, session: clade_core::SessionId) -> Result<Vec<UsageSummary>> {
+        let rows = self
+            .store
+            .rows(
+                query(session_usage_sql())
+                    .bind(self.tenant.as_bytes().to_vec())
+                    .bind(session.as_bytes().to_vec()),
+            )
+            .await?;
+        rows.iter().map(|row| summary_of(row, false)).collect()
+    }
+}
+
+/// A usage report's row; its `day` when the report is by day.
+fn summary_of(row: &crate::db::Row, by_day: bool) -> Result<UsageSummary> {
+    let sum = |col: &str| row.try_get::<i64, _>(col).map(|v| u64::try_from(v).unwrap_or(0));
+    let day = if by_day {
+        let day: i64 = row.try_get("day")?;
+        Some(Timestamp::from_millis(day.saturating_mul(86_400_000)).date())
+    } else {
+        None
+    };
+    Ok(UsageSummary {
+        day,
+        agent: row.try_get::<Option<String>, _>("handle")?,
+        model: row.try_get("model")?,
+        calls: sum("calls")?,
+        input_tokens: sum("input")?,
+        output_tokens: sum("output")?,
+        cached_tokens: sum("cached")?,
+        cache_write_tokens: sum("cache_write")?,
+        cost_micros: sum("cost")?,
+    })
 }

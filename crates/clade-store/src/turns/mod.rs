@@ -485,7 +485,7 @@ mod tests {
             ("outbox ids issued", NEXT_OUTBOX_ID_SQLITE.to_owned(), "SEARCH meta"),
             (
                 "usage report",
-                crate::store::USAGE_SUMMARY.to_owned(),
+                crate::store::usage_summary_sql(true),
                 "PRIMARY KEY (tenant_id=? AND created_at>?)",
             ),
         ] {

@@ -32,7 +32,8 @@ async fn usage_is_recorded_and_summed_per_agent_and_model() {
         h.store.record_usage(record(Some(ada.id), "fast", 100)).await.unwrap();
         h.store.record_usage(record(Some(ada.id), "fast", 50)).await.unwrap();
         h.store.record_usage(record(None, "smart", 7)).await.unwrap();
-        let all = h.store.usage(tenant.id).summary(None, Timestamp::from_millis(0)).await.unwrap();
+        let all =
+            h.store.usage(tenant.id).summary(None, Timestamp::from_millis(0), false).await.unwrap();
         assert_eq!(all.len(), 2, "{}: {all:?}", h.name);
         let ada_fast = all.iter().find(|u| u.agent.as_deref() == Some("ada")).unwrap();
         assert_eq!(
@@ -44,14 +45,14 @@ async fn usage_is_recorded_and_summed_per_agent_and_model() {
         let only_ada = h
             .store
             .usage(tenant.id)
-            .summary(Some(ada.id), Timestamp::from_millis(0))
+            .summary(Some(ada.id), Timestamp::from_millis(0), false)
             .await
             .unwrap();
         assert_eq!(only_ada.len(), 1, "{}", h.name);
         let future = h
             .store
             .usage(tenant.id)
-            .summary(None, Timestamp::from_millis(i64::MAX / 2))
+            .summary(None, Timestamp::from_millis(i64::MAX / 2), false)
             .await
             .unwrap();
         assert!(future.is_empty(), "{}", h.name);
@@ -60,7 +61,7 @@ async fn usage_is_recorded_and_summed_per_agent_and_model() {
         assert!(
             h.store
                 .usage(other.id)
-                .summary(None, Timestamp::from_millis(0))
+                .summary(None, Timestamp::from_millis(0), false)
                 .await
                 .unwrap()
                 .is_empty()
@@ -68,7 +69,12 @@ async fn usage_is_recorded_and_summed_per_agent_and_model() {
         // Deleting the agent deletes its usage.
         h.agents.delete(tenant.id, "ada").await.unwrap();
         assert_eq!(
-            h.store.usage(tenant.id).summary(None, Timestamp::from_millis(0)).await.unwrap().len(),
+            h.store
+                .usage(tenant.id)
+                .summary(None, Timestamp::from_millis(0), false)
+                .await
+                .unwrap()
+                .len(),
             1,
             "{}",
             h.name
@@ -384,5 +390,65 @@ async fn stored_bytes_are_counted_per_tenant() {
         // Three texts of five bytes, plus the lifecycle events their acceptance wrote.
         assert!(after >= before + 15, "{}: {before} then {after}", h.name);
         assert_eq!(h.store.usage(other.id).stored_bytes().await.unwrap(), 0, "{}", h.name);
+    }
+}
+
+/// Usage reads by day (UTC) and by session: a session's report sums the model calls of its own
+/// turns, not another session's of the same agent, and reads as empty to another tenant.
+#[tokio::test]
+async fn usage_reads_by_day_and_by_session_within_the_tenant() {
+    for h in backends().await {
+        let (tenant, ada) = tenant_and_agent(&h.store, &h.agents, "ada").await;
+        let mut sessions = Vec::new();
+        for (channel, input) in [("c", 100), ("other", 7)] {
+            let accepted = accept(&h.store, &tenant, &ada, channel).await;
+            let turn = new_turn(&h.store, &accepted, &tenant, &ada);
+            let usage = UsageRecord {
+                tenant: tenant.id,
+                agent: Some(ada.id),
+                turn: Some(turn.id),
+                model: "fast".into(),
+                input_tokens: input,
+                output_tokens: 10,
+                cached_tokens: 3,
+                cache_write_tokens: 0,
+                cost_micros: 42,
+            };
+            let step = clade_store::JournalEntry {
+                step: clade_core::StepKey::Model { iteration: 0 },
+                data: "{}".into(),
+            };
+            h.store
+                .turns()
+                .begin(&turn, vec![accepted.event_id], Vec::new(), Some((step, Some(usage))), None)
+                .await
+                .unwrap();
+            sessions.push(accepted.session_id);
+        }
+        let today = h.store.now().date();
+        let daily =
+            h.store.usage(tenant.id).summary(None, Timestamp::from_millis(0), true).await.unwrap();
+        assert_eq!(daily.len(), 1, "{}: {daily:?}", h.name);
+        assert_eq!(daily[0].day.as_deref(), Some(today.as_str()), "{}", h.name);
+        assert_eq!((daily[0].calls, daily[0].input_tokens), (2, 107), "{}", h.name);
+        let plain =
+            h.store.usage(tenant.id).summary(None, Timestamp::from_millis(0), false).await.unwrap();
+        assert_eq!(plain[0].day, None, "{}", h.name);
+
+        let one = h.store.usage(tenant.id).of_session(sessions[0]).await.unwrap();
+        assert_eq!(one.len(), 1, "{}: {one:?}", h.name);
+        assert_eq!(
+            (one[0].agent.as_deref(), one[0].model.as_str(), one[0].calls),
+            (Some("ada"), "fast", 1),
+            "{}",
+            h.name
+        );
+        assert_eq!((one[0].input_tokens, one[0].cached_tokens), (100, 3), "{}", h.name);
+        let rival = h.store.tenants().create("rival").await.unwrap();
+        assert!(
+            h.store.usage(rival.id).of_session(sessions[0]).await.unwrap().is_empty(),
+            "{}: another tenant read the session's usage",
+            h.name
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! `clade models list|call` and `clade usage`.
+//! `clade models list|call|fetch`.
 
 use std::io::Write;
 
@@ -6,9 +6,8 @@ use anyhow::{Result, bail};
 use clade_core::Timestamp;
 use clade_model::{Message, ModelRequest, Params, StreamEvent};
 use clade_runtime::ProcessKind;
-use serde_json::json;
 
-use crate::cli::{KindArg, ModelsCommand, UsageArgs};
+use crate::cli::{KindArg, ModelsCommand};
 use crate::context::Ctx;
 use crate::output;
 
@@ -136,61 +135,6 @@ pub(crate) fn parse_span_ms(text: &str, flag: &str) -> Result<i64> {
         Ok(_) => Err(anyhow::anyhow!("invalid {flag} {text:?}: it must be longer than nothing")),
         Err(why) => Err(anyhow::anyhow!("invalid {flag}: {why}")),
     }
-}
-
-pub(super) async fn usage(ctx: &Ctx, args: UsageArgs) -> Result<()> {
-    let tenant = ctx.tenant().await?;
-    let since = parse_since(&args.since, ctx.store.now())?;
-    let agent = match ctx.explicit_agent() {
-        Some(handle) => Some(ctx.agent(Some(handle)).await?.id),
-        None => None,
-    };
-    let rows = ctx.store.usage(tenant.id).summary(agent, since).await?;
-    if args.json {
-        let items: Vec<_> = rows
-            .iter()
-            .map(|u| {
-                json!({
-                    "agent": u.agent, "model": u.model, "calls": u.calls,
-                    "input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
-                    "cached_tokens": u.cached_tokens, "cache_write_tokens": u.cache_write_tokens,
-                    "cost_usd": u.cost_micros as f64 / 1e6,
-                })
-            })
-            .collect();
-        return output::json(&json!({ "since": since.as_millis(), "items": items }));
-    }
-    if rows.is_empty() {
-        println!("no model usage in tenant {} since {since}", tenant.name);
-        return Ok(());
-    }
-    let mut table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|u| {
-            vec![
-                u.agent.clone().unwrap_or_else(|| "(tenant)".into()),
-                u.model.clone(),
-                u.calls.to_string(),
-                u.input_tokens.to_string(),
-                u.cached_tokens.to_string(),
-                u.output_tokens.to_string(),
-                format!("{:.4}", u.cost_micros as f64 / 1e6),
-            ]
-        })
-        .collect();
-    let total: u64 = rows.iter().map(|u| u.cost_micros).sum();
-    table.push(vec![
-        "total".into(),
-        String::new(),
-        rows.iter().map(|u| u.calls).sum::<u64>().to_string(),
-        String::new(),
-        String::new(),
-        String::new(),
-        format!("{:.4}", total as f64 / 1e6),
-    ]);
-    output::table(&["AGENT", "MODEL", "CALLS", "INPUT", "CACHED", "OUTPUT", "COST USD"], &table);
-    println!("since {since}");
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,200 @@
+//! `clade usage`: model usage and cost per agent and model (and day, and tenant), and
+//! `clade usage estimate`: what a session cost, and what it would cost on other models.
+
+use anyhow::{Context as _, Result, bail};
+use clade_store::UsageSummary;
+use serde_json::json;
+
+use super::models::parse_since;
+use crate::cli::{UsageArgs, UsageCommand};
+use crate::context::Ctx;
+use crate::output;
+
+pub(super) async fn run(ctx: &Ctx, args: UsageArgs) -> Result<()> {
+    match args.command {
+        Some(UsageCommand::Estimate { session, models, json }) => {
+            estimate(ctx, &session, &models, json).await
+        }
+        None => report(ctx, &args).await,
+    }
+}
+
+/// Dollars of `micros` millionths, as the tables print them.
+fn usd(micros: u64) -> String {
+    format!("{:.4}", micros as f64 / 1e6)
+}
+
+async fn report(ctx: &Ctx, args: &UsageArgs) -> Result<()> {
+    let since = parse_since(&args.since, ctx.store.now())?;
+    if args.all_tenants && ctx.explicit_agent().is_some() {
+        bail!("--all-tenants reads every tenant's agents: leave --agent out, or name --tenant");
+    }
+    let tenants = if args.all_tenants {
+        ctx.store.tenants().list().await?
+    } else {
+        vec![ctx.tenant().await?]
+    };
+    let agent = match ctx.explicit_agent() {
+        Some(handle) => Some(ctx.agent(Some(handle)).await?.id),
+        None => None,
+    };
+    let mut rows: Vec<(String, UsageSummary)> = Vec::new();
+    for tenant in &tenants {
+        let summary = ctx.store.usage(tenant.id).summary(agent, since, args.by_day).await?;
+        rows.extend(summary.into_iter().map(|u| (tenant.name.to_string(), u)));
+    }
+    if args.json {
+        let items: Vec<_> = rows
+            .iter()
+            .map(|(tenant, u)| {
+                let mut item = json!({
+                    "tenant": tenant, "agent": u.agent, "model": u.model, "calls": u.calls,
+                    "input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
+                    "cached_tokens": u.cached_tokens, "cache_write_tokens": u.cache_write_tokens,
+                    "cost_usd": u.cost_micros as f64 / 1e6,
+                });
+                if let Some(day) = &u.day {
+                    item["day"] = json!(day);
+                }
+                item
+            })
+            .collect();
+        return output::json(&json!({ "since": since.as_millis(), "items": items }));
+    }
+    if rows.is_empty() {
+        let whose = match tenants.as_slice() {
+            [one] => format!("tenant {}", one.name),
+            _ => "any tenant".to_owned(),
+        };
+        println!("no model usage in {whose} since {since}");
+        return Ok(());
+    }
+    let mut headers = vec!["AGENT", "MODEL", "CALLS", "INPUT", "CACHED", "OUTPUT", "COST USD"];
+    if args.by_day {
+        headers.insert(0, "DAY");
+    }
+    if args.all_tenants {
+        headers.insert(0, "TENANT");
+    }
+    let mut table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(tenant, u)| {
+            let mut row = vec![
+                u.agent.clone().unwrap_or_else(|| "(tenant)".into()),
+                u.model.clone(),
+                u.calls.to_string(),
+                u.input_tokens.to_string(),
+                u.cached_tokens.to_string(),
+                u.output_tokens.to_string(),
+                usd(u.cost_micros),
+            ];
+            if let Some(day) = &u.day {
+                row.insert(0, day.clone());
+            }
+            if args.all_tenants {
+                row.insert(0, tenant.clone());
+            }
+            row
+        })
+        .collect();
+    let mut total = vec![String::new(); headers.len()];
+    total[0] = "total".into();
+    total[headers.len() - 5] = rows.iter().map(|(_, u)| u.calls).sum::<u64>().to_string();
+    total[headers.len() - 1] = usd(rows.iter().map(|(_, u)| u.cost_micros).sum());
+    table.push(total);
+    output::table(&headers, &table);
+    println!("since {since}");
+    Ok(())
+}
+
+/// Prices a session's model calls: as recorded, and on each of `models` (default: every
+/// model of clade.yaml with a price).
+async fn estimate(ctx: &Ctx, session: &str, models: &[String], json: bool) -> Result<()> {
+    let id = clade_core::SessionId::parse(session).ok().with_context(|| {
+        format!("{session:?} is not a session id: `clade sessions list` shows them")
+    })?;
+    let tenant = ctx.tenant().await?;
+    // A session of another tenant reads as one that does not exist.
+    ctx.store.sessions(tenant.id).get(id).await.with_context(|| {
+        format!(
+            "no session {session} in tenant {}: `clade sessions list` shows its sessions",
+            tenant.name
+        )
+    })?;
+    let used = ctx.store.usage(tenant.id).of_session(id).await?;
+    let configured = &ctx.config.models;
+    for name in models {
+        if !configured.contains_key(name) {
+            let known: Vec<&str> = configured.keys().map(String::as_str).collect();
+            bail!(
+                "no model {name:?} in clade.yaml (models: {}): name one of them, or add it with its price",
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            );
+        }
+    }
+    let targets: Vec<&String> = if models.is_empty() {
+        configured.iter().filter(|(_, m)| m.price != Default::default()).map(|(n, _)| n).collect()
+    } else {
+        models.iter().collect()
+    };
+    let tokens = clade_model::types::Usage {
+        input_tokens: used.iter().map(|u| u.input_tokens).sum(),
+        output_tokens: used.iter().map(|u| u.output_tokens).sum(),
+        cached_input_tokens: used.iter().map(|u| u.cached_tokens).sum(),
+        cache_write_tokens: used.iter().map(|u| u.cache_write_tokens).sum(),
+    };
+    let calls: u64 = used.iter().map(|u| u.calls).sum();
+    let recorded: u64 = used.iter().map(|u| u.cost_micros).sum();
+    let priced: Vec<(&String, u64)> = targets
+        .iter()
+        .map(|name| {
+            let price = configured.get(*name).map(|m| clade_runtime::models::price_of(&m.price));
+            (*name, price.map_or(0, |p| p.cost_micros(&tokens)))
+        })
+        .collect();
+    if json {
+        let on: Vec<_> = priced
+            .iter()
+            .map(|(name, cost)| json!({ "model": name, "cost_usd": *cost as f64 / 1e6 }))
+            .collect();
+        return output::json(&json!({
+            "session": session, "calls": calls,
+            "input_tokens": tokens.input_tokens, "output_tokens": tokens.output_tokens,
+            "cached_tokens": tokens.cached_input_tokens, "cache_write_tokens": tokens.cache_write_tokens,
+            "models_used": used.iter().map(|u| &u.model).collect::<Vec<_>>(),
+            "recorded_cost_usd": recorded as f64 / 1e6,
+            "on": on,
+        }));
+    }
+    if calls == 0 {
+        println!("session {session} made no model calls: nothing to price");
+        return Ok(());
+    }
+    let models_used: Vec<&str> = used.iter().map(|u| u.model.as_str()).collect();
+    println!(
+        "session {session}: {calls} model calls on {}; {} input, {} cached, {} output tokens; recorded cost {} USD",
+        models_used.join(", "),
+        tokens.input_tokens,
+        tokens.cached_input_tokens,
+        tokens.output_tokens,
+        usd(recorded)
+    );
+    if priced.is_empty() {
+        println!(
+            "no model of clade.yaml has a price: add `price:` to one, or name one with --model"
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = priced
+        .iter()
+        .map(|(name, cost)| {
+            let versus = match recorded {
+                0 => "-".to_owned(),
+                _ => format!("{:.2}x", *cost as f64 / recorded as f64),
+            };
+            vec![(*name).clone(), usd(*cost), versus]
+        })
+        .collect();
+    output::table(&["ON MODEL", "COST USD", "VS RECORDED"], &rows);
+    Ok(())
+}
