@@ -375,6 +375,9 @@ fn the_gateway_never_reads_across_tenants() {
         // The operator naming another tenant's agent (`tenant/handle` as an OpenAI model),
         // looked up only once the caller is known to be the operator.
         "tenants().named",
+        // The tenants whose usage the operator's token asked for (`/v1/usage?all_tenants`),
+        // listed only once the caller is known to be the operator.
+        "tenants().list",
     ];
     let mut offenders = Vec::new();
     for file in rust_files(Path::new("crates/clade-gateway/src")) {

@@ -1,4 +1,5 @@
-//! `GET /v1/usage`: model usage and cost of the caller's tenant.
+//! `GET /v1/usage`: model usage and cost of the caller's tenant, or of every tenant for the
+//! operator.
 
 use axum::Extension;
 use axum::extract::rejection::QueryRejection;
@@ -9,7 +10,7 @@ use crate::AppState;
 use crate::agents::query_rejection;
 use crate::api::{UsageItem, UsageQuery, UsageResponse};
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 
 const DEFAULT_WINDOW_MS: i64 = 30 * 86_400_000;
 
@@ -20,30 +21,60 @@ pub(crate) async fn get(
 ) -> Result<axum::Json<UsageResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
     let since = query.since.unwrap_or_else(|| state.store.now().as_millis() - DEFAULT_WINDOW_MS);
+    let since_at = Timestamp::from_millis(since);
+    if query.all_tenants {
+        return every_tenant(&state, &tenant, &reach, &query, since_at)
+            .await
+            .map(|items| axum::Json(UsageResponse { since, items }));
+    }
     let agent = match &query.agent {
         Some(handle) => Some(state.of(&tenant).agents().get(handle).await?),
         None => None,
     };
     let reads = reach.listing(agent.as_ref())?;
     // Rows are per agent and model, so several agents' reads simply add up.
-    let mut rows = Vec::new();
+    let mut items = Vec::new();
     for agent in reads {
-        let since = Timestamp::from_millis(since);
-        rows.extend(state.of(&tenant).usage().summary(agent, since, query.by_day).await?);
+        let rows = state.of(&tenant).usage().summary(agent, since_at, query.by_day).await?;
+        items.extend(rows.into_iter().map(|u| item(None, u)));
     }
-    let items = rows
-        .into_iter()
-        .map(|u| UsageItem {
-            day: u.day,
-            agent: u.agent,
-            model: u.model,
-            calls: u.calls,
-            input_tokens: u.input_tokens,
-            output_tokens: u.output_tokens,
-            cached_tokens: u.cached_tokens,
-            cache_write_tokens: u.cache_write_tokens,
-            cost_micros: u.cost_micros,
-        })
-        .collect();
     Ok(axum::Json(UsageResponse { since, items }))
+}
+
+/// Every tenant's usage, each item naming its tenant: the operator's only.
+async fn every_tenant(
+    state: &AppState,
+    tenant: &clade_core::Tenant,
+    reach: &crate::auth::Reach,
+    query: &UsageQuery,
+    since: Timestamp,
+) -> Result<Vec<UsageItem>, ApiError> {
+    crate::config::operator_only(tenant, reach)?;
+    if query.agent.is_some() {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            "agent: a handle names an agent within one tenant; leave it out with all_tenants",
+        ));
+    }
+    let mut items = Vec::new();
+    for each in state.store.tenants().list().await? {
+        let rows = state.of(&each).usage().summary(None, since, query.by_day).await?;
+        items.extend(rows.into_iter().map(|u| item(Some(each.name.to_string()), u)));
+    }
+    Ok(items)
+}
+
+fn item(tenant: Option<String>, u: clade_store::UsageSummary) -> UsageItem {
+    UsageItem {
+        tenant,
+        day: u.day,
+        agent: u.agent,
+        model: u.model,
+        calls: u.calls,
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        cached_tokens: u.cached_tokens,
+        cache_write_tokens: u.cache_write_tokens,
+        cost_micros: u.cost_micros,
+    }
 }

@@ -168,6 +168,10 @@ pub struct UsageQuery {
     /// Also per day (UTC): each item then names its `day`.
     #[serde(default)]
     pub by_day: bool,
+    /// Every tenant's usage, each item naming its `tenant`: the operator's token only (an
+    /// admin token of the default tenant); to any other, the route is not found.
+    #[serde(default)]
+    pub all_tenants: bool,
 }
 
 /// Model usage summed per agent and model (and day, with `by_day`).
@@ -181,6 +185,9 @@ pub struct UsageResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct UsageItem {
+    /// The tenant's name, in a report of every tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// The day (UTC, `YYYY-MM-DD`), in a report by day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub day: Option<String>,

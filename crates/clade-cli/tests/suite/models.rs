@@ -577,6 +577,23 @@ async fn a_sessions_cost_is_estimated_on_other_models_and_usage_reads_by_day() {
     let daily = server.get_json("/v1/usage?by_day=true").await;
     let day = daily["items"][0]["day"].as_str().unwrap_or_default().to_owned();
     assert!(day.len() == 10 && day.as_bytes()[4] == b'-', "{daily}");
+    // Every tenant's usage is the operator's: a rival's admin token finds no such route, and
+    // sees none of the default tenant's calls in its own report.
+    let everyone = server.get_json("/v1/usage?all_tenants=true").await;
+    assert!(everyone["items"].as_array().unwrap().iter().all(|i| i["tenant"] == "default"));
+    assert_eq!(everyone["items"][0]["agent"], "ada", "{everyone}");
+    let rival = env.run(&["--tenant", "rival", "tokens", "create"]).ok().stdout.trim().to_owned();
+    let (status, refused) =
+        server.send("GET", "/v1/usage?all_tenants=true", Some(&rival), None).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (404, Some("route_not_found")),
+        "{refused}"
+    );
+    let (status, own) = server.send("GET", "/v1/usage", Some(&rival), None).await;
+    assert_eq!((status, own["items"].as_array().map(Vec::len)), (200, Some(0)), "{own}");
+    let (status, _) = server.send("GET", "/v1/usage?all_tenants=true&agent=ada", None, None).await;
+    assert_eq!(status, 400);
     drop(server);
 
     let estimate = env.run(&["usage", "estimate", "--session", &session, "--json"]).ok().json();
