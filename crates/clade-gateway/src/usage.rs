@@ -10,7 +10,7 @@ use crate::AppState;
 use crate::agents::query_rejection;
 use crate::api::{UsageItem, UsageQuery, UsageResponse};
 use crate::auth::Caller;
-use crate::error::{ApiError, Code};
+use crate::error::ApiError;
 
 const DEFAULT_WINDOW_MS: i64 = 30 * 86_400_000;
 
@@ -50,15 +50,19 @@ async fn every_tenant(
     since: Timestamp,
 ) -> Result<Vec<UsageItem>, ApiError> {
     crate::config::operator_only(tenant, reach)?;
-    if query.agent.is_some() {
-        return Err(ApiError::new(
-            Code::InvalidRequest,
-            "agent: a handle names an agent within one tenant; leave it out with all_tenants",
-        ));
-    }
     let mut items = Vec::new();
     for each in state.store.tenants().list().await? {
-        let rows = state.of(&each).usage().summary(None, since, query.by_day).await?;
+        let scope = state.of(&each);
+        // A handle names an agent within a tenant: the agents of that handle, where they are.
+        let agent = match &query.agent {
+            Some(handle) => match scope.agents().get(handle).await {
+                Ok(agent) => Some(agent.id),
+                Err(err) if err.is_not_found() => continue,
+                Err(err) => return Err(err.into()),
+            },
+            None => None,
+        };
+        let rows = scope.usage().summary(agent, since, query.by_day).await?;
         items.extend(rows.into_iter().map(|u| item(Some(each.name.to_string()), u)));
     }
     Ok(items)

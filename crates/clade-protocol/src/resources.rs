@@ -168,8 +168,9 @@ pub struct UsageQuery {
     /// Also per day (UTC): each item then names its `day`.
     #[serde(default)]
     pub by_day: bool,
-    /// Every tenant's usage, each item naming its `tenant`: the operator's token only (an
-    /// admin token of the default tenant); to any other, the route is not found.
+    /// Every tenant's usage, each item naming its `tenant` (with `agent`: each tenant's agent
+    /// of that handle): the operator's token only (an admin token of the default tenant); to
+    /// any other, the route is not found.
     #[serde(default)]
     pub all_tenants: bool,
 }

@@ -26,20 +26,24 @@ fn usd(micros: u64) -> String {
 
 async fn report(ctx: &Ctx, args: &UsageArgs) -> Result<()> {
     let since = parse_since(&args.since, ctx.store.now())?;
-    if args.all_tenants && ctx.explicit_agent().is_some() {
-        bail!("--all-tenants reads every tenant's agents: leave --agent out, or name --tenant");
-    }
     let tenants = if args.all_tenants {
         ctx.store.tenants().list().await?
     } else {
         vec![ctx.tenant().await?]
     };
-    let agent = match ctx.explicit_agent() {
-        Some(handle) => Some(ctx.agent(Some(handle)).await?.id),
-        None => None,
-    };
     let mut rows: Vec<(String, UsageSummary)> = Vec::new();
     for tenant in &tenants {
+        // A handle names an agent within a tenant: with --all-tenants, each one's of that
+        // handle, where there is one.
+        let agent = match ctx.explicit_agent() {
+            None => None,
+            Some(handle) if !args.all_tenants => Some(ctx.agent(Some(handle)).await?.id),
+            Some(handle) => match ctx.store.agents(tenant.id).get(handle).await {
+                Ok(agent) => Some(agent.id),
+                Err(err) if err.is_not_found() => continue,
+                Err(err) => return Err(err.into()),
+            },
+        };
         let summary = ctx.store.usage(tenant.id).summary(agent, since, args.by_day).await?;
         rows.extend(summary.into_iter().map(|u| (tenant.name.to_string(), u)));
     }
