@@ -176,7 +176,8 @@ async fn estimate(ctx: &Ctx, session: &str, models: &[String], json: bool) -> Re
     }
     let models_used: Vec<&str> = used.iter().map(|u| u.model.as_str()).collect();
     println!(
-        "session {session}: {calls} model calls on {}; {} input, {} cached, {} output tokens; recorded cost {} USD",
+        "session {session}: {calls} model call{} on {}; {} input, {} cached, {} output tokens; recorded cost {} USD",
+        if calls == 1 { "" } else { "s" },
         models_used.join(", "),
         tokens.input_tokens,
         tokens.cached_input_tokens,
