@@ -15,7 +15,7 @@ fn layer(name: &str) -> Option<u8> {
         "clade-stub" => 3,
         "clade-memory" => 3,
         "clade-runtime" => 4,
-        "clade-flow" | "clade-sched" | "clade-channels" | "clade-cluster" => 5,
+        "clade-flow" | "clade-sched" | "clade-channels" | "clade-cluster" | "clade-otlp" => 5,
         "clade-gateway" | "clade-sim" => 6,
         "clade-cli" => 7,
         _ => return None,

@@ -121,8 +121,12 @@ pub(crate) enum Command {
     /// List the configured models, or call one
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Model usage and cost per agent, model and day; `estimate` prices a session on other models
+    /// Model usage and cost per agent, model and day; `estimate` prices a session or a trace
+    /// file on other models
     Usage(UsageArgs),
+    /// A session's turns as OpenTelemetry traces (OTLP/JSON lines, GenAI conventions)
+    #[command(subcommand)]
+    Trace(TraceCommand),
     /// List an agent's tools, or run one call through the model's path (policy, approval, sandbox, audit)
     #[command(subcommand)]
     Tools(ToolsCommand),
@@ -1484,11 +1488,20 @@ pub(crate) struct UsageArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum UsageCommand {
-    /// What a session's model calls cost, and what they would cost on other models
+    /// What a session's (or a trace file's) model calls cost, and what they would cost on other
+    /// models
     Estimate {
+        /// A trace file: OTLP/JSON lines, as `clade trace export` writes them (or any exporter
+        /// following the GenAI conventions)
+        #[arg(
+            value_name = "FILE",
+            required_unless_present = "session",
+            conflicts_with = "session"
+        )]
+        file: Option<std::path::PathBuf>,
         /// The session's id (`clade sessions list`)
         #[arg(long)]
-        session: String,
+        session: Option<String>,
         /// A model of clade.yaml to price the calls on (repeat it); default: every model with a
         /// price
         #[arg(long = "model", value_name = "NAME")]
@@ -1496,6 +1509,23 @@ pub(crate) enum UsageCommand {
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TraceCommand {
+    /// Write a session's turns as OTLP/JSON lines, one export request per turn: the spans
+    /// `server.traces` sends a collector, for a file, a replay or `clade usage estimate FILE`
+    Export {
+        /// The session's id (`clade sessions list`)
+        #[arg(long)]
+        session: String,
+        /// Write here instead of standard output
+        #[arg(long, short = 'o', value_name = "PATH")]
+        output: Option<std::path::PathBuf>,
+        /// Include what was said: models' answers, tool arguments and results
+        #[arg(long)]
+        content: bool,
     },
 }
 

@@ -154,7 +154,59 @@ pub(crate) fn environment_check(config: &Config) -> std::result::Result<(), Unme
     discord_bots_of(config)?;
     hooks_of(config)?;
     subscribers_of(config)?;
+    traces_options_of(config, "")?;
     Ok(())
+}
+
+/// The OTLP exporter's options as `server.traces` sets them, its headers read from the
+/// environment; `None` when traces are off. `instance` names this node in the resource.
+pub(crate) fn traces_options_of(
+    config: &Config,
+    instance: &str,
+) -> std::result::Result<Option<clade_otlp::Options>, Unmet> {
+    let Some(traces) = &config.server.traces else { return Ok(None) };
+    let headers = traces
+        .headers_env
+        .iter()
+        .map(|(name, variable)| {
+            let value = env_value(variable).ok_or_else(|| {
+                Unmet(format!(
+                    "server.traces.headers_env.{name}: environment variable {variable} (the header's value) is not set"
+                ))
+            })?;
+            Ok((name.clone(), value))
+        })
+        .collect::<std::result::Result<_, Unmet>>()?;
+    Ok(Some(clade_otlp::Options {
+        endpoint: traces.endpoint.trim().to_owned(),
+        protocol: match traces.protocol {
+            clade_config::OtlpProtocol::Http => clade_otlp::Protocol::Http,
+            clade_config::OtlpProtocol::Grpc => clade_otlp::Protocol::Grpc,
+        },
+        headers,
+        content: if traces.content {
+            clade_otlp::Content::Included
+        } else {
+            clade_otlp::Content::Omitted
+        },
+        service_name: traces.service_name.clone(),
+        instance: instance.to_owned(),
+        timeout: std::time::Duration::from_secs(traces.timeout_secs),
+        max_attempts: traces.max_attempts,
+    }))
+}
+
+/// This node's name in traces: the cluster's name for it, else the machine's.
+pub(crate) fn instance_name(config: &Config) -> String {
+    config
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.node_name(env_value(clade_config::NODE_ENV)).ok())
+        .or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+            Some(host.trim().to_owned()).filter(|host| !host.is_empty())
+        })
+        .unwrap_or_else(|| "clade".into())
 }
 
 /// An environment variable a channel needs, or an error naming it and what it holds.

@@ -50,6 +50,10 @@ pub struct ServerConfig {
     /// and says so); `enabled: false` turns them off.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// OpenTelemetry traces of every tenant's turns (GenAI conventions), sent to a collector
+    /// over OTLP. Off unless set; takes effect at the next start.
+    #[serde(default)]
+    pub traces: Option<TracesConfig>,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +66,7 @@ impl Default for ServerConfig {
             admin_socket: None,
             grpc: None,
             metrics: None,
+            traces: None,
         }
     }
 }
@@ -117,6 +122,60 @@ impl Default for MetricsConfig {
             max_tenants: default_metric_tenants(),
         }
     }
+}
+
+/// Where the gateway sends its traces, and what they carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TracesConfig {
+    /// The collector's OTLP endpoint: `http://127.0.0.1:4318` for `http` (spans go to
+    /// `/v1/traces` under it), `http://127.0.0.1:4317` for `grpc` (`https://` for TLS).
+    #[schemars(regex(pattern = r"^https?://[^\s/]+"))]
+    pub endpoint: String,
+    /// `http` (OTLP's `http/protobuf`, the default) or `grpc`.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Headers sent with every export, each read from an environment variable (a vendor's API
+    /// key, say): `{"x-api-key": "TRACES_API_KEY"}`.
+    #[serde(default)]
+    pub headers_env: std::collections::BTreeMap<String, String>,
+    /// Put what was said on spans: models' answers, tool arguments and results. Off by default:
+    /// spans carry names, ids, token counts, costs and times only.
+    #[serde(default)]
+    pub content: bool,
+    /// The resource's `service.name`.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Seconds one export may take.
+    #[serde(default = "default_traces_timeout")]
+    #[schemars(range(min = 1, max = 300))]
+    pub timeout_secs: u64,
+    /// Tries for one turn's spans before they are given up (dead-lettered as subscriber
+    /// `otlp`), with the outbox's back-off between tries.
+    #[serde(default = "default_traces_attempts")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_attempts: u32,
+}
+
+/// How traces reach the collector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpProtocol {
+    #[default]
+    Http,
+    Grpc,
+}
+
+fn default_service_name() -> String {
+    "clade".into()
+}
+
+fn default_traces_timeout() -> u64 {
+    10
+}
+
+fn default_traces_attempts() -> u32 {
+    8
 }
 
 /// The metrics listener a gateway starts ([`ServerConfig::metrics_listener`]).
@@ -244,6 +303,50 @@ impl Config {
                 return fail(format!(
                     "server.metrics.max_tenants: {} is not 1 to 100000",
                     metrics.max_tenants
+                ));
+            }
+        }
+        if let Some(traces) = &self.server.traces {
+            self.check_traces(traces)?;
+        }
+        Ok(())
+    }
+
+    fn check_traces(&self, traces: &TracesConfig) -> Result<(), Invalid> {
+        let endpoint = traces.endpoint.trim();
+        let host = endpoint
+            .strip_prefix("http://")
+            .or_else(|| endpoint.strip_prefix("https://"))
+            .map(|rest| rest.split('/').next().unwrap_or_default());
+        if host.is_none_or(|host| host.is_empty() || host.contains(char::is_whitespace)) {
+            return fail(format!(
+                "server.traces.endpoint: {:?} is not an http:// or https:// URL, such as http://127.0.0.1:4318",
+                traces.endpoint
+            ));
+        }
+        if !(1..=300).contains(&traces.timeout_secs) {
+            return fail(format!(
+                "server.traces.timeout_secs: {} is not 1 to 300",
+                traces.timeout_secs
+            ));
+        }
+        if !(1..=100).contains(&traces.max_attempts) {
+            return fail(format!(
+                "server.traces.max_attempts: {} is not 1 to 100",
+                traces.max_attempts
+            ));
+        }
+        if traces.service_name.trim().is_empty() {
+            return fail("server.traces.service_name: name the service, such as clade".into());
+        }
+        for (name, variable) in &traces.headers_env {
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if name.is_empty() || !name.chars().all(token) {
+                return fail(format!("server.traces.headers_env: {name:?} is not a header name"));
+            }
+            if variable.trim().is_empty() {
+                return fail(format!(
+                    "server.traces.headers_env.{name}: name the environment variable holding its value"
                 ));
             }
         }

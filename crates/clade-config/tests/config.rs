@@ -443,3 +443,40 @@ fn the_cluster_section_is_checked() {
     let err = parse("cluster:\n  assignment: round_robin\n").unwrap_err();
     assert!(err.contains("round_robin") && err.contains("bin_pack"), "{err}");
 }
+
+/// `server.traces`: an endpoint that is no http(s) URL, a header name that cannot be one, and
+/// numbers out of range are each refused naming the field; a good one parses with its defaults.
+#[test]
+fn traces_settings_are_checked() {
+    let check = |traces: &str| {
+        let text = format!("server:\n  traces:\n{traces}");
+        parse(&text)?.check(Path::new("clade.yaml")).map_err(|e| e.to_string())
+    };
+    check("    endpoint: http://127.0.0.1:4318\n").unwrap();
+    let config =
+        parse("server:\n  traces:\n    endpoint: https://otel.example:4317\n    protocol: grpc\n")
+            .unwrap();
+    let traces = config.server.traces.unwrap();
+    assert_eq!((traces.protocol, traces.content), (clade_config::OtlpProtocol::Grpc, false));
+    assert_eq!((traces.service_name.as_str(), traces.timeout_secs), ("clade", 10));
+    for (bad, field) in [
+        ("    endpoint: 127.0.0.1:4318\n", "server.traces.endpoint"),
+        ("    endpoint: 'http:// spaced'\n", "server.traces.endpoint"),
+        ("    endpoint: http://h\n    timeout_secs: 0\n", "server.traces.timeout_secs"),
+        ("    endpoint: http://h\n    max_attempts: 1000\n", "server.traces.max_attempts"),
+        ("    endpoint: http://h\n    service_name: ' '\n", "server.traces.service_name"),
+        (
+            "    endpoint: http://h\n    headers_env:\n      'bad name': V\n",
+            "server.traces.headers_env",
+        ),
+        (
+            "    endpoint: http://h\n    headers_env:\n      x-key: ''\n",
+            "server.traces.headers_env.x-key",
+        ),
+    ] {
+        let err = check(bad).unwrap_err();
+        assert!(err.contains(field), "{bad:?}: {err}");
+    }
+    let err = check("    endpoint: http://h\n    protocol: thrift\n").unwrap_err();
+    assert!(err.contains("thrift"), "{err}");
+}

@@ -190,7 +190,7 @@ pub(crate) fn turn_not_found(session: &str, turn: &str) -> ApiError {
 }
 
 fn turn_response(record: TurnRecord) -> TurnResponse {
-    let TurnRecord { turn: t, events, usage, steps } = record;
+    let TurnRecord { turn: t, events, usage, steps, .. } = record;
     TurnResponse {
         step_count: steps.len() as u64,
         id: t.id.to_string(),

@@ -32,6 +32,7 @@ mod sessions;
 mod teams;
 mod tool_host;
 mod tools;
+mod trace;
 mod usage;
 
 use anyhow::Result;
@@ -169,6 +170,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Channels(cmd) => channels::run(&ctx, cmd).await,
         Command::Models(cmd) => models::run(&ctx, cmd).await,
         Command::Usage(args) => usage::run(&ctx, args).await,
+        Command::Trace(command) => trace::run(&ctx, command).await,
         Command::Tools(cmd) => tools::run(&ctx, cmd).await,
         Command::Approvals(cmd) => tools::approvals(&ctx, cmd).await,
         Command::Grants(cmd) => tools::grants(&ctx, cmd).await,

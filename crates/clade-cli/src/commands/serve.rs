@@ -61,6 +61,16 @@ pub(super) async fn run(ctx: &Ctx, front: Front) -> Result<()> {
             "the gateway's key cannot be read: paired subscribers receive nothing"
         ),
     }
+    let instance = crate::context::instance_name(&ctx.config);
+    if let Some(options) =
+        crate::context::traces_options_of(&ctx.config, &instance).map_err(anyhow::Error::msg)?
+    {
+        let endpoint = options.endpoint.clone();
+        let exporter = clade_otlp::Exporter::new(ctx.store.clone(), options)
+            .context("server.traces cannot be used: fix it in clade.yaml, then start again")?;
+        subscribers.push(exporter.subscriber());
+        tracing::info!(endpoint = %endpoint, "turns are traced to the OTLP collector");
+    }
     let models = ctx.models();
     let sandbox = check_sandbox(ctx);
     let sources = ctx.tool_sources(sandbox.clone());

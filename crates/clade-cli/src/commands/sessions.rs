@@ -291,7 +291,7 @@ async fn show(ctx: &Ctx, tenant: &clade_core::Tenant, id: &str, json: bool) -> R
         .await?;
     if json {
         let mut items = Vec::with_capacity(turns.len());
-        for clade_store::TurnRecord { turn: t, events, usage, steps } in &turns {
+        for clade_store::TurnRecord { turn: t, events, usage, steps, .. } in &turns {
             // The API's typed view of each step (`GET …/turns/{turn}/steps`).
             let steps = steps
                 .iter()
@@ -311,7 +311,7 @@ async fn show(ctx: &Ctx, tenant: &clade_core::Tenant, id: &str, json: bool) -> R
         "session {} ({} / {} / {})",
         session.id, session.source.platform, session.source.channel, session.source.actor
     );
-    for clade_store::TurnRecord { turn, events, usage, steps } in turns {
+    for clade_store::TurnRecord { turn, events, usage, steps, .. } in turns {
         for event in events {
             println!("> {}", event.text);
         }

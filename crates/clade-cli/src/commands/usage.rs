@@ -12,8 +12,13 @@ use crate::output;
 
 pub(super) async fn run(ctx: &Ctx, args: UsageArgs) -> Result<()> {
     match args.command {
-        Some(UsageCommand::Estimate { session, models, json }) => {
-            estimate(ctx, &session, &models, json).await
+        Some(UsageCommand::Estimate { file, session, models, json }) => {
+            let used = match (&file, &session) {
+                (Some(file), _) => used_in_file(file)?,
+                (None, Some(session)) => used_in_session(ctx, session).await?,
+                (None, None) => bail!("name a trace file, or a session with --session"),
+            };
+            estimate(ctx, used, &models, json)
         }
         None => report(ctx, &args).await,
     }
@@ -111,21 +116,84 @@ async fn report(ctx: &Ctx, args: &UsageArgs) -> Result<()> {
     Ok(())
 }
 
-/// Prices a session's model calls: as recorded, and on each of `models` (default: every
-/// model of clade.yaml with a price).
-async fn estimate(ctx: &Ctx, session: &str, models: &[String], json: bool) -> Result<()> {
-    let id = clade_core::SessionId::parse(session).ok().with_context(|| {
-        format!("{session:?} is not a session id: `clade sessions list` shows them")
+/// What a session or a trace file used: its model calls' tokens and recorded cost.
+struct Used {
+    /// `session <id>` or `<file>`, as the report names it.
+    what: String,
+    /// Its `session` or `file` field in JSON.
+    field: (&'static str, String),
+    calls: u64,
+    tokens: clade_model::types::Usage,
+    recorded: u64,
+    models: Vec<String>,
+}
+
+async fn used_in_session(ctx: &Ctx, session: &str) -> Result<Used> {
+    let (tenant, found) = super::trace::session_of(ctx, session).await?;
+    let used = ctx.store.usage(tenant.id).of_session(found.id).await?;
+    Ok(Used {
+        what: format!("session {session}"),
+        field: ("session", session.to_owned()),
+        calls: used.iter().map(|u| u.calls).sum(),
+        tokens: clade_model::types::Usage {
+            input_tokens: used.iter().map(|u| u.input_tokens).sum(),
+            output_tokens: used.iter().map(|u| u.output_tokens).sum(),
+            cached_input_tokens: used.iter().map(|u| u.cached_tokens).sum(),
+            cache_write_tokens: used.iter().map(|u| u.cache_write_tokens).sum(),
+        },
+        recorded: used.iter().map(|u| u.cost_micros).sum(),
+        models: used.into_iter().map(|u| u.model).collect(),
+    })
+}
+
+/// The model calls of a trace file: every span of a GenAI `chat` (or other model) operation,
+/// with its token counts; the recorded cost is Clade's own `clade.cost_micros` where present.
+fn used_in_file(path: &std::path::Path) -> Result<Used> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!("cannot read {}: name a file `clade trace export` wrote", path.display())
     })?;
-    let tenant = ctx.tenant().await?;
-    // A session of another tenant reads as one that does not exist.
-    ctx.store.sessions(tenant.id).get(id).await.with_context(|| {
-        format!(
-            "no session {session} in tenant {}: `clade sessions list` shows its sessions",
-            tenant.name
-        )
-    })?;
-    let used = ctx.store.usage(tenant.id).of_session(id).await?;
+    let mut used = Used {
+        what: path.display().to_string(),
+        field: ("file", path.display().to_string()),
+        calls: 0,
+        tokens: clade_model::types::Usage::default(),
+        recorded: 0,
+        models: Vec::new(),
+    };
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let value: serde_json::Value = serde_json::from_str(line).with_context(|| {
+            format!(
+                "{}:{}: not JSON: a trace file holds one OTLP/JSON export request per line",
+                path.display(),
+                n + 1
+            )
+        })?;
+        for span in clade_otlp::wire::spans_of_json(&value) {
+            let operation = span.str("gen_ai.operation.name").unwrap_or_default();
+            // The agent's span sums its calls: counting it too would count them twice.
+            if !matches!(operation, "chat" | "text_completion" | "generate_content") {
+                continue;
+            }
+            used.calls += 1;
+            used.tokens.input_tokens += span.uint("gen_ai.usage.input_tokens").unwrap_or(0);
+            used.tokens.output_tokens += span.uint("gen_ai.usage.output_tokens").unwrap_or(0);
+            used.tokens.cached_input_tokens +=
+                span.uint("gen_ai.usage.cache_read.input_tokens").unwrap_or(0);
+            used.tokens.cache_write_tokens +=
+                span.uint("gen_ai.usage.cache_creation.input_tokens").unwrap_or(0);
+            used.recorded += span.uint("clade.cost_micros").unwrap_or(0);
+            let model = span.str("gen_ai.response.model").or(span.str("gen_ai.request.model"));
+            if let Some(model) = model.filter(|m| !used.models.iter().any(|u| u == m)) {
+                used.models.push(model.to_owned());
+            }
+        }
+    }
+    Ok(used)
+}
+
+/// Prices what was used: as recorded, and on each of `models` (default: every model of
+/// clade.yaml with a price).
+fn estimate(ctx: &Ctx, used: Used, models: &[String], json: bool) -> Result<()> {
     let configured = &ctx.config.models;
     for name in models {
         if !configured.contains_key(name) {
@@ -141,14 +209,7 @@ async fn estimate(ctx: &Ctx, session: &str, models: &[String], json: bool) -> Re
     } else {
         models.iter().collect()
     };
-    let tokens = clade_model::types::Usage {
-        input_tokens: used.iter().map(|u| u.input_tokens).sum(),
-        output_tokens: used.iter().map(|u| u.output_tokens).sum(),
-        cached_input_tokens: used.iter().map(|u| u.cached_tokens).sum(),
-        cache_write_tokens: used.iter().map(|u| u.cache_write_tokens).sum(),
-    };
-    let calls: u64 = used.iter().map(|u| u.calls).sum();
-    let recorded: u64 = used.iter().map(|u| u.cost_micros).sum();
+    let Used { what, field, calls, tokens, recorded, models: models_used } = used;
     let priced: Vec<(&String, u64)> = targets
         .iter()
         .map(|name| {
@@ -161,22 +222,23 @@ async fn estimate(ctx: &Ctx, session: &str, models: &[String], json: bool) -> Re
             .iter()
             .map(|(name, cost)| json!({ "model": name, "cost_usd": *cost as f64 / 1e6 }))
             .collect();
-        return output::json(&json!({
-            "session": session, "calls": calls,
+        let mut report = json!({
+            "calls": calls,
             "input_tokens": tokens.input_tokens, "output_tokens": tokens.output_tokens,
             "cached_tokens": tokens.cached_input_tokens, "cache_write_tokens": tokens.cache_write_tokens,
-            "models_used": used.iter().map(|u| &u.model).collect::<Vec<_>>(),
+            "models_used": models_used,
             "recorded_cost_usd": recorded as f64 / 1e6,
             "on": on,
-        }));
+        });
+        report[field.0] = json!(field.1);
+        return output::json(&report);
     }
     if calls == 0 {
-        println!("session {session} made no model calls: nothing to price");
+        println!("{what} made no model calls: nothing to price");
         return Ok(());
     }
-    let models_used: Vec<&str> = used.iter().map(|u| u.model.as_str()).collect();
     println!(
-        "session {session}: {calls} model call{} on {}; {} input, {} cached, {} output tokens; recorded cost {} USD",
+        "{what}: {calls} model call{} on {}; {} input, {} cached, {} output tokens; recorded cost {} USD",
         if calls == 1 { "" } else { "s" },
         models_used.join(", "),
         tokens.input_tokens,

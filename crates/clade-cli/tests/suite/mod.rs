@@ -28,6 +28,7 @@ mod support;
 mod telegram;
 mod tool_hosts;
 mod tools;
+mod traces;
 mod transfer;
 mod turns;
 mod webhooks;

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::support::{Env, write};
+use super::support::{Env, priced_models, write};
 
 async fn stub() -> clade_stub::Stub {
     clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap()
@@ -554,15 +554,7 @@ async fn every_provider_failure_reaches_the_api_as_a_plain_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sessions_cost_is_estimated_on_other_models_and_usage_reads_by_day() {
     let stub = stub().await;
-    let mut env = Env::new();
-    env.vars.push(("STUB_KEY".into(), "sk-stub".into()));
-    write(
-        &env.data_dir().join("clade.yaml"),
-        &format!(
-            "models:\n  paid:\n    provider: openai\n    base_url: {url}/v1\n    api_key_env: STUB_KEY\n    price: {{ input_per_mtok: 2, output_per_mtok: 8 }}\n  cheap:\n    provider: openai\n    base_url: {url}/v1\n    api_key_env: STUB_KEY\n    price: {{ input_per_mtok: 0.1, output_per_mtok: 0.4 }}\nrouting:\n  default: [paid]\n",
-            url = stub.url()
-        ),
-    );
+    let env = priced_models(&stub);
     env.run(&["agents", "create", "ada"]).ok();
     env.run(&["tenants", "create", "rival"]).ok();
     let server = env.serve(&[]);

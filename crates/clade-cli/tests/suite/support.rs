@@ -619,3 +619,18 @@ pub fn listener_host(gateway: &Env, vars: &[(&str, &str)]) -> Env {
     }
     host
 }
+
+/// A data dir whose clade.yaml routes to `stub` as `paid` ($2 and $8 a million tokens in and
+/// out), beside `cheap` ($0.10 and $0.40) on the same stub: for tests of costs and estimates.
+pub fn priced_models(stub: &clade_stub::Stub) -> Env {
+    let mut env = Env::new();
+    env.vars.push(("STUB_KEY".into(), "sk-stub".into()));
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "models:\n  paid:\n    provider: openai\n    base_url: {url}/v1\n    api_key_env: STUB_KEY\n    price: {{ input_per_mtok: 2, output_per_mtok: 8 }}\n  cheap:\n    provider: openai\n    base_url: {url}/v1\n    api_key_env: STUB_KEY\n    price: {{ input_per_mtok: 0.1, output_per_mtok: 0.4 }}\nrouting:\n  default: [paid]\n",
+            url = stub.url()
+        ),
+    );
+    env
+}

@@ -399,6 +399,8 @@ pub struct TurnRecord {
     pub usage: TurnUsage,
     /// In the order they were written.
     pub steps: Vec<JournalEntry>,
+    /// When each of `steps` was written, in the same order.
+    pub step_times: Vec<Timestamp>,
 }
 
 /// What a turn's model calls consumed.

@@ -49,6 +49,7 @@ impl Store {
                         cost_micros: n("usage_cost")?,
                     },
                     steps: Vec::new(),
+                    step_times: Vec::new(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -70,7 +71,8 @@ impl Store {
             .await?;
         let steps = self
             .rows(range(query(
-                "SELECT s.execution_id AS turn_id, s.step_key AS step, s.data AS data \
+                "SELECT s.execution_id AS turn_id, s.step_key AS step, s.data AS data, \
+                 s.created_at AS written_at \
                  FROM execution_steps s JOIN executions t ON t.id = s.execution_id \
                  WHERE s.execution_id BETWEEN $1 AND $2 AND t.owner_id = $3 \
                  ORDER BY s.execution_id, s.seq",
@@ -88,6 +90,7 @@ impl Store {
             let turn = TurnId::from_bytes(id_bytes(row, "turn_id")?);
             if let Some(&i) = index.get(&turn) {
                 records[i].steps.push(journal_entry(row)?);
+                records[i].step_times.push(Timestamp::from_millis(row.try_get("written_at")?));
             }
         }
         Ok(records)
