@@ -22,7 +22,7 @@ use clade_store::{OutboxRow, Store};
 use futures::future::BoxFuture;
 use prost::Message;
 
-use crate::spans::{Content, Owner, turn_spans};
+use crate::spans::{Content, Owner, trace_of};
 use crate::wire::{
     ExportTraceServiceRequest, ExportTraceServiceResponse, InstrumentationScope, Resource,
     ResourceSpans, ScopeSpans, Span,
@@ -167,7 +167,10 @@ impl Exporter {
         let Some(owner) = self.owner(row.tenant_id, record.turn.agent_id).await? else {
             return Ok(());
         };
-        let spans = turn_spans(&record, &owner, self.options.content);
+        let spans =
+            trace_of(&self.store, &record, &owner, self.options.content).await.map_err(|err| {
+                Refused::transient(format!("the turn's causes cannot be read: {err}"))
+            })?;
         let body = self.request(spans).encode_to_vec();
         match self.options.protocol {
             Protocol::Http => self.post_http(body, turn).await,

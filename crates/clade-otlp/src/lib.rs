@@ -12,7 +12,7 @@ pub mod spans;
 pub mod wire;
 
 pub use export::{Error, Exporter, Options, Protocol, SUBSCRIBER};
-pub use spans::{Content, Owner, turn_spans};
+pub use spans::{Content, Owner, trace_of, turn_spans};
 
 /// The resource spans are reported under: the service, its version and this node.
 pub fn resource(service_name: &str, instance: &str) -> wire::Resource {

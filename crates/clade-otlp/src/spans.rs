@@ -12,7 +12,7 @@ use clade_protocol::TurnStep;
 use clade_store::TurnRecord;
 use sha2::{Digest, Sha256};
 
-use crate::wire::{KeyValue, Span, SpanKind, Status, StatusCode};
+use crate::wire::{KeyValue, Link, Span, SpanKind, Status, StatusCode};
 
 /// Whether spans carry what was said (answers, tool arguments and results).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +53,8 @@ pub fn turn_spans(record: &TurnRecord, owner: &Owner, content: Content) -> Vec<S
     let mut previous = turn.started_at;
     // Tool calls started and not yet answered, by their step key's call.
     let mut open: Vec<(String, Span)> = Vec::new();
+    // The calls the latest model answer asked for, which name a call refused before it started.
+    let mut asked: Vec<clade_protocol::ModelToolCall> = Vec::new();
     for (entry, at) in record.steps.iter().zip(&record.step_times) {
         let Ok(step) = clade_runtime::step_view(entry) else { continue };
         let id = span_id(turn.id.as_bytes(), &entry.step.to_string());
@@ -67,22 +69,38 @@ pub fn turn_spans(record: &TurnRecord, owner: &Owner, content: Content) -> Vec<S
             ..Span::default()
         };
         match step {
-            TurnStep::ModelResponse { .. } => {
+            TurnStep::ModelResponse { ref tool_calls, .. } => {
                 let mut span = child(String::new(), SpanKind::Client, previous);
                 model_call(&mut span, &step, content);
                 spans.push(span);
+                asked.clone_from(tool_calls);
             }
             TurnStep::ToolStarted { ref name, .. } => {
                 let mut span = child(format!("execute_tool {name}"), SpanKind::Internal, *at);
                 tool_started(&mut span, &step, content);
                 open.push((call_of(entry.step), span));
             }
-            TurnStep::ToolResult { content: ref result, is_error, .. } => {
+            TurnStep::ToolResult { content: ref result, is_error, index, .. } => {
                 let call = call_of(entry.step);
                 let mut span = match open.iter().position(|(c, _)| *c == call) {
                     Some(i) => open.remove(i).1,
                     // Refused before it started: the span covers the refusal.
-                    None => child("execute_tool".into(), SpanKind::Internal, previous),
+                    None => {
+                        let asked = usize::try_from(index).ok().and_then(|i| asked.get(i));
+                        let name = asked.map_or("", |c| c.name.as_str());
+                        let mut span =
+                            child(format!("execute_tool {name}"), SpanKind::Internal, previous);
+                        span.attributes = vec![
+                            KeyValue::string("gen_ai.operation.name", "execute_tool"),
+                            KeyValue::string("gen_ai.tool.name", name),
+                            KeyValue::string(
+                                "gen_ai.tool.call.id",
+                                asked.map_or("", |c| c.id.as_str()),
+                            ),
+                            KeyValue::string("gen_ai.tool.type", "function"),
+                        ];
+                        span
+                    }
                 };
                 span.end_time_unix_nano = nanos(*at);
                 tool_result(&mut span, result, is_error, content);
@@ -98,6 +116,49 @@ pub fn turn_spans(record: &TurnRecord, owner: &Owner, content: Content) -> Vec<S
         spans.push(span);
     }
     spans
+}
+
+/// The turn's spans ([`turn_spans`]) with its turn span linked to the turns that caused it:
+/// the sender's turn of each agent message it answers, and the parent's turn of a branch or
+/// worker session. Spans of another trace, as links, never mix traces.
+pub async fn trace_of(
+    store: &clade_store::Store,
+    record: &TurnRecord,
+    owner: &Owner,
+    content: Content,
+) -> Result<Vec<Span>, clade_store::Error> {
+    let turn = &record.turn;
+    let mut links = Vec::new();
+    for message in store.messages(turn.tenant_id).of_turn(turn.id).await? {
+        let Some(from) = message.from_turn else { continue };
+        links.push(link_to(
+            from,
+            &[
+                KeyValue::string("clade.link", "message"),
+                KeyValue::string("clade.message.kind", message.kind.as_str()),
+                KeyValue::string("clade.message.from", message.from_handle),
+            ],
+        ));
+    }
+    if let Some(fork) = store.forks(turn.tenant_id).get(turn.session_id).await?
+        && let Some(parent) = fork.parent_turn
+    {
+        links.push(link_to(parent, &[KeyValue::string("clade.link", fork.kind.as_str())]));
+    }
+    let mut spans = turn_spans(record, owner, content);
+    if let Some(root) = spans.first_mut() {
+        root.links = links;
+    }
+    Ok(spans)
+}
+
+/// A link to another turn's own span.
+fn link_to(turn: clade_core::TurnId, attributes: &[KeyValue]) -> Link {
+    Link {
+        trace_id: turn.as_bytes().to_vec(),
+        span_id: span_id(turn.as_bytes(), "turn"),
+        attributes: attributes.to_vec(),
+    }
 }
 
 fn turn_attributes(record: &TurnRecord, owner: &Owner) -> Vec<KeyValue> {
@@ -204,9 +265,6 @@ fn tool_started(span: &mut Span, step: &TurnStep, content: Content) {
 }
 
 fn tool_result(span: &mut Span, result: &str, is_error: bool, content: Content) {
-    if span.attributes.is_empty() {
-        span.attributes.push(KeyValue::string("gen_ai.operation.name", "execute_tool"));
-    }
     if content == Content::Included {
         span.attributes.push(KeyValue::string("gen_ai.tool.call.result", clip(result)));
     }
@@ -247,4 +305,93 @@ fn clip(text: &str) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Test code.
+
+    use clade_core::{AgentId, SessionId, TenantId, TurnId};
+    use clade_store::{JournalEntry, TurnRow, TurnUsage};
+
+    use super::*;
+
+    /// A failed turn whose model asked for a tool that was refused before it started.
+    fn failed_turn() -> TurnRecord {
+        let at = |ms: i64| Timestamp::from_millis(1_800_000_000_000 + ms);
+        let model = serde_json::json!({
+            "model": "m", "text": "", "input_tokens": 12, "output_tokens": 3, "cost_micros": 7,
+            "route": ["m: ok"], "tool_calls": [{ "id": "c1", "name": "nope.tool", "arguments": "{}" }],
+        });
+        let result = serde_json::json!({ "content": "no tool nope.tool", "is_error": true });
+        TurnRecord {
+            turn: TurnRow {
+                id: TurnId::from_bytes([7; 16]),
+                session_id: SessionId::from_bytes([2; 16]),
+                tenant_id: TenantId::from_bytes([3; 16]),
+                agent_id: AgentId::from_bytes([4; 16]),
+                status: TurnStatus::Failed,
+                reply: None,
+                error: Some("the model is unreachable".into()),
+                model: Some("m".into()),
+                config_revision: 1,
+                started_at: at(0),
+                finished_at: Some(at(50)),
+            },
+            events: Vec::new(),
+            usage: TurnUsage { model_calls: 1, input_tokens: 12, output_tokens: 3, cost_micros: 7 },
+            steps: vec![
+                JournalEntry { step: StepKey::Model { iteration: 0 }, data: model.to_string() },
+                JournalEntry {
+                    step: StepKey::ToolResult { iteration: 0, index: 0 },
+                    data: result.to_string(),
+                },
+            ],
+            step_times: vec![at(20), at(21)],
+        }
+    }
+
+    fn attribute<'a>(span: &'a Span, key: &str) -> Option<&'a crate::wire::Any> {
+        span.attributes.iter().find(|kv| kv.key == key)?.value.as_ref()?.value.as_ref()
+    }
+
+    #[test]
+    fn a_failed_turn_and_a_refused_tool_are_errors_under_the_turns_span() {
+        let owner = Owner { tenant: "acme".into(), agent: "ada".into() };
+        let spans = turn_spans(&failed_turn(), &owner, Content::Omitted);
+        let [turn, chat, tool] = spans.as_slice() else { panic!("{spans:?}") };
+        assert_eq!(turn.trace_id, [7; 16].to_vec());
+        assert_eq!(turn.status.as_ref().unwrap().code, StatusCode::Error as i32);
+        assert_eq!(turn.status.as_ref().unwrap().message, "the model is unreachable");
+        assert_eq!(
+            (chat.start_time_unix_nano, chat.end_time_unix_nano),
+            (nanos(failed_turn().turn.started_at), nanos(failed_turn().step_times[0]))
+        );
+        assert_eq!(tool.name, "execute_tool nope.tool");
+        assert_eq!(
+            attribute(tool, "gen_ai.tool.call.id"),
+            Some(&crate::wire::Any::String("c1".into()))
+        );
+        assert_eq!(tool.status.as_ref().unwrap().code, StatusCode::Error as i32);
+        assert!(tool.status.as_ref().unwrap().message.is_empty(), "the result is content");
+        assert_eq!(attribute(tool, "gen_ai.tool.call.result"), None);
+        for child in [chat, tool] {
+            assert_eq!((&child.trace_id, &child.parent_span_id), (&turn.trace_id, &turn.span_id));
+            assert_eq!(child.span_id.len(), 8);
+            assert_ne!(child.span_id, turn.span_id);
+        }
+        // The same turn gives the same spans: a second delivery is recognisably the same.
+        assert_eq!(spans, turn_spans(&failed_turn(), &owner, Content::Omitted));
+        let with = turn_spans(&failed_turn(), &owner, Content::Included);
+        let result = attribute(&with[2], "gen_ai.tool.call.result");
+        assert_eq!(result, Some(&crate::wire::Any::String("no tool nope.tool".into())));
+    }
+
+    #[test]
+    fn long_text_is_clipped_on_a_character_boundary() {
+        let text = "é".repeat(MAX_TEXT);
+        let clipped = clip(&text);
+        assert!(clipped.len() <= MAX_TEXT + "…".len(), "{}", clipped.len());
+        assert!(clipped.ends_with('…'));
+    }
 }

@@ -45,7 +45,7 @@ pub(super) async fn run(ctx: &Ctx, command: TraceCommand) -> Result<()> {
             if record.turn.status == clade_core::TurnStatus::Running {
                 continue;
             }
-            let spans = clade_otlp::turn_spans(record, &owner, content);
+            let spans = clade_otlp::trace_of(&ctx.store, record, &owner, content).await?;
             let request = clade_otlp::export::request(resource.clone(), spans);
             writeln!(out, "{}", clade_otlp::wire::to_json(&request))?;
             turns += 1;

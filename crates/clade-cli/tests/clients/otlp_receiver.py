@@ -55,6 +55,11 @@ def flatten(request):
                     "end": span.end_time_unix_nano,
                     "attributes": {kv.key: plain(kv.value) for kv in span.attributes},
                     "status": {"code": span.status.code, "message": span.status.message},
+                    "links": [{
+                        "trace_id": link.trace_id.hex(),
+                        "span_id": link.span_id.hex(),
+                        "attributes": {kv.key: plain(kv.value) for kv in link.attributes},
+                    } for link in span.links],
                     "scope": ss.scope.name,
                     "resource": resource,
                 })

@@ -125,6 +125,8 @@ async fn every_tenants_turns_reach_a_collector_as_genai_spans_over_http_and_grpc
         receiver.http
     );
     write(&env.data_dir().join("clade.yaml"), &config);
+    env.run(&["agents", "create", "cy"]).ok();
+    env.run(&["--agent", "ada", "grants", "add", "--tool", "agent.ask", "--resource", "cy"]).ok();
     let server = env.serve(&[]);
     let tool = r#"/tool tools.find {"query":"memory"}"#;
     let (status, ada) = server.send("POST", "/v1/events", None, Some(event("ada", tool))).await;
@@ -132,8 +134,15 @@ async fn every_tenants_turns_reach_a_collector_as_genai_spans_over_http_and_grpc
     let (status, bob) =
         server.send("POST", "/v1/events", Some(&rival), Some(event("bob", "hi"))).await;
     assert_eq!(status, 200, "{bob}");
+    let (status, refused) =
+        server.send("POST", "/v1/events", None, Some(event("ada", "/tool nope.tool {}"))).await;
+    assert_eq!(status, 200, "{refused}");
+    let ask = r#"/tool agent.ask {"to":"cy","message":"hello cy"}"#;
+    let (status, asked) = server.send("POST", "/v1/events", None, Some(event("ada", ask))).await;
+    assert_eq!(status, 200, "{asked}");
 
-    let spans = receiver.spans_of(2).await;
+    // ada's three turns, bob's, and cy's answer to ada's ask.
+    let spans = receiver.spans_of(5).await;
     assert!(receiver.refused() >= 2, "the collector's first refusals were not met with a retry");
     let (root, children) = trace_of(&spans, ada["turn_id"].as_str().unwrap());
     assert_eq!(root["name"], "invoke_agent ada", "{root}");
@@ -166,6 +175,25 @@ async fn every_tenants_turns_reach_a_collector_as_genai_spans_over_http_and_grpc
             assert!(!attributes.contains_key(key), "{key} sent without `content: true`: {span}");
         }
     }
+    // A tool refused before it ran is an error span of its own, named by what the model asked.
+    let (_, children) = trace_of(&spans, refused["turn_id"].as_str().unwrap());
+    let nope = children.iter().find(|s| s["name"] == "execute_tool nope.tool").unwrap();
+    assert_eq!(nope["status"]["code"], 2, "{nope}");
+    assert_eq!(nope["attributes"]["error.type"], "tool_error", "{nope}");
+    // cy's turn answering ada's ask is linked to ada's turn, in ada's trace.
+    let (asker, _) = trace_of(&spans, asked["turn_id"].as_str().unwrap());
+    let cys = spans
+        .iter()
+        .find(|s| s["name"] == "invoke_agent cy")
+        .unwrap_or_else(|| panic!("no turn of cy: {spans:?}"));
+    let link = &cys["links"][0];
+    assert_eq!(
+        (&link["trace_id"], &link["span_id"]),
+        (&asker["trace_id"], &asker["span_id"]),
+        "{cys}"
+    );
+    assert_eq!(link["attributes"]["clade.message.kind"], "ask", "{link}");
+    assert_eq!(link["attributes"]["clade.message.from"], "ada", "{link}");
     let (bob_root, _) = trace_of(&spans, bob["turn_id"].as_str().unwrap());
     assert_eq!(bob_root["attributes"]["clade.tenant.name"], "rival", "{bob_root}");
     assert_eq!(bob_root["attributes"]["gen_ai.agent.name"], "bob");
@@ -181,7 +209,7 @@ async fn every_tenants_turns_reach_a_collector_as_genai_spans_over_http_and_grpc
     let server = env.serve(&[]);
     let (status, again) = server.send("POST", "/v1/events", None, Some(event("ada", tool))).await;
     assert_eq!(status, 200, "{again}");
-    let spans = receiver.spans_of(3).await;
+    let spans = receiver.spans_of(6).await;
     let by_grpc: Vec<_> =
         receiver.received().into_iter().filter(|r| r["transport"] == "grpc").collect();
     assert!(!by_grpc.is_empty(), "nothing came over gRPC");
