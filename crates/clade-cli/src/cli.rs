@@ -1601,6 +1601,10 @@ pub(crate) enum BenchCommand {
         /// what they cost a turn against a run without
         #[arg(long)]
         metrics: bool,
+        /// Trace every turn as `server.traces` does (OTLP/HTTP, to a receiver in this process
+        /// that takes each export), to measure what tracing costs a turn against a run without
+        #[arg(long)]
+        traces: bool,
         /// Swap in new settings, tools and models (a configuration revision's hot reload) this
         /// often while turns run, and report how many swaps there were and the slowest turn
         #[arg(long, value_name = "MS")]

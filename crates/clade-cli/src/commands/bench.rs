@@ -28,6 +28,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
             keep,
             model,
             metrics,
+            traces,
             reload_every_ms,
         } => {
             if metrics {
@@ -43,6 +44,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
                 keep,
                 model,
                 reload_every: reload_every_ms.map(Duration::from_millis),
+                traces,
             };
             super::bench_turns::run(ctx, &plan).await
         }

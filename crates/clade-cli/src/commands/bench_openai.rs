@@ -72,7 +72,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
     for &n in sessions {
         let stamp = ctx.store.now().as_millis();
         let root = ctx.data_dir.root().join("bench-openai");
-        let load = Load { sessions: n, total, rate, reload_every: None };
+        let load = Load { sessions: n, total, rate, reload_every: None, traces: None };
         let dir = root.join(format!("engine-{n}-{stamp}"));
         eprintln!("{n} sessions: in process…");
         let inside = measure(&dir, level, &load, Some(&model), Some(&stub)).await;

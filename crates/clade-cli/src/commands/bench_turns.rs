@@ -36,10 +36,13 @@ pub(super) struct Plan {
     pub(super) model: BenchModel,
     /// Hot reloads while turns run, this often.
     pub(super) reload_every: Option<Duration>,
+    /// Every turn traced over OTLP/HTTP to a receiver in this process.
+    pub(super) traces: bool,
 }
 
 pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
-    let Plan { sessions, total, durability: durabilities, rate, keep, model, reload_every } = plan;
+    let Plan { sessions, total, durability: durabilities, rate, keep, model, reload_every, traces } =
+        plan;
     let reload_every = *reload_every;
     if reload_every.is_some_and(|every| every.is_zero()) {
         bail!("--reload-every-ms must be at least 1");
@@ -74,6 +77,17 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         None => "the scripted model in-process (0 ms, no HTTP)".to_owned(),
     };
     println!("bench turns: {shown}, {total} turns per row, {mode}");
+    let traces = match traces {
+        true => {
+            let sink = TraceSink::start().await?;
+            println!(
+                "traces: every turn's spans sent over OTLP/HTTP to {} (in this process)",
+                sink.url
+            );
+            Some(sink)
+        }
+        false => None,
+    };
     println!(
         "{:<10} {:>9} {:>10} {:>16} {:>12} {:>12} {:>12} {:>14} {:>14} {:>13} {:>18} {:>18} {:>12} {:>40} {:>14} {:>14}",
         "durability",
@@ -105,7 +119,7 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
                 .root()
                 .join("bench-turns")
                 .join(format!("{durability}-{n}-{}", ctx.store.now().as_millis()));
-            let load = Load { sessions: n, total, rate, reload_every };
+            let load = Load { sessions: n, total, rate, reload_every, traces: traces.clone() };
             let row = measure(&dir, level, &load, model_config.as_ref(), stub.as_ref()).await;
             if keep {
                 eprintln!("kept {}", dir.display());
@@ -140,6 +154,12 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
                 format!("{}→{}", row.active_at_end, row.evicted_left),
                 row.disk_kib_per_turn
             );
+            if let Some(exported) = row.exported {
+                println!(
+                    "           {exported} of {} turns' spans taken by the trace receiver 2.5 s after the load",
+                    row.finished
+                );
+            }
             if let Some(every) = reload_every {
                 println!(
                     "           {} hot reloads (settings, tools and models swapped every {} ms); slowest turn {:.1} ms, {} of {} turns finished",
@@ -184,6 +204,8 @@ pub(super) async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
 }
 
 pub(super) struct Row {
+    /// Exports the trace receiver took, when traced.
+    exported: Option<u64>,
     writer_busy: f64,
     /// CPU time of this process per turn (every thread: engine, writer, readers, HTTP client).
     pub(super) cpu_micros_per_turn: f64,
@@ -234,6 +256,64 @@ pub(super) struct Load {
     pub(super) total: usize,
     pub(super) rate: Option<f64>,
     pub(super) reload_every: Option<Duration>,
+    /// Where the turns' spans go, when traced.
+    pub(super) traces: Option<TraceSink>,
+}
+
+/// An OTLP/HTTP receiver in this process: it takes every export (HTTP/1.1, kept alive) with an
+/// empty `200` and counts them, so a traced run pays for the exporter and a receiver as cheap
+/// as one can be.
+#[derive(Clone)]
+pub(super) struct TraceSink {
+    url: String,
+    taken: Arc<AtomicU64>,
+}
+
+impl TraceSink {
+    async fn start() -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let taken = Arc::new(AtomicU64::new(0));
+        let counted = taken.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(Self::take(socket, counted.clone()));
+            }
+        });
+        Ok(Self { url, taken })
+    }
+
+    async fn take(socket: tokio::net::TcpStream, taken: Arc<AtomicU64>) {
+        use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+        let mut socket = tokio::io::BufReader::new(socket);
+        loop {
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                match socket.read_line(&mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if socket.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            taken.fetch_add(1, AtomicOrdering::Relaxed);
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+            if socket.get_mut().write_all(answer).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 pub(super) async fn measure(
@@ -243,7 +323,7 @@ pub(super) async fn measure(
     model: Option<&clade_config::ModelConfig>,
     stub: Option<&StubProcess>,
 ) -> Result<Row> {
-    let Load { sessions, total, rate, reload_every } = *load;
+    let Load { sessions, total, rate, reload_every, ref traces } = *load;
     let data = DataDir::open(dir)?;
     let location = Location::Sqlite(data.sqlite_path());
     let options = StoreOptions {
@@ -293,6 +373,29 @@ pub(super) async fn measure(
         failpoints: clade_runtime::Failpoints::none(),
     };
     let engine = Engine::start(store.clone(), agents, models, options).await?;
+    // Traced as `clade serve` traces: the exporter is an outbox subscriber.
+    let taken_before = traces.as_ref().map(|sink| sink.taken.load(AtomicOrdering::Relaxed));
+    let _tracing = match traces {
+        Some(sink) => {
+            let options = clade_otlp::Options {
+                endpoint: sink.url.clone(),
+                protocol: clade_otlp::Protocol::Http,
+                headers: Vec::new(),
+                content: clade_otlp::Content::Omitted,
+                service_name: "clade-bench".into(),
+                instance: "bench".into(),
+                timeout: Duration::from_secs(10),
+                max_attempts: 8,
+            };
+            let exporter = clade_otlp::Exporter::new(store.clone(), options)?;
+            Some(clade_runtime::outbox::spawn(
+                store.clone(),
+                vec![exporter.subscriber()],
+                engine.outbox_signal(),
+            ))
+        }
+        None => None,
+    };
     // Hot reloads while the load runs: what a new configuration revision swaps in.
     let reloads = Arc::new(AtomicU64::new(0));
     let reloading = reload_every.map(|every| {
@@ -361,8 +464,13 @@ pub(super) async fn measure(
     let rss_left = rss_idle.saturating_sub(rss_before);
     // Read before the second wave, whose disk writes are not the load's.
     let written = written_bytes().saturating_sub(written_before);
+    let exported = traces
+        .as_ref()
+        .zip(taken_before)
+        .map(|(sink, before)| sink.taken.load(AtomicOrdering::Relaxed) - before);
     let rss_evicted = evicted_wave(&engine, &tenant, sessions).await?;
     Ok(Row {
+        exported,
         reloads: reloads.load(AtomicOrdering::Relaxed),
         max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
         finished: turns,
