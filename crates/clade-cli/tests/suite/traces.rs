@@ -8,7 +8,8 @@ use std::process::{Child, Stdio};
 use serde_json::{Value, json};
 
 use super::support::{
-    Env, ada_and_rival_bob, polled_within, priced_models, python_clients, run_client, write,
+    Env, ada_and_rival_bob, free_port, polled_within, priced_models, python_clients, run_client,
+    write,
 };
 
 /// The receiver, running until dropped.
@@ -225,8 +226,8 @@ async fn every_tenants_turns_reach_a_collector_as_genai_spans_over_http_and_grpc
     assert!(answered, "no model answer's text with `content: true`: {children:?}");
 }
 
-/// A session's turns export as OTLP/JSON that the protobuf JSON parser reads with unknown fields
-/// refused; the file prices on other models as the session does; a session of another tenant
+/// With the collector down, turns answer as ever. A session's turns export as OTLP/JSON that
+/// the protobuf JSON parser reads with unknown fields refused; the file prices on other models as the session does; a session of another tenant
 /// is not found; a file that is not OTLP/JSON is refused by line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sessions_trace_exports_as_otlp_json_and_prices_like_the_session() {
@@ -235,6 +236,11 @@ async fn a_sessions_trace_exports_as_otlp_json_and_prices_like_the_session() {
         clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
     let env = priced_models(&stub);
     let rival = ada_and_rival_bob(&env);
+    // A collector that is down: turns answer as ever, the spans wait in the outbox.
+    let config = env.data_dir().join("clade.yaml");
+    let mut yaml = std::fs::read_to_string(&config).unwrap();
+    yaml.push_str(&format!("server:\n  traces:\n    endpoint: http://127.0.0.1:{}\n", free_port()));
+    write(&config, &yaml);
     let server = env.serve(&[]);
     let (status, first) =
         server.send("POST", "/v1/events", None, Some(event("ada", "hello"))).await;
