@@ -1,6 +1,6 @@
 //! Repository chores, run as `cargo xtask <task>`.
 //!
-//! - `codegen`: regenerate the committed schemas (`docs/clade.schema.json`, `docs/openapi.json`)
+//! - `codegen`: regenerate the committed schemas (`docs/clade.schema.json`, `docs/flow.schema.json`, `docs/openapi.json`)
 //!   and the AgentHub's gRPC code (`crates/clade-gateway/src/hub/pb.rs`, from `proto/`, by a
 //!   protobuf compiler written in Rust: no `protoc` needed, and the gateway's build runs none).
 //! - `check-history <file>`: check a crash run's saved history against the reliability
@@ -27,6 +27,8 @@ fn main() -> anyhow::Result<()> {
                     "-p",
                     "clade-config",
                     "-p",
+                    "clade-flow",
+                    "-p",
                     "clade-gateway",
                     "-p",
                     "xtask",
@@ -37,7 +39,7 @@ fn main() -> anyhow::Result<()> {
                 .status()?;
             anyhow::ensure!(status.success(), "codegen failed");
             eprintln!(
-                "regenerated docs/clade.schema.json, docs/openapi.json and crates/clade-gateway/src/hub/pb.rs"
+                "regenerated docs/clade.schema.json, docs/flow.schema.json, docs/openapi.json and crates/clade-gateway/src/hub/pb.rs"
             );
             Ok(())
         }

@@ -32,8 +32,9 @@ pub use id::{
     TenantId, TokenId, TurnId,
 };
 pub use lifecycle::{
-    ApprovalStatus, AuditKind, EventKind, EventStatus, ExecutionKind, ExecutionStatus, LinkKind,
-    MemoryKind, MessageKind, ProcessKind, StepKey, StepKind, TurnStatus, Word,
+    ApprovalStatus, AuditKind, EventKind, EventStatus, ExecutionKind, ExecutionStatus,
+    FlowTaskStatus, LinkKind, MemoryKind, MessageKind, ProcessKind, StepKey, StepKind, TurnStatus,
+    Word,
 };
 pub use name::{
     DISPLAY_NAME_PATTERN, HANDLE_PATTERN, Handle, LABEL_PATTERN, NOT_BLANK_PATTERN,

@@ -325,7 +325,9 @@ vocabulary! {
         Worker = "worker",
         /// A child agent's run for its parent.
         SubAgent = "subagent",
-        /// One step of a declared workflow.
+        /// A declared workflow's run.
+        Flow = "flow",
+        /// One step of a declared workflow's run.
         FlowStep = "flow_step",
         /// A scheduled job's firing.
         CronFire = "cron_fire",
@@ -344,6 +346,18 @@ vocabulary! {
         Completed = "completed",
         Failed = "failed",
         Cancelled = "cancelled",
+    }
+}
+
+vocabulary! {
+    /// Where one task of a flow run stands.
+    FlowTaskStatus {
+        Pending = "pending",
+        Completed = "completed",
+        Failed = "failed",
+        /// Not run: its branch of a condition was not taken, a `goto` passed it, or its
+        /// parallel block was done without it.
+        Skipped = "skipped",
     }
 }
 

@@ -521,6 +521,24 @@ impl Executions<'_> {
         Ok(row)
     }
 
+    /// A tenant's executions of one kind, newest first.
+    pub async fn list_of(self, kind: ExecutionKind, limit: u32) -> Result<Vec<ExecutionRow>> {
+        let tenant = self.tenant;
+        let rows = self
+            .store
+            .rows(
+                query(format!(
+                    "SELECT {COLUMNS} FROM executions WHERE tenant_id = $1 AND kind = $2 \
+                     ORDER BY created_at DESC, id DESC LIMIT $3"
+                ))
+                .bind(tenant.as_bytes().to_vec())
+                .bind(kind.as_str().to_owned())
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.iter().map(execution_row).collect()
+    }
+
     /// A tenant's executions other than turns (a session lists its own), newest first.
     pub async fn list(self, limit: u32) -> Result<Vec<ExecutionRow>> {
         let tenant = self.tenant;
