@@ -109,6 +109,9 @@ pub(crate) enum Command {
     /// Runs: branches' and workers' runs and scheduled fires (turns with `--kind turn`)
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Declared multi-agent workflows: check a flow file, run it, steer its runs
+    #[command(subcommand)]
+    Flow(FlowCommand),
     /// Webhook deliveries that failed for good
     #[command(subcommand)]
     Deadletters(DeadlettersCommand),
@@ -599,6 +602,82 @@ pub(crate) struct ServerArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum FlowCommand {
+    /// Check a flow file (`*.flow.yaml`) without running it: every problem, as
+    /// file:line:column, or its tasks in run order
+    Check {
+        /// The flow file
+        file: PathBuf,
+    },
+    /// Run a flow file on the running gateway (`clade serve`); it prints the run's id, or with
+    /// `--watch` each task as it starts and ends, then the outputs
+    Run {
+        /// The flow file
+        file: PathBuf,
+        /// An input, as NAME=VALUE (VALUE as JSON for a number, boolean, list or object)
+        #[arg(long = "input", value_name = "NAME=VALUE")]
+        inputs: Vec<String>,
+        /// Follow the run until it ends, showing its tasks' progress
+        #[arg(long)]
+        watch: bool,
+        /// Print JSON instead of text (with --watch: the ended run)
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Flow runs: list, show, cancel, pause, resume
+    #[command(subcommand)]
+    Runs(FlowRunsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum FlowRunsCommand {
+    /// The tenant's flow runs, newest first
+    List {
+        /// How many
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// One flow run: its state, and each task's status and output
+    Show {
+        /// The run's id (from `clade flow runs list`)
+        id: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Cancel a flow run: it stops where it stands
+    Cancel {
+        /// The run's id (from `clade flow runs list`)
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Pause a flow run: it stops after its current step, until resumed
+    Pause {
+        /// The run's id (from `clade flow runs list`)
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Resume a paused flow run from where it stopped
+    Resume {
+        /// The run's id (from `clade flow runs list`)
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum RunsCommand {
     /// An agent's runs, newest first
     List {
@@ -607,7 +686,7 @@ pub(crate) enum RunsCommand {
         /// Only those under way
         #[arg(long)]
         open: bool,
-        /// Only this kind: turn, branch, worker, subagent, flow_step, cron_fire, maintenance
+        /// Only this kind: turn, branch, worker, subagent, flow, flow_step, cron_fire, maintenance
         #[arg(long)]
         kind: Option<String>,
         /// How many

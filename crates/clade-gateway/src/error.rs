@@ -65,6 +65,8 @@ codes! {
     MemoryOff => ("memory_off", UNPROCESSABLE_ENTITY),
     InvalidLease => ("invalid_lease", UNPROCESSABLE_ENTITY),
     InvalidFork => ("invalid_fork", UNPROCESSABLE_ENTITY),
+    InvalidFlow => ("invalid_flow", UNPROCESSABLE_ENTITY),
+    RunEnded => ("run_ended", CONFLICT),
     PayloadTooLarge => ("payload_too_large", PAYLOAD_TOO_LARGE),
     UnsupportedMediaType => ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE),
     TemplateNotFound => ("template_not_found", NOT_FOUND),

@@ -21,6 +21,7 @@ pub mod config_flow;
 mod control;
 pub mod error;
 mod events;
+pub mod flows;
 pub mod hooks;
 #[cfg(feature = "grpc")]
 mod hub;
@@ -95,6 +96,8 @@ pub struct AppState {
     /// This node's shard keeper, on a cluster's node (`GET /v1/cluster/nodes` shows what it
     /// heard of the nodes); `None` for a gateway alone.
     pub keeper: Option<std::sync::Arc<clade_cluster::Keeper>>,
+    /// The flow runner: starts, steers and shows flow runs.
+    pub flows: clade_flow::run::Runner,
 }
 
 impl AppState {

@@ -14,7 +14,7 @@ use clade_protocol as api;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::{
-    AppState, agents, channels, cluster, config, control, events, hooks, jobs, leases, mcp,
+    AppState, agents, channels, cluster, config, control, events, flows, hooks, jobs, leases, mcp,
     memories, messages, openai, prompt, runs, sessions, settings, tools, usage, ws,
 };
 
@@ -799,6 +799,116 @@ pub static OPERATIONS: &[Operation] = &[
             "Cancel a branch's or worker's run: it stops, and nothing it concludes is delivered",
             || post(runs::cancel),
         )
+    },
+    Operation {
+        body: Some(of::<api::FlowCheckParams>),
+        responses: &[
+            ok(
+                "200",
+                "checked: `ok`, or every problem at its line and column",
+                of::<api::FlowCheckResponse>,
+            ),
+            error("400", "invalid body"),
+        ],
+        ..op(
+            "POST",
+            "/v1/flows/check",
+            &[Read],
+            "Check a flow file (`*.flow.yaml`, schema `docs/flow.schema.json`) without running it: every problem, at its place",
+            || post(flows::check),
+        )
+    },
+    Operation {
+        query: Some(fields::<api::FlowRunsQuery>),
+        responses: &[
+            ok(
+                "200",
+                "the tenant's flow runs, newest first (none for a token limited to some agents)",
+                of::<api::FlowRunListResponse>,
+            ),
+            error("400", "invalid query"),
+        ],
+        ..op("GET", "/v1/flows/runs", &[Read], "The tenant's flow runs", || get(flows::list))
+    },
+    Operation {
+        body: Some(of::<api::StartFlowRunParams>),
+        responses: &[
+            ok(
+                "201",
+                "started: it runs in the gateway, which resumes it after a restart",
+                of::<api::FlowRunResponse>,
+            ),
+            error("400", "invalid body"),
+            error(
+                "403",
+                "the token reaches only some of the tenant's agents: a flow needs one that reaches all",
+            ),
+            error(
+                "404",
+                "an agent the flow names by handle does not exist in the tenant (`agent_not_found`)",
+            ),
+            error(
+                "422",
+                "the flow does not check (every problem, `file:line:column: message`), or an input is missing or of the wrong type (`invalid_flow`); nothing was started",
+            ),
+        ],
+        description: Some(
+            "Starts a run of the flow in the body, pinned to that text. Each task asks its agent in the run's own session with it (platform `flow`, channel `flow:<run id>`), so an agent keeps the run's conversation across a loop; a task's answer is its output (or the JSON its `output_schema` checked). The run is a durable execution of kind `flow`, each step one of kind `flow_step`: after a crash or a restart it resumes where it stopped, and no task is asked twice. An `approval` step waits for `POST /v1/approvals/{id}/approve` (tool `flow.approval`).",
+        ),
+        ..op("POST", "/v1/flows/runs", &[Operate], "Start a flow run", || post(flows::start))
+    },
+    Operation {
+        params: &[ID],
+        responses: &[
+            ok(
+                "200",
+                "the run: its state and each task's status and output",
+                of::<api::FlowRunResponse>,
+            ),
+            error("400", "not a run id"),
+            error("404", "no such flow run"),
+        ],
+        ..op("GET", "/v1/flows/runs/{id}", &[Read], "One flow run", || get(flows::show))
+    },
+    Operation {
+        params: &[ID],
+        responses: &[
+            ok("200", "cancelled: it stops where it stands", of::<api::FlowRunResponse>),
+            error("400", "not a run id"),
+            error("404", "no such flow run"),
+            error("409", "the run has ended (`run_ended`)"),
+        ],
+        ..op("POST", "/v1/flows/runs/{id}/cancel", &[Operate], "Cancel a flow run", || {
+            post(flows::cancel)
+        })
+    },
+    Operation {
+        params: &[ID],
+        responses: &[
+            ok(
+                "200",
+                "paused: it stops after its current step, until resumed",
+                of::<api::FlowRunResponse>,
+            ),
+            error("400", "not a run id"),
+            error("404", "no such flow run"),
+            error("409", "the run has ended (`run_ended`)"),
+        ],
+        ..op("POST", "/v1/flows/runs/{id}/pause", &[Operate], "Pause a flow run", || {
+            post(flows::pause)
+        })
+    },
+    Operation {
+        params: &[ID],
+        responses: &[
+            ok("200", "running again, from where it stopped", of::<api::FlowRunResponse>),
+            error("400", "not a run id"),
+            error("404", "no such flow run"),
+            error("409", "the run has ended (`run_ended`)"),
+        ],
+        ..op("POST", "/v1/flows/runs/{id}/resume", &[Operate], "Resume a paused flow run", || {
+            post(flows::resume)
+        })
     },
     Operation {
         params: &[HANDLE],

@@ -1791,3 +1791,112 @@ pub struct ChannelStatus {
 pub struct ChannelListResponse {
     pub items: Vec<ChannelStatus>,
 }
+
+/// Body of `POST /v1/flows/check` and the flow of `POST /v1/flows/runs`: a flow file's text
+/// (`*.flow.yaml`, see `docs/flow.schema.json`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowCheckParams {
+    /// The flow file's text, at most 1 MiB.
+    pub flow: String,
+    /// The file's name, for the problems' places (`flow.yaml` when absent).
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub file: Option<String>,
+}
+
+/// One problem of a flow file, at its place (line and column from 1; 0 when unknown).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FlowProblem {
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+/// Answer of `POST /v1/flows/check`: every problem found, or the flow's tasks in run order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FlowCheckResponse {
+    /// Whether the flow has no problem.
+    pub ok: bool,
+    pub problems: Vec<FlowProblem>,
+    /// The flow's name, when it checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its tasks in the order the file runs them, when it checks.
+    pub tasks: Vec<String>,
+}
+
+/// Body of `POST /v1/flows/runs`: a flow to run and its inputs.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartFlowRunParams {
+    /// The flow file's text, at most 1 MiB; the run is pinned to it.
+    pub flow: String,
+    /// The file's name, for errors (`flow.yaml` when absent).
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub file: Option<String>,
+    /// The flow's inputs by name, each of its declared type; those not given take their
+    /// defaults.
+    #[serde(default)]
+    pub inputs: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// Query of `GET /v1/flows/runs`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowRunsQuery {
+    /// How many, newest first.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_PAGE), extend("default" = DEFAULT_PAGE))]
+    pub limit: Option<u32>,
+}
+
+/// What one task of a flow run did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FlowTaskResponse {
+    pub status: Spelled<clade_core::FlowTaskStatus>,
+    /// Its answer: text, or the JSON value its output schema checked (`null` until then).
+    pub output: serde_json::Value,
+    /// Every iteration's output, for a task in a loop.
+    pub outputs: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Questions asked, retries included.
+    pub attempts: u32,
+    /// The turns that answered, oldest first.
+    pub turns: Vec<String>,
+}
+
+/// A flow run: where it stands and what each task did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FlowRunResponse {
+    pub id: String,
+    /// The flow's name.
+    pub flow: String,
+    pub status: Spelled<clade_core::ExecutionStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub inputs: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Each task by id, in the file's run order.
+    pub tasks: Vec<FlowTaskEntry>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+}
+
+/// One task of a flow run, with its id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FlowTaskEntry {
+    pub id: String,
+    #[serde(flatten)]
+    pub result: FlowTaskResponse,
+}
+
+/// Answer of `GET /v1/flows/runs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FlowRunListResponse {
+    pub runs: Vec<FlowRunResponse>,
+}

@@ -17,6 +17,7 @@ mod config;
 mod cron;
 mod demo_cloud;
 mod doctor;
+mod flow;
 mod ingest_service;
 mod mcp;
 mod memory;
@@ -69,6 +70,10 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
             written => Ok(written?),
         };
+    }
+    if let Command::Flow(crate::cli::FlowCommand::Check { file }) = &cli.command {
+        logging::init(LogFormat::Human, None, "warn");
+        return flow::check(file);
     }
     if let Command::EgressBridge { listen, socket } = cli.command {
         return Ok(clade_tools::egress::bridge(listen, socket).await?);
@@ -165,6 +170,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Event(cmd) => sessions::event(&ctx, cmd).await,
         Command::Sessions(cmd) => sessions::run(&ctx, cmd).await,
         Command::Runs(cmd) => sessions::runs(&ctx, cmd).await,
+        Command::Flow(cmd) => flow::run(&ctx, cmd).await,
         Command::Deadletters(cmd) => sessions::deadletters(&ctx, cmd).await,
         Command::Hooks(cmd) => config::hooks(&ctx, cmd),
         Command::Channels(cmd) => channels::run(&ctx, cmd).await,

@@ -200,6 +200,14 @@ pub(super) async fn run(ctx: &Ctx, front: Front) -> Result<()> {
     // A write through the gateway that names no caller is not the CLI's operator.
     // What a leaving node drains once the server stops.
     let drained = engine.clone();
+    let flows = clade_flow::run::Runner::new(engine.clone());
+    match flows.resume_open().await {
+        Ok(0) => {}
+        Ok(resumed) => tracing::info!(runs = resumed, "flow runs resumed where they stopped"),
+        Err(err) => {
+            tracing::warn!(error = %err, "open flow runs cannot be resumed now; they are tried again at the next start")
+        }
+    }
     let state = AppState {
         store: ctx.store.acting_as("gateway"),
         agents: ctx.agents.acting_as("gateway"),
@@ -214,6 +222,7 @@ pub(super) async fn run(ctx: &Ctx, front: Front) -> Result<()> {
         hooks: hooks.clone(),
         channels,
         keeper: joined.keeper(),
+        flows: flows.clone(),
     };
     let options = ServerOptions { max_body_bytes };
     let descriptors = raise_descriptor_limit();

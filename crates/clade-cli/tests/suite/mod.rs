@@ -6,6 +6,7 @@ mod crash;
 mod cron;
 mod deploy;
 mod discord;
+mod flows;
 mod forks;
 mod hardening;
 mod http;

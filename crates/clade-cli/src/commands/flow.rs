@@ -1,0 +1,263 @@
+//! `clade flow`: check a flow file here (no gateway needed), run one on the running gateway
+//! and follow it, and steer its runs (`clade-flow`; the gateway's `/v1/flows`).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clade_core::{Clock, ExecutionStatus, FlowTaskStatus};
+use serde_json::{Value, json};
+
+use super::sessions::Client;
+use crate::cli::{FlowCommand, FlowRunsCommand};
+use crate::context::Ctx;
+
+/// How often `--watch` looks at the run.
+const WATCH_EVERY: Duration = Duration::from_millis(300);
+
+/// `clade flow check FILE`: every problem at its place, or the tasks in run order.
+pub(super) fn check(file: &Path) -> Result<()> {
+    match clade_flow::load(file) {
+        Ok(flow) => {
+            println!(
+                "{}: flow {} checks: {} task(s), run in this order: {}",
+                file.display(),
+                flow.name,
+                flow.tasks.len(),
+                flow.task_order().join(", ")
+            );
+            Ok(())
+        }
+        Err(err @ (clade_flow::Error::Read { .. } | clade_flow::Error::TooLarge { .. })) => {
+            Err(err.into())
+        }
+        Err(err) => {
+            let count = err.problems().len();
+            eprintln!("{err}");
+            bail!(
+                "{} has {count} problem{}: fix {} and check again (`docs/flow.schema.json` lets an editor check as you type)",
+                file.display(),
+                if count == 1 { "" } else { "s" },
+                if count == 1 { "it" } else { "them" }
+            )
+        }
+    }
+}
+
+pub(super) async fn run(ctx: &Ctx, command: FlowCommand) -> Result<()> {
+    match command {
+        FlowCommand::Check { file } => check(&file),
+        FlowCommand::Run { file, inputs, watch, json, server } => {
+            let client = Client::new(ctx, server.server.as_deref())?;
+            let clock = ctx.store.clock().clone();
+            start(&client, &clock, &file, &inputs, (watch, json)).await
+        }
+        FlowCommand::Runs(command) => runs(ctx, command).await,
+    }
+}
+
+async fn start(
+    client: &Client,
+    clock: &Arc<dyn Clock>,
+    file: &Path,
+    inputs: &[String],
+    (watch, json): (bool, bool),
+) -> Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read flow file {}", file.display()))?;
+    // Checked here first, so a mistake is shown at its place before anything is sent.
+    let flow = clade_flow::parse(&text, file).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let inputs = parse_inputs(&flow, inputs)?;
+    let body = json!({ "flow": text, "file": file.display().to_string(), "inputs": inputs });
+    let (_, run) = client.post("/v1/flows/runs", body).await?;
+    let id = run["id"].as_str().unwrap_or_default().to_owned();
+    if !watch {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&run)?);
+        } else {
+            println!(
+                "started flow run {id} of {}: follow it with `clade flow runs show {id}`",
+                flow.name
+            );
+        }
+        return Ok(());
+    }
+    let ended = follow(client, clock, &id, json).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&ended)?);
+    } else {
+        print_run(&ended);
+    }
+    match run_status(&ended) {
+        Some(ExecutionStatus::Completed) => Ok(()),
+        _ => bail!(
+            "flow run {id} ended {}: {}",
+            ended["status"].as_str().unwrap_or("unknown"),
+            ended["error"].as_str().unwrap_or("no reason given")
+        ),
+    }
+}
+
+/// `--input NAME=VALUE`s, each read as its declared type.
+fn parse_inputs(flow: &clade_flow::Flow, given: &[String]) -> Result<BTreeMap<String, Value>> {
+    let mut inputs = BTreeMap::new();
+    for pair in given {
+        let Some((name, text)) = pair.split_once('=') else {
+            bail!("--input {pair:?}: write it as NAME=VALUE");
+        };
+        let Some(input) = flow.inputs.get(name) else {
+            let known: Vec<&str> = flow.inputs.keys().map(String::as_str).collect();
+            bail!(
+                "--input {name}: flow {} has no input {name:?} (its inputs: {})",
+                flow.name,
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            );
+        };
+        let value = clade_flow::flow::input_value(input.kind, text)
+            .with_context(|| format!("--input {name}"))?;
+        inputs.insert(name.to_owned(), value);
+    }
+    Ok(inputs)
+}
+
+/// Polls the run until it ends, printing each task as it ends (and, on a terminal, a line of
+/// progress); the ended run.
+async fn follow(client: &Client, clock: &Arc<dyn Clock>, id: &str, json: bool) -> Result<Value> {
+    let terminal = std::io::stderr().is_terminal() && !json;
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let run = client.get(&format!("/v1/flows/runs/{id}")).await?;
+        let tasks = run["tasks"].as_array().cloned().unwrap_or_default();
+        for task in &tasks {
+            let (name, status) = (
+                task["id"].as_str().unwrap_or_default(),
+                task["status"].as_str().unwrap_or_default(),
+            );
+            if task_status(task) == Some(FlowTaskStatus::Pending)
+                || seen.get(name).map(String::as_str) == Some(status)
+            {
+                continue;
+            }
+            seen.insert(name.to_owned(), status.to_owned());
+            if !json {
+                if terminal {
+                    eprint!("\r\x1b[2K");
+                }
+                eprintln!("{} {name} {status}{}", mark(status), detail(task));
+            }
+        }
+        let status = run["status"].as_str().unwrap_or_default();
+        if run_status(&run).is_some_and(ExecutionStatus::is_final) {
+            if terminal {
+                eprint!("\r\x1b[2K");
+            }
+            return Ok(run);
+        }
+        if terminal {
+            let done =
+                tasks.iter().filter(|t| task_status(t) != Some(FlowTaskStatus::Pending)).count();
+            eprint!("\r\x1b[2K{status}: {done}/{} tasks done", tasks.len());
+        }
+        clock.sleep(WATCH_EVERY).await;
+    }
+}
+
+fn run_status(run: &Value) -> Option<ExecutionStatus> {
+    run["status"].as_str().and_then(ExecutionStatus::parse)
+}
+
+fn task_status(task: &Value) -> Option<FlowTaskStatus> {
+    task["status"].as_str().and_then(FlowTaskStatus::parse)
+}
+
+fn mark(status: &str) -> &'static str {
+    match FlowTaskStatus::parse(status) {
+        Some(FlowTaskStatus::Completed) => "✓",
+        Some(FlowTaskStatus::Failed) => "✗",
+        _ => "–",
+    }
+}
+
+fn detail(task: &Value) -> String {
+    match (task_status(task), task["error"].as_str()) {
+        (Some(FlowTaskStatus::Failed), Some(error)) => format!(": {error}"),
+        _ => match task["attempts"].as_u64() {
+            Some(n) if n > 1 => format!(" ({n} questions)"),
+            _ => String::new(),
+        },
+    }
+}
+
+fn print_run(run: &Value) {
+    println!(
+        "flow run {} of {}: {}{}",
+        run["id"].as_str().unwrap_or_default(),
+        run["flow"].as_str().unwrap_or_default(),
+        run["status"].as_str().unwrap_or_default(),
+        run["error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default()
+    );
+    for task in run["tasks"].as_array().into_iter().flatten() {
+        let status = task["status"].as_str().unwrap_or_default();
+        let output = match &task["output"] {
+            Value::Null => String::new(),
+            Value::String(text) => format!(": {text}"),
+            other => format!(": {other}"),
+        };
+        println!("  {} {} {status}{output}", mark(status), task["id"].as_str().unwrap_or_default());
+    }
+}
+
+async fn runs(ctx: &Ctx, command: FlowRunsCommand) -> Result<()> {
+    match command {
+        FlowRunsCommand::List { limit, json, server } => {
+            let client = Client::new(ctx, server.server.as_deref())?;
+            let list = client.get(&format!("/v1/flows/runs?limit={limit}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            let runs = list["runs"].as_array().cloned().unwrap_or_default();
+            if runs.is_empty() {
+                println!("no flow runs yet: start one with `clade flow run FILE`");
+            }
+            for run in runs {
+                let tasks = run["tasks"].as_array().cloned().unwrap_or_default();
+                let done = tasks
+                    .iter()
+                    .filter(|t| task_status(t) != Some(FlowTaskStatus::Pending))
+                    .count();
+                println!(
+                    "{}  {:<10} {:<20} {done}/{} tasks",
+                    run["id"].as_str().unwrap_or_default(),
+                    run["status"].as_str().unwrap_or_default(),
+                    run["flow"].as_str().unwrap_or_default(),
+                    tasks.len()
+                );
+            }
+            Ok(())
+        }
+        FlowRunsCommand::Show { id, json, server } => {
+            let client = Client::new(ctx, server.server.as_deref())?;
+            let run = client.get(&format!("/v1/flows/runs/{id}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&run)?);
+            } else {
+                print_run(&run);
+            }
+            Ok(())
+        }
+        FlowRunsCommand::Cancel { id, server } => steer(ctx, &id, "cancel", server.server).await,
+        FlowRunsCommand::Pause { id, server } => steer(ctx, &id, "pause", server.server).await,
+        FlowRunsCommand::Resume { id, server } => steer(ctx, &id, "resume", server.server).await,
+    }
+}
+
+async fn steer(ctx: &Ctx, id: &str, action: &str, server: Option<String>) -> Result<()> {
+    let client = Client::new(ctx, server.as_deref())?;
+    let (_, run) = client.post(&format!("/v1/flows/runs/{id}/{action}"), json!({})).await?;
+    println!("flow run {id}: {}", run["status"].as_str().unwrap_or_default());
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! Flows through the binary: `clade flow check`, every example of `examples/flows/` run with
+//! `clade flow run` against a gateway whose agents answer through `clade-stub`, a run killed
+//! with SIGKILL mid-way that ends after a restart with no task asked twice, and one tenant's
+//! token against another's runs.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::support::{Env, Server, polled, token, write};
+
+fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/flows")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// A gateway whose reviewer and extractor answer the JSON their flows ask for (through the
+/// stub), and whose other agents echo (the offline model); every agent the examples name
+/// exists.
+fn crew(stub: &clade_stub::Stub) -> (Env, Server) {
+    let env = Env::new();
+    let verdict = r#"{"approved":true,"notes":"clear_and_sourced","changes":"none"}"#;
+    let record = r#"{"name":"Ada_Lovelace","born":1815,"city":"London"}"#;
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "models:\n  verdict: {{ provider: openai, base_url: \"{url}/v1\", model: 'stub+fixed={verdict}' }}\n  record: {{ provider: openai, base_url: \"{url}/v1\", model: 'stub+fixed={record}' }}\nrouting:\n  default: [scripted]\n  agents:\n    reviewer: {{ channel: [verdict] }}\n    extractor: {{ channel: [record] }}\n",
+            url = stub.url()
+        ),
+    );
+    for agent in [
+        "researcher",
+        "writer",
+        "reviewer",
+        "extractor",
+        "analyst",
+        "publisher",
+        "manager",
+        "coder",
+        "integrator",
+    ] {
+        env.run(&["agents", "create", agent]).ok();
+    }
+    let server = env.serve(&[]);
+    (env, server)
+}
+
+fn task<'a>(run: &'a Value, id: &str) -> &'a Value {
+    run["tasks"]
+        .as_array()
+        .and_then(|tasks| tasks.iter().find(|t| t["id"] == id))
+        .unwrap_or_else(|| panic!("no task {id} in {run}"))
+}
+
+#[test]
+fn check_names_every_problem_at_its_place() {
+    let env = Env::new();
+    let ok = env.run(&["flow", "check", &example("devops.flow.yaml")]).ok();
+    assert!(
+        ok.stdout.contains("run in this order: plan, code, review, integrate, report"),
+        "{}",
+        ok.stdout
+    );
+    let bad = env.tmp.path().join("bad.flow.yaml");
+    write(
+        &bad,
+        "name: bad\nagents:\n  a:\n    handle: ada\ntasks:\n  - id: one\n    agent: b\n    prompt: \"{{ tasks.two.output }}\"\n  - id: two\n    agent: a\n    prompt: hi\n",
+    );
+    let out = env.run(&["flow", "check", &bad.display().to_string()]);
+    assert_ne!(out.code, 0);
+    let shown = bad.display().to_string();
+    assert!(
+        out.stderr.contains(&format!("{shown}:7:12: task one: unknown agent \"b\"")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "{shown}:8:13: task one: prompt: reads tasks.two's output before it exists"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("has 2 problems"), "{}", out.stderr);
+    env.run(&["flow", "check", "/nonexistent.flow.yaml"])
+        .fails_with("cannot read flow file /nonexistent.flow.yaml");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_runs_to_its_end() {
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let (env, server) = crew(&stub);
+
+    let research = env
+        .run(&[
+            "flow",
+            "run",
+            &example("research.flow.yaml"),
+            "--input",
+            "topic=tea",
+            "--watch",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(research["status"], "completed", "{research}");
+    assert_eq!(
+        task(&research, "review")["output"],
+        json!({"approved": true, "notes": "clear and sourced", "changes": "none"})
+    );
+    let draft = task(&research, "draft")["output"].as_str().unwrap().to_owned();
+    assert!(
+        draft.contains("Sources: echo: List the three best primary sources on tea."),
+        "{draft}"
+    );
+
+    let etl = env.run(&["flow", "run", &example("etl.flow.yaml"), "--watch", "--json"]).ok().json();
+    assert_eq!(etl["status"], "completed", "{etl}");
+    assert_eq!(task(&etl, "extract")["outputs"].as_array().unwrap().len(), 3, "{etl}");
+    let summary = task(&etl, "summary")["output"].as_str().unwrap().to_owned();
+    assert!(summary.contains(r#""city": "London""#), "{summary}");
+
+    let devops = env
+        .run(&[
+            "flow",
+            "run",
+            &example("devops.flow.yaml"),
+            "--input",
+            "change=add a /healthz route",
+            "--watch",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(devops["status"], "completed", "{devops}");
+    assert_eq!(task(&devops, "code")["outputs"].as_array().unwrap().len(), 1, "approved at once");
+    let report = task(&devops, "report")["output"].as_str().unwrap().to_owned();
+    assert!(report.contains("the review (none)"), "{report}");
+
+    // The approval gate: the run waits until the operator approves.
+    let started = env.run(&["flow", "run", &example("approval.flow.yaml"), "--json"]).ok().json();
+    let id = started["id"].as_str().unwrap().to_owned();
+    let approval = pending_approval(&server).await;
+    assert_eq!(approval["tool"], "flow.approval");
+    let shown = env.run(&["flow", "runs", "show", &id, "--json"]).ok().json();
+    assert_eq!(task(&shown, "publish")["status"], "pending", "{shown}");
+    env.run(&["approvals", "approve", approval["id"].as_str().unwrap()]).ok();
+    let ended = ended(&server, &id).await;
+    assert_eq!(ended["status"], "completed", "{ended}");
+    assert!(
+        task(&ended, "publish")["output"].as_str().unwrap().contains("Publish this announcement")
+    );
+
+    let list = env.run(&["flow", "runs", "list", "--json"]).ok().json();
+    assert_eq!(list["runs"].as_array().unwrap().len(), 4, "{list}");
+}
+
+async fn pending_approval(server: &Server) -> Value {
+    let list = polled(
+        async || server.get_json("/v1/approvals?status=pending").await,
+        |list| list["items"].as_array().is_some_and(|items| !items.is_empty()),
+    )
+    .await;
+    list["items"].get(0).cloned().unwrap_or_else(|| panic!("no approval was asked for: {list}"))
+}
+
+async fn ended(server: &Server, id: &str) -> Value {
+    let run = polled(
+        async || server.get_json(&format!("/v1/flows/runs/{id}")).await,
+        |run| matches!(run["status"].as_str(), Some("completed" | "failed" | "cancelled")),
+    )
+    .await;
+    assert!(run["finished_at"].is_i64(), "flow run {id} did not end: {run}");
+    run
+}
+
+/// How many turns each of the tenant's sessions ran, in all.
+async fn turns(server: &Server) -> usize {
+    let sessions = server.get_json("/v1/sessions?limit=200").await;
+    let mut count = 0;
+    for session in sessions["items"].as_array().cloned().unwrap_or_default() {
+        let id = session["id"].as_str().unwrap();
+        count += server.all_turns(id).await.len();
+    }
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_midway_ends_after_a_restart_without_asking_a_task_twice() {
+    let stub =
+        clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
+    let env = Env::new();
+    write(
+        &env.data_dir().join("clade.yaml"),
+        &format!(
+            "models:\n  slow: {{ provider: openai, base_url: \"{url}/v1\", model: 'stub+latency=1500ms+fixed=slowly' }}\nrouting:\n  default: [scripted]\n  agents:\n    slowpoke: {{ channel: [slow] }}\n",
+            url = stub.url()
+        ),
+    );
+    env.run(&["agents", "create", "writer"]).ok();
+    env.run(&["agents", "create", "slowpoke"]).ok();
+    let flow = env.tmp.path().join("crash.flow.yaml");
+    write(
+        &flow,
+        "name: crash\nagents:\n  w:\n    handle: writer\n  s:\n    handle: slowpoke\ntasks:\n  - id: first\n    agent: w\n    prompt: one\n  - id: slow\n    agent: s\n    prompt: take your time\n  - id: last\n    agent: w\n    prompt: \"after {{ tasks.slow.output }}\"\n",
+    );
+    let server = env.serve(&[]);
+    let started = env.run(&["flow", "run", &flow.display().to_string(), "--json"]).ok().json();
+    let id = started["id"].as_str().unwrap().to_owned();
+    // Killed while the slow task's turn waits on its model.
+    super::support::model_called(&stub, 1).await;
+    server.kill9();
+    let server = env.serve(&[]);
+    let run = ended(&server, &id).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(task(&run, "last")["output"], "echo: after slowly");
+    assert_eq!(turns(&server).await, 3, "a task was asked twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenant_neither_sees_nor_drives_a_run() {
+    let env = Env::new();
+    env.run(&["agents", "create", "writer"]).ok();
+    env.run(&["tenants", "create", "acme"]).ok();
+    let (acme, _) = token(&env, "acme", &["admin"]);
+    let server = env.serve(&[]);
+    let flow = "name: t\nagents:\n  w:\n    handle: writer\ntasks:\n  - id: a\n    agent: w\n    prompt: hi\n";
+    let (status, run) =
+        server.send("POST", "/v1/flows/runs", None, Some(json!({ "flow": flow }))).await;
+    assert_eq!(status, 201, "{run}");
+    let id = run["id"].as_str().unwrap();
+    // acme names the default tenant's writer: no such agent in acme.
+    let (status, refused) =
+        server.send("POST", "/v1/flows/runs", Some(&acme), Some(json!({ "flow": flow }))).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (404, Some("agent_not_found")),
+        "{refused}"
+    );
+    for (method, path) in [
+        ("GET", format!("/v1/flows/runs/{id}")),
+        ("POST", format!("/v1/flows/runs/{id}/cancel")),
+        ("POST", format!("/v1/flows/runs/{id}/pause")),
+    ] {
+        let (status, body) = server.send(method, &path, Some(&acme), None).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("run_not_found")),
+            "{method} {path}: {body}"
+        );
+    }
+    let (_, list) = server.send("GET", "/v1/flows/runs", Some(&acme), None).await;
+    assert_eq!(list["runs"], json!([]));
+    // A token limited to some agents drives no flow.
+    let limited = env
+        .run(&["tokens", "create", "--name", "one", "--only-agent", "writer"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let (status, body) =
+        server.send("POST", "/v1/flows/runs", Some(&limited), Some(json!({ "flow": flow }))).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) =
+        server.send("GET", &format!("/v1/flows/runs/{id}"), Some(&limited), None).await;
+    assert_eq!(status, 404);
+    // A bad flow or input is refused with its place, and nothing starts.
+    let (status, body) = server
+        .send("POST", "/v1/flows/runs", None, Some(json!({ "flow": "name: t\ntasks: []\n" })))
+        .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_flow")), "{body}");
+    let (status, checked) = server
+        .send(
+            "POST",
+            "/v1/flows/check",
+            None,
+            Some(json!({ "flow": "name: t\nagents: {}\ntasks: []\n" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(checked["ok"], false);
+    assert!(
+        checked["problems"][0]["message"].as_str().unwrap().contains("declares none"),
+        "{checked}"
+    );
+    let (_, list) = server.send("GET", "/v1/flows/runs", None, None).await;
+    assert_eq!(list["runs"].as_array().unwrap().len(), 1);
+}
