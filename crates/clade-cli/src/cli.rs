@@ -1724,6 +1724,17 @@ pub(crate) enum BenchCommand {
         #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
         settle: std::time::Duration,
     },
+    /// Run many flow runs at once (a 10-task flow: fan-out 5, join, condition, loop of 3) and
+    /// report runs/s, each task step's cost beyond its turn (p50, p99) and the RSS a waiting
+    /// run holds; on a fresh store under the data dir, with the offline model
+    Flows {
+        /// Runs started at once
+        #[arg(long, default_value_t = 1_000)]
+        runs: usize,
+        /// Runs then left waiting at an approval, to measure what one holds (0: skip)
+        #[arg(long, default_value_t = 1_000)]
+        waiting: usize,
+    },
     /// Run many scheduled jobs in one scheduler and report fire lateness (p50, p99), CPU while
     /// fires are due and while none is, and RSS; on a fresh store under the data dir
     Sched {

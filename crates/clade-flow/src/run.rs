@@ -214,6 +214,8 @@ pub struct Runner {
 
 struct Inner {
     engine: Engine,
+    /// Each task step's cost beyond its turns, when measured ([`Runner::measured`]).
+    overheads: Option<Overheads>,
     /// Runs being driven in this process, with what they have produced so far.
     driving: Mutex<HashMap<ExecutionId, Driving>>,
 }
@@ -223,9 +225,31 @@ struct Driving {
     progress: Arc<Mutex<Results>>,
 }
 
+/// Task steps' costs beyond their turns, as measured.
+type Overheads = Arc<Mutex<Vec<Duration>>>;
+
+#[allow(clippy::disallowed_methods)] // The runner's own cost, measured; not domain time.
+fn instant() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
 impl Runner {
     pub fn new(engine: Engine) -> Self {
-        Self { inner: Arc::new(Inner { engine, driving: Mutex::new(HashMap::new()) }) }
+        let driving = Mutex::new(HashMap::new());
+        Self { inner: Arc::new(Inner { engine, overheads: None, driving }) }
+    }
+
+    /// A runner that measures what each task step costs beyond its turns (its journal's
+    /// writes, reads, templates), for `clade bench flows`: [`Runner::overheads`].
+    pub fn measured(engine: Engine) -> Self {
+        let (driving, overheads) = (Mutex::new(HashMap::new()), Some(Overheads::default()));
+        Self { inner: Arc::new(Inner { engine, overheads, driving }) }
+    }
+
+    /// What each task step cost beyond its turns so far, when measured.
+    pub fn overheads(&self) -> Vec<Duration> {
+        let measured = self.inner.overheads.as_ref().and_then(|all| all.lock().ok());
+        measured.map(|all| all.clone()).unwrap_or_default()
     }
 
     /// Checks everything a run needs (the flow, its inputs, its agents) and starts it; nothing
@@ -439,7 +463,7 @@ impl Runner {
         let id = row.id;
         let shared = progress.clone();
         let task = tokio::spawn(async move {
-            if let Err(err) = drive(&inner.engine, tenant, row, shared).await {
+            if let Err(err) = drive(&inner, tenant, row, shared).await {
                 tracing::warn!(run = %id, error = %err, "a flow run stopped; it is driven again at the next start");
             }
             if let Ok(mut driving) = inner.driving.lock() {
@@ -460,11 +484,12 @@ impl RunInput {
 
 /// Drives one run to its end, or until it halts.
 async fn drive(
-    engine: &Engine,
+    inner: &Inner,
     tenant: Tenant,
     row: ExecutionRow,
     progress: Arc<Mutex<Results>>,
 ) -> Result<(), Arc<Halt>> {
+    let engine = &inner.engine;
     let input = RunInput::of(&row).map_err(|e| Arc::new(e.into()))?;
     let flow = crate::parse(&input.source, Path::new(&input.file))
         .map_err(|e| Arc::new(Halt::Run(RunError::Invalid(e))))?;
@@ -500,6 +525,7 @@ async fn drive(
         input,
         env,
         progress,
+        overheads: inner.overheads.clone(),
     };
     let deadline = row.created_at.as_millis().saturating_add(walk.flow.timeout.as_millis() as i64);
     let left = deadline.saturating_sub(store.now().as_millis()).max(0).unsigned_abs();
@@ -539,6 +565,7 @@ struct Walk {
     input: RunInput,
     env: serde_json::Map<String, Value>,
     progress: Arc<Mutex<Results>>,
+    overheads: Option<Overheads>,
 }
 
 /// A step's execution id: the same for every drive of one run, and another run's (or another
@@ -640,6 +667,8 @@ impl Walk {
         locals: &'a Locals,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
+            let started = instant();
+            let mut waited = Duration::ZERO;
             let store = self.engine.store().clone();
             match store.executions(self.tenant.id).get(self.run).await {
                 Ok(run) if run.status == ExecutionStatus::Running => {}
@@ -661,7 +690,7 @@ impl Walk {
                 Ok(Err(ended)) => return replayed(&ended),
                 Err(err) => return Outcome::halted(err),
             };
-            let body = self.kind(step, path, visible, locals, &mut durable);
+            let body = self.kind(step, path, (visible, locals), &mut durable, &mut waited);
             let out = match step.timeout {
                 None => body.await,
                 Some(limit) => tokio::select! {
@@ -688,6 +717,11 @@ impl Walk {
                 }
                 Some(Stop::Halted(_)) => Ok(()),
             };
+            if let (Some(overheads), StepKind::Task(_)) = (&self.overheads, &step.kind)
+                && let Ok(mut overheads) = overheads.lock()
+            {
+                overheads.push(started.elapsed().saturating_sub(waited));
+            }
             match ended {
                 Ok(()) => out,
                 Err(err) => Outcome::halted(err),
@@ -699,13 +733,13 @@ impl Walk {
         &self,
         step: &Step,
         path: &str,
-        visible: &Results,
-        locals: &Locals,
+        (visible, locals): (&Results, &Locals),
         durable: &mut Durable,
+        waited: &mut Duration,
     ) -> Outcome {
         match &step.kind {
             StepKind::Task(id) => match self.flow.tasks.get(id) {
-                Some(task) => self.task(task, visible, locals, durable).await,
+                Some(task) => self.task(task, (visible, locals), durable, waited).await,
                 None => Outcome::failed(Results::new(), format!("task {id} is not declared")),
             },
             StepKind::Sequential(steps) => self.list(steps, path, visible, locals).await,
@@ -888,9 +922,9 @@ impl Walk {
     async fn task(
         &self,
         task: &Task,
-        visible: &Results,
-        locals: &Locals,
+        (visible, locals): (&Results, &Locals),
         durable: &mut Durable,
+        waited: &mut Duration,
     ) -> Outcome {
         let failed = |result: TaskResult, why: String| {
             Outcome::failed(Results::from([(task.id.clone(), result)]), why)
@@ -910,11 +944,20 @@ impl Walk {
             let mut text = prompt.clone();
             for check in 0..=task.output_retries {
                 let key = format!("ask.{attempt}.{check}");
+                // Only the question itself is waiting: its record is the step's own cost.
+                let mut asking = Duration::ZERO;
                 let asked = durable
                     .step(&key, |idempotency| {
-                        self.ask(&handle, text.clone(), idempotency, task.timeout)
+                        let (asking, text, handle) = (&mut asking, text.clone(), &handle);
+                        async move {
+                            let from = instant();
+                            let asked = self.ask(handle, text, idempotency, task.timeout).await;
+                            *asking = from.elapsed();
+                            asked
+                        }
                     })
                     .await;
+                *waited += asking;
                 let asked: Asked = match asked {
                     Ok(Ok(asked)) => asked,
                     Ok(Err(halt)) => return Outcome::halted(halt),

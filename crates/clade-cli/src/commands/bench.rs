@@ -87,6 +87,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: BenchCommand) -> Result<()> {
             super::bench_neighbours::run(ctx, &plan).await
         }
         BenchCommand::Cluster(args) => super::bench_cluster::run(ctx, &args).await,
+        BenchCommand::Flows { runs, waiting } => super::bench_flows::run(ctx, runs, waiting).await,
         BenchCommand::Siege {
             strangers,
             max_connections,

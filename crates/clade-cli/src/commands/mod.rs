@@ -4,6 +4,7 @@ mod admin;
 mod agents;
 mod bench;
 mod bench_cluster;
+mod bench_flows;
 mod bench_gateway;
 mod bench_memory;
 mod bench_messages;
