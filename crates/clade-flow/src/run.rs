@@ -35,6 +35,9 @@ const APPROVAL_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 const APPROVAL_POLL: Duration = Duration::from_secs(1);
 /// How many open runs a start resumes at most.
 const RESUME_LIMIT: u32 = 10_000;
+/// How many runs one tenant may have under way in one gateway: each holds a task and its
+/// results, so a tenant starting runs without end cannot fill the gateway's memory.
+pub const MAX_OPEN_RUNS_PER_TENANT: usize = 1_000;
 
 /// Why a run cannot start (nothing of it was made).
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,10 @@ pub enum RunError {
     TemplateAgent { name: String, template: String },
     #[error("no flow run {0}")]
     NotFound(ExecutionId),
+    #[error(
+        "the tenant has {MAX_OPEN_RUNS_PER_TENANT} flow runs under way, the most it may; wait for one to end, or cancel one"
+    )]
+    TooMany,
     #[error("flow run {id} has ended ({status}): nothing to {action}")]
     Ended { id: ExecutionId, status: ExecutionStatus, action: &'static str },
     #[error(transparent)]
@@ -221,6 +228,7 @@ struct Inner {
 }
 
 struct Driving {
+    tenant: TenantId,
     task: tokio::task::AbortHandle,
     progress: Arc<Mutex<Results>>,
 }
@@ -261,6 +269,9 @@ impl Runner {
             && existing.kind == ExecutionKind::Flow
         {
             return Ok(existing);
+        }
+        if self.under_way(tenant.id) >= MAX_OPEN_RUNS_PER_TENANT {
+            return Err(RunError::TooMany);
         }
         let flow = crate::parse(&start.source, Path::new(&start.file))?;
         let inputs = flow.inputs_of(&start.inputs).map_err(RunError::Inputs)?;
@@ -434,6 +445,12 @@ impl Runner {
         Ok(row)
     }
 
+    /// How many of the tenant's runs this process drives now.
+    fn under_way(&self, tenant: TenantId) -> usize {
+        let driving = self.inner.driving.lock();
+        driving.map(|d| d.values().filter(|run| run.tenant == tenant).count()).unwrap_or(0)
+    }
+
     /// Stops driving every run (the gateway stopping): each stays as it is, to be driven
     /// again by [`Runner::resume_open`].
     pub fn stop_all(&self) {
@@ -454,6 +471,7 @@ impl Runner {
 
     /// Drives `row` in a task of its own, unless this process drives it already.
     fn drive(&self, tenant: Tenant, row: ExecutionRow) {
+        let tenant_id = tenant.id;
         let Ok(mut driving) = self.inner.driving.lock() else { return };
         if driving.contains_key(&row.id) {
             return;
@@ -470,7 +488,7 @@ impl Runner {
                 driving.remove(&id);
             }
         });
-        driving.insert(id, Driving { task: task.abort_handle(), progress });
+        driving.insert(id, Driving { tenant: tenant_id, task: task.abort_handle(), progress });
     }
 }
 

@@ -46,6 +46,7 @@ fn run_error(err: RunError) -> ApiError {
         }
         RunError::UnknownAgent { .. } => ApiError::new(Code::AgentNotFound, err.to_string()),
         RunError::NotFound(_) => ApiError::new(Code::RunNotFound, err.to_string()),
+        RunError::TooMany => ApiError::new(Code::QuotaExceeded, err.to_string()),
         RunError::Ended { .. } => ApiError::new(Code::RunEnded, err.to_string()),
         RunError::Store(store) => store.into(),
         RunError::Unreadable(..) => ApiError::internal(err),

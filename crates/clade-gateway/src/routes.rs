@@ -851,6 +851,10 @@ pub static OPERATIONS: &[Operation] = &[
                 "422",
                 "the flow does not check (every problem, `file:line:column: message`), or an input is missing or of the wrong type (`invalid_flow`); nothing was started",
             ),
+            error(
+                "429",
+                "the tenant has 1,000 flow runs under way in this gateway (`quota_exceeded`); nothing was started",
+            ),
         ],
         description: Some(
             "Starts a run of the flow in the body, pinned to that text. Each task asks its agent in the run's own session with it (platform `flow`, channel `flow:<run id>`), so an agent keeps the run's conversation across a loop; a task's answer is its output (or the JSON its `output_schema` checked). The run is a durable execution of kind `flow`, each step one of kind `flow_step`: after a crash or a restart it resumes where it stopped, and no task is asked twice. An `approval` step waits for `POST /v1/approvals/{id}/approve` (tool `flow.approval`).",

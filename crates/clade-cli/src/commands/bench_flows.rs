@@ -40,7 +40,7 @@ run:
       join: all
       steps: [{ task: s1 }, { task: s2 }, { task: s3 }, { task: s4 }, { task: s5 }]
   - condition:
-      if: tasks.s1.status == "completed"
+      if: tasks.s1.status == 'completed'
       then: [{ task: summary }]
       else: [{ task: fallback }]
   - loop:

@@ -201,7 +201,13 @@ pub(super) async fn run(ctx: &Ctx, front: Front) -> Result<()> {
     // What a leaving node drains once the server stops.
     let drained = engine.clone();
     let flows = clade_flow::run::Runner::new(engine.clone());
-    match flows.resume_open().await {
+    // A node of a cluster does not take up runs it did not start: another node may be
+    // driving them (runs do not move between nodes yet).
+    let open = match ctx.config.cluster {
+        None => flows.resume_open().await,
+        Some(_) => Ok(0),
+    };
+    match open {
         Ok(0) => {}
         Ok(resumed) => tracing::info!(runs = resumed, "flow runs resumed where they stopped"),
         Err(err) => {

@@ -189,20 +189,27 @@ async fn turns(server: &Server) -> usize {
     count
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_killed_midway_ends_after_a_restart_without_asking_a_task_twice() {
+/// A data dir with the agents `writer` (the offline model) and `slowpoke` (`model`, a stub
+/// model), and the stub.
+async fn writer_and_slowpoke(model: &str) -> (clade_stub::Stub, Env) {
     let stub =
         clade_stub::Stub::start("127.0.0.1:0", clade_stub::StubOptions::default()).await.unwrap();
     let env = Env::new();
     write(
         &env.data_dir().join("clade.yaml"),
         &format!(
-            "models:\n  slow: {{ provider: openai, base_url: \"{url}/v1\", model: 'stub+latency=1500ms+fixed=slowly' }}\nrouting:\n  default: [scripted]\n  agents:\n    slowpoke: {{ channel: [slow] }}\n",
+            "models:\n  slow: {{ provider: openai, base_url: \"{url}/v1\", model: '{model}' }}\nrouting:\n  default: [scripted]\n  agents:\n    slowpoke: {{ channel: [slow] }}\n",
             url = stub.url()
         ),
     );
     env.run(&["agents", "create", "writer"]).ok();
     env.run(&["agents", "create", "slowpoke"]).ok();
+    (stub, env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_midway_ends_after_a_restart_without_asking_a_task_twice() {
+    let (stub, env) = writer_and_slowpoke("stub+latency=1500ms+fixed=slowly").await;
     let flow = env.tmp.path().join("crash.flow.yaml");
     write(
         &flow,
@@ -289,4 +296,49 @@ async fn another_tenant_neither_sees_nor_drives_a_run() {
     );
     let (_, list) = server.send("GET", "/v1/flows/runs", None, None).await;
     assert_eq!(list["runs"].as_array().unwrap().len(), 1);
+}
+
+/// Random SIGKILLs while 20 runs are under way (a fan-out, a loop, tasks reading others'
+/// outputs, a slow model): every run ends with the outputs an uncrashed run gives, and no
+/// task's turn ran twice. The seed of the kills is printed (`CLADE_CRASH_SEED` replays it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_kills_during_many_runs_change_no_output_and_repeat_no_task() {
+    use rand::SeedableRng as _;
+    const RUNS: usize = 20;
+    const KILLS: usize = 5;
+    let seed = super::crash::crash_seed();
+    println!("flow crash test seed: {seed} (replay its kills with CLADE_CRASH_SEED={seed})");
+    let mut plan = rand::rngs::StdRng::seed_from_u64(seed);
+    let (_stub, env) = writer_and_slowpoke("stub+latency=50-400ms+fixed=slow").await;
+    let flow = "name: crashes\ninputs:\n  n: { type: integer }\nagents:\n  w: { handle: writer }\n  s: { handle: slowpoke }\ntasks:\n  - { id: a, agent: w, prompt: \"one {{ inputs.n }}\" }\n  - { id: b, agent: s, prompt: two }\n  - { id: c, agent: w, prompt: \"three {{ tasks.a.output }}\" }\n  - { id: d, agent: s, prompt: \"round {{ item }}\" }\n  - { id: e, agent: w, prompt: \"end {{ tasks.d.outputs | length }} {{ tasks.b.output }}\" }\nrun:\n  - task: a\n  - parallel:\n      steps: [{ task: b }, { task: c }]\n  - loop:\n      for_each: \"[1, 2]\"\n      max_iterations: 2\n      steps: [{ task: d }]\n  - task: e\n";
+    let mut server = env.serve(&[]);
+    let mut ids = Vec::new();
+    for n in 0..RUNS {
+        let body = json!({ "flow": flow, "inputs": { "n": n } });
+        let (status, run) = server.send("POST", "/v1/flows/runs", None, Some(body)).await;
+        assert_eq!(status, 201, "{run}");
+        ids.push(run["id"].as_str().unwrap().to_owned());
+    }
+    for _ in 0..KILLS {
+        super::crash::before_next_kill(&mut plan, 200..1500).await;
+        server.kill9();
+        server = env.serve(&[]);
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let run = ended(&server, id).await;
+        assert_eq!(run["status"], "completed", "run {n}: {run}");
+        let expected = [
+            ("a", json!(format!("echo: one {n}"))),
+            ("b", json!("slow")),
+            ("c", json!(format!("echo: three echo: one {n}"))),
+            ("d", json!("slow")),
+            ("e", json!("echo: end 2 slow")),
+        ];
+        for (task_id, output) in expected {
+            assert_eq!(task(&run, task_id)["output"], output, "run {n} task {task_id}: {run}");
+        }
+        assert_eq!(task(&run, "d")["outputs"], json!(["slow", "slow"]), "run {n}");
+    }
+    // Six questions a run, each one turn.
+    assert_eq!(turns(&server).await, RUNS * 6, "a task was asked twice (seed {seed})");
 }

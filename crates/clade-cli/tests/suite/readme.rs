@@ -41,6 +41,10 @@ const NOT_RUN_HERE: &[(&str, &str)] = &[
     ("clade tools list --agent ada", "suite::tools (approvals name ids only a run knows)"),
     ("export CLADE_TOOL_HOST_TOKEN", "suite::tool_hosts (a scheduler process of its own)"),
     ("export CLADE_SUBSCRIBER_TOKEN", "suite::subscribers (a subscriber process and a lease)"),
+    (
+        "clade flow check examples",
+        "suite::flows (every example, with models answering the JSON it asks for)",
+    ),
     ("clade remote listen", "suite::remote (a second machine)"),
     ("CLADE_PAIR_TOKEN=", "suite::remote (a second machine)"),
     (
