@@ -1,13 +1,13 @@
 //! The runner: a flow run is a durable execution of kind `flow`; each step of it (a task, a
-//! block, one iteration's list) is a child execution of kind `flow_step`, named by its place
-//! in the flow (`run/draft`, `run/2/0/review`, …), whose output records what it produced.
+//! block) is a child execution of kind `flow_step`, named by its place in the flow
+//! (`run/draft`, `run/2/0/review`, …), written once, when the step ends, with what it produced.
 //!
 //! A run driven again (after a crash, a restart, a pause) walks the flow from the top: a step
-//! whose execution has ended gives its recorded results without running anything, so no task
-//! is asked twice; a task's question is a journaled step of its execution, submitted with an
-//! idempotency key made from that step, so even a question whose answer was not yet recorded
-//! finds its turn instead of starting another. Conditions and loops are pure functions of the
-//! inputs and recorded outputs, so a run driven again decides as it did.
+//! whose execution has ended gives its recorded results without running anything; a task whose
+//! step did not end asks its questions again under the same idempotency keys (made from the
+//! step and the attempt), so each finds the turn it started before, answered or still running,
+//! and no agent is asked twice. Conditions and loops are pure functions of the inputs and
+//! recorded outputs, so a run driven again decides as it did.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -693,22 +693,15 @@ impl Walk {
                 Ok(run) => return Outcome::halted(Halt::NotRunning(run.status)),
                 Err(err) => return Outcome::halted(err),
             }
+            // A step is recorded once, when it ends: one that ended gives what it recorded; one
+            // that did not runs (again), its questions finding the turns they started before.
             let id = step_execution(self.run, path);
-            let new = NewExecution {
-                id,
-                tenant: self.tenant.id,
-                agent: self.agent,
-                kind: ExecutionKind::FlowStep,
-                owner: ExecutionOwner::Execution(self.run),
-                status: ExecutionStatus::Running,
-                input: json!({ "step": path }).to_string(),
-            };
-            let mut durable = match Durable::start_or_ended(store.clone(), new).await {
-                Ok(Ok(durable)) => durable,
-                Ok(Err(ended)) => return replayed(&ended),
+            match store.executions(self.tenant.id).get(id).await {
+                Ok(ended) if ended.status.is_final() => return replayed(&ended),
+                Ok(_) | Err(clade_store::Error::ExecutionNotFound(_)) => {}
                 Err(err) => return Outcome::halted(err),
-            };
-            let body = self.kind(step, path, (visible, locals), &mut durable, &mut waited);
+            }
+            let body = self.kind(step, path, (visible, locals), id, &mut waited);
             let out = match step.timeout {
                 None => body.await,
                 Some(limit) => tokio::select! {
@@ -720,19 +713,9 @@ impl Walk {
                 },
             };
             self.show(&out.produced);
-            let recorded = Recorded { tasks: out.produced.clone() };
             let ended = match &out.stop {
-                None => durable.complete(&recorded).await.map(drop),
-                Some(Stop::Failed(why)) => {
-                    let output = serde_json::to_string(&recorded).ok();
-                    let executions = store.executions(self.tenant.id);
-                    let status = ExecutionStatus::Failed;
-                    executions
-                        .set_status(id, status, output, Some(why.clone()))
-                        .await
-                        .map(drop)
-                        .map_err(Into::into)
-                }
+                None => self.record(id, path, &out.produced, None).await,
+                Some(Stop::Failed(why)) => self.record(id, path, &out.produced, Some(why)).await,
                 Some(Stop::Halted(_)) => Ok(()),
             };
             if let (Some(overheads), StepKind::Task(_)) = (&self.overheads, &step.kind)
@@ -747,17 +730,49 @@ impl Walk {
         })
     }
 
+    /// Records an ended step, in one write: its execution, completed with what it produced,
+    /// or failed saying why.
+    async fn record(
+        &self,
+        id: ExecutionId,
+        path: &str,
+        produced: &Results,
+        failed: Option<&String>,
+    ) -> Result<(), clade_store::Error> {
+        let new = NewExecution {
+            id,
+            tenant: self.tenant.id,
+            agent: self.agent,
+            kind: ExecutionKind::FlowStep,
+            owner: ExecutionOwner::Execution(self.run),
+            status: ExecutionStatus::Running,
+            input: json!({ "step": path }).to_string(),
+        };
+        let output = serde_json::to_string(&Recorded { tasks: produced.clone() }).ok();
+        let status =
+            if failed.is_some() { ExecutionStatus::Failed } else { ExecutionStatus::Completed };
+        let error = failed.cloned();
+        let written = self.engine.store().transact(self.tenant.id, move |work| {
+            let (new, output, error) = (new.clone(), output.clone(), error.clone());
+            Box::pin(async move {
+                work.executions().start(new).await?;
+                work.executions().set_status(id, status, output, error).await
+            })
+        });
+        written.await.map(drop)
+    }
+
     async fn kind(
         &self,
         step: &Step,
         path: &str,
         (visible, locals): (&Results, &Locals),
-        durable: &mut Durable,
+        execution: ExecutionId,
         waited: &mut Duration,
     ) -> Outcome {
         match &step.kind {
             StepKind::Task(id) => match self.flow.tasks.get(id) {
-                Some(task) => self.task(task, (visible, locals), durable, waited).await,
+                Some(task) => self.task(task, (visible, locals), execution, waited).await,
                 None => Outcome::failed(Results::new(), format!("task {id} is not declared")),
             },
             StepKind::Sequential(steps) => self.list(steps, path, visible, locals).await,
@@ -941,7 +956,7 @@ impl Walk {
         &self,
         task: &Task,
         (visible, locals): (&Results, &Locals),
-        durable: &mut Durable,
+        step: ExecutionId,
         waited: &mut Duration,
     ) -> Outcome {
         let failed = |result: TaskResult, why: String| {
@@ -961,25 +976,15 @@ impl Walk {
         for attempt in 1..=task.max_attempts {
             let mut text = prompt.clone();
             for check in 0..=task.output_retries {
-                let key = format!("ask.{attempt}.{check}");
-                // Only the question itself is waiting: its record is the step's own cost.
-                let mut asking = Duration::ZERO;
-                let asked = durable
-                    .step(&key, |idempotency| {
-                        let (asking, text, handle) = (&mut asking, text.clone(), &handle);
-                        async move {
-                            let from = instant();
-                            let asked = self.ask(handle, text, idempotency, task.timeout).await;
-                            *asking = from.elapsed();
-                            asked
-                        }
-                    })
-                    .await;
-                *waited += asking;
-                let asked: Asked = match asked {
-                    Ok(Ok(asked)) => asked,
-                    Ok(Err(halt)) => return Outcome::halted(halt),
-                    Err(err) => return Outcome::halted(err),
+                // The same key on every drive of the run: a question asked before finds its
+                // turn, answered or still running, and is not asked again.
+                let key = format!("flow:{step}:{attempt}.{check}");
+                let asking = instant();
+                let asked = self.ask(&handle, text.clone(), key, task.timeout).await;
+                *waited += asking.elapsed();
+                let asked = match asked {
+                    Ok(asked) => asked,
+                    Err(halt) => return Outcome::halted(halt),
                 };
                 result.attempts += 1;
                 result.turns.extend(asked.turn);
