@@ -23,6 +23,8 @@ use crate::error::{ApiError, Code};
 
 /// The name a flow's text goes by in problems when the request gives none.
 const DEFAULT_FILE: &str = "flow.yaml";
+/// The longest file name a request may give (`FlowCheckParams::file`'s `maxLength`).
+const MAX_FILE_NAME: usize = 256;
 
 fn whole_tenant(reach: &Reach) -> Result<(), ApiError> {
     if reach.is_whole_tenant() {
@@ -56,9 +58,25 @@ fn run_error(err: RunError) -> ApiError {
 pub(crate) async fn check(
     Extension(Caller(_, _, _)): Extension<Caller>,
     JsonBody(params): JsonBody<api::FlowCheckParams>,
-) -> axum::Json<api::FlowCheckResponse> {
-    let file = params.file.unwrap_or_else(|| DEFAULT_FILE.to_owned());
-    axum::Json(checked(&params.flow, &file))
+) -> Result<axum::Json<api::FlowCheckResponse>, ApiError> {
+    let file = file_name(params.file)?;
+    Ok(axum::Json(checked(&params.flow, &file)))
+}
+
+/// The name problems give the flow's text: the request's (at most 256 characters, as the
+/// document says), else `flow.yaml`.
+fn file_name(file: Option<String>) -> Result<String, ApiError> {
+    match file {
+        Some(file) if file.chars().count() > MAX_FILE_NAME => Err(ApiError::new(
+            Code::InvalidRequest,
+            format!(
+                "file: a name of at most {MAX_FILE_NAME} characters, not {}",
+                file.chars().count()
+            ),
+        )),
+        Some(file) => Ok(file),
+        None => Ok(DEFAULT_FILE.to_owned()),
+    }
 }
 
 /// What `POST /v1/flows/check` answers for `text`.
@@ -95,7 +113,7 @@ pub(crate) async fn start(
     whole_tenant(&reach)?;
     let start = StartRun {
         source: params.flow,
-        file: params.file.unwrap_or_else(|| DEFAULT_FILE.to_owned()),
+        file: file_name(params.file)?,
         inputs: params.inputs,
         id: None,
     };

@@ -294,6 +294,9 @@ async fn another_tenant_neither_sees_nor_drives_a_run() {
         checked["problems"][0]["message"].as_str().unwrap().contains("declares none"),
         "{checked}"
     );
+    let long = json!({ "flow": "", "file": "f".repeat(257) });
+    let (status, body) = server.send("POST", "/v1/flows/check", None, Some(long)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_request")), "{body}");
     let (_, list) = server.send("GET", "/v1/flows/runs", None, None).await;
     assert_eq!(list["runs"].as_array().unwrap().len(), 1);
 }
