@@ -609,11 +609,13 @@ pub(crate) enum FlowCommand {
         /// The flow file
         file: PathBuf,
     },
-    /// Run a flow file on the running gateway (`clade serve`); it prints the run's id, or with
+    /// Run a flow on the running gateway (`clade serve`): a file, or a stored flow by name
+    /// (`NAME@VERSION` for a version other than the newest); it prints the run's id, or with
     /// `--watch` each task as it starts and ends, then the outputs
     Run {
-        /// The flow file
-        file: PathBuf,
+        /// A flow file, or a stored flow's name (`clade flow list`)
+        #[arg(value_name = "FILE|NAME[@VERSION]")]
+        flow: String,
         /// An input, as NAME=VALUE (VALUE as JSON for a number, boolean, list or object)
         #[arg(long = "input", value_name = "NAME=VALUE")]
         inputs: Vec<String>,
@@ -626,7 +628,50 @@ pub(crate) enum FlowCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Flow runs: list, show, cancel, pause, resume
+    /// Store a flow file in the gateway, as the next version of the flow it names (nothing
+    /// changes when its newest version has the same text); runs of it are pinned to a version
+    Save {
+        /// The flow file
+        file: PathBuf,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// The stored flows, each at its newest version
+    List {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// A stored flow's text (its newest version, or `NAME@VERSION`), or its versions
+    Show {
+        /// The flow's name, and a version other than the newest after `@`
+        #[arg(value_name = "NAME[@VERSION]")]
+        flow: String,
+        /// List every version instead of showing the text
+        #[arg(long)]
+        versions: bool,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete a stored flow, every version (its runs keep the text they started with)
+    Delete {
+        /// The flow's name
+        name: String,
+        /// Confirm the deletion
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Flow runs: list, show, cancel, pause, resume, retry
     #[command(subcommand)]
     Runs(FlowRunsCommand),
 }
@@ -638,6 +683,9 @@ pub(crate) enum FlowRunsCommand {
         /// How many
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Only runs of this flow (by its name)
+        #[arg(long)]
+        flow: Option<String>,
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
@@ -672,6 +720,19 @@ pub(crate) enum FlowRunsCommand {
     Resume {
         /// The run's id (from `clade flow runs list`)
         id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Run an ended flow run again: the same flow text and inputs, as a new run
+    Retry {
+        /// The run's id (from `clade flow runs list`)
+        id: String,
+        /// Follow the new run until it ends, showing its tasks' progress
+        #[arg(long)]
+        watch: bool,
+        /// Print JSON instead of text (with --watch: the ended run)
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: ServerArgs,
     },

@@ -604,6 +604,7 @@ impl Ctx {
                 &self.data_dir.models_dir(),
             ))),
             postbox: clade_runtime::messaging::Postbox::new(),
+            flows: clade_flow::tools::FlowTools::new(),
             agents: self.agents.clone(),
         }
     }
@@ -748,6 +749,8 @@ pub(crate) struct ToolSources {
     memory: Arc<std::sync::RwLock<Option<Arc<clade_memory::Memory>>>>,
     /// Where the messaging tools find the engine, once `clade serve` started it.
     postbox: clade_runtime::messaging::Postbox,
+    /// Where `flow.start` finds the flow runner, once `clade serve` made it.
+    flows: clade_flow::tools::FlowTools,
     /// Where `agent.spawn` makes agents.
     agents: clade_store::Agents,
 }
@@ -792,6 +795,11 @@ impl ToolSources {
         self.postbox.attach(engine);
     }
 
+    /// Lets `flow.start` start runs on `runner`.
+    pub(crate) fn attach_flows(&self, runner: &clade_flow::run::Runner) {
+        self.flows.attach(runner);
+    }
+
     /// Sets up memory as `config` says; the next registry built holds its tools.
     pub(crate) fn set_memory(&self, config: &Config) -> Option<Arc<clade_memory::Memory>> {
         let models = self.data_dir.join("models");
@@ -805,7 +813,7 @@ impl ToolSources {
     }
 
     /// Every tool `config` gives agents: the built-ins (plus the test ledger when configured),
-    /// the cron, settings, working memory, messaging and memory tools, `config.apply`, and the tools of the MCP servers, tool
+    /// the cron, settings, working memory, messaging, flow and memory tools, `config.apply`, and the tools of the MCP servers, tool
     /// hosts, paired hosts and OpenAPI documents that can be reached (each one that cannot is
     /// reported and left out).
     pub(crate) async fn registry(&self, config: &Config) -> clade_tools::Registry {
@@ -821,6 +829,7 @@ impl ToolSources {
         clade_memory::working::register(&mut tools, self.store.clone());
         clade_runtime::messaging::register(&mut tools, self.postbox.clone(), self.agents.clone());
         clade_runtime::forks::register(&mut tools, self.postbox.clone());
+        clade_flow::tools::register(&mut tools, self.flows.clone());
         clade_runtime::shared::register(&mut tools, self.data_dir.join("shared"));
         if let Some(memory) = self.memory() {
             clade_memory::tools::register(&mut tools, self.store.clone(), memory);

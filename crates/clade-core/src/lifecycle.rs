@@ -246,6 +246,10 @@ vocabulary! {
         ExecutionsPaused = "executions.paused",
         /// An operator lifted a pause: the waiting events run.
         ExecutionsResumed = "executions.resumed",
+        /// A new version of a stored flow was saved (its name, version and hash).
+        FlowSaved = "flow.saved",
+        /// A stored flow was deleted, every version (runs keep the text they started with).
+        FlowDeleted = "flow.deleted",
     }
 }
 

@@ -7,6 +7,8 @@
 //! run is a durable execution of kind `flow` whose steps are journaled, so a run stopped at
 //! any point resumes where it stopped and no task's turn runs twice.
 //!
+//! Agents start runs of stored flows with the `flow.start` tool ([`tools`]).
+//!
 //! Depends on the runtime (the engine that runs each task's turn, durable executions) and
 //! the store; it must not depend on the gateway or the CLI, which start runs.
 
@@ -17,10 +19,13 @@ pub mod expr;
 pub mod flow;
 pub mod run;
 pub mod spec;
+pub mod stored;
+pub mod tools;
 
 pub use check::{Problem, check};
 pub use flow::{AgentSource, EnvValue, Flow, Join, LoopMode, OnError, Step, StepKind, Task};
 pub use spec::{AgentSpec, EnvSpec, FlowSpec, InputSpec, InputType, Place};
+pub use stored::{RESERVED_NAMES, StartStored};
 
 /// The largest flow file read.
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;

@@ -64,6 +64,12 @@ pub enum RunError {
     Store(#[from] clade_store::Error),
     #[error("flow run {0}'s record cannot be read: {1}")]
     Unreadable(ExecutionId, serde_json::Error),
+    #[error("name: {0:?} is a word of the API's own (/v1/flows/{0}); name the flow otherwise")]
+    ReservedName(String),
+    #[error(
+        "flow run {id} is {status}: only an ended run is retried; wait for it to end, or cancel it"
+    )]
+    UnderWay { id: ExecutionId, status: ExecutionStatus },
 }
 
 impl clade_core::Fault for RunError {
@@ -77,7 +83,7 @@ impl clade_core::Fault for RunError {
 }
 
 /// A run to start.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct StartRun {
     /// The flow file's text: the run is pinned to it, whatever happens to the file later.
     pub source: String,
@@ -86,6 +92,10 @@ pub struct StartRun {
     pub inputs: BTreeMap<String, Value>,
     /// Chosen by the caller to make a repeated start find the run it made; new when `None`.
     pub id: Option<ExecutionId>,
+    /// The stored flow's version the text is, when it came from the store.
+    pub version: Option<i64>,
+    /// The run this one runs again ([`Runner::retry`]).
+    pub retry_of: Option<ExecutionId>,
 }
 
 /// What a flow run's execution holds as its input: enough to drive it again from nothing.
@@ -97,6 +107,12 @@ pub struct RunInput {
     pub inputs: BTreeMap<String, Value>,
     /// Each of the flow's agents, by the handle it runs as.
     pub agents: BTreeMap<String, String>,
+    /// The stored flow's version the run is pinned to; `None` for a text given inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// The id of the run this one runs again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
 }
 
 /// Where a task stands in a run.
@@ -241,7 +257,23 @@ fn instant() -> std::time::Instant {
     std::time::Instant::now()
 }
 
+/// A runner that does not keep it alive: what the agents' tools hold, since the engine that
+/// runs their calls is the runner's own.
+#[derive(Clone)]
+pub struct WeakRunner(std::sync::Weak<Inner>);
+
+impl WeakRunner {
+    pub fn upgrade(&self) -> Option<Runner> {
+        self.0.upgrade().map(|inner| Runner { inner })
+    }
+}
+
 impl Runner {
+    /// A handle that does not keep the runner alive.
+    pub fn downgrade(&self) -> WeakRunner {
+        WeakRunner(Arc::downgrade(&self.inner))
+    }
+
     pub fn new(engine: Engine) -> Self {
         let driving = Mutex::new(HashMap::new());
         Self { inner: Arc::new(Inner { engine, overheads: None, driving }) }
@@ -252,6 +284,11 @@ impl Runner {
     pub fn measured(engine: Engine) -> Self {
         let (driving, overheads) = (Mutex::new(HashMap::new()), Some(Overheads::default()));
         Self { inner: Arc::new(Inner { engine, overheads, driving }) }
+    }
+
+    /// The store the runner's engine writes to.
+    pub(crate) fn store(&self) -> &clade_store::Store {
+        self.inner.engine.store()
     }
 
     /// What each task step cost beyond its turns so far, when measured.
@@ -312,6 +349,8 @@ impl Runner {
             source: start.source,
             inputs,
             agents,
+            version: start.version,
+            retry_of: start.retry_of.map(|id| id.to_string()),
         };
         let id = start.id.unwrap_or_else(|| ExecutionId::generate(store.now()));
         let row = store

@@ -79,7 +79,12 @@ async fn engine(store: &Store, data: &DataDir) -> clade_runtime::Engine {
 
 fn start(source: &str, inputs: serde_json::Value) -> StartRun {
     let inputs: BTreeMap<String, serde_json::Value> = serde_json::from_value(inputs).unwrap();
-    StartRun { source: source.to_owned(), file: "t.flow.yaml".into(), inputs, id: None }
+    StartRun {
+        source: source.to_owned(),
+        file: "t.flow.yaml".into(),
+        inputs,
+        ..StartRun::default()
+    }
 }
 
 async fn finished(

@@ -67,6 +67,8 @@ codes! {
     InvalidFork => ("invalid_fork", UNPROCESSABLE_ENTITY),
     InvalidFlow => ("invalid_flow", UNPROCESSABLE_ENTITY),
     RunEnded => ("run_ended", CONFLICT),
+    RunUnderWay => ("run_under_way", CONFLICT),
+    FlowNotFound => ("flow_not_found", NOT_FOUND),
     PayloadTooLarge => ("payload_too_large", PAYLOAD_TOO_LARGE),
     UnsupportedMediaType => ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE),
     TemplateNotFound => ("template_not_found", NOT_FOUND),
@@ -163,6 +165,7 @@ impl From<clade_store::Error> for ApiError {
             E::PeerNotFound(_) | E::LeaseeNotFound { .. } => Code::PeerNotFound,
             E::TemplateNotFound(_) => Code::TemplateNotFound,
             E::ExecutionNotFound(_) => Code::RunNotFound,
+            E::FlowNotFound(_) => Code::FlowNotFound,
             E::InvalidInput(_) => Code::InvalidRequest,
             E::BadToken => Code::InvalidToken,
             E::Unreachable { .. } | E::WriterGone | E::CommitFailed(_) => Code::StoreUnavailable,
@@ -176,6 +179,7 @@ impl From<clade_store::Error> for ApiError {
             E::GrantNotFound(_) => Some("list grants with GET /v1/grants"),
             E::ApprovalNotFound(_) => Some("list approvals with GET /v1/approvals"),
             E::LeaseNotFound(_) => Some("list leases with GET /v1/leases"),
+            E::FlowNotFound(_) => Some("list stored flows with GET /v1/flows"),
             E::ExecutionNotFound(_) => {
                 Some("list an agent's runs with GET /v1/agents/{handle}/runs")
             }

@@ -1,6 +1,9 @@
-//! Flows (`clade-flow`): `POST /v1/flows/check` checks a flow file, `POST /v1/flows/runs`
-//! starts a run of one, `GET /v1/flows/runs[/{id}]` lists and shows runs, and
-//! `POST /v1/flows/runs/{id}/cancel|pause|resume` steers one.
+//! Flows (`clade-flow`): `POST /v1/flows/check` checks a flow file; `POST /v1/flows` stores
+//! one (versioned), `GET /v1/flows[/{name}[/versions]]` reads them, `DELETE /v1/flows/{name}`
+//! deletes one; `POST /v1/flows/runs` starts a run of a text given inline and
+//! `POST /v1/flows/{name}/runs` one of a stored flow, pinned to a version;
+//! `GET /v1/flows/runs[/{id}]` and `GET /v1/flows/{name}/runs` list and show runs, and
+//! `POST /v1/flows/runs/{id}/cancel|pause|resume|retry` steers one.
 //!
 //! A flow drives several agents of its tenant, so only a token that reaches the whole tenant
 //! uses these routes; a token limited to some agents finds no runs and starts none. Runs are
@@ -12,9 +15,10 @@ use axum::Extension;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use clade_core::{ExecutionId, ExecutionKind, Tenant};
+use clade_flow::StartStored;
 use clade_flow::run::{RunError, StartRun};
 use clade_protocol as api;
-use clade_store::ExecutionRow;
+use clade_store::{ExecutionRow, StoredFlows};
 
 use crate::AppState;
 use crate::agents::{JsonBody, checked_limit, query_rejection};
@@ -43,9 +47,11 @@ fn run_id(text: &str) -> Result<ExecutionId, ApiError> {
 
 fn run_error(err: RunError) -> ApiError {
     match err {
-        RunError::Invalid(_) | RunError::Inputs(_) | RunError::TemplateAgent { .. } => {
-            ApiError::new(Code::InvalidFlow, err.to_string())
-        }
+        RunError::Invalid(_)
+        | RunError::Inputs(_)
+        | RunError::TemplateAgent { .. }
+        | RunError::ReservedName(_) => ApiError::new(Code::InvalidFlow, err.to_string()),
+        RunError::UnderWay { .. } => ApiError::new(Code::RunUnderWay, err.to_string()),
         RunError::UnknownAgent { .. } => ApiError::new(Code::AgentNotFound, err.to_string()),
         RunError::NotFound(_) => ApiError::new(Code::RunNotFound, err.to_string()),
         RunError::TooMany => ApiError::new(Code::QuotaExceeded, err.to_string()),
@@ -115,7 +121,7 @@ pub(crate) async fn start(
         source: params.flow,
         file: file_name(params.file)?,
         inputs: params.inputs,
-        id: None,
+        ..StartRun::default()
     };
     let row = state.flows.start(&tenant, start).await.map_err(run_error)?;
     Ok((axum::http::StatusCode::CREATED, axum::Json(response(&state, row)?)))
@@ -127,13 +133,185 @@ pub(crate) async fn list(
     query: Result<Query<api::FlowRunsQuery>, QueryRejection>,
 ) -> Result<axum::Json<api::FlowRunListResponse>, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
-    let limit = checked_limit(query.limit)?;
+    runs_of(&state, &tenant, &reach, None, checked_limit(query.limit)?).await
+}
+
+/// How many of the tenant's newest runs `GET /v1/flows/{name}/runs` looks through.
+const RUNS_SEARCHED: u32 = 1_000;
+
+/// The tenant's newest flow runs, of flow `name` only when given.
+async fn runs_of(
+    state: &AppState,
+    tenant: &Tenant,
+    reach: &Reach,
+    name: Option<&str>,
+    limit: u32,
+) -> Result<axum::Json<api::FlowRunListResponse>, ApiError> {
     if !reach.is_whole_tenant() {
         return Ok(axum::Json(api::FlowRunListResponse { runs: Vec::new() }));
     }
-    let rows = state.of(&tenant).executions().list_of(ExecutionKind::Flow, limit).await?;
-    let runs = rows.into_iter().map(|row| response(&state, row)).collect::<Result<_, _>>()?;
+    let searched = if name.is_some() { RUNS_SEARCHED } else { limit };
+    let rows = state.of(tenant).executions().list_of(ExecutionKind::Flow, searched).await?;
+    let mut runs = Vec::new();
+    for row in rows {
+        let run = response(state, row)?;
+        if name.is_none_or(|name| run.flow == name) {
+            runs.push(run);
+        }
+        if runs.len() >= limit as usize {
+            break;
+        }
+    }
     Ok(axum::Json(api::FlowRunListResponse { runs }))
+}
+
+pub(crate) async fn list_of_flow(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path(name): Path<String>,
+    query: Result<Query<api::FlowRunsQuery>, QueryRejection>,
+) -> Result<axum::Json<api::FlowRunListResponse>, ApiError> {
+    let Query(query) = query.map_err(query_rejection)?;
+    let limit = checked_limit(query.limit)?;
+    let name = flow_name(&name)?;
+    runs_of(&state, &tenant, &reach, Some(&name), limit).await
+}
+
+/// A stored flow's name from a path: a handle (the flow file's `name`), not a reserved word.
+fn flow_name(text: &str) -> Result<String, ApiError> {
+    let handle = clade_core::Handle::parse(text).map_err(|e| {
+        ApiError::new(Code::InvalidRequest, format!("{text:?} is not a flow's name: {e}"))
+    })?;
+    if clade_flow::RESERVED_NAMES.contains(&handle.as_str()) {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!("{text:?} is a word of the API's own, never a stored flow's name"),
+        ));
+    }
+    Ok(handle.as_str().to_owned())
+}
+
+/// A version a request names: from 1 to `MAX_FLOW_VERSION`, as the document says.
+fn version_of(version: Option<u64>) -> Result<Option<i64>, ApiError> {
+    match version {
+        None => Ok(None),
+        Some(v) if (1..=api::MAX_FLOW_VERSION).contains(&v) => Ok(Some(v as i64)),
+        Some(v) => Err(ApiError::new(
+            Code::InvalidRequest,
+            format!("version: a number from 1 to {}, not {v}", api::MAX_FLOW_VERSION),
+        )),
+    }
+}
+
+/// A stored flow's version as the API shows it.
+fn flow_response(flow: clade_store::FlowVersion, with_source: bool) -> api::FlowResponse {
+    let file = clade_flow::stored::file_of(&flow.name);
+    let tasks = clade_flow::parse(&flow.source, FilePath::new(&file))
+        .map(|parsed| parsed.task_order().into_iter().map(str::to_owned).collect())
+        .unwrap_or_default();
+    api::FlowResponse {
+        name: flow.name,
+        version: flow.version,
+        sha256: flow.sha256,
+        saved_by: flow.saved_by,
+        created_at: flow.created_at.as_millis(),
+        tasks,
+        source: with_source.then_some(flow.source),
+    }
+}
+
+pub(crate) async fn save(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    JsonBody(params): JsonBody<api::FlowCheckParams>,
+) -> Result<(axum::http::StatusCode, axum::Json<api::FlowResponse>), ApiError> {
+    whole_tenant(&reach)?;
+    let file = file_name(params.file)?;
+    let saved = state.flows.save(tenant.id, &params.flow, &file).await.map_err(run_error)?;
+    let status =
+        if saved.created { axum::http::StatusCode::CREATED } else { axum::http::StatusCode::OK };
+    Ok((status, axum::Json(flow_response(saved.flow, false))))
+}
+
+pub(crate) async fn list_flows(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+) -> Result<axum::Json<api::FlowListResponse>, ApiError> {
+    if !reach.is_whole_tenant() {
+        return Ok(axum::Json(api::FlowListResponse { flows: Vec::new() }));
+    }
+    let flows = StoredFlows::scoped(&state.of(&tenant)).list().await?;
+    let flows = flows.into_iter().map(|flow| flow_response(flow, false)).collect();
+    Ok(axum::Json(api::FlowListResponse { flows }))
+}
+
+pub(crate) async fn show_flow(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path(name): Path<String>,
+    query: Result<Query<api::FlowVersionQuery>, QueryRejection>,
+) -> Result<axum::Json<api::FlowResponse>, ApiError> {
+    let Query(query) = query.map_err(query_rejection)?;
+    let name = flow_name(&name)?;
+    let version = version_of(query.version)?;
+    if !reach.is_whole_tenant() {
+        return Err(clade_store::Error::FlowNotFound(name).into());
+    }
+    let flow = StoredFlows::scoped(&state.of(&tenant)).get(&name, version).await?;
+    Ok(axum::Json(flow_response(flow, true)))
+}
+
+pub(crate) async fn versions(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<api::FlowListResponse>, ApiError> {
+    let name = flow_name(&name)?;
+    let flows = if reach.is_whole_tenant() {
+        StoredFlows::scoped(&state.of(&tenant)).versions(&name).await?
+    } else {
+        Vec::new()
+    };
+    if flows.is_empty() {
+        return Err(clade_store::Error::FlowNotFound(name).into());
+    }
+    let flows = flows.into_iter().map(|flow| flow_response(flow, false)).collect();
+    Ok(axum::Json(api::FlowListResponse { flows }))
+}
+
+pub(crate) async fn delete_flow(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    whole_tenant(&reach)?;
+    let name = flow_name(&name)?;
+    StoredFlows::scoped(&state.of(&tenant)).delete(&name).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn start_stored(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path(name): Path<String>,
+    JsonBody(params): JsonBody<api::StartStoredFlowRunParams>,
+) -> Result<(axum::http::StatusCode, axum::Json<api::FlowRunResponse>), ApiError> {
+    whole_tenant(&reach)?;
+    let name = flow_name(&name)?;
+    let version = version_of(params.version)?;
+    let start = StartStored { name, version, inputs: params.inputs, id: None };
+    let row = state.flows.start_stored(&tenant, start).await.map_err(run_error)?;
+    Ok((axum::http::StatusCode::CREATED, axum::Json(response(&state, row)?)))
+}
+
+pub(crate) async fn retry(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<(axum::http::StatusCode, axum::Json<api::FlowRunResponse>), ApiError> {
+    let row = reachable(&state, &tenant, &reach, &id).await?;
+    let row = state.flows.retry(&tenant, row.id).await.map_err(run_error)?;
+    Ok((axum::http::StatusCode::CREATED, axum::Json(response(&state, row)?)))
 }
 
 /// The run `id` of the caller's tenant, read as missing for a token limited to some agents.
@@ -216,6 +394,8 @@ fn response(state: &AppState, row: ExecutionRow) -> Result<api::FlowRunResponse,
     Ok(api::FlowRunResponse {
         id: row.id.to_string(),
         flow: input.flow,
+        version: input.version,
+        retry_of: input.retry_of,
         status: row.status.into(),
         error: row.error,
         inputs: input.inputs,

@@ -103,6 +103,16 @@ fn handle_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({ "type": "string", "pattern": clade_core::HANDLE_PATTERN, "maxLength": 64 })
 }
 
+/// A stored flow's name: a handle, but not a word of `/v1/flows/…`'s own.
+fn flow_name_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "pattern": clade_core::HANDLE_PATTERN,
+        "maxLength": 64,
+        "not": { "enum": clade_flow::RESERVED_NAMES },
+    })
+}
+
 fn uuid_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({ "type": "string", "format": "uuid" })
 }
@@ -138,6 +148,7 @@ const JOB: Param = path("name", job_name_schema);
 const REVISION: Param = path("revision", revision_schema);
 const SETTING: Param = path("key", setting_key_schema);
 const MEMORY: Param = path("id", uuid_schema);
+const FLOW: Param = path("name", flow_name_schema);
 /// A Server-Sent Events stream's answer.
 const SSE_STREAM: Reply = Reply {
     status: "200",
@@ -819,6 +830,136 @@ pub static OPERATIONS: &[Operation] = &[
         )
     },
     Operation {
+        body: Some(of::<api::FlowCheckParams>),
+        responses: &[
+            ok("201", "saved as the flow's next version", of::<api::FlowResponse>),
+            ok("200", "unchanged: the newest version has the same text", of::<api::FlowResponse>),
+            error("400", "invalid body"),
+            error(
+                "403",
+                "the token reaches only some of the tenant's agents: a flow needs one that reaches all",
+            ),
+            error(
+                "422",
+                "the flow does not check (every problem, `file:line:column: message`), or is named `runs` or `check` (`invalid_flow`); nothing was saved",
+            ),
+            error(
+                "429",
+                "the tenant stores 500 flows, or the flow 1,000 versions (`quota_exceeded`)",
+            ),
+        ],
+        description: Some(
+            "Stores a flow file under the name it declares, as its next version (1, 2, …). A run started from a stored flow (`POST /v1/flows/{name}/runs`) is pinned to one version: saving or deleting the flow later does not change it.",
+        ),
+        ..op("POST", "/v1/flows", &[Operate], "Store a flow (versioned)", || post(flows::save))
+    },
+    Operation {
+        responses: &[ok(
+            "200",
+            "each stored flow at its newest version, by name (none for a token limited to some agents)",
+            of::<api::FlowListResponse>,
+        )],
+        ..op("GET", "/v1/flows", &[Read], "The tenant's stored flows", || get(flows::list_flows))
+    },
+    Operation {
+        params: &[FLOW],
+        query: Some(fields::<api::FlowVersionQuery>),
+        responses: &[
+            ok("200", "the version, with its text", of::<api::FlowResponse>),
+            error("405", "the name is `runs` or `check`, whose paths are other routes'"),
+            error("400", "not a flow's name, or an invalid query"),
+            error("404", "no such stored flow, or not at that version (`flow_not_found`)"),
+        ],
+        ..op(
+            "GET",
+            "/v1/flows/{name}",
+            &[Read],
+            "A stored flow's text: its newest version, or `version`",
+            || get(flows::show_flow),
+        )
+    },
+    Operation {
+        params: &[FLOW],
+        responses: &[
+            empty("204", "deleted, every version; runs keep the text they started with"),
+            error("405", "the name is `runs` or `check`, whose paths are other routes'"),
+            error("400", "not a flow's name"),
+            error(
+                "403",
+                "the token reaches only some of the tenant's agents: a flow needs one that reaches all",
+            ),
+            error("404", "no such stored flow (`flow_not_found`)"),
+        ],
+        ..op("DELETE", "/v1/flows/{name}", &[Operate], "Delete a stored flow", || {
+            delete(flows::delete_flow)
+        })
+    },
+    Operation {
+        params: &[FLOW],
+        responses: &[
+            ok(
+                "200",
+                "every version, newest first (without their text)",
+                of::<api::FlowListResponse>,
+            ),
+            error("405", "the name is `runs` or `check`, whose paths are other routes'"),
+            error("400", "not a flow's name"),
+            error("404", "no such stored flow (`flow_not_found`)"),
+        ],
+        ..op("GET", "/v1/flows/{name}/versions", &[Read], "A stored flow's versions", || {
+            get(flows::versions)
+        })
+    },
+    Operation {
+        params: &[FLOW],
+        body: Some(of::<api::StartStoredFlowRunParams>),
+        responses: &[
+            ok(
+                "201",
+                "started, pinned to the version (`version` in the answer)",
+                of::<api::FlowRunResponse>,
+            ),
+            error("405", "the name is `runs` or `check`, whose paths are other routes'"),
+            error("400", "not a flow's name, or an invalid body"),
+            error(
+                "403",
+                "the token reaches only some of the tenant's agents: a flow needs one that reaches all",
+            ),
+            error(
+                "404",
+                "no such stored flow or version (`flow_not_found`), or an agent it names does not exist (`agent_not_found`)",
+            ),
+            error(
+                "422",
+                "an input is missing or of the wrong type (`invalid_flow`); nothing was started",
+            ),
+            error(
+                "429",
+                "the tenant has 1,000 flow runs under way in this gateway (`quota_exceeded`); nothing was started",
+            ),
+        ],
+        ..op("POST", "/v1/flows/{name}/runs", &[Operate], "Start a run of a stored flow", || {
+            post(flows::start_stored)
+        })
+    },
+    Operation {
+        params: &[FLOW],
+        query: Some(fields::<api::FlowRunsQuery>),
+        responses: &[
+            ok(
+                "200",
+                "the flow's runs, newest first, among the tenant's 1,000 newest runs",
+                of::<api::FlowRunListResponse>,
+            ),
+            error("405", "the name is `runs` or `check`, whose paths are other routes'"),
+            error("405", "the name is `runs` or `check`, whose paths are other routes'"),
+            error("400", "not a flow's name, or an invalid query"),
+        ],
+        ..op("GET", "/v1/flows/{name}/runs", &[Read], "A stored flow's runs", || {
+            get(flows::list_of_flow)
+        })
+    },
+    Operation {
         query: Some(fields::<api::FlowRunsQuery>),
         responses: &[
             ok(
@@ -912,6 +1053,25 @@ pub static OPERATIONS: &[Operation] = &[
         ],
         ..op("POST", "/v1/flows/runs/{id}/resume", &[Operate], "Resume a paused flow run", || {
             post(flows::resume)
+        })
+    },
+    Operation {
+        params: &[ID],
+        responses: &[
+            ok(
+                "201",
+                "a new run of the same text and inputs (`retry_of` names the first)",
+                of::<api::FlowRunResponse>,
+            ),
+            error("400", "not a run id"),
+            error("404", "no such flow run, or an agent it names is gone"),
+            error(
+                "409",
+                "the run is under way (`run_under_way`): wait for it to end, or cancel it",
+            ),
+        ],
+        ..op("POST", "/v1/flows/runs/{id}/retry", &[Operate], "Run an ended flow run again", || {
+            post(flows::retry)
         })
     },
     Operation {

@@ -1792,8 +1792,8 @@ pub struct ChannelListResponse {
     pub items: Vec<ChannelStatus>,
 }
 
-/// Body of `POST /v1/flows/check` and the flow of `POST /v1/flows/runs`: a flow file's text
-/// (`*.flow.yaml`, see `docs/flow.schema.json`).
+/// Body of `POST /v1/flows/check` and `POST /v1/flows`: a flow file's text (`*.flow.yaml`,
+/// see `docs/flow.schema.json`).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FlowCheckParams {
@@ -1842,6 +1842,60 @@ pub struct StartFlowRunParams {
     pub inputs: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
+/// The highest version number a request may name (a flow keeps at most 1,000 versions).
+pub const MAX_FLOW_VERSION: u64 = 1_000_000;
+
+/// A stored flow's version (`POST /v1/flows`, `GET /v1/flows[/{name}]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FlowResponse {
+    /// The flow file's `name`.
+    pub name: String,
+    /// 1, 2, …: each save of a changed text makes the next.
+    pub version: i64,
+    /// The text's SHA-256, hex.
+    pub sha256: String,
+    /// Who saved it (the token's name).
+    pub saved_by: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Its tasks in run order.
+    pub tasks: Vec<String>,
+    /// The flow file's text (`GET /v1/flows/{name}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// Answer of `GET /v1/flows` (each flow's newest version) and `GET /v1/flows/{name}/versions`
+/// (every version, newest first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FlowListResponse {
+    pub flows: Vec<FlowResponse>,
+}
+
+/// Query of `GET /v1/flows/{name}`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowVersionQuery {
+    /// The version to show; the newest when absent.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_FLOW_VERSION))]
+    pub version: Option<u64>,
+}
+
+/// Body of `POST /v1/flows/{name}/runs`: which version to run, and its inputs.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartStoredFlowRunParams {
+    /// The version to run, pinned for the whole run; the newest when absent.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schemars(range(min = 1, max = MAX_FLOW_VERSION))]
+    pub version: Option<u64>,
+    /// The flow's inputs by name, each of its declared type; those not given take their
+    /// defaults.
+    #[serde(default)]
+    pub inputs: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
 /// Query of `GET /v1/flows/runs`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -1874,6 +1928,12 @@ pub struct FlowRunResponse {
     pub id: String,
     /// The flow's name.
     pub flow: String,
+    /// The stored flow's version the run is pinned to (absent for a flow given inline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// The run this one runs again (`POST /v1/flows/runs/{id}/retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
     pub status: Spelled<clade_core::ExecutionStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

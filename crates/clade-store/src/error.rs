@@ -62,6 +62,9 @@ pub enum Error {
     JobNotFound(String),
     #[error("configuration revision {0} not found")]
     ConfigRevisionNotFound(i64),
+    /// No stored flow of that name (or not at that version).
+    #[error("no stored flow {0}")]
+    FlowNotFound(String),
     #[error("no peer named {0:?} is paired")]
     PeerNotFound(String),
     /// No paired component of the kind a lease names (`subscriber`, or an operator paired

@@ -105,6 +105,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::shared(30, "channel_chats", include_str!("../migrations/0030_channel_chats.sql")),
     Migration::shared(31, "token_expiry", include_str!("../migrations/0031_token_expiry.sql")),
     Migration::shared(32, "lease_expiry", include_str!("../migrations/0032_lease_expiry.sql")),
+    Migration::shared(33, "flows", include_str!("../migrations/0033_flows.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.

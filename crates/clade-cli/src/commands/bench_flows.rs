@@ -91,12 +91,8 @@ async fn measure(
     let started = now();
     let mut ids = Vec::with_capacity(runs);
     for _ in 0..runs {
-        let start = StartRun {
-            source: FLOW.into(),
-            file: "bench.flow.yaml".into(),
-            inputs: Default::default(),
-            id: None,
-        };
+        let start =
+            StartRun { source: FLOW.into(), file: "bench.flow.yaml".into(), ..StartRun::default() };
         ids.push(runner.start(&tenant, start).await?.id);
     }
     let (mut completed, mut failed) = (0usize, 0usize);
@@ -151,8 +147,7 @@ async fn waiting_rss(
         let start = StartRun {
             source: WAITING.into(),
             file: "waiting.flow.yaml".into(),
-            inputs: Default::default(),
-            id: None,
+            ..StartRun::default()
         };
         ids.push(runner.start(tenant, start).await?.id);
     }

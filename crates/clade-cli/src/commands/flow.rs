@@ -1,5 +1,6 @@
-//! `clade flow`: check a flow file here (no gateway needed), run one on the running gateway
-//! and follow it, and steer its runs (`clade-flow`; the gateway's `/v1/flows`).
+//! `clade flow`: check a flow file here (no gateway needed), store flows in the running
+//! gateway (versioned), run a file or a stored flow and follow it, and steer its runs
+//! (`clade-flow`; the gateway's `/v1/flows`).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
@@ -50,37 +51,104 @@ pub(super) fn check(file: &Path) -> Result<()> {
 pub(super) async fn run(ctx: &Ctx, command: FlowCommand) -> Result<()> {
     match command {
         FlowCommand::Check { file } => check(&file),
-        FlowCommand::Run { file, inputs, watch, json, server } => {
+        FlowCommand::Run { flow, inputs, watch, json, server } => {
             let client = Client::new(ctx, server.server.as_deref())?;
             let clock = ctx.store.clock().clone();
-            start(&client, &clock, &file, &inputs, (watch, json)).await
+            let (path, body) = run_request(&client, &flow, &inputs).await?;
+            let (_, run) = client.post(&path, body).await?;
+            started(&client, &clock, run, (watch, json)).await
+        }
+        FlowCommand::Save { file, json, server } => {
+            let client = Client::new(ctx, server.server.as_deref())?;
+            save(&client, &file, json).await
+        }
+        FlowCommand::List { json, server } => {
+            let client = Client::new(ctx, server.server.as_deref())?;
+            list(&client, json).await
+        }
+        FlowCommand::Show { flow, versions, json, server } => {
+            let client = Client::new(ctx, server.server.as_deref())?;
+            let (name, version) = stored_ref(&flow)?;
+            show(&client, name, version, versions, json).await
+        }
+        FlowCommand::Delete { name, yes, server } => {
+            if !yes {
+                bail!(
+                    "deleting flow {name} removes every stored version of it (its runs keep their text); add --yes to confirm"
+                );
+            }
+            let client = Client::new(ctx, server.server.as_deref())?;
+            client.delete(&format!("/v1/flows/{name}")).await?;
+            println!("deleted flow {name}");
+            Ok(())
         }
         FlowCommand::Runs(command) => runs(ctx, command).await,
     }
 }
 
-async fn start(
+/// The route and body that start a run of `flow`: a file's text given inline, or a stored
+/// flow by `NAME[@VERSION]`, pinned to the version whose inputs were read here.
+async fn run_request(client: &Client, flow: &str, inputs: &[String]) -> Result<(String, Value)> {
+    let file = Path::new(flow);
+    // A path that cannot be looked at is read as a file, so the read's error is shown.
+    if file.try_exists().unwrap_or(true) || flow.contains(['/', '.']) {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read flow file {}", file.display()))?;
+        // Checked here first, so a mistake is shown at its place before anything is sent.
+        let parsed = clade_flow::parse(&text, file).map_err(|err| anyhow::anyhow!("{err}"))?;
+        let inputs = parse_inputs(&parsed, inputs)?;
+        let body = json!({ "flow": text, "file": file.display().to_string(), "inputs": inputs });
+        return Ok(("/v1/flows/runs".to_owned(), body));
+    }
+    let (name, version) = stored_ref(flow)?;
+    let stored = client.get(&stored_path(name, version)).await.with_context(|| {
+        format!("{flow:?} is neither a flow file here nor a stored flow (`clade flow list`)")
+    })?;
+    let text = stored["source"].as_str().unwrap_or_default();
+    let parsed = clade_flow::parse(text, Path::new(&clade_flow::stored::file_of(name)))
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    let inputs = parse_inputs(&parsed, inputs)?;
+    let body = json!({ "version": stored["version"], "inputs": inputs });
+    Ok((format!("/v1/flows/{name}/runs"), body))
+}
+
+/// A stored flow named as `NAME` or `NAME@VERSION`.
+fn stored_ref(flow: &str) -> Result<(&str, Option<i64>)> {
+    match flow.split_once('@') {
+        Some((name, version)) => {
+            let version: i64 = version.parse().ok().filter(|v| *v >= 1).with_context(|| {
+                format!("{flow:?}: write a stored flow as NAME or NAME@VERSION (a number from 1)")
+            })?;
+            Ok((name, Some(version)))
+        }
+        None => Ok((flow, None)),
+    }
+}
+
+fn stored_path(name: &str, version: Option<i64>) -> String {
+    match version {
+        Some(version) => format!("/v1/flows/{name}?version={version}"),
+        None => format!("/v1/flows/{name}"),
+    }
+}
+
+/// After a start: the run's id, or with `--watch` its progress until it ends (an error unless
+/// it completed).
+async fn started(
     client: &Client,
     clock: &Arc<dyn Clock>,
-    file: &Path,
-    inputs: &[String],
+    run: Value,
     (watch, json): (bool, bool),
 ) -> Result<()> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read flow file {}", file.display()))?;
-    // Checked here first, so a mistake is shown at its place before anything is sent.
-    let flow = clade_flow::parse(&text, file).map_err(|err| anyhow::anyhow!("{err}"))?;
-    let inputs = parse_inputs(&flow, inputs)?;
-    let body = json!({ "flow": text, "file": file.display().to_string(), "inputs": inputs });
-    let (_, run) = client.post("/v1/flows/runs", body).await?;
     let id = run["id"].as_str().unwrap_or_default().to_owned();
     if !watch {
         if json {
             println!("{}", serde_json::to_string_pretty(&run)?);
         } else {
             println!(
-                "started flow run {id} of {}: follow it with `clade flow runs show {id}`",
-                flow.name
+                "started flow run {id} of {}{}: follow it with `clade flow runs show {id}`",
+                run["flow"].as_str().unwrap_or_default(),
+                run["version"].as_i64().map(|v| format!(" (version {v})")).unwrap_or_default(),
             );
         }
         return Ok(());
@@ -99,6 +167,79 @@ async fn start(
             ended["error"].as_str().unwrap_or("no reason given")
         ),
     }
+}
+
+/// `clade flow save FILE`.
+async fn save(client: &Client, file: &Path, json: bool) -> Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read flow file {}", file.display()))?;
+    clade_flow::parse(&text, file).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let body = json!({ "flow": text, "file": file.display().to_string() });
+    let (status, saved) = client.post("/v1/flows", body).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&saved)?);
+        return Ok(());
+    }
+    let (name, version) = (saved["name"].as_str().unwrap_or_default(), &saved["version"]);
+    if status == 201 {
+        println!("saved flow {name} version {version}: run it with `clade flow run {name}`");
+    } else {
+        println!("flow {name} unchanged: version {version} has the same text");
+    }
+    Ok(())
+}
+
+/// `clade flow list`.
+async fn list(client: &Client, json: bool) -> Result<()> {
+    let list = client.get("/v1/flows").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let flows = list["flows"].as_array().cloned().unwrap_or_default();
+    if flows.is_empty() {
+        println!("no stored flows: store one with `clade flow save FILE`");
+    }
+    for flow in flows {
+        println!(
+            "{:<24} v{:<4} {} task(s), saved by {}",
+            flow["name"].as_str().unwrap_or_default(),
+            flow["version"],
+            flow["tasks"].as_array().map_or(0, Vec::len),
+            flow["saved_by"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `clade flow show NAME[@VERSION] [--versions]`.
+async fn show(
+    client: &Client,
+    name: &str,
+    version: Option<i64>,
+    versions: bool,
+    json: bool,
+) -> Result<()> {
+    let found = if versions {
+        client.get(&format!("/v1/flows/{name}/versions")).await?
+    } else {
+        client.get(&stored_path(name, version)).await?
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+    } else if versions {
+        for flow in found["flows"].as_array().into_iter().flatten() {
+            println!(
+                "v{:<4} sha256 {} saved by {}",
+                flow["version"],
+                flow["sha256"].as_str().unwrap_or_default(),
+                flow["saved_by"].as_str().unwrap_or_default()
+            );
+        }
+    } else {
+        print!("{}", found["source"].as_str().unwrap_or_default());
+    }
+    Ok(())
 }
 
 /// `--input NAME=VALUE`s, each read as its declared type.
@@ -212,9 +353,13 @@ fn print_run(run: &Value) {
 
 async fn runs(ctx: &Ctx, command: FlowRunsCommand) -> Result<()> {
     match command {
-        FlowRunsCommand::List { limit, json, server } => {
+        FlowRunsCommand::List { limit, flow, json, server } => {
             let client = Client::new(ctx, server.server.as_deref())?;
-            let list = client.get(&format!("/v1/flows/runs?limit={limit}")).await?;
+            let path = match flow {
+                Some(flow) => format!("/v1/flows/{flow}/runs?limit={limit}"),
+                None => format!("/v1/flows/runs?limit={limit}"),
+            };
+            let list = client.get(&path).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(());
@@ -252,6 +397,12 @@ async fn runs(ctx: &Ctx, command: FlowRunsCommand) -> Result<()> {
         FlowRunsCommand::Cancel { id, server } => steer(ctx, &id, "cancel", server.server).await,
         FlowRunsCommand::Pause { id, server } => steer(ctx, &id, "pause", server.server).await,
         FlowRunsCommand::Resume { id, server } => steer(ctx, &id, "resume", server.server).await,
+        FlowRunsCommand::Retry { id, watch, json, server } => {
+            let client = Client::new(ctx, server.server.as_deref())?;
+            let clock = ctx.store.clock().clone();
+            let (_, run) = client.post(&format!("/v1/flows/runs/{id}/retry"), json!({})).await?;
+            started(&client, &clock, run, (watch, json)).await
+        }
     }
 }
 

@@ -201,6 +201,7 @@ pub(super) async fn run(ctx: &Ctx, front: Front) -> Result<()> {
     // What a leaving node drains once the server stops.
     let drained = engine.clone();
     let flows = clade_flow::run::Runner::new(engine.clone());
+    sources.attach_flows(&flows);
     // A node of a cluster does not take up runs it did not start: another node may be
     // driving them (runs do not move between nodes yet).
     let open = match ctx.config.cluster {

@@ -33,6 +33,10 @@ impl Client {
         self.send(reqwest::Method::POST, path, body).await
     }
 
+    pub(super) async fn delete(&self, path: &str) -> Result<()> {
+        self.request(reqwest::Method::DELETE, path, None).await.map(|_| ())
+    }
+
     async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> Result<(u16, Value)> {
         self.request(method, path, Some(body)).await
     }

@@ -1,7 +1,7 @@
 //! Flows through the binary: `clade flow check`, every example of `examples/flows/` run with
 //! `clade flow run` against a gateway whose agents answer through `clade-stub`, a run killed
-//! with SIGKILL mid-way that ends after a restart with no task asked twice, and one tenant's
-//! token against another's runs.
+//! with SIGKILL mid-way that ends after a restart with no task asked twice, stored flows run
+//! pinned to a version and retried, and one tenant's token against another's flows and runs.
 
 use std::path::Path;
 
@@ -46,6 +46,12 @@ fn crew(stub: &clade_stub::Stub) -> (Env, Server) {
     }
     let server = env.serve(&[]);
     (env, server)
+}
+
+/// A token of the default tenant that reaches only its agent `writer`.
+fn writer_only_token(env: &Env) -> String {
+    let made = env.run(&["tokens", "create", "--name", "one", "--only-agent", "writer"]).ok();
+    made.stdout.trim().to_owned()
 }
 
 fn task<'a>(run: &'a Value, id: &str) -> &'a Value {
@@ -263,12 +269,7 @@ async fn another_tenant_neither_sees_nor_drives_a_run() {
     let (_, list) = server.send("GET", "/v1/flows/runs", Some(&acme), None).await;
     assert_eq!(list["runs"], json!([]));
     // A token limited to some agents drives no flow.
-    let limited = env
-        .run(&["tokens", "create", "--name", "one", "--only-agent", "writer"])
-        .ok()
-        .stdout
-        .trim()
-        .to_owned();
+    let limited = writer_only_token(&env);
     let (status, body) =
         server.send("POST", "/v1/flows/runs", Some(&limited), Some(json!({ "flow": flow }))).await;
     assert_eq!(status, 403, "{body}");
@@ -344,4 +345,180 @@ async fn random_kills_during_many_runs_change_no_output_and_repeat_no_task() {
     }
     // Six questions a run, each one turn.
     assert_eq!(turns(&server).await, RUNS * 6, "a task was asked twice (seed {seed})");
+}
+
+const PINNED_V1: &str = "name: pinned\ninputs:\n  who: { type: string, default: world }\nagents:\n  w: { handle: writer }\ntasks:\n  - id: greet\n    agent: w\n    prompt: \"hello {{ inputs.who }}\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_flow_runs_pinned_to_its_version_and_is_retried() {
+    let env = Env::new();
+    env.run(&["agents", "create", "writer"]).ok();
+    let server = env.serve(&[]);
+    let file = env.tmp.path().join("pinned.flow.yaml");
+    let path = file.display().to_string();
+    write(&file, PINNED_V1);
+    let saved = env.run(&["flow", "save", &path]).ok();
+    assert!(saved.stdout.contains("saved flow pinned version 1"), "{}", saved.stdout);
+    let again = env.run(&["flow", "save", &path]).ok();
+    assert!(again.stdout.contains("flow pinned unchanged: version 1"), "{}", again.stdout);
+    write(&file, &PINNED_V1.replace("hello", "goodbye"));
+    env.run(&["flow", "save", &path]).ok();
+
+    let list = env.run(&["flow", "list", "--json"]).ok().json();
+    assert_eq!(list["flows"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(
+        (list["flows"][0]["version"].as_i64(), &list["flows"][0]["tasks"]),
+        (Some(2), &json!(["greet"]))
+    );
+    let shown = env.run(&["flow", "show", "pinned@1"]).ok();
+    assert_eq!(shown.stdout, PINNED_V1);
+    let versions = env.run(&["flow", "show", "pinned", "--versions", "--json"]).ok().json();
+    let numbers: Vec<i64> = versions["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(numbers, [2, 1]);
+
+    let old = env
+        .run(&["flow", "run", "pinned@1", "--input", "who=ada", "--watch", "--json"])
+        .ok()
+        .json();
+    assert_eq!(
+        (old["version"].as_i64(), &task(&old, "greet")["output"]),
+        (Some(1), &json!("echo: hello ada"))
+    );
+    let new = env.run(&["flow", "run", "pinned", "--watch", "--json"]).ok().json();
+    assert_eq!(task(&new, "greet")["output"], "echo: goodbye world", "{new}");
+    let of_flow = env.run(&["flow", "runs", "list", "--flow", "pinned", "--json"]).ok().json();
+    assert_eq!(of_flow["runs"].as_array().unwrap().len(), 2, "{of_flow}");
+
+    // A retry runs the same text and inputs again, even after the flow changed or went.
+    env.run(&["flow", "delete", "pinned"]).fails_with("--yes");
+    env.run(&["flow", "delete", "pinned", "--yes"]).ok();
+    let id = old["id"].as_str().unwrap();
+    let retried = env.run(&["flow", "runs", "retry", id, "--watch", "--json"]).ok().json();
+    assert_eq!(retried["retry_of"], id, "{retried}");
+    assert_eq!(
+        (retried["version"].as_i64(), &task(&retried, "greet")["output"]),
+        (Some(1), &json!("echo: hello ada"))
+    );
+    env.run(&["flow", "run", "pinned"]).fails_with("neither a flow file here nor a stored flow");
+    let (status, body) = server.send("GET", "/v1/flows/pinned?version=1", None, None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("flow_not_found")), "{body}");
+
+    // A run under way is not retried; a reserved name is not stored.
+    let gate = "name: gate\nagents:\n  w: { handle: writer }\ntasks:\n  - { id: a, agent: w, prompt: hi }\nrun:\n  - approval: { message: go? }\n  - task: a\n";
+    let (_, waiting) =
+        server.send("POST", "/v1/flows/runs", None, Some(json!({ "flow": gate }))).await;
+    let waiting = waiting["id"].as_str().unwrap();
+    let (status, body) =
+        server.send("POST", &format!("/v1/flows/runs/{waiting}/retry"), None, None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("run_under_way")), "{body}");
+    let reserved = json!({ "flow": PINNED_V1.replace("name: pinned", "name: runs") });
+    let (status, body) = server.send("POST", "/v1/flows", None, Some(reserved)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_flow")), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenant_neither_reads_nor_runs_a_stored_flow() {
+    let env = Env::new();
+    env.run(&["agents", "create", "writer"]).ok();
+    env.run(&["tenants", "create", "acme"]).ok();
+    let (acme, _) = token(&env, "acme", &["admin"]);
+    let server = env.serve(&[]);
+    let (status, saved) =
+        server.send("POST", "/v1/flows", None, Some(json!({ "flow": PINNED_V1 }))).await;
+    assert_eq!((status, saved["version"].as_i64()), (201, Some(1)), "{saved}");
+    let (_, list) = server.send("GET", "/v1/flows", Some(&acme), None).await;
+    assert_eq!(list["flows"], json!([]));
+    for (method, path) in [
+        ("GET", "/v1/flows/pinned"),
+        ("GET", "/v1/flows/pinned/versions"),
+        ("POST", "/v1/flows/pinned/runs"),
+        ("DELETE", "/v1/flows/pinned"),
+    ] {
+        let body = (method == "POST").then(|| json!({}));
+        let (status, body) = server.send(method, path, Some(&acme), body).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("flow_not_found")),
+            "{method} {path}: {body}"
+        );
+    }
+    // acme's own flow of the same name is its own, and the default tenant's is unchanged.
+    let theirs = json!({ "flow": PINNED_V1.replace("hello", "hi") });
+    let (status, body) = server.send("POST", "/v1/flows", Some(&acme), Some(theirs)).await;
+    assert_eq!((status, body["version"].as_i64()), (201, Some(1)), "{body}");
+    let (_, ours) = server.send("GET", "/v1/flows/pinned", None, None).await;
+    assert_eq!(ours["source"], PINNED_V1);
+    // A token limited to some agents neither stores nor reads flows.
+    let limited = writer_only_token(&env);
+    let (status, _) =
+        server.send("POST", "/v1/flows", Some(&limited), Some(json!({ "flow": PINNED_V1 }))).await;
+    assert_eq!(status, 403);
+    let (_, list) = server.send("GET", "/v1/flows", Some(&limited), None).await;
+    assert_eq!(list["flows"], json!([]));
+    let (status, _) = server.send("GET", "/v1/flows/pinned", Some(&limited), None).await;
+    assert_eq!(status, 404);
+    let (status, body) = server.send("GET", "/v1/flows/Not%20A%20Name", None, None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_request")), "{body}");
+}
+
+/// Calls `tool` as agent `agent` (through the operator's route, the same policy path as a
+/// turn's call): its text, and whether it failed.
+async fn call_tool(
+    server: &Server,
+    token: Option<&str>,
+    agent: &str,
+    tool: &str,
+    args: Value,
+) -> (String, bool) {
+    let path = format!("/v1/agents/{agent}/tools/{tool}/call");
+    let (status, answer) =
+        server.send("POST", &path, token, Some(json!({ "arguments": args }))).await;
+    assert_eq!(status, 200, "{answer}");
+    (answer["content"].as_str().unwrap_or_default().to_owned(), answer["is_error"] == true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_starts_a_stored_flow_only_when_granted_and_only_its_tenants() {
+    let env = Env::new();
+    env.run(&["agents", "create", "writer"]).ok();
+    env.run(&["agents", "create", "boss"]).ok();
+    env.run(&["tenants", "create", "acme"]).ok();
+    env.run(&["--tenant", "acme", "agents", "create", "mole"]).ok();
+    let (acme, _) = token(&env, "acme", &["admin"]);
+    let server = env.serve(&[]);
+    let (status, _) =
+        server.send("POST", "/v1/flows", None, Some(json!({ "flow": PINNED_V1 }))).await;
+    assert_eq!(status, 201);
+    let args = json!({ "flow": "pinned", "inputs": { "who": "boss" } });
+
+    let (denied, failed) = call_tool(&server, None, "boss", "flow.start", args.clone()).await;
+    assert!(failed && denied.contains("denied"), "{denied}");
+    assert_eq!(server.get_json("/v1/flows/runs").await["runs"], json!([]), "nothing started");
+
+    env.run(&["--agent", "boss", "grants", "add", "--tool", "flow.*"]).ok();
+    let (started, failed) = call_tool(&server, None, "boss", "flow.start", args).await;
+    assert!(!failed, "{started}");
+    let started: Value = serde_json::from_str(&started).unwrap();
+    assert_eq!((started["flow"].as_str(), started["version"].as_i64()), (Some("pinned"), Some(1)));
+    let id = started["run"].as_str().unwrap().to_owned();
+    assert_eq!(ended(&server, &id).await["status"], "completed");
+    let (status, failed) =
+        call_tool(&server, None, "boss", "flow.status", json!({ "run": id })).await;
+    assert!(!failed, "{status}");
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["tasks"]["greet"]["output"], "echo: hello boss", "{status}");
+
+    // Another tenant's agent, granted too, reaches neither the flow nor the run.
+    env.run(&["--tenant", "acme", "--agent", "mole", "grants", "add", "--tool", "flow.*"]).ok();
+    let (refused, failed) =
+        call_tool(&server, Some(&acme), "mole", "flow.start", json!({ "flow": "pinned" })).await;
+    assert!(failed && refused.contains("no stored flow pinned"), "{refused}");
+    let (refused, failed) =
+        call_tool(&server, Some(&acme), "mole", "flow.status", json!({ "run": id })).await;
+    assert!(failed && refused.contains("no flow run"), "{refused}");
 }

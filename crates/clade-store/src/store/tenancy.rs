@@ -505,6 +505,7 @@ impl Tenants<'_> {
                     "DELETE FROM working_memory WHERE tenant_id = $1",
                     "DELETE FROM agent_messages WHERE tenant_id = $1",
                     "DELETE FROM pauses WHERE tenant_id = $1",
+                    "DELETE FROM flows WHERE tenant_id = $1",
                     "DELETE FROM topic_subscriptions WHERE tenant_id = $1",
                     "DELETE FROM agent_lineage WHERE tenant_id = $1",
                     "DELETE FROM forks WHERE tenant_id = $1",

@@ -2,6 +2,7 @@ mod agents;
 mod checksums;
 mod executions;
 mod failures;
+mod flows;
 mod forks;
 mod harness;
 mod host_calls;
