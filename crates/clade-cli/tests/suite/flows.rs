@@ -184,15 +184,22 @@ async fn ended(server: &Server, id: &str) -> Value {
     run
 }
 
-/// How many turns each of the tenant's sessions ran, in all.
+/// How many turns each of the tenant's sessions ran, in all (every page of sessions; no
+/// session is active while this reads, so none moves between pages).
 async fn turns(server: &Server) -> usize {
-    let sessions = server.get_json("/v1/sessions?limit=200").await;
     let mut count = 0;
-    for session in sessions["items"].as_array().cloned().unwrap_or_default() {
-        let id = session["id"].as_str().unwrap();
-        count += server.all_turns(id).await.len();
+    let mut path = "/v1/sessions?limit=200".to_owned();
+    loop {
+        let page = server.get_json(&path).await;
+        for session in page["items"].as_array().cloned().unwrap_or_default() {
+            let id = session["id"].as_str().unwrap();
+            count += server.all_turns(id).await.len();
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/sessions?limit=200&cursor={cursor}"),
+            None => return count,
+        }
     }
-    count
 }
 
 /// A data dir with the agents `writer` (the offline model) and `slowpoke` (`model`, a stub
@@ -302,18 +309,18 @@ async fn another_tenant_neither_sees_nor_drives_a_run() {
     assert_eq!(list["runs"].as_array().unwrap().len(), 1);
 }
 
-/// Random SIGKILLs while 20 runs are under way (a fan-out, a loop, tasks reading others'
+/// Random SIGKILLs while 200 runs are under way (a fan-out, a loop, tasks reading others'
 /// outputs, a slow model): every run ends with the outputs an uncrashed run gives, and no
 /// task's turn ran twice. The seed of the kills is printed (`CLADE_CRASH_SEED` replays it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_kills_during_many_runs_change_no_output_and_repeat_no_task() {
     use rand::SeedableRng as _;
-    const RUNS: usize = 20;
+    const RUNS: usize = 200;
     const KILLS: usize = 5;
     let seed = super::crash::crash_seed();
     println!("flow crash test seed: {seed} (replay its kills with CLADE_CRASH_SEED={seed})");
     let mut plan = rand::rngs::StdRng::seed_from_u64(seed);
-    let (_stub, env) = writer_and_slowpoke("stub+latency=50-400ms+fixed=slow").await;
+    let (_stub, env) = writer_and_slowpoke("stub+latency=300-1500ms+fixed=slow").await;
     let flow = "name: crashes\ninputs:\n  n: { type: integer }\nagents:\n  w: { handle: writer }\n  s: { handle: slowpoke }\ntasks:\n  - { id: a, agent: w, prompt: \"one {{ inputs.n }}\" }\n  - { id: b, agent: s, prompt: two }\n  - { id: c, agent: w, prompt: \"three {{ tasks.a.output }}\" }\n  - { id: d, agent: s, prompt: \"round {{ item }}\" }\n  - { id: e, agent: w, prompt: \"end {{ tasks.d.outputs | length }} {{ tasks.b.output }}\" }\nrun:\n  - task: a\n  - parallel:\n      steps: [{ task: b }, { task: c }]\n  - loop:\n      for_each: \"[1, 2]\"\n      max_iterations: 2\n      steps: [{ task: d }]\n  - task: e\n";
     let mut server = env.serve(&[]);
     let mut ids = Vec::new();
@@ -323,11 +330,20 @@ async fn random_kills_during_many_runs_change_no_output_and_repeat_no_task() {
         assert_eq!(status, 201, "{run}");
         ids.push(run["id"].as_str().unwrap().to_owned());
     }
+    let mut killed_under_way = Vec::new();
     for _ in 0..KILLS {
-        super::crash::before_next_kill(&mut plan, 200..1500).await;
+        super::crash::before_next_kill(&mut plan, 100..600).await;
+        let list = server.get_json(&format!("/v1/flows/runs?limit={RUNS}")).await;
+        let open = list["runs"].as_array().unwrap().iter().filter(|r| r["status"] == "running");
+        killed_under_way.push(open.count());
         server.kill9();
         server = env.serve(&[]);
     }
+    println!("runs under way at each kill: {killed_under_way:?}");
+    assert!(
+        killed_under_way.iter().all(|open| *open > 0),
+        "a kill hit no run: {killed_under_way:?}"
+    );
     for (n, id) in ids.iter().enumerate() {
         let run = ended(&server, id).await;
         assert_eq!(run["status"], "completed", "run {n}: {run}");
