@@ -77,7 +77,8 @@ impl Checker {
     }
 
     fn flow(&mut self, spec: FlowSpec) -> Option<Flow> {
-        let FlowSpec { name, description, inputs, agents, env, tasks, run, timeout_secs } = spec;
+        let FlowSpec { name, description, inputs, agents, env, tasks, run, timeout_secs, budget } =
+            spec;
         if let Err(e) = clade_core::Handle::parse(&name.value) {
             self.problem(name.place(), format!("name: {e}"));
         }
@@ -106,6 +107,7 @@ impl Checker {
         }
         let timeout =
             timeout_secs.map_or(DEFAULT_RUN_TIMEOUT, |t| self.seconds(&t, "timeout_secs"));
+        let budget = budget.and_then(|b| self.budget(b));
         Some(Flow {
             name: name.value,
             description,
@@ -115,7 +117,34 @@ impl Checker {
             tasks: tasks.into_iter().map(|(id, (task, _))| (id, task)).collect(),
             run,
             timeout,
+            budget,
         })
+    }
+
+    fn budget(&mut self, spec: At<crate::spec::BudgetSpec>) -> Option<crate::flow::Budget> {
+        let place = spec.place();
+        let crate::spec::BudgetSpec { max_tokens, max_cost_usd } = spec.value;
+        if max_tokens.is_none() && max_cost_usd.is_none() {
+            self.problem(place, "budget: set max_tokens, max_cost_usd or both");
+            return None;
+        }
+        if max_tokens == Some(0) {
+            self.problem(place, "budget.max_tokens: must be at least 1");
+        }
+        let max_cost_micros = match max_cost_usd {
+            Some(usd) if usd.is_finite() && usd > 0.0 && usd < 1e9 => {
+                Some((usd * 1e6).round() as u64)
+            }
+            Some(usd) => {
+                self.problem(
+                    place,
+                    format!("budget.max_cost_usd: a positive amount below a billion, not {usd}"),
+                );
+                None
+            }
+            None => None,
+        };
+        Some(crate::flow::Budget { max_tokens, max_cost_micros })
     }
 
     fn seconds(&mut self, value: &At<u64>, field: &str) -> Duration {

@@ -27,6 +27,15 @@ pub struct Flow {
     pub tasks: BTreeMap<String, Task>,
     pub run: Vec<Step>,
     pub timeout: Duration,
+    pub budget: Option<Budget>,
+}
+
+/// What a whole run may spend on its tasks' model calls.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    pub max_tokens: Option<u64>,
+    /// In millionths of a US dollar, as usage is counted.
+    pub max_cost_micros: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod budget;
 pub mod check;
 pub mod expr;
 pub mod flow;
@@ -23,7 +24,9 @@ pub mod stored;
 pub mod tools;
 
 pub use check::{Problem, check};
-pub use flow::{AgentSource, EnvValue, Flow, Join, LoopMode, OnError, Step, StepKind, Task};
+pub use flow::{
+    AgentSource, Budget, EnvValue, Flow, Join, LoopMode, OnError, Step, StepKind, Task,
+};
 pub use spec::{AgentSpec, EnvSpec, FlowSpec, InputSpec, InputType, Place};
 pub use stored::{RESERVED_NAMES, StartStored};
 

@@ -287,7 +287,7 @@ impl Runner {
     }
 
     /// The store the runner's engine writes to.
-    pub(crate) fn store(&self) -> &clade_store::Store {
+    pub fn store(&self) -> &clade_store::Store {
         self.inner.engine.store()
     }
 
@@ -583,6 +583,7 @@ async fn drive(
         env,
         progress,
         overheads: inner.overheads.clone(),
+        spending: Default::default(),
     };
     let deadline = row.created_at.as_millis().saturating_add(walk.flow.timeout.as_millis() as i64);
     let left = deadline.saturating_sub(store.now().as_millis()).max(0).unsigned_abs();
@@ -623,6 +624,8 @@ struct Walk {
     env: serde_json::Map<String, Value>,
     progress: Arc<Mutex<Results>>,
     overheads: Option<Overheads>,
+    /// What the run's tasks have spent, when the flow has a budget to check it against.
+    spending: crate::budget::Spending,
 }
 
 /// A step's execution id: the same for every drive of one run, and another run's (or another
@@ -1015,6 +1018,15 @@ impl Walk {
         for attempt in 1..=task.max_attempts {
             let mut text = prompt.clone();
             for check in 0..=task.output_retries {
+                match self.over_budget(visible, &result).await {
+                    Ok(None) => {}
+                    Ok(Some(why)) => {
+                        let why = format!("task {}: {why}", task.id);
+                        result.error = Some(why.clone());
+                        return failed(result, why);
+                    }
+                    Err(halt) => return Outcome::halted(halt),
+                }
                 // The same key on every drive of the run: a question asked before finds its
                 // turn, answered or still running, and is not asked again.
                 let key = format!("flow:{step}:{attempt}.{check}");
@@ -1051,6 +1063,20 @@ impl Walk {
             result.error.as_deref().unwrap_or("no answer")
         );
         failed(result, why)
+    }
+
+    /// Why the run may not ask another question, when its budget is spent: by the tasks that
+    /// have ended and this task's questions so far.
+    async fn over_budget(
+        &self,
+        visible: &Results,
+        this: &TaskResult,
+    ) -> Result<Option<String>, Halt> {
+        let Some(budget) = self.flow.budget else { return Ok(None) };
+        let turns: Vec<String> =
+            visible.values().flat_map(|r| &r.turns).chain(&this.turns).cloned().collect();
+        let spent = self.spending.spent(self.engine.store(), self.tenant.id, &turns).await?;
+        Ok(crate::budget::exhausted(budget, &spent))
     }
 
     /// One question to an agent, in the run's session with it, under `key` (the same on

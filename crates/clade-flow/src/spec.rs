@@ -81,6 +81,24 @@ pub struct FlowSpec {
     /// Most seconds a whole run may take; past it, the run fails. Default: 3600.
     #[serde(default)]
     pub timeout_secs: Option<At<u64>>,
+    /// What a whole run may spend on its tasks' model calls; no limit when absent.
+    #[serde(default)]
+    pub budget: Option<At<BudgetSpec>>,
+}
+
+/// A run's spending limit: before each question, what the run's tasks have spent so far is
+/// compared with it, and a task that would ask past it fails instead.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSpec {
+    /// Most tokens, in and out, of all the run's model calls.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_tokens: Option<u64>,
+    /// Most cost in US dollars, by the price table of each model (`models.NAME.price`).
+    #[serde(default)]
+    #[schemars(range(min = 0.000001))]
+    pub max_cost_usd: Option<f64>,
 }
 
 /// The type of an input.

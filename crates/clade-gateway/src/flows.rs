@@ -334,7 +334,7 @@ pub(crate) async fn show(
     Path(id): Path<String>,
 ) -> Result<axum::Json<api::FlowRunResponse>, ApiError> {
     let row = reachable(&state, &tenant, &reach, &id).await?;
-    Ok(axum::Json(response(&state, row)?))
+    Ok(axum::Json(with_usage(&state, row).await?))
 }
 
 pub(crate) async fn cancel(
@@ -403,5 +403,22 @@ fn response(state: &AppState, row: ExecutionRow) -> Result<api::FlowRunResponse,
         created_at: row.created_at.as_millis(),
         updated_at: row.updated_at.as_millis(),
         finished_at: row.finished_at.map(|t| t.as_millis()),
+        usage: None,
     })
+}
+
+/// A run as `GET /v1/flows/runs/{id}` shows it: with what its tasks spent.
+async fn with_usage(state: &AppState, row: ExecutionRow) -> Result<api::FlowRunResponse, ApiError> {
+    let tenant = row.tenant_id;
+    let mut run = response(state, row)?;
+    let turns: Vec<String> =
+        run.tasks.iter().flat_map(|t| t.result.turns.iter().cloned()).collect();
+    let usage = clade_flow::budget::usage_of(state.flows.store(), tenant, &turns).await?;
+    run.usage = Some(api::FlowUsage {
+        model_calls: usage.model_calls,
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cost_usd: usage.cost_micros as f64 / 1e6,
+    });
+    Ok(run)
 }

@@ -1945,6 +1945,19 @@ pub struct FlowRunResponse {
     pub updated_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<i64>,
+    /// What its tasks' model calls spent so far (`GET /v1/flows/runs/{id}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<FlowUsage>,
+}
+
+/// What a flow run's model calls spent, every task's turns summed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FlowUsage {
+    pub model_calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// By the price table of each model; 0 for models without prices.
+    pub cost_usd: f64,
 }
 
 /// One task of a flow run, with its id.

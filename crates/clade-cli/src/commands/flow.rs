@@ -340,6 +340,16 @@ fn print_run(run: &Value) {
         run["status"].as_str().unwrap_or_default(),
         run["error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default()
     );
+    let usage = &run["usage"];
+    if usage.is_object() {
+        println!(
+            "  spent: {} model call(s), {} tokens in, {} out, ${:.6}",
+            usage["model_calls"],
+            usage["input_tokens"],
+            usage["output_tokens"],
+            usage["cost_usd"].as_f64().unwrap_or_default()
+        );
+    }
     for task in run["tasks"].as_array().into_iter().flatten() {
         let status = task["status"].as_str().unwrap_or_default();
         let output = match &task["output"] {

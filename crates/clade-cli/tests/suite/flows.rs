@@ -538,3 +538,34 @@ async fn an_agent_starts_a_stored_flow_only_when_granted_and_only_its_tenants() 
         call_tool(&server, Some(&acme), "mole", "flow.status", json!({ "run": id })).await;
     assert!(failed && refused.contains("no flow run"), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stops_asking_once_its_budget_is_spent_and_shows_what_it_spent() {
+    let (_stub, env) = writer_and_slowpoke("stub+fixed=fine").await;
+    let server = env.serve(&[]);
+    let flow = "name: thrifty\nbudget: { max_tokens: 1 }\nagents:\n  s: { handle: slowpoke }\ntasks:\n  - { id: first, agent: s, prompt: one }\n  - { id: second, agent: s, prompt: two }\n";
+    let (status, run) =
+        server.send("POST", "/v1/flows/runs", None, Some(json!({ "flow": flow }))).await;
+    assert_eq!(status, 201, "{run}");
+    let run = ended(&server, run["id"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(task(&run, "first")["status"], "completed", "{run}");
+    let second = task(&run, "second");
+    assert_eq!(
+        (second["status"].as_str(), second["attempts"].as_u64()),
+        (Some("failed"), Some(0)),
+        "{run}"
+    );
+    assert!(second["error"].as_str().unwrap().contains("the run's budget is spent"), "{run}");
+    let usage = &run["usage"];
+    assert_eq!(usage["model_calls"], 1, "{run}");
+    assert!(usage["input_tokens"].as_u64().unwrap() > 0, "{run}");
+    // A budget that names no limit is refused where it is.
+    let bad = json!({ "flow": flow.replace("{ max_tokens: 1 }", "{}") });
+    let (status, body) = server.send("POST", "/v1/flows/runs", None, Some(bad)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_flow")), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains(":2:9: budget: set max_tokens"),
+        "{body}"
+    );
+}
