@@ -357,11 +357,20 @@ vocabulary! {
     /// Where one task of a flow run stands.
     FlowTaskStatus {
         Pending = "pending",
+        /// Its agent is being asked now (shown while a run is under way, never recorded).
+        Running = "running",
         Completed = "completed",
         Failed = "failed",
         /// Not run: its branch of a condition was not taken, a `goto` passed it, or its
         /// parallel block was done without it.
         Skipped = "skipped",
+    }
+}
+
+impl FlowTaskStatus {
+    /// Whether the task has ended in the run: completed, failed or skipped.
+    pub const fn has_ended(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Skipped)
     }
 }
 

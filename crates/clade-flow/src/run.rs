@@ -120,6 +120,8 @@ pub struct RunInput {
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     Pending,
+    /// Its agent is being asked now: in a run's progress only, never in what it records.
+    Running,
     Completed,
     Failed,
     /// Not run: its branch of a condition was not taken, a goto passed it, or its parallel
@@ -131,6 +133,7 @@ impl From<TaskStatus> for clade_core::FlowTaskStatus {
     fn from(status: TaskStatus) -> Self {
         match status {
             TaskStatus::Pending => Self::Pending,
+            TaskStatus::Running => Self::Running,
             TaskStatus::Completed => Self::Completed,
             TaskStatus::Failed => Self::Failed,
             TaskStatus::Skipped => Self::Skipped,
@@ -1013,6 +1016,10 @@ impl Walk {
                 return failed(result, why);
             }
         };
+        // Shown while it is asked; what it produces replaces this when the step ends.
+        let before = visible.get(&task.id).cloned().unwrap_or_else(TaskResult::pending);
+        let asking = TaskResult { status: TaskStatus::Running, ..before };
+        self.show(&Results::from([(task.id.clone(), asking)]));
         let validator = task.output_schema.as_ref().and_then(|s| jsonschema::validator_for(s).ok());
         let handle = self.input.agents.get(&task.agent).cloned().unwrap_or_default();
         for attempt in 1..=task.max_attempts {

@@ -298,8 +298,10 @@ async fn follow(client: &Client, clock: &Arc<dyn Clock>, id: &str, json: bool) -
             return Ok(run);
         }
         if terminal {
-            let done =
-                tasks.iter().filter(|t| task_status(t) != Some(FlowTaskStatus::Pending)).count();
+            let done = tasks
+                .iter()
+                .filter(|t| task_status(t).is_some_and(FlowTaskStatus::has_ended))
+                .count();
             eprint!("\r\x1b[2K{status}: {done}/{} tasks done", tasks.len());
         }
         clock.sleep(WATCH_EVERY).await;
@@ -318,6 +320,7 @@ fn mark(status: &str) -> &'static str {
     match FlowTaskStatus::parse(status) {
         Some(FlowTaskStatus::Completed) => "✓",
         Some(FlowTaskStatus::Failed) => "✗",
+        Some(FlowTaskStatus::Running) => "▶",
         _ => "–",
     }
 }
@@ -382,7 +385,7 @@ async fn runs(ctx: &Ctx, command: FlowRunsCommand) -> Result<()> {
                 let tasks = run["tasks"].as_array().cloned().unwrap_or_default();
                 let done = tasks
                     .iter()
-                    .filter(|t| task_status(t) != Some(FlowTaskStatus::Pending))
+                    .filter(|t| task_status(t).is_some_and(FlowTaskStatus::has_ended))
                     .count();
                 println!(
                     "{}  {:<10} {:<20} {done}/{} tasks",

@@ -231,8 +231,11 @@ async fn a_run_killed_midway_ends_after_a_restart_without_asking_a_task_twice() 
     let server = env.serve(&[]);
     let started = env.run(&["flow", "run", &flow.display().to_string(), "--json"]).ok().json();
     let id = started["id"].as_str().unwrap().to_owned();
-    // Killed while the slow task's turn waits on its model.
+    // Killed while the slow task's turn waits on its model, which the run shows as running.
     super::support::model_called(&stub, 1).await;
+    let shown = server.get_json(&format!("/v1/flows/runs/{id}")).await;
+    let statuses = ["first", "slow", "last"].map(|t| task(&shown, t)["status"].clone());
+    assert_eq!(statuses, [json!("completed"), json!("running"), json!("pending")], "{shown}");
     server.kill9();
     let server = env.serve(&[]);
     let run = ended(&server, &id).await;
