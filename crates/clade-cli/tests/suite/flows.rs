@@ -572,3 +572,36 @@ async fn a_run_stops_asking_once_its_budget_is_spent_and_shows_what_it_spent() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_preset_is_its_roles_and_a_stored_flow_that_runs() {
+    let env = Env::new();
+    let made = env.run(&["teams", "create", "dev", "--name", "acme"]).ok().stdout;
+    assert!(made.contains("clade flow run acme --input change="), "{made}");
+    let _server = env.serve(&[]);
+    let run = env
+        .run(&[
+            "flow",
+            "run",
+            "acme",
+            "--input",
+            "change=add a /healthz route",
+            "--watch",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!((run["status"].as_str(), run["version"].as_i64()), (Some("completed"), Some(1)));
+    let order: Vec<&str> =
+        run["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(order, ["plan", "code", "review", "report"]);
+    let code = task(&run, "code")["output"].as_str().unwrap().to_owned();
+    assert!(code.contains("Implement this plan: echo: Plan this change"), "{code}");
+    // A team whose flow's name is taken, or reserved, is not made at all.
+    env.run(&["teams", "create", "ops", "--name", "runs"]).fails_with("reserved");
+    env.run(&["teams", "create", "ops", "--name", "acme"]).fails_with("exists already");
+    let agents = env.run(&["agents", "list", "--json"]).ok().json();
+    let count =
+        agents.as_array().map_or_else(|| agents["items"].as_array().unwrap().len(), Vec::len);
+    assert_eq!(count, 3, "{agents}");
+}
