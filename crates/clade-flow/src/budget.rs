@@ -57,19 +57,20 @@ impl Spending {
     }
 }
 
-/// Why `spent` leaves no room for another question under `budget`, if it does not.
-pub(crate) fn exhausted(budget: Budget, spent: &TurnUsage) -> Option<String> {
+/// Why `spent` leaves no room for another question under `budget` (`whose`: "the run's",
+/// "its"), if it does not.
+pub(crate) fn exhausted(budget: Budget, spent: &TurnUsage, whose: &str) -> Option<String> {
     let tokens = spent.input_tokens + spent.output_tokens;
     if let Some(max) = budget.max_tokens
         && tokens >= max
     {
-        return Some(format!("the run's budget is spent: {tokens} tokens of {max}"));
+        return Some(format!("{whose} budget is spent: {tokens} tokens of {max}"));
     }
     if let Some(max) = budget.max_cost_micros
         && spent.cost_micros >= max
     {
         return Some(format!(
-            "the run's budget is spent: ${:.6} of ${:.6}",
+            "{whose} budget is spent: ${:.6} of ${:.6}",
             spent.cost_micros as f64 / 1e6,
             max as f64 / 1e6
         ));

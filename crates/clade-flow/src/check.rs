@@ -107,7 +107,7 @@ impl Checker {
         }
         let timeout =
             timeout_secs.map_or(DEFAULT_RUN_TIMEOUT, |t| self.seconds(&t, "timeout_secs"));
-        let budget = budget.and_then(|b| self.budget(b));
+        let budget = budget.and_then(|b| self.budget(b, "budget"));
         Some(Flow {
             name: name.value,
             description,
@@ -121,15 +121,19 @@ impl Checker {
         })
     }
 
-    fn budget(&mut self, spec: At<crate::spec::BudgetSpec>) -> Option<crate::flow::Budget> {
+    fn budget(
+        &mut self,
+        spec: At<crate::spec::BudgetSpec>,
+        field: &str,
+    ) -> Option<crate::flow::Budget> {
         let place = spec.place();
         let crate::spec::BudgetSpec { max_tokens, max_cost_usd } = spec.value;
         if max_tokens.is_none() && max_cost_usd.is_none() {
-            self.problem(place, "budget: set max_tokens, max_cost_usd or both");
+            self.problem(place, format!("{field}: set max_tokens, max_cost_usd or both"));
             return None;
         }
         if max_tokens == Some(0) {
-            self.problem(place, "budget.max_tokens: must be at least 1");
+            self.problem(place, format!("{field}.max_tokens: must be at least 1"));
         }
         let max_cost_micros = match max_cost_usd {
             Some(usd) if usd.is_finite() && usd > 0.0 && usd < 1e9 => {
@@ -138,7 +142,7 @@ impl Checker {
             Some(usd) => {
                 self.problem(
                     place,
-                    format!("budget.max_cost_usd: a positive amount below a billion, not {usd}"),
+                    format!("{field}.max_cost_usd: a positive amount below a billion, not {usd}"),
                 );
                 None
             }
@@ -314,7 +318,9 @@ impl Checker {
             output_retries,
             timeout_secs,
             max_attempts,
+            budget,
         } = spec;
+        let budget = budget.and_then(|b| self.budget(b, &format!("task {id}: budget")));
         if let Some(schema) = &output_schema {
             self.output_schema(id, schema);
         }
@@ -345,6 +351,7 @@ impl Checker {
             output_retries,
             timeout,
             max_attempts,
+            budget,
         };
         (task, prompt)
     }

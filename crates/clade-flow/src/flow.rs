@@ -70,6 +70,7 @@ pub struct Task {
     pub output_retries: u32,
     pub timeout: Duration,
     pub max_attempts: u32,
+    pub budget: Option<Budget>,
 }
 
 /// One step of a run: its name (written, or made from its place, so that a resumed run finds

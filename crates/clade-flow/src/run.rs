@@ -644,8 +644,8 @@ fn step_execution(run: ExecutionId, path: &str) -> ExecutionId {
     ExecutionId::from_bytes(id)
 }
 
-/// What a task's question got, recorded so a drive again gets the same.
-#[derive(Debug, Serialize, Deserialize)]
+/// What a task's question got (a drive again finds the same turn by its idempotency key).
+#[derive(Debug)]
 struct Asked {
     turn: Option<String>,
     answer: Option<String>,
@@ -1025,7 +1025,7 @@ impl Walk {
         for attempt in 1..=task.max_attempts {
             let mut text = prompt.clone();
             for check in 0..=task.output_retries {
-                match self.over_budget(visible, &result).await {
+                match self.over_budget(task, visible, &result).await {
                     Ok(None) => {}
                     Ok(Some(why)) => {
                         let why = format!("task {}: {why}", task.id);
@@ -1072,18 +1072,26 @@ impl Walk {
         failed(result, why)
     }
 
-    /// Why the run may not ask another question, when its budget is spent: by the tasks that
-    /// have ended and this task's questions so far.
+    /// Why `task` may not ask another question, when a budget is spent: the task's own, by its
+    /// questions so far this time it runs, or the run's, by the tasks that have ended too.
     async fn over_budget(
         &self,
+        task: &Task,
         visible: &Results,
         this: &TaskResult,
     ) -> Result<Option<String>, Halt> {
+        let store = self.engine.store();
+        if let Some(budget) = task.budget {
+            let spent = self.spending.spent(store, self.tenant.id, &this.turns).await?;
+            if let Some(why) = crate::budget::exhausted(budget, &spent, "its") {
+                return Ok(Some(why));
+            }
+        }
         let Some(budget) = self.flow.budget else { return Ok(None) };
         let turns: Vec<String> =
             visible.values().flat_map(|r| &r.turns).chain(&this.turns).cloned().collect();
-        let spent = self.spending.spent(self.engine.store(), self.tenant.id, &turns).await?;
-        Ok(crate::budget::exhausted(budget, &spent))
+        let spent = self.spending.spent(store, self.tenant.id, &turns).await?;
+        Ok(crate::budget::exhausted(budget, &spent, "the run's"))
     }
 
     /// One question to an agent, in the run's session with it, under `key` (the same on

@@ -216,6 +216,10 @@ pub struct TaskSpec {
     /// How many times a task whose turn failed is tried in all. Default: 1.
     #[serde(default)]
     pub max_attempts: Option<At<u32>>,
+    /// What the task may spend each time it runs (each iteration, in a loop), retries and
+    /// schema corrections included; no limit but the run's when absent.
+    #[serde(default)]
+    pub budget: Option<At<BudgetSpec>>,
 }
 
 /// One step of a flow's `run`: exactly one of `task`, `sequential`, `parallel`, `condition`,

@@ -563,6 +563,18 @@ async fn a_run_stops_asking_once_its_budget_is_spent_and_shows_what_it_spent() {
     let usage = &run["usage"];
     assert_eq!(usage["model_calls"], 1, "{run}");
     assert!(usage["input_tokens"].as_u64().unwrap() > 0, "{run}");
+    // A task's own budget bounds its questions (here, the schema corrections it would send).
+    let picky = "name: picky\nagents:\n  s: { handle: slowpoke }\ntasks:\n  - id: only\n    agent: s\n    prompt: one\n    output_schema: { type: object }\n    output_retries: 5\n    budget: { max_tokens: 1 }\n";
+    let (_, run) =
+        server.send("POST", "/v1/flows/runs", None, Some(json!({ "flow": picky }))).await;
+    let run = ended(&server, run["id"].as_str().unwrap()).await;
+    let only = task(&run, "only");
+    assert_eq!(
+        (only["status"].as_str(), only["attempts"].as_u64()),
+        (Some("failed"), Some(1)),
+        "{run}"
+    );
+    assert!(only["error"].as_str().unwrap().contains("its budget is spent"), "{run}");
     // A budget that names no limit is refused where it is.
     let bad = json!({ "flow": flow.replace("{ max_tokens: 1 }", "{}") });
     let (status, body) = server.send("POST", "/v1/flows/runs", None, Some(bad)).await;
