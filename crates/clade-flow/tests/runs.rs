@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, unreachable_pub)] // Test code.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clade_core::{ApprovalStatus, ExecutionStatus, Tenant};
@@ -48,33 +47,7 @@ async fn create(store: &Store, data: &DataDir, tenant: &Tenant, handle: &str) {
 }
 
 async fn engine(store: &Store, data: &DataDir) -> clade_runtime::Engine {
-    let config = clade_config::Config::default();
-    let secrets = clade_store::Secrets::new(store.clone(), data.master_key_path(), None);
-    let models = clade_runtime::Models::new(
-        &config,
-        clade_runtime::EnvHints::default(),
-        store.clone(),
-        secrets,
-        store.clock().clone(),
-    );
-    let workspaces = clade_store::Agents::new(store.clone(), data.clone());
-    let tools = Arc::new(clade_runtime::ToolRunner::new(
-        clade_tools::Registry::new(),
-        store.clone(),
-        workspaces.clone(),
-        None,
-        &clade_config::ToolsConfig::default(),
-    ));
-    let options = clade_runtime::EngineOptions {
-        sessions: clade_config::SessionsConfig::default(),
-        bindings: Vec::new(),
-        default_agent: None,
-        tools,
-        tenants: Default::default(),
-        failpoints: clade_runtime::Failpoints::none(),
-    };
-    let bus = Arc::new(clade_runtime::LocalBus::default());
-    clade_runtime::Engine::start_on(store.clone(), workspaces, models, options, bus).await.unwrap()
+    clade_runtime::Bare::new(store, data).start().await.unwrap()
 }
 
 fn start(source: &str, inputs: serde_json::Value) -> StartRun {

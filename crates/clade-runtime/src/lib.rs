@@ -32,7 +32,7 @@ pub mod tools;
 pub use budget::StoreBudget;
 pub use bus::{Addressed, Bus, LocalBus, Signal};
 pub use engine::{
-    Engine, EngineOptions, Envelope, Finished, Preview, Recall, Settings, TurnWatch,
+    Bare, Engine, EngineOptions, Envelope, Finished, Preview, Recall, Settings, TurnWatch,
     UnreadableStep, WeakEngine, step_view,
 };
 pub use execution::{Durable, DurableError};

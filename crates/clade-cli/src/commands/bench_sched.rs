@@ -233,31 +233,10 @@ pub(super) async fn start_engine(
     agents: &[clade_core::AgentId],
     finished: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<clade_runtime::Engine> {
-    let registry = clade_store::Agents::new(store.clone(), data.clone());
-    let config = clade_config::Config::default();
-    let secrets = clade_store::Secrets::new(store.clone(), data.master_key_path(), None);
-    let models = clade_runtime::Models::new(
-        &config,
-        clade_runtime::EnvHints::default(),
-        store.clone(),
-        secrets,
-        Arc::new(clade_core::SystemClock),
-    );
-    let options = clade_runtime::EngineOptions {
-        sessions: config.sessions.clone(),
-        bindings: Vec::new(),
-        default_agent: None,
-        tools: Arc::new(clade_runtime::ToolRunner::new(
-            clade_tools::Registry::new(),
-            store.clone(),
-            registry.clone(),
-            None,
-            &config.tools,
-        )),
-        tenants: Default::default(),
-        failpoints: clade_runtime::Failpoints::none(),
-    };
-    let engine = clade_runtime::Engine::start(store.clone(), registry, models, options).await?;
+    let engine = clade_runtime::Bare::new(store, data)
+        .model_clock(Arc::new(clade_core::SystemClock))
+        .start()
+        .await?;
     for agent in agents {
         let mut live = engine.hub().subscribe_agent(*agent);
         let finished = finished.clone();

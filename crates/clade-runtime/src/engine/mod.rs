@@ -18,6 +18,7 @@ use crate::models::Models;
 use crate::tools::ToolRunner;
 
 mod actor;
+mod bare;
 mod catalogue;
 mod compaction;
 mod context;
@@ -31,6 +32,7 @@ pub use executor::{UnreadableStep, step_view};
 pub use preview::Preview;
 
 use actor::{actor, publish};
+pub use bare::Bare;
 use context::{Checked, Persona};
 
 /// Failures of the engine's API.

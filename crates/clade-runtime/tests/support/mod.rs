@@ -107,32 +107,15 @@ pub async fn engine_on(
     bus: std::sync::Arc<dyn clade_runtime::Bus>,
     workspaces: impl clade_store::Workspaces + Clone,
 ) -> clade_runtime::Engine {
-    use std::sync::Arc;
-    let config = clade_config::Config::default();
-    let secrets = clade_store::Secrets::new(store.clone(), data.master_key_path(), None);
-    let models = clade_runtime::Models::new(
-        &config,
-        clade_runtime::EnvHints::default(),
-        store.clone(),
-        secrets,
-        store.clock().clone(),
-    );
-    let tools = Arc::new(clade_runtime::ToolRunner::new(
-        registry,
-        store.clone(),
-        workspaces.clone(),
-        None,
-        tools_config,
-    ));
-    let options = clade_runtime::EngineOptions {
-        sessions,
-        bindings: Vec::new(),
-        default_agent: None,
-        tools,
-        tenants: Default::default(),
-        failpoints: clade_runtime::Failpoints::none(),
-    };
-    clade_runtime::Engine::start_on(store.clone(), workspaces, models, options, bus).await.unwrap()
+    clade_runtime::Bare::new(store, data)
+        .registry(registry)
+        .tools(tools_config)
+        .sessions(sessions)
+        .bus(bus)
+        .workspaces(workspaces)
+        .start()
+        .await
+        .unwrap()
 }
 
 /// Creates the agent `ada` in the default tenant, which it returns.
