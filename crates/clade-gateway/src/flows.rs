@@ -174,7 +174,27 @@ pub(crate) async fn list_of_flow(
     let Query(query) = query.map_err(query_rejection)?;
     let limit = checked_limit(query.limit)?;
     let name = flow_name(&name)?;
-    runs_of(&state, &tenant, &reach, Some(&name), limit).await
+    let runs = runs_of(&state, &tenant, &reach, Some(&name), limit).await?;
+    // A name the tenant has neither stored nor run is no flow of its.
+    if runs.runs.is_empty() && stored(&state, &tenant, &reach, &name, None).await.is_err() {
+        return Err(clade_store::Error::FlowNotFound(name).into());
+    }
+    Ok(runs)
+}
+
+/// The tenant's stored flow `name` (at `version`, else its newest), read as missing for a
+/// token limited to some agents, which sees no stored flow.
+async fn stored(
+    state: &AppState,
+    tenant: &Tenant,
+    reach: &Reach,
+    name: &str,
+    version: Option<i64>,
+) -> Result<clade_store::FlowVersion, ApiError> {
+    if !reach.is_whole_tenant() {
+        return Err(clade_store::Error::FlowNotFound(name.to_owned()).into());
+    }
+    Ok(StoredFlows::scoped(&state.of(tenant)).get(name, version).await?)
 }
 
 /// A stored flow's name from a path: a handle (the flow file's `name`), not a reserved word.
@@ -254,10 +274,7 @@ pub(crate) async fn show_flow(
     let Query(query) = query.map_err(query_rejection)?;
     let name = flow_name(&name)?;
     let version = version_of(query.version)?;
-    if !reach.is_whole_tenant() {
-        return Err(clade_store::Error::FlowNotFound(name).into());
-    }
-    let flow = StoredFlows::scoped(&state.of(&tenant)).get(&name, version).await?;
+    let flow = stored(&state, &tenant, &reach, &name, version).await?;
     Ok(axum::Json(flow_response(flow, true)))
 }
 
@@ -284,8 +301,8 @@ pub(crate) async fn delete_flow(
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<axum::http::StatusCode, ApiError> {
-    whole_tenant(&reach)?;
     let name = flow_name(&name)?;
+    stored(&state, &tenant, &reach, &name, None).await?;
     StoredFlows::scoped(&state.of(&tenant)).delete(&name).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
@@ -296,9 +313,10 @@ pub(crate) async fn start_stored(
     Path(name): Path<String>,
     JsonBody(params): JsonBody<api::StartStoredFlowRunParams>,
 ) -> Result<(axum::http::StatusCode, axum::Json<api::FlowRunResponse>), ApiError> {
-    whole_tenant(&reach)?;
     let name = flow_name(&name)?;
     let version = version_of(params.version)?;
+    // A token limited to some agents sees no stored flow.
+    stored(&state, &tenant, &reach, &name, None).await?;
     let start = StartStored { name, version, inputs: params.inputs, id: None };
     let row = state.flows.start_stored(&tenant, start).await.map_err(run_error)?;
     Ok((axum::http::StatusCode::CREATED, axum::Json(response(&state, row)?)))

@@ -885,10 +885,9 @@ pub static OPERATIONS: &[Operation] = &[
             error("405", "the name is `runs` or `check`, whose paths are other routes'"),
             error("400", "not a flow's name"),
             error(
-                "403",
-                "the token reaches only some of the tenant's agents: a flow needs one that reaches all",
+                "404",
+                "no such stored flow, or a token limited to some agents, which sees none (`flow_not_found`)",
             ),
-            error("404", "no such stored flow (`flow_not_found`)"),
         ],
         ..op("DELETE", "/v1/flows/{name}", &[Operate], "Delete a stored flow", || {
             delete(flows::delete_flow)
@@ -922,12 +921,8 @@ pub static OPERATIONS: &[Operation] = &[
             error("405", "the name is `runs` or `check`, whose paths are other routes'"),
             error("400", "not a flow's name, or an invalid body"),
             error(
-                "403",
-                "the token reaches only some of the tenant's agents: a flow needs one that reaches all",
-            ),
-            error(
                 "404",
-                "no such stored flow or version (`flow_not_found`), or an agent it names does not exist (`agent_not_found`)",
+                "no such stored flow or version, or a token limited to some agents, which sees none (`flow_not_found`), or an agent it names does not exist (`agent_not_found`)",
             ),
             error(
                 "422",
@@ -954,6 +949,10 @@ pub static OPERATIONS: &[Operation] = &[
             error("405", "the name is `runs` or `check`, whose paths are other routes'"),
             error("405", "the name is `runs` or `check`, whose paths are other routes'"),
             error("400", "not a flow's name, or an invalid query"),
+            error(
+                "404",
+                "the tenant neither stores nor ran a flow of that name, or a token limited to some agents (`flow_not_found`)",
+            ),
         ],
         ..op("GET", "/v1/flows/{name}/runs", &[Read], "A stored flow's runs", || {
             get(flows::list_of_flow)

@@ -479,8 +479,17 @@ async fn another_tenant_neither_reads_nor_runs_a_stored_flow() {
     assert_eq!(status, 403);
     let (_, list) = server.send("GET", "/v1/flows", Some(&limited), None).await;
     assert_eq!(list["flows"], json!([]));
-    let (status, _) = server.send("GET", "/v1/flows/pinned", Some(&limited), None).await;
-    assert_eq!(status, 404);
+    for (method, path) in [
+        ("GET", "/v1/flows/pinned"),
+        ("POST", "/v1/flows/pinned/runs"),
+        ("DELETE", "/v1/flows/pinned"),
+    ] {
+        let body = (method == "POST").then(|| json!({}));
+        let (status, body) = server.send(method, path, Some(&limited), body).await;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+    }
+    let (status, _) = server.send("GET", "/v1/flows/nothing/runs", None, None).await;
+    assert_eq!(status, 404, "a flow neither stored nor run");
     let (status, body) = server.send("GET", "/v1/flows/Not%20A%20Name", None, None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_request")), "{body}");
 }

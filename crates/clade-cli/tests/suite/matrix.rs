@@ -194,6 +194,7 @@ async fn every_route_checks_every_principal() {
                 Some(json!({ "items": [{ "content": format!("cell {n}"), "turn": turn }] }))
             }
             ("POST", "/v1/sessions/{id}/turns/{turn}/mine") => Some(json!({})),
+            ("POST", "/v1/flows/{name}/runs") => Some(json!({})),
             ("POST", "/v1/agents/{handle}/memories/search") => Some(json!({ "query": "cell" })),
             ("POST", "/v1/agents/{handle}/memories/{id}/links") => {
                 Some(json!({ "to": "01a20a00-0000-7000-8000-000000000001", "kind": "related_to" }))
