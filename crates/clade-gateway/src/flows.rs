@@ -191,10 +191,16 @@ async fn stored(
     name: &str,
     version: Option<i64>,
 ) -> Result<clade_store::FlowVersion, ApiError> {
-    if !reach.is_whole_tenant() {
-        return Err(clade_store::Error::FlowNotFound(name.to_owned()).into());
-    }
+    sees_flows(reach, name)?;
     Ok(StoredFlows::scoped(&state.of(tenant)).get(name, version).await?)
+}
+
+/// A token limited to some agents sees no stored flow: `name` reads as missing to it.
+fn sees_flows(reach: &Reach, name: &str) -> Result<(), ApiError> {
+    if reach.is_whole_tenant() {
+        return Ok(());
+    }
+    Err(clade_store::Error::FlowNotFound(name.to_owned()).into())
 }
 
 /// A stored flow's name from a path: a handle (the flow file's `name`), not a reserved word.
@@ -302,7 +308,7 @@ pub(crate) async fn delete_flow(
     Path(name): Path<String>,
 ) -> Result<axum::http::StatusCode, ApiError> {
     let name = flow_name(&name)?;
-    stored(&state, &tenant, &reach, &name, None).await?;
+    sees_flows(&reach, &name)?;
     StoredFlows::scoped(&state.of(&tenant)).delete(&name).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
@@ -315,8 +321,7 @@ pub(crate) async fn start_stored(
 ) -> Result<(axum::http::StatusCode, axum::Json<api::FlowRunResponse>), ApiError> {
     let name = flow_name(&name)?;
     let version = version_of(params.version)?;
-    // A token limited to some agents sees no stored flow.
-    stored(&state, &tenant, &reach, &name, None).await?;
+    sees_flows(&reach, &name)?;
     let start = StartStored { name, version, inputs: params.inputs, id: None };
     let row = state.flows.start_stored(&tenant, start).await.map_err(run_error)?;
     Ok((axum::http::StatusCode::CREATED, axum::Json(response(&state, row)?)))

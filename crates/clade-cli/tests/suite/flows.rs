@@ -48,6 +48,17 @@ fn crew(stub: &clade_stub::Stub) -> (Env, Server) {
     (env, server)
 }
 
+/// A gateway whose default tenant has the agent `writer`, beside a tenant `acme` (its admin
+/// token is returned) that has none.
+fn writer_beside_acme() -> (Env, String, Server) {
+    let env = Env::new();
+    env.run(&["agents", "create", "writer"]).ok();
+    env.run(&["tenants", "create", "acme"]).ok();
+    let (acme, _) = token(&env, "acme", &["admin"]);
+    let server = env.serve(&[]);
+    (env, acme, server)
+}
+
 /// A token of the default tenant that reaches only its agent `writer`.
 fn writer_only_token(env: &Env) -> String {
     let made = env.run(&["tokens", "create", "--name", "one", "--only-agent", "writer"]).ok();
@@ -246,11 +257,7 @@ async fn a_run_killed_midway_ends_after_a_restart_without_asking_a_task_twice() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tenant_neither_sees_nor_drives_a_run() {
-    let env = Env::new();
-    env.run(&["agents", "create", "writer"]).ok();
-    env.run(&["tenants", "create", "acme"]).ok();
-    let (acme, _) = token(&env, "acme", &["admin"]);
-    let server = env.serve(&[]);
+    let (env, acme, server) = writer_beside_acme();
     let flow = "name: t\nagents:\n  w:\n    handle: writer\ntasks:\n  - id: a\n    agent: w\n    prompt: hi\n";
     let (status, run) =
         server.send("POST", "/v1/flows/runs", None, Some(json!({ "flow": flow }))).await;
@@ -442,11 +449,7 @@ async fn a_stored_flow_runs_pinned_to_its_version_and_is_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tenant_neither_reads_nor_runs_a_stored_flow() {
-    let env = Env::new();
-    env.run(&["agents", "create", "writer"]).ok();
-    env.run(&["tenants", "create", "acme"]).ok();
-    let (acme, _) = token(&env, "acme", &["admin"]);
-    let server = env.serve(&[]);
+    let (env, acme, server) = writer_beside_acme();
     let (status, saved) =
         server.send("POST", "/v1/flows", None, Some(json!({ "flow": PINNED_V1 }))).await;
     assert_eq!((status, saved["version"].as_i64()), (201, Some(1)), "{saved}");

@@ -46,14 +46,7 @@ async fn a_flow_keeps_every_version_and_each_tenant_its_own() {
 
         assert_eq!(flows.delete("daily").await.unwrap(), 2, "{}", h.name);
         assert!(matches!(flows.get("daily", Some(1)).await, Err(Error::FlowNotFound(_))));
-        let filter = clade_store::AuditFilter {
-            agent: None,
-            tool: None,
-            since: None,
-            until: None,
-            after: None,
-            limit: 1000,
-        };
+        let filter = clade_store::AuditFilter { limit: 1000, ..Default::default() };
         let audit = h.store.access(acme.id).audit_records(&filter).await.unwrap();
         let of = |kind: AuditKind| audit.iter().filter(|r| r.kind == kind.as_str()).count();
         assert_eq!((of(AuditKind::FlowSaved), of(AuditKind::FlowDeleted)), (3, 1), "{}", h.name);
