@@ -920,18 +920,22 @@ pub(crate) enum CronCommand {
         /// A cron expression ("0 9 * * MON-FRI", 6 fields with seconds first), an alias
         /// (@hourly, @daily, …) or "@every 10m"
         schedule: String,
-        /// What the agent is told at every fire
-        prompt: String,
+        /// What the agent is told at every fire (not given for a flow target: --input instead)
+        prompt: Option<String>,
         /// IANA time zone the schedule is read in
         #[arg(long, default_value = "UTC")]
         zone: String,
         /// Times missed while nothing could fire them: skip, run_once or catch_up:<n>
         #[arg(long, default_value = "run_once")]
         misfire: String,
-        /// Where fires go: new (a session per fire), session:<name>, origin:<session id>
-        /// [default: session:<job name>]
+        /// Where fires go: new (a session per fire), session:<name>, origin:<session id>, or
+        /// flow:<name>[@<version>] (a run of a stored flow at each fire) [default:
+        /// session:<job name>]
         #[arg(long)]
         target: Option<String>,
+        /// A flow target's input, read as the stored flow declares it (repeatable)
+        #[arg(long = "input", value_name = "NAME=VALUE")]
+        inputs: Vec<String>,
         /// Up to this long added to each scheduled time (30s, 5m), the same for the same time
         #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = duration)]
         jitter: std::time::Duration,

@@ -113,6 +113,69 @@ pub struct RunInput {
     /// The id of the run this one runs again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<String>,
+    /// The job whose fire started the run. Such a run is recorded by the store with the fire,
+    /// its inputs as the job gave them and no agents: the runner checks and resolves them when
+    /// it first drives it (the same way each time, from the same text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<ScheduledBy>,
+}
+
+/// The job fire that started a run (written by `clade_store`'s job settlement).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledBy {
+    /// The job's id.
+    pub job: String,
+    /// The job's name.
+    pub name: String,
+    /// The scheduled time that fired, Unix milliseconds.
+    pub scheduled_at: i64,
+}
+
+/// A run's inputs checked against its flow, and the agents it runs, resolved.
+struct Resolved {
+    inputs: BTreeMap<String, Value>,
+    agents: BTreeMap<String, String>,
+    /// The agent a started run is recorded under: the first task's.
+    owner: AgentId,
+}
+
+/// Checks `given` against `flow`'s inputs and finds each of its agents among the tenant's.
+async fn resolve(
+    store: &clade_store::Store,
+    tenant: TenantId,
+    flow: &Flow,
+    given: &BTreeMap<String, Value>,
+) -> Result<Resolved, RunError> {
+    let inputs = flow.inputs_of(given).map_err(RunError::Inputs)?;
+    let mut agents = BTreeMap::new();
+    let mut owner: Option<AgentId> = None;
+    let first = flow.task_order().first().map(|t| flow.tasks[*t].agent.clone());
+    for (name, source) in &flow.agents {
+        let handle = match source {
+            AgentSource::Handle(handle) => handle,
+            AgentSource::Template(template) => {
+                return Err(RunError::TemplateAgent {
+                    name: name.clone(),
+                    template: template.clone(),
+                });
+            }
+        };
+        let agent = match store.agents(tenant).get(handle).await {
+            Ok(agent) => agent,
+            Err(clade_store::Error::AgentNotFound(_)) => {
+                return Err(RunError::UnknownAgent { name: name.clone(), handle: handle.clone() });
+            }
+            Err(other) => return Err(other.into()),
+        };
+        if owner.is_none() || first.as_deref() == Some(name.as_str()) {
+            owner = Some(agent.id);
+        }
+        agents.insert(name.clone(), handle.clone());
+    }
+    let Some(owner) = owner else {
+        return Err(RunError::Inputs(vec!["the flow names no agent".into()]));
+    };
+    Ok(Resolved { inputs, agents, owner })
 }
 
 /// Where a task stands in a run.
@@ -314,38 +377,8 @@ impl Runner {
             return Err(RunError::TooMany);
         }
         let flow = crate::parse(&start.source, Path::new(&start.file))?;
-        let inputs = flow.inputs_of(&start.inputs).map_err(RunError::Inputs)?;
-        let mut agents = BTreeMap::new();
-        let mut owner: Option<AgentId> = None;
-        for (name, source) in &flow.agents {
-            let handle = match source {
-                AgentSource::Handle(handle) => handle,
-                AgentSource::Template(template) => {
-                    return Err(RunError::TemplateAgent {
-                        name: name.clone(),
-                        template: template.clone(),
-                    });
-                }
-            };
-            let agent = match store.agents(tenant.id).get(handle).await {
-                Ok(agent) => agent,
-                Err(clade_store::Error::AgentNotFound(_)) => {
-                    return Err(RunError::UnknownAgent {
-                        name: name.clone(),
-                        handle: handle.clone(),
-                    });
-                }
-                Err(other) => return Err(other.into()),
-            };
-            let first = flow.task_order().first().map(|t| flow.tasks[*t].agent.clone());
-            if owner.is_none() || first.as_deref() == Some(name.as_str()) {
-                owner = Some(agent.id);
-            }
-            agents.insert(name.clone(), handle.clone());
-        }
-        let Some(owner) = owner else {
-            return Err(RunError::Inputs(vec!["the flow names no agent".into()]));
-        };
+        let Resolved { inputs, agents, owner } =
+            resolve(store, tenant.id, &flow, &start.inputs).await?;
         let input = RunInput {
             flow: flow.name.clone(),
             file: start.file,
@@ -354,6 +387,7 @@ impl Runner {
             agents,
             version: start.version,
             retry_of: start.retry_of.map(|id| id.to_string()),
+            scheduled: None,
         };
         let id = start.id.unwrap_or_else(|| ExecutionId::generate(store.now()));
         let row = store
@@ -386,6 +420,18 @@ impl Runner {
             resumed += 1;
         }
         Ok(resumed)
+    }
+
+    /// Drives a run another part of the gateway started (a schedule's fire records its run
+    /// with the fire): nothing when it has ended, is paused or is driven here already.
+    pub async fn take_up(&self, tenant: TenantId, id: ExecutionId) -> Result<(), RunError> {
+        let row = self.get(tenant, id).await?;
+        if row.status != ExecutionStatus::Running {
+            return Ok(());
+        }
+        let tenant = self.inner.engine.store().tenants().by_id(tenant).await?;
+        self.drive(tenant, row);
+        Ok(())
     }
 
     /// A run of the tenant's.
@@ -550,10 +596,27 @@ async fn drive(
     progress: Arc<Mutex<Results>>,
 ) -> Result<(), Arc<Halt>> {
     let engine = &inner.engine;
-    let input = RunInput::of(&row).map_err(|e| Arc::new(e.into()))?;
-    let flow = crate::parse(&input.source, Path::new(&input.file))
-        .map_err(|e| Arc::new(Halt::Run(RunError::Invalid(e))))?;
+    let mut input = RunInput::of(&row).map_err(|e| Arc::new(e.into()))?;
     let store = engine.store().clone();
+    let flow = match crate::parse(&input.source, Path::new(&input.file)) {
+        Ok(flow) => flow,
+        // A scheduled run's stored flow was checked when saved; a text this build cannot read
+        // (saved by another version) ends the run, saying why, rather than halting it forever.
+        Err(err) if input.scheduled.is_some() => {
+            return fail_unstarted(&store, &row, err.to_string()).await;
+        }
+        Err(err) => return Err(Arc::new(Halt::Run(RunError::Invalid(err)))),
+    };
+    if input.scheduled.is_some() && input.agents.is_empty() {
+        match resolve(&store, row.tenant_id, &flow, &input.inputs).await {
+            Ok(resolved) => {
+                input.inputs = resolved.inputs;
+                input.agents = resolved.agents;
+            }
+            Err(RunError::Store(err)) => return Err(Arc::new(RunError::Store(err).into())),
+            Err(err) => return fail_unstarted(&store, &row, err.to_string()).await,
+        }
+    }
     let again = NewExecution {
         id: row.id,
         tenant: row.tenant_id,
@@ -613,6 +676,23 @@ async fn drive(
         Some(Stop::Halted(why)) => return Err(why),
     };
     ended.map_err(|e| Arc::new(e.into()))
+}
+
+/// Ends a scheduled run that cannot start (its inputs do not fit its flow, an agent it names is
+/// gone), saying why: the job's run history then shows it failed.
+async fn fail_unstarted(
+    store: &clade_store::Store,
+    row: &ExecutionRow,
+    why: String,
+) -> Result<(), Arc<Halt>> {
+    let why = format!("the scheduled run cannot start: {why}");
+    let failed = store.executions(row.tenant_id).set_status(
+        row.id,
+        ExecutionStatus::Failed,
+        None,
+        Some(why),
+    );
+    failed.await.map(drop).map_err(|e| Arc::new(RunError::Store(e).into()))
 }
 
 /// One run's walk over its flow.

@@ -357,3 +357,130 @@ async fn a_start_that_cannot_run_makes_nothing() {
     let err = runner.start(&node.tenant, start(&spying, json!({"n": 3}))).await.unwrap_err();
     assert!(err.to_string().contains("no agent \"spy\" in this tenant"), "{err}");
 }
+
+/// A job of `agent` whose target is `target`, with `inputs`, due from the start of time.
+async fn new_job(
+    node: &Node,
+    agent: &str,
+    name: &str,
+    target: &str,
+    inputs: &str,
+) -> clade_store::NewJob {
+    let agent = node.store.agents(node.tenant.id).get(agent).await.unwrap();
+    clade_store::NewJob {
+        id: clade_core::ExecutionId::generate(node.store.now()),
+        tenant: node.tenant.id,
+        agent: agent.id,
+        name: name.into(),
+        schedule: "@every 1h".into(),
+        zone: "UTC".into(),
+        misfire: "run_once".into(),
+        target: clade_store::JobTarget::parse(target).unwrap(),
+        jitter_secs: 0,
+        prompt: inputs.into(),
+        settled_at: clade_core::Timestamp::from_millis(0),
+        next_at: Some(clade_core::Timestamp::from_millis(1_000)),
+    }
+}
+
+async fn flow_job(
+    node: &Node,
+    agent: &str,
+    name: &str,
+    target: &str,
+    inputs: &str,
+) -> clade_store::JobRow {
+    node.store.create_job(new_job(node, agent, name, target, inputs).await).await.unwrap()
+}
+
+/// `job`'s one fire, a second after its settled time.
+fn one_fire(job: &clade_store::JobRow) -> clade_store::Settlement {
+    let at = clade_core::Timestamp::from_millis(job.settled_at.as_millis() + 1_000);
+    clade_store::Settlement {
+        from: job.settled_at,
+        fires: vec![at],
+        skipped: 0,
+        settled_at: at,
+        next_at: None,
+        max_queued: 100,
+    }
+}
+
+/// Settles `job`'s fire ([`one_fire`]): what it delivered.
+async fn fire(node: &Node, job: &clade_store::JobRow) -> Option<Vec<clade_store::FireDelivery>> {
+    let settlement = one_fire(job);
+    let settled = node.store.jobs(node.tenant.id).settle(job.id, settlement).await.unwrap();
+    settled.map(|runs| runs.into_iter().map(|(_, delivered)| delivered).collect())
+}
+
+#[tokio::test]
+async fn a_fire_of_a_flow_job_starts_its_run_once_and_a_restart_drives_it() {
+    let node = node(&["writer"]).await;
+    let runner = Runner::new(node.engine.clone());
+    let flow = "name: nightly\ninputs:\n  who: { type: string }\n  times: { type: integer, default: 2 }\nagents:\n  w: { handle: writer }\ntasks:\n  - id: greet\n    agent: w\n    prompt: \"/reply hello {{ inputs.who }} x{{ inputs.times }}\"\n";
+    runner.save(node.tenant.id, flow, "nightly.flow.yaml").await.unwrap();
+    let job = flow_job(&node, "writer", "nightly", "flow:nightly", r#"{"who": "cron"}"#).await;
+
+    // The fire records its run, running, in its own transaction; settling the same time
+    // again (a second scheduler, a restart that looked again) starts nothing more.
+    let delivered = fire(&node, &job).await.unwrap();
+    let [clade_store::FireDelivery::Flow(id)] = delivered.as_slice() else {
+        panic!("a flow job's fire starts a run: {delivered:?}")
+    };
+    assert_eq!(fire(&node, &job).await, None, "the same fire settled twice");
+    let row = runner.get(node.tenant.id, *id).await.unwrap();
+    assert_eq!(row.status, ExecutionStatus::Running);
+
+    // Nothing drove it yet (the gateway stopped right after the fire): the next start does,
+    // with the job's inputs checked against the flow's (the default filled in).
+    assert_eq!(Runner::new(node.engine.clone()).resume_open().await.unwrap(), 1);
+    let (status, results, error) = finished(&runner, &node, *id).await;
+    assert_eq!(status, ExecutionStatus::Completed, "{error:?}");
+    assert_eq!(results["greet"].output, json!("hello cron x2"));
+    let runs = node.store.jobs(node.tenant.id).runs(job.id, None, 10).await.unwrap();
+    assert_eq!(
+        runs[0].outcome,
+        clade_store::RunOutcome::Flow { run: *id, status: Some(ExecutionStatus::Completed) }
+    );
+    assert_eq!(turns(&node).await, 1, "the task was asked once");
+}
+
+#[tokio::test]
+async fn a_flow_job_that_cannot_run_says_why_in_its_runs() {
+    let node = node(&["writer"]).await;
+    let runner = Runner::new(node.engine.clone());
+    let flow = "name: typed\ninputs:\n  n: { type: integer }\nagents:\n  w: { handle: writer }\ntasks:\n  - id: a\n    agent: w\n    prompt: /reply {{ inputs.n }}\n";
+    runner.save(node.tenant.id, flow, "typed.flow.yaml").await.unwrap();
+
+    // Inputs the flow does not take: the run ends failed, saying why, asking no one.
+    let job = flow_job(&node, "writer", "wrong", "flow:typed", r#"{"n": "three"}"#).await;
+    let delivered = fire(&node, &job).await.unwrap();
+    let [clade_store::FireDelivery::Flow(id)] = delivered.as_slice() else {
+        panic!("no run started: {delivered:?}")
+    };
+    runner.take_up(node.tenant.id, *id).await.unwrap();
+    let (status, _, error) = finished(&runner, &node, *id).await;
+    assert_eq!(status, ExecutionStatus::Failed);
+    let error = error.unwrap();
+    assert!(error.contains("cannot start") && error.contains("must be an integer"), "{error}");
+    let runs = node.store.jobs(node.tenant.id).runs(job.id, None, 10).await.unwrap();
+    assert!(runs[0].outcome.is_failure(), "{runs:?}");
+    assert_eq!(turns(&node).await, 0);
+
+    // A job naming a flow that is not stored is refused when made; a flow deleted since is a
+    // refused fire, with no run.
+    let ghost = new_job(&node, "writer", "ghost", "flow:ghost", "{}").await;
+    let refused = node.store.create_job(ghost).await.unwrap_err();
+    assert!(matches!(refused, clade_store::Error::FlowNotFound(_)), "{refused}");
+    let job = flow_job(&node, "writer", "later", "flow:typed", r#"{"n": 1}"#).await;
+    clade_store::StoredFlows::of(&node.store, node.tenant.id).delete("typed").await.unwrap();
+    let settled =
+        node.store.jobs(node.tenant.id).settle_many(vec![(job.id, one_fire(&job))]).await.unwrap();
+    assert!(
+        matches!(&settled[0], Ok(clade_store::Settled::Refused { why, .. }) if why.contains("typed")),
+        "{settled:?}"
+    );
+    let executions = node.store.executions(node.tenant.id).list(100).await.unwrap();
+    let flows = executions.iter().filter(|e| e.kind == clade_core::ExecutionKind::Flow).count();
+    assert_eq!(flows, 1, "only the first job's fire started a run");
+}

@@ -42,19 +42,30 @@ pub fn job_response(job: JobRow) -> JobResponse {
 
 /// A run as the API (and the CLI's `--json`) shows it.
 pub fn run_response(run: JobRun) -> JobRunResponse {
-    let (error, turn_id, turn_status) = match run.outcome {
-        RunOutcome::Refused(why) => (Some(why), None, None),
-        RunOutcome::Turn { id, status } => (None, Some(id.to_string()), Some(status.into())),
-        RunOutcome::Waiting | RunOutcome::Gone => (None, None, None),
-    };
+    let (mut error, mut turn_id, mut turn_status, mut flow_run_id, mut flow_run_status) =
+        (None, None, None, None, None);
+    match run.outcome {
+        RunOutcome::Refused(why) => error = Some(why),
+        RunOutcome::Turn { id, status } => {
+            turn_id = Some(id.to_string());
+            turn_status = Some(status.into());
+        }
+        RunOutcome::Flow { run, status } => {
+            flow_run_id = Some(run.to_string());
+            flow_run_status = status.map(Into::into);
+        }
+        RunOutcome::Waiting | RunOutcome::Gone => {}
+    }
     JobRunResponse {
         scheduled_at: run.scheduled_at.as_millis(),
         fired_at: run.fired_at.as_millis(),
-        delivered: run.event_id.is_some(),
+        delivered: run.event_id.is_some() || flow_run_id.is_some(),
         error,
         event_id: run.event_id.map(|e| e.to_string()),
         turn_id,
         turn_status,
+        flow_run_id,
+        flow_run_status,
     }
 }
 
@@ -128,6 +139,13 @@ pub(crate) async fn create(
                 _ => ApiError::new(Code::InvalidJob, e.to_string()),
             },
         )?;
+    // A flow's run may ask any of the tenant's agents: a token limited to some finds no flow,
+    // as on the flows' own routes.
+    if let clade_store::JobTarget::Flow { name, .. } = &new.target
+        && !reach.is_whole_tenant()
+    {
+        return Err(clade_store::Error::FlowNotFound(name.clone()).into());
+    }
     // The operator schedules as it likes; a tenant's tokens within its quotas.
     if crate::config::operator_only(&tenant, &reach).is_err() {
         let owned = store.jobs().list(Some(agent.id)).await?.len();

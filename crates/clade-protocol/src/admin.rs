@@ -60,6 +60,16 @@ pub enum AdminRequest {
     },
     /// The cluster's nodes, as `GET /v1/cluster/nodes` shows them.
     Nodes {},
+    /// Flow runs stored by another process (a `clade cron-service` fire of a job whose target
+    /// is a flow): drive them.
+    TakeUpRuns { runs: Vec<RunRef> },
+}
+
+/// A flow run, and the tenant it belongs to (ids as the API writes them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RunRef {
+    pub tenant: String,
+    pub run: String,
 }
 
 /// The answer to one [`AdminRequest`].
@@ -99,6 +109,11 @@ pub enum AdminReply {
     },
     Nodes {
         items: Vec<crate::ClusterNodeResponse>,
+    },
+    /// How many of the runs in [`AdminRequest::TakeUpRuns`] are now driven (runs ended, paused
+    /// or unknown are skipped).
+    TakenUp {
+        runs: u32,
     },
     /// The request was refused or failed.
     Error {

@@ -867,8 +867,9 @@ pub struct CreateJobParams {
     #[schemars(length(min = 1, max = 32))]
     pub misfire: Option<String>,
     /// Where each fire goes: `new` (a session per fire), `session:<name>` (one named session;
-    /// the default is the job's own name) or `origin:<session id>` (the channel that session of
-    /// the agent was last active on).
+    /// the default is the job's own name), `origin:<session id>` (the channel that session of
+    /// the agent was last active on) or `flow:<name>[@<version>]` (a run of a stored flow; a
+    /// token limited to some agents cannot name one).
     #[serde(default)]
     #[schemars(length(min = 1, max = 200))]
     pub target: Option<String>,
@@ -877,7 +878,8 @@ pub struct CreateJobParams {
     #[serde(default, deserialize_with = "whole_number")]
     #[schemars(range(min = 0, max = 3600))]
     pub jitter_secs: Option<u64>,
-    /// What the agent is told at every fire.
+    /// What the agent is told at every fire; for a `flow:` target, the run's inputs as a
+    /// JSON object (`{}` for none).
     #[schemars(length(min = 1, max = 16384))]
     pub prompt: String,
 }
@@ -937,7 +939,7 @@ pub struct JobRunsQuery {
 pub struct JobRunResponse {
     pub scheduled_at: i64,
     pub fired_at: i64,
-    /// Whether its envelope was delivered; when not, `error` says why.
+    /// Whether it delivered its envelope or started its flow run; when not, `error` says why.
     pub delivered: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -949,6 +951,12 @@ pub struct JobRunResponse {
     pub turn_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub turn_status: Option<Spelled<TurnStatus>>,
+    /// The flow run it started (a job whose target is a flow), at `GET /v1/flows/runs/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_run_id: Option<String>,
+    /// Where that run stands (absent once the run is deleted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_run_status: Option<Spelled<clade_core::ExecutionStatus>>,
 }
 
 /// The latest runs first.
@@ -1934,6 +1942,9 @@ pub struct FlowRunResponse {
     /// The run this one runs again (`POST /v1/flows/runs/{id}/retry`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<String>,
+    /// The scheduled job whose fire started it (a job whose target is `flow:<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_by: Option<FlowRunScheduledBy>,
     pub status: Spelled<clade_core::ExecutionStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -1948,6 +1959,16 @@ pub struct FlowRunResponse {
     /// What its tasks' model calls spent so far (`GET /v1/flows/runs/{id}` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<FlowUsage>,
+}
+
+/// The job fire that started a flow run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FlowRunScheduledBy {
+    pub job_id: String,
+    /// The job's name (`GET /v1/agents/{handle}/jobs/{name}`).
+    pub job: String,
+    /// The scheduled time that fired, Unix milliseconds.
+    pub scheduled_at: i64,
 }
 
 /// What a flow run's model calls spent, every task's turns summed.

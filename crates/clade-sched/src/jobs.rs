@@ -50,11 +50,13 @@ pub struct JobSpec {
     pub zone: Option<String>,
     /// `skip`, `run_once` (the default) or `catch_up:<n>`.
     pub misfire: Option<String>,
-    /// `new`, `session:<name>` or `origin:<session id>`; `session:<job name>` when not given.
+    /// `new`, `session:<name>`, `origin:<session id>` or `flow:<name>[@<version>]`;
+    /// `session:<job name>` when not given.
     pub target: Option<String>,
     /// Up to this many seconds (at most [`MAX_JITTER_SECS`]) added to each scheduled time.
     pub jitter_secs: Option<u32>,
-    /// What the agent is told at every fire.
+    /// What the agent is told at every fire; for a flow target, the run's inputs as a JSON
+    /// object (`{}` for none).
     pub prompt: String,
 }
 
@@ -210,7 +212,14 @@ pub fn new_job(
         Some(text) => JobTarget::parse(text).map_err(JobError::Target)?,
         None => JobTarget::Session(spec.name.clone()),
     };
-    if spec.prompt.trim().is_empty() {
+    if let JobTarget::Flow { .. } = target {
+        let inputs = serde_json::from_str::<serde_json::Value>(&spec.prompt);
+        if !inputs.as_ref().is_ok_and(serde_json::Value::is_object) {
+            return Err(JobError::Prompt(
+                "a job whose target is a flow carries the run's inputs as a JSON object, such as {\"topic\": \"rust\"} (or {} for none)".into(),
+            ));
+        }
+    } else if spec.prompt.trim().is_empty() {
         return Err(JobError::Prompt("say what the agent is to do when the job fires".into()));
     }
     if spec.prompt.len() > MAX_PROMPT_BYTES {

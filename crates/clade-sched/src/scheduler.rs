@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clade_core::{ExecutionId, SessionId, TenantId, Timestamp};
-use clade_store::{JobRow, JobRun, RunOutcome, Settled, Settlement, Store};
+use clade_store::{FireDelivery, JobRow, JobRun, RunOutcome, Settled, Settlement, Store};
 use tokio::sync::Notify;
 
 use crate::{Misfire, Schedule, ScheduleError, Zone};
@@ -71,6 +71,8 @@ pub struct Look {
     pub raced: usize,
     /// Sessions that received envelopes, to wake.
     pub sessions: Vec<(TenantId, SessionId)>,
+    /// Flow runs that fires started, for the flow runner to drive.
+    pub flow_runs: Vec<(TenantId, ExecutionId)>,
     /// Jobs it disabled (a schedule it could not read, too many failures in a row), with why.
     pub disabled: Vec<(ExecutionId, String)>,
     /// Jobs it could not settle (the store failed), with why: they stay due, and one job's
@@ -112,8 +114,14 @@ impl Look {
                         .record(late.as_secs_f64());
                     late
                 }));
-                self.sessions
-                    .extend(runs.iter().map(|(_, accepted)| (tenant, accepted.session_id)));
+                for (_, delivered) in &runs {
+                    match delivered {
+                        FireDelivery::Envelope(accepted) => {
+                            self.sessions.push((tenant, accepted.session_id));
+                        }
+                        FireDelivery::Flow(run) => self.flow_runs.push((tenant, *run)),
+                    }
+                }
             }
             Ok(Settled::Refused { runs, .. }) => self.refused += runs.len(),
             Ok(Settled::Raced) => {
@@ -137,6 +145,7 @@ impl Look {
         self.skipped += other.skipped;
         self.raced += other.raced;
         self.sessions.extend(other.sessions);
+        self.flow_runs.extend(other.flow_runs);
         self.disabled.extend(other.disabled);
         self.failed.extend(other.failed);
         self.lateness.extend(other.lateness);
@@ -184,6 +193,7 @@ fn tripped(runs: &[JobRun], max: u32) -> Option<String> {
     let last = match &settled[0].outcome {
         RunOutcome::Refused(why) => format!("was refused: {why}"),
         RunOutcome::Turn { id, .. } => format!("ran turn {id}, which failed"),
+        RunOutcome::Flow { run, .. } => format!("started flow run {run}, which failed"),
         _ => String::new(),
     };
     Some(format!(

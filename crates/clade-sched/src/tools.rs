@@ -119,6 +119,12 @@ impl TypedTool for CronCreate {
             };
             let new = new_job(&spec, caller.tenant, caller.agent, self.store.now())
                 .map_err(Error::relied)?;
+            // Starting a flow is flow.start's, under its own grant: a schedule is no way round it.
+            if let JobTarget::Flow { .. } = new.target {
+                return Err(Error::failed(
+                    "a job of yours fires into a conversation (origin, new or session:<name>); to run a flow, use flow.start",
+                ));
+            }
             let found = async {
                 let tenant = self.store.tenants().by_id(caller.tenant).await?;
                 let agent = self.store.agents(caller.tenant).by_id(caller.agent).await?;

@@ -49,6 +49,45 @@ fn flow_row(row: &Row) -> Result<FlowVersion> {
     })
 }
 
+/// The query for flow `name` at `version`, or its newest version.
+fn select_version(tenant: TenantId, name: &str, version: Option<i64>) -> crate::db::Query {
+    let tenant = tenant.as_bytes().to_vec();
+    match version {
+        Some(version) => query(format!(
+            "SELECT {COLUMNS} FROM flows WHERE tenant_id = $1 AND name = $2 AND version = $3"
+        ))
+        .bind(tenant)
+        .bind(name.to_owned())
+        .bind(version),
+        None => query(format!(
+            "SELECT {COLUMNS} FROM flows WHERE tenant_id = $1 AND name = $2 \
+             ORDER BY version DESC LIMIT 1"
+        ))
+        .bind(tenant)
+        .bind(name.to_owned()),
+    }
+}
+
+fn found(row: Option<Row>, name: &str, version: Option<i64>) -> Result<FlowVersion> {
+    row.as_ref().map(flow_row).transpose()?.ok_or_else(|| {
+        Error::FlowNotFound(match version {
+            Some(version) => format!("{name} version {version}"),
+            None => name.to_owned(),
+        })
+    })
+}
+
+/// [`StoredFlows::get`] inside a transaction: what a scheduled job's fire runs.
+pub(crate) async fn version_in(
+    conn: &mut crate::db::Tx,
+    tenant: TenantId,
+    name: &str,
+    version: Option<i64>,
+) -> Result<FlowVersion> {
+    let row = select_version(tenant, name, version).fetch_optional(conn).await?;
+    found(row, name, version)
+}
+
 /// One tenant's stored flows.
 #[derive(Clone, Copy)]
 pub struct StoredFlows<'s> {
@@ -157,28 +196,8 @@ impl StoredFlows<'_> {
 
     /// Flow `name` at `version`, or its newest version.
     pub async fn get(self, name: &str, version: Option<i64>) -> Result<FlowVersion> {
-        let tenant = self.tenant.as_bytes().to_vec();
-        let select = match version {
-            Some(version) => query(format!(
-                "SELECT {COLUMNS} FROM flows WHERE tenant_id = $1 AND name = $2 AND version = $3"
-            ))
-            .bind(tenant)
-            .bind(name.to_owned())
-            .bind(version),
-            None => query(format!(
-                "SELECT {COLUMNS} FROM flows WHERE tenant_id = $1 AND name = $2 \
-                 ORDER BY version DESC LIMIT 1"
-            ))
-            .bind(tenant)
-            .bind(name.to_owned()),
-        };
-        let row = self.store.maybe_row(select).await?;
-        row.as_ref().map(flow_row).transpose()?.ok_or_else(|| {
-            Error::FlowNotFound(match version {
-                Some(version) => format!("{name} version {version}"),
-                None => name.to_owned(),
-            })
-        })
+        let row = self.store.maybe_row(select_version(self.tenant, name, version)).await?;
+        found(row, name, version)
     }
 
     /// The newest version of each stored flow, by name.

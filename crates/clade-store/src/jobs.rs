@@ -45,13 +45,16 @@ pub enum JobTarget {
     /// The channel this session of the job's agent was last active on: where the user who
     /// asked for the job last spoke.
     Origin(SessionId),
+    /// A run of the tenant's stored flow `name` (at `version`, else its newest version when the
+    /// job fires), with the job's prompt as the run's inputs (a JSON object).
+    Flow { name: String, version: Option<i64> },
 }
 
 /// A session name's longest form.
 const MAX_SESSION_NAME: usize = 128;
 
 impl JobTarget {
-    /// Reads `new`, `session:<name>` or `origin:<session id>`.
+    /// Reads `new`, `session:<name>`, `origin:<session id>` or `flow:<name>[@<version>]`.
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
         if text == "new" {
             return Ok(Self::New);
@@ -73,8 +76,24 @@ impl JobTarget {
                 .map_err(|_| format!("target {text:?}: {id:?} is not a session id"))?;
             return Ok(Self::Origin(id));
         }
+        if let Some(flow) = text.strip_prefix("flow:") {
+            let (name, version) = match flow.split_once('@') {
+                Some((name, version)) => match version.parse::<i64>() {
+                    Ok(version) if version > 0 => (name, Some(version)),
+                    _ => {
+                        return Err(format!(
+                            "target {text:?}: {version:?} is not a version (1, 2, …)"
+                        ));
+                    }
+                },
+                None => (flow, None),
+            };
+            let name = clade_core::Handle::parse(name)
+                .map_err(|e| format!("target {text:?}: {name:?} is not a flow's name: {e}"))?;
+            return Ok(Self::Flow { name: name.as_str().to_owned(), version });
+        }
         Err(format!(
-            "target {text:?} is not one of `new`, `session:<name>` or `origin:<session id>`"
+            "target {text:?} is not one of `new`, `session:<name>`, `origin:<session id>` or `flow:<name>[@<version>]`"
         ))
     }
 }
@@ -85,6 +104,8 @@ impl fmt::Display for JobTarget {
             Self::New => f.write_str("new"),
             Self::Session(name) => write!(f, "session:{name}"),
             Self::Origin(id) => write!(f, "origin:{id}"),
+            Self::Flow { name, version: None } => write!(f, "flow:{name}"),
+            Self::Flow { name, version: Some(version) } => write!(f, "flow:{name}@{version}"),
         }
     }
 }
@@ -141,23 +162,34 @@ pub struct JobRow {
 pub enum RunOutcome {
     /// The store refused its envelope (why); nothing was delivered.
     Refused(String),
-    /// Delivered; no turn has taken it yet.
+    /// FireDelivery; no turn has taken it yet.
     Waiting,
-    /// Delivered, and taken by this turn, as it stands.
+    /// FireDelivery, and taken by this turn, as it stands.
     Turn { id: TurnId, status: TurnStatus },
-    /// Delivered, but its session has since been deleted.
+    /// FireDelivery, but its session has since been deleted.
     Gone,
+    /// Started this flow run, as it stands (`None`: the run has since been deleted).
+    Flow { run: ExecutionId, status: Option<ExecutionStatus> },
 }
 
 impl RunOutcome {
     /// Counts towards the failures in a row that disable a job.
     pub fn is_failure(&self) -> bool {
-        matches!(self, Self::Refused(_) | Self::Turn { status: TurnStatus::Failed, .. })
+        matches!(
+            self,
+            Self::Refused(_)
+                | Self::Turn { status: TurnStatus::Failed, .. }
+                | Self::Flow { status: Some(ExecutionStatus::Failed), .. }
+        )
     }
 
     /// Not yet known: the envelope waits or its turn runs.
     pub fn is_pending(&self) -> bool {
-        matches!(self, Self::Waiting | Self::Turn { status: TurnStatus::Running, .. })
+        match self {
+            Self::Waiting | Self::Turn { status: TurnStatus::Running, .. } => true,
+            Self::Flow { status: Some(status), .. } => !status.is_final(),
+            _ => false,
+        }
     }
 }
 
@@ -171,11 +203,30 @@ pub struct JobRun {
     pub outcome: RunOutcome,
 }
 
+/// What one fire delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FireDelivery {
+    /// An envelope, to the job's agent.
+    Envelope(Accepted),
+    /// A flow run, started (recorded running, to be driven by the flow runner).
+    Flow(ExecutionId),
+}
+
+impl FireDelivery {
+    /// The envelope it delivered, if it delivered one.
+    pub fn envelope(&self) -> Option<&Accepted> {
+        match self {
+            Self::Envelope(accepted) => Some(accepted),
+            Self::Flow(_) => None,
+        }
+    }
+}
+
 /// What settling one job among several ([`crate::Jobs::settle_many`]) did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
-    /// Its fires committed, each with the envelope it produced.
-    Fired(Vec<(JobRun, Accepted)>),
+    /// Its fires committed, each with what it delivered.
+    Fired(Vec<(JobRun, FireDelivery)>),
     /// The store refused its envelopes, for `why`: each scheduled time is a run with that error.
     Refused { runs: Vec<JobRun>, why: String },
     /// Another look settled it first, or it is disabled: nothing was written.
@@ -193,6 +244,7 @@ pub fn refuses_envelope(err: &Error) -> bool {
             | Error::AgentNotFound(_)
             | Error::IdempotencyConflict(_)
             | Error::QuotaExceeded(_)
+            | Error::FlowNotFound(_)
     )
 }
 
@@ -303,8 +355,12 @@ impl<'w> JobWrites<'w> {
         if agent.is_none() {
             return Err(Error::AgentNotFound(new.agent.to_string()));
         }
-        if let JobTarget::Origin(session) = &new.target {
-            self.origin_source(*session, new.agent).await?;
+        match &new.target {
+            JobTarget::Origin(session) => drop(self.origin_source(*session, new.agent).await?),
+            JobTarget::Flow { name, version } => {
+                drop(crate::flows::version_in(self.conn, self.tenant, name, *version).await?);
+            }
+            JobTarget::New | JobTarget::Session(_) => {}
         }
         let inserted = query(
             "INSERT INTO jobs (id, tenant_id, agent_id, name, schedule, zone, misfire, target, \
@@ -499,43 +555,60 @@ impl<'w> JobWrites<'w> {
         &mut self,
         id: ExecutionId,
         scheduled_at: Timestamp,
-        event: Option<EventId>,
+        delivered: Option<&FireDelivery>,
         error: Option<&str>,
     ) -> Result<()> {
+        let (event, flow_run) = match delivered {
+            Some(FireDelivery::Envelope(accepted)) => {
+                (Some(accepted.event_id.as_bytes().to_vec()), None)
+            }
+            Some(FireDelivery::Flow(run)) => (None, Some(run.as_bytes().to_vec())),
+            None => (None, None),
+        };
         // Keyed by the scheduled time: the same time cannot fire twice.
         query(
-            "INSERT INTO job_runs (job_id, scheduled_at, fired_at, event_id, error) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO job_runs (job_id, scheduled_at, fired_at, event_id, error, flow_run) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(id.as_bytes().to_vec())
         .bind(scheduled_at.as_millis())
         .bind(self.now.as_millis())
-        .bind(event.map(|e| e.as_bytes().to_vec()))
+        .bind(event)
         .bind(error.map(str::to_owned))
+        .bind(flow_run)
         .execute(&mut *self.conn)
         .await?;
         Ok(())
     }
 
-    /// Commits one look at a job: for each fire, its envelope (accepted as any event is, to the
-    /// job's target) and its record; the skipped count; the new settled and next times.
-    /// `Ok(None)` when the job's settled time is no longer `settlement.from` (another look
-    /// settled it first: nothing is written), or the job is disabled. An envelope the store
-    /// refuses fails the whole settlement, which its caller then settles as refused.
+    /// Commits one look at a job: for each fire, what it delivers to the job's target (an
+    /// envelope, accepted as any event is, or a flow run) and its record; the skipped count;
+    /// the new settled and next times. `Ok(None)` when the job's settled time is no longer
+    /// `settlement.from` (another look settled it first: nothing is written), or the job is
+    /// disabled. A delivery the store refuses fails the whole settlement, which its caller then
+    /// settles as refused.
     pub async fn settle(
         &mut self,
         id: ExecutionId,
         settlement: Settlement,
-    ) -> Result<Option<Vec<(JobRun, Accepted)>>> {
+    ) -> Result<Option<Vec<(JobRun, FireDelivery)>>> {
         let job = self.get(id).await?;
         if !self.advance(&job, &settlement).await? {
             return Ok(None);
+        }
+        let mut runs = Vec::with_capacity(settlement.fires.len());
+        if let JobTarget::Flow { name, version } = &job.target {
+            let flow = crate::flows::version_in(self.conn, self.tenant, name, *version).await?;
+            for scheduled_at in settlement.fires {
+                let run = self.start_flow_run(&job, scheduled_at, &flow).await?;
+                runs.push(self.fired(&job, scheduled_at, FireDelivery::Flow(run)).await?);
+            }
+            return Ok(Some(runs));
         }
         let origin = match &job.target {
             JobTarget::Origin(session) => Some(self.origin_source(*session, job.agent_id).await?),
             _ => None,
         };
-        let mut runs = Vec::with_capacity(settlement.fires.len());
         for scheduled_at in settlement.fires {
             let millis = scheduled_at.as_millis();
             let source = match (&job.target, &origin) {
@@ -553,6 +626,9 @@ impl<'w> JobWrites<'w> {
                 (JobTarget::Origin(session), None) => {
                     return Err(Error::SessionNotFound(session.to_string()));
                 }
+                (JobTarget::Flow { .. }, None) => {
+                    return Err(Error::InvalidInput("a flow target fires no envelope".into()));
+                }
             };
             let event = NewEvent {
                 tenant: self.tenant,
@@ -565,17 +641,70 @@ impl<'w> JobWrites<'w> {
                 max_open_per_session: settlement.max_queued,
             };
             let (accepted, _) = crate::turns::accept_in(self.conn, self.now, event).await?;
-            self.record(id, scheduled_at, Some(accepted.event_id), None).await?;
             self.record_fire_execution(&job, scheduled_at, Ok(&accepted)).await?;
-            let run = JobRun {
-                scheduled_at,
-                fired_at: self.now,
-                event_id: Some(accepted.event_id),
-                outcome: RunOutcome::Waiting,
-            };
-            runs.push((run, accepted));
+            runs.push(self.fired(&job, scheduled_at, FireDelivery::Envelope(accepted)).await?);
         }
         Ok(Some(runs))
+    }
+
+    /// Records `job`'s fire at `scheduled_at`, which delivered `delivered`.
+    async fn fired(
+        &mut self,
+        job: &JobRow,
+        scheduled_at: Timestamp,
+        delivered: FireDelivery,
+    ) -> Result<(JobRun, FireDelivery)> {
+        self.record(job.id, scheduled_at, Some(&delivered), None).await?;
+        let (event_id, outcome) = match &delivered {
+            FireDelivery::Envelope(accepted) => (Some(accepted.event_id), RunOutcome::Waiting),
+            FireDelivery::Flow(run) => {
+                (None, RunOutcome::Flow { run: *run, status: Some(ExecutionStatus::Running) })
+            }
+        };
+        Ok((JobRun { scheduled_at, fired_at: self.now, event_id, outcome }, delivered))
+    }
+
+    /// Starts the run of `flow` that `job`'s fire at `scheduled_at` makes: recorded running,
+    /// owned by the job's agent, its id the fire's own ([`fire_execution_id`]), so the fire and
+    /// its run commit together and a run is never started twice for one scheduled time. Its
+    /// input is the flow's text, pinned to this version, and the job's inputs as given: the
+    /// flow runner checks them, and resolves the flow's agents, when it first drives the run.
+    async fn start_flow_run(
+        &mut self,
+        job: &JobRow,
+        scheduled_at: Timestamp,
+        flow: &crate::flows::FlowVersion,
+    ) -> Result<ExecutionId> {
+        let inputs: serde_json::Value = serde_json::from_str(&job.prompt)
+            .map_err(|e| Error::BadRow(format!("job {}: its inputs are not JSON: {e}", job.id)))?;
+        // What `clade_flow::run::RunInput` reads; `agents` is filled in by the runner.
+        let input = serde_json::json!({
+            "flow": flow.name,
+            "file": format!("{}.flow.yaml", flow.name),
+            "source": flow.source,
+            "inputs": inputs,
+            "agents": {},
+            "version": flow.version,
+            "scheduled": {
+                "job": job.id.to_string(),
+                "name": job.name,
+                "scheduled_at": scheduled_at.as_millis(),
+            },
+        });
+        let id = fire_execution_id(job.id, scheduled_at);
+        let new = NewExecution {
+            id,
+            tenant: self.tenant,
+            agent: job.agent_id,
+            kind: ExecutionKind::Flow,
+            owner: ExecutionOwner::Agent(job.agent_id),
+            status: ExecutionStatus::Running,
+            input: input.to_string(),
+        };
+        ExecutionWrites::new(self.conn, self.tenant, self.now, crate::leases::Fence::Open)
+            .start(new)
+            .await?;
+        Ok(id)
     }
 
     /// Settles a look at a job whose envelopes the store refused ([`JobWrites::settle`] failed
@@ -693,12 +822,28 @@ fn job_detail(base: &str, job: &JobRow, reason: Option<&str>) -> String {
     detail.to_string()
 }
 
+/// What became of a fire that started `run`.
+fn flow_outcome(row: &Row, run: Option<ExecutionId>) -> Result<RunOutcome> {
+    let Some(run) = run else { return Ok(RunOutcome::Gone) };
+    let status: Option<String> = row.try_get("flow_status")?;
+    let status = match status {
+        Some(text) => Some(
+            ExecutionStatus::parse(&text)
+                .ok_or_else(|| Error::BadRow(format!("flow run status {text:?}")))?,
+        ),
+        None => None,
+    };
+    Ok(RunOutcome::Flow { run, status })
+}
+
 fn run_row(row: &Row) -> Result<JobRun> {
     let error: Option<String> = row.try_get("error")?;
     let turn = opt_id(row, "turn_id")?;
     let status: Option<String> = row.try_get("turn_status")?;
+    let flow_run = opt_id(row, "flow_run")?.map(ExecutionId::from_bytes);
     let outcome = match (error, opt_id(row, "delivered")?, turn, status) {
         (Some(error), ..) => RunOutcome::Refused(error),
+        (None, _, _, _) if flow_run.is_some() => flow_outcome(row, flow_run)?,
         (None, None, ..) => RunOutcome::Gone,
         (None, Some(_), Some(turn), Some(status)) => {
             let status = clade_core::ExecutionStatus::parse(&status)
@@ -748,11 +893,13 @@ impl SystemStore {
             // The primary key (job_id, scheduled_at) finds each job's `per_job`-th newest run;
             // only placeholders are interpolated.
             let mut query = query(format!(
-                "SELECT r.job_id, r.scheduled_at, r.fired_at, r.event_id, r.error, \
-                 e.id AS delivered, e.turn_id, x.status AS turn_status FROM jobs j \
+                "SELECT r.job_id, r.scheduled_at, r.fired_at, r.event_id, r.error, r.flow_run, \
+                 e.id AS delivered, e.turn_id, x.status AS turn_status, \
+                 f.status AS flow_status FROM jobs j \
                  JOIN job_runs r ON r.job_id = j.id AND r.fired_at >= j.enabled_at \
                  LEFT JOIN events e ON e.id = r.event_id AND e.tenant_id = j.tenant_id \
                  LEFT JOIN executions x ON x.id = e.turn_id AND x.tenant_id = j.tenant_id \
+                 LEFT JOIN executions f ON f.id = r.flow_run AND f.tenant_id = j.tenant_id \
                  WHERE j.id IN ({placeholders}) AND r.scheduled_at >= COALESCE(( \
                    SELECT n.scheduled_at FROM job_runs n WHERE n.job_id = j.id \
                    AND n.fired_at >= j.enabled_at ORDER BY n.scheduled_at DESC \
@@ -867,7 +1014,7 @@ impl Jobs<'_> {
         self,
         id: ExecutionId,
         settlement: Settlement,
-    ) -> Result<Option<Vec<(JobRun, Accepted)>>> {
+    ) -> Result<Option<Vec<(JobRun, FireDelivery)>>> {
         let tenant = self.tenant;
         let (runs, _) = self
             .store
@@ -986,11 +1133,13 @@ impl Jobs<'_> {
             .store
             .rows(
                 query(
-                    "SELECT r.scheduled_at, r.fired_at, r.event_id, r.error, e.id AS delivered, \
-                     e.turn_id, x.status AS turn_status FROM job_runs r \
+                    "SELECT r.scheduled_at, r.fired_at, r.event_id, r.error, r.flow_run, \
+                     e.id AS delivered, e.turn_id, x.status AS turn_status, \
+                     f.status AS flow_status FROM job_runs r \
                      JOIN jobs j ON j.id = r.job_id \
                      LEFT JOIN events e ON e.id = r.event_id AND e.tenant_id = j.tenant_id \
                      LEFT JOIN executions x ON x.id = e.turn_id AND x.tenant_id = j.tenant_id \
+                     LEFT JOIN executions f ON f.id = r.flow_run AND f.tenant_id = j.tenant_id \
                      WHERE r.job_id = $1 AND j.tenant_id = $2 AND r.fired_at >= $3 \
                      ORDER BY r.scheduled_at DESC LIMIT $4",
                 )

@@ -72,7 +72,7 @@ pub use forks::{ForkRow, ForkSettled, Forked, NewFork, RunFilter, fork_kind_of};
 pub use host_calls::HostCalls;
 pub use jobs::Jobs;
 pub use jobs::{
-    JobRow, JobRun, JobTarget, JobWrites, NewJob, RunOutcome, Settled, Settlement,
+    FireDelivery, JobRow, JobRun, JobTarget, JobWrites, NewJob, RunOutcome, Settled, Settlement,
     fire_execution_id, refuses_envelope,
 };
 pub use leases::{Lease, LeaseRow, ShardLeases};

@@ -38,8 +38,19 @@ pub(super) async fn run(ctx: &Ctx, cmd: CronCommand) -> Result<()> {
                 .collect();
             output::table(&["AGENT", "NAME", "SCHEDULE", "ZONE", "TARGET", "STATE", "NEXT"], &rows);
         }
-        CronCommand::Create { name, schedule, prompt, zone, misfire, target, jitter, json } => {
+        CronCommand::Create {
+            name,
+            schedule,
+            prompt,
+            zone,
+            misfire,
+            target,
+            inputs,
+            jitter,
+            json,
+        } => {
             let agent = ctx.agent(None).await?;
+            let prompt = prompt_of(ctx, tenant.id, target.as_deref(), prompt, &inputs).await?;
             let spec = clade_sched::JobSpec {
                 name,
                 schedule,
@@ -58,6 +69,9 @@ pub(super) async fn run(ctx: &Ctx, cmd: CronCommand) -> Result<()> {
                 Err(clade_store::Error::SessionNotFound(id)) => bail!(
                     "target session {id} is not a session of agent {}: list sessions with `clade sessions list`",
                     agent.handle
+                ),
+                Err(clade_store::Error::FlowNotFound(flow)) => bail!(
+                    "no stored flow {flow}: save it first with `clade flow save FILE`, or list them with `clade flow list`"
                 ),
                 other => other?,
             };
@@ -81,24 +95,63 @@ pub(super) async fn run(ctx: &Ctx, cmd: CronCommand) -> Result<()> {
                 let items: Vec<_> = runs.into_iter().map(clade_gateway::run_response).collect();
                 return output::json(&items);
             }
-            let rows: Vec<Vec<String>> = runs
-                .iter()
-                .map(|run| {
-                    let (outcome, detail) = match &run.outcome {
-                        RunOutcome::Refused(why) => ("refused".to_owned(), why.clone()),
-                        RunOutcome::Waiting => ("waiting".to_owned(), String::new()),
-                        RunOutcome::Gone => ("session deleted".to_owned(), String::new()),
-                        RunOutcome::Turn { id, status } => {
-                            (format!("turn {}", status.as_str()), id.to_string())
-                        }
-                    };
-                    vec![run.scheduled_at.to_string(), run.fired_at.to_string(), outcome, detail]
-                })
-                .collect();
+            let rows: Vec<Vec<String>> = runs.iter().map(run_row).collect();
             output::table(&["SCHEDULED", "FIRED", "OUTCOME", "DETAIL"], &rows);
         }
     }
     Ok(())
+}
+
+/// A run as `clade cron runs` lists it.
+fn run_row(run: &clade_store::JobRun) -> Vec<String> {
+    let (outcome, detail) = match &run.outcome {
+        RunOutcome::Refused(why) => ("refused".to_owned(), why.clone()),
+        RunOutcome::Waiting => ("waiting".to_owned(), String::new()),
+        RunOutcome::Gone => ("session deleted".to_owned(), String::new()),
+        RunOutcome::Turn { id, status } => (format!("turn {}", status.as_str()), id.to_string()),
+        RunOutcome::Flow { run, status: Some(status) } => {
+            (format!("flow run {}", status.as_str()), run.to_string())
+        }
+        RunOutcome::Flow { run, status: None } => ("flow run deleted".to_owned(), run.to_string()),
+    };
+    vec![run.scheduled_at.to_string(), run.fired_at.to_string(), outcome, detail]
+}
+
+/// What a new job carries: the prompt given, or for a flow target, the `--input`s read as the
+/// stored flow declares them, as a JSON object.
+async fn prompt_of(
+    ctx: &Ctx,
+    tenant: clade_core::TenantId,
+    target: Option<&str>,
+    prompt: Option<String>,
+    inputs: &[String],
+) -> Result<String> {
+    let flow = match target.map(clade_store::JobTarget::parse) {
+        Some(Ok(clade_store::JobTarget::Flow { name, version })) => (name, version),
+        _ => {
+            if !inputs.is_empty() {
+                bail!("--input is for a flow target (--target flow:NAME): give a prompt instead");
+            }
+            let Some(prompt) = prompt else {
+                bail!(
+                    "say what the agent is to be told at every fire: clade cron create NAME SCHEDULE PROMPT"
+                );
+            };
+            return Ok(prompt);
+        }
+    };
+    if prompt.is_some() {
+        bail!("a flow target takes its run's inputs as --input NAME=VALUE, not a prompt");
+    }
+    let stored = match clade_store::StoredFlows::of(&ctx.store, tenant).get(&flow.0, flow.1).await {
+        Err(clade_store::Error::FlowNotFound(flow)) => bail!(
+            "no stored flow {flow}: save it first with `clade flow save FILE`, or list them with `clade flow list`"
+        ),
+        other => other?,
+    };
+    let parsed = clade_flow::parse(&stored.source, std::path::Path::new(&stored.name))?;
+    let inputs = super::flow::parse_inputs(&parsed, inputs)?;
+    Ok(serde_json::to_string(&inputs)?)
 }
 
 /// The selected agent's job `name`.

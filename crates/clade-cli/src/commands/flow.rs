@@ -243,7 +243,10 @@ async fn show(
 }
 
 /// `--input NAME=VALUE`s, each read as its declared type.
-fn parse_inputs(flow: &clade_flow::Flow, given: &[String]) -> Result<BTreeMap<String, Value>> {
+pub(super) fn parse_inputs(
+    flow: &clade_flow::Flow,
+    given: &[String],
+) -> Result<BTreeMap<String, Value>> {
     let mut inputs = BTreeMap::new();
     for pair in given {
         let Some((name, text)) = pair.split_once('=') else {

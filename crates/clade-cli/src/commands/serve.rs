@@ -141,10 +141,13 @@ pub(super) async fn run(ctx: &Ctx, front: Front) -> Result<()> {
         ctx.store.clock().clone(),
     ));
     joined.share_quotas(&limits);
+    let flows = clade_flow::run::Runner::new(engine.clone());
+    sources.attach_flows(&flows);
     let maintenance = std::sync::Arc::new(Maintenance {
         duties: joined.duties.clone(),
         store: ctx.store.clone(),
         engine: engine.clone(),
+        flows: flows.clone(),
         fire_rate: std::sync::Arc::new(clade_gateway::quotas::FireRate::new(
             limits.clone(),
             ctx.store.clone(),
@@ -183,6 +186,7 @@ pub(super) async fn run(ctx: &Ctx, front: Front) -> Result<()> {
             address,
             maintenance.fire_rate.clone(),
             joined.keeper(),
+            flows.clone(),
         ),
     )?;
     let reloader = reloader.spawn();
@@ -200,8 +204,6 @@ pub(super) async fn run(ctx: &Ctx, front: Front) -> Result<()> {
     // A write through the gateway that names no caller is not the CLI's operator.
     // What a leaving node drains once the server stops.
     let drained = engine.clone();
-    let flows = clade_flow::run::Runner::new(engine.clone());
-    sources.attach_flows(&flows);
     // A node of a cluster does not take up runs it did not start: another node may be
     // driving them (runs do not move between nodes yet).
     let open = match ctx.config.cluster {
@@ -523,6 +525,7 @@ fn admin_handler(
     listen: Option<std::net::SocketAddr>,
     fire_rate: std::sync::Arc<clade_gateway::quotas::FireRate>,
     keeper: Option<std::sync::Arc<clade_cluster::Keeper>>,
+    flows: clade_flow::run::Runner,
 ) -> crate::admin_socket::Handler {
     use clade_protocol::admin::{AdminReply, AdminRequest, AdminStatus};
     let store = ctx.store.location().to_string();
@@ -535,6 +538,7 @@ fn admin_handler(
         let reloader = reloader.clone();
         let fire_rate = fire_rate.clone();
         let keeper = keeper.clone();
+        let flows = flows.clone();
         let store = store.clone();
         let operator = operator.clone();
         let identity = identity.as_ref().map(Clone::clone).map_err(|e| format!("{e:#}"));
@@ -580,6 +584,7 @@ fn admin_handler(
                     take_events(&fire_rate, &tenant, events).await
                 }
                 AdminRequest::Nodes {} => nodes(&operator, keeper).await,
+                AdminRequest::TakeUpRuns { runs } => take_up(&flows, &runs).await,
                 AdminRequest::Identity {} => match identity {
                     Ok(identity) => AdminReply::Identity {
                         key: identity.public(),
@@ -664,6 +669,50 @@ async fn take_events(
     }
 }
 
+/// Drives the flow runs a look's fires started (a run not taken up now is at the next start).
+fn take_up_soon(
+    flows: &clade_flow::run::Runner,
+    runs: &[(clade_core::TenantId, clade_core::ExecutionId)],
+) {
+    if runs.is_empty() {
+        return;
+    }
+    let (flows, runs) = (flows.clone(), runs.to_vec());
+    tokio::spawn(async move {
+        for (tenant, run) in runs {
+            if let Err(err) = flows.take_up(tenant, run).await {
+                tracing::warn!(run = %run, error = %err, "a scheduled flow run waits for the next start");
+            }
+        }
+    });
+}
+
+/// The admin socket's `take_up_runs`: drives the flow runs another process's fires started.
+async fn take_up(
+    flows: &clade_flow::run::Runner,
+    runs: &[clade_protocol::admin::RunRef],
+) -> clade_protocol::admin::AdminReply {
+    use clade_protocol::admin::AdminReply;
+    let mut taken = 0u32;
+    for one in runs {
+        let (tenant, run) = match (one.tenant.parse(), one.run.parse()) {
+            (Ok(tenant), Ok(run)) => (tenant, run),
+            _ => {
+                return AdminReply::Error {
+                    message: format!("{one:?} does not name a tenant and a run by their ids"),
+                };
+            }
+        };
+        match flows.take_up(tenant, run).await {
+            Ok(()) => taken += 1,
+            Err(err) => {
+                tracing::debug!(run = %run, error = %err, "a flow run to take up was skipped")
+            }
+        }
+    }
+    AdminReply::TakenUp { runs: taken }
+}
+
 /// Stops a task when the gateway stops.
 pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
 
@@ -681,6 +730,8 @@ struct Maintenance {
     duties: super::serve_node::Duties,
     store: clade_store::Store,
     engine: clade_runtime::Engine,
+    /// Drives the flow runs that jobs' fires start.
+    flows: clade_flow::run::Runner,
     /// What admits each tenant's fires: its event rate, shared with its API events.
     fire_rate: std::sync::Arc<clade_gateway::quotas::FireRate>,
     running: tokio::sync::Mutex<Option<Running>>,
@@ -708,10 +759,12 @@ impl Maintenance {
             None
         } else if config.scheduler.enabled {
             let waker = self.engine.clone();
+            let flows = self.flows.clone();
             let wake = std::sync::Arc::new(move |look: &clade_sched::scheduler::Look| {
                 for (tenant, session) in &look.sessions {
                     waker.wake(*tenant, *session);
                 }
+                take_up_soon(&flows, &look.flow_runs);
             });
             let scheduler = clade_sched::scheduler::Scheduler::new(
                 self.store.acting_as("scheduler"),

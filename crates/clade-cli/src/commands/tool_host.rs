@@ -60,6 +60,7 @@ pub(super) async fn cron_service(ctx: &Ctx, args: CronServiceArgs) -> Result<()>
     let socket = admin_socket::path(ctx, args.admin_socket.as_deref());
     let wake_path = socket.clone();
     let wake = Arc::new(move |look: &clade_sched::scheduler::Look| {
+        take_up_remotely(&wake_path, &look.flow_runs);
         if look.sessions.is_empty() {
             return;
         }
@@ -139,6 +140,37 @@ impl clade_sched::scheduler::FireGate for GatewayFireRate {
             }
         })
     }
+}
+
+/// Asks the gateway at `socket` to drive the flow runs a look's fires started: they run when it
+/// can be reached, else at its next start.
+fn take_up_remotely(
+    socket: &std::path::Path,
+    runs: &[(clade_core::TenantId, clade_core::ExecutionId)],
+) {
+    if runs.is_empty() {
+        return;
+    }
+    let runs = runs
+        .iter()
+        .map(|(tenant, run)| clade_protocol::admin::RunRef {
+            tenant: tenant.to_string(),
+            run: run.to_string(),
+        })
+        .collect();
+    let path = socket.to_path_buf();
+    tokio::spawn(async move {
+        match admin_socket::request(&path, &AdminRequest::TakeUpRuns { runs }).await {
+            Ok(AdminReply::TakenUp { .. }) => {}
+            Ok(other) => {
+                tracing::warn!(answer = ?other, "the gateway did not take up the flow runs jobs started")
+            }
+            Err(err) => tracing::warn!(
+                error = %format!("{err:#}"),
+                "the flow runs jobs started wait for the gateway: they run when it can be reached or starts"
+            ),
+        }
+    });
 }
 
 pub(super) async fn gateway(ctx: &Ctx, cmd: GatewayCommand) -> Result<()> {

@@ -629,3 +629,102 @@ async fn a_team_preset_is_its_roles_and_a_stored_flow_that_runs() {
         agents.as_array().map_or_else(|| agents["items"].as_array().unwrap().len(), Vec::len);
     assert_eq!(count, 3, "{agents}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_target_is_a_flow_starts_one_run_a_fire_and_limited_tokens_make_none() {
+    let (env, acme, server) = writer_beside_acme();
+    let (status, _) =
+        server.send("POST", "/v1/flows", None, Some(json!({ "flow": PINNED_V1 }))).await;
+    assert_eq!(status, 201);
+    let job = |target: &str, prompt: &str| json!({ "name": "nightly", "schedule": "* * * * * *", "target": target, "prompt": prompt });
+
+    // Refused, naming what is wrong, with nothing kept: a flow that is not stored, inputs that
+    // are not a JSON object, a token limited to one agent (it finds no flow, as on the flows'
+    // routes), another tenant's token.
+    let limited = writer_only_token(&env);
+    for (token, body, status, code) in [
+        (None, job("flow:missing", "{}"), 404, "flow_not_found"),
+        (None, job("flow:pinned@9", "{}"), 404, "flow_not_found"),
+        (None, job("flow:pinned", "say hello"), 422, "invalid_job"),
+        (None, job("flow:Not A Name", "{}"), 422, "invalid_job"),
+        (Some(limited.as_str()), job("flow:pinned", "{}"), 404, "flow_not_found"),
+        (Some(acme.as_str()), job("flow:pinned", "{}"), 404, "agent_not_found"),
+    ] {
+        let (got, answer) =
+            server.send("POST", "/v1/agents/writer/jobs", token, Some(body.clone())).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {answer}"
+        );
+    }
+    assert_eq!(server.get_json("/v1/agents/writer/jobs").await["items"], json!([]));
+
+    // Each fire starts a run of the stored flow with the job's inputs; the job's runs name it.
+    let (status, created) = server
+        .send("POST", "/v1/agents/writer/jobs", None, Some(job("flow:pinned", r#"{"who":"cron"}"#)))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["target"], "flow:pinned");
+    let runs = polled(
+        async || server.get_json("/v1/agents/writer/jobs/nightly/runs").await,
+        |runs| {
+            runs["items"]
+                .as_array()
+                .is_some_and(|items| items.iter().any(|run| run["flow_run_status"] == "completed"))
+        },
+    )
+    .await;
+    let (status, _) = server
+        .send("PATCH", "/v1/agents/writer/jobs/nightly", None, Some(json!({ "enabled": false })))
+        .await;
+    assert_eq!(status, 200);
+    let fired = runs["items"].as_array().unwrap();
+    let done = fired.iter().find(|run| run["flow_run_status"] == "completed").unwrap();
+    assert_eq!((done["delivered"].as_bool(), done.get("event_id")), (Some(true), None), "{done}");
+    let id = done["flow_run_id"].as_str().unwrap();
+    let run = ended(&server, id).await;
+    assert_eq!((run["flow"].as_str(), run["version"].as_i64()), (Some("pinned"), Some(1)), "{run}");
+    assert_eq!(task(&run, "greet")["output"], "echo: hello cron", "{run}");
+
+    // One run per fire: every run the flow has is one a fire names, none twice.
+    let all = server.get_json("/v1/agents/writer/jobs/nightly/runs?limit=1000").await;
+    let named: Vec<&str> =
+        all["items"].as_array().unwrap().iter().filter_map(|r| r["flow_run_id"].as_str()).collect();
+    let flow_runs = server.get_json("/v1/flows/pinned/runs").await;
+    let started: Vec<&str> =
+        flow_runs["runs"].as_array().unwrap().iter().filter_map(|r| r["id"].as_str()).collect();
+    let mut unique = named.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), named.len(), "a fire named a run twice: {all}");
+    assert!(started.iter().all(|id| named.contains(id)), "{started:?} against {named:?}");
+
+    // Another tenant reaches neither the run nor the job.
+    let (status, _) = server.send("GET", &format!("/v1/flows/runs/{id}"), Some(&acme), None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_schedules_a_stored_flow_with_typed_inputs_and_names_bad_ones() {
+    let env = Env::new();
+    env.run(&["agents", "create", "writer"]).ok();
+    let _server = env.serve(&[]);
+    let file = env.tmp.path().join("pinned.flow.yaml");
+    write(&file, PINNED_V1);
+    let cron = |extra: &[&str]| {
+        let mut args = vec!["--agent", "writer", "cron", "create", "nightly", "0 2 * * *"];
+        args.extend_from_slice(extra);
+        env.run(&args)
+    };
+    cron(&["--target", "flow:pinned"]).fails_with("no stored flow pinned: save it first");
+    env.run(&["flow", "save", &file.display().to_string()]).ok();
+    cron(&["--target", "flow:pinned", "--input", "whom=x"])
+        .fails_with("flow pinned has no input \"whom\"");
+    cron(&["hello", "--target", "flow:pinned"]).fails_with("not a prompt");
+    cron(&["--input", "who=x"]).fails_with("--input is for a flow target");
+    cron(&["--target", "flow:pinned", "--input", "who=night"]).ok();
+    let listed = env.run(&["cron", "list", "--json"]).ok().json();
+    assert_eq!(listed[0]["target"], "flow:pinned", "{listed}");
+    assert_eq!(listed[0]["prompt"], r#"{"who":"night"}"#, "{listed}");
+}

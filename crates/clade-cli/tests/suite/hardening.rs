@@ -1424,6 +1424,8 @@ async fn downgrade_to_version_8(url: &str) {
          data TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (turn_id, step))"
     );
     for sql in [
+        "ALTER TABLE job_runs DROP COLUMN flow_run",
+        "DELETE FROM schema_migrations WHERE version = 34",
         "DROP TABLE flows",
         "DELETE FROM schema_migrations WHERE version = 33",
         "ALTER TABLE leases DROP COLUMN expires_at",

@@ -552,3 +552,36 @@ async fn a_hosts_progress_reaches_live_subscribers() {
     assert!(at("tool.progress").is_some(), "{seen:?}");
     assert!(at("tool.progress") < at("tool.result"), "{seen:?}");
 }
+
+/// A separate scheduler's fire of a job whose target is a flow records the run in the store
+/// and asks the gateway, over the admin socket, to drive it: the run ends in the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_schedulers_flow_fires_run_in_the_gateway() {
+    let env = Env::new();
+    env.run(&["agents", "create", "writer"]).ok();
+    write(&env.data_dir().join("clade.yaml"), "scheduler:\n  enabled: false\n");
+    let server = env.serve(&[]);
+    let flow = "name: beat\nagents:\n  w: { handle: writer }\ntasks:\n  - id: say\n    agent: w\n    prompt: /reply beat\n";
+    let (status, _) = server.send("POST", "/v1/flows", None, Some(json!({ "flow": flow }))).await;
+    assert_eq!(status, 201);
+    let job = json!({ "name": "beat", "schedule": "* * * * * *", "target": "flow:beat",
+        "prompt": "{}" });
+    let (status, answer) = server.send("POST", "/v1/agents/writer/jobs", None, Some(job)).await;
+    assert_eq!(status, 201, "{answer}");
+    let _cron = env
+        .spawn_service(
+            &["cron-service", "--listen", "127.0.0.1:0", "--token-env", "CRON_TOKEN"],
+            &[TOKEN_VAR],
+        )
+        .expect("the cron service printed nothing");
+    let done = eventually(async || {
+        let runs = server.get_json("/v1/agents/writer/jobs/beat/runs").await;
+        let items = runs["items"].as_array()?.clone();
+        items.into_iter().find(|run| run["flow_run_status"] == "completed")
+    })
+    .await;
+    let done = done.unwrap_or_else(|| panic!("no fire's run ended in the gateway"));
+    let id = done["flow_run_id"].as_str().unwrap();
+    let run = server.get_json(&format!("/v1/flows/runs/{id}")).await;
+    assert_eq!(run["scheduled_by"]["job"], "beat", "{run}");
+}

@@ -476,6 +476,8 @@ async fn downgrade_to_version_12(location: &clade_store::Location) {
     let postgres = matches!(location, clade_store::Location::Postgres(_));
     let blob = if postgres { "BYTEA" } else { "BLOB" };
     let mut statements = vec![
+        "ALTER TABLE job_runs DROP COLUMN flow_run".to_owned(),
+        "DELETE FROM schema_migrations WHERE version = 34".to_owned(),
         "DROP TABLE flows".to_owned(),
         "DELETE FROM schema_migrations WHERE version = 33".to_owned(),
         "ALTER TABLE leases DROP COLUMN expires_at".to_owned(),

@@ -86,7 +86,8 @@ async fn a_scheduled_time_fires_once_with_its_envelope() {
         assert!(first.is_some() != second.is_some(), "{}: {first:?} {second:?}", h.name);
         let runs = first.or(second).unwrap();
         assert_eq!(runs.len(), 1, "{}", h.name);
-        let (run, accepted) = &runs[0];
+        let (run, delivered) = &runs[0];
+        let accepted = delivered.envelope().unwrap();
         assert_eq!(run.scheduled_at, minute(30), "{}", h.name);
         assert!(!accepted.duplicate, "{}", h.name);
         // The envelope is an event like any other, waiting for its turn.
@@ -189,8 +190,8 @@ async fn fires_go_to_their_targets_and_refused_fires_are_runs() {
         assert_eq!(reply.target, JobTarget::Origin(origin.session_id), "{}", h.name);
         assert_eq!(reply.agent, "ada", "{}", h.name);
 
-        let sessions = |runs: Vec<(clade_store::JobRun, clade_store::Accepted)>| {
-            runs.into_iter().map(|(_, a)| a.session_id).collect::<Vec<_>>()
+        let sessions = |runs: Vec<(clade_store::JobRun, clade_store::FireDelivery)>| {
+            runs.iter().map(|(_, a)| a.envelope().unwrap().session_id).collect::<Vec<_>>()
         };
         let fired = h.store.jobs(tenant.id).settle(each.id, look(0, &[10, 20], 100)).await;
         let fired = sessions(fired.unwrap().unwrap());
@@ -301,8 +302,13 @@ async fn fires_go_to_their_targets_and_refused_fires_are_runs() {
 #[test]
 fn targets_read_back_as_written_and_bad_ones_are_named() {
     let session = clade_core::SessionId::generate(minute(0));
-    for target in [JobTarget::New, JobTarget::Session("standup".into()), JobTarget::Origin(session)]
-    {
+    for target in [
+        JobTarget::New,
+        JobTarget::Session("standup".into()),
+        JobTarget::Origin(session),
+        JobTarget::Flow { name: "nightly".into(), version: None },
+        JobTarget::Flow { name: "nightly".into(), version: Some(3) },
+    ] {
         assert_eq!(JobTarget::parse(&target.to_string()), Ok(target));
     }
     for (bad, says) in [
@@ -311,6 +317,10 @@ fn targets_read_back_as_written_and_bad_ones_are_named() {
         ("session:", "1 to 128"),
         ("session:a b", "without spaces"),
         ("origin:nope", "is not a session id"),
+        ("flow:", "is not a flow's name"),
+        ("flow:Night Ly", "is not a flow's name"),
+        ("flow:nightly@0", "is not a version"),
+        ("flow:nightly@latest", "is not a version"),
     ] {
         let err = JobTarget::parse(bad).unwrap_err();
         assert!(err.contains(says), "{bad:?}: {err}");
