@@ -205,10 +205,20 @@ pub(crate) async fn respond(
     envelope: Envelope,
     wait: bool,
 ) -> Result<Response, ApiError> {
+    let (status, body) = answer(state, envelope, wait).await?;
+    Ok((status, axum::Json(body)).into_response())
+}
+
+/// What [`respond`] answers, for the edges that frame it otherwise (the WebSocket's event
+/// frames).
+pub(crate) async fn answer(
+    state: &AppState,
+    envelope: Envelope,
+    wait: bool,
+) -> Result<(StatusCode, EventResponse), ApiError> {
     if !wait {
         let accepted = state.engine.submit(envelope).await?;
-        let body = accepted_body(&accepted);
-        return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());
+        return Ok((StatusCode::ACCEPTED, accepted_body(&accepted)));
     }
     let tenant = envelope.tenant.clone();
     let handle = state.engine.route(&envelope).ok();
@@ -217,7 +227,7 @@ pub(crate) async fn respond(
     if let Some(notice) = paused(state, &tenant, handle.as_deref(), accepted.session_id).await {
         // Its turn starts when the pause is lifted: waiting would only hold the caller.
         body.paused = Some(notice);
-        return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());
+        return Ok((StatusCode::ACCEPTED, body));
     }
     match watch.ended(WAIT).await? {
         Some(finished) => {
@@ -226,10 +236,10 @@ pub(crate) async fn respond(
                 finished.reply.map(|text| ReplyBody { text, model: finished.model.clone() });
             body.error = finished.error;
             body.status = Some(finished.status.into());
-            Ok((StatusCode::OK, axum::Json(body)).into_response())
+            Ok((StatusCode::OK, body))
         }
         // Still running: the event is safe; the caller can follow the session's stream.
-        None => Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response()),
+        None => Ok((StatusCode::ACCEPTED, body)),
     }
 }
 

@@ -1874,7 +1874,7 @@ pub static OPERATIONS: &[Operation] = &[
     },
     Operation {
         description: Some(
-            "Client messages are `ClientFrame`s, server messages `ServerFrame`s (both in the components): subscribe to a session or to all of an agent's sessions, then receive their events.",
+            "Client messages are `ClientFrame`s, server messages `ServerFrame`s (both in the components): subscribe to a session or to all of an agent's sessions, then receive their events; send events (`{\"type\":\"event\",\"ref\":…,\"event\":{…}}`, the body `POST /v1/events` takes; the token needs the `send` scope), each answered by an `accepted` frame once stored (with `wait`, once its turn ended) or an `error` frame, both naming its `ref`. At most 16 event frames of a connection await their answers at once: past that, no frame is read until one is answered.",
         ),
         params: WS_HEADERS,
         responses: &[

@@ -1,13 +1,22 @@
 //! `GET /v1/ws`: a WebSocket carrying live events of the sessions and agents a client
-//! subscribes to.
+//! subscribes to, and the events it sends.
 //!
-//! Client messages are `clade_protocol::ClientFrame`s: `{"type":"subscribe","session":"<id>"}`
-//! or `{"type":"subscribe","agent":"<handle>"}`. Server messages are `ServerFrame`s:
-//! `{"type":"subscribed",…}`, `{"type":"event","session":…,"id":<stream id or null>,"kind":…,
-//! "data":…}` and `{"type":"error","code":…,"message":…}`. Lifecycle events carry their stream
-//! id, so a client that reconnects can fetch what it missed from the session's SSE stream with
+//! Client messages are `clade_protocol::ClientFrame`s: `{"type":"subscribe","session":"<id>"}`,
+//! `{"type":"subscribe","agent":"<handle>"}`, or `{"type":"event","ref":…,"event":{…}}` with
+//! the body `POST /v1/events` takes. Server messages are `ServerFrame`s: `{"type":"subscribed",…}`,
+//! `{"type":"event","session":…,"id":<stream id or null>,"kind":…,"data":…}`,
+//! `{"type":"accepted","ref":…,"event_id":…,…}` once an event is stored, and
+//! `{"type":"error","ref":…,"code":…,"message":…}`. Lifecycle events carry their stream id, so a
+//! client that reconnects can fetch what it missed from the session's SSE stream with
 //! `Last-Event-ID`.
+//!
+//! An event frame goes through what `POST /v1/events` does (`events::envelope_of`, then
+//! `events::answer`): the same checks, limits and idempotency keys, answered only once stored.
+//! At most [`MAX_IN_FLIGHT`] await their answers at once; past that the server reads no more
+//! of the client's frames until one is answered, so a client that sends faster than events are
+//! stored is slowed by its own socket.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
@@ -21,11 +30,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::AppState;
-use crate::auth::{Caller, Credential, Reach};
+use crate::auth::{Caller, Granted, Reach};
 use crate::live::{CatchingUp, Lagged, Scope, forward};
 
-/// Largest client message accepted.
-const MAX_MESSAGE: usize = 16 * 1024;
+/// Largest client message accepted: an event frame's text may be 65,536 characters.
+const MAX_MESSAGE: usize = 384 * 1024;
+/// Event frames of one connection awaiting their answers; past this, no frame is read.
+const MAX_IN_FLIGHT: usize = 16;
 /// Subscriptions per connection.
 const MAX_SUBSCRIPTIONS: usize = 256;
 /// Events queued for one connection. A subscription whose queue is full waits, and once its
@@ -38,6 +49,7 @@ const SLOW_CLIENT: Duration = Duration::from_secs(10);
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     Extension(Caller(tenant, credential, reach)): Extension<Caller>,
+    Extension(granted): Extension<Granted>,
     headers: axum::http::HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
@@ -65,7 +77,7 @@ pub(crate) async fn upgrade(
     };
     ws.max_message_size(MAX_MESSAGE).max_frame_size(MAX_MESSAGE).on_upgrade(
         move |socket| async move {
-            serve(socket, state, tenant, credential, reach).await;
+            serve(socket, state, Caller(tenant, credential, reach), granted).await;
             drop(slot);
         },
     )
@@ -81,7 +93,7 @@ fn is_handshake_key(key: &[u8]) -> bool {
 
 fn error(code: &str, message: &str) -> Message {
     let error = ErrorBody { code: code.to_owned(), message: message.to_owned() };
-    frame(&ServerFrame::Error { error })
+    frame(&ServerFrame::Error { reference: None, error })
 }
 
 fn frame(frame: &ServerFrame) -> Message {
@@ -118,20 +130,17 @@ fn close_for(err: &axum::Error) -> (u16, String) {
     (close_code::PROTOCOL, format!("protocol error: {err}"))
 }
 
-async fn serve(
-    mut socket: WebSocket,
-    state: AppState,
-    tenant: Tenant,
-    credential: Credential,
-    reach: Reach,
-) {
+async fn serve(mut socket: WebSocket, state: AppState, caller: Caller, granted: Granted) {
+    let Caller(tenant, credential, reach) = &caller;
     let (tx, mut rx) = mpsc::channel::<LiveEvent>(QUEUE);
+    let (answered, mut answers) = mpsc::channel::<ServerFrame>(MAX_IN_FLIGHT);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut subscriptions = 0;
     let mut recheck =
         clade_core::Interval::new(state.store.clock().clone(), crate::auth::RECHECK_EVERY);
     loop {
         let reply = tokio::select! {
-            incoming = socket.recv() => {
+            incoming = socket.recv(), if in_flight.available_permits() > 0 => {
                 let text = match incoming {
                     None | Some(Ok(Message::Close(_))) => return,
                     Some(Err(err)) => {
@@ -144,14 +153,23 @@ async fn serve(
                     }
                     Some(Ok(_)) => continue,
                 };
-                match subscribe(&state, &tenant, &reach, &text, &tx, subscriptions).await {
-                    Ok(reply) => {
-                        subscriptions += 1;
-                        frame(&reply)
+                if is_event_frame(&text) {
+                    let sending = Sending { state: &state, caller: &caller, granted: &granted };
+                    match sending.start(&text, &in_flight, &answered) {
+                        Ok(()) => continue,
+                        Err(refused) => refused,
                     }
-                    Err((code, message)) => error(code, &message),
+                } else {
+                    match subscribe(&state, tenant, reach, &text, &tx, subscriptions).await {
+                        Ok(reply) => {
+                            subscriptions += 1;
+                            frame(&reply)
+                        }
+                        Err((code, message)) => error(code, &message),
+                    }
                 }
             }
+            Some(answer) = answers.recv() => frame(&answer),
             Some(event) = rx.recv() => {
                 let id = event.id.map(|id| state.stream_ids.encode(tenant.id, id));
                 frame(&ServerFrame::Event {
@@ -162,7 +180,7 @@ async fn serve(
                 })
             }
             _ = recheck.tick() => {
-                if !credential.still_valid(&state.store, &tenant, &reach).await {
+                if !credential.still_valid(&state.store, tenant, reach).await {
                     return close(socket, close_code::POLICY, "token revoked or tenant deleted").await;
                 }
                 continue;
@@ -178,6 +196,89 @@ async fn serve(
             }
         }
     }
+}
+
+/// Whether a client frame is an event (`"type": "event"`), not a subscription.
+fn is_event_frame(text: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_str::<Kind<'_>>(text).is_ok_and(|frame| frame.kind.as_deref() == Some("event"))
+}
+
+/// An event frame of one connection's caller, on its way to being stored.
+struct Sending<'a> {
+    state: &'a AppState,
+    caller: &'a Caller,
+    granted: &'a Granted,
+}
+
+impl Sending<'_> {
+    /// Reads an event frame and stores its event in a task of its own, whose answer goes to
+    /// `answered`; holds one of `in_flight` until then. A frame that cannot be read, or that
+    /// the token may not send, is refused at once.
+    fn start(
+        &self,
+        text: &str,
+        in_flight: &Arc<tokio::sync::Semaphore>,
+        answered: &mpsc::Sender<ServerFrame>,
+    ) -> Result<(), Message> {
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            refusal(None, crate::error::Code::InvalidRequest, format!("message is not JSON: {e}"))
+        })?;
+        let reference = match value.get("ref") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(name)) if name.chars().count() <= 256 => Some(name.clone()),
+            Some(other) => {
+                let why =
+                    format!("\"ref\" must be a string of at most 256 characters, not {other}");
+                return Err(refusal(None, crate::error::Code::InvalidRequest, why));
+            }
+        };
+        let params = match serde_json::from_value::<ClientFrame>(value) {
+            Ok(ClientFrame::Event { event, .. }) => event,
+            Ok(ClientFrame::Subscribe { .. }) | Err(_) => {
+                let why = "expected {\"type\":\"event\",\"ref\":…,\"event\":{…}} with the body POST /v1/events takes in \"event\" (agent, text, source or session, idempotency_key, wait)";
+                return Err(refusal(reference, crate::error::Code::InvalidRequest, why.into()));
+            }
+        };
+        if !self.granted.allows(&[clade_core::Scope::Send]) {
+            let why = "this token may not send events, which needs the send scope: create a token with `clade tokens create --scope send`";
+            return Err(refusal(reference, crate::error::Code::Forbidden, why.into()));
+        }
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            let why = format!("at most {MAX_IN_FLIGHT} events await their answers at once");
+            return Err(refusal(reference, crate::error::Code::RateLimited, why));
+        };
+        let (state, caller, answered) = (self.state.clone(), self.caller.clone(), answered.clone());
+        tokio::spawn(async move {
+            let wait = params.wait;
+            let stored = async {
+                let envelope = crate::events::envelope_of(&state, &caller, params, None).await?;
+                crate::events::answer(&state, envelope, wait).await
+            };
+            let answer = match stored.await {
+                Ok((_, event)) => ServerFrame::Accepted { reference, event },
+                Err(err) => {
+                    let error =
+                        ErrorBody { code: err.code.as_str().to_owned(), message: err.message };
+                    ServerFrame::Error { reference, error }
+                }
+            };
+            // A client gone meanwhile misses the answer, not the event: it is stored.
+            let _ = answered.send(answer).await;
+            drop(permit);
+        });
+        Ok(())
+    }
+}
+
+/// An event frame refused before anything was stored.
+fn refusal(reference: Option<String>, code: crate::error::Code, message: String) -> Message {
+    let error = ErrorBody { code: code.as_str().to_owned(), message };
+    frame(&ServerFrame::Error { reference, error })
 }
 
 async fn subscribe(

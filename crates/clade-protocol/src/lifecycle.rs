@@ -368,8 +368,9 @@ pub struct WebhookEvent {
     pub event: LifecycleEvent,
 }
 
-/// A message a WebSocket client sends: subscribe to one session, or to all of an agent's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// A message a WebSocket client sends: subscribe to one session, or to all of an agent's; or
+/// send an event.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     Subscribe {
@@ -378,6 +379,17 @@ pub enum ClientFrame {
         /// An agent's handle.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         agent: Option<String>,
+    },
+    /// An event, as `POST /v1/events` takes its body (the token needs the `send` scope).
+    /// Answered by an `accepted` frame once it is durably stored (with `wait`, once its turn
+    /// has ended, with the reply), or an `error` frame; both carry the frame's `ref`.
+    Event {
+        /// The client's name for this frame, repeated in its answer (answers to frames sent
+        /// together may come in another order).
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        #[schemars(length(max = 256))]
+        reference: Option<String>,
+        event: crate::EventParams,
     },
 }
 
@@ -401,8 +413,18 @@ pub enum ServerFrame {
         /// The kind's data, as in [`LifecycleEvent`].
         data: Value,
     },
-    /// What went wrong; the connection closes after it.
+    /// An event frame's answer, as `POST /v1/events` answers: the event is stored.
+    Accepted {
+        /// The event frame's `ref`.
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        #[serde(flatten)]
+        event: crate::EventResponse,
+    },
+    /// What went wrong with a frame (`ref` names an event frame); the connection stays open.
     Error {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
         #[serde(flatten)]
         error: ErrorBody,
     },

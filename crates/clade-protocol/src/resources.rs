@@ -255,7 +255,7 @@ pub struct EventParams {
 }
 
 /// Answer to `POST /v1/events`: 202 when stored, 200 with the reply when `wait` was set.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct EventResponse {
     pub event_id: String,
     pub session_id: String,
@@ -274,7 +274,7 @@ pub struct EventResponse {
     pub paused: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ReplyBody {
     pub text: String,
     /// The model that answered (`scripted` means the offline provider, not a language model).

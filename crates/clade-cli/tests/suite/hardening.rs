@@ -365,7 +365,7 @@ async fn bad_websocket_frames_get_close_codes_and_wrong_types_are_named() {
         .unwrap();
     let Some(Message::Text(reply)) = next_frame(&mut socket).await else { panic!("no reply") };
     assert!(reply.contains("\\\"session\\\" must be a string"), "{reply}");
-    socket.send(Message::Text("x".repeat(40 * 1024).into())).await.unwrap();
+    socket.send(Message::Text("x".repeat(400 * 1024).into())).await.unwrap();
     assert_eq!(close_code(&mut socket).await, Some(1009), "oversize message");
 
     let mut socket = websocket(&server, &server.token).await;

@@ -699,3 +699,56 @@ async fn every_lifecycle_event_reads_as_the_protocol_says() {
     });
     assert_eq!(requested.call, called, "{delivered:?}");
 }
+
+/// Events sent over the WebSocket by a client we did not write (the `websockets` package):
+/// each answered once stored, with its `ref`, as `POST /v1/events` answers; the same key is
+/// one event; a burst past the in-flight cap is slowed, never dropped; bad frames, another
+/// tenant's token and a read-only token are refused frame by frame, the socket kept open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_sends_events_answered_once_stored() {
+    let Some(python) = super::support::python_clients("the WebSocket events test") else {
+        return;
+    };
+    let env = setup("", None);
+    env.run(&["tenants", "create", "acme"]).ok();
+    let (rival, _) = super::support::token(&env, "acme", &["admin"]);
+    let (reader, _) = super::support::token(&env, "default", &["read"]);
+    let server = env.serve(&[]);
+    let url = format!("{}/v1/ws", server.url.replace("http://", "ws://"));
+    let got = super::support::run_client(
+        &python,
+        "ws_client.py",
+        &[&url, &server.token, &rival, &reader],
+    );
+
+    let (a, b) = (&got["first"]["a"], &got["first"]["b"]);
+    assert_eq!(a["type"], "accepted", "{got}");
+    assert_eq!(a["event_id"], b["event_id"], "one idempotency key, one event: {got}");
+    let wait = &got["wait"];
+    assert_eq!(
+        (wait["type"].as_str(), wait["status"].as_str()),
+        (Some("accepted"), Some("completed"))
+    );
+    assert_eq!(wait["reply"]["text"], "two", "{got}");
+    let kinds = got["events"].as_array().unwrap();
+    assert!(kinds.iter().any(|k| k == "turn.finished"), "the subscription saw the turn: {got}");
+
+    assert_eq!(got["bad"]["d"]["code"], "invalid_request", "{got}");
+    assert!(got["bad"]["d"]["message"].as_str().unwrap().contains("source is required"), "{got}");
+    assert_eq!(got["bad"]["e"]["code"], "invalid_request", "{got}");
+    let unnamed = got["unnamed"].as_array().unwrap();
+    assert!(unnamed[0]["message"].as_str().unwrap().contains("\"ref\" must be a string"), "{got}");
+    assert!(unnamed[1]["message"].as_str().unwrap().contains("not JSON"), "{got}");
+
+    assert_eq!(got["burst"], json!(["accepted"]), "{got}");
+    assert_eq!(got["burst_events"], 40, "{got}");
+    assert_eq!(got["rival"]["code"], "session_not_found", "{got}");
+    assert_eq!(got["reader"]["code"], "forbidden", "{got}");
+
+    // What the socket stored is the tenant's, as through the API: 1 + 1 + 40 events of
+    // `grace` on the ws channel, none of the rival's.
+    let sessions = server.get_json("/v1/sessions?limit=200").await;
+    let ours =
+        sessions["items"].as_array().unwrap().iter().filter(|s| s["channel"] == "ws").count();
+    assert_eq!(ours, 1, "{sessions}");
+}
