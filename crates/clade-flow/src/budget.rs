@@ -8,10 +8,32 @@ use std::sync::Mutex;
 
 use clade_core::{TenantId, TurnId};
 use clade_store::{Store, TurnUsage};
+use serde::{Deserialize, Serialize};
 
 use crate::flow::Budget;
 
-/// The usage of the turns a run's tasks asked, summed.
+/// What a run spent, as its record keeps it once it ended (the turns of agents it made for
+/// itself go with them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spent {
+    pub model_calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_micros: u64,
+}
+
+impl From<TurnUsage> for Spent {
+    fn from(usage: TurnUsage) -> Self {
+        Self {
+            model_calls: usage.model_calls,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cost_micros: usage.cost_micros,
+        }
+    }
+}
+
+/// The usage of the turns a run's tasks asked, summed (a turn deleted since counts nothing).
 pub async fn usage_of(
     store: &Store,
     tenant: TenantId,
@@ -41,7 +63,11 @@ impl Spending {
                 Some(usage) => usage,
                 None => {
                     let Ok(id) = turn.parse::<TurnId>() else { continue };
-                    let usage = store.tenant_scope(tenant).turn_usage(id).await?;
+                    let usage = match store.tenant_scope(tenant).turn_usage(id).await {
+                        Ok(usage) => usage,
+                        Err(clade_store::Error::TurnNotFound(_)) => TurnUsage::default(),
+                        Err(other) => return Err(other),
+                    };
                     if let Ok(mut read) = self.read.lock() {
                         read.insert(turn.clone(), usage);
                     }

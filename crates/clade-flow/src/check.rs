@@ -209,6 +209,10 @@ impl Checker {
                     if let Err(e) = clade_core::TemplateName::parse(&template.value) {
                         self.problem(template.place(), format!("agents.{name}.template: {e}"));
                     }
+                    // Its agent's handle is `run-<8 hex>-<name>`, at most 64 characters.
+                    if !is_identifier(&name) || name.len() > MAX_MADE_AGENT_NAME {
+                        self.problem(place, format!("agents.{name}: an agent made for each run is named a-z, 0-9 and '_', starting with a letter, at most {MAX_MADE_AGENT_NAME} characters (its handle is run-<id>-{name})"));
+                    }
                     AgentSource::Template(template.value)
                 }
                 _ => {
@@ -820,6 +824,9 @@ fn spec_tasks(steps: &[At<StepSpec>]) -> Vec<String> {
 }
 
 /// An identifier templates can read as an attribute: a-z, 0-9 and '_', from a letter, ≤ 63.
+/// The longest name of an agent made for each run: its handle adds 13 characters.
+const MAX_MADE_AGENT_NAME: usize = 51;
+
 fn is_identifier(name: &str) -> bool {
     name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase())

@@ -18,6 +18,7 @@ pub mod budget;
 pub mod check;
 pub mod expr;
 pub mod flow;
+pub mod made;
 pub mod run;
 pub mod spec;
 pub mod stored;

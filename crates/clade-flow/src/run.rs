@@ -48,10 +48,8 @@ pub enum RunError {
     Inputs(Vec<String>),
     #[error("agents.{name}: no agent {handle:?} in this tenant; create it, or name another")]
     UnknownAgent { name: String, handle: String },
-    #[error(
-        "agents.{name}: agents made from a template for each run are not supported yet; create an agent from template {template:?} and name it by handle"
-    )]
-    TemplateAgent { name: String, template: String },
+    #[error("agents.{name}: no agent can be made from template {template:?} for the run: {why}")]
+    TemplateAgent { name: String, template: String, why: String },
     #[error("no flow run {0}")]
     NotFound(ExecutionId),
     #[error(
@@ -135,47 +133,55 @@ pub struct ScheduledBy {
 struct Resolved {
     inputs: BTreeMap<String, Value>,
     agents: BTreeMap<String, String>,
-    /// The agent a started run is recorded under: the first task's.
-    owner: AgentId,
 }
 
-/// Checks `given` against `flow`'s inputs and finds each of its agents among the tenant's.
+/// Checks `given` against `flow`'s inputs and finds each of its agents among the tenant's
+/// (those made from templates are named by their handles in `run`, [`crate::made`]).
 async fn resolve(
     store: &clade_store::Store,
     tenant: TenantId,
+    run: ExecutionId,
     flow: &Flow,
     given: &BTreeMap<String, Value>,
 ) -> Result<Resolved, RunError> {
     let inputs = flow.inputs_of(given).map_err(RunError::Inputs)?;
     let mut agents = BTreeMap::new();
-    let mut owner: Option<AgentId> = None;
-    let first = flow.task_order().first().map(|t| flow.tasks[*t].agent.clone());
     for (name, source) in &flow.agents {
         let handle = match source {
-            AgentSource::Handle(handle) => handle,
-            AgentSource::Template(template) => {
-                return Err(RunError::TemplateAgent {
-                    name: name.clone(),
-                    template: template.clone(),
-                });
+            AgentSource::Handle(handle) => handle.clone(),
+            AgentSource::Template(_) => {
+                agents.insert(name.clone(), crate::made::handle_of(run, name));
+                continue;
             }
         };
-        let agent = match store.agents(tenant).get(handle).await {
-            Ok(agent) => agent,
+        match store.agents(tenant).get(&handle).await {
+            Ok(_) => {}
             Err(clade_store::Error::AgentNotFound(_)) => {
-                return Err(RunError::UnknownAgent { name: name.clone(), handle: handle.clone() });
+                return Err(RunError::UnknownAgent { name: name.clone(), handle });
             }
             Err(other) => return Err(other.into()),
-        };
-        if owner.is_none() || first.as_deref() == Some(name.as_str()) {
-            owner = Some(agent.id);
         }
-        agents.insert(name.clone(), handle.clone());
+        agents.insert(name.clone(), handle);
     }
-    let Some(owner) = owner else {
+    if agents.is_empty() {
         return Err(RunError::Inputs(vec!["the flow names no agent".into()]));
-    };
-    Ok(Resolved { inputs, agents, owner })
+    }
+    Ok(Resolved { inputs, agents })
+}
+
+/// The agent a started run is recorded under: its first task's (made by now, if a template's).
+async fn owner_of(
+    store: &clade_store::Store,
+    tenant: TenantId,
+    flow: &Flow,
+    agents: &BTreeMap<String, String>,
+) -> Result<AgentId, RunError> {
+    let first = flow.task_order().first().map(|t| flow.tasks[*t].agent.clone());
+    let handle = first
+        .and_then(|name| agents.get(&name))
+        .or_else(|| agents.values().next())
+        .ok_or_else(|| RunError::Inputs(vec!["the flow names no agent".into()]))?;
+    Ok(store.agents(tenant).get(handle).await?.id)
 }
 
 /// Where a task stands in a run.
@@ -243,6 +249,9 @@ pub type Results = BTreeMap<String, TaskResult>;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Recorded {
     pub tasks: Results,
+    /// What the run's tasks spent, summed when it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::budget::Spent>,
 }
 
 /// Why a step stopped short.
@@ -303,6 +312,9 @@ pub struct Runner {
 
 struct Inner {
     engine: Engine,
+    /// What makes the agents a flow makes from templates for each run; none: such a run is
+    /// refused.
+    agents: Option<clade_store::Agents>,
     /// Each task step's cost beyond its turns, when measured ([`Runner::measured`]).
     overheads: Option<Overheads>,
     /// Runs being driven in this process, with what they have produced so far.
@@ -342,14 +354,21 @@ impl Runner {
 
     pub fn new(engine: Engine) -> Self {
         let driving = Mutex::new(HashMap::new());
-        Self { inner: Arc::new(Inner { engine, overheads: None, driving }) }
+        Self { inner: Arc::new(Inner { engine, agents: None, overheads: None, driving }) }
+    }
+
+    /// A runner that also makes the agents flows make from templates for each run
+    /// ([`crate::made`]), with `agents`.
+    pub fn with_agents(engine: Engine, agents: clade_store::Agents) -> Self {
+        let (driving, agents) = (Mutex::new(HashMap::new()), Some(agents));
+        Self { inner: Arc::new(Inner { engine, agents, overheads: None, driving }) }
     }
 
     /// A runner that measures what each task step costs beyond its turns (its journal's
     /// writes, reads, templates), for `clade bench flows`: [`Runner::overheads`].
     pub fn measured(engine: Engine) -> Self {
         let (driving, overheads) = (Mutex::new(HashMap::new()), Some(Overheads::default()));
-        Self { inner: Arc::new(Inner { engine, overheads, driving }) }
+        Self { inner: Arc::new(Inner { engine, agents: None, overheads, driving }) }
     }
 
     /// The store the runner's engine writes to.
@@ -377,8 +396,18 @@ impl Runner {
             return Err(RunError::TooMany);
         }
         let flow = crate::parse(&start.source, Path::new(&start.file))?;
-        let Resolved { inputs, agents, owner } =
-            resolve(store, tenant.id, &flow, &start.inputs).await?;
+        let id = start.id.unwrap_or_else(|| ExecutionId::generate(store.now()));
+        let Resolved { inputs, agents } =
+            resolve(store, tenant.id, id, &flow, &start.inputs).await?;
+        // Nothing is made until every check has passed.
+        let maker = self.inner.agents.as_ref();
+        crate::made::check(maker, id, &flow)?;
+        if let Some(maker) = maker
+            && crate::made::makes_any(&flow)
+        {
+            crate::made::make(maker, &self.inner.engine, tenant, id, &flow).await?;
+        }
+        let owner = owner_of(store, tenant.id, &flow, &agents).await?;
         let input = RunInput {
             flow: flow.name.clone(),
             file: start.file,
@@ -389,7 +418,6 @@ impl Runner {
             retry_of: start.retry_of.map(|id| id.to_string()),
             scheduled: None,
         };
-        let id = start.id.unwrap_or_else(|| ExecutionId::generate(store.now()));
         let row = store
             .start_execution(NewExecution {
                 id,
@@ -443,6 +471,13 @@ impl Runner {
         }
     }
 
+    /// What an ended run's tasks spent, as its record keeps it (none for a run under way, or
+    /// one recorded before runs kept it).
+    pub fn recorded_usage(&self, row: &ExecutionRow) -> Option<crate::budget::Spent> {
+        let recorded: Recorded = serde_json::from_str(row.output.as_deref()?).ok()?;
+        recorded.usage
+    }
+
     /// What a run's tasks have done: its recorded output once it ended, else what this
     /// process has seen of it so far (every task pending when it is not being driven here).
     pub fn results(&self, row: &ExecutionRow) -> Result<Results, RunError> {
@@ -476,10 +511,16 @@ impl Runner {
         self.stop_driving(row.id);
         let store = self.inner.engine.store();
         let reason = Some("cancelled".to_owned());
-        Ok(store
+        let cancelled = store
             .executions(tenant)
             .set_status(id, ExecutionStatus::Cancelled, None, reason)
-            .await?)
+            .await?;
+        if let Ok(input) = RunInput::of(&row)
+            && let Ok(flow) = crate::parse(&input.source, Path::new(&input.file))
+        {
+            crate::made::remove(self.inner.agents.as_ref(), tenant, id, &flow).await;
+        }
+        Ok(cancelled)
     }
 
     /// Pauses a run: it stops after what it is doing, until resumed.
@@ -607,15 +648,10 @@ async fn drive(
         }
         Err(err) => return Err(Arc::new(Halt::Run(RunError::Invalid(err)))),
     };
-    if input.scheduled.is_some() && input.agents.is_empty() {
-        match resolve(&store, row.tenant_id, &flow, &input.inputs).await {
-            Ok(resolved) => {
-                input.inputs = resolved.inputs;
-                input.agents = resolved.agents;
-            }
-            Err(RunError::Store(err)) => return Err(Arc::new(RunError::Store(err).into())),
-            Err(err) => return fail_unstarted(&store, &row, err.to_string()).await,
-        }
+    match prepare(inner, &tenant, &row, &flow, &mut input).await {
+        Ok(()) => {}
+        Err(RunError::Store(err)) => return Err(Arc::new(RunError::Store(err).into())),
+        Err(err) => return fail_unstarted(&store, &row, err.to_string()).await,
     }
     let again = NewExecution {
         id: row.id,
@@ -664,7 +700,10 @@ async fn drive(
     let mut tasks: Results =
         walk.flow.tasks.keys().map(|id| (id.clone(), TaskResult::pending())).collect();
     tasks.extend(ran.produced);
-    let recorded = Recorded { tasks };
+    // Summed before the agents made for the run go, and their turns with them.
+    let turns: Vec<String> = tasks.values().flat_map(|t| t.turns.iter().cloned()).collect();
+    let usage = crate::budget::usage_of(&store, row.tenant_id, &turns).await.ok().map(Into::into);
+    let recorded = Recorded { tasks, usage };
     let ended = match ran.stop {
         None => durable.complete(&recorded).await.map(drop),
         Some(Stop::Failed(why)) => {
@@ -675,7 +714,35 @@ async fn drive(
         }
         Some(Stop::Halted(why)) => return Err(why),
     };
-    ended.map_err(|e| Arc::new(e.into()))
+    ended.map_err(|e| Arc::new(e.into()))?;
+    crate::made::remove(inner.agents.as_ref(), row.tenant_id, row.id, &walk.flow).await;
+    Ok(())
+}
+
+/// What a run needs before its walk: a scheduled run's inputs checked and agents resolved, and
+/// the agents it makes from templates (made when first driven for a scheduled run; a started
+/// one has them, unless a stop came between their deletion and the run's end).
+async fn prepare(
+    inner: &Inner,
+    tenant: &Tenant,
+    row: &ExecutionRow,
+    flow: &Flow,
+    input: &mut RunInput,
+) -> Result<(), RunError> {
+    let store = inner.engine.store();
+    if input.scheduled.is_some() && input.agents.is_empty() {
+        let resolved = resolve(store, row.tenant_id, row.id, flow, &input.inputs).await?;
+        input.inputs = resolved.inputs;
+        input.agents = resolved.agents;
+    }
+    if crate::made::makes_any(flow) {
+        let maker = inner.agents.as_ref();
+        crate::made::check(maker, row.id, flow)?;
+        if let Some(maker) = maker {
+            crate::made::make(maker, &inner.engine, tenant, row.id, flow).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Ends a scheduled run that cannot start (its inputs do not fit its flow, an agent it names is
@@ -873,7 +940,7 @@ impl Walk {
             status: ExecutionStatus::Running,
             input: json!({ "step": path }).to_string(),
         };
-        let output = serde_json::to_string(&Recorded { tasks: produced.clone() }).ok();
+        let output = serde_json::to_string(&Recorded { tasks: produced.clone(), usage: None }).ok();
         let status =
             if failed.is_some() { ExecutionStatus::Failed } else { ExecutionStatus::Completed };
         let error = failed.cloned();

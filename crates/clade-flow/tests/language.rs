@@ -275,3 +275,17 @@ fn every_example_satisfies_the_published_schema() {
     let unbounded = serde_json::json!({"name": "t", "agents": {}, "tasks": [], "run": [{"loop": {"until": "x", "steps": []}}]});
     assert!(!validator.is_valid(&unbounded));
 }
+
+#[test]
+fn an_agent_made_for_each_run_has_a_name_its_handle_can_carry() {
+    let long = "x".repeat(52);
+    for name in ["Checker", "two-words", long.as_str()] {
+        let text = format!(
+            "name: t\nagents:\n  {name}: {{ template: reviewer }}\ntasks:\n  - id: one\n    agent: {name}\n    prompt: hi\n"
+        );
+        let at = format!("3:{}", name.len() + 5);
+        assert_problem(&text, &at, "an agent made for each run is named a-z, 0-9 and '_'");
+    }
+    let fine = "name: t\nagents:\n  checker_2: { template: reviewer }\ntasks:\n  - id: one\n    agent: checker_2\n    prompt: hi\n";
+    assert!(parse(fine).is_ok(), "{:?}", parse(fine).err());
+}

@@ -484,3 +484,57 @@ async fn a_flow_job_that_cannot_run_says_why_in_its_runs() {
     let flows = executions.iter().filter(|e| e.kind == clade_core::ExecutionKind::Flow).count();
     assert_eq!(flows, 1, "only the first job's fire started a run");
 }
+
+const MADE: &str = "name: made\nagents:\n  w: { handle: writer }\n  check: { template: reviewer }\ntasks:\n  - id: draft\n    agent: w\n    prompt: /reply draft\n  - id: review\n    agent: check\n    prompt: \"/reply checked {{ tasks.draft.output }}\"\n";
+
+#[tokio::test]
+async fn an_agent_made_from_a_template_answers_for_its_run_and_goes_when_it_ends() {
+    let node = node(&["writer"]).await;
+    let agents = clade_store::Agents::new(node.store.clone(), node.data.clone());
+    let runner = Runner::with_agents(node.engine.clone(), agents);
+    let id = clade_core::ExecutionId::generate(node.store.now());
+    let row = runner
+        .start(&node.tenant, StartRun { id: Some(id), ..start(MADE, json!({})) })
+        .await
+        .unwrap();
+    let handle = clade_flow::made::handle_of(id, "check");
+    assert!(handle.starts_with("run-") && handle.ends_with("-check"), "{handle}");
+    let (status, results, error) = finished(&runner, &node, row.id).await;
+    assert_eq!(status, ExecutionStatus::Completed, "{error:?}");
+    assert_eq!(results["review"].output, json!("checked draft"));
+    assert_eq!(results["review"].turns.len(), 1, "{results:?}");
+    // The writer's turn stays; the made agent's session went with it.
+    assert_eq!(turns(&node).await, 1);
+    // Gone with the run; the tenant's own agent stays.
+    let gone = node.store.agents(node.tenant.id).get(&handle).await;
+    assert!(matches!(gone, Err(clade_store::Error::AgentNotFound(_))), "{gone:?}");
+    assert!(node.store.agents(node.tenant.id).get("writer").await.is_ok());
+
+    // A start repeated with the run's id finds the run, and makes no agent again.
+    let again = runner
+        .start(&node.tenant, StartRun { id: Some(id), ..start(MADE, json!({})) })
+        .await
+        .unwrap();
+    assert_eq!(again.id, id);
+    assert!(node.store.agents(node.tenant.id).get(&handle).await.is_err());
+}
+
+#[tokio::test]
+async fn a_flow_whose_agent_cannot_be_made_starts_nothing_and_makes_nothing() {
+    let node = node(&["writer"]).await;
+    let agents = clade_store::Agents::new(node.store.clone(), node.data.clone());
+    let runner = Runner::with_agents(node.engine.clone(), agents);
+    let unknown = MADE.replace("template: reviewer", "template: nosuch");
+    let err = runner.start(&node.tenant, start(&unknown, json!({}))).await.unwrap_err();
+    assert!(
+        err.to_string().contains("agents.check: no agent can be made from template \"nosuch\""),
+        "{err}"
+    );
+    // A runner that makes no agents refuses such a flow outright.
+    let bare = Runner::new(node.engine.clone());
+    let err = bare.start(&node.tenant, start(MADE, json!({}))).await.unwrap_err();
+    assert!(err.to_string().contains("makes no agents"), "{err}");
+    assert!(node.store.executions(node.tenant.id).list(10).await.unwrap().is_empty());
+    let listed = node.store.agents(node.tenant.id).list(None, 100).await.unwrap();
+    assert_eq!(listed.len(), 1, "only writer: {listed:?}");
+}

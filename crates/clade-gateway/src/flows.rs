@@ -438,10 +438,14 @@ fn response(state: &AppState, row: ExecutionRow) -> Result<api::FlowRunResponse,
 /// A run as `GET /v1/flows/runs/{id}` shows it: with what its tasks spent.
 async fn with_usage(state: &AppState, row: ExecutionRow) -> Result<api::FlowRunResponse, ApiError> {
     let tenant = row.tenant_id;
+    let recorded = state.flows.recorded_usage(&row);
     let mut run = response(state, row)?;
     let turns: Vec<String> =
         run.tasks.iter().flat_map(|t| t.result.turns.iter().cloned()).collect();
-    let usage = clade_flow::budget::usage_of(state.flows.store(), tenant, &turns).await?;
+    let usage = match recorded {
+        Some(usage) => usage,
+        None => clade_flow::budget::usage_of(state.flows.store(), tenant, &turns).await?.into(),
+    };
     run.usage = Some(api::FlowUsage {
         model_calls: usage.model_calls,
         input_tokens: usage.input_tokens,

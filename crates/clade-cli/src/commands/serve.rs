@@ -141,7 +141,7 @@ pub(super) async fn run(ctx: &Ctx, front: Front) -> Result<()> {
         ctx.store.clock().clone(),
     ));
     joined.share_quotas(&limits);
-    let flows = clade_flow::run::Runner::new(engine.clone());
+    let flows = clade_flow::run::Runner::with_agents(engine.clone(), ctx.agents.clone());
     sources.attach_flows(&flows);
     let maintenance = std::sync::Arc::new(Maintenance {
         duties: joined.duties.clone(),

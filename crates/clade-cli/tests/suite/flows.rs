@@ -728,3 +728,51 @@ async fn the_cli_schedules_a_stored_flow_with_typed_inputs_and_names_bad_ones() 
     assert_eq!(listed[0]["target"], "flow:pinned", "{listed}");
     assert_eq!(listed[0]["prompt"], r#"{"who":"night"}"#, "{listed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_makes_its_template_agents_within_the_tenants_quota_and_deletes_them() {
+    let env = Env::new();
+    env.run(&["agents", "create", "writer"]).ok();
+    write(&env.data_dir().join("clade.yaml"), "tenants:\n  \"*\":\n    quotas: { agents: 2 }\n");
+    let server = env.serve(&[]);
+    let one = "name: made\nagents:\n  w: { handle: writer }\n  check: { template: reviewer }\ntasks:\n  - id: draft\n    agent: w\n    prompt: /reply draft\n  - id: review\n    agent: check\n    prompt: \"/reply checked {{ tasks.draft.output }}\"\n";
+    let run = |flow: String| {
+        let body = json!({ "flow": flow, "file": "made.flow.yaml" });
+        let server = &server;
+        async move { server.send("POST", "/v1/flows/runs", None, Some(body)).await }
+    };
+
+    // The writer and one made agent are the two the quota allows: the run makes it, asks it,
+    // and deletes it once ended.
+    let (status, started) = run(one.to_owned()).await;
+    assert_eq!(status, 201, "{started}");
+    let done = ended(&server, started["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(task(&done, "review")["output"], "checked draft", "{done}");
+    assert_eq!(
+        done["usage"]["model_calls"], 2,
+        "the made agent's turn counts, though it is gone: {done}"
+    );
+    let listed = server.get_json("/v1/agents").await;
+    let handles: Vec<&str> =
+        listed["items"].as_array().unwrap().iter().filter_map(|a| a["handle"].as_str()).collect();
+    assert_eq!(handles, ["writer"], "the made agent is gone: {listed}");
+
+    // Two would be three agents: the run is refused naming the quota, and nothing is left.
+    let two = one.replace(
+        "  check: { template: reviewer }\n",
+        "  check: { template: reviewer }\n  spare: { template: default }\n",
+    ) + "  - id: spare\n    agent: spare\n    prompt: /reply spare\n";
+    let (status, refused) = run(two).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (422, Some("invalid_flow")),
+        "{refused}"
+    );
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("tenants.\"*\".quotas.agents"), "{message}");
+    let listed = server.get_json("/v1/agents").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
+    let runs = server.get_json("/v1/flows/runs").await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
+}
