@@ -970,37 +970,16 @@ async fn run_batch(conn: &mut Tx, backend: Backend, batch: &mut [Box<dyn Job>]) 
                 conn.batch("ROLLBACK").await
             };
         }
-        // Released at once: PostgreSQL slows down past 64 open subtransactions, and SQLite
-        // checks every open savepoint on each page it changes.
-        if backend == Backend::Sqlite {
-            for job in batch.iter_mut() {
-                conn.batch("SAVEPOINT write").await?;
-                if !job.run(conn).await {
-                    conn.batch("ROLLBACK TO SAVEPOINT write").await?;
-                }
-                conn.batch("RELEASE SAVEPOINT write").await?;
-            }
-            return conn.batch("COMMIT").await;
-        }
-        // On PostgreSQL each round trip costs both processes a context switch: one write's
-        // release goes with the next one's savepoint, and the last release with the commit
-        // (the simple query protocol runs them in order, stopping at the first that fails).
-        let Some(last) = batch.len().checked_sub(1) else {
-            return conn.batch("COMMIT").await;
-        };
-        conn.batch("SAVEPOINT write").await?;
-        for (at, job) in batch.iter_mut().enumerate() {
+        for job in batch.iter_mut() {
+            conn.batch("SAVEPOINT write").await?;
             if !job.run(conn).await {
                 conn.batch("ROLLBACK TO SAVEPOINT write").await?;
             }
-            let next = if at == last {
-                "RELEASE SAVEPOINT write; COMMIT"
-            } else {
-                "RELEASE SAVEPOINT write; SAVEPOINT write"
-            };
-            conn.batch(next).await?;
+            // Released at once: PostgreSQL slows down past 64 open subtransactions, and SQLite
+            // checks every open savepoint on each page it changes.
+            conn.batch("RELEASE SAVEPOINT write").await?;
         }
-        Ok(())
+        conn.batch("COMMIT").await
     }
     .await;
     if let Err(err) = result {
