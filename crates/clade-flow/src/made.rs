@@ -48,7 +48,7 @@ fn refusal(name: &str, template: &str, why: &dyn std::fmt::Display) -> RunError 
 }
 
 /// Whether the flow makes any agent for its runs.
-pub(crate) fn makes_any(flow: &Flow) -> bool {
+pub fn makes_any(flow: &Flow) -> bool {
     templates(flow).next().is_some()
 }
 

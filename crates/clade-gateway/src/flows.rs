@@ -22,7 +22,7 @@ use clade_store::{ExecutionRow, StoredFlows};
 
 use crate::AppState;
 use crate::agents::{JsonBody, checked_limit, query_rejection};
-use crate::auth::{Caller, Reach};
+use crate::auth::{Caller, Granted, Reach};
 use crate::error::{ApiError, Code};
 
 /// The name a flow's text goes by in problems when the request gives none.
@@ -111,12 +111,29 @@ pub fn checked(text: &str, file: &str) -> api::FlowCheckResponse {
     }
 }
 
+/// A flow that makes agents for its runs (`agents.NAME.template`) is started only by a token
+/// that may make agents (`admin`, as `POST /v1/agents` asks): one that may only operate the
+/// tenant's agents gets no new ones through a flow. A text that does not parse is left to the
+/// runner, which names its problems.
+pub(crate) fn may_make_agents(granted: &Granted, source: &str) -> Result<(), ApiError> {
+    let Ok(flow) = clade_flow::parse(source, FilePath::new("flow.yaml")) else { return Ok(()) };
+    if clade_flow::made::makes_any(&flow) && !granted.allows(&[clade_core::Scope::Admin]) {
+        return Err(ApiError::new(
+            Code::Forbidden,
+            "this flow makes agents for its runs (agents.NAME.template), which needs a token with the admin scope, as POST /v1/agents does: use one, or name existing agents by handle",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) async fn start(
     State(state): State<AppState>,
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Extension(granted): Extension<Granted>,
     JsonBody(params): JsonBody<api::StartFlowRunParams>,
 ) -> Result<(axum::http::StatusCode, axum::Json<api::FlowRunResponse>), ApiError> {
     whole_tenant(&reach)?;
+    may_make_agents(&granted, &params.flow)?;
     let start = StartRun {
         source: params.flow,
         file: file_name(params.file)?,
@@ -316,12 +333,14 @@ pub(crate) async fn delete_flow(
 pub(crate) async fn start_stored(
     State(state): State<AppState>,
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Extension(granted): Extension<Granted>,
     Path(name): Path<String>,
     JsonBody(params): JsonBody<api::StartStoredFlowRunParams>,
 ) -> Result<(axum::http::StatusCode, axum::Json<api::FlowRunResponse>), ApiError> {
     let name = flow_name(&name)?;
     let version = version_of(params.version)?;
-    sees_flows(&reach, &name)?;
+    let flow = stored(&state, &tenant, &reach, &name, version).await?;
+    may_make_agents(&granted, &flow.source)?;
     let start = StartStored { name, version, inputs: params.inputs, id: None };
     let row = state.flows.start_stored(&tenant, start).await.map_err(run_error)?;
     Ok((axum::http::StatusCode::CREATED, axum::Json(response(&state, row)?)))
@@ -330,9 +349,13 @@ pub(crate) async fn start_stored(
 pub(crate) async fn retry(
     State(state): State<AppState>,
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Extension(granted): Extension<Granted>,
     Path(id): Path<String>,
 ) -> Result<(axum::http::StatusCode, axum::Json<api::FlowRunResponse>), ApiError> {
     let row = reachable(&state, &tenant, &reach, &id).await?;
+    if let Ok(input) = clade_flow::run::RunInput::of(&row) {
+        may_make_agents(&granted, &input.source)?;
+    }
     let row = state.flows.retry(&tenant, row.id).await.map_err(run_error)?;
     Ok((axum::http::StatusCode::CREATED, axum::Json(response(&state, row)?)))
 }

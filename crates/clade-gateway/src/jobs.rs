@@ -115,6 +115,7 @@ pub(crate) async fn list(
 pub(crate) async fn create(
     State(state): State<AppState>,
     Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Extension(granted): Extension<crate::auth::Granted>,
     Path(handle): Path<String>,
     JsonBody(params): JsonBody<CreateJobParams>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -141,10 +142,12 @@ pub(crate) async fn create(
         )?;
     // A flow's run may ask any of the tenant's agents: a token limited to some finds no flow,
     // as on the flows' own routes.
-    if let clade_store::JobTarget::Flow { name, .. } = &new.target
-        && !reach.is_whole_tenant()
-    {
-        return Err(clade_store::Error::FlowNotFound(name.clone()).into());
+    if let clade_store::JobTarget::Flow { name, version } = &new.target {
+        if !reach.is_whole_tenant() {
+            return Err(clade_store::Error::FlowNotFound(name.clone()).into());
+        }
+        let flow = clade_store::StoredFlows::scoped(&store).get(name, *version).await?;
+        crate::flows::may_make_agents(&granted, &flow.source)?;
     }
     // The operator schedules as it likes; a tenant's tokens within its quotas.
     if crate::config::operator_only(&tenant, &reach).is_err() {

@@ -734,6 +734,7 @@ async fn a_run_makes_its_template_agents_within_the_tenants_quota_and_deletes_th
     let env = Env::new();
     env.run(&["agents", "create", "writer"]).ok();
     write(&env.data_dir().join("clade.yaml"), "tenants:\n  \"*\":\n    quotas: { agents: 2 }\n");
+    let (operator, _) = token(&env, "default", &["operate", "read"]);
     let server = env.serve(&[]);
     let one = "name: made\nagents:\n  w: { handle: writer }\n  check: { template: reviewer }\ntasks:\n  - id: draft\n    agent: w\n    prompt: /reply draft\n  - id: review\n    agent: check\n    prompt: \"/reply checked {{ tasks.draft.output }}\"\n";
     let run = |flow: String| {
@@ -741,6 +742,28 @@ async fn a_run_makes_its_template_agents_within_the_tenants_quota_and_deletes_th
         let server = &server;
         async move { server.send("POST", "/v1/flows/runs", None, Some(body)).await }
     };
+
+    // A token that may operate agents but not make them starts no flow that makes one, inline,
+    // stored or scheduled.
+    let body = json!({ "flow": one, "file": "made.flow.yaml" });
+    let (status, refused) =
+        server.send("POST", "/v1/flows/runs", Some(&operator), Some(body)).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (403, Some("forbidden")), "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("makes agents"), "{refused}");
+    let (status, _) = server.send("POST", "/v1/flows", None, Some(json!({ "flow": one }))).await;
+    assert_eq!(status, 201);
+    let (status, refused) = server
+        .send("POST", "/v1/flows/made/runs", Some(&operator), Some(json!({ "inputs": {} })))
+        .await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (403, Some("forbidden")), "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("makes agents"), "{refused}");
+    let job = json!({ "name": "nightly", "schedule": "0 2 * * *", "target": "flow:made",
+        "prompt": "{}" });
+    let (status, refused) =
+        server.send("POST", "/v1/agents/writer/jobs", Some(&operator), Some(job)).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (403, Some("forbidden")), "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("makes agents"), "{refused}");
+    assert_eq!(server.get_json("/v1/flows/runs").await["runs"], json!([]));
 
     // The writer and one made agent are the two the quota allows: the run makes it, asks it,
     // and deletes it once ended.
