@@ -65,19 +65,7 @@ pub(super) async fn cron_service(ctx: &Ctx, args: CronServiceArgs) -> Result<()>
             return;
         }
         let sessions = look.sessions.iter().map(|(_, session)| session.to_string()).collect();
-        let path = wake_path.clone();
-        tokio::spawn(async move {
-            match admin_socket::request(&path, &AdminRequest::Wake { sessions }).await {
-                Ok(AdminReply::Woken { .. }) => {}
-                Ok(other) => {
-                    tracing::warn!(answer = ?other, "the gateway did not wake the sessions jobs fired into")
-                }
-                Err(err) => tracing::warn!(
-                    error = %format!("{err:#}"),
-                    "the sessions jobs fired into wait for the gateway: they run when it can be reached or starts"
-                ),
-            }
-        });
+        tell_gateway(&wake_path, AdminRequest::Wake { sessions }, "the sessions jobs fired into");
     });
     let limits = std::sync::Arc::new(clade_gateway::quotas::TenantLimits::new(
         ctx.config.tenants.clone(),
@@ -158,16 +146,22 @@ fn take_up_remotely(
             run: run.to_string(),
         })
         .collect();
+    tell_gateway(socket, AdminRequest::TakeUpRuns { runs }, "the flow runs jobs started");
+}
+
+/// Tells the gateway at `socket` of work a look stored for it (`what`); unanswered, the work
+/// waits for it: it runs when the gateway can be reached, else at its next start.
+fn tell_gateway(socket: &std::path::Path, request: AdminRequest, what: &'static str) {
     let path = socket.to_path_buf();
     tokio::spawn(async move {
-        match admin_socket::request(&path, &AdminRequest::TakeUpRuns { runs }).await {
-            Ok(AdminReply::TakenUp { .. }) => {}
-            Ok(other) => {
-                tracing::warn!(answer = ?other, "the gateway did not take up the flow runs jobs started")
+        match admin_socket::request(&path, &request).await {
+            Ok(AdminReply::Error { message }) => {
+                tracing::warn!(error = %message, "the gateway refused to run {what}")
             }
+            Ok(_) => {}
             Err(err) => tracing::warn!(
                 error = %format!("{err:#}"),
-                "the flow runs jobs started wait for the gateway: they run when it can be reached or starts"
+                "{what} wait for the gateway: they run when it can be reached or starts"
             ),
         }
     });
