@@ -139,11 +139,13 @@ impl Reach {
     }
 }
 
-/// What a request authenticated with: a bearer token, or a paired operator's key.
+/// What a request authenticated with: a bearer token, a paired operator's key, or the
+/// operator's token acting in another tenant (its console looking into it).
 #[derive(Clone)]
 pub(crate) enum Credential {
     Token(std::sync::Arc<str>),
     Peer(std::sync::Arc<str>),
+    Operator(std::sync::Arc<str>),
 }
 
 impl std::fmt::Debug for Credential {
@@ -160,6 +162,7 @@ impl Credential {
         match self {
             Self::Token(token) => ("token", token.as_ref()).hash(&mut hasher),
             Self::Peer(peer) => ("peer", peer.as_ref()).hash(&mut hasher),
+            Self::Operator(token) => ("operator", token.as_ref()).hash(&mut hasher),
         }
         hasher.finish()
     }
@@ -177,6 +180,9 @@ impl Credential {
         let current = match self {
             Credential::Token(token) => store.authenticate_scoped(token).await,
             Credential::Peer(key) => store.peers().authenticate(key).await,
+            Credential::Operator(token) => {
+                return operator_still_in(store, token, tenant).await;
+            }
         };
         match current {
             Ok((current, access)) => current.id == tenant.id && Reach::of(access).covers(reach),
@@ -189,6 +195,23 @@ impl Credential {
             }
         }
     }
+}
+
+/// Whether `token` is still the operator's and `tenant` (which its console looks into) still
+/// exists; a store hiccup keeps the stream.
+async fn operator_still_in(store: &clade_store::Store, token: &str, tenant: &Tenant) -> bool {
+    let own = match store.authenticate_scoped(token).await {
+        Ok((own, access)) => {
+            crate::config::operator_only(&own, &Reach::of(access.clone())).is_ok()
+                && scopes_of(&access).contains(&clade_core::Scope::Admin)
+        }
+        Err(clade_store::Error::BadToken | clade_store::Error::TenantNotFound(_)) => false,
+        Err(_) => true,
+    };
+    own && !matches!(
+        store.tenants().by_id(tenant.id).await,
+        Err(clade_store::Error::TenantNotFound(_))
+    )
 }
 
 /// How often an open stream re-checks its token.
@@ -210,16 +233,37 @@ pub(crate) async fn require_token(
     if request.headers().contains_key(PEER_HEADER) {
         return signed_by_peer(state, request, next).await;
     }
-    let token = match token_of(request.headers().get(AUTHORIZATION)) {
-        Ok(token) => token,
-        Err(err) => return err.into_response(),
-    };
-    match state.store.authenticate_scoped(&token).await {
-        Ok((tenant, access)) => {
-            admit(request, next, (tenant, &state.limits), access, Credential::Token(token)).await
+    // The web console's cookie stands for its sign-in's token, when no other credential is
+    // sent (`console.rs`: same origin, CSRF token on changes).
+    let console = match request.headers().get(AUTHORIZATION) {
+        None => {
+            let now = state.store.clock().now().as_millis();
+            state.console.credential(request.method(), request.headers(), now)
         }
-        Err(err) => ApiError::from(err).into_response(),
-    }
+        Some(_) => None,
+    };
+    let (token, viewing) = match console {
+        Some(Ok(signed)) => (signed.token, signed.viewing),
+        Some(Err(err)) => return err.into_response(),
+        None => match token_of(request.headers().get(AUTHORIZATION)) {
+            Ok(token) => (token, None),
+            Err(err) => return err.into_response(),
+        },
+    };
+    let (tenant, access) = match state.store.authenticate_scoped(&token).await {
+        Ok(found) => found,
+        Err(err) => return ApiError::from(err).into_response(),
+    };
+    let (tenant, credential) = match viewing {
+        None => (tenant, Credential::Token(token)),
+        // The operator's console looking into another tenant: the token is checked to be the
+        // operator's on every request, and the tenant to exist.
+        Some(name) => match crate::console::viewed_tenant(&state, &tenant, &access, &name).await {
+            Ok(viewed) => (viewed, Credential::Operator(token)),
+            Err(err) => return err.into_response(),
+        },
+    };
+    admit(request, next, (tenant, &state.limits), access, credential).await
 }
 
 /// The bearer token an `Authorization` header carries, or the error naming what is wrong.
@@ -268,7 +312,7 @@ pub(crate) async fn is_operator(
 }
 
 /// The scopes a token's access gives.
-fn scopes_of(access: &clade_store::TokenAccess) -> Vec<clade_core::Scope> {
+pub(crate) fn scopes_of(access: &clade_store::TokenAccess) -> Vec<clade_core::Scope> {
     let mut scopes = access.scopes.clone();
     // The store makes no such token; should one exist, admin (the whole tenant) is not among
     // what a token limited to some agents may do.

@@ -18,6 +18,7 @@ pub use auth::PeerAuth;
 mod cluster;
 mod config;
 pub mod config_flow;
+pub mod console;
 mod control;
 pub mod error;
 mod events;
@@ -98,6 +99,8 @@ pub struct AppState {
     pub keeper: Option<std::sync::Arc<clade_cluster::Keeper>>,
     /// The flow runner: starts, steers and shows flow runs.
     pub flows: clade_flow::run::Runner,
+    /// The web console's sign-ins (`/console`).
+    pub console: std::sync::Arc<console::Logins>,
 }
 
 impl AppState {

@@ -14,8 +14,8 @@ use clade_protocol as api;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::{
-    AppState, agents, channels, cluster, config, control, events, flows, hooks, jobs, leases, mcp,
-    memories, messages, openai, prompt, runs, sessions, settings, tools, usage, ws,
+    AppState, agents, channels, cluster, config, console, control, events, flows, hooks, jobs,
+    leases, mcp, memories, messages, openai, prompt, runs, sessions, settings, tools, usage, ws,
 };
 
 /// A schema built by the document's one generator: a `$ref` to a component for a named type.
@@ -179,6 +179,15 @@ fn job_name_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({ "type": "string", "pattern": "^_?[a-z0-9][a-z0-9_.-]{0,63}$" })
 }
 
+/// The console sign-in's CSRF token, which every change of a console's sign-in carries.
+const CONSOLE_CSRF: Param = Param {
+    name: "X-Clade-Csrf",
+    location: "header",
+    required: true,
+    description: Some("the sign-in's `csrf`"),
+    schema: text_schema,
+};
+
 /// The WebSocket handshake's headers (RFC 6455), so a client generated from the document
 /// sends a real upgrade.
 const WS_HEADERS: &[Param] = &[
@@ -276,6 +285,125 @@ pub static OPERATIONS: &[Operation] = &[
             "Readiness: the store answers. `sandbox` reports the sandbox's self-check (off, checking, ready, or broken with its reason); a broken sandbox makes the status `degraded`: chat works, host-touching tools are refused",
             || get(crate::readyz),
         )
+    },
+    Operation {
+        responses: &[Reply {
+            status: "200",
+            description: "the console's page",
+            body: None,
+            media: Some("text/html"),
+        }],
+        ..op(
+            "GET",
+            "/console",
+            &[],
+            "The web console: sign in with a token, then see and steer what it reaches, through these same routes",
+            || get(console::page),
+        )
+    },
+    Operation {
+        responses: &[Reply {
+            status: "200",
+            description: "the console's script",
+            body: None,
+            media: Some("text/javascript"),
+        }],
+        ..op("GET", "/console/assets/console.js", &[], "The console's script", || {
+            get(console::script)
+        })
+    },
+    Operation {
+        responses: &[Reply {
+            status: "200",
+            description: "the console's style",
+            body: None,
+            media: Some("text/css"),
+        }],
+        ..op("GET", "/console/assets/console.css", &[], "The console's style", || {
+            get(console::style)
+        })
+    },
+    Operation {
+        body: Some(of::<api::console::ConsoleSignIn>),
+        responses: &[
+            ok(
+                "200",
+                "signed in: the `clade_console` cookie (`HttpOnly`, `SameSite=Strict`) names the sign-in",
+                of::<api::console::ConsoleSessionResponse>,
+            ),
+            error("400", "not a sign-in body"),
+            error("401", "not a token of this gateway"),
+            error("403", "a token that cannot read, or a request from another origin"),
+            error("413", "body too large"),
+            error("415", "body is not JSON"),
+            error("503", "the store is unavailable; retry later"),
+        ],
+        ..op(
+            "POST",
+            "/console/session",
+            &[],
+            "Sign in to the console with a token, which stays on the gateway; the cookie then stands for it on the `/v1` routes (same origin only), and a request that changes something must carry the answer's `csrf` as the `X-Clade-Csrf` header",
+            || post(console::sign_in),
+        )
+    },
+    Operation {
+        responses: &[
+            ok("200", "signed in", of::<api::console::ConsoleSessionResponse>),
+            error("401", "not signed in, or the sign-in ended or its token was revoked"),
+            error("403", "a request from another origin"),
+            error("503", "the store is unavailable; retry later"),
+        ],
+        ..op("GET", "/console/session", &[], "The console's sign-in in force", || {
+            get(console::current)
+        })
+    },
+    Operation {
+        params: &[CONSOLE_CSRF],
+        responses: &[
+            empty("204", "signed out: the cookie is cleared"),
+            error("401", "not signed in"),
+            error("403", "no or a wrong CSRF token, or a request from another origin"),
+        ],
+        ..op("DELETE", "/console/session", &[], "Sign out of the console", || {
+            delete(console::sign_out)
+        })
+    },
+    Operation {
+        params: &[CONSOLE_CSRF],
+        body: Some(of::<api::console::ConsoleViewTenant>),
+        responses: &[
+            ok(
+                "200",
+                "the sign-in, looking into the tenant",
+                of::<api::console::ConsoleSessionResponse>,
+            ),
+            error("400", "not a body naming a tenant, or no tenant of that name"),
+            error("401", "not signed in"),
+            error("403", "no or a wrong CSRF token, or a request from another origin"),
+            error("404", "not the operator's sign-in"),
+            error("413", "body too large"),
+            error("415", "body is not JSON"),
+            error("503", "the store is unavailable; retry later"),
+        ],
+        ..op(
+            "PUT",
+            "/console/session/tenant",
+            &[],
+            "The operator's console looks into a tenant: every `/v1` request of the sign-in then acts in it, with the operator's scopes (`null`: back to its own)",
+            || put(console::view_tenant),
+        )
+    },
+    Operation {
+        responses: &[
+            ok("200", "every tenant, by name", of::<api::console::ConsoleTenantsResponse>),
+            error("401", "not signed in"),
+            error("403", "a request from another origin"),
+            error("404", "not the operator's sign-in"),
+            error("503", "the store is unavailable; retry later"),
+        ],
+        ..op("GET", "/console/tenants", &[], "The tenants, for the operator's console", || {
+            get(console::tenants)
+        })
     },
     Operation {
         params: &[

@@ -12,6 +12,7 @@
 //! Start at [`lifecycle`] for what streams and webhooks carry, then [`resources`].
 
 pub mod admin;
+pub mod console;
 pub mod journal;
 pub mod lifecycle;
 pub mod mcp;

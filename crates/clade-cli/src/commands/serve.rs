@@ -232,6 +232,7 @@ pub(super) async fn run(ctx: &Ctx, front: Front) -> Result<()> {
         channels,
         keeper: joined.keeper(),
         flows: flows.clone(),
+        console: std::sync::Arc::default(),
     };
     let options = ServerOptions { max_body_bytes };
     let descriptors = raise_descriptor_limit();

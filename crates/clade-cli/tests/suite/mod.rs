@@ -1,6 +1,7 @@
 mod cli;
 mod cluster;
 mod config_apply;
+mod console;
 mod control;
 mod crash;
 mod cron;
