@@ -130,6 +130,11 @@ pub(crate) enum Command {
     /// A session's turns as OpenTelemetry traces (OTLP/JSON lines, GenAI conventions)
     #[command(subcommand)]
     Trace(TraceCommand),
+    /// A terminal UI on the running gateway: agents with live status and token bars, the
+    /// selected agent's sessions and live transcript, every agent at once, and a command line
+    /// (/send, /spawn, /switch, /pause, /resume, /stop, /approve, /deny; /help)
+    #[cfg(feature = "tui")]
+    Tui(ChatArgs),
     /// List an agent's tools, or run one call through the model's path (policy, approval, sandbox, audit)
     #[command(subcommand)]
     Tools(ToolsCommand),

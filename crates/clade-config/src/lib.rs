@@ -158,6 +158,9 @@ pub struct Config {
     /// Absent: a single gateway running every session itself.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// The terminal UI's look (`clade tui`).
+    #[serde(default)]
+    pub tui: TuiConfig,
     /// Test-harness settings; never needed in production.
     #[serde(default)]
     pub testing: TestingConfig,

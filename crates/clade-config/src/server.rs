@@ -254,6 +254,26 @@ pub struct LogConfig {
     pub filter: Option<String>,
 }
 
+/// The terminal UI (`clade tui`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TuiConfig {
+    /// `dark` (default: light text on the terminal's dark background), `light` (dark text,
+    /// for a light background) or `mono` (no colours, for screen readers and old terminals).
+    #[serde(default)]
+    pub theme: TuiTheme,
+}
+
+/// The terminal UI's colours.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TuiTheme {
+    #[default]
+    Dark,
+    Light,
+    Mono,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

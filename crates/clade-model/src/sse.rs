@@ -8,6 +8,9 @@ pub struct SseEvent {
     /// The `event:` field, if any (OpenAI sends none; Anthropic names every event).
     pub event: Option<String>,
     pub data: String,
+    /// The last `id:` field seen so far (what a reconnecting client sends as
+    /// `Last-Event-ID`), if any.
+    pub id: Option<String>,
 }
 
 /// Longest line accepted; a stream that never sends a newline is malformed, not a memory sink.
@@ -19,6 +22,8 @@ pub struct SseParser {
     line: Vec<u8>,
     event: Option<String>,
     data: Option<String>,
+    /// The last event id: it outlives the event that set it, as the format says.
+    id: Option<String>,
 }
 
 impl SseParser {
@@ -48,7 +53,7 @@ impl SseParser {
     fn line_done(&mut self, line: &str, out: &mut Vec<SseEvent>) {
         if line.is_empty() {
             if let Some(data) = self.data.take() {
-                out.push(SseEvent { event: self.event.take(), data });
+                out.push(SseEvent { event: self.event.take(), data, id: self.id.clone() });
             }
             self.event = None;
             return;
@@ -62,6 +67,8 @@ impl SseParser {
         };
         match field {
             "event" => self.event = Some(value.to_owned()),
+            // An id with a NUL is ignored, as the format says.
+            "id" if !value.contains('\0') => self.id = Some(value.to_owned()),
             "data" => match &mut self.data {
                 Some(data) => {
                     data.push('\n');
@@ -99,9 +106,9 @@ mod tests {
         assert_eq!(
             whole,
             vec![
-                SseEvent { event: Some("ping".into()), data: "{}".into() },
-                SseEvent { event: None, data: "a\nb".into() },
-                SseEvent { event: None, data: "[DONE]".into() },
+                SseEvent { event: Some("ping".into()), data: "{}".into(), id: None },
+                SseEvent { event: None, data: "a\nb".into(), id: None },
+                SseEvent { event: None, data: "[DONE]".into(), id: None },
             ]
         );
         // Every split point gives the same events.

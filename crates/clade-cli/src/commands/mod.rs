@@ -35,6 +35,8 @@ mod teams;
 mod tool_host;
 mod tools;
 mod trace;
+#[cfg(feature = "tui")]
+mod tui;
 mod usage;
 
 use anyhow::Result;
@@ -178,6 +180,8 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Models(cmd) => models::run(&ctx, cmd).await,
         Command::Usage(args) => usage::run(&ctx, args).await,
         Command::Trace(command) => trace::run(&ctx, command).await,
+        #[cfg(feature = "tui")]
+        Command::Tui(args) => tui::run(&ctx, args).await,
         Command::Tools(cmd) => tools::run(&ctx, cmd).await,
         Command::Approvals(cmd) => tools::approvals(&ctx, cmd).await,
         Command::Grants(cmd) => tools::grants(&ctx, cmd).await,

@@ -33,6 +33,33 @@ impl Client {
         self.send(reqwest::Method::POST, path, body).await
     }
 
+    /// The gateway's URL.
+    #[cfg(feature = "tui")]
+    pub(super) fn url(&self) -> &str {
+        &self.url
+    }
+
+    #[cfg(feature = "tui")]
+    /// Opens a Server-Sent Events stream at `path`, resuming after `last_id` when given.
+    pub(super) async fn stream(
+        &self,
+        path: &str,
+        last_id: Option<&str>,
+    ) -> Result<reqwest::Response> {
+        let mut request = self.http.get(format!("{}{path}", self.url)).bearer_auth(&self.token);
+        if let Some(id) = last_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.with_context(|| {
+            format!("cannot reach the gateway at {}: is `clade serve` running?", self.url)
+        })?;
+        let status = response.status().as_u16();
+        if status >= 400 {
+            bail!("the gateway refused the stream {path} (HTTP {status})");
+        }
+        Ok(response)
+    }
+
     pub(super) async fn delete(&self, path: &str) -> Result<()> {
         self.request(reqwest::Method::DELETE, path, None).await.map(|_| ())
     }

@@ -6,16 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use super::support::{Env, Server, required_tool, run_client, token, write};
+use super::support::{Env, Server, on_path, run_client, token, write};
 
-/// Debian's Chromium (`chromium`), from the `PATH`. `None`, said loudly, when it is missing,
-/// except under `CI=true`, where that fails the test.
+/// Debian's Chromium (`chromium`), from the `PATH`.
 fn chromium(test: &str) -> Option<PathBuf> {
-    let dirs = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>());
-    let found = dirs.map(|dir| dir.join("chromium")).find(|p| p.is_file());
-    required_tool(found, "Chromium", test, "run scripts/test, which installs Debian's chromium")
+    on_path("chromium", test, "run scripts/test, which installs Debian's chromium")
 }
 
 /// `alice`, whose shell commands wait for a person's approval, in the default tenant; `bob` in

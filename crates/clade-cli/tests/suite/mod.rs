@@ -32,5 +32,6 @@ mod tool_hosts;
 mod tools;
 mod traces;
 mod transfer;
+mod tui;
 mod turns;
 mod webhooks;

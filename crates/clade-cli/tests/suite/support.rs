@@ -426,6 +426,16 @@ pub fn required_tool(
     found
 }
 
+/// The program `name` from the `PATH` (a package scripts/test installs): as [`required_tool`]
+/// says, `None` said loudly when missing, a failure under `CI=true`.
+pub fn on_path(name: &str, test: &str, how: &str) -> Option<std::path::PathBuf> {
+    let dirs = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>());
+    let found = dirs.map(|dir| dir.join(name)).find(|p| p.is_file());
+    required_tool(found, name, test, how)
+}
+
 /// The folder of the real all-MiniLM-L6-v2 model files: `CLADE_TEST_MINILM`, set by
 /// `scripts/test`, which downloads them into `target/models`. `None`, said loudly, when there is
 /// none, except under `CI=true`, where that fails the test.
