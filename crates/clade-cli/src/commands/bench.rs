@@ -289,6 +289,7 @@ async fn agents(
         latencies.push(t.elapsed());
     }
     latencies.sort();
+    let pages = list_pages(ctx, &tenant, count, &handle).await?;
     let pct = |p: f64| percentile_ms(&latencies, p);
     let per_agent = (disk_after - disk_before) as f64 / count as f64;
     println!("bench agents: {count} agents, store {}", ctx.store.location());
@@ -316,6 +317,12 @@ async fn agents(
         latencies.len()
     );
     println!(
+        "  list page:   p50 {:.3} ms, p99 {:.3} ms ({} pages of {LIST_PAGE}, as GET /v1/agents and the console read them)",
+        percentile_ms(&pages, 0.50),
+        percentile_ms(&pages, 0.99),
+        pages.len()
+    );
+    println!(
         "  rss:         start {} KiB, half-way {} KiB, end {} KiB, peak {} KiB",
         rss_start,
         rss_mid,
@@ -323,6 +330,35 @@ async fn agents(
         peak_rss_kib()
     );
     Ok(())
+}
+
+/// Agents a page of the list holds (the console's page).
+const LIST_PAGE: u32 = 50;
+
+/// Times pages of the tenant's agent list as `GET /v1/agents` reads them (one more row than
+/// the page, to know whether another follows): the first page, then pages after random
+/// handles; sorted.
+async fn list_pages(
+    ctx: &Ctx,
+    tenant: &clade_core::Tenant,
+    count: u64,
+    handle: &dyn Fn(u64) -> String,
+) -> Result<Vec<Duration>> {
+    const PAGES: usize = 1000;
+    eprintln!("timing {PAGES} pages of the agent list");
+    #[allow(clippy::disallowed_methods)] // A benchmark's sample of cursors.
+    let mut rng = rand::rng();
+    let agents = ctx.store.tenant_scope(tenant.id);
+    let mut pages = Vec::with_capacity(PAGES);
+    for i in 0..PAGES {
+        let cursor = (i > 0).then(|| handle(rng.random_range(0..count)));
+        let t = now();
+        let page = agents.agents().list(cursor.as_deref(), LIST_PAGE + 1).await?;
+        pages.push(t.elapsed());
+        anyhow::ensure!(i > 0 || !page.is_empty(), "the agent list is empty");
+    }
+    pages.sort();
+    Ok(pages)
 }
 
 /// The `p` quantile (0 to 1) of `sorted`, in milliseconds; 0 for none.
