@@ -564,6 +564,18 @@ async function usagePanel() {
 // ---------------------------------------------------------------- replay
 
 const REPLAY_MAX_BYTES = 50 * 1024 * 1024;
+/// The gateway's version, written in when the gateway serves this script.
+const CLADE_VERSION = "__CLADE_VERSION__";
+
+/// Whether version `a` (major.minor.patch) is newer than `b`.
+function newer(a, b) {
+  const parts = (v) => v.split(/[.+-]/).slice(0, 3).map((n) => parseInt(n, 10) || 0);
+  const [x, y] = [parts(a), parts(b)];
+  for (let i = 0; i < 3; i++) {
+    if (x[i] !== y[i]) return x[i] > y[i];
+  }
+  return false;
+}
 
 function spansOf(text) {
   const spans = [];
@@ -580,6 +592,12 @@ function spansOf(text) {
       throw new Error("line " + (index + 1) + " has no resourceSpans: this is not a trace export");
     }
     for (const resource of request.resourceSpans) {
+      const made = attributes(resource.resource || {})["service.version"];
+      if (made && newer(String(made), CLADE_VERSION)) {
+        throw new Error("line " + (index + 1) + " was exported by Clade " + made +
+          ", newer than this console's " + CLADE_VERSION + ": open it in a console of Clade " +
+          made + " or later");
+      }
       for (const scope of resource.scopeSpans || []) {
         for (const span of scope.spans || []) spans.push(span);
       }

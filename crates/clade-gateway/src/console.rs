@@ -263,7 +263,11 @@ pub(crate) async fn page() -> Response {
 
 /// `GET /console/assets/console.js`: the page's script.
 pub(crate) async fn script() -> Response {
-    hardened(CONSOLE_JS.into_response(), "text/javascript; charset=utf-8")
+    // The replay page refuses a trace from a newer gateway, so it is told which it is.
+    static SCRIPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        CONSOLE_JS.replace("__CLADE_VERSION__", env!("CARGO_PKG_VERSION"))
+    });
+    hardened(SCRIPT.as_str().into_response(), "text/javascript; charset=utf-8")
 }
 
 /// `GET /console/assets/console.css`: the page's style.

@@ -4,6 +4,10 @@ reload, pauses and resumes an agent, approves a tool call, replays an exported t
 tries the console's cookie without its CSRF token and one tenant's sign-in against another
 tenant's agents by editing the URL. A screenshot of each panel goes to SHOTS.
 
+The page's Content-Security-Policy forbids evaluating strings, which Playwright's
+`wait_for_function` does while it polls: the script waits on selectors instead, so the policy
+under test stays on.
+
 Usage: console_browser.py CHROMIUM URL TOKEN RIVAL_TOKEN SESSION TRACE_FILE SHOTS
 Prints one JSON object with what each step saw; the Rust test asserts on it.
 """
@@ -55,7 +59,7 @@ with sync_playwright() as p:
 
     # A wrong token: the form says why, nothing is signed in.
     sign_in(page, "clade_not-a-real-token")
-    page.wait_for_function("document.querySelector('#signin-error').textContent.length > 0")
+    page.wait_for_selector("#signin-error:not(:empty)", timeout=WAIT)
     got["bad_token"] = page.text_content("#signin-error")
     shot(page, "signin")
 
@@ -140,7 +144,7 @@ with sync_playwright() as p:
     shot(page, "audit")
     page.goto(url + "/console#/usage")
     page.wait_for_selector("main h1", timeout=WAIT)
-    page.wait_for_function("document.querySelector('main h1').textContent.startsWith('Usage')")
+    page.wait_for_selector("main h1:has-text('Usage')", timeout=WAIT)
     shot(page, "usage")
     page.goto(url + "/console#/sessions/" + session)
     page.wait_for_selector("#turns li", timeout=WAIT)
@@ -161,8 +165,17 @@ with sync_playwright() as p:
         "#replay-file",
         files=[{"name": "broken.jsonl", "mimeType": "application/json", "buffer": b"{not json\n"}],
     )
-    page.wait_for_function("document.querySelector('#replay-error').textContent.length > 0")
+    page.wait_for_selector("#replay-error:not(:empty)", timeout=WAIT)
     got["replay_corrupt"] = page.text_content("#replay-error")
+    future = {"resourceSpans": [{"resource": {"attributes": [
+        {"key": "service.version", "value": {"stringValue": "99.0.0"}}]}, "scopeSpans": []}]}
+    page.set_input_files(
+        "#replay-file",
+        files=[{"name": "future.jsonl", "mimeType": "application/json",
+                "buffer": (json.dumps(future) + "\n").encode()}],
+    )
+    page.wait_for_selector("#replay-error:has-text('99.0.0')", timeout=WAIT)
+    got["replay_newer"] = page.text_content("#replay-error")
 
     # Signed out, the cookie no longer stands for anything.
     page.goto(url + "/console#/agents")

@@ -151,6 +151,7 @@ async fn the_console_in_a_real_browser() {
     assert!(first.starts_with("step 1 of "), "{got}");
     assert!(got["replay_second"].as_str().unwrap().starts_with("step 2 of "), "{got}");
     assert!(got["replay_corrupt"].as_str().unwrap().contains("line 1 is not JSON"), "{got}");
+    assert!(got["replay_newer"].as_str().unwrap().contains("newer than this console"), "{got}");
     assert_eq!(got["after_sign_out"], 401, "{got}");
     assert_eq!(got["rival_agents"], json!(["bob"]), "{got}");
     assert!(got["rival_agent_page"].as_str().unwrap().contains("alice"), "{got}");
