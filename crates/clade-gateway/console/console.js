@@ -355,7 +355,8 @@ async function agentPanel(handle) {
       el("section", { class: "card", id: "schedules" }, el("h2", {}, "Schedules"))),
     el("div", { class: "row" },
       el("section", { class: "card", id: "memory" }, el("h2", {}, "Memory")),
-      el("section", { class: "card", id: "grants" }, el("h2", {}, "Grants"))));
+      el("section", { class: "card", id: "grants" }, el("h2", {}, "Grants"))),
+    el("section", { class: "card", id: "runs" }));
   refresh();
   follow(base + "/events", indicator, (kind, data) => {
     timeline.prepend(timelineEntry(kind, data.data || data, data.session));
@@ -365,6 +366,7 @@ async function agentPanel(handle) {
   fillSchedules(handle);
   fillMemory(handle);
   fillGrants(handle);
+  fillRuns(handle);
 }
 
 function timelineEntry(kind, data, session) {
@@ -389,14 +391,51 @@ async function fillSessions(handle) {
 
 async function fillSchedules(handle) {
   const box = document.getElementById("schedules");
-  const page = await act(() => api("GET", "/v1/agents/" + enc(handle) + "/jobs"));
+  const base = "/v1/agents/" + enc(handle) + "/jobs";
+  const page = await act(() => api("GET", base));
   if (!page) return;
   const items = page.items || [];
   box.append(items.length === 0 ? el("p", { class: "muted" }, "No schedules.") :
-    el("table", {}, el("tbody", {}, items.map((job) => el("tr", {},
-      el("td", {}, job.name), el("td", {}, job.schedule),
-      el("td", {}, job.enabled === false ? badge("disabled") : badge("enabled")),
-      el("td", { class: "muted" }, "next " + when(job.next_run_at)))))));
+    el("ul", { class: "timeline" }, items.map((job) => {
+      const runs = el("div", {});
+      const history = el("details", { dataset: { job: job.name } },
+        el("summary", {}, "run history"), runs);
+      history.addEventListener("toggle", async () => {
+        if (!history.open) return;
+        const fired = await act(() => api("GET", base + "/" + enc(job.name) + "/runs?limit=20"));
+        if (!fired) return;
+        runs.replaceChildren(fired.items.length === 0 ? el("p", { class: "muted" }, "No fires yet.") :
+          el("table", {}, el("tbody", {}, fired.items.map((run) => el("tr", { class: "fire" },
+            el("td", { class: "muted" }, when(run.fired_at)),
+            el("td", {}, run.error ? badge("failed") :
+              badge(run.turn_status || run.flow_run_status || (run.delivered ? "delivered" : "waiting"))),
+            el("td", {}, run.error || ""))))));
+      });
+      return el("li", { dataset: { schedule: job.name } },
+        el("span", { class: "kind" }, job.name), job.schedule, " ",
+        job.enabled ? badge("enabled") : badge("disabled"),
+        el("span", { class: "muted" }, job.enabled && job.next_at ? " next " + when(job.next_at) : ""),
+        history);
+    })));
+}
+
+async function fillRuns(handle) {
+  const box = document.getElementById("runs");
+  const fill = async () => {
+    const page = await act(() => api("GET", "/v1/agents/" + enc(handle) + "/runs?limit=20"));
+    if (!page) return;
+    const open = (run) => run.status === "running" || run.status === "pending" || run.status === "paused";
+    box.replaceChildren(el("h2", {}, "Runs: branches, workers, scheduled fires"),
+      page.items.length === 0 ? el("p", { class: "muted" }, "No runs.") :
+        el("table", {}, el("tbody", {}, page.items.map((run) => el("tr", { dataset: { run: run.id } },
+          el("td", {}, run.kind), el("td", {}, badge(run.status)),
+          el("td", {}, String(run.input || "").slice(0, 120)),
+          el("td", { class: "muted" }, when(run.created_at)),
+          el("td", {}, open(run) ? el("button", { class: "danger", onclick: async () => {
+            if (await act(() => api("POST", "/v1/runs/" + enc(run.id) + "/cancel"), "Cancelled")) fill();
+          } }, "Cancel") : ""))))));
+  };
+  await fill();
 }
 
 async function fillMemory(handle) {

@@ -91,9 +91,17 @@ with sync_playwright() as p:
     page.wait_for_selector(".live.on", timeout=WAIT)
     page.fill("#message", "hello console")
     page.click("#send button[type=submit]")
-    page.wait_for_selector("#timeline li[data-kind='turn.finished']", timeout=WAIT)
-    got["live_turn"] = page.text_content("#timeline li[data-kind='turn.finished']")
+    ours = "#timeline li[data-kind='turn.finished']:has-text('hello console')"
+    page.wait_for_selector(ours, timeout=WAIT)
+    got["live_turn"] = page.text_content(ours)
     got["reloads"] = page.evaluate("performance.getEntriesByType('navigation').length")
+    # The schedule and its history of fires.
+    page.wait_for_selector("#schedules li[data-schedule=tick]", timeout=WAIT)
+    got["schedule"] = page.text_content("#schedules li[data-schedule=tick] .badge")
+    page.click("#schedules details[data-job=tick] summary")
+    page.wait_for_selector("#schedules details[data-job=tick] tr.fire", timeout=WAIT)
+    got["fires"] = page.eval_on_selector_all("#schedules details[data-job=tick] tr.fire", "rows => rows.length")
+    page.wait_for_selector("#runs h2", timeout=WAIT)
     shot(page, "agent")
 
     # Pause, then resume, from the console; the API agrees.

@@ -97,6 +97,18 @@ async fn the_console_in_a_real_browser() {
         .await;
     assert_eq!(status, 200, "{sent}");
     let session = sent["session_id"].as_str().unwrap().to_owned();
+    // A schedule that fired, then was turned off, for the schedules panel's history.
+    let job = json!({ "name": "tick", "schedule": "* * * * * *", "prompt": "tick" });
+    let (status, made) = server.send("POST", "/v1/agents/alice/jobs", None, Some(job)).await;
+    assert_eq!(status, 201, "{made}");
+    let fired = super::support::eventually(async || {
+        let (_, runs) = server.send("GET", "/v1/agents/alice/jobs/tick/runs", None, None).await;
+        runs["items"].as_array().filter(|r| !r.is_empty()).map(|r| r.len())
+    });
+    assert!(fired.await.is_some(), "the schedule never fired");
+    let off = Some(json!({ "enabled": false }));
+    let (status, _) = server.send("PATCH", "/v1/agents/alice/jobs/tick", None, off).await;
+    assert_eq!(status, 200);
     let trace = env.data_dir().join("trace.jsonl");
     let trace_path = trace.to_str().unwrap();
     env.run(&["trace", "export", "--session", &session, "--output", trace_path]).ok();
@@ -139,6 +151,8 @@ async fn the_console_in_a_real_browser() {
     assert!(got["operator_who"].as_str().unwrap().contains("looking into rival"), "{got}");
     assert!(got["live_turn"].as_str().unwrap().contains("hello console"), "{got}");
     assert_eq!(got["reloads"], 1, "the turn appeared without a reload: {got}");
+    assert!(got["fires"].as_u64().unwrap() >= 1, "the schedule's history: {got}");
+    assert!(got["schedule"].as_str().unwrap().contains("disabled"), "{got}");
     assert_eq!((&got["paused"], &got["resumed"]), (&json!(true), &json!(true)), "{got}");
     assert_eq!((&got["csrf_missing"], &got["csrf_wrong"]), (&json!(403), &json!(403)), "{got}");
     assert_eq!(got["still_running"], true, "a forged change changed nothing: {got}");
