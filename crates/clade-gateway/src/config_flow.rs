@@ -80,6 +80,8 @@ const SECTIONS: &[(&str, bool)] = &[
     ("memory", true),
     ("channels", false),
     ("cluster", false),
+    // Read by `clade tui` at its own start; the gateway has no use for it.
+    ("tui", true),
     ("testing", false),
 ];
 

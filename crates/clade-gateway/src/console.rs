@@ -29,8 +29,12 @@ pub(crate) const COOKIE: &str = "clade_console";
 pub(crate) const CSRF_HEADER: &str = "x-clade-csrf";
 /// How long a sign-in lasts.
 const SIGNED_IN_FOR: Duration = Duration::from_secs(12 * 3600);
-/// Sign-ins held at most; past it the oldest ends (a flood of sign-ins cannot fill memory).
+/// Sign-ins held at most (a flood of sign-ins cannot fill memory); past it new ones are
+/// refused, never others' ended.
 const MAX_LOGINS: usize = 10_000;
+/// Sign-ins one tenant holds at most; past it its own oldest ends, so no tenant can take the
+/// table from the others (tenants are the operator's to make).
+const MAX_LOGINS_PER_TENANT: usize = 100;
 
 const INDEX_HTML: &str = include_str!("../console/index.html");
 const CONSOLE_JS: &str = include_str!("../console/console.js");
@@ -47,6 +51,7 @@ pub struct Logins {
 }
 
 struct Login {
+    tenant: clade_core::TenantId,
     token: Arc<str>,
     csrf: String,
     /// Unix milliseconds, by the store's clock.
@@ -72,20 +77,31 @@ impl Login {
 }
 
 impl Logins {
-    fn start(&self, token: Arc<str>, now_ms: i64) -> (String, String, i64) {
+    /// A new sign-in of `tenant` with `token`: its id, CSRF token and end; `None` when the
+    /// gateway holds as many as it takes.
+    fn start(
+        &self,
+        tenant: clade_core::TenantId,
+        token: Arc<str>,
+        now_ms: i64,
+    ) -> Option<(String, String, i64)> {
         let (id, csrf) = (secret(), secret());
         let expires_at = now_ms.saturating_add(SIGNED_IN_FOR.as_millis() as i64);
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.retain(|_, login| !login.ended(now_ms));
-        if held.len() >= MAX_LOGINS
+        let ours = held.iter().filter(|(_, login)| login.tenant == tenant);
+        if ours.clone().count() >= MAX_LOGINS_PER_TENANT
             && let Some(oldest) =
-                held.iter().min_by_key(|(_, login)| login.expires_at).map(|(id, _)| id.clone())
+                ours.min_by_key(|(_, login)| login.expires_at).map(|(id, _)| id.clone())
         {
             held.remove(&oldest);
         }
-        let login = Login { token, csrf: csrf.clone(), expires_at, viewing: None };
+        if held.len() >= MAX_LOGINS {
+            return None;
+        }
+        let login = Login { tenant, token, csrf: csrf.clone(), expires_at, viewing: None };
         held.insert(id.clone(), login);
-        (id, csrf, expires_at)
+        Some((id, csrf, expires_at))
     }
 
     /// The sign-in `id` names, while it lasts.
@@ -291,7 +307,14 @@ pub(crate) async fn sign_in(
         ));
     }
     let now = state.store.clock().now().as_millis();
-    let (id, csrf, expires_at) = state.console.start(token.clone(), now);
+    let Some((id, csrf, expires_at)) = state.console.start(tenant.id, token.clone(), now) else {
+        return Err(ApiError::new(
+            Code::RateLimited,
+            format!(
+                "the gateway holds {MAX_LOGINS} console sign-ins, as many as it takes: sign out of one, or try again when one ends"
+            ),
+        ));
+    };
     let answer = answer(&tenant, &access, Signed { token, csrf, expires_at, viewing: None });
     let cookie = format!(
         "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
@@ -459,9 +482,25 @@ mod tests {
     }
 
     #[test]
+    fn one_tenant_cannot_end_anothers_sign_ins() {
+        let logins = Logins::default();
+        let at = clade_core::Timestamp::from_millis(0);
+        let (ours, theirs) =
+            (clade_core::TenantId::generate(at), clade_core::TenantId::generate(at));
+        let (kept, _, _) = logins.start(ours, "ours".into(), 0).unwrap();
+        let flood: Vec<String> = (0..super::MAX_LOGINS_PER_TENANT + 50)
+            .map(|i| logins.start(theirs, "theirs".into(), i as i64).unwrap().0)
+            .collect();
+        assert!(logins.get(&kept, 1).is_some(), "the other tenant's sign-ins left ours alone");
+        assert!(logins.get(&flood[0], 1).is_none(), "the flood ended its own oldest");
+        assert!(logins.get(flood.last().unwrap(), 1).is_some());
+    }
+
+    #[test]
     fn a_change_needs_the_csrf_token_and_a_read_does_not() {
         let logins = Logins::default();
-        let (id, csrf, _) = logins.start("t".into(), 0);
+        let tenant = clade_core::TenantId::generate(clade_core::Timestamp::from_millis(0));
+        let (id, csrf, _) = logins.start(tenant, "t".into(), 0).unwrap();
         let plain = headers(&[("host", "gw")]);
         assert!(logins.check(&id, &Method::GET, &plain, 1).is_ok());
         assert!(logins.check(&id, &Method::POST, &plain, 1).is_err());

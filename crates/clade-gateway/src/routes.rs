@@ -334,6 +334,7 @@ pub static OPERATIONS: &[Operation] = &[
             error("400", "not a sign-in body"),
             error("401", "not a token of this gateway"),
             error("403", "a token that cannot read, or a request from another origin"),
+            error("429", "the gateway holds as many console sign-ins as it takes (10,000)"),
             error("413", "body too large"),
             error("415", "body is not JSON"),
             error("503", "the store is unavailable; retry later"),
