@@ -299,7 +299,16 @@ pub(crate) async fn sign_in(
 ) -> Result<Response, ApiError> {
     same_origin(&headers)?;
     let token: Arc<str> = body.token.trim().into();
-    let (tenant, access) = state.store.authenticate_scoped(&token).await?;
+    let (tenant, access) = match state.store.authenticate_scoped(&token).await {
+        Ok(found) => found,
+        Err(clade_store::Error::BadToken) => {
+            return Err(ApiError::new(
+                Code::InvalidToken,
+                "not a token of this gateway, or a revoked one: paste a token from `clade tokens create` (the operator's is in the data dir's `token` file)",
+            ));
+        }
+        Err(err) => return Err(err.into()),
+    };
     if !clade_core::Scope::allows(&crate::auth::scopes_of(&access), &[clade_core::Scope::Read]) {
         return Err(ApiError::new(
             Code::Forbidden,

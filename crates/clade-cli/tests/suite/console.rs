@@ -197,6 +197,7 @@ async fn the_consoles_cookie_is_taken_only_as_its_rules_say() {
     assert!(body["error"]["message"].as_str().unwrap().contains("read scope"), "{body}");
     let (status, _, body) = sign_in(&server, "clade_nope").await;
     assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (401, Some("invalid_token")));
+    assert!(body["error"]["message"].as_str().unwrap().contains("clade tokens create"), "{body}");
     let bad = reqwest::Client::new()
         .post(format!("{}/console/session", server.url))
         .header("content-type", "application/json")
