@@ -130,6 +130,10 @@ pub(crate) enum Command {
     /// A session's turns as OpenTelemetry traces (OTLP/JSON lines, GenAI conventions)
     #[command(subcommand)]
     Trace(TraceCommand),
+    /// Step through agents' turns on the running gateway: breakpoints before model or tool
+    /// calls or on errors, then continue, step, skip or edit each paused call
+    #[command(subcommand)]
+    Debug(DebugCommand),
     /// A terminal UI on the running gateway: agents with live status and token bars, the
     /// selected agent's sessions and live transcript, every agent at once, and a command line
     /// (/send, /spawn, /switch, /pause, /resume, /stop, /approve, /deny; /help)
@@ -604,6 +608,102 @@ pub(crate) struct ServerArgs {
     /// The gateway's URL [default: http://<server.listen>]
     #[arg(long, value_name = "URL")]
     pub(crate) server: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DebugCommand {
+    /// Pause an agent's turns at a place until told what to do
+    Break {
+        /// The agent's handle
+        agent: String,
+        /// model (before each model call), tool (before a tool call) or error (a failed call)
+        #[arg(long, value_name = "PLACE")]
+        at: String,
+        /// With --at tool: only before this tool; with --at error: only on its errors
+        #[arg(long)]
+        tool: Option<String>,
+        /// Only in this session of the agent
+        #[arg(long)]
+        session: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List breakpoints
+    Breakpoints {
+        /// Only this agent's
+        #[arg(long)]
+        agent: Option<String>,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Remove a breakpoint (turns paused at it stay paused until told)
+    Unbreak {
+        /// The breakpoint's id (from `clade debug breakpoints`)
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List turns paused at breakpoints
+    Stops {
+        /// Only this agent's
+        #[arg(long)]
+        agent: Option<String>,
+        /// Told ones too
+        #[arg(long)]
+        all: bool,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show what a paused turn holds: the composed context, or the pending call
+    Show {
+        /// The stop's id (from `clade debug stops`)
+        stop: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Let a paused turn go on to the next breakpoint
+    Continue {
+        /// The stop's id (from `clade debug stops`)
+        stop: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Run the paused call and pause again before the next one
+    Step {
+        /// The stop's id (from `clade debug stops`)
+        stop: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Do not make the paused call: RESULT stands for what it returned (a model call's answer)
+    Skip {
+        /// The stop's id (from `clade debug stops`)
+        stop: String,
+        /// What stands for the call's result
+        #[arg(long)]
+        result: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Run the paused tool call with other arguments (audited; policy checks them)
+    Edit {
+        /// The stop's id (from `clade debug stops`)
+        stop: String,
+        /// The new arguments, a JSON object
+        #[arg(long, value_name = "JSON")]
+        arguments: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

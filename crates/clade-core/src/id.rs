@@ -136,6 +136,16 @@ define_id!(
 );
 
 define_id!(
+    /// Identifies a breakpoint: where an agent's turns pause for a person to step through.
+    BreakpointId,
+    "breakpoint"
+);
+define_id!(
+    /// Identifies a stop: one turn paused at a breakpoint, waiting for a person.
+    StopId,
+    "stop"
+);
+define_id!(
     /// Identifies a request for an operator's approval of one tool call.
     ApprovalId,
     "approval"

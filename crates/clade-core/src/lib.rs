@@ -28,13 +28,13 @@ pub use backoff::Backoff;
 pub use clock::{Clock, Interval, ManualClock, Sleep, SystemClock};
 pub use fault::Fault;
 pub use id::{
-    AgentId, ApprovalId, EventId, ExecutionId, GrantId, LeaseId, MemoryId, MessageId, SessionId,
-    TenantId, TokenId, TurnId,
+    AgentId, ApprovalId, BreakpointId, EventId, ExecutionId, GrantId, LeaseId, MemoryId, MessageId,
+    SessionId, StopId, TenantId, TokenId, TurnId,
 };
 pub use lifecycle::{
-    ApprovalStatus, AuditKind, EventKind, EventStatus, ExecutionKind, ExecutionStatus,
-    FlowTaskStatus, LinkKind, MemoryKind, MessageKind, ProcessKind, StepKey, StepKind, TurnStatus,
-    Word,
+    ApprovalStatus, AuditKind, BreakAt, EventKind, EventStatus, ExecutionKind, ExecutionStatus,
+    FlowTaskStatus, LinkKind, MemoryKind, MessageKind, ProcessKind, StepKey, StepKind, StopAction,
+    TurnStatus, Word,
 };
 pub use name::{
     DISPLAY_NAME_PATTERN, HANDLE_PATTERN, Handle, LABEL_PATTERN, NOT_BLANK_PATTERN,

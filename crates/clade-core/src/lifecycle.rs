@@ -180,6 +180,10 @@ vocabulary! {
         ExecutionProgress = "execution.progress",
         /// A branch or a worker ended: completed, failed or cancelled.
         ExecutionEnded = "execution.ended",
+        /// A turn paused at a breakpoint, waiting for a person (in its session).
+        DebugStopped = "debug.stopped",
+        /// A person let a paused turn go on: continue, step, skip or edit.
+        DebugResumed = "debug.resumed",
     }
 }
 
@@ -250,6 +254,39 @@ vocabulary! {
         FlowSaved = "flow.saved",
         /// A stored flow was deleted, every version (runs keep the text they started with).
         FlowDeleted = "flow.deleted",
+        /// A breakpoint was set on an agent or one of its sessions.
+        BreakpointSet = "breakpoint.set",
+        /// A breakpoint was removed.
+        BreakpointRemoved = "breakpoint.removed",
+        /// A person let a turn paused at a breakpoint go on; an edit's arguments before and
+        /// after, or a skip's given result, are in the detail.
+        DebugResumed = "debug.resumed",
+    }
+}
+
+vocabulary! {
+    /// Where a breakpoint pauses a turn.
+    BreakAt {
+        /// Before each model call, with the context composed.
+        Model = "model",
+        /// Before a tool call (every tool, or the one named), with its arguments.
+        Tool = "tool",
+        /// When a model call fails or a tool call returns an error, before the turn goes on.
+        Error = "error",
+    }
+}
+
+vocabulary! {
+    /// What a person tells a turn paused at a breakpoint.
+    StopAction {
+        /// Go on until the next breakpoint.
+        Continue = "continue",
+        /// Run this step and pause again before the next one.
+        Step = "step",
+        /// Do not make the call: the given result stands for it.
+        Skip = "skip",
+        /// Make the tool call with other arguments (audited).
+        Edit = "edit",
     }
 }
 

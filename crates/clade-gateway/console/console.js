@@ -127,7 +127,7 @@ const EVENT_KINDS = [
   "turn.started", "turn.finished", "turn.failed", "turn.yielded", "turn.resumed",
   "tool.called", "tool.result", "approval.requested", "approval.decided",
   "agent.message.sent", "agent.message.received", "executions.paused", "executions.resumed",
-  "execution.started", "execution.progress", "execution.ended",
+  "execution.started", "execution.progress", "execution.ended", "debug.stopped", "debug.resumed",
 ];
 
 // ---------------------------------------------------------------- sign-in
@@ -217,6 +217,7 @@ const PANELS = [
   [/^#\/agents\/([^/]+)$/, (m) => agentPanel(decodeURIComponent(m[1]))],
   [/^#\/sessions\/([^/]+)$/, (m) => sessionPanel(decodeURIComponent(m[1]))],
   [/^#\/approvals$/, () => approvalsPanel()],
+  [/^#\/debug$/, () => debugPanel()],
   [/^#\/audit$/, () => auditPanel()],
   [/^#\/usage$/, () => usagePanel()],
   [/^#\/replay$/, () => replayPanel()],
@@ -539,6 +540,101 @@ async function decide(id, decision, after) {
   const done = await act(() => api("POST", "/v1/approvals/" + enc(id), { decision }),
     decision === "approve" ? "Approved" : "Denied");
   if (done) after();
+}
+
+// ---------------------------------------------------------------- debugging
+
+/// Breakpoints, and the turns paused at them: each shows what it holds (the context before a
+/// model call, the call before a tool runs, the error) and takes continue, step, skip or edit.
+async function debugPanel() {
+  const canTell = state.me.scopes.includes("admin");
+  const stops = el("section", { class: "card", id: "stops" });
+  const points = el("section", { class: "card", id: "breakpoints" });
+  main().replaceChildren(el("h1", {}, "Paused turns"), stops, el("h2", {}, "Breakpoints"), points);
+  const agent = el("input", { type: "text", placeholder: "agent handle", id: "break-agent", required: true });
+  const at = el("select", { id: "break-at" },
+    el("option", { value: "tool" }, "before a tool call"),
+    el("option", { value: "model" }, "before each model call"),
+    el("option", { value: "error" }, "on an error"));
+  const tool = el("input", { type: "text", placeholder: "tool (all when empty)", id: "break-tool" });
+  const form = el("form", { class: "inline", id: "break-form" }, agent, at, tool,
+    el("button", { type: "submit", class: "primary" }, "Set breakpoint"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { agent: agent.value.trim(), at: at.value };
+    if (at.value === "tool" && tool.value.trim()) body.tool = tool.value.trim();
+    if (await act(() => api("POST", "/v1/breakpoints", body), "Breakpoint set")) fillPoints();
+  });
+  const fillPoints = async () => {
+    const page = await act(() => api("GET", "/v1/breakpoints"));
+    if (!page) return;
+    points.replaceChildren(canTell ? form : el("p", { class: "muted" }, "Setting breakpoints needs the admin scope."),
+      page.items.length === 0 ? el("p", { class: "muted" }, "No breakpoints.") :
+        el("table", {}, el("tbody", {}, page.items.map((b) => el("tr", { dataset: { breakpoint: b.id } },
+          el("td", {}, "@" + b.agent), el("td", {}, b.at + (b.tool ? " " + b.tool : "")),
+          el("td", { class: "muted" }, b.session ? "session " + b.session : "every session"),
+          el("td", {}, canTell ? el("button", { class: "danger",
+            onclick: async () => {
+              // A removal answers 204, with no body: `act` then returns null, failed or not.
+              await act(() => api("DELETE", "/v1/breakpoints/" + enc(b.id)), "Removed");
+              fillPoints();
+            } }, "Remove") : ""))))));
+  };
+  const tell = async (id, body) => {
+    if (await act(() => api("POST", "/v1/debug/stops/" + enc(id), body), "Told: " + body.action)) {
+      drawn = null;
+      fillStops();
+    }
+  };
+  const controls = (s) => {
+    if (!canTell) return el("span", { class: "muted" }, "needs the admin scope");
+    const given = el("input", { type: "text", placeholder: "result that stands for the call's", class: "given" });
+    const parts = [
+      el("button", { class: "primary", dataset: { tell: "continue" }, onclick: () => tell(s.id, { action: "continue" }) }, "Continue"), " ",
+      el("button", { dataset: { tell: "step" }, onclick: () => tell(s.id, { action: "step" }) }, "Step"), " ",
+      given,
+      el("button", { dataset: { tell: "skip" }, onclick: () => tell(s.id, { action: "skip", result: given.value }) }, "Skip"),
+    ];
+    if (s.at === "tool") {
+      const args = el("textarea", { class: "arguments", rows: 4 },
+        JSON.stringify(s.detail.call ? s.detail.call.arguments : {}, null, 2));
+      parts.push(el("div", {}, args, el("button", { dataset: { tell: "edit" }, onclick: () => {
+        let parsed;
+        try {
+          parsed = JSON.parse(args.value);
+        } catch (err) {
+          toast("The arguments are not JSON: " + err.message, true);
+          return;
+        }
+        tell(s.id, { action: "edit", arguments: parsed });
+      } }, "Run with these arguments")));
+    }
+    return parts;
+  };
+  const shown = (s) => {
+    const d = s.detail || {};
+    if (d.error) return el("pre", {}, d.error);
+    if (d.call) return el("pre", {}, d.call.name + " " + JSON.stringify(d.call.arguments, null, 2));
+    const messages = (d.messages || []).map((m) => "[" + m.role + "] " + (m.text || m.content || ""));
+    return el("details", {}, el("summary", {}, messages.length + " messages, " + (d.tools || []).length + " tools offered"),
+      el("pre", {}, messages.join("\n\n")));
+  };
+  // Drawn again only when the paused turns change, so what a person types is not lost.
+  let drawn = null;
+  const fillStops = async () => {
+    const page = await act(() => api("GET", "/v1/debug/stops"));
+    if (!page) return;
+    const key = page.items.map((s) => s.id).join(" ");
+    if (key === drawn) return;
+    drawn = key;
+    stops.replaceChildren(page.items.length === 0 ?
+      el("p", { class: "muted" }, "No turn waits at a breakpoint.") :
+      el("table", {}, el("tbody", {}, page.items.map((s) => el("tr", { dataset: { stop: s.id } },
+        el("td", {}, "@" + s.agent), el("td", {}, el("a", { href: "#/sessions/" + enc(s.session_id) }, s.place)),
+        el("td", {}, shown(s)), el("td", {}, controls(s)))))));
+  };
+  await Promise.all([fillStops(), fillPoints()]);
+  state.timers.push(setInterval(fillStops, 1500));
 }
 
 // ---------------------------------------------------------------- audit

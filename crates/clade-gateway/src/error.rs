@@ -46,6 +46,9 @@ codes! {
     GrantNotFound => ("grant_not_found", NOT_FOUND),
     ApprovalNotFound => ("approval_not_found", NOT_FOUND),
     ApprovalDecided => ("approval_decided", CONFLICT),
+    BreakpointNotFound => ("breakpoint_not_found", NOT_FOUND),
+    StopNotFound => ("stop_not_found", NOT_FOUND),
+    StopNotWaiting => ("stop_not_waiting", CONFLICT),
     IdempotencyConflict => ("idempotency_conflict", CONFLICT),
     SessionBusy => ("session_busy", TOO_MANY_REQUESTS),
     RateLimited => ("rate_limited", TOO_MANY_REQUESTS),
@@ -149,6 +152,9 @@ impl From<clade_store::Error> for ApiError {
             E::GrantNotFound(_) => Code::GrantNotFound,
             E::ApprovalNotFound(_) => Code::ApprovalNotFound,
             E::ApprovalDecided { .. } => Code::ApprovalDecided,
+            E::BreakpointNotFound(_) => Code::BreakpointNotFound,
+            E::StopNotFound(_) => Code::StopNotFound,
+            E::StopDecided { .. } | E::StopEnded(_) => Code::StopNotWaiting,
             E::IdempotencyConflict(_) => Code::IdempotencyConflict,
             E::SessionBusy { .. } => Code::SessionBusy,
             E::QuotaExceeded(_) => Code::QuotaExceeded,
@@ -178,6 +184,10 @@ impl From<clade_store::Error> for ApiError {
             E::SessionNotFound(_) => Some("list sessions with GET /v1/sessions"),
             E::GrantNotFound(_) => Some("list grants with GET /v1/grants"),
             E::ApprovalNotFound(_) => Some("list approvals with GET /v1/approvals"),
+            E::BreakpointNotFound(_) => Some("list breakpoints with GET /v1/breakpoints"),
+            E::StopNotFound(_) | E::StopDecided { .. } | E::StopEnded(_) => {
+                Some("list the turns waiting at breakpoints with GET /v1/debug/stops")
+            }
             E::LeaseNotFound(_) => Some("list leases with GET /v1/leases"),
             E::FlowNotFound(_) => Some("list stored flows with GET /v1/flows"),
             E::ExecutionNotFound(_) => {

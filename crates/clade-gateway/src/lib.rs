@@ -20,6 +20,7 @@ mod config;
 pub mod config_flow;
 pub mod console;
 mod control;
+mod debugging;
 pub mod error;
 mod events;
 pub mod flows;

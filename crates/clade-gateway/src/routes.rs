@@ -14,8 +14,9 @@ use clade_protocol as api;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::{
-    AppState, agents, channels, cluster, config, console, control, events, flows, hooks, jobs,
-    leases, mcp, memories, messages, openai, prompt, runs, sessions, settings, tools, usage, ws,
+    AppState, agents, channels, cluster, config, console, control, debugging, events, flows, hooks,
+    jobs, leases, mcp, memories, messages, openai, prompt, runs, sessions, settings, tools, usage,
+    ws,
 };
 
 /// A schema built by the document's one generator: a `$ref` to a component for a named type.
@@ -1501,6 +1502,92 @@ pub static OPERATIONS: &[Operation] = &[
             &[Approve],
             "Approve, deny, or approve always (adds an audited allow grant for this tool and resource)",
             || post(tools::decide),
+        )
+    },
+    Operation {
+        query: Some(fields::<api::BreakpointsQuery>),
+        responses: &[
+            ok("200", "breakpoints", of::<api::BreakpointListResponse>),
+            error("400", "invalid query"),
+            error("404", "no such agent"),
+        ],
+        ..op(
+            "GET",
+            "/v1/breakpoints",
+            &[Read],
+            "The tenant's breakpoints (of one agent with `agent`), oldest first",
+            || get(debugging::breakpoints),
+        )
+    },
+    Operation {
+        body: Some(of::<api::CreateBreakpointParams>),
+        responses: &[
+            ok("201", "set", of::<api::BreakpointResponse>),
+            error("400", "invalid breakpoint, or a session of another agent"),
+            error("404", "no such agent or session"),
+            error("429", "the tenant holds 100 breakpoints already"),
+        ],
+        ..op(
+            "POST",
+            "/v1/breakpoints",
+            &[Admin],
+            "Pause an agent's turns (or one session's) before each model call, before a tool call (every tool, or `tool`), or on an error, until a person tells each stop what to do (`POST /v1/debug/stops/{id}`). A paused turn survives a restart; its waiting time is not counted against its timeout",
+            || post(debugging::set_breakpoint),
+        )
+    },
+    Operation {
+        params: &[ID],
+        responses: &[
+            empty("204", "removed"),
+            error("400", "invalid id"),
+            error("404", "no such breakpoint"),
+        ],
+        ..op(
+            "DELETE",
+            "/v1/breakpoints/{id}",
+            &[Admin],
+            "Remove a breakpoint; turns paused at it stay paused until told",
+            || delete(debugging::remove_breakpoint),
+        )
+    },
+    Operation {
+        query: Some(fields::<api::StopsQuery>),
+        responses: &[
+            ok("200", "stops, newest first", of::<api::StopListResponse>),
+            error("400", "invalid query"),
+            error("404", "no such agent"),
+        ],
+        ..op(
+            "GET",
+            "/v1/debug/stops",
+            &[Read],
+            "Turns paused at breakpoints (`status=all`: told ones too), with what each holds there: the composed context before a model call, the pending call before a tool call, the error",
+            || get(debugging::stops),
+        )
+    },
+    Operation {
+        params: &[ID],
+        responses: &[ok("200", "the stop", of::<api::StopResponse>), error("404", "no such stop")],
+        ..op("GET", "/v1/debug/stops/{id}", &[Read], "One stop", || get(debugging::stop))
+    },
+    Operation {
+        params: &[ID],
+        body: Some(of::<api::ResumeStopParams>),
+        responses: &[
+            ok("200", "told: the turn goes on", of::<api::StopResponse>),
+            error(
+                "400",
+                "an action that does not fit the stop (edit anything but a tool call, skip without a result)",
+            ),
+            error("404", "no such stop"),
+            error("409", "already told, or its turn ended"),
+        ],
+        ..op(
+            "POST",
+            "/v1/debug/stops/{id}",
+            &[Admin],
+            "Tell a paused turn what to do: `continue`, `step` (pause again before the next call), `skip` with a `result` that stands for the call's, or `edit` a tool call's `arguments` (audited with those before and after; policy checks the new ones)",
+            || post(debugging::decide),
         )
     },
     Operation {

@@ -78,18 +78,18 @@ pub(crate) async fn call(
 }
 
 /// Agent handles by id, looked up once per request.
-struct Handles<'a> {
+pub(crate) struct Handles<'a> {
     state: &'a AppState,
     tenant: &'a Tenant,
     known: HashMap<AgentId, String>,
 }
 
 impl<'a> Handles<'a> {
-    fn new(state: &'a AppState, tenant: &'a Tenant) -> Self {
+    pub(crate) fn new(state: &'a AppState, tenant: &'a Tenant) -> Self {
         Self { state, tenant, known: HashMap::new() }
     }
 
-    async fn of(&mut self, id: AgentId) -> String {
+    pub(crate) async fn of(&mut self, id: AgentId) -> String {
         if let Some(handle) = self.known.get(&id) {
             return handle.clone();
         }

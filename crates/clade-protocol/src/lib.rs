@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod console;
+pub mod debugging;
 pub mod journal;
 pub mod lifecycle;
 pub mod mcp;
@@ -21,6 +22,7 @@ pub mod remote_tools;
 pub mod resources;
 mod spelled;
 
+pub use debugging::*;
 pub use journal::{ModelToolCall, TurnStep, TurnStepPage};
 pub use lifecycle::{
     AgentMessage, ApprovalDecided, ApprovalRequested, CancelResponse, ChannelReadiness,

@@ -289,6 +289,8 @@ lifecycle_events! {
     ExecutionStarted(ExecutionChanged),
     ExecutionProgress(ExecutionChanged),
     ExecutionEnded(ExecutionChanged),
+    DebugStopped(crate::DebugStopChanged),
+    DebugResumed(crate::DebugStopChanged),
 }
 
 impl LifecycleEvent {

@@ -32,8 +32,8 @@ pub mod tools;
 pub use budget::StoreBudget;
 pub use bus::{Addressed, Bus, LocalBus, Signal};
 pub use engine::{
-    Bare, Engine, EngineOptions, Envelope, Finished, Preview, Recall, Settings, TurnWatch,
-    UnreadableStep, WeakEngine, step_view,
+    Bare, Engine, EngineOptions, Envelope, Finished, Preview, Recall, Settings, StopOrder,
+    TurnWatch, UnreadableStep, WeakEngine, step_view,
 };
 pub use execution::{Durable, DurableError};
 pub use failpoints::Failpoints;

@@ -54,6 +54,16 @@ pub enum Error {
     ApprovalNotFound(String),
     #[error("approval {id} was already decided ({status}); nothing changed")]
     ApprovalDecided { id: String, status: String },
+    #[error("breakpoint {0} not found")]
+    BreakpointNotFound(String),
+    #[error("stop {0} not found")]
+    StopNotFound(String),
+    #[error("stop {id} was already told what to do ({action}); nothing changed")]
+    StopDecided { id: String, action: String },
+    #[error(
+        "stop {0} waits no more: its turn ended (cancelled, timed out, or its agent deleted); nothing changed"
+    )]
+    StopEnded(String),
     #[error("the default tenant cannot be deleted")]
     DefaultTenant,
     #[error("execution {0} not found")]
@@ -287,6 +297,8 @@ impl Error {
                 | Error::TurnNotFound(_)
                 | Error::GrantNotFound(_)
                 | Error::ApprovalNotFound(_)
+                | Error::BreakpointNotFound(_)
+                | Error::StopNotFound(_)
         )
     }
 }

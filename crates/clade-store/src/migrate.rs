@@ -107,6 +107,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::shared(32, "lease_expiry", include_str!("../migrations/0032_lease_expiry.sql")),
     Migration::shared(33, "flows", include_str!("../migrations/0033_flows.sql")),
     Migration::shared(34, "flow_fires", include_str!("../migrations/0034_flow_fires.sql")),
+    Migration::shared(35, "debugging", include_str!("../migrations/0035_debugging.sql")),
 ];
 
 /// Every migration's SQL as run on SQLite, for tests of the schema.

@@ -110,7 +110,7 @@ async fn announce(work: &mut crate::Work<'_>, event: LifecycleEvent) -> Result<(
 }
 
 /// Checks that `agent`, and `session` when given, are `tenant`'s and the session the agent's.
-async fn owned(
+pub(crate) async fn owned(
     conn: &mut crate::db::Tx,
     tenant: TenantId,
     agent: AgentId,

@@ -16,6 +16,7 @@ mod bench_turns;
 mod channels;
 mod config;
 mod cron;
+mod debug;
 mod demo_cloud;
 mod doctor;
 mod flow;
@@ -180,6 +181,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Models(cmd) => models::run(&ctx, cmd).await,
         Command::Usage(args) => usage::run(&ctx, args).await,
         Command::Trace(command) => trace::run(&ctx, command).await,
+        Command::Debug(command) => debug::run(&ctx, command).await,
         #[cfg(feature = "tui")]
         Command::Tui(args) => tui::run(&ctx, args).await,
         Command::Tools(cmd) => tools::run(&ctx, cmd).await,

@@ -1,6 +1,7 @@
 """Drives Clade's web console in a real browser: Debian's Chromium, headless, through
 Playwright for Python (PyPI), unchanged. Signs in, watches a live turn arrive without a
-reload, pauses and resumes an agent, approves a tool call, replays an exported trace, and
+reload, pauses and resumes an agent, approves a tool call, steps a turn paused at a
+breakpoint, replays an exported trace, and
 tries the console's cookie without its CSRF token and one tenant's sign-in against another
 tenant's agents by editing the URL. A screenshot of each panel goes to SHOTS.
 
@@ -145,6 +146,36 @@ with sync_playwright() as p:
     status, answer = result.get("answer", (None, None))
     got["approved_call"] = {"status": status, "is_error": (answer or {}).get("is_error"),
                             "content": (answer or {}).get("content")}
+
+    # A breakpoint set from the console: the paused turn is shown with its context, and a
+    # person's answer, given there, stands for the model's.
+    page.goto(url + "/console#/debug")
+    page.wait_for_selector("#break-form", timeout=WAIT)
+    page.fill("#break-agent", "alice")
+    page.select_option("#break-at", "model")
+    page.click("#break-form button[type=submit]")
+    page.wait_for_selector("#breakpoints tr[data-breakpoint]", timeout=WAIT)
+    paused = {}
+
+    def paused_turn():
+        paused["answer"] = call("POST", "/v1/events", {
+            "agent": "alice", "text": "debug me", "wait": True,
+            "source": {"platform": "http", "channel": "debug", "actor": "test"}})
+
+    waiter = threading.Thread(target=paused_turn)
+    waiter.start()
+    page.wait_for_selector("#stops tr[data-stop] button[data-tell=skip]", timeout=WAIT)
+    got["stop_shown"] = page.text_content("#stops tr[data-stop]")
+    shot(page, "debug")
+    page.fill("#stops tr[data-stop] input.given", "answered from the console")
+    page.click("#stops tr[data-stop] button[data-tell=skip]")
+    waiter.join(60)
+    status, answer = paused.get("answer", (None, None))
+    got["skipped_turn"] = {"status": status,
+                           "reply": ((answer or {}).get("reply") or {}).get("text")}
+    page.click("#breakpoints tr[data-breakpoint] button.danger")
+    page.wait_for_selector("#breakpoints p:has-text('No breakpoints')", timeout=WAIT)
+    got["breakpoints_left"] = call("GET", "/v1/breakpoints")[1]["items"]
 
     # The other panels render.
     page.goto(url + "/console#/audit")

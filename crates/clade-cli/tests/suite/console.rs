@@ -160,6 +160,14 @@ async fn the_console_in_a_real_browser() {
     let approved = &got["approved_call"];
     assert_eq!((&approved["status"], &approved["is_error"]), (&json!(200), &json!(false)), "{got}");
     assert!(approved["content"].as_str().unwrap().contains("from-the-console"), "{got}");
+    assert!(got["stop_shown"].as_str().unwrap().contains("model/0"), "{got}");
+    let skipped = &got["skipped_turn"];
+    assert_eq!(
+        (&skipped["status"], &skipped["reply"]),
+        (&json!(200), &json!("answered from the console")),
+        "the console's answer stood for the model's: {got}"
+    );
+    assert_eq!(got["breakpoints_left"], json!([]), "{got}");
     assert!(got["session_turns"].as_u64().unwrap() >= 1, "{got}");
     let first = got["replay_first"].as_str().unwrap();
     assert!(first.starts_with("step 1 of "), "{got}");

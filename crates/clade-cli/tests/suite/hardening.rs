@@ -1424,6 +1424,9 @@ async fn downgrade_to_version_8(url: &str) {
          data TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (turn_id, step))"
     );
     for sql in [
+        "DROP TABLE debug_stops",
+        "DROP TABLE breakpoints",
+        "DELETE FROM schema_migrations WHERE version = 35",
         "ALTER TABLE job_runs DROP COLUMN flow_run",
         "DELETE FROM schema_migrations WHERE version = 34",
         "DROP TABLE flows",

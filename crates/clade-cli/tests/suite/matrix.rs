@@ -180,6 +180,7 @@ async fn every_route_checks_every_principal() {
             ("POST", "/v1/agents/{handle}/prompt") => Some(json!({ "text": format!("cell {n}") })),
             ("POST", "/v1/grants") => Some(json!({ "agent": "ada", "tool": "fs.list" })),
             ("POST", "/v1/approvals/{id}") => Some(json!({ "decision": "deny" })),
+            ("POST", "/v1/debug/stops/{id}") => Some(json!({ "action": "continue" })),
             ("POST", "/v1/agents/{handle}/jobs") => {
                 Some(json!({ "name": format!("cell-{n}"), "schedule": "@daily", "prompt": "tick" }))
             }

@@ -5,6 +5,7 @@ mod console;
 mod control;
 mod crash;
 mod cron;
+mod debugging;
 mod deploy;
 mod discord;
 mod flows;

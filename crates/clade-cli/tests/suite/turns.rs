@@ -652,6 +652,9 @@ async fn every_lifecycle_event_reads_as_the_protocol_says() {
                     | EventKind::ExecutionStarted
                     | EventKind::ExecutionProgress
                     | EventKind::ExecutionEnded
+                    // `suite::debugging` has breakpoints' stops.
+                    | EventKind::DebugStopped
+                    | EventKind::DebugResumed
             )
         })
         .collect();

@@ -27,6 +27,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::context::{Composed, ContextSource, TurnInput};
+use super::debugger::{Checkpoint, Stops, Told};
 
 /// One atomic write of a turn: a step (or none), what it announces, and, when it ends the
 /// turn, the outcome. The turn's first write also commits the turn itself and takes its events.
@@ -294,7 +295,7 @@ pub(crate) async fn execute(
     plan: TurnPlan<'_>,
     journal: &mut impl Journal,
     thinker: &impl Thinker,
-    hands: &impl Hands,
+    (hands, stops): (&impl Hands, &impl Stops),
     sources: &mut [&mut dyn ContextSource],
 ) -> Result<(), TurnError> {
     let TurnPlan {
@@ -375,6 +376,13 @@ pub(crate) async fn execute(
                             },
                             cache_scope: Some(turn.tenant_id.to_string()),
                         };
+                        let paused = Checkpoint::BeforeModel { iteration, request: &request };
+                        if let Told::Skip(answer) = stops.checkpoint(&turn, paused).await? {
+                            // A person's answer stands for the model's: nothing is called.
+                            messages = request.messages;
+                            state = State::Settle { step: None, ending: Ending::reply(answer) };
+                            continue;
+                        }
                         let turn_id = turn.id.to_string();
                         let mut on_event = |event: &StreamEvent| {
                             if let StreamEvent::TextDelta(text) = event {
@@ -424,9 +432,16 @@ pub(crate) async fn execute(
                                 continue;
                             }
                             Err(err) => {
-                                let error = Some(call_failure(&turn, &err.error));
-                                let ending =
-                                    Ending { status: TurnStatus::Failed, reply: None, error };
+                                let error = call_failure(&turn, &err.error);
+                                let failed = Checkpoint::ModelFailed { iteration, error: &error };
+                                let ending = match stops.checkpoint(&turn, failed).await? {
+                                    Told::Skip(answer) => Ending::reply(answer),
+                                    Told::Go | Told::Edit(_) => Ending {
+                                        status: TurnStatus::Failed,
+                                        reply: None,
+                                        error: Some(error),
+                                    },
+                                };
                                 state = State::Settle { step: None, ending };
                                 continue;
                             }
@@ -470,9 +485,9 @@ pub(crate) async fn execute(
             }
             State::Dispatch { iteration, step, index } => match step.tool_calls.get(index) {
                 Some(call) => {
+                    let at = (iteration, index);
                     let mut result =
-                        Box::pin(dispatch(&turn, &done, journal, hands, iteration, index, call))
-                            .await?;
+                        Box::pin(dispatch(&turn, &done, journal, (hands, stops), at, call)).await?;
                     if call.name == clade_tools::builtin::REPLY_ATTACH
                         && !result.is_error
                         && let Ok(file) =
@@ -635,14 +650,15 @@ fn step_number(index: usize) -> Result<u32, TurnError> {
 }
 
 /// Runs one tool call, or recovers its journaled outcome. An `AtMostOnce` call that started
-/// but has no result is never run again: the model is told it was interrupted.
+/// but has no result is never run again: the model is told it was interrupted. A breakpoint
+/// may pause the call before it runs (a person can then edit its arguments or skip it), or
+/// after it failed.
 async fn dispatch<H: Hands>(
     turn: &TurnRow,
     done: &HashMap<StepKey, JournalEntry>,
     journal: &mut impl Journal,
-    hands: &H,
-    iteration: u32,
-    index: usize,
+    (hands, stops): (&H, &impl Stops),
+    (iteration, index): (u32, usize),
     call: &ToolCall,
 ) -> Result<ToolStep, TurnError> {
     let index = step_number(index)?;
@@ -654,7 +670,7 @@ async fn dispatch<H: Hands>(
     }
     let start_step = StepKey::ToolStart { iteration, index };
     let key = effect_key(turn, &start_step);
-    let result = match (hands.find(&call.name), call.parse_arguments()) {
+    let mut result = match (hands.find(&call.name), call.parse_arguments()) {
         (None, args) => {
             let args = args.unwrap_or(Value::Null);
             ToolStep { content: hands.unknown(call, &args, &key, turn).await, is_error: true }
@@ -672,52 +688,26 @@ async fn dispatch<H: Hands>(
                     is_error: true,
                 }
             } else {
-                match hands.authorize(&tool, call, &args, &key, turn).await {
-                    Err(error) => ToolStep::failed(call, &error),
-                    Ok(authorized) => {
-                        // The decision's audit record commits with the call's start, or the
-                        // call does not run (a resumed idempotent call writes it alone).
-                        let recorded = if started_before {
-                            hands.record_decision(&authorized).await
-                        } else {
-                            // The journal's start is the announcement's data: one encoding.
-                            let called = LifecycleEvent::from(clade_protocol::ToolCalled {
-                                call: call.id.clone(),
-                                name: call.name.clone(),
-                                arguments: args.clone(),
-                                effect: effect.as_str().to_owned(),
-                                key: key.clone(),
-                            });
-                            let announced = OutboxEvent::from(&called);
-                            let write = Write {
-                                step: Some(JournalEntry {
-                                    step: start_step,
-                                    data: announced.data.clone(),
-                                }),
-                                audit: Some(hands.audit(&authorized)),
-                                outbox: vec![announced],
-                                ..Write::default()
-                            };
-                            journal.write(turn, write).await?;
-                            hands.reached("after_journal_intent");
-                            Ok(())
-                        };
-                        match recorded {
-                            Err(error) => ToolStep::failed(call, &error),
-                            Ok(()) => {
-                                let result = match hands.execute(&tool, args, &authorized).await {
-                                    Ok(content) => ToolStep { content, is_error: false },
-                                    Err(error) => ToolStep::failed(call, &error),
-                                };
-                                hands.reached("after_tool_effect_before_result");
-                                result
-                            }
-                        }
+                let paused = Checkpoint::BeforeTool { iteration, index, call, args: &args };
+                match stops.checkpoint(turn, paused).await? {
+                    // What the person gave stands for the call's result: nothing runs.
+                    Told::Skip(given) => ToolStep { content: given, is_error: false },
+                    told => {
+                        let args = if let Told::Edit(edited) = told { edited } else { args };
+                        let call = Call { tool: &tool, call, args, key: &key, effect };
+                        let start = (start_step, started_before);
+                        Box::pin(run_call(turn, journal, hands, call, start)).await?
                     }
                 }
             }
         }
     };
+    if result.is_error {
+        let failed = Checkpoint::ToolFailed { iteration, index, call, error: &result.content };
+        if let Told::Skip(given) = stops.checkpoint(turn, failed).await? {
+            result = ToolStep { content: given, is_error: false };
+        }
+    }
     hands.returned(&call.name, result.is_error);
     let returned = LifecycleEvent::from(clade_protocol::ToolReturned {
         call: call.id.clone(),
@@ -734,6 +724,61 @@ async fn dispatch<H: Hands>(
         ..Write::default()
     };
     journal.write(turn, write).await?;
+    Ok(result)
+}
+
+/// A tool call about to run.
+struct Call<'a, T> {
+    tool: &'a T,
+    call: &'a ToolCall,
+    args: Value,
+    key: &'a str,
+    effect: EffectClass,
+}
+
+/// Authorizes a tool call, journals its start with the decision's audit record (a resumed
+/// idempotent call writes the record alone), and runs it.
+async fn run_call<H: Hands>(
+    turn: &TurnRow,
+    journal: &mut impl Journal,
+    hands: &H,
+    Call { tool, call, args, key, effect }: Call<'_, H::Tool>,
+    (start_step, started_before): (StepKey, bool),
+) -> Result<ToolStep, TurnError> {
+    let authorized = match hands.authorize(tool, call, &args, key, turn).await {
+        Err(error) => return Ok(ToolStep::failed(call, &error)),
+        Ok(authorized) => authorized,
+    };
+    let recorded = if started_before {
+        hands.record_decision(&authorized).await
+    } else {
+        // The journal's start is the announcement's data: one encoding.
+        let called = LifecycleEvent::from(clade_protocol::ToolCalled {
+            call: call.id.clone(),
+            name: call.name.clone(),
+            arguments: args.clone(),
+            effect: effect.as_str().to_owned(),
+            key: key.to_owned(),
+        });
+        let announced = OutboxEvent::from(&called);
+        let write = Write {
+            step: Some(JournalEntry { step: start_step, data: announced.data.clone() }),
+            audit: Some(hands.audit(&authorized)),
+            outbox: vec![announced],
+            ..Write::default()
+        };
+        journal.write(turn, write).await?;
+        hands.reached("after_journal_intent");
+        Ok(())
+    };
+    if let Err(error) = recorded {
+        return Ok(ToolStep::failed(call, &error));
+    }
+    let result = match hands.execute(tool, args, &authorized).await {
+        Ok(content) => ToolStep { content, is_error: false },
+        Err(error) => ToolStep::failed(call, &error),
+    };
+    hands.reached("after_tool_effect_before_result");
     Ok(result)
 }
 
@@ -1085,7 +1130,7 @@ mod tests {
                 plan,
                 &mut journal,
                 &model,
-                &tools,
+                (&tools, &super::super::debugger::NoStops),
                 &mut [&mut note as &mut dyn ContextSource],
             )
             .await;

@@ -22,12 +22,14 @@ mod bare;
 mod catalogue;
 mod compaction;
 mod context;
+mod debugger;
 mod executor;
 mod forks;
 mod preview;
 mod profile;
 mod turn;
 
+pub use debugger::StopOrder;
 pub use executor::{UnreadableStep, step_view};
 pub use preview::Preview;
 
@@ -213,6 +215,8 @@ struct Inner {
     /// Changes to branches and workers in this process (started, progress, settled,
     /// cancelled): a channel's status block is read again only after one.
     fork_changes: std::sync::atomic::AtomicU64,
+    /// Every tenant's breakpoints (see [`debugger`]).
+    breakpoints: debugger::Breakpoints,
     failpoints: crate::Failpoints,
 }
 
@@ -314,6 +318,7 @@ impl Engine {
             compactions: std::sync::atomic::AtomicU64::new(0),
             paused: std::sync::RwLock::default(),
             fork_changes: std::sync::atomic::AtomicU64::new(0),
+            breakpoints: debugger::Breakpoints::default(),
             failpoints,
         });
         let engine = Self { inner };
@@ -338,6 +343,7 @@ impl Engine {
         // held them before can no longer write their turns. A cluster node's store is fenced
         // by shards, which it acquires as it runs ([`Engine::resume_held`] once it has).
         engine.load_pauses().await?;
+        engine.reload_breakpoints().await?;
         if !engine.inner.store.shard_leases().by_shards() {
             engine.inner.store.shard_leases().take(&node_name()).await?;
         }

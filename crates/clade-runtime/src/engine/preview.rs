@@ -142,7 +142,7 @@ impl Engine {
             std::slice::from_ref(&event),
             &mut kept,
             &mut journal,
-            &model,
+            (&model, &super::debugger::NoStops),
         ))
         .await;
         let captured = model.request.into_inner().unwrap_or_else(|e| e.into_inner());

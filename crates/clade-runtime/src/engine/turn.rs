@@ -67,7 +67,10 @@ pub(super) async fn run_turn(
         metrics: metrics.clone(),
     };
     let thinker = AgentModel { inner, tenant: &ctx.tenant, agent: &ctx.agent, metrics };
-    let result = Box::pin(drive(inner, ctx, events, kept, &mut journal, &thinker)).await;
+    let owner = (ctx.tenant.id, ctx.agent.id, ctx.session.id);
+    let resumed = events.first().and_then(|e| e.turn_id);
+    let stops = super::debugger::TurnStops::of(inner, owner, resumed).await?;
+    let result = Box::pin(drive(inner, ctx, events, kept, &mut journal, (&thinker, &stops))).await;
     kept.ended_at = journal.ended_at;
     result
 }
@@ -86,7 +89,7 @@ pub(super) async fn drive(
     events: &[EventRow],
     kept: &mut Kept,
     journal: &mut impl Opening,
-    thinker: &impl Thinker,
+    (thinker, stops): (&impl Thinker, &impl super::debugger::Stops),
 ) -> Result<(), TurnError> {
     let store = &inner.visible;
     let (session, tenant, agent) = (&ctx.session, &ctx.tenant, &ctx.agent);
@@ -177,7 +180,7 @@ pub(super) async fn drive(
             source: &session.source,
         },
     ];
-    Box::pin(executor::execute(plan, journal, thinker, &hands, &mut sources)).await
+    Box::pin(executor::execute(plan, journal, thinker, (&hands, stops), &mut sources)).await
 }
 
 /// The store as a turn's journal. The turn's first write commits the turn itself, takes its

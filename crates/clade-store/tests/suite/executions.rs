@@ -476,6 +476,9 @@ async fn downgrade_to_version_12(location: &clade_store::Location) {
     let postgres = matches!(location, clade_store::Location::Postgres(_));
     let blob = if postgres { "BYTEA" } else { "BLOB" };
     let mut statements = vec![
+        "DROP TABLE debug_stops".to_owned(),
+        "DROP TABLE breakpoints".to_owned(),
+        "DELETE FROM schema_migrations WHERE version = 35".to_owned(),
         "ALTER TABLE job_runs DROP COLUMN flow_run".to_owned(),
         "DELETE FROM schema_migrations WHERE version = 34".to_owned(),
         "DROP TABLE flows".to_owned(),
