@@ -136,7 +136,8 @@ pub(crate) enum Command {
     Debug(DebugCommand),
     /// A terminal UI on the running gateway: agents with live status and token bars, the
     /// selected agent's sessions and live transcript, every agent at once, and a command line
-    /// (/send, /spawn, /switch, /pause, /resume, /stop, /approve, /deny; /help)
+    /// (/send, /spawn, /switch, /pause, /resume, /stop, /approve, /deny, /break, /continue,
+    /// /step, /skip, /edit; /help)
     #[cfg(feature = "tui")]
     Tui(ChatArgs),
     /// List an agent's tools, or run one call through the model's path (policy, approval, sandbox, audit)

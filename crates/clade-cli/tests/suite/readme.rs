@@ -39,6 +39,7 @@ fn blocks() -> Vec<String> {
 const NOT_RUN_HERE: &[(&str, &str)] = &[
     ("# 1. Run the gateway", "the two commands themselves: `.ci/run` runs the second"),
     ("clade tools list --agent ada", "suite::tools (approvals name ids only a run knows)"),
+    ("clade debug break ada", "suite::debugging (a stop's id only a run knows)"),
     ("export CLADE_TOOL_HOST_TOKEN", "suite::tool_hosts (a scheduler process of its own)"),
     ("export CLADE_SUBSCRIBER_TOKEN", "suite::subscribers (a subscriber process and a lease)"),
     (

@@ -142,6 +142,22 @@ async fn the_tui_in_a_real_terminal() {
     let result = call.await.unwrap();
     assert_eq!(result["is_error"], false, "{result}");
 
+    // Stepping through a turn from the TUI: a breakpoint before each model call, the paused
+    // turn shown in the transcript, then skipped with an answer given there.
+    screen.type_line("/break model");
+    screen.shows("alice's turns pause at model").await.unwrap();
+    screen.type_line("stop here");
+    screen.shows("paused at model/0").await.unwrap();
+    let (_, waiting) = server.send("GET", "/v1/debug/stops", None, None).await;
+    assert_eq!(waiting["items"][0]["agent"], "alice", "{waiting}");
+    screen.type_line("/skip answered in the tui");
+    screen.shows("skip at model/0").await.unwrap();
+    screen.shows("answered in the tui").await.unwrap();
+    screen.type_line("/unbreak");
+    screen.shows("removed 1 breakpoint(s) of alice").await.unwrap();
+    screen.type_line("/continue");
+    screen.shows("no turn of alice waits at a breakpoint").await.unwrap();
+
     screen.type_line("/switch nobody");
     screen.shows("no agent nobody").await.unwrap();
     screen.type_line("/frobnicate");

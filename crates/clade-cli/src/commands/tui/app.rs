@@ -40,19 +40,36 @@ pub(super) enum View {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Action {
     Send(String),
-    Spawn { handle: String, task: Option<String> },
+    Spawn {
+        handle: String,
+        task: Option<String>,
+    },
     Switch(String),
     Pause,
     Resume,
     Stop,
     Approve(Option<String>),
     Deny(Option<String>),
+    /// Sets a breakpoint on the selected agent: at `model`, `tool` (one tool when named) or
+    /// `error`.
+    Break {
+        at: String,
+        tool: Option<String>,
+    },
+    /// Removes every breakpoint of the selected agent.
+    Unbreak,
+    /// Tells the selected agent's paused turn (its oldest stop) what to do: `continue`, `step`,
+    /// `skip` with a result, `edit` with arguments.
+    Tell {
+        action: clade_core::StopAction,
+        data: Option<String>,
+    },
     All,
     Help,
     Quit,
 }
 
-pub(super) const HELP: &str = "type a message for the selected agent, or: /send TEXT · /spawn HANDLE [TASK] · /switch HANDLE · /pause · /resume · /stop (cancel its running turns) · /approve [ID] · /deny [ID] · /all (every agent) · /quit   ↑↓ select · Tab view · Esc quit";
+pub(super) const HELP: &str = "type a message for the selected agent, or: /send TEXT · /spawn HANDLE [TASK] · /switch HANDLE · /pause · /resume · /stop (cancel its running turns) · /approve [ID] · /deny [ID] · /break model|tool|error [TOOL] · /unbreak · /continue · /step · /skip RESULT · /edit JSON · /all (every agent) · /quit   ↑↓ select · Tab view · Esc quit";
 
 /// A command line that means nothing, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +108,32 @@ pub(super) fn parse(line: &str) -> Result<Action, BadCommand> {
         "resume" => Ok(Action::Resume),
         "stop" => Ok(Action::Stop),
         "approve" => Ok(Action::Approve(argument())),
+        "break" => {
+            let (at, tool) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            if clade_core::BreakAt::parse(at).is_none() {
+                return Err(needs("where: model, tool or error"));
+            }
+            let tool = (!tool.trim().is_empty()).then(|| tool.trim().to_owned());
+            Ok(Action::Break { at: at.to_owned(), tool })
+        }
+        "unbreak" => Ok(Action::Unbreak),
+        "continue" | "step" | "skip" | "edit" => {
+            let action = clade_core::StopAction::parse(word)
+                .ok_or_else(|| BadCommand(format!("no command /{word}: {HELP}")))?;
+            let data = match action {
+                clade_core::StopAction::Skip if rest.is_empty() => {
+                    return Err(needs("the result that stands for the call's"));
+                }
+                clade_core::StopAction::Edit
+                    if !serde_json::from_str::<Value>(rest).is_ok_and(|v| v.is_object()) =>
+                {
+                    return Err(needs("the tool call's arguments as a JSON object"));
+                }
+                clade_core::StopAction::Skip | clade_core::StopAction::Edit => argument(),
+                clade_core::StopAction::Continue | clade_core::StopAction::Step => None,
+            };
+            Ok(Action::Tell { action, data })
+        }
         "deny" => Ok(Action::Deny(argument())),
         "all" => Ok(Action::All),
         "help" => Ok(Action::Help),
@@ -213,6 +256,12 @@ fn summary(kind: &str, data: &Value) -> Option<String> {
         Some(K::AgentMessageReceived) => format!("← {}", text("from")),
         Some(K::ExecutionsPaused) => "a pause holds: no new turn starts".to_owned(),
         Some(K::ExecutionsResumed) => "the pause was lifted".to_owned(),
+        Some(K::DebugStopped) => format!(
+            "‖ paused at {} (stop {}): /continue · /step · /skip RESULT · /edit JSON",
+            text("place"),
+            text("stop")
+        ),
+        Some(K::DebugResumed) => format!("▶ {} at {}", text("action"), text("place")),
         _ => one_line(data.to_string()),
     })
 }
@@ -244,7 +293,23 @@ mod tests {
         assert_eq!(parse("/approve"), Ok(Action::Approve(None)));
         assert_eq!(parse("/deny 01ab"), Ok(Action::Deny(Some("01ab".into()))));
         assert_eq!(parse("/quit"), Ok(Action::Quit));
-        for bad in ["/send", "/spawn", "/switch", "/frobnicate"] {
+        assert_eq!(
+            parse("/break tool fs.write"),
+            Ok(Action::Break { at: "tool".into(), tool: Some("fs.write".into()) })
+        );
+        use clade_core::StopAction as S;
+        assert_eq!(parse("/step"), Ok(Action::Tell { action: S::Step, data: None }));
+        assert_eq!(
+            parse("/skip not today"),
+            Ok(Action::Tell { action: S::Skip, data: Some("not today".into()) })
+        );
+        assert_eq!(
+            parse("/edit {\"path\": \"b\"}"),
+            Ok(Action::Tell { action: S::Edit, data: Some("{\"path\": \"b\"}".into()) })
+        );
+        for bad in
+            ["/send", "/spawn", "/switch", "/frobnicate", "/break soon", "/skip", "/edit [1]"]
+        {
             let err = parse(bad).unwrap_err().to_string();
             assert!(err.contains(&bad[1..]) && err.contains("/help") || err.contains("/quit"));
         }

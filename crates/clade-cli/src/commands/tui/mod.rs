@@ -232,8 +232,62 @@ async fn on_agent(client: &Client, handle: &str, action: Action) -> Result<Strin
         }
         Action::Approve(id) => decide(client, handle, id, true).await,
         Action::Deny(id) => decide(client, handle, id, false).await,
+        Action::Break { at, tool } => {
+            let body = json!({ "agent": handle, "at": at, "tool": tool });
+            client.post("/v1/breakpoints", body).await?;
+            Ok(format!(
+                "{handle}'s turns pause at {at}{}",
+                tool.map(|t| format!(" {t}")).unwrap_or_default()
+            ))
+        }
+        Action::Unbreak => {
+            let listed = client.get(&format!("/v1/breakpoints?agent={handle}")).await?;
+            let ids: Vec<String> = listed["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|b| b["id"].as_str().map(str::to_owned))
+                .collect();
+            for id in &ids {
+                client.delete(&format!("/v1/breakpoints/{id}")).await?;
+            }
+            Ok(format!("removed {} breakpoint(s) of {handle}", ids.len()))
+        }
+        Action::Tell { action, data } => tell(client, handle, action, data).await,
         _ => Ok(String::new()),
     }
+}
+
+/// Tells the selected agent's oldest paused turn what to do.
+async fn tell(
+    client: &Client,
+    handle: &str,
+    action: clade_core::StopAction,
+    data: Option<String>,
+) -> Result<String> {
+    let waiting = client.get(&format!("/v1/debug/stops?agent={handle}")).await?;
+    let stop = waiting["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["id"].as_str())
+        .next_back()
+        .map(str::to_owned)
+        .with_context(|| format!("no turn of {handle} waits at a breakpoint"))?;
+    let mut body = json!({ "action": action.as_str() });
+    match (action, data) {
+        (clade_core::StopAction::Skip, Some(result)) => body["result"] = json!(result),
+        (clade_core::StopAction::Edit, Some(arguments)) => {
+            body["arguments"] = serde_json::from_str(&arguments)?;
+        }
+        _ => {}
+    }
+    let told = client.post(&format!("/v1/debug/stops/{stop}"), body).await?.1;
+    Ok(format!(
+        "{} at {}: the turn goes on",
+        action.as_str(),
+        told["place"].as_str().unwrap_or("?")
+    ))
 }
 
 /// Decides the approval `id`, or the selected agent's oldest waiting one.
