@@ -887,6 +887,8 @@ mod tests {
     #[derive(Debug, Clone, PartialEq, Eq)]
     struct Written {
         step: Option<StepKey>,
+        /// The step's data, as journaled.
+        data: Option<String>,
         audited: bool,
         outbox: Vec<EventKind>,
         ending: Option<TurnStatus>,
@@ -908,7 +910,8 @@ mod tests {
                 return Err(TurnError::Internal("disk full"));
             }
             self.writes.push(Written {
-                step: write.step.map(|e| e.step),
+                step: write.step.as_ref().map(|e| e.step),
+                data: write.step.map(|e| e.data),
                 audited: write.audit.is_some(),
                 outbox: write.outbox.iter().map(|e| e.kind).collect(),
                 ending: write.ending.as_ref().map(|o| o.status),
@@ -1106,9 +1109,20 @@ mod tests {
         async fn run(
             text: &str,
             kind: ProcessKind,
-            mut journal: MemoryJournal,
+            journal: MemoryJournal,
             model: Scripted,
             shape: impl FnOnce(&mut TurnPlan<'_>),
+        ) -> Self {
+            let stops = super::super::debugger::NoStops;
+            Self::run_with(text, (kind, journal, model), shape, &stops).await
+        }
+
+        /// [`Case::run`] with a person at the turn's breakpoints.
+        async fn run_with(
+            text: &str,
+            (kind, mut journal, model): (ProcessKind, MemoryJournal, Scripted),
+            shape: impl FnOnce(&mut TurnPlan<'_>),
+            stops: &impl Stops,
         ) -> Self {
             let turn = turn();
             let events = [event(&turn, text)];
@@ -1130,7 +1144,7 @@ mod tests {
                 plan,
                 &mut journal,
                 &model,
-                (&tools, &super::super::debugger::NoStops),
+                (&tools, stops),
                 &mut [&mut note as &mut dyn ContextSource],
             )
             .await;
@@ -1255,6 +1269,7 @@ mod tests {
             Case::run("hello", ProcessKind::Channel, MemoryJournal::default(), model, |_| {}).await;
         let failed = Written {
             step: None,
+            data: None,
             audited: false,
             outbox: vec![EventKind::TurnFailed],
             ending: Some(TurnStatus::Failed),
@@ -1353,5 +1368,66 @@ mod tests {
         let case = Case::run("think about it", ProcessKind::Branch, journal, model, |_| {}).await;
         assert_eq!(*case.model.kinds.lock().unwrap(), [ProcessKind::Branch]);
         assert_eq!(case.ending().status, TurnStatus::Completed);
+    }
+
+    /// A person at every checkpoint, saying what `orders` say, in turn (then `Go`).
+    struct Person {
+        orders: Mutex<Vec<Told>>,
+        reached: Mutex<Vec<String>>,
+    }
+
+    impl Stops for Person {
+        async fn checkpoint(
+            &self,
+            _: &TurnRow,
+            at: super::super::debugger::Checkpoint<'_>,
+        ) -> Result<Told, TurnError> {
+            use super::super::debugger::Checkpoint as C;
+            self.reached.lock().unwrap().push(match at {
+                C::BeforeModel { iteration, .. } => format!("model/{iteration}"),
+                C::BeforeTool { iteration, index, .. } => format!("tool/{iteration}/{index}"),
+                C::ModelFailed { iteration, .. } => format!("error/model/{iteration}"),
+                C::ToolFailed { iteration, index, .. } => format!("error/tool/{iteration}/{index}"),
+            });
+            let mut orders = self.orders.lock().unwrap();
+            Ok(if orders.is_empty() { Told::Go } else { orders.remove(0) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_person_edits_a_call_skips_another_and_answers_for_the_model() {
+        let text = "/tool echo {\"n\":1}\n/tool echo {\"n\":2}\n/tool nope";
+        let person = Person {
+            orders: Mutex::new(vec![
+                Told::Go,
+                Told::Edit(json!({ "n": 10 })),
+                Told::Skip("given".into()),
+                Told::Skip("replaced".into()),
+                Told::Skip("the person's answer".into()),
+            ]),
+            reached: Mutex::new(Vec::new()),
+        };
+        let parts = (ProcessKind::Channel, MemoryJournal::default(), Scripted::default());
+        let case = Case::run_with(text, parts, |_| {}, &person).await;
+        case.result.as_ref().unwrap();
+        assert_eq!(
+            *person.reached.lock().unwrap(),
+            ["model/0", "tool/0/0", "tool/0/1", "error/tool/0/2", "model/1"],
+            "an unknown tool has no call to pause before, only its error"
+        );
+        // The edited call ran with the person's arguments; the skipped one never ran.
+        assert_eq!(case.runs(), ["echo"]);
+        let data = |step: StepKey| {
+            let written = case.journal.writes.iter().find(|w| w.step == Some(step)).unwrap();
+            written.data.clone().unwrap()
+        };
+        let result = |index| data(StepKey::ToolResult { iteration: 0, index });
+        assert!(data(StepKey::ToolStart { iteration: 0, index: 0 }).contains("10"));
+        assert!(result(0).contains(r#"ran echo with {\"n\":10}"#), "{}", result(0));
+        assert!(result(1).contains("\"given\"") && result(1).contains("\"is_error\":false"));
+        assert!(result(2).contains("\"replaced\""), "{}", result(2));
+        // The model answered once; the person answered for its second call.
+        assert_eq!(case.ending().reply.as_deref(), Some("the person's answer"));
+        assert_eq!(case.model.calls.load(Ordering::SeqCst), 1);
     }
 }
