@@ -219,7 +219,8 @@ const PANELS = [
   [/^#\/approvals$/, () => approvalsPanel()],
   [/^#\/debug$/, () => debugPanel()],
   [/^#\/audit$/, () => auditPanel()],
-  [/^#\/usage$/, () => usagePanel()],
+  [/^#\/usage$/, () => usagePanel(false)],
+  [/^#\/usage\/hours$/, () => usagePanel(true)],
   [/^#\/replay$/, () => replayPanel()],
   [/^(#\/agents)?$|^#?\/?$/, () => agentsPanel()],
 ];
@@ -670,30 +671,38 @@ async function auditPanel() {
 
 // ---------------------------------------------------------------- usage
 
-async function usagePanel() {
-  const usage = await api("GET", "/v1/usage?by_day=true");
+/// Tokens (and, on hover, cost) by agent and day over 30 days, or by hour over the last two
+/// days.
+async function usagePanel(hourly) {
+  const since = Date.now() - 48 * 3600 * 1000;
+  const usage = await api("GET", hourly ? "/v1/usage?by_hour=true&since=" + since : "/v1/usage?by_day=true");
   const items = usage.items || [];
-  const days = [...new Set(items.map((i) => i.day))].sort();
+  const slot = (i) => hourly ? i.day + " " + String(i.hour).padStart(2, "0") + "h" : i.day;
+  const slots = [...new Set(items.map(slot))].sort();
   const agents = [...new Set(items.map((i) => i.agent))].sort();
   const tokens = (i) => (i.input_tokens || 0) + (i.output_tokens || 0);
   const most = Math.max(1, ...items.map(tokens));
-  const cell = (agent, day) => {
-    const found = items.filter((i) => i.agent === agent && i.day === day);
+  const cell = (agent, at) => {
+    const found = items.filter((i) => i.agent === agent && slot(i) === at);
     const sum = found.reduce((n, i) => n + tokens(i), 0);
-    const cost = found.reduce((n, i) => n + (i.cost_usd || 0), 0);
+    const cost = found.reduce((n, i) => n + (i.cost_micros || 0), 0) / 1e6;
     const td = el("td", { class: "cell", dataset: { tokens: sum },
       title: cost ? "$" + cost.toFixed(4) : null }, sum ? String(sum) : "");
     // Set through the DOM: the page's policy takes no inline style attribute.
     if (sum) td.style.backgroundColor = "rgba(42, 93, 176, " + (0.1 + 0.6 * sum / most).toFixed(2) + ")";
     return td;
   };
-  main().replaceChildren(el("h1", {}, "Usage: tokens by agent and day"),
+  const other = hourly
+    ? el("a", { href: "#/usage", id: "usage-days" }, "by day, 30 days")
+    : el("a", { href: "#/usage/hours", id: "usage-hours" }, "by hour, 48 hours");
+  main().replaceChildren(el("h1", {}, "Usage: tokens by agent and " + (hourly ? "hour" : "day")),
+    el("p", {}, other),
     el("section", { class: "card" }, items.length === 0 ?
-      el("p", { class: "muted" }, "No model calls in the last 30 days.") :
+      el("p", { class: "muted" }, "No model calls in this span.") :
       el("table", { class: "heat", id: "usage" },
-        el("thead", {}, el("tr", {}, el("th", {}, "agent"), days.map((d) => el("th", {}, d)))),
+        el("thead", {}, el("tr", {}, el("th", {}, "agent"), slots.map((d) => el("th", {}, d)))),
         el("tbody", {}, agents.map((a) => el("tr", {}, el("td", {}, a),
-          days.map((d) => cell(a, d))))))));
+          slots.map((d) => cell(a, d))))))));
 }
 
 // ---------------------------------------------------------------- replay

@@ -35,7 +35,7 @@ pub(crate) async fn get(
     // Rows are per agent and model, so several agents' reads simply add up.
     let mut items = Vec::new();
     for agent in reads {
-        let rows = state.of(&tenant).usage().summary(agent, since_at, query.by_day).await?;
+        let rows = state.of(&tenant).usage().summary(agent, since_at, split(&query)).await?;
         items.extend(rows.into_iter().map(|u| item(None, u)));
     }
     Ok(axum::Json(UsageResponse { since, items }))
@@ -62,16 +62,26 @@ async fn every_tenant(
             },
             None => None,
         };
-        let rows = scope.usage().summary(agent, since, query.by_day).await?;
+        let rows = scope.usage().summary(agent, since, split(query)).await?;
         items.extend(rows.into_iter().map(|u| item(Some(each.name.to_string()), u)));
     }
     Ok(items)
+}
+
+/// How the query splits the report in time.
+fn split(query: &UsageQuery) -> clade_store::UsageBy {
+    match (query.by_hour, query.by_day) {
+        (true, _) => clade_store::UsageBy::Hour,
+        (false, true) => clade_store::UsageBy::Day,
+        (false, false) => clade_store::UsageBy::Total,
+    }
 }
 
 fn item(tenant: Option<String>, u: clade_store::UsageSummary) -> UsageItem {
     UsageItem {
         tenant,
         day: u.day,
+        hour: u.hour,
         agent: u.agent,
         model: u.model,
         calls: u.calls,

@@ -168,6 +168,9 @@ pub struct UsageQuery {
     /// Also per day (UTC): each item then names its `day`.
     #[serde(default)]
     pub by_day: bool,
+    /// Also per hour (UTC): each item then names its `day` and `hour` (wins over `by_day`).
+    #[serde(default)]
+    pub by_hour: bool,
     /// Every tenant's usage, each item naming its `tenant` (with `agent`: each tenant's agent
     /// of that handle): the operator's token only (an admin token of the default tenant); to
     /// any other, the route is not found.
@@ -189,9 +192,13 @@ pub struct UsageItem {
     /// The tenant's name, in a report of every tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
-    /// The day (UTC, `YYYY-MM-DD`), in a report by day.
+    /// The day (UTC, `YYYY-MM-DD`), in a report by day or by hour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub day: Option<String>,
+    /// The hour of that day (UTC, 0 to 23), in a report by hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 23))]
+    pub hour: Option<u8>,
     /// Agent handle; absent for calls made for the tenant itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,

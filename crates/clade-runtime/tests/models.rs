@@ -300,7 +300,7 @@ async fn budgets_hold_under_concurrent_calls_and_usage_is_recorded() {
     let usage = s
         .store
         .usage(s.tenant.id)
-        .summary(Some(s.agent.id), Timestamp::from_millis(0), false)
+        .summary(Some(s.agent.id), Timestamp::from_millis(0), clade_store::UsageBy::Total)
         .await
         .unwrap();
     assert_eq!(usage.len(), 1);

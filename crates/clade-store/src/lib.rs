@@ -101,7 +101,7 @@ pub use settings::AgentSettings;
 pub use settings::SettingRow;
 pub use store::{
     BudgetCounter, BudgetSettlement, LeasedSession, NewAgent, SecretInfo, Store, StoreOptions,
-    TOKEN_PREFIX, TokenAccess, TokenInfo, UsageRecord, UsageSummary,
+    TOKEN_PREFIX, TokenAccess, TokenInfo, UsageBy, UsageRecord, UsageSummary,
 };
 pub use store::{Budgets, Meta, SecretRows, TenantAgents, Tenants, Tokens, Usage};
 pub use summaries::{NewSummary, PastTurn, SessionSummary};

@@ -49,7 +49,8 @@ async fn report(ctx: &Ctx, args: &UsageArgs) -> Result<()> {
                 Err(err) => return Err(err.into()),
             },
         };
-        let summary = ctx.store.usage(tenant.id).summary(agent, since, args.by_day).await?;
+        let by = if args.by_day { clade_store::UsageBy::Day } else { clade_store::UsageBy::Total };
+        let summary = ctx.store.usage(tenant.id).summary(agent, since, by).await?;
         rows.extend(summary.into_iter().map(|u| (tenant.name.to_string(), u)));
     }
     if args.json {

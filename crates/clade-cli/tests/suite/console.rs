@@ -168,6 +168,11 @@ async fn the_console_in_a_real_browser() {
         "the console's answer stood for the model's: {got}"
     );
     assert_eq!(got["breakpoints_left"], json!([]), "{got}");
+    let hours = got["usage_hours"].as_array().unwrap();
+    assert!(
+        hours.iter().skip(1).all(|h| h.as_str().unwrap().ends_with('h')) && hours.len() >= 2,
+        "the heat map by hour: {got}"
+    );
     assert!(got["session_turns"].as_u64().unwrap() >= 1, "{got}");
     let first = got["replay_first"].as_str().unwrap();
     assert!(first.starts_with("step 1 of "), "{got}");

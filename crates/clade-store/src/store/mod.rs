@@ -29,7 +29,9 @@ pub use tokens::{LeasedSession, TOKEN_PREFIX, TokenAccess, TokenInfo, Tokens};
 pub(crate) use usage::insert_usage;
 #[cfg(test)]
 pub(crate) use usage::usage_summary_sql;
-pub use usage::{BudgetCounter, BudgetSettlement, Budgets, Usage, UsageRecord, UsageSummary};
+pub use usage::{
+    BudgetCounter, BudgetSettlement, Budgets, Usage, UsageBy, UsageRecord, UsageSummary,
+};
 
 /// How to open a store.
 #[derive(Clone)]

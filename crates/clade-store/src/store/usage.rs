@@ -38,8 +38,10 @@ impl UsageRecord {
 /// Usage summed per agent and model (and day).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageSummary {
-    /// The day (UTC, `YYYY-MM-DD`) of a report by day.
+    /// The day (UTC, `YYYY-MM-DD`) of a report by day or by hour.
     pub day: Option<String>,
+    /// The hour of that day (UTC, 0 to 23) of a report by hour.
+    pub hour: Option<u8>,
     /// The agent's handle; `None` for calls made for the tenant, not an agent.
     pub agent: Option<String>,
     pub model: String,
@@ -149,12 +151,37 @@ const USAGE_SUMS: &str = "COUNT(*) AS calls, CAST(SUM(u.input_tokens) AS BIGINT)
      CAST(SUM(u.output_tokens) AS BIGINT) AS output, CAST(SUM(u.cached_tokens) AS BIGINT) AS cached, \
      CAST(SUM(u.cache_write_tokens) AS BIGINT) AS cache_write, CAST(SUM(u.cost_micros) AS BIGINT) AS cost";
 
+/// How a usage report is split in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageBy {
+    /// One sum for the whole span.
+    Total,
+    /// A sum per UTC day.
+    Day,
+    /// A sum per UTC hour.
+    Hour,
+}
+
+impl UsageBy {
+    /// Its buckets' width in milliseconds (`None`: one bucket).
+    fn millis(self) -> Option<i64> {
+        match self {
+            UsageBy::Total => None,
+            UsageBy::Day => Some(86_400_000),
+            UsageBy::Hour => Some(3_600_000),
+        }
+    }
+}
+
 /// A tenant's usage since a time ($2), of one agent ($3) or all, per agent and model, and per
-/// day (UTC days since the epoch, integer division on both backends) when `by_day`.
-pub(crate) fn usage_summary_sql(by_day: bool) -> String {
-    // A literal in GROUP BY would name a column by position: no day is no group.
-    let (day, by) =
-        if by_day { ("u.created_at / 86400000", "u.created_at / 86400000, ") } else { ("0", "") };
+/// day or hour (UTC, buckets since the epoch, integer division on both backends) when `by`
+/// says so.
+pub(crate) fn usage_summary_sql(by: UsageBy) -> String {
+    // A literal in GROUP BY would name a column by position: no bucket is no group.
+    let (day, by) = match by.millis() {
+        Some(width) => (format!("u.created_at / {width}"), format!("u.created_at / {width}, ")),
+        None => ("0".to_owned(), String::new()),
+    };
     format!(
         "SELECT {day} AS day, a.handle AS handle, u.model AS model, {USAGE_SUMS} \
          FROM model_usage u LEFT JOIN agents a ON a.id = u.agent_id \
@@ -303,25 +330,25 @@ impl Usage<'_> {
         Ok(u64::try_from(bytes).unwrap_or(0))
     }
 
-    /// Usage of a tenant since `since`, summed per agent and model, and per day (UTC) when
-    /// `by_day` ([`usage_summary_sql`]).
+    /// Usage of a tenant since `since`, summed per agent and model, and per day or hour (UTC)
+    /// as `by` says ([`usage_summary_sql`]).
     pub async fn summary(
         self,
         agent: Option<AgentId>,
         since: Timestamp,
-        by_day: bool,
+        by: UsageBy,
     ) -> Result<Vec<UsageSummary>> {
         let tenant = self.tenant;
         let rows = self
             .store
             .rows(
-                query(usage_summary_sql(by_day))
+                query(usage_summary_sql(by))
                     .bind(tenant.as_bytes().to_vec())
                     .bind(since.as_millis())
                     .bind(agent.map(|a| a.as_bytes().to_vec())),
             )
             .await?;
-        rows.iter().map(|row| summary_of(row, by_day)).collect()
+        rows.iter().map(|row| summary_of(row, by)).collect()
     }
 
     /// What one of the tenant's sessions has used, per agent and model: the model calls of
@@ -336,21 +363,25 @@ impl Usage<'_> {
                     .bind(session.as_bytes().to_vec()),
             )
             .await?;
-        rows.iter().map(|row| summary_of(row, false)).collect()
+        rows.iter().map(|row| summary_of(row, UsageBy::Total)).collect()
     }
 }
 
-/// A usage report's row; its `day` when the report is by day.
-fn summary_of(row: &crate::db::Row, by_day: bool) -> Result<UsageSummary> {
+/// A usage report's row; its `day` (and `hour`) when the report is split so.
+fn summary_of(row: &crate::db::Row, by: UsageBy) -> Result<UsageSummary> {
     let sum = |col: &str| row.try_get::<i64, _>(col).map(|v| u64::try_from(v).unwrap_or(0));
-    let day = if by_day {
-        let day: i64 = row.try_get("day")?;
-        Some(Timestamp::from_millis(day.saturating_mul(86_400_000)).date())
-    } else {
-        None
+    let (day, hour) = match by.millis() {
+        Some(width) => {
+            let start = row.try_get::<i64, _>("day")?.saturating_mul(width);
+            let hour = (by == UsageBy::Hour)
+                .then(|| u8::try_from(start.rem_euclid(86_400_000) / 3_600_000).unwrap_or(0));
+            (Some(Timestamp::from_millis(start).date()), hour)
+        }
+        None => (None, None),
     };
     Ok(UsageSummary {
         day,
+        hour,
         agent: row.try_get::<Option<String>, _>("handle")?,
         model: row.try_get("model")?,
         calls: sum("calls")?,

@@ -487,7 +487,7 @@ mod tests {
             ("outbox ids issued", NEXT_OUTBOX_ID_SQLITE.to_owned(), "SEARCH meta"),
             (
                 "usage report",
-                crate::store::usage_summary_sql(true),
+                crate::store::usage_summary_sql(crate::UsageBy::Day),
                 "PRIMARY KEY (tenant_id=? AND created_at>?)",
             ),
         ] {

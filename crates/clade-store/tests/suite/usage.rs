@@ -1,5 +1,5 @@
 use clade_core::Timestamp;
-use clade_store::{BudgetCounter, BudgetSettlement, Error, UsageRecord};
+use clade_store::{BudgetCounter, BudgetSettlement, Error, UsageBy, UsageRecord};
 
 use super::harness::{accept, backends, new_turn, tenant_and_agent};
 
@@ -32,8 +32,12 @@ async fn usage_is_recorded_and_summed_per_agent_and_model() {
         h.store.record_usage(record(Some(ada.id), "fast", 100)).await.unwrap();
         h.store.record_usage(record(Some(ada.id), "fast", 50)).await.unwrap();
         h.store.record_usage(record(None, "smart", 7)).await.unwrap();
-        let all =
-            h.store.usage(tenant.id).summary(None, Timestamp::from_millis(0), false).await.unwrap();
+        let all = h
+            .store
+            .usage(tenant.id)
+            .summary(None, Timestamp::from_millis(0), UsageBy::Total)
+            .await
+            .unwrap();
         assert_eq!(all.len(), 2, "{}: {all:?}", h.name);
         let ada_fast = all.iter().find(|u| u.agent.as_deref() == Some("ada")).unwrap();
         assert_eq!(
@@ -45,14 +49,14 @@ async fn usage_is_recorded_and_summed_per_agent_and_model() {
         let only_ada = h
             .store
             .usage(tenant.id)
-            .summary(Some(ada.id), Timestamp::from_millis(0), false)
+            .summary(Some(ada.id), Timestamp::from_millis(0), UsageBy::Total)
             .await
             .unwrap();
         assert_eq!(only_ada.len(), 1, "{}", h.name);
         let future = h
             .store
             .usage(tenant.id)
-            .summary(None, Timestamp::from_millis(i64::MAX / 2), false)
+            .summary(None, Timestamp::from_millis(i64::MAX / 2), UsageBy::Total)
             .await
             .unwrap();
         assert!(future.is_empty(), "{}", h.name);
@@ -61,7 +65,7 @@ async fn usage_is_recorded_and_summed_per_agent_and_model() {
         assert!(
             h.store
                 .usage(other.id)
-                .summary(None, Timestamp::from_millis(0), false)
+                .summary(None, Timestamp::from_millis(0), UsageBy::Total)
                 .await
                 .unwrap()
                 .is_empty()
@@ -71,7 +75,7 @@ async fn usage_is_recorded_and_summed_per_agent_and_model() {
         assert_eq!(
             h.store
                 .usage(tenant.id)
-                .summary(None, Timestamp::from_millis(0), false)
+                .summary(None, Timestamp::from_millis(0), UsageBy::Total)
                 .await
                 .unwrap()
                 .len(),
@@ -426,14 +430,39 @@ async fn usage_reads_by_day_and_by_session_within_the_tenant() {
             sessions.push(accepted.session_id);
         }
         let today = h.store.now().date();
-        let daily =
-            h.store.usage(tenant.id).summary(None, Timestamp::from_millis(0), true).await.unwrap();
+        let daily = h
+            .store
+            .usage(tenant.id)
+            .summary(None, Timestamp::from_millis(0), UsageBy::Day)
+            .await
+            .unwrap();
         assert_eq!(daily.len(), 1, "{}: {daily:?}", h.name);
         assert_eq!(daily[0].day.as_deref(), Some(today.as_str()), "{}", h.name);
         assert_eq!((daily[0].calls, daily[0].input_tokens), (2, 107), "{}", h.name);
-        let plain =
-            h.store.usage(tenant.id).summary(None, Timestamp::from_millis(0), false).await.unwrap();
+        let plain = h
+            .store
+            .usage(tenant.id)
+            .summary(None, Timestamp::from_millis(0), UsageBy::Total)
+            .await
+            .unwrap();
         assert_eq!(plain[0].day, None, "{}", h.name);
+        // By hour: the hour the calls were made in (or the one before, had one just turned).
+        let hourly = h
+            .store
+            .usage(tenant.id)
+            .summary(None, Timestamp::from_millis(0), UsageBy::Hour)
+            .await
+            .unwrap();
+        let hour =
+            u8::try_from(h.store.now().as_millis().rem_euclid(86_400_000) / 3_600_000).unwrap();
+        assert_eq!(hourly.iter().map(|u| u.calls).sum::<u64>(), 2, "{}: {hourly:?}", h.name);
+        assert!(
+            hourly.iter().all(|u| u.day.as_deref() == Some(today.as_str())
+                && u.hour.is_some_and(|at| at == hour || at + 1 == hour)),
+            "{}: {hourly:?} (now hour {hour})",
+            h.name
+        );
+        assert_eq!(daily[0].hour, None, "{}", h.name);
 
         let one = h.store.usage(tenant.id).of_session(sessions[0]).await.unwrap();
         assert_eq!(one.len(), 1, "{}: {one:?}", h.name);
