@@ -218,6 +218,7 @@ const PANELS = [
   [/^#\/sessions\/([^/]+)$/, (m) => sessionPanel(decodeURIComponent(m[1]))],
   [/^#\/approvals$/, () => approvalsPanel()],
   [/^#\/debug$/, () => debugPanel()],
+  [/^#\/tools$/, () => toolsPanel()],
   [/^#\/audit$/, () => auditPanel()],
   [/^#\/usage$/, () => usagePanel(false)],
   [/^#\/usage\/hours$/, () => usagePanel(true)],
@@ -636,6 +637,59 @@ async function debugPanel() {
   };
   await Promise.all([fillStops(), fillPoints()]);
   state.timers.push(setInterval(fillStops, 1500));
+}
+
+// ---------------------------------------------------------------- tool calls
+
+/// The tool invocation log: every tool call of the tenant's agents with its arguments and what
+/// it returned, filtered by agent, tool and time, a page at a time (oldest first in a page).
+async function toolsPanel() {
+  const agent = el("input", { type: "text", placeholder: "agent handle", id: "calls-agent" });
+  const tool = el("input", { type: "text", placeholder: "tool", id: "calls-tool" });
+  const span = el("select", { id: "calls-since" },
+    el("option", { value: "3600000" }, "last hour"),
+    el("option", { value: "86400000", selected: true }, "last day"),
+    el("option", { value: "604800000" }, "last week"));
+  const results = el("div", { id: "calls" });
+  const form = el("form", { class: "inline", id: "calls-form" }, agent, tool, span,
+    el("button", { type: "submit" }, "Search"));
+  const search = async (cursor) => {
+    const since = Date.now() - Number(span.value);
+    const filter = (kind, limit) => {
+      let query = "/v1/events?limit=" + limit + "&type=" + kind + "&since=" + since;
+      if (agent.value.trim()) query += "&agent=" + enc(agent.value.trim());
+      return query;
+    };
+    const called = await act(() => api("GET", filter("tool.called", 200) + (cursor ? "&cursor=" + cursor : "")));
+    const returned = await act(() => api("GET", filter("tool.result", 1000)));
+    if (!called || !returned) return;
+    const results_of = new Map(returned.items.map((e) => [e.turn + " " + e.data.call, e.data]));
+    const wanted = tool.value.trim();
+    const rows = called.items.filter((e) => !wanted || e.data.name === wanted);
+    const more = called.next_cursor && called.items.length === 200
+      ? el("div", { class: "pager" }, el("button", { onclick: () => search(called.next_cursor) }, "Next page"))
+      : null;
+    results.replaceChildren(rows.length === 0 ? el("p", { class: "muted" }, "No tool calls match.") :
+      el("table", {}, el("thead", {}, el("tr", {}, ["time", "session", "tool", "arguments", "result"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, rows.map((e) => {
+          const result = results_of.get(e.turn + " " + e.data.call);
+          const outcome = !result ? el("span", { class: "muted" }, "no result yet")
+            : el("span", {}, badge(result.is_error ? "error" : "ok"), " ", String(result.content || "").slice(0, 300));
+          return el("tr", { dataset: { call: e.data.call, tool: e.data.name } },
+            el("td", {}, el("time", {}, when(e.created_at))),
+            el("td", {}, el("a", { href: "#/sessions/" + enc(e.session) }, String(e.session).slice(0, 8))),
+            el("td", {}, e.data.name),
+            el("td", {}, el("pre", {}, JSON.stringify(e.data.arguments, null, 1))),
+            el("td", {}, outcome));
+        }))),
+      more || "");
+  };
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    search(null);
+  });
+  main().replaceChildren(el("h1", {}, "Tool calls"), el("section", { class: "card" }, form, results));
+  await search(null);
 }
 
 // ---------------------------------------------------------------- audit

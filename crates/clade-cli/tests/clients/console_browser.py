@@ -177,6 +177,23 @@ with sync_playwright() as p:
     page.wait_for_selector("#breakpoints p:has-text('No breakpoints')", timeout=WAIT)
     got["breakpoints_left"] = call("GET", "/v1/breakpoints")[1]["items"]
 
+    # The tool invocation log: a turn's call, with its arguments and result, found by its
+    # tool's name.
+    call("POST", "/v1/events", {
+        "agent": "alice", "text": '/tool echo {"text": "in-the-log"}', "wait": True,
+        "source": {"platform": "http", "channel": "tools", "actor": "test"}})
+    page.goto(url + "/console#/tools")
+    page.wait_for_selector("#calls-form", timeout=WAIT)
+    page.fill("#calls-tool", "echo")
+    page.click("#calls-form button[type=submit]")
+    page.wait_for_selector("#calls tr[data-tool='echo']", timeout=WAIT)
+    got["tool_calls"] = page.eval_on_selector_all(
+        "#calls tr[data-tool]", "rows => rows.map(r => r.textContent)")
+    shot(page, "tool-calls")
+    page.fill("#calls-tool", "no.such.tool")
+    page.click("#calls-form button[type=submit]")
+    page.wait_for_selector("#calls p:has-text('No tool calls match')", timeout=WAIT)
+
     # The other panels render.
     page.goto(url + "/console#/audit")
     page.wait_for_selector("#audit-agent", timeout=WAIT)

@@ -168,6 +168,11 @@ async fn the_console_in_a_real_browser() {
         "the console's answer stood for the model's: {got}"
     );
     assert_eq!(got["breakpoints_left"], json!([]), "{got}");
+    let calls = got["tool_calls"].as_array().unwrap();
+    assert!(
+        calls.iter().any(|c| c.as_str().unwrap().matches("in-the-log").count() >= 2),
+        "the turn's call in the tool log, with its arguments and result: {got}"
+    );
     let hours = got["usage_hours"].as_array().unwrap();
     assert!(
         hours.iter().skip(1).all(|h| h.as_str().unwrap().ends_with('h')) && hours.len() >= 2,
