@@ -117,6 +117,11 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
 
+/// `text` as an agent's handle; one that cannot be is `invalid_handle`, saying why.
+pub(crate) fn handle_of(text: &str) -> Result<Handle, ApiError> {
+    Handle::parse(text).map_err(|e| ApiError::new(Code::InvalidHandle, e.to_string()))
+}
+
 /// Makes an agent of the caller's tenant and, given a task, sends it as the agent's first
 /// message. `POST /v1/agents` and the AgentHub's `Spawn` are this.
 pub(crate) async fn create_agent(
@@ -124,8 +129,7 @@ pub(crate) async fn create_agent(
     Caller(tenant, _, _): &Caller,
     params: CreateAgentParams,
 ) -> Result<AgentResponse, ApiError> {
-    let handle = Handle::parse(&params.handle)
-        .map_err(|e| ApiError::new(Code::InvalidHandle, e.to_string()))?;
+    let handle = handle_of(&params.handle)?;
     record_agent(handle.as_str());
     let template = match params.template.as_deref() {
         Some(name) => TemplateName::parse(name)

@@ -50,6 +50,11 @@ async fn every_tenant(
     since: Timestamp,
 ) -> Result<Vec<UsageItem>, ApiError> {
     crate::config::operator_only(tenant, reach)?;
+    // Each tenant is asked for the agent by its handle: one no agent can have is refused once,
+    // not found nowhere.
+    if let Some(handle) = &query.agent {
+        crate::agents::handle_of(handle)?;
+    }
     let mut items = Vec::new();
     for each in state.store.tenants().list().await? {
         let scope = state.of(&each);

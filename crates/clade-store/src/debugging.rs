@@ -129,13 +129,18 @@ fn stop_select() -> String {
     format!("SELECT {STOP_COLUMNS}, {} AS turn_running FROM debug_stops", turn_running())
 }
 
-/// A turn runs until its execution says otherwise: one paused before its first model call is
-/// not on disk yet (it commits with that call's answer).
+/// Whether a stop's turn runs: its execution says so, or, for a turn paused before its first
+/// model call (not on disk yet: it commits with that call's answer), its session still has
+/// events to answer (a cancelled one's are failed).
 fn turn_running() -> String {
     format!(
-        "NOT EXISTS (SELECT 1 FROM executions x WHERE x.id = debug_stops.turn_id \
-         AND x.status <> '{}')",
-        clade_core::ExecutionStatus::Running.as_str()
+        "(EXISTS (SELECT 1 FROM executions x WHERE x.id = debug_stops.turn_id AND x.status = '{}') \
+         OR (NOT EXISTS (SELECT 1 FROM executions x WHERE x.id = debug_stops.turn_id) \
+         AND EXISTS (SELECT 1 FROM events e WHERE e.session_id = debug_stops.session_id \
+         AND e.status IN ('{}', '{}'))))",
+        clade_core::ExecutionStatus::Running.as_str(),
+        clade_core::EventStatus::Pending.as_str(),
+        clade_core::EventStatus::Running.as_str(),
     )
 }
 
@@ -364,6 +369,18 @@ impl<'s> Debugging<'s> {
                     if let Some(found) = found {
                         return stop_row(&found);
                     }
+                    // A session runs one turn at a time: a stop of another turn of it that
+                    // never reached the disk (paused before its first model call, then a
+                    // restart started that turn anew) waits for nothing.
+                    query(
+                        "DELETE FROM debug_stops WHERE session_id = $1 AND turn_id <> $2 \
+                         AND decided_at IS NULL AND NOT EXISTS \
+                         (SELECT 1 FROM executions x WHERE x.id = debug_stops.turn_id)",
+                    )
+                    .bind(b(new.session.as_bytes()))
+                    .bind(b(new.turn.as_bytes()))
+                    .execute(work.conn())
+                    .await?;
                     let row = StopRow {
                         id: StopId::generate(now),
                         tenant,

@@ -230,6 +230,35 @@ async fn breakpoints_pause_turns_durably_until_a_person_steps_them() {
     let out = env.run(&["debug", "stops", "--all", "--server", &url]).ok().stdout;
     assert!(out.contains("turn ended") && out.contains("edit"), "{out}");
 
+    // Paused before its first model call, a turn is not on disk yet (it commits with that
+    // call's answer): killed there, it starts anew after the restart and pauses at the same
+    // place, one stop waiting, not two; cancelled there, it waits no more.
+    let (_, listed) = server.send("GET", "/v1/breakpoints", None, None).await;
+    for b in listed["items"].as_array().unwrap() {
+        env.run(&["debug", "unbreak", b["id"].as_str().unwrap(), "--server", &url]).ok();
+    }
+    env.run(&["debug", "break", "ada", "--at", "model", "--server", &url]).ok();
+    server.send("POST", "/v1/events", None, Some(event("/reply once more"))).await;
+    let first = waiting_stop(&server).await;
+    assert_eq!(first["place"], "model/0", "{first}");
+    server.kill9();
+    let server = env.serve(&[]);
+    let url = server.url.clone();
+    let anew = eventually(async || {
+        let (_, page) = server.send("GET", "/v1/debug/stops", None, None).await;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        items.iter().any(|s| s["id"] != first["id"]).then_some(items)
+    });
+    let waiting = anew.await.expect("the turn did not pause again after the restart");
+    assert_eq!(waiting.len(), 1, "the stop of the turn that never reached the disk: {waiting:?}");
+    assert_eq!(waiting[0]["place"], "model/0");
+    env.run(&["sessions", "cancel", &session, "--server", &url]).ok();
+    let none = eventually(async || {
+        let (_, page) = server.send("GET", "/v1/debug/stops", None, None).await;
+        (page["items"] == json!([])).then_some(())
+    });
+    assert!(none.await.is_some(), "a turn cancelled before its first model call still waits");
+
     // The agent's breakpoints go with it.
     let (status, _) = server.send("DELETE", "/v1/agents/ada", None, None).await;
     assert_eq!(status, 204);
