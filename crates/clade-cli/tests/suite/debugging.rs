@@ -35,6 +35,14 @@ fn ledger_lines(ledger: &Path) -> Vec<String> {
     std::fs::read_to_string(ledger).unwrap_or_default().lines().map(str::to_owned).collect()
 }
 
+/// Removes every breakpoint, from the CLI.
+async fn unbreak_all(env: &Env, server: &Server) {
+    let (_, listed) = server.send("GET", "/v1/breakpoints", None, None).await;
+    for b in listed["items"].as_array().unwrap() {
+        env.run(&["debug", "unbreak", b["id"].as_str().unwrap(), "--server", &server.url]).ok();
+    }
+}
+
 async fn tell(server: &Server, stop: &str, body: Value) -> (u16, Value) {
     server.send("POST", &format!("/v1/debug/stops/{stop}"), None, Some(body)).await
 }
@@ -197,10 +205,7 @@ async fn breakpoints_pause_turns_durably_until_a_person_steps_them() {
     assert_eq!(ledger_lines(&ledger).len(), 1, "the skipped call ran");
 
     // On an error: the failed call's error is shown, and a result given for it stands.
-    let (_, listed) = server.send("GET", "/v1/breakpoints", None, None).await;
-    for b in listed["items"].as_array().unwrap() {
-        env.run(&["debug", "unbreak", b["id"].as_str().unwrap(), "--server", &url]).ok();
-    }
+    unbreak_all(&env, &server).await;
     env.run(&["debug", "break", "ada", "--at", "error", "--server", &url]).ok();
     server.send("POST", "/v1/events", None, Some(event("/tool no.such.tool {}"))).await;
     let failed = waiting_stop(&server).await;
@@ -233,10 +238,7 @@ async fn breakpoints_pause_turns_durably_until_a_person_steps_them() {
     // Paused before its first model call, a turn is not on disk yet (it commits with that
     // call's answer): killed there, it starts anew after the restart and pauses at the same
     // place, one stop waiting, not two; cancelled there, it waits no more.
-    let (_, listed) = server.send("GET", "/v1/breakpoints", None, None).await;
-    for b in listed["items"].as_array().unwrap() {
-        env.run(&["debug", "unbreak", b["id"].as_str().unwrap(), "--server", &url]).ok();
-    }
+    unbreak_all(&env, &server).await;
     env.run(&["debug", "break", "ada", "--at", "model", "--server", &url]).ok();
     server.send("POST", "/v1/events", None, Some(event("/reply once more"))).await;
     let first = waiting_stop(&server).await;
