@@ -359,6 +359,7 @@ async function agentPanel(handle) {
     el("div", { class: "row" },
       el("section", { class: "card", id: "memory" }, el("h2", {}, "Memory")),
       el("section", { class: "card", id: "grants" }, el("h2", {}, "Grants"))),
+    el("section", { class: "card", id: "lineage" }, el("h2", {}, "Lineage")),
     el("section", { class: "card", id: "runs" }));
   refresh();
   follow(base + "/events", indicator, (kind, data) => {
@@ -369,7 +370,22 @@ async function agentPanel(handle) {
   fillSchedules(handle);
   fillMemory(handle);
   fillGrants(handle);
+  fillLineage(handle);
   fillRuns(handle);
+}
+
+/// Who made the agent, and the tree of agents it made (`agent.spawn`).
+async function fillLineage(handle) {
+  const box = document.getElementById("lineage");
+  const tree = await act(() => api("GET", "/v1/agents/" + enc(handle) + "/lineage"));
+  if (!tree) return;
+  const link = (h) => el("a", { href: "#/agents/" + enc(h) }, "@" + h);
+  const branch = (nodes) => el("ul", { class: "tree" }, nodes.map((n) =>
+    el("li", { dataset: { child: n.handle } }, link(n.handle), n.children.length ? branch(n.children) : null)));
+  box.append(
+    el("p", {}, tree.ancestors.length === 0 ? el("span", { class: "muted" }, "Made by a person.") :
+      ["Made by ", ...tree.ancestors.flatMap((h, i) => i === 0 ? [link(h)] : [" ← ", link(h)])]),
+    tree.children.length === 0 ? el("p", { class: "muted" }, "It made no agents.") : branch(tree.children));
 }
 
 function timelineEntry(kind, data, session) {

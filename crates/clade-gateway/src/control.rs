@@ -95,3 +95,58 @@ pub(crate) async fn status(
         sessions: sessions.into_iter().map(|s| activity(s, now)).collect(),
     }))
 }
+
+/// `GET /v1/agents/{handle}/lineage`: who made the agent, and the tree of agents it made
+/// (bounded: agents make at most 10 children, 3 levels deep). Agents the caller's token does
+/// not reach are left out.
+pub(crate) async fn lineage(
+    State(state): State<AppState>,
+    Extension(Caller(tenant, _, reach)): Extension<Caller>,
+    Path(handle): Path<String>,
+) -> Result<axum::Json<crate::api::LineageResponse>, ApiError> {
+    let (store, agent) = scope(&state, &tenant, &reach, &handle).await?;
+    let lineage = store.lineage();
+    let ancestors = lineage
+        .ancestors_of(agent.id)
+        .await?
+        .into_iter()
+        .filter(|(id, _)| reach.allows(*id))
+        .map(|(_, handle)| handle)
+        .collect();
+    // Level by level, each node's children in place (paths index into the tree built so far).
+    let mut children: Vec<crate::api::LineageNode> = Vec::new();
+    let mut level: Vec<(clade_core::AgentId, Vec<usize>)> = vec![(agent.id, Vec::new())];
+    for _ in 0..=clade_store::lineage::MAX_DEPTH {
+        let mut next = Vec::new();
+        for (parent, path) in level {
+            for (child, handle) in lineage.children_of(parent).await? {
+                if !reach.allows(child) {
+                    continue;
+                }
+                let siblings = at_path(&mut children, &path);
+                siblings.push(crate::api::LineageNode { handle, children: Vec::new() });
+                let mut child_path = path.clone();
+                child_path.push(siblings.len() - 1);
+                next.push((child, child_path));
+            }
+        }
+        level = next;
+    }
+    Ok(axum::Json(crate::api::LineageResponse {
+        agent: agent.handle.to_string(),
+        ancestors,
+        children,
+    }))
+}
+
+/// The children list of the node `path` leads to (the root's for an empty path).
+fn at_path<'a>(
+    nodes: &'a mut Vec<crate::api::LineageNode>,
+    path: &[usize],
+) -> &'a mut Vec<crate::api::LineageNode> {
+    let Some((first, rest)) = path.split_first() else { return nodes };
+    if *first >= nodes.len() {
+        return nodes;
+    }
+    at_path(&mut nodes[*first].children, rest)
+}

@@ -1505,6 +1505,20 @@ pub static OPERATIONS: &[Operation] = &[
         )
     },
     Operation {
+        params: &[HANDLE],
+        responses: &[
+            ok("200", "the agent's lineage", of::<api::LineageResponse>),
+            error("404", "no such agent"),
+        ],
+        ..op(
+            "GET",
+            "/v1/agents/{handle}/lineage",
+            &[Read],
+            "The agents that made this one (nearest first) and the tree of agents it made (`agent.spawn`), each with those it made",
+            || get(control::lineage),
+        )
+    },
+    Operation {
         query: Some(fields::<api::BreakpointsQuery>),
         responses: &[
             ok("200", "breakpoints", of::<api::BreakpointListResponse>),

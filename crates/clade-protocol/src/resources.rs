@@ -2001,3 +2001,20 @@ pub struct FlowTaskEntry {
 pub struct FlowRunListResponse {
     pub runs: Vec<FlowRunResponse>,
 }
+
+/// `GET /v1/agents/{handle}/lineage`: the agents that made this one, and those it made.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct LineageResponse {
+    pub agent: String,
+    /// Handles of the agents that made it, nearest first (its parent, then its parent's...).
+    pub ancestors: Vec<String>,
+    /// The agents it made, each with those it made in turn.
+    pub children: Vec<LineageNode>,
+}
+
+/// An agent in a lineage tree, with the agents it made.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct LineageNode {
+    pub handle: String,
+    pub children: Vec<LineageNode>,
+}

@@ -139,6 +139,27 @@ impl Lineage<'_> {
         Ok(ancestors)
     }
 
+    /// The agents `parent` made that still exist, with their handles, oldest first.
+    pub async fn children_of(self, parent: AgentId) -> Result<Vec<(AgentId, String)>> {
+        let rows = self
+            .store
+            .rows(
+                query(
+                    "SELECT l.child_id, a.handle FROM agent_lineage l \
+                     JOIN agents a ON a.id = l.child_id AND a.tenant_id = l.tenant_id \
+                     WHERE l.parent_id = $1 AND l.tenant_id = $2 ORDER BY l.created_at, a.handle",
+                )
+                .bind(b(parent.as_bytes()))
+                .bind(b(self.tenant.as_bytes())),
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((AgentId::from_bytes(id_bytes(row, "child_id")?), row.try_get("handle")?))
+            })
+            .collect()
+    }
+
     /// The agent that made `child`, if an agent did.
     pub async fn parent_of(self, child: AgentId) -> Result<Option<AgentId>> {
         let tenant = self.tenant;

@@ -103,6 +103,8 @@ with sync_playwright() as p:
     page.wait_for_selector("#schedules details[data-job=tick] tr.fire", timeout=WAIT)
     got["fires"] = page.eval_on_selector_all("#schedules details[data-job=tick] tr.fire", "rows => rows.length")
     page.wait_for_selector("#runs h2", timeout=WAIT)
+    page.wait_for_selector("#lineage p:has-text('It made no agents')", timeout=WAIT)
+    got["lineage"] = page.text_content("#lineage")
     shot(page, "agent")
 
     # Pause, then resume, from the console; the API agrees.

@@ -168,6 +168,7 @@ async fn the_console_in_a_real_browser() {
         "the console's answer stood for the model's: {got}"
     );
     assert_eq!(got["breakpoints_left"], json!([]), "{got}");
+    assert!(got["lineage"].as_str().unwrap().contains("Made by a person"), "{got}");
     let calls = got["tool_calls"].as_array().unwrap();
     assert!(
         calls.iter().any(|c| c.as_str().unwrap().matches("in-the-log").count() >= 2),

@@ -270,6 +270,13 @@ async fn a_child_agent_holds_only_what_its_parent_delegated() {
         (Some("fs.read"), Some("notes/a.txt"))
     );
 
+    // The lineage, from either side.
+    let tree = server.get_json("/v1/agents/ada/lineage").await;
+    assert_eq!(tree["ancestors"], json!([]), "{tree}");
+    assert_eq!(tree["children"], json!([{ "handle": "ada-helper", "children": [] }]), "{tree}");
+    let up = server.get_json("/v1/agents/ada-helper/lineage").await;
+    assert_eq!((&up["ancestors"], &up["children"]), (&json!(["ada"]), &json!([])), "{up}");
+
     // The child reaches no further than its grant, and makes no children of its own.
     let outside =
         say(&server, "ada-helper", &tool("fs.read", json!({ "path": "notes/b.txt" }))).await;
